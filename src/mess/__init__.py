@@ -1,0 +1,1 @@
+"""Music Embedding Similarity Search."""

@@ -1,0 +1,52 @@
+"""Full-context windowing policy: how a track becomes model-sized windows."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class WindowPolicy:
+    """How tracks are cut into windows; recorded with every vector it produced.
+
+    Tracks no longer than ``window_seconds`` are one window of their own length
+    (no padding). Longer tracks get ``ceil(duration / window)`` full-length windows,
+    evenly spaced from start to end (at most ``max_windows``, so a 2-hour file costs
+    a bounded amount), whose per-layer vectors are kept per segment and averaged
+    per track. Windows are full-context: the model sees each whole window at once.
+    """
+
+    window_seconds: float = 30.0
+    max_windows: int = 16
+    min_seconds: float = 1.0
+    max_decode_seconds: float = 4 * 3600.0
+
+    def __post_init__(self) -> None:
+        if self.window_seconds <= 0 or self.max_windows < 1 or self.min_seconds <= 0:
+            raise ValueError(f"invalid window policy: {self}")
+
+    def starts(self, n_samples: int, sample_rate: int) -> tuple[np.ndarray, int]:
+        """Window start offsets (samples) and the common window length for a track."""
+        win = int(round(self.window_seconds * sample_rate))
+        if n_samples <= win:
+            return np.zeros(1, dtype=np.int64), n_samples
+        count = min(self.max_windows, int(np.ceil(n_samples / win)))
+        return np.linspace(0, n_samples - win, count).round().astype(np.int64), win
+
+    def cut(self, audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return (starts in seconds, windows [n, length]) for a mono signal."""
+        starts, length = self.starts(audio.size, sample_rate)
+        windows = np.stack([audio[s : s + length] for s in starts])
+        return starts / sample_rate, windows
+
+    def to_json(self) -> str:
+        """Canonical JSON, used as the policy's identity in the store."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> WindowPolicy:
+        """Inverse of :meth:`to_json`."""
+        return cls(**json.loads(text))

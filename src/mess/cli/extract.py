@@ -1,0 +1,112 @@
+"""`mess extract` and `mess info`: fill the feature store and show what it holds."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mess.audio.discover import find_audio
+from mess.audio.windows import WindowPolicy
+from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, fail, open_store
+from mess.extract.pipeline import ExtractSummary, extract
+from mess.models.base import EmbeddingModel
+from mess.models.registry import ModelError, load_model
+from mess.store import FeatureStore
+
+
+def extract_command(
+    folders: Annotated[list[Path], typer.Argument(help="Audio files or folders (wav, flac, mp3, ogg, opus, m4a).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="dsp, musicnn-msd, musicnn-mtt, mert-v1-95m, mert-v1-330m, or a local model folder.")] = "musicnn-msd",
+    store: StoreOpt = DEFAULT_STORE_PATH,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 4,
+    workers: Annotated[int, typer.Option(min=1, help="Decoding threads feeding the model.")] = 2,
+    window: Annotated[float, typer.Option(help="Full-context window length in seconds.")] = 30.0,
+    max_windows: Annotated[int, typer.Option(min=1, help="Most windows per track (long files are sampled evenly).")] = 16,
+    prune: Annotated[bool, typer.Option(help="Forget catalogued files under FOLDERS that no longer exist.")] = False,
+    engine: Annotated[str, typer.Option(help="local, or ray for a Ray cluster.")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (with --engine ray), e.g. auto.")] = None,
+) -> None:
+    """Embed every new or changed audio file; unchanged files are skipped by content hash."""
+    missing = [str(f) for f in folders if not f.exists()]
+    if missing:
+        fail(f"no such file or folder: {', '.join(missing)}")
+    paths = find_audio(folders)
+    if not paths:
+        fail(f"no audio files (wav, flac, mp3, ogg, opus, m4a) under {', '.join(map(str, folders))}")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            fail("--device cuda asked for, but no CUDA GPU is visible")
+    try:
+        policy = WindowPolicy(window_seconds=window, max_windows=max_windows)
+        embedder = load_model(model, device=device)
+    except (ModelError, ValueError, ImportError) as exc:
+        fail(str(exc))
+    if embedder.info.licence:
+        console.print(f"[yellow]licence:[/] {embedder.info.name}: {embedder.info.licence}")
+    logging.getLogger("mess").setLevel(logging.ERROR)
+    with open_store(store, readonly=False) as fs:
+        if engine == "ray":
+            from mess.scale.ray_extract import extract_ray
+
+            summary = extract_ray(fs, paths, model, policy, batch_size=batch_size, device=device, address=address)
+        elif engine == "local":
+            summary = _run_local(fs, paths, embedder, policy, batch_size, workers, folders if prune else [])
+        else:
+            fail(f"unknown engine {engine!r}; use local or ray")
+        _print_summary(summary, embedder.info.name, store)
+
+
+def _run_local(fs: FeatureStore, paths: list[Path], embedder: EmbeddingModel, policy: WindowPolicy,
+               batch_size: int, workers: int, prune_under: list[Path]) -> ExtractSummary:
+    """Run the local pipeline under a progress bar (tracks, audio-seconds per second)."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[rate]}"))
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(f"extract {embedder.info.name}", total=len(paths), rate="")
+        start = bar.get_time()
+
+        def hook(done: int, audio_seconds: float) -> None:
+            elapsed = max(bar.get_time() - start, 1e-6)
+            bar.update(task, completed=done, rate=f"{audio_seconds / elapsed:.1f} audio-s/s")
+
+        return extract(fs, paths, embedder, policy, batch_size=batch_size, workers=workers,
+                       prune_under=prune_under, on_progress=hook)
+
+
+def _print_summary(summary: ExtractSummary, model: str, store: Path) -> None:
+    console.print(
+        f"[green]{summary.done} embedded[/], {summary.skipped} unchanged (skipped), "
+        f"[red]{len(summary.failed)} failed[/]"
+        + (f", {summary.removed} removed" if summary.removed else "")
+        + f" in {summary.wall_seconds:.1f} s ({summary.realtime_factor:.1f} audio-s/s) -> {store} [{model}]")
+    for warning in summary.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    for path, reason in summary.failed:
+        console.print(f"[red]failed:[/] {reason}")
+
+
+def info_command(store: StoreOpt = DEFAULT_STORE_PATH) -> None:
+    """Show the tracks, runs and failures in the feature store."""
+    with open_store(store) as fs:
+        tracks = fs.tracks()
+        table = Table(title=f"{fs.root}: {len(tracks)} tracks, {len({t.artist for t in tracks if t.artist})} artists")
+        for col in ("run", "model", "revision", "window", "layers", "tracks", "failed"):
+            table.add_column(col)
+        for run in fs.runs():
+            table.add_row(str(run.id), run.model, run.revision[:12], f"{run.policy.window_seconds:g} s",
+                          str(len(run.layer_names)), str(len(fs.tracks(run))), str(len(fs.failures(run))))
+        console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `extract` and `info` to the main CLI."""
+    app.command("extract")(extract_command)
+    app.command("info")(info_command)

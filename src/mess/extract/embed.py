@@ -1,0 +1,57 @@
+"""Batched inference over windows and per-track aggregation."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mess.audio.windows import WindowPolicy
+from mess.extract.prepare import Windows, decode_windows, inspect_file
+from mess.models.base import EmbeddingModel
+from mess.store import TrackVectors
+
+
+def embed_windows(model: EmbeddingModel, tracks: Sequence[np.ndarray], batch_size: int) -> list[list[np.ndarray]]:
+    """Embed every window of several tracks, batching windows of equal length together.
+
+    Args:
+        tracks: per track, its windows [n_windows, samples].
+
+    Returns:
+        Per track, per layer, its segment vectors [n_windows, dim].
+    """
+    by_length: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for t, windows in enumerate(tracks):
+        for w in range(windows.shape[0]):
+            by_length[windows.shape[1]].append((t, w))
+    n_layers = len(model.info.layer_names)
+    out: list[list[np.ndarray]] = [
+        [np.empty((w.shape[0], d), np.float32) for d in model.info.layer_dims] for w in tracks]
+    for keys in by_length.values():
+        for i in range(0, len(keys), batch_size):
+            chunk = keys[i : i + batch_size]
+            layers = model.embed(np.stack([tracks[t][w] for t, w in chunk]))
+            for layer in range(n_layers):
+                for row, (t, w) in enumerate(chunk):
+                    out[t][layer][w] = layers[layer][row]
+    return out
+
+
+def aggregate(content_hash: str, segments: list[np.ndarray], starts: np.ndarray) -> TrackVectors:
+    """Track vector per layer = mean of its full-context window vectors."""
+    return TrackVectors(content_hash, [s.mean(axis=0) for s in segments], segments, list(map(float, starts)))
+
+
+def embed_prepared(model: EmbeddingModel, prepared: Sequence[Windows], batch_size: int) -> list[TrackVectors]:
+    """Embed decoded tracks and aggregate each into TrackVectors."""
+    segs = embed_windows(model, [p.audio for p in prepared], batch_size)
+    return [aggregate(p.record.content_hash, s, p.starts) for p, s in zip(prepared, segs)]
+
+
+def embed_file(path: Path, model: EmbeddingModel, policy: WindowPolicy, batch_size: int = 4) -> TrackVectors:
+    """Embed any audio file with the same model and window policy as a stored run (not stored)."""
+    prepared = decode_windows(inspect_file(path), model.info.sample_rate, policy, model.info.min_samples)
+    return embed_prepared(model, [prepared], batch_size)[0]

@@ -1,0 +1,154 @@
+"""`mess extract`: a folder of audio -> per-track, per-layer vectors in the feature store."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mess.audio.decode import AudioError
+from mess.audio.windows import WindowPolicy
+from mess.extract.embed import embed_prepared
+from mess.extract.prepare import FileRecord, Windows, decode_windows, inspect_file
+from mess.models.base import EmbeddingModel
+from mess.store import FeatureStore, Run
+
+log = logging.getLogger(__name__)
+
+ProgressHook = Callable[[int, float], None]  # (tracks finished, audio seconds embedded)
+
+
+@dataclass
+class ExtractSummary:
+    """What a run did: counts, failures with reasons, throughput."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    removed: int = 0
+    warnings: list[str] = field(default_factory=list)
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+    @property
+    def realtime_factor(self) -> float:
+        """Audio seconds embedded per wall-clock second."""
+        return self.audio_seconds / self.wall_seconds if self.wall_seconds else 0.0
+
+
+@dataclass
+class _Outcome:
+    record: FileRecord | None
+    windows: Windows | None = None
+    error: str | None = None
+    skipped: bool = False
+
+
+def extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, policy: WindowPolicy, *,
+            batch_size: int = 4, workers: int = 2, prune_under: Sequence[Path] = (),
+            on_progress: ProgressHook | None = None) -> ExtractSummary:
+    """Embed every file not yet in the store for this model/revision/policy.
+
+    Decoding runs in ``workers`` threads ahead of inference; vectors are written
+    every few tracks, so an interrupted run loses at most the tracks in flight and
+    a rerun continues where it stopped. Files already embedded (same content hash)
+    are skipped; failures are recorded with their reason and the run goes on.
+    """
+    started = time.perf_counter()
+    run = store.ensure_run(model.info, policy)
+    summary = ExtractSummary()
+    if prune_under:
+        summary.removed = _prune(store, paths, prune_under)
+    pending: list[Windows] = []
+    for outcome in _prepared(store, run, paths, model, policy, workers):
+        if outcome.skipped:
+            summary.skipped += 1
+        elif outcome.error is not None:
+            _fail(store, run, outcome.record, outcome.error, summary)
+        else:
+            pending.append(outcome.windows)
+            summary.warnings += outcome.windows.warnings
+        if sum(w.audio.shape[0] for w in pending) >= batch_size:
+            _embed_and_write(store, run, model, pending, batch_size, summary)
+            pending = []
+        if on_progress:
+            on_progress(summary.done + summary.skipped + len(summary.failed), summary.audio_seconds)
+    _embed_and_write(store, run, model, pending, batch_size, summary)
+    summary.wall_seconds = time.perf_counter() - started
+    if on_progress:
+        on_progress(summary.done + summary.skipped + len(summary.failed), summary.audio_seconds)
+    return summary
+
+
+def _prepared(store: FeatureStore, run: Run, paths: Sequence[Path], model: EmbeddingModel, policy: WindowPolicy,
+              workers: int) -> Iterator[_Outcome]:
+    """Inspect and decode files in a thread pool, yielding in order, at most 2*workers ahead."""
+    info = model.info
+
+    def work(path: Path) -> _Outcome:
+        record = None
+        try:
+            record = inspect_file(path, store.known_file(path))
+            store.upsert_track(path, record.content_hash, record.size, record.mtime, record.info, record.tags)
+            if store.has_vectors(run, record.content_hash):
+                return _Outcome(record, skipped=True)
+            return _Outcome(record, decode_windows(record, info.sample_rate, policy, info.min_samples))
+        except AudioError as exc:
+            return _Outcome(record, error=str(exc))
+        except OSError as exc:
+            return _Outcome(record, error=f"{path}: cannot read ({exc.strerror or exc})")
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="mess-decode") as pool:
+        queue: deque[tuple[Path, Future[_Outcome]]] = deque()
+        todo = iter(paths)
+        for path in todo:
+            queue.append((path, pool.submit(work, path)))
+            if len(queue) >= 2 * max(1, workers):
+                break
+        while queue:
+            path, future = queue.popleft()
+            nxt = next(todo, None)
+            if nxt is not None:
+                queue.append((nxt, pool.submit(work, nxt)))
+            outcome = future.result()
+            if outcome.record is None and outcome.error is not None:
+                outcome.record = FileRecord(path, "", 0, 0.0, {}, {})
+            yield outcome
+
+
+def _embed_and_write(store: FeatureStore, run: Run, model: EmbeddingModel, pending: list[Windows],
+                     batch_size: int, summary: ExtractSummary) -> None:
+    """Embed a group of tracks (one by one if the group fails) and commit their vectors."""
+    if not pending:
+        return
+    try:
+        vectors = embed_prepared(model, pending, batch_size)
+    except (RuntimeError, ValueError) as exc:
+        if len(pending) == 1:
+            _fail(store, run, pending[0].record, f"{pending[0].record.path}: model failed ({exc})", summary)
+        else:
+            for single in pending:
+                _embed_and_write(store, run, model, [single], batch_size, summary)
+        return
+    store.write_vectors(run, vectors)
+    summary.done += len(vectors)
+    summary.audio_seconds += sum(p.audio.size for p in pending) / model.info.sample_rate
+
+
+def _fail(store: FeatureStore, run: Run, record: FileRecord, reason: str, summary: ExtractSummary) -> None:
+    summary.failed.append((str(record.path), reason))
+    if record.content_hash:
+        store.record_failure(run, record.content_hash, str(record.path), reason)
+    log.warning(reason)
+
+
+def _prune(store: FeatureStore, paths: Sequence[Path], roots: Sequence[Path]) -> int:
+    """Forget catalogued files under ``roots`` that are no longer on disk."""
+    present = {str(p) for p in paths}
+    prefixes = tuple(str(r.expanduser().resolve()) + "/" for r in roots)
+    gone = [p for p in store.all_paths() if p.startswith(prefixes) and p not in present]
+    return store.remove_tracks(gone)

@@ -1,0 +1,39 @@
+"""The one interface every embedding model implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What identifies a model's vectors: name, weights revision, input rate, layers."""
+
+    name: str
+    revision: str
+    sample_rate: int
+    layer_names: tuple[str, ...]
+    layer_dims: tuple[int, ...]
+    min_samples: int = 1
+    licence: str = ""
+
+
+class EmbeddingModel(ABC):
+    """A pretrained model that maps mono audio windows to one vector per layer."""
+
+    info: ModelInfo
+    device: str = "cpu"
+
+    @abstractmethod
+    def embed(self, windows: np.ndarray) -> list[np.ndarray]:
+        """Embed a batch of equal-length mono windows.
+
+        Args:
+            windows: float32 array [batch, samples] at ``info.sample_rate``.
+
+        Returns:
+            One float32 array per layer, each [batch, layer_dim], in ``info.layer_names`` order.
+        """

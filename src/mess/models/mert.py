@@ -1,0 +1,112 @@
+"""MERT (m-a-p/MERT-v1-95M / 330M) on transformers' built-in HubertModel, no remote code.
+
+MERT checkpoints use HuBERT's parameter names, so the weights load strictly into
+``HubertModel`` built from a ``HubertConfig`` translated from MERT's config.json.
+The positional conv's ``weight_g``/``weight_v`` are renamed to weight-norm
+parametrizations by ``from_pretrained``. The model card licence is CC BY-NC 4.0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+
+from mess.models.base import EmbeddingModel, ModelInfo
+
+log = logging.getLogger(__name__)
+
+MERT_LICENCE = "CC BY-NC 4.0 (MERT model card): non-commercial use only"
+_CONV_RECEPTIVE_FIELD = 400  # samples consumed by the conv front end for the first frame
+_NOT_CONFIG = ("model_type", "auto_map", "architectures", "_name_or_path", "transformers_version", "torch_dtype")
+
+
+@dataclass(frozen=True)
+class HubCheckpoint:
+    """A MERT checkpoint on the Hugging Face hub at a pinned commit."""
+
+    repo: str
+    revision: str
+
+
+CHECKPOINTS = {
+    "mert-v1-95m": HubCheckpoint("m-a-p/MERT-v1-95M", "12af15fef9d0ac838c3f475bfbbf26d2060dd4f5"),
+    "mert-v1-330m": HubCheckpoint("m-a-p/MERT-v1-330M", "0e06c986db0527c0fd1b47181c40f006805e3de0"),
+}
+
+
+def hubert_config(mert_config: dict) -> HubertConfig:
+    """Translate a MERT (or HuBERT) config.json dict to a HubertConfig for inference."""
+    fields = {k: v for k, v in mert_config.items() if k not in _NOT_CONFIG}
+    if fields.get("feature_extractor_cqt") or fields.get("deepnorm"):
+        raise ValueError("MERT checkpoints with a CQT front end or DeepNorm are not HuBERT-compatible")
+    fields["mask_time_prob"] = max(float(fields.get("mask_time_prob", 0.05)), 0.05)  # keeps masked_spec_embed expected
+    fields["tie_last_hidden_states"] = True  # last hidden state after the final LayerNorm (stable-LN 330M)
+    return HubertConfig(**fields)
+
+
+class MertModel(EmbeddingModel):
+    """All hidden states of a MERT-shaped HubertModel, mean-pooled over time per window."""
+
+    def __init__(self, network: HubertModel, processor: Wav2Vec2FeatureExtractor, name: str, revision: str,
+                 device: str = "cpu") -> None:
+        self.network = network.eval().to(device)
+        self.processor = processor
+        self.device = device
+        n_layers = network.config.num_hidden_layers + 1
+        self.info = ModelInfo(
+            name=name, revision=revision, sample_rate=int(processor.sampling_rate),
+            layer_names=tuple(f"layer_{i}" for i in range(n_layers)),
+            layer_dims=(network.config.hidden_size,) * n_layers,
+            min_samples=_CONV_RECEPTIVE_FIELD, licence=MERT_LICENCE)
+
+    @classmethod
+    def from_pretrained(cls, source: str, *, revision: str | None = None, name: str | None = None,
+                        device: str = "cpu") -> MertModel:
+        """Load from a hub repo id (at ``revision``) or a local folder; never runs remote code."""
+        config = hubert_config(_read_config(source, revision))
+        network = HubertModel.from_pretrained(source, config=config, revision=revision, trust_remote_code=False)
+        try:
+            processor = Wav2Vec2FeatureExtractor.from_pretrained(source, revision=revision, trust_remote_code=False)
+        except OSError:
+            log.warning("%s has no preprocessor_config.json; using MERT's (24 kHz, normalised)", source)
+            processor = Wav2Vec2FeatureExtractor(sampling_rate=24000, do_normalize=True, return_attention_mask=True)
+        label = name or Path(source).name.lower()
+        return cls(network, processor, label, revision or _local_revision(source), device)
+
+    @torch.inference_mode()
+    def embed(self, windows: np.ndarray) -> list[np.ndarray]:
+        """Per-layer time-averaged hidden states for a batch of equal-length windows."""
+        inputs = self.processor(list(windows), sampling_rate=self.info.sample_rate, return_tensors="pt",
+                                return_attention_mask=False)
+        values = inputs["input_values"].to(self.device)
+        out = self.network(values, output_hidden_states=True)
+        return [h.float().mean(dim=1).cpu().numpy() for h in out.hidden_states]
+
+
+def _read_config(source: str, revision: str | None) -> dict:
+    local = Path(source)
+    if local.is_dir():
+        return json.loads((local / "config.json").read_text())
+    from huggingface_hub import hf_hub_download
+
+    return json.loads(Path(hf_hub_download(source, "config.json", revision=revision)).read_text())
+
+
+def _local_revision(source: str) -> str:
+    """Identify a local checkpoint by a hash of its config and weight file sizes."""
+    import hashlib
+
+    folder = Path(source)
+    digest = hashlib.blake2b(digest_size=8)
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            digest.update(f.name.encode())
+            digest.update(str(f.stat().st_size).encode())
+    digest.update((folder / "config.json").read_bytes())
+    return f"local-{digest.hexdigest()}"

@@ -1,0 +1,131 @@
+"""musicnn (MSD or MTT) as an :class:`EmbeddingModel`, run natively in PyTorch."""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+
+import librosa
+import numpy as np
+import torch
+
+from mess.models.base import EmbeddingModel, ModelInfo
+from mess.models.musicnn.checkpoint import read_checkpoint
+from mess.models.musicnn.network import FRAME_LAYERS, N_FRAMES, N_MELS, PATCH_LAYERS, MusicnnNetwork
+
+SAMPLE_RATE = 16000
+FFT_SIZE = 512
+HOP = 256
+MIN_SAMPLES = (N_FRAMES - 1) * HOP  # shortest input giving one 187-frame (~3 s) patch
+PATCHES_PER_CHUNK = 32  # bounds peak memory of the timbral front-end
+INSTALL_HINT = "pip install --no-deps musicnn==0.1.0"
+
+
+def musicnn_package_dir() -> Path:
+    """Folder of the installed ``musicnn`` package (holds the TF1 checkpoints and labels)."""
+    try:
+        return Path(str(importlib.resources.files("musicnn")))
+    except ModuleNotFoundError as err:
+        raise ImportError(f"the musicnn weights come from the musicnn package: {INSTALL_HINT}") from err
+
+
+def checkpoint_prefix(dataset: str) -> Path:
+    """Prefix of the ``{dataset}_musicnn`` checkpoint; its files are named ``.index`` etc."""
+    folder = musicnn_package_dir() / f"{dataset}_musicnn"
+    if not (folder / ".index").is_file():
+        raise FileNotFoundError(f"no musicnn checkpoint in {folder}; reinstall with: {INSTALL_HINT}")
+    return folder
+
+
+def log_mel(windows: np.ndarray) -> np.ndarray:
+    """musicnn's input for a batch of 16 kHz windows: [batch, frames, 96] float32.
+
+    Reproduces ``musicnn.extractor.batch_data``: librosa power mel, cast to float16, then
+    ``log10(10000 * x + 1)`` in float16. Where float16 overflows (loud audio, where
+    musicnn itself yields inf) the same formula is evaluated in float32 instead.
+    """
+    mel = librosa.feature.melspectrogram(
+        y=windows, sr=SAMPLE_RATE, n_fft=FFT_SIZE, hop_length=HOP, n_mels=N_MELS
+    ).swapaxes(-1, -2)
+    with np.errstate(over="ignore"):
+        half = np.log10(10000 * mel.astype(np.float16) + 1).astype(np.float32)
+    overflow = ~np.isfinite(half)
+    half[overflow] = np.log10(10000 * mel[overflow].astype(np.float32) + 1)
+    return half
+
+
+def repeat_pad(windows: np.ndarray, length: int) -> np.ndarray:
+    """Tile each window cyclically up to ``length`` samples (musicnn trained with repeat-pad)."""
+    if windows.shape[1] == 0:
+        raise ValueError("musicnn cannot embed empty windows")
+    if windows.shape[1] >= length:
+        return windows
+    reps = -(-length // windows.shape[1])
+    return np.tile(windows, (1, reps))[:, :length]
+
+
+def patches(mel: np.ndarray) -> np.ndarray:
+    """Non-overlapping 187-frame patches of [batch, frames, 96] -> [batch, n_patches, 187, 96].
+
+    Trailing frames that do not fill a patch are dropped, as in musicnn's extractor.
+    """
+    n = mel.shape[1] // N_FRAMES
+    return mel[:, : n * N_FRAMES].reshape(mel.shape[0], n, N_FRAMES, N_MELS)
+
+
+class MusicnnModel(EmbeddingModel):
+    """musicnn trained on MSD or MagnaTagATune; one vector per layer, averaged over 3 s patches.
+
+    Frame-level layers (timbral, temporal, cnn1-3) are averaged over time, patch-level
+    layers (pools, penultimate, taggram) over patches. Windows shorter than
+    ``info.min_samples`` are repeat-padded to it.
+    """
+
+    def __init__(self, dataset: str = "MSD", device: str = "cpu"):
+        dataset = dataset.upper()
+        if dataset not in ("MSD", "MTT"):
+            raise ValueError(f"musicnn dataset must be 'MSD' or 'MTT', got {dataset!r}")
+        self.dataset = dataset
+        self.device = device
+        self.network = MusicnnNetwork()
+        self.network.load_tf_weights(read_checkpoint(f"{checkpoint_prefix(dataset)}/"))
+        self.network.to(device)
+        self.info = ModelInfo(
+            name=f"musicnn-{dataset.lower()}",
+            revision="musicnn-0.1.0",
+            sample_rate=SAMPLE_RATE,
+            layer_names=FRAME_LAYERS + PATCH_LAYERS,
+            layer_dims=(408, 153, 64, 64, 64, 753, 753, 200, 50),
+            min_samples=MIN_SAMPLES,
+            licence="ISC",
+        )
+
+    @property
+    def tag_names(self) -> tuple[str, ...]:
+        """The 50 tag labels, in taggram order."""
+        from musicnn import configuration
+
+        return tuple(configuration.MTT_LABELS if self.dataset == "MTT" else configuration.MSD_LABELS)
+
+    @torch.inference_mode()
+    def embed(self, windows: np.ndarray) -> list[np.ndarray]:
+        """See :meth:`EmbeddingModel.embed`."""
+        windows = repeat_pad(np.asarray(windows, dtype=np.float32), MIN_SAMPLES)
+        batch = patches(log_mel(windows))
+        flat = torch.from_numpy(batch.reshape(-1, N_FRAMES, N_MELS))
+        parts: dict[str, list[torch.Tensor]] = {name: [] for name in self.info.layer_names}
+        for chunk in flat.split(PATCHES_PER_CHUNK):
+            out = self.network(chunk.to(self.device))
+            for name in self.info.layer_names:
+                value = out[name].mean(dim=1) if name in FRAME_LAYERS else out[name]
+                parts[name].append(value.float().cpu())
+        return [
+            torch.cat(parts[name]).view(batch.shape[0], batch.shape[1], -1).mean(dim=1).numpy()
+            for name in self.info.layer_names
+        ]
+
+    def tags(self, window: np.ndarray, top_k: int | None = None) -> list[tuple[str, float]]:
+        """Tags of one mono 16 kHz window with their mean sigmoid score, best first."""
+        taggram = self.embed(np.asarray(window, dtype=np.float32)[None])[-1][0]
+        order = np.argsort(-taggram, kind="stable")[:top_k]
+        return [(self.tag_names[i], float(taggram[i])) for i in order]

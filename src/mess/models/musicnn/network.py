@@ -1,0 +1,124 @@
+"""The musicnn architecture (Pons & Serra, 2019) in PyTorch, loadable from its TF1 checkpoints.
+
+Mirrors ``musicnn/models.py::build_musicnn``: a batch-normalised log-mel input feeds a
+musically motivated front-end (two timbral and three temporal conv blocks, each
+conv -> ReLU -> batch norm -> max over frequency), a residual 1-D conv mid-end, and a
+max+mean temporal-pooling dense back-end. Tensors are [batch, channels, time(, freq)].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+N_MELS = 96
+N_FRAMES = 187
+TF_BN_EPSILON = 1e-3  # tf.compat.v1.layers.batch_normalization default
+FRAME_LAYERS = ("timbral", "temporal", "cnn1", "cnn2", "cnn3")
+PATCH_LAYERS = ("mean_pool", "max_pool", "penultimate", "taggram")
+
+
+def _bn(size: int) -> nn.BatchNorm1d:
+    """A batch norm with TF's default epsilon (the layout-agnostic 1-D variant suffices)."""
+    return nn.BatchNorm1d(size, eps=TF_BN_EPSILON)
+
+
+def _channel_bn(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
+    """Apply a 1-D batch norm over dim 1 of a tensor of any rank."""
+    return bn(x.flatten(2)).view_as(x)
+
+
+def _pad_time(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    """Zero-pad the time axis (dim 2) of [batch, channels, time(, freq)]."""
+    pad = (0, 0, before, after) if x.dim() == 4 else (before, after)
+    return F.pad(x, pad)
+
+
+class MusicnnNetwork(nn.Module):
+    """musicnn with 64 mid-end filters and 200 back-end units (the MSD/MTT musicnn models)."""
+
+    def __init__(self, num_classes: int = 50, midend_filters: int = 64, backend_units: int = 200):
+        super().__init__()
+        self.timbral_convs = nn.ModuleList(
+            [nn.Conv2d(1, 204, (7, int(0.4 * N_MELS))), nn.Conv2d(1, 204, (7, int(0.7 * N_MELS)))]
+        )
+        self.temporal_convs = nn.ModuleList([nn.Conv2d(1, 51, (k, 1)) for k in (128, 64, 32)])
+        frontend = 2 * 204 + 3 * 51
+        self.midend_convs = nn.ModuleList(
+            [nn.Conv1d(frontend, midend_filters, 7)]
+            + [nn.Conv1d(midend_filters, midend_filters, 7) for _ in range(2)]
+        )
+        pooled = frontend + 3 * midend_filters
+        self.dense = nn.Linear(2 * pooled, backend_units)
+        self.output = nn.Linear(backend_units, num_classes)
+        sizes = [1, 204, 204, 51, 51, 51] + [midend_filters] * 3 + [2 * pooled, backend_units]
+        self.bns = nn.ModuleList([_bn(size) for size in sizes])
+        self.eval()
+
+    def forward(self, mel: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run log-mel patches [batch, time, 96] through the network.
+
+        Returns musicnn's features: frame-level ``timbral`` [b, t, 408], ``temporal``
+        [b, t, 153], ``cnn1..3`` [b, t, 64]; patch-level ``mean_pool``/``max_pool`` [b, 753],
+        ``penultimate`` [b, 200] and ``taggram`` (sigmoid outputs) [b, 50].
+        """
+        x = _channel_bn(self.bns[0], mel.unsqueeze(1))
+        blocks = []
+        for conv, bn in zip(self.timbral_convs, self.bns[1:3]):
+            blocks.append(self._frontend_block(conv, bn, _pad_time(x, 3, 3)))
+        for conv, bn in zip(self.temporal_convs, self.bns[3:6]):
+            k = conv.kernel_size[0]
+            blocks.append(self._frontend_block(conv, bn, _pad_time(x, (k - 1) // 2, k // 2)))
+        frontend = torch.cat(blocks, dim=1)
+        midend = [frontend]
+        for i, (conv, bn) in enumerate(zip(self.midend_convs, self.bns[6:9])):
+            out = bn(F.relu(conv(_pad_time(midend[-1], 3, 3))))
+            midend.append(out if i == 0 else out + midend[-1])
+        features = torch.cat(midend, dim=1)
+        max_pool, mean_pool = features.amax(dim=2), features.mean(dim=2)
+        flat = torch.stack([max_pool, mean_pool], dim=2).flatten(1)  # TF flattens [753, 2]
+        penultimate = self.bns[10](F.relu(self.dense(self.bns[9](flat))))
+        return {
+            "timbral": torch.cat(blocks[:2], dim=1).transpose(1, 2),
+            "temporal": torch.cat(blocks[2:], dim=1).transpose(1, 2),
+            **{f"cnn{i}": midend[i].transpose(1, 2) for i in (1, 2, 3)},
+            "mean_pool": mean_pool,
+            "max_pool": max_pool,
+            "penultimate": penultimate,
+            "taggram": torch.sigmoid(self.output(penultimate)),
+        }
+
+    @staticmethod
+    def _frontend_block(conv: nn.Conv2d, bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
+        """conv -> ReLU -> batch norm -> max over the whole frequency axis: [b, c, t]."""
+        return _channel_bn(bn, F.relu(conv(x))).amax(dim=3)
+
+    def load_tf_weights(self, tensors: dict[str, np.ndarray]) -> None:
+        """Copy weights from a musicnn TF1 checkpoint dict (Adam slots are ignored)."""
+
+        def get(name: str) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(tensors[name], dtype=np.float32))
+
+        convs = [f"timbral_convs.{i}" for i in range(2)] + [f"temporal_convs.{i}" for i in range(3)]
+        convs += [f"midend_convs.{i}" for i in range(3)]
+        state: dict[str, torch.Tensor] = {}
+        for i, path in enumerate(convs):
+            prefix = "conv2d" + (f"_{i}" if i else "")
+            kernel = get(f"{prefix}/kernel").permute(3, 2, 0, 1)  # [kh,kw,in,out] -> [out,in,kh,kw]
+            if path.startswith("midend"):  # full-width kernel as Conv1d: [o, 1, 7, c] -> [o, c, 7]
+                kernel = kernel[:, 0].transpose(1, 2)
+            state[f"{path}.weight"] = kernel
+            state[f"{path}.bias"] = get(f"{prefix}/bias")
+        for i in range(len(self.bns)):
+            prefix = "batch_normalization" + (f"_{i}" if i else "")
+            state[f"bns.{i}.weight"] = get(f"{prefix}/gamma")
+            state[f"bns.{i}.bias"] = get(f"{prefix}/beta")
+            state[f"bns.{i}.running_mean"] = get(f"{prefix}/moving_mean")
+            state[f"bns.{i}.running_var"] = get(f"{prefix}/moving_variance")
+            state[f"bns.{i}.num_batches_tracked"] = torch.tensor(0)
+        for tf_name, path in (("dense", "dense"), ("dense_1", "output")):
+            state[f"{path}.weight"] = get(f"{tf_name}/kernel").T
+            state[f"{path}.bias"] = get(f"{tf_name}/bias")
+        self.load_state_dict(state)

@@ -1,0 +1,82 @@
+"""SQLite catalog: tracks, model runs, which vectors exist, failures, aspect maps."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tracks (
+    id INTEGER PRIMARY KEY,
+    path TEXT UNIQUE NOT NULL,
+    content_hash TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime REAL NOT NULL,
+    duration REAL,
+    sample_rate INTEGER,
+    channels INTEGER,
+    artist TEXT, album TEXT, title TEXT, genre TEXT, composer TEXT,
+    added_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tracks_hash ON tracks(content_hash);
+CREATE INDEX IF NOT EXISTS tracks_artist ON tracks(artist);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    model TEXT NOT NULL,
+    revision TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    sample_rate INTEGER NOT NULL,
+    layer_names TEXT NOT NULL,
+    layer_dims TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    UNIQUE (model, revision, policy)
+);
+CREATE TABLE IF NOT EXISTS vectors (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    content_hash TEXT NOT NULL,
+    track_row INTEGER NOT NULL,
+    seg_row INTEGER NOT NULL,
+    n_segments INTEGER NOT NULL,
+    seg_starts TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (run_id, content_hash)
+);
+CREATE TABLE IF NOT EXISTS failures (
+    run_id INTEGER NOT NULL,
+    content_hash TEXT NOT NULL,
+    path TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (run_id, content_hash)
+);
+CREATE TABLE IF NOT EXISTS aspect_map (
+    run_id INTEGER NOT NULL,
+    aspect TEXT NOT NULL,
+    layer TEXT NOT NULL,
+    score REAL NOT NULL,
+    margin REAL NOT NULL,
+    PRIMARY KEY (run_id, aspect)
+);
+CREATE TABLE IF NOT EXISTS derived (
+    run_id INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    meta TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (run_id, name)
+);
+"""
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open the catalog (WAL mode, rows as mappings), creating the schema if needed."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(SCHEMA)
+    conn.row_factory = sqlite3.Row
+    return conn

@@ -1,0 +1,347 @@
+"""The feature store: one folder holding the SQLite catalog and float16 vector files.
+
+Layout::
+
+    STORE/catalog.sqlite
+    STORE/runs/<run_id>/track/<layer>.f16     one row per (run, content hash)
+    STORE/runs/<run_id>/segment/<layer>.f16   one row per window
+    STORE/runs/<run_id>/derived/<name>.f16    e.g. fused vectors, aligned to track rows
+    STORE/indexes/, STORE/reports/            written by search and probing
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mess.audio.windows import WindowPolicy
+from mess.models.base import ModelInfo
+from mess.store.arrays import RowFile
+from mess.store.catalog import connect
+
+DEFAULT_STORE = Path(".mess")
+
+
+class StoreError(Exception):
+    """A request the store cannot answer (unknown run, track or layer)."""
+
+
+@dataclass(frozen=True)
+class Track:
+    """One audio file in the collection, with its tags."""
+
+    id: int
+    path: str
+    content_hash: str
+    duration: float | None
+    artist: str | None
+    album: str | None
+    title: str | None
+    genre: str | None
+    composer: str | None
+
+    @property
+    def name(self) -> str:
+        """A human label: 'artist - title', falling back to the file name."""
+        title = self.title or Path(self.path).stem
+        return f"{self.artist} - {title}" if self.artist else title
+
+    def label(self, field: str) -> str | None:
+        """A metadata field by name (artist, album, genre, composer, title)."""
+        return getattr(self, field)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A (model, revision, window policy) combination whose vectors live in the store."""
+
+    id: int
+    model: str
+    revision: str
+    policy: WindowPolicy
+    sample_rate: int
+    layer_names: tuple[str, ...]
+    layer_dims: tuple[int, ...]
+
+    def layer_index(self, layer: str | int) -> int:
+        """Resolve a layer name, index or negative index ('-1' = last) to an index."""
+        if isinstance(layer, str) and layer in self.layer_names:
+            return self.layer_names.index(layer)
+        try:
+            idx = int(layer)
+        except ValueError:
+            raise StoreError(f"unknown layer {layer!r}; {self.model} has {', '.join(self.layer_names)}") from None
+        if not -len(self.layer_names) <= idx < len(self.layer_names):
+            raise StoreError(f"layer {idx} out of range; {self.model} has {len(self.layer_names)} layers")
+        return idx % len(self.layer_names)
+
+
+@dataclass(frozen=True)
+class TrackVectors:
+    """What extraction hands the store for one file."""
+
+    content_hash: str
+    layers: Sequence[np.ndarray]  # per layer: [dim] track vector
+    segments: Sequence[np.ndarray]  # per layer: [n_segments, dim]
+    seg_starts: Sequence[float]
+
+
+_TRACK_COLS = "id, path, content_hash, duration, artist, album, title, genre, composer"
+
+
+class FeatureStore:
+    """Read and write tracks, runs and vectors under one folder."""
+
+    def __init__(self, root: Path = DEFAULT_STORE, *, readonly: bool = False) -> None:
+        self.root = Path(root)
+        db = self.root / "catalog.sqlite"
+        if readonly and not db.exists():
+            raise StoreError(f"no feature store at {self.root} (run `mess extract` first)")
+        self.db = connect(db, readonly=readonly)
+        self._lock = threading.Lock()
+        self._repaired: set[int] = set()
+
+    def close(self) -> None:
+        """Close the catalog connection."""
+        self.db.close()
+
+    @property
+    def reports_dir(self) -> Path:
+        """Where probe, evaluation and fusion reports are written."""
+        return self.root / "reports"
+
+    @property
+    def indexes_dir(self) -> Path:
+        """Where FAISS indexes are written."""
+        return self.root / "indexes"
+
+    # ---- tracks -------------------------------------------------------------------
+    def upsert_track(self, path: Path, content_hash: str, size: int, mtime: float,
+                     info: dict[str, object], tags: dict[str, str | None]) -> int:
+        """Insert or update a track by path; returns its id."""
+        row = {"path": str(path), "content_hash": content_hash, "size": size, "mtime": mtime,
+               "duration": info.get("duration"), "sample_rate": info.get("sample_rate"),
+               "channels": info.get("channels"), **tags, "added_at": time.time()}
+        cols = ", ".join(row)
+        marks = ", ".join(f":{c}" for c in row)
+        updates = ", ".join(f"{c}=excluded.{c}" for c in row if c not in ("path", "added_at"))
+        with self._lock, self.db:
+            self.db.execute(f"INSERT INTO tracks ({cols}) VALUES ({marks}) "
+                            f"ON CONFLICT(path) DO UPDATE SET {updates}", row)
+            return int(self.db.execute("SELECT id FROM tracks WHERE path=?", (str(path),)).fetchone()[0])
+
+    def known_file(self, path: Path) -> tuple[str, int, float] | None:
+        """(content_hash, size, mtime) recorded for a path, to skip re-hashing unchanged files."""
+        row = self.db.execute("SELECT content_hash, size, mtime FROM tracks WHERE path=?", (str(path),)).fetchone()
+        return None if row is None else (row[0], row[1], row[2])
+
+    def tracks(self, run: Run | None = None, *, artist: str | None = None) -> list[Track]:
+        """All tracks (only those with vectors for ``run`` when given), ordered by id."""
+        sql = f"SELECT {', '.join('t.' + c.strip() for c in _TRACK_COLS.split(','))} FROM tracks t"
+        args: list[object] = []
+        if run is not None:
+            sql += " JOIN vectors v ON v.content_hash = t.content_hash AND v.run_id = ?"
+            args.append(run.id)
+        if artist is not None:
+            sql += " WHERE t.artist = ?"
+            args.append(artist)
+        return [Track(**dict(r)) for r in self.db.execute(sql + " ORDER BY t.id", args)]
+
+    def track(self, ref: int | str | Path) -> Track:
+        """Find a track by id, path, or file name; raises StoreError when unknown."""
+        key = str(ref)
+        sql = f"SELECT {_TRACK_COLS} FROM tracks WHERE "
+        if key.isdigit():
+            row = self.db.execute(sql + "id=?", (int(key),)).fetchone()
+        else:
+            row = self.db.execute(sql + "path=?", (str(Path(key).expanduser().resolve()),)).fetchone()
+            row = row or self.db.execute(sql + "path LIKE ? ORDER BY id", ("%/" + Path(key).name,)).fetchone()
+        if row is None:
+            raise StoreError(f"unknown track {ref!r}")
+        return Track(**dict(row))
+
+    def remove_tracks(self, paths: Iterable[str]) -> int:
+        """Forget tracks by path (their vectors stay cached by content hash)."""
+        with self._lock, self.db:
+            return sum(self.db.execute("DELETE FROM tracks WHERE path=?", (p,)).rowcount for p in paths)
+
+    def all_paths(self) -> list[str]:
+        """Every path in the catalog."""
+        return [r[0] for r in self.db.execute("SELECT path FROM tracks ORDER BY id")]
+
+    # ---- runs ---------------------------------------------------------------------
+    def ensure_run(self, info: ModelInfo, policy: WindowPolicy) -> Run:
+        """Get or create the run for this model, revision and window policy."""
+        with self._lock, self.db:
+            self.db.execute(
+                "INSERT OR IGNORE INTO runs (model, revision, policy, sample_rate, layer_names, layer_dims, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (info.name, info.revision, policy.to_json(), info.sample_rate,
+                 json.dumps(info.layer_names), json.dumps(info.layer_dims), time.time()))
+        row = self.db.execute("SELECT * FROM runs WHERE model=? AND revision=? AND policy=?",
+                              (info.name, info.revision, policy.to_json())).fetchone()
+        return self._run(row)
+
+    def runs(self) -> list[Run]:
+        """All runs, oldest first."""
+        return [self._run(r) for r in self.db.execute("SELECT * FROM runs ORDER BY id")]
+
+    def run(self, model: str | None = None) -> Run:
+        """The most recent run of ``model`` (or of any model when None)."""
+        sql, args = "SELECT * FROM runs", ()
+        if model:
+            sql, args = sql + " WHERE model=?", (model,)
+        row = self.db.execute(sql + " ORDER BY id DESC LIMIT 1", args).fetchone()
+        if row is None:
+            known = sorted({r.model for r in self.runs()})
+            raise StoreError(f"no vectors for model {model!r} in {self.root}; extracted models: {known or 'none'}")
+        return self._run(row)
+
+    @staticmethod
+    def _run(row: object) -> Run:
+        return Run(id=row["id"], model=row["model"], revision=row["revision"],
+                   policy=WindowPolicy.from_json(row["policy"]), sample_rate=row["sample_rate"],
+                   layer_names=tuple(json.loads(row["layer_names"])), layer_dims=tuple(json.loads(row["layer_dims"])))
+
+    # ---- vectors ------------------------------------------------------------------
+    def _file(self, run: Run, level: str, layer: int) -> RowFile:
+        return RowFile(self.root / "runs" / str(run.id) / level / f"{layer:03d}.f16", run.layer_dims[layer])
+
+    def _repair(self, run: Run) -> None:
+        """Cut row files back to what the catalog references (undo an interrupted append)."""
+        if run.id in self._repaired:
+            return
+        track_rows, seg_rows = self.db.execute(
+            "SELECT COALESCE(MAX(track_row)+1, 0), COALESCE(MAX(seg_row+n_segments), 0) FROM vectors WHERE run_id=?",
+            (run.id,)).fetchone()
+        for layer in range(len(run.layer_names)):
+            self._file(run, "track", layer).truncate(track_rows)
+            self._file(run, "segment", layer).truncate(seg_rows)
+        self._repaired.add(run.id)
+
+    def has_vectors(self, run: Run, content_hash: str) -> bool:
+        """Whether this content was already embedded in this run."""
+        return self.db.execute("SELECT 1 FROM vectors WHERE run_id=? AND content_hash=?",
+                               (run.id, content_hash)).fetchone() is not None
+
+    def write_vectors(self, run: Run, items: Sequence[TrackVectors]) -> None:
+        """Append vectors, then commit their catalog rows (crash-safe, idempotent)."""
+        with self._lock:
+            self._repair(run)
+            items = [it for it in items if not self.has_vectors(run, it.content_hash)]
+            if not items:
+                return
+            n_layers = len(run.layer_names)
+            track_row = seg_row = 0
+            for layer in range(n_layers):
+                track_row = self._file(run, "track", layer).append(np.stack([it.layers[layer] for it in items]))
+                seg_row = self._file(run, "segment", layer).append(np.concatenate([it.segments[layer] for it in items]))
+            now = time.time()
+            rows = []
+            for i, it in enumerate(items):
+                rows.append((run.id, it.content_hash, track_row + i, seg_row, len(it.seg_starts),
+                             json.dumps([round(float(s), 3) for s in it.seg_starts]), now))
+                seg_row += len(it.seg_starts)
+            with self.db:
+                self.db.executemany("INSERT INTO vectors VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                self.db.executemany("DELETE FROM failures WHERE run_id=? AND content_hash=?",
+                                    [(run.id, it.content_hash) for it in items])
+
+    def record_failure(self, run: Run, content_hash: str, path: str, reason: str) -> None:
+        """Remember why a file could not be embedded."""
+        with self._lock, self.db:
+            self.db.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?)",
+                            (run.id, content_hash, path, reason, time.time()))
+
+    def failures(self, run: Run) -> list[tuple[str, str]]:
+        """(path, reason) of files that failed in this run."""
+        return [(r[0], r[1]) for r in self.db.execute("SELECT path, reason FROM failures WHERE run_id=?", (run.id,))]
+
+    def _rows(self, run: Run) -> list[object]:
+        return self.db.execute(
+            "SELECT t.id AS track_id, v.track_row, v.seg_row, v.n_segments, v.seg_starts FROM tracks t "
+            "JOIN vectors v ON v.content_hash=t.content_hash AND v.run_id=? ORDER BY t.id", (run.id,)).fetchall()
+
+    def layer_matrix(self, run: Run, layer: str | int) -> tuple[np.ndarray, np.ndarray]:
+        """(track ids, float32 [n_tracks, dim]) of one layer's track vectors."""
+        idx = run.layer_index(layer)
+        rows = self._rows(run)
+        data = self._file(run, "track", idx).read()
+        ids = np.array([r["track_id"] for r in rows], dtype=np.int64)
+        return ids, np.asarray(data[[r["track_row"] for r in rows]], dtype=np.float32)
+
+    def all_layers(self, run: Run) -> tuple[np.ndarray, np.ndarray]:
+        """(track ids, float32 [n_tracks, n_layers, dim]) for models whose layers share one dim."""
+        if len(set(run.layer_dims)) != 1:
+            raise StoreError(f"{run.model} layers have different sizes {run.layer_dims}; read them one by one")
+        mats = [self.layer_matrix(run, i) for i in range(len(run.layer_names))]
+        return mats[0][0], np.stack([m for _, m in mats], axis=1)
+
+    def segment_matrix(self, run: Run, layer: str | int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(track id per segment, start seconds, float32 [n_segments, dim]) of one layer."""
+        idx = run.layer_index(layer)
+        data = self._file(run, "segment", idx).read()
+        ids, starts, take = [], [], []
+        for r in self._rows(run):
+            n = r["n_segments"]
+            ids += [r["track_id"]] * n
+            starts += json.loads(r["seg_starts"])
+            take += range(r["seg_row"], r["seg_row"] + n)
+        return np.array(ids, dtype=np.int64), np.array(starts), np.asarray(data[take], dtype=np.float32)
+
+    def track_rows(self, run: Run) -> dict[str, int]:
+        """content hash -> track row, for writing derived vectors aligned to rows."""
+        return {r[0]: r[1] for r in self.db.execute(
+            "SELECT content_hash, track_row FROM vectors WHERE run_id=?", (run.id,))}
+
+    # ---- derived vectors (fused, ...) --------------------------------------------
+    def write_derived(self, run: Run, name: str, track_ids: np.ndarray, matrix: np.ndarray, meta: dict) -> None:
+        """Store per-track vectors computed from a run (e.g. fused), replacing older ones."""
+        by_id = {t.id: t.content_hash for t in self.tracks(run)}
+        rows = self.track_rows(run)
+        dim = matrix.shape[1]
+        full = np.full((max(rows.values(), default=-1) + 1, dim), np.nan, dtype=np.float32)
+        for tid, vec in zip(track_ids, matrix):
+            full[rows[by_id[int(tid)]]] = vec
+        RowFile(self._derived_path(run, name), dim).replace(full)
+        with self._lock, self.db:
+            self.db.execute("INSERT OR REPLACE INTO derived VALUES (?, ?, ?, ?, ?)",
+                            (run.id, name, dim, json.dumps(meta), time.time()))
+
+    def derived_matrix(self, run: Run, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(track ids, float32 matrix) of derived vectors; tracks added since are left out."""
+        row = self.db.execute("SELECT dim FROM derived WHERE run_id=? AND name=?", (run.id, name)).fetchone()
+        if row is None:
+            raise StoreError(f"no {name!r} vectors for {run.model}; run `mess fuse train` and `mess fuse apply` first")
+        data = RowFile(self._derived_path(run, name), row[0]).read()
+        pairs = [(r["track_id"], r["track_row"]) for r in self._rows(run) if r["track_row"] < len(data)]
+        mat = np.asarray(data[[p[1] for p in pairs]], dtype=np.float32)
+        keep = ~np.isnan(mat).any(axis=1)
+        return np.array([p[0] for p in pairs], dtype=np.int64)[keep], mat[keep]
+
+    def derived_meta(self, run: Run, name: str) -> dict | None:
+        """Metadata stored with derived vectors, or None."""
+        row = self.db.execute("SELECT meta FROM derived WHERE run_id=? AND name=?", (run.id, name)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def _derived_path(self, run: Run, name: str) -> Path:
+        return self.root / "runs" / str(run.id) / "derived" / f"{name}.f16"
+
+    # ---- aspect map -----------------------------------------------------------------
+    def set_aspect_map(self, run: Run, entries: Iterable[tuple[str, str, float, float]]) -> None:
+        """Replace the aspect -> (layer, score, margin) map of a run."""
+        with self._lock, self.db:
+            self.db.execute("DELETE FROM aspect_map WHERE run_id=?", (run.id,))
+            self.db.executemany("INSERT INTO aspect_map VALUES (?, ?, ?, ?, ?)",
+                                [(run.id, a, layer, s, m) for a, layer, s, m in entries])
+
+    def aspect_map(self, run: Run) -> dict[str, str]:
+        """aspect -> layer name, as chosen by the last probe of this run (empty when never probed)."""
+        return {r[0]: r[1] for r in self.db.execute(
+            "SELECT aspect, layer FROM aspect_map WHERE run_id=? ORDER BY aspect", (run.id,))}

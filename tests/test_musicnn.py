@@ -1,0 +1,187 @@
+"""musicnn PyTorch port: checkpoint reader, layer shapes, and tags on real-sounding music."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+pytest.importorskip("musicnn.configuration", reason="pip install --no-deps musicnn==0.1.0")
+
+from mess.models.musicnn import MusicnnModel  # noqa: E402
+from mess.models.musicnn.checkpoint import read_checkpoint  # noqa: E402
+from mess.models.musicnn.model import MIN_SAMPLES, checkpoint_prefix, log_mel  # noqa: E402
+
+SR = 16000
+SOUNDFONT = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")
+EXPECTED_SHAPES = {
+    "conv2d/kernel": (7, 38, 1, 204),
+    "conv2d_1/kernel": (7, 67, 1, 204),
+    "conv2d_2/kernel": (128, 1, 1, 51),
+    "conv2d_3/kernel": (64, 1, 1, 51),
+    "conv2d_4/kernel": (32, 1, 1, 51),
+    "conv2d_5/kernel": (7, 561, 1, 64),
+    "conv2d_6/kernel": (7, 64, 1, 64),
+    "conv2d_7/kernel": (7, 64, 1, 64),
+    "dense/kernel": (1506, 200),
+    "dense_1/kernel": (200, 50),
+}
+BN_SIZES = (1, 204, 204, 51, 51, 51, 64, 64, 64, 1506, 200)
+# Arpeggiated C major / D minor chords with a bass note: (MIDI notes, seconds).
+PIANO_SEQUENCE = [((60, 48), 0.5)] + [((n,), 0.5) for n in (64, 67, 72, 71, 67)]
+PIANO_SEQUENCE += [((62, 50), 0.5)] + [((n,), 0.5) for n in (65, 69, 72, 69, 65)]
+
+
+def _expected_shapes() -> dict[str, tuple[int, ...]]:
+    shapes = dict(EXPECTED_SHAPES)
+    for key in list(EXPECTED_SHAPES):
+        shapes[key.replace("kernel", "bias")] = EXPECTED_SHAPES[key][-1:]
+    for i, size in enumerate(BN_SIZES):
+        prefix = "batch_normalization" + (f"_{i}" if i else "")
+        for stat in ("gamma", "beta", "moving_mean", "moving_variance"):
+            shapes[f"{prefix}/{stat}"] = (size,)
+    return shapes
+
+
+def _midi_bytes(sequence: list[tuple[tuple[int, ...], float]], tempo_us: int = 500_000) -> bytes:
+    """A type-0 MIDI file (480 ticks per quarter) playing each chord for its duration."""
+    ticks_per_second = 480 * 1_000_000 / tempo_us
+    track = b"\x00\xff\x51\x03" + tempo_us.to_bytes(3, "big") + b"\x00\xc0\x00"  # tempo, piano
+    for notes, seconds in sequence:
+        for note in notes:
+            track += b"\x00\x90" + bytes([note, 90])
+        delta = int(seconds * ticks_per_second)
+        for i, note in enumerate(notes):
+            track += _varlen(delta if i == 0 else 0) + b"\x80" + bytes([note, 0])
+    track += b"\x00\xff\x2f\x00"
+    header = b"MThd" + (6).to_bytes(4, "big") + (0).to_bytes(2, "big") + (1).to_bytes(2, "big")
+    return header + (480).to_bytes(2, "big") + b"MTrk" + len(track).to_bytes(4, "big") + track
+
+
+def _varlen(value: int) -> bytes:
+    """MIDI variable-length quantity."""
+    out = [value & 0x7F]
+    while value := value >> 7:
+        out.append(0x80 | (value & 0x7F))
+    return bytes(reversed(out))
+
+
+def _additive_piano(sequence: list[tuple[tuple[int, ...], float]]) -> np.ndarray:
+    """Fallback without fluidsynth: decaying, slightly inharmonic partials per note."""
+    chunks = []
+    for notes, seconds in sequence:
+        t = np.arange(int(seconds * SR)) / SR
+        chunk = np.zeros_like(t)
+        for note in notes:
+            f0 = 440.0 * 2 ** ((note - 69) / 12)
+            for h in range(1, 9):
+                chunk += np.sin(2 * np.pi * f0 * h * t * (1 + 4e-4 * h * h)) * np.exp(-t * (2 + h)) / h**1.5
+        chunks.append(chunk)
+    return np.concatenate(chunks)
+
+
+@pytest.fixture(scope="module")
+def piano(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    """~6 s of piano at 16 kHz, rendered with fluidsynth where available."""
+    fluidsynth = shutil.which("fluidsynth")
+    if fluidsynth and SOUNDFONT.is_file():
+        folder = tmp_path_factory.mktemp("piano")
+        (folder / "piano.mid").write_bytes(_midi_bytes(PIANO_SEQUENCE))
+        command = [fluidsynth, "-ni", "-q", "-F", str(folder / "piano.wav"), "-r", str(SR)]
+        subprocess.run([*command, str(SOUNDFONT), str(folder / "piano.mid")], check=True, timeout=60)
+        audio, rate = sf.read(folder / "piano.wav", dtype="float32", always_2d=True)
+        assert rate == SR
+        audio = audio.mean(axis=1)
+    else:
+        audio = _additive_piano(PIANO_SEQUENCE)
+    return (0.3 * audio / np.abs(audio).max()).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def mtt() -> MusicnnModel:
+    return MusicnnModel("MTT")
+
+
+@pytest.fixture(scope="module")
+def msd() -> MusicnnModel:
+    return MusicnnModel("MSD")
+
+
+def test_checkpoint_reader_shapes_and_parameter_count() -> None:
+    tensors = read_checkpoint(f"{checkpoint_prefix('MSD')}/")
+    params = {k: v for k, v in tensors.items() if "Adam" not in k and not k.endswith("_power")}
+    assert {k: v.shape for k, v in params.items()} == _expected_shapes()
+    assert all(v.dtype == np.float32 for v in params.values())
+    assert sum(v.size for v in params.values()) == 792_079
+    assert tensors["conv2d/kernel/Adam"].shape == (7, 38, 1, 204)
+
+
+def test_info(msd: MusicnnModel, mtt: MusicnnModel) -> None:
+    assert msd.info.name == "musicnn-msd" and mtt.info.name == "musicnn-mtt"
+    assert msd.info.layer_names == (
+        "timbral", "temporal", "cnn1", "cnn2", "cnn3", "mean_pool", "max_pool", "penultimate", "taggram",
+    )
+    assert msd.info.sample_rate == SR and msd.info.min_samples == MIN_SAMPLES == 186 * 256
+    assert len(msd.tag_names) == 50 and "rock" in msd.tag_names and "piano" in mtt.tag_names
+    with pytest.raises(ValueError, match="MSD"):
+        MusicnnModel("FMA")
+
+
+def test_piano_tags_are_plausible_and_differ_from_noise(mtt: MusicnnModel, piano: np.ndarray) -> None:
+    piano_tags = [name for name, _ in mtt.tags(piano, top_k=5)]
+    assert "piano" in piano_tags[:3], piano_tags
+    assert {"classical", "solo", "slow", "soft", "quiet"} & set(piano_tags), piano_tags
+    noise = 0.3 * np.random.default_rng(0).standard_normal(4 * SR).astype(np.float32)
+    noise_tags = [name for name, _ in mtt.tags(noise, top_k=5)]
+    assert "piano" not in noise_tags and noise_tags[0] != piano_tags[0], noise_tags
+    scores = [score for _, score in mtt.tags(piano)]
+    assert len(scores) == 50 and scores == sorted(scores, reverse=True)
+    assert all(0.0 < s < 1.0 for s in scores)
+
+
+def test_layer_shapes_dtypes_and_determinism(msd: MusicnnModel, piano: np.ndarray) -> None:
+    windows = np.stack([piano[: 4 * SR], piano[-4 * SR :]])
+    first, second = msd.embed(windows), msd.embed(windows)
+    for layer, dim, a, b in zip(msd.info.layer_names, msd.info.layer_dims, first, second):
+        assert a.shape == (2, dim) and a.dtype == np.float32, layer
+        assert np.isfinite(a).all() and np.array_equal(a, b), layer
+    alone = msd.embed(windows[1:])
+    for a, b in zip(first, alone):
+        np.testing.assert_allclose(a[1], b[0], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(first[0][0], first[0][1])
+
+
+def test_windows_average_non_overlapping_patches(msd: MusicnnModel, piano: np.ndarray) -> None:
+    window = piano[: 2 * 187 * 256 + 1000]  # two full patches plus a dropped tail
+    embedded = dict(zip(msd.info.layer_names, msd.embed(window[None])))
+    mel = torch.from_numpy(log_mel(window[None])[0, : 2 * 187].reshape(2, 187, 96))
+    with torch.inference_mode():
+        out = msd.network(mel)
+    np.testing.assert_allclose(embedded["timbral"][0], out["timbral"].mean(dim=(0, 1)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(embedded["taggram"][0], out["taggram"].mean(dim=0), rtol=1e-4, atol=1e-6)
+
+
+def test_short_input_is_repeat_padded(msd: MusicnnModel, piano: np.ndarray) -> None:
+    short = piano[: SR // 2]
+    tiled = np.tile(short, -(-MIN_SAMPLES // short.size))[:MIN_SAMPLES]
+    for a, b in zip(msd.embed(short[None]), msd.embed(tiled[None])):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="empty"):
+        msd.embed(np.zeros((1, 0), dtype=np.float32))
+
+
+def test_log_mel_matches_musicnn_float16_formula(piano: np.ndarray) -> None:
+    quiet = 0.3 * piano[None, :MIN_SAMPLES]
+    mel = log_mel(quiet)
+    power = librosa.feature.melspectrogram(y=quiet, sr=SR, n_fft=512, hop_length=256, n_mels=96)
+    musicnn = np.log10(10000 * power[0].T.astype(np.float16) + 1)  # musicnn/extractor.py
+    assert mel.shape == (1, 187, 96) and mel.dtype == np.float32
+    np.testing.assert_array_equal(mel[0], musicnn)
+    loud = log_mel(np.clip(50 * piano[None, :MIN_SAMPLES], -1, 1))
+    assert np.isfinite(loud).all() and loud.max() > np.log10(65504)
