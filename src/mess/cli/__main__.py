@@ -1,0 +1,5 @@
+"""`python -m mess.cli` runs the command line."""
+
+from mess.cli.main import main
+
+main()

@@ -1,0 +1,148 @@
+"""The extraction pipeline end to end on real decoding and the real DSP model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from mess.audio.discover import find_audio
+from mess.audio.windows import WindowPolicy
+from mess.extract.embed import embed_file
+from mess.extract.pipeline import extract
+from mess.models.dsp import DspModel
+from mess.store import FeatureStore
+
+POLICY = WindowPolicy(window_seconds=4.0, max_windows=3)
+
+
+def _tone_files(folder: Path, n: int, seconds: float = 3.0, sr: int = 22050) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * sr)) / sr
+    paths = []
+    for i in range(n):
+        y = 0.3 * np.sin(2 * np.pi * (110 * (i + 1)) * t) * (1 + 0.5 * np.sin(2 * np.pi * (i + 1) * t))
+        paths.append(folder / f"tone{i:02d}.wav")
+        sf.write(paths[-1], y.astype(np.float32), sr)
+    return paths
+
+
+def test_extract_skips_unchanged_picks_up_new_and_prunes(tmp_path: Path) -> None:
+    music = tmp_path / "music"
+    _tone_files(music, 3)
+    store = FeatureStore(tmp_path / "store")
+    model = DspModel()
+    first = extract(store, find_audio([music]), model, POLICY)
+    assert (first.done, first.skipped, first.failed) == (3, 0, [])
+    _tone_files(music, 4)  # rewrites the same 3 bytes-identical files and adds one
+    second = extract(store, find_audio([music]), model, POLICY)
+    assert (second.done, second.skipped) == (1, 3)
+    (music / "tone00.wav").unlink()
+    third = extract(store, find_audio([music]), model, POLICY, prune_under=[music])
+    assert (third.removed, third.done, third.skipped) == (1, 0, 3)
+    assert len(store.tracks(store.run("dsp"))) == 3
+
+
+def test_moved_file_keeps_its_vectors_by_content_hash(tmp_path: Path) -> None:
+    music = tmp_path / "music"
+    _tone_files(music, 2)
+    store = FeatureStore(tmp_path / "store")
+    extract(store, find_audio([music]), DspModel(), POLICY)
+    shutil.move(music / "tone01.wav", music / "renamed.wav")
+    summary = extract(store, find_audio([music]), DspModel(), POLICY, prune_under=[music])
+    assert (summary.done, summary.skipped, summary.removed) == (0, 2, 1)
+    assert store.track("renamed.wav").content_hash == store.tracks(store.run("dsp"))[-1].content_hash
+
+
+def test_bad_files_are_reported_by_name_and_do_not_stop_the_run(tmp_path: Path) -> None:
+    music = tmp_path / "music"
+    good = _tone_files(music, 2)
+    sf.write(music / "silence.flac", np.zeros(22050 * 2, np.float32), 22050)
+    sf.write(music / "blip.wav", np.full(11025, 0.2, np.float32), 22050)  # 0.5 s
+    (music / "corrupt.ogg").write_bytes(os.urandom(4096))
+    (music / "empty.mp3").write_bytes(b"")
+    store = FeatureStore(tmp_path / "store")
+    summary = extract(store, find_audio([music]), DspModel(), POLICY)
+    assert summary.done == len(good)
+    reasons = dict(summary.failed)
+    assert set(Path(p).name for p in reasons) == {"silence.flac", "blip.wav", "corrupt.ogg", "empty.mp3"}
+    assert "silent" in reasons[str(music / "silence.flac")]
+    assert "too short" in reasons[str(music / "blip.wav")]
+    assert all(Path(p).name in why for p, why in reasons.items())
+
+
+def test_long_track_gets_full_windows_and_segment_vectors(tmp_path: Path) -> None:
+    music = tmp_path / "music"
+    _tone_files(music, 1, seconds=10.0)
+    store = FeatureStore(tmp_path / "store")
+    extract(store, find_audio([music]), DspModel(), POLICY)
+    run = store.run("dsp")
+    ids, starts, segments = store.segment_matrix(run, "mfcc")
+    assert len(ids) == 3 and starts[0] == 0 and abs(starts[-1] - 6.0) < 1e-3
+    _, track = store.layer_matrix(run, "mfcc")
+    np.testing.assert_allclose(track[0], segments.mean(axis=0), rtol=1e-2, atol=1e-2)
+    assert run.policy == POLICY
+
+
+def test_embed_file_matches_the_stored_vectors(tmp_path: Path) -> None:
+    paths = _tone_files(tmp_path / "music", 1)
+    store = FeatureStore(tmp_path / "store")
+    extract(store, paths, DspModel(), POLICY)
+    _, stored = store.layer_matrix(store.run("dsp"), "chroma")
+    fresh = embed_file(paths[0], DspModel(), POLICY)
+    np.testing.assert_allclose(stored[0], fresh.layers[1], rtol=1e-2, atol=1e-2)
+
+
+def test_killed_run_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
+    music = tmp_path / "music"
+    paths = _tone_files(music, 24, seconds=6.0)
+    store_dir = tmp_path / "store"
+    cmd = [sys.executable, "-m", "mess.cli", "extract", str(music), "--model", "dsp", "--store", str(store_dir),
+           "--window", "4", "--batch-size", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    committed = 0
+    while time.time() < deadline and proc.poll() is None:
+        committed = _committed(store_dir)
+        if committed >= 2:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 0 < _committed(store_dir) < len(paths), "the kill should land mid-run"
+    subprocess.run(cmd, check=True, capture_output=True)
+    with sqlite3.connect(store_dir / "catalog.sqlite") as db:
+        n_vectors, n_distinct = db.execute("SELECT COUNT(*), COUNT(DISTINCT content_hash) FROM vectors").fetchone()
+    assert n_vectors == n_distinct == len(paths)
+    store = FeatureStore(store_dir)
+    run = store.run("dsp")
+    assert store._file(run, "track", 0).rows == len(paths)
+    clean = FeatureStore(tmp_path / "clean")
+    extract(clean, find_audio([music]), DspModel(), WindowPolicy(window_seconds=4.0))
+    resumed, reference = _by_path(store), _by_path(clean)
+    assert resumed.keys() == reference.keys() == {str(p) for p in paths}
+    for path, vector in reference.items():
+        np.testing.assert_array_equal(resumed[path], vector)
+
+
+def _by_path(store: FeatureStore) -> dict[str, np.ndarray]:
+    run = store.run("dsp")
+    ids, mat = store.layer_matrix(run, "mfcc")
+    paths = {t.id: t.path for t in store.tracks(run)}
+    return {paths[i]: row for i, row in zip(ids, mat)}
+
+
+def _committed(store_dir: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{store_dir / 'catalog.sqlite'}?mode=ro", uri=True, timeout=0.1) as db:
+            return db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+    except sqlite3.Error:
+        return 0

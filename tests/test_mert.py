@@ -1,0 +1,87 @@
+"""MERT loading: a tiny random-weights MERT-shaped HubertModel through the real loading code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+
+from mess.models.mert import CHECKPOINTS, MertModel, hubert_config
+from mess.models.registry import ModelError, load_model
+
+MERT_FRONT_END = dict(conv_dim=(16,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2),
+                      conv_bias=False, feat_extract_norm="group", feat_proj_layer_norm=True,
+                      num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, layer_norm_eps=1e-5)
+
+
+def _tiny_mert_dir(tmp: Path, *, stable: bool, mert_style_config: bool) -> tuple[Path, HubertModel]:
+    """Save a MERT-shaped model; optionally rewrite it the way MERT's hub checkpoints are stored."""
+    torch.manual_seed(0)
+    cfg = HubertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+                       do_stable_layer_norm=stable, **MERT_FRONT_END)
+    model = HubertModel(cfg).eval()
+    model.save_pretrained(tmp)
+    Wav2Vec2FeatureExtractor(sampling_rate=24000, do_normalize=True).save_pretrained(tmp)
+    if mert_style_config:
+        # MERT's hub layout: remote-code config and a pytorch_model.bin with weight_g / weight_v keys.
+        config = json.loads((tmp / "config.json").read_text())
+        config.update(model_type="mert_model", auto_map={"AutoModel": "modeling_MERT.MERTModel"},
+                      architectures=["MERTModel"], feature_extractor_cqt=False, deepnorm=False, mask_time_prob=0.0)
+        (tmp / "config.json").write_text(json.dumps(config))
+        state = {}
+        for key, value in model.state_dict().items():
+            key = key.replace("parametrizations.weight.original0", "weight_g")
+            key = key.replace("parametrizations.weight.original1", "weight_v")
+            state[key] = value
+        (tmp / "model.safetensors").unlink()
+        torch.save(state, tmp / "pytorch_model.bin")
+    return tmp, model
+
+
+@pytest.mark.parametrize("stable", [False, True], ids=["95m-shape", "330m-shape"])
+def test_mert_style_checkpoint_loads_strictly_into_hubert(tmp_path: Path, stable: bool) -> None:
+    folder, reference = _tiny_mert_dir(tmp_path, stable=stable, mert_style_config=True)
+    loaded = MertModel.from_pretrained(str(folder))
+    ref_state, got_state = reference.state_dict(), loaded.network.state_dict()
+    assert ref_state.keys() == got_state.keys()
+    assert all(torch.equal(ref_state[k], got_state[k]) for k in ref_state), "weight-norm rename lost weights"
+    assert loaded.info.layer_names == tuple(f"layer_{i}" for i in range(4))
+    assert loaded.info.sample_rate == 24000
+
+
+def test_hidden_states_are_time_means_of_the_reference_forward(tmp_path: Path) -> None:
+    folder, reference = _tiny_mert_dir(tmp_path, stable=True, mert_style_config=True)
+    model = MertModel.from_pretrained(str(folder))
+    rng = np.random.default_rng(0)
+    windows = (rng.standard_normal((2, 24000 * 2)) * 0.1).astype(np.float32)
+    layers = model.embed(windows)
+    norm = (windows - windows.mean(axis=1, keepdims=True)) / np.sqrt(windows.var(axis=1, keepdims=True) + 1e-7)
+    with torch.no_grad():
+        out = reference(torch.from_numpy(norm), output_hidden_states=True)
+    # The last layer must be the output after the stable-layer-norm model's final LayerNorm.
+    expected = [*out.hidden_states[:-1], out.last_hidden_state]
+    assert len(layers) == len(expected) == 4
+    for got, hidden in zip(layers, expected):
+        np.testing.assert_allclose(got, hidden.mean(dim=1).numpy(), atol=1e-4)
+
+
+def test_config_translation_keeps_architecture_and_rejects_cqt() -> None:
+    cfg = hubert_config({"model_type": "mert_model", "hidden_size": 768, "num_hidden_layers": 12,
+                         "do_stable_layer_norm": False, "mask_time_prob": 0.0, **MERT_FRONT_END})
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.mask_time_prob) == (768, 12, 0.05)
+    assert cfg.tie_last_hidden_states is True
+    with pytest.raises(ValueError, match="CQT"):
+        hubert_config({"feature_extractor_cqt": True})
+
+
+def test_registry_loads_local_folder_and_pins_hub_revisions(tmp_path: Path) -> None:
+    folder, _ = _tiny_mert_dir(tmp_path, stable=False, mert_style_config=False)
+    model = load_model(str(folder))
+    assert model.info.revision.startswith("local-")
+    assert all(len(c.revision) == 40 for c in CHECKPOINTS.values())
+    with pytest.raises(ModelError, match="unknown model"):
+        load_model("no-such-model")

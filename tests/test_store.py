@@ -1,0 +1,106 @@
+"""Feature store: catalog + float16 row files, crash safety and idempotence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mess.audio.windows import WindowPolicy
+from mess.models.base import ModelInfo
+from mess.store import FeatureStore, StoreError, TrackVectors
+
+INFO = ModelInfo("toy", "rev1", 16000, ("a", "b"), (4, 3))
+
+
+def _vectors(content_hash: str, n_segments: int, seed: int) -> TrackVectors:
+    rng = np.random.default_rng(seed)
+    segments = [rng.standard_normal((n_segments, d)).astype(np.float32) for d in INFO.layer_dims]
+    return TrackVectors(content_hash, [s.mean(axis=0) for s in segments], segments, list(range(n_segments)))
+
+
+def _add_track(store: FeatureStore, i: int, artist: str = "x") -> int:
+    return store.upsert_track(Path(f"/music/{i}.wav"), f"h{i}", 10, 1.0, {"duration": 3.0},
+                              {"artist": artist, "album": None, "title": f"t{i}", "genre": None, "composer": None})
+
+
+def test_vectors_round_trip_per_layer_and_segment(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path)
+    run = store.ensure_run(INFO, WindowPolicy())
+    items = [_vectors(f"h{i}", n, i) for i, n in enumerate([1, 3, 2])]
+    for i in range(3):
+        _add_track(store, i)
+    store.write_vectors(run, items)
+    ids, mat = store.layer_matrix(run, "b")
+    assert mat.shape == (3, 3) and mat.dtype == np.float32
+    np.testing.assert_allclose(mat, np.stack([it.layers[1] for it in items]), atol=2e-3)
+    seg_ids, starts, segs = store.segment_matrix(run, 0)
+    assert list(seg_ids) == [ids[0]] + [ids[1]] * 3 + [ids[2]] * 2
+    np.testing.assert_allclose(segs, np.concatenate([it.segments[0] for it in items]), atol=2e-3)
+    assert list(starts[:4]) == [0, 0, 1, 2]
+
+
+def test_rewrite_is_idempotent_and_interrupted_append_is_repaired(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path)
+    run = store.ensure_run(INFO, WindowPolicy())
+    _add_track(store, 0)
+    _add_track(store, 1)
+    store.write_vectors(run, [_vectors("h0", 2, 0)])
+    store.write_vectors(run, [_vectors("h0", 2, 0)])  # same content again: nothing appended
+    assert store._file(run, "track", 0).rows == 1
+    # Simulate a crash after appending bytes but before the catalog commit.
+    store._file(run, "track", 0).append(np.ones((1, 4)))
+    store._file(run, "segment", 1).append(np.ones((5, 3)))
+    store.close()
+    reopened = FeatureStore(tmp_path)
+    reopened.write_vectors(run, [_vectors("h1", 1, 1)])
+    ids, mat = reopened.layer_matrix(run, "a")
+    assert len(ids) == 2
+    np.testing.assert_allclose(mat[1], _vectors("h1", 1, 1).layers[0], atol=2e-3)
+    assert reopened._file(run, "segment", 1).rows == 3
+
+
+def test_duplicate_content_shares_vectors_and_lookups_fail_clearly(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path)
+    run = store.ensure_run(INFO, WindowPolicy())
+    a = _add_track(store, 0)
+    b = store.upsert_track(Path("/music/copy.wav"), "h0", 10, 1.0, {}, {"artist": "y"})
+    store.write_vectors(run, [_vectors("h0", 1, 0)])
+    ids, mat = store.layer_matrix(run, 0)
+    assert sorted(ids) == [a, b] and np.array_equal(mat[0], mat[1])
+    assert store.track("copy.wav").id == b
+    with pytest.raises(StoreError, match="unknown track"):
+        store.track(999)
+    with pytest.raises(StoreError, match="unknown layer"):
+        run.layer_index("nope")
+    with pytest.raises(StoreError, match="no vectors for model"):
+        store.run("other")
+    with pytest.raises(StoreError, match="no feature store"):
+        FeatureStore(tmp_path / "missing", readonly=True)
+
+
+def test_derived_vectors_align_to_tracks(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path)
+    run = store.ensure_run(INFO, WindowPolicy())
+    ids = [_add_track(store, i) for i in range(3)]
+    store.write_vectors(run, [_vectors(f"h{i}", 1, i) for i in range(3)])
+    fused = np.arange(6, dtype=np.float32).reshape(3, 2)
+    store.write_derived(run, "fused", np.array(ids[::-1]), fused[::-1], {"note": "test"})
+    got_ids, got = store.derived_matrix(run, "fused")
+    assert list(got_ids) == ids
+    np.testing.assert_array_equal(got, fused)
+    assert store.derived_meta(run, "fused") == {"note": "test"}
+
+
+def test_window_policy_covers_long_tracks_with_full_windows() -> None:
+    policy = WindowPolicy(window_seconds=2.0, max_windows=4)
+    starts, length = policy.starts(5 * 100, 100)
+    assert length == 200 and starts[0] == 0 and starts[-1] == 300 and len(starts) == 3
+    starts, length = policy.starts(150, 100)
+    assert list(starts) == [0] and length == 150
+    starts, _ = policy.starts(100 * 3600, 100)
+    assert len(starts) == 4
+    assert WindowPolicy.from_json(policy.to_json()) == policy
+    with pytest.raises(ValueError):
+        WindowPolicy(window_seconds=0)
