@@ -36,6 +36,12 @@ BN_SIZES = (1, 204, 204, 51, 51, 51, 64, 64, 64, 1506, 200)
 # Arpeggiated C major / D minor chords with a bass note: (MIDI notes, seconds).
 PIANO_SEQUENCE = [((60, 48), 0.5)] + [((n,), 0.5) for n in (64, 67, 72, 71, 67)]
 PIANO_SEQUENCE += [((62, 50), 0.5)] + [((n,), 0.5) for n in (65, 69, 72, 69, 65)]
+# Mean taggram of the original TensorFlow musicnn (extractor.py) on the 0.1-peak additive
+# piano below; see notes/musicnn_tf_check.md.
+TF_REFERENCE = {
+    "MTT": {"piano": 0.420338, "slow": 0.327812, "solo": 0.185518, "quiet": 0.170641, "soft": 0.165859},
+    "MSD": {"jazz": 0.225137, "instrumental": 0.158556, "electronic": 0.139211, "indie": 0.076988},
+}
 
 
 def _expected_shapes() -> dict[str, tuple[int, ...]]:
@@ -100,7 +106,7 @@ def piano(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
         audio = audio.mean(axis=1)
     else:
         audio = _additive_piano(PIANO_SEQUENCE)
-    return (0.3 * audio / np.abs(audio).max()).astype(np.float32)
+    return (0.1 * audio / np.abs(audio).max()).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -134,15 +140,25 @@ def test_info(msd: MusicnnModel, mtt: MusicnnModel) -> None:
 
 
 def test_piano_tags_are_plausible_and_differ_from_noise(mtt: MusicnnModel, piano: np.ndarray) -> None:
-    piano_tags = [name for name, _ in mtt.tags(piano, top_k=5)]
+    ranked = mtt.tags(piano)
+    piano_tags = [name for name, _ in ranked[:5]]
     assert "piano" in piano_tags[:3], piano_tags
     assert {"classical", "solo", "slow", "soft", "quiet"} & set(piano_tags), piano_tags
-    noise = 0.3 * np.random.default_rng(0).standard_normal(4 * SR).astype(np.float32)
+    noise = 0.1 * np.random.default_rng(0).standard_normal(4 * SR).astype(np.float32)
     noise_tags = [name for name, _ in mtt.tags(noise, top_k=5)]
     assert "piano" not in noise_tags and noise_tags[0] != piano_tags[0], noise_tags
-    scores = [score for _, score in mtt.tags(piano)]
+    scores = [score for _, score in ranked]
     assert len(scores) == 50 and scores == sorted(scores, reverse=True)
     assert all(0.0 < s < 1.0 for s in scores)
+
+
+def test_matches_tensorflow_reference(msd: MusicnnModel, mtt: MusicnnModel) -> None:
+    audio = _additive_piano(PIANO_SEQUENCE)
+    audio = (0.1 * audio / np.abs(audio).max()).astype(np.float32)
+    for model in (msd, mtt):
+        ours = dict(model.tags(audio))
+        for tag, score in TF_REFERENCE[model.dataset].items():
+            assert abs(ours[tag] - score) < 1e-4, (model.info.name, tag, ours[tag], score)
 
 
 def test_layer_shapes_dtypes_and_determinism(msd: MusicnnModel, piano: np.ndarray) -> None:
