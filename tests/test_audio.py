@@ -1,0 +1,116 @@
+"""Decoding every supported container, channel layout and sample rate to mono at the model rate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mess.audio.decode import AudioError, load_audio, probe
+from mess.audio.discover import content_hash, find_audio
+from mess.audio.tags import read_tags
+
+
+def _sine(sr: int, seconds: float, freq: float = 440.0, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(sr * seconds)) / sr
+    mono = 0.3 * np.sin(2 * np.pi * freq * t)
+    return np.repeat(mono[:, None], channels, axis=1).astype(np.float32)
+
+
+def _encode_av(path: Path, audio: np.ndarray, sr: int, codec: str) -> None:
+    """Encode [frames, channels] float audio with FFmpeg through PyAV (opus, aac)."""
+    layout = {1: "mono", 2: "stereo"}[audio.shape[1]]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=sr, layout=layout)
+        fmt = stream.codec_context.format
+        samples = audio.T if fmt.is_planar else audio.reshape(1, -1)
+        if fmt.name.startswith("s16"):
+            samples = (samples * 32767).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format=fmt.name, layout=layout)
+        frame.sample_rate = sr
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def _dominant_hz(y: np.ndarray, sr: int) -> float:
+    spectrum = np.abs(np.fft.rfft(y * np.hanning(y.size)))
+    return float(np.argmax(spectrum) * sr / y.size)
+
+
+@pytest.mark.parametrize("ext", ["wav", "flac", "ogg", "mp3", "opus", "m4a"])
+def test_every_container_decodes_to_the_same_pitch_at_the_target_rate(tmp_path: Path, ext: str) -> None:
+    sr = 48000 if ext == "opus" else 44100
+    audio = _sine(sr, 2.0, channels=2)
+    path = tmp_path / f"tone.{ext}"
+    if ext in ("opus", "m4a"):
+        _encode_av(path, audio, sr, {"opus": "libopus", "m4a": "aac"}[ext])
+    else:
+        sf.write(path, audio, sr)
+    y = load_audio(path, 24000)
+    assert abs(y.size / 24000 - 2.0) < 0.1
+    assert abs(_dominant_hz(y, 24000) - 440.0) < 2.0
+    assert 0.2 < np.abs(y).max() < 0.4
+    assert probe(path).channels == 2
+
+
+@pytest.mark.parametrize("channels", [1, 2, 6])
+@pytest.mark.parametrize("sr", [8000, 22050, 96000])
+def test_channel_layouts_and_rates_downmix_and_resample(tmp_path: Path, channels: int, sr: int) -> None:
+    path = tmp_path / "multi.flac"
+    sf.write(path, _sine(sr, 1.5, freq=330.0, channels=channels), sr)
+    y = load_audio(path, 16000)
+    assert y.dtype == np.float32 and y.ndim == 1
+    assert abs(y.size - 24000) <= 2
+    assert abs(_dominant_hz(y, 16000) - 330.0) < 2.0
+
+
+def test_max_seconds_bounds_a_long_file(tmp_path: Path) -> None:
+    path = tmp_path / "long.wav"
+    sf.write(path, _sine(8000, 60.0), 8000)
+    y = load_audio(path, 16000, max_seconds=10.0)
+    assert y.size == 160000
+
+
+@pytest.mark.parametrize("content", [b"", b"RIFF\x00\x00\x00\x00WAVEfmt garbage", bytes(range(256)) * 40])
+def test_unreadable_files_raise_audio_error_naming_the_file(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "broken.flac"
+    path.write_bytes(content)
+    with pytest.raises(AudioError, match="broken.flac"):
+        load_audio(path, 16000)
+
+
+def test_truncated_file_decodes_what_is_there_or_fails_cleanly(tmp_path: Path) -> None:
+    path = tmp_path / "cut.flac"
+    sf.write(path, _sine(44100, 4.0), 44100)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    try:
+        y = load_audio(path, 16000)
+    except AudioError as exc:
+        assert "cut.flac" in str(exc)
+    else:
+        assert 0 < y.size < 4 * 16000
+
+
+def test_discovery_hashing_and_tags(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    a = tmp_path / "sub" / "a.flac"
+    sf.write(a, _sine(22050, 1.0), 22050)
+    sf.write(tmp_path / ".hidden" / "b.wav", _sine(22050, 1.0), 22050)
+    (tmp_path / "notes.txt").write_text("not audio")
+    assert find_audio([tmp_path]) == [a.resolve()]
+    import mutagen.flac
+
+    tagged = mutagen.flac.FLAC(a)
+    tagged["artist"], tagged["genre"] = "Bach", "classical"
+    tagged.save()
+    tags = read_tags(a)
+    assert (tags["artist"], tags["genre"], tags["album"]) == ("Bach", "classical", None)
+    b = tmp_path / "copy.flac"
+    b.write_bytes(a.read_bytes())
+    assert content_hash(a) == content_hash(b)
