@@ -1,0 +1,98 @@
+"""Session-wide test data.
+
+Real audio (music21 corpus rendered with fluidsynth; Wesnoth's soundtrack) is cached
+across runs under ``$MESS_TEST_CACHE`` (default ``~/.cache/mess-test``) in folders keyed
+by the render parameters, the soundfont and the renderer's source, so a change to any
+of them renders afresh. Fixtures needing fluidsynth or apt-get skip when it is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from mess.datasets.render import RenderedVariant
+
+CACHE_ROOT = Path(os.environ.get("MESS_TEST_CACHE", Path.home() / ".cache" / "mess-test"))
+
+# ---------------------------------------------------------------- rendered corpus audio
+
+COLLECTION = {"composers": ["bach", "haydn", "mozart", "palestrina"], "per_composer": 4, "max_seconds": 20.0,
+              "sample_rate": 22050}
+FACTOR_PIECES = 2
+FACTOR_LEVELS = {"instrument": [0, 40, 73], "tempo": [0.6, 1.0, 1.6], "transpose": [-3, 0, 4],
+                 "velocity": [30, 80, 127]}
+
+
+def render_cache(kind: str, params: dict) -> Path:
+    """The cache folder for renders of ``kind`` with ``params``; skips the test without fluidsynth or music21."""
+    pytest.importorskip("music21", reason="music21 renders the corpus: pip install music21")
+    from mess.datasets import render
+
+    try:
+        soundfont = render.require_synth()
+    except render.RenderError as exc:
+        pytest.skip(str(exc))
+    key = json.dumps({**params, "soundfont": soundfont.name}, sort_keys=True).encode()
+    digest = hashlib.sha1(key + Path(render.__file__).read_bytes()).hexdigest()[:12]
+    return CACHE_ROOT / f"{kind}-{digest}"
+
+
+@pytest.fixture(scope="session")
+def rendered_collection() -> list[Path]:
+    """Tagged FLACs: 4 composers x 4 pieces, 20 s each at 22.05 kHz (artist = composer)."""
+    from mess.datasets.render import RenderSettings, render_collection
+
+    out = render_cache("collection", COLLECTION)
+    settings = RenderSettings(max_seconds=COLLECTION["max_seconds"], sample_rate=COLLECTION["sample_rate"])
+    return render_collection(out, COLLECTION["composers"], COLLECTION["per_composer"], settings=settings)
+
+
+@pytest.fixture(scope="session")
+def factor_sets() -> Callable[[str], list[RenderedVariant]]:
+    """``factor_sets("tempo")``: 2 Bach chorales x 3 levels of one factor, rendered on first use."""
+    from mess.datasets.render import render_factor_set
+
+    out = render_cache("factors", {"pieces": FACTOR_PIECES, "levels": FACTOR_LEVELS})
+    rendered: dict[str, list[RenderedVariant]] = {}
+
+    def get(factor: str) -> list[RenderedVariant]:
+        if factor not in rendered:
+            rendered[factor] = render_factor_set(out, factor, FACTOR_PIECES, FACTOR_LEVELS[factor])
+        return rendered[factor]
+
+    return get
+
+
+# ---------------------------------------------------------------- downloaded real audio
+
+
+@pytest.fixture(scope="session")
+def wesnoth_tracks() -> list[Path]:
+    """Wesnoth's 41 OGG tracks (40 tagged, 10 composers); skips where apt-get cannot fetch them."""
+    from mess.datasets.wesnoth import FetchError, fetch_wesnoth
+
+    try:
+        return fetch_wesnoth(CACHE_ROOT / "wesnoth")
+    except FetchError as exc:
+        pytest.skip(str(exc))
+
+
+# ---------------------------------------------------------------- synthetic files
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Good, odd and broken files named as in :func:`mess.datasets.synth.write_test_set`."""
+    from mess.datasets.synth import write_test_set
+
+    out = tmp_path_factory.mktemp("synth")
+    write_test_set(out)
+    return out
