@@ -1,0 +1,200 @@
+"""`mess probe`: which layer of a model encodes which musical aspect (and the controls that say how much is learned)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, fail, open_store
+
+if TYPE_CHECKING:  # the probing stack (scikit-learn, librosa) loads only when a probe command runs
+    from mess.probing.report import ProbeReport
+    from mess.probing.study import ProbeOptions
+    from mess.probing.validation import FactorResult
+    from mess.store import FeatureStore, Run
+
+
+def probe_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model whose latest run to probe (see `mess info`).")],
+    store: StoreOpt = DEFAULT_STORE_PATH,
+    folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds (grouped by album, else artist).")] = 5,
+    layers: Annotated[list[str] | None, typer.Option(
+        "--layers", "-l", help="Layer names or indices, repeatable or comma-separated (default: all).")] = None,
+    control: Annotated[list[str] | None, typer.Option(
+        "--control", "-c", help="shuffled, random-init or none; repeatable (default: shuffled).")] = None,
+    probe: Annotated[str, typer.Option(help="ridge (linear) or mlp (one hidden layer, slower).")] = "ridge",
+    source: Annotated[str | None, typer.Option(
+        help="Model folder to build the random-init twin from, when the run came from a local folder.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for shuffling, fold assignment and random init.")] = 0,
+    workers: Annotated[int, typer.Option(min=1, help="Processes for audio targets; layers probed at once.")] = 2,
+    device: Annotated[str, typer.Option(help="cpu or cuda (random-init extraction only).")] = "cpu",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the full report as JSON on stdout.")] = False,
+) -> None:
+    """Probe every layer for every proxy target; store the best layer per aspect for `mess similar --aspect`."""
+    from mess.probing.probes import ProbeError
+    from mess.probing.report import write_report
+    from mess.probing.study import ProbeOptions, save_aspect_map
+
+    controls = _split(control or ["shuffled"])
+    if not (store / "catalog.sqlite").exists():
+        fail(f"no feature store at {store} (run `mess extract` first)")
+    wanted = _split(layers or []) or None
+    options = ProbeOptions(folds=folds, layers=wanted, source=source, controls=() if "none" in controls else controls,
+                           probe=probe, seed=seed, workers=workers, device=device)
+    with open_store(store, readonly=False) as fs:
+        run = fs.run(model)
+        for layer in wanted or []:
+            run.layer_index(layer)
+        try:
+            report = _run_with_progress(fs, run, options)
+        except ProbeError as exc:
+            fail(str(exc))
+        save_aspect_map(fs, run, report)
+        paths = write_report(report, fs.reports_dir)
+    if json_out:
+        typer.echo(json.dumps({**report.to_dict(), "files": {k: str(v) for k, v in paths.items()}}, indent=2))
+        return
+    _print_report(report, paths)
+
+
+def _split(values: list[str]) -> tuple[str, ...]:
+    """Repeatable, comma-separated option values, de-duplicated in order."""
+    return tuple(dict.fromkeys(x.strip() for v in values for x in v.split(",") if x.strip()))
+
+
+def _run_with_progress(fs: FeatureStore, run: Run, options: ProbeOptions) -> ProbeReport:
+    from mess.probing.study import probe_run
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def hook(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                label = stage if stage in ("targets", "random-init extraction") else f"probe {stage}"
+                tasks[stage] = bar.add_task(label, total=total)
+            bar.update(tasks[stage], completed=done)
+
+        return probe_run(fs, run, options, on_progress=hook)
+
+
+def _print_report(report: ProbeReport, paths: dict[str, Path]) -> None:
+    import numpy as np
+
+    from mess.probing.report import TRAINED, aspect_matrix
+    from mess.probing.targets import ASPECTS
+
+    trained = report.conditions[TRAINED]
+    matrix = aspect_matrix(trained)
+    best = {c.aspect: c for c in report.aspects}
+    table = Table(title=f"{report.model} ({report.revision[:20]}): aspect score = mean max(R^2, 0) out of fold, "
+                        f"{report.n_tracks} tracks, {report.folds}, {report.probe} probe")
+    table.add_column("layer")
+    for aspect in ASPECTS:
+        table.add_column(aspect, justify="right")
+    for i, layer in enumerate(trained.layers):
+        cells = []
+        for k, aspect in enumerate(ASPECTS):
+            value = matrix[i, k]
+            text = "-" if np.isnan(value) else f"{value:.2f}"
+            cells.append(f"[bold green]{text}[/]" if aspect in best and best[aspect].layer == layer else text)
+        table.add_row(layer, *cells)
+    console.print(table)
+    console.print(_controls_table(report))
+    for name, note in report.notes.items():
+        console.print(f"[dim]{name}:[/] {note}")
+    if report.missing:
+        console.print(f"[yellow]{len(report.missing)} tracks without targets[/] (first: {report.missing[0][1]})")
+    console.print("aspect map stored for `mess similar --aspect`; report: "
+                  + ", ".join(str(p) for p in paths.values()))
+
+
+def _controls_table(report: ProbeReport) -> Table:
+    """Per aspect: best trained layer and margin, next to the best score under each control."""
+    from mess.probing.report import TRAINED, choose_layers
+
+    table = Table(title="best layer per aspect vs. controls (a learned aspect scores well above both)")
+    for col in ("aspect", "best layer", "score", "margin"):
+        table.add_column(col, justify="left" if col in ("aspect", "best layer") else "right")
+    others = [n for n in report.conditions if n != TRAINED]
+    for name in others:
+        table.add_column(f"{name} best", justify="right")
+    control_best = {n: {c.aspect: c for c in choose_layers(report.conditions[n])} for n in others}
+    for choice in report.aspects:
+        row = [choice.aspect, choice.layer, f"{choice.score:.2f}", f"+{choice.margin:.2f}"]
+        for name in others:
+            c = control_best[name].get(choice.aspect)
+            row.append("-" if c is None else f"{c.score:.2f} ({c.layer})")
+        table.add_row(*row)
+    return table
+
+
+def validate_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model to validate (dsp is the fastest).")] = "dsp",
+    store: StoreOpt = DEFAULT_STORE_PATH,
+    pieces: Annotated[int, typer.Option(min=2, help="Bach chorales per factor set.")] = 4,
+    factor: Annotated[list[str] | None, typer.Option(
+        "--factor", "-f", help="instrument, tempo, transpose, velocity; repeatable (default: all).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Processes computing audio targets.")] = 2,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
+) -> None:
+    """Render pieces with one factor varied and check that probing finds the intended aspect."""
+    from mess.datasets.render import RenderError
+    from mess.models.registry import ModelError, load_model
+    from mess.probing.probes import ProbeError
+    from mess.probing.validation import FACTORS, validate
+
+    factors = _split(factor) if factor else FACTORS
+    try:
+        embedder = load_model(model)
+    except (ModelError, ImportError, ValueError) as exc:
+        fail(str(exc))
+    with console.status(f"rendering and probing {', '.join(factors)} ..."):
+        try:
+            results = validate(store / "validation", embedder, factors=factors, n_pieces=pieces, workers=workers)
+        except (RenderError, ProbeError) as exc:
+            fail(str(exc))
+    payload = {"model": embedder.info.name, "revision": embedder.info.revision, "pieces": pieces,
+               "factors": [r.to_dict() for r in results]}
+    path = store / "reports" / f"probe-validate-{re.sub(r'[^A-Za-z0-9_.-]+', '_', embedder.info.name)}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2))
+    if json_out:
+        typer.echo(json.dumps({**payload, "file": str(path)}, indent=2))
+        return
+    _print_validation(embedder.info.name, pieces, results, path)
+
+
+def _print_validation(model: str, pieces: int, results: list[FactorResult], path: Path) -> None:
+    table = Table(title=f"{model}: does probing find the factor that was varied? ({pieces} pieces)")
+    for col in ("factor", "intended", "moved most (effect)", "runner-up", "ok", "best layer", "null p95", "chance",
+                "ok "):
+        table.add_column(col)
+    for r in results:
+        ranked = sorted(r.aspect_effect.items(), key=lambda kv: -kv[1])
+        best = r.layer_scores[r.best_layer]
+        table.add_row(r.factor, "/".join(r.expected), f"{ranked[0][0]} ({ranked[0][1]:.2f})",
+                      f"{ranked[1][0]} ({ranked[1][1]:.2f})", _mark(r.aspect_found),
+                      f"{r.best_layer} ({r.metric} {best:.2f})", f"{r.null_scores[r.best_layer]:.2f}",
+                      f"{r.chance:.2f}", _mark(r.layer_found))
+    console.print(table)
+    for r in results:
+        if r.note:
+            console.print(f"[yellow]{r.factor}:[/] {r.note}")
+    console.print(f"report: {path}")
+
+
+def _mark(ok: bool) -> str:
+    return "[green]yes[/]" if ok else "[red]no[/]"
+
+
+def register(app: typer.Typer) -> None:
+    """Add `probe` and `probe-validate` to the main CLI."""
+    app.command("probe")(probe_command)
+    app.command("probe-validate")(validate_command)

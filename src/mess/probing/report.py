@@ -1,0 +1,179 @@
+"""Probe results: aspect -> layer choice, and the JSON / CSV / PNG report files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mess.probing.probes import ProbeScores
+from mess.probing.targets import ASPECTS, TARGETS, aspect_targets
+
+TRAINED = "trained"
+_ASPECT_OF = {t.name: t.aspect for t in TARGETS}
+
+
+@dataclass(frozen=True)
+class AspectChoice:
+    """The layer that best predicts an aspect's targets, and by how much it beats the next."""
+
+    aspect: str
+    layer: str
+    score: float  # mean over the aspect's targets of max(out-of-fold R^2, 0)
+    runner_up: str | None
+    margin: float  # score minus the runner-up layer's score (0 with a single layer)
+
+
+def aspect_matrix(scores: ProbeScores) -> np.ndarray:
+    """Aspect score per layer: mean over the aspect's targets of max(R^2, 0): [n_layers, len(ASPECTS)].
+
+    A target the layer cannot predict counts as 0, however badly it extrapolates, so
+    one wild target cannot sink a layer that predicts the rest of the aspect well.
+    Constant (NaN) targets are ignored.
+    """
+    out = np.full((len(scores.layers), len(ASPECTS)), np.nan)
+    for a, aspect in enumerate(ASPECTS):
+        names = [TARGETS[i].name for i in aspect_targets(aspect)]
+        cols = [scores.targets.index(n) for n in names if n in scores.targets]
+        block = scores.r2[:, cols]
+        valid = ~np.isnan(block).all(axis=0)
+        if valid.any():
+            out[:, a] = np.clip(block[:, valid], 0.0, None).mean(axis=1)
+    return out
+
+
+def choose_layers(scores: ProbeScores) -> list[AspectChoice]:
+    """Best layer per aspect = highest aspect score (see :func:`aspect_matrix`); margin over the runner-up."""
+    matrix = aspect_matrix(scores)
+    choices = []
+    for a, aspect in enumerate(ASPECTS):
+        col = matrix[:, a]
+        if np.isnan(col).all():
+            continue
+        order = np.argsort(-np.nan_to_num(col, nan=-np.inf), kind="stable")
+        best = int(order[0])
+        second = int(order[1]) if len(order) > 1 and not np.isnan(col[order[1]]) else None
+        margin = float(col[best] - col[second]) if second is not None else 0.0
+        choices.append(AspectChoice(aspect, scores.layers[best], float(col[best]),
+                                    scores.layers[second] if second is not None else None, margin))
+    return choices
+
+
+@dataclass
+class ProbeReport:
+    """Everything one `mess probe` found, for one run and its controls."""
+
+    model: str
+    revision: str
+    run_id: int
+    policy: dict
+    n_tracks: int
+    folds: str
+    probe: str
+    seconds: float
+    conditions: dict[str, ProbeScores]  # "trained", "shuffled", "random-init"
+    notes: dict[str, str] = field(default_factory=dict)  # condition -> why it is missing or what it means
+    missing: list[tuple[str, str]] = field(default_factory=list)  # tracks without targets
+
+    @property
+    def aspects(self) -> list[AspectChoice]:
+        """The aspect -> layer choice of the trained model."""
+        return choose_layers(self.conditions[TRAINED])
+
+    def to_dict(self) -> dict:
+        """JSON-ready report."""
+        def table(scores: ProbeScores, values: np.ndarray) -> dict[str, dict[str, float | None]]:
+            return {layer: {t: _num(values[i, j]) for j, t in enumerate(scores.targets)}
+                    for i, layer in enumerate(scores.layers)}
+
+        conditions = {}
+        for name, scores in self.conditions.items():
+            agg = aspect_matrix(scores)
+            conditions[name] = {
+                "r2": table(scores, scores.r2), "r2_std": table(scores, scores.r2_std),
+                "aspect_score": {layer: {a: _num(agg[i, k]) for k, a in enumerate(ASPECTS)}
+                              for i, layer in enumerate(scores.layers)},
+                "best": [vars(c) for c in choose_layers(scores)],
+            }
+        return {
+            "model": self.model, "revision": self.revision, "run_id": self.run_id, "window_policy": self.policy,
+            "n_tracks": self.n_tracks, "folds": self.folds, "probe": self.probe, "seconds": round(self.seconds, 2),
+            "metric": "out-of-fold R^2 = 1 - MSE(test fold) / Var(target over all tracks); mean and std over folds; "
+                      "aspect score = mean over the aspect's targets of max(R^2, 0)",
+            "targets": [{"name": t.name, "aspect": t.aspect, "meaning": t.meaning} for t in TARGETS],
+            "aspects": [vars(c) for c in self.aspects],
+            "conditions": conditions,
+            "notes": self.notes,
+            "missing_tracks": [{"path": p, "reason": r} for p, r in self.missing],
+        }
+
+
+def _num(value: float) -> float | None:
+    return None if np.isnan(value) else round(float(value), 4)
+
+
+def report_paths(folder: Path, model: str, run_id: int, probe: str) -> dict[str, Path]:
+    """Where the JSON, CSV and PNG of a probe report go."""
+    stem = f"probe-{re.sub(r'[^A-Za-z0-9_.-]+', '_', model)}-run{run_id}" + ("" if probe == "ridge" else f"-{probe}")
+    return {ext: Path(folder) / f"{stem}.{ext}" for ext in ("json", "csv", "png")}
+
+
+def write_report(report: ProbeReport, folder: Path) -> dict[str, Path]:
+    """Write the JSON report, a long-format CSV and a heatmap PNG; returns their paths."""
+    paths = report_paths(folder, report.model, report.run_id, report.probe)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths["json"].write_text(json.dumps(report.to_dict(), indent=2))
+    with paths["csv"].open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["condition", "layer", "target", "aspect", "r2_mean", "r2_std"])
+        for name, scores in report.conditions.items():
+            for i, layer in enumerate(scores.layers):
+                for j, target in enumerate(scores.targets):
+                    writer.writerow([name, layer, target, _ASPECT_OF[target],
+                                     _num(scores.r2[i, j]), _num(scores.r2_std[i, j])])
+    heatmap(report, paths["png"])
+    return paths
+
+
+def heatmap(report: ProbeReport, path: Path) -> None:
+    """Layers x targets R^2, one panel per condition, targets grouped by aspect."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report.conditions)
+    first = report.conditions[TRAINED]
+    width = max(8.0, 0.42 * len(first.targets) + 2.5)
+    heights = [0.3 * len(report.conditions[n].layers) + 0.9 for n in names]
+    fig, axes = plt.subplots(len(names), 1, figsize=(width, sum(heights) + 1.6), squeeze=False,
+                             gridspec_kw={"height_ratios": heights}, constrained_layout=True)
+    image = None
+    for row, (ax, name) in enumerate(zip(axes[:, 0], names)):
+        scores = report.conditions[name]
+        image = ax.imshow(scores.r2, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
+        ax.set_yticks(range(len(scores.layers)), scores.layers, fontsize=8)
+        ax.set_xticks(range(len(scores.targets)), scores.targets if row == len(names) - 1 else [],
+                      rotation=60, ha="right", fontsize=8)
+        for i in range(len(scores.layers)):
+            for j in range(len(scores.targets)):
+                if not np.isnan(scores.r2[i, j]):
+                    ax.text(j, i, f"{scores.r2[i, j]:.2f}", ha="center", va="center", fontsize=5.5,
+                            color="white" if abs(scores.r2[i, j]) > 0.6 else "black")
+        aspects = [_ASPECT_OF[t] for t in scores.targets]
+        starts = [k for k in range(len(aspects)) if k == 0 or aspects[k] != aspects[k - 1]]
+        for k in starts[1:]:
+            ax.axvline(k - 0.5, color="black", linewidth=1.2)
+        top = ax.secondary_xaxis("top")
+        ends = starts[1:] + [len(aspects)]
+        top.set_xticks([(a + b - 1) / 2 for a, b in zip(starts, ends)], [aspects[k] for k in starts], fontsize=8)
+        top.tick_params(length=0)
+        ax.set_title(f"{report.model} - {name}: out-of-fold R^2 ({report.n_tracks} tracks, {report.folds})",
+                     fontsize=9)
+    fig.colorbar(image, ax=axes[:, 0].tolist(), shrink=0.8, label="R^2 (clipped to [-1, 1])")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,118 @@
+"""Probe one run of the feature store: targets, probes, controls, and the aspect map they yield."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from mess.models.registry import ModelError
+from mess.probing.controls import ControlError, random_init_run, shuffled_rows
+from mess.probing.probes import PROBE_KINDS, Folds, ProbeError, ProbeScores, make_folds, probe_layers
+from mess.probing.report import TRAINED, ProbeReport
+from mess.probing.target_cache import TrackTargets, track_targets
+from mess.probing.targets import TARGET_NAMES
+from mess.store import FeatureStore, Run
+
+CONTROLS = ("shuffled", "random-init")
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """How to probe: folds, which layers, which controls, which probe."""
+
+    folds: int = 5
+    layers: Sequence[str] | None = None  # names or indices; None = all
+    source: str | None = None  # where to load the architecture for random-init (default: the run's model name)
+    controls: Sequence[str] = ("shuffled",)
+    probe: str = "ridge"
+    seed: int = 0
+    workers: int = 2  # processes computing audio targets, and layers probed side by side
+    device: str = "cpu"
+    batch_size: int = 4
+
+
+def probe_run(store: FeatureStore, run: Run, options: ProbeOptions = ProbeOptions(),
+              on_progress: Progress | None = None) -> ProbeReport:
+    """Compute (or read cached) targets, probe every selected layer, and run the controls."""
+    started = time.perf_counter()
+    unknown = sorted(set(options.controls) - set(CONTROLS))
+    if unknown:
+        raise ProbeError(f"unknown control {unknown[0]!r}; use {', '.join(CONTROLS)} or none")
+    if options.probe not in PROBE_KINDS:
+        raise ProbeError(f"unknown probe {options.probe!r}; use {' or '.join(PROBE_KINDS)}")
+    layers = [run.layer_names[run.layer_index(x)] for x in options.layers] if options.layers else list(run.layer_names)
+    tracks = store.tracks(run)
+    if len(tracks) < 4:
+        raise ProbeError(f"{run.model} has {len(tracks)} tracks in the store; probing needs at least 4")
+    n_done = 0
+
+    def tick() -> None:
+        nonlocal n_done
+        n_done += 1
+        if on_progress:
+            on_progress("targets", n_done, len(tracks))
+
+    targets = track_targets(store.root, tracks, run.policy, workers=options.workers, on_track=tick)
+    trained, folds = _probe(store, run, layers, targets, options, on_progress)
+    conditions = {TRAINED: trained}
+    notes = {}
+    if "shuffled" in options.controls:
+        conditions["shuffled"] = _probe(store, run, layers, targets, options, on_progress, shuffle=True)[0]
+        notes["shuffled"] = f"target rows permuted (seed {options.seed}); same folds and layers"
+    if "random-init" in options.controls:
+        try:
+            def extracted(done: int, _: float) -> None:
+                if on_progress:
+                    on_progress("random-init extraction", done, len(tracks))
+
+            twin, summary = random_init_run(store, run, source=options.source, seed=options.seed,
+                                            device=options.device, batch_size=options.batch_size,
+                                            workers=options.workers, on_progress=extracted)
+            conditions["random-init"] = _probe(store, twin, layers, targets, options, on_progress)[0]
+            notes["random-init"] = (f"{twin.model} ({twin.revision}): same architecture, random weights; "
+                                    f"{summary.done} tracks embedded now, {summary.skipped} reused")
+        except (ControlError, ModelError, ImportError, OSError) as exc:
+            notes["random-init"] = f"not run: {exc}"
+    return ProbeReport(model=run.model, revision=run.revision, run_id=run.id, policy=asdict(run.policy),
+                       n_tracks=folds.n, folds=folds.scheme, probe=options.probe,
+                       seconds=time.perf_counter() - started, conditions=conditions, notes=notes,
+                       missing=targets.missing)
+
+
+def _probe(store: FeatureStore, run: Run, layers: list[str], targets: TrackTargets, options: ProbeOptions,
+           on_progress: Progress | None, *, shuffle: bool = False) -> tuple[ProbeScores, Folds]:
+    """Probe ``layers`` of ``run`` on the tracks that have both vectors and targets."""
+    by_id = {t.id: t for t in store.tracks(run)}
+    ids = np.intersect1d(targets.track_ids, np.fromiter(by_id, dtype=np.int64))
+    y = targets.values[np.searchsorted(targets.track_ids, ids)]
+    if shuffle:
+        y = shuffled_rows(y, options.seed)
+    meta = [(field, [by_id[int(i)].label(field) for i in ids]) for field in ("album", "artist")]
+    folds = make_folds(len(ids), meta, options.folds, options.seed)
+
+    def loader(layer: str) -> Callable[[], np.ndarray]:
+        def load() -> np.ndarray:
+            row_ids, matrix = store.layer_matrix(run, layer)
+            return matrix[np.searchsorted(row_ids, ids)]
+        return load
+
+    done = 0
+
+    def layer_done(_: str) -> None:
+        nonlocal done
+        done += 1
+        if on_progress:
+            on_progress(f"{run.model}{' (shuffled)' if shuffle else ''}", done, len(layers))
+
+    scores = probe_layers([(name, loader(name)) for name in layers], y, TARGET_NAMES, folds, options.probe,
+                          options.seed, jobs=options.workers, on_layer=layer_done)
+    return scores, folds
+
+
+def save_aspect_map(store: FeatureStore, run: Run, report: ProbeReport) -> None:
+    """Store the trained model's aspect -> (layer, score, margin) map for `mess similar --aspect`."""
+    store.set_aspect_map(run, [(c.aspect, c.layer, c.score, c.margin) for c in report.aspects])

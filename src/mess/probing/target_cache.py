@@ -1,0 +1,106 @@
+"""Per-track proxy targets for a run: computed in parallel, cached by content hash.
+
+Layout: ``STORE/targets/v<version>-<policy digest>/<content hash>.npz`` holding the
+window starts and per-window targets, so re-probing (or probing another model with
+the same window policy) never decodes audio again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from joblib import Parallel, delayed
+
+from mess.audio.decode import AudioError, load_audio
+from mess.audio.windows import WindowPolicy
+from mess.probing.targets import SAMPLE_RATE, TARGET_NAMES, audio_targets
+from mess.store import Track
+
+TARGETS_VERSION = 3  # bump when a target's definition changes: old caches are then ignored
+PARALLEL_MIN_TRACKS = 8  # below this, starting worker processes (librosa imports) costs more than it saves
+
+
+@dataclass(frozen=True)
+class TrackTargets:
+    """Track-level targets (mean over the run's windows) for the tracks that have audio."""
+
+    track_ids: np.ndarray  # [n]
+    values: np.ndarray  # [n, len(TARGETS)]
+    missing: list[tuple[str, str]]  # (path, reason) of tracks left out
+    computed: int  # how many tracks were computed now (the rest came from the cache)
+
+
+def cache_dir(store_root: Path, policy: WindowPolicy) -> Path:
+    """Folder of cached targets for one window policy and target definition version."""
+    digest = hashlib.blake2b(policy.to_json().encode(), digest_size=6).hexdigest()
+    return Path(store_root) / "targets" / f"v{TARGETS_VERSION}-{digest}"
+
+
+def file_targets(path: str, policy_json: str) -> tuple[np.ndarray, np.ndarray]:
+    """(window starts, per-window targets) of one file under a window policy (picklable worker)."""
+    policy = WindowPolicy.from_json(policy_json)
+    audio = load_audio(Path(path), SAMPLE_RATE, max_seconds=policy.max_decode_seconds)
+    return audio_targets(audio, policy)
+
+
+def _read(file: Path) -> np.ndarray | None:
+    try:
+        with np.load(file) as data:
+            if tuple(data["names"].tolist()) != TARGET_NAMES:
+                return None
+            return data["values"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _write(file: Path, starts: np.ndarray, values: np.ndarray) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f".{file.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, starts=starts, values=values, names=np.array(TARGET_NAMES))
+    os.replace(tmp, file)
+
+
+def _attempt(index: int, path: str, policy_json: str) -> tuple[int, tuple[np.ndarray, np.ndarray] | str]:
+    """file_targets, with a failure returned as its reason (one bad file must not stop the rest)."""
+    try:
+        return index, file_targets(path, policy_json)
+    except AudioError as exc:
+        return index, str(exc)
+    except Exception as exc:  # decoders and librosa raise many types: report the file, do not abort
+        return index, f"{path}: {type(exc).__name__}: {exc}"
+
+
+def track_targets(store_root: Path, tracks: Sequence[Track], policy: WindowPolicy, *, workers: int = 2,
+                  on_track: Callable[[], None] | None = None) -> TrackTargets:
+    """Targets of ``tracks``: cached ones are read, the rest computed in ``workers`` processes and cached."""
+    folder = cache_dir(store_root, policy)
+    values: dict[int, np.ndarray] = {}
+    todo: list[Track] = []
+    for track in tracks:
+        cached = _read(folder / f"{track.content_hash}.npz")
+        if cached is None:
+            todo.append(track)
+        else:
+            values[track.id] = cached.mean(axis=0)
+            if on_track:
+                on_track()
+    jobs = workers if len(todo) >= PARALLEL_MIN_TRACKS else 1
+    calls = (delayed(_attempt)(i, t.path, policy.to_json()) for i, t in enumerate(todo))
+    missing: list[tuple[str, str]] = []
+    for i, result in Parallel(n_jobs=jobs, return_as="generator_unordered")(calls):
+        track = todo[i]
+        if isinstance(result, str):
+            missing.append((track.path, result))
+        else:
+            _write(folder / f"{track.content_hash}.npz", *result)
+            values[track.id] = result[1].mean(axis=0)
+        if on_track:
+            on_track()
+    ids = np.array(sorted(values), dtype=np.int64)
+    matrix = np.stack([values[i] for i in ids]) if len(ids) else np.zeros((0, len(TARGET_NAMES)))
+    return TrackTargets(ids, matrix, sorted(missing), len(todo) - len(missing))

@@ -1,0 +1,106 @@
+"""Probe engine: exact LOO ridge, grouped folds, probe scores and aspect choice on planted structure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import RidgeCV
+
+from mess.probing.controls import shuffled_rows
+from mess.probing.probes import ALPHAS, ProbeError, fold_scores, make_folds, probe_layers
+from mess.probing.report import aspect_matrix, choose_layers
+from mess.probing.ridge import fit_ridge_loo
+from mess.probing.targets import ASPECTS, TARGET_NAMES, TARGETS, aspect_targets
+
+
+@pytest.mark.parametrize("n,p", [(120, 40), (40, 150)], ids=["primal", "dual"])
+def test_ridge_loo_matches_sklearn_ridgecv_per_target(n: int, p: int) -> None:
+    rng = np.random.default_rng(1)
+    latent = rng.standard_normal((n, 5))
+    x = latent @ rng.standard_normal((5, p)) + 0.5 * rng.standard_normal((n, p))
+    # targets from strongly to barely predictable, so different penalties win
+    y = latent @ rng.standard_normal((5, 6)) * np.array([3, 2, 1, 0.5, 0.2, 0.05]) + rng.standard_normal((n, 6)) + 4
+    ours = fit_ridge_loo(x, y, ALPHAS)
+    ref = RidgeCV(alphas=ALPHAS, alpha_per_target=True).fit(x, y)
+    np.testing.assert_array_equal(ours.alphas, ref.alpha_)
+    assert len(set(ours.alphas.tolist())) > 1
+    x_new = rng.standard_normal((7, p))
+    np.testing.assert_allclose(ours.predict(x_new), ref.predict(x_new), rtol=1e-8, atol=1e-8)
+
+
+def test_folds_group_by_album_then_artist_then_plain_kfold() -> None:
+    n = 40
+    albums = [f"album{i // 4}" if i % 10 else None for i in range(n)]  # 10 albums, some tracks untagged
+    folds = make_folds(n, [("album", albums), ("artist", ["a"] * n)], n_folds=5)
+    assert folds.group_field == "album" and "GroupKFold(5)" in folds.scheme
+    for train, test in folds.splits:
+        shared = {albums[i] for i in train} & {albums[i] for i in test}
+        assert shared <= {None}, f"album on both sides: {shared}"
+        assert len(np.intersect1d(train, test)) == 0
+    assert sorted(np.concatenate([t for _, t in folds.splits]).tolist()) == list(range(n))
+
+    artists = [f"artist{i % 6}" for i in range(n)]
+    by_artist = make_folds(n, [("album", ["one"] * n), ("artist", artists)], n_folds=5)
+    assert by_artist.group_field == "artist"
+
+    plain = make_folds(n, [("album", ["one"] * n), ("artist", ["x", "y"] * (n // 2))], n_folds=5)
+    assert plain.group_field is None and plain.scheme.startswith("KFold(5)")
+    with pytest.raises(ProbeError):
+        make_folds(3, [], n_folds=5)
+
+
+def _planted(n: int, seed: int = 0) -> tuple[list[tuple[str, np.ndarray]], np.ndarray, list[str]]:
+    """Six layers, layer k carrying aspect k's latent factor; targets read the factors of their aspect."""
+    rng = np.random.default_rng(seed)
+    factors = rng.standard_normal((n, len(ASPECTS)))
+    y = np.empty((n, len(TARGETS)))
+    for a, aspect in enumerate(ASPECTS):
+        for i in aspect_targets(aspect):
+            y[:, i] = factors[:, a] * rng.uniform(0.5, 2.0) + 0.3 * rng.standard_normal(n) + rng.normal(0, 5)
+    layers = []
+    for a in range(len(ASPECTS)):
+        mix = rng.standard_normal((1, 64))
+        layers.append((f"layer{a}", (factors[:, [a]] @ mix + rng.standard_normal((n, 64))).astype(np.float32)))
+    artists = [f"artist{i % 12}" for i in range(n)]
+    return layers, y, artists
+
+
+def test_probe_recovers_planted_aspect_layers_and_shuffled_control_scores_nothing() -> None:
+    layers, y, artists = _planted(240)
+    folds = make_folds(len(y), [("artist", artists)], n_folds=5)
+    scores = probe_layers([(name, lambda m=m: m) for name, m in layers], y, TARGET_NAMES, folds)
+    assert scores.r2.shape == scores.r2_std.shape == (len(ASPECTS), len(TARGETS))
+    choices = {c.aspect: c for c in choose_layers(scores)}
+    for a, aspect in enumerate(ASPECTS):
+        assert choices[aspect].layer == f"layer{a}"
+        assert choices[aspect].score > 0.5 and choices[aspect].margin > 0.4
+    matrix = aspect_matrix(scores)
+    off_diagonal = matrix[~np.eye(len(ASPECTS), dtype=bool)]
+    assert off_diagonal.max() < 0.1, "a layer predicts an aspect it does not carry"
+
+    null = probe_layers([(name, lambda m=m: m) for name, m in layers], shuffled_rows(y, 0), TARGET_NAMES, folds)
+    assert np.nanmax(aspect_matrix(null)) < 0.05
+    assert np.nanmean(null.r2) < 0.0
+
+
+def test_fold_scores_are_pooled_r2_and_constant_targets_are_nan() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((100, 8))
+    y = np.column_stack([x @ rng.standard_normal(8) + 0.1 * rng.standard_normal(100), np.full(100, 2.0)])
+    folds = make_folds(100, [], n_folds=4)
+    scores = fold_scores(x, y, folds)
+    assert scores.shape == (4, 2)
+    assert np.isnan(scores[:, 1]).all()
+    assert scores[:, 0].min() > 0.95
+
+
+def test_mlp_probe_learns_a_nonlinear_target_the_linear_probe_cannot() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-2, 2, size=(400, 4))
+    y = (x[:, :1] ** 2 + 0.05 * rng.standard_normal((400, 1)))  # symmetric: no linear signal
+    folds = make_folds(400, [], n_folds=4)
+    linear = fold_scores(x, y, folds, "ridge").mean()
+    mlp = fold_scores(x, y, folds, "mlp").mean()
+    assert linear < 0.05
+    assert mlp > 0.6
+

@@ -1,0 +1,172 @@
+"""`mess probe` on a feature store extracted from real rendered music: report, aspect map, controls, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import typer
+from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+from typer.testing import CliRunner
+
+from mess.cli import probe as probe_cli
+from mess.extract.pipeline import extract
+from mess.models.registry import load_model
+from mess.probing.controls import ControlError, randomized
+from mess.probing.target_cache import track_targets
+from mess.probing.targets import ASPECTS, TARGET_NAMES
+from mess.store import FeatureStore
+
+app = typer.Typer()
+probe_cli.register(app)
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def store_copy(extracted_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy: probing writes targets, reports, an aspect map and control runs."""
+    target = tmp_path_factory.mktemp("probe") / "store"
+    shutil.copytree(extracted_store, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def dsp_report(store_copy: Path) -> dict:
+    result = runner.invoke(app, ["probe", "--model", "dsp", "--store", str(store_copy), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_report_covers_every_layer_and_target_and_is_written_as_json_csv_png(store_copy: Path,
+                                                                              dsp_report: dict) -> None:
+    store = FeatureStore(store_copy, readonly=True)
+    run = store.run("dsp")
+    assert dsp_report["n_tracks"] == len(store.tracks(run)) >= 8
+    assert dsp_report["window_policy"]["window_seconds"] == run.policy.window_seconds
+    assert "GroupKFold" in dsp_report["folds"] and "album" in dsp_report["folds"]
+    for condition in ("trained", "shuffled"):
+        r2 = dsp_report["conditions"][condition]["r2"]
+        assert list(r2) == list(run.layer_names)
+        assert all(list(row) == list(TARGET_NAMES) for row in r2.values())
+    files = {k: Path(v) for k, v in dsp_report["files"].items()}
+    assert all(p.is_file() and p.parent == store.reports_dir for p in files.values())
+    assert json.loads(files["json"].read_text())["aspects"] == dsp_report["aspects"]
+    with files["csv"].open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * len(run.layer_names) * len(TARGET_NAMES)
+    assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dsp_layers_are_found_for_the_descriptors_they_contain(store_copy: Path, dsp_report: dict) -> None:
+    """The dsp 'spectral' layer holds centroid/bandwidth/roll-off/ZCR statistics and 'rhythm' holds tempo,
+    onset rate and level: probing must find them, which also proves targets align with the track vectors."""
+    best = {a["aspect"]: a for a in dsp_report["aspects"]}
+    assert set(best) == set(ASPECTS)
+    assert best["brightness"]["layer"] == "spectral" and best["brightness"]["score"] > 0.5
+    assert best["rhythm"]["layer"] == "rhythm" and best["rhythm"]["margin"] > 0.1
+    assert best["harmony"]["layer"] == "chroma"
+    store = FeatureStore(store_copy, readonly=True)
+    assert store.aspect_map(store.run("dsp")) == {a: best[a]["layer"] for a in ASPECTS}
+
+
+def test_shuffled_targets_score_nothing_while_trained_layers_do(dsp_report: dict) -> None:
+    trained = dsp_report["conditions"]["trained"]["aspect_score"]
+    shuffled = dsp_report["conditions"]["shuffled"]["aspect_score"]
+    best_shuffled = max(v for row in shuffled.values() for v in row.values() if v is not None)
+    assert best_shuffled < 0.2
+    assert trained["spectral"]["brightness"] > best_shuffled + 0.4
+    assert "random-init" not in dsp_report["conditions"]
+
+
+def test_targets_are_cached_per_content_hash(store_copy: Path, dsp_report: dict) -> None:
+    store = FeatureStore(store_copy, readonly=True)
+    run = store.run("dsp")
+    again = track_targets(store.root, store.tracks(run), run.policy, workers=1)
+    assert again.computed == 0 and len(again.track_ids) == dsp_report["n_tracks"]
+
+
+def test_random_init_control_is_explained_for_a_model_without_weights(store_copy: Path) -> None:
+    result = runner.invoke(app, ["probe", "-m", "dsp", "-s", str(store_copy), "--control", "random-init",
+                                 "--layers", "spectral,rhythm", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert list(report["conditions"]) == ["trained"]
+    assert "no learned weights" in report["notes"]["random-init"]
+    assert list(report["conditions"]["trained"]["r2"]) == ["spectral", "rhythm"]
+    with pytest.raises(ControlError):
+        randomized(load_model("dsp"))
+
+
+def test_random_init_twin_of_a_mert_shaped_model_is_extracted_and_probed(store_copy: Path, tmp_path: Path) -> None:
+    torch.manual_seed(1234)  # stands in for trained weights; the control re-initialises with seed 0
+    folder = tmp_path / "tiny-mert"
+    config = HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                          conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    HubertModel(config).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(sampling_rate=24000, do_normalize=True).save_pretrained(folder)
+    store = FeatureStore(store_copy)
+    policy = store.run("dsp").policy
+    tiny = load_model(str(folder))
+    extract(store, [Path(t.path) for t in store.tracks(store.run("dsp"))], tiny, policy)
+    result = runner.invoke(app, ["probe", "-m", tiny.info.name, "-s", str(store_copy), "--source", str(folder),
+                                 "--control", "random-init", "--control", "shuffled", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert list(report["conditions"]) == ["trained", "shuffled", "random-init"]
+    twin = store.run(f"{tiny.info.name}-random-init")
+    assert len(store.tracks(twin)) == report["n_tracks"]
+    trained = np.array([list(r.values()) for r in report["conditions"]["trained"]["r2"].values()], dtype=float)
+    random = np.array([list(r.values()) for r in report["conditions"]["random-init"]["r2"].values()], dtype=float)
+    assert trained.shape == random.shape and not np.allclose(trained, random, equal_nan=True)
+    ids_a, a = store.layer_matrix(store.run(tiny.info.name), -1)
+    ids_b, b = store.layer_matrix(twin, -1)
+    assert np.array_equal(ids_a, ids_b) and not np.allclose(a, b)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "dsp", "--layers", "nope"], "unknown layer"),
+    (["--model", "no-such-model"], "no vectors for model"),
+    (["--model", "dsp", "--control", "bogus"], "unknown control"),
+    (["--model", "dsp", "--probe", "forest"], "unknown probe"),
+])
+def test_bad_input_is_a_one_line_error(store_copy: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["probe", "--store", str(store_copy), *args])
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--factor", "tempo"], "at least two factors"),
+    (["--factor", "tempo,loudness"], "unknown factor"),
+    (["--model", "no-such-model", "--factor", "tempo,transpose"], "unknown model"),
+])
+def test_bad_validation_input_is_a_one_line_error(tmp_path: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["probe-validate", "--store", str(tmp_path), *args])
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_missing_store_is_a_clean_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["probe", "--model", "dsp", "--store", str(tmp_path / "nowhere")])
+    assert result.exit_code == 1 and "no feature store" in result.output
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_random_twin_of_musicnn_is_seeded_and_leaves_the_trained_model_alone() -> None:
+    pytest.importorskip("musicnn.configuration", reason="pip install --no-deps musicnn==0.1.0")
+    model = load_model("musicnn-msd")
+    before = {k: v.clone() for k, v in model.network.state_dict().items()}
+    a, b, c = randomized(model, seed=0), randomized(model, seed=0), randomized(model, seed=1)
+    assert a.info.name == "musicnn-msd-random-init" and "seed0" in a.info.revision
+    state_a, state_b, state_c = (m.network.state_dict() for m in (a, b, c))
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert any(not torch.equal(state_a[k], state_c[k]) for k in state_a)
+    assert all(torch.equal(before[k], v) for k, v in model.network.state_dict().items())
+    assert any(not torch.equal(before[k], state_a[k]) for k in before if before[k].is_floating_point())
+    window = np.random.default_rng(0).standard_normal((1, 16000 * 4)).astype(np.float32) * 0.1
+    assert not np.allclose(model.embed(window)[-2], a.embed(window)[-2])

@@ -1,0 +1,139 @@
+"""Proxy targets on synthesised signals whose musical answer is known, and their per-track cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mess.audio.windows import WindowPolicy
+from mess.probing.target_cache import cache_dir, track_targets
+from mess.probing.targets import ASPECTS, SAMPLE_RATE, TARGET_NAMES, TARGETS, audio_targets, window_targets
+from mess.store import Track
+
+SR = SAMPLE_RATE
+
+
+def tone(midi: float, seconds: float, tilt: float = 1.0, n_harmonics: int = 12) -> np.ndarray:
+    """A harmonic note with a short attack and decay; partial k has amplitude k**-tilt."""
+    t = np.arange(int(seconds * SR)) / SR
+    f0 = 440.0 * 2 ** ((midi - 69) / 12)
+    y = sum(k**-tilt * np.sin(2 * np.pi * k * f0 * t) for k in range(1, n_harmonics + 1) if k * f0 < SR / 2 - 500)
+    envelope = np.minimum(1.0, t / 0.01) * np.exp(-1.5 * t)
+    return (y * envelope).astype(np.float32)
+
+
+def melody(midis: list[float], note_seconds: float = 0.5, **kw: float) -> np.ndarray:
+    return np.concatenate([tone(m, note_seconds, **kw) for m in midis])
+
+
+def chord(midis: list[float], seconds: float, **kw: float) -> np.ndarray:
+    return sum(tone(m, seconds, **kw) for m in midis) / len(midis)
+
+
+def targets(y: np.ndarray) -> dict[str, float]:
+    return dict(zip(TARGET_NAMES, window_targets(0.3 * y / np.abs(y).max())))
+
+
+C_MAJOR = [60, 64, 67, 72, 67, 64] * 3
+
+
+def test_every_target_is_documented_and_grouped_into_the_six_aspects() -> None:
+    assert len(TARGETS) >= 12
+    assert {t.aspect for t in TARGETS} == set(ASPECTS)
+    assert all(len(t.meaning) > 20 for t in TARGETS)
+    assert len(set(TARGET_NAMES)) == len(TARGET_NAMES)
+
+
+def test_gain_moves_loudness_by_its_decibels_and_leaves_timbre_alone() -> None:
+    y = melody(C_MAJOR)
+    loud, soft = dict(zip(TARGET_NAMES, window_targets(0.4 * y))), dict(zip(TARGET_NAMES, window_targets(0.1 * y)))
+    assert loud["loudness"] - soft["loudness"] == pytest.approx(20 * np.log10(4), abs=0.05)
+    for name in ("centroid", "rolloff", "mfcc1", "mfcc2", "pitch_height", "key_clarity"):
+        assert loud[name] == pytest.approx(soft[name], rel=0.01, abs=0.01), name
+
+
+def test_octave_transposition_raises_pitch_height_by_twelve_and_keeps_the_key() -> None:
+    low, high = targets(melody(C_MAJOR)), targets(melody([m + 12 for m in C_MAJOR]))
+    assert high["pitch_height"] - low["pitch_height"] == pytest.approx(12, abs=0.5)
+    assert high["centroid"] > low["centroid"]
+    for name in ("fifths_x", "fifths_y", "key_clarity", "chroma_entropy"):
+        assert high[name] == pytest.approx(low[name], abs=0.05), name
+
+
+def test_transposing_by_a_fifth_turns_the_tonal_centroid_by_thirty_degrees() -> None:
+    base, fifth = targets(melody(C_MAJOR)), targets(melody([m + 7 for m in C_MAJOR]))
+    turn = np.arctan2(fifth["fifths_y"], fifth["fifths_x"]) - np.arctan2(base["fifths_y"], base["fifths_x"])
+    angle = np.degrees(turn)
+    assert abs((angle + 180) % 360 - 180) == pytest.approx(30, abs=3)
+
+
+def test_a_triad_has_a_clearer_key_and_fewer_pitch_classes_than_a_chromatic_cluster() -> None:
+    triad, cluster = targets(melody(C_MAJOR)), targets(melody(list(range(60, 72)) + list(range(60, 66))))
+    assert triad["key_clarity"] > cluster["key_clarity"] + 0.2
+    assert triad["chroma_entropy"] < cluster["chroma_entropy"] - 0.3
+
+
+def test_duller_partials_give_lower_brightness() -> None:
+    bright, dull = targets(melody(C_MAJOR, tilt=0.5)), targets(melody(C_MAJOR, tilt=2.5))
+    for name in ("centroid", "rolloff", "bandwidth", "zcr"):
+        assert bright[name] > dull[name], name
+    assert bright["mfcc1"] < dull["mfcc1"]  # a flatter spectrum has less negative-tilt energy in MFCC 1
+
+
+def test_note_rate_and_beat_are_measured() -> None:
+    slow, fast = targets(melody([60, 64, 67, 64] * 4, note_seconds=0.5)), targets(melody([60, 64, 67, 64] * 8, 0.25))
+    assert slow["onset_rate"] == pytest.approx(2.0, abs=0.3)
+    assert fast["onset_rate"] == pytest.approx(4.0, abs=0.5)
+    assert 2 ** slow["tempo"] == pytest.approx(120, rel=0.05)
+    assert slow["pulse_clarity"] > 0.5
+
+
+def test_texture_counts_voices_and_their_spread() -> None:
+    single, full = targets(tone(60, 4.0)), targets(chord([40, 55, 62, 71, 79], 4.0))
+    assert full["polyphony"] > single["polyphony"] + 2
+    assert full["pitch_range"] > single["pitch_range"] + 12
+    noise = np.random.default_rng(0).standard_normal(4 * SR).astype(np.float32)
+    clicks = np.zeros(4 * SR, np.float32)
+    clicks[:: SR // 4] = 1.0
+    sustained = targets(np.sin(2 * np.pi * 261.6 * np.arange(4 * SR) / SR).astype(np.float32))
+    assert sustained["harmonic_ratio"] > targets(clicks)["harmonic_ratio"] + 0.3
+    assert targets(noise)["flatness"] > sustained["flatness"] + 2
+
+
+def test_a_crescendo_has_more_dynamic_range_and_level_movement() -> None:
+    y = melody(C_MAJOR)
+    steady = targets(y)
+    ramp = targets(y * np.geomspace(0.05, 1.0, y.size).astype(np.float32))
+    assert ramp["dynamic_range"] > steady["dynamic_range"] + 10
+    assert ramp["loudness_cv"] > steady["loudness_cv"]
+
+
+def test_targets_follow_the_run_windows() -> None:
+    y = melody(C_MAJOR * 2)  # 18 s
+    starts, values = audio_targets(y, WindowPolicy(window_seconds=5.0, max_windows=8))
+    assert len(starts) == values.shape[0] == 4
+    assert values.shape[1] == len(TARGETS) and np.isfinite(values).all()
+
+
+def test_cache_computes_once_per_content_and_policy(tmp_path: Path) -> None:
+    tracks = []
+    for i, shift in enumerate((0, 5, 9)):
+        path = tmp_path / f"t{i}.wav"
+        sf.write(path, 0.3 * melody([m + shift for m in C_MAJOR]), SR)
+        tracks.append(Track(i + 1, str(path), f"hash{i}", 9.0, None, None, None, None, None))
+    gone = Track(9, str(tmp_path / "gone.wav"), "hash9", 9.0, None, None, None, None, None)
+    policy = WindowPolicy(window_seconds=4.0)
+    first = track_targets(tmp_path, tracks + [gone], policy, workers=1)
+    assert first.computed == 3 and first.track_ids.tolist() == [1, 2, 3]
+    assert [p for p, _ in first.missing] == [gone.path]
+    assert len(list(cache_dir(tmp_path, policy).glob("*.npz"))) == 3
+    again = track_targets(tmp_path, tracks, policy, workers=1)
+    assert again.computed == 0
+    np.testing.assert_array_equal(again.values, first.values)
+    other = track_targets(tmp_path, tracks[:1], WindowPolicy(window_seconds=9.0), workers=1)
+    assert other.computed == 1
+    pitch = TARGET_NAMES.index("pitch_height")
+    assert first.values[1, pitch] - first.values[0, pitch] == pytest.approx(5, abs=0.7)
