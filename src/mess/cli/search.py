@@ -1,0 +1,214 @@
+"""`mess index`, `mess similar`, `mess evaluate`: similarity search and its evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, fail, open_store
+
+if TYPE_CHECKING:
+    from mess.search.evaluate import Evaluation
+
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model whose vectors to use (default: latest run).")]
+LayerOpt = Annotated[str | None, typer.Option("--layer", "-l", help="One layer (name or index, -1 = last).")]
+AspectOpt = Annotated[str | None, typer.Option("--aspect", "-a", help="The layer `mess probe` chose for this aspect.")]
+FusedOpt = Annotated[bool, typer.Option("--fused", help="The fused vectors of `mess fuse`.")]
+NormOpt = Annotated[str, typer.Option("--norm", help="Per-dimension preprocessing before L2 normalisation: "
+                                      "center, zscore or none.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+def _emit(data: object) -> None:
+    """JSON on stdout (NaN becomes null)."""
+    def clean(v: object) -> object:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {str(a): clean(b) for a, b in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return str(v) if isinstance(v, Path) else v
+
+    typer.echo(json.dumps(clean(data), indent=2))
+
+
+def _spec_label(layer: str | None, aspect: str | None, fused: bool) -> str:
+    if layer is not None:
+        return f"layer {layer}"
+    if aspect is not None:
+        return f"aspect {aspect}"
+    return "fused" if fused else "all layers"
+
+
+def index_command(
+    model: ModelOpt = None,
+    layer: LayerOpt = None,
+    aspect: AspectOpt = None,
+    fused: FusedOpt = False,
+    kind: Annotated[str, typer.Option("--kind", help="auto (flat < 20k, IVF < 5M, else IVF-PQ), flat, ivf, "
+                                      "ivfpq or hnsw.")] = "auto",
+    norm: NormOpt = "center",
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Build from scratch instead of updating.")] = False,
+    target_recall: Annotated[float, typer.Option(min=0.0, max=1.0, help="Recall@10 that approximate indexes "
+                                                 "are tuned to reach.")] = 0.95,
+    store: StoreOpt = DEFAULT_STORE_PATH,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build or incrementally update the FAISS index of one vector set (cosine similarity)."""
+    from mess.search.ann import KINDS
+    from mess.search.index import build_index
+    from mess.search.vectors import VectorSpec, load_vectors
+
+    if kind != "auto" and kind not in KINDS:
+        fail(f"unknown index kind {kind!r}; choose auto, {', '.join(KINDS)}")
+    with open_store(store, readonly=False) as fs:
+        run = fs.run(model)
+        try:
+            spec = VectorSpec.from_options(layer, aspect, fused, norm)
+        except ValueError as exc:
+            fail(str(exc))
+        vs = load_vectors(fs, run, spec)
+        _, report = build_index(fs, vs, kind, rebuild=rebuild, target_recall=target_recall)
+    data = {"model": run.model, "vectors": _spec_label(layer, aspect, fused), "norm": norm, **report.__dict__}
+    if as_json:
+        _emit(data)
+        return
+    recall = "exact" if report.kind == "flat" else (
+        f"{report.recall:.3f} (breadth {report.breadth})" if report.recall is not None else "not measured")
+    console.print(f"{report.mode} {report.kind} index of {run.model} {data['vectors']} ({norm}): "
+                  f"{report.n} tracks x {report.dim} dims, +{report.added} -{report.removed}, "
+                  f"{report.seconds:.2f} s, {report.nbytes / 2**20:.1f} MiB, recall@10 {recall}")
+    console.print(f"[dim]{escape(str(report.path))}[/]")
+
+
+def similar_command(
+    query: Annotated[str, typer.Argument(help="Track id, a path or file name in the collection, or any audio file.")],
+    k: Annotated[int, typer.Option("-k", min=1, help="How many tracks.")] = 10,
+    model: ModelOpt = None,
+    layer: LayerOpt = None,
+    aspect: AspectOpt = None,
+    fused: FusedOpt = False,
+    exclude_same_artist: Annotated[bool, typer.Option("--exclude-same-artist", help="Leave out the query "
+                                                      "artist's tracks.")] = False,
+    hubness: Annotated[str | None, typer.Option("--hubness", help="Re-rank against hub tracks: csls or mp "
+                                                "(mutual proximity).")] = None,
+    norm: NormOpt = "center",
+    store: StoreOpt = DEFAULT_STORE_PATH,
+    as_json: JsonOpt = False,
+) -> None:
+    """The tracks most similar to QUERY, with which aspects agree most."""
+    from mess.search.hubness import METHODS
+    from mess.search.query import aspect_layers, resolve_query, similar_tracks
+
+    if hubness is not None and hubness not in METHODS:
+        fail(f"unknown hubness reduction {hubness!r}; choose {' or '.join(METHODS)}")
+    with open_store(store) as fs:
+        run = fs.run(model)
+        tq = resolve_query(fs, query, run)
+        try:
+            results = similar_tracks(fs, run, tq, k, layer=layer, aspect=aspect, fused=fused,
+                                     exclude_same_artist=exclude_same_artist, hubness=hubness, norm=norm)
+        except ValueError as exc:
+            fail(str(exc))
+        source, _ = aspect_layers(fs, run)
+    vectors = _spec_label(layer, aspect, fused)
+    if as_json:
+        _emit({"query": {"label": tq.label, "id": tq.track.id if tq.track else None, "external": tq.track is None},
+               "model": run.model, "vectors": vectors, "norm": norm, "hubness": hubness, "why_source": source,
+               "results": [n.to_dict() for n in results]})
+        return
+    table = Table(title=escape(f"like {tq.label}  [{run.model}, {vectors}]"))
+    table.add_column("#", justify="right")
+    table.add_column("id", justify="right")
+    table.add_column("track")
+    table.add_column("score", justify="right")
+    if hubness:
+        table.add_column(hubness, justify="right")
+    table.add_column("why (collection percentile)")
+    for rank, n in enumerate(results, start=1):
+        why = ", ".join(f"{a} {100 * n.why_percentile[a]:.0f}%" for a in n.reasons())
+        row = [str(rank), str(n.track.id), escape(n.track.name) + (" [bold yellow](duplicate)[/]" if n.duplicate else ""),
+               f"{n.score:.3f}"]
+        row += [f"{n.adjusted:.3f}"] if hubness else []
+        table.add_row(*row, escape(why))
+    console.print(table)
+    if source == "layers":
+        console.print(f"[dim]no aspect map for {run.model}: 'why' compares layers; run `mess probe` to name "
+                      "aspects[/]")
+
+
+def evaluate_command(
+    model: ModelOpt = None,
+    label: Annotated[str, typer.Option("--label", help="Relevance: same artist, album, genre or composer.")] = "artist",
+    labels: Annotated[Path | None, typer.Option("--labels", help="CSV with an id/path/file column and a LABEL "
+                                                "(or 'label') column, instead of tags.")] = None,
+    k: Annotated[int, typer.Option("-k", min=1, help="Cut-off for precision@k and nDCG@k.")] = 10,
+    norm: NormOpt = "center",
+    compare: Annotated[bool, typer.Option("--compare", help="Also compare euclidean, dot, CSLS and mutual "
+                                          "proximity against cosine.")] = False,
+    plot: Annotated[Path | None, typer.Option("--plot", help="PNG path (default: STORE/reports/"
+                                              "evaluate-MODEL-LABEL.png).")] = None,
+    store: StoreOpt = DEFAULT_STORE_PATH,
+    as_json: JsonOpt = False,
+) -> None:
+    """Retrieval quality per layer: precision@k, mAP, nDCG@k and hubness, plus a PNG."""
+    from mess.search.evaluate import LabelError, evaluate, plot_evaluation, read_label_csv
+
+    if labels is not None and not labels.is_file():
+        fail(f"no such label file: {labels}")
+    with open_store(store) as fs:
+        run = fs.run(model)
+        try:
+            overrides = read_label_csv(fs, labels, label) if labels is not None else None
+            ev = evaluate(fs, run, label, k, labels=overrides, norm=norm, compare=compare)
+        except (LabelError, ValueError) as exc:
+            fail(str(exc))
+        png = plot_evaluation(ev, plot or fs.reports_dir / f"evaluate-{run.model}-{label}.png")
+    if as_json:
+        _emit({**ev.to_dict(), "plot": str(png)})
+        return
+    table = Table(title=escape(f"{run.model}: same-{label} retrieval, {ev.n_tracks} tracks, {ev.n_classes} "
+                               f"classes, {ev.n_queries} queries ({norm})"))
+    for col in ("vectors", f"P@{k}", "mAP", f"nDCG@{k}", "N_k skew"):
+        table.add_column(col, justify="left" if col == "vectors" else "right")
+    best = ev.best()
+    for s in ev.sets:
+        mark = " *" if s is best else ""
+        table.add_row(escape(s.name) + mark, f"{s.scores.precision:.3f}", f"{s.scores.map:.3f}",
+                      f"{s.scores.ndcg:.3f}", f"{s.hub.skewness:.2f}")
+    table.add_row("[dim]chance[/]", f"[dim]{ev.chance.precision:.3f}[/]", f"[dim]{ev.chance.map:.3f}[/]",
+                  f"[dim]{ev.chance.ndcg:.3f}[/]", "")
+    console.print(table)
+    if ev.variants:
+        _print_variants(ev)
+    console.print(f"best: {escape(best.name)} (mAP {best.scores.map:.3f}); plot -> {escape(str(png))}")
+
+
+def _print_variants(ev: Evaluation) -> None:
+    """mAP and hubness for each similarity variant, one row per vector set."""
+    table = Table(title="similarity comparison (mAP, N_k skew in brackets)")
+    table.add_column("vectors")
+    names = ["cosine", "euclidean", "dot", "cosine+csls", "cosine+mp"]
+    for n in names:
+        table.add_column(n, justify="right")
+    cells: dict[str, dict[str, str]] = {}
+    for s in ev.sets + ev.variants:
+        key = s.metric + (f"+{s.hubness}" if s.hubness else "")
+        cells.setdefault(s.name, {})[key] = f"{s.scores.map:.3f} ({s.hub.skewness:.1f})"
+    for name, row in cells.items():
+        table.add_row(escape(name), *[row.get(n, "") for n in names])
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `index`, `similar` and `evaluate` to the main CLI."""
+    app.command("index")(index_command)
+    app.command("similar")(similar_command)
+    app.command("evaluate")(evaluate_command)

@@ -1,0 +1,223 @@
+"""FAISS nearest-neighbour indexes over unit vectors, keyed by track id.
+
+Vectors are L2-normalised before they get here, so cosine similarity is the
+inner product. Four index kinds:
+
+* ``flat``  - exact ``IndexFlatIP`` (inside ``IndexIDMap2`` for ids); the default
+  below :data:`FLAT_MAX` vectors, where exact search takes a few milliseconds.
+* ``ivf``   - ``IndexIVFFlat`` (exact coarse quantizer: an approximate one misfiles
+  vectors into lists that are never probed); the default up to :data:`IVFPQ_MIN`
+  vectors. Uses the L2 metric, which ranks unit vectors exactly like cosine
+  (``|q - x|^2 = 2 - 2 cos``) and is faiss' best-trained k-means path.
+* ``ivfpq`` - ``IndexIVFPQ`` with one byte per 4 dimensions (1/16 of the memory of
+  float32), the default for very large sets; lossy, so its recall is lower.
+* ``hnsw``  - ``IndexHNSWFlat`` (by flag): lowest latency, slow to build, and faiss
+  cannot delete from it, so removals rebuild it.
+
+Approximate kinds tune their search breadth (``nprobe`` / ``efSearch``) at build
+time: the smallest value whose recall@10 against exact search reaches the target,
+measured with a sample of the vectors held out of the index while tuning (so the
+estimate holds for new audio, not only for tracks already indexed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+KINDS = ("flat", "ivf", "ivfpq", "hnsw")
+FLAT_MAX = 20_000
+IVFPQ_MIN = 5_000_000
+HNSW_M = 32
+TUNE_QUERIES = 256
+_BREADTHS = {"ivf": (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512),
+             "hnsw": (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)}
+_BREADTHS["ivfpq"] = _BREADTHS["ivf"]
+
+
+def choose_kind(n: int) -> str:
+    """The index kind used for ``n`` vectors when none is asked for."""
+    if n < FLAT_MAX:
+        return "flat"
+    return "ivf" if n < IVFPQ_MIN else "ivfpq"
+
+
+def n_lists(n: int) -> int:
+    """Number of IVF lists: the power of two nearest to 4 * sqrt(n), at least 16."""
+    return max(16, 2 ** round(math.log2(4 * math.sqrt(max(n, 1)))))
+
+
+def pq_subquantizers(dim: int) -> int:
+    """PQ code size in bytes: the largest divisor of ``dim`` giving >= 4 dims per sub-vector."""
+    return max(m for m in range(1, dim // 4 + 1) if dim % m == 0) if dim >= 4 else 1
+
+
+def exact_knn(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k inner products (BLAS through faiss): (scores, row indices)."""
+    return faiss.knn(np.ascontiguousarray(queries, dtype=np.float32),
+                     np.ascontiguousarray(base, dtype=np.float32), k, metric=faiss.METRIC_INNER_PRODUCT)
+
+
+@dataclass
+class AnnIndex:
+    """A faiss index of unit vectors with int64 ids and its tuned search breadth."""
+
+    index: faiss.Index
+    kind: str
+    breadth: int = 0
+    recall: float | None = None
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, ids: np.ndarray, kind: str = "auto", *,
+              target_recall: float = 0.95, seed: int = 0) -> AnnIndex:
+        """Train (when needed), add and tune an index over unit ``vectors`` labelled with ``ids``."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        n, dim = vectors.shape
+        kind = choose_kind(n) if kind == "auto" else kind
+        if kind not in KINDS:
+            raise ValueError(f"unknown index kind {kind!r}; choose auto or one of {', '.join(KINDS)}")
+        if kind in ("ivf", "ivfpq") and n < 2 * n_lists(n):
+            kind = "flat"  # too few vectors to train the coarse quantizer
+        ann = cls(_new_index(kind, dim, n), kind)
+        rng = np.random.default_rng(seed)
+        if not ann.index.is_trained:
+            ann.index.train(vectors[np.sort(rng.choice(n, min(n, 64 * n_lists(n)), replace=False))])
+        ids = np.asarray(ids, dtype=np.int64)
+        held = np.zeros(n, dtype=bool)
+        if kind != "flat":
+            held[rng.choice(n, min(TUNE_QUERIES, n // 4), replace=False)] = True
+        ann.add(vectors[~held], ids[~held])
+        ann.tune(vectors[~held], ids[~held], vectors[held], target_recall)
+        ann.add(vectors[held], ids[held])
+        return ann
+
+    @property
+    def ntotal(self) -> int:
+        """Number of indexed vectors."""
+        return int(self.index.ntotal)
+
+    @property
+    def removable(self) -> bool:
+        """Whether vectors can be deleted in place (not HNSW)."""
+        return self.kind != "hnsw"
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Add unit vectors under their ids."""
+        if len(ids):
+            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Delete vectors by id; returns how many were removed."""
+        if not len(ids):
+            return 0
+        if not self.removable:
+            raise ValueError("faiss cannot delete from an HNSW index; rebuild it")
+        return int(self.index.remove_ids(np.asarray(ids, dtype=np.int64)))
+
+    def search(self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None,
+               breadth: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (cosine similarities, ids) per query row; ids in ``exclude`` are never returned.
+
+        Missing results (fewer than k candidates) have id -1.
+        """
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        params = self._params(breadth or self.breadth, exclude)
+        k = max(1, min(k, self.ntotal))
+        threads = faiss.omp_get_max_threads()
+        if len(queries) < 8:
+            faiss.omp_set_num_threads(1)  # OpenMP start-up costs more than it saves on a few queries
+        try:
+            dist, ids = self.index.search(queries, k, params=params)
+        finally:
+            faiss.omp_set_num_threads(threads)
+        if self.index.metric_type == faiss.METRIC_L2:
+            dist = 1.0 - dist / 2.0
+        return dist, ids
+
+    def tune(self, base: np.ndarray, base_ids: np.ndarray, queries: np.ndarray, target_recall: float,
+             k: int = 10) -> None:
+        """Pick the smallest search breadth whose recall@k reaches ``target_recall``.
+
+        ``queries`` are vectors not (yet) in the index, so the estimate holds for
+        new audio; ``base``/``base_ids`` are exactly what the index holds.
+        """
+        if self.kind == "flat" or not len(queries):
+            self.breadth, self.recall = 0, 1.0 if self.kind == "flat" else None
+            return
+        k = min(k, len(base))
+        truth = base_ids[exact_knn(base, queries, k)[1]]
+        limit = self.index.nlist if self.kind in ("ivf", "ivfpq") else max(_BREADTHS["hnsw"])
+        for breadth in (b for b in _BREADTHS[self.kind] if b <= limit):
+            self.breadth = breadth
+            self.recall = recall_at_k(truth, self.search(queries, k, breadth=breadth)[1], k)
+            if self.recall >= target_recall:
+                return
+
+    def save(self, path: Path, extra: dict | None = None) -> None:
+        """Write the index (``path``) and its kind/breadth/recall plus ``extra`` (``path`` with ``.json``)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        faiss.write_index(self.index, str(tmp))
+        tmp.replace(path)
+        meta = {**(extra or {}), "kind": self.kind, "breadth": self.breadth, "recall": self.recall}
+        path.with_suffix(".json").write_text(json.dumps(meta))
+
+    @classmethod
+    def load(cls, path: Path) -> tuple[AnnIndex, dict]:
+        """Read an index written by :meth:`save`; returns it and the saved metadata."""
+        meta = json.loads(path.with_suffix(".json").read_text())
+        return cls(faiss.read_index(str(path)), meta["kind"], meta["breadth"], meta["recall"]), meta
+
+    def nbytes(self) -> int:
+        """Serialised size of the index in bytes (a close proxy for its memory)."""
+        return int(faiss.serialize_index(self.index).nbytes)
+
+    def _params(self, breadth: int, exclude: np.ndarray | None) -> faiss.SearchParameters | None:
+        sel = None
+        if exclude is not None and len(exclude):
+            sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.asarray(exclude, dtype=np.int64)))
+        if self.kind in ("ivf", "ivfpq"):
+            params = faiss.SearchParametersIVF(nprobe=breadth or 1)
+        elif self.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=breadth or 64)
+        else:
+            params = faiss.SearchParameters()
+        if sel is not None:
+            params.sel = sel
+            params._sel = sel  # keep the selector alive as long as the params
+        return params
+
+
+def _new_index(kind: str, dim: int, n: int) -> faiss.Index:
+    if kind == "flat":
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    if kind == "hnsw":
+        hnsw = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = 80
+        return faiss.IndexIDMap2(hnsw)
+    codec = "Flat" if kind == "ivf" else f"PQ{pq_subquantizers(dim)}"
+    index = faiss.index_factory(dim, f"IVF{n_lists(n)},{codec}", faiss.METRIC_L2)
+    index.cp.min_points_per_centroid = 1  # we sample 64 points per list; faiss' 39-point warning is noise
+    if kind == "ivfpq":
+        index.pq.cp.min_points_per_centroid = 1
+        index.do_polysemous_training = False  # only serves polysemous (Hamming) search, which we never use
+    return index
+
+
+def recall_at_k(truth: np.ndarray, found: np.ndarray, k: int, exclude: np.ndarray | None = None) -> float:
+    """Mean fraction of each query's true top-k ids found in its top-k results.
+
+    ``exclude`` holds one id per query (its own) to drop from both lists first.
+    """
+    hits = 0
+    for i, (t, f) in enumerate(zip(truth, found)):
+        own = None if exclude is None else exclude[i]
+        want = [x for x in t if x != own][:k]
+        got = [x for x in f if x != own and x >= 0][:k]
+        hits += len(set(want) & set(got))
+    return hits / (k * len(truth))

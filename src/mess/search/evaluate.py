@@ -1,0 +1,221 @@
+"""Retrieval evaluation: how well each layer (and the all-layer / fused vectors) finds same-label tracks.
+
+Every labelled track whose label has at least one other track is a query; the
+ranking covers all other labelled tracks. Reported per vector set: precision@k,
+mAP, nDCG@k and the k-occurrence skewness of its k-NN graph, next to the chance
+level of random rankings. With ``compare``, cosine is set against euclidean and dot
+similarity and against CSLS / mutual-proximity hubness reduction.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mess.search.ann import exact_knn
+from mess.search.hubness import HubnessReducer, HubnessStats, hubness_stats
+from mess.search.metrics import (RetrievalScores, average_precision, chance_scores, ndcg_at_k, precision_at_k,
+                                 ranked_relevance)
+from mess.search.vectors import FUSED, Norm, VectorSpec, load_vectors
+from mess.store import FeatureStore, Run, StoreError, Track
+
+LABEL_FIELDS = ("artist", "album", "genre", "composer", "title")
+MAX_QUERIES = 5000
+CHUNK = 512
+VARIANTS = (("cosine", None), ("euclidean", None), ("dot", None), ("cosine", "csls"), ("cosine", "mp"))
+
+
+class LabelError(ValueError):
+    """Labels that cannot be used (bad CSV, too few labelled tracks)."""
+
+
+@dataclass(frozen=True)
+class SetScore:
+    """Quality of one vector set under one similarity."""
+
+    name: str
+    kind: str
+    metric: str
+    hubness: str | None
+    scores: RetrievalScores
+    hub: HubnessStats
+
+
+@dataclass
+class Evaluation:
+    """Everything ``mess evaluate`` reports."""
+
+    model: str
+    label: str
+    k: int
+    norm: str
+    n_tracks: int
+    n_queries: int
+    n_classes: int
+    chance: RetrievalScores
+    sets: list[SetScore]
+    variants: list[SetScore] = field(default_factory=list)
+
+    def best(self) -> SetScore:
+        """The vector set with the highest mAP."""
+        return max(self.sets, key=lambda s: s.scores.map)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def read_label_csv(store: FeatureStore, path: Path, field: str) -> dict[int, str]:
+    """Track id -> label from a CSV with an ``id``, ``path`` or ``file`` column and a ``field`` (or ``label``) column."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise LabelError(f"cannot read label file {path}: {exc}") from exc
+    cols = set(rows[0]) if rows else set()
+    ref_col = next((c for c in ("id", "path", "file") if c in cols), None)
+    label_col = field if field in cols else "label" if "label" in cols else None
+    if ref_col is None or label_col is None:
+        raise LabelError(f"{path} needs an id, path or file column and a {field!r} or 'label' column; "
+                         f"it has {sorted(cols) or 'no header'}")
+    out: dict[int, str] = {}
+    for line, row in enumerate(rows, start=2):
+        ref, value = (row.get(ref_col) or "").strip(), (row.get(label_col) or "").strip()
+        if not ref or not value:
+            continue
+        try:
+            out[store.track(ref).id] = value
+        except StoreError as exc:
+            raise LabelError(f"{path}:{line}: {exc}") from exc
+    return out
+
+
+def track_labels(tracks: Sequence[Track], field: str, overrides: dict[int, str] | None = None) -> dict[int, str]:
+    """Track id -> label from tags (``field``), or only from ``overrides`` when given."""
+    if overrides is not None:
+        return dict(overrides)
+    if field not in LABEL_FIELDS:
+        raise LabelError(f"unknown label {field!r}; choose one of {', '.join(LABEL_FIELDS)} or pass a CSV")
+    return {t.id: v.strip() for t in tracks if (v := t.label(field)) and v.strip()}
+
+
+def evaluate(store: FeatureStore, run: Run, field: str, k: int = 10, *, labels: dict[int, str] | None = None,
+             norm: Norm = "center", compare: bool = False, seed: int = 0) -> Evaluation:
+    """Score every layer, all layers together and the fused vectors (when present) by retrieval of same-label tracks."""
+    tracks = store.tracks(run)
+    by_label = track_labels(tracks, field, labels)
+    specs = [VectorSpec.from_options(layer=name, norm=norm) for name in run.layer_names]
+    specs.append(VectorSpec.from_options(norm=norm))
+    if store.derived_meta(run, FUSED) is not None:
+        specs.append(VectorSpec("fused", "", norm))
+    sets: list[SetScore] = []
+    variants: list[SetScore] = []
+    ids = labels_arr = queries = None
+    for spec in specs:
+        vs = load_vectors(store, run, spec, tracks)
+        keep = np.array([int(i) in by_label for i in vs.ids], dtype=bool)
+        if ids is None:
+            ids = vs.ids[keep]
+            labels_arr, queries = _setup(np.array([by_label[int(i)] for i in ids]), seed)
+        elif not np.array_equal(vs.ids[keep], ids):
+            continue  # fused vectors missing for some tracks: not comparable with the layers
+        unit = vs.unit()[keep]
+        name = spec.name or ("all layers" if spec.kind == "all" else "fused")
+        sets.append(_score(name, spec.kind, "cosine", None, _cosine(unit), labels_arr, queries, k))
+        if compare:
+            shifted = vs.prep.shift(vs.raw[keep])
+            for metric, hub in VARIANTS[1:]:
+                fn = _similarity(metric, hub, unit, shifted, k)
+                variants.append(_score(name, spec.kind, metric, hub, fn, labels_arr, queries, k))
+    chance = chance_scores(labels_arr[queries], labels_arr, queries, k, seed=seed)
+    return Evaluation(run.model, field, k, norm, len(labels_arr), len(queries), len(set(labels_arr.tolist())),
+                      chance, sets, variants)
+
+
+def _setup(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels per item and the query rows (items whose label occurs at least twice, sampled above MAX_QUERIES)."""
+    if len(labels) < 2:
+        raise LabelError(f"only {len(labels)} labelled track(s); need at least 2 sharing a label")
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    queries = np.flatnonzero(counts[inverse] >= 2)
+    if not len(queries):
+        raise LabelError("no label is shared by two tracks; nothing to retrieve")
+    if len(queries) > MAX_QUERIES:
+        queries = np.sort(np.random.default_rng(seed).choice(queries, MAX_QUERIES, replace=False))
+    return labels, queries
+
+
+SimFn = Callable[[np.ndarray], np.ndarray]
+
+
+def _cosine(unit: np.ndarray) -> SimFn:
+    return lambda rows: unit[rows] @ unit.T
+
+
+def _similarity(metric: str, hub: str | None, unit: np.ndarray, shifted: np.ndarray, k: int) -> SimFn:
+    """Similarity rows for a metric (on preprocessed vectors) or a hubness-reduced cosine."""
+    if metric == "dot":
+        return lambda rows: shifted[rows] @ shifted.T
+    if metric == "euclidean":
+        sq = (shifted**2).sum(axis=1)
+        return lambda rows: 2 * shifted[rows] @ shifted.T - sq[rows, None] - sq[None, :]
+    reducer = HubnessReducer(hub, unit, lambda v, kk: exact_knn(unit, v, kk), k=k)
+    stats = reducer.stats(unit, np.arange(len(unit)))
+
+    def rescored(rows: np.ndarray) -> np.ndarray:
+        sub = type(stats)(stats.r[rows], stats.mu[rows], stats.sd[rows])
+        return reducer.rescore(unit[rows] @ unit.T, sub, stats)
+
+    return rescored
+
+
+def _score(name: str, kind: str, metric: str, hub: str | None, sim: SimFn, labels: np.ndarray,
+           queries: np.ndarray, k: int) -> SetScore:
+    """Metrics and k-occurrence hubness of one similarity, computed in query chunks."""
+    p, ap, nd, top = [], [], [], []
+    for start in range(0, len(queries), CHUNK):
+        rows = queries[start:start + CHUNK]
+        scores = np.asarray(sim(rows), dtype=np.float64)
+        rel = ranked_relevance(scores, labels[rows], labels, rows)
+        p.append(precision_at_k(rel, k))
+        ap.append(average_precision(rel))
+        nd.append(ndcg_at_k(rel, k))
+        scores[np.arange(len(rows)), rows] = -np.inf
+        top.append(np.argsort(-scores, axis=1)[:, :k])
+    scores = RetrievalScores(k, float(np.concatenate(p).mean()), float(np.concatenate(ap).mean()),
+                             float(np.concatenate(nd).mean()))
+    return SetScore(name, kind, metric, hub, scores, hubness_stats(np.concatenate(top), len(labels)))
+
+
+def plot_evaluation(ev: Evaluation, path: Path) -> Path:
+    """PNG of precision@k, mAP and nDCG@k per layer, with all-layers, fused and chance as reference lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = [s for s in ev.sets if s.kind == "layer"]
+    x = np.arange(len(layers))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(layers) + 3), 4.2))
+    for attr, label, colour in (("precision", f"P@{ev.k}", "tab:blue"), ("map", "mAP", "tab:orange"),
+                                ("ndcg", f"nDCG@{ev.k}", "tab:green")):
+        ax.plot(x, [getattr(s.scores, attr) for s in layers], marker="o", color=colour, label=label)
+    for s, style in ((s, "--") for s in ev.sets if s.kind != "layer"):
+        ax.axhline(s.scores.map, color="tab:red" if s.kind == "fused" else "tab:purple", ls=style,
+                   label=f"{s.name} mAP {s.scores.map:.2f}")
+    ax.axhline(ev.chance.map, color="grey", ls=":", label=f"chance mAP {ev.chance.map:.2f}")
+    ax.set_xticks(x, [s.name for s in layers], rotation=45 if len(layers) > 6 else 0, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("retrieval quality")
+    ax.set_title(f"{ev.model}: same-{ev.label} retrieval ({ev.n_tracks} tracks, {ev.n_classes} classes)")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

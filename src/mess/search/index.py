@@ -1,0 +1,151 @@
+"""Collection indexes: a FAISS index of one vector set, saved beside the store and kept in sync.
+
+An index file ``STORE/indexes/run<id>-<spec>.faiss`` is accompanied by ``.json``
+(kind, tuned breadth, recall estimate, spec) and ``.npz`` (the track ids and content
+hashes it holds, and the preprocessor it was built with). :func:`build_index`
+compares those with the store and, when little changed, removes and adds only the
+tracks that left, arrived or whose content changed, keeping the original
+preprocessor so old and new vectors stay comparable. :func:`open_index` returns the
+saved index when it is current, and otherwise an in-memory one (never stale).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mess.search.ann import AnnIndex, choose_kind
+from mess.search.vectors import Preprocessor, VectorSet, VectorSpec
+from mess.store import FeatureStore, Run
+
+REBUILD_FRACTION = 0.25
+_CACHE: OrderedDict[tuple[str, str], CollectionIndex] = OrderedDict()
+_CACHE_SIZE = 8
+
+
+@dataclass
+class CollectionIndex:
+    """An ANN index over a vector set, with the ids/hashes it holds and its preprocessor."""
+
+    ann: AnnIndex
+    prep: Preprocessor
+    ids: np.ndarray
+    hashes: np.ndarray
+    spec: VectorSpec
+    run_id: int
+    requested: str = "auto"
+
+    def is_current(self, vs: VectorSet) -> bool:
+        """Whether it holds exactly the tracks (and contents) of ``vs``."""
+        return (self.run_id == vs.run.id and self.spec == vs.spec and len(self.ids) == len(vs.ids)
+                and bool(np.array_equal(self.ids, vs.ids)) and bool(np.array_equal(self.hashes, vs.hashes)))
+
+    def save(self, path: Path) -> None:
+        """Write the index and its sidecars."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path.with_suffix(".npz"), ids=self.ids, hashes=self.hashes, **self.prep.arrays())
+        self.ann.save(path, {"run_id": self.run_id, "spec": [self.spec.kind, self.spec.name, self.spec.norm],
+                             "requested": self.requested, "n": len(self.ids), "saved_at": time.time()})
+
+    @classmethod
+    def load(cls, path: Path) -> CollectionIndex | None:
+        """Read a saved index; None when it is missing or its files disagree."""
+        try:
+            ann, meta = AnnIndex.load(path)
+            with np.load(path.with_suffix(".npz")) as arrays:
+                ids, hashes = arrays["ids"], arrays["hashes"]
+                prep = Preprocessor.from_arrays(dict(arrays))
+        except (OSError, KeyError, ValueError, RuntimeError):
+            return None
+        if ann.ntotal != len(ids):
+            return None
+        kind, name, norm = meta["spec"]
+        return cls(ann, prep, ids, hashes, VectorSpec(kind, name, norm), meta["run_id"], meta["requested"])
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    """What :func:`build_index` did."""
+
+    path: Path
+    kind: str
+    mode: str  # "built", "updated" or "unchanged"
+    n: int
+    dim: int
+    added: int
+    removed: int
+    breadth: int
+    recall: float | None
+    seconds: float
+    nbytes: int  # size of the saved index file
+
+
+def index_path(store: FeatureStore, run: Run, spec: VectorSpec) -> Path:
+    """Where the index of a run's vector set is saved."""
+    return store.indexes_dir / f"run{run.id}-{spec.slug}.faiss"
+
+
+def build_index(store: FeatureStore, vs: VectorSet, kind: str = "auto", *, rebuild: bool = False,
+                target_recall: float = 0.95) -> tuple[CollectionIndex, IndexReport]:
+    """Create or incrementally update the saved index of a vector set, and save it."""
+    start = time.perf_counter()
+    path = index_path(store, vs.run, vs.spec)
+    old = None if rebuild else CollectionIndex.load(path)
+    requested = old.requested if old is not None and kind == "auto" else kind
+    mode, added, removed = "built", len(vs.ids), 0
+    if old is not None and old.spec == vs.spec and old.run_id == vs.run.id:
+        new_hash = dict(zip(vs.ids.tolist(), vs.hashes.tolist()))
+        old_hash = dict(zip(old.ids.tolist(), old.hashes.tolist()))
+        gone = np.array([i for i, h in old_hash.items() if new_hash.get(i) != h], dtype=np.int64)
+        fresh = np.array([i for i, h in new_hash.items() if old_hash.get(i) != h], dtype=np.int64)
+        wanted = choose_kind(len(vs.ids)) if requested == "auto" else requested
+        small = len(gone) + len(fresh) <= REBUILD_FRACTION * max(len(old.ids), 1)
+        if wanted == old.ann.kind and small and (old.ann.removable or not len(gone)):
+            if len(gone):
+                old.ann.remove(gone)
+            if len(fresh):
+                old.ann.add(old.prep.apply(vs.raw[vs.rows(fresh)]), fresh)
+            index = CollectionIndex(old.ann, old.prep, vs.ids.copy(), vs.hashes.copy(), vs.spec, vs.run.id, requested)
+            mode = "updated" if len(gone) or len(fresh) else "unchanged"
+            added, removed = len(fresh), len(gone)
+    if mode == "built":
+        ann = AnnIndex.build(vs.unit(), vs.ids, requested, target_recall=target_recall)
+        index = CollectionIndex(ann, vs.prep, vs.ids.copy(), vs.hashes.copy(), vs.spec, vs.run.id, requested)
+    if mode != "unchanged":
+        index.save(path)
+    _remember(path, vs, index)
+    report = IndexReport(path, index.ann.kind, mode, len(vs.ids), vs.raw.shape[1], added, removed,
+                         index.ann.breadth, index.ann.recall, time.perf_counter() - start, path.stat().st_size)
+    return index, report
+
+
+def open_index(store: FeatureStore, vs: VectorSet) -> CollectionIndex:
+    """The saved index when it matches ``vs`` exactly, else an exact in-memory one (cached per process).
+
+    The in-memory fallback is flat: it builds instantly and is exact; run
+    :func:`build_index` (``mess index``) for approximate search on large collections.
+    """
+    path = index_path(store, vs.run, vs.spec)
+    key = (str(path.resolve()), vs.fingerprint)
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    saved = CollectionIndex.load(path) if path.exists() else None
+    if saved is not None and saved.is_current(vs):
+        index = saved
+    else:
+        ann = AnnIndex.build(vs.unit(), vs.ids, "flat")
+        index = CollectionIndex(ann, vs.prep, vs.ids.copy(), vs.hashes.copy(), vs.spec, vs.run.id)
+    _remember(path, vs, index)
+    return index
+
+
+def _remember(path: Path, vs: VectorSet, index: CollectionIndex) -> None:
+    _CACHE[(str(path.resolve()), vs.fingerprint)] = index
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+

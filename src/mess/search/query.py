@@ -1,0 +1,233 @@
+"""Similar tracks: resolve a query, search the index, exclude, flag duplicates, explain.
+
+Public API (used by the CLI, the web server and the artist module):
+
+* :func:`resolve_query` - a track id, a collection path or file name, or any audio file
+  (embedded on the fly with the run's model and window policy) -> :class:`TrackQuery`.
+* :func:`similar_tracks` - the k most similar collection tracks as :class:`Neighbour` s.
+
+"Why similar": each result carries its cosine similarity to the query in every
+aspect's layer (``mess probe`` writes the aspect -> layer map) and the percentile of
+that similarity among the other collection tracks, so "timbre 0.97" reads "at least
+as similar in timbre as 97% of the collection". Without an aspect map, layers stand in for
+aspects: each layer for models with at most 6 layers (the dsp model's mfcc, chroma,
+spectral, rhythm), otherwise three contiguous groups named early, middle and late.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mess.search.hubness import HubnessReducer
+from mess.search.index import CollectionIndex, open_index
+from mess.search.vectors import Norm, VectorSet, VectorSpec, load_vectors, query_vector
+from mess.store import FeatureStore, Run, StoreError, Track
+
+DUPLICATE_COSINE = 0.9999
+PERCENTILE_SAMPLE = 20_000
+HUBNESS_POOL = 100
+
+
+@dataclass(frozen=True)
+class TrackQuery:
+    """A search seed: a collection track, or an external file with its raw per-layer vectors."""
+
+    label: str
+    track: Track | None = None
+    layers: tuple[np.ndarray, ...] | None = None  # external file: raw vector per run layer
+    content_hash: str | None = None
+    artist: str | None = None
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """One result: the track, its cosine similarity, duplicate flag and per-aspect evidence."""
+
+    track: Track
+    score: float
+    duplicate: bool = False
+    why: dict[str, float] = field(default_factory=dict)
+    why_percentile: dict[str, float] = field(default_factory=dict)
+    adjusted: float | None = None
+
+    def reasons(self, n: int = 2) -> list[str]:
+        """The ``n`` aspects in which this result is most unusually close to the query."""
+        return sorted(self.why_percentile, key=lambda a: -self.why_percentile[a])[:n]
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        t = self.track
+        return {"id": t.id, "path": t.path, "name": t.name, "artist": t.artist, "title": t.title,
+                "album": t.album, "score": round(self.score, 6), "duplicate": self.duplicate,
+                "adjusted": None if self.adjusted is None else round(self.adjusted, 6),
+                "why": {a: round(v, 4) for a, v in self.why.items()},
+                "why_percentile": {a: round(v, 4) for a, v in self.why_percentile.items()},
+                "reasons": self.reasons()}
+
+
+def resolve_query(store: FeatureStore, ref: str | Path | int, run: Run) -> TrackQuery:
+    """Turn a track id, a collection path/file name, or an external audio file into a query.
+
+    An external file whose content is already in the collection resolves to that track.
+    Raises StoreError when nothing matches or the model cannot embed the file.
+    """
+    key = str(ref)
+    path = Path(key).expanduser()
+    if key.isdigit() or not path.is_file():
+        track = store.track(key)
+        return TrackQuery(track.name, track=track, content_hash=track.content_hash, artist=track.artist)
+    try:
+        track = store.track(path)
+        if Path(track.path) == path.resolve():
+            return TrackQuery(track.name, track=track, content_hash=track.content_hash, artist=track.artist)
+    except StoreError:
+        pass
+    return _external_query(store, path, run)
+
+
+def _external_query(store: FeatureStore, path: Path, run: Run) -> TrackQuery:
+    from mess.audio.decode import AudioError
+    from mess.audio.tags import read_tags
+    from mess.extract.embed import embed_file
+    from mess.models.registry import ModelError, load_model
+
+    try:
+        model = load_model(run.model)
+    except ModelError as exc:
+        raise StoreError(str(exc)) from exc
+    if model.info.revision != run.revision:
+        raise StoreError(f"{run.model} is now revision {model.info.revision} but the store holds "
+                         f"{run.revision}; re-extract the collection to compare with new files")
+    try:
+        vectors = embed_file(path, model, run.policy)
+    except (AudioError, OSError, ValueError, RuntimeError) as exc:
+        raise StoreError(f"cannot embed {path}: {exc}") from exc
+    for track in store.tracks(run):
+        if track.content_hash == vectors.content_hash:
+            return TrackQuery(track.name, track=track, content_hash=track.content_hash, artist=track.artist)
+    tags = read_tags(path)
+    label = f"{tags['artist']} - {tags['title'] or path.stem}" if tags["artist"] else path.name
+    layers = tuple(np.asarray(v, dtype=np.float32) for v in vectors.layers)
+    return TrackQuery(label, layers=layers, content_hash=vectors.content_hash, artist=tags["artist"])
+
+
+def similar_tracks(store: FeatureStore, run: Run, query: TrackQuery | np.ndarray, k: int = 10, *,
+                   layer: str | None = None, aspect: str | None = None, fused: bool = False,
+                   exclude_same_artist: bool = False, hubness: str | None = None,
+                   norm: Norm = "center") -> list[Neighbour]:
+    """The ``k`` collection tracks most similar to ``query`` (cosine, best first).
+
+    Args:
+        query: a :class:`TrackQuery`, or a raw vector in the space of the chosen vector set.
+        layer / aspect / fused: which vectors to compare (default: all layers, equally weighted).
+        exclude_same_artist: leave out tracks whose artist tag equals the query's.
+        hubness: None, "csls" or "mp" to re-rank a candidate pool against hub tracks.
+        norm: "center" (default), "zscore" or "none" preprocessing before L2 normalisation.
+
+    The query's own track never appears; tracks with the same content or cosine >= 0.9999
+    are flagged as duplicates. ``why`` / ``why_percentile`` are filled for TrackQuery inputs.
+    """
+    spec = VectorSpec.from_options(layer, aspect, fused, norm)
+    tracks = store.tracks(run)
+    by_id = {t.id: t for t in tracks}
+    vs = load_vectors(store, run, spec, tracks)
+    index = open_index(store, vs)
+    tq = query if isinstance(query, TrackQuery) else None
+    raw = _raw_vector(store, vs, tq) if tq is not None else np.asarray(query, dtype=np.float32)
+    q = index.prep.apply(raw)
+    exclude = _excluded(tracks, tq, exclude_same_artist)
+    pool = max(k, HUBNESS_POOL) if hubness else k
+    sims, ids = index.ann.search(q, pool, exclude=np.array(sorted(exclude), dtype=np.int64))
+    sims, ids = sims[0][ids[0] >= 0], ids[0][ids[0] >= 0]
+    adjusted = None
+    if hubness and len(ids):
+        adjusted = _rescore(hubness, vs, index, q, sims, ids, tq)
+        order = np.argsort(-adjusted, kind="stable")[:k]
+        sims, ids, adjusted = sims[order], ids[order], adjusted[order]
+    sims, ids = sims[:k], ids[:k]
+    why, pct = _explain(store, run, tracks, tq, ids, norm) if tq is not None else ({}, {})
+    qhash = tq.content_hash if tq is not None else None
+    return [Neighbour(by_id[int(i)], float(s),
+                      duplicate=bool(by_id[int(i)].content_hash == qhash or s >= DUPLICATE_COSINE),
+                      why=why.get(int(i), {}), why_percentile=pct.get(int(i), {}),
+                      adjusted=None if adjusted is None else float(adjusted[n]))
+            for n, (s, i) in enumerate(zip(sims, ids))]
+
+
+def aspect_layers(store: FeatureStore, run: Run) -> tuple[str, dict[str, VectorSpec]]:
+    """The vector sets used for "why": ('aspects', aspect -> layer) or ('layers', group -> layers)."""
+    amap = store.aspect_map(run)
+    if amap:
+        return "aspects", {a: VectorSpec("layer", layer) for a, layer in amap.items()}
+    names = run.layer_names
+    if len(names) <= 6:
+        return "layers", {n: VectorSpec("layer", n) for n in names}
+    groups = np.array_split(np.arange(len(names)), 3)
+    return "layers", {f"{label} ({names[g[0]]}-{names[g[-1]]})": VectorSpec("group", "+".join(names[i] for i in g))
+                      for label, g in zip(("early", "middle", "late"), groups)}
+
+
+def _raw_vector(store: FeatureStore, vs: VectorSet, query: TrackQuery) -> np.ndarray:
+    """The query's raw vector in the space of ``vs``."""
+    if query.track is not None:
+        if query.track.id not in set(vs.ids.tolist()):
+            raise StoreError(f"track {query.track.id} ({query.label}) has no {vs.spec.kind} vectors for "
+                             f"{vs.run.model}; run `mess extract` (or `mess fuse apply`) first")
+        return vs.raw[vs.rows(np.array([query.track.id]))[0]]
+    if vs.spec.kind == "fused":
+        raise StoreError("fused vectors exist only for collection tracks; query an external file "
+                         "by --layer or --aspect")
+    return query_vector(vs.layers, vs.run, query.layers)
+
+
+def _excluded(tracks: list[Track], query: TrackQuery | None, same_artist: bool) -> set[int]:
+    """Track ids never to return: the query's own track, and its artist's tracks when asked."""
+    out = {query.track.id} if query is not None and query.track is not None else set()
+    artist = (query.artist or "").strip().casefold() if query is not None else ""
+    if same_artist and artist:
+        out |= {t.id for t in tracks if (t.artist or "").strip().casefold() == artist}
+    return out
+
+
+def _rescore(method: str, vs: VectorSet, index: CollectionIndex, q: np.ndarray, sims: np.ndarray,
+             ids: np.ndarray, query: TrackQuery | None) -> np.ndarray:
+    """Hubness-reduced scores of the candidates (neighbourhoods measured with the same index)."""
+    same = all(np.array_equal(a, b) for a, b in zip(index.prep.arrays().values(), vs.prep.arrays().values()))
+    unit = vs.unit() if same else index.prep.apply(vs.raw)
+
+    def knn(vectors: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+        return index.ann.search(vectors, kk)
+
+    reducer = HubnessReducer(method, unit, knn, base_ids=vs.ids)
+    own = query.track.id if query is not None and query.track is not None else -1
+    q_stats = reducer.stats(q, np.array([own]))
+    item_stats = reducer.stats(unit[vs.rows(ids)], ids)
+    return reducer.rescore(sims[None, :], q_stats, item_stats)[0]
+
+
+def _explain(store: FeatureStore, run: Run, tracks: list[Track], query: TrackQuery, ids: np.ndarray,
+             norm: Norm) -> tuple[dict[int, dict[str, float]], dict[int, dict[str, float]]]:
+    """Per result id: cosine to the query in each aspect's vectors, and its collection percentile."""
+    why: dict[int, dict[str, float]] = {int(i): {} for i in ids}
+    pct: dict[int, dict[str, float]] = {int(i): {} for i in ids}
+    if not len(ids):
+        return why, pct
+    _, specs = aspect_layers(store, run)
+    for name, spec in specs.items():
+        vs = load_vectors(store, run, VectorSpec(spec.kind, spec.name, norm), tracks)
+        unit = vs.unit()
+        q = vs.prep.apply(_raw_vector(store, vs, query))[0]
+        others = np.flatnonzero(vs.ids != (query.track.id if query.track is not None else -1))
+        if len(others) > PERCENTILE_SAMPLE:
+            others = np.random.default_rng(0).choice(others, PERCENTILE_SAMPLE, replace=False)
+        ref_sims = np.sort(unit[others] @ q)
+        res_sims = unit[vs.rows(ids)] @ q
+        ranks = np.searchsorted(ref_sims, res_sims, side="right") / len(ref_sims)
+        for i, s, r in zip(ids, res_sims, ranks):
+            why[int(i)][name] = float(s)
+            pct[int(i)][name] = float(r)
+    return why, pct
+

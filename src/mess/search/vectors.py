@@ -1,0 +1,198 @@
+"""Which vectors to search, read from the store, and how they become unit vectors.
+
+A :class:`VectorSpec` names a vector set of a run: one layer, the layer chosen for an
+aspect by ``mess probe``, the fused vectors of ``mess fuse``, or all layers at once
+(each layer normalised, then concatenated, so the cosine of two such vectors is the
+mean of their per-layer cosines). A :class:`Preprocessor` fitted on the collection
+turns raw vectors into unit vectors: per-dimension centering (default; removes the
+common offset that makes every pair of neural embeddings look alike) or z-scoring
+(for descriptors on different scales, such as the dsp model's), then L2
+normalisation per layer block.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Literal
+
+import numpy as np
+
+from mess.store import FeatureStore, Run, StoreError, Track
+
+Norm = Literal["none", "center", "zscore"]
+NORMS: tuple[str, ...] = ("none", "center", "zscore")
+FUSED = "fused"
+_CACHE: OrderedDict[tuple, VectorSet] = OrderedDict()
+_CACHE_SIZE = 12
+
+
+@dataclass(frozen=True)
+class VectorSpec:
+    """A vector set of a run: ``kind`` is layer, aspect, fused or all; ``name`` the layer or aspect."""
+
+    kind: Literal["layer", "group", "aspect", "fused", "all"]
+    name: str = ""  # layer, aspect, or '+'-joined layer names of a group
+    norm: Norm = "center"
+
+    @classmethod
+    def from_options(cls, layer: str | None = None, aspect: str | None = None, fused: bool = False,
+                     norm: Norm = "center") -> VectorSpec:
+        """Build a spec from CLI-style options (at most one of layer, aspect, fused; none = all layers)."""
+        if sum(x is not None and x is not False for x in (layer, aspect, fused)) > 1:
+            raise ValueError("choose at most one of --layer, --aspect and --fused")
+        if norm not in NORMS:
+            raise ValueError(f"unknown normalisation {norm!r}; choose one of {', '.join(NORMS)}")
+        if layer is not None:
+            return cls("layer", str(layer), norm)
+        if aspect is not None:
+            return cls("aspect", aspect, norm)
+        return cls("fused", "", norm) if fused else cls("all", "", norm)
+
+    @property
+    def slug(self) -> str:
+        """File-name-safe identity, e.g. ``layer-7-center``."""
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.name)
+        return "-".join(p for p in (self.kind, name, self.norm) if p)
+
+    def layers(self, store: FeatureStore, run: Run) -> tuple[str, ...]:
+        """Layer names this spec reads (empty for fused vectors)."""
+        if self.kind == "fused":
+            return ()
+        if self.kind == "all":
+            return run.layer_names
+        if self.kind in ("layer", "group"):
+            return tuple(run.layer_names[run.layer_index(n)] for n in self.name.split("+"))
+        return (aspect_layer(store, run, self.name),)
+
+
+def aspect_layer(store: FeatureStore, run: Run, aspect: str) -> str:
+    """The layer ``mess probe`` chose for an aspect; StoreError naming the fix when unknown."""
+    amap = store.aspect_map(run)
+    if not amap:
+        raise StoreError(f"no aspect map for {run.model}; run `mess probe --model {run.model}` first")
+    if aspect not in amap:
+        raise StoreError(f"unknown aspect {aspect!r}; {run.model} has {', '.join(sorted(amap))}")
+    return run.layer_names[run.layer_index(amap[aspect])]
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """Per-dimension shift and scale fitted on a collection, then per-block L2 normalisation."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    blocks: tuple[int, ...]
+
+    @classmethod
+    def fit(cls, raw: np.ndarray, blocks: Sequence[int], norm: Norm) -> Preprocessor:
+        """Fit on ``raw`` [n, sum(blocks)] vectors for the given normalisation."""
+        dim = raw.shape[1]
+        mean = raw.mean(axis=0) if norm != "none" and len(raw) else np.zeros(dim)
+        scale = raw.std(axis=0) if norm == "zscore" and len(raw) else np.ones(dim)
+        scale = np.where(scale > 1e-8, scale, 1.0)
+        return cls(mean.astype(np.float32), scale.astype(np.float32), tuple(int(b) for b in blocks))
+
+    def shift(self, raw: np.ndarray) -> np.ndarray:
+        """Centred (and scaled) vectors before normalisation, float32 [n, dim]."""
+        return ((np.atleast_2d(raw).astype(np.float32) - self.mean) / self.scale).astype(np.float32)
+
+    def apply(self, raw: np.ndarray) -> np.ndarray:
+        """Unit vectors: shift, L2-normalise each block, divide by sqrt(#blocks)."""
+        x = self.shift(raw)
+        start = 0
+        for size in self.blocks:
+            part = x[:, start:start + size]
+            part /= np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
+            start += size
+        if len(self.blocks) > 1:
+            x /= np.sqrt(len(self.blocks))
+        return x
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Arrays to save (see :meth:`from_arrays`)."""
+        return {"mean": self.mean, "scale": self.scale, "blocks": np.array(self.blocks, dtype=np.int64)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Preprocessor:
+        """Inverse of :meth:`arrays`."""
+        return cls(arrays["mean"], arrays["scale"], tuple(int(b) for b in arrays["blocks"]))
+
+
+@dataclass
+class VectorSet:
+    """Raw vectors of one spec for every track that has them, plus the fitted preprocessor."""
+
+    run: Run
+    spec: VectorSpec
+    layers: tuple[str, ...]
+    ids: np.ndarray
+    hashes: np.ndarray
+    raw: np.ndarray
+    prep: Preprocessor
+    _unit: np.ndarray | None = field(default=None, repr=False)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Identity of the content: run, spec and the (track id, content hash) pairs."""
+        h = hashlib.sha1(f"{self.run.id}|{self.spec.slug}|".encode())
+        h.update(self.ids.tobytes())
+        h.update("\n".join(self.hashes.tolist()).encode())
+        return h.hexdigest()
+
+    def unit(self) -> np.ndarray:
+        """All vectors as unit vectors with this set's preprocessor (computed once)."""
+        if self._unit is None:
+            self._unit = self.prep.apply(self.raw)
+        return self._unit
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Row positions of track ids (which must be in the set)."""
+        order = np.argsort(self.ids)
+        return order[np.searchsorted(self.ids, ids, sorter=order)]
+
+
+def read_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequence[Track] | None = None) -> VectorSet:
+    """Read a spec's raw vectors for all tracks of the run and fit its preprocessor."""
+    tracks = store.tracks(run) if tracks is None else tracks
+    hash_of = {t.id: t.content_hash for t in tracks}
+    if spec.kind == "fused":
+        ids, raw = store.derived_matrix(run, FUSED)
+        layers, blocks = (), (raw.shape[1],)
+    else:
+        layers = spec.layers(store, run)
+        mats = [store.layer_matrix(run, name) for name in layers]
+        ids = mats[0][0]
+        raw = mats[0][1] if len(mats) == 1 else np.concatenate([m for _, m in mats], axis=1)
+        blocks = tuple(m.shape[1] for _, m in mats)
+    keep = np.array([int(i) in hash_of for i in ids], dtype=bool)
+    ids, raw = ids[keep], raw[keep]
+    if not len(ids):
+        raise StoreError(f"no {spec.kind} vectors for {run.model} in this store; run `mess extract` first")
+    hashes = np.array([hash_of[int(i)] for i in ids])
+    return VectorSet(run, spec, layers, ids, hashes, raw, Preprocessor.fit(raw, blocks, spec.norm))
+
+
+def load_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequence[Track] | None = None) -> VectorSet:
+    """:func:`read_vectors`, cached per process while the tracks, aspect map and fused vectors stay the same."""
+    tracks = store.tracks(run) if tracks is None else tracks
+    state = hashlib.sha1(repr([(t.id, t.content_hash) for t in tracks]).encode()).hexdigest()
+    extra = json.dumps(store.derived_meta(run, FUSED), sort_keys=True) if spec.kind == "fused" else spec.layers(store, run)
+    key = (str(store.root.resolve()), run.id, spec, state, extra)
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    vs = _CACHE[key] = read_vectors(store, run, spec, tracks)
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return vs
+
+
+def query_vector(spec_layers: tuple[str, ...], run: Run, layer_vectors: Sequence[np.ndarray]) -> np.ndarray:
+    """Concatenate a query's raw per-layer vectors in the order a spec reads them."""
+    return np.concatenate([np.asarray(layer_vectors[run.layer_index(name)], dtype=np.float32).ravel()
+                           for name in spec_layers])

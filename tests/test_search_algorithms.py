@@ -1,0 +1,184 @@
+"""Search algorithms on computed data: metrics vs scikit-learn, ANN recall vs exact, hubness, preprocessing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, ndcg_score
+
+from mess.search.ann import AnnIndex, exact_knn, recall_at_k
+from mess.search.hubness import HubnessReducer, hubness_stats, k_occurrence
+from mess.search.metrics import (average_precision, chance_scores, ndcg_at_k, precision_at_k, ranked_relevance,
+                                 retrieval_scores)
+from mess.search.vectors import Preprocessor
+
+
+@pytest.fixture(autouse=True)
+def one_faiss_thread():
+    """Small data: OpenMP start-up and barriers cost more than a second thread gives."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(threads)
+
+
+def clustered(n: int, dim: int, n_clusters: int, seed: int, spread: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors around random centres, and their cluster labels."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, dim))
+    labels = rng.integers(n_clusters, size=n)
+    x = (centres[labels] + spread * rng.standard_normal((n, dim))).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), labels
+
+
+# ---- metrics -------------------------------------------------------------------------
+
+
+def test_metrics_match_sklearn_per_query() -> None:
+    rng = np.random.default_rng(3)
+    n, k = 60, 5
+    labels = rng.integers(4, size=n)
+    scores = rng.random((n, n))
+    rows = np.arange(n)
+    rel = ranked_relevance(scores, labels, labels, rows)
+    ap, nd, p = average_precision(rel), ndcg_at_k(rel, k), precision_at_k(rel, k)
+    for q in range(n):
+        others = rows != q
+        truth = (labels[others] == labels[q]).astype(int)
+        assert ap[q] == pytest.approx(average_precision_score(truth, scores[q, others]))
+        assert nd[q] == pytest.approx(ndcg_score(truth[None], scores[q, others][None], k=k))
+        top = np.argsort(-scores[q, others])[:k]
+        assert p[q] == pytest.approx(truth[top].mean())
+
+
+def test_perfect_ranking_scores_one_and_chance_matches_expectation() -> None:
+    labels = np.repeat(np.arange(5), 8)
+    rows = np.arange(len(labels))
+    perfect = (labels[:, None] == labels[None, :]).astype(float)
+    best = retrieval_scores(ranked_relevance(perfect, labels, labels, rows), k=7)
+    assert (best.precision, best.map, best.ndcg) == pytest.approx((1.0, 1.0, 1.0))
+    chance = chance_scores(labels, labels, rows, k=7, repeats=200)
+    expected = 7 / (len(labels) - 1)  # 7 same-label others among 39
+    assert chance.precision == pytest.approx(expected, abs=0.02)
+    assert chance.map < best.map / 2
+
+
+# ---- ANN indexes ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw", "ivfpq"])
+def test_index_kinds_reach_tuned_recall_on_held_out_queries(kind: str) -> None:
+    x, _ = clustered(3300, 32, 30, seed=1)
+    base, queries = x[:3000], x[3000:]
+    ids = np.arange(3000, dtype=np.int64) * 3 + 7  # ids are not row numbers
+    ann = AnnIndex.build(base, ids, kind, target_recall=0.9)
+    assert ann.kind == kind and ann.ntotal == 3000
+    truth = ids[exact_knn(base, queries, 10)[1]]
+    recall = recall_at_k(truth, ann.search(queries, 10)[1], 10)
+    floor = 0.6 if kind == "ivfpq" else 0.85  # PQ codes are lossy; the others were tuned to 0.9
+    assert recall >= floor
+    if kind == "flat":
+        assert recall == 1.0
+        scores, _ = ann.search(queries[:3], 4)
+        exact_scores, _ = exact_knn(base, queries[:3], 4)
+        np.testing.assert_allclose(scores, exact_scores, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_exclude_remove_add_and_save_roundtrip(kind: str, tmp_path: Path) -> None:
+    x, _ = clustered(2000, 16, 20, seed=2)
+    ids = np.arange(2000, dtype=np.int64) + 100
+    ann = AnnIndex.build(x, ids, kind, target_recall=0.95)
+    q = x[:5]
+    _, top = ann.search(q, 10)
+    banned = np.unique(top[:, :3])
+    _, again = ann.search(q, 10, exclude=banned)
+    assert not np.isin(again, banned).any()
+    assert ann.remove(banned) == len(banned) and ann.ntotal == 2000 - len(banned)
+    _, after = ann.search(q, 10)
+    assert not np.isin(after, banned).any()
+    ann.add(x[banned - 100], banned)
+    path = tmp_path / "x.faiss"
+    ann.save(path, {"note": "kept"})
+    loaded, meta = AnnIndex.load(path)
+    assert meta["note"] == "kept" and loaded.kind == ann.kind and loaded.breadth == ann.breadth
+    np.testing.assert_array_equal(loaded.search(q, 10)[1], ann.search(q, 10)[1])
+    assert set(loaded.search(q[:1], 1)[1][0]) == {100}  # re-added vector is its own nearest
+
+
+def test_hnsw_refuses_removal() -> None:
+    x, _ = clustered(500, 8, 5, seed=4)
+    ann = AnnIndex.build(x, np.arange(500), "hnsw")
+    assert not ann.removable
+    with pytest.raises(ValueError, match="rebuild"):
+        ann.remove(np.array([1]))
+
+
+# ---- hubness -------------------------------------------------------------------------
+
+
+def _knn_lists(sim: np.ndarray, k: int) -> np.ndarray:
+    sim = sim.copy()
+    np.fill_diagonal(sim, -np.inf)
+    return np.argsort(-sim, axis=1)[:, :k]
+
+
+def test_k_occurrence_counts_every_slot() -> None:
+    x, _ = clustered(300, 20, 6, seed=5)
+    top = _knn_lists(x @ x.T, 10)
+    occ = k_occurrence(top, 300)
+    assert occ.sum() == 300 * 10
+    stats = hubness_stats(top, 300)
+    assert stats.max_occurrence == occ.max() and 0 <= stats.antihub_fraction < 1
+
+
+def test_csls_and_mutual_proximity_reduce_hubness() -> None:
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal((1000, 100)) + 0.3).astype(np.float32)  # off-centre high-dim data is hub-prone
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    sim = x @ x.T
+    base = hubness_stats(_knn_lists(sim, 10), len(x)).skewness
+    assert base > 0.5
+    for method in ("csls", "mp"):
+        reducer = HubnessReducer(method, x, lambda v, kk: exact_knn(x, v, kk), k=10, sample=len(x))
+        stats = reducer.stats(x, np.arange(len(x)))
+        reduced = hubness_stats(_knn_lists(reducer.rescore(sim, stats, stats), 10), len(x)).skewness
+        assert reduced < base * 0.7, (method, base, reduced)
+
+
+def test_hub_statistics_leave_out_own_vector() -> None:
+    x, _ = clustered(200, 12, 4, seed=7)
+    reducer = HubnessReducer("csls", x, lambda v, kk: exact_knn(x, v, kk), k=5, sample=200)
+    stats = reducer.stats(x[:3], np.arange(3))
+    sims = x[:3] @ x.T
+    for i in range(3):
+        others = np.delete(sims[i], i)
+        assert stats.r[i] == pytest.approx(np.sort(others)[-5:].mean(), rel=1e-5)
+        assert stats.mu[i] == pytest.approx((1 - others).mean(), rel=1e-5)
+
+
+# ---- preprocessing -------------------------------------------------------------------
+
+
+def test_all_layer_vectors_average_per_layer_cosines() -> None:
+    rng = np.random.default_rng(8)
+    a, b = rng.standard_normal((50, 6)) + 4, rng.standard_normal((50, 10)) * 9
+    raw = np.concatenate([a, b], axis=1)
+    prep = Preprocessor.fit(raw, (6, 10), "center")
+    unit = prep.apply(raw)
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, rtol=1e-5)
+    per_layer = [Preprocessor.fit(m, (m.shape[1],), "center").apply(m) for m in (a, b)]
+    expected = np.mean([p[:5] @ p[5:10].T for p in per_layer], axis=0)
+    np.testing.assert_allclose(unit[:5] @ unit[5:10].T, expected, atol=1e-5)
+
+
+def test_zscore_removes_scale_dominance() -> None:
+    rng = np.random.default_rng(9)
+    raw = np.concatenate([rng.standard_normal((40, 1)) * 1000, rng.standard_normal((40, 5))], axis=1)
+    plain = Preprocessor.fit(raw, (6,), "center").apply(raw)
+    scaled = Preprocessor.fit(raw, (6,), "zscore").apply(raw)
+    assert np.abs(plain[:, 0]).mean() > 0.99  # one loud dimension decides every cosine
+    assert np.abs(scaled[:, 0]).mean() < 0.6

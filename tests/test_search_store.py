@@ -1,0 +1,244 @@
+"""Search against a real feature store filled with computed (clustered) vectors: queries, indexes, evaluation, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from mess.audio.windows import WindowPolicy
+from mess.cli.search import register
+from mess.models.base import ModelInfo
+from mess.search.evaluate import LabelError, evaluate, plot_evaluation, read_label_csv
+from mess.search.index import build_index, open_index
+from mess.search.query import resolve_query, similar_tracks
+from mess.search.vectors import VectorSpec, load_vectors
+from mess.store import FeatureStore, Run, StoreError, TrackVectors
+
+ARTISTS, PER_ARTIST, DIMS = 4, 6, (8, 16, 16)
+
+
+def _add_track(store: FeatureStore, run: Run, path: str, content: str, layers: list[np.ndarray],
+               artist: str | None, title: str, album: str | None = None) -> int:
+    tid = store.upsert_track(Path(path), content, 1, 0.0, {"duration": 10.0},
+                             {"artist": artist, "album": album, "title": title, "genre": None, "composer": artist})
+    store.write_vectors(run, [TrackVectors(content, layers, [v[None] for v in layers], [0.0])])
+    return tid
+
+
+def _vectors(rng: np.random.Generator, centres: list[np.ndarray], a: int) -> list[np.ndarray]:
+    """Layer 0 is noise; layers 1 and 2 carry the artist."""
+    return [(rng.standard_normal(DIMS[0]) * 3 + 5).astype(np.float32)] + [
+        (c[a] + rng.standard_normal(c.shape[1])).astype(np.float32) for c in centres]
+
+
+@pytest.fixture()
+def synth(tmp_path: Path) -> tuple[FeatureStore, Run]:
+    """4 artists x 6 tracks, plus a second copy of track 1 (same content) under another artist."""
+    rng = np.random.default_rng(0)
+    store = FeatureStore(tmp_path / "store")
+    info = ModelInfo("synth", "r1", 16000, ("l0", "l1", "l2"), DIMS)
+    run = store.ensure_run(info, WindowPolicy())
+    centres = [rng.standard_normal((ARTISTS, d)) * 3 + 5 for d in DIMS[1:]]
+    for a in range(ARTISTS):
+        for j in range(PER_ARTIST):
+            _add_track(store, run, f"/music/artist{a}/track{j}.wav", f"hash-{a}-{j}", _vectors(rng, centres, a),
+                       f"Artist {a}", f"Track {j}", f"Album {a}-{j % 2}")
+    store.upsert_track(Path("/music/copies/track0.wav"), "hash-0-0", 1, 0.0, {"duration": 10.0},
+                       {"artist": "Someone Else", "album": None, "title": "Copy", "genre": None, "composer": None})
+    store.centres = centres  # for tests that add tracks
+    yield store, run
+    store.close()
+
+
+def _unit(store: FeatureStore, run: Run, layer: str) -> tuple[np.ndarray, np.ndarray]:
+    ids, raw = store.layer_matrix(run, layer)
+    x = raw - raw.mean(axis=0)
+    return ids, x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_seed_excluded_duplicate_flagged_scores_are_cosines(synth: tuple[FeatureStore, Run]) -> None:
+    store, run = synth
+    query = resolve_query(store, "1", run)
+    results = similar_tracks(store, run, query, k=8, layer="l1")
+    ids = [n.track.id for n in results]
+    assert 1 not in ids and len(results) == 8
+    copy = store.track("/music/copies/track0.wav").id
+    assert ids[0] == copy and results[0].duplicate
+    assert not any(n.duplicate for n in results[1:])
+    all_ids, unit = _unit(store, run, "l1")
+    row = {int(i): r for r, i in enumerate(all_ids)}
+    for n in results:
+        assert n.score == pytest.approx(float(unit[row[1]] @ unit[row[n.track.id]]), abs=1e-5)
+    assert [n.score for n in results] == sorted((n.score for n in results), reverse=True)
+
+
+def test_exclude_same_artist_and_why_scores(synth: tuple[FeatureStore, Run]) -> None:
+    store, run = synth
+    query = resolve_query(store, "/music/artist2/track3.wav", run)
+    assert query.track.artist == "Artist 2"
+    plain = similar_tracks(store, run, query, k=5)
+    assert all(n.track.artist == "Artist 2" for n in plain)  # the artist signal is strong in l1, l2
+    other = similar_tracks(store, run, query, k=5, exclude_same_artist=True)
+    assert other and all(n.track.artist != "Artist 2" for n in other)
+    # no aspect map and 3 layers: "why" is per layer, and equals that layer's cosine
+    ids, unit = _unit(store, run, "l2")
+    row = {int(i): r for r, i in enumerate(ids)}
+    for n in plain:
+        assert set(n.why) == {"l0", "l1", "l2"}
+        assert n.why["l2"] == pytest.approx(float(unit[row[query.track.id]] @ unit[row[n.track.id]]), abs=1e-5)
+        assert 0.0 <= n.why_percentile["l2"] <= 1.0
+    # same-artist results are unusually close in the artist layers, not in the noise layer
+    assert np.mean([n.why_percentile["l1"] for n in plain]) > np.mean([n.why_percentile["l0"] for n in plain])
+
+
+def test_aspects_need_a_probe_then_use_its_layers(synth: tuple[FeatureStore, Run]) -> None:
+    store, run = synth
+    query = resolve_query(store, "track2.wav", run)
+    with pytest.raises(StoreError, match="mess probe"):
+        similar_tracks(store, run, query, k=3, aspect="timbre")
+    store.set_aspect_map(run, [("timbre", "l1", 0.9, 0.1), ("harmony", "l0", 0.5, 0.1)])
+    by_aspect = similar_tracks(store, run, query, k=3, aspect="timbre")
+    by_layer = similar_tracks(store, run, query, k=3, layer="l1")
+    assert [n.track.id for n in by_aspect] == [n.track.id for n in by_layer]
+    assert set(by_aspect[0].why) == {"timbre", "harmony"}
+    with pytest.raises(StoreError, match="unknown aspect"):
+        similar_tracks(store, run, query, k=3, aspect="tempo")
+
+
+def test_hubness_reranking_keeps_cosine_and_orders_by_adjusted(synth: tuple[FeatureStore, Run]) -> None:
+    store, run = synth
+    query = resolve_query(store, "5", run)
+    for method in ("csls", "mp"):
+        results = similar_tracks(store, run, query, k=6, hubness=method)
+        adjusted = [n.adjusted for n in results]
+        assert adjusted == sorted(adjusted, reverse=True)
+        assert 5 not in [n.track.id for n in results]
+
+
+def test_index_is_saved_updated_incrementally_and_never_stale(synth: tuple[FeatureStore, Run]) -> None:
+    store, run = synth
+    spec = VectorSpec("all")
+    index, report = build_index(store, load_vectors(store, run, spec))
+    assert report.mode == "built" and report.n == ARTISTS * PER_ARTIST + 1 and report.path.exists()
+    assert build_index(store, load_vectors(store, run, spec))[1].mode == "unchanged"
+    rng = np.random.default_rng(1)
+    new_id = _add_track(store, run, "/music/new/n1.wav", "hash-new", _vectors(rng, store.centres, 3), "Artist 3", "New")
+    query = resolve_query(store, "/music/artist3/track0.wav", run)
+    # not re-indexed yet: search falls back to an exact in-memory index that includes the new track
+    assert new_id in [n.track.id for n in similar_tracks(store, run, query, k=8)]
+    store.remove_tracks(["/music/artist0/track5.wav"])
+    vs = load_vectors(store, run, spec)
+    updated, report = build_index(store, vs)
+    assert (report.mode, report.added, report.removed) == ("updated", 1, 1)
+    assert open_index(store, vs) is updated or open_index(store, vs).is_current(vs)
+    fresh, _ = build_index(store, vs, rebuild=True)
+    q = vs.unit()[:4]
+    np.testing.assert_array_equal(updated.ann.search(q, 6)[1], fresh.ann.search(q, 6)[1])
+
+
+def test_fused_vectors_are_searched_and_evaluated(synth: tuple[FeatureStore, Run]) -> None:
+    store, run = synth
+    ids, l2 = store.layer_matrix(run, "l2")
+    store.write_derived(run, "fused", ids, l2[:, ::-1].copy(), {"note": "reversed l2"})
+    query = resolve_query(store, "7", run)
+    fused = similar_tracks(store, run, query, k=4, fused=True)
+    plain = similar_tracks(store, run, query, k=4, layer="l2")
+    assert [n.track.id for n in fused] == [n.track.id for n in plain]  # a permutation of dims keeps cosines
+    assert [n.score for n in fused] == pytest.approx([n.score for n in plain], abs=1e-5)
+    ev = evaluate(store, run, "artist", k=5)
+    rows = {s.name: s for s in ev.sets}
+    assert rows["fused"].scores.map == pytest.approx(rows["l2"].scores.map)
+
+
+def test_unknown_queries_fail_cleanly(synth: tuple[FeatureStore, Run]) -> None:
+    store, run = synth
+    with pytest.raises(StoreError, match="unknown track"):
+        resolve_query(store, "999", run)
+    with pytest.raises(StoreError, match="unknown layer"):
+        similar_tracks(store, run, resolve_query(store, "1", run), layer="nope")
+    with pytest.raises(ValueError, match="at most one"):
+        similar_tracks(store, run, resolve_query(store, "1", run), layer="l1", fused=True)
+
+
+def test_evaluation_ranks_the_artist_layers_above_noise(synth: tuple[FeatureStore, Run], tmp_path: Path) -> None:
+    store, run = synth
+    ev = evaluate(store, run, "artist", k=5, compare=True)
+    by_name = {s.name: s for s in ev.sets}
+    assert set(by_name) == {"l0", "l1", "l2", "all layers"}
+    assert ev.n_classes == ARTISTS + 1 and ev.n_queries == ARTISTS * PER_ARTIST  # the lone copy is no query
+    assert by_name["l1"].scores.map > 0.9 and by_name["l2"].scores.map > 0.9
+    assert by_name["l0"].scores.map < by_name["l1"].scores.map
+    assert abs(by_name["l0"].scores.map - ev.chance.map) < 0.2
+    assert {(v.metric, v.hubness) for v in ev.variants} == {("euclidean", None), ("dot", None), ("cosine", "csls"),
+                                                            ("cosine", "mp")}
+    png = plot_evaluation(ev, tmp_path / "eval.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_label_csv_overrides_tags(synth: tuple[FeatureStore, Run], tmp_path: Path) -> None:
+    store, run = synth
+    csv_path = tmp_path / "labels.csv"
+    rows = [f"/music/artist{a}/track{j}.wav,{'even' if j % 2 == 0 else 'odd'}"
+            for a in range(ARTISTS) for j in range(PER_ARTIST)]
+    csv_path.write_text("path,mood\n" + "\n".join(rows) + "\n")
+    labels = read_label_csv(store, csv_path, "mood")
+    assert len(labels) == ARTISTS * PER_ARTIST and set(labels.values()) == {"even", "odd"}
+    ev = evaluate(store, run, "mood", k=5, labels=labels)
+    assert ev.n_classes == 2 and ev.best().scores.map < 0.8  # parity of the track number is not in the vectors
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,x\na,b\n")
+    with pytest.raises(LabelError, match="needs an id, path or file column"):
+        read_label_csv(store, bad, "mood")
+
+
+def _cli() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+    return app
+
+
+def test_cli_index_similar_evaluate(synth: tuple[FeatureStore, Run], tmp_path: Path) -> None:
+    store, _ = synth
+    root = str(store.root)
+    runner = CliRunner()
+    app = _cli()
+    out = runner.invoke(app, ["index", "--layer", "l2", "--store", root, "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["kind"] == "flat"
+    out = runner.invoke(app, ["similar", "3", "-k", "4", "--store", root, "--json", "--exclude-same-artist"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    assert len(data["results"]) == 4 and data["why_source"] == "layers"
+    assert all(r["artist"] != "Artist 0" and r["id"] != 3 for r in data["results"])
+    out = runner.invoke(app, ["evaluate", "--label", "artist", "--store", root, "--plot", str(tmp_path / "e.png")])
+    assert out.exit_code == 0, out.output
+    assert "best:" in out.output and (tmp_path / "e.png").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["similar", "999"], "unknown track"),
+    (["similar", "1", "--layer", "zzz"], "unknown layer"),
+    (["similar", "1", "--hubness", "magic"], "unknown hubness"),
+    (["similar", "1", "--aspect", "timbre"], "mess probe"),
+    (["index", "--kind", "lsh"], "unknown index kind"),
+    (["evaluate", "--label", "mood"], "unknown label"),
+    (["evaluate", "--labels", "/nonexistent.csv"], "no such label file"),
+    (["evaluate", "--norm", "bogus"], "unknown normalisation"),
+    (["similar", "1", "--model", "mert-v1-95m"], "no vectors for model"),
+])
+def test_cli_bad_input_is_one_clean_line(synth: tuple[FeatureStore, Run], args: list[str], message: str) -> None:
+    store, _ = synth
+    out = CliRunner().invoke(_cli(), [*args, "--store", str(store.root)])
+    assert out.exit_code == 1
+    assert message in out.output and "Traceback" not in out.output
+    assert out.exception is None or isinstance(out.exception, SystemExit)
+
+
+def test_cli_missing_store(tmp_path: Path) -> None:
+    out = CliRunner().invoke(_cli(), ["similar", "1", "--store", str(tmp_path / "none")])
+    assert out.exit_code == 1 and "no feature store" in out.output
