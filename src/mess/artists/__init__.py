@@ -1,0 +1,1 @@
+"""Artist similarity: artist profiles, set-to-set similarity, layer discrimination, validation, hybrid scoring."""

@@ -1,0 +1,56 @@
+"""Artist matrix export: cluster-ordered CSV and heatmap PNG."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from scipy.cluster.hierarchy import leaves_list, linkage
+from scipy.spatial.distance import squareform
+
+LABELLED_MAX = 80  # above this many artists, tick labels are left off the heatmap
+
+
+def cluster_order(sim: np.ndarray) -> np.ndarray:
+    """Row order that puts similar artists next to each other (average-linkage leaves)."""
+    if len(sim) < 3:
+        return np.arange(len(sim))
+    dist = np.clip(1.0 - (sim + sim.T) / 2, 0.0, None)
+    np.fill_diagonal(dist, 0.0)
+    return leaves_list(linkage(squareform(dist, checks=False), method="average"))
+
+
+def write_csv(path: Path, names: list[str], sim: np.ndarray) -> None:
+    """Square CSV: header row and first column are artist names."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["artist", *names])
+        for name, row in zip(names, sim):
+            writer.writerow([name, *(f"{v:.4f}" for v in row)])
+
+
+def write_heatmap(path: Path, names: list[str], sim: np.ndarray, title: str) -> None:
+    """Heatmap PNG of an artist matrix, colour range from the off-diagonal values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    off = sim[~np.eye(len(sim), dtype=bool)]
+    size = min(4 + 0.25 * len(names), 24)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(sim, cmap="viridis", vmin=float(off.min()), vmax=float(off.max()))
+    if len(names) <= LABELLED_MAX:
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="similarity")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,180 @@
+"""Artists from the store: who made which tracks, which tracks represent them, how sure we are."""
+
+from __future__ import annotations
+
+import difflib
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from mess.artists.credits import main_artist, normalize_name
+from mess.store import FeatureStore, Run, Track
+
+DEFAULT_MAX_TRACKS = 5
+DEFAULT_MIN_TRACKS = 3
+
+
+class ArtistError(ValueError):
+    """A request about artists that cannot be answered (unknown name, aspect, bad file)."""
+
+
+@dataclass(frozen=True)
+class ArtistProfile:
+    """One artist: the tracks that represent them and a confidence in that representation.
+
+    ``track_ids`` holds at most ``max_tracks`` tracks, spread over the artist's albums;
+    ``confidence`` is ``len(track_ids) / max_tracks`` and ``low_confidence`` is set when
+    fewer than ``min_tracks`` tracks were available.
+    """
+
+    name: str
+    track_ids: tuple[int, ...]
+    total_tracks: int
+    confidence: float
+    low_confidence: bool
+    from_composer: bool
+
+
+@dataclass(frozen=True)
+class ArtistSet:
+    """All artists of a collection, in a fixed order (the rows of every artist matrix)."""
+
+    profiles: tuple[ArtistProfile, ...]
+    tracks: dict[int, Track]
+    composer_fallback: int  # tracks whose artist came from the composer tag
+    unattributed: int  # tracks with neither artist nor composer (left out)
+
+    @property
+    def names(self) -> list[str]:
+        """Artist names in row order."""
+        return [p.name for p in self.profiles]
+
+    def row_of(self, track: Track) -> int | None:
+        """Row of the artist a track belongs to (None when it has no artist or composer)."""
+        name, _ = artist_of(track)
+        if name is None:
+            return None
+        return self._rows.get(_key(name))
+
+    @cached_property
+    def _rows(self) -> dict[str, int]:
+        return {_key(p.name): i for i, p in enumerate(self.profiles)}
+
+    def index(self, name: str) -> int:
+        """Row of an artist by exact or normalised name; unknown names suggest close matches."""
+        names = self.names
+        if name in names:
+            return names.index(name)
+        norm = [normalize_name(n) for n in names]
+        key = normalize_name(name)
+        if key in norm:
+            return norm.index(key)
+        close = difflib.get_close_matches(key, norm, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(repr(names[norm.index(c)]) for c in close)}?" if close else ""
+        raise ArtistError(f"unknown artist {name!r} ({len(names)} artists in the store){hint}")
+
+
+def _key(name: str) -> str:
+    """Grouping key of an artist name (its normalised form, or itself if that is empty)."""
+    return normalize_name(name) or name
+
+
+def artist_of(track: Track) -> tuple[str | None, bool]:
+    """(main artist, whether it came from the composer tag) of a track."""
+    if track.artist and track.artist.strip():
+        return main_artist(track.artist), False
+    if track.composer and track.composer.strip():
+        return main_artist(track.composer), True
+    return None, False
+
+
+def build_artists(tracks: Sequence[Track], *, max_tracks: int = DEFAULT_MAX_TRACKS,
+                  min_tracks: int = DEFAULT_MIN_TRACKS) -> ArtistSet:
+    """Group tracks by main artist and pick up to ``max_tracks`` per artist.
+
+    Names differing only in case, accents or a leading 'the' are one artist (the most
+    frequent spelling wins). Tracks are chosen round-robin over albums, so an artist
+    with several albums is not represented by one album only.
+    """
+    if max_tracks < 1 or min_tracks < 1:
+        raise ArtistError("max_tracks and min_tracks must be at least 1")
+    groups: dict[str, list[Track]] = defaultdict(list)
+    spellings: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    fallback: dict[str, int] = defaultdict(int)
+    unattributed = 0
+    for track in tracks:
+        name, from_composer = artist_of(track)
+        if name is None:
+            unattributed += 1
+            continue
+        key = _key(name)
+        groups[key].append(track)
+        spellings[key][name] += 1
+        fallback[key] += from_composer
+    names = {key: max(sorted(spellings[key]), key=spellings[key].get) for key in groups}
+    profiles = []
+    for key in sorted(groups, key=lambda k: (names[k].casefold(), names[k])):
+        chosen = _spread_over_albums(groups[key], max_tracks)
+        profiles.append(ArtistProfile(
+            name=names[key], track_ids=tuple(t.id for t in chosen), total_tracks=len(groups[key]),
+            confidence=len(chosen) / max_tracks, low_confidence=len(chosen) < min_tracks,
+            from_composer=fallback[key] == len(groups[key])))
+    return ArtistSet(tuple(profiles), {t.id: t for t in tracks}, sum(fallback.values()), unattributed)
+
+
+def load_artists(store: FeatureStore, run: Run, *, max_tracks: int = DEFAULT_MAX_TRACKS,
+                 min_tracks: int = DEFAULT_MIN_TRACKS) -> ArtistSet:
+    """Artists of every track that has vectors in ``run``."""
+    artists = build_artists(store.tracks(run), max_tracks=max_tracks, min_tracks=min_tracks)
+    if len(artists.profiles) < 2:
+        raise ArtistError(f"artist similarity needs at least 2 artists; the {run.model} vectors have "
+                          f"{len(artists.profiles)} (tag files with artist or composer)")
+    return artists
+
+
+def _spread_over_albums(tracks: list[Track], limit: int) -> list[Track]:
+    """Up to ``limit`` tracks taken round-robin over albums (albums and tracks in id order)."""
+    albums: dict[str, list[Track]] = defaultdict(list)
+    for track in sorted(tracks, key=lambda t: t.id):
+        albums[track.album or ""].append(track)
+    queues = list(albums.values())
+    chosen: list[Track] = []
+    depth = 0
+    while len(chosen) < limit and any(depth < len(q) for q in queues):
+        chosen += [q[depth] for q in queues if depth < len(q)][: limit - len(chosen)]
+        depth += 1
+    return sorted(chosen, key=lambda t: t.id)
+
+
+@dataclass(frozen=True)
+class Space:
+    """Track vectors from one layer, aspect or fused embedding, with a label saying which."""
+
+    label: str
+    track_ids: np.ndarray
+    matrix: np.ndarray
+
+
+def load_space(store: FeatureStore, run: Run, *, layer: str | None = None, aspect: str | None = None,
+               fused: bool = False) -> Space:
+    """Track vectors for one layer (name or index), one probed aspect, or the fused embedding."""
+    if (layer is not None) + (aspect is not None) + fused > 1:
+        raise ArtistError("choose one of layer, aspect or fused")
+    if fused:
+        ids, mat = store.derived_matrix(run, "fused")
+        return Space("fused", ids, mat)
+    if aspect is not None:
+        amap = store.aspect_map(run)
+        if aspect not in amap:
+            known = ", ".join(amap) or "none (run `mess probe` first)"
+            raise ArtistError(f"unknown aspect {aspect!r} for {run.model}; probed aspects: {known}")
+        ids, mat = store.layer_matrix(run, amap[aspect])
+        return Space(f"{aspect} ({amap[aspect]})", ids, mat)
+    if layer is None:
+        raise ArtistError("choose a layer, an aspect or fused")
+    name = run.layer_names[run.layer_index(layer)]
+    ids, mat = store.layer_matrix(run, name)
+    return Space(name, ids, mat)

@@ -1,0 +1,107 @@
+"""Reference similar-artist lists (music-map, Last.fm, ListenBrainz shapes) matched to the collection."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from mess.artists.credits import normalize_name
+from mess.artists.profiles import ArtistError, ArtistSet
+
+_NAME_KEYS = ("name", "artist_name", "artist")
+_SHAPE = ("a JSON object mapping each artist to an ordered list of similar artists, as names or as objects "
+          'with a "name" field (ListenBrainz), or a Last.fm artist.getSimilar answer')
+
+
+def parse_reference(data: object) -> dict[str, list[str]]:
+    """Normalise the accepted shapes to ``{artist: [similar artist, ...]}``, order kept.
+
+    Accepted per artist: ``["B", "C"]``; ``[{"name": "B", ...}, ...]`` (ListenBrainz,
+    Last.fm items); ``{"similarartists": {"artist": [...]}}`` (Last.fm answer).
+    """
+    if not isinstance(data, dict):
+        raise ArtistError(f"reference must be {_SHAPE}; got a JSON {type(data).__name__}")
+    reference = {}
+    for artist, entries in data.items():
+        if isinstance(entries, dict) and isinstance(entries.get("similarartists"), dict):
+            entries = entries["similarartists"].get("artist", [])
+        if not isinstance(entries, list):
+            raise ArtistError(f"reference for {artist!r} is not a list; expected {_SHAPE}")
+        reference[str(artist)] = [_entry_name(artist, e) for e in entries]
+    return reference
+
+
+def _entry_name(artist: str, entry: object) -> str:
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, dict):
+        for key in _NAME_KEYS:
+            if isinstance(entry.get(key), str):
+                return entry[key]
+    raise ArtistError(f"reference entry {entry!r} for {artist!r} has no artist name; expected {_SHAPE}")
+
+
+def load_reference(path: Path) -> dict[str, list[str]]:
+    """Read and normalise a reference file; malformed files raise :class:`ArtistError`."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtistError(f"no such reference file: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtistError(f"reference file {path} is not valid JSON ({exc})") from None
+    return parse_reference(data)
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How much of a reference map exists in the collection."""
+
+    query_artists: int  # artists with a reference list
+    query_found: int  # ... that are in the collection
+    listed_artists: int  # distinct artists named in the lists
+    listed_found: int  # ... that are in the collection
+    usable_queries: int  # found query artists with at least one listed artist in the collection
+    missing: tuple[str, ...]  # a few reference artists not in the collection
+
+    @property
+    def query_fraction(self) -> float:
+        """Share of query artists found in the collection."""
+        return self.query_found / self.query_artists if self.query_artists else 0.0
+
+    @property
+    def listed_fraction(self) -> float:
+        """Share of listed artists found in the collection."""
+        return self.listed_found / self.listed_artists if self.listed_artists else 0.0
+
+
+def match_reference(reference: dict[str, list[str]], artists: ArtistSet,
+                    missing_shown: int = 10) -> tuple[dict[int, list[int]], Coverage]:
+    """Map names to artist rows: ``{query row: [relevant rows in reference order]}`` and coverage.
+
+    Names are matched after normalisation (case, accents, punctuation, leading 'the');
+    listed artists not in the collection, and the query itself, are dropped.
+    """
+    rows = {normalize_name(name): i for i, name in enumerate(artists.names)}
+    matched: dict[int, list[int]] = {}
+    missing: dict[str, None] = {}
+    listed: dict[str, bool] = {}
+    found_queries = 0
+    for query, similar in reference.items():
+        q = rows.get(normalize_name(query))
+        if q is None:
+            missing[query] = None
+        found_queries += q is not None
+        relevant: list[int] = []
+        for name in similar:
+            r = rows.get(normalize_name(name))
+            listed[normalize_name(name)] = r is not None
+            if r is None:
+                missing[name] = None
+            elif r != q and r not in relevant:
+                relevant.append(r)
+        if q is not None and relevant:
+            matched[q] = relevant
+    coverage = Coverage(len(reference), found_queries, len(listed), sum(listed.values()), len(matched),
+                        tuple(list(missing)[:missing_shown]))
+    return matched, coverage

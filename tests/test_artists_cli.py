@@ -1,0 +1,190 @@
+"""`mess artists ...` end to end on a feature store filled with synthetic, known-structure vectors."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from mess.audio.windows import WindowPolicy
+from mess.cli.artists import register
+from mess.models.base import ModelInfo
+from mess.store import FeatureStore, TrackVectors
+
+DIM = 24
+TRACKS_PER_ARTIST = (6, 5, 4, 4, 3, 3, 1, 5)  # artist 6 has one track: low confidence
+GENRES = ("rock", "rock", "jazz", "jazz", "folk", "folk", "pop", "pop")
+
+
+@pytest.fixture(scope="module")
+def app() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+    app.callback()(lambda: None)
+    return app
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 artists in 4 pairs of close artists (0~1, 2~3, ...). Layer 'aniso': artist signal under a huge
+    shared offset; 'noise': offset plus noise only; 'clean': artist signal alone. Artist 7 has a
+    track featuring artist 6."""
+    root = tmp_path_factory.mktemp("artists") / "store"
+    rng = np.random.default_rng(0)
+    fs = FeatureStore(root)
+    run = fs.ensure_run(ModelInfo("synthetic", "r1", 16000, ("aniso", "noise", "clean"), (DIM,) * 3), WindowPolicy())
+    offset = rng.normal(size=DIM) * 10
+    centres = rng.normal(size=(8, DIM))
+    centres[1::2] = centres[::2] + 0.5 * rng.normal(size=(4, DIM))
+    items = []
+    for a, count in enumerate(TRACKS_PER_ARTIST):
+        for t in range(count):
+            digest = hashlib.sha1(f"{a}-{t}".encode()).hexdigest()
+            credit = f"Artist {a} feat. Artist 6" if (a, t) == (7, 0) else f"Artist {a}"
+            fs.upsert_track(Path(f"/music/{a}/{t}.flac"), digest, 1, 0.0, {"duration": 30.0},
+                            {"artist": credit, "album": f"album {t % 2}", "title": f"song {t}",
+                             "genre": GENRES[a], "composer": None})
+            clean = centres[a] + 0.3 * rng.normal(size=DIM)
+            layers = [offset + 0.3 * clean, offset + rng.normal(size=DIM), clean]
+            items.append(TrackVectors(digest, [v.astype(np.float32) for v in layers],
+                                      [v[None].astype(np.float32) for v in layers], [0.0]))
+    fs.write_vectors(run, items)
+    fs.close()
+    return root
+
+
+def invoke(app: typer.Typer, store: Path, *args: str) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr with the console's line wrapping undone)."""
+    result = CliRunner().invoke(app, ["artists", *args, "--store", str(store)])
+    return result.exit_code, result.stdout, " ".join(result.stderr.split())
+
+
+def test_similar_ranks_the_paired_artist_first_with_confidence(app: typer.Typer, store: Path) -> None:
+    code, out, _ = invoke(app, store, "similar", "artist 0", "-k", "7", "--layer", "clean", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["artist"] == "Artist 0" and data["space"] == "clean" and data["centered"] is True
+    assert [r["rank"] for r in data["results"]] == list(range(1, 8))
+    assert data["results"][0]["artist"] == "Artist 1"
+    scores = [r["score"] for r in data["results"]]
+    assert scores == sorted(scores, reverse=True)
+    low = {r["artist"]: r["low_confidence"] for r in data["results"]}
+    assert low["Artist 6"] and not low["Artist 1"]
+    assert next(r for r in data["results"] if r["artist"] == "Artist 6")["confidence"] == pytest.approx(0.2)
+
+
+def test_similar_defaults_to_a_discriminative_layer_and_can_hide_low_confidence(app: typer.Typer, store: Path) -> None:
+    code, out, err = invoke(app, store, "similar", "Artist 7", "--method", "chamfer", "--hide-low", "--json")
+    assert code == 0 and "most artist-discriminative" in err
+    data = json.loads(out)
+    assert data["space"] in ("aniso", "clean")
+    assert "Artist 6" not in [r["artist"] for r in data["results"]] and len(data["results"]) == 6
+
+
+def test_similar_hybrid_reports_components(app: typer.Typer, store: Path) -> None:
+    code, out, _ = invoke(app, store, "similar", "Artist 7", "-l", "noise", "--weights", "genre=1,collab=1", "--json")
+    assert code == 0
+    data = json.loads(out)
+    top = data["results"][0]
+    assert data["hybrid"] and top["artist"] == "Artist 6"  # same genre and credited together
+    assert top["components"]["genre"] == 1.0 and top["components"]["collab"] == 1.0
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("similar", "Artst 0"), "did you mean 'Artist 0'"),
+    (("similar", "Artist 0", "--layer", "nope"), "unknown layer 'nope'"),
+    (("similar", "Artist 0", "--aspect", "timbre"), "unknown aspect 'timbre'"),
+    (("similar", "Artist 0", "--fused"), "no 'fused' vectors"),
+    (("similar", "Artist 0", "--method", "median"), "unknown method"),
+    (("similar", "Artist 0", "--weights", "tempo=1"), "unknown component 'tempo'"),
+    (("similar", "Artist 0", "--model", "mert-v1-95m"), "no vectors for model 'mert-v1-95m'"),
+])
+def test_bad_input_gives_one_line_errors(app: typer.Typer, store: Path, args: tuple[str, ...], message: str) -> None:
+    code, _, err = invoke(app, store, *args)
+    assert code == 1 and message in err and "Traceback" not in err
+
+
+def test_missing_store_is_a_clean_error(app: typer.Typer, tmp_path: Path) -> None:
+    code, _, err = invoke(app, tmp_path / "none", "similar", "Artist 0")
+    assert code == 1 and "no feature store" in err
+
+
+def test_matrix_writes_clustered_csv_and_heatmap(app: typer.Typer, store: Path, tmp_path: Path) -> None:
+    code, out, _ = invoke(app, store, "matrix", "-l", "clean", "--out", str(tmp_path / "m"), "--json")
+    assert code == 0
+    data = json.loads(out)
+    with open(data["csv"], newline="") as f:
+        rows = list(csv.reader(f))
+    names = rows[0][1:]
+    assert sorted(names) == [f"Artist {i}" for i in range(8)] and [r[0] for r in rows[1:]] == names
+    matrix = np.array([[float(v) for v in r[1:]] for r in rows[1:]])
+    assert np.allclose(matrix, matrix.T, atol=1e-4) and np.allclose(np.diag(matrix), 1.0, atol=1e-4)
+    assert abs(names.index("Artist 0") - names.index("Artist 1")) == 1  # clustered order keeps pairs adjacent
+    assert Path(data["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_discrimination_flags_compressed_and_useless_layers(app: typer.Typer, store: Path) -> None:
+    code, out, _ = invoke(app, store, "discrimination", "--json")
+    assert code == 0
+    layers = {r["label"]: r for r in json.loads(out)["layers"]}
+    assert [r["label"] for r in json.loads(out)["layers"]][-1] == "noise"
+    assert layers["noise"]["verdict"] == "useless"
+    assert layers["aniso"]["verdict"] == "centre" and layers["aniso"]["raw"]["span"] < 0.1
+    assert layers["aniso"]["centered"]["span"] > 0.5
+    assert layers["clean"]["verdict"] == "useful"
+    code, _, err = invoke(app, store, "discrimination")
+    assert code == 0 and "useless" in err and "noise" in err
+
+
+def test_validate_scores_layers_against_reference(app: typer.Typer, store: Path, tmp_path: Path) -> None:
+    pairs = {f"Artist {a}": [f"Artist {a ^ 1}"] for a in range(8)}
+    pairs["Artist 0"].append("Not In Collection")
+    pairs["Ghost"] = ["Artist 1"]
+    ref = tmp_path / "ref.json"
+    ref.write_text(json.dumps(pairs))
+    code, out, _ = invoke(app, store, "validate", "--reference", str(ref), "-k", "3", "--json")
+    assert code == 0
+    data = json.loads(out)
+    cov = data["coverage"]
+    assert (cov["query_artists"], cov["query_found"], cov["usable_queries"]) == (9, 8, 8)
+    assert set(cov["missing"]) == {"Not In Collection", "Ghost"}
+    layers = {r["layer"]: r for r in data["layers"]}
+    assert layers["clean"]["mrr"] == 1.0 and layers["clean"]["ndcg"] == 1.0
+    assert layers["noise"]["ndcg"] < layers["clean"]["ndcg"]
+    assert 0 < data["random"]["ndcg"] < layers["clean"]["ndcg"]
+
+
+def test_validate_rejects_malformed_reference(app: typer.Typer, store: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2")
+    code, _, err = invoke(app, store, "validate", "--reference", str(bad))
+    assert code == 1 and "not valid JSON" in err
+    bad.write_text(json.dumps({"Artist 0": "Artist 1"}))
+    code, _, err = invoke(app, store, "validate", "--reference", str(bad))
+    assert code == 1 and "is not a list" in err
+
+
+def test_hybrid_learns_saves_and_similar_reuses_weights(app: typer.Typer, store: Path, tmp_path: Path) -> None:
+    ref = tmp_path / "ref.json"
+    ref.write_text(json.dumps({f"Artist {a}": [f"Artist {a ^ 1}"] for a in range(8)}))
+    code, out, _ = invoke(app, store, "hybrid", "--reference", str(ref), "-k", "2", "-l", "noise", "--json")
+    assert code == 0
+    fit = json.loads(out)
+    assert fit["train_queries"] + fit["test_queries"] == 8
+    assert set(fit["weights"]) == {"audio", "genre", "collab", "reference"}
+    assert sum(fit["weights"].values()) == pytest.approx(1.0, abs=1e-3)
+    # the audio layer is noise, but genre tags pair the artists: the blend recovers every held-out pair
+    assert fit["test"]["hybrid"]["ndcg"] == pytest.approx(1.0)
+    assert fit["test"]["audio"]["ndcg"] < 0.9
+    saved = json.loads(Path(fit["saved"]).read_text())
+    assert saved["weights"] == fit["weights"] and saved["selection"]["layer"] == "noise"
+    code, out, _ = invoke(app, store, "similar", "Artist 2", "--hybrid", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["hybrid"] and data["space"] == "noise" and data["results"][0]["artist"] == "Artist 3"

@@ -1,0 +1,122 @@
+"""Artist similarity on real rendered music (the session's ``extracted_store``: composers x pieces, artist = composer)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from mess.artists.credits import normalize_name
+from mess.artists.discrimination import layer_report, rank_layers
+from mess.artists.profiles import DEFAULT_MAX_TRACKS, load_artists, load_space
+from mess.artists.reference import match_reference
+from mess.artists.similarity import artist_vectors, similarity_matrix
+from mess.artists.validate import evaluate, random_baseline
+from mess.cli.artists import register
+from mess.store import FeatureStore
+
+MODELS = ("dsp", "musicnn-msd")
+# Birth years of music21-corpus composers: the reference 'similar artists' of a composer are the two
+# closest in time (style periods), the structure a listener would expect audio similarity to echo.
+BORN = {"josquin": 1450, "palestrina": 1525, "monteverdi": 1567, "corelli": 1653, "bach": 1685, "handel": 1685,
+        "haydn": 1732, "mozart": 1756, "beethoven": 1770, "weber": 1786, "schubert": 1797, "chopin": 1810,
+        "schumann": 1810, "verdi": 1813, "brahms": 1833, "joplin": 1868, "schoenberg": 1874}
+
+
+@pytest.fixture(scope="module")
+def real(extracted_store: Path):
+    with closing(FeatureStore(extracted_store, readonly=True)) as fs:
+        yield fs
+
+
+def era_reference(names: list[str], size: int = 2) -> dict[str, list[str]]:
+    """Each composer -> the ``size`` composers of the collection born closest to them."""
+    known = [n for n in names if normalize_name(n) in BORN]
+    year = {n: BORN[normalize_name(n)] for n in known}
+    return {a: sorted((b for b in known if b != a), key=lambda b: (abs(year[a] - year[b]), b))[:size] for a in known}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_composers_become_artists_with_track_confidence(real: FeatureStore, model: str) -> None:
+    run = real.run(model)
+    tracks = real.tracks(run)
+    artists = load_artists(real, run)
+    counts = Counter(t.artist for t in tracks)
+    assert sorted(artists.names, key=str.casefold) == sorted(counts, key=str.casefold)
+    for profile in artists.profiles:
+        used = min(counts[profile.name], DEFAULT_MAX_TRACKS)
+        assert len(profile.track_ids) == used and profile.total_tracks == counts[profile.name]
+        assert profile.confidence == pytest.approx(used / DEFAULT_MAX_TRACKS)
+        assert {artists.tracks[t].artist for t in profile.track_ids} == {profile.name}
+    assert artists.composer_fallback == 0 and artists.unattributed == 0
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_real_layers_separate_composers_and_centring_widens_the_range(real: FeatureStore, model: str) -> None:
+    run = real.run(model)
+    artists = load_artists(real, run)
+    reports = rank_layers([layer_report(artists, load_space(real, run, layer=name)) for name in run.layer_names])
+    assert len(reports) == len(run.layer_names)
+    best = reports[0]
+    # tracks by the same composer are closer than tracks by different composers on the best layer
+    assert best.separation.within > best.separation.between and best.verdict != "useless"
+    assert best.silhouette is not None and best.silhouette > 0
+    assert all(-1.0 - 1e-6 <= r.centered.min <= r.centered.max <= 1.0 + 1e-6 for r in reports)
+    widened = [r.centered.span > r.raw.span for r in reports]
+    assert sum(widened) > len(reports) / 2
+    assert np.median([r.centered.span for r in reports]) > 2 * np.median([r.raw.span for r in reports])
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_validation_against_era_reference_and_own_ranking(real: FeatureStore, model: str) -> None:
+    run = real.run(model)
+    artists = load_artists(real, run)
+    reference = era_reference(artists.names)
+    assert len(reference) >= 3, "the rendered composers should be in the BORN table"
+    reference["Hildegard von Bingen"] = [artists.names[0]]  # not in the collection: lowers coverage
+    matched, coverage = match_reference(reference, artists)
+    assert (coverage.query_artists, coverage.query_found) == (len(reference), len(reference) - 1)
+    assert coverage.missing == ("Hildegard von Bingen",) and coverage.usable_queries == len(reference) - 1
+    scores = {name: evaluate(similarity_matrix(artist_vectors(artists, load_space(real, run, layer=name)), "mean"),
+                             matched, k=1) for name in run.layer_names}
+    assert all(0.0 <= m.ndcg <= 1.0 and 0.0 < m.mrr <= 1.0 and m.queries == len(matched) for m in scores.values())
+    assert max(m.ndcg for m in scores.values()) > random_baseline(len(artists.profiles), matched, k=1).ndcg
+    # a reference equal to a layer's own ranking scores perfectly; its reverse scores worse
+    sim = similarity_matrix(artist_vectors(artists, load_space(real, run, layer=run.layer_names[-1])), "mean")
+    own = {artists.names[q]: [artists.names[j] for j in np.argsort(-sim[q], kind="stable") if j != q]
+           for q in range(len(artists.profiles))}
+    own_matched, _ = match_reference(own, artists)
+    assert evaluate(sim, own_matched, k=2).ndcg == pytest.approx(1.0)
+    reversed_matched, _ = match_reference({a: lst[::-1] for a, lst in own.items()}, artists)
+    assert evaluate(sim, reversed_matched, k=2).ndcg < 1.0
+
+
+def test_cli_on_real_store(extracted_store: Path, tmp_path: Path) -> None:
+    app = typer.Typer()
+    register(app)
+    app.callback()(lambda: None)
+    runner = CliRunner()
+    store = ["--store", str(extracted_store)]
+    with closing(FeatureStore(extracted_store, readonly=True)) as fs:
+        names = load_artists(fs, fs.run("musicnn-msd")).names
+    out = runner.invoke(app, ["artists", "similar", names[0].upper(), "-m", "musicnn-msd", "-k", "3", "--json", *store])
+    assert out.exit_code == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["artist"] == names[0] and len(data["results"]) == min(3, len(names) - 1)
+    assert {r["artist"] for r in data["results"]} <= set(names) - {names[0]}
+    ref = tmp_path / "era.json"
+    ref.write_text(json.dumps(era_reference(names)))
+    out = runner.invoke(app, ["artists", "validate", "-r", str(ref), "-m", "dsp", "-k", "1", "--json", *store])
+    assert out.exit_code == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["coverage"]["query_fraction"] == 1.0 and len(data["layers"]) >= 4
+    out = runner.invoke(app, ["artists", "matrix", "-m", "dsp", "--method", "chamfer", "-o", str(tmp_path / "m"),
+                              "--json", *store])
+    assert out.exit_code == 0, out.stderr
+    assert Path(json.loads(out.stdout)["png"]).stat().st_size > 1000
