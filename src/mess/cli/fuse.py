@@ -1,0 +1,207 @@
+"""`mess fuse train|apply|report`: learn one embedding from all layers, store it, and judge it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, fail, open_store
+from mess.store import FeatureStore
+
+fuse_app = typer.Typer(help="Learn one embedding from all layers of a model (triplet loss on metadata labels).",
+                       no_args_is_help=True)
+
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model whose layers to fuse (default: latest run, "
+                                              "or the checkpoint's model).")]
+CheckpointOpt = Annotated[Path | None, typer.Option("--checkpoint", help="Checkpoint file (default: "
+                                                    "STORE/fusion/<model>.pt).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+def _checkpoint(fs: FeatureStore, checkpoint: Path | None, model: str | None) -> Path:
+    """The --checkpoint path, or the default one of the model (latest run when None)."""
+    from mess.fusion.train import checkpoint_path
+
+    return checkpoint if checkpoint is not None else checkpoint_path(fs, fs.run(model).model)
+
+
+@fuse_app.command("train")
+def train_command(
+    model: ModelOpt = None,
+    label: Annotated[str, typer.Option("--label", help="Metadata that defines 'similar': artist, composer, "
+                                       "album or genre.")] = "artist",
+    fusion_dim: Annotated[int, typer.Option(min=2, help="Size of the fused vector.")] = 256,
+    gated: Annotated[bool, typer.Option("--gated/--static", help="Condition layer weights on each track "
+                                        "(small gating MLP) or learn one weight per layer.")] = False,
+    mining: Annotated[str, typer.Option(help="Negative mining: semi-hard or batch-hard.")] = "semi-hard",
+    margin: Annotated[float, typer.Option(min=0.0, help="Triplet margin (squared distance on the unit sphere).")] = 0.5,
+    weight_epochs: Annotated[int, typer.Option(min=1, help="Phase 1: epochs that train only the layer weights.")] = 10,
+    max_epochs: Annotated[int, typer.Option(min=0, help="Phase 2: most epochs that train everything "
+                                            "(needs validation labels).")] = 100,
+    patience: Annotated[int, typer.Option(min=1, help="Stop phase 2 after this many epochs without a gain.")] = 10,
+    lr: Annotated[float, typer.Option(min=0.0, help="Learning rate of the network.")] = 3e-4,
+    weights_lr: Annotated[float, typer.Option(min=0.0, help="Learning rate of the layer-weight logits.")] = 0.05,
+    labels_per_batch: Annotated[int, typer.Option(min=2, help="P: labels per batch.")] = 16,
+    tracks_per_label: Annotated[int, typer.Option(min=2, help="K: tracks per label in a batch.")] = 4,
+    val_frac: Annotated[float, typer.Option(min=0.0, max=0.5,
+                                            help="Share of labels held out for early stopping.")] = 0.15,
+    test_frac: Annotated[float, typer.Option(min=0.05, max=0.5,
+                                             help="Share of labels held out for the report.")] = 0.15,
+    seed: Annotated[int, typer.Option(help="Seed of the split, initialisation and batches.")] = 0,
+    threads: Annotated[int, typer.Option(min=0, help="CPU threads for torch (0 = torch's default; 1 is "
+                                         "fastest on a busy machine).")] = 0,
+    checkpoint: CheckpointOpt = None,
+    store: StoreOpt = DEFAULT_STORE_PATH,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train the fusion network on the store's vectors; saves a checkpoint and a JSON training log."""
+    from mess.fusion.data import FusionError, load_layers
+    from mess.fusion.tracking import TrainingLog
+    from mess.fusion.train import FusionConfig, save_checkpoint, train_fusion
+
+    if mining not in ("semi-hard", "batch-hard"):
+        fail(f"unknown mining {mining!r}; use semi-hard or batch-hard")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    config = FusionConfig(label=label, fusion_dim=fusion_dim, gated=gated, mining=mining, margin=margin,
+                          weight_epochs=weight_epochs, max_epochs=max_epochs, patience=patience, lr=lr,
+                          weights_lr=weights_lr, labels_per_batch=labels_per_batch,
+                          tracks_per_label=tracks_per_label, val_frac=val_frac, test_frac=test_frac, seed=seed)
+    with open_store(store) as fs:
+        run = fs.run(model)
+        path = _checkpoint(fs, checkpoint, run.model)
+        try:
+            data = load_layers(fs, run)
+            log = TrainingLog(fs.reports_dir / f"fusion-{path.stem}-train.json",
+                              {"model": run.model, "run_id": run.id, **asdict(config)}, fs.root / "mlruns")
+            columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TimeElapsedColumn(), TextColumn("{task.fields[status]}"))
+            with Progress(*columns, console=console, disable=as_json) as bar:
+                task = bar.add_task(f"fuse {run.model} by {label}", total=weight_epochs + max_epochs, status="")
+
+                def on_epoch(epoch_log: object) -> None:
+                    log.epoch(epoch_log)
+                    val = "-" if epoch_log.val_ndcg is None else f"{epoch_log.val_ndcg:.3f}"
+                    bar.update(task, completed=epoch_log.epoch,
+                               status=f"loss {epoch_log.loss:.4f}  val nDCG@{config.k} {val}")
+
+                result = train_fusion(data, config, on_epoch)
+                bar.update(task, total=result.history[-1].epoch)
+        except (FusionError, ValueError) as exc:
+            fail(str(exc))
+        save_checkpoint(result, path)
+        weights = result.layer_weights(data.x)
+        summary = {"model": run.model, "label": label, "checkpoint": str(path), "log": str(log.path),
+                   "tracks": len(data.tracks), "split": {k: len(v) for k, v in result.split.to_json().items()},
+                   "epochs": result.history[-1].epoch, "best_epoch": result.best_epoch,
+                   "phase2": bool(result.split.val), "stopped_early": result.stopped_early,
+                   "val_ndcg_untrained": result.history[0].val_ndcg,
+                   "val_ndcg_best": result.history[result.best_epoch].val_ndcg,
+                   "data_hash": result.data_hash, "layer_weights": weights}
+        log.finish(summary, [path, path.with_suffix(".json")])
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    split = summary["split"]
+    console.print(f"trained on {split['train']} {label} labels ({split['val']} validation, {split['test']} held out) "
+                  f"of {len(data.tracks)} tracks: {summary['epochs']} epochs, best epoch {result.best_epoch}")
+    if result.split.val:
+        console.print(f"validation nDCG@{config.k}: {summary['val_ndcg_untrained']:.3f} untrained -> "
+                      f"{summary['val_ndcg_best']:.3f}" + (" (stopped early)" if result.stopped_early else ""))
+    else:
+        console.print("[yellow]too few labels for a validation split:[/] only the layer weights were trained "
+                      f"({weight_epochs} epochs), the projection stays the PCA it started from")
+    top = sorted(weights.items(), key=lambda kv: -kv[1])[:5]
+    console.print("top layer weights: " + ", ".join(f"{escape(n)} {w:.2f}" for n, w in top))
+    console.print(f"[dim]{escape(str(path))}[/]  next: mess fuse apply, mess fuse report")
+
+
+@fuse_app.command("apply")
+def apply_command(
+    model: ModelOpt = None,
+    checkpoint: CheckpointOpt = None,
+    store: StoreOpt = DEFAULT_STORE_PATH,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write fused vectors of every track to the store (used by `mess index --fused`, `mess similar --fused`)."""
+    from mess.fusion.apply import apply_fusion, check_compatible
+    from mess.fusion.data import FusionError
+    from mess.fusion.train import load_checkpoint
+
+    with open_store(store) as fs:  # check everything read-only first: a bad call writes nothing
+        path = _checkpoint(fs, checkpoint, model)
+        try:
+            result = load_checkpoint(path)
+            check_compatible(result, fs.run(model or result.model))
+        except FusionError as exc:
+            fail(str(exc))
+    with open_store(store, readonly=False) as fs:
+        try:
+            meta = apply_fusion(fs, path, model)
+        except FusionError as exc:
+            fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(meta, indent=2))
+        return
+    console.print(f"wrote {meta['tracks']} fused vectors ({meta['fusion_dim']}-d, trained on {meta['label']} labels) "
+                  f"-> next: mess index --fused")
+    if not meta["data_hash_matches"]:
+        console.print("[yellow]note:[/] the store changed since training; tracks added since are fused by the "
+                      "same network (retrain with `mess fuse train` to learn from them)")
+
+
+@fuse_app.command("report")
+def report_command(
+    model: ModelOpt = None,
+    checkpoint: CheckpointOpt = None,
+    k: Annotated[int, typer.Option("-k", min=1, help="Cut-off of precision@k and nDCG@k.")] = 10,
+    store: StoreOpt = DEFAULT_STORE_PATH,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare fused vectors with the best single layer and all layers on the held-out labels; PNG of weights."""
+    from mess.fusion.apply import check_compatible
+    from mess.fusion.data import FusionError, load_layers
+    from mess.fusion.report import attach_probe, compare, write_report
+    from mess.fusion.train import load_checkpoint
+
+    with open_store(store) as fs:
+        path = _checkpoint(fs, checkpoint, model)
+        try:
+            result = load_checkpoint(path)
+            run = fs.run(model or result.model)
+            check_compatible(result, run)
+            report = compare(result, load_layers(fs, run), k)
+        except (FusionError, ValueError) as exc:
+            fail(str(exc))
+        attach_probe(report, fs, run.id)
+        write_report(report, fs.reports_dir)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    table = Table(title=f"held-out {report.label} labels: {report.n_test_labels} labels, {report.n_test_tracks} tracks")
+    for col in ("method", "what", f"P@{k}", "mAP", f"nDCG@{k}"):
+        table.add_column(col, justify="left" if col in ("method", "what") else "right")
+    for m in report.methods:
+        style = "bold" if m.method == "fused" else None
+        table.add_row(m.method, escape(m.detail), f"{m.precision:.3f}", f"{m.map:.3f}", f"{m.ndcg:.3f}", style=style)
+    console.print(table)
+    console.print(report.verdict)
+    if report.caveat:
+        console.print(f"[yellow]caveat:[/] {report.caveat}")
+    console.print(f"[dim]{escape(report.probe_note)}[/]")
+    console.print(f"[dim]{escape(report.files['md'])}  {escape(report.files['png'])}[/]")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `fuse` command group (train, apply, report) to the main CLI."""
+    app.add_typer(fuse_app, name="fuse")
+

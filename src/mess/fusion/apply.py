@@ -1,0 +1,47 @@
+"""Use a trained fusion network: fused vectors for the whole store, or for one external query."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mess.fusion.data import FusionError, load_layers
+from mess.fusion.train import FusionResult, embed, load_checkpoint
+from mess.store import FeatureStore, Run
+
+FUSED = "fused"  # the derived-vector name `mess index --fused` / `mess similar --fused` read
+
+
+def check_compatible(result: FusionResult, run: Run) -> None:
+    """Raise FusionError unless the checkpoint was trained on this run's layers."""
+    if (result.model, result.layer_names, result.layer_dims) != (run.model, run.layer_names, run.layer_dims):
+        raise FusionError(f"checkpoint was trained on {result.model} layers {list(result.layer_names)}; "
+                          f"run {run.id} is {run.model} with {list(run.layer_names)}")
+
+
+def apply_fusion(store: FeatureStore, checkpoint: Path, model: str | None = None) -> dict:
+    """Write fused vectors of every track of the model's latest run; returns the metadata stored with them."""
+    result = load_checkpoint(checkpoint)
+    run = store.run(model or result.model)
+    check_compatible(result, run)
+    data = load_layers(store, run)
+    fused = embed(result.network, data.x)
+    meta = {"checkpoint": str(checkpoint.resolve()), "label": result.config.label,
+            "fusion_dim": int(fused.shape[1]), "tracks": len(fused), "data_hash": result.data_hash,
+            "data_hash_matches": data.data_hash(result.config.label) == result.data_hash,
+            "layer_weights": result.layer_weights(data.x)}
+    store.write_derived(run, FUSED, data.track_ids, fused, meta)
+    return meta
+
+
+def fuse_query(store: FeatureStore, run: Run, layer_vectors: Sequence[np.ndarray]) -> np.ndarray:
+    """Fused unit vector of one external track's per-layer vectors, with the network `fuse apply` used."""
+    meta = store.derived_meta(run, FUSED)
+    if meta is None:
+        raise FusionError(f"no fused vectors for {run.model}; run `mess fuse train` and `mess fuse apply` first")
+    result = load_checkpoint(Path(meta["checkpoint"]))
+    check_compatible(result, run)
+    x = np.concatenate([np.asarray(v, dtype=np.float32).ravel() for v in layer_vectors])[None]
+    return embed(result.network, x)[0]

@@ -1,0 +1,96 @@
+"""Training data for fusion: all layer vectors of a run, labels, and label-disjoint splits."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from mess.store import FeatureStore, Run, Track
+
+LABEL_FIELDS = ("artist", "composer", "album", "genre")
+
+
+class FusionError(Exception):
+    """Data or checkpoint that fusion cannot work with; the message says why."""
+
+
+@dataclass(frozen=True)
+class LayerData:
+    """Every track of a run with its layer vectors concatenated: x is float32 [n, sum(layer_dims)]."""
+
+    run: Run
+    tracks: list[Track]
+    x: np.ndarray
+
+    @property
+    def track_ids(self) -> np.ndarray:
+        """Track ids, aligned with the rows of ``x``."""
+        return np.array([t.id for t in self.tracks], dtype=np.int64)
+
+    def labels(self, field: str) -> np.ndarray:
+        """The metadata field per track as an object array (None where untagged)."""
+        if field not in LABEL_FIELDS:
+            raise FusionError(f"unknown label {field!r}; use one of {', '.join(LABEL_FIELDS)}")
+        return np.array([t.label(field) for t in self.tracks], dtype=object)
+
+    def data_hash(self, field: str) -> str:
+        """Hash of what training saw: run identity plus sorted (content hash, label) pairs."""
+        pairs = sorted((t.content_hash, t.label(field)) for t in self.tracks if t.label(field))
+        head = [self.run.model, self.run.revision, self.run.policy.to_json(), list(self.run.layer_names), field]
+        return hashlib.sha256(json.dumps([head, pairs]).encode()).hexdigest()
+
+
+def load_layers(store: FeatureStore, run: Run) -> LayerData:
+    """Read all layer vectors of a run (layer by layer when their sizes differ)."""
+    tracks = {t.id: t for t in store.tracks(run)}
+    if len(set(run.layer_dims)) == 1:
+        ids, stacked = store.all_layers(run)
+        x = stacked.reshape(len(ids), -1)
+    else:
+        mats = [store.layer_matrix(run, i) for i in range(len(run.layer_names))]
+        ids, x = mats[0][0], np.hstack([m for _, m in mats])
+    if len(ids) == 0:
+        raise FusionError(f"no track vectors for {run.model}; run `mess extract` first")
+    return LayerData(run, [tracks[int(i)] for i in ids], np.ascontiguousarray(x, dtype=np.float32))
+
+
+@dataclass(frozen=True)
+class LabelSplit:
+    """Which labels train, validate (early stopping) and test; no label is in two parts."""
+
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+
+    def rows(self, labels: np.ndarray, part: str) -> np.ndarray:
+        """Row indices whose label belongs to ``part`` (train, val or test)."""
+        keep = set(getattr(self, part))
+        return np.flatnonzero([lab in keep for lab in labels])
+
+    def to_json(self) -> dict[str, list[str]]:
+        """Plain lists, for checkpoints and reports."""
+        return {"train": list(self.train), "val": list(self.val), "test": list(self.test)}
+
+
+def split_labels(labels: np.ndarray, val_frac: float = 0.15, test_frac: float = 0.15,
+                 seed: int = 0) -> LabelSplit:
+    """Shuffle the distinct labels (deterministically) and cut them into train/val/test.
+
+    Test and validation get at least 2 labels each so retrieval among them means
+    something; validation is dropped (no early stopping) when that would leave
+    fewer than 2 training labels. Needs at least 4 labels with 2+ tracks.
+    """
+    names, counts = np.unique([lab for lab in labels if lab], return_counts=True)
+    usable = sorted(str(n) for n, c in zip(names, counts) if c >= 2)
+    if len(usable) < 4:
+        raise FusionError(f"need at least 4 labels with 2+ tracks each to train and hold out; found {len(usable)}")
+    order = [usable[i] for i in np.random.default_rng(seed).permutation(len(usable))]
+    n_test = max(2, round(test_frac * len(order)))
+    n_val = max(2, round(val_frac * len(order))) if val_frac > 0 else 0
+    if len(order) - n_test - n_val < 2:
+        n_val = 0
+    test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
+    return LabelSplit(tuple(sorted(train)), tuple(sorted(val)), tuple(sorted(test)))

@@ -1,0 +1,253 @@
+"""Fusion report: held-out retrieval of fused vs best single layer vs all layers, and layer weights."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import wilcoxon
+
+from mess.fusion import evaluate
+from mess.fusion.data import FusionError, LayerData
+from mess.fusion.train import FusionResult, embed, initial_network
+from mess.search.metrics import RetrievalScores, chance_scores
+from mess.search.vectors import NORMS, Norm, Preprocessor
+from mess.store import FeatureStore
+
+MIN_TRACKS, MIN_LABELS = 50, 5  # below either, the held-out comparison is reported as inconclusive
+
+
+@dataclass(frozen=True)
+class MethodScores:
+    """Held-out retrieval of one way of turning layers into a vector."""
+
+    method: str
+    detail: str
+    precision: float
+    map: float
+    ndcg: float
+
+
+@dataclass
+class FusionReport:
+    """Everything `mess fuse report` shows and writes."""
+
+    model: str
+    label: str
+    k: int
+    n_test_tracks: int
+    n_test_labels: int
+    methods: list[MethodScores]
+    per_layer: dict[str, float]  # held-out nDCG@k of each single layer (its best normalisation)
+    layer_weights: dict[str, float]
+    verdict: str
+    caveat: str
+    wilcoxon_p: float | None
+    data_hash_matches: bool
+    probe: dict[str, dict[str, float | None]] | None = None  # layer -> aspect -> R^2
+    probe_note: str = ""
+    files: dict[str, str] = field(default_factory=dict)
+
+    def score(self, method: str) -> MethodScores:
+        """The row of one method (fused, untrained, best-layer, all-layers, mean-vector, chance)."""
+        return next(m for m in self.methods if m.method == method)
+
+    def to_dict(self) -> dict:
+        """JSON-ready report."""
+        return asdict(self)
+
+
+Encoder = Callable[[np.ndarray], np.ndarray]  # row indices -> unit vectors of those tracks
+
+
+def _layers(data: LayerData, index: int | None, norm: Norm) -> Encoder:
+    """One layer, or all layers (None: per-layer normalised, so cosine = mean of per-layer cosines).
+
+    Normalisation statistics come from all tracks (no labels involved).
+    """
+    raw, blocks = data.x, data.run.layer_dims
+    if index is not None:
+        start = sum(blocks[:index])
+        raw, blocks = data.x[:, start:start + blocks[index]], (blocks[index],)
+    prep = Preprocessor.fit(raw, blocks, norm)
+    return lambda rows: prep.apply(raw[rows])
+
+
+def _mean_vector(data: LayerData, norm: Norm) -> Encoder:
+    """Mean of the (centred or z-scored) layer vectors, L2-normalised; layers must share one size."""
+    prep = Preprocessor.fit(data.x, (data.x.shape[1],), norm)
+    n_layers, dim = len(data.run.layer_dims), data.run.layer_dims[0]
+
+    def encode(rows: np.ndarray) -> np.ndarray:
+        mean = prep.shift(data.x[rows]).reshape(len(rows), n_layers, dim).mean(axis=1)
+        return mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
+    return encode
+
+
+def _pick(candidates: dict[str, Encoder], labels: np.ndarray, rows: np.ndarray, k: int) -> str:
+    """The candidate with the best nDCG@k among ``rows`` (selection never sees test labels)."""
+    return max(candidates, key=lambda name: evaluate.scores(candidates[name](rows), labels[rows], k).ndcg)
+
+
+def compare(result: FusionResult, data: LayerData, k: int = 10) -> FusionReport:
+    """Score fused vectors and the baselines on the held-out (test) labels of ``result``.
+
+    Baselines: the untrained network (same seed), the best single layer and the
+    equal-weight combination of all layers (mean of per-layer cosines, as
+    `mess similar` searches by default) and, when layers share a size, the mean
+    layer vector. Layer and normalisation of a baseline are chosen on the
+    training and validation labels, never on the test labels. Tracks of held-out
+    labels query each other.
+    """
+    if tuple(data.run.layer_names) != result.layer_names:
+        raise FusionError(f"checkpoint layers {list(result.layer_names)} are not {data.run.model}'s "
+                          f"{list(data.run.layer_names)}")
+    labels = data.labels(result.config.label)
+    test = result.split.rows(labels, "test")
+    seen = np.concatenate([result.split.rows(labels, "train"), result.split.rows(labels, "val")])
+    if len(set(labels[test])) < 2:
+        raise FusionError("fewer than 2 held-out labels are left in the store; retrain with `mess fuse train`")
+    names, dims = data.run.layer_names, data.run.layer_dims
+    untrained = initial_network(result.config, dims, torch.from_numpy(data.x))
+    dim = result.network.project.out_features
+    encoders: dict[str, tuple[Encoder, str]] = {
+        "fused": (lambda rows: embed(result.network, data.x[rows]), f"learned, {dim}-d"),
+        "untrained": (lambda rows: embed(untrained, data.x[rows]), "same network before training (PCA projection)")}
+    singles = {f"{name} ({norm})": _layers(data, i, norm) for i, name in enumerate(names) for norm in NORMS}
+    best = _pick(singles, labels, seen, k)
+    encoders["best-layer"] = (singles[best], f"{best}, chosen on training labels")
+    alls = {norm: _layers(data, None, norm) for norm in NORMS}
+    norm = _pick(alls, labels, seen, k)
+    encoders["all-layers"] = (alls[norm], f"mean of per-layer cosines ({norm})")
+    if len(set(dims)) == 1:
+        means = {n: _mean_vector(data, n) for n in NORMS}
+        norm = _pick(means, labels, seen, k)
+        encoders["mean-vector"] = (means[norm], f"mean of layer vectors ({norm})")
+
+    lab = labels[test].astype(str)
+    units = {name: enc(test) for name, (enc, _) in encoders.items()}
+    methods = [MethodScores(name, detail, *_rounded(evaluate.scores(units[name], lab, k)))
+               for name, (_, detail) in encoders.items()]
+    methods.append(MethodScores("chance", "random ranking",
+                                *_rounded(chance_scores(lab, lab, np.arange(len(test)), k))))
+    per_layer = {name: round(max(evaluate.scores(singles[f"{name} ({n})"](test), lab, k).ndcg for n in NORMS), 4)
+                 for name in names}
+    fused_q = evaluate.ndcg_per_query(units["fused"], lab, k)
+    mean_q = evaluate.ndcg_per_query(units["all-layers"], lab, k)
+    p = float(wilcoxon(fused_q, mean_q).pvalue) if np.any(fused_q != mean_q) and len(fused_q) > 1 else None
+    same_data = data.data_hash(result.config.label) == result.data_hash
+    report = FusionReport(result.model, result.config.label, k, len(test), len(set(lab)), methods, per_layer,
+                          result.layer_weights(data.x), "", "", p, same_data)
+    report.verdict, report.caveat = _verdict(report)
+    return report
+
+
+def _rounded(s: RetrievalScores) -> tuple[float, float, float]:
+    return round(s.precision, 4), round(s.map, 4), round(s.ndcg, 4)
+
+
+def _verdict(report: FusionReport) -> tuple[str, str]:
+    fused, mean, best = report.score("fused"), report.score("all-layers"), report.score("best-layer")
+    outcome = "beats" if fused.ndcg > mean.ndcg else "ties with" if fused.ndcg == mean.ndcg else "does NOT beat"
+    p = f", paired Wilcoxon p={report.wilcoxon_p:.3g}" if report.wilcoxon_p is not None else ""
+    verdict = (f"fused {outcome} the mean of all layers on held-out nDCG@{report.k} "
+               f"({fused.ndcg:.3f} vs {mean.ndcg:.3f}{p}); best single layer: {best.ndcg:.3f}")
+    caveat = ""
+    if report.n_test_tracks < MIN_TRACKS or report.n_test_labels < MIN_LABELS:
+        caveat = (f"held-out split holds n={report.n_test_tracks} tracks of {report.n_test_labels} labels: "
+                  f"too small to conclude anything (want >= {MIN_TRACKS} tracks and >= {MIN_LABELS} labels)")
+    if not report.data_hash_matches:
+        caveat = "; ".join(filter(None, [caveat, "the store changed since training (data hash differs)"]))
+    return verdict, caveat
+
+
+def attach_probe(report: FusionReport, store: FeatureStore, run_id: int) -> None:
+    """Add per-layer, per-aspect probe R^2 from `mess probe`'s ridge JSON report, or say why there is none."""
+    from mess.probing.report import report_paths
+
+    path = report_paths(store.reports_dir, report.model, run_id, "ridge")["json"]
+    if not path.exists():
+        report.probe_note = f"no probe report ({path.name}); run `mess probe --model {report.model}` to compare"
+        return
+    try:
+        trained = json.loads(path.read_text())["conditions"]["trained"]
+        table = trained.get("aspect_score") or trained["aspect_r2"]
+        report.probe = {layer: dict(table.get(layer, {})) for layer in report.layer_weights}
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        report.probe_note = f"probe report {path.name} has no per-layer aspect R^2 ({exc!r})"
+        return
+    report.probe_note = f"probe R^2 per aspect (mean over its targets, clipped at 0) from {path.name}"
+
+
+def plot(report: FusionReport, path: Path) -> None:
+    """PNG: learned layer weights (left) next to probe R^2 per layer and aspect (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report.layer_weights)
+    y = np.arange(len(names))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.35 * len(names) + 2), sharey=True)
+    left.barh(y, list(report.layer_weights.values()), color="tab:blue")
+    left.axvline(1 / len(names), color="grey", linestyle=":", label="uniform")
+    left.set(yticks=y, yticklabels=names, xlabel="mean softmax weight",
+             title=f"learned layer weights ({report.model}, label={report.label})")
+    left.invert_yaxis()
+    left.legend(loc="lower right", fontsize=8)
+    if report.probe:
+        aspects = sorted({a for row in report.probe.values() for a in row})
+        grid = np.array([[np.nan if report.probe[n].get(a) is None else report.probe[n][a] for a in aspects]
+                         for n in names], dtype=float)
+        image = right.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        for (i, j), value in np.ndenumerate(grid):
+            if not np.isnan(value):
+                right.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                           color="black" if value > 0.6 else "white")
+        right.set_xticks(range(len(aspects)), aspects, rotation=30, ha="right")
+        right.set_title("probe R^2 per aspect (mess probe)")
+        fig.colorbar(image, ax=right, fraction=0.04)
+    else:
+        right.text(0.5, 0.5, textwrap.fill(report.probe_note, 45), ha="center", va="center", transform=right.transAxes)
+        right.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def markdown(report: FusionReport) -> str:
+    """The report as a Markdown page."""
+    lines = [f"# Layer fusion: {report.model} (label = {report.label})", "", report.verdict, ""]
+    if report.caveat:
+        lines += [f"**Caveat:** {report.caveat}", ""]
+    lines += [f"Held-out labels (never trained on): {report.n_test_labels}, tracks: {report.n_test_tracks}.", "",
+              f"| method | what | P@{report.k} | mAP | nDCG@{report.k} |", "|---|---|---|---|---|"]
+    lines += [f"| {m.method} | {m.detail} | {m.precision:.3f} | {m.map:.3f} | {m.ndcg:.3f} |" for m in report.methods]
+    lines += ["", f"| layer | learned weight | held-out nDCG@{report.k} alone | strongest probe aspect (R^2) |",
+              "|---|---|---|---|"]
+    for name, weight in report.layer_weights.items():
+        aspects = {a: v for a, v in (report.probe or {}).get(name, {}).items() if v is not None}
+        top = max(aspects, key=aspects.get) if aspects else None
+        probe = f"{top} ({aspects[top]:.2f})" if top else "-"
+        lines.append(f"| {name} | {weight:.3f} | {report.per_layer[name]:.3f} | {probe} |")
+    lines += ["", report.probe_note, ""]
+    if "png" in report.files:
+        lines += [f"![layer weights]({Path(report.files['png']).name})", ""]
+    return "\n".join(lines)
+
+
+def write_report(report: FusionReport, folder: Path) -> dict[str, str]:
+    """Write fusion-<model>.json / .md / .png into ``folder``; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = folder / f"fusion-{re.sub(r'[^A-Za-z0-9_.-]+', '_', report.model)}"
+    report.files = {ext: str(stem.with_suffix(f".{ext}")) for ext in ("json", "md", "png")}
+    plot(report, Path(report.files["png"]))
+    Path(report.files["md"]).write_text(markdown(report))
+    Path(report.files["json"]).write_text(json.dumps(report.to_dict(), indent=2))
+    return report.files

@@ -1,0 +1,60 @@
+"""Training logs: a JSON file always, and an MLflow run (local file store) when mlflow is installed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from mess.fusion.train import EpochLog
+
+
+class TrainingLog:
+    """Record parameters, per-epoch metrics and the final summary of one training run.
+
+    Nothing is written before the first epoch, so a run refused on its input leaves no trace.
+    """
+
+    def __init__(self, path: Path, params: dict, mlflow_dir: Path | None = None) -> None:
+        self.path = path
+        self.params = params
+        self.mlflow_dir = mlflow_dir
+        self.record: dict = {"started": time.time(), "params": params, "epochs": [], "summary": None}
+        self.mlflow = None
+
+    def _start_mlflow(self) -> None:
+        if self.mlflow_dir is None or importlib.util.find_spec("mlflow") is None:
+            return
+        import mlflow
+
+        mlflow.set_tracking_uri(self.mlflow_dir.resolve().as_uri())
+        mlflow.set_experiment("mess-fusion")
+        mlflow.start_run(run_name=f"{self.params.get('model')}-{self.params.get('label')}")
+        mlflow.log_params(self.params)
+        self.mlflow = mlflow
+
+    def epoch(self, log: EpochLog) -> None:
+        """Add one epoch (the JSON file is rewritten, so an interrupted run keeps its history)."""
+        if not self.record["epochs"]:
+            self._start_mlflow()
+        self.record["epochs"].append(asdict(log))
+        if self.mlflow is not None:
+            self.mlflow.log_metrics({k: v for k, v in asdict(log).items() if k != "epoch" and v is not None},
+                                    step=log.epoch)
+        self._write()
+
+    def finish(self, summary: dict, artifacts: list[Path]) -> None:
+        """Store the summary (and the checkpoint files as MLflow artifacts) and close the run."""
+        self.record["summary"] = summary
+        self._write()
+        if self.mlflow is not None:
+            self.mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+            for path in artifacts:
+                self.mlflow.log_artifact(str(path))
+            self.mlflow.end_run()
+
+    def _write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.record, indent=2))

@@ -1,0 +1,217 @@
+"""Training loop (triplet loss, early stopping on validation nDCG@k) and checkpoints."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mess.fusion import evaluate
+from mess.fusion.data import FusionError, LabelSplit, LayerData, split_labels
+from mess.fusion.mining import Mining, PKSampler, triplet_loss
+from mess.fusion.network import LayerFusion
+from mess.store import FeatureStore
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Everything that decides a training run; saved with the checkpoint."""
+
+    label: str = "artist"
+    fusion_dim: int = 256
+    hidden_dim: int = 512
+    common_dim: int = 256
+    gated: bool = False
+    dropout: float = 0.1
+    mining: Mining = "semi-hard"
+    margin: float = 0.5
+    labels_per_batch: int = 16
+    tracks_per_label: int = 4
+    lr: float = 3e-4
+    weights_lr: float = 0.05
+    weight_decay: float = 1e-4
+    weight_epochs: int = 10
+    max_epochs: int = 100
+    patience: int = 10
+    val_frac: float = 0.15
+    test_frac: float = 0.15
+    seed: int = 0
+    k: int = 10
+
+
+@dataclass(frozen=True)
+class EpochLog:
+    """One epoch: mean triplet loss, fraction of active triplets, validation nDCG@k (epoch 0 = untrained)."""
+
+    epoch: int
+    loss: float | None
+    active: float | None
+    val_ndcg: float | None
+    seconds: float
+
+
+@dataclass
+class FusionResult:
+    """A trained network with what it was trained on and how training went."""
+
+    network: LayerFusion
+    config: FusionConfig
+    model: str
+    revision: str
+    layer_names: tuple[str, ...]
+    layer_dims: tuple[int, ...]
+    split: LabelSplit
+    data_hash: str
+    best_epoch: int
+    history: list[EpochLog] = field(default_factory=list)
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether phase 2 ended before max_epochs because validation nDCG stopped improving."""
+        return self.history[-1].epoch < self.config.weight_epochs + self.config.max_epochs and bool(self.split.val)
+
+    def layer_weights(self, x: np.ndarray) -> dict[str, float]:
+        """Mean softmax weight per layer over the tracks ``x``."""
+        weights = self.network.mean_weights(torch.from_numpy(x)).numpy()
+        return {name: round(float(w), 6) for name, w in zip(self.layer_names, weights)}
+
+    def meta(self) -> dict:
+        """JSON-ready description (everything in the checkpoint except the weights)."""
+        return {"model": self.model, "revision": self.revision, "layer_names": list(self.layer_names),
+                "layer_dims": list(self.layer_dims), "config": asdict(self.config), "split": self.split.to_json(),
+                "data_hash": self.data_hash, "best_epoch": self.best_epoch,
+                "history": [asdict(h) for h in self.history]}
+
+
+def build_network(config: FusionConfig, layer_dims: tuple[int, ...]) -> LayerFusion:
+    """A freshly initialised network for this configuration (seeded)."""
+    torch.manual_seed(config.seed)
+    return LayerFusion(layer_dims, config.fusion_dim, config.hidden_dim, config.common_dim, config.gated,
+                       config.dropout)
+
+
+def initial_network(config: FusionConfig, layer_dims: tuple[int, ...], x: torch.Tensor) -> LayerFusion:
+    """The network before training: seeded weights, standardisation and PCA projection fitted on ``x``.
+
+    ``x`` holds every track of the collection; these statistics use no labels.
+    """
+    network = build_network(config, layer_dims)
+    network.set_standardisation(x)
+    network.fit_projection(x)
+    return network
+
+
+@torch.no_grad()
+def embed(network: LayerFusion, x: np.ndarray, batch: int = 4096) -> np.ndarray:
+    """Fused unit vectors float32 [n, fusion_dim] for concatenated layer vectors ``x``."""
+    network.eval()
+    parts = [network(torch.from_numpy(x[i:i + batch])).numpy() for i in range(0, len(x), batch)]
+    return np.concatenate(parts) if parts else np.zeros((0, network.project.out_features), np.float32)
+
+
+def train_fusion(data: LayerData, config: FusionConfig,
+                 on_epoch: Callable[[EpochLog], None] | None = None) -> FusionResult:
+    """Train on the training labels in two phases; keep the best validation epoch.
+
+    Phase 1 (``weight_epochs``) trains only the layer weights (logits and gate)
+    through the fixed, geometry-preserving projection: few parameters, so what it
+    learns transfers to unseen labels even on small collections. Phase 2 (up to
+    ``max_epochs`` more) trains everything and needs validation labels: it stops
+    after ``patience`` epochs without a gain in validation nDCG@k, and is skipped
+    when the collection is too small to hold validation labels out. Each epoch
+    runs ``n_train // (labels_per_batch * tracks_per_label)`` steps (at least one)
+    of triplet loss with in-batch mining; epoch 0 is the untrained network.
+    """
+    labels = data.labels(config.label)
+    split = split_labels(labels, config.val_frac, config.test_frac, config.seed)
+    train_rows, val_rows = split.rows(labels, "train"), split.rows(labels, "val")
+    codes = np.unique(labels[train_rows].astype(str), return_inverse=True)[1]
+    sampler = PKSampler(codes, config.labels_per_batch, config.tracks_per_label, config.seed)
+    steps = max(1, len(train_rows) // (config.labels_per_batch * config.tracks_per_label))
+
+    x_all = torch.from_numpy(data.x)
+    network = initial_network(config, data.run.layer_dims, x_all)
+    gate = list(network.gate.parameters()) if network.gate is not None else []
+    rest = [p for name, p in network.named_parameters() if name != "logits" and not name.startswith("gate.")]
+    optimiser = torch.optim.AdamW([{"params": [network.logits], "lr": config.weights_lr, "weight_decay": 0.0},
+                                   {"params": gate}, {"params": rest}], lr=config.lr, weight_decay=config.weight_decay)
+    x_train, y_train = torch.from_numpy(data.x[train_rows]), torch.from_numpy(codes)
+
+    def validate() -> float | None:
+        if not len(val_rows):
+            return None
+        unit = embed(network, data.x[val_rows])
+        return evaluate.scores(unit, labels[val_rows], config.k).ndcg
+
+    def snapshot() -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in network.state_dict().items()}
+
+    started = time.perf_counter()
+    history = [EpochLog(0, None, None, validate(), 0.0)]
+    best_val, best_epoch, best_state = history[0].val_ndcg, 0, snapshot()
+    last = config.weight_epochs + (config.max_epochs if len(val_rows) else 0)
+    for epoch in range(1, last + 1):
+        for p in rest:
+            p.requires_grad_(epoch > config.weight_epochs)
+        network.train()
+        losses, active = [], []
+        for batch in sampler.batches(steps):
+            loss, frac = triplet_loss(network(x_train[batch]), y_train[batch], config.margin, config.mining)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            losses.append(float(loss.detach()))
+            active.append(frac)
+        if epoch == config.weight_epochs:
+            network.fit_projection(x_all)
+        val = validate()
+        log = EpochLog(epoch, float(np.mean(losses)), float(np.mean(active)), val, time.perf_counter() - started)
+        history.append(log)
+        if on_epoch:
+            on_epoch(log)
+        if val is None or val > best_val:
+            best_val, best_epoch, best_state = val, epoch, snapshot()
+        elif epoch > config.weight_epochs and epoch - max(best_epoch, config.weight_epochs) >= config.patience:
+            break
+    network.load_state_dict(best_state)
+    network.eval()
+    return FusionResult(network, config, data.run.model, data.run.revision, data.run.layer_names,
+                        data.run.layer_dims, split, data.data_hash(config.label), best_epoch, history)
+
+
+def checkpoint_path(store: FeatureStore, model: str) -> Path:
+    """Default checkpoint location of a model's fusion network: STORE/fusion/<model>.pt."""
+    return store.root / "fusion" / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', model)}.pt"
+
+
+def save_checkpoint(result: FusionResult, path: Path) -> None:
+    """Write the weights with their config, split and data hash (.pt) and the same minus weights (.json)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": result.network.state_dict(), **result.meta()}, path)
+    path.with_suffix(".json").write_text(json.dumps(result.meta(), indent=2))
+
+
+def load_checkpoint(path: Path) -> FusionResult:
+    """Read a checkpoint written by :func:`save_checkpoint`."""
+    if not path.exists():
+        raise FusionError(f"no fusion checkpoint at {path}; run `mess fuse train` first")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        config = FusionConfig(**saved["config"])
+        network = LayerFusion(saved["layer_dims"], config.fusion_dim, config.hidden_dim, config.common_dim,
+                              config.gated, config.dropout)
+        network.load_state_dict(saved["state_dict"])
+    except (pickle.UnpicklingError, RuntimeError, KeyError, TypeError, ValueError, EOFError) as exc:
+        raise FusionError(f"{path} is not a mess fusion checkpoint ({exc})") from None
+    network.eval()
+    split = LabelSplit(*(tuple(saved["split"][p]) for p in ("train", "val", "test")))
+    return FusionResult(network, config, saved["model"], saved["revision"], tuple(saved["layer_names"]),
+                        tuple(saved["layer_dims"]), split, saved["data_hash"], saved["best_epoch"],
+                        [EpochLog(**h) for h in saved["history"]])

@@ -1,0 +1,223 @@
+"""Fusion building blocks on synthetic clustered layer vectors: network, mining, splits, training, checkpoints."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mess.audio.windows import WindowPolicy
+from mess.fusion import evaluate
+from mess.fusion.data import FusionError, LayerData, split_labels
+from mess.fusion.mining import PKSampler, triplet_loss
+from mess.fusion.network import LayerFusion
+from mess.fusion.report import compare
+from mess.fusion.train import FusionConfig, embed, initial_network, load_checkpoint, save_checkpoint, train_fusion
+from mess.store import Run, Track
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> None:
+    """Small batches run fastest (and reproducibly) on one thread."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def clustered(n_labels: int = 40, per_label: int = 6, dims: tuple[int, ...] = (24, 24, 24, 24, 24),
+              informative: int = 2, seed: int = 0) -> LayerData:
+    """Tracks whose label shows only in layer ``informative``; the other layers hold a label-free nuisance."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(n_labels), per_label)
+    nuisance = rng.normal(size=(12, 8))[rng.integers(0, 12, len(labels))]
+    parts = []
+    for i, dim in enumerate(dims):
+        noise = rng.normal(size=(len(labels), dim))
+        if i == informative:
+            parts.append(2.0 * rng.normal(size=(n_labels, dim))[labels] + noise)
+        else:
+            parts.append(3.0 * nuisance @ rng.normal(size=(8, dim)) + noise)
+    run = Run(1, "synthetic", "r1", WindowPolicy(), 16000, tuple(f"l{i}" for i in range(len(dims))), dims)
+    tracks = [Track(i, f"/x/{i}.wav", f"h{i}", 30.0, f"artist{lab}", None, None, None, None)
+              for i, lab in enumerate(labels)]
+    return LayerData(run, tracks, np.hstack(parts).astype(np.float32))
+
+
+# ---- network -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dims, gated", [((16, 16, 16), False), ((40, 24, 6), False), ((16, 16, 16), True)])
+def test_network_outputs_unit_vectors_and_softmax_weights(dims: tuple[int, ...], gated: bool) -> None:
+    net = LayerFusion(dims, fusion_dim=8, hidden_dim=16, common_dim=12, gated=gated)
+    x = torch.randn(5, sum(dims))
+    out = net(x)
+    assert out.shape == (5, 8)
+    assert torch.allclose(out.norm(dim=1), torch.ones(5), atol=1e-5)
+    weights = net.weights(net.layer_vectors(x))
+    assert weights.shape == (5, len(dims))
+    assert torch.allclose(weights.sum(dim=1), torch.ones(5), atol=1e-6)
+    rows_differ = not torch.allclose(weights[0], weights[1])
+    assert rows_differ == gated  # only the gating MLP makes weights depend on the track
+
+
+@pytest.mark.parametrize("n_tracks", [3, 50])
+def test_fit_projection_is_orthonormal_and_starts_on_principal_directions(n_tracks: int) -> None:
+    torch.manual_seed(0)
+    net = LayerFusion((16, 16), fusion_dim=8)
+    x = torch.randn(n_tracks, 32) * torch.linspace(0.1, 3.0, 32)
+    net.set_standardisation(torch.randn(200, 32))
+    net.fit_projection(x)
+    w = net.project.weight.detach()
+    assert torch.allclose(w @ w.T, torch.eye(8), atol=1e-5)
+    mixed = net.mix(x).detach()
+    top = torch.linalg.svd(mixed, full_matrices=False).Vh[0]
+    assert abs(float(w[0] @ top)) == pytest.approx(1.0, abs=1e-4)
+
+
+# ---- mining ------------------------------------------------------------------------
+
+
+def _reference_loss(emb: torch.Tensor, labels: torch.Tensor, margin: float, mining: str) -> float:
+    """Loop-by-loop FaceNet semi-hard / batch-hard triplet loss, to check the vectorised one."""
+    d = torch.cdist(emb, emb).pow(2)
+    n, losses = len(labels), []
+    for a in range(n):
+        pos = [p for p in range(n) if p != a and labels[p] == labels[a]]
+        neg = [q for q in range(n) if labels[q] != labels[a]]
+        if not pos or not neg:
+            continue
+        if mining == "batch-hard":
+            losses.append(max(0.0, max(d[a, p] for p in pos) - min(d[a, q] for q in neg) + margin))
+            continue
+        for p in pos:
+            farther = [d[a, q] for q in neg if d[a, q] > d[a, p]]
+            d_an = min(farther) if farther else max(d[a, q] for q in neg)
+            losses.append(max(0.0, float(d[a, p] - d_an + margin)))
+    return float(np.mean([float(v) for v in losses]))
+
+
+@pytest.mark.parametrize("mining", ["semi-hard", "batch-hard"])
+def test_triplet_loss_matches_loop_reference(mining: str) -> None:
+    torch.manual_seed(1)
+    emb = torch.nn.functional.normalize(torch.randn(12, 5), dim=1)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 3])
+    loss, active = triplet_loss(emb, labels, margin=0.5, mining=mining)
+    assert float(loss) == pytest.approx(_reference_loss(emb, labels, 0.5, mining), rel=1e-5)
+    assert 0.0 < active <= 1.0
+
+
+def test_triplet_loss_is_zero_for_separated_clusters_and_rejects_unknown_mining() -> None:
+    emb = torch.eye(3).repeat_interleave(2, dim=0)  # identical within a label, orthogonal across
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    loss, active = triplet_loss(emb, labels, margin=0.5)
+    assert float(loss) == 0.0 and active == 0.0
+    with pytest.raises(ValueError):
+        triplet_loss(emb, labels, mining="easy")
+
+
+def test_pk_sampler_draws_p_labels_times_k_distinct_tracks_deterministically() -> None:
+    labels = np.repeat(np.arange(10), [5, 5, 5, 5, 5, 5, 5, 5, 3, 1])
+    batches = list(PKSampler(labels, p=4, k=4, seed=3).batches(20))
+    again = list(PKSampler(labels, p=4, k=4, seed=3).batches(20))
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again))
+    for batch in batches:
+        assert len(set(batch.tolist())) == len(batch)  # no track twice
+        chosen, counts = np.unique(labels[batch], return_counts=True)
+        assert len(chosen) == 4 and 9 not in chosen  # the single-track label never anchors
+        assert all(c == min(4, (labels == lab).sum()) for lab, c in zip(chosen, counts))
+    with pytest.raises(ValueError):
+        PKSampler(np.array([0, 0, 1]), p=2, k=2, seed=0)
+
+
+# ---- splits ------------------------------------------------------------------------
+
+
+def test_split_labels_is_disjoint_deterministic_and_holds_out_enough() -> None:
+    labels = np.array([f"a{i % 20}" for i in range(100)] + ["lonely", None], dtype=object)
+    split = split_labels(labels, 0.15, 0.15, seed=7)
+    parts = [set(split.train), set(split.val), set(split.test)]
+    assert all(not (a & b) for a, b in itertools.combinations(parts, 2))
+    assert set().union(*parts) == {f"a{i}" for i in range(20)}  # singletons and untagged tracks left out
+    assert len(split.test) == 3 and len(split.val) == 3
+    assert split == split_labels(labels, 0.15, 0.15, seed=7)
+    assert split != split_labels(labels, 0.15, 0.15, seed=8)
+    rows = split.rows(labels, "test")
+    assert set(labels[rows]) == set(split.test)
+
+
+def test_split_labels_drops_validation_for_few_labels_and_refuses_too_few() -> None:
+    four = np.repeat(["a", "b", "c", "d"], 4).astype(object)
+    split = split_labels(four, 0.15, 0.15, seed=0)
+    assert (len(split.train), len(split.val), len(split.test)) == (2, 0, 2)
+    with pytest.raises(FusionError):
+        split_labels(four[:12], 0.15, 0.15, seed=0)
+
+
+# ---- training ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[LayerData, object]:
+    data = clustered()
+    config = FusionConfig(fusion_dim=16, hidden_dim=32, common_dim=16, labels_per_batch=8, tracks_per_label=4,
+                          weight_epochs=8, max_epochs=15, patience=5, val_frac=0.2, test_frac=0.25, seed=0)
+    return data, train_fusion(data, config)
+
+
+def test_training_lowers_loss_and_finds_the_informative_layer(trained: tuple) -> None:
+    data, result = trained
+    losses = [h.loss for h in result.history[1:]]
+    assert losses[-1] < 0.5 * losses[0]
+    weights = result.layer_weights(data.x)
+    assert max(weights, key=weights.get) == "l2"
+    assert weights["l2"] > 0.5
+    vals = [h.val_ndcg for h in result.history]
+    assert result.history[result.best_epoch].val_ndcg == max(vals) > vals[0]
+
+
+def test_held_out_labels_retrieve_better_than_untrained_and_all_layers(trained: tuple) -> None:
+    data, result = trained
+    labels = data.labels("artist")
+    test = result.split.rows(labels, "test")
+    assert not set(labels[test]) & set(labels[result.split.rows(labels, "train")])
+    untrained = initial_network(result.config, data.run.layer_dims, torch.from_numpy(data.x))
+    fused = evaluate.scores(embed(result.network, data.x[test]), labels[test]).map
+    before = evaluate.scores(embed(untrained, data.x[test]), labels[test]).map
+    assert fused > before + 0.2
+    report = compare(result, data)
+    assert report.score("fused").map == pytest.approx(fused, abs=1e-3)
+    assert report.score("fused").ndcg > report.score("all-layers").ndcg
+    assert report.score("best-layer").detail.startswith("l2 ")  # chosen on training labels only
+    assert report.verdict.startswith("fused beats")
+    assert report.n_test_tracks == len(test) >= 50 and report.caveat == ""  # big enough to conclude
+
+
+def test_training_is_deterministic_per_seed() -> None:
+    data = clustered(n_labels=12, per_label=4)
+    config = FusionConfig(fusion_dim=8, hidden_dim=16, common_dim=8, labels_per_batch=4, weight_epochs=3,
+                          max_epochs=2, val_frac=0.2, test_frac=0.2, seed=5)
+    a, b = train_fusion(data, config), train_fusion(data, config)
+    assert [h.loss for h in a.history] == [h.loss for h in b.history]
+    assert all(torch.equal(a.network.state_dict()[k], v) for k, v in b.network.state_dict().items())
+
+
+def test_checkpoint_round_trip_and_data_hash(tmp_path: Path, trained: tuple) -> None:
+    data, result = trained
+    path = tmp_path / "fusion" / "synthetic.pt"
+    save_checkpoint(result, path)
+    loaded = load_checkpoint(path)
+    assert np.array_equal(embed(loaded.network, data.x), embed(result.network, data.x))
+    assert loaded.split == result.split and loaded.data_hash == result.data_hash == data.data_hash("artist")
+    assert path.with_suffix(".json").exists()
+    relabelled = LayerData(data.run, [t if t.id else Track(0, t.path, t.content_hash, 30.0, "other", None, None,
+                                                               None, None) for t in data.tracks], data.x)
+    assert relabelled.data_hash("artist") != data.data_hash("artist")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(FusionError):
+        load_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(FusionError):
+        load_checkpoint(tmp_path / "missing.pt")
