@@ -31,6 +31,7 @@ def extract_command(
     prune: Annotated[bool, typer.Option(help="Forget catalogued files under FOLDERS that no longer exist.")] = False,
     engine: Annotated[str, typer.Option(help="local, or ray for a Ray cluster.")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (with --engine ray), e.g. auto.")] = None,
+    precision: Annotated[str, typer.Option(help="fp32, or bf16 / fp16 autocast for MERT and musicnn (stored as its own run).")] = "fp32",
 ) -> None:
     """Embed every new or changed audio file; unchanged files are skipped by content hash."""
     missing = [str(f) for f in folders if not f.exists()]
@@ -39,14 +40,16 @@ def extract_command(
     paths = find_audio(folders)
     if not paths:
         fail(f"no audio files (wav, flac, mp3, ogg, opus, m4a) under {', '.join(map(str, folders))}")
-    if device == "cuda":
+    if device == "cuda" and engine == "local":
         import torch
 
         if not torch.cuda.is_available():
             fail("--device cuda asked for, but no CUDA GPU is visible")
+    from mess.scale.gpu import with_precision
+
     try:
         policy = WindowPolicy(window_seconds=window, max_windows=max_windows)
-        embedder = load_model(model, device=device)
+        embedder = with_precision(load_model(model, device=device if engine == "local" else "cpu"), precision)
     except (ModelError, ValueError, ImportError) as exc:
         fail(str(exc))
     if embedder.info.licence:
@@ -54,9 +57,13 @@ def extract_command(
     logging.getLogger("mess").setLevel(logging.ERROR)
     with open_store(store, readonly=False) as fs:
         if engine == "ray":
-            from mess.scale.ray_extract import extract_ray
+            from mess.scale.ray_extract import ScaleError, extract_ray
 
-            summary = extract_ray(fs, paths, model, policy, batch_size=batch_size, device=device, address=address)
+            try:
+                summary = extract_ray(fs, paths, model, policy, batch_size=batch_size, device=device, address=address,
+                                      precision=precision, info=embedder.info)
+            except ScaleError as exc:
+                fail(str(exc))
         elif engine == "local":
             summary = _run_local(fs, paths, embedder, policy, batch_size, workers, folders if prune else [])
         else:

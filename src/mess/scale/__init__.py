@@ -1,0 +1,1 @@
+"""Scale-out: distributed extraction on Ray and reduced-precision GPU inference."""

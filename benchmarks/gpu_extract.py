@@ -1,0 +1,219 @@
+"""Inference throughput of a MERT-95M-shaped model through mess's MertModel wrapper, vs the FLOP limit.
+
+Random weights in MERT-v1-95M's exact shape (HubertConfig: 768 hidden, 12 layers, 12 heads,
+FFN 3072, 7x512 conv front end, group norm, 128/16 positional conv) are saved with
+``save_pretrained`` and loaded by ``MertModel.from_pretrained``, so the same loading and
+``embed`` code as a real run is measured. For each precision (fp32, bf16/fp16 autocast via
+``mess.scale.gpu.with_precision``) and batch size, on 30 s windows at 24 kHz:
+
+* windows/s through ``model.embed`` (numpy in, per-layer vectors out: CPU normalisation,
+  host<->device copies, forward, pooling), through the same with the normalisation done
+  on the device, and through the bare network on device input (plus the share of the
+  conv front end in it);
+* tracks/s for a 3.5-min track (7 windows under the default 30 s policy);
+* achieved TFLOP/s (FLOPs per window counted by torch's FlopCounterMode) and its ratio
+  to a dense matmul of the same precision measured in the same run;
+* peak device memory; the largest deviation of reduced-precision vectors from fp32
+  (1 - cosine, worst layer); and what zero-padding a 10 s window to 30 s does to its
+  vectors (why batches are grouped by exact window length instead of padded).
+
+    python benchmarks/gpu_extract.py --device cuda
+    python benchmarks/gpu_extract.py --device cpu --batch-sizes 1 --repeats 1 --precisions fp32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+
+from mess.models.mert import MertModel
+from mess.scale.gpu import with_precision
+
+MERT_95M = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                conv_dim=(512,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2),
+                conv_bias=False, feat_extract_norm="group", feat_proj_layer_norm=True,
+                num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16, do_stable_layer_norm=False)
+SAMPLE_RATE = 24000
+WINDOWS_PER_TRACK = 7  # ceil(210 s / 30 s): a 3.5-min track under the default window policy
+REFERENCE_TFLOP = 0.81  # the issue's estimate per 30 s window
+
+
+def build(folder: Path, device: str) -> MertModel:
+    """Save random MERT-95M-shaped weights and load them through MertModel.from_pretrained."""
+    torch.manual_seed(0)
+    HubertModel(HubertConfig(**MERT_95M)).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(sampling_rate=SAMPLE_RATE, do_normalize=True).save_pretrained(folder)
+    return MertModel.from_pretrained(str(folder), name="mert-95m-shaped", device=device)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def seconds_per_call(fn: Callable[[], object], device: str, repeats: int, warmup: int = 2) -> float:
+    """Median wall seconds of ``fn`` after warm-up, synchronising the device around each call."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_tflops(device: str, dtype: torch.dtype, n: int) -> float:
+    """Measured dense matmul rate (TFLOP/s) at this precision: the ceiling to compare against."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    secs = seconds_per_call(lambda: a @ b, device, repeats=10)
+    return 2 * n**3 / secs / 1e12
+
+
+def network_input(model: MertModel, windows: np.ndarray) -> torch.Tensor:
+    """The normalised device tensor MertModel.embed feeds its network."""
+    values = model.processor(list(windows), sampling_rate=SAMPLE_RATE, return_tensors="pt",
+                             return_attention_mask=False)["input_values"]
+    return values.to(model.device)
+
+
+def flops_per_window(model: MertModel, windows: np.ndarray) -> float:
+    """FLOPs of one window's forward pass, counted by torch (matmuls, convolutions, attention).
+
+    Attention runs on the math backend while counting: the counter has no formula for
+    the CPU flash kernel, which would drop the attention FLOPs on CPU.
+    """
+    counter = FlopCounterMode(display=False)
+    # no_grad, not inference_mode: the weight-norm parametrisation fails under the counter in inference mode
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
+        model.network(network_input(model, windows[:1]), output_hidden_states=True)
+    return float(counter.get_total_flops())
+
+
+def worst_cosine_gap(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    """max over layers and rows of 1 - cosine(a, b)."""
+    gaps = [1 - np.sum(x * y, axis=1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)) for x, y in zip(a, b)]
+    return float(np.max(gaps))
+
+
+def device_embed(model: MertModel, windows: np.ndarray) -> list[np.ndarray]:
+    """MertModel.embed with the input normalisation moved from numpy onto the device (same formula)."""
+    with torch.inference_mode():
+        x = torch.from_numpy(windows).to(model.device)
+        x = (x - x.mean(dim=1, keepdim=True)) / torch.sqrt(x.var(dim=1, keepdim=True, unbiased=False) + 1e-7)
+        out = model.network(x, output_hidden_states=True)
+        return [h.float().mean(dim=1).cpu().numpy() for h in out.hidden_states]
+
+
+def measure(base: MertModel, args: argparse.Namespace, name: str, windows: np.ndarray) -> None:
+    """Time every precision x batch size, check accuracy and padding, print the table."""
+    cuda = args.device.startswith("cuda")
+    flops = flops_per_window(base, windows)
+    print(f"device: {name}; torch {torch.__version__}; window {args.seconds:g} s at {SAMPLE_RATE} Hz; "
+          f"{flops / 1e12:.3f} TFLOP per window counted (issue's estimate {REFERENCE_TFLOP})")
+
+    reference = base.embed(windows[:4])
+    print(f"on-device normalisation vs embed (fp32): 1-cos = {worst_cosine_gap(device_embed(base, windows[:4]), reference):.1e}")
+    results = []
+    for precision in args.precisions:
+        model = with_precision(base, precision)
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        peak = matmul_tflops(args.device, dtype, 8192 if cuda else 2048)
+        gap = worst_cosine_gap(model.embed(windows[:4]), reference)
+
+        def autocast() -> torch.autocast:
+            return torch.autocast(torch.device(args.device).type, dtype=dtype, enabled=precision != "fp32")
+
+        for batch in args.batch_sizes:
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            x = windows[:batch]
+            values = network_input(base, x)
+
+            def on_device() -> None:
+                with autocast():
+                    device_embed(base, x)
+
+            def bare() -> None:
+                with torch.inference_mode(), autocast():
+                    base.network(values, output_hidden_states=True)
+
+            def front_end() -> None:
+                with torch.inference_mode(), autocast():
+                    base.network.feature_extractor(values)
+
+            embed_s = seconds_per_call(lambda: model.embed(x), args.device, args.repeats)
+            device_s = seconds_per_call(on_device, args.device, args.repeats)
+            net_s = seconds_per_call(bare, args.device, args.repeats)
+            conv_s = seconds_per_call(front_end, args.device, args.repeats)
+            row = {"precision": precision, "batch": batch, "embed_windows_per_s": batch / embed_s,
+                   "device_norm_windows_per_s": batch / device_s, "network_windows_per_s": batch / net_s,
+                   "tracks_per_s": batch / embed_s / WINDOWS_PER_TRACK, "embed_tflops": batch * flops / embed_s / 1e12,
+                   "network_tflops": batch * flops / net_s / 1e12, "conv_front_end_share": conv_s / net_s,
+                   "matmul_peak_tflops": peak, "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+                   "vs_fp32_max_1_minus_cos": gap}
+            results.append(row)
+            print(json.dumps(row), flush=True)
+
+    short = windows[:1, : windows.shape[1] // 3]
+    padded = np.pad(short, ((0, 0), (0, windows.shape[1] - short.shape[1])))
+    padding_gap = worst_cosine_gap(base.embed(padded), base.embed(short))
+
+    print(f"\n{name}: MERT-95M-shaped, {args.seconds:g} s windows, {flops / 1e12:.3f} TFLOP/window")
+    print("win/s: MertModel.embed (numpy in, vectors out); dev-norm: the same with normalisation on the device;"
+          " net: network forward only; conv %: share of the forward in the conv front end")
+    print(f"{'prec':5s}{'batch':>6s}{'win/s':>8s}{'dev-norm':>9s}{'net':>8s}{'tracks/s':>9s}{'TFLOP/s':>8s}"
+          f"{'net TF/s':>9s}{'% matmul':>9s}{'conv %':>7s}{'mem GiB':>8s}{'1-cos':>9s}")
+    for r in results:
+        mem = f"{r['peak_mem_gib']:8.1f}" if r["peak_mem_gib"] is not None else f"{'-':>8s}"
+        print(f"{r['precision']:5s}{r['batch']:6d}{r['embed_windows_per_s']:8.2f}{r['device_norm_windows_per_s']:9.2f}"
+              f"{r['network_windows_per_s']:8.2f}{r['tracks_per_s']:9.2f}{r['embed_tflops']:8.3g}"
+              f"{r['network_tflops']:9.3g}{100 * r['network_tflops'] / r['matmul_peak_tflops']:8.1f}%"
+              f"{100 * r['conv_front_end_share']:6.0f}%{mem}{r['vs_fp32_max_1_minus_cos']:9.1e}")
+    for precision in args.precisions:
+        peak = next(r["matmul_peak_tflops"] for r in results if r["precision"] == precision)
+        print(f"measured dense matmul ceiling {precision}: {peak:.3g} TFLOP/s "
+              f"-> FLOP limit {peak * 1e12 / flops:.1f} windows/s")
+    print(f"zero-padding a {args.seconds / 3:g} s window to {args.seconds:g} s changes its vectors: "
+          f"worst layer 1-cos = {padding_gap:.3f} (fp32)")
+    print(f"peak host RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    if args.json:
+        args.json.write_text(json.dumps({"device": name, "torch": torch.__version__, "flops_per_window": flops,
+                                         "padding_gap": padding_gap, "rows": results}, indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8, 16, 32])
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "fp16"])
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+    rng = np.random.default_rng(0)
+    windows = (0.1 * rng.standard_normal((max(args.batch_sizes), int(args.seconds * SAMPLE_RATE)))).astype(np.float32)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = build(Path(tmp), args.device)
+        measure(base, args, name, windows)
+
+
+if __name__ == "__main__":
+    main()

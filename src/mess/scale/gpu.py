@@ -1,0 +1,64 @@
+"""Reduced-precision inference: any torch-backed model run under ``torch.autocast``.
+
+Batching stays exact-length (``mess.extract.embed.embed_windows`` groups windows of
+equal length, so a batch is never padded). MERT's group-norm front end and its
+attention take no padding mask, so padding a short window to a batch's length
+would change its vectors; exact-length grouping keeps every window's result
+independent of what it was batched with. Under the window policy every window of
+a track longer than one window has the full window length, so in a real collection
+nearly all windows fall into one length bucket and batches stay full.
+
+torch is imported only for reduced precision, so fp32 runs of the dsp model
+(e.g. in Ray workers) do not pay its import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from functools import partial
+
+import numpy as np
+
+from mess.models.base import EmbeddingModel
+
+PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # name -> torch dtype attribute
+
+
+class AutocastModel(EmbeddingModel):
+    """A torch-backed model whose forward passes run under ``torch.autocast``.
+
+    Its revision carries the precision (``<revision>+bf16``), so reduced-precision
+    vectors form their own run in the store instead of mixing with fp32 ones.
+    """
+
+    def __init__(self, inner: EmbeddingModel, precision: str) -> None:
+        import torch
+
+        self.inner = inner
+        self.precision = precision
+        self.device = inner.device
+        self.info = replace(inner.info, revision=f"{inner.info.revision}+{precision}")
+        self._autocast = partial(torch.autocast, device_type=torch.device(self.device).type,
+                                 dtype=getattr(torch, PRECISIONS[precision]))
+
+    def embed(self, windows: np.ndarray) -> list[np.ndarray]:
+        """See :meth:`EmbeddingModel.embed`; matmuls and convs run in the reduced dtype."""
+        with self._autocast():
+            return self.inner.embed(windows)
+
+
+def with_precision(model: EmbeddingModel, precision: str) -> EmbeddingModel:
+    """``model`` itself for fp32, else wrapped in :class:`AutocastModel` (bf16 or fp16).
+
+    Raises:
+        ValueError: unknown precision, or a model with no torch network (e.g. dsp).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return model
+    import torch
+
+    if not isinstance(getattr(model, "network", None), torch.nn.Module):
+        raise ValueError(f"{model.info.name} does not run on torch; --precision {precision} applies to MERT and musicnn")
+    return AutocastModel(model, precision)

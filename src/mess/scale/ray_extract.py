@@ -1,0 +1,180 @@
+"""`mess extract --engine ray`: the local extraction pipeline expressed with Ray Data.
+
+Two streaming Ray Data passes, reusing the local pipeline's pieces:
+
+1. catalogue: ``inspect_file`` (hash, probe, tags) on CPU tasks; the driver upserts
+   each file into the catalog and keeps only content not yet embedded in this run
+   (workers never touch SQLite);
+2. embed: ``decode_windows`` on CPU tasks -> ``embed_prepared`` in an actor pool
+   (one model per actor, on a GPU or a CPU) -> rows streamed back to the driver,
+   which commits them with ``FeatureStore.write_vectors`` every ``write_every`` tracks.
+
+On a CPU-only cluster Ray Data fuses decoding into the actors (same resources);
+with ``device="cuda"`` decoding stays on separate CPU tasks feeding the GPU actors.
+Writes are idempotent per (run, content hash) and crash-safe, so a killed job rerun
+continues where it stopped. Ray Data's defaults make the job survive worker deaths:
+CPU tasks are retried, actors restarted without limit and their batches retried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.data
+
+from mess.audio.windows import WindowPolicy
+from mess.extract.pipeline import ExtractSummary
+from mess.models.base import ModelInfo
+from mess.models.registry import load_model
+from mess.scale.embedder import Embedder, split_row
+from mess.scale.gpu import with_precision
+from mess.scale.tasks import decode_row, inspect_row
+from mess.store import FeatureStore, Run, TrackVectors
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_BLOCK = 2  # files per Ray Data block: small blocks stream results to the driver steadily
+MAX_BLOCKS = 200_000  # beyond this, split the collection into several jobs (one per store shard)
+FLUSH_SECONDS = 2.0  # also commit pending vectors this often, whatever their number
+
+
+class ScaleError(Exception):
+    """The Ray cluster cannot run the job (unreachable, no GPUs); the message says why."""
+
+
+def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, policy: WindowPolicy, *,
+                batch_size: int = 4, device: str = "cpu", address: str | None = None, precision: str = "fp32",
+                actors: int | None = None, write_every: int = 16, info: ModelInfo | None = None) -> ExtractSummary:
+    """Embed every file not yet in the store for this model/revision/policy, on a Ray cluster.
+
+    Args:
+        model_name: registry name or model folder; every node must resolve it to the same weights.
+        batch_size: windows per forward pass (also tracks per actor call).
+        device: "cpu" or "cuda" for the inference actors (one GPU each).
+        address: Ray cluster address ("auto", "ray://head:10001"); None joins the Ray
+            instance already initialised in this process, or starts a local one.
+        precision: fp32, bf16 or fp16 (autocast; see :mod:`mess.scale.gpu`).
+        actors: inference actors; default one per GPU, or one per CPU of the cluster.
+        write_every: tracks per store commit (or every FLUSH_SECONDS); a killed driver loses at
+            most these plus the in-flight ones.
+        info: the model's info (with precision applied) when the caller already loaded it.
+
+    Raises:
+        ScaleError: the cluster cannot be reached or has no GPU for ``device="cuda"``.
+    """
+    started = time.perf_counter()
+    owned = _connect(address)
+    try:
+        info = info or with_precision(load_model(model_name), precision).info
+        run = store.ensure_run(info, policy)
+        summary = ExtractSummary()
+        todo = _catalogue(store, run, paths, summary)
+        if todo:
+            n_actors = min(len(todo), actors or _default_actors(device))
+            rows = _embedded(todo, model_name, info, policy, batch_size, device, precision, n_actors)
+            _commit(store, run, rows, write_every, summary)
+    finally:
+        if owned:
+            ray.shutdown()
+    summary.wall_seconds = time.perf_counter() - started
+    return summary
+
+
+def _connect(address: str | None) -> bool:
+    """Join the cluster at ``address`` (or start a local one); True when this call started Ray."""
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ScaleError(f"cannot reach a Ray cluster at {address!r}: {exc}") from exc
+    return True
+
+
+def _default_actors(device: str) -> int:
+    resources = ray.cluster_resources()
+    if device.startswith("cuda"):
+        gpus = int(resources.get("GPU", 0))
+        if gpus == 0:
+            raise ScaleError("--device cuda asked for, but the Ray cluster has no GPUs")
+        return gpus
+    return max(1, int(resources.get("CPU", 1)))
+
+
+def _dataset(items: list[dict[str, Any]]) -> ray.data.Dataset:
+    """Items as a dataset of ROWS_PER_BLOCK-row blocks (a block is one CPU task's work)."""
+    return ray.data.from_items(items, override_num_blocks=max(1, min(-(-len(items) // ROWS_PER_BLOCK), MAX_BLOCKS)))
+
+
+def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path], summary: ExtractSummary) -> list[dict[str, str]]:
+    """Catalogue every file; return (path, hash) of the content this run still has to embed."""
+    items = []
+    for path in paths:
+        known = store.known_file(path)
+        items.append({"path": str(path), "known_hash": known[0] if known else "",
+                      "known_size": known[1] if known else 0, "known_mtime": known[2] if known else 0.0})
+    todo: list[dict[str, str]] = []
+    queued: set[str] = set()
+    for row in _dataset(items).map(inspect_row, num_cpus=1).iter_rows():
+        if row["error"]:
+            summary.failed.append((row["path"], row["error"]))
+            log.warning(row["error"])
+            continue
+        rec = json.loads(row["record"])
+        store.upsert_track(Path(row["path"]), rec["hash"], rec["size"], rec["mtime"], rec["info"], rec["tags"])
+        if rec["hash"] in queued or store.has_vectors(run, rec["hash"]):
+            summary.skipped += 1
+        else:
+            queued.add(rec["hash"])
+            todo.append({"path": row["path"], "hash": rec["hash"]})
+    return todo
+
+
+def _embedded(todo: list[dict[str, str]], model_name: str, info: ModelInfo, policy: WindowPolicy, batch_size: int,
+              device: str, precision: str, actors: int) -> ray.data.Dataset:
+    """The streaming dataset of embedded tracks: decoded on CPU tasks, embedded by ``actors`` actors."""
+    decoded = _dataset(todo).map(
+        decode_row, num_cpus=1,
+        fn_kwargs={"sample_rate": info.sample_rate, "policy": policy.to_json(), "min_samples": info.min_samples})
+    return decoded.map_batches(
+        Embedder, batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=1, num_gpus=1 if device.startswith("cuda") else 0,
+        fn_constructor_kwargs={"model_name": model_name, "device": device, "precision": precision,
+                               "revision": info.revision, "batch_size": batch_size})
+
+
+def _commit(store: FeatureStore, run: Run, rows: ray.data.Dataset, write_every: int, summary: ExtractSummary) -> None:
+    """Drain the dataset into the store, committing every ``write_every`` tracks or FLUSH_SECONDS (each hash once)."""
+    pending: list[TrackVectors] = []
+    seen: set[str] = set()
+    last_flush = time.monotonic()
+
+    def flush() -> None:
+        nonlocal last_flush
+        store.write_vectors(run, pending)
+        summary.done += len(pending)
+        pending.clear()
+        last_flush = time.monotonic()
+
+    for row in rows.iter_rows():
+        if row["hash"] in seen:  # a retried task's output delivered twice
+            continue
+        seen.add(row["hash"])
+        if row["warnings"]:
+            summary.warnings += row["warnings"].split("\n")
+        if row["error"]:
+            summary.failed.append((row["path"], row["error"]))
+            store.record_failure(run, row["hash"], row["path"], row["error"])
+            log.warning(row["error"])
+            continue
+        pending.append(split_row(row, run.layer_dims))
+        summary.audio_seconds += row["samples"] / run.sample_rate
+        if len(pending) >= write_every or time.monotonic() - last_flush >= FLUSH_SECONDS:
+            flush()
+    flush()

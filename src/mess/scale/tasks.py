@@ -1,0 +1,51 @@
+"""Per-file CPU work of a Ray extraction, as Ray Data row functions.
+
+Kept free of torch and Ray imports, so the CPU workers that run them start fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mess.audio.decode import AudioError
+from mess.audio.windows import WindowPolicy
+from mess.extract.prepare import FileRecord, decode_windows, inspect_file
+
+
+def inspect_row(row: dict[str, Any]) -> dict[str, Any]:
+    """Hash (unless size and mtime match the catalog's ``known_*``), probe and tag one file.
+
+    Returns the path, an error message ("" when fine) and the record as JSON
+    (hash, size, mtime, info, tags) for ``FeatureStore.upsert_track``.
+    """
+    path = Path(row["path"])
+    known = (row["known_hash"], row["known_size"], row["known_mtime"]) if row["known_hash"] else None
+    try:
+        rec = inspect_file(path, known)
+    except OSError as exc:
+        return {"path": row["path"], "error": f"{path}: cannot read ({exc.strerror or exc})", "record": ""}
+    record = {"hash": rec.content_hash, "size": rec.size, "mtime": rec.mtime, "info": rec.info, "tags": rec.tags}
+    return {"path": row["path"], "error": "", "record": json.dumps(record)}
+
+
+def decode_row(row: dict[str, Any], sample_rate: int, policy: str, min_samples: int) -> dict[str, Any]:
+    """Decode, validate and window one file (``path``, ``hash``) at the model's rate.
+
+    Returns the path, hash, error ("" when fine), warnings (newline-joined), window
+    starts in seconds and the windows [n_windows, samples] (empty on error).
+    """
+    path = Path(row["path"])
+    out = {"path": row["path"], "hash": row["hash"], "error": "", "warnings": "",
+           "starts": np.zeros(0), "audio": np.zeros((0, 0), np.float32)}
+    try:
+        win = decode_windows(FileRecord(path, row["hash"], 0, 0.0, {}, {}), sample_rate,
+                             WindowPolicy.from_json(policy), min_samples)
+    except AudioError as exc:
+        return {**out, "error": str(exc)}
+    except OSError as exc:
+        return {**out, "error": f"{path}: cannot read ({exc.strerror or exc})"}
+    return {**out, "warnings": "\n".join(win.warnings), "starts": win.starts, "audio": win.audio}

@@ -1,0 +1,182 @@
+"""`mess extract --engine ray` on a local 2-CPU Ray cluster: same vectors as local, resumable, fault tolerant."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import ray
+import soundfile as sf
+
+from mess.audio.discover import find_audio
+from mess.audio.windows import WindowPolicy
+from mess.extract.pipeline import extract
+from mess.models.dsp import DspModel
+from mess.models.registry import load_model
+from mess.scale.ray_extract import extract_ray
+from mess.store import FeatureStore
+
+POLICY = WindowPolicy(window_seconds=4.0, max_windows=3)
+N_TONES = 32
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> Iterator[str]:
+    """A local Ray cluster with 2 CPUs, shared by this module's tests."""
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[np.ndarray]]]:
+    """A folder of distinct 6 s tones and their dsp vectors from the local pipeline (all layers, by path)."""
+    root = tmp_path_factory.mktemp("tones")
+    _write_tones(root / "music", N_TONES, seconds=6.0)
+    store = FeatureStore(root / "local")
+    summary = extract(store, find_audio([root / "music"]), DspModel(), POLICY)
+    assert summary.done == N_TONES
+    return root / "music", _by_path(store, "dsp")
+
+
+def _write_tones(folder: Path, n: int, seconds: float, sr: int = 22050) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * sr)) / sr
+    paths = []
+    for i in range(n):
+        y = 0.3 * np.sin(2 * np.pi * (90 + 17 * i) * t) * (1 + 0.5 * np.sin(2 * np.pi * (1 + i % 5) * t))
+        paths.append(folder / f"tone{i:02d}.wav")
+        sf.write(paths[-1], y.astype(np.float32), sr)
+    return paths
+
+
+def _by_path(store: FeatureStore, model: str) -> dict[str, list[np.ndarray]]:
+    """path -> [track matrix row per layer..., segment rows per layer...] (float16-stored values)."""
+    run = store.run(model)
+    paths = {t.id: t.path for t in store.tracks(run)}
+    out: dict[str, list[np.ndarray]] = {}
+    for layer in range(len(run.layer_names)):
+        ids, mat = store.layer_matrix(run, layer)
+        for tid, row in zip(ids, mat):
+            out.setdefault(paths[tid], []).append(row)
+    for layer in range(len(run.layer_names)):
+        seg_ids, _, segs = store.segment_matrix(run, layer)
+        for tid in np.unique(seg_ids):
+            out[paths[tid]].append(segs[seg_ids == tid])
+    return out
+
+
+def _assert_same_vectors(got: dict[str, list[np.ndarray]], want: dict[str, list[np.ndarray]], *,
+                         ulps: int = 0) -> None:
+    """Equal vectors per path, or within ``ulps`` float16 units in the last place (the store's precision)."""
+    assert got.keys() == want.keys()
+    for path, arrays in want.items():
+        assert len(got[path]) == len(arrays)
+        for a, b in zip(got[path], arrays):
+            np.testing.assert_allclose(a, b, rtol=ulps * 2.0**-10, atol=ulps * 2.0**-24, err_msg=path)
+
+
+def _vector_rows(store_dir: Path) -> tuple[int, int]:
+    """(rows, distinct content hashes) in the vectors table; 0s while the store does not exist yet."""
+    try:
+        with sqlite3.connect(f"file:{store_dir / 'catalog.sqlite'}?mode=ro", uri=True, timeout=0.1) as db:
+            return db.execute("SELECT COUNT(*), COUNT(DISTINCT content_hash) FROM vectors").fetchone()
+    except sqlite3.Error:
+        return 0, 0
+
+
+def test_ray_gives_the_local_vectors_and_reruns_skip(ray_address: str, tmp_path: Path) -> None:
+    music = tmp_path / "music"
+    _write_tones(music, 3, seconds=9.0, sr=16000)
+    shutil.copy(music / "tone00.wav", music / "copy_of_tone00.wav")  # same content: embedded once
+    (music / "corrupt.ogg").write_bytes(os.urandom(2048))
+    paths = find_audio([music])
+    local, remote = FeatureStore(tmp_path / "local"), FeatureStore(tmp_path / "ray")
+    want = extract(local, paths, load_model("musicnn-msd"), POLICY, batch_size=2)
+    got = extract_ray(remote, paths, "musicnn-msd", POLICY, batch_size=2, actors=1)
+    assert (got.done, got.skipped) == (3, 1)
+    assert got.audio_seconds == 3 * POLICY.max_windows * POLICY.window_seconds  # the copy is not decoded again
+    assert [Path(p).name for p, _ in got.failed] == ["corrupt.ogg"] == [Path(p).name for p, _ in want.failed]
+    # torch in a 1-thread Ray actor vs 2 local threads: a different summation order, at most 1 float16 ulp.
+    _assert_same_vectors(_by_path(remote, "musicnn-msd"), _by_path(local, "musicnn-msd"), ulps=1)
+    again = extract_ray(remote, [p for p in paths if p.suffix == ".wav"], "musicnn-msd", POLICY, batch_size=2)
+    assert (again.done, again.skipped, again.failed) == (0, 4, [])
+
+
+def test_killed_job_resumes_without_loss_or_duplicates(ray_address: str, tones: tuple, tmp_path: Path) -> None:
+    music, reference = tones
+    store_dir = tmp_path / "store"
+    cmd = [sys.executable, "-m", "mess.cli", "extract", str(music), "--engine", "ray", "--address", ray_address,
+           "--model", "dsp", "--store", str(store_dir), "--window", "4", "--max-windows", "3", "--batch-size", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and _vector_rows(store_dir)[0] == 0:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    committed = _vector_rows(store_dir)[0]
+    assert 0 < committed < N_TONES, "the kill should land mid-run"
+    store = FeatureStore(store_dir)
+    resumed = extract_ray(store, find_audio([music]), "dsp", POLICY, batch_size=2)
+    assert (resumed.done, resumed.skipped, resumed.failed) == (N_TONES - committed, committed, [])
+    assert _vector_rows(store_dir) == (N_TONES, N_TONES)
+    run = store.run("dsp")
+    assert store._file(run, "track", 0).rows == N_TONES  # the interrupted append was cut back
+    _assert_same_vectors(_by_path(store, "dsp"), reference)
+
+
+def test_killed_worker_is_restarted_and_nothing_is_lost(ray_address: str, tones: tuple, tmp_path: Path) -> None:
+    music, reference = tones
+    store_dir = tmp_path / "store"
+    result: dict[str, object] = {}
+
+    def job() -> None:
+        result["summary"] = extract_ray(FeatureStore(store_dir), find_audio([music]), "dsp", POLICY,
+                                        batch_size=2, actors=1, write_every=2)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    deadline = time.time() + 120
+    while time.time() < deadline and thread.is_alive() and _vector_rows(store_dir)[0] == 0:
+        time.sleep(0.02)
+    actors = [p for p in psutil.Process().children(recursive=True) if "MapBatches(Embedder)" in _title(p)]
+    committed_at_kill = _vector_rows(store_dir)[0]
+    assert thread.is_alive() and len(actors) == 1 and committed_at_kill < N_TONES, "the kill should land mid-run"
+    actors[0].send_signal(signal.SIGKILL)
+    thread.join(timeout=180)
+    assert not thread.is_alive()
+    summary = result["summary"]
+    assert (summary.done, summary.failed) == (N_TONES, [])
+    assert _vector_rows(store_dir) == (N_TONES, N_TONES)
+    _assert_same_vectors(_by_path(FeatureStore(store_dir), "dsp"), reference)
+
+
+def _title(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return ""
+
+
+def test_ray_matches_the_local_store_on_rendered_music(ray_address: str, extracted_store: Path, tmp_path: Path) -> None:
+    reference = FeatureStore(extracted_store, readonly=True)
+    run = reference.run("dsp")
+    tracks = reference.tracks(run)[:4]
+    paths = [Path(t.path) for t in tracks]
+    store = FeatureStore(tmp_path / "ray")
+    summary = extract_ray(store, paths, "dsp", run.policy, batch_size=2)
+    assert (summary.done, summary.failed) == (len(paths), [])
+    assert [store.track(p).artist for p in paths] == [t.artist for t in tracks]
+    want = {p: v for p, v in _by_path(reference, "dsp").items() if p in {str(x) for x in paths}}
+    _assert_same_vectors(_by_path(store, "dsp"), want)
