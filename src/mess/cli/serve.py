@@ -1,0 +1,61 @@
+"""`mess serve`: the HTTP API and web page over the local store."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, fail
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve_command(
+    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback exposes your collection.")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Default model (default: newest extracted).")]
+    = None,
+    allow_indexing: Annotated[bool, typer.Option("--allow-indexing", help="Open the store writable and enable "
+                                                 "POST /api/index (read-only otherwise).")] = False,
+    max_upload_mb: Annotated[float, typer.Option(min=0.1, help="Largest accepted upload in MiB.")] = 50.0,
+    embed_timeout: Annotated[float, typer.Option(min=1.0, help="Seconds an upload may take to decode and embed.")]
+    = 120.0,
+    store: StoreOpt = DEFAULT_STORE_PATH,
+) -> None:
+    """Serve the collection: JSON API under /api, a web page at /, the OpenAPI schema at /openapi.json."""
+    import uvicorn
+
+    from mess.serve.app import create_app
+    from mess.store import StoreError
+
+    try:
+        app = create_app(store, model, allow_indexing, max_upload_bytes=int(max_upload_mb * 2**20),
+                         embed_timeout=embed_timeout)
+    except StoreError as exc:
+        fail(escape(str(exc)))
+    if not is_loopback(host):
+        console.print(f"[bold red]WARNING:[/] binding to {escape(host)} makes the API, your track list and "
+                      "your audio files reachable from other machines, without authentication. "
+                      "Use --host 127.0.0.1 unless you mean it.")
+    mode = "indexing enabled" if allow_indexing else "read-only"
+    shown = f"[{host}]" if ":" in host else host
+    console.print(f"serving {escape(str(store))} ({mode}) at http://{escape(shown)}:{port}/ "
+                  "(OpenAPI schema at /openapi.json)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `serve` to the main CLI."""
+    app.command("serve")(serve_command)

@@ -1,0 +1,75 @@
+"""The FastAPI application: JSON API under /api, the web page at /, OpenAPI schema at /openapi.json.
+
+FastAPI's /docs and /redoc pages are off: they load their scripts from a CDN, which
+a local, offline tool must not depend on (or leak requests to).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from mess.artists.profiles import ArtistError
+from mess.serve import routes_reports, routes_search, routes_tracks
+from mess.serve.state import ServeState, default_model
+from mess.serve.uploads import DEFAULT_EMBED_TIMEOUT, DEFAULT_MAX_UPLOAD, EmbedWorker
+from mess.store import FeatureStore, StoreError
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def create_app(store_path: Path, model: str | None = None, allow_indexing: bool = False, *,
+               max_upload_bytes: int = DEFAULT_MAX_UPLOAD, embed_timeout: float = DEFAULT_EMBED_TIMEOUT) -> FastAPI:
+    """Build the app over an existing feature store.
+
+    Args:
+        store_path: the store folder (never created here).
+        model: default model for requests that name none (default: newest extracted registry model).
+        allow_indexing: open the store writable and enable ``POST /api/index``; read-only otherwise.
+        max_upload_bytes: uploads beyond this are refused with 413.
+        embed_timeout: seconds an upload may take to decode and embed before its worker is killed.
+
+    Raises:
+        StoreError: no store at ``store_path``, it holds no vectors, or ``model`` is not in it.
+    """
+    probe = FeatureStore(store_path, readonly=True)
+    try:
+        chosen = default_model(probe, model)
+    finally:
+        probe.close()
+    store = FeatureStore(store_path, readonly=not allow_indexing)
+    state = ServeState(store, chosen, allow_indexing, max_upload_bytes, EmbedWorker(embed_timeout))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.worker.start()
+        yield
+        state.worker.close()
+        store.close()
+
+    app = FastAPI(title="mess", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  summary="Music Embedding Similarity Search over a local feature store",
+                  description="Similar tracks with per-aspect evidence, similar artists, query by uploaded "
+                              "audio, probe reports and audio streaming. Tracks are addressed by id only.")
+    app.state.mess = state
+    app.add_exception_handler(StoreError, _bad_request)
+    app.add_exception_handler(ArtistError, _bad_request)
+    app.add_exception_handler(Exception, _internal_error)
+    for module in (routes_tracks, routes_search, routes_reports):
+        app.include_router(module.router)
+    app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
+    return app
+
+
+async def _bad_request(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=400)
+
+
+async def _internal_error(_: Request, exc: Exception) -> JSONResponse:
+    """JSON instead of a plain-text 500 (the server still logs the traceback)."""
+    return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"}, status_code=500)

@@ -1,0 +1,41 @@
+"""The 2-D map of the collection: PCA of one vector set's unit vectors (as search compares them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.decomposition import PCA
+
+from mess.search.vectors import VectorSet
+
+
+@dataclass(frozen=True)
+class CollectionMap:
+    """Track ids and their 2-D coordinates (collection scaled into [-1, 1]), and the fitted projection."""
+
+    ids: np.ndarray
+    xy: np.ndarray
+    explained: tuple[float, float]
+    pca: PCA | None
+    scale: np.ndarray  # per axis: sign (largest extreme positive) / largest |coordinate|
+
+    def place(self, unit: np.ndarray) -> np.ndarray:
+        """2-D coordinates of new unit vectors [n, dim] on this map."""
+        if self.pca is None:
+            return np.zeros((len(unit), 2), dtype=np.float32)
+        return (self.pca.transform(np.atleast_2d(unit)) * self.scale).astype(np.float32)
+
+
+def collection_map(vectors: VectorSet) -> CollectionMap:
+    """PCA to 2-D of a vector set's unit vectors (the caller caches it by ``vectors.fingerprint``)."""
+    unit = vectors.unit()
+    if len(unit) < 3:
+        return CollectionMap(vectors.ids.copy(), np.zeros((len(unit), 2), np.float32), (0.0, 0.0), None, np.ones(2))
+    pca = PCA(n_components=2, random_state=0).fit(unit)
+    xy = pca.transform(unit)
+    sign = np.where(xy.max(axis=0) >= -xy.min(axis=0), 1.0, -1.0)
+    scale = sign / max(float(np.abs(xy).max()), 1e-12)
+    ratio = pca.explained_variance_ratio_
+    return CollectionMap(vectors.ids.copy(), (xy * scale).astype(np.float32), (float(ratio[0]), float(ratio[1])),
+                         pca, scale)

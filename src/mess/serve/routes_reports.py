@@ -1,0 +1,65 @@
+"""Report endpoints: the probe report (which layer encodes which aspect) and, when enabled, indexing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.responses import FileResponse
+
+from mess.probing.report import report_paths
+from mess.search.ann import KINDS
+from mess.search.index import build_index
+from mess.search.vectors import load_vectors
+from mess.serve.routes_tracks import Aspect, Fused, Layer, Model
+from mess.serve.state import ServeState, get_state, vector_spec, vectors_label
+
+router = APIRouter(prefix="/api")
+State = Annotated[ServeState, Depends(get_state)]
+Probe = Annotated[str, Query(pattern="^(ridge|mlp)$", description="Which probe's report: ridge or mlp.")]
+
+
+def _report_file(state: ServeState, model: str | None, probe: str, ext: str) -> tuple[str, Path]:
+    with state.lock:
+        run = state.run(model)
+    path = report_paths(state.store.reports_dir, run.model, run.id, probe)[ext]
+    if not path.is_file():
+        raise HTTPException(404, f"no {probe} probe report for {run.model}; run `mess probe --model {run.model}`")
+    return run.model, path
+
+
+@router.get("/probe", summary="Probe report: how well each layer encodes each musical aspect")
+def probe_report(state: State, model: Model = None, probe: Probe = "ridge") -> dict:
+    """The JSON written by `mess probe` (per layer and aspect scores, the chosen layer per aspect)."""
+    name, path = _report_file(state, model, probe, "json")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HTTPException(500, f"the probe report of {name} is not valid JSON ({exc}); re-run `mess probe`") from None
+
+
+@router.get("/probe/heatmap.png", summary="Probe heatmap image", response_class=FileResponse)
+def probe_heatmap(state: State, model: Model = None, probe: Probe = "ridge") -> FileResponse:
+    """The layers x targets R^2 heatmap PNG written by `mess probe`."""
+    _, path = _report_file(state, model, probe, "png")
+    return FileResponse(path, media_type="image/png")
+
+
+@router.post("/index", summary="Build or update a FAISS index (only with --allow-indexing)",
+             responses={403: {"description": "Indexing is disabled"}})
+def index(state: State, model: Model = None, layer: Layer = None, aspect: Aspect = None, fused: Fused = False,
+          kind: Annotated[str, Query(description="auto, flat, ivf, ivfpq or hnsw.")] = "auto") -> dict:
+    """Write the index of one vector set under STORE/indexes (the server is read-only otherwise)."""
+    if not state.allow_indexing:
+        raise HTTPException(403, "indexing is disabled; start the server with `mess serve --allow-indexing`")
+    if kind != "auto" and kind not in KINDS:
+        raise HTTPException(400, f"unknown index kind {kind!r}; choose auto, {', '.join(KINDS)}")
+    with state.lock:
+        run = state.run(model)
+        spec = vector_spec(state.store, run, layer, aspect, fused)
+        _, report = build_index(state.store, load_vectors(state.store, run, spec), kind)
+    return {"model": run.model, "vectors": vectors_label(layer, aspect, fused), "kind": report.kind,
+            "mode": report.mode, "tracks": report.n, "added": report.added, "removed": report.removed,
+            "recall": report.recall, "seconds": round(report.seconds, 3), "file": report.path.name}

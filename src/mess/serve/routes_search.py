@@ -1,0 +1,158 @@
+"""Similarity endpoints: similar tracks (by id or uploaded audio) with per-aspect evidence, similar artists."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from mess.artists.discrimination import most_discriminative
+from mess.artists.profiles import ArtistError, ArtistSet, Space, load_artists, load_space
+from mess.artists.similarity import METHODS as ARTIST_METHODS
+from mess.artists.similarity import artist_vectors, similarity_row, top_k
+from mess.search.hubness import METHODS as HUBNESS_METHODS
+from mess.search.query import Neighbour, TrackQuery, aspect_layers, resolve_query, similar_tracks
+from mess.search.vectors import VectorSpec, load_vectors, query_vector
+from mess.serve.mapping import collection_map
+from mess.serve.routes_tracks import Aspect, Fused, Layer, Model
+from mess.serve.state import ServeState, get_state, neighbour_dict, track_dict, vector_spec, vectors_label
+from mess.serve.uploads import FIELD, receive_upload
+from mess.store import Run
+
+router = APIRouter(prefix="/api")
+State = Annotated[ServeState, Depends(get_state)]
+K = Annotated[int, Query(ge=1, le=200, description="How many results.")]
+ExcludeArtist = Annotated[bool, Query(description="Leave out tracks by the query's artist.")]
+Hubness = Annotated[str | None, Query(description="Re-rank against hub tracks: csls or mp.")]
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": [FIELD],
+    "properties": {FIELD: {"type": "string", "format": "binary", "description": "An audio file."}}}}}}}
+
+
+def _answer(state: ServeState, run: Run, query: dict, results: list[Neighbour], layer: str | None,
+            aspect: str | None, fused: bool) -> dict:
+    source, _ = aspect_layers(state.store, run)
+    return {"query": query, "model": run.model, "vectors": vectors_label(layer, aspect, fused),
+            "why_source": source, "results": [neighbour_dict(n) for n in results]}
+
+
+@router.get("/tracks/{track_id}/similar", summary="Tracks most similar to a collection track, with why")
+def similar(track_id: int, state: State, model: Model = None, layer: Layer = None, aspect: Aspect = None,
+            fused: Fused = False, k: K = 10, exclude_same_artist: ExcludeArtist = False,
+            hubness: Hubness = None) -> dict:
+    """Cosine neighbours; ``why`` holds the similarity in each aspect's layer and ``why_percentile``
+    how unusual that closeness is within the collection."""
+    if hubness is not None and hubness not in HUBNESS_METHODS:
+        raise HTTPException(400, f"unknown hubness reduction {hubness!r}; choose {' or '.join(HUBNESS_METHODS)}")
+    with state.lock:
+        run = state.run(model)
+        state.track(track_id)
+        vector_spec(state.store, run, layer, aspect, fused)
+        tq = resolve_query(state.store, track_id, run)
+        results = similar_tracks(state.store, run, tq, k, layer=layer, aspect=aspect, fused=fused,
+                                 exclude_same_artist=exclude_same_artist, hubness=hubness)
+        return _answer(state, run, {"label": tq.label, "external": False, **track_dict(tq.track)},
+                       results, layer, aspect, fused)
+
+
+@router.post("/similar/upload", summary="Upload an audio file and get the most similar tracks",
+             openapi_extra=UPLOAD_BODY,
+             responses={400: {"description": "Malformed or undecodable file"},
+                        413: {"description": "File too large"}, 415: {"description": "Not an audio file"}})
+async def similar_upload(request: Request, state: State, model: Model = None, layer: Layer = None,
+                         aspect: Aspect = None, fused: Fused = False, k: K = 10,
+                         exclude_same_artist: ExcludeArtist = False) -> dict:
+    """Embed the file (in a separate process, with the run's model and window policy) and search.
+
+    An upload whose content is already in the collection is answered as that track.
+    ``query.x`` / ``query.y`` place the file on the map of the same vectors.
+    """
+    def prepare() -> tuple[Run, VectorSpec]:
+        with state.lock:
+            run = state.run(model)
+            return run, vector_spec(state.store, run, layer, aspect, fused)
+
+    run, spec = await run_in_threadpool(prepare)
+    saved = await receive_upload(request, state.max_upload_bytes)
+    try:
+        content_hash, layers, tags = await run_in_threadpool(state.worker.embed, saved.path, run, saved.filename)
+    finally:
+        saved.path.unlink(missing_ok=True)
+
+    def search() -> dict:
+        with state.lock:
+            same = next((t for t in state.store.tracks(run) if t.content_hash == content_hash), None)
+            if same is not None:
+                tq = TrackQuery(same.name, track=same, content_hash=content_hash, artist=same.artist)
+            else:
+                label = saved.filename
+                if tags.get("artist"):
+                    label = f"{tags['artist']} - {tags['title'] or saved.filename}"
+                tq = TrackQuery(label, layers=tuple(layers), content_hash=content_hash, artist=tags.get("artist"))
+            results = similar_tracks(state.store, run, tq, k, layer=layer, aspect=aspect, fused=fused,
+                                     exclude_same_artist=exclude_same_artist)
+            vs = load_vectors(state.store, run, spec)
+            cmap = state.cached(("map", run.id, spec, vs.fingerprint), lambda: collection_map(vs))
+            if same is not None and same.id in set(cmap.ids.tolist()):
+                x, y = cmap.xy[vs.rows(np.array([same.id]))[0]]
+            else:
+                x, y = cmap.place(vs.prep.apply(query_vector(vs.layers, run, layers)))[0]
+            query = {"label": tq.label, "external": same is None, "id": same.id if same else None,
+                     "file": saved.filename, "bytes": saved.size, "x": round(float(x), 5), "y": round(float(y), 5)}
+            return _answer(state, run, query, results, layer, aspect, fused)
+
+    return await run_in_threadpool(search)
+
+
+@router.get("/artists", summary="Artists of the collection")
+def artists(state: State, model: Model = None) -> dict:
+    """Artists (artist tag, else composer) with how many tracks represent each."""
+    with state.lock:
+        run = state.run(model)
+        aset = load_artists(state.store, run)
+    return {"model": run.model, "artists": [
+        {"name": p.name, "tracks": len(p.track_ids), "total_tracks": p.total_tracks,
+         "confidence": p.confidence, "low_confidence": p.low_confidence} for p in aset.profiles]}
+
+
+def _artist_space(state: ServeState, run: Run, aset: ArtistSet, layer: str | None, aspect: str | None,
+                  fused: bool) -> Space:
+    """The chosen space, else the run's most artist-discriminative layer (computed once per collection)."""
+    if layer is not None or aspect is not None or fused:
+        return load_space(state.store, run, layer=layer, aspect=aspect, fused=fused)
+    key = ("artist-space", run.id, hash(tuple((t.id, t.content_hash) for t in aset.tracks.values())))
+    return state.cached(key, lambda: most_discriminative(
+        aset, [load_space(state.store, run, layer=name) for name in run.layer_names])[0])
+
+
+@router.get("/artists/similar", summary="Artists that sound like an artist")
+def similar_artists(state: State, name: Annotated[str, Query(description="Artist name (case and accents "
+                                                                       "do not matter).")],
+                    model: Model = None, layer: Layer = None, aspect: Aspect = None, fused: Fused = False,
+                    k: K = 10, method: Annotated[str, Query(description="mean or chamfer.")] = "mean",
+                    center: Annotated[bool, Query(description="Subtract the collection mean first.")] = True) -> dict:
+    """Artist-to-artist similarity over each artist's representative tracks (default: the layer
+    that separates artists best)."""
+    if method not in ARTIST_METHODS:
+        raise HTTPException(400, f"unknown method {method!r}; choose {' or '.join(ARTIST_METHODS)}")
+    with state.lock:
+        run = state.run(model)
+        if layer is not None or aspect is not None or fused:
+            vector_spec(state.store, run, layer, aspect, fused)
+        aset = load_artists(state.store, run)
+        try:
+            query = aset.index(name)
+        except ArtistError as exc:
+            raise HTTPException(404, str(exc)) from None
+        space = _artist_space(state, run, aset, layer, aspect, fused)
+        scores = similarity_row(artist_vectors(aset, space, center=center), query, method)
+    me = aset.profiles[query]
+    results = [{"rank": r + 1, "artist": aset.profiles[j].name,
+                "score": round(float(scores[j]), 6) if np.isfinite(scores[j]) else None,
+                "tracks": len(aset.profiles[j].track_ids), "total_tracks": aset.profiles[j].total_tracks,
+                "confidence": aset.profiles[j].confidence, "low_confidence": aset.profiles[j].low_confidence}
+               for r, j in enumerate(top_k(np.nan_to_num(scores, nan=-np.inf), query, k))]
+    return {"artist": me.name, "tracks": len(me.track_ids), "low_confidence": me.low_confidence,
+            "model": run.model, "space": space.label, "method": method, "centered": center, "results": results}

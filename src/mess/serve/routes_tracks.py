@@ -1,0 +1,113 @@
+"""Collection endpoints: health, runs, tracks (paged, filtered), audio streaming, the 2-D map."""
+
+from __future__ import annotations
+
+import mimetypes
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.responses import FileResponse
+
+from mess.search.vectors import load_vectors
+from mess.serve.mapping import CollectionMap, collection_map
+from mess.serve.state import ServeState, get_state, track_dict, vector_spec, vectors_label
+from mess.store import Track
+
+router = APIRouter(prefix="/api")
+State = Annotated[ServeState, Depends(get_state)]
+Model = Annotated[str | None, Query(description="Model whose vectors to use (default: the server's model).")]
+Layer = Annotated[str | None, Query(description="One layer (name or index, -1 = last).")]
+Aspect = Annotated[str | None, Query(description="The layer `mess probe` chose for this aspect.")]
+Fused = Annotated[bool, Query(description="The fused vectors of `mess fuse`.")]
+
+
+@router.get("/health", summary="Server and store status")
+def health(state: State) -> dict:
+    """Whether the server is up, what the store holds and which write features are on."""
+    with state.lock:
+        runs = state.store.runs()
+        n_tracks = len(state.store.tracks())
+    return {"status": "ok", "tracks": n_tracks, "models": sorted({r.model for r in runs}),
+            "default_model": state.default_model, "read_only": not state.allow_indexing,
+            "max_upload_bytes": state.max_upload_bytes}
+
+
+@router.get("/runs", summary="Models in the store, their layers and aspects")
+def runs(state: State) -> dict:
+    """Every run: model, layers, probed aspect -> layer map, whether fused vectors exist."""
+    with state.lock:
+        store = state.store
+        out = [{"id": r.id, "model": r.model, "revision": r.revision, "layers": list(r.layer_names),
+                "dims": list(r.layer_dims), "aspects": store.aspect_map(r),
+                "fused": store.derived_meta(r, "fused") is not None, "tracks": len(store.tracks(r))}
+               for r in store.runs()]
+    return {"default_model": state.default_model, "runs": out}
+
+
+def _matches(track: Track, filters: dict[str, str | None], text: str | None) -> bool:
+    for name, wanted in filters.items():
+        if wanted is not None and (track.label(name) or "").strip().casefold() != wanted.strip().casefold():
+            return False
+    if text:
+        hay = " ".join(str(v) for v in (track.name, track.album, track.genre, track.composer, Path(track.path).name)
+                       if v).casefold()
+        return all(word in hay for word in text.casefold().split())
+    return True
+
+
+@router.get("/tracks", summary="Tracks, paged and filtered by tags or text")
+def tracks(state: State, model: Model = None,
+           artist: Annotated[str | None, Query(description="Exact artist tag (case-insensitive).")] = None,
+           album: Annotated[str | None, Query(description="Exact album tag.")] = None,
+           genre: Annotated[str | None, Query(description="Exact genre tag.")] = None,
+           composer: Annotated[str | None, Query(description="Exact composer tag.")] = None,
+           q: Annotated[str | None, Query(description="Words that must all occur in name, album, genre "
+                                                       "or file.")] = None,
+           offset: Annotated[int, Query(ge=0)] = 0,
+           limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict:
+    """Tracks with vectors for the model (all catalogued tracks when ``model`` is 'any'), by id."""
+    with state.lock:
+        listed = state.store.tracks() if model == "any" else state.store.tracks(state.run(model))
+    filters = {"artist": artist, "album": album, "genre": genre, "composer": composer}
+    hits = [t for t in listed if _matches(t, filters, q)]
+    return {"total": len(hits), "offset": offset, "limit": limit,
+            "items": [track_dict(t) for t in hits[offset:offset + limit]]}
+
+
+@router.get("/tracks/{track_id}", summary="One track")
+def track(track_id: int, state: State) -> dict:
+    """A track's tags and which models have vectors for it."""
+    with state.lock:
+        t = state.track(track_id)
+        models = [r.model for r in state.store.runs() if state.store.has_vectors(r, t.content_hash)]
+    return {**track_dict(t), "models": models}
+
+
+@router.get("/tracks/{track_id}/audio", summary="Stream a track's audio (HTTP range requests)",
+            response_class=FileResponse, responses={206: {"description": "Partial content"},
+                                                    416: {"description": "Range not satisfiable"}})
+def audio(track_id: int, state: State) -> FileResponse:
+    """The track's file as stored, with ``Accept-Ranges: bytes`` so players can seek."""
+    with state.lock:
+        path = Path(state.track(track_id).path)
+    if not path.is_file():
+        raise HTTPException(404, f"the audio file of track {track_id} ({path.name}) is no longer on disk")
+    media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return FileResponse(path, media_type=media)
+
+
+@router.get("/map", summary="2-D map (PCA) of the collection in one vector set")
+def collection_map_route(state: State, model: Model = None, layer: Layer = None, aspect: Aspect = None,
+                         fused: Fused = False) -> dict:
+    """Every track's 2-D position: PCA of the vectors search compares (centred, unit length)."""
+    with state.lock:
+        run = state.run(model)
+        spec = vector_spec(state.store, run, layer, aspect, fused)
+        vs = load_vectors(state.store, run, spec)
+        cmap: CollectionMap = state.cached(("map", run.id, spec, vs.fingerprint), lambda: collection_map(vs))
+        by_id = {t.id: t for t in state.store.tracks(run)}
+    points = [{**track_dict(by_id[int(i)]), "x": round(float(x), 5), "y": round(float(y), 5)}
+              for i, (x, y) in zip(cmap.ids, cmap.xy) if int(i) in by_id]
+    return {"model": run.model, "vectors": vectors_label(layer, aspect, fused), "method": "pca",
+            "explained_variance": [round(v, 4) for v in cmap.explained], "points": points}

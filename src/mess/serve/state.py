@@ -1,0 +1,111 @@
+"""What every request handler shares: the store, its lock, run and track lookup, JSON shapes."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fastapi import HTTPException, Request
+
+from mess.models.registry import MODEL_NAMES
+from mess.search.query import Neighbour
+from mess.search.vectors import VectorSpec
+from mess.serve.uploads import EmbedWorker
+from mess.store import FeatureStore, Run, StoreError, Track
+
+T = TypeVar("T")
+
+
+@dataclass
+class ServeState:
+    """The open store plus server settings; hold ``lock`` while touching the store or search caches."""
+
+    store: FeatureStore
+    default_model: str
+    allow_indexing: bool
+    max_upload_bytes: int
+    worker: EmbedWorker
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    cache: dict[tuple, Any] = field(default_factory=dict)
+
+    def run(self, model: str | None) -> Run:
+        """The latest run of ``model`` (the server's default model when None); 404 when absent."""
+        name = model or self.default_model
+        for run in reversed(self.store.runs()):
+            if run.model == name:
+                return run
+        known = ", ".join(sorted({r.model for r in self.store.runs()}))
+        raise HTTPException(404, f"unknown model {name!r}; this store has vectors for {known}")
+
+    def track(self, track_id: int) -> Track:
+        """A collection track by id; 404 when unknown."""
+        try:
+            return self.store.track(int(track_id))
+        except StoreError:
+            raise HTTPException(404, f"unknown track id {track_id}") from None
+
+    def cached(self, key: tuple, make: Callable[[], T]) -> T:
+        """A per-server memo of derived data such as maps (cleared when it grows past 64 entries)."""
+        if key not in self.cache:
+            if len(self.cache) >= 64:
+                self.cache.clear()
+            self.cache[key] = make()
+        return self.cache[key]
+
+
+def get_state(request: Request) -> ServeState:
+    """FastAPI dependency: the app's :class:`ServeState`."""
+    return request.app.state.mess
+
+
+def default_model(store: FeatureStore, model: str | None) -> str:
+    """``model`` when the store has it; else the newest run of a registry model (not a probe control)."""
+    runs = store.runs()
+    if not runs:
+        raise StoreError(f"no vectors in {store.root}; run `mess extract` first")
+    names = [r.model for r in runs]
+    if model is not None:
+        if model not in names:
+            raise StoreError(f"no vectors for model {model!r} in {store.root}; extracted models: "
+                             f"{', '.join(sorted(set(names)))}")
+        return model
+    registered = [n for n in names if n in MODEL_NAMES]
+    return (registered or names)[-1]
+
+
+def vector_spec(store: FeatureStore, run: Run, layer: str | None, aspect: str | None, fused: bool) -> VectorSpec:
+    """The vectors a request asks for, validated against the run; 400 naming the choices when invalid."""
+    try:
+        spec = VectorSpec.from_options(layer, aspect, fused)
+        spec.layers(store, run)
+    except (ValueError, StoreError) as exc:
+        raise HTTPException(400, str(exc).replace("--", "")) from None
+    if fused and store.derived_meta(run, "fused") is None:
+        raise HTTPException(400, f"no fused vectors for {run.model}; run `mess fuse train` and `mess fuse apply`")
+    return spec
+
+
+def vectors_label(layer: str | None, aspect: str | None, fused: bool) -> str:
+    """Human name of a vector choice."""
+    if layer is not None:
+        return f"layer {layer}"
+    if aspect is not None:
+        return f"aspect {aspect}"
+    return "fused" if fused else "all layers"
+
+
+def track_dict(track: Track) -> dict:
+    """JSON form of a track: tags and the file name (never the full path)."""
+    return {"id": track.id, "name": track.name, "title": track.title, "artist": track.artist,
+            "album": track.album, "genre": track.genre, "composer": track.composer,
+            "duration": track.duration, "file": Path(track.path).name}
+
+
+def neighbour_dict(result: Neighbour) -> dict:
+    """JSON form of a search result: the track plus score, duplicate flag and per-aspect evidence."""
+    scored = result.to_dict()
+    keys = ("score", "duplicate", "adjusted", "why", "why_percentile", "reasons")
+    return {**track_dict(result.track), **{k: scored[k] for k in keys}}

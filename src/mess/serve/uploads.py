@@ -1,0 +1,196 @@
+"""Uploads: size-limited streaming receipt to a temp file, then decode + embed in a child process.
+
+The request body is counted while it streams in and refused (413) as soon as it
+passes the limit, so an endless upload never fills memory or disk. Decoding and
+inference run in one long-lived child process (:class:`EmbedWorker`): a file
+that crashes the decoder kills only the child, and one that hangs it is killed
+after a timeout; either way the server answers 400 and starts a fresh child for
+the next upload.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import numpy as np
+from fastapi import HTTPException, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from mess.audio.decode import AUDIO_EXTENSIONS
+from mess.store import Run
+
+DEFAULT_MAX_UPLOAD = 50 * 2**20
+DEFAULT_EMBED_TIMEOUT = 120.0
+FIELD = "file"
+_MULTIPART_OVERHEAD = 64 * 2**10
+_COPY_CHUNK = 1 << 20
+
+
+class _TooLarge(Exception):
+    """The request body passed the size limit."""
+
+
+@dataclass(frozen=True)
+class SavedUpload:
+    """An uploaded file written to a private temp file (delete it when done)."""
+
+    path: Path
+    filename: str
+    size: int
+
+
+def check_audio_type(filename: str, content_type: str | None) -> str:
+    """The file's lower-case extension; 415 unless it is a supported audio type."""
+    suffix = Path(filename or "").suffix.lower()
+    if suffix not in AUDIO_EXTENSIONS:
+        raise HTTPException(415, f"unsupported file type {suffix or '(none)'!r}; upload one of "
+                                 f"{', '.join(sorted(AUDIO_EXTENSIONS))}")
+    mime = (content_type or "").split(";", 1)[0].strip().lower()
+    if mime and mime.split("/", 1)[0] not in ("audio", "video") and mime != "application/octet-stream":
+        raise HTTPException(415, f"unsupported content type {content_type!r}; expected audio/*")
+    return suffix
+
+
+async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    total = 0
+    async for chunk in stream:
+        total += len(chunk)
+        if total > limit:
+            raise _TooLarge
+        yield chunk
+
+
+async def receive_upload(request: Request, max_bytes: int) -> SavedUpload:
+    """Stream a multipart upload (field ``file``) to a temp file, enforcing size and type.
+
+    Raises HTTPException: 413 past ``max_bytes``, 415 for non-audio files or bodies,
+    400 for malformed or empty uploads.
+    """
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise HTTPException(415, f"send the audio file as multipart/form-data in a field named {FIELD!r}")
+    too_large = HTTPException(413, f"upload larger than the {max_bytes / 2**20:.3g} MiB limit")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes + _MULTIPART_OVERHEAD:
+        raise too_large
+    parser = MultiPartParser(request.headers, _limited(request.stream(), max_bytes + _MULTIPART_OVERHEAD),
+                             max_files=1, max_fields=8)
+    try:
+        form = await parser.parse()
+    except _TooLarge:
+        raise too_large from None
+    except MultiPartException as exc:
+        raise HTTPException(400, f"malformed upload: {exc.message}") from None
+    try:
+        upload = form.get(FIELD)
+        if not isinstance(upload, UploadFile):
+            raise HTTPException(400, f"no file in the form field {FIELD!r}")
+        suffix = check_audio_type(upload.filename or "", upload.content_type)
+        return await run_in_threadpool(_save, upload, suffix, max_bytes, too_large)
+    finally:
+        await form.close()
+
+
+def _save(upload: UploadFile, suffix: str, max_bytes: int, too_large: HTTPException) -> SavedUpload:
+    upload.file.seek(0)
+    size = 0
+    with tempfile.NamedTemporaryFile(prefix="mess-upload-", suffix=suffix, delete=False) as out:
+        path = Path(out.name)
+        try:
+            while chunk := upload.file.read(_COPY_CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise too_large
+                out.write(chunk)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+    if size == 0:
+        path.unlink(missing_ok=True)
+        raise HTTPException(400, "the uploaded file is empty")
+    return SavedUpload(path, Path(upload.filename or "upload").name, size)
+
+
+class EmbedWorker:
+    """One child process (``python -m mess.serve.embed_worker``) that decodes and embeds uploads."""
+
+    def __init__(self, timeout: float = DEFAULT_EMBED_TIMEOUT) -> None:
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._send: Connection | None = None
+        self._recv: Connection | None = None
+
+    def embed(self, path: Path, run: Run, name: str) -> tuple[str, list[np.ndarray], dict[str, str | None]]:
+        """(content hash, per-layer track vectors, tags) of a file; HTTPException 400 when it cannot be used.
+
+        ``name`` (the uploaded file name) replaces the temp path in error messages.
+        """
+        with self._lock:
+            send, recv = self._start()
+            try:
+                send.send((str(path), run.model, run.revision, run.policy.to_json()))
+                if not recv.poll(self.timeout):
+                    self._stop()
+                    raise HTTPException(400, f"decoding and embedding the upload took longer than "
+                                             f"{self.timeout:g} s; file rejected")
+                reply = recv.recv()
+            except (EOFError, OSError):
+                code = self._stop()
+                raise HTTPException(400, f"the decoder process died on this file (exit code {code}); "
+                                         "file rejected") from None
+        if reply[0] == "ok":
+            return reply[1], reply[2], reply[3]
+        _, kind, message = reply
+        if kind == "decode":
+            raise HTTPException(400, f"cannot decode the upload: {message.replace(str(path), name)}")
+        raise HTTPException(503, message)
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running child (None before the first upload or after a failure)."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def start(self) -> None:
+        """Start the child ahead of the first upload (it imports the model stack in the background)."""
+        with self._lock:
+            self._start()
+
+    def close(self) -> None:
+        """Stop the child process."""
+        with self._lock:
+            self._stop()
+
+    def _start(self) -> tuple[Connection, Connection]:
+        if self._proc is None or self._proc.poll() is not None or self._send is None or self._recv is None:
+            self._stop()
+            proc = subprocess.Popen([sys.executable, "-m", "mess.serve.embed_worker"],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            self._send = Connection(os.dup(proc.stdin.fileno()), readable=False)
+            self._recv = Connection(os.dup(proc.stdout.fileno()), writable=False)
+            proc.stdin.close()
+            proc.stdout.close()
+            self._proc = proc
+        return self._send, self._recv
+
+    def _stop(self) -> int | None:
+        for conn in (self._send, self._recv):
+            if conn is not None:
+                conn.close()
+        self._send = self._recv = None
+        if self._proc is None:
+            return None
+        if self._proc.poll() is None:
+            self._proc.kill()
+        code = self._proc.wait()
+        self._proc = None
+        return code

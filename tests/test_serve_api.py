@@ -1,0 +1,394 @@
+"""The HTTP API over a real store: synthetic audio with three timbres extracted with the dsp model,
+and the session's rendered-music ``extracted_store``."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+
+import mutagen.flac
+import numpy as np
+import pytest
+import soundfile as sf
+import typer
+from fastapi import HTTPException
+from fastapi.testclient import TestClient
+from matplotlib.image import imsave
+from sklearn.decomposition import PCA
+from typer.testing import CliRunner
+
+from mess.artists.profiles import load_artists, load_space
+from mess.artists.similarity import artist_vectors, similarity_row
+from mess.audio.discover import find_audio
+from mess.audio.windows import WindowPolicy
+from mess.cli.serve import is_loopback, register
+from mess.extract.pipeline import extract
+from mess.models.dsp import DspModel
+from mess.probing.report import report_paths
+from mess.search.query import resolve_query, similar_tracks
+from mess.search.vectors import VectorSpec, load_vectors
+from mess.serve.app import create_app
+from mess.serve.uploads import EmbedWorker
+from mess.store import FeatureStore
+
+SR = 22050
+ARTISTS = {"Sine Choir": "ambient", "Saw Machine": "electronic", "Noise Ensemble": "noise"}
+PITCHES = (196.0, 247.0, 294.0, 370.0)
+UPLOAD_LIMIT = 400_000
+
+
+def _render(artist: str, f0: float, rng: np.random.Generator, seconds: float = 4.0) -> np.ndarray:
+    """Three clearly different timbres: pure tremolo sines, pulsed sawtooths, filtered noise bursts."""
+    t = np.arange(int(seconds * SR)) / SR
+    if artist == "Sine Choir":
+        y = np.sin(2 * np.pi * f0 * t) * (0.7 + 0.3 * np.sin(2 * np.pi * 3 * t))
+    elif artist == "Saw Machine":
+        y = sum(np.sin(2 * np.pi * n * f0 * t) / n for n in range(1, 16)) * (np.sin(2 * np.pi * 4 * t) > 0)
+    else:
+        noise = np.convolve(rng.standard_normal(t.size), np.ones(int(SR / f0)) / 8, mode="same")
+        y = noise * (np.sin(2 * np.pi * 2 * t) > 0.3)
+    return (0.3 * y / np.abs(y).max()).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 tagged FLAC files (3 artists x 4), extracted with the dsp model, plus an aspect map and a probe report."""
+    root = tmp_path_factory.mktemp("serve")
+    rng = np.random.default_rng(0)
+    for artist, genre in ARTISTS.items():
+        for i, f0 in enumerate(PITCHES):
+            path = root / "music" / artist.replace(" ", "_") / f"take{i}.flac"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, _render(artist, f0, rng), SR)
+            tags = mutagen.flac.FLAC(path)
+            tags.update({"artist": artist, "album": f"{artist} vol {i % 2 + 1}", "title": f"take {i}",
+                         "genre": genre})
+            tags.save()
+    store = FeatureStore(root / "store")
+    extract(store, find_audio([root / "music"]), DspModel(), WindowPolicy())
+    run = store.run("dsp")
+    store.set_aspect_map(run, [("timbre", "mfcc", 0.5, 0.1), ("harmony", "chroma", 0.4, 0.1)])
+    paths = report_paths(store.reports_dir, run.model, run.id, "ridge")
+    paths["json"].parent.mkdir(parents=True, exist_ok=True)
+    paths["json"].write_text(json.dumps({"model": "dsp", "aspects": [{"aspect": "timbre", "layer": "mfcc"}]}))
+    imsave(paths["png"], np.arange(12.0).reshape(3, 4))
+    store.close()
+    return root / "store"
+
+
+@pytest.fixture(scope="module")
+def client(collection: Path) -> TestClient:
+    with TestClient(create_app(collection, max_upload_bytes=UPLOAD_LIMIT, embed_timeout=60)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def store(collection: Path) -> FeatureStore:
+    fs = FeatureStore(collection, readonly=True)
+    yield fs
+    fs.close()
+
+
+def _multipart(name: str, data: bytes, content_type: str) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n").encode()
+    return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _uploads_left() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("mess-upload-*")}
+
+
+def test_health_runs_and_openapi(client: TestClient) -> None:
+    health = client.get("/api/health").json()
+    assert health["status"] == "ok" and health["tracks"] == 12 and health["models"] == ["dsp"]
+    assert health["read_only"] is True and health["max_upload_bytes"] == UPLOAD_LIMIT
+    run = client.get("/api/runs").json()["runs"][0]
+    assert run["layers"] == list(DspModel().info.layer_names) and run["tracks"] == 12
+    assert run["aspects"] == {"harmony": "chroma", "timbre": "mfcc"} and run["fused"] is False
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/api/health", "/api/tracks", "/api/tracks/{track_id}/similar", "/api/similar/upload",
+                 "/api/artists/similar", "/api/probe", "/api/tracks/{track_id}/audio", "/api/map"):
+        assert path in paths
+    assert "multipart/form-data" in paths["/api/similar/upload"]["post"]["requestBody"]["content"]
+    assert client.get("/docs").status_code == 404  # its page would load scripts from a CDN
+    page = client.get("/")
+    assert page.status_code == 200 and "<canvas" in page.text
+    assert client.get("/app.js").status_code == 200 and client.get("/style.css").status_code == 200
+
+
+def test_tracks_are_paged_and_filtered(client: TestClient, store: FeatureStore) -> None:
+    seen = []
+    for offset in range(0, 12, 5):
+        page = client.get("/api/tracks", params={"offset": offset, "limit": 5}).json()
+        assert page["total"] == 12 and len(page["items"]) == min(5, 12 - offset)
+        seen += [t["id"] for t in page["items"]]
+    assert seen == sorted(t.id for t in store.tracks())
+    item = page["items"][0]
+    assert "path" not in item and item["file"].endswith(".flac") and "/" not in item["file"]
+    saw = client.get("/api/tracks", params={"artist": "saw MACHINE"}).json()
+    assert saw["total"] == 4 and {t["artist"] for t in saw["items"]} == {"Saw Machine"}
+    assert client.get("/api/tracks", params={"genre": "noise"}).json()["total"] == 4
+    assert client.get("/api/tracks", params={"album": "Sine Choir vol 2"}).json()["total"] == 2
+    text = client.get("/api/tracks", params={"q": "choir take 3"}).json()
+    assert [t["name"] for t in text["items"]] == ["Sine Choir - take 3"]
+    assert client.get("/api/tracks", params={"artist": "nobody"}).json() == {"total": 0, "offset": 0, "limit": 50,
+                                                                              "items": []}
+    one = client.get(f"/api/tracks/{seen[0]}").json()
+    assert one["id"] == seen[0] and one["models"] == ["dsp"]
+
+
+@pytest.mark.parametrize(("method", "url", "status", "words"), [
+    ("get", "/api/tracks/9999", 404, "unknown track id 9999"),
+    ("get", "/api/tracks/9999/similar", 404, "unknown track id"),
+    ("get", "/api/tracks/9999/audio", 404, "unknown track id"),
+    ("get", "/api/tracks/1/similar?model=mert-v1-95m", 404, "unknown model 'mert-v1-95m'; this store has "
+                                                            "vectors for dsp"),
+    ("get", "/api/tracks/1/similar?layer=nope", 400, "unknown layer 'nope'; dsp has mfcc, chroma, spectral, rhythm"),
+    ("get", "/api/tracks/1/similar?aspect=mood", 400, "unknown aspect 'mood'; dsp has harmony, timbre"),
+    ("get", "/api/tracks/1/similar?layer=mfcc&aspect=timbre", 400, "choose at most one of layer, aspect"),
+    ("get", "/api/tracks/1/similar?fused=true", 400, "no fused vectors for dsp"),
+    ("get", "/api/tracks/1/similar?hubness=magic", 400, "unknown hubness reduction 'magic'"),
+    ("get", "/api/tracks/1/similar?k=0", 422, "greater than or equal to 1"),
+    ("get", "/api/tracks/abc", 422, "valid integer"),
+    ("get", "/api/map?layer=99", 400, "layer 99 out of range"),
+    ("get", "/api/artists/similar?name=sine%20quire", 404, "did you mean 'Sine Choir'"),
+    ("get", "/api/artists/similar?name=Sine%20Choir&method=median", 400, "unknown method 'median'"),
+    ("get", "/api/probe?probe=mlp", 404, "no mlp probe report for dsp"),
+    ("post", "/api/index", 403, "indexing is disabled"),
+])
+def test_errors_are_json_with_clear_messages(client: TestClient, method: str, url: str, status: int,
+                                             words: str) -> None:
+    response = getattr(client, method)(url)
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    assert words in json.dumps(response.json()["detail"])
+
+
+def test_similar_tracks_match_the_search_library_with_why(client: TestClient, store: FeatureStore) -> None:
+    run = store.run("dsp")
+    for seed in store.tracks(run)[::4]:
+        data = client.get(f"/api/tracks/{seed.id}/similar", params={"k": 3}).json()
+        assert data["query"]["id"] == seed.id and data["why_source"] == "aspects"
+        expected = similar_tracks(store, run, resolve_query(store, seed.id, run), 3)
+        assert [r["id"] for r in data["results"]] == [n.track.id for n in expected]
+        assert [r["score"] for r in data["results"]] == pytest.approx([n.score for n in expected], abs=1e-5)
+        assert {r["artist"] for r in data["results"]} == {seed.artist}, "three timbres should cluster"
+        for r in data["results"]:
+            assert set(r["why"]) == set(r["why_percentile"]) == {"timbre", "harmony"}
+            assert all(0 <= p <= 1 for p in r["why_percentile"].values()) and len(r["reasons"]) == 2
+        others = client.get(f"/api/tracks/{seed.id}/similar", params={"k": 20, "exclude_same_artist": True}).json()
+        assert len(others["results"]) == 8 and seed.artist not in {r["artist"] for r in others["results"]}
+    by_aspect = client.get("/api/tracks/1/similar", params={"aspect": "timbre", "k": 5}).json()
+    by_layer = client.get("/api/tracks/1/similar", params={"layer": "mfcc", "k": 5}).json()
+    assert [r["id"] for r in by_aspect["results"]] == [r["id"] for r in by_layer["results"]]
+    assert by_aspect["vectors"] == "aspect timbre" and by_layer["vectors"] == "layer mfcc"
+    hub = client.get("/api/tracks/1/similar", params={"k": 5, "hubness": "csls"}).json()["results"]
+    assert len(hub) == 5 and all(r["adjusted"] is not None for r in hub)
+
+
+def test_map_is_the_pca_of_the_search_vectors(client: TestClient, store: FeatureStore) -> None:
+    run = store.run("dsp")
+    data = client.get("/api/map", params={"layer": "mfcc"}).json()
+    xy = np.array([[p["x"], p["y"]] for p in data["points"]])
+    assert len(xy) == 12 and np.abs(xy).max() == pytest.approx(1.0) and data["method"] == "pca"
+    unit = load_vectors(store, run, VectorSpec("layer", "mfcc")).unit()
+    pca = PCA(2).fit(unit)
+    assert data["explained_variance"] == pytest.approx(pca.explained_variance_ratio_, abs=1e-4)
+    reference = pca.transform(unit)
+    for axis in range(2):  # the same axes up to sign and scale
+        assert abs(np.corrcoef(xy[:, axis], reference[:, axis])[0, 1]) > 0.999
+    labels = np.array([p["artist"] for p in data["points"]])
+    dist = np.linalg.norm(xy[:, None] - xy[None], axis=-1)
+    same = labels[:, None] == labels[None]
+    assert dist[same & ~np.eye(12, dtype=bool)].mean() < dist[~same].mean()
+    assert client.get("/api/map", params={"layer": "mfcc"}).json() == data  # cached, identical
+
+
+def test_audio_streams_with_range_requests(client: TestClient, store: FeatureStore) -> None:
+    track = store.tracks()[0]
+    raw = Path(track.path).read_bytes()
+    url = f"/api/tracks/{track.id}/audio"
+    full = client.get(url)
+    assert full.status_code == 200 and full.content == raw
+    assert full.headers["accept-ranges"] == "bytes" and full.headers["content-type"] == "audio/flac"
+    part = client.get(url, headers={"Range": "bytes=10-109"})
+    assert part.status_code == 206 and part.content == raw[10:110]
+    assert part.headers["content-range"] == f"bytes 10-109/{len(raw)}"
+    tail = client.get(url, headers={"Range": "bytes=-100"})
+    assert tail.status_code == 206 and tail.content == raw[-100:]
+    beyond = client.get(url, headers={"Range": f"bytes={len(raw) + 10}-"})
+    assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{len(raw)}"
+    moved = Path(track.path).with_suffix(".moved")
+    Path(track.path).rename(moved)
+    try:
+        gone = client.get(url)
+        assert gone.status_code == 404 and "no longer on disk" in gone.json()["detail"]
+    finally:
+        moved.rename(track.path)
+
+
+def test_probe_report_and_heatmap_are_served(client: TestClient, store: FeatureStore) -> None:
+    run = store.run("dsp")
+    paths = report_paths(store.reports_dir, run.model, run.id, "ridge")
+    assert client.get("/api/probe").json() == json.loads(paths["json"].read_text())
+    image = client.get("/api/probe/heatmap.png")
+    assert image.headers["content-type"] == "image/png" and image.content == paths["png"].read_bytes()
+
+
+def test_similar_artists_follow_the_artist_library(client: TestClient, store: FeatureStore) -> None:
+    listed = client.get("/api/artists").json()["artists"]
+    assert [(a["name"], a["total_tracks"]) for a in listed] == sorted((a, 4) for a in ARTISTS)
+    data = client.get("/api/artists/similar", params={"name": "sine choir", "layer": "spectral"}).json()
+    run = store.run("dsp")
+    artists = load_artists(store, run)
+    space = load_space(store, run, layer="spectral")
+    scores = similarity_row(artist_vectors(artists, space), artists.index("Sine Choir"))
+    expected = sorted((n for n in artists.names if n != "Sine Choir"), key=lambda n: -scores[artists.index(n)])
+    assert data["artist"] == "Sine Choir" and data["space"] == "spectral"
+    assert [r["artist"] for r in data["results"]] == expected
+    expected_scores = [scores[artists.index(n)] for n in expected]
+    assert [r["score"] for r in data["results"]] == pytest.approx(expected_scores, abs=1e-5)
+    default = client.get("/api/artists/similar", params={"name": "Noise Ensemble", "k": 1}).json()
+    assert default["space"] in DspModel().info.layer_names and len(default["results"]) == 1
+
+
+def test_upload_finds_the_original_and_places_it_on_the_map(client: TestClient, store: FeatureStore) -> None:
+    before = _uploads_left()
+    original = store.tracks()[5]
+    audio, sr = sf.read(original.path, dtype="float32")
+    buffer = io.BytesIO()
+    noisy = 0.8 * audio + 0.003 * np.random.default_rng(1).standard_normal(audio.shape).astype(np.float32)
+    sf.write(buffer, noisy, sr, format="WAV")
+    answer = client.post("/api/similar/upload", params={"k": 3, "layer": "mfcc"},
+                         files={"file": ("mine.wav", buffer.getvalue(), "audio/wav")})
+    assert answer.status_code == 200, answer.text
+    data = answer.json()
+    assert data["query"]["external"] is True and data["query"]["file"] == "mine.wav"
+    assert data["results"][0]["id"] == original.id and data["results"][0]["score"] > data["results"][1]["score"]
+    same = client.post("/api/similar/upload", params={"k": 3},
+                       files={"file": ("copy.flac", Path(original.path).read_bytes(), "audio/flac")}).json()
+    assert same["query"]["external"] is False and same["query"]["id"] == original.id
+    point = next(p for p in client.get("/api/map").json()["points"] if p["id"] == original.id)
+    assert [same["query"]["x"], same["query"]["y"]] == pytest.approx([point["x"], point["y"]], abs=0.01)
+    assert original.id not in [r["id"] for r in same["results"]]
+    assert _uploads_left() == before
+
+
+def test_bad_uploads_are_refused(client: TestClient) -> None:
+    before = _uploads_left()
+    cases = [
+        (("big.wav", b"\0" * (UPLOAD_LIMIT + 1), "audio/wav"), 413, "larger than"),
+        (("notes.txt", b"hello", "text/plain"), 415, "unsupported file type '.txt'"),
+        (("song.wav", b"hello", "text/html"), 415, "unsupported content type"),
+        (("song.wav", b"RIFF not really a wave file" * 40, "audio/wav"), 400, "cannot decode the upload: song.wav"),
+        (("song.mp3", b"", "audio/mpeg"), 400, "empty"),
+    ]
+    for file, status, words in cases:
+        response = client.post("/api/similar/upload", files={"file": file})
+        assert response.status_code == status, response.text
+        assert words in response.json()["detail"] and "mess-upload" not in response.json()["detail"]
+    assert client.post("/api/similar/upload", content=b"abc", headers={"content-type": "audio/wav"}).status_code == 415
+    assert client.post("/api/similar/upload", files={"other": ("a.wav", b"abc", "audio/wav")}).status_code == 400
+    fused = client.post("/api/similar/upload", params={"fused": True}, files={"file": ("a.wav", b"abc", "audio/wav")})
+    assert fused.status_code == 400 and "no fused vectors for dsp" in fused.json()["detail"]
+    body, ctype = _multipart("stream.wav", b"\1" * (2 * UPLOAD_LIMIT), "audio/wav")
+    chunked = client.post("/api/similar/upload", content=iter([body[i:i + 65536] for i in range(0, len(body), 65536)]),
+                          headers={"content-type": ctype})
+    assert "content-length" not in chunked.request.headers and chunked.status_code == 413
+    assert _uploads_left() == before
+
+
+def test_embed_worker_survives_a_hang_and_a_crash(collection: Path, store: FeatureStore) -> None:
+    run = store.run("dsp")
+    path = Path(store.tracks()[0].path)
+    worker = EmbedWorker(timeout=60)
+    try:
+        content_hash, layers, tags = worker.embed(path, run, path.name)
+        assert content_hash == store.tracks()[0].content_hash and len(layers) == 4 and tags["artist"]
+        first = worker.pid
+        os.kill(first, signal.SIGSTOP)  # a decoder stuck forever
+        worker.timeout = 1.0
+        with pytest.raises(HTTPException, match="took longer than 1 s") as hang:
+            worker.embed(path, run, path.name)
+        assert hang.value.status_code == 400 and worker.pid is None
+        worker.timeout = 60
+        assert worker.embed(path, run, path.name)[0] == content_hash and worker.pid != first
+        os.kill(worker.pid, signal.SIGSTOP)
+        killer = threading.Timer(0.5, os.kill, (worker.pid, signal.SIGKILL))  # dies mid-job
+        killer.start()
+        with pytest.raises(HTTPException, match="died on this file") as crash:
+            worker.embed(path, run, path.name)
+        killer.join()
+        assert crash.value.status_code == 400 and worker.pid is None
+    finally:
+        worker.close()
+
+
+def test_indexing_only_with_the_flag(collection: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "store"
+    shutil.copytree(collection, copy)
+    with TestClient(create_app(copy, allow_indexing=True)) as writable:
+        assert writable.get("/api/health").json()["read_only"] is False
+        built = writable.post("/api/index", params={"layer": "mfcc", "kind": "flat"}).json()
+        assert built["mode"] == "built" and built["tracks"] == 12 and (copy / "indexes" / built["file"]).is_file()
+        again = writable.post("/api/index", params={"layer": "mfcc", "kind": "flat"}).json()
+        assert again["mode"] == "unchanged"
+        assert writable.post("/api/index", params={"kind": "lsh"}).status_code == 400
+
+
+def test_cli_loopback_check_and_clean_errors(tmp_path: Path) -> None:
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.5.0.1", "::1", "[::1]", "localhost"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.20", "example.org"))
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    register(app)
+    out = CliRunner().invoke(app, ["serve", "--store", str(tmp_path / "none")])
+    assert out.exit_code == 1 and "no feature store" in out.output and "Traceback" not in out.output
+    with pytest.raises(Exception, match="no feature store"):
+        create_app(tmp_path / "none")
+
+
+MODELS = ("dsp", "musicnn-msd")
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_real_music_similar_and_map(extracted_store: Path, model: str) -> None:
+    with TestClient(create_app(extracted_store, model=model)) as client:
+        fs = FeatureStore(extracted_store, readonly=True)
+        try:
+            run = fs.run(model)
+            tracks = fs.tracks(run)
+            seed = tracks[0]
+            data = client.get(f"/api/tracks/{seed.id}/similar", params={"k": 5}).json()
+            expected = similar_tracks(fs, run, resolve_query(fs, seed.id, run), 5)
+            assert [r["id"] for r in data["results"]] == [n.track.id for n in expected]
+            assert seed.id not in [r["id"] for r in data["results"]] and all(r["why"] for r in data["results"])
+            others = client.get(f"/api/tracks/{seed.id}/similar", params={"k": 5, "exclude_same_artist": True}).json()
+            assert others["results"] and seed.artist not in {r["artist"] for r in others["results"]}
+            points = client.get("/api/map").json()["points"]
+            assert sorted(p["id"] for p in points) == sorted(t.id for t in tracks)
+        finally:
+            fs.close()
+
+
+def test_real_music_upload_finds_its_original(extracted_store: Path) -> None:
+    fs = FeatureStore(extracted_store, readonly=True)
+    seed = fs.tracks(fs.run("dsp"))[2]
+    fs.close()
+    audio, sr = sf.read(seed.path, dtype="float32")
+    buffer = io.BytesIO()
+    sf.write(buffer, 0.7 * audio, sr, format="FLAC")
+    with TestClient(create_app(extracted_store, model="dsp")) as client:
+        answer = client.post("/api/similar/upload", params={"k": 3},
+                             files={"file": ("quiet.flac", buffer.getvalue(), "audio/flac")})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["query"]["external"] is True and answer.json()["results"][0]["id"] == seed.id

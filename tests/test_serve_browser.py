@@ -1,0 +1,208 @@
+"""End to end: `mess serve` in a subprocess, driven by Debian's headless chromium.
+
+Chromium is driven over the Chrome DevTools Protocol on a pipe (``--remote-debugging-pipe``:
+NUL-separated JSON on file descriptors 3 and 4), so no webdriver, node package or
+websocket library is needed. The test loads the page, clicks a point of the map with
+real mouse events, waits for the neighbours list, and saves a screenshot (path printed).
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--remote-debugging-pipe", "--mute-audio", "--autoplay-policy=no-user-gesture-required")
+TIMEOUT = 30.0
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (scripts/install.sh)")
+
+
+class Browser:
+    """A headless chromium and one page, spoken to over the DevTools pipe."""
+
+    def __init__(self, profile: Path) -> None:
+        ours_in, theirs_out = os.pipe()  # chromium writes to its fd 4
+        theirs_in, ours_out = os.pipe()  # chromium reads from its fd 3
+
+        def wire_fds() -> None:  # via fds >= 10, so the pipes cannot clobber each other on the way to 3 and 4
+            high_in, high_out = fcntl.fcntl(theirs_in, fcntl.F_DUPFD, 10), fcntl.fcntl(theirs_out, fcntl.F_DUPFD, 10)
+            os.dup2(high_in, 3)
+            os.dup2(high_out, 4)
+
+        self.proc = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+                                     pass_fds=(3, 4), preexec_fn=wire_fds,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(theirs_in)
+        os.close(theirs_out)
+        self._in, self._out = ours_in, ours_out
+        self._buffer = b""
+        self._next_id = 0
+        self.session: str | None = None
+        self.events: list[dict] = []
+
+    def call(self, method: str, params: dict | None = None, *, browser_level: bool = False) -> dict:
+        """Send a command and wait for its result (events arriving meanwhile are kept)."""
+        self._next_id += 1
+        message = {"id": self._next_id, "method": method, "params": params or {}}
+        if self.session and not browser_level:
+            message["sessionId"] = self.session
+        os.write(self._out, json.dumps(message).encode() + b"\0")
+        while True:
+            reply = self._read()
+            if reply.get("id") == self._next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+            self.events.append(reply)
+
+    def _read(self) -> dict:
+        while b"\0" not in self._buffer:
+            chunk = os.read(self._in, 1 << 16)
+            if not chunk:
+                raise RuntimeError("chromium closed the DevTools pipe")
+            self._buffer += chunk
+        raw, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(raw)
+
+    def open(self, url: str, width: int = 1400, height: int = 1000) -> None:
+        target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self.session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True},
+                                 browser_level=True)["sessionId"]
+        self.call("Runtime.enable")
+        self.call("Emulation.setDeviceMetricsOverride", {"width": width, "height": height,
+                                                         "deviceScaleFactor": 1, "mobile": False})
+        self.call("Page.navigate", {"url": url})
+
+    def evaluate(self, expression: str) -> object:
+        """Evaluate JavaScript in the page (promises awaited) and return its JSON value."""
+        result = self.call("Runtime.evaluate", {"expression": expression, "awaitPromise": True,
+                                                "returnByValue": True})
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = TIMEOUT) -> object:
+        """Poll a JavaScript expression until it is truthy; return its value."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                value = self.evaluate(expression)
+            except RuntimeError:
+                value = None  # page still loading
+            if value:
+                return value
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {expression}")
+
+    def click(self, x: float, y: float) -> None:
+        """A real left click at page coordinates."""
+        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left",
+                                                   "clickCount": 1 if kind != "mouseMoved" else 0})
+
+    def screenshot(self, path: Path) -> Path:
+        data = self.call("Page.captureScreenshot", {"format": "png"})["data"]
+        path.write_bytes(base64.b64decode(data))
+        return path
+
+    def exceptions(self) -> list[str]:
+        """JavaScript exceptions the page threw so far."""
+        return [e["params"]["exceptionDetails"].get("exception", {}).get("description", "?")
+                for e in self.events if e.get("method") == "Runtime.exceptionThrown"]
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close", browser_level=True)
+            self.proc.wait(10)
+        except (RuntimeError, OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+        finally:
+            os.close(self._in)
+            os.close(self._out)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def server(extracted_store: Path) -> str:
+    """`mess serve` on a free loopback port; yields its base URL."""
+    port = _free_port()
+    code = ("import sys, typer; from mess.cli.serve import serve_command; "
+            "app = typer.Typer(); app.command()(serve_command); app(sys.argv[1:])")
+    proc = subprocess.Popen([sys.executable, "-c", code, "--store", str(extracted_store), "--port", str(port),
+                             "--model", "dsp"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"server did not start: {proc.communicate()[1].decode()[-2000:]}")
+        time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_page_click_a_track_shows_neighbours(server: str, tmp_path: Path, record_property) -> None:
+    expected = httpx.get(f"{server}/api/map", params={"model": "dsp"}).json()["points"]
+    browser = Browser(tmp_path / "profile")
+    try:
+        browser.open(server + "/")
+        assert browser.wait_for("window.mess && window.mess.state.points.length") == len(expected)
+        assert browser.evaluate("document.getElementById('model').value") == "dsp"
+        legend = browser.evaluate("[...document.querySelectorAll('#legend li')].map(li => li.textContent)")
+        artists = {p["artist"] for p in expected}
+        assert len(legend) == len(artists) and all(any(a in item for item in legend) for a in artists)
+
+        target = expected[len(expected) // 2]
+        x, y = browser.evaluate(f"window.mess.pagePosition({target['id']})")
+        browser.click(x, y)
+        count = browser.wait_for("document.querySelectorAll('#neighbours li').length")
+        assert count == min(10, len(expected) - 1)
+        assert browser.evaluate("window.mess.state.selected") == target["id"]
+        assert browser.evaluate("document.getElementById('now-title').textContent") == target["name"]
+        assert browser.evaluate("document.getElementById('player').src").endswith(f"/api/tracks/{target['id']}/audio")
+        shown = browser.evaluate("[...document.querySelectorAll('#neighbours button.track')].map(b => +b.dataset.id)")
+        api = httpx.get(f"{server}/api/tracks/{target['id']}/similar", params={"model": "dsp", "k": 10}).json()
+        assert shown == [r["id"] for r in api["results"]] and target["id"] not in shown
+        assert browser.wait_for("document.querySelectorAll('#neighbours .chip').length") >= count
+        assert browser.wait_for("document.getElementById('player').readyState >= 1"), "audio did not load"
+
+        words = target["artist"].lower().split()
+        browser.evaluate("(() => { const s = document.getElementById('search');"
+                         f" s.value = {json.dumps(target['artist'])}; s.dispatchEvent(new Event('input')); }})()")
+        hits = browser.evaluate("document.querySelectorAll('#search-results button.track').length")
+        texts = [" ".join(str(p[f]) for f in ("name", "album", "genre", "composer", "file") if p[f]).lower()
+                 for p in expected]
+        assert hits == min(30, sum(all(w in t for w in words) for t in texts)) >= 1
+        assert browser.exceptions() == []
+        shot = browser.screenshot(tmp_path / "serve-browser.png")
+    finally:
+        browser.close()
+    assert shot.stat().st_size > 10_000
+    record_property("screenshot", str(shot))
+    print(f"\nscreenshot: {shot}")
