@@ -96,3 +96,24 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     write_test_set(out)
     return out
+
+
+# ---------------------------------------------------------------- an extracted feature store
+
+
+@pytest.fixture(scope="session")
+def extracted_store(rendered_collection: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store with runs ``dsp`` and ``musicnn-msd`` over :func:`rendered_collection`; treat it as read-only."""
+    from contextlib import closing
+
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.registry import load_model
+    from mess.store.feature_store import FeatureStore
+
+    root = tmp_path_factory.mktemp("extracted") / "store"
+    with closing(FeatureStore(root)) as store:
+        for name in ("dsp", "musicnn-msd"):
+            summary = extract(store, rendered_collection, load_model(name), WindowPolicy())
+            assert not summary.failed, summary.failed
+    return root
