@@ -51,6 +51,24 @@ def test_extract_skips_unchanged_picks_up_new_and_prunes(tmp_path: Path) -> None
     assert len(store.tracks(store.run("dsp"))) == 3
 
 
+def test_byte_identical_copies_in_one_batch_share_one_vector(tmp_path: Path) -> None:
+    music = tmp_path / "music"
+    original = _tone_files(music, 2)[0]
+    for name in ("copy_a.wav", "copy_b.wav"):
+        shutil.copy(original, music / name)
+    store = FeatureStore(tmp_path / "store")
+    summary = extract(store, find_audio([music]), DspModel(), POLICY, batch_size=16)
+    assert (summary.done, summary.skipped, summary.failed) == (2, 2, [])
+    run = store.run("dsp")
+    tracks = store.tracks(run)
+    assert len(tracks) == 4  # every path is catalogued ...
+    ids, matrix = store.layer_matrix(run, 0)
+    by_id = dict(zip(ids.tolist(), matrix))
+    original_hash = next(t.content_hash for t in tracks if Path(t.path) == original)
+    copies = [t.id for t in tracks if t.content_hash == original_hash]
+    assert len(copies) == 3 and all(np.array_equal(by_id[copies[0]], by_id[c]) for c in copies)  # ... and copies read one vector
+
+
 def test_moved_file_keeps_its_vectors_by_content_hash(tmp_path: Path) -> None:
     music = tmp_path / "music"
     _tone_files(music, 2)
@@ -146,3 +164,16 @@ def _committed(store_dir: Path) -> int:
             return db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
     except sqlite3.Error:
         return 0
+
+
+def test_dsp_descriptors_ignore_playback_gain() -> None:
+    """A quieter copy of a recording must describe the same music: no descriptor may follow the level."""
+    from mess.models.dsp import describe
+
+    sr = 22050
+    t = np.arange(5 * sr) / sr
+    notes = np.sin(2 * np.pi * 220 * 2 ** (np.floor(t * 4) % 5 / 12) * t) * np.exp(-3 * (t * 4 % 1))
+    y = (0.5 * notes + 0.01 * np.random.default_rng(0).standard_normal(t.size)).astype(np.float32)
+    loud, quiet = describe(y), describe(np.float32(0.3) * y)
+    for group in loud:
+        np.testing.assert_allclose(quiet[group], loud[group], rtol=1e-3, atol=1e-3, err_msg=group)

@@ -60,6 +60,9 @@ def test_hidden_states_are_time_means_of_the_reference_forward(tmp_path: Path) -
     windows = (rng.standard_normal((2, 24000 * 2)) * 0.1).astype(np.float32)
     layers = model.embed(windows)
     norm = (windows - windows.mean(axis=1, keepdims=True)) / np.sqrt(windows.var(axis=1, keepdims=True) + 1e-7)
+    # the on-device normalisation in embed() is Wav2Vec2FeatureExtractor's
+    processed = model.processor(list(windows), sampling_rate=24000, return_tensors="np")["input_values"]
+    np.testing.assert_allclose(processed, norm, atol=1e-5)
     with torch.no_grad():
         out = reference(torch.from_numpy(norm), output_hidden_states=True)
     # The last layer must be the output after the stable-layer-norm model's final LayerNorm.

@@ -180,3 +180,15 @@ def test_ray_matches_the_local_store_on_rendered_music(ray_address: str, extract
     assert [store.track(p).artist for p in paths] == [t.artist for t in tracks]
     want = {p: v for p, v in _by_path(reference, "dsp").items() if p in {str(x) for x in paths}}
     _assert_same_vectors(_by_path(store, "dsp"), want)
+
+
+def test_unreachable_address_fails_in_seconds_with_one_line(tmp_path: Path) -> None:
+    music = tmp_path / "music"
+    music.mkdir()
+    sf.write(music / "tone.wav", np.zeros(22050, dtype=np.float32) + 0.1, 22050)
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "mess.cli", "extract", str(music), "--engine", "ray", "--address",
+                          "127.0.0.1:9", "--model", "dsp", "--store", str(tmp_path / "store")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "cannot reach a Ray cluster at '127.0.0.1:9'" in out.stdout + out.stderr
+    assert "Traceback" not in out.stdout + out.stderr and time.perf_counter() - started < 30

@@ -108,9 +108,15 @@ def info_command(store: StoreOpt = DEFAULT_STORE_PATH) -> None:
         for col in ("run", "model", "revision", "window", "layers", "tracks", "failed"):
             table.add_column(col)
         for run in fs.runs():
-            table.add_row(str(run.id), run.model, run.revision[:12], f"{run.policy.window_seconds:g} s",
+            table.add_row(str(run.id), run.model, _short_revision(run.revision), f"{run.policy.window_seconds:g} s",
                           str(len(run.layer_names)), str(len(fs.tracks(run))), str(len(fs.failures(run))))
         console.print(table)
+
+
+def _short_revision(revision: str) -> str:
+    """A 40-hex commit shortened to 12, keeping suffixes such as ``+bf16``."""
+    commit, plus, rest = revision.partition("+")
+    return (commit[:12] if len(commit) == 40 else commit) + plus + rest
 
 
 def register(app: typer.Typer) -> None:

@@ -65,6 +65,9 @@ def extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, p
         summary.removed = _prune(store, paths, prune_under)
     pending: list[Windows] = []
     for outcome in _prepared(store, run, paths, model, policy, workers):
+        if outcome.windows is not None and any(w.record.content_hash == outcome.record.content_hash
+                                               for w in pending):
+            outcome = _Outcome(outcome.record, skipped=True)  # a byte-identical copy already in this batch
         if outcome.skipped:
             summary.skipped += 1
         elif outcome.error is not None:

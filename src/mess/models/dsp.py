@@ -21,13 +21,13 @@ def describe(y: np.ndarray, sr: int = _SR) -> dict[str, np.ndarray]:
     """Descriptor groups of one mono window (the bliss / Essentia style of features)."""
     stft = np.abs(librosa.stft(y, n_fft=2048, hop_length=_HOP))
     mel = librosa.feature.melspectrogram(S=stft**2, sr=sr)
-    mfcc = librosa.feature.mfcc(S=librosa.power_to_db(mel), n_mfcc=20)
+    mfcc = librosa.feature.mfcc(S=librosa.power_to_db(mel), n_mfcc=21)[1:]  # c0 is level, not timbre
     chroma = librosa.feature.chroma_stft(S=stft**2, sr=sr, hop_length=_HOP)
     spectral = np.vstack([
         np.log1p(librosa.feature.spectral_centroid(S=stft, sr=sr)),
         np.log1p(librosa.feature.spectral_bandwidth(S=stft, sr=sr)),
         np.log1p(librosa.feature.spectral_rolloff(S=stft, sr=sr)),
-        librosa.feature.spectral_flatness(S=stft),
+        np.log10(librosa.feature.spectral_flatness(S=stft) + 1e-10),  # float16-safe scale
         librosa.feature.zero_crossing_rate(y, frame_length=2048, hop_length=_HOP)[:, : stft.shape[1]],
         librosa.feature.spectral_contrast(S=stft, sr=sr),
     ])
@@ -36,8 +36,10 @@ def describe(y: np.ndarray, sr: int = _SR) -> dict[str, np.ndarray]:
     onsets = librosa.onset.onset_detect(onset_envelope=onset_env, sr=sr, hop_length=_HOP)
     seconds = max(y.size / sr, 1e-6)
     rms = librosa.feature.rms(S=stft)[0]
+    level_db = 20 * np.log10(rms + 1e-9)
+    # gain-invariant dynamics (range and variation), not the absolute level, which mastering decides
     rhythm = np.array([np.log(tempo + 1.0), onsets.size / seconds, onset_env.mean(), onset_env.std(),
-                       20 * np.log10(rms.mean() + 1e-9), rms.std() / (rms.mean() + 1e-9)])
+                       np.percentile(level_db, 95) - np.percentile(level_db, 10), rms.std() / (rms.mean() + 1e-9)])
     return {"mfcc": _stats(mfcc), "chroma": _stats(chroma), "spectral": _stats(spectral), "rhythm": rhythm}
 
 
@@ -45,7 +47,7 @@ class DspModel(EmbeddingModel):
     """Timbre (MFCC), harmony (chroma), spectral shape and rhythm descriptors per window."""
 
     def __init__(self) -> None:
-        self.info = ModelInfo(name="dsp", revision=f"librosa-{librosa.__version__}", sample_rate=_SR,
+        self.info = ModelInfo(name="dsp", revision=f"v3-librosa-{librosa.__version__}", sample_rate=_SR,
                               layer_names=tuple(_GROUPS), layer_dims=tuple(_GROUPS.values()), min_samples=2048)
 
     def embed(self, windows: np.ndarray) -> list[np.ndarray]:

@@ -82,9 +82,10 @@ class MertModel(EmbeddingModel):
     @torch.inference_mode()
     def embed(self, windows: np.ndarray) -> list[np.ndarray]:
         """Per-layer time-averaged hidden states for a batch of equal-length windows."""
-        inputs = self.processor(list(windows), sampling_rate=self.info.sample_rate, return_tensors="pt",
-                                return_attention_mask=False)
-        values = inputs["input_values"].to(self.device)
+        values = torch.as_tensor(np.asarray(windows, dtype=np.float32)).to(self.device)
+        if self.processor.do_normalize:  # Wav2Vec2FeatureExtractor's per-window normalisation, on the device
+            mean = values.mean(dim=1, keepdim=True)
+            values = (values - mean) / torch.sqrt(values.var(dim=1, unbiased=False, keepdim=True) + 1e-7)
         out = self.network(values, output_hidden_states=True)
         return [h.float().mean(dim=1).cpu().numpy() for h in out.hidden_states]
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,11 +91,25 @@ def _connect(address: str | None) -> bool:
     """Join the cluster at ``address`` (or start a local one); True when this call started Ray."""
     if ray.is_initialized():
         return False
+    _check_reachable(address)
     try:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ScaleError(f"cannot reach a Ray cluster at {address!r}: {exc}") from exc
     return True
+
+
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Fail in seconds, not after Ray's minute of retries, when a HOST:PORT address does not answer."""
+    if address in (None, "auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise ScaleError(f"Ray address {address!r} is not auto, local, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ScaleError(f"cannot reach a Ray cluster at {address!r}: {exc.strerror or exc}") from exc
 
 
 def _default_actors(device: str) -> int:

@@ -234,7 +234,8 @@ class FeatureStore:
         """Append vectors, then commit their catalog rows (crash-safe, idempotent)."""
         with self._lock:
             self._repair(run)
-            items = [it for it in items if not self.has_vectors(run, it.content_hash)]
+            unique = {it.content_hash: it for it in items if not self.has_vectors(run, it.content_hash)}
+            items = list(unique.values())
             if not items:
                 return
             n_layers = len(run.layer_names)

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install mess, then run the main job on a small real example: render labelled classical pieces
+# (music21 corpus + fluidsynth) and fetch Wesnoth's tagged soundtrack, extract musicnn embeddings
+# into a local store (SQLite + float16 arrays), find which layer encodes which aspect, build the
+# FAISS index and answer "what sounds like this track / this artist, and why".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+MESS=.venv/bin/mess
+STORE=demo/store
+export MESS_STORE=$STORE
+
+$MESS demo render demo/music --composers bach,palestrina,monteverdi,mozart,haydn,josquin --per-composer 5
+$MESS demo wesnoth demo/wesnoth || echo "(no apt-get here: continuing with the rendered pieces only)"
+$MESS extract demo --model musicnn-msd --store $STORE
+$MESS extract demo --model dsp --store $STORE
+$MESS info --store $STORE
+$MESS probe --model musicnn-msd --store $STORE
+$MESS index --model musicnn-msd --store $STORE
+$MESS similar 1 -k 5 --model musicnn-msd --store $STORE
+$MESS similar 1 -k 5 --model musicnn-msd --aspect timbre --exclude-same-artist --store $STORE
+$MESS evaluate --model musicnn-msd --label composer --store $STORE
+$MESS artists similar Bach -k 5 --model musicnn-msd --store $STORE
+$MESS artists discrimination --model musicnn-msd --store $STORE
+echo "done: store in $STORE, reports (probe heatmap, evaluation plot) in $STORE/reports; try: $MESS serve --store $STORE"
