@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +93,43 @@ def test_derived_vectors_align_to_tracks(tmp_path: Path) -> None:
     assert list(got_ids) == ids
     np.testing.assert_array_equal(got, fused)
     assert store.derived_meta(run, "fused") == {"note": "test"}
+
+
+def test_tracks_are_cached_until_this_or_another_connection_writes(tmp_path: Path) -> None:
+    writer = FeatureStore(tmp_path)
+    run = writer.ensure_run(INFO, WindowPolicy())
+    for i in range(2):
+        _add_track(writer, i)
+    writer.write_vectors(run, [_vectors(f"h{i}", 1, i) for i in range(2)])
+    reader = FeatureStore(tmp_path, readonly=True)
+    first, token = reader.tracks(run), reader.version()
+    assert isinstance(first, tuple) and [t.id for t in first] == [1, 2]
+    assert reader.tracks(run) is first and reader.version() == token  # nothing changed: not rebuilt
+    assert reader.tracks() is reader.tracks() and reader.tracks(artist="x") is reader.tracks(artist="x")
+
+    # another connection adds a track: seen at once, first without vectors, then with them
+    _add_track(writer, 2, artist="y")
+    assert reader.version() != token
+    assert [t.id for t in reader.tracks()] == [1, 2, 3] and [t.id for t in reader.tracks(run)] == [1, 2]
+    assert [t.id for t in reader.tracks(artist="y")] == [3]
+    writer.write_vectors(run, [_vectors("h2", 1, 2)])
+    assert [t.id for t in reader.tracks(run)] == [1, 2, 3]
+    # another process retags and removes tracks
+    code = ("import sys; from pathlib import Path; from mess.store import FeatureStore; s = FeatureStore(Path(sys.argv[1])); "
+            "s.upsert_track(Path('/music/0.wav'), 'h0', 10, 1.0, {}, {'artist': 'z', 'title': 'new'}); "
+            "s.remove_tracks(['/music/1.wav']); s.close()")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
+    assert [(t.id, t.artist, t.title) for t in reader.tracks(run)] == [(1, "z", "new"), (3, "y", "t2")]
+
+    # this connection's own writes invalidate its cache too
+    cached = writer.tracks(run)
+    assert writer.tracks(run) is cached
+    _add_track(writer, 4)
+    writer.write_vectors(run, [_vectors("h4", 1, 4)])
+    assert writer.tracks(run) is not cached and [t.id for t in writer.tracks(run)] == [1, 3, 4]
+    assert writer.tracks(artist="z")[0].title == "new" and [t.id for t in reader.tracks(run)] == [1, 3, 4]
+    reader.close()
+    writer.close()
 
 
 def test_window_policy_covers_long_tracks_with_full_windows() -> None:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -26,6 +27,8 @@ from mess.store.arrays import RowFile
 from mess.store.catalog import connect
 
 DEFAULT_STORE = Path(".mess")
+_MEMO_SIZE = 64
+T = TypeVar("T")
 
 
 class StoreError(Exception):
@@ -106,10 +109,44 @@ class FeatureStore:
         self.db = connect(db, readonly=readonly)
         self._lock = threading.Lock()
         self._repaired: set[int] = set()
+        self._memo: dict[tuple, tuple[tuple[int, int], object]] = {}
+        self._memo_lock = threading.Lock()
 
     def close(self) -> None:
         """Close the catalog connection."""
         self.db.close()
+
+    # ---- change token and memo ------------------------------------------------------
+    def version(self) -> tuple[int, int]:
+        """A token that changes whenever the catalog may have changed.
+
+        ``PRAGMA data_version`` changes when another connection (another FeatureStore,
+        another process such as a running ``mess extract``) commits; ``total_changes``
+        counts this connection's own inserts, updates and deletes. Vector files are
+        written before the catalog rows that reference them, so every change a reader
+        can see moves this token. It costs one tiny SQLite statement.
+        """
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0]), self.db.total_changes
+
+    def cached(self, key: tuple, make: Callable[[], T]) -> T:
+        """``make()``, memoised until :meth:`version` changes.
+
+        ``make`` must read what it needs from this store (not from data fetched before
+        the call): the token is read first, so a value is never older than its token.
+        Cached values are shared between callers; return immutable data.
+        """
+        token = self.version()
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] == token:
+            return hit[1]  # type: ignore[return-value]
+        value = make()
+        with self._memo_lock:  # drop what an older catalog version left, so stale track lists are freed
+            for k in [k for k, (tok, _) in self._memo.items() if tok != token]:
+                del self._memo[k]
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = (token, value)
+        return value
 
     @property
     def reports_dir(self) -> Path:
@@ -141,8 +178,15 @@ class FeatureStore:
         row = self.db.execute("SELECT content_hash, size, mtime FROM tracks WHERE path=?", (str(path),)).fetchone()
         return None if row is None else (row[0], row[1], row[2])
 
-    def tracks(self, run: Run | None = None, *, artist: str | None = None) -> list[Track]:
-        """All tracks (only those with vectors for ``run`` when given), ordered by id."""
+    def tracks(self, run: Run | None = None, *, artist: str | None = None) -> tuple[Track, ...]:
+        """All tracks (only those with vectors for ``run`` when given), ordered by id.
+
+        The tuple is cached until the catalog changes (see :meth:`version`): repeated
+        calls return the same object, so callers may memoise on its identity.
+        """
+        return self.cached(("tracks", None if run is None else run.id, artist), lambda: self._read_tracks(run, artist))
+
+    def _read_tracks(self, run: Run | None, artist: str | None) -> tuple[Track, ...]:
         sql = f"SELECT {', '.join('t.' + c.strip() for c in _TRACK_COLS.split(','))} FROM tracks t"
         args: list[object] = []
         if run is not None:
@@ -151,7 +195,7 @@ class FeatureStore:
         if artist is not None:
             sql += " WHERE t.artist = ?"
             args.append(artist)
-        return [Track(**dict(r)) for r in self.db.execute(sql + " ORDER BY t.id", args)]
+        return tuple(Track(**dict(r)) for r in self.db.execute(sql + " ORDER BY t.id", args))
 
     def track(self, ref: int | str | Path) -> Track:
         """Find a track by id, path, or file name; raises StoreError when unknown."""
