@@ -141,6 +141,59 @@ def test_index_is_saved_updated_incrementally_and_never_stale(synth: tuple[Featu
     np.testing.assert_array_equal(updated.ann.search(q, 6)[1], fresh.ann.search(q, 6)[1])
 
 
+def test_search_caches_follow_store_writes_and_are_reused(synth: tuple[FeatureStore, Run],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import mess.search.vectors as vectors
+
+    store, run = synth
+    reads = {"tracks": 0, "vectors": 0}
+
+    def counting(name: str, real):  # noqa: ANN001, ANN202
+        def wrapped(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            reads[name] += 1
+            return real(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(FeatureStore, "_read_tracks", counting("tracks", FeatureStore._read_tracks))
+    monkeypatch.setattr(vectors, "read_vectors", counting("vectors", vectors.read_vectors))
+    spec = VectorSpec("all")
+    query = resolve_query(store, "3", run)
+    first = similar_tracks(store, run, query, k=5, exclude_same_artist=True)
+    vs = load_vectors(store, run, spec)
+    warm = dict(reads)
+    for _ in range(3):  # nothing changed: no track list or vector set is rebuilt
+        again = similar_tracks(store, run, query, k=5, exclude_same_artist=True)
+        assert [(n.track, n.score, n.why) for n in again] == [(n.track, n.score, n.why) for n in first]
+        assert load_vectors(store, run, spec) is vs and store.tracks(run) is store.tracks(run)
+    assert reads == warm
+
+    # another connection (e.g. `mess extract` in another process) adds a track: the next query sees it
+    other = FeatureStore(store.root)
+    rng = np.random.default_rng(7)
+    new_id = _add_track(other, run, "/music/artist0/new.wav", "hash-other", _vectors(rng, store.centres, 0),
+                        "Artist 0", "Other")
+    assert load_vectors(store, run, spec) is not vs and new_id in load_vectors(store, run, spec).ids
+    seed = resolve_query(store, str(new_id), run)
+    assert [n.track.id for n in similar_tracks(store, run, seed, k=3, exclude_same_artist=True)]
+    assert new_id in {t.id for t in store.tracks(run)}
+    # ... and renames an artist: exclude_same_artist follows
+    other.upsert_track(Path("/music/artist1/track0.wav"), "hash-1-0", 1, 0.0, {"duration": 10.0},
+                       {"artist": "Artist 0", "album": None, "title": "Moved", "genre": None, "composer": None})
+    moved = store.track("/music/artist1/track0.wav").id
+    seed = resolve_query(store, "2", run)  # Artist 0
+    assert moved not in [n.track.id for n in similar_tracks(store, run, seed, k=30, exclude_same_artist=True)]
+    other.close()
+
+    # this connection's own writes
+    vs = load_vectors(store, run, spec)
+    store.remove_tracks(["/music/artist0/new.wav"])
+    assert new_id not in load_vectors(store, run, spec).ids and new_id not in {t.id for t in store.tracks(run)}
+    own_id = _add_track(store, run, "/music/artist2/own.wav", "hash-own", _vectors(rng, store.centres, 2),
+                        "Artist 2", "Own")
+    assert own_id in load_vectors(store, run, spec).ids
+    assert own_id in [n.track.id for n in similar_tracks(store, run, resolve_query(store, "13", run), k=30)]
+
+
 def test_fused_vectors_are_searched_and_evaluated(synth: tuple[FeatureStore, Run]) -> None:
     store, run = synth
     ids, l2 = store.layer_matrix(run, "l2")

@@ -16,6 +16,8 @@ spectral, rhythm), otherwise three contiguous groups named early, middle and lat
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +25,7 @@ import numpy as np
 
 from mess.search.hubness import HubnessReducer
 from mess.search.index import CollectionIndex, open_index
-from mess.search.vectors import Norm, VectorSet, VectorSpec, load_vectors, query_vector
+from mess.search.vectors import Norm, VectorSet, VectorSpec, from_tracks, load_vectors, query_vector
 from mess.store import FeatureStore, Run, StoreError, Track
 
 DUPLICATE_COSINE = 0.9999
@@ -131,8 +133,8 @@ def similar_tracks(store: FeatureStore, run: Run, query: TrackQuery | np.ndarray
     are flagged as duplicates. ``why`` / ``why_percentile`` are filled for TrackQuery inputs.
     """
     spec = VectorSpec.from_options(layer, aspect, fused, norm)
-    tracks = store.tracks(run)
-    by_id = {t.id: t for t in tracks}
+    tracks = store.tracks(run)  # one object until the catalog changes: derived maps below are memoised on it
+    by_id = from_tracks(tracks, "by_id", lambda ts: {t.id: t for t in ts})
     vs = load_vectors(store, run, spec, tracks)
     index = open_index(store, vs)
     tq = query if isinstance(query, TrackQuery) else None
@@ -173,7 +175,7 @@ def aspect_layers(store: FeatureStore, run: Run) -> tuple[str, dict[str, VectorS
 def _raw_vector(store: FeatureStore, vs: VectorSet, query: TrackQuery) -> np.ndarray:
     """The query's raw vector in the space of ``vs``."""
     if query.track is not None:
-        if query.track.id not in set(vs.ids.tolist()):
+        if query.track.id not in vs:
             raise StoreError(f"track {query.track.id} ({query.label}) has no {vs.spec.kind} vectors for "
                              f"{vs.run.model}; run `mess extract` (or `mess fuse apply`) first")
         return vs.raw[vs.rows(np.array([query.track.id]))[0]]
@@ -183,13 +185,21 @@ def _raw_vector(store: FeatureStore, vs: VectorSet, query: TrackQuery) -> np.nda
     return query_vector(vs.layers, vs.run, query.layers)
 
 
-def _excluded(tracks: list[Track], query: TrackQuery | None, same_artist: bool) -> set[int]:
+def _excluded(tracks: Sequence[Track], query: TrackQuery | None, same_artist: bool) -> set[int]:
     """Track ids never to return: the query's own track, and its artist's tracks when asked."""
     out = {query.track.id} if query is not None and query.track is not None else set()
     artist = (query.artist or "").strip().casefold() if query is not None else ""
     if same_artist and artist:
-        out |= {t.id for t in tracks if (t.artist or "").strip().casefold() == artist}
+        out.update(from_tracks(tracks, "ids_by_artist", _ids_by_artist).get(artist, ()))
     return out
+
+
+def _ids_by_artist(tracks: Sequence[Track]) -> dict[str, tuple[int, ...]]:
+    """Normalised (stripped, casefolded) artist tag -> track ids."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for t in tracks:
+        groups[(t.artist or "").strip().casefold()].append(t.id)
+    return {a: tuple(ids) for a, ids in groups.items()}
 
 
 def _rescore(method: str, vs: VectorSet, index: CollectionIndex, q: np.ndarray, sims: np.ndarray,
@@ -208,7 +218,7 @@ def _rescore(method: str, vs: VectorSet, index: CollectionIndex, q: np.ndarray, 
     return reducer.rescore(sims[None, :], q_stats, item_stats)[0]
 
 
-def _explain(store: FeatureStore, run: Run, tracks: list[Track], query: TrackQuery, ids: np.ndarray,
+def _explain(store: FeatureStore, run: Run, tracks: Sequence[Track], query: TrackQuery, ids: np.ndarray,
              norm: Norm) -> tuple[dict[int, dict[str, float]], dict[int, dict[str, float]]]:
     """Per result id: cosine to the query in each aspect's vectors, and its collection percentile."""
     why: dict[int, dict[str, float]] = {int(i): {} for i in ids}

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 
@@ -29,6 +30,10 @@ NORMS: tuple[str, ...] = ("none", "center", "zscore")
 FUSED = "fused"
 _CACHE: OrderedDict[tuple, VectorSet] = OrderedDict()
 _CACHE_SIZE = 12
+_DERIVED: OrderedDict[int, tuple[tuple[Track, ...], dict[str, object]]] = OrderedDict()
+_DERIVED_SIZE = 8
+_DERIVED_LOCK = threading.Lock()
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -150,10 +155,21 @@ class VectorSet:
             self._unit = self.prep.apply(self.raw)
         return self._unit
 
+    @cached_property
+    def _order(self) -> np.ndarray:
+        return np.argsort(self.ids)
+
+    @cached_property
+    def _id_set(self) -> frozenset[int]:
+        return frozenset(self.ids.tolist())
+
+    def __contains__(self, track_id: object) -> bool:
+        """Whether a track id is in the set."""
+        return track_id in self._id_set
+
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Row positions of track ids (which must be in the set)."""
-        order = np.argsort(self.ids)
-        return order[np.searchsorted(self.ids, ids, sorter=order)]
+        return self._order[np.searchsorted(self.ids, ids, sorter=self._order)]
 
 
 def read_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequence[Track] | None = None) -> VectorSet:
@@ -177,12 +193,45 @@ def read_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequen
     return VectorSet(run, spec, layers, ids, hashes, raw, Preprocessor.fit(raw, blocks, spec.norm))
 
 
+def from_tracks(tracks: Sequence[Track], name: str, make: Callable[[Sequence[Track]], T]) -> T:
+    """``make(tracks)``, memoised per tuple when ``tracks`` is a tuple (as :meth:`FeatureStore.tracks`
+    returns, the same object until the catalog changes); computed afresh for other sequences.
+
+    Values are shared by every caller of the same tuple: do not modify them.
+    """
+    if not isinstance(tracks, tuple):
+        return make(tracks)
+    with _DERIVED_LOCK:
+        entry = _DERIVED.get(id(tracks))
+        if entry is None or entry[0] is not tracks:
+            # holding the tuple keeps its id from being reused while the entry exists
+            entry = _DERIVED[id(tracks)] = (tracks, {})
+            while len(_DERIVED) > _DERIVED_SIZE:
+                _DERIVED.popitem(last=False)
+        else:
+            _DERIVED.move_to_end(id(tracks))
+        values = entry[1]
+    if name not in values:
+        values[name] = make(tracks)
+    return values[name]  # type: ignore[return-value]
+
+
+def tracks_state(tracks: Sequence[Track]) -> str:
+    """Digest of the (track id, content hash) pairs of ``tracks``."""
+    return from_tracks(tracks, "state", lambda ts: hashlib.sha1(
+        repr([(t.id, t.content_hash) for t in ts]).encode()).hexdigest())
+
+
 def load_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequence[Track] | None = None) -> VectorSet:
-    """:func:`read_vectors`, cached per process while the tracks, aspect map and fused vectors stay the same."""
+    """:func:`read_vectors`, cached per process while the tracks, aspect map and fused vectors stay the same.
+
+    With ``tracks`` None (or the tuple :meth:`FeatureStore.tracks` returned) a repeated
+    call costs a few cheap catalog queries, not a pass over every track.
+    """
     tracks = store.tracks(run) if tracks is None else tracks
-    state = hashlib.sha1(repr([(t.id, t.content_hash) for t in tracks]).encode()).hexdigest()
+    state = tracks_state(tracks)
     extra = json.dumps(store.derived_meta(run, FUSED), sort_keys=True) if spec.kind == "fused" else spec.layers(store, run)
-    key = (str(store.root.resolve()), run.id, spec, state, extra)
+    key = (_root(store), run.id, spec, state, extra)
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
@@ -196,3 +245,8 @@ def query_vector(spec_layers: tuple[str, ...], run: Run, layer_vectors: Sequence
     """Concatenate a query's raw per-layer vectors in the order a spec reads them."""
     return np.concatenate([np.asarray(layer_vectors[run.layer_index(name)], dtype=np.float32).ravel()
                            for name in spec_layers])
+
+
+def _root(store: FeatureStore) -> str:
+    """The store's absolute folder (resolved once per catalog version, not on every query)."""
+    return store.cached(("resolved-root",), lambda: str(store.root.resolve()))
