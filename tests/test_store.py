@@ -92,7 +92,10 @@ def test_derived_vectors_align_to_tracks(tmp_path: Path) -> None:
     got_ids, got = store.derived_matrix(run, "fused")
     assert list(got_ids) == ids
     np.testing.assert_array_equal(got, fused)
-    assert store.derived_meta(run, "fused") == {"note": "test"}
+    first = store.derived_meta(run, "fused")
+    assert first is not None and first["note"] == "test"
+    store.write_derived(run, "fused", np.array(ids), fused, {"note": "test"})  # same metadata, rewritten
+    assert store.derived_meta(run, "fused") != first  # so caches keyed on the metadata see the rewrite
 
 
 def test_tracks_are_cached_until_this_or_another_connection_writes(tmp_path: Path) -> None:

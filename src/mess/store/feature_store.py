@@ -355,9 +355,10 @@ class FeatureStore:
         for tid, vec in zip(track_ids, matrix):
             full[rows[by_id[int(tid)]]] = vec
         RowFile(self._derived_path(run, name), dim).replace(full)
+        now = time.time()  # in the metadata too, so caches keyed on it see every rewrite
         with self._lock, self.db:
             self.db.execute("INSERT OR REPLACE INTO derived VALUES (?, ?, ?, ?, ?)",
-                            (run.id, name, dim, json.dumps(meta), time.time()))
+                            (run.id, name, dim, json.dumps({**meta, "written_at": now}), now))
 
     def derived_matrix(self, run: Run, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(track ids, float32 matrix) of derived vectors; tracks added since are left out."""
