@@ -4,13 +4,35 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.linear_model import RidgeCV
+from sklearn.linear_model import Ridge, RidgeCV
 
 from mess.probing.controls import shuffled_rows
 from mess.probing.probes import ALPHAS, ProbeError, fold_scores, make_folds, probe_layers
 from mess.probing.report import aspect_matrix, choose_layers
 from mess.probing.ridge import fit_ridge_loo
 from mess.probing.targets import ASPECTS, TARGET_NAMES, TARGETS, aspect_targets
+
+
+@pytest.mark.parametrize("n,p", [(90, 30), (45, 120)], ids=["primal", "dual"])
+def test_leave_one_group_out_penalty_matches_refitting_without_each_group(n: int, p: int) -> None:
+    rng = np.random.default_rng(3)
+    groups = rng.integers(0, n // 4, size=n)  # albums of uneven size, some of one track
+    album = rng.standard_normal((n // 4, p))[groups]  # album-mates share a sound ...
+    x = album + 0.3 * rng.standard_normal((n, p))
+    y = album[:, :4] @ rng.standard_normal((4, 3)) + rng.standard_normal((n, 3))  # ... and part of their targets
+    ours = fit_ridge_loo(x, y, ALPHAS, groups)
+    held_out = np.zeros((len(ALPHAS), y.shape[1]))
+    for a, alpha in enumerate(ALPHAS):
+        for g in np.unique(groups):
+            out = groups == g
+            fit = Ridge(alpha=alpha, solver="svd").fit(x[~out], y[~out])
+            held_out[a] += ((fit.predict(x[out]) - y[out]) ** 2).sum(axis=0)
+    np.testing.assert_array_equal(ours.alphas, ALPHAS[held_out.argmin(axis=0)])
+    ref = Ridge(alpha=ours.alphas, solver="svd").fit(x, y)
+    np.testing.assert_allclose(ours.predict(x), ref.predict(x), rtol=1e-7, atol=1e-7)
+    # album-mates vouch for each other under plain LOO, which therefore picks weaker penalties
+    assert (fit_ridge_loo(x, y, ALPHAS).alphas <= ours.alphas).all()
+    assert (fit_ridge_loo(x, y, ALPHAS).alphas < ours.alphas).any()
 
 
 @pytest.mark.parametrize("n,p", [(120, 40), (40, 150)], ids=["primal", "dual"])

@@ -2,14 +2,14 @@
 
 Every layer is probed for all targets at once: inside each fold the training rows are
 standardised, then a multi-target ridge picks a penalty per target by exact
-leave-one-out on the training rows only (:mod:`mess.probing.ridge`: one
+leave-one-group-out (leave-one-out without groups) on the training rows only (:mod:`mess.probing.ridge`: one
 eigendecomposition serves every target and every penalty), so no test row ever
 influences preprocessing or model selection.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +38,7 @@ class Folds:
     splits: list[tuple[np.ndarray, np.ndarray]]
     scheme: str
     group_field: str | None
+    groups: np.ndarray | None = None  # [n] group of each row; penalties are chosen leaving whole groups out
 
     @property
     def n(self) -> int:
@@ -50,31 +51,38 @@ def make_folds(n: int, candidates: Sequence[tuple[str, Sequence[str | None]]], n
     """K folds grouped by the first metadata field with at least ``n_folds`` distinct values.
 
     Tracks missing that field form groups of their own, so they can never pair with a
-    tagged track across the split. Without a usable field the folds are plain shuffled
-    K-fold.
+    tagged track across the split. A field whose largest group would fill more than a
+    fold (a 40-track soundtrack "album" in a 70-track collection) is passed over: that
+    fold would test one album against a model that never saw its kind of audio.
+    Without a usable field the folds are plain shuffled K-fold.
     """
     if n < 4:
         raise ProbeError(f"probing needs at least 4 tracks, got {n}")
     n_folds = max(2, min(n_folds, n))
+    usable = []
     for field, values in candidates:
         if sum(v is not None for v in values) == 0:
             continue
         groups = np.array([v if v is not None else f"\0track{i}" for i, v in enumerate(values)], dtype=object)
-        n_groups = len(set(groups.tolist()))
-        if n_groups >= n_folds:
-            splits = list(GroupKFold(n_splits=n_folds).split(np.zeros(n), groups=groups))
-            return Folds(splits, f"GroupKFold({n_folds}) by {field} ({n_groups} groups)", field)
+        sizes = Counter(groups.tolist())
+        if len(sizes) >= n_folds:
+            usable.append((max(sizes.values()) > n / n_folds, field, groups, len(sizes)))
+    if usable:  # the first field without an oversized group, else the first field (grouped beats leaky)
+        _, field, groups, n_groups = min(usable, key=lambda u: u[0])
+        splits = list(GroupKFold(n_splits=n_folds).split(np.zeros(n), groups=groups))
+        return Folds(splits, f"GroupKFold({n_folds}) by {field} ({n_groups} groups)", field, groups)
     splits = list(KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(np.zeros(n)))
     reason = "no artist/album tags" if not candidates else "too few distinct artists/albums"
     return Folds(splits, f"KFold({n_folds}), shuffled (seed {seed}); {reason} to group by", None)
 
 
-def _fit_predict(kind: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int) -> np.ndarray:
+def _fit_predict(kind: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int,
+                 groups: np.ndarray | None = None) -> np.ndarray:
     """Standardise on the training rows, fit the probe, predict the test rows."""
     scaler = StandardScaler().fit(x_train)
     x_train, x_test = scaler.transform(x_train), scaler.transform(x_test)
     if kind == "ridge":
-        return fit_ridge_loo(x_train, y_train, ALPHAS).predict(x_test)
+        return fit_ridge_loo(x_train, y_train, ALPHAS, groups).predict(x_test)
     mlp = MLPRegressor(hidden_layer_sizes=(MLP_HIDDEN,), alpha=1e-2, max_iter=300, early_stopping=True,
                        random_state=seed)
     y_fit = y_train[:, 0] if y_train.shape[1] == 1 else y_train
@@ -102,7 +110,8 @@ def fold_scores(x: np.ndarray, y: np.ndarray, folds: Folds, kind: str = "ridge",
     for f, (train, test) in enumerate(folds.splits):
         mean, std = yk[train].mean(axis=0), yk[train].std(axis=0) + 1e-12
         scaled = (yk[train] - mean) / std  # scale-free: an MLP's loss weighs every target equally
-        pred = _fit_predict(kind, x[train], scaled, x[test], seed) * std + mean
+        groups = folds.groups[train] if folds.groups is not None else None
+        pred = _fit_predict(kind, x[train], scaled, x[test], seed, groups) * std + mean
         out[f, keep] = 1.0 - ((pred - yk[test]) ** 2).mean(axis=0) / var[keep]
     return out
 
