@@ -106,6 +106,10 @@ def test_aspects_need_a_probe_then_use_its_layers(synth: tuple[FeatureStore, Run
     by_layer = similar_tracks(store, run, query, k=3, layer="l1")
     assert [n.track.id for n in by_aspect] == [n.track.id for n in by_layer]
     assert set(by_aspect[0].why) == {"timbre", "harmony"}
+    store.set_aspect_map(run, [("timbre", "l1", 0.9, 0.1), ("harmony", "l0", 0.5, 0.1), ("rhythm", "l1", 0.4, 0.1)])
+    shared = similar_tracks(store, run, query, k=3, aspect="rhythm")
+    assert set(shared[0].why) == {"rhythm/timbre", "harmony"}  # one layer, one piece of evidence
+    assert [n.track.id for n in shared] == [n.track.id for n in by_layer]
     with pytest.raises(StoreError, match="unknown aspect"):
         similar_tracks(store, run, query, k=3, aspect="tempo")
 

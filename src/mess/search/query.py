@@ -162,8 +162,11 @@ def similar_tracks(store: FeatureStore, run: Run, query: TrackQuery | np.ndarray
 def aspect_layers(store: FeatureStore, run: Run) -> tuple[str, dict[str, VectorSpec]]:
     """The vector sets used for "why": ('aspects', aspect -> layer) or ('layers', group -> layers)."""
     amap = store.aspect_map(run)
-    if amap:
-        return "aspects", {a: VectorSpec("layer", layer) for a, layer in amap.items()}
+    if amap:  # aspects served by one layer share one entry ("dynamics/rhythm"): they would agree anyway
+        by_layer: dict[str, list[str]] = {}
+        for aspect, layer in amap.items():
+            by_layer.setdefault(layer, []).append(aspect)
+        return "aspects", {"/".join(aspects): VectorSpec("layer", layer) for layer, aspects in by_layer.items()}
     names = run.layer_names
     if len(names) <= 6:
         return "layers", {n: VectorSpec("layer", n) for n in names}
