@@ -19,13 +19,7 @@ from mess.fusion.train import FusionConfig, embed, initial_network, load_checkpo
 from mess.store import Run, Track
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> None:
-    """Small batches run fastest (and reproducibly) on one thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small batches: fastest, reproducible
 
 
 def clustered(n_labels: int = 40, per_label: int = 6, dims: tuple[int, ...] = (24, 24, 24, 24, 24),

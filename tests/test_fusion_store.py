@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import typer
 from typer.testing import CliRunner
 
@@ -25,13 +24,7 @@ from mess.store import FeatureStore
 MODELS = ("dsp", "musicnn-msd")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> None:
-    """Small batches run fastest (and reproducibly) on one thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small batches: fastest, reproducible
 
 
 @pytest.fixture(scope="module")

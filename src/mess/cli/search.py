@@ -39,14 +39,6 @@ def _emit(data: object) -> None:
     typer.echo(json.dumps(clean(data), indent=2))
 
 
-def _spec_label(layer: str | None, aspect: str | None, fused: bool) -> str:
-    if layer is not None:
-        return f"layer {layer}"
-    if aspect is not None:
-        return f"aspect {aspect}"
-    return "fused" if fused else "all layers"
-
-
 def index_command(
     model: ModelOpt = None,
     layer: LayerOpt = None,
@@ -64,7 +56,7 @@ def index_command(
     """Build or incrementally update the FAISS index of one vector set (cosine similarity)."""
     from mess.search.ann import KINDS
     from mess.search.index import build_index
-    from mess.search.vectors import VectorSpec, load_vectors
+    from mess.search.vectors import VectorSpec, load_vectors, vectors_label
 
     if kind != "auto" and kind not in KINDS:
         fail(f"unknown index kind {kind!r}; choose auto, {', '.join(KINDS)}")
@@ -76,7 +68,7 @@ def index_command(
             fail(str(exc))
         vs = load_vectors(fs, run, spec)
         _, report = build_index(fs, vs, kind, rebuild=rebuild, target_recall=target_recall)
-    data = {"model": run.model, "vectors": _spec_label(layer, aspect, fused), "norm": norm, **report.__dict__}
+    data = {"model": run.model, "vectors": vectors_label(layer, aspect, fused), "norm": norm, **report.__dict__}
     if as_json:
         _emit(data)
         return
@@ -106,6 +98,7 @@ def similar_command(
     """The tracks most similar to QUERY, with which aspects agree most."""
     from mess.search.hubness import METHODS
     from mess.search.query import aspect_layers, resolve_query, similar_tracks
+    from mess.search.vectors import vectors_label
 
     if hubness is not None and hubness not in METHODS:
         fail(f"unknown hubness reduction {hubness!r}; choose {' or '.join(METHODS)}")
@@ -118,7 +111,7 @@ def similar_command(
         except ValueError as exc:
             fail(str(exc))
         source, _ = aspect_layers(fs, run)
-    vectors = _spec_label(layer, aspect, fused)
+    vectors = vectors_label(layer, aspect, fused)
     if as_json:
         _emit({"query": {"label": tq.label, "id": tq.track.id if tq.track else None, "external": tq.track is None},
                "model": run.model, "vectors": vectors, "norm": norm, "hubness": hubness, "why_source": source,

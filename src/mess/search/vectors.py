@@ -222,6 +222,15 @@ def tracks_state(tracks: Sequence[Track]) -> str:
         repr([(t.id, t.content_hash) for t in ts]).encode()).hexdigest())
 
 
+def vectors_label(layer: str | None, aspect: str | None, fused: bool) -> str:
+    """Human name of a vector choice."""
+    if layer is not None:
+        return f"layer {layer}"
+    if aspect is not None:
+        return f"aspect {aspect}"
+    return "fused" if fused else "all layers"
+
+
 def load_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequence[Track] | None = None) -> VectorSet:
     """:func:`read_vectors`, cached per process while the tracks, aspect map and fused vectors stay the same.
 

@@ -12,9 +12,9 @@ from fastapi.responses import FileResponse
 from mess.probing.report import report_paths
 from mess.search.ann import KINDS
 from mess.search.index import build_index
-from mess.search.vectors import load_vectors
+from mess.search.vectors import load_vectors, vectors_label
 from mess.serve.routes_tracks import Aspect, Fused, Layer, Model
-from mess.serve.state import ServeState, get_state, vector_spec, vectors_label
+from mess.serve.state import ServeState, get_state, vector_spec
 
 router = APIRouter(prefix="/api")
 State = Annotated[ServeState, Depends(get_state)]

@@ -14,10 +14,10 @@ from mess.artists.similarity import METHODS as ARTIST_METHODS
 from mess.artists.similarity import artist_vectors, similarity_row, top_k
 from mess.search.hubness import METHODS as HUBNESS_METHODS
 from mess.search.query import Neighbour, TrackQuery, aspect_layers, resolve_query, similar_tracks
-from mess.search.vectors import VectorSpec, load_vectors, query_vector
+from mess.search.vectors import VectorSpec, load_vectors, query_vector, vectors_label
 from mess.serve.mapping import collection_map
 from mess.serve.routes_tracks import Aspect, Fused, Layer, Model
-from mess.serve.state import ServeState, get_state, neighbour_dict, track_dict, vector_spec, vectors_label
+from mess.serve.state import ServeState, get_state, neighbour_dict, track_dict, vector_spec
 from mess.serve.uploads import FIELD, receive_upload
 from mess.store import Run
 

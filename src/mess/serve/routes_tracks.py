@@ -9,9 +9,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import FileResponse
 
-from mess.search.vectors import load_vectors
+from mess.search.vectors import load_vectors, vectors_label
 from mess.serve.mapping import CollectionMap, collection_map
-from mess.serve.state import ServeState, get_state, track_dict, vector_spec, vectors_label
+from mess.serve.state import ServeState, get_state, track_dict, vector_spec
 from mess.store import Track
 
 router = APIRouter(prefix="/api")

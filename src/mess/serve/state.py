@@ -88,15 +88,6 @@ def vector_spec(store: FeatureStore, run: Run, layer: str | None, aspect: str | 
     return spec
 
 
-def vectors_label(layer: str | None, aspect: str | None, fused: bool) -> str:
-    """Human name of a vector choice."""
-    if layer is not None:
-        return f"layer {layer}"
-    if aspect is not None:
-        return f"aspect {aspect}"
-    return "fused" if fused else "all layers"
-
-
 def track_dict(track: Track) -> dict:
     """JSON form of a track: tags and the file name (never the full path)."""
     return {"id": track.id, "name": track.name, "title": track.title, "artist": track.artist,
