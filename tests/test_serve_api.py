@@ -36,7 +36,7 @@ from mess.search.query import resolve_query, similar_tracks
 from mess.search.vectors import VectorSpec, load_vectors
 from mess.serve.app import create_app
 from mess.serve.uploads import EmbedWorker
-from mess.store import FeatureStore
+from mess.store import FeatureStore, TrackVectors
 
 SR = 22050
 ARTISTS = {"Sine Choir": "ambient", "Saw Machine": "electronic", "Noise Ensemble": "noise"}
@@ -259,6 +259,78 @@ def test_similar_artists_follow_the_artist_library(client: TestClient, store: Fe
     assert [r["score"] for r in data["results"]] == pytest.approx(expected_scores, abs=1e-5)
     default = client.get("/api/artists/similar", params={"name": "Noise Ensemble", "k": 1}).json()
     assert default["space"] in DspModel().info.layer_names and len(default["results"]) == 1
+
+
+def test_artist_requests_reuse_their_groups_until_the_catalog_changes(
+        collection: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mess.artists.profiles as profiles
+    import mess.serve.routes_search as routes
+
+    calls = {"build_artists": 0, "most_discriminative": 0, "artist_vectors": 0}
+
+    def counting(module: object, name: str) -> None:
+        real = getattr(module, name)
+
+        def wrapped(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            calls[name] += 1
+            return real(*args, **kwargs)
+        monkeypatch.setattr(module, name, wrapped)
+
+    counting(profiles, "build_artists")
+    counting(routes, "most_discriminative")
+    counting(routes, "artist_vectors")
+    copy = tmp_path / "store"
+    shutil.copytree(collection, copy)
+    with TestClient(create_app(copy)) as c:
+        def similar(name: str, **params: object) -> dict:
+            response = c.get("/api/artists/similar", params={"name": name, **params})
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        def names() -> dict[str, int]:
+            return {a["name"]: a["total_tracks"] for a in c.get("/api/artists").json()["artists"]}
+
+        first = [similar("Sine Choir"), similar("Saw Machine", layer="mfcc"), similar("Noise Ensemble", fused=False,
+                                                                                       method="chamfer")]
+        warm = dict(calls)
+        assert warm == {"build_artists": 1, "most_discriminative": 1, "artist_vectors": 2}
+        for _ in range(3):  # nothing changed: artist groups, spaces and artist vectors are reused
+            assert [similar("Sine Choir"), similar("Saw Machine", layer="mfcc"),
+                    similar("Noise Ensemble", fused=False, method="chamfer")] == first
+            assert names() == dict.fromkeys(ARTISTS, 4)
+        assert calls == warm
+        state = c.app.state.mess
+        run = state.store.run("dsp")
+        aset = load_artists(state.store, run)
+        assert load_artists(state.store, run) is aset
+        assert load_artists(state.store, run, max_tracks=2) is not aset  # other parameters, other groups
+        assert max(len(p.track_ids) for p in load_artists(state.store, run, max_tracks=2).profiles) == 2
+        warm = dict(calls)
+
+        # another connection (another process, e.g. `mess extract`) retags a track ...
+        other = FeatureStore(copy)
+        moved = other.track(other.tracks(run, artist="Saw Machine")[0].id)
+        other.upsert_track(Path(moved.path), moved.content_hash, 1, 0.0, {"duration": moved.duration},
+                           {"artist": "Square Wave", "album": moved.album, "title": moved.title,
+                            "genre": moved.genre, "composer": None})
+        assert names() == {"Sine Choir": 4, "Noise Ensemble": 4, "Saw Machine": 3, "Square Wave": 1}
+        retagged = similar("Square Wave", layer="mfcc")
+        assert retagged["low_confidence"] and "Saw Machine" in [r["artist"] for r in retagged["results"]]
+        assert calls["build_artists"] == warm["build_artists"] + 1
+        assert similar("Sine Choir")["results"] != first[0]["results"]  # four artists now
+
+        # ... and adds a track with new content and vectors
+        ids, mats = zip(*(other.layer_matrix(run, name) for name in run.layer_names))
+        row = list(ids[0]).index(moved.id)
+        h = "new-content-hash"
+        other.upsert_track(copy.parent / "new.flac", h, 1, 0.0, {"duration": 4.0},
+                           {"artist": "New Voice", "album": None, "title": "new", "genre": None, "composer": None})
+        layers = [m[row] + 0.01 for m in mats]
+        other.write_vectors(run, [TrackVectors(h, layers, [v[None] for v in layers], [0.0])])
+        other.close()
+        assert names()["New Voice"] == 1
+        assert similar("New Voice")["results"][0]["artist"] == "Square Wave"
+        assert calls["most_discriminative"] == warm["most_discriminative"] + 2  # once per catalog change seen
 
 
 def test_upload_finds_the_original_and_places_it_on_the_map(client: TestClient, store: FeatureStore) -> None:

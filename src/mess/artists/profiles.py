@@ -11,6 +11,7 @@ from functools import cached_property
 import numpy as np
 
 from mess.artists.credits import main_artist, normalize_name
+from mess.search.vectors import from_tracks
 from mess.store import FeatureStore, Run, Track
 
 DEFAULT_MAX_TRACKS = 5
@@ -126,9 +127,16 @@ def build_artists(tracks: Sequence[Track], *, max_tracks: int = DEFAULT_MAX_TRAC
 
 
 def load_artists(store: FeatureStore, run: Run, *, max_tracks: int = DEFAULT_MAX_TRACKS,
-                 min_tracks: int = DEFAULT_MIN_TRACKS) -> ArtistSet:
-    """Artists of every track that has vectors in ``run``."""
-    artists = build_artists(store.tracks(run), max_tracks=max_tracks, min_tracks=min_tracks)
+                 min_tracks: int = DEFAULT_MIN_TRACKS, tracks: Sequence[Track] | None = None) -> ArtistSet:
+    """Artists of every track that has vectors in ``run`` (or of ``tracks``, that run's track list).
+
+    Built once per track list: :meth:`FeatureStore.tracks` returns the same tuple until the
+    catalog changes (a new or removed track, a retag, new vectors, also from another
+    process), so repeated calls return the same shared :class:`ArtistSet`; do not modify it.
+    """
+    tracks = store.tracks(run) if tracks is None else tracks
+    artists = from_tracks(tracks, f"artists:{max_tracks}:{min_tracks}",
+                          lambda ts: build_artists(ts, max_tracks=max_tracks, min_tracks=min_tracks))
     if len(artists.profiles) < 2:
         raise ArtistError(f"artist similarity needs at least 2 artists; the {run.model} vectors have "
                           f"{len(artists.profiles)} (tag files with artist or composer)")

@@ -25,7 +25,16 @@ import numpy as np
 
 from mess.search.hubness import HubnessReducer
 from mess.search.index import CollectionIndex, open_index
-from mess.search.vectors import Norm, VectorSet, VectorSpec, from_tracks, load_vectors, query_vector
+from mess.search.vectors import (
+    Norm,
+    VectorSet,
+    VectorSpec,
+    from_tracks,
+    load_vectors,
+    query_vector,
+    track_by_hash,
+    track_by_id,
+)
 from mess.store import FeatureStore, Run, StoreError, Track
 
 DUPLICATE_COSINE = 0.9999
@@ -107,9 +116,9 @@ def _external_query(store: FeatureStore, path: Path, run: Run) -> TrackQuery:
         vectors = embed_file(path, model, run.policy)
     except (AudioError, OSError, ValueError, RuntimeError) as exc:
         raise StoreError(f"cannot embed {path}: {exc}") from exc
-    for track in store.tracks(run):
-        if track.content_hash == vectors.content_hash:
-            return TrackQuery(track.name, track=track, content_hash=track.content_hash, artist=track.artist)
+    track = track_by_hash(store.tracks(run)).get(vectors.content_hash)
+    if track is not None:
+        return TrackQuery(track.name, track=track, content_hash=track.content_hash, artist=track.artist)
     tags = read_tags(path)
     label = f"{tags['artist']} - {tags['title'] or path.stem}" if tags["artist"] else path.name
     layers = tuple(np.asarray(v, dtype=np.float32) for v in vectors.layers)
@@ -134,7 +143,7 @@ def similar_tracks(store: FeatureStore, run: Run, query: TrackQuery | np.ndarray
     """
     spec = VectorSpec.from_options(layer, aspect, fused, norm)
     tracks = store.tracks(run)  # one object until the catalog changes: derived maps below are memoised on it
-    by_id = from_tracks(tracks, "by_id", lambda ts: {t.id: t for t in ts})
+    by_id = track_by_id(tracks)
     vs = load_vectors(store, run, spec, tracks)
     index = open_index(store, vs)
     tq = query if isinstance(query, TrackQuery) else None

@@ -222,6 +222,21 @@ def tracks_state(tracks: Sequence[Track]) -> str:
         repr([(t.id, t.content_hash) for t in ts]).encode()).hexdigest())
 
 
+def track_by_id(tracks: Sequence[Track]) -> dict[int, Track]:
+    """Track id -> track of ``tracks`` (memoised on the tuple; do not modify)."""
+    return from_tracks(tracks, "by_id", lambda ts: {t.id: t for t in ts})
+
+
+def track_by_hash(tracks: Sequence[Track]) -> dict[str, Track]:
+    """Content hash -> the first track (lowest id) with that content (memoised on the tuple; do not modify)."""
+    def make(ts: Sequence[Track]) -> dict[str, Track]:
+        out: dict[str, Track] = {}
+        for t in ts:
+            out.setdefault(t.content_hash, t)
+        return out
+    return from_tracks(tracks, "by_hash", make)
+
+
 def vectors_label(layer: str | None, aspect: str | None, fused: bool) -> str:
     """Human name of a vector choice."""
     if layer is not None:

@@ -11,15 +11,15 @@ from starlette.concurrency import run_in_threadpool
 from mess.artists.discrimination import most_discriminative
 from mess.artists.profiles import ArtistError, ArtistSet, Space, load_artists, load_space
 from mess.artists.similarity import METHODS as ARTIST_METHODS
-from mess.artists.similarity import artist_vectors, similarity_row, top_k
+from mess.artists.similarity import ArtistVectors, artist_vectors, similarity_row, top_k
 from mess.search.hubness import METHODS as HUBNESS_METHODS
 from mess.search.query import Neighbour, TrackQuery, aspect_layers, resolve_query, similar_tracks
-from mess.search.vectors import VectorSpec, load_vectors, query_vector, vectors_label
+from mess.search.vectors import VectorSpec, from_tracks, load_vectors, query_vector, track_by_hash, vectors_label
 from mess.serve.mapping import collection_map
 from mess.serve.routes_tracks import Aspect, Fused, Layer, Model
 from mess.serve.state import ServeState, get_state, neighbour_dict, track_dict, vector_spec
 from mess.serve.uploads import FIELD, receive_upload
-from mess.store import Run
+from mess.store import Run, Track
 
 router = APIRouter(prefix="/api")
 State = Annotated[ServeState, Depends(get_state)]
@@ -83,7 +83,7 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
 
     def search() -> dict:
         with state.lock:
-            same = next((t for t in state.store.tracks(run) if t.content_hash == content_hash), None)
+            same = track_by_hash(state.store.tracks(run)).get(content_hash)
             if same is not None:
                 tq = TrackQuery(same.name, track=same, content_hash=content_hash, artist=same.artist)
             else:
@@ -95,7 +95,7 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
                                      exclude_same_artist=exclude_same_artist)
             vs = load_vectors(state.store, run, spec)
             cmap = state.cached(("map", run.id, spec, vs.fingerprint), lambda: collection_map(vs))
-            if same is not None and same.id in set(cmap.ids.tolist()):
+            if same is not None and same.id in vs:  # cmap was made from this vector set (same fingerprint)
                 x, y = cmap.xy[vs.rows(np.array([same.id]))[0]]
             else:
                 x, y = cmap.place(vs.prep.apply(query_vector(vs.layers, run, layers)))[0]
@@ -117,14 +117,26 @@ def artists(state: State, model: Model = None) -> dict:
          "confidence": p.confidence, "low_confidence": p.low_confidence} for p in aset.profiles]}
 
 
-def _artist_space(state: ServeState, run: Run, aset: ArtistSet, layer: str | None, aspect: str | None,
-                  fused: bool) -> Space:
-    """The chosen space, else the run's most artist-discriminative layer (computed once per collection)."""
-    if layer is not None or aspect is not None or fused:
-        return load_space(state.store, run, layer=layer, aspect=aspect, fused=fused)
-    key = ("artist-space", run.id, hash(tuple((t.id, t.content_hash) for t in aset.tracks.values())))
-    return state.cached(key, lambda: most_discriminative(
-        aset, [load_space(state.store, run, layer=name) for name in run.layer_names])[0])
+def _artist_space(state: ServeState, run: Run, tracks: tuple[Track, ...], aset: ArtistSet, layer: str | None,
+                  aspect: str | None, fused: bool, center: bool) -> tuple[Space, ArtistVectors]:
+    """The chosen space, else the run's most artist-discriminative layer, and the artists' vectors in it.
+
+    Both are computed once per track list: ``tracks`` is the tuple :meth:`FeatureStore.tracks`
+    returned (the same object until the catalog changes, so new vectors, a new aspect map or
+    new fused vectors give a new tuple) and ``aset`` was built from that same tuple (default
+    max_tracks and min_tracks, as every server request uses).
+    """
+    choice = repr((layer, aspect, fused))
+
+    def space() -> Space:
+        if layer is not None or aspect is not None or fused:
+            return load_space(state.store, run, layer=layer, aspect=aspect, fused=fused)
+        return most_discriminative(aset, [load_space(state.store, run, layer=name) for name in run.layer_names])[0]
+
+    chosen = from_tracks(tracks, f"artist-space:{choice}", lambda _: space())
+    vectors = from_tracks(tracks, f"artist-vectors:{choice}:{center}",
+                          lambda _: artist_vectors(aset, chosen, center=center))
+    return chosen, vectors
 
 
 @router.get("/artists/similar", summary="Artists that sound like an artist")
@@ -141,13 +153,14 @@ def similar_artists(state: State, name: Annotated[str, Query(description="Artist
         run = state.run(model)
         if layer is not None or aspect is not None or fused:
             vector_spec(state.store, run, layer, aspect, fused)
-        aset = load_artists(state.store, run)
+        tracks = state.store.tracks(run)  # one tuple for the artists and their space, so both match
+        aset = load_artists(state.store, run, tracks=tracks)
         try:
             query = aset.index(name)
         except ArtistError as exc:
             raise HTTPException(404, str(exc)) from None
-        space = _artist_space(state, run, aset, layer, aspect, fused)
-        scores = similarity_row(artist_vectors(aset, space, center=center), query, method)
+        space, vectors = _artist_space(state, run, tracks, aset, layer, aspect, fused, center)
+        scores = similarity_row(vectors, query, method)
     me = aset.profiles[query]
     results = [{"rank": r + 1, "artist": aset.profiles[j].name,
                 "score": round(float(scores[j]), 6) if np.isfinite(scores[j]) else None,

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import FileResponse
 
-from mess.search.vectors import load_vectors, vectors_label
+from mess.search.vectors import load_vectors, track_by_id, vectors_label
 from mess.serve.mapping import CollectionMap, collection_map
 from mess.serve.state import ServeState, get_state, track_dict, vector_spec
 from mess.store import Track
@@ -106,7 +106,7 @@ def collection_map_route(state: State, model: Model = None, layer: Layer = None,
         spec = vector_spec(state.store, run, layer, aspect, fused)
         vs = load_vectors(state.store, run, spec)
         cmap: CollectionMap = state.cached(("map", run.id, spec, vs.fingerprint), lambda: collection_map(vs))
-        by_id = {t.id: t for t in state.store.tracks(run)}
+        by_id = track_by_id(state.store.tracks(run))
     points = [{**track_dict(by_id[int(i)]), "x": round(float(x), 5), "y": round(float(y), 5)}
               for i, (x, y) in zip(cmap.ids, cmap.xy) if int(i) in by_id]
     return {"model": run.model, "vectors": vectors_label(layer, aspect, fused), "method": "pca",
