@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import typer
 from typer.testing import CliRunner
 
@@ -18,6 +19,7 @@ from mess.fusion.apply import FUSED, fuse_query
 from mess.fusion.data import load_layers
 from mess.fusion.report import compare
 from mess.fusion.train import FusionConfig, embed, train_fusion
+from mess.search.query import resolve_query, similar_tracks
 from mess.models.registry import load_model
 from mess.store import FeatureStore
 
@@ -94,6 +96,12 @@ def test_cli_train_apply_report_and_query_fusion(writable: Path) -> None:
         query = fuse_query(fs, run, vectors.layers)
         stored = fused[ids.tolist().index(track.id)]
         assert float(query @ stored) / np.linalg.norm(stored) > 0.99
+        # an external file (a quieter re-encoding) goes through the same network and finds its original
+        audio, sr = sf.read(track.path, dtype="float32")
+        copy = writable.parent / "quieter-copy.wav"
+        sf.write(copy, 0.8 * audio, sr)
+        found = similar_tracks(fs, run, resolve_query(fs, str(copy), run), k=3, fused=True)
+        assert found[0].track.id == track.id
 
     out = runner.invoke(app, ["fuse", "report", "--model", "dsp", "-k", "3", *store, "--json"])
     assert out.exit_code == 0, out.output

@@ -191,9 +191,14 @@ def _raw_vector(store: FeatureStore, vs: VectorSet, query: TrackQuery) -> np.nda
             raise StoreError(f"track {query.track.id} ({query.label}) has no {vs.spec.kind} vectors for "
                              f"{vs.run.model}; run `mess extract` (or `mess fuse apply`) first")
         return vs.raw[vs.rows(np.array([query.track.id]))[0]]
-    if vs.spec.kind == "fused":
-        raise StoreError("fused vectors exist only for collection tracks; query an external file "
-                         "by --layer or --aspect")
+    if vs.spec.kind == "fused":  # an external file goes through the network `mess fuse apply` used
+        from mess.fusion.apply import fuse_query
+        from mess.fusion.data import FusionError
+
+        try:
+            return fuse_query(store, vs.run, query.layers)
+        except FusionError as exc:
+            raise StoreError(str(exc)) from exc
     return query_vector(vs.layers, vs.run, query.layers)
 
 
