@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 from typing import Annotated
@@ -28,7 +27,7 @@ from mess.artists.profiles import (
 from mess.artists.reference import Coverage, load_reference, match_reference
 from mess.artists.similarity import METHODS, artist_vectors, similarity_matrix, similarity_row, top_k
 from mess.artists.validate import Metrics, evaluate, random_baseline
-from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, fail, open_store
+from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, emit_json, fail, open_store
 from mess.store import FeatureStore, Run, StoreError
 
 WEIGHTS_FILE = "artists_hybrid.json"
@@ -49,21 +48,6 @@ KOpt = Annotated[int, typer.Option("-k", min=1, help="How many artists.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 ReferenceOpt = Annotated[Path, typer.Option("--reference", "-r", help="JSON map artist -> ordered list of similar "
                                             "artists (music-map, Last.fm, ListenBrainz shapes).")]
-
-def _emit(data: object) -> None:
-    """JSON on stdout (NaN becomes null)."""
-    typer.echo(json.dumps(_clean(data), indent=2))
-
-
-def _clean(value: object) -> object:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
-
 
 def _open(fs: FeatureStore, model: str | None, max_tracks: int, min_tracks: int) -> tuple[Run, ArtistSet]:
     """The run and its artists; says when artist names came from composer tags."""
@@ -154,7 +138,7 @@ def similar_command(
               "low_confidence": me.low_confidence, "model": run.model, "space": space.label, "method": method,
               "centered": center, "hybrid": bool(parts)}
     if as_json:
-        _emit({**header, "results": rows})
+        emit_json({**header, "results": rows})
         return
     if me.low_confidence:
         console.print(f"[yellow]warning:[/] {escape(me.name)} has only {len(me.track_ids)} track(s); "
@@ -236,7 +220,7 @@ def matrix_command(
     except OSError as exc:
         fail(f"cannot write {prefix}: {exc}")
     if as_json:
-        _emit({"artists": names, "matrix": sim.round(4).tolist(), "csv": str(csv_path), "png": str(png_path),
+        emit_json({"artists": names, "matrix": sim.round(4).tolist(), "csv": str(csv_path), "png": str(png_path),
                "space": space.label, "method": method, "centered": center})
         return
     console.print(escape(f"{len(names)} x {len(names)} artist matrix [{run.model} {space.label}] -> {csv_path}, {png_path}"))
@@ -264,7 +248,7 @@ def discrimination_command(
         except ArtistError as exc:
             fail(escape(str(exc)))
     if as_json:
-        _emit({"model": run.model, "artists": len(artists.profiles), "method": method,
+        emit_json({"model": run.model, "artists": len(artists.profiles), "method": method,
                "layers": [r.to_dict() for r in reports]})
         return
     _print_discrimination(run, artists, reports)
@@ -335,7 +319,7 @@ def validate_command(
         console.print(f"[yellow]note:[/] k={k} covers all {len(artists.profiles) - 1} other artists, so overlap@k "
                       "and recall@k are 1 by construction; use a smaller -k (nDCG and MRR still rank)")
     if as_json:
-        _emit({"model": run.model, "k": k, "method": method, "centered": center, "coverage": _coverage_dict(coverage),
+        emit_json({"model": run.model, "k": k, "method": method, "centered": center, "coverage": _coverage_dict(coverage),
                "layers": [{"layer": label, **vars(m), f"ndcg_{'raw' if center else 'centered'}": o}
                           for label, m, o in results],
                "random": vars(baseline)})
@@ -410,7 +394,7 @@ def hybrid_command(
             except OSError as exc:
                 fail(f"cannot write {path}: {exc}")
     if as_json:
-        _emit({**meta, **fit.to_dict(), "saved": str(path) if save else None})
+        emit_json({**meta, **fit.to_dict(), "saved": str(path) if save else None})
         return
     console.print("learned weights: " + ", ".join(f"{c}={fit.weights.get(c, 0):.2f}" for c in COMPONENTS
                                                   if c in fit.weights)

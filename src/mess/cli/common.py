@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +22,20 @@ StoreOpt = Annotated[
     typer.Option("--store", "-s", help="Feature store folder (env MESS_STORE).", envvar="MESS_STORE"),
 ]
 DEFAULT_STORE_PATH = Path(os.environ.get("MESS_STORE", DEFAULT_STORE))
+
+
+def emit_json(data: object) -> None:
+    """Print ``data`` as JSON on stdout; NaN and infinities become null, paths strings."""
+    def clean(v: object) -> object:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {str(a): clean(b) for a, b in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return str(v) if isinstance(v, Path) else v
+
+    typer.echo(json.dumps(clean(data), indent=2))
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

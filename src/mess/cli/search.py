@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -11,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, fail, open_store
+from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, emit_json, fail, open_store
 
 if TYPE_CHECKING:
     from mess.search.evaluate import Evaluation
@@ -23,20 +21,6 @@ FusedOpt = Annotated[bool, typer.Option("--fused", help="The fused vectors of `m
 NormOpt = Annotated[str, typer.Option("--norm", help="Per-dimension preprocessing before L2 normalisation: "
                                       "center, zscore or none.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
-
-
-def _emit(data: object) -> None:
-    """JSON on stdout (NaN becomes null)."""
-    def clean(v: object) -> object:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {str(a): clean(b) for a, b in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return str(v) if isinstance(v, Path) else v
-
-    typer.echo(json.dumps(clean(data), indent=2))
 
 
 def index_command(
@@ -70,7 +54,7 @@ def index_command(
         _, report = build_index(fs, vs, kind, rebuild=rebuild, target_recall=target_recall)
     data = {"model": run.model, "vectors": vectors_label(layer, aspect, fused), "norm": norm, **report.__dict__}
     if as_json:
-        _emit(data)
+        emit_json(data)
         return
     recall = "exact" if report.kind == "flat" else (
         f"{report.recall:.3f} (breadth {report.breadth})" if report.recall is not None else "not measured")
@@ -113,7 +97,7 @@ def similar_command(
         source, _ = aspect_layers(fs, run)
     vectors = vectors_label(layer, aspect, fused)
     if as_json:
-        _emit({"query": {"label": tq.label, "id": tq.track.id if tq.track else None, "external": tq.track is None},
+        emit_json({"query": {"label": tq.label, "id": tq.track.id if tq.track else None, "external": tq.track is None},
                "model": run.model, "vectors": vectors, "norm": norm, "hubness": hubness, "why_source": source,
                "results": [n.to_dict() for n in results]})
         return
@@ -165,7 +149,7 @@ def evaluate_command(
             fail(str(exc))
         png = plot_evaluation(ev, plot or fs.reports_dir / f"evaluate-{run.model}-{label}.png")
     if as_json:
-        _emit({**ev.to_dict(), "plot": str(png)})
+        emit_json({**ev.to_dict(), "plot": str(png)})
         return
     table = Table(title=escape(f"{run.model}: same-{label} retrieval, {ev.n_tracks} tracks, {ev.n_classes} "
                                f"classes, {ev.n_queries} queries ({norm})"))
