@@ -52,8 +52,7 @@ def fit_ridge_loo(x: np.ndarray, y: np.ndarray, alphas: np.ndarray, groups: np.n
     alphas = np.asarray(alphas, dtype=np.float64)
     best_mse = np.full(y.shape[1], np.inf)
     best_alpha = np.full(y.shape[1], alphas.max())  # kept if every LOO error is undefined
-    one_group = groups is None or len(np.unique(np.asarray(groups))) < 2  # nothing to leave out: LOO
-    blocks = [] if one_group else _group_blocks(groups)
+    blocks = [] if groups is None else _group_blocks(groups)
     for alpha in alphas:
         shrink = eig / (eig + alpha)
         leverage = u2 @ shrink + 1.0 / n  # hat-matrix diagonal, unpenalised intercept included
@@ -75,8 +74,13 @@ def fit_ridge_loo(x: np.ndarray, y: np.ndarray, alphas: np.ndarray, groups: np.n
 
 
 def _group_blocks(groups: np.ndarray) -> list[np.ndarray]:
-    """Row indices of every group of two or more rows, stacked by group size."""
+    """Row indices of every group of two or more rows, stacked by group size.
+
+    Empty when there is a single group: nothing can be left out, so leave-one-out applies.
+    """
     _, inverse, counts = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
+    if len(counts) < 2:
+        return []
     order = np.argsort(inverse, kind="stable")
     members = np.split(order, np.cumsum(counts)[:-1])
     by_size: dict[int, list[np.ndarray]] = {}
