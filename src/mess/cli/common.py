@@ -17,7 +17,7 @@ from rich.markup import escape
 from mess.store import DEFAULT_STORE, FeatureStore
 from mess.store.paths import printable
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # one message, one line (logs and greps stay whole)
 
 StoreOpt = Annotated[
     Path,
