@@ -75,11 +75,13 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
             return run, vector_spec(state.store, run, layer, aspect, fused)
 
     run, spec = await run_in_threadpool(prepare)
-    saved = await receive_upload(request, state.max_upload_bytes)
-    try:
-        content_hash, layers, tags = await run_in_threadpool(state.worker.embed, saved.path, run, saved.filename)
-    finally:
-        saved.path.unlink(missing_ok=True)
+    with state.worker.slot():  # 503 at once when the upload queue is full: reads never wait on uploads
+        saved = await receive_upload(request, state.max_upload_bytes)
+        try:
+            content_hash, layers, tags = await run_in_threadpool(state.worker.embed, saved.path, run,
+                                                                 saved.filename)
+        finally:
+            saved.path.unlink(missing_ok=True)
 
     def search() -> dict:
         with state.lock:
