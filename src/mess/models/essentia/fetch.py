@@ -31,15 +31,18 @@ def fetchable() -> tuple[str, ...]:
 
 def fetch(name: str, folder: Path) -> list[Path]:
     """Fetch the files of ``name`` (a preset or a MERT checkpoint) into ``folder``; return what lies there."""
-    from mess.models.mert import CHECKPOINTS
-
     folder = Path(folder).expanduser()
-    if name in CHECKPOINTS:
+    if name in PRESETS:
+        return fetch_files(PRESETS[name].files, folder)
+    if name in fetchable():
         return _fetch_mert(name, folder)
-    if name not in PRESETS:
-        raise FetchError(f"unknown model {name!r}; choose one of {', '.join(fetchable())}")
+    raise FetchError(f"unknown model {name!r}; choose one of {', '.join(fetchable())}")
+
+
+def fetch_files(files: tuple[PinnedFile, ...], folder: Path) -> list[Path]:
+    """Download each of ``files`` into ``folder``, keeping copies already there that match their pins."""
     folder.mkdir(parents=True, exist_ok=True)
-    return [_fetch_file(pinned, folder, PRESETS[name].files) for pinned in PRESETS[name].files]
+    return [_fetch_file(pinned, folder, files) for pinned in files]
 
 
 def verify(path: Path, pinned: PinnedFile) -> None:
