@@ -1,41 +1,23 @@
 """The ONNX backend on real weights: mess's musicnn (the wheel's MSD checkpoint) exported with Essentia's names.
 
-The export uses ``torch.onnx.export`` with msd-musicnn-1's tensor names (input
+``export_musicnn`` runs ``torch.onnx.export`` with msd-musicnn-1's tensor names (input
 ``model/Placeholder`` [batch, 187, 96]; outputs ``model/Sigmoid`` and ``model/dense/BiasAdd``)
-plus the native port's intermediate layers, and an Essentia-format JSON beside it.
+plus the native port's intermediate layers, and writes an Essentia-format JSON beside it.
+The ONNX backend then runs that file with its own preset code and must reproduce the
+native backend's vectors.
 """
 
 from __future__ import annotations
 
-import json
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from mess.audio.decode import load_audio
 from mess.models.essentia import OnnxModel
+from mess.models.essentia.export import INTERMEDIATE, export_musicnn
 from mess.models.musicnn import MusicnnModel
-from mess.models.musicnn.network import FRAME_LAYERS, N_FRAMES, N_MELS
-
-INTERMEDIATE = (*FRAME_LAYERS, "mean_pool", "max_pool", "penultimate")
-OUTPUTS = ("model/Sigmoid", "model/dense/BiasAdd", *INTERMEDIATE)
-
-
-class _EssentiaNames(torch.nn.Module):
-    """musicnn's forward with outputs in msd-musicnn-1's order: taggram, dense pre-activation, then the rest."""
-
-    def __init__(self, network: torch.nn.Module) -> None:
-        super().__init__()
-        self.network = network
-
-    def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.network(mel)
-        flat = torch.stack([out["max_pool"], out["mean_pool"]], dim=2).flatten(1)
-        dense = self.network.dense(self.network.bns[9](flat))
-        return (out["taggram"], dense, *(out[name] for name in INTERMEDIATE))
 
 
 @pytest.fixture(scope="module")
@@ -47,27 +29,8 @@ def native() -> MusicnnModel:
 @pytest.fixture(scope="module")
 def exported(native: MusicnnModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """msd-musicnn-1.onnx + .json exported from the native network's real weights."""
-    path = tmp_path_factory.mktemp("essentia") / "msd-musicnn-1.onnx"
-    dynamic = {"model/Placeholder": {0: "batch"}, **{name: {0: "batch"} for name in OUTPUTS}}
-    with warnings.catch_warnings():  # the TorchScript exporter's deprecation and constant-folding notes
-        warnings.simplefilter("ignore")
-        torch.onnx.export(_EssentiaNames(native.network).eval(), (torch.zeros(2, N_FRAMES, N_MELS),), str(path),
-                          dynamo=False, input_names=["model/Placeholder"], output_names=list(OUTPUTS),
-                          dynamic_axes=dynamic, opset_version=17)
-    path.with_suffix(".json").write_text(json.dumps({
-        "name": "MSD MusiCNN", "version": "1", "framework": "tensorflow", "classes": list(native.tag_names),
-        "schema": {
-            "inputs": [{"name": "model/Placeholder", "type": "float", "shape": [N_FRAMES, N_MELS]}],
-            "outputs": [
-                {"name": "model/Sigmoid", "type": "float", "shape": [1, 50], "op": "Sigmoid",
-                 "output_purpose": "predictions"},
-                {"name": "model/dense/BiasAdd", "type": "float", "shape": [1, 200], "op": "fully connected",
-                 "description": "embeddings", "output_purpose": ""},
-            ],
-        },
-        "inference": {"sample_rate": 16000, "algorithm": "TensorflowPredictMusiCNN"},
-    }))
-    return path
+    pytest.importorskip("onnx", reason="torch.onnx.export needs onnx (test extra)")
+    return export_musicnn(native, tmp_path_factory.mktemp("essentia") / "msd-musicnn-1.onnx")
 
 
 @pytest.fixture(scope="module")
