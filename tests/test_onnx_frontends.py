@@ -46,7 +46,7 @@ def reference_musicnn(y: np.ndarray) -> np.ndarray:
             if lo < f < hi:
                 bank[band, k] = ((f - lo) / (mid - lo) if f <= mid else (hi - f) / (hi - mid)) * 2 / (hi - lo)
     window = _hann(512)
-    rows = [np.log10(1 + 10000 * bank @ np.abs(np.fft.fft(frame * window)[:257]) ** 2) for frame in _frames(y, 512, 256)]
+    rows = [np.log10(1 + 10000 * bank @ np.abs(np.fft.fft(f * window)[:257]) ** 2) for f in _frames(y, 512, 256)]
     return np.array(rows)
 
 
