@@ -19,7 +19,7 @@ import pytest
 
 from mess.audio.decode import load_audio
 from mess.models.essentia import EssentiaModelError, OnnxModel
-from mess.models.registry import load_model
+from mess.models.registry import ModelError, load_model
 from mess.store import FeatureStore
 
 onnx = pytest.importorskip("onnx", reason="tests build their graphs with onnx (test extra)")
@@ -153,6 +153,10 @@ def test_preset_flag_overrides_detection(tmp_path: Path, clips: np.ndarray) -> N
     assert load_model(str(path), preset="discogs-effnet").info.layer_dims == (5, 32, 32)
     with pytest.raises(EssentiaModelError, match="preset vggish feeds \\[batch, 96 frames, 64 bands\\]"):
         OnnxModel(path, preset="vggish")
+    with pytest.raises(EssentiaModelError, match="unknown preset 'effnet'; choose one of discogs-effnet, "):
+        OnnxModel(path, preset="effnet")
+    with pytest.raises(ModelError, match="--preset applies to .onnx model files, not to 'dsp'"):
+        load_model("dsp", preset="vggish")
 
 
 def test_wrong_input_name(tmp_path: Path) -> None:
@@ -210,3 +214,6 @@ def test_extract_bad_model_is_one_line(tmp_path: Path, rendered_collection: list
                 cwd=tmp_path)
     assert done.returncode == 1
     assert "broken.onnx is not a readable ONNX graph" in done.stderr and "Traceback" not in done.stderr
+    ray = _cli("extract", str(rendered_collection[0]), "--model", str(broken), "--preset", "vggish", "--engine", "ray",
+               "--store", str(tmp_path / "s"), cwd=tmp_path)
+    assert ray.returncode == 1 and "--preset is not passed on to Ray workers" in " ".join(ray.stderr.split())

@@ -56,6 +56,8 @@ def extract_command(
 
     try:
         policy = WindowPolicy(window_seconds=window, max_windows=max_windows)
+        if preset and engine != "local":
+            raise ValueError("--preset is not passed on to Ray workers; name the .onnx file after its preset")
         embedder = with_precision(load_model(model, device=device if engine == "local" else "cpu", preset=preset),
                                   precision)
     except (ModelError, ValueError, ImportError) as exc:
