@@ -159,6 +159,14 @@ def test_preset_flag_overrides_detection(tmp_path: Path, clips: np.ndarray) -> N
         load_model("dsp", preset="vggish")
 
 
+def test_input_found_under_tf2onnx_names(tmp_path: Path, clips: np.ndarray) -> None:
+    path = effnet_graph(tmp_path / "discogs-effnet-y.onnx", input_name="melspectrogram:0")
+    write_json(path, "serving_default_melspectrogram", EFFNET_OUTPUTS, "TensorflowPredictEffnetDiscogs")
+    model = OnnxModel(path)
+    assert model.input_name == "melspectrogram:0"
+    np.testing.assert_allclose(model.embed(clips[:1])[1][0], _expected_effnet(clips[0])[1], rtol=1e-3, atol=1e-3)
+
+
 def test_wrong_input_name(tmp_path: Path) -> None:
     path = effnet_graph(tmp_path / "discogs-effnet-x.onnx", input_name="spectrogram")
     write_json(path, "serving_default_melspectrogram", EFFNET_OUTPUTS, "TensorflowPredictEffnetDiscogs")

@@ -7,7 +7,8 @@ The fields used (as in ``discogs-effnet-bsdynamic-1.json`` or ``msd-musicnn-1.js
      "inference": {"sample_rate": 16000, "algorithm": "TensorflowPredictEffnetDiscogs"}}
 
 The tensor names are those of the TensorFlow graph; Essentia's ONNX exports may rename
-them (``serving_default_melspectrogram`` -> ``melspectrogram``), see :func:`graph_name`.
+them (``serving_default_melspectrogram`` -> ``melspectrogram``) or keep a ``:0`` suffix; the
+backend tries the name as written, :func:`graph_name` of it, and that with ``:0``.
 """
 
 from __future__ import annotations

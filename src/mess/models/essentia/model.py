@@ -108,7 +108,7 @@ def _check_input(session, metadata: ModelMetadata, preset: Preset, file: str) ->
     """The graph input named by the metadata and its fixed batch size (0 when dynamic), after shape checks."""
     graph_inputs = {i.name: i for i in session.get_inputs()}
     wanted = metadata.inputs[0].name
-    name = next((n for n in (wanted, graph_name(wanted)) if n in graph_inputs), None)
+    name = next((n for n in (wanted, graph_name(wanted), f"{graph_name(wanted)}:0") if n in graph_inputs), None)
     if name is None:
         raise EssentiaModelError(f"{file}: the metadata's input {wanted!r} is not an input of the graph "
                                  f"(it has {', '.join(map(repr, graph_inputs))}); is {metadata.path.name} its JSON?")
@@ -125,7 +125,8 @@ def _layer_names(outputs: list[str], metadata: ModelMetadata) -> tuple[str, ...]
     described = {}
     for spec in metadata.outputs:
         label = spec.description or spec.purpose or spec.name
-        described[spec.name] = described[graph_name(spec.name)] = label
+        for alias in (spec.name, graph_name(spec.name), f"{graph_name(spec.name)}:0"):
+            described[alias] = label
     names: list[str] = []
     for out in outputs:
         name = layer_name(described.get(out, out))
