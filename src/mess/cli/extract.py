@@ -21,7 +21,8 @@ from mess.store import FeatureStore
 
 def extract_command(
     folders: Annotated[list[Path], typer.Argument(help="Audio files or folders (wav, flac, mp3, ogg, opus, m4a).")],
-    model: Annotated[str, typer.Option("--model", "-m", help="dsp, musicnn-msd, musicnn-mtt, mert-v1-95m, mert-v1-330m, or a local model folder.")] = "musicnn-msd",
+    model: Annotated[str, typer.Option("--model", "-m", help="dsp, musicnn-msd, musicnn-mtt, mert-v1-95m, mert-v1-330m, a local model folder, or an Essentia .onnx file (JSON beside it).")] = "musicnn-msd",
+    preset: Annotated[str | None, typer.Option(help="Front end of a .onnx model: discogs-effnet, discogs-effnet-artist, vggish, essentia-musicnn-msd (default: from its metadata).")] = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 4,
@@ -55,7 +56,10 @@ def extract_command(
 
     try:
         policy = WindowPolicy(window_seconds=window, max_windows=max_windows)
-        embedder = with_precision(load_model(model, device=device if engine == "local" else "cpu"), precision)
+        if preset and engine != "local":
+            raise ValueError("--preset is not passed on to Ray workers; name the .onnx file after its preset")
+        embedder = with_precision(load_model(model, device=device if engine == "local" else "cpu", preset=preset),
+                                  precision)
     except (ModelError, ValueError, ImportError) as exc:
         fail(str(exc))
     if embedder.info.licence:
