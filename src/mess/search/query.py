@@ -184,6 +184,11 @@ def aspect_layers(store: FeatureStore, run: Run) -> tuple[str, dict[str, VectorS
                       for label, g in zip(("early", "middle", "late"), groups)}
 
 
+def query_unit(store: FeatureStore, vs: VectorSet, query: TrackQuery) -> np.ndarray:
+    """The query as a unit vector [dim] in the space of ``vs`` (its preprocessor applied)."""
+    return vs.prep.apply(_raw_vector(store, vs, query))[0]
+
+
 def _raw_vector(store: FeatureStore, vs: VectorSet, query: TrackQuery) -> np.ndarray:
     """The query's raw vector in the space of ``vs``."""
     if query.track is not None:
