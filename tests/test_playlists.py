@@ -68,12 +68,12 @@ def test_radio_starts_with_the_seeds_nearest_other_artist(real: FeatureStore, mo
 def test_radio_from_two_seeds_takes_the_closest_to_either(real: FeatureStore) -> None:
     run = real.run("musicnn-msd")
     seeds = [resolve_query(real, i, run) for i in (1, 12)]
-    playlist = radio(real, run, seeds, 14, window=1)
+    playlist = radio(real, run, seeds, 8, window=1)  # 14 candidates, at most 4 per artist: 8 always fit
     vs = load_vectors(real, run, VectorSpec("all"))
     unit = vs.unit()
     q = unit[vs.rows(np.array([1, 12]))]
     ids = [t.id for t in playlist.tracks]
-    assert 1 not in ids and 12 not in ids and len(set(ids)) == 14
+    assert 1 not in ids and 12 not in ids and len(set(ids)) == 8
     expected = (unit[vs.rows(np.array(ids))] @ q.T).max(axis=1)
     np.testing.assert_allclose(playlist.scores, expected, atol=1e-5)
 

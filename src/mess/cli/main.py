@@ -8,7 +8,8 @@ import warnings
 
 import typer
 
-from mess.cli import artists, check, demo_data, extract, fuse, playlist, probe, search, serve
+from mess.cli import artists, check, config, demo_data, extract, fuse, mpd, playlist, probe, search, serve
+from mess.cli.common import plain_help, version_option
 
 app = typer.Typer(
     name="mess",
@@ -19,8 +20,10 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (extract, check, probe, search, artists, fuse, serve, demo_data, playlist):
+for module in (extract, check, probe, search, artists, fuse, serve, demo_data, playlist, mpd, config):
     module.register(app)
+app.callback()(version_option)
+plain_help(app)
 
 
 def main() -> None:
