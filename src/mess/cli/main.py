@@ -8,7 +8,7 @@ import warnings
 
 import typer
 
-from mess.cli import artists, check, config, demo_data, extract, fuse, mpd, playlist, probe, search, serve
+from mess.cli import artists, check, config, demo_data, export, extract, fuse, mpd, playlist, probe, search, serve
 from mess.cli.common import plain_help, version_option
 
 app = typer.Typer(
@@ -20,7 +20,8 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (extract, check, probe, search, artists, fuse, serve, demo_data, playlist, mpd, config):
+for module in (extract, check, probe, search, artists, fuse, serve, demo_data, playlist, mpd, config,
+               export):
     module.register(app)
 app.callback()(version_option)
 plain_help(app)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
 from mess.playlists.playlist import Playlist, PlaylistError
+from mess.store import Track
 
 FORMATS = {".m3u8": "m3u8", ".m3u": "m3u8", ".xspf": "xspf"}
 XSPF_NS = "http://xspf.org/ns/0/"
@@ -27,6 +29,9 @@ def playlist_format(path: Path) -> str:
     return fmt
 
 
+Locate = Callable[[Track], str]
+
+
 def _location(track_path: str, folder: Path | None) -> tuple[str, bool]:
     """(path, is_relative): relative to ``folder`` when the track lies inside it."""
     p = Path(track_path)
@@ -35,17 +40,21 @@ def _location(track_path: str, folder: Path | None) -> tuple[str, bool]:
     return str(p), False
 
 
-def render_m3u8(playlist: Playlist, folder: Path | None = None) -> str:
-    """Extended M3U (UTF-8): #EXTM3U, #PLAYLIST, and #EXTINF:seconds,Artist - Title before each path."""
+def render_m3u8(playlist: Playlist, folder: Path | None = None, locate: Locate | None = None) -> str:
+    """Extended M3U (UTF-8): #EXTM3U, #PLAYLIST, and #EXTINF:seconds,Artist - Title before each path.
+
+    ``locate`` (e.g. a track's URL on a server) replaces the file path of each entry.
+    """
     lines = ["#EXTM3U", f"#PLAYLIST:{_one_line(playlist.title)}"]
     for t in playlist.tracks:
         seconds = -1 if t.duration is None else round(t.duration)
-        lines += [f"#EXTINF:{seconds},{_one_line(t.name)}", _location(t.path, folder)[0]]
+        lines += [f"#EXTINF:{seconds},{_one_line(t.name)}", locate(t) if locate else _location(t.path, folder)[0]]
     return "\n".join(lines) + "\n"
 
 
-def render_xspf(playlist: Playlist, folder: Path | None = None) -> str:
-    """XSPF 1: title, creator, album, duration (ms) and location (relative URI or file:// URI) per track."""
+def render_xspf(playlist: Playlist, folder: Path | None = None, locate: Locate | None = None) -> str:
+    """XSPF 1: title, creator, album, duration (ms) and location (relative URI, file:// URI, or ``locate``'s
+    URI) per track."""
     ET.register_namespace("", XSPF_NS)
     root = ET.Element(f"{{{XSPF_NS}}}playlist", version="1")
     ET.SubElement(root, f"{{{XSPF_NS}}}title").text = playlist.title
@@ -53,7 +62,8 @@ def render_xspf(playlist: Playlist, folder: Path | None = None) -> str:
     for t in playlist.tracks:
         el = ET.SubElement(tracklist, f"{{{XSPF_NS}}}track")
         loc, relative = _location(t.path, folder)
-        ET.SubElement(el, f"{{{XSPF_NS}}}location").text = quote(loc) if relative else Path(loc).as_uri()
+        uri = locate(t) if locate else quote(loc) if relative else Path(loc).as_uri()
+        ET.SubElement(el, f"{{{XSPF_NS}}}location").text = uri
         ET.SubElement(el, f"{{{XSPF_NS}}}title").text = t.title or Path(t.path).stem
         for tag, value in (("creator", t.artist), ("album", t.album)):
             if value:
@@ -64,11 +74,11 @@ def render_xspf(playlist: Playlist, folder: Path | None = None) -> str:
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def render(playlist: Playlist, fmt: str, folder: Path | None = None) -> str:
+def render(playlist: Playlist, fmt: str, folder: Path | None = None, locate: Locate | None = None) -> str:
     """The playlist as text in ``fmt`` ('m3u8' or 'xspf'), paths relative to ``folder`` where inside it."""
     if fmt not in ("m3u8", "xspf"):
         raise PlaylistError(f"unknown playlist format {fmt!r}; use m3u8 or xspf")
-    return render_m3u8(playlist, folder) if fmt == "m3u8" else render_xspf(playlist, folder)
+    return (render_m3u8 if fmt == "m3u8" else render_xspf)(playlist, folder, locate)
 
 
 def write_playlist(playlist: Playlist, path: Path) -> Path:

@@ -15,7 +15,9 @@ def sonic_path(store: FeatureStore, run: Run, start: Track, end: Track, n: int =
 
     Step i aims at the point a fraction i/(n-1) of the way along the great circle from A to B
     (unit vectors of the chosen vector set) and takes the nearest unused track that is not a
-    near-duplicate of one already on the path. Scores are each track's cosine to its target.
+    near-duplicate of one already on the path. The tracks between A and B are then ordered by
+    progress (cosine to B minus cosine to A), so the path never turns back. Scores are each
+    track's cosine to the target it was chosen for.
     """
     if n < 2:
         raise PlaylistError("a path needs -n of at least 2 (the start and the end)")
@@ -35,7 +37,7 @@ def sonic_path(store: FeatureStore, run: Run, start: Track, end: Track, n: int =
     guard.add(b, end)
     free = np.ones(len(vs.ids), dtype=bool)
     free[vs.rows(np.array([start.id, end.id]))] = False
-    picked, scores = [start], [1.0]
+    chosen: list[tuple[int, float]] = []  # (row, cosine to its target)
     for t in np.linspace(0.0, 1.0, n)[1:-1]:
         target = _slerp(a, b, float(t))
         sims = np.where(free, unit @ target, -np.inf)
@@ -46,11 +48,11 @@ def sonic_path(store: FeatureStore, run: Run, start: Track, end: Track, n: int =
             track = by_id[int(vs.ids[row])]
             if not guard.duplicate(unit[row], track):
                 guard.add(unit[row], track)
-                picked.append(track)
-                scores.append(float(sims[row]))
+                chosen.append((int(row), float(sims[row])))
                 break
-    picked.append(end)
-    scores.append(1.0)
+    chosen.sort(key=lambda rs: float(unit[rs[0]] @ b - unit[rs[0]] @ a))  # progress from A towards B
+    picked = [start, *(by_id[int(vs.ids[r])] for r, _ in chosen), end]
+    scores = [1.0, *(x for _, x in chosen), 1.0]
     return Playlist(f"path: {start.name} -> {end.name}", tuple(picked), tuple(scores))
 
 

@@ -97,5 +97,5 @@ def track_dict(track: Track) -> dict:
 def neighbour_dict(result: Neighbour) -> dict:
     """JSON form of a search result: the track plus score, duplicate flag and per-aspect evidence."""
     scored = result.to_dict()
-    keys = ("score", "duplicate", "adjusted", "why", "why_percentile", "reasons")
+    keys = ("score", "duplicate", "adjusted", "why", "why_percentile", "reasons", "reasons_text")
     return {**track_dict(result.track), **{k: scored[k] for k in keys}}
