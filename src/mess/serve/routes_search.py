@@ -110,6 +110,7 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
             else:
                 x, y = cmap.place(vs.prep.apply(query_vector(vs.layers, run, layers)))[0]
             query = {"label": tq.label, "external": same is None, "id": same.id if same else None,
+                     "artist": same.artist if same else tags.get("artist"),
                      "file": saved.filename, "bytes": saved.size, "x": round(float(x), 5), "y": round(float(y), 5)}
             return _answer(state, run, query, results, layer, aspect, fused)
 
