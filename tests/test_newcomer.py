@@ -87,3 +87,30 @@ def test_version_and_help_pages_without_type_markers() -> None:
         assert out.exit_code == 0, (cmd, out.output)
         markers = re.findall(r"<(?:bool|str|int|float|path|list\[[^\]]*\]|int range|float range)>|\{\w+\}", out.output)
         assert not markers, (cmd, markers)
+
+
+def test_similar_offers_only_encoded_aspects_as_evidence(extracted_store: Path, tmp_path: Path) -> None:
+    from contextlib import closing
+
+    from mess.store import FeatureStore
+
+    store = tmp_path / "store"
+    shutil.copytree(extracted_store, store)
+    with closing(FeatureStore(store)) as fs:  # musicnn-msd's R^2 on real soundtracks (issue 16)
+        run = fs.run("musicnn-msd")
+        names = run.layer_names
+        fs.set_aspect_map(run, [("timbre", names[-2], 0.66, 0.1), ("dynamics", names[-2], 0.59, 0.1),
+                                ("texture", names[-3], 0.49, 0.1), ("rhythm", names[1], 0.21, 0.1),
+                                ("harmony", names[2], 0.06, 0.1)])
+    out = runner.invoke(app, ["similar", "1", "-k", "3", "--model", "musicnn-msd", "--store", str(store), "--json"])
+    data = json.loads(out.stdout)
+    assert data["weak_aspects"] == {"harmony": 0.06, "rhythm": 0.21}
+    for r in data["results"]:
+        assert set(r["why"]) == {"dynamics/timbre", "texture"}
+        assert all(re.fullmatch(r"(tone colour and loudness|texture): closer than \d+% of tracks", t)
+                   for t in r["reasons_text"]), r["reasons_text"]
+    out = runner.invoke(app, ["similar", "1", "-k", "3", "--model", "musicnn-msd", "--store", str(store)],
+                        env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    assert "not used as evidence (probe R^2 below 0.3): rhythm 0.21, harmony 0.06" in out.output
+    assert "harmony 1" not in out.output and "tone colour and loudness: closer than" in out.output
