@@ -137,7 +137,8 @@ def test_map_zooms_pans_and_draws_axes(page: Browser, tmp_path: Path) -> None:
     a, b = ids[0], ids[-1]
 
     def gap() -> float:
-        (xa, ya), (xb, yb) = page.evaluate(f"window.mess.pagePosition({a})"), page.evaluate(f"window.mess.pagePosition({b})")
+        xa, ya = page.evaluate(f"window.mess.pagePosition({a})")
+        xb, yb = page.evaluate(f"window.mess.pagePosition({b})")
         return float(np.hypot(xa - xb, ya - yb))
 
     before = gap()
@@ -226,8 +227,8 @@ def test_narrow_screen_has_no_horizontal_scroll_and_wide_header_one_row(server: 
             overflow = browser.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 0, f"{overflow}px of horizontal scroll at {width}px"
             if width == 1400:
-                tops = browser.evaluate("[...document.querySelectorAll('header > *')].map(e => "
-                                        "Math.round(e.getBoundingClientRect().top + e.getBoundingClientRect().height / 2))")
+                tops = browser.evaluate("[...document.querySelectorAll('header > *')].map(e => { const r = "
+                                        "e.getBoundingClientRect(); return Math.round(r.top + r.height / 2); })")
                 assert max(tops) - min(tops) <= 4, tops  # one row
             _shot(browser, tmp_path, name)
             assert browser.exceptions() == []

@@ -118,12 +118,12 @@ class PlainGroup(_PlainParams, TyperGroup):
 
 def plain_help(app: typer.Typer) -> None:
     """Give every command and group of ``app`` (recursively) help pages without type markers."""
-    def plain(cls: object, default: type, plain_cls: type) -> object:
+    def pick(cls: object, default: type, plain_cls: type) -> object:
         return plain_cls if cls is None or cls is default or isinstance(cls, DefaultPlaceholder) else cls
 
     for command in app.registered_commands:
-        command.cls = plain(command.cls, TyperCommand, PlainCommand)
+        command.cls = pick(command.cls, TyperCommand, PlainCommand)
     for group in app.registered_groups:
-        group.cls = plain(group.cls, TyperGroup, PlainGroup)
+        group.cls = pick(group.cls, TyperGroup, PlainGroup)
         plain_help(group.typer_instance)
-    app.info.cls = plain(app.info.cls, TyperGroup, PlainGroup)
+    app.info.cls = pick(app.info.cls, TyperGroup, PlainGroup)

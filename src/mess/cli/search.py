@@ -14,7 +14,8 @@ from mess.cli.common import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, console, emit
 if TYPE_CHECKING:
     from mess.search.evaluate import Evaluation
 
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model whose vectors to use (default: latest run).")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model (or local model folder) whose vectors to "
+                                              "use (default: the best extracted; see `mess config`).")]
 LayerOpt = Annotated[str | None, typer.Option("--layer", "-l", help="One layer (name or index, -1 = last).")]
 AspectOpt = Annotated[str | None, typer.Option("--aspect", "-a", help="The layer `mess probe` chose for this aspect.")]
 FusedOpt = Annotated[bool, typer.Option("--fused", help="The fused vectors of `mess fuse`.")]

@@ -31,7 +31,8 @@ def _answer(request: Request, playlist: Playlist, model: str, fmt: str, name: st
                 "tracks": [{**track_dict(t), "score": round(s, 6)} for t, s in zip(playlist.tracks, playlist.scores)]}
     base = str(request.base_url).rstrip("/")
     text = render(playlist, fmt, locate=lambda t: f"{base}/api/tracks/{t.id}/audio")
-    return Response(text, media_type=MEDIA[fmt], headers={"Content-Disposition": f'attachment; filename="{name}.{fmt}"'})
+    disposition = f'attachment; filename="{name}.{fmt}"'
+    return Response(text, media_type=MEDIA[fmt], headers={"Content-Disposition": disposition})
 
 
 @router.get("/radio", summary="A radio from seed tracks: closest first, artists spread, no near-duplicates",

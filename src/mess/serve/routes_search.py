@@ -44,7 +44,8 @@ def _answer(state: ServeState, run: Run, query: dict, results: list[Neighbour], 
             aspect: str | None, fused: bool) -> dict:
     source, specs = aspect_layers(state.store, run)
     return {"query": query, "model": run.model, "vectors": vectors_label(layer, aspect, fused),
-            "why_source": source, "why_words": {g: listener_words(g) for g in specs}, "weak_aspects": weak_aspects(state.store, run), "encoded_threshold": ENCODED_R2,
+            "why_source": source, "why_words": {g: listener_words(g) for g in specs},
+            "weak_aspects": weak_aspects(state.store, run), "encoded_threshold": ENCODED_R2,
             "results": [neighbour_dict(n) for n in results]}
 
 
