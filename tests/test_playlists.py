@@ -163,3 +163,19 @@ def test_playlist_bad_input_is_one_line(extracted_store: Path, tmp_path: Path) -
     assert out.exit_code == 1 and ".m3u8 or .xspf" in " ".join(out.output.split())
     out = runner.invoke(app, ["playlist", "path", "1", "1", "--store", str(extracted_store)])
     assert out.exit_code == 1 and "same recording" in out.output
+
+
+def test_radio_from_an_audio_file_outside_the_collection(real: FeatureStore, extracted_store: Path,
+                                                         tmp_path: Path) -> None:
+    import soundfile as sf
+
+    audio, rate = sf.read(real.track(6).path)
+    clip = tmp_path / "clip.wav"  # new content, no tags: embedded on the fly, no artist to avoid
+    sf.write(clip, audio[: 15 * rate], rate)
+    out = runner.invoke(app, ["playlist", "radio", str(clip), "-n", "5", "--model", "musicnn-msd", "--store",
+                              str(extracted_store), "--json"])
+    assert out.exit_code == 0, out.output
+    ids = [t["id"] for t in json.loads(out.stdout)["tracks"]]
+    run = real.run("musicnn-msd")
+    nearest = similar_tracks(real, run, resolve_query(real, clip, run), 1)[0]
+    assert len(ids) == 5 and ids[0] == nearest.track.id
