@@ -3,9 +3,10 @@
 // query by upload and the probe heatmap. Vanilla JS, no build step, no network beyond this server.
 
 const $ = (id) => document.getElementById(id);
-// 20 colours chosen greedily for the largest smallest CIELAB distance (first 12: at least 45 apart).
-const PALETTE = ["#3366aa", "#00dd00", "#ff0000", "#0000ff", "#ff00aa", "#eebb00", "#005500", "#773300",
-  "#00ddaa", "#aa66ff", "#ff7788", "#882266", "#99cc55", "#ffaaff", "#00ddff", "#ff00ff", "#bb9955", "#ee7711",
+// 20 colours picked greedily for the largest smallest CIELAB distance, then ordered so that few groups get
+// distinct hues: the first 4 are at least 80 apart, the first 12 at least 47, and 44 from the grey of the rest.
+const PALETTE = ["#3366aa", "#eebb00", "#ff0000", "#00dd00", "#aa66ff", "#773300", "#00ddff", "#ff00aa",
+  "#005500", "#ff7788", "#0000ff", "#99cc55", "#882266", "#00ddaa", "#ffaaff", "#ff00ff", "#bb9955", "#ee7711",
   "#008877", "#bb1122"];
 const OTHER = "#b8b8b8";
 const PAD = { left: 44, right: 12, top: 12, bottom: 34 };
