@@ -95,6 +95,7 @@ def test_radio_is_listed_played_in_order_and_downloadable(page: Browser, server:
     points = page.evaluate("window.mess.state.points.map(p => p.id)")
     seed = points[len(points) // 2]
     _select(page, seed)
+    assert page.evaluate("document.getElementById('playlist-actions').offsetParent === null")  # nothing to play yet
     page.evaluate("document.getElementById('playlist-n').value = '6'")
     page.evaluate("document.getElementById('radio-btn').click()")
     page.wait_for("document.querySelectorAll('#playlist li').length === 6")
