@@ -12,14 +12,14 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 from typer.models import DefaultPlaceholder
-from rich.markup import escape
 
 from mess.store import DEFAULT_STORE, FeatureStore
 from mess.store.paths import printable
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # one message, one line (logs and greps stay whole)
 
 StoreOpt = Annotated[
     Path,
@@ -71,7 +71,6 @@ def open_store(path: Path, *, readonly: bool = True) -> Iterator[FeatureStore]:
         fail(str(exc))
     finally:
         store.close()
-
 
 
 def _print_version(value: bool) -> None:
