@@ -110,6 +110,13 @@ class TrackVectors:
     seg_starts: Sequence[float]
 
 
+def _schema_missing(db: sqlite3.Connection) -> bool:
+    try:
+        return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='vectors'").fetchone() is None
+    except sqlite3.DatabaseError:
+        return False  # an unreadable catalog: the check below names it
+
+
 def _command_name() -> str:
     """What this process is, for the lock holder note: 'mess extract', 'python bench.py', ..."""
     argv = [a for a in sys.argv[:2] if a] or ["python"]
@@ -144,6 +151,9 @@ class FeatureStore:
         except sqlite3.DatabaseError as exc:
             raise StoreDamaged(f"{db}: the catalog cannot be read ({exc}); restore it from a backup "
                                f"or start a new store (vectors are cached by content, so a re-run re-embeds)") from None
+        if readonly and _schema_missing(self.db):  # a first writer created the file, not yet its tables
+            self.db.close()
+            raise StoreError(f"no feature store at {self.root} yet (run `mess extract` first)")
         self.readonly = readonly
         self.lock = StoreLock(self.root)
         self.on_wait = on_wait
@@ -171,6 +181,19 @@ class FeatureStore:
         if self.readonly:
             raise StoreError(f"{self.root} was opened read-only")
         return self.lock.hold(command, wait=wait, on_wait=on_wait or self.on_wait)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside the block all see one catalog version, whatever other processes commit meanwhile."""
+        with self._lock:
+            if self.db.in_transaction:
+                yield
+                return
+            self.db.execute("BEGIN")
+            try:
+                yield
+            finally:
+                self.db.rollback()
 
     @contextmanager
     def _write(self) -> Iterator[None]:
