@@ -89,6 +89,7 @@ def test_mpd_radio_queues_similar_tracks_after_the_current_song(mpd_port: int, e
         with connect("127.0.0.1", mpd_port) as client:
             queue = [s["file"] for s in client.playlistinfo()]
             assert client.status()["state"] == "play"
+            client.pause(1)  # the seed stays the current song for the second radio below
         queued = _uris_to_tracks(store, queue)
         assert queued[0].id == seed.id and len(queued) == 7
         run = store.run("musicnn-msd")
@@ -96,6 +97,12 @@ def test_mpd_radio_queues_similar_tracks_after_the_current_song(mpd_port: int, e
         assert [t.id for t in queued[1:]] == [t.id for t in expected.tracks]
         artists = [artist_key(t) for t in queued]
         assert all(a != b for a, b in zip(artists, artists[1:]))
+        out = runner.invoke(app, ["mpd", "radio", "-n", "3", "--clear", "--port", str(mpd_port), "--host",
+                                  "127.0.0.1", "--model", "musicnn-msd", "--store", str(extracted_store), "--json"])
+        assert out.exit_code == 0, out.output
+        with connect("127.0.0.1", mpd_port) as client:
+            queue = [s["file"] for s in client.playlistinfo()]
+        assert [t.id for t in _uris_to_tracks(store, queue)] == [seed.id] + [t.id for t in expected.tracks[:3]]
 
 
 def test_mpd_play_plays_a_playlist_file_in_order(mpd_port: int, extracted_store: Path, tmp_path: Path) -> None:
