@@ -83,13 +83,13 @@ def test_mpd_radio_queues_similar_tracks_after_the_current_song(mpd_port: int, e
             client.clear()
             client.add(Path(seed.path).name)
             client.play(0)
+            client.pause(1)  # the seed stays the current song however long the commands below take
         out = runner.invoke(app, ["mpd", "radio", "-n", "6", "--port", str(mpd_port), "--host", "127.0.0.1",
                                   "--model", "musicnn-msd", "--store", str(extracted_store)])
         assert out.exit_code == 0, out.output
         with connect("127.0.0.1", mpd_port) as client:
             queue = [s["file"] for s in client.playlistinfo()]
-            assert client.status()["state"] == "play"
-            client.pause(1)  # the seed stays the current song for the second radio below
+            assert client.status()["state"] == "pause" and client.currentsong()["file"] == queue[0]
         queued = _uris_to_tracks(store, queue)
         assert queued[0].id == seed.id and len(queued) == 7
         run = store.run("musicnn-msd")
