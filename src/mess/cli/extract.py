@@ -63,7 +63,7 @@ def extract_command(
     except (ModelError, ValueError, ImportError) as exc:
         fail(str(exc))
     if embedder.info.licence:
-        console.print(f"[yellow]licence:[/] {embedder.info.name}: {embedder.info.licence}")
+        console.print(f"[yellow]licence:[/] {plain(embedder.info.name)}: {embedder.info.licence}")
     logging.getLogger("mess").setLevel(logging.ERROR)
     with open_store(store, readonly=False) as fs:
         if engine == "ray":
@@ -90,7 +90,7 @@ def _run_local(fs: FeatureStore, paths: list[Path], embedder: EmbeddingModel, po
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[rate]}"))
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task(f"extract {embedder.info.name}", total=len(paths), rate="")
+        task = bar.add_task(plain(f"extract {embedder.info.name}"), total=len(paths), rate="")
         start = bar.get_time()
 
         def hook(done: int, audio_seconds: float) -> None:
@@ -107,7 +107,7 @@ def _print_summary(summary: ExtractSummary, model: str, store: Path) -> None:
         f"[green]{summary.done} embedded[/], {summary.skipped} unchanged (skipped), "
         f"[red]{len(summary.failed)} failed[/]"
         + (f", {summary.removed} removed" if summary.removed else "")
-        + f" in {summary.wall_seconds:.1f} s ({summary.realtime_factor:.1f} audio-s/s) -> {plain(store)} [{model}]")
+        + f" in {summary.wall_seconds:.1f} s ({summary.realtime_factor:.1f} audio-s/s) -> {plain(store)} {plain(f'[{model}]')}")
     for warning in summary.warnings:
         console.print(f"[yellow]warning:[/] {plain(warning)}")
     for _path, reason in summary.failed:
@@ -127,7 +127,7 @@ def info_command(store: StoreOpt = DEFAULT_STORE_PATH,
     for col in ("run", "model", "revision", "window", "layers", "tracks", "failed"):
         table.add_column(col)
     for run in summary["runs"]:
-        table.add_row(str(run["id"]), run["model"], _short_revision(run["revision"]), f"{run['window_seconds']:g} s",
+        table.add_row(str(run["id"]), plain(run["model"]), _short_revision(run["revision"]), f"{run['window_seconds']:g} s",
                       str(run["layers"]), str(run["tracks"]), str(len(run["failures"])))
     console.print(table)
     for run in summary["runs"]:

@@ -40,7 +40,8 @@ def load_model(name: str, device: str = "cpu", preset: str | None = None) -> Emb
         except OSError as exc:
             raise ModelError(f"cannot fetch {ckpt.repo}@{ckpt.revision[:8]} from the Hugging Face hub ({exc}). "
                              "Without network, download it elsewhere and pass the folder path as --model.") from exc
-    if Path(name).expanduser().is_dir():
-        return MertModel.from_pretrained(str(Path(name).expanduser().resolve()), device=device)
+    if Path(name).expanduser().is_dir():  # named by its folder, so queries by file load it again, offline
+        folder = str(Path(name).expanduser().resolve())
+        return MertModel.from_pretrained(folder, name=folder, device=device)
     raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}, a local model folder "
                      "or a .onnx file")

@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from threadpoolctl import threadpool_limits
 
 from mess.artists.profiles import ArtistError
-from mess.serve import routes_reports, routes_search, routes_tracks
+from mess.serve import routes_playlists, routes_reports, routes_search, routes_tracks
 from mess.serve.security import AccessPolicy, install
 from mess.serve.state import ServeState, default_model
 from mess.serve.uploads import (DEFAULT_EMBED_TIMEOUT, DEFAULT_MAX_QUEUE, DEFAULT_MAX_SECONDS, DEFAULT_MAX_UPLOAD,
@@ -74,7 +74,7 @@ def create_app(store_path: Path, model: str | None = None, allow_indexing: bool 
     app.add_exception_handler(StoreError, _bad_request)
     app.add_exception_handler(ArtistError, _bad_request)
     app.add_exception_handler(Exception, _internal_error)
-    for module in (routes_tracks, routes_search, routes_reports):
+    for module in (routes_tracks, routes_search, routes_reports, routes_playlists):
         app.include_router(module.router)
     app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
     return app
