@@ -396,16 +396,18 @@ def test_bad_track_references_answer_clearly(tmp_path: Path) -> None:
 def test_concurrent_first_runs_on_an_empty_numba_cache(tmp_path: Path) -> None:
     music = tmp_path / "music"
     _tones(music, 2, seconds=3.0)
-    env = {"NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    env = {"MESS_NUMBA_CACHE": str(tmp_path / "numba")}  # the shared cache starts empty
     procs = [subprocess.Popen([*MESS, "extract", str(music), *DSP, "--store", str(tmp_path / f"s{i}")],
                               env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(3)]
     results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
     assert [code for code, _ in results] == [0, 0, 0], results
+    shared = tmp_path / "numba"
+    assert list(shared.glob("dsp-*.done")) and any((shared / "current").rglob("*.nbi"))
     fourth = _mess("extract", str(music), *DSP, "--store", str(tmp_path / "s3"), env=env)
     assert fourth.returncode == 0, fourth.stderr
-    assert list((tmp_path / "numba").glob("dsp-*.done")) and any((tmp_path / "numba").rglob("*.nbi"))
     _assert_same(_by_path(tmp_path / "s3"), _by_path(tmp_path / "s0"))
+    assert not list(shared.glob("new-*")) and not list(shared.glob("old-*"))  # published atomically, cleaned up
 
 
 def _free_port() -> int:
