@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, emit_json, fail, open_store
+from mess.cli.common import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, console, emit_json, fail, open_store
 
 if TYPE_CHECKING:
     from mess.search.evaluate import Evaluation
@@ -20,7 +20,6 @@ AspectOpt = Annotated[str | None, typer.Option("--aspect", "-a", help="The layer
 FusedOpt = Annotated[bool, typer.Option("--fused", help="The fused vectors of `mess fuse`.")]
 NormOpt = Annotated[str, typer.Option("--norm", help="Per-dimension preprocessing before L2 normalisation: "
                                       "center, zscore or none.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 MatchOpt = Annotated[str, typer.Option("--match", help="mean: cosine of track vectors; segments: Chamfer "
                                        "similarity of the tracks' window vectors (exact, no index).")]
 

@@ -149,3 +149,29 @@ def _remember(path: Path, vs: VectorSet, index: CollectionIndex) -> None:
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
 
+
+
+def stale_indexes(store: FeatureStore) -> list[Path]:
+    """Saved indexes that no longer match the store: their run is gone or their tracks' contents changed.
+
+    A stale index is never used for answers (:func:`open_index` checks it against the
+    vectors first), but it is dead weight on disk; ``mess check --repair`` deletes it.
+    """
+    runs = {run.id: run for run in store.runs()}
+    stale = []
+    for path in sorted(store.indexes_dir.glob("run*.faiss")) if store.indexes_dir.exists() else []:
+        saved = CollectionIndex.load(path)
+        run = runs.get(saved.run_id) if saved is not None else None
+        if run is None:
+            stale.append(path)
+            continue
+        current = {(t.id, t.content_hash) for t in store.tracks(run)}
+        if not set(zip(saved.ids.tolist(), saved.hashes.tolist())) <= current:
+            stale.append(path)
+    return stale
+
+
+def delete_index(path: Path) -> None:
+    """Remove a saved index and its sidecars."""
+    for p in (path, path.with_suffix(".json"), path.with_suffix(".npz")):
+        p.unlink(missing_ok=True)
