@@ -132,28 +132,35 @@ def all_layers(backends: list[Backend], *which: int) -> list[tuple[int, str]]:
 
 @dataclass
 class PerQuery:
-    """Per-query P@5, AP and nDCG@10 for one similarity over every track."""
+    """Per-query P@5, AP and nDCG@10 for one similarity, and the query rows they belong to."""
 
     p5: np.ndarray
     ap: np.ndarray
     ndcg: np.ndarray
+    rows: np.ndarray
 
 
 def per_query(sim: Sim, labels: np.ndarray, rows: np.ndarray | None = None,
               items: np.ndarray | None = None) -> PerQuery:
-    """Scores of the queries ``rows`` (default all) ranking the tracks ``items`` (default all)."""
+    """Scores of the queries ``rows`` (default all) ranking the tracks ``items`` (default all).
+
+    A query whose label no other item shares is left out: it has nothing to find.
+    """
     rows = np.arange(len(labels)) if rows is None else rows
     items = np.arange(len(labels)) if items is None else items
+    _, inverse, counts = np.unique(labels[items], return_inverse=True, return_counts=True)
+    shared = set(labels[items][counts[inverse] >= 2].tolist())
+    rows = rows[np.isin(labels[rows], list(shared))]
     local = np.searchsorted(items, rows)
     rel = ranked_relevance(sim[np.ix_(rows, items)], labels[rows], labels[items], local)
-    return PerQuery(precision_at_k(rel, 5), average_precision(rel), ndcg_at_k(rel, 10))
+    return PerQuery(precision_at_k(rel, 5), average_precision(rel), ndcg_at_k(rel, 10), rows)
 
 
 def chance(labels: np.ndarray, seed: int = 0, repeats: int = 50) -> PerQuery:
     """The same scores for random rankings, averaged over ``repeats`` per query."""
     rng = np.random.default_rng(seed)
     runs = [per_query(rng.random((len(labels), len(labels))), labels) for _ in range(repeats)]
-    return PerQuery(*(np.mean([getattr(r, f) for r in runs], axis=0) for f in ("p5", "ap", "ndcg")))
+    return PerQuery(*(np.mean([getattr(r, f) for r in runs], axis=0) for f in ("p5", "ap", "ndcg")), runs[0].rows)
 
 
 def boot_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
@@ -180,16 +187,15 @@ def logo(candidates: dict[str, Sim], labels: np.ndarray) -> tuple[PerQuery, list
     Within a fold the choice sees only the other games' tracks (queries and rankings); the held-out
     game's queries then rank every track, as in the fixed rows.
     """
-    parts: list[tuple[np.ndarray, PerQuery]] = []
+    parts: list[PerQuery] = []
     picks: list[str] = []
     for game in np.unique(labels):
         train = np.flatnonzero(labels != game)
         best = max(candidates, key=lambda c: per_query(candidates[c], labels, train, train).ap.mean())
-        rows = np.flatnonzero(labels == game)
-        parts.append((rows, per_query(candidates[best], labels, rows)))
+        parts.append(per_query(candidates[best], labels, np.flatnonzero(labels == game)))
         picks.append(f"{game}:{best}")
-    order = np.argsort(np.concatenate([r for r, _ in parts]))
-    pooled = PerQuery(*(np.concatenate([getattr(p, f) for _, p in parts])[order] for f in ("p5", "ap", "ndcg")))
+    order = np.argsort(np.concatenate([p.rows for p in parts]))
+    pooled = PerQuery(*(np.concatenate([getattr(p, f) for p in parts])[order] for f in ("p5", "ap", "ndcg", "rows")))
     return pooled, picks
 
 
@@ -298,8 +304,8 @@ def main() -> None:
     meta = [game_of[by_id[int(i)].path] for i in ids]
     labels = np.array([t.game for t in meta])
     durations = np.array([t.duration for t in meta])
-    games = dict(zip(*np.unique(labels, return_counts=True)))
-    print(f"{len(ids)} tracks of {len(tracks)} with vectors from {', '.join(models)}; games {games}")
+    games = ", ".join(f"{g} {n}" for g, n in zip(*np.unique(labels, return_counts=True)))
+    print(f"{len(ids)} tracks of {len(tracks)} with vectors from {', '.join(models)}; per game: {games}")
     report(backends, labels, durations, window_s)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\n{time.perf_counter() - started:.0f} s, peak RSS {peak:.0f} MiB")
