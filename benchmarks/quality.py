@@ -116,7 +116,8 @@ def segment_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: st
     b = backends[layers[0][0]]
     track_raw = np.concatenate([b.tracks[layer] for _, layer in layers], axis=1)
     seg_raw = np.concatenate([b.windows[layer] for _, layer in layers], axis=1)
-    prep = Preprocessor.fit(track_raw, [b.tracks[layer].shape[1] for _, layer in layers], norm)  # type: ignore[arg-type]
+    dims = [b.tracks[layer].shape[1] for _, layer in layers]
+    prep = Preprocessor.fit(track_raw, dims, norm)  # type: ignore[arg-type]
     n = len(track_raw)
     seg = group_windows(np.arange(n), b.owner, prep.apply(seg_raw))
     return chamfer_rows(seg, np.arange(n))
@@ -321,7 +322,8 @@ def report(backends: dict[str, Backend], labels: np.ndarray, durations: np.ndarr
         print(row(name, q))
     if "musicnn-msd" in backends:
         b = list(backends).index("musicnn-msd")
-        layer_sims = {layer: mean_sim(list(backends.values()), [(b, layer)]) for layer in backends["musicnn-msd"].layers}
+        bs = list(backends.values())
+        layer_sims = {layer: mean_sim(bs, [(b, layer)]) for layer in backends["musicnn-msd"].layers}
         q, picks = logo(layer_sims, labels)
         print(row("msd, one layer chosen by LOGO", q))
         print(f"  picks: {' '.join(picks)}")

@@ -1,4 +1,4 @@
-"""`mess demo render`, `mess demo wesnoth` and `mess demo soundtracks`: real, labelled audio to try the toolkit on, offline."""
+"""`mess demo render`, `mess demo wesnoth`, `mess demo soundtracks`: real, labelled audio to try the toolkit on."""
 
 from __future__ import annotations
 
