@@ -9,7 +9,7 @@ from pathlib import Path
 
 import av
 
-from mess.audio.decode import AUDIO_EXTENSIONS
+from mess.audio.decode import AUDIO_EXTENSIONS, open_container
 
 _HASH_CHUNK = 1 << 20
 _AUDIO_DOMAIN = b"mess-audio-packets-v1"
@@ -61,7 +61,7 @@ def content_hash(path: Path) -> str:
 
 def _packets_hash(path: Path) -> str:
     digest = hashlib.blake2b(_AUDIO_DOMAIN, digest_size=16)
-    with av.open(str(path)) as container:
+    with open_container(path) as container:
         stream = container.streams.audio[0]
         ctx = stream.codec_context
         digest.update(f"{ctx.name}:{ctx.sample_rate}:{ctx.channels}:".encode())

@@ -90,8 +90,11 @@ def index_path(store: FeatureStore, run: Run, spec: VectorSpec) -> Path:
 
 
 def build_index(store: FeatureStore, vs: VectorSet, kind: str = "auto", *, rebuild: bool = False,
-                target_recall: float = 0.95) -> tuple[CollectionIndex, IndexReport]:
-    """Create or incrementally update the saved index of a vector set, and save it."""
+                target_recall: float = 0.95, wait: bool = True) -> tuple[CollectionIndex, IndexReport]:
+    """Create or incrementally update the saved index of a vector set, and save it under the store's write lock.
+
+    With ``wait=False`` a store another process is writing raises StoreBusy instead of waiting.
+    """
     start = time.perf_counter()
     path = index_path(store, vs.run, vs.spec)
     old = None if rebuild else CollectionIndex.load(path)
@@ -116,7 +119,8 @@ def build_index(store: FeatureStore, vs: VectorSet, kind: str = "auto", *, rebui
         ann = AnnIndex.build(vs.unit(), vs.ids, requested, target_recall=target_recall)
         index = CollectionIndex(ann, vs.prep, vs.ids.copy(), vs.hashes.copy(), vs.spec, vs.run.id, requested)
     if mode != "unchanged":
-        index.save(path)
+        with store.writing("mess index", wait=wait):
+            index.save(path)
     _remember(path, vs, index)
     report = IndexReport(path, index.ann.kind, mode, len(vs.ids), vs.raw.shape[1], added, removed,
                          index.ann.breadth, index.ann.recall, time.perf_counter() - start, path.stat().st_size)

@@ -110,6 +110,13 @@ class TrackVectors:
     seg_starts: Sequence[float]
 
 
+def _schema_missing(db: sqlite3.Connection) -> bool:
+    try:
+        return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='vectors'").fetchone() is None
+    except sqlite3.DatabaseError:
+        return False  # an unreadable catalog: the check below names it
+
+
 def _command_name() -> str:
     """What this process is, for the lock holder note: 'mess extract', 'python bench.py', ..."""
     argv = [a for a in sys.argv[:2] if a] or ["python"]
@@ -144,6 +151,9 @@ class FeatureStore:
         except sqlite3.DatabaseError as exc:
             raise StoreDamaged(f"{db}: the catalog cannot be read ({exc}); restore it from a backup "
                                f"or start a new store (vectors are cached by content, so a re-run re-embeds)") from None
+        if readonly and _schema_missing(self.db):  # a first writer created the file, not yet its tables
+            self.db.close()
+            raise StoreError(f"no feature store at {self.root} yet (run `mess extract` first)")
         self.readonly = readonly
         self.lock = StoreLock(self.root)
         self.on_wait = on_wait
@@ -171,6 +181,19 @@ class FeatureStore:
         if self.readonly:
             raise StoreError(f"{self.root} was opened read-only")
         return self.lock.hold(command, wait=wait, on_wait=on_wait or self.on_wait)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside the block all see one catalog version, whatever other processes commit meanwhile."""
+        with self._lock:
+            if self.db.in_transaction:
+                yield
+                return
+            self.db.execute("BEGIN")
+            try:
+                yield
+            finally:
+                self.db.rollback()
 
     @contextmanager
     def _write(self) -> Iterator[None]:
@@ -301,7 +324,15 @@ class FeatureStore:
         return [self._run(r) for r in self.db.execute("SELECT * FROM runs ORDER BY id")]
 
     def run(self, model: str | None = None) -> Run:
-        """The most recent run of ``model`` (or of any model when None)."""
+        """The most recent run of ``model`` (a name or local model folder), else of the preferred model.
+
+        With ``model`` None the store's ``default-model`` setting, else the best model extracted
+        (see :mod:`mess.store.config`), not simply the latest run.
+        """
+        from mess.store.config import model_key, preferred_model, read_config
+
+        model = model_key(model) if model else preferred_model([r.model for r in self.runs()],
+                                                              read_config(self.root).get("default-model"))
         sql, args = "SELECT * FROM runs", ()
         if model:
             sql, args = sql + " WHERE model=?", (model,)
@@ -473,6 +504,11 @@ class FeatureStore:
             self.db.execute("DELETE FROM aspect_map WHERE run_id=?", (run.id,))
             self.db.executemany("INSERT INTO aspect_map VALUES (?, ?, ?, ?, ?)",
                                 [(run.id, a, layer, s, m) for a, layer, s, m in entries])
+
+    def aspect_scores(self, run: Run) -> dict[str, float]:
+        """aspect -> the probe's cross-validated score (R^2) of the chosen layer (empty when never probed)."""
+        return {r[0]: float(r[1]) for r in self.db.execute(
+            "SELECT aspect, score FROM aspect_map WHERE run_id=? ORDER BY aspect", (run.id,))}
 
     def aspect_map(self, run: Run) -> dict[str, str]:
         """aspect -> layer name, as chosen by the last probe of this run (empty when never probed)."""
