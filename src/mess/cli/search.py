@@ -94,8 +94,7 @@ def similar_command(
         tq = resolve_query(fs, query, run)
         try:
             results = similar_tracks(fs, run, tq, k, layer=layer, aspect=aspect, fused=fused,
-                                     exclude_same_artist=exclude_same_artist, hubness=hubness, norm=norm,
-                                     match=match)
+                                     exclude_same_artist=exclude_same_artist, hubness=hubness, norm=norm, match=match)
         except ValueError as exc:
             fail(str(exc))
         source, _ = aspect_layers(fs, run)
@@ -108,10 +107,8 @@ def similar_command(
                "results": [n.to_dict() for n in results]})
         return
     table = Table(title=escape(f"like {tq.label}  [{run.model}, {vectors}]"))
-    table.add_column("#", justify="right")
-    table.add_column("id", justify="right")
-    table.add_column("track")
-    table.add_column("score", justify="right")
+    for col, justify in (("#", "right"), ("id", "right"), ("track", "left"), ("score", "right")):
+        table.add_column(col, justify=justify)
     if hubness:
         table.add_column(hubness, justify="right")
     table.add_column("why")
