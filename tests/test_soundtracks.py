@@ -61,3 +61,22 @@ def test_second_fetch_is_served_from_the_manifest(soundtracks: Path, monkeypatch
     with pytest.raises(FetchError, match="apt-get is not available"):
         fetch_soundtracks(soundtracks / "missing-dir")
 
+
+
+def test_cli_lists_the_games_and_fails_in_one_line(soundtracks: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from mess.cli.demo_data import register
+
+    app = typer.Typer()
+    register(app)
+    monkeypatch.setenv("PATH", "")
+    ok = CliRunner().invoke(app, ["demo", "soundtracks", str(soundtracks)])
+    assert ok.exit_code == 0, ok.output
+    assert all(game in ok.output for game in PACKAGES.values())
+    assert f"{len(read_manifest(soundtracks))} tracks" in ok.output
+    bad = CliRunner().invoke(app, ["demo", "soundtracks", str(tmp_path / "empty")])
+    assert bad.exit_code == 1
+    assert "apt-get is not available" in bad.output and "Traceback" not in bad.output
