@@ -33,6 +33,8 @@ from mess.store.lock import StoreLock
 from mess.store.paths import from_db_path, printable, to_db_path
 
 DEFAULT_STORE = Path(".mess")
+CATALOG_ADVICE = ("restore catalog.sqlite from a backup, or move the store aside and extract again "
+                  "(`mess check --repair` cannot rebuild a catalog)")
 _MEMO_SIZE = 64
 T = TypeVar("T")
 
@@ -149,8 +151,7 @@ class FeatureStore:
         except (OSError, sqlite3.OperationalError) as exc:
             raise StoreError(f"cannot open a feature store at {self.root} ({exc})") from None
         except sqlite3.DatabaseError as exc:
-            raise StoreDamaged(f"{db}: the catalog cannot be read ({exc}); restore it from a backup "
-                               f"or start a new store (vectors are cached by content, so a re-run re-embeds)") from None
+            raise StoreDamaged(f"{self.root} is damaged: the catalog cannot be read ({exc}); {CATALOG_ADVICE}") from None
         if readonly and _schema_missing(self.db):  # a first writer created the file, not yet its tables
             self.db.close()
             raise StoreError(f"no feature store at {self.root} yet (run `mess extract` first)")
@@ -166,9 +167,11 @@ class FeatureStore:
             problems = quick_check(self)
             if problems:
                 self.db.close()
+                advice = (CATALOG_ADVICE if problems[0].kind == "catalog" else
+                          "run `mess check` for details and `mess check --repair` to fix it")
                 raise StoreDamaged(f"{self.root} is damaged: {problems[0].message}"
                                    + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "")
-                                   + "; run `mess check` for details and `mess check --repair` to fix it")
+                                   + f"; {advice}")
 
     def close(self) -> None:
         """Close the catalog connection."""
