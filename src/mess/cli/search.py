@@ -18,6 +18,8 @@ ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model whose
 LayerOpt = Annotated[str | None, typer.Option("--layer", "-l", help="One layer (name or index, -1 = last).")]
 AspectOpt = Annotated[str | None, typer.Option("--aspect", "-a", help="The layer `mess probe` chose for this aspect.")]
 FusedOpt = Annotated[bool, typer.Option("--fused", help="The fused vectors of `mess fuse`.")]
+LearnedOpt = Annotated[bool, typer.Option("--learned", help="The learned head shipped for the model (trained on "
+                                          "real soundtracks; see docs/head.md).")]
 NormOpt = Annotated[str, typer.Option("--norm", help="Per-dimension preprocessing before L2 normalisation: "
                                       "center, zscore or none.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
@@ -28,6 +30,7 @@ def index_command(
     layer: LayerOpt = None,
     aspect: AspectOpt = None,
     fused: FusedOpt = False,
+    learned: LearnedOpt = False,
     kind: Annotated[str, typer.Option("--kind", help="auto (flat < 20k, IVF < 5M, else IVF-PQ), flat, ivf, "
                                       "ivfpq or hnsw.")] = "auto",
     norm: NormOpt = "center",
@@ -47,12 +50,13 @@ def index_command(
     with open_store(store, readonly=False) as fs:
         run = fs.run(model)
         try:
-            spec = VectorSpec.from_options(layer, aspect, fused, norm)
+            spec = VectorSpec.from_options(layer, aspect, fused, norm, learned)
         except ValueError as exc:
             fail(str(exc))
         vs = load_vectors(fs, run, spec)
         _, report = build_index(fs, vs, kind, rebuild=rebuild, target_recall=target_recall)
-    data = {"model": run.model, "vectors": vectors_label(layer, aspect, fused), "norm": norm, **report.__dict__}
+    data = {"model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "norm": norm,
+            **report.__dict__}
     if as_json:
         emit_json(data)
         return
@@ -71,6 +75,7 @@ def similar_command(
     layer: LayerOpt = None,
     aspect: AspectOpt = None,
     fused: FusedOpt = False,
+    learned: LearnedOpt = False,
     exclude_same_artist: Annotated[bool, typer.Option("--exclude-same-artist", help="Leave out the query "
                                                       "artist's tracks.")] = False,
     hubness: Annotated[str | None, typer.Option("--hubness", help="Re-rank against hub tracks: csls or mp "
@@ -91,11 +96,12 @@ def similar_command(
         tq = resolve_query(fs, query, run)
         try:
             results = similar_tracks(fs, run, tq, k, layer=layer, aspect=aspect, fused=fused,
-                                     exclude_same_artist=exclude_same_artist, hubness=hubness, norm=norm)
+                                     exclude_same_artist=exclude_same_artist, hubness=hubness, norm=norm,
+                                     learned=learned)
         except ValueError as exc:
             fail(str(exc))
         source, _ = aspect_layers(fs, run)
-    vectors = vectors_label(layer, aspect, fused)
+    vectors = vectors_label(layer, aspect, fused, learned)
     if as_json:
         emit_json({"query": {"label": tq.label, "id": tq.track.id if tq.track else None, "external": tq.track is None},
                "model": run.model, "vectors": vectors, "norm": norm, "hubness": hubness, "why_source": source,

@@ -12,7 +12,7 @@ from fastapi import HTTPException, Request
 
 from mess.models.registry import MODEL_NAMES
 from mess.search.query import Neighbour
-from mess.search.vectors import VectorSpec
+from mess.search.vectors import VectorSpec, has_learned_head
 from mess.serve.uploads import EmbedWorker
 from mess.store import FeatureStore, Run, StoreError, Track
 
@@ -76,15 +76,18 @@ def default_model(store: FeatureStore, model: str | None) -> str:
     return (registered or names)[-1]
 
 
-def vector_spec(store: FeatureStore, run: Run, layer: str | None, aspect: str | None, fused: bool) -> VectorSpec:
+def vector_spec(store: FeatureStore, run: Run, layer: str | None, aspect: str | None, fused: bool,
+                learned: bool = False) -> VectorSpec:
     """The vectors a request asks for, validated against the run; 400 naming the choices when invalid."""
     try:
-        spec = VectorSpec.from_options(layer, aspect, fused)
+        spec = VectorSpec.from_options(layer, aspect, fused, learned=learned)
         spec.layers(store, run)
     except (ValueError, StoreError) as exc:
         raise HTTPException(400, str(exc).replace("--", "")) from None
     if fused and store.derived_meta(run, "fused") is None:
         raise HTTPException(400, f"no fused vectors for {run.model}; run `mess fuse train` and `mess fuse apply`")
+    if learned and not has_learned_head(run):
+        raise HTTPException(400, f"no learned head ships for {run.model} with these layers")
     return spec
 
 
