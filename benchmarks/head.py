@@ -31,7 +31,7 @@ from mess.fusion.head import HeadConfig, fit_head, lda_head, load_head_data, pca
 from mess.fusion.head_eval import QueryScores, bootstrap, score_fixed, score_logo
 from mess.search.evaluate import read_label_csv, track_labels
 from mess.search.metrics import chance_scores
-from mess.store import FeatureStore
+from mess.store import FeatureStore, Run
 
 
 def main() -> None:
@@ -53,6 +53,7 @@ def main() -> None:
     run = store.run(args.model)
     tracks = store.tracks(run)
     labels = read_label_csv(store, args.labels, args.label) if args.labels else track_labels(tracks, args.label)
+    labels = _with_baseline(store, args.baseline_model, run, labels)
     data = load_head_data(store, run, labels)
     offsets = np.cumsum((0,) + run.layer_dims)
     results = [score_fixed(name, data.x[:, offsets[i]:offsets[i + 1]], (run.layer_dims[i],), data.labels)
@@ -70,6 +71,15 @@ def main() -> None:
     print(f"\n{len(data.labels)} tracks, {len(data.seg_row)} windows; {seconds:.1f} s, peak RSS {peak:.0f} MiB")
     if args.write is not None:
         _write(args.write, data, config, results[-1], ref, base)
+
+
+def _with_baseline(store: FeatureStore, model: str, run: Run, labels: dict[int, str]) -> dict[int, str]:
+    """Only the labelled tracks that the baseline run has vectors for too (all of them when it is absent)."""
+    if model not in {r.model for r in store.runs()}:
+        return labels
+    have = {t.content_hash for t in store.tracks(store.run(model))}
+    by_id = {t.id: t.content_hash for t in store.tracks(run)}
+    return {i: lab for i, lab in labels.items() if by_id.get(i) in have}
 
 
 def _baseline(store: FeatureStore, model: str, hashes: np.ndarray, labels: np.ndarray) -> QueryScores | None:

@@ -43,10 +43,10 @@ def head_data(musicnn_store: Path):  # noqa: ANN201 - HeadData
 
 
 def test_trained_head_beats_its_pca_start_on_held_out_composers(head_data, one_torch_thread) -> None:  # noqa: ANN001
-    config = HeadConfig(dims=12, steps=150)
+    config = HeadConfig(dims=12, anchor=0.1)
     start = score_logo("pca", head_data, lambda d, r: pca_head(d, r, config.dims))
     trained = score_logo("learned", head_data, lambda d, r: fit_head(d, r, config))
-    assert trained.ap.mean() >= start.ap.mean() + 0.02, (trained.ap.mean(), start.ap.mean())
+    assert trained.ap.mean() >= start.ap.mean() + 0.03, (trained.ap.mean(), start.ap.mean())
 
 
 def test_head_save_load_and_transform_agree(head_data, tmp_path: Path, one_torch_thread) -> None:  # noqa: ANN001

@@ -70,6 +70,7 @@ class HeadConfig:
 
     dims: int = 64
     hidden: int = 0  # 0 = linear head
+    per_dim: bool = False  # standardise each dimension (else each layer as a whole)
     temperature: float = 0.1
     track_weight: float = 1.0
     anchor: float = 1.0  # penalty on the distance of the projection from its PCA start
@@ -83,12 +84,21 @@ class HeadConfig:
             raise ValueError(f"invalid head config: {self}")
 
 
-def _standardiser(data: HeadData, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and scale (std x sqrt(layer width)) from the window vectors of ``rows``."""
+def _standardiser(data: HeadData, rows: np.ndarray, per_dim: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and scale from the window vectors of ``rows``: per-dimension std x sqrt(layer width) when
+    ``per_dim``, else one scale per layer (its root-mean-square centred norm), so every layer carries
+    equal variance either way."""
     seg = data.seg_x[np.isin(data.seg_row, rows)]
-    mean, std = seg.mean(axis=0), seg.std(axis=0)
-    widths = np.repeat(data.run.layer_dims, data.run.layer_dims).astype(np.float32)
-    return mean.astype(np.float32), (np.where(std > 1e-6, std, 1.0) * np.sqrt(widths)).astype(np.float32)
+    mean = seg.mean(axis=0)
+    dims = np.asarray(data.run.layer_dims)
+    if per_dim:
+        std = seg.std(axis=0)
+        scale = np.where(std > 1e-6, std, 1.0) * np.sqrt(np.repeat(dims, dims))
+    else:
+        bounds = np.cumsum(np.concatenate([[0], dims]))
+        norms = [np.sqrt(((seg[:, a:b] - mean[a:b]) ** 2).sum(axis=1).mean()) for a, b in zip(bounds, bounds[1:])]
+        scale = np.repeat(np.maximum(norms, 1e-6), dims)
+    return mean.astype(np.float32), scale.astype(np.float32)
 
 
 def _make(data: HeadData, mean: np.ndarray, scale: np.ndarray, proj: np.ndarray, meta: dict,
@@ -98,9 +108,9 @@ def _make(data: HeadData, mean: np.ndarray, scale: np.ndarray, proj: np.ndarray,
     return Head(run.model, run.layer_names, run.layer_dims, mean, scale, proj.astype(np.float32), w1, b1, w2, meta)
 
 
-def pca_head(data: HeadData, rows: np.ndarray, dims: int = 64) -> Head:
+def pca_head(data: HeadData, rows: np.ndarray, dims: int = 64, per_dim: bool = False) -> Head:
     """The untrained start: standardise, then project on the top ``dims`` principal axes of the tracks ``rows``."""
-    mean, scale = _standardiser(data, rows)
+    mean, scale = _standardiser(data, rows, per_dim)
     z = (data.x[rows] - mean) / scale
     _, _, vt = np.linalg.svd(z - z.mean(axis=0), full_matrices=False)
     return _make(data, mean, scale, vt[:dims].T, {"method": "pca", "dims": int(min(dims, len(vt)))})
@@ -130,7 +140,7 @@ def _supcon(z: torch.Tensor, label: torch.Tensor, track: torch.Tensor, temperatu
 
 def fit_head(data: HeadData, rows: np.ndarray, config: HeadConfig = HeadConfig()) -> Head:
     """Train a head on the labelled tracks ``rows`` (their window vectors), starting from :func:`pca_head`."""
-    start = pca_head(data, rows, config.dims)
+    start = pca_head(data, rows, config.dims, config.per_dim)
     seg = np.flatnonzero(np.isin(data.seg_row, rows))
     if len(set(data.labels[rows].tolist())) < 2:
         raise FusionError("training a head needs at least 2 labels")
