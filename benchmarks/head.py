@@ -11,8 +11,9 @@ scores the dsp run's all-layer vectors on the same tracks (matched by content). 
 mAP, P@5 and nDCG@10 with 95% bootstrap intervals over queries, the paired mAP ratios of
 each method to musicnn's penultimate layer and to dsp, and of the learned head to each
 method, chance, time and peak memory.
-``--write PATH`` then trains the head on every labelled track and saves it with the
-data hash and these leave-one-out figures (how the shipped head was made).
+``--write PATH`` then fits the trained method with the best leave-one-out mAP (PCA start,
+LDA or the learned head) on every labelled track and saves it with the data hash and its
+leave-one-out figures (how the shipped head was made).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mess.fusion.head import HeadConfig, fit_head, lda_head, load_head_data, pca_head
-from mess.fusion.head_eval import QueryScores, bootstrap, score_fixed, score_logo
+from mess.fusion.head import HeadConfig, HeadData, fit_head, lda_head, load_head_data, pca_head
+from mess.fusion.head_eval import QueryScores, Trainer, bootstrap, score_fixed, score_logo
+from mess.models.head import Head
 from mess.search.evaluate import read_label_csv, track_labels
 from mess.search.metrics import chance_scores
 from mess.store import FeatureStore, Run
@@ -44,6 +46,7 @@ def main() -> None:
     ap.add_argument("--labels", type=Path, default=None, help="Label CSV instead of tags.")
     ap.add_argument("--reference", default="penultimate", help="Layer the ratios are taken against.")
     ap.add_argument("--config", default="{}", help="JSON overrides of HeadConfig, e.g. '{\"hidden\": 64}'.")
+    ap.add_argument("--variants", default="[]", help="JSON list of HeadConfig overrides scored as extra rows.")
     ap.add_argument("--write", type=Path, default=None, help="Train on everything and save the head here.")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -61,16 +64,23 @@ def main() -> None:
     results.append(score_fixed("all layers", data.x, run.layer_dims, data.labels))
     base = _baseline(store, args.baseline_model, data.hashes, data.labels)
     results += [base] if base is not None else []
-    results += [score_logo("PCA start (LOGO)", data, lambda d, r: pca_head(d, r, config.dims)),
-                score_logo("LDA (LOGO)", data, lambda d, r: lda_head(d, r, config.dims)),
-                score_logo("learned head (LOGO)", data, lambda d, r: fit_head(d, r, config))]
+    trainers: dict[str, Trainer] = {"PCA start": lambda d, r: pca_head(d, r, config.dims),
+                                    "LDA": lambda d, r: lda_head(d, r, config.dims),
+                                    "learned head": lambda d, r: fit_head(d, r, config)}
+    for extra in json.loads(args.variants):
+        variant = replace(config, **extra)
+        results.append(score_logo(f"head {json.dumps(extra)} (LOGO)", data, lambda d, r: fit_head(d, r, variant)))
+    trained = {name: score_logo(f"{name} (LOGO)", data, fn) for name, fn in trainers.items()}
+    results += list(trained.values())
     seconds = time.perf_counter() - start
     ref = next(r for r in results if r.name == run.layer_names[run.layer_index(args.reference)])
     _print(results, ref, base, data.labels, len(set(data.labels.tolist())), config)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\n{len(data.labels)} tracks, {len(data.seg_row)} windows; {seconds:.1f} s, peak RSS {peak:.0f} MiB")
     if args.write is not None:
-        _write(args.write, data, config, results[-1], ref, base)
+        best = max(trained, key=lambda name: trained[name].ap.mean())
+        others = [ref, next(r for r in results if r.name == "all layers")] + ([base] if base else [])
+        _write(args.write, trainers[best](data, np.arange(len(data.labels))), data, trained, best, others)
 
 
 def _with_baseline(store: FeatureStore, model: str, run: Run, labels: dict[int, str]) -> dict[int, str]:
@@ -102,7 +112,7 @@ def _print(results: list[QueryScores], ref: QueryScores, base: QueryScores | Non
     chance = chance_scores(labels, labels, rows, 5)
     chance10 = chance_scores(labels, labels, rows, 10)
     print(f"{n_labels} labels; head config {json.dumps(config.__dict__)}")
-    head = results[-1]
+    head = next(r for r in results if r.name == "learned head (LOGO)")
     cols = ["vectors", "mAP", "P@5", "nDCG@10", f"mAP / {ref.name}"] + ([f"mAP / {base.name}"] if base else [])
     print(" | ".join(cols + ["head mAP / this"]))
     for r in results:
@@ -113,18 +123,19 @@ def _print(results: list[QueryScores], ref: QueryScores, base: QueryScores | Non
     print(f"chance | {chance.map:.3f} | {chance.precision:.3f} | {chance10.ndcg:.3f}")
 
 
-def _write(path: Path, data: object, config: HeadConfig, logo: QueryScores, ref: QueryScores,
-           base: QueryScores | None) -> None:
-    head = fit_head(data, np.arange(len(data.labels)), config)  # type: ignore[attr-defined]
-    metrics = {"queries": len(logo.ap), "labels": sorted(set(data.labels.tolist())),  # type: ignore[attr-defined]
+def _write(path: Path, head: Head, data: HeadData, trained: dict[str, QueryScores], best: str,
+           others: list[QueryScores]) -> None:
+    """Save ``head`` (``best`` method, fitted on every track) with the data hash and its leave-one-out figures."""
+    logo = trained[best]
+    metrics = {"queries": len(logo.ap), "labels": sorted(set(data.labels.tolist())),
                "map": bootstrap(logo.ap).__dict__, "p@5": bootstrap(logo.precision).__dict__,
-               "ndcg@10": bootstrap(logo.ndcg).__dict__, "map_ratio_" + ref.name: bootstrap(logo.ap, ref.ap).__dict__}
-    if base is not None:
-        metrics["map_ratio_" + base.name] = bootstrap(logo.ap, base.ap).__dict__
-    meta = {**head.meta, "data_hash": data.data_hash(), "tracks": len(data.labels),  # type: ignore[attr-defined]
-            "leave_one_label_out": metrics}
+               "ndcg@10": bootstrap(logo.ndcg).__dict__,
+               "map_ratio": {o.name: bootstrap(logo.ap, o.ap).__dict__ for o in others},
+               "chosen_from": {name: float(t.ap.mean()) for name, t in trained.items()}}
+    meta = {**head.meta, "data_hash": data.data_hash(), "tracks": len(data.labels), "leave_one_label_out": metrics}
     replace(head, meta=meta).save(path)
-    print(f"head -> {path} ({path.stat().st_size / 1024:.0f} KiB), data hash {meta['data_hash'][:12]}")
+    print(f"{best} (best leave-one-out mAP) -> {path} ({path.stat().st_size / 1024:.0f} KiB), "
+          f"data hash {meta['data_hash'][:12]}")
 
 
 if __name__ == "__main__":

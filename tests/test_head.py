@@ -75,8 +75,11 @@ def test_shipped_head_matches_the_model_and_records_its_figures() -> None:
     assert re.fullmatch(r"[0-9a-f]{64}", meta["data_hash"])
     logo = meta["leave_one_label_out"]
     assert logo["queries"] == meta["tracks"] and len(logo["labels"]) == 6
-    for name in ("map", "p@5", "ndcg@10"):
-        assert logo[name]["low"] <= logo[name]["mean"] <= logo[name]["high"]
+    for iv in [logo["map"], logo["p@5"], logo["ndcg@10"], *logo["map_ratio"].values()]:
+        assert iv["low"] <= iv["mean"] <= iv["high"]
+    chosen = {"pca": "PCA start", "lda": "LDA", "learned": "learned head"}[meta["method"]]
+    assert logo["chosen_from"][chosen] == pytest.approx(logo["map"]["mean"])
+    assert logo["map"]["mean"] == max(logo["chosen_from"].values())
     assert shipped_head_path(MODEL).stat().st_size < 4 * 2**20
 
 

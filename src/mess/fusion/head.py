@@ -72,6 +72,7 @@ class HeadConfig:
     hidden: int = 0  # 0 = linear head
     per_dim: bool = False  # standardise each dimension (else each layer as a whole)
     temperature: float = 0.1
+    label_weight: float = 1.0
     track_weight: float = 1.0
     anchor: float = 1.0  # penalty on the distance of the projection from its PCA start
     steps: int = 150
@@ -125,14 +126,14 @@ def lda_head(data: HeadData, rows: np.ndarray, dims: int = 64) -> Head:
     return _make(data, start.mean, start.scale, start.proj @ lda.scalings_[:, :k], {"method": "lda", "dims": k})
 
 
-def _supcon(z: torch.Tensor, label: torch.Tensor, track: torch.Tensor, temperature: float,
-            track_weight: float) -> torch.Tensor:
-    """Supervised contrastive loss; same-label pairs weigh 1, same-track pairs 1 + ``track_weight``."""
+def _supcon(z: torch.Tensor, label: torch.Tensor, track: torch.Tensor, config: HeadConfig) -> torch.Tensor:
+    """Supervised contrastive loss; same-label pairs weigh ``label_weight``, same-track pairs ``track_weight`` more."""
     z = torch.nn.functional.normalize(z, dim=1)
     eye = torch.eye(len(z), dtype=torch.bool)
-    logits = (z @ z.T / temperature).masked_fill(eye, -1e9)
+    logits = (z @ z.T / config.temperature).masked_fill(eye, -1e9)
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    weight = (label[:, None] == label[None, :]).float() + track_weight * (track[:, None] == track[None, :]).float()
+    weight = (config.label_weight * (label[:, None] == label[None, :]).float()
+              + config.track_weight * (track[:, None] == track[None, :]).float())
     weight = weight.masked_fill(eye, 0.0)
     has = weight.sum(dim=1) > 0
     return -((weight * log_prob).sum(dim=1)[has] / weight.sum(dim=1)[has]).mean()
@@ -163,7 +164,7 @@ def fit_head(data: HeadData, rows: np.ndarray, config: HeadConfig = HeadConfig()
         h = z_all[pick] @ proj
         if config.hidden:
             h = h + torch.relu(h @ w1 + b1) @ w2
-        loss = _supcon(h, labels[pick], tracks[pick], config.temperature, config.track_weight)
+        loss = _supcon(h, labels[pick], tracks[pick], config)
         loss = loss + config.anchor * ((proj - torch.eye(p)) ** 2).sum() / p
         opt.zero_grad()
         loss.backward()
