@@ -50,7 +50,8 @@ def probe_heatmap(state: State, model: Model = None, probe: Probe = "ridge") -> 
 @router.post("/index", summary="Build or update a FAISS index (only with --allow-indexing)",
              responses={403: {"description": "Indexing is disabled"}})
 def index(state: State, model: Model = None, layer: Layer = None, aspect: Aspect = None, fused: Fused = False,
-          learned: Learned = False, kind: Annotated[str, Query(description="auto, flat, ivf, ivfpq or hnsw.")] = "auto") -> dict:
+          learned: Learned = False,
+          kind: Annotated[str, Query(description="auto, flat, ivf, ivfpq or hnsw.")] = "auto") -> dict:
     """Write the index of one vector set under STORE/indexes (the server is read-only otherwise)."""
     if not state.allow_indexing:
         raise HTTPException(403, "indexing is disabled; start the server with `mess serve --allow-indexing`")
