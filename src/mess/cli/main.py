@@ -8,7 +8,7 @@ import warnings
 
 import typer
 
-from mess.cli import artists, demo_data, extract, fuse, probe, search, serve
+from mess.cli import artists, check, demo_data, extract, fuse, probe, search, serve
 
 app = typer.Typer(
     name="mess",
@@ -19,7 +19,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (extract, probe, search, artists, fuse, serve, demo_data):
+for module in (extract, check, probe, search, artists, fuse, serve, demo_data):
     module.register(app)
 
 

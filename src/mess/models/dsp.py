@@ -5,6 +5,7 @@ from __future__ import annotations
 import librosa
 import numpy as np
 
+from mess.audio.jit_cache import ensure_warm
 from mess.models.base import EmbeddingModel, ModelInfo
 
 _SR = 22050
@@ -43,6 +44,13 @@ def describe(y: np.ndarray, sr: int = _SR) -> dict[str, np.ndarray]:
     return {"mfcc": _stats(mfcc), "chroma": _stats(chroma), "spectral": _stats(spectral), "rhythm": rhythm}
 
 
+def _warm_clip() -> np.ndarray:
+    """Three seconds of a chord in noise: enough to reach every librosa path :func:`describe` takes."""
+    t = np.arange(3 * _SR) / _SR
+    y = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6)) / 3
+    return (y + 0.01 * np.random.default_rng(0).standard_normal(t.size)).astype(np.float32)
+
+
 class DspModel(EmbeddingModel):
     """Timbre (MFCC), harmony (chroma), spectral shape and rhythm descriptors per window."""
 
@@ -52,5 +60,6 @@ class DspModel(EmbeddingModel):
 
     def embed(self, windows: np.ndarray) -> list[np.ndarray]:
         """Descriptor groups for each window, as float32 [batch, dim] per group."""
+        ensure_warm("dsp", lambda: describe(_warm_clip()))
         rows = [describe(np.asarray(w, dtype=np.float32)) for w in windows]
         return [np.stack([r[g] for r in rows]).astype(np.float32) for g in _GROUPS]
