@@ -22,6 +22,8 @@ LearnedOpt = Annotated[bool, typer.Option("--learned", help="The learned head sh
                                           "real soundtracks; see docs/head.md).")]
 NormOpt = Annotated[str, typer.Option("--norm", help="Per-dimension preprocessing before L2 normalisation: "
                                       "center, zscore or none.")]
+MatchOpt = Annotated[str, typer.Option("--match", help="mean: cosine of track vectors; segments: Chamfer "
+                                       "similarity of the tracks' window vectors (exact, no index).")]
 
 
 def index_command(
@@ -80,6 +82,7 @@ def similar_command(
     hubness: Annotated[str | None, typer.Option("--hubness", help="Re-rank against hub tracks: csls or mp "
                                                 "(mutual proximity).")] = None,
     norm: NormOpt = "center",
+    match: MatchOpt = "mean",
     store: StoreOpt = DEFAULT_STORE_PATH,
     as_json: JsonOpt = False,
 ) -> None:
@@ -96,15 +99,15 @@ def similar_command(
         try:
             results = similar_tracks(fs, run, tq, k, layer=layer, aspect=aspect, fused=fused,
                                      exclude_same_artist=exclude_same_artist, hubness=hubness, norm=norm,
-                                     learned=learned)
+                                     learned=learned, match=match)
         except ValueError as exc:
             fail(str(exc))
         source, _ = aspect_layers(fs, run)
     vectors = vectors_label(layer, aspect, fused, learned)
     if as_json:
         emit_json({"query": {"label": tq.label, "id": tq.track.id if tq.track else None, "external": tq.track is None},
-               "model": run.model, "vectors": vectors, "norm": norm, "hubness": hubness, "why_source": source,
-               "results": [n.to_dict() for n in results]})
+               "model": run.model, "vectors": vectors, "norm": norm, "match": match, "hubness": hubness,
+               "why_source": source, "results": [n.to_dict() for n in results]})
         return
     table = Table(title=escape(f"like {tq.label}  [{run.model}, {vectors}]"))
     table.add_column("#", justify="right")
@@ -135,6 +138,7 @@ def evaluate_command(
     norm: NormOpt = "center",
     compare: Annotated[bool, typer.Option("--compare", help="Also compare euclidean, dot, CSLS and mutual "
                                           "proximity against cosine.")] = False,
+    match: MatchOpt = "mean",
     plot: Annotated[Path | None, typer.Option("--plot", help="PNG path (default: STORE/reports/"
                                               "evaluate-MODEL-LABEL.png).")] = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
@@ -149,7 +153,7 @@ def evaluate_command(
         run = fs.run(model)
         try:
             overrides = read_label_csv(fs, labels, label) if labels is not None else None
-            ev = evaluate(fs, run, label, k, labels=overrides, norm=norm, compare=compare)
+            ev = evaluate(fs, run, label, k, labels=overrides, norm=norm, compare=compare, match=match)
         except (LabelError, ValueError) as exc:
             fail(str(exc))
         png = plot_evaluation(ev, plot or fs.reports_dir / f"evaluate-{run.model}-{label}.png")
@@ -157,7 +161,7 @@ def evaluate_command(
         emit_json({**ev.to_dict(), "plot": str(png)})
         return
     table = Table(title=escape(f"{run.model}: same-{label} retrieval, {ev.n_tracks} tracks, {ev.n_classes} "
-                               f"classes, {ev.n_queries} queries ({norm})"))
+                               f"classes, {ev.n_queries} queries ({norm}, match {match})"))
     for col in ("vectors", f"P@{k}", "mAP", f"nDCG@{k}", "N_k skew"):
         table.add_column(col, justify="left" if col == "vectors" else "right")
     best = ev.best()

@@ -256,6 +256,12 @@ def learned_vectors(run: Run, raw: np.ndarray) -> np.ndarray:
     return head.transform(raw)
 
 
+def in_space(spec: VectorSpec, run: Run, raw: np.ndarray) -> np.ndarray:
+    """Raw concatenated layer vectors [n, D] (tracks or windows) in the space of ``spec``: through the
+    learned head for a learned spec, unchanged otherwise."""
+    return learned_vectors(run, raw) if spec.kind == LEARNED else raw
+
+
 def has_learned_head(run: Run) -> bool:
     """Whether a learned head ships for this run's model and layers."""
     try:
