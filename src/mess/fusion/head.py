@@ -46,8 +46,10 @@ class HeadData:
 
 def load_head_data(store: FeatureStore, run: Run, labels: dict[int, str]) -> HeadData:
     """All layers of the labelled tracks of ``run`` (track and window vectors); FusionError when too few."""
-    mats = [store.layer_matrix(run, i) for i in range(len(run.layer_names))]
-    segs = [store.segment_matrix(run, i) for i in range(len(run.layer_names))]
+    with store.snapshot():  # one catalog version for every layer, though an extract may be committing
+        mats = [store.layer_matrix(run, i) for i in range(len(run.layer_names))]
+        segs = [store.segment_matrix(run, i) for i in range(len(run.layer_names))]
+        by_id = {t.id: t.content_hash for t in store.tracks(run)}
     ids = mats[0][0]
     keep = np.array([int(i) in labels for i in ids], dtype=bool)
     if len(set(labels[int(i)] for i in ids[keep])) < 2:
@@ -59,7 +61,6 @@ def load_head_data(store: FeatureStore, run: Run, labels: dict[int, str]) -> Hea
     seg_keep = np.array([int(t) in row_of for t in seg_ids], dtype=bool)
     seg_x = np.hstack([s for _, _, s in segs])[seg_keep]
     seg_row = np.array([row_of[int(t)] for t in seg_ids[seg_keep]], dtype=np.int64)
-    by_id = {t.id: t.content_hash for t in store.tracks(run)}
     return HeadData(run, ids, np.array([by_id[int(i)] for i in ids]), np.array([labels[int(i)] for i in ids]),
                     x.astype(np.float32), seg_x.astype(np.float32), seg_row)
 
