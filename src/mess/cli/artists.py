@@ -32,7 +32,8 @@ from mess.store import FeatureStore, Run, StoreError
 
 WEIGHTS_FILE = "artists_hybrid.json"
 
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model whose vectors to use (default: latest run).")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model whose vectors to use (default: the best "
+                                              "extracted; see `mess config`).")]
 LayerOpt = Annotated[str | None, typer.Option("--layer", "-l", help="Layer name or index (default: the most "
                                               "artist-discriminative layer).")]
 AspectOpt = Annotated[str | None, typer.Option("--aspect", "-a", help="Use the layer probed for this aspect.")]

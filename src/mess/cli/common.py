@@ -13,6 +13,8 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperArgument, TyperCommand, TyperGroup
+from typer.models import DefaultPlaceholder
 
 from mess.store import DEFAULT_STORE, FeatureStore
 from mess.store.paths import printable
@@ -69,3 +71,58 @@ def open_store(path: Path, *, readonly: bool = True) -> Iterator[FeatureStore]:
         fail(str(exc))
     finally:
         store.close()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"mess {version('mess')}")
+        except PackageNotFoundError:
+            typer.echo("mess (not installed as a package)")
+        raise typer.Exit()
+
+
+def version_option(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_print_version)] = False,
+) -> None:
+    """Music Embedding Similarity Search: extract multi-layer embeddings, discover what each layer encodes,
+    and search for similar tracks and artists with evidence."""
+
+
+class _PlainParams:
+    """Help without type markers: arguments as NAME, valued options as NAME, flags bare."""
+
+    def get_params(self, ctx: typer.Context) -> list:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for p in params:
+            if p.metavar is None:
+                p.metavar = "" if getattr(p, "is_flag", False) else p.name.upper()
+            if isinstance(p, TyperArgument):  # usage line "QUERY", not "{QUERY}"; no type column
+                usage = p.metavar + ("..." if p.nargs != 1 else "")
+                p._usage_display_name = lambda usage=usage: usage
+                p.display_type_rich = lambda ctx: None
+        return params
+
+
+class PlainCommand(_PlainParams, TyperCommand):
+    """A command whose help shows no type markers."""
+
+
+class PlainGroup(_PlainParams, TyperGroup):
+    """A command group whose help shows no type markers."""
+
+
+def plain_help(app: typer.Typer) -> None:
+    """Give every command and group of ``app`` (recursively) help pages without type markers."""
+    def pick(cls: object, default: type, plain_cls: type) -> object:
+        return plain_cls if cls is None or cls is default or isinstance(cls, DefaultPlaceholder) else cls
+
+    for command in app.registered_commands:
+        command.cls = pick(command.cls, TyperCommand, PlainCommand)
+    for group in app.registered_groups:
+        group.cls = pick(group.cls, TyperGroup, PlainGroup)
+        plain_help(group.typer_instance)
+    app.info.cls = pick(app.info.cls, TyperGroup, PlainGroup)

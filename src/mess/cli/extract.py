@@ -21,7 +21,8 @@ from mess.store import FeatureStore
 
 def extract_command(
     folders: Annotated[list[Path], typer.Argument(help="Audio files or folders (wav, flac, mp3, ogg, opus, m4a).")],
-    model: Annotated[str, typer.Option("--model", "-m", help="dsp, musicnn-msd, musicnn-mtt, mert-v1-95m, mert-v1-330m, or a local model folder.")] = "musicnn-msd",
+    model: Annotated[str, typer.Option("--model", "-m", help="dsp, musicnn-msd, musicnn-mtt, mert-v1-95m, mert-v1-330m, a local model folder, or an Essentia .onnx file (JSON beside it).")] = "musicnn-msd",
+    preset: Annotated[str | None, typer.Option(help="Front end of a .onnx model: discogs-effnet, discogs-effnet-artist, vggish, essentia-musicnn-msd (default: from its metadata).")] = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 4,
@@ -55,11 +56,14 @@ def extract_command(
 
     try:
         policy = WindowPolicy(window_seconds=window, max_windows=max_windows)
-        embedder = with_precision(load_model(model, device=device if engine == "local" else "cpu"), precision)
+        if preset and engine != "local":
+            raise ValueError("--preset is not passed on to Ray workers; name the .onnx file after its preset")
+        embedder = with_precision(load_model(model, device=device if engine == "local" else "cpu", preset=preset),
+                                  precision)
     except (ModelError, ValueError, ImportError) as exc:
         fail(str(exc))
     if embedder.info.licence:
-        console.print(f"[yellow]licence:[/] {embedder.info.name}: {embedder.info.licence}")
+        console.print(f"[yellow]licence:[/] {plain(embedder.info.name)}: {embedder.info.licence}")
     logging.getLogger("mess").setLevel(logging.ERROR)
     with open_store(store, readonly=False) as fs:
         if engine == "ray":
@@ -86,7 +90,7 @@ def _run_local(fs: FeatureStore, paths: list[Path], embedder: EmbeddingModel, po
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[rate]}"))
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task(f"extract {embedder.info.name}", total=len(paths), rate="")
+        task = bar.add_task(plain(f"extract {embedder.info.name}"), total=len(paths), rate="")
         start = bar.get_time()
 
         def hook(done: int, audio_seconds: float) -> None:
@@ -103,7 +107,7 @@ def _print_summary(summary: ExtractSummary, model: str, store: Path) -> None:
         f"[green]{summary.done} embedded[/], {summary.skipped} unchanged (skipped), "
         f"[red]{len(summary.failed)} failed[/]"
         + (f", {summary.removed} removed" if summary.removed else "")
-        + f" in {summary.wall_seconds:.1f} s ({summary.realtime_factor:.1f} audio-s/s) -> {plain(store)} [{model}]")
+        + f" in {summary.wall_seconds:.1f} s ({summary.realtime_factor:.1f} audio-s/s) -> {plain(store)} {plain(f'[{model}]')}")
     for warning in summary.warnings:
         console.print(f"[yellow]warning:[/] {plain(warning)}")
     for _path, reason in summary.failed:
@@ -123,7 +127,7 @@ def info_command(store: StoreOpt = DEFAULT_STORE_PATH,
     for col in ("run", "model", "revision", "window", "layers", "tracks", "failed"):
         table.add_column(col)
     for run in summary["runs"]:
-        table.add_row(str(run["id"]), run["model"], _short_revision(run["revision"]), f"{run['window_seconds']:g} s",
+        table.add_row(str(run["id"]), plain(run["model"]), _short_revision(run["revision"]), f"{run['window_seconds']:g} s",
                       str(run["layers"]), str(run["tracks"]), str(len(run["failures"])))
     console.print(table)
     for run in summary["runs"]:

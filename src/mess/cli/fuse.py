@@ -18,7 +18,7 @@ from mess.store import FeatureStore
 fuse_app = typer.Typer(help="Learn one embedding from all layers of a model (triplet loss on metadata labels).",
                        no_args_is_help=True)
 
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model whose layers to fuse (default: latest run, "
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model whose layers to fuse (default: best run, "
                                               "or the checkpoint's model).")]
 CheckpointOpt = Annotated[Path | None, typer.Option("--checkpoint", help="Checkpoint file (default: "
                                                     "STORE/fusion/<model>.pt).")]

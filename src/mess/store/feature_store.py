@@ -324,7 +324,15 @@ class FeatureStore:
         return [self._run(r) for r in self.db.execute("SELECT * FROM runs ORDER BY id")]
 
     def run(self, model: str | None = None) -> Run:
-        """The most recent run of ``model`` (or of any model when None)."""
+        """The most recent run of ``model`` (a name or local model folder), else of the preferred model.
+
+        With ``model`` None the store's ``default-model`` setting, else the best model extracted
+        (see :mod:`mess.store.config`), not simply the latest run.
+        """
+        from mess.store.config import model_key, preferred_model, read_config
+
+        model = model_key(model) if model else preferred_model([r.model for r in self.runs()],
+                                                              read_config(self.root).get("default-model"))
         sql, args = "SELECT * FROM runs", ()
         if model:
             sql, args = sql + " WHERE model=?", (model,)
@@ -496,6 +504,11 @@ class FeatureStore:
             self.db.execute("DELETE FROM aspect_map WHERE run_id=?", (run.id,))
             self.db.executemany("INSERT INTO aspect_map VALUES (?, ?, ?, ?, ?)",
                                 [(run.id, a, layer, s, m) for a, layer, s, m in entries])
+
+    def aspect_scores(self, run: Run) -> dict[str, float]:
+        """aspect -> the probe's cross-validated score (R^2) of the chosen layer (empty when never probed)."""
+        return {r[0]: float(r[1]) for r in self.db.execute(
+            "SELECT aspect, score FROM aspect_map WHERE run_id=? ORDER BY aspect", (run.id,))}
 
     def aspect_map(self, run: Run) -> dict[str, str]:
         """aspect -> layer name, as chosen by the last probe of this run (empty when never probed)."""
