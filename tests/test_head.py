@@ -124,7 +124,7 @@ def test_serve_answers_learned_like_the_library(musicnn_store: Path) -> None:
         run = store.run(MODEL)
         tid = store.tracks(run)[3].id
         want = [n.track.id for n in similar_tracks(store, run, resolve_query(store, tid, run), 5, learned=True)]
-    with TestClient(create_app(musicnn_store)) as client:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(musicnn_store)) as client:
         got = client.get(f"/api/tracks/{tid}/similar", params={"learned": True, "k": 5}).json()
         both = client.get(f"/api/tracks/{tid}/similar", params={"learned": True, "fused": True})
     assert got["vectors"] == "learned" and [r["id"] for r in got["results"]] == want
