@@ -19,6 +19,8 @@ ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model (or l
 LayerOpt = Annotated[str | None, typer.Option("--layer", "-l", help="One layer (name or index, -1 = last).")]
 AspectOpt = Annotated[str | None, typer.Option("--aspect", "-a", help="The layer `mess probe` chose for this aspect.")]
 FusedOpt = Annotated[bool, typer.Option("--fused", help="The fused vectors of `mess fuse`.")]
+LearnedOpt = Annotated[bool, typer.Option("--learned", help="The learned head shipped for the model (trained on "
+                                          "real soundtracks; see docs/head.md).")]
 NormOpt = Annotated[str, typer.Option("--norm", help="Per-dimension preprocessing before L2 normalisation: "
                                       "center, zscore or none.")]
 MatchOpt = Annotated[str, typer.Option("--match", help="mean: cosine of track vectors; segments: Chamfer "
@@ -30,6 +32,7 @@ def index_command(
     layer: LayerOpt = None,
     aspect: AspectOpt = None,
     fused: FusedOpt = False,
+    learned: LearnedOpt = False,
     kind: Annotated[str, typer.Option("--kind", help="auto (flat < 20k, IVF < 5M, else IVF-PQ), flat, ivf, "
                                       "ivfpq or hnsw.")] = "auto",
     norm: NormOpt = "center",
@@ -49,12 +52,13 @@ def index_command(
     with open_store(store, readonly=False) as fs:
         run = fs.run(model)
         try:
-            spec = VectorSpec.from_options(layer, aspect, fused, norm)
+            spec = VectorSpec.from_options(layer, aspect, fused, norm, learned)
         except ValueError as exc:
             fail(str(exc))
         vs = load_vectors(fs, run, spec)
         _, report = build_index(fs, vs, kind, rebuild=rebuild, target_recall=target_recall)
-    data = {"model": run.model, "vectors": vectors_label(layer, aspect, fused), "norm": norm, **report.__dict__}
+    data = {"model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "norm": norm,
+            **report.__dict__}
     if as_json:
         emit_json(data)
         return
@@ -73,6 +77,7 @@ def similar_command(
     layer: LayerOpt = None,
     aspect: AspectOpt = None,
     fused: FusedOpt = False,
+    learned: LearnedOpt = False,
     exclude_same_artist: Annotated[bool, typer.Option("--exclude-same-artist", help="Leave out the query "
                                                       "artist's tracks.")] = False,
     hubness: Annotated[str | None, typer.Option("--hubness", help="Re-rank against hub tracks: csls or mp "
@@ -94,12 +99,13 @@ def similar_command(
         tq = resolve_query(fs, query, run)
         try:
             results = similar_tracks(fs, run, tq, k, layer=layer, aspect=aspect, fused=fused,
-                                     exclude_same_artist=exclude_same_artist, hubness=hubness, norm=norm, match=match)
+                                     exclude_same_artist=exclude_same_artist, hubness=hubness, norm=norm,
+                                     learned=learned, match=match)
         except ValueError as exc:
             fail(str(exc))
         source, _ = aspect_layers(fs, run)
         weak = weak_aspects(fs, run)
-    vectors = vectors_label(layer, aspect, fused)
+    vectors = vectors_label(layer, aspect, fused, learned)
     if as_json:
         emit_json({"query": {"label": tq.label, "id": tq.track.id if tq.track else None, "external": tq.track is None},
                "model": run.model, "vectors": vectors, "norm": norm, "match": match, "hubness": hubness,

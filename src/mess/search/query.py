@@ -27,10 +27,12 @@ from mess.search.hubness import HubnessReducer
 from mess.search.index import CollectionIndex, open_index
 from mess.search.segments import chamfer_scores, check_match, read_segments
 from mess.search.vectors import (
+    LEARNED,
     Norm,
     VectorSet,
     VectorSpec,
     from_tracks,
+    in_space,
     load_vectors,
     query_vector,
     track_by_hash,
@@ -140,12 +142,13 @@ def _external_query(store: FeatureStore, path: Path, run: Run) -> TrackQuery:
 def similar_tracks(store: FeatureStore, run: Run, query: TrackQuery | np.ndarray, k: int = 10, *,
                    layer: str | None = None, aspect: str | None = None, fused: bool = False,
                    exclude_same_artist: bool = False, hubness: str | None = None,
-                   norm: Norm = "center", match: str = "mean") -> list[Neighbour]:
+                   norm: Norm = "center", learned: bool = False, match: str = "mean") -> list[Neighbour]:
     """The ``k`` collection tracks most similar to ``query`` (cosine, best first).
 
     Args:
         query: a :class:`TrackQuery`, or a raw vector in the space of the chosen vector set.
-        layer / aspect / fused: which vectors to compare (default: all layers, equally weighted).
+        layer / aspect / fused / learned: which vectors to compare (default: all layers, equally weighted;
+            learned = the head shipped for the model, see :mod:`mess.models.head`).
         exclude_same_artist: leave out tracks whose artist tag equals the query's.
         hubness: None, "csls" or "mp" to re-rank a candidate pool against hub tracks.
         norm: "center" (default), "zscore" or "none" preprocessing before L2 normalisation.
@@ -155,7 +158,7 @@ def similar_tracks(store: FeatureStore, run: Run, query: TrackQuery | np.ndarray
     The query's own track never appears; tracks with the same content or cosine >= 0.9999
     are flagged as duplicates. ``why`` / ``why_percentile`` are filled for TrackQuery inputs.
     """
-    spec = VectorSpec.from_options(layer, aspect, fused, norm)
+    spec = VectorSpec.from_options(layer, aspect, fused, norm, learned)
     tracks = store.tracks(run)  # one object until the catalog changes: derived maps below are memoised on it
     by_id = track_by_id(tracks)
     vs = load_vectors(store, run, spec, tracks)
@@ -206,7 +209,8 @@ def _segment_neighbours(store: FeatureStore, vs: VectorSet, query: TrackQuery, e
     elif query.segments is None:
         raise StoreError(f"{query.label} carries no window vectors; pass a track or an audio file")
     else:
-        windows = vs.prep.apply(np.concatenate([query.segments[vs.run.layer_index(n)] for n in vs.layers], axis=1))
+        raw = np.concatenate([query.segments[vs.run.layer_index(n)] for n in vs.layers], axis=1)
+        windows = vs.prep.apply(in_space(vs.spec, vs.run, raw))
     scores = chamfer_scores(seg, windows)
     scores[np.isin(seg.ids, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))] = -np.inf
     order = np.argsort(-scores, kind="stable")[:k]
@@ -268,7 +272,7 @@ def _raw_vector(store: FeatureStore, vs: VectorSet, query: TrackQuery) -> np.nda
             return fuse_query(store, vs.run, query.layers)
         except FusionError as exc:
             raise StoreError(str(exc)) from exc
-    return query_vector(vs.layers, vs.run, query.layers)
+    return query_vector(vs.layers, vs.run, query.layers, learned=vs.spec.kind == LEARNED)
 
 
 def _excluded(tracks: Sequence[Track], query: TrackQuery | None, same_artist: bool) -> set[int]:

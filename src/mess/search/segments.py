@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mess.search.vectors import VectorSet
+from mess.search.vectors import VectorSet, in_space
 from mess.store import FeatureStore
 
 MATCHES: tuple[str, ...] = ("mean", "segments")
@@ -47,7 +47,7 @@ def read_segments(store: FeatureStore, vs: VectorSet, ids: np.ndarray | None = N
     mats = [store.segment_matrix(vs.run, name) for name in vs.layers]
     seg_ids = mats[0][0]
     raw = np.concatenate([m for _, _, m in mats], axis=1)
-    return group_windows(vs.ids if ids is None else ids, seg_ids, vs.prep.apply(raw))
+    return group_windows(vs.ids if ids is None else ids, seg_ids, vs.prep.apply(in_space(vs.spec, vs.run, raw)))
 
 
 def group_windows(ids: np.ndarray, seg_ids: np.ndarray, unit: np.ndarray) -> SegmentSet:
