@@ -427,3 +427,22 @@ def _wait_http(httpx: object, url: str, seconds: float = 120) -> None:
         except httpx.HTTPError:
             time.sleep(0.3)
     raise AssertionError(f"{url} did not answer")
+
+
+def test_a_store_from_before_audio_hashes_is_not_embedded_again(tmp_path: Path) -> None:
+    from mess.audio.discover import _bytes_hash
+
+    music = tmp_path / "music"
+    paths = _tones(music, 3)
+    store = tmp_path / "store"
+    _clean(music, store)
+    with sqlite3.connect(store / "catalog.sqlite") as db:  # what an older mess wrote: file-byte hashes, no stamps
+        for path in paths:
+            old, new = _bytes_hash(path), db.execute("SELECT content_hash FROM tracks WHERE path=?",
+                                                     (str(path),)).fetchone()[0]
+            db.execute("UPDATE tracks SET content_hash=?, stamp='' WHERE path=?", (old, str(path)))
+            db.execute("UPDATE vectors SET content_hash=? WHERE content_hash=?", (old, new))
+    out = _mess("extract", str(music), *DSP, "--store", str(store))
+    assert out.returncode == 0 and "0 embedded, 3 unchanged" in out.stderr, out.stderr
+    paths[0].write_bytes(paths[0].read_bytes())  # rewritten: a new stamp, hashed the new way, embedded once more
+    assert "1 embedded" in _mess("extract", str(music), *DSP, "--store", str(store)).stderr

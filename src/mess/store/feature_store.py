@@ -112,6 +112,11 @@ class TrackVectors:
     seg_starts: Sequence[float]
 
 
+def legacy_stamp(size: int, mtime: float) -> str:
+    """The change stamp of a catalog row written before stamps existed (size and mtime only)."""
+    return f"legacy:{size}:{mtime!r}"
+
+
 def _schema_missing(db: sqlite3.Connection) -> bool:
     try:
         return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='vectors'").fetchone() is None
@@ -263,8 +268,11 @@ class FeatureStore:
 
     def known_file(self, path: Path) -> tuple[str, str] | None:
         """(content_hash, change stamp) recorded for a path, to skip re-hashing unchanged files."""
-        row = self.db.execute("SELECT content_hash, stamp FROM tracks WHERE path=?", (to_db_path(path),)).fetchone()
-        return None if row is None else (row[0], row[1] or "")
+        row = self.db.execute("SELECT content_hash, stamp, size, mtime FROM tracks WHERE path=?",
+                              (to_db_path(path),)).fetchone()
+        if row is None:
+            return None
+        return row[0], row[1] or legacy_stamp(row[2], row[3])  # rows from before stamps: size and mtime
 
     def tracks(self, run: Run | None = None, *, artist: str | None = None) -> tuple[Track, ...]:
         """All tracks (only those with vectors for ``run`` when given), ordered by id.
