@@ -18,7 +18,7 @@ from mess.playlists.formats import read_playlist
 from mess.playlists.mpd import connect
 from mess.playlists.playlist import artist_key
 from mess.playlists.radio import radio
-from mess.search.query import resolve_query
+from mess.query import resolve_query
 from mess.store import FeatureStore
 
 runner = CliRunner()

@@ -18,7 +18,8 @@ from mess.playlists.formats import read_playlist, write_playlist
 from mess.playlists.path import sonic_path
 from mess.playlists.playlist import DuplicateGuard, Playlist, artist_key
 from mess.playlists.radio import radio
-from mess.search.query import resolve_query, similar_tracks
+from mess.query import resolve_query
+from mess.search.query import similar_tracks
 from mess.search.vectors import VectorSpec, load_vectors
 from mess.store import FeatureStore
 

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from mess.cli.search import register
 from mess.search.evaluate import evaluate
-from mess.search.query import resolve_query, similar_tracks
+from mess.query import resolve_query
+from mess.search.query import similar_tracks
 from mess.store import FeatureStore
 
 MODELS = ("dsp", "musicnn-msd")

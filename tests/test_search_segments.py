@@ -20,7 +20,8 @@ from mess.audio.windows import WindowPolicy
 from mess.cli.search import register
 from mess.models.base import ModelInfo
 from mess.search.evaluate import evaluate
-from mess.search.query import resolve_query, similar_tracks
+from mess.query import resolve_query
+from mess.search.query import similar_tracks
 from mess.search.segments import chamfer_rows, read_segments
 from mess.search.vectors import VectorSpec, load_vectors
 from mess.store import FeatureStore, Run, TrackVectors

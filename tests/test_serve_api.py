@@ -31,8 +31,9 @@ from mess.audio.windows import WindowPolicy
 from mess.cli.serve import is_loopback, register
 from mess.extract.pipeline import extract
 from mess.models.dsp import DspModel
-from mess.probing.report import report_paths
-from mess.search.query import resolve_query, similar_tracks
+from mess.store.reports import report_paths
+from mess.query import resolve_query
+from mess.search.query import similar_tracks
 from mess.search.vectors import VectorSpec, load_vectors
 from mess.serve.app import create_app
 from mess.serve.uploads import EmbedWorker

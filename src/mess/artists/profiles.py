@@ -11,7 +11,7 @@ from functools import cached_property
 import numpy as np
 
 from mess.artists.credits import main_artist, normalize_name
-from mess.search.vectors import from_tracks
+from mess.search.vectors import FUSED, from_tracks
 from mess.store import FeatureStore, Run, Track
 
 DEFAULT_MAX_TRACKS = 5
@@ -172,8 +172,8 @@ def load_space(store: FeatureStore, run: Run, *, layer: str | None = None, aspec
     if (layer is not None) + (aspect is not None) + fused > 1:
         raise ArtistError("choose one of layer, aspect or fused")
     if fused:
-        ids, mat = store.derived_matrix(run, "fused")
-        return Space("fused", ids, mat)
+        ids, mat = store.derived_matrix(run, FUSED)
+        return Space(FUSED, ids, mat)
     if aspect is not None:
         amap = store.aspect_map(run)
         if aspect not in amap:

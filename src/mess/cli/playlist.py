@@ -35,7 +35,7 @@ def radio_command(
     """A radio: the tracks closest to the seeds, closest first, artists spread out, no near-duplicates."""
     from mess.playlists.playlist import PlaylistError
     from mess.playlists.radio import radio
-    from mess.search.query import resolve_query
+    from mess.query import resolve_query
 
     with open_store(store) as fs:
         run = fs.run(model)

@@ -89,7 +89,8 @@ def similar_command(
 ) -> None:
     """The tracks most similar to QUERY, with which aspects agree most."""
     from mess.search.hubness import METHODS
-    from mess.search.query import ENCODED_R2, aspect_layers, resolve_query, similar_tracks, weak_aspects
+    from mess.query import resolve_query
+    from mess.search.query import ENCODED_R2, aspect_layers, similar_tracks, weak_aspects
     from mess.search.vectors import vectors_label
 
     if hubness is not None and hubness not in METHODS:

@@ -9,9 +9,9 @@ import numpy as np
 
 from mess.fusion.data import FusionError, load_layers
 from mess.fusion.train import FusionResult, embed, load_checkpoint
+from mess.search.vectors import FUSED
 from mess.store import FeatureStore, Run
 
-FUSED = "fused"  # the derived-vector name `mess index --fused` / `mess similar --fused` read
 
 
 def check_compatible(result: FusionResult, run: Run) -> None:

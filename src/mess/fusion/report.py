@@ -169,7 +169,7 @@ def _verdict(report: FusionReport) -> tuple[str, str]:
 
 def attach_probe(report: FusionReport, store: FeatureStore, run_id: int) -> None:
     """Add per-layer, per-aspect probe R^2 from `mess probe`'s ridge JSON report, or say why there is none."""
-    from mess.probing.report import report_paths
+    from mess.store.reports import report_paths
 
     path = report_paths(store.reports_dir, report.model, run_id, "ridge")["json"]
     if not path.exists():

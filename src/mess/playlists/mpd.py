@@ -17,7 +17,7 @@ from mpd import ConnectionError as MPDConnectionError
 
 from mess.playlists.playlist import Playlist
 from mess.playlists.radio import DEFAULT_WINDOW, radio
-from mess.search.query import TrackQuery
+from mess.search.query import collection_query
 from mess.store import FeatureStore, Run, Track
 
 DEFAULT_PORT = 6600
@@ -84,8 +84,7 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
         raise PlayerError(f"MPD's current song {song['file']} is not in the collection of this store; "
                           "run `mess extract` on MPD's music folder")
     music_dir = Path(seed.path[:len(seed.path) - len(song["file"])])
-    playlist = radio(store, run, [TrackQuery(seed.name, track=seed, content_hash=seed.content_hash,
-                                             artist=seed.artist)], n, aspect=aspect, window=window)
+    playlist = radio(store, run, [collection_query(store, seed.id)], n, aspect=aspect, window=window)
     if clear_upcoming:
         pos, length = int(song.get("pos", 0)), int(client.status().get("playlistlength", 0))
         if length > pos + 1:

@@ -25,7 +25,7 @@ def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 3
     is shorter than ``n`` only when the collection runs out of tracks that fit.
 
     Args:
-        seeds: resolved queries (collection tracks or external files), see :func:`mess.search.query.resolve_query`.
+        seeds: resolved queries (collection tracks or external files), see :func:`mess.query.resolve_query`.
         aspect: compare in the layer ``mess probe`` chose for this aspect instead of all layers.
         window: tracks within which an artist may not repeat (1 = only not twice in a row).
     """

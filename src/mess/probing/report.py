@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from mess.store.reports import report_paths
 from mess.probing.probes import ProbeScores
 from mess.probing.targets import ASPECTS, TARGETS, aspect_targets
 
@@ -114,12 +114,6 @@ class ProbeReport:
 
 def _num(value: float) -> float | None:
     return None if np.isnan(value) else round(float(value), 4)
-
-
-def report_paths(folder: Path, model: str, run_id: int, probe: str) -> dict[str, Path]:
-    """Where the JSON, CSV and PNG of a probe report go."""
-    stem = f"probe-{re.sub(r'[^A-Za-z0-9_.-]+', '_', model)}-run{run_id}" + ("" if probe == "ridge" else f"-{probe}")
-    return {ext: Path(folder) / f"{stem}.{ext}" for ext in ("json", "csv", "png")}
 
 
 def write_report(report: ProbeReport, folder: Path) -> dict[str, Path]:

@@ -27,6 +27,7 @@ from mess.search.hubness import HubnessReducer
 from mess.search.index import CollectionIndex, open_index
 from mess.search.segments import chamfer_scores, check_match, read_segments
 from mess.search.vectors import (
+    FUSED,
     LEARNED,
     Norm,
     VectorSet,
@@ -35,7 +36,6 @@ from mess.search.vectors import (
     in_space,
     load_vectors,
     query_vector,
-    track_by_hash,
     track_by_id,
 )
 from mess.store import FeatureStore, Run, StoreError, Track
@@ -58,6 +58,7 @@ class TrackQuery:
     segments: tuple[np.ndarray, ...] | None = None  # external file: raw window vectors [n, dim] per run layer
     content_hash: str | None = None
     artist: str | None = None
+    fused: np.ndarray | None = None  # external file: its fused vector, when the run has fused vectors
 
 
 @dataclass(frozen=True)
@@ -91,52 +92,13 @@ class Neighbour:
                 "reasons": self.reasons(), "reasons_text": self.reasons_text()}
 
 
-def resolve_query(store: FeatureStore, ref: str | Path | int, run: Run) -> TrackQuery:
-    """Turn a track id, a collection path/file name, or an external audio file into a query.
+def collection_query(store: FeatureStore, ref: str | Path | int) -> TrackQuery:
+    """A seed from a collection track: by id, path or file name (StoreError when unknown).
 
-    An external file whose content is already in the collection resolves to that track.
-    Raises StoreError when nothing matches or the model cannot embed the file.
+    Files outside the collection are embedded by :func:`mess.query.resolve_query`.
     """
-    key = str(ref)
-    path = Path(key).expanduser()
-    if key.isdigit() or not path.is_file():
-        track = store.track(key)
-        return TrackQuery(track.name, track=track, content_hash=track.content_hash, artist=track.artist)
-    try:
-        track = store.track(path)
-        if Path(track.path) == path.resolve():
-            return TrackQuery(track.name, track=track, content_hash=track.content_hash, artist=track.artist)
-    except StoreError:
-        pass
-    return _external_query(store, path, run)
-
-
-def _external_query(store: FeatureStore, path: Path, run: Run) -> TrackQuery:
-    from mess.audio.decode import AudioError
-    from mess.audio.tags import read_tags
-    from mess.extract.embed import embed_file
-    from mess.models.registry import ModelError, load_model
-
-    try:
-        model = load_model(run.model)
-    except ModelError as exc:
-        raise StoreError(str(exc)) from exc
-    if model.info.revision != run.revision:
-        raise StoreError(f"{run.model} is now revision {model.info.revision} but the store holds "
-                         f"{run.revision}; re-extract the collection to compare with new files")
-    try:
-        vectors = embed_file(path, model, run.policy)
-    except (AudioError, OSError, ValueError, RuntimeError) as exc:
-        raise StoreError(f"cannot embed {path}: {exc}") from exc
-    track = track_by_hash(store.tracks(run)).get(vectors.content_hash)
-    if track is not None:
-        return TrackQuery(track.name, track=track, content_hash=track.content_hash, artist=track.artist)
-    tags = read_tags(path)
-    label = f"{tags['artist']} - {tags['title'] or path.stem}" if tags["artist"] else path.name
-    layers = tuple(np.asarray(v, dtype=np.float32) for v in vectors.layers)
-    segments = tuple(np.asarray(v, dtype=np.float32) for v in vectors.segments)
-    return TrackQuery(label, layers=layers, segments=segments, content_hash=vectors.content_hash,
-                      artist=tags["artist"])
+    track = store.track(ref)
+    return TrackQuery(track.name, track=track, content_hash=track.content_hash, artist=track.artist)
 
 
 def similar_tracks(store: FeatureStore, run: Run, query: TrackQuery | np.ndarray, k: int = 10, *,
@@ -264,14 +226,10 @@ def _raw_vector(store: FeatureStore, vs: VectorSet, query: TrackQuery) -> np.nda
             raise StoreError(f"track {query.track.id} ({query.label}) has no {vs.spec.kind} vectors for "
                              f"{vs.run.model}; run `mess extract` (or `mess fuse apply`) first")
         return vs.raw[vs.rows(np.array([query.track.id]))[0]]
-    if vs.spec.kind == "fused":  # an external file goes through the network `mess fuse apply` used
-        from mess.fusion.apply import fuse_query
-        from mess.fusion.data import FusionError
-
-        try:
-            return fuse_query(store, vs.run, query.layers)
-        except FusionError as exc:
-            raise StoreError(str(exc)) from exc
+    if vs.spec.kind == FUSED:  # an external file's fused vector comes with it (see mess.query)
+        if query.fused is None:
+            raise StoreError(f"no fused vector for {query.label}; embed it with mess.query.resolve_query")
+        return query.fused
     return query_vector(vs.layers, vs.run, query.layers, learned=vs.spec.kind == LEARNED)
 
 

@@ -15,7 +15,7 @@ from mess.playlists.formats import render
 from mess.playlists.path import sonic_path
 from mess.playlists.playlist import Playlist, PlaylistError
 from mess.playlists.radio import DEFAULT_WINDOW, radio
-from mess.search.query import resolve_query
+from mess.search.query import collection_query
 from mess.serve.routes_tracks import Aspect, Model
 from mess.serve.state import ServeState, get_state, track_dict, vector_spec
 
@@ -47,7 +47,7 @@ def radio_route(request: Request, state: State,
     with state.lock:
         run = state.run(model)
         vector_spec(state.store, run, None, aspect, False)
-        seeds = [resolve_query(state.store, state.track(i).id, run) for i in seed]
+        seeds = [collection_query(state.store, state.track(i).id) for i in seed]
         try:
             playlist = radio(state.store, run, seeds, n, aspect=aspect, window=window)
         except PlaylistError as exc:

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import FileResponse
 
-from mess.probing.report import report_paths
+from mess.store.reports import report_paths
 from mess.search.ann import KINDS
 from mess.search.index import build_index
 from mess.search.vectors import load_vectors, vectors_label

@@ -16,14 +16,15 @@ from mess.search.hubness import METHODS as HUBNESS_METHODS
 from mess.search.query import (
     ENCODED_R2,
     Neighbour,
-    TrackQuery,
     aspect_layers,
+    collection_query,
     listener_words,
-    resolve_query,
+    query_unit,
     similar_tracks,
     weak_aspects,
 )
-from mess.search.vectors import VectorSpec, from_tracks, load_vectors, query_vector, track_by_hash, vectors_label
+from mess.search.vectors import VectorSpec, from_tracks, load_vectors, vectors_label
+from mess.query import external_query
 from mess.serve.mapping import collection_map
 from mess.serve.routes_tracks import Aspect, Fused, Layer, Learned, Model
 from mess.serve.state import ServeState, get_state, neighbour_dict, track_dict, vector_spec
@@ -61,7 +62,7 @@ def similar(track_id: int, state: State, model: Model = None, layer: Layer = Non
         run = state.run(model)
         state.track(track_id)
         vector_spec(state.store, run, layer, aspect, fused, learned)
-        tq = resolve_query(state.store, track_id, run)
+        tq = collection_query(state.store, track_id)
         results = similar_tracks(state.store, run, tq, k, layer=layer, aspect=aspect, fused=fused,
                                  exclude_same_artist=exclude_same_artist, hubness=hubness, learned=learned)
         return _answer(state, run, {"label": tq.label, "external": False, **track_dict(tq.track)},
@@ -96,14 +97,10 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
 
     def search() -> dict:
         with state.lock:
-            same = track_by_hash(state.store.tracks(run)).get(content_hash)
-            if same is not None:
-                tq = TrackQuery(same.name, track=same, content_hash=content_hash, artist=same.artist)
-            else:
-                label = saved.filename
-                if tags.get("artist"):
-                    label = f"{tags['artist']} - {tags['title'] or saved.filename}"
-                tq = TrackQuery(label, layers=tuple(layers), content_hash=content_hash, artist=tags.get("artist"))
+            artist = tags.get("artist")
+            label = f"{artist} - {tags['title'] or saved.filename}" if artist else saved.filename
+            tq = external_query(state.store, run, label, content_hash, layers, (), artist)
+            same = tq.track
             results = similar_tracks(state.store, run, tq, k, layer=layer, aspect=aspect, fused=fused,
                                      exclude_same_artist=exclude_same_artist, learned=learned)
             vs = load_vectors(state.store, run, spec)
@@ -111,9 +108,9 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
             if same is not None and same.id in vs:  # cmap was made from this vector set (same fingerprint)
                 x, y = cmap.xy[vs.rows(np.array([same.id]))[0]]
             else:
-                x, y = cmap.place(vs.prep.apply(query_vector(vs.layers, run, layers, learned=learned)))[0]
+                x, y = cmap.place(query_unit(state.store, vs, tq)[None])[0]
             query = {"label": tq.label, "external": same is None, "id": same.id if same else None,
-                     "artist": same.artist if same else tags.get("artist"),
+                     "artist": tq.artist,
                      "file": saved.filename, "bytes": saved.size, "x": round(float(x), 5), "y": round(float(y), 5)}
             return _answer(state, run, query, results, layer, aspect, fused, learned)
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import FileResponse
 
 from mess.search.query import ENCODED_R2
-from mess.search.vectors import load_vectors, track_by_id, vectors_label
+from mess.search.vectors import FUSED, load_vectors, track_by_id, vectors_label
 from mess.serve.mapping import CollectionMap, collection_map
 from mess.serve.state import ServeState, get_state, track_dict, vector_spec
 from mess.store import Track
@@ -42,7 +42,7 @@ def runs(state: State) -> dict:
         store = state.store
         out = [{"id": r.id, "model": r.model, "revision": r.revision, "layers": list(r.layer_names),
                 "dims": list(r.layer_dims), "aspects": store.aspect_map(r), "aspect_scores": store.aspect_scores(r),
-                "fused": store.derived_meta(r, "fused") is not None, "tracks": len(store.tracks(r))}
+                "fused": store.derived_meta(r, FUSED) is not None, "tracks": len(store.tracks(r))}
                for r in store.runs()]
     return {"default_model": state.default_model, "encoded_threshold": ENCODED_R2, "runs": out}
 

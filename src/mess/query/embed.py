@@ -1,0 +1,75 @@
+"""Embed an external audio file with a stored run's model and policy, and make it a search seed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mess.audio.tags import read_tags
+from mess.extract.embed import embed_file
+from mess.fusion.apply import fuse_query
+from mess.fusion.data import FusionError
+from mess.models.registry import ModelError, load_model
+from mess.search.query import TrackQuery, collection_query
+from mess.search.vectors import FUSED, track_by_hash
+from mess.store import FeatureStore, Run, StoreError
+
+
+def resolve_query(store: FeatureStore, ref: str | Path | int, run: Run) -> TrackQuery:
+    """A track id, a collection path or file name, or any audio file (embedded with the run's model).
+
+    Raises StoreError when nothing matches or the file cannot be embedded.
+    """
+    path = Path(str(ref)).expanduser()
+    if str(ref).isdigit() or not path.is_file():
+        return collection_query(store, ref)
+    try:
+        found = collection_query(store, path)
+        if found.track is not None and Path(found.track.path) == path.resolve():
+            return found
+    except StoreError:
+        pass
+    return embed_query(store, path, run)
+
+
+def embed_query(store: FeatureStore, path: Path, run: Run) -> TrackQuery:
+    """Decode and embed ``path`` exactly as the run's tracks were (same model revision and windows)."""
+    try:
+        model = load_model(run.model)
+    except ModelError as exc:
+        raise StoreError(str(exc)) from exc
+    if model.info.revision != run.revision:
+        raise StoreError(f"{run.model} is now revision {model.info.revision} but the store holds "
+                         f"{run.revision}; re-extract the collection to compare with new files")
+    try:
+        vectors = embed_file(path, model, run.policy)
+    except Exception as exc:  # noqa: BLE001 -- any fault of this one file is a clear error, not a traceback
+        raise StoreError(f"cannot embed {path}: {exc}") from exc
+    tags = read_tags(path)
+    label = f"{tags['artist']} - {tags['title'] or path.stem}" if tags["artist"] else path.name
+    return external_query(store, run, label, vectors.content_hash, vectors.layers, vectors.segments,
+                          tags["artist"])
+
+
+def external_query(store: FeatureStore, run: Run, label: str, content_hash: str, layers: Sequence[np.ndarray],
+                   segments: Sequence[np.ndarray] = (), artist: str | None = None) -> TrackQuery:
+    """A seed from vectors embedded outside the store (by :func:`embed_query` or the server's worker).
+
+    Content already in the collection is that track. Otherwise the seed carries the raw
+    per-layer (and window) vectors, plus the fused vector when the run has fused vectors,
+    computed by the network `mess fuse apply` used.
+    """
+    track = track_by_hash(store.tracks(run)).get(content_hash)
+    if track is not None:
+        return TrackQuery(track.name, track=track, content_hash=track.content_hash, artist=track.artist)
+    raw = tuple(np.asarray(v, dtype=np.float32) for v in layers)
+    fused = None
+    if store.derived_meta(run, FUSED) is not None:
+        try:
+            fused = fuse_query(store, run, raw)
+        except FusionError as exc:
+            raise StoreError(str(exc)) from exc
+    return TrackQuery(label, layers=raw, segments=tuple(np.asarray(v, dtype=np.float32) for v in segments) or None,
+                      content_hash=content_hash, artist=artist, fused=fused)

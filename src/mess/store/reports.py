@@ -1,0 +1,12 @@
+"""Where the reports of a run are written (probe, fusion and the server read the same names)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+
+def report_paths(folder: Path, model: str, run_id: int, probe: str) -> dict[str, Path]:
+    """Where the JSON, CSV and PNG of a probe report go."""
+    stem = f"probe-{re.sub(r'[^A-Za-z0-9_.-]+', '_', model)}-run{run_id}" + ("" if probe == "ridge" else f"-{probe}")
+    return {ext: Path(folder) / f"{stem}.{ext}" for ext in ("json", "csv", "png")}
