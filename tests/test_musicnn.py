@@ -17,6 +17,7 @@ pytest.importorskip("musicnn.configuration", reason="pip install --no-deps music
 from mess.models.musicnn import MusicnnModel  # noqa: E402
 from mess.models.musicnn.checkpoint import read_checkpoint  # noqa: E402
 from mess.models.musicnn.model import MIN_SAMPLES, checkpoint_prefix, log_mel  # noqa: E402
+from mess.models.registry import load_model  # noqa: E402
 
 SR = 16000
 SOUNDFONT = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")
@@ -201,3 +202,46 @@ def test_log_mel_matches_musicnn_float16_formula(piano: np.ndarray) -> None:
     np.testing.assert_array_equal(mel[0], musicnn)
     loud = log_mel(np.clip(50 * piano[None, :MIN_SAMPLES], -1, 1))
     assert np.isfinite(loud).all() and loud.max() > np.log10(65504)
+
+
+def test_vgg_checkpoints_read_with_the_same_reader() -> None:
+    for dataset in ("MSD", "MTT"):
+        tensors = read_checkpoint(f"{checkpoint_prefix(dataset, 'vgg')}/")
+        params = {k: v for k, v in tensors.items() if "Adam" not in k and not k.endswith("_power")}
+        assert params["1CNN/kernel"].shape == (3, 3, 1, 128) and params["5CNN/kernel"].shape == (3, 3, 128, 128)
+        assert params["dense/kernel"].shape == (256, 50) and params["batch_normalization_5/gamma"].shape == (128,)
+        convs = (9 * 1 * 128 + 128) + 4 * (9 * 128 * 128 + 128)
+        norms = 4 * 1 + 5 * 4 * 128  # gamma, beta, mean, variance of the input and 5 conv batch norms
+        assert sum(v.size for v in params.values()) == convs + norms + (256 * 50 + 50) == 607_030
+
+
+@pytest.fixture(scope="module")
+def vgg_mtt() -> MusicnnModel:
+    return load_model("musicnn-vgg-mtt")
+
+
+def test_vgg_layers_and_piano_tags(vgg_mtt: MusicnnModel, piano: np.ndarray) -> None:
+    assert vgg_mtt.info.name == "musicnn-vgg-mtt" and vgg_mtt.arch == "vgg"
+    assert vgg_mtt.info.layer_names == ("pool1", "pool2", "pool3", "pool4", "pool5", "taggram")
+    windows = np.stack([piano[: 4 * SR], piano[-4 * SR :]])
+    layers = vgg_mtt.embed(windows)
+    for layer, dim, value in zip(vgg_mtt.info.layer_names, vgg_mtt.info.layer_dims, layers):
+        assert value.shape == (2, dim) and value.dtype == np.float32 and np.isfinite(value).all(), layer
+    piano_tags = [name for name, _ in vgg_mtt.tags(piano, top_k=5)]
+    assert "piano" in piano_tags[:3], piano_tags
+    noise = 0.1 * np.random.default_rng(0).standard_normal(4 * SR).astype(np.float32)
+    assert "piano" not in [name for name, _ in vgg_mtt.tags(noise, top_k=5)]
+    assert load_model("musicnn-vgg-msd").info.name == "musicnn-vgg-msd"
+    with pytest.raises(ValueError, match="architecture"):
+        MusicnnModel("MSD", arch="resnet")
+
+
+def test_vgg_pools_average_each_patch_map(vgg_mtt: MusicnnModel, piano: np.ndarray) -> None:
+    window = piano[: 2 * 187 * 256 + 1000]
+    embedded = dict(zip(vgg_mtt.info.layer_names, vgg_mtt.embed(window[None])))
+    mel = torch.from_numpy(log_mel(window[None])[0, : 2 * 187].reshape(2, 187, 96))
+    with torch.inference_mode():
+        out = vgg_mtt.network(mel)
+    assert out["pool1"].shape == (2, 92, 48, 128) and out["pool4"].shape == (2, 11, 6, 128)
+    np.testing.assert_allclose(embedded["pool2"][0], out["pool2"].mean(dim=(0, 1, 2)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(embedded["pool5"][0], out["pool5"].mean(dim=0), rtol=1e-4, atol=1e-5)

@@ -21,7 +21,7 @@ from mess.store import FeatureStore
 
 def extract_command(
     folders: Annotated[list[Path], typer.Argument(help="Audio files or folders (wav, flac, mp3, ogg, opus, m4a).")],
-    model: Annotated[str, typer.Option("--model", "-m", help="dsp, musicnn-msd, musicnn-mtt, mert-v1-95m, mert-v1-330m, or a local model folder.")] = "musicnn-msd",
+    model: Annotated[str, typer.Option("--model", "-m", help="dsp, musicnn-msd, musicnn-mtt, musicnn-vgg-msd, musicnn-vgg-mtt, mert-v1-95m, mert-v1-330m, or a local model folder.")] = "musicnn-msd",
     store: StoreOpt = DEFAULT_STORE_PATH,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 4,

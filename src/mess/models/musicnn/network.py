@@ -90,6 +90,11 @@ class MusicnnNetwork(nn.Module):
             "taggram": torch.sigmoid(self.output(penultimate)),
         }
 
+    def patch_vectors(self, mel: torch.Tensor) -> list[torch.Tensor]:
+        """One vector per patch and layer, in ``FRAME_LAYERS + PATCH_LAYERS`` order (frame layers averaged)."""
+        out = self.forward(mel)
+        return [out[name].mean(dim=1) for name in FRAME_LAYERS] + [out[name] for name in PATCH_LAYERS]
+
     @staticmethod
     def _frontend_block(conv: nn.Conv2d, bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
         """conv -> ReLU -> batch norm -> max over the whole frequency axis: [b, c, t]."""
