@@ -45,6 +45,13 @@ TF_REFERENCE = {
 }
 
 
+# Mean taggram of the original TensorFlow VGG models on the same piano; see notes/musicnn_vgg_tf_check.md.
+VGG_TF_REFERENCE = {
+    "MTT": {"piano": 0.661532, "slow": 0.401493, "guitar": 0.23538, "soft": 0.18767, "classical": 0.169035},
+    "MSD": {"jazz": 0.382662, "instrumental": 0.110308, "rock": 0.105156, "electronic": 0.101888},
+}
+
+
 def _expected_shapes() -> dict[str, tuple[int, ...]]:
     shapes = dict(EXPECTED_SHAPES)
     for key in list(EXPECTED_SHAPES):
@@ -245,3 +252,12 @@ def test_vgg_pools_average_each_patch_map(vgg_mtt: MusicnnModel, piano: np.ndarr
     assert out["pool1"].shape == (2, 92, 48, 128) and out["pool4"].shape == (2, 11, 6, 128)
     np.testing.assert_allclose(embedded["pool2"][0], out["pool2"].mean(dim=(0, 1, 2)), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(embedded["pool5"][0], out["pool5"].mean(dim=0), rtol=1e-4, atol=1e-5)
+
+
+def test_vgg_matches_tensorflow_reference(vgg_mtt: MusicnnModel) -> None:
+    audio = _additive_piano(PIANO_SEQUENCE)
+    audio = (0.1 * audio / np.abs(audio).max()).astype(np.float32)
+    for model in (vgg_mtt, MusicnnModel("MSD", arch="vgg")):
+        ours = dict(model.tags(audio))
+        for tag, score in VGG_TF_REFERENCE[model.dataset].items():
+            assert abs(ours[tag] - score) < 1e-4, (model.info.name, tag, ours[tag], score)
