@@ -94,3 +94,20 @@ def test_a_two_hour_file_costs_only_its_windows(tmp_path: Path) -> None:
     assert result["shape"] == [16, 30 * 16000]
     assert result["starts"][0] == 0.0 and abs(result["starts"][-1] - (7200 - 30)) < 0.01
     assert result["rss_mb"] - result["rss_before_mb"] < 150, result
+
+
+def test_a_float_wav_of_huge_samples_fails_cleanly_for_musicnn(tmp_path: Path) -> None:
+    pytest.importorskip("musicnn.configuration")
+    from mess.extract.pipeline import extract
+    from mess.models.registry import load_model
+    from mess.store import FeatureStore
+
+    music = tmp_path / "music"
+    music.mkdir()
+    sf.write(music / "huge.wav", 3e19 * _music(16000, 4.0), 16000, subtype="FLOAT")
+    sf.write(music / "fine.wav", _music(16000, 4.0, seed=1), 16000, subtype="FLOAT")
+    summary = extract(FeatureStore(tmp_path / "store"), sorted(music.iterdir()), load_model("musicnn-msd"),
+                      POLICY, batch_size=4)
+    assert summary.done == 1 and len(summary.failed) == 1
+    path, reason = summary.failed[0]
+    assert path.endswith("huge.wav") and "not finite" in reason
