@@ -100,3 +100,14 @@ def _check_not_silent(record: FileRecord, audio: np.ndarray) -> None:
 
 def _too_long(record: FileRecord, policy: WindowPolicy) -> str:
     return f"{record.path.name}: longer than {policy.max_decode_seconds / 3600:.1f} h, only the start is used"
+
+
+def planned_seconds(paths: list[Path], policy: WindowPolicy) -> float:
+    """Audio seconds the policy will analyse in ``paths``, from their headers (unreadable files count 0)."""
+    total = 0.0
+    for path in paths:
+        try:
+            total += policy.analysed_seconds(probe(path).duration)
+        except (AudioError, OSError):
+            continue
+    return total
