@@ -1,7 +1,8 @@
 """Extraction speed in one run: pipeline vs bare model per backend, CPU efficiency, memory, and the TF original.
 
 Measured in one process (both sides of every ratio under the same load, whose average is printed):
-  1. fp32 matmul GFLOP/s (2048 x 2048, best of 3): the machine's rate, the denominator of efficiency;
+  1. fp32 matmul GFLOP/s (2048 x 2048, best of 3), at the start and around each bare pass (the denominator
+     of efficiency, taken next to the numerator because the load changes from minute to minute);
   2. per model: the pipeline (mess.extract.pipeline.extract: threaded decode with seeking, inference,
      store writes) and the bare model on the same windows already decoded (the floor), so overhead =
      pipeline / bare - 1; time to the first embedded file; seconds per 3.5-min track under the default
@@ -72,7 +73,7 @@ def gflop_per_patch(model: object) -> float | None:
     return counter.get_total_flops() / 1e9
 
 
-def measure_model(name: str, paths: list[Path], policy: WindowPolicy, batch_size: int, mm: float) -> dict:
+def measure_model(name: str, paths: list[Path], policy: WindowPolicy, batch_size: int) -> dict:
     """Pipeline vs bare model for one backend, on the same files, in this process."""
     t0 = time.perf_counter()
     model = load_model(name)
@@ -91,14 +92,17 @@ def measure_model(name: str, paths: list[Path], policy: WindowPolicy, batch_size
         pipeline_s = time.perf_counter() - start
     sr = model.info.sample_rate
     prepared = [decode_windows(inspect_file(p), sr, policy, model.info.min_samples) for p in paths]
+    mm = matmul_gflops()  # the machine's rate right around the bare pass: the load changes from minute to minute
     start = time.perf_counter()
     embed_prepared(model, prepared, batch_size)
     bare_s = time.perf_counter() - start
+    mm = (mm + matmul_gflops()) / 2
     audio_s = summary.audio_seconds
     row = {"model": name, "files": len(paths), "failed": len(summary.failed), "audio_s": audio_s,
            "load_s": load_s, "first_file_s": first[0] if first else float("nan"),
            "pipeline_rate": audio_s / pipeline_s, "bare_rate": audio_s / bare_s,
-           "overhead": pipeline_s / bare_s - 1, "track_s": TYPICAL_TRACK_SECONDS / (audio_s / pipeline_s)}
+           "overhead": pipeline_s / bare_s - 1, "track_s": TYPICAL_TRACK_SECONDS / (audio_s / pipeline_s),
+           "matmul": mm}
     gflop = gflop_per_patch(model)
     if gflop is not None:
         row["gflop_patch"] = gflop
@@ -203,13 +207,15 @@ def main() -> None:
     mm = matmul_gflops()
     print(f"{len(paths)} files from {args.audio}; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
           f"on {os.cpu_count()} cores; torch threads {torch.get_num_threads()}; fp32 matmul {mm:.1f} GFLOP/s")
-    rows = [measure_model(name, paths, policy, args.batch_size, mm) for name in args.models.split(",")]
+    rows = [measure_model(name, paths, policy, args.batch_size) for name in args.models.split(",")]
     header = (f"{'model':18s}{'audio-s':>8s}{'pipeline':>10s}{'bare':>8s}{'overhead':>9s}{'load s':>8s}"
-              f"{'1st file s':>11s}{'s/3.5min':>9s}{'GFLOP/p':>8s}{'effic.':>7s}")
-    print(header + "   (rates in audio-s/s; efficiency = bare / 3 s x GFLOP per patch / matmul rate)")
+              f"{'1st file s':>11s}{'s/3.5min':>9s}{'matmul':>8s}{'GFLOP/p':>8s}{'effic.':>7s}")
+    print(header + "   (rates in audio-s/s; matmul GFLOP/s around the bare pass; efficiency = bare / 3 s x "
+                   "GFLOP per patch / matmul)")
     for r in rows:
         print(f"{r['model']:18s}{r['audio_s']:8.0f}{r['pipeline_rate']:10.1f}{r['bare_rate']:8.1f}"
               f"{100 * r['overhead']:+8.1f}%{r['load_s']:8.2f}{r['first_file_s']:11.2f}{r['track_s']:9.2f}"
+              f"{r['matmul']:8.1f}"
               + (f"{r['gflop_patch']:8.3f}{r['efficiency']:7.2f}" if "efficiency" in r else ""))
     if args.long_hours > 0:
         with tempfile.TemporaryDirectory() as tmp:

@@ -261,3 +261,25 @@ def test_vgg_matches_tensorflow_reference(vgg_mtt: MusicnnModel) -> None:
         ours = dict(model.tags(audio))
         for tag, score in VGG_TF_REFERENCE[model.dataset].items():
             assert abs(ours[tag] - score) < 1e-4, (model.info.name, tag, ours[tag], score)
+
+
+def test_frontend_pools_frequency_first_with_the_same_result(msd: MusicnnModel, piano: np.ndarray) -> None:
+    """max_f(BN(ReLU(conv))) is computed as BN(ReLU(max or min of conv)); both signs of the norm's scale."""
+    import copy
+
+    from torch.nn import functional as F
+
+    from mess.models.musicnn.network import _channel_bn, _pad_time
+
+    network = msd.network
+    mel = torch.from_numpy(log_mel(piano[None, :MIN_SAMPLES]))
+    x = _pad_time(_channel_bn(network.bns[0], mel.unsqueeze(1)), 3, 3)
+    for conv, bn in zip(network.timbral_convs, network.bns[1:3]):
+        flipped = copy.deepcopy(bn)
+        with torch.no_grad():
+            flipped.weight[::2] *= -1
+        for norm in (bn, flipped):
+            with torch.inference_mode():
+                direct = _channel_bn(norm, F.relu(conv(x))).amax(dim=3)
+                fast = network._frontend_block(conv, norm, x)
+            torch.testing.assert_close(fast, direct, rtol=1e-5, atol=1e-4)
