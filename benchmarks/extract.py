@@ -12,7 +12,12 @@ Measured in one process (both sides of every ratio under the same load, whose av
      its extractor() on the same files (whole files, its own decoding) against our pipeline, plus the max
      abs difference of its penultimate layer (patch 0, the one its extractor reports correctly).
 
-Usage: python benchmarks/extract.py AUDIO_DIR [--models musicnn-msd,dsp] [--limit 6] [--tf-python PATH]
+With --onnx, the native musicnn-msd is also exported to an Essentia-named ONNX graph (needs the onnx
+package, test extra) and both backends embed the same pre-decoded windows: pipeline and bare timings for
+each, the ONNX Runtime execution provider and thread setting, torch's thread count, and the largest
+difference between their vectors.
+
+Usage: python benchmarks/extract.py AUDIO_DIR [--models musicnn-msd,dsp] [--limit 6] [--tf-python PATH] [--onnx]
 """
 
 from __future__ import annotations
@@ -194,11 +199,13 @@ def race_tensorflow(tf_python: Path, paths: list[Path], policy: WindowPolicy, ba
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("audio", type=Path)
-    parser.add_argument("--models", default="musicnn-msd,musicnn-mtt,musicnn-vgg-msd,musicnn-vgg-mtt,dsp")
+    parser.add_argument("--models", "--model", default="musicnn-msd,musicnn-mtt,musicnn-vgg-msd,musicnn-vgg-mtt,dsp")
     parser.add_argument("--limit", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--tf-python", type=Path, default=Path("/work/tfvenv/bin/python"))
     parser.add_argument("--long-hours", type=float, default=2.0, help="0 skips the long-file check")
+    parser.add_argument("--onnx", action="store_true", help="also time the ONNX Runtime backend (musicnn-msd)")
+    parser.add_argument("--onnx-threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
     args = parser.parse_args()
 
     paths = find_audio([args.audio])[: args.limit]
@@ -231,7 +238,46 @@ def main() -> None:
               f"{race['ours_rate']:.1f} ({race['ours_s']:.1f} s): ours {race['ratio']:.2f}x; penultimate max abs "
               f"diff {race['penultimate_max_diff']:.2e} on {race['compared']} files incl. a -20 dB copy of the first "
               f"({race['tf_nonfinite_files']} where TF's float16 input overflowed to inf)")
+    if args.onnx:
+        native = load_model("musicnn-msd")
+        prepared = [decode_windows(inspect_file(p), native.info.sample_rate, policy, native.info.min_samples)
+                    for p in paths]
+        _compare_onnx(native, paths, prepared, policy, args)
     print(f"peak RSS of this process: {_peak_rss_mb():.0f} MB; load average now {os.getloadavg()[0]:.1f}")
+
+
+def _compare_onnx(native, paths, prepared, policy, args) -> None:
+    """Native musicnn against its ONNX export run by the ONNX backend, on the same windows, in this run."""
+    import torch
+
+    from mess.models.essentia import OnnxModel
+    from mess.models.essentia.export import export_musicnn
+
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx = OnnxModel(export_musicnn(native, Path(tmp) / f"{native.dataset.lower()}-musicnn-1.onnx"),
+                         preset="essentia-musicnn-msd", threads=args.onnx_threads)
+        onnx.embed(np.zeros((1, native.info.sample_rate * 3), np.float32))
+        times = {}
+        for name, m in (("native", native), ("onnx", onnx)):
+            with tempfile.TemporaryDirectory() as store:
+                t0 = time.perf_counter()
+                extract(FeatureStore(Path(store)), paths, m, policy, batch_size=args.batch_size, workers=2)
+                times[name, "pipeline"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            embed_prepared(m, prepared, args.batch_size)
+            times[name, "bare"] = time.perf_counter() - t0
+        windows = prepared[0].audio[: args.batch_size]
+        ours = dict(zip(onnx.info.layer_names, onnx.embed(windows)))
+        diff = max(float(np.abs(ours[n] - v).max()) for n, v in zip(native.info.layer_names, native.embed(windows))
+                   if n in ours)
+    audio_s = sum(float(p.audio.size) for p in prepared) / native.info.sample_rate
+    print(f"ONNX Runtime: providers {onnx.providers}, intra-op threads {args.onnx_threads or 'default'}; "
+          f"torch threads {torch.get_num_threads()}; {os.cpu_count()} CPUs")
+    print(f"{'':16s}{'wall s':>8s}{'windows-s/s':>13s}")
+    for key, secs in times.items():
+        print(f"{key[0] + ' ' + key[1]:16s}{secs:8.2f}{audio_s / secs:13.1f}")
+    print(f"ONNX / native bare-model speed: {times['native', 'bare'] / times['onnx', 'bare']:.2f}x; "
+          f"largest vector difference {diff:.1e}")
 
 
 if __name__ == "__main__":

@@ -5,10 +5,11 @@ cd "$(dirname "$0")/.."
 
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 if command -v apt-get >/dev/null; then
-  # fluidsynth + soundfont render the real demo/test audio; chromium drives the browser test.
+  # fluidsynth + soundfont render the real demo/test audio; chromium drives the browser test;
+  # mpd is the player `mess mpd` talks to (its tests start a private server on a loopback port).
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-    fluidsynth timgm6mb-soundfont chromium libsndfile1 >/dev/null
+    fluidsynth timgm6mb-soundfont chromium libsndfile1 mpd >/dev/null
 fi
 
 PY="${PYTHON:-python3.11}"; command -v "$PY" >/dev/null || PY=python3

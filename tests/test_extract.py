@@ -142,7 +142,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
     assert n_vectors == n_distinct == len(paths)
     store = FeatureStore(store_dir)
     run = store.run("dsp")
-    assert store._file(run, "track", 0).rows == len(paths)
+    assert store.row_file(run, "track", 0).rows == len(paths)
     clean = FeatureStore(tmp_path / "clean")
     extract(clean, find_audio([music]), DspModel(), WindowPolicy(window_seconds=4.0))
     resumed, reference = _by_path(store), _by_path(clean)

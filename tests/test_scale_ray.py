@@ -132,7 +132,7 @@ def test_killed_job_resumes_without_loss_or_duplicates(ray_address: str, tones: 
     assert (resumed.done, resumed.skipped, resumed.failed) == (N_TONES - committed, committed, [])
     assert _vector_rows(store_dir) == (N_TONES, N_TONES)
     run = store.run("dsp")
-    assert store._file(run, "track", 0).rows == N_TONES  # the interrupted append was cut back
+    assert store.row_file(run, "track", 0).rows == N_TONES  # the interrupted append was cut back
     _assert_same_vectors(_by_path(store, "dsp"), reference)
 
 

@@ -85,7 +85,8 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(collection: Path) -> TestClient:
-    with TestClient(create_app(collection, max_upload_bytes=UPLOAD_LIMIT, embed_timeout=60)) as c:
+    app = create_app(collection, max_upload_bytes=UPLOAD_LIMIT, embed_timeout=60)
+    with TestClient(base_url="http://127.0.0.1", app=app) as c:
         yield c
 
 
@@ -281,7 +282,7 @@ def test_artist_requests_reuse_their_groups_until_the_catalog_changes(
     counting(routes, "artist_vectors")
     copy = tmp_path / "store"
     shutil.copytree(collection, copy)
-    with TestClient(create_app(copy)) as c:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(copy)) as c:
         def similar(name: str, **params: object) -> dict:
             response = c.get("/api/artists/similar", params={"name": name, **params})
             assert response.status_code == 200, response.text
@@ -408,7 +409,7 @@ def test_embed_worker_survives_a_hang_and_a_crash(collection: Path, store: Featu
 def test_indexing_only_with_the_flag(collection: Path, tmp_path: Path) -> None:
     copy = tmp_path / "store"
     shutil.copytree(collection, copy)
-    with TestClient(create_app(copy, allow_indexing=True)) as writable:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(copy, allow_indexing=True)) as writable:
         assert writable.get("/api/health").json()["read_only"] is False
         built = writable.post("/api/index", params={"layer": "mfcc", "kind": "flat"}).json()
         assert built["mode"] == "built" and built["tracks"] == 12 and (copy / "indexes" / built["file"]).is_file()
@@ -434,7 +435,7 @@ MODELS = ("dsp", "musicnn-msd")
 
 @pytest.mark.parametrize("model", MODELS)
 def test_real_music_similar_and_map(extracted_store: Path, model: str) -> None:
-    with TestClient(create_app(extracted_store, model=model)) as client:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(extracted_store, model=model)) as client:
         fs = FeatureStore(extracted_store, readonly=True)
         try:
             run = fs.run(model)
@@ -459,7 +460,7 @@ def test_real_music_upload_finds_its_original(extracted_store: Path) -> None:
     audio, sr = sf.read(seed.path, dtype="float32")
     buffer = io.BytesIO()
     sf.write(buffer, 0.7 * audio, sr, format="FLAC")
-    with TestClient(create_app(extracted_store, model="dsp")) as client:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(extracted_store, model="dsp")) as client:
         answer = client.post("/api/similar/upload", params={"k": 3},
                              files={"file": ("quiet.flac", buffer.getvalue(), "audio/flac")})
     assert answer.status_code == 200, answer.text

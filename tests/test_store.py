@@ -43,24 +43,30 @@ def test_vectors_round_trip_per_layer_and_segment(tmp_path: Path) -> None:
     assert list(starts[:4]) == [0, 0, 1, 2]
 
 
-def test_rewrite_is_idempotent_and_interrupted_append_is_repaired(tmp_path: Path) -> None:
+def _append_raw(store: FeatureStore, run, level: str, layer: int, rows: int) -> None:
+    """What a writer killed between writing rows and committing them leaves: bytes past the catalog's rows."""
+    f = store.row_file(run, level, layer)
+    with f.path.open("ab") as out:
+        out.write(np.ones((rows, f.dim), dtype="<f2").tobytes())
+
+
+def test_rewrite_is_idempotent_and_interrupted_write_is_overwritten(tmp_path: Path) -> None:
     store = FeatureStore(tmp_path)
     run = store.ensure_run(INFO, WindowPolicy())
     _add_track(store, 0)
     _add_track(store, 1)
     store.write_vectors(run, [_vectors("h0", 2, 0)])
-    store.write_vectors(run, [_vectors("h0", 2, 0)])  # same content again: nothing appended
-    assert store._file(run, "track", 0).rows == 1
-    # Simulate a crash after appending bytes but before the catalog commit.
-    store._file(run, "track", 0).append(np.ones((1, 4)))
-    store._file(run, "segment", 1).append(np.ones((5, 3)))
+    store.write_vectors(run, [_vectors("h0", 2, 0)])  # same content again: nothing written
+    assert store.row_file(run, "track", 0).rows == 1
+    _append_raw(store, run, "track", 0, 1)
+    _append_raw(store, run, "segment", 1, 5)
     store.close()
-    reopened = FeatureStore(tmp_path)
+    reopened = FeatureStore(tmp_path)  # unreferenced rows are not damage: it opens
     reopened.write_vectors(run, [_vectors("h1", 1, 1)])
     ids, mat = reopened.layer_matrix(run, "a")
     assert len(ids) == 2
     np.testing.assert_allclose(mat[1], _vectors("h1", 1, 1).layers[0], atol=2e-3)
-    assert reopened._file(run, "segment", 1).rows == 3
+    assert reopened.row_file(run, "segment", 1).rows == 3 and reopened.row_file(run, "track", 0).rows == 2
 
 
 def test_duplicate_content_shares_vectors_and_lookups_fail_clearly(tmp_path: Path) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -33,15 +35,27 @@ class AudioInfo:
     channels: int
 
 
+@contextmanager
+def open_container(path: Path) -> Iterator[av.container.InputContainer]:
+    """PyAV's container for ``path``; a name that is not valid UTF-8 is opened through a Python file."""
+    name = str(path)
+    if name.encode("utf-8", "surrogatepass").decode("utf-8", "ignore") == name:
+        with av.open(name) as container:
+            yield container
+    else:
+        with path.open("rb") as raw, av.open(raw) as container:
+            yield container
+
+
 def probe(path: Path) -> AudioInfo:
     """Read duration, native rate and channel count from the file header."""
     try:
-        info = sf.info(str(path))
+        info = sf.info(os.fsencode(path))
         return AudioInfo(info.frames / info.samplerate, info.samplerate, info.channels)
     except (sf.LibsndfileError, RuntimeError, TypeError):
         pass
     try:
-        with av.open(str(path)) as container:
+        with open_container(path) as container:
             stream = _audio_stream(container, path)
             duration = float(stream.duration * stream.time_base) if stream.duration else (
                 container.duration / av.time_base if container.duration else 0.0)
@@ -89,13 +103,13 @@ def load_segments(path: Path, sample_rate: int, starts: Sequence[float], seconds
     """
     length = int(round(seconds * sample_rate))
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(os.fsencode(path)) as f:
             return np.stack([_cut(*_soundfile_segment(f, start, seconds), start, length, sample_rate)
                              for start in starts])
     except (sf.LibsndfileError, RuntimeError, TypeError):
         pass
     try:
-        with av.open(str(path)) as container:
+        with open_container(path) as container:
             stream = _audio_stream(container, path)
             return np.stack([_cut(*_pyav_segment(container, stream, path, start, seconds), start, length, sample_rate)
                              for start in starts])
@@ -180,7 +194,7 @@ def _resample_stream(blocks: Iterable[tuple[np.ndarray, int]], sample_rate: int,
 
 
 def _soundfile_blocks(path: Path) -> Iterator[tuple[np.ndarray, int]]:
-    with sf.SoundFile(str(path)) as f:
+    with sf.SoundFile(os.fsencode(path)) as f:
         rate = f.samplerate
         for block in f.blocks(blocksize=_BLOCK_FRAMES, dtype="float32", always_2d=True):
             yield block, rate
@@ -188,7 +202,7 @@ def _soundfile_blocks(path: Path) -> Iterator[tuple[np.ndarray, int]]:
 
 def _pyav_blocks(path: Path) -> Iterator[tuple[np.ndarray, int]]:
     try:
-        with av.open(str(path)) as container:
+        with open_container(path) as container:
             stream = _audio_stream(container, path)
             for frame in container.decode(stream):
                 arr = frame.to_ndarray()

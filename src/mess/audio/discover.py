@@ -1,33 +1,81 @@
-"""Find audio files under a folder and fingerprint their content."""
+"""Find audio files under a folder and fingerprint their audio content."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from mess.audio.decode import AUDIO_EXTENSIONS
+import av
+
+from mess.audio.decode import AUDIO_EXTENSIONS, open_container
 
 _HASH_CHUNK = 1 << 20
+_AUDIO_DOMAIN = b"mess-audio-packets-v1"
 
 
 def find_audio(roots: Iterable[Path]) -> list[Path]:
-    """All audio files under the given files/folders, resolved, sorted, hidden folders skipped."""
+    """All audio files under the given files/folders, resolved, sorted, hidden folders skipped.
+
+    Symlinked folders are followed (each real folder once, so a link loop ends).
+    """
     found: set[Path] = set()
     for root in roots:
         root = root.expanduser().resolve()
         if root.is_file():
             found.add(root)
             continue
-        for path in root.rglob("*"):
-            rel = path.relative_to(root).parts
-            if path.suffix.lower() in AUDIO_EXTENSIONS and path.is_file() and not any(p.startswith(".") for p in rel):
-                found.add(path)
+        seen: set[tuple[int, int]] = set()
+        for folder, dirs, files in os.walk(root, followlinks=True):
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen:
+                dirs[:] = []
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in files:
+                path = Path(folder, name)
+                if not name.startswith(".") and path.suffix.lower() in AUDIO_EXTENSIONS and path.is_file():
+                    found.add(path.resolve())
     return sorted(found)
 
 
+def file_stamp(stat: os.stat_result) -> str:
+    """Size, mtime, inode and ctime (ns): any write, replace or rename-over changes it."""
+    return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}:{stat.st_ctime_ns}"
+
+
 def content_hash(path: Path) -> str:
-    """BLAKE2b-128 of the file bytes: moved or renamed files keep their vectors."""
+    """BLAKE2b-128 of the audio content, independent of tags and file name.
+
+    The digest covers the codec, rate and channel layout and every demuxed audio
+    packet (no decoding), so retagging a file (beets, Picard) or moving it keeps its
+    vectors. Files that no demuxer reads are hashed by their bytes instead.
+    """
+    try:
+        return _packets_hash(path)
+    except (av.FFmpegError, IndexError, ValueError):
+        return _bytes_hash(path)
+
+
+def _packets_hash(path: Path) -> str:
+    digest = hashlib.blake2b(_AUDIO_DOMAIN, digest_size=16)
+    with open_container(path) as container:
+        stream = container.streams.audio[0]
+        ctx = stream.codec_context
+        digest.update(f"{ctx.name}:{ctx.sample_rate}:{ctx.channels}:".encode())
+        n = 0
+        for packet in container.demux(stream):
+            if packet.size:
+                digest.update(memoryview(packet))
+                n += 1
+        if n == 0:
+            raise ValueError("no audio packets")
+    return digest.hexdigest()
+
+
+def _bytes_hash(path: Path) -> str:
     digest = hashlib.blake2b(digest_size=16)
     with path.open("rb") as f:
         while chunk := f.read(_HASH_CHUNK):

@@ -27,12 +27,13 @@ from mess.artists.profiles import (
 from mess.artists.reference import Coverage, load_reference, match_reference
 from mess.artists.similarity import METHODS, artist_vectors, similarity_matrix, similarity_row, top_k
 from mess.artists.validate import Metrics, evaluate, random_baseline
-from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, emit_json, fail, open_store
+from mess.cli.common import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, console, emit_json, fail, open_store
 from mess.store import FeatureStore, Run, StoreError
 
 WEIGHTS_FILE = "artists_hybrid.json"
 
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model whose vectors to use (default: latest run).")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model whose vectors to use (default: the best "
+                                              "extracted; see `mess config`).")]
 LayerOpt = Annotated[str | None, typer.Option("--layer", "-l", help="Layer name or index (default: the most "
                                               "artist-discriminative layer).")]
 AspectOpt = Annotated[str | None, typer.Option("--aspect", "-a", help="Use the layer probed for this aspect.")]
@@ -45,7 +46,6 @@ MaxTracksOpt = Annotated[int, typer.Option("--max-tracks", min=1, help="Tracks r
 MinTracksOpt = Annotated[int, typer.Option("--min-tracks", min=1, help="Artists with fewer tracks are flagged "
                                            "low-confidence.")]
 KOpt = Annotated[int, typer.Option("-k", min=1, help="How many artists.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 ReferenceOpt = Annotated[Path, typer.Option("--reference", "-r", help="JSON map artist -> ordered list of similar "
                                             "artists (music-map, Last.fm, ListenBrainz shapes).")]
 

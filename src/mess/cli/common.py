@@ -12,15 +12,20 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperArgument, TyperCommand, TyperGroup
+from typer.models import DefaultPlaceholder
 
 from mess.store import DEFAULT_STORE, FeatureStore
+from mess.store.paths import printable
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # one message, one line (logs and greps stay whole)
 
 StoreOpt = Annotated[
     Path,
     typer.Option("--store", "-s", help="Feature store folder (env MESS_STORE).", envvar="MESS_STORE"),
 ]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 DEFAULT_STORE_PATH = Path(os.environ.get("MESS_STORE", DEFAULT_STORE))
 
 
@@ -33,29 +38,91 @@ def emit_json(data: object) -> None:
             return {str(a): clean(b) for a, b in v.items()}
         if isinstance(v, (list, tuple)):
             return [clean(x) for x in v]
-        return str(v) if isinstance(v, Path) else v
+        if isinstance(v, (str, Path)):
+            return printable(str(v))
+        return v
 
     typer.echo(json.dumps(clean(data), indent=2))
 
 
+def plain(text: object) -> str:
+    """User data (a path, a tag) made safe for rich markup and the terminal: '[/x]' and caf\xe9 print as such."""
+    return escape(printable(str(text)))
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print a one-line error (no traceback) and exit."""
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {plain(message)}")
     raise typer.Exit(code)
 
 
 @contextmanager
 def open_store(path: Path, *, readonly: bool = True) -> Iterator[FeatureStore]:
-    """Open the store for a command; its errors become clean CLI errors."""
-    from mess.store import StoreError
+    """Open the store for a command; its errors become clean CLI errors, lock waits a note."""
+    from mess.store import StoreBusy, StoreError
 
     try:
-        store = FeatureStore(path, readonly=readonly)
+        store = FeatureStore(path, readonly=readonly, on_wait=lambda m: console.print(f"[yellow]{plain(m)}[/]"))
     except StoreError as exc:
         fail(str(exc))
     try:
         yield store
-    except StoreError as exc:
+    except (StoreError, StoreBusy) as exc:
         fail(str(exc))
     finally:
         store.close()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"mess {version('mess')}")
+        except PackageNotFoundError:
+            typer.echo("mess (not installed as a package)")
+        raise typer.Exit()
+
+
+def version_option(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_print_version)] = False,
+) -> None:
+    """Music Embedding Similarity Search: extract multi-layer embeddings, discover what each layer encodes,
+    and search for similar tracks and artists with evidence."""
+
+
+class _PlainParams:
+    """Help without type markers: arguments as NAME, valued options as NAME, flags bare."""
+
+    def get_params(self, ctx: typer.Context) -> list:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for p in params:
+            if p.metavar is None:
+                p.metavar = "" if getattr(p, "is_flag", False) else p.name.upper()
+            if isinstance(p, TyperArgument):  # usage line "QUERY", not "{QUERY}"; no type column
+                usage = p.metavar + ("..." if p.nargs != 1 else "")
+                p._usage_display_name = lambda usage=usage: usage
+                p.display_type_rich = lambda ctx: None
+        return params
+
+
+class PlainCommand(_PlainParams, TyperCommand):
+    """A command whose help shows no type markers."""
+
+
+class PlainGroup(_PlainParams, TyperGroup):
+    """A command group whose help shows no type markers."""
+
+
+def plain_help(app: typer.Typer) -> None:
+    """Give every command and group of ``app`` (recursively) help pages without type markers."""
+    def pick(cls: object, default: type, plain_cls: type) -> object:
+        return plain_cls if cls is None or cls is default or isinstance(cls, DefaultPlaceholder) else cls
+
+    for command in app.registered_commands:
+        command.cls = pick(command.cls, TyperCommand, PlainCommand)
+    for group in app.registered_groups:
+        group.cls = pick(group.cls, TyperGroup, PlainGroup)
+        plain_help(group.typer_instance)
+    app.info.cls = pick(app.info.cls, TyperGroup, PlainGroup)

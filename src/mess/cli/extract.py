@@ -12,7 +12,7 @@ from rich.table import Table
 
 from mess.audio.discover import find_audio
 from mess.audio.windows import WindowPolicy
-from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, fail, open_store
+from mess.cli.common import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, console, emit_json, fail, open_store, plain
 from mess.extract.pipeline import ExtractSummary, extract
 from mess.extract.prepare import planned_seconds
 from mess.models.base import EmbeddingModel
@@ -22,7 +22,8 @@ from mess.store import FeatureStore
 
 def extract_command(
     folders: Annotated[list[Path], typer.Argument(help="Audio files or folders (wav, flac, mp3, ogg, opus, m4a).")],
-    model: Annotated[str, typer.Option("--model", "-m", help="dsp, musicnn-msd, musicnn-mtt, musicnn-vgg-msd, musicnn-vgg-mtt, mert-v1-95m, mert-v1-330m, or a local model folder.")] = "musicnn-msd",
+    model: Annotated[str, typer.Option("--model", "-m", help="dsp, musicnn-msd, musicnn-mtt, musicnn-vgg-msd, musicnn-vgg-mtt, mert-v1-95m, mert-v1-330m, a local model folder, or an Essentia .onnx file (JSON beside it).")] = "musicnn-msd",
+    preset: Annotated[str | None, typer.Option(help="Front end of a .onnx model: discogs-effnet, discogs-effnet-artist, vggish, essentia-musicnn-msd (default: from its metadata).")] = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 4,
@@ -33,8 +34,14 @@ def extract_command(
     engine: Annotated[str, typer.Option(help="local, or ray for a Ray cluster.")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (with --engine ray), e.g. auto.")] = None,
     precision: Annotated[str, typer.Option(help="fp32, or bf16 / fp16 autocast for MERT and musicnn (stored as its own run).")] = "fp32",
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for another writer's store lock, or exit 1 at once.")] = True,
 ) -> None:
-    """Embed every new or changed audio file; unchanged files are skipped by content hash."""
+    """Embed every new or changed audio file; unchanged files are skipped by content hash.
+
+    Exit status: 0 when every file was embedded or unchanged, 3 when the run finished
+    but some files failed (each named with its reason; `mess info --failures`), 1 when
+    the run could not start or go on (no files, unknown model, store busy or damaged).
+    """
     missing = [str(f) for f in folders if not f.exists()]
     if missing:
         fail(f"no such file or folder: {', '.join(missing)}")
@@ -50,36 +57,42 @@ def extract_command(
 
     try:
         policy = WindowPolicy(window_seconds=window, max_windows=max_windows)
-        embedder = with_precision(load_model(model, device=device if engine == "local" else "cpu"), precision)
+        if preset and engine != "local":
+            raise ValueError("--preset is not passed on to Ray workers; name the .onnx file after its preset")
+        embedder = with_precision(load_model(model, device=device if engine == "local" else "cpu", preset=preset),
+                                  precision)
     except (ModelError, ValueError, ImportError) as exc:
         fail(str(exc))
     if embedder.info.licence:
-        console.print(f"[yellow]licence:[/] {embedder.info.name}: {embedder.info.licence}")
+        console.print(f"[yellow]licence:[/] {plain(embedder.info.name)}: {embedder.info.licence}")
     logging.getLogger("mess").setLevel(logging.ERROR)
     with open_store(store, readonly=False) as fs:
         if engine == "ray":
             from mess.scale.ray_extract import ScaleError, extract_ray
 
             try:
-                summary = extract_ray(fs, paths, model, policy, batch_size=batch_size, device=device, address=address,
-                                      precision=precision, info=embedder.info)
+                with fs.writing("mess extract --engine ray", wait=wait):
+                    summary = extract_ray(fs, paths, model, policy, batch_size=batch_size, device=device,
+                                          address=address, precision=precision, info=embedder.info)
             except ScaleError as exc:
                 fail(str(exc))
         elif engine == "local":
-            summary = _run_local(fs, paths, embedder, policy, batch_size, workers, folders if prune else [])
+            summary = _run_local(fs, paths, embedder, policy, batch_size, workers, folders if prune else [], wait)
         else:
             fail(f"unknown engine {engine!r}; use local or ray")
         _print_summary(summary, embedder.info.name, store)
+    if summary.failed:
+        raise typer.Exit(3)
 
 
 def _run_local(fs: FeatureStore, paths: list[Path], embedder: EmbeddingModel, policy: WindowPolicy,
-               batch_size: int, workers: int, prune_under: list[Path]) -> ExtractSummary:
+               batch_size: int, workers: int, prune_under: list[Path], wait: bool) -> ExtractSummary:
     """Run the local pipeline under a progress bar counting audio seconds (from the headers), with an ETA."""
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} "
                "audio-s, {task.fields[files]} files"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                TextColumn("{task.fields[rate]}"))
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task(f"extract {embedder.info.name}", total=planned_seconds(paths, policy),
+        task = bar.add_task(plain(f"extract {embedder.info.name}"), total=planned_seconds(paths, policy),
                             files=f"0/{len(paths)}", rate="")
         start = bar.get_time()
 
@@ -89,7 +102,8 @@ def _run_local(fs: FeatureStore, paths: list[Path], embedder: EmbeddingModel, po
                        rate=f"{audio_seconds / elapsed:.1f} audio-s/s")
 
         summary = extract(fs, paths, embedder, policy, batch_size=batch_size, workers=workers,
-                          prune_under=prune_under, on_progress=hook)
+                          prune_under=prune_under, on_progress=hook, wait=wait,
+                          on_wait=lambda m: bar.console.print(f"[yellow]{plain(m)}[/]"))
         bar.update(task, completed=bar.tasks[0].total)  # skipped and failed files are done too
         return summary
 
@@ -99,24 +113,44 @@ def _print_summary(summary: ExtractSummary, model: str, store: Path) -> None:
         f"[green]{summary.done} embedded[/], {summary.skipped} unchanged (skipped), "
         f"[red]{len(summary.failed)} failed[/]"
         + (f", {summary.removed} removed" if summary.removed else "")
-        + f" in {summary.wall_seconds:.1f} s ({summary.realtime_factor:.1f} audio-s/s) -> {store} [{model}]")
+        + f" in {summary.wall_seconds:.1f} s ({summary.realtime_factor:.1f} audio-s/s) -> {plain(store)} {plain(f'[{model}]')}")
     for warning in summary.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
-    for path, reason in summary.failed:
-        console.print(f"[red]failed:[/] {reason}")
+        console.print(f"[yellow]warning:[/] {plain(warning)}")
+    for _path, reason in summary.failed:
+        console.print(f"[red]failed:[/] {plain(reason)}")
 
 
-def info_command(store: StoreOpt = DEFAULT_STORE_PATH) -> None:
+def info_command(store: StoreOpt = DEFAULT_STORE_PATH,
+                 failures: Annotated[bool, typer.Option("--failures", help="List every failed file with its reason.")] = False,
+                 json_out: JsonOpt = False) -> None:
     """Show the tracks, runs and failures in the feature store."""
     with open_store(store) as fs:
-        tracks = fs.tracks()
-        table = Table(title=f"{fs.root}: {len(tracks)} tracks, {len({t.artist for t in tracks if t.artist})} artists")
-        for col in ("run", "model", "revision", "window", "layers", "tracks", "failed"):
-            table.add_column(col)
-        for run in fs.runs():
-            table.add_row(str(run.id), run.model, _short_revision(run.revision), f"{run.policy.window_seconds:g} s",
-                          str(len(run.layer_names)), str(len(fs.tracks(run))), str(len(fs.failures(run))))
-        console.print(table)
+        summary = store_summary(fs)
+    if json_out:
+        emit_json(summary)
+        return
+    table = Table(title=f"{plain(summary['store'])}: {summary['tracks']} tracks, {summary['artists']} artists")
+    for col in ("run", "model", "revision", "window", "layers", "tracks", "failed"):
+        table.add_column(col)
+    for run in summary["runs"]:
+        table.add_row(str(run["id"]), plain(run["model"]), _short_revision(run["revision"]), f"{run['window_seconds']:g} s",
+                      str(run["layers"]), str(run["tracks"]), str(len(run["failures"])))
+    console.print(table)
+    for run in summary["runs"]:
+        for failure in run["failures"] if failures else []:
+            console.print(f"[red]{run['model']}:[/] {plain(failure['reason'])}")
+    if not failures and any(r["failures"] for r in summary["runs"]):
+        console.print("[dim]`mess info --failures` lists why each failed file failed[/]")
+
+
+def store_summary(fs: FeatureStore) -> dict:
+    """What ``mess info`` shows, as plain data."""
+    tracks = fs.tracks()
+    return {"store": str(fs.root), "tracks": len(tracks), "artists": len({t.artist for t in tracks if t.artist}),
+            "runs": [{"id": run.id, "model": run.model, "revision": run.revision,
+                      "window_seconds": run.policy.window_seconds, "layers": len(run.layer_names),
+                      "tracks": len(fs.tracks(run)),
+                      "failures": [{"path": p, "reason": r} for p, r in fs.failures(run)]} for run in fs.runs()]}
 
 
 def _short_revision(revision: str) -> str:

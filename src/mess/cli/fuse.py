@@ -12,17 +12,16 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, fail, open_store
+from mess.cli.common import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, console, fail, open_store
 from mess.store import FeatureStore
 
 fuse_app = typer.Typer(help="Learn one embedding from all layers of a model (triplet loss on metadata labels).",
                        no_args_is_help=True)
 
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model whose layers to fuse (default: latest run, "
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model whose layers to fuse (default: best run, "
                                               "or the checkpoint's model).")]
 CheckpointOpt = Annotated[Path | None, typer.Option("--checkpoint", help="Checkpoint file (default: "
                                                     "STORE/fusion/<model>.pt).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
 
 def _checkpoint(fs: FeatureStore, checkpoint: Path | None, model: str | None) -> Path:

@@ -8,7 +8,9 @@ import warnings
 
 import typer
 
-from mess.cli import artists, demo_data, extract, fuse, probe, search, serve
+from mess.cli import (artists, check, config, demo_data, export, extract, fuse, models, mpd, playlist, probe,
+                      search, serve)
+from mess.cli.common import plain_help, version_option
 
 app = typer.Typer(
     name="mess",
@@ -19,8 +21,11 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (extract, probe, search, artists, fuse, serve, demo_data):
+for module in (extract, check, probe, search, artists, fuse, serve, demo_data, models, playlist, mpd, config,
+               export):
     module.register(app)
+app.callback()(version_option)
+plain_help(app)
 
 
 def main() -> None:

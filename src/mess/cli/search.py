@@ -9,18 +9,18 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, emit_json, fail, open_store
+from mess.cli.common import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, console, emit_json, fail, open_store
 
 if TYPE_CHECKING:
     from mess.search.evaluate import Evaluation
 
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model whose vectors to use (default: latest run).")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model (or local model folder) whose vectors to "
+                                              "use (default: the best extracted; see `mess config`).")]
 LayerOpt = Annotated[str | None, typer.Option("--layer", "-l", help="One layer (name or index, -1 = last).")]
 AspectOpt = Annotated[str | None, typer.Option("--aspect", "-a", help="The layer `mess probe` chose for this aspect.")]
 FusedOpt = Annotated[bool, typer.Option("--fused", help="The fused vectors of `mess fuse`.")]
 NormOpt = Annotated[str, typer.Option("--norm", help="Per-dimension preprocessing before L2 normalisation: "
                                       "center, zscore or none.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
 
 def index_command(
@@ -81,7 +81,7 @@ def similar_command(
 ) -> None:
     """The tracks most similar to QUERY, with which aspects agree most."""
     from mess.search.hubness import METHODS
-    from mess.search.query import aspect_layers, resolve_query, similar_tracks
+    from mess.search.query import ENCODED_R2, aspect_layers, resolve_query, similar_tracks, weak_aspects
     from mess.search.vectors import vectors_label
 
     if hubness is not None and hubness not in METHODS:
@@ -95,10 +95,12 @@ def similar_command(
         except ValueError as exc:
             fail(str(exc))
         source, _ = aspect_layers(fs, run)
+        weak = weak_aspects(fs, run)
     vectors = vectors_label(layer, aspect, fused)
     if as_json:
         emit_json({"query": {"label": tq.label, "id": tq.track.id if tq.track else None, "external": tq.track is None},
                "model": run.model, "vectors": vectors, "norm": norm, "hubness": hubness, "why_source": source,
+               "weak_aspects": weak, "encoded_threshold": ENCODED_R2,
                "results": [n.to_dict() for n in results]})
         return
     table = Table(title=escape(f"like {tq.label}  [{run.model}, {vectors}]"))
@@ -108,14 +110,17 @@ def similar_command(
     table.add_column("score", justify="right")
     if hubness:
         table.add_column(hubness, justify="right")
-    table.add_column("why (collection percentile)")
+    table.add_column("why")
     for rank, n in enumerate(results, start=1):
-        why = ", ".join(f"{a} {100 * n.why_percentile[a]:.0f}%" for a in n.reasons())
+        why = "; ".join(n.reasons_text())
         row = [str(rank), str(n.track.id), escape(n.track.name) + (" [bold yellow](duplicate)[/]" if n.duplicate else ""),
                f"{n.score:.3f}"]
         row += [f"{n.adjusted:.3f}"] if hubness else []
         table.add_row(*row, escape(why))
     console.print(table)
+    if weak:
+        console.print(f"[dim]not used as evidence (probe R^2 below {ENCODED_R2}): "
+                      f"{', '.join(f'{a} {r2:.2f}' for a, r2 in sorted(weak.items(), key=lambda x: -x[1]))}[/]")
     if source == "layers":
         console.print(f"[dim]no aspect map for {run.model}: 'why' compares layers; run `mess probe` to name "
                       "aspects[/]")

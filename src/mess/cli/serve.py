@@ -22,14 +22,19 @@ def is_loopback(host: str) -> bool:
 
 
 def serve_command(
-    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback exposes your collection.")]
-    = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Address to bind; beyond loopback it needs --token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Default model (default: newest extracted).")]
     = None,
     allow_indexing: Annotated[bool, typer.Option("--allow-indexing", help="Open the store writable and enable "
                                                  "POST /api/index (read-only otherwise).")] = False,
+    allowed_host: Annotated[list[str] | None, typer.Option("--allowed-host", help="Host name the server may be "
+                                                           "reached by, besides loopback names (repeatable).")]
+    = None,
+    token: Annotated[str | None, typer.Option(envvar="MESS_TOKEN", help="Require this bearer token (env "
+                                              "MESS_TOKEN); open the page once as /?token=TOKEN.")] = None,
     max_upload_mb: Annotated[float, typer.Option(min=0.1, help="Largest accepted upload in MiB.")] = 50.0,
+    max_upload_minutes: Annotated[float, typer.Option(min=0.1, help="Longest accepted upload in minutes.")] = 20.0,
     embed_timeout: Annotated[float, typer.Option(min=1.0, help="Seconds an upload may take to decode and embed.")]
     = 120.0,
     store: StoreOpt = DEFAULT_STORE_PATH,
@@ -38,21 +43,23 @@ def serve_command(
     import uvicorn
 
     from mess.serve.app import create_app
+    from mess.serve.security import AccessPolicy
     from mess.store import StoreError
 
+    if not is_loopback(host) and not token:
+        fail(f"binding to {host} exposes your collection to other machines: set a token with --token or "
+             "MESS_TOKEN (clients send 'Authorization: Bearer TOKEN'), or bind to 127.0.0.1")
+    hosts = [*(allowed_host or []), *([] if host in ("0.0.0.0", "::") else [host])]
     try:
         app = create_app(store, model, allow_indexing, max_upload_bytes=int(max_upload_mb * 2**20),
-                         embed_timeout=embed_timeout)
+                         embed_timeout=embed_timeout, access=AccessPolicy.build(hosts, token),
+                         max_upload_seconds=max_upload_minutes * 60)
     except StoreError as exc:
-        fail(escape(str(exc)))
-    if not is_loopback(host):
-        console.print(f"[bold red]WARNING:[/] binding to {escape(host)} makes the API, your track list and "
-                      "your audio files reachable from other machines, without authentication. "
-                      "Use --host 127.0.0.1 unless you mean it.")
+        fail(str(exc))
     mode = "indexing enabled" if allow_indexing else "read-only"
     shown = f"[{host}]" if ":" in host else host
-    console.print(f"serving {escape(str(store))} ({mode}) at http://{escape(shown)}:{port}/ "
-                  "(OpenAPI schema at /openapi.json)")
+    console.print(f"serving {escape(str(store))} ({mode}{', token required' if token else ''}) at "
+                  f"http://{escape(shown)}:{port}/ (OpenAPI schema at /openapi.json)")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

@@ -10,12 +10,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from mess.audio.decode import AudioError
 from mess.audio.windows import WindowPolicy
 from mess.extract.embed import embed_prepared
 from mess.extract.prepare import FileRecord, Windows, decode_windows, inspect_file
 from mess.models.base import EmbeddingModel
-from mess.store import FeatureStore, Run
+from mess.store import FeatureStore, Run, StoreError
+from mess.store.paths import printable
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +53,24 @@ class _Outcome:
 
 def extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, policy: WindowPolicy, *,
             batch_size: int = 4, workers: int = 2, prune_under: Sequence[Path] = (),
-            on_progress: ProgressHook | None = None) -> ExtractSummary:
+            on_progress: ProgressHook | None = None, wait: bool = True,
+            on_wait: Callable[[str], None] | None = None) -> ExtractSummary:
     """Embed every file not yet in the store for this model/revision/policy.
 
-    Decoding runs in ``workers`` threads ahead of inference; vectors are written
-    every few tracks, so an interrupted run loses at most the tracks in flight and
-    a rerun continues where it stopped. Files already embedded (same content hash)
-    are skipped; failures are recorded with their reason and the run goes on.
+    The run holds the store's write lock throughout: a second writer waits (telling
+    ``on_wait``) or, with ``wait=False``, raises StoreBusy. Decoding runs in
+    ``workers`` threads ahead of inference; vectors are written every few tracks,
+    so an interrupted run loses at most the tracks in flight and a rerun continues
+    where it stopped. Files already embedded (same content hash) are skipped; any
+    error in one file becomes that file's recorded failure and the run goes on.
     """
+    with store.writing("mess extract", wait=wait, on_wait=on_wait):
+        return _extract(store, paths, model, policy, batch_size, workers, prune_under, on_progress)
+
+
+def _extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, policy: WindowPolicy,
+             batch_size: int, workers: int, prune_under: Sequence[Path],
+             on_progress: ProgressHook | None) -> ExtractSummary:
     started = time.perf_counter()
     run = store.ensure_run(model.info, policy)
     summary = ExtractSummary()
@@ -96,7 +109,8 @@ def _prepared(store: FeatureStore, run: Run, paths: Sequence[Path], model: Embed
         record = None
         try:
             record = inspect_file(path, store.known_file(path))
-            store.upsert_track(path, record.content_hash, record.size, record.mtime, record.info, record.tags)
+            store.upsert_track(path, record.content_hash, record.size, record.mtime, record.info, record.tags,
+                               stamp=record.stamp)
             if store.has_vectors(run, record.content_hash):
                 return _Outcome(record, skipped=True)
             return _Outcome(record, decode_windows(record, info.sample_rate, policy, info.min_samples))
@@ -104,6 +118,10 @@ def _prepared(store: FeatureStore, run: Run, paths: Sequence[Path], model: Embed
             return _Outcome(record, error=str(exc))
         except OSError as exc:
             return _Outcome(record, error=f"{path}: cannot read ({exc.strerror or exc})")
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- one file's fault must not end the run
+            return _Outcome(record, error=f"{path}: {_describe(exc)}")
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="mess-decode") as pool:
         queue: deque[tuple[Path, Future[_Outcome]]] = deque()
@@ -130,22 +148,35 @@ def _embed_and_write(store: FeatureStore, run: Run, model: EmbeddingModel, pendi
         return
     try:
         vectors = embed_prepared(model, pending, batch_size)
-    except (RuntimeError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 -- isolate the file that makes the model fail
         if len(pending) == 1:
-            _fail(store, run, pending[0].record, f"{pending[0].record.path}: model failed ({exc})", summary)
+            _fail(store, run, pending[0].record, f"{pending[0].record.path}: model failed ({_describe(exc)})", summary)
         else:
             for single in pending:
                 _embed_and_write(store, run, model, [single], batch_size, summary)
         return
-    store.write_vectors(run, vectors)
-    summary.done += len(vectors)
-    summary.audio_seconds += sum(p.audio.size for p in pending) / model.info.sample_rate
+    good = []
+    for prepared, vecs in zip(pending, vectors):
+        if all(np.isfinite(v).all() for v in (*vecs.layers, *vecs.segments)):
+            good.append((prepared, vecs))
+        else:
+            _fail(store, run, prepared.record, f"{prepared.record.path}: the model gave NaN or infinite values",
+                  summary)
+    store.write_vectors(run, [v for _, v in good])
+    summary.done += len(good)
+    summary.audio_seconds += sum(p.audio.size for p, _ in good) / model.info.sample_rate
+
+
+def _describe(exc: Exception) -> str:
+    """One line for an unexpected error: its type and first line."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _fail(store: FeatureStore, run: Run, record: FileRecord, reason: str, summary: ExtractSummary) -> None:
-    summary.failed.append((str(record.path), reason))
-    if record.content_hash:
-        store.record_failure(run, record.content_hash, str(record.path), reason)
+    reason = printable(reason)
+    summary.failed.append((printable(str(record.path)), reason))
+    store.record_failure(run, record.content_hash, str(record.path), reason)
     log.warning(reason)
 
 

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from mess.audio.decode import AudioError, load_audio, load_segments, probe
-from mess.audio.discover import content_hash
+from mess.audio.discover import content_hash, file_stamp
 from mess.audio.tags import read_tags
 from mess.audio.windows import WindowPolicy
 
 log = logging.getLogger(__name__)
 
 SILENCE_PEAK = 1e-4  # -80 dBFS
+MAX_PEAK = 1e3  # +60 dBFS: float samples beyond this are not audio anyone mastered
 
 
 @dataclass
@@ -28,6 +29,7 @@ class FileRecord:
     mtime: float
     info: dict[str, object]
     tags: dict[str, str | None]
+    stamp: str = ""  # size, mtime, inode, ctime: unchanged stamp, unchanged content
 
 
 @dataclass
@@ -40,19 +42,17 @@ class Windows:
     warnings: list[str] = field(default_factory=list)
 
 
-def inspect_file(path: Path, known: tuple[str, int, float] | None = None) -> FileRecord:
-    """Stat, hash (reusing ``known`` when size and mtime are unchanged), probe and read tags."""
+def inspect_file(path: Path, known: tuple[str, str] | None = None) -> FileRecord:
+    """Stat, hash (reusing ``known`` = (hash, stamp) when the file's stamp is unchanged), probe, read tags."""
     stat = path.stat()
-    if known is not None and known[1] == stat.st_size and known[2] == stat.st_mtime:
-        digest = known[0]
-    else:
-        digest = content_hash(path)
+    stamp = file_stamp(stat)
+    digest = known[0] if known is not None and known[1] == stamp else content_hash(path)
     try:
         meta = probe(path)
         info: dict[str, object] = {"duration": meta.duration, "sample_rate": meta.sample_rate, "channels": meta.channels}
     except AudioError:
         info = {}
-    return FileRecord(path, digest, stat.st_size, stat.st_mtime, info, read_tags(path))
+    return FileRecord(path, digest, stat.st_size, stat.st_mtime, info, read_tags(path), stamp)
 
 
 def decode_windows(record: FileRecord, sample_rate: int, policy: WindowPolicy, min_samples: int = 1) -> Windows:
@@ -75,7 +75,7 @@ def decode_windows(record: FileRecord, sample_rate: int, policy: WindowPolicy, m
         warnings.append(_too_long(record, policy))
     if seconds < policy.min_seconds or audio.size < min_samples:
         raise AudioError(f"{record.path}: too short ({seconds:.2f} s; the minimum is {policy.min_seconds:.2f} s)")
-    _check_not_silent(record, audio)
+    _check_level(record, audio)
     starts, windows = policy.cut(audio, sample_rate)
     return Windows(record, starts, windows, warnings)
 
@@ -85,17 +85,18 @@ def _seek_windows(record: FileRecord, sample_rate: int, policy: WindowPolicy, du
     usable = min(duration, policy.max_decode_seconds)
     starts, length = policy.starts(int(round(usable * sample_rate)), sample_rate)
     windows = load_segments(record.path, sample_rate, starts / sample_rate, length / sample_rate)
-    _check_not_silent(record, windows)
+    _check_level(record, windows)
     warnings = [_too_long(record, policy)] if duration >= policy.max_decode_seconds else []
     return Windows(record, starts / sample_rate, windows, warnings)
 
 
-def _check_not_silent(record: FileRecord, audio: np.ndarray) -> None:
+def _check_level(record: FileRecord, audio: np.ndarray) -> None:
+    """Reject silent audio and samples no one mastered (NaN, infinity, beyond +60 dBFS)."""
     peak = float(np.abs(audio).max())
+    if not np.isfinite(peak) or peak > MAX_PEAK:
+        raise AudioError(f"{record.path}: sample values out of range (peak {peak:.3g}; float audio lies within +-1)")
     if peak < SILENCE_PEAK:
         raise AudioError(f"{record.path}: silent (peak {20 * np.log10(peak + 1e-12):.0f} dBFS)")
-    if not np.all(np.isfinite(audio)):
-        raise AudioError(f"{record.path}: decoded samples contain NaN or infinity")
 
 
 def _too_long(record: FileRecord, policy: WindowPolicy) -> str:

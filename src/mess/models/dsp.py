@@ -9,6 +9,7 @@ import numpy as np
 from scipy.fft import dct
 from scipy.ndimage import maximum_filter1d, uniform_filter1d
 
+from mess.audio.jit_cache import ensure_warm
 from mess.models.base import EmbeddingModel, ModelInfo
 
 _SR = 22050
@@ -123,6 +124,13 @@ def describe(windows: np.ndarray, sr: int = _SR) -> dict[str, np.ndarray]:
     return {k: v[0] for k, v in out.items()} if single else out
 
 
+def _warm_clip() -> np.ndarray:
+    """Three seconds of a chord in noise: enough to reach every librosa path :func:`describe` takes."""
+    t = np.arange(3 * _SR) / _SR
+    y = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6)) / 3
+    return (y + 0.01 * np.random.default_rng(0).standard_normal(t.size)).astype(np.float32)
+
+
 class DspModel(EmbeddingModel):
     """Timbre (MFCC), harmony (chroma), spectral shape and rhythm descriptors per window."""
 
@@ -132,5 +140,6 @@ class DspModel(EmbeddingModel):
 
     def embed(self, windows: np.ndarray) -> list[np.ndarray]:
         """Descriptor groups for each window, as float32 [batch, dim] per group."""
+        ensure_warm("dsp", lambda: describe(_warm_clip()))
         groups = describe(np.asarray(windows, dtype=np.float32))
         return [groups[g].astype(np.float32) for g in _GROUPS]

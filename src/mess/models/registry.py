@@ -14,9 +14,16 @@ class ModelError(Exception):
     """A model that cannot be loaded; the message says what to do."""
 
 
-def load_model(name: str, device: str = "cpu") -> EmbeddingModel:
-    """Load a model by registry name, or a MERT-shaped HubertModel from a local folder."""
+def load_model(name: str, device: str = "cpu", preset: str | None = None) -> EmbeddingModel:
+    """Load a model by registry name, an Essentia-style ``.onnx`` file (``preset`` names its front end; detected
+    when None), or a MERT-shaped HubertModel from a local folder."""
     key = name.lower()
+    if key.endswith(".onnx"):
+        from mess.models.essentia import OnnxModel
+
+        return OnnxModel(Path(name), preset=preset, device=device)
+    if preset is not None:
+        raise ModelError(f"--preset applies to .onnx model files, not to {name!r}")
     if key == "dsp":
         from mess.models.dsp import DspModel
 
@@ -35,6 +42,8 @@ def load_model(name: str, device: str = "cpu") -> EmbeddingModel:
         except OSError as exc:
             raise ModelError(f"cannot fetch {ckpt.repo}@{ckpt.revision[:8]} from the Hugging Face hub ({exc}). "
                              "Without network, download it elsewhere and pass the folder path as --model.") from exc
-    if Path(name).expanduser().is_dir():
-        return MertModel.from_pretrained(str(Path(name).expanduser().resolve()), device=device)
-    raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)} or a local model folder")
+    if Path(name).expanduser().is_dir():  # named by its folder, so queries by file load it again, offline
+        folder = str(Path(name).expanduser().resolve())
+        return MertModel.from_pretrained(folder, name=folder, device=device)
+    raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}, a local model folder "
+                     "or a .onnx file")

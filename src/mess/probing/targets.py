@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import librosa
 import numpy as np
 
+from mess.audio.jit_cache import ensure_warm
 from mess.audio.windows import WindowPolicy
 
 SAMPLE_RATE = 22050
@@ -74,7 +75,15 @@ def aspect_targets(aspect: str) -> list[int]:
 
 def window_targets(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     """All proxy targets of one mono window, float64 [len(TARGETS)] in TARGETS order."""
-    y = np.asarray(y, dtype=np.float32)
+    ensure_warm("probe-targets", lambda: _targets(_WARM_CLIP, SAMPLE_RATE))
+    return _targets(np.asarray(y, dtype=np.float32), sr)
+
+
+_WARM_CLIP = (0.3 * np.sin(2 * np.pi * 440.0 * np.arange(3 * SAMPLE_RATE) / SAMPLE_RATE)
+              * (1 + np.sign(np.sin(2 * np.pi * 2 * np.arange(3 * SAMPLE_RATE) / SAMPLE_RATE)))).astype(np.float32)
+
+
+def _targets(y: np.ndarray, sr: int) -> np.ndarray:
     spec = np.abs(librosa.stft(y, n_fft=N_FFT, hop_length=HOP))
     rms = librosa.feature.rms(S=spec, frame_length=N_FFT)[0]
     active = rms >= rms.max() * 10 ** (-ACTIVE_DB / 20)

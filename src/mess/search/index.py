@@ -90,8 +90,11 @@ def index_path(store: FeatureStore, run: Run, spec: VectorSpec) -> Path:
 
 
 def build_index(store: FeatureStore, vs: VectorSet, kind: str = "auto", *, rebuild: bool = False,
-                target_recall: float = 0.95) -> tuple[CollectionIndex, IndexReport]:
-    """Create or incrementally update the saved index of a vector set, and save it."""
+                target_recall: float = 0.95, wait: bool = True) -> tuple[CollectionIndex, IndexReport]:
+    """Create or incrementally update the saved index of a vector set, and save it under the store's write lock.
+
+    With ``wait=False`` a store another process is writing raises StoreBusy instead of waiting.
+    """
     start = time.perf_counter()
     path = index_path(store, vs.run, vs.spec)
     old = None if rebuild else CollectionIndex.load(path)
@@ -116,7 +119,8 @@ def build_index(store: FeatureStore, vs: VectorSet, kind: str = "auto", *, rebui
         ann = AnnIndex.build(vs.unit(), vs.ids, requested, target_recall=target_recall)
         index = CollectionIndex(ann, vs.prep, vs.ids.copy(), vs.hashes.copy(), vs.spec, vs.run.id, requested)
     if mode != "unchanged":
-        index.save(path)
+        with store.writing("mess index", wait=wait):
+            index.save(path)
     _remember(path, vs, index)
     report = IndexReport(path, index.ann.kind, mode, len(vs.ids), vs.raw.shape[1], added, removed,
                          index.ann.breadth, index.ann.recall, time.perf_counter() - start, path.stat().st_size)
@@ -149,3 +153,29 @@ def _remember(path: Path, vs: VectorSet, index: CollectionIndex) -> None:
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
 
+
+
+def stale_indexes(store: FeatureStore) -> list[Path]:
+    """Saved indexes that no longer match the store: their run is gone or their tracks' contents changed.
+
+    A stale index is never used for answers (:func:`open_index` checks it against the
+    vectors first), but it is dead weight on disk; ``mess check --repair`` deletes it.
+    """
+    runs = {run.id: run for run in store.runs()}
+    stale = []
+    for path in sorted(store.indexes_dir.glob("run*.faiss")) if store.indexes_dir.exists() else []:
+        saved = CollectionIndex.load(path)
+        run = runs.get(saved.run_id) if saved is not None else None
+        if run is None:
+            stale.append(path)
+            continue
+        current = {(t.id, t.content_hash) for t in store.tracks(run)}
+        if not set(zip(saved.ids.tolist(), saved.hashes.tolist())) <= current:
+            stale.append(path)
+    return stale
+
+
+def delete_index(path: Path) -> None:
+    """Remove a saved index and its sidecars."""
+    for p in (path, path.with_suffix(".json"), path.with_suffix(".npz")):
+        p.unlink(missing_ok=True)

@@ -38,6 +38,9 @@ from mess.search.vectors import (
 from mess.store import FeatureStore, Run, StoreError, Track
 
 DUPLICATE_COSINE = 0.9999
+ENCODED_R2 = 0.3  # aspects the probe predicts worse than this are not offered as evidence
+LISTENER_WORDS = {"timbre": "tone colour", "brightness": "brightness", "dynamics": "loudness",
+                  "rhythm": "rhythm", "harmony": "harmony", "texture": "texture"}
 PERCENTILE_SAMPLE = 20_000
 HUBNESS_POOL = 100
 
@@ -68,6 +71,11 @@ class Neighbour:
         """The ``n`` aspects in which this result is most unusually close to the query."""
         return sorted(self.why_percentile, key=lambda a: -self.why_percentile[a])[:n]
 
+    def reasons_text(self, n: int = 2) -> list[str]:
+        """The top reasons in words a listener reads, e.g. 'tone colour and loudness: closer than 97% of tracks'."""
+        return [f"{listener_words(a)}: closer than {100 * self.why_percentile[a]:.0f}% of tracks"
+                for a in self.reasons(n)]
+
     def to_dict(self) -> dict:
         """JSON-ready form."""
         t = self.track
@@ -76,7 +84,7 @@ class Neighbour:
                 "adjusted": None if self.adjusted is None else round(self.adjusted, 6),
                 "why": {a: round(v, 4) for a, v in self.why.items()},
                 "why_percentile": {a: round(v, 4) for a, v in self.why_percentile.items()},
-                "reasons": self.reasons()}
+                "reasons": self.reasons(), "reasons_text": self.reasons_text()}
 
 
 def resolve_query(store: FeatureStore, ref: str | Path | int, run: Run) -> TrackQuery:
@@ -168,9 +176,27 @@ def similar_tracks(store: FeatureStore, run: Run, query: TrackQuery | np.ndarray
             for n, (s, i) in enumerate(zip(sims, ids))]
 
 
+def listener_words(group: str) -> str:
+    """'brightness/dynamics/timbre' -> 'tone colour, brightness and loudness'; layer groups as 'early layers'."""
+    parts = [LISTENER_WORDS.get(p, p) for p in group.split("/")]
+    if not all(p in LISTENER_WORDS for p in group.split("/")):
+        return group.split(" (")[0] + (" layers" if group.startswith(("early", "middle", "late")) else "")
+    parts = sorted(parts, key=lambda w: w != "tone colour")
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def weak_aspects(store: FeatureStore, run: Run, threshold: float = ENCODED_R2) -> dict[str, float]:
+    """Probed aspects whose best layer predicts them with R^2 below ``threshold``: not used as "why" evidence."""
+    return {a: r2 for a, r2 in store.aspect_scores(run).items() if r2 < threshold}
+
+
 def aspect_layers(store: FeatureStore, run: Run) -> tuple[str, dict[str, VectorSpec]]:
-    """The vector sets used for "why": ('aspects', aspect -> layer) or ('layers', group -> layers)."""
-    amap = store.aspect_map(run)
+    """The vector sets used for "why": ('aspects', aspect -> layer) or ('layers', group -> layers).
+
+    Aspects the probe found weakly encoded (see :func:`weak_aspects`) are left out.
+    """
+    weak = weak_aspects(store, run)
+    amap = {a: layer for a, layer in store.aspect_map(run).items() if a not in weak}
     if amap:  # aspects served by one layer share one entry ("dynamics/rhythm"): they would agree anyway
         by_layer: dict[str, list[str]] = {}
         for aspect, layer in amap.items():
@@ -182,6 +208,11 @@ def aspect_layers(store: FeatureStore, run: Run) -> tuple[str, dict[str, VectorS
     groups = np.array_split(np.arange(len(names)), 3)
     return "layers", {f"{label} ({names[g[0]]}-{names[g[-1]]})": VectorSpec("group", "+".join(names[i] for i in g))
                       for label, g in zip(("early", "middle", "late"), groups)}
+
+
+def query_unit(store: FeatureStore, vs: VectorSet, query: TrackQuery) -> np.ndarray:
+    """The query as a unit vector [dim] in the space of ``vs`` (its preprocessor applied)."""
+    return vs.prep.apply(_raw_vector(store, vs, query))[0]
 
 
 def _raw_vector(store: FeatureStore, vs: VectorSet, query: TrackQuery) -> np.ndarray:

@@ -181,7 +181,8 @@ def read_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequen
         layers, blocks = (), (raw.shape[1],)
     else:
         layers = spec.layers(store, run)
-        mats = [store.layer_matrix(run, name) for name in layers]
+        with store.snapshot():  # every layer from one catalog version, though an extract may be committing
+            mats = [store.layer_matrix(run, name) for name in layers]
         ids = mats[0][0]
         raw = mats[0][1] if len(mats) == 1 else np.concatenate([m for _, m in mats], axis=1)
         blocks = tuple(m.shape[1] for _, m in mats)

@@ -16,16 +16,20 @@ from fastapi.staticfiles import StaticFiles
 from threadpoolctl import threadpool_limits
 
 from mess.artists.profiles import ArtistError
-from mess.serve import routes_reports, routes_search, routes_tracks
+from mess.serve import routes_playlists, routes_reports, routes_search, routes_tracks
+from mess.serve.security import AccessPolicy, install
 from mess.serve.state import ServeState, default_model
-from mess.serve.uploads import DEFAULT_EMBED_TIMEOUT, DEFAULT_MAX_UPLOAD, EmbedWorker
+from mess.serve.uploads import (DEFAULT_EMBED_TIMEOUT, DEFAULT_MAX_QUEUE, DEFAULT_MAX_SECONDS, DEFAULT_MAX_UPLOAD,
+                                EmbedWorker)
 from mess.store import FeatureStore, StoreError
 
 STATIC_DIR = Path(__file__).parent / "static"
 
 
 def create_app(store_path: Path, model: str | None = None, allow_indexing: bool = False, *,
-               max_upload_bytes: int = DEFAULT_MAX_UPLOAD, embed_timeout: float = DEFAULT_EMBED_TIMEOUT) -> FastAPI:
+               max_upload_bytes: int = DEFAULT_MAX_UPLOAD, embed_timeout: float = DEFAULT_EMBED_TIMEOUT,
+               access: AccessPolicy | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
+               max_upload_seconds: float = DEFAULT_MAX_SECONDS) -> FastAPI:
     """Build the app over an existing feature store.
 
     Args:
@@ -33,7 +37,11 @@ def create_app(store_path: Path, model: str | None = None, allow_indexing: bool 
         model: default model for requests that name none (default: newest extracted registry model).
         allow_indexing: open the store writable and enable ``POST /api/index``; read-only otherwise.
         max_upload_bytes: uploads beyond this are refused with 413.
-        embed_timeout: seconds an upload may take to decode and embed before its worker is killed.
+        embed_timeout: seconds an upload may take to decode and embed (once the model is loaded)
+            before its worker is killed.
+        access: trusted hosts and token (default: loopback names, no token); see :mod:`mess.serve.security`.
+        max_queue: uploads waiting for or in the embed worker at once; more get 503.
+        max_upload_seconds: uploads longer than this (by their header) are refused before decoding.
 
     Raises:
         StoreError: no store at ``store_path``, it holds no vectors, or ``model`` is not in it.
@@ -44,7 +52,8 @@ def create_app(store_path: Path, model: str | None = None, allow_indexing: bool 
     finally:
         probe.close()
     store = FeatureStore(store_path, readonly=not allow_indexing)
-    state = ServeState(store, chosen, allow_indexing, max_upload_bytes, EmbedWorker(embed_timeout))
+    worker = EmbedWorker(embed_timeout, max_queue=max_queue, max_seconds=max_upload_seconds)
+    state = ServeState(store, chosen, allow_indexing, max_upload_bytes, worker)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -61,10 +70,11 @@ def create_app(store_path: Path, model: str | None = None, allow_indexing: bool 
                   description="Similar tracks with per-aspect evidence, similar artists, query by uploaded "
                               "audio, probe reports and audio streaming. Tracks are addressed by id only.")
     app.state.mess = state
+    install(app, access or AccessPolicy())
     app.add_exception_handler(StoreError, _bad_request)
     app.add_exception_handler(ArtistError, _bad_request)
     app.add_exception_handler(Exception, _internal_error)
-    for module in (routes_tracks, routes_search, routes_reports):
+    for module in (routes_tracks, routes_search, routes_reports, routes_playlists):
         app.include_router(module.router)
     app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
     return app

@@ -7,12 +7,13 @@ It talks to the server over its stdin and stdout with pickled messages
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
 
-from mess.audio.decode import AudioError
+from mess.audio.decode import probe
 from mess.audio.tags import read_tags
 from mess.audio.windows import WindowPolicy
 from mess.extract.embed import embed_file
@@ -21,16 +22,20 @@ from mess.models.registry import ModelError, load_model
 
 
 def serve(inbox: Connection, outbox: Connection) -> None:
-    """Serve jobs ``(path, model, revision, policy_json)`` until the pipe closes.
+    """Serve jobs ``(path, model, revision, policy_json, max_seconds)`` until the pipe closes.
 
-    Replies ``("ok", content_hash, layer_vectors, tags)`` or ``("error", kind, message)``
-    with kind ``decode`` (the file is bad) or ``model`` (the model cannot be used).
-    Loaded models stay cached for the next job.
+    Says ``("ready",)`` once, when its imports are done, and ``("loaded",)`` for each job
+    once the model is loaded (the server's timeout starts there). Then replies
+    ``("ok", content_hash, layer_vectors, tags)`` or ``("error", kind, message)`` with kind
+    ``decode`` (the file is bad) or ``model`` (the model cannot be used). Files longer
+    than ``max_seconds`` are refused from their header, before decoding. Loaded models
+    stay cached for the next job.
     """
     models: dict[str, EmbeddingModel] = {}
+    outbox.send(("ready",))
     while True:
         try:
-            path, name, revision, policy = inbox.recv()
+            path, name, revision, policy, max_seconds = inbox.recv()
         except EOFError:
             return
         try:
@@ -44,13 +49,22 @@ def serve(inbox: Connection, outbox: Connection) -> None:
             outbox.send(("error", "model", f"{name} is now revision {model.info.revision} but the store holds "
                                            f"{revision}; re-extract the collection to compare new files"))
             continue
-        try:
-            vectors = embed_file(Path(path), model, WindowPolicy.from_json(policy))
-        except (AudioError, OSError, ValueError, RuntimeError, EOFError) as exc:
-            outbox.send(("error", "decode", str(exc) or type(exc).__name__))
-            continue
-        outbox.send(("ok", vectors.content_hash, [np.asarray(v, dtype=np.float32) for v in vectors.layers],
-                     read_tags(Path(path))))
+        outbox.send(("loaded",))
+        outbox.send(_embed(Path(path), model, WindowPolicy.from_json(policy), max_seconds))
+
+
+def _embed(path: Path, model: EmbeddingModel, policy: WindowPolicy, max_seconds: float) -> tuple:
+    try:
+        duration = probe(path).duration
+        if duration > max_seconds:
+            return ("error", "decode", f"{path}: {duration / 60:.0f} min long; uploads may last at most "
+                                       f"{max_seconds / 60:g} min")
+        vectors = embed_file(path, model, replace(policy, max_decode_seconds=min(policy.max_decode_seconds,
+                                                                                  max_seconds)))
+    except Exception as exc:  # noqa: BLE001 -- any fault in one upload is that upload's error
+        return ("error", "decode", str(exc) or type(exc).__name__)
+    return ("ok", vectors.content_hash, [np.asarray(v, dtype=np.float32) for v in vectors.layers],
+            read_tags(path))
 
 
 def main() -> None:

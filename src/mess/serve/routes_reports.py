@@ -15,6 +15,7 @@ from mess.search.index import build_index
 from mess.search.vectors import load_vectors, vectors_label
 from mess.serve.routes_tracks import Aspect, Fused, Layer, Model
 from mess.serve.state import ServeState, get_state, vector_spec
+from mess.store import StoreBusy
 
 router = APIRouter(prefix="/api")
 State = Annotated[ServeState, Depends(get_state)]
@@ -59,7 +60,10 @@ def index(state: State, model: Model = None, layer: Layer = None, aspect: Aspect
     with state.lock:
         run = state.run(model)
         spec = vector_spec(state.store, run, layer, aspect, fused)
-        _, report = build_index(state.store, load_vectors(state.store, run, spec), kind)
+        try:
+            _, report = build_index(state.store, load_vectors(state.store, run, spec), kind, wait=False)
+        except StoreBusy as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "30"}) from None
     return {"model": run.model, "vectors": vectors_label(layer, aspect, fused), "kind": report.kind,
             "mode": report.mode, "tracks": report.n, "added": report.added, "removed": report.removed,
             "recall": report.recall, "seconds": round(report.seconds, 3), "file": report.path.name}

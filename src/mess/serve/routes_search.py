@@ -13,7 +13,16 @@ from mess.artists.profiles import ArtistError, ArtistSet, Space, load_artists, l
 from mess.artists.similarity import METHODS as ARTIST_METHODS
 from mess.artists.similarity import ArtistVectors, artist_vectors, similarity_row, top_k
 from mess.search.hubness import METHODS as HUBNESS_METHODS
-from mess.search.query import Neighbour, TrackQuery, aspect_layers, resolve_query, similar_tracks
+from mess.search.query import (
+    ENCODED_R2,
+    Neighbour,
+    TrackQuery,
+    aspect_layers,
+    listener_words,
+    resolve_query,
+    similar_tracks,
+    weak_aspects,
+)
 from mess.search.vectors import VectorSpec, from_tracks, load_vectors, query_vector, track_by_hash, vectors_label
 from mess.serve.mapping import collection_map
 from mess.serve.routes_tracks import Aspect, Fused, Layer, Model
@@ -33,9 +42,11 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
 
 def _answer(state: ServeState, run: Run, query: dict, results: list[Neighbour], layer: str | None,
             aspect: str | None, fused: bool) -> dict:
-    source, _ = aspect_layers(state.store, run)
+    source, specs = aspect_layers(state.store, run)
     return {"query": query, "model": run.model, "vectors": vectors_label(layer, aspect, fused),
-            "why_source": source, "results": [neighbour_dict(n) for n in results]}
+            "why_source": source, "why_words": {g: listener_words(g) for g in specs},
+            "weak_aspects": weak_aspects(state.store, run), "encoded_threshold": ENCODED_R2,
+            "results": [neighbour_dict(n) for n in results]}
 
 
 @router.get("/tracks/{track_id}/similar", summary="Tracks most similar to a collection track, with why")
@@ -75,11 +86,13 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
             return run, vector_spec(state.store, run, layer, aspect, fused)
 
     run, spec = await run_in_threadpool(prepare)
-    saved = await receive_upload(request, state.max_upload_bytes)
-    try:
-        content_hash, layers, tags = await run_in_threadpool(state.worker.embed, saved.path, run, saved.filename)
-    finally:
-        saved.path.unlink(missing_ok=True)
+    with state.worker.slot():  # 503 at once when the upload queue is full: reads never wait on uploads
+        saved = await receive_upload(request, state.max_upload_bytes)
+        try:
+            content_hash, layers, tags = await run_in_threadpool(state.worker.embed, saved.path, run,
+                                                                 saved.filename)
+        finally:
+            saved.path.unlink(missing_ok=True)
 
     def search() -> dict:
         with state.lock:
@@ -100,6 +113,7 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
             else:
                 x, y = cmap.place(vs.prep.apply(query_vector(vs.layers, run, layers)))[0]
             query = {"label": tq.label, "external": same is None, "id": same.id if same else None,
+                     "artist": same.artist if same else tags.get("artist"),
                      "file": saved.filename, "bytes": saved.size, "x": round(float(x), 5), "y": round(float(y), 5)}
             return _answer(state, run, query, results, layer, aspect, fused)
 

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import FileResponse
 
+from mess.search.query import ENCODED_R2
 from mess.search.vectors import load_vectors, track_by_id, vectors_label
 from mess.serve.mapping import CollectionMap, collection_map
 from mess.serve.state import ServeState, get_state, track_dict, vector_spec
@@ -39,10 +40,10 @@ def runs(state: State) -> dict:
     with state.lock:
         store = state.store
         out = [{"id": r.id, "model": r.model, "revision": r.revision, "layers": list(r.layer_names),
-                "dims": list(r.layer_dims), "aspects": store.aspect_map(r),
+                "dims": list(r.layer_dims), "aspects": store.aspect_map(r), "aspect_scores": store.aspect_scores(r),
                 "fused": store.derived_meta(r, "fused") is not None, "tracks": len(store.tracks(r))}
                for r in store.runs()]
-    return {"default_model": state.default_model, "runs": out}
+    return {"default_model": state.default_model, "encoded_threshold": ENCODED_R2, "runs": out}
 
 
 def _matches(track: Track, filters: dict[str, str | None], text: str | None) -> bool:

@@ -10,11 +10,11 @@ from typing import Any, TypeVar
 
 from fastapi import HTTPException, Request
 
-from mess.models.registry import MODEL_NAMES
 from mess.search.query import Neighbour
 from mess.search.vectors import VectorSpec
 from mess.serve.uploads import EmbedWorker
 from mess.store import FeatureStore, Run, StoreError, Track
+from mess.store.config import model_key
 
 T = TypeVar("T")
 
@@ -33,7 +33,7 @@ class ServeState:
 
     def run(self, model: str | None) -> Run:
         """The latest run of ``model`` (the server's default model when None); 404 when absent."""
-        name = model or self.default_model
+        name = model_key(model) if model else self.default_model
         for run in reversed(self.store.runs()):
             if run.model == name:
                 return run
@@ -62,18 +62,17 @@ def get_state(request: Request) -> ServeState:
 
 
 def default_model(store: FeatureStore, model: str | None) -> str:
-    """``model`` when the store has it; else the newest run of a registry model (not a probe control)."""
+    """``model`` when the store has it; else the store's preferred model (see :mod:`mess.store.config`)."""
     runs = store.runs()
     if not runs:
         raise StoreError(f"no vectors in {store.root}; run `mess extract` first")
     names = [r.model for r in runs]
     if model is not None:
-        if model not in names:
+        if model_key(model) not in names:
             raise StoreError(f"no vectors for model {model!r} in {store.root}; extracted models: "
                              f"{', '.join(sorted(set(names)))}")
-        return model
-    registered = [n for n in names if n in MODEL_NAMES]
-    return (registered or names)[-1]
+        return model_key(model)
+    return store.run().model
 
 
 def vector_spec(store: FeatureStore, run: Run, layer: str | None, aspect: str | None, fused: bool) -> VectorSpec:
@@ -98,5 +97,5 @@ def track_dict(track: Track) -> dict:
 def neighbour_dict(result: Neighbour) -> dict:
     """JSON form of a search result: the track plus score, duplicate flag and per-aspect evidence."""
     scored = result.to_dict()
-    keys = ("score", "duplicate", "adjusted", "why", "why_percentile", "reasons")
+    keys = ("score", "duplicate", "adjusted", "why", "why_percentile", "reasons", "reasons_text")
     return {**track_dict(result.track), **{k: scored[k] for k in keys}}

@@ -15,7 +15,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -31,6 +32,9 @@ from mess.store import Run
 
 DEFAULT_MAX_UPLOAD = 50 * 2**20
 DEFAULT_EMBED_TIMEOUT = 120.0
+DEFAULT_MAX_QUEUE = 4
+DEFAULT_MAX_SECONDS = 20 * 60.0
+START_TIMEOUT = 300.0
 FIELD = "file"
 _MULTIPART_OVERHEAD = 64 * 2**10
 _COPY_CHUNK = 1 << 20
@@ -121,14 +125,36 @@ def _save(upload: UploadFile, suffix: str, max_bytes: int, too_large: HTTPExcept
 
 
 class EmbedWorker:
-    """One child process (``python -m mess.serve.embed_worker``) that decodes and embeds uploads."""
+    """One child process (``python -m mess.serve.embed_worker``) that decodes and embeds uploads.
 
-    def __init__(self, timeout: float = DEFAULT_EMBED_TIMEOUT) -> None:
+    At most ``max_queue`` uploads wait for or use it at a time: :meth:`slot` answers 503
+    beyond that, so queued uploads never hold the server's threads and reads stay fast.
+    ``timeout`` counts from when the child has its model loaded, not from its cold start.
+    """
+
+    def __init__(self, timeout: float = DEFAULT_EMBED_TIMEOUT, *, max_queue: int = DEFAULT_MAX_QUEUE,
+                 max_seconds: float = DEFAULT_MAX_SECONDS, start_timeout: float = START_TIMEOUT) -> None:
         self.timeout = timeout
+        self.max_seconds = max_seconds
+        self.start_timeout = start_timeout
         self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max_queue)
         self._proc: subprocess.Popen | None = None
         self._send: Connection | None = None
         self._recv: Connection | None = None
+        self._ready = False
+        self._loaded: set[str] = set()
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """A place in the upload queue for the block; HTTPException 503 (with Retry-After) when it is full."""
+        if not self._slots.acquire(blocking=False):
+            raise HTTPException(503, "too many uploads are waiting to be embedded; try again shortly",
+                                headers={"Retry-After": "10"})
+        try:
+            yield
+        finally:
+            self._slots.release()
 
     def embed(self, path: Path, run: Run, name: str) -> tuple[str, list[np.ndarray], dict[str, str | None]]:
         """(content hash, per-layer track vectors, tags) of a file; HTTPException 400 when it cannot be used.
@@ -138,12 +164,14 @@ class EmbedWorker:
         with self._lock:
             send, recv = self._start()
             try:
-                send.send((str(path), run.model, run.revision, run.policy.to_json()))
-                if not recv.poll(self.timeout):
-                    self._stop()
-                    raise HTTPException(400, f"decoding and embedding the upload took longer than "
-                                             f"{self.timeout:g} s; file rejected")
-                reply = recv.recv()
+                self._await("ready", self.start_timeout, "start")
+                send.send((str(path), run.model, run.revision, run.policy.to_json(), self.max_seconds))
+                if run.model not in self._loaded:  # a cold model: its loading does not count against the file
+                    self._await("loaded", self.start_timeout, "load the model")
+                    self._loaded.add(run.model)
+                else:
+                    self._expect(self._reply(recv), "loaded")
+                reply = self._reply(recv)
             except (EOFError, OSError):
                 code = self._stop()
                 raise HTTPException(400, f"the decoder process died on this file (exit code {code}); "
@@ -154,6 +182,32 @@ class EmbedWorker:
         if kind == "decode":
             raise HTTPException(400, f"cannot decode the upload: {message.replace(str(path), name)}")
         raise HTTPException(503, message)
+
+    def _await(self, word: str, timeout: float, doing: str) -> None:
+        """Wait for the child's ``word`` (sent once it can take work); 503 when it does not come in time."""
+        if word == "ready" and self._ready:
+            return
+        assert self._recv is not None
+        if not self._recv.poll(timeout):
+            self._stop()
+            raise HTTPException(503, f"the embedding process did not {doing} within {timeout:g} s")
+        self._expect(self._recv.recv(), word)
+        self._ready = self._ready or word == "ready"
+
+    @staticmethod
+    def _expect(got: tuple, word: str) -> None:
+        if got != (word,):
+            if got[0] == "error":  # the model could not be loaded
+                raise HTTPException(503, got[2])
+            raise EOFError(f"unexpected message {got!r}")
+
+    def _reply(self, recv: Connection) -> tuple:
+        """The child's next message within the upload timeout; 400 (and a fresh child next time) past it."""
+        if not recv.poll(self.timeout):
+            self._stop()
+            raise HTTPException(400, f"decoding and embedding the upload took longer than {self.timeout:g} s; "
+                                     "file rejected")
+        return recv.recv()
 
     @property
     def pid(self) -> int | None:
@@ -180,6 +234,7 @@ class EmbedWorker:
             proc.stdin.close()
             proc.stdout.close()
             self._proc = proc
+            self._ready = False
         return self._send, self._recv
 
     def _stop(self) -> int | None:
@@ -187,6 +242,8 @@ class EmbedWorker:
             if conn is not None:
                 conn.close()
         self._send = self._recv = None
+        self._ready = False
+        self._loaded = set()
         if self._proc is None:
             return None
         if self._proc.poll() is None:

@@ -13,9 +13,9 @@ DTYPE = np.dtype("<f2")
 class RowFile:
     """A raw little-endian float16 matrix [rows, dim] stored in one file.
 
-    Rows are appended; readers memory-map the file. The catalog, not the file,
-    says which rows are valid, so a crash mid-append leaves only unreferenced
-    bytes, which :meth:`truncate` removes on the next write session.
+    Rows are written after the last row the catalog references; readers memory-map
+    the file. The catalog, not the file, says which rows are valid, so a crash
+    mid-write leaves only unreferenced bytes, which the next write overwrites.
     """
 
     def __init__(self, path: Path, dim: int) -> None:
@@ -27,19 +27,25 @@ class RowFile:
         """Number of complete rows on disk."""
         return self.path.stat().st_size // (self.dim * DTYPE.itemsize) if self.path.exists() else 0
 
-    def append(self, matrix: np.ndarray) -> int:
-        """Append rows; returns the index of the first appended row."""
+    def write_at(self, row: int, matrix: np.ndarray) -> None:
+        """Write rows from index ``row`` on and cut the file there (durable before returning).
+
+        The caller (the store, under its write lock) takes ``row`` from the catalog,
+        so bytes an interrupted writer left past it are overwritten or cut.
+        """
         matrix = np.asarray(matrix, dtype=DTYPE).reshape(-1, self.dim)
+        if row > self.rows:
+            raise ValueError(f"{self.path}: row {row} is past the end ({self.rows} rows)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        first = self.rows
-        with self.path.open("ab") as f:
+        with self.path.open("r+b" if self.path.exists() else "wb") as f:
+            f.seek(row * self.dim * DTYPE.itemsize)
             f.write(matrix.tobytes())
+            f.truncate()
             f.flush()
             os.fsync(f.fileno())
-        return first
 
     def truncate(self, rows: int) -> None:
-        """Drop rows at index >= ``rows`` (left behind by an interrupted append)."""
+        """Drop rows at index >= ``rows`` (left behind by an interrupted write)."""
         if self.path.exists() and self.rows > rows:
             with self.path.open("r+b") as f:
                 f.truncate(rows * self.dim * DTYPE.itemsize)

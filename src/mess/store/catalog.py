@@ -12,6 +12,7 @@ CREATE TABLE IF NOT EXISTS tracks (
     content_hash TEXT NOT NULL,
     size INTEGER NOT NULL,
     mtime REAL NOT NULL,
+    stamp TEXT NOT NULL DEFAULT '',
     duration REAL,
     sample_rate INTEGER,
     channels INTEGER,
@@ -71,12 +72,24 @@ CREATE TABLE IF NOT EXISTS derived (
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """Open the catalog (WAL mode, rows as mappings), creating the schema if needed."""
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=60)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, check_same_thread=False)
+        conn = sqlite3.connect(path, check_same_thread=False, timeout=60)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(SCHEMA)
+        _migrate(conn)
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a catalog written by an older mess up to this schema (columns added since)."""
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(tracks)")}
+    if "stamp" not in columns:
+        try:
+            conn.execute("ALTER TABLE tracks ADD COLUMN stamp TEXT NOT NULL DEFAULT ''")
+        except sqlite3.OperationalError as exc:  # another process added it first
+            if "duplicate column" not in str(exc):
+                raise

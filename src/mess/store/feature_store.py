@@ -11,10 +11,14 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -25,6 +29,8 @@ from mess.audio.windows import WindowPolicy
 from mess.models.base import ModelInfo
 from mess.store.arrays import RowFile
 from mess.store.catalog import connect
+from mess.store.lock import StoreLock
+from mess.store.paths import from_db_path, printable, to_db_path
 
 DEFAULT_STORE = Path(".mess")
 _MEMO_SIZE = 64
@@ -33,6 +39,10 @@ T = TypeVar("T")
 
 class StoreError(Exception):
     """A request the store cannot answer (unknown run, track or layer)."""
+
+
+class StoreDamaged(StoreError):
+    """The store's files disagree with its catalog; the message names what and how to repair it."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,11 @@ class Track:
         """A human label: 'artist - title', falling back to the file name."""
         title = self.title or Path(self.path).stem
         return f"{self.artist} - {title}" if self.artist else title
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Track:
+        """A track from a catalog row holding the columns of ``_TRACK_COLS``."""
+        return cls(**{**dict(row), "path": from_db_path(row["path"])})
 
     def label(self, field: str) -> str | None:
         """A metadata field by name (artist, album, genre, composer, title)."""
@@ -95,26 +110,96 @@ class TrackVectors:
     seg_starts: Sequence[float]
 
 
+def _schema_missing(db: sqlite3.Connection) -> bool:
+    try:
+        return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='vectors'").fetchone() is None
+    except sqlite3.DatabaseError:
+        return False  # an unreadable catalog: the check below names it
+
+
+def _command_name() -> str:
+    """What this process is, for the lock holder note: 'mess extract', 'python bench.py', ..."""
+    argv = [a for a in sys.argv[:2] if a] or ["python"]
+    return " ".join([argv[0].rsplit("/", 1)[-1], *argv[1:]])
+
+
 _TRACK_COLS = "id, path, content_hash, duration, artist, album, title, genre, composer"
 
 
 class FeatureStore:
     """Read and write tracks, runs and vectors under one folder."""
 
-    def __init__(self, root: Path = DEFAULT_STORE, *, readonly: bool = False) -> None:
+    def __init__(self, root: Path = DEFAULT_STORE, *, readonly: bool = False, verify: bool = True,
+                 on_wait: Callable[[str], None] | None = None) -> None:
+        """Open (or, unless ``readonly``, create) the store at ``root``.
+
+        With ``verify`` the catalog's integrity and every row file's size are checked
+        (a few stat calls per run): a damaged store raises :class:`StoreDamaged`
+        naming what is wrong and `mess check --repair`. ``on_wait`` hears when a
+        write has to wait for another process's write lock.
+        """
         self.root = Path(root)
         db = self.root / "catalog.sqlite"
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"{self.root} is a file, not a feature store folder")
         if readonly and not db.exists():
             raise StoreError(f"no feature store at {self.root} (run `mess extract` first)")
-        self.db = connect(db, readonly=readonly)
-        self._lock = threading.Lock()
-        self._repaired: set[int] = set()
+        try:
+            self.db = connect(db, readonly=readonly)
+        except (OSError, sqlite3.OperationalError) as exc:
+            raise StoreError(f"cannot open a feature store at {self.root} ({exc})") from None
+        except sqlite3.DatabaseError as exc:
+            raise StoreDamaged(f"{db}: the catalog cannot be read ({exc}); restore it from a backup "
+                               f"or start a new store (vectors are cached by content, so a re-run re-embeds)") from None
+        if readonly and _schema_missing(self.db):  # a first writer created the file, not yet its tables
+            self.db.close()
+            raise StoreError(f"no feature store at {self.root} yet (run `mess extract` first)")
+        self.readonly = readonly
+        self.lock = StoreLock(self.root)
+        self.on_wait = on_wait
+        self._lock = threading.RLock()
         self._memo: dict[tuple, tuple[tuple[int, int], object]] = {}
         self._memo_lock = threading.Lock()
+        if verify:
+            from mess.store.check import quick_check
+
+            problems = quick_check(self)
+            if problems:
+                self.db.close()
+                raise StoreDamaged(f"{self.root} is damaged: {problems[0].message}"
+                                   + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "")
+                                   + "; run `mess check` for details and `mess check --repair` to fix it")
 
     def close(self) -> None:
         """Close the catalog connection."""
         self.db.close()
+
+    # ---- the write lock ---------------------------------------------------------------
+    def writing(self, command: str, *, wait: bool = True,
+                on_wait: Callable[[str], None] | None = None) -> contextlib.AbstractContextManager[None]:
+        """Hold the store's inter-process write lock for a whole job (see :class:`StoreLock`)."""
+        if self.readonly:
+            raise StoreError(f"{self.root} was opened read-only")
+        return self.lock.hold(command, wait=wait, on_wait=on_wait or self.on_wait)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside the block all see one catalog version, whatever other processes commit meanwhile."""
+        with self._lock:
+            if self.db.in_transaction:
+                yield
+                return
+            self.db.execute("BEGIN")
+            try:
+                yield
+            finally:
+                self.db.rollback()
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """One write: this process's threads in turn, under the inter-process lock, in one transaction."""
+        with self._lock, self.lock.hold(_command_name(), on_wait=self.on_wait), self.db:
+            yield
 
     # ---- change token and memo ------------------------------------------------------
     def version(self) -> tuple[int, int]:
@@ -160,23 +245,23 @@ class FeatureStore:
 
     # ---- tracks -------------------------------------------------------------------
     def upsert_track(self, path: Path, content_hash: str, size: int, mtime: float,
-                     info: dict[str, object], tags: dict[str, str | None]) -> int:
-        """Insert or update a track by path; returns its id."""
-        row = {"path": str(path), "content_hash": content_hash, "size": size, "mtime": mtime,
+                     info: dict[str, object], tags: dict[str, str | None], *, stamp: str = "") -> int:
+        """Insert or update a track by path; returns its id. ``stamp`` is the file's change stamp."""
+        row = {"path": to_db_path(path), "content_hash": content_hash, "size": size, "mtime": mtime,
                "duration": info.get("duration"), "sample_rate": info.get("sample_rate"),
-               "channels": info.get("channels"), **tags, "added_at": time.time()}
+               "channels": info.get("channels"), **tags, "stamp": stamp, "added_at": time.time()}
         cols = ", ".join(row)
         marks = ", ".join(f":{c}" for c in row)
         updates = ", ".join(f"{c}=excluded.{c}" for c in row if c not in ("path", "added_at"))
-        with self._lock, self.db:
+        with self._write():
             self.db.execute(f"INSERT INTO tracks ({cols}) VALUES ({marks}) "
                             f"ON CONFLICT(path) DO UPDATE SET {updates}", row)
-            return int(self.db.execute("SELECT id FROM tracks WHERE path=?", (str(path),)).fetchone()[0])
+            return int(self.db.execute("SELECT id FROM tracks WHERE path=?", (row["path"],)).fetchone()[0])
 
-    def known_file(self, path: Path) -> tuple[str, int, float] | None:
-        """(content_hash, size, mtime) recorded for a path, to skip re-hashing unchanged files."""
-        row = self.db.execute("SELECT content_hash, size, mtime FROM tracks WHERE path=?", (str(path),)).fetchone()
-        return None if row is None else (row[0], row[1], row[2])
+    def known_file(self, path: Path) -> tuple[str, str] | None:
+        """(content_hash, change stamp) recorded for a path, to skip re-hashing unchanged files."""
+        row = self.db.execute("SELECT content_hash, stamp FROM tracks WHERE path=?", (to_db_path(path),)).fetchone()
+        return None if row is None else (row[0], row[1] or "")
 
     def tracks(self, run: Run | None = None, *, artist: str | None = None) -> tuple[Track, ...]:
         """All tracks (only those with vectors for ``run`` when given), ordered by id.
@@ -195,34 +280,36 @@ class FeatureStore:
         if artist is not None:
             sql += " WHERE t.artist = ?"
             args.append(artist)
-        return tuple(Track(**dict(r)) for r in self.db.execute(sql + " ORDER BY t.id", args))
+        return tuple(Track.from_row(r) for r in self.db.execute(sql + " ORDER BY t.id", args))
 
     def track(self, ref: int | str | Path) -> Track:
         """Find a track by id, path, or file name; raises StoreError when unknown."""
         key = str(ref)
         sql = f"SELECT {_TRACK_COLS} FROM tracks WHERE "
         if key.isdigit():
-            row = self.db.execute(sql + "id=?", (int(key),)).fetchone()
+            row = self.db.execute(sql + "id=?", (int(key),)).fetchone() if len(key) < 19 else None
         else:
-            row = self.db.execute(sql + "path=?", (str(Path(key).expanduser().resolve()),)).fetchone()
-            row = row or self.db.execute(sql + "path LIKE ? ORDER BY id", ("%/" + Path(key).name,)).fetchone()
+            row = self.db.execute(sql + "path=?", (to_db_path(Path(key).expanduser().resolve()),)).fetchone()
+            if row is None:
+                name = Path(key).name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                row = self.db.execute(sql + "path LIKE ? ESCAPE '\\' ORDER BY id", ("%/" + name,)).fetchone()
         if row is None:
             raise StoreError(f"unknown track {ref!r}")
-        return Track(**dict(row))
+        return Track.from_row(row)
 
     def remove_tracks(self, paths: Iterable[str]) -> int:
         """Forget tracks by path (their vectors stay cached by content hash)."""
-        with self._lock, self.db:
-            return sum(self.db.execute("DELETE FROM tracks WHERE path=?", (p,)).rowcount for p in paths)
+        with self._write():
+            return sum(self.db.execute("DELETE FROM tracks WHERE path=?", (to_db_path(p),)).rowcount for p in paths)
 
     def all_paths(self) -> list[str]:
         """Every path in the catalog."""
-        return [r[0] for r in self.db.execute("SELECT path FROM tracks ORDER BY id")]
+        return [from_db_path(r[0]) for r in self.db.execute("SELECT path FROM tracks ORDER BY id")]
 
     # ---- runs ---------------------------------------------------------------------
     def ensure_run(self, info: ModelInfo, policy: WindowPolicy) -> Run:
         """Get or create the run for this model, revision and window policy."""
-        with self._lock, self.db:
+        with self._write():
             self.db.execute(
                 "INSERT OR IGNORE INTO runs (model, revision, policy, sample_rate, layer_names, layer_dims, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -237,7 +324,15 @@ class FeatureStore:
         return [self._run(r) for r in self.db.execute("SELECT * FROM runs ORDER BY id")]
 
     def run(self, model: str | None = None) -> Run:
-        """The most recent run of ``model`` (or of any model when None)."""
+        """The most recent run of ``model`` (a name or local model folder), else of the preferred model.
+
+        With ``model`` None the store's ``default-model`` setting, else the best model extracted
+        (see :mod:`mess.store.config`), not simply the latest run.
+        """
+        from mess.store.config import model_key, preferred_model, read_config
+
+        model = model_key(model) if model else preferred_model([r.model for r in self.runs()],
+                                                              read_config(self.root).get("default-model"))
         sql, args = "SELECT * FROM runs", ()
         if model:
             sql, args = sql + " WHERE model=?", (model,)
@@ -254,20 +349,16 @@ class FeatureStore:
                    layer_names=tuple(json.loads(row["layer_names"])), layer_dims=tuple(json.loads(row["layer_dims"])))
 
     # ---- vectors ------------------------------------------------------------------
-    def _file(self, run: Run, level: str, layer: int) -> RowFile:
+    def row_file(self, run: Run, level: str, layer: int) -> RowFile:
+        """The float16 row file of one layer at one level ('track' or 'segment')."""
         return RowFile(self.root / "runs" / str(run.id) / level / f"{layer:03d}.f16", run.layer_dims[layer])
 
-    def _repair(self, run: Run) -> None:
-        """Cut row files back to what the catalog references (undo an interrupted append)."""
-        if run.id in self._repaired:
-            return
+    def catalog_rows(self, run: Run) -> tuple[int, int]:
+        """(track rows, segment rows) that the catalog references: row files hold at least these."""
         track_rows, seg_rows = self.db.execute(
             "SELECT COALESCE(MAX(track_row)+1, 0), COALESCE(MAX(seg_row+n_segments), 0) FROM vectors WHERE run_id=?",
             (run.id,)).fetchone()
-        for layer in range(len(run.layer_names)):
-            self._file(run, "track", layer).truncate(track_rows)
-            self._file(run, "segment", layer).truncate(seg_rows)
-        self._repaired.add(run.id)
+        return int(track_rows), int(seg_rows)
 
     def has_vectors(self, run: Run, content_hash: str) -> bool:
         """Whether this content was already embedded in this run."""
@@ -275,51 +366,77 @@ class FeatureStore:
                                (run.id, content_hash)).fetchone() is not None
 
     def write_vectors(self, run: Run, items: Sequence[TrackVectors]) -> None:
-        """Append vectors, then commit their catalog rows (crash-safe, idempotent)."""
-        with self._lock:
-            self._repair(run)
+        """Write vectors at the rows after the catalog's last, then commit their catalog rows.
+
+        Under the write lock, so positions come from the catalog alone: bytes a killed
+        writer left past them are overwritten, never referenced. Non-finite vectors are
+        refused (ValueError) before anything is written.
+        """
+        for it in items:
+            if not all(np.isfinite(v).all() for v in (*it.layers, *it.segments)):
+                raise ValueError(f"non-finite vectors for content {it.content_hash}")
+        with self._write():
             unique = {it.content_hash: it for it in items if not self.has_vectors(run, it.content_hash)}
             items = list(unique.values())
             if not items:
                 return
-            n_layers = len(run.layer_names)
-            track_row = seg_row = 0
-            for layer in range(n_layers):
-                track_row = self._file(run, "track", layer).append(np.stack([it.layers[layer] for it in items]))
-                seg_row = self._file(run, "segment", layer).append(np.concatenate([it.segments[layer] for it in items]))
+            track_row, seg_row = self.catalog_rows(run)
+            try:
+                for layer in range(len(run.layer_names)):
+                    self.row_file(run, "track", layer).write_at(
+                        track_row, np.stack([it.layers[layer] for it in items]))
+                    self.row_file(run, "segment", layer).write_at(
+                        seg_row, np.concatenate([it.segments[layer] for it in items]))
+            except ValueError as exc:
+                raise StoreDamaged(f"{exc}; the catalog references rows the file lacks: "
+                                   "run `mess check --repair`") from None
             now = time.time()
             rows = []
             for i, it in enumerate(items):
                 rows.append((run.id, it.content_hash, track_row + i, seg_row, len(it.seg_starts),
                              json.dumps([round(float(s), 3) for s in it.seg_starts]), now))
                 seg_row += len(it.seg_starts)
-            with self.db:
-                self.db.executemany("INSERT INTO vectors VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-                self.db.executemany("DELETE FROM failures WHERE run_id=? AND content_hash=?",
-                                    [(run.id, it.content_hash) for it in items])
+            self.db.executemany("INSERT INTO vectors VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            self.db.executemany("DELETE FROM failures WHERE run_id=? AND content_hash=?",
+                                [(run.id, it.content_hash) for it in items])
 
     def record_failure(self, run: Run, content_hash: str, path: str, reason: str) -> None:
-        """Remember why a file could not be embedded."""
-        with self._lock, self.db:
+        """Remember why a file could not be embedded (files never hashed are keyed by their path)."""
+        key = content_hash or "path:" + printable(str(path))
+        with self._write():
             self.db.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?)",
-                            (run.id, content_hash, path, reason, time.time()))
+                            (run.id, key, to_db_path(path), printable(reason), time.time()))
 
     def failures(self, run: Run) -> list[tuple[str, str]]:
         """(path, reason) of files that failed in this run."""
-        return [(r[0], r[1]) for r in self.db.execute("SELECT path, reason FROM failures WHERE run_id=?", (run.id,))]
+        return [(from_db_path(r[0]), r[1]) for r in self.db.execute(
+            "SELECT path, reason FROM failures WHERE run_id=? ORDER BY at", (run.id,))]
 
-    def _rows(self, run: Run) -> list[object]:
+    def _rows(self, run: Run) -> list[sqlite3.Row]:
         return self.db.execute(
             "SELECT t.id AS track_id, v.track_row, v.seg_row, v.n_segments, v.seg_starts FROM tracks t "
             "JOIN vectors v ON v.content_hash=t.content_hash AND v.run_id=? ORDER BY t.id", (run.id,)).fetchall()
+
+    def _read(self, run: Run, level: str, layer: int, take: list[int], ids: np.ndarray) -> np.ndarray:
+        """float32 rows ``take`` of a row file; a short file or a non-finite row raises StoreDamaged."""
+        rows = self.row_file(run, level, layer).read()
+        if take and max(take) >= len(rows):
+            raise StoreDamaged(f"{self.root}: {run.model} {level} vectors of layer {run.layer_names[layer]} stop at "
+                               f"row {len(rows)} but the catalog references row {max(take)}; "
+                               "run `mess check --repair`")
+        mat = np.asarray(rows[take], dtype=np.float32)
+        bad = ~np.isfinite(mat).all(axis=1)
+        if bad.any():
+            raise StoreDamaged(f"{self.root}: non-finite {run.model} vectors (layer {run.layer_names[layer]}) for "
+                               f"track ids {sorted(set(ids[bad].tolist()))[:5]}; run `mess check --repair`")
+        return mat
 
     def layer_matrix(self, run: Run, layer: str | int) -> tuple[np.ndarray, np.ndarray]:
         """(track ids, float32 [n_tracks, dim]) of one layer's track vectors."""
         idx = run.layer_index(layer)
         rows = self._rows(run)
-        data = self._file(run, "track", idx).read()
         ids = np.array([r["track_id"] for r in rows], dtype=np.int64)
-        return ids, np.asarray(data[[r["track_row"] for r in rows]], dtype=np.float32)
+        return ids, self._read(run, "track", idx, [r["track_row"] for r in rows], ids)
 
     def all_layers(self, run: Run) -> tuple[np.ndarray, np.ndarray]:
         """(track ids, float32 [n_tracks, n_layers, dim]) for models whose layers share one dim."""
@@ -331,14 +448,14 @@ class FeatureStore:
     def segment_matrix(self, run: Run, layer: str | int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(track id per segment, start seconds, float32 [n_segments, dim]) of one layer."""
         idx = run.layer_index(layer)
-        data = self._file(run, "segment", idx).read()
         ids, starts, take = [], [], []
         for r in self._rows(run):
             n = r["n_segments"]
             ids += [r["track_id"]] * n
             starts += json.loads(r["seg_starts"])
             take += range(r["seg_row"], r["seg_row"] + n)
-        return np.array(ids, dtype=np.int64), np.array(starts), np.asarray(data[take], dtype=np.float32)
+        seg_ids = np.array(ids, dtype=np.int64)
+        return seg_ids, np.array(starts), self._read(run, "segment", idx, take, seg_ids)
 
     def track_rows(self, run: Run) -> dict[str, int]:
         """content hash -> track row, for writing derived vectors aligned to rows."""
@@ -348,15 +465,15 @@ class FeatureStore:
     # ---- derived vectors (fused, ...) --------------------------------------------
     def write_derived(self, run: Run, name: str, track_ids: np.ndarray, matrix: np.ndarray, meta: dict) -> None:
         """Store per-track vectors computed from a run (e.g. fused), replacing older ones."""
-        by_id = {t.id: t.content_hash for t in self.tracks(run)}
-        rows = self.track_rows(run)
-        dim = matrix.shape[1]
-        full = np.full((max(rows.values(), default=-1) + 1, dim), np.nan, dtype=np.float32)
-        for tid, vec in zip(track_ids, matrix):
-            full[rows[by_id[int(tid)]]] = vec
-        RowFile(self._derived_path(run, name), dim).replace(full)
-        now = time.time()  # in the metadata too, so caches keyed on it see every rewrite
-        with self._lock, self.db:
+        with self._write():
+            by_id = {t.id: t.content_hash for t in self.tracks(run)}
+            rows = self.track_rows(run)
+            dim = matrix.shape[1]
+            full = np.full((max(rows.values(), default=-1) + 1, dim), np.nan, dtype=np.float32)
+            for tid, vec in zip(track_ids, matrix):
+                full[rows[by_id[int(tid)]]] = vec
+            RowFile(self.derived_path(run, name), dim).replace(full)
+            now = time.time()  # in the metadata too, so caches keyed on it see every rewrite
             self.db.execute("INSERT OR REPLACE INTO derived VALUES (?, ?, ?, ?, ?)",
                             (run.id, name, dim, json.dumps({**meta, "written_at": now}), now))
 
@@ -365,10 +482,10 @@ class FeatureStore:
         row = self.db.execute("SELECT dim FROM derived WHERE run_id=? AND name=?", (run.id, name)).fetchone()
         if row is None:
             raise StoreError(f"no {name!r} vectors for {run.model}; run `mess fuse train` and `mess fuse apply` first")
-        data = RowFile(self._derived_path(run, name), row[0]).read()
+        data = RowFile(self.derived_path(run, name), row[0]).read()
         pairs = [(r["track_id"], r["track_row"]) for r in self._rows(run) if r["track_row"] < len(data)]
         mat = np.asarray(data[[p[1] for p in pairs]], dtype=np.float32)
-        keep = ~np.isnan(mat).any(axis=1)
+        keep = np.isfinite(mat).all(axis=1)
         return np.array([p[0] for p in pairs], dtype=np.int64)[keep], mat[keep]
 
     def derived_meta(self, run: Run, name: str) -> dict | None:
@@ -376,16 +493,22 @@ class FeatureStore:
         row = self.db.execute("SELECT meta FROM derived WHERE run_id=? AND name=?", (run.id, name)).fetchone()
         return None if row is None else json.loads(row[0])
 
-    def _derived_path(self, run: Run, name: str) -> Path:
+    def derived_path(self, run: Run, name: str) -> Path:
+        """The row file of a derived vector set."""
         return self.root / "runs" / str(run.id) / "derived" / f"{name}.f16"
 
     # ---- aspect map -----------------------------------------------------------------
     def set_aspect_map(self, run: Run, entries: Iterable[tuple[str, str, float, float]]) -> None:
         """Replace the aspect -> (layer, score, margin) map of a run."""
-        with self._lock, self.db:
+        with self._write():
             self.db.execute("DELETE FROM aspect_map WHERE run_id=?", (run.id,))
             self.db.executemany("INSERT INTO aspect_map VALUES (?, ?, ?, ?, ?)",
                                 [(run.id, a, layer, s, m) for a, layer, s, m in entries])
+
+    def aspect_scores(self, run: Run) -> dict[str, float]:
+        """aspect -> the probe's cross-validated score (R^2) of the chosen layer (empty when never probed)."""
+        return {r[0]: float(r[1]) for r in self.db.execute(
+            "SELECT aspect, score FROM aspect_map WHERE run_id=? ORDER BY aspect", (run.id,))}
 
     def aspect_map(self, run: Run) -> dict[str, str]:
         """aspect -> layer name, as chosen by the last probe of this run (empty when never probed)."""

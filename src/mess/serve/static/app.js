@@ -3,13 +3,18 @@
 // query by upload and the probe heatmap. Vanilla JS, no build step, no network beyond this server.
 
 const $ = (id) => document.getElementById(id);
-const PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1",
-  "#ff9da7", "#9c755f", "#17becf", "#bcbd22"];
+// 20 colours picked greedily for the largest smallest CIELAB distance, then ordered so that few groups get
+// distinct hues: the first 4 are at least 80 apart, the first 12 at least 47, and 44 from the grey of the rest.
+const PALETTE = ["#3366aa", "#eebb00", "#ff0000", "#00dd00", "#aa66ff", "#773300", "#00ddff", "#ff00aa",
+  "#005500", "#ff7788", "#0000ff", "#99cc55", "#882266", "#00ddaa", "#ffaaff", "#ff00ff", "#bb9955", "#ee7711",
+  "#008877", "#bb1122"];
 const OTHER = "#b8b8b8";
-const PAD = 20;
+const PAD = { left: 44, right: 12, top: 12, bottom: 34 };
 const state = {
   runs: [], model: null, points: [], byId: new Map(), colourOf: new Map(), selected: null,
-  neighbours: new Set(), matches: new Set(), upload: null,
+  neighbours: new Set(), matches: new Set(), upload: null, explained: [0, 0],
+  view: { x0: -1, x1: 1, y0: -1, y1: 1 }, full: { x0: -1, x1: 1, y0: -1, y1: 1 },
+  playlist: null, queue: [], queueAt: -1, pathStart: null, threshold: 0.3, uploadUrl: null,
 };
 
 async function api(path, options) {
@@ -49,7 +54,96 @@ function canvasSize() {
 
 function toScreen(point) {
   const [w, h] = canvasSize();
-  return [PAD + ((point.x + 1) / 2) * (w - 2 * PAD), PAD + ((1 - point.y) / 2) * (h - 2 * PAD)];
+  const v = state.view;
+  return [PAD.left + ((point.x - v.x0) / (v.x1 - v.x0)) * (w - PAD.left - PAD.right),
+    PAD.top + ((v.y1 - point.y) / (v.y1 - v.y0)) * (h - PAD.top - PAD.bottom)];
+}
+
+function toData(px, py) {
+  const [w, h] = canvasSize();
+  const v = state.view;
+  return [v.x0 + ((px - PAD.left) / (w - PAD.left - PAD.right)) * (v.x1 - v.x0),
+    v.y1 - ((py - PAD.top) / (h - PAD.top - PAD.bottom)) * (v.y1 - v.y0)];
+}
+
+function fitView() {
+  const xs = state.points.map((p) => p.x);
+  const ys = state.points.map((p) => p.y);
+  if (!xs.length) return;
+  const grow = (lo, hi) => { const m = Math.max((hi - lo) * 0.06, 1e-3); return [lo - m, hi + m]; };
+  const [x0, x1] = grow(Math.min(...xs), Math.max(...xs));
+  const [y0, y1] = grow(Math.min(...ys), Math.max(...ys));
+  state.full = { x0, x1, y0, y1 };
+  state.view = { ...state.full };
+}
+
+function zoom(factor, px, py) {
+  const [cx, cy] = px === undefined ? [(state.view.x0 + state.view.x1) / 2, (state.view.y0 + state.view.y1) / 2]
+    : toData(px, py);
+  const v = state.view;
+  state.view = { x0: cx + (v.x0 - cx) / factor, x1: cx + (v.x1 - cx) / factor,
+    y0: cy + (v.y0 - cy) / factor, y1: cy + (v.y1 - cy) / factor };
+  draw();
+}
+
+function pan(dx, dy) {
+  const [w, h] = canvasSize();
+  const v = state.view;
+  const ux = (dx / (w - PAD.left - PAD.right)) * (v.x1 - v.x0);
+  const uy = (dy / (h - PAD.top - PAD.bottom)) * (v.y1 - v.y0);
+  state.view = { x0: v.x0 - ux, x1: v.x1 - ux, y0: v.y0 + uy, y1: v.y1 + uy };
+  draw();
+}
+
+function ticks(lo, hi, count = 5) {
+  const step0 = (hi - lo) / count;
+  const mag = 10 ** Math.floor(Math.log10(step0));
+  const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= step0) || step0;
+  const out = [];
+  for (let t = Math.ceil(lo / step) * step; t <= hi + 1e-12; t += step) out.push(Math.abs(t) < step / 1e6 ? 0 : t);
+  return { values: out, digits: Math.max(0, -Math.floor(Math.log10(step))) };
+}
+
+function drawAxes(ctx, w, h) {
+  const v = state.view;
+  const left = PAD.left;
+  const bottom = h - PAD.bottom;
+  ctx.strokeStyle = "#9aa1a9";
+  ctx.fillStyle = "#69727d";
+  ctx.lineWidth = 1;
+  ctx.font = "11px system-ui, sans-serif";
+  ctx.beginPath();
+  ctx.moveTo(left, PAD.top);
+  ctx.lineTo(left, bottom);
+  ctx.lineTo(w - PAD.right, bottom);
+  ctx.stroke();
+  const tx = ticks(v.x0, v.x1);
+  ctx.textAlign = "center";
+  ctx.textBaseline = "top";
+  for (const t of tx.values) {
+    const [x] = toScreen({ x: t, y: v.y0 });
+    ctx.beginPath(); ctx.moveTo(x, bottom); ctx.lineTo(x, bottom + 4); ctx.stroke();
+    ctx.fillText(t.toFixed(tx.digits), x, bottom + 5);
+  }
+  const ty = ticks(v.y0, v.y1);
+  ctx.textAlign = "right";
+  ctx.textBaseline = "middle";
+  for (const t of ty.values) {
+    const [, y] = toScreen({ x: v.x0, y: t });
+    ctx.beginPath(); ctx.moveTo(left - 4, y); ctx.lineTo(left, y); ctx.stroke();
+    ctx.fillText(t.toFixed(ty.digits), left - 6, y);
+  }
+  const [a, b] = state.explained;
+  ctx.textAlign = "right";
+  ctx.textBaseline = "bottom";
+  ctx.fillText(`PC 1 (${pct(a)} of variance) →`, w - PAD.right, h - 2);
+  ctx.save();
+  ctx.translate(11, PAD.top);
+  ctx.rotate(-Math.PI / 2);
+  ctx.textAlign = "right";
+  ctx.textBaseline = "middle";
+  ctx.fillText(`PC 2 (${pct(b)}) →`, 0, 0);
+  ctx.restore();
 }
 
 function nearest(px, py, radius = 12) {
@@ -114,6 +208,11 @@ function draw() {
   const ctx = canvas.getContext("2d");
   ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
   ctx.clearRect(0, 0, w, h);
+  drawAxes(ctx, w, h);
+  ctx.save();
+  ctx.beginPath();
+  ctx.rect(PAD.left + 1, PAD.top, w - PAD.left - PAD.right, h - PAD.top - PAD.bottom - 1);
+  ctx.clip();
   const dim = state.matches.size > 0;
   for (const p of state.points) {
     const [x, y] = toScreen(p);
@@ -135,6 +234,7 @@ function draw() {
     const [x, y] = toScreen(state.upload);
     star(ctx, x, y, 11);
   }
+  ctx.restore();
 }
 
 function showTooltip(point, px, py) {
@@ -154,8 +254,10 @@ async function loadMap() {
     state.byId = new Map(data.points.map((p) => [p.id, p]));
     state.upload = null;
     const [a, b] = data.explained_variance;
+    state.explained = [a, b];
+    fitView();
     $("map-caption").textContent = `${data.points.length} tracks: PCA of ${data.model} ${data.vectors} ` +
-      `(the axes explain ${pct(a)} and ${pct(b)} of the variance)`;
+      `(the axes explain ${pct(a)} and ${pct(b)} of the variance; drag to pan, wheel to zoom)`;
     colourPoints();
     applySearch();
     setStatus("");
@@ -196,6 +298,7 @@ function selectTrack(id) {
   player.play().catch(() => {});
   loadNeighbours(id);
   loadArtists(track.artist || track.composer);
+  updatePlaylistButtons();
   draw();
 }
 
@@ -210,8 +313,10 @@ function renderNeighbours(data) {
     const why = el("div", undefined, "why");
     const aspects = Object.entries(n.why_percentile).sort((a, b) => b[1] - a[1]);
     for (const [aspect, p] of aspects) {
-      const chip = el("span", `${aspect} ${pct(p)}`, n.reasons.includes(aspect) ? "chip top" : "chip");
-      chip.title = `cosine ${n.why[aspect].toFixed(3)} in ${aspect}: closer than ${pct(p)} of the collection`;
+      const words = (data.why_words || {})[aspect] || aspect;
+      const chip = el("span", `${words} ${pct(p)}`, n.reasons.includes(aspect) ? "chip top" : "chip");
+      chip.title = `closer in ${words} than ${pct(p)} of the collection (cosine ${n.why[aspect].toFixed(3)}; ` +
+        `measured in ${aspect})`;
       chip.style.setProperty("--level", p);
       why.append(chip);
     }
@@ -219,8 +324,23 @@ function renderNeighbours(data) {
     list.append(item);
   }
   state.neighbours = new Set(data.results.map((n) => n.id));
+  renderWeak(data.weak_aspects || {}, data.encoded_threshold);
   setStatus(data.why_source === "layers" ? "no probe for this model: 'why' compares layers" : "");
   draw();
+}
+
+function renderWeak(weak, threshold) {
+  const box = $("weak");
+  box.replaceChildren();
+  const entries = Object.entries(weak).sort((a, b) => b[1] - a[1]);
+  if (!entries.length) return;
+  box.append("not used as evidence: ");
+  for (const [aspect, r2] of entries) {
+    const chip = el("span", aspect, "chip weak");
+    chip.title = `the probe predicts ${aspect} from this model with R² ${r2.toFixed(2)}, below ${threshold}: ` +
+      "too weakly encoded to explain a match";
+    box.append(chip, " ");
+  }
 }
 
 async function loadNeighbours(id) {
@@ -286,7 +406,19 @@ async function upload(event) {
     state.upload = data.query.external ? data.query : null;
     $("now-title").textContent = data.query.label;
     $("now-meta").textContent = data.query.external ? "uploaded file (the star on the map)" : "already in the collection";
+    if (state.uploadUrl) URL.revokeObjectURL(state.uploadUrl);
+    state.uploadUrl = URL.createObjectURL(file);  // played from this browser: the server keeps no copy
+    $("player").src = state.uploadUrl;
+    $("player").play().catch(() => {});
     renderNeighbours(data);
+    const known = state.byId.get(data.query.id);
+    const artist = known ? known.artist || known.composer : data.query.artist;
+    if (artist) await loadArtists(artist);
+    else {
+      $("artists").replaceChildren();
+      $("artists-caption").textContent = "the uploaded file has no artist tag";
+    }
+    updatePlaylistButtons();
   } catch (err) {
     setStatus(`upload: ${err.message}`);
   }
@@ -330,6 +462,68 @@ async function loadProbe() {
   }
 }
 
+// ---- playlists ---------------------------------------------------------------------
+function updatePlaylistButtons() {
+  const inCollection = state.byId.has(state.selected);
+  $("radio-btn").disabled = !inCollection;
+  $("path-start-btn").disabled = !inCollection;
+  $("path-end-btn").disabled = !inCollection || state.pathStart === null || state.pathStart === state.selected;
+  const start = state.byId.get(state.pathStart);
+  $("path-ends").textContent = start ? `from ${start.name}` : "";
+}
+
+function playlistParams(extra) {
+  const params = new URLSearchParams({ model: state.model, n: $("playlist-n").value || "12", ...extra });
+  const choice = $("vectors").value;
+  if (choice.startsWith("aspect:")) params.set("aspect", choice.slice(7));
+  return params;
+}
+
+async function makePlaylist(kind, extra) {
+  const params = playlistParams(extra);
+  $("playlist-caption").textContent = "making...";
+  try {
+    const data = await api(`/api/playlists/${kind}?${params}`);
+    state.playlist = data;
+    state.queue = data.tracks.map((t) => t.id);
+    state.queueAt = -1;
+    const list = $("playlist");
+    list.replaceChildren();
+    for (const t of data.tracks) {
+      const item = trackItem(t);
+      item.append(el("span", duration(t.duration), "score"));
+      list.append(item);
+    }
+    for (const fmt of ["m3u8", "xspf"]) {
+      params.set("format", fmt);
+      $(`dl-${fmt}`).href = `/api/playlists/${kind}?${params}`;
+      $(`dl-${fmt}`).download = `${kind}.${fmt}`;
+    }
+    $("playlist-actions").hidden = false;
+    $("playlist-caption").textContent = `${data.title} (${data.tracks.length} tracks${data.note ? `; ${data.note}` : ""})`;
+  } catch (err) {
+    $("playlist-caption").textContent = err.message;
+  }
+}
+
+function playQueued(index) {
+  if (index < 0 || index >= state.queue.length) { state.queueAt = -1; return; }
+  state.queueAt = index;
+  const id = state.queue[index];
+  const track = state.byId.get(id);
+  const player = $("player");
+  player.src = `/api/tracks/${id}/audio`;
+  player.play().catch(() => {});
+  if (track) {
+    state.selected = id;
+    $("now-title").textContent = track.name;
+    $("now-meta").textContent = `playlist ${index + 1} of ${state.queue.length}`;
+  }
+  [...$("playlist").children].forEach((li, i) => li.classList.toggle("playing", i === index));
+  updatePlaylistButtons();
+  draw();
+}
+
 // ---- wiring ------------------------------------------------------------------------
 async function selectModel(model) {
   state.model = model;
@@ -337,7 +531,12 @@ async function selectModel(model) {
   const select = $("vectors");
   select.replaceChildren(new Option("all layers", "all"));
   for (const [aspect, layer] of Object.entries(run.aspects)) {
-    select.append(new Option(`aspect: ${aspect} (${layer})`, `aspect:${aspect}`));
+    const r2 = (run.aspect_scores || {})[aspect];
+    const weak = r2 !== undefined && r2 < state.threshold;
+    const option = new Option(`aspect: ${aspect} (${layer})${weak ? ", weakly encoded" : ""}`, `aspect:${aspect}`);
+    option.disabled = weak;
+    option.title = r2 === undefined ? "" : `probe R² ${r2.toFixed(2)}${weak ? ` (below ${state.threshold})` : ""}`;
+    select.append(option);
   }
   for (const layer of run.layers) select.append(new Option(`layer: ${layer}`, `layer:${layer}`));
   if (run.fused) select.append(new Option("fused", "fused"));
@@ -352,10 +551,38 @@ function wire() {
     showTooltip(point, e.offsetX, e.offsetY);
   });
   canvas.addEventListener("mouseleave", () => showTooltip(null));
-  canvas.addEventListener("click", (e) => {
+  let drag = null;
+  canvas.addEventListener("pointerdown", (e) => {
+    drag = { x: e.offsetX, y: e.offsetY, moved: 0 };
+    canvas.setPointerCapture(e.pointerId);
+  });
+  canvas.addEventListener("pointermove", (e) => {
+    if (!drag) return;
+    const dx = e.offsetX - drag.x;
+    const dy = e.offsetY - drag.y;
+    drag.moved += Math.abs(dx) + Math.abs(dy);
+    if (drag.moved > 4) { pan(dx, dy); drag.x = e.offsetX; drag.y = e.offsetY; }
+  });
+  canvas.addEventListener("pointerup", (e) => {
+    const wasClick = drag && drag.moved <= 4;
+    drag = null;
+    if (!wasClick) return;
     const point = nearest(e.offsetX, e.offsetY);
     if (point) selectTrack(point.id);
   });
+  canvas.addEventListener("wheel", (e) => {
+    e.preventDefault();
+    zoom(e.deltaY < 0 ? 1.25 : 0.8, e.offsetX, e.offsetY);
+  }, { passive: false });
+  $("zoom-in").addEventListener("click", () => zoom(1.5));
+  $("zoom-out").addEventListener("click", () => zoom(1 / 1.5));
+  $("zoom-reset").addEventListener("click", () => { state.view = { ...state.full }; draw(); });
+  $("radio-btn").addEventListener("click", () => makePlaylist("radio", { seed: String(state.selected) }));
+  $("path-start-btn").addEventListener("click", () => { state.pathStart = state.selected; updatePlaylistButtons(); });
+  $("path-end-btn").addEventListener("click", () => makePlaylist("path", {
+    start: String(state.pathStart), end: String(state.selected) }));
+  $("play-all").addEventListener("click", () => playQueued(0));
+  $("player").addEventListener("ended", () => { if (state.queueAt >= 0) playQueued(state.queueAt + 1); });
   $("model").addEventListener("change", (e) => selectModel(e.target.value));
   $("vectors").addEventListener("change", loadMap);
   $("colour").addEventListener("change", () => { colourPoints(); draw(); });
@@ -372,6 +599,7 @@ async function init() {
   try {
     const data = await api("/api/runs");
     state.runs = data.runs;
+    if (data.encoded_threshold !== undefined) state.threshold = data.encoded_threshold;
     for (const model of new Set(data.runs.map((r) => r.model))) $("model").append(new Option(model, model));
     $("model").value = data.default_model;
     await selectModel(data.default_model);
@@ -384,6 +612,8 @@ async function init() {
 window.mess = {
   state,
   ready: init(),
+  palette: PALETTE,
+  other: OTHER,
   pagePosition(id) {
     const rect = $("map").getBoundingClientRect();
     const [x, y] = toScreen(state.byId.get(id));

@@ -1,0 +1,46 @@
+"""`mess config`: per-store settings, such as the model commands use when they name none."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, emit_json, fail, open_store
+
+
+def config_command(
+    key: Annotated[str | None, typer.Argument(help="Setting to show or change: default-model.")] = None,
+    value: Annotated[str | None, typer.Argument(help="New value (a model extracted into this store).")] = None,
+    unset: Annotated[bool, typer.Option("--unset", help="Remove the setting (back to the automatic choice).")] = False,
+    store: StoreOpt = DEFAULT_STORE_PATH,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show the store's settings and the model used by default, or change one setting."""
+    from mess.store.config import SETTINGS, ConfigError, model_key, read_config, write_setting
+
+    with open_store(store) as fs:
+        models = sorted({r.model for r in fs.runs()})
+        try:
+            if key is not None and (value is not None or unset):
+                if key == "default-model" and value is not None and model_key(value) not in models:
+                    fail(f"no vectors for model {value!r} in {fs.root}; extracted models: {', '.join(models)}")
+                write_setting(fs.root, key, None if unset else model_key(value))
+            elif key is not None and key not in SETTINGS:
+                fail(f"unknown setting {key!r}; known: {', '.join(SETTINGS)}")
+            settings = read_config(fs.root)
+        except ConfigError as exc:
+            fail(str(exc))
+        default = fs.run().model if models else None
+    if as_json:
+        emit_json({"settings": settings, "default_model": default, "models": models})
+        return
+    for name, about in SETTINGS.items():
+        console.print(f"{name} = {escape(settings.get(name, '(not set)'))}  [dim]{escape(about)}[/]")
+    console.print(f"model used by default: {escape(str(default))} (extracted: {escape(', '.join(models))})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `config` to the main CLI."""
+    app.command("config")(config_command)

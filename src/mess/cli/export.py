@@ -1,0 +1,45 @@
+"""`mess export`: a run's vectors with track ids, paths and tags, as npz or parquet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, emit_json, open_store
+from mess.cli.search import JsonOpt, ModelOpt
+
+
+def export_command(
+    output: Annotated[Path, typer.Argument(help="File to write (.npz or .parquet).")],
+    model: ModelOpt = None,
+    layers: Annotated[list[str] | None, typer.Option("--layers", "-l", help="Layer names or indexes (repeat, or "
+                                                     "comma-separated); default all.")] = None,
+    segments: Annotated[bool, typer.Option("--segments", help="One row per window instead of per "
+                                           "track.")] = False,
+    fmt: Annotated[str | None, typer.Option("--format", help="npz or parquet (default: from OUTPUT's "
+                                            "extension).")] = None,
+    store: StoreOpt = DEFAULT_STORE_PATH,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export vectors for research: per track (or per window), every layer or some, with ids, paths and tags."""
+    from mess.store.export import export_vectors
+
+    chosen = fmt or output.suffix.lstrip(".").lower()
+    names = [x.strip() for item in layers or [] for x in item.split(",") if x.strip()] or None
+    with open_store(store) as fs:
+        summary = export_vectors(fs, fs.run(model), output, chosen, layers=names, segments=segments)
+        run = fs.run(model)
+    if as_json:
+        emit_json({"model": run.model, **summary.__dict__, "layers": list(summary.layers)})
+        return
+    unit = "windows" if segments else "tracks"
+    console.print(f"{summary.rows} {unit} of {summary.tracks} tracks x {len(summary.layers)} layers of "
+                  f"{escape(run.model)} -> {escape(str(summary.path))}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `export` to the main CLI."""
+    app.command("export")(export_command)

@@ -1,0 +1,85 @@
+"""`mess mpd radio` and `mess mpd play`: hand playlists to a Music Player Daemon."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, emit_json, fail, open_store
+from mess.cli.search import AspectOpt, JsonOpt, ModelOpt
+
+mpd_app = typer.Typer(help="Play through MPD (Music Player Daemon): radio from the current song, playlists.",
+                      no_args_is_help=True)
+HostOpt = Annotated[str, typer.Option("--host", help="MPD host (env MPD_HOST).", envvar="MPD_HOST")]
+PortOpt = Annotated[int, typer.Option("--port", help="MPD port (env MPD_PORT).", envvar="MPD_PORT")]
+MusicDirOpt = Annotated[Path | None, typer.Option("--music-dir", help="MPD's music folder, when the files are "
+                                                  "not found by name in MPD's database.")]
+
+
+def radio_command(
+    n: Annotated[int, typer.Option("-n", min=1, help="How many tracks to queue.")] = 20,
+    window: Annotated[int, typer.Option("--window", min=1, help="An artist does not come back within this many "
+                                        "tracks.")] = 3,
+    aspect: AspectOpt = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove the songs queued after the current one "
+                                        "first.")] = False,
+    host: HostOpt = "localhost",
+    port: PortOpt = 6600,
+    model: ModelOpt = None,
+    store: StoreOpt = DEFAULT_STORE_PATH,
+    as_json: JsonOpt = False,
+) -> None:
+    """Queue a radio after MPD's current song: similar tracks, artists spread out."""
+    from mess.playlists.mpd import PlayerError, connect, queue_radio
+    from mess.playlists.playlist import PlaylistError
+
+    with open_store(store) as fs:
+        run = fs.run(model)
+        try:
+            with connect(host, port) as client:
+                playlist, uris = queue_radio(client, fs, run, n, window=window, aspect=aspect, clear_upcoming=clear)
+        except (PlayerError, PlaylistError) as exc:
+            fail(str(exc))
+    if as_json:
+        emit_json({**playlist.to_dict(), "queued": uris})
+        return
+    for i, t in enumerate(playlist.tracks, start=1):
+        console.print(f"{i:>3}. {escape(t.name)}")
+    console.print(f"queued {len(uris)} tracks after {escape(playlist.title.removeprefix('radio: '))}")
+
+
+def play_command(
+    playlist: Annotated[Path, typer.Argument(help="An .m3u8 / .m3u or .xspf file.")],
+    append: Annotated[bool, typer.Option("--append", help="Add to the queue instead of replacing it.")] = False,
+    music_dir: MusicDirOpt = None,
+    host: HostOpt = "localhost",
+    port: PortOpt = 6600,
+    as_json: JsonOpt = False,
+) -> None:
+    """Play a playlist file in MPD (replacing its queue unless --append)."""
+    from mess.playlists.formats import read_playlist
+    from mess.playlists.mpd import PlayerError, connect, play_files
+    from mess.playlists.playlist import PlaylistError
+
+    try:
+        paths = read_playlist(playlist)
+        with connect(host, port) as client:
+            uris, unknown = play_files(client, paths, append=append, music_dir=music_dir)
+    except (PlayerError, PlaylistError) as exc:
+        fail(str(exc))
+    if as_json:
+        emit_json({"queued": uris, "unknown": unknown})
+        return
+    console.print(f"playing {len(uris)} tracks from {escape(str(playlist))}")
+    for p in unknown:
+        console.print(f"[yellow]not in MPD's database:[/] {escape(str(p))}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `mpd` command group to the main CLI."""
+    mpd_app.command("radio")(radio_command)
+    mpd_app.command("play")(play_command)
+    app.add_typer(mpd_app, name="mpd")

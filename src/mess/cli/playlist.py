@@ -1,0 +1,141 @@
+"""`mess playlist radio / path / clusters`: playlists written as M3U8 or XSPF (by -o's extension) or JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, emit_json, fail, open_store
+from mess.cli.search import AspectOpt, JsonOpt, ModelOpt
+
+if TYPE_CHECKING:
+    from mess.playlists.playlist import Playlist
+
+playlist_app = typer.Typer(help="Playlists from the similarity space: radio, sonic path, clusters.",
+                           no_args_is_help=True)
+OutOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write the playlist here: .m3u8 or .xspf.")]
+
+
+def radio_command(
+    seeds: Annotated[list[str], typer.Argument(help="Seed tracks: ids, collection paths or file names, or "
+                                               "audio files.")],
+    n: Annotated[int, typer.Option("-n", min=1, help="How many tracks.")] = 30,
+    output: OutOpt = None,
+    aspect: AspectOpt = None,
+    window: Annotated[int, typer.Option("--window", min=1, help="An artist does not come back within this many "
+                                        "tracks (1: only never twice in a row).")] = 3,
+    model: ModelOpt = None,
+    store: StoreOpt = DEFAULT_STORE_PATH,
+    as_json: JsonOpt = False,
+) -> None:
+    """A radio: the tracks closest to the seeds, closest first, artists spread out, no near-duplicates."""
+    from mess.playlists.playlist import PlaylistError
+    from mess.playlists.radio import radio
+    from mess.search.query import resolve_query
+
+    with open_store(store) as fs:
+        run = fs.run(model)
+        queries = [resolve_query(fs, s, run) for s in seeds]
+        try:
+            playlist = radio(fs, run, queries, n, aspect=aspect, window=window)
+        except PlaylistError as exc:
+            fail(str(exc))
+    _emit(playlist, output, as_json)
+
+
+def path_command(
+    start: Annotated[str, typer.Argument(help="First track: id, collection path or file name.")],
+    end: Annotated[str, typer.Argument(help="Last track: id, collection path or file name.")],
+    n: Annotated[int, typer.Option("-n", min=2, help="How many tracks, START and END included.")] = 12,
+    output: OutOpt = None,
+    aspect: AspectOpt = None,
+    model: ModelOpt = None,
+    store: StoreOpt = DEFAULT_STORE_PATH,
+    as_json: JsonOpt = False,
+) -> None:
+    """A sonic path from START to END in even steps through the collection."""
+    from mess.playlists.path import sonic_path
+    from mess.playlists.playlist import PlaylistError
+
+    with open_store(store) as fs:
+        run = fs.run(model)
+        try:
+            playlist = sonic_path(fs, run, fs.track(start), fs.track(end), n, aspect=aspect)
+        except PlaylistError as exc:
+            fail(str(exc))
+    _emit(playlist, output, as_json)
+
+
+def clusters_command(
+    k: Annotated[int | None, typer.Option("-k", min=1, help="How many playlists (default: sqrt(tracks / 2)).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder to write one playlist per "
+                                                "cluster into.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="m3u8 or xspf (with -o).")] = "m3u8",
+    aspect: AspectOpt = None,
+    model: ModelOpt = None,
+    store: StoreOpt = DEFAULT_STORE_PATH,
+    as_json: JsonOpt = False,
+) -> None:
+    """The collection cut into K playlists of similar tracks, each named from its tags."""
+    from mess.playlists.clusters import clusters
+    from mess.playlists.formats import write_cluster_folder
+    from mess.playlists.playlist import PlaylistError
+
+    with open_store(store) as fs:
+        run = fs.run(model)
+        try:
+            playlists = clusters(fs, run, k, aspect=aspect)
+            files = write_cluster_folder(playlists, output, fmt) if output is not None else []
+        except PlaylistError as exc:
+            fail(str(exc))
+    if as_json:
+        emit_json({"model": run.model, "playlists": [
+            {**p.to_dict(), "file": str(f) if files else None} for p, f in zip(playlists, files or playlists)]})
+        return
+    table = Table(title=escape(f"{len(playlists)} clusters  [{run.model}]"))
+    for col in ("#", "name", "tracks", "first tracks"):
+        table.add_column(col, justify="right" if col in ("#", "tracks") else "left")
+    for i, p in enumerate(playlists, start=1):
+        table.add_row(str(i), escape(p.title), str(len(p)), escape("; ".join(t.name for t in p.tracks[:3])))
+    console.print(table)
+    for f in files:
+        console.print(f"[dim]{escape(str(f))}[/]")
+
+
+def _emit(playlist: Playlist, output: Path | None, as_json: bool) -> None:
+    """Write the playlist file when asked, then print it as JSON or a table."""
+    from mess.playlists.formats import write_playlist
+    from mess.playlists.playlist import PlaylistError
+
+    written = None
+    if output is not None:
+        try:
+            written = write_playlist(playlist, output)
+        except (PlaylistError, OSError) as exc:
+            fail(str(exc))
+    if as_json:
+        emit_json({**playlist.to_dict(), "file": written})
+        return
+    table = Table(title=escape(playlist.title))
+    for col in ("#", "id", "track", "min:s", "score"):
+        table.add_column(col, justify="left" if col == "track" else "right")
+    for i, (t, s) in enumerate(zip(playlist.tracks, playlist.scores), start=1):
+        length = "" if t.duration is None else f"{int(t.duration) // 60}:{int(t.duration) % 60:02d}"
+        table.add_row(str(i), str(t.id), escape(t.name), length, f"{s:.3f}")
+    console.print(table)
+    if playlist.note:
+        console.print(f"[yellow]{escape(playlist.note)}[/]")
+    if written is not None:
+        console.print(f"wrote {len(playlist)} tracks to {escape(str(written))}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `playlist` command group to the main CLI."""
+    playlist_app.command("radio")(radio_command)
+    playlist_app.command("path")(path_command)
+    playlist_app.command("clusters")(clusters_command)
+    app.add_typer(playlist_app, name="playlist")

@@ -1,0 +1,134 @@
+"""A user-supplied Essentia-style ONNX model run with ONNX Runtime as an :class:`EmbeddingModel`.
+
+Every output of the graph is a layer: patch-level outputs [batch, dim] are averaged over
+a window's patches, frame-level outputs [batch, time, dim] over time first. Outputs the
+metadata describes are named after their description (``embeddings``, ``activations``),
+the others after their tensor name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mess.models.base import EmbeddingModel, ModelInfo
+from mess.models.essentia.fetch import file_sha256
+from mess.models.essentia.frontends import SAMPLE_RATE, patches
+from mess.models.essentia.metadata import EssentiaModelError, ModelMetadata, graph_name, layer_name, read_metadata
+from mess.models.essentia.presets import Preset, detect_preset, get_preset
+
+DYNAMIC_BATCH = 32  # patches per run when the graph's batch axis is free
+
+
+class OnnxModel(EmbeddingModel):
+    """An Essentia model in ONNX form, fed by its preset's front end."""
+
+    def __init__(self, path: Path, preset: str | None = None, device: str = "cpu", threads: int = 0) -> None:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise EssentiaModelError(f"no such model file: {path}")
+        self.metadata = read_metadata(path)
+        self.preset = get_preset(preset) if preset else detect_preset(path.stem, self.metadata)
+        if self.metadata.sample_rate != SAMPLE_RATE:
+            raise EssentiaModelError(f"{self.metadata.path.name} says {self.metadata.sample_rate} Hz; "
+                                     f"preset {self.preset.name} feeds {SAMPLE_RATE} Hz")
+        self.device = device
+        self.threads = threads
+        self.session = _open_session(path, device, threads)
+        self.input_name, self.batch = _check_input(self.session, self.metadata, self.preset, path.name)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        dims = [o.shape[-1] for o in self._run(np.zeros((1, self.preset.patch_frames, self.preset.bands), np.float32))]
+        self.info = ModelInfo(
+            name=path.stem, revision=f"sha256:{file_sha256(path)[:16]}", sample_rate=SAMPLE_RATE,
+            layer_names=_layer_names(self.output_names, self.metadata), layer_dims=tuple(int(d) for d in dims),
+            min_samples=self.preset.min_samples, licence=self.metadata.licence or self.preset.licence)
+
+    @property
+    def providers(self) -> list[str]:
+        """The ONNX Runtime execution providers the session runs on, in priority order."""
+        return self.session.get_providers()
+
+    def embed(self, windows: np.ndarray) -> list[np.ndarray]:
+        """See :meth:`EmbeddingModel.embed`; windows shorter than ``info.min_samples`` are repeat-padded."""
+        from mess.models.musicnn.model import repeat_pad
+
+        windows = repeat_pad(np.asarray(windows, dtype=np.float32), self.preset.min_samples)
+        batch = patches(self.preset.front_end(windows), self.preset.patch_frames, self.preset.patch_hop)
+        outputs = self._run(batch.reshape(-1, *batch.shape[2:]))
+        return [o.reshape(batch.shape[0], batch.shape[1], -1).mean(axis=1) for o in outputs]
+
+    def _run(self, flat: np.ndarray) -> list[np.ndarray]:
+        """Run [patches, frames, bands] in graph-sized batches; per output [patches, dim] float32."""
+        step = self.batch or DYNAMIC_BATCH
+        parts: list[list[np.ndarray]] = [[] for _ in self.output_names]
+        for start in range(0, len(flat), step):
+            chunk = flat[start : start + step]
+            real = len(chunk)
+            if self.batch and real < self.batch:  # a fixed-batch graph: zero-pad, keep only the real rows
+                chunk = np.concatenate([chunk, np.zeros((self.batch - real, *chunk.shape[1:]), np.float32)])
+            for part, out in zip(parts, self.session.run(self.output_names, {self.input_name: chunk})):
+                part.append(_per_patch(np.asarray(out, dtype=np.float32)[:real]))
+        return [np.concatenate(part) for part in parts]
+
+
+def _per_patch(out: np.ndarray) -> np.ndarray:
+    """[patches, dim] as is; [patches, time, dim] averaged over time."""
+    if out.ndim == 2:
+        return out
+    if out.ndim == 3:
+        return out.mean(axis=1)
+    raise EssentiaModelError(f"an output of rank {out.ndim} cannot be a layer (expected [batch, dim] or "
+                             "[batch, time, dim])")
+
+
+def _open_session(path: Path, device: str, threads: int):  # -> onnxruntime.InferenceSession
+    """An ONNX Runtime session on ``device``; unreadable graphs raise :class:`EssentiaModelError`."""
+    import onnxruntime as ort
+
+    if device not in ("cpu", "cuda"):
+        raise EssentiaModelError(f"unknown device {device!r} for ONNX Runtime; use cpu or cuda")
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise EssentiaModelError("--device cuda asked for, but this onnxruntime has no CUDAExecutionProvider "
+                                     "(install onnxruntime-gpu)")
+        providers.insert(0, "CUDAExecutionProvider")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own pybind exception types for unreadable graphs
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EssentiaModelError(f"{path.name} is not a readable ONNX graph: {reason[:200]}") from exc
+
+
+def _check_input(session, metadata: ModelMetadata, preset: Preset, file: str) -> tuple[str, int]:
+    """The graph input named by the metadata and its fixed batch size (0 when dynamic), after shape checks."""
+    graph_inputs = {i.name: i for i in session.get_inputs()}
+    wanted = metadata.inputs[0].name
+    name = next((n for n in (wanted, graph_name(wanted), f"{graph_name(wanted)}:0") if n in graph_inputs), None)
+    if name is None:
+        raise EssentiaModelError(f"{file}: the metadata's input {wanted!r} is not an input of the graph "
+                                 f"(it has {', '.join(map(repr, graph_inputs))}); is {metadata.path.name} its JSON?")
+    shape = graph_inputs[name].shape
+    expected = [preset.patch_frames, preset.bands]
+    if len(shape) != 3 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected)):
+        raise EssentiaModelError(f"{file}: input {name!r} has shape {shape}; preset {preset.name} feeds "
+                                 f"[batch, {preset.patch_frames} frames, {preset.bands} bands]")
+    return name, shape[0] if isinstance(shape[0], int) else 0
+
+
+def _layer_names(outputs: list[str], metadata: ModelMetadata) -> tuple[str, ...]:
+    """Layer names for the graph outputs: the metadata's description where it lists the output, else the name."""
+    described = {}
+    for spec in metadata.outputs:
+        label = spec.description or spec.purpose or spec.name
+        for alias in (spec.name, graph_name(spec.name), f"{graph_name(spec.name)}:0"):
+            described[alias] = label
+    names: list[str] = []
+    for out in outputs:
+        name = layer_name(described.get(out, out))
+        names.append(name if name not in names else f"{name}_{len(names)}")
+    return tuple(names)

@@ -1,0 +1,62 @@
+"""The collection cut into K playlists (k-means on unit vectors), each named from its members' tags."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+from sklearn.cluster import KMeans
+
+from mess.playlists.playlist import Playlist, PlaylistError
+from mess.search.vectors import Norm, VectorSpec, load_vectors, track_by_id
+from mess.store import FeatureStore, Run, Track
+
+
+def default_k(n_tracks: int) -> int:
+    """sqrt(n / 2), at least 2 and at most 50: a playlist of a few dozen tracks in a collection of thousands."""
+    return int(min(50, max(2, round((n_tracks / 2) ** 0.5))))
+
+
+def clusters(store: FeatureStore, run: Run, k: int | None = None, *, aspect: str | None = None,
+             norm: Norm = "center", seed: int = 0) -> list[Playlist]:
+    """K playlists covering every track once, largest first; each ordered from its centre outwards.
+
+    Scores are cosines to the cluster centre. Names come from the most common genre, then artists
+    (artist, else composer tag), e.g. "Baroque: Bach & Haydn"; clusters without tags are "cluster N".
+    """
+    tracks = store.tracks(run)
+    vs = load_vectors(store, run, VectorSpec.from_options(aspect=aspect, norm=norm), tracks)
+    k = default_k(len(vs.ids)) if k is None else k
+    if not 1 <= k <= len(vs.ids):
+        raise PlaylistError(f"-k must be between 1 and the number of tracks ({len(vs.ids)})")
+    unit, by_id = vs.unit(), track_by_id(tracks)
+    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(unit)
+    out: list[Playlist] = []
+    for c in sorted(range(k), key=lambda c: -int((km.labels_ == c).sum())):
+        rows = np.flatnonzero(km.labels_ == c)
+        centre = km.cluster_centers_[c] / max(float(np.linalg.norm(km.cluster_centers_[c])), 1e-12)
+        sims = unit[rows] @ centre
+        order = rows[np.argsort(-sims, kind="stable")]
+        members = tuple(by_id[int(vs.ids[r])] for r in order)
+        out.append(Playlist(cluster_name(members), members, tuple(float(s) for s in np.sort(sims)[::-1])))
+    return _unique_titles(out)
+
+
+def cluster_name(tracks: tuple[Track, ...]) -> str:
+    """A name from tags: the genre shared by at least half the tracks, then the two most common artists."""
+    genres = Counter(t.genre.strip() for t in tracks if t.genre and t.genre.strip())
+    artists = Counter((t.artist or t.composer or "").strip() for t in tracks if (t.artist or t.composer or "").strip())
+    top = [a for a, _ in artists.most_common(2)]
+    who = " & ".join(top) + (" and others" if len(artists) > 2 else "")
+    genre = genres.most_common(1)[0][0] if genres and genres.most_common(1)[0][1] * 2 >= len(tracks) else ""
+    return ": ".join(p for p in (genre, who) if p) or "cluster"
+
+
+def _unique_titles(playlists: list[Playlist]) -> list[Playlist]:
+    seen: Counter[str] = Counter()
+    out = []
+    for p in playlists:
+        seen[p.title] += 1
+        title = p.title if seen[p.title] == 1 else f"{p.title} ({seen[p.title]})"
+        out.append(Playlist(title, p.tracks, p.scores, p.note))
+    return out

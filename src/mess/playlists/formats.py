@@ -1,0 +1,131 @@
+"""Playlist files: extended M3U8 and XSPF, written and read; the format follows the file extension.
+
+Tracks inside the playlist's folder are written with relative paths (so a playlist saved
+beside the music keeps working when the folder moves or is mounted elsewhere); others
+with absolute paths (M3U8) or file:// URIs (XSPF).
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import quote, unquote, urlparse
+
+from mess.playlists.playlist import Playlist, PlaylistError
+from mess.store import Track
+
+FORMATS = {".m3u8": "m3u8", ".m3u": "m3u8", ".xspf": "xspf"}
+XSPF_NS = "http://xspf.org/ns/0/"
+
+
+def playlist_format(path: Path) -> str:
+    """'m3u8' or 'xspf' from the extension; PlaylistError naming the choices otherwise."""
+    fmt = FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise PlaylistError(f"unknown playlist extension {Path(path).suffix or '(none)'!r} of {path}; "
+                            "use .m3u8 or .xspf")
+    return fmt
+
+
+Locate = Callable[[Track], str]
+
+
+def _location(track_path: str, folder: Path | None) -> tuple[str, bool]:
+    """(path, is_relative): relative to ``folder`` when the track lies inside it."""
+    p = Path(track_path)
+    if folder is not None and p.is_relative_to(folder):
+        return p.relative_to(folder).as_posix(), True
+    return str(p), False
+
+
+def render_m3u8(playlist: Playlist, folder: Path | None = None, locate: Locate | None = None) -> str:
+    """Extended M3U (UTF-8): #EXTM3U, #PLAYLIST, and #EXTINF:seconds,Artist - Title before each path.
+
+    ``locate`` (e.g. a track's URL on a server) replaces the file path of each entry.
+    """
+    lines = ["#EXTM3U", f"#PLAYLIST:{_one_line(playlist.title)}"]
+    for t in playlist.tracks:
+        seconds = -1 if t.duration is None else round(t.duration)
+        lines += [f"#EXTINF:{seconds},{_one_line(t.name)}", locate(t) if locate else _location(t.path, folder)[0]]
+    return "\n".join(lines) + "\n"
+
+
+def render_xspf(playlist: Playlist, folder: Path | None = None, locate: Locate | None = None) -> str:
+    """XSPF 1: title, creator, album, duration (ms) and location (relative URI, file:// URI, or ``locate``'s
+    URI) per track."""
+    ET.register_namespace("", XSPF_NS)
+    root = ET.Element(f"{{{XSPF_NS}}}playlist", version="1")
+    ET.SubElement(root, f"{{{XSPF_NS}}}title").text = playlist.title
+    tracklist = ET.SubElement(root, f"{{{XSPF_NS}}}trackList")
+    for t in playlist.tracks:
+        el = ET.SubElement(tracklist, f"{{{XSPF_NS}}}track")
+        loc, relative = _location(t.path, folder)
+        uri = locate(t) if locate else quote(loc) if relative else Path(loc).as_uri()
+        ET.SubElement(el, f"{{{XSPF_NS}}}location").text = uri
+        ET.SubElement(el, f"{{{XSPF_NS}}}title").text = t.title or Path(t.path).stem
+        for tag, value in (("creator", t.artist), ("album", t.album)):
+            if value:
+                ET.SubElement(el, f"{{{XSPF_NS}}}{tag}").text = value
+        if t.duration is not None:
+            ET.SubElement(el, f"{{{XSPF_NS}}}duration").text = str(round(t.duration * 1000))
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def render(playlist: Playlist, fmt: str, folder: Path | None = None, locate: Locate | None = None) -> str:
+    """The playlist as text in ``fmt`` ('m3u8' or 'xspf'), paths relative to ``folder`` where inside it."""
+    if fmt not in ("m3u8", "xspf"):
+        raise PlaylistError(f"unknown playlist format {fmt!r}; use m3u8 or xspf")
+    return (render_m3u8 if fmt == "m3u8" else render_xspf)(playlist, folder, locate)
+
+
+def write_playlist(playlist: Playlist, path: Path) -> Path:
+    """Write ``playlist`` to ``path`` in the format its extension names; returns the path."""
+    path = Path(path).expanduser()
+    text = render(playlist, playlist_format(path), path.parent.resolve())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def read_playlist(path: Path) -> list[Path]:
+    """The absolute track paths of an M3U/M3U8 or XSPF file (relative entries resolved against its folder)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise PlaylistError(f"no such playlist file: {path}")
+    folder = path.parent.resolve()
+    if playlist_format(path) == "m3u8":
+        entries = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines()]
+        return [_resolve(e, folder) for e in entries if e and not e.startswith("#")]
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as exc:
+        raise PlaylistError(f"{path} is not valid XSPF: {exc}") from exc
+    return [_resolve(el.text.strip(), folder, uri=True) for el in root.iter(f"{{{XSPF_NS}}}location") if el.text]
+
+
+def _resolve(entry: str, folder: Path, uri: bool = False) -> Path:
+    """An entry (a path; with ``uri`` a percent-encoded relative or file:// URI) as an absolute path."""
+    if entry.startswith("file://"):
+        return Path(unquote(urlparse(entry).path))
+    entry = unquote(entry) if uri else entry
+    return Path(entry) if os.path.isabs(entry) else (folder / entry).resolve()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def write_cluster_folder(playlists: list[Playlist], folder: Path, fmt: str = "m3u8") -> list[Path]:
+    """One file per playlist in ``folder`` (created), named ``NN-title.EXT``; returns the paths."""
+    if fmt not in ("m3u8", "xspf"):
+        raise PlaylistError(f"unknown playlist format {fmt!r}; use m3u8 or xspf")
+    folder = Path(folder).expanduser()
+    paths = []
+    for i, p in enumerate(playlists, start=1):
+        slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in p.title.casefold()).strip("-")
+        slug = "-".join(part for part in slug.split("-") if part)[:60] or "cluster"
+        paths.append(write_playlist(p, folder / f"{i:02d}-{slug}.{fmt}"))
+    return paths

@@ -1,0 +1,75 @@
+"""The playlist value and the checks every builder shares: artist keys and near-duplicates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mess.search.query import DUPLICATE_COSINE
+from mess.store import Track
+
+
+class PlaylistError(ValueError):
+    """A playlist that cannot be made (too few tracks, same start and end, bad option); one-line message."""
+
+
+@dataclass(frozen=True)
+class Playlist:
+    """An ordered list of collection tracks with a title and, per track, why it is there (a score)."""
+
+    title: str
+    tracks: tuple[Track, ...]
+    scores: tuple[float, ...]
+    note: str = ""
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (paths included: playlists are for local players)."""
+        return {"title": self.title, "note": self.note, "tracks": [
+            {"id": t.id, "path": t.path, "name": t.name, "artist": t.artist, "title": t.title or Path(t.path).stem,
+             "album": t.album, "duration": t.duration, "score": round(float(s), 6)}
+            for t, s in zip(self.tracks, self.scores)]}
+
+
+def artist_key(track: Track) -> str:
+    """Normalised artist (else composer) tag; empty when the track has neither (it never conflicts)."""
+    return (track.artist or track.composer or "").strip().casefold()
+
+
+def title_key(track: Track) -> tuple[str, str] | None:
+    """(artist, title) casefolded when both tags exist: two tracks sharing it are versions of one song."""
+    title = (track.title or "").strip().casefold()
+    return (artist_key(track), title) if title and artist_key(track) else None
+
+
+class DuplicateGuard:
+    """Remembers kept tracks and tells whether another is a near-duplicate of one of them.
+
+    Near-duplicate: the same content, the same (artist, title) tags, or cosine >= DUPLICATE_COSINE
+    in the playlist's vector space.
+    """
+
+    def __init__(self, dim: int) -> None:
+        self._hashes: set[str] = set()
+        self._titles: set[tuple[str, str]] = set()
+        self._units = np.zeros((0, dim), dtype=np.float32)
+
+    def add(self, unit: np.ndarray, track: Track | None = None, content_hash: str | None = None) -> None:
+        """Keep a track (or an external seed given by its vector and content hash)."""
+        self._units = np.vstack([self._units, unit[None, :].astype(np.float32)])
+        if track is not None:
+            self._hashes.add(track.content_hash)
+            if title_key(track):
+                self._titles.add(title_key(track))
+        if content_hash:
+            self._hashes.add(content_hash)
+
+    def duplicate(self, unit: np.ndarray, track: Track) -> bool:
+        """Whether ``track`` (with unit vector ``unit``) repeats a kept one."""
+        if track.content_hash in self._hashes or (title_key(track) is not None and title_key(track) in self._titles):
+            return True
+        return bool(len(self._units) and float((self._units @ unit).max()) >= DUPLICATE_COSINE)

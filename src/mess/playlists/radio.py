@@ -1,0 +1,70 @@
+"""Radio: an ordered playlist of the tracks closest to one or more seeds, artists spread out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError, artist_key
+from mess.search.query import TrackQuery, query_unit
+from mess.search.vectors import Norm, VectorSpec, load_vectors, track_by_id
+from mess.store import FeatureStore, Run
+
+DEFAULT_WINDOW = 3
+POOL_PER_TRACK = 50
+
+
+def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 30, *, aspect: str | None = None,
+          window: int = DEFAULT_WINDOW, norm: Norm = "center") -> Playlist:
+    """Up to ``n`` tracks ordered by closeness to the nearest seed (cosine), seeds left out.
+
+    No artist plays twice in a row, and none within ``window`` tracks (the seeds count as what
+    played before) while the collection allows it: when no candidate fits, the window shrinks for
+    that slot, never below 1. Near-duplicates of seeds or earlier picks are skipped. The playlist
+    is shorter than ``n`` only when the collection runs out of tracks that fit.
+
+    Args:
+        seeds: resolved queries (collection tracks or external files), see :func:`mess.search.query.resolve_query`.
+        aspect: compare in the layer ``mess probe`` chose for this aspect instead of all layers.
+        window: tracks within which an artist may not repeat (1 = only not twice in a row).
+    """
+    if not seeds:
+        raise PlaylistError("give at least one seed track")
+    if n < 1 or window < 1:
+        raise PlaylistError("-n and --window must be at least 1")
+    tracks = store.tracks(run)
+    vs = load_vectors(store, run, VectorSpec.from_options(aspect=aspect, norm=norm), tracks)
+    unit, by_id = vs.unit(), track_by_id(tracks)
+    seed_units = np.stack([query_unit(store, vs, s) for s in seeds])
+    closeness = (unit @ seed_units.T).max(axis=1)
+    guard = DuplicateGuard(unit.shape[1])
+    for s, u in zip(seeds, seed_units):
+        guard.add(u, s.track, s.content_hash)
+    pool = [int(r) for r in np.argsort(-closeness, kind="stable")[:max(POOL_PER_TRACK * n, 1000)]]
+    history = [(s.artist or "").strip().casefold() if s.track is None else artist_key(s.track) for s in seeds]
+    picked: list[int] = []
+    while len(picked) < n:
+        pool = [r for r in pool if not guard.duplicate(unit[r], by_id[int(vs.ids[r])])]
+        row = _next(pool, [artist_key(by_id[int(vs.ids[r])]) for r in pool], history, window)
+        if row is None:
+            break
+        pool.remove(row)
+        track = by_id[int(vs.ids[row])]
+        guard.add(unit[row], track)
+        history.append(artist_key(track))
+        picked.append(row)
+    label = ", ".join(s.label for s in seeds)
+    note = "" if len(picked) == n else f"only {len(picked)} tracks fit (artists spread, no duplicates)"
+    return Playlist(f"radio: {label}", tuple(by_id[int(vs.ids[r])] for r in picked),
+                    tuple(float(closeness[r]) for r in picked), note)
+
+
+def _next(pool: list[int], artists: list[str], history: list[str], window: int) -> int | None:
+    """The first (closest) row of ``pool`` whose artist is not among the last ``w`` played, w = window .. 1."""
+    for w in range(window, 0, -1):
+        recent = {a for a in history[-w:] if a}
+        for row, artist in zip(pool, artists):
+            if artist not in recent:
+                return row
+    return None

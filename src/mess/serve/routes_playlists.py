@@ -1,0 +1,72 @@
+"""Playlist endpoints: radio from seed tracks and a sonic path between two, as JSON, M3U8 or XSPF.
+
+Downloaded playlists point at this server's audio URLs (``/api/tracks/{id}/audio``), so any
+player on the machine can stream them and no file path leaves the server.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import Response
+
+from mess.playlists.formats import render
+from mess.playlists.path import sonic_path
+from mess.playlists.playlist import Playlist, PlaylistError
+from mess.playlists.radio import DEFAULT_WINDOW, radio
+from mess.search.query import resolve_query
+from mess.serve.routes_tracks import Aspect, Model
+from mess.serve.state import ServeState, get_state, track_dict, vector_spec
+
+router = APIRouter(prefix="/api/playlists")
+State = Annotated[ServeState, Depends(get_state)]
+Format = Annotated[str, Query(pattern="^(json|m3u8|xspf)$", description="json, or m3u8 / xspf to download.")]
+MEDIA = {"m3u8": "audio/x-mpegurl; charset=utf-8", "xspf": "application/xspf+xml; charset=utf-8"}
+
+
+def _answer(request: Request, playlist: Playlist, model: str, fmt: str, name: str) -> dict | Response:
+    if fmt == "json":
+        return {"title": playlist.title, "model": model, "note": playlist.note,
+                "tracks": [{**track_dict(t), "score": round(s, 6)} for t, s in zip(playlist.tracks, playlist.scores)]}
+    base = str(request.base_url).rstrip("/")
+    text = render(playlist, fmt, locate=lambda t: f"{base}/api/tracks/{t.id}/audio")
+    disposition = f'attachment; filename="{name}.{fmt}"'
+    return Response(text, media_type=MEDIA[fmt], headers={"Content-Disposition": disposition})
+
+
+@router.get("/radio", summary="A radio from seed tracks: closest first, artists spread, no near-duplicates",
+            response_model=None)
+def radio_route(request: Request, state: State,
+                seed: Annotated[list[int], Query(description="Seed track ids (repeat for several).")],
+                n: Annotated[int, Query(ge=1, le=500, description="How many tracks.")] = 20,
+                window: Annotated[int, Query(ge=1, le=50, description="Tracks within which an artist does not "
+                                                                      "come back.")] = DEFAULT_WINDOW,
+                model: Model = None, aspect: Aspect = None, format: Format = "json") -> dict | Response:
+    """Tracks ordered by closeness to the nearest seed (seeds left out)."""
+    with state.lock:
+        run = state.run(model)
+        vector_spec(state.store, run, None, aspect, False)
+        seeds = [resolve_query(state.store, state.track(i).id, run) for i in seed]
+        try:
+            playlist = radio(state.store, run, seeds, n, aspect=aspect, window=window)
+        except PlaylistError as exc:
+            raise HTTPException(400, str(exc)) from None
+    return _answer(request, playlist, run.model, format, "radio")
+
+
+@router.get("/path", summary="A sonic path from one track to another in even steps", response_model=None)
+def path_route(request: Request, state: State,
+               start: Annotated[int, Query(description="First track id.")],
+               end: Annotated[int, Query(description="Last track id.")],
+               n: Annotated[int, Query(ge=2, le=200, description="How many tracks, both ends included.")] = 12,
+               model: Model = None, aspect: Aspect = None, format: Format = "json") -> dict | Response:
+    """``n`` tracks from ``start`` to ``end``, each step aiming at an even point between them."""
+    with state.lock:
+        run = state.run(model)
+        vector_spec(state.store, run, None, aspect, False)
+        try:
+            playlist = sonic_path(state.store, run, state.track(start), state.track(end), n, aspect=aspect)
+        except PlaylistError as exc:
+            raise HTTPException(400, str(exc)) from None
+    return _answer(request, playlist, run.model, format, "path")

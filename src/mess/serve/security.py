@@ -1,0 +1,84 @@
+"""Who may talk to the server: trusted Host names, same-origin writes, an optional bearer token.
+
+* **Host.** A request whose ``Host`` is not a loopback name or one the user allowed gets
+  400: a web page on another site cannot reach the API through DNS rebinding.
+* **Origin.** A state-changing request (POST, PUT, PATCH, DELETE) that a browser marks as
+  coming from another origin gets 403: another site's page cannot write an index.
+* **Token.** With a token set (``--token`` / ``MESS_TOKEN``, required beyond loopback),
+  every request needs it: ``Authorization: Bearer TOKEN``, or the ``mess_token`` cookie
+  that opening the page once as ``/?token=TOKEN`` sets.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+COOKIE = "mess_token"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """The Host names the server answers to, and the token it requires (None: no token)."""
+
+    hosts: frozenset[str] = LOOPBACK_HOSTS
+    token: str | None = None
+
+    @classmethod
+    def build(cls, extra_hosts: Iterable[str] = (), token: str | None = None) -> AccessPolicy:
+        """Loopback names plus ``extra_hosts`` (names or addresses, without ports)."""
+        return cls(LOOPBACK_HOSTS | {_hostname(h) for h in extra_hosts}, token or None)
+
+
+def install(app: FastAPI, policy: AccessPolicy) -> None:
+    """Check every request against ``policy`` before any route runs."""
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        host_header = request.headers.get("host", "")
+        host = _hostname(host_header)
+        if host not in policy.hosts:
+            return JSONResponse({"detail": f"host {host!r} is not allowed; start the server with "
+                                           f"--allowed-host {host} to serve it"}, status_code=400)
+        if request.method not in _SAFE_METHODS and _cross_origin(request, host_header):
+            return JSONResponse({"detail": "cross-origin requests may not change anything"}, status_code=403)
+        if policy.token is None:
+            return await call_next(request)
+        from_query = request.query_params.get("token")
+        supplied = _bearer(request) or request.cookies.get(COOKIE) or from_query
+        if supplied is None or not hmac.compare_digest(supplied.encode(), policy.token.encode()):
+            return JSONResponse({"detail": "a token is required: send 'Authorization: Bearer TOKEN' or open "
+                                           "the page as /?token=TOKEN"}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        response = await call_next(request)
+        if from_query is not None:
+            response.set_cookie(COOKIE, policy.token, httponly=True, samesite="strict")
+        return response
+
+
+def _hostname(netloc: str) -> str:
+    """'example.org:8000' -> 'example.org', '[::1]:80' -> '::1', lower-cased."""
+    netloc = netloc.strip().lower()
+    if netloc.startswith("["):
+        return netloc[1:].split("]", 1)[0]
+    return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
+
+
+def _cross_origin(request: Request, host_header: str) -> bool:
+    """Whether a browser says this request comes from a page of another origin."""
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        return True
+    origin = request.headers.get("origin")
+    return origin is not None and urlsplit(origin).netloc.lower() != host_header.lower()
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None

@@ -1,0 +1,158 @@
+"""Is the store whole? Row files against the catalog, values, references; and repairs.
+
+:func:`quick_check` runs whenever a store opens (a query and a few ``stat`` calls per
+run). :func:`full_check` reads every referenced row too. :func:`repair` never hides
+damage: vectors that cannot be trusted lose their catalog rows (so the next
+``mess extract`` embeds those files again) and bytes nothing references are cut,
+and it returns one line per action.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+import numpy as np
+
+from mess.store.feature_store import FeatureStore, Run
+
+_SCAN_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a store. ``damage`` problems make answers wrong; others only waste space."""
+
+    kind: str  # catalog | short-file | non-finite | shared-rows | orphan-rows
+    run_id: int | None
+    message: str
+    damage: bool = True
+
+
+def quick_check(store: FeatureStore) -> list[Problem]:
+    """Damage that can be seen without reading vectors: an unreadable catalog, row files shorter than it says."""
+    try:
+        return [p for run in store.runs() for p in _file_sizes(store, run) if p.damage]
+    except sqlite3.DatabaseError as exc:
+        return [Problem("catalog", None, f"the catalog cannot be read ({exc})")]
+
+
+def full_check(store: FeatureStore) -> list[Problem]:
+    """Every problem: catalog integrity, file sizes, non-finite values, rows claimed twice, orphaned rows."""
+    try:
+        result = store.db.execute("PRAGMA integrity_check").fetchone()[0]
+        if result != "ok":
+            return [Problem("catalog", None, f"the catalog is corrupt ({result})")]
+        problems: list[Problem] = []
+        for run in store.runs():
+            sizes = _file_sizes(store, run)
+            problems += sizes
+            problems += _shared_rows(store, run)
+            if not any(p.kind == "short-file" for p in sizes):
+                problems += _non_finite(store, run)
+        return problems
+    except sqlite3.DatabaseError as exc:
+        return [Problem("catalog", None, f"the catalog cannot be read ({exc})")]
+
+
+def repair(store: FeatureStore, problems: list[Problem]) -> list[str]:
+    """Fix what :func:`full_check` found (under the write lock); returns what was done, one line each."""
+    if any(p.kind == "catalog" for p in problems):
+        raise ValueError("the catalog itself is damaged: restore it from a backup or start a new store")
+    done: list[str] = []
+    with store.writing("mess check --repair"):
+        for run in store.runs():
+            mine = [p for p in problems if p.run_id == run.id]
+            if not mine:
+                continue
+            hashes = _untrusted(store, run, {p.kind for p in mine})
+            with store.db:
+                store.db.executemany("DELETE FROM vectors WHERE run_id=? AND content_hash=?",
+                                     [(run.id, h) for h in hashes])
+            if hashes:
+                done.append(f"{run.model} (run {run.id}): dropped the vectors of {len(hashes)} files; "
+                            "`mess extract` embeds them again")
+            track_rows, seg_rows = store.catalog_rows(run)
+            for layer in range(len(run.layer_names)):
+                store.row_file(run, "track", layer).truncate(track_rows)
+                store.row_file(run, "segment", layer).truncate(seg_rows)
+            if any(p.kind in ("orphan-rows", "short-file") for p in mine):
+                done.append(f"{run.model} (run {run.id}): row files cut back to the {track_rows} track rows "
+                            "the catalog references")
+    return done
+
+
+def _file_sizes(store: FeatureStore, run: Run) -> list[Problem]:
+    track_rows, seg_rows = store.catalog_rows(run)
+    problems = []
+    for level, want in (("track", track_rows), ("segment", seg_rows)):
+        for layer, name in enumerate(run.layer_names):
+            have = store.row_file(run, level, layer).rows
+            if have < want:
+                problems.append(Problem("short-file", run.id, f"{run.model} {level} vectors of layer {name} hold "
+                                        f"{have} rows, the catalog references {want}"))
+            elif have > want:
+                problems.append(Problem("orphan-rows", run.id, f"{run.model} {level} vectors of layer {name}: "
+                                        f"{have - want} rows past the catalog's last (an interrupted write)",
+                                        damage=False))
+    return problems
+
+
+def _shared_rows(store: FeatureStore, run: Run) -> list[Problem]:
+    rows = store.db.execute("SELECT track_row, seg_row, n_segments FROM vectors WHERE run_id=? ORDER BY seg_row",
+                            (run.id,)).fetchall()
+    track = [r[0] for r in rows]
+    overlaps = sum(1 for a, b in zip(rows, rows[1:]) if a[1] + a[2] > b[1])
+    shared = len(track) - len(set(track)) + overlaps
+    if not shared:
+        return []
+    return [Problem("shared-rows", run.id, f"{run.model}: {shared} files' vectors point at rows another file "
+                    "also claims (two writers without a lock)")]
+
+
+def _non_finite(store: FeatureStore, run: Run) -> list[Problem]:
+    bad = _non_finite_hashes(store, run)
+    if not bad:
+        return []
+    return [Problem("non-finite", run.id, f"{run.model}: {len(bad)} files have NaN or infinite vectors")]
+
+
+def _non_finite_hashes(store: FeatureStore, run: Run) -> set[str]:
+    """Content hashes with a non-finite value in any referenced track or segment row."""
+    rows = store.db.execute("SELECT content_hash, track_row, seg_row, n_segments FROM vectors WHERE run_id=?",
+                            (run.id,)).fetchall()
+    bad: set[str] = set()
+    for level in ("track", "segment"):
+        bad_rows: set[int] = set()
+        for layer in range(len(run.layer_names)):
+            data = store.row_file(run, level, layer).read()
+            for start in range(0, len(data), _SCAN_ROWS):
+                chunk = np.asarray(data[start:start + _SCAN_ROWS], dtype=np.float32)
+                bad_rows.update((start + np.flatnonzero(~np.isfinite(chunk).all(axis=1))).tolist())
+        for h, track_row, seg_row, n in rows:
+            if (track_row in bad_rows) if level == "track" else any(r in bad_rows for r in range(seg_row, seg_row + n)):
+                bad.add(h)
+    return bad
+
+
+def _untrusted(store: FeatureStore, run: Run, kinds: set[str]) -> set[str]:
+    """Content hashes whose vectors cannot be trusted, given the kinds of problem found in the run."""
+    rows = store.db.execute("SELECT content_hash, track_row, seg_row, n_segments FROM vectors WHERE run_id=?",
+                            (run.id,)).fetchall()
+    bad: set[str] = set()
+    if "short-file" in kinds:
+        n_track = min(store.row_file(run, "track", i).rows for i in range(len(run.layer_names)))
+        n_seg = min(store.row_file(run, "segment", i).rows for i in range(len(run.layer_names)))
+        bad |= {r[0] for r in rows if r[1] >= n_track or r[2] + r[3] > n_seg}
+    if "shared-rows" in kinds:
+        by_row: dict[int, list[str]] = {}
+        for r in rows:
+            by_row.setdefault(r[1], []).append(r[0])
+        bad |= {h for hs in by_row.values() if len(hs) > 1 for h in hs}
+        ordered = sorted(rows, key=lambda r: r[2])
+        for a, b in zip(ordered, ordered[1:]):
+            if a[2] + a[3] > b[2]:
+                bad |= {a[0], b[0]}
+    if "non-finite" in kinds:
+        bad |= _non_finite_hashes(store, run)
+    return bad

@@ -1,0 +1,71 @@
+"""Per-store settings (``STORE/config.json``) and which run a command uses when it names no model.
+
+The default run is the best model extracted, not the latest: a local MERT folder or
+MERT from the hub, then musicnn, then dsp, then anything else (probe controls last),
+unless ``mess config default-model NAME`` chose one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+CONFIG_FILE = "config.json"
+SETTINGS = {"default-model": "Model used when a command names none (default: mert, then musicnn, then dsp)."}
+MODEL_PREFERENCE = ("mert-v1-330m", "mert-v1-95m", "musicnn-msd", "musicnn-mtt", "dsp")
+CONTROL_SUFFIX = "-random-init"
+
+
+class ConfigError(ValueError):
+    """An unknown setting or an unreadable config file."""
+
+
+def read_config(root: Path) -> dict[str, str]:
+    """The store's settings ({} when none were set)."""
+    path = Path(root) / CONFIG_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def write_setting(root: Path, key: str, value: str | None) -> dict[str, str]:
+    """Set (or with ``value`` None, unset) one setting; returns all settings."""
+    if key not in SETTINGS:
+        raise ConfigError(f"unknown setting {key!r}; known: {', '.join(SETTINGS)}")
+    config = read_config(root)
+    if value is None:
+        config.pop(key, None)
+    else:
+        config[key] = value
+    (Path(root) / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    return config
+
+
+def model_rank(name: str) -> int:
+    """Lower is better: a local model folder (a MERT checkpoint), then MODEL_PREFERENCE order, others, controls."""
+    if name.endswith(CONTROL_SUFFIX):
+        return len(MODEL_PREFERENCE) + 2
+    if Path(name).is_absolute():
+        return -1
+    return MODEL_PREFERENCE.index(name) if name in MODEL_PREFERENCE else len(MODEL_PREFERENCE) + 1
+
+
+def preferred_model(models: Sequence[str], configured: str | None = None) -> str | None:
+    """The configured model when extracted, else the best-ranked one (the latest among equals)."""
+    if configured and configured in models:
+        return configured
+    if not models:
+        return None
+    best = min(model_rank(m) for m in models)
+    return [m for m in models if model_rank(m) == best][-1]
+
+
+def model_key(name: str) -> str:
+    """A run's model name for ``name``: the resolved path for a local model folder, else ``name``."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name

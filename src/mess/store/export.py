@@ -1,0 +1,92 @@
+"""Vectors out of the store for research: per-track or per-segment rows with ids, paths and tags.
+
+``npz``: one array per column (``track_id``, ``path``, tags, ``duration``, ``segment_start`` with
+segments) plus ``vectors_<layer>`` [rows, dim] float32 and ``layers``, ``model``, ``revision``.
+``parquet``: the same columns, each layer a fixed-size list<float32> column; model, revision and
+layer names in the schema metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mess.store.feature_store import FeatureStore, Run, StoreError
+
+FORMATS = ("npz", "parquet")
+TAGS = ("path", "content_hash", "artist", "album", "title", "genre", "composer")
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    """What was written."""
+
+    path: Path
+    rows: int
+    tracks: int
+    layers: tuple[str, ...]
+    segments: bool
+
+
+def export_vectors(store: FeatureStore, run: Run, out: Path, fmt: str = "npz", *,
+                   layers: Sequence[str] | None = None, segments: bool = False) -> ExportSummary:
+    """Write ``run``'s vectors (all layers, or ``layers`` by name or index) to ``out`` as npz or parquet.
+
+    Rows are tracks, or with ``segments`` the per-window vectors (``segment_start`` in seconds).
+    """
+    if fmt not in FORMATS:
+        raise StoreError(f"unknown export format {fmt!r}; choose {' or '.join(FORMATS)}")
+    names = tuple(run.layer_names[run.layer_index(x)] for x in (layers or run.layer_names))
+    columns, vectors = _columns(store, run, names, segments)
+    out = Path(out).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"model": run.model, "revision": run.revision, "layers": names}
+    (_write_npz if fmt == "npz" else _write_parquet)(out, columns, vectors, meta)
+    return ExportSummary(out, len(columns["track_id"]), len(set(columns["track_id"].tolist())), names, segments)
+
+
+def _columns(store: FeatureStore, run: Run, names: tuple[str, ...],
+             segments: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    by_id = {t.id: t for t in store.tracks(run)}
+    vectors: dict[str, np.ndarray] = {}
+    ids = starts = None
+    for name in names:
+        if segments:
+            ids, starts, mat = store.segment_matrix(run, name)
+        else:
+            ids, mat = store.layer_matrix(run, name)
+        vectors[name] = mat
+    if ids is None or not len(ids):
+        raise StoreError(f"no vectors for {run.model} in {store.root}; run `mess extract` first")
+    columns: dict[str, np.ndarray] = {"track_id": ids.astype(np.int64)}
+    if segments:
+        columns["segment_start"] = np.asarray(starts, dtype=np.float64)
+    for tag in TAGS:
+        columns[tag] = np.array([getattr(by_id[int(i)], tag) or "" for i in ids], dtype=str)
+    columns["duration"] = np.array([by_id[int(i)].duration or np.nan for i in ids], dtype=np.float64)
+    return columns, vectors
+
+
+def _write_npz(out: Path, columns: dict[str, np.ndarray], vectors: dict[str, np.ndarray], meta: dict) -> None:
+    arrays = {**columns, **{f"vectors_{n}": v for n, v in vectors.items()},
+              "layers": np.array(meta["layers"]), "model": np.array(meta["model"]),
+              "revision": np.array(meta["revision"])}
+    with open(out, "wb") as f:  # a file object: np.savez would append .npz to other names
+        np.savez(f, **arrays)
+
+
+def _write_parquet(out: Path, columns: dict[str, np.ndarray], vectors: dict[str, np.ndarray], meta: dict) -> None:
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fields = {name: pa.array(col) for name, col in columns.items()}
+    for name, mat in vectors.items():
+        flat = pa.array(np.ascontiguousarray(mat, dtype=np.float32).ravel())
+        fields[name] = pa.FixedSizeListArray.from_arrays(flat, mat.shape[1])
+    table = pa.table(fields).replace_schema_metadata({"mess": json.dumps(meta)})
+    pq.write_table(table, out)

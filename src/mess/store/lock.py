@@ -1,0 +1,76 @@
+"""One writer at a time: an inter-process lock on a store folder.
+
+The lock is an OS file lock (``flock``) on ``STORE/write.lock``, so it is released
+when its holder exits, however it exits (``kill -9`` included). Its holder writes
+who it is (pid, command, since when) to ``STORE/write.lock.json``, so a process that
+has to wait can say for whom. Within one process the lock is shared by every
+thread and every :class:`StoreLock` on the same folder (it is re-entrant).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+_POLL_SECONDS = 0.5
+
+
+class StoreBusy(Exception):
+    """Another process holds the store's write lock (and the caller chose not to wait)."""
+
+
+class StoreLock:
+    """The write lock of one store folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.holder_file = self.root / "write.lock.json"
+        self._lock = FileLock(self.root / "write.lock", thread_local=False, is_singleton=True,
+                              preserve_lock_file=True)
+
+    @property
+    def held(self) -> bool:
+        """Whether this process holds the lock."""
+        return self._lock.is_locked
+
+    def holder(self) -> str:
+        """Who holds the lock, in words ('pid 123, mess extract, for 12 s'), as far as it said."""
+        try:
+            info = json.loads(self.holder_file.read_text())
+            return f"pid {info['pid']}, {info['command']}, for {time.time() - info['since']:.0f} s"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process"
+
+    @contextmanager
+    def hold(self, command: str, *, wait: bool = True,
+             on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Hold the lock for a block; waits for the holder (telling ``on_wait`` once) or raises StoreBusy."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        first = not self._lock.is_locked
+        try:
+            self._lock.acquire(timeout=0 if first else -1)
+        except Timeout:
+            message = f"waiting for the store lock on {self.root} held by {self.holder()}"
+            if not wait:
+                raise StoreBusy(message.replace("waiting for", "the store is busy:", 1)) from None
+            if on_wait is not None:
+                on_wait(message)
+            self._lock.acquire(poll_interval=_POLL_SECONDS)
+        try:
+            if first:
+                _write_json(self.holder_file, {"pid": os.getpid(), "command": command, "since": time.time()})
+            yield
+        finally:
+            self._lock.release()
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)

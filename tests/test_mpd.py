@@ -1,0 +1,126 @@
+"""`mess mpd radio` / `mess mpd play` against a real MPD server (Debian's mpd) over loopback."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mess.cli.main import app
+from mess.playlists.formats import read_playlist
+from mess.playlists.mpd import connect
+from mess.playlists.playlist import artist_key
+from mess.playlists.radio import radio
+from mess.search.query import resolve_query
+from mess.store import FeatureStore
+
+runner = CliRunner()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def mpd_port(extracted_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A real mpd on a loopback port whose music folder is the rendered collection (null audio output)."""
+    if shutil.which("mpd") is None:
+        pytest.skip("mpd is not installed (scripts/install.sh installs Debian's mpd)")
+    with closing(FeatureStore(extracted_store, readonly=True)) as store:
+        music = Path(store.tracks()[0].path).parent
+    home = tmp_path_factory.mktemp("mpd")
+    port = _free_port()
+    (home / "playlists").mkdir()
+    conf = home / "mpd.conf"
+    conf.write_text(f'music_directory "{music}"\nplaylist_directory "{home / "playlists"}"\n'
+                    f'db_file "{home / "database"}"\nlog_file "{home / "log"}"\nstate_file "{home / "state"}"\n'
+                    f'bind_to_address "127.0.0.1"\nport "{port}"\nzeroconf_enabled "no"\n'
+                    'audio_output {\n    type "null"\n    name "silent"\n}\n')
+    proc = subprocess.Popen(["mpd", "--no-daemon", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_database(port, proc, home / "log")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _wait_for_database(port: int, proc: subprocess.Popen, log: Path) -> None:
+    """Wait until mpd answers and has scanned the music folder."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"mpd exited ({proc.returncode}): {log.read_text() if log.exists() else ''}")
+        try:
+            with connect("127.0.0.1", port, timeout=5) as client:
+                if "updating_db" not in client.status() and client.stats().get("songs", "0") != "0":
+                    return
+                client.update()
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        time.sleep(0.3)
+    pytest.fail("mpd did not scan the music folder within 60 s")
+
+
+def _uris_to_tracks(store: FeatureStore, uris: list[str]) -> list:
+    by_tail = {t.path: t for t in store.tracks()}
+    return [next(t for p, t in by_tail.items() if p.endswith("/" + u)) for u in uris]
+
+
+def test_mpd_radio_queues_similar_tracks_after_the_current_song(mpd_port: int, extracted_store: Path) -> None:
+    with closing(FeatureStore(extracted_store, readonly=True)) as store:
+        seed = store.track(3)
+        with connect("127.0.0.1", mpd_port) as client:
+            client.clear()
+            client.add(Path(seed.path).name)
+            client.play(0)
+            client.pause(1)  # the seed stays the current song however long the commands below take
+        out = runner.invoke(app, ["mpd", "radio", "-n", "6", "--port", str(mpd_port), "--host", "127.0.0.1",
+                                  "--model", "musicnn-msd", "--store", str(extracted_store)])
+        assert out.exit_code == 0, out.output
+        with connect("127.0.0.1", mpd_port) as client:
+            queue = [s["file"] for s in client.playlistinfo()]
+            assert client.status()["state"] == "pause" and client.currentsong()["file"] == queue[0]
+        queued = _uris_to_tracks(store, queue)
+        assert queued[0].id == seed.id and len(queued) == 7
+        run = store.run("musicnn-msd")
+        expected = radio(store, run, [resolve_query(store, seed.id, run)], 6)
+        assert [t.id for t in queued[1:]] == [t.id for t in expected.tracks]
+        artists = [artist_key(t) for t in queued]
+        assert all(a != b for a, b in zip(artists, artists[1:]))
+        out = runner.invoke(app, ["mpd", "radio", "-n", "3", "--clear", "--port", str(mpd_port), "--host",
+                                  "127.0.0.1", "--model", "musicnn-msd", "--store", str(extracted_store), "--json"])
+        assert out.exit_code == 0, out.output
+        with connect("127.0.0.1", mpd_port) as client:
+            queue = [s["file"] for s in client.playlistinfo()]
+        assert [t.id for t in _uris_to_tracks(store, queue)] == [seed.id] + [t.id for t in expected.tracks[:3]]
+
+
+def test_mpd_play_plays_a_playlist_file_in_order(mpd_port: int, extracted_store: Path, tmp_path: Path) -> None:
+    out = runner.invoke(app, ["playlist", "path", "2", "15", "-n", "5", "-o", str(tmp_path / "p.xspf"),
+                              "--store", str(extracted_store)])
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(app, ["mpd", "play", str(tmp_path / "p.xspf"), "--port", str(mpd_port),
+                              "--host", "127.0.0.1"])
+    assert out.exit_code == 0, out.output
+    with connect("127.0.0.1", mpd_port) as client:
+        queue = [s["file"] for s in client.playlistinfo()]
+        status = client.status()
+    assert [Path(p).name for p in read_playlist(tmp_path / "p.xspf")] == [Path(u).name for u in queue]
+    assert status["state"] == "play" and status["song"] == "0"
+
+
+def test_mpd_errors_are_one_line(extracted_store: Path, tmp_path: Path) -> None:
+    port = _free_port()  # nothing listens there
+    out = runner.invoke(app, ["mpd", "radio", "--port", str(port), "--host", "127.0.0.1",
+                              "--store", str(extracted_store)])
+    assert out.exit_code == 1 and "cannot reach MPD" in out.output and "Traceback" not in out.output

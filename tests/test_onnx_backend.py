@@ -1,0 +1,227 @@
+"""The ONNX backend on tiny EffNet- and VGGish-shaped graphs built here with ``onnx.helper``.
+
+Each graph averages its input patch over frames and multiplies by a fixed random matrix,
+so the expected vectors follow from the front end alone (computed by the reference in
+``test_onnx_frontends``) and each test can tell a wrong front end, hop or batching apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mess.audio.decode import load_audio
+from mess.models.essentia import EssentiaModelError, OnnxModel
+from mess.models.registry import ModelError, load_model
+from mess.store import FeatureStore
+
+onnx = pytest.importorskip("onnx", reason="tests build their graphs with onnx (test extra)")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from test_onnx_frontends import reference_musicnn, reference_vggish  # noqa: E402
+
+RNG = np.random.default_rng(0)
+W_EMB = RNG.normal(size=(96, 32)).astype(np.float32)
+W_ACT = RNG.normal(size=(32, 5)).astype(np.float32)
+W_VGG = RNG.normal(size=(64, 16)).astype(np.float32)
+
+
+def _graph(path: Path, input_name: str, input_shape: list, weights: dict[str, np.ndarray],
+           outputs: list[tuple[str, str, list]], nodes: list) -> Path:
+    inits = [numpy_helper.from_array(w, name) for name, w in weights.items()]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, input_shape)],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, _, shape in outputs], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def effnet_graph(path: Path, batch: int | str = "batch", input_name: str = "melspectrogram") -> Path:
+    """melspectrogram [batch, 128, 96] -> embeddings (mean over frames @ W), activations (sigmoid), frames."""
+    nodes = [
+        helper.make_node("ReduceMean", [input_name, "axes"], ["pooled"], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "w_emb"], ["embeddings"]),
+        helper.make_node("MatMul", ["embeddings", "w_act"], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["activations"]),
+        helper.make_node("MatMul", [input_name, "w_emb"], ["frames"]),
+    ]
+    weights = {"axes": np.array([1], np.int64), "w_emb": W_EMB, "w_act": W_ACT}
+    outputs = [("activations", "", [batch, 5]), ("embeddings", "", [batch, 32]), ("frames", "", [batch, 128, 32])]
+    return _graph(path, input_name, [batch, 128, 96], weights, outputs, nodes)
+
+
+def vggish_graph(path: Path, shape: list | None = None) -> Path:
+    """model/Placeholder [batch, 96, 64] -> model/vggish/embeddings (mean over frames @ W)."""
+    nodes = [helper.make_node("ReduceMean", ["model/Placeholder", "axes"], ["pooled"], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "w"], ["model/vggish/embeddings"])]
+    return _graph(path, "model/Placeholder", shape or ["batch", 96, 64], {"axes": np.array([1], np.int64), "w": W_VGG},
+                  [("model/vggish/embeddings", "", ["batch", 16])], nodes)
+
+
+def write_json(model: Path, input_name: str, outputs: list[dict], algorithm: str, **extra: object) -> None:
+    model.with_suffix(".json").write_text(json.dumps({
+        "name": model.stem, "schema": {"inputs": [{"name": input_name, "type": "float"}], "outputs": outputs},
+        "inference": {"sample_rate": 16000, "algorithm": algorithm}, **extra}))
+
+
+EFFNET_OUTPUTS = [{"name": "PartitionedCall:0", "output_purpose": "predictions", "description": "activations"},
+                  {"name": "PartitionedCall:1", "output_purpose": "", "description": "embeddings"}]
+
+
+@pytest.fixture()
+def effnet(tmp_path: Path) -> Path:
+    """discogs-effnet-bsdynamic-1.onnx shaped like Essentia's export, with TF names in its JSON."""
+    path = effnet_graph(tmp_path / "discogs-effnet-bsdynamic-1.onnx")
+    write_json(path, "serving_default_melspectrogram", EFFNET_OUTPUTS, "TensorflowPredictEffnetDiscogs")
+    return path
+
+
+@pytest.fixture()
+def vggish(tmp_path: Path) -> Path:
+    path = vggish_graph(tmp_path / "audioset-vggish-3.onnx")
+    write_json(path, "model/Placeholder", [{"name": "model/vggish/embeddings", "description": "embeddings"}],
+               "TensorflowPredictVGGish")
+    return path
+
+
+@pytest.fixture(scope="module")
+def clips(rendered_collection: list[Path]) -> np.ndarray:
+    """Two 5 s rendered clips at 16 kHz."""
+    return np.stack([load_audio(p, 16000, max_seconds=5.0)[:80000] for p in rendered_collection[:2]])
+
+
+def _expected_effnet(window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Activations and embeddings (= frame-output averages) from the reference front end, 128-frame patches every 62."""
+    mel = reference_musicnn(window.astype(np.float64))
+    pooled = np.array([mel[s : s + 128].mean(axis=0) for s in range(0, len(mel) - 128 + 1, 62)])
+    return (1 / (1 + np.exp(-(pooled @ W_EMB @ W_ACT)))).mean(axis=0), (pooled @ W_EMB).mean(axis=0)
+
+
+def test_effnet_front_end_patching_and_layers(effnet: Path, clips: np.ndarray) -> None:
+    model = OnnxModel(effnet)
+    assert model.preset.name == "discogs-effnet"
+    assert model.info.layer_names == ("activations", "embeddings", "frames")
+    assert model.info.layer_dims == (5, 32, 32)
+    assert model.info.min_samples == 127 * 256 and model.info.sample_rate == 16000
+    assert model.info.revision.startswith("sha256:")
+    layers = model.embed(clips)
+    for row, window in enumerate(clips):
+        activations, embedding = _expected_effnet(window)
+        np.testing.assert_allclose(layers[0][row], activations, rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(layers[1][row], embedding, rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(layers[2][row], embedding, rtol=1e-3, atol=1e-3)
+
+
+def test_vggish_front_end_and_96_frame_patches(vggish: Path, clips: np.ndarray) -> None:
+    model = OnnxModel(vggish)
+    assert (model.preset.name, model.info.layer_names, model.info.layer_dims) == ("vggish", ("embeddings",), (16,))
+    assert "Apache 2.0" in model.info.licence
+    ours = model.embed(clips)[0]
+    for row, window in enumerate(clips):
+        mel = reference_vggish(window.astype(np.float64))
+        pooled = np.array([mel[s : s + 96].mean(axis=0) for s in range(0, len(mel) - 96 + 1, 96)])
+        np.testing.assert_allclose(ours[row], (pooled @ W_VGG).mean(axis=0), rtol=1e-3, atol=1e-3)
+
+
+def test_batching_does_not_change_vectors(effnet: Path, tmp_path: Path, clips: np.ndarray) -> None:
+    """Dynamic batch in chunks, a fixed batch of 64 (zero-padded) and one window at a time agree."""
+    fixed = effnet_graph(tmp_path / "discogs_artist_embeddings-effnet-bs64-1.onnx", batch=64)
+    write_json(fixed, "serving_default_melspectrogram", EFFNET_OUTPUTS, "TensorflowPredictEffnetDiscogs")
+    dynamic, padded = OnnxModel(effnet), OnnxModel(fixed)
+    assert (dynamic.batch, padded.batch, padded.preset.name) == (0, 64, "discogs-effnet-artist")
+    together = dynamic.embed(clips)
+    alone = [dynamic.embed(w[None]) for w in clips]
+    for i, layer in enumerate(padded.embed(clips)):
+        np.testing.assert_allclose(layer, together[i], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.concatenate([a[i] for a in alone]), together[i], rtol=1e-5, atol=1e-6)
+
+
+def test_preset_flag_overrides_detection(tmp_path: Path, clips: np.ndarray) -> None:
+    path = effnet_graph(tmp_path / "my-model.onnx")
+    write_json(path, "melspectrogram", [], algorithm="")
+    with pytest.raises(EssentiaModelError, match="pass --preset"):
+        OnnxModel(path)
+    assert load_model(str(path), preset="discogs-effnet").info.layer_dims == (5, 32, 32)
+    with pytest.raises(EssentiaModelError, match="preset vggish feeds \\[batch, 96 frames, 64 bands\\]"):
+        OnnxModel(path, preset="vggish")
+    with pytest.raises(EssentiaModelError, match="unknown preset 'effnet'; choose one of discogs-effnet, "):
+        OnnxModel(path, preset="effnet")
+    with pytest.raises(ModelError, match="--preset applies to .onnx model files, not to 'dsp'"):
+        load_model("dsp", preset="vggish")
+
+
+def test_input_found_under_tf2onnx_names(tmp_path: Path, clips: np.ndarray) -> None:
+    path = effnet_graph(tmp_path / "discogs-effnet-y.onnx", input_name="melspectrogram:0")
+    write_json(path, "serving_default_melspectrogram", EFFNET_OUTPUTS, "TensorflowPredictEffnetDiscogs")
+    model = OnnxModel(path)
+    assert model.input_name == "melspectrogram:0"
+    np.testing.assert_allclose(model.embed(clips[:1])[1][0], _expected_effnet(clips[0])[1], rtol=1e-3, atol=1e-3)
+
+
+def test_wrong_input_name(tmp_path: Path) -> None:
+    path = effnet_graph(tmp_path / "discogs-effnet-x.onnx", input_name="spectrogram")
+    write_json(path, "serving_default_melspectrogram", EFFNET_OUTPUTS, "TensorflowPredictEffnetDiscogs")
+    with pytest.raises(EssentiaModelError, match="input 'serving_default_melspectrogram' is not an input of the "
+                                                 "graph \\(it has 'spectrogram'\\)"):
+        OnnxModel(path)
+
+
+def test_wrong_rank(tmp_path: Path) -> None:
+    path = vggish_graph(tmp_path / "audioset-vggish-3.onnx", shape=["batch", 1, 96, 64])
+    write_json(path, "model/Placeholder", [], "TensorflowPredictVGGish")
+    with pytest.raises(EssentiaModelError, match="has shape \\['batch', 1, 96, 64\\]"):
+        OnnxModel(path)
+
+
+def test_missing_json_and_corrupt_file(effnet: Path) -> None:
+    effnet.with_suffix(".json").rename(effnet.with_name("elsewhere.json"))
+    with pytest.raises(EssentiaModelError, match="no metadata for discogs-effnet-bsdynamic-1.onnx: expected"):
+        OnnxModel(effnet)
+    effnet.with_name("elsewhere.json").rename(effnet.with_suffix(".json"))
+    effnet.write_bytes(effnet.read_bytes()[: len(effnet.read_bytes()) // 3])
+    with pytest.raises(EssentiaModelError, match="is not a readable ONNX graph"):
+        OnnxModel(effnet)
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run([sys.executable, "-m", "mess.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=300)
+
+
+def test_extract_end_to_end_prints_licence(effnet: Path, rendered_collection: list[Path], tmp_path: Path) -> None:
+    """`mess extract DIR --model FILE.onnx --preset discogs-effnet` fills a store; the licence is printed."""
+    music = tmp_path / "music"
+    music.mkdir()
+    for p in rendered_collection[:2]:
+        (music / p.name).symlink_to(p)
+    done = _cli("extract", str(music), "--model", str(effnet), "--preset", "discogs-effnet", "--store",
+                str(tmp_path / "store"), "--window", "10", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "licence: discogs-effnet-bsdynamic-1: CC BY-NC-SA 4.0" in " ".join(done.stderr.split())
+    assert "2 embedded" in done.stderr
+    with closing(FeatureStore(tmp_path / "store", readonly=True)) as store:
+        run = store.run("discogs-effnet-bsdynamic-1")
+        assert run.layer_names == ("activations", "embeddings", "frames") and len(store.tracks(run)) == 2
+
+
+def test_extract_bad_model_is_one_line(tmp_path: Path, rendered_collection: list[Path]) -> None:
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a graph")
+    write_json(broken, "melspectrogram", [], "TensorflowPredictEffnetDiscogs")
+    done = _cli("extract", str(rendered_collection[0]), "--model", str(broken), "--store", str(tmp_path / "s"),
+                cwd=tmp_path)
+    assert done.returncode == 1
+    assert "broken.onnx is not a readable ONNX graph" in done.stderr and "Traceback" not in done.stderr
+    ray = _cli("extract", str(rendered_collection[0]), "--model", str(broken), "--preset", "vggish", "--engine", "ray",
+               "--store", str(tmp_path / "s"), cwd=tmp_path)
+    assert ray.returncode == 1 and "--preset is not passed on to Ray workers" in " ".join(ray.stderr.split())

@@ -1,0 +1,181 @@
+"""Playlists on the rendered collection's real vectors: radio, sonic path, clusters, M3U8 / XSPF files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+from typer.testing import CliRunner
+
+from mess.cli.main import app
+from mess.playlists.clusters import clusters
+from mess.playlists.formats import read_playlist, write_playlist
+from mess.playlists.path import sonic_path
+from mess.playlists.playlist import DuplicateGuard, Playlist, artist_key
+from mess.playlists.radio import radio
+from mess.search.query import resolve_query, similar_tracks
+from mess.search.vectors import VectorSpec, load_vectors
+from mess.store import FeatureStore
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def real(extracted_store: Path) -> FeatureStore:
+    store = FeatureStore(extracted_store, readonly=True)
+    yield store
+    store.close()
+
+
+def _artists_of(store: FeatureStore, paths: list[Path]) -> list[str]:
+    by_path = {Path(t.path): t for t in store.tracks()}
+    return [artist_key(by_path[p]) for p in paths]
+
+
+def test_radio_cli_writes_ten_existing_files_without_artist_repeats(real: FeatureStore, extracted_store: Path,
+                                                                     tmp_path: Path) -> None:
+    out = runner.invoke(app, ["playlist", "radio", "1", "-n", "10", "-o", str(tmp_path / "r.m3u8"),
+                              "--store", str(extracted_store)])
+    assert out.exit_code == 0, out.output
+    paths = read_playlist(tmp_path / "r.m3u8")
+    assert len(paths) == 10 and len(set(paths)) == 10
+    assert all(p.is_file() for p in paths)
+    seed = real.track(1)
+    assert Path(seed.path) not in paths
+    artists = [artist_key(seed), *_artists_of(real, paths)]
+    assert all(a != b for a, b in zip(artists, artists[1:])), artists
+    # 4 composers: the default window of 3 can be kept everywhere
+    assert all(len(set(artists[i:i + 3])) == 3 for i in range(len(artists) - 2)), artists
+    text = (tmp_path / "r.m3u8").read_text()
+    assert text.startswith("#EXTM3U\n") and text.count("#EXTINF:20,") == 10
+
+
+@pytest.mark.parametrize("model", ["dsp", "musicnn-msd"])
+def test_radio_starts_with_the_seeds_nearest_other_artist(real: FeatureStore, model: str) -> None:
+    run = real.run(model)
+    seed = resolve_query(real, 2, run)
+    playlist = radio(real, run, [seed], 5, window=1)
+    best = similar_tracks(real, run, seed, 1, exclude_same_artist=True)[0]
+    assert playlist.tracks[0].id == best.track.id
+    assert playlist.scores[0] == pytest.approx(best.score, abs=1e-5)
+
+
+def test_radio_from_two_seeds_takes_the_closest_to_either(real: FeatureStore) -> None:
+    run = real.run("musicnn-msd")
+    seeds = [resolve_query(real, i, run) for i in (1, 12)]
+    playlist = radio(real, run, seeds, 8, window=1)  # 14 candidates, at most 4 per artist: 8 always fit
+    vs = load_vectors(real, run, VectorSpec("all"))
+    unit = vs.unit()
+    q = unit[vs.rows(np.array([1, 12]))]
+    ids = [t.id for t in playlist.tracks]
+    assert 1 not in ids and 12 not in ids and len(set(ids)) == 8
+    expected = (unit[vs.rows(np.array(ids))] @ q.T).max(axis=1)
+    np.testing.assert_allclose(playlist.scores, expected, atol=1e-5)
+
+
+def test_near_duplicates_are_recognised(real: FeatureStore) -> None:
+    run = real.run("musicnn-msd")
+    vs = load_vectors(real, run, VectorSpec("all"))
+    unit = vs.unit()
+    a, b = real.track(1), real.track(2)
+    guard = DuplicateGuard(unit.shape[1])
+    guard.add(unit[vs.rows(np.array([1]))[0]], a)
+    u2 = unit[vs.rows(np.array([2]))[0]]
+    assert not guard.duplicate(u2, b)
+    assert guard.duplicate(u2, dataclasses.replace(b, content_hash=a.content_hash))  # same recording
+    assert guard.duplicate(u2, dataclasses.replace(b, title=a.title))  # same artist and title
+    assert guard.duplicate(unit[vs.rows(np.array([1]))[0]], b)  # same vector
+
+
+def test_path_cli_starts_at_a_and_ends_at_b(real: FeatureStore, extracted_store: Path, tmp_path: Path) -> None:
+    a, b = real.track(1), real.track(14)
+    out = runner.invoke(app, ["playlist", "path", "1", "14", "-n", "6", "-o", str(tmp_path / "p.m3u8"),
+                              "--model", "musicnn-msd", "--store", str(extracted_store)])
+    assert out.exit_code == 0, out.output
+    paths = read_playlist(tmp_path / "p.m3u8")
+    assert len(paths) == 6 and len(set(paths)) == 6 and all(p.is_file() for p in paths)
+    assert paths[0] == Path(a.path) and paths[-1] == Path(b.path)
+
+
+def test_path_moves_from_a_towards_b_in_small_steps(real: FeatureStore) -> None:
+    run = real.run("musicnn-msd")
+    a, b = real.track(1), real.track(14)
+    playlist = sonic_path(real, run, a, b, 8)
+    vs = load_vectors(real, run, VectorSpec("all"))
+    unit = vs.unit()[vs.rows(np.array([t.id for t in playlist.tracks]))]
+    towards_b = unit @ unit[-1] - unit @ unit[0]
+    assert spearmanr(np.arange(8), towards_b).statistic > 0.8
+    steps = (unit[:-1] * unit[1:]).sum(axis=1)
+    assert steps.mean() > float(unit[0] @ unit[-1])  # each step is shorter than the jump from A to B
+
+
+def test_clusters_cover_the_collection_once_and_are_named_from_tags(real: FeatureStore, extracted_store: Path,
+                                                                     tmp_path: Path) -> None:
+    out = runner.invoke(app, ["playlist", "clusters", "-k", "4", "-o", str(tmp_path / "cl"), "--model",
+                              "musicnn-msd", "--store", str(extracted_store), "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    assert len(data["playlists"]) == 4
+    files = sorted((tmp_path / "cl").glob("*.m3u8"))
+    assert len(files) == 4
+    listed = [p for f in files for p in read_playlist(f)]
+    assert sorted(listed) == sorted(Path(t.path) for t in real.tracks(real.run("musicnn-msd")))
+    for p in data["playlists"]:
+        counts: dict[str, int] = {}
+        for t in p["tracks"]:
+            counts[t["artist"]] = counts.get(t["artist"], 0) + 1
+        assert max(counts, key=counts.get) in p["title"]
+    names = [p.title for p in clusters(real, real.run("musicnn-msd"), 4)]
+    assert len(set(names)) == 4
+
+
+@pytest.mark.parametrize("ext", ["m3u8", "xspf"])
+def test_playlist_beside_the_music_uses_relative_paths(real: FeatureStore, tmp_path: Path, ext: str) -> None:
+    music = tmp_path / "music" / "my album"
+    music.mkdir(parents=True)
+    tracks = []
+    for t in real.tracks()[:3]:
+        copy = music / Path(t.path).name
+        shutil.copy(t.path, copy)
+        tracks.append(dataclasses.replace(t, path=str(copy)))
+    outside = real.tracks()[3]
+    playlist = Playlist("mix", (*tracks, outside), (1.0, 0.9, 0.8, 0.7))
+    written = write_playlist(playlist, tmp_path / "music" / f"mix.{ext}")
+    text = written.read_text()
+    assert str(tmp_path) not in text  # the three copies are written relative to the playlist
+    assert ("my album/" if ext == "m3u8" else "my%20album/") in text
+    assert read_playlist(written) == [Path(t.path) for t in (*tracks, outside)]
+    moved = tmp_path / "elsewhere"
+    shutil.move(tmp_path / "music", moved)
+    assert all(p.is_file() for p in read_playlist(moved / f"mix.{ext}")[:3])
+
+
+def test_playlist_bad_input_is_one_line(extracted_store: Path, tmp_path: Path) -> None:
+    out = runner.invoke(app, ["playlist", "radio", "no-such-track", "--store", str(extracted_store)])
+    assert out.exit_code == 1 and "unknown track" in out.output and "Traceback" not in out.output
+    out = runner.invoke(app, ["playlist", "radio", "1", "-o", str(tmp_path / "r.txt"), "--store",
+                              str(extracted_store)])
+    assert out.exit_code == 1 and ".m3u8 or .xspf" in " ".join(out.output.split())
+    out = runner.invoke(app, ["playlist", "path", "1", "1", "--store", str(extracted_store)])
+    assert out.exit_code == 1 and "same recording" in out.output
+
+
+def test_radio_from_an_audio_file_outside_the_collection(real: FeatureStore, extracted_store: Path,
+                                                         tmp_path: Path) -> None:
+    import soundfile as sf
+
+    audio, rate = sf.read(real.track(6).path)
+    clip = tmp_path / "clip.wav"  # new content, no tags: embedded on the fly, no artist to avoid
+    sf.write(clip, audio[: 15 * rate], rate)
+    out = runner.invoke(app, ["playlist", "radio", str(clip), "-n", "5", "--model", "musicnn-msd", "--store",
+                              str(extracted_store), "--json"])
+    assert out.exit_code == 0, out.output
+    ids = [t["id"] for t in json.loads(out.stdout)["tracks"]]
+    run = real.run("musicnn-msd")
+    nearest = similar_tracks(real, run, resolve_query(real, clip, run), 1)[0]
+    assert len(ids) == 5 and ids[0] == nearest.track.id

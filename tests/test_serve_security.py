@@ -1,0 +1,155 @@
+"""The server against hostile or careless clients, over real HTTP to a real `mess serve` process.
+
+DNS rebinding (a foreign Host), cross-origin writes, a token when one is set, an upload
+flood that must not stall reads, and a tiny FLAC holding 10 hours of silence.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+MESS = [sys.executable, "-m", "mess.cli"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def dsp_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("serve-security")
+    music = root / "music"
+    music.mkdir()
+    t = np.arange(22050 * 5) / 22050
+    for i in range(6):
+        y = 0.3 * np.sin(2 * np.pi * 110 * 2 ** (i / 5) * t) * (1 + 0.5 * np.sin(2 * np.pi * (i + 1) * t))
+        sf.write(music / f"tone{i}.wav", y.astype(np.float32), 22050)
+    out = subprocess.run([*MESS, "extract", str(music), "--model", "dsp", "--window", "4", "--store",
+                          str(root / "store")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return root / "store"
+
+
+def _serve(store: Path, *args: str) -> Iterator[str]:
+    port = _free_port()
+    proc = subprocess.Popen([*MESS, "serve", "--store", str(store), "--port", str(port), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(base + "/api/health", timeout=2, headers={"Authorization": "Bearer s3cret"}).is_success:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "no answer"
+            time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(dsp_store: Path) -> Iterator[str]:
+    yield from _serve(dsp_store, "--allow-indexing", "--allowed-host", "music.lan")
+
+
+def test_foreign_host_names_are_refused(server: str) -> None:
+    evil = httpx.get(server + "/api/tracks", headers={"Host": "evil.example"})
+    assert evil.status_code == 400 and "--allowed-host evil.example" in evil.json()["detail"]
+    assert httpx.get(server + "/", headers={"Host": "evil.example:8000"}).status_code == 400
+    assert httpx.get(server + "/api/tracks", headers={"Host": "music.lan:8000"}).status_code == 200
+    assert httpx.get(server + "/api/tracks").status_code == 200
+
+
+def test_cross_origin_writes_are_refused(server: str, dsp_store: Path) -> None:
+    indexes = dsp_store / "indexes"
+    before = sorted(indexes.glob("*")) if indexes.exists() else []
+    port = server.rsplit(":", 1)[1]
+    foreign = httpx.post(server + "/api/index", headers={"Origin": "http://evil.example"})
+    assert foreign.status_code == 403
+    sibling = httpx.post(server + "/api/index", headers={"Origin": "http://127.0.0.1:1"})  # another local site
+    assert sibling.status_code == 403
+    assert (sorted(indexes.glob("*")) if indexes.exists() else []) == before
+    same = httpx.post(server + "/api/index", headers={"Origin": f"http://127.0.0.1:{port}"})
+    assert same.status_code == 200 and sorted(indexes.glob("*.faiss"))
+    assert httpx.post(server + "/api/index").status_code == 200  # not a browser: no Origin
+
+
+def test_a_token_guards_everything_and_the_page_sets_a_cookie(dsp_store: Path) -> None:
+    refused = subprocess.run([*MESS, "serve", "--store", str(dsp_store), "--host", "0.0.0.0"],
+                             capture_output=True, text=True, timeout=60, env={**os.environ, "MESS_TOKEN": ""})
+    assert refused.returncode == 1 and "--token" in refused.stderr
+    for base in _serve(dsp_store, "--token", "s3cret"):
+        assert httpx.get(base + "/api/tracks").status_code == 401
+        assert httpx.get(base + "/api/tracks", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert httpx.get(base + "/api/tracks", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        with httpx.Client(base_url=base) as browser:
+            assert browser.get("/").status_code == 401
+            assert browser.get("/?token=s3cret").status_code == 200
+            assert browser.get("/api/tracks").status_code == 200  # the cookie carries the token
+
+
+def _upload(base: str, name: str, data: bytes) -> httpx.Response:
+    return httpx.post(base + "/api/similar/upload", files={"file": (name, data, "audio/wav")}, timeout=300)
+
+
+def test_an_upload_flood_gets_503_and_reads_stay_fast(server: str) -> None:
+    t = np.arange(22050 * 300) / 22050  # one 5-minute upload keeps the worker busy
+    slow = io.BytesIO()
+    sf.write(slow, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 22050, format="WAV")
+    tiny = io.BytesIO()
+    sf.write(tiny, (0.3 * np.sin(2 * np.pi * 330 * t[:22050 * 2])).astype(np.float32), 22050, format="WAV")
+    codes: list[int] = []
+    retry_after: list[str | None] = []
+
+    def send(name: str, data: bytes) -> None:
+        r = _upload(server, name, data)
+        codes.append(r.status_code)
+        retry_after.append(r.headers.get("retry-after"))
+
+    threads = [threading.Thread(target=send, args=("slow.wav", slow.getvalue()))]
+    threads += [threading.Thread(target=send, args=(f"tiny{i}.wav", tiny.getvalue())) for i in range(40)]
+    for th in threads:
+        th.start()
+    latencies = []
+    while any(th.is_alive() for th in threads):
+        start = time.perf_counter()
+        assert httpx.get(server + "/api/health", timeout=30).status_code == 200
+        latencies.append(time.perf_counter() - start)
+        time.sleep(0.1)
+    for th in threads:
+        th.join()
+    assert codes.count(503) >= 30 and set(codes) <= {200, 503}, codes
+    assert all(r == "10" for c, r in zip(codes, retry_after) if c == 503)
+    assert np.median(latencies) < 0.5 and max(latencies) < 5.0, latencies  # was 14 s behind the queue
+
+
+def test_ten_hours_of_silence_are_refused_from_the_header(server: str, tmp_path: Path) -> None:
+    path = tmp_path / "silence.flac"
+    with sf.SoundFile(path, "w", samplerate=1000, channels=1, format="FLAC") as f:
+        for _ in range(36):
+            f.write(np.zeros(1_000_000, dtype=np.int16))
+    assert path.stat().st_size < 2_000_000
+    start = time.perf_counter()
+    r = httpx.post(server + "/api/similar/upload", files={"file": ("silence.flac", path.read_bytes(), "audio/flac")},
+                   timeout=300)
+    assert r.status_code == 400 and "uploads may last at most 20 min" in r.json()["detail"]
+    assert "silence.flac" in r.json()["detail"] and time.perf_counter() - start < 60

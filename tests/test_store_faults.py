@@ -1,0 +1,425 @@
+"""Fault injection on real processes and real files: concurrent writers, kill -9, damaged stores, odd inputs.
+
+Each case asserts what a user relies on: every good file embedded, vectors (and so
+neighbours and scores) equal to a clean single-writer store, and one clear message
+instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mess.store import FeatureStore, Run, StoreDamaged
+
+MESS = [sys.executable, "-m", "mess.cli"]
+DSP = ["--model", "dsp", "--window", "4", "--max-windows", "3", "--batch-size", "2"]
+
+
+def _mess(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*MESS, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def _tones(folder: Path, n: int, seconds: float = 5.0, sr: int = 22050, offset: int = 0) -> list[Path]:
+    """Distinct harmonic tones, one file each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * sr)) / sr
+    paths = []
+    for i in range(offset, offset + n):
+        f0 = 110 * 2 ** (i / 7)
+        y = sum(0.2 / h * np.sin(2 * np.pi * h * f0 * t) for h in (1, 2, 3)) * (1 + 0.5 * np.sin(2 * np.pi * t * (i + 1)))
+        paths.append(folder / f"tone{i:02d}.wav")
+        sf.write(paths[-1], y.astype(np.float32), sr)
+    return paths
+
+
+def _by_path(store_dir: Path, model: str = "dsp") -> dict[str, list[np.ndarray]]:
+    """path -> [track vector of each layer, segment vectors of each layer] read back from a store."""
+    store = FeatureStore(store_dir, readonly=True)
+    try:
+        with store.snapshot():
+            return _read_all(store, store.run(model))
+    finally:
+        store.close()
+
+
+def _read_all(store: FeatureStore, run: Run) -> dict[str, list[np.ndarray]]:
+    paths = {t.id: t.path for t in store.tracks(run)}
+    out: dict[str, list[np.ndarray]] = {p: [] for p in paths.values()}
+    for layer in run.layer_names:
+        ids, mat = store.layer_matrix(run, layer)
+        for i, row in zip(ids, mat):
+            out[paths[int(i)]].append(row)
+        seg_ids, _, segs = store.segment_matrix(run, layer)
+        for i in np.unique(seg_ids):
+            out[paths[int(i)]].append(segs[seg_ids == i])
+    return out
+
+
+def _assert_same(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for path, arrays in want.items():
+        assert len(got[path]) == len(arrays)
+        for a, b in zip(got[path], arrays):
+            np.testing.assert_array_equal(a, b, err_msg=path)
+
+
+def _neighbours(store_dir: Path, query: Path) -> list[tuple[str, float]]:
+    """`mess similar` of a file in the collection: (file name, score) of its neighbours."""
+    out = _mess("similar", str(query), "-k", "5", "--json", "--store", str(store_dir))
+    assert out.returncode == 0, out.stderr
+    return [(r["path"].rsplit("/", 1)[-1], r["score"]) for r in json.loads(out.stdout)["results"]]
+
+
+def _committed(store_dir: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{store_dir / 'catalog.sqlite'}?mode=ro", uri=True, timeout=0.1) as db:
+            return db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def _clean(music: Path, store_dir: Path) -> dict:
+    out = _mess("extract", str(music), *DSP, "--store", str(store_dir))
+    assert out.returncode == 0, out.stderr
+    return _by_path(store_dir)
+
+
+# ------------------------------------------------------------------ concurrent writers
+
+
+def test_two_concurrent_extracts_equal_a_single_writer(rendered_collection: list[Path], tmp_path: Path) -> None:
+    music = rendered_collection[0].parent
+    reference = tmp_path / "single"
+    want = _clean(music, reference)
+    shared = tmp_path / "shared"
+    procs = [subprocess.Popen([*MESS, "extract", str(music), *DSP, "--store", str(shared)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert not any("Traceback" in err for _, err in outs)
+    _assert_same(_by_path(shared), want)
+    for query in rendered_collection[:3]:
+        assert _neighbours(shared, query) == _neighbours(reference, query)
+    check = _mess("check", "--store", str(shared), "--json")
+    assert check.returncode == 0 and json.loads(check.stdout)["ok"], check.stdout
+
+
+def test_three_writers_and_a_reader_leave_nothing_misplaced(tmp_path: Path) -> None:
+    music = tmp_path / "music"
+    _tones(music / "a", 6)
+    _tones(music / "b", 6, offset=6)
+    want = _clean(music, tmp_path / "single")
+    shared = tmp_path / "shared"
+    folders = [music / "a", music / "b", music]  # overlapping work: the last writer finds all done
+    procs = [subprocess.Popen([*MESS, "extract", str(f), *DSP, "--store", str(shared)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for f in folders]
+    seen = set()
+    while any(p.poll() is None for p in procs):  # a reader alongside: never sees a torn store
+        if (shared / "catalog.sqlite").exists():
+            try:
+                seen.add(len(_by_path(shared)))
+            except Exception as exc:  # noqa: BLE001
+                if "no vectors" not in str(exc) and "no feature store" not in str(exc):
+                    raise
+        time.sleep(0.2)
+    assert [p.wait() for p in procs] == [0, 0, 0], [p.stderr.read() for p in procs]
+    _assert_same(_by_path(shared), want)
+    assert max(seen, default=0) <= len(want)
+
+
+def test_a_killed_writer_frees_the_lock_for_the_one_waiting(tmp_path: Path) -> None:
+    music = tmp_path / "music"
+    paths = _tones(music, 24, seconds=6.0)
+    want = _clean(music, tmp_path / "single")
+    shared = tmp_path / "shared"
+    cmd = [*MESS, "extract", str(music), *DSP, "--store", str(shared)]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and first.poll() is None and _committed(shared) < 2:
+        time.sleep(0.05)
+    log = tmp_path / "second.log"
+    with log.open("w") as err:
+        second = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        while time.time() < deadline and "waiting for the store lock" not in log.read_text():
+            time.sleep(0.1)
+        assert f"held by pid {first.pid}, mess extract" in log.read_text()
+        assert 0 < _committed(shared) < len(paths), "the kill should land mid-run"
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        assert second.wait(timeout=300) == 0, log.read_text()
+    _assert_same(_by_path(shared), want)
+    with sqlite3.connect(shared / "catalog.sqlite") as db:
+        assert db.execute("SELECT COUNT(*), COUNT(DISTINCT track_row) FROM vectors").fetchone() == (24, 24)
+
+
+def test_no_wait_exits_at_once_naming_the_holder(tmp_path: Path) -> None:
+    music = tmp_path / "music"
+    _tones(music, 2)
+    holder = FeatureStore(tmp_path / "store")
+    with holder.writing("a test holding the lock"):
+        out = _mess("extract", str(music), *DSP, "--store", str(tmp_path / "store"), "--no-wait", timeout=60)
+    assert out.returncode == 1
+    assert f"held by pid {os.getpid()}, a test holding the lock" in out.stderr and "Traceback" not in out.stderr
+    assert _committed(tmp_path / "store") == 0
+
+
+def test_extract_beside_a_server_that_indexes(tmp_path: Path) -> None:
+    httpx = pytest.importorskip("httpx")
+    music = tmp_path / "music"
+    _tones(music / "a", 4)
+    shared = tmp_path / "shared"
+    assert _mess("extract", str(music / "a"), *DSP, "--store", str(shared)).returncode == 0
+    _tones(music / "b", 10, offset=4)
+    want = _clean(music, tmp_path / "single")
+    port = _free_port()
+    server = subprocess.Popen([*MESS, "serve", "--store", str(shared), "--allow-indexing", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_http(httpx, base + "/api/health")
+        writer = subprocess.Popen([*MESS, "extract", str(music), *DSP, "--store", str(shared)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        codes = []
+        while writer.poll() is None:
+            codes.append(httpx.post(base + "/api/index", params={"model": "dsp"}, timeout=120).status_code)
+        assert writer.wait() == 0, writer.stderr.read()
+        last = httpx.post(base + "/api/index", params={"model": "dsp"}, timeout=120)
+        assert set(codes) <= {200, 503} and last.status_code == 200 and last.json()["tracks"] == 14
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    _assert_same(_by_path(shared), want)
+    assert _mess("check", "--store", str(shared)).returncode == 0
+
+
+# ------------------------------------------------------------------ odd files
+
+
+def test_odd_names_and_absurd_samples_fail_alone(tmp_path: Path) -> None:
+    music = tmp_path / "music"
+    good = _tones(music, 3)
+    odd = Path(os.fsdecode(bytes(music) + b"/caf\xe9 [/x].wav"))  # a folder 'caf\xe9 [' and a file 'x].wav'
+    odd.parent.mkdir()
+    shutil.copy(good[0], odd)
+    (music / "tone00.wav").unlink()
+    huge = music / "huge.wav"
+    sf.write(huge, np.full(22050 * 3, 3e19, dtype=np.float32) * np.sign(np.sin(np.arange(22050 * 3))), 22050,
+             subtype="FLOAT")
+    store = tmp_path / "store"
+    out = _mess("extract", str(music), *DSP, "--store", str(store))
+    assert out.returncode == 3, out.stderr
+    assert "Traceback" not in out.stderr and "huge.wav: sample values out of range" in out.stderr
+    assert "3 embedded" in out.stderr
+    got = _by_path(store)
+    assert set(got) == {os.fsdecode(bytes(p)) for p in (odd, *good[1:])}
+    info = json.loads(_mess("info", "--failures", "--json", "--store", str(store)).stdout)
+    failures = info["runs"][0]["failures"]
+    assert [Path(f["path"]).name for f in failures] == ["huge.wav"] and "out of range" in failures[0]["reason"]
+    listed = _mess("info", "--failures", "--store", str(store))
+    assert listed.returncode == 0 and "huge.wav: sample values out of range" in listed.stderr
+    similar = _mess("similar", "tone01.wav", "--json", "--store", str(store))
+    assert similar.returncode == 0 and "caf\\\\xe9 [/x].wav" in similar.stdout, similar.stdout + similar.stderr
+    again = _mess("extract", str(music), *DSP, "--store", str(store))
+    assert again.returncode == 3 and "3 unchanged" in again.stderr
+
+
+def test_retagging_changes_tags_not_vectors(tmp_path: Path) -> None:
+    import mutagen
+
+    music = tmp_path / "music"
+    music.mkdir()
+    t = np.arange(22050 * 4) / 22050
+    y = (0.3 * np.sin(2 * np.pi * 330 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    for name in ("a.flac", "b.ogg", "c.mp3"):
+        sf.write(music / name, y, 22050)
+    store = tmp_path / "store"
+    assert _mess("extract", str(music), *DSP, "--store", str(store)).returncode == 0
+    before = _by_path(store)
+    for path in music.iterdir():
+        tagged = mutagen.File(str(path), easy=True)
+        if tagged.tags is None:
+            tagged.add_tags()
+        tagged["artist"] = "Retagged Artist"
+        tagged.save()
+    out = _mess("extract", str(music), *DSP, "--store", str(store))
+    assert out.returncode == 0 and "0 embedded" in out.stderr and "3 unchanged" in out.stderr, out.stderr
+    _assert_same(_by_path(store), before)
+    fs = FeatureStore(store, readonly=True)
+    assert {t.artist for t in fs.tracks()} == {"Retagged Artist"}
+    fs.close()
+
+
+def test_changed_content_with_same_size_and_mtime_is_embedded_again(tmp_path: Path) -> None:
+    music = tmp_path / "music"
+    path = _tones(music, 1)[0]
+    store = tmp_path / "store"
+    assert _mess("extract", str(music), *DSP, "--store", str(store)).returncode == 0
+    stat = path.stat()
+    y, sr = sf.read(path, dtype="float32")
+    sf.write(path, y[::-1].copy(), sr, subtype=sf.info(str(path)).subtype)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    out = _mess("extract", str(music), *DSP, "--store", str(store))
+    assert "1 embedded" in out.stderr, out.stderr
+
+
+def test_symlinked_folders_are_followed_once(tmp_path: Path) -> None:
+    from mess.audio.discover import find_audio
+
+    real = tmp_path / "elsewhere"
+    _tones(real, 2)
+    music = tmp_path / "music"
+    music.mkdir()
+    (music / "linked").symlink_to(real)
+    (real / "loop").symlink_to(music)
+    assert [p.name for p in find_audio([music])] == ["tone00.wav", "tone01.wav"]
+
+
+def test_a_file_gone_before_it_is_read_is_recorded(tmp_path: Path) -> None:
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.dsp import DspModel
+
+    paths = _tones(tmp_path / "music", 2)
+    store = FeatureStore(tmp_path / "store")
+    summary = extract(store, [*paths, tmp_path / "music" / "vanished.wav"], DspModel(), WindowPolicy(4.0, 3))
+    assert summary.done == 2 and [Path(p).name for p, _ in summary.failed] == ["vanished.wav"]
+    assert [Path(p).name for p, _ in store.failures(store.run("dsp"))] == ["vanished.wav"]
+
+
+# ------------------------------------------------------------------ damaged stores
+
+
+def _damage_row(store_dir: Path, value: float) -> None:
+    """Write ``value`` into the first element of track row 1 of layer 0."""
+    (path,) = store_dir.glob("runs/*/track/000.f16")
+    data = np.memmap(path, dtype="<f2", mode="r+")
+    dim = data.size // _committed(store_dir)
+    data[dim] = value
+    data.flush()
+
+
+def test_a_nan_vector_is_refused_then_repaired(tmp_path: Path) -> None:
+    music = tmp_path / "music"
+    _tones(music, 5)
+    store = tmp_path / "store"
+    want = _clean(music, store)
+    _damage_row(store, np.nan)
+    similar = _mess("similar", "tone01.wav", "--json", "--store", str(store))
+    assert similar.returncode == 1 and "non-finite" in similar.stderr and "mess check --repair" in similar.stderr
+    assert "Traceback" not in similar.stderr
+    check = _mess("check", "--json", "--store", str(store))
+    assert check.returncode == 1 and [p["kind"] for p in json.loads(check.stdout)["problems"]] == ["non-finite"]
+    repaired = _mess("check", "--repair", "--store", str(store))
+    assert repaired.returncode == 0 and "dropped the vectors of 1 files" in repaired.stderr
+    assert "1 embedded" in _mess("extract", str(music), *DSP, "--store", str(store)).stderr
+    _assert_same(_by_path(store), want)
+
+
+@pytest.mark.parametrize("which", ["one", "all"])
+def test_short_row_files_are_refused_then_repaired(tmp_path: Path, which: str) -> None:
+    music = tmp_path / "music"
+    _tones(music, 5)
+    store = tmp_path / "store"
+    _clean(music, store)
+    files = sorted(store.glob("runs/*/track/*.f16"))
+    for path in files[:1] if which == "one" else files:
+        with path.open("r+b") as f:
+            f.truncate(path.stat().st_size - path.stat().st_size // 5)
+    _tones(music, 1, offset=9)  # a new file: its vectors must not land on an old track's row
+    for args in (["info"], ["similar", "1"], ["extract", str(music), *DSP]):
+        out = _mess(*args, "--store", str(store))
+        assert out.returncode == 1, (args, out.stderr)
+        assert "is damaged" in out.stderr and "mess check --repair" in out.stderr and "Traceback" not in out.stderr
+    with pytest.raises(StoreDamaged, match="hold 4 rows, the catalog references 5"):
+        FeatureStore(store, readonly=True)
+    assert _mess("check", "--repair", "--store", str(store)).returncode == 0
+    out = _mess("extract", str(music), *DSP, "--store", str(store))
+    assert out.returncode == 0 and "2 embedded" in out.stderr, out.stderr
+    _assert_same(_by_path(store), _clean(music, tmp_path / "clean"))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "store-is-a-file"])
+def test_an_unreadable_catalog_gives_one_line(tmp_path: Path, damage: str) -> None:
+    music = tmp_path / "music"
+    _tones(music, 40, seconds=1.5)
+    store = tmp_path / "store"
+    _clean(music, store)
+    db = store / "catalog.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    if damage == "garbage":
+        db.write_bytes(b"this is not a database" * 100)
+    elif damage == "truncated":
+        with db.open("r+b") as f:
+            f.seek(4096)
+            f.write(b"\x00" * 4096)
+            f.truncate(db.stat().st_size * 2 // 3)
+    else:
+        shutil.rmtree(store)
+        store.write_text("oops")
+    for args in (["info"], ["similar", "1"], ["check"]):
+        out = _mess(*args, "--store", str(store))
+        assert out.returncode == 1, (args, out.stdout, out.stderr)
+        assert "Traceback" not in out.stderr and out.stderr.count("error") <= 1 or "damaged" in out.stderr
+
+
+def test_bad_track_references_answer_clearly(tmp_path: Path) -> None:
+    music = tmp_path / "music"
+    _tones(music, 3)
+    store = tmp_path / "store"
+    _clean(music, store)
+    for ref in ("99999999999999999999999", "%", "tone0_.wav"):
+        out = _mess("similar", ref, "--store", str(store))
+        assert out.returncode == 1 and "unknown track" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert _mess("similar", "tone01.wav", "--store", str(store)).returncode == 0
+
+
+# ------------------------------------------------------------------ librosa's numba cache
+
+
+def test_concurrent_first_runs_on_an_empty_numba_cache(tmp_path: Path) -> None:
+    music = tmp_path / "music"
+    _tones(music, 2, seconds=3.0)
+    env = {"NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    procs = [subprocess.Popen([*MESS, "extract", str(music), *DSP, "--store", str(tmp_path / f"s{i}")],
+                              env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(3)]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    assert [code for code, _ in results] == [0, 0, 0], results
+    fourth = _mess("extract", str(music), *DSP, "--store", str(tmp_path / "s3"), env=env)
+    assert fourth.returncode == 0, fourth.stderr
+    assert list((tmp_path / "numba").glob("dsp-*.done")) and any((tmp_path / "numba").rglob("*.nbi"))
+    _assert_same(_by_path(tmp_path / "s3"), _by_path(tmp_path / "s0"))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(httpx: object, url: str, seconds: float = 120) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer")
