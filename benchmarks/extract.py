@@ -135,7 +135,7 @@ def long_file_rss(folder: Path, model: str, hours: float = 2.0) -> dict:
         start = time.perf_counter()
         s = extract(FeatureStore(Path({str(folder / 'store')!r})), [Path({str(path)!r})], model, WindowPolicy())
         print(json.dumps({{"done": s.done, "audio_s": s.audio_seconds, "seconds": time.perf_counter() - start,
-                          "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+                          "rss_mb": int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) / 1024}}))
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return {"hours": hours, **json.loads(out.stdout.strip().splitlines()[-1])}
