@@ -98,16 +98,20 @@ def test_a_two_hour_file_costs_only_its_windows(tmp_path: Path) -> None:
 
 def test_a_float_wav_of_huge_samples_fails_cleanly_for_musicnn(tmp_path: Path) -> None:
     pytest.importorskip("musicnn.configuration")
+    from mess.extract.embed import embed_windows
     from mess.extract.pipeline import extract
     from mess.models.registry import load_model
     from mess.store import FeatureStore
 
     music = tmp_path / "music"
     music.mkdir()
-    sf.write(music / "huge.wav", 3e19 * _music(16000, 4.0), 16000, subtype="FLOAT")
+    huge = 3e19 * _music(16000, 4.0)
+    sf.write(music / "huge.wav", huge, 16000, subtype="FLOAT")
     sf.write(music / "fine.wav", _music(16000, 4.0, seed=1), 16000, subtype="FLOAT")
-    summary = extract(FeatureStore(tmp_path / "store"), sorted(music.iterdir()), load_model("musicnn-msd"),
-                      POLICY, batch_size=4)
+    model = load_model("musicnn-msd")
+    summary = extract(FeatureStore(tmp_path / "store"), sorted(music.iterdir()), model, POLICY, batch_size=4)
     assert summary.done == 1 and len(summary.failed) == 1
     path, reason = summary.failed[0]
-    assert path.endswith("huge.wav") and "not finite" in reason
+    assert path.endswith("huge.wav") and "huge.wav" in reason and "out of range" in reason
+    with pytest.raises(ValueError, match="not finite"):  # the model's own guard, behind the decoder's
+        embed_windows(model, [huge[None, : 3 * 16000]], batch_size=4)
