@@ -156,6 +156,10 @@ def test_split_labels_drops_validation_for_few_labels_and_refuses_too_few() -> N
 
 @pytest.fixture(scope="module")
 def trained() -> tuple[LayerData, object]:
+    """A unit test of the training loop on clustered synthetic data that plants its answer (layer l2).
+
+    Not a quality figure: real-music quality is measured by benchmarks/quality.py (docs/quality.md).
+    """
     data = clustered()
     config = FusionConfig(fusion_dim=16, hidden_dim=32, common_dim=16, labels_per_batch=8, tracks_per_label=4,
                           weight_epochs=8, max_epochs=15, patience=5, val_frac=0.2, test_frac=0.25, seed=0)

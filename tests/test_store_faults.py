@@ -371,10 +371,12 @@ def test_an_unreadable_catalog_gives_one_line(tmp_path: Path, damage: str) -> No
     else:
         shutil.rmtree(store)
         store.write_text("oops")
-    for args in (["info"], ["similar", "1"], ["check"]):
+    expected = "is a file, not a feature store folder" if damage == "store-is-a-file" else (
+        "restore catalog.sqlite from a backup, or move the store aside and extract again")
+    for args in (["info"], ["similar", "1"], ["check"], ["check", "--repair"], ["extract", str(music), *DSP]):
         out = _mess(*args, "--store", str(store))
         assert out.returncode == 1, (args, out.stdout, out.stderr)
-        assert "Traceback" not in out.stderr and out.stderr.count("error") <= 1 or "damaged" in out.stderr
+        assert expected in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
 
 
 def test_bad_track_references_answer_clearly(tmp_path: Path) -> None:
@@ -394,16 +396,18 @@ def test_bad_track_references_answer_clearly(tmp_path: Path) -> None:
 def test_concurrent_first_runs_on_an_empty_numba_cache(tmp_path: Path) -> None:
     music = tmp_path / "music"
     _tones(music, 2, seconds=3.0)
-    env = {"NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    env = {"MESS_NUMBA_CACHE": str(tmp_path / "numba")}  # the shared cache starts empty
     procs = [subprocess.Popen([*MESS, "extract", str(music), *DSP, "--store", str(tmp_path / f"s{i}")],
                               env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(3)]
     results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
     assert [code for code, _ in results] == [0, 0, 0], results
+    shared = tmp_path / "numba"
+    assert list(shared.glob("dsp-*.done")) and any((shared / "current").rglob("*.nbi"))
     fourth = _mess("extract", str(music), *DSP, "--store", str(tmp_path / "s3"), env=env)
     assert fourth.returncode == 0, fourth.stderr
-    assert list((tmp_path / "numba").glob("dsp-*.done")) and any((tmp_path / "numba").rglob("*.nbi"))
     _assert_same(_by_path(tmp_path / "s3"), _by_path(tmp_path / "s0"))
+    assert not list(shared.glob("new-*")) and not list(shared.glob("old-*"))  # published atomically, cleaned up
 
 
 def _free_port() -> int:
@@ -423,3 +427,22 @@ def _wait_http(httpx: object, url: str, seconds: float = 120) -> None:
         except httpx.HTTPError:
             time.sleep(0.3)
     raise AssertionError(f"{url} did not answer")
+
+
+def test_a_store_from_before_audio_hashes_is_not_embedded_again(tmp_path: Path) -> None:
+    from mess.audio.discover import _bytes_hash
+
+    music = tmp_path / "music"
+    paths = _tones(music, 3)
+    store = tmp_path / "store"
+    _clean(music, store)
+    with sqlite3.connect(store / "catalog.sqlite") as db:  # what an older mess wrote: file-byte hashes, no stamps
+        for path in paths:
+            old, new = _bytes_hash(path), db.execute("SELECT content_hash FROM tracks WHERE path=?",
+                                                     (str(path),)).fetchone()[0]
+            db.execute("UPDATE tracks SET content_hash=?, stamp='' WHERE path=?", (old, str(path)))
+            db.execute("UPDATE vectors SET content_hash=? WHERE content_hash=?", (old, new))
+    out = _mess("extract", str(music), *DSP, "--store", str(store))
+    assert out.returncode == 0 and "0 embedded, 3 unchanged" in out.stderr, out.stderr
+    paths[0].write_bytes(paths[0].read_bytes())  # rewritten: a new stamp, hashed the new way, embedded once more
+    assert "1 embedded" in _mess("extract", str(music), *DSP, "--store", str(store)).stderr

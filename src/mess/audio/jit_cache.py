@@ -1,33 +1,60 @@
-"""Warm librosa's numba cache once, under a lock, before any concurrent use.
+"""librosa's numba cache, safe under any number of concurrent mess processes.
 
-numba compiles each cached function on first call and writes the code and an index
-file into ``NUMBA_CACHE_DIR`` (set by ``mess/__init__``). Two processes compiling
-the same function at once can leave files that disagree, and then every process that
-loads them crashes. :func:`ensure_warm` runs a caller's warm-up (the librosa calls the
-caller makes, on a short clip) in one process at a time and records that it ran, so
-later processes only read a complete cache.
+librosa compiles with numba and caches the machine code (``cache=True``). numba writes
+each function's code files and an index naming them into one folder; two processes
+compiling the same function at once can leave an index that names the other's code,
+and every later process that loads it crashes (SIGSEGV). So no two processes ever
+write to the same folder here:
+
+* :func:`use_private_cache` (run by ``import mess``, before librosa is imported) points
+  numba at a fresh folder of this process's own, seeded with a copy of the shared,
+  complete cache in ``~/.cache/mess/numba/current`` (``MESS_NUMBA_CACHE``);
+* :func:`ensure_warm` runs a caller's warm-up (its librosa calls on a short clip) and,
+  under one lock, publishes the process's folder as the new shared cache, atomically,
+  so later processes start warm instead of compiling for seconds.
+
+A user who sets ``NUMBA_CACHE_DIR`` keeps it (and its concurrency) as chosen; a folder
+inherited from a parent mess process is not kept (child processes make their own).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from filelock import FileLock
-
 _done: set[str] = set()
 _guard = threading.Lock()
+_private: Path | None = None
 
 
-def cache_dir() -> Path:
-    """The numba cache folder in use."""
-    return Path(os.environ["NUMBA_CACHE_DIR"])
+def shared_dir() -> Path:
+    """Where the shared, complete cache and its markers live."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mess" / "numba"
+    return Path(os.environ.get("MESS_NUMBA_CACHE", default))
+
+
+def use_private_cache() -> None:
+    """Give this process its own numba cache folder, seeded from the shared one (no-op if NUMBA_CACHE_DIR is set)."""
+    global _private
+    inherited = os.environ.get("NUMBA_CACHE_DIR")
+    if inherited is not None and inherited != os.environ.get("MESS_NUMBA_PRIVATE"):
+        return  # the user's choice
+    _private = Path(tempfile.mkdtemp(prefix="mess-numba-"))
+    try:
+        shutil.copytree(shared_dir() / "current", _private, dirs_exist_ok=True)
+    except (OSError, shutil.Error):
+        pass  # nothing shared yet, or it was being replaced: this process compiles for itself
+    os.environ["NUMBA_CACHE_DIR"] = os.environ["MESS_NUMBA_PRIVATE"] = str(_private)  # children make their own
+    atexit.register(shutil.rmtree, _private, ignore_errors=True)
 
 
 def ensure_warm(key: str, warm: Callable[[], None]) -> None:
-    """Run ``warm()`` unless a process already did for this ``key`` and these library versions."""
+    """Run ``warm()`` once per process unless the shared cache already holds ``key``; then share the result."""
     if key in _done:
         return
     with _guard:
@@ -35,14 +62,29 @@ def ensure_warm(key: str, warm: Callable[[], None]) -> None:
             return
         import librosa
         import numba
+        from filelock import FileLock
 
-        folder = cache_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        stem = f"{key}-librosa{librosa.__version__}-numba{numba.__version__}"
-        marker = folder / f"{stem}.done"
+        shared = shared_dir()
+        shared.mkdir(parents=True, exist_ok=True)
+        marker = shared / f"{key}-librosa{librosa.__version__}-numba{numba.__version__}.done"
         if not marker.exists():
-            with FileLock(folder / f"{stem}.lock", thread_local=False, preserve_lock_file=True):
-                if not marker.exists():
-                    warm()
+            warm()
+            if _private is not None:
+                with FileLock(shared / "publish.lock", thread_local=False, preserve_lock_file=True):
+                    _publish(_private, shared)
                     marker.touch()
         _done.add(key)
+
+
+def _publish(private: Path, shared: Path) -> None:
+    """Replace ``shared/current`` with its union with ``private`` (the caller holds the lock)."""
+    fresh = Path(tempfile.mkdtemp(prefix="new-", dir=shared))
+    current = shared / "current"
+    if current.is_dir():
+        shutil.copytree(current, fresh, dirs_exist_ok=True)
+    shutil.copytree(private, fresh, dirs_exist_ok=True)
+    old = shared / f"old-{os.getpid()}"
+    if current.is_dir():
+        os.replace(current, old)
+    os.replace(fresh, current)
+    shutil.rmtree(old, ignore_errors=True)

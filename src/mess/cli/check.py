@@ -10,6 +10,7 @@ from mess.cli.common import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, console, emit
 from mess.search.index import delete_index, stale_indexes
 from mess.store import FeatureStore, StoreError
 from mess.store.check import full_check, repair
+from mess.store.feature_store import CATALOG_ADVICE
 
 
 def check_command(store: StoreOpt = DEFAULT_STORE_PATH,
@@ -28,11 +29,8 @@ def check_command(store: StoreOpt = DEFAULT_STORE_PATH,
         problems = full_check(fs)
         stale = [] if any(p.kind == "catalog" for p in problems) else stale_indexes(fs)
         actions: list[str] = []
-        if fix and (problems or stale):
-            try:
-                actions = repair(fs, problems)
-            except ValueError as exc:
-                fail(str(exc))
+        if fix and not any(p.kind == "catalog" for p in problems) and (problems or stale):
+            actions = repair(fs, problems)
             for path in stale:
                 delete_index(path)
                 actions.append(f"deleted stale index {path.name}")
@@ -53,7 +51,8 @@ def check_command(store: StoreOpt = DEFAULT_STORE_PATH,
             console.print(f"[{'red' if p.damage else 'yellow'}]{p.kind}:[/] {plain(p.message)}")
         for path in stale:
             console.print(f"[yellow]stale-index:[/] {plain(path.name)} is out of date")
-        verdict = "[green]ok[/]" if not damaged else "[red]damaged[/]: run `mess check --repair`"
+        advice = CATALOG_ADVICE if any(p.kind == "catalog" for p in damaged) else "run `mess check --repair`"
+        verdict = "[green]ok[/]" if not damaged else f"[red]damaged[/]: {plain(advice)}"
         console.print(f"{plain(store)}: {verdict}")
     if damaged:
         raise typer.Exit(1)

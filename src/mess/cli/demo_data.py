@@ -1,4 +1,4 @@
-"""`mess demo render` and `mess demo wesnoth`: real, labelled audio to try the toolkit on, offline."""
+"""`mess demo render`, `mess demo wesnoth`, `mess demo soundtracks`: real, labelled audio to try the toolkit on."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from rich.table import Table
 from mess.cli.common import console, fail
 
 app = typer.Typer(name="demo", no_args_is_help=True,
-                  help="Labelled demo audio: music21 corpus pieces rendered with fluidsynth, Wesnoth's soundtrack.")
+                  help="Labelled demo audio: music21 corpus pieces rendered with fluidsynth, "
+                       "Wesnoth's soundtrack, six game soundtracks.")
 
 
 @app.command("render")
@@ -62,6 +63,26 @@ def wesnoth_command(out: Annotated[Path, typer.Argument(help="Folder for the OGG
     table.add_column("tracks", justify="right")
     for artist, n in counts.most_common():
         table.add_row(artist, str(n))
+    console.print(table)
+
+
+@app.command("soundtracks")
+def soundtracks_command(out: Annotated[Path, typer.Argument(help="Folder for the tracks (one subfolder per game).")]
+                        ) -> None:
+    """Fetch six games' soundtracks with apt-get (album tag = game; manifest.csv); kept if already there."""
+    from mess.datasets.soundtracks import FetchError, fetch_soundtracks
+
+    try:
+        tracks = fetch_soundtracks(out)
+    except FetchError as exc:
+        fail(str(exc))
+    table = Table(title=f"{len(tracks)} tracks in {out} (label: --label album, or --labels {out}/manifest.csv)")
+    for column in ("game", "tracks", "with artist tag", "minutes"):
+        table.add_column(column, justify="left" if column == "game" else "right")
+    for game in dict.fromkeys(t.game for t in tracks):
+        mine = [t for t in tracks if t.game == game]
+        table.add_row(game, str(len(mine)), str(sum(t.artist is not None for t in mine)),
+                      f"{sum(t.duration for t in mine) / 60:.1f}")
     console.print(table)
 
 

@@ -19,8 +19,12 @@ ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model (or l
 LayerOpt = Annotated[str | None, typer.Option("--layer", "-l", help="One layer (name or index, -1 = last).")]
 AspectOpt = Annotated[str | None, typer.Option("--aspect", "-a", help="The layer `mess probe` chose for this aspect.")]
 FusedOpt = Annotated[bool, typer.Option("--fused", help="The fused vectors of `mess fuse`.")]
+LearnedOpt = Annotated[bool, typer.Option("--learned", help="The learned head shipped for the model (trained on "
+                                          "real soundtracks; see docs/head.md).")]
 NormOpt = Annotated[str, typer.Option("--norm", help="Per-dimension preprocessing before L2 normalisation: "
                                       "center, zscore or none.")]
+MatchOpt = Annotated[str, typer.Option("--match", help="mean: cosine of track vectors; segments: Chamfer "
+                                       "similarity of the tracks' window vectors (exact, no index).")]
 
 
 def index_command(
@@ -28,6 +32,7 @@ def index_command(
     layer: LayerOpt = None,
     aspect: AspectOpt = None,
     fused: FusedOpt = False,
+    learned: LearnedOpt = False,
     kind: Annotated[str, typer.Option("--kind", help="auto (flat < 20k, IVF < 5M, else IVF-PQ), flat, ivf, "
                                       "ivfpq or hnsw.")] = "auto",
     norm: NormOpt = "center",
@@ -47,12 +52,13 @@ def index_command(
     with open_store(store, readonly=False) as fs:
         run = fs.run(model)
         try:
-            spec = VectorSpec.from_options(layer, aspect, fused, norm)
+            spec = VectorSpec.from_options(layer, aspect, fused, norm, learned)
         except ValueError as exc:
             fail(str(exc))
         vs = load_vectors(fs, run, spec)
         _, report = build_index(fs, vs, kind, rebuild=rebuild, target_recall=target_recall)
-    data = {"model": run.model, "vectors": vectors_label(layer, aspect, fused), "norm": norm, **report.__dict__}
+    data = {"model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "norm": norm,
+            **report.__dict__}
     if as_json:
         emit_json(data)
         return
@@ -71,11 +77,13 @@ def similar_command(
     layer: LayerOpt = None,
     aspect: AspectOpt = None,
     fused: FusedOpt = False,
+    learned: LearnedOpt = False,
     exclude_same_artist: Annotated[bool, typer.Option("--exclude-same-artist", help="Leave out the query "
                                                       "artist's tracks.")] = False,
     hubness: Annotated[str | None, typer.Option("--hubness", help="Re-rank against hub tracks: csls or mp "
                                                 "(mutual proximity).")] = None,
     norm: NormOpt = "center",
+    match: MatchOpt = "mean",
     store: StoreOpt = DEFAULT_STORE_PATH,
     as_json: JsonOpt = False,
 ) -> None:
@@ -91,23 +99,22 @@ def similar_command(
         tq = resolve_query(fs, query, run)
         try:
             results = similar_tracks(fs, run, tq, k, layer=layer, aspect=aspect, fused=fused,
-                                     exclude_same_artist=exclude_same_artist, hubness=hubness, norm=norm)
+                                     exclude_same_artist=exclude_same_artist, hubness=hubness, norm=norm,
+                                     learned=learned, match=match)
         except ValueError as exc:
             fail(str(exc))
         source, _ = aspect_layers(fs, run)
         weak = weak_aspects(fs, run)
-    vectors = vectors_label(layer, aspect, fused)
+    vectors = vectors_label(layer, aspect, fused, learned)
     if as_json:
         emit_json({"query": {"label": tq.label, "id": tq.track.id if tq.track else None, "external": tq.track is None},
-               "model": run.model, "vectors": vectors, "norm": norm, "hubness": hubness, "why_source": source,
-               "weak_aspects": weak, "encoded_threshold": ENCODED_R2,
+               "model": run.model, "vectors": vectors, "norm": norm, "match": match, "hubness": hubness,
+               "why_source": source, "weak_aspects": weak, "encoded_threshold": ENCODED_R2,
                "results": [n.to_dict() for n in results]})
         return
     table = Table(title=escape(f"like {tq.label}  [{run.model}, {vectors}]"))
-    table.add_column("#", justify="right")
-    table.add_column("id", justify="right")
-    table.add_column("track")
-    table.add_column("score", justify="right")
+    for col, justify in (("#", "right"), ("id", "right"), ("track", "left"), ("score", "right")):
+        table.add_column(col, justify=justify)
     if hubness:
         table.add_column(hubness, justify="right")
     table.add_column("why")
@@ -135,6 +142,7 @@ def evaluate_command(
     norm: NormOpt = "center",
     compare: Annotated[bool, typer.Option("--compare", help="Also compare euclidean, dot, CSLS and mutual "
                                           "proximity against cosine.")] = False,
+    match: MatchOpt = "mean",
     plot: Annotated[Path | None, typer.Option("--plot", help="PNG path (default: STORE/reports/"
                                               "evaluate-MODEL-LABEL.png).")] = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
@@ -149,7 +157,7 @@ def evaluate_command(
         run = fs.run(model)
         try:
             overrides = read_label_csv(fs, labels, label) if labels is not None else None
-            ev = evaluate(fs, run, label, k, labels=overrides, norm=norm, compare=compare)
+            ev = evaluate(fs, run, label, k, labels=overrides, norm=norm, compare=compare, match=match)
         except (LabelError, ValueError) as exc:
             fail(str(exc))
         png = plot_evaluation(ev, plot or fs.reports_dir / f"evaluate-{run.model}-{label}.png")
@@ -157,7 +165,7 @@ def evaluate_command(
         emit_json({**ev.to_dict(), "plot": str(png)})
         return
     table = Table(title=escape(f"{run.model}: same-{label} retrieval, {ev.n_tracks} tracks, {ev.n_classes} "
-                               f"classes, {ev.n_queries} queries ({norm})"))
+                               f"classes, {ev.n_queries} queries ({norm}, match {match})"))
     for col in ("vectors", f"P@{k}", "mAP", f"nDCG@{k}", "N_k skew"):
         table.add_column(col, justify="left" if col == "vectors" else "right")
     best = ev.best()

@@ -6,19 +6,17 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from mess.audio.tags import read_tags
+from mess.datasets.debian import FetchError, unpack_package
 
 PACKAGE = "wesnoth-1.16-music"
 N_TRACKS = 41
 
-
-class FetchError(Exception):
-    """The package could not be downloaded or unpacked."""
+__all__ = ["FetchError", "N_TRACKS", "PACKAGE", "fetch_wesnoth", "read_artists"]
 
 
 def fetch_wesnoth(out_dir: Path) -> list[Path]:
@@ -30,19 +28,8 @@ def fetch_wesnoth(out_dir: Path) -> list[Path]:
     existing = sorted(out_dir.glob("*.ogg"))
     if len(existing) >= N_TRACKS:
         return existing
-    for tool in ("apt-get", "dpkg"):
-        if shutil.which(tool) is None:
-            raise FetchError(f"{tool} is not available: fetching {PACKAGE} needs Debian or Ubuntu")
     with tempfile.TemporaryDirectory() as tmp:
-        got = subprocess.run(["apt-get", "download", PACKAGE], cwd=tmp, capture_output=True, text=True)
-        debs = sorted(Path(tmp).glob("*.deb"))
-        if got.returncode != 0 or not debs:
-            raise FetchError(f"apt-get download {PACKAGE} failed (try apt-get update first): "
-                             f"{got.stderr.strip()[-300:]}")
-        unpacked = subprocess.run(["dpkg", "-x", str(debs[0]), f"{tmp}/root"], capture_output=True, text=True)
-        if unpacked.returncode != 0:
-            raise FetchError(f"dpkg -x {debs[0].name} failed: {unpacked.stderr.strip()[-300:]}")
-        for ogg in sorted(Path(tmp, "root").rglob("*.ogg")):
+        for ogg in sorted(unpack_package(PACKAGE, Path(tmp)).rglob("*.ogg")):
             partial = out_dir / f".{ogg.name}.partial"
             shutil.copyfile(ogg, partial)
             partial.replace(out_dir / ogg.name)

@@ -12,6 +12,7 @@ from mess.audio.decode import AudioError, load_audio, load_segments, probe
 from mess.audio.discover import content_hash, file_stamp
 from mess.audio.tags import read_tags
 from mess.audio.windows import WindowPolicy
+from mess.store.feature_store import legacy_stamp
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ def inspect_file(path: Path, known: tuple[str, str] | None = None) -> FileRecord
     """Stat, hash (reusing ``known`` = (hash, stamp) when the file's stamp is unchanged), probe, read tags."""
     stat = path.stat()
     stamp = file_stamp(stat)
-    digest = known[0] if known is not None and known[1] == stamp else content_hash(path)
+    unchanged = known is not None and known[1] in (stamp, legacy_stamp(stat.st_size, stat.st_mtime))
+    digest = known[0] if unchanged else content_hash(path)
     try:
         meta = probe(path)
         info: dict[str, object] = {"duration": meta.duration, "sample_rate": meta.sample_rate, "channels": meta.channels}

@@ -20,7 +20,8 @@ from mess.search.ann import exact_knn
 from mess.search.hubness import HubnessReducer, HubnessStats, hubness_stats
 from mess.search.metrics import (RetrievalScores, average_precision, chance_scores, ndcg_at_k, precision_at_k,
                                  ranked_relevance)
-from mess.search.vectors import FUSED, Norm, VectorSpec, load_vectors
+from mess.search.segments import check_match, chamfer_rows, read_segments
+from mess.search.vectors import FUSED, Norm, VectorSpec, has_learned_head, load_vectors
 from mess.store import FeatureStore, Run, StoreError, Track
 
 LABEL_FIELDS = ("artist", "album", "genre", "composer", "title")
@@ -104,14 +105,22 @@ def track_labels(tracks: Sequence[Track], field: str, overrides: dict[int, str] 
 
 
 def evaluate(store: FeatureStore, run: Run, field: str, k: int = 10, *, labels: dict[int, str] | None = None,
-             norm: Norm = "center", compare: bool = False, seed: int = 0) -> Evaluation:
-    """Score every layer, all layers together and the fused vectors (when present) by retrieval of same-label tracks."""
+             norm: Norm = "center", compare: bool = False, seed: int = 0, match: str = "mean") -> Evaluation:
+    """Score every layer, all layers together, and the fused vectors and learned head (when present)
+    by retrieval of same-label tracks.
+
+    ``match="segments"`` scores track pairs by Chamfer similarity of their window vectors instead of the cosine of
+    their means (fused vectors, which have no windows, are then left out).
+    """
+    check_match(match)
     tracks = store.tracks(run)
     by_label = track_labels(tracks, field, labels)
     specs = [VectorSpec.from_options(layer=name, norm=norm) for name in run.layer_names]
     specs.append(VectorSpec.from_options(norm=norm))
-    if store.derived_meta(run, FUSED) is not None:
+    if store.derived_meta(run, FUSED) is not None and match == "mean":
         specs.append(VectorSpec("fused", "", norm))
+    if has_learned_head(run):
+        specs.append(VectorSpec("learned", "", norm))
     sets: list[SetScore] = []
     variants: list[SetScore] = []
     ids = labels_arr = queries = None
@@ -124,8 +133,13 @@ def evaluate(store: FeatureStore, run: Run, field: str, k: int = 10, *, labels: 
         elif not np.array_equal(vs.ids[keep], ids):
             continue  # fused vectors missing for some tracks: not comparable with the layers
         unit = vs.unit()[keep]
-        name = spec.name or ("all layers" if spec.kind == "all" else "fused")
-        sets.append(_score(name, spec.kind, "cosine", None, _cosine(unit), labels_arr, queries, k))
+        name = spec.name or ("all layers" if spec.kind == "all" else spec.kind)
+        if match == "segments":
+            seg = read_segments(store, vs, ids)
+            sets.append(_score(name, spec.kind, "chamfer", None, lambda rows, s=seg: chamfer_rows(s, rows),
+                               labels_arr, queries, k))
+        else:
+            sets.append(_score(name, spec.kind, "cosine", None, _cosine(unit), labels_arr, queries, k))
         if compare:
             shifted = vs.prep.shift(vs.raw[keep])
             for metric, hub in VARIANTS[1:]:
@@ -205,7 +219,7 @@ def plot_evaluation(ev: Evaluation, path: Path) -> Path:
                                 ("ndcg", f"nDCG@{ev.k}", "tab:green")):
         ax.plot(x, [getattr(s.scores, attr) for s in layers], marker="o", color=colour, label=label)
     for s, style in ((s, "--") for s in ev.sets if s.kind != "layer"):
-        ax.axhline(s.scores.map, color="tab:red" if s.kind == "fused" else "tab:purple", ls=style,
+        ax.axhline(s.scores.map, color={"fused": "tab:red", "learned": "tab:brown"}.get(s.kind, "tab:purple"), ls=style,
                    label=f"{s.name} mAP {s.scores.map:.2f}")
     ax.axhline(ev.chance.map, color="grey", ls=":", label=f"chance mAP {ev.chance.map:.2f}")
     ax.set_xticks(x, [s.name for s in layers], rotation=45 if len(layers) > 6 else 0, ha="right")

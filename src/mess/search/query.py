@@ -25,11 +25,14 @@ import numpy as np
 
 from mess.search.hubness import HubnessReducer
 from mess.search.index import CollectionIndex, open_index
+from mess.search.segments import chamfer_scores, check_match, read_segments
 from mess.search.vectors import (
+    LEARNED,
     Norm,
     VectorSet,
     VectorSpec,
     from_tracks,
+    in_space,
     load_vectors,
     query_vector,
     track_by_hash,
@@ -52,6 +55,7 @@ class TrackQuery:
     label: str
     track: Track | None = None
     layers: tuple[np.ndarray, ...] | None = None  # external file: raw vector per run layer
+    segments: tuple[np.ndarray, ...] | None = None  # external file: raw window vectors [n, dim] per run layer
     content_hash: str | None = None
     artist: str | None = None
 
@@ -130,42 +134,42 @@ def _external_query(store: FeatureStore, path: Path, run: Run) -> TrackQuery:
     tags = read_tags(path)
     label = f"{tags['artist']} - {tags['title'] or path.stem}" if tags["artist"] else path.name
     layers = tuple(np.asarray(v, dtype=np.float32) for v in vectors.layers)
-    return TrackQuery(label, layers=layers, content_hash=vectors.content_hash, artist=tags["artist"])
+    segments = tuple(np.asarray(v, dtype=np.float32) for v in vectors.segments)
+    return TrackQuery(label, layers=layers, segments=segments, content_hash=vectors.content_hash,
+                      artist=tags["artist"])
 
 
 def similar_tracks(store: FeatureStore, run: Run, query: TrackQuery | np.ndarray, k: int = 10, *,
                    layer: str | None = None, aspect: str | None = None, fused: bool = False,
                    exclude_same_artist: bool = False, hubness: str | None = None,
-                   norm: Norm = "center") -> list[Neighbour]:
+                   norm: Norm = "center", learned: bool = False, match: str = "mean") -> list[Neighbour]:
     """The ``k`` collection tracks most similar to ``query`` (cosine, best first).
 
     Args:
         query: a :class:`TrackQuery`, or a raw vector in the space of the chosen vector set.
-        layer / aspect / fused: which vectors to compare (default: all layers, equally weighted).
+        layer / aspect / fused / learned: which vectors to compare (default: all layers, equally weighted;
+            learned = the head shipped for the model, see :mod:`mess.models.head`).
         exclude_same_artist: leave out tracks whose artist tag equals the query's.
         hubness: None, "csls" or "mp" to re-rank a candidate pool against hub tracks.
         norm: "center" (default), "zscore" or "none" preprocessing before L2 normalisation.
+        match: "mean" (cosine of track vectors, through the index) or "segments" (Chamfer similarity of
+            window vectors, exact; needs a TrackQuery and layer vectors, no hubness).
 
     The query's own track never appears; tracks with the same content or cosine >= 0.9999
     are flagged as duplicates. ``why`` / ``why_percentile`` are filled for TrackQuery inputs.
     """
-    spec = VectorSpec.from_options(layer, aspect, fused, norm)
+    spec = VectorSpec.from_options(layer, aspect, fused, norm, learned)
     tracks = store.tracks(run)  # one object until the catalog changes: derived maps below are memoised on it
     by_id = track_by_id(tracks)
     vs = load_vectors(store, run, spec, tracks)
-    index = open_index(store, vs)
     tq = query if isinstance(query, TrackQuery) else None
-    raw = _raw_vector(store, vs, tq) if tq is not None else np.asarray(query, dtype=np.float32)
-    q = index.prep.apply(raw)
     exclude = _excluded(tracks, tq, exclude_same_artist)
-    pool = max(k, HUBNESS_POOL) if hubness else k
-    sims, ids = index.ann.search(q, pool, exclude=np.array(sorted(exclude), dtype=np.int64))
-    sims, ids = sims[0][ids[0] >= 0], ids[0][ids[0] >= 0]
-    adjusted = None
-    if hubness and len(ids):
-        adjusted = _rescore(hubness, vs, index, q, sims, ids, tq)
-        order = np.argsort(-adjusted, kind="stable")[:k]
-        sims, ids, adjusted = sims[order], ids[order], adjusted[order]
+    if check_match(match) == "segments":
+        if tq is None or hubness:
+            raise ValueError("--match segments needs a track or audio file as query and no --hubness")
+        sims, ids, adjusted = *_segment_neighbours(store, vs, tq, exclude, k), None
+    else:
+        sims, ids, adjusted = _index_neighbours(store, vs, query, exclude, k, hubness)
     sims, ids = sims[:k], ids[:k]
     why, pct = _explain(store, run, tracks, tq, ids, norm) if tq is not None else ({}, {})
     qhash = tq.content_hash if tq is not None else None
@@ -174,6 +178,44 @@ def similar_tracks(store: FeatureStore, run: Run, query: TrackQuery | np.ndarray
                       why=why.get(int(i), {}), why_percentile=pct.get(int(i), {}),
                       adjusted=None if adjusted is None else float(adjusted[n]))
             for n, (s, i) in enumerate(zip(sims, ids))]
+
+
+def _index_neighbours(store: FeatureStore, vs: VectorSet, query: TrackQuery | np.ndarray, exclude: set[int], k: int,
+                      hubness: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Cosine neighbours of the query's vector through the collection index, hubness-reduced when asked."""
+    index = open_index(store, vs)
+    tq = query if isinstance(query, TrackQuery) else None
+    raw = _raw_vector(store, vs, tq) if tq is not None else np.asarray(query, dtype=np.float32)
+    q = index.prep.apply(raw)
+    pool = max(k, HUBNESS_POOL) if hubness else k
+    sims, ids = index.ann.search(q, pool, exclude=np.array(sorted(exclude), dtype=np.int64))
+    sims, ids = sims[0][ids[0] >= 0], ids[0][ids[0] >= 0]
+    adjusted = None
+    if hubness and len(ids):
+        adjusted = _rescore(hubness, vs, index, q, sims, ids, tq)
+        order = np.argsort(-adjusted, kind="stable")[:k]
+        sims, ids, adjusted = sims[order], ids[order], adjusted[order]
+    return sims, ids, adjusted
+
+
+def _segment_neighbours(store: FeatureStore, vs: VectorSet, query: TrackQuery, exclude: set[int],
+                        k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best tracks by Chamfer similarity of window vectors, best first."""
+    seg = store.cached(("segments", vs.fingerprint), lambda: read_segments(store, vs))
+    if query.track is not None:
+        if query.track.id not in vs:
+            raise StoreError(f"track {query.track.id} ({query.label}) has no vectors for {vs.run.model}")
+        windows = seg.windows(int(vs.rows(np.array([query.track.id]))[0]))
+    elif query.segments is None:
+        raise StoreError(f"{query.label} carries no window vectors; pass a track or an audio file")
+    else:
+        raw = np.concatenate([query.segments[vs.run.layer_index(n)] for n in vs.layers], axis=1)
+        windows = vs.prep.apply(in_space(vs.spec, vs.run, raw))
+    scores = chamfer_scores(seg, windows)
+    scores[np.isin(seg.ids, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))] = -np.inf
+    order = np.argsort(-scores, kind="stable")[:k]
+    order = order[np.isfinite(scores[order])]
+    return scores[order], seg.ids[order]
 
 
 def listener_words(group: str) -> str:
@@ -230,7 +272,7 @@ def _raw_vector(store: FeatureStore, vs: VectorSet, query: TrackQuery) -> np.nda
             return fuse_query(store, vs.run, query.layers)
         except FusionError as exc:
             raise StoreError(str(exc)) from exc
-    return query_vector(vs.layers, vs.run, query.layers)
+    return query_vector(vs.layers, vs.run, query.layers, learned=vs.spec.kind == LEARNED)
 
 
 def _excluded(tracks: Sequence[Track], query: TrackQuery | None, same_artist: bool) -> set[int]:

@@ -1,7 +1,8 @@
 """Which vectors to search, read from the store, and how they become unit vectors.
 
 A :class:`VectorSpec` names a vector set of a run: one layer, the layer chosen for an
-aspect by ``mess probe``, the fused vectors of ``mess fuse``, or all layers at once
+aspect by ``mess probe``, the fused vectors of ``mess fuse``, the learned head shipped
+for the model (:mod:`mess.models.head`, applied to all layers), or all layers at once
 (each layer normalised, then concatenated, so the cosine of two such vectors is the
 mean of their per-layer cosines). A :class:`Preprocessor` fitted on the collection
 turns raw vectors into unit vectors: per-dimension centering (default; removes the
@@ -23,11 +24,13 @@ from typing import Literal, TypeVar
 
 import numpy as np
 
+from mess.models.head import HeadError, shipped_head
 from mess.store import FeatureStore, Run, StoreError, Track
 
 Norm = Literal["none", "center", "zscore"]
 NORMS: tuple[str, ...] = ("none", "center", "zscore")
 FUSED = "fused"
+LEARNED = "learned"
 _CACHE: OrderedDict[tuple, VectorSet] = OrderedDict()
 _CACHE_SIZE = 12
 _DERIVED: OrderedDict[int, tuple[tuple[Track, ...], dict[str, object]]] = OrderedDict()
@@ -38,24 +41,26 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class VectorSpec:
-    """A vector set of a run: ``kind`` is layer, aspect, fused or all; ``name`` the layer or aspect."""
+    """A vector set of a run: ``kind`` is layer, aspect, fused, learned or all; ``name`` the layer or aspect."""
 
-    kind: Literal["layer", "group", "aspect", "fused", "all"]
+    kind: Literal["layer", "group", "aspect", "fused", "learned", "all"]
     name: str = ""  # layer, aspect, or '+'-joined layer names of a group
     norm: Norm = "center"
 
     @classmethod
     def from_options(cls, layer: str | None = None, aspect: str | None = None, fused: bool = False,
-                     norm: Norm = "center") -> VectorSpec:
-        """Build a spec from CLI-style options (at most one of layer, aspect, fused; none = all layers)."""
-        if sum(x is not None and x is not False for x in (layer, aspect, fused)) > 1:
-            raise ValueError("choose at most one of --layer, --aspect and --fused")
+                     norm: Norm = "center", learned: bool = False) -> VectorSpec:
+        """Build a spec from CLI-style options (at most one of layer, aspect, fused, learned; none = all layers)."""
+        if sum(x is not None and x is not False for x in (layer, aspect, fused, learned)) > 1:
+            raise ValueError("choose at most one of --layer, --aspect, --fused and --learned")
         if norm not in NORMS:
             raise ValueError(f"unknown normalisation {norm!r}; choose one of {', '.join(NORMS)}")
         if layer is not None:
             return cls("layer", str(layer), norm)
         if aspect is not None:
             return cls("aspect", aspect, norm)
+        if learned:
+            return cls("learned", "", norm)
         return cls("fused", "", norm) if fused else cls("all", "", norm)
 
     @property
@@ -68,7 +73,7 @@ class VectorSpec:
         """Layer names this spec reads (empty for fused vectors)."""
         if self.kind == "fused":
             return ()
-        if self.kind == "all":
+        if self.kind in ("all", "learned"):
             return run.layer_names
         if self.kind in ("layer", "group"):
             return tuple(run.layer_names[run.layer_index(n)] for n in self.name.split("+"))
@@ -186,6 +191,9 @@ def read_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequen
         ids = mats[0][0]
         raw = mats[0][1] if len(mats) == 1 else np.concatenate([m for _, m in mats], axis=1)
         blocks = tuple(m.shape[1] for _, m in mats)
+        if spec.kind == "learned":
+            raw = learned_vectors(run, raw)
+            blocks = (raw.shape[1],)
     keep = np.array([int(i) in hash_of for i in ids], dtype=bool)
     ids, raw = ids[keep], raw[keep]
     if not len(ids):
@@ -238,13 +246,38 @@ def track_by_hash(tracks: Sequence[Track]) -> dict[str, Track]:
     return from_tracks(tracks, "by_hash", make)
 
 
-def vectors_label(layer: str | None, aspect: str | None, fused: bool) -> str:
+def learned_vectors(run: Run, raw: np.ndarray) -> np.ndarray:
+    """The shipped learned head applied to raw all-layer vectors [n, sum(layer_dims)] of ``run``."""
+    try:
+        head = shipped_head(run.model)
+        head.check(run.model, run.layer_names, run.layer_dims)
+    except HeadError as exc:
+        raise StoreError(str(exc)) from exc
+    return head.transform(raw)
+
+
+def in_space(spec: VectorSpec, run: Run, raw: np.ndarray) -> np.ndarray:
+    """Raw concatenated layer vectors [n, D] (tracks or windows) in the space of ``spec``: through the
+    learned head for a learned spec, unchanged otherwise."""
+    return learned_vectors(run, raw) if spec.kind == LEARNED else raw
+
+
+def has_learned_head(run: Run) -> bool:
+    """Whether a learned head ships for this run's model and layers."""
+    try:
+        shipped_head(run.model).check(run.model, run.layer_names, run.layer_dims)
+    except HeadError:
+        return False
+    return True
+
+
+def vectors_label(layer: str | None, aspect: str | None, fused: bool, learned: bool = False) -> str:
     """Human name of a vector choice."""
     if layer is not None:
         return f"layer {layer}"
     if aspect is not None:
         return f"aspect {aspect}"
-    return "fused" if fused else "all layers"
+    return "fused" if fused else LEARNED if learned else "all layers"
 
 
 def load_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequence[Track] | None = None) -> VectorSet:
@@ -266,10 +299,12 @@ def load_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequen
     return vs
 
 
-def query_vector(spec_layers: tuple[str, ...], run: Run, layer_vectors: Sequence[np.ndarray]) -> np.ndarray:
-    """Concatenate a query's raw per-layer vectors in the order a spec reads them."""
-    return np.concatenate([np.asarray(layer_vectors[run.layer_index(name)], dtype=np.float32).ravel()
-                           for name in spec_layers])
+def query_vector(spec_layers: tuple[str, ...], run: Run, layer_vectors: Sequence[np.ndarray],
+                 learned: bool = False) -> np.ndarray:
+    """Concatenate a query's raw per-layer vectors in the order a spec reads them (through the head if learned)."""
+    raw = np.concatenate([np.asarray(layer_vectors[run.layer_index(name)], dtype=np.float32).ravel()
+                          for name in spec_layers])
+    return learned_vectors(run, raw[None])[0] if learned else raw
 
 
 def _root(store: FeatureStore) -> str:

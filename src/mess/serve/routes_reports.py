@@ -13,7 +13,7 @@ from mess.probing.report import report_paths
 from mess.search.ann import KINDS
 from mess.search.index import build_index
 from mess.search.vectors import load_vectors, vectors_label
-from mess.serve.routes_tracks import Aspect, Fused, Layer, Model
+from mess.serve.routes_tracks import Aspect, Fused, Layer, Learned, Model
 from mess.serve.state import ServeState, get_state, vector_spec
 from mess.store import StoreBusy
 
@@ -51,6 +51,7 @@ def probe_heatmap(state: State, model: Model = None, probe: Probe = "ridge") -> 
 @router.post("/index", summary="Build or update a FAISS index (only with --allow-indexing)",
              responses={403: {"description": "Indexing is disabled"}})
 def index(state: State, model: Model = None, layer: Layer = None, aspect: Aspect = None, fused: Fused = False,
+          learned: Learned = False,
           kind: Annotated[str, Query(description="auto, flat, ivf, ivfpq or hnsw.")] = "auto") -> dict:
     """Write the index of one vector set under STORE/indexes (the server is read-only otherwise)."""
     if not state.allow_indexing:
@@ -59,11 +60,11 @@ def index(state: State, model: Model = None, layer: Layer = None, aspect: Aspect
         raise HTTPException(400, f"unknown index kind {kind!r}; choose auto, {', '.join(KINDS)}")
     with state.lock:
         run = state.run(model)
-        spec = vector_spec(state.store, run, layer, aspect, fused)
+        spec = vector_spec(state.store, run, layer, aspect, fused, learned)
         try:
             _, report = build_index(state.store, load_vectors(state.store, run, spec), kind, wait=False)
         except StoreBusy as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "30"}) from None
-    return {"model": run.model, "vectors": vectors_label(layer, aspect, fused), "kind": report.kind,
+    return {"model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "kind": report.kind,
             "mode": report.mode, "tracks": report.n, "added": report.added, "removed": report.removed,
             "recall": report.recall, "seconds": round(report.seconds, 3), "file": report.path.name}

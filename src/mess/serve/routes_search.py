@@ -25,7 +25,7 @@ from mess.search.query import (
 )
 from mess.search.vectors import VectorSpec, from_tracks, load_vectors, query_vector, track_by_hash, vectors_label
 from mess.serve.mapping import collection_map
-from mess.serve.routes_tracks import Aspect, Fused, Layer, Model
+from mess.serve.routes_tracks import Aspect, Fused, Layer, Learned, Model
 from mess.serve.state import ServeState, get_state, neighbour_dict, track_dict, vector_spec
 from mess.serve.uploads import FIELD, receive_upload
 from mess.store import Run, Track
@@ -41,9 +41,9 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
 
 
 def _answer(state: ServeState, run: Run, query: dict, results: list[Neighbour], layer: str | None,
-            aspect: str | None, fused: bool) -> dict:
+            aspect: str | None, fused: bool, learned: bool = False) -> dict:
     source, specs = aspect_layers(state.store, run)
-    return {"query": query, "model": run.model, "vectors": vectors_label(layer, aspect, fused),
+    return {"query": query, "model": run.model, "vectors": vectors_label(layer, aspect, fused, learned),
             "why_source": source, "why_words": {g: listener_words(g) for g in specs},
             "weak_aspects": weak_aspects(state.store, run), "encoded_threshold": ENCODED_R2,
             "results": [neighbour_dict(n) for n in results]}
@@ -52,7 +52,7 @@ def _answer(state: ServeState, run: Run, query: dict, results: list[Neighbour], 
 @router.get("/tracks/{track_id}/similar", summary="Tracks most similar to a collection track, with why")
 def similar(track_id: int, state: State, model: Model = None, layer: Layer = None, aspect: Aspect = None,
             fused: Fused = False, k: K = 10, exclude_same_artist: ExcludeArtist = False,
-            hubness: Hubness = None) -> dict:
+            hubness: Hubness = None, learned: Learned = False) -> dict:
     """Cosine neighbours; ``why`` holds the similarity in each aspect's layer and ``why_percentile``
     how unusual that closeness is within the collection."""
     if hubness is not None and hubness not in HUBNESS_METHODS:
@@ -60,12 +60,12 @@ def similar(track_id: int, state: State, model: Model = None, layer: Layer = Non
     with state.lock:
         run = state.run(model)
         state.track(track_id)
-        vector_spec(state.store, run, layer, aspect, fused)
+        vector_spec(state.store, run, layer, aspect, fused, learned)
         tq = resolve_query(state.store, track_id, run)
         results = similar_tracks(state.store, run, tq, k, layer=layer, aspect=aspect, fused=fused,
-                                 exclude_same_artist=exclude_same_artist, hubness=hubness)
+                                 exclude_same_artist=exclude_same_artist, hubness=hubness, learned=learned)
         return _answer(state, run, {"label": tq.label, "external": False, **track_dict(tq.track)},
-                       results, layer, aspect, fused)
+                       results, layer, aspect, fused, learned)
 
 
 @router.post("/similar/upload", summary="Upload an audio file and get the most similar tracks",
@@ -74,7 +74,7 @@ def similar(track_id: int, state: State, model: Model = None, layer: Layer = Non
                         413: {"description": "File too large"}, 415: {"description": "Not an audio file"}})
 async def similar_upload(request: Request, state: State, model: Model = None, layer: Layer = None,
                          aspect: Aspect = None, fused: Fused = False, k: K = 10,
-                         exclude_same_artist: ExcludeArtist = False) -> dict:
+                         exclude_same_artist: ExcludeArtist = False, learned: Learned = False) -> dict:
     """Embed the file (in a separate process, with the run's model and window policy) and search.
 
     An upload whose content is already in the collection is answered as that track.
@@ -83,7 +83,7 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
     def prepare() -> tuple[Run, VectorSpec]:
         with state.lock:
             run = state.run(model)
-            return run, vector_spec(state.store, run, layer, aspect, fused)
+            return run, vector_spec(state.store, run, layer, aspect, fused, learned)
 
     run, spec = await run_in_threadpool(prepare)
     with state.worker.slot():  # 503 at once when the upload queue is full: reads never wait on uploads
@@ -105,17 +105,17 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
                     label = f"{tags['artist']} - {tags['title'] or saved.filename}"
                 tq = TrackQuery(label, layers=tuple(layers), content_hash=content_hash, artist=tags.get("artist"))
             results = similar_tracks(state.store, run, tq, k, layer=layer, aspect=aspect, fused=fused,
-                                     exclude_same_artist=exclude_same_artist)
+                                     exclude_same_artist=exclude_same_artist, learned=learned)
             vs = load_vectors(state.store, run, spec)
             cmap = state.cached(("map", run.id, spec, vs.fingerprint), lambda: collection_map(vs))
             if same is not None and same.id in vs:  # cmap was made from this vector set (same fingerprint)
                 x, y = cmap.xy[vs.rows(np.array([same.id]))[0]]
             else:
-                x, y = cmap.place(vs.prep.apply(query_vector(vs.layers, run, layers)))[0]
+                x, y = cmap.place(vs.prep.apply(query_vector(vs.layers, run, layers, learned=learned)))[0]
             query = {"label": tq.label, "external": same is None, "id": same.id if same else None,
                      "artist": same.artist if same else tags.get("artist"),
                      "file": saved.filename, "bytes": saved.size, "x": round(float(x), 5), "y": round(float(y), 5)}
-            return _answer(state, run, query, results, layer, aspect, fused)
+            return _answer(state, run, query, results, layer, aspect, fused, learned)
 
     return await run_in_threadpool(search)
 

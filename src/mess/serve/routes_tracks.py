@@ -21,6 +21,7 @@ Model = Annotated[str | None, Query(description="Model whose vectors to use (def
 Layer = Annotated[str | None, Query(description="One layer (name or index, -1 = last).")]
 Aspect = Annotated[str | None, Query(description="The layer `mess probe` chose for this aspect.")]
 Fused = Annotated[bool, Query(description="The fused vectors of `mess fuse`.")]
+Learned = Annotated[bool, Query(description="The learned head shipped for the model.")]
 
 
 @router.get("/health", summary="Server and store status")
@@ -100,15 +101,15 @@ def audio(track_id: int, state: State) -> FileResponse:
 
 @router.get("/map", summary="2-D map (PCA) of the collection in one vector set")
 def collection_map_route(state: State, model: Model = None, layer: Layer = None, aspect: Aspect = None,
-                         fused: Fused = False) -> dict:
+                         fused: Fused = False, learned: Learned = False) -> dict:
     """Every track's 2-D position: PCA of the vectors search compares (centred, unit length)."""
     with state.lock:
         run = state.run(model)
-        spec = vector_spec(state.store, run, layer, aspect, fused)
+        spec = vector_spec(state.store, run, layer, aspect, fused, learned)
         vs = load_vectors(state.store, run, spec)
         cmap: CollectionMap = state.cached(("map", run.id, spec, vs.fingerprint), lambda: collection_map(vs))
         by_id = track_by_id(state.store.tracks(run))
     points = [{**track_dict(by_id[int(i)]), "x": round(float(x), 5), "y": round(float(y), 5)}
               for i, (x, y) in zip(cmap.ids, cmap.xy) if int(i) in by_id]
-    return {"model": run.model, "vectors": vectors_label(layer, aspect, fused), "method": "pca",
+    return {"model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "method": "pca",
             "explained_variance": [round(v, 4) for v in cmap.explained], "points": points}

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from fastapi import HTTPException, Request
 
 from mess.search.query import Neighbour
-from mess.search.vectors import VectorSpec
+from mess.search.vectors import VectorSpec, has_learned_head
 from mess.serve.uploads import EmbedWorker
 from mess.store import FeatureStore, Run, StoreError, Track
 from mess.store.config import model_key
@@ -75,15 +75,18 @@ def default_model(store: FeatureStore, model: str | None) -> str:
     return store.run().model
 
 
-def vector_spec(store: FeatureStore, run: Run, layer: str | None, aspect: str | None, fused: bool) -> VectorSpec:
+def vector_spec(store: FeatureStore, run: Run, layer: str | None, aspect: str | None, fused: bool,
+                learned: bool = False) -> VectorSpec:
     """The vectors a request asks for, validated against the run; 400 naming the choices when invalid."""
     try:
-        spec = VectorSpec.from_options(layer, aspect, fused)
+        spec = VectorSpec.from_options(layer, aspect, fused, learned=learned)
         spec.layers(store, run)
     except (ValueError, StoreError) as exc:
         raise HTTPException(400, str(exc).replace("--", "")) from None
     if fused and store.derived_meta(run, "fused") is None:
         raise HTTPException(400, f"no fused vectors for {run.model}; run `mess fuse train` and `mess fuse apply`")
+    if learned and not has_learned_head(run):
+        raise HTTPException(400, f"no learned head ships for {run.model} with these layers")
     return spec
 
 

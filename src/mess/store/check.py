@@ -58,7 +58,7 @@ def full_check(store: FeatureStore) -> list[Problem]:
 def repair(store: FeatureStore, problems: list[Problem]) -> list[str]:
     """Fix what :func:`full_check` found (under the write lock); returns what was done, one line each."""
     if any(p.kind == "catalog" for p in problems):
-        raise ValueError("the catalog itself is damaged: restore it from a backup or start a new store")
+        raise ValueError("the catalog itself is damaged; it cannot be repaired from the row files")
     done: list[str] = []
     with store.writing("mess check --repair"):
         for run in store.runs():

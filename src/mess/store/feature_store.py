@@ -33,6 +33,8 @@ from mess.store.lock import StoreLock
 from mess.store.paths import from_db_path, printable, to_db_path
 
 DEFAULT_STORE = Path(".mess")
+CATALOG_ADVICE = ("restore catalog.sqlite from a backup, or move the store aside and extract again "
+                  "(`mess check --repair` cannot rebuild a catalog)")
 _MEMO_SIZE = 64
 T = TypeVar("T")
 
@@ -110,6 +112,11 @@ class TrackVectors:
     seg_starts: Sequence[float]
 
 
+def legacy_stamp(size: int, mtime: float) -> str:
+    """The change stamp of a catalog row written before stamps existed (size and mtime only)."""
+    return f"legacy:{size}:{mtime!r}"
+
+
 def _schema_missing(db: sqlite3.Connection) -> bool:
     try:
         return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='vectors'").fetchone() is None
@@ -149,8 +156,7 @@ class FeatureStore:
         except (OSError, sqlite3.OperationalError) as exc:
             raise StoreError(f"cannot open a feature store at {self.root} ({exc})") from None
         except sqlite3.DatabaseError as exc:
-            raise StoreDamaged(f"{db}: the catalog cannot be read ({exc}); restore it from a backup "
-                               f"or start a new store (vectors are cached by content, so a re-run re-embeds)") from None
+            raise StoreDamaged(f"{self.root} is damaged: the catalog cannot be read ({exc}); {CATALOG_ADVICE}") from None
         if readonly and _schema_missing(self.db):  # a first writer created the file, not yet its tables
             self.db.close()
             raise StoreError(f"no feature store at {self.root} yet (run `mess extract` first)")
@@ -166,9 +172,11 @@ class FeatureStore:
             problems = quick_check(self)
             if problems:
                 self.db.close()
+                advice = (CATALOG_ADVICE if problems[0].kind == "catalog" else
+                          "run `mess check` for details and `mess check --repair` to fix it")
                 raise StoreDamaged(f"{self.root} is damaged: {problems[0].message}"
                                    + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "")
-                                   + "; run `mess check` for details and `mess check --repair` to fix it")
+                                   + f"; {advice}")
 
     def close(self) -> None:
         """Close the catalog connection."""
@@ -260,8 +268,11 @@ class FeatureStore:
 
     def known_file(self, path: Path) -> tuple[str, str] | None:
         """(content_hash, change stamp) recorded for a path, to skip re-hashing unchanged files."""
-        row = self.db.execute("SELECT content_hash, stamp FROM tracks WHERE path=?", (to_db_path(path),)).fetchone()
-        return None if row is None else (row[0], row[1] or "")
+        row = self.db.execute("SELECT content_hash, stamp, size, mtime FROM tracks WHERE path=?",
+                              (to_db_path(path),)).fetchone()
+        if row is None:
+            return None
+        return row[0], row[1] or legacy_stamp(row[2], row[3])  # rows from before stamps: size and mtime
 
     def tracks(self, run: Run | None = None, *, artist: str | None = None) -> tuple[Track, ...]:
         """All tracks (only those with vectors for ``run`` when given), ordered by id.

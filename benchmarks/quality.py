@@ -1,0 +1,349 @@
+"""Retrieval quality on real music: six games' soundtracks, label = the game (`mess demo soundtracks`).
+
+Extracts the development set (cached in the store), then prints backend x vectors -> P@5, mAP and
+nDCG@10, each with a 95% bootstrap interval over queries, plus chance. Every track is a query; its
+ranking covers every other track. Nothing here is trained on the labels except the rows marked
+LOGO: those pick a setting (a layer, a vector recipe, a window count) on five games and are scored
+on the sixth, for each game in turn (leave one game out), so their figures come from games the choice
+never saw. The window study re-uses the stored per-window vectors (no re-extraction).
+
+    python benchmarks/quality.py [--data DIR] [--store DIR] [--models musicnn-msd,musicnn-mtt,dsp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mess.audio.windows import WindowPolicy
+from mess.datasets.soundtracks import fetch_soundtracks
+from mess.search.metrics import average_precision, ndcg_at_k, precision_at_k, ranked_relevance
+from mess.search.segments import chamfer_rows, group_windows
+from mess.search.vectors import Preprocessor
+from mess.store import FeatureStore, Run
+
+CACHE = Path.home() / ".cache" / "mess-bench"
+MODELS = ("musicnn-msd", "musicnn-mtt", "dsp")
+BOOT = 2000
+WINDOW_COUNTS = (1, 2, 3, 4, 8, 16)
+PLACEMENTS = ("start", "middle", "spread")
+Sim = np.ndarray  # [n, n] similarity of every track to every track
+
+
+# ---------------------------------------------------------------- data
+
+
+def extract_missing(store: Path, paths: list[Path], games: list[str], models: tuple[str, ...]) -> None:
+    """Embed the tracks a model still lacks, shortest first and round-robin over games (interruptible)."""
+    from mess.extract.pipeline import extract
+    from mess.models.registry import load_model
+
+    order = _round_robin(paths, games)
+    fs = FeatureStore(store)
+    try:
+        for name in models:
+            started = time.perf_counter()
+            summary = extract(fs, order, load_model(name), WindowPolicy(), workers=1)
+            print(f"extract {name}: {summary.done} embedded, {summary.skipped} cached, {len(summary.failed)} failed "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+    finally:
+        fs.close()
+
+
+def _round_robin(paths: list[Path], games: list[str]) -> list[Path]:
+    """Paths ordered so that any prefix covers every game: each game's shortest files first."""
+    by_game: dict[str, list[Path]] = {}
+    for path, game in zip(paths, games):
+        by_game.setdefault(game, []).append(path)
+    queues = [sorted(ps, key=lambda p: p.stat().st_size) for ps in by_game.values()]
+    return [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
+
+
+@dataclass
+class Backend:
+    """One model's stored vectors for the evaluated tracks: per layer, track means and windows."""
+
+    name: str
+    layers: tuple[str, ...]
+    tracks: dict[str, np.ndarray]  # layer -> [n, dim]
+    windows: dict[str, np.ndarray]  # layer -> [n_windows, dim]
+    owner: np.ndarray  # row of the track each window belongs to
+    starts: np.ndarray  # window start seconds
+
+
+def load_backend(fs: FeatureStore, run: Run, ids: np.ndarray) -> Backend:
+    """Track and window vectors of every layer for the track ids ``ids`` (in that order)."""
+    pos = {int(i): n for n, i in enumerate(ids)}
+    tracks, windows = {}, {}
+    owner = starts = np.empty(0)
+    for layer in run.layer_names:
+        tid, mat = fs.layer_matrix(run, layer)
+        rows = np.array([pos.get(int(i), -1) for i in tid])
+        out = np.empty((len(ids), mat.shape[1]), np.float32)
+        out[rows[rows >= 0]] = mat[rows >= 0]
+        tracks[layer] = out
+        seg_ids, seg_starts, seg = fs.segment_matrix(run, layer)
+        seg_rows = np.array([pos.get(int(i), -1) for i in seg_ids])
+        keep = seg_rows >= 0
+        windows[layer], owner, starts = seg[keep], seg_rows[keep], seg_starts[keep]
+    return Backend(run.model, run.layer_names, tracks, windows, owner, starts)
+
+
+# ---------------------------------------------------------------- vectors -> similarity
+
+
+def unit_vectors(blocks: list[np.ndarray], norm: str = "center") -> np.ndarray:
+    """The library's preprocessing (per-dimension shift, per-block L2) of concatenated layer blocks."""
+    raw = np.concatenate(blocks, axis=1)
+    return Preprocessor.fit(raw, [b.shape[1] for b in blocks], norm).apply(raw)  # type: ignore[arg-type]
+
+
+def mean_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: str = "center") -> Sim:
+    """Cosine of track vectors over the chosen (backend, layer) blocks, each block equally weighted."""
+    x = unit_vectors([backends[b].tracks[layer] for b, layer in layers], norm)
+    return x @ x.T
+
+
+def segment_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: str = "center") -> Sim:
+    """Chamfer similarity of window vectors (one backend; the preprocessor is fitted on track vectors)."""
+    b = backends[layers[0][0]]
+    track_raw = np.concatenate([b.tracks[layer] for _, layer in layers], axis=1)
+    seg_raw = np.concatenate([b.windows[layer] for _, layer in layers], axis=1)
+    dims = [b.tracks[layer].shape[1] for _, layer in layers]
+    prep = Preprocessor.fit(track_raw, dims, norm)  # type: ignore[arg-type]
+    n = len(track_raw)
+    seg = group_windows(np.arange(n), b.owner, prep.apply(seg_raw))
+    return chamfer_rows(seg, np.arange(n))
+
+
+def all_layers(backends: list[Backend], *which: int) -> list[tuple[int, str]]:
+    """(backend, layer) pairs of every layer of the given backends."""
+    return [(b, layer) for b in which for layer in backends[b].layers]
+
+
+# ---------------------------------------------------------------- metrics
+
+
+@dataclass
+class PerQuery:
+    """Per-query P@5, AP and nDCG@10 for one similarity, and the query rows they belong to."""
+
+    p5: np.ndarray
+    ap: np.ndarray
+    ndcg: np.ndarray
+    rows: np.ndarray
+
+
+def per_query(sim: Sim, labels: np.ndarray, rows: np.ndarray | None = None,
+              items: np.ndarray | None = None) -> PerQuery:
+    """Scores of the queries ``rows`` (default all) ranking the tracks ``items`` (default all).
+
+    A query whose label no other item shares is left out: it has nothing to find.
+    """
+    rows = np.arange(len(labels)) if rows is None else rows
+    items = np.arange(len(labels)) if items is None else items
+    _, inverse, counts = np.unique(labels[items], return_inverse=True, return_counts=True)
+    shared = set(labels[items][counts[inverse] >= 2].tolist())
+    rows = rows[np.isin(labels[rows], list(shared))]
+    local = np.searchsorted(items, rows)
+    rel = ranked_relevance(sim[np.ix_(rows, items)], labels[rows], labels[items], local)
+    return PerQuery(precision_at_k(rel, 5), average_precision(rel), ndcg_at_k(rel, 10), rows)
+
+
+def chance(labels: np.ndarray, seed: int = 0, repeats: int = 50) -> PerQuery:
+    """The same scores for random rankings, averaged over ``repeats`` per query."""
+    rng = np.random.default_rng(seed)
+    runs = [per_query(rng.random((len(labels), len(labels))), labels) for _ in range(repeats)]
+    return PerQuery(*(np.mean([getattr(r, f) for r in runs], axis=0) for f in ("p5", "ap", "ndcg")), runs[0].rows)
+
+
+def boot_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean over queries."""
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (BOOT, len(values)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def ratio_ci(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
+    """mean(a) / mean(b) with a 95% paired bootstrap interval (the same queries resampled for both)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), (BOOT, len(a)))
+    ratios = a[idx].mean(axis=1) / np.maximum(b[idx].mean(axis=1), 1e-12)
+    return float(a.mean() / b.mean()), float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
+
+
+# ---------------------------------------------------------------- leave one game out
+
+
+def logo(candidates: dict[str, Sim], labels: np.ndarray) -> tuple[PerQuery, list[str]]:
+    """Pick the candidate with the best mAP on five games, score it on the sixth; pooled over the six folds.
+
+    Within a fold the choice sees only the other games' tracks (queries and rankings); the held-out
+    game's queries then rank every track, as in the fixed rows.
+    """
+    parts: list[PerQuery] = []
+    picks: list[str] = []
+    for game in np.unique(labels):
+        train = np.flatnonzero(labels != game)
+        best = max(candidates, key=lambda c: per_query(candidates[c], labels, train, train).ap.mean())
+        parts.append(per_query(candidates[best], labels, np.flatnonzero(labels == game)))
+        picks.append(f"{game}:{best}")
+    order = np.argsort(np.concatenate([p.rows for p in parts]))
+    pooled = PerQuery(*(np.concatenate([getattr(p, f) for p in parts])[order] for f in ("p5", "ap", "ndcg", "rows")))
+    return pooled, picks
+
+
+# ---------------------------------------------------------------- window study
+
+
+def window_subset(b: Backend, count: int, placement: str) -> Backend:
+    """The backend as if each track had been analysed with ``count`` of its stored windows only."""
+    keep = []
+    for row in range(len(next(iter(b.tracks.values())))):
+        own = np.flatnonzero(b.owner == row)
+        own = own[np.argsort(b.starts[own], kind="stable")]
+        n = min(count, len(own))
+        if placement == "start":
+            pick = own[:n]
+        elif placement == "middle":
+            first = (len(own) - n) // 2
+            pick = own[first:first + n]
+        else:
+            pick = own[np.unique(np.linspace(0, len(own) - 1, n).round().astype(int))]
+        keep.append(pick)
+    sel = np.concatenate(keep)
+    tracks = {layer: np.stack([b.windows[layer][k].mean(axis=0) for k in keep]) for layer in b.layers}
+    return Backend(b.name, b.layers, tracks, {layer: w[sel] for layer, w in b.windows.items()}, b.owner[sel],
+                   b.starts[sel])
+
+
+def window_study(b: Backend, labels: np.ndarray, durations: np.ndarray, window_s: float) -> dict[tuple[int, str], Sim]:
+    """Print mAP (95% CI) against seconds analysed per track for each window count and placement."""
+    print(f"\nwindow policy ({b.name}, all layers, mean of the chosen {window_s:.0f} s windows):")
+    print(f"{'windows':>8} {'s/track':>8}  " + "  ".join(f"{p:>22}" for p in PLACEMENTS))
+    sims: dict[tuple[int, str], Sim] = {}
+    for count in WINDOW_COUNTS:
+        cells = []
+        for placement in PLACEMENTS:
+            sub = window_subset(b, count, placement)
+            sims[(count, placement)] = mean_sim([sub], all_layers([sub], 0))
+            ap = per_query(sims[(count, placement)], labels).ap
+            lo, hi = boot_ci(ap)
+            cells.append(f"{ap.mean():.3f} [{lo:.3f}, {hi:.3f}]")
+        seconds = np.minimum(durations, count * window_s).mean()
+        print(f"{count:>8} {seconds:>8.0f}  " + "  ".join(f"{c:>22}" for c in cells))
+    return sims
+
+
+# ---------------------------------------------------------------- report
+
+
+def row(name: str, q: PerQuery) -> str:
+    """One table row: each metric with its 95% interval."""
+    cells = [f"{v.mean():.3f} [{lo:.3f}, {hi:.3f}]" for v in (q.p5, q.ap, q.ndcg) for lo, hi in [boot_ci(v)]]
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
+def recipes(backends: dict[str, Backend]) -> dict[str, Callable[[], Sim]]:
+    """The fixed (untrained) vector recipes measured, by name; backends missing from the store are left out."""
+    order = list(backends)
+    bs = list(backends.values())
+    out: dict[str, Callable[[], Sim]] = {}
+    if "dsp" in backends:
+        d = order.index("dsp")
+        out["dsp, all layers"] = lambda: mean_sim(bs, all_layers(bs, d))
+        out["dsp, all layers, zscore"] = lambda: mean_sim(bs, all_layers(bs, d), "zscore")
+    for model in ("musicnn-msd", "musicnn-mtt"):
+        if model not in backends:
+            continue
+        m, short = order.index(model), model.split("-")[1]
+        out[f"{short} penultimate"] = lambda m=m: mean_sim(bs, [(m, "penultimate")])
+        out[f"{short} mean_pool"] = lambda m=m: mean_sim(bs, [(m, "mean_pool")])
+        out[f"{short} all layers"] = lambda m=m: mean_sim(bs, all_layers(bs, m))
+        out[f"{short} all layers, zscore"] = lambda m=m: mean_sim(bs, all_layers(bs, m), "zscore")
+        out[f"{short} all layers, segments"] = lambda m=m: segment_sim(bs, all_layers(bs, m))
+        out[f"{short} mean_pool, segments"] = lambda m=m: segment_sim(bs, [(m, "mean_pool")])
+    if "musicnn-msd" in backends and "musicnn-mtt" in backends:
+        pair = (order.index("musicnn-msd"), order.index("musicnn-mtt"))
+        out["msd+mtt all layers"] = lambda: mean_sim(bs, all_layers(bs, *pair))
+        out["msd+mtt all layers, zscore"] = lambda: mean_sim(bs, all_layers(bs, *pair), "zscore")
+        out["msd+mtt, segments avg"] = lambda: (segment_sim(bs, all_layers(bs, pair[0]))
+                                                + segment_sim(bs, all_layers(bs, pair[1]))) / 2
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=CACHE / "soundtracks")
+    parser.add_argument("--store", type=Path, default=CACHE / "soundtracks-store")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--no-extract", action="store_true", help="Evaluate only the tracks already extracted.")
+    args = parser.parse_args()
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    started = time.perf_counter()
+    tracks = fetch_soundtracks(args.data)
+    if not args.no_extract:
+        extract_missing(args.store, [t.path for t in tracks], [t.game for t in tracks], models)
+    game_of = {str(t.path.resolve()): t for t in tracks}
+    fs = FeatureStore(args.store, readonly=True)
+    try:
+        runs = {m: fs.run(m) for m in models}
+        have = [{t.id for t in fs.tracks(r) if t.path in game_of} for r in runs.values()]
+        ids = np.array(sorted(set.intersection(*have)), dtype=np.int64)
+        by_id = {t.id: t for t in fs.tracks()}
+        backends = {m: load_backend(fs, r, ids) for m, r in runs.items()}
+        window_s = next(iter(runs.values())).policy.window_seconds
+    finally:
+        fs.close()
+    meta = [game_of[by_id[int(i)].path] for i in ids]
+    labels = np.array([t.game for t in meta])
+    durations = np.array([t.duration for t in meta])
+    games = ", ".join(f"{g} {n}" for g, n in zip(*np.unique(labels, return_counts=True)))
+    print(f"{len(ids)} tracks of {len(tracks)} with vectors from {', '.join(models)}; per game: {games}")
+    report(backends, labels, durations, window_s)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\n{time.perf_counter() - started:.0f} s, peak RSS {peak:.0f} MiB")
+
+
+def report(backends: dict[str, Backend], labels: np.ndarray, durations: np.ndarray, window_s: float) -> None:
+    """Print the quality table, the LOGO choices, the paired ratios against the baselines and the window study."""
+    sims = {name: make() for name, make in recipes(backends).items()}
+    scores = {name: per_query(s, labels) for name, s in sims.items()}
+    print("\n| vectors | P@5 | mAP | nDCG@10 |\n|---|---|---|---|")
+    print(row("chance", chance(labels)))
+    for name, q in scores.items():
+        print(row(name, q))
+    if "musicnn-msd" in backends:
+        b = list(backends).index("musicnn-msd")
+        bs = list(backends.values())
+        layer_sims = {layer: mean_sim(bs, [(b, layer)]) for layer in backends["musicnn-msd"].layers}
+        q, picks = logo(layer_sims, labels)
+        print(row("msd, one layer chosen by LOGO", q))
+        print(f"  picks: {' '.join(picks)}")
+        scores["msd, one layer chosen by LOGO"] = q
+    q, picks = logo(sims, labels)
+    print(row("recipe chosen by LOGO among the rows above", q))
+    print(f"  picks: {' '.join(picks)}")
+    scores["recipe chosen by LOGO"] = q
+    base = {n: scores[n] for n in ("msd penultimate", "dsp, all layers") if n in scores}
+    print("\nmAP ratios, paired bootstrap 95% interval over queries:")
+    for name in [n for n in scores if n not in base]:
+        print(f"  {name}: " + ", ".join(
+            f"x{r:.2f} [{lo:.2f}, {hi:.2f}] vs {bn}" for bn, bq in base.items()
+            for r, lo, hi in [ratio_ci(scores[name].ap, bq.ap)]))
+    if "musicnn-msd" in backends:
+        wins = window_study(backends["musicnn-msd"], labels, durations, window_s)
+        q, picks = logo({f"{c}x{p}": s for (c, p), s in wins.items()}, labels)
+        print(row("window policy chosen by LOGO", q))
+        print(f"  picks: {' '.join(picks)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Real game soundtracks as a labelled development set: six Debian packages, label = the game.
+
+The music files of 45 s or more from wesnoth-1.16-music, widelands-data, flare-game, warmux-data,
+openclonk-data and xmoto-data (95 tracks), skipping sound-effect folders and byte-identical copies.
+Each copy's ALBUM tag is set to its game, so ``mess evaluate --label album`` scores by soundtrack;
+its own ARTIST tag, where it has one, is kept. ``manifest.csv`` lists path, game, artist, duration.
+Other soundtracks are deliberately not fetched: they are kept back for an independent check.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import mutagen
+
+from mess.audio.decode import AUDIO_EXTENSIONS, AudioError, probe
+from mess.audio.tags import read_tags
+from mess.datasets.debian import FetchError, unpack_package
+
+PACKAGES: dict[str, str] = {
+    "wesnoth-1.16-music": "wesnoth",
+    "widelands-data": "widelands",
+    "flare-game": "flare",
+    "warmux-data": "warmux",
+    "openclonk-data": "openclonk",
+    "xmoto-data": "xmoto",
+}
+MIN_SECONDS = 45.0
+SKIP_FOLDER_WORDS = ("sfx", "sound")
+MANIFEST = "manifest.csv"
+LABEL_TAG = "album"
+
+__all__ = ["FetchError", "LABEL_TAG", "MANIFEST", "MIN_SECONDS", "PACKAGES", "SoundtrackTrack",
+           "fetch_soundtracks", "music_files", "read_manifest"]
+
+
+@dataclass(frozen=True)
+class SoundtrackTrack:
+    """One music file of the set: where it lies, its game (the label), its own artist tag, its length."""
+
+    path: Path
+    game: str
+    artist: str | None
+    duration: float
+
+
+def fetch_soundtracks(out_dir: Path) -> list[SoundtrackTrack]:
+    """Fetch the six packages, copy their music into ``out_dir/<game>/`` and write the manifest.
+
+    A folder whose manifest lists files that all exist is reused without touching apt.
+    Raises :class:`FetchError` where apt-get or dpkg is missing or a package cannot be fetched.
+    """
+    cached = read_manifest(out_dir)
+    if cached and all(t.path.is_file() for t in cached):
+        return cached
+    tracks: list[SoundtrackTrack] = []
+    seen: set[str] = set()
+    for package, game in PACKAGES.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            root = unpack_package(package, Path(tmp))
+            for src, duration in music_files(root.rglob("*")):
+                digest = hashlib.sha256(src.read_bytes()).hexdigest()
+                if digest not in seen:
+                    seen.add(digest)
+                    tracks.append(_copy_labelled(src, out_dir / game, game, duration))
+    _write_manifest(out_dir, tracks)
+    return tracks
+
+
+def music_files(paths: Iterable[Path]) -> list[tuple[Path, float]]:
+    """The audio files (with their durations) of at least :data:`MIN_SECONDS` outside sound-effect folders."""
+    found = []
+    for path in sorted(paths):
+        if path.suffix.lower() not in AUDIO_EXTENSIONS or not path.is_file():
+            continue
+        if any(word in part.lower() for part in path.parent.parts for word in SKIP_FOLDER_WORDS):
+            continue
+        try:
+            duration = probe(path).duration
+        except AudioError:
+            continue
+        if duration >= MIN_SECONDS:
+            found.append((path, duration))
+    return found
+
+
+def read_manifest(out_dir: Path) -> list[SoundtrackTrack]:
+    """The tracks listed in ``out_dir/manifest.csv`` (empty where there is none)."""
+    manifest = out_dir / MANIFEST
+    if not manifest.is_file():
+        return []
+    with manifest.open(newline="", encoding="utf-8") as fh:
+        return [SoundtrackTrack(Path(row["path"]), row["game"], row["artist"] or None, float(row["duration"]))
+                for row in csv.DictReader(fh)]
+
+
+def _copy_labelled(src: Path, game_dir: Path, game: str, duration: float) -> SoundtrackTrack:
+    """Copy one file, naming it uniquely within its game, and set its album tag to the game."""
+    game_dir.mkdir(parents=True, exist_ok=True)
+    dest = game_dir / src.name
+    if dest.exists():
+        dest = game_dir / f"{src.parent.name}__{src.name}"
+    partial = dest.with_name(f".{dest.name}.partial")
+    shutil.copyfile(src, partial)
+    audio = mutagen.File(str(partial), easy=True)
+    if audio is not None:
+        if audio.tags is None:
+            audio.add_tags()
+        audio.tags[LABEL_TAG] = game
+        audio.save()
+    partial.replace(dest)
+    return SoundtrackTrack(dest, game, read_tags(dest)["artist"], duration)
+
+
+def _write_manifest(out_dir: Path, tracks: list[SoundtrackTrack]) -> None:
+    """Write ``manifest.csv`` (absolute path, game, artist, duration in seconds): a label CSV for ``evaluate``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = out_dir / f".{MANIFEST}.partial"
+    with partial.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "game", "artist", "duration"])
+        for t in tracks:
+            writer.writerow([str(t.path.resolve()), t.game, t.artist or "", f"{t.duration:.2f}"])
+    partial.replace(out_dir / MANIFEST)

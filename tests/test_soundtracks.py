@@ -1,0 +1,82 @@
+"""The soundtrack development set: which files count as music, labels, dedup, cache, manifest."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from mess.audio.decode import probe
+from mess.audio.discover import content_hash
+from mess.audio.tags import read_tags
+from mess.datasets.soundtracks import (MIN_SECONDS, PACKAGES, FetchError, fetch_soundtracks, music_files,
+                                       read_manifest)
+from conftest import CACHE_ROOT
+
+
+@pytest.fixture(scope="session")
+def soundtracks() -> Path:
+    """The set fetched once into the test cache; skips where apt-get cannot fetch it."""
+    out = CACHE_ROOT / "soundtracks"
+    try:
+        fetch_soundtracks(out)
+    except FetchError as exc:
+        pytest.skip(str(exc))
+    return out
+
+
+def test_only_long_files_outside_sound_folders(wesnoth_tracks: list[Path], rendered_collection: list[Path],
+                                               tmp_path: Path) -> None:
+    long = next(p for p in wesnoth_tracks if probe(p).duration > 60)
+    short = rendered_collection[0]  # 20 s
+    for folder, src in (("music", long), ("music", short), ("sfx", long), ("sounds/ambient", long)):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, tmp_path / folder / src.name)
+    found = music_files(tmp_path.rglob("*"))
+    assert [p for p, _ in found] == [tmp_path / "music" / long.name]
+    assert found[0][1] == pytest.approx(probe(long).duration)
+
+
+def test_set_is_labelled_by_game_and_deduplicated(soundtracks: Path) -> None:
+    tracks = read_manifest(soundtracks)
+    games = Counter(t.game for t in tracks)
+    assert set(games) == set(PACKAGES.values())
+    assert min(games.values()) >= 6
+    assert all(t.duration >= MIN_SECONDS for t in tracks)
+    assert len({content_hash(t.path) for t in tracks}) == len(tracks)
+    assert not any("sfx" in t.path.as_posix().lower() or "sound" in t.path.parent.name.lower() for t in tracks)
+    tags = [read_tags(t.path) for t in tracks]
+    assert [tag["album"] for tag in tags] == [t.game for t in tracks]
+    assert [tag["artist"] for tag in tags] == [t.artist for t in tracks]
+    assert sum(t.artist is not None for t in tracks) > len(tracks) // 2
+
+
+def test_second_fetch_is_served_from_the_manifest(soundtracks: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "")  # no apt-get: only the cache can answer
+    again = fetch_soundtracks(soundtracks)
+    assert again == read_manifest(soundtracks)
+    (soundtracks / "missing-dir").mkdir(exist_ok=True)
+    with pytest.raises(FetchError, match="apt-get is not available"):
+        fetch_soundtracks(soundtracks / "missing-dir")
+
+
+
+def test_cli_lists_the_games_and_fails_in_one_line(soundtracks: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from mess.cli.demo_data import register
+
+    app = typer.Typer()
+    register(app)
+    monkeypatch.setenv("PATH", "")
+    ok = CliRunner().invoke(app, ["demo", "soundtracks", str(soundtracks)])
+    assert ok.exit_code == 0, ok.output
+    assert all(game in ok.output for game in PACKAGES.values())
+    assert f"{len(read_manifest(soundtracks))} tracks" in ok.output
+    bad = CliRunner().invoke(app, ["demo", "soundtracks", str(tmp_path / "empty")])
+    assert bad.exit_code == 1
+    assert "apt-get is not available" in bad.output and "Traceback" not in bad.output
