@@ -1,89 +1,249 @@
-"""End-to-end `mess extract` throughput against the bare model and a naive baseline.
+"""Extraction speed in one run: pipeline vs bare model per backend, CPU efficiency, memory, and the TF original.
 
-Three measurements on the same files, in one run:
-  1. pipeline: mess.extract.pipeline.extract (threaded decode overlapped with inference, store writes);
-  2. bare model: model.embed on the same windows, already decoded and cut (the floor);
-  3. naive: librosa.load (+ its resampler) per file, then one window per forward pass, sequentially.
+Measured in one process (both sides of every ratio under the same load, whose average is printed):
+  1. fp32 matmul GFLOP/s (2048 x 2048, best of 3), at the start and around each bare pass (the denominator
+     of efficiency, taken next to the numerator because the load changes from minute to minute);
+  2. per model: the pipeline (mess.extract.pipeline.extract: threaded decode with seeking, inference,
+     store writes) and the bare model on the same windows already decoded (the floor), so overhead =
+     pipeline / bare - 1; time to the first embedded file; seconds per 3.5-min track under the default
+     window policy; for musicnn models, efficiency = bare audio-s/s / 3 x GFLOP per 3 s patch / matmul GFLOP/s;
+  3. a 2-hour file (generated FLAC) through the pipeline in a child process: its peak RSS;
+  4. the original musicnn (TensorFlow, --tf-python, e.g. /work/tfvenv/bin/python; skipped when missing):
+     its extractor() on the same files (whole files, its own decoding) against our pipeline, plus the max
+     abs difference of its penultimate layer (patch 0, the one its extractor reports correctly).
 
-With --onnx (and --model musicnn-msd or musicnn-mtt), the native musicnn is also exported to an
-Essentia-named ONNX graph (needs the onnx package, test extra) and both backends embed the same
-pre-decoded windows: pipeline and bare timings for each, the ONNX Runtime execution provider and
-thread setting, torch's thread count, and the largest difference between their vectors.
+With --onnx, the native musicnn-msd is also exported to an Essentia-named ONNX graph (needs the onnx
+package, test extra) and both backends embed the same pre-decoded windows: pipeline and bare timings for
+each, the ONNX Runtime execution provider and thread setting, torch's thread count, and the largest
+difference between their vectors.
 
-Usage: python benchmarks/extract.py AUDIO_DIR [--model musicnn-msd] [--limit 24] [--batch-size 4] [--onnx]
+Usage: python benchmarks/extract.py AUDIO_DIR [--models musicnn-msd,dsp] [--limit 6] [--tf-python PATH] [--onnx]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
+import subprocess
+import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
 import librosa
 import numpy as np
+import soundfile as sf
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from mess.audio.discover import find_audio
 from mess.audio.windows import WindowPolicy
 from mess.extract.embed import embed_prepared
 from mess.extract.pipeline import extract
 from mess.extract.prepare import decode_windows, inspect_file
+from mess.models.musicnn.model import log_mel, patches
 from mess.models.registry import load_model
 from mess.store import FeatureStore
+
+TYPICAL_TRACK_SECONDS = 210.0  # 3.5 minutes
+PATCH_SECONDS = 3.0
 
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def matmul_gflops(n: int = 2048, repeats: int = 3) -> float:
+    """Best fp32 matmul rate over ``repeats`` products of two n x n matrices."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def gflop_per_patch(model: object) -> float | None:
+    """FLOPs (convs and matmuls) of one 187-frame patch through a musicnn-family network; None for others."""
+    network = getattr(model, "network", None)
+    if network is None or not hasattr(network, "patch_vectors"):
+        return None
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        network(torch.zeros(1, 187, 96))
+    return counter.get_total_flops() / 1e9
+
+
+def measure_model(name: str, paths: list[Path], policy: WindowPolicy, batch_size: int) -> dict:
+    """Pipeline vs bare model for one backend, on the same files, in this process."""
+    t0 = time.perf_counter()
+    model = load_model(name)
+    load_s = time.perf_counter() - t0
+    model.embed(np.zeros((1, model.info.sample_rate * 3), np.float32))  # warm-up (lazy init, allocator)
+    first: list[float] = []
+
+    def hook(done: int, audio_seconds: float) -> None:
+        if audio_seconds > 0 and not first:
+            first.append(time.perf_counter() - start)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        summary = extract(FeatureStore(Path(tmp)), paths, model, policy, batch_size=batch_size, workers=2,
+                          on_progress=hook)
+        pipeline_s = time.perf_counter() - start
+    sr = model.info.sample_rate
+    prepared = [decode_windows(inspect_file(p), sr, policy, model.info.min_samples) for p in paths]
+    mm = matmul_gflops()  # the machine's rate right around the bare pass: the load changes from minute to minute
+    start = time.perf_counter()
+    embed_prepared(model, prepared, batch_size)
+    bare_s = time.perf_counter() - start
+    mm = (mm + matmul_gflops()) / 2
+    audio_s = summary.audio_seconds
+    row = {"model": name, "files": len(paths), "failed": len(summary.failed), "audio_s": audio_s,
+           "load_s": load_s, "first_file_s": first[0] if first else float("nan"),
+           "pipeline_rate": audio_s / pipeline_s, "bare_rate": audio_s / bare_s,
+           "overhead": pipeline_s / bare_s - 1, "track_s": TYPICAL_TRACK_SECONDS / (audio_s / pipeline_s),
+           "matmul": mm}
+    gflop = gflop_per_patch(model)
+    if gflop is not None:
+        row["gflop_patch"] = gflop
+        row["efficiency"] = row["bare_rate"] / PATCH_SECONDS * gflop / mm
+    return row
+
+
+def long_file_rss(folder: Path, model: str, hours: float = 2.0) -> dict:
+    """Write a ``hours``-long 16 kHz FLAC, run the pipeline on it in a child process, return its peak RSS."""
+    path = folder / "long.flac"
+    rng = np.random.default_rng(0)
+    with sf.SoundFile(path, "w", samplerate=16000, channels=1, subtype="PCM_16") as f:
+        t = np.arange(60 * 16000) / 16000
+        for minute in range(int(hours * 60)):
+            f.write((0.3 * np.sin(2 * np.pi * (110 + 10 * (minute % 24)) * t)
+                     + 0.02 * rng.standard_normal(t.size)).astype(np.float32))
+    script = textwrap.dedent(f"""
+        import json, resource, time
+        from pathlib import Path
+        from mess.audio.windows import WindowPolicy
+        from mess.extract.pipeline import extract
+        from mess.models.registry import load_model
+        from mess.store import FeatureStore
+        model = load_model({model!r})
+        start = time.perf_counter()
+        s = extract(FeatureStore(Path({str(folder / 'store')!r})), [Path({str(path)!r})], model, WindowPolicy())
+        print(json.dumps({{"done": s.done, "audio_s": s.audio_seconds, "seconds": time.perf_counter() - start,
+                          "rss_mb": int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) / 1024}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return {"hours": hours, **json.loads(out.stdout.strip().splitlines()[-1])}
+
+
+_TF_SCRIPT = """
+import json, sys, time
+import numpy as np
+from musicnn.extractor import extractor
+out = {}
+for path in sys.argv[1:]:
+    start = time.perf_counter()
+    _, _, feats = extractor(path, model="MSD_musicnn", extract_features=True)
+    out[path] = {"seconds": time.perf_counter() - start, "penultimate0": np.asarray(feats["penultimate"])[0].tolist()}
+print("RESULT " + json.dumps(out))
+"""
+
+
+def race_tensorflow(tf_python: Path, paths: list[Path], policy: WindowPolicy, batch_size: int) -> dict | None:
+    """The original musicnn (MSD) on the same files vs our pipeline; None where TF is not installed."""
+    if not tf_python.is_file():
+        return None
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ""}
+    probe = subprocess.run([str(tf_python), "-c", "import tensorflow, musicnn.extractor"], env=env,
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        return None
+    warm = subprocess.run([str(tf_python), "-W", "ignore", "-c", _TF_SCRIPT, str(paths[0])], env=env,
+                          capture_output=True, text=True)  # first run pays one-off caches; not timed
+    if warm.returncode != 0:
+        return None
+    quiet = Path(tempfile.mkdtemp()) / "quiet.wav"  # real music at -20 dB stays inside TF's float16 input range
+    audio, _ = librosa.load(paths[0], sr=16000)
+    sf.write(quiet, 0.1 * audio, 16000, subtype="FLOAT")
+    start = time.perf_counter()
+    done = subprocess.run([str(tf_python), "-W", "ignore", "-c", _TF_SCRIPT, *map(str, paths), str(quiet)], env=env,
+                          capture_output=True, text=True, check=True)
+    tf = json.loads(done.stdout.split("RESULT ", 1)[1])
+    tf_wall = time.perf_counter() - start - tf[str(quiet)]["seconds"]
+    file_s = sum(sf.info(str(p)).duration for p in paths)
+    model = load_model("musicnn-msd")
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        extract(FeatureStore(Path(tmp)), paths, model, policy, batch_size=batch_size, workers=2)
+        ours_s = time.perf_counter() - start
+    diffs, nonfinite = [], 0
+    for path in [*paths, quiet]:
+        ref = np.asarray(tf[str(path)]["penultimate0"], dtype=np.float32)
+        if not np.isfinite(ref).all():
+            nonfinite += 1
+            continue
+        audio, _ = librosa.load(path, sr=16000)  # musicnn's own input path
+        with torch.inference_mode():
+            ours = model.network(torch.from_numpy(patches(log_mel(audio[None]))[0][:1]))["penultimate"][0]
+        diffs.append(float(np.abs(ours.numpy() - ref).max()))
+    return {"files": len(paths), "file_s": file_s, "tf_wall_s": tf_wall, "compared": len(diffs),
+            "tf_rate": file_s / tf_wall, "ours_s": ours_s, "ours_rate": file_s / ours_s, "ratio": tf_wall / ours_s,
+            "penultimate_max_diff": max(diffs) if diffs else float("nan"), "tf_nonfinite_files": nonfinite}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("audio", type=Path)
-    parser.add_argument("--model", default="musicnn-msd")
-    parser.add_argument("--limit", type=int, default=24)
+    parser.add_argument("--models", "--model", default="musicnn-msd,musicnn-mtt,musicnn-vgg-msd,musicnn-vgg-mtt,dsp")
+    parser.add_argument("--limit", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--window", type=float, default=30.0)
-    parser.add_argument("--onnx", action="store_true", help="also time the ONNX Runtime backend (musicnn only)")
+    parser.add_argument("--tf-python", type=Path, default=Path("/work/tfvenv/bin/python"))
+    parser.add_argument("--long-hours", type=float, default=2.0, help="0 skips the long-file check")
+    parser.add_argument("--onnx", action="store_true", help="also time the ONNX Runtime backend (musicnn-msd)")
     parser.add_argument("--onnx-threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
     args = parser.parse_args()
 
     paths = find_audio([args.audio])[: args.limit]
-    model = load_model(args.model)
-    policy = WindowPolicy(window_seconds=args.window)
-    sr = model.info.sample_rate
-    model.embed(np.zeros((1, sr * 3), np.float32))  # warm-up (lazy init, allocator)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        summary = extract(FeatureStore(Path(tmp)), paths, model, policy, batch_size=args.batch_size, workers=2)
-        pipeline_s = time.perf_counter() - t0
-    audio_s = summary.audio_seconds
-
-    prepared = [decode_windows(inspect_file(p), sr, policy, model.info.min_samples) for p in paths]
-    t0 = time.perf_counter()
-    embed_prepared(model, prepared, args.batch_size)
-    bare_s = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    for path in paths:
-        y, _ = librosa.load(path, sr=sr, mono=True)
-        _, windows = policy.cut(y, sr)
-        for w in windows:
-            model.embed(w[None])
-    naive_s = time.perf_counter() - t0
-
-    print(f"model {model.info.name}, {len(paths)} tracks, {audio_s:.0f} audio-s, batch {args.batch_size}, "
-          f"window {args.window:g} s, failed {len(summary.failed)}")
-    print(f"{'':12s}{'wall s':>8s}{'audio-s/s':>11s}")
-    for name, secs in (("pipeline", pipeline_s), ("bare model", bare_s), ("naive", naive_s)):
-        print(f"{name:12s}{secs:8.2f}{audio_s / secs:11.1f}")
-    print(f"pipeline overhead over bare model: {100 * (pipeline_s / bare_s - 1):+.1f}%")
-    print(f"speed-up over naive sequential: {naive_s / pipeline_s:.2f}x")
+    policy = WindowPolicy()
+    load = os.getloadavg()
+    mm = matmul_gflops()
+    print(f"{len(paths)} files from {args.audio}; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
+          f"on {os.cpu_count()} cores; torch threads {torch.get_num_threads()}; fp32 matmul {mm:.1f} GFLOP/s")
+    rows = [measure_model(name, paths, policy, args.batch_size) for name in args.models.split(",")]
+    header = (f"{'model':18s}{'audio-s':>8s}{'pipeline':>10s}{'bare':>8s}{'overhead':>9s}{'load s':>8s}"
+              f"{'1st file s':>11s}{'s/3.5min':>9s}{'matmul':>8s}{'GFLOP/p':>8s}{'effic.':>7s}")
+    print(header + "   (rates in audio-s/s; matmul GFLOP/s around the bare pass; efficiency = bare / 3 s x "
+                   "GFLOP per patch / matmul)")
+    for r in rows:
+        print(f"{r['model']:18s}{r['audio_s']:8.0f}{r['pipeline_rate']:10.1f}{r['bare_rate']:8.1f}"
+              f"{100 * r['overhead']:+8.1f}%{r['load_s']:8.2f}{r['first_file_s']:11.2f}{r['track_s']:9.2f}"
+              f"{r['matmul']:8.1f}"
+              + (f"{r['gflop_patch']:8.3f}{r['efficiency']:7.2f}" if "efficiency" in r else ""))
+    if args.long_hours > 0:
+        with tempfile.TemporaryDirectory() as tmp:
+            long = long_file_rss(Path(tmp), "musicnn-msd", args.long_hours)
+        print(f"{long['hours']:g}-hour FLAC through the musicnn-msd pipeline (child process): {long['done']} file, "
+              f"{long['audio_s']:.0f} audio-s analysed in {long['seconds']:.1f} s, peak RSS {long['rss_mb']:.0f} MB")
+    race = race_tensorflow(args.tf_python, paths, policy, args.batch_size)
+    if race is None:
+        print(f"TensorFlow musicnn race skipped: no working TensorFlow + musicnn at {args.tf_python}")
+    else:
+        print(f"original musicnn (TF, MSD_musicnn, extractor() per file) on the same {race['files']} files "
+              f"({race['file_s']:.0f} s of audio): {race['tf_rate']:.1f} file-s/s ({race['tf_wall_s']:.1f} s) vs ours "
+              f"{race['ours_rate']:.1f} ({race['ours_s']:.1f} s): ours {race['ratio']:.2f}x; penultimate max abs "
+              f"diff {race['penultimate_max_diff']:.2e} on {race['compared']} files incl. a -20 dB copy of the first "
+              f"({race['tf_nonfinite_files']} where TF's float16 input overflowed to inf)")
     if args.onnx:
-        _compare_onnx(model, paths, prepared, policy, args)
-    print(f"peak RSS: {_peak_rss_mb():.0f} MB")
+        native = load_model("musicnn-msd")
+        prepared = [decode_windows(inspect_file(p), native.info.sample_rate, policy, native.info.min_samples)
+                    for p in paths]
+        _compare_onnx(native, paths, prepared, policy, args)
+    print(f"peak RSS of this process: {_peak_rss_mb():.0f} MB; load average now {os.getloadavg()[0]:.1f}")
 
 
 def _compare_onnx(native, paths, prepared, policy, args) -> None:

@@ -177,3 +177,16 @@ def test_dsp_descriptors_ignore_playback_gain() -> None:
     loud, quiet = describe(y), describe(np.float32(0.3) * y)
     for group in loud:
         np.testing.assert_allclose(quiet[group], loud[group], rtol=1e-3, atol=1e-3, err_msg=group)
+
+
+def test_dsp_embeds_float_audio_of_any_magnitude_and_batches_like_single_windows() -> None:
+    """A float WAV can hold 3e19; the descriptors stay finite and equal those of the same audio at 0.5 peak."""
+    sr = 22050
+    t = np.arange(4 * sr) / sr
+    y = (np.sin(2 * np.pi * 330 * t) * np.exp(-2 * (t % 0.5)) + 0.01 * np.random.default_rng(1).standard_normal(t.size))
+    model = DspModel()
+    huge = model.embed(np.stack([3e19 * y / np.abs(y).max(), -3e19 * y / np.abs(y).max()]).astype(np.float32))
+    normal = model.embed((0.5 * y / np.abs(y).max()).astype(np.float32)[None])
+    for layer, big, ref in zip(model.info.layer_names, huge, normal):
+        assert np.isfinite(big).all(), layer
+        np.testing.assert_allclose(big[0], ref[0], rtol=1e-3, atol=1e-3, err_msg=layer)

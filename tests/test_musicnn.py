@@ -17,6 +17,7 @@ pytest.importorskip("musicnn.configuration", reason="pip install --no-deps music
 from mess.models.musicnn import MusicnnModel  # noqa: E402
 from mess.models.musicnn.checkpoint import read_checkpoint  # noqa: E402
 from mess.models.musicnn.model import MIN_SAMPLES, checkpoint_prefix, log_mel  # noqa: E402
+from mess.models.registry import load_model  # noqa: E402
 
 SR = 16000
 SOUNDFONT = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")
@@ -41,6 +42,13 @@ PIANO_SEQUENCE += [((62, 50), 0.5)] + [((n,), 0.5) for n in (65, 69, 72, 69, 65)
 TF_REFERENCE = {
     "MTT": {"piano": 0.420338, "slow": 0.327812, "solo": 0.185518, "quiet": 0.170641, "soft": 0.165859},
     "MSD": {"jazz": 0.225137, "instrumental": 0.158556, "electronic": 0.139211, "indie": 0.076988},
+}
+
+
+# Mean taggram of the original TensorFlow VGG models on the same piano; see notes/musicnn_vgg_tf_check.md.
+VGG_TF_REFERENCE = {
+    "MTT": {"piano": 0.661532, "slow": 0.401493, "guitar": 0.23538, "soft": 0.18767, "classical": 0.169035},
+    "MSD": {"jazz": 0.382662, "instrumental": 0.110308, "rock": 0.105156, "electronic": 0.101888},
 }
 
 
@@ -201,3 +209,77 @@ def test_log_mel_matches_musicnn_float16_formula(piano: np.ndarray) -> None:
     np.testing.assert_array_equal(mel[0], musicnn)
     loud = log_mel(np.clip(50 * piano[None, :MIN_SAMPLES], -1, 1))
     assert np.isfinite(loud).all() and loud.max() > np.log10(65504)
+
+
+def test_vgg_checkpoints_read_with_the_same_reader() -> None:
+    for dataset in ("MSD", "MTT"):
+        tensors = read_checkpoint(f"{checkpoint_prefix(dataset, 'vgg')}/")
+        params = {k: v for k, v in tensors.items() if "Adam" not in k and not k.endswith("_power")}
+        assert params["1CNN/kernel"].shape == (3, 3, 1, 128) and params["5CNN/kernel"].shape == (3, 3, 128, 128)
+        assert params["dense/kernel"].shape == (256, 50) and params["batch_normalization_5/gamma"].shape == (128,)
+        convs = (9 * 1 * 128 + 128) + 4 * (9 * 128 * 128 + 128)
+        norms = 4 * 1 + 5 * 4 * 128  # gamma, beta, mean, variance of the input and 5 conv batch norms
+        assert sum(v.size for v in params.values()) == convs + norms + (256 * 50 + 50) == 607_030
+
+
+@pytest.fixture(scope="module")
+def vgg_mtt() -> MusicnnModel:
+    return load_model("musicnn-vgg-mtt")
+
+
+def test_vgg_layers_and_piano_tags(vgg_mtt: MusicnnModel, piano: np.ndarray) -> None:
+    assert vgg_mtt.info.name == "musicnn-vgg-mtt" and vgg_mtt.arch == "vgg"
+    assert vgg_mtt.info.layer_names == ("pool1", "pool2", "pool3", "pool4", "pool5", "taggram")
+    windows = np.stack([piano[: 4 * SR], piano[-4 * SR :]])
+    layers = vgg_mtt.embed(windows)
+    for layer, dim, value in zip(vgg_mtt.info.layer_names, vgg_mtt.info.layer_dims, layers):
+        assert value.shape == (2, dim) and value.dtype == np.float32 and np.isfinite(value).all(), layer
+    piano_tags = [name for name, _ in vgg_mtt.tags(piano, top_k=5)]
+    assert "piano" in piano_tags[:3], piano_tags
+    noise = 0.1 * np.random.default_rng(0).standard_normal(4 * SR).astype(np.float32)
+    assert "piano" not in [name for name, _ in vgg_mtt.tags(noise, top_k=5)]
+    assert load_model("musicnn-vgg-msd").info.name == "musicnn-vgg-msd"
+    with pytest.raises(ValueError, match="architecture"):
+        MusicnnModel("MSD", arch="resnet")
+
+
+def test_vgg_pools_average_each_patch_map(vgg_mtt: MusicnnModel, piano: np.ndarray) -> None:
+    window = piano[: 2 * 187 * 256 + 1000]
+    embedded = dict(zip(vgg_mtt.info.layer_names, vgg_mtt.embed(window[None])))
+    mel = torch.from_numpy(log_mel(window[None])[0, : 2 * 187].reshape(2, 187, 96))
+    with torch.inference_mode():
+        out = vgg_mtt.network(mel)
+    assert out["pool1"].shape == (2, 92, 48, 128) and out["pool4"].shape == (2, 11, 6, 128)
+    np.testing.assert_allclose(embedded["pool2"][0], out["pool2"].mean(dim=(0, 1, 2)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(embedded["pool5"][0], out["pool5"].mean(dim=0), rtol=1e-4, atol=1e-5)
+
+
+def test_vgg_matches_tensorflow_reference(vgg_mtt: MusicnnModel) -> None:
+    audio = _additive_piano(PIANO_SEQUENCE)
+    audio = (0.1 * audio / np.abs(audio).max()).astype(np.float32)
+    for model in (vgg_mtt, MusicnnModel("MSD", arch="vgg")):
+        ours = dict(model.tags(audio))
+        for tag, score in VGG_TF_REFERENCE[model.dataset].items():
+            assert abs(ours[tag] - score) < 1e-4, (model.info.name, tag, ours[tag], score)
+
+
+def test_frontend_pools_frequency_first_with_the_same_result(msd: MusicnnModel, piano: np.ndarray) -> None:
+    """max_f(BN(ReLU(conv))) is computed as BN(ReLU(max or min of conv)); both signs of the norm's scale."""
+    import copy
+
+    from torch.nn import functional as F
+
+    from mess.models.musicnn.network import _channel_bn, _pad_time
+
+    network = msd.network
+    mel = torch.from_numpy(log_mel(piano[None, :MIN_SAMPLES]))
+    x = _pad_time(_channel_bn(network.bns[0], mel.unsqueeze(1)), 3, 3)
+    for conv, bn in zip(network.timbral_convs, network.bns[1:3]):
+        flipped = copy.deepcopy(bn)
+        with torch.no_grad():
+            flipped.weight[::2] *= -1
+        for norm in (bn, flipped):
+            with torch.inference_mode():
+                direct = _channel_bn(norm, F.relu(conv(x))).amax(dim=3)
+                fast = network._frontend_block(conv, norm, x)
+            torch.testing.assert_close(fast, direct, rtol=1e-5, atol=1e-4)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
@@ -16,6 +17,9 @@ import soxr
 
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".aiff", ".aif"})
 _BLOCK_FRAMES = 1 << 16
+_MARGIN_SECONDS = 0.1  # decoded around each segment so the resampler's edges fall outside it
+_END_TOLERANCE = 0.01  # seconds a segment ending at the file's end may lack (rounding of the header's duration)
+_PREROLL_SECONDS = 0.5  # decoded before a compressed segment: seeks land on packets, decoders need warm-up
 
 
 class AudioError(Exception):
@@ -82,6 +86,91 @@ def load_audio(path: Path, sample_rate: int, max_seconds: float | None = None) -
     if not np.all(np.isfinite(out)):
         raise AudioError(f"{path}: decoded samples contain NaN or infinity")
     return out
+
+
+def load_segments(path: Path, sample_rate: int, starts: Sequence[float], seconds: float) -> np.ndarray:
+    """Decode only ``seconds`` of mono audio at each start (in seconds), seeking in the file.
+
+    Returns [len(starts), round(seconds * sample_rate)] float32 at ``sample_rate``. Each
+    segment is decoded with a small margin and resampled alone, so its samples match
+    :func:`load_audio` of the whole file up to the resampler's round-off; time and memory
+    depend on the audio analysed, not on the file's length. Raises :class:`AudioError`
+    when a segment cannot be read in full (for example, a header that overstates the
+    duration); callers then decode the whole file instead.
+
+    Examples:
+        >>> windows = load_segments(Path("song.flac"), 16000, [0.0, 60.0], 30.0)  # doctest: +SKIP
+    """
+    length = int(round(seconds * sample_rate))
+    try:
+        with sf.SoundFile(os.fsencode(path)) as f:
+            return np.stack([_cut(*_soundfile_segment(f, start, seconds), start, length, sample_rate)
+                             for start in starts])
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        pass
+    try:
+        with open_container(path) as container:
+            stream = _audio_stream(container, path)
+            return np.stack([_cut(*_pyav_segment(container, stream, path, start, seconds), start, length, sample_rate)
+                             for start in starts])
+    except av.FFmpegError as exc:
+        raise AudioError(f"{path}: cannot seek ({exc.__class__.__name__}: {exc})") from exc
+
+
+def _soundfile_segment(f: sf.SoundFile, start: float, seconds: float) -> tuple[np.ndarray, float, int, bool]:
+    """Mono input-rate samples covering [start - margin, start + seconds + margin].
+
+    Returns (samples, index of the first one, input rate, whether the file ended first).
+    """
+    rate = f.samplerate
+    first = max(0, int((start - _MARGIN_SECONDS) * rate))
+    f.seek(first)
+    wanted = int((seconds + 2 * _MARGIN_SECONDS) * rate) + 2
+    block = f.read(wanted, dtype="float32", always_2d=True)
+    return np.ascontiguousarray(block.mean(axis=1, dtype=np.float32)), first, rate, len(block) < wanted
+
+
+def _pyav_segment(container: av.container.InputContainer, stream: av.audio.stream.AudioStream, path: Path,
+                  start: float, seconds: float) -> tuple[np.ndarray, float, int, bool]:
+    """Like :func:`_soundfile_segment` for compressed files: seek before the start, decode past the end."""
+    base = stream.time_base
+    container.seek(int(max(0.0, start - _PREROLL_SECONDS) / base), stream=stream, backward=True)
+    parts: list[np.ndarray] = []
+    first_time: int | None = None
+    rate, end, ended = 0, start + seconds + _MARGIN_SECONDS, True
+    for frame in container.decode(stream):
+        if frame.pts is None:
+            raise AudioError(f"{path}: frames carry no timestamps, cannot seek")
+        rate = frame.sample_rate
+        first_time = round(float(frame.pts * base) * rate) if first_time is None else first_time
+        arr = _as_frames_by_channels(frame.to_ndarray(), frame.format.is_planar, len(frame.layout.channels))
+        parts.append(arr.mean(axis=1, dtype=np.float32))
+        if (first_time + sum(p.size for p in parts)) / rate >= end:
+            ended = False
+            break
+    if first_time is None or first_time / rate > max(0.0, start - _MARGIN_SECONDS) + 1e-3:
+        raise AudioError(f"{path}: seeking to {start:.1f} s failed")
+    return np.concatenate(parts), first_time, rate, ended
+
+
+def _cut(chunk: np.ndarray, first: int, in_rate: int, ended: bool, start: float, length: int,
+         sample_rate: int) -> np.ndarray:
+    """Resample a decoded chunk (input sample ``first`` onwards) and cut ``length`` samples at ``start`` seconds.
+
+    The chunk is first trimmed to begin on an input sample that falls on the output grid, so
+    its samples line up with those of a whole-file decode. A segment that reaches the file's
+    end may lack a few samples of rounding (at most :data:`_END_TOLERANCE`); they are zero,
+    as past the end of a whole-file decode.
+    """
+    step = in_rate // math.gcd(in_rate, sample_rate)  # input samples per common grid point
+    skip = -first % step
+    audio = chunk[skip:] if in_rate == sample_rate else soxr.resample(chunk[skip:], in_rate, sample_rate, quality="HQ")
+    offset = int(round(start * sample_rate)) - (first + skip) * sample_rate // in_rate
+    segment = audio[offset : offset + length]
+    missing = length - segment.size
+    if offset < 0 or missing > (_END_TOLERANCE * sample_rate if ended else 0):
+        raise AudioError(f"segment at {start:.1f} s is past the end of the decoded audio")
+    return np.pad(segment, (0, missing)) if missing else segment
 
 
 def _resample_stream(blocks: Iterable[tuple[np.ndarray, int]], sample_rate: int, limit: int | None) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -35,6 +36,19 @@ class WindowPolicy:
             return np.zeros(1, dtype=np.int64), n_samples
         count = min(self.max_windows, int(np.ceil(n_samples / win)))
         return np.linspace(0, n_samples - win, count).round().astype(np.int64), win
+
+    def analysed_seconds(self, duration: float) -> float:
+        """Seconds of audio the policy analyses in a track of ``duration`` seconds (window overlaps counted).
+
+        Examples:
+            >>> WindowPolicy().analysed_seconds(210.0)
+            210.0
+            >>> WindowPolicy().analysed_seconds(7200.0)
+            480.0
+        """
+        if duration <= self.window_seconds:
+            return duration
+        return min(self.max_windows, math.ceil(duration / self.window_seconds)) * self.window_seconds
 
     def cut(self, audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
         """Return (starts in seconds, windows [n, length]) for a mono signal."""

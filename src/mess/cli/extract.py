@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from mess.audio.discover import find_audio
 from mess.audio.windows import WindowPolicy
 from mess.cli.common import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, console, emit_json, fail, open_store, plain
 from mess.extract.pipeline import ExtractSummary, extract
+from mess.extract.prepare import planned_seconds
 from mess.models.base import EmbeddingModel
 from mess.models.registry import ModelError, load_model
 from mess.store import FeatureStore
@@ -21,7 +22,7 @@ from mess.store import FeatureStore
 
 def extract_command(
     folders: Annotated[list[Path], typer.Argument(help="Audio files or folders (wav, flac, mp3, ogg, opus, m4a).")],
-    model: Annotated[str, typer.Option("--model", "-m", help="dsp, musicnn-msd, musicnn-mtt, mert-v1-95m, mert-v1-330m, a local model folder, or an Essentia .onnx file (JSON beside it).")] = "musicnn-msd",
+    model: Annotated[str, typer.Option("--model", "-m", help="dsp, musicnn-msd, musicnn-mtt, musicnn-vgg-msd, musicnn-vgg-mtt, mert-v1-95m, mert-v1-330m, a local model folder, or an Essentia .onnx file (JSON beside it).")] = "musicnn-msd",
     preset: Annotated[str | None, typer.Option(help="Front end of a .onnx model: discogs-effnet, discogs-effnet-artist, vggish, essentia-musicnn-msd (default: from its metadata).")] = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
@@ -86,20 +87,25 @@ def extract_command(
 
 def _run_local(fs: FeatureStore, paths: list[Path], embedder: EmbeddingModel, policy: WindowPolicy,
                batch_size: int, workers: int, prune_under: list[Path], wait: bool) -> ExtractSummary:
-    """Run the local pipeline under a progress bar (tracks, audio-seconds per second)."""
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    """Run the local pipeline under a progress bar counting audio seconds (from the headers), with an ETA."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} "
+               "audio-s, {task.fields[files]} files"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                TextColumn("{task.fields[rate]}"))
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task(plain(f"extract {embedder.info.name}"), total=len(paths), rate="")
+        task = bar.add_task(plain(f"extract {embedder.info.name}"), total=planned_seconds(paths, policy),
+                            files=f"0/{len(paths)}", rate="")
         start = bar.get_time()
 
         def hook(done: int, audio_seconds: float) -> None:
             elapsed = max(bar.get_time() - start, 1e-6)
-            bar.update(task, completed=done, rate=f"{audio_seconds / elapsed:.1f} audio-s/s")
+            bar.update(task, completed=audio_seconds, files=f"{done}/{len(paths)}",
+                       rate=f"{audio_seconds / elapsed:.1f} audio-s/s")
 
-        return extract(fs, paths, embedder, policy, batch_size=batch_size, workers=workers,
-                       prune_under=prune_under, on_progress=hook, wait=wait,
-                       on_wait=lambda m: bar.console.print(f"[yellow]{plain(m)}[/]"))
+        summary = extract(fs, paths, embedder, policy, batch_size=batch_size, workers=workers,
+                          prune_under=prune_under, on_progress=hook, wait=wait,
+                          on_wait=lambda m: bar.console.print(f"[yellow]{plain(m)}[/]"))
+        bar.update(task, completed=bar.tasks[0].total)  # skipped and failed files are done too
+        return summary
 
 
 def _print_summary(summary: ExtractSummary, model: str, store: Path) -> None:

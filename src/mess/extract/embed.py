@@ -22,6 +22,9 @@ def embed_windows(model: EmbeddingModel, tracks: Sequence[np.ndarray], batch_siz
 
     Returns:
         Per track, per layer, its segment vectors [n_windows, dim].
+
+    Raises:
+        ValueError: when the model returns NaN or infinity (the pipeline then records the file as failed).
     """
     by_length: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for t, windows in enumerate(tracks):
@@ -34,6 +37,8 @@ def embed_windows(model: EmbeddingModel, tracks: Sequence[np.ndarray], batch_siz
         for i in range(0, len(keys), batch_size):
             chunk = keys[i : i + batch_size]
             layers = model.embed(np.stack([tracks[t][w] for t, w in chunk]))
+            if not all(np.isfinite(layer).all() for layer in layers):
+                raise ValueError("the model's output is not finite (are the samples far outside [-1, 1]?)")
             for layer in range(n_layers):
                 for row, (t, w) in enumerate(chunk):
                     out[t][layer][w] = layers[layer][row]

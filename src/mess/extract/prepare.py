@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mess.audio.decode import AudioError, load_audio, probe
+from mess.audio.decode import AudioError, load_audio, load_segments, probe
 from mess.audio.discover import content_hash, file_stamp
 from mess.audio.tags import read_tags
 from mess.audio.windows import WindowPolicy
@@ -58,18 +58,59 @@ def inspect_file(path: Path, known: tuple[str, str] | None = None) -> FileRecord
 
 
 def decode_windows(record: FileRecord, sample_rate: int, policy: WindowPolicy, min_samples: int = 1) -> Windows:
-    """Decode, reject unusable audio with a clear reason, and cut into windows."""
+    """Decode what the window policy analyses, reject unusable audio with a clear reason, cut into windows.
+
+    A file longer than one window (by its header) is read by seeking to each window, so
+    time and memory follow the audio analysed, not the file's length; a file of one
+    window or less, or one whose seeks fail, is decoded whole, as before.
+    """
+    duration = float(record.info.get("duration") or 0.0)  # type: ignore[arg-type]
+    if duration > policy.window_seconds:
+        try:
+            return _seek_windows(record, sample_rate, policy, duration)
+        except AudioError as exc:
+            log.info("%s; decoding the whole file", exc)
     audio = load_audio(record.path, sample_rate, max_seconds=policy.max_decode_seconds)
     warnings = []
     seconds = audio.size / sample_rate
     if seconds >= policy.max_decode_seconds:
-        warnings.append(f"{record.path.name}: longer than {policy.max_decode_seconds / 3600:.1f} h, only the start is used")
+        warnings.append(_too_long(record, policy))
     if seconds < policy.min_seconds or audio.size < min_samples:
         raise AudioError(f"{record.path}: too short ({seconds:.2f} s; the minimum is {policy.min_seconds:.2f} s)")
+    _check_level(record, audio)
+    starts, windows = policy.cut(audio, sample_rate)
+    return Windows(record, starts, windows, warnings)
+
+
+def _seek_windows(record: FileRecord, sample_rate: int, policy: WindowPolicy, duration: float) -> Windows:
+    """The policy's windows over the header's duration, each decoded by seeking."""
+    usable = min(duration, policy.max_decode_seconds)
+    starts, length = policy.starts(int(round(usable * sample_rate)), sample_rate)
+    windows = load_segments(record.path, sample_rate, starts / sample_rate, length / sample_rate)
+    _check_level(record, windows)
+    warnings = [_too_long(record, policy)] if duration >= policy.max_decode_seconds else []
+    return Windows(record, starts / sample_rate, windows, warnings)
+
+
+def _check_level(record: FileRecord, audio: np.ndarray) -> None:
+    """Reject silent audio and samples no one mastered (NaN, infinity, beyond +60 dBFS)."""
     peak = float(np.abs(audio).max())
     if not np.isfinite(peak) or peak > MAX_PEAK:
         raise AudioError(f"{record.path}: sample values out of range (peak {peak:.3g}; float audio lies within +-1)")
     if peak < SILENCE_PEAK:
         raise AudioError(f"{record.path}: silent (peak {20 * np.log10(peak + 1e-12):.0f} dBFS)")
-    starts, windows = policy.cut(audio, sample_rate)
-    return Windows(record, starts, windows, warnings)
+
+
+def _too_long(record: FileRecord, policy: WindowPolicy) -> str:
+    return f"{record.path.name}: longer than {policy.max_decode_seconds / 3600:.1f} h, only the start is used"
+
+
+def planned_seconds(paths: list[Path], policy: WindowPolicy) -> float:
+    """Audio seconds the policy will analyse in ``paths``, from their headers (unreadable files count 0)."""
+    total = 0.0
+    for path in paths:
+        try:
+            total += policy.analysed_seconds(probe(path).duration)
+        except (AudioError, OSError):
+            continue
+    return total

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from mess.models.base import EmbeddingModel
 
-MODEL_NAMES = ("mert-v1-95m", "mert-v1-330m", "musicnn-msd", "musicnn-mtt", "dsp")
+MODEL_NAMES = ("mert-v1-95m", "mert-v1-330m", "musicnn-msd", "musicnn-mtt", "dsp",
+               "musicnn-vgg-msd", "musicnn-vgg-mtt")
 
 
 class ModelError(Exception):
@@ -30,7 +31,8 @@ def load_model(name: str, device: str = "cpu", preset: str | None = None) -> Emb
     if key.startswith("musicnn-"):
         from mess.models.musicnn import MusicnnModel
 
-        return MusicnnModel(dataset=key.split("-", 1)[1].upper(), device=device)
+        arch, _, dataset = key.removeprefix("musicnn-").rpartition("-")
+        return MusicnnModel(dataset=dataset.upper(), device=device, arch=arch or "musicnn")
     from mess.models.mert import CHECKPOINTS, MertModel
 
     if key in CHECKPOINTS:

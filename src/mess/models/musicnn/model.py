@@ -1,24 +1,32 @@
-"""musicnn (MSD or MTT) as an :class:`EmbeddingModel`, run natively in PyTorch."""
+"""musicnn and its VGG baseline (MSD or MTT) as an :class:`EmbeddingModel`, run natively in PyTorch."""
 
 from __future__ import annotations
 
 import importlib.resources
+from functools import lru_cache
 from pathlib import Path
 
 import librosa
 import numpy as np
+import scipy.fft
+import scipy.signal
 import torch
 
 from mess.models.base import EmbeddingModel, ModelInfo
 from mess.models.musicnn.checkpoint import read_checkpoint
 from mess.models.musicnn.network import FRAME_LAYERS, N_FRAMES, N_MELS, PATCH_LAYERS, MusicnnNetwork
+from mess.models.musicnn.vgg import VGG_LAYERS, VggNetwork
 
 SAMPLE_RATE = 16000
 FFT_SIZE = 512
 HOP = 256
 MIN_SAMPLES = (N_FRAMES - 1) * HOP  # shortest input giving one 187-frame (~3 s) patch
-PATCHES_PER_CHUNK = 32  # bounds peak memory of the timbral front-end
+PATCHES_PER_CHUNK = 4  # bounds peak memory: the timbral conv output alone is 9 MB per patch
 INSTALL_HINT = "pip install --no-deps musicnn==0.1.0"
+ARCHITECTURES = {  # arch -> (network class, layer names, layer dims)
+    "musicnn": (MusicnnNetwork, FRAME_LAYERS + PATCH_LAYERS, (408, 153, 64, 64, 64, 753, 753, 200, 50)),
+    "vgg": (VggNetwork, VGG_LAYERS, (128, 128, 128, 128, 256, 50)),
+}
 
 
 def musicnn_package_dir() -> Path:
@@ -29,12 +37,32 @@ def musicnn_package_dir() -> Path:
         raise ImportError(f"the musicnn weights come from the musicnn package: {INSTALL_HINT}") from err
 
 
-def checkpoint_prefix(dataset: str) -> Path:
-    """Prefix of the ``{dataset}_musicnn`` checkpoint; its files are named ``.index`` etc."""
-    folder = musicnn_package_dir() / f"{dataset}_musicnn"
+def checkpoint_prefix(dataset: str, arch: str = "musicnn") -> Path:
+    """Prefix of the ``{dataset}_{arch}`` checkpoint; its files are named ``.index`` etc."""
+    folder = musicnn_package_dir() / f"{dataset}_{arch}"
     if not (folder / ".index").is_file():
-        raise FileNotFoundError(f"no musicnn checkpoint in {folder}; reinstall with: {INSTALL_HINT}")
+        raise FileNotFoundError(f"no {arch} checkpoint in {folder}; reinstall with: {INSTALL_HINT}")
     return folder
+
+
+@lru_cache(maxsize=1)
+def _mel_basis() -> np.ndarray:
+    """librosa's 96-band Slaney mel filter bank for 16 kHz, n_fft 512: [96, 257] float32."""
+    return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=FFT_SIZE, n_mels=N_MELS)
+
+
+def _power_spectrogram(windows: np.ndarray) -> np.ndarray:
+    """``abs(librosa.stft(windows, n_fft=512, hop_length=256)) ** 2`` without librosa's JIT-compiled framing.
+
+    Same arithmetic (centred zero padding, periodic Hann in float64, float64 FFT stored as
+    complex64), so the same values; it spares the first call's ~5 s and ~200 MB of numba
+    compilation. Returns [batch, 257, frames] float32.
+    """
+    padded = np.pad(windows, ((0, 0), (FFT_SIZE // 2, FFT_SIZE // 2)))
+    frames = np.lib.stride_tricks.sliding_window_view(padded, FFT_SIZE, axis=-1)[:, ::HOP]  # [batch, t, 512]
+    window = scipy.signal.get_window("hann", FFT_SIZE, fftbins=True)
+    spectrum = scipy.fft.rfft(frames * window, axis=-1).astype(np.complex64)
+    return (np.abs(spectrum) ** 2).swapaxes(-1, -2)
 
 
 def log_mel(windows: np.ndarray) -> np.ndarray:
@@ -44,9 +72,8 @@ def log_mel(windows: np.ndarray) -> np.ndarray:
     ``log10(10000 * x + 1)`` in float16. Where float16 overflows (loud audio, where
     musicnn itself yields inf) the same formula is evaluated in float32 instead.
     """
-    mel = librosa.feature.melspectrogram(
-        y=windows, sr=SAMPLE_RATE, n_fft=FFT_SIZE, hop_length=HOP, n_mels=N_MELS
-    ).swapaxes(-1, -2)
+    power = _power_spectrogram(np.atleast_2d(windows))
+    mel = np.einsum("...ft,mf->...mt", power, _mel_basis(), optimize=True).swapaxes(-1, -2)  # as librosa
     with np.errstate(over="ignore"):
         half = np.log10(10000 * mel.astype(np.float16) + 1).astype(np.float32)
     overflow = ~np.isfinite(half)
@@ -74,28 +101,33 @@ def patches(mel: np.ndarray) -> np.ndarray:
 
 
 class MusicnnModel(EmbeddingModel):
-    """musicnn trained on MSD or MagnaTagATune; one vector per layer, averaged over 3 s patches.
+    """musicnn or its VGG baseline, trained on MSD or MagnaTagATune; one vector per layer.
 
-    Frame-level layers (timbral, temporal, cnn1-3) are averaged over time, patch-level
-    layers (pools, penultimate, taggram) over patches. Windows shorter than
-    ``info.min_samples`` are repeat-padded to it.
+    Every layer is first reduced to one vector per 3 s patch (musicnn's frame-level
+    timbral, temporal and cnn1-3 averaged over time; VGG's pool1-4 maps over time and
+    frequency; pool5 is the flat 256-d input of VGG's output layer), then averaged over
+    patches. Windows shorter than ``info.min_samples`` are repeat-padded to it.
     """
 
-    def __init__(self, dataset: str = "MSD", device: str = "cpu"):
+    def __init__(self, dataset: str = "MSD", device: str = "cpu", arch: str = "musicnn"):
         dataset = dataset.upper()
         if dataset not in ("MSD", "MTT"):
             raise ValueError(f"musicnn dataset must be 'MSD' or 'MTT', got {dataset!r}")
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"musicnn architecture must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
+        network_class, layer_names, layer_dims = ARCHITECTURES[arch]
         self.dataset = dataset
+        self.arch = arch
         self.device = device
-        self.network = MusicnnNetwork()
-        self.network.load_tf_weights(read_checkpoint(f"{checkpoint_prefix(dataset)}/"))
+        self.network = network_class()
+        self.network.load_tf_weights(read_checkpoint(f"{checkpoint_prefix(dataset, arch)}/"))
         self.network.to(device)
         self.info = ModelInfo(
-            name=f"musicnn-{dataset.lower()}",
+            name=f"musicnn-{dataset.lower()}" if arch == "musicnn" else f"musicnn-{arch}-{dataset.lower()}",
             revision="musicnn-0.1.0",
             sample_rate=SAMPLE_RATE,
-            layer_names=FRAME_LAYERS + PATCH_LAYERS,
-            layer_dims=(408, 153, 64, 64, 64, 753, 753, 200, 50),
+            layer_names=layer_names,
+            layer_dims=layer_dims,
             min_samples=MIN_SAMPLES,
             licence="ISC",
         )
@@ -113,16 +145,11 @@ class MusicnnModel(EmbeddingModel):
         windows = repeat_pad(np.asarray(windows, dtype=np.float32), MIN_SAMPLES)
         batch = patches(log_mel(windows))
         flat = torch.from_numpy(batch.reshape(-1, N_FRAMES, N_MELS))
-        parts: dict[str, list[torch.Tensor]] = {name: [] for name in self.info.layer_names}
+        parts: list[list[torch.Tensor]] = [[] for _ in self.info.layer_names]
         for chunk in flat.split(PATCHES_PER_CHUNK):
-            out = self.network(chunk.to(self.device))
-            for name in self.info.layer_names:
-                value = out[name].mean(dim=1) if name in FRAME_LAYERS else out[name]
-                parts[name].append(value.float().cpu())
-        return [
-            torch.cat(parts[name]).view(batch.shape[0], batch.shape[1], -1).mean(dim=1).numpy()
-            for name in self.info.layer_names
-        ]
+            for part, value in zip(parts, self.network.patch_vectors(chunk.to(self.device))):
+                part.append(value.float().cpu())
+        return [torch.cat(part).view(batch.shape[0], batch.shape[1], -1).mean(dim=1).numpy() for part in parts]
 
     def tags(self, window: np.ndarray, top_k: int | None = None) -> list[tuple[str, float]]:
         """Tags of one mono 16 kHz window with their mean sigmoid score, best first."""

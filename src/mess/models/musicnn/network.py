@@ -81,8 +81,8 @@ class MusicnnNetwork(nn.Module):
         flat = torch.stack([max_pool, mean_pool], dim=2).flatten(1)  # TF flattens [753, 2]
         penultimate = self.bns[10](F.relu(self.dense(self.bns[9](flat))))
         return {
-            "timbral": torch.cat(blocks[:2], dim=1).transpose(1, 2),
-            "temporal": torch.cat(blocks[2:], dim=1).transpose(1, 2),
+            "timbral": frontend[:, :408].transpose(1, 2),
+            "temporal": frontend[:, 408:].transpose(1, 2),
             **{f"cnn{i}": midend[i].transpose(1, 2) for i in (1, 2, 3)},
             "mean_pool": mean_pool,
             "max_pool": max_pool,
@@ -92,8 +92,21 @@ class MusicnnNetwork(nn.Module):
 
     @staticmethod
     def _frontend_block(conv: nn.Conv2d, bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
-        """conv -> ReLU -> batch norm -> max over the whole frequency axis: [b, c, t]."""
-        return _channel_bn(bn, F.relu(conv(x))).amax(dim=3)
+        """conv -> ReLU -> batch norm -> max over the whole frequency axis: [b, c, t].
+
+        ReLU and a batch norm are monotonic per channel (increasing where the norm's scale is
+        positive, decreasing where negative), so the frequency max is taken on the raw conv
+        output first (its max where the scale is >= 0, its min elsewhere) and the rest runs
+        on 1/f of the data. Same result up to float32 round-off of the conv.
+        """
+        low, high = torch.aminmax(F.conv2d(x, conv.weight), dim=3)
+        rising = (bn.weight * torch.rsqrt(bn.running_var + bn.eps) >= 0)[:, None]
+        return bn(F.relu(torch.where(rising, high, low) + conv.bias[:, None]))
+
+    def patch_vectors(self, mel: torch.Tensor) -> list[torch.Tensor]:
+        """One vector per patch and layer, in ``FRAME_LAYERS + PATCH_LAYERS`` order (frame layers averaged)."""
+        out = self.forward(mel)
+        return [out[name].mean(dim=1) for name in FRAME_LAYERS] + [out[name] for name in PATCH_LAYERS]
 
     def load_tf_weights(self, tensors: dict[str, np.ndarray]) -> None:
         """Copy weights from a musicnn TF1 checkpoint dict (Adam slots are ignored)."""

@@ -1,0 +1,77 @@
+"""musicnn's VGG baseline (``musicnn/models.py::vgg``) in PyTorch, loadable from its TF1 checkpoints.
+
+Five blocks of 3x3 conv (128 filters, 'same') -> ReLU -> batch norm -> max-pool over a
+batch-normalised log-mel patch [187 frames, 96 bands]; the pools shrink it to
+92x48, 46x24, 23x12, 11x6 and 2x1, and a dense layer maps the flattened last pool (256)
+to 50 tags. Tensors are [batch, channels, time, freq] inside.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mess.models.musicnn.network import TF_BN_EPSILON
+
+VGG_LAYERS = ("pool1", "pool2", "pool3", "pool4", "pool5", "taggram")
+VGG_POOLS = ((4, 1), (2, 2), (2, 2), (2, 2), (4, 4))  # TF pool sizes; strides are (2, 2) except the last (4, 4)
+
+
+class VggNetwork(nn.Module):
+    """musicnn's VGG: 5 conv blocks of ``filters`` channels, then a dense layer on the flat last pool."""
+
+    def __init__(self, num_classes: int = 50, filters: int = 128):
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(1 if i == 0 else filters, filters, 3, padding=1) for i in range(5)])
+        self.bns = nn.ModuleList([nn.BatchNorm2d(1 if i == 0 else filters, eps=TF_BN_EPSILON) for i in range(6)])
+        self.pools = nn.ModuleList([nn.MaxPool2d(size, stride=(4, 4) if size == (4, 4) else (2, 2))
+                                    for size in VGG_POOLS])
+        self.output = nn.Linear(2 * filters, num_classes)
+        self.eval()
+
+    def forward(self, mel: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run log-mel patches [batch, 187, 96]; return TF's features.
+
+        ``pool1..pool4`` are maps [b, time, freq, channels] (TF's layout), ``pool5`` the
+        flattened last pool [b, 256] in TF's (time, freq, channel) order, ``taggram`` the
+        sigmoid outputs [b, 50].
+        """
+        x = self.bns[0](mel.unsqueeze(1))
+        maps = []
+        for conv, bn, pool in zip(self.convs, self.bns[1:], self.pools):
+            x = pool(bn(F.relu(conv(x))))
+            maps.append(x)
+        flat = maps[-1].permute(0, 2, 3, 1).flatten(1)
+        return {
+            **{f"pool{i + 1}": m.permute(0, 2, 3, 1) for i, m in enumerate(maps[:-1])},
+            "pool5": flat,
+            "taggram": torch.sigmoid(self.output(flat)),
+        }
+
+    def patch_vectors(self, mel: torch.Tensor) -> list[torch.Tensor]:
+        """One vector per patch and layer, in :data:`VGG_LAYERS` order: pools 1-4 averaged over time and freq."""
+        out = self.forward(mel)
+        return [out[name].mean(dim=(1, 2)) if name in VGG_LAYERS[:4] else out[name] for name in VGG_LAYERS]
+
+    def load_tf_weights(self, tensors: dict[str, np.ndarray]) -> None:
+        """Copy weights from a musicnn VGG TF1 checkpoint dict (Adam slots are ignored)."""
+
+        def get(name: str) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(tensors[name], dtype=np.float32))
+
+        state: dict[str, torch.Tensor] = {}
+        for i in range(5):
+            state[f"convs.{i}.weight"] = get(f"{i + 1}CNN/kernel").permute(3, 2, 0, 1)  # [kh,kw,in,out] -> [o,i,kh,kw]
+            state[f"convs.{i}.bias"] = get(f"{i + 1}CNN/bias")
+        for i in range(6):
+            prefix = "batch_normalization" + (f"_{i}" if i else "")
+            state[f"bns.{i}.weight"] = get(f"{prefix}/gamma")
+            state[f"bns.{i}.bias"] = get(f"{prefix}/beta")
+            state[f"bns.{i}.running_mean"] = get(f"{prefix}/moving_mean")
+            state[f"bns.{i}.running_var"] = get(f"{prefix}/moving_variance")
+            state[f"bns.{i}.num_batches_tracked"] = torch.tensor(0)
+        state["output.weight"] = get("dense/kernel").T
+        state["output.bias"] = get("dense/bias")
+        self.load_state_dict(state)

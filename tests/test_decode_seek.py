@@ -1,0 +1,117 @@
+"""Decoding only the analysed windows: same samples as a whole-file decode, memory bound by the windows."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from test_audio import _encode_av
+
+from mess.audio.decode import load_audio
+from mess.audio.windows import WindowPolicy
+from mess.extract.prepare import decode_windows, inspect_file
+
+POLICY = WindowPolicy(window_seconds=10.0, max_windows=5)
+
+
+def _music(sr: int, seconds: float, seed: int = 0) -> np.ndarray:
+    """A note sequence (new pitch every 0.25 s) over soft noise: every window differs from the others."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(sr * seconds)) / sr
+    pitch = 220 * 2 ** (rng.integers(0, 24, size=int(seconds * 4) + 1)[(t * 4).astype(int)] / 12)
+    return (0.3 * np.sin(2 * np.pi * np.cumsum(pitch) / sr) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.mark.parametrize(("ext", "sr"), [("wav", 44100), ("flac", 22050), ("m4a", 44100), ("ogg", 48000)])
+def test_seeked_windows_equal_whole_file_windows(tmp_path: Path, ext: str, sr: int) -> None:
+    path = tmp_path / f"song.{ext}"
+    audio = _music(sr, 47.3)
+    if ext == "m4a":  # decoded by PyAV (seeking by packet timestamps)
+        _encode_av(path, audio[:, None], sr, "aac")
+    else:
+        _write_blocks(path, audio, sr)
+    _assert_seeked_equal_whole(path, POLICY, atol_starts=0.03 if ext == "m4a" else 0.0)
+
+
+def test_seeking_in_a_real_vorbis_track(wesnoth_tracks: list[Path]) -> None:
+    longest = max(wesnoth_tracks, key=lambda p: p.stat().st_size)
+    _assert_seeked_equal_whole(longest, WindowPolicy(), atol_starts=0.0)
+
+
+def _write_blocks(path: Path, audio: np.ndarray, sr: int) -> None:
+    """Write in 1 s blocks (libsndfile 1.2's Vorbis encoder crashes on one large write)."""
+    with sf.SoundFile(path, "w", samplerate=sr, channels=1) as f:
+        for i in range(0, audio.size, sr):
+            f.write(audio[i : i + sr])
+
+
+def _assert_seeked_equal_whole(path: Path, policy: WindowPolicy, atol_starts: float) -> None:
+    windows = decode_windows(inspect_file(path), 16000, policy)
+    whole = load_audio(path, 16000)
+    starts, cut = policy.cut(whole, 16000)
+    assert windows.audio.shape == cut.shape and cut.shape[0] > 1
+    # the header's duration places the windows; AAC's header omits the encoder's 1024 priming samples
+    np.testing.assert_allclose(windows.starts, starts, atol=atol_starts)
+    expected = np.stack([whole[s : s + cut.shape[1]] for s in np.round(windows.starts * 16000).astype(int)])
+    np.testing.assert_allclose(windows.audio, expected, atol=1e-5)
+
+
+def test_files_of_one_window_decode_exactly_as_before(tmp_path: Path) -> None:
+    path = tmp_path / "short.ogg"
+    _write_blocks(path, _music(44100, 9.0), 44100)
+    windows = decode_windows(inspect_file(path), 16000, POLICY)
+    whole = load_audio(path, 16000)
+    assert windows.audio.shape == (1, whole.size)
+    np.testing.assert_array_equal(windows.audio[0], whole)
+
+
+def test_a_two_hour_file_costs_only_its_windows(tmp_path: Path) -> None:
+    """Whole-file decoding of 2 h at 16 kHz needs 460 MB for the samples alone; seeking needs the windows."""
+    path = tmp_path / "two_hours.flac"
+    with sf.SoundFile(path, "w", samplerate=8000, channels=1, subtype="PCM_16") as f:
+        for minute in range(120):
+            f.write(_music(8000, 60.0, seed=minute))
+    script = textwrap.dedent(f"""
+        import json, time
+        from pathlib import Path
+        from mess.audio.windows import WindowPolicy
+        from mess.extract.prepare import decode_windows, inspect_file
+        hwm = lambda: int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) / 1024
+        before = hwm()  # this process's own peak (ru_maxrss would carry the forking parent's)
+        start = time.perf_counter()
+        w = decode_windows(inspect_file(Path({str(path)!r})), 16000, WindowPolicy())
+        print(json.dumps({{"shape": w.audio.shape, "starts": [float(s) for s in w.starts],
+                          "rss_mb": hwm(), "rss_before_mb": before, "seconds": time.perf_counter() - start}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["shape"] == [16, 30 * 16000]
+    assert result["starts"][0] == 0.0 and abs(result["starts"][-1] - (7200 - 30)) < 0.01
+    assert result["rss_mb"] - result["rss_before_mb"] < 150 and result["rss_mb"] < 400, result
+
+
+def test_a_float_wav_of_huge_samples_fails_cleanly_for_musicnn(tmp_path: Path) -> None:
+    pytest.importorskip("musicnn.configuration")
+    from mess.extract.embed import embed_windows
+    from mess.extract.pipeline import extract
+    from mess.models.registry import load_model
+    from mess.store import FeatureStore
+
+    music = tmp_path / "music"
+    music.mkdir()
+    huge = 3e19 * _music(16000, 4.0)
+    sf.write(music / "huge.wav", huge, 16000, subtype="FLOAT")
+    sf.write(music / "fine.wav", _music(16000, 4.0, seed=1), 16000, subtype="FLOAT")
+    model = load_model("musicnn-msd")
+    summary = extract(FeatureStore(tmp_path / "store"), sorted(music.iterdir()), model, POLICY, batch_size=4)
+    assert summary.done == 1 and len(summary.failed) == 1
+    path, reason = summary.failed[0]
+    assert path.endswith("huge.wav") and "huge.wav" in reason and "out of range" in reason
+    with pytest.raises(ValueError, match="not finite"):  # the model's own guard, behind the decoder's
+        embed_windows(model, [huge[None, : 3 * 16000]], batch_size=4)
