@@ -142,7 +142,7 @@ def test_three_writers_and_a_reader_leave_nothing_misplaced(tmp_path: Path) -> N
 
 def test_a_killed_writer_frees_the_lock_for_the_one_waiting(tmp_path: Path) -> None:
     music = tmp_path / "music"
-    paths = _tones(music, 24, seconds=6.0)
+    paths = _tones(music, 120, seconds=10.0)  # enough work that the kill lands mid-run on a quiet machine too
     want = _clean(music, tmp_path / "single")
     shared = tmp_path / "shared"
     cmd = [*MESS, "extract", str(music), *DSP, "--store", str(shared)]
@@ -162,7 +162,7 @@ def test_a_killed_writer_frees_the_lock_for_the_one_waiting(tmp_path: Path) -> N
         assert second.wait(timeout=300) == 0, log.read_text()
     _assert_same(_by_path(shared), want)
     with sqlite3.connect(shared / "catalog.sqlite") as db:
-        assert db.execute("SELECT COUNT(*), COUNT(DISTINCT track_row) FROM vectors").fetchone() == (24, 24)
+        assert db.execute("SELECT COUNT(*), COUNT(DISTINCT track_row) FROM vectors").fetchone() == (120, 120)
 
 
 def test_no_wait_exits_at_once_naming_the_holder(tmp_path: Path) -> None:
