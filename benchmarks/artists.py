@@ -52,7 +52,7 @@ def collection(n_artists: int, tracks: int, dim: int, seed: int = 0):
 def naive_chamfer(vectors: ArtistVectors) -> np.ndarray:
     """Per-pair loop: the textbook definition."""
     bounds = np.append(vectors.offsets, len(vectors.vectors))
-    sets = [vectors.vectors[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    sets = [vectors.vectors[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=False)]
     out = np.zeros((len(sets), len(sets)), dtype=np.float32)
     for i, a in enumerate(sets):
         for j, b in enumerate(sets):

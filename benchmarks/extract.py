@@ -267,8 +267,8 @@ def _compare_onnx(native, paths, prepared, policy, args) -> None:
             embed_prepared(m, prepared, args.batch_size)
             times[name, "bare"] = time.perf_counter() - t0
         windows = prepared[0].audio[: args.batch_size]
-        ours = dict(zip(onnx.info.layer_names, onnx.embed(windows)))
-        diff = max(float(np.abs(ours[n] - v).max()) for n, v in zip(native.info.layer_names, native.embed(windows))
+        ours = dict(zip(onnx.info.layer_names, onnx.embed(windows), strict=False))
+        diff = max(float(np.abs(ours[n] - v).max()) for n, v in zip(native.info.layer_names, native.embed(windows), strict=False)
                    if n in ours)
     audio_s = sum(float(p.audio.size) for p in prepared) / native.info.sample_rate
     print(f"ONNX Runtime: providers {onnx.providers}, intra-op threads {args.onnx_threads or 'default'}; "

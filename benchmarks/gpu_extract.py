@@ -106,7 +106,7 @@ def flops_per_window(model: MertModel, windows: np.ndarray) -> float:
 
 def worst_cosine_gap(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     """max over layers and rows of 1 - cosine(a, b)."""
-    gaps = [1 - np.sum(x * y, axis=1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)) for x, y in zip(a, b)]
+    gaps = [1 - np.sum(x * y, axis=1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)) for x, y in zip(a, b, strict=False)]
     return float(np.max(gaps))
 
 

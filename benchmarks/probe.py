@@ -79,7 +79,7 @@ def target_throughput(n_tracks: int, seconds: float, workers: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         tracks = []
         for i in range(n_tracks):
-            notes = 440 * 2 ** ((rng.integers(-12, 12, size=int(seconds * 2)) / 12))
+            notes = 440 * 2 ** (rng.integers(-12, 12, size=int(seconds * 2)) / 12)
             f0 = np.repeat(notes, t.size // notes.size + 1)[: t.size]
             y = sum(np.sin(2 * np.pi * k * np.cumsum(f0) / SAMPLE_RATE) / k for k in range(1, 6))
             path = Path(tmp) / f"{i}.wav"

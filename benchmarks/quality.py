@@ -60,7 +60,7 @@ def extract_missing(store: Path, paths: list[Path], games: list[str], models: tu
 def _round_robin(paths: list[Path], games: list[str]) -> list[Path]:
     """Paths ordered so that any prefix covers every game: each game's shortest files first."""
     by_game: dict[str, list[Path]] = {}
-    for path, game in zip(paths, games):
+    for path, game in zip(paths, games, strict=False):
         by_game.setdefault(game, []).append(path)
     queues = [sorted(ps, key=lambda p: p.stat().st_size) for ps in by_game.values()]
     return [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
@@ -305,7 +305,7 @@ def main() -> None:
     meta = [game_of[by_id[int(i)].path] for i in ids]
     labels = np.array([t.game for t in meta])
     durations = np.array([t.duration for t in meta])
-    games = ", ".join(f"{g} {n}" for g, n in zip(*np.unique(labels, return_counts=True)))
+    games = ", ".join(f"{g} {n}" for g, n in zip(*np.unique(labels, return_counts=True), strict=False))
     print(f"{len(ids)} tracks of {len(tracks)} with vectors from {', '.join(models)}; per game: {games}")
     report(backends, labels, durations, window_s)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

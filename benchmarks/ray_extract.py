@@ -41,7 +41,7 @@ def vectors_by_path(store: FeatureStore, model: str) -> dict[str, list[np.ndarra
     for layer in range(len(run.layer_names)):
         ids, mat = store.layer_matrix(run, layer)
         seg_ids, _, segs = store.segment_matrix(run, layer)
-        for tid, row in zip(ids, mat):
+        for tid, row in zip(ids, mat, strict=False):
             out[paths[tid]] += [row, segs[seg_ids == tid]]
     return out
 
@@ -49,7 +49,7 @@ def vectors_by_path(store: FeatureStore, model: str) -> dict[str, list[np.ndarra
 def max_difference(a: dict[str, list[np.ndarray]], b: dict[str, list[np.ndarray]]) -> float:
     """Largest |difference| between two stores' vectors (both must hold the same paths)."""
     assert a.keys() == b.keys(), "the two engines embedded different files"
-    return max(float(np.abs(x - y).max()) for path in a for x, y in zip(a[path], b[path]))
+    return max(float(np.abs(x - y).max()) for path in a for x, y in zip(a[path], b[path], strict=False))
 
 
 def main() -> None:

@@ -25,13 +25,13 @@ SHORTLIST = 10  # PQ candidates per wanted neighbour, re-ranked exactly
 
 
 def recall(truth: np.ndarray, found: np.ndarray) -> float:
-    return float(np.mean([len(set(t) & set(f)) / K for t, f in zip(truth, found)]))
+    return float(np.mean([len(set(t) & set(f)) / K for t, f in zip(truth, found, strict=False)]))
 
 
 def rerank(stored: np.ndarray, queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """Exact top-k among each query's candidates, scored on the stored float16 vectors."""
     out = np.empty((len(queries), K), dtype=np.int64)
-    for i, (q, cand) in enumerate(zip(queries, candidates)):
+    for i, (q, cand) in enumerate(zip(queries, candidates, strict=False)):
         cand = cand[cand >= 0]
         scores = stored[cand].astype(np.float32) @ q
         out[i] = cand[np.argsort(-scores)[:K]]

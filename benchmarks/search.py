@@ -95,7 +95,7 @@ def bench_size(n: int, dim: int, kinds: list[str], n_queries: int, seed: int) ->
         t = time.perf_counter()
         ann = AnnIndex.build(base, ids, kind)
         build_s = time.perf_counter() - t
-        lat = latencies(lambda q: ann.search(q, K), queries)
+        lat = latencies(lambda q, search=ann.search: search(q, K), queries)
         _, found = ann.search(queries, K)
         row = {"kind": ann.kind, "build_s": round(build_s, 2), "breadth": ann.breadth,
                "tuned_recall": round(ann.recall, 4), "recall@10": round(recall_at_k(truth, found, K), 4),

@@ -52,7 +52,7 @@ def _vectors(store_dir: Path, model: str) -> dict[str, np.ndarray]:
         out: dict[str, list[np.ndarray]] = {p: [] for p in paths.values()}
         for layer in run.layer_names:
             ids, mat = store.layer_matrix(run, layer)
-            for i, row in zip(ids, mat):
+            for i, row in zip(ids, mat, strict=False):
                 out[paths[int(i)]].append(row)
     store.close()
     return {p: np.concatenate(v) for p, v in out.items()}

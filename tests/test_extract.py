@@ -63,7 +63,7 @@ def test_byte_identical_copies_in_one_batch_share_one_vector(tmp_path: Path) -> 
     tracks = store.tracks(run)
     assert len(tracks) == 4  # every path is catalogued ...
     ids, matrix = store.layer_matrix(run, 0)
-    by_id = dict(zip(ids.tolist(), matrix))
+    by_id = dict(zip(ids.tolist(), matrix, strict=False))
     original_hash = next(t.content_hash for t in tracks if Path(t.path) == original)
     copies = [t.id for t in tracks if t.content_hash == original_hash]
     assert len(copies) == 3 and all(np.array_equal(by_id[copies[0]], by_id[c]) for c in copies)  # ... and copies read one vector
@@ -155,7 +155,7 @@ def _by_path(store: FeatureStore) -> dict[str, np.ndarray]:
     run = store.run("dsp")
     ids, mat = store.layer_matrix(run, "mfcc")
     paths = {t.id: t.path for t in store.tracks(run)}
-    return {paths[i]: row for i, row in zip(ids, mat)}
+    return {paths[i]: row for i, row in zip(ids, mat, strict=False)}
 
 
 def _committed(store_dir: Path) -> int:
@@ -187,6 +187,6 @@ def test_dsp_embeds_float_audio_of_any_magnitude_and_batches_like_single_windows
     model = DspModel()
     huge = model.embed(np.stack([3e19 * y / np.abs(y).max(), -3e19 * y / np.abs(y).max()]).astype(np.float32))
     normal = model.embed((0.5 * y / np.abs(y).max()).astype(np.float32)[None])
-    for layer, big, ref in zip(model.info.layer_names, huge, normal):
+    for layer, big, ref in zip(model.info.layer_names, huge, normal, strict=False):
         assert np.isfinite(big).all(), layer
         np.testing.assert_allclose(big[0], ref[0], rtol=1e-3, atol=1e-3, err_msg=layer)

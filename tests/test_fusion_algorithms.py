@@ -18,7 +18,6 @@ from mess.fusion.report import compare
 from mess.fusion.train import FusionConfig, embed, initial_network, load_checkpoint, save_checkpoint, train_fusion
 from mess.store import Run, Track
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small batches: fastest, reproducible
 
 
@@ -117,12 +116,12 @@ def test_pk_sampler_draws_p_labels_times_k_distinct_tracks_deterministically() -
     labels = np.repeat(np.arange(10), [5, 5, 5, 5, 5, 5, 5, 5, 3, 1])
     batches = list(PKSampler(labels, p=4, k=4, seed=3).batches(20))
     again = list(PKSampler(labels, p=4, k=4, seed=3).batches(20))
-    assert all(np.array_equal(a, b) for a, b in zip(batches, again))
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=False))
     for batch in batches:
         assert len(set(batch.tolist())) == len(batch)  # no track twice
         chosen, counts = np.unique(labels[batch], return_counts=True)
         assert len(chosen) == 4 and 9 not in chosen  # the single-track label never anchors
-        assert all(c == min(4, (labels == lab).sum()) for lab, c in zip(chosen, counts))
+        assert all(c == min(4, (labels == lab).sum()) for lab, c in zip(chosen, counts, strict=False))
     with pytest.raises(ValueError):
         PKSampler(np.array([0, 0, 1]), p=2, k=2, seed=0)
 

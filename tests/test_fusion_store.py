@@ -19,9 +19,9 @@ from mess.fusion.apply import FUSED, fuse_query
 from mess.fusion.data import load_layers
 from mess.fusion.report import compare
 from mess.fusion.train import FusionConfig, embed, train_fusion
+from mess.models.registry import load_model
 from mess.query import resolve_query
 from mess.search.query import similar_tracks
-from mess.models.registry import load_model
 from mess.store import FeatureStore
 
 MODELS = ("dsp", "musicnn-msd")

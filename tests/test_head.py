@@ -118,7 +118,7 @@ def test_serve_answers_learned_like_the_library(musicnn_store: Path) -> None:
     from fastapi.testclient import TestClient
 
     from mess.query import resolve_query
-from mess.search.query import similar_tracks
+    from mess.search.query import similar_tracks
     from mess.serve.app import create_app
 
     with closing(FeatureStore(musicnn_store, readonly=True)) as store:

@@ -68,7 +68,7 @@ def test_hidden_states_are_time_means_of_the_reference_forward(tmp_path: Path) -
     # The last layer must be the output after the stable-layer-norm model's final LayerNorm.
     expected = [*out.hidden_states[:-1], out.last_hidden_state]
     assert len(layers) == len(expected) == 4
-    for got, hidden in zip(layers, expected):
+    for got, hidden in zip(layers, expected, strict=False):
         np.testing.assert_allclose(got, hidden.mean(dim=1).numpy(), atol=1e-4)
 
 

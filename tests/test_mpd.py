@@ -96,7 +96,7 @@ def test_mpd_radio_queues_similar_tracks_after_the_current_song(mpd_port: int, e
         expected = radio(store, run, [resolve_query(store, seed.id, run)], 6)
         assert [t.id for t in queued[1:]] == [t.id for t in expected.tracks]
         artists = [artist_key(t) for t in queued]
-        assert all(a != b for a, b in zip(artists, artists[1:]))
+        assert all(a != b for a, b in zip(artists, artists[1:], strict=False))
         out = runner.invoke(app, ["mpd", "radio", "-n", "3", "--clear", "--port", str(mpd_port), "--host",
                                   "127.0.0.1", "--model", "musicnn-msd", "--store", str(extracted_store), "--json"])
         assert out.exit_code == 0, out.output

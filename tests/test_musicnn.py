@@ -172,18 +172,18 @@ def test_matches_tensorflow_reference(msd: MusicnnModel, mtt: MusicnnModel) -> N
 def test_layer_shapes_dtypes_and_determinism(msd: MusicnnModel, piano: np.ndarray) -> None:
     windows = np.stack([piano[: 4 * SR], piano[-4 * SR :]])
     first, second = msd.embed(windows), msd.embed(windows)
-    for layer, dim, a, b in zip(msd.info.layer_names, msd.info.layer_dims, first, second):
+    for layer, dim, a, b in zip(msd.info.layer_names, msd.info.layer_dims, first, second, strict=False):
         assert a.shape == (2, dim) and a.dtype == np.float32, layer
         assert np.isfinite(a).all() and np.array_equal(a, b), layer
     alone = msd.embed(windows[1:])
-    for a, b in zip(first, alone):
+    for a, b in zip(first, alone, strict=False):
         np.testing.assert_allclose(a[1], b[0], rtol=1e-4, atol=1e-5)
     assert not np.allclose(first[0][0], first[0][1])
 
 
 def test_windows_average_non_overlapping_patches(msd: MusicnnModel, piano: np.ndarray) -> None:
     window = piano[: 2 * 187 * 256 + 1000]  # two full patches plus a dropped tail
-    embedded = dict(zip(msd.info.layer_names, msd.embed(window[None])))
+    embedded = dict(zip(msd.info.layer_names, msd.embed(window[None]), strict=False))
     mel = torch.from_numpy(log_mel(window[None])[0, : 2 * 187].reshape(2, 187, 96))
     with torch.inference_mode():
         out = msd.network(mel)
@@ -194,7 +194,7 @@ def test_windows_average_non_overlapping_patches(msd: MusicnnModel, piano: np.nd
 def test_short_input_is_repeat_padded(msd: MusicnnModel, piano: np.ndarray) -> None:
     short = piano[: SR // 2]
     tiled = np.tile(short, -(-MIN_SAMPLES // short.size))[:MIN_SAMPLES]
-    for a, b in zip(msd.embed(short[None]), msd.embed(tiled[None])):
+    for a, b in zip(msd.embed(short[None]), msd.embed(tiled[None]), strict=False):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="empty"):
         msd.embed(np.zeros((1, 0), dtype=np.float32))
@@ -232,7 +232,7 @@ def test_vgg_layers_and_piano_tags(vgg_mtt: MusicnnModel, piano: np.ndarray) -> 
     assert vgg_mtt.info.layer_names == ("pool1", "pool2", "pool3", "pool4", "pool5", "taggram")
     windows = np.stack([piano[: 4 * SR], piano[-4 * SR :]])
     layers = vgg_mtt.embed(windows)
-    for layer, dim, value in zip(vgg_mtt.info.layer_names, vgg_mtt.info.layer_dims, layers):
+    for layer, dim, value in zip(vgg_mtt.info.layer_names, vgg_mtt.info.layer_dims, layers, strict=False):
         assert value.shape == (2, dim) and value.dtype == np.float32 and np.isfinite(value).all(), layer
     piano_tags = [name for name, _ in vgg_mtt.tags(piano, top_k=5)]
     assert "piano" in piano_tags[:3], piano_tags
@@ -245,7 +245,7 @@ def test_vgg_layers_and_piano_tags(vgg_mtt: MusicnnModel, piano: np.ndarray) -> 
 
 def test_vgg_pools_average_each_patch_map(vgg_mtt: MusicnnModel, piano: np.ndarray) -> None:
     window = piano[: 2 * 187 * 256 + 1000]
-    embedded = dict(zip(vgg_mtt.info.layer_names, vgg_mtt.embed(window[None])))
+    embedded = dict(zip(vgg_mtt.info.layer_names, vgg_mtt.embed(window[None]), strict=False))
     mel = torch.from_numpy(log_mel(window[None])[0, : 2 * 187].reshape(2, 187, 96))
     with torch.inference_mode():
         out = vgg_mtt.network(mel)
@@ -274,7 +274,7 @@ def test_frontend_pools_frequency_first_with_the_same_result(msd: MusicnnModel, 
     network = msd.network
     mel = torch.from_numpy(log_mel(piano[None, :MIN_SAMPLES]))
     x = _pad_time(_channel_bn(network.bns[0], mel.unsqueeze(1)), 3, 3)
-    for conv, bn in zip(network.timbral_convs, network.bns[1:3]):
+    for conv, bn in zip(network.timbral_convs, network.bns[1:3], strict=False):
         flipped = copy.deepcopy(bn)
         with torch.no_grad():
             flipped.weight[::2] *= -1

@@ -24,7 +24,6 @@ from mess.store import FeatureStore
 
 onnx = pytest.importorskip("onnx", reason="tests build their graphs with onnx (test extra)")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
 from test_onnx_frontends import reference_musicnn, reference_vggish  # noqa: E402
 
 RNG = np.random.default_rng(0)

@@ -39,8 +39,8 @@ def backend(exported: Path) -> OnnxModel:
 
 
 def _assert_same_vectors(onnx: OnnxModel, native: MusicnnModel, windows: np.ndarray) -> None:
-    ours = dict(zip(onnx.info.layer_names, onnx.embed(windows)))
-    theirs = dict(zip(native.info.layer_names, native.embed(windows)))
+    ours = dict(zip(onnx.info.layer_names, onnx.embed(windows), strict=False))
+    theirs = dict(zip(native.info.layer_names, native.embed(windows), strict=False))
     assert set(INTERMEDIATE) <= set(ours)
     for name in INTERMEDIATE:
         np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-4, atol=1e-5, err_msg=name)
@@ -50,9 +50,9 @@ def _assert_same_vectors(onnx: OnnxModel, native: MusicnnModel, windows: np.ndar
 def test_backend_reads_preset_layers_and_licence(backend: OnnxModel, native: MusicnnModel) -> None:
     assert backend.preset.name == "essentia-musicnn-msd"
     assert backend.info.layer_names[:2] == ("predictions", "embeddings")
-    dims = dict(zip(backend.info.layer_names, backend.info.layer_dims))
+    dims = dict(zip(backend.info.layer_names, backend.info.layer_dims, strict=False))
     assert dims["embeddings"] == 200 and dims["predictions"] == 50
-    assert dims["timbral"] == dict(zip(native.info.layer_names, native.info.layer_dims))["timbral"]
+    assert dims["timbral"] == dict(zip(native.info.layer_names, native.info.layer_dims, strict=False))["timbral"]
     assert backend.info.min_samples == native.info.min_samples
     assert "CC BY-NC-SA 4.0" in backend.info.licence
     assert backend.providers == ["CPUExecutionProvider"]

@@ -41,7 +41,7 @@ def _windows(n: int, seconds: float, seed: int) -> np.ndarray:
 
 
 def _cosines(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
-    return np.array([np.sum(x * y, 1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)) for x, y in zip(a, b)])
+    return np.array([np.sum(x * y, 1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)) for x, y in zip(a, b, strict=False)])
 
 
 def test_bf16_autocast_is_close_to_fp32_and_stored_as_its_own_run(mert: MertModel) -> None:
@@ -52,8 +52,8 @@ def test_bf16_autocast_is_close_to_fp32_and_stored_as_its_own_run(mert: MertMode
     assert half.info.revision == f"{mert.info.revision}+bf16"
     assert half.info.layer_names == mert.info.layer_names and half.info.sample_rate == SR
     low = half.embed(windows)
-    assert all(x.dtype == np.float32 and x.shape == y.shape for x, y in zip(low, fp32))
-    assert not all(np.array_equal(x, y) for x, y in zip(low, fp32)), "autocast should have changed the arithmetic"
+    assert all(x.dtype == np.float32 and x.shape == y.shape for x, y in zip(low, fp32, strict=False))
+    assert not all(np.array_equal(x, y) for x, y in zip(low, fp32, strict=False)), "autocast should have changed the arithmetic"
     assert _cosines(low, fp32).min() > 0.99
 
 
@@ -68,7 +68,7 @@ def test_exact_length_batches_match_one_by_one_and_padding_would_not(mert: MertM
     long, short = _windows(3, 2.0, seed=2), _windows(2, 0.75, seed=3)
     tracks = [long[:2], short[:1], long[2:], short[1:]]  # two window lengths, interleaved
     batched = embed_windows(mert, tracks, batch_size=4)
-    for track, vectors in zip(tracks, batched):
+    for track, vectors in zip(tracks, batched, strict=False):
         alone = [mert.embed(w[None]) for w in track]
         for layer, got in enumerate(vectors):
             np.testing.assert_allclose(got, np.concatenate([a[layer] for a in alone]), rtol=1e-4, atol=1e-5)

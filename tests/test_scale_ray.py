@@ -68,7 +68,7 @@ def _by_path(store: FeatureStore, model: str) -> dict[str, list[np.ndarray]]:
     out: dict[str, list[np.ndarray]] = {}
     for layer in range(len(run.layer_names)):
         ids, mat = store.layer_matrix(run, layer)
-        for tid, row in zip(ids, mat):
+        for tid, row in zip(ids, mat, strict=False):
             out.setdefault(paths[tid], []).append(row)
     for layer in range(len(run.layer_names)):
         seg_ids, _, segs = store.segment_matrix(run, layer)
@@ -83,7 +83,7 @@ def _assert_same_vectors(got: dict[str, list[np.ndarray]], want: dict[str, list[
     assert got.keys() == want.keys()
     for path, arrays in want.items():
         assert len(got[path]) == len(arrays)
-        for a, b in zip(got[path], arrays):
+        for a, b in zip(got[path], arrays, strict=False):
             np.testing.assert_allclose(a, b, rtol=ulps * 2.0**-10, atol=ulps * 2.0**-24, err_msg=path)
 
 

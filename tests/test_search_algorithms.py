@@ -11,8 +11,14 @@ from sklearn.metrics import average_precision_score, ndcg_score
 
 from mess.search.ann import AnnIndex, exact_knn, recall_at_k
 from mess.search.hubness import HubnessReducer, hubness_stats, k_occurrence
-from mess.search.metrics import (average_precision, chance_scores, ndcg_at_k, precision_at_k, ranked_relevance,
-                                 retrieval_scores)
+from mess.search.metrics import (
+    average_precision,
+    chance_scores,
+    ndcg_at_k,
+    precision_at_k,
+    ranked_relevance,
+    retrieval_scores,
+)
 from mess.search.vectors import Preprocessor
 
 

@@ -13,8 +13,8 @@ import typer
 from typer.testing import CliRunner
 
 from mess.cli.search import register
-from mess.search.evaluate import evaluate
 from mess.query import resolve_query
+from mess.search.evaluate import evaluate
 from mess.search.query import similar_tracks
 from mess.store import FeatureStore
 

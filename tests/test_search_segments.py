@@ -19,8 +19,8 @@ from mess.audio.tags import read_tags
 from mess.audio.windows import WindowPolicy
 from mess.cli.search import register
 from mess.models.base import ModelInfo
-from mess.search.evaluate import evaluate
 from mess.query import resolve_query
+from mess.search.evaluate import evaluate
 from mess.search.query import similar_tracks
 from mess.search.segments import chamfer_rows, read_segments
 from mess.search.vectors import VectorSpec, load_vectors
@@ -100,7 +100,7 @@ def test_one_window_per_track_reduces_to_cosine(pieces: list[Path], tmp_path: Pa
     finally:
         store.close()
     assert [s.metric for s in seg.sets] == ["chamfer"] * len(seg.sets)
-    for a, b in zip(mean.sets, seg.sets):
+    for a, b in zip(mean.sets, seg.sets, strict=False):
         assert a.name == b.name
         assert a.scores.map == pytest.approx(b.scores.map)
 

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from mess.audio.windows import WindowPolicy
 from mess.cli.search import register
 from mess.models.base import ModelInfo
+from mess.query import resolve_query
 from mess.search.evaluate import LabelError, evaluate, plot_evaluation, read_label_csv
 from mess.search.index import build_index, open_index
-from mess.query import resolve_query
 from mess.search.query import similar_tracks
 from mess.search.vectors import VectorSpec, load_vectors
 from mess.store import FeatureStore, Run, StoreError, TrackVectors

@@ -31,13 +31,13 @@ from mess.audio.windows import WindowPolicy
 from mess.cli.serve import is_loopback, register
 from mess.extract.pipeline import extract
 from mess.models.dsp import DspModel
-from mess.store.reports import report_paths
 from mess.query import resolve_query
 from mess.search.query import similar_tracks
 from mess.search.vectors import VectorSpec, load_vectors
 from mess.serve.app import create_app
 from mess.serve.uploads import EmbedWorker
 from mess.store import FeatureStore, TrackVectors
+from mess.store.reports import report_paths
 
 SR = 22050
 ARTISTS = {"Sine Choir": "ambient", "Saw Machine": "electronic", "Noise Ensemble": "noise"}
@@ -322,7 +322,7 @@ def test_artist_requests_reuse_their_groups_until_the_catalog_changes(
         assert similar("Sine Choir")["results"] != first[0]["results"]  # four artists now
 
         # ... and adds a track with new content and vectors
-        ids, mats = zip(*(other.layer_matrix(run, name) for name in run.layer_names))
+        ids, mats = zip(*(other.layer_matrix(run, name) for name in run.layer_names), strict=False)
         row = list(ids[0]).index(moved.id)
         h = "new-content-hash"
         other.upsert_track(copy.parent / "new.flac", h, 1, 0.0, {"duration": 4.0},

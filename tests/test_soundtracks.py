@@ -7,13 +7,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import CACHE_ROOT
 
 from mess.audio.decode import probe
 from mess.audio.discover import content_hash
 from mess.audio.tags import read_tags
-from mess.datasets.soundtracks import (MIN_SECONDS, PACKAGES, FetchError, fetch_soundtracks, music_files,
-                                       read_manifest)
-from conftest import CACHE_ROOT
+from mess.datasets.soundtracks import MIN_SECONDS, PACKAGES, FetchError, fetch_soundtracks, music_files, read_manifest
 
 
 @pytest.fixture(scope="session")

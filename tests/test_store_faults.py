@@ -60,7 +60,7 @@ def _read_all(store: FeatureStore, run: Run) -> dict[str, list[np.ndarray]]:
     out: dict[str, list[np.ndarray]] = {p: [] for p in paths.values()}
     for layer in run.layer_names:
         ids, mat = store.layer_matrix(run, layer)
-        for i, row in zip(ids, mat):
+        for i, row in zip(ids, mat, strict=False):
             out[paths[int(i)]].append(row)
         seg_ids, _, segs = store.segment_matrix(run, layer)
         for i in np.unique(seg_ids):
@@ -72,7 +72,7 @@ def _assert_same(got: dict, want: dict) -> None:
     assert got.keys() == want.keys()
     for path, arrays in want.items():
         assert len(got[path]) == len(arrays)
-        for a, b in zip(got[path], arrays):
+        for a, b in zip(got[path], arrays, strict=False):
             np.testing.assert_array_equal(a, b, err_msg=path)
 
 

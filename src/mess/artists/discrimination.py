@@ -86,7 +86,7 @@ def separation(vectors: ArtistVectors) -> Separation:
     total_sq = float(np.square(x.T @ x).sum() - np.square(sq_norms).sum())
     within = within_sq = 0.0
     n_within = 0
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in zip(bounds[:-1], bounds[1:], strict=False):
         block = x[a:b] @ x[a:b].T
         within += float(block.sum() - np.trace(block))
         within_sq += float(np.square(block).sum() - np.square(np.diag(block)).sum())

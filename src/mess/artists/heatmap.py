@@ -27,7 +27,7 @@ def write_csv(path: Path, names: list[str], sim: np.ndarray) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["artist", *names])
-        for name, row in zip(names, sim):
+        for name, row in zip(names, sim, strict=False):
             writer.writerow([name, *(f"{v:.4f}" for v in row)])
 
 

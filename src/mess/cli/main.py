@@ -8,8 +8,21 @@ import warnings
 
 import typer
 
-from mess.cli import (artists, check, config, demo_data, export, extract, fuse, models, mpd, playlist, probe,
-                      search, serve)
+from mess.cli import (
+    artists,
+    check,
+    config,
+    demo_data,
+    export,
+    extract,
+    fuse,
+    models,
+    mpd,
+    playlist,
+    probe,
+    search,
+    serve,
+)
 from mess.cli.common import plain_help, version_option
 
 app = typer.Typer(

@@ -94,7 +94,7 @@ def clusters_command(
             fail(str(exc))
     if as_json:
         emit_json({"model": run.model, "playlists": [
-            {**p.to_dict(), "file": str(f) if files else None} for p, f in zip(playlists, files or playlists)]})
+            {**p.to_dict(), "file": str(f) if files else None} for p, f in zip(playlists, files or playlists, strict=False)]})
         return
     table = Table(title=escape(f"{len(playlists)} clusters  [{run.model}]"))
     for col in ("#", "name", "tracks", "first tracks"):
@@ -123,7 +123,7 @@ def _emit(playlist: Playlist, output: Path | None, as_json: bool) -> None:
     table = Table(title=escape(playlist.title))
     for col in ("#", "id", "track", "min:s", "score"):
         table.add_column(col, justify="left" if col == "track" else "right")
-    for i, (t, s) in enumerate(zip(playlist.tracks, playlist.scores), start=1):
+    for i, (t, s) in enumerate(zip(playlist.tracks, playlist.scores, strict=False), start=1):
         length = "" if t.duration is None else f"{int(t.duration) // 60}:{int(t.duration) % 60:02d}"
         table.add_row(str(i), str(t.id), escape(t.name), length, f"{s:.3f}")
     console.print(table)

@@ -88,8 +88,8 @@ def similar_command(
     as_json: JsonOpt = False,
 ) -> None:
     """The tracks most similar to QUERY, with which aspects agree most."""
-    from mess.search.hubness import METHODS
     from mess.query import resolve_query
+    from mess.search.hubness import METHODS
     from mess.search.query import ENCODED_R2, aspect_layers, similar_tracks, weak_aspects
     from mess.search.vectors import vectors_label
 

@@ -53,7 +53,7 @@ def aggregate(content_hash: str, segments: list[np.ndarray], starts: np.ndarray)
 def embed_prepared(model: EmbeddingModel, prepared: Sequence[Windows], batch_size: int) -> list[TrackVectors]:
     """Embed decoded tracks and aggregate each into TrackVectors."""
     segs = embed_windows(model, [p.audio for p in prepared], batch_size)
-    return [aggregate(p.record.content_hash, s, p.starts) for p, s in zip(prepared, segs)]
+    return [aggregate(p.record.content_hash, s, p.starts) for p, s in zip(prepared, segs, strict=False)]
 
 
 def embed_file(path: Path, model: EmbeddingModel, policy: WindowPolicy, batch_size: int = 4) -> TrackVectors:

@@ -156,7 +156,7 @@ def _embed_and_write(store: FeatureStore, run: Run, model: EmbeddingModel, pendi
                 _embed_and_write(store, run, model, [single], batch_size, summary)
         return
     good = []
-    for prepared, vecs in zip(pending, vectors):
+    for prepared, vecs in zip(pending, vectors, strict=False):
         if all(np.isfinite(v).all() for v in (*vecs.layers, *vecs.segments)):
             good.append((prepared, vecs))
         else:

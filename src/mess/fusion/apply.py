@@ -13,7 +13,6 @@ from mess.search.vectors import FUSED
 from mess.store import FeatureStore, Run
 
 
-
 def check_compatible(result: FusionResult, run: Run) -> None:
     """Raise FusionError unless the checkpoint was trained on this run's layers."""
     if (result.model, result.layer_names, result.layer_dims) != (run.model, run.layer_names, run.layer_dims):

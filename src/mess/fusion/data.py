@@ -84,7 +84,7 @@ def split_labels(labels: np.ndarray, val_frac: float = 0.15, test_frac: float = 
     fewer than 2 training labels. Needs at least 4 labels with 2+ tracks.
     """
     names, counts = np.unique([lab for lab in labels if lab], return_counts=True)
-    usable = sorted(str(n) for n, c in zip(names, counts) if c >= 2)
+    usable = sorted(str(n) for n, c in zip(names, counts, strict=False) if c >= 2)
     if len(usable) < 4:
         raise FusionError(f"need at least 4 labels with 2+ tracks each to train and hold out; found {len(usable)}")
     order = [usable[i] for i in np.random.default_rng(seed).permutation(len(usable))]

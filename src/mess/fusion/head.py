@@ -39,7 +39,7 @@ class HeadData:
     def data_hash(self, rows: np.ndarray | None = None) -> str:
         """Hash of what training saw: run identity plus sorted (content hash, label) pairs of ``rows``."""
         rows = np.arange(len(self.labels)) if rows is None else rows
-        pairs = sorted(zip(self.hashes[rows].tolist(), self.labels[rows].tolist()))
+        pairs = sorted(zip(self.hashes[rows].tolist(), self.labels[rows].tolist(), strict=False))
         head = [self.run.model, self.run.revision, self.run.policy.to_json(), list(self.run.layer_names)]
         return hashlib.sha256(json.dumps([head, pairs]).encode()).hexdigest()
 
@@ -98,7 +98,7 @@ def _standardiser(data: HeadData, rows: np.ndarray, per_dim: bool) -> tuple[np.n
         scale = np.where(std > 1e-6, std, 1.0) * np.sqrt(np.repeat(dims, dims))
     else:
         bounds = np.cumsum(np.concatenate([[0], dims]))
-        norms = [np.sqrt(((seg[:, a:b] - mean[a:b]) ** 2).sum(axis=1).mean()) for a, b in zip(bounds, bounds[1:])]
+        norms = [np.sqrt(((seg[:, a:b] - mean[a:b]) ** 2).sum(axis=1).mean()) for a, b in zip(bounds, bounds[1:], strict=False)]
         scale = np.repeat(np.maximum(norms, 1e-6), dims)
     return mean.astype(np.float32), scale.astype(np.float32)
 

@@ -16,7 +16,7 @@ class PKSampler:
 
     def __init__(self, labels: np.ndarray, p: int, k: int, seed: int) -> None:
         codes, counts = np.unique(labels, return_counts=True)
-        self.groups = [np.flatnonzero(labels == c) for c, n in zip(codes, counts) if n >= 2]
+        self.groups = [np.flatnonzero(labels == c) for c, n in zip(codes, counts, strict=False) if n >= 2]
         if len(self.groups) < 2:
             raise ValueError("triplet mining needs at least 2 labels with 2 or more tracks each")
         self.p = min(p, len(self.groups))

@@ -72,7 +72,7 @@ class LayerFusion(nn.Module):
         parts = torch.split((x - self.mean) / self.std, self.layer_dims, dim=1)
         normed = [F.layer_norm(p, p.shape[-1:]) for p in parts]
         if not self.shared:
-            normed = [F.layer_norm(a(p), (a.out_features,)) for a, p in zip(self.adapters, normed)]
+            normed = [F.layer_norm(a(p), (a.out_features,)) for a, p in zip(self.adapters, normed, strict=False)]
         return torch.stack(normed, dim=1)
 
     def weights(self, h: torch.Tensor) -> torch.Tensor:

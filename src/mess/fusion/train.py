@@ -80,7 +80,7 @@ class FusionResult:
     def layer_weights(self, x: np.ndarray) -> dict[str, float]:
         """Mean softmax weight per layer over the tracks ``x``."""
         weights = self.network.mean_weights(torch.from_numpy(x)).numpy()
-        return {name: round(float(w), 6) for name, w in zip(self.layer_names, weights)}
+        return {name: round(float(w), 6) for name, w in zip(self.layer_names, weights, strict=False)}
 
     def meta(self) -> dict:
         """JSON-ready description (everything in the checkpoint except the weights)."""

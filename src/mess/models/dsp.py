@@ -69,7 +69,7 @@ def _contrast(mag: np.ndarray, freqs: np.ndarray, quantile: float = 0.02) -> lis
     ``quantile`` of the magnitudes in each octave band from 200 Hz; 7 bands."""
     edges = np.concatenate([[0.0], 200.0 * 2.0 ** np.arange(7)])
     out = []
-    for k, (low, high) in enumerate(zip(edges[:-1], edges[1:])):
+    for k, (low, high) in enumerate(zip(edges[:-1], edges[1:], strict=False)):
         band = np.flatnonzero((freqs >= low) & (freqs <= high))
         first, last = (band[0] - 1 if k else band[0]), (freqs.size if k == 6 else band[-1])
         sub = mag[..., first:last]

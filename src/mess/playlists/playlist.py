@@ -32,7 +32,7 @@ class Playlist:
         return {"title": self.title, "note": self.note, "tracks": [
             {"id": t.id, "path": t.path, "name": t.name, "artist": t.artist, "title": t.title or Path(t.path).stem,
              "album": t.album, "duration": t.duration, "score": round(float(s), 6)}
-            for t, s in zip(self.tracks, self.scores)]}
+            for t, s in zip(self.tracks, self.scores, strict=False)]}
 
 
 def artist_key(track: Track) -> str:

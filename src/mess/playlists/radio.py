@@ -39,7 +39,7 @@ def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 3
     seed_units = np.stack([query_unit(store, vs, s) for s in seeds])
     closeness = (unit @ seed_units.T).max(axis=1)
     guard = DuplicateGuard(unit.shape[1])
-    for s, u in zip(seeds, seed_units):
+    for s, u in zip(seeds, seed_units, strict=False):
         guard.add(u, s.track, s.content_hash)
     pool = [int(r) for r in np.argsort(-closeness, kind="stable")[:max(POOL_PER_TRACK * n, 1000)]]
     history = [(s.artist or "").strip().casefold() if s.track is None else artist_key(s.track) for s in seeds]
@@ -64,7 +64,7 @@ def _next(pool: list[int], artists: list[str], history: list[str], window: int) 
     """The first (closest) row of ``pool`` whose artist is not among the last ``w`` played, w = window .. 1."""
     for w in range(window, 0, -1):
         recent = {a for a in history[-w:] if a}
-        for row, artist in zip(pool, artists):
+        for row, artist in zip(pool, artists, strict=False):
             if artist not in recent:
                 return row
     return None

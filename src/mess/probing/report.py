@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mess.store.reports import report_paths
 from mess.probing.probes import ProbeScores
 from mess.probing.targets import ASPECTS, TARGETS, aspect_targets
+from mess.store.reports import report_paths
 
 TRAINED = "trained"
 _ASPECT_OF = {t.name: t.aspect for t in TARGETS}
@@ -147,7 +147,7 @@ def heatmap(report: ProbeReport, path: Path) -> None:
     fig, axes = plt.subplots(len(names), 1, figsize=(width, sum(heights) + 1.6), squeeze=False,
                              gridspec_kw={"height_ratios": heights}, constrained_layout=True)
     image = None
-    for row, (ax, name) in enumerate(zip(axes[:, 0], names)):
+    for row, (ax, name) in enumerate(zip(axes[:, 0], names, strict=False)):
         scores = report.conditions[name]
         image = ax.imshow(scores.r2, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
         ax.set_yticks(range(len(scores.layers)), scores.layers, fontsize=8)
@@ -164,7 +164,7 @@ def heatmap(report: ProbeReport, path: Path) -> None:
             ax.axvline(k - 0.5, color="black", linewidth=1.2)
         top = ax.secondary_xaxis("top")
         ends = starts[1:] + [len(aspects)]
-        top.set_xticks([(a + b - 1) / 2 for a, b in zip(starts, ends)], [aspects[k] for k in starts], fontsize=8)
+        top.set_xticks([(a + b - 1) / 2 for a, b in zip(starts, ends, strict=False)], [aspects[k] for k in starts], fontsize=8)
         top.tick_params(length=0)
         ax.set_title(f"{report.model} - {name}: out-of-fold R^2 ({report.n_tracks} tracks, {report.folds})",
                      fontsize=9)

@@ -221,7 +221,7 @@ def study(factor_sets: dict[str, Sequence[RenderedVariant]], model: EmbeddingMod
         levels = len({v.value for v in variants})
         categorical = factor in CATEGORICAL
         results.append(FactorResult(factor, EXPECTED_ASPECTS[factor], len(variants), len(set(pieces[factor].tolist())),
-                                    {t: float(e) for t, e in zip(TARGET_NAMES, effect)}, aspect_effect, scores, null,
+                                    {t: float(e) for t, e in zip(TARGET_NAMES, effect, strict=False)}, aspect_effect, scores, null,
                                     "accuracy" if categorical else "spearman", 1.0 / levels if categorical else 0.0,
                                     _render_note(factor, values[factor], pieces[factor])))
         if on_step:

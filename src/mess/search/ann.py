@@ -215,7 +215,7 @@ def recall_at_k(truth: np.ndarray, found: np.ndarray, k: int, exclude: np.ndarra
     ``exclude`` holds one id per query (its own) to drop from both lists first.
     """
     hits = 0
-    for i, (t, f) in enumerate(zip(truth, found)):
+    for i, (t, f) in enumerate(zip(truth, found, strict=False)):
         own = None if exclude is None else exclude[i]
         want = [x for x in t if x != own][:k]
         got = [x for x in f if x != own and x >= 0][:k]

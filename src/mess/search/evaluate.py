@@ -18,9 +18,15 @@ import numpy as np
 
 from mess.search.ann import exact_knn
 from mess.search.hubness import HubnessReducer, HubnessStats, hubness_stats
-from mess.search.metrics import (RetrievalScores, average_precision, chance_scores, ndcg_at_k, precision_at_k,
-                                 ranked_relevance)
-from mess.search.segments import check_match, chamfer_rows, read_segments
+from mess.search.metrics import (
+    RetrievalScores,
+    average_precision,
+    chance_scores,
+    ndcg_at_k,
+    precision_at_k,
+    ranked_relevance,
+)
+from mess.search.segments import chamfer_rows, check_match, read_segments
 from mess.search.vectors import FUSED, Norm, VectorSpec, has_learned_head, load_vectors
 from mess.store import FeatureStore, Run, StoreError, Track
 

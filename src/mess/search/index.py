@@ -101,8 +101,8 @@ def build_index(store: FeatureStore, vs: VectorSet, kind: str = "auto", *, rebui
     requested = old.requested if old is not None and kind == "auto" else kind
     mode, added, removed = "built", len(vs.ids), 0
     if old is not None and old.spec == vs.spec and old.run_id == vs.run.id:
-        new_hash = dict(zip(vs.ids.tolist(), vs.hashes.tolist()))
-        old_hash = dict(zip(old.ids.tolist(), old.hashes.tolist()))
+        new_hash = dict(zip(vs.ids.tolist(), vs.hashes.tolist(), strict=False))
+        old_hash = dict(zip(old.ids.tolist(), old.hashes.tolist(), strict=False))
         gone = np.array([i for i, h in old_hash.items() if new_hash.get(i) != h], dtype=np.int64)
         fresh = np.array([i for i, h in new_hash.items() if old_hash.get(i) != h], dtype=np.int64)
         wanted = choose_kind(len(vs.ids)) if requested == "auto" else requested
@@ -170,7 +170,7 @@ def stale_indexes(store: FeatureStore) -> list[Path]:
             stale.append(path)
             continue
         current = {(t.id, t.content_hash) for t in store.tracks(run)}
-        if not set(zip(saved.ids.tolist(), saved.hashes.tolist())) <= current:
+        if not set(zip(saved.ids.tolist(), saved.hashes.tolist(), strict=False)) <= current:
             stale.append(path)
     return stale
 

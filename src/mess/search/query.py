@@ -139,7 +139,7 @@ def similar_tracks(store: FeatureStore, run: Run, query: TrackQuery | np.ndarray
                       duplicate=bool(by_id[int(i)].content_hash == qhash or s >= DUPLICATE_COSINE),
                       why=why.get(int(i), {}), why_percentile=pct.get(int(i), {}),
                       adjusted=None if adjusted is None else float(adjusted[n]))
-            for n, (s, i) in enumerate(zip(sims, ids))]
+            for n, (s, i) in enumerate(zip(sims, ids, strict=False))]
 
 
 def _index_neighbours(store: FeatureStore, vs: VectorSet, query: TrackQuery | np.ndarray, exclude: set[int], k: int,
@@ -211,7 +211,7 @@ def aspect_layers(store: FeatureStore, run: Run) -> tuple[str, dict[str, VectorS
         return "layers", {n: VectorSpec("layer", n) for n in names}
     groups = np.array_split(np.arange(len(names)), 3)
     return "layers", {f"{label} ({names[g[0]]}-{names[g[-1]]})": VectorSpec("group", "+".join(names[i] for i in g))
-                      for label, g in zip(("early", "middle", "late"), groups)}
+                      for label, g in zip(("early", "middle", "late"), groups, strict=False)}
 
 
 def query_unit(store: FeatureStore, vs: VectorSet, query: TrackQuery) -> np.ndarray:
@@ -253,7 +253,7 @@ def _ids_by_artist(tracks: Sequence[Track]) -> dict[str, tuple[int, ...]]:
 def _rescore(method: str, vs: VectorSet, index: CollectionIndex, q: np.ndarray, sims: np.ndarray,
              ids: np.ndarray, query: TrackQuery | None) -> np.ndarray:
     """Hubness-reduced scores of the candidates (neighbourhoods measured with the same index)."""
-    same = all(np.array_equal(a, b) for a, b in zip(index.prep.arrays().values(), vs.prep.arrays().values()))
+    same = all(np.array_equal(a, b) for a, b in zip(index.prep.arrays().values(), vs.prep.arrays().values(), strict=False))
     unit = vs.unit() if same else index.prep.apply(vs.raw)
 
     def knn(vectors: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -284,7 +284,7 @@ def _explain(store: FeatureStore, run: Run, tracks: Sequence[Track], query: Trac
         ref_sims = np.sort(unit[others] @ q)
         res_sims = unit[vs.rows(ids)] @ q
         ranks = np.searchsorted(ref_sims, res_sims, side="right") / len(ref_sims)
-        for i, s, r in zip(ids, res_sims, ranks):
+        for i, s, r in zip(ids, res_sims, ranks, strict=False):
             why[int(i)][name] = float(s)
             pct[int(i)][name] = float(r)
     return why, pct

@@ -19,8 +19,13 @@ from mess.artists.profiles import ArtistError
 from mess.serve import routes_playlists, routes_reports, routes_search, routes_tracks
 from mess.serve.security import AccessPolicy, install
 from mess.serve.state import ServeState, default_model
-from mess.serve.uploads import (DEFAULT_EMBED_TIMEOUT, DEFAULT_MAX_QUEUE, DEFAULT_MAX_SECONDS, DEFAULT_MAX_UPLOAD,
-                                EmbedWorker)
+from mess.serve.uploads import (
+    DEFAULT_EMBED_TIMEOUT,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_SECONDS,
+    DEFAULT_MAX_UPLOAD,
+    EmbedWorker,
+)
 from mess.store import FeatureStore, StoreError
 
 STATIC_DIR = Path(__file__).parent / "static"

@@ -28,7 +28,7 @@ MEDIA = {"m3u8": "audio/x-mpegurl; charset=utf-8", "xspf": "application/xspf+xml
 def _answer(request: Request, playlist: Playlist, model: str, fmt: str, name: str) -> dict | Response:
     if fmt == "json":
         return {"title": playlist.title, "model": model, "note": playlist.note,
-                "tracks": [{**track_dict(t), "score": round(s, 6)} for t, s in zip(playlist.tracks, playlist.scores)]}
+                "tracks": [{**track_dict(t), "score": round(s, 6)} for t, s in zip(playlist.tracks, playlist.scores, strict=False)]}
     base = str(request.base_url).rstrip("/")
     text = render(playlist, fmt, locate=lambda t: f"{base}/api/tracks/{t.id}/audio")
     disposition = f'attachment; filename="{name}.{fmt}"'

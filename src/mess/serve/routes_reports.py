@@ -9,13 +9,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import FileResponse
 
-from mess.store.reports import report_paths
 from mess.search.ann import KINDS
 from mess.search.index import build_index
 from mess.search.vectors import load_vectors, vectors_label
 from mess.serve.routes_tracks import Aspect, Fused, Layer, Learned, Model
 from mess.serve.state import ServeState, get_state, vector_spec
 from mess.store import StoreBusy
+from mess.store.reports import report_paths
 
 router = APIRouter(prefix="/api")
 State = Annotated[ServeState, Depends(get_state)]

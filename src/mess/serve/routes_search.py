@@ -12,6 +12,7 @@ from mess.artists.discrimination import most_discriminative
 from mess.artists.profiles import ArtistError, ArtistSet, Space, load_artists, load_space
 from mess.artists.similarity import METHODS as ARTIST_METHODS
 from mess.artists.similarity import ArtistVectors, artist_vectors, similarity_row, top_k
+from mess.query import external_query
 from mess.search.hubness import METHODS as HUBNESS_METHODS
 from mess.search.query import (
     ENCODED_R2,
@@ -24,7 +25,6 @@ from mess.search.query import (
     weak_aspects,
 )
 from mess.search.vectors import VectorSpec, from_tracks, load_vectors, vectors_label
-from mess.query import external_query
 from mess.serve.mapping import collection_map
 from mess.serve.routes_tracks import Aspect, Fused, Layer, Learned, Model
 from mess.serve.state import ServeState, get_state, neighbour_dict, track_dict, vector_spec

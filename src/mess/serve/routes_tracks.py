@@ -110,6 +110,6 @@ def collection_map_route(state: State, model: Model = None, layer: Layer = None,
         cmap: CollectionMap = state.cached(("map", run.id, spec, vs.fingerprint), lambda: collection_map(vs))
         by_id = track_by_id(state.store.tracks(run))
     points = [{**track_dict(by_id[int(i)]), "x": round(float(x), 5), "y": round(float(y), 5)}
-              for i, (x, y) in zip(cmap.ids, cmap.xy) if int(i) in by_id]
+              for i, (x, y) in zip(cmap.ids, cmap.xy, strict=False) if int(i) in by_id]
     return {"model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "method": "pca",
             "explained_variance": [round(v, 4) for v in cmap.explained], "points": points}

@@ -102,7 +102,7 @@ def _shared_rows(store: FeatureStore, run: Run) -> list[Problem]:
     rows = store.db.execute("SELECT track_row, seg_row, n_segments FROM vectors WHERE run_id=? ORDER BY seg_row",
                             (run.id,)).fetchall()
     track = [r[0] for r in rows]
-    overlaps = sum(1 for a, b in zip(rows, rows[1:]) if a[1] + a[2] > b[1])
+    overlaps = sum(1 for a, b in zip(rows, rows[1:], strict=False) if a[1] + a[2] > b[1])
     shared = len(track) - len(set(track)) + overlaps
     if not shared:
         return []
@@ -150,7 +150,7 @@ def _untrusted(store: FeatureStore, run: Run, kinds: set[str]) -> set[str]:
             by_row.setdefault(r[1], []).append(r[0])
         bad |= {h for hs in by_row.values() if len(hs) > 1 for h in hs}
         ordered = sorted(rows, key=lambda r: r[2])
-        for a, b in zip(ordered, ordered[1:]):
+        for a, b in zip(ordered, ordered[1:], strict=False):
             if a[2] + a[3] > b[2]:
                 bad |= {a[0], b[0]}
     if "non-finite" in kinds:

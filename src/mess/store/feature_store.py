@@ -481,7 +481,7 @@ class FeatureStore:
             rows = self.track_rows(run)
             dim = matrix.shape[1]
             full = np.full((max(rows.values(), default=-1) + 1, dim), np.nan, dtype=np.float32)
-            for tid, vec in zip(track_ids, matrix):
+            for tid, vec in zip(track_ids, matrix, strict=False):
                 full[rows[by_id[int(tid)]]] = vec
             RowFile(self.derived_path(run, name), dim).replace(full)
             now = time.time()  # in the metadata too, so caches keyed on it see every rewrite

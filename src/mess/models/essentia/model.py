@@ -67,7 +67,7 @@ class OnnxModel(EmbeddingModel):
             real = len(chunk)
             if self.batch and real < self.batch:  # a fixed-batch graph: zero-pad, keep only the real rows
                 chunk = np.concatenate([chunk, np.zeros((self.batch - real, *chunk.shape[1:]), np.float32)])
-            for part, out in zip(parts, self.session.run(self.output_names, {self.input_name: chunk})):
+            for part, out in zip(parts, self.session.run(self.output_names, {self.input_name: chunk}), strict=False):
                 part.append(_per_patch(np.asarray(out, dtype=np.float32)[:real]))
         return [np.concatenate(part) for part in parts]
 
@@ -114,7 +114,7 @@ def _check_input(session, metadata: ModelMetadata, preset: Preset, file: str) ->
                                  f"(it has {', '.join(map(repr, graph_inputs))}); is {metadata.path.name} its JSON?")
     shape = graph_inputs[name].shape
     expected = [preset.patch_frames, preset.bands]
-    if len(shape) != 3 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected)):
+    if len(shape) != 3 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected, strict=False)):
         raise EssentiaModelError(f"{file}: input {name!r} has shape {shape}; preset {preset.name} feeds "
                                  f"[batch, {preset.patch_frames} frames, {preset.bands} bands]")
     return name, shape[0] if isinstance(shape[0], int) else 0

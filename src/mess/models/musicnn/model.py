@@ -147,7 +147,7 @@ class MusicnnModel(EmbeddingModel):
         flat = torch.from_numpy(batch.reshape(-1, N_FRAMES, N_MELS))
         parts: list[list[torch.Tensor]] = [[] for _ in self.info.layer_names]
         for chunk in flat.split(PATCHES_PER_CHUNK):
-            for part, value in zip(parts, self.network.patch_vectors(chunk.to(self.device))):
+            for part, value in zip(parts, self.network.patch_vectors(chunk.to(self.device)), strict=False):
                 part.append(value.float().cpu())
         return [torch.cat(part).view(batch.shape[0], batch.shape[1], -1).mean(dim=1).numpy() for part in parts]
 

@@ -66,14 +66,14 @@ class MusicnnNetwork(nn.Module):
         """
         x = _channel_bn(self.bns[0], mel.unsqueeze(1))
         blocks = []
-        for conv, bn in zip(self.timbral_convs, self.bns[1:3]):
+        for conv, bn in zip(self.timbral_convs, self.bns[1:3], strict=False):
             blocks.append(self._frontend_block(conv, bn, _pad_time(x, 3, 3)))
-        for conv, bn in zip(self.temporal_convs, self.bns[3:6]):
+        for conv, bn in zip(self.temporal_convs, self.bns[3:6], strict=False):
             k = conv.kernel_size[0]
             blocks.append(self._frontend_block(conv, bn, _pad_time(x, (k - 1) // 2, k // 2)))
         frontend = torch.cat(blocks, dim=1)
         midend = [frontend]
-        for i, (conv, bn) in enumerate(zip(self.midend_convs, self.bns[6:9])):
+        for i, (conv, bn) in enumerate(zip(self.midend_convs, self.bns[6:9], strict=False)):
             out = bn(F.relu(conv(_pad_time(midend[-1], 3, 3))))
             midend.append(out if i == 0 else out + midend[-1])
         features = torch.cat(midend, dim=1)

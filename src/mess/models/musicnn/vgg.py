@@ -40,7 +40,7 @@ class VggNetwork(nn.Module):
         """
         x = self.bns[0](mel.unsqueeze(1))
         maps = []
-        for conv, bn, pool in zip(self.convs, self.bns[1:], self.pools):
+        for conv, bn, pool in zip(self.convs, self.bns[1:], self.pools, strict=False):
             x = pool(bn(F.relu(conv(x))))
             maps.append(x)
         flat = maps[-1].permute(0, 2, 3, 1).flatten(1)
