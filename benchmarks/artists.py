@@ -42,9 +42,20 @@ def collection(n_artists: int, tracks: int, dim: int, seed: int = 0):
     offset = 6.0 * rng.normal(size=dim)
     rows = np.repeat(artist_centres, tracks, axis=0) + 1.2 * rng.normal(size=(n_artists * tracks, dim)) + offset
     genres = [f"scene{s if rng.random() < 0.5 else rng.integers(scenes.max() + 1)}" for s in scenes]
-    track_list = [Track(id=i + 1, path=f"/m/{i}.flac", content_hash=str(i), duration=30.0,
-                        artist=f"artist {i // tracks:05d}", album=None, title=None, genre=genres[i // tracks],
-                        composer=None) for i in range(n_artists * tracks)]
+    track_list = [
+        Track(
+            id=i + 1,
+            path=f"/m/{i}.flac",
+            content_hash=str(i),
+            duration=30.0,
+            artist=f"artist {i // tracks:05d}",
+            album=None,
+            title=None,
+            genre=genres[i // tracks],
+            composer=None,
+        )
+        for i in range(n_artists * tracks)
+    ]
     artists = build_artists(track_list, max_tracks=tracks)
     return artists, Space("synthetic", np.arange(1, n_artists * tracks + 1), rows.astype(np.float32)), scenes
 
@@ -94,21 +105,27 @@ def main() -> None:
     vectors = artist_vectors(artists, space, center=True)
     t_naive, slow = timed(naive_chamfer, vectors)
     t_ours, fast = timed(chamfer_matrix, vectors.vectors, vectors.offsets, repeat=3)
-    print(f"chamfer matrix, {args.naive_artists} artists: ours {t_ours * 1e3:.1f} ms, per-pair loop "
-          f"{t_naive * 1e3:.0f} ms -> {t_naive / t_ours:.0f}x faster, max |diff| {np.abs(fast - slow).max():.1e}")
+    print(
+        f"chamfer matrix, {args.naive_artists} artists: ours {t_ours * 1e3:.1f} ms, per-pair loop "
+        f"{t_naive * 1e3:.0f} ms -> {t_naive / t_ours:.0f}x faster, max |diff| {np.abs(fast - slow).max():.1e}"
+    )
     t_naive, d_slow = timed(naive_separation, vectors)
     t_ours, d_fast = timed(separation, vectors, repeat=3)
-    print(f"separation, {len(vectors.vectors)} tracks: Gram moments {t_ours * 1e3:.1f} ms, all pairs "
-          f"{t_naive * 1e3:.0f} ms -> {t_naive / t_ours:.1f}x, |diff| {abs(d_fast.effect - d_slow):.1e}")
+    print(
+        f"separation, {len(vectors.vectors)} tracks: Gram moments {t_ours * 1e3:.1f} ms, all pairs "
+        f"{t_naive * 1e3:.0f} ms -> {t_naive / t_ours:.1f}x, |diff| {abs(d_fast.effect - d_slow):.1e}"
+    )
 
     artists, space, scenes = collection(args.artists, args.tracks, args.dim)
     vectors = artist_vectors(artists, space, center=True)
     t_full, full = timed(chamfer_matrix, vectors.vectors, vectors.offsets)
     t_row, row = timed(chamfer_row, vectors.vectors, vectors.offsets, 0, repeat=5)
     t_mean, _ = timed(similarity_matrix, vectors, "mean", repeat=3)
-    print(f"{args.artists} artists: chamfer matrix {t_full:.2f} s, one chamfer row {t_row * 1e3:.1f} ms "
-          f"({t_full / t_row:.0f}x less than the matrix, max |diff| {np.abs(full[0] - row).max():.1e}), "
-          f"mean matrix {t_mean * 1e3:.0f} ms")
+    print(
+        f"{args.artists} artists: chamfer matrix {t_full:.2f} s, one chamfer row {t_row * 1e3:.1f} ms "
+        f"({t_full / t_row:.0f}x less than the matrix, max |diff| {np.abs(full[0] - row).max():.1e}), "
+        f"mean matrix {t_mean * 1e3:.0f} ms"
+    )
     t_sep, _ = timed(separation, vectors)
     print(f"separation on {len(vectors.vectors)} tracks: {t_sep * 1e3:.0f} ms")
 
@@ -121,8 +138,10 @@ def main() -> None:
             sim = similarity_matrix(vec, method)
             stats = pair_stats(sim, names)
             m = evaluate(sim, matched, 10)
-            print(f"  {'centred' if center else 'raw    '} {method:7s}: pair range {stats.min:.2f}..{stats.max:.2f} "
-                  f"(span {stats.span:.2f}), nDCG@10 {m.ndcg:.3f}, MRR {m.mrr:.3f}")
+            print(
+                f"  {'centred' if center else 'raw    '} {method:7s}: pair range {stats.min:.2f}..{stats.max:.2f} "
+                f"(span {stats.span:.2f}), nDCG@10 {m.ndcg:.3f}, MRR {m.mrr:.3f}"
+            )
     base = random_baseline(args.artists, matched, 10, repeats=3)
     print(f"  random             : nDCG@10 {base.ndcg:.3f}, MRR {base.mrr:.3f}")
 
@@ -130,9 +149,11 @@ def main() -> None:
     matched = {q: [int(j) for j in np.flatnonzero(scenes == scenes[q]) if j != q] for q in range(args.hybrid_artists)}
     audio = similarity_matrix(artist_vectors(artists, space, center=True), "mean")
     t_fit, fit = timed(lambda: fit_hybrid(components(audio, artists), matched, k=10, test_fraction=0.3))
-    print(f"hybrid on {args.hybrid_artists} artists (genre tags right half the time), learned in {t_fit:.1f} s: "
-          f"weights {fit.weights}; held-out nDCG@10 hybrid {fit.test['hybrid'].ndcg:.3f} vs audio "
-          f"{fit.test['audio'].ndcg:.3f}, genre {fit.test['genre'].ndcg:.3f}, equal weights {fit.test['equal'].ndcg:.3f}")
+    print(
+        f"hybrid on {args.hybrid_artists} artists (genre tags right half the time), learned in {t_fit:.1f} s: "
+        f"weights {fit.weights}; held-out nDCG@10 hybrid {fit.test['hybrid'].ndcg:.3f} vs audio "
+        f"{fit.test['audio'].ndcg:.3f}, genre {fit.test['genre'].ndcg:.3f}, equal weights {fit.test['equal'].ndcg:.3f}"
+    )
     print(f"peak memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

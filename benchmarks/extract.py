@@ -92,8 +92,9 @@ def measure_model(name: str, paths: list[Path], policy: WindowPolicy, batch_size
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        summary = extract(FeatureStore(Path(tmp)), paths, model, policy, batch_size=batch_size, workers=2,
-                          on_progress=hook)
+        summary = extract(
+            FeatureStore(Path(tmp)), paths, model, policy, batch_size=batch_size, workers=2, on_progress=hook
+        )
         pipeline_s = time.perf_counter() - start
     sr = model.info.sample_rate
     prepared = [decode_windows(inspect_file(p), sr, policy, model.info.min_samples) for p in paths]
@@ -103,11 +104,19 @@ def measure_model(name: str, paths: list[Path], policy: WindowPolicy, batch_size
     bare_s = time.perf_counter() - start
     mm = (mm + matmul_gflops()) / 2
     audio_s = summary.audio_seconds
-    row = {"model": name, "files": len(paths), "failed": len(summary.failed), "audio_s": audio_s,
-           "load_s": load_s, "first_file_s": first[0] if first else float("nan"),
-           "pipeline_rate": audio_s / pipeline_s, "bare_rate": audio_s / bare_s,
-           "overhead": pipeline_s / bare_s - 1, "track_s": TYPICAL_TRACK_SECONDS / (audio_s / pipeline_s),
-           "matmul": mm}
+    row = {
+        "model": name,
+        "files": len(paths),
+        "failed": len(summary.failed),
+        "audio_s": audio_s,
+        "load_s": load_s,
+        "first_file_s": first[0] if first else float("nan"),
+        "pipeline_rate": audio_s / pipeline_s,
+        "bare_rate": audio_s / bare_s,
+        "overhead": pipeline_s / bare_s - 1,
+        "track_s": TYPICAL_TRACK_SECONDS / (audio_s / pipeline_s),
+        "matmul": mm,
+    }
     gflop = gflop_per_patch(model)
     if gflop is not None:
         row["gflop_patch"] = gflop
@@ -122,8 +131,11 @@ def long_file_rss(folder: Path, model: str, hours: float = 2.0) -> dict:
     with sf.SoundFile(path, "w", samplerate=16000, channels=1, subtype="PCM_16") as f:
         t = np.arange(60 * 16000) / 16000
         for minute in range(int(hours * 60)):
-            f.write((0.3 * np.sin(2 * np.pi * (110 + 10 * (minute % 24)) * t)
-                     + 0.02 * rng.standard_normal(t.size)).astype(np.float32))
+            f.write(
+                (0.3 * np.sin(2 * np.pi * (110 + 10 * (minute % 24)) * t) + 0.02 * rng.standard_normal(t.size)).astype(
+                    np.float32
+                )
+            )
     script = textwrap.dedent(f"""
         import json, resource, time
         from pathlib import Path
@@ -133,7 +145,7 @@ def long_file_rss(folder: Path, model: str, hours: float = 2.0) -> dict:
         from mess.store import FeatureStore
         model = load_model({model!r})
         start = time.perf_counter()
-        s = extract(FeatureStore(Path({str(folder / 'store')!r})), [Path({str(path)!r})], model, WindowPolicy())
+        s = extract(FeatureStore(Path({str(folder / "store")!r})), [Path({str(path)!r})], model, WindowPolicy())
         print(json.dumps({{"done": s.done, "audio_s": s.audio_seconds, "seconds": time.perf_counter() - start,
                           "rss_mb": int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) / 1024}}))
     """)
@@ -159,20 +171,27 @@ def race_tensorflow(tf_python: Path, paths: list[Path], policy: WindowPolicy, ba
     if not tf_python.is_file():
         return None
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ""}
-    probe = subprocess.run([str(tf_python), "-c", "import tensorflow, musicnn.extractor"], env=env,
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        [str(tf_python), "-c", "import tensorflow, musicnn.extractor"], env=env, capture_output=True, text=True
+    )
     if probe.returncode != 0:
         return None
-    warm = subprocess.run([str(tf_python), "-W", "ignore", "-c", _TF_SCRIPT, str(paths[0])], env=env,
-                          capture_output=True, text=True)  # first run pays one-off caches; not timed
+    warm = subprocess.run(
+        [str(tf_python), "-W", "ignore", "-c", _TF_SCRIPT, str(paths[0])], env=env, capture_output=True, text=True
+    )  # first run pays one-off caches; not timed
     if warm.returncode != 0:
         return None
     quiet = Path(tempfile.mkdtemp()) / "quiet.wav"  # real music at -20 dB stays inside TF's float16 input range
     audio, _ = librosa.load(paths[0], sr=16000)
     sf.write(quiet, 0.1 * audio, 16000, subtype="FLOAT")
     start = time.perf_counter()
-    done = subprocess.run([str(tf_python), "-W", "ignore", "-c", _TF_SCRIPT, *map(str, paths), str(quiet)], env=env,
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [str(tf_python), "-W", "ignore", "-c", _TF_SCRIPT, *map(str, paths), str(quiet)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     tf = json.loads(done.stdout.split("RESULT ", 1)[1])
     tf_wall = time.perf_counter() - start - tf[str(quiet)]["seconds"]
     file_s = sum(sf.info(str(p)).duration for p in paths)
@@ -191,9 +210,18 @@ def race_tensorflow(tf_python: Path, paths: list[Path], policy: WindowPolicy, ba
         with torch.inference_mode():
             ours = model.network(torch.from_numpy(patches(log_mel(audio[None]))[0][:1]))["penultimate"][0]
         diffs.append(float(np.abs(ours.numpy() - ref).max()))
-    return {"files": len(paths), "file_s": file_s, "tf_wall_s": tf_wall, "compared": len(diffs),
-            "tf_rate": file_s / tf_wall, "ours_s": ours_s, "ours_rate": file_s / ours_s, "ratio": tf_wall / ours_s,
-            "penultimate_max_diff": max(diffs) if diffs else float("nan"), "tf_nonfinite_files": nonfinite}
+    return {
+        "files": len(paths),
+        "file_s": file_s,
+        "tf_wall_s": tf_wall,
+        "compared": len(diffs),
+        "tf_rate": file_s / tf_wall,
+        "ours_s": ours_s,
+        "ours_rate": file_s / ours_s,
+        "ratio": tf_wall / ours_s,
+        "penultimate_max_diff": max(diffs) if diffs else float("nan"),
+        "tf_nonfinite_files": nonfinite,
+    }
 
 
 def main() -> None:
@@ -212,36 +240,48 @@ def main() -> None:
     policy = WindowPolicy()
     load = os.getloadavg()
     mm = matmul_gflops()
-    print(f"{len(paths)} files from {args.audio}; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
-          f"on {os.cpu_count()} cores; torch threads {torch.get_num_threads()}; fp32 matmul {mm:.1f} GFLOP/s")
+    print(
+        f"{len(paths)} files from {args.audio}; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
+        f"on {os.cpu_count()} cores; torch threads {torch.get_num_threads()}; fp32 matmul {mm:.1f} GFLOP/s"
+    )
     rows = [measure_model(name, paths, policy, args.batch_size) for name in args.models.split(",")]
-    header = (f"{'model':18s}{'audio-s':>8s}{'pipeline':>10s}{'bare':>8s}{'overhead':>9s}{'load s':>8s}"
-              f"{'1st file s':>11s}{'s/3.5min':>9s}{'matmul':>8s}{'GFLOP/p':>8s}{'effic.':>7s}")
-    print(header + "   (rates in audio-s/s; matmul GFLOP/s around the bare pass; efficiency = bare / 3 s x "
-                   "GFLOP per patch / matmul)")
+    header = (
+        f"{'model':18s}{'audio-s':>8s}{'pipeline':>10s}{'bare':>8s}{'overhead':>9s}{'load s':>8s}"
+        f"{'1st file s':>11s}{'s/3.5min':>9s}{'matmul':>8s}{'GFLOP/p':>8s}{'effic.':>7s}"
+    )
+    print(
+        header + "   (rates in audio-s/s; matmul GFLOP/s around the bare pass; efficiency = bare / 3 s x "
+        "GFLOP per patch / matmul)"
+    )
     for r in rows:
-        print(f"{r['model']:18s}{r['audio_s']:8.0f}{r['pipeline_rate']:10.1f}{r['bare_rate']:8.1f}"
-              f"{100 * r['overhead']:+8.1f}%{r['load_s']:8.2f}{r['first_file_s']:11.2f}{r['track_s']:9.2f}"
-              f"{r['matmul']:8.1f}"
-              + (f"{r['gflop_patch']:8.3f}{r['efficiency']:7.2f}" if "efficiency" in r else ""))
+        print(
+            f"{r['model']:18s}{r['audio_s']:8.0f}{r['pipeline_rate']:10.1f}{r['bare_rate']:8.1f}"
+            f"{100 * r['overhead']:+8.1f}%{r['load_s']:8.2f}{r['first_file_s']:11.2f}{r['track_s']:9.2f}"
+            f"{r['matmul']:8.1f}" + (f"{r['gflop_patch']:8.3f}{r['efficiency']:7.2f}" if "efficiency" in r else "")
+        )
     if args.long_hours > 0:
         with tempfile.TemporaryDirectory() as tmp:
             long = long_file_rss(Path(tmp), "musicnn-msd", args.long_hours)
-        print(f"{long['hours']:g}-hour FLAC through the musicnn-msd pipeline (child process): {long['done']} file, "
-              f"{long['audio_s']:.0f} audio-s analysed in {long['seconds']:.1f} s, peak RSS {long['rss_mb']:.0f} MB")
+        print(
+            f"{long['hours']:g}-hour FLAC through the musicnn-msd pipeline (child process): {long['done']} file, "
+            f"{long['audio_s']:.0f} audio-s analysed in {long['seconds']:.1f} s, peak RSS {long['rss_mb']:.0f} MB"
+        )
     race = race_tensorflow(args.tf_python, paths, policy, args.batch_size)
     if race is None:
         print(f"TensorFlow musicnn race skipped: no working TensorFlow + musicnn at {args.tf_python}")
     else:
-        print(f"original musicnn (TF, MSD_musicnn, extractor() per file) on the same {race['files']} files "
-              f"({race['file_s']:.0f} s of audio): {race['tf_rate']:.1f} file-s/s ({race['tf_wall_s']:.1f} s) vs ours "
-              f"{race['ours_rate']:.1f} ({race['ours_s']:.1f} s): ours {race['ratio']:.2f}x; penultimate max abs "
-              f"diff {race['penultimate_max_diff']:.2e} on {race['compared']} files incl. a -20 dB copy of the first "
-              f"({race['tf_nonfinite_files']} where TF's float16 input overflowed to inf)")
+        print(
+            f"original musicnn (TF, MSD_musicnn, extractor() per file) on the same {race['files']} files "
+            f"({race['file_s']:.0f} s of audio): {race['tf_rate']:.1f} file-s/s ({race['tf_wall_s']:.1f} s) vs ours "
+            f"{race['ours_rate']:.1f} ({race['ours_s']:.1f} s): ours {race['ratio']:.2f}x; penultimate max abs "
+            f"diff {race['penultimate_max_diff']:.2e} on {race['compared']} files incl. a -20 dB copy of the first "
+            f"({race['tf_nonfinite_files']} where TF's float16 input overflowed to inf)"
+        )
     if args.onnx:
         native = load_model("musicnn-msd")
-        prepared = [decode_windows(inspect_file(p), native.info.sample_rate, policy, native.info.min_samples)
-                    for p in paths]
+        prepared = [
+            decode_windows(inspect_file(p), native.info.sample_rate, policy, native.info.min_samples) for p in paths
+        ]
         _compare_onnx(native, paths, prepared, policy, args)
     print(f"peak RSS of this process: {_peak_rss_mb():.0f} MB; load average now {os.getloadavg()[0]:.1f}")
 
@@ -254,8 +294,11 @@ def _compare_onnx(native, paths, prepared, policy, args) -> None:
     from mess.models.essentia.export import export_musicnn
 
     with tempfile.TemporaryDirectory() as tmp:
-        onnx = OnnxModel(export_musicnn(native, Path(tmp) / f"{native.dataset.lower()}-musicnn-1.onnx"),
-                         preset="essentia-musicnn-msd", threads=args.onnx_threads)
+        onnx = OnnxModel(
+            export_musicnn(native, Path(tmp) / f"{native.dataset.lower()}-musicnn-1.onnx"),
+            preset="essentia-musicnn-msd",
+            threads=args.onnx_threads,
+        )
         onnx.embed(np.zeros((1, native.info.sample_rate * 3), np.float32))
         times = {}
         for name, m in (("native", native), ("onnx", onnx)):
@@ -268,16 +311,23 @@ def _compare_onnx(native, paths, prepared, policy, args) -> None:
             times[name, "bare"] = time.perf_counter() - t0
         windows = prepared[0].audio[: args.batch_size]
         ours = dict(zip(onnx.info.layer_names, onnx.embed(windows), strict=False))
-        diff = max(float(np.abs(ours[n] - v).max()) for n, v in zip(native.info.layer_names, native.embed(windows), strict=False)
-                   if n in ours)
+        diff = max(
+            float(np.abs(ours[n] - v).max())
+            for n, v in zip(native.info.layer_names, native.embed(windows), strict=False)
+            if n in ours
+        )
     audio_s = sum(float(p.audio.size) for p in prepared) / native.info.sample_rate
-    print(f"ONNX Runtime: providers {onnx.providers}, intra-op threads {args.onnx_threads or 'default'}; "
-          f"torch threads {torch.get_num_threads()}; {os.cpu_count()} CPUs")
+    print(
+        f"ONNX Runtime: providers {onnx.providers}, intra-op threads {args.onnx_threads or 'default'}; "
+        f"torch threads {torch.get_num_threads()}; {os.cpu_count()} CPUs"
+    )
     print(f"{'':16s}{'wall s':>8s}{'windows-s/s':>13s}")
     for key, secs in times.items():
         print(f"{key[0] + ' ' + key[1]:16s}{secs:8.2f}{audio_s / secs:13.1f}")
-    print(f"ONNX / native bare-model speed: {times['native', 'bare'] / times['onnx', 'bare']:.2f}x; "
-          f"largest vector difference {diff:.1e}")
+    print(
+        f"ONNX / native bare-model speed: {times['native', 'bare'] / times['onnx', 'bare']:.2f}x; "
+        f"largest vector difference {diff:.1e}"
+    )
 
 
 if __name__ == "__main__":

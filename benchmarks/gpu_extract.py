@@ -41,10 +41,21 @@ from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 from mess.models.mert import MertModel
 from mess.scale.gpu import with_precision
 
-MERT_95M = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                conv_dim=(512,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2),
-                conv_bias=False, feat_extract_norm="group", feat_proj_layer_norm=True,
-                num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16, do_stable_layer_norm=False)
+MERT_95M = dict(
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    conv_dim=(512,) * 7,
+    conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+    conv_stride=(5, 2, 2, 2, 2, 2, 2),
+    conv_bias=False,
+    feat_extract_norm="group",
+    feat_proj_layer_norm=True,
+    num_conv_pos_embeddings=128,
+    num_conv_pos_embedding_groups=16,
+    do_stable_layer_norm=False,
+)
 SAMPLE_RATE = 24000
 WINDOWS_PER_TRACK = 7  # ceil(210 s / 30 s): a 3.5-min track under the default window policy
 REFERENCE_TFLOP = 0.81  # the issue's estimate per 30 s window
@@ -86,8 +97,9 @@ def matmul_tflops(device: str, dtype: torch.dtype, n: int) -> float:
 
 def network_input(model: MertModel, windows: np.ndarray) -> torch.Tensor:
     """The normalised device tensor MertModel.embed feeds its network."""
-    values = model.processor(list(windows), sampling_rate=SAMPLE_RATE, return_tensors="pt",
-                             return_attention_mask=False)["input_values"]
+    values = model.processor(
+        list(windows), sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=False
+    )["input_values"]
     return values.to(model.device)
 
 
@@ -106,7 +118,10 @@ def flops_per_window(model: MertModel, windows: np.ndarray) -> float:
 
 def worst_cosine_gap(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     """max over layers and rows of 1 - cosine(a, b)."""
-    gaps = [1 - np.sum(x * y, axis=1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)) for x, y in zip(a, b, strict=False)]
+    gaps = [
+        1 - np.sum(x * y, axis=1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
+        for x, y in zip(a, b, strict=False)
+    ]
     return float(np.max(gaps))
 
 
@@ -123,11 +138,16 @@ def measure(base: MertModel, args: argparse.Namespace, name: str, windows: np.nd
     """Time every precision x batch size, check accuracy and padding, print the table."""
     cuda = args.device.startswith("cuda")
     flops = flops_per_window(base, windows)
-    print(f"device: {name}; torch {torch.__version__}; window {args.seconds:g} s at {SAMPLE_RATE} Hz; "
-          f"{flops / 1e12:.3f} TFLOP per window counted (issue's estimate {REFERENCE_TFLOP})")
+    print(
+        f"device: {name}; torch {torch.__version__}; window {args.seconds:g} s at {SAMPLE_RATE} Hz; "
+        f"{flops / 1e12:.3f} TFLOP per window counted (issue's estimate {REFERENCE_TFLOP})"
+    )
 
     reference = base.embed(windows[:4])
-    print(f"on-device normalisation vs embed (fp32): 1-cos = {worst_cosine_gap(device_embed(base, windows[:4]), reference):.1e}")
+    print(
+        "on-device normalisation vs embed (fp32): 1-cos = "
+        f"{worst_cosine_gap(device_embed(base, windows[:4]), reference):.1e}"
+    )
     results = []
     for precision in args.precisions:
         model = with_precision(base, precision)
@@ -161,12 +181,20 @@ def measure(base: MertModel, args: argparse.Namespace, name: str, windows: np.nd
             device_s = seconds_per_call(on_device, args.device, args.repeats)
             net_s = seconds_per_call(bare, args.device, args.repeats)
             conv_s = seconds_per_call(front_end, args.device, args.repeats)
-            row = {"precision": precision, "batch": batch, "embed_windows_per_s": batch / embed_s,
-                   "device_norm_windows_per_s": batch / device_s, "network_windows_per_s": batch / net_s,
-                   "tracks_per_s": batch / embed_s / WINDOWS_PER_TRACK, "embed_tflops": batch * flops / embed_s / 1e12,
-                   "network_tflops": batch * flops / net_s / 1e12, "conv_front_end_share": conv_s / net_s,
-                   "matmul_peak_tflops": peak, "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-                   "vs_fp32_max_1_minus_cos": gap}
+            row = {
+                "precision": precision,
+                "batch": batch,
+                "embed_windows_per_s": batch / embed_s,
+                "device_norm_windows_per_s": batch / device_s,
+                "network_windows_per_s": batch / net_s,
+                "tracks_per_s": batch / embed_s / WINDOWS_PER_TRACK,
+                "embed_tflops": batch * flops / embed_s / 1e12,
+                "network_tflops": batch * flops / net_s / 1e12,
+                "conv_front_end_share": conv_s / net_s,
+                "matmul_peak_tflops": peak,
+                "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+                "vs_fp32_max_1_minus_cos": gap,
+            }
             results.append(row)
             print(json.dumps(row), flush=True)
 
@@ -175,26 +203,46 @@ def measure(base: MertModel, args: argparse.Namespace, name: str, windows: np.nd
     padding_gap = worst_cosine_gap(base.embed(padded), base.embed(short))
 
     print(f"\n{name}: MERT-95M-shaped, {args.seconds:g} s windows, {flops / 1e12:.3f} TFLOP/window")
-    print("win/s: MertModel.embed (numpy in, vectors out); dev-norm: the same with normalisation on the device;"
-          " net: network forward only; conv %: share of the forward in the conv front end")
-    print(f"{'prec':5s}{'batch':>6s}{'win/s':>8s}{'dev-norm':>9s}{'net':>8s}{'tracks/s':>9s}{'TFLOP/s':>8s}"
-          f"{'net TF/s':>9s}{'% matmul':>9s}{'conv %':>7s}{'mem GiB':>8s}{'1-cos':>9s}")
+    print(
+        "win/s: MertModel.embed (numpy in, vectors out); dev-norm: the same with normalisation on the device;"
+        " net: network forward only; conv %: share of the forward in the conv front end"
+    )
+    print(
+        f"{'prec':5s}{'batch':>6s}{'win/s':>8s}{'dev-norm':>9s}{'net':>8s}{'tracks/s':>9s}{'TFLOP/s':>8s}"
+        f"{'net TF/s':>9s}{'% matmul':>9s}{'conv %':>7s}{'mem GiB':>8s}{'1-cos':>9s}"
+    )
     for r in results:
         mem = f"{r['peak_mem_gib']:8.1f}" if r["peak_mem_gib"] is not None else f"{'-':>8s}"
-        print(f"{r['precision']:5s}{r['batch']:6d}{r['embed_windows_per_s']:8.2f}{r['device_norm_windows_per_s']:9.2f}"
-              f"{r['network_windows_per_s']:8.2f}{r['tracks_per_s']:9.2f}{r['embed_tflops']:8.3g}"
-              f"{r['network_tflops']:9.3g}{100 * r['network_tflops'] / r['matmul_peak_tflops']:8.1f}%"
-              f"{100 * r['conv_front_end_share']:6.0f}%{mem}{r['vs_fp32_max_1_minus_cos']:9.1e}")
+        print(
+            f"{r['precision']:5s}{r['batch']:6d}{r['embed_windows_per_s']:8.2f}{r['device_norm_windows_per_s']:9.2f}"
+            f"{r['network_windows_per_s']:8.2f}{r['tracks_per_s']:9.2f}{r['embed_tflops']:8.3g}"
+            f"{r['network_tflops']:9.3g}{100 * r['network_tflops'] / r['matmul_peak_tflops']:8.1f}%"
+            f"{100 * r['conv_front_end_share']:6.0f}%{mem}{r['vs_fp32_max_1_minus_cos']:9.1e}"
+        )
     for precision in args.precisions:
         peak = next(r["matmul_peak_tflops"] for r in results if r["precision"] == precision)
-        print(f"measured dense matmul ceiling {precision}: {peak:.3g} TFLOP/s "
-              f"-> FLOP limit {peak * 1e12 / flops:.1f} windows/s")
-    print(f"zero-padding a {args.seconds / 3:g} s window to {args.seconds:g} s changes its vectors: "
-          f"worst layer 1-cos = {padding_gap:.3f} (fp32)")
+        print(
+            f"measured dense matmul ceiling {precision}: {peak:.3g} TFLOP/s "
+            f"-> FLOP limit {peak * 1e12 / flops:.1f} windows/s"
+        )
+    print(
+        f"zero-padding a {args.seconds / 3:g} s window to {args.seconds:g} s changes its vectors: "
+        f"worst layer 1-cos = {padding_gap:.3f} (fp32)"
+    )
     print(f"peak host RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     if args.json:
-        args.json.write_text(json.dumps({"device": name, "torch": torch.__version__, "flops_per_window": flops,
-                                         "padding_gap": padding_gap, "rows": results}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "device": name,
+                    "torch": torch.__version__,
+                    "flops_per_window": flops,
+                    "padding_gap": padding_gap,
+                    "rows": results,
+                },
+                indent=1,
+            )
+        )
 
 
 def main() -> None:
@@ -206,7 +254,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+    name = (
+        torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+    )
     rng = np.random.default_rng(0)
     windows = (0.1 * rng.standard_normal((max(args.batch_sizes), int(args.seconds * SAMPLE_RATE)))).astype(np.float32)
 

@@ -39,7 +39,9 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=7)
     parser.add_argument("--write-every", type=int, default=16)
     args = parser.parse_args()
-    info = ModelInfo("synthetic", "0", 24000, tuple(f"layer_{i}" for i in range(args.layers)), (args.dim,) * args.layers)
+    info = ModelInfo(
+        "synthetic", "0", 24000, tuple(f"layer_{i}" for i in range(args.layers)), (args.dim,) * args.layers
+    )
     rng = np.random.default_rng(0)
     segments = rng.standard_normal((args.segments, args.dim)).astype(np.float32)
 
@@ -52,12 +54,28 @@ def main() -> None:
             batch = []
             for i in range(first, min(first + args.write_every, args.tracks)):
                 digest = f"{i:032x}"
-                store.upsert_track(root / f"music/artist{i % 500}/track{i}.flac", digest, 8_000_000, 0.0,
-                                   {"duration": 210.0, "sample_rate": 44100, "channels": 2},
-                                   {"artist": f"artist{i % 500}", "album": f"album{i % 2000}", "title": f"track {i}",
-                                    "genre": None, "composer": None})
-                batch.append(TrackVectors(digest, [segments.mean(0)] * args.layers, [segments] * args.layers,
-                                          [30.0 * s for s in range(args.segments)]))
+                store.upsert_track(
+                    root / f"music/artist{i % 500}/track{i}.flac",
+                    digest,
+                    8_000_000,
+                    0.0,
+                    {"duration": 210.0, "sample_rate": 44100, "channels": 2},
+                    {
+                        "artist": f"artist{i % 500}",
+                        "album": f"album{i % 2000}",
+                        "title": f"track {i}",
+                        "genre": None,
+                        "composer": None,
+                    },
+                )
+                batch.append(
+                    TrackVectors(
+                        digest,
+                        [segments.mean(0)] * args.layers,
+                        [segments] * args.layers,
+                        [30.0 * s for s in range(args.segments)],
+                    )
+                )
             store.write_vectors(run, batch)
         write_s = time.perf_counter() - start
         store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -70,15 +88,23 @@ def main() -> None:
         store.close()
 
     total = track_b + seg_b + cat_b
-    print(f"{args.tracks} tracks x {args.layers} layers x {args.dim} dims, {args.segments} segments/track, "
-          f"commits of {args.write_every}")
-    print(f"bytes per track: track vectors {track_b:,.0f}, segments {seg_b:,.0f}, catalog {cat_b:,.0f}, "
-          f"total {total:,.0f}")
+    print(
+        f"{args.tracks} tracks x {args.layers} layers x {args.dim} dims, {args.segments} segments/track, "
+        f"commits of {args.write_every}"
+    )
+    print(
+        f"bytes per track: track vectors {track_b:,.0f}, segments {seg_b:,.0f}, catalog {cat_b:,.0f}, "
+        f"total {total:,.0f}"
+    )
     for n in (1_000_000, 10_000_000):
-        print(f"  {n:>10,} tracks: track vectors {track_b * n / 1e9:,.1f} GB, segments {seg_b * n / 1e9:,.1f} GB, "
-              f"catalog {cat_b * n / 1e9:,.1f} GB")
-    print(f"commit rate (one driver, one store): {args.tracks / write_s:,.0f} tracks/s "
-          f"({(track_b + seg_b) * args.tracks / write_s / 1e6:,.0f} MB/s of vectors)")
+        print(
+            f"  {n:>10,} tracks: track vectors {track_b * n / 1e9:,.1f} GB, segments {seg_b * n / 1e9:,.1f} GB, "
+            f"catalog {cat_b * n / 1e9:,.1f} GB"
+        )
+    print(
+        f"commit rate (one driver, one store): {args.tracks / write_s:,.0f} tracks/s "
+        f"({(track_b + seg_b) * args.tracks / write_s / 1e6:,.0f} MB/s of vectors)"
+    )
     print(f"layer_matrix read of one layer: {mat.nbytes / read_s / 1e9:.2f} GB/s (float32 out)")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 

@@ -1,4 +1,5 @@
-"""Artist similarity on real rendered music (the session's ``extracted_store``: composers x pieces, artist = composer)."""
+"""Artist similarity on real rendered music (the session's ``extracted_store``: composers x pieces,
+artist = composer)."""
 
 from __future__ import annotations
 
@@ -24,9 +25,25 @@ from mess.store import FeatureStore
 MODELS = ("dsp", "musicnn-msd")
 # Birth years of music21-corpus composers: the reference 'similar artists' of a composer are the two
 # closest in time (style periods), the structure a listener would expect audio similarity to echo.
-BORN = {"josquin": 1450, "palestrina": 1525, "monteverdi": 1567, "corelli": 1653, "bach": 1685, "handel": 1685,
-        "haydn": 1732, "mozart": 1756, "beethoven": 1770, "weber": 1786, "schubert": 1797, "chopin": 1810,
-        "schumann": 1810, "verdi": 1813, "brahms": 1833, "joplin": 1868, "schoenberg": 1874}
+BORN = {
+    "josquin": 1450,
+    "palestrina": 1525,
+    "monteverdi": 1567,
+    "corelli": 1653,
+    "bach": 1685,
+    "handel": 1685,
+    "haydn": 1732,
+    "mozart": 1756,
+    "beethoven": 1770,
+    "weber": 1786,
+    "schubert": 1797,
+    "chopin": 1810,
+    "schumann": 1810,
+    "verdi": 1813,
+    "brahms": 1833,
+    "joplin": 1868,
+    "schoenberg": 1874,
+}
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +100,20 @@ def test_validation_against_era_reference_and_own_ranking(real: FeatureStore, mo
     matched, coverage = match_reference(reference, artists)
     assert (coverage.query_artists, coverage.query_found) == (len(reference), len(reference) - 1)
     assert coverage.missing == ("Hildegard von Bingen",) and coverage.usable_queries == len(reference) - 1
-    scores = {name: evaluate(similarity_matrix(artist_vectors(artists, load_space(real, run, layer=name)), "mean"),
-                             matched, k=1) for name in run.layer_names}
+    scores = {
+        name: evaluate(
+            similarity_matrix(artist_vectors(artists, load_space(real, run, layer=name)), "mean"), matched, k=1
+        )
+        for name in run.layer_names
+    }
     assert all(0.0 <= m.ndcg <= 1.0 and 0.0 < m.mrr <= 1.0 and m.queries == len(matched) for m in scores.values())
     assert max(m.ndcg for m in scores.values()) > random_baseline(len(artists.profiles), matched, k=1).ndcg
     # a reference equal to a layer's own ranking scores perfectly; its reverse scores worse
     sim = similarity_matrix(artist_vectors(artists, load_space(real, run, layer=run.layer_names[-1])), "mean")
-    own = {artists.names[q]: [artists.names[j] for j in np.argsort(-sim[q], kind="stable") if j != q]
-           for q in range(len(artists.profiles))}
+    own = {
+        artists.names[q]: [artists.names[j] for j in np.argsort(-sim[q], kind="stable") if j != q]
+        for q in range(len(artists.profiles))
+    }
     own_matched, _ = match_reference(own, artists)
     assert evaluate(sim, own_matched, k=2).ndcg == pytest.approx(1.0)
     reversed_matched, _ = match_reference({a: lst[::-1] for a, lst in own.items()}, artists)
@@ -116,7 +139,8 @@ def test_cli_on_real_store(extracted_store: Path, tmp_path: Path) -> None:
     assert out.exit_code == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["coverage"]["query_fraction"] == 1.0 and len(data["layers"]) >= 4
-    out = runner.invoke(app, ["artists", "matrix", "-m", "dsp", "--method", "chamfer", "-o", str(tmp_path / "m"),
-                              "--json", *store])
+    out = runner.invoke(
+        app, ["artists", "matrix", "-m", "dsp", "--method", "chamfer", "-o", str(tmp_path / "m"), "--json", *store]
+    )
     assert out.exit_code == 0, out.stderr
     assert Path(json.loads(out.stdout)["png"]).stat().st_size > 1000

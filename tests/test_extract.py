@@ -66,7 +66,9 @@ def test_byte_identical_copies_in_one_batch_share_one_vector(tmp_path: Path) -> 
     by_id = dict(zip(ids.tolist(), matrix, strict=False))
     original_hash = next(t.content_hash for t in tracks if Path(t.path) == original)
     copies = [t.id for t in tracks if t.content_hash == original_hash]
-    assert len(copies) == 3 and all(np.array_equal(by_id[copies[0]], by_id[c]) for c in copies)  # ... and copies read one vector
+    assert len(copies) == 3 and all(
+        np.array_equal(by_id[copies[0]], by_id[c]) for c in copies
+    )  # ... and copies read one vector
 
 
 def test_moved_file_keeps_its_vectors_by_content_hash(tmp_path: Path) -> None:
@@ -123,8 +125,21 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
     music = tmp_path / "music"
     paths = _tone_files(music, 24, seconds=6.0)
     store_dir = tmp_path / "store"
-    cmd = [sys.executable, "-m", "mess.cli", "extract", str(music), "--model", "dsp", "--store", str(store_dir),
-           "--window", "4", "--batch-size", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mess.cli",
+        "extract",
+        str(music),
+        "--model",
+        "dsp",
+        "--store",
+        str(store_dir),
+        "--window",
+        "4",
+        "--batch-size",
+        "2",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     committed = 0
@@ -183,7 +198,7 @@ def test_dsp_embeds_float_audio_of_any_magnitude_and_batches_like_single_windows
     """A float WAV can hold 3e19; the descriptors stay finite and equal those of the same audio at 0.5 peak."""
     sr = 22050
     t = np.arange(4 * sr) / sr
-    y = (np.sin(2 * np.pi * 330 * t) * np.exp(-2 * (t % 0.5)) + 0.01 * np.random.default_rng(1).standard_normal(t.size))
+    y = np.sin(2 * np.pi * 330 * t) * np.exp(-2 * (t % 0.5)) + 0.01 * np.random.default_rng(1).standard_normal(t.size)
     model = DspModel()
     huge = model.embed(np.stack([3e19 * y / np.abs(y).max(), -3e19 * y / np.abs(y).max()]).astype(np.float32))
     normal = model.embed((0.5 * y / np.abs(y).max()).astype(np.float32)[None])

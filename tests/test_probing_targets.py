@@ -49,7 +49,10 @@ def test_every_target_is_documented_and_grouped_into_the_six_aspects() -> None:
 
 def test_gain_moves_loudness_by_its_decibels_and_leaves_timbre_alone() -> None:
     y = melody(C_MAJOR)
-    loud, soft = dict(zip(TARGET_NAMES, window_targets(0.4 * y), strict=False)), dict(zip(TARGET_NAMES, window_targets(0.1 * y), strict=False))
+    loud, soft = (
+        dict(zip(TARGET_NAMES, window_targets(0.4 * y), strict=False)),
+        dict(zip(TARGET_NAMES, window_targets(0.1 * y), strict=False)),
+    )
     assert loud["loudness"] - soft["loudness"] == pytest.approx(20 * np.log10(4), abs=0.05)
     for name in ("centroid", "rolloff", "mfcc1", "mfcc2", "pitch_height", "key_clarity"):
         assert loud[name] == pytest.approx(soft[name], rel=0.01, abs=0.01), name

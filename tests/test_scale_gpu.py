@@ -24,10 +24,21 @@ def mert(tmp_path_factory: pytest.TempPathFactory) -> MertModel:
     """A small random-weights model with MERT-95M's front end (group norm, no attention mask)."""
     folder = tmp_path_factory.mktemp("mert")
     torch.manual_seed(0)
-    cfg = HubertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                       conv_dim=(32,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2),
-                       conv_bias=False, feat_extract_norm="group", feat_proj_layer_norm=True,
-                       num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, do_stable_layer_norm=False)
+    cfg = HubertConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        conv_dim=(32,) * 7,
+        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+        conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        conv_bias=False,
+        feat_extract_norm="group",
+        feat_proj_layer_norm=True,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        do_stable_layer_norm=False,
+    )
     HubertModel(cfg).save_pretrained(folder)
     Wav2Vec2FeatureExtractor(sampling_rate=SR, do_normalize=True).save_pretrained(folder)
     return MertModel.from_pretrained(str(folder))
@@ -41,7 +52,9 @@ def _windows(n: int, seconds: float, seed: int) -> np.ndarray:
 
 
 def _cosines(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
-    return np.array([np.sum(x * y, 1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)) for x, y in zip(a, b, strict=False)])
+    return np.array(
+        [np.sum(x * y, 1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)) for x, y in zip(a, b, strict=False)]
+    )
 
 
 def test_bf16_autocast_is_close_to_fp32_and_stored_as_its_own_run(mert: MertModel) -> None:
@@ -53,7 +66,9 @@ def test_bf16_autocast_is_close_to_fp32_and_stored_as_its_own_run(mert: MertMode
     assert half.info.layer_names == mert.info.layer_names and half.info.sample_rate == SR
     low = half.embed(windows)
     assert all(x.dtype == np.float32 and x.shape == y.shape for x, y in zip(low, fp32, strict=False))
-    assert not all(np.array_equal(x, y) for x, y in zip(low, fp32, strict=False)), "autocast should have changed the arithmetic"
+    assert not all(np.array_equal(x, y) for x, y in zip(low, fp32, strict=False)), (
+        "autocast should have changed the arithmetic"
+    )
     assert _cosines(low, fp32).min() > 0.99
 
 
@@ -82,7 +97,8 @@ def test_cli_rejects_precision_for_dsp_in_one_line(tmp_path: Path) -> None:
     music = tmp_path / "music"
     music.mkdir()
     sf.write(music / "a.wav", _windows(1, 2.0, seed=4)[0], SR)
-    result = CliRunner().invoke(app, ["extract", str(music), "--model", "dsp", "--precision", "bf16",
-                                      "--store", str(tmp_path / "store")])
+    result = CliRunner().invoke(
+        app, ["extract", str(music), "--model", "dsp", "--precision", "bf16", "--store", str(tmp_path / "store")]
+    )
     assert result.exit_code == 1
     assert "does not run on torch" in result.output and "Traceback" not in result.output

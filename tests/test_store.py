@@ -23,8 +23,14 @@ def _vectors(content_hash: str, n_segments: int, seed: int) -> TrackVectors:
 
 
 def _add_track(store: FeatureStore, i: int, artist: str = "x") -> int:
-    return store.upsert_track(Path(f"/music/{i}.wav"), f"h{i}", 10, 1.0, {"duration": 3.0},
-                              {"artist": artist, "album": None, "title": f"t{i}", "genre": None, "composer": None})
+    return store.upsert_track(
+        Path(f"/music/{i}.wav"),
+        f"h{i}",
+        10,
+        1.0,
+        {"duration": 3.0},
+        {"artist": artist, "album": None, "title": f"t{i}", "genre": None, "composer": None},
+    )
 
 
 def test_vectors_round_trip_per_layer_and_segment(tmp_path: Path) -> None:
@@ -124,9 +130,12 @@ def test_tracks_are_cached_until_this_or_another_connection_writes(tmp_path: Pat
     writer.write_vectors(run, [_vectors("h2", 1, 2)])
     assert [t.id for t in reader.tracks(run)] == [1, 2, 3]
     # another process retags and removes tracks
-    code = ("import sys; from pathlib import Path; from mess.store import FeatureStore; s = FeatureStore(Path(sys.argv[1])); "
-            "s.upsert_track(Path('/music/0.wav'), 'h0', 10, 1.0, {}, {'artist': 'z', 'title': 'new'}); "
-            "s.remove_tracks(['/music/1.wav']); s.close()")
+    code = (
+        "import sys; from pathlib import Path; from mess.store import FeatureStore; "
+        "s = FeatureStore(Path(sys.argv[1])); "
+        "s.upsert_track(Path('/music/0.wav'), 'h0', 10, 1.0, {}, {'artist': 'z', 'title': 'new'}); "
+        "s.remove_tracks(['/music/1.wav']); s.close()"
+    )
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
     assert [(t.id, t.artist, t.title) for t in reader.tracks(run)] == [(1, "z", "new"), (3, "y", "t2")]
 

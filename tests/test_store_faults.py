@@ -28,8 +28,9 @@ DSP = ["--model", "dsp", "--window", "4", "--max-windows", "3", "--batch-size", 
 
 
 def _mess(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*MESS, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [*MESS, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
 
 
 def _tones(folder: Path, n: int, seconds: float = 5.0, sr: int = 22050, offset: int = 0) -> list[Path]:
@@ -39,7 +40,9 @@ def _tones(folder: Path, n: int, seconds: float = 5.0, sr: int = 22050, offset: 
     paths = []
     for i in range(offset, offset + n):
         f0 = 110 * 2 ** (i / 7)
-        y = sum(0.2 / h * np.sin(2 * np.pi * h * f0 * t) for h in (1, 2, 3)) * (1 + 0.5 * np.sin(2 * np.pi * t * (i + 1)))
+        y = sum(0.2 / h * np.sin(2 * np.pi * h * f0 * t) for h in (1, 2, 3)) * (
+            1 + 0.5 * np.sin(2 * np.pi * t * (i + 1))
+        )
         paths.append(folder / f"tone{i:02d}.wav")
         sf.write(paths[-1], y.astype(np.float32), sr)
     return paths
@@ -105,8 +108,15 @@ def test_two_concurrent_extracts_equal_a_single_writer(rendered_collection: list
     reference = tmp_path / "single"
     want = _clean(music, reference)
     shared = tmp_path / "shared"
-    procs = [subprocess.Popen([*MESS, "extract", str(music), *DSP, "--store", str(shared)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [*MESS, "extract", str(music), *DSP, "--store", str(shared)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert not any("Traceback" in err for _, err in outs)
@@ -124,8 +134,15 @@ def test_three_writers_and_a_reader_leave_nothing_misplaced(tmp_path: Path) -> N
     want = _clean(music, tmp_path / "single")
     shared = tmp_path / "shared"
     folders = [music / "a", music / "b", music]  # overlapping work: the last writer finds all done
-    procs = [subprocess.Popen([*MESS, "extract", str(f), *DSP, "--store", str(shared)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for f in folders]
+    procs = [
+        subprocess.Popen(
+            [*MESS, "extract", str(f), *DSP, "--store", str(shared)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for f in folders
+    ]
     seen = set()
     while any(p.poll() is None for p in procs):  # a reader alongside: never sees a torn store
         if (shared / "catalog.sqlite").exists():
@@ -185,13 +202,21 @@ def test_extract_beside_a_server_that_indexes(tmp_path: Path) -> None:
     _tones(music / "b", 10, offset=4)
     want = _clean(music, tmp_path / "single")
     port = _free_port()
-    server = subprocess.Popen([*MESS, "serve", "--store", str(shared), "--allow-indexing", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [*MESS, "serve", "--store", str(shared), "--allow-indexing", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         _wait_http(httpx, base + "/api/health")
-        writer = subprocess.Popen([*MESS, "extract", str(music), *DSP, "--store", str(shared)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        writer = subprocess.Popen(
+            [*MESS, "extract", str(music), *DSP, "--store", str(shared)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         codes = []
         while writer.poll() is None:
             codes.append(httpx.post(base + "/api/index", params={"model": "dsp"}, timeout=120).status_code)
@@ -216,8 +241,9 @@ def test_odd_names_and_absurd_samples_fail_alone(tmp_path: Path) -> None:
     shutil.copy(good[0], odd)
     (music / "tone00.wav").unlink()
     huge = music / "huge.wav"
-    sf.write(huge, np.full(22050 * 3, 3e19, dtype=np.float32) * np.sign(np.sin(np.arange(22050 * 3))), 22050,
-             subtype="FLOAT")
+    sf.write(
+        huge, np.full(22050 * 3, 3e19, dtype=np.float32) * np.sign(np.sin(np.arange(22050 * 3))), 22050, subtype="FLOAT"
+    )
     store = tmp_path / "store"
     out = _mess("extract", str(music), *DSP, "--store", str(store))
     assert out.returncode == 3, out.stderr
@@ -371,8 +397,11 @@ def test_an_unreadable_catalog_gives_one_line(tmp_path: Path, damage: str) -> No
     else:
         shutil.rmtree(store)
         store.write_text("oops")
-    expected = "is a file, not a feature store folder" if damage == "store-is-a-file" else (
-        "restore catalog.sqlite from a backup, or move the store aside and extract again")
+    expected = (
+        "is a file, not a feature store folder"
+        if damage == "store-is-a-file"
+        else ("restore catalog.sqlite from a backup, or move the store aside and extract again")
+    )
     for args in (["info"], ["similar", "1"], ["check"], ["check", "--repair"], ["extract", str(music), *DSP]):
         out = _mess(*args, "--store", str(store))
         assert out.returncode == 1, (args, out.stdout, out.stderr)
@@ -397,9 +426,16 @@ def test_concurrent_first_runs_on_an_empty_numba_cache(tmp_path: Path) -> None:
     music = tmp_path / "music"
     _tones(music, 2, seconds=3.0)
     env = {"MESS_NUMBA_CACHE": str(tmp_path / "numba")}  # the shared cache starts empty
-    procs = [subprocess.Popen([*MESS, "extract", str(music), *DSP, "--store", str(tmp_path / f"s{i}")],
-                              env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(3)]
+    procs = [
+        subprocess.Popen(
+            [*MESS, "extract", str(music), *DSP, "--store", str(tmp_path / f"s{i}")],
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
     results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
     assert [code for code, _ in results] == [0, 0, 0], results
     shared = tmp_path / "numba"
@@ -438,8 +474,10 @@ def test_a_store_from_before_audio_hashes_is_not_embedded_again(tmp_path: Path) 
     _clean(music, store)
     with sqlite3.connect(store / "catalog.sqlite") as db:  # what an older mess wrote: file-byte hashes, no stamps
         for path in paths:
-            old, new = _bytes_hash(path), db.execute("SELECT content_hash FROM tracks WHERE path=?",
-                                                     (str(path),)).fetchone()[0]
+            old, new = (
+                _bytes_hash(path),
+                db.execute("SELECT content_hash FROM tracks WHERE path=?", (str(path),)).fetchone()[0],
+            )
             db.execute("UPDATE tracks SET content_hash=?, stamp='' WHERE path=?", (old, str(path)))
             db.execute("UPDATE vectors SET content_hash=? WHERE content_hash=?", (old, new))
     out = _mess("extract", str(music), *DSP, "--store", str(store))

@@ -80,8 +80,13 @@ def rescale(sim: np.ndarray) -> np.ndarray | None:
     return out
 
 
-def components(audio: np.ndarray, artists: ArtistSet, *, matched: dict[int, list[int]] | None = None,
-               extra_tags: dict[str, list[str]] | None = None) -> dict[str, np.ndarray]:
+def components(
+    audio: np.ndarray,
+    artists: ArtistSet,
+    *,
+    matched: dict[int, list[int]] | None = None,
+    extra_tags: dict[str, list[str]] | None = None,
+) -> dict[str, np.ndarray]:
     """The informative, rescaled components available for this collection (audio always first)."""
     raw = {"audio": audio, "genre": genre_similarity(artists, extra_tags), "collab": collab_similarity(artists)}
     if matched:
@@ -123,8 +128,9 @@ def _normalised(weights: dict[str, float]) -> dict[str, float]:
     return {name: w / total for name, w in weights.items()}
 
 
-def learn_weights(parts: dict[str, np.ndarray], matched: dict[int, list[int]], queries: Iterable[int],
-                  k: int = 10) -> tuple[dict[str, float], float]:
+def learn_weights(
+    parts: dict[str, np.ndarray], matched: dict[int, list[int]], queries: Iterable[int], k: int = 10
+) -> tuple[dict[str, float], float]:
     """Coordinate ascent over a 0.1 grid maximising mean nDCG@k on ``queries``: (weights, nDCG)."""
     queries = list(queries)
 
@@ -164,8 +170,14 @@ class HybridFit:
         return {**asdict(self), "test": {name: asdict(m) for name, m in self.test.items()}}
 
 
-def fit_hybrid(base: dict[str, np.ndarray], matched: dict[int, list[int]], *, k: int = 10,
-               test_fraction: float = 0.3, seed: int = 0) -> HybridFit:
+def fit_hybrid(
+    base: dict[str, np.ndarray],
+    matched: dict[int, list[int]],
+    *,
+    k: int = 10,
+    test_fraction: float = 0.3,
+    seed: int = 0,
+) -> HybridFit:
     """Split reference artists, learn weights on the training part, evaluate on the rest.
 
     ``base`` holds the non-reference components (:func:`components` without
@@ -175,20 +187,25 @@ def fit_hybrid(base: dict[str, np.ndarray], matched: dict[int, list[int]], *, k:
     """
     queries = sorted(matched)
     if len(queries) < 2:
-        raise ArtistError(f"learning weights needs at least 2 reference artists in the collection, found {len(queries)}")
+        raise ArtistError(
+            f"learning weights needs at least 2 reference artists in the collection, found {len(queries)}"
+        )
     if not 0.0 < test_fraction < 1.0:
         raise ArtistError("test fraction must be between 0 and 1")
     order = np.random.default_rng(seed).permutation(queries)
     n_test = min(max(1, round(test_fraction * len(queries))), len(queries) - 1)
     test, train = sorted(order[:n_test].tolist()), sorted(order[n_test:].tolist())
     parts = dict(base)
-    ref = rescale(reference_similarity({q: matched[q] for q in train}, len(next(iter(base.values()))),
-                                       reverse_only=True))
+    ref = rescale(
+        reference_similarity({q: matched[q] for q in train}, len(next(iter(base.values()))), reverse_only=True)
+    )
     if ref is not None:
         parts["reference"] = ref
     weights, train_ndcg = learn_weights(parts, matched, train, k)
-    results = {"hybrid": evaluate(blend(parts, weights), matched, k, test),
-               "equal": evaluate(blend(parts, dict.fromkeys(parts, 1.0 / len(parts))), matched, k, test)}
+    results = {
+        "hybrid": evaluate(blend(parts, weights), matched, k, test),
+        "equal": evaluate(blend(parts, dict.fromkeys(parts, 1.0 / len(parts))), matched, k, test),
+    }
     results.update({name: evaluate(sim, matched, k, test) for name, sim in parts.items()})
     return HybridFit(weights, len(train), len(test), train_ndcg, results)
 
@@ -204,8 +221,10 @@ def load_weights(path: Path) -> dict[str, float]:
     try:
         weights = json.loads(path.read_text(encoding="utf-8"))["weights"]
     except FileNotFoundError:
-        raise ArtistError(f"no learned weights at {path}; run `mess artists hybrid --reference FILE` "
-                          "or pass --weights audio=...,genre=...") from None
+        raise ArtistError(
+            f"no learned weights at {path}; run `mess artists hybrid --reference FILE` "
+            "or pass --weights audio=...,genre=..."
+        ) from None
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ArtistError(f"malformed weights file {path} ({exc})") from None
     return parse_weights(",".join(f"{k}={v}" for k, v in weights.items()))

@@ -13,10 +13,18 @@ from mess.store.check import full_check, repair
 from mess.store.feature_store import CATALOG_ADVICE
 
 
-def check_command(store: StoreOpt = DEFAULT_STORE_PATH,
-                  fix: Annotated[bool, typer.Option("--repair", help="Drop untrusted vectors (re-embedded by the "
-                                                    "next extract), cut unreferenced rows, delete stale indexes.")] = False,
-                  json_out: JsonOpt = False) -> None:
+def check_command(
+    store: StoreOpt = DEFAULT_STORE_PATH,
+    fix: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Drop untrusted vectors (re-embedded by the "
+            "next extract), cut unreferenced rows, delete stale indexes.",
+        ),
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
     """Check the store: row files against the catalog, NaN/inf vectors, rows claimed twice, stale indexes.
 
     Exit status: 0 when the store is whole (or was repaired), 1 when damage remains.
@@ -40,10 +48,20 @@ def check_command(store: StoreOpt = DEFAULT_STORE_PATH,
         fs.close()
     damaged = [p for p in problems if p.damage]
     if json_out:
-        emit_json({"store": str(store), "ok": not damaged, "repaired": actions,
-                   "problems": [{"kind": p.kind, "run": p.run_id, "damage": p.damage, "message": p.message}
-                                for p in problems] + [{"kind": "stale-index", "run": None, "damage": False,
-                                                       "message": f"{p.name} is out of date"} for p in stale]})
+        emit_json(
+            {
+                "store": str(store),
+                "ok": not damaged,
+                "repaired": actions,
+                "problems": [
+                    {"kind": p.kind, "run": p.run_id, "damage": p.damage, "message": p.message} for p in problems
+                ]
+                + [
+                    {"kind": "stale-index", "run": None, "damage": False, "message": f"{p.name} is out of date"}
+                    for p in stale
+                ],
+            }
+        )
     else:
         for line in actions:
             console.print(f"[green]repaired:[/] {plain(line)}")

@@ -22,19 +22,39 @@ from mess.store import FeatureStore
 
 def extract_command(
     folders: Annotated[list[Path], typer.Argument(help="Audio files or folders (wav, flac, mp3, ogg, opus, m4a).")],
-    model: Annotated[str, typer.Option("--model", "-m", help="dsp, musicnn-msd, musicnn-mtt, musicnn-vgg-msd, musicnn-vgg-mtt, mert-v1-95m, mert-v1-330m, a local model folder, or an Essentia .onnx file (JSON beside it).")] = "musicnn-msd",
-    preset: Annotated[str | None, typer.Option(help="Front end of a .onnx model: discogs-effnet, discogs-effnet-artist, vggish, essentia-musicnn-msd (default: from its metadata).")] = None,
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="dsp, musicnn-msd, musicnn-mtt, musicnn-vgg-msd, musicnn-vgg-mtt, mert-v1-95m, mert-v1-330m, "
+            "a local model folder, or an Essentia .onnx file (JSON beside it).",
+        ),
+    ] = "musicnn-msd",
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Front end of a .onnx model: discogs-effnet, discogs-effnet-artist, vggish, "
+            "essentia-musicnn-msd (default: from its metadata)."
+        ),
+    ] = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 4,
     workers: Annotated[int, typer.Option(min=1, help="Decoding threads feeding the model.")] = 2,
     window: Annotated[float, typer.Option(help="Full-context window length in seconds.")] = 30.0,
-    max_windows: Annotated[int, typer.Option(min=1, help="Most windows per track (long files are sampled evenly).")] = 16,
+    max_windows: Annotated[
+        int, typer.Option(min=1, help="Most windows per track (long files are sampled evenly).")
+    ] = 16,
     prune: Annotated[bool, typer.Option(help="Forget catalogued files under FOLDERS that no longer exist.")] = False,
     engine: Annotated[str, typer.Option(help="local, or ray for a Ray cluster.")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (with --engine ray), e.g. auto.")] = None,
-    precision: Annotated[str, typer.Option(help="fp32, or bf16 / fp16 autocast for MERT and musicnn (stored as its own run).")] = "fp32",
-    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for another writer's store lock, or exit 1 at once.")] = True,
+    precision: Annotated[
+        str, typer.Option(help="fp32, or bf16 / fp16 autocast for MERT and musicnn (stored as its own run).")
+    ] = "fp32",
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="Wait for another writer's store lock, or exit 1 at once.")
+    ] = True,
 ) -> None:
     """Embed every new or changed audio file; unchanged files are skipped by content hash.
 
@@ -59,8 +79,9 @@ def extract_command(
         policy = WindowPolicy(window_seconds=window, max_windows=max_windows)
         if preset and engine != "local":
             raise ValueError("--preset is not passed on to Ray workers; name the .onnx file after its preset")
-        embedder = with_precision(load_model(model, device=device if engine == "local" else "cpu", preset=preset),
-                                  precision)
+        embedder = with_precision(
+            load_model(model, device=device if engine == "local" else "cpu", preset=preset), precision
+        )
     except (ModelError, ValueError, ImportError) as exc:
         fail(str(exc))
     if embedder.info.licence:
@@ -72,8 +93,17 @@ def extract_command(
 
             try:
                 with fs.writing("mess extract --engine ray", wait=wait):
-                    summary = extract_ray(fs, paths, model, policy, batch_size=batch_size, device=device,
-                                          address=address, precision=precision, info=embedder.info)
+                    summary = extract_ray(
+                        fs,
+                        paths,
+                        model,
+                        policy,
+                        batch_size=batch_size,
+                        device=device,
+                        address=address,
+                        precision=precision,
+                        info=embedder.info,
+                    )
             except ScaleError as exc:
                 fail(str(exc))
         elif engine == "local":
@@ -85,25 +115,56 @@ def extract_command(
         raise typer.Exit(3)
 
 
-def _run_local(fs: FeatureStore, paths: list[Path], embedder: EmbeddingModel, policy: WindowPolicy,
-               batch_size: int, workers: int, prune_under: list[Path], wait: bool) -> ExtractSummary:
+def _run_local(
+    fs: FeatureStore,
+    paths: list[Path],
+    embedder: EmbeddingModel,
+    policy: WindowPolicy,
+    batch_size: int,
+    workers: int,
+    prune_under: list[Path],
+    wait: bool,
+) -> ExtractSummary:
     """Run the local pipeline under a progress bar counting audio seconds (from the headers), with an ETA."""
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} "
-               "audio-s, {task.fields[files]} files"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-               TextColumn("{task.fields[rate]}"))
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f}/{task.total:.0f} audio-s, {task.fields[files]} files"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[rate]}"),
+    )
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task(plain(f"extract {embedder.info.name}"), total=planned_seconds(paths, policy),
-                            files=f"0/{len(paths)}", rate="")
+        task = bar.add_task(
+            plain(f"extract {embedder.info.name}"),
+            total=planned_seconds(paths, policy),
+            files=f"0/{len(paths)}",
+            rate="",
+        )
         start = bar.get_time()
 
         def hook(done: int, audio_seconds: float) -> None:
             elapsed = max(bar.get_time() - start, 1e-6)
-            bar.update(task, completed=audio_seconds, files=f"{done}/{len(paths)}",
-                       rate=f"{audio_seconds / elapsed:.1f} audio-s/s")
+            bar.update(
+                task,
+                completed=audio_seconds,
+                files=f"{done}/{len(paths)}",
+                rate=f"{audio_seconds / elapsed:.1f} audio-s/s",
+            )
 
-        summary = extract(fs, paths, embedder, policy, batch_size=batch_size, workers=workers,
-                          prune_under=prune_under, on_progress=hook, wait=wait,
-                          on_wait=lambda m: bar.console.print(f"[yellow]{plain(m)}[/]"))
+        summary = extract(
+            fs,
+            paths,
+            embedder,
+            policy,
+            batch_size=batch_size,
+            workers=workers,
+            prune_under=prune_under,
+            on_progress=hook,
+            wait=wait,
+            on_wait=lambda m: bar.console.print(f"[yellow]{plain(m)}[/]"),
+        )
         bar.update(task, completed=bar.tasks[0].total)  # skipped and failed files are done too
         return summary
 
@@ -113,16 +174,20 @@ def _print_summary(summary: ExtractSummary, model: str, store: Path) -> None:
         f"[green]{summary.done} embedded[/], {summary.skipped} unchanged (skipped), "
         f"[red]{len(summary.failed)} failed[/]"
         + (f", {summary.removed} removed" if summary.removed else "")
-        + f" in {summary.wall_seconds:.1f} s ({summary.realtime_factor:.1f} audio-s/s) -> {plain(store)} {plain(f'[{model}]')}")
+        + f" in {summary.wall_seconds:.1f} s ({summary.realtime_factor:.1f} audio-s/s)"
+        + f" -> {plain(store)} {plain(f'[{model}]')}"
+    )
     for warning in summary.warnings:
         console.print(f"[yellow]warning:[/] {plain(warning)}")
     for _path, reason in summary.failed:
         console.print(f"[red]failed:[/] {plain(reason)}")
 
 
-def info_command(store: StoreOpt = DEFAULT_STORE_PATH,
-                 failures: Annotated[bool, typer.Option("--failures", help="List every failed file with its reason.")] = False,
-                 json_out: JsonOpt = False) -> None:
+def info_command(
+    store: StoreOpt = DEFAULT_STORE_PATH,
+    failures: Annotated[bool, typer.Option("--failures", help="List every failed file with its reason.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
     """Show the tracks, runs and failures in the feature store."""
     with open_store(store) as fs:
         summary = store_summary(fs)
@@ -133,8 +198,15 @@ def info_command(store: StoreOpt = DEFAULT_STORE_PATH,
     for col in ("run", "model", "revision", "window", "layers", "tracks", "failed"):
         table.add_column(col)
     for run in summary["runs"]:
-        table.add_row(str(run["id"]), plain(run["model"]), _short_revision(run["revision"]), f"{run['window_seconds']:g} s",
-                      str(run["layers"]), str(run["tracks"]), str(len(run["failures"])))
+        table.add_row(
+            str(run["id"]),
+            plain(run["model"]),
+            _short_revision(run["revision"]),
+            f"{run['window_seconds']:g} s",
+            str(run["layers"]),
+            str(run["tracks"]),
+            str(len(run["failures"])),
+        )
     console.print(table)
     for run in summary["runs"]:
         for failure in run["failures"] if failures else []:
@@ -146,11 +218,23 @@ def info_command(store: StoreOpt = DEFAULT_STORE_PATH,
 def store_summary(fs: FeatureStore) -> dict:
     """What ``mess info`` shows, as plain data."""
     tracks = fs.tracks()
-    return {"store": str(fs.root), "tracks": len(tracks), "artists": len({t.artist for t in tracks if t.artist}),
-            "runs": [{"id": run.id, "model": run.model, "revision": run.revision,
-                      "window_seconds": run.policy.window_seconds, "layers": len(run.layer_names),
-                      "tracks": len(fs.tracks(run)),
-                      "failures": [{"path": p, "reason": r} for p, r in fs.failures(run)]} for run in fs.runs()]}
+    return {
+        "store": str(fs.root),
+        "tracks": len(tracks),
+        "artists": len({t.artist for t in tracks if t.artist}),
+        "runs": [
+            {
+                "id": run.id,
+                "model": run.model,
+                "revision": run.revision,
+                "window_seconds": run.policy.window_seconds,
+                "layers": len(run.layer_names),
+                "tracks": len(fs.tracks(run)),
+                "failures": [{"path": p, "reason": r} for p, r in fs.failures(run)],
+            }
+            for run in fs.runs()
+        ],
+    }
 
 
 def _short_revision(revision: str) -> str:

@@ -15,19 +15,27 @@ from mess.cli.search import AspectOpt, JsonOpt, ModelOpt
 if TYPE_CHECKING:
     from mess.playlists.playlist import Playlist
 
-playlist_app = typer.Typer(help="Playlists from the similarity space: radio, sonic path, clusters.",
-                           no_args_is_help=True)
+playlist_app = typer.Typer(
+    help="Playlists from the similarity space: radio, sonic path, clusters.", no_args_is_help=True
+)
 OutOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write the playlist here: .m3u8 or .xspf.")]
 
 
 def radio_command(
-    seeds: Annotated[list[str], typer.Argument(help="Seed tracks: ids, collection paths or file names, or "
-                                               "audio files.")],
+    seeds: Annotated[
+        list[str], typer.Argument(help="Seed tracks: ids, collection paths or file names, or audio files.")
+    ],
     n: Annotated[int, typer.Option("-n", min=1, help="How many tracks.")] = 30,
     output: OutOpt = None,
     aspect: AspectOpt = None,
-    window: Annotated[int, typer.Option("--window", min=1, help="An artist does not come back within this many "
-                                        "tracks (1: only never twice in a row).")] = 3,
+    window: Annotated[
+        int,
+        typer.Option(
+            "--window",
+            min=1,
+            help="An artist does not come back within this many tracks (1: only never twice in a row).",
+        ),
+    ] = 3,
     model: ModelOpt = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
     as_json: JsonOpt = False,
@@ -72,8 +80,9 @@ def path_command(
 
 def clusters_command(
     k: Annotated[int | None, typer.Option("-k", min=1, help="How many playlists (default: sqrt(tracks / 2)).")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder to write one playlist per "
-                                                "cluster into.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Folder to write one playlist per cluster into.")
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help="m3u8 or xspf (with -o).")] = "m3u8",
     aspect: AspectOpt = None,
     model: ModelOpt = None,
@@ -93,8 +102,15 @@ def clusters_command(
         except PlaylistError as exc:
             fail(str(exc))
     if as_json:
-        emit_json({"model": run.model, "playlists": [
-            {**p.to_dict(), "file": str(f) if files else None} for p, f in zip(playlists, files or playlists, strict=False)]})
+        emit_json(
+            {
+                "model": run.model,
+                "playlists": [
+                    {**p.to_dict(), "file": str(f) if files else None}
+                    for p, f in zip(playlists, files or playlists, strict=False)
+                ],
+            }
+        )
         return
     table = Table(title=escape(f"{len(playlists)} clusters  [{run.model}]"))
     for col in ("#", "name", "tracks", "first tracks"):

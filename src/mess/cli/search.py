@@ -14,17 +14,34 @@ from mess.cli.common import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, console, emit
 if TYPE_CHECKING:
     from mess.search.evaluate import Evaluation
 
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model (or local model folder) whose vectors to "
-                                              "use (default: the best extracted; see `mess config`).")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model (or local model folder) whose vectors to use (default: the best extracted; see `mess config`).",
+    ),
+]
 LayerOpt = Annotated[str | None, typer.Option("--layer", "-l", help="One layer (name or index, -1 = last).")]
 AspectOpt = Annotated[str | None, typer.Option("--aspect", "-a", help="The layer `mess probe` chose for this aspect.")]
 FusedOpt = Annotated[bool, typer.Option("--fused", help="The fused vectors of `mess fuse`.")]
-LearnedOpt = Annotated[bool, typer.Option("--learned", help="The learned head shipped for the model (trained on "
-                                          "real soundtracks; see docs/head.md).")]
-NormOpt = Annotated[str, typer.Option("--norm", help="Per-dimension preprocessing before L2 normalisation: "
-                                      "center, zscore or none.")]
-MatchOpt = Annotated[str, typer.Option("--match", help="mean: cosine of track vectors; segments: Chamfer "
-                                       "similarity of the tracks' window vectors (exact, no index).")]
+LearnedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--learned", help="The learned head shipped for the model (trained on real soundtracks; see docs/head.md)."
+    ),
+]
+NormOpt = Annotated[
+    str, typer.Option("--norm", help="Per-dimension preprocessing before L2 normalisation: center, zscore or none.")
+]
+MatchOpt = Annotated[
+    str,
+    typer.Option(
+        "--match",
+        help="mean: cosine of track vectors; segments: Chamfer "
+        "similarity of the tracks' window vectors (exact, no index).",
+    ),
+]
 
 
 def index_command(
@@ -33,12 +50,14 @@ def index_command(
     aspect: AspectOpt = None,
     fused: FusedOpt = False,
     learned: LearnedOpt = False,
-    kind: Annotated[str, typer.Option("--kind", help="auto (flat < 20k, IVF < 5M, else IVF-PQ), flat, ivf, "
-                                      "ivfpq or hnsw.")] = "auto",
+    kind: Annotated[
+        str, typer.Option("--kind", help="auto (flat < 20k, IVF < 5M, else IVF-PQ), flat, ivf, ivfpq or hnsw.")
+    ] = "auto",
     norm: NormOpt = "center",
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Build from scratch instead of updating.")] = False,
-    target_recall: Annotated[float, typer.Option(min=0.0, max=1.0, help="Recall@10 that approximate indexes "
-                                                 "are tuned to reach.")] = 0.95,
+    target_recall: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Recall@10 that approximate indexes are tuned to reach.")
+    ] = 0.95,
     store: StoreOpt = DEFAULT_STORE_PATH,
     as_json: JsonOpt = False,
 ) -> None:
@@ -57,16 +76,25 @@ def index_command(
             fail(str(exc))
         vs = load_vectors(fs, run, spec)
         _, report = build_index(fs, vs, kind, rebuild=rebuild, target_recall=target_recall)
-    data = {"model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "norm": norm,
-            **report.__dict__}
+    data = {
+        "model": run.model,
+        "vectors": vectors_label(layer, aspect, fused, learned),
+        "norm": norm,
+        **report.__dict__,
+    }
     if as_json:
         emit_json(data)
         return
-    recall = "exact" if report.kind == "flat" else (
-        f"{report.recall:.3f} (breadth {report.breadth})" if report.recall is not None else "not measured")
-    console.print(f"{report.mode} {report.kind} index of {run.model} {data['vectors']} ({norm}): "
-                  f"{report.n} tracks x {report.dim} dims, +{report.added} -{report.removed}, "
-                  f"{report.seconds:.2f} s, {report.nbytes / 2**20:.1f} MiB, recall@10 {recall}")
+    recall = (
+        "exact"
+        if report.kind == "flat"
+        else (f"{report.recall:.3f} (breadth {report.breadth})" if report.recall is not None else "not measured")
+    )
+    console.print(
+        f"{report.mode} {report.kind} index of {run.model} {data['vectors']} ({norm}): "
+        f"{report.n} tracks x {report.dim} dims, +{report.added} -{report.removed}, "
+        f"{report.seconds:.2f} s, {report.nbytes / 2**20:.1f} MiB, recall@10 {recall}"
+    )
     console.print(f"[dim]{escape(str(report.path))}[/]")
 
 
@@ -78,10 +106,12 @@ def similar_command(
     aspect: AspectOpt = None,
     fused: FusedOpt = False,
     learned: LearnedOpt = False,
-    exclude_same_artist: Annotated[bool, typer.Option("--exclude-same-artist", help="Leave out the query "
-                                                      "artist's tracks.")] = False,
-    hubness: Annotated[str | None, typer.Option("--hubness", help="Re-rank against hub tracks: csls or mp "
-                                                "(mutual proximity).")] = None,
+    exclude_same_artist: Annotated[
+        bool, typer.Option("--exclude-same-artist", help="Leave out the query artist's tracks.")
+    ] = False,
+    hubness: Annotated[
+        str | None, typer.Option("--hubness", help="Re-rank against hub tracks: csls or mp (mutual proximity).")
+    ] = None,
     norm: NormOpt = "center",
     match: MatchOpt = "mean",
     store: StoreOpt = DEFAULT_STORE_PATH,
@@ -99,19 +129,40 @@ def similar_command(
         run = fs.run(model)
         tq = resolve_query(fs, query, run)
         try:
-            results = similar_tracks(fs, run, tq, k, layer=layer, aspect=aspect, fused=fused,
-                                     exclude_same_artist=exclude_same_artist, hubness=hubness, norm=norm,
-                                     learned=learned, match=match)
+            results = similar_tracks(
+                fs,
+                run,
+                tq,
+                k,
+                layer=layer,
+                aspect=aspect,
+                fused=fused,
+                exclude_same_artist=exclude_same_artist,
+                hubness=hubness,
+                norm=norm,
+                learned=learned,
+                match=match,
+            )
         except ValueError as exc:
             fail(str(exc))
         source, _ = aspect_layers(fs, run)
         weak = weak_aspects(fs, run)
     vectors = vectors_label(layer, aspect, fused, learned)
     if as_json:
-        emit_json({"query": {"label": tq.label, "id": tq.track.id if tq.track else None, "external": tq.track is None},
-               "model": run.model, "vectors": vectors, "norm": norm, "match": match, "hubness": hubness,
-               "why_source": source, "weak_aspects": weak, "encoded_threshold": ENCODED_R2,
-               "results": [n.to_dict() for n in results]})
+        emit_json(
+            {
+                "query": {"label": tq.label, "id": tq.track.id if tq.track else None, "external": tq.track is None},
+                "model": run.model,
+                "vectors": vectors,
+                "norm": norm,
+                "match": match,
+                "hubness": hubness,
+                "why_source": source,
+                "weak_aspects": weak,
+                "encoded_threshold": ENCODED_R2,
+                "results": [n.to_dict() for n in results],
+            }
+        )
         return
     table = Table(title=escape(f"like {tq.label}  [{run.model}, {vectors}]"))
     for col, justify in (("#", "right"), ("id", "right"), ("track", "left"), ("score", "right")):
@@ -121,31 +172,42 @@ def similar_command(
     table.add_column("why")
     for rank, n in enumerate(results, start=1):
         why = "; ".join(n.reasons_text())
-        row = [str(rank), str(n.track.id), escape(n.track.name) + (" [bold yellow](duplicate)[/]" if n.duplicate else ""),
-               f"{n.score:.3f}"]
+        row = [
+            str(rank),
+            str(n.track.id),
+            escape(n.track.name) + (" [bold yellow](duplicate)[/]" if n.duplicate else ""),
+            f"{n.score:.3f}",
+        ]
         row += [f"{n.adjusted:.3f}"] if hubness else []
         table.add_row(*row, escape(why))
     console.print(table)
     if weak:
-        console.print(f"[dim]not used as evidence (probe R^2 below {ENCODED_R2}): "
-                      f"{', '.join(f'{a} {r2:.2f}' for a, r2 in sorted(weak.items(), key=lambda x: -x[1]))}[/]")
+        console.print(
+            f"[dim]not used as evidence (probe R^2 below {ENCODED_R2}): "
+            f"{', '.join(f'{a} {r2:.2f}' for a, r2 in sorted(weak.items(), key=lambda x: -x[1]))}[/]"
+        )
     if source == "layers":
-        console.print(f"[dim]no aspect map for {run.model}: 'why' compares layers; run `mess probe` to name "
-                      "aspects[/]")
+        console.print(f"[dim]no aspect map for {run.model}: 'why' compares layers; run `mess probe` to name aspects[/]")
 
 
 def evaluate_command(
     model: ModelOpt = None,
     label: Annotated[str, typer.Option("--label", help="Relevance: same artist, album, genre or composer.")] = "artist",
-    labels: Annotated[Path | None, typer.Option("--labels", help="CSV with an id/path/file column and a LABEL "
-                                                "(or 'label') column, instead of tags.")] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            "--labels", help="CSV with an id/path/file column and a LABEL (or 'label') column, instead of tags."
+        ),
+    ] = None,
     k: Annotated[int, typer.Option("-k", min=1, help="Cut-off for precision@k and nDCG@k.")] = 10,
     norm: NormOpt = "center",
-    compare: Annotated[bool, typer.Option("--compare", help="Also compare euclidean, dot, CSLS and mutual "
-                                          "proximity against cosine.")] = False,
+    compare: Annotated[
+        bool, typer.Option("--compare", help="Also compare euclidean, dot, CSLS and mutual proximity against cosine.")
+    ] = False,
     match: MatchOpt = "mean",
-    plot: Annotated[Path | None, typer.Option("--plot", help="PNG path (default: STORE/reports/"
-                                              "evaluate-MODEL-LABEL.png).")] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="PNG path (default: STORE/reports/evaluate-MODEL-LABEL.png).")
+    ] = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
     as_json: JsonOpt = False,
 ) -> None:
@@ -165,17 +227,31 @@ def evaluate_command(
     if as_json:
         emit_json({**ev.to_dict(), "plot": str(png)})
         return
-    table = Table(title=escape(f"{run.model}: same-{label} retrieval, {ev.n_tracks} tracks, {ev.n_classes} "
-                               f"classes, {ev.n_queries} queries ({norm}, match {match})"))
+    table = Table(
+        title=escape(
+            f"{run.model}: same-{label} retrieval, {ev.n_tracks} tracks, {ev.n_classes} "
+            f"classes, {ev.n_queries} queries ({norm}, match {match})"
+        )
+    )
     for col in ("vectors", f"P@{k}", "mAP", f"nDCG@{k}", "N_k skew"):
         table.add_column(col, justify="left" if col == "vectors" else "right")
     best = ev.best()
     for s in ev.sets:
         mark = " *" if s is best else ""
-        table.add_row(escape(s.name) + mark, f"{s.scores.precision:.3f}", f"{s.scores.map:.3f}",
-                      f"{s.scores.ndcg:.3f}", f"{s.hub.skewness:.2f}")
-    table.add_row("[dim]chance[/]", f"[dim]{ev.chance.precision:.3f}[/]", f"[dim]{ev.chance.map:.3f}[/]",
-                  f"[dim]{ev.chance.ndcg:.3f}[/]", "")
+        table.add_row(
+            escape(s.name) + mark,
+            f"{s.scores.precision:.3f}",
+            f"{s.scores.map:.3f}",
+            f"{s.scores.ndcg:.3f}",
+            f"{s.hub.skewness:.2f}",
+        )
+    table.add_row(
+        "[dim]chance[/]",
+        f"[dim]{ev.chance.precision:.3f}[/]",
+        f"[dim]{ev.chance.map:.3f}[/]",
+        f"[dim]{ev.chance.ndcg:.3f}[/]",
+        "",
+    )
     console.print(table)
     if ev.variants:
         _print_variants(ev)

@@ -13,7 +13,7 @@ import csv
 import hashlib
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,8 +50,8 @@ class SoundtrackTrack:
     duration: float
 
 
-def fetch_soundtracks(out_dir: Path) -> list[SoundtrackTrack]:
-    """Fetch the six packages, copy their music into ``out_dir/<game>/`` and write the manifest.
+def fetch_soundtracks(out_dir: Path, packages: Mapping[str, str] = PACKAGES) -> list[SoundtrackTrack]:
+    """Fetch the packages (default: the six games), copy their music into ``out_dir/<game>/``, write the manifest.
 
     A folder whose manifest lists files that all exist is reused without touching apt.
     Raises :class:`FetchError` where apt-get or dpkg is missing or a package cannot be fetched.
@@ -61,7 +61,7 @@ def fetch_soundtracks(out_dir: Path) -> list[SoundtrackTrack]:
         return cached
     tracks: list[SoundtrackTrack] = []
     seen: set[str] = set()
-    for package, game in PACKAGES.items():
+    for package, game in packages.items():
         with tempfile.TemporaryDirectory() as tmp:
             root = unpack_package(package, Path(tmp))
             for src, duration in music_files(root.rglob("*")):

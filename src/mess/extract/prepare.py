@@ -51,7 +51,11 @@ def inspect_file(path: Path, known: tuple[str, str] | None = None) -> FileRecord
     digest = known[0] if unchanged else content_hash(path)
     try:
         meta = probe(path)
-        info: dict[str, object] = {"duration": meta.duration, "sample_rate": meta.sample_rate, "channels": meta.channels}
+        info: dict[str, object] = {
+            "duration": meta.duration,
+            "sample_rate": meta.sample_rate,
+            "channels": meta.channels,
+        }
     except AudioError:
         info = {}
     return FileRecord(path, digest, stat.st_size, stat.st_mtime, info, read_tags(path), stamp)

@@ -61,8 +61,15 @@ def load_head_data(store: FeatureStore, run: Run, labels: dict[int, str]) -> Hea
     seg_keep = np.array([int(t) in row_of for t in seg_ids], dtype=bool)
     seg_x = np.hstack([s for _, _, s in segs])[seg_keep]
     seg_row = np.array([row_of[int(t)] for t in seg_ids[seg_keep]], dtype=np.int64)
-    return HeadData(run, ids, np.array([by_id[int(i)] for i in ids]), np.array([labels[int(i)] for i in ids]),
-                    x.astype(np.float32), seg_x.astype(np.float32), seg_row)
+    return HeadData(
+        run,
+        ids,
+        np.array([by_id[int(i)] for i in ids]),
+        np.array([labels[int(i)] for i in ids]),
+        x.astype(np.float32),
+        seg_x.astype(np.float32),
+        seg_row,
+    )
 
 
 @dataclass(frozen=True)
@@ -98,13 +105,22 @@ def _standardiser(data: HeadData, rows: np.ndarray, per_dim: bool) -> tuple[np.n
         scale = np.where(std > 1e-6, std, 1.0) * np.sqrt(np.repeat(dims, dims))
     else:
         bounds = np.cumsum(np.concatenate([[0], dims]))
-        norms = [np.sqrt(((seg[:, a:b] - mean[a:b]) ** 2).sum(axis=1).mean()) for a, b in zip(bounds, bounds[1:], strict=False)]
+        norms = [
+            np.sqrt(((seg[:, a:b] - mean[a:b]) ** 2).sum(axis=1).mean())
+            for a, b in zip(bounds, bounds[1:], strict=False)
+        ]
         scale = np.repeat(np.maximum(norms, 1e-6), dims)
     return mean.astype(np.float32), scale.astype(np.float32)
 
 
-def _make(data: HeadData, mean: np.ndarray, scale: np.ndarray, proj: np.ndarray, meta: dict,
-          mlp: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> Head:
+def _make(
+    data: HeadData,
+    mean: np.ndarray,
+    scale: np.ndarray,
+    proj: np.ndarray,
+    meta: dict,
+    mlp: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> Head:
     w1, b1, w2 = mlp if mlp is not None else (None, None, None)
     run = data.run
     return Head(run.model, run.layer_names, run.layer_dims, mean, scale, proj.astype(np.float32), w1, b1, w2, meta)
@@ -133,8 +149,10 @@ def _supcon(z: torch.Tensor, label: torch.Tensor, track: torch.Tensor, config: H
     eye = torch.eye(len(z), dtype=torch.bool)
     logits = (z @ z.T / config.temperature).masked_fill(eye, -1e9)
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    weight = (config.label_weight * (label[:, None] == label[None, :]).float()
-              + config.track_weight * (track[:, None] == track[None, :]).float())
+    weight = (
+        config.label_weight * (label[:, None] == label[None, :]).float()
+        + config.track_weight * (track[:, None] == track[None, :]).float()
+    )
     weight = weight.masked_fill(eye, 0.0)
     has = weight.sum(dim=1) > 0
     return -((weight * log_prob).sum(dim=1)[has] / weight.sum(dim=1)[has]).mean()
@@ -161,7 +179,7 @@ def fit_head(data: HeadData, rows: np.ndarray, config: HeadConfig = HeadConfig()
         params += [w1, b1, w2]
     opt = torch.optim.Adam(params, lr=config.lr)
     for _ in range(config.steps):
-        pick = torch.randperm(len(z_all), generator=gen)[:config.batch]
+        pick = torch.randperm(len(z_all), generator=gen)[: config.batch]
         h = z_all[pick] @ proj
         if config.hidden:
             h = h + torch.relu(h @ w1 + b1) @ w2

@@ -58,8 +58,15 @@ def choose_layers(scores: ProbeScores) -> list[AspectChoice]:
         best = int(order[0])
         second = int(order[1]) if len(order) > 1 and not np.isnan(col[order[1]]) else None
         margin = float(col[best] - col[second]) if second is not None else 0.0
-        choices.append(AspectChoice(aspect, scores.layers[best], float(col[best]),
-                                    scores.layers[second] if second is not None else None, margin))
+        choices.append(
+            AspectChoice(
+                aspect,
+                scores.layers[best],
+                float(col[best]),
+                scores.layers[second] if second is not None else None,
+                margin,
+            )
+        )
     return choices
 
 
@@ -86,24 +93,35 @@ class ProbeReport:
 
     def to_dict(self) -> dict:
         """JSON-ready report."""
+
         def table(scores: ProbeScores, values: np.ndarray) -> dict[str, dict[str, float | None]]:
-            return {layer: {t: _num(values[i, j]) for j, t in enumerate(scores.targets)}
-                    for i, layer in enumerate(scores.layers)}
+            return {
+                layer: {t: _num(values[i, j]) for j, t in enumerate(scores.targets)}
+                for i, layer in enumerate(scores.layers)
+            }
 
         conditions = {}
         for name, scores in self.conditions.items():
             agg = aspect_matrix(scores)
             conditions[name] = {
-                "r2": table(scores, scores.r2), "r2_std": table(scores, scores.r2_std),
-                "aspect_score": {layer: {a: _num(agg[i, k]) for k, a in enumerate(ASPECTS)}
-                              for i, layer in enumerate(scores.layers)},
+                "r2": table(scores, scores.r2),
+                "r2_std": table(scores, scores.r2_std),
+                "aspect_score": {
+                    layer: {a: _num(agg[i, k]) for k, a in enumerate(ASPECTS)} for i, layer in enumerate(scores.layers)
+                },
                 "best": [vars(c) for c in choose_layers(scores)],
             }
         return {
-            "model": self.model, "revision": self.revision, "run_id": self.run_id, "window_policy": self.policy,
-            "n_tracks": self.n_tracks, "folds": self.folds, "probe": self.probe, "seconds": round(self.seconds, 2),
+            "model": self.model,
+            "revision": self.revision,
+            "run_id": self.run_id,
+            "window_policy": self.policy,
+            "n_tracks": self.n_tracks,
+            "folds": self.folds,
+            "probe": self.probe,
+            "seconds": round(self.seconds, 2),
             "metric": "out-of-fold R^2 = 1 - MSE(test fold) / Var(target over all tracks); mean and std over folds; "
-                      "aspect score = mean over the aspect's targets of max(R^2, 0)",
+            "aspect score = mean over the aspect's targets of max(R^2, 0)",
             "targets": [{"name": t.name, "aspect": t.aspect, "meaning": t.meaning} for t in TARGETS],
             "aspects": [vars(c) for c in self.aspects],
             "conditions": conditions,
@@ -127,8 +145,9 @@ def write_report(report: ProbeReport, folder: Path) -> dict[str, Path]:
         for name, scores in report.conditions.items():
             for i, layer in enumerate(scores.layers):
                 for j, target in enumerate(scores.targets):
-                    writer.writerow([name, layer, target, _ASPECT_OF[target],
-                                     _num(scores.r2[i, j]), _num(scores.r2_std[i, j])])
+                    writer.writerow(
+                        [name, layer, target, _ASPECT_OF[target], _num(scores.r2[i, j]), _num(scores.r2_std[i, j])]
+                    )
     heatmap(report, paths["png"])
     return paths
 
@@ -144,30 +163,49 @@ def heatmap(report: ProbeReport, path: Path) -> None:
     first = report.conditions[TRAINED]
     width = max(8.0, 0.42 * len(first.targets) + 2.5)
     heights = [0.3 * len(report.conditions[n].layers) + 0.9 for n in names]
-    fig, axes = plt.subplots(len(names), 1, figsize=(width, sum(heights) + 1.6), squeeze=False,
-                             gridspec_kw={"height_ratios": heights}, constrained_layout=True)
+    fig, axes = plt.subplots(
+        len(names),
+        1,
+        figsize=(width, sum(heights) + 1.6),
+        squeeze=False,
+        gridspec_kw={"height_ratios": heights},
+        constrained_layout=True,
+    )
     image = None
     for row, (ax, name) in enumerate(zip(axes[:, 0], names, strict=False)):
         scores = report.conditions[name]
         image = ax.imshow(scores.r2, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
         ax.set_yticks(range(len(scores.layers)), scores.layers, fontsize=8)
-        ax.set_xticks(range(len(scores.targets)), scores.targets if row == len(names) - 1 else [],
-                      rotation=60, ha="right", fontsize=8)
+        ax.set_xticks(
+            range(len(scores.targets)),
+            scores.targets if row == len(names) - 1 else [],
+            rotation=60,
+            ha="right",
+            fontsize=8,
+        )
         for i in range(len(scores.layers)):
             for j in range(len(scores.targets)):
                 if not np.isnan(scores.r2[i, j]):
-                    ax.text(j, i, f"{scores.r2[i, j]:.2f}", ha="center", va="center", fontsize=5.5,
-                            color="white" if abs(scores.r2[i, j]) > 0.6 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{scores.r2[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=5.5,
+                        color="white" if abs(scores.r2[i, j]) > 0.6 else "black",
+                    )
         aspects = [_ASPECT_OF[t] for t in scores.targets]
         starts = [k for k in range(len(aspects)) if k == 0 or aspects[k] != aspects[k - 1]]
         for k in starts[1:]:
             ax.axvline(k - 0.5, color="black", linewidth=1.2)
         top = ax.secondary_xaxis("top")
         ends = starts[1:] + [len(aspects)]
-        top.set_xticks([(a + b - 1) / 2 for a, b in zip(starts, ends, strict=False)], [aspects[k] for k in starts], fontsize=8)
+        top.set_xticks(
+            [(a + b - 1) / 2 for a, b in zip(starts, ends, strict=False)], [aspects[k] for k in starts], fontsize=8
+        )
         top.tick_params(length=0)
-        ax.set_title(f"{report.model} - {name}: out-of-fold R^2 ({report.n_tracks} tracks, {report.folds})",
-                     fontsize=9)
+        ax.set_title(f"{report.model} - {name}: out-of-fold R^2 ({report.n_tracks} tracks, {report.folds})", fontsize=9)
     fig.colorbar(image, ax=axes[:, 0].tolist(), shrink=0.8, label="R^2 (clipped to [-1, 1])")
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -42,8 +42,12 @@ from mess.store import Track
 
 FACTORS = ("instrument", "tempo", "transpose", "velocity")
 # brightness is the main perceptual dimension of timbre (Grey 1977; McAdams et al. 1995)
-EXPECTED_ASPECTS = {"instrument": ("timbre", "brightness"), "tempo": ("rhythm",), "transpose": ("harmony",),
-                    "velocity": ("dynamics",)}
+EXPECTED_ASPECTS = {
+    "instrument": ("timbre", "brightness"),
+    "tempo": ("rhythm",),
+    "transpose": ("harmony",),
+    "velocity": ("dynamics",),
+}
 CATEGORICAL = frozenset({"instrument"})
 MIN_MARGIN = 0.25  # how far the best layer must beat chance
 N_PERMUTATIONS = 20
@@ -90,15 +94,27 @@ class FactorResult:
 
     def to_dict(self) -> dict:
         """JSON-ready result (NaN as null) with the verdicts."""
+
         def clean(d: dict[str, float]) -> dict[str, float | None]:
             return {k: None if np.isnan(v) else round(v, 4) for k, v in d.items()}
 
-        return {"factor": self.factor, "expected": list(self.expected), "n_renders": self.n_renders,
-                "n_pieces": self.n_pieces, "target_effect": clean(self.target_effect),
-                "aspect_effect": clean(self.aspect_effect), "moved": self.moved, "aspect_found": self.aspect_found,
-                "metric": self.metric, "chance": self.chance, "layer_scores": clean(self.layer_scores),
-                "null_scores_p95": clean(self.null_scores), "best_layer": self.best_layer,
-                "layer_found": self.layer_found, "note": self.note}
+        return {
+            "factor": self.factor,
+            "expected": list(self.expected),
+            "n_renders": self.n_renders,
+            "n_pieces": self.n_pieces,
+            "target_effect": clean(self.target_effect),
+            "aspect_effect": clean(self.aspect_effect),
+            "moved": self.moved,
+            "aspect_found": self.aspect_found,
+            "metric": self.metric,
+            "chance": self.chance,
+            "layer_scores": clean(self.layer_scores),
+            "null_scores_p95": clean(self.null_scores),
+            "best_layer": self.best_layer,
+            "layer_found": self.layer_found,
+            "note": self.note,
+        }
 
 
 def within_sd(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -164,16 +180,18 @@ def shuffle_within(values: np.ndarray, groups: np.ndarray, seed: int = 0) -> np.
 
 
 def _targets(variants: Sequence[RenderedVariant], policy: WindowPolicy, cache_root: Path, workers: int) -> np.ndarray:
-    tracks = [Track(i, str(v.path), content_hash(v.path), None, None, None, None, None, None)
-              for i, v in enumerate(variants)]
+    tracks = [
+        Track(i, str(v.path), content_hash(v.path), None, None, None, None, None, None) for i, v in enumerate(variants)
+    ]
     targets = track_targets(cache_root, tracks, policy, workers=workers)
     if targets.missing:
         raise ProbeError(f"cannot compute targets: {targets.missing[0][1]}")
     return targets.values
 
 
-def _layer_scores(variants: Sequence[RenderedVariant], model: EmbeddingModel, policy: WindowPolicy,
-                  seed: int) -> tuple[dict[str, float], dict[str, float]]:
+def _layer_scores(
+    variants: Sequence[RenderedVariant], model: EmbeddingModel, policy: WindowPolicy, seed: int
+) -> tuple[dict[str, float], dict[str, float]]:
     """Leave-pieces-out factor probe of every layer, and its permutation null (95th percentile)."""
     factor = variants[0].factor
     pieces = np.array([v.piece.corpus_path for v in variants])
@@ -187,8 +205,9 @@ def _layer_scores(variants: Sequence[RenderedVariant], model: EmbeddingModel, po
     for i, layer in enumerate(model.info.layer_names):
         x = np.stack([vec[i] for vec in vectors])
         scores[layer] = factor_probe(x, values, pieces, folds, factor in CATEGORICAL)
-        null[layer] = float(np.percentile([factor_probe(x, s, pieces, folds, factor in CATEGORICAL)
-                                           for s in shuffles], 95))
+        null[layer] = float(
+            np.percentile([factor_probe(x, s, pieces, folds, factor in CATEGORICAL) for s in shuffles], 95)
+        )
     return scores, null
 
 
@@ -196,14 +215,23 @@ def _render_note(factor: str, values: np.ndarray, pieces: np.ndarray) -> str:
     """Flag velocity renders whose level does not change (normalised audio): dynamics then rests on side effects."""
     level_sd = float(within_sd(values[:, [TARGET_NAMES.index("loudness")]], pieces)[0])
     if factor == "velocity" and level_sd < LEVEL_SD_DB:
-        return (f"the renders' level barely changes with velocity ({level_sd:.2f} dB within-piece SD): they are "
-                "normalised, so dynamics can only move through attack shape and noise floor")
+        return (
+            f"the renders' level barely changes with velocity ({level_sd:.2f} dB within-piece SD): they are "
+            "normalised, so dynamics can only move through attack shape and noise floor"
+        )
     return ""
 
 
-def study(factor_sets: dict[str, Sequence[RenderedVariant]], model: EmbeddingModel, policy: WindowPolicy,
-          cache_root: Path, *, workers: int = 2, seed: int = 0,
-          on_step: Callable[[str], None] | None = None) -> list[FactorResult]:
+def study(
+    factor_sets: dict[str, Sequence[RenderedVariant]],
+    model: EmbeddingModel,
+    policy: WindowPolicy,
+    cache_root: Path,
+    *,
+    workers: int = 2,
+    seed: int = 0,
+    on_step: Callable[[str], None] | None = None,
+) -> list[FactorResult]:
     """Effect of each factor on the targets, and each layer's recovery of each factor."""
     pieces = {f: np.array([v.piece.corpus_path for v in vs]) for f, vs in factor_sets.items()}
     values = {}
@@ -216,22 +244,42 @@ def study(factor_sets: dict[str, Sequence[RenderedVariant]], model: EmbeddingMod
     for factor, variants in factor_sets.items():
         scores, null = _layer_scores(variants, model, policy, seed)
         effect = effects[factor]
-        aspect_effect = {a: float(np.nanmean([effect[i] for i, t in enumerate(TARGETS) if t.aspect == a]))
-                         for a in ASPECTS}
+        aspect_effect = {
+            a: float(np.nanmean([effect[i] for i, t in enumerate(TARGETS) if t.aspect == a])) for a in ASPECTS
+        }
         levels = len({v.value for v in variants})
         categorical = factor in CATEGORICAL
-        results.append(FactorResult(factor, EXPECTED_ASPECTS[factor], len(variants), len(set(pieces[factor].tolist())),
-                                    {t: float(e) for t, e in zip(TARGET_NAMES, effect, strict=False)}, aspect_effect, scores, null,
-                                    "accuracy" if categorical else "spearman", 1.0 / levels if categorical else 0.0,
-                                    _render_note(factor, values[factor], pieces[factor])))
+        results.append(
+            FactorResult(
+                factor,
+                EXPECTED_ASPECTS[factor],
+                len(variants),
+                len(set(pieces[factor].tolist())),
+                {t: float(e) for t, e in zip(TARGET_NAMES, effect, strict=False)},
+                aspect_effect,
+                scores,
+                null,
+                "accuracy" if categorical else "spearman",
+                1.0 / levels if categorical else 0.0,
+                _render_note(factor, values[factor], pieces[factor]),
+            )
+        )
         if on_step:
             on_step(f"layers {factor}")
     return results
 
 
-def validate(out_dir: Path, model: EmbeddingModel, *, factors: Sequence[str] = FACTORS, n_pieces: int = 4,
-             levels: dict[str, Sequence[float]] | None = None, policy: WindowPolicy = WindowPolicy(),
-             workers: int = 2, on_step: Callable[[str], None] | None = None) -> list[FactorResult]:
+def validate(
+    out_dir: Path,
+    model: EmbeddingModel,
+    *,
+    factors: Sequence[str] = FACTORS,
+    n_pieces: int = 4,
+    levels: dict[str, Sequence[float]] | None = None,
+    policy: WindowPolicy = WindowPolicy(),
+    workers: int = 2,
+    on_step: Callable[[str], None] | None = None,
+) -> list[FactorResult]:
     """Render each factor set under ``out_dir`` (reusing earlier renders) and study them together."""
     unknown = [f for f in factors if f not in FACTORS]
     if unknown:

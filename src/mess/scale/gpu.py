@@ -38,8 +38,9 @@ class AutocastModel(EmbeddingModel):
         self.precision = precision
         self.device = inner.device
         self.info = replace(inner.info, revision=f"{inner.info.revision}+{precision}")
-        self._autocast = partial(torch.autocast, device_type=torch.device(self.device).type,
-                                 dtype=getattr(torch, PRECISIONS[precision]))
+        self._autocast = partial(
+            torch.autocast, device_type=torch.device(self.device).type, dtype=getattr(torch, PRECISIONS[precision])
+        )
 
     def embed(self, windows: np.ndarray) -> list[np.ndarray]:
         """See :meth:`EmbeddingModel.embed`; matmuls and convs run in the reduced dtype."""
@@ -60,5 +61,7 @@ def with_precision(model: EmbeddingModel, precision: str) -> EmbeddingModel:
     import torch
 
     if not isinstance(getattr(model, "network", None), torch.nn.Module):
-        raise ValueError(f"{model.info.name} does not run on torch; --precision {precision} applies to MERT and musicnn")
+        raise ValueError(
+            f"{model.info.name} does not run on torch; --precision {precision} applies to MERT and musicnn"
+        )
     return AutocastModel(model, precision)

@@ -77,7 +77,7 @@ class Evaluation:
 
 
 def read_label_csv(store: FeatureStore, path: Path, field: str) -> dict[int, str]:
-    """Track id -> label from a CSV with an ``id``, ``path`` or ``file`` column and a ``field`` (or ``label``) column."""
+    """Track id -> label from a CSV with an ``id``, ``path`` or ``file`` column and a ``field`` or ``label`` one."""
     try:
         with path.open(newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
@@ -87,8 +87,10 @@ def read_label_csv(store: FeatureStore, path: Path, field: str) -> dict[int, str
     ref_col = next((c for c in ("id", "path", "file") if c in cols), None)
     label_col = field if field in cols else "label" if "label" in cols else None
     if ref_col is None or label_col is None:
-        raise LabelError(f"{path} needs an id, path or file column and a {field!r} or 'label' column; "
-                         f"it has {sorted(cols) or 'no header'}")
+        raise LabelError(
+            f"{path} needs an id, path or file column and a {field!r} or 'label' column; "
+            f"it has {sorted(cols) or 'no header'}"
+        )
     out: dict[int, str] = {}
     for line, row in enumerate(rows, start=2):
         ref, value = (row.get(ref_col) or "").strip(), (row.get(label_col) or "").strip()
@@ -110,8 +112,18 @@ def track_labels(tracks: Sequence[Track], field: str, overrides: dict[int, str] 
     return {t.id: v.strip() for t in tracks if (v := t.label(field)) and v.strip()}
 
 
-def evaluate(store: FeatureStore, run: Run, field: str, k: int = 10, *, labels: dict[int, str] | None = None,
-             norm: Norm = "center", compare: bool = False, seed: int = 0, match: str = "mean") -> Evaluation:
+def evaluate(
+    store: FeatureStore,
+    run: Run,
+    field: str,
+    k: int = 10,
+    *,
+    labels: dict[int, str] | None = None,
+    norm: Norm = "center",
+    compare: bool = False,
+    seed: int = 0,
+    match: str = "mean",
+) -> Evaluation:
     """Score every layer, all layers together, and the fused vectors and learned head (when present)
     by retrieval of same-label tracks.
 
@@ -142,8 +154,11 @@ def evaluate(store: FeatureStore, run: Run, field: str, k: int = 10, *, labels: 
         name = spec.name or ("all layers" if spec.kind == "all" else spec.kind)
         if match == "segments":
             seg = read_segments(store, vs, ids)
-            sets.append(_score(name, spec.kind, "chamfer", None, lambda rows, s=seg: chamfer_rows(s, rows),
-                               labels_arr, queries, k))
+            sets.append(
+                _score(
+                    name, spec.kind, "chamfer", None, lambda rows, s=seg: chamfer_rows(s, rows), labels_arr, queries, k
+                )
+            )
         else:
             sets.append(_score(name, spec.kind, "cosine", None, _cosine(unit), labels_arr, queries, k))
         if compare:
@@ -152,8 +167,9 @@ def evaluate(store: FeatureStore, run: Run, field: str, k: int = 10, *, labels: 
                 fn = _similarity(metric, hub, unit, shifted, k)
                 variants.append(_score(name, spec.kind, metric, hub, fn, labels_arr, queries, k))
     chance = chance_scores(labels_arr[queries], labels_arr, queries, k, seed=seed)
-    return Evaluation(run.model, field, k, norm, len(labels_arr), len(queries), len(set(labels_arr.tolist())),
-                      chance, sets, variants)
+    return Evaluation(
+        run.model, field, k, norm, len(labels_arr), len(queries), len(set(labels_arr.tolist())), chance, sets, variants
+    )
 
 
 def _setup(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -193,12 +209,13 @@ def _similarity(metric: str, hub: str | None, unit: np.ndarray, shifted: np.ndar
     return rescored
 
 
-def _score(name: str, kind: str, metric: str, hub: str | None, sim: SimFn, labels: np.ndarray,
-           queries: np.ndarray, k: int) -> SetScore:
+def _score(
+    name: str, kind: str, metric: str, hub: str | None, sim: SimFn, labels: np.ndarray, queries: np.ndarray, k: int
+) -> SetScore:
     """Metrics and k-occurrence hubness of one similarity, computed in query chunks."""
     p, ap, nd, top = [], [], [], []
     for start in range(0, len(queries), CHUNK):
-        rows = queries[start:start + CHUNK]
+        rows = queries[start : start + CHUNK]
         scores = np.asarray(sim(rows), dtype=np.float64)
         rel = ranked_relevance(scores, labels[rows], labels, rows)
         p.append(precision_at_k(rel, k))
@@ -206,8 +223,9 @@ def _score(name: str, kind: str, metric: str, hub: str | None, sim: SimFn, label
         nd.append(ndcg_at_k(rel, k))
         scores[np.arange(len(rows)), rows] = -np.inf
         top.append(np.argsort(-scores, axis=1)[:, :k])
-    scores = RetrievalScores(k, float(np.concatenate(p).mean()), float(np.concatenate(ap).mean()),
-                             float(np.concatenate(nd).mean()))
+    scores = RetrievalScores(
+        k, float(np.concatenate(p).mean()), float(np.concatenate(ap).mean()), float(np.concatenate(nd).mean())
+    )
     return SetScore(name, kind, metric, hub, scores, hubness_stats(np.concatenate(top), len(labels)))
 
 
@@ -221,12 +239,19 @@ def plot_evaluation(ev: Evaluation, path: Path) -> Path:
     layers = [s for s in ev.sets if s.kind == "layer"]
     x = np.arange(len(layers))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(layers) + 3), 4.2))
-    for attr, label, colour in (("precision", f"P@{ev.k}", "tab:blue"), ("map", "mAP", "tab:orange"),
-                                ("ndcg", f"nDCG@{ev.k}", "tab:green")):
+    for attr, label, colour in (
+        ("precision", f"P@{ev.k}", "tab:blue"),
+        ("map", "mAP", "tab:orange"),
+        ("ndcg", f"nDCG@{ev.k}", "tab:green"),
+    ):
         ax.plot(x, [getattr(s.scores, attr) for s in layers], marker="o", color=colour, label=label)
     for s, style in ((s, "--") for s in ev.sets if s.kind != "layer"):
-        ax.axhline(s.scores.map, color={"fused": "tab:red", "learned": "tab:brown"}.get(s.kind, "tab:purple"), ls=style,
-                   label=f"{s.name} mAP {s.scores.map:.2f}")
+        ax.axhline(
+            s.scores.map,
+            color={"fused": "tab:red", "learned": "tab:brown"}.get(s.kind, "tab:purple"),
+            ls=style,
+            label=f"{s.name} mAP {s.scores.map:.2f}",
+        )
     ax.axhline(ev.chance.map, color="grey", ls=":", label=f"chance mAP {ev.chance.map:.2f}")
     ax.set_xticks(x, [s.name for s in layers], rotation=45 if len(layers) > 6 else 0, ha="right")
     ax.set_ylim(0, 1)

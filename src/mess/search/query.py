@@ -42,8 +42,14 @@ from mess.store import FeatureStore, Run, StoreError, Track
 
 DUPLICATE_COSINE = 0.9999
 ENCODED_R2 = 0.3  # aspects the probe predicts worse than this are not offered as evidence
-LISTENER_WORDS = {"timbre": "tone colour", "brightness": "brightness", "dynamics": "loudness",
-                  "rhythm": "rhythm", "harmony": "harmony", "texture": "texture"}
+LISTENER_WORDS = {
+    "timbre": "tone colour",
+    "brightness": "brightness",
+    "dynamics": "loudness",
+    "rhythm": "rhythm",
+    "harmony": "harmony",
+    "texture": "texture",
+}
 PERCENTILE_SAMPLE = 20_000
 HUBNESS_POOL = 100
 
@@ -78,18 +84,28 @@ class Neighbour:
 
     def reasons_text(self, n: int = 2) -> list[str]:
         """The top reasons in words a listener reads, e.g. 'tone colour and loudness: closer than 97% of tracks'."""
-        return [f"{listener_words(a)}: closer than {100 * self.why_percentile[a]:.0f}% of tracks"
-                for a in self.reasons(n)]
+        return [
+            f"{listener_words(a)}: closer than {100 * self.why_percentile[a]:.0f}% of tracks" for a in self.reasons(n)
+        ]
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
         t = self.track
-        return {"id": t.id, "path": t.path, "name": t.name, "artist": t.artist, "title": t.title,
-                "album": t.album, "score": round(self.score, 6), "duplicate": self.duplicate,
-                "adjusted": None if self.adjusted is None else round(self.adjusted, 6),
-                "why": {a: round(v, 4) for a, v in self.why.items()},
-                "why_percentile": {a: round(v, 4) for a, v in self.why_percentile.items()},
-                "reasons": self.reasons(), "reasons_text": self.reasons_text()}
+        return {
+            "id": t.id,
+            "path": t.path,
+            "name": t.name,
+            "artist": t.artist,
+            "title": t.title,
+            "album": t.album,
+            "score": round(self.score, 6),
+            "duplicate": self.duplicate,
+            "adjusted": None if self.adjusted is None else round(self.adjusted, 6),
+            "why": {a: round(v, 4) for a, v in self.why.items()},
+            "why_percentile": {a: round(v, 4) for a, v in self.why_percentile.items()},
+            "reasons": self.reasons(),
+            "reasons_text": self.reasons_text(),
+        }
 
 
 def collection_query(store: FeatureStore, ref: str | Path | int) -> TrackQuery:
@@ -101,10 +117,21 @@ def collection_query(store: FeatureStore, ref: str | Path | int) -> TrackQuery:
     return TrackQuery(track.name, track=track, content_hash=track.content_hash, artist=track.artist)
 
 
-def similar_tracks(store: FeatureStore, run: Run, query: TrackQuery | np.ndarray, k: int = 10, *,
-                   layer: str | None = None, aspect: str | None = None, fused: bool = False,
-                   exclude_same_artist: bool = False, hubness: str | None = None,
-                   norm: Norm = "center", learned: bool = False, match: str = "mean") -> list[Neighbour]:
+def similar_tracks(
+    store: FeatureStore,
+    run: Run,
+    query: TrackQuery | np.ndarray,
+    k: int = 10,
+    *,
+    layer: str | None = None,
+    aspect: str | None = None,
+    fused: bool = False,
+    exclude_same_artist: bool = False,
+    hubness: str | None = None,
+    norm: Norm = "center",
+    learned: bool = False,
+    match: str = "mean",
+) -> list[Neighbour]:
     """The ``k`` collection tracks most similar to ``query`` (cosine, best first).
 
     Args:
@@ -135,15 +162,22 @@ def similar_tracks(store: FeatureStore, run: Run, query: TrackQuery | np.ndarray
     sims, ids = sims[:k], ids[:k]
     why, pct = _explain(store, run, tracks, tq, ids, norm) if tq is not None else ({}, {})
     qhash = tq.content_hash if tq is not None else None
-    return [Neighbour(by_id[int(i)], float(s),
-                      duplicate=bool(by_id[int(i)].content_hash == qhash or s >= DUPLICATE_COSINE),
-                      why=why.get(int(i), {}), why_percentile=pct.get(int(i), {}),
-                      adjusted=None if adjusted is None else float(adjusted[n]))
-            for n, (s, i) in enumerate(zip(sims, ids, strict=False))]
+    return [
+        Neighbour(
+            by_id[int(i)],
+            float(s),
+            duplicate=bool(by_id[int(i)].content_hash == qhash or s >= DUPLICATE_COSINE),
+            why=why.get(int(i), {}),
+            why_percentile=pct.get(int(i), {}),
+            adjusted=None if adjusted is None else float(adjusted[n]),
+        )
+        for n, (s, i) in enumerate(zip(sims, ids, strict=False))
+    ]
 
 
-def _index_neighbours(store: FeatureStore, vs: VectorSet, query: TrackQuery | np.ndarray, exclude: set[int], k: int,
-                      hubness: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _index_neighbours(
+    store: FeatureStore, vs: VectorSet, query: TrackQuery | np.ndarray, exclude: set[int], k: int, hubness: str | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Cosine neighbours of the query's vector through the collection index, hubness-reduced when asked."""
     index = open_index(store, vs)
     tq = query if isinstance(query, TrackQuery) else None
@@ -160,8 +194,9 @@ def _index_neighbours(store: FeatureStore, vs: VectorSet, query: TrackQuery | np
     return sims, ids, adjusted
 
 
-def _segment_neighbours(store: FeatureStore, vs: VectorSet, query: TrackQuery, exclude: set[int],
-                        k: int) -> tuple[np.ndarray, np.ndarray]:
+def _segment_neighbours(
+    store: FeatureStore, vs: VectorSet, query: TrackQuery, exclude: set[int], k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` best tracks by Chamfer similarity of window vectors, best first."""
     seg = store.cached(("segments", vs.fingerprint), lambda: read_segments(store, vs))
     if query.track is not None:
@@ -210,8 +245,10 @@ def aspect_layers(store: FeatureStore, run: Run) -> tuple[str, dict[str, VectorS
     if len(names) <= 6:
         return "layers", {n: VectorSpec("layer", n) for n in names}
     groups = np.array_split(np.arange(len(names)), 3)
-    return "layers", {f"{label} ({names[g[0]]}-{names[g[-1]]})": VectorSpec("group", "+".join(names[i] for i in g))
-                      for label, g in zip(("early", "middle", "late"), groups, strict=False)}
+    return "layers", {
+        f"{label} ({names[g[0]]}-{names[g[-1]]})": VectorSpec("group", "+".join(names[i] for i in g))
+        for label, g in zip(("early", "middle", "late"), groups, strict=False)
+    }
 
 
 def query_unit(store: FeatureStore, vs: VectorSet, query: TrackQuery) -> np.ndarray:
@@ -223,8 +260,10 @@ def _raw_vector(store: FeatureStore, vs: VectorSet, query: TrackQuery) -> np.nda
     """The query's raw vector in the space of ``vs``."""
     if query.track is not None:
         if query.track.id not in vs:
-            raise StoreError(f"track {query.track.id} ({query.label}) has no {vs.spec.kind} vectors for "
-                             f"{vs.run.model}; run `mess extract` (or `mess fuse apply`) first")
+            raise StoreError(
+                f"track {query.track.id} ({query.label}) has no {vs.spec.kind} vectors for "
+                f"{vs.run.model}; run `mess extract` (or `mess fuse apply`) first"
+            )
         return vs.raw[vs.rows(np.array([query.track.id]))[0]]
     if vs.spec.kind == FUSED:  # an external file's fused vector comes with it (see mess.query)
         if query.fused is None:
@@ -250,10 +289,19 @@ def _ids_by_artist(tracks: Sequence[Track]) -> dict[str, tuple[int, ...]]:
     return {a: tuple(ids) for a, ids in groups.items()}
 
 
-def _rescore(method: str, vs: VectorSet, index: CollectionIndex, q: np.ndarray, sims: np.ndarray,
-             ids: np.ndarray, query: TrackQuery | None) -> np.ndarray:
+def _rescore(
+    method: str,
+    vs: VectorSet,
+    index: CollectionIndex,
+    q: np.ndarray,
+    sims: np.ndarray,
+    ids: np.ndarray,
+    query: TrackQuery | None,
+) -> np.ndarray:
     """Hubness-reduced scores of the candidates (neighbourhoods measured with the same index)."""
-    same = all(np.array_equal(a, b) for a, b in zip(index.prep.arrays().values(), vs.prep.arrays().values(), strict=False))
+    same = all(
+        np.array_equal(a, b) for a, b in zip(index.prep.arrays().values(), vs.prep.arrays().values(), strict=False)
+    )
     unit = vs.unit() if same else index.prep.apply(vs.raw)
 
     def knn(vectors: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -266,8 +314,9 @@ def _rescore(method: str, vs: VectorSet, index: CollectionIndex, q: np.ndarray, 
     return reducer.rescore(sims[None, :], q_stats, item_stats)[0]
 
 
-def _explain(store: FeatureStore, run: Run, tracks: Sequence[Track], query: TrackQuery, ids: np.ndarray,
-             norm: Norm) -> tuple[dict[int, dict[str, float]], dict[int, dict[str, float]]]:
+def _explain(
+    store: FeatureStore, run: Run, tracks: Sequence[Track], query: TrackQuery, ids: np.ndarray, norm: Norm
+) -> tuple[dict[int, dict[str, float]], dict[int, dict[str, float]]]:
     """Per result id: cosine to the query in each aspect's vectors, and its collection percentile."""
     why: dict[int, dict[str, float]] = {int(i): {} for i in ids}
     pct: dict[int, dict[str, float]] = {int(i): {} for i in ids}
@@ -288,4 +337,3 @@ def _explain(store: FeatureStore, run: Run, tracks: Sequence[Track], query: Trac
             why[int(i)][name] = float(s)
             pct[int(i)][name] = float(r)
     return why, pct
-

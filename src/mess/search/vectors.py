@@ -48,8 +48,14 @@ class VectorSpec:
     norm: Norm = "center"
 
     @classmethod
-    def from_options(cls, layer: str | None = None, aspect: str | None = None, fused: bool = False,
-                     norm: Norm = "center", learned: bool = False) -> VectorSpec:
+    def from_options(
+        cls,
+        layer: str | None = None,
+        aspect: str | None = None,
+        fused: bool = False,
+        norm: Norm = "center",
+        learned: bool = False,
+    ) -> VectorSpec:
         """Build a spec from CLI-style options (at most one of layer, aspect, fused, learned; none = all layers)."""
         if sum(x is not None and x is not False for x in (layer, aspect, fused, learned)) > 1:
             raise ValueError("choose at most one of --layer, --aspect, --fused and --learned")
@@ -116,7 +122,7 @@ class Preprocessor:
         x = self.shift(raw)
         start = 0
         for size in self.blocks:
-            part = x[:, start:start + size]
+            part = x[:, start : start + size]
             part /= np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
             start += size
         if len(self.blocks) > 1:
@@ -227,8 +233,9 @@ def from_tracks(tracks: Sequence[Track], name: str, make: Callable[[Sequence[Tra
 
 def tracks_state(tracks: Sequence[Track]) -> str:
     """Digest of the (track id, content hash) pairs of ``tracks``."""
-    return from_tracks(tracks, "state", lambda ts: hashlib.sha1(
-        repr([(t.id, t.content_hash) for t in ts]).encode()).hexdigest())
+    return from_tracks(
+        tracks, "state", lambda ts: hashlib.sha1(repr([(t.id, t.content_hash) for t in ts]).encode()).hexdigest()
+    )
 
 
 def track_by_id(tracks: Sequence[Track]) -> dict[int, Track]:
@@ -238,11 +245,13 @@ def track_by_id(tracks: Sequence[Track]) -> dict[int, Track]:
 
 def track_by_hash(tracks: Sequence[Track]) -> dict[str, Track]:
     """Content hash -> the first track (lowest id) with that content (memoised on the tuple; do not modify)."""
+
     def make(ts: Sequence[Track]) -> dict[str, Track]:
         out: dict[str, Track] = {}
         for t in ts:
             out.setdefault(t.content_hash, t)
         return out
+
     return from_tracks(tracks, "by_hash", make)
 
 
@@ -288,7 +297,9 @@ def load_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequen
     """
     tracks = store.tracks(run) if tracks is None else tracks
     state = tracks_state(tracks)
-    extra = json.dumps(store.derived_meta(run, FUSED), sort_keys=True) if spec.kind == "fused" else spec.layers(store, run)
+    extra = (
+        json.dumps(store.derived_meta(run, FUSED), sort_keys=True) if spec.kind == "fused" else spec.layers(store, run)
+    )
     key = (_root(store), run.id, spec, state, extra)
     if key in _CACHE:
         _CACHE.move_to_end(key)
@@ -299,11 +310,13 @@ def load_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequen
     return vs
 
 
-def query_vector(spec_layers: tuple[str, ...], run: Run, layer_vectors: Sequence[np.ndarray],
-                 learned: bool = False) -> np.ndarray:
+def query_vector(
+    spec_layers: tuple[str, ...], run: Run, layer_vectors: Sequence[np.ndarray], learned: bool = False
+) -> np.ndarray:
     """Concatenate a query's raw per-layer vectors in the order a spec reads them (through the head if learned)."""
-    raw = np.concatenate([np.asarray(layer_vectors[run.layer_index(name)], dtype=np.float32).ravel()
-                          for name in spec_layers])
+    raw = np.concatenate(
+        [np.asarray(layer_vectors[run.layer_index(name)], dtype=np.float32).ravel() for name in spec_layers]
+    )
     return learned_vectors(run, raw[None])[0] if learned else raw
 
 

@@ -27,22 +27,35 @@ MEDIA = {"m3u8": "audio/x-mpegurl; charset=utf-8", "xspf": "application/xspf+xml
 
 def _answer(request: Request, playlist: Playlist, model: str, fmt: str, name: str) -> dict | Response:
     if fmt == "json":
-        return {"title": playlist.title, "model": model, "note": playlist.note,
-                "tracks": [{**track_dict(t), "score": round(s, 6)} for t, s in zip(playlist.tracks, playlist.scores, strict=False)]}
+        return {
+            "title": playlist.title,
+            "model": model,
+            "note": playlist.note,
+            "tracks": [
+                {**track_dict(t), "score": round(s, 6)} for t, s in zip(playlist.tracks, playlist.scores, strict=False)
+            ],
+        }
     base = str(request.base_url).rstrip("/")
     text = render(playlist, fmt, locate=lambda t: f"{base}/api/tracks/{t.id}/audio")
     disposition = f'attachment; filename="{name}.{fmt}"'
     return Response(text, media_type=MEDIA[fmt], headers={"Content-Disposition": disposition})
 
 
-@router.get("/radio", summary="A radio from seed tracks: closest first, artists spread, no near-duplicates",
-            response_model=None)
-def radio_route(request: Request, state: State,
-                seed: Annotated[list[int], Query(description="Seed track ids (repeat for several).")],
-                n: Annotated[int, Query(ge=1, le=500, description="How many tracks.")] = 20,
-                window: Annotated[int, Query(ge=1, le=50, description="Tracks within which an artist does not "
-                                                                      "come back.")] = DEFAULT_WINDOW,
-                model: Model = None, aspect: Aspect = None, format: Format = "json") -> dict | Response:
+@router.get(
+    "/radio", summary="A radio from seed tracks: closest first, artists spread, no near-duplicates", response_model=None
+)
+def radio_route(
+    request: Request,
+    state: State,
+    seed: Annotated[list[int], Query(description="Seed track ids (repeat for several).")],
+    n: Annotated[int, Query(ge=1, le=500, description="How many tracks.")] = 20,
+    window: Annotated[
+        int, Query(ge=1, le=50, description="Tracks within which an artist does not come back.")
+    ] = DEFAULT_WINDOW,
+    model: Model = None,
+    aspect: Aspect = None,
+    format: Format = "json",
+) -> dict | Response:
     """Tracks ordered by closeness to the nearest seed (seeds left out)."""
     with state.lock:
         run = state.run(model)
@@ -56,11 +69,16 @@ def radio_route(request: Request, state: State,
 
 
 @router.get("/path", summary="A sonic path from one track to another in even steps", response_model=None)
-def path_route(request: Request, state: State,
-               start: Annotated[int, Query(description="First track id.")],
-               end: Annotated[int, Query(description="Last track id.")],
-               n: Annotated[int, Query(ge=2, le=200, description="How many tracks, both ends included.")] = 12,
-               model: Model = None, aspect: Aspect = None, format: Format = "json") -> dict | Response:
+def path_route(
+    request: Request,
+    state: State,
+    start: Annotated[int, Query(description="First track id.")],
+    end: Annotated[int, Query(description="Last track id.")],
+    n: Annotated[int, Query(ge=2, le=200, description="How many tracks, both ends included.")] = 12,
+    model: Model = None,
+    aspect: Aspect = None,
+    format: Format = "json",
+) -> dict | Response:
     """``n`` tracks from ``start`` to ``end``, each step aiming at an even point between them."""
     with state.lock:
         run = state.run(model)

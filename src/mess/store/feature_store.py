@@ -33,8 +33,10 @@ from mess.store.lock import StoreLock
 from mess.store.paths import from_db_path, printable, to_db_path
 
 DEFAULT_STORE = Path(".mess")
-CATALOG_ADVICE = ("restore catalog.sqlite from a backup, or move the store aside and extract again "
-                  "(`mess check --repair` cannot rebuild a catalog)")
+CATALOG_ADVICE = (
+    "restore catalog.sqlite from a backup, or move the store aside and extract again "
+    "(`mess check --repair` cannot rebuild a catalog)"
+)
 _MEMO_SIZE = 64
 T = TypeVar("T")
 
@@ -136,8 +138,14 @@ _TRACK_COLS = "id, path, content_hash, duration, artist, album, title, genre, co
 class FeatureStore:
     """Read and write tracks, runs and vectors under one folder."""
 
-    def __init__(self, root: Path = DEFAULT_STORE, *, readonly: bool = False, verify: bool = True,
-                 on_wait: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path = DEFAULT_STORE,
+        *,
+        readonly: bool = False,
+        verify: bool = True,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> None:
         """Open (or, unless ``readonly``, create) the store at ``root``.
 
         With ``verify`` the catalog's integrity and every row file's size are checked
@@ -156,7 +164,9 @@ class FeatureStore:
         except (OSError, sqlite3.OperationalError) as exc:
             raise StoreError(f"cannot open a feature store at {self.root} ({exc})") from None
         except sqlite3.DatabaseError as exc:
-            raise StoreDamaged(f"{self.root} is damaged: the catalog cannot be read ({exc}); {CATALOG_ADVICE}") from None
+            raise StoreDamaged(
+                f"{self.root} is damaged: the catalog cannot be read ({exc}); {CATALOG_ADVICE}"
+            ) from None
         if readonly and _schema_missing(self.db):  # a first writer created the file, not yet its tables
             self.db.close()
             raise StoreError(f"no feature store at {self.root} yet (run `mess extract` first)")
@@ -172,19 +182,25 @@ class FeatureStore:
             problems = quick_check(self)
             if problems:
                 self.db.close()
-                advice = (CATALOG_ADVICE if problems[0].kind == "catalog" else
-                          "run `mess check` for details and `mess check --repair` to fix it")
-                raise StoreDamaged(f"{self.root} is damaged: {problems[0].message}"
-                                   + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "")
-                                   + f"; {advice}")
+                advice = (
+                    CATALOG_ADVICE
+                    if problems[0].kind == "catalog"
+                    else "run `mess check` for details and `mess check --repair` to fix it"
+                )
+                raise StoreDamaged(
+                    f"{self.root} is damaged: {problems[0].message}"
+                    + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "")
+                    + f"; {advice}"
+                )
 
     def close(self) -> None:
         """Close the catalog connection."""
         self.db.close()
 
     # ---- the write lock ---------------------------------------------------------------
-    def writing(self, command: str, *, wait: bool = True,
-                on_wait: Callable[[str], None] | None = None) -> contextlib.AbstractContextManager[None]:
+    def writing(
+        self, command: str, *, wait: bool = True, on_wait: Callable[[str], None] | None = None
+    ) -> contextlib.AbstractContextManager[None]:
         """Hold the store's inter-process write lock for a whole job (see :class:`StoreLock`)."""
         if self.readonly:
             raise StoreError(f"{self.root} was opened read-only")
@@ -252,24 +268,44 @@ class FeatureStore:
         return self.root / "indexes"
 
     # ---- tracks -------------------------------------------------------------------
-    def upsert_track(self, path: Path, content_hash: str, size: int, mtime: float,
-                     info: dict[str, object], tags: dict[str, str | None], *, stamp: str = "") -> int:
+    def upsert_track(
+        self,
+        path: Path,
+        content_hash: str,
+        size: int,
+        mtime: float,
+        info: dict[str, object],
+        tags: dict[str, str | None],
+        *,
+        stamp: str = "",
+    ) -> int:
         """Insert or update a track by path; returns its id. ``stamp`` is the file's change stamp."""
-        row = {"path": to_db_path(path), "content_hash": content_hash, "size": size, "mtime": mtime,
-               "duration": info.get("duration"), "sample_rate": info.get("sample_rate"),
-               "channels": info.get("channels"), **tags, "stamp": stamp, "added_at": time.time()}
+        row = {
+            "path": to_db_path(path),
+            "content_hash": content_hash,
+            "size": size,
+            "mtime": mtime,
+            "duration": info.get("duration"),
+            "sample_rate": info.get("sample_rate"),
+            "channels": info.get("channels"),
+            **tags,
+            "stamp": stamp,
+            "added_at": time.time(),
+        }
         cols = ", ".join(row)
         marks = ", ".join(f":{c}" for c in row)
         updates = ", ".join(f"{c}=excluded.{c}" for c in row if c not in ("path", "added_at"))
         with self._write():
-            self.db.execute(f"INSERT INTO tracks ({cols}) VALUES ({marks}) "
-                            f"ON CONFLICT(path) DO UPDATE SET {updates}", row)
+            self.db.execute(
+                f"INSERT INTO tracks ({cols}) VALUES ({marks}) ON CONFLICT(path) DO UPDATE SET {updates}", row
+            )
             return int(self.db.execute("SELECT id FROM tracks WHERE path=?", (row["path"],)).fetchone()[0])
 
     def known_file(self, path: Path) -> tuple[str, str] | None:
         """(content_hash, change stamp) recorded for a path, to skip re-hashing unchanged files."""
-        row = self.db.execute("SELECT content_hash, stamp, size, mtime FROM tracks WHERE path=?",
-                              (to_db_path(path),)).fetchone()
+        row = self.db.execute(
+            "SELECT content_hash, stamp, size, mtime FROM tracks WHERE path=?", (to_db_path(path),)
+        ).fetchone()
         if row is None:
             return None
         return row[0], row[1] or legacy_stamp(row[2], row[3])  # rows from before stamps: size and mtime
@@ -324,10 +360,19 @@ class FeatureStore:
             self.db.execute(
                 "INSERT OR IGNORE INTO runs (model, revision, policy, sample_rate, layer_names, layer_dims, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (info.name, info.revision, policy.to_json(), info.sample_rate,
-                 json.dumps(info.layer_names), json.dumps(info.layer_dims), time.time()))
-        row = self.db.execute("SELECT * FROM runs WHERE model=? AND revision=? AND policy=?",
-                              (info.name, info.revision, policy.to_json())).fetchone()
+                (
+                    info.name,
+                    info.revision,
+                    policy.to_json(),
+                    info.sample_rate,
+                    json.dumps(info.layer_names),
+                    json.dumps(info.layer_dims),
+                    time.time(),
+                ),
+            )
+        row = self.db.execute(
+            "SELECT * FROM runs WHERE model=? AND revision=? AND policy=?", (info.name, info.revision, policy.to_json())
+        ).fetchone()
         return self._run(row)
 
     def runs(self) -> list[Run]:
@@ -342,8 +387,11 @@ class FeatureStore:
         """
         from mess.store.config import model_key, preferred_model, read_config
 
-        model = model_key(model) if model else preferred_model([r.model for r in self.runs()],
-                                                              read_config(self.root).get("default-model"))
+        model = (
+            model_key(model)
+            if model
+            else preferred_model([r.model for r in self.runs()], read_config(self.root).get("default-model"))
+        )
         sql, args = "SELECT * FROM runs", ()
         if model:
             sql, args = sql + " WHERE model=?", (model,)
@@ -355,9 +403,15 @@ class FeatureStore:
 
     @staticmethod
     def _run(row: object) -> Run:
-        return Run(id=row["id"], model=row["model"], revision=row["revision"],
-                   policy=WindowPolicy.from_json(row["policy"]), sample_rate=row["sample_rate"],
-                   layer_names=tuple(json.loads(row["layer_names"])), layer_dims=tuple(json.loads(row["layer_dims"])))
+        return Run(
+            id=row["id"],
+            model=row["model"],
+            revision=row["revision"],
+            policy=WindowPolicy.from_json(row["policy"]),
+            sample_rate=row["sample_rate"],
+            layer_names=tuple(json.loads(row["layer_names"])),
+            layer_dims=tuple(json.loads(row["layer_dims"])),
+        )
 
     # ---- vectors ------------------------------------------------------------------
     def row_file(self, run: Run, level: str, layer: int) -> RowFile:
@@ -368,13 +422,18 @@ class FeatureStore:
         """(track rows, segment rows) that the catalog references: row files hold at least these."""
         track_rows, seg_rows = self.db.execute(
             "SELECT COALESCE(MAX(track_row)+1, 0), COALESCE(MAX(seg_row+n_segments), 0) FROM vectors WHERE run_id=?",
-            (run.id,)).fetchone()
+            (run.id,),
+        ).fetchone()
         return int(track_rows), int(seg_rows)
 
     def has_vectors(self, run: Run, content_hash: str) -> bool:
         """Whether this content was already embedded in this run."""
-        return self.db.execute("SELECT 1 FROM vectors WHERE run_id=? AND content_hash=?",
-                               (run.id, content_hash)).fetchone() is not None
+        return (
+            self.db.execute(
+                "SELECT 1 FROM vectors WHERE run_id=? AND content_hash=?", (run.id, content_hash)
+            ).fetchone()
+            is not None
+        )
 
     def write_vectors(self, run: Run, items: Sequence[TrackVectors]) -> None:
         """Write vectors at the rows after the catalog's last, then commit their catalog rows.
@@ -394,52 +453,73 @@ class FeatureStore:
             track_row, seg_row = self.catalog_rows(run)
             try:
                 for layer in range(len(run.layer_names)):
-                    self.row_file(run, "track", layer).write_at(
-                        track_row, np.stack([it.layers[layer] for it in items]))
+                    self.row_file(run, "track", layer).write_at(track_row, np.stack([it.layers[layer] for it in items]))
                     self.row_file(run, "segment", layer).write_at(
-                        seg_row, np.concatenate([it.segments[layer] for it in items]))
+                        seg_row, np.concatenate([it.segments[layer] for it in items])
+                    )
             except ValueError as exc:
-                raise StoreDamaged(f"{exc}; the catalog references rows the file lacks: "
-                                   "run `mess check --repair`") from None
+                raise StoreDamaged(
+                    f"{exc}; the catalog references rows the file lacks: run `mess check --repair`"
+                ) from None
             now = time.time()
             rows = []
             for i, it in enumerate(items):
-                rows.append((run.id, it.content_hash, track_row + i, seg_row, len(it.seg_starts),
-                             json.dumps([round(float(s), 3) for s in it.seg_starts]), now))
+                rows.append(
+                    (
+                        run.id,
+                        it.content_hash,
+                        track_row + i,
+                        seg_row,
+                        len(it.seg_starts),
+                        json.dumps([round(float(s), 3) for s in it.seg_starts]),
+                        now,
+                    )
+                )
                 seg_row += len(it.seg_starts)
             self.db.executemany("INSERT INTO vectors VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-            self.db.executemany("DELETE FROM failures WHERE run_id=? AND content_hash=?",
-                                [(run.id, it.content_hash) for it in items])
+            self.db.executemany(
+                "DELETE FROM failures WHERE run_id=? AND content_hash=?", [(run.id, it.content_hash) for it in items]
+            )
 
     def record_failure(self, run: Run, content_hash: str, path: str, reason: str) -> None:
         """Remember why a file could not be embedded (files never hashed are keyed by their path)."""
         key = content_hash or "path:" + printable(str(path))
         with self._write():
-            self.db.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?)",
-                            (run.id, key, to_db_path(path), printable(reason), time.time()))
+            self.db.execute(
+                "INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?)",
+                (run.id, key, to_db_path(path), printable(reason), time.time()),
+            )
 
     def failures(self, run: Run) -> list[tuple[str, str]]:
         """(path, reason) of files that failed in this run."""
-        return [(from_db_path(r[0]), r[1]) for r in self.db.execute(
-            "SELECT path, reason FROM failures WHERE run_id=? ORDER BY at", (run.id,))]
+        return [
+            (from_db_path(r[0]), r[1])
+            for r in self.db.execute("SELECT path, reason FROM failures WHERE run_id=? ORDER BY at", (run.id,))
+        ]
 
     def _rows(self, run: Run) -> list[sqlite3.Row]:
         return self.db.execute(
             "SELECT t.id AS track_id, v.track_row, v.seg_row, v.n_segments, v.seg_starts FROM tracks t "
-            "JOIN vectors v ON v.content_hash=t.content_hash AND v.run_id=? ORDER BY t.id", (run.id,)).fetchall()
+            "JOIN vectors v ON v.content_hash=t.content_hash AND v.run_id=? ORDER BY t.id",
+            (run.id,),
+        ).fetchall()
 
     def _read(self, run: Run, level: str, layer: int, take: list[int], ids: np.ndarray) -> np.ndarray:
         """float32 rows ``take`` of a row file; a short file or a non-finite row raises StoreDamaged."""
         rows = self.row_file(run, level, layer).read()
         if take and max(take) >= len(rows):
-            raise StoreDamaged(f"{self.root}: {run.model} {level} vectors of layer {run.layer_names[layer]} stop at "
-                               f"row {len(rows)} but the catalog references row {max(take)}; "
-                               "run `mess check --repair`")
+            raise StoreDamaged(
+                f"{self.root}: {run.model} {level} vectors of layer {run.layer_names[layer]} stop at "
+                f"row {len(rows)} but the catalog references row {max(take)}; "
+                "run `mess check --repair`"
+            )
         mat = np.asarray(rows[take], dtype=np.float32)
         bad = ~np.isfinite(mat).all(axis=1)
         if bad.any():
-            raise StoreDamaged(f"{self.root}: non-finite {run.model} vectors (layer {run.layer_names[layer]}) for "
-                               f"track ids {sorted(set(ids[bad].tolist()))[:5]}; run `mess check --repair`")
+            raise StoreDamaged(
+                f"{self.root}: non-finite {run.model} vectors (layer {run.layer_names[layer]}) for "
+                f"track ids {sorted(set(ids[bad].tolist()))[:5]}; run `mess check --repair`"
+            )
         return mat
 
     def layer_matrix(self, run: Run, layer: str | int) -> tuple[np.ndarray, np.ndarray]:
@@ -470,8 +550,9 @@ class FeatureStore:
 
     def track_rows(self, run: Run) -> dict[str, int]:
         """content hash -> track row, for writing derived vectors aligned to rows."""
-        return {r[0]: r[1] for r in self.db.execute(
-            "SELECT content_hash, track_row FROM vectors WHERE run_id=?", (run.id,))}
+        return {
+            r[0]: r[1] for r in self.db.execute("SELECT content_hash, track_row FROM vectors WHERE run_id=?", (run.id,))
+        }
 
     # ---- derived vectors (fused, ...) --------------------------------------------
     def write_derived(self, run: Run, name: str, track_ids: np.ndarray, matrix: np.ndarray, meta: dict) -> None:
@@ -485,8 +566,10 @@ class FeatureStore:
                 full[rows[by_id[int(tid)]]] = vec
             RowFile(self.derived_path(run, name), dim).replace(full)
             now = time.time()  # in the metadata too, so caches keyed on it see every rewrite
-            self.db.execute("INSERT OR REPLACE INTO derived VALUES (?, ?, ?, ?, ?)",
-                            (run.id, name, dim, json.dumps({**meta, "written_at": now}), now))
+            self.db.execute(
+                "INSERT OR REPLACE INTO derived VALUES (?, ?, ?, ?, ?)",
+                (run.id, name, dim, json.dumps({**meta, "written_at": now}), now),
+            )
 
     def derived_matrix(self, run: Run, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(track ids, float32 matrix) of derived vectors; tracks added since are left out."""
@@ -513,15 +596,21 @@ class FeatureStore:
         """Replace the aspect -> (layer, score, margin) map of a run."""
         with self._write():
             self.db.execute("DELETE FROM aspect_map WHERE run_id=?", (run.id,))
-            self.db.executemany("INSERT INTO aspect_map VALUES (?, ?, ?, ?, ?)",
-                                [(run.id, a, layer, s, m) for a, layer, s, m in entries])
+            self.db.executemany(
+                "INSERT INTO aspect_map VALUES (?, ?, ?, ?, ?)",
+                [(run.id, a, layer, s, m) for a, layer, s, m in entries],
+            )
 
     def aspect_scores(self, run: Run) -> dict[str, float]:
         """aspect -> the probe's cross-validated score (R^2) of the chosen layer (empty when never probed)."""
-        return {r[0]: float(r[1]) for r in self.db.execute(
-            "SELECT aspect, score FROM aspect_map WHERE run_id=? ORDER BY aspect", (run.id,))}
+        return {
+            r[0]: float(r[1])
+            for r in self.db.execute("SELECT aspect, score FROM aspect_map WHERE run_id=? ORDER BY aspect", (run.id,))
+        }
 
     def aspect_map(self, run: Run) -> dict[str, str]:
         """aspect -> layer name, as chosen by the last probe of this run (empty when never probed)."""
-        return {r[0]: r[1] for r in self.db.execute(
-            "SELECT aspect, layer FROM aspect_map WHERE run_id=? ORDER BY aspect", (run.id,))}
+        return {
+            r[0]: r[1]
+            for r in self.db.execute("SELECT aspect, layer FROM aspect_map WHERE run_id=? ORDER BY aspect", (run.id,))
+        }

@@ -9,6 +9,7 @@ the others after their tensor name.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from mess.models.essentia.fetch import file_sha256
 from mess.models.essentia.frontends import SAMPLE_RATE, patches
 from mess.models.essentia.metadata import EssentiaModelError, ModelMetadata, graph_name, layer_name, read_metadata
 from mess.models.essentia.presets import Preset, detect_preset, get_preset
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 DYNAMIC_BATCH = 32  # patches per run when the graph's batch axis is free
 
@@ -82,7 +86,7 @@ def _per_patch(out: np.ndarray) -> np.ndarray:
                              "[batch, time, dim])")
 
 
-def _open_session(path: Path, device: str, threads: int):  # -> onnxruntime.InferenceSession
+def _open_session(path: Path, device: str, threads: int) -> ort.InferenceSession:
     """An ONNX Runtime session on ``device``; unreadable graphs raise :class:`EssentiaModelError`."""
     import onnxruntime as ort
 
@@ -104,7 +108,7 @@ def _open_session(path: Path, device: str, threads: int):  # -> onnxruntime.Infe
         raise EssentiaModelError(f"{path.name} is not a readable ONNX graph: {reason[:200]}") from exc
 
 
-def _check_input(session, metadata: ModelMetadata, preset: Preset, file: str) -> tuple[str, int]:
+def _check_input(session: ort.InferenceSession, metadata: ModelMetadata, preset: Preset, file: str) -> tuple[str, int]:
     """The graph input named by the metadata and its fixed batch size (0 when dynamic), after shape checks."""
     graph_inputs = {i.name: i for i in session.get_inputs()}
     wanted = metadata.inputs[0].name

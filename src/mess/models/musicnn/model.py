@@ -109,7 +109,7 @@ class MusicnnModel(EmbeddingModel):
     patches. Windows shorter than ``info.min_samples`` are repeat-padded to it.
     """
 
-    def __init__(self, dataset: str = "MSD", device: str = "cpu", arch: str = "musicnn"):
+    def __init__(self, dataset: str = "MSD", device: str = "cpu", arch: str = "musicnn") -> None:
         dataset = dataset.upper()
         if dataset not in ("MSD", "MTT"):
             raise ValueError(f"musicnn dataset must be 'MSD' or 'MTT', got {dataset!r}")

@@ -39,7 +39,7 @@ def _pad_time(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
 class MusicnnNetwork(nn.Module):
     """musicnn with 64 mid-end filters and 200 back-end units (the MSD/MTT musicnn models)."""
 
-    def __init__(self, num_classes: int = 50, midend_filters: int = 64, backend_units: int = 200):
+    def __init__(self, num_classes: int = 50, midend_filters: int = 64, backend_units: int = 200) -> None:
         super().__init__()
         self.timbral_convs = nn.ModuleList(
             [nn.Conv2d(1, 204, (7, int(0.4 * N_MELS))), nn.Conv2d(1, 204, (7, int(0.7 * N_MELS)))]
