@@ -20,6 +20,7 @@ inherited from a parent mess process is not kept (child processes make their own
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
 import shutil
 import tempfile
@@ -54,7 +55,11 @@ def use_private_cache() -> None:
 
 
 def ensure_warm(key: str, warm: Callable[[], None]) -> None:
-    """Run ``warm()`` once per process unless the shared cache already holds ``key``; then share the result."""
+    """Run ``warm()`` once per process unless the shared cache already holds ``key``; then share the result.
+
+    The marker names the source file that defines ``warm`` by its hash, so a changed caller warms (and
+    publishes) again instead of compiling its new paths privately in every process.
+    """
     if key in _done:
         return
     with _guard:
@@ -66,7 +71,8 @@ def ensure_warm(key: str, warm: Callable[[], None]) -> None:
 
         shared = shared_dir()
         shared.mkdir(parents=True, exist_ok=True)
-        marker = shared / f"{key}-librosa{librosa.__version__}-numba{numba.__version__}.done"
+        source = hashlib.sha1(Path(warm.__code__.co_filename).read_bytes()).hexdigest()[:12]  # its code, as of now
+        marker = shared / f"{key}-{source}-librosa{librosa.__version__}-numba{numba.__version__}.done"
         if not marker.exists():
             warm()
             if _private is not None:
