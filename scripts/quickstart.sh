@@ -12,8 +12,9 @@ export MESS_STORE=$STORE
 
 $MESS demo render demo/music --composers bach,palestrina,monteverdi,mozart,haydn,josquin --per-composer 5
 $MESS demo wesnoth demo/wesnoth || echo "(no apt-get here: continuing with the rendered pieces only)"
-$MESS extract demo --model musicnn-msd --store $STORE
-$MESS extract demo --model dsp --store $STORE
+# exit status 3: finished, but some files failed (Wesnoth ships one silent track); each is named above
+$MESS extract demo --model musicnn-msd --store $STORE || [ $? -eq 3 ]
+$MESS extract demo --model dsp --store $STORE || [ $? -eq 3 ]
 $MESS info --store $STORE
 $MESS probe --model musicnn-msd --store $STORE
 $MESS index --model musicnn-msd --store $STORE
