@@ -108,8 +108,9 @@ def test_ray_gives_the_local_vectors_and_reruns_skip(ray_address: str, tmp_path:
     assert (got.done, got.skipped) == (3, 1)
     assert got.audio_seconds == 3 * POLICY.max_windows * POLICY.window_seconds  # the copy is not decoded again
     assert [Path(p).name for p, _ in got.failed] == ["corrupt.ogg"] == [Path(p).name for p, _ in want.failed]
-    # torch in a 1-thread Ray actor vs 2 local threads: a different summation order, at most 1 float16 ulp.
-    _assert_same_vectors(_by_path(remote, "musicnn-msd"), _by_path(local, "musicnn-msd"), ulps=1)
+    # torch in a 1-thread Ray actor vs 2 local threads, with patches batched in chunks across windows:
+    # a different summation order, at most 2 float16 ulps (measured: 1 element of 600 at 2 ulps).
+    _assert_same_vectors(_by_path(remote, "musicnn-msd"), _by_path(local, "musicnn-msd"), ulps=2)
     again = extract_ray(remote, [p for p in paths if p.suffix == ".wav"], "musicnn-msd", POLICY, batch_size=2)
     assert (again.done, again.skipped, again.failed) == (0, 4, [])
 

@@ -133,7 +133,7 @@ def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path], summary: Ex
     for path in paths:
         known = store.known_file(path)
         items.append({"path": str(path), "known_hash": known[0] if known else "",
-                      "known_size": known[1] if known else 0, "known_mtime": known[2] if known else 0.0})
+                      "known_stamp": known[1] if known else ""})
     todo: list[dict[str, str]] = []
     queued: set[str] = set()
     for row in _dataset(items).map(inspect_row, num_cpus=1).iter_rows():
@@ -142,7 +142,8 @@ def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path], summary: Ex
             log.warning(row["error"])
             continue
         rec = json.loads(row["record"])
-        store.upsert_track(Path(row["path"]), rec["hash"], rec["size"], rec["mtime"], rec["info"], rec["tags"])
+        store.upsert_track(Path(row["path"]), rec["hash"], rec["size"], rec["mtime"], rec["info"], rec["tags"],
+                           stamp=rec["stamp"])
         if rec["hash"] in queued or store.has_vectors(run, rec["hash"]):
             summary.skipped += 1
         else:

@@ -17,18 +17,19 @@ from mess.extract.prepare import FileRecord, decode_windows, inspect_file
 
 
 def inspect_row(row: dict[str, Any]) -> dict[str, Any]:
-    """Hash (unless size and mtime match the catalog's ``known_*``), probe and tag one file.
+    """Hash (unless the file's change stamp matches the catalog's ``known_*``), probe and tag one file.
 
     Returns the path, an error message ("" when fine) and the record as JSON
     (hash, size, mtime, info, tags) for ``FeatureStore.upsert_track``.
     """
     path = Path(row["path"])
-    known = (row["known_hash"], row["known_size"], row["known_mtime"]) if row["known_hash"] else None
+    known = (row["known_hash"], row["known_stamp"]) if row["known_hash"] else None
     try:
         rec = inspect_file(path, known)
     except OSError as exc:
         return {"path": row["path"], "error": f"{path}: cannot read ({exc.strerror or exc})", "record": ""}
-    record = {"hash": rec.content_hash, "size": rec.size, "mtime": rec.mtime, "info": rec.info, "tags": rec.tags}
+    record = {"hash": rec.content_hash, "size": rec.size, "mtime": rec.mtime, "stamp": rec.stamp, "info": rec.info,
+              "tags": rec.tags}
     return {"path": row["path"], "error": "", "record": json.dumps(record)}
 
 
