@@ -10,8 +10,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from mess.audio.decode import AudioError
 from mess.audio.windows import WindowPolicy
 from mess.extract.embed import embed_prepared
@@ -155,16 +153,9 @@ def _embed_and_write(store: FeatureStore, run: Run, model: EmbeddingModel, pendi
             for single in pending:
                 _embed_and_write(store, run, model, [single], batch_size, summary)
         return
-    good = []
-    for prepared, vecs in zip(pending, vectors, strict=False):
-        if all(np.isfinite(v).all() for v in (*vecs.layers, *vecs.segments)):
-            good.append((prepared, vecs))
-        else:
-            _fail(store, run, prepared.record, f"{prepared.record.path}: the model gave NaN or infinite values",
-                  summary)
-    store.write_vectors(run, [v for _, v in good])
-    summary.done += len(good)
-    summary.audio_seconds += sum(p.audio.size for p, _ in good) / model.info.sample_rate
+    store.write_vectors(run, vectors)  # embed_windows already refused non-finite output (a failure above)
+    summary.done += len(vectors)
+    summary.audio_seconds += sum(p.audio.size for p in pending) / model.info.sample_rate
 
 
 def _describe(exc: Exception) -> str:
