@@ -46,7 +46,8 @@ import psutil
 from mess.audio.windows import WindowPolicy
 from mess.models.base import ModelInfo
 from mess.models.registry import load_model
-from mess.search.query import resolve_query, similar_tracks
+from mess.query import resolve_query
+from mess.search.query import similar_tracks
 from mess.store import FeatureStore, TrackVectors
 
 ARTISTS = 50
