@@ -3,7 +3,8 @@
 Starts the server (uvicorn, 127.0.0.1, a free port) in a subprocess over a store,
 then measures for ``--seconds`` each, in the same run:
 
-1. the search library called in-process (no HTTP): the floor an HTTP request cannot beat;
+1. the search library called in-process (no HTTP), with one BLAS thread as the server
+   answers requests: the floor an HTTP request cannot beat;
 2. HTTP with one request in flight (a single sequential client);
 3. HTTP with ``--concurrency`` requests in flight (httpx.AsyncClient).
 
@@ -42,6 +43,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
+from threadpoolctl import threadpool_limits
 
 from mess.audio.windows import WindowPolicy
 from mess.models.base import ModelInfo
@@ -124,18 +126,19 @@ def request_params(rng: random.Random, ids: list[int], layer: str, model: str) -
 
 
 def library_rate(store_path: Path, model: str, ids: list[int], layer: str, seconds: float) -> dict:
-    """The same queries through the search library in this process."""
+    """The same queries through the search library in this process, on one BLAS thread like the server."""
     store = FeatureStore(store_path, readonly=True)
     run = store.run(model)
     rng = random.Random(1)
     times = []
     end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        tid, params = request_params(rng, ids, layer, model)
-        t = time.perf_counter()
-        similar_tracks(store, run, resolve_query(store, tid, run), 10, layer=params.get("layer"),
-                       exclude_same_artist=params["exclude_same_artist"] == "true")
-        times.append(time.perf_counter() - t)
+    with threadpool_limits(limits=1, user_api="blas"):
+        while time.perf_counter() < end:
+            tid, params = request_params(rng, ids, layer, model)
+            t = time.perf_counter()
+            similar_tracks(store, run, resolve_query(store, tid, run), 10, layer=params.get("layer"),
+                           exclude_same_artist=params["exclude_same_artist"] == "true")
+            times.append(time.perf_counter() - t)
     store.close()
     return summary(times, 0, seconds)
 
