@@ -1,4 +1,4 @@
-"""Shared CLI pieces: the --store option, the console, and clean error exits."""
+"""Shared CLI pieces: the options several commands take, the console, JSON output and clean error exits."""
 
 from __future__ import annotations
 
@@ -26,6 +26,16 @@ StoreOpt = Annotated[
     typer.Option("--store", "-s", help="Feature store folder (env MESS_STORE).", envvar="MESS_STORE"),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model (or local model folder) whose vectors to use (default: the best extracted; see `mess config`).",
+    ),
+]
+AspectOpt = Annotated[str | None, typer.Option("--aspect", "-a", help="The layer `mess probe` chose for this aspect.")]
+FusedOpt = Annotated[bool, typer.Option("--fused", help="The fused vectors of `mess fuse`.")]
 DEFAULT_STORE_PATH = Path(os.environ.get("MESS_STORE", DEFAULT_STORE))
 
 

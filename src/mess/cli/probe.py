@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -12,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, fail, open_store
+from mess.store.reports import slug
 
 if TYPE_CHECKING:  # the probing stack (scikit-learn, librosa) loads only when a probe command runs
     from mess.probing.report import ProbeReport
@@ -162,7 +162,7 @@ def validate_command(
             fail(str(exc))
     payload = {"model": embedder.info.name, "revision": embedder.info.revision, "pieces": pieces,
                "factors": [r.to_dict() for r in results]}
-    path = store / "reports" / f"probe-validate-{re.sub(r'[^A-Za-z0-9_.-]+', '_', embedder.info.name)}.json"
+    path = store / "reports" / f"probe-validate-{slug(embedder.info.name)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2))
     if json_out:
