@@ -8,8 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, emit_json, open_store
-from mess.cli.search import JsonOpt, ModelOpt
+from mess.cli.common import DEFAULT_STORE_PATH, JsonOpt, ModelOpt, StoreOpt, console, emit_json, open_store
 
 
 def export_command(

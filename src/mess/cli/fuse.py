@@ -11,11 +11,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mess.cli.common import DEFAULT_STORE_PATH, JsonOpt, ModelOpt, StoreOpt, console, emit_json, fail, open_store
-from mess.constants import FUSED
+from mess.constants import FUSED, LABEL_FIELDS
 from mess.store import FeatureStore
 
 if TYPE_CHECKING:
+    from mess.fusion.pipeline import Trained
     from mess.fusion.train import EpochLog, FusionConfig
+    from mess.store import Run
 
 fuse_app = typer.Typer(help="Learn one embedding from all layers of a model (triplet loss on metadata labels).",
                        no_args_is_help=True)
@@ -36,8 +38,8 @@ def _checkpoint(fs: FeatureStore, checkpoint: Path | None, model: str | None) ->
 @fuse_app.command("train")
 def train_command(
     model: ModelOpt = None,
-    label: Annotated[str, typer.Option("--label", help="Metadata that defines 'similar': artist, composer, "
-                                       "album or genre.")] = "artist",
+    label: Annotated[str, typer.Option("--label", help="Metadata that defines 'similar': "
+                                       f"{', '.join(LABEL_FIELDS)}.")] = "artist",
     fusion_dim: Annotated[int, typer.Option(min=2, help="Size of the fused vector.")] = 256,
     gated: Annotated[bool, typer.Option("--gated/--static", help="Condition layer weights on each track "
                                         "(small gating MLP) or learn one weight per layer.")] = False,
@@ -63,8 +65,6 @@ def train_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Train the fusion network on the store's vectors; saves a checkpoint and a JSON training log."""
-    from mess.fusion.data import FusionError
-    from mess.fusion.pipeline import train_and_save
     from mess.fusion.train import FusionConfig
 
     if threads:
@@ -78,23 +78,34 @@ def train_command(
                               tracks_per_label=tracks_per_label, val_frac=val_frac, test_frac=test_frac, seed=seed)
     except ValueError as exc:
         fail(str(exc))
-    with open_store(store) as fs, Progress(*_COLUMNS, console=console, disable=as_json) as bar:
+    with open_store(store) as fs:
         run = fs.run(model)
-        task = bar.add_task(f"fuse {run.model} by {label}", total=weight_epochs + max_epochs, status="")
+        trained = _train(fs, run, config, _checkpoint(fs, checkpoint, run.model), quiet=as_json)
+    if as_json:
+        emit_json(trained.summary)
+        return
+    _print_trained(trained.summary, config)
+
+
+def _train(fs: FeatureStore, run: Run, config: FusionConfig, path: Path, quiet: bool) -> Trained:
+    """Train and save under a progress bar of epochs, loss and validation nDCG."""
+    from mess.fusion.data import FusionError
+    from mess.fusion.pipeline import train_and_save
+
+    with Progress(*_COLUMNS, console=console, disable=quiet) as bar:
+        task = bar.add_task(f"fuse {run.model} by {config.label}", total=config.weight_epochs + config.max_epochs,
+                            status="")
 
         def on_epoch(e: EpochLog) -> None:
             val = "-" if e.val_ndcg is None else f"{e.val_ndcg:.3f}"
             bar.update(task, completed=e.epoch, status=f"loss {e.loss:.4f}  val nDCG@{config.k} {val}")
 
         try:
-            trained = train_and_save(fs, run, config, _checkpoint(fs, checkpoint, run.model), on_epoch)
+            trained = train_and_save(fs, run, config, path, on_epoch)
         except (FusionError, ValueError) as exc:
             fail(str(exc))
         bar.update(task, total=trained.summary["epochs"])
-    if as_json:
-        emit_json(trained.summary)
-        return
-    _print_trained(trained.summary, config)
+    return trained
 
 
 def _print_trained(summary: dict, config: FusionConfig) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -10,8 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, fail, open_store
-from mess.store.reports import slug
+from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, emit_json, fail, open_store
 
 if TYPE_CHECKING:  # the probing stack (scikit-learn, librosa) loads only when a probe command runs
     from mess.probing.report import ProbeReport
@@ -58,7 +56,7 @@ def probe_command(
         save_aspect_map(fs, run, report)
         paths = write_report(report, fs.reports_dir)
     if json_out:
-        typer.echo(json.dumps({**report.to_dict(), "files": {k: str(v) for k, v in paths.items()}}, indent=2))
+        emit_json({**report.to_dict(), "files": {k: str(v) for k, v in paths.items()}})
         return
     _print_report(report, paths)
 
@@ -148,7 +146,7 @@ def validate_command(
     from mess.datasets.render import RenderError
     from mess.models.registry import ModelError, load_model
     from mess.probing.probes import ProbeError
-    from mess.probing.validation import FACTORS, validate
+    from mess.probing.validation import FACTORS, validate, write_validation
 
     factors = _split(factor) if factor else FACTORS
     try:
@@ -160,15 +158,11 @@ def validate_command(
             results = validate(store / "validation", embedder, factors=factors, n_pieces=pieces, workers=workers)
         except (RenderError, ProbeError) as exc:
             fail(str(exc))
-    payload = {"model": embedder.info.name, "revision": embedder.info.revision, "pieces": pieces,
-               "factors": [r.to_dict() for r in results]}
-    path = store / "reports" / f"probe-validate-{slug(embedder.info.name)}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2))
+    written = write_validation(store / "reports", embedder, pieces, results)
     if json_out:
-        typer.echo(json.dumps({**payload, "file": str(path)}, indent=2))
+        emit_json(written)
         return
-    _print_validation(embedder.info.name, pieces, results, path)
+    _print_validation(embedder.info.name, pieces, results, Path(written["file"]))
 
 
 def _print_validation(model: str, pieces: int, results: list[FactorResult], path: Path) -> None:
