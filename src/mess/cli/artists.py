@@ -28,19 +28,8 @@ from mess.artists.analysis import (
 from mess.artists.discrimination import LayerReport
 from mess.artists.hybrid import COMPONENTS
 from mess.artists.profiles import DEFAULT_MAX_TRACKS, DEFAULT_MIN_TRACKS, ArtistError, ArtistSet
-from mess.cli.common import (
-    DEFAULT_STORE_PATH,
-    AspectOpt,
-    FusedOpt,
-    JsonOpt,
-    ModelOpt,
-    StoreOpt,
-    console,
-    emit_json,
-    fail,
-    open_store,
-    plain,
-)
+from mess.cli.common import console, emit_json, fail, open_store, plain
+from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, FusedOpt, JsonOpt, ModelOpt, StoreOpt
 from mess.store import Run
 
 LayerOpt = Annotated[

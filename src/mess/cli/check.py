@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from mess.cli.common import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, console, emit_json, fail, plain
+from mess.cli.common import console, emit_json, fail, plain
+from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt
 from mess.search.health import check_store
 from mess.store import StoreError
 from mess.store.feature_store import CATALOG_ADVICE

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from mess.cli.common import DEFAULT_STORE_PATH, JsonOpt, ModelOpt, StoreOpt, console, emit_json, open_store
+from mess.cli.common import console, emit_json, open_store
+from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, ModelOpt, StoreOpt
 
 
 def export_command(

@@ -12,7 +12,8 @@ from rich.table import Table
 
 from mess.audio.discover import find_audio
 from mess.audio.windows import WindowPolicy
-from mess.cli.common import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, console, emit_json, fail, open_store, plain
+from mess.cli.common import console, emit_json, fail, open_store, plain
+from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt
 from mess.extract.pipeline import ExtractSummary, extract
 from mess.extract.prepare import planned_seconds
 from mess.models.base import EmbeddingModel

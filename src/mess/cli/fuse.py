@@ -10,7 +10,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mess.cli.common import DEFAULT_STORE_PATH, JsonOpt, ModelOpt, StoreOpt, console, emit_json, fail, open_store
+from mess.cli.common import console, emit_json, fail, open_store
+from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, ModelOpt, StoreOpt
 from mess.constants import FUSED, LABEL_FIELDS
 from mess.store import FeatureStore
 
