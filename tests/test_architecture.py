@@ -6,6 +6,8 @@ import ast
 from pathlib import Path
 
 import mess
+from mess.audio.tags import TAG_FIELDS
+from mess.constants import LABEL_FIELDS
 
 CLI = Path(mess.__file__).parent / "cli"
 MAX_CLI_FUNCTION_LINES = 60
@@ -32,3 +34,18 @@ def test_the_length_check_sees_a_long_function(tmp_path: Path) -> None:
     body = "".join(f"    x{i} = {i}\n" for i in range(MAX_CLI_FUNCTION_LINES))
     (tmp_path / "long.py").write_text(f"@decorator\ndef short() -> None:\n    pass\n\n\ndef long() -> None:\n{body}")
     assert _long_functions(tmp_path, MAX_CLI_FUNCTION_LINES) == [f"{tmp_path.name}/long.py:6 long (61 lines)"]
+
+
+def test_cli_prints_json_only_through_emit_json() -> None:
+    """``json.dumps`` in a CLI module bypasses emit_json's NaN -> null and path cleaning."""
+    calls = []
+    for path in sorted(CLI.rglob("*.py")):
+        for function in ast.parse(path.read_text(encoding="utf-8")).body:
+            for node in ast.walk(function):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "dumps":
+                    calls.append(f"{path.name}:{getattr(function, 'name', '<module>')}")
+    assert calls == ["common.py:emit_json"]
+
+
+def test_every_label_field_is_a_tag_the_store_keeps() -> None:
+    assert set(LABEL_FIELDS) <= set(TAG_FIELDS)
