@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mess.cli.common import console, emit_json, fail, open_store
-from mess.cli.options import DEFAULT_STORE_PATH, StoreOpt
+from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt
 
 if TYPE_CHECKING:  # the probing stack (scikit-learn, librosa) loads only when a probe command runs
     from mess.probing.report import ProbeReport
@@ -33,7 +33,7 @@ def probe_command(
     seed: Annotated[int, typer.Option(help="Seed for shuffling, fold assignment and random init.")] = 0,
     workers: Annotated[int, typer.Option(min=1, help="Processes for audio targets; layers probed at once.")] = 2,
     device: Annotated[str, typer.Option(help="cpu or cuda (random-init extraction only).")] = "cpu",
-    json_out: Annotated[bool, typer.Option("--json", help="Print the full report as JSON on stdout.")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Probe every layer for every proxy target; store the best layer per aspect for `mess similar --aspect`."""
     from mess.probing.probes import ProbeError
@@ -141,7 +141,7 @@ def validate_command(
     factor: Annotated[list[str] | None, typer.Option(
         "--factor", "-f", help="instrument, tempo, transpose, velocity; repeatable (default: all).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Processes computing audio targets.")] = 2,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Render pieces with one factor varied and check that probing finds the intended aspect."""
     from mess.datasets.render import RenderError
