@@ -5,10 +5,9 @@ This module imports nothing from mess (it is the bottom layer of the import cont
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Literal
 
 VectorKind = Literal["layer", "group", "aspect", "fused", "learned", "all"]
-VECTOR_KINDS: tuple[VectorKind, ...] = get_args(VectorKind)
 FUSED: VectorKind = "fused"  # vectors of `mess fuse apply`, stored as the run's derived set of this name
 LEARNED: VectorKind = "learned"  # the head shipped for a model (mess.models.head), applied to all layers
 
