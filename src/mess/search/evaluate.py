@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mess.constants import FUSED, LABEL_FIELDS, LEARNED
 from mess.search.ann import exact_knn
 from mess.search.expansion import expand_collection
 from mess.search.hubness import HubnessReducer, HubnessStats, hubness_stats
@@ -28,10 +29,9 @@ from mess.search.metrics import (
     ranked_relevance,
 )
 from mess.search.segments import chamfer_rows, check_match, read_segments
-from mess.search.vectors import FUSED, Norm, VectorSpec, has_learned_head, load_vectors
+from mess.search.vectors import Norm, VectorSpec, has_learned_head, load_vectors
 from mess.store import FeatureStore, Run, StoreError, Track
 
-LABEL_FIELDS = ("artist", "album", "genre", "composer", "title")
 MAX_QUERIES = 5000
 CHUNK = 512
 VARIANTS = (("cosine", None), ("euclidean", None), ("dot", None), ("cosine", "csls"), ("cosine", "mp"))
@@ -139,9 +139,9 @@ def evaluate(
     specs = [VectorSpec.from_options(layer=name, norm=norm) for name in run.layer_names]
     specs.append(VectorSpec.from_options(norm=norm))
     if store.derived_meta(run, FUSED) is not None and match == "mean":
-        specs.append(VectorSpec("fused", "", norm))
+        specs.append(VectorSpec(FUSED, "", norm))
     if has_learned_head(run):
-        specs.append(VectorSpec("learned", "", norm))
+        specs.append(VectorSpec(LEARNED, "", norm))
     sets: list[SetScore] = []
     variants: list[SetScore] = []
     ids = labels_arr = queries = None
@@ -253,7 +253,7 @@ def plot_evaluation(ev: Evaluation, path: Path) -> Path:
     for s, style in ((s, "--") for s in ev.sets if s.kind != "layer"):
         ax.axhline(
             s.scores.map,
-            color={"fused": "tab:red", "learned": "tab:brown"}.get(s.kind, "tab:purple"),
+            color={FUSED: "tab:red", LEARNED: "tab:brown"}.get(s.kind, "tab:purple"),
             ls=style,
             label=f"{s.name} mAP {s.scores.map:.2f}",
         )

@@ -23,13 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from mess.constants import FUSED, LEARNED
 from mess.search.expansion import expand as expand_queries
 from mess.search.hubness import HubnessReducer
 from mess.search.index import CollectionIndex, open_index
 from mess.search.segments import chamfer_scores, check_match, read_segments
 from mess.search.vectors import (
-    FUSED,
-    LEARNED,
     Norm,
     VectorSet,
     VectorSpec,
