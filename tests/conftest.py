@@ -142,3 +142,15 @@ def extracted_store(rendered_collection: list[Path], tmp_path_factory: pytest.Te
             summary = extract(store, rendered_collection, load_model(name), WindowPolicy())
             assert not summary.failed, summary.failed
     return root
+
+
+# ---------------------------------------------------------------- parallel runs (pytest -n 2)
+
+SPREAD = {"test_store_faults.py"}  # only function-scoped fixtures: its tests go to whichever worker is free
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup`` keep each other module on one worker, so its module fixtures are built once."""
+    for item in items:
+        if item.path.name not in SPREAD:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
