@@ -42,6 +42,14 @@ MatchOpt = Annotated[
         "similarity of the tracks' window vectors (exact, no index).",
     ),
 ]
+ExpandOpt = Annotated[
+    int,
+    typer.Option(
+        "--expand",
+        min=0,
+        help="Query expansion: rank by the query averaged with its N nearest tracks (alpha-QE; 0 = off).",
+    ),
+]
 
 
 def index_command(
@@ -114,6 +122,7 @@ def similar_command(
     ] = None,
     norm: NormOpt = "center",
     match: MatchOpt = "mean",
+    expand: ExpandOpt = 0,
     store: StoreOpt = DEFAULT_STORE_PATH,
     as_json: JsonOpt = False,
 ) -> None:
@@ -142,6 +151,7 @@ def similar_command(
                 norm=norm,
                 learned=learned,
                 match=match,
+                expand=expand,
             )
         except ValueError as exc:
             fail(str(exc))
@@ -157,6 +167,7 @@ def similar_command(
                 "norm": norm,
                 "match": match,
                 "hubness": hubness,
+                "expand": expand,
                 "why_source": source,
                 "weak_aspects": weak,
                 "encoded_threshold": ENCODED_R2,
@@ -167,8 +178,8 @@ def similar_command(
     table = Table(title=escape(f"like {tq.label}  [{run.model}, {vectors}]"))
     for col, justify in (("#", "right"), ("id", "right"), ("track", "left"), ("score", "right")):
         table.add_column(col, justify=justify)
-    if hubness:
-        table.add_column(hubness, justify="right")
+    if hubness or expand:
+        table.add_column(hubness or "expanded", justify="right")
     table.add_column("why")
     for rank, n in enumerate(results, start=1):
         why = "; ".join(n.reasons_text())
@@ -178,7 +189,7 @@ def similar_command(
             escape(n.track.name) + (" [bold yellow](duplicate)[/]" if n.duplicate else ""),
             f"{n.score:.3f}",
         ]
-        row += [f"{n.adjusted:.3f}"] if hubness else []
+        row += [f"{n.adjusted:.3f}"] if n.adjusted is not None else []
         table.add_row(*row, escape(why))
     console.print(table)
     if weak:
@@ -205,6 +216,7 @@ def evaluate_command(
         bool, typer.Option("--compare", help="Also compare euclidean, dot, CSLS and mutual proximity against cosine.")
     ] = False,
     match: MatchOpt = "mean",
+    expand: ExpandOpt = 0,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="PNG path (default: STORE/reports/evaluate-MODEL-LABEL.png).")
     ] = None,
@@ -220,7 +232,7 @@ def evaluate_command(
         run = fs.run(model)
         try:
             overrides = read_label_csv(fs, labels, label) if labels is not None else None
-            ev = evaluate(fs, run, label, k, labels=overrides, norm=norm, compare=compare, match=match)
+            ev = evaluate(fs, run, label, k, labels=overrides, norm=norm, compare=compare, match=match, expand=expand)
         except (LabelError, ValueError) as exc:
             fail(str(exc))
         png = plot_evaluation(ev, plot or fs.reports_dir / f"evaluate-{run.model}-{label}.png")

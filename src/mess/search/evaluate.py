@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mess.search.ann import exact_knn
+from mess.search.expansion import expand_collection
 from mess.search.hubness import HubnessReducer, HubnessStats, hubness_stats
 from mess.search.metrics import (
     RetrievalScores,
@@ -123,12 +124,14 @@ def evaluate(
     compare: bool = False,
     seed: int = 0,
     match: str = "mean",
+    expand: int = 0,
 ) -> Evaluation:
     """Score every layer, all layers together, and the fused vectors and learned head (when present)
     by retrieval of same-label tracks.
 
     ``match="segments"`` scores track pairs by Chamfer similarity of their window vectors instead of the cosine of
-    their means (fused vectors, which have no windows, are then left out).
+    their means (fused vectors, which have no windows, are then left out). ``expand`` > 0 ranks with
+    alpha-query expansion over that many neighbours (:mod:`mess.search.expansion`; cosine sets only).
     """
     check_match(match)
     tracks = store.tracks(run)
@@ -160,7 +163,8 @@ def evaluate(
                 )
             )
         else:
-            sets.append(_score(name, spec.kind, "cosine", None, _cosine(unit), labels_arr, queries, k))
+            metric = f"cosine, expanded ({expand})" if expand else "cosine"
+            sets.append(_score(name, spec.kind, metric, None, _cosine(unit, expand), labels_arr, queries, k))
         if compare:
             shifted = vs.prep.shift(vs.raw[keep])
             for metric, hub in VARIANTS[1:]:
@@ -188,8 +192,9 @@ def _setup(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
 SimFn = Callable[[np.ndarray], np.ndarray]
 
 
-def _cosine(unit: np.ndarray) -> SimFn:
-    return lambda rows: unit[rows] @ unit.T
+def _cosine(unit: np.ndarray, expand: int = 0) -> SimFn:
+    queries = expand_collection(unit, expand) if expand else unit
+    return lambda rows: queries[rows] @ unit.T
 
 
 def _similarity(metric: str, hub: str | None, unit: np.ndarray, shifted: np.ndarray, k: int) -> SimFn:
