@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from mess.search.evaluate import evaluate
 from mess.search.expansion import expand, expand_collection
@@ -61,3 +62,23 @@ def test_evaluate_reports_expanded_cosine_alongside_the_plain_one(extracted_stor
     assert [s.name for s in plain.sets] == [s.name for s in expanded.sets]
     assert all(s.metric == "cosine, expanded (3)" for s in expanded.sets)
     assert any(a.scores.map != b.scores.map for a, b in zip(plain.sets, expanded.sets, strict=True))
+
+
+def test_http_similar_with_expansion_answers_as_the_library(extracted_store: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from mess.serve.app import create_app
+
+    fs = FeatureStore(extracted_store, readonly=True)
+    try:
+        run = fs.run("musicnn-msd")
+        tid = fs.tracks(run)[0].id
+        want = similar_tracks(fs, run, collection_query(fs, tid), 4, expand=3)
+    finally:
+        fs.close()
+    with TestClient(base_url="http://127.0.0.1", app=create_app(extracted_store)) as client:
+        body = client.get(f"/api/tracks/{tid}/similar", params={"model": "musicnn-msd", "k": 4, "expand": 3}).json()
+        bad = client.get(f"/api/tracks/{tid}/similar", params={"expand": -1})
+    assert [r["id"] for r in body["results"]] == [n.track.id for n in want]
+    assert [r["adjusted"] for r in body["results"]] == pytest.approx([n.adjusted for n in want], abs=1e-5)
+    assert bad.status_code == 422
