@@ -4,6 +4,7 @@ Real audio (music21 corpus rendered with fluidsynth; Wesnoth's soundtrack) is ca
 across runs under ``$MESS_TEST_CACHE`` (default ``~/.cache/mess-test``) in folders keyed
 by the render parameters, the soundfont and the renderer's source, so a change to any
 of them renders afresh. Fixtures needing fluidsynth or apt-get skip when it is missing.
+Each cache is filled under a file lock, so parallel workers (``pytest -n 2``) render it once.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from filelock import FileLock
 
 if TYPE_CHECKING:
     from mess.datasets.render import RenderedVariant
@@ -45,6 +47,12 @@ def render_cache(kind: str, params: dict) -> Path:
     return CACHE_ROOT / f"{kind}-{digest}"
 
 
+def cache_lock(cache: Path) -> FileLock:
+    """The lock held while one test process fills ``cache`` (others wait, then reuse it)."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(f"{cache}.lock")
+
+
 @pytest.fixture(scope="session")
 def rendered_collection() -> list[Path]:
     """Tagged FLACs: 4 composers x 4 pieces, 20 s each at 22.05 kHz (artist = composer)."""
@@ -52,7 +60,8 @@ def rendered_collection() -> list[Path]:
 
     out = render_cache("collection", COLLECTION)
     settings = RenderSettings(max_seconds=COLLECTION["max_seconds"], sample_rate=COLLECTION["sample_rate"])
-    return render_collection(out, COLLECTION["composers"], COLLECTION["per_composer"], settings=settings)
+    with cache_lock(out):
+        return render_collection(out, COLLECTION["composers"], COLLECTION["per_composer"], settings=settings)
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +74,8 @@ def factor_sets() -> Callable[[str], list[RenderedVariant]]:
 
     def get(factor: str) -> list[RenderedVariant]:
         if factor not in rendered:
-            rendered[factor] = render_factor_set(out, factor, FACTOR_PIECES, FACTOR_LEVELS[factor])
+            with cache_lock(out):
+                rendered[factor] = render_factor_set(out, factor, FACTOR_PIECES, FACTOR_LEVELS[factor])
         return rendered[factor]
 
     return get
@@ -80,7 +90,8 @@ def wesnoth_tracks() -> list[Path]:
     from mess.datasets.wesnoth import FetchError, fetch_wesnoth
 
     try:
-        return fetch_wesnoth(CACHE_ROOT / "wesnoth")
+        with cache_lock(CACHE_ROOT / "wesnoth"):
+            return fetch_wesnoth(CACHE_ROOT / "wesnoth")
     except FetchError as exc:
         pytest.skip(str(exc))
 
@@ -131,3 +142,15 @@ def extracted_store(rendered_collection: list[Path], tmp_path_factory: pytest.Te
             summary = extract(store, rendered_collection, load_model(name), WindowPolicy())
             assert not summary.failed, summary.failed
     return root
+
+
+# ---------------------------------------------------------------- parallel runs (pytest -n 2)
+
+SPREAD = {"test_store_faults.py"}  # only function-scoped fixtures: its tests go to whichever worker is free
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup`` keep each other module on one worker, so its module fixtures are built once."""
+    for item in items:
+        if item.path.name not in SPREAD:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))

@@ -22,16 +22,9 @@ MODEL = "musicnn-msd"
 
 
 @pytest.fixture(scope="module")
-def musicnn_store(rendered_collection: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store with musicnn-msd vectors of the rendered collection (4 composers x 4 pieces)."""
-    from mess.audio.windows import WindowPolicy
-    from mess.extract.pipeline import extract
-    from mess.models.registry import load_model
-
-    root = tmp_path_factory.mktemp("head") / "store"
-    with closing(FeatureStore(root)) as store:
-        assert not extract(store, rendered_collection, load_model(MODEL), WindowPolicy()).failed
-    return root
+def musicnn_store(extracted_store: Path) -> Path:
+    """The session's store: musicnn-msd (and dsp) vectors of the rendered collection (4 composers x 4 pieces)."""
+    return extracted_store
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
+from conftest import cache_lock, render_cache
+from mess.datasets.render import render_factor_set
 from mess.models.registry import load_model
-from mess.probing.validation import FACTORS, FactorResult, effect_sizes, shuffle_within, validate
+from mess.probing.validation import FACTORS, RENDER_SETTINGS, FactorResult, effect_sizes, shuffle_within, validate
 
 needs_synth = pytest.mark.skipif(shutil.which("fluidsynth") is None, reason="fluidsynth is not installed")
 LEVELS = {"instrument": (0, 40, 73), "tempo": (0.6, 1.0, 1.6), "transpose": (-3, 0, 3), "velocity": (30, 80, 127)}
@@ -16,7 +18,12 @@ LEVELS = {"instrument": (0, 40, 73), "tempo": (0.6, 1.0, 1.6), "transpose": (-3,
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, FactorResult]:
+    renders = render_cache("validation", {"pieces": 3, "levels": LEVELS, "settings": repr(RENDER_SETTINGS)})
+    with cache_lock(renders):  # fluidsynth renders are cached across runs; targets and vectors are computed afresh
+        for factor in FACTORS:
+            render_factor_set(renders, factor, 3, LEVELS[factor], RENDER_SETTINGS)
     out = tmp_path_factory.mktemp("factor-sets")
+    shutil.copytree(renders, out, dirs_exist_ok=True)
     return {r.factor: r for r in validate(out, load_model("dsp"), n_pieces=3, levels=LEVELS, workers=2)}
 
 

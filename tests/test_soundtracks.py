@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CACHE_ROOT
+from conftest import CACHE_ROOT, cache_lock
 from mess.audio.decode import probe
 from mess.audio.discover import content_hash
 from mess.audio.tags import read_tags
@@ -22,7 +22,8 @@ def soundtracks() -> Path:
     """Two of the games (the tests keep downloads small; the benchmark fetches all six), fetched once."""
     out = CACHE_ROOT / "soundtracks-2"
     try:
-        fetch_soundtracks(out, TWO_GAMES)
+        with cache_lock(out):
+            fetch_soundtracks(out, TWO_GAMES)
     except FetchError as exc:
         pytest.skip(str(exc))
     return out

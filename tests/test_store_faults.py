@@ -378,12 +378,21 @@ def test_short_row_files_are_refused_then_repaired(tmp_path: Path, which: str) -
     _assert_same(_by_path(store), _clean(music, tmp_path / "clean"))
 
 
+@pytest.fixture(scope="module")
+def forty_tones(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A folder of 40 short tones and a clean store of them (copy the store before damaging it)."""
+    root = tmp_path_factory.mktemp("forty")
+    _tones(root / "music", 40, seconds=1.5)
+    _clean(root / "music", root / "store")
+    return root / "music", root / "store"
+
+
+@pytest.mark.xdist_group("forty_tones")  # one worker builds the fixture
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "store-is-a-file"])
-def test_an_unreadable_catalog_gives_one_line(tmp_path: Path, damage: str) -> None:
-    music = tmp_path / "music"
-    _tones(music, 40, seconds=1.5)
+def test_an_unreadable_catalog_gives_one_line(forty_tones: tuple[Path, Path], tmp_path: Path, damage: str) -> None:
+    music = forty_tones[0]
     store = tmp_path / "store"
-    _clean(music, store)
+    shutil.copytree(forty_tones[1], store)
     db = store / "catalog.sqlite"
     with sqlite3.connect(db) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

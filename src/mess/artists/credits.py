@@ -7,8 +7,6 @@ import unicodedata
 from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
-from scipy import sparse
-from sklearn.metrics.pairwise import cosine_similarity
 
 # "A feat. B", "A ft B", "A featuring B", "A with B": the part before is the main artist.
 _FEAT = re.compile(r"\s*[\(\[]?\s*\b(?:feat\.?|ft\.?|featuring|with)\s+", re.IGNORECASE)
@@ -72,6 +70,9 @@ def collaboration_similarity(artists: Sequence[str], credits: Iterable[Sequence[
     the cosine of their rows in (adjacency + identity). Artists without any
     collaboration get 0 to everyone else (1 to themselves).
     """
+    from scipy import sparse  # here, not at the top: the CLI starts without sklearn/scipy
+    from sklearn.metrics.pairwise import cosine_similarity
+
     index = {normalize_name(a): i for i, a in enumerate(artists)}
     rows, cols = [], []
     for names in credits:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from sklearn.metrics import silhouette_score
 
 from mess.artists.profiles import ArtistSet, Space
 from mess.artists.similarity import ArtistVectors, artist_vectors, similarity_matrix
@@ -103,6 +102,8 @@ def separation(vectors: ArtistVectors) -> Separation:
 
 def _silhouette(vectors: ArtistVectors) -> float | None:
     """Cosine silhouette of tracks labelled by artist (sampled above 2000 tracks)."""
+    from sklearn.metrics import silhouette_score  # here, not at the top: the CLI starts without sklearn/scipy
+
     labels = np.repeat(np.arange(len(vectors.offsets)), np.diff(np.append(vectors.offsets, len(vectors.vectors))))
     if not 2 <= len(vectors.offsets) < len(labels):
         return None

@@ -6,14 +6,15 @@ import csv
 from pathlib import Path
 
 import numpy as np
-from scipy.cluster.hierarchy import leaves_list, linkage
-from scipy.spatial.distance import squareform
 
 LABELLED_MAX = 80  # above this many artists, tick labels are left off the heatmap
 
 
 def cluster_order(sim: np.ndarray) -> np.ndarray:
     """Row order that puts similar artists next to each other (average-linkage leaves)."""
+    from scipy.cluster.hierarchy import leaves_list, linkage  # here: the CLI starts without scipy
+    from scipy.spatial.distance import squareform
+
     if len(sim) < 3:
         return np.arange(len(sim))
     dist = np.clip(1.0 - (sim + sim.T) / 2, 0.0, None)

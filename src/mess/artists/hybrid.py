@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.preprocessing import MultiLabelBinarizer
 
 from mess.artists.credits import collaboration_similarity, normalize_name, track_credits
 from mess.artists.profiles import ArtistError, ArtistSet
@@ -29,6 +28,8 @@ _TAG_SPLIT = re.compile(r"\s*[;,/|]\s*")
 
 def genre_similarity(artists: ArtistSet, extra_tags: dict[str, list[str]] | None = None) -> np.ndarray:
     """Jaccard similarity of artist genre-tag sets (track genre tags plus ``extra_tags``)."""
+    from sklearn.preprocessing import MultiLabelBinarizer  # here, not at the top: the CLI starts without sklearn/scipy
+
     tags: list[set[str]] = [set() for _ in artists.profiles]
     for track in artists.tracks.values():
         row = artists.row_of(track)

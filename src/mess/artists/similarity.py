@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.preprocessing import normalize
 
 from mess.artists.profiles import ArtistError, ArtistSet, Space
 from mess.artists.setdist import chamfer_matrix, chamfer_row
@@ -27,7 +26,7 @@ class ArtistVectors:
     @property
     def means(self) -> np.ndarray:
         """Unit mean vector per artist, [n_artists, dim]."""
-        return normalize(np.add.reduceat(self.vectors, self.offsets, axis=0))
+        return _unit_rows(np.add.reduceat(self.vectors, self.offsets, axis=0))
 
 
 def artist_vectors(artists: ArtistSet, space: Space, *, center: bool = True) -> ArtistVectors:
@@ -50,7 +49,14 @@ def artist_vectors(artists: ArtistSet, space: Space, *, center: bool = True) -> 
         rows += mine
         sizes.append(len(mine))
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    return ArtistVectors(normalize(matrix[rows]), offsets, center)
+    return ArtistVectors(_unit_rows(matrix[rows]), offsets, center)
+
+
+def _unit_rows(matrix: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    from sklearn.preprocessing import normalize  # here, not at the top: the CLI starts without sklearn/scipy
+
+    return normalize(matrix)
 
 
 def similarity_matrix(vectors: ArtistVectors, method: str = "mean") -> np.ndarray:

@@ -10,7 +10,6 @@ import numpy as np
 from mess.audio.tags import read_tags
 from mess.constants import FUSED
 from mess.extract.embed import embed_file
-from mess.fusion.apply import fuse_query
 from mess.fusion.data import FusionError
 from mess.models.registry import ModelError, load_model
 from mess.search.query import TrackQuery, collection_query
@@ -68,6 +67,8 @@ def external_query(store: FeatureStore, run: Run, label: str, content_hash: str,
     raw = tuple(np.asarray(v, dtype=np.float32) for v in layers)
     fused = None
     if store.derived_meta(run, FUSED) is not None:
+        from mess.fusion.apply import fuse_query  # here, not at the top: plain queries start without torch
+
         try:
             fused = fuse_query(store, run, raw)
         except FusionError as exc:

@@ -21,8 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import ndtr
-from scipy.stats import skew
 
 METHODS = ("csls", "mp")
 KnnFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
@@ -47,6 +45,8 @@ def k_occurrence(neighbours: np.ndarray, n: int) -> np.ndarray:
 
 def hubness_stats(neighbours: np.ndarray, n: int) -> HubnessStats:
     """Skewness of N_k, fraction of anti-hubs (N_k = 0) and share of k-NN slots taken by the top 1%."""
+    from scipy.stats import skew  # here, not at the top: `mess similar` starts without scipy.stats
+
     occ = k_occurrence(neighbours, n)
     top = np.sort(occ)[::-1][: max(1, n // 100)]
     slots = max(int(occ.sum()), 1)
@@ -62,6 +62,8 @@ def csls(sim: np.ndarray, r_query: np.ndarray, r_items: np.ndarray) -> np.ndarra
 def mutual_proximity(sim: np.ndarray, mu_q: np.ndarray, sd_q: np.ndarray, mu_x: np.ndarray,
                      sd_x: np.ndarray) -> np.ndarray:
     """Gaussian mutual proximity [q, m] from cosine similarities and per-track distance mean/std."""
+    from scipy.special import ndtr
+
     d = 1.0 - sim
     sf_q = ndtr((mu_q[:, None] - d) / sd_q[:, None])
     sf_x = ndtr((mu_x[None, :] - d) / sd_x[None, :])

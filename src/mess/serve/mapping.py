@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.decomposition import PCA
 
 from mess.search.vectors import VectorSet
+
+if TYPE_CHECKING:
+    from sklearn.decomposition import PCA
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,8 @@ class CollectionMap:
 
 def collection_map(vectors: VectorSet) -> CollectionMap:
     """PCA to 2-D of a vector set's unit vectors (the caller caches it by ``vectors.fingerprint``)."""
+    from sklearn.decomposition import PCA  # here, not at the top: the server starts without sklearn
+
     unit = vectors.unit()
     if len(unit) < 3:
         return CollectionMap(vectors.ids.copy(), np.zeros((len(unit), 2), np.float32), (0.0, 0.0), None, np.ones(2))
