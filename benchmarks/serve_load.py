@@ -40,6 +40,7 @@ import numpy as np
 import psutil
 
 from mess.audio.windows import WindowPolicy
+from mess.extract.runs import run_key
 from mess.models.base import ModelInfo
 from mess.search.query import resolve_query, similar_tracks
 from mess.store import FeatureStore, TrackVectors
@@ -51,7 +52,8 @@ def synthetic_store(root: Path, n: int, seed: int = 0) -> None:
     """A store of n tracks by 50 artists whose vectors cluster by artist (more in later layers)."""
     rng = np.random.default_rng(seed)
     store = FeatureStore(root)
-    run = store.ensure_run(ModelInfo("synthetic", "r1", 16000, LAYERS, (DIM,) * len(LAYERS)), WindowPolicy())
+    info = ModelInfo("synthetic", "r1", 16000, LAYERS, (DIM,) * len(LAYERS))
+    run = store.ensure_run(run_key(info, WindowPolicy()))
     centres = rng.standard_normal((len(LAYERS), ARTISTS, DIM)).astype(np.float32)
     batch = []
     for i in range(n):

@@ -15,6 +15,7 @@ from mess.audio.windows import WindowPolicy
 from mess.cli.common import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, console, emit_json, fail, open_store, plain
 from mess.extract.pipeline import ExtractSummary, extract
 from mess.extract.prepare import planned_seconds
+from mess.extract.runs import run_policy
 from mess.models.base import EmbeddingModel
 from mess.models.registry import ModelError, load_model
 from mess.store import FeatureStore
@@ -227,7 +228,7 @@ def store_summary(fs: FeatureStore) -> dict:
                 "id": run.id,
                 "model": run.model,
                 "revision": run.revision,
-                "window_seconds": run.policy.window_seconds,
+                "window_seconds": run_policy(run).window_seconds,
                 "layers": len(run.layer_names),
                 "tracks": len(fs.tracks(run)),
                 "failures": [{"path": p, "reason": r} for p, r in fs.failures(run)],

@@ -25,8 +25,6 @@ from typing import TypeVar
 
 import numpy as np
 
-from mess.audio.windows import WindowPolicy
-from mess.models.base import ModelInfo
 from mess.store.arrays import RowFile
 from mess.store.catalog import connect
 from mess.store.lock import StoreLock
@@ -80,13 +78,33 @@ class Track:
 
 
 @dataclass(frozen=True)
+class RunKey:
+    """What a run's vectors come from, as plain data (the store knows no model or audio types).
+
+    ``model``, ``revision`` and ``policy`` (the window policy's canonical JSON, see
+    ``mess.audio.windows.WindowPolicy.to_json``) identify the run; the rest describes its
+    vectors. The extract layer builds it from a model and a policy (``mess.extract.runs.run_key``).
+    """
+
+    model: str
+    revision: str
+    policy: str
+    sample_rate: int
+    layer_names: tuple[str, ...]
+    layer_dims: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Run:
-    """A (model, revision, window policy) combination whose vectors live in the store."""
+    """A (model, revision, window policy) combination whose vectors live in the store.
+
+    ``policy`` is the window policy's canonical JSON, as stored (``WindowPolicy.from_json`` reads it).
+    """
 
     id: int
     model: str
     revision: str
-    policy: WindowPolicy
+    policy: str
     sample_rate: int
     layer_names: tuple[str, ...]
     layer_dims: tuple[int, ...]
@@ -354,24 +372,24 @@ class FeatureStore:
         return [from_db_path(r[0]) for r in self.db.execute("SELECT path FROM tracks ORDER BY id")]
 
     # ---- runs ---------------------------------------------------------------------
-    def ensure_run(self, info: ModelInfo, policy: WindowPolicy) -> Run:
-        """Get or create the run for this model, revision and window policy."""
+    def ensure_run(self, key: RunKey) -> Run:
+        """Get or create the run of this model, revision and window policy."""
         with self._write():
             self.db.execute(
                 "INSERT OR IGNORE INTO runs (model, revision, policy, sample_rate, layer_names, layer_dims, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
-                    info.name,
-                    info.revision,
-                    policy.to_json(),
-                    info.sample_rate,
-                    json.dumps(info.layer_names),
-                    json.dumps(info.layer_dims),
+                    key.model,
+                    key.revision,
+                    key.policy,
+                    key.sample_rate,
+                    json.dumps(list(key.layer_names)),
+                    json.dumps(list(key.layer_dims)),
                     time.time(),
                 ),
             )
         row = self.db.execute(
-            "SELECT * FROM runs WHERE model=? AND revision=? AND policy=?", (info.name, info.revision, policy.to_json())
+            "SELECT * FROM runs WHERE model=? AND revision=? AND policy=?", (key.model, key.revision, key.policy)
         ).fetchone()
         return self._run(row)
 
@@ -407,7 +425,7 @@ class FeatureStore:
             id=row["id"],
             model=row["model"],
             revision=row["revision"],
-            policy=WindowPolicy.from_json(row["policy"]),
+            policy=row["policy"],
             sample_rate=row["sample_rate"],
             layer_names=tuple(json.loads(row["layer_names"])),
             layer_dims=tuple(json.loads(row["layer_dims"])),
