@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
 
 from fastapi import HTTPException, Request
 
@@ -16,12 +14,13 @@ from mess.serve.uploads import EmbedWorker
 from mess.store import FeatureStore, Run, StoreError, Track
 from mess.store.config import model_key
 
-T = TypeVar("T")
-
 
 @dataclass
 class ServeState:
-    """The open store plus server settings; hold ``lock`` while touching the store or search caches."""
+    """The open store plus server settings; hold ``lock`` while touching the store.
+
+    Derived data (vector sets, indexes, maps) is memoised by the store (:meth:`FeatureStore.cached`).
+    """
 
     store: FeatureStore
     default_model: str
@@ -29,7 +28,6 @@ class ServeState:
     max_upload_bytes: int
     worker: EmbedWorker
     lock: threading.RLock = field(default_factory=threading.RLock)
-    cache: dict[tuple, Any] = field(default_factory=dict)
 
     def run(self, model: str | None) -> Run:
         """The latest run of ``model`` (the server's default model when None); 404 when absent."""
@@ -46,14 +44,6 @@ class ServeState:
             return self.store.track(int(track_id))
         except StoreError:
             raise HTTPException(404, f"unknown track id {track_id}") from None
-
-    def cached(self, key: tuple, make: Callable[[], T]) -> T:
-        """A per-server memo of derived data such as maps (cleared when it grows past 64 entries)."""
-        if key not in self.cache:
-            if len(self.cache) >= 64:
-                self.cache.clear()
-            self.cache[key] = make()
-        return self.cache[key]
 
 
 def get_state(request: Request) -> ServeState:

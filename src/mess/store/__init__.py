@@ -8,6 +8,7 @@ from mess.store.feature_store import (
     StoreDamaged,
     StoreError,
     Track,
+    TrackList,
     TrackVectors,
 )
 from mess.store.lock import StoreBusy
@@ -21,5 +22,6 @@ __all__ = [
     "StoreDamaged",
     "StoreError",
     "Track",
+    "TrackList",
     "TrackVectors",
 ]
