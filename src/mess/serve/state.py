@@ -6,6 +6,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import faiss
 from fastapi import HTTPException, Request
 
 from mess.search.query import Neighbour
@@ -13,6 +14,33 @@ from mess.search.vectors import FUSED, VectorSpec, has_learned_head
 from mess.serve.uploads import EmbedWorker
 from mess.store import FeatureStore, Run, StoreError, Track
 from mess.store.config import model_key
+
+
+class RequestLock:
+    """The lock request handlers hold while they touch the store; it also gives each thread holding it one
+    faiss (OpenMP) thread, set once per thread.
+
+    Requests search one query at a time, where OpenMP's threads cost more than they save (3.2x the p50
+    latency of one flat search over 100k vectors with 2 threads on a loaded 2-core machine,
+    ``benchmarks/search_threads.py``). OpenMP thread counts belong to the calling thread, so the server,
+    which owns its request threads, sets it in each; the search library never changes it.
+    """
+
+    def __init__(self) -> None:
+        """An unlocked re-entrant lock."""
+        self._lock = threading.RLock()
+        self._local = threading.local()
+
+    def __enter__(self) -> None:
+        """Take the lock; the first time in this thread, limit faiss to one OpenMP thread here."""
+        self._lock.acquire()
+        if not getattr(self._local, "one_thread", False):
+            faiss.omp_set_num_threads(1)
+            self._local.one_thread = True
+
+    def __exit__(self, *exc: object) -> None:
+        """Release the lock."""
+        self._lock.release()
 
 
 @dataclass
@@ -27,7 +55,7 @@ class ServeState:
     allow_indexing: bool
     max_upload_bytes: int
     worker: EmbedWorker
-    lock: threading.RLock = field(default_factory=threading.RLock)
+    lock: RequestLock = field(default_factory=RequestLock)
 
     def run(self, model: str | None) -> Run:
         """The latest run of ``model`` (the server's default model when None); 404 when absent."""
