@@ -175,3 +175,14 @@ def test_threads_loading_one_vector_set_get_the_same_correct_one(toy: tuple[Feat
     assert len(results) == 6 and all(r is results[0] for r in results)
     np.testing.assert_array_equal(results[0].ids, ids)
     np.testing.assert_array_equal(results[0].raw, mat)
+
+
+def test_values_of_different_track_lists_at_one_version_are_kept_apart(toy: tuple[FeatureStore, Run]) -> None:
+    store, run = toy
+    other = store.ensure_run(RunKey("toy", "r1", '{"window_seconds": 5.0}', 16000, ("a", "b"), (8, 4)))
+    layers = [np.ones(d, dtype=np.float32) for d in KEY.layer_dims]
+    store.write_vectors(other, [TrackVectors("h0", layers, [v[None] for v in layers], [0.0])])
+    assert set(track_by_id(store.tracks(run))) == {1, 2, 3, 4, 5, 6}
+    assert set(track_by_id(store.tracks(other))) == {1}  # same catalog version, another list
+    assert load_vectors(store, other, VectorSpec("all")).ids.tolist() == [1]
+    assert len(load_vectors(store, run, VectorSpec("all")).ids) == 6

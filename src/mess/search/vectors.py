@@ -209,7 +209,7 @@ def from_tracks(tracks: Sequence[Track], name: Hashable, make: Callable[[Sequenc
     """
     if not isinstance(tracks, TrackList):
         return make(tracks)
-    return MEMO.get(tracks.scope, tracks.version, ("from-tracks", name), lambda: make(tracks))
+    return MEMO.get(tracks.scope, tracks.version, (tracks.query, name), lambda: make(tracks))
 
 
 def track_by_id(tracks: Sequence[Track]) -> dict[int, Track]:

@@ -130,11 +130,14 @@ class TrackList(tuple[Track, ...]):
 
     scope: tuple[str, int]
     version: tuple[int, int]
+    query: Hashable
 
-    def __new__(cls, tracks: Iterable[Track], scope: tuple[str, int], version: tuple[int, int]) -> TrackList:
-        """The tracks, with the store connection (``scope``) and catalog version they were read at."""
+    def __new__(cls, tracks: Iterable[Track], scope: tuple[str, int], version: tuple[int, int],
+                query: Hashable) -> TrackList:
+        """The tracks, with the store connection (``scope``) and catalog version they were read at, and
+        which tracks they are (``query``: the run and artist asked for)."""
         self = super().__new__(cls, tracks)
-        self.scope, self.version = scope, version
+        self.scope, self.version, self.query = scope, version, query
         return self
 
     def __reduce__(self) -> tuple[type, tuple[tuple[Track, ...]]]:
@@ -290,7 +293,7 @@ class FeatureStore:
         if tracks is None:
             return MEMO.get(self._scope, self.version(), key, make)
         if isinstance(tracks, TrackList) and tracks.scope == self._scope:
-            return MEMO.get(self._scope, tracks.version, key, make)
+            return MEMO.get(self._scope, tracks.version, (tracks.query, key), make)
         return make()
 
     @property
@@ -353,9 +356,9 @@ class FeatureStore:
         catalog version it was read at, so values derived from it can be memoised (see
         :meth:`cached`).
         """
-        version = self.version()
-        return MEMO.get(self._scope, version, ("tracks", None if run is None else run.id, artist),
-                        lambda: TrackList(self._read_tracks(run, artist), self._scope, version))
+        version, query = self.version(), ("tracks", None if run is None else run.id, artist)
+        return MEMO.get(self._scope, version, query,
+                        lambda: TrackList(self._read_tracks(run, artist), self._scope, version, query))
 
     def _read_tracks(self, run: Run | None, artist: str | None) -> tuple[Track, ...]:
         sql = f"SELECT {', '.join('t.' + c.strip() for c in _TRACK_COLS.split(','))} FROM tracks t"
