@@ -12,6 +12,9 @@ each artist's scene-mates. Reports, all measured in this run:
   plus the random baseline; and the learned hybrid vs audio alone on held-out artists.
 * Peak memory (ru_maxrss).
 
+Every timing, ours and the naive baselines alike, is the best of ``--repeat`` runs (3)
+of the same call on the same data, so both sides are warm.
+
     python benchmarks/artists.py
     python benchmarks/artists.py --artists 5000 --tracks 5 --dim 768
 """
@@ -19,6 +22,7 @@ each artist's scene-mates. Reports, all measured in this run:
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import time
 
@@ -82,7 +86,8 @@ def naive_separation(vectors: ArtistVectors) -> float:
     return float((cos[same].mean() - cos[diff].mean()) / cos[diff].std())
 
 
-def timed(fn, *args, repeat: int = 1):
+def timed(fn, *args, repeat: int):
+    """Best wall time of ``repeat`` calls, and the last call's result."""
     best, result = np.inf, None
     for _ in range(repeat):
         start = time.perf_counter()
@@ -98,19 +103,21 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--naive-artists", type=int, default=300)
     parser.add_argument("--hybrid-artists", type=int, default=400)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per timing, best kept (both sides)")
     args = parser.parse_args()
-    print(f"artists={args.artists} tracks/artist={args.tracks} dim={args.dim}")
+    print(f"artists={args.artists} tracks/artist={args.tracks} dim={args.dim}; every time is the best of "
+          f"{args.repeat} runs; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
     artists, space, scenes = collection(args.naive_artists, args.tracks, args.dim)
     vectors = artist_vectors(artists, space, center=True)
-    t_naive, slow = timed(naive_chamfer, vectors)
-    t_ours, fast = timed(chamfer_matrix, vectors.vectors, vectors.offsets, repeat=3)
+    t_naive, slow = timed(naive_chamfer, vectors, repeat=args.repeat)
+    t_ours, fast = timed(chamfer_matrix, vectors.vectors, vectors.offsets, repeat=args.repeat)
     print(
         f"chamfer matrix, {args.naive_artists} artists: ours {t_ours * 1e3:.1f} ms, per-pair loop "
         f"{t_naive * 1e3:.0f} ms -> {t_naive / t_ours:.0f}x faster, max |diff| {np.abs(fast - slow).max():.1e}"
     )
-    t_naive, d_slow = timed(naive_separation, vectors)
-    t_ours, d_fast = timed(separation, vectors, repeat=3)
+    t_naive, d_slow = timed(naive_separation, vectors, repeat=args.repeat)
+    t_ours, d_fast = timed(separation, vectors, repeat=args.repeat)
     print(
         f"separation, {len(vectors.vectors)} tracks: Gram moments {t_ours * 1e3:.1f} ms, all pairs "
         f"{t_naive * 1e3:.0f} ms -> {t_naive / t_ours:.1f}x, |diff| {abs(d_fast.effect - d_slow):.1e}"
@@ -118,15 +125,15 @@ def main() -> None:
 
     artists, space, scenes = collection(args.artists, args.tracks, args.dim)
     vectors = artist_vectors(artists, space, center=True)
-    t_full, full = timed(chamfer_matrix, vectors.vectors, vectors.offsets)
-    t_row, row = timed(chamfer_row, vectors.vectors, vectors.offsets, 0, repeat=5)
-    t_mean, _ = timed(similarity_matrix, vectors, "mean", repeat=3)
+    t_full, full = timed(chamfer_matrix, vectors.vectors, vectors.offsets, repeat=args.repeat)
+    t_row, row = timed(chamfer_row, vectors.vectors, vectors.offsets, 0, repeat=args.repeat)
+    t_mean, _ = timed(similarity_matrix, vectors, "mean", repeat=args.repeat)
     print(
         f"{args.artists} artists: chamfer matrix {t_full:.2f} s, one chamfer row {t_row * 1e3:.1f} ms "
         f"({t_full / t_row:.0f}x less than the matrix, max |diff| {np.abs(full[0] - row).max():.1e}), "
         f"mean matrix {t_mean * 1e3:.0f} ms"
     )
-    t_sep, _ = timed(separation, vectors)
+    t_sep, _ = timed(separation, vectors, repeat=args.repeat)
     print(f"separation on {len(vectors.vectors)} tracks: {t_sep * 1e3:.0f} ms")
 
     matched = {q: [int(j) for j in np.flatnonzero(scenes == scenes[q]) if j != q] for q in range(args.artists)}
@@ -148,12 +155,14 @@ def main() -> None:
     artists, space, scenes = collection(args.hybrid_artists, args.tracks, args.dim, seed=1)
     matched = {q: [int(j) for j in np.flatnonzero(scenes == scenes[q]) if j != q] for q in range(args.hybrid_artists)}
     audio = similarity_matrix(artist_vectors(artists, space, center=True), "mean")
-    t_fit, fit = timed(lambda: fit_hybrid(components(audio, artists), matched, k=10, test_fraction=0.3))
+    t_fit, fit = timed(lambda: fit_hybrid(components(audio, artists), matched, k=10, test_fraction=0.3),
+                       repeat=args.repeat)
     print(
         f"hybrid on {args.hybrid_artists} artists (genre tags right half the time), learned in {t_fit:.1f} s: "
         f"weights {fit.weights}; held-out nDCG@10 hybrid {fit.test['hybrid'].ndcg:.3f} vs audio "
         f"{fit.test['audio'].ndcg:.3f}, genre {fit.test['genre'].ndcg:.3f}, equal weights {fit.test['equal'].ndcg:.3f}"
     )
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     print(f"peak memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

@@ -25,13 +25,15 @@ import numpy as np
 from mess.audio.windows import WindowPolicy
 from mess.datasets.soundtracks import fetch_soundtracks
 from mess.extract.runs import run_policy
+from mess.search.expansion import EXPAND_ALPHA, EXPAND_K, expand_collection
 from mess.search.metrics import average_precision, ndcg_at_k, precision_at_k, ranked_relevance
 from mess.search.segments import chamfer_rows, group_windows
 from mess.search.vectors import Preprocessor
 from mess.store import FeatureStore, Run
 
 CACHE = Path.home() / ".cache" / "mess-bench"
-MODELS = ("musicnn-msd", "musicnn-mtt", "dsp")
+MODELS = ("musicnn-msd", "musicnn-mtt", "musicnn-vgg-msd", "musicnn-vgg-mtt", "dsp")
+EXPANSIONS = ((1, 3.0), (2, 3.0), (3, 3.0), (5, 3.0), (8, 3.0), (3, 1.0), (5, 1.0))  # (k, alpha) for LOGO
 BOOT = 2000
 WINDOW_COUNTS = (1, 2, 3, 4, 8, 16)
 PLACEMENTS = ("start", "middle", "spread")
@@ -106,10 +108,12 @@ def unit_vectors(blocks: list[np.ndarray], norm: str = "center") -> np.ndarray:
     return Preprocessor.fit(raw, [b.shape[1] for b in blocks], norm).apply(raw)  # type: ignore[arg-type]
 
 
-def mean_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: str = "center") -> Sim:
-    """Cosine of track vectors over the chosen (backend, layer) blocks, each block equally weighted."""
+def mean_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: str = "center", expand: int = 0,
+             alpha: float = EXPAND_ALPHA) -> Sim:
+    """Cosine of track vectors over the chosen (backend, layer) blocks, each block equally weighted; with
+    ``expand`` > 0, of each query expanded with its nearest tracks (the library's alpha-QE) against the tracks."""
     x = unit_vectors([backends[b].tracks[layer] for b, layer in layers], norm)
-    return x @ x.T
+    return expand_collection(x, expand, alpha) @ x.T
 
 
 def segment_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: str = "center") -> Sim:
@@ -261,22 +265,28 @@ def recipes(backends: dict[str, Backend]) -> dict[str, Callable[[], Sim]]:
         d = order.index("dsp")
         out["dsp, all layers"] = lambda: mean_sim(bs, all_layers(bs, d))
         out["dsp, all layers, zscore"] = lambda: mean_sim(bs, all_layers(bs, d), "zscore")
-    for model in ("musicnn-msd", "musicnn-mtt"):
-        if model not in backends:
-            continue
-        m, short = order.index(model), model.split("-")[1]
-        out[f"{short} penultimate"] = lambda m=m: mean_sim(bs, [(m, "penultimate")])
-        out[f"{short} mean_pool"] = lambda m=m: mean_sim(bs, [(m, "mean_pool")])
+    musicnn = [m for m in order if m.startswith("musicnn")]
+    for model in musicnn:
+        m, short = order.index(model), model.removeprefix("musicnn-")
+        last = "penultimate" if "penultimate" in backends[model].layers else backends[model].layers[-2]
+        out[f"{short} {last}"] = lambda m=m, last=last: mean_sim(bs, [(m, last)])
+        if "mean_pool" in backends[model].layers:
+            out[f"{short} mean_pool"] = lambda m=m: mean_sim(bs, [(m, "mean_pool")])
         out[f"{short} all layers"] = lambda m=m: mean_sim(bs, all_layers(bs, m))
         out[f"{short} all layers, zscore"] = lambda m=m: mean_sim(bs, all_layers(bs, m), "zscore")
-        out[f"{short} all layers, segments"] = lambda m=m: segment_sim(bs, all_layers(bs, m))
-        out[f"{short} mean_pool, segments"] = lambda m=m: segment_sim(bs, [(m, "mean_pool")])
-    if "musicnn-msd" in backends and "musicnn-mtt" in backends:
-        pair = (order.index("musicnn-msd"), order.index("musicnn-mtt"))
-        out["msd+mtt all layers"] = lambda: mean_sim(bs, all_layers(bs, *pair))
-        out["msd+mtt all layers, zscore"] = lambda: mean_sim(bs, all_layers(bs, *pair), "zscore")
-        out["msd+mtt, segments avg"] = lambda: (segment_sim(bs, all_layers(bs, pair[0]))
-                                                + segment_sim(bs, all_layers(bs, pair[1]))) / 2
+        out[f"{short} all layers, zscore, expanded"] = lambda m=m: mean_sim(bs, all_layers(bs, m), "zscore", EXPAND_K)
+        if model in ("musicnn-msd", "musicnn-mtt"):
+            out[f"{short} all layers, segments"] = lambda m=m: segment_sim(bs, all_layers(bs, m))
+    combos = {"msd+mtt": [m for m in ("musicnn-msd", "musicnn-mtt") if m in backends]}
+    if len(musicnn) > 2:
+        combos["4 musicnn backends"] = musicnn
+    for name, models in combos.items():
+        if len(models) < 2:
+            continue
+        idx = [order.index(m) for m in models]
+        out[f"{name} all layers, zscore"] = lambda idx=idx: mean_sim(bs, all_layers(bs, *idx), "zscore")
+        out[f"{name} all layers, zscore, expanded"] = lambda idx=idx: mean_sim(bs, all_layers(bs, *idx), "zscore",
+                                                                               EXPAND_K)
     return out
 
 
@@ -329,11 +339,20 @@ def report(backends: dict[str, Backend], labels: np.ndarray, durations: np.ndarr
         print(row("msd, one layer chosen by LOGO", q))
         print(f"  picks: {' '.join(picks)}")
         scores["msd, one layer chosen by LOGO"] = q
+    if "musicnn-msd" in backends:
+        b = list(backends).index("musicnn-msd")
+        bs = list(backends.values())
+        layers = all_layers(bs, b)
+        settings = {f"k{k} a{a:g}": mean_sim(bs, layers, "zscore", k, a) for k, a in EXPANSIONS}
+        q, picks = logo({"none": mean_sim(bs, layers, "zscore"), **settings}, labels)
+        print(row("msd all layers, zscore, expansion chosen by LOGO", q))
+        print(f"  picks: {' '.join(picks)}")
+        scores["msd all layers, zscore, expansion chosen by LOGO"] = q
     q, picks = logo(sims, labels)
     print(row("recipe chosen by LOGO among the rows above", q))
     print(f"  picks: {' '.join(picks)}")
     scores["recipe chosen by LOGO"] = q
-    base = {n: scores[n] for n in ("msd penultimate", "dsp, all layers") if n in scores}
+    base = {n: scores[n] for n in ("msd penultimate", "dsp, all layers", "msd all layers") if n in scores}
     print("\nmAP ratios, paired bootstrap 95% interval over queries:")
     for name in [n for n in scores if n not in base]:
         print(f"  {name}: " + ", ".join(

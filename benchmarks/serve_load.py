@@ -3,7 +3,8 @@
 Starts the server (uvicorn, 127.0.0.1, a free port) in a subprocess over a store,
 then measures for ``--seconds`` each, in the same run:
 
-1. the search library called in-process (no HTTP): the floor an HTTP request cannot beat;
+1. the search library called in-process (no HTTP), with one BLAS thread as the server
+   answers requests: the floor an HTTP request cannot beat;
 2. HTTP with one request in flight (a single sequential client);
 3. HTTP with ``--concurrency`` requests in flight (httpx.AsyncClient).
 
@@ -12,10 +13,14 @@ alternating all layers / one layer and exclude-same-artist on and off. Reports r
 p50/p99 latency, errors (a transport error, a status other than 200 or an empty result
 list; the script exits 1 on any),
 the concurrent/sequential throughput ratio, the HTTP overhead over the library, and
-the server's peak RSS. Without ``--store`` it builds a synthetic store (clustered
-vectors, 4 layers x 128 dims, 50 artists).
+the server's peak RSS. Without ``--store`` it builds a synthetic store (vectors clustered
+by 50 artists) in a real model's shape, read from that model's ``ModelInfo``: ``--shape
+musicnn-msd`` (its 9 layers of 50-753 dims; the wheel's weights are loaded for the info)
+or ``mert-v1-95m`` (a MertModel on a HubertConfig of MERT-v1-95M's shape, random
+weights, as in benchmarks/gpu_extract.py: 13 hidden states x 768).
 
-    python benchmarks/serve_load.py                           # 5,000 synthetic tracks, 10 s per phase
+    python benchmarks/serve_load.py                           # 5,000 synthetic musicnn-msd-shaped tracks
+    python benchmarks/serve_load.py --shape mert-v1-95m
     python benchmarks/serve_load.py --tracks 50000 --concurrency 32
     python benchmarks/serve_load.py --store ~/.mess --model musicnn-msd
 """
@@ -38,23 +43,42 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
+from threadpoolctl import threadpool_limits
 
 from mess.audio.windows import WindowPolicy
 from mess.extract.runs import run_key
 from mess.models.base import ModelInfo
-from mess.search.query import resolve_query, similar_tracks
+from mess.models.registry import load_model
+from mess.query import resolve_query
+from mess.search.query import similar_tracks
 from mess.store import FeatureStore, TrackVectors
 
-LAYERS, DIM, ARTISTS = ("l0", "l1", "l2", "l3"), 128, 50
+ARTISTS = 50
+SHAPES = ("musicnn-msd", "mert-v1-95m")
 
 
-def synthetic_store(root: Path, n: int, seed: int = 0) -> None:
+def model_info(shape: str) -> ModelInfo:
+    """The ModelInfo (layer names and dims) of a real model, renamed "synthetic-<shape>"."""
+    if shape == "mert-v1-95m":
+        from gpu_extract import MERT_95M, SAMPLE_RATE  # benchmarks/gpu_extract.py, next to this script
+        from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+
+        from mess.models.mert import MertModel
+
+        info = MertModel(HubertModel(HubertConfig(**MERT_95M)), Wav2Vec2FeatureExtractor(sampling_rate=SAMPLE_RATE),
+                         shape, "random").info
+    else:
+        info = load_model(shape).info
+    return ModelInfo(f"synthetic-{shape}", "r1", info.sample_rate, info.layer_names, info.layer_dims)
+
+
+def synthetic_store(root: Path, n: int, info: ModelInfo, seed: int = 0) -> None:
     """A store of n tracks by 50 artists whose vectors cluster by artist (more in later layers)."""
     rng = np.random.default_rng(seed)
     store = FeatureStore(root)
-    info = ModelInfo("synthetic", "r1", 16000, LAYERS, (DIM,) * len(LAYERS))
     run = store.ensure_run(run_key(info, WindowPolicy()))
-    centres = rng.standard_normal((len(LAYERS), ARTISTS, DIM)).astype(np.float32)
+    centres = [rng.standard_normal((ARTISTS, dim)).astype(np.float32) for dim in info.layer_dims]
+    weights = np.linspace(0.3, 1.5, len(info.layer_dims))
     batch = []
     for i in range(n):
         artist = i % ARTISTS
@@ -62,8 +86,8 @@ def synthetic_store(root: Path, n: int, seed: int = 0) -> None:
         store.upsert_track(Path(f"/synthetic/{artist}/{i}.flac"), h, 1, 0.0, {"duration": 30.0},
                            {"artist": f"Artist {artist}", "album": f"Album {artist}-{i % 3}", "title": f"Track {i}",
                             "genre": f"genre {artist % 7}", "composer": None})
-        layers = [(w * centres[j, artist] + rng.standard_normal(DIM)).astype(np.float32)
-                  for j, w in enumerate((0.3, 0.6, 1.0, 1.5))]
+        layers = [(w * c[artist] + rng.standard_normal(len(c[artist]))).astype(np.float32)
+                  for c, w in zip(centres, weights, strict=True)]
         batch.append(TrackVectors(h, layers, [v[None] for v in layers], [0.0]))
         if len(batch) == 1000:
             store.write_vectors(run, batch)
@@ -103,18 +127,21 @@ def request_params(rng: random.Random, ids: list[int], layer: str, model: str) -
 
 
 def library_rate(store_path: Path, model: str, ids: list[int], layer: str, seconds: float) -> dict:
-    """The same queries through the search library in this process."""
+    """The same queries through the search library in this process, on one BLAS thread like the server."""
     store = FeatureStore(store_path, readonly=True)
     run = store.run(model)
     rng = random.Random(1)
     times = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        tid, params = request_params(rng, ids, layer, model)
-        t = time.perf_counter()
-        similar_tracks(store, run, resolve_query(store, tid, run), 10, layer=params.get("layer"),
-                       exclude_same_artist=params["exclude_same_artist"] == "true")
-        times.append(time.perf_counter() - t)
+    with threadpool_limits(limits=1, user_api="blas"):
+        for warm in (None, layer):  # the server is warmed up with the same two queries before it is timed
+            similar_tracks(store, run, resolve_query(store, ids[0], run), 10, layer=warm)
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            tid, params = request_params(rng, ids, layer, model)
+            t = time.perf_counter()
+            similar_tracks(store, run, resolve_query(store, tid, run), 10, layer=params.get("layer"),
+                           exclude_same_artist=params["exclude_same_artist"] == "true")
+            times.append(time.perf_counter() - t)
     store.close()
     return summary(times, 0, seconds)
 
@@ -159,6 +186,8 @@ def main() -> None:
     parser.add_argument("--store", type=Path, help="Existing store (default: build a synthetic one).")
     parser.add_argument("--model", help="Model of --store to query (default: the server's default).")
     parser.add_argument("--tracks", type=int, default=5000, help="Synthetic collection size.")
+    parser.add_argument("--shape", choices=SHAPES, default="musicnn-msd", help="Model whose layers the synthetic "
+                        "store copies.")
     parser.add_argument("--seconds", type=float, default=10.0, help="Duration of each phase.")
     parser.add_argument("--concurrency", type=int, default=16, help="Requests in flight in the concurrent phase.")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
@@ -168,10 +197,11 @@ def main() -> None:
         store_path = args.store
         if store_path is None:
             store_path = Path(tmp) / "store"
+            info = model_info(args.shape)
             t = time.perf_counter()
-            synthetic_store(store_path, args.tracks)
-            print(f"synthetic store: {args.tracks} tracks, {len(LAYERS)} layers x {DIM} dims "
-                  f"({time.perf_counter() - t:.1f} s)")
+            synthetic_store(store_path, args.tracks, info)
+            print(f"synthetic store: {args.tracks} tracks, {args.shape}'s {len(info.layer_dims)} layers, dims "
+                  f"{', '.join(map(str, info.layer_dims))} ({time.perf_counter() - t:.1f} s)")
         port = free_port()
         server = start_server(store_path, args.model, port)
         base = f"http://127.0.0.1:{port}"
@@ -195,7 +225,8 @@ def main() -> None:
             for params in ({"k": 10, "model": model}, {"k": 10, "model": model, "layer": layer}):
                 httpx.get(f"{base}/api/tracks/{ids[0]}/similar", params=params, timeout=120).raise_for_status()
             print(f"{health['tracks']} tracks, model {model}, queries on all layers / layer {layer}, k=10, "
-                  f"{args.seconds:g} s per phase, {psutil.cpu_count()} CPUs")
+                  f"{args.seconds:g} s per phase, {psutil.cpu_count()} CPUs, load average "
+                  f"{psutil.getloadavg()[0]:.1f}")
             library = library_rate(store_path, model, ids, layer, args.seconds)
             sequential = asyncio.run(http_load(base, model, ids, layer, args.seconds, 1))
             concurrent = asyncio.run(http_load(base, model, ids, layer, args.seconds, args.concurrency))
@@ -216,6 +247,7 @@ def main() -> None:
         print(f"{name:<22}{r['per_s']:>9}{r['p50_ms']:>9}{r['p99_ms']:>9}{r['errors']:>8}")
     print(f"concurrent / sequential throughput: {results['concurrent_over_sequential']}x; "
           f"HTTP p50 / library p50: {results['http_overhead_p50']}x")
+    print(f"load average at the end: {psutil.getloadavg()[0]:.1f}")
     print(f"peak RSS: server {results['server_peak_rss_mib']} MiB, "
           f"benchmark client {results['client_peak_rss_mib']} MiB")
     if args.json:

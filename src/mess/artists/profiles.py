@@ -11,7 +11,8 @@ from functools import cached_property
 import numpy as np
 
 from mess.artists.credits import main_artist, normalize_name
-from mess.search.vectors import FUSED, from_tracks
+from mess.constants import FUSED
+from mess.search.vectors import from_tracks
 from mess.store import FeatureStore, Run, Track
 
 DEFAULT_MAX_TRACKS = 5

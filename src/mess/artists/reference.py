@@ -74,6 +74,10 @@ class Coverage:
         """Share of listed artists found in the collection."""
         return self.listed_found / self.listed_artists if self.listed_artists else 0.0
 
+    def to_dict(self) -> dict:
+        """JSON-ready form, with both fractions."""
+        return {**vars(self), "query_fraction": self.query_fraction, "listed_fraction": self.listed_fraction}
+
 
 def match_reference(reference: dict[str, list[str]], artists: ArtistSet,
                     missing_shown: int = 10) -> tuple[dict[int, list[int]], Coverage]:

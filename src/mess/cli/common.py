@@ -1,10 +1,9 @@
-"""Shared CLI pieces: the --store option, the console, and clean error exits."""
+"""Shared CLI pieces: the console, JSON output and clean error exits."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,17 +15,11 @@ from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 from typer.models import DefaultPlaceholder
 
-from mess.store import DEFAULT_STORE, FeatureStore
+from mess.store import FeatureStore
 from mess.store.paths import printable
 
 console = Console(stderr=True, soft_wrap=True)  # one message, one line (logs and greps stay whole)
 
-StoreOpt = Annotated[
-    Path,
-    typer.Option("--store", "-s", help="Feature store folder (env MESS_STORE).", envvar="MESS_STORE"),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
-DEFAULT_STORE_PATH = Path(os.environ.get("MESS_STORE", DEFAULT_STORE))
 
 
 def emit_json(data: object) -> None:

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, emit_json, fail, open_store
+from mess.cli.common import console, emit_json, fail, open_store
+from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt
 
 
 def config_command(
@@ -15,7 +16,7 @@ def config_command(
     value: Annotated[str | None, typer.Argument(help="New value (a model extracted into this store).")] = None,
     unset: Annotated[bool, typer.Option("--unset", help="Remove the setting (back to the automatic choice).")] = False,
     store: StoreOpt = DEFAULT_STORE_PATH,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Show the store's settings and the model used by default, or change one setting."""
     from mess.store.config import SETTINGS, ConfigError, model_key, read_config, write_setting

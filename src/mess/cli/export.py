@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, emit_json, open_store
-from mess.cli.search import JsonOpt, ModelOpt
+from mess.cli.common import console, emit_json, open_store
+from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, ModelOpt, StoreOpt
 
 
 def export_command(

@@ -12,50 +12,55 @@ from rich.table import Table
 
 from mess.audio.discover import find_audio
 from mess.audio.windows import WindowPolicy
-from mess.cli.common import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, console, emit_json, fail, open_store, plain
+from mess.cli.common import console, emit_json, fail, open_store, plain
+from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt
 from mess.extract.pipeline import ExtractSummary, extract
 from mess.extract.prepare import planned_seconds
 from mess.extract.runs import run_policy
 from mess.models.base import EmbeddingModel
-from mess.models.registry import ModelError, load_model
+from mess.models.registry import MODEL_NAMES, ModelError, load_model
 from mess.store import FeatureStore
+
+ModelNameOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help=f"{', '.join(MODEL_NAMES)}, a local model folder, an Essentia .onnx file (JSON beside it), "
+        "or a name a plugin registers (entry point group mess.models).",
+    ),
+]
+PresetOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Front end of a .onnx model: discogs-effnet, discogs-effnet-artist, vggish, "
+        "essentia-musicnn-msd (default: from its metadata)."
+    ),
+]
+MaxWindowsOpt = Annotated[int, typer.Option(min=1, help="Most windows per track (long files are sampled evenly).")]
+PrecisionOpt = Annotated[
+    str, typer.Option(help="fp32, or bf16 / fp16 autocast for MERT and musicnn (stored as its own run).")
+]
+WaitOpt = Annotated[
+    bool, typer.Option("--wait/--no-wait", help="Wait for another writer's store lock, or exit 1 at once.")
+]
 
 
 def extract_command(
     folders: Annotated[list[Path], typer.Argument(help="Audio files or folders (wav, flac, mp3, ogg, opus, m4a).")],
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            "-m",
-            help="dsp, musicnn-msd, musicnn-mtt, musicnn-vgg-msd, musicnn-vgg-mtt, mert-v1-95m, mert-v1-330m, "
-            "a local model folder, or an Essentia .onnx file (JSON beside it).",
-        ),
-    ] = "musicnn-msd",
-    preset: Annotated[
-        str | None,
-        typer.Option(
-            help="Front end of a .onnx model: discogs-effnet, discogs-effnet-artist, vggish, "
-            "essentia-musicnn-msd (default: from its metadata)."
-        ),
-    ] = None,
+    model: ModelNameOpt = "musicnn-msd",
+    preset: PresetOpt = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 4,
     workers: Annotated[int, typer.Option(min=1, help="Decoding threads feeding the model.")] = 2,
     window: Annotated[float, typer.Option(help="Full-context window length in seconds.")] = 30.0,
-    max_windows: Annotated[
-        int, typer.Option(min=1, help="Most windows per track (long files are sampled evenly).")
-    ] = 16,
+    max_windows: MaxWindowsOpt = 16,
     prune: Annotated[bool, typer.Option(help="Forget catalogued files under FOLDERS that no longer exist.")] = False,
     engine: Annotated[str, typer.Option(help="local, or ray for a Ray cluster.")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (with --engine ray), e.g. auto.")] = None,
-    precision: Annotated[
-        str, typer.Option(help="fp32, or bf16 / fp16 autocast for MERT and musicnn (stored as its own run).")
-    ] = "fp32",
-    wait: Annotated[
-        bool, typer.Option("--wait/--no-wait", help="Wait for another writer's store lock, or exit 1 at once.")
-    ] = True,
+    precision: PrecisionOpt = "fp32",
+    wait: WaitOpt = True,
 ) -> None:
     """Embed every new or changed audio file; unchanged files are skipped by content hash.
 
@@ -63,26 +68,12 @@ def extract_command(
     but some files failed (each named with its reason; `mess info --failures`), 1 when
     the run could not start or go on (no files, unknown model, store busy or damaged).
     """
-    missing = [str(f) for f in folders if not f.exists()]
-    if missing:
-        fail(f"no such file or folder: {', '.join(missing)}")
-    paths = find_audio(folders)
-    if not paths:
-        fail(f"no audio files (wav, flac, mp3, ogg, opus, m4a) under {', '.join(map(str, folders))}")
-    if device == "cuda" and engine == "local":
-        import torch
-
-        if not torch.cuda.is_available():
-            fail("--device cuda asked for, but no CUDA GPU is visible")
-    from mess.scale.gpu import with_precision
-
+    paths = _audio_files(folders)
+    if engine not in ("local", "ray"):
+        fail(f"unknown engine {engine!r}; use local or ray")
     try:
         policy = WindowPolicy(window_seconds=window, max_windows=max_windows)
-        if preset and engine != "local":
-            raise ValueError("--preset is not passed on to Ray workers; name the .onnx file after its preset")
-        embedder = with_precision(
-            load_model(model, device=device if engine == "local" else "cpu", preset=preset), precision
-        )
+        embedder = _embedder(model, preset, device, engine, precision)
     except (ModelError, ValueError, ImportError) as exc:
         fail(str(exc))
     if embedder.info.licence:
@@ -90,30 +81,50 @@ def extract_command(
     logging.getLogger("mess").setLevel(logging.ERROR)
     with open_store(store, readonly=False) as fs:
         if engine == "ray":
-            from mess.scale.ray_extract import ScaleError, extract_ray
-
-            try:
-                with fs.writing("mess extract --engine ray", wait=wait):
-                    summary = extract_ray(
-                        fs,
-                        paths,
-                        model,
-                        policy,
-                        batch_size=batch_size,
-                        device=device,
-                        address=address,
-                        precision=precision,
-                        info=embedder.info,
-                    )
-            except ScaleError as exc:
-                fail(str(exc))
-        elif engine == "local":
-            summary = _run_local(fs, paths, embedder, policy, batch_size, workers, folders if prune else [], wait)
+            summary = _run_ray(fs, paths, model, embedder, policy, batch_size, device, address, precision, wait)
         else:
-            fail(f"unknown engine {engine!r}; use local or ray")
+            summary = _run_local(fs, paths, embedder, policy, batch_size, workers, folders if prune else [], wait)
         _print_summary(summary, embedder.info.name, store)
     if summary.failed:
         raise typer.Exit(3)
+
+
+def _audio_files(folders: list[Path]) -> list[Path]:
+    """The audio files under ``folders``; a clean error when a folder is missing or holds none."""
+    missing = [str(f) for f in folders if not f.exists()]
+    if missing:
+        fail(f"no such file or folder: {', '.join(missing)}")
+    paths = find_audio(folders)
+    if not paths:
+        fail(f"no audio files (wav, flac, mp3, ogg, opus, m4a) under {', '.join(map(str, folders))}")
+    return paths
+
+
+def _embedder(model: str, preset: str | None, device: str, engine: str, precision: str) -> EmbeddingModel:
+    """The model at the asked precision (on the CPU here when Ray workers do the embedding)."""
+    if device == "cuda" and engine == "local":
+        import torch
+
+        if not torch.cuda.is_available():
+            fail("--device cuda asked for, but no CUDA GPU is visible")
+    from mess.scale.gpu import with_precision
+
+    if preset and engine != "local":
+        raise ValueError("--preset is not passed on to Ray workers; name the .onnx file after its preset")
+    return with_precision(load_model(model, device=device if engine == "local" else "cpu", preset=preset), precision)
+
+
+def _run_ray(fs: FeatureStore, paths: list[Path], model: str, embedder: EmbeddingModel, policy: WindowPolicy,
+             batch_size: int, device: str, address: str | None, precision: str, wait: bool) -> ExtractSummary:
+    """Extract on a Ray cluster under the store's write lock."""
+    from mess.scale.ray_extract import ScaleError, extract_ray
+
+    try:
+        with fs.writing("mess extract --engine ray", wait=wait):
+            return extract_ray(fs, paths, model, policy, batch_size=batch_size, device=device, address=address,
+                               precision=precision, info=embedder.info)
+    except ScaleError as exc:
+        fail(str(exc))
 
 
 def _run_local(

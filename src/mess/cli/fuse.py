@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mess.cli.common import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, console, fail, open_store
+from mess.cli.common import console, emit_json, fail, open_store
+from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, ModelOpt, StoreOpt
+from mess.constants import FUSED, LABEL_FIELDS
 from mess.store import FeatureStore
+
+if TYPE_CHECKING:
+    from mess.fusion.pipeline import Trained
+    from mess.fusion.train import EpochLog, FusionConfig
+    from mess.store import Run
 
 fuse_app = typer.Typer(help="Learn one embedding from all layers of a model (triplet loss on metadata labels).",
                        no_args_is_help=True)
 
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model whose layers to fuse (default: best run, "
-                                              "or the checkpoint's model).")]
 CheckpointOpt = Annotated[Path | None, typer.Option("--checkpoint", help="Checkpoint file (default: "
-                                                    "STORE/fusion/<model>.pt).")]
+                                                    "STORE/fusion/<model>.pt; its model is the default --model).")]
+_COLUMNS = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[status]}"))
 
 
 def _checkpoint(fs: FeatureStore, checkpoint: Path | None, model: str | None) -> Path:
@@ -34,8 +39,8 @@ def _checkpoint(fs: FeatureStore, checkpoint: Path | None, model: str | None) ->
 @fuse_app.command("train")
 def train_command(
     model: ModelOpt = None,
-    label: Annotated[str, typer.Option("--label", help="Metadata that defines 'similar': artist, composer, "
-                                       "album or genre.")] = "artist",
+    label: Annotated[str, typer.Option("--label", help="Metadata that defines 'similar': "
+                                       f"{', '.join(LABEL_FIELDS)}.")] = "artist",
     fusion_dim: Annotated[int, typer.Option(min=2, help="Size of the fused vector.")] = 256,
     gated: Annotated[bool, typer.Option("--gated/--static", help="Condition layer weights on each track "
                                         "(small gating MLP) or learn one weight per layer.")] = False,
@@ -61,67 +66,63 @@ def train_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Train the fusion network on the store's vectors; saves a checkpoint and a JSON training log."""
-    from mess.fusion.data import FusionError, load_layers
-    from mess.fusion.tracking import TrainingLog
-    from mess.fusion.train import FusionConfig, save_checkpoint, train_fusion
+    from mess.fusion.train import FusionConfig
 
-    if mining not in ("semi-hard", "batch-hard"):
-        fail(f"unknown mining {mining!r}; use semi-hard or batch-hard")
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    config = FusionConfig(label=label, fusion_dim=fusion_dim, gated=gated, mining=mining, margin=margin,
-                          weight_epochs=weight_epochs, max_epochs=max_epochs, patience=patience, lr=lr,
-                          weights_lr=weights_lr, labels_per_batch=labels_per_batch,
-                          tracks_per_label=tracks_per_label, val_frac=val_frac, test_frac=test_frac, seed=seed)
+    try:
+        config = FusionConfig(label=label, fusion_dim=fusion_dim, gated=gated, mining=mining, margin=margin,
+                              weight_epochs=weight_epochs, max_epochs=max_epochs, patience=patience, lr=lr,
+                              weights_lr=weights_lr, labels_per_batch=labels_per_batch,
+                              tracks_per_label=tracks_per_label, val_frac=val_frac, test_frac=test_frac, seed=seed)
+    except ValueError as exc:
+        fail(str(exc))
     with open_store(store) as fs:
         run = fs.run(model)
-        path = _checkpoint(fs, checkpoint, run.model)
+        trained = _train(fs, run, config, _checkpoint(fs, checkpoint, run.model), quiet=as_json)
+    if as_json:
+        emit_json(trained.summary)
+        return
+    _print_trained(trained.summary, config)
+
+
+def _train(fs: FeatureStore, run: Run, config: FusionConfig, path: Path, quiet: bool) -> Trained:
+    """Train and save under a progress bar of epochs, loss and validation nDCG."""
+    from mess.fusion.data import FusionError
+    from mess.fusion.pipeline import train_and_save
+
+    with Progress(*_COLUMNS, console=console, disable=quiet) as bar:
+        task = bar.add_task(f"fuse {run.model} by {config.label}", total=config.weight_epochs + config.max_epochs,
+                            status="")
+
+        def on_epoch(e: EpochLog) -> None:
+            val = "-" if e.val_ndcg is None else f"{e.val_ndcg:.3f}"
+            bar.update(task, completed=e.epoch, status=f"loss {e.loss:.4f}  val nDCG@{config.k} {val}")
+
         try:
-            data = load_layers(fs, run)
-            log = TrainingLog(fs.reports_dir / f"fusion-{path.stem}-train.json",
-                              {"model": run.model, "run_id": run.id, **asdict(config)}, fs.root / "mlruns")
-            columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TimeElapsedColumn(), TextColumn("{task.fields[status]}"))
-            with Progress(*columns, console=console, disable=as_json) as bar:
-                task = bar.add_task(f"fuse {run.model} by {label}", total=weight_epochs + max_epochs, status="")
-
-                def on_epoch(epoch_log: object) -> None:
-                    log.epoch(epoch_log)
-                    val = "-" if epoch_log.val_ndcg is None else f"{epoch_log.val_ndcg:.3f}"
-                    bar.update(task, completed=epoch_log.epoch,
-                               status=f"loss {epoch_log.loss:.4f}  val nDCG@{config.k} {val}")
-
-                result = train_fusion(data, config, on_epoch)
-                bar.update(task, total=result.history[-1].epoch)
+            trained = train_and_save(fs, run, config, path, on_epoch)
         except (FusionError, ValueError) as exc:
             fail(str(exc))
-        save_checkpoint(result, path)
-        weights = result.layer_weights(data.x)
-        summary = {"model": run.model, "label": label, "checkpoint": str(path), "log": str(log.path),
-                   "tracks": len(data.tracks), "split": {k: len(v) for k, v in result.split.to_json().items()},
-                   "epochs": result.history[-1].epoch, "best_epoch": result.best_epoch,
-                   "phase2": bool(result.split.val), "stopped_early": result.stopped_early,
-                   "val_ndcg_untrained": result.history[0].val_ndcg,
-                   "val_ndcg_best": result.history[result.best_epoch].val_ndcg,
-                   "data_hash": result.data_hash, "layer_weights": weights}
-        log.finish(summary, [path, path.with_suffix(".json")])
-    if as_json:
-        typer.echo(json.dumps(summary, indent=2))
-        return
+        bar.update(task, total=trained.summary["epochs"])
+    return trained
+
+
+def _print_trained(summary: dict, config: FusionConfig) -> None:
     split = summary["split"]
-    console.print(f"trained on {split['train']} {label} labels ({split['val']} validation, {split['test']} held out) "
-                  f"of {len(data.tracks)} tracks: {summary['epochs']} epochs, best epoch {result.best_epoch}")
-    if result.split.val:
+    console.print(f"trained on {split['train']} {summary['label']} labels ({split['val']} validation, "
+                  f"{split['test']} held out) of {summary['tracks']} tracks: {summary['epochs']} epochs, "
+                  f"best epoch {summary['best_epoch']}")
+    if summary["phase2"]:
         console.print(f"validation nDCG@{config.k}: {summary['val_ndcg_untrained']:.3f} untrained -> "
-                      f"{summary['val_ndcg_best']:.3f}" + (" (stopped early)" if result.stopped_early else ""))
+                      f"{summary['val_ndcg_best']:.3f}" + (" (stopped early)" if summary["stopped_early"] else ""))
     else:
         console.print("[yellow]too few labels for a validation split:[/] only the layer weights were trained "
-                      f"({weight_epochs} epochs), the projection stays the PCA it started from")
-    top = sorted(weights.items(), key=lambda kv: -kv[1])[:5]
+                      f"({config.weight_epochs} epochs), the projection stays the PCA it started from")
+    top = sorted(summary["layer_weights"].items(), key=lambda kv: -kv[1])[:5]
     console.print("top layer weights: " + ", ".join(f"{escape(n)} {w:.2f}" for n, w in top))
-    console.print(f"[dim]{escape(str(path))}[/]  next: mess fuse apply, mess fuse report")
+    console.print(f"[dim]{escape(summary['checkpoint'])}[/]  next: mess fuse apply, mess fuse report")
 
 
 @fuse_app.command("apply")
@@ -149,7 +150,7 @@ def apply_command(
         except FusionError as exc:
             fail(str(exc))
     if as_json:
-        typer.echo(json.dumps(meta, indent=2))
+        emit_json(meta)
         return
     console.print(f"wrote {meta['tracks']} fused vectors ({meta['fusion_dim']}-d, trained on {meta['label']} labels) "
                   f"-> next: mess index --fused")
@@ -184,13 +185,13 @@ def report_command(
         attach_probe(report, fs, run.id)
         write_report(report, fs.reports_dir)
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=2))
+        emit_json(report.to_dict())
         return
     table = Table(title=f"held-out {report.label} labels: {report.n_test_labels} labels, {report.n_test_tracks} tracks")
     for col in ("method", "what", f"P@{k}", "mAP", f"nDCG@{k}"):
         table.add_column(col, justify="left" if col in ("method", "what") else "right")
     for m in report.methods:
-        style = "bold" if m.method == "fused" else None
+        style = "bold" if m.method == FUSED else None
         table.add_row(m.method, escape(m.detail), f"{m.precision:.3f}", f"{m.map:.3f}", f"{m.ndcg:.3f}", style=style)
     console.print(table)
     console.print(report.verdict)

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, emit_json, fail, open_store
-from mess.cli.search import AspectOpt, JsonOpt, ModelOpt
+from mess.cli.common import console, emit_json, fail, open_store
+from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, JsonOpt, ModelOpt, StoreOpt
 
 mpd_app = typer.Typer(help="Play through MPD (Music Player Daemon): radio from the current song, playlists.",
                       no_args_is_help=True)

@@ -9,8 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, emit_json, fail, open_store
-from mess.cli.search import AspectOpt, JsonOpt, ModelOpt
+from mess.cli.common import console, emit_json, fail, open_store
+from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, JsonOpt, ModelOpt, StoreOpt
 
 if TYPE_CHECKING:
     from mess.playlists.playlist import Playlist

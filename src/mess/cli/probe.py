@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -11,7 +9,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, fail, open_store
+from mess.cli.common import console, emit_json, fail, open_store
+from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt
 
 if TYPE_CHECKING:  # the probing stack (scikit-learn, librosa) loads only when a probe command runs
     from mess.probing.report import ProbeReport
@@ -34,7 +33,7 @@ def probe_command(
     seed: Annotated[int, typer.Option(help="Seed for shuffling, fold assignment and random init.")] = 0,
     workers: Annotated[int, typer.Option(min=1, help="Processes for audio targets; layers probed at once.")] = 2,
     device: Annotated[str, typer.Option(help="cpu or cuda (random-init extraction only).")] = "cpu",
-    json_out: Annotated[bool, typer.Option("--json", help="Print the full report as JSON on stdout.")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Probe every layer for every proxy target; store the best layer per aspect for `mess similar --aspect`."""
     from mess.probing.probes import ProbeError
@@ -58,7 +57,7 @@ def probe_command(
         save_aspect_map(fs, run, report)
         paths = write_report(report, fs.reports_dir)
     if json_out:
-        typer.echo(json.dumps({**report.to_dict(), "files": {k: str(v) for k, v in paths.items()}}, indent=2))
+        emit_json({**report.to_dict(), "files": {k: str(v) for k, v in paths.items()}})
         return
     _print_report(report, paths)
 
@@ -142,13 +141,13 @@ def validate_command(
     factor: Annotated[list[str] | None, typer.Option(
         "--factor", "-f", help="instrument, tempo, transpose, velocity; repeatable (default: all).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Processes computing audio targets.")] = 2,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Render pieces with one factor varied and check that probing finds the intended aspect."""
     from mess.datasets.render import RenderError
     from mess.models.registry import ModelError, load_model
     from mess.probing.probes import ProbeError
-    from mess.probing.validation import FACTORS, validate
+    from mess.probing.validation import FACTORS, validate, write_validation
 
     factors = _split(factor) if factor else FACTORS
     try:
@@ -160,15 +159,11 @@ def validate_command(
             results = validate(store / "validation", embedder, factors=factors, n_pieces=pieces, workers=workers)
         except (RenderError, ProbeError) as exc:
             fail(str(exc))
-    payload = {"model": embedder.info.name, "revision": embedder.info.revision, "pieces": pieces,
-               "factors": [r.to_dict() for r in results]}
-    path = store / "reports" / f"probe-validate-{re.sub(r'[^A-Za-z0-9_.-]+', '_', embedder.info.name)}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2))
+    written = write_validation(store / "reports", embedder, pieces, results)
     if json_out:
-        typer.echo(json.dumps({**payload, "file": str(path)}, indent=2))
+        emit_json(written)
         return
-    _print_validation(embedder.info.name, pieces, results, path)
+    _print_validation(embedder.info.name, pieces, results, Path(written["file"]))
 
 
 def _print_validation(model: str, pieces: int, results: list[FactorResult], path: Path) -> None:

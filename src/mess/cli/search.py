@@ -9,22 +9,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from mess.cli.common import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, console, emit_json, fail, open_store
+from mess.cli.common import console, emit_json, fail, open_store
+from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, FusedOpt, JsonOpt, ModelOpt, StoreOpt
+from mess.constants import LABEL_FIELDS
 
 if TYPE_CHECKING:
     from mess.search.evaluate import Evaluation
+    from mess.search.query import Neighbour
 
-ModelOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        "-m",
-        help="Model (or local model folder) whose vectors to use (default: the best extracted; see `mess config`).",
-    ),
-]
+_LABELS = f"{', '.join(LABEL_FIELDS[:-1])} or {LABEL_FIELDS[-1]}"
 LayerOpt = Annotated[str | None, typer.Option("--layer", "-l", help="One layer (name or index, -1 = last).")]
-AspectOpt = Annotated[str | None, typer.Option("--aspect", "-a", help="The layer `mess probe` chose for this aspect.")]
-FusedOpt = Annotated[bool, typer.Option("--fused", help="The fused vectors of `mess fuse`.")]
 LearnedOpt = Annotated[
     bool,
     typer.Option(
@@ -40,6 +34,14 @@ MatchOpt = Annotated[
         "--match",
         help="mean: cosine of track vectors; segments: Chamfer "
         "similarity of the tracks' window vectors (exact, no index).",
+    ),
+]
+ExpandOpt = Annotated[
+    int,
+    typer.Option(
+        "--expand",
+        min=0,
+        help="Query expansion: rank by the query averaged with its N nearest tracks (alpha-QE; 0 = off).",
     ),
 ]
 
@@ -114,6 +116,7 @@ def similar_command(
     ] = None,
     norm: NormOpt = "center",
     match: MatchOpt = "mean",
+    expand: ExpandOpt = 0,
     store: StoreOpt = DEFAULT_STORE_PATH,
     as_json: JsonOpt = False,
 ) -> None:
@@ -129,46 +132,33 @@ def similar_command(
         run = fs.run(model)
         tq = resolve_query(fs, query, run)
         try:
-            results = similar_tracks(
-                fs,
-                run,
-                tq,
-                k,
-                layer=layer,
-                aspect=aspect,
-                fused=fused,
-                exclude_same_artist=exclude_same_artist,
-                hubness=hubness,
-                norm=norm,
-                learned=learned,
-                match=match,
-            )
+            results = similar_tracks(fs, run, tq, k, layer=layer, aspect=aspect, fused=fused,
+                                     exclude_same_artist=exclude_same_artist, hubness=hubness, norm=norm,
+                                     learned=learned, match=match, expand=expand)
         except ValueError as exc:
             fail(str(exc))
         source, _ = aspect_layers(fs, run)
         weak = weak_aspects(fs, run)
-    vectors = vectors_label(layer, aspect, fused, learned)
+    answer = {"query": {"label": tq.label, "id": tq.track.id if tq.track else None, "external": tq.track is None},
+              "model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "norm": norm,
+              "match": match, "hubness": hubness, "expand": expand, "why_source": source,
+              "weak_aspects": weak}
     if as_json:
-        emit_json(
-            {
-                "query": {"label": tq.label, "id": tq.track.id if tq.track else None, "external": tq.track is None},
-                "model": run.model,
-                "vectors": vectors,
-                "norm": norm,
-                "match": match,
-                "hubness": hubness,
-                "why_source": source,
-                "weak_aspects": weak,
-                "encoded_threshold": ENCODED_R2,
-                "results": [n.to_dict() for n in results],
-            }
-        )
+        emit_json({**answer, "encoded_threshold": ENCODED_R2, "results": [n.to_dict() for n in results]})
         return
-    table = Table(title=escape(f"like {tq.label}  [{run.model}, {vectors}]"))
+    _print_similar(answer, results)
+
+
+def _print_similar(answer: dict, results: list[Neighbour]) -> None:
+    """The neighbours as a table with their reasons, then which aspects were too weak to be evidence."""
+    from mess.search.query import ENCODED_R2
+
+    hubness, expand, model, weak = answer["hubness"], answer["expand"], answer["model"], answer["weak_aspects"]
+    table = Table(title=escape(f"like {answer['query']['label']}  [{model}, {answer['vectors']}]"))
     for col, justify in (("#", "right"), ("id", "right"), ("track", "left"), ("score", "right")):
         table.add_column(col, justify=justify)
-    if hubness:
-        table.add_column(hubness, justify="right")
+    if hubness or expand:
+        table.add_column(hubness or "expanded", justify="right")
     table.add_column("why")
     for rank, n in enumerate(results, start=1):
         why = "; ".join(n.reasons_text())
@@ -178,7 +168,7 @@ def similar_command(
             escape(n.track.name) + (" [bold yellow](duplicate)[/]" if n.duplicate else ""),
             f"{n.score:.3f}",
         ]
-        row += [f"{n.adjusted:.3f}"] if hubness else []
+        row += [f"{n.adjusted:.3f}"] if n.adjusted is not None else []
         table.add_row(*row, escape(why))
     console.print(table)
     if weak:
@@ -186,13 +176,13 @@ def similar_command(
             f"[dim]not used as evidence (probe R^2 below {ENCODED_R2}): "
             f"{', '.join(f'{a} {r2:.2f}' for a, r2 in sorted(weak.items(), key=lambda x: -x[1]))}[/]"
         )
-    if source == "layers":
-        console.print(f"[dim]no aspect map for {run.model}: 'why' compares layers; run `mess probe` to name aspects[/]")
+    if answer["why_source"] == "layers":
+        console.print(f"[dim]no aspect map for {model}: 'why' compares layers; run `mess probe` to name aspects[/]")
 
 
 def evaluate_command(
     model: ModelOpt = None,
-    label: Annotated[str, typer.Option("--label", help="Relevance: same artist, album, genre or composer.")] = "artist",
+    label: Annotated[str, typer.Option("--label", help=f"Relevance: same {_LABELS}.")] = "artist",
     labels: Annotated[
         Path | None,
         typer.Option(
@@ -205,6 +195,7 @@ def evaluate_command(
         bool, typer.Option("--compare", help="Also compare euclidean, dot, CSLS and mutual proximity against cosine.")
     ] = False,
     match: MatchOpt = "mean",
+    expand: ExpandOpt = 0,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="PNG path (default: STORE/reports/evaluate-MODEL-LABEL.png).")
     ] = None,
@@ -220,16 +211,21 @@ def evaluate_command(
         run = fs.run(model)
         try:
             overrides = read_label_csv(fs, labels, label) if labels is not None else None
-            ev = evaluate(fs, run, label, k, labels=overrides, norm=norm, compare=compare, match=match)
+            ev = evaluate(fs, run, label, k, labels=overrides, norm=norm, compare=compare, match=match, expand=expand)
         except (LabelError, ValueError) as exc:
             fail(str(exc))
         png = plot_evaluation(ev, plot or fs.reports_dir / f"evaluate-{run.model}-{label}.png")
     if as_json:
         emit_json({**ev.to_dict(), "plot": str(png)})
         return
+    _print_evaluation(ev, run.model, label, k, norm, match, png)
+
+
+def _print_evaluation(ev: Evaluation, model: str, label: str, k: int, norm: str, match: str, png: Path) -> None:
+    """Scores per vector set against chance, the similarity variants when compared, and the best set."""
     table = Table(
         title=escape(
-            f"{run.model}: same-{label} retrieval, {ev.n_tracks} tracks, {ev.n_classes} "
+            f"{model}: same-{label} retrieval, {ev.n_tracks} tracks, {ev.n_classes} "
             f"classes, {ev.n_queries} queries ({norm}, match {match})"
         )
     )

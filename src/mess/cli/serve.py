@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from mess.cli.common import DEFAULT_STORE_PATH, StoreOpt, console, fail
+from mess.cli.common import console, fail
+from mess.cli.options import DEFAULT_STORE_PATH, StoreOpt
 
 
 def is_loopback(host: str) -> bool:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mess.constants import FUSED
 from mess.fusion.data import FusionError, load_layers
 from mess.fusion.train import FusionResult, embed, load_checkpoint
-from mess.search.vectors import FUSED
 from mess.store import FeatureStore, Run
 
 

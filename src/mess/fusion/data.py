@@ -8,9 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mess.constants import LABEL_FIELDS
 from mess.store import FeatureStore, Run, Track
-
-LABEL_FIELDS = ("artist", "composer", "album", "genre")
 
 
 class FusionError(Exception):

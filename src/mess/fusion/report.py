@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import textwrap
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -13,12 +12,14 @@ import numpy as np
 import torch
 from scipy.stats import wilcoxon
 
+from mess.constants import FUSED
 from mess.fusion import evaluate
 from mess.fusion.data import FusionError, LayerData
 from mess.fusion.train import FusionResult, embed, initial_network
 from mess.search.metrics import RetrievalScores, chance_scores
 from mess.search.vectors import NORMS, Norm, Preprocessor
 from mess.store import FeatureStore
+from mess.store.reports import slug
 
 MIN_TRACKS, MIN_LABELS = 50, 5  # below either, the held-out comparison is reported as inconclusive
 
@@ -117,7 +118,7 @@ def compare(result: FusionResult, data: LayerData, k: int = 10) -> FusionReport:
     untrained = initial_network(result.config, dims, torch.from_numpy(data.x))
     dim = result.network.project.out_features
     encoders: dict[str, tuple[Encoder, str]] = {
-        "fused": (lambda rows: embed(result.network, data.x[rows]), f"learned, {dim}-d"),
+        FUSED: (lambda rows: embed(result.network, data.x[rows]), f"learned, {dim}-d"),
         "untrained": (lambda rows: embed(untrained, data.x[rows]), "same network before training (PCA projection)")}
     singles = {f"{name} ({norm})": _layers(data, i, norm) for i, name in enumerate(names) for norm in NORMS}
     best = _pick(singles, labels, seen, k)
@@ -138,7 +139,7 @@ def compare(result: FusionResult, data: LayerData, k: int = 10) -> FusionReport:
                                 *_rounded(chance_scores(lab, lab, np.arange(len(test)), k))))
     per_layer = {name: round(max(evaluate.scores(singles[f"{name} ({n})"](test), lab, k).ndcg for n in NORMS), 4)
                  for name in names}
-    fused_q = evaluate.ndcg_per_query(units["fused"], lab, k)
+    fused_q = evaluate.ndcg_per_query(units[FUSED], lab, k)
     mean_q = evaluate.ndcg_per_query(units["all-layers"], lab, k)
     p = float(wilcoxon(fused_q, mean_q).pvalue) if np.any(fused_q != mean_q) and len(fused_q) > 1 else None
     same_data = data.data_hash(result.config.label) == result.data_hash
@@ -153,7 +154,7 @@ def _rounded(s: RetrievalScores) -> tuple[float, float, float]:
 
 
 def _verdict(report: FusionReport) -> tuple[str, str]:
-    fused, mean, best = report.score("fused"), report.score("all-layers"), report.score("best-layer")
+    fused, mean, best = report.score(FUSED), report.score("all-layers"), report.score("best-layer")
     outcome = "beats" if fused.ndcg > mean.ndcg else "ties with" if fused.ndcg == mean.ndcg else "does NOT beat"
     p = f", paired Wilcoxon p={report.wilcoxon_p:.3g}" if report.wilcoxon_p is not None else ""
     verdict = (f"fused {outcome} the mean of all layers on held-out nDCG@{report.k} "
@@ -242,7 +243,7 @@ def markdown(report: FusionReport) -> str:
 def write_report(report: FusionReport, folder: Path) -> dict[str, str]:
     """Write fusion-<model>.json / .md / .png into ``folder``; returns their paths."""
     folder.mkdir(parents=True, exist_ok=True)
-    stem = folder / f"fusion-{re.sub(r'[^A-Za-z0-9_.-]+', '_', report.model)}"
+    stem = folder / f"fusion-{slug(report.model)}"
     report.files = {ext: str(stem.with_suffix(f".{ext}")) for ext in ("json", "md", "png")}
     plot(report, Path(report.files["png"]))
     Path(report.files["md"]).write_text(markdown(report))

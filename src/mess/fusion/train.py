@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import pickle
-import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from mess.fusion.data import FusionError, LabelSplit, LayerData, split_labels
 from mess.fusion.mining import Mining, PKSampler, triplet_loss
 from mess.fusion.network import LayerFusion
 from mess.store import FeatureStore
+from mess.store.reports import slug
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class FusionConfig:
     test_frac: float = 0.15
     seed: int = 0
     k: int = 10
+
+    def __post_init__(self) -> None:
+        if self.mining not in get_args(Mining):
+            raise ValueError(f"unknown mining {self.mining!r}; use {' or '.join(get_args(Mining))}")
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,7 @@ def train_fusion(data: LayerData, config: FusionConfig,
 
 def checkpoint_path(store: FeatureStore, model: str) -> Path:
     """Default checkpoint location of a model's fusion network: STORE/fusion/<model>.pt."""
-    return store.root / "fusion" / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', model)}.pt"
+    return store.root / "fusion" / f"{slug(model)}.pt"
 
 
 def save_checkpoint(result: FusionResult, path: Path) -> None:

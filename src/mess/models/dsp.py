@@ -6,10 +6,12 @@ from functools import lru_cache
 
 import librosa
 import numpy as np
+import scipy.signal
 from scipy.fft import dct
 from scipy.ndimage import maximum_filter1d, uniform_filter1d
 
 from mess.audio.jit_cache import ensure_warm
+from mess.audio.spectrum import stft
 from mess.models.base import EmbeddingModel, ModelInfo
 
 _SR = 22050
@@ -45,6 +47,22 @@ def _onset_rate(envelope: np.ndarray, seconds: float, sr: int = _SR) -> np.ndarr
     return peaks.sum(axis=-1) / seconds
 
 
+def _tempo(envelope: np.ndarray, sr: int, stride: int = 8) -> np.ndarray:
+    """``librosa.feature.tempo`` (8 s autocorrelation windows, mean tempogram, log-normal prior around 120 BPM)
+    of onset envelopes [batch, frames], with the tempogram's windows taken every ``stride`` frames, not every one.
+
+    The mean over windows ``stride`` frames apart estimates the mean over all of them at
+    ``1 / stride`` of the cost (the tempogram was a fifth of the whole descriptor time).
+    """
+    win = int(librosa.time_to_frames(8.0, sr=sr, hop_length=_HOP))
+    n = envelope.shape[-1]
+    padded = np.pad(envelope, ((0, 0), (win // 2, win // 2)), mode="linear_ramp", end_values=(0, 0))
+    frames = np.lib.stride_tricks.sliding_window_view(padded, win, axis=-1)[:, :n:stride]  # [batch, t, win]
+    ac = librosa.autocorrelate(frames * scipy.signal.get_window("hann", win, fftbins=True), axis=-1)
+    ac /= np.maximum(np.abs(ac).max(axis=-1, keepdims=True), np.finfo(ac.dtype).tiny)
+    return librosa.feature.tempo(tg=ac.swapaxes(-1, -2), sr=sr, hop_length=_HOP).reshape(len(envelope))
+
+
 @lru_cache(maxsize=4)
 def _banks(sr: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mel (128) and chroma (12, A440 tuning) filter banks as [bins, n] matrices, and the bin frequencies."""
@@ -53,14 +71,14 @@ def _banks(sr: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return mel, chroma, librosa.fft_frequencies(sr=sr, n_fft=_N_FFT).astype(np.float32)
 
 
-def _spectral_shape(mag: np.ndarray, freqs: np.ndarray) -> list[np.ndarray]:
+def _spectral_shape(mag: np.ndarray, power: np.ndarray, freqs: np.ndarray) -> list[np.ndarray]:
     """Centroid, bandwidth and 85% roll-off (log1p Hz) and flatness (log10) of magnitudes [batch, frames, bins]."""
     total = mag.sum(axis=-1)
     centroid = (mag @ freqs) / (total + 1e-10)
     bandwidth = np.sqrt(np.maximum((mag @ freqs**2) / (total + 1e-10) - centroid**2, 0.0))
     rolloff = freqs[np.minimum((np.cumsum(mag, axis=-1) < 0.85 * total[..., None]).sum(axis=-1), freqs.size - 1)]
-    power = np.maximum(mag**2, 1e-10)
-    flatness = np.exp(np.log(power).mean(axis=-1)) / power.mean(axis=-1)
+    floored = np.maximum(power, 1e-10)
+    flatness = np.exp(np.log(floored).mean(axis=-1)) / floored.mean(axis=-1)
     return [np.log1p(centroid), np.log1p(bandwidth), np.log1p(rolloff), np.log10(flatness + 1e-10)]
 
 
@@ -102,17 +120,18 @@ def describe(windows: np.ndarray, sr: int = _SR) -> dict[str, np.ndarray]:
     y = np.atleast_2d(np.asarray(windows, dtype=np.float64))
     y = (y / np.maximum(np.abs(y).max(axis=-1, keepdims=True), 1e-30)).astype(np.float32)
     mel_bank, chroma_bank, freqs = _banks(sr)
-    mag = np.abs(librosa.stft(y, n_fft=_N_FFT, hop_length=_HOP)).transpose(0, 2, 1)  # [batch, frames, bins]
-    power = mag**2
+    spectrum = stft(y, _N_FFT, _HOP, "float32")  # [batch, frames, bins]
+    power = spectrum.real**2 + spectrum.imag**2
+    mag = np.sqrt(power)
     log_mel = _db(power @ mel_bank)  # [batch, frames, 128]
     mfcc = dct(log_mel, axis=-1, type=2, norm="ortho")[..., 1:21]  # c0 is level, not timbre
     chroma = power @ chroma_bank
     chroma /= np.maximum(chroma.max(axis=-1, keepdims=True), 1e-30)
     frames = mag.shape[1]
-    spectral = np.stack([*_spectral_shape(mag, freqs), _zero_crossing_rate(y, frames), *_contrast(mag, freqs)],
+    spectral = np.stack([*_spectral_shape(mag, power, freqs), _zero_crossing_rate(y, frames), *_contrast(mag, freqs)],
                         axis=-1)
     onset_env = librosa.onset.onset_strength(S=log_mel.transpose(0, 2, 1), sr=sr, hop_length=_HOP)
-    tempo = librosa.feature.tempo(onset_envelope=onset_env, sr=sr, hop_length=_HOP).reshape(len(y))
+    tempo = _tempo(onset_env, sr)
     rms = np.sqrt(np.maximum(2 * power.sum(axis=-1) - power[..., 0] - power[..., -1], 0) / _N_FFT**2)
     level_db = 20 * np.log10(rms + 1e-9)
     # gain-invariant dynamics (range and variation), not the absolute level, which mastering decides
@@ -135,7 +154,7 @@ class DspModel(EmbeddingModel):
     """Timbre (MFCC), harmony (chroma), spectral shape and rhythm descriptors per window."""
 
     def __init__(self) -> None:
-        self.info = ModelInfo(name="dsp", revision=f"v4-librosa-{librosa.__version__}", sample_rate=_SR,
+        self.info = ModelInfo(name="dsp", revision=f"v5-librosa-{librosa.__version__}", sample_rate=_SR,
                               layer_names=tuple(_GROUPS), layer_dims=tuple(_GROUPS.values()), min_samples=_N_FFT)
 
     def embed(self, windows: np.ndarray) -> list[np.ndarray]:

@@ -1,17 +1,83 @@
-"""Model names -> loaded EmbeddingModel instances."""
+"""Model names -> factories that load them.
+
+A factory takes the torch device ("cpu", "cuda") and returns a loaded :class:`EmbeddingModel`.
+Third-party backends add names through the ``mess.models`` entry point group, e.g. in their
+``pyproject.toml``: ``[project.entry-points."mess.models"] my-model = "my_package:load"``
+(``load(device: str) -> EmbeddingModel``). Built-in names cannot be overridden.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 from mess.models.base import EmbeddingModel
 
-MODEL_NAMES = ("mert-v1-95m", "mert-v1-330m", "musicnn-msd", "musicnn-mtt", "dsp",
-               "musicnn-vgg-msd", "musicnn-vgg-mtt")
+ModelFactory = Callable[[str], EmbeddingModel]
+ENTRY_POINT_GROUP = "mess.models"
 
 
 class ModelError(Exception):
     """A model that cannot be loaded; the message says what to do."""
+
+
+def _dsp(device: str) -> EmbeddingModel:
+    from mess.models.dsp import DspModel
+
+    return DspModel()
+
+
+def _musicnn(dataset: str, arch: str = "musicnn") -> ModelFactory:
+    def load(device: str) -> EmbeddingModel:
+        from mess.models.musicnn import MusicnnModel
+
+        return MusicnnModel(dataset=dataset, device=device, arch=arch)
+
+    return load
+
+
+def _mert(key: str) -> ModelFactory:
+    def load(device: str) -> EmbeddingModel:
+        from mess.models.mert import CHECKPOINTS, MertModel
+
+        ckpt = CHECKPOINTS[key]
+        try:
+            return MertModel.from_pretrained(ckpt.repo, revision=ckpt.revision, name=key, device=device)
+        except OSError as exc:
+            raise ModelError(f"cannot fetch {ckpt.repo}@{ckpt.revision[:8]} from the Hugging Face hub ({exc}). "
+                             "Without network, download it elsewhere and pass the folder path as --model.") from exc
+
+    return load
+
+
+FACTORIES: dict[str, ModelFactory] = {
+    "dsp": _dsp,
+    "musicnn-msd": _musicnn("MSD"),
+    "musicnn-mtt": _musicnn("MTT"),
+    "musicnn-vgg-msd": _musicnn("MSD", "vgg"),
+    "musicnn-vgg-mtt": _musicnn("MTT", "vgg"),
+    "mert-v1-95m": _mert("mert-v1-95m"),
+    "mert-v1-330m": _mert("mert-v1-330m"),
+}
+MODEL_NAMES = tuple(FACTORIES)
+
+
+def model_factories() -> dict[str, ModelFactory]:
+    """The built-in factories, then those of installed plugins (``mess.models`` entry points), by name."""
+    plugins = {ep.name.lower(): ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name.lower() not in FACTORIES}
+    return {**FACTORIES, **{name: _plugin(ep) for name, ep in plugins.items()}}
+
+
+def _plugin(ep: EntryPoint) -> ModelFactory:
+    def load(device: str) -> EmbeddingModel:
+        try:
+            factory = ep.load()
+        except (ImportError, AttributeError) as exc:
+            raise ModelError(f"cannot load model plugin {ep.name!r} ({ep.value}): {exc}") from exc
+        return factory(device)
+
+    return load
 
 
 def load_model(name: str, device: str = "cpu", preset: str | None = None) -> EmbeddingModel:
@@ -24,26 +90,13 @@ def load_model(name: str, device: str = "cpu", preset: str | None = None) -> Emb
         return OnnxModel(Path(name), preset=preset, device=device)
     if preset is not None:
         raise ModelError(f"--preset applies to .onnx model files, not to {name!r}")
-    if key == "dsp":
-        from mess.models.dsp import DspModel
-
-        return DspModel()
-    if key.startswith("musicnn-"):
-        from mess.models.musicnn import MusicnnModel
-
-        arch, _, dataset = key.removeprefix("musicnn-").rpartition("-")
-        return MusicnnModel(dataset=dataset.upper(), device=device, arch=arch or "musicnn")
-    from mess.models.mert import CHECKPOINTS, MertModel
-
-    if key in CHECKPOINTS:
-        ckpt = CHECKPOINTS[key]
-        try:
-            return MertModel.from_pretrained(ckpt.repo, revision=ckpt.revision, name=key, device=device)
-        except OSError as exc:
-            raise ModelError(f"cannot fetch {ckpt.repo}@{ckpt.revision[:8]} from the Hugging Face hub ({exc}). "
-                             "Without network, download it elsewhere and pass the folder path as --model.") from exc
+    factories = model_factories()
+    if key in factories:
+        return factories[key](device)
     if Path(name).expanduser().is_dir():  # named by its folder, so queries by file load it again, offline
+        from mess.models.mert import MertModel
+
         folder = str(Path(name).expanduser().resolve())
         return MertModel.from_pretrained(folder, name=folder, device=device)
-    raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}, a local model folder "
+    raise ModelError(f"unknown model {name!r}; choose one of {', '.join(factories)}, a local model folder "
                      "or a .onnx file")

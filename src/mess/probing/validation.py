@@ -20,6 +20,7 @@ the same notes instead of fitting fewer of them into a fixed duration.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from mess.probing.ridge import fit_ridge_loo
 from mess.probing.target_cache import track_targets
 from mess.probing.targets import ASPECTS, TARGET_NAMES, TARGETS
 from mess.store import Track
+from mess.store.reports import slug
 
 FACTORS = ("instrument", "tempo", "transpose", "velocity")
 # brightness is the main perceptual dimension of timbre (Grey 1977; McAdams et al. 1995)
@@ -292,3 +294,13 @@ def validate(
         if on_step:
             on_step(f"render {factor}")
     return study(sets, model, policy, out_dir, workers=workers, on_step=on_step)
+
+
+def write_validation(folder: Path, model: EmbeddingModel, pieces: int, results: Sequence[FactorResult]) -> dict:
+    """Write the results as ``folder/probe-validate-<model>.json``; returns what was written plus its ``file``."""
+    payload = {"model": model.info.name, "revision": model.info.revision, "pieces": pieces,
+               "factors": [r.to_dict() for r in results]}
+    path = folder / f"probe-validate-{slug(model.info.name)}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2))
+    return {**payload, "file": str(path)}

@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from mess.audio.tags import read_tags
+from mess.constants import FUSED
 from mess.extract.embed import embed_file
 from mess.extract.runs import run_policy
 from mess.fusion.apply import fuse_query
 from mess.fusion.data import FusionError
 from mess.models.registry import ModelError, load_model
 from mess.search.query import TrackQuery, collection_query
-from mess.search.vectors import FUSED, track_by_hash
+from mess.search.vectors import track_by_hash
 from mess.store import FeatureStore, Run, StoreError
 
 

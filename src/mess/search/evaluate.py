@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mess.constants import FUSED, LABEL_FIELDS, LEARNED
 from mess.search.ann import exact_knn
+from mess.search.expansion import expand_collection
 from mess.search.hubness import HubnessReducer, HubnessStats, hubness_stats
 from mess.search.metrics import (
     RetrievalScores,
@@ -27,10 +29,9 @@ from mess.search.metrics import (
     ranked_relevance,
 )
 from mess.search.segments import chamfer_rows, check_match, read_segments
-from mess.search.vectors import FUSED, Norm, VectorSpec, has_learned_head, load_vectors
+from mess.search.vectors import Norm, VectorSpec, has_learned_head, load_vectors
 from mess.store import FeatureStore, Run, StoreError, Track
 
-LABEL_FIELDS = ("artist", "album", "genre", "composer", "title")
 MAX_QUERIES = 5000
 CHUNK = 512
 VARIANTS = (("cosine", None), ("euclidean", None), ("dot", None), ("cosine", "csls"), ("cosine", "mp"))
@@ -123,12 +124,14 @@ def evaluate(
     compare: bool = False,
     seed: int = 0,
     match: str = "mean",
+    expand: int = 0,
 ) -> Evaluation:
     """Score every layer, all layers together, and the fused vectors and learned head (when present)
     by retrieval of same-label tracks.
 
     ``match="segments"`` scores track pairs by Chamfer similarity of their window vectors instead of the cosine of
-    their means (fused vectors, which have no windows, are then left out).
+    their means (fused vectors, which have no windows, are then left out). ``expand`` > 0 ranks with
+    alpha-query expansion over that many neighbours (:mod:`mess.search.expansion`; cosine sets only).
     """
     check_match(match)
     tracks = store.tracks(run)
@@ -136,9 +139,9 @@ def evaluate(
     specs = [VectorSpec.from_options(layer=name, norm=norm) for name in run.layer_names]
     specs.append(VectorSpec.from_options(norm=norm))
     if store.derived_meta(run, FUSED) is not None and match == "mean":
-        specs.append(VectorSpec("fused", "", norm))
+        specs.append(VectorSpec(FUSED, "", norm))
     if has_learned_head(run):
-        specs.append(VectorSpec("learned", "", norm))
+        specs.append(VectorSpec(LEARNED, "", norm))
     sets: list[SetScore] = []
     variants: list[SetScore] = []
     ids = labels_arr = queries = None
@@ -160,7 +163,8 @@ def evaluate(
                 )
             )
         else:
-            sets.append(_score(name, spec.kind, "cosine", None, _cosine(unit), labels_arr, queries, k))
+            metric = f"cosine, expanded ({expand})" if expand else "cosine"
+            sets.append(_score(name, spec.kind, metric, None, _cosine(unit, expand), labels_arr, queries, k))
         if compare:
             shifted = vs.prep.shift(vs.raw[keep])
             for metric, hub in VARIANTS[1:]:
@@ -188,8 +192,9 @@ def _setup(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
 SimFn = Callable[[np.ndarray], np.ndarray]
 
 
-def _cosine(unit: np.ndarray) -> SimFn:
-    return lambda rows: unit[rows] @ unit.T
+def _cosine(unit: np.ndarray, expand: int = 0) -> SimFn:
+    queries = expand_collection(unit, expand) if expand else unit
+    return lambda rows: queries[rows] @ unit.T
 
 
 def _similarity(metric: str, hub: str | None, unit: np.ndarray, shifted: np.ndarray, k: int) -> SimFn:
@@ -246,7 +251,7 @@ def plot_evaluation(ev: Evaluation, path: Path) -> Path:
     for s, style in ((s, "--") for s in ev.sets if s.kind != "layer"):
         ax.axhline(
             s.scores.map,
-            color={"fused": "tab:red", "learned": "tab:brown"}.get(s.kind, "tab:purple"),
+            color={FUSED: "tab:red", LEARNED: "tab:brown"}.get(s.kind, "tab:purple"),
             ls=style,
             label=f"{s.name} mAP {s.scores.map:.2f}",
         )

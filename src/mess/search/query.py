@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from mess.constants import FUSED, LEARNED
+from mess.search.expansion import expand as expand_queries
 from mess.search.hubness import HubnessReducer
 from mess.search.index import CollectionIndex, open_index
 from mess.search.segments import chamfer_scores, check_match, read_segments
 from mess.search.vectors import (
-    FUSED,
-    LEARNED,
     Norm,
     VectorSet,
     VectorSpec,
@@ -131,6 +131,7 @@ def similar_tracks(
     norm: Norm = "center",
     learned: bool = False,
     match: str = "mean",
+    expand: int = 0,
 ) -> list[Neighbour]:
     """The ``k`` collection tracks most similar to ``query`` (cosine, best first).
 
@@ -143,6 +144,8 @@ def similar_tracks(
         norm: "center" (default), "zscore" or "none" preprocessing before L2 normalisation.
         match: "mean" (cosine of track vectors, through the index) or "segments" (Chamfer similarity of
             window vectors, exact; needs a TrackQuery and layer vectors, no hubness).
+        expand: rank by the query expanded with its ``expand`` nearest tracks (:mod:`mess.search.expansion`);
+            ``score`` stays the cosine to the query itself, ``adjusted`` holds the expanded query's cosine.
 
     The query's own track never appears; tracks with the same content or cosine >= 0.9999
     are flagged as duplicates. ``why`` / ``why_percentile`` are filled for TrackQuery inputs.
@@ -154,11 +157,11 @@ def similar_tracks(
     tq = query if isinstance(query, TrackQuery) else None
     exclude = _excluded(tracks, tq, exclude_same_artist)
     if check_match(match) == "segments":
-        if tq is None or hubness:
-            raise ValueError("--match segments needs a track or audio file as query and no --hubness")
+        if tq is None or hubness or expand:
+            raise ValueError("--match segments needs a track or audio file as query, and no --hubness or --expand")
         sims, ids, adjusted = *_segment_neighbours(store, vs, tq, exclude, k), None
     else:
-        sims, ids, adjusted = _index_neighbours(store, vs, query, exclude, k, hubness)
+        sims, ids, adjusted = _index_neighbours(store, vs, query, exclude, k, hubness, expand)
     sims, ids = sims[:k], ids[:k]
     why, pct = _explain(store, run, tracks, tq, ids, norm) if tq is not None else ({}, {})
     qhash = tq.content_hash if tq is not None else None
@@ -176,17 +179,34 @@ def similar_tracks(
 
 
 def _index_neighbours(
-    store: FeatureStore, vs: VectorSet, query: TrackQuery | np.ndarray, exclude: set[int], k: int, hubness: str | None
+    store: FeatureStore,
+    vs: VectorSet,
+    query: TrackQuery | np.ndarray,
+    exclude: set[int],
+    k: int,
+    hubness: str | None,
+    expand: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Cosine neighbours of the query's vector through the collection index, hubness-reduced when asked."""
+    """Cosine neighbours of the query's vector through the collection index, expanded or hubness-reduced
+    when asked."""
     index = open_index(store, vs)
     tq = query if isinstance(query, TrackQuery) else None
     raw = _raw_vector(store, vs, tq) if tq is not None else np.asarray(query, dtype=np.float32)
     q = index.prep.apply(raw)
-    pool = max(k, HUBNESS_POOL) if hubness else k
-    sims, ids = index.ann.search(q, pool, exclude=np.array(sorted(exclude), dtype=np.int64))
-    sims, ids = sims[0][ids[0] >= 0], ids[0][ids[0] >= 0]
+    skip = np.array(sorted(exclude), dtype=np.int64)
     adjusted = None
+    if expand > 0:
+        plain = q
+        sims, ids = index.ann.search(q, expand, exclude=skip)
+        found = ids[0] >= 0
+        neighbours = index.prep.apply(vs.raw[vs.rows(ids[0][found])])
+        q = expand_queries(q, neighbours[None], sims[:, found])
+    pool = max(k, HUBNESS_POOL) if hubness else k
+    sims, ids = index.ann.search(q, pool, exclude=skip)
+    sims, ids = sims[0][ids[0] >= 0], ids[0][ids[0] >= 0]
+    if expand > 0 and not hubness:
+        adjusted = sims
+        sims = index.prep.apply(vs.raw[vs.rows(ids)]) @ plain[0]
     if hubness and len(ids):
         adjusted = _rescore(hubness, vs, index, q, sims, ids, tq)
         order = np.argsort(-adjusted, kind="stable")[:k]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mess.constants import FUSED
 from mess.search.vectors import VectorSet, in_space
 from mess.store import FeatureStore
 
@@ -42,7 +43,7 @@ def check_match(match: str) -> str:
 
 def read_segments(store: FeatureStore, vs: VectorSet, ids: np.ndarray | None = None) -> SegmentSet:
     """Window vectors of the tracks ``ids`` (default: all of ``vs``), through the preprocessor of ``vs``."""
-    if vs.spec.kind == "fused":
+    if vs.spec.kind == FUSED:
         raise ValueError("segment matching needs layer vectors; fused vectors have no windows")
     mats = [store.segment_matrix(vs.run, name) for name in vs.layers]
     seg_ids = mats[0][0]

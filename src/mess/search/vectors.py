@@ -21,14 +21,13 @@ from typing import Literal, TypeVar
 
 import numpy as np
 
+from mess.constants import FUSED, LEARNED, VectorKind
 from mess.models.head import HeadError, shipped_head
 from mess.store import FeatureStore, Run, StoreError, Track, TrackList
 from mess.store.memo import MEMO
 
 Norm = Literal["none", "center", "zscore"]
 NORMS: tuple[str, ...] = ("none", "center", "zscore")
-FUSED = "fused"
-LEARNED = "learned"
 T = TypeVar("T")
 
 
@@ -36,7 +35,7 @@ T = TypeVar("T")
 class VectorSpec:
     """A vector set of a run: ``kind`` is layer, aspect, fused, learned or all; ``name`` the layer or aspect."""
 
-    kind: Literal["layer", "group", "aspect", "fused", "learned", "all"]
+    kind: VectorKind
     name: str = ""  # layer, aspect, or '+'-joined layer names of a group
     norm: Norm = "center"
 
@@ -59,8 +58,8 @@ class VectorSpec:
         if aspect is not None:
             return cls("aspect", aspect, norm)
         if learned:
-            return cls("learned", "", norm)
-        return cls("fused", "", norm) if fused else cls("all", "", norm)
+            return cls(LEARNED, "", norm)
+        return cls(FUSED, "", norm) if fused else cls("all", "", norm)
 
     @property
     def slug(self) -> str:
@@ -70,9 +69,9 @@ class VectorSpec:
 
     def layers(self, store: FeatureStore, run: Run) -> tuple[str, ...]:
         """Layer names this spec reads (empty for fused vectors)."""
-        if self.kind == "fused":
+        if self.kind == FUSED:
             return ()
-        if self.kind in ("all", "learned"):
+        if self.kind in ("all", LEARNED):
             return run.layer_names
         if self.kind in ("layer", "group"):
             return tuple(run.layer_names[run.layer_index(n)] for n in self.name.split("+"))
@@ -180,7 +179,7 @@ def read_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequen
     """Read a spec's raw vectors for all tracks of the run and fit its preprocessor."""
     tracks = store.tracks(run) if tracks is None else tracks
     hash_of = {t.id: t.content_hash for t in tracks}
-    if spec.kind == "fused":
+    if spec.kind == FUSED:
         ids, raw = store.derived_matrix(run, FUSED)
         layers, blocks = (), (raw.shape[1],)
     else:
@@ -190,7 +189,7 @@ def read_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequen
         ids = mats[0][0]
         raw = mats[0][1] if len(mats) == 1 else np.concatenate([m for _, m in mats], axis=1)
         blocks = tuple(m.shape[1] for _, m in mats)
-        if spec.kind == "learned":
+        if spec.kind == LEARNED:
             raw = learned_vectors(run, raw)
             blocks = (raw.shape[1],)
     keep = np.array([int(i) in hash_of for i in ids], dtype=bool)
@@ -260,7 +259,7 @@ def vectors_label(layer: str | None, aspect: str | None, fused: bool, learned: b
         return f"layer {layer}"
     if aspect is not None:
         return f"aspect {aspect}"
-    return "fused" if fused else LEARNED if learned else "all layers"
+    return FUSED if fused else LEARNED if learned else "all layers"
 
 
 def load_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequence[Track] | None = None) -> VectorSet:

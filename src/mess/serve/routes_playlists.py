@@ -6,6 +6,7 @@ player on the machine can stream them and no file path leaves the server.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -18,6 +19,7 @@ from mess.playlists.radio import DEFAULT_WINDOW, radio
 from mess.search.query import collection_query
 from mess.serve.routes_tracks import Aspect, Model
 from mess.serve.state import ServeState, get_state, track_dict, vector_spec
+from mess.store import Run
 
 router = APIRouter(prefix="/api/playlists")
 State = Annotated[ServeState, Depends(get_state)]
@@ -41,6 +43,19 @@ def _answer(request: Request, playlist: Playlist, model: str, fmt: str, name: st
     return Response(text, media_type=MEDIA[fmt], headers={"Content-Disposition": disposition})
 
 
+def _playlist(request: Request, state: ServeState, model: str | None, aspect: str | None, fmt: str, name: str,
+              build: Callable[[Run], Playlist]) -> dict | Response:
+    """Check the model and aspect, build the playlist under the store lock (a PlaylistError is a 400), answer."""
+    with state.lock:
+        run = state.run(model)
+        vector_spec(state.store, run, None, aspect, False)
+        try:
+            playlist = build(run)
+        except PlaylistError as exc:
+            raise HTTPException(400, str(exc)) from None
+    return _answer(request, playlist, run.model, fmt, name)
+
+
 @router.get(
     "/radio", summary="A radio from seed tracks: closest first, artists spread, no near-duplicates", response_model=None
 )
@@ -57,15 +72,11 @@ def radio_route(
     format: Format = "json",
 ) -> dict | Response:
     """Tracks ordered by closeness to the nearest seed (seeds left out)."""
-    with state.lock:
-        run = state.run(model)
-        vector_spec(state.store, run, None, aspect, False)
+    def build(run: Run) -> Playlist:
         seeds = [collection_query(state.store, state.track(i).id) for i in seed]
-        try:
-            playlist = radio(state.store, run, seeds, n, aspect=aspect, window=window)
-        except PlaylistError as exc:
-            raise HTTPException(400, str(exc)) from None
-    return _answer(request, playlist, run.model, format, "radio")
+        return radio(state.store, run, seeds, n, aspect=aspect, window=window)
+
+    return _playlist(request, state, model, aspect, format, "radio", build)
 
 
 @router.get("/path", summary="A sonic path from one track to another in even steps", response_model=None)
@@ -80,11 +91,7 @@ def path_route(
     format: Format = "json",
 ) -> dict | Response:
     """``n`` tracks from ``start`` to ``end``, each step aiming at an even point between them."""
-    with state.lock:
-        run = state.run(model)
-        vector_spec(state.store, run, None, aspect, False)
-        try:
-            playlist = sonic_path(state.store, run, state.track(start), state.track(end), n, aspect=aspect)
-        except PlaylistError as exc:
-            raise HTTPException(400, str(exc)) from None
-    return _answer(request, playlist, run.model, format, "path")
+    def build(run: Run) -> Playlist:
+        return sonic_path(state.store, run, state.track(start), state.track(end), n, aspect=aspect)
+
+    return _playlist(request, state, model, aspect, format, "path", build)

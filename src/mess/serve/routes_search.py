@@ -36,6 +36,7 @@ State = Annotated[ServeState, Depends(get_state)]
 K = Annotated[int, Query(ge=1, le=200, description="How many results.")]
 ExcludeArtist = Annotated[bool, Query(description="Leave out tracks by the query's artist.")]
 Hubness = Annotated[str | None, Query(description="Re-rank against hub tracks: csls or mp.")]
+Expand = Annotated[int, Query(ge=0, le=50, description="Query expansion over this many nearest tracks (0 = off).")]
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": [FIELD],
     "properties": {FIELD: {"type": "string", "format": "binary", "description": "An audio file."}}}}}}}
@@ -53,7 +54,7 @@ def _answer(state: ServeState, run: Run, query: dict, results: list[Neighbour], 
 @router.get("/tracks/{track_id}/similar", summary="Tracks most similar to a collection track, with why")
 def similar(track_id: int, state: State, model: Model = None, layer: Layer = None, aspect: Aspect = None,
             fused: Fused = False, k: K = 10, exclude_same_artist: ExcludeArtist = False,
-            hubness: Hubness = None, learned: Learned = False) -> dict:
+            hubness: Hubness = None, learned: Learned = False, expand: Expand = 0) -> dict:
     """Cosine neighbours; ``why`` holds the similarity in each aspect's layer and ``why_percentile``
     how unusual that closeness is within the collection."""
     if hubness is not None and hubness not in HUBNESS_METHODS:
@@ -64,7 +65,8 @@ def similar(track_id: int, state: State, model: Model = None, layer: Layer = Non
         vector_spec(state.store, run, layer, aspect, fused, learned)
         tq = collection_query(state.store, track_id)
         results = similar_tracks(state.store, run, tq, k, layer=layer, aspect=aspect, fused=fused,
-                                 exclude_same_artist=exclude_same_artist, hubness=hubness, learned=learned)
+                                 exclude_same_artist=exclude_same_artist, hubness=hubness, learned=learned,
+                                 expand=expand)
         return _answer(state, run, {"label": tq.label, "external": False, **track_dict(tq.track)},
                        results, layer, aspect, fused, learned)
 

@@ -9,8 +9,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import FileResponse
 
+from mess.constants import FUSED
 from mess.search.query import ENCODED_R2
-from mess.search.vectors import FUSED, load_vectors, track_by_id, vectors_label
+from mess.search.vectors import load_vectors, track_by_id, vectors_label
 from mess.serve.mapping import CollectionMap, collection_map
 from mess.serve.state import ServeState, get_state, track_dict, vector_spec
 from mess.store import Track

@@ -6,7 +6,13 @@ import re
 from pathlib import Path
 
 
+def slug(text: str) -> str:
+    """``text`` made safe as part of a file name: every run of other characters than ASCII letters, digits,
+    ``_``, ``.`` and ``-`` becomes one ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
 def report_paths(folder: Path, model: str, run_id: int, probe: str) -> dict[str, Path]:
     """Where the JSON, CSV and PNG of a probe report go."""
-    stem = f"probe-{re.sub(r'[^A-Za-z0-9_.-]+', '_', model)}-run{run_id}" + ("" if probe == "ridge" else f"-{probe}")
+    stem = f"probe-{slug(model)}-run{run_id}" + ("" if probe == "ridge" else f"-{probe}")
     return {ext: Path(folder) / f"{stem}.{ext}" for ext in ("json", "csv", "png")}

@@ -36,6 +36,25 @@ def _pad_time(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
     return F.pad(x, pad)
 
 
+
+def tf_tensor(tensors: dict[str, np.ndarray], name: str) -> torch.Tensor:
+    """One TF1 checkpoint tensor as a contiguous float32 torch tensor."""
+    return torch.from_numpy(np.ascontiguousarray(tensors[name], dtype=np.float32))
+
+
+def tf_batch_norms(tensors: dict[str, np.ndarray], count: int) -> dict[str, torch.Tensor]:
+    """State of the BatchNorm layers ``bns.0`` .. ``bns.{count - 1}`` from TF1's ``batch_normalization``,
+    ``batch_normalization_1``, ... (gamma, beta, moving mean and variance)."""
+    state: dict[str, torch.Tensor] = {}
+    for i in range(count):
+        prefix = "batch_normalization" + (f"_{i}" if i else "")
+        state[f"bns.{i}.weight"] = tf_tensor(tensors, f"{prefix}/gamma")
+        state[f"bns.{i}.bias"] = tf_tensor(tensors, f"{prefix}/beta")
+        state[f"bns.{i}.running_mean"] = tf_tensor(tensors, f"{prefix}/moving_mean")
+        state[f"bns.{i}.running_var"] = tf_tensor(tensors, f"{prefix}/moving_variance")
+        state[f"bns.{i}.num_batches_tracked"] = torch.tensor(0)
+    return state
+
 class MusicnnNetwork(nn.Module):
     """musicnn with 64 mid-end filters and 200 back-end units (the MSD/MTT musicnn models)."""
 
@@ -112,7 +131,7 @@ class MusicnnNetwork(nn.Module):
         """Copy weights from a musicnn TF1 checkpoint dict (Adam slots are ignored)."""
 
         def get(name: str) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(tensors[name], dtype=np.float32))
+            return tf_tensor(tensors, name)
 
         convs = [f"timbral_convs.{i}" for i in range(2)] + [f"temporal_convs.{i}" for i in range(3)]
         convs += [f"midend_convs.{i}" for i in range(3)]
@@ -124,13 +143,7 @@ class MusicnnNetwork(nn.Module):
                 kernel = kernel[:, 0].transpose(1, 2)
             state[f"{path}.weight"] = kernel
             state[f"{path}.bias"] = get(f"{prefix}/bias")
-        for i in range(len(self.bns)):
-            prefix = "batch_normalization" + (f"_{i}" if i else "")
-            state[f"bns.{i}.weight"] = get(f"{prefix}/gamma")
-            state[f"bns.{i}.bias"] = get(f"{prefix}/beta")
-            state[f"bns.{i}.running_mean"] = get(f"{prefix}/moving_mean")
-            state[f"bns.{i}.running_var"] = get(f"{prefix}/moving_variance")
-            state[f"bns.{i}.num_batches_tracked"] = torch.tensor(0)
+        state.update(tf_batch_norms(tensors, len(self.bns)))
         for tf_name, path in (("dense", "dense"), ("dense_1", "output")):
             state[f"{path}.weight"] = get(f"{tf_name}/kernel").T
             state[f"{path}.bias"] = get(f"{tf_name}/bias")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mess.models.musicnn.network import TF_BN_EPSILON
+from mess.models.musicnn.network import TF_BN_EPSILON, tf_batch_norms, tf_tensor
 
 VGG_LAYERS = ("pool1", "pool2", "pool3", "pool4", "pool5", "taggram")
 VGG_POOLS = ((4, 1), (2, 2), (2, 2), (2, 2), (4, 4))  # TF pool sizes; strides are (2, 2) except the last (4, 4)
@@ -59,19 +59,13 @@ class VggNetwork(nn.Module):
         """Copy weights from a musicnn VGG TF1 checkpoint dict (Adam slots are ignored)."""
 
         def get(name: str) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(tensors[name], dtype=np.float32))
+            return tf_tensor(tensors, name)
 
         state: dict[str, torch.Tensor] = {}
         for i in range(5):
             state[f"convs.{i}.weight"] = get(f"{i + 1}CNN/kernel").permute(3, 2, 0, 1)  # [kh,kw,in,out] -> [o,i,kh,kw]
             state[f"convs.{i}.bias"] = get(f"{i + 1}CNN/bias")
-        for i in range(6):
-            prefix = "batch_normalization" + (f"_{i}" if i else "")
-            state[f"bns.{i}.weight"] = get(f"{prefix}/gamma")
-            state[f"bns.{i}.bias"] = get(f"{prefix}/beta")
-            state[f"bns.{i}.running_mean"] = get(f"{prefix}/moving_mean")
-            state[f"bns.{i}.running_var"] = get(f"{prefix}/moving_variance")
-            state[f"bns.{i}.num_batches_tracked"] = torch.tensor(0)
+        state.update(tf_batch_norms(tensors, 6))
         state["output.weight"] = get("dense/kernel").T
         state["output.bias"] = get("dense/bias")
         self.load_state_dict(state)

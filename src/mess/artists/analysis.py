@@ -1,0 +1,314 @@
+"""One call per artist question, as `mess artists` asks it: similar artists, the artist matrix,
+per-layer discrimination, validation against reference lists, and learned hybrid weights.
+
+Each call reads a run's artists and the vector space asked for (or the most artist-discriminative
+layer); what the user should know on the way (composer tags used as artists, the layer chosen)
+goes to ``on_note`` as plain text.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mess.artists.discrimination import LayerReport, layer_report, most_discriminative, rank_layers
+from mess.artists.heatmap import cluster_order, write_csv, write_heatmap
+from mess.artists.hybrid import HybridFit, blend, components, fit_hybrid, load_weights, parse_weights, save_weights
+from mess.artists.profiles import (
+    DEFAULT_MAX_TRACKS,
+    DEFAULT_MIN_TRACKS,
+    ArtistError,
+    ArtistProfile,
+    ArtistSet,
+    Space,
+    load_artists,
+    load_space,
+)
+from mess.artists.reference import Coverage, load_reference, match_reference
+from mess.artists.similarity import METHODS, artist_vectors, similarity_matrix, similarity_row, top_k
+from mess.artists.validate import Metrics, evaluate, random_baseline
+from mess.store import FeatureStore, Run, StoreError
+from mess.store.reports import slug
+
+WEIGHTS_FILE = "artists_hybrid.json"
+Note = Callable[[str], None]
+
+
+def _ignore(_: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class ArtistOptions:
+    """How artists are represented and compared (the options every artist command shares)."""
+
+    model: str | None = None
+    method: str = "mean"
+    center: bool = True
+    max_tracks: int = DEFAULT_MAX_TRACKS
+    min_tracks: int = DEFAULT_MIN_TRACKS
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ArtistError(f"unknown method {self.method!r}; choose {' or '.join(METHODS)}")
+
+
+@dataclass(frozen=True)
+class SpaceChoice:
+    """The vectors to compare artists in; none given = the most artist-discriminative layer."""
+
+    layer: str | None = None
+    aspect: str | None = None
+    fused: bool = False
+
+    @property
+    def given(self) -> bool:
+        """Whether a layer, an aspect or the fused vectors were asked for."""
+        return self.layer is not None or self.aspect is not None or self.fused
+
+
+def open_artists(store: FeatureStore, options: ArtistOptions, on_note: Note = _ignore) -> tuple[Run, ArtistSet]:
+    """The run and its artists; notes when artist names came from composer tags or tracks were left out."""
+    run = store.run(options.model)
+    artists = load_artists(store, run, max_tracks=options.max_tracks, min_tracks=options.min_tracks)
+    if artists.composer_fallback:
+        on_note(f"{artists.composer_fallback} tracks have no artist tag; their composer is used as the artist")
+    if artists.unattributed:
+        on_note(f"{artists.unattributed} tracks have neither artist nor composer and are left out")
+    return run, artists
+
+
+def every_space(store: FeatureStore, run: Run) -> list[Space]:
+    """Every layer of the run, then its fused vectors when `mess fuse apply` wrote some."""
+    spaces = [load_space(store, run, layer=name) for name in run.layer_names]
+    try:
+        spaces.append(load_space(store, run, fused=True))
+    except StoreError:
+        pass
+    return spaces
+
+
+def choose_space(store: FeatureStore, run: Run, artists: ArtistSet, choice: SpaceChoice,
+                 on_note: Note = _ignore) -> Space:
+    """The chosen space, or the most artist-discriminative layer (said through ``on_note``) when none is chosen."""
+    if choice.given:
+        return load_space(store, run, layer=choice.layer, aspect=choice.aspect, fused=choice.fused)
+    space, effect = most_discriminative(artists, [load_space(store, run, layer=name) for name in run.layer_names])
+    on_note(f"layer {space.label}: the most artist-discriminative of {run.model} "
+            f"(separation {effect:.2f}; see `mess artists discrimination`)")
+    return space
+
+
+def _similarity(artists: ArtistSet, space: Space, options: ArtistOptions, center: bool | None = None) -> np.ndarray:
+    vectors = artist_vectors(artists, space, center=options.center if center is None else center)
+    return similarity_matrix(vectors, options.method)
+
+
+@dataclass(frozen=True)
+class SimilarArtists:
+    """The artists most like one artist, in one space (``parts``: the hybrid's components, when blended)."""
+
+    run: Run
+    artist: ArtistProfile
+    space: str
+    options: ArtistOptions
+    rows: list[dict]
+    parts: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        """JSON-ready form: the query artist, how it was compared, and the ranked rows."""
+        return {"artist": self.artist.name, "tracks": len(self.artist.track_ids), "confidence": self.artist.confidence,
+                "low_confidence": self.artist.low_confidence, "model": self.run.model, "space": self.space,
+                "method": self.options.method, "centered": self.options.center, "hybrid": bool(self.parts),
+                "results": self.rows}
+
+
+@dataclass(frozen=True)
+class Hybrid:
+    """How to blend audio with other evidence: explicit ``weights`` text, else the saved weights."""
+
+    weights: str | None = None
+    reference: Path | None = None
+    tags: Path | None = None
+
+
+def similar_artists(store: FeatureStore, name: str, k: int, options: ArtistOptions, choice: SpaceChoice, *,
+                    hide_low: bool = False, hybrid: Hybrid | None = None, on_note: Note = _ignore) -> SimilarArtists:
+    """The ``k`` artists most similar to ``name``; with ``hybrid``, audio blended with tags, collaborations
+    and reference lists (in the space the saved weights were learned on, unless one is chosen)."""
+    run, artists = open_artists(store, options, on_note)
+    query = artists.index(name)
+    if hybrid is not None and hybrid.weights is None:
+        saved = saved_selection(store)
+        choice = SpaceChoice(choice.layer or saved.get("layer"), choice.aspect or saved.get("aspect"),
+                             choice.fused or bool(saved.get("fused")))
+    space = choose_space(store, run, artists, choice, on_note)
+    parts: dict[str, np.ndarray] = {}
+    if hybrid is not None:
+        weights = parse_weights(hybrid.weights) if hybrid.weights else load_weights(store.reports_dir / WEIGHTS_FILE)
+        matched = match_reference(load_reference(hybrid.reference), artists)[0] if hybrid.reference else None
+        parts = components(_similarity(artists, space, options), artists, matched=matched,
+                           extra_tags=load_tags(hybrid.tags))
+        scores = blend(parts, weights)[query]
+        missing = [c for c, w in weights.items() if w > 0 and c not in parts]
+        if missing:
+            on_note(f"no information for {', '.join(missing)} in this collection "
+                    "(no tags / collaborations / --reference); those weights are unused")
+    else:
+        scores = similarity_row(artist_vectors(artists, space, center=options.center), query, options.method)
+    keep = np.array([not p.low_confidence for p in artists.profiles]) if hide_low else None
+    rows = [_row(artists.profiles[j], r + 1, float(scores[j]), {c: float(m[query, j]) for c, m in parts.items()})
+            for r, j in enumerate(top_k(scores, query, k, keep))]
+    return SimilarArtists(run, artists.profiles[query], space.label, options, rows, tuple(parts))
+
+
+def _row(profile: ArtistProfile, rank: int, score: float, parts: dict[str, float]) -> dict:
+    return {"rank": rank, "artist": profile.name, "score": score, "tracks": len(profile.track_ids),
+            "total_tracks": profile.total_tracks, "confidence": profile.confidence,
+            "low_confidence": profile.low_confidence, **({"components": parts} if parts else {})}
+
+
+def saved_selection(store: FeatureStore) -> dict:
+    """The space the saved hybrid weights were learned on (empty when there are none)."""
+    path = store.reports_dir / WEIGHTS_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("selection", {}) if path.exists() else {}
+    except (json.JSONDecodeError, AttributeError):
+        return {}
+
+
+def load_tags(path: Path | None) -> dict[str, list[str]] | None:
+    """A JSON map artist -> genre tags (None without a path); ArtistError when it is missing or malformed."""
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtistError(f"no such tags file: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtistError(f"tags file {path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise ArtistError(f"tags file {path} must map each artist to a list of tags")
+    return data
+
+
+@dataclass(frozen=True)
+class ArtistMatrix:
+    """Pairwise artist similarity, rows and columns in cluster order, and the files it was written to."""
+
+    run: Run
+    space: str
+    names: list[str]
+    matrix: np.ndarray
+    csv: Path
+    png: Path
+
+
+def artist_matrix(store: FeatureStore, options: ArtistOptions, choice: SpaceChoice, out: Path | None = None,
+                  on_note: Note = _ignore) -> ArtistMatrix:
+    """The artist similarity matrix, clustered, as CSV and heatmap PNG at ``out`` + .csv / .png
+    (default: STORE/reports/artists-matrix-MODEL-SPACE)."""
+    run, artists = open_artists(store, options, on_note)
+    space = choose_space(store, run, artists, choice, on_note)
+    sim = _similarity(artists, space, options)
+    prefix = out or store.reports_dir / f"artists-matrix-{slug(f'{run.model}-{space.label}').strip('_')}"
+    order = cluster_order(sim)
+    names = [artists.names[i] for i in order]
+    sim = sim[np.ix_(order, order)]
+    csv_path, png_path = prefix.with_name(prefix.name + ".csv"), prefix.with_name(prefix.name + ".png")
+    try:
+        write_csv(csv_path, names, sim)
+        write_heatmap(png_path, names, sim,
+                      f"{run.model} {space.label} ({options.method}{', centred' if options.center else ''})")
+    except OSError as exc:
+        raise ArtistError(f"cannot write {prefix}: {exc}") from None
+    return ArtistMatrix(run, space.label, names, sim, csv_path, png_path)
+
+
+def discrimination(store: FeatureStore, options: ArtistOptions,
+                   on_note: Note = _ignore) -> tuple[Run, ArtistSet, list[LayerReport]]:
+    """How well every layer (and the fused vectors) tells artists apart, best first."""
+    run, artists = open_artists(store, options, on_note)
+    reports = [layer_report(artists, space, options.method) for space in every_space(store, run)]
+    return run, artists, rank_layers(reports)
+
+
+@dataclass(frozen=True)
+class LayerValidation:
+    """Every space's similar-artist rankings scored against reference lists, and a random baseline."""
+
+    run: Run
+    k: int
+    options: ArtistOptions
+    n_artists: int
+    coverage: Coverage
+    layers: list[tuple[str, Metrics, float]]  # space, metrics, nDCG with the other centring
+    baseline: Metrics
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        other = f"ndcg_{'raw' if self.options.center else 'centered'}"
+        return {"model": self.run.model, "k": self.k, "method": self.options.method,
+                "centered": self.options.center, "coverage": self.coverage.to_dict(),
+                "layers": [{"layer": label, **vars(m), other: o} for label, m, o in self.layers],
+                "random": vars(self.baseline)}
+
+
+def validate_layers(store: FeatureStore, reference: Path, k: int, options: ArtistOptions,
+                    on_note: Note = _ignore) -> LayerValidation:
+    """Score every layer's (and the fused vectors') similar artists against reference lists at ``k``."""
+    ref = load_reference(reference)
+    run, artists = open_artists(store, options, on_note)
+    matched, coverage = match_reference(ref, artists)
+    if not matched:
+        raise ArtistError(f"none of the {coverage.query_artists} reference artists has a listed artist in the "
+                          f"collection (found {coverage.query_found} query and {coverage.listed_found} listed artists)")
+    layers = [(space.label, evaluate(_similarity(artists, space, options), matched, k),
+               evaluate(_similarity(artists, space, options, center=not options.center), matched, k).ndcg)
+              for space in every_space(store, run)]
+    n = len(artists.profiles)
+    notes = [f"k={k} covers all {n - 1} other artists, so overlap@k and recall@k are 1 by construction; "
+             "use a smaller -k (nDCG and MRR still rank)"] if k >= n - 1 else []
+    return LayerValidation(run, k, options, n, coverage, layers, random_baseline(n, matched, k), notes)
+
+
+@dataclass(frozen=True)
+class HybridWeights:
+    """Learned hybrid weights, what they were learned on (``meta``), and where they were saved."""
+
+    meta: dict
+    fit: HybridFit
+    saved: Path | None
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return {**self.meta, **self.fit.to_dict(), "saved": str(self.saved) if self.saved else None}
+
+
+def learn_hybrid(store: FeatureStore, reference: Path, k: int, options: ArtistOptions, choice: SpaceChoice, *,
+                 tags: Path | None = None, test_fraction: float = 0.3, seed: int = 0, save: bool = True,
+                 on_note: Note = _ignore) -> HybridWeights:
+    """Learn hybrid weights (audio, genre, collab, reference) on a train split of the reference artists;
+    with ``save``, write them to STORE/reports/artists_hybrid.json for :func:`similar_artists`."""
+    ref = load_reference(reference)
+    run, artists = open_artists(store, options, on_note)
+    matched, coverage = match_reference(ref, artists)
+    space = choose_space(store, run, artists, choice, on_note)
+    parts = components(_similarity(artists, space, options), artists, extra_tags=load_tags(tags))
+    fit = fit_hybrid(parts, matched, k=k, test_fraction=test_fraction, seed=seed)
+    selection = ({"layer": space.label} if not choice.given
+                 else {"layer": choice.layer, "aspect": choice.aspect, "fused": choice.fused})
+    meta = {"model": run.model, "space": space.label, "selection": selection, "method": options.method,
+            "centered": options.center, "k": k, "seed": seed, "coverage": coverage.to_dict()}
+    path = store.reports_dir / WEIGHTS_FILE
+    if save:
+        try:
+            save_weights(path, fit, meta)
+        except OSError as exc:
+            raise ArtistError(f"cannot write {path}: {exc}") from None
+    return HybridWeights(meta, fit, path if save else None)

@@ -1,0 +1,27 @@
+"""Short-time Fourier transform as librosa computes it, without librosa's JIT-compiled framing."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import scipy.fft
+import scipy.signal
+
+
+@lru_cache(maxsize=8)
+def _hann(n_fft: int, dtype: str) -> np.ndarray:
+    """Periodic Hann window (librosa's default), computed in float64 and stored as ``dtype``."""
+    return scipy.signal.get_window("hann", n_fft, fftbins=True).astype(dtype)
+
+
+def stft(windows: np.ndarray, n_fft: int, hop: int, dtype: str = "float64") -> np.ndarray:
+    """``librosa.stft(windows, n_fft=n_fft, hop_length=hop)`` for [batch, samples]: [batch, frames, bins] complex64.
+
+    Centred zero padding and a periodic Hann window, as librosa (0.11) does. ``dtype`` is the
+    precision of the FFT: float64 gives librosa's values exactly (it computes in float64 and
+    stores complex64); float32 is about twice as fast and differs by float32 rounding.
+    """
+    padded = np.pad(np.asarray(windows, dtype=dtype), ((0, 0), (n_fft // 2, n_fft // 2)))
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=-1)[:, ::hop]  # [batch, t, n_fft]
+    return scipy.fft.rfft(frames * _hann(n_fft, dtype), axis=-1).astype(np.complex64, copy=False)

@@ -1,0 +1,14 @@
+"""Names every layer shares: the kinds of vector set a run offers, and the tags that can define "similar".
+
+This module imports nothing from mess (it is the bottom layer of the import contract).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+VectorKind = Literal["layer", "group", "aspect", "fused", "learned", "all"]
+FUSED: VectorKind = "fused"  # vectors of `mess fuse apply`, stored as the run's derived set of this name
+LEARNED: VectorKind = "learned"  # the head shipped for a model (mess.models.head), applied to all layers
+
+LABEL_FIELDS = ("artist", "album", "genre", "composer", "title")  # track tags that can define relevance

@@ -1,0 +1,49 @@
+"""`mess fuse train` as one call: read a run's layers, train, save the checkpoint, log the run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mess.fusion.data import load_layers
+from mess.fusion.tracking import TrainingLog
+from mess.fusion.train import EpochLog, FusionConfig, FusionResult, save_checkpoint, train_fusion
+from mess.store import FeatureStore, Run
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A trained, saved network and the summary written to its training log."""
+
+    result: FusionResult
+    summary: dict
+
+
+def train_and_save(store: FeatureStore, run: Run, config: FusionConfig, path: Path,
+                   on_epoch: Callable[[EpochLog], None] | None = None) -> Trained:
+    """Train the fusion network on ``run``'s layer vectors, save it at ``path`` (.pt and .json), and log the
+    run to STORE/reports/fusion-<stem>-train.json (and MLflow under STORE/mlruns when installed).
+
+    Raises FusionError or ValueError (before anything is written) when the data cannot be trained on.
+    """
+    data = load_layers(store, run)
+    log = TrainingLog(store.reports_dir / f"fusion-{path.stem}-train.json",
+                      {"model": run.model, "run_id": run.id, **asdict(config)}, store.root / "mlruns")
+
+    def epoch(entry: EpochLog) -> None:
+        log.epoch(entry)
+        if on_epoch is not None:
+            on_epoch(entry)
+
+    result = train_fusion(data, config, epoch)
+    save_checkpoint(result, path)
+    summary = {"model": run.model, "label": config.label, "checkpoint": str(path), "log": str(log.path),
+               "tracks": len(data.tracks), "split": {k: len(v) for k, v in result.split.to_json().items()},
+               "epochs": result.history[-1].epoch, "best_epoch": result.best_epoch,
+               "phase2": bool(result.split.val), "stopped_early": result.stopped_early,
+               "val_ndcg_untrained": result.history[0].val_ndcg,
+               "val_ndcg_best": result.history[result.best_epoch].val_ndcg,
+               "data_hash": result.data_hash, "layer_weights": result.layer_weights(data.x)}
+    log.finish(summary, [path, path.with_suffix(".json")])
+    return Trained(result, summary)

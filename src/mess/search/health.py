@@ -1,0 +1,53 @@
+"""A store's health with its search indexes: what `mess check` finds and, asked to, repairs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mess.search.index import delete_index, stale_indexes
+from mess.store import FeatureStore
+from mess.store.check import Problem, full_check, repair
+
+
+@dataclass(frozen=True)
+class StoreHealth:
+    """Problems still there (after any repair), indexes out of date, and what a repair did."""
+
+    problems: list[Problem]
+    stale: list[Path]
+    repaired: list[str]
+
+    @property
+    def damaged(self) -> list[Problem]:
+        """The problems that make answers wrong."""
+        return [p for p in self.problems if p.damage]
+
+    def to_dict(self) -> dict:
+        """JSON-ready form: ok, what was repaired, and every problem (stale indexes as 'stale-index')."""
+        return {"ok": not self.damaged, "repaired": self.repaired,
+                "problems": [{"kind": p.kind, "run": p.run_id, "damage": p.damage, "message": p.message}
+                             for p in self.problems]
+                + [{"kind": "stale-index", "run": None, "damage": False, "message": f"{p.name} is out of date"}
+                   for p in self.stale]}
+
+
+def check_store(path: Path, *, fix: bool = False) -> StoreHealth:
+    """Check the store at ``path`` (without the verify-on-open that refuses a damaged one); with ``fix``,
+    repair what the row files allow, delete stale indexes, and check again. StoreError when it cannot open."""
+    store = FeatureStore(path, readonly=not fix, verify=False)
+    try:
+        problems = full_check(store)
+        catalog = any(p.kind == "catalog" for p in problems)
+        stale = [] if catalog else stale_indexes(store)
+        actions: list[str] = []
+        if fix and not catalog and (problems or stale):
+            actions = repair(store, problems)
+            for index in stale:
+                delete_index(index)
+                actions.append(f"deleted stale index {index.name}")
+            problems = full_check(store)
+            stale = stale_indexes(store)
+    finally:
+        store.close()
+    return StoreHealth(problems, stale, actions)

@@ -1,0 +1,83 @@
+"""The model registry: built-in names, plugins found through installed distributions, clear errors."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mess.models.dsp import DspModel
+from mess.models.registry import MODEL_NAMES, ModelError, load_model, model_factories
+
+PLUGIN = textwrap.dedent('''
+    import numpy as np
+
+    from mess.models.base import EmbeddingModel, ModelInfo
+
+
+    class PeakModel(EmbeddingModel):
+        def __init__(self, device: str) -> None:
+            self.device = device
+            self.info = ModelInfo("toy-peak", "1", 16000, ("peak",), (1,))
+
+        def embed(self, windows: np.ndarray) -> list[np.ndarray]:
+            return [np.abs(windows).max(axis=1, keepdims=True).astype(np.float32)]
+
+
+    def load(device: str) -> EmbeddingModel:
+        return PeakModel(device)
+''')
+
+
+@pytest.fixture
+def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An installed distribution (module + dist-info on sys.path) declaring three ``mess.models`` entry points."""
+    (tmp_path / "toy_mess_plugin.py").write_text(PLUGIN)
+    info = tmp_path / "toy_mess_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-mess-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[mess.models]\nToy-Peak = toy_mess_plugin:load\nbroken = toy_mess_plugin:missing\ndsp = toy_mess_plugin:load\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_a_plugin_model_loads_by_name_on_the_asked_device(plugin: Path) -> None:
+    model = load_model("toy-peak", device="cuda")
+    assert (model.info.name, model.device) == ("toy-peak", "cuda")
+    windows = np.array([[0.0, -0.75, 0.25], [0.5, 0.0, 0.0]], dtype=np.float32)
+    assert model.embed(windows)[0].ravel().tolist() == [0.75, 0.5]
+
+
+def test_a_plugin_cannot_replace_a_built_in_model(plugin: Path) -> None:
+    assert isinstance(load_model("dsp"), DspModel)
+
+
+def test_a_broken_plugin_is_named_in_a_model_error(plugin: Path) -> None:
+    with pytest.raises(ModelError, match=r"cannot load model plugin 'broken' \(toy_mess_plugin:missing\)"):
+        load_model("broken")
+
+
+def test_unknown_names_list_every_known_model(plugin: Path) -> None:
+    with pytest.raises(ModelError) as err:
+        load_model("no-such-model")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("unknown model 'no-such-model'; choose one of ")
+    for name in (*MODEL_NAMES, "toy-peak", "broken"):
+        assert name in message
+
+
+def test_plugins_are_seen_only_while_installed() -> None:
+    assert "toy-peak" not in model_factories()
+    with pytest.raises(ModelError, match="unknown model 'toy-peak'"):
+        load_model("toy-peak")
+
+
+def test_each_built_in_name_loads_the_model_it_names() -> None:
+    pytest.importorskip("musicnn.configuration", reason="pip install --no-deps musicnn==0.1.0")
+    for name in MODEL_NAMES:
+        if not name.startswith("mert-"):  # MERT weights come from the network (tests/test_mert.py pins them)
+            assert load_model(name.upper()).info.name == name

@@ -1,0 +1,84 @@
+"""Query expansion on real extracted vectors: the served ranking is the evaluated one, scores stay cosines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mess.search.evaluate import evaluate
+from mess.search.expansion import expand, expand_collection
+from mess.search.query import collection_query, similar_tracks
+from mess.search.vectors import VectorSpec, load_vectors
+from mess.store import FeatureStore
+
+
+def test_similar_with_expansion_ranks_as_evaluation_does_and_scores_stay_cosines(extracted_store: Path) -> None:
+    fs = FeatureStore(extracted_store, readonly=True)
+    try:
+        run = fs.run("musicnn-msd")
+        vs = load_vectors(fs, run, VectorSpec.from_options(), fs.tracks(run))
+        unit = vs.unit()
+        expanded = expand_collection(unit, 3)
+        for row in (0, len(unit) // 2, len(unit) - 1):
+            tid = int(vs.ids[row])
+            got = similar_tracks(fs, run, collection_query(fs, tid), 5, expand=3)
+            ranking = expanded[row] @ unit.T
+            ranking[row] = -np.inf
+            want = vs.ids[np.argsort(-ranking, kind="stable")[:5]]
+            assert [n.track.id for n in got] == want.tolist()
+            rows = vs.rows(want)
+            assert np.allclose([n.score for n in got], unit[rows] @ unit[row], atol=1e-5)
+            assert np.allclose([n.adjusted for n in got], ranking[rows], atol=1e-5)
+            assert all(n.adjusted is not None for n in got)
+    finally:
+        fs.close()
+
+
+def test_expansion_moves_a_query_towards_its_neighbourhood() -> None:
+    """A query between a tight group and one stray point: plain cosine ranks the stray point among the group;
+    expanded with its nearest neighbours (mostly the group), the query ranks the stray point last."""
+    rng = np.random.default_rng(0)
+    centre, stray = np.eye(16)[0], np.eye(16)[1]
+    group = centre + 0.05 * rng.standard_normal((6, 16))
+    unit = np.vstack([0.5 * centre + 0.5 * stray, stray, group])
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    plain = unit[1:] @ unit[0]
+    assert (plain[1:] < plain[0]).sum() >= 3  # the stray point beats half the group
+    moved = expand_collection(unit, 3)[0] @ unit[1:].T
+    assert moved[0] < moved[1:].min()
+    assert np.allclose(np.linalg.norm(expand(unit[:1], unit[None, 2:5], plain[None, 1:4]), axis=1), 1.0)
+
+
+def test_evaluate_reports_expanded_cosine_alongside_the_plain_one(extracted_store: Path) -> None:
+    fs = FeatureStore(extracted_store, readonly=True)
+    try:
+        run = fs.run("musicnn-msd")
+        plain = evaluate(fs, run, "composer")
+        expanded = evaluate(fs, run, "composer", expand=3)
+    finally:
+        fs.close()
+    assert [s.name for s in plain.sets] == [s.name for s in expanded.sets]
+    assert all(s.metric == "cosine, expanded (3)" for s in expanded.sets)
+    assert any(a.scores.map != b.scores.map for a, b in zip(plain.sets, expanded.sets, strict=True))
+
+
+def test_http_similar_with_expansion_answers_as_the_library(extracted_store: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from mess.serve.app import create_app
+
+    fs = FeatureStore(extracted_store, readonly=True)
+    try:
+        run = fs.run("musicnn-msd")
+        tid = fs.tracks(run)[0].id
+        want = similar_tracks(fs, run, collection_query(fs, tid), 4, expand=3)
+    finally:
+        fs.close()
+    with TestClient(base_url="http://127.0.0.1", app=create_app(extracted_store)) as client:
+        body = client.get(f"/api/tracks/{tid}/similar", params={"model": "musicnn-msd", "k": 4, "expand": 3}).json()
+        bad = client.get(f"/api/tracks/{tid}/similar", params={"expand": -1})
+    assert [r["id"] for r in body["results"]] == [n.track.id for n in want]
+    assert [r["adjusted"] for r in body["results"]] == pytest.approx([n.adjusted for n in want], abs=1e-5)
+    assert bad.status_code == 422
