@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from mess.audio.windows import WindowPolicy
+from mess.extract.runs import run_key
 from mess.fusion.data import load_layers
 from mess.fusion.report import compare
 from mess.fusion.train import FusionConfig, train_fusion
@@ -59,7 +60,7 @@ def fill_store(root: Path, artist: np.ndarray, x: np.ndarray) -> None:
     n_layers, dim = x.shape[1:]
     info = ModelInfo("synthetic", "bench-1", 24000, tuple(f"layer{i}" for i in range(n_layers)), (dim,) * n_layers)
     store = FeatureStore(root)
-    run = store.ensure_run(info, WindowPolicy())
+    run = store.ensure_run(run_key(info, WindowPolicy()))
     for start in range(0, len(x), 500):
         items = []
         for i in range(start, min(start + 500, len(x))):

@@ -24,6 +24,7 @@ import numpy as np
 
 from mess.audio.windows import WindowPolicy
 from mess.datasets.soundtracks import fetch_soundtracks
+from mess.extract.runs import run_policy
 from mess.search.expansion import EXPAND_ALPHA, EXPAND_K, expand_collection
 from mess.search.metrics import average_precision, ndcg_at_k, precision_at_k, ranked_relevance
 from mess.search.segments import chamfer_rows, group_windows
@@ -309,7 +310,7 @@ def main() -> None:
         ids = np.array(sorted(set.intersection(*have)), dtype=np.int64)
         by_id = {t.id: t for t in fs.tracks()}
         backends = {m: load_backend(fs, r, ids) for m, r in runs.items()}
-        window_s = next(iter(runs.values())).policy.window_seconds
+        window_s = run_policy(next(iter(runs.values()))).window_seconds
     finally:
         fs.close()
     meta = [game_of[by_id[int(i)].path] for i in ids]

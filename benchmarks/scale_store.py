@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from mess.audio.windows import WindowPolicy
+from mess.extract.runs import run_key
 from mess.models.base import ModelInfo
 from mess.store import FeatureStore, TrackVectors
 
@@ -48,7 +49,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         store = FeatureStore(root)
-        run = store.ensure_run(info, WindowPolicy())
+        run = store.ensure_run(run_key(info, WindowPolicy()))
         start = time.perf_counter()
         for first in range(0, args.tracks, args.write_every):
             batch = []

@@ -46,6 +46,7 @@ import psutil
 from threadpoolctl import threadpool_limits
 
 from mess.audio.windows import WindowPolicy
+from mess.extract.runs import run_key
 from mess.models.base import ModelInfo
 from mess.models.registry import load_model
 from mess.query import resolve_query
@@ -75,7 +76,7 @@ def synthetic_store(root: Path, n: int, info: ModelInfo, seed: int = 0) -> None:
     """A store of n tracks by 50 artists whose vectors cluster by artist (more in later layers)."""
     rng = np.random.default_rng(seed)
     store = FeatureStore(root)
-    run = store.ensure_run(info, WindowPolicy())
+    run = store.ensure_run(run_key(info, WindowPolicy()))
     centres = [rng.standard_normal((ARTISTS, dim)).astype(np.float32) for dim in info.layer_dims]
     weights = np.linspace(0.3, 1.5, len(info.layer_dims))
     batch = []

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from mess.audio.windows import WindowPolicy
 from mess.cli.artists import register
+from mess.extract.runs import run_key
 from mess.models.base import ModelInfo
 from mess.store import FeatureStore, TrackVectors
 
@@ -38,7 +39,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("artists") / "store"
     rng = np.random.default_rng(0)
     fs = FeatureStore(root)
-    run = fs.ensure_run(ModelInfo("synthetic", "r1", 16000, ("aniso", "noise", "clean"), (DIM,) * 3), WindowPolicy())
+    info = ModelInfo("synthetic", "r1", 16000, ("aniso", "noise", "clean"), (DIM,) * 3)
+    run = fs.ensure_run(run_key(info, WindowPolicy()))
     offset = rng.normal(size=DIM) * 10
     centres = rng.normal(size=(8, DIM))
     centres[1::2] = centres[::2] + 0.5 * rng.normal(size=(4, DIM))

@@ -18,6 +18,7 @@ from mess.audio.discover import find_audio
 from mess.audio.windows import WindowPolicy
 from mess.extract.embed import embed_file
 from mess.extract.pipeline import extract
+from mess.extract.runs import run_policy
 from mess.models.dsp import DspModel
 from mess.store import FeatureStore
 
@@ -109,7 +110,7 @@ def test_long_track_gets_full_windows_and_segment_vectors(tmp_path: Path) -> Non
     assert len(ids) == 3 and starts[0] == 0 and abs(starts[-1] - 6.0) < 1e-3
     _, track = store.layer_matrix(run, "mfcc")
     np.testing.assert_allclose(track[0], segments.mean(axis=0), rtol=1e-2, atol=1e-2)
-    assert run.policy == POLICY
+    assert run_policy(run) == POLICY and run.policy == POLICY.to_json()
 
 
 def test_embed_file_matches_the_stored_vectors(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from mess.cli.fuse import register
 from mess.extract.embed import embed_file
+from mess.extract.runs import run_policy
 from mess.fusion.apply import FUSED, fuse_query
 from mess.fusion.data import load_layers
 from mess.fusion.report import compare
@@ -93,7 +94,7 @@ def test_cli_train_apply_report_and_query_fusion(writable: Path) -> None:
         assert sorted(ids.tolist()) == sorted(t.id for t in fs.tracks(run))
         assert np.allclose(np.linalg.norm(fused, axis=1), 1.0, atol=1e-2)
         track = fs.tracks(run)[0]
-        vectors = embed_file(Path(track.path), load_model("dsp"), run.policy)
+        vectors = embed_file(Path(track.path), load_model("dsp"), run_policy(run))
         query = fuse_query(fs, run, vectors.layers)
         stored = fused[ids.tolist().index(track.id)]
         assert float(query @ stored) / np.linalg.norm(stored) > 0.99

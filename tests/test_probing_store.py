@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from mess.cli import probe as probe_cli
 from mess.extract.pipeline import extract
+from mess.extract.runs import run_policy
 from mess.models.registry import load_model
 from mess.probing.controls import ControlError, randomized
 from mess.probing.target_cache import track_targets
@@ -47,7 +48,7 @@ def test_report_covers_every_layer_and_target_and_is_written_as_json_csv_png(sto
     store = FeatureStore(store_copy, readonly=True)
     run = store.run("dsp")
     assert dsp_report["n_tracks"] == len(store.tracks(run)) >= 8
-    assert dsp_report["window_policy"]["window_seconds"] == run.policy.window_seconds
+    assert dsp_report["window_policy"]["window_seconds"] == run_policy(run).window_seconds
     assert "GroupKFold" in dsp_report["folds"] and "album" in dsp_report["folds"]
     for condition in ("trained", "shuffled"):
         r2 = dsp_report["conditions"][condition]["r2"]
@@ -87,7 +88,7 @@ def test_shuffled_targets_score_nothing_while_trained_layers_do(dsp_report: dict
 def test_targets_are_cached_per_content_hash(store_copy: Path, dsp_report: dict) -> None:
     store = FeatureStore(store_copy, readonly=True)
     run = store.run("dsp")
-    again = track_targets(store.root, store.tracks(run), run.policy, workers=1)
+    again = track_targets(store.root, store.tracks(run), run_policy(run), workers=1)
     assert again.computed == 0 and len(again.track_ids) == dsp_report["n_tracks"]
 
 
@@ -111,7 +112,7 @@ def test_random_init_twin_of_a_mert_shaped_model_is_extracted_and_probed(store_c
     HubertModel(config).save_pretrained(folder)
     Wav2Vec2FeatureExtractor(sampling_rate=24000, do_normalize=True).save_pretrained(folder)
     store = FeatureStore(store_copy)
-    policy = store.run("dsp").policy
+    policy = run_policy(store.run("dsp"))
     tiny = load_model(str(folder))
     extract(store, [Path(t.path) for t in store.tracks(store.run("dsp"))], tiny, policy)
     result = runner.invoke(app, ["probe", "-m", tiny.info.name, "-s", str(store_copy), "--source", str(folder),

@@ -22,6 +22,7 @@ import soundfile as sf
 from mess.audio.discover import find_audio
 from mess.audio.windows import WindowPolicy
 from mess.extract.pipeline import extract
+from mess.extract.runs import run_policy
 from mess.models.dsp import DspModel
 from mess.models.registry import load_model
 from mess.scale.ray_extract import extract_ray
@@ -176,7 +177,7 @@ def test_ray_matches_the_local_store_on_rendered_music(ray_address: str, extract
     tracks = reference.tracks(run)[:4]
     paths = [Path(t.path) for t in tracks]
     store = FeatureStore(tmp_path / "ray")
-    summary = extract_ray(store, paths, "dsp", run.policy, batch_size=2)
+    summary = extract_ray(store, paths, "dsp", run_policy(run), batch_size=2)
     assert (summary.done, summary.failed) == (len(paths), [])
     assert [store.track(p).artist for p in paths] == [t.artist for t in tracks]
     want = {p: v for p, v in _by_path(reference, "dsp").items() if p in {str(x) for x in paths}}

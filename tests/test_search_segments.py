@@ -18,6 +18,7 @@ from mess.audio.decode import load_audio
 from mess.audio.tags import read_tags
 from mess.audio.windows import WindowPolicy
 from mess.cli.search import register
+from mess.extract.runs import run_key
 from mess.models.base import ModelInfo
 from mess.query import resolve_query
 from mess.search.evaluate import evaluate
@@ -46,7 +47,7 @@ def _band_windows(path: Path, n_windows: int) -> list[np.ndarray]:
 def _store(root: Path, paths: list[Path], n_windows: int) -> tuple[FeatureStore, Run]:
     store = FeatureStore(root)
     info = ModelInfo("bands", "r1", RATE, ("wide", "coarse"), BANDS)
-    run = store.ensure_run(info, WindowPolicy(window_seconds=WINDOW_S))
+    run = store.ensure_run(run_key(info, WindowPolicy(window_seconds=WINDOW_S)))
     for i, path in enumerate(paths):
         segments = _band_windows(path, n_windows)
         store.upsert_track(path, f"hash-{i}", path.stat().st_size, 0.0, {"duration": 20.0}, read_tags(path))

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from mess.audio.windows import WindowPolicy
 from mess.cli.search import register
+from mess.extract.runs import run_key
 from mess.models.base import ModelInfo
 from mess.query import resolve_query
 from mess.search.evaluate import LabelError, evaluate, plot_evaluation, read_label_csv
@@ -43,7 +44,7 @@ def synth(tmp_path: Path) -> tuple[FeatureStore, Run]:
     rng = np.random.default_rng(0)
     store = FeatureStore(tmp_path / "store")
     info = ModelInfo("synth", "r1", 16000, ("l0", "l1", "l2"), DIMS)
-    run = store.ensure_run(info, WindowPolicy())
+    run = store.ensure_run(run_key(info, WindowPolicy()))
     centres = [rng.standard_normal((ARTISTS, d)) * 3 + 5 for d in DIMS[1:]]
     for a in range(ARTISTS):
         for j in range(PER_ARTIST):

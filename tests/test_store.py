@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mess.audio.windows import WindowPolicy
+from mess.extract.runs import run_key
 from mess.models.base import ModelInfo
 from mess.store import FeatureStore, StoreError, TrackVectors
 
@@ -35,7 +36,7 @@ def _add_track(store: FeatureStore, i: int, artist: str = "x") -> int:
 
 def test_vectors_round_trip_per_layer_and_segment(tmp_path: Path) -> None:
     store = FeatureStore(tmp_path)
-    run = store.ensure_run(INFO, WindowPolicy())
+    run = store.ensure_run(run_key(INFO, WindowPolicy()))
     items = [_vectors(f"h{i}", n, i) for i, n in enumerate([1, 3, 2])]
     for i in range(3):
         _add_track(store, i)
@@ -58,7 +59,7 @@ def _append_raw(store: FeatureStore, run, level: str, layer: int, rows: int) -> 
 
 def test_rewrite_is_idempotent_and_interrupted_write_is_overwritten(tmp_path: Path) -> None:
     store = FeatureStore(tmp_path)
-    run = store.ensure_run(INFO, WindowPolicy())
+    run = store.ensure_run(run_key(INFO, WindowPolicy()))
     _add_track(store, 0)
     _add_track(store, 1)
     store.write_vectors(run, [_vectors("h0", 2, 0)])
@@ -77,7 +78,7 @@ def test_rewrite_is_idempotent_and_interrupted_write_is_overwritten(tmp_path: Pa
 
 def test_duplicate_content_shares_vectors_and_lookups_fail_clearly(tmp_path: Path) -> None:
     store = FeatureStore(tmp_path)
-    run = store.ensure_run(INFO, WindowPolicy())
+    run = store.ensure_run(run_key(INFO, WindowPolicy()))
     a = _add_track(store, 0)
     b = store.upsert_track(Path("/music/copy.wav"), "h0", 10, 1.0, {}, {"artist": "y"})
     store.write_vectors(run, [_vectors("h0", 1, 0)])
@@ -96,7 +97,7 @@ def test_duplicate_content_shares_vectors_and_lookups_fail_clearly(tmp_path: Pat
 
 def test_derived_vectors_align_to_tracks(tmp_path: Path) -> None:
     store = FeatureStore(tmp_path)
-    run = store.ensure_run(INFO, WindowPolicy())
+    run = store.ensure_run(run_key(INFO, WindowPolicy()))
     ids = [_add_track(store, i) for i in range(3)]
     store.write_vectors(run, [_vectors(f"h{i}", 1, i) for i in range(3)])
     fused = np.arange(6, dtype=np.float32).reshape(3, 2)
@@ -112,7 +113,7 @@ def test_derived_vectors_align_to_tracks(tmp_path: Path) -> None:
 
 def test_tracks_are_cached_until_this_or_another_connection_writes(tmp_path: Path) -> None:
     writer = FeatureStore(tmp_path)
-    run = writer.ensure_run(INFO, WindowPolicy())
+    run = writer.ensure_run(run_key(INFO, WindowPolicy()))
     for i in range(2):
         _add_track(writer, i)
     writer.write_vectors(run, [_vectors(f"h{i}", 1, i) for i in range(2)])

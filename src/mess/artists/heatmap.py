@@ -34,14 +34,12 @@ def write_csv(path: Path, names: list[str], sim: np.ndarray) -> None:
 
 def write_heatmap(path: Path, names: list[str], sim: np.ndarray, title: str) -> None:
     """Heatmap PNG of an artist matrix, colour range from the off-diagonal values."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the process's backend stays the caller's
 
     off = sim[~np.eye(len(sim), dtype=bool)]
     size = min(4 + 0.25 * len(names), 24)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    fig = Figure(figsize=(size + 1.5, size))
+    ax = fig.subplots()
     image = ax.imshow(sim, cmap="viridis", vmin=float(off.min()), vmax=float(off.max()))
     if len(names) <= LABELLED_MAX:
         ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
@@ -54,4 +52,3 @@ def write_heatmap(path: Path, names: list[str], sim: np.ndarray, title: str) -> 
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -16,6 +16,7 @@ from mess.cli.common import console, emit_json, fail, open_store, plain
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt
 from mess.extract.pipeline import ExtractSummary, extract
 from mess.extract.prepare import planned_seconds
+from mess.extract.runs import run_policy
 from mess.models.base import EmbeddingModel
 from mess.models.registry import MODEL_NAMES, ModelError, load_model
 from mess.store import FeatureStore
@@ -238,7 +239,7 @@ def store_summary(fs: FeatureStore) -> dict:
                 "id": run.id,
                 "model": run.model,
                 "revision": run.revision,
-                "window_seconds": run.policy.window_seconds,
+                "window_seconds": run_policy(run).window_seconds,
                 "layers": len(run.layer_names),
                 "tracks": len(fs.tracks(run)),
                 "failures": [{"path": p, "reason": r} for p, r in fs.failures(run)],

@@ -25,6 +25,13 @@ from mess.cli import (
 )
 from mess.cli.common import plain_help, version_option
 
+# Third-party warnings that tell a user nothing to act on, as (message start, module) regular expressions;
+# every other warning is shown.
+QUIET_WARNINGS: tuple[tuple[str, str], ...] = (
+    # the MLP probe's fits often stop at max_iter: its held-out R^2 already says how well it did
+    (r"Stochastic Optimizer: Maximum iterations", r"sklearn\.neural_network"),
+)
+
 app = typer.Typer(
     name="mess",
     help="Music Embedding Similarity Search: extract multi-layer embeddings, discover what each layer "
@@ -42,9 +49,10 @@ plain_help(app)
 
 
 def main() -> None:
-    """Entry point with quiet third-party logging."""
+    """Entry point with quiet third-party logging and without the warnings of :data:`QUIET_WARNINGS`."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    warnings.filterwarnings("ignore", category=UserWarning)
+    for message, module in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=UserWarning, module=module)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app()

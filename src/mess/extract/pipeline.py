@@ -14,6 +14,7 @@ from mess.audio.decode import AudioError
 from mess.audio.windows import WindowPolicy
 from mess.extract.embed import embed_prepared
 from mess.extract.prepare import FileRecord, Windows, decode_windows, inspect_file
+from mess.extract.runs import run_key
 from mess.models.base import EmbeddingModel
 from mess.store import FeatureStore, Run, StoreError
 from mess.store.paths import printable
@@ -70,7 +71,7 @@ def _extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, 
              batch_size: int, workers: int, prune_under: Sequence[Path],
              on_progress: ProgressHook | None) -> ExtractSummary:
     started = time.perf_counter()
-    run = store.ensure_run(model.info, policy)
+    run = store.ensure_run(run_key(model.info, policy))
     summary = ExtractSummary()
     if prune_under:
         summary.removed = _prune(store, paths, prune_under)

@@ -38,7 +38,7 @@ class LayerData:
     def data_hash(self, field: str) -> str:
         """Hash of what training saw: run identity plus sorted (content hash, label) pairs."""
         pairs = sorted((t.content_hash, t.label(field)) for t in self.tracks if t.label(field))
-        head = [self.run.model, self.run.revision, self.run.policy.to_json(), list(self.run.layer_names), field]
+        head = [self.run.model, self.run.revision, self.run.policy, list(self.run.layer_names), field]
         return hashlib.sha256(json.dumps([head, pairs]).encode()).hexdigest()
 
 

@@ -40,7 +40,7 @@ class HeadData:
         """Hash of what training saw: run identity plus sorted (content hash, label) pairs of ``rows``."""
         rows = np.arange(len(self.labels)) if rows is None else rows
         pairs = sorted(zip(self.hashes[rows].tolist(), self.labels[rows].tolist(), strict=False))
-        head = [self.run.model, self.run.revision, self.run.policy.to_json(), list(self.run.layer_names)]
+        head = [self.run.model, self.run.revision, self.run.policy, list(self.run.layer_names)]
         return hashlib.sha256(json.dumps([head, pairs]).encode()).hexdigest()
 
 

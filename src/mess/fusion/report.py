@@ -188,14 +188,12 @@ def attach_probe(report: FusionReport, store: FeatureStore, run_id: int) -> None
 
 def plot(report: FusionReport, path: Path) -> None:
     """PNG: learned layer weights (left) next to probe R^2 per layer and aspect (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the process's backend stays the caller's
 
     names = list(report.layer_weights)
     y = np.arange(len(names))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.35 * len(names) + 2), sharey=True)
+    fig = Figure(figsize=(11, 0.35 * len(names) + 2))
+    left, right = fig.subplots(1, 2, sharey=True)
     left.barh(y, list(report.layer_weights.values()), color="tab:blue")
     left.axvline(1 / len(names), color="grey", linestyle=":", label="uniform")
     left.set(yticks=y, yticklabels=names, xlabel="mean softmax weight",
@@ -219,7 +217,6 @@ def plot(report: FusionReport, path: Path) -> None:
         right.set_axis_off()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def markdown(report: FusionReport) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mess.extract.pipeline import ExtractSummary, extract
+from mess.extract.runs import run_key, run_policy
 from mess.models.base import EmbeddingModel
 from mess.models.registry import load_model
 from mess.store import FeatureStore, Run
@@ -82,5 +83,6 @@ def random_init_run(store: FeatureStore, run: Run, *, source: str | None = None,
     paths = [Path(t.path) for t in store.tracks(run) if Path(t.path).is_file()]
     if not paths:
         raise ControlError(f"none of the {run.model} tracks are on disk any more; cannot extract a random-init twin")
-    summary = extract(store, paths, twin, run.policy, batch_size=batch_size, workers=workers, on_progress=on_progress)
-    return store.ensure_run(twin.info, run.policy), summary
+    policy = run_policy(run)
+    summary = extract(store, paths, twin, policy, batch_size=batch_size, workers=workers, on_progress=on_progress)
+    return store.ensure_run(run_key(twin.info, policy)), summary

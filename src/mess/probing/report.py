@@ -154,23 +154,14 @@ def write_report(report: ProbeReport, folder: Path) -> dict[str, Path]:
 
 def heatmap(report: ProbeReport, path: Path) -> None:
     """Layers x targets R^2, one panel per condition, targets grouped by aspect."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the process's backend stays the caller's
 
     names = list(report.conditions)
     first = report.conditions[TRAINED]
     width = max(8.0, 0.42 * len(first.targets) + 2.5)
     heights = [0.3 * len(report.conditions[n].layers) + 0.9 for n in names]
-    fig, axes = plt.subplots(
-        len(names),
-        1,
-        figsize=(width, sum(heights) + 1.6),
-        squeeze=False,
-        gridspec_kw={"height_ratios": heights},
-        constrained_layout=True,
-    )
+    fig = Figure(figsize=(width, sum(heights) + 1.6), layout="constrained")
+    axes = fig.subplots(len(names), 1, squeeze=False, gridspec_kw={"height_ratios": heights})
     image = None
     for row, (ax, name) in enumerate(zip(axes[:, 0], names, strict=False)):
         scores = report.conditions[name]
@@ -208,4 +199,3 @@ def heatmap(report: ProbeReport, path: Path) -> None:
         ax.set_title(f"{report.model} - {name}: out-of-fold R^2 ({report.n_tracks} tracks, {report.folds})", fontsize=9)
     fig.colorbar(image, ax=axes[:, 0].tolist(), shrink=0.8, label="R^2 (clipped to [-1, 1])")
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from mess.extract.runs import run_policy
 from mess.models.registry import ModelError
 from mess.probing.controls import ControlError, random_init_run, shuffled_rows
 from mess.probing.probes import PROBE_KINDS, Folds, ProbeError, ProbeScores, make_folds, probe_layers
@@ -56,7 +57,7 @@ def probe_run(store: FeatureStore, run: Run, options: ProbeOptions = ProbeOption
         if on_progress:
             on_progress("targets", n_done, len(tracks))
 
-    targets = track_targets(store.root, tracks, run.policy, workers=options.workers, on_track=tick)
+    targets = track_targets(store.root, tracks, run_policy(run), workers=options.workers, on_track=tick)
     trained, folds = _probe(store, run, layers, targets, options, on_progress)
     conditions = {TRAINED: trained}
     notes = {}
@@ -77,7 +78,7 @@ def probe_run(store: FeatureStore, run: Run, options: ProbeOptions = ProbeOption
                                     f"{summary.done} tracks embedded now, {summary.skipped} reused")
         except (ControlError, ModelError, ImportError, OSError) as exc:
             notes["random-init"] = f"not run: {exc}"
-    return ProbeReport(model=run.model, revision=run.revision, run_id=run.id, policy=asdict(run.policy),
+    return ProbeReport(model=run.model, revision=run.revision, run_id=run.id, policy=asdict(run_policy(run)),
                        n_tracks=folds.n, folds=folds.scheme, probe=options.probe,
                        seconds=time.perf_counter() - started, conditions=conditions, notes=notes,
                        missing=targets.missing)

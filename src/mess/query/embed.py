@@ -10,6 +10,7 @@ import numpy as np
 from mess.audio.tags import read_tags
 from mess.constants import FUSED
 from mess.extract.embed import embed_file
+from mess.extract.runs import run_policy
 from mess.fusion.data import FusionError
 from mess.models.registry import ModelError, load_model
 from mess.search.query import TrackQuery, collection_query
@@ -44,7 +45,7 @@ def embed_query(store: FeatureStore, path: Path, run: Run) -> TrackQuery:
         raise StoreError(f"{run.model} is now revision {model.info.revision} but the store holds "
                          f"{run.revision}; re-extract the collection to compare with new files")
     try:
-        vectors = embed_file(path, model, run.policy)
+        vectors = embed_file(path, model, run_policy(run))
     except Exception as exc:  # noqa: BLE001 -- any fault of this one file is a clear error, not a traceback
         raise StoreError(f"cannot embed {path}: {exc}") from exc
     tags = read_tags(path)

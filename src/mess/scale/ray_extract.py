@@ -31,6 +31,7 @@ import ray.data
 
 from mess.audio.windows import WindowPolicy
 from mess.extract.pipeline import ExtractSummary
+from mess.extract.runs import run_key
 from mess.models.base import ModelInfo
 from mess.models.registry import load_model
 from mess.scale.embedder import Embedder, split_row
@@ -73,7 +74,7 @@ def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, pol
     owned = _connect(address)
     try:
         info = info or with_precision(load_model(model_name), precision).info
-        run = store.ensure_run(info, policy)
+        run = store.ensure_run(run_key(info, policy))
         summary = ExtractSummary()
         todo = _catalogue(store, run, paths, summary)
         if todo:

@@ -128,13 +128,7 @@ class AnnIndex:
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         params = self._params(breadth or self.breadth, exclude)
         k = max(1, min(k, self.ntotal))
-        threads = faiss.omp_get_max_threads()
-        if len(queries) < 8:
-            faiss.omp_set_num_threads(1)  # OpenMP start-up costs more than it saves on a few queries
-        try:
-            dist, ids = self.index.search(queries, k, params=params)
-        finally:
-            faiss.omp_set_num_threads(threads)
+        dist, ids = self.index.search(queries, k, params=params)  # faiss's threads: the application's choice
         if self.index.metric_type == faiss.METRIC_L2:
             dist = 1.0 - dist / 2.0
         return dist, ids

@@ -236,14 +236,12 @@ def _score(
 
 def plot_evaluation(ev: Evaluation, path: Path) -> Path:
     """PNG of precision@k, mAP and nDCG@k per layer, with all-layers, fused and chance as reference lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the process's backend stays the caller's
 
     layers = [s for s in ev.sets if s.kind == "layer"]
     x = np.arange(len(layers))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(layers) + 3), 4.2))
+    fig = Figure(figsize=(max(6.0, 0.5 * len(layers) + 3), 4.2))
+    ax = fig.subplots()
     for attr, label, colour in (
         ("precision", f"P@{ev.k}", "tab:blue"),
         ("map", "mAP", "tab:orange"),
@@ -267,5 +265,4 @@ def plot_evaluation(ev: Evaluation, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

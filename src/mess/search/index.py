@@ -12,7 +12,6 @@ saved index when it is current, and otherwise an in-memory one (never stale).
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +22,6 @@ from mess.search.vectors import Preprocessor, VectorSet, VectorSpec
 from mess.store import FeatureStore, Run
 
 REBUILD_FRACTION = 0.25
-_CACHE: OrderedDict[tuple[str, str], CollectionIndex] = OrderedDict()
-_CACHE_SIZE = 8
 
 
 @dataclass
@@ -121,38 +118,40 @@ def build_index(store: FeatureStore, vs: VectorSet, kind: str = "auto", *, rebui
     if mode != "unchanged":
         with store.writing("mess index", wait=wait):
             index.save(path)
-    _remember(path, vs, index)
     report = IndexReport(path, index.ann.kind, mode, len(vs.ids), vs.raw.shape[1], added, removed,
                          index.ann.breadth, index.ann.recall, time.perf_counter() - start, path.stat().st_size)
     return index, report
 
 
 def open_index(store: FeatureStore, vs: VectorSet) -> CollectionIndex:
-    """The saved index when it matches ``vs`` exactly, else an exact in-memory one (cached per process).
+    """The saved index when it matches ``vs`` exactly, else an exact in-memory one.
 
+    Memoised until the catalog or the saved index file changes (see :meth:`FeatureStore.cached`).
     The in-memory fallback is flat: it builds instantly and is exact; run
     :func:`build_index` (``mess index``) for approximate search on large collections.
     """
     path = index_path(store, vs.run, vs.spec)
-    key = (str(path.resolve()), vs.fingerprint)
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
+    return store.cached(("index", str(path), _saved_at(path), vs.fingerprint), lambda: _open_index(path, vs))
+
+
+def _saved_at(path: Path) -> tuple[tuple[int, int] | None, ...]:
+    """(mtime, size) of a saved index's three files (None for a missing one): changes with every save."""
+    stamps: list[tuple[int, int] | None] = []
+    for p in (path, path.with_suffix(".json"), path.with_suffix(".npz")):
+        try:
+            st = p.stat()
+            stamps.append((st.st_mtime_ns, st.st_size))
+        except FileNotFoundError:
+            stamps.append(None)
+    return tuple(stamps)
+
+
+def _open_index(path: Path, vs: VectorSet) -> CollectionIndex:
     saved = CollectionIndex.load(path) if path.exists() else None
     if saved is not None and saved.is_current(vs):
-        index = saved
-    else:
-        ann = AnnIndex.build(vs.unit(), vs.ids, "flat")
-        index = CollectionIndex(ann, vs.prep, vs.ids.copy(), vs.hashes.copy(), vs.spec, vs.run.id)
-    _remember(path, vs, index)
-    return index
-
-
-def _remember(path: Path, vs: VectorSet, index: CollectionIndex) -> None:
-    _CACHE[(str(path.resolve()), vs.fingerprint)] = index
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
-
+        return saved
+    ann = AnnIndex.build(vs.unit(), vs.ids, "flat")
+    return CollectionIndex(ann, vs.prep, vs.ids.copy(), vs.hashes.copy(), vs.spec, vs.run.id)
 
 
 def stale_indexes(store: FeatureStore) -> list[Path]:

@@ -14,10 +14,7 @@ normalisation per layer block.
 from __future__ import annotations
 
 import hashlib
-import json
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal, TypeVar
@@ -26,15 +23,11 @@ import numpy as np
 
 from mess.constants import FUSED, LEARNED, VectorKind
 from mess.models.head import HeadError, shipped_head
-from mess.store import FeatureStore, Run, StoreError, Track
+from mess.store import FeatureStore, Run, StoreError, Track, TrackList
+from mess.store.memo import MEMO
 
 Norm = Literal["none", "center", "zscore"]
 NORMS: tuple[str, ...] = ("none", "center", "zscore")
-_CACHE: OrderedDict[tuple, VectorSet] = OrderedDict()
-_CACHE_SIZE = 12
-_DERIVED: OrderedDict[int, tuple[tuple[Track, ...], dict[str, object]]] = OrderedDict()
-_DERIVED_SIZE = 8
-_DERIVED_LOCK = threading.Lock()
 T = TypeVar("T")
 
 
@@ -207,34 +200,15 @@ def read_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequen
     return VectorSet(run, spec, layers, ids, hashes, raw, Preprocessor.fit(raw, blocks, spec.norm))
 
 
-def from_tracks(tracks: Sequence[Track], name: str, make: Callable[[Sequence[Track]], T]) -> T:
-    """``make(tracks)``, memoised per tuple when ``tracks`` is a tuple (as :meth:`FeatureStore.tracks`
-    returns, the same object until the catalog changes); computed afresh for other sequences.
+def from_tracks(tracks: Sequence[Track], name: Hashable, make: Callable[[Sequence[Track]], T]) -> T:
+    """``make(tracks)``, memoised (:mod:`mess.store.memo`) for the catalog version ``tracks`` were read at
+    when they are what :meth:`FeatureStore.tracks` returned; computed afresh for other sequences.
 
-    Values are shared by every caller of the same tuple: do not modify them.
+    Values are shared by every caller with the same track list: do not modify them.
     """
-    if not isinstance(tracks, tuple):
+    if not isinstance(tracks, TrackList):
         return make(tracks)
-    with _DERIVED_LOCK:
-        entry = _DERIVED.get(id(tracks))
-        if entry is None or entry[0] is not tracks:
-            # holding the tuple keeps its id from being reused while the entry exists
-            entry = _DERIVED[id(tracks)] = (tracks, {})
-            while len(_DERIVED) > _DERIVED_SIZE:
-                _DERIVED.popitem(last=False)
-        else:
-            _DERIVED.move_to_end(id(tracks))
-        values = entry[1]
-    if name not in values:
-        values[name] = make(tracks)
-    return values[name]  # type: ignore[return-value]
-
-
-def tracks_state(tracks: Sequence[Track]) -> str:
-    """Digest of the (track id, content hash) pairs of ``tracks``."""
-    return from_tracks(
-        tracks, "state", lambda ts: hashlib.sha1(repr([(t.id, t.content_hash) for t in ts]).encode()).hexdigest()
-    )
+    return MEMO.get(tracks.scope, tracks.version, (tracks.query, name), lambda: make(tracks))
 
 
 def track_by_id(tracks: Sequence[Track]) -> dict[int, Track]:
@@ -289,24 +263,13 @@ def vectors_label(layer: str | None, aspect: str | None, fused: bool, learned: b
 
 
 def load_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequence[Track] | None = None) -> VectorSet:
-    """:func:`read_vectors`, cached per process while the tracks, aspect map and fused vectors stay the same.
+    """:func:`read_vectors`, memoised until the catalog changes (see :meth:`FeatureStore.cached`).
 
     With ``tracks`` None (or the tuple :meth:`FeatureStore.tracks` returned) a repeated
-    call costs a few cheap catalog queries, not a pass over every track.
+    call costs a catalog version check, not a pass over every track.
     """
     tracks = store.tracks(run) if tracks is None else tracks
-    state = tracks_state(tracks)
-    extra = (
-        json.dumps(store.derived_meta(run, FUSED), sort_keys=True) if spec.kind == FUSED else spec.layers(store, run)
-    )
-    key = (_root(store), run.id, spec, state, extra)
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
-    vs = _CACHE[key] = read_vectors(store, run, spec, tracks)
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return vs
+    return store.cached(("vectors", run.id, spec), lambda: read_vectors(store, run, spec, tracks), tracks=tracks)
 
 
 def query_vector(
@@ -317,8 +280,3 @@ def query_vector(
         [np.asarray(layer_vectors[run.layer_index(name)], dtype=np.float32).ravel() for name in spec_layers]
     )
     return learned_vectors(run, raw[None])[0] if learned else raw
-
-
-def _root(store: FeatureStore) -> str:
-    """The store's absolute folder (resolved once per catalog version, not on every query)."""
-    return store.cached(("resolved-root",), lambda: str(store.root.resolve()))

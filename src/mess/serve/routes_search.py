@@ -106,7 +106,7 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
             results = similar_tracks(state.store, run, tq, k, layer=layer, aspect=aspect, fused=fused,
                                      exclude_same_artist=exclude_same_artist, learned=learned)
             vs = load_vectors(state.store, run, spec)
-            cmap = state.cached(("map", run.id, spec, vs.fingerprint), lambda: collection_map(vs))
+            cmap = state.store.cached(("map", run.id, spec, vs.fingerprint), lambda: collection_map(vs))
             if same is not None and same.id in vs:  # cmap was made from this vector set (same fingerprint)
                 x, y = cmap.xy[vs.rows(np.array([same.id]))[0]]
             else:

@@ -108,7 +108,7 @@ def collection_map_route(state: State, model: Model = None, layer: Layer = None,
         run = state.run(model)
         spec = vector_spec(state.store, run, layer, aspect, fused, learned)
         vs = load_vectors(state.store, run, spec)
-        cmap: CollectionMap = state.cached(("map", run.id, spec, vs.fingerprint), lambda: collection_map(vs))
+        cmap: CollectionMap = state.store.cached(("map", run.id, spec, vs.fingerprint), lambda: collection_map(vs))
         by_id = track_by_id(state.store.tracks(run))
     points = [{**track_dict(by_id[int(i)]), "x": round(float(x), 5), "y": round(float(y), 5)}
               for i, (x, y) in zip(cmap.ids, cmap.xy, strict=False) if int(i) in by_id]

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
 
+import faiss
 from fastapi import HTTPException, Request
 
 from mess.search.query import Neighbour
@@ -16,20 +15,47 @@ from mess.serve.uploads import EmbedWorker
 from mess.store import FeatureStore, Run, StoreError, Track
 from mess.store.config import model_key
 
-T = TypeVar("T")
+
+class RequestLock:
+    """The lock request handlers hold while they touch the store; it also gives each thread holding it one
+    faiss (OpenMP) thread, set once per thread.
+
+    Requests search one query at a time, where OpenMP's threads cost more than they save (3.2x the p50
+    latency of one flat search over 100k vectors with 2 threads on a loaded 2-core machine,
+    ``benchmarks/search_threads.py``). OpenMP thread counts belong to the calling thread, so the server,
+    which owns its request threads, sets it in each; the search library never changes it.
+    """
+
+    def __init__(self) -> None:
+        """An unlocked re-entrant lock."""
+        self._lock = threading.RLock()
+        self._local = threading.local()
+
+    def __enter__(self) -> None:
+        """Take the lock; the first time in this thread, limit faiss to one OpenMP thread here."""
+        self._lock.acquire()
+        if not getattr(self._local, "one_thread", False):
+            faiss.omp_set_num_threads(1)
+            self._local.one_thread = True
+
+    def __exit__(self, *exc: object) -> None:
+        """Release the lock."""
+        self._lock.release()
 
 
 @dataclass
 class ServeState:
-    """The open store plus server settings; hold ``lock`` while touching the store or search caches."""
+    """The open store plus server settings; hold ``lock`` while touching the store.
+
+    Derived data (vector sets, indexes, maps) is memoised by the store (:meth:`FeatureStore.cached`).
+    """
 
     store: FeatureStore
     default_model: str
     allow_indexing: bool
     max_upload_bytes: int
     worker: EmbedWorker
-    lock: threading.RLock = field(default_factory=threading.RLock)
-    cache: dict[tuple, Any] = field(default_factory=dict)
+    lock: RequestLock = field(default_factory=RequestLock)
 
     def run(self, model: str | None) -> Run:
         """The latest run of ``model`` (the server's default model when None); 404 when absent."""
@@ -46,14 +72,6 @@ class ServeState:
             return self.store.track(int(track_id))
         except StoreError:
             raise HTTPException(404, f"unknown track id {track_id}") from None
-
-    def cached(self, key: tuple, make: Callable[[], T]) -> T:
-        """A per-server memo of derived data such as maps (cleared when it grows past 64 entries)."""
-        if key not in self.cache:
-            if len(self.cache) >= 64:
-                self.cache.clear()
-            self.cache[key] = make()
-        return self.cache[key]
 
 
 def get_state(request: Request) -> ServeState:

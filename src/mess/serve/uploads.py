@@ -165,7 +165,7 @@ class EmbedWorker:
             send, recv = self._start()
             try:
                 self._await("ready", self.start_timeout, "start")
-                send.send((str(path), run.model, run.revision, run.policy.to_json(), self.max_seconds))
+                send.send((str(path), run.model, run.revision, run.policy, self.max_seconds))
                 if run.model not in self._loaded:  # a cold model: its loading does not count against the file
                     self._await("loaded", self.start_timeout, "load the model")
                     self._loaded.add(run.model)

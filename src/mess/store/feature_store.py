@@ -12,12 +12,14 @@ Layout::
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +27,10 @@ from typing import TypeVar
 
 import numpy as np
 
-from mess.audio.windows import WindowPolicy
-from mess.models.base import ModelInfo
 from mess.store.arrays import RowFile
 from mess.store.catalog import connect
 from mess.store.lock import StoreLock
+from mess.store.memo import MEMO
 from mess.store.paths import from_db_path, printable, to_db_path
 
 DEFAULT_STORE = Path(".mess")
@@ -37,8 +38,8 @@ CATALOG_ADVICE = (
     "restore catalog.sqlite from a backup, or move the store aside and extract again "
     "(`mess check --repair` cannot rebuild a catalog)"
 )
-_MEMO_SIZE = 64
 T = TypeVar("T")
+_CONNECTIONS = itertools.count()
 
 
 class StoreError(Exception):
@@ -80,13 +81,33 @@ class Track:
 
 
 @dataclass(frozen=True)
+class RunKey:
+    """What a run's vectors come from, as plain data (the store knows no model or audio types).
+
+    ``model``, ``revision`` and ``policy`` (the window policy's canonical JSON, see
+    ``mess.audio.windows.WindowPolicy.to_json``) identify the run; the rest describes its
+    vectors. The extract layer builds it from a model and a policy (``mess.extract.runs.run_key``).
+    """
+
+    model: str
+    revision: str
+    policy: str
+    sample_rate: int
+    layer_names: tuple[str, ...]
+    layer_dims: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Run:
-    """A (model, revision, window policy) combination whose vectors live in the store."""
+    """A (model, revision, window policy) combination whose vectors live in the store.
+
+    ``policy`` is the window policy's canonical JSON, as stored (``WindowPolicy.from_json`` reads it).
+    """
 
     id: int
     model: str
     revision: str
-    policy: WindowPolicy
+    policy: str
     sample_rate: int
     layer_names: tuple[str, ...]
     layer_dims: tuple[int, ...]
@@ -102,6 +123,26 @@ class Run:
         if not -len(self.layer_names) <= idx < len(self.layer_names):
             raise StoreError(f"layer {idx} out of range; {self.model} has {len(self.layer_names)} layers")
         return idx % len(self.layer_names)
+
+
+class TrackList(tuple[Track, ...]):
+    """Tracks read from one catalog version of one open store (see :meth:`FeatureStore.cached`)."""
+
+    scope: tuple[str, int]
+    version: tuple[int, int]
+    query: Hashable
+
+    def __new__(cls, tracks: Iterable[Track], scope: tuple[str, int], version: tuple[int, int],
+                query: Hashable) -> TrackList:
+        """The tracks, with the store connection (``scope``) and catalog version they were read at, and
+        which tracks they are (``query``: the run and artist asked for)."""
+        self = super().__new__(cls, tracks)
+        self.scope, self.version, self.query = scope, version, query
+        return self
+
+    def __reduce__(self) -> tuple[type, tuple[tuple[Track, ...]]]:
+        """Pickled as a plain tuple: another process has its own store connections."""
+        return tuple, (tuple(self),)
 
 
 @dataclass(frozen=True)
@@ -174,8 +215,8 @@ class FeatureStore:
         self.lock = StoreLock(self.root)
         self.on_wait = on_wait
         self._lock = threading.RLock()
-        self._memo: dict[tuple, tuple[tuple[int, int], object]] = {}
-        self._memo_lock = threading.Lock()
+        self._scope = (str(self.root), next(_CONNECTIONS))  # version tokens only compare within one connection
+        weakref.finalize(self, MEMO.forget, self._scope)
         if verify:
             from mess.store.check import quick_check
 
@@ -194,7 +235,8 @@ class FeatureStore:
                 )
 
     def close(self) -> None:
-        """Close the catalog connection."""
+        """Close the catalog connection (and drop what the memo holds for it)."""
+        MEMO.forget(self._scope)
         self.db.close()
 
     # ---- the write lock ---------------------------------------------------------------
@@ -234,28 +276,25 @@ class FeatureStore:
         counts this connection's own inserts, updates and deletes. Vector files are
         written before the catalog rows that reference them, so every change a reader
         can see moves this token. It costs one tiny SQLite statement.
+        Tokens compare only within one FeatureStore: a connection opened later can
+        repeat the token an older one had at another catalog version.
         """
         return int(self.db.execute("PRAGMA data_version").fetchone()[0]), self.db.total_changes
 
-    def cached(self, key: tuple, make: Callable[[], T]) -> T:
-        """``make()``, memoised until :meth:`version` changes.
+    def cached(self, key: Hashable, make: Callable[[], T], *, tracks: Sequence[Track] | None = None) -> T:
+        """``make()``, kept in the process's memo (:mod:`mess.store.memo`) until :meth:`version` changes.
 
-        ``make`` must read what it needs from this store (not from data fetched before
-        the call): the token is read first, so a value is never older than its token.
+        ``make`` must read what it needs from this store (not from data fetched before the
+        call): the token is read first, so a value is never older than its token. With
+        ``tracks`` (what :meth:`tracks` returned), ``make`` reads them instead and the value is
+        kept for the catalog version they were read at; any other sequence is not memoised.
         Cached values are shared between callers; return immutable data.
         """
-        token = self.version()
-        hit = self._memo.get(key)
-        if hit is not None and hit[0] == token:
-            return hit[1]  # type: ignore[return-value]
-        value = make()
-        with self._memo_lock:  # drop what an older catalog version left, so stale track lists are freed
-            for k in [k for k, (tok, _) in self._memo.items() if tok != token]:
-                del self._memo[k]
-            if len(self._memo) >= _MEMO_SIZE:
-                self._memo.clear()
-            self._memo[key] = (token, value)
-        return value
+        if tracks is None:
+            return MEMO.get(self._scope, self.version(), key, make)
+        if isinstance(tracks, TrackList) and tracks.scope == self._scope:
+            return MEMO.get(self._scope, tracks.version, (tracks.query, key), make)
+        return make()
 
     @property
     def reports_dir(self) -> Path:
@@ -310,13 +349,16 @@ class FeatureStore:
             return None
         return row[0], row[1] or legacy_stamp(row[2], row[3])  # rows from before stamps: size and mtime
 
-    def tracks(self, run: Run | None = None, *, artist: str | None = None) -> tuple[Track, ...]:
+    def tracks(self, run: Run | None = None, *, artist: str | None = None) -> TrackList:
         """All tracks (only those with vectors for ``run`` when given), ordered by id.
 
-        The tuple is cached until the catalog changes (see :meth:`version`): repeated
-        calls return the same object, so callers may memoise on its identity.
+        The tuple is memoised until the catalog changes (see :meth:`version`), and knows the
+        catalog version it was read at, so values derived from it can be memoised (see
+        :meth:`cached`).
         """
-        return self.cached(("tracks", None if run is None else run.id, artist), lambda: self._read_tracks(run, artist))
+        version, query = self.version(), ("tracks", None if run is None else run.id, artist)
+        return MEMO.get(self._scope, version, query,
+                        lambda: TrackList(self._read_tracks(run, artist), self._scope, version, query))
 
     def _read_tracks(self, run: Run | None, artist: str | None) -> tuple[Track, ...]:
         sql = f"SELECT {', '.join('t.' + c.strip() for c in _TRACK_COLS.split(','))} FROM tracks t"
@@ -354,24 +396,24 @@ class FeatureStore:
         return [from_db_path(r[0]) for r in self.db.execute("SELECT path FROM tracks ORDER BY id")]
 
     # ---- runs ---------------------------------------------------------------------
-    def ensure_run(self, info: ModelInfo, policy: WindowPolicy) -> Run:
-        """Get or create the run for this model, revision and window policy."""
+    def ensure_run(self, key: RunKey) -> Run:
+        """Get or create the run of this model, revision and window policy."""
         with self._write():
             self.db.execute(
                 "INSERT OR IGNORE INTO runs (model, revision, policy, sample_rate, layer_names, layer_dims, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
-                    info.name,
-                    info.revision,
-                    policy.to_json(),
-                    info.sample_rate,
-                    json.dumps(info.layer_names),
-                    json.dumps(info.layer_dims),
+                    key.model,
+                    key.revision,
+                    key.policy,
+                    key.sample_rate,
+                    json.dumps(list(key.layer_names)),
+                    json.dumps(list(key.layer_dims)),
                     time.time(),
                 ),
             )
         row = self.db.execute(
-            "SELECT * FROM runs WHERE model=? AND revision=? AND policy=?", (info.name, info.revision, policy.to_json())
+            "SELECT * FROM runs WHERE model=? AND revision=? AND policy=?", (key.model, key.revision, key.policy)
         ).fetchone()
         return self._run(row)
 
@@ -407,7 +449,7 @@ class FeatureStore:
             id=row["id"],
             model=row["model"],
             revision=row["revision"],
-            policy=WindowPolicy.from_json(row["policy"]),
+            policy=row["policy"],
             sample_rate=row["sample_rate"],
             layer_names=tuple(json.loads(row["layer_names"])),
             layer_dims=tuple(json.loads(row["layer_dims"])),

@@ -1,0 +1,100 @@
+"""The one memo of values derived from a feature store, valid while the store's catalog is unchanged.
+
+Entries are keyed by (scope, version, key): the scope names one open store (its folder and
+connection), the version is that store's :meth:`~mess.store.FeatureStore.version` token, which
+moves with every committed write, by this process or another. So a write invalidates every
+entry derived from the store; storing an entry under a new version drops the scope's entries
+under older ones. At most ``size`` entries are kept (least recently used out first).
+
+One lock guards the table, never a computation: a value is computed outside it, once per
+key. Threads asking for a key another thread is computing wait for that computation and get
+its value (or its exception). A computation asking for its own key raises RuntimeError.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TypeVar, cast
+
+T = TypeVar("T")
+Key = tuple[Hashable, Hashable, Hashable]
+
+
+@dataclass
+class _Pending:
+    """A computation in progress: who computes it and where its outcome arrives."""
+
+    thread: int
+    outcome: Future = field(default_factory=Future)
+
+
+class Memo:
+    """A bounded, thread-safe LRU memo keyed by (scope, version, key)."""
+
+    def __init__(self, size: int) -> None:
+        """A memo holding at most ``size`` values."""
+        if size < 1:
+            raise ValueError(f"a memo holds at least 1 value, not {size}")
+        self.size = size
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[Key, object] = OrderedDict()
+        self._pending: dict[Key, _Pending] = {}
+
+    def __len__(self) -> int:
+        """How many values are held."""
+        return len(self._entries)
+
+    def get(self, scope: Hashable, version: Hashable, key: Hashable, make: Callable[[], T]) -> T:
+        """The value of ``key`` for ``scope`` at ``version``: ``make()``, computed once and kept.
+
+        Values are shared by every caller: return immutable data, or data nobody modifies.
+        """
+        full = (scope, version, key)
+        with self._lock:
+            if full in self._entries:
+                self._entries.move_to_end(full)
+                return cast(T, self._entries[full])
+            pending = self._pending.get(full)
+            if pending is None:
+                pending = self._pending[full] = _Pending(threading.get_ident())
+                owner = True
+            else:
+                owner = False
+        if not owner:
+            if pending.thread == threading.get_ident():
+                raise RuntimeError(f"the memo value {key!r} is needed to compute itself")
+            return cast(T, pending.outcome.result())
+        try:
+            value = make()
+        except BaseException as exc:
+            with self._lock:
+                del self._pending[full]
+            pending.outcome.set_exception(exc)
+            raise
+        with self._lock:
+            del self._pending[full]
+            self._keep(full, value)
+        pending.outcome.set_result(value)
+        return value
+
+    def forget(self, scope: Hashable) -> None:
+        """Drop every value of ``scope`` (a store being closed)."""
+        with self._lock:
+            for full in [k for k in self._entries if k[0] == scope]:
+                del self._entries[full]
+
+    def _keep(self, full: Key, value: object) -> None:
+        """Store a value (lock held), dropping its scope's older versions and the least recently used."""
+        scope, version, _ = full
+        for old in [k for k in self._entries if k[0] == scope and k[1] != version]:
+            del self._entries[old]
+        self._entries[full] = value
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+
+MEMO = Memo(64)

@@ -1,0 +1,73 @@
+"""The store's plain run identity: stores written before it still resolve the same runs and vectors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mess.audio.windows import WindowPolicy
+from mess.extract.runs import run_key, run_policy
+from mess.models.base import ModelInfo
+from mess.store import FeatureStore
+
+FIXTURE = Path(__file__).parent / "fixtures" / "store_v0"
+TOY = ModelInfo("toy", "rev1", 16000, ("a", "b"), (4, 3))
+OTHER = ModelInfo("other", "v2-x", 22050, ("only",), (2,))
+# (model info, window policy, run id) as the fixture's README says they were written
+WRITTEN = [(TOY, WindowPolicy(), 1), (TOY, WindowPolicy(4.0, 3), 2), (OTHER, WindowPolicy(10.0, 8, 0.5, 600.0), 3)]
+
+
+@pytest.fixture
+def old_store(tmp_path: Path) -> Iterator[FeatureStore]:
+    shutil.copytree(FIXTURE, tmp_path / "store", ignore=shutil.ignore_patterns("README.md"))
+    store = FeatureStore(tmp_path / "store")
+    yield store
+    store.close()
+
+
+@pytest.mark.parametrize(("info", "policy", "run_id"), WRITTEN)
+def test_a_store_written_before_run_keys_resolves_the_same_run(
+    old_store: FeatureStore, info: ModelInfo, policy: WindowPolicy, run_id: int
+) -> None:
+    run = old_store.ensure_run(run_key(info, policy))
+    assert run.id == run_id and len(old_store.runs()) == len(WRITTEN)  # found, not created again
+    assert (run.model, run.revision, run.sample_rate) == (info.name, info.revision, info.sample_rate)
+    assert (run.layer_names, run.layer_dims) == (info.layer_names, info.layer_dims)
+    assert run_policy(run) == policy
+
+
+@pytest.mark.parametrize(("info", "policy", "run_id"), WRITTEN)
+def test_vectors_of_an_old_store_read_back_as_written(
+    old_store: FeatureStore, info: ModelInfo, policy: WindowPolicy, run_id: int
+) -> None:
+    run = old_store.ensure_run(run_key(info, policy))
+    for layer, dim in enumerate(info.layer_dims):
+        ids, mat = old_store.layer_matrix(run, layer)
+        _, _, segs = old_store.segment_matrix(run, layer)
+        want = [np.arange(dim * (i + 1), dtype=np.float32).reshape(i + 1, dim) / 8 + run_id for i in range(2)]
+        np.testing.assert_array_equal(ids, [1, 2])
+        np.testing.assert_array_equal(mat, np.stack([w.mean(axis=0) for w in want]))
+        np.testing.assert_array_equal(segs, np.concatenate(want))
+
+
+def test_new_runs_are_stored_with_the_same_identity_columns(tmp_path: Path) -> None:
+    """What a run is stored under is unchanged: the policy's canonical JSON and JSON lists of layers."""
+    store = FeatureStore(tmp_path)
+    policy = WindowPolicy(12.5, 4)
+    run = store.ensure_run(run_key(TOY, policy))
+    row = store.db.execute("SELECT model, revision, policy, layer_names, layer_dims FROM runs").fetchone()
+    assert tuple(row) == ("toy", "rev1", policy.to_json(), '["a", "b"]', "[4, 3]")
+    assert run.policy == json.dumps(json.loads(policy.to_json()), sort_keys=True)
+    store.close()
+
+
+def test_an_old_store_opens_read_only(old_store: FeatureStore) -> None:
+    old_store.close()
+    store = FeatureStore(old_store.root, readonly=True)
+    assert store.run("toy").id == 2 and store.run("toy").policy == WindowPolicy(4.0, 3).to_json()  # the latest
+    store.close()
