@@ -16,7 +16,7 @@ from mess.extract.runs import run_key
 from mess.models.base import ModelInfo
 from mess.query import resolve_query
 from mess.search.evaluate import LabelError, evaluate, plot_evaluation, read_label_csv
-from mess.search.index import build_index, open_index
+from mess.search.index import CollectionIndex, build_index, open_index
 from mess.search.query import similar_tracks
 from mess.search.vectors import VectorSpec, load_vectors
 from mess.store import FeatureStore, Run, StoreError, TrackVectors
@@ -116,14 +116,70 @@ def test_aspects_need_a_probe_then_use_its_layers(synth: tuple[FeatureStore, Run
         similar_tracks(store, run, query, k=3, aspect="tempo")
 
 
-def test_hubness_reranking_keeps_cosine_and_orders_by_adjusted(synth: tuple[FeatureStore, Run]) -> None:
+def _brute_force(store: FeatureStore, run: Run, layers: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Track ids and their cosine matrix computed here: the mean over layers of centred per-layer cosines."""
+    per_layer = [_unit(store, run, layer) for layer in layers]
+    ids = per_layer[0][0]
+    assert all(np.array_equal(i, ids) for i, _ in per_layer)
+    return ids, np.mean([u @ u.T for _, u in per_layer], axis=0)
+
+
+def _assert_ranked_as(results: list, ids: np.ndarray, expected: np.ndarray, values: list[float]) -> None:
+    """``results`` are the best len(results) of ``ids`` by ``expected`` (ties in any order), with these values."""
+    row = {int(i): r for r, i in enumerate(ids)}
+    got = np.array([expected[row[n.track.id]] for n in results])
+    assert values == pytest.approx(got.tolist(), abs=1e-5)
+    assert np.all(np.diff(got) <= 1e-6), "not best first"
+    left_out = np.ones(len(ids), dtype=bool)
+    left_out[[row[n.track.id] for n in results]] = False
+    if left_out.any():
+        assert got.min() >= expected[left_out].max() - 1e-6, "a better track was left out"
+
+
+@pytest.mark.parametrize("layer, layers", [("l1", ("l1",)), (None, ("l0", "l1", "l2"))])
+def test_neighbours_are_the_exact_nearest_by_an_independent_cosine(
+        synth: tuple[FeatureStore, Run], layer: str | None, layers: tuple[str, ...]) -> None:
     store, run = synth
-    query = resolve_query(store, "5", run)
-    for method in ("csls", "mp"):
-        results = similar_tracks(store, run, query, k=6, hubness=method)
-        adjusted = [n.adjusted for n in results]
-        assert adjusted == sorted(adjusted, reverse=True)
-        assert 5 not in [n.track.id for n in results]
+    ids, cos = _brute_force(store, run, layers)
+    n = len(ids)
+    for qid in (1, 5, 14, int(ids[-1])):  # 1 has a twin (same content): an exact tie for every other query
+        q = int(np.flatnonzero(ids == qid)[0])
+        others = np.flatnonzero(ids != qid)
+        query = resolve_query(store, str(qid), run)
+        for k in (1, 5, n + 10):  # k beyond the collection: every other track once, never the query
+            results = similar_tracks(store, run, query, k=k, layer=layer)
+            assert len(results) == min(k, n - 1)
+            assert len({r.track.id for r in results}) == len(results) and qid not in {r.track.id for r in results}
+            _assert_ranked_as(results, ids[others], cos[q, others], [r.score for r in results])
+
+
+def test_hubness_reranking_matches_csls_and_mutual_proximity_computed_here(synth: tuple[FeatureStore, Run]) -> None:
+    """CSLS: 2 cos - r_q - r_x, r = mean cosine to the 10 nearest other tracks. Mutual proximity: the product
+    of each side's Gaussian survival function of the distance 1 - cos, fitted on its distances to all other tracks.
+    The pool (100) exceeds the collection, so the re-ranking must agree over every track."""
+    from scipy.stats import norm
+
+    store, run = synth
+    ids, cos = _brute_force(store, run, ("l1",))
+    n = len(ids)
+    other = ~np.eye(n, dtype=bool)
+    r = np.array([np.sort(cos[i, other[i]])[::-1][:10].mean() for i in range(n)])
+    dist = 1.0 - cos
+    mu = np.array([dist[i, other[i]].mean() for i in range(n)])
+    sd = np.array([dist[i, other[i]].std() for i in range(n)])
+    for qid in (5, 1, 20):
+        q = int(np.flatnonzero(ids == qid)[0])
+        rest = np.flatnonzero(ids != qid)
+        expected = {"csls": 2 * cos[q, rest] - r[q] - r[rest],
+                    "mp": norm.sf(dist[q, rest], mu[q], sd[q]) * norm.sf(dist[q, rest], mu[rest], sd[rest])}
+        for method, values in expected.items():
+            results = similar_tracks(store, run, resolve_query(store, str(qid), run), k=6, layer="l1", hubness=method)
+            assert len(results) == 6 and qid not in [n.track.id for n in results]
+            _assert_ranked_as(results, ids[rest], values, [n.adjusted for n in results])
+            rows = [int(np.flatnonzero(ids == n.track.id)[0]) for n in results]
+            assert [n.score for n in results] == pytest.approx(cos[q, rows].tolist(), abs=1e-5)  # still the cosine
+        plain = [n.track.id for n in similar_tracks(store, run, resolve_query(store, str(qid), run), k=6, layer="l1")]
+        assert plain != [n.track.id for n in results] or qid == 1, "the re-ranking changed nothing"
 
 
 def test_index_is_saved_updated_incrementally_and_never_stale(synth: tuple[FeatureStore, Run]) -> None:
@@ -141,10 +197,16 @@ def test_index_is_saved_updated_incrementally_and_never_stale(synth: tuple[Featu
     vs = load_vectors(store, run, spec)
     updated, report = build_index(store, vs)
     assert (report.mode, report.added, report.removed) == ("updated", 1, 1)
-    assert open_index(store, vs) is updated or open_index(store, vs).is_current(vs)
-    fresh, _ = build_index(store, vs, rebuild=True)
+    saved = CollectionIndex.load(report.path)  # what another process would open: the file, not this object
+    assert saved is not None and saved.is_current(vs) and sorted(saved.ids.tolist()) == sorted(vs.ids.tolist())
     q = vs.unit()[:4]
-    np.testing.assert_array_equal(updated.ann.search(q, 6)[1], fresh.ann.search(q, 6)[1])
+    fresh, _ = build_index(store, vs, rebuild=True)
+    np.testing.assert_array_equal(saved.ann.search(q, 6)[1], fresh.ann.search(q, 6)[1])
+    # a later change the saved index does not hold: it is no longer current, and search does not use it
+    store.remove_tracks(["/music/artist1/track5.wav"])
+    later = load_vectors(store, run, spec)
+    assert not CollectionIndex.load(report.path).is_current(later)
+    assert open_index(store, later).ann.ntotal == len(later.ids) == len(vs.ids) - 1
 
 
 def test_search_caches_follow_store_writes_and_are_reused(synth: tuple[FeatureStore, Run],

@@ -21,7 +21,6 @@ import typer
 from fastapi import HTTPException
 from fastapi.testclient import TestClient
 from matplotlib.image import imsave
-from sklearn.decomposition import PCA
 from typer.testing import CliRunner
 
 from mess.artists.profiles import load_artists, load_space
@@ -33,8 +32,8 @@ from mess.extract.pipeline import extract
 from mess.models.dsp import DspModel
 from mess.query import resolve_query
 from mess.search.query import similar_tracks
-from mess.search.vectors import VectorSpec, load_vectors
 from mess.serve.app import create_app
+from mess.serve.mapping import collection_map
 from mess.serve.uploads import EmbedWorker
 from mess.store import FeatureStore, TrackVectors
 from mess.store.reports import report_paths
@@ -197,22 +196,36 @@ def test_similar_tracks_match_the_search_library_with_why(client: TestClient, st
     assert len(hub) == 5 and all(r["adjusted"] is not None for r in hub)
 
 
-def test_map_is_the_pca_of_the_search_vectors(client: TestClient, store: FeatureStore) -> None:
+def test_map_is_the_pca_of_the_search_vectors(client: TestClient, store: FeatureStore,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import mess.serve.routes_tracks as routes
+
+    built = []
+    monkeypatch.setattr(routes, "collection_map", lambda vs: built.append(vs) or collection_map(vs))
     run = store.run("dsp")
-    data = client.get("/api/map", params={"layer": "mfcc"}).json()
-    xy = np.array([[p["x"], p["y"]] for p in data["points"]])
-    assert len(xy) == 12 and np.abs(xy).max() == pytest.approx(1.0) and data["method"] == "pca"
-    unit = load_vectors(store, run, VectorSpec("layer", "mfcc")).unit()
-    pca = PCA(2).fit(unit)
-    assert data["explained_variance"] == pytest.approx(pca.explained_variance_ratio_, abs=1e-4)
-    reference = pca.transform(unit)
-    for axis in range(2):  # the same axes up to sign and scale
-        assert abs(np.corrcoef(xy[:, axis], reference[:, axis])[0, 1]) > 0.999
+    data = client.get("/api/map", params={"layer": "rhythm"}).json()
+    assert data["method"] == "pca" and len(built) == 1
+    # the reference, computed here: centred unit rhythm vectors of the stored tracks, their two principal axes
+    # (SVD), each axis signed so its largest extreme is positive, all scaled by the largest |coordinate|
+    ids, raw = store.layer_matrix(run, "rhythm")
+    x = raw - raw.mean(axis=0)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    centred = unit - unit.mean(axis=0)
+    _, singular, axes = np.linalg.svd(centred, full_matrices=False)
+    coords = centred @ axes[:2].T
+    coords *= np.where(coords.max(axis=0) >= -coords.min(axis=0), 1.0, -1.0)
+    coords /= np.abs(coords).max()
+    row = {int(i): r for r, i in enumerate(ids)}
+    got = np.array([[p["x"], p["y"]] for p in data["points"]])
+    assert sorted(p["id"] for p in data["points"]) == sorted(row) and len(got) == 12
+    np.testing.assert_allclose(got, coords[[row[p["id"]] for p in data["points"]]], atol=2e-4)
+    assert data["explained_variance"] == pytest.approx((singular[:2] ** 2 / (singular**2).sum()).tolist(), abs=1e-4)
     labels = np.array([p["artist"] for p in data["points"]])
-    dist = np.linalg.norm(xy[:, None] - xy[None], axis=-1)
+    dist = np.linalg.norm(got[:, None] - got[None], axis=-1)
     same = labels[:, None] == labels[None]
     assert dist[same & ~np.eye(12, dtype=bool)].mean() < dist[~same].mean()
-    assert client.get("/api/map", params={"layer": "mfcc"}).json() == data  # cached, identical
+    again = client.get("/api/map", params={"layer": "rhythm"}).json()
+    assert again == data and len(built) == 1  # the second answer comes from the cache: no second PCA
 
 
 def test_audio_streams_with_range_requests(client: TestClient, store: FeatureStore) -> None:

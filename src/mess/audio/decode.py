@@ -194,9 +194,14 @@ def _resample_stream(blocks: Iterable[tuple[np.ndarray, int]], sample_rate: int,
 
 
 def _soundfile_blocks(path: Path) -> Iterator[tuple[np.ndarray, int]]:
+    """Blocks as read, stopping at the first empty one.
+
+    ``SoundFile.blocks`` trusts the header's frame count and yields its reused buffer even when
+    a read comes back short, which repeats stale audio for a truncated MP3.
+    """
     with sf.SoundFile(os.fsencode(path)) as f:
         rate = f.samplerate
-        for block in f.blocks(blocksize=_BLOCK_FRAMES, dtype="float32", always_2d=True):
+        while len(block := f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)):
             yield block, rate
 
 
