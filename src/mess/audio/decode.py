@@ -88,7 +88,7 @@ def load_audio(path: Path, sample_rate: int, max_seconds: float | None = None) -
     return out
 
 
-def load_segments(path: Path, sample_rate: int, starts: Sequence[float], seconds: float) -> np.ndarray:
+def load_segments(path: Path, sample_rate: int, starts: Sequence[float] | np.ndarray, seconds: float) -> np.ndarray:
     """Decode only ``seconds`` of mono audio at each start (in seconds), seeking in the file.
 
     Returns [len(starts), round(seconds * sample_rate)] float32 at ``sample_rate``. Each
