@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -174,7 +174,7 @@ def similar_command(
     keep = np.array([not p.low_confidence for p in artists.profiles]) if hide_low else None
     hits = top_k(scores, query, k, keep)
     me = artists.profiles[query]
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "rank": r + 1,
             "artist": artists.profiles[j].name,
@@ -520,7 +520,7 @@ def hybrid_command(
         except ArtistError as exc:
             fail(escape(str(exc)))
         path = fs.reports_dir / WEIGHTS_FILE
-        selection = (
+        selection: dict[str, object] = (
             {"layer": space.label}
             if layer is None and aspect is None and not fused
             else {"layer": layer, "aspect": aspect, "fused": fused}

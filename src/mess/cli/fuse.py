@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from rich.markup import escape
@@ -14,6 +14,10 @@ from rich.table import Table
 
 from mess.cli.common import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, console, fail, open_store
 from mess.store import FeatureStore
+
+if TYPE_CHECKING:
+    from mess.fusion.mining import Mining
+    from mess.fusion.train import EpochLog
 
 fuse_app = typer.Typer(help="Learn one embedding from all layers of a model (triplet loss on metadata labels).",
                        no_args_is_help=True)
@@ -71,7 +75,7 @@ def train_command(
         import torch
 
         torch.set_num_threads(threads)
-    config = FusionConfig(label=label, fusion_dim=fusion_dim, gated=gated, mining=mining, margin=margin,
+    config = FusionConfig(label=label, fusion_dim=fusion_dim, gated=gated, mining=cast("Mining", mining), margin=margin,
                           weight_epochs=weight_epochs, max_epochs=max_epochs, patience=patience, lr=lr,
                           weights_lr=weights_lr, labels_per_batch=labels_per_batch,
                           tracks_per_label=tracks_per_label, val_frac=val_frac, test_frac=test_frac, seed=seed)
@@ -87,7 +91,7 @@ def train_command(
             with Progress(*columns, console=console, disable=as_json) as bar:
                 task = bar.add_task(f"fuse {run.model} by {label}", total=weight_epochs + max_epochs, status="")
 
-                def on_epoch(epoch_log: object) -> None:
+                def on_epoch(epoch_log: EpochLog) -> None:
                     log.epoch(epoch_log)
                     val = "-" if epoch_log.val_ndcg is None else f"{epoch_log.val_ndcg:.3f}"
                     bar.update(task, completed=epoch_log.epoch,
@@ -99,7 +103,7 @@ def train_command(
             fail(str(exc))
         save_checkpoint(result, path)
         weights = result.layer_weights(data.x)
-        summary = {"model": run.model, "label": label, "checkpoint": str(path), "log": str(log.path),
+        summary: dict[str, Any] = {"model": run.model, "label": label, "checkpoint": str(path), "log": str(log.path),
                    "tracks": len(data.tracks), "split": {k: len(v) for k, v in result.split.to_json().items()},
                    "epochs": result.history[-1].epoch, "best_epoch": result.best_epoch,
                    "phase2": bool(result.split.val), "stopped_early": result.stopped_early,

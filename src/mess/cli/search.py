@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
+from rich.console import JustifyMethod
 from rich.markup import escape
 from rich.table import Table
 
@@ -13,6 +14,7 @@ from mess.cli.common import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, console, emit
 
 if TYPE_CHECKING:
     from mess.search.evaluate import Evaluation
+    from mess.search.vectors import Norm
 
 ModelOpt = Annotated[
     str | None,
@@ -71,7 +73,7 @@ def index_command(
     with open_store(store, readonly=False) as fs:
         run = fs.run(model)
         try:
-            spec = VectorSpec.from_options(layer, aspect, fused, norm, learned)
+            spec = VectorSpec.from_options(layer, aspect, fused, cast("Norm", norm), learned)  # the library checks it
         except ValueError as exc:
             fail(str(exc))
         vs = load_vectors(fs, run, spec)
@@ -139,7 +141,7 @@ def similar_command(
                 fused=fused,
                 exclude_same_artist=exclude_same_artist,
                 hubness=hubness,
-                norm=norm,
+                norm=cast("Norm", norm),  # the library checks it
                 learned=learned,
                 match=match,
             )
@@ -165,7 +167,9 @@ def similar_command(
         )
         return
     table = Table(title=escape(f"like {tq.label}  [{run.model}, {vectors}]"))
-    for col, justify in (("#", "right"), ("id", "right"), ("track", "left"), ("score", "right")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (("#", "right"), ("id", "right"), ("track", "left"),
+                                                      ("score", "right"))
+    for col, justify in columns:
         table.add_column(col, justify=justify)
     if hubness:
         table.add_column(hubness, justify="right")
@@ -220,7 +224,7 @@ def evaluate_command(
         run = fs.run(model)
         try:
             overrides = read_label_csv(fs, labels, label) if labels is not None else None
-            ev = evaluate(fs, run, label, k, labels=overrides, norm=norm, compare=compare, match=match)
+            ev = evaluate(fs, run, label, k, labels=overrides, norm=cast("Norm", norm), compare=compare, match=match)
         except (LabelError, ValueError) as exc:
             fail(str(exc))
         png = plot_evaluation(ev, plot or fs.reports_dir / f"evaluate-{run.model}-{label}.png")

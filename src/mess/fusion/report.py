@@ -233,7 +233,7 @@ def markdown(report: FusionReport) -> str:
               "|---|---|---|---|"]
     for name, weight in report.layer_weights.items():
         aspects = {a: v for a, v in (report.probe or {}).get(name, {}).items() if v is not None}
-        top = max(aspects, key=aspects.get) if aspects else None
+        top = max(aspects, key=aspects.__getitem__) if aspects else None
         probe = f"{top} ({aspects[top]:.2f})" if top else "-"
         lines.append(f"| {name} | {weight:.3f} | {report.per_layer[name]:.3f} | {probe} |")
     lines += ["", report.probe_note, ""]
