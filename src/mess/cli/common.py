@@ -93,7 +93,7 @@ def version_option(
     and search for similar tracks and artists with evidence."""
 
 
-_C = TypeVar("_C", bound=click.Command)
+_C = TypeVar("_C")
 
 
 class _PlainParams:
