@@ -301,7 +301,7 @@ def learn_hybrid(store: FeatureStore, reference: Path, k: int, options: ArtistOp
     space = choose_space(store, run, artists, choice, on_note)
     parts = components(_similarity(artists, space, options), artists, extra_tags=load_tags(tags))
     fit = fit_hybrid(parts, matched, k=k, test_fraction=test_fraction, seed=seed)
-    selection = ({"layer": space.label} if not choice.given
+    selection: dict[str, str | bool | None] = ({"layer": space.label} if not choice.given
                  else {"layer": choice.layer, "aspect": choice.aspect, "fused": choice.fused})
     meta = {"model": run.model, "space": space.label, "selection": selection, "method": options.method,
             "centered": options.center, "k": k, "seed": seed, "coverage": coverage.to_dict()}

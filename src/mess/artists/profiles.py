@@ -116,7 +116,7 @@ def build_artists(tracks: Sequence[Track], *, max_tracks: int = DEFAULT_MAX_TRAC
         groups[key].append(track)
         spellings[key][name] += 1
         fallback[key] += from_composer
-    names = {key: max(sorted(spellings[key]), key=spellings[key].get) for key in groups}
+    names = {key: max(sorted(spellings[key]), key=spellings[key].__getitem__) for key in groups}
     profiles = []
     for key in sorted(groups, key=lambda k: (names[k].casefold(), names[k])):
         chosen = _spread_over_albums(groups[key], max_tracks)

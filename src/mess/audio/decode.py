@@ -43,7 +43,7 @@ def open_container(path: Path) -> Iterator[av.container.InputContainer]:
         with av.open(name) as container:
             yield container
     else:
-        with path.open("rb") as raw, av.open(raw) as container:
+        with path.open("rb") as raw, av.open(raw, "r") as container:
             yield container
 
 
@@ -57,7 +57,7 @@ def probe(path: Path) -> AudioInfo:
     try:
         with open_container(path) as container:
             stream = _audio_stream(container, path)
-            duration = float(stream.duration * stream.time_base) if stream.duration else (
+            duration = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else (
                 container.duration / av.time_base if container.duration else 0.0)
             return AudioInfo(duration, stream.codec_context.sample_rate, stream.codec_context.channels)
     except av.FFmpegError as exc:
@@ -88,7 +88,7 @@ def load_audio(path: Path, sample_rate: int, max_seconds: float | None = None) -
     return out
 
 
-def load_segments(path: Path, sample_rate: int, starts: Sequence[float], seconds: float) -> np.ndarray:
+def load_segments(path: Path, sample_rate: int, starts: Sequence[float] | np.ndarray, seconds: float) -> np.ndarray:
     """Decode only ``seconds`` of mono audio at each start (in seconds), seeking in the file.
 
     Returns [len(starts), round(seconds * sample_rate)] float32 at ``sample_rate``. Each
@@ -117,7 +117,7 @@ def load_segments(path: Path, sample_rate: int, starts: Sequence[float], seconds
         raise AudioError(f"{path}: cannot seek ({exc.__class__.__name__}: {exc})") from exc
 
 
-def _soundfile_segment(f: sf.SoundFile, start: float, seconds: float) -> tuple[np.ndarray, float, int, bool]:
+def _soundfile_segment(f: sf.SoundFile, start: float, seconds: float) -> tuple[np.ndarray, int, int, bool]:
     """Mono input-rate samples covering [start - margin, start + seconds + margin].
 
     Returns (samples, index of the first one, input rate, whether the file ended first).
@@ -131,9 +131,11 @@ def _soundfile_segment(f: sf.SoundFile, start: float, seconds: float) -> tuple[n
 
 
 def _pyav_segment(container: av.container.InputContainer, stream: av.audio.stream.AudioStream, path: Path,
-                  start: float, seconds: float) -> tuple[np.ndarray, float, int, bool]:
+                  start: float, seconds: float) -> tuple[np.ndarray, int, int, bool]:
     """Like :func:`_soundfile_segment` for compressed files: seek before the start, decode past the end."""
     base = stream.time_base
+    if base is None:
+        raise AudioError(f"{path}: the audio stream has no time base, cannot seek")
     container.seek(int(max(0.0, start - _PREROLL_SECONDS) / base), stream=stream, backward=True)
     parts: list[np.ndarray] = []
     first_time: int | None = None

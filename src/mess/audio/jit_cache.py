@@ -54,7 +54,7 @@ def use_private_cache() -> None:
     atexit.register(shutil.rmtree, _private, ignore_errors=True)
 
 
-def ensure_warm(key: str, warm: Callable[[], None]) -> None:
+def ensure_warm(key: str, warm: Callable[[], object]) -> None:
     """Run ``warm()`` once per process unless the shared cache already holds ``key``; then share the result.
 
     The marker names the source file that defines ``warm`` by its hash, so a changed caller warms (and
@@ -65,14 +65,14 @@ def ensure_warm(key: str, warm: Callable[[], None]) -> None:
     with _guard:
         if key in _done:
             return
-        import librosa
         import numba
         from filelock import FileLock
+        from librosa.version import version as librosa_version
 
         shared = shared_dir()
         shared.mkdir(parents=True, exist_ok=True)
         source = hashlib.sha1(Path(warm.__code__.co_filename).read_bytes()).hexdigest()[:12]  # its code, as of now
-        marker = shared / f"{key}-{source}-librosa{librosa.__version__}-numba{numba.__version__}.done"
+        marker = shared / f"{key}-{source}-librosa{librosa_version}-numba{numba.__version__}.done"
         if not marker.exists():
             warm()
             if _private is not None:

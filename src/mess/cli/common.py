@@ -7,8 +7,9 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, NoReturn, TypeVar
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -85,37 +86,42 @@ def version_option(
     and search for similar tracks and artists with evidence."""
 
 
+_C = TypeVar("_C")
+
+
 class _PlainParams:
     """Help without type markers: arguments as NAME, valued options as NAME, flags bare."""
 
-    def get_params(self, ctx: typer.Context) -> list:
-        params = super().get_params(ctx)  # type: ignore[misc]
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        params: list[click.Parameter] = super().get_params(ctx)  # type: ignore[misc]
         for p in params:
             if p.metavar is None:
                 p.metavar = "" if getattr(p, "is_flag", False) else p.name.upper()
             if isinstance(p, TyperArgument):  # usage line "QUERY", not "{QUERY}"; no type column
                 usage = p.metavar + ("..." if p.nargs != 1 else "")
-                p._usage_display_name = lambda usage=usage: usage
-                p.display_type_rich = lambda ctx: None
+                # per-instance overrides of typer's display hooks (no subclass of TyperArgument to swap in)
+                p._usage_display_name = lambda usage=usage: usage  # type: ignore[method-assign]
+                p.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
         return params
 
 
-class PlainCommand(_PlainParams, TyperCommand):
+class PlainCommand(_PlainParams, TyperCommand):  # type: ignore[misc]  # typer's get_params is untyped
     """A command whose help shows no type markers."""
 
 
-class PlainGroup(_PlainParams, TyperGroup):
+class PlainGroup(_PlainParams, TyperGroup):  # type: ignore[misc]  # as above
     """A command group whose help shows no type markers."""
 
 
 def plain_help(app: typer.Typer) -> None:
     """Give every command and group of ``app`` (recursively) help pages without type markers."""
-    def pick(cls: object, default: type, plain_cls: type) -> object:
+    def pick(cls: type[_C] | DefaultPlaceholder | None, default: type[_C], plain_cls: type[_C]) -> type[_C]:
         return plain_cls if cls is None or cls is default or isinstance(cls, DefaultPlaceholder) else cls
 
     for command in app.registered_commands:
         command.cls = pick(command.cls, TyperCommand, PlainCommand)
     for group in app.registered_groups:
         group.cls = pick(group.cls, TyperGroup, PlainGroup)
-        plain_help(group.typer_instance)
+        if group.typer_instance is not None:
+            plain_help(group.typer_instance)
     app.info.cls = pick(app.info.cls, TyperGroup, PlainGroup)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich.markup import escape
@@ -17,7 +17,7 @@ from mess.store import FeatureStore
 
 if TYPE_CHECKING:
     from mess.fusion.pipeline import Trained
-    from mess.fusion.train import EpochLog, FusionConfig
+    from mess.fusion.train import EpochLog, FusionConfig, Mining
     from mess.store import Run
 
 fuse_app = typer.Typer(help="Learn one embedding from all layers of a model (triplet loss on metadata labels).",
@@ -73,9 +73,9 @@ def train_command(
 
         torch.set_num_threads(threads)
     try:
-        config = FusionConfig(label=label, fusion_dim=fusion_dim, gated=gated, mining=mining, margin=margin,
-                              weight_epochs=weight_epochs, max_epochs=max_epochs, patience=patience, lr=lr,
-                              weights_lr=weights_lr, labels_per_batch=labels_per_batch,
+        config = FusionConfig(label=label, fusion_dim=fusion_dim, gated=gated, mining=cast("Mining", mining),
+                              margin=margin, weight_epochs=weight_epochs, max_epochs=max_epochs, patience=patience,
+                              lr=lr, weights_lr=weights_lr, labels_per_batch=labels_per_batch,
                               tracks_per_label=tracks_per_label, val_frac=val_frac, test_frac=test_frac, seed=seed)
     except ValueError as exc:
         fail(str(exc))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich.markup import escape
@@ -14,8 +14,11 @@ from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, FusedOpt, JsonOpt, M
 from mess.constants import LABEL_FIELDS
 
 if TYPE_CHECKING:
+    from rich.console import JustifyMethod
+
     from mess.search.evaluate import Evaluation
     from mess.search.query import Neighbour
+    from mess.search.vectors import Norm
 
 _LABELS = f"{', '.join(LABEL_FIELDS[:-1])} or {LABEL_FIELDS[-1]}"
 LayerOpt = Annotated[str | None, typer.Option("--layer", "-l", help="One layer (name or index, -1 = last).")]
@@ -73,7 +76,7 @@ def index_command(
     with open_store(store, readonly=False) as fs:
         run = fs.run(model)
         try:
-            spec = VectorSpec.from_options(layer, aspect, fused, norm, learned)
+            spec = VectorSpec.from_options(layer, aspect, fused, cast("Norm", norm), learned)  # the library checks it
         except ValueError as exc:
             fail(str(exc))
         vs = load_vectors(fs, run, spec)
@@ -133,8 +136,8 @@ def similar_command(
         tq = resolve_query(fs, query, run)
         try:
             results = similar_tracks(fs, run, tq, k, layer=layer, aspect=aspect, fused=fused,
-                                     exclude_same_artist=exclude_same_artist, hubness=hubness, norm=norm,
-                                     learned=learned, match=match, expand=expand)
+                                     exclude_same_artist=exclude_same_artist, hubness=hubness,
+                                     norm=cast("Norm", norm), learned=learned, match=match, expand=expand)
         except ValueError as exc:
             fail(str(exc))
         source, _ = aspect_layers(fs, run)
@@ -156,7 +159,7 @@ def _print_similar(answer: dict, results: list[Neighbour]) -> None:
     hubness, expand, model, weak = answer["hubness"], answer["expand"], answer["model"], answer["weak_aspects"]
     table = Table(title=escape(f"like {answer['query']['label']}  [{model}, {answer['vectors']}]"))
     for col, justify in (("#", "right"), ("id", "right"), ("track", "left"), ("score", "right")):
-        table.add_column(col, justify=justify)
+        table.add_column(col, justify=cast("JustifyMethod", justify))
     if hubness or expand:
         table.add_column(hubness or "expanded", justify="right")
     table.add_column("why")
@@ -211,7 +214,8 @@ def evaluate_command(
         run = fs.run(model)
         try:
             overrides = read_label_csv(fs, labels, label) if labels is not None else None
-            ev = evaluate(fs, run, label, k, labels=overrides, norm=norm, compare=compare, match=match, expand=expand)
+            ev = evaluate(fs, run, label, k, labels=overrides, norm=cast("Norm", norm), compare=compare, match=match,
+                          expand=expand)
         except (LabelError, ValueError) as exc:
             fail(str(exc))
         png = plot_evaluation(ev, plot or fs.reports_dir / f"evaluate-{run.model}-{label}.png")

@@ -342,7 +342,7 @@ def _apply_settings(track: m21midi.MidiTrack, settings: RenderSettings) -> None:
     for event in _channel_events(track):
         channels.add(event.channel)
         tonal = event.channel != PERCUSSION_CHANNEL
-        if event.type in (voice.NOTE_ON, voice.NOTE_OFF) and tonal:
+        if event.type in (voice.NOTE_ON, voice.NOTE_OFF) and tonal and event.pitch is not None:
             event.pitch = min(127, max(0, event.pitch + settings.transpose))
         if event.type == voice.NOTE_ON and event.velocity and settings.velocity is not None:
             event.velocity = settings.velocity

@@ -126,6 +126,8 @@ def _encode_av(path: Path, audio: np.ndarray, sr: int, codec: str) -> None:
     tmp = path.with_name(f".{path.name}.partial{path.suffix}")
     with av.open(str(tmp), "w") as container:
         stream = container.add_stream(codec, rate=sr, layout=layout)
+        if not isinstance(stream, av.audio.stream.AudioStream):
+            raise ValueError(f"{codec} is not an audio codec")
         fmt = stream.codec_context.format
         samples = (audio.T if fmt.is_planar else audio.reshape(1, -1)).astype(np.float32)
         if fmt.name.startswith("s16"):

@@ -44,7 +44,7 @@ class ExtractSummary:
 
 @dataclass
 class _Outcome:
-    record: FileRecord | None
+    record: FileRecord
     windows: Windows | None = None
     error: str | None = None
     skipped: bool = False
@@ -84,7 +84,7 @@ def _extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, 
             summary.skipped += 1
         elif outcome.error is not None:
             _fail(store, run, outcome.record, outcome.error, summary)
-        else:
+        elif outcome.windows is not None:
             pending.append(outcome.windows)
             summary.warnings += outcome.windows.warnings
         if sum(w.audio.shape[0] for w in pending) >= batch_size:
@@ -105,7 +105,7 @@ def _prepared(store: FeatureStore, run: Run, paths: Sequence[Path], model: Embed
     info = model.info
 
     def work(path: Path) -> _Outcome:
-        record = None
+        record: FileRecord | None = None
         try:
             record = inspect_file(path, store.known_file(path))
             store.upsert_track(path, record.content_hash, record.size, record.mtime, record.info, record.tags,
@@ -114,30 +114,32 @@ def _prepared(store: FeatureStore, run: Run, paths: Sequence[Path], model: Embed
                 return _Outcome(record, skipped=True)
             return _Outcome(record, decode_windows(record, info.sample_rate, policy, info.min_samples))
         except AudioError as exc:
-            return _Outcome(record, error=str(exc))
+            return _Outcome(record or _unread(path), error=str(exc))
         except OSError as exc:
-            return _Outcome(record, error=f"{path}: cannot read ({exc.strerror or exc})")
+            return _Outcome(record or _unread(path), error=f"{path}: cannot read ({exc.strerror or exc})")
         except StoreError:
             raise
         except Exception as exc:  # noqa: BLE001 -- one file's fault must not end the run
-            return _Outcome(record, error=f"{path}: {_describe(exc)}")
+            return _Outcome(record or _unread(path), error=f"{path}: {_describe(exc)}")
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="mess-decode") as pool:
-        queue: deque[tuple[Path, Future[_Outcome]]] = deque()
+        queue: deque[Future[_Outcome]] = deque()
         todo = iter(paths)
         for path in todo:
-            queue.append((path, pool.submit(work, path)))
+            queue.append(pool.submit(work, path))
             if len(queue) >= 2 * max(1, workers):
                 break
         while queue:
-            path, future = queue.popleft()
+            future = queue.popleft()
             nxt = next(todo, None)
             if nxt is not None:
-                queue.append((nxt, pool.submit(work, nxt)))
-            outcome = future.result()
-            if outcome.record is None and outcome.error is not None:
-                outcome.record = FileRecord(path, "", 0, 0.0, {}, {})
-            yield outcome
+                queue.append(pool.submit(work, nxt))
+            yield future.result()
+
+
+def _unread(path: Path) -> FileRecord:
+    """The record of a file that failed before it could be inspected."""
+    return FileRecord(path, "", 0, 0.0, {}, {})
 
 
 def _embed_and_write(store: FeatureStore, run: Run, model: EmbeddingModel, pending: list[Windows],

@@ -48,7 +48,7 @@ def inspect_file(path: Path, known: tuple[str, str] | None = None) -> FileRecord
     stat = path.stat()
     stamp = file_stamp(stat)
     unchanged = known is not None and known[1] in (stamp, legacy_stamp(stat.st_size, stat.st_mtime))
-    digest = known[0] if unchanged else content_hash(path)
+    digest = known[0] if known is not None and unchanged else content_hash(path)
     try:
         meta = probe(path)
         info: dict[str, object] = {

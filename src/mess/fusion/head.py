@@ -188,6 +188,11 @@ def fit_head(data: HeadData, rows: np.ndarray, config: HeadConfig = HeadConfig()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    mlp = tuple(t.detach().numpy().astype(np.float32) for t in (w1, b1, w2)) if config.hidden else None
+    mlp = (_float32(w1), _float32(b1), _float32(w2)) if config.hidden else None
     meta = {"method": "learned", "config": asdict(config)}
     return _make(data, start.mean, start.scale, start.proj @ proj.detach().numpy(), meta, mlp)
+
+
+def _float32(t: torch.Tensor) -> np.ndarray:
+    """A trained parameter as a float32 array."""
+    return t.detach().numpy().astype(np.float32)

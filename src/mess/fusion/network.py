@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,9 @@ class LayerFusion(nn.Module):
     starts at zero, so the untrained network is PCA of the layer mean.
     """
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, layer_dims: Sequence[int], fusion_dim: int = 256, hidden_dim: int = 512,
                  common_dim: int = 256, gated: bool = False, dropout: float = 0.1) -> None:
         super().__init__()
@@ -38,10 +42,10 @@ class LayerFusion(nn.Module):
         self.gate = nn.Sequential(nn.Linear(width, 64), nn.GELU(), nn.Linear(64, 1)) if gated else None
         self.project = nn.Linear(width, fusion_dim, bias=False)
         nn.init.orthogonal_(self.project.weight)
-        self.residual = nn.Sequential(nn.Linear(width, hidden_dim), nn.GELU(), nn.Dropout(dropout),
-                                      nn.Linear(hidden_dim, fusion_dim))
-        nn.init.zeros_(self.residual[-1].weight)
-        nn.init.zeros_(self.residual[-1].bias)
+        first, last = nn.Linear(width, hidden_dim), nn.Linear(hidden_dim, fusion_dim)
+        self.residual = nn.Sequential(first, nn.GELU(), nn.Dropout(dropout), last)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def set_standardisation(self, x: torch.Tensor) -> None:
         """Set per-feature mean and std from training vectors [n, sum(layer_dims)]."""
@@ -69,10 +73,11 @@ class LayerFusion(nn.Module):
 
     def layer_vectors(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised per-layer vectors [batch, L, width]."""
-        parts = torch.split((x - self.mean) / self.std, self.layer_dims, dim=1)
+        parts = torch.split((x - self.mean) / self.std, list(self.layer_dims), dim=1)
         normed = [F.layer_norm(p, p.shape[-1:]) for p in parts]
         if not self.shared:
-            normed = [F.layer_norm(a(p), (a.out_features,)) for a, p in zip(self.adapters, normed, strict=False)]
+            adapters = cast(list[nn.Linear], list(self.adapters))  # a ModuleList yields plain Modules
+            normed = [F.layer_norm(a(p), (a.out_features,)) for a, p in zip(adapters, normed, strict=False)]
         return torch.stack(normed, dim=1)
 
     def weights(self, h: torch.Tensor) -> torch.Tensor:

@@ -123,11 +123,11 @@ def compare(result: FusionResult, data: LayerData, k: int = 10) -> FusionReport:
     singles = {f"{name} ({norm})": _layers(data, i, norm) for i, name in enumerate(names) for norm in NORMS}
     best = _pick(singles, labels, seen, k)
     encoders["best-layer"] = (singles[best], f"{best}, chosen on training labels")
-    alls = {norm: _layers(data, None, norm) for norm in NORMS}
+    alls: dict[str, Encoder] = {norm: _layers(data, None, norm) for norm in NORMS}
     norm = _pick(alls, labels, seen, k)
     encoders["all-layers"] = (alls[norm], f"mean of per-layer cosines ({norm})")
     if len(set(dims)) == 1:
-        means = {n: _mean_vector(data, n) for n in NORMS}
+        means: dict[str, Encoder] = {n: _mean_vector(data, n) for n in NORMS}
         norm = _pick(means, labels, seen, k)
         encoders["mean-vector"] = (means[norm], f"mean of layer vectors ({norm})")
 
@@ -231,7 +231,7 @@ def markdown(report: FusionReport) -> str:
               "|---|---|---|---|"]
     for name, weight in report.layer_weights.items():
         aspects = {a: v for a, v in (report.probe or {}).get(name, {}).items() if v is not None}
-        top = max(aspects, key=aspects.get) if aspects else None
+        top = max(aspects, key=aspects.__getitem__) if aspects else None
         probe = f"{top} ({aspects[top]:.2f})" if top else "-"
         lines.append(f"| {name} | {weight:.3f} | {report.per_layer[name]:.3f} | {probe} |")
     lines += ["", report.probe_note, ""]

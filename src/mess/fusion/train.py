@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -145,8 +145,9 @@ def train_fusion(data: LayerData, config: FusionConfig,
     network = initial_network(config, data.run.layer_dims, x_all)
     gate = list(network.gate.parameters()) if network.gate is not None else []
     rest = [p for name, p in network.named_parameters() if name != "logits" and not name.startswith("gate.")]
-    optimiser = torch.optim.AdamW([{"params": [network.logits], "lr": config.weights_lr, "weight_decay": 0.0},
-                                   {"params": gate}, {"params": rest}], lr=config.lr, weight_decay=config.weight_decay)
+    groups: list[dict[str, Any]] = [{"params": [network.logits], "lr": config.weights_lr, "weight_decay": 0.0},
+                                    {"params": gate}, {"params": rest}]
+    optimiser = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     x_train, y_train = torch.from_numpy(data.x[train_rows]), torch.from_numpy(codes)
 
     def validate() -> float | None:
@@ -181,7 +182,7 @@ def train_fusion(data: LayerData, config: FusionConfig,
         history.append(log)
         if on_epoch:
             on_epoch(log)
-        if val is None or val > best_val:
+        if val is None or best_val is None or val > best_val:
             best_val, best_epoch, best_state = val, epoch, snapshot()
         elif epoch > config.weight_epochs and epoch - max(best_epoch, config.weight_epochs) >= config.patience:
             break

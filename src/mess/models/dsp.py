@@ -7,6 +7,7 @@ from functools import lru_cache
 import librosa
 import numpy as np
 import scipy.signal
+from librosa.version import version as librosa_version
 from scipy.fft import dct
 from scipy.ndimage import maximum_filter1d, uniform_filter1d
 
@@ -154,7 +155,7 @@ class DspModel(EmbeddingModel):
     """Timbre (MFCC), harmony (chroma), spectral shape and rhythm descriptors per window."""
 
     def __init__(self) -> None:
-        self.info = ModelInfo(name="dsp", revision=f"v5-librosa-{librosa.__version__}", sample_rate=_SR,
+        self.info = ModelInfo(name="dsp", revision=f"v5-librosa-{librosa_version}", sample_rate=_SR,
                               layer_names=tuple(_GROUPS), layer_dims=tuple(_GROUPS.values()), min_samples=_N_FFT)
 
     def embed(self, windows: np.ndarray) -> list[np.ndarray]:

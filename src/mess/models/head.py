@@ -76,13 +76,13 @@ class Head:
     def save(self, path: Path) -> Path:
         """Write the head as an ``.npz`` (float32 arrays plus JSON metadata)."""
         arrays = {"mean": self.mean, "scale": self.scale, "proj": self.proj}
-        if self.w1 is not None:
+        if self.w1 is not None and self.b1 is not None and self.w2 is not None:
             arrays.update(w1=self.w1, b1=self.b1, w2=self.w2)
         info = {"model": self.model, "layer_names": list(self.layer_names), "layer_dims": list(self.layer_dims),
                 "meta": self.meta}
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as f:
-            np.savez_compressed(f, info=np.array(json.dumps(info)),
+            np.savez_compressed(f, allow_pickle=False, info=np.array(json.dumps(info)),
                                 **{k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
         return path
 

@@ -70,9 +70,12 @@ class MertModel(EmbeddingModel):
                         device: str = "cpu") -> MertModel:
         """Load from a hub repo id (at ``revision``) or a local folder; never runs remote code."""
         config = hubert_config(_read_config(source, revision))
-        network = HubertModel.from_pretrained(source, config=config, revision=revision, trust_remote_code=False)
+        # transformers takes revision=None as the repo's default branch, though its annotation says str
+        network = HubertModel.from_pretrained(source, config=config, revision=revision,  # type: ignore[arg-type]
+                                              trust_remote_code=False)
         try:
-            processor = Wav2Vec2FeatureExtractor.from_pretrained(source, revision=revision, trust_remote_code=False)
+            processor = Wav2Vec2FeatureExtractor.from_pretrained(
+                source, revision=revision, trust_remote_code=False)  # type: ignore[arg-type]
         except OSError:
             log.warning("%s has no preprocessor_config.json; using MERT's (24 kHz, normalised)", source)
             processor = Wav2Vec2FeatureExtractor(sampling_rate=24000, do_normalize=True, return_attention_mask=True)

@@ -63,8 +63,9 @@ class DuplicateGuard:
         self._units = np.vstack([self._units, unit[None, :].astype(np.float32)])
         if track is not None:
             self._hashes.add(track.content_hash)
-            if title_key(track):
-                self._titles.add(title_key(track))
+            title = title_key(track)
+            if title:
+                self._titles.add(title)
         if content_hash:
             self._hashes.add(content_hash)
 

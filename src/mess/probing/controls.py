@@ -49,6 +49,7 @@ def randomized(model: EmbeddingModel, seed: int = 0) -> EmbeddingModel:
     if not isinstance(network, torch.nn.Module):
         raise ControlError(f"{model.info.name} has no learned weights ({type(model).__name__}), "
                            "so there is no random-init counterpart")
+    fresh: torch.nn.Module
     with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's random state
         torch.manual_seed(seed)
         if isinstance(network, PreTrainedModel):
@@ -60,7 +61,8 @@ def randomized(model: EmbeddingModel, seed: int = 0) -> EmbeddingModel:
                 if callable(reset):
                     reset()
     twin = copy.copy(model)
-    twin.network = fresh.eval().to(model.device)
+    # the duck-typed attribute found by getattr above (EmbeddingModel does not declare it)
+    setattr(twin, "network", fresh.eval().to(model.device))  # noqa: B010
     twin.info = dataclasses.replace(model.info, name=model.info.name + RANDOM_SUFFIX,
                                     revision=f"{model.info.revision}+random-init-seed{seed}")
     return twin

@@ -197,5 +197,6 @@ def heatmap(report: ProbeReport, path: Path) -> None:
         )
         top.tick_params(length=0)
         ax.set_title(f"{report.model} - {name}: out-of-fold R^2 ({report.n_tracks} tracks, {report.folds})", fontsize=9)
-    fig.colorbar(image, ax=axes[:, 0].tolist(), shrink=0.8, label="R^2 (clipped to [-1, 1])")
+    if image is not None:
+        fig.colorbar(image, ax=axes[:, 0].tolist(), shrink=0.8, label="R^2 (clipped to [-1, 1])")
     fig.savefig(path, dpi=120)

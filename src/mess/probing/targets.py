@@ -138,7 +138,7 @@ def _rhythm(log_mel: np.ndarray, seconds: float, sr: int) -> dict[str, float]:
 
 
 def _pitch(y: np.ndarray, active: np.ndarray, sr: int) -> dict[str, float]:
-    fmin = librosa.midi_to_hz(CQT_FMIN_MIDI)
+    fmin = float(librosa.midi_to_hz(CQT_FMIN_MIDI))
     cqt = np.abs(librosa.cqt(y, sr=sr, hop_length=HOP, fmin=fmin, n_bins=CQT_BINS))
     cqt = cqt[:, active[: cqt.shape[1]]]
     energy = (cqt**2).sum(axis=1)

@@ -21,9 +21,10 @@ the same notes instead of fitting fewer of them into a fixed duration.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -32,7 +33,7 @@ from sklearn.preprocessing import StandardScaler
 
 from mess.audio.discover import content_hash
 from mess.audio.windows import WindowPolicy
-from mess.datasets.render import RenderedVariant, RenderSettings, render_factor_set
+from mess.datasets.render import Factor, RenderedVariant, RenderSettings, render_factor_set
 from mess.extract.embed import embed_file
 from mess.models.base import EmbeddingModel
 from mess.probing.probes import ALPHAS, Folds, ProbeError, make_folds
@@ -225,7 +226,7 @@ def _render_note(factor: str, values: np.ndarray, pieces: np.ndarray) -> str:
 
 
 def study(
-    factor_sets: dict[str, Sequence[RenderedVariant]],
+    factor_sets: Mapping[str, Sequence[RenderedVariant]],
     model: EmbeddingModel,
     policy: WindowPolicy,
     cache_root: Path,
@@ -283,13 +284,14 @@ def validate(
     on_step: Callable[[str], None] | None = None,
 ) -> list[FactorResult]:
     """Render each factor set under ``out_dir`` (reusing earlier renders) and study them together."""
-    unknown = [f for f in factors if f not in FACTORS]
-    if unknown:
-        raise ProbeError(f"unknown factor {unknown[0]!r}; use {', '.join(FACTORS)}")
-    if len(set(factors)) < 2:
+    chosen = [f for f in factors if _is_factor(f)]
+    if len(chosen) < len(factors):
+        unknown = next(f for f in factors if not _is_factor(f))
+        raise ProbeError(f"unknown factor {unknown!r}; use {', '.join(FACTORS)}")
+    if len(set(chosen)) < 2:
         raise ProbeError("give at least two factors: each factor's effect is measured against the others")
-    sets = {}
-    for factor in factors:
+    sets: dict[str, list[RenderedVariant]] = {}
+    for factor in chosen:
         sets[factor] = render_factor_set(out_dir, factor, n_pieces, (levels or {}).get(factor), RENDER_SETTINGS)
         if on_step:
             on_step(f"render {factor}")
@@ -304,3 +306,8 @@ def write_validation(folder: Path, model: EmbeddingModel, pieces: int, results: 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2))
     return {**payload, "file": str(path)}
+
+
+def _is_factor(name: str) -> TypeGuard[Factor]:
+    """Whether ``name`` is one of :data:`FACTORS`."""
+    return name in FACTORS

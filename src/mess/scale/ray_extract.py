@@ -102,7 +102,7 @@ def _connect(address: str | None) -> bool:
 
 def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
     """Fail in seconds, not after Ray's minute of retries, when a HOST:PORT address does not answer."""
-    if address in (None, "auto", "local"):
+    if address is None or address in ("auto", "local"):
         return
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not port.isdigit():
@@ -157,7 +157,7 @@ def _embedded(todo: list[dict[str, str]], model_name: str, info: ModelInfo, poli
               device: str, precision: str, actors: int) -> ray.data.Dataset:
     """The streaming dataset of embedded tracks: decoded on CPU tasks, embedded by ``actors`` actors."""
     decoded = _dataset(todo).map(
-        decode_row, num_cpus=1,
+        decode_row, num_cpus=1,  # type: ignore[arg-type]  # ray's stubs do not model fn_kwargs
         fn_kwargs={"sample_rate": info.sample_rate, "policy": policy.to_json(), "min_samples": info.min_samples})
     return decoded.map_batches(
         Embedder, batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +145,9 @@ def evaluate(
         specs.append(VectorSpec(LEARNED, "", norm))
     sets: list[SetScore] = []
     variants: list[SetScore] = []
-    ids = labels_arr = queries = None
+    ids: np.ndarray | None = None
+    labels_arr: np.ndarray | None = None
+    queries: np.ndarray | None = None
     for spec in specs:
         vs = load_vectors(store, run, spec, tracks)
         keep = np.array([int(i) in by_label for i in vs.ids], dtype=bool)
@@ -153,13 +156,14 @@ def evaluate(
             labels_arr, queries = _setup(np.array([by_label[int(i)] for i in ids]), seed)
         elif not np.array_equal(vs.ids[keep], ids):
             continue  # fused vectors missing for some tracks: not comparable with the layers
+        assert labels_arr is not None and queries is not None  # set with ids
         unit = vs.unit()[keep]
         name = spec.name or ("all layers" if spec.kind == "all" else spec.kind)
         if match == "segments":
             seg = read_segments(store, vs, ids)
             sets.append(
                 _score(
-                    name, spec.kind, "chamfer", None, lambda rows, s=seg: chamfer_rows(s, rows), labels_arr, queries, k
+                    name, spec.kind, "chamfer", None, partial(chamfer_rows, seg), labels_arr, queries, k
                 )
             )
         else:
@@ -170,6 +174,8 @@ def evaluate(
             for metric, hub in VARIANTS[1:]:
                 fn = _similarity(metric, hub, unit, shifted, k)
                 variants.append(_score(name, spec.kind, metric, hub, fn, labels_arr, queries, k))
+    if labels_arr is None or queries is None:
+        raise LabelError("no vector set to evaluate")
     chance = chance_scores(labels_arr[queries], labels_arr, queries, k, seed=seed)
     return Evaluation(
         run.model, field, k, norm, len(labels_arr), len(queries), len(set(labels_arr.tolist())), chance, sets, variants
@@ -204,6 +210,8 @@ def _similarity(metric: str, hub: str | None, unit: np.ndarray, shifted: np.ndar
     if metric == "euclidean":
         sq = (shifted**2).sum(axis=1)
         return lambda rows: 2 * shifted[rows] @ shifted.T - sq[rows, None] - sq[None, :]
+    if hub is None:
+        raise ValueError(f"unknown similarity metric {metric!r}")
     reducer = HubnessReducer(hub, unit, lambda v, kk: exact_knn(unit, v, kk), k=k)
     stats = reducer.stats(unit, np.arange(len(unit)))
 
@@ -228,10 +236,10 @@ def _score(
         nd.append(ndcg_at_k(rel, k))
         scores[np.arange(len(rows)), rows] = -np.inf
         top.append(np.argsort(-scores, axis=1)[:, :k])
-    scores = RetrievalScores(
+    summary = RetrievalScores(
         k, float(np.concatenate(p).mean()), float(np.concatenate(ap).mean()), float(np.concatenate(nd).mean())
     )
-    return SetScore(name, kind, metric, hub, scores, hubness_stats(np.concatenate(top), len(labels)))
+    return SetScore(name, kind, metric, hub, summary, hubness_stats(np.concatenate(top), len(labels)))
 
 
 def plot_evaluation(ev: Evaluation, path: Path) -> Path:
@@ -248,10 +256,11 @@ def plot_evaluation(ev: Evaluation, path: Path) -> Path:
         ("ndcg", f"nDCG@{ev.k}", "tab:green"),
     ):
         ax.plot(x, [getattr(s.scores, attr) for s in layers], marker="o", color=colour, label=label)
+    colours: dict[str, str] = {FUSED: "tab:red", LEARNED: "tab:brown"}
     for s, style in ((s, "--") for s in ev.sets if s.kind != "layer"):
         ax.axhline(
             s.scores.map,
-            color={FUSED: "tab:red", LEARNED: "tab:brown"}.get(s.kind, "tab:purple"),
+            color=colours.get(s.kind, "tab:purple"),
             ls=style,
             label=f"{s.name} mAP {s.scores.map:.2f}",
         )

@@ -44,7 +44,7 @@ class CollectionIndex:
     def save(self, path: Path) -> None:
         """Write the index and its sidecars."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path.with_suffix(".npz"), ids=self.ids, hashes=self.hashes, **self.prep.arrays())
+        np.savez(path.with_suffix(".npz"), allow_pickle=False, ids=self.ids, hashes=self.hashes, **self.prep.arrays())
         self.ann.save(path, {"run_id": self.run_id, "spec": [self.spec.kind, self.spec.name, self.spec.norm],
                              "requested": self.requested, "n": len(self.ids), "saved_at": time.time()})
 
@@ -165,7 +165,7 @@ def stale_indexes(store: FeatureStore) -> list[Path]:
     for path in sorted(store.indexes_dir.glob("run*.faiss")) if store.indexes_dir.exists() else []:
         saved = CollectionIndex.load(path)
         run = runs.get(saved.run_id) if saved is not None else None
-        if run is None:
+        if saved is None or run is None:
             stale.append(path)
             continue
         current = {(t.id, t.content_hash) for t in store.tracks(run)}

@@ -289,6 +289,8 @@ def _raw_vector(store: FeatureStore, vs: VectorSet, query: TrackQuery) -> np.nda
         if query.fused is None:
             raise StoreError(f"no fused vector for {query.label}; embed it with mess.query.resolve_query")
         return query.fused
+    if query.layers is None:
+        raise StoreError(f"{query.label} has neither a collection track nor layer vectors")
     return query_vector(vs.layers, vs.run, query.layers, learned=vs.spec.kind == LEARNED)
 
 

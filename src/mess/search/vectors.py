@@ -27,7 +27,7 @@ from mess.store import FeatureStore, Run, StoreError, Track, TrackList
 from mess.store.memo import MEMO
 
 Norm = Literal["none", "center", "zscore"]
-NORMS: tuple[str, ...] = ("none", "center", "zscore")
+NORMS: tuple[Norm, ...] = ("none", "center", "zscore")
 T = TypeVar("T")
 
 
@@ -179,6 +179,7 @@ def read_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequen
     """Read a spec's raw vectors for all tracks of the run and fit its preprocessor."""
     tracks = store.tracks(run) if tracks is None else tracks
     hash_of = {t.id: t.content_hash for t in tracks}
+    layers: tuple[str, ...]
     if spec.kind == FUSED:
         ids, raw = store.derived_matrix(run, FUSED)
         layers, blocks = (), (raw.shape[1],)

@@ -61,13 +61,13 @@ def similar(track_id: int, state: State, model: Model = None, layer: Layer = Non
         raise HTTPException(400, f"unknown hubness reduction {hubness!r}; choose {' or '.join(HUBNESS_METHODS)}")
     with state.lock:
         run = state.run(model)
-        state.track(track_id)
+        track = state.track(track_id)
         vector_spec(state.store, run, layer, aspect, fused, learned)
         tq = collection_query(state.store, track_id)
         results = similar_tracks(state.store, run, tq, k, layer=layer, aspect=aspect, fused=fused,
                                  exclude_same_artist=exclude_same_artist, hubness=hubness, learned=learned,
                                  expand=expand)
-        return _answer(state, run, {"label": tq.label, "external": False, **track_dict(tq.track)},
+        return _answer(state, run, {"label": tq.label, "external": False, **track_dict(track)},
                        results, layer, aspect, fused, learned)
 
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -65,7 +65,7 @@ def check_audio_type(filename: str, content_type: str | None) -> str:
     return suffix
 
 
-async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[bytes, None]:
     total = 0
     async for chunk in stream:
         total += len(chunk)
@@ -229,6 +229,7 @@ class EmbedWorker:
             self._stop()
             proc = subprocess.Popen([sys.executable, "-m", "mess.serve.embed_worker"],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            assert proc.stdin is not None and proc.stdout is not None  # both are pipes
             self._send = Connection(os.dup(proc.stdin.fileno()), readable=False)
             self._recv = Connection(os.dup(proc.stdout.fileno()), writable=False)
             proc.stdin.close()

@@ -75,7 +75,7 @@ def _write_npz(out: Path, columns: dict[str, np.ndarray], vectors: dict[str, np.
               "layers": np.array(meta["layers"]), "model": np.array(meta["model"]),
               "revision": np.array(meta["revision"])}
     with open(out, "wb") as f:  # a file object: np.savez would append .npz to other names
-        np.savez(f, **arrays)
+        np.savez(f, allow_pickle=False, **arrays)
 
 
 def _write_parquet(out: Path, columns: dict[str, np.ndarray], vectors: dict[str, np.ndarray], meta: dict) -> None:

@@ -434,7 +434,8 @@ class FeatureStore:
             if model
             else preferred_model([r.model for r in self.runs()], read_config(self.root).get("default-model"))
         )
-        sql, args = "SELECT * FROM runs", ()
+        sql = "SELECT * FROM runs"
+        args: tuple[str, ...] = ()
         if model:
             sql, args = sql + " WHERE model=?", (model,)
         row = self.db.execute(sql + " ORDER BY id DESC LIMIT 1", args).fetchone()
@@ -444,7 +445,7 @@ class FeatureStore:
         return self._run(row)
 
     @staticmethod
-    def _run(row: object) -> Run:
+    def _run(row: sqlite3.Row) -> Run:
         return Run(
             id=row["id"],
             model=row["model"],
@@ -581,7 +582,9 @@ class FeatureStore:
     def segment_matrix(self, run: Run, layer: str | int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(track id per segment, start seconds, float32 [n_segments, dim]) of one layer."""
         idx = run.layer_index(layer)
-        ids, starts, take = [], [], []
+        ids: list[int] = []
+        starts: list[float] = []
+        take: list[int] = []
         for r in self._rows(run):
             n = r["n_segments"]
             ids += [r["track_id"]] * n

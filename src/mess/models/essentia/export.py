@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from mess.models.musicnn import MusicnnModel
-from mess.models.musicnn.network import FRAME_LAYERS, N_FRAMES, N_MELS
+from mess.models.musicnn.network import FRAME_LAYERS, N_FRAMES, N_MELS, MusicnnNetwork
 
 INTERMEDIATE = (*FRAME_LAYERS, "mean_pool", "max_pool", "penultimate")
 OUTPUTS = ("model/Sigmoid", "model/dense/BiasAdd", *INTERMEDIATE)
@@ -25,7 +25,7 @@ OUTPUTS = ("model/Sigmoid", "model/dense/BiasAdd", *INTERMEDIATE)
 class _EssentiaNames(torch.nn.Module):
     """musicnn's forward with outputs in msd-musicnn-1's order: taggram, dense pre-activation, then the rest."""
 
-    def __init__(self, network: torch.nn.Module) -> None:
+    def __init__(self, network: MusicnnNetwork) -> None:
         super().__init__()
         self.network = network
 

@@ -36,6 +36,7 @@ def _proto_fields(buf: bytes) -> list[tuple[int, int | bytes]]:
     while pos < len(buf):
         tag, pos = _varint(buf, pos)
         number, wire = tag >> 3, tag & 7
+        value: int | bytes
         if wire == 0:
             value, pos = _varint(buf, pos)
         elif wire == 2:
@@ -75,21 +76,35 @@ def _handle(buf: bytes, pos: int = 0) -> tuple[int, int, int]:
     return offset, size, pos
 
 
+def _number(field: int | bytes) -> int:
+    """A varint or fixed-width field's value."""
+    if not isinstance(field, int):
+        raise ValueError("malformed checkpoint index: a length-delimited field where a number belongs")
+    return field
+
+
+def _message(field: int | bytes) -> bytes:
+    """A length-delimited field's bytes (a nested message)."""
+    if not isinstance(field, bytes):
+        raise ValueError("malformed checkpoint index: a number where a message belongs")
+    return field
+
+
 def _entry(value: bytes) -> tuple[type, tuple[int, ...], int, int]:
     """Decode a BundleEntryProto into (numpy dtype, shape, data offset, byte size)."""
     dtype, shape, offset, size = 0, [], 0, 0
     for number, field in _proto_fields(value):
         if number == 1:
-            dtype = field
+            dtype = _number(field)
         elif number == 2:
-            dims = [dict(_proto_fields(d)) for n, d in _proto_fields(field) if n == 2]
+            dims = [dict(_proto_fields(_message(d))) for n, d in _proto_fields(_message(field)) if n == 2]
             shape = [int(d.get(1, 0)) for d in dims]
         elif number == 3 and field != 0:
             raise ValueError("multi-shard checkpoints are not supported")
         elif number == 4:
-            offset = field
+            offset = _number(field)
         elif number == 5:
-            size = field
+            size = _number(field)
     if dtype not in _DTYPES:
         raise ValueError(f"unsupported TensorFlow dtype enum {dtype}")
     return _DTYPES[dtype], tuple(shape), offset, size

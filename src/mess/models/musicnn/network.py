@@ -8,6 +8,8 @@ max+mean temporal-pooling dense back-end. Tensors are [batch, channels, time(, f
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 from torch import nn
@@ -83,22 +85,26 @@ class MusicnnNetwork(nn.Module):
         [b, t, 153], ``cnn1..3`` [b, t, 64]; patch-level ``mean_pool``/``max_pool`` [b, 753],
         ``penultimate`` [b, 200] and ``taggram`` (sigmoid outputs) [b, 50].
         """
-        x = _channel_bn(self.bns[0], mel.unsqueeze(1))
+        # a ModuleList yields plain Modules: name the layer types it holds
+        timbral = cast(list[nn.Conv2d], list(self.timbral_convs))
+        temporal = cast(list[nn.Conv2d], list(self.temporal_convs))
+        bns = cast(list[nn.BatchNorm1d], list(self.bns))
+        x = _channel_bn(bns[0], mel.unsqueeze(1))
         blocks = []
-        for conv, bn in zip(self.timbral_convs, self.bns[1:3], strict=False):
+        for conv, bn in zip(timbral, bns[1:3], strict=False):
             blocks.append(self._frontend_block(conv, bn, _pad_time(x, 3, 3)))
-        for conv, bn in zip(self.temporal_convs, self.bns[3:6], strict=False):
+        for conv, bn in zip(temporal, bns[3:6], strict=False):
             k = conv.kernel_size[0]
             blocks.append(self._frontend_block(conv, bn, _pad_time(x, (k - 1) // 2, k // 2)))
         frontend = torch.cat(blocks, dim=1)
         midend = [frontend]
-        for i, (conv, bn) in enumerate(zip(self.midend_convs, self.bns[6:9], strict=False)):
-            out = bn(F.relu(conv(_pad_time(midend[-1], 3, 3))))
+        for i, (conv1d, bn) in enumerate(zip(self.midend_convs, bns[6:9], strict=False)):
+            out = bn(F.relu(conv1d(_pad_time(midend[-1], 3, 3))))
             midend.append(out if i == 0 else out + midend[-1])
         features = torch.cat(midend, dim=1)
         max_pool, mean_pool = features.amax(dim=2), features.mean(dim=2)
         flat = torch.stack([max_pool, mean_pool], dim=2).flatten(1)  # TF flattens [753, 2]
-        penultimate = self.bns[10](F.relu(self.dense(self.bns[9](flat))))
+        penultimate = bns[10](F.relu(self.dense(bns[9](flat))))
         return {
             "timbral": frontend[:, :408].transpose(1, 2),
             "temporal": frontend[:, 408:].transpose(1, 2),
@@ -118,9 +124,12 @@ class MusicnnNetwork(nn.Module):
         output first (its max where the scale is >= 0, its min elsewhere) and the rest runs
         on 1/f of the data. Same result up to float32 round-off of the conv.
         """
+        var, bias = bn.running_var, conv.bias
+        if var is None or bias is None:
+            raise ValueError("musicnn's front-end needs conv biases and batch-norm running statistics")
         low, high = torch.aminmax(F.conv2d(x, conv.weight), dim=3)
-        rising = (bn.weight * torch.rsqrt(bn.running_var + bn.eps) >= 0)[:, None]
-        return bn(F.relu(torch.where(rising, high, low) + conv.bias[:, None]))
+        rising = (bn.weight * torch.rsqrt(var + bn.eps) >= 0)[:, None]
+        return bn(F.relu(torch.where(rising, high, low) + bias[:, None]))
 
     def patch_vectors(self, mel: torch.Tensor) -> list[torch.Tensor]:
         """One vector per patch and layer, in ``FRAME_LAYERS + PATCH_LAYERS`` order (frame layers averaged)."""
