@@ -115,7 +115,7 @@ class MusicnnModel(EmbeddingModel):
         self.device = device
         self.network = network_class()
         self.network.load_tf_weights(read_checkpoint(f"{checkpoint_prefix(dataset, arch)}/"))
-        self.network.to(device)
+        self.network.to(device, memory_format=self.network.memory_format)
         self.info = ModelInfo(
             name=f"musicnn-{dataset.lower()}" if arch == "musicnn" else f"musicnn-{arch}-{dataset.lower()}",
             revision="musicnn-0.1.0",

@@ -60,6 +60,8 @@ def tf_batch_norms(tensors: dict[str, np.ndarray], count: int) -> dict[str, torc
 class MusicnnNetwork(nn.Module):
     """musicnn with 64 mid-end filters and 200 back-end units (the MSD/MTT musicnn models)."""
 
+    memory_format = torch.contiguous_format  # channels-last measured slower for these convs (0.89x on CPU)
+
     def __init__(self, num_classes: int = 50, midend_filters: int = 64, backend_units: int = 200) -> None:
         super().__init__()
         self.timbral_convs = nn.ModuleList(
