@@ -36,6 +36,22 @@ def test_similar_with_expansion_ranks_as_evaluation_does_and_scores_stay_cosines
         fs.close()
 
 
+def test_expansion_with_hubness_keeps_plain_cosines_as_scores(extracted_store: Path) -> None:
+    fs = FeatureStore(extracted_store, readonly=True)
+    try:
+        run = fs.run("musicnn-msd")
+        vs = load_vectors(fs, run, VectorSpec.from_options(), fs.tracks(run))
+        unit = vs.unit()
+        tid = int(vs.ids[0])
+        got = similar_tracks(fs, run, collection_query(fs, tid), 5, expand=3, hubness="csls")
+    finally:
+        fs.close()
+    rows = vs.rows(np.array([n.track.id for n in got]))
+    assert np.allclose([n.score for n in got], unit[rows] @ unit[0], atol=1e-5)
+    adjusted = [n.adjusted for n in got]
+    assert adjusted == sorted(adjusted, reverse=True)
+
+
 def test_expansion_moves_a_query_towards_its_neighbourhood() -> None:
     """A query between a tight group and one stray point: plain cosine ranks the stray point among the group;
     expanded with its nearest neighbours (mostly the group), the query ranks the stray point last."""

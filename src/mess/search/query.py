@@ -194,9 +194,8 @@ def _index_neighbours(
     raw = _raw_vector(store, vs, tq) if tq is not None else np.asarray(query, dtype=np.float32)
     q = index.prep.apply(raw)
     skip = np.array(sorted(exclude), dtype=np.int64)
-    adjusted = None
+    plain = q
     if expand > 0:
-        plain = q
         sims, ids = index.ann.search(q, expand, exclude=skip)
         found = ids[0] >= 0
         neighbours = index.prep.apply(vs.raw[vs.rows(ids[0][found])])
@@ -204,13 +203,13 @@ def _index_neighbours(
     pool = max(k, HUBNESS_POOL) if hubness else k
     sims, ids = index.ann.search(q, pool, exclude=skip)
     sims, ids = sims[0][ids[0] >= 0], ids[0][ids[0] >= 0]
-    if expand > 0 and not hubness:
-        adjusted = sims
-        sims = index.prep.apply(vs.raw[vs.rows(ids)]) @ plain[0]
+    adjusted = sims if expand > 0 else None  # the ranking score; ``sims`` becomes the plain cosine below
     if hubness and len(ids):
         adjusted = _rescore(hubness, vs, index, q, sims, ids, tq)
         order = np.argsort(-adjusted, kind="stable")[:k]
         sims, ids, adjusted = sims[order], ids[order], adjusted[order]
+    if expand > 0:
+        sims = index.prep.apply(vs.raw[vs.rows(ids)]) @ plain[0]
     return sims, ids, adjusted
 
 
