@@ -283,3 +283,18 @@ def test_frontend_pools_frequency_first_with_the_same_result(msd: MusicnnModel, 
                 direct = _channel_bn(norm, F.relu(conv(x))).amax(dim=3)
                 fast = network._frontend_block(conv, norm, x)
             torch.testing.assert_close(fast, direct, rtol=1e-5, atol=1e-4)
+
+
+def test_ensemble_is_both_models_on_one_log_mel(msd: MusicnnModel, mtt: MusicnnModel, piano: np.ndarray) -> None:
+    """`musicnn` (the default model) holds musicnn-msd's and musicnn-mtt's layers, with their exact vectors."""
+    ensemble = load_model("musicnn")
+    assert ensemble.info.layer_names == tuple(f"msd.{n}" for n in msd.info.layer_names) + tuple(
+        f"mtt.{n}" for n in mtt.info.layer_names)
+    assert ensemble.info.layer_dims == msd.info.layer_dims + mtt.info.layer_dims
+    windows = np.stack([piano[: 4 * SR], piano[-4 * SR :]])
+    got = ensemble.embed(windows)
+    want = msd.embed(windows) + mtt.embed(windows)
+    assert len(got) == 18
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(got[7], got[16])  # msd's and mtt's penultimate layers differ: two trainings

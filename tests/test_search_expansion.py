@@ -32,6 +32,8 @@ def test_similar_with_expansion_ranks_as_evaluation_does_and_scores_stay_cosines
             assert np.allclose([n.score for n in got], unit[rows] @ unit[row], atol=1e-5)
             assert np.allclose([n.adjusted for n in got], ranking[rows], atol=1e-5)
             assert all(n.adjusted is not None for n in got)
+            default = similar_tracks(fs, run, collection_query(fs, tid), 5)  # expansion by 3 is the default
+            assert [(n.track.id, n.adjusted) for n in default] == [(n.track.id, n.adjusted) for n in got]
     finally:
         fs.close()
 
@@ -71,11 +73,14 @@ def test_evaluate_reports_expanded_cosine_alongside_the_plain_one(extracted_stor
     fs = FeatureStore(extracted_store, readonly=True)
     try:
         run = fs.run("musicnn-msd")
-        plain = evaluate(fs, run, "composer")
+        plain = evaluate(fs, run, "composer", expand=0)
         expanded = evaluate(fs, run, "composer", expand=3)
+        default = evaluate(fs, run, "composer")
     finally:
         fs.close()
+    assert [s.scores for s in default.sets] == [s.scores for s in expanded.sets]
     assert [s.name for s in plain.sets] == [s.name for s in expanded.sets]
+    assert all(s.metric == "cosine" for s in plain.sets)
     assert all(s.metric == "cosine, expanded (3)" for s in expanded.sets)
     assert any(a.scores.map != b.scores.map for a, b in zip(plain.sets, expanded.sets, strict=True))
 

@@ -205,10 +205,12 @@ def test_map_is_the_pca_of_the_search_vectors(client: TestClient, store: Feature
     run = store.run("dsp")
     data = client.get("/api/map", params={"layer": "rhythm"}).json()
     assert data["method"] == "pca" and len(built) == 1
-    # the reference, computed here: centred unit rhythm vectors of the stored tracks, their two principal axes
-    # (SVD), each axis signed so its largest extreme is positive, all scaled by the largest |coordinate|
+    # the reference, computed here: z-scored (the default norm) unit rhythm vectors of the stored tracks, their
+    # two principal axes (SVD), each axis signed so its largest extreme is positive, all scaled by the largest
+    # |coordinate|
     ids, raw = store.layer_matrix(run, "rhythm")
-    x = raw - raw.mean(axis=0)
+    std = raw.std(axis=0)
+    x = (raw - raw.mean(axis=0)) / np.where(std > 1e-8, std, 1.0)
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
     centred = unit - unit.mean(axis=0)
     _, singular, axes = np.linalg.svd(centred, full_matrices=False)

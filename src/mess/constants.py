@@ -5,10 +5,12 @@ This module imports nothing from mess (it is the bottom layer of the import cont
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 VectorKind = Literal["layer", "group", "aspect", "fused", "learned", "all"]
 FUSED: VectorKind = "fused"  # vectors of `mess fuse apply`, stored as the run's derived set of this name
 LEARNED: VectorKind = "learned"  # the head shipped for a model (mess.models.head), applied to all layers
+
+DEFAULT_NORM: Final = "zscore"  # per-dimension z-scores, then L2 per layer: best on real soundtracks (docs/quality.md)
 
 LABEL_FIELDS = ("artist", "album", "genre", "composer", "title")  # track tags that can define relevance

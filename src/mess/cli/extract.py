@@ -48,7 +48,7 @@ WaitOpt = Annotated[
 
 def extract_command(
     folders: Annotated[list[Path], typer.Argument(help="Audio files or folders (wav, flac, mp3, ogg, opus, m4a).")],
-    model: ModelNameOpt = "musicnn-msd",
+    model: ModelNameOpt = "musicnn",
     preset: PresetOpt = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from mess.cli.common import console, emit_json, fail, open_store
 from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, FusedOpt, JsonOpt, ModelOpt, StoreOpt
-from mess.constants import LABEL_FIELDS
+from mess.constants import DEFAULT_NORM, LABEL_FIELDS
 
 if TYPE_CHECKING:
     from rich.console import JustifyMethod
@@ -29,7 +29,7 @@ LearnedOpt = Annotated[
     ),
 ]
 NormOpt = Annotated[
-    str, typer.Option("--norm", help="Per-dimension preprocessing before L2 normalisation: center, zscore or none.")
+    str, typer.Option("--norm", help="Per-dimension preprocessing before L2 normalisation: zscore, center or none.")
 ]
 MatchOpt = Annotated[
     str,
@@ -40,11 +40,12 @@ MatchOpt = Annotated[
     ),
 ]
 ExpandOpt = Annotated[
-    int,
+    int | None,
     typer.Option(
         "--expand",
         min=0,
-        help="Query expansion: rank by the query averaged with its N nearest tracks (alpha-QE; 0 = off).",
+        help="Query expansion: rank by the query averaged with its N nearest tracks (alpha-QE; 0 = off; "
+        "default 3 with --match mean, 0 with segments).",
     ),
 ]
 
@@ -58,7 +59,7 @@ def index_command(
     kind: Annotated[
         str, typer.Option("--kind", help="auto (flat < 20k, IVF < 5M, else IVF-PQ), flat, ivf, ivfpq or hnsw.")
     ] = "auto",
-    norm: NormOpt = "center",
+    norm: NormOpt = DEFAULT_NORM,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Build from scratch instead of updating.")] = False,
     target_recall: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Recall@10 that approximate indexes are tuned to reach.")
@@ -117,20 +118,22 @@ def similar_command(
     hubness: Annotated[
         str | None, typer.Option("--hubness", help="Re-rank against hub tracks: csls or mp (mutual proximity).")
     ] = None,
-    norm: NormOpt = "center",
+    norm: NormOpt = DEFAULT_NORM,
     match: MatchOpt = "mean",
-    expand: ExpandOpt = 0,
+    expand: ExpandOpt = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
     as_json: JsonOpt = False,
 ) -> None:
     """The tracks most similar to QUERY, with which aspects agree most."""
     from mess.query import resolve_query
+    from mess.search.expansion import expansion
     from mess.search.hubness import METHODS
     from mess.search.query import ENCODED_R2, aspect_layers, similar_tracks, weak_aspects
     from mess.search.vectors import vectors_label
 
     if hubness is not None and hubness not in METHODS:
         fail(f"unknown hubness reduction {hubness!r}; choose {' or '.join(METHODS)}")
+    expand = expansion(match, expand)
     with open_store(store) as fs:
         run = fs.run(model)
         tq = resolve_query(fs, query, run)
@@ -193,12 +196,12 @@ def evaluate_command(
         ),
     ] = None,
     k: Annotated[int, typer.Option("-k", min=1, help="Cut-off for precision@k and nDCG@k.")] = 10,
-    norm: NormOpt = "center",
+    norm: NormOpt = DEFAULT_NORM,
     compare: Annotated[
         bool, typer.Option("--compare", help="Also compare euclidean, dot, CSLS and mutual proximity against cosine.")
     ] = False,
     match: MatchOpt = "mean",
-    expand: ExpandOpt = 0,
+    expand: ExpandOpt = None,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="PNG path (default: STORE/reports/evaluate-MODEL-LABEL.png).")
     ] = None,

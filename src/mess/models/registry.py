@@ -37,6 +37,12 @@ def _musicnn(dataset: str, arch: str = "musicnn") -> ModelFactory:
     return load
 
 
+def _musicnn_pair(device: str) -> EmbeddingModel:
+    from mess.models.musicnn.ensemble import MusicnnEnsemble
+
+    return MusicnnEnsemble(device=device)
+
+
 def _mert(key: str) -> ModelFactory:
     def load(device: str) -> EmbeddingModel:
         from mess.models.mert import CHECKPOINTS, MertModel
@@ -53,6 +59,7 @@ def _mert(key: str) -> ModelFactory:
 
 FACTORIES: dict[str, ModelFactory] = {
     "dsp": _dsp,
+    "musicnn": _musicnn_pair,
     "musicnn-msd": _musicnn("MSD"),
     "musicnn-mtt": _musicnn("MTT"),
     "musicnn-vgg-msd": _musicnn("MSD", "vgg"),

@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 from sklearn.cluster import KMeans
 
+from mess.constants import DEFAULT_NORM
 from mess.playlists.playlist import Playlist, PlaylistError
 from mess.search.vectors import Norm, VectorSpec, load_vectors, track_by_id
 from mess.store import FeatureStore, Run, Track
@@ -18,7 +19,7 @@ def default_k(n_tracks: int) -> int:
 
 
 def clusters(store: FeatureStore, run: Run, k: int | None = None, *, aspect: str | None = None,
-             norm: Norm = "center", seed: int = 0) -> list[Playlist]:
+             norm: Norm = DEFAULT_NORM, seed: int = 0) -> list[Playlist]:
     """K playlists covering every track once, largest first; each ordered from its centre outwards.
 
     Scores are cosines to the cluster centre. Names come from the most common genre, then artists

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from mess.constants import DEFAULT_NORM
 from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError
 from mess.search.vectors import Norm, VectorSpec, load_vectors, track_by_id
 from mess.store import FeatureStore, Run, StoreError, Track
 
 
 def sonic_path(store: FeatureStore, run: Run, start: Track, end: Track, n: int = 12, *,
-               aspect: str | None = None, norm: Norm = "center") -> Playlist:
+               aspect: str | None = None, norm: Norm = DEFAULT_NORM) -> Playlist:
     """``n`` tracks that start at ``start``, end at ``end`` and move between them in even steps.
 
     Step i aims at the point a fraction i/(n-1) of the way along the great circle from A to B

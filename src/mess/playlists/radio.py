@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mess.constants import DEFAULT_NORM
 from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError, artist_key
 from mess.search.query import TrackQuery, query_unit
 from mess.search.vectors import Norm, VectorSpec, load_vectors, track_by_id
@@ -16,7 +17,7 @@ POOL_PER_TRACK = 50
 
 
 def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 30, *, aspect: str | None = None,
-          window: int = DEFAULT_WINDOW, norm: Norm = "center") -> Playlist:
+          window: int = DEFAULT_WINDOW, norm: Norm = DEFAULT_NORM) -> Playlist:
     """Up to ``n`` tracks ordered by closeness to the nearest seed (cosine), seeds left out.
 
     No artist plays twice in a row, and none within ``window`` tracks (the seeds count as what

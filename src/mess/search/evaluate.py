@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mess.constants import FUSED, LABEL_FIELDS, LEARNED
+from mess.constants import DEFAULT_NORM, FUSED, LABEL_FIELDS, LEARNED
 from mess.search.ann import exact_knn
-from mess.search.expansion import expand_collection
+from mess.search.expansion import expand_collection, expansion
 from mess.search.hubness import HubnessReducer, HubnessStats, hubness_stats
 from mess.search.metrics import (
     RetrievalScores,
@@ -121,20 +121,21 @@ def evaluate(
     k: int = 10,
     *,
     labels: dict[int, str] | None = None,
-    norm: Norm = "center",
+    norm: Norm = DEFAULT_NORM,
     compare: bool = False,
     seed: int = 0,
     match: str = "mean",
-    expand: int = 0,
+    expand: int | None = None,
 ) -> Evaluation:
     """Score every layer, all layers together, and the fused vectors and learned head (when present)
     by retrieval of same-label tracks.
 
     ``match="segments"`` scores track pairs by Chamfer similarity of their window vectors instead of the cosine of
     their means (fused vectors, which have no windows, are then left out). ``expand`` > 0 ranks with
-    alpha-query expansion over that many neighbours (:mod:`mess.search.expansion`; cosine sets only).
+    alpha-query expansion over that many neighbours (:mod:`mess.search.expansion`; cosine sets only;
+    None = the default, 3 for mean matching).
     """
-    check_match(match)
+    expand = expansion(check_match(match), expand)
     tracks = store.tracks(run)
     by_label = track_labels(tracks, field, labels)
     specs = [VectorSpec.from_options(layer=name, norm=norm) for name in run.layer_names]

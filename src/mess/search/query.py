@@ -11,7 +11,8 @@ aspect's layer (``mess probe`` writes the aspect -> layer map) and the percentil
 that similarity among the other collection tracks, so "timbre 0.97" reads "at least
 as similar in timbre as 97% of the collection". Without an aspect map, layers stand in for
 aspects: each layer for models with at most 6 layers (the dsp model's mfcc, chroma,
-spectral, rhythm), otherwise three contiguous groups named early, middle and late.
+spectral, rhythm), otherwise three contiguous groups named early, middle and late (for an ensemble such as
+``musicnn``, the same thirds of each member model together).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mess.constants import FUSED, LEARNED
+from mess.constants import DEFAULT_NORM, FUSED, LEARNED
 from mess.search.expansion import expand as expand_queries
+from mess.search.expansion import expansion
 from mess.search.hubness import HubnessReducer
 from mess.search.index import CollectionIndex, open_index
 from mess.search.segments import chamfer_scores, check_match, read_segments
@@ -128,10 +130,10 @@ def similar_tracks(
     fused: bool = False,
     exclude_same_artist: bool = False,
     hubness: str | None = None,
-    norm: Norm = "center",
+    norm: Norm = DEFAULT_NORM,
     learned: bool = False,
     match: str = "mean",
-    expand: int = 0,
+    expand: int | None = None,
 ) -> list[Neighbour]:
     """The ``k`` collection tracks most similar to ``query`` (cosine, best first).
 
@@ -141,11 +143,12 @@ def similar_tracks(
             learned = the head shipped for the model, see :mod:`mess.models.head`).
         exclude_same_artist: leave out tracks whose artist tag equals the query's.
         hubness: None, "csls" or "mp" to re-rank a candidate pool against hub tracks.
-        norm: "center" (default), "zscore" or "none" preprocessing before L2 normalisation.
+        norm: "zscore" (default), "center" or "none" preprocessing before L2 normalisation.
         match: "mean" (cosine of track vectors, through the index) or "segments" (Chamfer similarity of
             window vectors, exact; needs a TrackQuery and layer vectors, no hubness).
-        expand: rank by the query expanded with its ``expand`` nearest tracks (:mod:`mess.search.expansion`);
-            ``score`` stays the cosine to the query itself, ``adjusted`` holds the expanded query's cosine.
+        expand: rank by the query expanded with its ``expand`` nearest tracks (:mod:`mess.search.expansion`;
+            None = 3 for mean matching, 0 for segments); ``score`` stays the cosine to the query itself,
+            ``adjusted`` holds the expanded query's cosine.
 
     The query's own track never appears; tracks with the same content or cosine >= 0.9999
     are flagged as duplicates. ``why`` / ``why_percentile`` are filled for TrackQuery inputs.
@@ -156,7 +159,8 @@ def similar_tracks(
     vs = load_vectors(store, run, spec, tracks)
     tq = query if isinstance(query, TrackQuery) else None
     exclude = _excluded(tracks, tq, exclude_same_artist)
-    if check_match(match) == "segments":
+    expand = expansion(check_match(match), expand)
+    if match == "segments":
         if tq is None or hubness or expand:
             raise ValueError("--match segments needs a track or audio file as query, and no --hubness or --expand")
         sims, ids, adjusted = *_segment_neighbours(store, vs, tq, exclude, k), None
@@ -263,11 +267,18 @@ def aspect_layers(store: FeatureStore, run: Run) -> tuple[str, dict[str, VectorS
     names = run.layer_names
     if len(names) <= 6:
         return "layers", {n: VectorSpec("layer", n) for n in names}
-    groups = np.array_split(np.arange(len(names)), 3)
-    return "layers", {
-        f"{label} ({names[g[0]]}-{names[g[-1]]})": VectorSpec("group", "+".join(names[i] for i in g))
-        for label, g in zip(("early", "middle", "late"), groups, strict=False)
-    }
+    members: dict[str, list[int]] = defaultdict(list)  # an ensemble's layers ("msd.cnn1") grouped by member
+    for i, name in enumerate(names):
+        members[name.split(".", 1)[0] if "." in name else ""].append(i)
+    if "" in members or len({len(idx) for idx in members.values()}) > 1 or len(next(iter(members.values()))) < 3:
+        members = {"": list(range(len(names)))}  # not an ensemble of equal members: one contiguous split
+    thirds = [np.array_split(np.array(idx), 3) for idx in members.values()]
+    short = [n.split(".", 1)[-1] for n in names]
+    out = {}
+    for label, parts in zip(("early", "middle", "late"), zip(*thirds, strict=True), strict=False):
+        layers = "+".join(names[i] for i in np.concatenate(parts))
+        out[f"{label} ({short[parts[0][0]]}-{short[parts[0][-1]]})"] = VectorSpec("group", layers)
+    return "layers", out
 
 
 def query_unit(store: FeatureStore, vs: VectorSet, query: TrackQuery) -> np.ndarray:

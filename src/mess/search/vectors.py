@@ -5,10 +5,10 @@ aspect by ``mess probe``, the fused vectors of ``mess fuse``, the learned head s
 for the model (:mod:`mess.models.head`, applied to all layers), or all layers at once
 (each layer normalised, then concatenated, so the cosine of two such vectors is the
 mean of their per-layer cosines). A :class:`Preprocessor` fitted on the collection
-turns raw vectors into unit vectors: per-dimension centering (default; removes the
-common offset that makes every pair of neural embeddings look alike) or z-scoring
-(for descriptors on different scales, such as the dsp model's), then L2
-normalisation per layer block.
+turns raw vectors into unit vectors: per-dimension z-scoring (default: removes the
+common offset that makes every pair of neural embeddings look alike, and evens out
+dimensions on different scales; best on real soundtracks, docs/quality.md) or
+centering alone, then L2 normalisation per layer block.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Literal, TypeVar
 
 import numpy as np
 
-from mess.constants import FUSED, LEARNED, VectorKind
+from mess.constants import DEFAULT_NORM, FUSED, LEARNED, VectorKind
 from mess.models.head import HeadError, shipped_head
 from mess.store import FeatureStore, Run, StoreError, Track, TrackList
 from mess.store.memo import MEMO
@@ -37,7 +37,7 @@ class VectorSpec:
 
     kind: VectorKind
     name: str = ""  # layer, aspect, or '+'-joined layer names of a group
-    norm: Norm = "center"
+    norm: Norm = DEFAULT_NORM
 
     @classmethod
     def from_options(
@@ -45,7 +45,7 @@ class VectorSpec:
         layer: str | None = None,
         aspect: str | None = None,
         fused: bool = False,
-        norm: Norm = "center",
+        norm: Norm = DEFAULT_NORM,
         learned: bool = False,
     ) -> VectorSpec:
         """Build a spec from CLI-style options (at most one of layer, aspect, fused, learned; none = all layers)."""

@@ -36,7 +36,8 @@ State = Annotated[ServeState, Depends(get_state)]
 K = Annotated[int, Query(ge=1, le=200, description="How many results.")]
 ExcludeArtist = Annotated[bool, Query(description="Leave out tracks by the query's artist.")]
 Hubness = Annotated[str | None, Query(description="Re-rank against hub tracks: csls or mp.")]
-Expand = Annotated[int, Query(ge=0, le=50, description="Query expansion over this many nearest tracks (0 = off).")]
+Expand = Annotated[int | None, Query(ge=0, le=50, description="Query expansion over this many nearest tracks "
+                                                             "(0 = off; default 3).")]
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": [FIELD],
     "properties": {FIELD: {"type": "string", "format": "binary", "description": "An audio file."}}}}}}}
@@ -54,7 +55,7 @@ def _answer(state: ServeState, run: Run, query: dict, results: list[Neighbour], 
 @router.get("/tracks/{track_id}/similar", summary="Tracks most similar to a collection track, with why")
 def similar(track_id: int, state: State, model: Model = None, layer: Layer = None, aspect: Aspect = None,
             fused: Fused = False, k: K = 10, exclude_same_artist: ExcludeArtist = False,
-            hubness: Hubness = None, learned: Learned = False, expand: Expand = 0) -> dict:
+            hubness: Hubness = None, learned: Learned = False, expand: Expand = None) -> dict:
     """Cosine neighbours; ``why`` holds the similarity in each aspect's layer and ``why_percentile``
     how unusual that closeness is within the collection."""
     if hubness is not None and hubness not in HUBNESS_METHODS:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 CONFIG_FILE = "config.json"
 SETTINGS = {"default-model": "Model used when a command names none (default: mert, then musicnn, then dsp)."}
-MODEL_PREFERENCE = ("mert-v1-330m", "mert-v1-95m", "musicnn-msd", "musicnn-mtt", "dsp")
+MODEL_PREFERENCE = ("mert-v1-330m", "mert-v1-95m", "musicnn", "musicnn-msd", "musicnn-mtt", "dsp")
 CONTROL_SUFFIX = "-random-init"
 
 

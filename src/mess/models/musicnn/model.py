@@ -94,6 +94,11 @@ def patches(mel: np.ndarray) -> np.ndarray:
     return mel[:, : n * N_FRAMES].reshape(mel.shape[0], n, N_FRAMES, N_MELS)
 
 
+def input_patches(windows: np.ndarray) -> np.ndarray:
+    """musicnn's input for 16 kHz windows [batch, samples]: repeat-padded log-mel patches [batch, n, 187, 96]."""
+    return patches(log_mel(repeat_pad(np.asarray(windows, dtype=np.float32), MIN_SAMPLES)))
+
+
 class MusicnnModel(EmbeddingModel):
     """musicnn or its VGG baseline, trained on MSD or MagnaTagATune; one vector per layer.
 
@@ -133,11 +138,13 @@ class MusicnnModel(EmbeddingModel):
 
         return tuple(configuration.MTT_LABELS if self.dataset == "MTT" else configuration.MSD_LABELS)
 
-    @torch.inference_mode()
     def embed(self, windows: np.ndarray) -> list[np.ndarray]:
         """See :meth:`EmbeddingModel.embed`."""
-        windows = repeat_pad(np.asarray(windows, dtype=np.float32), MIN_SAMPLES)
-        batch = patches(log_mel(windows))
+        return self.embed_patches(input_patches(windows))
+
+    @torch.inference_mode()
+    def embed_patches(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Per-layer vectors [batch, dim] of windows given as log-mel patches [batch, n_patches, 187, 96]."""
         flat = torch.from_numpy(batch.reshape(-1, N_FRAMES, N_MELS))
         parts: list[list[torch.Tensor]] = [[] for _ in self.info.layer_names]
         for chunk in flat.split(PATCHES_PER_CHUNK):
