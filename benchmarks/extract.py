@@ -17,7 +17,7 @@ package, test extra) and both backends embed the same pre-decoded windows: pipel
 each, the ONNX Runtime execution provider and thread setting, torch's thread count, and the largest
 difference between their vectors.
 
-Usage: python benchmarks/extract.py AUDIO_DIR [--models musicnn-msd,dsp] [--limit 6] [--tf-python PATH] [--onnx]
+Usage: python benchmarks/extract.py AUDIO_DIR [--models musicnn,dsp] [--limit 6] [--tf-python PATH] [--onnx]
 """
 
 from __future__ import annotations
@@ -69,7 +69,12 @@ def matmul_gflops(n: int = 2048, repeats: int = 3) -> float:
 
 
 def gflop_per_patch(model: object) -> float | None:
-    """FLOPs (convs and matmuls) of one 187-frame patch through a musicnn-family network; None for others."""
+    """FLOPs (convs and matmuls) of one 187-frame patch through a musicnn-family network (summed over an
+    ensemble's members, such as the default ``musicnn``); None for others."""
+    members = getattr(model, "members", None)
+    if members is not None:
+        flops = [gflop_per_patch(m) for m in members]
+        return None if None in flops else sum(f for f in flops if f is not None)
     network = getattr(model, "network", None)
     if network is None or not hasattr(network, "patch_vectors"):
         return None
@@ -227,7 +232,8 @@ def race_tensorflow(tf_python: Path, paths: list[Path], policy: WindowPolicy, ba
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("audio", type=Path)
-    parser.add_argument("--models", "--model", default="musicnn-msd,musicnn-mtt,musicnn-vgg-msd,musicnn-vgg-mtt,dsp")
+    parser.add_argument("--models", "--model",
+                        default="musicnn,musicnn-msd,musicnn-mtt,musicnn-vgg-msd,musicnn-vgg-mtt,dsp")
     parser.add_argument("--limit", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--tf-python", type=Path, default=Path("/work/tfvenv/bin/python"))

@@ -255,16 +255,20 @@ def window_subset(b: Backend, count: int, placement: str) -> Backend:
                    b.starts[sel])
 
 
-def window_study(b: Backend, labels: np.ndarray, durations: np.ndarray, window_s: float) -> dict[tuple[int, str], Sim]:
-    """Print mAP (95% CI) against seconds analysed per track for each window count and placement."""
-    print(f"\nwindow policy ({b.name}, all layers, mean of the chosen {window_s:.0f} s windows):")
+def window_study(b: Backend, labels: np.ndarray, durations: np.ndarray, policy: WindowPolicy,
+                 norm: str = "center", expand: int = 0) -> dict[tuple[int, str], Sim]:
+    """Print mAP (95% CI) against seconds analysed per track for each window count (up to the stored policy's
+    maximum) and placement."""
+    window_s = policy.window_seconds
+    print(f"\nwindow policy ({b.name}, all layers, {norm}, expansion {expand}, mean of the chosen {window_s:.0f} s "
+          f"windows; the store holds at most {policy.max_windows} per track):")
     print(f"{'windows':>8} {'s/track':>8}  " + "  ".join(f"{p:>22}" for p in PLACEMENTS))
     sims: dict[tuple[int, str], Sim] = {}
-    for count in WINDOW_COUNTS:
+    for count in [c for c in WINDOW_COUNTS if c <= policy.max_windows]:
         cells = []
         for placement in PLACEMENTS:
             sub = window_subset(b, count, placement)
-            sims[(count, placement)] = mean_sim([sub], all_layers([sub], 0))
+            sims[(count, placement)] = mean_sim([sub], all_layers([sub], 0), norm, expand)
             ap = per_query(sims[(count, placement)], labels).ap
             lo, hi = boot_ci(ap)
             cells.append(f"{ap.mean():.3f} [{lo:.3f}, {hi:.3f}]")
@@ -341,7 +345,7 @@ def main() -> None:
         ids = np.array(sorted(set.intersection(*have)), dtype=np.int64)
         by_id = {t.id: t for t in fs.tracks()}
         backends = split_ensemble({m: load_backend(fs, r, ids) for m, r in runs.items()})
-        window_s = run_policy(next(iter(runs.values()))).window_seconds
+        policy = run_policy(next(iter(runs.values())))
     finally:
         fs.close()
     meta = [game_of[by_id[int(i)].path] for i in ids]
@@ -349,12 +353,12 @@ def main() -> None:
     durations = np.array([t.duration for t in meta])
     games = ", ".join(f"{g} {n}" for g, n in zip(*np.unique(labels, return_counts=True), strict=False))
     print(f"{len(ids)} tracks of {len(tracks)} with vectors from {', '.join(models)}; per game: {games}")
-    report(backends, labels, durations, window_s)
+    report(backends, labels, durations, policy)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\n{time.perf_counter() - started:.0f} s, peak RSS {peak:.0f} MiB")
 
 
-def report(backends: dict[str, Backend], labels: np.ndarray, durations: np.ndarray, window_s: float) -> None:
+def report(backends: dict[str, Backend], labels: np.ndarray, durations: np.ndarray, policy: WindowPolicy) -> None:
     """Print the quality table, the LOGO choices, the paired ratios against the baselines and the window study."""
     sims = {name: make() for name, make in recipes(backends).items()}
     scores = {name: per_query(s, labels) for name, s in sims.items()}
@@ -391,8 +395,11 @@ def report(backends: dict[str, Backend], labels: np.ndarray, durations: np.ndarr
         print(f"  {name}: " + ", ".join(
             f"x{r:.2f} [{lo:.2f}, {hi:.2f}] vs {bn}" for bn, bq in base.items()
             for r, lo, hi in [ratio_ci(scores[name].ap, bq.ap)]))
-    if "musicnn-msd" in backends:
-        wins = window_study(backends["musicnn-msd"], labels, durations, window_s)
+    if "musicnn" in backends:  # the default vectors
+        wins = window_study(backends["musicnn"], labels, durations, policy, DEFAULT_NORM, EXPAND_K)
+    elif "musicnn-msd" in backends:
+        wins = window_study(backends["musicnn-msd"], labels, durations, policy)
+    if "musicnn" in backends or "musicnn-msd" in backends:
         q, picks = logo({f"{c}x{p}": s for (c, p), s in wins.items()}, labels)
         print(row("window policy chosen by LOGO", q))
         print(f"  picks: {' '.join(picks)}")
