@@ -85,7 +85,7 @@ def test_a_two_hour_file_costs_only_its_windows(tmp_path: Path) -> None:
         hwm = lambda: int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) / 1024
         before = hwm()  # this process's own peak (ru_maxrss would carry the forking parent's)
         start = time.perf_counter()
-        w = decode_windows(inspect_file(Path({str(path)!r})), 16000, WindowPolicy())
+        w = decode_windows(inspect_file(Path({str(path)!r})), 16000, WindowPolicy(30.0, 16))
         print(json.dumps({{"shape": w.audio.shape, "starts": [float(s) for s in w.starts],
                           "rss_mb": hwm(), "rss_before_mb": before, "seconds": time.perf_counter() - start}}))
     """)

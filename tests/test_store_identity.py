@@ -18,8 +18,13 @@ from mess.store import FeatureStore
 FIXTURE = Path(__file__).parent / "fixtures" / "store_v0"
 TOY = ModelInfo("toy", "rev1", 16000, ("a", "b"), (4, 3))
 OTHER = ModelInfo("other", "v2-x", 22050, ("only",), (2,))
-# (model info, window policy, run id) as the fixture's README says they were written
-WRITTEN = [(TOY, WindowPolicy(), 1), (TOY, WindowPolicy(4.0, 3), 2), (OTHER, WindowPolicy(10.0, 8, 0.5, 600.0), 3)]
+# (model info, window policy, run id) as the fixture's README says they were written (WindowPolicy() was
+# 30 s x at most 16 windows then)
+WRITTEN = [
+    (TOY, WindowPolicy(30.0, 16), 1),
+    (TOY, WindowPolicy(4.0, 3), 2),
+    (OTHER, WindowPolicy(10.0, 8, 0.5, 600.0), 3),
+]
 
 
 @pytest.fixture
