@@ -31,7 +31,7 @@ from mess.audio.windows import WindowPolicy
 from mess.constants import DEFAULT_NORM
 from mess.datasets.soundtracks import fetch_soundtracks
 from mess.extract.runs import run_policy
-from mess.search.expansion import EXPAND_ALPHA, EXPAND_K, expand_collection
+from mess.search.expansion import EXPAND_ALPHA, EXPAND_K, expand_collection, expanded_scores
 from mess.search.metrics import average_precision, ndcg_at_k, precision_at_k, ranked_relevance
 from mess.search.segments import chamfer_rows, group_windows
 from mess.search.vectors import Preprocessor
@@ -139,7 +139,7 @@ def mean_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: str =
     """Cosine of track vectors over the chosen (backend, layer) blocks, each block equally weighted; with
     ``expand`` > 0, of each query expanded with its nearest tracks (the library's alpha-QE) against the tracks."""
     x = unit_vectors([backends[b].tracks[layer] for b, layer in layers], norm)
-    return expand_collection(x, expand, alpha) @ x.T
+    return expanded_scores(x @ x.T, expand_collection(x, expand, alpha) @ x.T) if expand else x @ x.T
 
 
 def segment_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: str = "center") -> Sim:

@@ -188,3 +188,19 @@ def test_zscore_removes_scale_dominance() -> None:
     scaled = Preprocessor.fit(raw, (6,), "zscore").apply(raw)
     assert np.abs(plain[:, 0]).mean() > 0.99  # one loud dimension decides every cosine
     assert np.abs(scaled[:, 0]).mean() < 0.6
+
+
+def test_zscore_does_not_let_a_nearly_constant_dimension_decide_a_new_tracks_vector() -> None:
+    """A dimension that barely varies over the collection (a dead unit) is divided by at least ZSCORE_FLOOR of
+    its layer's mean spread: a new file that differs there by a hair still lands next to its original."""
+    from mess.search.vectors import ZSCORE_FLOOR
+
+    rng = np.random.default_rng(0)
+    raw = np.hstack([rng.standard_normal((50, 3)), 1.0 + 1e-6 * rng.standard_normal((50, 1))]).astype(np.float32)
+    prep = Preprocessor.fit(raw, (4,), "zscore")
+    assert prep.scale[3] == pytest.approx(ZSCORE_FLOOR * raw.std(axis=0).mean(), rel=1e-5)
+    assert np.allclose(prep.scale[:3], raw.std(axis=0)[:3], rtol=1e-5)  # the other dimensions: plain z-scores
+    copy = raw[:1] + np.array([[0.0, 0.0, 0.0, 1e-4]], dtype=np.float32)  # 100 times the spread of that unit
+    assert float(prep.apply(copy)[0] @ prep.apply(raw[:1])[0]) > 0.99
+    unfloored = (copy - raw.mean(axis=0)) / raw.std(axis=0)  # what a plain z-score would make of it
+    assert np.argmax(np.abs(unfloored)) == 3

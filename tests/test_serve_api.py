@@ -199,6 +199,7 @@ def test_similar_tracks_match_the_search_library_with_why(client: TestClient, st
 def test_map_is_the_pca_of_the_search_vectors(client: TestClient, store: FeatureStore,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     import mess.serve.routes_tracks as routes
+    from mess.search.vectors import ZSCORE_FLOOR
 
     built = []
     monkeypatch.setattr(routes, "collection_map", lambda vs: built.append(vs) or collection_map(vs))
@@ -210,7 +211,7 @@ def test_map_is_the_pca_of_the_search_vectors(client: TestClient, store: Feature
     # |coordinate|
     ids, raw = store.layer_matrix(run, "rhythm")
     std = raw.std(axis=0)
-    x = (raw - raw.mean(axis=0)) / np.where(std > 1e-8, std, 1.0)
+    x = (raw - raw.mean(axis=0)) / np.maximum(std, ZSCORE_FLOOR * std.mean())
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
     centred = unit - unit.mean(axis=0)
     _, singular, axes = np.linalg.svd(centred, full_matrices=False)

@@ -19,7 +19,7 @@ import numpy as np
 
 from mess.constants import DEFAULT_NORM, FUSED, LABEL_FIELDS, LEARNED
 from mess.search.ann import exact_knn
-from mess.search.expansion import expand_collection, expansion
+from mess.search.expansion import expand_collection, expanded_scores, expansion
 from mess.search.hubness import HubnessReducer, HubnessStats, hubness_stats
 from mess.search.metrics import (
     RetrievalScores,
@@ -200,8 +200,10 @@ SimFn = Callable[[np.ndarray], np.ndarray]
 
 
 def _cosine(unit: np.ndarray, expand: int = 0) -> SimFn:
-    queries = expand_collection(unit, expand) if expand else unit
-    return lambda rows: queries[rows] @ unit.T
+    if not expand:
+        return lambda rows: unit[rows] @ unit.T
+    queries = expand_collection(unit, expand)
+    return lambda rows: expanded_scores(unit[rows] @ unit.T, queries[rows] @ unit.T)
 
 
 def _similarity(metric: str, hub: str | None, unit: np.ndarray, shifted: np.ndarray, k: int) -> SimFn:

@@ -4,9 +4,11 @@ A collection of one soundtrack, one album or one artist forms a neighbourhood; a
 that lands near its edge finds the rest of it better from the neighbourhood's centre.
 alpha-QE (Radenovic et al., 2018) moves the query to the weighted mean of itself and its
 ``k`` nearest tracks, each weighted by its cosine to the query raised to ``alpha``, so
-weak neighbours count little. Nothing is trained: only the collection's own vectors are
-used. On real soundtracks (docs/quality.md) k = 3, alpha = 1 was chosen by leave-one-game-out in
-every fold; it is the default for cosine matching.
+weak neighbours count little. A track then ranks by the better of its cosine to the query
+and to the expanded query (:func:`expanded_scores`): expansion promotes tracks from the query's
+neighbourhood but never demotes a near-copy of the query. Nothing is trained: only the
+collection's own vectors are used. On real soundtracks (docs/quality.md) k = 3, alpha = 1
+was chosen by leave-one-game-out in every fold; it is the default for cosine matching.
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ def expand(queries: np.ndarray, neighbours: np.ndarray, sims: np.ndarray, alpha:
     weights = np.maximum(sims, 0.0) ** alpha
     out = queries + np.einsum("mk,mkd->md", weights.astype(queries.dtype), neighbours)
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def expanded_scores(plain: np.ndarray, expanded: np.ndarray) -> np.ndarray:
+    """Ranking scores with expansion: per track, the better of its cosine to the query (``plain``) and to the
+    expanded query (``expanded``; arrays of the same shape)."""
+    return np.maximum(plain, expanded)
 
 
 def expand_collection(

@@ -26,7 +26,7 @@ import numpy as np
 
 from mess.constants import DEFAULT_NORM, FUSED, LEARNED
 from mess.search.expansion import expand as expand_queries
-from mess.search.expansion import expansion
+from mess.search.expansion import expanded_scores, expansion
 from mess.search.hubness import HubnessReducer
 from mess.search.index import CollectionIndex, open_index
 from mess.search.segments import chamfer_scores, check_match, read_segments
@@ -192,28 +192,35 @@ def _index_neighbours(
     expand: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Cosine neighbours of the query's vector through the collection index, expanded or hubness-reduced
-    when asked."""
+    when asked.
+
+    With expansion a track ranks by the better of its cosine to the query and to the expanded query
+    (:func:`mess.search.expansion.expanded_scores`), so expansion promotes tracks but never pushes a
+    near-copy of the query down.
+    """
     index = open_index(store, vs)
     tq = query if isinstance(query, TrackQuery) else None
     raw = _raw_vector(store, vs, tq) if tq is not None else np.asarray(query, dtype=np.float32)
     q = index.prep.apply(raw)
     skip = np.array(sorted(exclude), dtype=np.int64)
-    plain = q
-    if expand > 0:
-        sims, ids = index.ann.search(q, expand, exclude=skip)
-        found = ids[0] >= 0
-        neighbours = index.prep.apply(vs.raw[vs.rows(ids[0][found])])
-        q = expand_queries(q, neighbours[None], sims[:, found])
     pool = max(k, HUBNESS_POOL) if hubness else k
-    sims, ids = index.ann.search(q, pool, exclude=skip)
+    sims, ids = index.ann.search(q, max(pool, expand), exclude=skip)
     sims, ids = sims[0][ids[0] >= 0], ids[0][ids[0] >= 0]
-    adjusted = sims if expand > 0 else None  # the ranking score; ``sims`` becomes the plain cosine below
+    adjusted = None
+    if expand > 0:
+        neighbours = index.prep.apply(vs.raw[vs.rows(ids[:expand])])
+        plain, q = q, expand_queries(q, neighbours[None], sims[None, :expand])
+        more = index.ann.search(q, pool, exclude=skip)[1][0]
+        ids = np.union1d(ids, more[more >= 0])
+        unit = index.prep.apply(vs.raw[vs.rows(ids)])
+        sims = unit @ plain[0]
+        adjusted = expanded_scores(sims, unit @ q[0])
+        order = np.argsort(-adjusted, kind="stable")[:pool]
+        sims, ids, adjusted = sims[order], ids[order], adjusted[order]
     if hubness and len(ids):
-        adjusted = _rescore(hubness, vs, index, q, sims, ids, tq)
+        adjusted = _rescore(hubness, vs, index, q, sims if adjusted is None else adjusted, ids, tq)
         order = np.argsort(-adjusted, kind="stable")[:k]
         sims, ids, adjusted = sims[order], ids[order], adjusted[order]
-    if expand > 0:
-        sims = index.prep.apply(vs.raw[vs.rows(ids)]) @ plain[0]
     return sims, ids, adjusted
 
 

@@ -27,6 +27,9 @@ from mess.store import FeatureStore, Run, StoreError, Track, TrackList
 from mess.store.memo import MEMO
 
 Norm = Literal["none", "center", "zscore"]
+# z-scoring divides a dimension by at least this fraction of its layer's mean spread: a nearly constant dimension
+# (a dead unit) would otherwise turn a new track's tiny deviation into the largest coordinate of its vector
+ZSCORE_FLOOR = 0.01
 NORMS: tuple[Norm, ...] = ("none", "center", "zscore")
 T = TypeVar("T")
 
@@ -101,8 +104,13 @@ class Preprocessor:
         """Fit on ``raw`` [n, sum(blocks)] vectors for the given normalisation."""
         dim = raw.shape[1]
         mean = raw.mean(axis=0) if norm != "none" and len(raw) else np.zeros(dim)
-        scale = raw.std(axis=0) if norm == "zscore" and len(raw) else np.ones(dim)
-        scale = np.where(scale > 1e-8, scale, 1.0)
+        scale = np.ones(dim)
+        if norm == "zscore" and len(raw):
+            std = raw.std(axis=0)
+            edges = np.cumsum([0, *blocks])
+            for start, stop in zip(edges[:-1], edges[1:], strict=True):
+                floor = ZSCORE_FLOOR * float(std[start:stop].mean())
+                scale[start:stop] = np.maximum(std[start:stop], floor) if floor > 1e-8 else 1.0
         return cls(mean.astype(np.float32), scale.astype(np.float32), tuple(int(b) for b in blocks))
 
     def shift(self, raw: np.ndarray) -> np.ndarray:
