@@ -34,7 +34,7 @@ def clustered(n_labels: int = 40, per_label: int = 6, dims: tuple[int, ...] = (2
             parts.append(2.0 * rng.normal(size=(n_labels, dim))[labels] + noise)
         else:
             parts.append(3.0 * nuisance @ rng.normal(size=(8, dim)) + noise)
-    run = Run(1, "synthetic", "r1", WindowPolicy().to_json(), 16000, tuple(f"l{i}" for i in range(len(dims))), dims)
+    run = Run("synthetic", "r1", WindowPolicy().to_json(), 16000, tuple(f"l{i}" for i in range(len(dims))), dims, id=1)
     tracks = [Track(i, f"/x/{i}.wav", f"h{i}", 30.0, f"artist{lab}", None, None, None, None)
               for i, lab in enumerate(labels)]
     return LayerData(run, tracks, np.hstack(parts).astype(np.float32))

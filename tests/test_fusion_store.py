@@ -125,7 +125,7 @@ def test_report_rows_are_the_retrieval_they_name_when_it_is_not_perfect() -> Non
     dims = (12, 12, 12)
     parts = [rng.normal(size=(len(labels), d)) + (2.0 * rng.normal(size=(16, d))[labels] if i == 1 else 0)
              for i, d in enumerate(dims)]
-    run = Run(1, "synthetic", "r1", WindowPolicy().to_json(), 16000, ("l0", "l1", "l2"), dims)
+    run = Run("synthetic", "r1", WindowPolicy().to_json(), 16000, ("l0", "l1", "l2"), dims, id=1)
     tracks = [Track(i, f"/x/{i}.wav", f"h{i}", 30.0, f"artist{lab}", None, None, None, None)
               for i, lab in enumerate(labels)]
     data = LayerData(run, tracks, np.hstack(parts).astype(np.float32))

@@ -21,7 +21,7 @@ import time
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -98,19 +98,13 @@ class RunKey:
 
 
 @dataclass(frozen=True)
-class Run:
-    """A (model, revision, window policy) combination whose vectors live in the store.
+class Run(RunKey):
+    """A (model, revision, window policy) combination whose vectors live in the store: its key and its id.
 
     ``policy`` is the window policy's canonical JSON, as stored (``WindowPolicy.from_json`` reads it).
     """
 
-    id: int
-    model: str
-    revision: str
-    policy: str
-    sample_rate: int
-    layer_names: tuple[str, ...]
-    layer_dims: tuple[int, ...]
+    id: int = field(kw_only=True)
 
     def layer_index(self, layer: str | int) -> int:
         """Resolve a layer name, index or negative index ('-1' = last) to an index."""
@@ -447,13 +441,13 @@ class FeatureStore:
     @staticmethod
     def _run(row: sqlite3.Row) -> Run:
         return Run(
-            id=row["id"],
             model=row["model"],
             revision=row["revision"],
             policy=row["policy"],
             sample_rate=row["sample_rate"],
             layer_names=tuple(json.loads(row["layer_names"])),
             layer_dims=tuple(json.loads(row["layer_dims"])),
+            id=row["id"],
         )
 
     # ---- vectors ------------------------------------------------------------------
