@@ -119,7 +119,7 @@ def measure_model(name: str, paths: list[Path], policy: WindowPolicy, batch_size
         "pipeline_rate": audio_s / pipeline_s,
         "bare_rate": audio_s / bare_s,
         "overhead": pipeline_s / bare_s - 1,
-        "track_s": TYPICAL_TRACK_SECONDS / (audio_s / pipeline_s),
+        "track_s": policy.analysed_seconds(TYPICAL_TRACK_SECONDS) / (audio_s / pipeline_s),
         "matmul": mm,
     }
     gflop = gflop_per_patch(model)

@@ -44,8 +44,8 @@ class WindowPolicy:
 
         Examples:
             >>> WindowPolicy().analysed_seconds(210.0)
-            210.0
-            >>> WindowPolicy().analysed_seconds(7200.0)
+            120.0
+            >>> WindowPolicy(max_windows=16).analysed_seconds(7200.0)
             480.0
         """
         if duration <= self.window_seconds:
