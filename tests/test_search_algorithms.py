@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, ndcg_score
 
-from mess.search.ann import AnnIndex, exact_knn, recall_at_k
+from mess.search.ann import TRAIN_PER_LIST, AnnIndex, exact_knn, recall_at_k
 from mess.search.hubness import HubnessReducer, hubness_stats, k_occurrence
 from mess.search.metrics import (
     average_precision,
@@ -113,6 +113,21 @@ def test_exclude_remove_add_and_save_roundtrip(kind: str, tmp_path: Path) -> Non
     assert meta["note"] == "kept" and loaded.kind == ann.kind and loaded.breadth == ann.breadth
     np.testing.assert_array_equal(loaded.search(q, 10)[1], ann.search(q, 10)[1])
     assert set(loaded.search(q[:1], 1)[1][0]) == {100}  # re-added vector is its own nearest
+
+
+def test_ivf_trained_on_a_sample_is_exact_at_full_breadth_and_tuned_against_flat() -> None:
+    x, _ = clustered(30_200, 16, 60, seed=5)
+    base, queries = x[:30_000], x[30_000:]
+    ann = AnnIndex.build(base, np.arange(30_000), "ivf", target_recall=0.95)
+    nlist = ann.index.nlist
+    assert TRAIN_PER_LIST * nlist < 30_000 and ann.ntotal == 30_000  # k-means saw a sample; every vector is in
+    scores, found = ann.search(queries, 10, breadth=nlist)  # every list probed: exact search
+    exact_scores, exact_ids = exact_knn(base, queries, 10)
+    np.testing.assert_array_equal(found, exact_ids)
+    np.testing.assert_allclose(scores, exact_scores, atol=1e-5)
+    flat = AnnIndex.build(base, np.arange(30_000), "flat")
+    assert ann.breadth < nlist
+    assert recall_at_k(flat.search(queries, 10)[1], ann.search(queries, 10)[1], 10) >= 0.9
 
 
 def test_hnsw_refuses_removal() -> None:

@@ -14,6 +14,8 @@ inner product. Four index kinds:
 * ``hnsw``  - ``IndexHNSWFlat`` (by flag): lowest latency, slow to build, and faiss
   cannot delete from it, so removals rebuild it.
 
+IVF kinds train k-means on a sample of :data:`TRAIN_PER_LIST` vectors per list
+(the sample grows like sqrt(n), so k-means costs O(n) like adding, not O(n^1.5)); every vector is then added.
 Approximate kinds tune their search breadth (``nprobe`` / ``efSearch``) at build
 time: the smallest value whose recall@10 against exact search reaches the target,
 measured with a sample of the vectors held out of the index while tuning (so the
@@ -35,6 +37,8 @@ FLAT_MAX = 20_000
 IVFPQ_MIN = 5_000_000
 HNSW_M = 32
 TUNE_QUERIES = 256
+TRAIN_PER_LIST = 39  # k-means sample per IVF list, the low end of faiss' guidance (39..256 points per centroid)
+KMEANS_ITERATIONS = 10  # faiss' default is 25; 10 gave the same recall at every nprobe at 100k (docs/search.md)
 _BREADTHS = {"ivf": (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512),
              "hnsw": (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)}
 _BREADTHS["ivfpq"] = _BREADTHS["ivf"]
@@ -86,7 +90,7 @@ class AnnIndex:
         ann = cls(_new_index(kind, dim, n), kind)
         rng = np.random.default_rng(seed)
         if not ann.index.is_trained:
-            ann.index.train(vectors[np.sort(rng.choice(n, min(n, 64 * n_lists(n)), replace=False))])
+            ann.index.train(vectors[np.sort(rng.choice(n, min(n, TRAIN_PER_LIST * n_lists(n)), replace=False))])
         ids = np.asarray(ids, dtype=np.int64)
         held = np.zeros(n, dtype=bool)
         if kind != "flat":
@@ -196,7 +200,8 @@ def _new_index(kind: str, dim: int, n: int) -> faiss.Index:
         return faiss.IndexIDMap2(hnsw)
     codec = "Flat" if kind == "ivf" else f"PQ{pq_subquantizers(dim)}"
     index = faiss.index_factory(dim, f"IVF{n_lists(n)},{codec}", faiss.METRIC_L2)
-    index.cp.min_points_per_centroid = 1  # we sample 64 points per list; faiss' 39-point warning is noise
+    index.cp.min_points_per_centroid = 1  # small sets train on all n >= 2 * nlist vectors; the warning is noise
+    index.cp.niter = KMEANS_ITERATIONS
     if kind == "ivfpq":
         index.pq.cp.min_points_per_centroid = 1
         index.do_polysemous_training = False  # only serves polysemous (Hamming) search, which we never use
