@@ -148,7 +148,7 @@ def similar_tracks(
             window vectors, exact; needs a TrackQuery and layer vectors, no hubness).
         expand: rank by the query expanded with its ``expand`` nearest tracks (:mod:`mess.search.expansion`;
             None = 3 for mean matching, 0 for segments); ``score`` stays the cosine to the query itself,
-            ``adjusted`` holds the expanded query's cosine.
+            ``adjusted`` holds the ranking score (the better of that and the cosine to the expanded query).
 
     The query's own track never appears; tracks with the same content or cosine >= 0.9999
     are flagged as duplicates. ``why`` / ``why_percentile`` are filled for TrackQuery inputs.
