@@ -9,8 +9,9 @@ Measured in one process (both sides of every ratio under the same load, whose av
      window policy; for musicnn models, efficiency = bare audio-s/s / 3 x GFLOP per 3 s patch / matmul GFLOP/s;
   3. a 2-hour file (generated FLAC) through the pipeline in a child process: its peak RSS;
   4. the original musicnn (TensorFlow, --tf-python, e.g. /work/tfvenv/bin/python; skipped when missing):
-     its extractor() on the same files (whole files, its own decoding) against our pipeline, plus the max
-     abs difference of its penultimate layer (patch 0, the one its extractor reports correctly).
+     its extractor() on the same files (whole files, its own decoding) against our pipeline over every window
+     of the same files, plus the max abs difference of its penultimate layer (patch 0, the one its extractor
+     reports correctly).
 
 With --onnx, the native musicnn-msd is also exported to an Essentia-named ONNX graph (needs the onnx
 package, test extra) and both backends embed the same pre-decoded windows: pipeline and bare timings for
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -199,11 +201,14 @@ def race_tensorflow(tf_python: Path, paths: list[Path], policy: WindowPolicy, ba
     )
     tf = json.loads(done.stdout.split("RESULT ", 1)[1])
     tf_wall = time.perf_counter() - start - tf[str(quiet)]["seconds"]
-    file_s = sum(sf.info(str(p)).duration for p in paths)
+    durations = [sf.info(str(p)).duration for p in paths]
+    file_s = sum(durations)
+    # TF's extractor reads every file whole: ours analyses every window too (not just the default policy's)
+    whole = WindowPolicy(policy.window_seconds, max_windows=max(1, math.ceil(max(durations) / policy.window_seconds)))
     model = load_model("musicnn-msd")
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        extract(FeatureStore(Path(tmp)), paths, model, policy, batch_size=batch_size, workers=2)
+        extract(FeatureStore(Path(tmp)), paths, model, whole, batch_size=batch_size, workers=2)
         ours_s = time.perf_counter() - start
     diffs, nonfinite = [], 0
     for path in [*paths, quiet]:
