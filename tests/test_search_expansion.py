@@ -2,52 +2,58 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from mess.audio.windows import WindowPolicy
+from mess.extract.runs import run_key
+from mess.models.base import ModelInfo
 from mess.search.evaluate import evaluate
 from mess.search.expansion import expand, expand_collection, expanded_scores
 from mess.search.query import collection_query, similar_tracks
-from mess.search.vectors import VectorSpec, load_vectors
-from mess.store import FeatureStore
+from mess.search.vectors import VectorSet, VectorSpec, load_vectors
+from mess.store import FeatureStore, Run, TrackVectors
 
 
-def test_similar_with_expansion_ranks_as_evaluation_does_and_scores_stay_cosines(extracted_store: Path) -> None:
+@pytest.fixture
+def msd(extracted_store: Path) -> Iterator[tuple[FeatureStore, Run, VectorSet]]:
+    """The real store's musicnn-msd run and its default (all-layer) vector set."""
     fs = FeatureStore(extracted_store, readonly=True)
     try:
         run = fs.run("musicnn-msd")
-        vs = load_vectors(fs, run, VectorSpec.from_options(), fs.tracks(run))
-        unit = vs.unit()
-        expanded = expand_collection(unit, 3)
-        for row in (0, len(unit) // 2, len(unit) - 1):
-            tid = int(vs.ids[row])
-            got = similar_tracks(fs, run, collection_query(fs, tid), 5, expand=3)
-            ranking = np.maximum(expanded[row] @ unit.T, unit[row] @ unit.T)  # never below the plain cosine
-            ranking[row] = -np.inf
-            want = vs.ids[np.argsort(-ranking, kind="stable")[:5]]
-            assert [n.track.id for n in got] == want.tolist()
-            rows = vs.rows(want)
-            assert np.allclose([n.score for n in got], unit[rows] @ unit[row], atol=1e-5)
-            assert np.allclose([n.adjusted for n in got], ranking[rows], atol=1e-5)
-            assert all(n.adjusted is not None for n in got)
-            default = similar_tracks(fs, run, collection_query(fs, tid), 5)  # expansion by 3 is the default
-            assert [(n.track.id, n.adjusted) for n in default] == [(n.track.id, n.adjusted) for n in got]
+        yield fs, run, load_vectors(fs, run, VectorSpec.from_options(), fs.tracks(run))
     finally:
         fs.close()
 
 
-def test_expansion_with_hubness_keeps_plain_cosines_as_scores(extracted_store: Path) -> None:
-    fs = FeatureStore(extracted_store, readonly=True)
-    try:
-        run = fs.run("musicnn-msd")
-        vs = load_vectors(fs, run, VectorSpec.from_options(), fs.tracks(run))
-        unit = vs.unit()
-        tid = int(vs.ids[0])
-        got = similar_tracks(fs, run, collection_query(fs, tid), 5, expand=3, hubness="csls")
-    finally:
-        fs.close()
+def test_similar_with_expansion_ranks_as_evaluation_does_and_scores_stay_cosines(
+    msd: tuple[FeatureStore, Run, VectorSet],
+) -> None:
+    fs, run, vs = msd
+    unit = vs.unit()
+    expanded = expand_collection(unit, 3)
+    for row in (0, len(unit) // 2, len(unit) - 1):
+        tid = int(vs.ids[row])
+        got = similar_tracks(fs, run, collection_query(fs, tid), 5, expand=3)
+        ranking = np.maximum(expanded[row] @ unit.T, unit[row] @ unit.T)  # never below the plain cosine
+        ranking[row] = -np.inf
+        want = vs.ids[np.argsort(-ranking, kind="stable")[:5]]
+        assert [n.track.id for n in got] == want.tolist()
+        rows = vs.rows(want)
+        assert np.allclose([n.score for n in got], unit[rows] @ unit[row], atol=1e-5)
+        assert np.allclose([n.adjusted for n in got], ranking[rows], atol=1e-5)
+        assert all(n.adjusted is not None for n in got)
+        default = similar_tracks(fs, run, collection_query(fs, tid), 5)  # expansion by 3 is the default
+        assert [(n.track.id, n.adjusted) for n in default] == [(n.track.id, n.adjusted) for n in got]
+
+
+def test_expansion_with_hubness_keeps_plain_cosines_as_scores(msd: tuple[FeatureStore, Run, VectorSet]) -> None:
+    fs, run, vs = msd
+    unit = vs.unit()
+    got = similar_tracks(fs, run, collection_query(fs, int(vs.ids[0])), 5, expand=3, hubness="csls")
     rows = vs.rows(np.array([n.track.id for n in got]))
     assert np.allclose([n.score for n in got], unit[rows] @ unit[0], atol=1e-5)
     adjusted = [n.adjusted for n in got]
@@ -105,18 +111,33 @@ def test_http_similar_with_expansion_answers_as_the_library(extracted_store: Pat
     assert bad.status_code == 422
 
 
-def test_expansion_never_pushes_a_near_copy_of_the_query_down() -> None:
+def test_expansion_never_pushes_a_near_copy_of_the_query_down(tmp_path: Path) -> None:
     """The expanded query (pulled towards the cluster) can be closer to another member than to a near-copy
-    of the query; ranking by the better of the two cosines keeps the copy first."""
+    of the query; `similar` ranks by the better of the two cosines and keeps the copy first."""
     rng = np.random.default_rng(430)  # one such configuration; about one in 50 random ones here
     centre = np.eye(8)[0]
-    members = centre + 0.3 * rng.standard_normal((5, 8))
-    query = members[0] + 0.05 * rng.standard_normal(8)  # e.g. a quieter re-encoding of member 0
+    members = (centre + 0.3 * rng.standard_normal((5, 8))).astype(np.float16).astype(np.float32)  # as stored
+    query = members[0] + 0.05 * rng.standard_normal(8).astype(np.float32)  # e.g. a quieter re-encoding of member 0
     unit = np.vstack([query, members])
     unit /= np.linalg.norm(unit, axis=1, keepdims=True)
     plain = unit[1:] @ unit[0]
     nearest = np.argsort(-plain)[:3]
     moved = expand(unit[:1], unit[None, 1 + nearest], plain[None, nearest])[0] @ unit[1:].T
     assert np.argmax(plain) == 0 and np.argmax(moved) != 0  # the expanded query alone would demote the copy
-    assert np.argmax(expanded_scores(plain, moved)) == 0
-    assert np.all(expanded_scores(plain, moved) >= moved)
+    store = FeatureStore(tmp_path / "store")
+    try:
+        run = store.ensure_run(run_key(ModelInfo("toy", "r1", 16000, ("l0",), (8,)), WindowPolicy()))
+        ids = []
+        for i, vector in enumerate(members):
+            ids.append(store.upsert_track(Path(f"/music/{i}.wav"), f"h{i}", 1, 0.0, {"duration": 10.0},
+                                          {"artist": None, "album": None, "title": str(i), "genre": None,
+                                           "composer": None}))
+            store.write_vectors(run, [TrackVectors(f"h{i}", [vector], [vector[None]], [0.0])])
+        # norm "none": only L2 normalisation, so the library sees the geometry computed above
+        got = similar_tracks(store, run, query, k=5, norm="none", expand=3)
+    finally:
+        store.close()
+    assert got[0].track.id == ids[0]
+    want = expanded_scores(plain, moved)
+    assert [n.track.id for n in got] == [ids[i] for i in np.argsort(-want, kind="stable")]
+    assert [n.adjusted for n in got] == pytest.approx(np.sort(want)[::-1].tolist(), abs=1e-5)
