@@ -285,6 +285,25 @@ def test_frontend_pools_frequency_first_with_the_same_result(msd: MusicnnModel, 
             torch.testing.assert_close(fast, direct, rtol=1e-5, atol=1e-4)
 
 
+def test_vgg_pools_before_relu_and_norm_to_the_bit(vgg_mtt: MusicnnModel, piano: np.ndarray) -> None:
+    """Each VGG block is pool(BN(ReLU(conv))) exactly, though the network pools first; both signs of the scale."""
+    import copy
+
+    network = copy.deepcopy(vgg_mtt.network)
+    with torch.no_grad():
+        for bn in network.bns[1:]:
+            bn.weight[::3] *= -1  # falling channels take the min-pool path
+    mel = torch.from_numpy(log_mel(piano[None, :MIN_SAMPLES]))
+    with torch.inference_mode():
+        fast = network(mel)
+        x = network.bns[0](mel.unsqueeze(1))
+        for i, (conv, bn, pool) in enumerate(zip(network.convs, network.bns[1:], network.pools, strict=False)):
+            x = pool(bn(torch.relu(conv(x))))
+            want = x.permute(0, 2, 3, 1)
+            got = fast[f"pool{i + 1}"] if i < 4 else fast["pool5"].view_as(want)
+            assert torch.equal(got, want), f"pool{i + 1}"
+
+
 def test_ensemble_is_both_models_on_one_log_mel(msd: MusicnnModel, mtt: MusicnnModel, piano: np.ndarray) -> None:
     """`musicnn` (the default model) holds musicnn-msd's and musicnn-mtt's layers, with their exact vectors."""
     ensemble = load_model("musicnn")

@@ -8,12 +8,14 @@ to 50 tags. Tensors are [batch, channels, time, freq] inside.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mess.models.musicnn.network import TF_BN_EPSILON, tf_batch_norms, tf_tensor
+from mess.models.musicnn.network import TF_BN_EPSILON, rising_sign, tf_batch_norms, tf_tensor
 
 VGG_LAYERS = ("pool1", "pool2", "pool3", "pool4", "pool5", "taggram")
 VGG_POOLS = ((4, 1), (2, 2), (2, 2), (2, 2), (4, 4))  # TF pool sizes; strides are (2, 2) except the last (4, 4)
@@ -41,10 +43,17 @@ class VggNetwork(nn.Module):
         flattened last pool [b, 256] in TF's (time, freq, channel) order, ``taggram`` the
         sigmoid outputs [b, 50].
         """
-        x = self.bns[0](mel.unsqueeze(1))
+        # a ModuleList yields plain Modules: name the layer types it holds
+        convs = cast(list[nn.Conv2d], list(self.convs))
+        bns = cast(list[nn.BatchNorm2d], list(self.bns))
+        x = bns[0](mel.unsqueeze(1))
         maps = []
-        for conv, bn, pool in zip(self.convs, self.bns[1:], self.pools, strict=False):
-            x = pool(bn(F.relu(conv(x))))
+        for conv, bn, pool in zip(convs, bns[1:], self.pools, strict=False):
+            # pool(bn(relu(conv(x)))), with the pool first: ReLU and the norm see 1/4 to 1/16 of the data
+            sign = rising_sign(bn)
+            bias = None if conv.bias is None else conv.bias * sign
+            flipped = F.conv2d(x, conv.weight * sign[:, None, None, None], bias, padding=1)
+            x = bn(F.relu(pool(flipped) * sign[:, None, None]))
             maps.append(x)
         flat = maps[-1].permute(0, 2, 3, 1).flatten(1)
         return {
