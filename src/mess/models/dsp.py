@@ -124,8 +124,9 @@ def _spectral_shape(mag: np.ndarray, power: np.ndarray, banks: _Banks) -> list[n
     bandwidth = np.sqrt(np.maximum(second - centroid**2, 0.0))
     rolloff = banks.freqs[np.minimum(_rolloff_bin(mag, block_sums, 0.85 * total), banks.freqs.size - 1)]
     floored = np.maximum(power, 1e-10)
-    mean = floored.mean(axis=-1)
-    flatness = np.exp(np.log(floored, out=floored).mean(axis=-1)) / mean
+    pairs = floored[:, 0:-1:2] * floored[:, 1::2]  # in [1e-20, 1e12]: half the logs for the same sum
+    log_mean = (np.log(pairs, out=pairs).sum(axis=-1) + np.log(floored[:, -1])) / floored.shape[1]
+    flatness = np.exp(log_mean) / floored.mean(axis=-1)
     return [np.log1p(centroid), np.log1p(bandwidth), np.log1p(rolloff), np.log10(flatness + 1e-10)]
 
 
