@@ -199,11 +199,12 @@ def describe(windows: np.ndarray, sr: int = _SR) -> dict[str, np.ndarray]:
     """Descriptor groups of a batch of equal-length mono windows [batch, samples] (or one window).
 
     One STFT feeds every descriptor (mel/MFCC, chroma without a tuning estimate, spectral
-    shape and contrast, onset envelope, RMS), computed for the whole batch at once. Each
+    shape and contrast, onset envelope, RMS), for the whole batch in one call. Each
     window is first scaled to peak 1: the descriptors are meant to ignore playback gain, and
     the scaling keeps float input of any magnitude (a float WAV holding 3e19) finite.
     The per-frame work runs on blocks of 512 frames, whose spectra stay in cache, with one
-    BLAS thread (its products are small; a second thread slowed them on a busy machine).
+    BLAS thread (its products are small; a second thread slowed them on a busy machine; the
+    setting is process-wide while the call runs).
     Returns [batch, dim] per group ([dim] for one window).
     """
     single = windows.ndim == 1
