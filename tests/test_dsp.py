@@ -4,7 +4,7 @@ import librosa
 import numpy as np
 import pytest
 
-from mess.audio.spectrum import stft
+from mess.audio.spectrum import frames, stft
 from mess.models import dsp
 
 
@@ -28,10 +28,47 @@ def test_stft_in_float64_is_librosas_stft(n_fft: int, hop: int) -> None:
 
 def test_tempo_with_every_window_is_librosas_and_the_strided_one_agrees() -> None:
     y = np.stack([_music(bpm=bpm) for bpm in (80.0, 100.0, 132.0)])
-    mel = np.abs(librosa.stft(y, n_fft=2048, hop_length=512)).swapaxes(-1, -2) ** 2 @ dsp._banks(22050)[0]
+    bank = librosa.filters.mel(sr=22050, n_fft=2048).T
+    mel = np.abs(librosa.stft(y, n_fft=2048, hop_length=512)).swapaxes(-1, -2) ** 2 @ bank
     env = librosa.onset.onset_strength(S=dsp._db(mel).swapaxes(-1, -2), sr=22050, hop_length=512)
     ref = librosa.feature.tempo(onset_envelope=env, sr=22050, hop_length=512).reshape(3)
     assert np.array_equal(dsp._tempo(env, 22050, stride=1), ref)
     strided = dsp._tempo(env, 22050)
     assert np.all(np.abs(np.log2(strided / ref)) < 0.03), (strided, ref)  # within one lag step
     assert np.all(np.abs(np.log2(ref / [80.0, 100.0, 132.0])) < 0.05), ref  # and the tempo is the clicks'
+
+
+def test_block_features_are_librosas_features_of_the_same_spectrum() -> None:
+    """Per-frame work on blocks (band-limited mel/chroma/RMS products, roll-off from block sums, sorted
+    contrast bands) against librosa's features computed from the same magnitudes."""
+    sr = 22050
+    noise = 1e-3 * np.random.default_rng(1).standard_normal(6 * sr)  # keeps contrast valleys within top_db
+    for y in (_music(6.0) + noise, _music(6.0, bpm=140.0) + noise):
+        y = (y / np.abs(y).max()).astype(np.float32)
+        ours = dsp._frame_features(frames(y[None], 2048, 512, "float32")[0], dsp._banks(sr), sr)
+        mag = np.abs(stft(y[None], 2048, 512, "float32"))[0].T  # [bins, frames]
+        chroma = ours[:, 128:140] / ours[:, 128:140].max(axis=-1, keepdims=True)
+        pairs = {
+            "mel": (ours[:, :128], librosa.feature.melspectrogram(S=mag**2, sr=sr).T),
+            "chroma": (chroma, librosa.feature.chroma_stft(S=mag**2, sr=sr, tuning=0.0).T),
+            "rms": (np.sqrt(ours[:, 140]), librosa.feature.rms(S=mag)[0]),
+            "centroid": (np.expm1(ours[:, 141]), librosa.feature.spectral_centroid(S=mag, sr=sr)[0]),
+            "bandwidth": (np.expm1(ours[:, 142]), librosa.feature.spectral_bandwidth(S=mag, sr=sr)[0]),
+            "flatness": (10 ** ours[:, 144] - 1e-10, librosa.feature.spectral_flatness(S=mag)[0]),
+            "contrast": (ours[:, 145:], librosa.feature.spectral_contrast(S=mag, sr=sr).T),
+        }
+        for name, (fast, ref) in pairs.items():
+            np.testing.assert_allclose(fast, ref, rtol=2e-4, atol=1e-4 * np.abs(ref).max(), err_msg=name)
+        # the roll-off bin is a threshold crossing: compare with the exact (float64) cumulative sum
+        exact = librosa.feature.spectral_rolloff(S=mag.astype(np.float64), sr=sr)[0]
+        step = sr / 2048
+        assert np.array_equal(np.rint(np.expm1(ours[:, 143].astype(np.float64)) / step), np.rint(exact / step))
+
+
+def test_zero_crossing_rate_from_blocks_counts_each_frames_crossings() -> None:
+    y = np.stack([_music(2.0), _music(2.0, bpm=140.0)[::-1].copy()])[:, :40000]
+    n = 1 + y.shape[1] // 512
+    crossings = np.abs(np.diff(np.signbit(y), axis=-1, prepend=False)).astype(np.float64)
+    padded = np.pad(crossings, ((0, 0), (1024, 1024)), mode="edge")
+    ref = np.lib.stride_tricks.sliding_window_view(padded, 2048, axis=-1)[:, ::512][:, :n].mean(axis=-1)
+    assert np.array_equal(dsp._zero_crossing_rate(y, n), ref.astype(np.float32))

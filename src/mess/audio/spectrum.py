@@ -15,6 +15,19 @@ def _hann(n_fft: int, dtype: str) -> np.ndarray:
     return scipy.signal.get_window("hann", n_fft, fftbins=True).astype(dtype)
 
 
+def frames(windows: np.ndarray, n_fft: int, hop: int, dtype: str = "float64") -> np.ndarray:
+    """Centred, zero-padded ``n_fft``-sample frames every ``hop`` samples of [batch, samples]: a strided view
+    [batch, frames, n_fft] (librosa's framing)."""
+    padded = np.pad(np.asarray(windows, dtype=dtype), ((0, 0), (n_fft // 2, n_fft // 2)))
+    return np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=-1)[:, ::hop]
+
+
+def spectra(framed: np.ndarray) -> np.ndarray:
+    """Hann-windowed spectra of frames [..., n_fft] in their own precision: [..., n_fft // 2 + 1] complex64."""
+    window = _hann(framed.shape[-1], framed.dtype.name)
+    return scipy.fft.rfft(framed * window, axis=-1).astype(np.complex64, copy=False)
+
+
 def stft(windows: np.ndarray, n_fft: int, hop: int, dtype: str = "float64") -> np.ndarray:
     """``librosa.stft(windows, n_fft=n_fft, hop_length=hop)`` for [batch, samples]: [batch, frames, bins] complex64.
 
@@ -22,6 +35,4 @@ def stft(windows: np.ndarray, n_fft: int, hop: int, dtype: str = "float64") -> n
     precision of the FFT: float64 gives librosa's values exactly (it computes in float64 and
     stores complex64); float32 is about twice as fast and differs by float32 rounding.
     """
-    padded = np.pad(np.asarray(windows, dtype=dtype), ((0, 0), (n_fft // 2, n_fft // 2)))
-    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=-1)[:, ::hop]  # [batch, t, n_fft]
-    return scipy.fft.rfft(frames * _hann(n_fft, dtype), axis=-1).astype(np.complex64, copy=False)
+    return spectra(frames(windows, n_fft, hop, dtype))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import dataclass
 from functools import lru_cache
 
 import librosa
@@ -10,9 +12,10 @@ import scipy.signal
 from librosa.version import version as librosa_version
 from scipy.fft import dct
 from scipy.ndimage import maximum_filter1d, uniform_filter1d
+from threadpoolctl import ThreadpoolController
 
 from mess.audio.jit_cache import ensure_warm
-from mess.audio.spectrum import stft
+from mess.audio.spectrum import frames, spectra
 from mess.models.base import EmbeddingModel, ModelInfo
 
 _SR = 22050
@@ -20,6 +23,7 @@ _N_FFT = 2048
 _HOP = 512
 _GROUPS = {"mfcc": 40, "chroma": 24, "spectral": 24, "rhythm": 6}
 _TOP_DB = 80.0
+_BLOCK = 512  # frames per block of per-frame work
 
 
 def _stats(feature: np.ndarray) -> np.ndarray:
@@ -29,7 +33,7 @@ def _stats(feature: np.ndarray) -> np.ndarray:
 
 def _db(power: np.ndarray) -> np.ndarray:
     """librosa's ``power_to_db`` (ref 1, amin 1e-10, top_db 80), with the top_db floor taken per window."""
-    db = 10.0 * np.log10(np.maximum(power, 1e-10))
+    db = np.float32(10.0 / np.log(10.0)) * np.log(np.maximum(power, 1e-10))  # float32 log is SIMD, log10 is not
     return np.maximum(db, db.max(axis=(-2, -1), keepdims=True) - _TOP_DB)
 
 
@@ -64,76 +68,166 @@ def _tempo(envelope: np.ndarray, sr: int, stride: int = 8) -> np.ndarray:
     return librosa.feature.tempo(tg=ac.swapaxes(-1, -2), sr=sr, hop_length=_HOP).reshape(len(envelope))
 
 
+@dataclass(frozen=True)
+class _Banks:
+    """Linear maps of the spectrum: the 128 mel and 12 chroma (A440) filters and the RMS weights as column groups,
+    each with the only bins its columns touch, and the bin frequencies with their squares."""
+
+    groups: tuple[tuple[slice, slice, np.ndarray], ...]  # (bins, columns, weights [bins, columns])
+    moments: np.ndarray  # [bins, 2]: f, f**2
+    freqs: np.ndarray
+
+
 @lru_cache(maxsize=4)
-def _banks(sr: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mel (128) and chroma (12, A440 tuning) filter banks as [bins, n] matrices, and the bin frequencies."""
-    mel = librosa.filters.mel(sr=sr, n_fft=_N_FFT).T.astype(np.float32)
-    chroma = librosa.filters.chroma(sr=sr, n_fft=_N_FFT, tuning=0.0).T.astype(np.float32)
-    return mel, chroma, librosa.fft_frequencies(sr=sr, n_fft=_N_FFT).astype(np.float32)
+def _banks(sr: int) -> _Banks:
+    """The maps for ``sr``; the mel filters come in groups of 8 (a filter spans a few bins, so a dense product
+    would be ~95% zeros); chroma and the RMS weights (|X|^2 counted twice except DC and Nyquist) span all bins."""
+    mel = librosa.filters.mel(sr=sr, n_fft=_N_FFT).T
+    chroma = librosa.filters.chroma(sr=sr, n_fft=_N_FFT, tuning=0.0).T
+    rms = np.full((mel.shape[0], 1), 2.0 / _N_FFT**2)
+    rms[[0, -1]] /= 2
+    bank = np.concatenate([mel, chroma, rms], axis=1).astype(np.float32)
+    groups = []
+    for first, last in [*((k, k + 8) for k in range(0, mel.shape[1], 8)), (mel.shape[1], bank.shape[1])]:
+        rows = np.flatnonzero(bank[:, first:last].any(axis=1))
+        bins = slice(rows[0], rows[-1] + 1)
+        groups.append((bins, slice(first, last), np.ascontiguousarray(bank[bins, first:last])))
+    freqs = librosa.fft_frequencies(sr=sr, n_fft=_N_FFT).astype(np.float32)
+    return _Banks(tuple(groups), np.stack([freqs, freqs**2], axis=1), freqs)
 
 
-def _spectral_shape(mag: np.ndarray, power: np.ndarray, freqs: np.ndarray) -> list[np.ndarray]:
-    """Centroid, bandwidth and 85% roll-off (log1p Hz) and flatness (log10) of magnitudes [batch, frames, bins]."""
-    total = mag.sum(axis=-1)
-    centroid = (mag @ freqs) / (total + 1e-10)
-    bandwidth = np.sqrt(np.maximum((mag @ freqs**2) / (total + 1e-10) - centroid**2, 0.0))
-    rolloff = freqs[np.minimum((np.cumsum(mag, axis=-1) < 0.85 * total[..., None]).sum(axis=-1), freqs.size - 1)]
+def _project(power: np.ndarray, banks: _Banks) -> np.ndarray:
+    """``power @ bank`` for power [frames, bins], each column group multiplying only its bins: [frames, 141]."""
+    out = np.empty((power.shape[0], banks.groups[-1][1].stop), np.float32)
+    for bins, columns, weights in banks.groups:
+        np.matmul(power[:, bins], weights, out=out[:, columns])
+    return out
+
+
+def _rolloff_bin(mag: np.ndarray, block_sums: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """How many bins' cumulative magnitude stays below ``threshold`` [frames], for mag [frames, 1 + k * block] and
+    its block sums [frames, k]: the crossing block from the sums, then the bin inside it (not a cumsum of every bin)."""
+    n, block = mag.shape[0], (mag.shape[1] - 1) // block_sums.shape[1]
+    blocks = mag[:, :-1].reshape(n, -1, block)
+    ends = np.cumsum(block_sums, axis=-1)  # cumulative magnitude at each block's end
+    below = (ends < threshold[:, None]).sum(axis=-1)
+    inside = blocks[np.arange(n), np.minimum(below, blocks.shape[1] - 1)]
+    before = np.where(below > 0, ends[np.arange(n), np.maximum(below - 1, 0)], 0)
+    return below * block + ((before[:, None] + np.cumsum(inside, axis=-1)) < threshold[:, None]).sum(axis=-1)
+
+
+def _spectral_shape(mag: np.ndarray, power: np.ndarray, banks: _Banks) -> list[np.ndarray]:
+    """Centroid, bandwidth and 85% roll-off (log1p Hz) and flatness (log10) of magnitudes [frames, bins]."""
+    block_sums = mag[:, :-1].reshape(len(mag), -1, 32) @ np.ones(32, np.float32)  # bins 0-1023 in 32 blocks
+    total = block_sums.sum(axis=-1) + mag[:, -1]
+    centroid, second = ((mag @ banks.moments) / (total[:, None] + 1e-10)).T
+    bandwidth = np.sqrt(np.maximum(second - centroid**2, 0.0))
+    rolloff = banks.freqs[np.minimum(_rolloff_bin(mag, block_sums, 0.85 * total), banks.freqs.size - 1)]
     floored = np.maximum(power, 1e-10)
-    flatness = np.exp(np.log(floored).mean(axis=-1)) / floored.mean(axis=-1)
+    pairs = floored[:, 0:-1:2] * floored[:, 1::2]  # in [1e-20, 1e12]: half the logs for the same sum
+    log_mean = (np.log(pairs, out=pairs).sum(axis=-1) + np.log(floored[:, -1])) / floored.shape[1]
+    flatness = np.exp(log_mean) / floored.mean(axis=-1)
     return [np.log1p(centroid), np.log1p(bandwidth), np.log1p(rolloff), np.log10(flatness + 1e-10)]
 
 
-def _contrast(mag: np.ndarray, freqs: np.ndarray, quantile: float = 0.02) -> list[np.ndarray]:
-    """Spectral contrast as librosa computes it: 10 log10 of the mean of the top over the bottom
-    ``quantile`` of the magnitudes in each octave band from 200 Hz; 7 bands."""
+@lru_cache(maxsize=4)
+def _contrast_bands(sr: int, quantile: float = 0.02) -> tuple[tuple[int, int, int], ...]:
+    """librosa's spectral contrast bands (octaves from 200 Hz; 7 bands) as (first bin, end bin, values averaged)."""
+    freqs = librosa.fft_frequencies(sr=sr, n_fft=_N_FFT)
     edges = np.concatenate([[0.0], 200.0 * 2.0 ** np.arange(7)])
-    out = []
+    bands = []
     for k, (low, high) in enumerate(zip(edges[:-1], edges[1:], strict=False)):
         band = np.flatnonzero((freqs >= low) & (freqs <= high))
         first, last = (band[0] - 1 if k else band[0]), (freqs.size if k == 6 else band[-1])
-        sub = mag[..., first:last]
-        n = max(1, int(np.rint(quantile * (last - first + (k < 6)))))
-        part = np.partition(sub, (n - 1, sub.shape[-1] - n), axis=-1)
-        valley, peak = part[..., :n].mean(axis=-1), part[..., -n:].mean(axis=-1)
+        bands.append((int(first), int(last), max(1, int(np.rint(quantile * (last - first + (k < 6)))))))
+    return tuple(bands)
+
+
+def _contrast(mag: np.ndarray, sr: int) -> list[np.ndarray]:
+    """Spectral contrast as librosa computes it: 10 log10 of the mean of the top over the bottom 2% of the
+    magnitudes [frames, bins] in each band (sorting a band costs less than selecting both ends of it)."""
+    out = []
+    for first, last, n in _contrast_bands(sr):
+        sub = mag[:, first:last]
+        if n == 1:
+            peak, valley = sub.max(axis=-1), sub.min(axis=-1)
+        else:
+            ordered = np.sort(sub, axis=-1)
+            peak, valley = ordered[:, -n:].mean(axis=-1), ordered[:, :n].mean(axis=-1)
         out.append(10 * np.log10(np.maximum(peak, 1e-10)) - 10 * np.log10(np.maximum(valley, 1e-10)))
     return out
 
 
+def _frame_features(framed: np.ndarray, banks: _Banks, sr: int) -> np.ndarray:
+    """Per-frame descriptors of frames [rows, n_fft]: mel power (128), chroma (12), mean square (1), spectral
+    shape (4) and contrast (7): [rows, 152]."""
+    mag = np.abs(spectra(framed))
+    power = mag * mag
+    shape = np.stack([*_spectral_shape(mag, power, banks), *_contrast(mag, sr)], axis=-1)
+    return np.concatenate([_project(power, banks), shape], axis=-1)
+
+
 def _zero_crossing_rate(y: np.ndarray, frames: int) -> np.ndarray:
-    """Zero crossings per sample in centred 2048-sample frames every 512 samples: [batch, frames]."""
-    crossings = np.abs(np.diff(np.signbit(y), axis=-1, prepend=False)).astype(np.float32)
-    padded = np.pad(crossings, ((0, 0), (_N_FFT // 2, _N_FFT // 2)), mode="edge")
-    cum = np.concatenate([np.zeros((len(y), 1), np.float32), np.cumsum(padded, axis=-1)], axis=-1)
-    starts = np.arange(frames) * _HOP
-    return (cum[:, np.minimum(starts + _N_FFT, cum.shape[1] - 1)] - cum[:, starts]) / _N_FFT
+    """Zero crossings per sample in centred 2048-sample frames every 512 samples: [batch, frames].
+
+    Counted per 512-sample block of the edge-padded crossings, then summed over each frame's 4 blocks.
+    """
+    sign = np.signbit(y)
+    crossings = np.empty(y.shape, bool)
+    crossings[:, 0] = sign[:, 0]
+    np.not_equal(sign[:, 1:], sign[:, :-1], out=crossings[:, 1:])
+    per = _N_FFT // _HOP
+    padded = np.pad(crossings, ((0, 0), (_N_FFT // 2, _N_FFT // 2)), mode="edge")[:, :(frames + per - 1) * _HOP]
+    counts = padded.reshape(len(y), -1, _HOP).view(np.uint8).sum(axis=-1, dtype=np.int32)
+    cum = np.concatenate([np.zeros((len(y), 1), np.int32), np.cumsum(counts, axis=-1)], axis=-1)
+    return (cum[:, per:] - cum[:, :-per]).astype(np.float32) / _N_FFT
+
+
+@lru_cache(maxsize=1)
+def _dct_basis() -> np.ndarray:
+    """Orthonormal DCT-II of the 128 log-mel bands, coefficients 1-20 (c0 is level, not timbre): [128, 20]."""
+    return dct(np.eye(128), type=2, norm="ortho", axis=-1)[:, 1:21].astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _blas() -> ThreadpoolController:
+    """The process's BLAS thread pools, found once (finding them takes milliseconds)."""
+    return ThreadpoolController()
 
 
 def describe(windows: np.ndarray, sr: int = _SR) -> dict[str, np.ndarray]:
     """Descriptor groups of a batch of equal-length mono windows [batch, samples] (or one window).
 
     One STFT feeds every descriptor (mel/MFCC, chroma without a tuning estimate, spectral
-    shape and contrast, onset envelope, RMS), computed for the whole batch at once. Each
+    shape and contrast, onset envelope, RMS), for the whole batch in one call. Each
     window is first scaled to peak 1: the descriptors are meant to ignore playback gain, and
     the scaling keeps float input of any magnitude (a float WAV holding 3e19) finite.
+    The per-frame work runs on blocks of 512 frames, whose spectra stay in cache, with one
+    BLAS thread (its products are small; a second thread slowed them on a busy machine; the
+    setting is process-wide while the call runs).
     Returns [batch, dim] per group ([dim] for one window).
     """
     single = windows.ndim == 1
-    y = np.atleast_2d(np.asarray(windows, dtype=np.float64))
-    y = (y / np.maximum(np.abs(y).max(axis=-1, keepdims=True), 1e-30)).astype(np.float32)
-    mel_bank, chroma_bank, freqs = _banks(sr)
-    spectrum = stft(y, _N_FFT, _HOP, "float32")  # [batch, frames, bins]
-    power = spectrum.real**2 + spectrum.imag**2
-    mag = np.sqrt(power)
-    log_mel = _db(power @ mel_bank)  # [batch, frames, 128]
-    mfcc = dct(log_mel, axis=-1, type=2, norm="ortho")[..., 1:21]  # c0 is level, not timbre
-    chroma = power @ chroma_bank
-    chroma /= np.maximum(chroma.max(axis=-1, keepdims=True), 1e-30)
-    frames = mag.shape[1]
-    spectral = np.stack([*_spectral_shape(mag, power, freqs), _zero_crossing_rate(y, frames), *_contrast(mag, freqs)],
-                        axis=-1)
+    y = np.atleast_2d(np.asarray(windows))
+    y = y if y.dtype == np.float32 else y.astype(np.float64)
+    peak = np.maximum(y.max(axis=-1), -y.min(axis=-1))
+    y = (y / np.maximum(peak, 1e-30).astype(y.dtype)[:, None]).astype(np.float32, copy=False)
+    banks = _banks(sr)
+    framed = frames(y, _N_FFT, _HOP, "float32")  # [batch, frames, n_fft] view
+    batch, n = framed.shape[:2]
+    per_frame = np.empty((batch, n, 152), np.float32)
+    with _blas().limit(limits=1, user_api="blas"):
+        for b, start in itertools.product(range(batch), range(0, n, _BLOCK)):
+            per_frame[b, start:start + _BLOCK] = _frame_features(framed[b, start:start + _BLOCK], banks, sr)
+        log_mel = _db(per_frame[..., :128])  # [batch, frames, 128]
+        mfcc = (log_mel.reshape(-1, 128) @ _dct_basis()).reshape(batch, n, -1)
+    chroma = per_frame[..., 128:140]
+    chroma = chroma / np.maximum(chroma.max(axis=-1, keepdims=True), 1e-30)
+    spectral = np.concatenate([per_frame[..., 141:145], _zero_crossing_rate(y, n)[..., None], per_frame[..., 145:]],
+                              axis=-1)
     onset_env = librosa.onset.onset_strength(S=log_mel.transpose(0, 2, 1), sr=sr, hop_length=_HOP)
     tempo = _tempo(onset_env, sr)
-    rms = np.sqrt(np.maximum(2 * power.sum(axis=-1) - power[..., 0] - power[..., -1], 0) / _N_FFT**2)
+    rms = np.sqrt(np.maximum(per_frame[..., 140], 0))
     level_db = 20 * np.log10(rms + 1e-9)
     # gain-invariant dynamics (range and variation), not the absolute level, which mastering decides
     rhythm = np.stack([np.log(tempo + 1.0), _onset_rate(onset_env, max(y.shape[-1] / sr, 1e-6), sr),
