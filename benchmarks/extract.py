@@ -7,6 +7,8 @@ Measured in one process (both sides of every ratio under the same load, whose av
      store writes) and the bare model on the same windows already decoded (the floor), so overhead =
      pipeline / bare - 1; time to the first embedded file; seconds per 3.5-min track under the default
      window policy; for musicnn models, efficiency = bare audio-s/s / 3 x GFLOP per 3 s patch / matmul GFLOP/s;
+     then the --wav-models (default dsp) again on 16-bit WAV copies of the same files, which takes the
+     compressed-audio decoder (Vorbis: about 1/300 CPU-s per audio-s here) out of the pipeline's cost;
   3. a 2-hour file (generated FLAC) through the pipeline in a child process: its peak RSS;
   4. the original musicnn (TensorFlow, --tf-python, e.g. /work/tfvenv/bin/python; skipped when missing):
      its extractor() on the same files (whole files, its own decoding) against our pipeline over every window
@@ -131,6 +133,16 @@ def measure_model(name: str, paths: list[Path], policy: WindowPolicy, batch_size
     return row
 
 
+def wav_copies(paths: list[Path], folder: Path) -> list[Path]:
+    """16-bit PCM WAV copies of ``paths`` (same rate and channels): the pipeline without a costly decoder."""
+    copies = []
+    for i, path in enumerate(paths):
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+        copies.append(folder / f"{i:02d}-{path.stem}.wav")
+        sf.write(copies[-1], data, rate, subtype="PCM_16")
+    return copies
+
+
 def long_file_rss(folder: Path, model: str, hours: float = 2.0) -> dict:
     """Write a ``hours``-long 16 kHz FLAC, run the pipeline on it in a child process, return its peak RSS."""
     path = folder / "long.flac"
@@ -243,6 +255,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--tf-python", type=Path, default=Path("/work/tfvenv/bin/python"))
     parser.add_argument("--long-hours", type=float, default=2.0, help="0 skips the long-file check")
+    parser.add_argument("--wav-models", default="dsp",
+                        help="models measured again on 16-bit WAV copies of the same files, where decoding is cheap "
+                             "('' skips)")
     parser.add_argument("--onnx", action="store_true", help="also time the ONNX Runtime backend (musicnn-msd)")
     parser.add_argument("--onnx-threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
     args = parser.parse_args()
@@ -256,6 +271,10 @@ def main() -> None:
         f"on {os.cpu_count()} cores; torch threads {torch.get_num_threads()}; fp32 matmul {mm:.1f} GFLOP/s"
     )
     rows = [measure_model(name, paths, policy, args.batch_size) for name in args.models.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        copies = wav_copies(paths, Path(tmp))
+        for name in filter(None, args.wav_models.split(",")):
+            rows.append({**measure_model(name, copies, policy, args.batch_size), "model": f"{name} (WAV)"})
     header = (
         f"{'model':18s}{'audio-s':>8s}{'pipeline':>10s}{'bare':>8s}{'overhead':>9s}{'load s':>8s}"
         f"{'1st file s':>11s}{'s/3.5min':>9s}{'matmul':>8s}{'GFLOP/p':>8s}{'effic.':>7s}"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mess.audio.decode import AudioError, load_audio, probe
+from mess.audio.decode import AudioError, downmix, load_audio, probe
 from mess.audio.discover import content_hash, find_audio
 from mess.audio.tags import read_tags
 
@@ -139,3 +139,15 @@ def test_discovery_hashing_and_tags(tmp_path: Path) -> None:
     b = tmp_path / "copy.flac"
     b.write_bytes(a.read_bytes())
     assert content_hash(a) == content_hash(b)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 6, 8])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+def test_downmix_is_numpys_float32_mean_to_the_bit(channels: int, dtype: type) -> None:
+    """The channel-by-channel downmix gives the very samples of ``mean(axis=1, dtype=float32)`` it replaces."""
+    rng = np.random.default_rng(channels)
+    block = rng.standard_normal((48_001, channels)) * (3000 if dtype is np.int16 else 0.3)
+    block = block.astype(dtype)
+    mono = downmix(block)
+    assert mono.dtype == np.float32 and mono.shape == (48_001,)
+    assert np.array_equal(mono, block.mean(axis=1, dtype=np.float32))
