@@ -15,8 +15,8 @@ Measured in one process (both sides of every ratio under the same load, whose av
      of the same files, plus the max abs difference of its penultimate layer (patch 0, the one its extractor
      reports correctly).
 
-With --onnx, the native musicnn-msd is also exported to an Essentia-named ONNX graph (needs the onnx
-package, test extra) and both backends embed the same pre-decoded windows: pipeline and bare timings for
+With --onnx, the PyTorch port of musicnn-msd (runtime='torch') is also exported to an Essentia-named ONNX
+graph and both backends embed the same pre-decoded windows: pipeline and bare timings for
 each, the ONNX Runtime execution provider and thread setting, torch's thread count, and the largest
 difference between their vectors.
 
@@ -48,7 +48,7 @@ from mess.audio.windows import WindowPolicy
 from mess.extract.embed import embed_prepared
 from mess.extract.pipeline import extract
 from mess.extract.prepare import decode_windows, inspect_file
-from mess.models.musicnn.model import log_mel, patches
+from mess.models.musicnn.model import MusicnnModel, log_mel, patches
 from mess.models.registry import load_model
 from mess.store import FeatureStore
 
@@ -308,7 +308,7 @@ def main() -> None:
             f"({race['tf_nonfinite_files']} where TF's float16 input overflowed to inf)"
         )
     if args.onnx:
-        native = load_model("musicnn-msd")
+        native = MusicnnModel("MSD", runtime="torch")  # the PyTorch port (musicnn-msd itself runs on ONNX Runtime)
         prepared = [
             decode_windows(inspect_file(p), native.info.sample_rate, policy, native.info.min_samples) for p in paths
         ]

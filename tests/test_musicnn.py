@@ -317,3 +317,32 @@ def test_ensemble_is_both_models_on_one_log_mel(msd: MusicnnModel, mtt: MusicnnM
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)
     assert not np.allclose(got[7], got[16])  # msd's and mtt's penultimate layers differ: two trainings
+
+
+def test_onnxruntime_path_matches_pytorch(msd: MusicnnModel, piano: np.ndarray) -> None:
+    """The default CPU path (the network exported to ONNX Runtime) gives PyTorch's vectors up to float32 order."""
+    assert msd.runner is not None
+    torch_msd = MusicnnModel("MSD", runtime="torch")
+    assert torch_msd.runner is None
+    windows = np.stack([piano[: 4 * SR], piano[-4 * SR :], piano[SR : 5 * SR]])
+    for name, got, want in zip(msd.info.layer_names, msd.embed(windows), torch_msd.embed(windows), strict=True):
+        assert got.shape == want.shape and got.dtype == np.float32
+        assert np.abs(got - want).max() <= 2e-5 * np.abs(want).max(), name
+    with pytest.raises(ValueError, match="runtime"):
+        MusicnnModel("MSD", runtime="tensorflow")
+
+
+def test_onnx_graph_cache_survives_a_truncated_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    piano: np.ndarray) -> None:
+    """The exported graph is cached whole; a damaged cache file is exported afresh, with the same vectors."""
+    monkeypatch.setenv("MESS_ONNX_CACHE", str(tmp_path))
+    first = MusicnnModel("MTT", arch="vgg")
+    (graph,) = tmp_path.glob("*.onnx")
+    size = graph.stat().st_size
+    assert size > 1_000_000 and not [p for p in tmp_path.iterdir() if p != graph]
+    graph.write_bytes(graph.read_bytes()[: size // 2])  # as after a crash or a full disk
+    second = MusicnnModel("MTT", arch="vgg")
+    assert second.runner is not None and graph.stat().st_size == size
+    window = piano[None, : 4 * SR]
+    for a, b in zip(first.embed(window), second.embed(window), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -90,7 +90,8 @@ def test_no_library_module_uses_pyplot_or_switches_backend() -> None:
                 offenders.append(f"{path.relative_to(SRC)}:{node.lineno}")
     allowed = ("mess/cli/main.py",  # the application's warning filters
                "mess/serve/state.py",  # the server's request threads
-               "mess/models/essentia/export.py")  # inside catch_warnings, around the ONNX exporter
+               "mess/models/essentia/export.py",  # inside catch_warnings, around the ONNX exporter
+               "mess/models/musicnn/runtime.py")  # the same
     assert [o for o in offenders if not o.startswith(allowed)] == []
 
 

@@ -4,7 +4,7 @@ The graph uses msd-musicnn-1's tensor names (input ``model/Placeholder`` [batch,
 outputs ``model/Sigmoid`` and ``model/dense/BiasAdd``) plus the native port's intermediate
 layers, and an Essentia-format JSON is written beside it. It lets the ONNX backend be
 checked against, and timed against, the native port without downloading anything.
-``torch.onnx.export`` needs the ``onnx`` package (in the test extra).
+``torch.onnx.export`` needs the ``onnx`` package (a dependency of mess).
 """
 
 from __future__ import annotations

@@ -14,13 +14,16 @@ from mess.audio.spectrum import stft
 from mess.models.base import EmbeddingModel, ModelInfo
 from mess.models.musicnn.checkpoint import read_checkpoint
 from mess.models.musicnn.network import FRAME_LAYERS, N_FRAMES, N_MELS, PATCH_LAYERS, MusicnnNetwork
+from mess.models.musicnn.runtime import patch_runner
 from mess.models.musicnn.vgg import VGG_LAYERS, VggNetwork
 
 SAMPLE_RATE = 16000
 FFT_SIZE = 512
 HOP = 256
 MIN_SAMPLES = (N_FRAMES - 1) * HOP  # shortest input giving one 187-frame (~3 s) patch
-PATCHES_PER_CHUNK = 2  # fastest measured (cache-sized; 1.2x chunks of 4), and the timbral conv output is 9 MB a patch
+PATCHES_PER_CHUNK = 2  # PyTorch: fastest measured (1.2x chunks of 4); the timbral conv output is 9 MB a patch
+ORT_PATCHES_PER_CHUNK = 8  # ONNX Runtime: near its best (40 is ~1.1x faster) at a bounded peak memory
+RUNTIMES = ("onnxruntime", "torch")
 INSTALL_HINT = "pip install --no-deps musicnn==0.1.0"
 ARCHITECTURES = {  # arch -> (network class, layer names, layer dims)
     "musicnn": (MusicnnNetwork, FRAME_LAYERS + PATCH_LAYERS, (408, 153, 64, 64, 64, 753, 753, 200, 50)),
@@ -108,8 +111,13 @@ class MusicnnModel(EmbeddingModel):
     patches. Windows shorter than ``info.min_samples`` are repeat-padded to it.
     """
 
-    def __init__(self, dataset: str = "MSD", device: str = "cpu", arch: str = "musicnn") -> None:
+    def __init__(self, dataset: str = "MSD", device: str = "cpu", arch: str = "musicnn",
+                 runtime: str = "onnxruntime") -> None:
+        """``runtime``: "onnxruntime" runs the network on ONNX Runtime on a CPU where it can (PyTorch otherwise,
+        and on other devices; see :mod:`mess.models.musicnn.runtime`); "torch" always runs PyTorch."""
         dataset = dataset.upper()
+        if runtime not in RUNTIMES:
+            raise ValueError(f"musicnn runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         if dataset not in ("MSD", "MTT"):
             raise ValueError(f"musicnn dataset must be 'MSD' or 'MTT', got {dataset!r}")
         if arch not in ARCHITECTURES:
@@ -121,6 +129,8 @@ class MusicnnModel(EmbeddingModel):
         self.network = network_class()
         self.network.load_tf_weights(read_checkpoint(f"{checkpoint_prefix(dataset, arch)}/"))
         self.network.to(device, memory_format=self.network.memory_format)
+        cpu = torch.device(device).type == "cpu"
+        self.runner = patch_runner(self.network, len(layer_names)) if cpu and runtime == "onnxruntime" else None
         self.info = ModelInfo(
             name=f"musicnn-{dataset.lower()}" if arch == "musicnn" else f"musicnn-{arch}-{dataset.lower()}",
             revision="musicnn-0.1.0",
@@ -145,6 +155,16 @@ class MusicnnModel(EmbeddingModel):
     @torch.inference_mode()
     def embed_patches(self, batch: np.ndarray) -> list[np.ndarray]:
         """Per-layer vectors [batch, dim] of windows given as log-mel patches [batch, n_patches, 187, 96]."""
+        if self.runner is not None:
+            flat = batch.reshape(-1, N_FRAMES, N_MELS)
+            step = ORT_PATCHES_PER_CHUNK
+            chunks = [self.runner(flat[i : i + step]) for i in range(0, len(flat), step)]
+            layers = [np.concatenate([chunk[k] for chunk in chunks]) for k in range(len(self.info.layer_names))]
+            return [layer.reshape(batch.shape[0], batch.shape[1], -1).mean(axis=1) for layer in layers]
+        return self._torch_vectors(batch)
+
+    def _torch_vectors(self, batch: np.ndarray) -> list[np.ndarray]:
+        """:meth:`embed_patches` on PyTorch."""
         flat = torch.from_numpy(batch.reshape(-1, N_FRAMES, N_MELS))
         parts: list[list[torch.Tensor]] = [[] for _ in self.info.layer_names]
         for chunk in flat.split(PATCHES_PER_CHUNK):
