@@ -142,7 +142,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
         "2",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
+    deadline = time.time() + 300  # a loaded machine compiling librosa's JIT cold needs minutes
     committed = 0
     while time.time() < deadline and proc.poll() is None:
         committed = _committed(store_dir)
@@ -176,7 +176,8 @@ def _by_path(store: FeatureStore) -> dict[str, np.ndarray]:
 
 def _committed(store_dir: Path) -> int:
     try:
-        with sqlite3.connect(f"file:{store_dir / 'catalog.sqlite'}?mode=ro", uri=True, timeout=0.1) as db:
+        # read-write (never create): after a kill -9 mid-commit, WAL recovery needs write access, as the store has
+        with sqlite3.connect(f"file:{store_dir / 'catalog.sqlite'}?mode=rw", uri=True, timeout=0.1) as db:
             return db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
     except sqlite3.Error:
         return 0
