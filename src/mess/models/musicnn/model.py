@@ -22,7 +22,7 @@ FFT_SIZE = 512
 HOP = 256
 MIN_SAMPLES = (N_FRAMES - 1) * HOP  # shortest input giving one 187-frame (~3 s) patch
 PATCHES_PER_CHUNK = 2  # PyTorch: fastest measured (1.2x chunks of 4); the timbral conv output is 9 MB a patch
-ORT_PATCHES_PER_CHUNK = 8  # ONNX Runtime: near its best (40 is ~1.1x faster) at a bounded peak memory
+ORT_PATCHES_PER_CHUNK = 2  # ONNX Runtime: as fast as 8 within noise; 8 raised a 2-hour file's peak RSS to 779 MB
 RUNTIMES = ("onnxruntime", "torch")
 INSTALL_HINT = "pip install --no-deps musicnn==0.1.0"
 ARCHITECTURES = {  # arch -> (network class, layer names, layer dims)

@@ -1,7 +1,8 @@
-"""musicnn-family networks on ONNX Runtime: the same patch vectors, about 1.6-2x faster on a CPU than PyTorch.
+"""musicnn-family networks on ONNX Runtime: the same patch vectors, faster on a CPU than PyTorch.
 
 ONNX Runtime's convolutions (MLAS) run musicnn's single-input-channel front-end and VGG's 3x3 convs
-faster than oneDNN does through PyTorch on the same cores (``benchmarks/extract.py --onnx``). The
+faster than oneDNN does through PyTorch on the same cores: 1.3x (musicnn) and 1.1x (VGG) on a quiet
+2-core machine, 1.7-3x when other processes share it (``benchmarks/extract.py``). The
 network is exported once per weights (TorchScript exporter, opset 17, dynamic batch) and the graph is
 kept in ``~/.cache/mess/onnx`` (``MESS_ONNX_CACHE``), named by a hash of the weights and the graph
 version, written atomically so concurrent processes never read half a file. Outputs equal PyTorch's
