@@ -73,17 +73,18 @@ def _graph(network: Network, n_outputs: int) -> bytes:
         return path.read_bytes()
     except OSError:
         pass
+    cacheable = True
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        folder = path.parent
+        scratch = tempfile.TemporaryDirectory(dir=path.parent)  # same file system: the rename below is atomic
     except OSError:
-        folder = Path(tempfile.gettempdir())  # a read-only home: export again next time
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        cacheable, scratch = False, tempfile.TemporaryDirectory()  # a read-only cache: export again next time
+    with scratch as tmp:
         written = Path(tmp) / "graph.onnx"
         _export(network, n_outputs, written)
         graph = written.read_bytes()
-        if folder == path.parent:
-            os.replace(written, path)  # atomic: readers see no file or the whole graph, never a part
+        if cacheable:
+            os.replace(written, path)  # readers see no file or the whole graph, never a part
     return graph
 
 
