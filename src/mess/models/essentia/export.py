@@ -38,6 +38,8 @@ class _EssentiaNames(torch.nn.Module):
 
 def export_musicnn(model: MusicnnModel, path: Path) -> Path:
     """Write ``path`` (.onnx, dynamic batch) and its Essentia JSON for ``model``'s network; return ``path``."""
+    if not isinstance(model.network, MusicnnNetwork):
+        raise ValueError(f"only musicnn (not {model.arch}) has Essentia's msd-musicnn-1 layout")
     dynamic = {name: {0: "batch"} for name in ("model/Placeholder", *OUTPUTS)}
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation and constant-folding notes
         warnings.simplefilter("ignore")

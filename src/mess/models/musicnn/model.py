@@ -126,11 +126,10 @@ class MusicnnModel(EmbeddingModel):
         self.dataset = dataset
         self.arch = arch
         self.device = device
-        self.network = network_class()
-        self.network.load_tf_weights(read_checkpoint(f"{checkpoint_prefix(dataset, arch)}/"))
-        self.network.to(device, memory_format=self.network.memory_format)
-        cpu = torch.device(device).type == "cpu"
-        self.runner = patch_runner(self.network, len(layer_names)) if cpu and runtime == "onnxruntime" else None
+        self.runtime = runtime
+        network = network_class()
+        network.load_tf_weights(read_checkpoint(f"{checkpoint_prefix(dataset, arch)}/"))
+        self.network = network.to(device, memory_format=network.memory_format)
         self.info = ModelInfo(
             name=f"musicnn-{dataset.lower()}" if arch == "musicnn" else f"musicnn-{arch}-{dataset.lower()}",
             revision="musicnn-0.1.0",
@@ -140,6 +139,17 @@ class MusicnnModel(EmbeddingModel):
             min_samples=MIN_SAMPLES,
             licence="ISC",
         )
+
+    @property
+    def network(self) -> MusicnnNetwork | VggNetwork:
+        """The PyTorch network; assigning one (a random-init control, say) also rebuilds its ONNX Runtime runner."""
+        return self._network
+
+    @network.setter
+    def network(self, network: MusicnnNetwork | VggNetwork) -> None:
+        self._network = network
+        onnx = self.runtime == "onnxruntime" and torch.device(self.device).type == "cpu"
+        self.runner = patch_runner(network, len(ARCHITECTURES[self.arch][1])) if onnx else None
 
     @property
     def tag_names(self) -> tuple[str, ...]:
