@@ -66,9 +66,8 @@ def _export(network: Network, n_outputs: int, path: Path) -> None:
                           dynamic_axes={name: {0: "batch"} for name in ["mel", *names]})
 
 
-def _graph(network: Network, n_outputs: int) -> bytes:
-    """The exported graph, from the cache when a complete copy is there; else exported and cached."""
-    path = cache_dir() / f"{_weights_key(network)}.onnx"
+def _graph(network: Network, n_outputs: int, path: Path) -> bytes:
+    """The exported graph, from its cache ``path`` when a complete copy is there; else exported and cached."""
     try:
         return path.read_bytes()
     except OSError:
@@ -108,12 +107,13 @@ class OrtPatchVectors:
 def patch_runner(network: Network, n_outputs: int) -> OrtPatchVectors | None:
     """An ONNX Runtime runner for ``network``'s patch vectors, or None where it cannot be built (PyTorch runs)."""
     try:
-        graph = _graph(network, n_outputs)
+        path = cache_dir() / f"{_weights_key(network)}.onnx"
+        graph = _graph(network, n_outputs, path)
         try:
             return OrtPatchVectors(graph, torch.get_num_threads())
         except Exception:  # a damaged cached graph: export afresh once
-            (cache_dir() / f"{_weights_key(network)}.onnx").unlink(missing_ok=True)
-            return OrtPatchVectors(_graph(network, n_outputs), torch.get_num_threads())
+            path.unlink(missing_ok=True)
+            return OrtPatchVectors(_graph(network, n_outputs, path), torch.get_num_threads())
     except Exception as exc:  # any exporter or runtime failure leaves the PyTorch path
         warnings.warn(f"musicnn runs on PyTorch: ONNX Runtime path unavailable ({type(exc).__name__}: {exc})",
                       RuntimeWarning, stacklevel=2)
