@@ -2,7 +2,8 @@
 
 ONNX Runtime's convolutions (MLAS) run musicnn's single-input-channel front-end and VGG's 3x3 convs
 faster than oneDNN does through PyTorch on the same cores: 1.3x (musicnn) and 1.1x (VGG) on a quiet
-2-core machine, 1.7-3x when other processes share it (``benchmarks/extract.py``). The
+2-core machine, 1.7-3x when other processes share it (same-process scratch comparisons; the repo's
+``benchmarks/extract.py --onnx`` times the Essentia-named export of the same weights at 1.56x). The
 network is exported once per weights (TorchScript exporter, opset 17, dynamic batch) and the graph is
 kept in ``~/.cache/mess/onnx`` (``MESS_ONNX_CACHE``), named by a hash of the weights and the graph
 version, written atomically so concurrent processes never read half a file. Outputs equal PyTorch's
