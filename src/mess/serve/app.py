@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from threadpoolctl import threadpool_limits
 
 from mess.artists.profiles import ArtistError
-from mess.serve import routes_playlists, routes_reports, routes_search, routes_tracks
+from mess.serve import mapping, routes_playlists, routes_reports, routes_search, routes_tracks
 from mess.serve.security import AccessPolicy, install
 from mess.serve.state import ServeState, default_model
 from mess.serve.uploads import (
@@ -63,6 +63,7 @@ def create_app(store_path: Path, model: str | None = None, allow_indexing: bool 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         state.worker.start()
+        mapping.preload()
         # Requests are small matrix-vector products: BLAS threads only wait on each other (13x slower at
         # 5,000 tracks on 2 busy cores). Uploads are embedded in a worker process, which keeps its threads.
         with threadpool_limits(limits=1, user_api="blas"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,9 +32,22 @@ class CollectionMap:
         return (self.pca.transform(np.atleast_2d(unit)) * self.scale).astype(np.float32)
 
 
+def preload() -> threading.Thread:
+    """Import scikit-learn's PCA in a background thread, so the first map is not computed behind it.
+
+    Handlers compute maps while holding the request lock; a cold import there (about 1 s on a quiet
+    machine, several under load) stalled every other request, health checks included. The server
+    calls this at start-up; it still starts at once.
+    """
+    thread = threading.Thread(target=importlib.import_module, args=("sklearn.decomposition",),
+                              name="mess-preload", daemon=True)
+    thread.start()
+    return thread
+
+
 def collection_map(vectors: VectorSet) -> CollectionMap:
     """PCA to 2-D of a vector set's unit vectors (the caller caches it by ``vectors.fingerprint``)."""
-    from sklearn.decomposition import PCA  # here, not at the top: the server starts without sklearn
+    from sklearn.decomposition import PCA  # here, not at the top: the server starts without waiting for it
 
     unit = vectors.unit()
     if len(unit) < 3:
