@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 from test_audio import _encode_av
 
-from mess.audio.decode import load_audio
+from mess.audio.decode import downmix, load_audio, load_segments
 from mess.audio.windows import WindowPolicy
 from mess.extract.prepare import decode_windows, inspect_file
 
@@ -42,6 +42,15 @@ def test_seeked_windows_equal_whole_file_windows(tmp_path: Path, ext: str, sr: i
 def test_seeking_in_a_real_vorbis_track(wesnoth_tracks: list[Path]) -> None:
     longest = max(wesnoth_tracks, key=lambda p: p.stat().st_size)
     _assert_seeked_equal_whole(longest, WindowPolicy(), atol_starts=0.0)
+
+
+def test_a_real_vorbis_track_decodes_as_libsndfile_does(wesnoth_tracks: list[Path]) -> None:
+    """Wesnoth's Vorbis streams start with 128 priming samples stamped before 0: FFmpeg's decode drops them."""
+    shortest = min(wesnoth_tracks, key=lambda p: p.stat().st_size)
+    reference, sr = sf.read(shortest, dtype="float32", always_2d=True)
+    decoded = load_audio(shortest, sr)
+    assert decoded.size == sf.info(shortest).frames >= len(reference)
+    np.testing.assert_allclose(decoded[: len(reference)], downmix(reference), atol=1e-6)
 
 
 def _write_blocks(path: Path, audio: np.ndarray, sr: int) -> None:
@@ -115,3 +124,35 @@ def test_a_float_wav_of_huge_samples_fails_cleanly_for_musicnn(tmp_path: Path) -
     assert path.endswith("huge.wav") and "huge.wav" in reason and "out of range" in reason
     with pytest.raises(ValueError, match="not finite"):  # the model's own guard, behind the decoder's
         embed_windows(model, [huge[None, : 3 * 16000]], batch_size=4)
+
+
+def _clicks(sr: int, seconds: float) -> np.ndarray:
+    """Soft tones broken by clicks at irregular times: the Vorbis encoder switches to short blocks at each."""
+    rng = np.random.default_rng(3)
+    audio = _music(sr, seconds, seed=3) * 0.3
+    for at in np.cumsum(rng.uniform(0.05, 0.4, size=int(seconds * 6))):
+        if at < seconds - 0.01:
+            i = int(at * sr)
+            audio[i : i + 64] += rng.uniform(-0.9, 0.9, size=64).astype(np.float32)
+    return np.clip(audio, -1, 1)
+
+
+def test_vorbis_decodes_as_libsndfile_does(tmp_path: Path) -> None:
+    """Ogg Vorbis goes through FFmpeg (cheaper); it must give libsndfile's samples: no priming, same length."""
+    path = tmp_path / "clicks.ogg"
+    _write_blocks(path, _clicks(44100, 20.0), 44100)
+    reference, sr = sf.read(path, dtype="float32")
+    decoded = load_audio(path, sr)
+    assert decoded.shape == reference.shape
+    np.testing.assert_allclose(decoded, reference, atol=1e-6)
+
+
+def test_vorbis_windows_start_where_the_whole_decode_has_them(tmp_path: Path) -> None:
+    """FFmpeg stamps a Vorbis frame at a long-to-short block switch 448 samples late; no seek may trust it."""
+    path = tmp_path / "clicks.ogg"
+    _write_blocks(path, _clicks(44100, 30.0), 44100)
+    whole = load_audio(path, 22050)
+    starts = np.round(np.linspace(0.0, 27.0, 61), 3)  # 0.45 s apart: many land just after a block switch
+    windows = load_segments(path, 22050, starts, 2.0)
+    expected = np.stack([whole[s : s + windows.shape[1]] for s in np.round(starts * 22050).astype(int)])
+    np.testing.assert_allclose(windows, expected, atol=1e-5)

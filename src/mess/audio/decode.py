@@ -20,6 +20,9 @@ _BLOCK_FRAMES = 1 << 16
 _MARGIN_SECONDS = 0.1  # decoded around each segment so the resampler's edges fall outside it
 _END_TOLERANCE = 0.01  # seconds a segment ending at the file's end may lack (rounding of the header's duration)
 _PREROLL_SECONDS = 0.5  # decoded before a compressed segment: seeks land on packets, decoders need warm-up
+# (format, subtype) that libsndfile opens but FFmpeg decodes cheaper: Ogg Vorbis, 938 vs 609 analysed audio-s per
+# CPU-s on the soundtrack set (same samples within 1.2e-7); notes/extraction_speed.md, fifth session.
+_FFMPEG_DECODES = frozenset({("OGG", "VORBIS")})
 
 
 class AudioError(Exception):
@@ -72,13 +75,9 @@ def load_audio(path: Path, sample_rate: int, max_seconds: float | None = None) -
     Decoding stops after ``max_seconds`` of output when given.
     """
     limit = None if max_seconds is None else int(max_seconds * sample_rate)
+    blocks = _decoded_blocks(path)
     try:
-        blocks = _soundfile_blocks(path)
-        first = next(blocks, None)
-    except (sf.LibsndfileError, RuntimeError, TypeError):
-        blocks, first = _pyav_blocks(path), None
-    try:
-        out = _resample_stream(chain([first] if first is not None else [], blocks), sample_rate, limit)
+        out = _resample_stream(blocks, sample_rate, limit)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise AudioError(f"{path}: decoding failed part-way ({exc})") from exc
     if out.size == 0:
@@ -119,10 +118,21 @@ def load_segments(path: Path, sample_rate: int, starts: Sequence[float] | np.nda
     length = int(round(seconds * sample_rate))
     try:
         with sf.SoundFile(os.fsencode(path)) as f:
+            if _ffmpeg_decodes(f):
+                try:
+                    return _pyav_segments(path, sample_rate, starts, seconds)
+                except AudioError:
+                    pass  # FFmpeg cannot seek in it: libsndfile may
             return np.stack([_cut(*_soundfile_segment(f, start, seconds), start, length, sample_rate)
                              for start in starts])
     except (sf.LibsndfileError, RuntimeError, TypeError):
         pass
+    return _pyav_segments(path, sample_rate, starts, seconds)
+
+
+def _pyav_segments(path: Path, sample_rate: int, starts: Sequence[float] | np.ndarray, seconds: float) -> np.ndarray:
+    """:func:`load_segments` through FFmpeg."""
+    length = int(round(seconds * sample_rate))
     try:
         with open_container(path) as container:
             stream = _audio_stream(container, path)
@@ -147,27 +157,49 @@ def _soundfile_segment(f: sf.SoundFile, start: float, seconds: float) -> tuple[n
 
 def _pyav_segment(container: av.container.InputContainer, stream: av.audio.stream.AudioStream, path: Path,
                   start: float, seconds: float) -> tuple[np.ndarray, int, int, bool]:
-    """Like :func:`_soundfile_segment` for compressed files: seek before the start, decode past the end."""
+    """Like :func:`_soundfile_segment` for compressed files: seek before the start, decode past the end.
+
+    Positions come from the first frame whose timestamp plus length meets the next frame's timestamp
+    (within one tick of the time base), counted back over the frames decoded before it. FFmpeg's Ogg
+    demuxer stamps each 576-sample Vorbis frame at a long-to-short block switch 448 samples late, so
+    the first frame after a seek is not a safe anchor; the decoded samples themselves are continuous.
+    """
     base = stream.time_base
     if base is None:
         raise AudioError(f"{path}: the audio stream has no time base, cannot seek")
     container.seek(int(max(0.0, start - _PREROLL_SECONDS) / base), stream=stream, backward=True)
     parts: list[np.ndarray] = []
-    first_time: int | None = None
-    rate, end, ended = 0, start + seconds + _MARGIN_SECONDS, True
+    planar, channels, rate, ended = False, 1, 0, True
+    first: int | None = None  # position of the first decoded sample, once anchored
+    last_end: int | None = None  # before anchoring: where the previous frame's timestamp says it ends
+    decoded = 0  # samples decoded so far
     for frame in container.decode(stream):
         if frame.pts is None:
             raise AudioError(f"{path}: frames carry no timestamps, cannot seek")
-        rate = frame.sample_rate
-        first_time = round(float(frame.pts * base) * rate) if first_time is None else first_time
-        arr = _as_frames_by_channels(frame.to_ndarray(), frame.format.is_planar, len(frame.layout.channels))
-        parts.append(downmix(arr))
-        if (first_time + sum(p.size for p in parts)) / rate >= end:
+        rate, planar, channels = frame.sample_rate, frame.format.is_planar, len(frame.layout.channels)
+        arr = frame.to_ndarray()
+        if first is None:
+            position = round(float(frame.pts * base) * rate)
+            if last_end is not None and abs(last_end - position) <= max(1, round(float(base) * rate)):
+                first = position - decoded
+            else:
+                last_end = position + _samples(arr, planar, channels)
+        parts.append(arr)
+        decoded += _samples(arr, planar, channels)
+        if first is not None and (first + decoded) / rate >= start + seconds + _MARGIN_SECONDS:
             ended = False
             break
-    if first_time is None or first_time / rate > max(0.0, start - _MARGIN_SECONDS) + 1e-3:
+    if first is None and len(parts) == 1 and last_end is not None:  # one frame only: trust its timestamp
+        first = last_end - decoded
+    if first is None or first / rate > max(0.0, start - _MARGIN_SECONDS) + 1e-3:
         raise AudioError(f"{path}: seeking to {start:.1f} s failed")
-    return np.concatenate(parts), first_time, rate, ended
+    mono = downmix(_stack_frames(parts, planar, channels))
+    return (mono[-first:], 0, rate, ended) if first < 0 else (mono, first, rate, ended)  # priming before 0: dropped
+
+
+def _samples(arr: np.ndarray, planar: bool, channels: int) -> int:
+    """Samples per channel in one frame's array."""
+    return arr.shape[1] if planar else arr.shape[1] // channels
 
 
 def _cut(chunk: np.ndarray, first: int, in_rate: int, ended: bool, start: float, length: int,
@@ -210,37 +242,89 @@ def _resample_stream(blocks: Iterable[tuple[np.ndarray, int]], sample_rate: int,
     return audio[:limit] if limit is not None else audio
 
 
-def _soundfile_blocks(path: Path) -> Iterator[tuple[np.ndarray, int]]:
-    """Blocks as read, stopping at the first empty one.
+def _decoded_blocks(path: Path) -> Iterator[tuple[np.ndarray, int]]:
+    """(frames x channels float32, rate) blocks of the whole file: libsndfile, or FFmpeg where it cannot
+    open the file, fails on its first block, or decodes the format cheaper (:data:`_FFMPEG_DECODES`)."""
+    try:
+        f = sf.SoundFile(os.fsencode(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return _pyav_blocks(path)
+    if _ffmpeg_decodes(f):
+        decoded = _pyav_blocks(path)
+        try:
+            first = next(decoded, None)
+        except AudioError:  # FFmpeg cannot read it: libsndfile can open it
+            first = None
+        if first is not None:
+            f.close()
+            return chain([first], decoded)
+    blocks = _soundfile_blocks(f)
+    try:
+        first = next(blocks, None)
+    except (sf.LibsndfileError, RuntimeError):
+        return _pyav_blocks(path)
+    return chain([first] if first is not None else [], blocks)
+
+
+def _ffmpeg_decodes(f: sf.SoundFile) -> bool:
+    """Whether FFmpeg decodes this open file's format cheaper than libsndfile."""
+    return (f.format, f.subtype) in _FFMPEG_DECODES
+
+
+def _soundfile_blocks(f: sf.SoundFile) -> Iterator[tuple[np.ndarray, int]]:
+    """Blocks as read from an open file (closed at the end), stopping at the first empty one.
 
     ``SoundFile.blocks`` trusts the header's frame count and yields its reused buffer even when
     a read comes back short, which repeats stale audio for a truncated MP3.
     """
-    with sf.SoundFile(os.fsencode(path)) as f:
+    with f:
         rate = f.samplerate
         while len(block := f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)):
             yield block, rate
 
 
 def _pyav_blocks(path: Path) -> Iterator[tuple[np.ndarray, int]]:
+    """FFmpeg's frames, joined into blocks of at least :data:`_BLOCK_FRAMES` samples (or a layout change).
+
+    Samples stamped before time 0 (a Vorbis stream's first 128, say) are priming, and dropped, so
+    the audio starts where seeking counts from (and where libsndfile starts).
+    """
     try:
         with open_container(path) as container:
             stream = _audio_stream(container, path)
+            base = stream.time_base
+            parts: list[np.ndarray] = []
+            size, layout, leading = 0, (False, 1, 0), True
             for frame in container.decode(stream):
+                frame_layout = (frame.format.is_planar, len(frame.layout.channels), frame.sample_rate)
+                if parts and frame_layout != layout:
+                    yield _stack_frames(parts, *layout[:2]), layout[2]
+                    parts, size = [], 0
+                layout = frame_layout
                 arr = frame.to_ndarray()
-                arr = _as_frames_by_channels(arr, frame.format.is_planar, len(frame.layout.channels))
-                yield arr, frame.sample_rate
+                if leading and frame.pts is not None and base is not None and frame.pts < 0:
+                    drop = min(frame.samples, round(float(-frame.pts * base) * frame.sample_rate))
+                    arr = arr[:, drop * (1 if layout[0] else layout[1]):]
+                leading = False if frame.pts is not None and frame.pts >= 0 else leading
+                parts.append(arr)
+                size += _samples(arr, *layout[:2])
+                if size >= _BLOCK_FRAMES:
+                    yield _stack_frames(parts, *layout[:2]), layout[2]
+                    parts, size = [], 0
+            if parts:
+                yield _stack_frames(parts, *layout[:2]), layout[2]
     except av.FFmpegError as exc:
         raise AudioError(f"{path}: cannot decode ({exc.__class__.__name__}: {exc})") from exc
 
 
-def _as_frames_by_channels(arr: np.ndarray, planar: bool, channels: int) -> np.ndarray:
-    """PyAV gives [channels, frames] (planar) or [1, frames*channels] (packed)."""
-    if not planar:
-        arr = arr.reshape(-1, channels).T
-    if np.issubdtype(arr.dtype, np.integer):
-        arr = arr.astype(np.float32) / np.float32(np.iinfo(arr.dtype).max)
-    return np.ascontiguousarray(arr.T, dtype=np.float32)
+def _stack_frames(arrays: list[np.ndarray], planar: bool, channels: int) -> np.ndarray:
+    """[frames, channels] float32 of PyAV frame arrays: [channels, frames] (planar) or [1, frames*channels]
+    (packed); a view where no conversion is needed (:func:`downmix` reads columns)."""
+    arr = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=1)
+    block = arr.T if planar else arr.reshape(-1, channels)
+    if np.issubdtype(block.dtype, np.integer):
+        return block.astype(np.float32) / np.float32(np.iinfo(block.dtype).max)
+    return block if block.dtype == np.float32 else block.astype(np.float32)
 
 
 def _audio_stream(container: av.container.InputContainer, path: Path) -> av.audio.stream.AudioStream:
