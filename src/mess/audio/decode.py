@@ -20,9 +20,6 @@ _BLOCK_FRAMES = 1 << 16
 _MARGIN_SECONDS = 0.1  # decoded around each segment so the resampler's edges fall outside it
 _END_TOLERANCE = 0.01  # seconds a segment ending at the file's end may lack (rounding of the header's duration)
 _PREROLL_SECONDS = 0.5  # decoded before a compressed segment: seeks land on packets, decoders need warm-up
-# (format, subtype) that libsndfile opens but FFmpeg decodes cheaper: Ogg Vorbis, 938 vs 609 analysed audio-s per
-# CPU-s on the soundtrack set (same samples within 1.2e-7); notes/extraction_speed.md, fifth session.
-_FFMPEG_DECODES = frozenset({("OGG", "VORBIS")})
 
 
 class AudioError(Exception):
@@ -118,11 +115,6 @@ def load_segments(path: Path, sample_rate: int, starts: Sequence[float] | np.nda
     length = int(round(seconds * sample_rate))
     try:
         with sf.SoundFile(os.fsencode(path)) as f:
-            if _ffmpeg_decodes(f):
-                try:
-                    return _pyav_segments(path, sample_rate, starts, seconds)
-                except AudioError:
-                    pass  # FFmpeg cannot seek in it: libsndfile may
             return np.stack([_cut(*_soundfile_segment(f, start, seconds), start, length, sample_rate)
                              for start in starts])
     except (sf.LibsndfileError, RuntimeError, TypeError):
@@ -243,32 +235,23 @@ def _resample_stream(blocks: Iterable[tuple[np.ndarray, int]], sample_rate: int,
 
 
 def _decoded_blocks(path: Path) -> Iterator[tuple[np.ndarray, int]]:
-    """(frames x channels float32, rate) blocks of the whole file: libsndfile, or FFmpeg where it cannot
-    open the file, fails on its first block, or decodes the format cheaper (:data:`_FFMPEG_DECODES`)."""
+    """(frames x channels float32, rate) blocks of the whole file: libsndfile, or FFmpeg where libsndfile
+    cannot open the file or fails on its first block.
+
+    libsndfile comes first although FFmpeg decodes Vorbis with a third of its CPU: libsndfile releases the
+    GIL while it decodes and PyAV 18 mostly does not, so the pipeline's decoding threads run in parallel
+    only on libsndfile (notes/extraction_speed.md, fifth session).
+    """
     try:
         f = sf.SoundFile(os.fsencode(path))
     except (sf.LibsndfileError, RuntimeError, TypeError):
         return _pyav_blocks(path)
-    if _ffmpeg_decodes(f):
-        decoded = _pyav_blocks(path)
-        try:
-            first = next(decoded, None)
-        except AudioError:  # FFmpeg cannot read it: libsndfile can open it
-            first = None
-        if first is not None:
-            f.close()
-            return chain([first], decoded)
     blocks = _soundfile_blocks(f)
     try:
         first = next(blocks, None)
     except (sf.LibsndfileError, RuntimeError):
         return _pyav_blocks(path)
     return chain([first] if first is not None else [], blocks)
-
-
-def _ffmpeg_decodes(f: sf.SoundFile) -> bool:
-    """Whether FFmpeg decodes this open file's format cheaper than libsndfile."""
-    return (f.format, f.subtype) in _FFMPEG_DECODES
 
 
 def _soundfile_blocks(f: sf.SoundFile) -> Iterator[tuple[np.ndarray, int]]:
