@@ -8,14 +8,18 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
+import pytest
 import soundfile as sf
 
 from mess.audio.discover import find_audio
 from mess.audio.windows import WindowPolicy
+from mess.extract import pipeline
 from mess.extract.embed import embed_file
 from mess.extract.pipeline import extract
 from mess.extract.runs import run_policy
@@ -207,3 +211,50 @@ def test_dsp_embeds_float_audio_of_any_magnitude_and_batches_like_single_windows
     for layer, big, ref in zip(model.info.layer_names, huge, normal, strict=False):
         assert np.isfinite(big).all(), layer
         np.testing.assert_allclose(big[0], ref[0], rtol=1e-3, atol=1e-3, err_msg=layer)
+
+
+def _decoder_holding(path: Path, timeout: float = 60.0) -> int:
+    """Pid of this process's decode worker that has ``path`` open."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for child in psutil.Process().children():
+            try:
+                if "mess.extract.decode_worker" in child.cmdline() and any(
+                        os.readlink(fd) == str(path) for fd in Path(f"/proc/{child.pid}/fd").iterdir()):
+                    return child.pid  # (psutil's open_files lists regular files only, not a FIFO)
+            except (psutil.NoSuchProcess, FileNotFoundError):
+                continue
+        time.sleep(0.05)
+    raise AssertionError(f"no decode worker opened {path}")
+
+
+def test_a_decoder_that_crashes_costs_only_its_file(tmp_path: Path) -> None:
+    """A decoder killed by a signal (as by a segfault) while it reads one file: that file is recorded as
+    failed, naming the signal; a fresh decoder takes the next files (one worker, so it must restart)."""
+    music = tmp_path / "music"
+    paths = _tone_files(music, 3)
+    stuck = music / "stuck.wav"  # a FIFO: its reader blocks until the test writes, like a stalled mount
+    os.mkfifo(stuck)
+    store = FeatureStore(tmp_path / "store")
+    result: list = []
+    runner = threading.Thread(target=lambda: result.append(extract(store, [stuck, *paths], DspModel(), POLICY,
+                                                                   workers=1)))
+    runner.start()
+    with stuck.open("wb"):  # returns once the decoder has the FIFO open for reading
+        os.kill(_decoder_holding(stuck), signal.SIGSEGV)
+    runner.join(120)
+    summary = result[0]
+    assert summary.done == 3
+    assert [(name, reason) for name, reason in summary.failed] == [
+        (str(stuck), f"{stuck}: the decoder died (killed by SIGSEGV); file skipped")]
+
+
+def test_a_decoder_that_hangs_is_stopped_and_the_run_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline, "DECODE_TIMEOUT", 3.0)
+    music = tmp_path / "music"
+    paths = _tone_files(music, 2)
+    stuck = music / "stuck.wav"
+    os.mkfifo(stuck)  # nobody writes: reading it never ends
+    summary = extract(FeatureStore(tmp_path / "store"), [*paths, stuck], DspModel(), POLICY, workers=2)
+    assert summary.done == 2
+    assert summary.failed == [(str(stuck), f"{stuck}: the decoder took longer than 3 s and was stopped; file skipped")]

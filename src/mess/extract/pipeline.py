@@ -9,17 +9,22 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import SimpleQueue
+from typing import cast
 
-from mess.audio.decode import AudioError
 from mess.audio.windows import WindowPolicy
+from mess.extract.child import Child, ChildDied
 from mess.extract.embed import embed_prepared
-from mess.extract.prepare import FileRecord, Windows, decode_windows, inspect_file
+from mess.extract.prepare import FileRecord, Windows, describe
 from mess.extract.runs import run_key
 from mess.models.base import EmbeddingModel
 from mess.store import FeatureStore, Run, StoreError
 from mess.store.paths import printable
 
 log = logging.getLogger(__name__)
+
+DECODE_WORKER = "mess.extract.decode_worker"
+DECODE_TIMEOUT = 900.0  # seconds one file's inspection or decoding may take before its process is stopped
 
 ProgressHook = Callable[[int, float], None]  # (tracks finished, audio seconds embedded)
 
@@ -101,40 +106,76 @@ def _extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, 
 
 def _prepared(store: FeatureStore, run: Run, paths: Sequence[Path], model: EmbeddingModel, policy: WindowPolicy,
               workers: int) -> Iterator[_Outcome]:
-    """Inspect and decode files in a thread pool, yielding in order, at most 2*workers ahead."""
+    """Inspect and decode files in ``workers`` child processes, yielding in order, at most 2*workers ahead.
+
+    Each decoding thread drives one child (:mod:`mess.extract.decode_worker`): decoders run in parallel
+    whether or not they release the GIL (PyAV mostly does not), and a file that crashes or hangs a decoder
+    costs only its child, which the next file replaces; the file is recorded as failed, naming how.
+    """
     info = model.info
+    idle: SimpleQueue[Child] = SimpleQueue()
+    children = [Child(DECODE_WORKER) for _ in range(max(1, workers))]
+    for child in children:
+        idle.put(child)
 
     def work(path: Path) -> _Outcome:
         record: FileRecord | None = None
+        child = idle.get()
         try:
-            record = inspect_file(path, store.known_file(path))
+            record = cast(FileRecord, _answer(child, path, ("inspect", path, store.known_file(path))))
             store.upsert_track(path, record.content_hash, record.size, record.mtime, record.info, record.tags,
                                stamp=record.stamp)
             if store.has_vectors(run, record.content_hash):
                 return _Outcome(record, skipped=True)
-            return _Outcome(record, decode_windows(record, info.sample_rate, policy, info.min_samples))
-        except AudioError as exc:
+            windows = cast(Windows, _answer(child, path, ("decode", record, info.sample_rate, policy,
+                                                          info.min_samples)))
+            return _Outcome(record, windows)
+        except _FileFailed as exc:
             return _Outcome(record or _unread(path), error=str(exc))
-        except OSError as exc:
-            return _Outcome(record or _unread(path), error=f"{path}: cannot read ({exc.strerror or exc})")
         except StoreError:
             raise
         except Exception as exc:  # noqa: BLE001 -- one file's fault must not end the run
-            return _Outcome(record or _unread(path), error=f"{path}: {_describe(exc)}")
+            return _Outcome(record or _unread(path), error=f"{path}: {describe(exc)}")
+        finally:
+            idle.put(child)
 
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="mess-decode") as pool:
-        queue: deque[Future[_Outcome]] = deque()
-        todo = iter(paths)
-        for path in todo:
-            queue.append(pool.submit(work, path))
-            if len(queue) >= 2 * max(1, workers):
-                break
-        while queue:
-            future = queue.popleft()
-            nxt = next(todo, None)
-            if nxt is not None:
-                queue.append(pool.submit(work, nxt))
-            yield future.result()
+    try:
+        with ThreadPoolExecutor(max_workers=len(children), thread_name_prefix="mess-decode") as pool:
+            queue: deque[Future[_Outcome]] = deque()
+            todo = iter(paths)
+            for path in todo:
+                queue.append(pool.submit(work, path))
+                if len(queue) >= 2 * len(children):
+                    break
+            while queue:
+                future = queue.popleft()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    queue.append(pool.submit(work, nxt))
+                yield future.result()
+    finally:
+        for child in children:
+            child.stop()
+
+
+class _FileFailed(Exception):
+    """One file could not be inspected or decoded; the message is the recorded reason."""
+
+
+def _answer(child: Child, path: Path, request: tuple) -> object:
+    """What a decode worker computes for one file's ``request``; _FileFailed with the reason when it cannot."""
+    try:
+        reply = child.call(request, DECODE_TIMEOUT)
+    except ChildDied as exc:
+        raise _FileFailed(f"{path}: the decoder {exc}; file skipped") from None
+    if not (isinstance(reply, tuple) and len(reply) == 2):
+        raise _FileFailed(f"{path}: the decoder answered {reply!r}")
+    kind, value = reply
+    if kind == "ok":
+        return value
+    if kind == "os":
+        raise _FileFailed(f"{path}: cannot read ({value})")
+    raise _FileFailed(value if kind == "audio" else f"{path}: {value}")
 
 
 def _unread(path: Path) -> FileRecord:
@@ -151,7 +192,7 @@ def _embed_and_write(store: FeatureStore, run: Run, model: EmbeddingModel, pendi
         vectors = embed_prepared(model, pending, batch_size)
     except Exception as exc:  # noqa: BLE001 -- isolate the file that makes the model fail
         if len(pending) == 1:
-            _fail(store, run, pending[0].record, f"{pending[0].record.path}: model failed ({_describe(exc)})", summary)
+            _fail(store, run, pending[0].record, f"{pending[0].record.path}: model failed ({describe(exc)})", summary)
         else:
             for single in pending:
                 _embed_and_write(store, run, model, [single], batch_size, summary)
@@ -159,12 +200,6 @@ def _embed_and_write(store: FeatureStore, run: Run, model: EmbeddingModel, pendi
     store.write_vectors(run, vectors)  # embed_windows already refused non-finite output (a failure above)
     summary.done += len(vectors)
     summary.audio_seconds += sum(p.audio.size for p in pending) / model.info.sample_rate
-
-
-def _describe(exc: Exception) -> str:
-    """One line for an unexpected error: its type and first line."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _fail(store: FeatureStore, run: Run, record: FileRecord, reason: str, summary: ExtractSummary) -> None:

@@ -105,6 +105,12 @@ def _check_level(record: FileRecord, audio: np.ndarray) -> None:
         raise AudioError(f"{record.path}: silent (peak {20 * np.log10(peak + 1e-12):.0f} dBFS)")
 
 
+def describe(exc: Exception) -> str:
+    """One line for an unexpected error: its type and first line."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 def _too_long(record: FileRecord, policy: WindowPolicy) -> str:
     return f"{record.path.name}: longer than {policy.max_decode_seconds / 3600:.1f} h, only the start is used"
 

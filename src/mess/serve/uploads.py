@@ -10,9 +10,6 @@ the next upload.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
@@ -28,6 +25,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from mess.audio.decode import AUDIO_EXTENSIONS
+from mess.extract.child import Child
 from mess.store import Run
 
 DEFAULT_MAX_UPLOAD = 50 * 2**20
@@ -139,8 +137,7 @@ class EmbedWorker:
         self.start_timeout = start_timeout
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_queue)
-        self._proc: subprocess.Popen | None = None
-        self._send: Connection | None = None
+        self._child = Child("mess.serve.embed_worker")
         self._recv: Connection | None = None
         self._ready = False
         self._loaded: set[str] = set()
@@ -212,7 +209,7 @@ class EmbedWorker:
     @property
     def pid(self) -> int | None:
         """Process id of the running child (None before the first upload or after a failure)."""
-        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+        return self._child.pid
 
     def start(self) -> None:
         """Start the child ahead of the first upload (it imports the model stack in the background)."""
@@ -225,30 +222,15 @@ class EmbedWorker:
             self._stop()
 
     def _start(self) -> tuple[Connection, Connection]:
-        if self._proc is None or self._proc.poll() is not None or self._send is None or self._recv is None:
-            self._stop()
-            proc = subprocess.Popen([sys.executable, "-m", "mess.serve.embed_worker"],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-            assert proc.stdin is not None and proc.stdout is not None  # both are pipes
-            self._send = Connection(os.dup(proc.stdin.fileno()), readable=False)
-            self._recv = Connection(os.dup(proc.stdout.fileno()), writable=False)
-            proc.stdin.close()
-            proc.stdout.close()
-            self._proc = proc
+        send, recv, fresh = self._child.connect()
+        if fresh:
             self._ready = False
-        return self._send, self._recv
+            self._loaded = set()
+        self._recv = recv
+        return send, recv
 
     def _stop(self) -> int | None:
-        for conn in (self._send, self._recv):
-            if conn is not None:
-                conn.close()
-        self._send = self._recv = None
+        self._recv = None
         self._ready = False
         self._loaded = set()
-        if self._proc is None:
-            return None
-        if self._proc.poll() is None:
-            self._proc.kill()
-        code = self._proc.wait()
-        self._proc = None
-        return code
+        return self._child.stop()

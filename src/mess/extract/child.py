@@ -1,0 +1,102 @@
+"""A long-lived child process that answers pickled requests over its stdin and stdout.
+
+Code that may crash or hang on one bad input (a decoder on a damaged file) runs in a
+child: a crash ends only the child, a hang is cut by a timeout, and the caller learns
+which request did it. Messages use ``multiprocessing.connection`` framing; anything a
+library prints in the child goes to its stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+
+
+class ChildDied(Exception):
+    """The child ended (a crash, or a kill after a timeout) before it answered; the message says how."""
+
+
+class Child:
+    """``python -m MODULE`` as a child answering one reply per request; restarted after it dies."""
+
+    def __init__(self, module: str) -> None:
+        """A child running ``module`` (started on first use); the module calls :func:`serve_requests`."""
+        self.module = module
+        self._proc: subprocess.Popen | None = None
+        self._send: Connection | None = None
+        self._recv: Connection | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running child (None before it starts or after it died)."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def connect(self) -> tuple[Connection, Connection, bool]:
+        """(send, receive) connections to the child, starting it if needed; True when it was just started."""
+        if self._proc is not None and self._proc.poll() is None and self._send is not None and self._recv is not None:
+            return self._send, self._recv, False
+        self.stop()
+        proc = subprocess.Popen([sys.executable, "-m", self.module], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert proc.stdin is not None and proc.stdout is not None  # both are pipes
+        self._send = Connection(os.dup(proc.stdin.fileno()), readable=False)
+        self._recv = Connection(os.dup(proc.stdout.fileno()), writable=False)
+        proc.stdin.close()
+        proc.stdout.close()
+        self._proc = proc
+        return self._send, self._recv, True
+
+    def call(self, request: object, timeout: float) -> object:
+        """Send ``request`` and return the reply; ChildDied when the child dies or takes over ``timeout`` s."""
+        send, recv, _ = self.connect()
+        try:
+            send.send(request)
+            if not recv.poll(timeout):
+                self.stop()
+                raise ChildDied(f"took longer than {timeout:g} s and was stopped")
+            return recv.recv()
+        except (EOFError, OSError):
+            raise ChildDied(f"died ({describe_exit(self.stop())})") from None
+
+    def stop(self) -> int | None:
+        """Kill the child if it runs; its exit code (None when there was none)."""
+        for conn in (self._send, self._recv):
+            if conn is not None:
+                conn.close()
+        self._send = self._recv = None
+        if self._proc is None:
+            return None
+        if self._proc.poll() is None:
+            self._proc.kill()
+        code = self._proc.wait()
+        self._proc = None
+        return code
+
+
+def describe_exit(code: int | None) -> str:
+    """``exit code 3``, or ``killed by SIGSEGV`` for a signal."""
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def serve_requests(handle: Callable[[object], object]) -> None:
+    """The child's side: answer each request on stdin with ``handle(request)`` on stdout until stdin closes.
+
+    Stray prints go to stderr, so they never corrupt the reply stream.
+    """
+    out_fd = os.dup(1)
+    os.dup2(2, 1)
+    inbox, outbox = Connection(os.dup(0), writable=False), Connection(out_fd, readable=False)
+    while True:
+        try:
+            request = inbox.recv()
+        except EOFError:
+            return
+        outbox.send(handle(request))
