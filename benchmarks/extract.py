@@ -166,7 +166,8 @@ def long_file_rss(folder: Path, model: str, hours: float = 2.0) -> dict:
         start = time.perf_counter()
         s = extract(FeatureStore(Path({str(folder / "store")!r})), [Path({str(path)!r})], model, WindowPolicy())
         print(json.dumps({{"done": s.done, "audio_s": s.audio_seconds, "seconds": time.perf_counter() - start,
-                          "rss_mb": int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) / 1024}}))
+                          "rss_mb": int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) / 1024,
+                          "decoder_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}}))
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return {"hours": hours, **json.loads(out.stdout.strip().splitlines()[-1])}
@@ -300,7 +301,9 @@ def main() -> None:
             long = long_file_rss(Path(tmp), "musicnn-msd", args.long_hours)
         print(
             f"{long['hours']:g}-hour FLAC through the musicnn-msd pipeline (child process): {long['done']} file, "
-            f"{long['audio_s']:.0f} audio-s analysed in {long['seconds']:.1f} s, peak RSS {long['rss_mb']:.0f} MB"
+            f"{long['audio_s']:.0f} audio-s analysed in {long['seconds']:.1f} s, peak RSS {long['rss_mb']:.0f} MB "
+            f"+ {long['decoder_rss_mb']:.0f} MB in its largest decoding process "
+            f"= {long['rss_mb'] + long['decoder_rss_mb']:.0f} MB"
         )
     race = race_tensorflow(args.tf_python, paths, policy, args.batch_size)
     if race is None:

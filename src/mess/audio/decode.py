@@ -238,9 +238,9 @@ def _decoded_blocks(path: Path) -> Iterator[tuple[np.ndarray, int]]:
     """(frames x channels float32, rate) blocks of the whole file: libsndfile, or FFmpeg where libsndfile
     cannot open the file or fails on its first block.
 
-    libsndfile comes first although FFmpeg decodes Vorbis with a third of its CPU: libsndfile releases the
-    GIL while it decodes and PyAV 18 mostly does not, so the pipeline's decoding threads run in parallel
-    only on libsndfile (notes/extraction_speed.md, fifth session).
+    libsndfile comes first although FFmpeg decodes Vorbis with less CPU: in `mess extract`'s decoding
+    processes both measured the same end to end, and libsndfile is the tested primary
+    (notes/extraction_speed.md, fifth session).
     """
     try:
         f = sf.SoundFile(os.fsencode(path))
