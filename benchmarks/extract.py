@@ -156,18 +156,34 @@ def long_file_rss(folder: Path, model: str, hours: float = 2.0) -> dict:
                 )
             )
     script = textwrap.dedent(f"""
-        import json, resource, time
+        import json, threading, time
         from pathlib import Path
+        import psutil
         from mess.audio.windows import WindowPolicy
         from mess.extract.pipeline import extract
         from mess.models.registry import load_model
         from mess.store import FeatureStore
+        def hwm(pid):  # VmHWM: peak RSS since exec (getrusage's children figure includes the forked parent image)
+            return int(Path(f"/proc/{{pid}}/status").read_text().split("VmHWM:")[1].split()[0]) / 1024
+        def pss(pid):  # proportional set size: pages shared with this process (libraries) counted by share
+            return int(Path(f"/proc/{{pid}}/smaps_rollup").read_text().split("Pss:")[1].split()[0]) / 1024
+        decoder_peak = {{"rss": 0.0, "pss": 0.0}}
+        def watch():  # the decoding processes' memory, sampled every 10 ms while they live
+            while True:
+                for child in psutil.Process().children():
+                    try:
+                        decoder_peak["rss"] = max(decoder_peak["rss"], hwm(child.pid))
+                        decoder_peak["pss"] = max(decoder_peak["pss"], pss(child.pid))
+                    except (OSError, IndexError):
+                        pass
+                time.sleep(0.01)
+        threading.Thread(target=watch, daemon=True).start()
         model = load_model({model!r})
         start = time.perf_counter()
         s = extract(FeatureStore(Path({str(folder / "store")!r})), [Path({str(path)!r})], model, WindowPolicy())
         print(json.dumps({{"done": s.done, "audio_s": s.audio_seconds, "seconds": time.perf_counter() - start,
-                          "rss_mb": int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) / 1024,
-                          "decoder_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}}))
+                          "rss_mb": hwm("self"), "decoder_rss_mb": decoder_peak["rss"],
+                          "decoder_pss_mb": decoder_peak["pss"]}}))
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return {"hours": hours, **json.loads(out.stdout.strip().splitlines()[-1])}
@@ -302,8 +318,8 @@ def main() -> None:
         print(
             f"{long['hours']:g}-hour FLAC through the musicnn-msd pipeline (child process): {long['done']} file, "
             f"{long['audio_s']:.0f} audio-s analysed in {long['seconds']:.1f} s, peak RSS {long['rss_mb']:.0f} MB "
-            f"+ {long['decoder_rss_mb']:.0f} MB in its largest decoding process "
-            f"= {long['rss_mb'] + long['decoder_rss_mb']:.0f} MB"
+            f"+ its decoding process {long['decoder_rss_mb']:.0f} MB RSS, {long['decoder_pss_mb']:.0f} MB "
+            f"not shared with it (PSS): {long['rss_mb'] + long['decoder_pss_mb']:.0f} MB together"
         )
     race = race_tensorflow(args.tf_python, paths, policy, args.batch_size)
     if race is None:
