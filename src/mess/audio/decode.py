@@ -20,6 +20,7 @@ _BLOCK_FRAMES = 1 << 16
 _MARGIN_SECONDS = 0.1  # decoded around each segment so the resampler's edges fall outside it
 _END_TOLERANCE = 0.01  # seconds a segment ending at the file's end may lack (rounding of the header's duration)
 _PREROLL_SECONDS = 0.5  # decoded before a compressed segment: seeks land on packets, decoders need warm-up
+_FFMPEG_FIRST = frozenset({".ogg", ".oga"})  # Vorbis: FFmpeg's decoder costs 3/4 of libvorbis's CPU (libsndfile's)
 
 
 class AudioError(Exception):
@@ -113,6 +114,11 @@ def load_segments(path: Path, sample_rate: int, starts: Sequence[float] | np.nda
         >>> windows = load_segments(Path("song.flac"), 16000, [0.0, 60.0], 30.0)  # doctest: +SKIP
     """
     length = int(round(seconds * sample_rate))
+    if path.suffix.lower() in _FFMPEG_FIRST:
+        try:
+            return _pyav_segments(path, sample_rate, starts, seconds)
+        except AudioError:
+            pass  # libsndfile's turn
     try:
         with sf.SoundFile(os.fsencode(path)) as f:
             return np.stack([_cut(*_soundfile_segment(f, start, seconds), start, length, sample_rate)
@@ -236,12 +242,19 @@ def _resample_stream(blocks: Iterable[tuple[np.ndarray, int]], sample_rate: int,
 
 def _decoded_blocks(path: Path) -> Iterator[tuple[np.ndarray, int]]:
     """(frames x channels float32, rate) blocks of the whole file: libsndfile, or FFmpeg where libsndfile
-    cannot open the file or fails on its first block.
+    cannot open the file or fails on its first block; Ogg files the other way round.
 
-    libsndfile comes first although FFmpeg decodes Vorbis with less CPU: in `mess extract`'s decoding
-    processes both measured the same end to end, and libsndfile is the tested primary
-    (notes/extraction_speed.md, fifth session).
+    FFmpeg decodes Vorbis with 3/4 of libvorbis's CPU, but PyAV holds the GIL while it decodes: that
+    suits `mess extract`, which decodes in processes, not a program decoding in threads
+    (notes/extraction_speed.md, fifth and sixth sessions).
     """
+    if path.suffix.lower() in _FFMPEG_FIRST:
+        try:
+            first = next(blocks := _pyav_blocks(path), None)
+            if first is not None:
+                return chain([first], blocks)
+        except AudioError:
+            pass  # libsndfile's turn
     try:
         f = sf.SoundFile(os.fsencode(path))
     except (sf.LibsndfileError, RuntimeError, TypeError):
