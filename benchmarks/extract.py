@@ -3,9 +3,11 @@
 Measured in one process (both sides of every ratio under the same load, whose average is printed):
   1. fp32 matmul GFLOP/s (2048 x 2048, best of 3), at the start and around each bare pass (the denominator
      of efficiency, taken next to the numerator because the load changes from minute to minute);
-  2. per model: the pipeline (mess.extract.pipeline.extract: threaded decode with seeking, inference,
+  2. per model: the pipeline (mess.extract.pipeline.extract: decoding processes that seek, inference,
      store writes) and the bare model on the same windows already decoded (the floor), so overhead =
-     pipeline / bare - 1; time to the first embedded file; seconds per 3.5-min track under the default
+     pipeline / bare - 1, over the whole run and after the first embedded file (start-up left out: the
+     pipeline's rate from then on against the bare rate); time to the first embedded file; seconds per
+     3.5-min track under the default
      window policy; for musicnn models, efficiency = bare audio-s/s / 3 x GFLOP per 3 s patch / matmul GFLOP/s;
      then the --wav-models (default dsp) again on 16-bit WAV copies of the same files, which takes the
      compressed-audio decoder (Vorbis: about 1/300 CPU-s per audio-s here) out of the pipeline's cost;
@@ -93,11 +95,11 @@ def measure_model(name: str, paths: list[Path], policy: WindowPolicy, batch_size
     model = load_model(name)
     load_s = time.perf_counter() - t0
     model.embed(np.zeros((1, model.info.sample_rate * 3), np.float32))  # warm-up (lazy init, allocator)
-    first: list[float] = []
+    first: list[float] = []  # seconds to the first embedded file, audio seconds embedded by then
 
     def hook(done: int, audio_seconds: float) -> None:
         if audio_seconds > 0 and not first:
-            first.append(time.perf_counter() - start)
+            first.extend((time.perf_counter() - start, audio_seconds))
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -123,6 +125,8 @@ def measure_model(name: str, paths: list[Path], policy: WindowPolicy, batch_size
         "pipeline_rate": audio_s / pipeline_s,
         "bare_rate": audio_s / bare_s,
         "overhead": pipeline_s / bare_s - 1,
+        "steady_overhead": (pipeline_s - first[0]) / (audio_s - first[1]) * (audio_s / bare_s) - 1
+        if first and audio_s > first[1] else float("nan"),
         "track_s": policy.analysed_seconds(TYPICAL_TRACK_SECONDS) / (audio_s / pipeline_s),
         "matmul": mm,
     }
@@ -299,7 +303,7 @@ def main() -> None:
         for name in filter(None, args.wav_models.split(",")):
             rows.append({**measure_model(name, copies, policy, args.batch_size), "model": f"{name} (WAV)"})
     header = (
-        f"{'model':18s}{'audio-s':>8s}{'pipeline':>10s}{'bare':>8s}{'overhead':>9s}{'load s':>8s}"
+        f"{'model':18s}{'audio-s':>8s}{'pipeline':>10s}{'bare':>8s}{'overhead':>9s}{'after 1st':>10s}{'load s':>8s}"
         f"{'1st file s':>11s}{'s/3.5min':>9s}{'matmul':>8s}{'GFLOP/p':>8s}{'effic.':>7s}"
     )
     print(
@@ -309,7 +313,8 @@ def main() -> None:
     for r in rows:
         print(
             f"{r['model']:18s}{r['audio_s']:8.0f}{r['pipeline_rate']:10.1f}{r['bare_rate']:8.1f}"
-            f"{100 * r['overhead']:+8.1f}%{r['load_s']:8.2f}{r['first_file_s']:11.2f}{r['track_s']:9.2f}"
+            f"{100 * r['overhead']:+8.1f}%{100 * r['steady_overhead']:+9.1f}%"
+            f"{r['load_s']:8.2f}{r['first_file_s']:11.2f}{r['track_s']:9.2f}"
             f"{r['matmul']:8.1f}" + (f"{r['gflop_patch']:8.3f}{r['efficiency']:7.2f}" if "efficiency" in r else "")
         )
     if args.long_hours > 0:
