@@ -51,9 +51,28 @@ def test_ffmpeg_decodes_real_vorbis_tracks_as_libsndfile_does(wesnoth_tracks: li
     FFmpeg's decode drops them, as libsndfile does."""
     for path in sorted(wesnoth_tracks, key=lambda p: p.stat().st_size)[:8]:
         reference, _ = sf.read(path, dtype="float32", always_2d=True)
-        decoded = np.concatenate([downmix(block) for block, _ in decode._decoded_blocks(path)])
+        decoded = np.concatenate([downmix(block) for block, _ in decode._pyav_blocks(path)])
         assert decoded.size == sf.info(path).frames >= len(reference), path.name
         np.testing.assert_allclose(decoded[: len(reference)], downmix(reference), atol=1e-6, err_msg=path.name)
+
+
+def test_an_ogg_file_damaged_midway_decodes_past_the_damage(wesnoth_tracks: list[Path], tmp_path: Path) -> None:
+    """FFmpeg gives up at garbage in the middle of an Ogg stream; libsndfile reads past it, so the whole-file
+    decode falls back to it instead of losing the file."""
+    source = max(wesnoth_tracks, key=lambda p: p.stat().st_size)
+    data = bytearray(source.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 200_000] = np.random.default_rng(0).bytes(200_000)
+    damaged = tmp_path / "damaged.ogg"
+    damaged.write_bytes(bytes(data))
+    stopped = 0  # samples FFmpeg decoded before it gave up
+    with pytest.raises(decode.AudioError, match="cannot decode"):
+        for block, _ in decode._pyav_blocks(damaged):
+            stopped += len(block)
+    seconds = load_audio(damaged, 22050).size / 22050
+    reference, rate = sf.read(damaged, dtype="float32")
+    assert stopped / rate + 60 < seconds < sf.info(damaged).duration  # past the damage, which is skipped
+    assert abs(seconds - len(reference) / rate) < 1.0  # libsndfile itself skips a little more or less by read size
 
 
 def _write_blocks(path: Path, audio: np.ndarray, sr: int) -> None:

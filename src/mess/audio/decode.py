@@ -70,14 +70,22 @@ def load_audio(path: Path, sample_rate: int, max_seconds: float | None = None) -
 
     Channels are averaged (mono, stereo and 5.1 alike); resampling is soxr's
     streaming high-quality mode, so memory is bounded by the output length.
-    Decoding stops after ``max_seconds`` of output when given.
+    Decoding stops after ``max_seconds`` of output when given. An Ogg file that FFmpeg
+    gives up on part-way (damaged pages) is decoded again by libsndfile, which reads past them.
     """
     limit = None if max_seconds is None else int(max_seconds * sample_rate)
-    blocks = _decoded_blocks(path)
+    ffmpeg_first = path.suffix.lower() in _FFMPEG_FIRST
     try:
-        out = _resample_stream(blocks, sample_rate, limit)
+        out = _resample_stream(_decoded_blocks(path, ffmpeg_first), sample_rate, limit)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise AudioError(f"{path}: decoding failed part-way ({exc})") from exc
+    except AudioError:
+        if not ffmpeg_first:
+            raise
+        try:
+            out = _resample_stream(_decoded_blocks(path, ffmpeg_first=False), sample_rate, limit)
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise AudioError(f"{path}: decoding failed part-way ({exc})") from exc
     if out.size == 0:
         raise AudioError(f"{path}: contains no audio samples")
     if not np.all(np.isfinite(out)):
@@ -240,15 +248,15 @@ def _resample_stream(blocks: Iterable[tuple[np.ndarray, int]], sample_rate: int,
     return audio[:limit] if limit is not None else audio
 
 
-def _decoded_blocks(path: Path) -> Iterator[tuple[np.ndarray, int]]:
+def _decoded_blocks(path: Path, ffmpeg_first: bool = False) -> Iterator[tuple[np.ndarray, int]]:
     """(frames x channels float32, rate) blocks of the whole file: libsndfile, or FFmpeg where libsndfile
-    cannot open the file or fails on its first block; Ogg files the other way round.
+    cannot open the file or fails on its first block; the other way round with ``ffmpeg_first`` (Ogg files).
 
     FFmpeg decodes Vorbis with 3/4 of libvorbis's CPU, but PyAV holds the GIL while it decodes: that
     suits `mess extract`, which decodes in processes, not a program decoding in threads
     (notes/extraction_speed.md, fifth and sixth sessions).
     """
-    if path.suffix.lower() in _FFMPEG_FIRST:
+    if ffmpeg_first:
         try:
             first = next(blocks := _pyav_blocks(path), None)
             if first is not None:
