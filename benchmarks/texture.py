@@ -33,7 +33,7 @@ from mess.constants import DEFAULT_NORM  # noqa: E402
 from mess.datasets.soundtracks import fetch_soundtracks  # noqa: E402
 from mess.extract.prepare import decode_windows, inspect_file  # noqa: E402
 from mess.models.musicnn.model import MIN_SAMPLES, SAMPLE_RATE, MusicnnModel, input_patches  # noqa: E402
-from mess.models.musicnn.network import FRAME_LAYERS, N_FRAMES, N_MELS  # noqa: E402
+from mess.models.musicnn.shapes import FRAME_LAYERS, N_FRAMES, N_MELS  # noqa: E402
 from mess.search.expansion import EXPAND_ALPHA, EXPAND_K, expand_collection, expanded_scores  # noqa: E402
 from mess.store import FeatureStore  # noqa: E402
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import librosa
@@ -346,3 +349,34 @@ def test_onnx_graph_cache_survives_a_truncated_file(tmp_path: Path, monkeypatch:
     window = piano[None, : 4 * SR]
     for a, b in zip(first.embed(window), second.embed(window), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_with_the_graph_cached_a_process_embeds_without_pytorch(tmp_path: Path, piano: np.ndarray) -> None:
+    """ONNX Runtime needs PyTorch only to export the graph: the next process embeds without importing it
+    (about 180 MB less per extraction process) and gets the vectors of the process that exported."""
+    script = textwrap.dedent("""
+        import sys
+        import numpy as np
+        from mess.models.musicnn import MusicnnModel
+        model = MusicnnModel("MSD")
+        vectors = model.embed(np.load(sys.argv[1]))
+        np.save(sys.argv[2], vectors[7])  # penultimate
+        print("torch" in sys.modules)
+    """)
+    np.save(tmp_path / "window.npy", piano[None, : 4 * SR])
+    env = {**os.environ, "MESS_ONNX_CACHE": str(tmp_path / "cache")}
+    runs = [subprocess.run([sys.executable, "-c", script, str(tmp_path / "window.npy"), str(tmp_path / f"{i}.npy")],
+                           env=env, capture_output=True, text=True, check=True).stdout.split() for i in range(2)]
+    assert runs == [["True"], ["False"]]  # the first exports (PyTorch), the second only reads the cached graph
+    np.testing.assert_array_equal(np.load(tmp_path / "0.npy"), np.load(tmp_path / "1.npy"))
+
+
+def test_a_network_first_built_inside_inference_mode_has_ordinary_parameters() -> None:
+    """The PyTorch network is built on first use; first use inside ``torch.inference_mode`` must not make its
+    parameters inference tensors (a random-init control or a fine-tune updates them in place later)."""
+    model = MusicnnModel("MTT", arch="vgg")
+    with torch.inference_mode():
+        network = model.network
+    assert not any(p.is_inference() for p in network.parameters())
+    with torch.no_grad():
+        next(network.parameters()).mul_(1.0)  # raises for an inference tensor

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from mess.models.musicnn import MusicnnModel
-from mess.models.musicnn.network import FRAME_LAYERS, N_FRAMES, N_MELS, MusicnnNetwork
+from mess.models.musicnn.network import MusicnnNetwork
+from mess.models.musicnn.shapes import FRAME_LAYERS, N_FRAMES, N_MELS
 
 INTERMEDIATE = (*FRAME_LAYERS, "mean_pool", "max_pool", "penultimate")
 OUTPUTS = ("model/Sigmoid", "model/dense/BiasAdd", *INTERMEDIATE)

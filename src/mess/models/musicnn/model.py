@@ -1,21 +1,23 @@
-"""musicnn and its VGG baseline (MSD or MTT) as an :class:`EmbeddingModel`, run natively in PyTorch."""
+"""musicnn and its VGG baseline (MSD or MTT) as an :class:`EmbeddingModel`, on ONNX Runtime or PyTorch."""
 
 from __future__ import annotations
 
 import importlib.resources
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import librosa
 import numpy as np
-import torch
 
 from mess.audio.spectrum import stft
 from mess.models.base import EmbeddingModel, ModelInfo
 from mess.models.musicnn.checkpoint import read_checkpoint
-from mess.models.musicnn.network import FRAME_LAYERS, N_FRAMES, N_MELS, PATCH_LAYERS, MusicnnNetwork
-from mess.models.musicnn.runtime import patch_runner
-from mess.models.musicnn.vgg import VGG_LAYERS, VggNetwork
+from mess.models.musicnn.runtime import network_key, patch_runner, weights_key
+from mess.models.musicnn.shapes import FRAME_LAYERS, N_FRAMES, N_MELS, PATCH_LAYERS, VGG_LAYERS
+
+if TYPE_CHECKING:
+    from mess.models.musicnn.network import MusicnnNetwork
+    from mess.models.musicnn.vgg import VggNetwork
 
 SAMPLE_RATE = 16000
 FFT_SIZE = 512
@@ -25,9 +27,9 @@ PATCHES_PER_CHUNK = 2  # PyTorch: fastest measured (1.2x chunks of 4); the timbr
 ORT_PATCHES_PER_CHUNK = 2  # ONNX Runtime: as fast as 8 within noise; 8 raised a 2-hour file's peak RSS to 779 MB
 RUNTIMES = ("onnxruntime", "torch")
 INSTALL_HINT = "pip install --no-deps musicnn==0.1.0"
-ARCHITECTURES = {  # arch -> (network class, layer names, layer dims)
-    "musicnn": (MusicnnNetwork, FRAME_LAYERS + PATCH_LAYERS, (408, 153, 64, 64, 64, 753, 753, 200, 50)),
-    "vgg": (VggNetwork, VGG_LAYERS, (128, 128, 128, 128, 256, 50)),
+ARCHITECTURES = {  # arch -> (layer names, layer dims)
+    "musicnn": (FRAME_LAYERS + PATCH_LAYERS, (408, 153, 64, 64, 64, 753, 753, 200, 50)),
+    "vgg": (VGG_LAYERS, (128, 128, 128, 128, 256, 50)),
 }
 
 
@@ -50,6 +52,8 @@ def checkpoint_prefix(dataset: str, arch: str = "musicnn") -> Path:
 @lru_cache(maxsize=1)
 def _mel_basis() -> np.ndarray:
     """librosa's 96-band Slaney mel filter bank for 16 kHz, n_fft 512: [96, 257] float32."""
+    import librosa
+
     return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=FFT_SIZE, n_mels=N_MELS)
 
 
@@ -102,6 +106,17 @@ def input_patches(windows: np.ndarray) -> np.ndarray:
     return patches(log_mel(repeat_pad(np.asarray(windows, dtype=np.float32), MIN_SAMPLES)))
 
 
+def _network_class(arch: str) -> type[MusicnnNetwork] | type[VggNetwork]:
+    """The PyTorch class of an architecture (imported on demand: PyTorch is loaded only when one is built)."""
+    if arch == "vgg":
+        from mess.models.musicnn.vgg import VggNetwork
+
+        return VggNetwork
+    from mess.models.musicnn.network import MusicnnNetwork
+
+    return MusicnnNetwork
+
+
 class MusicnnModel(EmbeddingModel):
     """musicnn or its VGG baseline, trained on MSD or MagnaTagATune; one vector per layer.
 
@@ -122,14 +137,15 @@ class MusicnnModel(EmbeddingModel):
             raise ValueError(f"musicnn dataset must be 'MSD' or 'MTT', got {dataset!r}")
         if arch not in ARCHITECTURES:
             raise ValueError(f"musicnn architecture must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
-        network_class, layer_names, layer_dims = ARCHITECTURES[arch]
+        layer_names, layer_dims = ARCHITECTURES[arch]
         self.dataset = dataset
         self.arch = arch
         self.device = device
         self.runtime = runtime
-        network = network_class()
-        network.load_tf_weights(read_checkpoint(f"{checkpoint_prefix(dataset, arch)}/"))
-        self.network = network.to(device, memory_format=network.memory_format)
+        self._tensors = read_checkpoint(f"{checkpoint_prefix(dataset, arch)}/")
+        self._network: MusicnnNetwork | VggNetwork | None = None
+        self.runner = patch_runner(weights_key(arch, self._tensors), lambda: self.network,
+                                   len(layer_names)) if self._on_onnx else None
         self.info = ModelInfo(
             name=f"musicnn-{dataset.lower()}" if arch == "musicnn" else f"musicnn-{arch}-{dataset.lower()}",
             revision="musicnn-0.1.0",
@@ -141,15 +157,27 @@ class MusicnnModel(EmbeddingModel):
         )
 
     @property
+    def _on_onnx(self) -> bool:
+        return self.runtime == "onnxruntime" and self.device.split(":")[0] == "cpu"
+
+    @property
     def network(self) -> MusicnnNetwork | VggNetwork:
-        """The PyTorch network; assigning one (a random-init control, say) also rebuilds its ONNX Runtime runner."""
+        """The PyTorch network, built from the checkpoint on first use (ONNX Runtime needs it only to export
+        the graph once); assigning one (a random-init control, say) also rebuilds the ONNX Runtime runner."""
+        if self._network is None:
+            import torch
+
+            with torch.inference_mode(False):  # ordinary parameters, even when first used inside inference mode
+                network = _network_class(self.arch)()
+                network.load_tf_weights(self._tensors)
+                self._network = network.to(self.device, memory_format=network.memory_format)  # type: ignore[call-overload]
         return self._network
 
     @network.setter
     def network(self, network: MusicnnNetwork | VggNetwork) -> None:
         self._network = network
-        onnx = self.runtime == "onnxruntime" and torch.device(self.device).type == "cpu"
-        self.runner = patch_runner(network, len(ARCHITECTURES[self.arch][1])) if onnx else None
+        self.runner = patch_runner(network_key(network), lambda: network,
+                                   len(ARCHITECTURES[self.arch][0])) if self._on_onnx else None
 
     @property
     def tag_names(self) -> tuple[str, ...]:
@@ -162,7 +190,6 @@ class MusicnnModel(EmbeddingModel):
         """See :meth:`EmbeddingModel.embed`."""
         return self.embed_patches(input_patches(windows))
 
-    @torch.inference_mode()
     def embed_patches(self, batch: np.ndarray) -> list[np.ndarray]:
         """Per-layer vectors [batch, dim] of windows given as log-mel patches [batch, n_patches, 187, 96]."""
         if self.runner is not None:
@@ -175,12 +202,15 @@ class MusicnnModel(EmbeddingModel):
 
     def _torch_vectors(self, batch: np.ndarray) -> list[np.ndarray]:
         """:meth:`embed_patches` on PyTorch."""
+        import torch
+
         flat = torch.from_numpy(batch.reshape(-1, N_FRAMES, N_MELS))
         parts: list[list[torch.Tensor]] = [[] for _ in self.info.layer_names]
-        for chunk in flat.split(PATCHES_PER_CHUNK):
-            for part, value in zip(parts, self.network.patch_vectors(chunk.to(self.device)), strict=False):
-                part.append(value.float().cpu())
-        return [torch.cat(part).view(batch.shape[0], batch.shape[1], -1).mean(dim=1).numpy() for part in parts]
+        with torch.inference_mode():
+            for chunk in flat.split(PATCHES_PER_CHUNK):
+                for part, value in zip(parts, self.network.patch_vectors(chunk.to(self.device)), strict=False):
+                    part.append(value.float().cpu())
+            return [torch.cat(part).view(batch.shape[0], batch.shape[1], -1).mean(dim=1).numpy() for part in parts]
 
     def tags(self, window: np.ndarray, top_k: int | None = None) -> list[tuple[str, float]]:
         """Tags of one mono 16 kHz window with their mean sigmoid score, best first."""

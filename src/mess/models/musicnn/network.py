@@ -15,11 +15,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-N_MELS = 96
-N_FRAMES = 187
+from mess.models.musicnn.shapes import FRAME_LAYERS, N_MELS, PATCH_LAYERS
+
 TF_BN_EPSILON = 1e-3  # tf.compat.v1.layers.batch_normalization default
-FRAME_LAYERS = ("timbral", "temporal", "cnn1", "cnn2", "cnn3")
-PATCH_LAYERS = ("mean_pool", "max_pool", "penultimate", "taggram")
 
 
 def _bn(size: int) -> nn.BatchNorm1d:

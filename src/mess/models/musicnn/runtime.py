@@ -5,8 +5,9 @@ faster than oneDNN does through PyTorch on the same cores: 1.3x (musicnn) and 1.
 2-core machine, 1.7-3x when other processes share it (same-process scratch comparisons; the repo's
 ``benchmarks/extract.py --onnx`` times the Essentia-named export of the same weights at 1.56x). The
 network is exported once per weights (TorchScript exporter, opset 17, dynamic batch) and the graph is
-kept in ``~/.cache/mess/onnx`` (``MESS_ONNX_CACHE``), named by a hash of the weights and the graph
-version, written atomically so concurrent processes never read half a file. Outputs equal PyTorch's
+kept in ``~/.cache/mess/onnx`` (``MESS_ONNX_CACHE``), named by a hash of the weights, the torch version
+and the graph version, written atomically so concurrent processes never read half a file. PyTorch is
+imported only to export: with the graph cached, a process embeds without it (about 180 MB less). Outputs equal PyTorch's
 up to float32 summation order (relative difference about 2e-6; test). Where ONNX Runtime or the
 exporter is missing, or the export fails, :func:`patch_runner` returns None and PyTorch runs.
 """
@@ -15,20 +16,25 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 import warnings
+from collections.abc import Callable, Mapping
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
-from mess.models.musicnn.network import N_FRAMES, N_MELS, MusicnnNetwork
-from mess.models.musicnn.vgg import VggNetwork
+from mess.models.musicnn.shapes import N_FRAMES, N_MELS
 
-Network = MusicnnNetwork | VggNetwork
+if TYPE_CHECKING:
+    from mess.models.musicnn.network import MusicnnNetwork
+    from mess.models.musicnn.vgg import VggNetwork
 
-GRAPH_VERSION = "patch-vectors-1"  # bump when the exported computation changes
+    Network = MusicnnNetwork | VggNetwork
+
+GRAPH_VERSION = "patch-vectors-2"  # bump when the exported computation or the cache key changes
 
 
 def cache_dir() -> Path:
@@ -37,38 +43,49 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MESS_ONNX_CACHE", default))
 
 
-class _PatchVectors(nn.Module):
-    """``network.patch_vectors`` as a module with tuple output, for the exporter."""
-
-    def __init__(self, network: Network) -> None:
-        super().__init__()
-        self.network = network
-
-    def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.network.patch_vectors(mel))
-
-
-def _weights_key(network: Network) -> str:
-    """A hash of every parameter and buffer, the torch version and :data:`GRAPH_VERSION`."""
-    digest = hashlib.sha256(f"{GRAPH_VERSION} {torch.__version__} {type(network).__name__}".encode())
-    for name, value in network.state_dict().items():
+def weights_key(kind: str, tensors: Mapping[str, np.ndarray]) -> str:
+    """A hash of named weight arrays, the network ``kind``, the torch version (its exporter writes the graph)
+    and :data:`GRAPH_VERSION`: the cached graph's name."""
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = "none"
+    digest = hashlib.sha256(f"{GRAPH_VERSION} {torch_version} {kind}".encode())
+    for name in sorted(tensors):
         digest.update(name.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(np.ascontiguousarray(tensors[name]).tobytes())
     return digest.hexdigest()[:32]
+
+
+def network_key(network: Network) -> str:
+    """:func:`weights_key` of a PyTorch network's parameters and buffers."""
+    state = {name: value.detach().cpu().numpy() for name, value in network.state_dict().items()}
+    return weights_key(type(network).__name__, state)
 
 
 def _export(network: Network, n_outputs: int, path: Path) -> None:
     """Write the ONNX graph of ``network.patch_vectors`` (input ``mel`` [batch, 187, 96], outputs ``v0``..)."""
+    import torch
+
+    class PatchVectors(torch.nn.Module):  # patch_vectors as a module with tuple output, for the exporter
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = network
+
+        def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return tuple(self.network.patch_vectors(mel))
+
     names = [f"v{i}" for i in range(n_outputs)]
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation and constant-folding notes
         warnings.simplefilter("ignore")
-        torch.onnx.export(_PatchVectors(network).eval(), (torch.zeros(2, N_FRAMES, N_MELS),), str(path), dynamo=False,
+        torch.onnx.export(PatchVectors().eval(), (torch.zeros(2, N_FRAMES, N_MELS),), str(path), dynamo=False,
                           input_names=["mel"], output_names=names, opset_version=17,
                           dynamic_axes={name: {0: "batch"} for name in ["mel", *names]})
 
 
-def _graph(network: Network, n_outputs: int, path: Path) -> bytes:
-    """The exported graph, from its cache ``path`` when a complete copy is there; else exported and cached."""
+def _graph(build: Callable[[], Network], n_outputs: int, path: Path) -> bytes:
+    """The exported graph, from its cache ``path`` when a complete copy is there; else the network ``build``
+    makes is exported and cached."""
     try:
         return path.read_bytes()
     except OSError:
@@ -81,11 +98,18 @@ def _graph(network: Network, n_outputs: int, path: Path) -> bytes:
         cacheable, scratch = False, tempfile.TemporaryDirectory()  # a read-only cache: export again next time
     with scratch as tmp:
         written = Path(tmp) / "graph.onnx"
-        _export(network, n_outputs, written)
+        _export(build(), n_outputs, written)
         graph = written.read_bytes()
         if cacheable:
             os.replace(written, path)  # readers see no file or the whole graph, never a part
     return graph
+
+
+def ort_threads() -> int:
+    """PyTorch's intra-op thread count where PyTorch is loaded (one setting governs both), else 0:
+    ONNX Runtime's own default, one thread per physical core."""
+    torch = sys.modules.get("torch")
+    return int(torch.get_num_threads()) if torch is not None else 0
 
 
 class OrtPatchVectors:
@@ -105,16 +129,17 @@ class OrtPatchVectors:
         return list(self.session.run(None, {"mel": np.ascontiguousarray(mel, dtype=np.float32)}))
 
 
-def patch_runner(network: Network, n_outputs: int) -> OrtPatchVectors | None:
-    """An ONNX Runtime runner for ``network``'s patch vectors, or None where it cannot be built (PyTorch runs)."""
+def patch_runner(key: str, build: Callable[[], Network], n_outputs: int) -> OrtPatchVectors | None:
+    """An ONNX Runtime runner for the weights named ``key`` (see :func:`weights_key`), or None where it cannot
+    be built (PyTorch runs). ``build`` makes the PyTorch network; it is called only when no graph is cached."""
     try:
-        path = cache_dir() / f"{_weights_key(network)}.onnx"
-        graph = _graph(network, n_outputs, path)
+        path = cache_dir() / f"{key}.onnx"
+        graph = _graph(build, n_outputs, path)
         try:
-            return OrtPatchVectors(graph, torch.get_num_threads())
+            return OrtPatchVectors(graph, ort_threads())
         except Exception:  # a damaged cached graph: export afresh once
             path.unlink(missing_ok=True)
-            return OrtPatchVectors(_graph(network, n_outputs, path), torch.get_num_threads())
+            return OrtPatchVectors(_graph(build, n_outputs, path), ort_threads())
     except Exception as exc:  # any exporter or runtime failure leaves the PyTorch path
         warnings.warn(f"musicnn runs on PyTorch: ONNX Runtime path unavailable ({type(exc).__name__}: {exc})",
                       RuntimeWarning, stacklevel=2)

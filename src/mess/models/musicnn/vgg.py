@@ -16,8 +16,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from mess.models.musicnn.network import TF_BN_EPSILON, rising_sign, tf_batch_norms, tf_tensor
+from mess.models.musicnn.shapes import VGG_LAYERS
 
-VGG_LAYERS = ("pool1", "pool2", "pool3", "pool4", "pool5", "taggram")
 VGG_POOLS = ((4, 1), (2, 2), (2, 2), (2, 2), (4, 4))  # TF pool sizes; strides are (2, 2) except the last (4, 4)
 
 
