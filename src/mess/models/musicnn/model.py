@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
+import io
 from functools import lru_cache
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,7 +15,7 @@ import numpy as np
 from mess.audio.spectrum import stft
 from mess.models.base import EmbeddingModel, ModelInfo
 from mess.models.musicnn.checkpoint import read_checkpoint
-from mess.models.musicnn.runtime import network_key, patch_runner, weights_key
+from mess.models.musicnn.runtime import cache_dir, cached_file, network_key, patch_runner, weights_key
 from mess.models.musicnn.shapes import FRAME_LAYERS, N_FRAMES, N_MELS, PATCH_LAYERS, VGG_LAYERS
 
 if TYPE_CHECKING:
@@ -51,7 +54,23 @@ def checkpoint_prefix(dataset: str, arch: str = "musicnn") -> Path:
 
 @lru_cache(maxsize=1)
 def _mel_basis() -> np.ndarray:
-    """librosa's 96-band Slaney mel filter bank for 16 kHz, n_fft 512: [96, 257] float32."""
+    """librosa's 96-band Slaney mel filter bank for 16 kHz, n_fft 512: [96, 257] float32.
+
+    Kept beside the exported graphs once computed, so that later processes need not import librosa
+    (66 MB and 0.4 s); a damaged copy is computed again.
+    """
+    path = cache_dir() / f"mel-{SAMPLE_RATE}-{FFT_SIZE}-{N_MELS}-librosa-{version('librosa')}.npy"
+    for _ in range(2):  # a damaged copy is removed, then written again
+        with contextlib.suppress(OSError, ValueError):
+            basis = np.load(io.BytesIO(cached_file(path, lambda out: np.save(out, _librosa_mel_basis()))))
+            if basis.shape == (N_MELS, FFT_SIZE // 2 + 1) and basis.dtype == np.float32 and np.isfinite(basis).all():
+                return basis
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+    return _librosa_mel_basis()  # an unusable cache folder
+
+
+def _librosa_mel_basis() -> np.ndarray:
     import librosa
 
     return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=FFT_SIZE, n_mels=N_MELS)

@@ -86,6 +86,12 @@ def _export(network: Network, n_outputs: int, path: Path) -> None:
 def _graph(build: Callable[[], Network], n_outputs: int, path: Path) -> bytes:
     """The exported graph, from its cache ``path`` when a complete copy is there; else the network ``build``
     makes is exported and cached."""
+    return cached_file(path, lambda out: _export(build(), n_outputs, out))
+
+
+def cached_file(path: Path, make: Callable[[Path], None]) -> bytes:
+    """The bytes of the cache file ``path``; where it is missing, ``make`` writes it to a scratch path first,
+    renamed into place (readers see no file or the whole file, never a part). A read-only cache: made anew."""
     try:
         return path.read_bytes()
     except OSError:
@@ -95,14 +101,14 @@ def _graph(build: Callable[[], Network], n_outputs: int, path: Path) -> bytes:
         path.parent.mkdir(parents=True, exist_ok=True)
         scratch = tempfile.TemporaryDirectory(dir=path.parent)  # same file system: the rename below is atomic
     except OSError:
-        cacheable, scratch = False, tempfile.TemporaryDirectory()  # a read-only cache: export again next time
+        cacheable, scratch = False, tempfile.TemporaryDirectory()
     with scratch as tmp:
-        written = Path(tmp) / "graph.onnx"
-        _export(build(), n_outputs, written)
-        graph = written.read_bytes()
+        written = Path(tmp) / path.name
+        make(written)
+        data = written.read_bytes()
         if cacheable:
-            os.replace(written, path)  # readers see no file or the whole graph, never a part
-    return graph
+            os.replace(written, path)
+    return data
 
 
 def ort_threads() -> int:
