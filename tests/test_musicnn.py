@@ -390,3 +390,19 @@ def test_a_network_first_built_inside_inference_mode_has_ordinary_parameters() -
     assert not any(p.is_inference() for p in network.parameters())
     with torch.no_grad():
         next(network.parameters()).mul_(1.0)  # raises for an inference tensor
+
+
+def test_the_graph_cache_key_follows_the_network_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An edit to the networks' code names a new cached graph, so a stale export is never run for new code."""
+    from mess.models.musicnn import runtime
+
+    tensors = {"w": np.arange(6, dtype=np.float32)}
+    before = runtime.weights_key("musicnn", tensors)
+    for name in runtime.NETWORK_SOURCES:
+        (tmp_path / name).write_bytes((Path(runtime.__file__).parent / name).read_bytes())
+    monkeypatch.setattr(runtime, "__file__", str(tmp_path / "runtime.py"))
+    assert runtime.weights_key("musicnn", tensors) == before  # same code, same key
+    with (tmp_path / "network.py").open("a") as f:
+        f.write("\n# an edit\n")
+    assert runtime.weights_key("musicnn", tensors) != before
+    assert runtime.weights_key("musicnn", {"w": tensors["w"] + 1}) != runtime.weights_key("musicnn", tensors)

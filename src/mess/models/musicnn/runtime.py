@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
     Network = MusicnnNetwork | VggNetwork
 
-GRAPH_VERSION = "patch-vectors-2"  # bump when the exported computation or the cache key changes
+GRAPH_VERSION = "patch-vectors-2"  # bump when the cache key's recipe changes
+NETWORK_SOURCES = ("network.py", "vgg.py")  # the exported computation: their text is part of the key
 
 
 def cache_dir() -> Path:
@@ -44,13 +45,19 @@ def cache_dir() -> Path:
 
 
 def weights_key(kind: str, tensors: Mapping[str, np.ndarray]) -> str:
-    """A hash of named weight arrays, the network ``kind``, the torch version (its exporter writes the graph)
+    """A hash of named weight arrays, the network ``kind``, the source of the networks' modules (an edit to
+    the computation names a new graph, bumped or not), the torch version (its exporter writes the graph)
     and :data:`GRAPH_VERSION`: the cached graph's name."""
     try:
         torch_version = version("torch")
     except PackageNotFoundError:
         torch_version = "none"
     digest = hashlib.sha256(f"{GRAPH_VERSION} {torch_version} {kind}".encode())
+    for source in NETWORK_SOURCES:
+        try:
+            digest.update((Path(__file__).parent / source).read_bytes())
+        except OSError:  # an install without sources (bytecode only): the package's version stands in
+            digest.update(version("mess").encode())
     for name in sorted(tensors):
         digest.update(name.encode())
         digest.update(np.ascontiguousarray(tensors[name]).tobytes())
