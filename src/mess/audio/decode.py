@@ -76,21 +76,24 @@ def load_audio(path: Path, sample_rate: int, max_seconds: float | None = None) -
     limit = None if max_seconds is None else int(max_seconds * sample_rate)
     ffmpeg_first = path.suffix.lower() in _FFMPEG_FIRST
     try:
-        out = _resample_stream(_decoded_blocks(path, ffmpeg_first), sample_rate, limit)
-    except (sf.LibsndfileError, RuntimeError) as exc:
-        raise AudioError(f"{path}: decoding failed part-way ({exc})") from exc
+        out = _decode_whole(path, sample_rate, limit, ffmpeg_first)
     except AudioError:
         if not ffmpeg_first:
             raise
-        try:
-            out = _resample_stream(_decoded_blocks(path, ffmpeg_first=False), sample_rate, limit)
-        except (sf.LibsndfileError, RuntimeError) as exc:
-            raise AudioError(f"{path}: decoding failed part-way ({exc})") from exc
+        out = _decode_whole(path, sample_rate, limit, ffmpeg_first=False)
     if out.size == 0:
         raise AudioError(f"{path}: contains no audio samples")
     if not np.all(np.isfinite(out)):
         raise AudioError(f"{path}: decoded samples contain NaN or infinity")
     return out
+
+
+def _decode_whole(path: Path, sample_rate: int, limit: int | None, ffmpeg_first: bool) -> np.ndarray:
+    """Mono samples of the whole file (up to ``limit``), through :func:`_decoded_blocks`."""
+    try:
+        return _resample_stream(_decoded_blocks(path, ffmpeg_first), sample_rate, limit)
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise AudioError(f"{path}: decoding failed part-way ({exc})") from exc
 
 
 def downmix(block: np.ndarray) -> np.ndarray:
