@@ -165,6 +165,8 @@ class MusicnnModel(EmbeddingModel):
         self._network: MusicnnNetwork | VggNetwork | None = None
         self.runner = patch_runner(weights_key(arch, self._tensors), lambda: self.network,
                                    len(layer_names)) if self._on_onnx else None
+        if self.runner is None:  # PyTorch runs: build the network now, so a bad device fails here, not per file
+            self._network = self._build_network()
         self.info = ModelInfo(
             name=f"musicnn-{dataset.lower()}" if arch == "musicnn" else f"musicnn-{arch}-{dataset.lower()}",
             revision="musicnn-0.1.0",
@@ -175,6 +177,14 @@ class MusicnnModel(EmbeddingModel):
             licence="ISC",
         )
 
+    def _build_network(self) -> MusicnnNetwork | VggNetwork:
+        import torch
+
+        with torch.inference_mode(False):  # ordinary parameters, even when first used inside inference mode
+            network = _network_class(self.arch)()
+            network.load_tf_weights(self._tensors)
+            return network.to(self.device, memory_format=network.memory_format)  # type: ignore[call-overload]
+
     @property
     def _on_onnx(self) -> bool:
         return self.runtime == "onnxruntime" and self.device.split(":")[0] == "cpu"
@@ -184,12 +194,7 @@ class MusicnnModel(EmbeddingModel):
         """The PyTorch network, built from the checkpoint on first use (ONNX Runtime needs it only to export
         the graph once); assigning one (a random-init control, say) also rebuilds the ONNX Runtime runner."""
         if self._network is None:
-            import torch
-
-            with torch.inference_mode(False):  # ordinary parameters, even when first used inside inference mode
-                network = _network_class(self.arch)()
-                network.load_tf_weights(self._tensors)
-                self._network = network.to(self.device, memory_format=network.memory_format)  # type: ignore[call-overload]
+            self._network = self._build_network()
         return self._network
 
     @network.setter
