@@ -75,6 +75,23 @@ def test_an_ogg_file_damaged_midway_decodes_past_the_damage(wesnoth_tracks: list
     assert abs(seconds - len(reference) / rate) < 1.0  # libsndfile itself skips a little more or less by read size
 
 
+@pytest.mark.parametrize(("subtype", "channels", "sr"), [("VORBIS", 6, 44100), ("OPUS", 1, 48000), ("VORBIS", 1, 8000)])
+def test_ogg_variants_decode_through_ffmpeg_as_libsndfile_does(tmp_path: Path, subtype: str, channels: int,
+                                                               sr: int) -> None:
+    """Every .ogg goes to FFmpeg first: 5.1 Vorbis, Opus in Ogg (its pre-skip dropped) and 8 kHz mono must give
+    libsndfile's samples, and their seeked windows the whole decode's."""
+    path = tmp_path / "variant.ogg"
+    audio = np.tile(_music(sr, 47.3)[:, None], (1, channels))
+    with sf.SoundFile(path, "w", samplerate=sr, channels=channels, format="OGG", subtype=subtype) as f:
+        for i in range(0, len(audio), sr):
+            f.write(audio[i : i + sr])
+    reference, _ = sf.read(path, dtype="float32", always_2d=True)
+    decoded = np.concatenate([downmix(block) for block, _ in decode._pyav_blocks(path)])
+    assert decoded.size == len(reference)
+    np.testing.assert_allclose(decoded, downmix(reference), atol=1e-6)
+    _assert_seeked_equal_whole(path, POLICY, atol_starts=0.0)
+
+
 def _write_blocks(path: Path, audio: np.ndarray, sr: int) -> None:
     """Write in 1 s blocks (libsndfile 1.2's Vorbis encoder crashes on one large write)."""
     with sf.SoundFile(path, "w", samplerate=sr, channels=1) as f:
