@@ -5,11 +5,12 @@ faster than oneDNN does through PyTorch on the same cores: 1.3x (musicnn) and 1.
 2-core machine, 1.7-3x when other processes share it (same-process scratch comparisons; the repo's
 ``benchmarks/extract.py --onnx`` times the Essentia-named export of the same weights at 1.56x). The
 network is exported once per weights (TorchScript exporter, opset 17, dynamic batch) and the graph is
-kept in ``~/.cache/mess/onnx`` (``MESS_ONNX_CACHE``), named by a hash of the weights, the torch version
-and the graph version, written atomically so concurrent processes never read half a file. PyTorch is
-imported only to export: with the graph cached, a process embeds without it (about 180 MB less). Outputs equal PyTorch's
-up to float32 summation order (relative difference about 2e-6; test). Where ONNX Runtime or the
-exporter is missing, or the export fails, :func:`patch_runner` returns None and PyTorch runs.
+kept in ``~/.cache/mess/onnx`` (``MESS_ONNX_CACHE``), named by a hash of the weights, the networks' source,
+the torch version and the graph version, written atomically so concurrent processes never read half a
+file. PyTorch is imported only to export: with the graph cached, a process embeds without it (about
+180 MB less). Outputs equal PyTorch's up to float32 summation order (relative difference about 2e-6;
+test). Where ONNX Runtime or the exporter is missing, or the export fails, :func:`patch_runner` returns
+None and PyTorch runs.
 """
 
 from __future__ import annotations
