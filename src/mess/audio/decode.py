@@ -76,11 +76,11 @@ def load_audio(path: Path, sample_rate: int, max_seconds: float | None = None) -
     limit = None if max_seconds is None else int(max_seconds * sample_rate)
     ffmpeg_first = path.suffix.lower() in _FFMPEG_FIRST
     try:
-        out = _decode_whole(path, sample_rate, limit, ffmpeg_first)
+        out = _decode_whole(path, sample_rate, limit, _decoded_blocks(path, ffmpeg_first))
     except AudioError:
-        if not ffmpeg_first:
+        if not ffmpeg_first or (f := _open_soundfile(path)) is None:
             raise
-        out = _decode_whole(path, sample_rate, limit, ffmpeg_first=False)
+        out = _decode_whole(path, sample_rate, limit, _soundfile_blocks(f))
     if out.size == 0:
         raise AudioError(f"{path}: contains no audio samples")
     if not np.all(np.isfinite(out)):
@@ -88,10 +88,11 @@ def load_audio(path: Path, sample_rate: int, max_seconds: float | None = None) -
     return out
 
 
-def _decode_whole(path: Path, sample_rate: int, limit: int | None, ffmpeg_first: bool) -> np.ndarray:
-    """Mono samples of the whole file (up to ``limit``), through :func:`_decoded_blocks`."""
+def _decode_whole(path: Path, sample_rate: int, limit: int | None,
+                  blocks: Iterator[tuple[np.ndarray, int]]) -> np.ndarray:
+    """Mono samples (up to ``limit``) of a file's decoded ``blocks``; a libsndfile failure as AudioError."""
     try:
-        return _resample_stream(_decoded_blocks(path, ffmpeg_first), sample_rate, limit)
+        return _resample_stream(blocks, sample_rate, limit)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise AudioError(f"{path}: decoding failed part-way ({exc})") from exc
 
@@ -125,17 +126,21 @@ def load_segments(path: Path, sample_rate: int, starts: Sequence[float] | np.nda
         >>> windows = load_segments(Path("song.flac"), 16000, [0.0, 60.0], 30.0)  # doctest: +SKIP
     """
     length = int(round(seconds * sample_rate))
+    ffmpeg_error: AudioError | None = None
     if path.suffix.lower() in _FFMPEG_FIRST:
         try:
             return _pyav_segments(path, sample_rate, starts, seconds)
-        except AudioError:
-            pass  # libsndfile's turn
+        except AudioError as exc:
+            ffmpeg_error = exc  # libsndfile's turn
     try:
-        with sf.SoundFile(os.fsencode(path)) as f:
-            return np.stack([_cut(*_soundfile_segment(f, start, seconds), start, length, sample_rate)
-                             for start in starts])
-    except (sf.LibsndfileError, RuntimeError, TypeError):
+        if (f := _open_soundfile(path)) is not None:
+            with f:
+                return np.stack([_cut(*_soundfile_segment(f, start, seconds), start, length, sample_rate)
+                                 for start in starts])
+    except (sf.LibsndfileError, RuntimeError):
         pass
+    if ffmpeg_error is not None:  # FFmpeg has had its turn: its reason stands
+        raise ffmpeg_error
     return _pyav_segments(path, sample_rate, starts, seconds)
 
 
@@ -266,9 +271,7 @@ def _decoded_blocks(path: Path, ffmpeg_first: bool = False) -> Iterator[tuple[np
                 return chain([first], blocks)
         except AudioError:
             pass  # libsndfile's turn
-    try:
-        f = sf.SoundFile(os.fsencode(path))
-    except (sf.LibsndfileError, RuntimeError, TypeError):
+    if (f := _open_soundfile(path)) is None:
         return _pyav_blocks(path)
     blocks = _soundfile_blocks(f)
     try:
@@ -276,6 +279,14 @@ def _decoded_blocks(path: Path, ffmpeg_first: bool = False) -> Iterator[tuple[np
     except (sf.LibsndfileError, RuntimeError):
         return _pyav_blocks(path)
     return chain([first] if first is not None else [], blocks)
+
+
+def _open_soundfile(path: Path) -> sf.SoundFile | None:
+    """libsndfile's handle on ``path``, or None where libsndfile cannot open it."""
+    try:
+        return sf.SoundFile(os.fsencode(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return None
 
 
 def _soundfile_blocks(f: sf.SoundFile) -> Iterator[tuple[np.ndarray, int]]:
