@@ -79,7 +79,7 @@ def test_an_ogg_file_damaged_midway_decodes_past_the_damage(wesnoth_tracks: list
 def test_ogg_variants_decode_through_ffmpeg_as_libsndfile_does(tmp_path: Path, subtype: str, channels: int,
                                                                sr: int) -> None:
     """Every .ogg goes to FFmpeg first: 5.1 Vorbis, Opus in Ogg (its pre-skip dropped) and 8 kHz mono must give
-    libsndfile's samples, and their seeked windows the whole decode's."""
+    libsndfile's samples (to float rounding), and their seeked windows the whole decode's."""
     path = tmp_path / "variant.ogg"
     audio = np.tile(_music(sr, 47.3)[:, None], (1, channels))
     with sf.SoundFile(path, "w", samplerate=sr, channels=channels, format="OGG", subtype=subtype) as f:
@@ -89,6 +89,11 @@ def test_ogg_variants_decode_through_ffmpeg_as_libsndfile_does(tmp_path: Path, s
     decoded = np.concatenate([downmix(block) for block, _ in decode._pyav_blocks(path)])
     assert decoded.size == len(reference)
     np.testing.assert_allclose(decoded, downmix(reference), atol=1e-6)
+    via_ffmpeg = decode._resample_stream(decode._pyav_blocks(path), 16000, None)
+    with sf.SoundFile(path) as f:
+        via_libsndfile = decode._resample_stream(decode._soundfile_blocks(f), 16000, None)
+    assert not np.array_equal(via_ffmpeg, via_libsndfile)  # the two decoders differ in float rounding ...
+    np.testing.assert_array_equal(load_audio(path, 16000), via_ffmpeg)  # ... and load_audio took FFmpeg's
     _assert_seeked_equal_whole(path, POLICY, atol_starts=0.0)
 
 
