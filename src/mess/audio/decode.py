@@ -182,38 +182,53 @@ def _pyav_segment(container: av.container.InputContainer, stream: av.audio.strea
     if base is None:
         raise AudioError(f"{path}: the audio stream has no time base, cannot seek")
     container.seek(int(max(0.0, start - _PREROLL_SECONDS) / base), stream=stream, backward=True)
+    fifo = av.AudioFifo()  # frames joined in C, drained into ``parts`` in cache-sized blocks
     parts: list[np.ndarray] = []
     planar, channels, rate, ended = False, 1, 0, True
     first: int | None = None  # position of the first decoded sample, once anchored
     last_end: int | None = None  # before anchoring: where the previous frame's timestamp says it ends
-    decoded = 0  # samples decoded so far
+    decoded = frames = 0  # samples and frames decoded so far
     for frame in container.decode(stream):
+        frames += 1
         if frame.pts is None:
             raise AudioError(f"{path}: frames carry no timestamps, cannot seek")
-        rate, planar, channels = frame.sample_rate, frame.format.is_planar, len(frame.layout.channels)
-        arr = frame.to_ndarray()
+        if not decoded:
+            rate, planar, channels = frame.sample_rate, frame.format.is_planar, frame.layout.nb_channels
+        elif frame.layout.nb_channels != channels:  # the FIFO checks format and rate, not channels
+            raise AudioError(f"{path}: the channel count changes mid-stream, cannot seek")
         if first is None:
             position = round(float(frame.pts * base) * rate)
             if last_end is not None and abs(last_end - position) <= max(1, round(float(base) * rate)):
                 first = position - decoded
             else:
-                last_end = position + _samples(arr, planar, channels)
-        parts.append(arr)
-        decoded += _samples(arr, planar, channels)
+                last_end = position + frame.samples
+        decoded += _write(fifo, frame, path)
+        if fifo.samples >= _BLOCK_FRAMES:
+            parts += _drained(fifo)
         if first is not None and (first + decoded) / rate >= start + seconds + _MARGIN_SECONDS:
             ended = False
             break
-    if first is None and len(parts) == 1 and last_end is not None:  # one frame only: trust its timestamp
+    if first is None and frames == 1 and last_end is not None:  # one frame only: trust its timestamp
         first = last_end - decoded
-    if first is None or first / rate > max(0.0, start - _MARGIN_SECONDS) + 1e-3:
+    parts += _drained(fifo)
+    if first is None or not parts or first / rate > max(0.0, start - _MARGIN_SECONDS) + 1e-3:
         raise AudioError(f"{path}: seeking to {start:.1f} s failed")
     mono = downmix(_stack_frames(parts, planar, channels))
     return (mono[-first:], 0, rate, ended) if first < 0 else (mono, first, rate, ended)  # priming before 0: dropped
 
 
-def _samples(arr: np.ndarray, planar: bool, channels: int) -> int:
-    """Samples per channel in one frame's array."""
-    return arr.shape[1] if planar else arr.shape[1] // channels
+def _write(fifo: av.AudioFifo, frame: av.AudioFrame, path: Path) -> int:
+    """Append ``frame`` to ``fifo``; its sample count.
+
+    The FIFO would check timestamps for continuity, and FFmpeg's Ogg stamps are not (see
+    :func:`_pyav_segment`): positions are counted from samples instead.
+    """
+    frame.pts = None
+    try:
+        fifo.write(frame)
+    except ValueError as exc:  # another sample format or rate than the frames before
+        raise AudioError(f"{path}: the audio format changes mid-stream") from exc
+    return frame.samples
 
 
 def _cut(chunk: np.ndarray, first: int, in_rate: int, ended: bool, start: float, length: int,
@@ -311,28 +326,35 @@ def _pyav_blocks(path: Path) -> Iterator[tuple[np.ndarray, int]]:
         with open_container(path) as container:
             stream = _audio_stream(container, path)
             base = stream.time_base
-            parts: list[np.ndarray] = []
+            head: list[np.ndarray] = []  # the leading frames' arrays, priming dropped
+            fifo = av.AudioFifo()  # the frames after them, joined in C
             size, layout, leading = 0, (False, 1, 0), True
             for frame in container.decode(stream):
-                frame_layout = (frame.format.is_planar, len(frame.layout.channels), frame.sample_rate)
-                if parts and frame_layout != layout:
-                    yield _stack_frames(parts, *layout[:2]), layout[2]
-                    parts, size = [], 0
+                frame_layout = (frame.format.is_planar, frame.layout.nb_channels, frame.sample_rate)
+                if (size or head) and frame_layout != layout:
+                    yield _stack_frames(head + _drained(fifo), *layout[:2]), layout[2]
+                    head, fifo, size = [], av.AudioFifo(), 0
                 layout = frame_layout
-                arr = frame.to_ndarray()
-                if leading and frame.pts is not None and base is not None and frame.pts < 0:
+                if leading and frame.pts is not None and base is not None and frame.pts < 0 and not fifo.samples:
                     drop = min(frame.samples, round(float(-frame.pts * base) * frame.sample_rate))
-                    arr = arr[:, drop * (1 if layout[0] else layout[1]):]
-                leading = False if frame.pts is not None and frame.pts >= 0 else leading
-                parts.append(arr)
-                size += _samples(arr, *layout[:2])
+                    head.append(frame.to_ndarray()[:, drop * (1 if layout[0] else layout[1]):])
+                    size += frame.samples - drop
+                else:
+                    leading = False if frame.pts is not None and frame.pts >= 0 else leading
+                    size += _write(fifo, frame, path)
                 if size >= _BLOCK_FRAMES:
-                    yield _stack_frames(parts, *layout[:2]), layout[2]
-                    parts, size = [], 0
-            if parts:
-                yield _stack_frames(parts, *layout[:2]), layout[2]
+                    yield _stack_frames(head + _drained(fifo), *layout[:2]), layout[2]
+                    head, size = [], 0
+            if size:
+                yield _stack_frames(head + _drained(fifo), *layout[:2]), layout[2]
     except av.FFmpegError as exc:
         raise AudioError(f"{path}: cannot decode ({exc.__class__.__name__}: {exc})") from exc
+
+
+def _drained(fifo: av.AudioFifo) -> list[np.ndarray]:
+    """Everything in ``fifo`` as one frame's array (none when it is empty); the FIFO is left empty."""
+    frame = fifo.read()
+    return [frame.to_ndarray()] if frame is not None else []
 
 
 def _stack_frames(arrays: list[np.ndarray], planar: bool, channels: int) -> np.ndarray:
