@@ -115,6 +115,26 @@ def _assert_seeked_equal_whole(path: Path, policy: WindowPolicy, atol_starts: fl
     np.testing.assert_allclose(windows.audio, expected, atol=1e-5)
 
 
+def test_a_channel_count_change_midstream_falls_back_to_the_whole_decode(tmp_path: Path) -> None:
+    """Two ADTS AAC streams joined, mono then stereo (a concatenated download, say): FFmpeg's frames change channel
+    count part-way. A window across the change fails with a reason (it used to be NumPy's shape error, which
+    failed the file), and the file is then decoded whole, a block per layout, every sample kept."""
+    sr = 44100
+    mono, stereo, joined = tmp_path / "mono.aac", tmp_path / "stereo.aac", tmp_path / "joined.aac"
+    _encode_av(mono, _music(sr, 20.0)[:, None], sr, "aac")
+    _encode_av(stereo, np.repeat(_music(sr, 20.0, seed=1)[:, None], 2, axis=1), sr, "aac")
+    joined.write_bytes(mono.read_bytes() + stereo.read_bytes())
+    with pytest.raises(decode.AudioError, match="channel count changes"):
+        decode.load_segments(joined, 16000, [15.0], 10.0)
+    blocks = list(decode._pyav_blocks(joined))
+    layouts = [block.shape[1] for block, _ in blocks]
+    assert set(layouts) == {1, 2} and layouts == sorted(layouts)
+    alone = sum(len(block) for p in (mono, stereo) for block, _ in decode._pyav_blocks(p))
+    assert abs(sum(len(block) for block, _ in blocks) - alone) <= 1024  # the second stream's priming, at most
+    windows = decode_windows(inspect_file(joined), 16000, POLICY)
+    assert windows.audio.shape[0] > 1 and np.all(np.abs(windows.audio).max(axis=1) > 0.1)
+
+
 def test_files_of_one_window_decode_exactly_as_before(tmp_path: Path) -> None:
     path = tmp_path / "short.ogg"
     _write_blocks(path, _music(44100, 9.0), 44100)
