@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from test_audio import _encode_av
+from test_audio import _dominant_hz, _encode_av, _sine
 
 from mess.audio import decode
 from mess.audio.decode import downmix, load_audio
@@ -133,6 +133,22 @@ def test_a_channel_count_change_midstream_falls_back_to_the_whole_decode(tmp_pat
     assert abs(sum(len(block) for block, _ in blocks) - alone) <= 1024  # the second stream's priming, at most
     windows = decode_windows(inspect_file(joined), 16000, POLICY)
     assert windows.audio.shape[0] > 1 and np.all(np.abs(windows.audio).max(axis=1) > 0.1)
+
+
+def test_a_sample_rate_change_midstream_keeps_each_parts_pitch(tmp_path: Path) -> None:
+    """A 44.1 kHz and a 48 kHz ADTS AAC stream joined: the second part used to go through the first part's
+    resampler, 440 Hz coming out at 404 Hz and 20 s as 21.8. Each rate now gets its own resampler, at any
+    target rate (one of them equal to a part's own)."""
+    first, second, joined = tmp_path / "a.aac", tmp_path / "b.aac", tmp_path / "joined.aac"
+    _encode_av(first, _sine(44100, 20.0), 44100, "aac")
+    _encode_av(second, _sine(48000, 20.0), 48000, "aac")
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    assert {rate for _, rate in decode._pyav_blocks(joined)} == {44100, 48000}
+    for sr in (16000, 44100, 48000):
+        audio = load_audio(joined, sr)
+        assert audio.size / sr == pytest.approx(40.0, abs=0.1)
+        for start in (2, 25):  # inside each part
+            assert _dominant_hz(audio[start * sr : (start + 10) * sr], sr) == pytest.approx(440.0, abs=1.0)
 
 
 def test_files_of_one_window_decode_exactly_as_before(tmp_path: Path) -> None:

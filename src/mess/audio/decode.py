@@ -252,14 +252,24 @@ def _cut(chunk: np.ndarray, first: int, in_rate: int, ended: bool, start: float,
 
 
 def _resample_stream(blocks: Iterable[tuple[np.ndarray, int]], sample_rate: int, limit: int | None) -> np.ndarray:
-    """Downmix and resample a stream of (frames x channels, rate) blocks."""
+    """Downmix and resample a stream of (frames x channels, rate) blocks.
+
+    A rate that changes part-way (streams joined end to end) ends one resampler and starts another,
+    so every part keeps its pitch and length.
+    """
     stream: soxr.ResampleStream | None = None
+    stream_rate = 0
     parts: list[np.ndarray] = []
     total = 0
     for block, in_rate in blocks:
         mono = downmix(block)
+        if stream is not None and in_rate != stream_rate:
+            parts.append(stream.resample_chunk(np.zeros(0, np.float32), last=True))
+            stream = None
         if in_rate != sample_rate:
-            stream = stream or soxr.ResampleStream(in_rate, sample_rate, 1, dtype="float32", quality="HQ")
+            if stream is None:
+                stream = soxr.ResampleStream(in_rate, sample_rate, 1, dtype="float32", quality="HQ")
+                stream_rate = in_rate
             mono = stream.resample_chunk(mono)
         parts.append(mono)
         total += mono.size
