@@ -8,9 +8,8 @@ Measured in one process (both sides of every ratio under the same load, whose av
      pipeline / bare - 1, over the whole run and after the first embedded file (start-up left out: the
      pipeline's rate from then on against the bare rate); with --repeats N the two passes alternate N times
      and each side's fastest is used (the median of the N paired overheads is printed beside it); time to
-     the first embedded file; seconds per
-     3.5-min track under the default
-     window policy; for musicnn models, efficiency = bare audio-s/s / 3 x GFLOP per 3 s patch / matmul GFLOP/s;
+     the first embedded file; seconds per 3.5-min track under the default window policy; for musicnn
+     models, efficiency = bare audio-s/s / 3 x GFLOP per 3 s patch / matmul GFLOP/s;
      then the --wav-models (default dsp) again on 16-bit WAV copies of the same files, which takes the
      compressed-audio decoder (Vorbis: about 1/300 CPU-s per audio-s here) out of the pipeline's cost;
   3. a 2-hour file (generated FLAC) through the pipeline in a child process: its peak RSS;
