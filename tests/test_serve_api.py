@@ -104,8 +104,18 @@ def _multipart(name: str, data: bytes, content_type: str) -> tuple[bytes, str]:
     return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def _uploads_left() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).glob("mess-upload-*")}
+@pytest.fixture
+def uploads_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temp dir of this test's own for the server's upload files: the other test worker uploads too, into
+    the shared system temp dir, so counting files there raced with it."""
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    return private
+
+
+def _uploads_left(where: Path) -> set[str]:
+    return {p.name for p in where.glob("mess-upload-*")}
 
 
 def test_health_runs_and_openapi(client: TestClient) -> None:
@@ -351,8 +361,8 @@ def test_artist_requests_reuse_their_groups_until_the_catalog_changes(
         assert calls["most_discriminative"] == warm["most_discriminative"] + 2  # once per catalog change seen
 
 
-def test_upload_finds_the_original_and_places_it_on_the_map(client: TestClient, store: FeatureStore) -> None:
-    before = _uploads_left()
+def test_upload_finds_the_original_and_places_it_on_the_map(client: TestClient, store: FeatureStore,
+                                                            uploads_dir: Path) -> None:
     original = store.tracks()[5]
     audio, sr = sf.read(original.path, dtype="float32")
     buffer = io.BytesIO()
@@ -370,11 +380,10 @@ def test_upload_finds_the_original_and_places_it_on_the_map(client: TestClient, 
     point = next(p for p in client.get("/api/map").json()["points"] if p["id"] == original.id)
     assert [same["query"]["x"], same["query"]["y"]] == pytest.approx([point["x"], point["y"]], abs=0.01)
     assert original.id not in [r["id"] for r in same["results"]]
-    assert _uploads_left() == before
+    assert _uploads_left(uploads_dir) == set()
 
 
-def test_bad_uploads_are_refused(client: TestClient) -> None:
-    before = _uploads_left()
+def test_bad_uploads_are_refused(client: TestClient, uploads_dir: Path) -> None:
     cases = [
         (("big.wav", b"\0" * (UPLOAD_LIMIT + 1), "audio/wav"), 413, "larger than"),
         (("notes.txt", b"hello", "text/plain"), 415, "unsupported file type '.txt'"),
@@ -394,7 +403,7 @@ def test_bad_uploads_are_refused(client: TestClient) -> None:
     chunked = client.post("/api/similar/upload", content=iter([body[i:i + 65536] for i in range(0, len(body), 65536)]),
                           headers={"content-type": ctype})
     assert "content-length" not in chunked.request.headers and chunked.status_code == 413
-    assert _uploads_left() == before
+    assert _uploads_left(uploads_dir) == set()
 
 
 def test_embed_worker_survives_a_hang_and_a_crash(collection: Path, store: FeatureStore) -> None:
