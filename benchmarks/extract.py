@@ -101,7 +101,7 @@ def measure_model(name: str, paths: list[Path], policy: WindowPolicy, batch_size
     load_s = time.perf_counter() - t0
     model.embed(np.zeros((1, model.info.sample_rate * 3), np.float32))  # warm-up (lazy init, allocator)
     sr = model.info.sample_rate
-    prepared = [decode_windows(inspect_file(p), sr, policy, model.info.min_samples) for p in paths]
+    prepared = [decode_windows(inspect_file(p), sr, policy) for p in paths]
     passes: list[tuple[float, float, list[float]]] = []  # (pipeline s, bare s, [s to the 1st file, its audio-s])
     mms: list[float] = []
     for _ in range(repeats):
@@ -359,7 +359,7 @@ def main() -> None:
     if args.onnx:
         native = MusicnnModel("MSD", runtime="torch")  # the PyTorch port (musicnn-msd itself runs on ONNX Runtime)
         prepared = [
-            decode_windows(inspect_file(p), native.info.sample_rate, policy, native.info.min_samples) for p in paths
+            decode_windows(inspect_file(p), native.info.sample_rate, policy) for p in paths
         ]
         _compare_onnx(native, paths, prepared, policy, args)
     print(f"peak RSS of this process: {_peak_rss_mb():.0f} MB; load average now {os.getloadavg()[0]:.1f}")

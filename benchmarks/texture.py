@@ -32,7 +32,7 @@ from mess.audio.windows import WindowPolicy  # noqa: E402
 from mess.constants import DEFAULT_NORM  # noqa: E402
 from mess.datasets.soundtracks import fetch_soundtracks  # noqa: E402
 from mess.extract.prepare import decode_windows, inspect_file  # noqa: E402
-from mess.models.musicnn.model import MIN_SAMPLES, SAMPLE_RATE, MusicnnModel, input_patches  # noqa: E402
+from mess.models.musicnn.model import SAMPLE_RATE, MusicnnModel, input_patches  # noqa: E402
 from mess.models.musicnn.shapes import FRAME_LAYERS, N_FRAMES, N_MELS  # noqa: E402
 from mess.search.expansion import EXPAND_ALPHA, EXPAND_K, expand_collection, expanded_scores  # noqa: E402
 from mess.store import FeatureStore  # noqa: E402
@@ -99,7 +99,7 @@ def extract(data: Path, out: Path, save_every: int = 8) -> None:
     started = time.perf_counter()
     for n, track in enumerate(tracks):
         t0 = time.perf_counter()
-        win = decode_windows(inspect_file(track.path), SAMPLE_RATE, policy, MIN_SAMPLES)
+        win = decode_windows(inspect_file(track.path), SAMPLE_RATE, policy)
         stats, count = track_stats(members, win.audio)
         for key, value in stats.items():
             rows.setdefault(key, []).append(value)

@@ -144,7 +144,7 @@ def test_info(msd: MusicnnModel, mtt: MusicnnModel) -> None:
     assert msd.info.layer_names == (
         "timbral", "temporal", "cnn1", "cnn2", "cnn3", "mean_pool", "max_pool", "penultimate", "taggram",
     )
-    assert msd.info.sample_rate == SR and msd.info.min_samples == MIN_SAMPLES == 186 * 256
+    assert msd.info.sample_rate == SR and MIN_SAMPLES == 186 * 256
     assert len(msd.tag_names) == 50 and "rock" in msd.tag_names and "piano" in mtt.tag_names
     with pytest.raises(ValueError, match="MSD"):
         MusicnnModel("FMA")
@@ -201,6 +201,38 @@ def test_short_input_is_repeat_padded(msd: MusicnnModel, piano: np.ndarray) -> N
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="empty"):
         msd.embed(np.zeros((1, 0), dtype=np.float32))
+
+
+def test_clips_shorter_than_a_patch_are_extracted_padded_and_only_sub_second_ones_refused(
+        tmp_path: Path, msd: MusicnnModel, piano: np.ndarray) -> None:
+    """A 1.5 s or 2.5 s clip is below musicnn's 3 s patch; extraction used to refuse it as "too short (1.50 s; the
+    minimum is 1.00 s)". Now the pipeline and the query path store what the model gives for the padded clip."""
+    from mess.audio.discover import find_audio
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.embed import embed_file
+    from mess.extract.pipeline import extract
+    from mess.store import FeatureStore
+
+    music = tmp_path / "music"
+    music.mkdir()
+    clips = {"clip15.wav": piano[: int(1.5 * SR)], "clip25.wav": piano[SR : int(3.5 * SR)]}
+    for name, clip in {**clips, "blip.wav": piano[: int(0.9 * SR)]}.items():
+        sf.write(music / name, clip, SR, subtype="FLOAT")
+    store = FeatureStore(tmp_path / "store")
+    summary = extract(store, find_audio([music]), msd, WindowPolicy())
+    assert summary.done == 2 and [Path(p).name for p, _ in summary.failed] == ["blip.wav"]
+    assert "too short (0.90 s; the minimum is 1.00 s)" in summary.failed[0][1]
+    run = store.run("musicnn-msd")
+    for name, clip in clips.items():
+        want = msd.embed(clip[None])
+        row = store.track(str(music / name)).id
+        for layer, expected in zip(msd.info.layer_names, want, strict=True):
+            ids, matrix = store.layer_matrix(run, layer)
+            np.testing.assert_allclose(matrix[list(ids).index(row)], expected[0], rtol=2e-3, atol=2e-3)
+        queried = embed_file(music / name, msd, WindowPolicy())
+        for got, expected in zip(queried.layers, want, strict=True):
+            np.testing.assert_allclose(got, expected[0], rtol=1e-5, atol=1e-6)
+    store.close()
 
 
 def test_log_mel_matches_musicnn_float16_formula(piano: np.ndarray) -> None:

@@ -110,7 +110,7 @@ def test_effnet_front_end_patching_and_layers(effnet: Path, clips: np.ndarray) -
     assert model.preset.name == "discogs-effnet"
     assert model.info.layer_names == ("activations", "embeddings", "frames")
     assert model.info.layer_dims == (5, 32, 32)
-    assert model.info.min_samples == 127 * 256 and model.info.sample_rate == 16000
+    assert model.preset.min_samples == 127 * 256 and model.info.sample_rate == 16000
     assert model.info.revision.startswith("sha256:")
     layers = model.embed(clips)
     for row, window in enumerate(clips):

@@ -54,7 +54,8 @@ def extract_command(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 4,
     workers: Annotated[int, typer.Option(min=1, help="Decoding threads feeding the model.")] = 2,
-    window: Annotated[float, typer.Option(help="Full-context window length in seconds.")] = 30.0,
+    window: Annotated[float, typer.Option(min=WindowPolicy.min_seconds,  # no window shorter than the shortest track
+                                          help="Full-context window length in seconds.")] = 30.0,
     max_windows: MaxWindowsOpt = 4,
     prune: Annotated[bool, typer.Option(help="Forget catalogued files under FOLDERS that no longer exist.")] = False,
     engine: Annotated[str, typer.Option(help="local, or ray for a Ray cluster.")] = "local",

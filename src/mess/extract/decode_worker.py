@@ -1,7 +1,7 @@
 """The child process that inspects and decodes files for `mess extract`: ``python -m mess.extract.decode_worker``.
 
 Requests: ``("inspect", path, known)`` -> :class:`FileRecord`; ``("decode", record, sample_rate,
-policy, min_samples)`` -> :class:`Windows`. Replies: ``("ok", value)``, or ``(kind, message)``
+policy)`` -> :class:`Windows`. Replies: ``("ok", value)``, or ``(kind, message)``
 with kind ``audio`` (AudioError), ``os`` (OSError) or ``other`` (any other exception).
 """
 

@@ -58,5 +58,5 @@ def embed_prepared(model: EmbeddingModel, prepared: Sequence[Windows], batch_siz
 
 def embed_file(path: Path, model: EmbeddingModel, policy: WindowPolicy, batch_size: int = 4) -> TrackVectors:
     """Embed any audio file with the same model and window policy as a stored run (not stored)."""
-    prepared = decode_windows(inspect_file(path), model.info.sample_rate, policy, model.info.min_samples)
+    prepared = decode_windows(inspect_file(path), model.info.sample_rate, policy)
     return embed_prepared(model, [prepared], batch_size)[0]

@@ -127,8 +127,7 @@ def _prepared(store: FeatureStore, run: Run, paths: Sequence[Path], model: Embed
                                stamp=record.stamp)
             if store.has_vectors(run, record.content_hash):
                 return _Outcome(record, skipped=True)
-            windows = cast(Windows, _answer(child, path, ("decode", record, info.sample_rate, policy,
-                                                          info.min_samples)))
+            windows = cast(Windows, _answer(child, path, ("decode", record, info.sample_rate, policy)))
             return _Outcome(record, windows)
         except _FileFailed as exc:
             return _Outcome(record or _unread(path), error=str(exc))

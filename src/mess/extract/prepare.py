@@ -61,7 +61,7 @@ def inspect_file(path: Path, known: tuple[str, str] | None = None) -> FileRecord
     return FileRecord(path, digest, stat.st_size, stat.st_mtime, info, read_tags(path), stamp)
 
 
-def decode_windows(record: FileRecord, sample_rate: int, policy: WindowPolicy, min_samples: int = 1) -> Windows:
+def decode_windows(record: FileRecord, sample_rate: int, policy: WindowPolicy) -> Windows:
     """Decode what the window policy analyses, reject unusable audio with a clear reason, cut into windows.
 
     A file longer than one window (by its header) is read by seeking to each window, so
@@ -79,7 +79,7 @@ def decode_windows(record: FileRecord, sample_rate: int, policy: WindowPolicy, m
     seconds = audio.size / sample_rate
     if seconds >= policy.max_decode_seconds:
         warnings.append(_too_long(record, policy))
-    if seconds < policy.min_seconds or audio.size < min_samples:
+    if seconds < policy.min_seconds:
         raise AudioError(f"{record.path}: too short ({seconds:.2f} s; the minimum is {policy.min_seconds:.2f} s)")
     _check_level(record, audio)
     starts, windows = policy.cut(audio, sample_rate)

@@ -17,7 +17,6 @@ class ModelInfo:
     sample_rate: int
     layer_names: tuple[str, ...]
     layer_dims: tuple[int, ...]
-    min_samples: int = 1
     licence: str = ""
 
 
@@ -30,6 +29,9 @@ class EmbeddingModel(ABC):
     @abstractmethod
     def embed(self, windows: np.ndarray) -> list[np.ndarray]:
         """Embed a batch of equal-length mono windows.
+
+        Windows are at least the window policy's minimum (1 s) long; a model whose input needs more pads them
+        itself (musicnn repeats a window up to its 3 s patch).
 
         Args:
             windows: float32 array [batch, samples] at ``info.sample_rate``.

@@ -250,7 +250,7 @@ class DspModel(EmbeddingModel):
 
     def __init__(self) -> None:
         self.info = ModelInfo(name="dsp", revision=f"v5-librosa-{librosa_version}", sample_rate=_SR,
-                              layer_names=tuple(_GROUPS), layer_dims=tuple(_GROUPS.values()), min_samples=_N_FFT)
+                              layer_names=tuple(_GROUPS), layer_dims=tuple(_GROUPS.values()))
 
     def embed(self, windows: np.ndarray) -> list[np.ndarray]:
         """Descriptor groups for each window, as float32 [batch, dim] per group."""

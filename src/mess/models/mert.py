@@ -22,7 +22,6 @@ from mess.models.base import EmbeddingModel, ModelInfo
 log = logging.getLogger(__name__)
 
 MERT_LICENCE = "CC BY-NC 4.0 (MERT model card): non-commercial use only"
-_CONV_RECEPTIVE_FIELD = 400  # samples consumed by the conv front end for the first frame
 _NOT_CONFIG = ("model_type", "auto_map", "architectures", "_name_or_path", "transformers_version", "torch_dtype")
 
 
@@ -63,7 +62,7 @@ class MertModel(EmbeddingModel):
             name=name, revision=revision, sample_rate=int(processor.sampling_rate),
             layer_names=tuple(f"layer_{i}" for i in range(n_layers)),
             layer_dims=(network.config.hidden_size,) * n_layers,
-            min_samples=_CONV_RECEPTIVE_FIELD, licence=MERT_LICENCE)
+            licence=MERT_LICENCE)
 
     @classmethod
     def from_pretrained(cls, source: str, *, revision: str | None = None, name: str | None = None,

@@ -33,7 +33,7 @@ def inspect_row(row: dict[str, Any]) -> dict[str, Any]:
     return {"path": row["path"], "error": "", "record": json.dumps(record)}
 
 
-def decode_row(row: dict[str, Any], sample_rate: int, policy: str, min_samples: int) -> dict[str, Any]:
+def decode_row(row: dict[str, Any], sample_rate: int, policy: str) -> dict[str, Any]:
     """Decode, validate and window one file (``path``, ``hash``) at the model's rate.
 
     Returns the path, hash, error ("" when fine), warnings (newline-joined), window
@@ -43,8 +43,7 @@ def decode_row(row: dict[str, Any], sample_rate: int, policy: str, min_samples: 
     out = {"path": row["path"], "hash": row["hash"], "error": "", "warnings": "",
            "starts": np.zeros(0), "audio": np.zeros((0, 0), np.float32)}
     try:
-        win = decode_windows(FileRecord(path, row["hash"], 0, 0.0, {}, {}), sample_rate,
-                             WindowPolicy.from_json(policy), min_samples)
+        win = decode_windows(FileRecord(path, row["hash"], 0, 0.0, {}, {}), sample_rate, WindowPolicy.from_json(policy))
     except AudioError as exc:
         return {**out, "error": str(exc)}
     except OSError as exc:

@@ -46,7 +46,7 @@ class OnnxModel(EmbeddingModel):
         self.info = ModelInfo(
             name=path.stem, revision=f"sha256:{file_sha256(path)[:16]}", sample_rate=SAMPLE_RATE,
             layer_names=_layer_names(self.output_names, self.metadata), layer_dims=tuple(int(d) for d in dims),
-            min_samples=self.preset.min_samples, licence=self.metadata.licence or self.preset.licence)
+            licence=self.metadata.licence or self.preset.licence)
 
     @property
     def providers(self) -> list[str]:
@@ -54,7 +54,7 @@ class OnnxModel(EmbeddingModel):
         return self.session.get_providers()
 
     def embed(self, windows: np.ndarray) -> list[np.ndarray]:
-        """See :meth:`EmbeddingModel.embed`; windows shorter than ``info.min_samples`` are repeat-padded."""
+        """See :meth:`EmbeddingModel.embed`; windows shorter than one patch are repeat-padded."""
         from mess.models.musicnn.model import repeat_pad
 
         windows = repeat_pad(np.asarray(windows, dtype=np.float32), self.preset.min_samples)

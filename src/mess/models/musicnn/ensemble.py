@@ -29,7 +29,6 @@ class MusicnnEnsemble(EmbeddingModel):
             sample_rate=first.sample_rate,
             layer_names=tuple(f"{m.dataset.lower()}.{n}" for m in self.members for n in m.info.layer_names),
             layer_dims=tuple(d for m in self.members for d in m.info.layer_dims),
-            min_samples=first.min_samples,
             licence=first.licence,
         )
 

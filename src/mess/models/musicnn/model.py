@@ -142,7 +142,7 @@ class MusicnnModel(EmbeddingModel):
     Every layer is first reduced to one vector per 3 s patch (musicnn's frame-level
     timbral, temporal and cnn1-3 averaged over time; VGG's pool1-4 maps over time and
     frequency; pool5 is the flat 256-d input of VGG's output layer), then averaged over
-    patches. Windows shorter than ``info.min_samples`` are repeat-padded to it.
+    patches. Windows shorter than one patch (:data:`MIN_SAMPLES`, about 3 s) are repeat-padded to it.
     """
 
     def __init__(self, dataset: str = "MSD", device: str = "cpu", arch: str = "musicnn",
@@ -173,7 +173,6 @@ class MusicnnModel(EmbeddingModel):
             sample_rate=SAMPLE_RATE,
             layer_names=layer_names,
             layer_dims=layer_dims,
-            min_samples=MIN_SAMPLES,
             licence="ISC",
         )
 
