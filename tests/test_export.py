@@ -70,3 +70,9 @@ def test_export_bad_input_is_one_line(extracted_store: Path, tmp_path: Path) -> 
     out = runner.invoke(app, ["export", str(tmp_path / "v.npz"), "--layers", "nope", "--model", "dsp",
                               "--store", str(extracted_store)])
     assert out.exit_code == 1 and "unknown layer" in out.output
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for target in (blocker / "v.npz", Path("/dev/full")):  # a parent that is a file; a full disk
+        out = runner.invoke(app, ["export", str(target), "--format", "npz", "--store", str(extracted_store)])
+        assert out.exit_code == 1 and f"cannot write {target}: " in " ".join(out.output.split()), out.output
+        assert out.exception is None or isinstance(out.exception, SystemExit)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +166,23 @@ def test_playlist_bad_input_is_one_line(extracted_store: Path, tmp_path: Path) -
     assert out.exit_code == 1 and ".m3u8 or .xspf" in " ".join(out.output.split())
     out = runner.invoke(app, ["playlist", "path", "1", "1", "--store", str(extracted_store)])
     assert out.exit_code == 1 and "same recording" in out.output
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for command in (["radio", "1", "-o", str(blocker / "r.m3u8")], ["clusters", "-k", "2", "-o", str(blocker)]):
+        out = runner.invoke(app, ["playlist", *command, "--store", str(extracted_store)])
+        assert out.exit_code == 1 and "cannot write" in out.output and str(blocker) in out.output, out.output
+        assert out.exception is None or isinstance(out.exception, SystemExit)
+
+
+def test_any_file_the_system_refuses_is_one_line_not_a_traceback(extracted_store: Path, tmp_path: Path) -> None:
+    """Commands without a message of their own for it still end in one line (the entry point's fallback)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = subprocess.run([sys.executable, "-m", "mess.cli", "evaluate", "--model", "dsp", "--label", "artist",
+                          "--plot", str(blocker / "e.png"), "--store", str(extracted_store)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("error: ") and str(blocker) in out.stderr
 
 
 def test_radio_from_an_audio_file_outside_the_collection(real: FeatureStore, extracted_store: Path,

@@ -44,6 +44,13 @@ def plain(text: object) -> str:
     return escape(printable(str(text)))
 
 
+def os_reason(exc: OSError) -> str:
+    """What the system refused and why, e.g. "ref.json/sub: Not a directory" (no errno, no traceback)."""
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    reason = exc.strerror or str(exc)
+    return f"{' -> '.join(names)}: {reason}" if names else reason
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print a one-line error (no traceback) and exit."""
     console.print(f"[bold red]error:[/] {plain(message)}")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from mess.cli.common import console, emit_json, open_store
+from mess.cli.common import console, emit_json, fail, open_store, os_reason
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, ModelOpt, StoreOpt
 
 
@@ -30,8 +30,11 @@ def export_command(
     chosen = fmt or output.suffix.lstrip(".").lower()
     names = [x.strip() for item in layers or [] for x in item.split(",") if x.strip()] or None
     with open_store(store) as fs:
-        summary = export_vectors(fs, fs.run(model), output, chosen, layers=names, segments=segments)
         run = fs.run(model)
+        try:
+            summary = export_vectors(fs, run, output, chosen, layers=names, segments=segments)
+        except OSError as exc:
+            fail(f"cannot write {output}: {os_reason(exc)}")
     if as_json:
         emit_json({"model": run.model, **summary.__dict__, "layers": list(summary.layers)})
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 
 import typer
@@ -23,7 +24,7 @@ from mess.cli import (
     search,
     serve,
 )
-from mess.cli.common import plain_help, version_option
+from mess.cli.common import console, os_reason, plain, plain_help, version_option
 
 # Third-party warnings that tell a user nothing to act on, as (message start, module) regular expressions;
 # every other warning is shown.
@@ -55,4 +56,8 @@ def main() -> None:
     for message, module in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=UserWarning, module=module)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    app()
+    try:
+        app()
+    except OSError as exc:  # the system refused a file a command reads or writes: say which, in one line
+        console.print(f"[bold red]error:[/] {plain(os_reason(exc))}")
+        sys.exit(1)

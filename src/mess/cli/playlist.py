@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from mess.cli.common import console, emit_json, fail, open_store
+from mess.cli.common import console, emit_json, fail, open_store, os_reason
 from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, JsonOpt, ModelOpt, StoreOpt
 
 if TYPE_CHECKING:
@@ -101,6 +101,8 @@ def clusters_command(
             files = write_cluster_folder(playlists, output, fmt) if output is not None else []
         except PlaylistError as exc:
             fail(str(exc))
+        except OSError as exc:
+            fail(f"cannot write the playlists into {output}: {os_reason(exc)}")
     if as_json:
         emit_json(
             {
@@ -131,8 +133,10 @@ def _emit(playlist: Playlist, output: Path | None, as_json: bool) -> None:
     if output is not None:
         try:
             written = write_playlist(playlist, output)
-        except (PlaylistError, OSError) as exc:
+        except PlaylistError as exc:
             fail(str(exc))
+        except OSError as exc:
+            fail(f"cannot write {output}: {os_reason(exc)}")
     if as_json:
         emit_json({**playlist.to_dict(), "file": written})
         return
