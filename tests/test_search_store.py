@@ -16,7 +16,7 @@ from mess.extract.runs import run_key
 from mess.models.base import ModelInfo
 from mess.query import resolve_query
 from mess.search.evaluate import LabelError, evaluate, plot_evaluation, read_label_csv
-from mess.search.index import CollectionIndex, build_index, open_index
+from mess.search.index import CollectionIndex, build_index, open_index, stale_indexes
 from mess.search.query import similar_tracks
 from mess.search.vectors import VectorSpec, load_vectors
 from mess.store import FeatureStore, Run, StoreError, TrackVectors
@@ -212,6 +212,36 @@ def test_index_is_saved_updated_incrementally_and_never_stale(synth: tuple[Featu
     later = load_vectors(store, run, spec)
     assert not CollectionIndex.load(report.path).is_current(later)
     assert open_index(store, later).ann.ntotal == len(later.ids) == len(vs.ids) - 1
+
+
+@pytest.mark.parametrize("mix", ["new npz", "new faiss", "new faiss and json", "truncated faiss"])
+def test_an_index_whose_files_come_from_two_saves_is_never_used(synth: tuple[FeatureStore, Run], mix: str) -> None:
+    """A save cut short, or a reader that meets a save under way, finds files of two saves. Before, the ids of a new
+    .npz beside the old .faiss passed the count check, and a changed track was searched with its old vectors."""
+    store, run = synth
+    spec = VectorSpec("all", "", "center")
+    path = build_index(store, load_vectors(store, run, spec))[1].path
+    files = {"faiss": path, "json": path.with_suffix(".json"), "npz": path.with_suffix(".npz")}
+    before = {k: p.read_bytes() for k, p in files.items()}
+    changed = store.track("/music/artist2/track0.wav").id
+    rng = np.random.default_rng(7)
+    assert _add_track(store, run, "/music/artist2/track0.wav", "hash-changed", _vectors(rng, store.centres, 0),
+                      "Artist 2", "Track 0") == changed  # same file, new content: same id, same count
+    vs = load_vectors(store, run, spec)
+    assert build_index(store, vs)[1].mode == "updated"
+    after = {k: p.read_bytes() for k, p in files.items()}
+    if mix == "truncated faiss":
+        files["faiss"].write_bytes(after["faiss"][: len(after["faiss"]) // 2])
+    else:
+        for key, p in files.items():
+            p.write_bytes(after[key] if key in mix else before[key])
+    assert CollectionIndex.load(path) is None
+    assert path in stale_indexes(store)  # what `mess check` reports
+    exact = vs.unit() @ vs.unit()[vs.rows(np.array([changed]))][0]
+    got = open_index(store, vs).ann.search(vs.unit()[vs.rows(np.array([changed]))], 5)
+    np.testing.assert_array_equal(got[1][0], vs.ids[np.argsort(-exact)[:5]])  # searched with the new vectors
+    assert build_index(store, vs)[1].mode == "built"
+    assert CollectionIndex.load(path).is_current(vs)
 
 
 def test_search_caches_follow_store_writes_and_are_reused(synth: tuple[FeatureStore, Run],

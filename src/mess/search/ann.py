@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,19 +159,30 @@ class AnnIndex:
                 return
 
     def save(self, path: Path, extra: dict | None = None) -> None:
-        """Write the index (``path``) and its kind/breadth/recall plus ``extra`` (``path`` with ``.json``)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        faiss.write_index(self.index, str(tmp))
-        tmp.replace(path)
-        meta = {**(extra or {}), "kind": self.kind, "breadth": self.breadth, "recall": self.recall}
-        path.with_suffix(".json").write_text(json.dumps(meta))
+        """Write the index (``path``) and its kind/breadth/recall plus ``extra`` (``path`` with ``.json``).
+
+        Each file is replaced whole (written beside it, then renamed); the JSON records the index file's size and
+        CRC-32, so :meth:`load` refuses an index file that is not the one its JSON describes.
+        """
+        data = faiss.serialize_index(self.index)
+        meta = {**(extra or {}), "kind": self.kind, "breadth": self.breadth, "recall": self.recall,
+                "bytes": int(data.nbytes), "crc32": zlib.crc32(data)}
+        replace_file(path, data.tobytes())
+        replace_file(path.with_suffix(".json"), json.dumps(meta).encode())
 
     @classmethod
     def load(cls, path: Path) -> tuple[AnnIndex, dict]:
-        """Read an index written by :meth:`save`; returns it and the saved metadata."""
+        """Read an index written by :meth:`save`; returns it and the saved metadata.
+
+        Raises ValueError when the index file is not the one the JSON describes (a save cut short, or another
+        process replacing it meanwhile).
+        """
         meta = json.loads(path.with_suffix(".json").read_text())
-        return cls(faiss.read_index(str(path)), meta["kind"], meta["breadth"], meta["recall"]), meta
+        data = path.read_bytes()
+        if len(data) != meta.get("bytes") or zlib.crc32(data) != meta.get("crc32"):
+            raise ValueError(f"{path.name} does not match {path.with_suffix('.json').name}")
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        return cls(index, meta["kind"], meta["breadth"], meta["recall"]), meta
 
     def nbytes(self) -> int:
         """Serialised size of the index in bytes (a close proxy for its memory)."""
@@ -189,6 +202,17 @@ class AnnIndex:
             params.sel = sel
             params._sel = sel  # keep the selector alive as long as the params
         return params
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole: into a temporary file beside it, then renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _new_index(kind: str, dim: int, n: int) -> faiss.Index:

@@ -11,13 +11,15 @@ saved index when it is current, and otherwise an in-memory one (never stale).
 
 from __future__ import annotations
 
+import io
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mess.search.ann import AnnIndex, choose_kind
+from mess.search.ann import AnnIndex, choose_kind, replace_file
 from mess.search.vectors import Preprocessor, VectorSet, VectorSpec
 from mess.store import FeatureStore, Run
 
@@ -42,23 +44,31 @@ class CollectionIndex:
                 and bool(np.array_equal(self.ids, vs.ids)) and bool(np.array_equal(self.hashes, vs.hashes)))
 
     def save(self, path: Path) -> None:
-        """Write the index and its sidecars."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path.with_suffix(".npz"), allow_pickle=False, ids=self.ids, hashes=self.hashes, **self.prep.arrays())
+        """Write the index and its sidecars, all three marked with one new generation.
+
+        Each file is replaced whole, one after the other; a reader that meets files of two saves (a save cut
+        short, or one under way) sees two generations and :meth:`load` refuses them.
+        """
+        generation = uuid.uuid4().hex
+        arrays = io.BytesIO()
+        np.savez(arrays, allow_pickle=False, ids=self.ids, hashes=self.hashes, generation=np.array(generation),
+                 **self.prep.arrays())
+        replace_file(path.with_suffix(".npz"), arrays.getvalue())
         self.ann.save(path, {"run_id": self.run_id, "spec": [self.spec.kind, self.spec.name, self.spec.norm],
-                             "requested": self.requested, "n": len(self.ids), "saved_at": time.time()})
+                             "requested": self.requested, "n": len(self.ids), "saved_at": time.time(),
+                             "generation": generation})
 
     @classmethod
     def load(cls, path: Path) -> CollectionIndex | None:
-        """Read a saved index; None when it is missing or its files disagree."""
+        """Read a saved index; None when it is missing, damaged, or its files come from different saves."""
         try:
             ann, meta = AnnIndex.load(path)
             with np.load(path.with_suffix(".npz")) as arrays:
-                ids, hashes = arrays["ids"], arrays["hashes"]
+                ids, hashes, generation = arrays["ids"], arrays["hashes"], str(arrays["generation"])
                 prep = Preprocessor.from_arrays(dict(arrays))
         except (OSError, KeyError, ValueError, RuntimeError):
             return None
-        if ann.ntotal != len(ids):
+        if generation != meta.get("generation") or ann.ntotal != len(ids):
             return None
         kind, name, norm = meta["spec"]
         return cls(ann, prep, ids, hashes, VectorSpec(kind, name, norm), meta["run_id"], meta["requested"])
