@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from contextlib import closing
 from pathlib import Path
 
@@ -11,8 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from mess.audio.windows import WindowPolicy
 from mess.cli.main import app
-from mess.store import FeatureStore
+from mess.extract.runs import run_key
+from mess.models.base import ModelInfo
+from mess.store import FeatureStore, Run, TrackVectors
+from mess.store.export import export_vectors
+from mess.store.paths import printable
 
 runner = CliRunner()
 
@@ -76,3 +84,59 @@ def test_export_bad_input_is_one_line(extracted_store: Path, tmp_path: Path) -> 
         out = runner.invoke(app, ["export", str(target), "--format", "npz", "--store", str(extracted_store)])
         assert out.exit_code == 1 and f"cannot write {target}: " in " ".join(out.output.split()), out.output
         assert out.exception is None or isinstance(out.exception, SystemExit)
+
+
+def _toy_store(root: Path) -> tuple[FeatureStore, Run]:
+    """Three tracks of a two-layer toy run, one named with bytes that are not valid UTF-8."""
+    store = FeatureStore(root)
+    run = store.ensure_run(run_key(ModelInfo("toy", "r1", 16000, ("a", "b"), (3, 2)), WindowPolicy()))
+    for i, name in enumerate(["one.flac", os.fsdecode(b"caf\xe9.flac"), "three.flac"]):
+        _toy_track(store, run, Path("/music") / name, f"hash-{i}", float(i))
+    return store, run
+
+
+def _toy_track(store: FeatureStore, run: Run, path: Path, content: str, value: float) -> None:
+    store.upsert_track(path, content, 1, 0.0, {"duration": 5.0},
+                       {"artist": "A", "album": None, "title": content, "genre": None, "composer": None})
+    layers = [np.full(3, value, np.float32), np.full(2, value, np.float32)]
+    store.write_vectors(run, [TrackVectors(content, layers, [v[None] for v in layers], [0.0])])
+
+
+def test_a_name_that_is_not_utf8_exports_exactly_to_npz_and_as_printed_to_parquet(tmp_path: Path) -> None:
+    store, run = _toy_store(tmp_path / "store")
+    with closing(store):
+        export_vectors(store, run, tmp_path / "v.npz", "npz")
+        export_vectors(store, run, tmp_path / "v.parquet", "parquet")  # raised UnicodeDecodeError before
+        paths = [t.path for t in store.tracks(run)]
+    assert list(np.load(tmp_path / "v.npz")["path"]) == paths
+    assert pq.read_table(tmp_path / "v.parquet")["path"].to_pylist() == [printable(p) for p in paths]
+    assert "/music/caf\\xe9.flac" in pq.read_table(tmp_path / "v.parquet")["path"].to_pylist()
+
+
+def test_export_reads_one_catalog_version_while_another_process_commits(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process replaces a track's content between export's reads of two layers: every column still comes
+    from the catalog as it was when the export began (before, layer a was old, layer b new, tags old)."""
+    store, run = _toy_store(tmp_path / "store")
+    writer = (f"import sys; sys.path[:0] = {sys.path!r}\n"
+              "from pathlib import Path\nfrom test_export import _toy_track\nfrom mess.store import FeatureStore\n"
+              f"s = FeatureStore(Path({str(tmp_path / 'store')!r}))\n"
+              "_toy_track(s, s.run('toy'), Path('/music/one.flac'), 'hash-new', 9.0)\ns.close()\n")
+    reads = []
+    original = FeatureStore.layer_matrix
+
+    def layer_then_commit(self: FeatureStore, run: Run, layer: str | int) -> tuple[np.ndarray, np.ndarray]:
+        out = original(self, run, layer)
+        if not reads:
+            subprocess.run([sys.executable, "-c", writer], check=True, cwd=Path(__file__).parent, timeout=120)
+        reads.append(layer)
+        return out
+
+    monkeypatch.setattr(FeatureStore, "layer_matrix", layer_then_commit)
+    with closing(store):
+        export_vectors(store, run, tmp_path / "v.npz", "npz")
+        assert store.track("/music/one.flac").content_hash == "hash-new"  # the commit did land
+    data = np.load(tmp_path / "v.npz")
+    row = list(data["path"]).index("/music/one.flac")
+    assert reads == ["a", "b"] and data["title"][row] == "hash-0"
+    assert data["vectors_a"][row].tolist() == [0.0] * 3 and data["vectors_b"][row].tolist() == [0.0] * 2

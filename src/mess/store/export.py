@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mess.store.feature_store import FeatureStore, Run, StoreError
+from mess.store.paths import printable
 
 FORMATS = ("npz", "parquet")
 TAGS = ("path", "content_hash", "artist", "album", "title", "genre", "composer")
@@ -50,15 +51,16 @@ def export_vectors(store: FeatureStore, run: Run, out: Path, fmt: str = "npz", *
 
 def _columns(store: FeatureStore, run: Run, names: tuple[str, ...],
              segments: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    by_id = {t.id: t for t in store.tracks(run)}
     vectors: dict[str, np.ndarray] = {}
     ids = starts = None
-    for name in names:
-        if segments:
-            ids, starts, mat = store.segment_matrix(run, name)
-        else:
-            ids, mat = store.layer_matrix(run, name)
-        vectors[name] = mat
+    with store.snapshot():  # tracks and every layer from one catalog version, though an extract may be committing
+        by_id = {t.id: t for t in store.tracks(run)}
+        for name in names:
+            if segments:
+                ids, starts, mat = store.segment_matrix(run, name)
+            else:
+                ids, mat = store.layer_matrix(run, name)
+            vectors[name] = mat
     if ids is None or not len(ids):
         raise StoreError(f"no vectors for {run.model} in {store.root}; run `mess extract` first")
     columns: dict[str, np.ndarray] = {"track_id": ids.astype(np.int64)}
@@ -84,7 +86,9 @@ def _write_parquet(out: Path, columns: dict[str, np.ndarray], vectors: dict[str,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    fields = {name: pa.array(col) for name, col in columns.items()}
+    # Parquet strings are UTF-8: a name that is not valid UTF-8 is written as printed (caf\xe9); npz keeps it exact
+    fields = {name: pa.array([printable(v) for v in col] if col.dtype.kind == "U" else col)
+              for name, col in columns.items()}
     for name, mat in vectors.items():
         flat = pa.array(np.ascontiguousarray(mat, dtype=np.float32).ravel())
         fields[name] = pa.FixedSizeListArray.from_arrays(flat, mat.shape[1])
