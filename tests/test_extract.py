@@ -56,6 +56,21 @@ def test_extract_skips_unchanged_picks_up_new_and_prunes(tmp_path: Path) -> None
     assert len(store.tracks(store.run("dsp"))) == 3
 
 
+def test_prune_keeps_a_file_the_folder_walk_passes_over(tmp_path: Path) -> None:
+    """A file in a hidden folder, extracted by naming it, is still on disk: pruning its parent keeps it."""
+    music = tmp_path / "music"
+    _tone_files(music, 2)
+    hidden = _tone_files(music / ".stash", 3)[2]
+    store = FeatureStore(tmp_path / "store")
+    model = DspModel()
+    extract(store, [*find_audio([music]), hidden], model, POLICY)
+    (music / "tone01.wav").unlink()
+    summary = extract(store, find_audio([music]), model, POLICY, prune_under=[music])
+    assert summary.removed == 1  # tone01.wav only (the hidden file used to go too)
+    assert sorted(Path(t.path).name for t in store.tracks(store.run("dsp"))) == ["tone00.wav", "tone02.wav"]
+    assert store.track(str(hidden)).path == str(hidden)
+
+
 def test_byte_identical_copies_in_one_batch_share_one_vector(tmp_path: Path) -> None:
     music = tmp_path / "music"
     original = _tone_files(music, 2)[0]
