@@ -101,7 +101,7 @@ def test_exclude_same_artist_and_why_scores(synth: tuple[FeatureStore, Run]) -> 
 
 def test_aspects_need_a_probe_then_use_its_layers(synth: tuple[FeatureStore, Run]) -> None:
     store, run = synth
-    query = resolve_query(store, "track2.wav", run)
+    query = resolve_query(store, "/music/artist0/track2.wav", run)
     with pytest.raises(StoreError, match="mess probe"):
         similar_tracks(store, run, query, k=3, aspect="timbre")
     store.set_aspect_map(run, [("timbre", "l1", 0.9, 0.1), ("harmony", "l0", 0.5, 0.1)])

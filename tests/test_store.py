@@ -95,6 +95,20 @@ def test_duplicate_content_shares_vectors_and_lookups_fail_clearly(tmp_path: Pat
         FeatureStore(tmp_path / "missing", readonly=True)
 
 
+def test_a_file_name_two_tracks_share_is_refused_with_both_ids(tmp_path: Path) -> None:
+    """Before, `mess similar theme.ogg` answered for the lower id without a word (a moved, unpruned file's old path
+    won too)."""
+    store = FeatureStore(tmp_path)
+    x = store.upsert_track(Path("/music/x/theme.ogg"), "hx", 10, 1.0, {}, {})
+    y = store.upsert_track(Path("/music/y/theme.ogg"), "hy", 10, 1.0, {}, {})
+    with pytest.raises(StoreError, match="give the track's id or its full path") as err:
+        store.track("theme.ogg")
+    assert f"{x}: /music/x/theme.ogg" in str(err.value) and f"{y}: /music/y/theme.ogg" in str(err.value)
+    assert store.track("/music/y/theme.ogg").id == y and store.track(str(x)).id == x
+    store.upsert_track(Path("/music/y/other.ogg"), "ho", 10, 1.0, {}, {})
+    assert store.track("other.ogg").path == "/music/y/other.ogg"  # a unique name still finds its track
+
+
 def test_derived_vectors_align_to_tracks(tmp_path: Path) -> None:
     store = FeatureStore(tmp_path)
     run = store.ensure_run(run_key(INFO, WindowPolicy()))

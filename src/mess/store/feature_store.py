@@ -366,7 +366,8 @@ class FeatureStore:
         return tuple(Track.from_row(r) for r in self.db.execute(sql + " ORDER BY t.id", args))
 
     def track(self, ref: int | str | Path) -> Track:
-        """Find a track by id, path, or file name; raises StoreError when unknown."""
+        """Find a track by id, path, or file name; raises StoreError when unknown, or when a file name is not
+        unique (the message lists the candidates' ids and paths)."""
         key = str(ref)
         sql = f"SELECT {_TRACK_COLS} FROM tracks WHERE "
         if key.isdigit():
@@ -375,7 +376,13 @@ class FeatureStore:
             row = self.db.execute(sql + "path=?", (to_db_path(Path(key).expanduser().resolve()),)).fetchone()
             if row is None:
                 name = Path(key).name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-                row = self.db.execute(sql + "path LIKE ? ESCAPE '\\' ORDER BY id", ("%/" + name,)).fetchone()
+                rows = self.db.execute(sql + "path LIKE ? ESCAPE '\\' ORDER BY id", ("%/" + name,)).fetchall()
+                if len(rows) > 1:
+                    found = [Track.from_row(r) for r in rows]
+                    listed = "; ".join(f"{t.id}: {t.path}" for t in found[:5]) + ("; ..." if len(found) > 5 else "")
+                    raise StoreError(f"{len(found)} tracks are named {Path(key).name!r} ({listed}); "
+                                     "give the track's id or its full path")
+                row = rows[0] if rows else None
         if row is None:
             raise StoreError(f"unknown track {ref!r}")
         return Track.from_row(row)
