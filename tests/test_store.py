@@ -176,3 +176,22 @@ def test_window_policy_covers_long_tracks_with_full_windows() -> None:
     assert WindowPolicy.from_json(policy.to_json()) == policy
     with pytest.raises(ValueError):
         WindowPolicy(window_seconds=0)
+
+
+def test_a_model_extracted_again_with_another_policy_answers_from_its_fuller_run(tmp_path: Path) -> None:
+    """One file extracted with `--max-windows 2` made a second run that every command then used: the other tracks
+    disappeared from similar, index and evaluate. The run covering the most tracks answers, the newest of equals."""
+    from mess.cli.extract import store_summary
+
+    store = FeatureStore(tmp_path)
+    full = store.ensure_run(run_key(INFO, WindowPolicy()))
+    for i in range(3):
+        _add_track(store, i)
+        store.write_vectors(full, [_vectors(f"h{i}", 2, i)])
+    partial = store.ensure_run(run_key(INFO, WindowPolicy(max_windows=2)))
+    store.write_vectors(partial, [_vectors("h0", 2, 9)])
+    assert (store.run("toy").id, store.run().id) == (full.id, full.id)
+    runs = {r["id"]: r for r in store_summary(store)["runs"]}
+    assert (runs[full.id]["in_use"], runs[partial.id]["in_use"], runs[partial.id]["max_windows"]) == (True, False, 2)
+    store.write_vectors(partial, [_vectors(f"h{i}", 2, 9 + i) for i in (1, 2)])  # the collection again
+    assert store.run("toy").id == partial.id

@@ -208,19 +208,22 @@ def info_command(
         emit_json(summary)
         return
     table = Table(title=f"{plain(summary['store'])}: {summary['tracks']} tracks, {summary['artists']} artists")
-    for col in ("run", "model", "revision", "window", "layers", "tracks", "failed"):
+    for col in ("run", "model", "revision", "windows", "layers", "tracks", "failed"):
         table.add_column(col)
     for run in summary["runs"]:
         table.add_row(
-            str(run["id"]),
+            f"{run['id']}{'' if run['in_use'] else ' (not used)'}",
             plain(run["model"]),
             _short_revision(run["revision"]),
-            f"{run['window_seconds']:g} s",
+            f"{run['max_windows']} x {run['window_seconds']:g} s",
             str(run["layers"]),
             str(run["tracks"]),
             str(len(run["failures"])),
         )
     console.print(table)
+    if not all(run["in_use"] for run in summary["runs"]):
+        console.print("[dim]a model with two runs (another window policy or revision) answers from the one "
+                      "covering the most tracks: extract the collection again to move to the newer one[/]")
     for run in summary["runs"]:
         for failure in run["failures"] if failures else []:
             console.print(f"[red]{run['model']}:[/] {plain(failure['reason'])}")
@@ -229,8 +232,9 @@ def info_command(
 
 
 def store_summary(fs: FeatureStore) -> dict:
-    """What ``mess info`` shows, as plain data."""
+    """What ``mess info`` shows, as plain data (``in_use``: the run commands answer from for its model)."""
     tracks = fs.tracks()
+    in_use = {fs.run(model).id for model in {run.model for run in fs.runs()}}
     return {
         "store": str(fs.root),
         "tracks": len(tracks),
@@ -241,6 +245,8 @@ def store_summary(fs: FeatureStore) -> dict:
                 "model": run.model,
                 "revision": run.revision,
                 "window_seconds": run_policy(run).window_seconds,
+                "max_windows": run_policy(run).max_windows,
+                "in_use": run.id in in_use,
                 "layers": len(run.layer_names),
                 "tracks": len(fs.tracks(run)),
                 "failures": [{"path": p, "reason": r} for p, r in fs.failures(run)],

@@ -58,11 +58,11 @@ class ServeState:
     lock: RequestLock = field(default_factory=RequestLock)
 
     def run(self, model: str | None) -> Run:
-        """The latest run of ``model`` (the server's default model when None); 404 when absent."""
+        """The run of ``model`` that commands use (see :meth:`FeatureStore.run`; the server's default model when
+        None); 404 when absent."""
         name = model_key(model) if model else self.default_model
-        for run in reversed(self.store.runs()):
-            if run.model == name:
-                return run
+        if any(run.model == name for run in self.store.runs()):
+            return self.store.run(name)
         known = ", ".join(sorted({r.model for r in self.store.runs()}))
         raise HTTPException(404, f"unknown model {name!r}; this store has vectors for {known}")
 

@@ -423,10 +423,12 @@ class FeatureStore:
         return [self._run(r) for r in self.db.execute("SELECT * FROM runs ORDER BY id")]
 
     def run(self, model: str | None = None) -> Run:
-        """The most recent run of ``model`` (a name or local model folder), else of the preferred model.
+        """The run of ``model`` (a name or local model folder) that covers the most tracks, the newest of equals.
 
-        With ``model`` None the store's ``default-model`` setting, else the best model extracted
-        (see :mod:`mess.store.config`), not simply the latest run.
+        A model extracted again with another window policy or revision has a second run; until that run holds as
+        many of the collection's tracks, commands keep answering from the first (the newest run alone would hide
+        every track it lacks). With ``model`` None: the store's ``default-model`` setting, else the best model
+        extracted (see :mod:`mess.store.config`), not simply the latest run.
         """
         from mess.store.config import model_key, preferred_model, read_config
 
@@ -435,11 +437,12 @@ class FeatureStore:
             if model
             else preferred_model([r.model for r in self.runs()], read_config(self.root).get("default-model"))
         )
-        sql = "SELECT * FROM runs"
+        sql = ("SELECT r.*, (SELECT COUNT(*) FROM tracks t JOIN vectors v ON v.content_hash = t.content_hash"
+               " AND v.run_id = r.id) AS covered FROM runs r")
         args: tuple[str, ...] = ()
         if model:
-            sql, args = sql + " WHERE model=?", (model,)
-        row = self.db.execute(sql + " ORDER BY id DESC LIMIT 1", args).fetchone()
+            sql, args = sql + " WHERE r.model=?", (model,)
+        row = self.db.execute(sql + " ORDER BY covered DESC, r.id DESC LIMIT 1", args).fetchone()
         if row is None:
             known = sorted({r.model for r in self.runs()})
             raise StoreError(f"no vectors for model {model!r} in {self.root}; extracted models: {known or 'none'}")
