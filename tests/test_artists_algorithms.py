@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from mess.artists.hybrid import (
     rescale,
 )
 from mess.artists.profiles import ArtistError, Space, build_artists
-from mess.artists.reference import match_reference, parse_reference
+from mess.artists.reference import load_reference, match_reference, parse_reference
 from mess.artists.setdist import chamfer_matrix, chamfer_row
 from mess.artists.similarity import ArtistVectors, artist_vectors, similarity_matrix, similarity_row, top_k
 from mess.artists.validate import evaluate, random_baseline
@@ -272,3 +273,34 @@ def test_blend_rescale_and_weight_parsing() -> None:
     for bad in ("tempo=1", "audio=x", "audio=-1,genre=2", "audio=0"):
         with pytest.raises(ArtistError):
             parse_weights(bad)
+
+
+# ---- names that the credit parser or normalisation could lose ---------------------------------
+def test_bare_with_is_part_of_a_name_and_a_guest_only_in_brackets() -> None:
+    assert main_artist("Dance With the Dead") == "Dance With the Dead"
+    assert split_credit("Dance With the Dead feat. Gunship") == ["Dance With the Dead", "Gunship"]
+    assert main_artist("Artist (with Guest)") == "Artist" and split_credit("A [with B & C]") == ["A", "B", "C"]
+    assert track_credits("A", "Song (with B)") == ["A", "B"]
+    artists = build_artists([make_track(i, "Dance With the Dead") for i in (1, 2)] + [make_track(3, "Dance")])
+    assert artists.names == ["Dance", "Dance With the Dead"]
+    assert artists.index("dance with the dead") == 1
+
+
+def test_symbol_only_names_stay_distinct_and_unknown_ones_are_refused() -> None:
+    artists = build_artists([make_track(1, "!!!"), make_track(2, "!!!"), make_track(3, "🎹"), make_track(4, "Other")])
+    bangs, keys, other = artists.index("!!!"), artists.index("🎹"), artists.index("other")
+    assert len({bangs, keys, other}) == 3
+    with pytest.raises(ArtistError, match=r"unknown artist '\?\?\?'"):
+        artists.index("???")
+    matched, cov = match_reference({"🎹": ["!!!", "???"], "Other": ["!!!"]}, artists)
+    assert matched == {keys: [bangs], other: [bangs]}
+    assert (cov.query_found, cov.listed_artists, cov.listed_found, cov.usable_queries) == (2, 2, 1, 2)
+    sim = collaboration_similarity(["!!!", "🎹", "Other"], [["!!!", "🎹"]])
+    assert sim.shape == (3, 3) and sim[0, 1] == pytest.approx(1.0) and sim[0, 2] == 0.0
+
+
+def test_deeply_nested_reference_file_is_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text('{"a": ' * 3000 + "1" + "}" * 3000)
+    with pytest.raises(ArtistError, match="is not valid JSON"):
+        load_reference(path)

@@ -8,8 +8,10 @@ from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 
-# "A feat. B", "A ft B", "A featuring B", "A with B": the part before is the main artist.
-_FEAT = re.compile(r"\s*[\(\[]?\s*\b(?:feat\.?|ft\.?|featuring|with)\s+", re.IGNORECASE)
+# "A feat. B", "A ft B", "A featuring B", "A (with B)": the part before is the main artist. A bare
+# "with" is part of a name ("Dance With the Dead"); it credits a guest only inside brackets.
+_FEAT = re.compile(r"\s*(?:[\(\[]\s*(?:feat\.?|ft\.?|featuring|with)|\b(?:feat\.?|ft\.?|featuring))\s+",
+                   re.IGNORECASE)
 # Everything that separates names inside one credit.
 _SPLIT = re.compile(r"\s*[&;,/+]\s*|\s+(?:x|vs\.?|and)\s+|" + _FEAT.pattern, re.IGNORECASE)
 # "Title (feat. B)" / "Title [ft. B & C]" credits guests in the title.
@@ -24,24 +26,34 @@ def normalize_name(name: str) -> str:
     return re.sub(r"^the\s+", "", text)
 
 
+def name_key(name: str) -> str:
+    """Identity of an artist name: :func:`normalize_name`, or the stripped casefolded name when that is empty."""
+    return normalize_name(name) or name.strip().casefold()
+
+
 def main_artist(credit: str) -> str:
-    """The main artist of a credit: the text before any 'feat.' / 'ft.' / 'with' guest."""
+    """The main artist of a credit: the text before any 'feat.' / 'ft.' / '(with' guest."""
     head = _FEAT.split(credit, maxsplit=1)[0].strip(" ([")
     return head or credit.strip()
+
+
+def credit_key(credit: str | None) -> str:
+    """Identity (:func:`name_key`) of a credit's main artist; empty for a missing or blank credit."""
+    return name_key(main_artist(credit)) if credit and credit.strip() else ""
 
 
 def split_credit(credit: str, known: Collection[str] = frozenset()) -> list[str]:
     """Every artist named in a credit, main artist first, without duplicates.
 
     A part of the credit that is itself a known artist (``known`` holds
-    :func:`normalize_name` forms), such as a band called 'Earth, Wind & Fire', is
+    :func:`name_key` forms), such as a band called 'Earth, Wind & Fire', is
     not split at its '&' or ','.
     """
     parts = [main_artist(credit), *_FEAT.split(credit)[1:]]
     names: list[str] = []
     for part in parts:
         part = part.strip(" ()[]")
-        pieces = [part] if normalize_name(part) in known else _SPLIT.split(part)
+        pieces = [part] if name_key(part) in known else _SPLIT.split(part)
         names += [p.strip(" ()[]") for p in pieces if p and p.strip(" ()[]")]
     return _unique(names)
 
@@ -55,10 +67,10 @@ def track_credits(artist: str | None, title: str | None, known: Collection[str] 
 
 
 def _unique(names: Iterable[str]) -> list[str]:
-    """Names in order, dropping later spellings of the same normalised name."""
+    """Names in order, dropping later spellings of the same artist (:func:`name_key`)."""
     seen: dict[str, str] = {}
     for name in names:
-        seen.setdefault(normalize_name(name), name)
+        seen.setdefault(name_key(name), name)
     return list(seen.values())
 
 
@@ -73,10 +85,10 @@ def collaboration_similarity(artists: Sequence[str], credits: Iterable[Sequence[
     from scipy import sparse  # here, not at the top: the CLI starts without sklearn/scipy
     from sklearn.metrics.pairwise import cosine_similarity
 
-    index = {normalize_name(a): i for i, a in enumerate(artists)}
+    index = {name_key(a): i for i, a in enumerate(artists)}
     rows, cols = [], []
     for names in credits:
-        ids = [index.setdefault(normalize_name(name), len(index)) for name in names]
+        ids = [index.setdefault(name_key(name), len(index)) for name in names]
         for i in ids:
             for j in ids:
                 if i != j:

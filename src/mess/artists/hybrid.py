@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mess.artists.credits import collaboration_similarity, normalize_name, track_credits
+from mess.artists.credits import collaboration_similarity, name_key, track_credits
 from mess.artists.profiles import ArtistError, ArtistSet
 from mess.artists.validate import Metrics, evaluate
 
@@ -35,10 +35,10 @@ def genre_similarity(artists: ArtistSet, extra_tags: dict[str, list[str]] | None
         row = artists.row_of(track)
         if row is not None and track.genre:
             tags[row] |= {t.casefold() for t in _TAG_SPLIT.split(track.genre) if t}
-    by_name = {normalize_name(n): i for i, n in enumerate(artists.names)}
+    by_name = {name_key(n): i for i, n in enumerate(artists.names)}
     for name, extra in (extra_tags or {}).items():
-        if normalize_name(name) in by_name:
-            tags[by_name[normalize_name(name)]] |= {str(t).casefold() for t in extra}
+        if name_key(name) in by_name:
+            tags[by_name[name_key(name)]] |= {str(t).casefold() for t in extra}
     onehot = MultiLabelBinarizer(sparse_output=True).fit_transform(tags).astype(np.float32)
     inter = np.asarray((onehot @ onehot.T).todense())
     sizes = np.asarray(onehot.sum(axis=1)).ravel()
@@ -50,7 +50,7 @@ def genre_similarity(artists: ArtistSet, extra_tags: dict[str, list[str]] | None
 
 def collab_similarity(artists: ArtistSet) -> np.ndarray:
     """Collaboration-graph similarity from 'feat.' / multi-artist credits of every track."""
-    known = frozenset(normalize_name(n) for n in artists.names)
+    known = frozenset(name_key(n) for n in artists.names)
     credits = [track_credits(t.artist, t.title, known) for t in artists.tracks.values()]
     return collaboration_similarity(artists.names, [c for c in credits if len(c) > 1])
 

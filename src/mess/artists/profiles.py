@@ -10,7 +10,7 @@ from functools import cached_property
 
 import numpy as np
 
-from mess.artists.credits import main_artist, normalize_name
+from mess.artists.credits import main_artist, name_key
 from mess.constants import FUSED
 from mess.search.vectors import from_tracks
 from mess.store import FeatureStore, Run, Track
@@ -59,29 +59,24 @@ class ArtistSet:
         name, _ = artist_of(track)
         if name is None:
             return None
-        return self._rows.get(_key(name))
+        return self._rows.get(name_key(name))
 
     @cached_property
     def _rows(self) -> dict[str, int]:
-        return {_key(p.name): i for i, p in enumerate(self.profiles)}
+        return {name_key(p.name): i for i, p in enumerate(self.profiles)}
 
     def index(self, name: str) -> int:
-        """Row of an artist by exact or normalised name; unknown names suggest close matches."""
+        """Row of an artist by exact name or :func:`name_key`; unknown names suggest close matches."""
         names = self.names
         if name in names:
             return names.index(name)
-        norm = [normalize_name(n) for n in names]
-        key = normalize_name(name)
-        if key in norm:
-            return norm.index(key)
+        key = name_key(name)
+        if key in self._rows:
+            return self._rows[key]
+        norm = [name_key(n) for n in names]
         close = difflib.get_close_matches(key, norm, n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(repr(names[norm.index(c)]) for c in close)}?" if close else ""
         raise ArtistError(f"unknown artist {name!r} ({len(names)} artists in the store){hint}")
-
-
-def _key(name: str) -> str:
-    """Grouping key of an artist name (its normalised form, or itself if that is empty)."""
-    return normalize_name(name) or name
 
 
 def artist_of(track: Track) -> tuple[str | None, bool]:
@@ -112,7 +107,7 @@ def build_artists(tracks: Sequence[Track], *, max_tracks: int = DEFAULT_MAX_TRAC
         if name is None:
             unattributed += 1
             continue
-        key = _key(name)
+        key = name_key(name)
         groups[key].append(track)
         spellings[key][name] += 1
         fallback[key] += from_composer

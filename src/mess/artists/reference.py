@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from mess.artists.credits import normalize_name
+from mess.artists.credits import name_key
 from mess.artists.profiles import ArtistError, ArtistSet
 
 _NAME_KEYS = ("name", "artist_name", "artist")
@@ -50,6 +50,8 @@ def load_reference(path: Path) -> dict[str, list[str]]:
         raise ArtistError(f"no such reference file: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtistError(f"reference file {path} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ArtistError(f"reference file {path} is not valid JSON (nested too deeply)") from None
     return parse_reference(data)
 
 
@@ -83,23 +85,23 @@ def match_reference(reference: dict[str, list[str]], artists: ArtistSet,
                     missing_shown: int = 10) -> tuple[dict[int, list[int]], Coverage]:
     """Map names to artist rows: ``{query row: [relevant rows in reference order]}`` and coverage.
 
-    Names are matched after normalisation (case, accents, punctuation, leading 'the');
+    Names are matched by :func:`~mess.artists.credits.name_key` (case, accents, punctuation, leading 'the');
     listed artists not in the collection, and the query itself, are dropped.
     """
-    rows = {normalize_name(name): i for i, name in enumerate(artists.names)}
+    rows = {name_key(name): i for i, name in enumerate(artists.names)}
     matched: dict[int, list[int]] = {}
     missing: dict[str, None] = {}
     listed: dict[str, bool] = {}
     found_queries = 0
     for query, similar in reference.items():
-        q = rows.get(normalize_name(query))
+        q = rows.get(name_key(query))
         if q is None:
             missing[query] = None
         found_queries += q is not None
         relevant: list[int] = []
         for name in similar:
-            r = rows.get(normalize_name(name))
-            listed[normalize_name(name)] = r is not None
+            r = rows.get(name_key(name))
+            listed[name_key(name)] = r is not None
             if r is None:
                 missing[name] = None
             elif r != q and r not in relevant:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mess.artists.credits import credit_key
 from mess.search.query import DUPLICATE_COSINE
 from mess.store import Track
 
@@ -36,12 +37,12 @@ class Playlist:
 
 
 def artist_key(track: Track) -> str:
-    """Normalised artist (else composer) tag; empty when the track has neither (it never conflicts)."""
-    return (track.artist or track.composer or "").strip().casefold()
+    """The artists module's identity of the artist (else composer) tag; empty when neither (never conflicts)."""
+    return credit_key(track.artist) or credit_key(track.composer)
 
 
 def title_key(track: Track) -> tuple[str, str] | None:
-    """(artist, title) casefolded when both tags exist: two tracks sharing it are versions of one song."""
+    """(artist key, casefolded title) when both exist: two tracks sharing it are versions of one song."""
     title = (track.title or "").strip().casefold()
     return (artist_key(track), title) if title and artist_key(track) else None
 

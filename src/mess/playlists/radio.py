@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mess.artists.credits import credit_key
 from mess.constants import DEFAULT_NORM
 from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError, artist_key
 from mess.search.query import TrackQuery, query_unit
@@ -43,7 +44,7 @@ def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 3
     for s, u in zip(seeds, seed_units, strict=False):
         guard.add(u, s.track, s.content_hash)
     pool = [int(r) for r in np.argsort(-closeness, kind="stable")[:max(POOL_PER_TRACK * n, 1000)]]
-    history = [(s.artist or "").strip().casefold() if s.track is None else artist_key(s.track) for s in seeds]
+    history = [credit_key(s.artist) if s.track is None else artist_key(s.track) for s in seeds]
     picked: list[int] = []
     while len(picked) < n:
         pool = [r for r in pool if not guard.duplicate(unit[r], by_id[int(vs.ids[r])])]
