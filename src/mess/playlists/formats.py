@@ -2,22 +2,26 @@
 
 Tracks inside the playlist's folder are written with relative paths (so a playlist saved
 beside the music keeps working when the folder moves or is mounted elsewhere); others
-with absolute paths (M3U8) or file:// URIs (XSPF).
+with absolute paths (M3U8) or file:// URIs (XSPF). File names round-trip byte for byte,
+also when they are not valid UTF-8; tags are cleaned of characters a reader would choke on.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote, unquote, urlparse
+from urllib.parse import quote, unquote_to_bytes, urlparse
 
 from mess.playlists.playlist import Playlist, PlaylistError
 from mess.store import Track
+from mess.store.paths import printable, replace_file
 
 FORMATS = {".m3u8": "m3u8", ".m3u": "m3u8", ".xspf": "xspf"}
 XSPF_NS = "http://xspf.org/ns/0/"
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]")  # what XML 1.0 forbids, and C1
 
 
 def playlist_format(path: Path) -> str:
@@ -40,15 +44,25 @@ def _location(track_path: str, folder: Path | None) -> tuple[str, bool]:
     return str(p), False
 
 
+def _m3u8_entry(track_path: str, folder: Path | None) -> str:
+    """The line naming a track: its path, './' before a relative one starting with '#' (else read as a
+    comment); a file:// URI when the name would not survive as one whole line (line breaks, outer spaces)."""
+    loc, relative = _location(track_path, folder)
+    if loc != loc.strip() or loc.splitlines() != [loc]:
+        return Path(track_path).as_uri()
+    return f"./{loc}" if relative and loc.startswith("#") else loc
+
+
 def render_m3u8(playlist: Playlist, folder: Path | None = None, locate: Locate | None = None) -> str:
     """Extended M3U (UTF-8): #EXTM3U, #PLAYLIST, and #EXTINF:seconds,Artist - Title before each path.
 
-    ``locate`` (e.g. a track's URL on a server) replaces the file path of each entry.
+    ``locate`` (e.g. a track's URL on a server) replaces the file path of each entry. A file name that is
+    not valid UTF-8 keeps its surrogate escapes: :func:`write_playlist` writes its bytes.
     """
     lines = ["#EXTM3U", f"#PLAYLIST:{_one_line(playlist.title)}"]
     for t in playlist.tracks:
         seconds = -1 if t.duration is None else round(t.duration)
-        lines += [f"#EXTINF:{seconds},{_one_line(t.name)}", locate(t) if locate else _location(t.path, folder)[0]]
+        lines += [f"#EXTINF:{seconds},{_one_line(t.name)}", locate(t) if locate else _m3u8_entry(t.path, folder)]
     return "\n".join(lines) + "\n"
 
 
@@ -57,17 +71,17 @@ def render_xspf(playlist: Playlist, folder: Path | None = None, locate: Locate |
     URI) per track."""
     ET.register_namespace("", XSPF_NS)
     root = ET.Element(f"{{{XSPF_NS}}}playlist", version="1")
-    ET.SubElement(root, f"{{{XSPF_NS}}}title").text = playlist.title
+    ET.SubElement(root, f"{{{XSPF_NS}}}title").text = _text(playlist.title)
     tracklist = ET.SubElement(root, f"{{{XSPF_NS}}}trackList")
     for t in playlist.tracks:
         el = ET.SubElement(tracklist, f"{{{XSPF_NS}}}track")
         loc, relative = _location(t.path, folder)
-        uri = locate(t) if locate else quote(loc) if relative else Path(loc).as_uri()
+        uri = locate(t) if locate else quote(os.fsencode(loc)) if relative else Path(loc).as_uri()
         ET.SubElement(el, f"{{{XSPF_NS}}}location").text = uri
-        ET.SubElement(el, f"{{{XSPF_NS}}}title").text = t.title or Path(t.path).stem
+        ET.SubElement(el, f"{{{XSPF_NS}}}title").text = _text(t.title or Path(t.path).stem)
         for tag, value in (("creator", t.artist), ("album", t.album)):
             if value:
-                ET.SubElement(el, f"{{{XSPF_NS}}}{tag}").text = value
+                ET.SubElement(el, f"{{{XSPF_NS}}}{tag}").text = _text(value)
         if t.duration is not None:
             ET.SubElement(el, f"{{{XSPF_NS}}}duration").text = str(round(t.duration * 1000))
     ET.indent(root)
@@ -84,10 +98,14 @@ def render(playlist: Playlist, fmt: str, folder: Path | None = None, locate: Loc
 def write_playlist(playlist: Playlist, path: Path) -> Path:
     """Write ``playlist`` to ``path`` in the format its extension names; returns the path."""
     path = Path(path).expanduser()
-    text = render(playlist, playlist_format(path), path.parent.resolve())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    replace_file(path, _content(playlist, path, playlist_format(path)))
     return path
+
+
+def _content(playlist: Playlist, path: Path, fmt: str) -> bytes:
+    """The bytes of the playlist file ``path``: UTF-8, file names as their file-system bytes (surrogate escapes
+    undone, as :mod:`mess.store.paths` stores them)."""
+    return render(playlist, fmt, path.parent.resolve()).encode("utf-8", "surrogateescape")
 
 
 def read_playlist(path: Path) -> list[Path]:
@@ -97,7 +115,8 @@ def read_playlist(path: Path) -> list[Path]:
         raise PlaylistError(f"no such playlist file: {path}")
     folder = path.parent.resolve()
     if playlist_format(path) == "m3u8":
-        entries = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines()]
+        data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+        entries = [os.fsdecode(ln).strip() for ln in data.splitlines()]
         return [_resolve(e, folder) for e in entries if e and not e.startswith("#")]
     try:
         root = ET.parse(path).getroot()
@@ -109,13 +128,25 @@ def read_playlist(path: Path) -> list[Path]:
 def _resolve(entry: str, folder: Path, uri: bool = False) -> Path:
     """An entry (a path; with ``uri`` a percent-encoded relative or file:// URI) as an absolute path."""
     if entry.startswith("file://"):
-        return Path(unquote(urlparse(entry).path))
-    entry = unquote(entry) if uri else entry
+        return Path(_unquote(urlparse(entry).path))
+    entry = _unquote(entry) if uri else entry
     return Path(entry) if os.path.isabs(entry) else (folder / entry).resolve()
 
 
+def _unquote(text: str) -> str:
+    """A percent-encoded path as a file name: the bytes it spells, decoded as :func:`os.fsdecode` does."""
+    return os.fsdecode(unquote_to_bytes(os.fsencode(text)))
+
+
+def _text(value: str) -> str:
+    """A tag or title as text every reader takes: undecodable file-name bytes as escapes (caf\\xe9), control
+    characters dropped."""
+    return _CONTROL.sub("", printable(value))
+
+
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    """:func:`_text` on one line, runs of white space (line breaks included) as one space."""
+    return " ".join(_text(text).split())
 
 
 def write_cluster_folder(playlists: list[Playlist], folder: Path, fmt: str = "m3u8") -> list[Path]:
@@ -123,9 +154,12 @@ def write_cluster_folder(playlists: list[Playlist], folder: Path, fmt: str = "m3
     if fmt not in ("m3u8", "xspf"):
         raise PlaylistError(f"unknown playlist format {fmt!r}; use m3u8 or xspf")
     folder = Path(folder).expanduser()
-    paths = []
+    contents = {}
     for i, p in enumerate(playlists, start=1):
         slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in p.title.casefold()).strip("-")
         slug = "-".join(part for part in slug.split("-") if part)[:60] or "cluster"
-        paths.append(write_playlist(p, folder / f"{i:02d}-{slug}.{fmt}"))
-    return paths
+        path = folder / f"{i:02d}-{slug}.{fmt}"
+        contents[path] = _content(p, path, fmt)
+    for path, data in contents.items():  # all built first: a failure leaves no file half-written
+        replace_file(path, data)
+    return list(contents)

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import json
 import math
-import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
+
+from mess.store.paths import replace_file
 
 KINDS = ("flat", "ivf", "ivfpq", "hnsw")
 FLAT_MAX = 20_000
@@ -202,17 +203,6 @@ class AnnIndex:
             params.sel = sel
             params._sel = sel  # keep the selector alive as long as the params
         return params
-
-
-def replace_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` whole: into a temporary file beside it, then renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _new_index(kind: str, dim: int, n: int) -> faiss.Index:

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mess.search.ann import AnnIndex, choose_kind, replace_file
+from mess.search.ann import AnnIndex, choose_kind
 from mess.search.vectors import Preprocessor, VectorSet, VectorSpec
 from mess.store import FeatureStore, Run
+from mess.store.paths import replace_file
 
 REBUILD_FRACTION = 0.25
 

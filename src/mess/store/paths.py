@@ -1,8 +1,10 @@
-"""File paths in the catalog and in messages, lossless for names that are not valid UTF-8."""
+"""File paths in the catalog and in messages, lossless for names that are not valid UTF-8; whole-file writes."""
 
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 from pathlib import Path
 
 
@@ -24,3 +26,22 @@ def from_db_path(value: str | bytes) -> str:
 def printable(text: str) -> str:
     """``text`` safe to print and store as text: undecodable file-name bytes become escapes (caf\\xe9)."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file beside ``path`` and rename it over ``path`` (atomic: an existing file is
+    replaced whole or left untouched, its permissions kept; a symbolic link is written through)."""
+    target = Path(path).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if target.exists():
+            shutil.copymode(target, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,139 @@
+"""Playlist files for real files with awkward names and tags: not UTF-8, a leading '#', line breaks, control
+characters; written, parsed and read back, through the API and the CLI."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from mutagen.flac import FLAC
+from typer.testing import CliRunner
+
+from mess.cli.main import app
+from mess.playlists.formats import XSPF_NS, read_playlist, write_playlist
+from mess.playlists.playlist import Playlist
+from mess.store import Track
+
+runner = CliRunner()
+CAFE = os.fsdecode(b"caf\xe9.flac")  # a Latin-1 name: not valid UTF-8
+
+
+def _flac(path: Path, seed: int, **tags: str) -> Path:
+    """A 4 s tagged FLAC at ``path`` (any name the file system takes), a tone set by ``seed``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rate = 22050
+    t = np.arange(4 * rate) / rate
+    noise = np.random.default_rng(seed).standard_normal(len(t))
+    audio = 0.3 * np.sin(2 * np.pi * 110 * 2 ** (seed / 5) * t) + 0.05 * noise
+    sf.write(os.fsencode(path), audio.astype(np.float32), rate, format="FLAC")
+    if tags:
+        tagged = FLAC(os.fsencode(path))
+        for key, value in tags.items():
+            tagged[key] = [value]
+        tagged.save()
+    return path
+
+
+def _playlist(paths: list[Path], **tags: str) -> Playlist:
+    tracks = tuple(Track(i, str(_flac(p, i)), f"hash-{i}", 4.0, tags.get("artist"), tags.get("album"),
+                         tags.get("title"), None, None) for i, p in enumerate(paths))
+    return Playlist(tags.get("title", "mix"), tracks, tuple(1.0 for _ in tracks))
+
+
+def _xspf(path: Path, tag: str) -> list[str]:
+    return [el.text or "" for el in ET.parse(path).getroot().iter(f"{{{XSPF_NS}}}{tag}")]
+
+
+@pytest.mark.parametrize("ext", ["m3u8", "xspf"])
+def test_names_that_are_not_utf8_round_trip_and_replace_an_existing_playlist(tmp_path: Path, ext: str) -> None:
+    music = tmp_path / "music"
+    paths = [music / CAFE, music / os.fsdecode(b"new\nline \xe9.flac"),
+             tmp_path / "other" / os.fsdecode(b"na\xefve.flac")]
+    target = music / f"mix.{ext}"
+    target.parent.mkdir(parents=True)
+    target.write_text("#EXTM3U\nold.flac\n")
+    write_playlist(_playlist(paths), target)
+    assert read_playlist(target) == paths and all(p.is_file() for p in paths)
+    data = target.read_bytes()
+    if ext == "m3u8":  # the names' own bytes; a line break inside one: a file:// URI
+        assert data.splitlines()[3::2] == [b"caf\xe9.flac", os.fsencode(paths[1].as_uri()), os.fsencode(paths[2])]
+        assert data.endswith(b"/music/new%0Aline%20%E9.flac\n#EXTINF:4,na\\xefve\n" + os.fsencode(paths[2]) + b"\n")
+    else:
+        assert _xspf(target, "location") == ["caf%E9.flac", "new%0Aline%20%E9.flac",
+                                             "file://" + os.fsdecode(tmp_path) + "/other/na%EFve.flac"]
+        assert _xspf(target, "title") == ["mix", "caf\\xe9", "new\nline \\xe9", "na\\xefve"]
+    assert sorted(p.name for p in music.iterdir()) == sorted([*(p.name for p in paths[:2]), target.name])
+
+
+def test_tags_with_control_characters_keep_both_formats_readable(tmp_path: Path) -> None:
+    tags = {"artist": "Ctrl\x01Artist", "album": "Side\x0bA", "title": "Bell\x07 and\n\x1b[31mred\x1b[0m"}
+    playlist = _playlist([tmp_path / "a.flac", tmp_path / "b.flac"], **tags)
+    write_playlist(playlist, tmp_path / "out" / "p.xspf")
+    write_playlist(playlist, tmp_path / "out" / "p.m3u8")
+    assert _xspf(tmp_path / "out" / "p.xspf", "creator") == ["CtrlArtist"] * 2  # parses: well-formed XML
+    assert _xspf(tmp_path / "out" / "p.xspf", "album") == ["SideA"] * 2
+    assert _xspf(tmp_path / "out" / "p.xspf", "title")[1:] == ["Bell and\n[31mred[0m"] * 2
+    lines = (tmp_path / "out" / "p.m3u8").read_text().split("\n")
+    assert lines[:4] == ["#EXTM3U", "#PLAYLIST:Bell and [31mred[0m", "#EXTINF:4,CtrlArtist - Bell and [31mred[0m",
+                         str(tmp_path / "a.flac")] and len(lines) == 7
+    for ext in ("xspf", "m3u8"):
+        assert read_playlist(tmp_path / "out" / f"p.{ext}") == [tmp_path / "a.flac", tmp_path / "b.flac"]
+
+
+def test_m3u8_names_with_a_leading_hash_or_a_line_break_are_not_lost(tmp_path: Path) -> None:
+    names = ["#1 Hit.flac", "sub/#2.flac", "two\nlines é.flac", "trailing space.flac "]
+    paths = [tmp_path / n for n in names]
+    write_playlist(_playlist(paths), tmp_path / "p.m3u8")
+    entries = [ln for ln in (tmp_path / "p.m3u8").read_bytes().splitlines() if not ln.startswith(b"#")]
+    assert entries == [b"./#1 Hit.flac", b"sub/#2.flac", os.fsencode(paths[2].as_uri()), os.fsencode(paths[3].as_uri())]
+    assert entries[2].endswith(b"/two%0Alines%20%C3%A9.flac")
+    assert read_playlist(tmp_path / "p.m3u8") == paths and all(p.is_file() for p in paths)
+
+
+def test_a_failed_write_leaves_the_existing_playlist_untouched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "mix.m3u8"
+    target.write_bytes(b"#EXTM3U\nkept.flac\n")
+    target.chmod(0o640)
+    (tmp_path / "link.m3u8").symlink_to(target)
+    playlist = _playlist([tmp_path / "music" / "a.flac"])
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", disk_full)
+        with pytest.raises(OSError, match="No space left"):
+            write_playlist(playlist, tmp_path / "link.m3u8")
+    assert target.read_bytes() == b"#EXTM3U\nkept.flac\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.m3u8", "mix.m3u8", "music"]
+    write_playlist(playlist, tmp_path / "link.m3u8")
+    assert (tmp_path / "link.m3u8").is_symlink() and stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert read_playlist(target) == [tmp_path / "music" / "a.flac"]
+
+
+def test_cli_writes_every_playlist_of_awkward_files_from_a_real_store(tmp_path: Path) -> None:
+    music, store = tmp_path / "music", tmp_path / "store"
+    files = [_flac(music / "a.flac", 1, artist="Alpha", title="A"),
+             _flac(music / CAFE, 4, artist="Gamma", title="Caf\x07e"),
+             _flac(music / "#1 Hit.flac", 7, artist="Beta\x01", title="Hit"),
+             _flac(music / "d.flac", 10, artist="Delta", title="D")]
+    out = runner.invoke(app, ["extract", str(music), "--model", "dsp", "--store", str(store)])
+    assert out.exit_code == 0, out.output
+    (music / "mix.m3u8").write_text("#EXTM3U\nold.flac\n")
+    for ext in ("m3u8", "xspf"):
+        out = runner.invoke(app, ["playlist", "radio", "a.flac", "-n", "3", "-o", str(music / f"mix.{ext}"),
+                                  "--store", str(store)])
+        assert out.exit_code == 0, out.output
+        assert sorted(read_playlist(music / f"mix.{ext}")) == sorted(files[1:])
+        out = runner.invoke(app, ["playlist", "clusters", "-k", "1", "-o", str(music / ext), "--format", ext,
+                                  "--store", str(store)])
+        assert out.exit_code == 0, out.output
+        [written] = (music / ext).iterdir()
+        assert sorted(read_playlist(written)) == sorted(files)
+    assert len(_xspf(music / "mix.xspf", "track")) == 3
