@@ -121,7 +121,7 @@ def test_cli_writes_every_playlist_of_awkward_files_from_a_real_store(tmp_path: 
     music, store = tmp_path / "music", tmp_path / "store"
     files = [_flac(music / "a.flac", 1, artist="Alpha", title="A"),
              _flac(music / CAFE, 4, artist="Gamma", title="Caf\x07e"),
-             _flac(music / "#1 Hit.flac", 7, artist="Beta\x01", title="Hit"),
+             _flac(music / "#1 Hit.flac", 7, artist="Beta\x01", title="Hit\x1b[2J"),
              _flac(music / "d.flac", 10, artist="Delta", title="D")]
     out = runner.invoke(app, ["extract", str(music), "--model", "dsp", "--store", str(store)])
     assert out.exit_code == 0, out.output
@@ -130,6 +130,7 @@ def test_cli_writes_every_playlist_of_awkward_files_from_a_real_store(tmp_path: 
         out = runner.invoke(app, ["playlist", "radio", "a.flac", "-n", "3", "-o", str(music / f"mix.{ext}"),
                                   "--store", str(store)])
         assert out.exit_code == 0, out.output
+        assert "Hit[2J" in out.output and not set("\x01\x07\x1b") & set(out.output)  # no escape reaches a terminal
         assert sorted(read_playlist(music / f"mix.{ext}")) == sorted(files[1:])
         out = runner.invoke(app, ["playlist", "clusters", "-k", "1", "-o", str(music / ext), "--format", ext,
                                   "--store", str(store)])

@@ -9,7 +9,6 @@ from typing import Annotated
 
 import numpy as np
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from mess.artists.analysis import (
@@ -135,11 +134,11 @@ def _print_similar(result: SimilarArtists) -> None:
     me, method, center = result.artist, result.options.method, result.options.center
     if me.low_confidence:
         console.print(
-            f"[yellow]warning:[/] {escape(me.name)} has only {len(me.track_ids)} track(s); "
+            f"[yellow]warning:[/] {plain(me.name)} has only {len(me.track_ids)} track(s); "
             f"treat this answer as low-confidence (confidence {me.confidence:.2f})"
         )
     table = Table(
-        title=f"artists like {escape(me.name)}  \\[{result.run.model} {result.space}, {method}"
+        title=f"artists like {plain(me.name)}  \\[{result.run.model} {result.space}, {method}"
         f"{', centred' if center else ''}{', hybrid' if result.parts else ''}]"
     )
     for col in ("#", "artist", "score", "tracks", "confidence", *result.parts):
@@ -148,7 +147,7 @@ def _print_similar(result: SimilarArtists) -> None:
         flag = " [yellow](low)[/]" if row["low_confidence"] else ""
         table.add_row(
             str(row["rank"]),
-            escape(row["artist"]) + flag,
+            plain(row["artist"]) + flag,
             f"{row['score']:.3f}",
             f"{row['tracks']}/{row['total_tracks']}",
             f"{row['confidence']:.2f}",
@@ -186,7 +185,7 @@ def matrix_command(
                    "space": m.space, "method": method, "centered": center})
         return
     n = len(m.names)
-    console.print(escape(f"{n} x {n} artist matrix [{m.run.model} {m.space}] -> {m.csv}, {m.png}"))
+    console.print(plain(f"{n} x {n} artist matrix [{m.run.model} {m.space}] -> {m.csv}, {m.png}"))
 
 
 def discrimination_command(
@@ -220,7 +219,7 @@ def _print_discrimination(run: Run, artists: ArtistSet, reports: list[LayerRepor
         raw = f"{r.raw.min:.2f}..{r.raw.max:.2f} ({r.raw.span:.2f})"
         table.add_row(
             str(rank),
-            escape(r.label),
+            plain(r.label),
             f"[red]{raw}[/]" if "compressed" in r.flags else raw,
             f"{r.centered.min:.2f}..{r.centered.max:.2f} ({r.centered.span:.2f})",
             f"{r.separation.within:.2f}/{r.separation.between:.2f}",
@@ -230,7 +229,7 @@ def _print_discrimination(run: Run, artists: ArtistSet, reports: list[LayerRepor
         )
         hi, lo = r.centered.highest, r.centered.lowest
         pairs.add_row(
-            escape(r.label), escape(f"{hi[0]} ~ {hi[1]} {hi[2]:.2f}"), escape(f"{lo[0]} ~ {lo[1]} {lo[2]:.2f}")
+            plain(r.label), plain(f"{hi[0]} ~ {hi[1]} {hi[2]:.2f}"), plain(f"{lo[0]} ~ {lo[1]} {lo[2]:.2f}")
         )
     console.print(table)
     console.print(pairs)
@@ -272,7 +271,7 @@ def _print_validation(result: LayerValidation) -> None:
         f"coverage: {coverage.query_found}/{coverage.query_artists} reference artists and "
         f"{coverage.listed_found}/{coverage.listed_artists} listed artists are in the collection; "
         f"{coverage.usable_queries} queries usable"
-        + (f"; missing e.g. {escape(', '.join(coverage.missing[:5]))}" if coverage.missing else "")
+        + (f"; missing e.g. {plain(', '.join(coverage.missing[:5]))}" if coverage.missing else "")
     )
     other = "raw" if center else "centred"
     table = Table(
@@ -284,7 +283,7 @@ def _print_validation(result: LayerValidation) -> None:
     best = max(range(len(result.layers)), key=lambda i: result.layers[i][1].ndcg)
     for i, (label, m, o) in enumerate(result.layers):
         cells = [f"{m.overlap:.3f}", f"{m.recall:.3f}", f"{m.ndcg:.3f}", f"{m.mrr:.3f}", f"{o:.3f}"]
-        table.add_row(f"[bold]{escape(label)} *[/]" if i == best else escape(label), *cells)
+        table.add_row(f"[bold]{plain(label)} *[/]" if i == best else plain(label), *cells)
     table.add_row(
         "[dim]random[/]", *(f"[dim]{getattr(result.baseline, f):.3f}[/]" for f in ("overlap", "recall", "ndcg", "mrr")),
         "",

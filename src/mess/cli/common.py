@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from typer.models import DefaultPlaceholder
 from mess.store import FeatureStore
 from mess.store.paths import printable
 
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 but tab and line feed, DEL, C1
 console = Console(stderr=True, soft_wrap=True)  # one message, one line (logs and greps stay whole)
 
 
@@ -40,8 +42,9 @@ def emit_json(data: object) -> None:
 
 
 def plain(text: object) -> str:
-    """User data (a path, a tag) made safe for rich markup and the terminal: '[/x]' and caf\xe9 print as such."""
-    return escape(printable(str(text)))
+    """User data (a path, a tag) made safe for rich markup and the terminal: '[/x]' and caf\xe9 print as such,
+    control characters (a tag's escape sequences, bells) are dropped."""
+    return escape(_CONTROL.sub("", printable(str(text))))
 
 
 def os_reason(exc: OSError) -> str:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from mess.cli.common import console, emit_json, fail, open_store
+from mess.cli.common import console, emit_json, fail, open_store, plain
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt
 
 
@@ -38,8 +37,8 @@ def config_command(
         emit_json({"settings": settings, "default_model": default, "models": models})
         return
     for name, about in SETTINGS.items():
-        console.print(f"{name} = {escape(settings.get(name, '(not set)'))}  [dim]{escape(about)}[/]")
-    console.print(f"model used by default: {escape(str(default))} (extracted: {escape(', '.join(models))})")
+        console.print(f"{name} = {plain(settings.get(name, '(not set)'))}  [dim]{plain(about)}[/]")
+    console.print(f"model used by default: {plain(str(default))} (extracted: {plain(', '.join(models))})")
 
 
 def register(app: typer.Typer) -> None:

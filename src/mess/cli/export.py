@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from mess.cli.common import console, emit_json, fail, open_store, os_reason
+from mess.cli.common import console, emit_json, fail, open_store, os_reason, plain
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, ModelOpt, StoreOpt
 
 
@@ -40,7 +39,7 @@ def export_command(
         return
     unit = "windows" if segments else "tracks"
     console.print(f"{summary.rows} {unit} of {summary.tracks} tracks x {len(summary.layers)} layers of "
-                  f"{escape(run.model)} -> {escape(str(summary.path))}")
+                  f"{plain(run.model)} -> {plain(str(summary.path))}")
 
 
 def register(app: typer.Typer) -> None:

@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mess.cli.common import console, emit_json, fail, open_store
+from mess.cli.common import console, emit_json, fail, open_store, plain
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, ModelOpt, StoreOpt
 from mess.constants import FUSED, LABEL_FIELDS
 from mess.store import FeatureStore
@@ -121,8 +120,8 @@ def _print_trained(summary: dict, config: FusionConfig) -> None:
         console.print("[yellow]too few labels for a validation split:[/] only the layer weights were trained "
                       f"({config.weight_epochs} epochs), the projection stays the PCA it started from")
     top = sorted(summary["layer_weights"].items(), key=lambda kv: -kv[1])[:5]
-    console.print("top layer weights: " + ", ".join(f"{escape(n)} {w:.2f}" for n, w in top))
-    console.print(f"[dim]{escape(summary['checkpoint'])}[/]  next: mess fuse apply, mess fuse report")
+    console.print("top layer weights: " + ", ".join(f"{plain(n)} {w:.2f}" for n, w in top))
+    console.print(f"[dim]{plain(summary['checkpoint'])}[/]  next: mess fuse apply, mess fuse report")
 
 
 @fuse_app.command("apply")
@@ -192,13 +191,13 @@ def report_command(
         table.add_column(col, justify="left" if col in ("method", "what") else "right")
     for m in report.methods:
         style = "bold" if m.method == FUSED else None
-        table.add_row(m.method, escape(m.detail), f"{m.precision:.3f}", f"{m.map:.3f}", f"{m.ndcg:.3f}", style=style)
+        table.add_row(m.method, plain(m.detail), f"{m.precision:.3f}", f"{m.map:.3f}", f"{m.ndcg:.3f}", style=style)
     console.print(table)
     console.print(report.verdict)
     if report.caveat:
         console.print(f"[yellow]caveat:[/] {report.caveat}")
-    console.print(f"[dim]{escape(report.probe_note)}[/]")
-    console.print(f"[dim]{escape(report.files['md'])}  {escape(report.files['png'])}[/]")
+    console.print(f"[dim]{plain(report.probe_note)}[/]")
+    console.print(f"[dim]{plain(report.files['md'])}  {plain(report.files['png'])}[/]")
 
 
 def register(app: typer.Typer) -> None:

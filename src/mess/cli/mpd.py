@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from mess.cli.common import console, emit_json, fail, open_store
+from mess.cli.common import console, emit_json, fail, open_store, plain
 from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, JsonOpt, ModelOpt, StoreOpt
 
 mpd_app = typer.Typer(help="Play through MPD (Music Player Daemon): radio from the current song, playlists.",
@@ -47,8 +46,8 @@ def radio_command(
         emit_json({**playlist.to_dict(), "queued": uris})
         return
     for i, t in enumerate(playlist.tracks, start=1):
-        console.print(f"{i:>3}. {escape(t.name)}")
-    console.print(f"queued {len(uris)} tracks after {escape(playlist.title.removeprefix('radio: '))}")
+        console.print(f"{i:>3}. {plain(t.name)}")
+    console.print(f"queued {len(uris)} tracks after {plain(playlist.title.removeprefix('radio: '))}")
 
 
 def play_command(
@@ -73,9 +72,9 @@ def play_command(
     if as_json:
         emit_json({"queued": uris, "unknown": unknown})
         return
-    console.print(f"playing {len(uris)} tracks from {escape(str(playlist))}")
+    console.print(f"playing {len(uris)} tracks from {plain(str(playlist))}")
     for p in unknown:
-        console.print(f"[yellow]not in MPD's database:[/] {escape(str(p))}")
+        console.print(f"[yellow]not in MPD's database:[/] {plain(str(p))}")
 
 
 def register(app: typer.Typer) -> None:

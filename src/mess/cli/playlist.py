@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from mess.cli.common import console, emit_json, fail, open_store, os_reason
+from mess.cli.common import console, emit_json, fail, open_store, os_reason, plain
 from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, JsonOpt, ModelOpt, StoreOpt
 
 if TYPE_CHECKING:
@@ -114,14 +113,14 @@ def clusters_command(
             }
         )
         return
-    table = Table(title=escape(f"{len(playlists)} clusters  [{run.model}]"))
+    table = Table(title=plain(f"{len(playlists)} clusters  [{run.model}]"))
     for col in ("#", "name", "tracks", "first tracks"):
         table.add_column(col, justify="right" if col in ("#", "tracks") else "left")
     for i, p in enumerate(playlists, start=1):
-        table.add_row(str(i), escape(p.title), str(len(p)), escape("; ".join(t.name for t in p.tracks[:3])))
+        table.add_row(str(i), plain(p.title), str(len(p)), plain("; ".join(t.name for t in p.tracks[:3])))
     console.print(table)
     for f in files:
-        console.print(f"[dim]{escape(str(f))}[/]")
+        console.print(f"[dim]{plain(str(f))}[/]")
 
 
 def _emit(playlist: Playlist, output: Path | None, as_json: bool) -> None:
@@ -140,17 +139,17 @@ def _emit(playlist: Playlist, output: Path | None, as_json: bool) -> None:
     if as_json:
         emit_json({**playlist.to_dict(), "file": written})
         return
-    table = Table(title=escape(playlist.title))
+    table = Table(title=plain(playlist.title))
     for col in ("#", "id", "track", "min:s", "score"):
         table.add_column(col, justify="left" if col == "track" else "right")
     for i, (t, s) in enumerate(zip(playlist.tracks, playlist.scores, strict=False), start=1):
         length = "" if t.duration is None else f"{int(t.duration) // 60}:{int(t.duration) % 60:02d}"
-        table.add_row(str(i), str(t.id), escape(t.name), length, f"{s:.3f}")
+        table.add_row(str(i), str(t.id), plain(t.name), length, f"{s:.3f}")
     console.print(table)
     if playlist.note:
-        console.print(f"[yellow]{escape(playlist.note)}[/]")
+        console.print(f"[yellow]{plain(playlist.note)}[/]")
     if written is not None:
-        console.print(f"wrote {len(playlist)} tracks to {escape(str(written))}")
+        console.print(f"wrote {len(playlist)} tracks to {plain(str(written))}")
 
 
 def register(app: typer.Typer) -> None:

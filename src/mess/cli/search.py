@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from mess.cli.common import console, emit_json, fail, open_store
+from mess.cli.common import console, emit_json, fail, open_store, plain
 from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, FusedOpt, JsonOpt, ModelOpt, StoreOpt
 from mess.constants import DEFAULT_NORM, LABEL_FIELDS
 
@@ -101,7 +100,7 @@ def index_command(
         f"{report.n} tracks x {report.dim} dims, +{report.added} -{report.removed}, "
         f"{report.seconds:.2f} s, {report.nbytes / 2**20:.1f} MiB, recall@10 {recall}"
     )
-    console.print(f"[dim]{escape(str(report.path))}[/]")
+    console.print(f"[dim]{plain(str(report.path))}[/]")
 
 
 def similar_command(
@@ -160,7 +159,7 @@ def _print_similar(answer: dict, results: list[Neighbour]) -> None:
     from mess.search.query import ENCODED_R2
 
     hubness, expand, model, weak = answer["hubness"], answer["expand"], answer["model"], answer["weak_aspects"]
-    table = Table(title=escape(f"like {answer['query']['label']}  [{model}, {answer['vectors']}]"))
+    table = Table(title=plain(f"like {answer['query']['label']}  [{model}, {answer['vectors']}]"))
     for col, justify in (("#", "right"), ("id", "right"), ("track", "left"), ("score", "right")):
         table.add_column(col, justify=cast("JustifyMethod", justify))
     if hubness or expand:
@@ -171,11 +170,11 @@ def _print_similar(answer: dict, results: list[Neighbour]) -> None:
         row = [
             str(rank),
             str(n.track.id),
-            escape(n.track.name) + (" [bold yellow](duplicate)[/]" if n.duplicate else ""),
+            plain(n.track.name) + (" [bold yellow](duplicate)[/]" if n.duplicate else ""),
             f"{n.score:.3f}",
         ]
         row += [f"{n.adjusted:.3f}"] if n.adjusted is not None else []
-        table.add_row(*row, escape(why))
+        table.add_row(*row, plain(why))
     console.print(table)
     if weak:
         console.print(
@@ -231,7 +230,7 @@ def evaluate_command(
 def _print_evaluation(ev: Evaluation, model: str, label: str, k: int, norm: str, match: str, png: Path) -> None:
     """Scores per vector set against chance, the similarity variants when compared, and the best set."""
     table = Table(
-        title=escape(
+        title=plain(
             f"{model}: same-{label} retrieval, {ev.n_tracks} tracks, {ev.n_classes} "
             f"classes, {ev.n_queries} queries ({norm}, match {match})"
         )
@@ -242,7 +241,7 @@ def _print_evaluation(ev: Evaluation, model: str, label: str, k: int, norm: str,
     for s in ev.sets:
         mark = " *" if s is best else ""
         table.add_row(
-            escape(s.name) + mark,
+            plain(s.name) + mark,
             f"{s.scores.precision:.3f}",
             f"{s.scores.map:.3f}",
             f"{s.scores.ndcg:.3f}",
@@ -258,7 +257,7 @@ def _print_evaluation(ev: Evaluation, model: str, label: str, k: int, norm: str,
     console.print(table)
     if ev.variants:
         _print_variants(ev)
-    console.print(f"best: {escape(best.name)} (mAP {best.scores.map:.3f}); plot -> {escape(str(png))}")
+    console.print(f"best: {plain(best.name)} (mAP {best.scores.map:.3f}); plot -> {plain(str(png))}")
 
 
 def _print_variants(ev: Evaluation) -> None:
@@ -273,7 +272,7 @@ def _print_variants(ev: Evaluation) -> None:
         key = s.metric + (f"+{s.hubness}" if s.hubness else "")
         cells.setdefault(s.name, {})[key] = f"{s.scores.map:.3f} ({s.hub.skewness:.1f})"
     for name, row in cells.items():
-        table.add_row(escape(name), *[row.get(n, "") for n in names])
+        table.add_row(plain(name), *[row.get(n, "") for n in names])
     console.print(table)
 
 

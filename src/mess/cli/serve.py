@@ -6,9 +6,8 @@ import ipaddress
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from mess.cli.common import console, fail
+from mess.cli.common import console, fail, plain
 from mess.cli.options import DEFAULT_STORE_PATH, StoreOpt
 
 
@@ -59,8 +58,8 @@ def serve_command(
         fail(str(exc))
     mode = "indexing enabled" if allow_indexing else "read-only"
     shown = f"[{host}]" if ":" in host else host
-    console.print(f"serving {escape(str(store))} ({mode}{', token required' if token else ''}) at "
-                  f"http://{escape(shown)}:{port}/ (OpenAPI schema at /openapi.json)")
+    console.print(f"serving {plain(str(store))} ({mode}{', token required' if token else ''}) at "
+                  f"http://{plain(shown)}:{port}/ (OpenAPI schema at /openapi.json)")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
