@@ -214,6 +214,27 @@ def test_index_is_saved_updated_incrementally_and_never_stale(synth: tuple[Featu
     assert open_index(store, later).ann.ntotal == len(later.ids) == len(vs.ids) - 1
 
 
+def test_small_updates_add_up_until_the_index_is_rebuilt_with_fresh_statistics(synth: tuple[FeatureStore, Run]) -> None:
+    """Each update used to be compared with the index before it, so updates of 3 tracks at a time kept the first
+    build's z-scores for good. Changes now count from the build the statistics were fitted at (25% of 25 tracks)."""
+    store, run = synth
+    spec = VectorSpec("all", "", "zscore")
+    build_index(store, load_vectors(store, run, spec))
+    rng = np.random.default_rng(3)
+    modes = []
+    for step in range(3):
+        for j in range(3):
+            _add_track(store, run, f"/music/new/{step}-{j}.wav", f"hash-new-{step}-{j}",
+                       _vectors(rng, store.centres, j), f"Artist {j}", "New")
+        vs = load_vectors(store, run, spec)
+        index, report = build_index(store, vs)
+        modes.append((report.mode, report.added))
+    assert modes == [("updated", 3), ("updated", 3), ("built", 34)]
+    np.testing.assert_allclose(index.prep.mean, vs.prep.mean)  # refitted on the 34 tracks
+    saved = CollectionIndex.load(report.path)
+    assert (saved.fitted, saved.drift) == (index.fitted, index.drift) == (34, 0)
+
+
 @pytest.mark.parametrize("mix", ["new npz", "new faiss", "new faiss and json", "truncated faiss"])
 def test_an_index_whose_files_come_from_two_saves_is_never_used(synth: tuple[FeatureStore, Run], mix: str) -> None:
     """A save cut short, or a reader that meets a save under way, finds files of two saves. Before, the ids of a new

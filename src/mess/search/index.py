@@ -3,9 +3,10 @@
 An index file ``STORE/indexes/run<id>-<spec>.faiss`` is accompanied by ``.json``
 (kind, tuned breadth, recall estimate, spec) and ``.npz`` (the track ids and content
 hashes it holds, and the preprocessor it was built with). :func:`build_index`
-compares those with the store and, when little changed, removes and adds only the
-tracks that left, arrived or whose content changed, keeping the original
-preprocessor so old and new vectors stay comparable. :func:`open_index` returns the
+compares those with the store and, when little changed since the preprocessor was fitted
+(at most :data:`REBUILD_FRACTION` of the tracks it was fitted on, counted over every update since), removes and
+adds only the tracks that left, arrived or whose content changed, keeping that preprocessor so old and new
+vectors stay comparable. :func:`open_index` returns the
 saved index when it is current, and otherwise an in-memory one (never stale).
 """
 
@@ -38,6 +39,8 @@ class CollectionIndex:
     spec: VectorSpec
     run_id: int
     requested: str = "auto"
+    fitted: int = 0  # tracks the preprocessor was fitted on (the last full build)
+    drift: int = 0  # tracks added, removed or changed by incremental updates since then
 
     def is_current(self, vs: VectorSet) -> bool:
         """Whether it holds exactly the tracks (and contents) of ``vs``."""
@@ -57,7 +60,7 @@ class CollectionIndex:
         replace_file(path.with_suffix(".npz"), arrays.getvalue())
         self.ann.save(path, {"run_id": self.run_id, "spec": [self.spec.kind, self.spec.name, self.spec.norm],
                              "requested": self.requested, "n": len(self.ids), "saved_at": time.time(),
-                             "generation": generation})
+                             "generation": generation, "fitted": self.fitted, "drift": self.drift})
 
     @classmethod
     def load(cls, path: Path) -> CollectionIndex | None:
@@ -67,12 +70,12 @@ class CollectionIndex:
             with np.load(path.with_suffix(".npz")) as arrays:
                 ids, hashes, generation = arrays["ids"], arrays["hashes"], str(arrays["generation"])
                 prep = Preprocessor.from_arrays(dict(arrays))
+            kind, name, norm = meta["spec"]
+            saved = cls(ann, prep, ids, hashes, VectorSpec(kind, name, norm), meta["run_id"], meta["requested"],
+                        meta["fitted"], meta["drift"])
         except (OSError, KeyError, ValueError, RuntimeError):
             return None
-        if generation != meta.get("generation") or ann.ntotal != len(ids):
-            return None
-        kind, name, norm = meta["spec"]
-        return cls(ann, prep, ids, hashes, VectorSpec(kind, name, norm), meta["run_id"], meta["requested"])
+        return saved if generation == meta.get("generation") and ann.ntotal == len(ids) else None
 
 
 @dataclass(frozen=True)
@@ -114,18 +117,21 @@ def build_index(store: FeatureStore, vs: VectorSet, kind: str = "auto", *, rebui
         gone = np.array([i for i, h in old_hash.items() if new_hash.get(i) != h], dtype=np.int64)
         fresh = np.array([i for i, h in new_hash.items() if old_hash.get(i) != h], dtype=np.int64)
         wanted = choose_kind(len(vs.ids)) if requested == "auto" else requested
-        small = len(gone) + len(fresh) <= REBUILD_FRACTION * max(len(old.ids), 1)
+        drift = old.drift + len(gone) + len(fresh)  # counted from the build the preprocessor was fitted at
+        small = drift <= REBUILD_FRACTION * max(old.fitted, 1)
         if wanted == old.ann.kind and small and (old.ann.removable or not len(gone)):
             if len(gone):
                 old.ann.remove(gone)
             if len(fresh):
                 old.ann.add(old.prep.apply(vs.raw[vs.rows(fresh)]), fresh)
-            index = CollectionIndex(old.ann, old.prep, vs.ids.copy(), vs.hashes.copy(), vs.spec, vs.run.id, requested)
+            index = CollectionIndex(old.ann, old.prep, vs.ids.copy(), vs.hashes.copy(), vs.spec, vs.run.id, requested,
+                                    old.fitted, drift)
             mode = "updated" if len(gone) or len(fresh) else "unchanged"
             added, removed = len(fresh), len(gone)
     if mode == "built":
         ann = AnnIndex.build(vs.unit(), vs.ids, requested, target_recall=target_recall)
-        index = CollectionIndex(ann, vs.prep, vs.ids.copy(), vs.hashes.copy(), vs.spec, vs.run.id, requested)
+        index = CollectionIndex(ann, vs.prep, vs.ids.copy(), vs.hashes.copy(), vs.spec, vs.run.id, requested,
+                                len(vs.ids))
     if mode != "unchanged":
         with store.writing("mess index", wait=wait):
             index.save(path)
