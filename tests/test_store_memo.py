@@ -108,6 +108,32 @@ def test_a_value_needing_itself_raises_instead_of_waiting_forever() -> None:
     assert memo.get("s", 1, "loop", lambda: 1) == 1  # nothing left pending
 
 
+def test_a_store_finalised_inside_the_memo_is_forgotten_without_a_deadlock() -> None:
+    """A store's finaliser forgets its scope, and it can fire wherever an object is freed: here, inside the memo's
+    locked code, when a new version drops the old value that held the last reference. The forget used to wait for
+    the lock its own thread held: the process hung (seen once in a test run, as a garbage collection inside it)."""
+    code = (
+        "import weakref\n"
+        "from mess.store.memo import Memo\n"
+        "memo = Memo(8)\n"
+        "class Store: pass\n"
+        "def opened():\n"
+        "    store = Store()\n"
+        "    weakref.finalize(store, memo.forget, 'closed')\n"
+        "    return store\n"
+        "memo.get('closed', 1, 'x', lambda: 'value of the store being finalised')\n"
+        "memo.get('a', 1, 'store', opened)\n"  # the memo holds the only reference
+        "memo.get('a', 2, 'y', lambda: 2)\n"  # drops version 1 inside the lock: the finaliser runs there
+        "print(sorted(k[0] for k in memo._entries), len(memo))\n"
+    )
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the memo deadlocked")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["['a']", "1"]  # 'closed' was forgotten in the same call
+
+
 def test_the_memo_is_bounded_least_recently_used_out_first() -> None:
     memo = Memo(3)
     for key in "abc":

@@ -9,12 +9,14 @@ under older ones. At most ``size`` entries are kept (least recently used out fir
 One lock guards the table, never a computation: a value is computed outside it, once per
 key. Threads asking for a key another thread is computing wait for that computation and get
 its value (or its exception). A computation asking for its own key raises RuntimeError.
+:meth:`Memo.forget` never waits for the lock: it runs as a store's garbage-collection finaliser,
+which can fire at any allocation, also inside the memo's own locked code.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -43,6 +45,7 @@ class Memo:
         self._lock = threading.Lock()
         self._entries: OrderedDict[Key, object] = OrderedDict()
         self._pending: dict[Key, _Pending] = {}
+        self._forgotten: deque[Hashable] = deque()  # scopes to drop, queued while the lock was busy
 
     def __len__(self) -> int:
         """How many values are held."""
@@ -82,19 +85,35 @@ class Memo:
         return value
 
     def forget(self, scope: Hashable) -> None:
-        """Drop every value of ``scope`` (a store being closed)."""
-        with self._lock:
+        """Drop every value of ``scope`` (a store being closed or collected), at once or, when the lock is busy
+        (perhaps held by this very thread, if a finaliser calls this), at the end of the next store of a value.
+
+        A blocking acquire deadlocked: a store's finaliser ran inside :meth:`_keep` on the thread holding the lock.
+        """
+        self._forgotten.append(scope)
+        if self._lock.acquire(blocking=False):
+            try:
+                self._drop_forgotten()
+            finally:
+                self._lock.release()
+
+    def _drop_forgotten(self) -> None:
+        """Drop the values of every queued scope (lock held); scopes queued meanwhile are dropped too."""
+        while self._forgotten:
+            scope = self._forgotten.popleft()
             for full in [k for k in self._entries if k[0] == scope]:
                 del self._entries[full]
 
     def _keep(self, full: Key, value: object) -> None:
-        """Store a value (lock held), dropping its scope's older versions and the least recently used."""
+        """Store a value (lock held), dropping its scope's older versions, the least recently used, and the
+        scopes forgotten meanwhile."""
         scope, version, _ = full
         for old in [k for k in self._entries if k[0] == scope and k[1] != version]:
             del self._entries[old]
         self._entries[full] = value
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
+        self._drop_forgotten()
 
 
 MEMO = Memo(64)
