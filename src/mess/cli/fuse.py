@@ -29,7 +29,7 @@ _COLUMNS = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteCol
 
 
 def _checkpoint(fs: FeatureStore, checkpoint: Path | None, model: str | None) -> Path:
-    """The --checkpoint path, or the default one of the model (latest run when None)."""
+    """The --checkpoint path, or the default one of the model (its run in use when None)."""
     from mess.fusion.train import checkpoint_path
 
     return checkpoint if checkpoint is not None else checkpoint_path(fs, fs.run(model).model)

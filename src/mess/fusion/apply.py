@@ -21,7 +21,7 @@ def check_compatible(result: FusionResult, run: Run) -> None:
 
 
 def apply_fusion(store: FeatureStore, checkpoint: Path, model: str | None = None) -> dict:
-    """Write fused vectors of every track of the model's latest run; returns the metadata stored with them."""
+    """Write fused vectors of every track of the model's run in use; returns the metadata stored with them."""
     result = load_checkpoint(checkpoint)
     run = store.run(model or result.model)
     check_compatible(result, run)
