@@ -77,6 +77,26 @@ def test_foreign_host_names_are_refused(server: str) -> None:
     assert httpx.get(server + "/", headers={"Host": "evil.example:8000"}).status_code == 400
     assert httpx.get(server + "/api/tracks", headers={"Host": "music.lan:8000"}).status_code == 200
     assert httpx.get(server + "/api/tracks").status_code == 200
+    for odd in ("localhost:@evil.example", "localhost:junk/../x", "127.0.0.1:99999999", "[::1]evil"):
+        assert httpx.get(server + "/api/tracks", headers={"Host": odd}).status_code == 400, odd  # were 200
+
+
+def test_a_file_replaced_by_a_link_is_not_served(server: str, dsp_store: Path, tmp_path: Path) -> None:
+    """Catalogued paths are resolved; a link put in a file's place later (a shared folder) used to be followed."""
+    track = next(t for t in httpx.get(server + "/api/tracks").json()["items"] if t["file"] == "tone5.wav")
+    original = dsp_store.parent / "music" / "tone5.wav"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0")
+    kept = original.rename(original.with_name("kept.bin"))
+    try:
+        original.symlink_to(secret)
+        refused = httpx.get(f"{server}/api/tracks/{track['id']}/audio")
+        assert refused.status_code == 404 and "replaced by a link" in refused.json()["detail"]
+        assert b"root:x" not in refused.content
+    finally:
+        original.unlink()
+        kept.rename(original)
+    assert httpx.get(f"{server}/api/tracks/{track['id']}/audio").status_code == 200
 
 
 def test_cross_origin_writes_are_refused(server: str, dsp_store: Path) -> None:
@@ -105,6 +125,11 @@ def test_a_token_guards_everything_and_the_page_sets_a_cookie(dsp_store: Path) -
             assert browser.get("/").status_code == 401
             assert browser.get("/?token=s3cret").status_code == 200
             assert browser.get("/api/tracks").status_code == 200  # the cookie carries the token
+            assert list(browser.cookies) == [f"mess_token_{base.rsplit(':', 1)[1]}"]  # one per server port
+        with httpx.Client(base_url=base, cookies={f"mess_token_{base.rsplit(':', 1)[1]}": "an old token"}) as stale:
+            assert stale.get("/api/tracks").status_code == 401
+            assert stale.get("/?token=s3cret").status_code == 200  # the query wins (an old cookie locked users out)
+            assert stale.get("/api/tracks").status_code == 200
 
 
 def _upload(base: str, name: str, data: bytes) -> httpx.Response:

@@ -96,6 +96,9 @@ def audio(track_id: int, state: State) -> FileResponse:
         path = Path(state.track(track_id).path)
     if not path.is_file():
         raise HTTPException(404, f"the audio file of track {track_id} ({path.name}) is no longer on disk")
+    if path.resolve() != path:  # catalogued paths are resolved: a link put there since may point anywhere
+        raise HTTPException(404, f"the audio file of track {track_id} ({path.name}) has been replaced by a link; "
+                                 "run `mess extract` again")
     media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return FileResponse(path, media_type=media)
 

@@ -5,8 +5,10 @@
 * **Origin.** A state-changing request (POST, PUT, PATCH, DELETE) that a browser marks as
   coming from another origin gets 403: another site's page cannot write an index.
 * **Token.** With a token set (``--token`` / ``MESS_TOKEN``, required beyond loopback),
-  every request needs it: ``Authorization: Bearer TOKEN``, or the ``mess_token`` cookie
-  that opening the page once as ``/?token=TOKEN`` sets.
+  every request needs it: ``Authorization: Bearer TOKEN``, ``?token=TOKEN``, or the cookie
+  that opening the page once as ``/?token=TOKEN`` sets (``mess_token_PORT``: a browser sends
+  a host's cookies to every port, so servers on one machine keep apart; a token in the query
+  wins over an old cookie).
 """
 
 from __future__ import annotations
@@ -52,23 +54,31 @@ def install(app: FastAPI, policy: AccessPolicy) -> None:
         if policy.token is None:
             return await call_next(request)
         from_query = request.query_params.get("token")
-        supplied = _bearer(request) or request.cookies.get(COOKIE) or from_query
+        cookie = f"{COOKIE}_{request.url.port}" if request.url.port else COOKIE
+        supplied = _bearer(request) or from_query or request.cookies.get(cookie)
         if supplied is None or not hmac.compare_digest(supplied.encode(), policy.token.encode()):
             return JSONResponse({"detail": "a token is required: send 'Authorization: Bearer TOKEN' or open "
                                            "the page as /?token=TOKEN"}, status_code=401,
                                 headers={"WWW-Authenticate": "Bearer"})
         response = await call_next(request)
         if from_query is not None:
-            response.set_cookie(COOKIE, policy.token, httponly=True, samesite="strict")
+            response.set_cookie(cookie, policy.token, httponly=True, samesite="strict")
         return response
 
 
 def _hostname(netloc: str) -> str:
-    """'example.org:8000' -> 'example.org', '[::1]:80' -> '::1', lower-cased."""
+    """'example.org:8000' -> 'example.org', '[::1]:80' -> '::1', lower-cased; a port that is not a port number
+    ('localhost:@evil.example') leaves the whole value, which no allowed name matches."""
     netloc = netloc.strip().lower()
     if netloc.startswith("["):
-        return netloc[1:].split("]", 1)[0]
-    return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
+        host, _, rest = netloc[1:].partition("]")
+        port = rest.removeprefix(":") if rest.startswith(":") or not rest else None
+    elif netloc.count(":") == 1:
+        host, port = netloc.split(":")
+    else:
+        host, port = netloc, ""
+    valid_port = port is not None and (port == "" or (port.isascii() and port.isdigit() and int(port) <= 65535))
+    return host if valid_port else netloc
 
 
 def _cross_origin(request: Request, host_header: str) -> bool:
