@@ -75,6 +75,14 @@ def test_default_model_on_the_demo_store(extracted_store: Path, tmp_path: Path) 
     runner.invoke(app, ["config", "default-model", "--unset", "--store", str(store)])
     out = runner.invoke(app, ["similar", "1", "-k", "1", "--store", str(store), "--json"])
     assert json.loads(out.stdout)["model"] == "musicnn-msd"
+    (store / "config.json").write_text("")  # a write cut short: a traceback before, and `mess config` refused it
+    out = runner.invoke(app, ["similar", "1", "-k", "1", "--store", str(store)])
+    assert out.exit_code == 1 and "mess config default-model --unset" in " ".join(out.output.split())
+    assert out.exception is None or isinstance(out.exception, SystemExit)
+    out = runner.invoke(app, ["config", "default-model", "--unset", "--store", str(store)])
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(app, ["similar", "1", "-k", "1", "--store", str(store), "--json"])
+    assert json.loads(out.stdout)["model"] == "musicnn-msd"
 
 
 def test_version_and_help_pages_without_type_markers() -> None:

@@ -11,6 +11,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from mess.store.paths import replace_file
+
 CONFIG_FILE = "config.json"
 SETTINGS = {"default-model": "Model used when a command names none (default: mert, then musicnn, then dsp)."}
 MODEL_PREFERENCE = ("mert-v1-330m", "mert-v1-95m", "musicnn", "musicnn-msd", "musicnn-mtt", "dsp")
@@ -28,21 +30,28 @@ def read_config(root: Path) -> dict[str, str]:
         return {}
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
-    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path} ({exc}); set it again with `mess config default-model NAME` "
+                          "or remove it with `mess config default-model --unset`") from exc
+    return {str(k): str(v) for k, v in data.items() if v is not None} if isinstance(data, dict) else {}
 
 
 def write_setting(root: Path, key: str, value: str | None) -> dict[str, str]:
-    """Set (or with ``value`` None, unset) one setting; returns all settings."""
+    """Set (or with ``value`` None, unset) one setting; returns all settings.
+
+    An unreadable config file is replaced (setting a value is how a user repairs it); the file is written whole.
+    """
     if key not in SETTINGS:
         raise ConfigError(f"unknown setting {key!r}; known: {', '.join(SETTINGS)}")
-    config = read_config(root)
+    try:
+        config = read_config(root)
+    except ConfigError:
+        config = {}
     if value is None:
         config.pop(key, None)
     else:
         config[key] = value
-    (Path(root) / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    replace_file(Path(root) / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
     return config
 
 

@@ -430,13 +430,15 @@ class FeatureStore:
         every track it lacks). With ``model`` None: the store's ``default-model`` setting, else the best model
         extracted (see :mod:`mess.store.config`), not simply the latest run.
         """
-        from mess.store.config import model_key, preferred_model, read_config
+        from mess.store.config import ConfigError, model_key, preferred_model, read_config
 
-        model = (
-            model_key(model)
-            if model
-            else preferred_model([r.model for r in self.runs()], read_config(self.root).get("default-model"))
-        )
+        configured = None
+        if not model:
+            try:
+                configured = read_config(self.root).get("default-model")
+            except ConfigError as exc:
+                raise StoreError(str(exc)) from None
+        model = model_key(model) if model else preferred_model([r.model for r in self.runs()], configured)
         sql = ("SELECT r.*, (SELECT COUNT(*) FROM tracks t JOIN vectors v ON v.content_hash = t.content_hash"
                " AND v.run_id = r.id) AS covered FROM runs r")
         args: tuple[str, ...] = ()
