@@ -195,3 +195,27 @@ def test_a_model_extracted_again_with_another_policy_answers_from_its_fuller_run
     assert (runs[full.id]["in_use"], runs[partial.id]["in_use"], runs[partial.id]["max_windows"]) == (True, False, 2)
     store.write_vectors(partial, [_vectors(f"h{i}", 2, 9 + i) for i in (1, 2)])  # the collection again
     assert store.run("toy").id == partial.id
+
+
+def test_a_repair_forgets_the_fused_vectors_of_rows_a_new_file_may_take(tmp_path: Path) -> None:
+    """Derived vectors are stored by row. A repair that dropped the last file's vectors freed its row; the next
+    file extracted took it and was searched with the dropped file's fused vector (found by a review)."""
+    from mess.store.check import full_check, repair
+
+    store = FeatureStore(tmp_path)
+    run = store.ensure_run(run_key(INFO, WindowPolicy()))
+    ids = [_add_track(store, i) for i in range(4)]
+    store.write_vectors(run, [_vectors(f"h{i}", 1, i) for i in range(4)])
+    store.write_derived(run, "fused", np.array(ids), np.eye(4, dtype=np.float32), {"note": "test"})
+    damaged = np.memmap(store.row_file(run, "track", 0).path, dtype=np.float16, mode="r+", shape=(4, 4))
+    damaged[3] = np.nan  # the last file's vector, damaged on disk
+    damaged.flush()
+    del damaged
+    done = repair(store, full_check(store))
+    assert any("forgot the fused vectors of 1 files" in line for line in done), done
+    new = store.upsert_track(Path("/music/new.wav"), "h-new", 10, 1.0, {}, {"artist": "y"})
+    store.write_vectors(run, [_vectors("h-new", 1, 9)])
+    assert store.track_rows(run)["h-new"] == 3  # the freed row
+    got_ids, got = store.derived_matrix(run, "fused")
+    assert new not in got_ids.tolist() and got_ids.tolist() == ids[:3]
+    np.testing.assert_array_equal(got, np.eye(4, dtype=np.float32)[:3])

@@ -66,6 +66,7 @@ def repair(store: FeatureStore, problems: list[Problem]) -> list[str]:
             if not mine:
                 continue
             hashes = _untrusted(store, run, {p.kind for p in mine})
+            freed = [row for h, row in store.track_rows(run).items() if h in hashes]
             with store.db:
                 store.db.executemany("DELETE FROM vectors WHERE run_id=? AND content_hash=?",
                                      [(run.id, h) for h in hashes])
@@ -79,6 +80,10 @@ def repair(store: FeatureStore, problems: list[Problem]) -> list[str]:
             if any(p.kind in ("orphan-rows", "short-file") for p in mine):
                 done.append(f"{run.model} (run {run.id}): row files cut back to the {track_rows} track rows "
                             "the catalog references")
+            blanked = store.forget_derived_rows(run, freed, track_rows)
+            if blanked:
+                done.append(f"{run.model} (run {run.id}): forgot the fused vectors of {blanked} files, whose rows "
+                            "a new file may take; `mess fuse apply` writes them again")
     return done
 
 

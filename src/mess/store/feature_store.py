@@ -633,6 +633,30 @@ class FeatureStore:
         keep = np.isfinite(mat).all(axis=1)
         return np.array([p[0] for p in pairs], dtype=np.int64)[keep], mat[keep]
 
+    def forget_derived_rows(self, run: Run, rows: Iterable[int], keep: int) -> int:
+        """Blank the derived vectors (fused, ...) of track ``rows`` and of every row from ``keep`` on (the catalog
+        no longer holds them: a later file may be written there). Returns how many derived vectors were blanked.
+
+        Call it under the write lock when vectors are dropped: derived vectors are stored by row, so a new file
+        written to a freed row would otherwise be searched with the vector of the file that held it before.
+        """
+        blanked = 0
+        derived_sets = self.db.execute("SELECT name, dim, meta FROM derived WHERE run_id=?", (run.id,)).fetchall()
+        for name, dim, meta in derived_sets:
+            derived = RowFile(self.derived_path(run, name), dim)
+            data = np.array(derived.read(), dtype=np.float32)
+            drop = [r for r in rows if r < min(keep, len(data))]
+            before = int(np.isfinite(data).all(axis=1).sum())
+            data[drop] = np.nan
+            data = data[:keep]
+            blanked += before - int(np.isfinite(data).all(axis=1).sum())
+            derived.replace(data)
+            now = time.time()  # a new written_at: caches keyed on the metadata see the change
+            with self.db:
+                self.db.execute("UPDATE derived SET meta=?, created_at=? WHERE run_id=? AND name=?",
+                                (json.dumps({**json.loads(meta), "written_at": now}), now, run.id, name))
+        return blanked
+
     def derived_meta(self, run: Run, name: str) -> dict | None:
         """Metadata stored with derived vectors, or None."""
         row = self.db.execute("SELECT meta FROM derived WHERE run_id=? AND name=?", (run.id, name)).fetchone()
