@@ -400,6 +400,26 @@ def test_cli_index_similar_evaluate(synth: tuple[FeatureStore, Run], tmp_path: P
     assert "best:" in out.output and (tmp_path / "e.png").exists()
 
 
+def test_fused_searches_say_how_many_tracks_they_leave_out(synth: tuple[FeatureStore, Run]) -> None:
+    """Tracks extracted after `mess fuse apply` have no fused vector: --fused answers and indexes used to leave
+    them out without a word."""
+    store, run = synth
+    ids, l2 = store.layer_matrix(run, "l2")
+    store.write_derived(run, "fused", ids, l2, {"note": "l2"})
+    rng = np.random.default_rng(5)
+    for j in range(3):
+        _add_track(store, run, f"/music/late/{j}.wav", f"hash-late-{j}", _vectors(rng, store.centres, j), "Late", "L")
+    app, root = _cli(), str(store.root)
+    similar = CliRunner().invoke(app, ["similar", "3", "-k", "40", "--fused", "--store", root, "--json"])
+    index = CliRunner().invoke(app, ["index", "--fused", "--store", root, "--json"])
+    assert similar.exit_code == index.exit_code == 0, similar.output + index.output
+    data = json.loads(similar.stdout)
+    assert data["tracks_without_fused_vectors"] == 3 and len(data["results"]) == len(set(ids.tolist())) - 1
+    assert json.loads(index.stdout)["tracks_without_fused_vectors"] == 3
+    table = CliRunner().invoke(app, ["similar", "3", "--fused", "--store", root])
+    assert "3 tracks have no fused vectors yet" in " ".join(table.output.split())
+
+
 @pytest.mark.parametrize("args, message", [
     (["similar", "999"], "unknown track"),
     (["similar", "1", "--layer", "zzz"], "unknown layer"),

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from mess.cli.common import console, emit_json, fail, open_store, plain
 from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, FusedOpt, JsonOpt, ModelOpt, StoreOpt
-from mess.constants import DEFAULT_NORM, LABEL_FIELDS
+from mess.constants import DEFAULT_NORM, FUSED, LABEL_FIELDS
 
 if TYPE_CHECKING:
     from rich.console import JustifyMethod
@@ -81,11 +81,13 @@ def index_command(
             fail(str(exc))
         vs = load_vectors(fs, run, spec)
         _, report = build_index(fs, vs, kind, rebuild=rebuild, target_recall=target_recall)
+        unfused = fs.derived_missing(run, FUSED) if fused else 0
     data = {
         "model": run.model,
         "vectors": vectors_label(layer, aspect, fused, learned),
         "norm": norm,
         **report.__dict__,
+        "tracks_without_fused_vectors": unfused,
     }
     if as_json:
         emit_json(data)
@@ -101,6 +103,9 @@ def index_command(
         f"{report.seconds:.2f} s, {report.nbytes / 2**20:.1f} MiB, recall@10 {recall}"
     )
     console.print(f"[dim]{plain(str(report.path))}[/]")
+    if unfused:
+        console.print(f"[yellow]{unfused} tracks have no fused vectors yet and are not in the index; "
+                      "`mess fuse apply` adds them[/]")
 
 
 def similar_command(
@@ -144,10 +149,11 @@ def similar_command(
             fail(str(exc))
         source, _ = aspect_layers(fs, run)
         weak = weak_aspects(fs, run)
+        unfused = fs.derived_missing(run, FUSED) if fused else 0
     answer = {"query": {"label": tq.label, "id": tq.track.id if tq.track else None, "external": tq.track is None},
               "model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "norm": norm,
               "match": match, "hubness": hubness, "expand": expand, "why_source": source,
-              "weak_aspects": weak}
+              "weak_aspects": weak, "tracks_without_fused_vectors": unfused}
     if as_json:
         emit_json({**answer, "encoded_threshold": ENCODED_R2, "results": [n.to_dict() for n in results]})
         return
@@ -183,6 +189,9 @@ def _print_similar(answer: dict, results: list[Neighbour]) -> None:
         )
     if answer["why_source"] == "layers":
         console.print(f"[dim]no aspect map for {model}: 'why' compares layers; run `mess probe` to name aspects[/]")
+    if answer["tracks_without_fused_vectors"]:
+        console.print(f"[yellow]{answer['tracks_without_fused_vectors']} tracks have no fused vectors yet and were "
+                      "left out; `mess fuse apply` adds them[/]")
 
 
 def evaluate_command(

@@ -633,6 +633,10 @@ class FeatureStore:
         keep = np.isfinite(mat).all(axis=1)
         return np.array([p[0] for p in pairs], dtype=np.int64)[keep], mat[keep]
 
+    def derived_missing(self, run: Run, name: str) -> int:
+        """How many of the run's tracks have no derived ``name`` vector (added or re-embedded since it was written)."""
+        return len(self.tracks(run)) - len(self.derived_matrix(run, name)[0])
+
     def forget_derived_rows(self, run: Run, rows: Iterable[int], keep: int) -> int:
         """Blank the derived vectors (fused, ...) of track ``rows`` and of every row from ``keep`` on (the catalog
         no longer holds them: a later file may be written there). Returns how many derived vectors were blanked.
