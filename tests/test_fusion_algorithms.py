@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -218,3 +219,23 @@ def test_checkpoint_round_trip_and_data_hash(tmp_path: Path, trained: tuple) -> 
         load_checkpoint(tmp_path / "bad.pt")
     with pytest.raises(FusionError):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_a_save_that_fails_leaves_the_previous_checkpoint(tmp_path: Path, trained: tuple,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.save wrote over the checkpoint in place: a retrain killed (or a disk filling) mid-save lost the model."""
+    data, result = trained
+    path = tmp_path / "fusion" / "synthetic.pt"
+    save_checkpoint(result, path)
+    before = path.read_bytes()
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(result, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == ["synthetic.json",
+                                                                                             "synthetic.pt"]
+    assert np.array_equal(embed(load_checkpoint(path).network, data.x), embed(result.network, data.x))

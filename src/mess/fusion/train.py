@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import time
@@ -18,6 +19,7 @@ from mess.fusion.data import FusionError, LabelSplit, LayerData, split_labels
 from mess.fusion.mining import Mining, PKSampler, triplet_loss
 from mess.fusion.network import LayerFusion
 from mess.store import FeatureStore
+from mess.store.paths import replace_file
 from mess.store.reports import slug
 
 
@@ -198,10 +200,12 @@ def checkpoint_path(store: FeatureStore, model: str) -> Path:
 
 
 def save_checkpoint(result: FusionResult, path: Path) -> None:
-    """Write the weights with their config, split and data hash (.pt) and the same minus weights (.json)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": result.network.state_dict(), **result.meta()}, path)
-    path.with_suffix(".json").write_text(json.dumps(result.meta(), indent=2))
+    """Write the weights with their config, split and data hash (.pt) and the same minus weights (.json), each file
+    replaced whole: a retrain killed while saving leaves the previous checkpoint as it was."""
+    weights = io.BytesIO()
+    torch.save({"state_dict": result.network.state_dict(), **result.meta()}, weights)
+    replace_file(path, weights.getvalue())
+    replace_file(path.with_suffix(".json"), json.dumps(result.meta(), indent=2).encode())
 
 
 def load_checkpoint(path: Path) -> FusionResult:
