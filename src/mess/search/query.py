@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mess.constants import DEFAULT_NORM, FUSED, LEARNED
+from mess.constants import DEFAULT_NORM, ENCODED_R2, FUSED, LEARNED
 from mess.search.expansion import expand as expand_queries
 from mess.search.expansion import expanded_scores, expansion
 from mess.search.hubness import HubnessReducer
@@ -43,7 +43,6 @@ from mess.search.vectors import (
 from mess.store import FeatureStore, Run, StoreError, Track
 
 DUPLICATE_COSINE = 0.9999
-ENCODED_R2 = 0.3  # aspects the probe predicts worse than this are not offered as evidence
 LISTENER_WORDS = {
     "timbre": "tone colour",
     "brightness": "brightness",

@@ -21,7 +21,7 @@ from typing import Literal, TypeVar
 
 import numpy as np
 
-from mess.constants import DEFAULT_NORM, FUSED, LEARNED, VectorKind
+from mess.constants import DEFAULT_NORM, ENCODED_R2, FUSED, LEARNED, VectorKind
 from mess.models.head import HeadError, shipped_head
 from mess.store import FeatureStore, Run, StoreError, Track, TrackList
 from mess.store.memo import MEMO
@@ -82,12 +82,18 @@ class VectorSpec:
 
 
 def aspect_layer(store: FeatureStore, run: Run, aspect: str) -> str:
-    """The layer ``mess probe`` chose for an aspect; StoreError naming the fix when unknown."""
+    """The layer ``mess probe`` chose for an aspect; StoreError naming the fix when unknown, or when no layer
+    encodes it (the probe's best R^2 below :data:`~mess.constants.ENCODED_R2`: ranking by it would pass an
+    arbitrary layer off as that aspect)."""
     amap = store.aspect_map(run)
     if not amap:
         raise StoreError(f"no aspect map for {run.model}; run `mess probe --model {run.model}` first")
     if aspect not in amap:
         raise StoreError(f"unknown aspect {aspect!r}; {run.model} has {', '.join(sorted(amap))}")
+    score = store.aspect_scores(run)[aspect]
+    if score < ENCODED_R2:
+        raise StoreError(f"no layer of {run.model} encodes {aspect} (the probe's best R^2 is {score:.2f}, below "
+                         f"{ENCODED_R2}); search by another aspect or name a --layer")
     return run.layer_names[run.layer_index(amap[aspect])]
 
 
