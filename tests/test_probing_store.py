@@ -204,3 +204,31 @@ def test_random_twin_of_musicnn_is_seeded_and_leaves_the_trained_model_alone() -
     assert any(not torch.equal(before[k], state_a[k]) for k in before if before[k].is_floating_point())
     window = np.random.default_rng(0).standard_normal((1, 16000 * 4)).astype(np.float32) * 0.1
     assert not np.allclose(model.embed(window)[-2], a.embed(window)[-2])
+
+
+def test_copies_of_one_file_map_no_aspect_and_keep_the_stored_map(tmp_path: Path) -> None:
+    """Every proxy target is constant over copies of one file, so no aspect maps: the probe used to store that empty
+    map over a good one and print 'aspect map stored'; `mess similar --aspect` then asked for a probe."""
+    import soundfile as sf
+
+    from mess.audio.discover import find_audio
+    from mess.audio.windows import WindowPolicy
+    from mess.models.dsp import DspModel
+
+    music = tmp_path / "music"
+    music.mkdir()
+    t = np.arange(22050 * 3) / 22050
+    for i in range(5):
+        sf.write(music / f"copy{i}.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 22050)
+    store = FeatureStore(tmp_path / "store")
+    extract(store, find_audio([music]), DspModel(), WindowPolicy(window_seconds=4.0))
+    run = store.run("dsp")
+    store.set_aspect_map(run, [("timbre", "mfcc", 0.7, 0.1)])  # a map from an earlier, real probe
+    store.close()
+    out = runner.invoke(app, ["probe", "--model", "dsp", "--control", "none", "--folds", "2",
+                              "--store", str(tmp_path / "store"), "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["aspect_map_stored"] is False
+    kept = FeatureStore(tmp_path / "store", readonly=True)
+    assert kept.aspect_map(kept.run("dsp")) == {"timbre": "mfcc"}
+    kept.close()

@@ -54,12 +54,12 @@ def probe_command(
             report = _run_with_progress(fs, run, options)
         except ProbeError as exc:
             fail(str(exc))
-        save_aspect_map(fs, run, report)
+        stored = save_aspect_map(fs, run, report)
         paths = write_report(report, fs.reports_dir)
     if json_out:
-        emit_json({**report.to_dict(), "files": {k: str(v) for k, v in paths.items()}})
+        emit_json({**report.to_dict(), "aspect_map_stored": stored, "files": {k: str(v) for k, v in paths.items()}})
         return
-    _print_report(report, paths)
+    _print_report(report, paths, stored)
 
 
 def _split(values: list[str]) -> tuple[str, ...]:
@@ -83,7 +83,7 @@ def _run_with_progress(fs: FeatureStore, run: Run, options: ProbeOptions) -> Pro
         return probe_run(fs, run, options, on_progress=hook)
 
 
-def _print_report(report: ProbeReport, paths: dict[str, Path]) -> None:
+def _print_report(report: ProbeReport, paths: dict[str, Path], stored: bool) -> None:
     import numpy as np
 
     from mess.probing.report import TRAINED, aspect_matrix
@@ -110,7 +110,10 @@ def _print_report(report: ProbeReport, paths: dict[str, Path]) -> None:
         console.print(f"[dim]{name}:[/] {note}")
     if report.missing:
         console.print(f"[yellow]{len(report.missing)} tracks without targets[/] (first: {report.missing[0][1]})")
-    console.print("aspect map stored for `mess similar --aspect`; report: "
+    if not stored:
+        console.print("[yellow]no aspect could be mapped (every proxy target is the same on these tracks); "
+                      "the aspect map stored before is kept[/]")
+    console.print(("aspect map stored for `mess similar --aspect`; " if stored else "") + "report: "
                   + ", ".join(str(p) for p in paths.values()))
 
 

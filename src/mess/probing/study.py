@@ -114,6 +114,10 @@ def _probe(store: FeatureStore, run: Run, layers: list[str], targets: TrackTarge
     return scores, folds
 
 
-def save_aspect_map(store: FeatureStore, run: Run, report: ProbeReport) -> None:
-    """Store the trained model's aspect -> (layer, score, margin) map for `mess similar --aspect`."""
+def save_aspect_map(store: FeatureStore, run: Run, report: ProbeReport) -> bool:
+    """Store the trained model's aspect -> (layer, score, margin) map for `mess similar --aspect`; False, and the
+    stored map kept, when the probe mapped no aspect at all (every target constant: e.g. only copies of one file)."""
+    if not report.aspects:
+        return False
     store.set_aspect_map(run, [(c.aspect, c.layer, c.score, c.margin) for c in report.aspects])
+    return True

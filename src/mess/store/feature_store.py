@@ -644,7 +644,7 @@ class FeatureStore:
         Call it under the write lock when vectors are dropped: derived vectors are stored by row, so a new file
         written to a freed row would otherwise be searched with the vector of the file that held it before.
         """
-        blanked = 0
+        rows, blanked = list(rows), 0
         derived_sets = self.db.execute("SELECT name, dim, meta FROM derived WHERE run_id=?", (run.id,)).fetchall()
         for name, dim, meta in derived_sets:
             derived = RowFile(self.derived_path(run, name), dim)
