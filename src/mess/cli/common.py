@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,9 +17,8 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup
 from typer.models import DefaultPlaceholder
 
 from mess.store import FeatureStore
-from mess.store.paths import printable
+from mess.store.paths import displayable, printable
 
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 but tab and line feed, DEL, C1
 console = Console(stderr=True, soft_wrap=True)  # one message, one line (logs and greps stay whole)
 
 
@@ -44,7 +42,7 @@ def emit_json(data: object) -> None:
 def plain(text: object) -> str:
     """User data (a path, a tag) made safe for rich markup and the terminal: '[/x]' and caf\xe9 print as such,
     control characters (a tag's escape sequences, bells) are dropped."""
-    return escape(_CONTROL.sub("", printable(str(text))))
+    return escape(displayable(str(text)))
 
 
 def os_reason(exc: OSError) -> str:

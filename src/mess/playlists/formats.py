@@ -9,7 +9,6 @@ also when they are not valid UTF-8; tags are cleaned of characters a reader woul
 from __future__ import annotations
 
 import os
-import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -17,11 +16,10 @@ from urllib.parse import quote, unquote_to_bytes, urlparse
 
 from mess.playlists.playlist import Playlist, PlaylistError
 from mess.store import Track
-from mess.store.paths import printable, replace_file
+from mess.store.paths import displayable, replace_file
 
 FORMATS = {".m3u8": "m3u8", ".m3u": "m3u8", ".xspf": "xspf"}
 XSPF_NS = "http://xspf.org/ns/0/"
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]")  # what XML 1.0 forbids, and C1
 
 
 def playlist_format(path: Path) -> str:
@@ -71,17 +69,17 @@ def render_xspf(playlist: Playlist, folder: Path | None = None, locate: Locate |
     URI) per track."""
     ET.register_namespace("", XSPF_NS)
     root = ET.Element(f"{{{XSPF_NS}}}playlist", version="1")
-    ET.SubElement(root, f"{{{XSPF_NS}}}title").text = _text(playlist.title)
+    ET.SubElement(root, f"{{{XSPF_NS}}}title").text = displayable(playlist.title)
     tracklist = ET.SubElement(root, f"{{{XSPF_NS}}}trackList")
     for t in playlist.tracks:
         el = ET.SubElement(tracklist, f"{{{XSPF_NS}}}track")
         loc, relative = _location(t.path, folder)
         uri = locate(t) if locate else quote(os.fsencode(loc)) if relative else Path(loc).as_uri()
         ET.SubElement(el, f"{{{XSPF_NS}}}location").text = uri
-        ET.SubElement(el, f"{{{XSPF_NS}}}title").text = _text(t.title or Path(t.path).stem)
+        ET.SubElement(el, f"{{{XSPF_NS}}}title").text = displayable(t.title or Path(t.path).stem)
         for tag, value in (("creator", t.artist), ("album", t.album)):
             if value:
-                ET.SubElement(el, f"{{{XSPF_NS}}}{tag}").text = _text(value)
+                ET.SubElement(el, f"{{{XSPF_NS}}}{tag}").text = displayable(value)
         if t.duration is not None:
             ET.SubElement(el, f"{{{XSPF_NS}}}duration").text = str(round(t.duration * 1000))
     ET.indent(root)
@@ -138,15 +136,9 @@ def _unquote(text: str) -> str:
     return os.fsdecode(unquote_to_bytes(os.fsencode(text)))
 
 
-def _text(value: str) -> str:
-    """A tag or title as text every reader takes: undecodable file-name bytes as escapes (caf\\xe9), control
-    characters dropped."""
-    return _CONTROL.sub("", printable(value))
-
-
 def _one_line(text: str) -> str:
-    """:func:`_text` on one line, runs of white space (line breaks included) as one space."""
-    return " ".join(_text(text).split())
+    """:func:`~mess.store.paths.displayable` on one line, runs of white space (line breaks included) as one space."""
+    return " ".join(displayable(text).split())
 
 
 def write_cluster_folder(playlists: list[Playlist], folder: Path, fmt: str = "m3u8") -> list[Path]:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
+
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffe\uffff]")  # C0 but tab and line feed, DEL, C1, non-chars
 
 
 def to_db_path(path: str | Path) -> str | bytes:
@@ -26,6 +29,12 @@ def from_db_path(value: str | bytes) -> str:
 def printable(text: str) -> str:
     """``text`` safe to print and store as text: undecodable file-name bytes become escapes (caf\\xe9)."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def displayable(text: str) -> str:
+    """:func:`printable` without control characters: what a terminal or an XML file is given of a tag or name
+    (an escape sequence in a tag must not reach the terminal, and XML 1.0 forbids these characters)."""
+    return _CONTROL.sub("", printable(text))
 
 
 def replace_file(path: Path, data: bytes) -> None:
