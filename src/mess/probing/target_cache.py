@@ -8,7 +8,7 @@ the same window policy) never decodes audio again.
 from __future__ import annotations
 
 import hashlib
-import os
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,7 @@ from mess.audio.decode import AudioError, load_audio
 from mess.audio.windows import WindowPolicy
 from mess.probing.targets import SAMPLE_RATE, TARGET_NAMES, audio_targets
 from mess.store import Track
+from mess.store.paths import replace_file
 
 TARGETS_VERSION = 3  # bump when a target's definition changes: old caches are then ignored
 PARALLEL_MIN_TRACKS = 8  # below this, starting worker processes (librosa imports) costs more than it saves
@@ -59,10 +60,9 @@ def _read(file: Path) -> np.ndarray | None:
 
 
 def _write(file: Path, starts: np.ndarray, values: np.ndarray) -> None:
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{file.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, starts=starts, values=values, names=np.array(TARGET_NAMES))
-    os.replace(tmp, file)
+    arrays = io.BytesIO()
+    np.savez(arrays, starts=starts, values=values, names=np.array(TARGET_NAMES))
+    replace_file(file, arrays.getvalue())
 
 
 def _attempt(index: int, path: str, policy_json: str) -> tuple[int, tuple[np.ndarray, np.ndarray] | str]:

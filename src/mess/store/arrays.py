@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mess.store.paths import replace_file
+
 DTYPE = np.dtype("<f2")
 
 
@@ -59,7 +61,4 @@ class RowFile:
 
     def replace(self, matrix: np.ndarray) -> None:
         """Atomically replace the whole file with ``matrix``."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        np.asarray(matrix, dtype=DTYPE).reshape(-1, self.dim).tofile(tmp)
-        os.replace(tmp, self.path)
+        replace_file(self.path, np.asarray(matrix, dtype=DTYPE).reshape(-1, self.dim).tobytes())

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from mess.store.paths import replace_file
+
 _POLL_SECONDS = 0.5
 
 
@@ -71,6 +73,4 @@ class StoreLock:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    replace_file(path, json.dumps(data).encode())
