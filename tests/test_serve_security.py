@@ -1,11 +1,13 @@
 """The server against hostile or careless clients, over real HTTP to a real `mess serve` process.
 
 DNS rebinding (a foreign Host), cross-origin writes, a token when one is set, an upload
-flood that must not stall reads, and a tiny FLAC holding 10 hours of silence.
+flood that must not stall reads, clients that trickle their bodies, and a tiny FLAC
+holding 10 hours of silence.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import socket
@@ -13,13 +15,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+
+from mess.serve.uploads import _limited, _TooSlow
 
 MESS = [sys.executable, "-m", "mess.cli"]
 
@@ -165,6 +169,51 @@ def test_an_upload_flood_gets_503_and_reads_stay_fast(server: str) -> None:
     assert codes.count(503) >= 30 and set(codes) <= {200, 503}, codes
     assert all(r == "10" for c, r in zip(codes, retry_after, strict=False) if c == 503)
     assert np.median(latencies) < 0.5 and max(latencies) < 5.0, latencies  # was 14 s behind the queue
+
+
+def _trickle(base: str, stop: threading.Event) -> None:
+    """An upload whose body comes one byte a second until ``stop`` (a slow or hostile client)."""
+    host, port = base.removeprefix("http://").split(":")
+    body = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n" + b"\0" * 5000
+    with socket.create_connection((host, int(port))) as conn:
+        conn.sendall(f"POST /api/similar/upload HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: multipart/form-data; "
+                     f"boundary=b\r\nContent-Length: {len(body) + 10}\r\n\r\n".encode())
+        for byte in body:
+            if stop.wait(1.0):
+                return
+            conn.sendall(bytes([byte]))
+
+
+def test_clients_that_trickle_their_bodies_do_not_hold_the_upload_queue(server: str) -> None:
+    stop = threading.Event()
+    slow = [threading.Thread(target=_trickle, args=(server, stop)) for _ in range(4)]  # as many as the queue
+    for th in slow:
+        th.start()
+    try:
+        time.sleep(2.0)
+        tiny = io.BytesIO()
+        t = np.arange(22050 * 3) / 22050
+        sf.write(tiny, (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), 22050, format="WAV")
+        r = _upload(server, "tiny.wav", tiny.getvalue())
+        assert r.status_code == 200, r.text  # was 503: each trickling body held a place in the queue
+    finally:
+        stop.set()
+        for th in slow:
+            th.join()
+
+
+def test_the_body_rate_rule() -> None:
+    async def body(pause: float) -> AsyncIterator[bytes]:
+        for _ in range(8):
+            await asyncio.sleep(pause)
+            yield b"x" * 100
+
+    async def read(pause: float) -> bytes:
+        return b"".join([c async for c in _limited(body(pause), 10_000, grace=0.3, min_rate=2000)])
+
+    assert asyncio.run(read(0.0)) == b"x" * 800  # in time: every byte passes through
+    with pytest.raises(_TooSlow):  # 100 bytes per 0.1 s falls behind 0.3 s + 1 s per 2000 bytes
+        asyncio.run(read(0.1))
 
 
 def test_ten_hours_of_silence_are_refused_from_the_header(server: str, tmp_path: Path) -> None:

@@ -75,7 +75,8 @@ def similar(track_id: int, state: State, model: Model = None, layer: Layer = Non
 @router.post("/similar/upload", summary="Upload an audio file and get the most similar tracks",
              openapi_extra=UPLOAD_BODY,
              responses={400: {"description": "Malformed or undecodable file"},
-                        413: {"description": "File too large"}, 415: {"description": "Not an audio file"}})
+                        408: {"description": "Body sent too slowly"}, 413: {"description": "File too large"},
+                        415: {"description": "Not an audio file"}})
 async def similar_upload(request: Request, state: State, model: Model = None, layer: Layer = None,
                          aspect: Aspect = None, fused: Fused = False, k: K = 10,
                          exclude_same_artist: ExcludeArtist = False, learned: Learned = False) -> dict:
@@ -90,13 +91,14 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
             return run, vector_spec(state.store, run, layer, aspect, fused, learned)
 
     run, spec = await run_in_threadpool(prepare)
-    with state.worker.slot():  # 503 at once when the upload queue is full: reads never wait on uploads
+    with state.worker.receipt():
         saved = await receive_upload(request, state.max_upload_bytes)
-        try:
+    try:
+        with state.worker.slot():  # 503 at once when the upload queue is full: reads never wait on uploads
             content_hash, layers, tags = await run_in_threadpool(state.worker.embed, saved.path, run,
                                                                  saved.filename)
-        finally:
-            saved.path.unlink(missing_ok=True)
+    finally:
+        saved.path.unlink(missing_ok=True)
 
     def search() -> dict:
         with state.lock:

@@ -1,7 +1,10 @@
 """Uploads: size-limited streaming receipt to a temp file, then decode + embed in a child process.
 
 The request body is counted while it streams in and refused (413) as soon as it
-passes the limit, so an endless upload never fills memory or disk. Decoding and
+passes the limit, so an endless upload never fills memory or disk. A body must also
+keep coming at a minimum rate after a grace period (408 otherwise, the rule of Apache's
+mod_reqtimeout), so a client that trickles bytes cannot hold a place for long; and a
+place in the embedding queue is taken only once the whole body is in. Decoding and
 inference run in one long-lived child process (:class:`EmbedWorker`): a file
 that crashes the decoder kills only the child, and one that hangs it is killed
 after a timeout; either way the server answers 400 and starts a fresh child for
@@ -10,6 +13,7 @@ the next upload.
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
@@ -33,6 +37,8 @@ DEFAULT_EMBED_TIMEOUT = 120.0
 DEFAULT_MAX_QUEUE = 4
 DEFAULT_MAX_SECONDS = 20 * 60.0
 START_TIMEOUT = 300.0
+BODY_GRACE = 30.0
+BODY_MIN_RATE = 16 * 2**10
 FIELD = "file"
 _MULTIPART_OVERHEAD = 64 * 2**10
 _COPY_CHUNK = 1 << 20
@@ -40,6 +46,10 @@ _COPY_CHUNK = 1 << 20
 
 class _TooLarge(Exception):
     """The request body passed the size limit."""
+
+
+class _TooSlow(Exception):
+    """The request body came in slower than the minimum rate."""
 
 
 @dataclass(frozen=True)
@@ -63,9 +73,26 @@ def check_audio_type(filename: str, content_type: str | None) -> str:
     return suffix
 
 
-async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[bytes, None]:
+async def _limited(stream: AsyncIterator[bytes], limit: int, grace: float = BODY_GRACE,
+                   min_rate: float = BODY_MIN_RATE) -> AsyncGenerator[bytes, None]:
+    """The stream's chunks; _TooLarge past ``limit`` bytes, _TooSlow once it falls behind the rate rule.
+
+    By ``grace + n / min_rate`` seconds from the start, more than ``n`` bytes must have come.
+    """
+    loop = asyncio.get_running_loop()
+    start = loop.time()
     total = 0
-    async for chunk in stream:
+    chunks = aiter(stream)
+    while True:
+        left = start + grace + total / min_rate - loop.time()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            chunk = await asyncio.wait_for(anext(chunks), left)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise _TooSlow from None
         total += len(chunk)
         if total > limit:
             raise _TooLarge
@@ -76,7 +103,7 @@ async def receive_upload(request: Request, max_bytes: int) -> SavedUpload:
     """Stream a multipart upload (field ``file``) to a temp file, enforcing size and type.
 
     Raises HTTPException: 413 past ``max_bytes``, 415 for non-audio files or bodies,
-    400 for malformed or empty uploads.
+    408 for a body slower than the rate rule, 400 for malformed or empty uploads.
     """
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise HTTPException(415, f"send the audio file as multipart/form-data in a field named {FIELD!r}")
@@ -90,6 +117,9 @@ async def receive_upload(request: Request, max_bytes: int) -> SavedUpload:
         form = await parser.parse()
     except _TooLarge:
         raise too_large from None
+    except _TooSlow:
+        raise HTTPException(408, f"the upload came in too slowly (the body must arrive at "
+                                 f"{BODY_MIN_RATE // 2**10} KiB/s or more after {BODY_GRACE:g} s)") from None
     except MultiPartException as exc:
         raise HTTPException(400, f"malformed upload: {exc.message}") from None
     try:
@@ -127,6 +157,7 @@ class EmbedWorker:
 
     At most ``max_queue`` uploads wait for or use it at a time: :meth:`slot` answers 503
     beyond that, so queued uploads never hold the server's threads and reads stay fast.
+    Bodies are received before a slot is taken, at most ``4 * max_queue`` at a time (:meth:`receipt`).
     ``timeout`` counts from when the child has its model loaded, not from its cold start.
     """
 
@@ -137,21 +168,23 @@ class EmbedWorker:
         self.start_timeout = start_timeout
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_queue)
+        self._receipts = threading.BoundedSemaphore(4 * max_queue)
         self._child = Child("mess.serve.embed_worker")
         self._recv: Connection | None = None
         self._ready = False
         self._loaded: set[str] = set()
 
     @contextmanager
+    def receipt(self) -> Iterator[None]:
+        """A place to receive an upload's body in; 503 (with Retry-After) when ``4 * max_queue`` are in use."""
+        with _hold(self._receipts, "too many uploads are coming in at once; try again shortly"):
+            yield
+
+    @contextmanager
     def slot(self) -> Iterator[None]:
         """A place in the upload queue for the block; HTTPException 503 (with Retry-After) when it is full."""
-        if not self._slots.acquire(blocking=False):
-            raise HTTPException(503, "too many uploads are waiting to be embedded; try again shortly",
-                                headers={"Retry-After": "10"})
-        try:
+        with _hold(self._slots, "too many uploads are waiting to be embedded; try again shortly"):
             yield
-        finally:
-            self._slots.release()
 
     def embed(self, path: Path, run: Run, name: str) -> tuple[str, list[np.ndarray], dict[str, str | None]]:
         """(content hash, per-layer track vectors, tags) of a file; HTTPException 400 when it cannot be used.
@@ -234,3 +267,14 @@ class EmbedWorker:
         self._ready = False
         self._loaded = set()
         return self._child.stop()
+
+
+@contextmanager
+def _hold(places: threading.BoundedSemaphore, busy: str) -> Iterator[None]:
+    """One of ``places`` for the block; HTTPException 503 with ``busy`` (and Retry-After) when none is free."""
+    if not places.acquire(blocking=False):
+        raise HTTPException(503, busy, headers={"Retry-After": "10"})
+    try:
+        yield
+    finally:
+        places.release()
