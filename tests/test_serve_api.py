@@ -241,6 +241,17 @@ def test_map_is_the_pca_of_the_search_vectors(client: TestClient, store: Feature
     assert again == data and len(built) == 1  # the second answer comes from the cache: no second PCA
 
 
+def test_head_answers_as_get_without_a_body(client: TestClient, store: FeatureStore) -> None:
+    track = store.tracks()[0]
+    for url in ("/api/tracks", f"/api/tracks/{track.id}", f"/api/tracks/{track.id}/audio", "/api/health"):
+        get, head = client.get(url), client.head(url)
+        assert head.status_code == get.status_code == 200, (url, head.status_code)  # HEAD was 404 on every /api route
+        assert head.content == b"" and head.headers["content-type"] == get.headers["content-type"]
+        assert head.headers["content-length"] == str(len(get.content))
+    missing = client.head("/api/tracks/999999")
+    assert missing.status_code == client.get("/api/tracks/999999").status_code == 404 and missing.content == b""
+
+
 def test_audio_streams_with_range_requests(client: TestClient, store: FeatureStore) -> None:
     track = store.tracks()[0]
     raw = Path(track.path).read_bytes()
