@@ -326,6 +326,32 @@ def test_a_file_gone_before_it_is_read_is_recorded(tmp_path: Path) -> None:
     assert [Path(p).name for p, _ in store.failures(store.run("dsp"))] == ["vanished.wav"]
 
 
+def test_failures_are_listed_per_file_and_forgotten_once_fixed(tmp_path: Path) -> None:
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.dsp import DspModel
+
+    music = tmp_path / "music"
+    paths = _tones(music, 2)
+    half = 0.3 * np.sin(2 * np.pi * 440 * np.arange(11025) / 22050)
+    for name in ("short_a.wav", "short_b.wav", "short_c.wav"):  # one content: too short, three times
+        sf.write(music / name, half.astype(np.float32), 22050)
+    (music / "noise.wav").write_bytes(os.urandom(5000))
+    store = FeatureStore(tmp_path / "store")
+    names = ("short_a.wav", "short_b.wav", "short_c.wav", "noise.wav", "later.wav")  # later.wav: not there yet
+    everything = [*paths, *(music / n for n in names)]
+    extract(store, everything, DspModel(), WindowPolicy(4.0, 3))
+    listed = dict(store.failures(store.run("dsp")))
+    assert sorted(Path(p).name for p in listed) == ["later.wav", "noise.wav", "short_a.wav", "short_b.wav",
+                                                    "short_c.wav"]
+    assert all(reason.startswith(path) for path, reason in listed.items())  # each reason names its own file
+    _tones(music, 1, offset=7)[0].rename(music / "noise.wav")  # all three fixed: real audio now
+    _tones(music, 1, offset=9)[0].rename(music / "later.wav")
+    sf.write(music / "short_b.wav", np.tile(half, 4).astype(np.float32), 22050)
+    extract(store, everything, DspModel(), WindowPolicy(4.0, 3))
+    assert sorted(Path(p).name for p, _ in store.failures(store.run("dsp"))) == ["short_a.wav", "short_c.wav"]
+
+
 # ------------------------------------------------------------------ damaged stores
 
 

@@ -332,6 +332,7 @@ class FeatureStore:
             self.db.execute(
                 f"INSERT INTO tracks ({cols}) VALUES ({marks}) ON CONFLICT(path) DO UPDATE SET {updates}", row
             )
+            self.db.execute("DELETE FROM failures WHERE content_hash=?", (_unread_key(str(path)),))  # readable now
             return int(self.db.execute("SELECT id FROM tracks WHERE path=?", (row["path"],)).fetchone()[0])
 
     def known_file(self, path: Path) -> tuple[str, str] | None:
@@ -532,19 +533,32 @@ class FeatureStore:
 
     def record_failure(self, run: Run, content_hash: str, path: str, reason: str) -> None:
         """Remember why a file could not be embedded (files never hashed are keyed by their path)."""
-        key = content_hash or "path:" + printable(str(path))
         with self._write():
             self.db.execute(
                 "INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?)",
-                (run.id, key, to_db_path(path), printable(reason), time.time()),
+                (run.id, content_hash or _unread_key(path), to_db_path(path), printable(reason), time.time()),
             )
 
     def failures(self, run: Run) -> list[tuple[str, str]]:
-        """(path, reason) of files that failed in this run."""
-        return [
-            (from_db_path(r[0]), r[1])
-            for r in self.db.execute("SELECT path, reason FROM failures WHERE run_id=? ORDER BY at", (run.id,))
-        ]
+        """(path, reason) of each file that failed in this run, as the files are now.
+
+        A failure is kept per content, so every catalogued file with that content is listed (the reason
+        naming each); a file whose content has changed since is not. Files never hashed are listed by path.
+        """
+        shared = self.db.execute(
+            "SELECT t.path, f.path, f.reason FROM failures f JOIN tracks t ON t.content_hash = f.content_hash "
+            "WHERE f.run_id=? ORDER BY f.at, t.path",
+            (run.id,),
+        )
+        unread = self.db.execute(
+            "SELECT path, path, reason FROM failures WHERE run_id=? AND content_hash LIKE 'path:%' ORDER BY at",
+            (run.id,),
+        )
+        out = []
+        for now, then, reason in [*shared, *unread]:
+            path = from_db_path(now)
+            out.append((path, reason.replace(printable(from_db_path(then)), printable(path))))
+        return out
 
     def _rows(self, run: Run) -> list[sqlite3.Row]:
         return self.db.execute(
@@ -693,3 +707,8 @@ class FeatureStore:
             r[0]: r[1]
             for r in self.db.execute("SELECT aspect, layer FROM aspect_map WHERE run_id=? ORDER BY aspect", (run.id,))
         }
+
+
+def _unread_key(path: str) -> str:
+    """The failures table's key for a file that failed before it could be hashed."""
+    return "path:" + printable(path)
