@@ -127,6 +127,19 @@ def test_two_concurrent_extracts_equal_a_single_writer(rendered_collection: list
     assert check.returncode == 0 and json.loads(check.stdout)["ok"], check.stdout
 
 
+def test_check_does_not_call_a_store_with_a_stale_index_ok(tmp_path: Path) -> None:
+    music, store = tmp_path / "music", str(tmp_path / "store")
+    _tones(music, 3)
+    assert _mess("extract", str(music), *DSP, "--store", store).returncode == 0
+    assert _mess("index", "--store", store).returncode == 0
+    assert _mess("check", "--store", store).stderr.strip().endswith(": ok")  # the console writes to stderr
+    _tones(music, 1, offset=3)[0].rename(music / "tone00.wav")  # new content: the saved index is stale
+    assert _mess("extract", str(music), *DSP, "--store", store).returncode == 0
+    check = _mess("check", "--store", store)
+    assert check.returncode == 0 and "stale-index:" in check.stderr, check.stderr
+    assert "1 index(es) out of date" in check.stderr and not check.stderr.strip().endswith(": ok"), check.stderr
+
+
 def test_three_writers_and_a_reader_leave_nothing_misplaced(tmp_path: Path) -> None:
     music = tmp_path / "music"
     _tones(music / "a", 6)

@@ -43,7 +43,13 @@ def check_command(
         for path in health.stale:
             console.print(f"[yellow]stale-index:[/] {plain(path.name)} is out of date")
         advice = CATALOG_ADVICE if any(p.kind == "catalog" for p in health.damaged) else "run `mess check --repair`"
-        verdict = "[green]ok[/]" if not health.damaged else f"[red]damaged[/]: {plain(advice)}"
+        if health.damaged:
+            verdict = f"[red]damaged[/]: {plain(advice)}"
+        elif health.stale:  # whole, but searches skip these indexes (exact search) until rebuilt
+            verdict = (f"[green]whole[/], [yellow]{len(health.stale)} index(es) out of date[/]: `mess index` "
+                       "rebuilds them (`mess check --repair` deletes them)")
+        else:
+            verdict = "[green]ok[/]"
         console.print(f"{plain(store)}: {verdict}")
     if health.damaged:
         raise typer.Exit(1)
