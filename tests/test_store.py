@@ -197,6 +197,19 @@ def test_a_model_extracted_again_with_another_policy_answers_from_its_fuller_run
     assert store.run("toy").id == partial.id
 
 
+def test_info_counts_artists_as_the_artist_commands_group_them(tmp_path: Path) -> None:
+    from mess.artists.profiles import build_artists
+    from mess.cli.extract import store_summary
+
+    store = FeatureStore(tmp_path)
+    tags = [{"artist": "Beyoncé"}, {"artist": "Beyonce"}, {"artist": "Beyoncé feat. Jay-Z"},
+            {"composer": "Erik Satie"}, {"artist": " "}, {}]
+    for i, tag in enumerate(tags):
+        store.upsert_track(Path(f"/music/{i}.wav"), f"h{i}", 10, 1.0, {}, tag)
+    assert store_summary(store)["artists"] == 2  # was 4: three spellings of one artist, the composer left out
+    assert len(build_artists(store.tracks(), min_tracks=1).profiles) == 2
+
+
 def test_a_repair_forgets_the_fused_vectors_of_rows_a_new_file_may_take(tmp_path: Path) -> None:
     """Derived vectors are stored by row. A repair that dropped the last file's vectors freed its row; the next
     file extracted took it and was searched with the dropped file's fused vector (found by a review)."""

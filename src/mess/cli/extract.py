@@ -10,6 +10,8 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from mess.artists.credits import name_key
+from mess.artists.profiles import artist_of
 from mess.audio.discover import find_audio
 from mess.audio.windows import WindowPolicy
 from mess.cli.common import console, emit_json, fail, open_store, plain
@@ -238,7 +240,7 @@ def store_summary(fs: FeatureStore) -> dict:
     return {
         "store": str(fs.root),
         "tracks": len(tracks),
-        "artists": len({t.artist for t in tracks if t.artist}),
+        "artists": len({name_key(name) for t in tracks if (name := artist_of(t)[0])}),  # as `mess artists` groups
         "runs": [
             {
                 "id": run.id,
