@@ -232,3 +232,24 @@ def test_copies_of_one_file_map_no_aspect_and_keep_the_stored_map(tmp_path: Path
     kept = FeatureStore(tmp_path / "store", readonly=True)
     assert kept.aspect_map(kept.run("dsp")) == {"timbre": "mfcc"}
     kept.close()
+
+
+def test_a_probe_of_some_layers_keeps_the_map_and_report_of_every_layer(store_copy: Path, dsp_report: dict) -> None:
+    """`--layers rhythm` mapped every aspect to rhythm (the best of one layer) over the full probe's map, and wrote
+    over its report: `mess similar --aspect brightness` then searched the rhythm layer without a word."""
+    store = FeatureStore(store_copy, readonly=True)
+    run = store.run("dsp")
+    full_map, full_report = store.aspect_map(run), Path(dsp_report["files"]["json"]).read_text()
+    store.close()
+    assert len(set(full_map.values())) > 1
+    out = runner.invoke(app, ["probe", "--model", "dsp", "--layers", "rhythm", "--control", "none",
+                              "--store", str(store_copy), "--json"])
+    assert out.exit_code == 0, out.output
+    partial = json.loads(out.stdout)
+    assert partial["aspect_map_stored"] is False and "covered 1 of" in partial["aspect_map_note"]
+    assert list(partial["conditions"]["trained"]["r2"]) == ["rhythm"]
+    assert Path(partial["files"]["json"]).name.endswith("-partial.json") and Path(partial["files"]["json"]).is_file()
+    assert Path(dsp_report["files"]["json"]).read_text() == full_report
+    kept = FeatureStore(store_copy, readonly=True)
+    assert kept.aspect_map(kept.run("dsp")) == full_map
+    kept.close()

@@ -38,7 +38,7 @@ def probe_command(
     """Probe every layer for every proxy target; store the best layer per aspect for `mess similar --aspect`."""
     from mess.probing.probes import ProbeError
     from mess.probing.report import write_report
-    from mess.probing.study import ProbeOptions, save_aspect_map
+    from mess.probing.study import ProbeOptions, probed_every_layer, save_aspect_map, unmapped_reason
 
     controls = _split(control or ["shuffled"])
     if not (store / "catalog.sqlite").exists():
@@ -54,12 +54,14 @@ def probe_command(
             report = _run_with_progress(fs, run, options)
         except ProbeError as exc:
             fail(str(exc))
+        reason = unmapped_reason(run, report)
         stored = save_aspect_map(fs, run, report)
-        paths = write_report(report, fs.reports_dir)
+        paths = write_report(report, fs.reports_dir, partial=not probed_every_layer(run, report))
     if json_out:
-        emit_json({**report.to_dict(), "aspect_map_stored": stored, "files": {k: str(v) for k, v in paths.items()}})
+        emit_json({**report.to_dict(), "aspect_map_stored": stored, "aspect_map_note": reason,
+                   "files": {k: str(v) for k, v in paths.items()}})
         return
-    _print_report(report, paths, stored)
+    _print_report(report, paths, reason)
 
 
 def _split(values: list[str]) -> tuple[str, ...]:
@@ -83,7 +85,7 @@ def _run_with_progress(fs: FeatureStore, run: Run, options: ProbeOptions) -> Pro
         return probe_run(fs, run, options, on_progress=hook)
 
 
-def _print_report(report: ProbeReport, paths: dict[str, Path], stored: bool) -> None:
+def _print_report(report: ProbeReport, paths: dict[str, Path], unmapped: str | None) -> None:
     import numpy as np
 
     from mess.probing.report import TRAINED, aspect_matrix
@@ -110,10 +112,9 @@ def _print_report(report: ProbeReport, paths: dict[str, Path], stored: bool) -> 
         console.print(f"[dim]{name}:[/] {note}")
     if report.missing:
         console.print(f"[yellow]{len(report.missing)} tracks without targets[/] (first: {report.missing[0][1]})")
-    if not stored:
-        console.print("[yellow]no aspect could be mapped (every proxy target is the same on these tracks); "
-                      "the aspect map stored before is kept[/]")
-    console.print(("aspect map stored for `mess similar --aspect`; " if stored else "") + "report: "
+    if unmapped is not None:
+        console.print(f"[yellow]aspect map not stored: {unmapped}; the aspect map stored before is kept[/]")
+    console.print(("aspect map stored for `mess similar --aspect`; " if unmapped is None else "") + "report: "
                   + ", ".join(str(p) for p in paths.values()))
 
 

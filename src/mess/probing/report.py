@@ -134,9 +134,13 @@ def _num(value: float) -> float | None:
     return None if np.isnan(value) else round(float(value), 4)
 
 
-def write_report(report: ProbeReport, folder: Path) -> dict[str, Path]:
-    """Write the JSON report, a long-format CSV and a heatmap PNG; returns their paths."""
-    paths = report_paths(folder, report.model, report.run_id, report.probe)
+def write_report(report: ProbeReport, folder: Path, *, partial: bool = False) -> dict[str, Path]:
+    """Write the JSON report, a long-format CSV and a heatmap PNG; returns their paths.
+
+    ``partial``: the probe covered only some layers; its files get names of their own, so the report of every
+    layer (which the server and fusion read) is kept.
+    """
+    paths = report_paths(folder, report.model, report.run_id, report.probe, partial=partial)
     folder.mkdir(parents=True, exist_ok=True)
     paths["json"].write_text(json.dumps(report.to_dict(), indent=2))
     with paths["csv"].open("w", newline="") as fh:

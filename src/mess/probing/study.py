@@ -114,10 +114,25 @@ def _probe(store: FeatureStore, run: Run, layers: list[str], targets: TrackTarge
     return scores, folds
 
 
+def probed_every_layer(run: Run, report: ProbeReport) -> bool:
+    """Whether the probe covered all of the run's layers (``--layers`` may pick some)."""
+    return len(report.conditions[TRAINED].layers) == len(run.layer_names)
+
+
+def unmapped_reason(run: Run, report: ProbeReport) -> str | None:
+    """Why this probe may not replace the stored aspect map, or None when it may."""
+    if not probed_every_layer(run, report):  # the best of some layers is not the best layer
+        return (f"the probe covered {len(report.conditions[TRAINED].layers)} of {len(run.layer_names)} layers; "
+                "only a probe of every layer maps aspects")
+    if not report.aspects:
+        return "no aspect could be mapped (every proxy target is the same on these tracks)"
+    return None
+
+
 def save_aspect_map(store: FeatureStore, run: Run, report: ProbeReport) -> bool:
     """Store the trained model's aspect -> (layer, score, margin) map for `mess similar --aspect`; False, and the
-    stored map kept, when the probe mapped no aspect at all (every target constant: e.g. only copies of one file)."""
-    if not report.aspects:
+    stored map kept, when :func:`unmapped_reason` gives a reason not to."""
+    if unmapped_reason(run, report) is not None:
         return False
     store.set_aspect_map(run, [(c.aspect, c.layer, c.score, c.margin) for c in report.aspects])
     return True

@@ -12,7 +12,7 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
-def report_paths(folder: Path, model: str, run_id: int, probe: str) -> dict[str, Path]:
-    """Where the JSON, CSV and PNG of a probe report go."""
-    stem = f"probe-{slug(model)}-run{run_id}" + ("" if probe == "ridge" else f"-{probe}")
+def report_paths(folder: Path, model: str, run_id: int, probe: str, *, partial: bool = False) -> dict[str, Path]:
+    """Where the JSON, CSV and PNG of a probe report go (``partial``: of a probe of some layers only)."""
+    stem = f"probe-{slug(model)}-run{run_id}" + ("" if probe == "ridge" else f"-{probe}") + ("-partial" * partial)
     return {ext: Path(folder) / f"{stem}.{ext}" for ext in ("json", "csv", "png")}
