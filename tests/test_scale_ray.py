@@ -1,10 +1,18 @@
-"""`mess extract --engine ray` on a local 2-CPU Ray cluster: same vectors as local, resumable, fault tolerant."""
+"""`mess extract --engine ray` on a local 2-CPU Ray cluster: same vectors as local, resumable, fault tolerant.
+
+The cluster runs in processes of its own and every job's driver is a child process: a test worker is never a Ray
+driver (a driver whose cluster goes away may end its process, and an xdist worker that exits stalls the run).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import secrets
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -16,28 +24,81 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-import ray
 import soundfile as sf
 
 from mess.audio.discover import find_audio
 from mess.audio.windows import WindowPolicy
-from mess.extract.pipeline import extract
+from mess.extract.pipeline import ExtractSummary, extract
 from mess.extract.runs import run_policy
 from mess.models.dsp import DspModel
 from mess.models.registry import load_model
-from mess.scale.ray_extract import extract_ray
 from mess.store import FeatureStore
 
 POLICY = WindowPolicy(window_seconds=4.0, max_windows=3)
 N_TONES = 32
+# The cluster and its drivers share a token of their own (not the user's ~/.ray/auth_token, which Ray makes once).
+RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
 @pytest.fixture(scope="module")
 def ray_address() -> Iterator[str]:
-    """A local Ray cluster with 2 CPUs, shared by this module's tests."""
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    """A local Ray cluster with 2 CPUs (`ray start --head --block` in a session of its own), shared by the module."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port",
+                             str(port), "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--include-dashboard",
+                             "false", "--disable-usage-stats"], env=RAY_ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not _answers("127.0.0.1", port):
+            assert head.poll() is None and time.time() < deadline, head.stderr.read() if head.poll() else "no GCS"
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        head.terminate()  # --block stops the cluster's processes on SIGTERM
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)  # whatever is left of the session
+        head.wait()
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+_DRIVER = """
+import json, sys
+from pathlib import Path
+from mess.audio.windows import WindowPolicy
+from mess.scale.ray_extract import extract_ray
+from mess.store import FeatureStore
+a = json.loads(sys.argv[1])
+s = extract_ray(FeatureStore(Path(a["store"])), [Path(p) for p in a["paths"]], a["model"],
+                WindowPolicy.from_json(a["policy"]), address=a["address"], **a["options"])
+print(json.dumps({"done": s.done, "skipped": s.skipped, "failed": s.failed, "audio_seconds": s.audio_seconds}))
+"""
+
+
+def extract_ray(store: Path, paths: list[Path], model: str, policy: WindowPolicy, address: str,
+                **options: object) -> ExtractSummary:
+    """`mess.scale.ray_extract.extract_ray` run by a driver process of its own; its summary."""
+    args = {"store": str(store), "paths": [str(p) for p in paths], "model": model, "policy": policy.to_json(),
+            "address": address, "options": options}
+    out = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(args)], capture_output=True, text=True,
+                         timeout=600, env=RAY_ENV)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    return ExtractSummary(done=got["done"], skipped=got["skipped"], failed=[tuple(f) for f in got["failed"]],
+                          audio_seconds=got["audio_seconds"])
 
 
 @pytest.fixture(scope="module")
@@ -104,16 +165,18 @@ def test_ray_gives_the_local_vectors_and_reruns_skip(ray_address: str, tmp_path:
     shutil.copy(music / "tone00.wav", music / "copy_of_tone00.wav")  # same content: embedded once
     (music / "corrupt.ogg").write_bytes(os.urandom(2048))
     paths = find_audio([music])
-    local, remote = FeatureStore(tmp_path / "local"), FeatureStore(tmp_path / "ray")
+    local = FeatureStore(tmp_path / "local")
     want = extract(local, paths, load_model("musicnn-msd"), POLICY, batch_size=2)
-    got = extract_ray(remote, paths, "musicnn-msd", POLICY, batch_size=2, actors=1)
+    got = extract_ray(tmp_path / "ray", paths, "musicnn-msd", POLICY, ray_address, batch_size=2, actors=1)
+    remote = FeatureStore(tmp_path / "ray")
     assert (got.done, got.skipped) == (3, 1)
     assert got.audio_seconds == 3 * POLICY.max_windows * POLICY.window_seconds  # the copy is not decoded again
     assert [Path(p).name for p, _ in got.failed] == ["corrupt.ogg"] == [Path(p).name for p, _ in want.failed]
     # torch in a 1-thread Ray actor vs 2 local threads, with patches batched in chunks across windows:
     # a different summation order, at most 2 float16 ulps (measured: 1 element of 600 at 2 ulps).
     _assert_same_vectors(_by_path(remote, "musicnn-msd"), _by_path(local, "musicnn-msd"), ulps=2)
-    again = extract_ray(remote, [p for p in paths if p.suffix == ".wav"], "musicnn-msd", POLICY, batch_size=2)
+    again = extract_ray(tmp_path / "ray", [p for p in paths if p.suffix == ".wav"], "musicnn-msd", POLICY,
+                        ray_address, batch_size=2)
     assert (again.done, again.skipped, again.failed) == (0, 4, [])
 
 
@@ -122,7 +185,8 @@ def test_killed_job_resumes_without_loss_or_duplicates(ray_address: str, tones: 
     store_dir = tmp_path / "store"
     cmd = [sys.executable, "-m", "mess.cli", "extract", str(music), "--engine", "ray", "--address", ray_address,
            "--model", "dsp", "--store", str(store_dir), "--window", "4", "--max-windows", "3", "--batch-size", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=RAY_ENV)
     deadline = time.time() + 300  # a loaded machine compiling librosa's JIT cold needs minutes
     while time.time() < deadline and proc.poll() is None and _vector_rows(store_dir)[0] == 0:
         time.sleep(0.05)
@@ -130,8 +194,8 @@ def test_killed_job_resumes_without_loss_or_duplicates(ray_address: str, tones: 
     proc.wait()
     committed = _vector_rows(store_dir)[0]
     assert 0 < committed < N_TONES, "the kill should land mid-run"
+    resumed = extract_ray(store_dir, find_audio([music]), "dsp", POLICY, ray_address, batch_size=2)
     store = FeatureStore(store_dir)
-    resumed = extract_ray(store, find_audio([music]), "dsp", POLICY, batch_size=2)
     assert (resumed.done, resumed.skipped, resumed.failed) == (N_TONES - committed, committed, [])
     assert _vector_rows(store_dir) == (N_TONES, N_TONES)
     run = store.run("dsp")
@@ -145,7 +209,7 @@ def test_killed_worker_is_restarted_and_nothing_is_lost(ray_address: str, tones:
     result: dict[str, object] = {}
 
     def job() -> None:
-        result["summary"] = extract_ray(FeatureStore(store_dir), find_audio([music]), "dsp", POLICY,
+        result["summary"] = extract_ray(store_dir, find_audio([music]), "dsp", POLICY, ray_address,
                                         batch_size=2, actors=1, write_every=2)
 
     thread = threading.Thread(target=job)
@@ -153,7 +217,7 @@ def test_killed_worker_is_restarted_and_nothing_is_lost(ray_address: str, tones:
     deadline = time.time() + 300  # a loaded machine compiling librosa's JIT cold needs minutes
     while time.time() < deadline and thread.is_alive() and _vector_rows(store_dir)[0] == 0:
         time.sleep(0.02)
-    actors = [p for p in psutil.Process().children(recursive=True) if "MapBatches(Embedder)" in _title(p)]
+    actors = [p for p in psutil.process_iter() if "MapBatches(Embedder)" in _title(p)]
     committed_at_kill = _vector_rows(store_dir)[0]
     assert thread.is_alive() and len(actors) == 1 and committed_at_kill < N_TONES, "the kill should land mid-run"
     actors[0].send_signal(signal.SIGKILL)
@@ -177,8 +241,8 @@ def test_ray_matches_the_local_store_on_rendered_music(ray_address: str, extract
     run = reference.run("dsp")
     tracks = reference.tracks(run)[:4]
     paths = [Path(t.path) for t in tracks]
+    summary = extract_ray(tmp_path / "ray", paths, "dsp", run_policy(run), ray_address, batch_size=2)
     store = FeatureStore(tmp_path / "ray")
-    summary = extract_ray(store, paths, "dsp", run_policy(run), batch_size=2)
     assert (summary.done, summary.failed) == (len(paths), [])
     assert [store.track(p).artist for p in paths] == [t.artist for t in tracks]
     want = {p: v for p, v in _by_path(reference, "dsp").items() if p in {str(x) for x in paths}}
