@@ -241,7 +241,7 @@ def test_small_updates_add_up_until_the_index_is_rebuilt_with_fresh_statistics(s
     assert (saved.fitted, saved.drift) == (index.fitted, index.drift) == (34, 0)
 
 
-@pytest.mark.parametrize("mix", ["new npz", "new faiss", "new faiss and json", "truncated faiss"])
+@pytest.mark.parametrize("mix", ["new npz", "new faiss", "new faiss and json", "truncated faiss", "truncated npz"])
 def test_an_index_whose_files_come_from_two_saves_is_never_used(synth: tuple[FeatureStore, Run], mix: str) -> None:
     """A save cut short, or a reader that meets a save under way, finds files of two saves. Before, the ids of a new
     .npz beside the old .faiss passed the count check, and a changed track was searched with its old vectors."""
@@ -257,8 +257,9 @@ def test_an_index_whose_files_come_from_two_saves_is_never_used(synth: tuple[Fea
     vs = load_vectors(store, run, spec)
     assert build_index(store, vs)[1].mode == "updated"
     after = {k: p.read_bytes() for k, p in files.items()}
-    if mix == "truncated faiss":
-        files["faiss"].write_bytes(after["faiss"][: len(after["faiss"]) // 2])
+    if mix.startswith("truncated"):  # a truncated .npz raised zipfile.BadZipFile in every command, repair too
+        kind = mix.split()[1]
+        files[kind].write_bytes(after[kind][: len(after[kind]) // 2])
     else:
         for key, p in files.items():
             p.write_bytes(after[key] if key in mix else before[key])

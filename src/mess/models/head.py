@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mess.constants import NPZ_ERRORS
+
 HEADS_DIR = Path(__file__).with_name("heads")
 
 
@@ -96,7 +98,7 @@ class Head:
             return cls(info["model"], tuple(info["layer_names"]), tuple(int(d) for d in info["layer_dims"]),
                        arrays["mean"], arrays["scale"], arrays["proj"], arrays.get("w1"), arrays.get("b1"),
                        arrays.get("w2"), info.get("meta", {}))
-        except (OSError, KeyError, ValueError) as exc:
+        except NPZ_ERRORS as exc:
             raise HeadError(f"cannot read learned head {path}: {exc}") from exc
 
 

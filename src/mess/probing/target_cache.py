@@ -18,6 +18,7 @@ from joblib import Parallel, delayed
 
 from mess.audio.decode import AudioError, load_audio
 from mess.audio.windows import WindowPolicy
+from mess.constants import NPZ_ERRORS
 from mess.probing.targets import SAMPLE_RATE, TARGET_NAMES, audio_targets
 from mess.store import Track
 from mess.store.paths import replace_file
@@ -55,7 +56,7 @@ def _read(file: Path) -> np.ndarray | None:
             if tuple(data["names"].tolist()) != TARGET_NAMES:
                 return None
             return data["values"]
-    except (OSError, ValueError, KeyError):
+    except NPZ_ERRORS:
         return None
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mess.constants import NPZ_ERRORS
 from mess.search.ann import AnnIndex, choose_kind
 from mess.search.vectors import Preprocessor, VectorSet, VectorSpec
 from mess.store import FeatureStore, Run
@@ -73,7 +74,7 @@ class CollectionIndex:
             kind, name, norm = meta["spec"]
             saved = cls(ann, prep, ids, hashes, VectorSpec(kind, name, norm), meta["run_id"], meta["requested"],
                         meta["fitted"], meta["drift"])
-        except (OSError, KeyError, ValueError, RuntimeError):
+        except (*NPZ_ERRORS, RuntimeError):
             return None
         return saved if generation == meta.get("generation") and ann.ntotal == len(ids) else None
 
