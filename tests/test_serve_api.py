@@ -502,3 +502,11 @@ def test_real_music_upload_finds_its_original(extracted_store: Path) -> None:
                              files={"file": ("quiet.flac", buffer.getvalue(), "audio/flac")})
     assert answer.status_code == 200, answer.text
     assert answer.json()["query"]["external"] is True and answer.json()["results"][0]["id"] == seed.id
+
+
+def test_cli_advice_keeps_its_dashes_in_api_messages() -> None:
+    from mess.serve.state import _without_option_dashes
+
+    got = _without_option_dashes("use --layer or --aspect; no aspect map for dsp: run `mess probe --model dsp` first")
+    # the command inside backticks was shown as `mess probe model dsp`
+    assert got == "use layer or aspect; no aspect map for dsp: run `mess probe --model dsp` first"

@@ -327,6 +327,29 @@ def test_symlinked_folders_are_followed_once(tmp_path: Path) -> None:
     assert [p.name for p in find_audio([music])] == ["tone00.wav", "tone01.wav"]
 
 
+def test_a_file_name_that_is_not_utf8_is_found_by_name_and_served(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from mess.serve.app import create_app
+
+    music = tmp_path / "music"
+    good = _tones(music, 3)
+    latin1 = Path(os.fsdecode(bytes(music) + b"/caf\xe9.wav"))  # a Latin-1 name, as old rips have
+    good[0].rename(latin1)
+    store = tmp_path / "store"
+    assert _mess("extract", str(music), *DSP, "--store", str(store)).returncode == 0
+    by_name = _mess("similar", os.fsdecode(b"caf\xe9.wav"), "-k", "1", "--json", "--store", str(store))
+    assert by_name.returncode == 0, by_name.stderr  # was UnicodeEncodeError (surrogates not allowed)
+    assert json.loads(by_name.stdout)["query"]["label"] == "caf\\xe9"
+    with TestClient(create_app(store), base_url="http://127.0.0.1") as client:
+        tracks = client.get("/api/tracks")
+        assert tracks.status_code == 200, tracks.text  # was 500 on /api/tracks, /api/map and every similar
+        assert "caf\\xe9.wav" in {t["file"] for t in tracks.json()["items"]}
+        first = tracks.json()["items"][0]["id"]
+        assert client.get(f"/api/tracks/{first}/similar").status_code == 200
+        assert client.get("/api/map").status_code == 200
+
+
 def test_a_file_gone_before_it_is_read_is_recorded(tmp_path: Path) -> None:
     from mess.audio.windows import WindowPolicy
     from mess.extract.pipeline import extract

@@ -14,6 +14,7 @@ from mess.search.vectors import FUSED, VectorSpec, has_learned_head
 from mess.serve.uploads import EmbedWorker
 from mess.store import FeatureStore, Run, StoreError, Track
 from mess.store.config import model_key
+from mess.store.paths import printable
 
 
 class RequestLock:
@@ -100,7 +101,7 @@ def vector_spec(store: FeatureStore, run: Run, layer: str | None, aspect: str | 
         spec = VectorSpec.from_options(layer, aspect, fused, learned=learned)
         spec.layers(store, run)
     except (ValueError, StoreError) as exc:
-        raise HTTPException(400, str(exc).replace("--", "")) from None
+        raise HTTPException(400, _without_option_dashes(str(exc))) from None
     if fused and store.derived_meta(run, FUSED) is None:
         raise HTTPException(400, f"no fused vectors for {run.model}; run `mess fuse train` and `mess fuse apply`")
     if learned and not has_learned_head(run):
@@ -112,7 +113,7 @@ def track_dict(track: Track) -> dict:
     """JSON form of a track: tags and the file name (never the full path)."""
     return {"id": track.id, "name": track.name, "title": track.title, "artist": track.artist,
             "album": track.album, "genre": track.genre, "composer": track.composer,
-            "duration": track.duration, "file": Path(track.path).name}
+            "duration": track.duration, "file": printable(Path(track.path).name)}  # a non-UTF-8 name as caf\xe9
 
 
 def neighbour_dict(result: Neighbour) -> dict:
@@ -120,3 +121,9 @@ def neighbour_dict(result: Neighbour) -> dict:
     scored = result.to_dict()
     keys = ("score", "duplicate", "adjusted", "why", "why_percentile", "reasons", "reasons_text")
     return {**track_dict(result.track), **{k: scored[k] for k in keys}}
+
+
+def _without_option_dashes(message: str) -> str:
+    """A CLI message in the API's words: '--layer' becomes 'layer', except inside a `quoted command`."""
+    parts = message.split("`")
+    return "`".join(part if i % 2 else part.replace("--", "") for i, part in enumerate(parts))

@@ -66,8 +66,8 @@ class Track:
 
     @property
     def name(self) -> str:
-        """A human label: 'artist - title', falling back to the file name."""
-        title = self.title or Path(self.path).stem
+        """A human label: 'artist - title', falling back to the file name (printable: caf\\xe9 for a non-UTF-8 one)."""
+        title = self.title or printable(Path(self.path).stem)
         return f"{self.artist} - {title}" if self.artist else title
 
     @classmethod
@@ -376,17 +376,28 @@ class FeatureStore:
         else:
             row = self.db.execute(sql + "path=?", (to_db_path(Path(key).expanduser().resolve()),)).fetchone()
             if row is None:
-                name = Path(key).name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-                rows = self.db.execute(sql + "path LIKE ? ESCAPE '\\' ORDER BY id", ("%/" + name,)).fetchall()
+                rows = self._named(Path(key).name)
                 if len(rows) > 1:
                     found = [Track.from_row(r) for r in rows]
-                    listed = "; ".join(f"{t.id}: {t.path}" for t in found[:5]) + ("; ..." if len(found) > 5 else "")
+                    listed = "; ".join(f"{t.id}: {printable(t.path)}" for t in found[:5]) + (
+                        "; ..." if len(found) > 5 else "")
                     raise StoreError(f"{len(found)} tracks are named {Path(key).name!r} ({listed}); "
                                      "give the track's id or its full path")
                 row = rows[0] if rows else None
         if row is None:
             raise StoreError(f"unknown track {ref!r}")
         return Track.from_row(row)
+
+    def _named(self, name: str) -> list[sqlite3.Row]:
+        """Catalog rows of the files called ``name``, by id."""
+        sql = f"SELECT {_TRACK_COLS} FROM tracks WHERE "
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:  # not valid UTF-8: such paths are stored as bytes (to_db_path), matched here
+            rows = self.db.execute(sql + "typeof(path)='blob' ORDER BY id")
+            return [r for r in rows if Path(from_db_path(r["path"])).name == name]
+        pattern = "%/" + name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return self.db.execute(sql + "path LIKE ? ESCAPE '\\' ORDER BY id", (pattern,)).fetchall()
 
     def remove_tracks(self, paths: Iterable[str]) -> int:
         """Forget tracks by path (their vectors stay cached by content hash)."""
