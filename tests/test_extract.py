@@ -273,3 +273,27 @@ def test_a_decoder_that_hangs_is_stopped_and_the_run_goes_on(tmp_path: Path, mon
     summary = extract(FeatureStore(tmp_path / "store"), [*paths, stuck], DspModel(), POLICY, workers=2)
     assert summary.done == 2
     assert summary.failed == [(str(stuck), f"{stuck}: the decoder took longer than 3 s and was stopped; file skipped")]
+
+
+@pytest.mark.parametrize("how", ["rewritten", "replaced", "removed"])
+def test_a_file_changed_after_it_was_hashed_is_not_decoded_under_the_old_hash(tmp_path: Path, how: str) -> None:
+    """The hash is taken when a file is inspected and its samples when it is decoded; a file replaced in between had
+    the new audio's vectors stored under the old content's hash, for good (the next run skipped it as known)."""
+    from mess.audio.decode import AudioError
+    from mess.extract.prepare import decode_windows, inspect_file
+
+    t = np.arange(22050 * 6) / 22050
+    path, other = tmp_path / "x.wav", tmp_path / "other.wav"
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 22050)
+    sf.write(other, (0.3 * np.sign(np.sin(2 * np.pi * 3 * t)) * np.sin(2 * np.pi * 990 * t)).astype(np.float32), 22050)
+    policy = WindowPolicy(window_seconds=2.0, max_windows=2)
+    record = inspect_file(path)
+    assert decode_windows(record, 16000, policy).audio.shape == (2, 32000)  # unchanged: decoded
+    if how == "rewritten":
+        path.write_bytes(other.read_bytes())
+    elif how == "replaced":
+        other.replace(path)
+    else:
+        path.unlink()
+    with pytest.raises((AudioError, OSError), match="changed while it was being read|No such file"):
+        decode_windows(record, 16000, policy)

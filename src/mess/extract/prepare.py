@@ -49,6 +49,7 @@ def inspect_file(path: Path, known: tuple[str, str] | None = None) -> FileRecord
     stamp = file_stamp(stat)
     unchanged = known is not None and known[1] in (stamp, legacy_stamp(stat.st_size, stat.st_mtime))
     digest = known[0] if known is not None and unchanged else content_hash(path)
+    _check_unchanged(path, stamp)  # the hash is of the file the stamp describes
     try:
         meta = probe(path)
         info: dict[str, object] = {
@@ -66,8 +67,27 @@ def decode_windows(record: FileRecord, sample_rate: int, policy: WindowPolicy) -
 
     A file longer than one window (by its header) is read by seeking to each window, so
     time and memory follow the audio analysed, not the file's length; a file of one
-    window or less, or one whose seeks fail, is decoded whole, as before.
+    window or less, or one whose seeks fail, is decoded whole, as before. A file changed
+    since :func:`inspect_file` (before or during decoding) is refused: its samples would be
+    stored under the content hash of what it held before.
     """
+    _check_unchanged(record.path, record.stamp)
+    windows = _decode(record, sample_rate, policy)
+    _check_unchanged(record.path, record.stamp)
+    return windows
+
+
+def _check_unchanged(path: Path, stamp: str) -> None:
+    """AudioError when the file's stamp is no longer ``stamp`` (written, replaced or removed since)."""
+    try:
+        now = file_stamp(path.stat())
+    except FileNotFoundError:
+        now = ""
+    if stamp and now != stamp:
+        raise AudioError(f"{path}: the file changed while it was being read; run `mess extract` again")
+
+
+def _decode(record: FileRecord, sample_rate: int, policy: WindowPolicy) -> Windows:
     duration = float(record.info.get("duration") or 0.0)  # type: ignore[arg-type]
     if duration > policy.window_seconds:
         try:

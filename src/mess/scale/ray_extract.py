@@ -129,7 +129,7 @@ def _dataset(items: list[dict[str, Any]]) -> ray.data.Dataset:
 
 
 def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path], summary: ExtractSummary) -> list[dict[str, str]]:
-    """Catalogue every file; return (path, hash) of the content this run still has to embed."""
+    """Catalogue every file; return (path, hash, stamp, duration) of the content this run still has to embed."""
     items = []
     for path in paths:
         known = store.known_file(path)
@@ -149,7 +149,8 @@ def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path], summary: Ex
             summary.skipped += 1
         else:
             queued.add(rec["hash"])
-            todo.append({"path": row["path"], "hash": rec["hash"]})
+            todo.append({"path": row["path"], "hash": rec["hash"], "stamp": rec["stamp"],
+                         "duration": float(rec["info"].get("duration") or 0.0)})
     return todo
 
 
