@@ -350,6 +350,26 @@ def test_a_file_name_that_is_not_utf8_is_found_by_name_and_served(tmp_path: Path
         assert client.get("/api/map").status_code == 200
 
 
+def test_a_collection_file_changed_since_extraction_is_queried_as_it_is_now(tmp_path: Path) -> None:
+    """`mess similar PATH` (and radio seeds) answered with the vectors stored for what the file held before."""
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.dsp import DspModel
+    from mess.query import resolve_query
+
+    paths = _tones(tmp_path / "music", 4)
+    store = FeatureStore(tmp_path / "store")
+    extract(store, paths, DspModel(), WindowPolicy(4.0, 3))
+    run = store.run("dsp")
+    before = store.track(paths[0])
+    assert resolve_query(store, paths[0], run).track == before  # unchanged: the catalogued track
+    _tones(tmp_path / "new", 1, offset=9)[0].replace(paths[0])  # same path, other audio
+    now = resolve_query(store, paths[0], run)
+    assert now.track is None and now.content_hash != before.content_hash  # embedded as it is now
+    shutil.copy(paths[1], paths[0])  # now a copy of another collection file: answered as that track
+    assert resolve_query(store, paths[0], run).track == store.track(paths[1])
+
+
 def test_a_file_gone_before_it_is_read_is_recorded(tmp_path: Path) -> None:
     from mess.audio.windows import WindowPolicy
     from mess.extract.pipeline import extract

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from mess.audio.discover import file_stamp
 from mess.audio.tags import read_tags
 from mess.constants import FUSED
 from mess.extract.embed import embed_file
@@ -16,6 +18,10 @@ from mess.models.registry import ModelError, load_model
 from mess.search.query import TrackQuery, collection_query
 from mess.search.vectors import track_by_hash
 from mess.store import FeatureStore, Run, StoreError
+from mess.store.feature_store import legacy_stamp
+from mess.store.paths import printable
+
+log = logging.getLogger(__name__)
 
 
 def resolve_query(store: FeatureStore, ref: str | Path | int, run: Run) -> TrackQuery:
@@ -29,10 +35,20 @@ def resolve_query(store: FeatureStore, ref: str | Path | int, run: Run) -> Track
     try:
         found = collection_query(store, path)
         if found.track is not None and Path(found.track.path) == path.resolve():
-            return found
+            if _as_catalogued(store, path):
+                return found
+            log.warning("%s has changed since it was extracted: searching with the file as it is now "
+                        "(`mess extract` updates the collection)", printable(str(path)))
     except StoreError:
         pass
     return embed_query(store, path, run)
+
+
+def _as_catalogued(store: FeatureStore, path: Path) -> bool:
+    """Whether the file is as the catalog last saw it (same change stamp), so its stored vectors are its own."""
+    known = store.known_file(path.resolve())
+    stat = path.stat()
+    return known is not None and known[1] in (file_stamp(stat), legacy_stamp(stat.st_size, stat.st_mtime))
 
 
 def embed_query(store: FeatureStore, path: Path, run: Run) -> TrackQuery:
