@@ -140,6 +140,37 @@ def test_check_does_not_call_a_store_with_a_stale_index_ok(tmp_path: Path) -> No
     assert "1 index(es) out of date" in check.stderr and not check.stderr.strip().endswith(": ok"), check.stderr
 
 
+def test_a_lost_catalog_is_reported_not_papered_over(tmp_path: Path) -> None:
+    """With catalog.sqlite gone, `check --repair` said ok after deleting the indexes, and `mess index` made an empty
+    catalog over the vectors."""
+    music, store = tmp_path / "music", tmp_path / "store"
+    _tones(music, 3)
+    assert _mess("extract", str(music), *DSP, "--store", str(store)).returncode == 0
+    assert _mess("index", "--store", str(store)).returncode == 0
+    for name in ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm"):
+        (store / name).unlink(missing_ok=True)
+    indexes = sorted(p.name for p in (store / "indexes").iterdir())
+    for args in (["check"], ["check", "--repair"], ["index"], ["similar", "tone01.wav"], ["info"]):
+        out = _mess(*args, "--store", str(store))
+        assert out.returncode == 1 and "catalog (catalog.sqlite) is missing" in out.stderr, (args, out.stderr)
+        assert "Traceback" not in out.stderr
+    assert not (store / "catalog.sqlite").exists() and sorted(p.name for p in (store / "indexes").iterdir()) == indexes
+
+
+def test_one_repair_also_deletes_the_indexes_it_makes_stale(tmp_path: Path) -> None:
+    music, store = tmp_path / "music", tmp_path / "store"
+    _tones(music, 3)
+    assert _mess("extract", str(music), *DSP, "--store", str(store)).returncode == 0
+    assert _mess("index", "--store", str(store)).returncode == 0
+    row_file = store / "runs" / "1" / "track" / "000.f16"
+    raw = bytearray(row_file.read_bytes())
+    raw[0:2] = np.array([np.nan], dtype=np.float16).tobytes()  # a NaN in the first track's vector
+    row_file.write_bytes(bytes(raw))
+    repaired = _mess("check", "--repair", "--store", str(store))
+    assert repaired.returncode == 0 and "deleted stale index" in repaired.stderr, repaired.stderr
+    assert repaired.stderr.strip().endswith(": ok"), repaired.stderr  # it took a second `check --repair`
+
+
 def test_three_writers_and_a_reader_leave_nothing_misplaced(tmp_path: Path) -> None:
     music = tmp_path / "music"
     _tones(music / "a", 6)

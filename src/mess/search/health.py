@@ -43,7 +43,7 @@ def check_store(path: Path, *, fix: bool = False) -> StoreHealth:
         actions: list[str] = []
         if fix and not catalog and (problems or stale):
             actions = repair(store, problems)
-            for index in stale:
+            for index in stale_indexes(store):  # after the repair: the vectors it drops make indexes stale too
                 delete_index(index)
                 actions.append(f"deleted stale index {index.name}")
             problems = full_check(store)

@@ -192,6 +192,9 @@ class FeatureStore:
         db = self.root / "catalog.sqlite"
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"{self.root} is a file, not a feature store folder")
+        if not db.exists() and any((self.root / "runs").glob("*/*/*.f16")):  # a new catalog would orphan them
+            raise StoreDamaged(f"{self.root} is damaged: its catalog (catalog.sqlite) is missing but it holds "
+                               f"vectors (runs/); {CATALOG_ADVICE}")
         if readonly and not db.exists():
             raise StoreError(f"no feature store at {self.root} (run `mess extract` first)")
         try:
