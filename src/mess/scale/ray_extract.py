@@ -128,14 +128,15 @@ def _dataset(items: list[dict[str, Any]]) -> ray.data.Dataset:
     return ray.data.from_items(items, override_num_blocks=max(1, min(-(-len(items) // ROWS_PER_BLOCK), MAX_BLOCKS)))
 
 
-def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path], summary: ExtractSummary) -> list[dict[str, str]]:
+def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path],
+               summary: ExtractSummary) -> list[dict[str, str | float]]:
     """Catalogue every file; return (path, hash, stamp, duration) of the content this run still has to embed."""
     items = []
     for path in paths:
         known = store.known_file(path)
         items.append({"path": str(path), "known_hash": known[0] if known else "",
                       "known_stamp": known[1] if known else ""})
-    todo: list[dict[str, str]] = []
+    todo: list[dict[str, str | float]] = []
     queued: set[str] = set()
     for row in _dataset(items).map(inspect_row, num_cpus=1).iter_rows():
         if row["error"]:
@@ -154,8 +155,8 @@ def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path], summary: Ex
     return todo
 
 
-def _embedded(todo: list[dict[str, str]], model_name: str, info: ModelInfo, policy: WindowPolicy, batch_size: int,
-              device: str, precision: str, actors: int) -> ray.data.Dataset:
+def _embedded(todo: list[dict[str, str | float]], model_name: str, info: ModelInfo, policy: WindowPolicy,
+              batch_size: int, device: str, precision: str, actors: int) -> ray.data.Dataset:
     """The streaming dataset of embedded tracks: decoded on CPU tasks, embedded by ``actors`` actors."""
     decoded = _dataset(todo).map(
         decode_row, num_cpus=1,  # type: ignore[arg-type]  # ray's stubs do not model fn_kwargs
