@@ -171,6 +171,32 @@ def test_one_repair_also_deletes_the_indexes_it_makes_stale(tmp_path: Path) -> N
     assert repaired.stderr.strip().endswith(": ok"), repaired.stderr  # it took a second `check --repair`
 
 
+def test_a_full_disk_ends_the_run_in_one_line_and_blames_no_file(tmp_path: Path) -> None:
+    """The store's disk filling up mid-run (here: a file-size limit, so no mount is needed) ended in a traceback from
+    sqlite, or recorded a good file as failed with the disk's error as its reason."""
+    import resource
+
+    music, store = tmp_path / "music", tmp_path / "store"
+    _tones(music, 2)
+    assert _mess("extract", str(music), *DSP, "--store", str(store)).returncode == 0
+    _tones(music, 24, offset=2)
+    largest = max(p.stat().st_size for p in store.rglob("*") if p.is_file())
+
+    def small_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead of a signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (largest + 4096, largest + 4096))
+
+    full = subprocess.run([*MESS, "extract", str(music), *DSP, "--store", str(store)], capture_output=True,
+                          text=True, timeout=300, preexec_fn=small_disk)
+    assert full.returncode == 1 and "cannot write to the store" in full.stderr, full.stderr
+    assert "Traceback" not in full.stderr and "failed:" not in full.stderr, full.stderr
+    again = _mess("extract", str(music), *DSP, "--store", str(store))
+    assert again.returncode == 0 and " 0 failed" in again.stderr, again.stderr
+    info = json.loads(_mess("info", "--json", "--failures", "--store", str(store)).stdout)
+    assert info["tracks"] == 26 and info["runs"][0]["failures"] == [] and info["runs"][0]["tracks"] == 26
+    assert _mess("check", "--store", str(store)).returncode == 0
+
+
 def test_three_writers_and_a_reader_leave_nothing_misplaced(tmp_path: Path) -> None:
     music = tmp_path / "music"
     _tones(music / "a", 6)

@@ -260,9 +260,18 @@ class FeatureStore:
 
     @contextmanager
     def _write(self) -> Iterator[None]:
-        """One write: this process's threads in turn, under the inter-process lock, in one transaction."""
-        with self._lock, self.lock.hold(_command_name(), on_wait=self.on_wait), self.db:
-            yield
+        """One write: this process's threads in turn, under the inter-process lock, in one transaction.
+
+        A write the system refuses (a full disk, a read-only or failing file system) is a StoreError
+        naming the cause: the transaction is rolled back and everything committed before is kept.
+        """
+        try:
+            with self._lock, self.lock.hold(_command_name(), on_wait=self.on_wait), self.db:
+                yield
+        except (OSError, sqlite3.OperationalError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise StoreError(f"cannot write to the store at {self.root} ({reason}); what was written before is "
+                             "kept: fix the cause (free disk space, say) and run the command again") from None
 
     # ---- change token and memo ------------------------------------------------------
     def version(self) -> tuple[int, int]:
