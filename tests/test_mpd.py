@@ -7,11 +7,12 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from mess.cli.main import app
 from mess.playlists.formats import read_playlist
@@ -19,6 +20,7 @@ from mess.playlists.mpd import connect
 from mess.playlists.playlist import artist_key
 from mess.playlists.radio import radio
 from mess.query import resolve_query
+from mess.search.query import collection_query
 from mess.store import FeatureStore
 
 runner = CliRunner()
@@ -33,11 +35,17 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def mpd_port(extracted_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A real mpd on a loopback port whose music folder is the rendered collection (null audio output)."""
-    if shutil.which("mpd") is None:
-        pytest.skip("mpd is not installed (scripts/install.sh installs Debian's mpd)")
     with closing(FeatureStore(extracted_store, readonly=True)) as store:
         music = Path(store.tracks()[0].path).parent
-    home = tmp_path_factory.mktemp("mpd")
+    with _mpd(music, tmp_path_factory.mktemp("mpd")) as port:
+        yield port
+
+
+@contextmanager
+def _mpd(music: Path, home: Path) -> Iterator[int]:
+    """Run mpd over ``music`` (its state in ``home``) until its database is scanned; yields its port."""
+    if shutil.which("mpd") is None:
+        pytest.skip("mpd is not installed (scripts/install.sh installs Debian's mpd)")
     port = _free_port()
     (home / "playlists").mkdir()
     conf = home / "mpd.conf"
@@ -69,6 +77,69 @@ def _wait_for_database(port: int, proc: subprocess.Popen, log: Path) -> None:
             pass
         time.sleep(0.3)
     pytest.fail("mpd did not scan the music folder within 60 s")
+
+
+@dataclass
+class Library:
+    """mpd over ``root/music``, whose database lacks ``music/new.flac`` (added after its scan); a dsp store
+    over ``root/downloads`` then ``root/music``, ``downloads/<dup>`` being another piece named as ``music/<dup>``."""
+
+    port: int
+    root: Path
+    songs: list[str]  # the file names in MPD's database
+    dup: str
+
+    def mpd(self, *args: str) -> Result:
+        return runner.invoke(app, ["mpd", *args, "--port", str(self.port), "--host", "127.0.0.1"])
+
+    def radio(self, *args: str) -> Result:
+        return self.mpd("radio", "--model", "dsp", "--store", str(self.root / "store"), *args)
+
+    def set_queue(self, uris: list[str]) -> None:
+        """Queue ``uris`` with the first one current (paused)."""
+        with connect("127.0.0.1", self.port) as client:
+            client.clear()
+            for uri in uris:
+                client.add(uri)
+            client.play(0)
+            client.pause(1)
+
+    def queue(self) -> list[str]:
+        with connect("127.0.0.1", self.port) as client:
+            return [s["file"] for s in client.playlistinfo()]
+
+    def expected_radio(self, seed: str) -> tuple[list[str], list[str]]:
+        """The radio (-n 10) of ``music/seed``: the URIs MPD knows, in order, and the others' paths under root."""
+        with closing(FeatureStore(self.root / "store", readonly=True)) as store:
+            run = store.run("dsp")
+            tracks = radio(store, run, [collection_query(store, store.track(str(self.root / "music" / seed)).id)],
+                           10).tracks
+        paths = [Path(t.path).relative_to(self.root) for t in tracks]
+        known = [p for p in paths if p.parent.name == "music" and p.name in self.songs]
+        return [p.name for p in known], [str(p) for p in paths if p not in known]
+
+
+@pytest.fixture(scope="module")
+def library(rendered_collection: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Library]:
+    """See :class:`Library`: 4 songs in MPD's database, 2 more files in the store that MPD lacks."""
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.registry import load_model
+
+    root = tmp_path_factory.mktemp("library").resolve()
+    (root / "music").mkdir()
+    (root / "downloads").mkdir()
+    songs = [f.name for f in rendered_collection[0:16:4]]  # one piece per composer
+    for i in range(0, 16, 4):
+        shutil.copy(rendered_collection[i], root / "music")
+    shutil.copy(rendered_collection[1], root / "downloads" / songs[2])
+    with _mpd(root / "music", tmp_path_factory.mktemp("mpd")) as port:
+        shutil.copy(rendered_collection[5], root / "music" / "new.flac")
+        with closing(FeatureStore(root / "store")) as store:
+            for folder in ("downloads", "music"):
+                summary = extract(store, sorted((root / folder).iterdir()), load_model("dsp"), WindowPolicy())
+                assert not summary.failed, summary.failed
+        yield Library(port, root, songs, songs[2])
 
 
 def _uris_to_tracks(store: FeatureStore, uris: list[str]) -> list:
@@ -124,3 +195,45 @@ def test_mpd_errors_are_one_line(extracted_store: Path, tmp_path: Path) -> None:
     out = runner.invoke(app, ["mpd", "radio", "--port", str(port), "--host", "127.0.0.1",
                               "--store", str(extracted_store)])
     assert out.exit_code == 1 and "cannot reach MPD" in out.output and "Traceback" not in out.output
+
+
+def test_mpd_play_skips_files_mpd_lacks_and_keeps_the_queue(library: Library) -> None:
+    music = library.root / "music"
+    a, b, c = library.songs[:3]
+    playlist = library.root / "list.m3u8"
+    playlist.write_text(f"{music / a}\n{music / 'new.flac'}\n{music / b}\n")
+    library.set_queue([c, a])
+    out = library.mpd("play", str(playlist), "--music-dir", str(music))
+    assert out.exit_code == 0, out.output
+    assert f"not in MPD's database (skipped): {music / 'new.flac'}" in out.output
+    assert library.queue() == [a, b]
+    playlist.write_text(f"{music / 'new.flac'}\n")
+    for args in (["--music-dir", str(music)], []):
+        out = library.mpd("play", str(playlist), *args)
+        assert out.exit_code == 1 and out.output.count("\n") == 1 and "none of the playlist's files" in out.output
+        assert library.queue() == [a, b]  # untouched
+
+
+def test_mpd_radio_skips_tracks_mpd_lacks(library: Library) -> None:
+    seed = library.songs[0]
+    library.set_queue([seed])
+    out = library.radio("-n", "10")
+    assert out.exit_code == 0, out.output
+    known, skipped = library.expected_radio(seed)
+    assert "music/new.flac" in skipped and f"downloads/{library.dup}" in skipped  # the latter is not MPD's song
+    assert library.queue() == [seed, *known]
+    for path in skipped:
+        assert f"not in MPD's database (skipped): {library.root / path}" in out.output
+
+
+def test_mpd_radio_seeds_from_the_file_mpd_plays_not_a_namesake(library: Library) -> None:
+    library.set_queue([library.dup])
+    out = library.radio("-n", "10")
+    assert out.exit_code == 1 and out.output.count("\n") == 1, out.output
+    assert "--music-dir" in out.output
+    assert all(str(library.root / d / library.dup) in out.output for d in ("music", "downloads"))
+    assert library.queue() == [library.dup]
+    out = library.radio("-n", "10", "--music-dir", str(library.root / "music"))
+    assert out.exit_code == 0, out.output
+    known, _ = library.expected_radio(library.dup)
+    assert library.queue() == [library.dup, *known] and known

@@ -14,8 +14,9 @@ mpd_app = typer.Typer(help="Play through MPD (Music Player Daemon): radio from t
                       no_args_is_help=True)
 HostOpt = Annotated[str, typer.Option("--host", help="MPD host (env MPD_HOST).", envvar="MPD_HOST")]
 PortOpt = Annotated[int, typer.Option("--port", help="MPD port (env MPD_PORT).", envvar="MPD_PORT")]
-MusicDirOpt = Annotated[Path | None, typer.Option("--music-dir", help="MPD's music folder, when the files are "
-                                                  "not found by name in MPD's database.")]
+MusicDirOpt = Annotated[Path | None, typer.Option("--music-dir", help="MPD's music folder: a file in it is the "
+                                                  "song of its relative path (else found by name in MPD's "
+                                                  "database).")]
 
 
 def radio_command(
@@ -23,8 +24,8 @@ def radio_command(
     window: Annotated[int, typer.Option("--window", min=1, help="An artist does not come back within this many "
                                         "tracks.")] = 3,
     aspect: AspectOpt = None,
-    clear: Annotated[bool, typer.Option("--clear", help="Remove the songs queued after the current one "
-                                        "first.")] = False,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove the songs queued after the current one.")] = False,
+    music_dir: MusicDirOpt = None,
     host: HostOpt = "localhost",
     port: PortOpt = 6600,
     model: ModelOpt = None,
@@ -39,15 +40,17 @@ def radio_command(
         run = fs.run(model)
         try:
             with connect(host, port) as client:
-                playlist, uris = queue_radio(client, fs, run, n, window=window, aspect=aspect, clear_upcoming=clear)
+                playlist, uris, unknown = queue_radio(client, fs, run, n, window=window, aspect=aspect,
+                                                      clear_upcoming=clear, music_dir=music_dir)
         except (PlayerError, PlaylistError) as exc:
             fail(str(exc))
     if as_json:
-        emit_json({**playlist.to_dict(), "queued": uris})
+        emit_json({**playlist.to_dict(), "queued": uris, "unknown": unknown})
         return
     for i, t in enumerate(playlist.tracks, start=1):
         console.print(f"{i:>3}. {plain(t.name)}")
     console.print(f"queued {len(uris)} tracks after {plain(playlist.title.removeprefix('radio: '))}")
+    _print_unknown(unknown)
 
 
 def play_command(
@@ -73,8 +76,13 @@ def play_command(
         emit_json({"queued": uris, "unknown": unknown})
         return
     console.print(f"playing {len(uris)} tracks from {plain(str(playlist))}")
-    for p in unknown:
-        console.print(f"[yellow]not in MPD's database:[/] {plain(str(p))}")
+    _print_unknown(unknown)
+
+
+def _print_unknown(paths: list[Path]) -> None:
+    """Name the files skipped because MPD's database lacks them."""
+    for p in paths:
+        console.print(f"[yellow]not in MPD's database (skipped):[/] {plain(str(p))}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,9 +1,11 @@
 """Music Player Daemon: queue a radio after MPD's current song, or play a playlist file (python-mpd2).
 
 MPD names songs by URIs relative to its music folder. A collection track matches a URI
-when its path ends with it; the music folder is then the rest of that path, which maps
-the other tracks to URIs. Tracks outside MPD's folder are found through MPD's database
-by file name, and skipped when MPD does not know them.
+when it is that file of the music folder (when given), else when it is the one track whose
+path ends with the URI; the music folder is then the rest of that path, which maps the
+other tracks to URIs. Tracks outside MPD's folder are found through MPD's database by file
+name. Every URI is checked against MPD's database before the queue changes: files MPD does
+not know are skipped, and the queue is never cleared or left half filled.
 """
 
 from __future__ import annotations
@@ -51,69 +53,112 @@ def connect(host: str = "localhost", port: int = DEFAULT_PORT, password: str | N
             pass
 
 
-def collection_track(tracks: Sequence[Track], uri: str) -> Track | None:
-    """The collection track whose path ends with MPD's ``uri`` (the lowest id when several do)."""
+def collection_track(tracks: Sequence[Track], uri: str, music_dir: Path | None = None) -> Track | None:
+    """The collection track MPD plays as ``uri``: the file ``music_dir/uri`` when the music folder is known,
+    else the one track whose path ends with ``uri`` (PlayerError naming them when several do)."""
+    if music_dir is not None:
+        return next((t for t in tracks if t.path == str(music_dir / uri)), None)
     tail = "/" + uri.lstrip("/")
-    return next((t for t in tracks if t.path.endswith(tail) or t.path == uri), None)
+    found = [t for t in tracks if t.path.endswith(tail) or t.path == uri]
+    if len(found) > 1:
+        raise PlayerError(f"MPD's current song {uri} may be any of {', '.join(t.path for t in found)}; "
+                          "pass --music-dir (MPD's music folder)")
+    return found[0] if found else None
 
 
 def song_uri(client: MPDClient, path: Path, music_dir: Path | None = None) -> str | None:
-    """MPD's URI for a file: relative to ``music_dir`` when inside it, else looked up by file name."""
+    """MPD's URI for a file: relative to ``music_dir`` when inside it, else looked up by file name (never a
+    URI naming another file of ``music_dir``). Not checked against MPD's database: see :func:`known_uris`."""
     path = Path(path)
     if music_dir is not None and path.is_relative_to(music_dir):
         return path.relative_to(music_dir).as_posix()
     for song in client.search("file", path.name):
         uri = song.get("file", "")
-        if str(path).endswith("/" + uri):
+        other = music_dir / uri if music_dir is not None else None  # the file MPD means, as seen from here
+        if str(path).endswith("/" + uri) and not (other and other.exists() and other.resolve() != path.resolve()):
             return uri
     return None
 
 
-def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *, window: int = DEFAULT_WINDOW,
-                aspect: str | None = None, clear_upcoming: bool = False) -> tuple[Playlist, list[str]]:
-    """Append a radio seeded by MPD's current song to MPD's queue; returns the playlist and queued URIs.
+def known_uris(client: MPDClient, paths: Sequence[Path], music_dir: Path | None = None) -> tuple[list[str], list[Path]]:
+    """MPD's URIs of the files its database holds, in order, and the files it lacks (checked in one command list)."""
+    uris = [song_uri(client, Path(p), music_dir) for p in paths]
+    found: list[list[dict]] = []
+    if any(uris):
+        client.command_list_ok_begin()
+        for uri in filter(None, uris):
+            client.find("file", uri)
+        found = list(client.command_list_end())
+    songs = iter(found)
+    known = [bool(uri) and bool(next(songs)) for uri in uris]
+    return ([u for u, k in zip(uris, known, strict=True) if u and k],
+            [Path(p) for p, k in zip(paths, known, strict=True) if not k])
 
-    With ``clear_upcoming`` the songs queued after the current one are removed first.
+
+def _queue_length(client: MPDClient) -> int:
+    return int(client.status().get("playlistlength", 0))
+
+
+def _append(client: MPDClient, uris: Sequence[str]) -> None:
+    """Append ``uris`` to MPD's queue, all or none (what was added is removed when MPD refuses one)."""
+    length = _queue_length(client)
+    try:
+        client.command_list_ok_begin()
+        for uri in uris:
+            client.add(uri)
+        client.command_list_end()
+    except CommandError as exc:
+        added = _queue_length(client) - length
+        if added > 0:
+            client.delete((length, length + added))
+        raise PlayerError(f"MPD refused to queue the tracks ({exc}); the queue is unchanged") from exc
+
+
+def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *, window: int = DEFAULT_WINDOW,
+                aspect: str | None = None, clear_upcoming: bool = False,
+                music_dir: Path | None = None) -> tuple[Playlist, list[str], list[Path]]:
+    """Append a radio seeded by MPD's current song to MPD's queue.
+
+    Returns the playlist, the queued URIs and the tracks MPD does not know (skipped). With
+    ``clear_upcoming`` the songs queued after the current one are removed (once the radio is queued).
     """
     song = client.currentsong()
     if not song.get("file"):
         raise PlayerError("MPD has no current song; play something first")
-    tracks = store.tracks(run)
-    seed = collection_track(tracks, song["file"])
+    music_dir = Path(music_dir).expanduser().resolve() if music_dir is not None else None
+    seed = collection_track(store.tracks(run), song["file"], music_dir)
     if seed is None:
         raise PlayerError(f"MPD's current song {song['file']} is not in the collection of this store; "
                           "run `mess extract` on MPD's music folder")
-    music_dir = Path(seed.path[:len(seed.path) - len(song["file"])])
+    if music_dir is None:
+        music_dir = Path(seed.path[:len(seed.path) - len(song["file"])])
     playlist = radio(store, run, [collection_query(store, seed.id)], n, aspect=aspect, window=window)
-    if clear_upcoming:
-        pos, length = int(song.get("pos", 0)), int(client.status().get("playlistlength", 0))
-        if length > pos + 1:
-            client.delete((pos + 1, length))
-    uris = [u for u in (song_uri(client, Path(t.path), music_dir) for t in playlist.tracks) if u]
-    for uri in uris:
-        client.add(uri)
-    return playlist, uris
+    uris, unknown = known_uris(client, [Path(t.path) for t in playlist.tracks], music_dir)
+    if playlist.tracks and not uris:
+        raise PlayerError("MPD's database has none of the radio's tracks (update MPD's database?); "
+                          "the queue is unchanged")
+    pos, length = int(song.get("pos", 0)), _queue_length(client)
+    _append(client, uris)
+    if clear_upcoming and length > pos + 1:
+        client.delete((pos + 1, length))
+    return playlist, uris, unknown
 
 
 def play_files(client: MPDClient, paths: Sequence[Path], *, append: bool = False,
                music_dir: Path | None = None) -> tuple[list[str], list[Path]]:
     """Replace (or with ``append`` extend) MPD's queue with ``paths`` and start playing.
 
-    Returns (queued URIs, paths MPD does not know). PlayerError when MPD knows none of them.
+    Returns the queued URIs and the paths MPD does not know (skipped). PlayerError when MPD
+    knows none of them, the queue then unchanged.
     """
-    uris, unknown = [], []
-    for p in paths:
-        uri = song_uri(client, p, music_dir)
-        if uri:
-            uris.append(uri)
-        else:
-            unknown.append(Path(p))
+    music_dir = Path(music_dir).expanduser().resolve() if music_dir is not None else None
+    uris, unknown = known_uris(client, paths, music_dir)
     if not uris:
-        raise PlayerError("MPD's database has none of the playlist's files; is its music folder the collection's?")
-    start = 0 if not append else int(client.status().get("playlistlength", 0))
-    if not append:
-        client.clear()
-    for uri in uris:
-        client.add(uri)
-    client.play(start)
+        raise PlayerError("MPD's database has none of the playlist's files (is its music folder the collection's? "
+                          "update MPD's database?); the queue is unchanged")
+    length = _queue_length(client)
+    _append(client, uris)
+    if not append and length:
+        client.delete((0, length))
+    client.play(length if append else 0)
     return uris, unknown
