@@ -437,6 +437,8 @@ def test_a_file_gone_before_it_is_read_is_recorded(tmp_path: Path) -> None:
     summary = extract(store, [*paths, tmp_path / "music" / "vanished.wav"], DspModel(), WindowPolicy(4.0, 3))
     assert summary.done == 2 and [Path(p).name for p, _ in summary.failed] == ["vanished.wav"]
     assert [Path(p).name for p, _ in store.failures(store.run("dsp"))] == ["vanished.wav"]
+    extract(store, paths, DspModel(), WindowPolicy(4.0, 3), prune_under=[tmp_path / "music"])
+    assert store.failures(store.run("dsp")) == []  # --prune forgets it too (it was listed for good)
 
 
 def test_failures_are_listed_per_file_and_forgotten_once_fixed(tmp_path: Path) -> None:

@@ -209,7 +209,7 @@ def _fail(store: FeatureStore, run: Run, record: FileRecord, reason: str, summar
 
 
 def _prune(store: FeatureStore, paths: Sequence[Path], roots: Sequence[Path]) -> int:
-    """Forget catalogued files under ``roots`` that are no longer on disk.
+    """Forget catalogued files under ``roots`` that are no longer on disk (and failures of files never read there).
 
     A file the folder walk passes over (one in a hidden folder, named on the command line once) is still on disk
     and is kept.
@@ -217,4 +217,5 @@ def _prune(store: FeatureStore, paths: Sequence[Path], roots: Sequence[Path]) ->
     present = {str(p) for p in paths}
     prefixes = tuple(str(r.expanduser().resolve()) + "/" for r in roots)
     gone = [p for p in store.all_paths() if p.startswith(prefixes) and p not in present and not Path(p).is_file()]
+    store.forget_unread([p for p in store.unread_paths() if p.startswith(prefixes) and not Path(p).exists()])
     return store.remove_tracks(gone)

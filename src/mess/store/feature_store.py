@@ -583,6 +583,16 @@ class FeatureStore:
             out.append((path, reason.replace(printable(from_db_path(then)), printable(path))))
         return out
 
+    def unread_paths(self) -> list[str]:
+        """Paths of the failures of files that could not be read at all (never hashed), in every run."""
+        rows = self.db.execute("SELECT DISTINCT path FROM failures WHERE content_hash LIKE 'path:%'")
+        return [from_db_path(r[0]) for r in rows]
+
+    def forget_unread(self, paths: Iterable[str]) -> None:
+        """Drop the failures of these never-read files (gone from disk, say), in every run."""
+        with self._write():
+            self.db.executemany("DELETE FROM failures WHERE content_hash=?", [(_unread_key(p),) for p in paths])
+
     def _rows(self, run: Run) -> list[sqlite3.Row]:
         return self.db.execute(
             "SELECT t.id AS track_id, v.track_row, v.seg_row, v.n_segments, v.seg_starts FROM tracks t "
