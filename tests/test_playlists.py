@@ -18,7 +18,7 @@ from mess.cli.main import app
 from mess.playlists.clusters import clusters
 from mess.playlists.formats import read_playlist, write_playlist
 from mess.playlists.path import sonic_path
-from mess.playlists.playlist import DuplicateGuard, Playlist, artist_key
+from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError, artist_key
 from mess.playlists.radio import radio
 from mess.query import resolve_query
 from mess.search.query import similar_tracks
@@ -135,6 +135,31 @@ def test_clusters_cover_the_collection_once_and_are_named_from_tags(real: Featur
         assert max(counts, key=counts.get) in p["title"]
     names = [p.title for p in clusters(real, real.run("musicnn-msd"), 4)]
     assert len(set(names)) == 4
+
+
+def test_clusters_of_copies_and_of_one_track_are_not_empty(tmp_path: Path) -> None:
+    """A one-track store failed on the default -k (it was at least 2), and copies of one recording made an empty
+    second playlist (sklearn warned of 1 distinct cluster; -o wrote an empty file)."""
+    import soundfile as sf
+
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.dsp import DspModel
+
+    music = tmp_path / "music"
+    music.mkdir()
+    t = np.arange(22050 * 5) / 22050
+    sf.write(music / "a.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 22050)
+    one = FeatureStore(tmp_path / "one")
+    extract(one, [music / "a.wav"], DspModel(), WindowPolicy(4.0, 2))
+    assert [len(p.tracks) for p in clusters(one, one.run("dsp"))] == [1]
+    for i in range(3):
+        shutil.copy(music / "a.wav", music / f"copy{i}.wav")
+    copies = FeatureStore(tmp_path / "copies")
+    extract(copies, sorted(music.glob("*.wav")), DspModel(), WindowPolicy(4.0, 2))
+    assert [len(p.tracks) for p in clusters(copies, copies.run("dsp"))] == [4]
+    with pytest.raises(PlaylistError, match="distinct tracks \\(1\\)"):
+        clusters(copies, copies.run("dsp"), 2)
 
 
 @pytest.mark.parametrize("ext", ["m3u8", "xspf"])

@@ -14,7 +14,8 @@ from mess.store import FeatureStore, Run, Track
 
 
 def default_k(n_tracks: int) -> int:
-    """sqrt(n / 2), at least 2 and at most 50: a playlist of a few dozen tracks in a collection of thousands."""
+    """sqrt(n / 2), at least 2 and at most 50: a playlist of a few dozen tracks in a collection of thousands
+    (:func:`clusters` takes at most one per distinct track)."""
     return int(min(50, max(2, round((n_tracks / 2) ** 0.5))))
 
 
@@ -27,10 +28,12 @@ def clusters(store: FeatureStore, run: Run, k: int | None = None, *, aspect: str
     """
     tracks = store.tracks(run)
     vs = load_vectors(store, run, VectorSpec.from_options(aspect=aspect, norm=norm), tracks)
-    k = default_k(len(vs.ids)) if k is None else k
-    if not 1 <= k <= len(vs.ids):
-        raise PlaylistError(f"-k must be between 1 and the number of tracks ({len(vs.ids)})")
     unit, by_id = vs.unit(), track_by_id(tracks)
+    distinct = len(np.unique(unit, axis=0))  # copies of one recording share a vector: one cluster at most
+    k = min(default_k(len(vs.ids)), distinct) if k is None else k
+    if not 1 <= k <= distinct:
+        copies = f" ({len(vs.ids)} tracks, some copies of others)" if distinct < len(vs.ids) else ""
+        raise PlaylistError(f"-k must be between 1 and the number of distinct tracks ({distinct}){copies}")
     km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(unit)
     out: list[Playlist] = []
     for c in sorted(range(k), key=lambda c: -int((km.labels_ == c).sum())):
