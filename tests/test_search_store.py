@@ -225,7 +225,7 @@ def test_small_updates_add_up_until_the_index_is_rebuilt_with_fresh_statistics(s
     build's z-scores for good. Changes now count from the build the statistics were fitted at (25% of 25 tracks)."""
     store, run = synth
     spec = VectorSpec("all", "", "zscore")
-    build_index(store, load_vectors(store, run, spec))
+    build_index(store, load_vectors(store, run, spec), "hnsw")  # a flat index is refitted at every update
     rng = np.random.default_rng(3)
     modes = []
     for step in range(3):
@@ -270,6 +270,25 @@ def test_an_index_whose_files_come_from_two_saves_is_never_used(synth: tuple[Fea
     np.testing.assert_array_equal(got[1][0], vs.ids[np.argsort(-exact)[:5]])  # searched with the new vectors
     assert build_index(store, vs)[1].mode == "built"
     assert CollectionIndex.load(path).is_current(vs)
+
+
+def test_a_flat_index_answers_as_the_exact_search_after_an_update(synth: tuple[FeatureStore, Run]) -> None:
+    """An updated flat index kept its first build's z-scores, so `similar` ranked and scored otherwise with the index
+    saved than without it, while `mess index` called it exact."""
+    store, run = synth
+    spec = VectorSpec("all", "", "zscore")
+    build_index(store, load_vectors(store, run, spec), "flat")
+    rng = np.random.default_rng(5)
+    for j in range(3):
+        _add_track(store, run, f"/music/new/{j}.wav", f"hash-flat-{j}", _vectors(rng, store.centres, j), "A9", "N")
+    vs = load_vectors(store, run, spec)
+    index, report = build_index(store, vs, "flat")
+    q = vs.unit()[:5]
+    exact = q @ vs.unit().T
+    sims, ids = CollectionIndex.load(report.path).ann.search(q, 8)
+    rows = vs.rows(ids.ravel()).reshape(ids.shape)
+    np.testing.assert_allclose(np.take_along_axis(exact, rows, axis=1), sims, atol=1e-5)  # each score is exact
+    np.testing.assert_allclose(sims, -np.sort(-exact, axis=1)[:, :8], atol=1e-5)  # and they are the top 8 (ties: copy)
 
 
 def test_search_caches_follow_store_writes_and_are_reused(synth: tuple[FeatureStore, Run],

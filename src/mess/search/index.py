@@ -121,12 +121,18 @@ def build_index(store: FeatureStore, vs: VectorSet, kind: str = "auto", *, rebui
         drift = old.drift + len(gone) + len(fresh)  # counted from the build the preprocessor was fitted at
         small = drift <= REBUILD_FRACTION * max(old.fitted, 1)
         if wanted == old.ann.kind and small and (old.ann.removable or not len(gone)):
-            if len(gone):
-                old.ann.remove(gone)
-            if len(fresh):
-                old.ann.add(old.prep.apply(vs.raw[vs.rows(fresh)]), fresh)
-            index = CollectionIndex(old.ann, old.prep, vs.ids.copy(), vs.hashes.copy(), vs.spec, vs.run.id, requested,
-                                    old.fitted, drift)
+            if old.ann.kind == "flat" and (len(gone) or len(fresh)):
+                # rebuilt: as cheap as an update, and exact with the collection's own statistics, as the in-memory
+                # search is (updated in place, it kept the first build's z-scores and answered otherwise)
+                index = CollectionIndex(AnnIndex.build(vs.unit(), vs.ids, "flat"), vs.prep, vs.ids.copy(),
+                                        vs.hashes.copy(), vs.spec, vs.run.id, requested, len(vs.ids))
+            else:
+                if len(gone):
+                    old.ann.remove(gone)
+                if len(fresh):
+                    old.ann.add(old.prep.apply(vs.raw[vs.rows(fresh)]), fresh)
+                index = CollectionIndex(old.ann, old.prep, vs.ids.copy(), vs.hashes.copy(), vs.spec, vs.run.id,
+                                        requested, old.fitted, drift)
             mode = "updated" if len(gone) or len(fresh) else "unchanged"
             added, removed = len(fresh), len(gone)
     if mode == "built":
