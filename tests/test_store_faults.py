@@ -197,6 +197,28 @@ def test_a_full_disk_ends_the_run_in_one_line_and_blames_no_file(tmp_path: Path)
     assert _mess("check", "--store", str(store)).returncode == 0
 
 
+def test_cut_short_fused_vectors_are_damage_not_new_tracks(tmp_path: Path) -> None:
+    """A truncated fused-vector file passed `mess check`; `similar --fused` left the tracks out, as if added since."""
+    from mess.constants import FUSED
+
+    music, store_dir = tmp_path / "music", tmp_path / "store"
+    _tones(music, 4)
+    assert _mess("extract", str(music), *DSP, "--store", str(store_dir)).returncode == 0
+    store = FeatureStore(store_dir)
+    run = store.run("dsp")
+    ids = np.array([t.id for t in store.tracks(run)])
+    store.write_derived(run, FUSED, ids, np.random.default_rng(0).standard_normal((4, 8)), {"label": "album"})
+    path = store.derived_path(run, FUSED)
+    store.close()
+    path.write_bytes(path.read_bytes()[: 2 * 8 * 2])  # 2 of 4 rows
+    check = _mess("check", "--store", str(store_dir))
+    assert check.returncode == 1 and "short-derived:" in check.stderr and "wrote 4" in check.stderr, check.stderr
+    repaired = _mess("check", "--repair", "--store", str(store_dir))
+    assert repaired.returncode == 0 and "dropped the damaged fused vectors" in repaired.stderr, repaired.stderr
+    fused = _mess("similar", "tone01.wav", "--fused", "--store", str(store_dir))
+    assert fused.returncode == 1 and "no 'fused' vectors" in fused.stderr, fused.stderr
+
+
 def test_three_writers_and_a_reader_leave_nothing_misplaced(tmp_path: Path) -> None:
     music = tmp_path / "music"
     _tones(music / "a", 6)

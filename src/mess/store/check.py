@@ -23,10 +23,11 @@ _SCAN_ROWS = 4096
 class Problem:
     """One thing wrong with a store. ``damage`` problems make answers wrong; others only waste space."""
 
-    kind: str  # catalog | short-file | non-finite | shared-rows | orphan-rows
+    kind: str  # catalog | short-file | short-derived | non-finite | shared-rows | orphan-rows
     run_id: int | None
     message: str
     damage: bool = True
+    derived: str = ""  # the derived vector set (fused, ...) a short-derived problem is about
 
 
 def quick_check(store: FeatureStore) -> list[Problem]:
@@ -80,6 +81,11 @@ def repair(store: FeatureStore, problems: list[Problem]) -> list[str]:
             if any(p.kind in ("orphan-rows", "short-file") for p in mine):
                 done.append(f"{run.model} (run {run.id}): row files cut back to the {track_rows} track rows "
                             "the catalog references")
+            for p in mine:
+                if p.kind == "short-derived":
+                    store.drop_derived(run, p.derived)
+                    done.append(f"{run.model} (run {run.id}): dropped the damaged {p.derived} vectors; "
+                                "`mess fuse apply` writes them again")
             blanked = store.forget_derived_rows(run, freed, track_rows)
             if blanked:
                 done.append(f"{run.model} (run {run.id}): forgot the fused vectors of {blanked} files, whose rows "
@@ -100,6 +106,10 @@ def _file_sizes(store: FeatureStore, run: Run) -> list[Problem]:
                 problems.append(Problem("orphan-rows", run.id, f"{run.model} {level} vectors of layer {name}: "
                                         f"{have - want} rows past the catalog's last (an interrupted write)",
                                         damage=False))
+    for name, have, written in store.derived_sizes(run):
+        if written is not None and have < written:  # read as tracks added since, they were left out silently
+            problems.append(Problem("short-derived", run.id, f"{run.model} {name} vectors hold {have} rows, "
+                                    f"`mess fuse apply` wrote {written}", derived=name))
     return problems
 
 

@@ -666,7 +666,7 @@ class FeatureStore:
             now = time.time()  # in the metadata too, so caches keyed on it see every rewrite
             self.db.execute(
                 "INSERT OR REPLACE INTO derived VALUES (?, ?, ?, ?, ?)",
-                (run.id, name, dim, json.dumps({**meta, "written_at": now}), now),
+                (run.id, name, dim, json.dumps({**meta, "written_at": now, "rows": len(full)}), now),
             )
 
     def derived_matrix(self, run: Run, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -705,8 +705,21 @@ class FeatureStore:
             now = time.time()  # a new written_at: caches keyed on the metadata see the change
             with self.db:
                 self.db.execute("UPDATE derived SET meta=?, created_at=? WHERE run_id=? AND name=?",
-                                (json.dumps({**json.loads(meta), "written_at": now}), now, run.id, name))
+                                (json.dumps({**json.loads(meta), "written_at": now, "rows": len(data)}), now,
+                                 run.id, name))
         return blanked
+
+    def derived_sizes(self, run: Run) -> list[tuple[str, int, int | None]]:
+        """(name, rows in its file, rows written) of each derived vector set (written: None for older stores)."""
+        sets = self.db.execute("SELECT name, dim, meta FROM derived WHERE run_id=? ORDER BY name", (run.id,))
+        return [(name, RowFile(self.derived_path(run, name), dim).rows, json.loads(meta).get("rows"))
+                for name, dim, meta in sets.fetchall()]
+
+    def drop_derived(self, run: Run, name: str) -> None:
+        """Forget a derived vector set: its catalog row and its file."""
+        with self._write():
+            self.db.execute("DELETE FROM derived WHERE run_id=? AND name=?", (run.id, name))
+            self.derived_path(run, name).unlink(missing_ok=True)
 
     def derived_meta(self, run: Run, name: str) -> dict | None:
         """Metadata stored with derived vectors, or None."""
