@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import pickle
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -218,8 +217,9 @@ def load_checkpoint(path: Path) -> FusionResult:
         network = LayerFusion(saved["layer_dims"], config.fusion_dim, config.hidden_dim, config.common_dim,
                               config.gated, config.dropout)
         network.load_state_dict(saved["state_dict"])
-    except (pickle.UnpicklingError, RuntimeError, KeyError, TypeError, ValueError, EOFError) as exc:
-        raise FusionError(f"{path} is not a mess fusion checkpoint ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 -- unpickling a file that is no checkpoint can raise almost anything
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # torch's messages run to many lines
+        raise FusionError(f"{path} is not a mess fusion checkpoint ({first})") from None
     network.eval()
     split = LabelSplit(*(tuple(saved["split"][p]) for p in ("train", "val", "test")))
     return FusionResult(network, config, saved["model"], saved["revision"], tuple(saved["layer_names"]),
