@@ -490,3 +490,12 @@ def test_an_ensembles_why_groups_hold_the_same_third_of_each_member(tmp_path: Pa
         "early (l0-l1)": "msd.l0+msd.l1+mtt.l0+mtt.l1", "middle (l2-l2)": "msd.l2+mtt.l2",
         "late (l3-l3)": "msd.l3+mtt.l3"}
     assert [s.name for s in plain.values()] == ["msd.l0+msd.l1+msd.l2", "msd.l3+x", "y+z"]  # one member: contiguous
+
+
+def test_a_track_without_vectors_of_the_model_is_named_in_plain_words(synth: tuple[FeatureStore, Run]) -> None:
+    from mess.search.query import collection_query
+
+    store, run = synth
+    tid = store.upsert_track(Path("/music/other/only-dsp.wav"), "hash-elsewhere", 1, 0.0, {}, {"title": "Lone"})
+    with pytest.raises(StoreError, match="has no vectors of synth yet; run `mess extract --model synth`"):
+        similar_tracks(store, run, collection_query(store, tid), k=3)  # it said "has no all vectors for synth"

@@ -296,10 +296,11 @@ def _raw_vector(store: FeatureStore, vs: VectorSet, query: TrackQuery) -> np.nda
     """The query's raw vector in the space of ``vs``."""
     if query.track is not None:
         if query.track.id not in vs:
-            raise StoreError(
-                f"track {query.track.id} ({query.label}) has no {vs.spec.kind} vectors for "
-                f"{vs.run.model}; run `mess extract` (or `mess fuse apply`) first"
-            )
+            if vs.spec.kind == FUSED:
+                raise StoreError(f"track {query.track.id} ({query.label}) has no fused vector for {vs.run.model}; "
+                                 "run `mess fuse apply` first")
+            raise StoreError(f"track {query.track.id} ({query.label}) has no vectors of {vs.run.model} yet; "
+                             f"run `mess extract --model {vs.run.model}` on its folder first")
         return vs.raw[vs.rows(np.array([query.track.id]))[0]]
     if vs.spec.kind == FUSED:  # an external file's fused vector comes with it (see mess.query)
         if query.fused is None:
