@@ -190,3 +190,17 @@ def test_hybrid_learns_saves_and_similar_reuses_weights(app: typer.Typer, store:
     assert code == 0
     data = json.loads(out)
     assert data["hybrid"] and data["space"] == "noise" and data["results"][0]["artist"] == "Artist 3"
+
+
+def test_similar_with_one_track_per_artist_says_why_no_layer_was_chosen(app: typer.Typer, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    fs = FeatureStore(tmp_path / "store")
+    run = fs.ensure_run(run_key(ModelInfo("synthetic", "r1", 16000, ("a", "b"), (DIM,) * 2), WindowPolicy()))
+    for a in range(4):
+        digest = hashlib.sha1(f"solo-{a}".encode()).hexdigest()
+        fs.upsert_track(Path(f"/music/solo{a}.flac"), digest, 1, 0.0, {"duration": 30.0}, {"artist": f"Solo {a}"})
+        layers = [rng.normal(size=DIM).astype(np.float32) for _ in range(2)]
+        fs.write_vectors(run, [TrackVectors(digest, layers, [v[None] for v in layers], [0.0])])
+    fs.close()
+    code, _, err = invoke(app, tmp_path / "store", "similar", "Solo 0", "--min-tracks", "1")
+    assert code == 0 and "no artist has two tracks" in err and "nan" not in err, err  # it said "separation nan"

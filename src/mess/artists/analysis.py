@@ -98,8 +98,12 @@ def choose_space(store: FeatureStore, run: Run, artists: ArtistSet, choice: Spac
     if choice.given:
         return load_space(store, run, layer=choice.layer, aspect=choice.aspect, fused=choice.fused)
     space, effect = most_discriminative(artists, [load_space(store, run, layer=name) for name in run.layer_names])
-    on_note(f"layer {space.label}: the most artist-discriminative of {run.model} "
-            f"(separation {effect:.2f}; see `mess artists discrimination`)")
+    if np.isfinite(effect):
+        on_note(f"layer {space.label}: the most artist-discriminative of {run.model} "
+                f"(separation {effect:.2f}; see `mess artists discrimination`)")
+    else:  # separation compares an artist's tracks with each other: it needs an artist with two
+        on_note(f"layer {space.label} of {run.model}: no artist has two tracks to measure which layer separates "
+                "artists best; choose one with --layer or --aspect")
     return space
 
 
