@@ -212,12 +212,13 @@ def test_killed_worker_is_restarted_and_nothing_is_lost(ray_address: str, tones:
         result["summary"] = extract_ray(store_dir, find_audio([music]), "dsp", POLICY, ray_address,
                                         batch_size=2, actors=1, write_every=2)
 
+    earlier = {p.pid for p in _embedders()}  # a killed job's actors may linger a while: not this job's
     thread = threading.Thread(target=job)
     thread.start()
     deadline = time.time() + 300  # a loaded machine compiling librosa's JIT cold needs minutes
     while time.time() < deadline and thread.is_alive() and _vector_rows(store_dir)[0] == 0:
         time.sleep(0.02)
-    actors = [p for p in psutil.process_iter() if "MapBatches(Embedder)" in _title(p)]
+    actors = [p for p in _embedders() if p.pid not in earlier]
     committed_at_kill = _vector_rows(store_dir)[0]
     assert thread.is_alive() and len(actors) == 1 and committed_at_kill < N_TONES, "the kill should land mid-run"
     actors[0].send_signal(signal.SIGKILL)
@@ -227,6 +228,11 @@ def test_killed_worker_is_restarted_and_nothing_is_lost(ray_address: str, tones:
     assert (summary.done, summary.failed) == (N_TONES, [])
     assert _vector_rows(store_dir) == (N_TONES, N_TONES)
     _assert_same_vectors(_by_path(FeatureStore(store_dir), "dsp"), reference)
+
+
+def _embedders() -> list[psutil.Process]:
+    """The cluster's embedding actor processes."""
+    return [p for p in psutil.process_iter() if "MapBatches(Embedder)" in _title(p)]
 
 
 def _title(proc: psutil.Process) -> str:
