@@ -25,7 +25,8 @@ from mess.fusion.train import FusionConfig, FusionResult, embed, train_fusion
 from mess.models.registry import load_model
 from mess.query import resolve_query
 from mess.search.query import similar_tracks
-from mess.store import FeatureStore, Run, Track
+from mess.search.vectors import VectorSpec, load_vectors
+from mess.store import FeatureStore, Run, StoreError, Track
 
 MODELS = ("dsp", "musicnn-msd")
 
@@ -191,6 +192,20 @@ def test_cli_train_apply_report_and_query_fusion(writable: Path) -> None:
         sf.write(copy, 0.8 * audio, sr)
         found = similar_tracks(fs, run, resolve_query(fs, str(copy), run), k=3, fused=True)
         assert found[0].track.id == track.id
+        # searched as the network makes them: z-scored on a collection smaller than their size, every cosine
+        # between two tracks was about -1/(n-1) (mAP at chance while the fusion report measured far above)
+        unit = load_vectors(fs, run, VectorSpec.from_options(fused=True)).unit()
+        between = (unit @ unit.T)[~np.eye(len(unit), dtype=bool)]
+        assert between.std() > 0.2, between.std()  # 0.04 z-scored, 0.40 as made
+
+    out = runner.invoke(app, ["fuse", "train", "--model", "dsp", "--label", "composer", "--weight-epochs", "6",
+                              "--max-epochs", "3", "--seed", "5", *store, "--json"])
+    assert out.exit_code == 0, out.output
+    with closing(FeatureStore(writable, readonly=True)) as fs, pytest.raises(StoreError, match="fuse apply` again"):
+        run = fs.run("dsp")  # retrained, not applied: an outside file would be fused by another network
+        similar_tracks(fs, run, resolve_query(fs, str(copy), run), k=3, fused=True)
+    out = runner.invoke(app, ["fuse", "apply", "--model", "dsp", *store, "--json"])
+    assert out.exit_code == 0, out.output
 
     out = runner.invoke(app, ["fuse", "report", "--model", "dsp", "-k", "3", *store, "--json"])
     assert out.exit_code == 0, out.output

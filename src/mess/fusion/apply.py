@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,7 +28,8 @@ def apply_fusion(store: FeatureStore, checkpoint: Path, model: str | None = None
     check_compatible(result, run)
     data = load_layers(store, run)
     fused = embed(result.network, data.x)
-    meta = {"checkpoint": str(checkpoint.resolve()), "label": result.config.label,
+    meta = {"checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": _digest(checkpoint),
+            "label": result.config.label,
             "fusion_dim": int(fused.shape[1]), "tracks": len(fused), "data_hash": result.data_hash,
             "data_hash_matches": data.data_hash(result.config.label) == result.data_hash,
             "layer_weights": result.layer_weights(data.x)}
@@ -40,7 +42,16 @@ def fuse_query(store: FeatureStore, run: Run, layer_vectors: Sequence[np.ndarray
     meta = store.derived_meta(run, FUSED)
     if meta is None:
         raise FusionError(f"no fused vectors for {run.model}; run `mess fuse train` and `mess fuse apply` first")
-    result = load_checkpoint(Path(meta["checkpoint"]))
+    checkpoint = Path(meta["checkpoint"])
+    result = load_checkpoint(checkpoint)
     check_compatible(result, run)
+    if meta.get("checkpoint_sha256", _digest(checkpoint)) != _digest(checkpoint):  # retrained since
+        raise FusionError(f"{checkpoint} has changed since `mess fuse apply` wrote the collection's fused vectors "
+                          "(a new `mess fuse train`?); run `mess fuse apply` again so that both come from one network")
     x = np.concatenate([np.asarray(v, dtype=np.float32).ravel() for v in layer_vectors])[None]
     return embed(result.network, x)[0]
+
+
+def _digest(path: Path) -> str:
+    """SHA-256 of a checkpoint file."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -30,7 +30,7 @@ from mess.search.metrics import (
     ranked_relevance,
 )
 from mess.search.segments import chamfer_rows, check_match, read_segments
-from mess.search.vectors import Norm, VectorSpec, has_learned_head, load_vectors
+from mess.search.vectors import Norm, VectorSpec, fused_norm, has_learned_head, load_vectors
 from mess.store import FeatureStore, Run, StoreError, Track
 
 MAX_QUERIES = 5000
@@ -141,7 +141,7 @@ def evaluate(
     specs = [VectorSpec.from_options(layer=name, norm=norm) for name in run.layer_names]
     specs.append(VectorSpec.from_options(norm=norm))
     if store.derived_meta(run, FUSED) is not None and match == "mean":
-        specs.append(VectorSpec(FUSED, "", norm))
+        specs.append(VectorSpec(FUSED, "", fused_norm(norm)))
     if has_learned_head(run):
         specs.append(VectorSpec(LEARNED, "", norm))
     sets: list[SetScore] = []
