@@ -232,3 +232,18 @@ def test_a_repair_forgets_the_fused_vectors_of_rows_a_new_file_may_take(tmp_path
     got_ids, got = store.derived_matrix(run, "fused")
     assert new not in got_ids.tolist() and got_ids.tolist() == ids[:3]
     np.testing.assert_array_equal(got, np.eye(4, dtype=np.float32)[:3])
+
+
+def test_a_folder_named_like_an_extracted_model_does_not_hide_its_run(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a folder ./toy in the working directory, every command said 'no vectors for model /cwd/toy' (the name
+    was read as a local model folder), mess info too."""
+    from mess.cli.extract import store_summary
+
+    store = FeatureStore(tmp_path / "store")
+    run = store.ensure_run(run_key(INFO, WindowPolicy()))
+    _add_track(store, 0)
+    store.write_vectors(run, [_vectors("h0", 2, 0)])
+    (tmp_path / "toy").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert store.run("toy").id == run.id and store_summary(store)["runs"][0]["in_use"]

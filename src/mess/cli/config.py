@@ -24,9 +24,9 @@ def config_command(
         models = sorted({r.model for r in fs.runs()})
         try:
             if key is not None and (value is not None or unset):
-                if key == "default-model" and value is not None and model_key(value) not in models:
+                if key == "default-model" and value is not None and model_key(value, models) not in models:
                     fail(f"no vectors for model {value!r} in {fs.root}; extracted models: {', '.join(models)}")
-                write_setting(fs.root, key, None if unset or value is None else model_key(value))
+                write_setting(fs.root, key, None if unset or value is None else model_key(value, models))
             elif key is not None and key not in SETTINGS:
                 fail(f"unknown setting {key!r}; known: {', '.join(SETTINGS)}")
             settings = read_config(fs.root)

@@ -61,7 +61,7 @@ class ServeState:
     def run(self, model: str | None) -> Run:
         """The run of ``model`` that commands use (see :meth:`FeatureStore.run`; the server's default model when
         None); 404 when absent."""
-        name = model_key(model) if model else self.default_model
+        name = model_key(model, {run.model for run in self.store.runs()}) if model else self.default_model
         if any(run.model == name for run in self.store.runs()):
             return self.store.run(name)
         known = ", ".join(sorted({r.model for r in self.store.runs()}))
@@ -87,10 +87,10 @@ def default_model(store: FeatureStore, model: str | None) -> str:
         raise StoreError(f"no vectors in {store.root}; run `mess extract` first")
     names = [r.model for r in runs]
     if model is not None:
-        if model_key(model) not in names:
+        if model_key(model, names) not in names:
             raise StoreError(f"no vectors for model {model!r} in {store.root}; extracted models: "
                              f"{', '.join(sorted(set(names)))}")
-        return model_key(model)
+        return model_key(model, names)
     return store.run().model
 
 

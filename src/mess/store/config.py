@@ -8,7 +8,7 @@ unless ``mess config default-model NAME`` chose one.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from mess.store.paths import replace_file
@@ -74,7 +74,11 @@ def preferred_model(models: Sequence[str], configured: str | None = None) -> str
     return [m for m in models if model_rank(m) == best][-1]
 
 
-def model_key(name: str) -> str:
-    """A run's model name for ``name``: the resolved path for a local model folder, else ``name``."""
+def model_key(name: str, known: Collection[str] = ()) -> str:
+    """A run's model name for ``name``: ``name`` itself when it is one of the ``known`` (extracted) models, else the
+    resolved path for a local model folder, else ``name`` (a folder called 'dsp' in the working directory does not
+    hide the store's dsp run)."""
+    if name in known:
+        return name
     path = Path(name).expanduser()
     return str(path.resolve()) if path.is_dir() else name

@@ -462,7 +462,8 @@ class FeatureStore:
                 configured = read_config(self.root).get("default-model")
             except ConfigError as exc:
                 raise StoreError(str(exc)) from None
-        model = model_key(model) if model else preferred_model([r.model for r in self.runs()], configured)
+        names = [r.model for r in self.runs()]
+        model = model_key(model, names) if model else preferred_model(names, configured)
         sql = ("SELECT r.*, (SELECT COUNT(*) FROM tracks t JOIN vectors v ON v.content_hash = t.content_hash"
                " AND v.run_id = r.id) AS covered FROM runs r")
         args: tuple[str, ...] = ()
