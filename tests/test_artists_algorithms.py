@@ -86,6 +86,8 @@ def test_artists_pick_tracks_across_albums_and_flag_low_confidence() -> None:
     assert bach.low_confidence and bach.confidence == pytest.approx(0.4) and bach.from_composer
     assert artists.composer_fallback == 2 and artists.unattributed == 1
     assert artists.row_of(tracks[8]) == artists.index("The Band")
+    with pytest.raises(ArtistError, match="must be at least --min-tracks"):  # every artist was low-confidence
+        build_artists(tracks, max_tracks=2, min_tracks=3)
 
 
 def test_unknown_artist_suggests_close_names() -> None:
@@ -270,7 +272,7 @@ def test_blend_rescale_and_weight_parsing() -> None:
     assert weights == {"audio": 0.75, "genre": 0.25}
     mixed = blend({"audio": scaled, "genre": np.eye(3)}, weights)
     assert np.allclose(mixed, 0.75 * scaled + 0.25 * np.eye(3))
-    for bad in ("tempo=1", "audio=x", "audio=-1,genre=2", "audio=0"):
+    for bad in ("tempo=1", "audio=x", "audio=-1,genre=2", "audio=0", "audio=nan", "audio=inf", "audio=1,genre=nan"):
         with pytest.raises(ArtistError):
             parse_weights(bad)
 

@@ -9,6 +9,7 @@ held-out split, next to audio alone and every component alone.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -123,8 +124,8 @@ def parse_weights(text: str) -> dict[str, float]:
 
 
 def _normalised(weights: dict[str, float]) -> dict[str, float]:
-    if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
-        raise ArtistError("weights must be non-negative with a positive sum")
+    if not all(math.isfinite(w) and w >= 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ArtistError("weights must be finite, non-negative numbers with a positive sum")
     total = sum(weights.values())
     return {name: w / total for name, w in weights.items()}
 

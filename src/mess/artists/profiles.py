@@ -98,6 +98,8 @@ def build_artists(tracks: Sequence[Track], *, max_tracks: int = DEFAULT_MAX_TRAC
     """
     if max_tracks < 1 or min_tracks < 1:
         raise ArtistError("max_tracks and min_tracks must be at least 1")
+    if max_tracks < min_tracks:  # every artist would be low-confidence, and --hide-low would show none
+        raise ArtistError(f"--max-tracks ({max_tracks}) must be at least --min-tracks ({min_tracks})")
     groups: dict[str, list[Track]] = defaultdict(list)
     spellings: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     fallback: dict[str, int] = defaultdict(int)
