@@ -400,6 +400,12 @@ def test_label_csv_overrides_tags(synth: tuple[FeatureStore, Run], tmp_path: Pat
     bad.write_text("name,x\na,b\n")
     with pytest.raises(LabelError, match="needs an id, path or file column"):
         read_label_csv(store, bad, "mood")
+    excel = tmp_path / "excel.csv"  # a byte-order mark, as Excel saves UTF-8: its first column was '\ufeffpath'
+    excel.write_bytes(b"\xef\xbb\xbf" + csv_path.read_bytes())
+    assert read_label_csv(store, excel, "mood") == labels
+    same = {tid: "all" for tid in labels}
+    with pytest.raises(LabelError, match="the same label"):  # was 1.000 everywhere, chance too
+        evaluate(store, run, "mood", k=5, labels=same)
 
 
 def _cli() -> typer.Typer:

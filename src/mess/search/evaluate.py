@@ -81,7 +81,7 @@ class Evaluation:
 def read_label_csv(store: FeatureStore, path: Path, field: str) -> dict[int, str]:
     """Track id -> label from a CSV with an ``id``, ``path`` or ``file`` column and a ``field`` or ``label`` one."""
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise LabelError(f"cannot read label file {path}: {exc}") from exc
@@ -188,6 +188,8 @@ def _setup(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if len(labels) < 2:
         raise LabelError(f"only {len(labels)} labelled track(s); need at least 2 sharing a label")
     _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    if len(counts) < 2:  # every track relevant to every query: every score 1.000, chance too
+        raise LabelError(f"every labelled track has the same label ({labels[0]!r}); retrieval needs at least 2 labels")
     queries = np.flatnonzero(counts[inverse] >= 2)
     if not len(queries):
         raise LabelError("no label is shared by two tracks; nothing to retrieve")
