@@ -33,6 +33,8 @@ class LayerFusion(nn.Module):
         self.layer_dims = tuple(int(d) for d in layer_dims)
         self.shared = len(set(self.layer_dims)) == 1
         width = self.layer_dims[0] if self.shared else common_dim
+        if fusion_dim > width:  # the projection starts as orthonormal rows: at most ``width`` of them
+            raise ValueError(f"--fusion-dim ({fusion_dim}) must be at most {width}, the width of the layer mixture")
         total = sum(self.layer_dims)
         self.register_buffer("mean", torch.zeros(total))
         self.register_buffer("std", torch.ones(total))
