@@ -60,6 +60,14 @@ def test_metrics_match_sklearn_per_query() -> None:
         assert p[q] == pytest.approx(truth[top].mean())
 
 
+def test_precision_at_k_divides_by_k_when_the_collection_is_smaller() -> None:
+    labels = np.repeat([0, 1], 4)  # 8 tracks, so each query ranks 7 others
+    rows = np.arange(8)
+    perfect = (labels[:, None] == labels[None, :]).astype(float)
+    scores = retrieval_scores(ranked_relevance(perfect, labels, labels, rows), k=10)
+    assert scores.precision == pytest.approx(3 / 10)  # 3 relevant others: at most 3/k (it was 3/7 for every method)
+
+
 def test_perfect_ranking_scores_one_and_chance_matches_expectation() -> None:
     labels = np.repeat(np.arange(5), 8)
     rows = np.arange(len(labels))

@@ -349,14 +349,14 @@ def test_fused_vectors_are_searched_and_evaluated(synth: tuple[FeatureStore, Run
     ids, l2 = store.layer_matrix(run, "l2")
     store.write_derived(run, "fused", ids, l2[:, ::-1].copy(), {"note": "reversed l2"})
     query = resolve_query(store, "7", run)
-    fused = similar_tracks(store, run, query, k=4, fused=True)
-    plain = similar_tracks(store, run, query, k=4, layer="l2")
+    fused = similar_tracks(store, run, query, k=4, fused=True)  # fused vectors are never z-scored
+    plain = similar_tracks(store, run, query, k=4, layer="l2", norm="none")
     assert [n.track.id for n in fused] == [n.track.id for n in plain]  # a permutation of dims keeps cosines
     assert [n.score for n in fused] == pytest.approx([n.score for n in plain], abs=1e-5)
     # the same vectors as fused give the same evaluation (a permutation would reorder exact ties, such as
     # the duplicate track's, by float rounding alone)
     store.write_derived(run, "fused", ids, l2, {"note": "l2"})
-    ev = evaluate(store, run, "artist", k=5)
+    ev = evaluate(store, run, "artist", k=5, norm="center")  # centred, fused and layer vectors alike
     rows = {s.name: s for s in ev.sets}
     assert rows["fused"].scores.map == pytest.approx(rows["l2"].scores.map)
 

@@ -40,8 +40,9 @@ def ranked_relevance(scores: np.ndarray, query_labels: np.ndarray, item_labels: 
 
 
 def precision_at_k(rel: np.ndarray, k: int) -> np.ndarray:
-    """Fraction of relevant items among the first k, per query."""
-    return rel[:, :k].mean(axis=1)
+    """Relevant items among the first k, divided by k, per query (also when fewer than k items are ranked: a
+    collection smaller than k made every method, chance too, score the same fraction)."""
+    return rel[:, :k].sum(axis=1) / k
 
 
 def average_precision(rel: np.ndarray) -> np.ndarray:
