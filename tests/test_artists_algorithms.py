@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.preprocessing import normalize
 
-from mess.artists.credits import collaboration_similarity, main_artist, normalize_name, split_credit, track_credits
+from mess.artists.credits import collaboration_similarity, split_credit, track_credits
 from mess.artists.discrimination import layer_report, most_discriminative, rank_layers, separation
 from mess.artists.hybrid import (
     blend,
@@ -25,6 +25,7 @@ from mess.artists.reference import load_reference, match_reference, parse_refere
 from mess.artists.setdist import chamfer_matrix, chamfer_row
 from mess.artists.similarity import ArtistVectors, artist_vectors, similarity_matrix, similarity_row, top_k
 from mess.artists.validate import evaluate, random_baseline
+from mess.audio.names import main_artist, normalize_name
 from mess.store import Track
 
 

@@ -13,12 +13,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from mess.artists.credits import normalize_name
 from mess.artists.discrimination import layer_report, rank_layers
 from mess.artists.profiles import DEFAULT_MAX_TRACKS, load_artists, load_space
 from mess.artists.reference import match_reference
 from mess.artists.similarity import artist_vectors, similarity_matrix
 from mess.artists.validate import evaluate, random_baseline
+from mess.audio.names import normalize_name
 from mess.cli.artists import register
 from mess.store import FeatureStore
 

@@ -505,3 +505,14 @@ def test_a_track_without_vectors_of_the_model_is_named_in_plain_words(synth: tup
     tid = store.upsert_track(Path("/music/other/only-dsp.wav"), "hash-elsewhere", 1, 0.0, {}, {"title": "Lone"})
     with pytest.raises(StoreError, match="has no vectors of synth yet; run `mess extract --model synth`"):
         similar_tracks(store, run, collection_query(store, tid), k=3)  # it said "has no all vectors for synth"
+
+
+def test_evaluation_groups_artist_spellings_as_the_artist_commands_do(synth: tuple[FeatureStore, Run]) -> None:
+    store, run = synth
+    before = evaluate(store, run, "artist", k=5)
+    for j, credit in ((0, "ARTIST 1"), (1, "Artist 1 feat. Guest"), (2, "artist 1")):  # one artist, three spellings
+        store.upsert_track(Path(f"/music/artist1/track{j}.wav"), f"hash-1-{j}", 1, 0.0, {"duration": 10.0},
+                           {"artist": credit, "album": None, "title": f"Track {j}", "genre": None, "composer": None})
+    after = evaluate(store, run, "artist", k=5)
+    assert after.n_classes == before.n_classes  # was 3 more classes, and same-artist hits scored as misses
+    assert after.best().scores.map == pytest.approx(before.best().scores.map)

@@ -1,45 +1,18 @@
-"""Artist credits: name normalisation, "feat." / multi-artist parsing, collaboration graph."""
+"""Artist credits: multi-artist parsing and the collaboration graph (names: :mod:`mess.audio.names`)."""
 
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 
-# "A feat. B", "A ft B", "A featuring B", "A (with B)": the part before is the main artist. A bare
-# "with" is part of a name ("Dance With the Dead"); it credits a guest only inside brackets.
-_FEAT = re.compile(r"\s*(?:[\(\[]\s*(?:feat\.?|ft\.?|featuring|with)|\b(?:feat\.?|ft\.?|featuring))\s+",
-                   re.IGNORECASE)
+from mess.audio.names import FEAT, main_artist, name_key
+
 # Everything that separates names inside one credit.
-_SPLIT = re.compile(r"\s*[&;,/+]\s*|\s+(?:x|vs\.?|and)\s+|" + _FEAT.pattern, re.IGNORECASE)
+_SPLIT = re.compile(r"\s*[&;,/+]\s*|\s+(?:x|vs\.?|and)\s+|" + FEAT.pattern, re.IGNORECASE)
 # "Title (feat. B)" / "Title [ft. B & C]" credits guests in the title.
 _TITLE_FEAT = re.compile(r"[\(\[]\s*(?:feat\.?|ft\.?|featuring|with)\s+([^\)\]]+)[\)\]]", re.IGNORECASE)
-
-
-def normalize_name(name: str) -> str:
-    """Comparable form of an artist name: no accents, case, punctuation or leading 'the'."""
-    text = unicodedata.normalize("NFKD", name)
-    text = "".join(c for c in text if not unicodedata.combining(c)).casefold().replace("&", " and ")
-    text = re.sub(r"[^\w]+", " ", text).strip()
-    return re.sub(r"^the\s+", "", text)
-
-
-def name_key(name: str) -> str:
-    """Identity of an artist name: :func:`normalize_name`, or the stripped casefolded name when that is empty."""
-    return normalize_name(name) or name.strip().casefold()
-
-
-def main_artist(credit: str) -> str:
-    """The main artist of a credit: the text before any 'feat.' / 'ft.' / '(with' guest."""
-    head = _FEAT.split(credit, maxsplit=1)[0].strip(" ([")
-    return head or credit.strip()
-
-
-def credit_key(credit: str | None) -> str:
-    """Identity (:func:`name_key`) of a credit's main artist; empty for a missing or blank credit."""
-    return name_key(main_artist(credit)) if credit and credit.strip() else ""
 
 
 def split_credit(credit: str, known: Collection[str] = frozenset()) -> list[str]:
@@ -49,7 +22,7 @@ def split_credit(credit: str, known: Collection[str] = frozenset()) -> list[str]
     :func:`name_key` forms), such as a band called 'Earth, Wind & Fire', is
     not split at its '&' or ','.
     """
-    parts = [main_artist(credit), *_FEAT.split(credit)[1:]]
+    parts = [main_artist(credit), *FEAT.split(credit)[1:]]
     names: list[str] = []
     for part in parts:
         part = part.strip(" ()[]")

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mess.artists.credits import collaboration_similarity, name_key, track_credits
+from mess.artists.credits import collaboration_similarity, track_credits
 from mess.artists.profiles import ArtistError, ArtistSet
 from mess.artists.validate import Metrics, evaluate
+from mess.audio.names import name_key
 
 COMPONENTS = ("audio", "genre", "collab", "reference")
 WEIGHT_GRID = np.linspace(0.0, 1.0, 11)

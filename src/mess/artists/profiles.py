@@ -10,7 +10,7 @@ from functools import cached_property
 
 import numpy as np
 
-from mess.artists.credits import main_artist, name_key
+from mess.audio.names import main_artist, name_key
 from mess.constants import FUSED
 from mess.search.vectors import from_tracks
 from mess.store import FeatureStore, Run, Track

@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from mess.artists.credits import name_key
 from mess.artists.profiles import ArtistError, ArtistSet
+from mess.audio.names import name_key
 
 _NAME_KEYS = ("name", "artist_name", "artist")
 _SHAPE = ("a JSON object mapping each artist to an ordered list of similar artists, as names or as objects "
@@ -85,7 +85,7 @@ def match_reference(reference: dict[str, list[str]], artists: ArtistSet,
                     missing_shown: int = 10) -> tuple[dict[int, list[int]], Coverage]:
     """Map names to artist rows: ``{query row: [relevant rows in reference order]}`` and coverage.
 
-    Names are matched by :func:`~mess.artists.credits.name_key` (case, accents, punctuation, leading 'the');
+    Names are matched by :func:`~mess.audio.names.name_key` (case, accents, punctuation, leading 'the');
     listed artists not in the collection, and the query itself, are dropped.
     """
     rows = {name_key(name): i for i, name in enumerate(artists.names)}

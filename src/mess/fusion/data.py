@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mess.audio.names import label_key
 from mess.constants import LABEL_FIELDS
 from mess.store import FeatureStore, Run, Track
 
@@ -30,14 +31,15 @@ class LayerData:
         return np.array([t.id for t in self.tracks], dtype=np.int64)
 
     def labels(self, field: str) -> np.ndarray:
-        """The metadata field per track as an object array (None where untagged)."""
+        """The metadata field per track as an object array (None where untagged; artists by
+        :func:`~mess.audio.names.label_key`)."""
         if field not in LABEL_FIELDS:
             raise FusionError(f"unknown label {field!r}; use one of {', '.join(LABEL_FIELDS)}")
-        return np.array([t.label(field) for t in self.tracks], dtype=object)
+        return np.array([label_key(field, t.label(field)) for t in self.tracks], dtype=object)
 
     def data_hash(self, field: str) -> str:
         """Hash of what training saw: run identity plus sorted (content hash, label) pairs."""
-        pairs = sorted((t.content_hash, t.label(field)) for t in self.tracks if t.label(field))
+        pairs = sorted((t.content_hash, v) for t in self.tracks if (v := label_key(field, t.label(field))))
         head = [self.run.model, self.run.revision, self.run.policy, list(self.run.layer_names), field]
         return hashlib.sha256(json.dumps([head, pairs]).encode()).hexdigest()
 

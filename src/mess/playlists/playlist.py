@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mess.artists.credits import credit_key
+from mess.audio.names import credit_key
 from mess.search.query import DUPLICATE_COSINE
 from mess.store import Track
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mess.artists.credits import credit_key
+from mess.audio.names import credit_key
 from mess.constants import DEFAULT_NORM
 from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError, artist_key
 from mess.search.query import TrackQuery, query_unit

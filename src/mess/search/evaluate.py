@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mess.audio.names import label_key
 from mess.constants import DEFAULT_NORM, FUSED, LABEL_FIELDS, LEARNED
 from mess.search.ann import exact_knn
 from mess.search.expansion import expand_collection, expanded_scores, expansion
@@ -106,12 +107,13 @@ def read_label_csv(store: FeatureStore, path: Path, field: str) -> dict[int, str
 
 
 def track_labels(tracks: Sequence[Track], field: str, overrides: dict[int, str] | None = None) -> dict[int, str]:
-    """Track id -> label from tags (``field``), or only from ``overrides`` when given."""
+    """Track id -> label from tags (``field``; artists by :func:`~mess.audio.names.label_key`), or only from
+    ``overrides`` when given."""
     if overrides is not None:
         return dict(overrides)
     if field not in LABEL_FIELDS:
         raise LabelError(f"unknown label {field!r}; choose one of {', '.join(LABEL_FIELDS)} or pass a CSV")
-    return {t.id: v.strip() for t in tracks if (v := t.label(field)) and v.strip()}
+    return {t.id: v for t in tracks if (v := label_key(field, t.label(field)))}
 
 
 def evaluate(

@@ -1,0 +1,48 @@
+"""Who a tag credits: artist-name identity (case, accents, punctuation, a leading 'the') and a credit's main artist.
+
+Every stage that groups tracks by artist (search's evaluation, fusion's labels, the artists commands, radio) uses
+these, so one spelling-insensitive identity holds everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+# "A feat. B", "A ft B", "A featuring B", "A (with B)": the part before is the main artist. A bare
+# "with" is part of a name ("Dance With the Dead"); it credits a guest only inside brackets.
+FEAT = re.compile(r"\s*(?:[\(\[]\s*(?:feat\.?|ft\.?|featuring|with)|\b(?:feat\.?|ft\.?|featuring))\s+",
+                   re.IGNORECASE)
+
+
+def normalize_name(name: str) -> str:
+    """Comparable form of an artist name: no accents, case, punctuation or leading 'the'."""
+    text = unicodedata.normalize("NFKD", name)
+    text = "".join(c for c in text if not unicodedata.combining(c)).casefold().replace("&", " and ")
+    text = re.sub(r"[^\w]+", " ", text).strip()
+    return re.sub(r"^the\s+", "", text)
+
+
+def name_key(name: str) -> str:
+    """Identity of an artist name: :func:`normalize_name`, or the stripped casefolded name when that is empty."""
+    return normalize_name(name) or name.strip().casefold()
+
+
+def main_artist(credit: str) -> str:
+    """The main artist of a credit: the text before any 'feat.' / 'ft.' / '(with' guest."""
+    head = FEAT.split(credit, maxsplit=1)[0].strip(" ([")
+    return head or credit.strip()
+
+
+def credit_key(credit: str | None) -> str:
+    """Identity (:func:`name_key`) of a credit's main artist; empty for a missing or blank credit."""
+    return name_key(main_artist(credit)) if credit and credit.strip() else ""
+
+
+def label_key(field: str, value: str | None) -> str | None:
+    """What a tag ``field`` labels a track with when tracks are grouped by it (evaluation, fusion): for artist and
+    composer the credit's main-artist identity (:func:`credit_key`: spellings and guests do not split an artist, as
+    in `mess artists`), else the stripped text; None when empty."""
+    if not value or not value.strip():
+        return None
+    return credit_key(value) if field in ("artist", "composer") else value.strip()
