@@ -274,6 +274,7 @@ def _print_variants(ev: Evaluation) -> None:
     table = Table(title="similarity comparison (mAP, N_k skew in brackets)")
     table.add_column("vectors")
     names = ["cosine", "euclidean", "dot", "cosine+csls", "cosine+mp"]
+    names = [*sorted({s.metric for s in ev.sets} - set(names)), *names]  # "cosine, expanded (3)" first when used
     for n in names:
         table.add_column(n, justify="right")
     cells: dict[str, dict[str, str]] = {}

@@ -171,10 +171,12 @@ def evaluate(
             )
         else:
             metric = f"cosine, expanded ({expand})" if expand else "cosine"
-            sets.append(_score(name, spec.kind, metric, None, _cosine(unit, expand), labels_arr, queries, k))
+            # expanded as `mess similar` does: from the nearest tracks of the whole collection, labelled or not
+            expanded = expand_collection(vs.unit(), expand)[keep] if expand else None
+            sets.append(_score(name, spec.kind, metric, None, _cosine(unit, expanded), labels_arr, queries, k))
         if compare:
             shifted = vs.prep.shift(vs.raw[keep])
-            for metric, hub in VARIANTS[1:]:
+            for metric, hub in VARIANTS if expand else VARIANTS[1:]:  # the variants are not expanded: nor is their base
                 fn = _similarity(metric, hub, unit, shifted, k)
                 variants.append(_score(name, spec.kind, metric, hub, fn, labels_arr, queries, k))
     if labels_arr is None or queries is None:
@@ -203,11 +205,11 @@ def _setup(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
 SimFn = Callable[[np.ndarray], np.ndarray]
 
 
-def _cosine(unit: np.ndarray, expand: int = 0) -> SimFn:
-    if not expand:
+def _cosine(unit: np.ndarray, expanded: np.ndarray | None = None) -> SimFn:
+    """Cosine rows, or with ``expanded`` queries (one per row of ``unit``) the better of the two scores."""
+    if expanded is None:
         return lambda rows: unit[rows] @ unit.T
-    queries = expand_collection(unit, expand)
-    return lambda rows: expanded_scores(unit[rows] @ unit.T, queries[rows] @ unit.T)
+    return lambda rows: expanded_scores(unit[rows] @ unit.T, expanded[rows] @ unit.T)
 
 
 def _similarity(metric: str, hub: str | None, unit: np.ndarray, shifted: np.ndarray, k: int) -> SimFn:
@@ -217,6 +219,8 @@ def _similarity(metric: str, hub: str | None, unit: np.ndarray, shifted: np.ndar
     if metric == "euclidean":
         sq = (shifted**2).sum(axis=1)
         return lambda rows: 2 * shifted[rows] @ shifted.T - sq[rows, None] - sq[None, :]
+    if hub is None and metric == "cosine":
+        return _cosine(unit)
     if hub is None:
         raise ValueError(f"unknown similarity metric {metric!r}")
     reducer = HubnessReducer(hub, unit, lambda v, kk: exact_knn(unit, v, kk), k=k)
