@@ -221,6 +221,7 @@ def test_cli_train_apply_report_and_query_fusion(writable: Path) -> None:
     (["fuse", "train", "--model", "nosuchmodel"], "no vectors for model"),
     (["fuse", "train", "--model", "dsp", "--mining", "easy"], "unknown mining"),
     (["fuse", "train", "--model", "dsp", "--label", "composer", "--fusion-dim", "300"], "must be at most 256"),
+    (["fuse", "train", "--model", "dsp", "--label", "composer", "--checkpoint", "{tmp}"], "it is a folder"),
     (["fuse", "apply", "--model", "dsp", "--checkpoint", "{tmp}/missing.pt"], "no fusion checkpoint"),
     (["fuse", "report", "--model", "dsp", "--checkpoint", "{tmp}/garbage.pt"], "not a mess fusion checkpoint"),
 ])

@@ -80,7 +80,10 @@ def train_command(
         fail(str(exc))
     with open_store(store) as fs:
         run = fs.run(model)
-        trained = _train(fs, run, config, _checkpoint(fs, checkpoint, run.model), quiet=as_json)
+        path = _checkpoint(fs, checkpoint, run.model)
+        if path.is_dir() or (path.parent.exists() and not path.parent.is_dir()):  # found before, not after, training
+            fail(f"cannot save a checkpoint at {path}: {'it is a folder' if path.is_dir() else 'its parent is a file'}")
+        trained = _train(fs, run, config, path, quiet=as_json)
     if as_json:
         emit_json(trained.summary)
         return
