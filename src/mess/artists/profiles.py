@@ -29,7 +29,7 @@ class ArtistProfile:
 
     ``track_ids`` holds at most ``max_tracks`` tracks, spread over the artist's albums;
     ``confidence`` is ``len(track_ids) / max_tracks`` and ``low_confidence`` is set when
-    fewer than ``min_tracks`` tracks were available.
+    fewer than ``min_tracks`` tracks were available (fewer than ``max_tracks`` when that is lower).
     """
 
     name: str
@@ -98,8 +98,6 @@ def build_artists(tracks: Sequence[Track], *, max_tracks: int = DEFAULT_MAX_TRAC
     """
     if max_tracks < 1 or min_tracks < 1:
         raise ArtistError("max_tracks and min_tracks must be at least 1")
-    if max_tracks < min_tracks:  # every artist would be low-confidence, and --hide-low would show none
-        raise ArtistError(f"--max-tracks ({max_tracks}) must be at least --min-tracks ({min_tracks})")
     groups: dict[str, list[Track]] = defaultdict(list)
     spellings: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     fallback: dict[str, int] = defaultdict(int)
@@ -119,7 +117,8 @@ def build_artists(tracks: Sequence[Track], *, max_tracks: int = DEFAULT_MAX_TRAC
         chosen = _spread_over_albums(groups[key], max_tracks)
         profiles.append(ArtistProfile(
             name=names[key], track_ids=tuple(t.id for t in chosen), total_tracks=len(groups[key]),
-            confidence=len(chosen) / max_tracks, low_confidence=len(chosen) < min_tracks,
+            # below max_tracks the bar is what the caller chose to use (every artist was low at max < min)
+            confidence=len(chosen) / max_tracks, low_confidence=len(chosen) < min(min_tracks, max_tracks),
             from_composer=fallback[key] == len(groups[key])))
     return ArtistSet(tuple(profiles), {t.id: t for t in tracks}, sum(fallback.values()), unattributed)
 
