@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,8 +48,7 @@ def inspect_file(path: Path, known: tuple[str, str] | None = None) -> FileRecord
     """Stat, hash (reusing ``known`` = (hash, stamp) when the file's stamp is unchanged), probe, read tags."""
     stat = path.stat()
     stamp = file_stamp(stat)
-    unchanged = known is not None and known[1] in (stamp, legacy_stamp(stat.st_size, stat.st_mtime))
-    digest = known[0] if known is not None and unchanged else content_hash(path)
+    digest = known[0] if known is not None and stamp_matches(stat, known[1]) else content_hash(path)
     _check_unchanged(path, stamp)  # the hash is of the file the stamp describes
     try:
         meta = probe(path)
@@ -60,6 +60,12 @@ def inspect_file(path: Path, known: tuple[str, str] | None = None) -> FileRecord
     except AudioError:
         info = {}
     return FileRecord(path, digest, stat.st_size, stat.st_mtime, info, read_tags(path), stamp)
+
+
+def stamp_matches(stat: os.stat_result, known: str) -> bool:
+    """Whether a file with ``stat`` is the one the catalog stamped ``known`` (also a stamp from before inodes and
+    ctimes were part of it: size and mtime)."""
+    return known in (file_stamp(stat), legacy_stamp(stat.st_size, stat.st_mtime))
 
 
 def decode_windows(record: FileRecord, sample_rate: int, policy: WindowPolicy) -> Windows:

@@ -8,17 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
-from mess.audio.discover import file_stamp
 from mess.audio.tags import read_tags
 from mess.constants import FUSED
 from mess.extract.embed import embed_file
+from mess.extract.prepare import stamp_matches
 from mess.extract.runs import run_policy
 from mess.fusion.data import FusionError
 from mess.models.registry import ModelError, load_model
 from mess.search.query import TrackQuery, collection_query
 from mess.search.vectors import track_by_hash
 from mess.store import FeatureStore, Run, StoreError
-from mess.store.feature_store import legacy_stamp
 from mess.store.paths import printable
 
 log = logging.getLogger(__name__)
@@ -47,8 +46,7 @@ def resolve_query(store: FeatureStore, ref: str | Path | int, run: Run) -> Track
 def _as_catalogued(store: FeatureStore, path: Path) -> bool:
     """Whether the file is as the catalog last saw it (same change stamp), so its stored vectors are its own."""
     known = store.known_file(path.resolve())
-    stat = path.stat()
-    return known is not None and known[1] in (file_stamp(stat), legacy_stamp(stat.st_size, stat.st_mtime))
+    return known is not None and stamp_matches(path.stat(), known[1])
 
 
 def embed_query(store: FeatureStore, path: Path, run: Run) -> TrackQuery:
