@@ -45,7 +45,7 @@ def fuse_query(store: FeatureStore, run: Run, layer_vectors: Sequence[np.ndarray
     checkpoint = Path(meta["checkpoint"])
     result = load_checkpoint(checkpoint)
     check_compatible(result, run)
-    if meta.get("checkpoint_sha256", _digest(checkpoint)) != _digest(checkpoint):  # retrained since
+    if meta.get("checkpoint_sha256") not in (None, _digest(checkpoint)):  # retrained since (None: an older apply)
         raise FusionError(f"{checkpoint} has changed since `mess fuse apply` wrote the collection's fused vectors "
                           "(a new `mess fuse train`?); run `mess fuse apply` again so that both come from one network")
     x = np.concatenate([np.asarray(v, dtype=np.float32).ravel() for v in layer_vectors])[None]

@@ -61,10 +61,11 @@ class ServeState:
     def run(self, model: str | None) -> Run:
         """The run of ``model`` that commands use (see :meth:`FeatureStore.run`; the server's default model when
         None); 404 when absent."""
-        name = model_key(model, {run.model for run in self.store.runs()}) if model else self.default_model
-        if any(run.model == name for run in self.store.runs()):
+        models = {run.model for run in self.store.runs()}
+        name = model_key(model, models) if model else self.default_model
+        if name in models:
             return self.store.run(name)
-        known = ", ".join(sorted({r.model for r in self.store.runs()}))
+        known = ", ".join(sorted(models))
         raise HTTPException(404, f"unknown model {name!r}; this store has vectors for {known}")
 
     def track(self, track_id: int) -> Track:
