@@ -394,6 +394,87 @@ def test_changed_content_with_same_size_and_mtime_is_embedded_again(tmp_path: Pa
     assert "1 embedded" in out.stderr, out.stderr
 
 
+_FLIPPER = """
+import os, sys, time
+from pathlib import Path
+target, a, b, stop = map(Path, sys.argv[1:5])
+pause = float(sys.argv[5])
+contents = [a.read_bytes(), b.read_bytes()]
+i = 0
+while not stop.exists():
+    data = contents[i % 2]
+    if i % 4 < 2:  # rewritten in place
+        with open(target, "r+b") as f:
+            f.write(data)
+    else:  # replaced by a rename
+        tmp = target.with_name(".flip.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    i += 1
+    time.sleep(pause)
+"""
+
+
+def _by_path_with_hash(store_dir: Path) -> dict[str, tuple[str, list[np.ndarray]]]:
+    """path -> (content hash, the arrays of :func:`_read_all`)."""
+    store = FeatureStore(store_dir, readonly=True)
+    try:
+        with store.snapshot():
+            run = store.run("dsp")
+            hashes = {t.path: t.content_hash for t in store.tracks(run)}
+            return {path: (hashes[path], arrays) for path, arrays in _read_all(store, run).items()}
+    finally:
+        store.close()
+
+
+def test_a_writer_racing_extract_never_stores_one_contents_vectors_under_another_hash(tmp_path: Path) -> None:
+    """A second process rewrites one file of the collection over and over (in place and by rename, alternating two
+    recordings of the same size) while `mess extract` runs. Whatever the race gives, the file is stored under the
+    hash of one recording with that recording's vectors (those of a clean extraction), or it is reported by name as
+    changed while read and embedded by a rerun once it is left alone."""
+    a, b = _tones(tmp_path / "sources", 2, seconds=12.0)
+    assert a.stat().st_size == b.stat().st_size  # only the content and the stamps tell them apart
+    want = {}
+    for src in (a, b):
+        alone = tmp_path / f"alone-{src.stem}"
+        alone.mkdir()
+        shutil.copy(src, alone / "flip.wav")
+        _clean(alone, tmp_path / f"store-{src.stem}")
+        ((digest, arrays),) = _by_path_with_hash(tmp_path / f"store-{src.stem}").values()
+        want[digest] = arrays
+    music = tmp_path / "music"
+    _tones(music, 3, offset=4)
+    flip = music / "flip.wav"
+    shutil.copy(a, flip)
+    stop = tmp_path / "stop"
+    caught = 0
+    for attempt, pause in enumerate((0.002, 0.2, 0.5)):  # a writer that never rests, then slower ones
+        store = tmp_path / f"raced{attempt}"
+        writer = subprocess.Popen([sys.executable, "-c", _FLIPPER, str(flip), str(a), str(b), str(stop), str(pause)])
+        try:
+            out = _mess("extract", str(music), *DSP, "--store", str(store))
+        finally:
+            stop.touch()
+            writer.wait(timeout=30)
+            stop.unlink()
+        assert "Traceback" not in out.stderr, out.stderr
+        got = _by_path_with_hash(store)
+        assert len(got) >= 3, out.stderr  # the three quiet files are always embedded
+        assert out.returncode == (0 if str(flip) in got else 3), out.stderr  # 3: some file failed
+        if str(flip) in got:
+            digest, arrays = got[str(flip)]
+            assert digest in want, "stored under the hash of neither recording"
+            for x, y in zip(arrays, want[digest], strict=True):
+                np.testing.assert_array_equal(x, y)
+        else:
+            caught += 1
+            assert "flip.wav" in out.stderr and "changed while it was being read" in out.stderr, out.stderr
+            rerun = _mess("extract", str(music), *DSP, "--store", str(store))
+            assert "1 embedded" in rerun.stderr, rerun.stderr
+            assert str(flip) in _by_path_with_hash(store)
+    assert caught >= 1  # the race really ran: the check caught the writer at least once
+
+
 def test_symlinked_folders_are_followed_once(tmp_path: Path) -> None:
     from mess.audio.discover import find_audio
 
