@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -214,6 +219,41 @@ def test_cli_train_apply_report_and_query_fusion(writable: Path) -> None:
     for path in report["files"].values():
         assert Path(path).stat().st_size > 0
     assert "too small to conclude" in report["caveat"]
+
+
+def test_a_retrain_killed_mid_run_leaves_the_checkpoint_and_its_log(writable: Path, tmp_path: Path) -> None:
+    """The training log was rewritten every epoch: a retrain killed part-way left the old checkpoint beside
+    a log of the dead run's epochs."""
+    checkpoint = tmp_path / "killed.pt"
+    args = ["fuse", "train", "--model", "dsp", "--label", "composer", "--checkpoint", str(checkpoint),
+            "--store", str(writable), "--json"]
+    out = CliRunner().invoke(_app(), [*args, "--weight-epochs", "2", "--max-epochs", "0"])
+    assert out.exit_code == 0, out.output
+    log = Path(json.loads(out.stdout)["log"])
+    before = {p: p.read_bytes() for p in (checkpoint, checkpoint.with_suffix(".json"), log)}
+    partial = log.with_suffix(".partial.json")
+    assert not partial.exists()  # a finished run leaves only its log
+    proc = subprocess.Popen([sys.executable, "-m", "mess.cli", *args, "--weight-epochs", "100000", "--max-epochs",
+                             "0", "--seed", "3", "--threads", "1"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300  # a cold start on a loaded machine takes a while
+    while time.time() < deadline and proc.poll() is None and log.read_bytes() == before[log]:
+        if _epochs(partial) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the kill should land mid-training"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert {p: p.read_bytes() for p in before} == before  # the old checkpoint and the log that describes it
+    assert _epochs(partial) >= 2  # the dead run's epochs, beside them
+
+
+def _epochs(log: Path) -> int:
+    """Epochs in a training log (0 while it is missing or half-written)."""
+    try:
+        return len(json.loads(log.read_text())["epochs"])
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 @pytest.mark.parametrize("args, message", [

@@ -23,7 +23,8 @@ class Trained:
 def train_and_save(store: FeatureStore, run: Run, config: FusionConfig, path: Path,
                    on_epoch: Callable[[EpochLog], None] | None = None) -> Trained:
     """Train the fusion network on ``run``'s layer vectors, save it at ``path`` (.pt and .json), and log the
-    run to STORE/reports/fusion-<stem>-train.json (and MLflow under STORE/mlruns when installed).
+    run to STORE/reports/fusion-<stem>-train.json (and MLflow under STORE/mlruns when installed). Epochs are
+    logged to fusion-<stem>-train.partial.json until the checkpoint is saved: the log describes the checkpoint.
 
     Raises FusionError or ValueError (before anything is written) when the data cannot be trained on.
     """

@@ -9,16 +9,20 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mess.fusion.train import EpochLog
+from mess.store.paths import replace_file
 
 
 class TrainingLog:
     """Record parameters, per-epoch metrics and the final summary of one training run.
 
+    Epochs go to a side file (``<log>.partial.json``); the log itself is replaced whole by :meth:`finish`,
+    once the checkpoint is saved, so a run killed or failing part-way leaves the log of the checkpoint in use.
     Nothing is written before the first epoch, so a run refused on its input leaves no trace.
     """
 
     def __init__(self, path: Path, params: dict, mlflow_dir: Path | None = None) -> None:
         self.path = path
+        self.partial = path.with_suffix(".partial.json")
         self.params = params
         self.mlflow_dir = mlflow_dir
         self.record: dict = {"started": time.time(), "params": params, "epochs": [], "summary": None}
@@ -36,7 +40,7 @@ class TrainingLog:
         self.mlflow = mlflow
 
     def epoch(self, log: EpochLog) -> None:
-        """Add one epoch (the JSON file is rewritten, so an interrupted run keeps its history)."""
+        """Add one epoch (the side file is rewritten, so an interrupted run keeps its history there)."""
         if not self.record["epochs"]:
             self._start_mlflow()
         self.record["epochs"].append(asdict(log))
@@ -46,9 +50,11 @@ class TrainingLog:
         self._write()
 
     def finish(self, summary: dict, artifacts: list[Path]) -> None:
-        """Store the summary (and the checkpoint files as MLflow artifacts) and close the run."""
+        """Replace the log with this run's record and summary (call it once the checkpoint is saved), store the
+        checkpoint files as MLflow artifacts and close the run."""
         self.record["summary"] = summary
-        self._write()
+        replace_file(self.path, json.dumps(self.record, indent=2).encode())
+        self.partial.unlink(missing_ok=True)
         if self.mlflow is not None:
             self.mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
             for path in artifacts:
@@ -56,5 +62,5 @@ class TrainingLog:
             self.mlflow.end_run()
 
     def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.record, indent=2))
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        self.partial.write_text(json.dumps(self.record, indent=2))
