@@ -17,16 +17,19 @@ import numpy as np
 import pytest
 import soundfile as sf
 import typer
+from mutagen.flac import FLAC
 from typer.testing import CliRunner
 
 from mess.audio.windows import WindowPolicy
+from mess.cli import search as search_cli
 from mess.cli.fuse import register
 from mess.extract.embed import embed_file
+from mess.extract.pipeline import extract
 from mess.extract.runs import run_policy
-from mess.fusion.apply import FUSED, fuse_query
+from mess.fusion.apply import FUSED, apply_fusion, fuse_query
 from mess.fusion.data import LayerData, load_layers
 from mess.fusion.report import FusionReport, compare
-from mess.fusion.train import FusionConfig, FusionResult, embed, train_fusion
+from mess.fusion.train import FusionConfig, FusionResult, checkpoint_path, embed, save_checkpoint, train_fusion
 from mess.models.registry import load_model
 from mess.query import resolve_query
 from mess.search.query import similar_tracks
@@ -55,6 +58,7 @@ def _app() -> typer.Typer:
         """mess"""
 
     register(app)
+    search_cli.register(app)
     return app
 
 
@@ -254,6 +258,40 @@ def _epochs(log: Path) -> int:
         return len(json.loads(log.read_text())["epochs"])
     except (OSError, ValueError, KeyError):
         return 0
+
+
+def test_evaluate_says_why_the_fused_row_is_left_out(extracted_store: Path, tmp_path: Path) -> None:
+    """A track extracted after `mess fuse apply` made `mess evaluate` drop the fused row without a word."""
+    root = tmp_path / "store"
+    shutil.copytree(extracted_store, root)
+    with closing(FeatureStore(root)) as fs:
+        run, checkpoint = fs.run("dsp"), checkpoint_path(fs, "dsp")
+        save_checkpoint(train_fusion(load_layers(fs, run), FusionConfig(label="composer", weight_epochs=2,
+                                                                         max_epochs=0)), checkpoint)
+        apply_fusion(fs, checkpoint, "dsp")
+        original = fs.tracks(run)[0].path
+        audio, sr = sf.read(original, dtype="float32")
+        new = tmp_path / "new.flac"
+        sf.write(new, 0.8 * audio, sr)
+        tagged = FLAC(new)
+        tagged.update(FLAC(original).tags.as_dict())  # same composer: a labelled track
+        tagged.save()
+        extract(fs, [new], load_model("dsp"), WindowPolicy())
+    runner, app = CliRunner(), _app()
+    args = ["evaluate", "--model", "dsp", "--label", "composer", "-k", "3", "--store", str(root),
+            "--plot", str(tmp_path / "q.png")]
+    out = runner.invoke(app, [*args, "--json"])
+    assert out.exit_code == 0, out.output
+    ev = json.loads(out.stdout)
+    assert ev["tracks_without_fused_vectors"] == 1 and FUSED not in {s["kind"] for s in ev["sets"]}
+    out = runner.invoke(app, args, env={"COLUMNS": "400"})
+    assert out.exit_code == 0, out.output
+    fix = f"mess fuse apply --model dsp --store {root}"
+    assert "fused row left out: 1 labelled tracks have no fused vectors" in out.output and f"`{fix}`" in out.output
+    out = runner.invoke(app, fix.split()[1:])  # the note's command fixes it
+    assert out.exit_code == 0, out.output
+    ev = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
+    assert ev["tracks_without_fused_vectors"] == 0 and FUSED in {s["kind"] for s in ev["sets"]}
 
 
 @pytest.mark.parametrize("args, message", [

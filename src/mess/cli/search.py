@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, cast
 
@@ -234,6 +235,11 @@ def evaluate_command(
         emit_json({**ev.to_dict(), "plot": str(png)})
         return
     _print_evaluation(ev, run.model, label, k, norm, match, png)
+    if ev.tracks_without_fused_vectors:
+        where = "" if store == DEFAULT_STORE_PATH else f" --store {shlex.quote(str(store))}"
+        fix = f"mess fuse apply --model {run.model}{where}"
+        console.print(f"[yellow]fused row left out: {ev.tracks_without_fused_vectors} labelled tracks have no fused "
+                      f"vectors (extracted since the last apply); `{plain(fix)}` adds them[/]")
 
 
 def _print_evaluation(ev: Evaluation, model: str, label: str, k: int, norm: str, match: str, png: Path) -> None:

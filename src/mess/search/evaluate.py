@@ -69,6 +69,7 @@ class Evaluation:
     chance: RetrievalScores
     sets: list[SetScore]
     variants: list[SetScore] = field(default_factory=list)
+    tracks_without_fused_vectors: int = 0  # labelled tracks without them: the fused row is then left out
 
     def best(self) -> SetScore:
         """The vector set with the highest mAP."""
@@ -133,9 +134,10 @@ def evaluate(
     by retrieval of same-label tracks.
 
     ``match="segments"`` scores track pairs by Chamfer similarity of their window vectors instead of the cosine of
-    their means (fused vectors, which have no windows, are then left out). ``expand`` > 0 ranks with
-    alpha-query expansion over that many neighbours (:mod:`mess.search.expansion`; cosine sets only;
-    None = the default, 3 for mean matching).
+    their means (fused vectors, which have no windows, are then left out). Fused vectors are also left out when
+    some labelled tracks have none (extracted since `mess fuse apply`): ``tracks_without_fused_vectors`` counts
+    them. ``expand`` > 0 ranks with alpha-query expansion over that many neighbours (:mod:`mess.search.expansion`;
+    cosine sets only; None = the default, 3 for mean matching).
     """
     expand = expansion(check_match(match), expand)
     tracks = store.tracks(run)
@@ -151,14 +153,16 @@ def evaluate(
     ids: np.ndarray | None = None
     labels_arr: np.ndarray | None = None
     queries: np.ndarray | None = None
+    unfused = 0
     for spec in specs:
         vs = load_vectors(store, run, spec, tracks)
         keep = np.array([int(i) in by_label for i in vs.ids], dtype=bool)
         if ids is None:
             ids = vs.ids[keep]
             labels_arr, queries = _setup(np.array([by_label[int(i)] for i in ids]), seed)
-        elif not np.array_equal(vs.ids[keep], ids):
-            continue  # fused vectors missing for some tracks: not comparable with the layers
+        elif not np.array_equal(vs.ids[keep], ids):  # only derived (fused) vectors can miss tracks the layers have
+            unfused = len(ids) - int(keep.sum())  # rows over other tracks would not be comparable: left out
+            continue
         assert labels_arr is not None and queries is not None  # set with ids
         unit = vs.unit()[keep]
         name = spec.name or ("all layers" if spec.kind == "all" else spec.kind)
@@ -183,7 +187,8 @@ def evaluate(
         raise LabelError("no vector set to evaluate")
     chance = chance_scores(labels_arr[queries], labels_arr, queries, k, seed=seed)
     return Evaluation(
-        run.model, field, k, norm, len(labels_arr), len(queries), len(set(labels_arr.tolist())), chance, sets, variants
+        run.model, field, k, norm, len(labels_arr), len(queries), len(set(labels_arr.tolist())), chance, sets, variants,
+        unfused,
     )
 
 
