@@ -18,6 +18,7 @@ import pytest
 import soundfile as sf
 import typer
 from mutagen.flac import FLAC
+from scipy.stats import wilcoxon
 from typer.testing import CliRunner
 
 from mess.audio.windows import WindowPolicy
@@ -73,21 +74,26 @@ def _unit(x: np.ndarray, norm: str) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def _retrieval(sims: np.ndarray, labels: np.ndarray, k: int) -> tuple[float, float, float]:
-    """P@k, mAP and nDCG@k of every track querying the others by ``sims``, one query at a time (as written up
-    in Manning et al., Introduction to Information Retrieval, ch. 8); queries need a same-label track."""
-    precision, ap, ndcg = [], [], []
+def _per_query(sims: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """P@k, AP and nDCG@k [q, 3] of every track querying the others by ``sims``, one query at a time (as written
+    up in Manning et al., Introduction to Information Retrieval, ch. 8); queries need a same-label track."""
+    rows = []
     for q in range(len(labels)):
         if (labels == labels[q]).sum() < 2:
             continue
         others = [i for i in np.argsort(-sims[q], kind="stable") if i != q]
         rel = [bool(labels[i] == labels[q]) for i in others]
         hits = np.cumsum(rel)
-        precision.append(sum(rel[:k]) / min(k, len(rel)))
-        ap.append(np.mean([hits[j] / (j + 1) for j in range(len(rel)) if rel[j]]))
         dcg = sum(1 / np.log2(j + 2) for j in range(min(k, len(rel))) if rel[j])
-        ndcg.append(dcg / sum(1 / np.log2(j + 2) for j in range(min(k, sum(rel)))))
-    return float(np.mean(precision)), float(np.mean(ap)), float(np.mean(ndcg))
+        rows.append((sum(rel[:k]) / min(k, len(rel)), np.mean([hits[j] / (j + 1) for j in range(len(rel)) if rel[j]]),
+                     dcg / sum(1 / np.log2(j + 2) for j in range(min(k, sum(rel))))))
+    return np.array(rows)
+
+
+def _retrieval(sims: np.ndarray, labels: np.ndarray, k: int) -> tuple[float, float, float]:
+    """Mean P@k, mAP and nDCG@k of :func:`_per_query`."""
+    precision, ap, ndcg = _per_query(sims, labels, k).mean(axis=0)
+    return float(precision), float(ap), float(ndcg)
 
 
 def _check_report_numbers(report: FusionReport, result: FusionResult, data: LayerData) -> None:
@@ -122,15 +128,18 @@ def _check_report_numbers(report: FusionReport, result: FusionResult, data: Laye
     # a random ranking's expected precision@k is the fraction of same-label tracks among the others
     same = np.array([(lab == lab[q]).sum() - 1 for q in range(len(lab)) if (lab == lab[q]).sum() >= 2])
     assert report.score("chance").precision == pytest.approx(np.mean(same / (len(lab) - 1)), abs=0.05)
-    gain = expected["fused"][2] - expected["all-layers"][2]
-    if abs(gain) > 2e-4:  # the verdict's word follows the nDCG difference measured here
-        assert report.verdict.startswith("fused beats" if gain > 0 else "fused does NOT beat"), report.verdict
+    fused_q, mean_q = _per_query(fused @ fused.T, lab, k)[:, 2], _per_query(all_layers(norm), lab, k)[:, 2]
+    p = wilcoxon(fused_q, mean_q).pvalue if np.any(np.abs(fused_q - mean_q) > 1e-9) else None
+    assert report.wilcoxon_p == (None if p is None else pytest.approx(p, abs=1e-6))
+    gain = fused_q.mean() - mean_q.mean()
+    if p is not None and abs(gain) > 2e-4:  # the verdict names a winner only where the paired test does
+        word = "is not significantly different from" if p >= 0.05 else "beats" if gain > 0 else "is worse than"
+        assert report.verdict.startswith(f"fused {word} the mean of all layers"), report.verdict
 
 
-def test_report_rows_are_the_retrieval_they_name_when_it_is_not_perfect() -> None:
-    """The rendered store's held-out composers are often perfectly separated (every row 1.0), which no
-    recomputation can tell apart; here only layer l2 carries the label, so every row has its own value."""
-    rng = np.random.default_rng(0)
+def _planted(seed: int) -> LayerData:
+    """16 labels x 5 tracks; of three 12-d layers only the middle one carries the label."""
+    rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(16), 5)
     dims = (12, 12, 12)
     parts = [rng.normal(size=(len(labels), d)) + (2.0 * rng.normal(size=(16, d))[labels] if i == 1 else 0)
@@ -138,12 +147,33 @@ def test_report_rows_are_the_retrieval_they_name_when_it_is_not_perfect() -> Non
     run = Run("synthetic", "r1", WindowPolicy().to_json(), 16000, ("l0", "l1", "l2"), dims, id=1)
     tracks = [Track(i, f"/x/{i}.wav", f"h{i}", 30.0, f"artist{lab}", None, None, None, None)
               for i, lab in enumerate(labels)]
-    data = LayerData(run, tracks, np.hstack(parts).astype(np.float32))
-    config = FusionConfig(fusion_dim=8, hidden_dim=16, common_dim=8, labels_per_batch=4, tracks_per_label=4,
-                          weight_epochs=2, max_epochs=2, patience=2, val_frac=0.2, test_frac=0.3, seed=0)
-    result = train_fusion(data, config)
+    return LayerData(run, tracks, np.hstack(parts).astype(np.float32))
+
+
+SMALL = FusionConfig(fusion_dim=8, hidden_dim=16, common_dim=8, labels_per_batch=4, tracks_per_label=4,
+                     weight_epochs=2, max_epochs=2, patience=2, val_frac=0.2, test_frac=0.3, seed=0)
+
+
+def test_report_rows_are_the_retrieval_they_name_when_it_is_not_perfect() -> None:
+    """The rendered store's held-out composers are often perfectly separated (every row 1.0), which no
+    recomputation can tell apart; here only one layer carries the label, so every row has its own value."""
+    data = _planted(0)
+    result = train_fusion(data, SMALL)
     report = compare(result, data, k=5)
     assert len({m.ndcg for m in report.methods}) >= 4  # not saturated
+    assert report.wilcoxon_p is not None and report.wilcoxon_p < 0.05 and report.verdict.startswith("fused beats")
+    _check_report_numbers(report, result, data)
+
+
+def test_verdict_names_a_winner_only_where_the_paired_test_does() -> None:
+    """The verdict said "fused beats" on any higher mean nDCG, even at p = 1."""
+    data = _planted(2)
+    result = train_fusion(data, SMALL)
+    report = compare(result, data, k=5)
+    fused, mean = report.score("fused").ndcg, report.score("all-layers").ndcg
+    assert fused > mean and report.wilcoxon_p is not None and report.wilcoxon_p >= 0.05  # higher, but by chance
+    assert report.verdict.startswith("fused is not significantly different from the mean of all layers")
+    assert f"({fused:.3f} vs {mean:.3f}, paired Wilcoxon p={report.wilcoxon_p:.3g})" in report.verdict
     _check_report_numbers(report, result, data)
 
 

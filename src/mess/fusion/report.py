@@ -22,6 +22,7 @@ from mess.store import FeatureStore
 from mess.store.reports import slug
 
 MIN_TRACKS, MIN_LABELS = 50, 5  # below either, the held-out comparison is reported as inconclusive
+ALPHA = 0.05  # the verdict names a winner only when the paired Wilcoxon test is below this
 
 
 @dataclass(frozen=True)
@@ -155,10 +156,16 @@ def _rounded(s: RetrievalScores) -> tuple[float, float, float]:
 
 def _verdict(report: FusionReport) -> tuple[str, str]:
     fused, mean, best = report.score(FUSED), report.score("all-layers"), report.score("best-layer")
-    outcome = "beats" if fused.ndcg > mean.ndcg else "ties with" if fused.ndcg == mean.ndcg else "does NOT beat"
-    p = f", paired Wilcoxon p={report.wilcoxon_p:.3g}" if report.wilcoxon_p is not None else ""
+    p = report.wilcoxon_p
+    if p is not None and p < ALPHA and fused.ndcg != mean.ndcg:
+        outcome = "beats" if fused.ndcg > mean.ndcg else "is worse than"
+    elif p is None and fused.ndcg == mean.ndcg:  # the same nDCG on every query
+        outcome = "ties with"
+    else:
+        outcome = "is not significantly different from"
+    test = f", paired Wilcoxon p={p:.3g}" if p is not None else ""
     verdict = (f"fused {outcome} the mean of all layers on held-out nDCG@{report.k} "
-               f"({fused.ndcg:.3f} vs {mean.ndcg:.3f}{p}); best single layer: {best.ndcg:.3f}")
+               f"({fused.ndcg:.3f} vs {mean.ndcg:.3f}{test}); best single layer: {best.ndcg:.3f}")
     caveat = ""
     if report.n_test_tracks < MIN_TRACKS or report.n_test_labels < MIN_LABELS:
         caveat = (f"held-out split holds n={report.n_test_tracks} tracks of {report.n_test_labels} labels: "
