@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,6 +63,60 @@ def test_every_preset_file_is_pinned_or_checked_as_metadata() -> None:
         assert onnx.sha256 is None or len(onnx.sha256) == 64
 
 
+@pytest.fixture()
+def server() -> Iterator[tuple[str, dict[str, tuple[int, bytes, int]]]]:
+    """A local HTTP server standing in for essentia.upf.edu: path -> (status, body, declared length);
+    a declared length above the body's is a download cut short."""
+    routes: dict[str, tuple[int, bytes, int]] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body, length = routes.get(self.path, (404, b"not found", 9))
+            self.send_response(status)
+            self.send_header("Content-Length", str(length))
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = True
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", routes
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_a_failed_download_leaves_nothing_behind(server: tuple[str, dict[str, tuple[int, bytes, int]]],
+                                                 tmp_path: Path) -> None:
+    """The graph downloads and verifies, but its JSON is missing, then cut short, then not metadata:
+    each time neither file nor the folder is left; once both are right, both land and nothing else."""
+    base, routes = server
+    graph = bytes(range(256)) * 40
+    meta = json.dumps({"schema": {"inputs": [{"name": "melspectrogram"}]}}).encode()
+    files = (PinnedFile(f"{base}/m/x-1.onnx", sha256=hashlib.sha256(graph).hexdigest()),
+             PinnedFile(f"{base}/m/x-1.json"))
+    routes["/m/x-1.onnx"] = (200, graph, len(graph))
+    folder = tmp_path / "models" / "x"
+    with pytest.raises(FetchError, match=f"^cannot download {base}/m/x-1.json \\(HTTP 404 Not Found\\); "):
+        fetch_files(files, folder)
+    assert not list(tmp_path.iterdir())
+    routes["/m/x-1.json"] = (200, meta[:10], len(meta))
+    with pytest.raises(FetchError, match=f"^{base}/m/x-1.json is not Essentia model metadata .*not kept$"):
+        fetch_files(files, folder)
+    assert not list(tmp_path.iterdir())
+    folder.mkdir(parents=True)
+    routes["/m/x-1.json"] = (200, b"<html>moved</html>", 18)
+    with pytest.raises(FetchError, match="is not Essentia model metadata"):
+        fetch_files(files, folder)
+    assert not list(folder.iterdir())  # a folder that was there stays, empty
+    routes["/m/x-1.json"] = (200, meta, len(meta))
+    assert fetch_files(files, folder) == [folder / "x-1.onnx", folder / "x-1.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["x-1.json", "x-1.onnx"]
+    assert (folder / "x-1.onnx").read_bytes() == graph
+
+
 def test_unknown_name_lists_choices(tmp_path: Path) -> None:
     with pytest.raises(FetchError, match="choose one of discogs-effnet, .*mert-v1-95m, mert-v1-330m"):
         fetch("effnet", tmp_path)
@@ -70,17 +128,20 @@ def _cli(*args: str, **env: str) -> subprocess.CompletedProcess:
                           text=True, env=environ, timeout=120)
 
 
-def test_offline_essentia_fetch_says_what_to_copy_where(tmp_path: Path) -> None:
-    """With no route out (a proxy on a closed local port), one line names the URLs and the folder."""
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_offline_essentia_fetch_is_one_line_and_leaves_nothing(name: str, tmp_path: Path) -> None:
+    """With no route out (a proxy on a closed local port), one line names the URL, the cause, the
+    URLs to copy and the folder, and the folders the fetch created are gone again."""
     closed = "http://127.0.0.1:9"
-    done = _cli("discogs-effnet", str(tmp_path / "models"), https_proxy=closed, HTTPS_PROXY=closed, no_proxy="",
-                NO_PROXY="")
-    assert done.returncode == 1
-    message = "".join(done.stderr.split())  # the console wraps the line at the terminal width
-    assert "cannotdownloaddiscogs-effnet-bsdynamic-1.onnx" in message
-    assert f"{URL}discogs-effnet-bsdynamic-1.onnx{URL}discogs-effnet-bsdynamic-1.json" in message
-    assert f"copytheminto{tmp_path / 'models'}" in message and "Traceback" not in done.stderr
-    assert not list((tmp_path / "models").iterdir())
+    folder = tmp_path / "models" / name
+    started = time.monotonic()
+    done = _cli(name, str(folder), https_proxy=closed, HTTPS_PROXY=closed, no_proxy="", NO_PROXY="")
+    assert done.returncode == 1 and time.monotonic() - started < 30
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    first, second = (f.url for f in PRESETS[name].files)
+    assert f"error: cannot download {first} (Connection refused); " in done.stderr
+    assert f"download {first} {second} and copy them into {folder}" in done.stderr
+    assert not list(tmp_path.iterdir())
 
 
 def test_offline_mert_fetch_is_one_line(tmp_path: Path) -> None:

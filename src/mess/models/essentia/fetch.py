@@ -1,16 +1,20 @@
 """`mess models fetch`: download a preset's files (checked against pins) or a MERT snapshot into a folder.
 
 Nothing here runs at import time or in tests against the network; offline, each fetch
-fails with one line naming what to copy where.
+fails with one line naming what to copy where, and a failed fetch leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import json
+import os
 import shutil
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from mess.models.essentia.presets import PRESETS, PinnedFile
@@ -40,9 +44,25 @@ def fetch(name: str, folder: Path) -> list[Path]:
 
 
 def fetch_files(files: tuple[PinnedFile, ...], folder: Path) -> list[Path]:
-    """Download each of ``files`` into ``folder``, keeping copies already there that match their pins."""
-    folder.mkdir(parents=True, exist_ok=True)
-    return [_fetch_file(pinned, folder, files) for pinned in files]
+    """Download each of ``files`` into ``folder``, keeping copies already there that match their pins.
+
+    All or nothing: each download goes to a temporary name in ``folder`` and takes its own name only
+    once every file is complete and verified; a failure leaves nothing behind.
+    """
+    with _all_or_nothing(folder) as temps:
+        downloaded: dict[Path, Path] = {}
+        for pinned in files:
+            target = folder / pinned.name
+            if target.is_file():
+                verify(target, pinned)
+                continue
+            temp = folder / f".{pinned.name}.{os.getpid()}.part"
+            temps.append(temp)
+            _download(pinned, temp, files, folder)
+            downloaded[temp] = target
+        for temp, target in downloaded.items():
+            temp.replace(target)
+    return [folder / pinned.name for pinned in files]
 
 
 def verify(path: Path, pinned: PinnedFile) -> None:
@@ -51,44 +71,82 @@ def verify(path: Path, pinned: PinnedFile) -> None:
     Raises:
         FetchError: the file differs from the pin, naming the file and both values.
     """
+    problem = _mismatch(path, pinned)
+    if problem:
+        raise FetchError(f"{path} {problem}; delete it and fetch again")
+
+
+def _mismatch(path: Path, pinned: PinnedFile) -> str | None:
+    """How ``path`` differs from its pin ("has 10 bytes, expected 12 for X.json"), or None if it matches."""
     if pinned.sha256 is not None:
         actual = file_sha256(path)
         if actual != pinned.sha256:
-            raise FetchError(f"{path} has SHA-256 {actual[:16]}..., expected {pinned.sha256[:16]}... "
-                             f"(a different or damaged {pinned.name}); delete it and fetch again")
+            return (f"has SHA-256 {actual[:16]}..., expected {pinned.sha256[:16]}... "
+                    f"(a different or damaged {pinned.name})")
     elif pinned.size is not None:
         if path.stat().st_size != pinned.size:
-            raise FetchError(f"{path} has {path.stat().st_size} bytes, expected {pinned.size} for {pinned.name}; "
-                             "delete it and fetch again")
+            return f"has {path.stat().st_size} bytes, expected {pinned.size} for {pinned.name}"
     else:
         try:
             json.loads(path.read_text())["schema"]["inputs"]
         except (ValueError, KeyError, TypeError) as exc:
-            raise FetchError(f"{path} is not Essentia model metadata ({exc!r})") from exc
+            return f"is not Essentia model metadata ({exc!r})"
+    return None
 
 
-def _fetch_file(pinned: PinnedFile, folder: Path, group: tuple[PinnedFile, ...]) -> Path:
-    """Download ``pinned`` into ``folder`` unless a verified copy is there; verify before it takes its name."""
-    target = folder / pinned.name
-    if target.is_file():
-        verify(target, pinned)
-        return target
-    partial = target.with_name(target.name + ".part")
+def _download(pinned: PinnedFile, temp: Path, group: tuple[PinnedFile, ...], folder: Path) -> None:
+    """Download ``pinned`` into ``temp`` and check it against its pin; failures name the URL and the cause."""
     try:
-        with urllib.request.urlopen(pinned.url, timeout=TIMEOUT_S) as response, partial.open("wb") as out:
+        with urllib.request.urlopen(pinned.url, timeout=TIMEOUT_S) as response, temp.open("wb") as out:
             shutil.copyfileobj(response, out)
-    except (urllib.error.URLError, OSError) as exc:
-        partial.unlink(missing_ok=True)
+    except (OSError, http.client.HTTPException, ValueError) as exc:
         urls = " ".join(p.url for p in group)
-        raise FetchError(f"cannot download {pinned.name} ({getattr(exc, 'reason', exc)}); on a machine with "
-                         f"internet download {urls} and copy them into {folder}") from exc
+        raise FetchError(f"cannot download {pinned.url} ({_reason(exc)}); on a machine with internet download "
+                         f"{urls} and copy them into {folder}") from exc
+    problem = _mismatch(temp, pinned)
+    if problem:
+        raise FetchError(f"{pinned.url} {problem}; the download was not kept")
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a download failed, in a few words: "HTTP 404 Not Found", "Connection refused", "timed out"."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, BaseException):
+        exc = exc.reason
+    text = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)).strip()
+    if isinstance(exc, OSError) and exc.filename is not None:
+        text = f"{exc.filename}: {text}"
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _all_or_nothing(folder: Path) -> Iterator[list[Path]]:
+    """Create ``folder`` (and missing parents) for a fetch that records its temporaries in the list yielded.
+
+    The temporaries are always removed; on a failure so are the folders created here (where empty),
+    and an OSError becomes a one-line FetchError.
+    """
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    temps: list[Path] = []
     try:
-        verify(partial, pinned)
-    except FetchError:
-        partial.unlink(missing_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        yield temps
+    except BaseException as exc:
+        _remove(temps)
+        for path in created:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        if isinstance(exc, OSError):
+            raise FetchError(f"cannot fetch into {folder} ({_reason(exc)})") from exc
         raise
-    partial.replace(target)
-    return target
+    _remove(temps)
+
+
+def _remove(temps: list[Path]) -> None:
+    """Delete a fetch's temporary files."""
+    for temp in temps:
+        temp.unlink(missing_ok=True)
 
 
 def _fetch_mert(name: str, folder: Path) -> list[Path]:
