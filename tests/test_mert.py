@@ -10,7 +10,8 @@ import pytest
 import torch
 from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
-from mess.models.mert import CHECKPOINTS, MertModel, hubert_config
+from mess.models.checkpoints import CHECKPOINTS
+from mess.models.mert import MertModel, hubert_config
 from mess.models.registry import ModelError, load_model
 
 MERT_FRONT_END = dict(conv_dim=(16,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2),

@@ -6,6 +6,7 @@ import hashlib
 import http.server
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from mess.models.checkpoints import CHECKPOINTS
 from mess.models.essentia.fetch import FetchError, fetch, fetch_files, verify
 from mess.models.essentia.presets import PRESETS, PinnedFile
 
@@ -144,9 +146,33 @@ def test_offline_essentia_fetch_is_one_line_and_leaves_nothing(name: str, tmp_pa
     assert not list(tmp_path.iterdir())
 
 
+def _closed_port() -> int:
+    """A local port with nothing listening on it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("name", ["mert-v1-95m", "mert-v1-330m"])
+def test_mert_fetch_with_the_hub_unreachable_fails_fast_in_one_line(name: str, tmp_path: Path) -> None:
+    """HF_ENDPOINT on a closed port: one line within seconds (not the hub client's half minute of
+    retries and warnings), naming the endpoint, the cause and the hub command; nothing is left."""
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    started = time.monotonic()
+    done = _cli(name, str(tmp_path / "mert"), HF_ENDPOINT=endpoint, HF_HUB_OFFLINE="0")
+    assert done.returncode == 1 and time.monotonic() - started < 10
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert f"error: cannot fetch {CHECKPOINTS[name].repo}@{CHECKPOINTS[name].revision[:8]} " \
+           f"({endpoint}: Connection refused); " in done.stderr
+    assert f"--revision {CHECKPOINTS[name].revision}) and copy DIR to {tmp_path / 'mert'}" in done.stderr
+    assert not list(tmp_path.iterdir())
+
+
 def test_offline_mert_fetch_is_one_line(tmp_path: Path) -> None:
+    started = time.monotonic()
     done = _cli("mert-v1-95m", str(tmp_path / "mert"), HF_HUB_OFFLINE="1")
-    assert done.returncode == 1
+    assert done.returncode == 1 and time.monotonic() - started < 10
+    assert done.stderr.count("\n") == 1 and "(HF_HUB_OFFLINE is set)" in done.stderr
     message = "".join(done.stderr.split())
     assert "cannotfetchm-a-p/MERT-v1-95M@12af15fe" in message and "Traceback" not in done.stderr
     assert f"copyDIRto{tmp_path / 'mert'}" in message

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,19 +23,6 @@ log = logging.getLogger(__name__)
 MERT_LICENCE = "CC BY-NC 4.0 (MERT model card): non-commercial use only"
 _NOT_CONFIG = ("model_type", "auto_map", "architectures", "_name_or_path", "transformers_version", "torch_dtype")
 
-
-@dataclass(frozen=True)
-class HubCheckpoint:
-    """A MERT checkpoint on the Hugging Face hub at a pinned commit."""
-
-    repo: str
-    revision: str
-
-
-CHECKPOINTS = {
-    "mert-v1-95m": HubCheckpoint("m-a-p/MERT-v1-95M", "12af15fef9d0ac838c3f475bfbbf26d2060dd4f5"),
-    "mert-v1-330m": HubCheckpoint("m-a-p/MERT-v1-330M", "0e06c986db0527c0fd1b47181c40f006805e3de0"),
-}
 
 
 def hubert_config(mert_config: dict) -> HubertConfig:

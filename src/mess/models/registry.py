@@ -45,7 +45,8 @@ def _musicnn_pair(device: str) -> EmbeddingModel:
 
 def _mert(key: str) -> ModelFactory:
     def load(device: str) -> EmbeddingModel:
-        from mess.models.mert import CHECKPOINTS, MertModel
+        from mess.models.checkpoints import CHECKPOINTS
+        from mess.models.mert import MertModel
 
         ckpt = CHECKPOINTS[key]
         try:

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import http.client
 import json
+import logging
 import os
 import shutil
 import urllib.error
@@ -17,9 +18,11 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from mess.models.checkpoints import CHECKPOINTS
 from mess.models.essentia.presets import PRESETS, PinnedFile
 
 TIMEOUT_S = 30
+REACH_TIMEOUT_S = 5  # the one request that tells an unreachable hub before the download
 
 
 class FetchError(Exception):
@@ -28,8 +31,6 @@ class FetchError(Exception):
 
 def fetchable() -> tuple[str, ...]:
     """Every name `mess models fetch` accepts: the Essentia presets and the MERT checkpoints."""
-    from mess.models.mert import CHECKPOINTS
-
     return (*PRESETS, *CHECKPOINTS)
 
 
@@ -150,20 +151,53 @@ def _remove(temps: list[Path]) -> None:
 
 
 def _fetch_mert(name: str, folder: Path) -> list[Path]:
-    """``snapshot_download`` of a MERT checkpoint at its pinned revision into ``folder``."""
-    from huggingface_hub import snapshot_download
+    """``snapshot_download`` of a MERT checkpoint at its pinned revision into ``folder``.
 
-    from mess.models.mert import CHECKPOINTS
+    Offline it fails at once: HF_HUB_OFFLINE is honoured and an unreachable hub endpoint
+    (HF_ENDPOINT) is found with one short request, not the client's minute of retries, whose
+    warnings are silenced.
+    """
+    from huggingface_hub import constants, snapshot_download
 
     ckpt = CHECKPOINTS[name]
+    hint = (f"on a machine with internet run `mess models fetch {name} DIR` (or huggingface-cli download "
+            f"{ckpt.repo} --revision {ckpt.revision}) and copy DIR to {folder}")
+    if constants.HF_HUB_OFFLINE:
+        raise FetchError(f"cannot fetch {ckpt.repo}@{ckpt.revision[:8]} (HF_HUB_OFFLINE is set); {hint}")
+    unreachable = _unreachable(constants.ENDPOINT)
+    if unreachable:
+        raise FetchError(f"cannot fetch {ckpt.repo}@{ckpt.revision[:8]} ({constants.ENDPOINT}: {unreachable}); "
+                         f"{hint}")
     try:
-        snapshot_download(ckpt.repo, revision=ckpt.revision, local_dir=folder)
+        with _quiet("huggingface_hub"):
+            snapshot_download(ckpt.repo, revision=ckpt.revision, local_dir=folder)
     except Exception as exc:  # the hub client raises many types (offline mode, HTTP, DNS); all mean "not fetched"
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise FetchError(f"cannot fetch {ckpt.repo}@{ckpt.revision[:8]} ({reason}); on a machine with internet run "
-                         f"`mess models fetch {name} DIR` (or huggingface-cli download {ckpt.repo} --revision "
-                         f"{ckpt.revision}) and copy DIR to {folder}") from exc
+        raise FetchError(f"cannot fetch {ckpt.repo}@{ckpt.revision[:8]} ({reason}); {hint}") from exc
     return sorted(p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts)
+
+
+def _unreachable(url: str) -> str | None:
+    """Why ``url`` cannot be reached ("Connection refused", "timed out"), or None when it answers at all."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=REACH_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return None  # an answer, even 404 or 401, means the endpoint is there
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        return _reason(exc)
+    return None
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Only errors from ``logger`` (and its children) while the block runs."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def file_sha256(path: Path) -> str:
