@@ -65,20 +65,27 @@ def test_every_preset_file_is_pinned_or_checked_as_metadata() -> None:
         assert onnx.sha256 is None or len(onnx.sha256) == 64
 
 
+Routes = dict[str, tuple[int, bytes, int, dict[str, str]]]
+
+
 @pytest.fixture()
-def server() -> Iterator[tuple[str, dict[str, tuple[int, bytes, int]]]]:
-    """A local HTTP server standing in for essentia.upf.edu: path -> (status, body, declared length);
-    a declared length above the body's is a download cut short."""
-    routes: dict[str, tuple[int, bytes, int]] = {}
+def server() -> Iterator[tuple[str, Routes]]:
+    """A local HTTP server standing in for essentia.upf.edu or the hub: path (no query) -> status, body,
+    declared length (above the body's: a download cut short) and headers; GET and HEAD."""
+    routes: Routes = {}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            status, body, length = routes.get(self.path, (404, b"not found", 9))
+            status, body, length, headers = routes.get(self.path.split("?")[0], (404, b"{}", 2, {}))
             self.send_response(status)
-            self.send_header("Content-Length", str(length))
+            for key, value in {**headers, "Content-Length": str(length)}.items():
+                self.send_header(key, value)
             self.end_headers()
-            self.wfile.write(body)
+            if self.command == "GET":
+                self.wfile.write(body)
             self.close_connection = True
+
+        do_HEAD = do_GET
 
         def log_message(self, *args: object) -> None:
             pass
@@ -90,8 +97,7 @@ def server() -> Iterator[tuple[str, dict[str, tuple[int, bytes, int]]]]:
     httpd.server_close()
 
 
-def test_a_failed_download_leaves_nothing_behind(server: tuple[str, dict[str, tuple[int, bytes, int]]],
-                                                 tmp_path: Path) -> None:
+def test_a_failed_download_leaves_nothing_behind(server: tuple[str, Routes], tmp_path: Path) -> None:
     """The graph downloads and verifies, but its JSON is missing, then cut short, then not metadata:
     each time neither file nor the folder is left; once both are right, both land and nothing else."""
     base, routes = server
@@ -99,21 +105,21 @@ def test_a_failed_download_leaves_nothing_behind(server: tuple[str, dict[str, tu
     meta = json.dumps({"schema": {"inputs": [{"name": "melspectrogram"}]}}).encode()
     files = (PinnedFile(f"{base}/m/x-1.onnx", sha256=hashlib.sha256(graph).hexdigest()),
              PinnedFile(f"{base}/m/x-1.json"))
-    routes["/m/x-1.onnx"] = (200, graph, len(graph))
+    routes["/m/x-1.onnx"] = (200, graph, len(graph), {})
     folder = tmp_path / "models" / "x"
     with pytest.raises(FetchError, match=f"^cannot download {base}/m/x-1.json \\(HTTP 404 Not Found\\); "):
         fetch_files(files, folder)
     assert not list(tmp_path.iterdir())
-    routes["/m/x-1.json"] = (200, meta[:10], len(meta))
+    routes["/m/x-1.json"] = (200, meta[:10], len(meta), {})
     with pytest.raises(FetchError, match=f"^{base}/m/x-1.json is not Essentia model metadata .*not kept$"):
         fetch_files(files, folder)
     assert not list(tmp_path.iterdir())
     folder.mkdir(parents=True)
-    routes["/m/x-1.json"] = (200, b"<html>moved</html>", 18)
+    routes["/m/x-1.json"] = (200, b"<html>moved</html>", 18, {})
     with pytest.raises(FetchError, match="is not Essentia model metadata"):
         fetch_files(files, folder)
     assert not list(folder.iterdir())  # a folder that was there stays, empty
-    routes["/m/x-1.json"] = (200, meta, len(meta))
+    routes["/m/x-1.json"] = (200, meta, len(meta), {})
     assert fetch_files(files, folder) == [folder / "x-1.onnx", folder / "x-1.json"]
     assert sorted(p.name for p in folder.iterdir()) == ["x-1.json", "x-1.onnx"]
     assert (folder / "x-1.onnx").read_bytes() == graph
@@ -176,3 +182,34 @@ def test_offline_mert_fetch_is_one_line(tmp_path: Path) -> None:
     message = "".join(done.stderr.split())
     assert "cannotfetchm-a-p/MERT-v1-95M@12af15fe" in message and "Traceback" not in done.stderr
     assert f"copyDIRto{tmp_path / 'mert'}" in message
+
+
+def test_mert_fetch_is_all_or_nothing(server: tuple[str, Routes], tmp_path: Path) -> None:
+    """A local stand-in for the hub (HF_ENDPOINT) lists config.json and the weights: while the weights
+    are missing the fetch fails in one line and leaves nothing; once they are there both land, alone."""
+    endpoint, routes = server
+    ckpt = CHECKPOINTS["mert-v1-95m"]
+    files = {"config.json": b'{"hidden_size": 768}', "model.safetensors": bytes(1000)}
+    routes[f"/api/models/{ckpt.repo}/tree/{ckpt.revision}"] = _hub_listing(files)
+    routes[f"/{ckpt.repo}/resolve/{ckpt.revision}/config.json"] = _hub_file(files["config.json"], ckpt.revision)
+    folder = tmp_path / "models" / "mert"
+    env = {"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf-home")}
+    done = _cli("mert-v1-95m", str(folder), **env)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"error: cannot fetch {ckpt.repo}@{ckpt.revision[:8]} (")
+    assert not (tmp_path / "models").exists()
+    routes[f"/{ckpt.repo}/resolve/{ckpt.revision}/model.safetensors"] = _hub_file(files["model.safetensors"],
+                                                                                 ckpt.revision)
+    done = _cli("mert-v1-95m", str(folder), **env)
+    assert done.returncode == 0, done.stderr
+    assert {p.name: p.read_bytes() for p in folder.rglob("*")} == files
+
+
+def _hub_listing(files: dict[str, bytes]) -> tuple[int, bytes, int, dict[str, str]]:
+    listing = json.dumps([{"type": "file", "path": name, "size": len(body), "oid": hashlib.sha1(body).hexdigest()}
+                          for name, body in files.items()]).encode()
+    return 200, listing, len(listing), {"Content-Type": "application/json"}
+
+
+def _hub_file(body: bytes, revision: str) -> tuple[int, bytes, int, dict[str, str]]:
+    return 200, body, len(body), {"X-Repo-Commit": revision, "ETag": f'"{hashlib.sha1(body).hexdigest()}"'}

@@ -19,7 +19,7 @@ def fetch_command(
                                         "mert-v1-95m or mert-v1-330m.")],
     folder: Annotated[Path, typer.Argument(help="Folder to download into (created if missing).")],
 ) -> None:
-    """Download NAME's files into DIR; Essentia files are checked against the digests pinned in mess."""
+    """Download NAME's files into FOLDER, checked against the pins in mess; a failed fetch leaves nothing behind."""
     from mess.models.essentia.fetch import FetchError, fetch
 
     try:

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -145,17 +146,21 @@ def _all_or_nothing(folder: Path) -> Iterator[list[Path]]:
 
 
 def _remove(temps: list[Path]) -> None:
-    """Delete a fetch's temporary files."""
+    """Delete a fetch's temporary files and folders."""
     for temp in temps:
-        temp.unlink(missing_ok=True)
+        if temp.is_dir():
+            shutil.rmtree(temp, ignore_errors=True)
+        else:
+            temp.unlink(missing_ok=True)
 
 
 def _fetch_mert(name: str, folder: Path) -> list[Path]:
     """``snapshot_download`` of a MERT checkpoint at its pinned revision into ``folder``.
 
-    Offline it fails at once: HF_HUB_OFFLINE is honoured and an unreachable hub endpoint
-    (HF_ENDPOINT) is found with one short request, not the client's minute of retries, whose
-    warnings are silenced.
+    The snapshot downloads into a temporary folder inside ``folder`` and its files move into
+    place only once all have arrived; a failure leaves nothing behind. Offline it fails at once:
+    HF_HUB_OFFLINE is honoured and an unreachable hub endpoint (HF_ENDPOINT) is found with one
+    short request, not the client's minute of retries, whose warnings are silenced.
     """
     from huggingface_hub import constants, snapshot_download
 
@@ -168,13 +173,28 @@ def _fetch_mert(name: str, folder: Path) -> list[Path]:
     if unreachable:
         raise FetchError(f"cannot fetch {ckpt.repo}@{ckpt.revision[:8]} ({constants.ENDPOINT}: {unreachable}); "
                          f"{hint}")
-    try:
-        with _quiet("huggingface_hub"):
-            snapshot_download(ckpt.repo, revision=ckpt.revision, local_dir=folder)
-    except Exception as exc:  # the hub client raises many types (offline mode, HTTP, DNS); all mean "not fetched"
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise FetchError(f"cannot fetch {ckpt.repo}@{ckpt.revision[:8]} ({reason}); {hint}") from exc
-    return sorted(p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts)
+    with _all_or_nothing(folder) as temps:
+        temps.append(Path(tempfile.mkdtemp(dir=folder, prefix=f".{name}-", suffix=".part")))
+        try:
+            with _quiet("huggingface_hub"):
+                snapshot_download(ckpt.repo, revision=ckpt.revision, local_dir=temps[0])
+        except Exception as exc:  # the hub client raises many types (offline mode, HTTP, DNS); all mean "not fetched"
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise FetchError(f"cannot fetch {ckpt.repo}@{ckpt.revision[:8]} ({reason}); {hint}") from exc
+        return _move_into(temps[0], folder)
+
+
+def _move_into(snapshot: Path, folder: Path) -> list[Path]:
+    """Move a complete snapshot's files (not the hub client's .cache) into ``folder``; return where they lie."""
+    moved = []
+    for path in sorted(snapshot.rglob("*")):
+        relative = path.relative_to(snapshot)
+        if path.is_file() and relative.parts[0] != ".cache":
+            target = folder / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            path.replace(target)
+            moved.append(target)
+    return moved
 
 
 def _unreachable(url: str) -> str | None:
