@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
@@ -89,3 +95,42 @@ def test_registry_loads_local_folder_and_pins_hub_revisions(tmp_path: Path) -> N
     assert all(len(c.revision) == 40 for c in CHECKPOINTS.values())
     with pytest.raises(ModelError, match="unknown model"):
         load_model("no-such-model")
+
+
+def _extract_mert(tmp: Path, **env: str) -> tuple[subprocess.CompletedProcess, float]:
+    """`mess extract --model mert-v1-95m` of one 8 s tone, with the hub cache in ``tmp`` and the hub on a closed
+    local port (no route out): the wall time too."""
+    music = tmp / "music"
+    music.mkdir(exist_ok=True)
+    t = np.arange(24000 * 8) / 24000
+    sf.write(music / "a.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 24000)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    environ = {**os.environ, "HF_HOME": str(tmp / "hf"), "HF_ENDPOINT": f"http://127.0.0.1:{port}",
+               "HF_HUB_OFFLINE": "0", **env}
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "mess.cli", "extract", str(music), "--model", "mert-v1-95m",
+                           "--window", "4", "--store", str(tmp / "store")], capture_output=True, text=True,
+                          env=environ, timeout=300)
+    return done, time.monotonic() - started
+
+
+@pytest.mark.parametrize("offline", ["0", "1"], ids=["hub-unreachable", "HF_HUB_OFFLINE"])
+def test_a_hub_checkpoint_offline_fails_in_one_line_or_loads_from_the_cache(tmp_path: Path, offline: str) -> None:
+    """Offline, `mess extract --model mert-v1-95m` waited through the hub client's half minute of retries and
+    warnings before its error. Not cached: one line at once, naming the cause and `mess models fetch`. Cached at the
+    pinned revision: loaded from the cache (without waiting for the hub; it took 76 s), its vectors stored."""
+    done, seconds = _extract_mert(tmp_path, HF_HUB_OFFLINE=offline)
+    assert done.returncode == 1 and seconds < 20, (seconds, done.stderr)
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr and "Retrying" not in done.stderr
+    cause = "HF_HUB_OFFLINE is set" if offline == "1" else "Connection refused"
+    assert "cannot fetch m-a-p/MERT-v1-95M@12af15fe from the Hugging Face hub (" in done.stderr
+    assert cause in done.stderr and "`mess models fetch mert-v1-95m DIR`" in done.stderr
+    ckpt = CHECKPOINTS["mert-v1-95m"]
+    snapshot = tmp_path / "hf" / "hub" / f"models--{ckpt.repo.replace('/', '--')}" / "snapshots" / ckpt.revision
+    snapshot.mkdir(parents=True)
+    _tiny_mert_dir(snapshot, stable=False, mert_style_config=True)
+    done, seconds = _extract_mert(tmp_path, HF_HUB_OFFLINE=offline)
+    assert done.returncode == 0 and "1 embedded" in done.stderr and seconds < 40, (seconds, done.stderr)
+    assert "Retrying" not in done.stderr

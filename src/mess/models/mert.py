@@ -52,15 +52,17 @@ class MertModel(EmbeddingModel):
 
     @classmethod
     def from_pretrained(cls, source: str, *, revision: str | None = None, name: str | None = None,
-                        device: str = "cpu") -> MertModel:
-        """Load from a hub repo id (at ``revision``) or a local folder; never runs remote code."""
-        config = hubert_config(_read_config(source, revision))
+                        device: str = "cpu", local_files_only: bool = False) -> MertModel:
+        """Load from a hub repo id (at ``revision``; from the local hub cache alone with ``local_files_only``) or a
+        local folder; never runs remote code."""
+        config = hubert_config(_read_config(source, revision, local_files_only))
         # transformers takes revision=None as the repo's default branch, though its annotation says str
         network = HubertModel.from_pretrained(source, config=config, revision=revision,  # type: ignore[arg-type]
-                                              trust_remote_code=False)
+                                              trust_remote_code=False, local_files_only=local_files_only)
         try:
             processor = Wav2Vec2FeatureExtractor.from_pretrained(
-                source, revision=revision, trust_remote_code=False)  # type: ignore[arg-type]
+                source, revision=revision, trust_remote_code=False,  # type: ignore[arg-type]
+                local_files_only=local_files_only)
         except OSError:
             log.warning("%s has no preprocessor_config.json; using MERT's (24 kHz, normalised)", source)
             processor = Wav2Vec2FeatureExtractor(sampling_rate=24000, do_normalize=True, return_attention_mask=True)
@@ -78,13 +80,14 @@ class MertModel(EmbeddingModel):
         return [h.float().mean(dim=1).cpu().numpy() for h in out.hidden_states]
 
 
-def _read_config(source: str, revision: str | None) -> dict:
+def _read_config(source: str, revision: str | None, local_files_only: bool) -> dict:
     local = Path(source)
     if local.is_dir():
         return json.loads((local / "config.json").read_text())
     from huggingface_hub import hf_hub_download
 
-    return json.loads(Path(hf_hub_download(source, "config.json", revision=revision)).read_text())
+    path = hf_hub_download(source, "config.json", revision=revision, local_files_only=local_files_only)
+    return json.loads(Path(path).read_text())
 
 
 def _local_revision(source: str) -> str:

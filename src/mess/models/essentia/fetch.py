@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import http.client
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -21,9 +20,9 @@ from pathlib import Path
 
 from mess.models.checkpoints import CHECKPOINTS
 from mess.models.essentia.presets import PRESETS, PinnedFile
+from mess.models.hub import hub_unreachable, quiet, reason
 
 TIMEOUT_S = 30
-REACH_TIMEOUT_S = 5  # the one request that tells an unreachable hub before the download
 
 
 class FetchError(Exception):
@@ -103,23 +102,11 @@ def _download(pinned: PinnedFile, temp: Path, group: tuple[PinnedFile, ...], fol
             shutil.copyfileobj(response, out)
     except (OSError, http.client.HTTPException, ValueError) as exc:
         urls = " ".join(p.url for p in group)
-        raise FetchError(f"cannot download {pinned.url} ({_reason(exc)}); on a machine with internet download "
+        raise FetchError(f"cannot download {pinned.url} ({reason(exc)}); on a machine with internet download "
                          f"{urls} and copy them into {folder}") from exc
     problem = _mismatch(temp, pinned)
     if problem:
         raise FetchError(f"{pinned.url} {problem}; the download was not kept")
-
-
-def _reason(exc: BaseException) -> str:
-    """Why a download failed, in a few words: "HTTP 404 Not Found", "Connection refused", "timed out"."""
-    if isinstance(exc, urllib.error.HTTPError):
-        return f"HTTP {exc.code} {exc.reason}"
-    if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, BaseException):
-        exc = exc.reason
-    text = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)).strip()
-    if isinstance(exc, OSError) and exc.filename is not None:
-        text = f"{exc.filename}: {text}"
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -140,7 +127,7 @@ def _all_or_nothing(folder: Path) -> Iterator[list[Path]]:
             with contextlib.suppress(OSError):
                 path.rmdir()
         if isinstance(exc, OSError):
-            raise FetchError(f"cannot fetch into {folder} ({_reason(exc)})") from exc
+            raise FetchError(f"cannot fetch into {folder} ({reason(exc)})") from exc
         raise
     _remove(temps)
 
@@ -162,25 +149,22 @@ def _fetch_mert(name: str, folder: Path) -> list[Path]:
     HF_HUB_OFFLINE is honoured and an unreachable hub endpoint (HF_ENDPOINT) is found with one
     short request, not the client's minute of retries, whose warnings are silenced.
     """
-    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub import snapshot_download
 
     ckpt = CHECKPOINTS[name]
     hint = (f"on a machine with internet run `mess models fetch {name} DIR` (or huggingface-cli download "
             f"{ckpt.repo} --revision {ckpt.revision}) and copy DIR to {folder}")
-    if constants.HF_HUB_OFFLINE:
-        raise FetchError(f"cannot fetch {ckpt.repo}@{ckpt.revision[:8]} (HF_HUB_OFFLINE is set); {hint}")
-    unreachable = _unreachable(constants.ENDPOINT)
-    if unreachable:
-        raise FetchError(f"cannot fetch {ckpt.repo}@{ckpt.revision[:8]} ({constants.ENDPOINT}: {unreachable}); "
-                         f"{hint}")
+    cause = hub_unreachable()
+    if cause:
+        raise FetchError(f"cannot fetch {ckpt.repo}@{ckpt.revision[:8]} ({cause}); {hint}")
     with _all_or_nothing(folder) as temps:
         temps.append(Path(tempfile.mkdtemp(dir=folder, prefix=f".{name}-", suffix=".part")))
         try:
-            with _quiet("huggingface_hub"):
+            with quiet("huggingface_hub"):
                 snapshot_download(ckpt.repo, revision=ckpt.revision, local_dir=temps[0])
         except Exception as exc:  # the hub client raises many types (offline mode, HTTP, DNS); all mean "not fetched"
-            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-            raise FetchError(f"cannot fetch {ckpt.repo}@{ckpt.revision[:8]} ({reason}); {hint}") from exc
+            why = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise FetchError(f"cannot fetch {ckpt.repo}@{ckpt.revision[:8]} ({why}); {hint}") from exc
         return _move_into(temps[0], folder)
 
 
@@ -195,29 +179,6 @@ def _move_into(snapshot: Path, folder: Path) -> list[Path]:
             path.replace(target)
             moved.append(target)
     return moved
-
-
-def _unreachable(url: str) -> str | None:
-    """Why ``url`` cannot be reached ("Connection refused", "timed out"), or None when it answers at all."""
-    try:
-        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=REACH_TIMEOUT_S).close()
-    except urllib.error.HTTPError:
-        return None  # an answer, even 404 or 401, means the endpoint is there
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        return _reason(exc)
-    return None
-
-
-@contextlib.contextmanager
-def _quiet(logger: str) -> Iterator[None]:
-    """Only errors from ``logger`` (and its children) while the block runs."""
-    log = logging.getLogger(logger)
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 def file_sha256(path: Path) -> str:
