@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -138,3 +139,22 @@ def test_cli_writes_every_playlist_of_awkward_files_from_a_real_store(tmp_path: 
         [written] = (music / ext).iterdir()
         assert sorted(read_playlist(written)) == sorted(files)
     assert len(_xspf(music / "mix.xspf", "track")) == 3
+
+
+def test_a_line_break_in_a_tag_never_splits_a_table_row(tmp_path: Path) -> None:
+    music, store = tmp_path / "music", tmp_path / "store"
+    for i, (artist, title) in enumerate([("Alpha\nBand", "Song\nOne"), ("Alpha\nBand", "Song\r\nTwo"),
+                                         ("Beta\tBand", "Song \u2028 Three"), ("Beta\tBand", "Song\n\nFour")]):
+        _flac(music / f"{i}.flac", 3 * i, artist=artist, title=title)
+    out = runner.invoke(app, ["extract", str(music), "--model", "dsp", "--store", str(store)])
+    assert out.exit_code == 0, out.output
+    artist, title = r"\b(Alpha|Beta) Band\b", r"\bSong (One|Two|Three|Four)\b"
+    halves = {r"\b(Alpha|Beta)\b": artist, r"\bBand\b": artist, r"\bSong\b": title, r"\b(One|Two|Three|Four)\b": title}
+    for args in (["similar", "0.flac", "-k", "3"], ["playlist", "radio", "0.flac", "-n", "3"],
+                 ["playlist", "clusters", "-k", "1"], ["artists", "similar", "alpha band", "--min-tracks", "1"]):
+        out = runner.invoke(app, [*args, "--store", str(store)], env={"COLUMNS": "300"})  # wide: no cell wraps
+        assert out.exit_code == 0, out.output
+        assert re.search(r"(Alpha|Beta) Band", out.output), out.output
+        for line in out.output.splitlines():  # each half of a tag stands on the line of the other half
+            assert all(len(re.findall(half, line)) == len(re.findall(whole, line)) for half, whole in halves.items()), (
+                args, out.output)

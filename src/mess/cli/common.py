@@ -17,7 +17,7 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup
 from typer.models import DefaultPlaceholder
 
 from mess.store import FeatureStore
-from mess.store.paths import displayable, printable
+from mess.store.paths import one_line, printable
 
 console = Console(stderr=True, soft_wrap=True)  # one message, one line (logs and greps stay whole)
 
@@ -40,9 +40,9 @@ def emit_json(data: object) -> None:
 
 
 def plain(text: object) -> str:
-    """User data (a path, a tag) made safe for rich markup and the terminal: '[/x]' and caf\xe9 print as such,
-    control characters (a tag's escape sequences, bells) are dropped."""
-    return escape(displayable(str(text)))
+    """User data (a path, a tag) made safe for rich markup and the terminal, on one line: '[/x]' and caf\xe9 print
+    as such, control characters (a tag's escape sequences, bells) are dropped, a line break is a space."""
+    return escape(one_line(str(text)))
 
 
 def os_reason(exc: OSError) -> str:

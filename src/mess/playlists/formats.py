@@ -16,7 +16,7 @@ from urllib.parse import quote, unquote_to_bytes, urlparse
 
 from mess.playlists.playlist import Playlist, PlaylistError
 from mess.store import Track
-from mess.store.paths import displayable, replace_file
+from mess.store.paths import displayable, one_line, replace_file
 
 FORMATS = {".m3u8": "m3u8", ".m3u": "m3u8", ".xspf": "xspf"}
 XSPF_NS = "http://xspf.org/ns/0/"
@@ -57,10 +57,10 @@ def render_m3u8(playlist: Playlist, folder: Path | None = None, locate: Locate |
     ``locate`` (e.g. a track's URL on a server) replaces the file path of each entry. A file name that is
     not valid UTF-8 keeps its surrogate escapes: :func:`write_playlist` writes its bytes.
     """
-    lines = ["#EXTM3U", f"#PLAYLIST:{_one_line(playlist.title)}"]
+    lines = ["#EXTM3U", f"#PLAYLIST:{one_line(playlist.title)}"]
     for t in playlist.tracks:
         seconds = -1 if t.duration is None else round(t.duration)
-        lines += [f"#EXTINF:{seconds},{_one_line(t.name)}", locate(t) if locate else _m3u8_entry(t.path, folder)]
+        lines += [f"#EXTINF:{seconds},{one_line(t.name)}", locate(t) if locate else _m3u8_entry(t.path, folder)]
     return "\n".join(lines) + "\n"
 
 
@@ -134,11 +134,6 @@ def _resolve(entry: str, folder: Path, uri: bool = False) -> Path:
 def _unquote(text: str) -> str:
     """A percent-encoded path as a file name: the bytes it spells, decoded as :func:`os.fsdecode` does."""
     return os.fsdecode(unquote_to_bytes(os.fsencode(text)))
-
-
-def _one_line(text: str) -> str:
-    """:func:`~mess.store.paths.displayable` on one line, runs of white space (line breaks included) as one space."""
-    return " ".join(displayable(text).split())
 
 
 def write_cluster_folder(playlists: list[Playlist], folder: Path, fmt: str = "m3u8") -> list[Path]:

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffe\uffff]")  # C0 but tab and line feed, DEL, C1, non-chars
+_BREAK = re.compile(r"\s*[\t\n\u2028\u2029]\s*")  # what is left of a line break or tab after _CONTROL, with its spaces
 
 
 def to_db_path(path: str | Path) -> str | bytes:
@@ -35,6 +36,12 @@ def displayable(text: str) -> str:
     """:func:`printable` without control characters: what a terminal or an XML file is given of a tag or name
     (an escape sequence in a tag must not reach the terminal, and XML 1.0 forbids these characters)."""
     return _CONTROL.sub("", printable(text))
+
+
+def one_line(text: str) -> str:
+    """:func:`displayable` on one line: a line break or tab (and the spaces around it) becomes one space, so a tag
+    cannot split a table row or a playlist entry."""
+    return _BREAK.sub(" ", displayable(text))
 
 
 def replace_file(path: Path, data: bytes) -> None:
