@@ -78,7 +78,7 @@ def test_byte_identical_copies_in_one_batch_share_one_vector(tmp_path: Path) -> 
         shutil.copy(original, music / name)
     store = FeatureStore(tmp_path / "store")
     summary = extract(store, find_audio([music]), DspModel(), POLICY, batch_size=16)
-    assert (summary.done, summary.skipped, summary.failed) == (2, 2, [])
+    assert (summary.done, summary.copies, summary.skipped, summary.failed) == (2, 2, 0, [])
     run = store.run("dsp")
     tracks = store.tracks(run)
     assert len(tracks) == 4  # every path is catalogued ...
@@ -89,6 +89,25 @@ def test_byte_identical_copies_in_one_batch_share_one_vector(tmp_path: Path) -> 
     assert len(copies) == 3 and all(
         np.array_equal(by_id[copies[0]], by_id[c]) for c in copies
     )  # ... and copies read one vector
+
+
+def test_the_summary_tells_copies_embedded_now_from_unchanged_files(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mess.cli.main import app
+
+    music, store = tmp_path / "music", tmp_path / "store"
+    original = _tone_files(music, 2)[0]
+    for name in ("copy_a.wav", "copy_b.wav", "copy_c.wav"):
+        shutil.copy(original, music / name)
+    args = ["extract", str(music), "--model", "dsp", "--window", "4", "--batch-size", "1", "--store", str(store)]
+    first = CliRunner().invoke(app, args)  # one file per batch: copies found before and after the first is written
+    assert first.exit_code == 0, first.output
+    said = " ".join(first.output.split())
+    assert "2 embedded, 3 copies of files embedded in this run (skipped), 0 unchanged (skipped)" in said, said
+    again = CliRunner().invoke(app, args)
+    said = " ".join(again.output.split())
+    assert "0 embedded, 5 unchanged (skipped)" in said and "copies of" not in said, said
 
 
 def test_moved_file_keeps_its_vectors_by_content_hash(tmp_path: Path) -> None:

@@ -84,7 +84,8 @@ from mess.store import FeatureStore
 a = json.loads(sys.argv[1])
 s = extract_ray(FeatureStore(Path(a["store"])), [Path(p) for p in a["paths"]], a["model"],
                 WindowPolicy.from_json(a["policy"]), address=a["address"], **a["options"])
-print(json.dumps({"done": s.done, "skipped": s.skipped, "failed": s.failed, "audio_seconds": s.audio_seconds}))
+print(json.dumps({"done": s.done, "skipped": s.skipped, "copies": s.copies, "failed": s.failed,
+                  "audio_seconds": s.audio_seconds}))
 """
 
 
@@ -97,8 +98,8 @@ def extract_ray(store: Path, paths: list[Path], model: str, policy: WindowPolicy
                          timeout=600, env=RAY_ENV)
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout.strip().splitlines()[-1])
-    return ExtractSummary(done=got["done"], skipped=got["skipped"], failed=[tuple(f) for f in got["failed"]],
-                          audio_seconds=got["audio_seconds"])
+    return ExtractSummary(done=got["done"], skipped=got["skipped"], copies=got["copies"],
+                          failed=[tuple(f) for f in got["failed"]], audio_seconds=got["audio_seconds"])
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +170,7 @@ def test_ray_gives_the_local_vectors_and_reruns_skip(ray_address: str, tmp_path:
     want = extract(local, paths, load_model("musicnn-msd"), POLICY, batch_size=2)
     got = extract_ray(tmp_path / "ray", paths, "musicnn-msd", POLICY, ray_address, batch_size=2, actors=1)
     remote = FeatureStore(tmp_path / "ray")
-    assert (got.done, got.skipped) == (3, 1)
+    assert (got.done, got.copies, got.skipped) == (3, 1, 0) == (want.done, want.copies, want.skipped)
     assert got.audio_seconds == 3 * POLICY.max_windows * POLICY.window_seconds  # the copy is not decoded again
     assert [Path(p).name for p, _ in got.failed] == ["corrupt.ogg"] == [Path(p).name for p, _ in want.failed]
     # torch in a 1-thread Ray actor vs 2 local threads, with patches batched in chunks across windows:

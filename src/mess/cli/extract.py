@@ -186,7 +186,10 @@ def _run_local(
 
 def _print_summary(summary: ExtractSummary, model: str, store: Path) -> None:
     console.print(
-        f"[green]{summary.done} embedded[/], {summary.skipped} unchanged (skipped), "
+        f"[green]{summary.done} embedded[/], "
+        + (f"{summary.copies} {'copy of a file' if summary.copies == 1 else 'copies of files'} embedded in "
+           "this run (skipped), " if summary.copies else "")
+        + f"{summary.skipped} unchanged (skipped), "
         f"[red]{len(summary.failed)} failed[/]"
         + (f", {summary.removed} removed" if summary.removed else "")
         + f" in {summary.wall_seconds:.1f} s ({summary.realtime_factor:.1f} audio-s/s)"

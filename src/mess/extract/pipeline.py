@@ -31,10 +31,15 @@ ProgressHook = Callable[[int, float], None]  # (tracks finished, audio seconds e
 
 @dataclass
 class ExtractSummary:
-    """What a run did: counts, failures with reasons, throughput."""
+    """What a run did: counts, failures with reasons, throughput.
+
+    ``skipped``: files whose content had vectors before this run (unchanged, moved, retagged); ``copies``: files
+    byte-identical to one embedded in this run, which share its vectors.
+    """
 
     done: int = 0
     skipped: int = 0
+    copies: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     removed: int = 0
     warnings: list[str] = field(default_factory=list)
@@ -45,6 +50,11 @@ class ExtractSummary:
     def realtime_factor(self) -> float:
         """Audio seconds embedded per wall-clock second."""
         return self.audio_seconds / self.wall_seconds if self.wall_seconds else 0.0
+
+    @property
+    def handled(self) -> int:
+        """Files this run is through with: embedded, skipped, copies and failed."""
+        return self.done + self.skipped + self.copies + len(self.failed)
 
 
 @dataclass
@@ -81,26 +91,27 @@ def _extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, 
     if prune_under:
         summary.removed = _prune(store, paths, prune_under)
     pending: list[Windows] = []
+    embedded: set[str] = set()  # content hashes this run embeds: a later file with one is a byte-identical copy
     for outcome in _prepared(store, run, paths, model, policy, workers):
-        if outcome.windows is not None and any(w.record.content_hash == outcome.record.content_hash
-                                               for w in pending):
-            outcome = _Outcome(outcome.record, skipped=True)  # a byte-identical copy already in this batch
-        if outcome.skipped:
+        if (outcome.skipped or outcome.windows is not None) and outcome.record.content_hash in embedded:
+            summary.copies += 1  # decoded too when inspected before the first one's vectors were written
+        elif outcome.skipped:
             summary.skipped += 1
         elif outcome.error is not None:
             _fail(store, run, outcome.record, outcome.error, summary)
         elif outcome.windows is not None:
             pending.append(outcome.windows)
+            embedded.add(outcome.record.content_hash)
             summary.warnings += outcome.windows.warnings
         if sum(w.audio.shape[0] for w in pending) >= batch_size:
             _embed_and_write(store, run, model, pending, batch_size, summary)
             pending = []
         if on_progress:
-            on_progress(summary.done + summary.skipped + len(summary.failed), summary.audio_seconds)
+            on_progress(summary.handled, summary.audio_seconds)
     _embed_and_write(store, run, model, pending, batch_size, summary)
     summary.wall_seconds = time.perf_counter() - started
     if on_progress:
-        on_progress(summary.done + summary.skipped + len(summary.failed), summary.audio_seconds)
+        on_progress(summary.handled, summary.audio_seconds)
     return summary
 
 

@@ -75,7 +75,7 @@ def probe_run(store: FeatureStore, run: Run, options: ProbeOptions = ProbeOption
                                             workers=options.workers, on_progress=extracted)
             conditions["random-init"] = _probe(store, twin, layers, targets, options, on_progress)[0]
             notes["random-init"] = (f"{twin.model} ({twin.revision}): same architecture, random weights; "
-                                    f"{summary.done} tracks embedded now, {summary.skipped} reused")
+                                    f"{summary.done} tracks embedded now, {summary.skipped + summary.copies} reused")
         except (ControlError, ModelError, ImportError, OSError) as exc:
             notes["random-init"] = f"not run: {exc}"
     return ProbeReport(model=run.model, revision=run.revision, run_id=run.id, policy=asdict(run_policy(run)),

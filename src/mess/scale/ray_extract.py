@@ -146,7 +146,9 @@ def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path],
         rec = json.loads(row["record"])
         store.upsert_track(Path(row["path"]), rec["hash"], rec["size"], rec["mtime"], rec["info"], rec["tags"],
                            stamp=rec["stamp"])
-        if rec["hash"] in queued or store.has_vectors(run, rec["hash"]):
+        if rec["hash"] in queued:
+            summary.copies += 1
+        elif store.has_vectors(run, rec["hash"]):
             summary.skipped += 1
         else:
             queued.add(rec["hash"])
