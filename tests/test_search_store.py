@@ -433,6 +433,22 @@ def test_cli_index_similar_evaluate(synth: tuple[FeatureStore, Run], tmp_path: P
     assert "best:" in out.output and (tmp_path / "e.png").exists()
 
 
+def test_evaluate_titles_name_the_label_file(synth: tuple[FeatureStore, Run], tmp_path: Path) -> None:
+    store, _ = synth
+    moods = tmp_path / "moods.csv"
+    moods.write_text("path,label\n" + "".join(f"/music/artist{a}/track{j}.wav,{'even' if j % 2 == 0 else 'odd'}\n"
+                                              for a in range(ARTISTS) for j in range(PER_ARTIST)))
+    args = ["evaluate", "--store", str(store.root), "--plot", str(tmp_path / "e.png")]
+    tags = CliRunner().invoke(_cli(), args)
+    from_file = CliRunner().invoke(_cli(), [*args, "--labels", str(moods)])
+    as_json = CliRunner().invoke(_cli(), [*args, "--labels", str(moods), "--json"])
+    assert tags.exit_code == from_file.exit_code == as_json.exit_code == 0, tags.output + from_file.output
+    assert "synth: same-artist retrieval, 25 tracks, 5 classes" in " ".join(tags.output.split())
+    said = " ".join(from_file.output.split())
+    assert "synth: same-label (moods.csv) retrieval, 24 tracks, 2 classes" in said and "same-artist" not in said
+    assert json.loads(as_json.stdout)["labels_from"] == "moods.csv"
+
+
 def test_fused_searches_say_how_many_tracks_they_leave_out(synth: tuple[FeatureStore, Run]) -> None:
     """Tracks extracted after `mess fuse apply` have no fused vector: --fused answers and indexes used to leave
     them out without a word."""

@@ -226,15 +226,15 @@ def evaluate_command(
         run = fs.run(model)
         try:
             overrides = read_label_csv(fs, labels, label) if labels is not None else None
-            ev = evaluate(fs, run, label, k, labels=overrides, norm=cast("Norm", norm), compare=compare, match=match,
-                          expand=expand)
+            ev = evaluate(fs, run, label, k, labels=overrides, labels_from=labels.name if labels else None,
+                          norm=cast("Norm", norm), compare=compare, match=match, expand=expand)
         except (LabelError, ValueError) as exc:
             fail(str(exc))
         png = plot_evaluation(ev, plot or fs.reports_dir / f"evaluate-{run.model}-{label}.png")
     if as_json:
         emit_json({**ev.to_dict(), "plot": str(png)})
         return
-    _print_evaluation(ev, run.model, label, k, norm, match, png)
+    _print_evaluation(ev, run.model, k, norm, match, png)
     if ev.tracks_without_fused_vectors:
         where = "" if store == DEFAULT_STORE_PATH else f" --store {shlex.quote(str(store))}"
         fix = f"mess fuse apply --model {run.model}{where}"
@@ -242,11 +242,11 @@ def evaluate_command(
                       f"vectors (extracted since the last apply); `{plain(fix)}` adds them[/]")
 
 
-def _print_evaluation(ev: Evaluation, model: str, label: str, k: int, norm: str, match: str, png: Path) -> None:
+def _print_evaluation(ev: Evaluation, model: str, k: int, norm: str, match: str, png: Path) -> None:
     """Scores per vector set against chance, the similarity variants when compared, and the best set."""
     table = Table(
         title=plain(
-            f"{model}: same-{label} retrieval, {ev.n_tracks} tracks, {ev.n_classes} "
+            f"{model}: {ev.relevance} retrieval, {ev.n_tracks} tracks, {ev.n_classes} "
             f"classes, {ev.n_queries} queries ({norm}, match {match})"
         )
     )

@@ -57,7 +57,7 @@ class SetScore:
 
 @dataclass
 class Evaluation:
-    """Everything ``mess evaluate`` reports."""
+    """Everything ``mess evaluate`` reports; ``labels_from`` names the label file when the labels are not tags."""
 
     model: str
     label: str
@@ -70,6 +70,12 @@ class Evaluation:
     sets: list[SetScore]
     variants: list[SetScore] = field(default_factory=list)
     tracks_without_fused_vectors: int = 0  # labelled tracks without them: the fused row is then left out
+    labels_from: str | None = None
+
+    @property
+    def relevance(self) -> str:
+        """What counts as relevant, for titles: 'same-artist', or 'same-label (moods.csv)' for a label file."""
+        return f"same-label ({self.labels_from})" if self.labels_from else f"same-{self.label}"
 
     def best(self) -> SetScore:
         """The vector set with the highest mAP."""
@@ -124,6 +130,7 @@ def evaluate(
     k: int = 10,
     *,
     labels: dict[int, str] | None = None,
+    labels_from: str | None = None,
     norm: Norm = DEFAULT_NORM,
     compare: bool = False,
     seed: int = 0,
@@ -131,7 +138,7 @@ def evaluate(
     expand: int | None = None,
 ) -> Evaluation:
     """Score every layer, all layers together, and the fused vectors and learned head (when present)
-    by retrieval of same-label tracks.
+    by retrieval of same-label tracks. ``labels`` (from ``labels_from``, a file name) replace the ``field`` tags.
 
     ``match="segments"`` scores track pairs by Chamfer similarity of their window vectors instead of the cosine of
     their means (fused vectors, which have no windows, are then left out). Fused vectors are also left out when
@@ -189,6 +196,7 @@ def evaluate(
     return Evaluation(
         run.model, field, k, norm, len(labels_arr), len(queries), len(set(labels_arr.tolist())), chance, sets, variants,
         unfused,
+        labels_from,
     )
 
 
@@ -285,7 +293,7 @@ def plot_evaluation(ev: Evaluation, path: Path) -> Path:
     ax.set_ylim(0, 1)
     ax.set_xlabel("layer")
     ax.set_ylabel("retrieval quality")
-    ax.set_title(f"{ev.model}: same-{ev.label} retrieval ({ev.n_tracks} tracks, {ev.n_classes} classes)")
+    ax.set_title(f"{ev.model}: {ev.relevance} retrieval ({ev.n_tracks} tracks, {ev.n_classes} classes)")
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
