@@ -206,6 +206,44 @@ def test_random_twin_of_musicnn_is_seeded_and_leaves_the_trained_model_alone() -
     assert not np.allclose(model.embed(window)[-2], a.embed(window)[-2])
 
 
+def test_similar_says_when_tracks_were_added_since_the_aspect_map_was_probed(store_copy: Path, dsp_report: dict,
+                                                                             tmp_path: Path) -> None:
+    import sqlite3
+
+    import soundfile as sf
+
+    from mess.audio.windows import WindowPolicy
+    from mess.cli.main import app as mess
+
+    root = tmp_path / "store"
+    shutil.copytree(store_copy, root)
+    args = ["similar", "1", "-k", "3", "--model", "dsp", "--aspect", "brightness", "--store", str(root)]
+
+    def note() -> str | None:
+        out = runner.invoke(mess, [*args, "--json"])
+        assert out.exit_code == 0, out.output
+        return json.loads(out.stdout)["stale_aspect_map"]
+
+    assert note() is None  # probed just now
+    t = np.arange(22050 * 5) / 22050
+    for i in range(3):
+        sf.write(tmp_path / f"new{i}.wav", (0.3 * np.sin(2 * np.pi * 150 * (i + 1) * t)).astype(np.float32), 22050)
+    store = FeatureStore(root)
+    extract(store, sorted(tmp_path.glob("new*.wav")), load_model("dsp"), WindowPolicy())
+    n = len(store.tracks(store.run("dsp")))
+    store.close()
+    assert n == dsp_report["n_tracks"] + 3
+    want = f"aspect map from a probe of {n - 3} tracks; {n} now: rerun `mess probe --model dsp`"
+    assert note() == want
+    table = runner.invoke(mess, args)
+    assert table.exit_code == 0 and f"note: {want}" in " ".join(table.output.split()), table.output
+    with sqlite3.connect(root / "catalog.sqlite") as db:  # a catalog from before the probe's track count
+        db.execute("ALTER TABLE aspect_map DROP COLUMN n_tracks")
+    assert note() is None  # read-only: not migrated, still read
+    FeatureStore(root).close()  # migrated: the column is back, the old map's count unknown
+    assert note() is None
+
+
 def test_copies_of_one_file_map_no_aspect_and_keep_the_stored_map(tmp_path: Path) -> None:
     """Every proxy target is constant over copies of one file, so no aspect maps: the probe used to store that empty
     map over a good one and print 'aspect map stored'; `mess similar --aspect` then asked for a probe."""

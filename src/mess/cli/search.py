@@ -133,7 +133,7 @@ def similar_command(
     from mess.query import resolve_query
     from mess.search.expansion import expansion
     from mess.search.hubness import METHODS
-    from mess.search.query import ENCODED_R2, aspect_layers, similar_tracks, weak_aspects
+    from mess.search.query import ENCODED_R2, aspect_layers, similar_tracks, stale_aspect_map, weak_aspects
     from mess.search.vectors import vectors_label
 
     if hubness is not None and hubness not in METHODS:
@@ -150,11 +150,12 @@ def similar_command(
             fail(str(exc))
         source, _ = aspect_layers(fs, run)
         weak = weak_aspects(fs, run)
+        stale = stale_aspect_map(fs, run) if aspect or source == "aspects" else None
         unfused = fs.derived_missing(run, FUSED) if fused else 0
     answer = {"query": {"label": tq.label, "id": tq.track.id if tq.track else None, "external": tq.track is None},
               "model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "norm": norm,
               "match": match, "hubness": hubness, "expand": expand, "why_source": source,
-              "weak_aspects": weak, "tracks_without_fused_vectors": unfused}
+              "weak_aspects": weak, "stale_aspect_map": stale, "tracks_without_fused_vectors": unfused}
     if as_json:
         emit_json({**answer, "encoded_threshold": ENCODED_R2, "results": [n.to_dict() for n in results]})
         return
@@ -188,6 +189,8 @@ def _print_similar(answer: dict, results: list[Neighbour]) -> None:
             f"[dim]not used as evidence (probe R^2 below {ENCODED_R2}): "
             f"{', '.join(f'{a} {r2:.2f}' for a, r2 in sorted(weak.items(), key=lambda x: -x[1]))}[/]"
         )
+    if answer["stale_aspect_map"]:
+        console.print(f"[yellow]note:[/] {plain(answer['stale_aspect_map'])}")
     if answer["why_source"] == "layers":
         console.print(f"[dim]no aspect map for {model}: 'why' compares layers; run `mess probe` to name aspects[/]")
     if answer["tracks_without_fused_vectors"]:

@@ -134,5 +134,6 @@ def save_aspect_map(store: FeatureStore, run: Run, report: ProbeReport) -> bool:
     stored map kept, when :func:`unmapped_reason` gives a reason not to."""
     if unmapped_reason(run, report) is not None:
         return False
-    store.set_aspect_map(run, [(c.aspect, c.layer, c.score, c.margin) for c in report.aspects])
+    store.set_aspect_map(run, [(c.aspect, c.layer, c.score, c.margin) for c in report.aspects],
+                         n_tracks=report.n_tracks + len(report.missing))  # the run's tracks, with and without targets
     return True

@@ -258,6 +258,14 @@ def weak_aspects(store: FeatureStore, run: Run, threshold: float = ENCODED_R2) -
     return {a: r2 for a, r2 in store.aspect_scores(run).items() if r2 < threshold}
 
 
+def stale_aspect_map(store: FeatureStore, run: Run) -> str | None:
+    """A note when the stored aspect map comes from a probe of fewer tracks than the run has now, else None."""
+    probed, now = store.aspect_map_tracks(run), len(store.tracks(run))
+    if probed is None or probed >= now:
+        return None
+    return f"aspect map from a probe of {probed} tracks; {now} now: rerun `mess probe --model {run.model}`"
+
+
 def aspect_layers(store: FeatureStore, run: Run) -> tuple[str, dict[str, VectorSpec]]:
     """The vector sets used for "why": ('aspects', aspect -> layer) or ('layers', group -> layers).
 

@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS aspect_map (
     layer TEXT NOT NULL,
     score REAL NOT NULL,
     margin REAL NOT NULL,
+    n_tracks INTEGER,
     PRIMARY KEY (run_id, aspect)
 );
 CREATE TABLE IF NOT EXISTS derived (
@@ -86,10 +87,15 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 
 def _migrate(conn: sqlite3.Connection) -> None:
     """Bring a catalog written by an older mess up to this schema (columns added since)."""
-    columns = {r[1] for r in conn.execute("PRAGMA table_info(tracks)")}
-    if "stamp" not in columns:
-        try:
-            conn.execute("ALTER TABLE tracks ADD COLUMN stamp TEXT NOT NULL DEFAULT ''")
-        except sqlite3.OperationalError as exc:  # another process added it first
-            if "duplicate column" not in str(exc):
-                raise
+    for table, column, decl in (("tracks", "stamp", "TEXT NOT NULL DEFAULT ''"), ("aspect_map", "n_tracks", "INTEGER")):
+        if not has_column(conn, table, column):
+            try:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+            except sqlite3.OperationalError as exc:  # another process added it first
+                if "duplicate column" not in str(exc):
+                    raise
+
+
+def has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
+    """Whether ``table`` has ``column`` (a catalog opened read-only is not migrated: an older one may lack it)."""
+    return any(r[1] == column for r in conn.execute(f"PRAGMA table_info({table})"))

@@ -28,7 +28,7 @@ from typing import TypeVar
 import numpy as np
 
 from mess.store.arrays import RowFile
-from mess.store.catalog import connect
+from mess.store.catalog import connect, has_column
 from mess.store.lock import StoreLock
 from mess.store.memo import MEMO
 from mess.store.paths import from_db_path, printable, to_db_path
@@ -732,14 +732,23 @@ class FeatureStore:
         return self.root / "runs" / str(run.id) / "derived" / f"{name}.f16"
 
     # ---- aspect map -----------------------------------------------------------------
-    def set_aspect_map(self, run: Run, entries: Iterable[tuple[str, str, float, float]]) -> None:
-        """Replace the aspect -> (layer, score, margin) map of a run."""
+    def set_aspect_map(self, run: Run, entries: Iterable[tuple[str, str, float, float]], *,
+                       n_tracks: int | None = None) -> None:
+        """Replace the aspect -> (layer, score, margin) map of a run; ``n_tracks``: the run's tracks when probed."""
         with self._write():
             self.db.execute("DELETE FROM aspect_map WHERE run_id=?", (run.id,))
             self.db.executemany(
-                "INSERT INTO aspect_map VALUES (?, ?, ?, ?, ?)",
-                [(run.id, a, layer, s, m) for a, layer, s, m in entries],
+                "INSERT INTO aspect_map (run_id, aspect, layer, score, margin, n_tracks) VALUES (?, ?, ?, ?, ?, ?)",
+                [(run.id, a, layer, s, m, n_tracks) for a, layer, s, m in entries],
             )
+
+    def aspect_map_tracks(self, run: Run) -> int | None:
+        """How many tracks the run had when the stored aspect map was probed; None when never probed or not
+        recorded (a map from an older mess)."""
+        if not has_column(self.db, "aspect_map", "n_tracks"):
+            return None
+        row = self.db.execute("SELECT MAX(n_tracks) FROM aspect_map WHERE run_id=?", (run.id,)).fetchone()
+        return None if row[0] is None else int(row[0])
 
     def aspect_scores(self, run: Run) -> dict[str, float]:
         """aspect -> the probe's cross-validated score (R^2) of the chosen layer (empty when never probed)."""
