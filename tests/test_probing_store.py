@@ -291,3 +291,50 @@ def test_a_probe_of_some_layers_keeps_the_map_and_report_of_every_layer(store_co
     kept = FeatureStore(store_copy, readonly=True)
     assert kept.aspect_map(kept.run("dsp")) == full_map
     kept.close()
+
+
+def test_a_file_changed_or_removed_since_extraction_is_skipped_and_its_targets_never_cached(tmp_path: Path) -> None:
+    """A file replaced after extraction was probed with the new audio's targets against the old audio's vectors, and
+    those targets were cached under the old content hash: once the original came back, every probe read them."""
+    import soundfile as sf
+
+    from mess.audio.discover import find_audio
+    from mess.audio.windows import WindowPolicy
+    from mess.models.dsp import DspModel
+    from mess.probing.target_cache import cache_dir, file_targets
+
+    changed_since, removed_since = "changed since it was extracted", "removed since it was extracted"
+    music = tmp_path / "music"
+    music.mkdir()
+    t = np.arange(22050 * 3) / 22050
+    for i in range(7):
+        tone = np.sin(2 * np.pi * 110 * (i + 2) * t) * (1 + np.sign(np.sin(2 * np.pi * (i + 1) * t)))
+        sf.write(music / f"t{i}.wav", (0.2 * tone).astype(np.float32), 22050)
+    root = tmp_path / "store"
+    store = FeatureStore(root)
+    extract(store, find_audio([music]), DspModel(), WindowPolicy(window_seconds=4.0))
+    run = store.run("dsp")
+    policy = run_policy(run)
+    changed, removed = store.track(str(music / "t0.wav")), store.track(str(music / "t6.wav"))
+    store.close()
+    original = (music / "t0.wav").read_bytes()
+    shutil.copy(music / "t3.wav", music / "t0.wav")  # replaced by other audio
+    (music / "t6.wav").unlink()
+    args = ["probe", "--model", "dsp", "--control", "none", "--folds", "2", "--store", str(root), "--json"]
+    out = runner.invoke(app, args)
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.stdout)
+    assert report["n_tracks"] == 5
+    assert report["missing_tracks"] == [{"path": changed.path, "reason": changed_since},
+                                        {"path": removed.path, "reason": removed_since}]
+    said = " ".join(out.stderr.split())
+    assert f"warning: {changed.path} {changed_since}: probed without it (`mess extract` updates the collection)" in said
+    assert f"{removed.path} {removed_since}" in said and "2 of 7 tracks skipped" in said
+    assert not (cache_dir(root, policy) / f"{changed.content_hash}.npz").exists()
+    (music / "t0.wav").write_bytes(original)  # the original is back: its targets are its own, not t3's
+    store = FeatureStore(root)
+    extract(store, [music / "t0.wav"], DspModel(), policy)
+    store.close()
+    assert runner.invoke(app, args).exit_code == 0
+    with np.load(cache_dir(root, policy) / f"{changed.content_hash}.npz") as cached:
+        np.testing.assert_allclose(cached["values"], file_targets(str(music / "t0.wav"), policy.to_json())[1])

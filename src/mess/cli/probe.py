@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mess.cli.common import console, emit_json, fail, open_store
+from mess.cli.common import console, emit_json, fail, open_store, plain
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt
 
 if TYPE_CHECKING:  # the probing stack (scikit-learn, librosa) loads only when a probe command runs
@@ -58,6 +58,7 @@ def probe_command(
         stored = save_aspect_map(fs, run, report)
         paths = write_report(report, fs.reports_dir, partial=not probed_every_layer(run, report))
     if json_out:
+        _warn_stale(report)
         emit_json({**report.to_dict(), "aspect_map_stored": stored, "aspect_map_note": reason,
                    "files": {k: str(v) for k, v in paths.items()}})
         return
@@ -67,6 +68,19 @@ def probe_command(
 def _split(values: list[str]) -> tuple[str, ...]:
     """Repeatable, comma-separated option values, de-duplicated in order."""
     return tuple(dict.fromkeys(x.strip() for v in values for x in v.split(",") if x.strip()))
+
+
+def _warn_stale(report: ProbeReport) -> None:
+    """Name each track left out because its file changed or went since extraction, and count them."""
+    from mess.probing.target_cache import STALE
+
+    stale = [(path, reason) for path, reason in report.missing if reason in STALE]
+    for path, reason in stale:
+        console.print(f"[yellow]warning:[/] {plain(path)} {reason}: probed without it "
+                      "(`mess extract` updates the collection)")
+    if stale:
+        console.print(f"[yellow]{len(stale)} of {report.n_tracks + len(report.missing)} tracks skipped[/] "
+                      "(changed or removed since extraction)")
 
 
 def _run_with_progress(fs: FeatureStore, run: Run, options: ProbeOptions) -> ProbeReport:
@@ -89,6 +103,7 @@ def _print_report(report: ProbeReport, paths: dict[str, Path], unmapped: str | N
     import numpy as np
 
     from mess.probing.report import TRAINED, aspect_matrix
+    from mess.probing.target_cache import STALE
     from mess.probing.targets import ASPECTS
 
     trained = report.conditions[TRAINED]
@@ -110,8 +125,10 @@ def _print_report(report: ProbeReport, paths: dict[str, Path], unmapped: str | N
     console.print(_controls_table(report))
     for name, note in report.notes.items():
         console.print(f"[dim]{name}:[/] {note}")
-    if report.missing:
-        console.print(f"[yellow]{len(report.missing)} tracks without targets[/] (first: {report.missing[0][1]})")
+    _warn_stale(report)
+    failed = [reason for _, reason in report.missing if reason not in STALE]
+    if failed:
+        console.print(f"[yellow]{len(failed)} tracks without targets[/] (first: {failed[0]})")
     if unmapped is not None:
         console.print(f"[yellow]aspect map not stored: {unmapped}; the aspect map stored before is kept[/]")
     console.print(("aspect map stored for `mess similar --aspect`; " if unmapped is None else "") + "report: "

@@ -38,7 +38,10 @@ class ProbeOptions:
 
 def probe_run(store: FeatureStore, run: Run, options: ProbeOptions = ProbeOptions(),
               on_progress: Progress | None = None) -> ProbeReport:
-    """Compute (or read cached) targets, probe every selected layer, and run the controls."""
+    """Compute (or read cached) targets, probe every selected layer, and run the controls.
+
+    Tracks whose file changed or went since extraction, with no cached targets, are left out (``missing``).
+    """
     started = time.perf_counter()
     unknown = sorted(set(options.controls) - set(CONTROLS))
     if unknown:
@@ -57,7 +60,8 @@ def probe_run(store: FeatureStore, run: Run, options: ProbeOptions = ProbeOption
         if on_progress:
             on_progress("targets", n_done, len(tracks))
 
-    targets = track_targets(store.root, tracks, run_policy(run), workers=options.workers, on_track=tick)
+    targets = track_targets(store.root, tracks, run_policy(run), known=store.known_file, workers=options.workers,
+                            on_track=tick)
     trained, folds = _probe(store, run, layers, targets, options, on_progress)
     conditions = {TRAINED: trained}
     notes = {}

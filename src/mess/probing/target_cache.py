@@ -2,13 +2,15 @@
 
 Layout: ``STORE/targets/v<version>-<policy digest>/<content hash>.npz`` holding the
 window starts and per-window targets, so re-probing (or probing another model with
-the same window policy) never decodes audio again.
+the same window policy) never decodes audio again. A catalogued file is only read while
+its change stamp is the catalog's: the audio then is what its content hash names.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +21,16 @@ from joblib import Parallel, delayed
 from mess.audio.decode import AudioError, load_audio
 from mess.audio.windows import WindowPolicy
 from mess.constants import NPZ_ERRORS
+from mess.extract.prepare import stamp_matches
 from mess.probing.targets import SAMPLE_RATE, TARGET_NAMES, audio_targets
 from mess.store import Track
 from mess.store.paths import replace_file
 
 TARGETS_VERSION = 3  # bump when a target's definition changes: old caches are then ignored
 PARALLEL_MIN_TRACKS = 8  # below this, starting worker processes (librosa imports) costs more than it saves
+CHANGED = "changed since it was extracted"
+REMOVED = "removed since it was extracted"
+STALE = (CHANGED, REMOVED)  # reasons of tracks left out because their file is not what the catalog describes
 
 
 @dataclass(frozen=True)
@@ -66,19 +72,38 @@ def _write(file: Path, starts: np.ndarray, values: np.ndarray) -> None:
     replace_file(file, arrays.getvalue())
 
 
-def _attempt(index: int, path: str, policy_json: str) -> tuple[int, tuple[np.ndarray, np.ndarray] | str]:
-    """file_targets, with a failure returned as its reason (one bad file must not stop the rest)."""
+def _stale(path: str, stamp: str | None) -> str | None:
+    """CHANGED or REMOVED when the file is not the one the catalog stamped ``stamp`` (None: it is, or no stamp)."""
+    if stamp is None:
+        return None
     try:
-        return index, file_targets(path, policy_json)
+        return None if stamp_matches(os.stat(path), stamp) else CHANGED
+    except FileNotFoundError:
+        return REMOVED
+
+
+def _attempt(index: int, path: str, policy_json: str,
+             stamp: str | None) -> tuple[int, tuple[np.ndarray, np.ndarray] | str]:
+    """file_targets of a file still as catalogued (checked before and after reading it), with a failure returned
+    as its reason (one bad file must not stop the rest)."""
+    try:
+        result = _stale(path, stamp) or file_targets(path, policy_json)  # checked before reading it ...
+        return index, _stale(path, stamp) or result  # ... and after: a file replaced meanwhile is not as catalogued
     except AudioError as exc:
         return index, str(exc)
     except Exception as exc:  # decoders and librosa raise many types: report the file, do not abort
         return index, f"{path}: {type(exc).__name__}: {exc}"
 
 
-def track_targets(store_root: Path, tracks: Sequence[Track], policy: WindowPolicy, *, workers: int = 2,
+def track_targets(store_root: Path, tracks: Sequence[Track], policy: WindowPolicy, *,
+                  known: Callable[[Path], tuple[str, str] | None] | None = None, workers: int = 2,
                   on_track: Callable[[], None] | None = None) -> TrackTargets:
-    """Targets of ``tracks``: cached ones are read, the rest computed in ``workers`` processes and cached."""
+    """Targets of ``tracks``: cached ones are read, the rest computed in ``workers`` processes and cached.
+
+    With ``known`` (:meth:`FeatureStore.known_file`), a file to compute that was changed or removed since the
+    catalog stamped it is left out (reason in :data:`STALE`): its audio is not what its content hash and
+    vectors are of, so its targets are neither computed nor cached.
+    """
     folder = cache_dir(store_root, policy)
     values: dict[int, np.ndarray] = {}
     todo: list[Track] = []
@@ -91,7 +116,8 @@ def track_targets(store_root: Path, tracks: Sequence[Track], policy: WindowPolic
             if on_track:
                 on_track()
     jobs = workers if len(todo) >= PARALLEL_MIN_TRACKS else 1
-    calls = (delayed(_attempt)(i, t.path, policy.to_json()) for i, t in enumerate(todo))
+    stamps = [None if known is None else (known(Path(t.path)) or ("", ""))[1] for t in todo]
+    calls = (delayed(_attempt)(i, t.path, policy.to_json(), stamps[i]) for i, t in enumerate(todo))
     missing: list[tuple[str, str]] = []
     for i, result in Parallel(n_jobs=jobs, return_as="generator_unordered")(calls):
         track = todo[i]
