@@ -237,3 +237,35 @@ def test_mpd_radio_seeds_from_the_file_mpd_plays_not_a_namesake(library: Library
     assert out.exit_code == 0, out.output
     known, _ = library.expected_radio(library.dup)
     assert library.queue() == [library.dup, *known] and known
+
+
+def test_mpd_radio_seeds_from_the_current_song_as_it_is_now_when_changed_since_extraction(
+        rendered_collection: list[Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A current song replaced since extraction (Bach's piece now holds Palestrina's) seeded the radio with the
+    vectors of what it held before, without a word: `mess similar PATH` and `mess playlist radio FILE` embed it."""
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.registry import load_model
+    from mess.query import embed_query
+
+    root = tmp_path.resolve()
+    music, home = root / "music", root / "mpd"
+    music.mkdir()
+    home.mkdir()
+    for path in rendered_collection[0:16:2]:  # two pieces per composer
+        shutil.copy(path, music)
+    with closing(FeatureStore(root / "store")) as store:
+        assert not extract(store, sorted(music.iterdir()), load_model("dsp"), WindowPolicy()).failed
+    song = rendered_collection[0].name
+    shutil.copy(rendered_collection[13], music / song)  # another piece, not in the collection
+    with _mpd(music, home) as port, closing(FeatureStore(root / "store", readonly=True)) as store:
+        run = store.run("dsp")
+        now = radio(store, run, [embed_query(store, music / song, run)], 3).tracks
+        before = radio(store, run, [collection_query(store, str(music / song))], 3).tracks
+        assert [t.id for t in now] != [t.id for t in before]
+        library = Library(port, root, [p.name for p in music.iterdir()], song)
+        library.set_queue([song])
+        out = library.radio("-n", "3")
+        assert out.exit_code == 0, out.output
+        assert library.queue() == [song, *(Path(t.path).name for t in now)]
+        assert f"{music / song} has changed since it was extracted" in caplog.text

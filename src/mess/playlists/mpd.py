@@ -19,7 +19,7 @@ from mpd import ConnectionError as MPDConnectionError
 
 from mess.playlists.playlist import Playlist
 from mess.playlists.radio import DEFAULT_WINDOW, radio
-from mess.search.query import collection_query
+from mess.query import resolve_query
 from mess.store import FeatureStore, Run, Track
 
 DEFAULT_PORT = 6600
@@ -121,6 +121,7 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
 
     Returns the playlist, the queued URIs and the tracks MPD does not know (skipped). With
     ``clear_upcoming`` the songs queued after the current one are removed (once the radio is queued).
+    A current song whose file changed since extraction seeds as it is now (embedded, with a warning).
     """
     song = client.currentsong()
     if not song.get("file"):
@@ -132,7 +133,7 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
                           "run `mess extract` on MPD's music folder")
     if music_dir is None:
         music_dir = Path(seed.path[:len(seed.path) - len(song["file"])])
-    playlist = radio(store, run, [collection_query(store, seed.id)], n, aspect=aspect, window=window)
+    playlist = radio(store, run, [resolve_query(store, Path(seed.path), run)], n, aspect=aspect, window=window)
     uris, unknown = known_uris(client, [Path(t.path) for t in playlist.tracks], music_dir)
     if playlist.tracks and not uris:
         raise PlayerError("MPD's database has none of the radio's tracks (update MPD's database?); "
