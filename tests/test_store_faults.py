@@ -515,7 +515,9 @@ def test_a_collection_file_changed_since_extraction_is_queried_as_it_is_now(tmp_
     from mess.audio.windows import WindowPolicy
     from mess.extract.pipeline import extract
     from mess.models.dsp import DspModel
+    from mess.playlists.radio import radio
     from mess.query import resolve_query
+    from mess.search.query import similar_tracks
 
     paths = _tones(tmp_path / "music", 4)
     store = FeatureStore(tmp_path / "store")
@@ -526,6 +528,9 @@ def test_a_collection_file_changed_since_extraction_is_queried_as_it_is_now(tmp_
     _tones(tmp_path / "new", 1, offset=9)[0].replace(paths[0])  # same path, other audio
     now = resolve_query(store, paths[0], run)
     assert now.track is None and now.content_hash != before.content_hash  # embedded as it is now
+    # its stale entry (what the file held before) is no answer to the file itself, nor a radio pick from it
+    assert before.id not in [n.track.id for n in similar_tracks(store, run, now, k=4)]
+    assert before.id not in [t.id for t in radio(store, run, [now], n=4).tracks]
     shutil.copy(paths[1], paths[0])  # now a copy of another collection file: answered as that track
     assert resolve_query(store, paths[0], run).track == store.track(paths[1])
 

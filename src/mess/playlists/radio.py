@@ -43,6 +43,8 @@ def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 3
     guard = DuplicateGuard(unit.shape[1])
     for s, u in zip(seeds, seed_units, strict=False):
         guard.add(u, s.track, s.content_hash)
+        if s.replaces is not None:  # a seed file changed since extraction: its stale entry is no pick
+            guard.add(u, s.replaces)
     pool = [int(r) for r in np.argsort(-closeness, kind="stable")[:max(POOL_PER_TRACK * n, 1000)]]
     history = [credit_key(s.artist) if s.track is None else artist_key(s.track) for s in seeds]
     picked: list[int] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ def resolve_query(store: FeatureStore, ref: str | Path | int, run: Run) -> Track
     path = Path(str(ref)).expanduser()
     if str(ref).isdigit() or not path.is_file():
         return collection_query(store, ref)
+    stale = None
     try:
         found = collection_query(store, path)
         if found.track is not None and Path(found.track.path) == path.resolve():
@@ -38,9 +40,10 @@ def resolve_query(store: FeatureStore, ref: str | Path | int, run: Run) -> Track
                 return found
             log.warning("%s has changed since it was extracted: searching with the file as it is now "
                         "(`mess extract` updates the collection)", printable(str(path)))
+            stale = found.track  # its stored vectors are what the file held before: never an answer to itself
     except StoreError:
         pass
-    return embed_query(store, path, run)
+    return replace(embed_query(store, path, run), replaces=stale)
 
 
 def _as_catalogued(store: FeatureStore, path: Path) -> bool:

@@ -66,6 +66,7 @@ class TrackQuery:
     content_hash: str | None = None
     artist: str | None = None
     fused: np.ndarray | None = None  # external file: its fused vector, when the run has fused vectors
+    replaces: Track | None = None  # the collection track of a file changed since extraction: left out of answers
 
 
 @dataclass(frozen=True)
@@ -320,8 +321,9 @@ def _raw_vector(store: FeatureStore, vs: VectorSet, query: TrackQuery) -> np.nda
 
 
 def _excluded(tracks: Sequence[Track], query: TrackQuery | None, same_artist: bool) -> set[int]:
-    """Track ids never to return: the query's own track, and its artist's tracks when asked."""
-    out = {query.track.id} if query is not None and query.track is not None else set()
+    """Track ids never to return: the query's own track (and the stale entry of its file), and its artist's tracks
+    when asked."""
+    out = {t.id for t in (query.track, query.replaces) if t is not None} if query is not None else set()
     artist = (query.artist or "").strip().casefold() if query is not None else ""
     if same_artist and artist:
         out.update(from_tracks(tracks, "ids_by_artist", _ids_by_artist).get(artist, ()))
