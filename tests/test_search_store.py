@@ -57,6 +57,11 @@ def synth(tmp_path: Path) -> tuple[FeatureStore, Run]:
     store.close()
 
 
+def _hashes(store: FeatureStore, ids: np.ndarray) -> list[str]:
+    """The content hash of each track id (what derived vectors are written by)."""
+    return [store.track(int(i)).content_hash for i in ids]
+
+
 def _unit(store: FeatureStore, run: Run, layer: str) -> tuple[np.ndarray, np.ndarray]:
     """Track ids and one layer's unit vectors computed here: z-scored per dimension (the default norm), then L2."""
     ids, raw = store.layer_matrix(run, layer)
@@ -347,7 +352,7 @@ def test_search_caches_follow_store_writes_and_are_reused(synth: tuple[FeatureSt
 def test_fused_vectors_are_searched_and_evaluated(synth: tuple[FeatureStore, Run]) -> None:
     store, run = synth
     ids, l2 = store.layer_matrix(run, "l2")
-    store.write_derived(run, "fused", ids, l2[:, ::-1].copy(), {"note": "reversed l2"})
+    store.write_derived(run, "fused", _hashes(store, ids), l2[:, ::-1].copy(), {"note": "reversed l2"})
     query = resolve_query(store, "7", run)
     fused = similar_tracks(store, run, query, k=4, fused=True)  # fused vectors are never z-scored
     plain = similar_tracks(store, run, query, k=4, layer="l2", norm="none")
@@ -355,7 +360,7 @@ def test_fused_vectors_are_searched_and_evaluated(synth: tuple[FeatureStore, Run
     assert [n.score for n in fused] == pytest.approx([n.score for n in plain], abs=1e-5)
     # the same vectors as fused give the same evaluation (a permutation would reorder exact ties, such as
     # the duplicate track's, by float rounding alone)
-    store.write_derived(run, "fused", ids, l2, {"note": "l2"})
+    store.write_derived(run, "fused", _hashes(store, ids), l2, {"note": "l2"})
     ev = evaluate(store, run, "artist", k=5, norm="center")  # centred, fused and layer vectors alike
     rows = {s.name: s for s in ev.sets}
     assert rows["fused"].scores.map == pytest.approx(rows["l2"].scores.map)
@@ -454,7 +459,7 @@ def test_fused_searches_say_how_many_tracks_they_leave_out(synth: tuple[FeatureS
     them out without a word."""
     store, run = synth
     ids, l2 = store.layer_matrix(run, "l2")
-    store.write_derived(run, "fused", ids, l2, {"note": "l2"})
+    store.write_derived(run, "fused", _hashes(store, ids), l2, {"note": "l2"})
     rng = np.random.default_rng(5)
     for j in range(3):
         _add_track(store, run, f"/music/late/{j}.wav", f"hash-late-{j}", _vectors(rng, store.centres, j), "Late", "L")

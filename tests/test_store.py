@@ -115,13 +115,13 @@ def test_derived_vectors_align_to_tracks(tmp_path: Path) -> None:
     ids = [_add_track(store, i) for i in range(3)]
     store.write_vectors(run, [_vectors(f"h{i}", 1, i) for i in range(3)])
     fused = np.arange(6, dtype=np.float32).reshape(3, 2)
-    store.write_derived(run, "fused", np.array(ids[::-1]), fused[::-1], {"note": "test"})
+    store.write_derived(run, "fused", ["h2", "h1", "h0"], fused[::-1], {"note": "test"})
     got_ids, got = store.derived_matrix(run, "fused")
     assert list(got_ids) == ids
     np.testing.assert_array_equal(got, fused)
     first = store.derived_meta(run, "fused")
     assert first is not None and first["note"] == "test"
-    store.write_derived(run, "fused", np.array(ids), fused, {"note": "test"})  # same metadata, rewritten
+    store.write_derived(run, "fused", ["h0", "h1", "h2"], fused, {"note": "test"})  # same metadata, rewritten
     assert store.derived_meta(run, "fused") != first  # so caches keyed on the metadata see the rewrite
 
 
@@ -219,7 +219,7 @@ def test_a_repair_forgets_the_fused_vectors_of_rows_a_new_file_may_take(tmp_path
     run = store.ensure_run(run_key(INFO, WindowPolicy()))
     ids = [_add_track(store, i) for i in range(4)]
     store.write_vectors(run, [_vectors(f"h{i}", 1, i) for i in range(4)])
-    store.write_derived(run, "fused", np.array(ids), np.eye(4, dtype=np.float32), {"note": "test"})
+    store.write_derived(run, "fused", [f"h{i}" for i in range(4)], np.eye(4, dtype=np.float32), {"note": "test"})
     damaged = np.memmap(store.row_file(run, "track", 0).path, dtype=np.float16, mode="r+", shape=(4, 4))
     damaged[3] = np.nan  # the last file's vector, damaged on disk
     damaged.flush()

@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -206,8 +207,8 @@ def test_cut_short_fused_vectors_are_damage_not_new_tracks(tmp_path: Path) -> No
     assert _mess("extract", str(music), *DSP, "--store", str(store_dir)).returncode == 0
     store = FeatureStore(store_dir)
     run = store.run("dsp")
-    ids = np.array([t.id for t in store.tracks(run)])
-    store.write_derived(run, FUSED, ids, np.random.default_rng(0).standard_normal((4, 8)), {"label": "album"})
+    hashes = [t.content_hash for t in store.tracks(run)]
+    store.write_derived(run, FUSED, hashes, np.random.default_rng(0).standard_normal((4, 8)), {"label": "album"})
     path = store.derived_path(run, FUSED)
     store.close()
     path.write_bytes(path.read_bytes()[: 2 * 8 * 2])  # 2 of 4 rows
@@ -217,6 +218,61 @@ def test_cut_short_fused_vectors_are_damage_not_new_tracks(tmp_path: Path) -> No
     assert repaired.returncode == 0 and "dropped the damaged fused vectors" in repaired.stderr, repaired.stderr
     fused = _mess("similar", "tone01.wav", "--fused", "--store", str(store_dir))
     assert fused.returncode == 1 and "no 'fused' vectors" in fused.stderr, fused.stderr
+
+
+@pytest.mark.parametrize("change", ["re-embedded", "removed"])
+def test_fuse_apply_writes_what_it_read_though_an_extract_runs_meanwhile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str) -> None:
+    """`fuse apply` placed each fused vector by track id at write time: a file re-embedded while the network ran
+    got its old audio's vector at its new content's row, silently; a file removed meanwhile raised KeyError."""
+    from mutagen.flac import FLAC
+
+    from mess.constants import FUSED
+    from mess.fusion import apply as fusion_apply
+    from mess.fusion.data import load_layers
+    from mess.fusion.train import FusionConfig, save_checkpoint, train_fusion
+
+    music, store_dir, checkpoint = tmp_path / "music", tmp_path / "store", tmp_path / "fusion.pt"
+    music.mkdir()
+    for i, wav in enumerate(_tones(tmp_path / "wav", 9)):
+        sf.write(music / f"{wav.stem}.flac", *sf.read(wav, dtype="float32"))
+        tags = FLAC(music / f"{wav.stem}.flac")
+        tags["album"] = f"album {i // 2}"  # 4 albums of 2 tracks: enough labels to train on
+        tags.save()
+    (music / "tone08.flac").rename(tmp_path / "other.flac")  # other audio, for the file that changes
+    assert _mess("extract", str(music), *DSP, "--store", str(store_dir)).returncode == 0
+    target = music / "tone03.flac"
+    with closing(FeatureStore(store_dir)) as store:
+        run = store.run("dsp")
+        save_checkpoint(train_fusion(load_layers(store, run), FusionConfig(label="album", fusion_dim=8,
+                                                                           weight_epochs=2, max_epochs=0)),
+                        checkpoint)
+        target_id = store.track(target).id
+        read_embed = fusion_apply.embed
+
+        def embed_then_extract(*args: object, **kwargs: object) -> np.ndarray:
+            out = read_embed(*args, **kwargs)  # the layers were read: now the file changes and is extracted
+            if change == "removed":
+                target.unlink()
+            else:
+                shutil.copy(tmp_path / "other.flac", target)
+            done = _mess("extract", str(music), "--prune", *DSP, "--store", str(store_dir))
+            assert done.returncode == 0, done.stderr
+            return out
+
+        monkeypatch.setattr(fusion_apply, "embed", embed_then_extract)
+        meta = fusion_apply.apply_fusion(store, checkpoint, "dsp")
+        monkeypatch.undo()
+        raced = dict(zip(*store.derived_matrix(run, FUSED), strict=True))
+        assert target_id not in raced and len(raced) == 7  # no vector for the new content, not the old one
+        assert store.derived_missing(run, FUSED) == meta["missing"] == (change == "re-embedded")
+        again = fusion_apply.apply_fusion(store, checkpoint, "dsp")  # what the note says to run
+        fresh = dict(zip(*store.derived_matrix(run, FUSED), strict=True))
+    assert again["missing"] == 0 and (target_id in fresh) == (change == "re-embedded")
+    for tid, vec in raced.items():
+        np.testing.assert_array_equal(vec, fresh[tid])
+    check = _mess("check", "--store", str(store_dir))
+    assert check.returncode == 0 and check.stderr.strip().endswith(": ok"), check.stderr
 
 
 def test_three_writers_and_a_reader_leave_nothing_misplaced(tmp_path: Path) -> None:

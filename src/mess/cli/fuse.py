@@ -156,6 +156,9 @@ def apply_command(
         return
     console.print(f"wrote {meta['tracks']} fused vectors ({meta['fusion_dim']}-d, trained on {meta['label']} labels) "
                   f"-> next: mess index --fused")
+    if meta["missing"]:
+        console.print(f"[yellow]note:[/] {meta['missing']} tracks changed or were added while it ran and have no "
+                      "fused vector yet; run `mess fuse apply` again to add them")
     if not meta["data_hash_matches"]:
         console.print("[yellow]note:[/] the store changed since training; tracks added since are fused by the "
                       "same network (retrain with `mess fuse train` to learn from them)")

@@ -22,7 +22,8 @@ def check_compatible(result: FusionResult, run: Run) -> None:
 
 
 def apply_fusion(store: FeatureStore, checkpoint: Path, model: str | None = None) -> dict:
-    """Write fused vectors of every track of the model's run in use; returns the metadata stored with them."""
+    """Write fused vectors of every track of the model's run in use; returns the metadata stored with them, and
+    ``missing``: how many of the run's tracks have none (re-embedded or added while it ran)."""
     result = load_checkpoint(checkpoint)
     run = store.run(model or result.model)
     check_compatible(result, run)
@@ -33,8 +34,8 @@ def apply_fusion(store: FeatureStore, checkpoint: Path, model: str | None = None
             "fusion_dim": int(fused.shape[1]), "tracks": len(fused), "data_hash": result.data_hash,
             "data_hash_matches": data.data_hash(result.config.label) == result.data_hash,
             "layer_weights": result.layer_weights(data.x)}
-    store.write_derived(run, FUSED, data.track_ids, fused, meta)
-    return meta
+    store.write_derived(run, FUSED, [t.content_hash for t in data.tracks], fused, meta)
+    return {**meta, "missing": store.derived_missing(run, FUSED)}
 
 
 def fuse_query(store: FeatureStore, run: Run, layer_vectors: Sequence[np.ndarray]) -> np.ndarray:

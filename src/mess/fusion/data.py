@@ -45,14 +45,16 @@ class LayerData:
 
 
 def load_layers(store: FeatureStore, run: Run) -> LayerData:
-    """Read all layer vectors of a run (layer by layer when their sizes differ)."""
-    tracks = {t.id: t for t in store.tracks(run)}
-    if len(set(run.layer_dims)) == 1:
-        ids, stacked = store.all_layers(run)
-        x = stacked.reshape(len(ids), -1)
-    else:
-        mats = [store.layer_matrix(run, i) for i in range(len(run.layer_names))]
-        ids, x = mats[0][0], np.hstack([m for _, m in mats])
+    """Read all layer vectors of a run (layer by layer when their sizes differ), and the tracks (their content
+    hashes) they belong to, from one catalog version."""
+    with store.snapshot():  # though an extract may be committing
+        tracks = {t.id: t for t in store.tracks(run)}
+        if len(set(run.layer_dims)) == 1:
+            ids, stacked = store.all_layers(run)
+            x = stacked.reshape(len(ids), -1)
+        else:
+            mats = [store.layer_matrix(run, i) for i in range(len(run.layer_names))]
+            ids, x = mats[0][0], np.hstack([m for _, m in mats])
     if len(ids) == 0:
         raise FusionError(f"no track vectors for {run.model}; run `mess extract` first")
     return LayerData(run, [tracks[int(i)] for i in ids], np.ascontiguousarray(x, dtype=np.float32))

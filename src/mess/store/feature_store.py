@@ -654,15 +654,21 @@ class FeatureStore:
         }
 
     # ---- derived vectors (fused, ...) --------------------------------------------
-    def write_derived(self, run: Run, name: str, track_ids: np.ndarray, matrix: np.ndarray, meta: dict) -> None:
-        """Store per-track vectors computed from a run (e.g. fused), replacing older ones."""
+    def write_derived(self, run: Run, name: str, content_hashes: Sequence[str], matrix: np.ndarray,
+                      meta: dict) -> None:
+        """Store per-track vectors computed from a run (e.g. fused), replacing older ones.
+
+        Each vector goes to the row of the content it was computed from (``content_hashes``, as read), looked
+        up under the write lock: a file re-embedded since it was read keeps no vector for its new content (it
+        counts in :meth:`derived_missing`), and content the run no longer holds is skipped.
+        """
         with self._write():
-            by_id = {t.id: t.content_hash for t in self.tracks(run)}
             rows = self.track_rows(run)
             dim = matrix.shape[1]
             full = np.full((max(rows.values(), default=-1) + 1, dim), np.nan, dtype=np.float32)
-            for tid, vec in zip(track_ids, matrix, strict=False):
-                full[rows[by_id[int(tid)]]] = vec
+            for content_hash, vec in zip(content_hashes, matrix, strict=True):
+                if content_hash in rows:
+                    full[rows[content_hash]] = vec
             RowFile(self.derived_path(run, name), dim).replace(full)
             now = time.time()  # in the metadata too, so caches keyed on it see every rewrite
             self.db.execute(
