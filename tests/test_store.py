@@ -12,7 +12,7 @@ import pytest
 from mess.audio.windows import WindowPolicy
 from mess.extract.runs import run_key
 from mess.models.base import ModelInfo
-from mess.store import FeatureStore, StoreError, TrackVectors
+from mess.store import FeatureStore, StoreDamaged, StoreError, TrackVectors
 
 INFO = ModelInfo("toy", "rev1", 16000, ("a", "b"), (4, 3))
 
@@ -48,6 +48,24 @@ def test_vectors_round_trip_per_layer_and_segment(tmp_path: Path) -> None:
     assert list(seg_ids) == [ids[0]] + [ids[1]] * 3 + [ids[2]] * 2
     np.testing.assert_allclose(segs, np.concatenate([it.segments[0] for it in items]), atol=2e-3)
     assert list(starts[:4]) == [0, 0, 1, 2]
+
+
+def test_rows_cut_after_the_catalog_was_read_are_damage_not_a_crash(tmp_path: Path) -> None:
+    """Row files are read with plain reads, not memory maps: a reader whose catalog version still references rows
+    another process cut (a repair dropping them) gets StoreDamaged, never SIGBUS."""
+    store = FeatureStore(tmp_path)
+    run = store.ensure_run(run_key(INFO, WindowPolicy()))
+    items = [_vectors(f"h{i}", 2, i) for i in range(3)]
+    store.write_vectors(run, items)
+    rows = store.row_file(run, "segment", 1)
+    want = np.stack([items[2].segments[1][1], items[0].segments[1][0], items[2].segments[1][1]])
+    np.testing.assert_allclose(rows.take([5, 0, 5]), want, atol=2e-3)  # in the order asked, repeats too
+    for i in range(3):
+        _add_track(store, i)
+    with rows.path.open("r+b") as f:
+        f.truncate(4 * rows.dim * 2)
+    with pytest.raises(StoreDamaged, match="segment vectors of layer b stop at row 4 but the catalog references row 5"):
+        store.segment_matrix(run, "b")
 
 
 def _append_raw(store: FeatureStore, run, level: str, layer: int, rows: int) -> None:

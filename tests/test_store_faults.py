@@ -643,6 +643,50 @@ def _damage_row(store_dir: Path, value: float) -> None:
     data.flush()
 
 
+_CUTTER = """
+import os, sys, time
+from pathlib import Path
+import numpy as np
+from mess.store import FeatureStore, TrackVectors
+store, stop, i = FeatureStore(Path(sys.argv[1])), Path(sys.argv[2]), 0
+run = store.run("dsp")
+while not stop.exists():
+    with store.writing("cutter"):  # what a writer killed mid-write leaves: bytes past the catalog's rows
+        for path in store.root.glob("runs/*/*/*.f16"):
+            os.truncate(path, path.stat().st_size + (16 << 20))
+    time.sleep(0.05)
+    i += 1
+    layers = [np.full(dim, i, dtype=np.float32) for dim in run.layer_dims]
+    store.write_vectors(run, [TrackVectors(f"cut{i}", layers, [v[None] for v in layers], [0.0])])  # cuts them
+    time.sleep(0.05)
+"""
+
+
+def test_check_beside_a_writer_that_cuts_row_files_answers(tmp_path: Path) -> None:
+    """`mess check` scanned each row file through a memory map sized when it began: a writer cutting the bytes an
+    interrupted write left (as every write does) made it touch pages past the new end: killed by SIGBUS."""
+    music, store_dir, stop = tmp_path / "music", tmp_path / "store", tmp_path / "stop"
+    _tones(music, 3)
+    assert _mess("extract", str(music), *DSP, "--store", str(store_dir)).returncode == 0
+    cutter = subprocess.Popen([sys.executable, "-c", _CUTTER, str(store_dir), str(stop)], stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        deadline = time.time() + 60
+        while _committed(store_dir) < 5 and time.time() < deadline:  # the cutter is cutting
+            time.sleep(0.1)
+        for _ in range(4):
+            check = _mess("check", "--json", "--store", str(store_dir))
+            assert check.returncode == 0, (check.returncode, check.stderr)
+            answer = json.loads(check.stdout)
+            assert answer["ok"] and {p["kind"] for p in answer["problems"]} <= {"orphan-rows"}, answer
+    finally:
+        stop.touch()
+        _, err = cutter.communicate(timeout=60)
+    assert cutter.returncode == 0, err
+    check = _mess("check", "--store", str(store_dir))
+    assert check.returncode == 0 and check.stderr.strip().endswith(": ok"), check.stderr
+
+
 def test_a_nan_vector_is_refused_then_repaired(tmp_path: Path) -> None:
     music = tmp_path / "music"
     _tones(music, 5)

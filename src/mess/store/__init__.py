@@ -1,4 +1,4 @@
-"""Feature store: SQLite catalog plus memory-mapped float16 vectors."""
+"""Feature store: SQLite catalog plus float16 row files."""
 
 from mess.store.feature_store import (
     DEFAULT_STORE,

@@ -1,8 +1,14 @@
-"""Append-only float16 row files, memory-mapped for reading."""
+"""Append-only float16 row files, read with plain file reads.
+
+Never memory-mapped: a writer may cut a file while another process reads it (bytes past
+the catalog's rows, see :meth:`RowFile.write_at`), and touching a mapped page past the new
+end kills the reader (SIGBUS); a plain read only comes back short.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,14 +16,25 @@ import numpy as np
 from mess.store.paths import replace_file
 
 DTYPE = np.dtype("<f2")
+_CHUNK_ROWS = 4096
+
+
+class ShortFile(Exception):
+    """A row file ends before the rows asked for; ``rows``: the complete rows it held."""
+
+    def __init__(self, path: Path, rows: int) -> None:
+        super().__init__(f"{path} ends at row {rows}")
+        self.rows = rows
 
 
 class RowFile:
     """A raw little-endian float16 matrix [rows, dim] stored in one file.
 
-    Rows are written after the last row the catalog references; readers memory-map
-    the file. The catalog, not the file, says which rows are valid, so a crash
-    mid-write leaves only unreferenced bytes, which the next write overwrites.
+    Rows are written after the last row the catalog references; readers read only the
+    rows their catalog version references (a write cuts only bytes past the catalog's
+    rows, a repair only rows whose vectors it dropped). The catalog, not the file, says
+    which rows are valid, so a crash mid-write leaves only unreferenced bytes, which the
+    next write overwrites.
     """
 
     def __init__(self, path: Path, dim: int) -> None:
@@ -53,11 +70,41 @@ class RowFile:
                 f.truncate(rows * self.dim * DTYPE.itemsize)
 
     def read(self) -> np.ndarray:
-        """Memory-mapped read-only view of all complete rows."""
-        rows = self.rows
-        if rows == 0:
-            return np.zeros((0, self.dim), dtype=DTYPE)
-        return np.memmap(self.path, dtype=DTYPE, mode="r", shape=(rows, self.dim))
+        """A read-only copy of all complete rows (for small files: derived vectors)."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        rows = len(data) // (self.dim * DTYPE.itemsize)
+        return np.frombuffer(data, dtype=DTYPE, count=rows * self.dim).reshape(rows, self.dim)
+
+    def chunks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, float32 block) of rows [0, ``rows``) in turn; ShortFile when the file ends before."""
+        if rows <= 0:
+            return
+        size = self.dim * DTYPE.itemsize
+        try:
+            f = self.path.open("rb")
+        except FileNotFoundError:
+            raise ShortFile(self.path, 0) from None
+        with f:
+            for start in range(0, rows, _CHUNK_ROWS):
+                n = min(_CHUNK_ROWS, rows - start)
+                data = f.read(n * size)
+                if len(data) < n * size:
+                    raise ShortFile(self.path, start + len(data) // size)
+                yield start, np.frombuffer(data, dtype=DTYPE).reshape(n, self.dim).astype(np.float32)
+
+    def take(self, rows: Sequence[int]) -> np.ndarray:
+        """float32 rows ``rows``, in that order; ShortFile when the file lacks one."""
+        want = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(want), self.dim), dtype=np.float32)
+        order = np.argsort(want, kind="stable")
+        ordered = want[order]
+        for start, block in self.chunks(int(ordered[-1]) + 1 if len(ordered) else 0):
+            lo, hi = np.searchsorted(ordered, [start, start + len(block)])
+            out[order[lo:hi]] = block[ordered[lo:hi] - start]
+        return out
 
     def replace(self, matrix: np.ndarray) -> None:
         """Atomically replace the whole file with ``matrix``."""

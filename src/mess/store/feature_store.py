@@ -27,7 +27,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from mess.store.arrays import RowFile
+from mess.store.arrays import RowFile, ShortFile
 from mess.store.catalog import connect, has_column
 from mess.store.lock import StoreLock
 from mess.store.memo import MEMO
@@ -603,14 +603,14 @@ class FeatureStore:
 
     def _read(self, run: Run, level: str, layer: int, take: list[int], ids: np.ndarray) -> np.ndarray:
         """float32 rows ``take`` of a row file; a short file or a non-finite row raises StoreDamaged."""
-        rows = self.row_file(run, level, layer).read()
-        if take and max(take) >= len(rows):
+        try:
+            mat = self.row_file(run, level, layer).take(take)
+        except ShortFile as exc:
             raise StoreDamaged(
                 f"{self.root}: {run.model} {level} vectors of layer {run.layer_names[layer]} stop at "
-                f"row {len(rows)} but the catalog references row {max(take)}; "
+                f"row {exc.rows} but the catalog references row {max(take)}; "
                 "run `mess check --repair`"
-            )
-        mat = np.asarray(rows[take], dtype=np.float32)
+            ) from None
         bad = ~np.isfinite(mat).all(axis=1)
         if bad.any():
             raise StoreDamaged(
