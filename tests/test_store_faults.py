@@ -727,6 +727,33 @@ def test_short_row_files_are_refused_then_repaired(tmp_path: Path, which: str) -
     _assert_same(_by_path(store), _clean(music, tmp_path / "clean"))
 
 
+def _point_at(store_dir: Path, column: str, damaged: str, other: str) -> None:
+    """Make the vectors row of file ``damaged`` point at the ``column`` row (track_row, seg_row) of file ``other``."""
+    with sqlite3.connect(store_dir / "catalog.sqlite") as db:
+        row = f"(SELECT v.{column} FROM vectors v JOIN tracks t USING (content_hash) WHERE t.path LIKE ?)"
+        db.execute(f"UPDATE vectors SET {column}={row} WHERE content_hash=(SELECT content_hash FROM tracks "
+                   "WHERE path LIKE ?)", (f"%{other}", f"%{damaged}"))
+
+
+@pytest.mark.parametrize("column", ["track_row", "seg_row"])
+def test_two_files_at_one_row_are_refused_then_repaired(tmp_path: Path, column: str) -> None:
+    music = tmp_path / "music"
+    _tones(music, 5)
+    store = tmp_path / "store"
+    want = _clean(music, store)
+    _point_at(store, column, "tone01.wav", "tone02.wav")
+    match = "mean" if column == "track_row" else "segments"  # track rows are checked on open, windows when read
+    similar = _mess("similar", "tone03.wav", "--match", match, "--json", "--store", str(store))
+    assert similar.returncode == 1 and "Traceback" not in similar.stderr, similar.stdout
+    assert "point at" in similar.stderr and "mess check --repair" in similar.stderr, similar.stderr
+    check = _mess("check", "--json", "--store", str(store))
+    assert check.returncode == 1 and [p["kind"] for p in json.loads(check.stdout)["problems"]] == ["shared-rows"]
+    repaired = _mess("check", "--repair", "--store", str(store))
+    assert repaired.returncode == 0 and "dropped the vectors of 2 files" in repaired.stderr, repaired.stderr
+    assert "2 embedded" in _mess("extract", str(music), *DSP, "--store", str(store)).stderr
+    _assert_same(_by_path(store), want)
+
+
 @pytest.fixture(scope="module")
 def forty_tones(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A folder of 40 short tones and a clean store of them (copy the store before damaging it)."""

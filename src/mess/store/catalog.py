@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS vectors (
     created_at REAL NOT NULL,
     PRIMARY KEY (run_id, content_hash)
 );
+CREATE INDEX IF NOT EXISTS vectors_track_row ON vectors(run_id, track_row);
 CREATE TABLE IF NOT EXISTS failures (
     run_id INTEGER NOT NULL,
     content_hash TEXT NOT NULL,

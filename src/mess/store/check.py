@@ -1,6 +1,6 @@
 """Is the store whole? Row files against the catalog, values, references; and repairs.
 
-:func:`quick_check` runs whenever a store opens (a query and a few ``stat`` calls per
+:func:`quick_check` runs whenever a store opens (two queries and a few ``stat`` calls per
 run). :func:`full_check` reads every referenced row too. :func:`repair` never hides
 damage: vectors that cannot be trusted lose their catalog rows (so the next
 ``mess extract`` embeds those files again) and bytes nothing references are cut,
@@ -31,9 +31,11 @@ class Problem:
 
 
 def quick_check(store: FeatureStore) -> list[Problem]:
-    """Damage that can be seen without reading vectors: an unreadable catalog, row files shorter than it says."""
+    """Damage that can be seen without reading vectors: an unreadable catalog, row files shorter than it says,
+    two files' track vectors at one row (an indexed query)."""
     try:
-        return [p for run in store.runs() for p in _file_sizes(store, run) if p.damage]
+        return [p for run in store.runs() for p in [*_file_sizes(store, run), *_shared_rows(store, run, quick=True)]
+                if p.damage]
     except sqlite3.DatabaseError as exc:
         return [Problem("catalog", None, f"the catalog cannot be read ({exc})")]
 
@@ -118,12 +120,15 @@ def _file_sizes(store: FeatureStore, run: Run) -> list[Problem]:
     return problems
 
 
-def _shared_rows(store: FeatureStore, run: Run) -> list[Problem]:
-    rows = store.db.execute("SELECT track_row, seg_row, n_segments FROM vectors WHERE run_id=? ORDER BY seg_row",
-                            (run.id,)).fetchall()
-    track = [r[0] for r in rows]
-    overlaps = sum(1 for a, b in zip(rows, rows[1:], strict=False) if a[1] + a[2] > b[1])
-    shared = len(track) - len(set(track)) + overlaps
+def _shared_rows(store: FeatureStore, run: Run, *, quick: bool = False) -> list[Problem]:
+    """Files whose vectors point at a row another file claims: track rows (one indexed query), and unless ``quick``
+    overlapping segment rows (a scan; segment reads check their own rows, see ``FeatureStore.segment_matrix``)."""
+    shared = store.db.execute("SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM vectors WHERE run_id=? "
+                              "GROUP BY track_row HAVING n > 1)", (run.id,)).fetchone()[0]
+    if not quick:
+        rows = store.db.execute("SELECT seg_row, n_segments FROM vectors WHERE run_id=? ORDER BY seg_row",
+                                (run.id,)).fetchall()
+        shared += sum(1 for a, b in zip(rows, rows[1:], strict=False) if a[0] + a[1] > b[0])
     if not shared:
         return []
     return [Problem("shared-rows", run.id, f"{run.model}: {shared} files' vectors point at rows another file "

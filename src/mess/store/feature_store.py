@@ -596,7 +596,7 @@ class FeatureStore:
 
     def _rows(self, run: Run) -> list[sqlite3.Row]:
         return self.db.execute(
-            "SELECT t.id AS track_id, v.track_row, v.seg_row, v.n_segments, v.seg_starts FROM tracks t "
+            "SELECT t.id AS track_id, v.content_hash, v.track_row, v.seg_row, v.n_segments, v.seg_starts FROM tracks t "
             "JOIN vectors v ON v.content_hash=t.content_hash AND v.run_id=? ORDER BY t.id",
             (run.id,),
         ).fetchall()
@@ -634,12 +634,18 @@ class FeatureStore:
         return mats[0][0], np.stack([m for _, m in mats], axis=1)
 
     def segment_matrix(self, run: Run, layer: str | int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(track id per segment, start seconds, float32 [n_segments, dim]) of one layer."""
+        """(track id per segment, start seconds, float32 [n_segments, dim]) of one layer; StoreDamaged when two
+        files' windows overlap (the open-time check sees shared track rows only)."""
         idx = run.layer_index(layer)
+        rows = self._rows(run)
+        spans = sorted({r["content_hash"]: (r["seg_row"], r["n_segments"]) for r in rows}.values())
+        if any(a[0] + a[1] > b[0] for a, b in zip(spans, spans[1:], strict=False)):
+            raise StoreDamaged(f"{self.root}: two files' {run.model} window vectors point at the same rows; "
+                               "run `mess check` for details and `mess check --repair` to fix it")
         ids: list[int] = []
         starts: list[float] = []
         take: list[int] = []
-        for r in self._rows(run):
+        for r in rows:
             n = r["n_segments"]
             ids += [r["track_id"]] * n
             starts += json.loads(r["seg_starts"])
