@@ -169,7 +169,8 @@ def test_one_repair_also_deletes_the_indexes_it_makes_stale(tmp_path: Path) -> N
     row_file.write_bytes(bytes(raw))
     repaired = _mess("check", "--repair", "--store", str(store))
     assert repaired.returncode == 0 and "deleted stale index" in repaired.stderr, repaired.stderr
-    assert repaired.stderr.strip().endswith(": ok"), repaired.stderr  # it took a second `check --repair`
+    verdict = repaired.stderr.strip().splitlines()[-1]  # whole (it took a second `check --repair`) but for the file
+    assert verdict.endswith(": whole, answers leave out the files named above: `mess extract` embeds them"), verdict
 
 
 def test_a_full_disk_ends_the_run_in_one_line_and_blames_no_file(tmp_path: Path) -> None:
@@ -624,6 +625,7 @@ def test_failures_are_listed_per_file_and_forgotten_once_fixed(tmp_path: Path) -
     assert sorted(Path(p).name for p in listed) == ["later.wav", "noise.wav", "short_a.wav", "short_b.wav",
                                                     "short_c.wav"]
     assert all(reason.startswith(path) for path, reason in listed.items())  # each reason names its own file
+    assert store.unembedded(store.run("dsp")) == []  # a failed file is named as failed, not as not embedded
     _tones(music, 1, offset=7)[0].rename(music / "noise.wav")  # all three fixed: real audio now
     _tones(music, 1, offset=9)[0].rename(music / "later.wav")
     sf.write(music / "short_b.wav", np.tile(half, 4).astype(np.float32), 22050)
@@ -752,6 +754,30 @@ def test_two_files_at_one_row_are_refused_then_repaired(tmp_path: Path, column: 
     assert repaired.returncode == 0 and "dropped the vectors of 2 files" in repaired.stderr, repaired.stderr
     assert "2 embedded" in _mess("extract", str(music), *DSP, "--store", str(store)).stderr
     _assert_same(_by_path(store), want)
+
+
+def test_a_damaged_content_hash_is_named_not_silently_dropped(tmp_path: Path) -> None:
+    music = tmp_path / "music"
+    _tones(music, 4)
+    store = tmp_path / "store"
+    want = _clean(music, store)
+    with sqlite3.connect(store / "catalog.sqlite") as db:  # one hex digit of tone01's content hash changed
+        db.execute("UPDATE tracks SET content_hash=substr(content_hash, 1, length(content_hash) - 1) || "
+                   "CASE WHEN substr(content_hash, -1) = '0' THEN '1' ELSE '0' END WHERE path LIKE '%tone01.wav'")
+    similar = _mess("similar", "tone02.wav", "--store", str(store))
+    assert similar.returncode == 0 and "tone01" not in similar.stdout, similar.stdout
+    assert "1 files have no dsp vectors and were left out; `mess check` names them" in similar.stderr, similar.stderr
+    query = _mess("similar", "tone01.wav", "--store", str(store))
+    assert query.returncode == 1 and "has no vectors of dsp" in query.stderr and "Traceback" not in query.stderr
+    check = _mess("check", "--json", "--store", str(store))
+    (problem,) = json.loads(check.stdout)["problems"]
+    assert check.returncode == 0 and problem["kind"] == "not-embedded" and "tone01.wav" in problem["message"]
+    repaired = _mess("check", "--repair", "--store", str(store))
+    assert "repaired:" not in repaired.stderr and "`mess extract --model dsp` embeds them" in repaired.stderr
+    assert not repaired.stderr.strip().endswith(": ok"), repaired.stderr
+    assert "1 embedded" in _mess("extract", str(music), *DSP, "--store", str(store)).stderr
+    _assert_same(_by_path(store), want)
+    assert _mess("check", "--store", str(store)).stderr.strip().endswith(": ok")
 
 
 @pytest.fixture(scope="module")

@@ -43,8 +43,11 @@ def check_command(
         for path in health.stale:
             console.print(f"[yellow]stale-index:[/] {plain(path.name)} is out of date")
         advice = CATALOG_ADVICE if any(p.kind == "catalog" for p in health.damaged) else "run `mess check --repair`"
+        unembedded = [p for p in health.problems if p.kind == "not-embedded"]
         if health.damaged:
             verdict = f"[red]damaged[/]: {plain(advice)}"
+        elif unembedded:  # whole, but answers leave these files out until `mess extract` embeds them
+            verdict = "[green]whole[/], [yellow]answers leave out the files named above[/]: `mess extract` embeds them"
         elif health.stale:  # whole, but searches skip these indexes (exact search) until rebuilt
             verdict = (f"[green]whole[/], [yellow]{len(health.stale)} index(es) out of date[/]: `mess index` "
                        "rebuilds them (`mess check --repair` deletes them)")

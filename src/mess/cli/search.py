@@ -152,10 +152,12 @@ def similar_command(
         weak = weak_aspects(fs, run)
         stale = stale_aspect_map(fs, run) if aspect or source == "aspects" else None
         unfused = fs.derived_missing(run, FUSED) if fused else 0
+        unembedded = len(fs.unembedded(run))
     answer = {"query": {"label": tq.label, "id": tq.track.id if tq.track else None, "external": tq.track is None},
               "model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "norm": norm,
               "match": match, "hubness": hubness, "expand": expand, "why_source": source,
-              "weak_aspects": weak, "stale_aspect_map": stale, "tracks_without_fused_vectors": unfused}
+              "weak_aspects": weak, "stale_aspect_map": stale, "tracks_without_fused_vectors": unfused,
+              "files_not_embedded": unembedded}
     if as_json:
         emit_json({**answer, "encoded_threshold": ENCODED_R2, "results": [n.to_dict() for n in results]})
         return
@@ -196,6 +198,9 @@ def _print_similar(answer: dict, results: list[Neighbour]) -> None:
     if answer["tracks_without_fused_vectors"]:
         console.print(f"[yellow]{answer['tracks_without_fused_vectors']} tracks have no fused vectors yet and were "
                       "left out; `mess fuse apply` adds them[/]")
+    if answer["files_not_embedded"]:
+        console.print(f"[yellow]{answer['files_not_embedded']} files have no {model} vectors and were left out; "
+                      f"`mess check` names them, `mess extract --model {model}` embeds them[/]")
 
 
 def evaluate_command(

@@ -17,13 +17,14 @@ import numpy as np
 
 from mess.store.arrays import ShortFile
 from mess.store.feature_store import FeatureStore, Run
+from mess.store.paths import printable
 
 
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with a store. ``damage`` problems make answers wrong; others only waste space."""
 
-    kind: str  # catalog | short-file | short-derived | non-finite | shared-rows | orphan-rows
+    kind: str  # catalog | short-file | short-derived | non-finite | shared-rows | orphan-rows | not-embedded
     run_id: int | None
     message: str
     damage: bool = True
@@ -41,7 +42,8 @@ def quick_check(store: FeatureStore) -> list[Problem]:
 
 
 def full_check(store: FeatureStore) -> list[Problem]:
-    """Every problem: catalog integrity, file sizes, non-finite values, rows claimed twice, orphaned rows.
+    """Every problem: catalog integrity, file sizes, non-finite values, rows claimed twice, orphaned rows, files
+    the run each model answers from has not embedded.
 
     It reads one catalog version, and of the row files only the rows that version references (writers
     meanwhile cut only bytes past them).
@@ -52,12 +54,15 @@ def full_check(store: FeatureStore) -> list[Problem]:
             if result != "ok":
                 return [Problem("catalog", None, f"the catalog is corrupt ({result})")]
             problems: list[Problem] = []
+            in_use = {store.run(model).id for model in {run.model for run in store.runs()}}
             for run in store.runs():
                 sizes = _file_sizes(store, run)
                 problems += sizes
                 problems += _shared_rows(store, run)
                 if not any(p.kind == "short-file" for p in sizes):
                     problems += _non_finite(store, run)
+                if run.id in in_use:
+                    problems += _not_embedded(store, run)
             return problems
     except sqlite3.DatabaseError as exc:
         return [Problem("catalog", None, f"the catalog cannot be read ({exc})")]
@@ -70,7 +75,7 @@ def repair(store: FeatureStore, problems: list[Problem]) -> list[str]:
     done: list[str] = []
     with store.writing("mess check --repair"):
         for run in store.runs():
-            mine = [p for p in problems if p.run_id == run.id]
+            mine = [p for p in problems if p.run_id == run.id and p.kind != "not-embedded"]  # for `mess extract`
             if not mine:
                 continue
             hashes = _untrusted(store, run, {p.kind for p in mine})
@@ -133,6 +138,17 @@ def _shared_rows(store: FeatureStore, run: Run, *, quick: bool = False) -> list[
         return []
     return [Problem("shared-rows", run.id, f"{run.model}: {shared} files' vectors point at rows another file "
                     "also claims (two writers without a lock)")]
+
+
+def _not_embedded(store: FeatureStore, run: Run) -> list[Problem]:
+    paths = store.unembedded(run)
+    if not paths:
+        return []
+    named = ", ".join(printable(p) for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
+    return [Problem("not-embedded", run.id, f"{run.model}: {len(paths)} files have neither vectors nor a recorded "
+                    f"failure, so no answer includes them ({named}): vectors a repair dropped, an interrupted or "
+                    f"running `mess extract`, or a damaged content hash; `mess extract --model {run.model}` embeds "
+                    "them", damage=False)]
 
 
 def _non_finite(store: FeatureStore, run: Run) -> list[Problem]:

@@ -584,6 +584,18 @@ class FeatureStore:
             out.append((path, reason.replace(printable(from_db_path(then)), printable(path))))
         return out
 
+    def unembedded(self, run: Run) -> list[str]:
+        """Paths of catalogued files with neither vectors nor a recorded failure in ``run``, by id: no answer from
+        the run includes them. An interrupted or running `mess extract` leaves such files, and so does a damaged
+        content hash (tracks meet their vectors by it); `mess extract` embeds them."""
+        if self.db.execute("SELECT COUNT(*) FROM tracks").fetchone()[0] == len(self.tracks(run)):
+            return []  # the common case, at the cost of one count
+        rows = self.db.execute(
+            "SELECT path FROM tracks t WHERE NOT EXISTS (SELECT 1 FROM vectors v WHERE v.run_id=? AND "
+            "v.content_hash=t.content_hash) AND NOT EXISTS (SELECT 1 FROM failures f WHERE f.run_id=? AND "
+            "f.content_hash=t.content_hash) ORDER BY t.id", (run.id, run.id))
+        return [from_db_path(r[0]) for r in rows]
+
     def unread_paths(self) -> list[str]:
         """Paths of the failures of files that could not be read at all (never hashed), in every run."""
         rows = self.db.execute("SELECT DISTINCT path FROM failures WHERE content_hash LIKE 'path:%'")
