@@ -824,9 +824,14 @@ def test_bad_track_references_answer_clearly(tmp_path: Path) -> None:
     _tones(music, 3)
     store = tmp_path / "store"
     _clean(music, store)
-    for ref in ("99999999999999999999999", "%", "tone0_.wav"):
+    for ref in ("99999999999999999999999", "%", "tone0_.wav", "²", "١", "１"):  # '١' is int() 1: an id is ASCII
         out = _mess("similar", ref, "--store", str(store))
         assert out.returncode == 1 and "unknown track" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    radio = _mess("playlist", "radio", "³", "--store", str(store))
+    assert radio.returncode == 1 and "unknown track '³'" in radio.stderr and "Traceback" not in radio.stderr
+    (tmp_path / "labels.csv").write_text("id,label\n²,a\n2,b\n3,a\n", encoding="utf-8")
+    labels = _mess("evaluate", "--labels", str(tmp_path / "labels.csv"), "--store", str(store))
+    assert labels.returncode == 1 and "labels.csv:2: unknown track '²'" in labels.stderr, labels.stderr
     assert _mess("similar", "tone01.wav", "--store", str(store)).returncode == 0
 
 

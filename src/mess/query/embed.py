@@ -18,7 +18,7 @@ from mess.fusion.data import FusionError
 from mess.models.registry import ModelError, load_model
 from mess.search.query import TrackQuery, collection_query
 from mess.search.vectors import track_by_hash
-from mess.store import FeatureStore, Run, StoreError
+from mess.store import FeatureStore, Run, StoreError, is_track_id
 from mess.store.paths import printable
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def resolve_query(store: FeatureStore, ref: str | Path | int, run: Run) -> Track
     Raises StoreError when nothing matches or the file cannot be embedded.
     """
     path = Path(str(ref)).expanduser()
-    if str(ref).isdigit() or not path.is_file():
+    if is_track_id(str(ref)) or not path.is_file():
         return collection_query(store, ref)
     stale = None
     try:

@@ -105,7 +105,7 @@ def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
     if address is None or address in ("auto", "local"):
         return
     host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not (port.isascii() and port.isdigit()):
         raise ScaleError(f"Ray address {address!r} is not auto, local, HOST:PORT or ray://HOST:PORT")
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()

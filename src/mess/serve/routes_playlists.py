@@ -18,7 +18,7 @@ from mess.playlists.playlist import Playlist, PlaylistError
 from mess.playlists.radio import DEFAULT_WINDOW, radio
 from mess.search.query import collection_query
 from mess.serve.routes_tracks import Aspect, Model
-from mess.serve.state import ServeState, get_state, track_dict, vector_spec
+from mess.serve.state import ServeState, TrackId, get_state, track_dict, vector_spec
 from mess.store import Run
 
 router = APIRouter(prefix="/api/playlists")
@@ -62,7 +62,7 @@ def _playlist(request: Request, state: ServeState, model: str | None, aspect: st
 def radio_route(
     request: Request,
     state: State,
-    seed: Annotated[list[int], Query(description="Seed track ids (repeat for several).")],
+    seed: Annotated[list[TrackId], Query(description="Seed track ids (repeat for several).")],
     n: Annotated[int, Query(ge=1, le=500, description="How many tracks.")] = 20,
     window: Annotated[
         int, Query(ge=1, le=50, description="Tracks within which an artist does not come back.")
@@ -83,8 +83,8 @@ def radio_route(
 def path_route(
     request: Request,
     state: State,
-    start: Annotated[int, Query(description="First track id.")],
-    end: Annotated[int, Query(description="Last track id.")],
+    start: Annotated[TrackId, Query(description="First track id.")],
+    end: Annotated[TrackId, Query(description="Last track id.")],
     n: Annotated[int, Query(ge=2, le=200, description="How many tracks, both ends included.")] = 12,
     model: Model = None,
     aspect: Aspect = None,

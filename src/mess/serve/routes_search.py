@@ -27,7 +27,7 @@ from mess.search.query import (
 from mess.search.vectors import VectorSpec, from_tracks, load_vectors, vectors_label
 from mess.serve.mapping import collection_map
 from mess.serve.routes_tracks import Aspect, Fused, Layer, Learned, Model
-from mess.serve.state import ServeState, get_state, neighbour_dict, track_dict, vector_spec
+from mess.serve.state import ServeState, TrackId, get_state, neighbour_dict, track_dict, vector_spec
 from mess.serve.uploads import FIELD, receive_upload
 from mess.store import Run, Track
 
@@ -53,7 +53,7 @@ def _answer(state: ServeState, run: Run, query: dict, results: list[Neighbour], 
 
 
 @router.get("/tracks/{track_id}/similar", summary="Tracks most similar to a collection track, with why")
-def similar(track_id: int, state: State, model: Model = None, layer: Layer = None, aspect: Aspect = None,
+def similar(track_id: TrackId, state: State, model: Model = None, layer: Layer = None, aspect: Aspect = None,
             fused: Fused = False, k: K = 10, exclude_same_artist: ExcludeArtist = False,
             hubness: Hubness = None, learned: Learned = False, expand: Expand = None) -> dict:
     """Cosine neighbours; ``why`` holds the similarity in each aspect's layer and ``why_percentile``

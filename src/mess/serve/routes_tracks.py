@@ -13,7 +13,7 @@ from mess.constants import FUSED
 from mess.search.query import ENCODED_R2
 from mess.search.vectors import load_vectors, track_by_id, vectors_label
 from mess.serve.mapping import CollectionMap, collection_map
-from mess.serve.state import ServeState, get_state, track_dict, vector_spec
+from mess.serve.state import ServeState, TrackId, get_state, track_dict, vector_spec
 from mess.store import Track
 
 router = APIRouter(prefix="/api")
@@ -79,7 +79,7 @@ def tracks(state: State, model: Model = None,
 
 
 @router.get("/tracks/{track_id}", summary="One track")
-def track(track_id: int, state: State) -> dict:
+def track(track_id: TrackId, state: State) -> dict:
     """A track's tags and which models have vectors for it."""
     with state.lock:
         t = state.track(track_id)
@@ -90,7 +90,7 @@ def track(track_id: int, state: State) -> dict:
 @router.get("/tracks/{track_id}/audio", summary="Stream a track's audio (HTTP range requests)",
             response_class=FileResponse, responses={206: {"description": "Partial content"},
                                                     416: {"description": "Range not satisfiable"}})
-def audio(track_id: int, state: State) -> FileResponse:
+def audio(track_id: TrackId, state: State) -> FileResponse:
     """The track's file as stored, with ``Accept-Ranges: bytes`` so players can seek."""
     with state.lock:
         path = Path(state.track(track_id).path)

@@ -5,16 +5,28 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import faiss
 from fastapi import HTTPException, Request
+from pydantic import BeforeValidator
 
 from mess.search.query import Neighbour
 from mess.search.vectors import FUSED, VectorSpec, has_learned_head
 from mess.serve.uploads import EmbedWorker
-from mess.store import FeatureStore, Run, StoreError, Track
+from mess.store import FeatureStore, Run, StoreError, Track, is_track_id
 from mess.store.config import model_key
 from mess.store.paths import printable
+
+
+def _ascii_id(value: object) -> object:
+    """A track id from a URL is ASCII digits: pydantic's int() would also take '+1', '1_0' and ' 1'."""
+    if isinstance(value, str) and not is_track_id(value):
+        raise ValueError(f"unknown track id {value!r}")
+    return value
+
+
+TrackId = Annotated[int, BeforeValidator(_ascii_id)]
 
 
 class RequestLock:

@@ -10,6 +10,7 @@ from mess.store.feature_store import (
     Track,
     TrackList,
     TrackVectors,
+    is_track_id,
 )
 from mess.store.lock import StoreBusy
 
@@ -24,4 +25,5 @@ __all__ = [
     "Track",
     "TrackList",
     "TrackVectors",
+    "is_track_id",
 ]

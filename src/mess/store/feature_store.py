@@ -154,6 +154,12 @@ def legacy_stamp(size: int, mtime: float) -> str:
     return f"legacy:{size}:{mtime!r}"
 
 
+def is_track_id(text: str) -> bool:
+    """Whether ``text`` is a track id: ASCII digits only (``str.isdigit`` also passes '²', which int() refuses,
+    and '١', which int() reads as 1)."""
+    return text.isascii() and text.isdigit()
+
+
 def _schema_missing(db: sqlite3.Connection) -> bool:
     try:
         return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='vectors'").fetchone() is None
@@ -383,7 +389,7 @@ class FeatureStore:
         unique (the message lists the candidates' ids and paths)."""
         key = str(ref)
         sql = f"SELECT {_TRACK_COLS} FROM tracks WHERE "
-        if key.isdigit():
+        if is_track_id(key):
             row = self.db.execute(sql + "id=?", (int(key),)).fetchone() if len(key) < 19 else None
         else:
             row = self.db.execute(sql + "path=?", (to_db_path(Path(key).expanduser().resolve()),)).fetchone()
