@@ -398,7 +398,7 @@ def test_label_csv_overrides_tags(synth: tuple[FeatureStore, Run], tmp_path: Pat
     rows = [f"/music/artist{a}/track{j}.wav,{'even' if j % 2 == 0 else 'odd'}"
             for a in range(ARTISTS) for j in range(PER_ARTIST)]
     csv_path.write_text("path,mood\n" + "\n".join(rows) + "\n")
-    labels = read_label_csv(store, csv_path, "mood")
+    labels = read_label_csv(store, csv_path, "mood").labels
     assert len(labels) == ARTISTS * PER_ARTIST and set(labels.values()) == {"even", "odd"}
     ev = evaluate(store, run, "mood", k=5, labels=labels)
     assert ev.n_classes == 2 and ev.best().scores.map < 0.8  # parity of the track number is not in the vectors
@@ -408,10 +408,35 @@ def test_label_csv_overrides_tags(synth: tuple[FeatureStore, Run], tmp_path: Pat
         read_label_csv(store, bad, "mood")
     excel = tmp_path / "excel.csv"  # a byte-order mark, as Excel saves UTF-8: its first column was '\ufeffpath'
     excel.write_bytes(b"\xef\xbb\xbf" + csv_path.read_bytes())
-    assert read_label_csv(store, excel, "mood") == labels
+    assert read_label_csv(store, excel, "mood").labels == labels
     same = {tid: "all" for tid in labels}
     with pytest.raises(LabelError, match="the same label"):  # was 1.000 everywhere, chance too
         evaluate(store, run, "mood", k=5, labels=same)
+
+
+def test_label_rows_name_each_track_exactly_and_once(synth: tuple[FeatureStore, Run], tmp_path: Path) -> None:
+    store, run = synth
+    solo = _add_track(store, run, "/music/solo/only.wav", "hash-solo", _vectors(np.random.default_rng(1),
+                                                                                store.centres, 0), "Solo", "Only")
+    one, two = store.track("/music/artist0/track1.wav").id, store.track("/music/artist1/track2.wav").id
+    paths = tmp_path / "paths.csv"  # another machine's path of only.wav matched it by name
+    paths.write_text("path,label\n/music/artist0/track1.wav,a\n/music/artist0/track1.wav,a\n/elsewhere/only.wav,b\n"
+                     "/music/artist1/track2.wav,b\n")
+    got = read_label_csv(store, paths, "label")
+    assert got.labels == {one: "a", two: "b"} and got.unknown == [(4, "/elsewhere/only.wav")]
+    assert got.note() == ("1 label rows name unknown tracks and were left out: line 4 '/elsewhere/only.wav' (a path "
+                          "matches only the file's path in the store; a 'file' column matches file names)")
+    names = tmp_path / "names.csv"
+    names.write_text("file,label\nonly.wav,b\n")
+    assert read_label_csv(store, names, "label").labels == {solo: "b"}
+    names.write_text("file,label\nonly.wav,b\ntrack1.wav,a\n")
+    with pytest.raises(LabelError, match=r"names.csv:3: 4 tracks are named 'track1.wav'"):
+        read_label_csv(store, names, "label")
+    conflict = tmp_path / "conflict.csv"  # the last row won
+    conflict.write_text(f"id,label\n{one},a\n{two},b\n{one},b\n")
+    with pytest.raises(LabelError, match=rf"conflict.csv:4: track {one} \(Artist 0 - Track 1\) is labelled 'b' here "
+                                         "and 'a' on line 2"):
+        read_label_csv(store, conflict, "label")
 
 
 def _cli() -> typer.Typer:

@@ -233,14 +233,18 @@ def evaluate_command(
     with open_store(store) as fs:
         run = fs.run(model)
         try:
-            overrides = read_label_csv(fs, labels, label) if labels is not None else None
-            ev = evaluate(fs, run, label, k, labels=overrides, labels_from=labels.name if labels else None,
+            label_file = read_label_csv(fs, labels, label) if labels is not None else None
+            if label_file and (note := label_file.note()):
+                console.print(f"[yellow]note:[/] {plain(note)}")
+            ev = evaluate(fs, run, label, k, labels=label_file.labels if label_file else None,
+                          labels_from=labels.name if labels else None,
                           norm=cast("Norm", norm), compare=compare, match=match, expand=expand)
         except (LabelError, ValueError) as exc:
             fail(str(exc))
         png = plot_evaluation(ev, plot or fs.reports_dir / f"evaluate-{run.model}-{label}.png")
     if as_json:
-        emit_json({**ev.to_dict(), "plot": str(png)})
+        unknown = [{"line": line, "ref": ref} for line, ref in label_file.unknown] if label_file else []
+        emit_json({**ev.to_dict(), "plot": str(png), "unknown_label_rows": unknown})
         return
     _print_evaluation(ev, run.model, k, norm, match, png)
     if ev.tracks_without_fused_vectors:

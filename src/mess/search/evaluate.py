@@ -86,8 +86,32 @@ class Evaluation:
         return asdict(self)
 
 
-def read_label_csv(store: FeatureStore, path: Path, field: str) -> dict[int, str]:
-    """Track id -> label from a CSV with an ``id``, ``path`` or ``file`` column and a ``field`` or ``label`` one."""
+@dataclass(frozen=True)
+class LabelFile:
+    """Labels read from a CSV: track id -> label, and the (line, reference) of each row naming no track."""
+
+    labels: dict[int, str]
+    unknown: list[tuple[int, str]]
+    column: str  # how rows name tracks: id, path or file
+
+    def note(self, shown: int = 3) -> str:
+        """One line naming the rows left out (empty when none)."""
+        if not self.unknown:
+            return ""
+        listed = ", ".join(f"line {line} {ref!r}" for line, ref in self.unknown[:shown])
+        more = ", ..." if len(self.unknown) > shown else ""
+        hint = " (a path matches only the file's path in the store; a 'file' column matches file names)"
+        return (f"{len(self.unknown)} label rows name unknown tracks and were left out: {listed}{more}"
+                + (hint if self.column == "path" else ""))
+
+
+def read_label_csv(store: FeatureStore, path: Path, field: str) -> LabelFile:
+    """Labels from a CSV with an ``id``, ``path`` or ``file`` column and a ``field`` or ``label`` one.
+
+    A ``path`` matches only the file at that path; an id, or a file name shared by no other track, as
+    :meth:`FeatureStore.track` finds it. Rows naming no track are left out (listed); a file name several tracks
+    share and a track given two labels are refused (LabelError).
+    """
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
@@ -101,16 +125,24 @@ def read_label_csv(store: FeatureStore, path: Path, field: str) -> dict[int, str
             f"{path} needs an id, path or file column and a {field!r} or 'label' column; "
             f"it has {sorted(cols) or 'no header'}"
         )
-    out: dict[int, str] = {}
+    labels: dict[int, tuple[str, int]] = {}  # track id -> (label, the line that gave it)
+    unknown: list[tuple[int, str]] = []
     for line, row in enumerate(rows, start=2):
         ref, value = (row.get(ref_col) or "").strip(), (row.get(label_col) or "").strip()
         if not ref or not value:
             continue
         try:
-            out[store.track(ref).id] = value
-        except StoreError as exc:
+            track = store.track_at(ref) if ref_col == "path" else store.find(ref)
+        except StoreError as exc:  # a file name several tracks share
             raise LabelError(f"{path}:{line}: {exc}") from exc
-    return out
+        if track is None:
+            unknown.append((line, ref))
+            continue
+        before, at = labels.setdefault(track.id, (value, line))
+        if before != value:
+            raise LabelError(f"{path}:{line}: track {track.id} ({track.name}) is labelled {value!r} here and "
+                             f"{before!r} on line {at}")
+    return LabelFile({tid: label for tid, (label, _) in labels.items()}, unknown, ref_col)
 
 
 def track_labels(tracks: Sequence[Track], field: str, overrides: dict[int, str] | None = None) -> dict[int, str]:

@@ -387,24 +387,35 @@ class FeatureStore:
     def track(self, ref: int | str | Path) -> Track:
         """Find a track by id, path, or file name; raises StoreError when unknown, or when a file name is not
         unique (the message lists the candidates' ids and paths)."""
-        key = str(ref)
-        sql = f"SELECT {_TRACK_COLS} FROM tracks WHERE "
-        if is_track_id(key):
-            row = self.db.execute(sql + "id=?", (int(key),)).fetchone() if len(key) < 19 else None
-        else:
-            row = self.db.execute(sql + "path=?", (to_db_path(Path(key).expanduser().resolve()),)).fetchone()
-            if row is None:
-                rows = self._named(Path(key).name)
-                if len(rows) > 1:
-                    found = [Track.from_row(r) for r in rows]
-                    listed = "; ".join(f"{t.id}: {printable(t.path)}" for t in found[:5]) + (
-                        "; ..." if len(found) > 5 else "")
-                    raise StoreError(f"{len(found)} tracks are named {Path(key).name!r} ({listed}); "
-                                     "give the track's id or its full path")
-                row = rows[0] if rows else None
-        if row is None:
+        found = self.find(ref)
+        if found is None:
             raise StoreError(f"unknown track {ref!r}")
-        return Track.from_row(row)
+        return found
+
+    def find(self, ref: int | str | Path) -> Track | None:
+        """:meth:`track`, but None when nothing matches (StoreError still when a file name is not unique)."""
+        key = str(ref)
+        if is_track_id(key):
+            if len(key) > 18:  # beyond SQLite's integers: no track's id
+                return None
+            row = self.db.execute(f"SELECT {_TRACK_COLS} FROM tracks WHERE id=?", (int(key),)).fetchone()
+            return None if row is None else Track.from_row(row)
+        at = self.track_at(key)
+        if at is not None:
+            return at
+        rows = self._named(Path(key).name)
+        if len(rows) > 1:
+            found = [Track.from_row(r) for r in rows]
+            listed = "; ".join(f"{t.id}: {printable(t.path)}" for t in found[:5]) + ("; ..." if len(found) > 5 else "")
+            raise StoreError(f"{len(found)} tracks are named {Path(key).name!r} ({listed}); "
+                             "give the track's id or its full path")
+        return Track.from_row(rows[0]) if rows else None
+
+    def track_at(self, path: str | Path) -> Track | None:
+        """The track at exactly ``path`` (relative to the working directory, links resolved), or None."""
+        row = self.db.execute(f"SELECT {_TRACK_COLS} FROM tracks WHERE path=?",
+                              (to_db_path(Path(path).expanduser().resolve()),)).fetchone()
+        return None if row is None else Track.from_row(row)
 
     def _named(self, name: str) -> list[sqlite3.Row]:
         """Catalog rows of the files called ``name``, by id."""
