@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import zlib
 from contextlib import closing
 from pathlib import Path
 
@@ -329,6 +330,46 @@ def test_a_killed_writer_frees_the_lock_for_the_one_waiting(tmp_path: Path) -> N
     _assert_same(_by_path(shared), want)
     with sqlite3.connect(shared / "catalog.sqlite") as db:
         assert db.execute("SELECT COUNT(*), COUNT(DISTINCT track_row) FROM vectors").fetchone() == (120, 120)
+
+
+def _checksums_hold(store_dir: Path) -> tuple[int, int]:
+    """(catalog rows of vectors, those whose recorded checksums are the CRC-32s of their rows in every row file)."""
+    with sqlite3.connect(f"file:{store_dir / 'catalog.sqlite'}?mode=ro", uri=True) as db:
+        dims = {run: json.loads(d) for run, d in db.execute("SELECT id, layer_dims FROM runs")}
+        rows = db.execute("SELECT run_id, track_row, seg_row, n_segments, checksums FROM vectors").fetchall()
+    files = {(run, level, layer): (store_dir / f"runs/{run}/{level}/{layer:03d}.f16").read_bytes()
+             for run, layer_dims in dims.items() for level in ("track", "segment") for layer in range(len(layer_dims))}
+    held = 0
+    for run, track_row, seg_row, n, blob in rows:
+        sums = []
+        for level, start, count in (("track", track_row, 1), ("segment", seg_row, n)):
+            for layer, dim in enumerate(dims[run]):
+                sums.append(zlib.crc32(files[run, level, layer][start * dim * 2:(start + count) * dim * 2]))
+        held += blob == np.array(sums, dtype="<u4").tobytes()
+    return len(rows), held
+
+
+def test_a_killed_writer_leaves_no_vectors_that_differ_from_their_checksums(tmp_path: Path) -> None:
+    music = tmp_path / "music"
+    n = len(_tones(music, 60, seconds=6.0))
+    store = tmp_path / "store"
+    cmd = [*MESS, "extract", str(music), *DSP, "--store", str(store)]
+    for at in (1, 12, 30):  # three kill -9s, each after a few more files were committed
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None and _committed(store) < at:
+            time.sleep(0.01)
+        assert proc.poll() is None, "the kill should land mid-run"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        committed = _committed(store)
+        assert at <= committed < n
+        assert _checksums_hold(store) == (committed, committed)
+        check = _mess("check", "--json", "--store", str(store))
+        assert check.returncode == 0 and {p["kind"] for p in json.loads(check.stdout)["problems"]} <= {"orphan-rows"}
+    assert _mess(*cmd[3:]).returncode == 0
+    assert _checksums_hold(store) == (n, n)
+    _assert_same(_by_path(store), _clean(music, tmp_path / "clean"))
 
 
 def test_no_wait_exits_at_once_naming_the_holder(tmp_path: Path) -> None:
@@ -778,6 +819,64 @@ def test_a_damaged_content_hash_is_named_not_silently_dropped(tmp_path: Path) ->
     assert "1 embedded" in _mess("extract", str(music), *DSP, "--store", str(store)).stderr
     _assert_same(_by_path(store), want)
     assert _mess("check", "--store", str(store)).stderr.strip().endswith(": ok")
+
+
+def _flip_bit(store_dir: Path, level: str, name: str) -> None:
+    """Clear one set exponent bit of a value in the first ``level`` row of file ``name`` in layer 0: the value stays
+    finite (only smaller), as a bit flipped on disk leaves most values."""
+    column = "track_row" if level == "track" else "seg_row"
+    with sqlite3.connect(store_dir / "catalog.sqlite") as db:
+        (row,) = db.execute(f"SELECT v.{column} FROM vectors v JOIN tracks t USING (content_hash) WHERE t.path LIKE ?",
+                            (f"%/{name}",)).fetchone()
+        rows = db.execute("SELECT COUNT(*), SUM(n_segments) FROM vectors").fetchone()[level == "segment"]
+    (path,) = store_dir.glob(f"runs/*/{level}/000.f16")
+    bits = np.memmap(path, dtype="<u2", mode="r+")
+    dim = bits.size // rows
+    at = next(i for i in range(row * dim, (row + 1) * dim) if bits[i] & 0x7C00)
+    before = float(bits[at:at + 1].view("<f2")[0])
+    bits[at] ^= 1 << max(b for b in range(10, 15) if bits[at] >> b & 1)
+    bits.flush()
+    after = float(bits[at:at + 1].view("<f2")[0])
+    assert np.isfinite(after) and after != before
+
+
+@pytest.mark.parametrize("level", ["track", "segment"])
+def test_a_flipped_bit_is_found_then_repaired(tmp_path: Path, level: str) -> None:
+    music = tmp_path / "music"
+    _tones(music, 5)
+    store = tmp_path / "store"
+    want = _clean(music, store)
+    _flip_bit(store, level, "tone01.wav")
+    check = _mess("check", "--json", "--store", str(store))
+    assert check.returncode == 1 and [p["kind"] for p in json.loads(check.stdout)["problems"]] == ["checksum"]
+    repaired = _mess("check", "--repair", "--store", str(store))
+    assert repaired.returncode == 0 and "dropped the vectors of 1 files" in repaired.stderr, repaired.stderr
+    assert "1 embedded" in _mess("extract", str(music), *DSP, "--store", str(store)).stderr
+    _assert_same(_by_path(store), want)
+
+
+def test_a_store_from_before_checksums_reads_and_gets_them_by_repair(tmp_path: Path) -> None:
+    music = tmp_path / "music"
+    _tones(music, 5)
+    store = tmp_path / "store"
+    want = _clean(music, store)
+    with sqlite3.connect(store / "catalog.sqlite") as db:  # what an older mess wrote: no checksums column
+        db.execute("ALTER TABLE vectors DROP COLUMN checksums")
+    _assert_same(_by_path(store), want)  # read-only: not migrated, read unverified
+    check = _mess("check", "--json", "--store", str(store))
+    report = json.loads(check.stdout)
+    assert check.returncode == 0 and report["ok"] and [p["kind"] for p in report["problems"]] == ["no-checksum"]
+    assert "5 files' vectors have no checksum yet" in report["problems"][0]["message"]
+    _damage_row(store, np.nan)  # one old row is damaged: repair drops it and sums only the other four
+    repaired = _mess("check", "--repair", "--store", str(store))
+    assert repaired.returncode == 0 and "dropped the vectors of 1 files" in repaired.stderr, repaired.stderr
+    assert "recorded the checksums of 4 files' vectors" in repaired.stderr
+    assert "1 embedded" in _mess("extract", str(music), *DSP, "--store", str(store)).stderr
+    assert _checksums_hold(store) == (5, 5)
+    _assert_same(_by_path(store), want)
+    _flip_bit(store, "segment", "tone03.wav")  # the sums repair recorded guard the rows
+    check = _mess("check", "--json", "--store", str(store))
+    assert check.returncode == 1 and [p["kind"] for p in json.loads(check.stdout)["problems"]] == ["checksum"]
 
 
 @pytest.fixture(scope="module")

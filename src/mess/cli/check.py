@@ -20,12 +20,12 @@ def check_command(
         typer.Option(
             "--repair",
             help="Drop untrusted vectors (re-embedded by the "
-            "next extract), cut unreferenced rows, delete stale indexes.",
+            "next extract), cut unreferenced rows, record missing checksums, delete stale indexes.",
         ),
     ] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Check the store: row files against the catalog, NaN/inf vectors, rows claimed twice, stale indexes.
+    """Check the store: row files against the catalog, NaN/inf vectors, checksums, rows claimed twice, stale indexes.
 
     Exit status: 0 when the store is whole (or was repaired), 1 when damage remains.
     """

@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS vectors (
     n_segments INTEGER NOT NULL,
     seg_starts TEXT NOT NULL,
     created_at REAL NOT NULL,
+    checksums BLOB,
     PRIMARY KEY (run_id, content_hash)
 );
 CREATE INDEX IF NOT EXISTS vectors_track_row ON vectors(run_id, track_row);
@@ -88,7 +89,9 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 
 def _migrate(conn: sqlite3.Connection) -> None:
     """Bring a catalog written by an older mess up to this schema (columns added since)."""
-    for table, column, decl in (("tracks", "stamp", "TEXT NOT NULL DEFAULT ''"), ("aspect_map", "n_tracks", "INTEGER")):
+    added = (("tracks", "stamp", "TEXT NOT NULL DEFAULT ''"), ("aspect_map", "n_tracks", "INTEGER"),
+             ("vectors", "checksums", "BLOB"))
+    for table, column, decl in added:
         if not has_column(conn, table, column):
             try:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")

@@ -1,10 +1,11 @@
 """Is the store whole? Row files against the catalog, values, references; and repairs.
 
 :func:`quick_check` runs whenever a store opens (two queries and a few ``stat`` calls per
-run). :func:`full_check` reads every referenced row too. :func:`repair` never hides
-damage: vectors that cannot be trusted lose their catalog rows (so the next
-``mess extract`` embeds those files again) and bytes nothing references are cut,
-and it returns one line per action.
+run). :func:`full_check` reads every referenced row too, against its checksum
+(:mod:`mess.store.checksums`). :func:`repair` never hides damage: vectors that cannot be
+trusted lose their catalog rows (so the next ``mess extract`` embeds those files again),
+bytes nothing references are cut, rows from an older mess that passed get their
+checksums, and it returns one line per action.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from mess.store.arrays import ShortFile
+from mess.store.catalog import has_column
+from mess.store.checksums import block_sum, changed, expected, pack
 from mess.store.feature_store import FeatureStore, Run
 from mess.store.paths import printable
 
@@ -24,7 +27,8 @@ from mess.store.paths import printable
 class Problem:
     """One thing wrong with a store. ``damage`` problems make answers wrong; others only waste space."""
 
-    kind: str  # catalog | short-file | short-derived | non-finite | shared-rows | orphan-rows | not-embedded
+    kind: str  # catalog | short-file | short-derived | non-finite | checksum | shared-rows | orphan-rows |
+    # not-embedded | no-checksum
     run_id: int | None
     message: str
     damage: bool = True
@@ -42,8 +46,8 @@ def quick_check(store: FeatureStore) -> list[Problem]:
 
 
 def full_check(store: FeatureStore) -> list[Problem]:
-    """Every problem: catalog integrity, file sizes, non-finite values, rows claimed twice, orphaned rows, files
-    the run each model answers from has not embedded.
+    """Every problem: catalog integrity, file sizes, non-finite values, rows that differ from their checksums, rows
+    claimed twice, orphaned rows, files the run each model answers from has not embedded, rows with no checksum yet.
 
     It reads one catalog version, and of the row files only the rows that version references (writers
     meanwhile cut only bytes past them).
@@ -60,7 +64,7 @@ def full_check(store: FeatureStore) -> list[Problem]:
                 problems += sizes
                 problems += _shared_rows(store, run)
                 if not any(p.kind == "short-file" for p in sizes):
-                    problems += _non_finite(store, run)
+                    problems += _values(store, run)
                 if run.id in in_use:
                     problems += _not_embedded(store, run)
             return problems
@@ -98,6 +102,10 @@ def repair(store: FeatureStore, problems: list[Problem]) -> list[str]:
                     store.drop_derived(run, p.derived)
                     done.append(f"{run.model} (run {run.id}): dropped the damaged {p.derived} vectors; "
                                 "`mess fuse apply` writes them again")
+            if any(p.kind == "no-checksum" for p in mine):
+                added = _add_checksums(store, run)
+                done.append(f"{run.model} (run {run.id}): recorded the checksums of {added} files' vectors "
+                            "(written by an older mess)")
             blanked = store.forget_derived_rows(run, freed, track_rows)
             if blanked:
                 done.append(f"{run.model} (run {run.id}): forgot the fused vectors of {blanked} files, whose rows "
@@ -151,11 +159,22 @@ def _not_embedded(store: FeatureStore, run: Run) -> list[Problem]:
                     "them", damage=False)]
 
 
-def _non_finite(store: FeatureStore, run: Run) -> list[Problem]:
-    bad = _non_finite_hashes(store, run)
-    if not bad:
-        return []
-    return [Problem("non-finite", run.id, f"{run.model}: {len(bad)} files have NaN or infinite vectors")]
+def _values(store: FeatureStore, run: Run) -> list[Problem]:
+    """Non-finite vectors, vectors that differ from their checksums (each file named once), rows with no checksum."""
+    non_finite = _non_finite_hashes(store, run)
+    differ, unsummed = _checksummed(store, run)
+    problems = []
+    if non_finite:
+        problems.append(Problem("non-finite", run.id, f"{run.model}: {len(non_finite)} files have NaN or infinite "
+                                "vectors"))
+    if differ - non_finite:
+        problems.append(Problem("checksum", run.id, f"{run.model}: {len(differ - non_finite)} files have vectors "
+                                "that differ from their checksums (changed on disk)"))
+    if unsummed:
+        problems.append(Problem("no-checksum", run.id, f"{run.model}: {len(unsummed)} files' vectors have no "
+                                "checksum yet (written by an older mess); `mess check --repair` adds them",
+                                damage=False))
+    return problems
 
 
 def _non_finite_hashes(store: FeatureStore, run: Run) -> set[str]:
@@ -195,4 +214,42 @@ def _untrusted(store: FeatureStore, run: Run, kinds: set[str]) -> set[str]:
                 bad |= {a[0], b[0]}
     if "non-finite" in kinds:
         bad |= _non_finite_hashes(store, run)
+    if "checksum" in kinds:
+        bad |= _checksummed(store, run)[0]
     return bad
+
+
+def _catalog_sums(store: FeatureStore, run: Run, where: str = "") -> list[sqlite3.Row]:
+    """The run's catalog rows (content_hash, track_row, seg_row, n_segments, checksums) matching ``where``."""
+    sums = "checksums" if has_column(store.db, "vectors", "checksums") else "NULL AS checksums"  # older, read-only
+    return store.db.execute(f"SELECT content_hash, track_row, seg_row, n_segments, {sums} FROM vectors "
+                            f"WHERE run_id=? {where}", (run.id,)).fetchall()
+
+
+def _checksummed(store: FeatureStore, run: Run) -> tuple[set[str], set[str]]:
+    """(content hashes whose rows differ from their checksums, content hashes with no checksum recorded)."""
+    rows = _catalog_sums(store, run)
+    blobs = [r[4] for r in rows]
+    differ: set[str] = set()
+    for level, start, count in (("track", 1, None), ("segment", 2, 3)):
+        starts = np.array([r[start] for r in rows], dtype=np.int64)
+        counts = np.array([1 if count is None else r[count] for r in rows], dtype=np.int64)
+        for layer in range(len(run.layer_names)):
+            want = expected(blobs, level, layer, len(run.layer_names))
+            wrong = changed(store.row_file(run, level, layer).read(), starts, counts, want)
+            differ |= {r[0] for r, w in zip(rows, wrong, strict=True) if w}
+    return differ, {r[0] for r in rows if r[4] is None}
+
+
+def _add_checksums(store: FeatureStore, run: Run) -> int:
+    """Record the checksums of the run's vectors that have none (written by an older mess); how many were added.
+
+    Called by :func:`repair` after it dropped every vector it found damaged, so what is summed was checked."""
+    rows = _catalog_sums(store, run, "AND checksums IS NULL")
+    files = [(store.row_file(run, "track", i).read(), store.row_file(run, "segment", i).read())
+             for i in range(len(run.layer_names))]
+    sums = [(pack([block_sum(t[r[1]:r[1] + 1]) for t, _ in files], [block_sum(s[r[2]:r[2] + r[3]]) for _, s in files]),
+             run.id, r[0]) for r in rows]
+    with store.db:
+        store.db.executemany("UPDATE vectors SET checksums=? WHERE run_id=? AND content_hash=?", sums)
+    return len(sums)

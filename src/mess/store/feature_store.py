@@ -27,8 +27,9 @@ from typing import TypeVar
 
 import numpy as np
 
-from mess.store.arrays import RowFile, ShortFile
+from mess.store.arrays import DTYPE, RowFile, ShortFile
 from mess.store.catalog import connect, has_column
+from mess.store.checksums import block_sum, pack
 from mess.store.lock import StoreLock
 from mess.store.memo import MEMO
 from mess.store.paths import from_db_path, printable, to_db_path
@@ -527,7 +528,8 @@ class FeatureStore:
         )
 
     def write_vectors(self, run: Run, items: Sequence[TrackVectors]) -> None:
-        """Write vectors at the rows after the catalog's last, then commit their catalog rows.
+        """Write vectors at the rows after the catalog's last, then commit their catalog rows with the
+        rows' checksums (:mod:`mess.store.checksums`).
 
         Under the write lock, so positions come from the catalog alone: bytes a killed
         writer left past them are overwritten, never referenced. Non-finite vectors are
@@ -542,32 +544,29 @@ class FeatureStore:
             if not items:
                 return
             track_row, seg_row = self.catalog_rows(run)
+            layers = range(len(run.layer_names))
+            tracks = [[np.asarray(it.layers[i], dtype=DTYPE) for i in layers] for it in items]  # as stored
+            segments = [[np.asarray(it.segments[i], dtype=DTYPE) for i in layers] for it in items]
             try:
-                for layer in range(len(run.layer_names)):
-                    self.row_file(run, "track", layer).write_at(track_row, np.stack([it.layers[layer] for it in items]))
-                    self.row_file(run, "segment", layer).write_at(
-                        seg_row, np.concatenate([it.segments[layer] for it in items])
-                    )
+                for i in layers:
+                    self.row_file(run, "track", i).write_at(track_row, np.stack([t[i] for t in tracks]))
+                    self.row_file(run, "segment", i).write_at(seg_row, np.concatenate([s[i] for s in segments]))
             except ValueError as exc:
                 raise StoreDamaged(
                     f"{exc}; the catalog references rows the file lacks: run `mess check --repair`"
                 ) from None
             now = time.time()
             rows = []
-            for i, it in enumerate(items):
-                rows.append(
-                    (
-                        run.id,
-                        it.content_hash,
-                        track_row + i,
-                        seg_row,
-                        len(it.seg_starts),
-                        json.dumps([round(float(s), 3) for s in it.seg_starts]),
-                        now,
-                    )
-                )
+            for n, it in enumerate(items):
+                sums = pack([block_sum(v) for v in tracks[n]], [block_sum(v) for v in segments[n]])
+                starts = json.dumps([round(float(s), 3) for s in it.seg_starts])
+                rows.append((run.id, it.content_hash, track_row + n, seg_row, len(it.seg_starts), starts, now, sums))
                 seg_row += len(it.seg_starts)
-            self.db.executemany("INSERT INTO vectors VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            self.db.executemany(
+                "INSERT INTO vectors (run_id, content_hash, track_row, seg_row, n_segments, seg_starts, created_at, "
+                "checksums) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
             self.db.executemany(
                 "DELETE FROM failures WHERE run_id=? AND content_hash=?", [(run.id, it.content_hash) for it in items]
             )

@@ -1,0 +1,56 @@
+"""CRC-32 checksums of stored vectors, so bytes changed on disk are refused, not misread.
+
+Each catalog row of ``vectors`` records, for every layer, the CRC-32 of the file's track
+row and of its block of segment rows as stored (float16 bytes): ``vectors.checksums``,
+little-endian uint32s, the track rows' layers first. Rows written before checksums
+existed hold NULL: they are read unverified until `mess check --repair` records theirs.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from mess.store.arrays import DTYPE
+
+NONE = -1  # no checksum recorded (a row from an older mess)
+MALFORMED = -2  # a recorded value of the wrong size: matches no row
+
+
+def block_sum(rows: np.ndarray) -> int:
+    """CRC-32 of a block of rows as a row file stores them (little-endian float16)."""
+    return zlib.crc32(np.ascontiguousarray(rows, dtype=DTYPE).data)
+
+
+def pack(track: Sequence[int], segment: Sequence[int]) -> bytes:
+    """The ``vectors.checksums`` value of one file: its track row's sums, then its segment block's, per layer."""
+    return np.array([*track, *segment], dtype="<u4").tobytes()
+
+
+def expected(blobs: Sequence[bytes | None], level: str, layer: int, n_layers: int) -> np.ndarray:
+    """The recorded sum of one layer at ``level`` ('track' or 'segment') of each catalog row, as int64
+    (:data:`NONE` where none is recorded, :data:`MALFORMED` where the value has the wrong size)."""
+    out = np.full(len(blobs), NONE, dtype=np.int64)
+    size = 8 * n_layers
+    whole = [i for i, b in enumerate(blobs) if b is not None and len(b) == size]
+    if whole:
+        sums = np.frombuffer(b"".join(blobs[i] or b"" for i in whole), dtype="<u4").reshape(len(whole), 2 * n_layers)
+        out[whole] = sums[:, layer + (n_layers if level == "segment" else 0)]
+    out[[i for i, b in enumerate(blobs) if b is not None and len(b) != size]] = MALFORMED
+    return out
+
+
+def changed(data: np.ndarray, starts: np.ndarray, counts: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """Which blocks (``counts[i]`` rows of ``data`` from row ``starts[i]``) differ from their recorded sum ``want[i]``;
+    blocks with none recorded are not read."""
+    data = np.ascontiguousarray(data, dtype=DTYPE)
+    check = np.flatnonzero(want != NONE)
+    begin = np.asarray(starts)[check]
+    end = begin + np.asarray(counts)[check]
+    got = np.fromiter((zlib.crc32(data[a:b].data) for a, b in zip(begin.tolist(), end.tolist(), strict=True)),
+                      dtype=np.int64, count=len(check))
+    out = np.zeros(len(want), dtype=bool)
+    out[check] = got != want[check]
+    return out
