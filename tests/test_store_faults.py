@@ -841,12 +841,18 @@ def _flip_bit(store_dir: Path, level: str, name: str) -> None:
 
 
 @pytest.mark.parametrize("level", ["track", "segment"])
-def test_a_flipped_bit_is_found_then_repaired(tmp_path: Path, level: str) -> None:
+def test_a_flipped_bit_is_refused_then_repaired(tmp_path: Path, level: str) -> None:
     music = tmp_path / "music"
     _tones(music, 5)
     store = tmp_path / "store"
     want = _clean(music, store)
     _flip_bit(store, level, "tone01.wav")
+    with pytest.raises(StoreDamaged, match=f"{level} vectors .* differ from their checksums.*mess check --repair"):
+        _by_path(store)
+    if level == "track":  # `mess similar` reads track vectors only
+        similar = _mess("similar", "tone01.wav", "--json", "--store", str(store))
+        assert similar.returncode == 1 and "differ from their checksums" in similar.stderr, similar.stderr
+        assert "mess check --repair" in similar.stderr and "Traceback" not in similar.stderr
     check = _mess("check", "--json", "--store", str(store))
     assert check.returncode == 1 and [p["kind"] for p in json.loads(check.stdout)["problems"]] == ["checksum"]
     repaired = _mess("check", "--repair", "--store", str(store))

@@ -13,7 +13,8 @@ import pytest
 from mess.audio.windows import WindowPolicy
 from mess.extract.runs import run_key, run_policy
 from mess.models.base import ModelInfo
-from mess.store import FeatureStore
+from mess.search.health import check_store
+from mess.store import FeatureStore, StoreDamaged
 
 FIXTURE = Path(__file__).parent / "fixtures" / "store_v0"
 TOY = ModelInfo("toy", "rev1", 16000, ("a", "b"), (4, 3))
@@ -76,3 +77,23 @@ def test_an_old_store_opens_read_only(old_store: FeatureStore) -> None:
     store = FeatureStore(old_store.root, readonly=True)
     assert store.run("toy").id == 2 and store.run("toy").policy == WindowPolicy(4.0, 3).to_json()  # the latest
     store.close()
+
+
+def test_an_old_store_gets_checksums_by_repair_and_they_guard_its_rows(old_store: FeatureStore) -> None:
+    root = old_store.root
+    old_store.close()
+    found = check_store(root)
+    assert [p.kind for p in found.problems] == ["no-checksum"] * len(WRITTEN) and not found.damaged
+    assert all("2 files' vectors have no checksum yet" in p.message for p in found.problems)
+    repaired = check_store(root, fix=True)
+    assert repaired.problems == [] and len(repaired.repaired) == len(WRITTEN)
+    with (root / "runs/3/segment/000.f16").open("r+b") as f:  # one value of a window of run 3: 3.25 -> 3.5
+        f.seek(4 * 2)
+        assert np.frombuffer(f.read(2), "<f2")[0] == 3.25
+        f.seek(4 * 2)
+        f.write(np.array([3.5], "<f2").tobytes())
+    store = FeatureStore(root, readonly=True)
+    with pytest.raises(StoreDamaged, match="segment vectors .* of track ids \\[2\\] differ from their checksums"):
+        store.segment_matrix(store.runs()[2], 0)
+    store.close()
+    assert [p.kind for p in check_store(root).problems] == ["checksum"]

@@ -29,7 +29,7 @@ import numpy as np
 
 from mess.store.arrays import DTYPE, RowFile, ShortFile
 from mess.store.catalog import connect, has_column
-from mess.store.checksums import block_sum, pack
+from mess.store.checksums import block_sum, changed, expected, pack
 from mess.store.lock import StoreLock
 from mess.store.memo import MEMO
 from mess.store.paths import from_db_path, printable, to_db_path
@@ -623,36 +623,53 @@ class FeatureStore:
             self.db.executemany("DELETE FROM failures WHERE content_hash=?", [(_unread_key(p),) for p in paths])
 
     def _rows(self, run: Run) -> list[sqlite3.Row]:
+        sums = "v.checksums" if has_column(self.db, "vectors", "checksums") else "NULL AS checksums"  # older, read-only
         return self.db.execute(
-            "SELECT t.id AS track_id, v.content_hash, v.track_row, v.seg_row, v.n_segments, v.seg_starts FROM tracks t "
-            "JOIN vectors v ON v.content_hash=t.content_hash AND v.run_id=? ORDER BY t.id",
+            f"SELECT t.id AS track_id, v.content_hash, v.track_row, v.seg_row, v.n_segments, v.seg_starts, {sums} "
+            "FROM tracks t JOIN vectors v ON v.content_hash=t.content_hash AND v.run_id=? ORDER BY t.id",
             (run.id,),
         ).fetchall()
 
-    def _read(self, run: Run, level: str, layer: int, take: list[int], ids: np.ndarray) -> np.ndarray:
-        """float32 rows ``take`` of a row file; a short file or a non-finite row raises StoreDamaged."""
+    def _read(self, run: Run, level: str, layer: int, rows: list[sqlite3.Row]) -> tuple[np.ndarray, np.ndarray]:
+        """(track id per vector, float32 vectors) of one layer at ``level`` for catalog ``rows``: a track row each,
+        or its block of segment rows. A short file, a non-finite value or bytes that differ from their checksum
+        raise StoreDamaged."""
+        if level == "track":
+            starts, counts = np.array([r["track_row"] for r in rows], dtype=np.int64), np.ones(len(rows), np.int64)
+        else:
+            starts = np.array([r["seg_row"] for r in rows], dtype=np.int64)
+            counts = np.array([r["n_segments"] for r in rows], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        take = np.repeat(starts - offsets[:-1], counts) + np.arange(offsets[-1])
+        ids = np.repeat(np.array([r["track_id"] for r in rows], dtype=np.int64), counts)
+        name = run.layer_names[layer]
         try:
-            mat = self.row_file(run, level, layer).take(take)
+            mat = self.row_file(run, level, layer).take(take.tolist())  # float16 on disk: exact in float32
         except ShortFile as exc:
             raise StoreDamaged(
-                f"{self.root}: {run.model} {level} vectors of layer {run.layer_names[layer]} stop at "
-                f"row {exc.rows} but the catalog references row {max(take)}; "
+                f"{self.root}: {run.model} {level} vectors of layer {name} stop at "
+                f"row {exc.rows} but the catalog references row {take.max()}; "
                 "run `mess check --repair`"
             ) from None
         bad = ~np.isfinite(mat).all(axis=1)
         if bad.any():
             raise StoreDamaged(
-                f"{self.root}: non-finite {run.model} vectors (layer {run.layer_names[layer]}) for "
+                f"{self.root}: non-finite {run.model} vectors (layer {name}) for "
                 f"track ids {sorted(set(ids[bad].tolist()))[:5]}; run `mess check --repair`"
             )
-        return mat
+        want = expected([r["checksums"] for r in rows], level, layer, len(run.layer_names))
+        wrong = changed(mat, offsets[:-1], counts, want)
+        if wrong.any():
+            raise StoreDamaged(
+                f"{self.root}: {run.model} {level} vectors (layer {name}) of track ids "
+                f"{sorted(r['track_id'] for r, w in zip(rows, wrong, strict=True) if w)[:5]} differ from their "
+                "checksums (changed on disk); run `mess check --repair`"
+            )
+        return ids, mat
 
     def layer_matrix(self, run: Run, layer: str | int) -> tuple[np.ndarray, np.ndarray]:
         """(track ids, float32 [n_tracks, dim]) of one layer's track vectors."""
-        idx = run.layer_index(layer)
-        rows = self._rows(run)
-        ids = np.array([r["track_id"] for r in rows], dtype=np.int64)
-        return ids, self._read(run, "track", idx, [r["track_row"] for r in rows], ids)
+        return self._read(run, "track", run.layer_index(layer), self._rows(run))
 
     def all_layers(self, run: Run) -> tuple[np.ndarray, np.ndarray]:
         """(track ids, float32 [n_tracks, n_layers, dim]) for models whose layers share one dim."""
@@ -664,22 +681,14 @@ class FeatureStore:
     def segment_matrix(self, run: Run, layer: str | int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(track id per segment, start seconds, float32 [n_segments, dim]) of one layer; StoreDamaged when two
         files' windows overlap (the open-time check sees shared track rows only)."""
-        idx = run.layer_index(layer)
         rows = self._rows(run)
         spans = sorted({r["content_hash"]: (r["seg_row"], r["n_segments"]) for r in rows}.values())
         if any(a[0] + a[1] > b[0] for a, b in zip(spans, spans[1:], strict=False)):
             raise StoreDamaged(f"{self.root}: two files' {run.model} window vectors point at the same rows; "
                                "run `mess check` for details and `mess check --repair` to fix it")
-        ids: list[int] = []
-        starts: list[float] = []
-        take: list[int] = []
-        for r in rows:
-            n = r["n_segments"]
-            ids += [r["track_id"]] * n
-            starts += json.loads(r["seg_starts"])
-            take += range(r["seg_row"], r["seg_row"] + n)
-        seg_ids = np.array(ids, dtype=np.int64)
-        return seg_ids, np.array(starts), self._read(run, "segment", idx, take, seg_ids)
+        seg_ids, mat = self._read(run, "segment", run.layer_index(layer), rows)
+        starts = [s for r in rows for s in json.loads(r["seg_starts"])]
+        return seg_ids, np.array(starts), mat
 
     def track_rows(self, run: Run) -> dict[str, int]:
         """content hash -> track row, for writing derived vectors aligned to rows."""
