@@ -366,7 +366,8 @@ def test_a_killed_writer_leaves_no_vectors_that_differ_from_their_checksums(tmp_
         assert at <= committed < n
         assert _checksums_hold(store) == (committed, committed)
         check = _mess("check", "--json", "--store", str(store))
-        assert check.returncode == 0 and {p["kind"] for p in json.loads(check.stdout)["problems"]} <= {"orphan-rows"}
+        kinds = {p["kind"] for p in json.loads(check.stdout)["problems"]}
+        assert check.returncode == 0 and kinds <= {"orphan-rows", "not-embedded"}  # no damage: files left to embed
     assert _mess(*cmd[3:]).returncode == 0
     assert _checksums_hold(store) == (n, n)
     _assert_same(_by_path(store), _clean(music, tmp_path / "clean"))
@@ -790,7 +791,8 @@ def test_two_files_at_one_row_are_refused_then_repaired(tmp_path: Path, column: 
     assert similar.returncode == 1 and "Traceback" not in similar.stderr, similar.stdout
     assert "point at" in similar.stderr and "mess check --repair" in similar.stderr, similar.stderr
     check = _mess("check", "--json", "--store", str(store))
-    assert check.returncode == 1 and [p["kind"] for p in json.loads(check.stdout)["problems"]] == ["shared-rows"]
+    kinds = [p["kind"] for p in json.loads(check.stdout)["problems"]]
+    assert check.returncode == 1 and kinds in (["shared-rows"], ["shared-rows", "checksum"])  # another's bytes
     repaired = _mess("check", "--repair", "--store", str(store))
     assert repaired.returncode == 0 and "dropped the vectors of 2 files" in repaired.stderr, repaired.stderr
     assert "2 embedded" in _mess("extract", str(music), *DSP, "--store", str(store)).stderr
