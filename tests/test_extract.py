@@ -24,7 +24,7 @@ from mess.extract.embed import embed_file
 from mess.extract.pipeline import extract
 from mess.extract.runs import run_policy
 from mess.models.dsp import DspModel
-from mess.store import FeatureStore
+from mess.store import FeatureStore, catalog
 
 POLICY = WindowPolicy(window_seconds=4.0, max_windows=3)
 
@@ -215,7 +215,7 @@ def _by_path(store: FeatureStore) -> dict[str, np.ndarray]:
 def _committed(store_dir: Path) -> int:
     try:
         # read-write (never create): after a kill -9 mid-commit, WAL recovery needs write access, as the store has
-        with sqlite3.connect(f"file:{store_dir / 'catalog.sqlite'}?mode=rw", uri=True, timeout=0.1) as db:
+        with sqlite3.connect(catalog.uri(store_dir / "catalog.sqlite", "rw"), uri=True, timeout=0.1) as db:
             return db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
     except sqlite3.Error:
         return 0

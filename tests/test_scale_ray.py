@@ -32,7 +32,7 @@ from mess.extract.pipeline import ExtractSummary, extract
 from mess.extract.runs import run_policy
 from mess.models.dsp import DspModel
 from mess.models.registry import load_model
-from mess.store import FeatureStore
+from mess.store import FeatureStore, catalog
 
 POLICY = WindowPolicy(window_seconds=4.0, max_windows=3)
 N_TONES = 32
@@ -154,7 +154,7 @@ def _vector_rows(store_dir: Path) -> tuple[int, int]:
     """(rows, distinct content hashes) in the vectors table; 0s while the store does not exist yet."""
     try:
         # read-write (never create): after a kill -9 mid-commit, WAL recovery needs write access, as the store has
-        with sqlite3.connect(f"file:{store_dir / 'catalog.sqlite'}?mode=rw", uri=True, timeout=0.1) as db:
+        with sqlite3.connect(catalog.uri(store_dir / "catalog.sqlite", "rw"), uri=True, timeout=0.1) as db:
             return db.execute("SELECT COUNT(*), COUNT(DISTINCT content_hash) FROM vectors").fetchone()
     except sqlite3.Error:
         return 0, 0

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mess.store import FeatureStore, Run, StoreDamaged
+from mess.store import FeatureStore, Run, StoreDamaged, catalog
 
 MESS = [sys.executable, "-m", "mess.cli"]
 DSP = ["--model", "dsp", "--window", "4", "--max-windows", "3", "--batch-size", "2"]
@@ -90,7 +90,7 @@ def _neighbours(store_dir: Path, query: Path) -> list[tuple[str, float]]:
 
 def _committed(store_dir: Path) -> int:
     try:
-        with sqlite3.connect(f"file:{store_dir / 'catalog.sqlite'}?mode=ro", uri=True, timeout=0.1) as db:
+        with sqlite3.connect(catalog.uri(store_dir / "catalog.sqlite"), uri=True, timeout=0.1) as db:
             return db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
     except sqlite3.Error:
         return 0
@@ -885,6 +885,27 @@ def test_a_store_from_before_checksums_reads_and_gets_them_by_repair(tmp_path: P
     _flip_bit(store, "segment", "tone03.wav")  # the sums repair recorded guard the rows
     check = _mess("check", "--json", "--store", str(store))
     assert check.returncode == 1 and [p["kind"] for p in json.loads(check.stdout)["problems"]] == ["checksum"]
+
+
+def test_a_store_name_with_uri_characters_is_read_as_itself(tmp_path: Path) -> None:
+    """'%41', '#' and '?' in a store's path name that folder, not 'stA' (nor no store at all)."""
+    stores = {"st%41": 3, "stA": 2, "odd#dir/s": 1, "q?x": 2}
+    for offset, (name, n) in enumerate(stores.items()):
+        music = tmp_path / f"music{offset}"
+        _tones(music, n, seconds=2.0, offset=3 * offset)
+        assert _mess("extract", str(music), *DSP, "--store", str(tmp_path / name)).returncode == 0
+    for offset, (name, n) in enumerate(stores.items()):
+        store = str(tmp_path / name)
+        info = _mess("info", "--json", "--store", store)
+        assert info.returncode == 0 and json.loads(info.stdout)["tracks"] == n, (name, info.stderr)
+        similar = _mess("similar", "1", "--json", "--store", store)
+        assert similar.returncode == 0, (name, similar.stderr)
+        answer = json.loads(similar.stdout)
+        names = {answer["query"]["label"]} | {r["name"] for r in answer["results"]}
+        assert names == {f"tone{i:02d}" for i in range(3 * offset, 3 * offset + n)}, (name, names)
+        out = tmp_path / f"out{offset}.npz"
+        assert _mess("export", str(out), "--store", store).returncode == 0
+        assert sorted(Path(p).parent.name for p in np.load(out)["path"]) == [f"music{offset}"] * n
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
+from urllib.parse import quote
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tracks (
@@ -72,10 +74,15 @@ CREATE TABLE IF NOT EXISTS derived (
 """
 
 
+def uri(path: Path, mode: str = "ro") -> str:
+    """A SQLite ``file:`` URI for ``path``: every byte but '/' escaped (a '%41', '#' or '?' is part of the name)."""
+    return f"file://{quote(os.fsencode(Path(path).absolute()), safe='/')}?mode={mode}"
+
+
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """Open the catalog (WAL mode, rows as mappings), creating the schema if needed."""
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=60)
+        conn = sqlite3.connect(uri(path), uri=True, check_same_thread=False, timeout=60)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, check_same_thread=False, timeout=60)
