@@ -20,6 +20,7 @@ from contextlib import closing
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
@@ -691,6 +692,7 @@ _CUTTER = """
 import os, sys, time
 from pathlib import Path
 import numpy as np
+import pyarrow.parquet as pq
 from mess.store import FeatureStore, TrackVectors
 store, stop, i = FeatureStore(Path(sys.argv[1])), Path(sys.argv[2]), 0
 run = store.run("dsp")
@@ -906,6 +908,27 @@ def test_a_store_name_with_uri_characters_is_read_as_itself(tmp_path: Path) -> N
         out = tmp_path / f"out{offset}.npz"
         assert _mess("export", str(out), "--store", store).returncode == 0
         assert sorted(Path(p).parent.name for p in np.load(out)["path"]) == [f"music{offset}"] * n
+
+
+def test_export_counts_the_files_it_left_out(tmp_path: Path) -> None:
+    """A file whose vectors a repair dropped is counted by export (message, --json, file metadata), as by similar."""
+    music = tmp_path / "music"
+    _tones(music, 4)
+    store = tmp_path / "store"
+    _clean(music, store)
+    _damage_row(store, np.inf)
+    assert _mess("check", "--repair", "--store", str(store)).returncode == 0
+    note = "1 files have no dsp vectors and were left out; `mess check` names them, `mess extract --model dsp`"
+    out = _mess("export", str(tmp_path / "out.npz"), "--store", str(store))
+    assert out.returncode == 0 and "3 tracks of 3 tracks" in out.stderr and note in out.stderr, out.stderr
+    assert int(np.load(tmp_path / "out.npz")["files_not_embedded"]) == 1
+    out = _mess("export", str(tmp_path / "out.parquet"), "--json", "--store", str(store))
+    assert out.returncode == 0 and json.loads(out.stdout)["files_not_embedded"] == 1, out.stdout
+    assert json.loads(pq.read_schema(tmp_path / "out.parquet").metadata[b"mess"])["files_not_embedded"] == 1
+    assert note in _mess("similar", "1", "--store", str(store)).stderr
+    _mess("extract", str(music), *DSP, "--store", str(store))
+    out = _mess("export", str(tmp_path / "out.npz"), "--store", str(store))
+    assert "4 tracks of 4 tracks" in out.stderr and "left out" not in out.stderr, out.stderr
 
 
 @pytest.fixture(scope="module")

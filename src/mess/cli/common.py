@@ -52,6 +52,13 @@ def os_reason(exc: OSError) -> str:
     return f"{' -> '.join(names)}: {reason}" if names else reason
 
 
+def not_embedded_note(count: int, model: str) -> None:
+    """Say that ``count`` catalogued files have no ``model`` vectors and were left out of the answer (if any)."""
+    if count:
+        console.print(f"[yellow]{count} files have no {plain(model)} vectors and were left out; "
+                      f"`mess check` names them, `mess extract --model {plain(model)}` embeds them[/]")
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print a one-line error (no traceback) and exit."""
     console.print(f"[bold red]error:[/] {plain(message)}")

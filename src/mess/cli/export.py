@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mess.cli.common import console, emit_json, fail, open_store, os_reason, plain
+from mess.cli.common import console, emit_json, fail, not_embedded_note, open_store, os_reason, plain
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, ModelOpt, StoreOpt
 
 
@@ -40,6 +40,7 @@ def export_command(
     unit = "windows" if segments else "tracks"
     console.print(f"{summary.rows} {unit} of {summary.tracks} tracks x {len(summary.layers)} layers of "
                   f"{plain(run.model)} -> {plain(str(summary.path))}")
+    not_embedded_note(summary.files_not_embedded, run.model)
 
 
 def register(app: typer.Typer) -> None:

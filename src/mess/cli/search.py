@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, cast
 import typer
 from rich.table import Table
 
-from mess.cli.common import console, emit_json, fail, open_store, plain
+from mess.cli.common import console, emit_json, fail, not_embedded_note, open_store, plain
 from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, FusedOpt, JsonOpt, ModelOpt, StoreOpt
 from mess.constants import DEFAULT_NORM, FUSED, LABEL_FIELDS
 
@@ -198,9 +198,7 @@ def _print_similar(answer: dict, results: list[Neighbour]) -> None:
     if answer["tracks_without_fused_vectors"]:
         console.print(f"[yellow]{answer['tracks_without_fused_vectors']} tracks have no fused vectors yet and were "
                       "left out; `mess fuse apply` adds them[/]")
-    if answer["files_not_embedded"]:
-        console.print(f"[yellow]{answer['files_not_embedded']} files have no {model} vectors and were left out; "
-                      f"`mess check` names them, `mess extract --model {model}` embeds them[/]")
+    not_embedded_note(answer["files_not_embedded"], model)
 
 
 def evaluate_command(

@@ -1,9 +1,10 @@
 """Vectors out of the store for research: per-track or per-segment rows with ids, paths and tags.
 
 ``npz``: one array per column (``track_id``, ``path``, tags, ``duration``, ``segment_start`` with
-segments) plus ``vectors_<layer>`` [rows, dim] float32 and ``layers``, ``model``, ``revision``.
-``parquet``: the same columns, each layer a fixed-size list<float32> column; model, revision and
-layer names in the schema metadata.
+segments) plus ``vectors_<layer>`` [rows, dim] float32 and ``layers``, ``model``, ``revision``,
+``files_not_embedded`` (catalogued files without vectors in the run, so not in the rows).
+``parquet``: the same columns, each layer a fixed-size list<float32> column; model, revision,
+layer names and files_not_embedded in the schema metadata.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class ExportSummary:
     tracks: int
     layers: tuple[str, ...]
     segments: bool
+    files_not_embedded: int = 0  # catalogued files with neither vectors nor a recorded failure: not in the rows
 
 
 def export_vectors(store: FeatureStore, run: Run, out: Path, fmt: str = "npz", *,
@@ -41,16 +43,17 @@ def export_vectors(store: FeatureStore, run: Run, out: Path, fmt: str = "npz", *
     if fmt not in FORMATS:
         raise StoreError(f"unknown export format {fmt!r}; choose {' or '.join(FORMATS)}")
     names = tuple(run.layer_names[run.layer_index(x)] for x in (layers or run.layer_names))
-    columns, vectors = _columns(store, run, names, segments)
+    columns, vectors, missing = _columns(store, run, names, segments)
     out = Path(out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"model": run.model, "revision": run.revision, "layers": names}
+    meta = {"model": run.model, "revision": run.revision, "layers": names, "files_not_embedded": missing}
     (_write_npz if fmt == "npz" else _write_parquet)(out, columns, vectors, meta)
-    return ExportSummary(out, len(columns["track_id"]), len(set(columns["track_id"].tolist())), names, segments)
+    return ExportSummary(out, len(columns["track_id"]), len(set(columns["track_id"].tolist())), names, segments,
+                         missing)
 
 
 def _columns(store: FeatureStore, run: Run, names: tuple[str, ...],
-             segments: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+             segments: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
     vectors: dict[str, np.ndarray] = {}
     ids = starts = None
     with store.snapshot():  # tracks and every layer from one catalog version, though an extract may be committing
@@ -61,6 +64,7 @@ def _columns(store: FeatureStore, run: Run, names: tuple[str, ...],
             else:
                 ids, mat = store.layer_matrix(run, name)
             vectors[name] = mat
+        missing = len(store.unembedded(run))
     if ids is None or not len(ids):
         raise StoreError(f"no vectors for {run.model} in {store.root}; run `mess extract` first")
     columns: dict[str, np.ndarray] = {"track_id": ids.astype(np.int64)}
@@ -69,13 +73,14 @@ def _columns(store: FeatureStore, run: Run, names: tuple[str, ...],
     for tag in TAGS:
         columns[tag] = np.array([getattr(by_id[int(i)], tag) or "" for i in ids], dtype=str)
     columns["duration"] = np.array([by_id[int(i)].duration or np.nan for i in ids], dtype=np.float64)
-    return columns, vectors
+    return columns, vectors, missing
 
 
 def _write_npz(out: Path, columns: dict[str, np.ndarray], vectors: dict[str, np.ndarray], meta: dict) -> None:
     arrays = {**columns, **{f"vectors_{n}": v for n, v in vectors.items()},
               "layers": np.array(meta["layers"]), "model": np.array(meta["model"]),
-              "revision": np.array(meta["revision"])}
+              "revision": np.array(meta["revision"]),
+              "files_not_embedded": np.array(meta["files_not_embedded"])}
     with open(out, "wb") as f:  # a file object: np.savez would append .npz to other names
         np.savez(f, allow_pickle=False, **arrays)
 
