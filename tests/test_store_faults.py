@@ -986,6 +986,16 @@ def test_bad_track_references_answer_clearly(tmp_path: Path) -> None:
     assert _mess("similar", "tone01.wav", "--store", str(store)).returncode == 0
 
 
+def test_config_unset_without_a_setting_is_refused(tmp_path: Path) -> None:
+    _tones(tmp_path / "music", 1, seconds=2.0)
+    store = tmp_path / "store"
+    assert _mess("extract", str(tmp_path / "music"), *DSP, "--store", str(store)).returncode == 0
+    out = _mess("config", "--unset", "--store", str(store))
+    assert out.returncode == 1 and "--unset needs the setting to remove" in out.stderr and not out.stdout, out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert _mess("config", "default-model", "--unset", "--store", str(store)).returncode == 0
+
+
 # ------------------------------------------------------------------ librosa's numba cache
 
 

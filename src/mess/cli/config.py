@@ -20,6 +20,8 @@ def config_command(
     """Show the store's settings and the model used by default, or change one setting."""
     from mess.store.config import SETTINGS, ConfigError, model_key, read_config, write_setting
 
+    if unset and key is None:
+        fail(f"--unset needs the setting to remove, e.g. `mess config {next(iter(SETTINGS))} --unset`")
     with open_store(store) as fs:
         models = sorted({r.model for r in fs.runs()})
         try:
