@@ -223,6 +223,40 @@ def test_cut_short_fused_vectors_are_damage_not_new_tracks(tmp_path: Path) -> No
     assert fused.returncode == 1 and "no 'fused' vectors" in fused.stderr, fused.stderr
 
 
+def test_a_repair_killed_before_it_blanked_fused_rows_leaves_no_vector_to_inherit(tmp_path: Path) -> None:
+    """A `check --repair` killed after it dropped the last file's vectors and cut the row files, before it blanked
+    that row's fused vector: the rerun said "whole", and the next new file took the row and its fused vector."""
+    from mess.constants import FUSED
+
+    music, store_dir = tmp_path / "music", tmp_path / "store"
+    tones = _tones(music, 4)
+    assert _mess("extract", str(music), *DSP, "--store", str(store_dir)).returncode == 0
+    store = FeatureStore(store_dir)
+    run = store.run("dsp")
+    hashes = [t.content_hash for t in store.tracks(run)]
+    store.write_derived(run, FUSED, hashes, np.random.default_rng(0).standard_normal((4, 8)), {"label": "album"})
+    last = max(store.track_rows(run).items(), key=lambda item: item[1])[0]
+    store.close()
+    with sqlite3.connect(store_dir / "catalog.sqlite") as db:  # what the killed repair had done
+        db.execute("DELETE FROM vectors WHERE content_hash=?", (last,))
+    for path in store_dir.glob("runs/*/track/*.f16"):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size * 3 // 4])
+    check = _mess("check", "--store", str(store_dir))
+    assert check.returncode == 1 and "stale-derived:" in check.stderr, check.stderr
+    repaired = _mess("check", "--repair", "--store", str(store_dir))
+    assert repaired.returncode == 0 and "forgot the fused vectors of 1 files" in repaired.stderr, repaired.stderr
+    for t in tones:  # the dropped file comes back, in the freed row: with no fused vector of its own yet
+        if FeatureStore(store_dir, readonly=True).track(t).content_hash == last:
+            t.unlink()
+    _tones(tmp_path / "new", 1, offset=9)[0].replace(music / "new.wav")
+    assert "embedded" in _mess("extract", str(music), *DSP, "--store", str(store_dir)).stderr
+    store = FeatureStore(store_dir, readonly=True)
+    run = store.run("dsp")
+    new = store.track(music / "new.wav")
+    assert new.id not in store.derived_matrix(run, FUSED)[0].tolist()
+    store.close()
+
+
 @pytest.mark.parametrize("change", ["re-embedded", "removed"])
 def test_fuse_apply_writes_what_it_read_though_an_extract_runs_meanwhile(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str) -> None:

@@ -27,8 +27,8 @@ from mess.store.paths import printable
 class Problem:
     """One thing wrong with a store. ``damage`` problems make answers wrong; others only waste space."""
 
-    kind: str  # catalog | short-file | short-derived | non-finite | checksum | shared-rows | orphan-rows |
-    # not-embedded | no-checksum
+    kind: str  # catalog | short-file | short-derived | stale-derived | non-finite | checksum | shared-rows |
+    # orphan-rows | not-embedded | no-checksum
     run_id: int | None
     message: str
     damage: bool = True
@@ -83,7 +83,12 @@ def repair(store: FeatureStore, problems: list[Problem]) -> list[str]:
             if not mine:
                 continue
             hashes = _untrusted(store, run, {p.kind for p in mine})
-            freed = [row for h, row in store.track_rows(run).items() if h in hashes]
+            rows = store.track_rows(run)
+            freed = [row for h, row in rows.items() if h in hashes]
+            kept = max((row for h, row in rows.items() if h not in hashes), default=-1) + 1
+            # derived vectors are stored by row: blank those of the freed rows before the rows are freed, so a
+            # repair killed in between never leaves a vector for the next file written there to inherit
+            blanked = store.forget_derived_rows(run, freed, kept)
             with store.db:
                 store.db.executemany("DELETE FROM vectors WHERE run_id=? AND content_hash=?",
                                      [(run.id, h) for h in hashes])
@@ -106,7 +111,6 @@ def repair(store: FeatureStore, problems: list[Problem]) -> list[str]:
                 added = _add_checksums(store, run)
                 done.append(f"{run.model} (run {run.id}): recorded the checksums of {added} files' vectors "
                             "(written by an older mess)")
-            blanked = store.forget_derived_rows(run, freed, track_rows)
             if blanked:
                 done.append(f"{run.model} (run {run.id}): forgot the fused vectors of {blanked} files, whose rows "
                             "a new file may take; `mess fuse apply` writes them again")
@@ -130,6 +134,10 @@ def _file_sizes(store: FeatureStore, run: Run) -> list[Problem]:
         if written is not None and have < written:  # read as tracks added since, they were left out silently
             problems.append(Problem("short-derived", run.id, f"{run.model} {name} vectors hold {have} rows, "
                                     f"`mess fuse apply` wrote {written}", derived=name))
+        elif have > track_rows:  # rows a repair freed (and was killed before it blanked): the next file's row
+            problems.append(Problem("stale-derived", run.id, f"{run.model} {name} vectors: {have - track_rows} "
+                                    "rows past the catalog's last, which the next new file would inherit",
+                                    derived=name))
     return problems
 
 
