@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from mess.store import FeatureStore, Run, StoreDamaged, catalog
+from mess.store import FeatureStore, Run, StoreDamaged, StoreError, catalog
 
 MESS = [sys.executable, "-m", "mess.cli"]
 DSP = ["--model", "dsp", "--window", "4", "--max-windows", "3", "--batch-size", "2"]
@@ -255,6 +255,36 @@ def test_a_repair_killed_before_it_blanked_fused_rows_leaves_no_vector_to_inheri
     new = store.track(music / "new.wav")
     assert new.id not in store.derived_matrix(run, FUSED)[0].tolist()
     store.close()
+
+
+def test_fused_vectors_and_their_catalog_row_change_together(tmp_path: Path) -> None:
+    """`fuse apply` replaced the fused file, then recorded its size in the catalog: killed in between, or read by a
+    reader on the catalog version before, the 256-d file was read as 8-d rows (slices of one track's vector), and
+    `mess check` said ok. The catalog now names the file it describes."""
+    from mess.constants import FUSED
+
+    music, store_dir = tmp_path / "music", tmp_path / "store"
+    _tones(music, 4)
+    assert _mess("extract", str(music), *DSP, "--store", str(store_dir)).returncode == 0
+    writer = FeatureStore(store_dir)
+    run = writer.run("dsp")
+    hashes = [t.content_hash for t in writer.tracks(run)]
+    old = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float16).astype(np.float32)
+    writer.write_derived(run, FUSED, hashes, old, {"label": "album"})
+    reader = FeatureStore(store_dir, readonly=True)
+    with reader.snapshot():  # a reader on the catalog version of the 8-d vectors
+        reader.derived_meta(reader.run("dsp"), FUSED)
+        writer.write_derived(run, FUSED, hashes, np.random.default_rng(1).standard_normal((4, 256)), {})  # 256-d
+        ids, mat = reader.derived_matrix(reader.run("dsp"), FUSED)  # the file its version names stays for it
+        assert mat.shape == (4, 8)
+        np.testing.assert_array_equal(mat, old)
+        writer.write_derived(run, FUSED, hashes, np.random.default_rng(2).standard_normal((4, 256)), {})
+        with pytest.raises(StoreError, match="rewritten twice while read"):  # two versions on: said, not misread
+            reader.derived_matrix(reader.run("dsp"), FUSED)
+    assert reader.derived_matrix(reader.run("dsp"), FUSED)[1].shape == (4, 256)  # the new version: the new file
+    assert len(list(writer.derived_path(run, FUSED).parent.iterdir())) == 2  # the current file and the one before
+    reader.close()
+    writer.close()
 
 
 @pytest.mark.parametrize("change", ["re-embedded", "removed"])

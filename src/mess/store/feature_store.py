@@ -712,19 +712,40 @@ class FeatureStore:
             for content_hash, vec in zip(content_hashes, matrix, strict=True):
                 if content_hash in rows:
                     full[rows[content_hash]] = vec
-            RowFile(self.derived_path(run, name), dim).replace(full)
-            now = time.time()  # in the metadata too, so caches keyed on it see every rewrite
-            self.db.execute(
-                "INSERT OR REPLACE INTO derived VALUES (?, ?, ?, ?, ?)",
-                (run.id, name, dim, json.dumps({**meta, "written_at": now, "rows": len(full)}), now),
-            )
+            self._store_derived(run, name, full, meta)
+
+    def _store_derived(self, run: Run, name: str, matrix: np.ndarray, meta: dict) -> None:
+        """Write a derived set to a file of its own and point the catalog at it (in the caller's transaction).
+
+        The catalog names the file (``meta["file"]``), so a reader, or a writer killed between the two steps,
+        sees the old file with the old metadata or the new with the new, never one with the other. The file
+        replaced stays for readers still on the old catalog version; older ones go.
+        """
+        previous = self.derived_meta(run, name)
+        folder = self.derived_path(run, name).parent
+        file = f"{name}.{time.time_ns()}.f16"
+        RowFile(folder / file, matrix.shape[1]).replace(matrix)
+        now = time.time()  # in the metadata too, so caches keyed on it see every rewrite
+        self.db.execute(
+            "INSERT OR REPLACE INTO derived VALUES (?, ?, ?, ?, ?)",
+            (run.id, name, matrix.shape[1],
+             json.dumps({**meta, "written_at": now, "rows": len(matrix), "file": file}), now),
+        )
+        keep = {file, _derived_file(name, previous)} if previous is not None else {file}
+        for old in folder.glob(f"{name}.*f16"):
+            if old.name not in keep:
+                old.unlink(missing_ok=True)
 
     def derived_matrix(self, run: Run, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(track ids, float32 matrix) of derived vectors; tracks added since are left out."""
-        row = self.db.execute("SELECT dim FROM derived WHERE run_id=? AND name=?", (run.id, name)).fetchone()
+        row = self.db.execute("SELECT dim, meta FROM derived WHERE run_id=? AND name=?", (run.id, name)).fetchone()
         if row is None:
             raise StoreError(f"no {name!r} vectors for {run.model}; run `mess fuse train` and `mess fuse apply` first")
-        data = RowFile(self.derived_path(run, name), row[0]).read()
+        path = self.derived_path(run, name).with_name(_derived_file(name, json.loads(row[1])))
+        if not path.exists():
+            raise StoreError(f"the {name} vectors of {run.model} are not where the catalog says ({path.name}): "
+                             "rewritten twice while read (try again) or deleted (`mess check --repair`)")
+        data = RowFile(path, row[0]).read()
         pairs = [(r["track_id"], r["track_row"]) for r in self._rows(run) if r["track_row"] < len(data)]
         mat = np.asarray(data[[p[1] for p in pairs]], dtype=np.float32)
         keep = np.isfinite(mat).all(axis=1)
@@ -744,19 +765,14 @@ class FeatureStore:
         rows, blanked = list(rows), 0
         derived_sets = self.db.execute("SELECT name, dim, meta FROM derived WHERE run_id=?", (run.id,)).fetchall()
         for name, dim, meta in derived_sets:
-            derived = RowFile(self.derived_path(run, name), dim)
-            data = np.array(derived.read(), dtype=np.float32)
+            data = np.array(RowFile(self.derived_path(run, name), dim).read(), dtype=np.float32)
             drop = [r for r in rows if r < min(keep, len(data))]
             before = int(np.isfinite(data).all(axis=1).sum())
             data[drop] = np.nan
             data = data[:keep]
             blanked += before - int(np.isfinite(data).all(axis=1).sum())
-            derived.replace(data)
-            now = time.time()  # a new written_at: caches keyed on the metadata see the change
             with self.db:
-                self.db.execute("UPDATE derived SET meta=?, created_at=? WHERE run_id=? AND name=?",
-                                (json.dumps({**json.loads(meta), "written_at": now, "rows": len(data)}), now,
-                                 run.id, name))
+                self._store_derived(run, name, data, json.loads(meta))
         return blanked
 
     def derived_sizes(self, run: Run) -> list[tuple[str, int, int | None]]:
@@ -768,8 +784,10 @@ class FeatureStore:
     def drop_derived(self, run: Run, name: str) -> None:
         """Forget a derived vector set: its catalog row and its file."""
         with self._write():
+            folder = self.derived_path(run, name).parent
             self.db.execute("DELETE FROM derived WHERE run_id=? AND name=?", (run.id, name))
-            self.derived_path(run, name).unlink(missing_ok=True)
+            for path in folder.glob(f"{name}.*f16"):
+                path.unlink(missing_ok=True)
 
     def derived_meta(self, run: Run, name: str) -> dict | None:
         """Metadata stored with derived vectors, or None."""
@@ -777,8 +795,8 @@ class FeatureStore:
         return None if row is None else json.loads(row[0])
 
     def derived_path(self, run: Run, name: str) -> Path:
-        """The row file of a derived vector set."""
-        return self.root / "runs" / str(run.id) / "derived" / f"{name}.f16"
+        """The row file of a derived vector set, as the catalog names it."""
+        return self.root / "runs" / str(run.id) / "derived" / _derived_file(name, self.derived_meta(run, name))
 
     # ---- aspect map -----------------------------------------------------------------
     def set_aspect_map(self, run: Run, entries: Iterable[tuple[str, str, float, float]], *,
@@ -812,6 +830,11 @@ class FeatureStore:
             r[0]: r[1]
             for r in self.db.execute("SELECT aspect, layer FROM aspect_map WHERE run_id=? ORDER BY aspect", (run.id,))
         }
+
+
+def _derived_file(name: str, meta: dict | None) -> str:
+    """The file name of a derived set: its metadata names it (stores before that used ``NAME.f16``)."""
+    return str((meta or {}).get("file") or f"{name}.f16")
 
 
 def _unread_key(path: str) -> str:
