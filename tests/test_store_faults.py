@@ -1125,3 +1125,25 @@ def test_a_store_from_before_audio_hashes_is_not_embedded_again(tmp_path: Path) 
     assert out.returncode == 0 and "0 embedded, 3 unchanged" in out.stderr, out.stderr
     paths[0].write_bytes(paths[0].read_bytes())  # rewritten: a new stamp, hashed the new way, embedded once more
     assert "1 embedded" in _mess("extract", str(music), *DSP, "--store", str(store)).stderr
+
+
+def test_two_track_store_scores_a_copy_as_a_copy(tmp_path: Path) -> None:
+    """z-scores fitted on two tracks made them exact opposites (-1.000), even a track and its own re-encoded copy;
+    below MIN_FIT_TRACKS scores are plain cosines, said once, and radio skips the copy as a duplicate."""
+    music = tmp_path / "m"
+    (tone,) = _tones(music, 1)
+    y, sr = sf.read(tone)
+    sf.write(music / "tone00_copy.flac", y, sr, subtype="PCM_16")  # the same audio, quantised: other content
+    store = str(tmp_path / "st")
+    assert _mess("extract", str(music), *DSP, "--store", store).returncode == 0
+    sim = _mess("similar", "1", "--store", store, "--json")
+    assert sim.returncode == 0, sim.stderr
+    answer = json.loads(sim.stdout)
+    assert [r["score"] for r in answer["results"]] == [pytest.approx(1.0, abs=1e-3)]
+    assert answer["results"][0]["duplicate"] and "plain cosines" in answer["norm_note"]
+    shown = _mess("similar", "1", "--store", store)
+    assert (shown.stdout + shown.stderr).count("plain cosines") == 1
+    radio = _mess("playlist", "radio", "1", "--store", store)
+    assert radio.returncode == 0, radio.stderr
+    assert "only 0 tracks fit" in radio.stdout + radio.stderr and "plain cosines" in radio.stdout + radio.stderr
+

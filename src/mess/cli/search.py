@@ -134,7 +134,7 @@ def similar_command(
     from mess.search.expansion import expansion
     from mess.search.hubness import METHODS
     from mess.search.query import ENCODED_R2, aspect_layers, similar_tracks, stale_aspect_map, weak_aspects
-    from mess.search.vectors import vectors_label
+    from mess.search.vectors import VectorSpec, load_vectors, vectors_label
 
     if hubness is not None and hubness not in METHODS:
         fail(f"unknown hubness reduction {hubness!r}; choose {' or '.join(METHODS)}")
@@ -148,6 +148,8 @@ def similar_command(
                                      norm=cast("Norm", norm), learned=learned, match=match, expand=expand)
         except ValueError as exc:
             fail(str(exc))
+        norm_note = load_vectors(fs, run, VectorSpec.from_options(layer, aspect, fused, cast("Norm", norm),
+                                                                  learned)).norm_note
         source, _ = aspect_layers(fs, run)
         weak = weak_aspects(fs, run)
         stale = stale_aspect_map(fs, run) if aspect or source == "aspects" else None
@@ -157,7 +159,7 @@ def similar_command(
               "model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "norm": norm,
               "match": match, "hubness": hubness, "expand": expand, "why_source": source,
               "weak_aspects": weak, "stale_aspect_map": stale, "tracks_without_fused_vectors": unfused,
-              "files_not_embedded": unembedded}
+              "files_not_embedded": unembedded, "norm_note": norm_note}
     if as_json:
         emit_json({**answer, "encoded_threshold": ENCODED_R2, "results": [n.to_dict() for n in results]})
         return
@@ -186,6 +188,8 @@ def _print_similar(answer: dict, results: list[Neighbour]) -> None:
         row += [f"{n.adjusted:.3f}"] if n.adjusted is not None else []
         table.add_row(*row, plain(why))
     console.print(table)
+    if answer["norm_note"]:
+        console.print(f"[yellow]note:[/] {plain(answer['norm_note'])}")
     if weak:
         console.print(
             f"[dim]not used as evidence (probe R^2 below {ENCODED_R2}): "

@@ -8,7 +8,8 @@ mean of their per-layer cosines). A :class:`Preprocessor` fitted on the collecti
 turns raw vectors into unit vectors: per-dimension z-scoring (default: removes the
 common offset that makes every pair of neural embeddings look alike, and evens out
 dimensions on different scales; best on real soundtracks, docs/quality.md) or
-centering alone, then L2 normalisation per layer block.
+centering alone, then L2 normalisation per layer block. Fitted on fewer than
+:data:`MIN_FIT_TRACKS` tracks it is plain L2 normalisation (cosine of the raw vectors).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ Norm = Literal["none", "center", "zscore"]
 # (a dead unit) would otherwise turn a new track's tiny deviation into the largest coordinate of its vector
 ZSCORE_FLOOR = 0.01
 NORMS: tuple[Norm, ...] = ("none", "center", "zscore")
+# centring (and z-scoring) needs at least this many tracks: n centred vectors sum to zero, so their mean pairwise
+# cosine is about -1/(n-1): two tracks always scored -1 (an OGG and its own decoded WAV included), three -0.5;
+# at 8 the bias is -0.14 and below the spread of real pairs, and a per-dimension std from fewer samples is noise
+MIN_FIT_TRACKS = 8
 T = TypeVar("T")
 
 
@@ -114,8 +119,10 @@ class Preprocessor:
 
     @classmethod
     def fit(cls, raw: np.ndarray, blocks: Sequence[int], norm: Norm) -> Preprocessor:
-        """Fit on ``raw`` [n, sum(blocks)] vectors for the given normalisation."""
+        """Fit on ``raw`` [n, sum(blocks)] vectors for the given normalisation (none below MIN_FIT_TRACKS)."""
         dim = raw.shape[1]
+        if len(raw) < MIN_FIT_TRACKS:
+            norm = "none"
         mean = raw.mean(axis=0) if norm != "none" and len(raw) else np.zeros(dim)
         scale = np.ones(dim)
         if norm == "zscore" and len(raw):
@@ -164,6 +171,14 @@ class VectorSet:
     raw: np.ndarray
     prep: Preprocessor
     _unit: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def norm_note(self) -> str:
+        """One line when the spec's normalisation fell back to plain cosine (too few tracks), else ''."""
+        if self.spec.norm == "none" or len(self.ids) >= MIN_FIT_TRACKS:
+            return ""
+        return (f"only {len(self.ids)} tracks have these vectors: scores are plain cosines "
+                f"({self.spec.norm} normalisation needs {MIN_FIT_TRACKS})")
 
     @cached_property
     def fingerprint(self) -> str:

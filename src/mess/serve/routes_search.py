@@ -49,6 +49,8 @@ def _answer(state: ServeState, run: Run, query: dict, results: list[Neighbour], 
     return {"query": query, "model": run.model, "vectors": vectors_label(layer, aspect, fused, learned),
             "why_source": source, "why_words": {g: listener_words(g) for g in specs},
             "weak_aspects": weak_aspects(state.store, run), "encoded_threshold": ENCODED_R2,
+            "norm_note": load_vectors(state.store, run, vector_spec(state.store, run, layer, aspect, fused,
+                                                                   learned)).norm_note,
             "results": [neighbour_dict(n) for n in results]}
 
 
