@@ -1147,3 +1147,41 @@ def test_two_track_store_scores_a_copy_as_a_copy(tmp_path: Path) -> None:
     assert radio.returncode == 0, radio.stderr
     assert "only 0 tracks fit" in radio.stdout + radio.stderr and "plain cosines" in radio.stdout + radio.stderr
 
+
+_KILL_AT_REPORT_JSON = """
+import builtins, io, os, signal, sys
+real = io.open
+def killing_open(file, mode="r", *args, **kwargs):
+    handle = real(file, mode, *args, **kwargs)
+    name = os.path.basename(str(file))
+    if ("w" in mode or "x" in mode) and name.lstrip(".").startswith("probe-") and ".json" in name:
+        os.kill(os.getpid(), signal.SIGKILL)  # the report JSON opened for writing, nothing written to it yet
+    return handle
+builtins.open = io.open = killing_open  # pathlib opens through io.open
+sys.argv = ["mess", *sys.argv[1:]]
+from mess.cli.main import main
+main()
+"""
+
+
+def test_a_probe_killed_while_writing_its_report_leaves_map_and_report_agreeing(tmp_path: Path) -> None:
+    """The aspect map was stored before the reports, and the report JSON written in place: a kill in between left
+    the map of the new probe beside the old report (or an empty one) that the server and `fuse report` read."""
+    store = tmp_path / "st"
+    _tones(tmp_path / "m", 10)
+    assert _mess("extract", str(tmp_path / "m"), *DSP, "--store", str(store)).returncode == 0
+    probe = ["probe", "--model", "dsp", "--store", str(store), "--control", "none", "--workers", "1"]
+    first = _mess(*probe, "--folds", "2", "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["aspect_map_stored"]
+    report = Path(json.loads(first.stdout)["files"]["json"])
+    killed = subprocess.run([sys.executable, "-c", _KILL_AT_REPORT_JSON, *probe, "--folds", "3"],
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    on_disk = json.loads(report.read_text())  # whole: the old report
+    fs = FeatureStore(store, readonly=True)
+    try:
+        stored = fs.aspect_scores(fs.run("dsp"))
+    finally:
+        fs.close()
+    assert stored == pytest.approx({a["aspect"]: a["score"] for a in on_disk["aspects"]}, abs=1e-6)

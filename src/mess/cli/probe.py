@@ -55,8 +55,10 @@ def probe_command(
         except ProbeError as exc:
             fail(str(exc))
         reason = unmapped_reason(run, report)
-        stored = save_aspect_map(fs, run, report)
+        # reports first, each file replaced whole, then the map: a kill between them leaves the old map beside the
+        # new reports (a rerun stores it), never a map whose probe has no report
         paths = write_report(report, fs.reports_dir, partial=not probed_every_layer(run, report))
+        stored = save_aspect_map(fs, run, report)
     if json_out:
         _warn_stale(report)
         emit_json({**report.to_dict(), "aspect_map_stored": stored, "aspect_map_note": reason,

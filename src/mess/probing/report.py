@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 
 from mess.probing.probes import ProbeScores
 from mess.probing.targets import ASPECTS, TARGETS, aspect_targets
+from mess.store.paths import replace_file
 from mess.store.reports import report_paths
 
 TRAINED = "trained"
@@ -135,24 +137,25 @@ def _num(value: float) -> float | None:
 
 
 def write_report(report: ProbeReport, folder: Path, *, partial: bool = False) -> dict[str, Path]:
-    """Write the JSON report, a long-format CSV and a heatmap PNG; returns their paths.
+    """Write the JSON report, a long-format CSV and a heatmap PNG, each atomically; returns their paths.
 
     ``partial``: the probe covered only some layers; its files get names of their own, so the report of every
     layer (which the server and fusion read) is kept.
     """
     paths = report_paths(folder, report.model, report.run_id, report.probe, partial=partial)
     folder.mkdir(parents=True, exist_ok=True)
-    paths["json"].write_text(json.dumps(report.to_dict(), indent=2))
-    with paths["csv"].open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["condition", "layer", "target", "aspect", "r2_mean", "r2_std"])
-        for name, scores in report.conditions.items():
-            for i, layer in enumerate(scores.layers):
-                for j, target in enumerate(scores.targets):
-                    writer.writerow(
-                        [name, layer, target, _ASPECT_OF[target], _num(scores.r2[i, j]), _num(scores.r2_std[i, j])]
-                    )
+    rows = io.StringIO(newline="")
+    writer = csv.writer(rows)
+    writer.writerow(["condition", "layer", "target", "aspect", "r2_mean", "r2_std"])
+    for name, scores in report.conditions.items():
+        for i, layer in enumerate(scores.layers):
+            for j, target in enumerate(scores.targets):
+                writer.writerow(
+                    [name, layer, target, _ASPECT_OF[target], _num(scores.r2[i, j]), _num(scores.r2_std[i, j])]
+                )
+    replace_file(paths["csv"], rows.getvalue().encode())
     heatmap(report, paths["png"])
+    replace_file(paths["json"], json.dumps(report.to_dict(), indent=2).encode())  # last: what the server reads
     return paths
 
 
@@ -203,4 +206,6 @@ def heatmap(report: ProbeReport, path: Path) -> None:
         ax.set_title(f"{report.model} - {name}: out-of-fold R^2 ({report.n_tracks} tracks, {report.folds})", fontsize=9)
     if image is not None:
         fig.colorbar(image, ax=axes[:, 0].tolist(), shrink=0.8, label="R^2 (clipped to [-1, 1])")
-    fig.savefig(path, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, dpi=120, format="png")
+    replace_file(path, png.getvalue())
