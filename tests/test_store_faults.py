@@ -1185,3 +1185,30 @@ def test_a_probe_killed_while_writing_its_report_leaves_map_and_report_agreeing(
     finally:
         fs.close()
     assert stored == pytest.approx({a["aspect"]: a["score"] for a in on_disk["aspects"]}, abs=1e-6)
+
+
+def test_temp_files_of_interrupted_writes_are_named_and_repaired(tmp_path: Path) -> None:
+    """A killed `mess index` (or fuse, probe) left STORE/indexes/.NAME.XXXXXXXX.tmp for ever; check said ok."""
+    from mess.store.paths import TEMP_GRACE_SECONDS, temp_path
+
+    _tones(tmp_path / "m", 3)
+    store = tmp_path / "st"
+    assert _mess("extract", str(tmp_path / "m"), *DSP, "--store", str(store)).returncode == 0
+    assert _mess("index", "--store", str(store), "--model", "dsp").returncode == 0
+    index = next((store / "indexes").glob("*.faiss"))
+    left = temp_path(index)
+    left.write_bytes(b"\0" * 2_000_000)  # what a kill between write and rename leaves
+    old = time.time() - TEMP_GRACE_SECONDS - 5
+    os.utime(left, (old, old))
+    live = temp_path(index)
+    live.write_bytes(b"\0")  # a write in progress: not touched
+    checked = _mess("check", "--store", str(store), "--json")
+    assert checked.returncode == 0, checked.stderr
+    temps = [p for p in json.loads(checked.stdout)["problems"] if p["kind"] == "temp-files"]
+    assert len(temps) == 1 and "1 temp files" in temps[0]["message"] and "2.0 MB" in temps[0]["message"]
+    repaired = _mess("check", "--repair", "--store", str(store))
+    assert repaired.returncode == 0 and "deleted 1 temp files" in repaired.stdout + repaired.stderr
+    assert not left.exists() and live.exists()
+    live.unlink()
+    after = _mess("check", "--store", str(store), "--json")
+    assert json.loads(after.stdout)["problems"] == []

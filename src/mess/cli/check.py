@@ -48,6 +48,9 @@ def check_command(
             verdict = f"[red]damaged[/]: {plain(advice)}"
         elif unembedded:  # whole, but answers leave these files out until `mess extract` embeds them
             verdict = "[green]whole[/], [yellow]answers leave out the files named above[/]: `mess extract` embeds them"
+        elif any(p.kind == "temp-files" for p in health.problems):
+            verdict = ("[green]whole[/], [yellow]temp files of interrupted writes left[/]: "
+                       "`mess check --repair` deletes them")
         elif health.stale:  # whole, but searches skip these indexes (exact search) until rebuilt
             verdict = (f"[green]whole[/], [yellow]{len(health.stale)} index(es) out of date[/]: `mess index` "
                        "rebuilds them (`mess check --repair` deletes them)")

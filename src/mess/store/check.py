@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -20,15 +21,16 @@ from mess.store.arrays import ShortFile
 from mess.store.catalog import has_column
 from mess.store.checksums import block_sum, changed, expected, pack
 from mess.store.feature_store import FeatureStore, Run
-from mess.store.paths import printable
+from mess.store.paths import leftover_temps, printable
 
 
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with a store. ``damage`` problems make answers wrong; others only waste space."""
 
-    kind: str  # catalog | short-file | short-derived | stale-derived | non-finite | checksum | shared-rows |
-    # orphan-rows | not-embedded | no-checksum
+    # catalog | short-file | short-derived | stale-derived | non-finite | checksum | shared-rows | orphan-rows |
+    # not-embedded | no-checksum | temp-files
+    kind: str
     run_id: int | None
     message: str
     damage: bool = True
@@ -67,7 +69,7 @@ def full_check(store: FeatureStore) -> list[Problem]:
                     problems += _values(store, run)
                 if run.id in in_use:
                     problems += _not_embedded(store, run)
-            return problems
+            return problems + _temp_files(store)
     except sqlite3.DatabaseError as exc:
         return [Problem("catalog", None, f"the catalog cannot be read ({exc})")]
 
@@ -114,7 +116,32 @@ def repair(store: FeatureStore, problems: list[Problem]) -> list[str]:
             if blanked:
                 done.append(f"{run.model} (run {run.id}): forgot the fused vectors of {blanked} files, whose rows "
                             "a new file may take; `mess fuse apply` writes them again")
+        if any(p.kind == "temp-files" for p in problems):
+            temps = leftover_temps(store.root)
+            size = _total_size(temps)
+            for path in temps:
+                path.unlink(missing_ok=True)
+            done.append(f"deleted {len(temps)} temp files of interrupted writes ({size / 1e6:.1f} MB)")
     return done
+
+
+def _temp_files(store: FeatureStore) -> list[Problem]:
+    """Temp files interrupted atomic writes left (a killed `mess index` can leave GBs): space, not damage."""
+    temps = leftover_temps(store.root)
+    if not temps:
+        return []
+    named = ", ".join(printable(str(p.relative_to(store.root))) for p in temps[:3])
+    named += ", ..." if len(temps) > 3 else ""
+    return [Problem("temp-files", None, f"{len(temps)} temp files of interrupted writes hold "
+                    f"{_total_size(temps) / 1e6:.1f} MB ({named}); `mess check --repair` deletes them", damage=False)]
+
+
+def _total_size(paths: list[Path]) -> int:
+    total = 0
+    for p in paths:
+        with contextlib.suppress(OSError):
+            total += p.stat().st_size
+    return total
 
 
 def _file_sizes(store: FeatureStore, run: Run) -> list[Problem]:

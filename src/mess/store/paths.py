@@ -6,6 +6,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 from pathlib import Path
 
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffe\uffff]")  # C0 but tab and line feed, DEL, C1, non-chars
@@ -44,12 +45,35 @@ def one_line(text: str) -> str:
     return _BREAK.sub(" ", displayable(text))
 
 
+_TEMP = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # the names temp_path gives
+# a temp file untouched this long belongs to no live write: replace_file writes, syncs and renames it in one go
+TEMP_GRACE_SECONDS = 60.0
+
+
+def temp_path(target: Path) -> Path:
+    """The temp file :func:`replace_file` writes ``target`` through: ``.NAME.XXXXXXXX.tmp`` beside it."""
+    return target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+
+
+def leftover_temps(root: Path, grace: float = TEMP_GRACE_SECONDS) -> list[Path]:
+    """Temp files of :func:`replace_file` under ``root`` untouched for ``grace`` seconds (left by killed writes)."""
+    cutoff = time.time() - grace
+    out = []
+    for p in sorted(Path(root).rglob(".*.tmp")):
+        try:
+            if _TEMP.fullmatch(p.name) and p.is_file() and p.stat().st_mtime < cutoff:
+                out.append(p)
+        except OSError:  # renamed or removed meanwhile: a live write's
+            continue
+    return out
+
+
 def replace_file(path: Path, data: bytes) -> None:
     """Write ``data`` to a new file beside ``path`` and rename it over ``path`` (atomic: an existing file is
     replaced whole or left untouched, its permissions kept; a symbolic link is written through)."""
     target = Path(path).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    tmp = temp_path(target)
     try:
         with open(tmp, "xb") as f:
             f.write(data)
