@@ -85,7 +85,7 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(collection: Path) -> TestClient:
-    app = create_app(collection, max_upload_bytes=UPLOAD_LIMIT, embed_timeout=60)
+    app = create_app(collection, max_upload_bytes=UPLOAD_LIMIT, embed_timeout=300)  # slow CI; deadline tested alone
     with TestClient(base_url="http://127.0.0.1", app=app) as c:
         yield c
 
