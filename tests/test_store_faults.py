@@ -797,6 +797,15 @@ def test_check_beside_a_writer_that_cuts_row_files_answers(tmp_path: Path) -> No
     assert check.returncode == 0 and check.stderr.strip().endswith(": ok"), check.stderr
 
 
+def _repair_then_extract(music: Path, store: Path, dropped: int) -> str:
+    """`mess check --repair` drops the vectors of ``dropped`` files and `mess extract` embeds them again; returns what
+    the repair printed."""
+    repaired = _mess("check", "--repair", "--store", str(store))
+    assert repaired.returncode == 0 and f"dropped the vectors of {dropped} files" in repaired.stderr, repaired.stderr
+    assert f"{dropped} embedded" in _mess("extract", str(music), *DSP, "--store", str(store)).stderr
+    return repaired.stderr
+
+
 def test_a_nan_vector_is_refused_then_repaired(tmp_path: Path) -> None:
     music = tmp_path / "music"
     _tones(music, 5)
@@ -808,9 +817,7 @@ def test_a_nan_vector_is_refused_then_repaired(tmp_path: Path) -> None:
     assert "Traceback" not in similar.stderr
     check = _mess("check", "--json", "--store", str(store))
     assert check.returncode == 1 and [p["kind"] for p in json.loads(check.stdout)["problems"]] == ["non-finite"]
-    repaired = _mess("check", "--repair", "--store", str(store))
-    assert repaired.returncode == 0 and "dropped the vectors of 1 files" in repaired.stderr
-    assert "1 embedded" in _mess("extract", str(music), *DSP, "--store", str(store)).stderr
+    _repair_then_extract(music, store, dropped=1)
     _assert_same(_by_path(store), want)
 
 
@@ -859,9 +866,7 @@ def test_two_files_at_one_row_are_refused_then_repaired(tmp_path: Path, column: 
     check = _mess("check", "--json", "--store", str(store))
     kinds = [p["kind"] for p in json.loads(check.stdout)["problems"]]
     assert check.returncode == 1 and kinds in (["shared-rows"], ["shared-rows", "checksum"])  # another's bytes
-    repaired = _mess("check", "--repair", "--store", str(store))
-    assert repaired.returncode == 0 and "dropped the vectors of 2 files" in repaired.stderr, repaired.stderr
-    assert "2 embedded" in _mess("extract", str(music), *DSP, "--store", str(store)).stderr
+    _repair_then_extract(music, store, dropped=2)
     _assert_same(_by_path(store), want)
 
 
@@ -923,9 +928,7 @@ def test_a_flipped_bit_is_refused_then_repaired(tmp_path: Path, level: str) -> N
         assert "mess check --repair" in similar.stderr and "Traceback" not in similar.stderr
     check = _mess("check", "--json", "--store", str(store))
     assert check.returncode == 1 and [p["kind"] for p in json.loads(check.stdout)["problems"]] == ["checksum"]
-    repaired = _mess("check", "--repair", "--store", str(store))
-    assert repaired.returncode == 0 and "dropped the vectors of 1 files" in repaired.stderr, repaired.stderr
-    assert "1 embedded" in _mess("extract", str(music), *DSP, "--store", str(store)).stderr
+    _repair_then_extract(music, store, dropped=1)
     _assert_same(_by_path(store), want)
 
 
@@ -942,10 +945,7 @@ def test_a_store_from_before_checksums_reads_and_gets_them_by_repair(tmp_path: P
     assert check.returncode == 0 and report["ok"] and [p["kind"] for p in report["problems"]] == ["no-checksum"]
     assert "5 files' vectors have no checksum yet" in report["problems"][0]["message"]
     _damage_row(store, np.nan)  # one old row is damaged: repair drops it and sums only the other four
-    repaired = _mess("check", "--repair", "--store", str(store))
-    assert repaired.returncode == 0 and "dropped the vectors of 1 files" in repaired.stderr, repaired.stderr
-    assert "recorded the checksums of 4 files' vectors" in repaired.stderr
-    assert "1 embedded" in _mess("extract", str(music), *DSP, "--store", str(store)).stderr
+    assert "recorded the checksums of 4 files' vectors" in _repair_then_extract(music, store, dropped=1)
     assert _checksums_hold(store) == (5, 5)
     _assert_same(_by_path(store), want)
     _flip_bit(store, "segment", "tone03.wav")  # the sums repair recorded guard the rows
