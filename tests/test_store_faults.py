@@ -103,6 +103,21 @@ def _clean(music: Path, store_dir: Path) -> dict:
     return _by_path(store_dir)
 
 
+def _check_kinds(store: Path) -> tuple[int, list[str]]:
+    """`mess check --json`: its exit status and the kinds of the problems it lists."""
+    check = _mess("check", "--json", "--store", str(store))
+    return check.returncode, [p["kind"] for p in json.loads(check.stdout)["problems"]]
+
+
+def _repair_then_extract(music: Path, store: Path, dropped: int) -> str:
+    """`mess check --repair` drops the vectors of ``dropped`` files and `mess extract` embeds them again; returns what
+    the repair printed."""
+    repaired = _mess("check", "--repair", "--store", str(store))
+    assert repaired.returncode == 0 and f"dropped the vectors of {dropped} files" in repaired.stderr, repaired.stderr
+    assert f"{dropped} embedded" in _mess("extract", str(music), *DSP, "--store", str(store)).stderr
+    return repaired.stderr
+
+
 # ------------------------------------------------------------------ concurrent writers
 
 
@@ -430,9 +445,8 @@ def test_a_killed_writer_leaves_no_vectors_that_differ_from_their_checksums(tmp_
         committed = _committed(store)
         assert at <= committed < n
         assert _checksums_hold(store) == (committed, committed)
-        check = _mess("check", "--json", "--store", str(store))
-        kinds = {p["kind"] for p in json.loads(check.stdout)["problems"]}
-        assert check.returncode == 0 and kinds <= {"orphan-rows", "not-embedded"}  # no damage: files left to embed
+        status, kinds = _check_kinds(store)
+        assert status == 0 and set(kinds) <= {"orphan-rows", "not-embedded"}  # no damage: files left to embed
     assert _mess(*cmd[3:]).returncode == 0
     assert _checksums_hold(store) == (n, n)
     _assert_same(_by_path(store), _clean(music, tmp_path / "clean"))
@@ -797,15 +811,6 @@ def test_check_beside_a_writer_that_cuts_row_files_answers(tmp_path: Path) -> No
     assert check.returncode == 0 and check.stderr.strip().endswith(": ok"), check.stderr
 
 
-def _repair_then_extract(music: Path, store: Path, dropped: int) -> str:
-    """`mess check --repair` drops the vectors of ``dropped`` files and `mess extract` embeds them again; returns what
-    the repair printed."""
-    repaired = _mess("check", "--repair", "--store", str(store))
-    assert repaired.returncode == 0 and f"dropped the vectors of {dropped} files" in repaired.stderr, repaired.stderr
-    assert f"{dropped} embedded" in _mess("extract", str(music), *DSP, "--store", str(store)).stderr
-    return repaired.stderr
-
-
 def test_a_nan_vector_is_refused_then_repaired(tmp_path: Path) -> None:
     music = tmp_path / "music"
     _tones(music, 5)
@@ -815,8 +820,7 @@ def test_a_nan_vector_is_refused_then_repaired(tmp_path: Path) -> None:
     similar = _mess("similar", "tone01.wav", "--json", "--store", str(store))
     assert similar.returncode == 1 and "non-finite" in similar.stderr and "mess check --repair" in similar.stderr
     assert "Traceback" not in similar.stderr
-    check = _mess("check", "--json", "--store", str(store))
-    assert check.returncode == 1 and [p["kind"] for p in json.loads(check.stdout)["problems"]] == ["non-finite"]
+    assert _check_kinds(store) == (1, ["non-finite"])
     _repair_then_extract(music, store, dropped=1)
     _assert_same(_by_path(store), want)
 
@@ -863,9 +867,7 @@ def test_two_files_at_one_row_are_refused_then_repaired(tmp_path: Path, column: 
     similar = _mess("similar", "tone03.wav", "--match", match, "--json", "--store", str(store))
     assert similar.returncode == 1 and "Traceback" not in similar.stderr, similar.stdout
     assert "point at" in similar.stderr and "mess check --repair" in similar.stderr, similar.stderr
-    check = _mess("check", "--json", "--store", str(store))
-    kinds = [p["kind"] for p in json.loads(check.stdout)["problems"]]
-    assert check.returncode == 1 and kinds in (["shared-rows"], ["shared-rows", "checksum"])  # another's bytes
+    assert _check_kinds(store) in ((1, ["shared-rows"]), (1, ["shared-rows", "checksum"]))  # another's bytes
     _repair_then_extract(music, store, dropped=2)
     _assert_same(_by_path(store), want)
 
@@ -926,8 +928,7 @@ def test_a_flipped_bit_is_refused_then_repaired(tmp_path: Path, level: str) -> N
         similar = _mess("similar", "tone01.wav", "--json", "--store", str(store))
         assert similar.returncode == 1 and "differ from their checksums" in similar.stderr, similar.stderr
         assert "mess check --repair" in similar.stderr and "Traceback" not in similar.stderr
-    check = _mess("check", "--json", "--store", str(store))
-    assert check.returncode == 1 and [p["kind"] for p in json.loads(check.stdout)["problems"]] == ["checksum"]
+    assert _check_kinds(store) == (1, ["checksum"])
     _repair_then_extract(music, store, dropped=1)
     _assert_same(_by_path(store), want)
 
@@ -949,8 +950,7 @@ def test_a_store_from_before_checksums_reads_and_gets_them_by_repair(tmp_path: P
     assert _checksums_hold(store) == (5, 5)
     _assert_same(_by_path(store), want)
     _flip_bit(store, "segment", "tone03.wav")  # the sums repair recorded guard the rows
-    check = _mess("check", "--json", "--store", str(store))
-    assert check.returncode == 1 and [p["kind"] for p in json.loads(check.stdout)["problems"]] == ["checksum"]
+    assert _check_kinds(store) == (1, ["checksum"])
 
 
 def test_a_store_name_with_uri_characters_is_read_as_itself(tmp_path: Path) -> None:
