@@ -316,3 +316,44 @@ def test_a_file_changed_after_it_was_hashed_is_not_decoded_under_the_old_hash(tm
         path.unlink()
     with pytest.raises((AudioError, OSError), match="changed while it was being read|No such file"):
         decode_windows(record, 16000, policy)
+
+
+def test_a_query_for_a_file_that_failed_to_extract_names_the_failure(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`similar` and `playlist` on a file recorded as failed said it had no vectors yet and to run `mess extract`
+    (a corrupt file) or "unknown track" (a file never read); they name the failure and its recorded reason, and
+    the server answers 422 with the reason, naming the file without its folder."""
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from mess.cli.main import app
+    from mess.serve.app import create_app
+
+    monkeypatch.setattr(pipeline, "DECODE_TIMEOUT", 2.0)
+    music = tmp_path / "music"
+    paths = _tone_files(music, 3)
+    corrupt, stuck = music / "corrupt.wav", music / "stuck.wav"
+    corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
+    os.mkfifo(stuck)  # nobody writes: never read, so never catalogued
+    store = FeatureStore(tmp_path / "store")
+    summary = extract(store, [corrupt, stuck, *paths], DspModel(), POLICY, workers=2)
+    failed_id = store.track(corrupt).id
+    store.close()
+    reasons = dict(summary.failed)
+    assert set(reasons) == {str(corrupt), str(stuck)}
+    root = str(tmp_path / "store")
+    for args, path in ((["similar", str(corrupt)], corrupt), (["similar", "corrupt.wav"], corrupt),
+                       (["playlist", "radio", str(corrupt)], corrupt), (["playlist", "path", "corrupt.wav",
+                                                                         str(paths[0]), "-n", "3"], corrupt),
+                       (["similar", str(stuck)], stuck), (["playlist", "radio", "stuck.wav"], stuck)):
+        out = CliRunner().invoke(app, [*args, "--store", root])
+        said = " ".join(out.output.split())
+        assert out.exit_code == 1 and "Traceback" not in out.output, out.output
+        assert "failed to extract" in said and " ".join(reasons[str(path)].split()) in said, said
+        assert "mess extract" not in said and "unknown track" not in said, said
+    with TestClient(create_app(tmp_path / "store"), base_url="http://127.0.0.1") as client:
+        answer = client.get(f"/api/tracks/{failed_id}/similar")
+        radio = client.get("/api/playlists/radio", params={"seed": failed_id})
+    assert answer.status_code == radio.status_code == 422, answer.text + radio.text
+    detail = answer.json()["detail"]
+    assert "failed to extract" in detail and "corrupt.wav: cannot decode" in detail and str(music) not in detail

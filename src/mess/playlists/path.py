@@ -6,8 +6,9 @@ import numpy as np
 
 from mess.constants import DEFAULT_NORM
 from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError
+from mess.search.query import no_vectors
 from mess.search.vectors import Norm, VectorSpec, load_vectors, track_by_id
-from mess.store import FeatureStore, Run, StoreError, Track
+from mess.store import FeatureStore, Run, Track
 
 
 def sonic_path(store: FeatureStore, run: Run, start: Track, end: Track, n: int = 12, *,
@@ -28,7 +29,7 @@ def sonic_path(store: FeatureStore, run: Run, start: Track, end: Track, n: int =
     vs = load_vectors(store, run, VectorSpec.from_options(aspect=aspect, norm=norm), tracks)
     for t in (start, end):
         if t.id not in vs:
-            raise StoreError(f"track {t.id} ({t.name}) has no vectors for {run.model}; run `mess extract` first")
+            raise no_vectors(store, run, t)
     if len(vs.ids) < n:
         raise PlaylistError(f"the collection has {len(vs.ids)} tracks with vectors, fewer than -n {n}")
     unit, by_id = vs.unit(), track_by_id(tracks)

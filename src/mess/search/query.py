@@ -40,7 +40,8 @@ from mess.search.vectors import (
     query_vector,
     track_by_id,
 )
-from mess.store import FeatureStore, Run, StoreError, Track
+from mess.store import FeatureStore, Run, StoreError, Track, TrackFailed
+from mess.store.paths import printable
 
 DUPLICATE_COSINE = 0.9999
 LISTENER_WORDS = {
@@ -231,7 +232,7 @@ def _segment_neighbours(
     seg = store.cached(("segments", vs.fingerprint), lambda: read_segments(store, vs))
     if query.track is not None:
         if query.track.id not in vs:
-            raise StoreError(f"track {query.track.id} ({query.label}) has no vectors for {vs.run.model}")
+            raise no_vectors(store, vs.run, query.track)
         windows = seg.windows(int(vs.rows(np.array([query.track.id]))[0]))
     elif query.segments is None:
         raise StoreError(f"{query.label} carries no window vectors; pass a track or an audio file")
@@ -305,11 +306,7 @@ def _raw_vector(store: FeatureStore, vs: VectorSet, query: TrackQuery) -> np.nda
     """The query's raw vector in the space of ``vs``."""
     if query.track is not None:
         if query.track.id not in vs:
-            if vs.spec.kind == FUSED:
-                raise StoreError(f"track {query.track.id} ({query.label}) has no fused vector for {vs.run.model}; "
-                                 "run `mess fuse apply` first")
-            raise StoreError(f"track {query.track.id} ({query.label}) has no vectors of {vs.run.model} yet; "
-                             f"run `mess extract --model {vs.run.model}` on its folder first")
+            raise no_vectors(store, vs.run, query.track, fused=vs.spec.kind == FUSED)
         return vs.raw[vs.rows(np.array([query.track.id]))[0]]
     if vs.spec.kind == FUSED:  # an external file's fused vector comes with it (see mess.query)
         if query.fused is None:
@@ -318,6 +315,20 @@ def _raw_vector(store: FeatureStore, vs: VectorSet, query: TrackQuery) -> np.nda
     if query.layers is None:
         raise StoreError(f"{query.label} has neither a collection track nor layer vectors")
     return query_vector(vs.layers, vs.run, query.layers, learned=vs.spec.kind == LEARNED)
+
+
+def no_vectors(store: FeatureStore, run: Run, track: Track, *, fused: bool = False) -> StoreError:
+    """The error for a track that has no vectors to search with: :class:`TrackFailed` with the recorded reason
+    when its file failed to extract, else what to run to make them."""
+    failed = store.failure(run, track)
+    if failed is not None:
+        return TrackFailed(f"track {track.id} ({track.name}) failed to extract with {run.model}, so it has no "
+                           f"vectors: {failed}", printable(track.path))
+    if fused:
+        return StoreError(f"track {track.id} ({track.name}) has no fused vector for {run.model}; "
+                          "run `mess fuse apply` first")
+    return StoreError(f"track {track.id} ({track.name}) has no vectors of {run.model} yet; "
+                      f"run `mess extract --model {run.model}` on its folder first")
 
 
 def _excluded(tracks: Sequence[Track], query: TrackQuery | None, same_artist: bool) -> set[int]:

@@ -27,7 +27,7 @@ from mess.serve.uploads import (
     DEFAULT_MAX_UPLOAD,
     EmbedWorker,
 )
-from mess.store import FeatureStore, StoreError
+from mess.store import FeatureStore, StoreError, TrackFailed
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -79,6 +79,7 @@ def create_app(store_path: Path, model: str | None = None, allow_indexing: bool 
     app.state.mess = state
     install(app, access or AccessPolicy())
     app.add_exception_handler(StoreError, _bad_request)
+    app.add_exception_handler(TrackFailed, _failed_track)
     app.add_exception_handler(ArtistError, _bad_request)
     app.add_exception_handler(Exception, _internal_error)
     for module in (routes_tracks, routes_search, routes_reports, routes_playlists):
@@ -112,6 +113,12 @@ class HeadAsGet:
 
 async def _bad_request(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=400)
+
+
+async def _failed_track(_: Request, exc: Exception) -> JSONResponse:
+    """422: the track's file failed to extract; the reason names the file alone, never its folder."""
+    path = exc.path if isinstance(exc, TrackFailed) else ""
+    return JSONResponse({"detail": str(exc).replace(path, Path(path).name) if path else str(exc)}, status_code=422)
 
 
 async def _internal_error(_: Request, exc: Exception) -> JSONResponse:

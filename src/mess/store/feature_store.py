@@ -51,6 +51,15 @@ class StoreDamaged(StoreError):
     """The store's files disagree with its catalog; the message names what and how to repair it."""
 
 
+class TrackFailed(StoreError):
+    """The track asked for failed to extract, so it has no vectors; the message names it and the recorded reason."""
+
+    def __init__(self, message: str, path: str) -> None:
+        """``message`` names the file at ``path`` (kept, so a server can show the file name alone)."""
+        super().__init__(message)
+        self.path = path
+
+
 @dataclass(frozen=True)
 class Track:
     """One audio file in the collection, with its tags."""
@@ -390,6 +399,10 @@ class FeatureStore:
         unique (the message lists the candidates' ids and paths)."""
         found = self.find(ref)
         if found is None:
+            unread = None if isinstance(ref, int) else self.unread_failure(ref)
+            if unread is not None:
+                raise TrackFailed(f"{printable(unread[0])} failed to extract, so it is not in the collection: "
+                                  f"{unread[1]}", printable(unread[0]))
             raise StoreError(f"unknown track {ref!r}")
         return found
 
@@ -599,6 +612,26 @@ class FeatureStore:
             path = from_db_path(now)
             out.append((path, reason.replace(printable(from_db_path(then)), printable(path))))
         return out
+
+    def failure(self, run: Run, track: Track) -> str | None:
+        """Why ``track``'s content failed to extract in ``run`` (the recorded reason, naming the file as it is now),
+        or None when no failure is recorded."""
+        row = self.db.execute("SELECT path, reason FROM failures WHERE run_id=? AND content_hash=?",
+                              (run.id, track.content_hash)).fetchone()
+        return None if row is None else str(row[1]).replace(printable(from_db_path(row[0])), printable(track.path))
+
+    def unread_failure(self, ref: str | Path) -> tuple[str, str] | None:
+        """(path, reason) of the latest failure, in any run, of a file never read (so not catalogued) at ``ref``:
+        a path, or a file name when one such file has it; None when there is none."""
+        rows = self.db.execute("SELECT path, reason FROM failures WHERE content_hash LIKE 'path:%' ORDER BY at DESC")
+        latest: dict[str, str] = {}
+        for path, reason in rows:
+            latest.setdefault(from_db_path(path), str(reason))
+        exact = str(Path(ref).expanduser().resolve())
+        if exact in latest:
+            return exact, latest[exact]
+        named = [(path, reason) for path, reason in latest.items() if Path(path).name == Path(ref).name]
+        return named[0] if len(named) == 1 else None
 
     def unembedded(self, run: Run) -> list[str]:
         """Paths of catalogued files with neither vectors nor a recorded failure in ``run``, by id: no answer from
