@@ -237,6 +237,14 @@ def test_similar_says_when_tracks_were_added_since_the_aspect_map_was_probed(sto
     assert note() == want
     table = runner.invoke(mess, args)
     assert table.exit_code == 0 and f"note: {want}" in " ".join(table.output.split()), table.output
+    aspect = ["--model", "dsp", "--aspect", "brightness", "--store", str(root)]
+    for other in (["artists", "similar", "bach"], ["artists", "matrix", "-o", str(tmp_path / "m")],
+                  ["playlist", "radio", "1", "-n", "3"], ["playlist", "path", "1", "2", "-n", "3"],
+                  ["playlist", "clusters", "-k", "2", "--json"]):  # they used the map without a word
+        out = runner.invoke(mess, [*other, *aspect])
+        assert out.exit_code == 0 and f"note: {want}" in " ".join(out.output.split()), out.output
+    plain = runner.invoke(mess, ["playlist", "radio", "1", "-n", "3", "--model", "dsp", "--store", str(root)])
+    assert plain.exit_code == 0 and "aspect map" not in plain.output, plain.output  # no aspect used: no note
     with sqlite3.connect(root / "catalog.sqlite") as db:  # a catalog from before the probe's track count
         db.execute("ALTER TABLE aspect_map DROP COLUMN n_tracks")
     assert note() is None  # read-only: not migrated, still read

@@ -31,6 +31,7 @@ from mess.artists.profiles import (
 from mess.artists.reference import Coverage, load_reference, match_reference
 from mess.artists.similarity import METHODS, artist_vectors, similarity_matrix, similarity_row, top_k
 from mess.artists.validate import Metrics, evaluate, random_baseline
+from mess.search.query import stale_aspect_map
 from mess.store import FeatureStore, Run, StoreError
 from mess.store.reports import slug
 
@@ -94,9 +95,14 @@ def every_space(store: FeatureStore, run: Run) -> list[Space]:
 
 def choose_space(store: FeatureStore, run: Run, artists: ArtistSet, choice: SpaceChoice,
                  on_note: Note = _ignore) -> Space:
-    """The chosen space, or the most artist-discriminative layer (said through ``on_note``) when none is chosen."""
+    """The chosen space, or the most artist-discriminative layer (said through ``on_note``) when none is chosen; an
+    aspect read from a map probed on fewer tracks than the run has now is said through ``on_note`` too."""
     if choice.given:
-        return load_space(store, run, layer=choice.layer, aspect=choice.aspect, fused=choice.fused)
+        space = load_space(store, run, layer=choice.layer, aspect=choice.aspect, fused=choice.fused)
+        stale = stale_aspect_map(store, run) if choice.aspect is not None else None
+        if stale:
+            on_note(stale)
+        return space
     space, effect = most_discriminative(artists, [load_space(store, run, layer=name) for name in run.layer_names])
     if np.isfinite(effect):
         on_note(f"layer {space.label}: the most artist-discriminative of {run.model} "

@@ -27,7 +27,7 @@ from mess.artists.analysis import (
 from mess.artists.discrimination import LayerReport
 from mess.artists.hybrid import COMPONENTS
 from mess.artists.profiles import DEFAULT_MAX_TRACKS, DEFAULT_MIN_TRACKS, ArtistError, ArtistSet
-from mess.cli.common import console, emit_json, fail, open_store, plain
+from mess.cli.common import console, emit_json, fail, note, open_store, plain
 from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, FusedOpt, JsonOpt, ModelOpt, StoreOpt
 from mess.store import Run
 
@@ -93,10 +93,6 @@ def _artist_errors() -> Iterator[None]:
         fail(str(exc))
 
 
-def _note(text: str) -> None:
-    console.print(f"[yellow]note:[/] {plain(text)}")
-
-
 def similar_command(
     name: Annotated[str, typer.Argument(help="Artist name (case and accents do not matter).")],
     k: KOpt = 10,
@@ -123,7 +119,7 @@ def similar_command(
     blend = Hybrid(weights, reference, tags) if hybrid or weights is not None else None
     with open_store(store) as fs, _artist_errors():
         result = similar_artists(fs, name, k, options, SpaceChoice(layer, aspect, fused), hide_low=hide_low,
-                                 hybrid=blend, on_note=_note)
+                                 hybrid=blend, on_note=note)
     if as_json:
         emit_json(result.to_dict())
         return
@@ -179,7 +175,7 @@ def matrix_command(
     """Pairwise artist similarity matrix as CSV and heatmap PNG (rows clustered)."""
     options = _options(model, method, center, max_tracks, min_tracks)
     with open_store(store) as fs, _artist_errors():
-        m = artist_matrix(fs, options, SpaceChoice(layer, aspect, fused), out, on_note=_note)
+        m = artist_matrix(fs, options, SpaceChoice(layer, aspect, fused), out, on_note=note)
     if as_json:
         emit_json({"artists": m.names, "matrix": m.matrix.round(4).tolist(), "csv": str(m.csv), "png": str(m.png),
                    "space": m.space, "method": method, "centered": center})
@@ -199,7 +195,7 @@ def discrimination_command(
     """Which layers tell artists apart: pair-similarity range raw vs centred, separation, verdict."""
     options = _options(model, method, True, max_tracks, min_tracks)
     with open_store(store) as fs, _artist_errors():
-        run, artists, reports = discrimination(fs, options, on_note=_note)
+        run, artists, reports = discrimination(fs, options, on_note=note)
     if as_json:
         emit_json({"model": run.model, "artists": len(artists.profiles), "method": method,
                    "layers": [r.to_dict() for r in reports]})
@@ -256,9 +252,9 @@ def validate_command(
     """Score every layer's similar-artist rankings against reference lists (overlap, recall, nDCG @k, MRR)."""
     options = _options(model, method, center, max_tracks, min_tracks)
     with open_store(store) as fs, _artist_errors():
-        result = validate_layers(fs, reference, k, options, on_note=_note)
-    for note in result.notes:
-        _note(note)
+        result = validate_layers(fs, reference, k, options, on_note=note)
+    for text in result.notes:
+        note(text)
     if as_json:
         emit_json(result.to_dict())
         return
@@ -319,7 +315,7 @@ def hybrid_command(
     options = _options(model, method, center, max_tracks, min_tracks)
     with open_store(store) as fs, _artist_errors():
         result = learn_hybrid(fs, reference, k, options, SpaceChoice(layer, aspect, fused), tags=tags,
-                              test_fraction=test_fraction, seed=seed, save=save, on_note=_note)
+                              test_fraction=test_fraction, seed=seed, save=save, on_note=note)
     if as_json:
         emit_json(result.to_dict())
         return

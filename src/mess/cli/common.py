@@ -16,7 +16,7 @@ from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 from typer.models import DefaultPlaceholder
 
-from mess.store import FeatureStore
+from mess.store import FeatureStore, Run
 from mess.store.paths import one_line, printable
 
 console = Console(stderr=True, soft_wrap=True)  # one message, one line (logs and greps stay whole)
@@ -57,6 +57,21 @@ def not_embedded_note(count: int, model: str) -> None:
     if count:
         console.print(f"[yellow]{count} files have no {plain(model)} vectors and were left out; "
                       f"`mess check` names them, `mess extract --model {plain(model)}` embeds them[/]")
+
+
+def note(text: str | None) -> None:
+    """Print ``text`` as a one-line note (nothing for None or empty)."""
+    if text:
+        console.print(f"[yellow]note:[/] {plain(text)}")
+
+
+def stale_aspect_note(store: FeatureStore, run: Run, aspect: str | None) -> None:
+    """With an ``aspect`` asked for, note when the aspect map comes from a probe of fewer tracks than ``run`` has
+    now (:func:`mess.search.query.stale_aspect_map`)."""
+    from mess.search.query import stale_aspect_map
+
+    if aspect is not None:
+        note(stale_aspect_map(store, run))
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from mess.cli.common import console, emit_json, fail, open_store, os_reason, plain
+from mess.cli.common import console, emit_json, fail, open_store, os_reason, plain, stale_aspect_note
 from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, JsonOpt, ModelOpt, StoreOpt
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ def radio_command(
             playlist = radio(fs, run, queries, n, aspect=aspect, window=window)
         except PlaylistError as exc:
             fail(str(exc))
+        stale_aspect_note(fs, run, aspect)
     _emit(playlist, output, as_json)
 
 
@@ -74,6 +75,7 @@ def path_command(
             playlist = sonic_path(fs, run, fs.track(start), fs.track(end), n, aspect=aspect)
         except PlaylistError as exc:
             fail(str(exc))
+        stale_aspect_note(fs, run, aspect)
     _emit(playlist, output, as_json)
 
 
@@ -102,6 +104,7 @@ def clusters_command(
             fail(str(exc))
         except OSError as exc:
             fail(f"cannot write the playlists into {output}: {os_reason(exc)}")
+        stale_aspect_note(fs, run, aspect)
     if as_json:
         emit_json(
             {

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, cast
 import typer
 from rich.table import Table
 
-from mess.cli.common import console, emit_json, fail, not_embedded_note, open_store, plain
+from mess.cli.common import console, emit_json, fail, not_embedded_note, note, open_store, plain
 from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, FusedOpt, JsonOpt, ModelOpt, StoreOpt
 from mess.constants import DEFAULT_NORM, FUSED, LABEL_FIELDS
 
@@ -195,8 +195,7 @@ def _print_similar(answer: dict, results: list[Neighbour]) -> None:
             f"[dim]not used as evidence (probe R^2 below {ENCODED_R2}): "
             f"{', '.join(f'{a} {r2:.2f}' for a, r2 in sorted(weak.items(), key=lambda x: -x[1]))}[/]"
         )
-    if answer["stale_aspect_map"]:
-        console.print(f"[yellow]note:[/] {plain(answer['stale_aspect_map'])}")
+    note(answer["stale_aspect_map"])
     if answer["why_source"] == "layers":
         console.print(f"[dim]no aspect map for {model}: 'why' compares layers; run `mess probe` to name aspects[/]")
     if answer["tracks_without_fused_vectors"]:
