@@ -479,6 +479,25 @@ def test_evaluate_titles_name_the_label_file(synth: tuple[FeatureStore, Run], tm
     assert json.loads(as_json.stdout)["labels_from"] == "moods.csv"
 
 
+def test_a_label_file_run_does_not_overwrite_the_tag_label_runs_plot(synth: tuple[FeatureStore, Run],
+                                                                      tmp_path: Path) -> None:
+    """Both wrote STORE/reports/evaluate-MODEL-artist.png: the label file's plot replaced the tag run's."""
+    store, _ = synth
+    moods = tmp_path / "moods.csv"
+    moods.write_text("path,label\n" + "".join(f"/music/artist{a}/track{j}.wav,{'even' if j % 2 == 0 else 'odd'}\n"
+                                              for a in range(ARTISTS) for j in range(PER_ARTIST)))
+    args = ["evaluate", "--store", str(store.root)]
+    tags = CliRunner().invoke(_cli(), [*args, "--json"])
+    from_file = CliRunner().invoke(_cli(), [*args, "--labels", str(moods), "--json"])
+    table = CliRunner().invoke(_cli(), [*args, "--labels", str(moods)])
+    assert tags.exit_code == from_file.exit_code == table.exit_code == 0, tags.output + from_file.output
+    tag_png, file_png = (Path(json.loads(out.stdout)["plot"]) for out in (tags, from_file))
+    assert tag_png.parent == file_png.parent == store.root / "reports"
+    assert tag_png.name == "evaluate-synth-artist.png" and "moods" in file_png.name and tag_png != file_png
+    assert tag_png.is_file() and file_png.is_file()
+    assert f"plot -> {file_png}" in "".join(table.output.split("\n")), table.output
+
+
 def test_fused_searches_say_how_many_tracks_they_leave_out(synth: tuple[FeatureStore, Run]) -> None:
     """Tracks extracted after `mess fuse apply` have no fused vector: --fused answers and indexes used to leave
     them out without a word."""

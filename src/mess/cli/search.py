@@ -221,7 +221,8 @@ def evaluate_command(
     match: MatchOpt = "mean",
     expand: ExpandOpt = None,
     plot: Annotated[
-        Path | None, typer.Option("--plot", help="PNG path (default: STORE/reports/evaluate-MODEL-LABEL.png).")
+        Path | None, typer.Option("--plot", help="PNG path (default: STORE/reports/evaluate-MODEL-LABEL.png, "
+                                                 "with --labels evaluate-MODEL-labels-FILE-LABEL.png).")
     ] = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
     as_json: JsonOpt = False,
@@ -242,7 +243,7 @@ def evaluate_command(
                           norm=cast("Norm", norm), compare=compare, match=match, expand=expand)
         except (LabelError, ValueError) as exc:
             fail(str(exc))
-        png = plot_evaluation(ev, plot or fs.reports_dir / f"evaluate-{run.model}-{label}.png")
+        png = plot_evaluation(ev, plot or fs.reports_dir / _plot_name(run.model, label, labels))
     if as_json:
         unknown = [{"line": line, "ref": ref} for line, ref in label_file.unknown] if label_file else []
         emit_json({**ev.to_dict(), "plot": str(png), "unknown_label_rows": unknown})
@@ -253,6 +254,13 @@ def evaluate_command(
         fix = f"mess fuse apply --model {run.model}{where}"
         console.print(f"[yellow]fused row left out: {ev.tracks_without_fused_vectors} labelled tracks have no fused "
                       f"vectors (extracted since the last apply); `{plain(fix)}` adds them[/]")
+
+
+def _plot_name(model: str, label: str, labels: Path | None) -> str:
+    """The default plot's file name: one per model and tag label, or per label file (by its name) and column."""
+    from mess.store.reports import slug
+
+    return slug(f"evaluate-{model}-" + (f"labels-{labels.stem}-" if labels is not None else "") + f"{label}.png")
 
 
 def _print_evaluation(ev: Evaluation, model: str, k: int, norm: str, match: str, png: Path) -> None:
