@@ -72,6 +72,10 @@ def test_default_model_on_the_demo_store(extracted_store: Path, tmp_path: Path) 
     runner.invoke(app, ["config", "default-model", "dsp", "--store", str(store)])
     out = runner.invoke(app, ["similar", "1", "-k", "1", "--store", str(store), "--json"])
     assert json.loads(out.stdout)["model"] == "dsp"
+    out = runner.invoke(app, ["config", "default-model", "dsp", "--unset", "--store", str(store)])  # which one?
+    assert out.exit_code == 1 and "--unset takes no value" in out.output, out.output  # it unset, value ignored
+    out = runner.invoke(app, ["config", "--store", str(store), "--json"])
+    assert json.loads(out.stdout)["settings"] == {"default-model": "dsp"}
     runner.invoke(app, ["config", "default-model", "--unset", "--store", str(store)])
     out = runner.invoke(app, ["similar", "1", "-k", "1", "--store", str(store), "--json"])
     assert json.loads(out.stdout)["model"] == "musicnn-msd"

@@ -22,13 +22,16 @@ def config_command(
 
     if unset and key is None:
         fail(f"--unset needs the setting to remove, e.g. `mess config {next(iter(SETTINGS))} --unset`")
+    if unset and value is not None:
+        fail(f"--unset takes no value: `mess config {key} --unset` removes the setting, "
+             f"`mess config {key} {value}` sets it")
     with open_store(store) as fs:
         models = sorted({r.model for r in fs.runs()})
         try:
             if key is not None and (value is not None or unset):
                 if key == "default-model" and value is not None and model_key(value, models) not in models:
                     fail(f"no vectors for model {value!r} in {fs.root}; extracted models: {', '.join(models)}")
-                write_setting(fs.root, key, None if unset or value is None else model_key(value, models))
+                write_setting(fs.root, key, None if value is None else model_key(value, models))
             elif key is not None and key not in SETTINGS:
                 fail(f"unknown setting {key!r}; known: {', '.join(SETTINGS)}")
             settings = read_config(fs.root)
