@@ -346,3 +346,54 @@ def test_a_file_changed_or_removed_since_extraction_is_skipped_and_its_targets_n
     assert runner.invoke(app, args).exit_code == 0
     with np.load(cache_dir(root, policy) / f"{changed.content_hash}.npz") as cached:
         np.testing.assert_allclose(cached["values"], file_targets(str(music / "t0.wav"), policy.to_json())[1])
+
+
+def test_a_probe_killed_between_its_report_and_its_map_is_said_by_the_maps_readers(store_copy: Path,
+                                                                                   dsp_report: dict,
+                                                                                   tmp_path: Path) -> None:
+    """`mess probe` writes its reports, then the aspect map; killed between the two, the old map stood beside the
+    new report until the next probe and nothing said so. Here the test holds the store's write lock, so a real probe
+    writes its report and waits for the lock to store the map; it is killed there."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from mess.cli.main import app as mess
+    from mess.store.lock import StoreLock
+
+    root = tmp_path / "store"
+    shutil.copytree(store_copy, root)
+    similar = ["similar", "1", "-k", "3", "--model", "dsp", "--aspect", "brightness", "--store", str(root)]
+    report = Path(dsp_report["files"]["json"].replace(str(store_copy), str(root)))
+    before = report.read_text()
+
+    def note() -> str | None:
+        out = runner.invoke(mess, [*similar, "--json"])
+        assert out.exit_code == 0, out.output
+        return json.loads(out.stdout)["stale_aspect_map"]
+
+    assert note() is None
+    probe = [sys.executable, "-m", "mess.cli", "probe", "--model", "dsp", "--control", "none", "--folds", "3",
+             "--store", str(root)]
+    with StoreLock(root).hold("test"):
+        proc = subprocess.Popen(probe, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            assert proc.stderr is not None
+            waited = next((line for line in proc.stderr if "waiting for the store lock" in line), None)
+            assert waited is not None, "the probe ended without waiting to store its map"
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert report.read_text() != before  # the new report (3 folds, not 5), beside the old map
+    want = (f"the aspect map is from an older probe than the report {report.name} (a probe stopped before storing "
+            "its map): rerun `mess probe --model dsp`")
+    assert note() == want
+    for args in (similar, ["playlist", "radio", "1", "-n", "3", "--model", "dsp", "--aspect", "brightness",
+                           "--store", str(root)]):
+        out = runner.invoke(mess, args)
+        assert out.exit_code == 0 and f"note: {want}" in " ".join(out.output.split()), out.output
+    again = runner.invoke(app, ["probe", "--model", "dsp", "--control", "none", "--folds", "3", "--store", str(root)])
+    assert again.exit_code == 0, again.output
+    assert note() is None

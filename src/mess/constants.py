@@ -15,6 +15,8 @@ LEARNED: VectorKind = "learned"  # the head shipped for a model (mess.models.hea
 
 DEFAULT_NORM: Final = "zscore"  # per-dimension z-scores, then L2 per layer: best on real soundtracks (docs/quality.md)
 
+PROBE_KINDS = ("ridge", "mlp")  # `mess probe --probe`: each writes its own report (see mess.store.reports)
+
 ENCODED_R2: Final = 0.3  # aspects the probe predicts worse than this are neither evidence nor a search space
 
 LABEL_FIELDS = ("artist", "album", "genre", "composer", "title")  # track tags that can define relevance

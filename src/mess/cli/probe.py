@@ -56,7 +56,7 @@ def probe_command(
             fail(str(exc))
         reason = unmapped_reason(run, report)
         # reports first, each file replaced whole, then the map: a kill between them leaves the old map beside the
-        # new reports (a rerun stores it), never a map whose probe has no report
+        # new reports (readers say so: the map records the report's probed_at), never a map whose probe has no report
         paths = write_report(report, fs.reports_dir, partial=not probed_every_layer(run, report))
         stored = save_aspect_map(fs, run, report)
     if json_out:

@@ -20,10 +20,10 @@ from sklearn.neural_network import MLPRegressor
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from mess.constants import PROBE_KINDS
 from mess.probing.ridge import fit_ridge_loo
 
 ALPHAS = np.logspace(-2, 6, 17)
-PROBE_KINDS = ("ridge", "mlp")
 MLP_HIDDEN = 256
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,6 +88,7 @@ class ProbeReport:
     conditions: dict[str, ProbeScores]  # "trained", "shuffled", "random-init"
     notes: dict[str, str] = field(default_factory=dict)  # condition -> why it is missing or what it means
     missing: list[tuple[str, str]] = field(default_factory=list)  # tracks without targets
+    probed_at: float = field(default_factory=time.time)  # its identity: the aspect map built from it records it
 
     @property
     def aspects(self) -> list[AspectChoice]:
@@ -122,6 +124,7 @@ class ProbeReport:
             "folds": self.folds,
             "probe": self.probe,
             "seconds": round(self.seconds, 2),
+            "probed_at": self.probed_at,
             "metric": "out-of-fold R^2 = 1 - MSE(test fold) / Var(target over all tracks); mean and std over folds; "
             "aspect score = mean over the aspect's targets of max(R^2, 0)",
             "targets": [{"name": t.name, "aspect": t.aspect, "meaning": t.meaning} for t in TARGETS],

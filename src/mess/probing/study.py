@@ -8,10 +8,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from mess.constants import PROBE_KINDS
 from mess.extract.runs import run_policy
 from mess.models.registry import ModelError
 from mess.probing.controls import ControlError, random_init_run, shuffled_rows
-from mess.probing.probes import PROBE_KINDS, Folds, ProbeError, ProbeScores, make_folds, probe_layers
+from mess.probing.probes import Folds, ProbeError, ProbeScores, make_folds, probe_layers
 from mess.probing.report import TRAINED, ProbeReport
 from mess.probing.target_cache import TrackTargets, track_targets
 from mess.probing.targets import TARGET_NAMES
@@ -139,5 +140,6 @@ def save_aspect_map(store: FeatureStore, run: Run, report: ProbeReport) -> bool:
     if unmapped_reason(run, report) is not None:
         return False
     store.set_aspect_map(run, [(c.aspect, c.layer, c.score, c.margin) for c in report.aspects],
-                         n_tracks=report.n_tracks + len(report.missing))  # the run's tracks, with and without targets
+                         n_tracks=report.n_tracks + len(report.missing),  # the run's tracks, with and without targets
+                         probed_at=report.probed_at)
     return True

@@ -42,6 +42,7 @@ from mess.search.vectors import (
 )
 from mess.store import FeatureStore, Run, StoreError, Track, TrackFailed
 from mess.store.paths import printable
+from mess.store.reports import newer_probe
 
 DUPLICATE_COSINE = 0.9999
 LISTENER_WORDS = {
@@ -261,7 +262,12 @@ def weak_aspects(store: FeatureStore, run: Run, threshold: float = ENCODED_R2) -
 
 
 def stale_aspect_map(store: FeatureStore, run: Run) -> str | None:
-    """A note when the stored aspect map comes from a probe of fewer tracks than the run has now, else None."""
+    """A note when the stored aspect map is older than the run's latest probe report (a probe stopped between the
+    two writes) or comes from a probe of fewer tracks than the run has now, else None."""
+    newer = newer_probe(store.reports_dir, run.model, run.id, store.aspect_map_probed_at(run))
+    if newer is not None:
+        return (f"the aspect map is from an older probe than the report {newer.name} (a probe stopped before "
+                f"storing its map): rerun `mess probe --model {run.model}`")
     probed, now = store.aspect_map_tracks(run), len(store.tracks(run))
     if probed is None or probed >= now:
         return None

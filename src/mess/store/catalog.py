@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS aspect_map (
     score REAL NOT NULL,
     margin REAL NOT NULL,
     n_tracks INTEGER,
+    probed_at REAL,
     PRIMARY KEY (run_id, aspect)
 );
 CREATE TABLE IF NOT EXISTS derived (
@@ -97,7 +98,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 def _migrate(conn: sqlite3.Connection) -> None:
     """Bring a catalog written by an older mess up to this schema (columns added since)."""
     added = (("tracks", "stamp", "TEXT NOT NULL DEFAULT ''"), ("aspect_map", "n_tracks", "INTEGER"),
-             ("vectors", "checksums", "BLOB"))
+             ("vectors", "checksums", "BLOB"), ("aspect_map", "probed_at", "REAL"))
     for table, column, decl in added:
         if not has_column(conn, table, column):
             try:

@@ -833,14 +833,24 @@ class FeatureStore:
 
     # ---- aspect map -----------------------------------------------------------------
     def set_aspect_map(self, run: Run, entries: Iterable[tuple[str, str, float, float]], *,
-                       n_tracks: int | None = None) -> None:
-        """Replace the aspect -> (layer, score, margin) map of a run; ``n_tracks``: the run's tracks when probed."""
+                       n_tracks: int | None = None, probed_at: float | None = None) -> None:
+        """Replace the aspect -> (layer, score, margin) map of a run; ``n_tracks``: the run's tracks when probed;
+        ``probed_at``: the stamp of the probe report it comes from."""
         with self._write():
             self.db.execute("DELETE FROM aspect_map WHERE run_id=?", (run.id,))
             self.db.executemany(
-                "INSERT INTO aspect_map (run_id, aspect, layer, score, margin, n_tracks) VALUES (?, ?, ?, ?, ?, ?)",
-                [(run.id, a, layer, s, m, n_tracks) for a, layer, s, m in entries],
+                "INSERT INTO aspect_map (run_id, aspect, layer, score, margin, n_tracks, probed_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(run.id, a, layer, s, m, n_tracks, probed_at) for a, layer, s, m in entries],
             )
+
+    def aspect_map_probed_at(self, run: Run) -> float | None:
+        """The stamp (``probed_at``) of the probe report the stored aspect map comes from; None when never probed or
+        not recorded (a map from an older mess)."""
+        if not has_column(self.db, "aspect_map", "probed_at"):
+            return None
+        row = self.db.execute("SELECT MAX(probed_at) FROM aspect_map WHERE run_id=?", (run.id,)).fetchone()
+        return None if row[0] is None else float(row[0])
 
     def aspect_map_tracks(self, run: Run) -> int | None:
         """How many tracks the run had when the stored aspect map was probed; None when never probed or not

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+
+from mess.constants import PROBE_KINDS
 
 
 def slug(text: str) -> str:
@@ -16,3 +19,23 @@ def report_paths(folder: Path, model: str, run_id: int, probe: str, *, partial: 
     """Where the JSON, CSV and PNG of a probe report go (``partial``: of a probe of some layers only)."""
     stem = f"probe-{slug(model)}-run{run_id}" + ("" if probe == "ridge" else f"-{probe}") + ("-partial" * partial)
     return {ext: Path(folder) / f"{stem}.{ext}" for ext in ("json", "csv", "png")}
+
+
+def newer_probe(folder: Path, model: str, run_id: int, probed_at: float | None) -> Path | None:
+    """The report of a probe of every layer of the run that mapped aspects after the probe stamped ``probed_at``
+    (the stored aspect map's), or None: such a report means a probe stopped between its reports and its map.
+
+    None too when the map carries no stamp (from an older mess) or a report cannot be read (`mess probe` rewrites it).
+    """
+    if probed_at is None:
+        return None
+    for probe in PROBE_KINDS:
+        path = report_paths(folder, model, run_id, probe)["json"]
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        stamp = report.get("probed_at") if isinstance(report, dict) else None
+        if isinstance(stamp, (int, float)) and stamp > probed_at and report.get("aspects"):
+            return path
+    return None
