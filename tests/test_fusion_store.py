@@ -358,3 +358,33 @@ def test_cli_refuses_a_checkpoint_of_another_model(writable: Path) -> None:
     assert out.exit_code == 1 and "checkpoint was trained on musicnn-msd" in out.output
     out = runner.invoke(app, ["fuse", "apply", "--store", str(writable.parent / "nowhere")])
     assert out.exit_code == 1 and "no feature store" in out.output
+
+
+def test_a_retrain_stopped_between_its_checkpoint_and_its_log_is_said(extracted_store: Path, tmp_path: Path) -> None:
+    """`fuse train` saves the checkpoint, then replaces its training log: stopped between the two, the log described
+    the previous checkpoint and nothing said so. Here a retrain's checkpoint is saved as `fuse train` saves it,
+    and its log is not written."""
+    root = tmp_path / "store"
+    shutil.copytree(extracted_store, root)
+    checkpoint = tmp_path / "between.pt"
+    args = ["--model", "dsp", "--checkpoint", str(checkpoint), "--store", str(root)]
+    train = ["fuse", "train", "--label", "composer", "--weight-epochs", "2", "--max-epochs", "0", *args, "--json"]
+    readers = (["fuse", "report", "-k", "3", *args], ["fuse", "apply", *args])
+
+    def said(cmd: list[str]) -> str:
+        out = CliRunner().invoke(_app(), cmd)
+        assert out.exit_code == 0, out.output
+        return " ".join(out.output.split())
+
+    log = Path(json.loads(said(train))["log"])
+    assert not any("training log" in said(cmd) for cmd in readers)
+    with closing(FeatureStore(root, readonly=True)) as fs:
+        data = load_layers(fs, fs.run("dsp"))
+    retrained = train_fusion(data, FusionConfig(label="composer", weight_epochs=2, max_epochs=0, seed=3))
+    save_checkpoint(retrained, checkpoint)  # the checkpoint is replaced; the log still describes the one before
+    want = f"the training log {log} describes another checkpoint than {checkpoint}"
+    for cmd in readers:
+        assert f"note: {want}" in said(cmd)
+        assert json.loads(CliRunner().invoke(_app(), [*cmd, "--json"]).stdout)["training_log_note"].startswith(want)
+    said(train)
+    assert not any("training log" in said(cmd) for cmd in readers)

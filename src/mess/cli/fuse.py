@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mess.cli.common import console, emit_json, fail, open_store, plain
+from mess.cli.common import console, emit_json, fail, note, open_store, plain
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, ModelOpt, StoreOpt
 from mess.constants import FUSED, LABEL_FIELDS
 from mess.store import FeatureStore
@@ -137,6 +137,7 @@ def apply_command(
     """Write fused vectors of every track to the store (used by `mess index --fused`, `mess similar --fused`)."""
     from mess.fusion.apply import apply_fusion, check_compatible
     from mess.fusion.data import FusionError
+    from mess.fusion.tracking import log_mismatch
     from mess.fusion.train import load_checkpoint
 
     with open_store(store) as fs:  # check everything read-only first: a bad call writes nothing
@@ -146,14 +147,16 @@ def apply_command(
             check_compatible(result, fs.run(model or result.model))
         except FusionError as exc:
             fail(str(exc))
+        log_note = log_mismatch(fs.reports_dir, path)
     with open_store(store, readonly=False) as fs:
         try:
             meta = apply_fusion(fs, path, model)
         except FusionError as exc:
             fail(str(exc))
     if as_json:
-        emit_json(meta)
+        emit_json({**meta, "training_log_note": log_note})
         return
+    note(log_note)
     console.print(f"wrote {meta['tracks']} fused vectors ({meta['fusion_dim']}-d, trained on {meta['label']} labels) "
                   f"-> next: mess index --fused")
     if meta["missing"]:
@@ -176,6 +179,7 @@ def report_command(
     from mess.fusion.apply import check_compatible
     from mess.fusion.data import FusionError, load_layers
     from mess.fusion.report import attach_probe, compare, write_report
+    from mess.fusion.tracking import log_mismatch
     from mess.fusion.train import load_checkpoint
 
     with open_store(store) as fs:
@@ -189,9 +193,11 @@ def report_command(
             fail(str(exc))
         attach_probe(report, fs, run.id)
         write_report(report, fs.reports_dir)
+        log_note = log_mismatch(fs.reports_dir, path)
     if as_json:
-        emit_json(report.to_dict())
+        emit_json({**report.to_dict(), "training_log_note": log_note})
         return
+    note(log_note)
     table = Table(title=f"held-out {report.label} labels: {report.n_test_labels} labels, {report.n_test_tracks} tracks")
     for col in ("method", "what", f"P@{k}", "mAP", f"nDCG@{k}"):
         table.add_column(col, justify="left" if col in ("method", "what") else "right")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import numpy as np
 
 from mess.constants import FUSED
 from mess.fusion.data import FusionError, load_layers
-from mess.fusion.train import FusionResult, embed, load_checkpoint
+from mess.fusion.train import FusionResult, checkpoint_digest, embed, load_checkpoint
 from mess.store import FeatureStore, Run
 
 
@@ -29,7 +28,7 @@ def apply_fusion(store: FeatureStore, checkpoint: Path, model: str | None = None
     check_compatible(result, run)
     data = load_layers(store, run)
     fused = embed(result.network, data.x)
-    meta = {"checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": _digest(checkpoint),
+    meta = {"checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": checkpoint_digest(checkpoint),
             "label": result.config.label,
             "fusion_dim": int(fused.shape[1]), "tracks": len(fused), "data_hash": result.data_hash,
             "data_hash_matches": data.data_hash(result.config.label) == result.data_hash,
@@ -46,13 +45,9 @@ def fuse_query(store: FeatureStore, run: Run, layer_vectors: Sequence[np.ndarray
     checkpoint = Path(meta["checkpoint"])
     result = load_checkpoint(checkpoint)
     check_compatible(result, run)
-    if meta.get("checkpoint_sha256") not in (None, _digest(checkpoint)):  # retrained since (None: an older apply)
+    # retrained since (None: an older apply)
+    if meta.get("checkpoint_sha256") not in (None, checkpoint_digest(checkpoint)):
         raise FusionError(f"{checkpoint} has changed since `mess fuse apply` wrote the collection's fused vectors "
                           "(a new `mess fuse train`?); run `mess fuse apply` again so that both come from one network")
     x = np.concatenate([np.asarray(v, dtype=np.float32).ravel() for v in layer_vectors])[None]
     return embed(result.network, x)[0]
-
-
-def _digest(path: Path) -> str:
-    """SHA-256 of a checkpoint file."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mess.fusion.data import load_layers
-from mess.fusion.tracking import TrainingLog
+from mess.fusion.tracking import TrainingLog, training_log_path
 from mess.fusion.train import EpochLog, FusionConfig, FusionResult, save_checkpoint, train_fusion
 from mess.store import FeatureStore, Run
 
@@ -24,12 +24,13 @@ def train_and_save(store: FeatureStore, run: Run, config: FusionConfig, path: Pa
                    on_epoch: Callable[[EpochLog], None] | None = None) -> Trained:
     """Train the fusion network on ``run``'s layer vectors, save it at ``path`` (.pt and .json), and log the
     run to STORE/reports/fusion-<stem>-train.json (and MLflow under STORE/mlruns when installed). Epochs are
-    logged to fusion-<stem>-train.partial.json until the checkpoint is saved: the log describes the checkpoint.
+    logged to fusion-<stem>-train.partial.json until the checkpoint is saved; the log then records the checkpoint's
+    SHA-256, so a run killed between the two is told apart (:func:`mess.fusion.tracking.log_mismatch`).
 
     Raises FusionError or ValueError (before anything is written) when the data cannot be trained on.
     """
     data = load_layers(store, run)
-    log = TrainingLog(store.reports_dir / f"fusion-{path.stem}-train.json",
+    log = TrainingLog(training_log_path(store.reports_dir, path),
                       {"model": run.model, "run_id": run.id, **asdict(config)}, store.root / "mlruns")
 
     def epoch(entry: EpochLog) -> None:
@@ -38,8 +39,9 @@ def train_and_save(store: FeatureStore, run: Run, config: FusionConfig, path: Pa
             on_epoch(entry)
 
     result = train_fusion(data, config, epoch)
-    save_checkpoint(result, path)
-    summary = {"model": run.model, "label": config.label, "checkpoint": str(path), "log": str(log.path),
+    digest = save_checkpoint(result, path)
+    summary = {"model": run.model, "label": config.label, "checkpoint": str(path), "checkpoint_sha256": digest,
+               "log": str(log.path),
                "tracks": len(data.tracks), "split": {k: len(v) for k, v in result.split.to_json().items()},
                "epochs": result.history[-1].epoch, "best_epoch": result.best_epoch,
                "phase2": bool(result.split.val), "stopped_early": result.stopped_early,

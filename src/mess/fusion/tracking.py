@@ -8,8 +8,29 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from mess.fusion.train import EpochLog
+from mess.fusion.train import EpochLog, checkpoint_digest
 from mess.store.paths import replace_file
+
+
+def training_log_path(reports_dir: Path, checkpoint: Path) -> Path:
+    """Where `mess fuse train` logs the training of ``checkpoint``: REPORTS/fusion-<stem>-train.json."""
+    return reports_dir / f"fusion-{checkpoint.stem}-train.json"
+
+
+def log_mismatch(reports_dir: Path, checkpoint: Path) -> str | None:
+    """A note when the training log of ``checkpoint`` describes another checkpoint (its recorded SHA-256 differs):
+    a `mess fuse train` stopped after saving the checkpoint, before replacing the log. None when they agree, or
+    when either is missing or the log predates the record."""
+    log = training_log_path(reports_dir, checkpoint)
+    try:
+        summary = json.loads(log.read_text(encoding="utf-8")).get("summary") or {}
+        recorded = summary.get("checkpoint_sha256")
+        if recorded is None or recorded == checkpoint_digest(checkpoint):
+            return None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return (f"the training log {log} describes another checkpoint than {checkpoint} (a `mess fuse train` stopped "
+            "after saving it, before its log): retrain with `mess fuse train` for a log of the checkpoint in use")
 
 
 class TrainingLog:

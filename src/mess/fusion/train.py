@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -198,13 +199,20 @@ def checkpoint_path(store: FeatureStore, model: str) -> Path:
     return store.root / "fusion" / f"{slug(model)}.pt"
 
 
-def save_checkpoint(result: FusionResult, path: Path) -> None:
+def save_checkpoint(result: FusionResult, path: Path) -> str:
     """Write the weights with their config, split and data hash (.pt) and the same minus weights (.json), each file
-    replaced whole: a retrain killed while saving leaves the previous checkpoint as it was."""
+    replaced whole: a retrain killed while saving leaves the previous checkpoint as it was. Returns the .pt's
+    SHA-256 (:func:`checkpoint_digest`)."""
     weights = io.BytesIO()
     torch.save({"state_dict": result.network.state_dict(), **result.meta()}, weights)
     replace_file(path, weights.getvalue())
     replace_file(path.with_suffix(".json"), json.dumps(result.meta(), indent=2).encode())
+    return hashlib.sha256(weights.getvalue()).hexdigest()
+
+
+def checkpoint_digest(path: Path) -> str:
+    """SHA-256 of a checkpoint file: its identity, recorded with fused vectors and in its training log."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def load_checkpoint(path: Path) -> FusionResult:
