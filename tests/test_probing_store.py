@@ -211,9 +211,11 @@ def test_similar_says_when_tracks_were_added_since_the_aspect_map_was_probed(sto
     import sqlite3
 
     import soundfile as sf
+    from fastapi.testclient import TestClient
 
     from mess.audio.windows import WindowPolicy
     from mess.cli.main import app as mess
+    from mess.serve.app import create_app
 
     root = tmp_path / "store"
     shutil.copytree(store_copy, root)
@@ -245,6 +247,13 @@ def test_similar_says_when_tracks_were_added_since_the_aspect_map_was_probed(sto
         assert out.exit_code == 0 and f"note: {want}" in " ".join(out.output.split()), out.output
     plain = runner.invoke(mess, ["playlist", "radio", "1", "-n", "3", "--model", "dsp", "--store", str(root)])
     assert plain.exit_code == 0 and "aspect map" not in plain.output, plain.output  # no aspect used: no note
+    with TestClient(create_app(root), base_url="http://127.0.0.1") as client:  # the server said nothing either
+        query = "model=dsp&aspect=brightness"
+        for url in (f"/api/tracks/1/similar?k=3&{query}", f"/api/artists/similar?name=bach&{query}",
+                    f"/api/playlists/radio?seed=1&n=3&{query}", f"/api/playlists/path?start=1&end=2&n=3&{query}"):
+            answer = client.get(url)
+            assert answer.status_code == 200 and answer.json()["stale_aspect_map"] == want, (url, answer.text)
+        assert client.get("/api/playlists/radio?seed=1&n=3&model=dsp").json()["stale_aspect_map"] is None
     with sqlite3.connect(root / "catalog.sqlite") as db:  # a catalog from before the probe's track count
         db.execute("ALTER TABLE aspect_map DROP COLUMN n_tracks")
     assert note() is None  # read-only: not migrated, still read

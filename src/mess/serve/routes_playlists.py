@@ -16,7 +16,7 @@ from mess.playlists.formats import render
 from mess.playlists.path import sonic_path
 from mess.playlists.playlist import Playlist, PlaylistError
 from mess.playlists.radio import DEFAULT_WINDOW, radio
-from mess.search.query import collection_query
+from mess.search.query import collection_query, stale_aspect_map
 from mess.serve.routes_tracks import Aspect, Model
 from mess.serve.state import ServeState, TrackId, get_state, track_dict, vector_spec
 from mess.store import Run
@@ -27,12 +27,14 @@ Format = Annotated[str, Query(pattern="^(json|m3u8|xspf)$", description="json, o
 MEDIA = {"m3u8": "audio/x-mpegurl; charset=utf-8", "xspf": "application/xspf+xml; charset=utf-8"}
 
 
-def _answer(request: Request, playlist: Playlist, model: str, fmt: str, name: str) -> dict | Response:
+def _answer(request: Request, playlist: Playlist, model: str, fmt: str, name: str,
+            stale: str | None) -> dict | Response:
     if fmt == "json":
         return {
             "title": playlist.title,
             "model": model,
             "note": playlist.note,
+            "stale_aspect_map": stale,
             "tracks": [
                 {**track_dict(t), "score": round(s, 6)} for t, s in zip(playlist.tracks, playlist.scores, strict=False)
             ],
@@ -53,7 +55,8 @@ def _playlist(request: Request, state: ServeState, model: str | None, aspect: st
             playlist = build(run)
         except PlaylistError as exc:
             raise HTTPException(400, str(exc)) from None
-    return _answer(request, playlist, run.model, fmt, name)
+        stale = stale_aspect_map(state.store, run) if aspect is not None else None
+    return _answer(request, playlist, run.model, fmt, name, stale)
 
 
 @router.get(

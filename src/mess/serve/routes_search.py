@@ -22,6 +22,7 @@ from mess.search.query import (
     listener_words,
     query_unit,
     similar_tracks,
+    stale_aspect_map,
     weak_aspects,
 )
 from mess.search.vectors import VectorSpec, from_tracks, load_vectors, vectors_label
@@ -49,6 +50,7 @@ def _answer(state: ServeState, run: Run, query: dict, results: list[Neighbour], 
     return {"query": query, "model": run.model, "vectors": vectors_label(layer, aspect, fused, learned),
             "why_source": source, "why_words": {g: listener_words(g) for g in specs},
             "weak_aspects": weak_aspects(state.store, run), "encoded_threshold": ENCODED_R2,
+            "stale_aspect_map": stale_aspect_map(state.store, run) if aspect or source == "aspects" else None,
             "norm_note": load_vectors(state.store, run, vector_spec(state.store, run, layer, aspect, fused,
                                                                    learned)).norm_note,
             "results": [neighbour_dict(n) for n in results]}
@@ -179,6 +181,7 @@ def similar_artists(state: State, name: Annotated[str, Query(description="Artist
             raise HTTPException(404, str(exc)) from None
         space, vectors = _artist_space(state, run, tracks, aset, layer, aspect, fused, center)
         scores = similarity_row(vectors, query, method)
+        stale = stale_aspect_map(state.store, run) if aspect is not None else None
     me = aset.profiles[query]
     results = [{"rank": r + 1, "artist": aset.profiles[j].name,
                 "score": round(float(scores[j]), 6) if np.isfinite(scores[j]) else None,
@@ -186,4 +189,5 @@ def similar_artists(state: State, name: Annotated[str, Query(description="Artist
                 "confidence": aset.profiles[j].confidence, "low_confidence": aset.profiles[j].low_confidence}
                for r, j in enumerate(top_k(np.nan_to_num(scores, nan=-np.inf), query, k))]
     return {"artist": me.name, "tracks": len(me.track_ids), "low_confidence": me.low_confidence,
-            "model": run.model, "space": space.label, "method": method, "centered": center, "results": results}
+            "model": run.model, "space": space.label, "method": method, "centered": center,
+            "stale_aspect_map": stale, "results": results}

@@ -325,7 +325,8 @@ function renderNeighbours(data) {
   }
   state.neighbours = new Set(data.results.map((n) => n.id));
   renderWeak(data.weak_aspects || {}, data.encoded_threshold);
-  setStatus(data.why_source === "layers" ? "no probe for this model: 'why' compares layers" : "");
+  setStatus(data.why_source === "layers" ? "no probe for this model: 'why' compares layers"
+    : data.stale_aspect_map || "");
   draw();
 }
 
@@ -361,7 +362,8 @@ async function loadArtists(name) {
   if (!name) return;
   try {
     const data = await api(`/api/artists/similar?${new URLSearchParams({ name, model: state.model, k: "5" })}`);
-    $("artists-caption").textContent = `like ${data.artist} (${data.space})`;
+    $("artists-caption").textContent = `like ${data.artist} (${data.space})` +
+      (data.stale_aspect_map ? `; ${data.stale_aspect_map}` : "");
     for (const r of data.results) {
       const item = el("li", `${r.artist} `);
       item.append(el("span", r.score === null ? "-" : r.score.toFixed(3), "score"));
@@ -500,7 +502,8 @@ async function makePlaylist(kind, extra) {
       $(`dl-${fmt}`).download = `${kind}.${fmt}`;
     }
     $("playlist-actions").hidden = false;
-    $("playlist-caption").textContent = `${data.title} (${data.tracks.length} tracks${data.note ? `; ${data.note}` : ""})`;
+    const notes = [data.note, data.stale_aspect_map].filter(Boolean).map((n) => `; ${n}`).join("");
+    $("playlist-caption").textContent = `${data.title} (${data.tracks.length} tracks${notes})`;
   } catch (err) {
     $("playlist-caption").textContent = err.message;
   }
