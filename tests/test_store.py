@@ -252,6 +252,32 @@ def test_a_repair_forgets_the_fused_vectors_of_rows_a_new_file_may_take(tmp_path
     np.testing.assert_array_equal(got, np.eye(4, dtype=np.float32)[:3])
 
 
+def _flip_low_bit(path: Path, row: int, dim: int) -> None:
+    """Flip the lowest bit of the first value of ``row`` in a float16 row file (the value stays finite)."""
+    with path.open("r+b") as f:
+        f.seek(row * dim * 2)
+        low = f.read(1)[0]
+        f.seek(row * dim * 2)
+        f.write(bytes([low ^ 1]))
+
+
+def test_check_sums_a_files_windows_across_the_chunks_it_reads(tmp_path: Path) -> None:
+    """`mess check` reads each row file once, 4096 rows at a time: a changed window of a file whose windows
+    straddle two reads is found (a guard for the chunked scan; the whole-file scan before it found it too)."""
+    from mess.search.health import check_store
+
+    store = FeatureStore(tmp_path)
+    run = store.ensure_run(run_key(INFO, WindowPolicy()))
+    store.write_vectors(run, [_vectors(f"h{i}", 3, i) for i in range(1366)])  # the last file: rows 4095-4097
+    assert store.db.execute("SELECT seg_row FROM vectors WHERE content_hash='h1365'").fetchone()[0] == 4095
+    _flip_low_bit(store.row_file(run, "segment", 0).path, 4097, 4)
+    store.close()
+    found = check_store(tmp_path)
+    assert [(p.kind, p.message) for p in found.problems] == [
+        ("checksum", "toy: 1 files have vectors that differ from their checksums (changed on disk)")]
+    assert [p.hashes for p in found.problems] == [frozenset({"h1365"})]
+
+
 def test_a_folder_named_like_an_extracted_model_does_not_hide_its_run(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """With a folder ./toy in the working directory, every command said 'no vectors for model /cwd/toy' (the name

@@ -1,7 +1,7 @@
 """Is the store whole? Row files against the catalog, values, references; and repairs.
 
 :func:`quick_check` runs whenever a store opens (two queries and a few ``stat`` calls per
-run). :func:`full_check` reads every referenced row too, against its checksum
+run). :func:`full_check` reads every referenced row too, once, against its checksum
 (:mod:`mess.store.checksums`). :func:`repair` never hides damage: vectors that cannot be
 trusted lose their catalog rows (so the next ``mess extract`` embeds those files again),
 bytes nothing references are cut, rows from an older mess that passed get their
@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mess.store.arrays import ShortFile
+from mess.store.arrays import RowFile, ShortFile, non_finite
 from mess.store.catalog import has_column
-from mess.store.checksums import block_sum, changed, expected, pack
+from mess.store.checksums import BlockSums, block_sum, expected, pack
 from mess.store.feature_store import FeatureStore, Run
 from mess.store.paths import leftover_temps, printable
 
@@ -35,6 +35,7 @@ class Problem:
     message: str
     damage: bool = True
     derived: str = ""  # the derived vector set (fused, ...) a short-derived problem is about
+    hashes: frozenset[str] = field(default=frozenset(), repr=False)  # the files a non-finite or checksum one names
 
 
 def quick_check(store: FeatureStore) -> list[Problem]:
@@ -52,7 +53,7 @@ def full_check(store: FeatureStore) -> list[Problem]:
     claimed twice, orphaned rows, files the run each model answers from has not embedded, rows with no checksum yet.
 
     It reads one catalog version, and of the row files only the rows that version references (writers
-    meanwhile cut only bytes past them).
+    meanwhile cut only bytes past them), each file once, in chunks.
     """
     try:
         with store.snapshot():
@@ -84,7 +85,7 @@ def repair(store: FeatureStore, problems: list[Problem]) -> list[str]:
             mine = [p for p in problems if p.run_id == run.id and p.kind != "not-embedded"]  # for `mess extract`
             if not mine:
                 continue
-            hashes = _untrusted(store, run, {p.kind for p in mine})
+            hashes = _untrusted(store, run, mine)
             rows = store.track_rows(run)
             freed = [row for h, row in rows.items() if h in hashes]
             kept = max((row for h, row in rows.items() if h not in hashes), default=-1) + 1
@@ -196,15 +197,15 @@ def _not_embedded(store: FeatureStore, run: Run) -> list[Problem]:
 
 def _values(store: FeatureStore, run: Run) -> list[Problem]:
     """Non-finite vectors, vectors that differ from their checksums (each file named once), rows with no checksum."""
-    non_finite = _non_finite_hashes(store, run)
-    differ, unsummed = _checksummed(store, run)
+    non_finite, differ, unsummed = _scan(store, run)
     problems = []
     if non_finite:
         problems.append(Problem("non-finite", run.id, f"{run.model}: {len(non_finite)} files have NaN or infinite "
-                                "vectors"))
+                                "vectors", hashes=frozenset(non_finite)))
     if differ - non_finite:
         problems.append(Problem("checksum", run.id, f"{run.model}: {len(differ - non_finite)} files have vectors "
-                                "that differ from their checksums (changed on disk)"))
+                                "that differ from their checksums (changed on disk)",
+                                hashes=frozenset(differ - non_finite)))
     if unsummed:
         problems.append(Problem("no-checksum", run.id, f"{run.model}: {len(unsummed)} files' vectors have no "
                                 "checksum yet (written by an older mess); `mess check --repair` adds them",
@@ -212,28 +213,44 @@ def _values(store: FeatureStore, run: Run) -> list[Problem]:
     return problems
 
 
-def _non_finite_hashes(store: FeatureStore, run: Run) -> set[str]:
-    """Content hashes with a non-finite value in any referenced track or segment row."""
-    rows = store.db.execute("SELECT content_hash, track_row, seg_row, n_segments FROM vectors WHERE run_id=?",
-                            (run.id,)).fetchall()
-    bad: set[str] = set()
+def _scan(store: FeatureStore, run: Run) -> tuple[set[str], set[str], set[str]]:
+    """(content hashes with a non-finite value, content hashes whose rows differ from their checksums, content
+    hashes with no checksum recorded), reading each of the run's row files once."""
+    rows = _catalog_sums(store, run)
+    blobs = [r[4] for r in rows]
+    non_finite: set[str] = set()
+    differ: set[str] = set()
     for level, referenced in zip(("track", "segment"), store.catalog_rows(run), strict=True):
-        bad_rows: set[int] = set()
+        starts = np.array([r[1] if level == "track" else r[2] for r in rows], dtype=np.int64)
+        counts = np.array([1 if level == "track" else r[3] for r in rows], dtype=np.int64)
+        bad_rows = np.zeros(referenced, dtype=bool)
         for layer in range(len(run.layer_names)):
-            with contextlib.suppress(ShortFile):  # cut by a repair since the catalog was read: its rows are gone
-                for start, chunk in store.row_file(run, level, layer).chunks(referenced):
-                    bad_rows.update((start + np.flatnonzero(~np.isfinite(chunk).all(axis=1))).tolist())
-        for h, track_row, seg_row, n in rows:
-            if (track_row in bad_rows) if level == "track" else any(r in bad_rows for r in range(seg_row, seg_row + n)):
-                bad.add(h)
+            sums = BlockSums(starts, counts, expected(blobs, level, layer, len(run.layer_names)))
+            bad_rows |= _read_rows(store.row_file(run, level, layer), referenced, sums)
+            differ |= {r[0] for r, wrong in zip(rows, sums.changed(), strict=True) if wrong}
+        marks = np.concatenate([[0], np.cumsum(bad_rows)])  # non-finite rows before each row
+        non_finite |= {r[0] for r, bad in zip(rows, marks[starts + counts] > marks[starts], strict=True) if bad}
+    return non_finite, differ, {r[0] for r in rows if r[4] is None}
+
+
+def _read_rows(file: RowFile, rows: int, sums: BlockSums) -> np.ndarray:
+    """Read rows [0, ``rows``) of a row file in chunks, adding them to ``sums``; which of them hold a non-finite
+    value."""
+    bad = np.zeros(rows, dtype=bool)
+    with contextlib.suppress(ShortFile):  # cut by a repair since the catalog was read: its rows are gone
+        for first, chunk in file.stored_chunks(rows):
+            bad[first:first + len(chunk)] = non_finite(chunk)
+            sums.add(first, chunk)
     return bad
 
 
-def _untrusted(store: FeatureStore, run: Run, kinds: set[str]) -> set[str]:
-    """Content hashes whose vectors cannot be trusted, given the kinds of problem found in the run."""
+def _untrusted(store: FeatureStore, run: Run, mine: list[Problem]) -> set[str]:
+    """Content hashes whose vectors cannot be trusted, given the run's problems (non-finite and checksum problems
+    name theirs: what the check read)."""
     rows = store.db.execute("SELECT content_hash, track_row, seg_row, n_segments FROM vectors WHERE run_id=?",
                             (run.id,)).fetchall()
-    bad: set[str] = set()
+    kinds = {p.kind for p in mine}
+    bad: set[str] = set().union(*(p.hashes for p in mine))
     if "short-file" in kinds:
         n_track = min(store.row_file(run, "track", i).rows for i in range(len(run.layer_names)))
         n_seg = min(store.row_file(run, "segment", i).rows for i in range(len(run.layer_names)))
@@ -247,10 +264,6 @@ def _untrusted(store: FeatureStore, run: Run, kinds: set[str]) -> set[str]:
         for a, b in zip(ordered, ordered[1:], strict=False):
             if a[2] + a[3] > b[2]:
                 bad |= {a[0], b[0]}
-    if "non-finite" in kinds:
-        bad |= _non_finite_hashes(store, run)
-    if "checksum" in kinds:
-        bad |= _checksummed(store, run)[0]
     return bad
 
 
@@ -259,21 +272,6 @@ def _catalog_sums(store: FeatureStore, run: Run, where: str = "") -> list[sqlite
     sums = "checksums" if has_column(store.db, "vectors", "checksums") else "NULL AS checksums"  # older, read-only
     return store.db.execute(f"SELECT content_hash, track_row, seg_row, n_segments, {sums} FROM vectors "
                             f"WHERE run_id=? {where}", (run.id,)).fetchall()
-
-
-def _checksummed(store: FeatureStore, run: Run) -> tuple[set[str], set[str]]:
-    """(content hashes whose rows differ from their checksums, content hashes with no checksum recorded)."""
-    rows = _catalog_sums(store, run)
-    blobs = [r[4] for r in rows]
-    differ: set[str] = set()
-    for level, start, count in (("track", 1, None), ("segment", 2, 3)):
-        starts = np.array([r[start] for r in rows], dtype=np.int64)
-        counts = np.array([1 if count is None else r[count] for r in rows], dtype=np.int64)
-        for layer in range(len(run.layer_names)):
-            want = expected(blobs, level, layer, len(run.layer_names))
-            wrong = changed(store.row_file(run, level, layer).read(), starts, counts, want)
-            differ |= {r[0] for r, w in zip(rows, wrong, strict=True) if w}
-    return differ, {r[0] for r in rows if r[4] is None}
 
 
 def _add_checksums(store: FeatureStore, run: Run) -> int:

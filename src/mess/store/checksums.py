@@ -42,15 +42,41 @@ def expected(blobs: Sequence[bytes | None], level: str, layer: int, n_layers: in
     return out
 
 
+class BlockSums:
+    """Blocks of a file's rows (``counts[i]`` rows from row ``starts[i]``) checked against their recorded sums
+    ``want[i]`` as the rows are read in order, a chunk at a time (a block may span chunks); blocks with none recorded
+    are not summed."""
+
+    def __init__(self, starts: np.ndarray, counts: np.ndarray, want: np.ndarray) -> None:
+        self._want = want
+        self._check = np.flatnonzero(want != NONE)
+        self._begin = np.asarray(starts, dtype=np.int64)[self._check]
+        self._end = self._begin + np.asarray(counts, dtype=np.int64)[self._check]
+        self._sums = [0] * len(self._check)  # CRC-32 of no bytes: a block's sum before its first row
+        self._left = (self._end - self._begin).tolist()
+
+    def add(self, first: int, rows: np.ndarray) -> None:
+        """Sum rows ``first`` to ``first + len(rows)`` of the file into the blocks that hold them."""
+        rows = np.ascontiguousarray(rows, dtype=DTYPE)
+        last = first + len(rows)
+        hit = np.flatnonzero((self._begin < last) & (self._end > first))
+        begins = np.maximum(self._begin[hit], first) - first
+        ends = np.minimum(self._end[hit], last) - first
+        for i, a, b in zip(hit.tolist(), begins.tolist(), ends.tolist(), strict=True):
+            self._sums[i] = zlib.crc32(rows[a:b].data, self._sums[i])
+            self._left[i] -= b - a
+
+    def changed(self) -> np.ndarray:
+        """Which blocks differ from their recorded sums; a block not wholly read (a file cut meanwhile) does not."""
+        out = np.zeros(len(self._want), dtype=bool)
+        read = np.array(self._left, dtype=np.int64) == 0
+        out[self._check] = read & (np.array(self._sums, dtype=np.int64) != self._want[self._check])
+        return out
+
+
 def changed(data: np.ndarray, starts: np.ndarray, counts: np.ndarray, want: np.ndarray) -> np.ndarray:
     """Which blocks (``counts[i]`` rows of ``data`` from row ``starts[i]``) differ from their recorded sum ``want[i]``;
     blocks with none recorded are not read."""
-    data = np.ascontiguousarray(data, dtype=DTYPE)
-    check = np.flatnonzero(want != NONE)
-    begin = np.asarray(starts)[check]
-    end = begin + np.asarray(counts)[check]
-    got = np.fromiter((zlib.crc32(data[a:b].data) for a, b in zip(begin.tolist(), end.tolist(), strict=True)),
-                      dtype=np.int64, count=len(check))
-    out = np.zeros(len(want), dtype=bool)
-    out[check] = got != want[check]
-    return out
+    sums = BlockSums(starts, counts, want)
+    sums.add(0, data)
+    return sums.changed()
