@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -259,6 +260,39 @@ def _flip_low_bit(path: Path, row: int, dim: int) -> None:
         low = f.read(1)[0]
         f.seek(row * dim * 2)
         f.write(bytes([low ^ 1]))
+
+
+def test_fused_vectors_from_before_checksums_are_read_and_get_them_by_repair(tmp_path: Path) -> None:
+    """Fused vectors an older mess wrote (a catalog whose derived sets have no checksums) are read unverified;
+    `mess check` names them, not as damage, and `--repair` records their sums, which then refuse a changed row."""
+    from mess.search.health import check_store
+
+    store = FeatureStore(tmp_path)
+    run = store.ensure_run(run_key(INFO, WindowPolicy()))
+    ids = [_add_track(store, i) for i in range(3)]
+    store.write_vectors(run, [_vectors(f"h{i}", 1, i) for i in range(3)])
+    fused = np.eye(3, 4, dtype=np.float32)
+    store.write_derived(run, "fused", [f"h{i}" for i in range(3)], fused, {})
+    store.close()
+    with sqlite3.connect(tmp_path / "catalog.sqlite") as db:  # what an older mess wrote: no checksums column
+        db.execute("ALTER TABLE derived DROP COLUMN checksums")
+    old = FeatureStore(tmp_path, readonly=True)  # read-only: not migrated, read unverified
+    np.testing.assert_array_equal(old.derived_matrix(old.run("toy"), "fused")[1], fused)
+    old.close()
+    found = check_store(tmp_path)
+    assert [(p.kind, p.damage) for p in found.problems] == [("no-checksum-derived", False)]
+    assert "fused vectors have no checksums yet" in found.problems[0].message
+    repaired = check_store(tmp_path, fix=True)
+    assert repaired.problems == [] and repaired.repaired == [
+        "toy (run 1): recorded the checksums of the fused vectors (written by an older mess)"]
+    store = FeatureStore(tmp_path, readonly=True)
+    run = store.run("toy")
+    np.testing.assert_array_equal(store.derived_matrix(run, "fused")[1], fused)
+    _flip_low_bit(store.derived_path(run, "fused"), 1, 4)
+    with pytest.raises(StoreDamaged, match=f"fused vectors of track ids \\[{ids[1]}\\] differ from their checksums"):
+        store.derived_matrix(run, "fused")
+    store.close()
+    assert [p.kind for p in check_store(tmp_path).problems] == ["checksum-derived"]
 
 
 def test_check_sums_a_files_windows_across_the_chunks_it_reads(tmp_path: Path) -> None:

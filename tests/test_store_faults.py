@@ -238,6 +238,37 @@ def test_cut_short_fused_vectors_are_damage_not_new_tracks(tmp_path: Path) -> No
     assert fused.returncode == 1 and "no 'fused' vectors" in fused.stderr, fused.stderr
 
 
+def test_a_changed_fused_row_is_refused_then_dropped_by_repair(tmp_path: Path) -> None:
+    """Fused vectors carried no checksums: one bit changed in their file (the value still finite) was served by
+    `similar --fused`, and `mess check` said ok."""
+    from mess.constants import FUSED
+
+    music, store_dir = tmp_path / "music", tmp_path / "store"
+    _tones(music, 4)
+    assert _mess("extract", str(music), *DSP, "--store", str(store_dir)).returncode == 0
+    store = FeatureStore(store_dir)
+    run = store.run("dsp")
+    hashes = [t.content_hash for t in store.tracks(run)]
+    store.write_derived(run, FUSED, hashes, np.random.default_rng(0).standard_normal((4, 8)), {"label": "album"})
+    row = store.track_rows(run)[store.track(music / "tone01.wav").content_hash]
+    path = store.derived_path(run, FUSED)
+    store.close()
+    with path.open("r+b") as f:  # the lowest bit of the first value of tone01's fused vector
+        f.seek(row * 8 * 2)
+        low = f.read(1)[0]
+        f.seek(row * 8 * 2)
+        f.write(bytes([low ^ 1]))
+    fused = _mess("similar", "tone01.wav", "--fused", "--store", str(store_dir))
+    assert fused.returncode == 1 and "fused vectors of track ids" in fused.stderr, fused.stderr
+    assert "differ from their checksums" in fused.stderr and "mess check --repair" in fused.stderr, fused.stderr
+    assert _check_kinds(store_dir) == (1, ["checksum-derived"])
+    repaired = _mess("check", "--repair", "--store", str(store_dir))
+    assert repaired.returncode == 0 and "dropped the damaged fused vectors" in repaired.stderr, repaired.stderr
+    assert _check_kinds(store_dir) == (0, [])
+    fused = _mess("similar", "tone01.wav", "--fused", "--store", str(store_dir))
+    assert fused.returncode == 1 and "no 'fused' vectors" in fused.stderr, fused.stderr
+
+
 def test_a_repair_killed_before_it_blanked_fused_rows_leaves_no_vector_to_inherit(tmp_path: Path) -> None:
     """A `check --repair` killed after it dropped the last file's vectors and cut the row files, before it blanked
     that row's fused vector: the rerun said "whole", and the next new file took the row and its fused vector."""

@@ -70,6 +70,7 @@ CREATE TABLE IF NOT EXISTS derived (
     dim INTEGER NOT NULL,
     meta TEXT NOT NULL,
     created_at REAL NOT NULL,
+    checksums BLOB,
     PRIMARY KEY (run_id, name)
 );
 """
@@ -98,7 +99,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 def _migrate(conn: sqlite3.Connection) -> None:
     """Bring a catalog written by an older mess up to this schema (columns added since)."""
     added = (("tracks", "stamp", "TEXT NOT NULL DEFAULT ''"), ("aspect_map", "n_tracks", "INTEGER"),
-             ("vectors", "checksums", "BLOB"), ("aspect_map", "probed_at", "REAL"))
+             ("vectors", "checksums", "BLOB"), ("aspect_map", "probed_at", "REAL"), ("derived", "checksums", "BLOB"))
     for table, column, decl in added:
         if not has_column(conn, table, column):
             try:

@@ -2,10 +2,11 @@
 
 :func:`quick_check` runs whenever a store opens (two queries and a few ``stat`` calls per
 run). :func:`full_check` reads every referenced row too, once, against its checksum
-(:mod:`mess.store.checksums`). :func:`repair` never hides damage: vectors that cannot be
-trusted lose their catalog rows (so the next ``mess extract`` embeds those files again),
-bytes nothing references are cut, rows from an older mess that passed get their
-checksums, and it returns one line per action.
+(:mod:`mess.store.checksums`), and every row of each derived set against its own.
+:func:`repair` never hides damage: vectors that cannot be trusted lose their catalog rows
+(so the next ``mess extract`` embeds those files again), damaged derived sets are dropped
+(``mess fuse apply`` writes them again), bytes nothing references are cut, rows from an
+older mess that passed get their checksums, and it returns one line per action.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 from mess.store.arrays import RowFile, ShortFile, non_finite
 from mess.store.catalog import has_column
-from mess.store.checksums import BlockSums, block_sum, expected, pack
+from mess.store.checksums import BlockSums, block_sum, expected, pack, row_expected
 from mess.store.feature_store import FeatureStore, Run
 from mess.store.paths import leftover_temps, printable
 
@@ -28,13 +29,13 @@ from mess.store.paths import leftover_temps, printable
 class Problem:
     """One thing wrong with a store. ``damage`` problems make answers wrong; others only waste space."""
 
-    # catalog | short-file | short-derived | stale-derived | non-finite | checksum | shared-rows | orphan-rows |
-    # not-embedded | no-checksum | temp-files
+    # catalog | short-file | short-derived | stale-derived | non-finite | checksum | checksum-derived | shared-rows |
+    # orphan-rows | not-embedded | no-checksum | no-checksum-derived | temp-files
     kind: str
     run_id: int | None
     message: str
     damage: bool = True
-    derived: str = ""  # the derived vector set (fused, ...) a short-derived problem is about
+    derived: str = ""  # the derived vector set (fused, ...) a *-derived problem is about
     hashes: frozenset[str] = field(default=frozenset(), repr=False)  # the files a non-finite or checksum one names
 
 
@@ -49,8 +50,9 @@ def quick_check(store: FeatureStore) -> list[Problem]:
 
 
 def full_check(store: FeatureStore) -> list[Problem]:
-    """Every problem: catalog integrity, file sizes, non-finite values, rows that differ from their checksums, rows
-    claimed twice, orphaned rows, files the run each model answers from has not embedded, rows with no checksum yet.
+    """Every problem: catalog integrity, file sizes, non-finite values, rows (stored or derived) that differ from
+    their checksums, rows claimed twice, orphaned rows, files the run each model answers from has not embedded, rows
+    with no checksum yet.
 
     It reads one catalog version, and of the row files only the rows that version references (writers
     meanwhile cut only bytes past them), each file once, in chunks.
@@ -68,6 +70,7 @@ def full_check(store: FeatureStore) -> list[Problem]:
                 problems += _shared_rows(store, run)
                 if not any(p.kind == "short-file" for p in sizes):
                     problems += _values(store, run)
+                problems += _derived_values(store, run)
                 if run.id in in_use:
                     problems += _not_embedded(store, run)
             return problems + _temp_files(store)
@@ -85,6 +88,7 @@ def repair(store: FeatureStore, problems: list[Problem]) -> list[str]:
             mine = [p for p in problems if p.run_id == run.id and p.kind != "not-embedded"]  # for `mess extract`
             if not mine:
                 continue
+            done += _repair_derived(store, run, mine)
             hashes = _untrusted(store, run, mine)
             rows = store.track_rows(run)
             freed = [row for h, row in rows.items() if h in hashes]
@@ -105,11 +109,6 @@ def repair(store: FeatureStore, problems: list[Problem]) -> list[str]:
             if any(p.kind in ("orphan-rows", "short-file") for p in mine):
                 done.append(f"{run.model} (run {run.id}): row files cut back to the {track_rows} track rows "
                             "the catalog references")
-            for p in mine:
-                if p.kind == "short-derived":
-                    store.drop_derived(run, p.derived)
-                    done.append(f"{run.model} (run {run.id}): dropped the damaged {p.derived} vectors; "
-                                "`mess fuse apply` writes them again")
             if any(p.kind == "no-checksum" for p in mine):
                 added = _add_checksums(store, run)
                 done.append(f"{run.model} (run {run.id}): recorded the checksums of {added} files' vectors "
@@ -124,6 +123,25 @@ def repair(store: FeatureStore, problems: list[Problem]) -> list[str]:
                 path.unlink(missing_ok=True)
             done.append(f"deleted {len(temps)} temp files of interrupted writes ({size / 1e6:.1f} MB)")
     return done
+
+
+def _repair_derived(store: FeatureStore, run: Run, mine: list[Problem]) -> list[str]:
+    """Drop the run's damaged derived sets; what was done, one line each.
+
+    Called before ``forget_derived_rows`` rewrites every set left, with its rows' checksums (so a damaged set is
+    never summed, and a set an older mess wrote gets its sums)."""
+    damaged = _derived_named(mine, "short-derived", "checksum-derived")
+    for name in damaged:
+        store.drop_derived(run, name)
+    return [*(f"{run.model} (run {run.id}): dropped the damaged {name} vectors; `mess fuse apply` writes them again"
+              for name in damaged),
+            *(f"{run.model} (run {run.id}): recorded the checksums of the {name} vectors (written by an older mess)"
+              for name in _derived_named(mine, "no-checksum-derived") if name not in damaged)]
+
+
+def _derived_named(problems: list[Problem], *kinds: str) -> list[str]:
+    """The derived sets that problems of these kinds are about, each once."""
+    return list(dict.fromkeys(p.derived for p in problems if p.kind in kinds))
 
 
 def _temp_files(store: FeatureStore) -> list[Problem]:
@@ -242,6 +260,25 @@ def _read_rows(file: RowFile, rows: int, sums: BlockSums) -> np.ndarray:
             bad[first:first + len(chunk)] = non_finite(chunk)
             sums.add(first, chunk)
     return bad
+
+
+def _derived_values(store: FeatureStore, run: Run) -> list[Problem]:
+    """Derived sets with rows that differ from their checksums, and sets with none recorded (an older mess's)."""
+    problems = []
+    for name, file, recorded in store.derived_sets(run):
+        if recorded is None:
+            problems.append(Problem("no-checksum-derived", run.id, f"{run.model} {name} vectors have no checksums "
+                                    "yet (written by an older mess); `mess check --repair` adds them",
+                                    damage=False, derived=name))
+            continue
+        n = file.rows
+        sums = BlockSums(np.arange(n, dtype=np.int64), np.ones(n, dtype=np.int64), row_expected(recorded, n))
+        _read_rows(file, n, sums)
+        wrong = int(sums.changed().sum())
+        if wrong:
+            problems.append(Problem("checksum-derived", run.id, f"{run.model} {name} vectors: {wrong} rows differ "
+                                    "from their checksums (changed on disk)", derived=name))
+    return problems
 
 
 def _untrusted(store: FeatureStore, run: Run, mine: list[Problem]) -> set[str]:

@@ -2,7 +2,9 @@
 
 Each catalog row of ``vectors`` records, for every layer, the CRC-32 of the file's track
 row and of its block of segment rows as stored (float16 bytes): ``vectors.checksums``,
-little-endian uint32s, the track rows' layers first. Rows written before checksums
+little-endian uint32s, the track rows' layers first. Each derived set (fused, ...) records
+the CRC-32 of every row of its file with the catalog row that names the file
+(``derived.checksums``, little-endian uint32s, one a row). Rows written before checksums
 existed hold NULL: they are read unverified until `mess check --repair` records theirs.
 """
 
@@ -39,6 +41,23 @@ def expected(blobs: Sequence[bytes | None], level: str, layer: int, n_layers: in
         sums = np.frombuffer(b"".join(blobs[i] or b"" for i in whole), dtype="<u4").reshape(len(whole), 2 * n_layers)
         out[whole] = sums[:, layer + (n_layers if level == "segment" else 0)]
     out[[i for i, b in enumerate(blobs) if b is not None and len(b) != size]] = MALFORMED
+    return out
+
+
+def row_sums(rows: np.ndarray) -> bytes:
+    """The ``derived.checksums`` value of a derived set: the CRC-32 of each of its rows as stored."""
+    return np.array([block_sum(row) for row in rows], dtype="<u4").tobytes()
+
+
+def row_expected(blob: bytes | None, rows: int) -> np.ndarray:
+    """The recorded sum of each of a derived set's first ``rows`` rows, as int64 (:data:`NONE` throughout when none
+    is recorded; :data:`MALFORMED` past the rows recorded, or throughout when the value has the wrong size)."""
+    if blob is None:
+        return np.full(rows, NONE, dtype=np.int64)
+    out = np.full(rows, MALFORMED, dtype=np.int64)
+    if len(blob) % 4 == 0:
+        sums = np.frombuffer(blob, dtype="<u4")[:rows]
+        out[:len(sums)] = sums
     return out
 
 

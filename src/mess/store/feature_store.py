@@ -29,7 +29,7 @@ import numpy as np
 
 from mess.store.arrays import DTYPE, RowFile, ShortFile
 from mess.store.catalog import connect, has_column
-from mess.store.checksums import block_sum, changed, expected, pack
+from mess.store.checksums import block_sum, changed, expected, pack, row_expected, row_sums
 from mess.store.lock import StoreLock
 from mess.store.memo import MEMO
 from mess.store.paths import from_db_path, printable, to_db_path
@@ -750,19 +750,21 @@ class FeatureStore:
     def _store_derived(self, run: Run, name: str, matrix: np.ndarray, meta: dict) -> None:
         """Write a derived set to a file of its own and point the catalog at it (in the caller's transaction).
 
-        The catalog names the file (``meta["file"]``), so a reader, or a writer killed between the two steps,
-        sees the old file with the old metadata or the new with the new, never one with the other. The file
-        replaced stays for readers still on the old catalog version; older ones go.
+        The catalog names the file (``meta["file"]``) and records its rows' checksums, so a reader, or a writer
+        killed between the two steps, sees the old file with the old metadata and sums or the new with the new,
+        never one with the other. The file replaced stays for readers still on the old catalog version; older
+        ones go.
         """
         previous = self.derived_meta(run, name)
         folder = self.derived_path(run, name).parent
         file = f"{name}.{time.time_ns()}.f16"
-        RowFile(folder / file, matrix.shape[1]).replace(matrix)
+        stored = np.asarray(matrix, dtype=DTYPE)
+        RowFile(folder / file, matrix.shape[1]).replace(stored)
         now = time.time()  # in the metadata too, so caches keyed on it see every rewrite
         self.db.execute(
-            "INSERT OR REPLACE INTO derived VALUES (?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO derived (run_id, name, dim, meta, created_at, checksums) VALUES (?, ?, ?, ?, ?, ?)",
             (run.id, name, matrix.shape[1],
-             json.dumps({**meta, "written_at": now, "rows": len(matrix), "file": file}), now),
+             json.dumps({**meta, "written_at": now, "rows": len(matrix), "file": file}), now, row_sums(stored)),
         )
         keep = {file, _derived_file(name, previous)} if previous is not None else {file}
         for old in folder.glob(f"{name}.*f16"):
@@ -770,19 +772,25 @@ class FeatureStore:
                 old.unlink(missing_ok=True)
 
     def derived_matrix(self, run: Run, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """(track ids, float32 matrix) of derived vectors; tracks added since are left out."""
-        row = self.db.execute("SELECT dim, meta FROM derived WHERE run_id=? AND name=?", (run.id, name)).fetchone()
-        if row is None:
+        """(track ids, float32 matrix) of derived vectors; tracks added since are left out. Rows that differ from
+        their checksums raise StoreDamaged."""
+        found = [s for s in self.derived_sets(run) if s[0] == name]
+        if not found:
             raise StoreError(f"no {name!r} vectors for {run.model}; run `mess fuse train` and `mess fuse apply` first")
-        path = self.derived_path(run, name).with_name(_derived_file(name, json.loads(row[1])))
-        if not path.exists():
-            raise StoreError(f"the {name} vectors of {run.model} are not where the catalog says ({path.name}): "
+        _, file, sums = found[0]
+        if not file.path.exists():
+            raise StoreError(f"the {name} vectors of {run.model} are not where the catalog says ({file.path.name}): "
                              "rewritten twice while read (try again) or deleted (`mess check --repair`)")
-        data = RowFile(path, row[0]).read()
+        data = file.read()
         pairs = [(r["track_id"], r["track_row"]) for r in self._rows(run) if r["track_row"] < len(data)]
-        mat = np.asarray(data[[p[1] for p in pairs]], dtype=np.float32)
+        ids, rows = np.array([p[0] for p in pairs], dtype=np.int64), np.array([p[1] for p in pairs], dtype=np.int64)
+        wrong = changed(data, rows, np.ones(len(rows), dtype=np.int64), row_expected(sums, len(data))[rows])
+        if wrong.any():
+            raise StoreDamaged(f"{self.root}: {run.model} {name} vectors of track ids {sorted(ids[wrong].tolist())[:5]}"
+                               " differ from their checksums (changed on disk); run `mess check --repair`")
+        mat = np.asarray(data[rows], dtype=np.float32)
         keep = np.isfinite(mat).all(axis=1)
-        return np.array([p[0] for p in pairs], dtype=np.int64)[keep], mat[keep]
+        return ids[keep], mat[keep]
 
     def derived_missing(self, run: Run, name: str) -> int:
         """How many of the run's tracks have no derived ``name`` vector (added or re-embedded since it was written)."""
@@ -807,6 +815,15 @@ class FeatureStore:
             with self.db:
                 self._store_derived(run, name, data, json.loads(meta))
         return blanked
+
+    def derived_sets(self, run: Run) -> list[tuple[str, RowFile, bytes | None]]:
+        """(name, row file as the catalog names it, the checksums recorded with its rows: None when an older mess
+        wrote it) of each derived vector set, by name."""
+        sums = "checksums" if has_column(self.db, "derived", "checksums") else "NULL AS checksums"  # older, read-only
+        sets = self.db.execute(f"SELECT name, dim, meta, {sums} FROM derived WHERE run_id=? ORDER BY name", (run.id,))
+        folder = self.root / "runs" / str(run.id) / "derived"
+        return [(name, RowFile(folder / _derived_file(name, json.loads(meta)), dim), blob)
+                for name, dim, meta, blob in sets.fetchall()]
 
     def derived_sizes(self, run: Run) -> list[tuple[str, int, int | None]]:
         """(name, rows in its file, rows written) of each derived vector set (written: None for older stores)."""
