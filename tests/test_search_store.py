@@ -604,3 +604,35 @@ def test_evaluate_measures_the_ranking_similar_gives_when_some_tracks_are_unlabe
         rel = np.array([[labels[n.track.id] == label for n in ranked if n.track.id in labels]], dtype=float)
         aps.append(average_precision(rel)[0])  # where expansion's neighbours change the order most
     assert {s.name: s for s in ev.sets}["l0"].scores.map == pytest.approx(np.mean(aps))
+
+
+def test_a_saved_index_of_other_vectors_for_the_same_tracks_is_never_used(synth: tuple[FeatureStore, Run]) -> None:
+    """An index was current when it held the same track ids and contents: after `mess fuse apply` wrote new fused
+    vectors, or a probe gave an aspect another layer, `similar` searched the old vectors with the new query's
+    (the aspect's answer matched neither layer) and `mess index` called the old index unchanged."""
+    store, run = synth
+    app, root = _cli(), str(store.root)
+    ids, l2 = store.layer_matrix(run, "l2")
+    store.write_derived(run, "fused", _hashes(store, ids), l2, {"note": "l2"})
+    store.set_aspect_map(run, [("timbre", "l2", 0.9, 0.1)])
+    for args in (["--fused"], ["--aspect", "timbre"]):
+        out = CliRunner().invoke(app, ["index", *args, "--store", root, "--json"])
+        assert json.loads(out.stdout)["mode"] == "built"
+
+    def similar(*args: str) -> list[int]:
+        out = CliRunner().invoke(app, ["similar", "3", "-k", "6", *args, "--store", root, "--json"])
+        assert out.exit_code == 0, out.output
+        return [r["id"] for r in json.loads(out.stdout)["results"]]
+
+    _, l0 = store.layer_matrix(run, "l0")
+    store.write_derived(run, "fused", _hashes(store, ids), np.concatenate([l0, l0], axis=1), {"note": "l0 twice"})
+    store.set_aspect_map(run, [("timbre", "l1", 0.9, 0.1)])
+    assert similar("--aspect", "timbre") == similar("--layer", "l1")
+    fused = similar("--fused")
+    assert len(stale_indexes(store)) == 2  # what `mess check` reports and `--repair` deletes
+    for path in store.indexes_dir.glob("*"):
+        path.unlink()
+    assert fused == similar("--fused")  # as the exact search without an index
+    build_index(store, load_vectors(store, run, VectorSpec.from_options(fused=True)))
+    store.write_derived(run, "fused", _hashes(store, ids), l2, {"note": "l2 again"})
+    assert build_index(store, load_vectors(store, run, VectorSpec.from_options(fused=True)))[1].mode == "built"

@@ -22,8 +22,8 @@ import numpy as np
 
 from mess.constants import NPZ_ERRORS
 from mess.search.ann import AnnIndex, choose_kind
-from mess.search.vectors import Preprocessor, VectorSet, VectorSpec
-from mess.store import FeatureStore, Run
+from mess.search.vectors import Preprocessor, VectorSet, VectorSpec, vectors_source
+from mess.store import FeatureStore, Run, StoreError
 from mess.store.paths import replace_file
 
 REBUILD_FRACTION = 0.25
@@ -42,10 +42,13 @@ class CollectionIndex:
     requested: str = "auto"
     fitted: int = 0  # tracks the preprocessor was fitted on (the last full build)
     drift: int = 0  # tracks added, removed or changed by incremental updates since then
+    source: str = ""  # what its vectors were read from beyond the tracks' contents (VectorSet.source)
 
     def is_current(self, vs: VectorSet) -> bool:
-        """Whether it holds exactly the tracks (and contents) of ``vs``."""
-        return (self.run_id == vs.run.id and self.spec == vs.spec and len(self.ids) == len(vs.ids)
+        """Whether it holds exactly the tracks (and contents) of ``vs``, read from the same source (layers, fused
+        file, head)."""
+        return (self.run_id == vs.run.id and self.spec == vs.spec and self.source == vs.source
+                and len(self.ids) == len(vs.ids)
                 and bool(np.array_equal(self.ids, vs.ids)) and bool(np.array_equal(self.hashes, vs.hashes)))
 
     def save(self, path: Path) -> None:
@@ -61,7 +64,8 @@ class CollectionIndex:
         replace_file(path.with_suffix(".npz"), arrays.getvalue())
         self.ann.save(path, {"run_id": self.run_id, "spec": [self.spec.kind, self.spec.name, self.spec.norm],
                              "requested": self.requested, "n": len(self.ids), "saved_at": time.time(),
-                             "generation": generation, "fitted": self.fitted, "drift": self.drift})
+                             "generation": generation, "fitted": self.fitted, "drift": self.drift,
+                             "source": self.source})
 
     @classmethod
     def load(cls, path: Path) -> CollectionIndex | None:
@@ -73,7 +77,7 @@ class CollectionIndex:
                 prep = Preprocessor.from_arrays(dict(arrays))
             kind, name, norm = meta["spec"]
             saved = cls(ann, prep, ids, hashes, VectorSpec(kind, name, norm), meta["run_id"], meta["requested"],
-                        meta["fitted"], meta["drift"])
+                        meta["fitted"], meta["drift"], str(meta.get("source", "")))
         except (*NPZ_ERRORS, RuntimeError):
             return None
         return saved if generation == meta.get("generation") and ann.ntotal == len(ids) else None
@@ -112,7 +116,7 @@ def build_index(store: FeatureStore, vs: VectorSet, kind: str = "auto", *, rebui
     old = None if rebuild else CollectionIndex.load(path)
     requested = old.requested if old is not None and kind == "auto" else kind
     mode, added, removed = "built", len(vs.ids), 0
-    if old is not None and old.spec == vs.spec and old.run_id == vs.run.id:
+    if old is not None and old.spec == vs.spec and old.run_id == vs.run.id and old.source == vs.source:
         new_hash = dict(zip(vs.ids.tolist(), vs.hashes.tolist(), strict=False))
         old_hash = dict(zip(old.ids.tolist(), old.hashes.tolist(), strict=False))
         gone = np.array([i for i, h in old_hash.items() if new_hash.get(i) != h], dtype=np.int64)
@@ -125,20 +129,21 @@ def build_index(store: FeatureStore, vs: VectorSet, kind: str = "auto", *, rebui
                 # rebuilt: as cheap as an update, and exact with the collection's own statistics, as the in-memory
                 # search is (updated in place, it kept the first build's z-scores and answered otherwise)
                 index = CollectionIndex(AnnIndex.build(vs.unit(), vs.ids, "flat"), vs.prep, vs.ids.copy(),
-                                        vs.hashes.copy(), vs.spec, vs.run.id, requested, len(vs.ids))
+                                        vs.hashes.copy(), vs.spec, vs.run.id, requested, len(vs.ids),
+                                        source=vs.source)
             else:
                 if len(gone):
                     old.ann.remove(gone)
                 if len(fresh):
                     old.ann.add(old.prep.apply(vs.raw[vs.rows(fresh)]), fresh)
                 index = CollectionIndex(old.ann, old.prep, vs.ids.copy(), vs.hashes.copy(), vs.spec, vs.run.id,
-                                        requested, old.fitted, drift)
+                                        requested, old.fitted, drift, vs.source)
             mode = "updated" if len(gone) or len(fresh) else "unchanged"
             added, removed = len(fresh), len(gone)
     if mode == "built":
         ann = AnnIndex.build(vs.unit(), vs.ids, requested, target_recall=target_recall)
         index = CollectionIndex(ann, vs.prep, vs.ids.copy(), vs.hashes.copy(), vs.spec, vs.run.id, requested,
-                                len(vs.ids))
+                                len(vs.ids), source=vs.source)
     if mode != "unchanged":
         with store.writing("mess index", wait=wait):
             index.save(path)
@@ -175,11 +180,12 @@ def _open_index(path: Path, vs: VectorSet) -> CollectionIndex:
     if saved is not None and saved.is_current(vs):
         return saved
     ann = AnnIndex.build(vs.unit(), vs.ids, "flat")
-    return CollectionIndex(ann, vs.prep, vs.ids.copy(), vs.hashes.copy(), vs.spec, vs.run.id)
+    return CollectionIndex(ann, vs.prep, vs.ids.copy(), vs.hashes.copy(), vs.spec, vs.run.id, source=vs.source)
 
 
 def stale_indexes(store: FeatureStore) -> list[Path]:
-    """Saved indexes that no longer match the store: their run is gone or their tracks' contents changed.
+    """Saved indexes that no longer match the store: their run is gone, their tracks' contents changed, or their
+    vectors are no longer what the spec reads (an aspect probed onto another layer, fused vectors applied again).
 
     A stale index is never used for answers (:func:`open_index` checks it against the
     vectors first), but it is dead weight on disk; ``mess check --repair`` deletes it.
@@ -189,13 +195,21 @@ def stale_indexes(store: FeatureStore) -> list[Path]:
     for path in sorted(store.indexes_dir.glob("run*.faiss")) if store.indexes_dir.exists() else []:
         saved = CollectionIndex.load(path)
         run = runs.get(saved.run_id) if saved is not None else None
-        if saved is None or run is None:
+        if saved is None or run is None or saved.source != _source(store, run, saved.spec):
             stale.append(path)
             continue
         current = {(t.id, t.content_hash) for t in store.tracks(run)}
         if not set(zip(saved.ids.tolist(), saved.hashes.tolist(), strict=False)) <= current:
             stale.append(path)
     return stale
+
+
+def _source(store: FeatureStore, run: Run, spec: VectorSpec) -> str | None:
+    """:func:`vectors_source`, None when the spec reads nothing now (its aspect is gone from the map, say)."""
+    try:
+        return vectors_source(store, run, spec)
+    except StoreError:
+        return None
 
 
 def delete_index(path: Path) -> None:

@@ -15,6 +15,7 @@ centering alone, then L2 normalisation per layer block. Fitted on fewer than
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -23,7 +24,7 @@ from typing import Literal, TypeVar
 import numpy as np
 
 from mess.constants import DEFAULT_NORM, ENCODED_R2, FUSED, LEARNED, VectorKind
-from mess.models.head import HeadError, shipped_head
+from mess.models.head import HeadError, shipped_head, shipped_head_path
 from mess.store import FeatureStore, Run, StoreError, Track, TrackList
 from mess.store.memo import MEMO
 
@@ -170,6 +171,7 @@ class VectorSet:
     hashes: np.ndarray
     raw: np.ndarray
     prep: Preprocessor
+    source: str = ""  # what the vectors were read from beyond the tracks' contents (see vectors_source)
     _unit: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -182,8 +184,8 @@ class VectorSet:
 
     @cached_property
     def fingerprint(self) -> str:
-        """Identity of the content: run, spec and the (track id, content hash) pairs."""
-        h = hashlib.sha1(f"{self.run.id}|{self.spec.slug}|".encode())
+        """Identity of the content: run, spec, source and the (track id, content hash) pairs."""
+        h = hashlib.sha1(f"{self.run.id}|{self.spec.slug}|{self.source}|".encode())
         h.update(self.ids.tobytes())
         h.update("\n".join(self.hashes.tolist()).encode())
         return h.hexdigest()
@@ -215,14 +217,17 @@ def read_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequen
     """Read a spec's raw vectors for all tracks of the run and fit its preprocessor."""
     tracks = store.tracks(run) if tracks is None else tracks
     hash_of = {t.id: t.content_hash for t in tracks}
-    layers: tuple[str, ...]
-    if spec.kind == FUSED:
-        ids, raw = store.derived_matrix(run, FUSED)
-        layers, blocks = (), (raw.shape[1],)
-    else:
-        layers = spec.layers(store, run)
-        with store.snapshot():  # every layer from one catalog version, though an extract may be committing
+    layers: tuple[str, ...] = ()
+    with store.snapshot():  # vectors and what they are from one catalog version, though an extract may be committing
+        source = vectors_source(store, run, spec)
+        if spec.kind == FUSED:
+            ids, raw = store.derived_matrix(run, FUSED)
+        else:
+            layers = spec.layers(store, run)
             mats = [store.layer_matrix(run, name) for name in layers]
+    if spec.kind == FUSED:
+        blocks = (raw.shape[1],)
+    else:
         ids = mats[0][0]
         raw = mats[0][1] if len(mats) == 1 else np.concatenate([m for _, m in mats], axis=1)
         blocks = tuple(m.shape[1] for _, m in mats)
@@ -234,7 +239,23 @@ def read_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequen
     if not len(ids):
         raise StoreError(f"no {spec.kind} vectors for {run.model} in this store; run `mess extract` first")
     hashes = np.array([hash_of[int(i)] for i in ids])
-    return VectorSet(run, spec, layers, ids, hashes, raw, Preprocessor.fit(raw, blocks, spec.norm))
+    return VectorSet(run, spec, layers, ids, hashes, raw, Preprocessor.fit(raw, blocks, spec.norm), source)
+
+
+def vectors_source(store: FeatureStore, run: Run, spec: VectorSpec) -> str:
+    """What a spec's vectors are, beyond the tracks' contents: the layers read (a probe may give an aspect another
+    one), the fused set's file (each `mess fuse apply` writes a new one) or the learned head's CRC-32. A saved index
+    records it, so one built from other vectors is never taken for current. StoreError as :meth:`VectorSpec.layers`."""
+    if spec.kind == FUSED:
+        meta = store.derived_meta(run, FUSED) or {}
+        return f"fused:{meta.get('file')}:{meta.get('written_at')}"
+    layers = "+".join(spec.layers(store, run))
+    if spec.kind == LEARNED:
+        try:
+            return f"learned:{layers}:{zlib.crc32(shipped_head_path(run.model).read_bytes())}"
+        except OSError:
+            return f"learned:{layers}:none"
+    return f"layers:{layers}"
 
 
 def from_tracks(tracks: Sequence[Track], name: Hashable, make: Callable[[Sequence[Track]], T]) -> T:
