@@ -636,3 +636,23 @@ def test_a_saved_index_of_other_vectors_for_the_same_tracks_is_never_used(synth:
     build_index(store, load_vectors(store, run, VectorSpec.from_options(fused=True)))
     store.write_derived(run, "fused", _hashes(store, ids), l2, {"note": "l2 again"})
     assert build_index(store, load_vectors(store, run, VectorSpec.from_options(fused=True)))[1].mode == "built"
+
+
+@pytest.mark.parametrize("text", ["[]", "null", "7", '{"spec": 5}'])
+def test_an_index_description_of_the_wrong_shape_is_an_index_out_of_date(synth: tuple[FeatureStore, Run],
+                                                                          text: str) -> None:
+    """An index's JSON that parsed to something other than an object (or a malformed one) crashed `similar`, `index`
+    and `mess check` itself with an AttributeError."""
+    from mess.search.health import check_store
+
+    store, _ = synth
+    app, root = _cli(), str(store.root)
+    assert CliRunner().invoke(app, ["index", "--store", root]).exit_code == 0
+    path = next(store.indexes_dir.glob("*.json"))
+    path.write_text(json.dumps({**json.loads(path.read_text()), **json.loads(text)}) if text.startswith("{") else text)
+    assert check_store(store.root).stale == [path.with_suffix(".faiss")]
+    similar = CliRunner().invoke(app, ["similar", "3", "--store", root, "--json"])
+    assert similar.exit_code == 0 and len(json.loads(similar.stdout)["results"]) == 10, similar.output
+    index = CliRunner().invoke(app, ["index", "--store", root, "--json"])
+    assert index.exit_code == 0 and json.loads(index.stdout)["mode"] == "built", index.output
+    assert check_store(store.root, fix=True).stale == []

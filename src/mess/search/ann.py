@@ -179,6 +179,8 @@ class AnnIndex:
         process replacing it meanwhile).
         """
         meta = json.loads(path.with_suffix(".json").read_text())
+        if not isinstance(meta, dict):
+            raise ValueError(f"{path.with_suffix('.json').name} holds no index description")
         data = path.read_bytes()
         if len(data) != meta.get("bytes") or zlib.crc32(data) != meta.get("crc32"):
             raise ValueError(f"{path.name} does not match {path.with_suffix('.json').name}")

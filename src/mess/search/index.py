@@ -78,7 +78,7 @@ class CollectionIndex:
             kind, name, norm = meta["spec"]
             saved = cls(ann, prep, ids, hashes, VectorSpec(kind, name, norm), meta["run_id"], meta["requested"],
                         meta["fitted"], meta["drift"], str(meta.get("source", "")))
-        except (*NPZ_ERRORS, RuntimeError):
+        except (*NPZ_ERRORS, RuntimeError, TypeError):  # TypeError: a description of the wrong shape
             return None
         return saved if generation == meta.get("generation") and ann.ntotal == len(ids) else None
 
