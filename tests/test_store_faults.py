@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -1245,3 +1246,50 @@ def test_temp_files_of_interrupted_writes_are_named_and_repaired(tmp_path: Path)
     live.unlink()
     after = _mess("check", "--store", str(store), "--json")
     assert json.loads(after.stdout)["problems"] == []
+
+
+@pytest.fixture()
+def read_only(tmp_path: Path) -> Iterator[Callable[[Path], Path]]:
+    """A read-only view of a folder: a read-only bind mount (skips where one cannot be made: not root, say)."""
+    undo: list[Callable[[], object]] = []
+
+    def view(folder: Path) -> Path:
+        mount = tmp_path / f"ro-{len(undo)}"
+        mount.mkdir()
+        if subprocess.run(["mount", "--bind", str(folder), str(mount)], capture_output=True).returncode:
+            pytest.skip("cannot bind-mount a read-only view here")
+        undo.append(lambda: subprocess.run(["umount", str(mount)], capture_output=True))
+        if subprocess.run(["mount", "-o", "remount,ro,bind", str(mount)], capture_output=True).returncode:
+            pytest.skip("cannot make a mount read-only here")
+        return mount
+
+    yield view
+    for step in reversed(undo):
+        step()
+
+
+def test_a_store_on_a_read_only_file_system_is_read_not_called_damaged(tmp_path: Path, read_only) -> None:
+    """SQLite cannot create the WAL's shared-memory file there, so every reader said the (whole) store was damaged
+    and advised restoring the catalog from a backup or extracting again."""
+    store = tmp_path / "store"
+    _tones(tmp_path / "music", 3)
+    assert _mess("extract", str(tmp_path / "music"), "--store", str(store), "--model", "dsp").returncode == 0
+    assert not (store / "catalog.sqlite-shm").exists()  # the writer's close folded the WAL in and removed it
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    want = _mess("similar", "1", "--store", str(copy), "--json")
+    view = read_only(store)
+    got = _mess("similar", "1", "--store", str(view), "--json")
+    assert got.returncode == 0 and json.loads(got.stdout)["results"] == json.loads(want.stdout)["results"], got.stderr
+    checked = _mess("check", "--store", str(view))
+    assert checked.returncode == 0 and "damaged" not in checked.stdout, checked.stdout + checked.stderr
+    # a writer killed after a commit left it in the WAL file alone: read as it is, the catalog would miss it
+    killed = subprocess.run([sys.executable, "-c", "import os, signal, sqlite3; db = sqlite3.connect('catalog.sqlite');"
+                             "db.execute('PRAGMA wal_autocheckpoint=0'); db.execute(\"UPDATE tracks SET title='late'\")"
+                             "; db.commit(); os.kill(os.getpid(), signal.SIGKILL)"], cwd=copy)
+    assert killed.returncode == -signal.SIGKILL and (copy / "catalog.sqlite-wal").stat().st_size
+    (copy / "catalog.sqlite-shm").unlink(missing_ok=True)
+    refused = _mess("info", "--store", str(read_only(copy)))
+    said = " ".join(refused.stderr.split())
+    assert refused.returncode == 1 and "damaged" not in said and "read-only file system" in said, said
+    assert "mess check --repair" in said

@@ -84,7 +84,7 @@ def uri(path: Path, mode: str = "ro") -> str:
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """Open the catalog (WAL mode, rows as mappings), creating the schema if needed."""
     if readonly:
-        conn = sqlite3.connect(uri(path), uri=True, check_same_thread=False, timeout=60)
+        conn = _open_readonly(path)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, check_same_thread=False, timeout=60)
@@ -93,6 +93,31 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn.executescript(SCHEMA)
         _migrate(conn)
     conn.row_factory = sqlite3.Row
+    return conn
+
+
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection. Where SQLite cannot create the WAL's shared-memory file beside the catalog: on a
+    read-only file system, one that reads the catalog file as it is (``immutable``: nothing can write it there),
+    unless its WAL file holds writes, which that would ignore; elsewhere (a folder this user cannot write, which
+    another may be writing) an OperationalError saying why (the store is whole)."""
+    conn = sqlite3.connect(uri(path), uri=True, check_same_thread=False, timeout=60)
+    try:
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")  # SQLite opens the file at the first statement
+    except sqlite3.OperationalError:
+        wal = path.with_name(path.name + "-wal")
+        if os.access(path.parent, os.W_OK) or not path.is_file():
+            raise
+        conn.close()
+        if not os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+            raise sqlite3.OperationalError(
+                f"SQLite must create {path.name}-shm beside the catalog to read it, and this user cannot write to "
+                f"{path.parent}: read it as a user who can, or from a copy") from None
+        if wal.exists() and wal.stat().st_size:
+            raise sqlite3.OperationalError(
+                f"it is on a read-only file system and {wal.name} holds writes not yet in {path.name}: run `mess check "
+                "--repair` on it once where it can be written, then read it here") from None
+        conn = sqlite3.connect(uri(path) + "&immutable=1", uri=True, check_same_thread=False, timeout=60)
     return conn
 
 
