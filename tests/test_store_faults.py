@@ -1293,3 +1293,23 @@ def test_a_store_on_a_read_only_file_system_is_read_not_called_damaged(tmp_path:
     said = " ".join(refused.stderr.split())
     assert refused.returncode == 1 and "damaged" not in said and "read-only file system" in said, said
     assert "mess check --repair" in said
+
+
+def test_files_gone_from_disk_are_named_and_a_moved_folder_can_be_pruned(tmp_path: Path) -> None:
+    """After the music folder moved, `mess extract NEW` added the files again and kept the old paths without a word
+    (every search answered each file twice, once by a path that no longer exists), and `--prune` could not be given
+    the old folder: it no longer exists."""
+    store, old, new = str(tmp_path / "store"), tmp_path / "old", tmp_path / "new"
+    _tones(old, 3)
+    assert _mess("extract", str(old), "--store", store, "--model", "dsp").returncode == 0
+    old.rename(new)
+    moved = _mess("extract", str(new), "--store", store, "--model", "dsp")
+    said = " ".join((moved.stdout + moved.stderr).split())
+    assert moved.returncode == 0 and "3 catalogued files are no longer on disk" in said, said
+    assert f"{old}/tone0" in said and "--prune" in said
+    pruned = _mess("extract", str(new), str(old), "--prune", "--store", store, "--model", "dsp")
+    said = " ".join((pruned.stdout + pruned.stderr).split())
+    assert pruned.returncode == 0 and "3 removed" in said and "no longer on disk" not in said, said + pruned.stderr
+    assert _mess("extract", str(old), "--prune", "--store", store, "--model", "dsp").returncode == 1  # nothing left
+    with closing(FeatureStore(Path(store), readonly=True)) as fs:
+        assert sorted(fs.all_paths()) == [str(p) for p in sorted(new.glob("*.wav"))]

@@ -16,12 +16,13 @@ from mess.audio.names import name_key
 from mess.audio.windows import WindowPolicy
 from mess.cli.common import console, emit_json, fail, open_store, plain
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt
-from mess.extract.pipeline import ExtractSummary, extract
+from mess.extract.pipeline import ExtractSummary, extract, missing_files
 from mess.extract.prepare import planned_seconds
 from mess.extract.runs import run_policy
 from mess.models.base import EmbeddingModel
 from mess.models.registry import MODEL_NAMES, ModelError, load_model
 from mess.store import FeatureStore
+from mess.store.paths import printable
 
 ModelNameOpt = Annotated[
     str,
@@ -59,7 +60,8 @@ def extract_command(
     window: Annotated[float, typer.Option(min=WindowPolicy.min_seconds,  # no window shorter than the shortest track
                                           help="Full-context window length in seconds.")] = 30.0,
     max_windows: MaxWindowsOpt = 4,
-    prune: Annotated[bool, typer.Option(help="Forget catalogued files under FOLDERS that no longer exist.")] = False,
+    prune: Annotated[bool, typer.Option(help="Forget catalogued files under FOLDERS that no longer exist (a FOLDER "
+                                             "may be gone: one moved).")] = False,
     engine: Annotated[str, typer.Option(help="local, or ray for a Ray cluster.")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (with --engine ray), e.g. auto.")] = None,
     precision: PrecisionOpt = "fp32",
@@ -71,7 +73,7 @@ def extract_command(
     but some files failed (each named with its reason; `mess info --failures`), 1 when
     the run could not start or go on (no files, unknown model, store busy or damaged).
     """
-    paths = _audio_files(folders)
+    paths = _audio_files(folders, prune)
     if engine not in ("local", "ray"):
         fail(f"unknown engine {engine!r}; use local or ray")
     try:
@@ -88,16 +90,18 @@ def extract_command(
         else:
             summary = _run_local(fs, paths, embedder, policy, batch_size, workers, folders if prune else [], wait)
         _print_summary(summary, embedder.info.name, store)
+        _note_missing(missing_files(fs))
     if summary.failed:
         raise typer.Exit(3)
 
 
-def _audio_files(folders: list[Path]) -> list[Path]:
-    """The audio files under ``folders``; a clean error when a folder is missing or holds none."""
+def _audio_files(folders: list[Path], prune: bool = False) -> list[Path]:
+    """The audio files under ``folders``; a clean error when a folder is missing (unless it is only there to be
+    pruned: one moved, with others left) or when they hold none."""
     missing = [str(f) for f in folders if not f.exists()]
-    if missing:
+    if missing and not (prune and len(missing) < len(folders)):
         fail(f"no such file or folder: {', '.join(missing)}")
-    paths = find_audio(folders)
+    paths = find_audio([f for f in folders if f.exists()])
     if not paths:
         fail(f"no audio files (wav, flac, mp3, ogg, opus, m4a) under {', '.join(map(str, folders))}")
     return paths
@@ -199,6 +203,16 @@ def _print_summary(summary: ExtractSummary, model: str, store: Path) -> None:
         console.print(f"[yellow]warning:[/] {plain(warning)}")
     for _path, reason in summary.failed:
         console.print(f"[red]failed:[/] {plain(reason)}")
+
+
+def _note_missing(gone: list[str]) -> None:
+    """Warn that catalogued files are gone from disk: they still answer searches (and fill playlists)."""
+    if gone:
+        many = len(gone) > 1
+        console.print(f"[yellow]warning:[/] {len(gone)} catalogued file{'s are' if many else ' is'} no longer on disk "
+                      f"(moved, renamed or deleted; {plain(printable(gone[0]))}{', ...' if many else ''}) but still "
+                      f"answer{'' if many else 's'} searches: `mess extract FOLDER --prune` forgets those under "
+                      "FOLDER (name a folder that was moved too)")
 
 
 def info_command(

@@ -230,3 +230,9 @@ def _prune(store: FeatureStore, paths: Sequence[Path], roots: Sequence[Path]) ->
     gone = [p for p in store.all_paths() if p.startswith(prefixes) and p not in present and not Path(p).is_file()]
     store.forget_unread([p for p in store.unread_paths() if p.startswith(prefixes) and not Path(p).exists()])
     return store.remove_tracks(gone)
+
+
+def missing_files(store: FeatureStore) -> list[str]:
+    """Catalogued paths no longer on disk (moved, renamed or deleted), by id: they answer searches until `mess extract
+    --prune` forgets them."""
+    return [p for p in store.all_paths() if not Path(p).is_file()]
