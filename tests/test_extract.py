@@ -56,6 +56,24 @@ def test_extract_skips_unchanged_picks_up_new_and_prunes(tmp_path: Path) -> None
     assert len(store.tracks(store.run("dsp"))) == 3
 
 
+def test_a_pruned_tracks_id_never_names_another_file(tmp_path: Path) -> None:
+    """SQLite gives a new row the highest id + 1, so after the last track was pruned the next new file took its id:
+    `mess similar 3`, a server URL or a saved id then named another file."""
+    music = tmp_path / "music"
+    _tone_files(music, 3)
+    store = FeatureStore(tmp_path / "store")
+    extract(store, find_audio([music]), DspModel(), POLICY)
+    last = max(t.id for t in store.tracks(store.run("dsp")))
+    removed = next(t for t in store.tracks(store.run("dsp")) if t.id == last)
+    Path(removed.path).unlink()
+    assert extract(store, find_audio([music]), DspModel(), POLICY, prune_under=[music]).removed == 1
+    _tone_files(tmp_path / "more", 4)
+    extract(store, [tmp_path / "more" / "tone03.wav"], DspModel(), POLICY)
+    new = store.track(tmp_path / "more" / "tone03.wav")
+    assert new.id > last, (new.id, last)
+    assert len({t.id for t in store.tracks(store.run("dsp"))}) == 3
+
+
 def test_prune_keeps_a_file_the_folder_walk_passes_over(tmp_path: Path) -> None:
     """A file in a hidden folder, extracted by naming it, is still on disk: pruning its parent keeps it."""
     music = tmp_path / "music"

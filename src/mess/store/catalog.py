@@ -22,6 +22,11 @@ CREATE TABLE IF NOT EXISTS tracks (
     added_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tracks_hash ON tracks(content_hash);
+CREATE TABLE IF NOT EXISTS track_ids (high INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS tracks_removed AFTER DELETE ON tracks BEGIN
+    DELETE FROM track_ids WHERE high < OLD.id;
+    INSERT INTO track_ids SELECT OLD.id WHERE NOT EXISTS (SELECT 1 FROM track_ids);
+END;
 CREATE INDEX IF NOT EXISTS tracks_artist ON tracks(artist);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY,

@@ -184,6 +184,9 @@ def _command_name() -> str:
 
 
 _TRACK_COLS = "id, path, content_hash, duration, artist, album, title, genre, composer"
+# A new track's id: above every id in the catalog and every id it ever held (``track_ids``, kept by a trigger on
+# delete), so an id never comes to name another file after a prune.
+_NEW_TRACK_ID = "(SELECT MAX(COALESCE(MAX(id), 0), COALESCE((SELECT MAX(high) FROM track_ids), 0)) + 1 FROM tracks)"
 
 
 class FeatureStore:
@@ -358,7 +361,8 @@ class FeatureStore:
         updates = ", ".join(f"{c}=excluded.{c}" for c in row if c not in ("path", "added_at"))
         with self._write():
             self.db.execute(
-                f"INSERT INTO tracks ({cols}) VALUES ({marks}) ON CONFLICT(path) DO UPDATE SET {updates}", row
+                f"INSERT INTO tracks (id, {cols}) VALUES ({_NEW_TRACK_ID}, {marks}) "
+                f"ON CONFLICT(path) DO UPDATE SET {updates}", row
             )
             self.db.execute("DELETE FROM failures WHERE content_hash=?", (_unread_key(str(path)),))  # readable now
             return int(self.db.execute("SELECT id FROM tracks WHERE path=?", (row["path"],)).fetchone()[0])
