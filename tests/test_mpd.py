@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -269,3 +270,43 @@ def test_mpd_radio_seeds_from_the_current_song_as_it_is_now_when_changed_since_e
         assert out.exit_code == 0, out.output
         assert library.queue() == [song, *(Path(t.path).name for t in now)]
         assert f"{music / song} has changed since it was extracted" in caplog.text
+
+
+def test_mpd_handles_file_names_that_are_not_utf8_or_hold_a_line_break(rendered_collection: list[Path],
+                                                                        tmp_path: Path) -> None:
+    """A song named in Latin-1 made every command whose answer named it a UnicodeDecodeError traceback (python-mpd2
+    decodes strictly), and a playlist entry with a line break broke `mess mpd play` with MPD's protocol error."""
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.registry import load_model
+
+    root = tmp_path.resolve()
+    music, home = root / "music", root / "mpd"
+    music.mkdir()
+    home.mkdir()
+    latin = os.fsdecode(b"caf\xe9.flac")
+    names = ["a.flac", "b.flac", latin, "line\nbreak.flac"]
+    for name, source in zip(names, rendered_collection[0:16:4], strict=True):
+        shutil.copy(source, music / name)
+    with closing(FeatureStore(root / "store")) as store:
+        assert not extract(store, sorted(music.iterdir()), load_model("dsp"), WindowPolicy()).failed
+    with _mpd(music, home) as port:
+        library = Library(port, root, names, latin)
+        with connect("127.0.0.1", port) as client:
+            client.clear()
+            client.add("")  # a, b and café: MPD leaves the name with a line break out of its database
+            before = [s["file"] for s in client.playlistinfo()]
+            client.play(before.index(latin))
+            client.pause(1)
+        out = library.radio("-n", "3")
+        assert out.exit_code == 0, out.output
+        queue = library.queue()
+        assert queue[:3] == before and sorted(before) == sorted(names[:3]) and set(queue[3:]) == {"a.flac", "b.flac"}
+        assert f"not in MPD's database (skipped): {music / 'line break.flac'}" in out.output  # printed on one line
+        playlist = root / "list.m3u8"
+        playlist.write_bytes(os.fsencode("\n".join([str(music / "b.flac"), str(music / latin)]) + "\n"))
+        with playlist.open("a", encoding="utf-8") as f:
+            f.write("file://" + str(music / "line%0Abreak.flac") + "\n")
+        out = library.mpd("play", str(playlist))
+        assert out.exit_code == 0, out.output
+        assert library.queue() == ["b.flac", latin]

@@ -5,7 +5,8 @@ when it is that file of the music folder (when given), else when it is the one t
 path ends with the URI; the music folder is then the rest of that path, which maps the
 other tracks to URIs. Tracks outside MPD's folder are found through MPD's database by file
 name. Every URI is checked against MPD's database before the queue changes: files MPD does
-not know are skipped, and the queue is never cleared or left half filled.
+not know are skipped, and the queue is never cleared or left half filled. File names that are not
+UTF-8 travel both ways as the disk has them (python-mpd2 alone raised on reading one).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from mpd import CommandError, MPDClient
 from mpd import ConnectionError as MPDConnectionError
@@ -37,6 +39,7 @@ def connect(host: str = "localhost", port: int = DEFAULT_PORT, password: str | N
     client.timeout = timeout
     try:
         client.connect(host, port)
+        _keep_raw_names(client)
         if password:
             client.password(password)
     except (OSError, MPDConnectionError, CommandError) as exc:
@@ -51,6 +54,43 @@ def connect(host: str = "localhost", port: int = DEFAULT_PORT, password: str | N
             client.disconnect()
         except (OSError, MPDConnectionError):
             pass
+
+
+class _Line(bytes):
+    """A line MPD sent, decoded as Python decodes file names: bytes that are not UTF-8 become surrogates
+    (python-mpd2 decodes each line strictly, so one such name in any answer raised UnicodeDecodeError)."""
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        """The text, with ``errors`` always 'surrogateescape'."""
+        return bytes.decode(self, encoding, "surrogateescape")
+
+
+class _Lines:
+    """MPD's reply stream, handing out :class:`_Line` lines; everything else as the wrapped file does."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+
+    def readline(self, size: int = -1) -> bytes:
+        """The next line, as a :class:`_Line`."""
+        return _Line(self._raw.readline(size))
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._raw, name)
+
+
+def _keep_raw_names(client: MPDClient) -> None:
+    """Read and write file names that are not UTF-8 as the catalog holds them (surrogate escapes), so such a
+    song is matched, found and queued like any other."""
+    client._rbfile = _Lines(client._rbfile)
+    client._wfile.close()  # its socket stays open: only the file object is replaced
+    client._wfile = client._sock.makefile("w", encoding="utf-8", errors="surrogateescape", newline="\n")
+
+
+def _sendable(path: Path) -> bool:
+    """Whether MPD can be asked about ``path``: its protocol is one line per command, so a name with a line
+    break can be neither sent nor in MPD's database."""
+    return "\n" not in str(path)
 
 
 def collection_track(tracks: Sequence[Track], uri: str, music_dir: Path | None = None) -> Track | None:
@@ -70,6 +110,8 @@ def song_uri(client: MPDClient, path: Path, music_dir: Path | None = None) -> st
     """MPD's URI for a file: relative to ``music_dir`` when inside it, else looked up by file name (never a
     URI naming another file of ``music_dir``). Not checked against MPD's database: see :func:`known_uris`."""
     path = Path(path)
+    if not _sendable(path):
+        return None
     if music_dir is not None and path.is_relative_to(music_dir):
         return path.relative_to(music_dir).as_posix()
     for song in client.search("file", path.name):
