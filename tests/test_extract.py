@@ -375,3 +375,21 @@ def test_a_query_for_a_file_that_failed_to_extract_names_the_failure(tmp_path: P
     assert answer.status_code == radio.status_code == 422, answer.text + radio.text
     detail = answer.json()["detail"]
     assert "failed to extract" in detail and "corrupt.wav: cannot decode" in detail and str(music) not in detail
+
+
+def test_a_window_longer_than_any_decoded_audio_is_refused_before_the_run(tmp_path: Path) -> None:
+    """--window inf (or 1e308) passed the option check: every file then failed with 'OverflowError: cannot convert
+    float infinity to integer' (exit 3) and the store kept a run of that policy with those failures."""
+    from typer.testing import CliRunner
+
+    from mess.cli.main import app
+
+    music, store = tmp_path / "music", tmp_path / "store"
+    _tone_files(music, 1)
+    for window in ("inf", "1e308", str(WindowPolicy.max_decode_seconds + 1)):
+        out = CliRunner().invoke(app, ["extract", str(music), "--model", "dsp", "--window", window,
+                                       "--store", str(store)])
+        assert out.exit_code == 2 and "--window" in out.output and "Traceback" not in out.output, out.output
+        assert not store.exists()
+    with pytest.raises(ValueError, match="invalid window policy"):
+        WindowPolicy(window_seconds=float("inf"))

@@ -28,7 +28,7 @@ class WindowPolicy:
     max_decode_seconds: float = 4 * 3600.0
 
     def __post_init__(self) -> None:
-        if self.window_seconds <= 0 or self.max_windows < 1 or self.min_seconds <= 0:
+        if not 0 < self.window_seconds < math.inf or self.max_windows < 1 or self.min_seconds <= 0:
             raise ValueError(f"invalid window policy: {self}")
 
     def starts(self, n_samples: int, sample_rate: int) -> tuple[np.ndarray, int]:

@@ -58,6 +58,7 @@ def extract_command(
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 4,
     workers: Annotated[int, typer.Option(min=1, help="Decoding threads feeding the model.")] = 2,
     window: Annotated[float, typer.Option(min=WindowPolicy.min_seconds,  # no window shorter than the shortest track
+                                          max=WindowPolicy.max_decode_seconds,  # nor longer than what is decoded
                                           help="Full-context window length in seconds.")] = 30.0,
     max_windows: MaxWindowsOpt = 4,
     prune: Annotated[bool, typer.Option(help="Forget catalogued files under FOLDERS that no longer exist (a FOLDER "
