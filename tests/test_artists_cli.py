@@ -105,6 +105,8 @@ def test_similar_hybrid_reports_components(app: typer.Typer, store: Path) -> Non
     (("similar", "Artist 0", "--fused"), "no 'fused' vectors"),
     (("similar", "Artist 0", "--method", "median"), "unknown method"),
     (("similar", "Artist 0", "--weights", "tempo=1"), "unknown component 'tempo'"),
+    # every artist scored 0 and the list came back in name order, exit 0, under a note that the weights are unused
+    (("similar", "Artist 0", "--weights", "reference=1"), "so every artist would score 0; give weight to audio or "),
     (("similar", "Artist 0", "--model", "mert-v1-95m"), "no vectors for model 'mert-v1-95m'"),
 ])
 def test_bad_input_gives_one_line_errors(app: typer.Typer, store: Path, args: tuple[str, ...], message: str) -> None:

@@ -163,8 +163,12 @@ def similar_artists(store: FeatureStore, name: str, k: int, options: ArtistOptio
         matched = match_reference(load_reference(hybrid.reference), artists)[0] if hybrid.reference else None
         parts = components(_similarity(artists, space, options), artists, matched=matched,
                            extra_tags=load_tags(hybrid.tags))
-        scores = blend(parts, weights)[query]
         missing = [c for c, w in weights.items() if w > 0 and c not in parts]
+        if not any(weights.get(c, 0.0) > 0 for c in parts):  # every artist would score 0, ranked by name
+            raise ArtistError(f"the weights are all on {', '.join(missing)}, of which this collection has no "
+                              "information (no tags / collaborations / --reference), so every artist would score "
+                              f"0; give weight to {' or '.join(parts)}")
+        scores = blend(parts, weights)[query]
         if missing:
             on_note(f"no information for {', '.join(missing)} in this collection "
                     "(no tags / collaborations / --reference); those weights are unused")
