@@ -43,8 +43,9 @@ def mpd_port(extracted_store: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @contextmanager
-def _mpd(music: Path, home: Path) -> Iterator[int]:
-    """Run mpd over ``music`` (its state in ``home``) until its database is scanned; yields its port."""
+def _mpd(music: Path, home: Path, password: str | None = None) -> Iterator[int]:
+    """Run mpd over ``music`` (its state in ``home``; with ``password``, clients without it may do nothing) until
+    its database is scanned; yields its port."""
     if shutil.which("mpd") is None:
         pytest.skip("mpd is not installed (scripts/install.sh installs Debian's mpd)")
     port = _free_port()
@@ -53,24 +54,25 @@ def _mpd(music: Path, home: Path) -> Iterator[int]:
     conf.write_text(f'music_directory "{music}"\nplaylist_directory "{home / "playlists"}"\n'
                     f'db_file "{home / "database"}"\nlog_file "{home / "log"}"\nstate_file "{home / "state"}"\n'
                     f'bind_to_address "127.0.0.1"\nport "{port}"\nzeroconf_enabled "no"\n'
-                    'audio_output {\n    type "null"\n    name "silent"\n}\n')
+                    'audio_output {\n    type "null"\n    name "silent"\n}\n'
+                    + (f'password "{password}@read,add,control,admin"\ndefault_permissions ""\n' if password else ""))
     proc = subprocess.Popen(["mpd", "--no-daemon", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_for_database(port, proc, home / "log")
+        _wait_for_database(port, proc, home / "log", password)
         yield port
     finally:
         proc.terminate()
         proc.wait(timeout=10)
 
 
-def _wait_for_database(port: int, proc: subprocess.Popen, log: Path) -> None:
+def _wait_for_database(port: int, proc: subprocess.Popen, log: Path, password: str | None = None) -> None:
     """Wait until mpd answers and has scanned the music folder."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"mpd exited ({proc.returncode}): {log.read_text() if log.exists() else ''}")
         try:
-            with connect("127.0.0.1", port, timeout=5) as client:
+            with connect("127.0.0.1", port, password, timeout=5) as client:
                 if "updating_db" not in client.status() and client.stats().get("songs", "0") != "0":
                     return
                 client.update()
@@ -310,3 +312,27 @@ def test_mpd_handles_file_names_that_are_not_utf8_or_hold_a_line_break(rendered_
         out = library.mpd("play", str(playlist))
         assert out.exit_code == 0, out.output
         assert library.queue() == ["b.flac", latin]
+
+
+def test_mpd_host_may_carry_the_password_as_mpc_reads_it(rendered_collection: list[Path], tmp_path: Path) -> None:
+    """MPD_HOST=PASSWORD@HOST (mpc's form) was taken as a host name, so an MPD with a password could not be used
+    at all (and the error printed the password)."""
+    root = tmp_path.resolve()
+    music, home = root / "music", root / "mpd"
+    music.mkdir()
+    home.mkdir()
+    for source in rendered_collection[:2]:
+        shutil.copy(source, music)
+    playlist = root / "list.m3u8"
+    playlist.write_text("".join(f"{music / p.name}\n" for p in rendered_collection[:2]))
+    with _mpd(music, home, password="s3cret") as port:
+        def play(host: str) -> Result:
+            return runner.invoke(app, ["mpd", "play", str(playlist), "--port", str(port)], env={"MPD_HOST": host})
+
+        out = play("s3cret@127.0.0.1")
+        assert out.exit_code == 0, out.output
+        with connect("127.0.0.1", port, "s3cret") as client:
+            assert [s["file"] for s in client.playlistinfo()] == [p.name for p in rendered_collection[:2]]
+        out = play("wrong@127.0.0.1")
+        assert out.exit_code == 1 and out.output.count("\n") == 1 and "refused the password" in out.output
+        assert "wrong" not in out.output.replace("incorrect password", "")

@@ -12,7 +12,8 @@ from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, JsonOpt, ModelOpt, S
 
 mpd_app = typer.Typer(help="Play through MPD (Music Player Daemon): radio from the current song, playlists.",
                       no_args_is_help=True)
-HostOpt = Annotated[str, typer.Option("--host", help="MPD host (env MPD_HOST).", envvar="MPD_HOST")]
+HostOpt = Annotated[str, typer.Option("--host", help="MPD host, or PASSWORD@HOST as mpc takes it (env MPD_HOST).",
+                                      envvar="MPD_HOST")]
 PortOpt = Annotated[int, typer.Option("--port", help="MPD port (env MPD_PORT).", envvar="MPD_PORT")]
 MusicDirOpt = Annotated[Path | None, typer.Option("--music-dir", help="MPD's music folder: a file in it is the "
                                                   "song of its relative path (else found by name in MPD's "
@@ -39,7 +40,8 @@ def radio_command(
     with open_store(store) as fs:
         run = fs.run(model)
         try:
-            with connect(host, port) as client:
+            name, password = _host_password(host)
+            with connect(name, port, password) as client:
                 playlist, uris, unknown = queue_radio(client, fs, run, n, window=window, aspect=aspect,
                                                       clear_upcoming=clear, music_dir=music_dir)
         except (PlayerError, PlaylistError) as exc:
@@ -68,7 +70,8 @@ def play_command(
 
     try:
         paths = read_playlist(playlist)
-        with connect(host, port) as client:
+        name, password = _host_password(host)
+        with connect(name, port, password) as client:
             uris, unknown = play_files(client, paths, append=append, music_dir=music_dir)
     except (PlayerError, PlaylistError) as exc:
         fail(str(exc))
@@ -77,6 +80,13 @@ def play_command(
         return
     console.print(f"playing {len(uris)} tracks from {plain(str(playlist))}")
     _print_unknown(unknown)
+
+
+def _host_password(host: str) -> tuple[str, str | None]:
+    """(host, password) from MPD_HOST's form PASSWORD@HOST, as mpc and libmpdclient read it; (host, None) without
+    a password (also for '@NAME', an abstract socket)."""
+    password, at, name = host.rpartition("@")
+    return (name, password) if at and password else (host, None)
 
 
 def _print_unknown(paths: list[Path]) -> None:

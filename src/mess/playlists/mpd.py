@@ -40,10 +40,14 @@ def connect(host: str = "localhost", port: int = DEFAULT_PORT, password: str | N
     try:
         client.connect(host, port)
         _keep_raw_names(client)
-        if password:
-            client.password(password)
     except (OSError, MPDConnectionError, CommandError) as exc:
         raise PlayerError(f"cannot reach MPD at {host}:{port} ({exc}); is mpd running?") from exc
+    try:
+        if password:
+            client.password(password)
+    except CommandError as exc:
+        client.disconnect()
+        raise PlayerError(f"MPD at {host}:{port} refused the password ({exc})") from exc
     try:
         yield client
     except (MPDConnectionError, CommandError) as exc:
