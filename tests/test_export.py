@@ -140,3 +140,13 @@ def test_export_reads_one_catalog_version_while_another_process_commits(tmp_path
     row = list(data["path"]).index("/music/one.flac")
     assert reads == ["a", "b"] and data["title"][row] == "hash-0"
     assert data["vectors_a"][row].tolist() == [0.0] * 3 and data["vectors_b"][row].tolist() == [0.0] * 2
+
+
+
+def test_export_names_each_layer_once(tmp_path: Path) -> None:
+    """'-l a -l 0' reported 2 layers and listed 'a' twice in the npz's layers, beside one vectors_a."""
+    _toy_store(tmp_path / "store")[0].close()
+    out = runner.invoke(app, ["export", str(tmp_path / "v.npz"), "-l", "a", "-l", "0", "-l", "b,a", "--store",
+                              str(tmp_path / "store"), "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["layers"] == ["a", "b"] and list(np.load(tmp_path / "v.npz")["layers"]) == ["a", "b"]

@@ -42,7 +42,7 @@ def export_vectors(store: FeatureStore, run: Run, out: Path, fmt: str = "npz", *
     """
     if fmt not in FORMATS:
         raise StoreError(f"unknown export format {fmt!r}; choose {' or '.join(FORMATS)}")
-    names = tuple(run.layer_names[run.layer_index(x)] for x in (layers or run.layer_names))
+    names = tuple(dict.fromkeys(run.layer_names[run.layer_index(x)] for x in (layers or run.layer_names)))
     columns, vectors, missing = _columns(store, run, names, segments)
     out = Path(out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
