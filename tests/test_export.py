@@ -150,3 +150,14 @@ def test_export_names_each_layer_once(tmp_path: Path) -> None:
                               str(tmp_path / "store"), "--json"])
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout)["layers"] == ["a", "b"] and list(np.load(tmp_path / "v.npz")["layers"]) == ["a", "b"]
+
+
+def test_export_never_writes_inside_the_store(tmp_path: Path) -> None:
+    """'mess export STORE/catalog.sqlite --format npz' overwrote the catalog: the store could no longer be opened."""
+    _toy_store(tmp_path / "store")[0].close()
+    for target in (tmp_path / "store" / "catalog.sqlite", tmp_path / "store" / "v.npz"):
+        out = runner.invoke(app, ["export", str(target), "--format", "npz", "--store", str(tmp_path / "store")])
+        assert out.exit_code == 1 and "inside the feature store" in out.output, out.output
+    assert not (tmp_path / "store" / "v.npz").exists()
+    with closing(FeatureStore(tmp_path / "store", readonly=True)) as store:
+        assert len(store.tracks()) == 3

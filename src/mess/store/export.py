@@ -43,8 +43,11 @@ def export_vectors(store: FeatureStore, run: Run, out: Path, fmt: str = "npz", *
     if fmt not in FORMATS:
         raise StoreError(f"unknown export format {fmt!r}; choose {' or '.join(FORMATS)}")
     names = tuple(dict.fromkeys(run.layer_names[run.layer_index(x)] for x in (layers or run.layer_names)))
-    columns, vectors, missing = _columns(store, run, names, segments)
     out = Path(out).expanduser()
+    if out.resolve().is_relative_to(store.root.resolve()):  # 'export STORE/catalog.sqlite' overwrote the catalog
+        raise StoreError(f"{out} is inside the feature store {store.root}, whose files only mess writes; "
+                         "export to a path outside it")
+    columns, vectors, missing = _columns(store, run, names, segments)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"model": run.model, "revision": run.revision, "layers": names, "files_not_embedded": missing}
     (_write_npz if fmt == "npz" else _write_parquet)(out, columns, vectors, meta)
