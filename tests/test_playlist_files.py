@@ -158,3 +158,21 @@ def test_a_line_break_in_a_tag_never_splits_a_table_row(tmp_path: Path) -> None:
         for line in out.output.splitlines():  # each half of a tag stands on the line of the other half
             assert all(len(re.findall(half, line)) == len(re.findall(whole, line)) for half, whole in halves.items()), (
                 args, out.output)
+
+
+def test_clusters_into_a_folder_replace_the_clusters_an_earlier_run_left_there(tmp_path: Path) -> None:
+    """Running `clusters -o DIR` again (another -k or format) left the earlier run's playlists beside the new ones:
+    DIR then held more clusters than asked for, two numbered 01, and tracks in two of them."""
+    music, store, out = tmp_path / "music", tmp_path / "store", tmp_path / "clusters"
+    files = [_flac(music / f"{i}.flac", 3 * i, artist=f"Artist {i % 3}", title=str(i)) for i in range(6)]
+    assert runner.invoke(app, ["extract", str(music), "--model", "dsp", "--store", str(store)]).exit_code == 0
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    for k, fmt in (("4", "m3u8"), ("3", "xspf"), ("2", "m3u8")):
+        result = runner.invoke(app, ["playlist", "clusters", "-k", k, "-o", str(out), "--format", fmt,
+                                     "--store", str(store)])
+        assert result.exit_code == 0, result.output
+        written = sorted(p for p in out.iterdir() if p.name != "notes.txt")
+        assert len(written) == int(k) and all(p.suffix == f".{fmt}" for p in written)
+        assert sorted(p for f in written for p in read_playlist(f)) == sorted(files)  # every track once
+    assert (out / "notes.txt").read_text() == "mine"

@@ -9,6 +9,7 @@ also when they are not valid UTF-8; tags are cleaned of characters a reader woul
 from __future__ import annotations
 
 import os
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from mess.store.paths import displayable, one_line, replace_file
 
 FORMATS = {".m3u8": "m3u8", ".m3u": "m3u8", ".xspf": "xspf"}
 XSPF_NS = "http://xspf.org/ns/0/"
+_CLUSTER_FILE = re.compile(r"\d{2,}-[\w-]+\.(m3u8|xspf)")  # the names write_cluster_folder gives
 
 
 def playlist_format(path: Path) -> str:
@@ -137,7 +139,11 @@ def _unquote(text: str) -> str:
 
 
 def write_cluster_folder(playlists: list[Playlist], folder: Path, fmt: str = "m3u8") -> list[Path]:
-    """One file per playlist in ``folder`` (created), named ``NN-title.EXT``; returns the paths."""
+    """One file per playlist in ``folder`` (created), named ``NN-title.EXT``; returns the paths.
+
+    The cluster playlists of an earlier run there (``NN-*.m3u8`` / ``.xspf`` not written now) are removed, once
+    the new ones are written: left beside them, they read as more clusters, some tracks in two.
+    """
     if fmt not in ("m3u8", "xspf"):
         raise PlaylistError(f"unknown playlist format {fmt!r}; use m3u8 or xspf")
     folder = Path(folder).expanduser()
@@ -149,4 +155,7 @@ def write_cluster_folder(playlists: list[Playlist], folder: Path, fmt: str = "m3
         contents[path] = _content(p, path, fmt)
     for path, data in contents.items():  # all built first: a failure leaves no file half-written
         replace_file(path, data)
+    for old in folder.iterdir():
+        if old not in contents and _CLUSTER_FILE.fullmatch(old.name) and old.is_file():
+            old.unlink()
     return list(contents)
