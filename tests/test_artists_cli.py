@@ -206,3 +206,19 @@ def test_similar_with_one_track_per_artist_says_why_no_layer_was_chosen(app: typ
     fs.close()
     code, _, err = invoke(app, tmp_path / "store", "similar", "Solo 0", "--min-tracks", "1")
     assert code == 0 and "no artist has two tracks" in err and "nan" not in err, err  # it said "separation nan"
+
+
+def test_reference_and_tags_files_saved_with_a_byte_order_mark_are_read(app: typer.Typer, store: Path,
+                                                                        tmp_path: Path) -> None:
+    """A JSON file saved with a UTF-8 BOM (Windows Notepad's default) was 'not valid JSON (Unexpected UTF-8 BOM)'."""
+    ref, tags = tmp_path / "ref.json", tmp_path / "tags.json"
+    ref.write_bytes(b"\xef\xbb\xbf" + json.dumps({f"Artist {a}": [f"Artist {a ^ 1}"] for a in range(8)}).encode())
+    shared = ["drone", "ambient", "noise"]
+    tags.write_bytes(b"\xef\xbb\xbf" + json.dumps({"Artist 0": shared, "Artist 5": shared}).encode())
+    code, out, err = invoke(app, store, "validate", "--reference", str(ref), "-k", "3", "--json")
+    assert code == 0, err
+    assert json.loads(out)["coverage"]["usable_queries"] == 8
+    code, out, err = invoke(app, store, "similar", "Artist 0", "-l", "noise", "--weights", "genre=1",
+                            "--tags", str(tags), "--json")
+    assert code == 0, err
+    assert json.loads(out)["results"][0]["artist"] == "Artist 5"  # the tags of the file pair these two

@@ -200,7 +200,7 @@ def load_tags(path: Path | None) -> dict[str, list[str]] | None:
     if path is None:
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: Notepad writes a BOM
     except FileNotFoundError:
         raise ArtistError(f"no such tags file: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -45,7 +45,7 @@ def _entry_name(artist: str, entry: object) -> str:
 def load_reference(path: Path) -> dict[str, list[str]]:
     """Read and normalise a reference file; malformed files raise :class:`ArtistError`."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))  # -sig: Notepad writes a BOM
     except FileNotFoundError:
         raise ArtistError(f"no such reference file: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
