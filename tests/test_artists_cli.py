@@ -222,3 +222,11 @@ def test_reference_and_tags_files_saved_with_a_byte_order_mark_are_read(app: typ
                             "--tags", str(tags), "--json")
     assert code == 0, err
     assert json.loads(out)["results"][0]["artist"] == "Artist 5"  # the tags of the file pair these two
+
+
+def test_a_tags_file_with_tags_that_are_not_strings_is_refused(app: typer.Typer, store: Path, tmp_path: Path) -> None:
+    """[null, 3] passed as tags: 'None' and '3' became genres that paired any two artists listing them."""
+    tags = tmp_path / "tags.json"
+    tags.write_text(json.dumps({"Artist 0": [None, 3], "Artist 5": [None, 3]}))
+    code, _, err = invoke(app, store, "similar", "Artist 0", "--weights", "genre=1", "--tags", str(tags))
+    assert code == 1 and "must map each artist to a list of tags (strings)" in err and "Traceback" not in err
