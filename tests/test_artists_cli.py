@@ -105,6 +105,7 @@ def test_similar_hybrid_reports_components(app: typer.Typer, store: Path) -> Non
     (("similar", "Artist 0", "--fused"), "no 'fused' vectors"),
     (("similar", "Artist 0", "--method", "median"), "unknown method"),
     (("similar", "Artist 0", "--weights", "tempo=1"), "unknown component 'tempo'"),
+    (("similar", "Artist 0", "--weights", "audio=1,audio=3"), "weight 'audio' given twice"),  # the last one won
     # every artist scored 0 and the list came back in name order, exit 0, under a note that the weights are unused
     (("similar", "Artist 0", "--weights", "reference=1"), "so every artist would score 0; give weight to audio or "),
     (("similar", "Artist 0", "--model", "mert-v1-95m"), "no vectors for model 'mert-v1-95m'"),

@@ -117,6 +117,8 @@ def parse_weights(text: str) -> dict[str, float]:
         name, _, value = item.partition("=")
         if name.strip() not in COMPONENTS:
             raise ArtistError(f"unknown component {name.strip()!r}; choose from {', '.join(COMPONENTS)}")
+        if name.strip() in weights:
+            raise ArtistError(f"weight {name.strip()!r} given twice")
         try:
             weights[name.strip()] = float(value)
         except ValueError:
