@@ -393,3 +393,33 @@ def test_a_window_longer_than_any_decoded_audio_is_refused_before_the_run(tmp_pa
         assert not store.exists()
     with pytest.raises(ValueError, match="invalid window policy"):
         WindowPolicy(window_seconds=float("inf"))
+
+
+def test_a_folder_that_cannot_be_read_and_a_dangling_link_are_named_not_passed_over(tmp_path: Path) -> None:
+    """os.walk skipped an unreadable folder without a word (the run said '1 embedded ... 0 failed', exit 0, its
+    files missing), a folder listable but not searchable stopped the whole run on its first file, and a link to
+    nothing was dropped unnamed."""
+    music = tmp_path / "music"
+    _tone_files(music / "ok", 1)
+    _tone_files(music / "locked", 1)
+    _tone_files(music / "unsearchable", 1)
+    (music / "ok" / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
+    cmd = [sys.executable, "-m", "mess.cli", "extract", str(music), "--model", "dsp", "--store", str(tmp_path / "s")]
+    if os.geteuid() == 0:  # root reads any folder: drop that privilege, as an ordinary user has it
+        if shutil.which("setpriv") is None:
+            pytest.skip("setpriv is needed to test permissions as root")
+        caps = "-dac_override,-dac_read_search"
+        cmd = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *cmd]
+    (music / "locked").chmod(0)
+    (music / "unsearchable").chmod(0o600)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "COLUMNS": "300"})
+    finally:
+        (music / "locked").chmod(0o755)
+        (music / "unsearchable").chmod(0o755)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stdout + out.stderr
+    said = " ".join((out.stdout + out.stderr).split())
+    assert "1 embedded" in said, said
+    assert f"warning: {music / 'locked'}: cannot read (Permission denied); skipped" in said
+    assert f"warning: {music / 'unsearchable' / 'tone00.wav'}: cannot read (Permission denied); skipped" in said
+    assert f"warning: {music / 'ok' / 'gone.wav'}: a link to a missing file; skipped" in said

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import av
@@ -15,11 +15,17 @@ _HASH_CHUNK = 1 << 20
 _AUDIO_DOMAIN = b"mess-audio-packets-v1"
 
 
-def find_audio(roots: Iterable[Path]) -> list[Path]:
+def find_audio(roots: Iterable[Path], on_skip: Callable[[str], None] | None = None) -> list[Path]:
     """All audio files under the given files/folders, resolved, sorted, hidden folders skipped.
 
-    Symlinked folders are followed (each real folder once, so a link loop ends).
+    Symlinked folders are followed (each real folder once, so a link loop ends). A folder that
+    cannot be read, an audio name that cannot be looked at and a link to nothing are skipped,
+    each told to ``on_skip`` in one line (os.walk passed over such folders without a word).
     """
+    def skip(error: OSError) -> None:
+        if on_skip is not None:
+            on_skip(f"{error.filename}: cannot read ({error.strerror}); skipped")
+
     found: set[Path] = set()
     for root in roots:
         root = root.expanduser().resolve()
@@ -27,7 +33,7 @@ def find_audio(roots: Iterable[Path]) -> list[Path]:
             found.add(root)
             continue
         seen: set[tuple[int, int]] = set()
-        for folder, dirs, files in os.walk(root, followlinks=True):
+        for folder, dirs, files in os.walk(root, followlinks=True, onerror=skip):
             st = os.stat(folder)
             if (st.st_dev, st.st_ino) in seen:
                 dirs[:] = []
@@ -36,8 +42,15 @@ def find_audio(roots: Iterable[Path]) -> list[Path]:
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in files:
                 path = Path(folder, name)
-                if not name.startswith(".") and path.suffix.lower() in AUDIO_EXTENSIONS and path.is_file():
-                    found.add(path.resolve())
+                if name.startswith(".") or path.suffix.lower() not in AUDIO_EXTENSIONS:
+                    continue
+                try:
+                    if path.is_file():
+                        found.add(path.resolve())
+                    elif path.is_symlink() and on_skip is not None:
+                        on_skip(f"{path}: a link to a missing file; skipped")
+                except OSError as exc:
+                    skip(exc)
     return sorted(found)
 
 

@@ -102,7 +102,8 @@ def _audio_files(folders: list[Path], prune: bool = False) -> list[Path]:
     missing = [str(f) for f in folders if not f.exists()]
     if missing and not (prune and len(missing) < len(folders)):
         fail(f"no such file or folder: {', '.join(missing)}")
-    paths = find_audio([f for f in folders if f.exists()])
+    paths = find_audio([f for f in folders if f.exists()],
+                       on_skip=lambda why: console.print(f"[yellow]warning:[/] {plain(why)}"))
     if not paths:
         fail(f"no audio files (wav, flac, mp3, ogg, opus, m4a) under {', '.join(map(str, folders))}")
     return paths
