@@ -423,3 +423,36 @@ def test_a_folder_that_cannot_be_read_and_a_dangling_link_are_named_not_passed_o
     assert f"warning: {music / 'locked'}: cannot read (Permission denied); skipped" in said
     assert f"warning: {music / 'unsearchable' / 'tone00.wav'}: cannot read (Permission denied); skipped" in said
     assert f"warning: {music / 'ok' / 'gone.wav'}: a link to a missing file; skipped" in said
+
+
+def test_prune_keeps_the_files_of_a_folder_it_cannot_read(tmp_path: Path) -> None:
+    """--prune stopped the whole run ('error: .../tone00.wav: Permission denied') when a catalogued file's folder
+    could no longer be read; such files are now kept (they may well be there) and the run goes on."""
+    from typer.testing import CliRunner
+
+    from mess.cli.main import app
+
+    music, store = tmp_path / "music", tmp_path / "s"
+    _tone_files(music / "ok", 2)
+    _tone_files(music / "locked", 1)
+    args = ["extract", str(music), "--model", "dsp", "--store", str(store)]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    (music / "ok" / "tone00.wav").unlink()
+    cmd = [sys.executable, "-m", "mess.cli", *args, "--prune"]
+    if os.geteuid() == 0:  # root reads any folder: drop that privilege, as an ordinary user has it
+        if shutil.which("setpriv") is None:
+            pytest.skip("setpriv is needed to test permissions as root")
+        caps = "-dac_override,-dac_read_search"
+        cmd = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *cmd]
+    (music / "locked").chmod(0)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "COLUMNS": "300"})
+    finally:
+        (music / "locked").chmod(0o755)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stdout + out.stderr
+    fs = FeatureStore(store, readonly=True)
+    try:  # the removed file is forgotten, the unreadable one kept
+        kept = [music.resolve() / "locked" / "tone00.wav", music.resolve() / "ok" / "tone01.wav"]
+        assert sorted(t.path for t in fs.tracks()) == [str(p) for p in kept]
+    finally:
+        fs.close()

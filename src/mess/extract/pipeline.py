@@ -227,12 +227,20 @@ def _prune(store: FeatureStore, paths: Sequence[Path], roots: Sequence[Path]) ->
     """
     present = {str(p) for p in paths}
     prefixes = tuple(str(r.expanduser().resolve()) + "/" for r in roots)
-    gone = [p for p in store.all_paths() if p.startswith(prefixes) and p not in present and not Path(p).is_file()]
-    store.forget_unread([p for p in store.unread_paths() if p.startswith(prefixes) and not Path(p).exists()])
+    gone = [p for p in store.all_paths() if p.startswith(prefixes) and p not in present and _gone(p, Path.is_file)]
+    store.forget_unread([p for p in store.unread_paths() if p.startswith(prefixes) and _gone(p, Path.exists)])
     return store.remove_tracks(gone)
 
 
 def missing_files(store: FeatureStore) -> list[str]:
     """Catalogued paths no longer on disk (moved, renamed or deleted), by id: they answer searches until `mess extract
     --prune` forgets them."""
-    return [p for p in store.all_paths() if not Path(p).is_file()]
+    return [p for p in store.all_paths() if _gone(p, Path.is_file)]
+
+
+def _gone(path: str, there: Callable[[Path], bool]) -> bool:
+    """Whether ``path`` is no longer ``there``; one that cannot be looked at (in a folder now unreadable) is kept."""
+    try:
+        return not there(Path(path))
+    except OSError:
+        return False
