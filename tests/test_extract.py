@@ -456,3 +456,26 @@ def test_prune_keeps_the_files_of_a_folder_it_cannot_read(tmp_path: Path) -> Non
         assert sorted(t.path for t in fs.tracks()) == [str(p) for p in kept]
     finally:
         fs.close()
+
+
+def test_extracting_into_a_run_no_answer_uses_says_so_and_how_to_add_to_the_one_used(tmp_path: Path) -> None:
+    """New files extracted with the default windows into a store made with --max-windows 2 went into a second run
+    that answers do not use: 'mess similar FILE' said to run `mess extract`, which then said '1 unchanged'."""
+    from typer.testing import CliRunner
+
+    from mess.cli.main import app
+
+    music, new, store = tmp_path / "music", tmp_path / "new", tmp_path / "store"
+    _tone_files(music, 2)
+    _tone_files(new, 1, seconds=4.5)
+    base = ["extract", "--model", "dsp", "--window", "2", "--store", str(store)]
+    assert CliRunner().invoke(app, [*base, str(music), "--max-windows", "2"]).exit_code == 0
+    out = CliRunner().invoke(app, [*base, str(new)])
+    said = " ".join(out.output.split())
+    assert out.exit_code == 0, out.output
+    assert "warning: dsp answers from its run 1 (2 x 2 s windows, 2 tracks), not this one (4 x 2 s windows, 1 track)" \
+        in said and "extract with --window 2 --max-windows 2 to add files to it" in said, said
+    out = CliRunner().invoke(app, [*base, str(new), "--max-windows", "2"])
+    assert out.exit_code == 0 and "1 embedded" in out.output and "warning" not in out.output, out.output
+    found = CliRunner().invoke(app, ["similar", str(new / "tone00.wav"), "--store", str(store)])
+    assert found.exit_code == 0, found.output

@@ -21,7 +21,7 @@ from mess.extract.prepare import planned_seconds
 from mess.extract.runs import run_policy
 from mess.models.base import EmbeddingModel
 from mess.models.registry import MODEL_NAMES, ModelError, load_model
-from mess.store import FeatureStore
+from mess.store import FeatureStore, Run, StoreError
 from mess.store.paths import printable
 
 ModelNameOpt = Annotated[
@@ -92,6 +92,7 @@ def extract_command(
             summary = _run_local(fs, paths, embedder, policy, batch_size, workers, folders if prune else [], wait)
         _print_summary(summary, embedder.info.name, store)
         _note_missing(missing_files(fs))
+        _unused_run_warning(fs, embedder, policy)
     if summary.failed:
         raise typer.Exit(3)
 
@@ -215,6 +216,33 @@ def _note_missing(gone: list[str]) -> None:
                       f"(moved, renamed or deleted; {plain(printable(gone[0]))}{', ...' if many else ''}) but still "
                       f"answer{'' if many else 's'} searches: `mess extract FOLDER --prune` forgets those under "
                       "FOLDER (name a folder that was moved too)")
+
+
+def _unused_run_warning(fs: FeatureStore, embedder: EmbeddingModel, policy: WindowPolicy) -> None:
+    """Warn when the model answers from another of its runs (another window policy or revision, covering more
+    tracks): the files embedded now are in no answer, and `mess extract` run again only says they are unchanged."""
+    info = embedder.info
+    try:
+        used = fs.run(info.name)
+    except StoreError:  # nothing extracted (every file failed)
+        return
+    if (used.revision, run_policy(used)) == (info.revision, policy):
+        return
+    this = next((r for r in fs.runs() if r.model == used.model and (r.revision, run_policy(r)) == (info.revision,
+                                                                                                    policy)), None)
+    if this is None:
+        return
+
+    def shape(run: Run) -> str:
+        windows, n = run_policy(run), len(fs.tracks(run))
+        return f"{windows.max_windows} x {windows.window_seconds:g} s windows, {n} track{'s' * (n != 1)}"
+
+    old = run_policy(used)
+    fix = (f"extract with --window {old.window_seconds:g} --max-windows {old.max_windows} to add files to it, or "
+           if used.revision == info.revision else "")
+    console.print(f"[yellow]warning:[/] {plain(info.name)} answers from its run {used.id} ({shape(used)}), not this "
+                  f"one ({shape(this)}): the files embedded in this run are in no answer until it covers more tracks; "
+                  f"{fix}extract the whole collection again to move to this run")
 
 
 def info_command(
