@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from contextlib import closing
@@ -161,3 +162,21 @@ def test_export_never_writes_inside_the_store(tmp_path: Path) -> None:
     assert not (tmp_path / "store" / "v.npz").exists()
     with closing(FeatureStore(tmp_path / "store", readonly=True)) as store:
         assert len(store.tracks()) == 3
+
+
+def test_an_export_killed_while_writing_leaves_the_previous_file_whole(tmp_path: Path) -> None:
+    """Export opened its output for writing first, so a kill -9 while it wrote left the previous export cut short."""
+    _toy_store(tmp_path / "store")[0].close()
+    out = tmp_path / "v.npz"
+    assert runner.invoke(app, ["export", str(out), "--store", str(tmp_path / "store")]).exit_code == 0
+    before = out.read_bytes()
+    killed_mid_write = (f"import sys; sys.path[:0] = {sys.path!r}\n"
+                        "import os, signal\nimport numpy as np\n"
+                        "def savez(f, **arrays):\n    f.write(b'PK half an archive'); f.flush()\n"
+                        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+                        "np.savez = savez\nfrom mess.cli.main import app\n"
+                        f"app(['export', {str(out)!r}, '--store', {str(tmp_path / 'store')!r}])\n")
+    run = subprocess.run([sys.executable, "-c", killed_mid_write], capture_output=True, timeout=120)
+    assert run.returncode == -signal.SIGKILL, run.stderr
+    assert out.read_bytes() == before
+    assert list(np.load(out)["layers"]) == ["a", "b"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mess.store.feature_store import FeatureStore, Run, StoreError
-from mess.store.paths import printable
+from mess.store.paths import printable, replacing
 
 FORMATS = ("npz", "parquet")
 TAGS = ("path", "content_hash", "artist", "album", "title", "genre", "composer")
@@ -38,7 +38,8 @@ def export_vectors(store: FeatureStore, run: Run, out: Path, fmt: str = "npz", *
                    layers: Sequence[str] | None = None, segments: bool = False) -> ExportSummary:
     """Write ``run``'s vectors (all layers, or ``layers`` by name or index) to ``out`` as npz or parquet.
 
-    Rows are tracks, or with ``segments`` the per-window vectors (``segment_start`` in seconds).
+    Rows are tracks, or with ``segments`` the per-window vectors (``segment_start`` in seconds). The file is
+    written beside ``out`` and renamed over it: a killed export leaves a previous ``out`` whole.
     """
     if fmt not in FORMATS:
         raise StoreError(f"unknown export format {fmt!r}; choose {' or '.join(FORMATS)}")
@@ -84,7 +85,7 @@ def _write_npz(out: Path, columns: dict[str, np.ndarray], vectors: dict[str, np.
               "layers": np.array(meta["layers"]), "model": np.array(meta["model"]),
               "revision": np.array(meta["revision"]),
               "files_not_embedded": np.array(meta["files_not_embedded"])}
-    with open(out, "wb") as f:  # a file object: np.savez would append .npz to other names
+    with replacing(out) as f:  # a file object: np.savez would append .npz to other names
         np.savez(f, allow_pickle=False, **arrays)
 
 
@@ -101,4 +102,5 @@ def _write_parquet(out: Path, columns: dict[str, np.ndarray], vectors: dict[str,
         flat = pa.array(np.ascontiguousarray(mat, dtype=np.float32).ravel())
         fields[name] = pa.FixedSizeListArray.from_arrays(flat, mat.shape[1])
     table = pa.table(fields).replace_schema_metadata({"mess": json.dumps(meta)})
-    pq.write_table(table, out)
+    with replacing(out) as f:
+        pq.write_table(table, f)

@@ -7,7 +7,10 @@ import re
 import secrets
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffe\uffff]")  # C0 but tab and line feed, DEL, C1, non-chars
 _BREAK = re.compile(r"\s*[\t\n\u2028\u2029]\s*")  # what is left of a line break or tab after _CONTROL, with its spaces
@@ -71,12 +74,20 @@ def leftover_temps(root: Path, grace: float = TEMP_GRACE_SECONDS) -> list[Path]:
 def replace_file(path: Path, data: bytes) -> None:
     """Write ``data`` to a new file beside ``path`` and rename it over ``path`` (atomic: an existing file is
     replaced whole or left untouched, its permissions kept; a symbolic link is written through)."""
+    with replacing(path) as f:
+        f.write(data)
+
+
+@contextmanager
+def replacing(path: Path) -> Iterator[BinaryIO]:
+    """A new file beside ``path``, renamed over it once the block ends (as :func:`replace_file`; an error in the
+    block leaves ``path`` untouched and removes the new file)."""
     target = Path(path).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(target)
     try:
         with open(tmp, "xb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         if target.exists():
