@@ -179,9 +179,17 @@ def test_reference_shapes_are_normalised() -> None:
         "C": {"similarartists": {"artist": [{"name": "A", "match": "1"}]}},
     })
     assert ref == {"A": ["B", "C"], "B": ["A", "C"], "C": ["A"]}
-    for bad in (["A", "B"], {"A": "B"}, {"A": [{"score": 1}]}):
+    for bad in (["A", "B"], {"A": "B"}, {"A": [{"score": 1}]}, {"similarartists": {"artist": [{"name": "A"}]}}):
         with pytest.raises(ArtistError):
             parse_reference(bad)
+
+
+def test_a_lastfm_answer_saved_as_it_came_is_its_artists_list() -> None:
+    """The help says 'a Last.fm artist.getSimilar answer', but the answer as Last.fm sends it was refused ("reference
+    for 'similarartists' is not a list"): only the answer nested under its artist's name was read."""
+    answer = {"similarartists": {"artist": [{"name": "Portishead", "match": "1"}, {"name": "Tricky", "match": "0.8"}],
+                                 "@attr": {"artist": "Massive Attack"}}}
+    assert parse_reference(answer) == {"Massive Attack": ["Portishead", "Tricky"]}
 
 
 def test_reference_matching_and_coverage() -> None:

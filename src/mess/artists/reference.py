@@ -18,8 +18,15 @@ def parse_reference(data: object) -> dict[str, list[str]]:
     """Normalise the accepted shapes to ``{artist: [similar artist, ...]}``, order kept.
 
     Accepted per artist: ``["B", "C"]``; ``[{"name": "B", ...}, ...]`` (ListenBrainz,
-    Last.fm items); ``{"similarartists": {"artist": [...]}}`` (Last.fm answer).
+    Last.fm items); ``{"similarartists": {"artist": [...]}}`` (Last.fm answer). A Last.fm answer saved as it
+    came, ``{"similarartists": {"artist": [...], "@attr": {"artist": "A"}}}``, is the list of artist A.
     """
+    if isinstance(data, dict) and list(data) == ["similarartists"] and isinstance(data["similarartists"], dict):
+        answer = data["similarartists"]
+        artist = answer.get("@attr", {}).get("artist") if isinstance(answer.get("@attr"), dict) else None
+        if not isinstance(artist, str):
+            raise ArtistError('a Last.fm answer must name its artist ("@attr": {"artist": ...}) to be a reference')
+        data = {artist: data}
     if not isinstance(data, dict):
         raise ArtistError(f"reference must be {_SHAPE}; got a JSON {type(data).__name__}")
     reference = {}
