@@ -70,6 +70,15 @@ def test_unknown_names_list_every_known_model(plugin: Path) -> None:
         assert name in message
 
 
+def test_an_empty_name_or_a_folder_without_a_model_is_a_model_error(tmp_path: Path) -> None:
+    """'--model ""' read as the current folder, and a folder without a model, failed in the loader with
+    'config.json: No such file' instead of saying which model was asked for."""
+    with pytest.raises(ModelError, match="unknown model ''"):
+        load_model("")
+    with pytest.raises(ModelError, match=f"{tmp_path} holds no model"):
+        load_model(str(tmp_path))
+
+
 def test_plugins_are_seen_only_while_installed() -> None:
     assert "toy-peak" not in model_factories()
     with pytest.raises(ModelError, match="unknown model 'toy-peak'"):

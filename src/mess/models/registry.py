@@ -110,10 +110,13 @@ def load_model(name: str, device: str = "cpu", preset: str | None = None) -> Emb
     factories = model_factories()
     if key in factories:
         return factories[key](device)
-    if Path(name).expanduser().is_dir():  # named by its folder, so queries by file load it again, offline
+    if name.strip() and Path(name).expanduser().is_dir():  # by its folder: queries by file load it again, offline
         from mess.models.mert import MertModel
 
         folder = str(Path(name).expanduser().resolve())
+        if not (Path(folder) / "config.json").is_file():
+            raise ModelError(f"{folder} holds no model (no config.json); name a registry model, a folder "
+                             "saved by `mess models fetch` or save_pretrained, or a .onnx file")
         return MertModel.from_pretrained(folder, name=folder, device=device)
     raise ModelError(f"unknown model {name!r}; choose one of {', '.join(factories)}, a local model folder "
                      "or a .onnx file")
