@@ -180,3 +180,15 @@ def test_an_export_killed_while_writing_leaves_the_previous_file_whole(tmp_path:
     assert run.returncode == -signal.SIGKILL, run.stderr
     assert out.read_bytes() == before
     assert list(np.load(out)["layers"]) == ["a", "b"]
+
+
+def test_a_run_with_no_vectors_yet_says_so_in_words(tmp_path: Path) -> None:
+    """An extract killed before its first commit leaves a run without vectors: `similar` said 'no all vectors'."""
+    store = FeatureStore(tmp_path / "store")
+    store.ensure_run(run_key(ModelInfo("toy", "r1", 16000, ("a", "b"), (3, 2)), WindowPolicy()))
+    store.upsert_track(Path("/music/one.flac"), "hash-0", 1, 0.0, {"duration": 5.0}, {})
+    store.close()
+    out = runner.invoke(app, ["similar", "/music/one.flac", "--model", "toy", "--store", str(tmp_path / "store")])
+    said = " ".join(out.output.split())
+    assert out.exit_code == 1 and "Traceback" not in said, said
+    assert "no vectors for toy in this store yet; run `mess extract` first" in said, said

@@ -237,7 +237,8 @@ def read_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequen
     keep = np.array([int(i) in hash_of for i in ids], dtype=bool)
     ids, raw = ids[keep], raw[keep]
     if not len(ids):
-        raise StoreError(f"no {spec.kind} vectors for {run.model} in this store; run `mess extract` first")
+        kind = "" if spec.kind == "all" else f"{spec.kind} "
+        raise StoreError(f"no {kind}vectors for {run.model} in this store yet; run `mess extract` first")
     hashes = np.array([hash_of[int(i)] for i in ids])
     return VectorSet(run, spec, layers, ids, hashes, raw, Preprocessor.fit(raw, blocks, spec.norm), source)
 
