@@ -13,7 +13,7 @@ from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 from typer.testing import CliRunner
 
 from mess.cli.main import app
-from mess.store.config import preferred_model
+from mess.store.config import ConfigError, preferred_model
 
 runner = CliRunner()
 MERT_FRONT_END = dict(conv_dim=(16,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2),
@@ -36,7 +36,8 @@ def test_preferred_model_ranks_mert_then_musicnn_then_dsp() -> None:
     assert preferred_model(["dsp", "/models/MERT-v1-95M", "musicnn-msd"]) == "/models/MERT-v1-95M"
     assert preferred_model(["musicnn-msd-random-init", "dsp"]) == "dsp"  # a probe control is never the default
     assert preferred_model(["musicnn-msd", "dsp"], configured="dsp") == "dsp"
-    assert preferred_model(["musicnn-msd"], configured="gone") == "musicnn-msd"
+    with pytest.raises(ConfigError, match="--unset"):  # a configured model without vectors is never replaced
+        preferred_model(["musicnn-msd"], configured="gone")
 
 
 def test_local_mert_folder_run_works_offline_and_is_the_default(rendered_collection: list[Path], tmp_path: Path,

@@ -1094,6 +1094,25 @@ def test_config_unset_without_a_setting_is_refused(tmp_path: Path) -> None:
     assert _mess("config", "default-model", "--unset", "--store", str(store)).returncode == 0
 
 
+def test_a_default_model_without_vectors_is_said_not_replaced(tmp_path: Path) -> None:
+    _tones(tmp_path / "music", 2, seconds=2.0)
+    store = tmp_path / "store"
+    assert _mess("extract", str(tmp_path / "music"), *DSP, "--store", str(store)).returncode == 0
+    (store / "config.json").write_text('{"default-model": "nosuch"}')  # or a model whose run was removed
+    out = _mess("similar", "1", "--store", str(store), "--json")  # answered from dsp without a word before
+    assert out.returncode == 1 and not out.stdout and "Traceback" not in out.stderr, out.stdout
+    message = " ".join(out.stderr.split())
+    assert "default-model 'nosuch'" in message and "--model" in message, message
+    assert "mess config default-model --unset" in message and len(out.stderr.strip().splitlines()) == 1
+    served = _mess("serve", "--store", str(store), "--port", "0", timeout=60)  # start-up says it too
+    assert served.returncode == 1 and "default-model 'nosuch'" in served.stderr and "serving" not in served.stderr
+    shown = _mess("config", "--store", str(store), "--json")  # `mess config` still shows it, to unset it
+    assert shown.returncode == 0 and json.loads(shown.stdout)["settings"] == {"default-model": "nosuch"}
+    assert json.loads(shown.stdout)["default_model"] is None and "nosuch" in json.loads(shown.stdout)["problem"]
+    assert _mess("config", "default-model", "--unset", "--store", str(store)).returncode == 0
+    assert json.loads(_mess("similar", "1", "--store", str(store), "--json").stdout)["model"] == "dsp"
+
+
 # ------------------------------------------------------------------ librosa's numba cache
 
 

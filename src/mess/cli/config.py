@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from mess.cli.common import console, emit_json, fail, open_store, plain
+from mess.cli.common import console, emit_json, fail, note, open_store, plain
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt
 
 
@@ -18,6 +18,7 @@ def config_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Show the store's settings and the model used by default, or change one setting."""
+    from mess.store import StoreError
     from mess.store.config import SETTINGS, ConfigError, model_key, read_config, write_setting
 
     if unset and key is None:
@@ -37,13 +38,17 @@ def config_command(
             settings = read_config(fs.root)
         except ConfigError as exc:
             fail(str(exc))
-        default = fs.run().model if models else None
+        try:
+            default, problem = (fs.run().model if models else None), None
+        except StoreError as exc:  # a default-model without vectors: shown, so that it can be unset here
+            default, problem = None, str(exc)
     if as_json:
-        emit_json({"settings": settings, "default_model": default, "models": models})
+        emit_json({"settings": settings, "default_model": default, "models": models, "problem": problem})
         return
+    note(problem)
     for name, about in SETTINGS.items():
         console.print(f"{name} = {plain(settings.get(name, '(not set)'))}  [dim]{plain(about)}[/]")
-    console.print(f"model used by default: {plain(str(default))} (extracted: {plain(', '.join(models))})")
+    console.print(f"model used by default: {plain(default or 'none')} (extracted: {plain(', '.join(models))})")
 
 
 def register(app: typer.Typer) -> None:

@@ -65,11 +65,19 @@ def model_rank(name: str) -> int:
 
 
 def preferred_model(models: Sequence[str], configured: str | None = None) -> str | None:
-    """The configured model when extracted, else the best-ranked one (the latest among equals)."""
-    if configured and configured in models:
-        return configured
+    """The configured model, else the best-ranked one (the latest among equals); None when nothing is extracted.
+
+    Raises:
+        ConfigError: ``configured`` is not among the extracted ``models`` (never a silent fallback).
+    """
     if not models:
         return None
+    if configured and configured not in models:
+        raise ConfigError(f"default-model {configured!r} (set by `mess config`) has no vectors in this store "
+                          f"(extracted: {', '.join(sorted(set(models)))}); name one with --model, or run "
+                          "`mess config default-model --unset` (or `mess config default-model NAME`)")
+    if configured:
+        return configured
     best = min(model_rank(m) for m in models)
     return [m for m in models if model_rank(m) == best][-1]
 

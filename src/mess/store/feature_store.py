@@ -486,19 +486,19 @@ class FeatureStore:
 
         A model extracted again with another window policy or revision has a second run; until that run holds as
         many of the collection's tracks, commands keep answering from the first (the newest run alone would hide
-        every track it lacks). With ``model`` None: the store's ``default-model`` setting, else the best model
-        extracted (see :mod:`mess.store.config`), not simply the latest run.
+        every track it lacks). With ``model`` None: the store's ``default-model`` setting (a StoreError when that
+        model has no run here), else the best model extracted (see :mod:`mess.store.config`), not the latest run.
         """
         from mess.store.config import ConfigError, model_key, preferred_model, read_config
 
-        configured = None
-        if not model:
+        names = [r.model for r in self.runs()]
+        if model:
+            model = model_key(model, names)
+        else:
             try:
-                configured = read_config(self.root).get("default-model")
+                model = preferred_model(names, read_config(self.root).get("default-model"))
             except ConfigError as exc:
                 raise StoreError(str(exc)) from None
-        names = [r.model for r in self.runs()]
-        model = model_key(model, names) if model else preferred_model(names, configured)
         sql = ("SELECT r.*, (SELECT COUNT(*) FROM tracks t JOIN vectors v ON v.content_hash = t.content_hash"
                " AND v.run_id = r.id) AS covered FROM runs r")
         args: tuple[str, ...] = ()
