@@ -495,6 +495,28 @@ def test_no_wait_exits_at_once_naming_the_holder(tmp_path: Path) -> None:
     assert _committed(tmp_path / "store") == 0
 
 
+def test_index_behind_a_running_extract_saves_what_it_committed(tmp_path: Path) -> None:
+    music, store = tmp_path / "music", tmp_path / "store"
+    n = len(_tones(music, 40, seconds=5.0))
+    extract = subprocess.Popen([*MESS, "extract", str(music), *DSP, "--store", str(store)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and extract.poll() is None and _committed(store) < 2:
+        time.sleep(0.05)
+    log = tmp_path / "index.log"
+    with log.open("w") as err:
+        index = subprocess.Popen([*MESS, "index", "--store", str(store), "--json"], stdout=subprocess.PIPE,
+                                 stderr=err, text=True)
+        while time.time() < deadline and "waiting for the store lock" not in log.read_text():
+            time.sleep(0.05)
+        assert extract.poll() is None and _committed(store) < n, "the index should wait behind the extract"
+        out, _ = index.communicate(timeout=300)
+    assert extract.wait(timeout=300) == 0 and index.returncode == 0, log.read_text()
+    assert json.loads(out)["n"] == n  # it read the vectors before waiting and saved an index of a few before
+    again = _mess("index", "--store", str(store), "--json")
+    assert json.loads(again.stdout)["mode"] == "unchanged", again.stdout
+
+
 def test_extract_beside_a_server_that_indexes(tmp_path: Path) -> None:
     httpx = pytest.importorskip("httpx")
     music = tmp_path / "music"

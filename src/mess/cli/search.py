@@ -74,7 +74,7 @@ def index_command(
 
     if kind != "auto" and kind not in KINDS:
         fail(f"unknown index kind {kind!r}; choose auto, {', '.join(KINDS)}")
-    with open_store(store, readonly=False) as fs:
+    with open_store(store, readonly=False) as fs, fs.writing("mess index"):  # vectors read after a running extract
         run = fs.run(model)
         try:
             spec = VectorSpec.from_options(layer, aspect, fused, cast("Norm", norm), learned)  # the library checks it

@@ -62,7 +62,8 @@ def index(state: State, model: Model = None, layer: Layer = None, aspect: Aspect
         run = state.run(model)
         spec = vector_spec(state.store, run, layer, aspect, fused, learned)
         try:
-            _, report = build_index(state.store, load_vectors(state.store, run, spec), kind, wait=False)
+            with state.store.writing("mess serve: index", wait=False):  # no extract commits between read and save
+                _, report = build_index(state.store, load_vectors(state.store, run, spec), kind, wait=False)
         except StoreBusy as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "30"}) from None
     return {"model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "kind": report.kind,
