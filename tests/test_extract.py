@@ -56,6 +56,42 @@ def test_extract_skips_unchanged_picks_up_new_and_prunes(tmp_path: Path) -> None
     assert len(store.tracks(store.run("dsp"))) == 3
 
 
+def _truncated_mp3(path: Path, seconds: float = 200.0, keep: float = 0.31, sr: int = 16000) -> None:
+    """An MP3 (LAME through PyAV) whose Xing header claims ``seconds`` but whose bytes stop after ``keep`` of them."""
+    import av
+
+    samples = (0.3 * np.sin(2 * np.pi * 440 * np.arange(int(seconds * sr)) / sr) * 2**31).astype(np.int32)
+    full = path.with_suffix(".full")
+    with av.open(str(full), "w", format="mp3") as container:
+        stream = container.add_stream("libmp3lame", rate=sr, layout="mono")
+        stream.bit_rate = 32000
+        frame = av.AudioFrame.from_ndarray(samples[None, :], format="s32p", layout="mono")
+        frame.sample_rate = sr
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    data = full.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    full.unlink()
+
+
+def test_a_truncated_mp3_is_catalogued_with_its_decoded_duration(tmp_path: Path) -> None:
+    """Its header claims 200 s: seeking to the windows fails, the whole file is decoded, and what was decoded
+    (about 62 s) is its duration (playlists showed 3:20), also after the file is inspected again."""
+    music = tmp_path / "music"
+    music.mkdir()
+    _truncated_mp3(music / "cut.mp3")
+    cli = [sys.executable, "-m", "mess.cli", "extract", str(music), "--model", "dsp", "--window", "4",
+           "--max-windows", "3", "--store", str(tmp_path / "store")]
+    assert subprocess.run(cli, capture_output=True, text=True, timeout=300).returncode == 0
+    os.utime(music / "cut.mp3", (1, 1))  # inspected again: the header says 200 s again
+    second = subprocess.run(cli, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0 and "1 unchanged" in second.stderr, second.stderr
+    store = FeatureStore(tmp_path / "store", readonly=True)
+    duration = store.track(music / "cut.mp3").duration
+    store.close()
+    assert duration is not None and 55 < duration < 70, duration
+
+
 def test_a_pruned_tracks_id_never_names_another_file(tmp_path: Path) -> None:
     """SQLite gives a new row the highest id + 1, so after the last track was pruned the next new file took its id:
     `mess similar 3`, a server URL or a saved id then named another file."""

@@ -139,6 +139,8 @@ def _prepared(store: FeatureStore, run: Run, paths: Sequence[Path], model: Embed
             if store.has_vectors(run, record.content_hash):
                 return _Outcome(record, skipped=True)
             windows = cast(Windows, _answer(child, path, ("decode", record, info.sample_rate, policy)))
+            if windows.duration is not None:  # a truncated file: its header claimed another length
+                store.set_duration(record.content_hash, windows.duration)
             return _Outcome(record, windows)
         except _FileFailed as exc:
             return _Outcome(record or _unread(path), error=str(exc))

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 SILENCE_PEAK = 1e-4  # -80 dBFS
 MAX_PEAK = 1e3  # +60 dBFS: float samples beyond this are not audio anyone mastered
+DURATION_TOLERANCE = 0.5  # seconds a header's duration may be off before the decoded length replaces it
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Windows:
     starts: np.ndarray  # seconds
     audio: np.ndarray  # [n_windows, samples]
     warnings: list[str] = field(default_factory=list)
+    duration: float | None = None  # the decoded length, when the whole file was decoded and its header said otherwise
 
 
 def inspect_file(path: Path, known: tuple[str, str] | None = None) -> FileRecord:
@@ -109,7 +111,8 @@ def _decode(record: FileRecord, sample_rate: int, policy: WindowPolicy) -> Windo
         raise AudioError(f"{record.path}: too short ({seconds:.2f} s; the minimum is {policy.min_seconds:.2f} s)")
     _check_level(record, audio)
     starts, windows = policy.cut(audio, sample_rate)
-    return Windows(record, starts, windows, warnings)
+    decoded = seconds if seconds < policy.max_decode_seconds and abs(seconds - duration) > DURATION_TOLERANCE else None
+    return Windows(record, starts, windows, warnings, decoded)
 
 
 def _seek_windows(record: FileRecord, sample_rate: int, policy: WindowPolicy, duration: float) -> Windows:

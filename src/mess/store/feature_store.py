@@ -186,6 +186,8 @@ def _command_name() -> str:
 _TRACK_COLS = "id, path, content_hash, duration, artist, album, title, genre, composer"
 # A new track's id: above every id in the catalog and every id it ever held (``track_ids``, kept by a trigger on
 # delete), so an id never comes to name another file after a prune.
+_KNOWN_DURATION = ("COALESCE((SELECT d.duration FROM tracks d WHERE d.content_hash=:content_hash "
+                   "AND d.duration IS NOT NULL LIMIT 1), :duration)")
 _NEW_TRACK_ID = "(SELECT MAX(COALESCE(MAX(id), 0), COALESCE((SELECT MAX(high) FROM track_ids), 0)) + 1 FROM tracks)"
 
 
@@ -343,7 +345,11 @@ class FeatureStore:
         *,
         stamp: str = "",
     ) -> int:
-        """Insert or update a track by path; returns its id. ``stamp`` is the file's change stamp."""
+        """Insert or update a track by path; returns its id. ``stamp`` is the file's change stamp.
+
+        The duration is the one already catalogued for the same content when there is one (a header's claim that
+        decoding corrected, see :meth:`set_duration`, stays corrected when the file is inspected again).
+        """
         row = {
             "path": to_db_path(path),
             "content_hash": content_hash,
@@ -357,7 +363,7 @@ class FeatureStore:
             "added_at": time.time(),
         }
         cols = ", ".join(row)
-        marks = ", ".join(f":{c}" for c in row)
+        marks = ", ".join(_KNOWN_DURATION if c == "duration" else f":{c}" for c in row)
         updates = ", ".join(f"{c}=excluded.{c}" for c in row if c not in ("path", "added_at"))
         with self._write():
             self.db.execute(
@@ -366,6 +372,11 @@ class FeatureStore:
             )
             self.db.execute("DELETE FROM failures WHERE content_hash=?", (_unread_key(str(path)),))  # readable now
             return int(self.db.execute("SELECT id FROM tracks WHERE path=?", (row["path"],)).fetchone()[0])
+
+    def set_duration(self, content_hash: str, seconds: float) -> None:
+        """Record the decoded length of a content's tracks (a truncated file's header claims more than it holds)."""
+        with self._write():
+            self.db.execute("UPDATE tracks SET duration=? WHERE content_hash=?", (seconds, content_hash))
 
     def known_file(self, path: Path) -> tuple[str, str] | None:
         """(content_hash, change stamp) recorded for a path, to skip re-hashing unchanged files."""
