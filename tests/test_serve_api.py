@@ -175,6 +175,7 @@ def test_tracks_are_paged_and_filtered(client: TestClient, store: FeatureStore) 
     ("get", "/api/tracks/%C2%B2/audio", 422, "unknown track id"),
     ("get", "/api/playlists/radio?seed=1&seed=%D9%A1", 422, "unknown track id"),
     ("get", "/api/playlists/path?start=1&end=%2B2", 422, "unknown track id '+2'"),
+    ("get", "/api/playlists/path?start=1&end=2&n=13", 400, "12 tracks with vectors, fewer than n=13"),  # not -n
     ("get", "/api/map?layer=99", 400, "layer 99 out of range"),
     ("get", "/api/artists/similar?name=sine%20quire", 404, "did you mean 'Sine Choir'"),
     ("get", "/api/artists/similar?name=Sine%20Choir&method=median", 400, "unknown method 'median'"),
@@ -510,8 +511,8 @@ def test_real_music_upload_finds_its_original(extracted_store: Path) -> None:
 
 
 def test_cli_advice_keeps_its_dashes_in_api_messages() -> None:
-    from mess.serve.state import _without_option_dashes
+    from mess.serve.state import api_words
 
-    got = _without_option_dashes("use --layer or --aspect; no aspect map for dsp: run `mess probe --model dsp` first")
+    got = api_words("use --layer or --aspect; no aspect map for dsp: run `mess probe --model dsp` first")
     # the command inside backticks was shown as `mess probe model dsp`
     assert got == "use layer or aspect; no aspect map for dsp: run `mess probe --model dsp` first"

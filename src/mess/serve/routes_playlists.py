@@ -18,7 +18,7 @@ from mess.playlists.playlist import Playlist, PlaylistError
 from mess.playlists.radio import DEFAULT_WINDOW, radio
 from mess.search.query import collection_query, stale_aspect_map
 from mess.serve.routes_tracks import Aspect, Model
-from mess.serve.state import ServeState, TrackId, get_state, track_dict, vector_spec
+from mess.serve.state import ServeState, TrackId, api_words, get_state, track_dict, vector_spec
 from mess.store import Run
 
 router = APIRouter(prefix="/api/playlists")
@@ -54,7 +54,7 @@ def _playlist(request: Request, state: ServeState, model: str | None, aspect: st
         try:
             playlist = build(run)
         except PlaylistError as exc:
-            raise HTTPException(400, str(exc)) from None
+            raise HTTPException(400, api_words(str(exc))) from None  # the query's n, not the CLI's -n
         stale = stale_aspect_map(state.store, run) if aspect is not None else None
     return _answer(request, playlist, run.model, fmt, name, stale)
 

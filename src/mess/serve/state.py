@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,7 +115,7 @@ def vector_spec(store: FeatureStore, run: Run, layer: str | None, aspect: str | 
         spec = VectorSpec.from_options(layer, aspect, fused, learned=learned)
         spec.layers(store, run)
     except (ValueError, StoreError) as exc:
-        raise HTTPException(400, _without_option_dashes(str(exc))) from None
+        raise HTTPException(400, api_words(str(exc))) from None
     if fused and store.derived_meta(run, FUSED) is None:
         raise HTTPException(400, f"no fused vectors for {run.model}; run `mess fuse train` and `mess fuse apply`")
     if learned and not has_learned_head(run):
@@ -136,7 +137,16 @@ def neighbour_dict(result: Neighbour) -> dict:
     return {**track_dict(result.track), **{k: scored[k] for k in keys}}
 
 
-def _without_option_dashes(message: str) -> str:
-    """A CLI message in the API's words: '--layer' becomes 'layer', except inside a `quoted command`."""
+def api_words(message: str) -> str:
+    """A CLI message in the API's words: '--layer' becomes 'layer' and '-n 12' 'n=12', except inside a
+    `quoted command`."""
     parts = message.split("`")
-    return "`".join(part if i % 2 else part.replace("--", "") for i, part in enumerate(parts))
+    return "`".join(part if i % 2 else _SHORT_OPTION.sub(_api_parameter, part.replace("--", ""))
+                    for i, part in enumerate(parts))
+
+
+_SHORT_OPTION = re.compile(r"(?<![\w-])-([a-z])\b(?: (\d+)\b)?")
+
+
+def _api_parameter(match: re.Match[str]) -> str:
+    return match[1] if match[2] is None else f"{match[1]}={match[2]}"
