@@ -406,3 +406,47 @@ def test_a_probe_killed_between_its_report_and_its_map_is_said_by_the_maps_reade
     again = runner.invoke(app, ["probe", "--model", "dsp", "--control", "none", "--folds", "3", "--store", str(root)])
     assert again.exit_code == 0, again.output
     assert note() is None
+
+
+def test_an_aspect_shuffled_targets_score_nearly_as_well_is_mapped_as_not_encoded(tmp_path: Path) -> None:
+    """On 5 real soundtrack tracks dsp's spectral layer scored dynamics 0.34 and shuffled targets 0.27: the map stored
+    0.34 (above ENCODED_R2), and `mess similar --aspect dynamics` ranked by that layer as if it encoded loudness."""
+    import soundfile as sf
+
+    from mess.audio.discover import find_audio
+    from mess.audio.windows import WindowPolicy
+    from mess.models.dsp import DspModel
+    from mess.probing.probes import ProbeScores
+    from mess.probing.report import ProbeReport
+    from mess.probing.study import save_aspect_map
+    from mess.probing.targets import TARGETS
+    from mess.search.vectors import aspect_layer
+    from mess.store import StoreError
+
+    music = tmp_path / "music"
+    music.mkdir()
+    t = np.arange(22050 * 2) / 22050
+    for i in range(5):
+        sf.write(music / f"t{i}.wav", (0.1 * (i + 1) * np.sin(2 * np.pi * 110 * (i + 1) * t)).astype(np.float32), 22050)
+    store = FeatureStore(tmp_path / "store")
+    extract(store, find_audio([music]), DspModel(), WindowPolicy(window_seconds=2.0))
+    run = store.run("dsp")
+    layers = tuple(run.layer_names)
+
+    def scores(cells: dict[tuple[str, str], float]) -> ProbeScores:
+        r2 = np.zeros((len(layers), len(TARGETS)))
+        for (layer, aspect), value in cells.items():
+            r2[layers.index(layer), [j for j, tt in enumerate(TARGETS) if tt.aspect == aspect]] = value
+        return ProbeScores(layers, TARGET_NAMES, r2, np.zeros_like(r2))
+
+    trained = scores({("spectral", "dynamics"): 0.34, ("rhythm", "rhythm"): 0.67})
+    shuffled = scores({("rhythm", "dynamics"): 0.27, ("mfcc", "rhythm"): 0.10})
+    report = ProbeReport("dsp", run.revision, run.id, {}, 5, "KFold(5)", "ridge", 1.0,
+                         {"trained": trained, "shuffled": shuffled})
+    assert save_aspect_map(store, run, report)
+    stored = store.aspect_scores(run)
+    assert stored["dynamics"] == pytest.approx(0.07) and stored["rhythm"] == pytest.approx(0.57)
+    with pytest.raises(StoreError, match="encodes dynamics"):
+        aspect_layer(store, run, "dynamics")
+    assert aspect_layer(store, run, "rhythm") == "rhythm"
+    store.close()

@@ -133,8 +133,22 @@ def _print_report(report: ProbeReport, paths: dict[str, Path], unmapped: str | N
         console.print(f"[yellow]{len(failed)} tracks without targets[/] (first: {failed[0]})")
     if unmapped is not None:
         console.print(f"[yellow]aspect map not stored: {unmapped}; the aspect map stored before is kept[/]")
+    else:
+        _warn_chance(report)
     console.print(("aspect map stored for `mess similar --aspect`; " if unmapped is None else "") + "report: "
                   + ", ".join(str(p) for p in paths.values()))
+
+
+def _warn_chance(report: ProbeReport) -> None:
+    """Name each aspect whose best score clears ENCODED_R2 only because shuffled targets score nearly as well."""
+    from mess.constants import ENCODED_R2
+
+    beyond = report.map_scores()
+    for c in report.aspects:
+        if c.score >= ENCODED_R2 > beyond[c.aspect]:
+            console.print(f"[yellow]warning:[/] {c.aspect}: {plain(c.layer)}'s {c.score:.2f} is only "
+                          f"{beyond[c.aspect]:.2f} above shuffled targets on {report.n_tracks} tracks: mapped as not "
+                          f"encoded (below {ENCODED_R2}); probe more tracks")
 
 
 def _controls_table(report: ProbeReport) -> Table:

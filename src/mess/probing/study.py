@@ -135,11 +135,13 @@ def unmapped_reason(run: Run, report: ProbeReport) -> str | None:
 
 
 def save_aspect_map(store: FeatureStore, run: Run, report: ProbeReport) -> bool:
-    """Store the trained model's aspect -> (layer, score, margin) map for `mess similar --aspect`; False, and the
-    stored map kept, when :func:`unmapped_reason` gives a reason not to."""
+    """Store the trained model's aspect -> (layer, score, margin) map for `mess similar --aspect`, each score beyond
+    the shuffled control (:meth:`ProbeReport.map_scores`); False, and the stored map kept, when
+    :func:`unmapped_reason` gives a reason not to."""
     if unmapped_reason(run, report) is not None:
         return False
-    store.set_aspect_map(run, [(c.aspect, c.layer, c.score, c.margin) for c in report.aspects],
+    scores = report.map_scores()
+    store.set_aspect_map(run, [(c.aspect, c.layer, scores[c.aspect], c.margin) for c in report.aspects],
                          n_tracks=report.n_tracks + len(report.missing),  # the run's tracks, with and without targets
                          probed_at=report.probed_at)
     return True

@@ -893,7 +893,8 @@ class FeatureStore:
         return None if row[0] is None else int(row[0])
 
     def aspect_scores(self, run: Run) -> dict[str, float]:
-        """aspect -> the probe's cross-validated score (R^2) of the chosen layer (empty when never probed)."""
+        """aspect -> the probe's cross-validated score (R^2) of the chosen layer, less the shuffled control's when
+        that ran (empty when never probed)."""
         return {
             r[0]: float(r[1])
             for r in self.db.execute("SELECT aspect, score FROM aspect_map WHERE run_id=? ORDER BY aspect", (run.id,))
