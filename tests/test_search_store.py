@@ -656,3 +656,25 @@ def test_an_index_description_of_the_wrong_shape_is_an_index_out_of_date(synth: 
     index = CliRunner().invoke(app, ["index", "--store", root, "--json"])
     assert index.exit_code == 0 and json.loads(index.stdout)["mode"] == "built", index.output
     assert check_store(store.root, fix=True).stale == []
+
+
+def test_evaluate_says_when_too_few_queries_back_its_best_vectors(synth: tuple[FeatureStore, Run],
+                                                                   tmp_path: Path) -> None:
+    """11 queries over 5 game labels printed 'best: rhythm (mAP 0.561)' with nothing saying so few queries cannot
+    tell the vector sets apart (fusion's report says it of its held-out split)."""
+    store, run = synth
+    args = ["evaluate", "--store", str(store.root), "--plot", str(tmp_path / "e.png")]
+    few = CliRunner().invoke(_cli(), args, env={"COLUMNS": "200"})
+    assert few.exit_code == 0, few.output
+    assert ("caveat: 24 queries over 4 labels: too few to conclude which vectors retrieve best (want >= 50 queries "
+            "and >= 5 labels)") in few.output
+    rng = np.random.default_rng(1)
+    for a in range(ARTISTS + 1):  # 70 labelled tracks over 5 artists
+        for j in range(PER_ARTIST, PER_ARTIST + (10 if a < ARTISTS else 6)):
+            _add_track(store, run, f"/music/artist{a}/track{j}.wav", f"hash-{a}-{j}",
+                       _vectors(rng, store.centres, a % ARTISTS), f"Artist {a}", f"Track {j}")
+    enough = CliRunner().invoke(_cli(), [*args, "--json"])
+    assert enough.exit_code == 0, enough.output
+    data = json.loads(enough.stdout)
+    assert data["n_queries"] == 70 and data["caveat"] is None
+    assert json.loads(CliRunner().invoke(_cli(), args[:3] + ["--json"]).stdout)["caveat"] is None

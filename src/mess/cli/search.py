@@ -294,6 +294,8 @@ def _print_evaluation(ev: Evaluation, model: str, k: int, norm: str, match: str,
     if ev.variants:
         _print_variants(ev)
     console.print(f"best: {plain(best.name)} (mAP {best.scores.map:.3f}); plot -> {plain(str(png))}")
+    if ev.caveat:
+        console.print(f"[yellow]caveat:[/] {plain(ev.caveat)}")
 
 
 def _print_variants(ev: Evaluation) -> None:

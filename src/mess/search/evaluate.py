@@ -35,6 +35,7 @@ from mess.search.vectors import Norm, VectorSpec, fused_norm, has_learned_head, 
 from mess.store import FeatureStore, Run, StoreError, Track
 
 MAX_QUERIES = 5000
+MIN_QUERIES, MIN_LABELS = 50, 5  # below either, the ranking of vector sets is reported as inconclusive (as fusion's)
 CHUNK = 512
 VARIANTS = (("cosine", None), ("euclidean", None), ("dot", None), ("cosine", "csls"), ("cosine", "mp"))
 
@@ -71,6 +72,7 @@ class Evaluation:
     variants: list[SetScore] = field(default_factory=list)
     tracks_without_fused_vectors: int = 0  # labelled tracks without them: the fused row is then left out
     labels_from: str | None = None
+    n_query_labels: int = 0  # labels with at least two tracks (the queries' labels)
 
     @property
     def relevance(self) -> str:
@@ -81,9 +83,17 @@ class Evaluation:
         """The vector set with the highest mAP."""
         return max(self.sets, key=lambda s: s.scores.map)
 
+    @property
+    def caveat(self) -> str | None:
+        """A sentence when too few queries or labels back the scores for the best set to mean anything, else None."""
+        if self.n_queries >= MIN_QUERIES and self.n_query_labels >= MIN_LABELS:
+            return None
+        return (f"{self.n_queries} queries over {self.n_query_labels} labels: too few to conclude which vectors "
+                f"retrieve best (want >= {MIN_QUERIES} queries and >= {MIN_LABELS} labels)")
+
     def to_dict(self) -> dict:
-        """JSON-ready form."""
-        return asdict(self)
+        """JSON-ready form, with the :attr:`caveat`."""
+        return {**asdict(self), "caveat": self.caveat}
 
 
 @dataclass(frozen=True)
@@ -229,6 +239,7 @@ def evaluate(
         run.model, field, k, norm, len(labels_arr), len(queries), len(set(labels_arr.tolist())), chance, sets, variants,
         unfused,
         labels_from,
+        len(set(labels_arr[queries].tolist())),
     )
 
 
