@@ -410,8 +410,8 @@ def test_label_csv_overrides_tags(synth: tuple[FeatureStore, Run], tmp_path: Pat
     excel.write_bytes(b"\xef\xbb\xbf" + csv_path.read_bytes())
     assert read_label_csv(store, excel, "mood").labels == labels
     same = {tid: "all" for tid in labels}
-    with pytest.raises(LabelError, match="the same label"):  # was 1.000 everywhere, chance too
-        evaluate(store, run, "mood", k=5, labels=same)
+    with pytest.raises(LabelError, match=r"the same label \('all'\)"):  # was 1.000 everywhere, chance too
+        evaluate(store, run, "mood", k=5, labels=same)  # and named it np.str_('all')
 
 
 def test_label_rows_name_each_track_exactly_and_once(synth: tuple[FeatureStore, Run], tmp_path: Path) -> None:

@@ -249,7 +249,8 @@ def _setup(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
         raise LabelError(f"only {len(labels)} labelled track(s); need at least 2 sharing a label")
     _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     if len(counts) < 2:  # every track relevant to every query: every score 1.000, chance too
-        raise LabelError(f"every labelled track has the same label ({labels[0]!r}); retrieval needs at least 2 labels")
+        raise LabelError(f"every labelled track has the same label ({str(labels[0])!r}); retrieval needs at least 2 "
+                         "labels")
     queries = np.flatnonzero(counts[inverse] >= 2)
     if not len(queries):
         raise LabelError("no label is shared by two tracks; nothing to retrieve")
