@@ -499,18 +499,23 @@ def test_index_behind_a_running_extract_saves_what_it_committed(tmp_path: Path) 
     music, store = tmp_path / "music", tmp_path / "store"
     n = len(_tones(music, 40, seconds=5.0))
     extract = subprocess.Popen([*MESS, "extract", str(music), *DSP, "--store", str(store)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 180
     while time.time() < deadline and extract.poll() is None and _committed(store) < 2:
         time.sleep(0.05)
+    os.killpg(extract.pid, signal.SIGSTOP)  # paused mid-run, holding the lock, until the index waits behind it
     log = tmp_path / "index.log"
-    with log.open("w") as err:
-        index = subprocess.Popen([*MESS, "index", "--store", str(store), "--json"], stdout=subprocess.PIPE,
-                                 stderr=err, text=True)
-        while time.time() < deadline and "waiting for the store lock" not in log.read_text():
-            time.sleep(0.05)
-        assert extract.poll() is None and _committed(store) < n, "the index should wait behind the extract"
-        out, _ = index.communicate(timeout=300)
+    try:
+        assert extract.poll() is None and _committed(store) < n, "the extract should be paused mid-run"
+        with log.open("w") as err:
+            index = subprocess.Popen([*MESS, "index", "--store", str(store), "--json"], stdout=subprocess.PIPE,
+                                     stderr=err, text=True)
+            while time.time() < deadline and "waiting for the store lock" not in log.read_text():
+                time.sleep(0.05)
+            assert "waiting for the store lock" in log.read_text(), "the index should wait behind the extract"
+    finally:
+        os.killpg(extract.pid, signal.SIGCONT)
+    out, _ = index.communicate(timeout=300)
     assert extract.wait(timeout=300) == 0 and index.returncode == 0, log.read_text()
     assert json.loads(out)["n"] == n  # it read the vectors before waiting and saved an index of a few before
     again = _mess("index", "--store", str(store), "--json")

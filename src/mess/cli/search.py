@@ -89,6 +89,7 @@ def index_command(
         "norm": norm,
         **report.__dict__,
         "tracks_without_fused_vectors": unfused,
+        "norm_note": vs.norm_note,
     }
     if as_json:
         emit_json(data)
@@ -104,6 +105,7 @@ def index_command(
         f"{report.seconds:.2f} s, {report.nbytes / 2**20:.1f} MiB, recall@10 {recall}"
     )
     console.print(f"[dim]{plain(str(report.path))}[/]")
+    note(vs.norm_note)
     if unfused:
         console.print(f"[yellow]{unfused} tracks have no fused vectors yet and are not in the index; "
                       "`mess fuse apply` adds them[/]")
@@ -291,6 +293,7 @@ def _print_evaluation(ev: Evaluation, model: str, k: int, norm: str, match: str,
         "",
     )
     console.print(table)
+    note(ev.norm_note)
     if ev.variants:
         _print_variants(ev)
     console.print(f"best: {plain(best.name)} (mAP {best.scores.map:.3f}); plot -> {plain(str(png))}")

@@ -73,6 +73,7 @@ class Evaluation:
     tracks_without_fused_vectors: int = 0  # labelled tracks without them: the fused row is then left out
     labels_from: str | None = None
     n_query_labels: int = 0  # labels with at least two tracks (the queries' labels)
+    norm_note: str = ""  # when ``norm`` fell back to plain cosine (too few tracks to fit it)
 
     @property
     def relevance(self) -> str:
@@ -203,8 +204,10 @@ def evaluate(
     labels_arr: np.ndarray | None = None
     queries: np.ndarray | None = None
     unfused = 0
+    norm_note = ""
     for spec in specs:
         vs = load_vectors(store, run, spec, tracks)
+        norm_note = norm_note or vs.norm_note
         keep = np.array([int(i) in by_label for i in vs.ids], dtype=bool)
         if ids is None:
             ids = vs.ids[keep]
@@ -240,6 +243,7 @@ def evaluate(
         unfused,
         labels_from,
         len(set(labels_arr[queries].tolist())),
+        norm_note,
     )
 
 
