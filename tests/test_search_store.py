@@ -123,7 +123,8 @@ def test_aspects_need_a_probe_then_use_its_layers(synth: tuple[FeatureStore, Run
     # a probe that found every layer at R^2 0 for an aspect still names a layer (the first of the ties): ranking
     # by it passed an arbitrary layer off as that aspect, while the same answer listed it as no evidence
     store.set_aspect_map(run, [("timbre", "l1", 0.9, 0.1), ("rhythm", "l0", 0.0, 0.0)])
-    with pytest.raises(StoreError, match=r"no layer of synth encodes rhythm \(the probe's best R\^2, less what shuffled targets reach, is 0.00"):
+    with pytest.raises(StoreError, match=r"no layer of synth encodes rhythm \(the probe's best R\^2, less what "
+                                         r"shuffled targets reach, is 0.00"):
         similar_tracks(store, run, query, k=3, aspect="rhythm")
     assert similar_tracks(store, run, query, k=3, aspect="timbre")  # an encoded aspect still answers
 

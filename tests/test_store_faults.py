@@ -1359,3 +1359,22 @@ def test_files_gone_from_disk_are_named_and_a_moved_folder_can_be_pruned(tmp_pat
     assert _mess("extract", str(old), "--prune", "--store", store, "--model", "dsp").returncode == 1  # nothing left
     with closing(FeatureStore(Path(store), readonly=True)) as fs:
         assert sorted(fs.all_paths()) == [str(p) for p in sorted(new.glob("*.wav"))]
+
+
+def test_index_and_evaluate_say_when_scores_are_plain_cosines(tmp_path: Path) -> None:
+    """Below MIN_FIT_TRACKS the default z-scores fall back to plain cosines: similar said so, while index and
+    evaluate reported figures under a normalisation they did not use."""
+    music = tmp_path / "m"
+    paths = _tones(music, 4)
+    store = str(tmp_path / "st")
+    assert _mess("extract", str(music), *DSP, "--store", store).returncode == 0
+    index = _mess("index", "--store", store, "--json")
+    assert index.returncode == 0 and "plain cosines" in json.loads(index.stdout)["norm_note"], index.stderr
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,group\n" + "".join(f"{p},{'ab'[i // 2]}\n" for i, p in enumerate(paths)))
+    args = ["evaluate", "--store", store, "--labels", str(labels), "--label", "group",
+            "--plot", str(tmp_path / "e.png")]
+    ev = _mess(*args, "--json")
+    assert ev.returncode == 0 and "plain cosines" in json.loads(ev.stdout)["norm_note"], ev.stderr
+    shown = _mess(*args)
+    assert (shown.stdout + shown.stderr).count("plain cosines") == 1
