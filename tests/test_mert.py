@@ -132,5 +132,5 @@ def test_a_hub_checkpoint_offline_fails_in_one_line_or_loads_from_the_cache(tmp_
     snapshot.mkdir(parents=True)
     _tiny_mert_dir(snapshot, stable=False, mert_style_config=True)
     done, seconds = _extract_mert(tmp_path, HF_HUB_OFFLINE=offline)
-    assert done.returncode == 0 and "1 embedded" in done.stderr and seconds < 40, (seconds, done.stderr)
+    assert done.returncode == 0 and "1 embedded" in done.stderr and seconds < 55, (seconds, done.stderr)
     assert "Retrying" not in done.stderr

@@ -1,8 +1,9 @@
-"""Library code leaves process-wide state alone: matplotlib's backend, faiss's threads, warning filters."""
+"""Library code leaves process-wide state alone: matplotlib's backend, faiss's threads, warning filters, log levels."""
 
 from __future__ import annotations
 
 import ast
+import logging
 import os
 import subprocess
 import sys
@@ -150,3 +151,25 @@ def test_the_cli_hides_only_its_known_noisy_warnings() -> None:
     assert done.returncode == 0 and "command ran" in done.stdout, done.stderr
     assert "UserWarning: an unrelated warning the user should see" in done.stderr
     assert "Stochastic Optimizer" not in done.stderr
+
+
+def test_an_in_process_extract_leaves_the_mess_log_level_alone(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """`mess extract` quietened the `mess` logger for good: run in-process (CliRunner, a notebook), every later
+    warning of the library (a query file changed since extraction, ...) was lost."""
+    import soundfile as sf
+    from typer.testing import CliRunner
+
+    from mess.cli.main import app
+
+    music = tmp_path / "music"
+    music.mkdir()
+    t = np.arange(22050 * 3) / 22050
+    sf.write(music / "tone.wav", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 22050)
+    before = logging.getLogger("mess").level
+    out = CliRunner().invoke(app, ["extract", str(music), "--model", "dsp", "--store", str(tmp_path / "store")])
+    assert out.exit_code == 0, out.output
+    assert logging.getLogger("mess").level == before
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("mess.query.embed").warning("a later warning")
+    assert "a later warning" in caplog.text
