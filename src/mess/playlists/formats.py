@@ -17,7 +17,7 @@ from urllib.parse import quote, unquote_to_bytes, urlparse
 
 from mess.playlists.playlist import Playlist, PlaylistError
 from mess.store import Track
-from mess.store.paths import displayable, one_line, replace_file
+from mess.store.paths import displayable, one_line, replace_file, resolved
 
 FORMATS = {".m3u8": "m3u8", ".m3u": "m3u8", ".xspf": "xspf"}
 XSPF_NS = "http://xspf.org/ns/0/"
@@ -105,7 +105,7 @@ def write_playlist(playlist: Playlist, path: Path) -> Path:
 def _content(playlist: Playlist, path: Path, fmt: str) -> bytes:
     """The bytes of the playlist file ``path``: UTF-8, file names as their file-system bytes (surrogate escapes
     undone, as :mod:`mess.store.paths` stores them)."""
-    return render(playlist, fmt, path.parent.resolve()).encode("utf-8", "surrogateescape")
+    return render(playlist, fmt, resolved(path.parent)).encode("utf-8", "surrogateescape")
 
 
 def read_playlist(path: Path) -> list[Path]:
@@ -113,7 +113,7 @@ def read_playlist(path: Path) -> list[Path]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise PlaylistError(f"no such playlist file: {path}")
-    folder = path.parent.resolve()
+    folder = resolved(path.parent)
     if playlist_format(path) == "m3u8":
         data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
         entries = [os.fsdecode(ln).strip() for ln in data.splitlines()]
@@ -130,7 +130,7 @@ def _resolve(entry: str, folder: Path, uri: bool = False) -> Path:
     if entry.startswith("file://"):
         return Path(_unquote(urlparse(entry).path))
     entry = _unquote(entry) if uri else entry
-    return Path(entry) if os.path.isabs(entry) else (folder / entry).resolve()
+    return Path(entry) if os.path.isabs(entry) else resolved(folder / entry)
 
 
 def _unquote(text: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mess.store.feature_store import FeatureStore, Run, StoreError
-from mess.store.paths import printable, replacing
+from mess.store.paths import printable, replacing, resolved
 
 FORMATS = ("npz", "parquet")
 TAGS = ("path", "content_hash", "artist", "album", "title", "genre", "composer")
@@ -45,7 +45,7 @@ def export_vectors(store: FeatureStore, run: Run, out: Path, fmt: str = "npz", *
         raise StoreError(f"unknown export format {fmt!r}; choose {' or '.join(FORMATS)}")
     names = tuple(dict.fromkeys(run.layer_names[run.layer_index(x)] for x in (layers or run.layer_names)))
     out = Path(out).expanduser()
-    if out.resolve().is_relative_to(store.root.resolve()):  # 'export STORE/catalog.sqlite' overwrote the catalog
+    if resolved(out).is_relative_to(resolved(store.root)):  # 'export STORE/catalog.sqlite' overwrote the catalog
         raise StoreError(f"{out} is inside the feature store {store.root}, whose files only mess writes; "
                          "export to a path outside it")
     columns, vectors, missing = _columns(store, run, names, segments)

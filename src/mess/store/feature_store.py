@@ -32,7 +32,7 @@ from mess.store.catalog import connect, has_column
 from mess.store.checksums import block_sum, changed, expected, pack, row_expected, row_sums
 from mess.store.lock import StoreLock
 from mess.store.memo import MEMO
-from mess.store.paths import from_db_path, printable, to_db_path
+from mess.store.paths import from_db_path, printable, resolved, to_db_path
 
 DEFAULT_STORE = Path(".mess")
 CATALOG_ADVICE = (
@@ -443,7 +443,7 @@ class FeatureStore:
     def track_at(self, path: str | Path) -> Track | None:
         """The track at exactly ``path`` (relative to the working directory, links resolved), or None."""
         row = self.db.execute(f"SELECT {_TRACK_COLS} FROM tracks WHERE path=?",
-                              (to_db_path(Path(path).expanduser().resolve()),)).fetchone()
+                              (to_db_path(resolved(Path(path).expanduser())),)).fetchone()
         return None if row is None else Track.from_row(row)
 
     def _named(self, name: str) -> list[sqlite3.Row]:
@@ -642,7 +642,7 @@ class FeatureStore:
         latest: dict[str, str] = {}
         for path, reason in rows:
             latest.setdefault(from_db_path(path), str(reason))
-        exact = str(Path(ref).expanduser().resolve())
+        exact = str(resolved(Path(ref).expanduser()))
         if exact in latest:
             return exact, latest[exact]
         named = [(path, reason) for path, reason in latest.items() if Path(path).name == Path(ref).name]

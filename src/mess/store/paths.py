@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -29,6 +30,15 @@ def to_db_path(path: str | Path) -> str | bytes:
 def from_db_path(value: str | bytes) -> str:
     """The inverse of :func:`to_db_path` (non-UTF-8 bytes come back as surrogate escapes)."""
     return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def resolved(path: str | Path) -> Path:
+    """``Path(path).resolve()``, but a symbolic link loop on the way is an OSError naming ``path`` (as the system
+    reports it: "Too many levels of symbolic links") rather than Python 3.11's RuntimeError."""
+    try:
+        return Path(path).resolve()
+    except RuntimeError as exc:  # "Symlink loop from ..."
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path)) from exc
 
 
 def printable(text: str) -> str:
@@ -82,7 +92,7 @@ def replace_file(path: Path, data: bytes) -> None:
 def replacing(path: Path) -> Iterator[BinaryIO]:
     """A new file beside ``path``, renamed over it once the block ends (as :func:`replace_file`; an error in the
     block leaves ``path`` untouched and removes the new file)."""
-    target = Path(path).resolve()
+    target = resolved(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(target)
     try:

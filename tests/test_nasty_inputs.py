@@ -1,0 +1,58 @@
+"""Odd paths and files given to the real `mess` commands: one clear line each, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+MESS = [sys.executable, "-m", "mess.cli"]
+DSP = ["--model", "dsp", "--window", "4", "--max-windows", "2"]
+
+
+def _mess(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*MESS, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _tones(folder: Path, n: int, seconds: float = 5.0, sr: int = 22050) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * sr)) / sr
+    paths = []
+    for i in range(n):
+        paths.append(folder / f"tone{i}.wav")
+        sf.write(paths[-1], (0.3 * np.sin(2 * np.pi * 110 * 2 ** (i / 5) * t)).astype(np.float32), sr)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def tone_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dsp store of three tones (read-only for the tests)."""
+    root = tmp_path_factory.mktemp("nasty")
+    _tones(root / "music", 3)
+    done = _mess("extract", str(root / "music"), "--store", str(root / "store"), *DSP)
+    assert done.returncode == 0, done.stderr
+    return root / "store"
+
+
+@pytest.mark.parametrize("command", [
+    ["similar", "{loop}"],
+    ["playlist", "radio", "{loop}"],
+    ["export", "{loop}.npz"],
+    ["playlist", "radio", "1", "-o", "{loop}.m3u8"],
+])
+def test_a_symbolic_link_loop_is_named_in_one_line(tone_store: Path, tmp_path: Path, command: list[str]) -> None:
+    """A path that is a link to itself (a query, a seed, an output) was a RuntimeError traceback."""
+    loop = tmp_path / "loop"
+    for name in ("loop", "loop.npz", "loop.m3u8"):
+        os.symlink(name, tmp_path / name)
+    done = _mess(*[a.format(loop=loop) for a in command], "--store", str(tone_store))
+    assert done.returncode == 1, done.stdout
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "symbolic links" in lines[0], lines
+    assert str(loop) in lines[0]
