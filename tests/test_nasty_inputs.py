@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,20 @@ def test_a_symbolic_link_loop_is_named_in_one_line(tone_store: Path, tmp_path: P
     lines = (done.stdout + done.stderr).strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "symbolic links" in lines[0], lines
     assert str(loop) in lines[0]
+
+
+def test_an_output_that_is_a_pipe_is_written_into_not_replaced(tone_store: Path, tmp_path: Path) -> None:
+    """`playlist -o FIFO` (like /dev/stdout, or /dev/null for root) renamed a regular file over the pipe: the pipe
+    was gone and its reader got nothing (as root, `mess export /dev/full` replaced the device)."""
+    fifo = tmp_path / "radio.m3u8"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    try:
+        done = _mess("playlist", "radio", "1", "-o", str(fifo), "--store", str(tone_store), timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert stat.S_ISFIFO(fifo.lstat().st_mode), "the pipe was replaced by a file"
+        got = reader.communicate(timeout=30)[0].decode()
+    finally:
+        reader.kill()
+        reader.wait()
+    assert "#EXTM3U" in got and "tone" in got, got

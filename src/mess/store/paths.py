@@ -83,7 +83,8 @@ def leftover_temps(root: Path, grace: float = TEMP_GRACE_SECONDS) -> list[Path]:
 
 def replace_file(path: Path, data: bytes) -> None:
     """Write ``data`` to a new file beside ``path`` and rename it over ``path`` (atomic: an existing file is
-    replaced whole or left untouched, its permissions kept; a symbolic link is written through)."""
+    replaced whole or left untouched, its permissions kept; a symbolic link is written through; a device or a
+    pipe is written into, see :func:`replacing`)."""
     with replacing(path) as f:
         f.write(data)
 
@@ -91,8 +92,13 @@ def replace_file(path: Path, data: bytes) -> None:
 @contextmanager
 def replacing(path: Path) -> Iterator[BinaryIO]:
     """A new file beside ``path``, renamed over it once the block ends (as :func:`replace_file`; an error in the
-    block leaves ``path`` untouched and removes the new file)."""
+    block leaves ``path`` untouched and removes the new file). A ``path`` that is a device or a pipe
+    (/dev/stdout, a FIFO) is written into, not replaced: renaming over it would remove it (as root, /dev/null)."""
     target = resolved(path)
+    if target.exists() and not target.is_file() and not target.is_dir():
+        with open(target, "wb") as out:
+            yield out
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(target)
     try:
