@@ -74,3 +74,21 @@ def test_an_output_that_is_a_pipe_is_written_into_not_replaced(tone_store: Path,
         reader.kill()
         reader.wait()
     assert "#EXTM3U" in got and "tone" in got, got
+
+
+@pytest.mark.parametrize(("rows", "want"), [
+    ("{a},x\n{b}\n{c},y\n", ":3: 1 cells where the header has 2"),
+    ("{a},x\n{b},x,y\n{c},y\n", ":3: 3 cells where the header has 2"),
+    ("{a},x\n\"{b},x\n{c},y\n", ":3: not valid CSV"),
+])
+def test_a_ragged_label_csv_row_is_refused_naming_its_line(tone_store: Path, tmp_path: Path, rows: str,
+                                                           want: str) -> None:
+    """A label row with a cell missing (or one too many, or an unclosed quote) was dropped without a word:
+    evaluate scored the other rows as if the file held no more."""
+    music = tone_store.parent / "music"
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,game\n" + rows.format(a=music / "tone0.wav", b=music / "tone1.wav",
+                                                  c=music / "tone2.wav"))
+    done = _mess("evaluate", "--labels", str(labels), "--label", "game", "--store", str(tone_store))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert " ".join(done.stderr.split()).startswith(f"error: {labels}{want}"), done.stderr

@@ -121,14 +121,19 @@ def read_label_csv(store: FeatureStore, path: Path, field: str) -> LabelFile:
 
     A ``path`` matches only the file at that path; an id, or a file name shared by no other track, as
     :meth:`FeatureStore.track` finds it. Rows naming no track are left out (listed); a file name several tracks
-    share and a track given two labels are refused (LabelError).
+    share, a track given two labels, a row whose cells do not match the header and an unclosed quote are refused
+    (LabelError, naming the line).
     """
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            reader = csv.DictReader(f, strict=True)
+            try:
+                rows = list(reader)
+            except csv.Error as exc:  # e.g. a quote never closed; line_num counts the lines before the record
+                raise LabelError(f"{path}:{reader.line_num + 1}: not valid CSV ({exc})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
         raise LabelError(f"cannot read label file {path}: {exc}") from exc
-    cols = set(rows[0]) if rows else set()
+    cols = set(rows[0]) - {None} if rows else set()
     ref_col = next((c for c in ("id", "path", "file") if c in cols), None)
     label_col = field if field in cols else "label" if "label" in cols else None
     if ref_col is None or label_col is None:
@@ -139,6 +144,9 @@ def read_label_csv(store: FeatureStore, path: Path, field: str) -> LabelFile:
     labels: dict[int, tuple[str, int]] = {}  # track id -> (label, the line that gave it)
     unknown: list[tuple[int, str]] = []
     for line, row in enumerate(rows, start=2):
+        if None in row or None in row.values():  # a row with more or fewer cells than the header
+            cells = len(row) - 1 + len(row[None]) if None in row else sum(v is not None for v in row.values())
+            raise LabelError(f"{path}:{line}: {cells} cells where the header has {len(reader.fieldnames or ())}")
         ref, value = (row.get(ref_col) or "").strip(), (row.get(label_col) or "").strip()
         if not ref or not value:
             continue
