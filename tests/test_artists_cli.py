@@ -231,3 +231,12 @@ def test_a_tags_file_with_tags_that_are_not_strings_is_refused(app: typer.Typer,
     tags.write_text(json.dumps({"Artist 0": [None, 3], "Artist 5": [None, 3]}))
     code, _, err = invoke(app, store, "similar", "Artist 0", "--weights", "genre=1", "--tags", str(tags))
     assert code == 1 and "must map each artist to a list of tags (strings)" in err and "Traceback" not in err
+
+
+def test_a_deeply_nested_tags_file_is_a_one_line_error(app: typer.Typer, store: Path, tmp_path: Path) -> None:
+    """A tags file of 100000 nested lists ended in a RecursionError traceback (the reference file said why)."""
+    tags = tmp_path / "tags.json"
+    tags.write_text("[" * 100000 + "]" * 100000)
+    code, _, err = invoke(app, store, "similar", "Artist 0", "--weights", "genre=1", "--tags", str(tags))
+    assert code == 1 and f"error: tags file {tags} is not valid JSON (nested too deeply)" in err, err
+    assert "Traceback" not in err

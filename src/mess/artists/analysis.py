@@ -205,6 +205,8 @@ def load_tags(path: Path | None) -> dict[str, list[str]] | None:
         raise ArtistError(f"no such tags file: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtistError(f"tags file {path} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ArtistError(f"tags file {path} is not valid JSON (nested too deeply)") from None
     if not isinstance(data, dict) or not all(isinstance(v, list) and all(isinstance(t, str) for t in v)
                                              for v in data.values()):
         raise ArtistError(f"tags file {path} must map each artist to a list of tags (strings)")
