@@ -315,3 +315,13 @@ def test_deeply_nested_reference_file_is_a_one_line_error(tmp_path: Path) -> Non
     path.write_text('{"a": ' * 3000 + "1" + "}" * 3000)
     with pytest.raises(ArtistError, match="is not valid JSON"):
         load_reference(path)
+
+
+@pytest.mark.parametrize(("text", "kind"), [("null", "null"), ("[1]", "an array"), ('"x"', "a string"),
+                                            ("3.5", "a number"), ("true", "true")])
+def test_a_reference_that_is_not_an_object_is_named_in_json_words(tmp_path: Path, text: str, kind: str) -> None:
+    """A reference file holding null was refused as 'got a JSON NoneType' (Python's word for it)."""
+    path = tmp_path / "ref.json"
+    path.write_text(text)
+    with pytest.raises(ArtistError, match=f"; got {kind}$"):
+        load_reference(path)

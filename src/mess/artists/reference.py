@@ -28,7 +28,7 @@ def parse_reference(data: object) -> dict[str, list[str]]:
             raise ArtistError('a Last.fm answer must name its artist ("@attr": {"artist": ...}) to be a reference')
         data = {artist: data}
     if not isinstance(data, dict):
-        raise ArtistError(f"reference must be {_SHAPE}; got a JSON {type(data).__name__}")
+        raise ArtistError(f"reference must be {_SHAPE}; got {_json_kind(data)}")
     reference = {}
     for artist, entries in data.items():
         if isinstance(entries, dict) and isinstance(entries.get("similarartists"), dict):
@@ -47,6 +47,15 @@ def _entry_name(artist: str, entry: object) -> str:
             if isinstance(entry.get(key), str):
                 return entry[key]
     raise ArtistError(f"reference entry {entry!r} for {artist!r} has no artist name; expected {_SHAPE}")
+
+
+def _json_kind(value: object) -> str:
+    """What a JSON value is, in JSON's words ('null', not Python's 'NoneType')."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "an array" if isinstance(value, list) else "a string" if isinstance(value, str) else "a number"
 
 
 def load_reference(path: Path) -> dict[str, list[str]]:
