@@ -92,3 +92,16 @@ def test_a_ragged_label_csv_row_is_refused_naming_its_line(tone_store: Path, tmp
     done = _mess("evaluate", "--labels", str(labels), "--label", "game", "--store", str(tone_store))
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert " ".join(done.stderr.split()).startswith(f"error: {labels}{want}"), done.stderr
+
+
+@pytest.mark.parametrize("param", ["/api/tracks/1/similar?model=", "/api/tracks?model=", "/api/map?model="])
+def test_a_model_name_too_long_for_a_path_is_an_unknown_model(tone_store: Path, param: str) -> None:
+    """?model= of 5000 characters was a 500 'internal error (OSError)' (File name too long) with a traceback in
+    the server log; it is the 404 of any unknown model."""
+    from fastapi.testclient import TestClient
+
+    from mess.serve.app import create_app
+
+    with TestClient(create_app(tone_store), base_url="http://127.0.0.1") as client:
+        got = client.get(param + "m" * 5000)
+    assert got.status_code == 404 and got.json()["detail"].startswith("unknown model 'mmm"), got.text

@@ -89,4 +89,7 @@ def model_key(name: str, known: Collection[str] = ()) -> str:
     if name in known:
         return name
     path = Path(name).expanduser()
-    return str(path.resolve()) if path.is_dir() else name
+    try:
+        return str(path.resolve()) if path.is_dir() else name
+    except OSError:  # a name too long to be a path, or under a folder it may not search: no model folder
+        return name
