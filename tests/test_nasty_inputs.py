@@ -105,3 +105,19 @@ def test_a_model_name_too_long_for_a_path_is_an_unknown_model(tone_store: Path, 
     with TestClient(create_app(tone_store), base_url="http://127.0.0.1") as client:
         got = client.get(param + "m" * 5000)
     assert got.status_code == 404 and got.json()["detail"].startswith("unknown model 'mmm"), got.text
+
+
+def test_a_right_to_left_override_in_a_tag_does_not_reach_the_terminal(tone_store: Path, tmp_path: Path) -> None:
+    """A title tag 'evil\\u202egnp.exe' reached `mess similar`'s table as is: the terminal showed what followed
+    the override reversed ('evilexe.png'). Bidirectional overrides and isolates are dropped like control bytes."""
+    from mutagen.flac import FLAC
+
+    song = tmp_path / "song.flac"
+    sf.write(song, sf.read(tone_store.parent / "music" / "tone1.wav")[0][::-1], 22050)
+    tags = FLAC(song)
+    tags["artist"], tags["title"] = "Some\u2067one", "evil\u202egnp.exe"
+    tags.save()
+    done = _mess("similar", str(song), "--store", str(tone_store), "-k", "1")
+    shown = done.stdout + done.stderr  # the table is printed on stderr
+    assert done.returncode == 0 and "evilgnp.exe" in shown and "Someone" in shown, shown
+    assert not {"\u202e", "\u2067"} & set(shown)

@@ -13,7 +13,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffe\uffff]")  # C0 but tab and line feed, DEL, C1, non-chars
+# C0 but tab and line feed, DEL, C1, non-chars, and the bidirectional overrides and isolates (a tag's U+202E would
+# show the rest of a table row or the file name after it reversed)
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ufffe\uffff]")
 _BREAK = re.compile(r"\s*[\t\n\u2028\u2029]\s*")  # what is left of a line break or tab after _CONTROL, with its spaces
 
 
@@ -48,7 +50,8 @@ def printable(text: str) -> str:
 
 def displayable(text: str) -> str:
     """:func:`printable` without control characters: what a terminal or an XML file is given of a tag or name
-    (an escape sequence in a tag must not reach the terminal, and XML 1.0 forbids these characters)."""
+    (an escape sequence in a tag must not reach the terminal, nor a right-to-left override that shows what follows
+    reversed, and XML 1.0 forbids these characters)."""
     return _CONTROL.sub("", printable(text))
 
 
