@@ -121,3 +121,15 @@ def test_a_right_to_left_override_in_a_tag_does_not_reach_the_terminal(tone_stor
     shown = done.stdout + done.stderr  # the table is printed on stderr
     assert done.returncode == 0 and "evilgnp.exe" in shown and "Someone" in shown, shown
     assert not {"\u202e", "\u2067"} & set(shown)
+
+
+def test_an_empty_file_is_recorded_as_empty(tmp_path: Path) -> None:
+    """A zero-byte song.mp3 failed as 'cannot decode (InvalidDataError: [Errno 1094995529] Invalid data found when
+    processing input: ...)'; the reason now says what is wrong with it. The run goes on."""
+    _tones(tmp_path / "music", 1)
+    (tmp_path / "music" / "song.mp3").write_bytes(b"")
+    done = _mess("extract", str(tmp_path / "music"), "--store", str(tmp_path / "store"), *DSP)
+    assert done.returncode == 3 and "1 embedded" in done.stdout + done.stderr, done.stderr  # 3: files failed
+    failures = _mess("info", "--failures", "--store", str(tmp_path / "store"))
+    shown = " ".join((failures.stdout + failures.stderr).split())
+    assert f"{tmp_path / 'music' / 'song.mp3'}: empty file (0 bytes)" in shown, shown

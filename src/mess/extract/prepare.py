@@ -96,6 +96,8 @@ def _check_unchanged(path: Path, stamp: str) -> None:
 
 
 def _decode(record: FileRecord, sample_rate: int, policy: WindowPolicy) -> Windows:
+    if record.size == 0:  # FFmpeg's words for it: "[Errno 1094995529] Invalid data found when processing input"
+        raise AudioError(f"{record.path}: empty file (0 bytes)")
     duration = float(record.info.get("duration") or 0.0)  # type: ignore[arg-type]
     if duration > policy.window_seconds:
         try:
