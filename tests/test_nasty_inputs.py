@@ -133,3 +133,17 @@ def test_an_empty_file_is_recorded_as_empty(tmp_path: Path) -> None:
     failures = _mess("info", "--failures", "--store", str(tmp_path / "store"))
     shown = " ".join((failures.stdout + failures.stderr).split())
     assert f"{tmp_path / 'music' / 'song.mp3'}: empty file (0 bytes)" in shown, shown
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".ogg"])
+def test_a_checkpoint_that_is_no_pytorch_file_is_refused_in_plain_words(tone_store: Path, tmp_path: Path,
+                                                                        suffix: str) -> None:
+    """fuse apply --checkpoint song.ogg quoted torch's 'Re-running `torch.load` with `weights_only` set to `False`
+    will likely succeed, but it can result in arbitrary code execution' (advice to run the file's code), and
+    song.wav said '(pop from empty list)'."""
+    song = tmp_path / f"song{suffix}"
+    sf.write(song, sf.read(tone_store.parent / "music" / "tone0.wav")[0], 22050)
+    done = _mess("fuse", "apply", "--model", "dsp", "--checkpoint", str(song), "--store", str(tone_store))
+    shown = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 1 and "Traceback" not in shown, shown
+    assert shown == f"error: {song} is not a mess fusion checkpoint (not a PyTorch file of weights)"

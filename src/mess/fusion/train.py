@@ -221,11 +221,18 @@ def load_checkpoint(path: Path) -> FusionResult:
         raise FusionError(f"no fusion checkpoint at {path}; run `mess fuse train` first")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception:  # noqa: BLE001 -- unpickling a file that is no checkpoint can raise almost anything
+        # not torch's words: they run to many lines, and for most files advise loading with weights_only=False,
+        # which runs whatever code the file holds
+        raise FusionError(f"{path} is not a mess fusion checkpoint (not a PyTorch file of weights)") from None
+    try:
         config = FusionConfig(**saved["config"])
         network = LayerFusion(saved["layer_dims"], config.fusion_dim, config.hidden_dim, config.common_dim,
                               config.gated, config.dropout)
         network.load_state_dict(saved["state_dict"])
-    except Exception as exc:  # noqa: BLE001 -- unpickling a file that is no checkpoint can raise almost anything
+    except Exception as exc:  # noqa: BLE001 -- a PyTorch file of other weights can miss or mistype anything
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # torch's messages run to many lines
         raise FusionError(f"{path} is not a mess fusion checkpoint ({first})") from None
     network.eval()
