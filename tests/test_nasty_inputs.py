@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import subprocess
@@ -147,3 +148,14 @@ def test_a_checkpoint_that_is_no_pytorch_file_is_refused_in_plain_words(tone_sto
     shown = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 1 and "Traceback" not in shown, shown
     assert shown == f"error: {song} is not a mess fusion checkpoint (not a PyTorch file of weights)"
+
+
+def test_export_to_stdout_through_a_pipe(tone_store: Path) -> None:
+    """`mess export /dev/stdout --format npz | ...` failed: '/dev/stdout' resolves to '/proc/PID/fd/pipe:[N]', a
+    name beside which no temp file can be made ('cannot write /dev/stdout: /proc/.../.pipe:[N]....tmp: No such
+    file or directory'). A device or pipe is now opened by the name given."""
+    done = subprocess.run([*MESS, "export", "/dev/stdout", "--format", "npz", "--store", str(tone_store)],
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()
+    with np.load(io.BytesIO(done.stdout)) as got:
+        assert len(got["track_id"]) == 3

@@ -39,7 +39,8 @@ def export_vectors(store: FeatureStore, run: Run, out: Path, fmt: str = "npz", *
     """Write ``run``'s vectors (all layers, or ``layers`` by name or index) to ``out`` as npz or parquet.
 
     Rows are tracks, or with ``segments`` the per-window vectors (``segment_start`` in seconds). The file is
-    written beside ``out`` and renamed over it: a killed export leaves a previous ``out`` whole.
+    written beside ``out`` and renamed over it: a killed export leaves a previous ``out`` whole (a
+    device or a pipe, such as /dev/stdout, is written into).
     """
     if fmt not in FORMATS:
         raise StoreError(f"unknown export format {fmt!r}; choose {' or '.join(FORMATS)}")

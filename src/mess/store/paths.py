@@ -7,6 +7,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -84,6 +85,15 @@ def leftover_temps(root: Path, grace: float = TEMP_GRACE_SECONDS) -> list[Path]:
     return out
 
 
+def _is_device_or_pipe(path: Path) -> bool:
+    """Whether ``path`` (links followed) is something other than a file or a folder: a device, a pipe, a socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # missing (to be created), or unreachable: the write says why
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def replace_file(path: Path, data: bytes) -> None:
     """Write ``data`` to a new file beside ``path`` and rename it over ``path`` (atomic: an existing file is
     replaced whole or left untouched, its permissions kept; a symbolic link is written through; a device or a
@@ -97,11 +107,11 @@ def replacing(path: Path) -> Iterator[BinaryIO]:
     """A new file beside ``path``, renamed over it once the block ends (as :func:`replace_file`; an error in the
     block leaves ``path`` untouched and removes the new file). A ``path`` that is a device or a pipe
     (/dev/stdout, a FIFO) is written into, not replaced: renaming over it would remove it (as root, /dev/null)."""
-    target = resolved(path)
-    if target.exists() and not target.is_file() and not target.is_dir():
-        with open(target, "wb") as out:
+    if _is_device_or_pipe(path):
+        with open(path, "wb") as out:  # by the name given: /dev/stdout resolves to a pipe: name no one can open
             yield out
         return
+    target = resolved(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(target)
     try:
