@@ -159,3 +159,15 @@ def test_export_to_stdout_through_a_pipe(tone_store: Path) -> None:
     assert done.returncode == 0, done.stderr.decode()
     with np.load(io.BytesIO(done.stdout)) as got:
         assert len(got["track_id"]) == 3
+
+
+def test_a_store_path_that_is_a_dangling_link_is_named(tmp_path: Path) -> None:
+    """extract --store LINK, LINK pointing nowhere, said 'cannot open a feature store at LINK ([Errno 17] File
+    exists: LINK)': the folder could not be made through the link, and nothing said so."""
+    song = _tones(tmp_path / "music", 1)[0]
+    link = tmp_path / "store"
+    os.symlink(tmp_path / "gone", link)
+    done = _mess("extract", str(song), "--store", str(link), *DSP)
+    shown = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 1 and shown == (f"error: {link} is a link to {tmp_path / 'gone'}, which does not exist "
+                                              "(or links back); create that folder or give another --store"), shown

@@ -213,6 +213,9 @@ class FeatureStore:
         db = self.root / "catalog.sqlite"
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"{self.root} is a file, not a feature store folder")
+        if self.root.is_symlink() and not self.root.exists():  # a folder cannot be made there
+            raise StoreError(f"{self.root} is a link to {self.root.readlink()}, which does not exist (or links "
+                             "back); create that folder or give another --store")
         if not db.exists() and any((self.root / "runs").glob("*/*/*.f16")):  # a new catalog would orphan them
             raise StoreDamaged(f"{self.root} is damaged: its catalog (catalog.sqlite) is missing but it holds "
                                f"vectors (runs/); {CATALOG_ADVICE}")
