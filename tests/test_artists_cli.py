@@ -109,6 +109,10 @@ def test_similar_hybrid_reports_components(app: typer.Typer, store: Path) -> Non
     # every artist scored 0 and the list came back in name order, exit 0, under a note that the weights are unused
     (("similar", "Artist 0", "--weights", "reference=1"), "so every artist would score 0; give weight to audio or "),
     (("similar", "Artist 0", "--model", "mert-v1-95m"), "no vectors for model 'mert-v1-95m'"),
+    # it ran as --min-tracks 5: low confidence was judged against the 5 tracks asked for
+    (("similar", "Artist 0", "--min-tracks", "8", "--max-tracks", "5"),
+     "--min-tracks (8) is larger than --max-tracks (5)"),
+    (("matrix", "--min-tracks", "4", "--max-tracks", "2"), "--min-tracks (4) is larger than --max-tracks (2)"),
 ])
 def test_bad_input_gives_one_line_errors(app: typer.Typer, store: Path, args: tuple[str, ...], message: str) -> None:
     code, _, err = invoke(app, store, *args)

@@ -56,6 +56,9 @@ class ArtistOptions:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ArtistError(f"unknown method {self.method!r}; choose {' or '.join(METHODS)}")
+        if self.min_tracks > self.max_tracks:  # an artist has at most max_tracks tracks: every one would be low
+            raise ArtistError(f"--min-tracks ({self.min_tracks}) is larger than --max-tracks ({self.max_tracks}); "
+                              "an artist is represented by at most --max-tracks tracks")
 
 
 @dataclass(frozen=True)
