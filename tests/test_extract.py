@@ -515,3 +515,18 @@ def test_extracting_into_a_run_no_answer_uses_says_so_and_how_to_add_to_the_one_
     assert out.exit_code == 0 and "1 embedded" in out.output and "warning" not in out.output, out.output
     found = CliRunner().invoke(app, ["similar", str(new / "tone00.wav"), "--store", str(store)])
     assert found.exit_code == 0, found.output
+
+
+@pytest.mark.parametrize("args", [("extract", "MUSIC", "--model", "dsp"), ("extract", "MUSIC", "--model", "musicnn"),
+                                  ("extract", "MUSIC", "--model", "dsp", "--engine", "ray"),
+                                  ("probe", "--model", "dsp", "--control", "random-init")])
+def test_an_unknown_device_is_refused_naming_the_devices(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """--device tpu with the dsp model (which runs on no device) embedded on the CPU without a word, exit 0."""
+    music, store = tmp_path / "music", tmp_path / "store"
+    _tone_files(music, 1)
+    cmd = [sys.executable, "-m", "mess.cli", *(str(music) if a == "MUSIC" else a for a in args),
+           "--device", "tpu", "--store", str(store)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "300"})
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.strip() == "error: unknown device 'tpu'; use cpu, cuda, cuda:N or mps", out.stderr
+    assert not store.exists()

@@ -90,3 +90,13 @@ def test_each_built_in_name_loads_the_model_it_names() -> None:
     for name in MODEL_NAMES:
         if not name.startswith("mert-"):  # MERT weights come from the network (tests/test_mert.py pins them)
             assert load_model(name.upper()).info.name == name
+
+
+def test_every_model_takes_the_torch_devices_and_refuses_others(plugin: Path) -> None:
+    """The dsp model runs on no device and took any name; a plugin was handed whatever was typed."""
+    for device in ("cpu", "cuda", "cuda:1", "mps"):
+        assert load_model("dsp", device=device).info.name == "dsp"
+    for name in ("dsp", "toy-peak", "musicnn"):
+        for device in ("tpu", "CUDA", "cuda:", "cuda:x", ""):
+            with pytest.raises(ModelError, match=f"^unknown device '{device}'; use cpu, cuda, cuda:N or mps$"):
+                load_model(name, device=device)

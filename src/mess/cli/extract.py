@@ -22,7 +22,7 @@ from mess.extract.pipeline import ExtractSummary, extract, missing_files
 from mess.extract.prepare import planned_seconds
 from mess.extract.runs import run_policy
 from mess.models.base import EmbeddingModel
-from mess.models.registry import MODEL_NAMES, ModelError, load_model
+from mess.models.registry import DEVICES, MODEL_NAMES, ModelError, check_device, load_model
 from mess.store import FeatureStore, Run, StoreError
 from mess.store.paths import printable
 
@@ -56,7 +56,7 @@ def extract_command(
     model: ModelNameOpt = "musicnn",
     preset: PresetOpt = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: Annotated[str, typer.Option(help=f"{DEVICES}.")] = "cpu",
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 4,
     workers: Annotated[int, typer.Option(min=1, help="Decoding threads feeding the model.")] = 2,
     window: Annotated[float, typer.Option(min=WindowPolicy.min_seconds,  # no window shorter than the shortest track
@@ -126,6 +126,7 @@ def _audio_files(folders: list[Path], prune: bool = False) -> list[Path]:
 
 def _embedder(model: str, preset: str | None, device: str, engine: str, precision: str) -> EmbeddingModel:
     """The model at the asked precision (on the CPU here when Ray workers do the embedding)."""
+    check_device(device)  # also the one Ray workers are given
     if device == "cuda" and engine == "local":
         import torch
 

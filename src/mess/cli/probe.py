@@ -32,14 +32,19 @@ def probe_command(
         help="Model folder to build the random-init twin from, when the run came from a local folder.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for shuffling, fold assignment and random init.")] = 0,
     workers: Annotated[int, typer.Option(min=1, help="Processes for audio targets; layers probed at once.")] = 2,
-    device: Annotated[str, typer.Option(help="cpu or cuda (random-init extraction only).")] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps (random-init extraction only).")] = "cpu",
     json_out: JsonOpt = False,
 ) -> None:
     """Probe every layer for every proxy target; store the best layer per aspect for `mess similar --aspect`."""
+    from mess.models.registry import ModelError, check_device
     from mess.probing.probes import ProbeError
     from mess.probing.report import write_report
     from mess.probing.study import ProbeOptions, probed_every_layer, save_aspect_map, unmapped_reason
 
+    try:
+        check_device(device)  # before the targets: the random-init control would find it only after them
+    except ModelError as exc:
+        fail(str(exc))
     controls = _split(control or ["shuffled"])
     if not (store / "catalog.sqlite").exists():
         fail(f"no feature store at {store} (run `mess extract` first)")

@@ -8,6 +8,7 @@ Third-party backends add names through the ``mess.models`` entry point group, e.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
@@ -16,6 +17,8 @@ from mess.models.base import EmbeddingModel
 
 ModelFactory = Callable[[str], EmbeddingModel]
 ENTRY_POINT_GROUP = "mess.models"
+DEVICES = "cpu, cuda, cuda:N or mps"  # the torch devices the models run on (ONNX Runtime: cpu or cuda)
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")
 
 
 class ModelError(Exception):
@@ -97,9 +100,17 @@ def _plugin(ep: EntryPoint) -> ModelFactory:
     return load
 
 
+def check_device(device: str) -> None:
+    """Raise a :class:`ModelError` naming the devices when ``device`` is none of them (the dsp model, which runs
+    on no device, took ``tpu`` without a word)."""
+    if not _DEVICE.fullmatch(device):
+        raise ModelError(f"unknown device {device!r}; use {DEVICES}")
+
+
 def load_model(name: str, device: str = "cpu", preset: str | None = None) -> EmbeddingModel:
     """Load a model by registry name, an Essentia-style ``.onnx`` file (``preset`` names its front end; detected
-    when None), or a MERT-shaped HubertModel from a local folder."""
+    when None), or a MERT-shaped HubertModel from a local folder, on ``device`` (see :func:`check_device`)."""
+    check_device(device)
     key = name.lower()
     if key.endswith(".onnx"):
         from mess.models.essentia import OnnxModel
