@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from mess.serve.security import AccessPolicy
 from mess.serve.uploads import _limited, _TooSlow
 
 MESS = [sys.executable, "-m", "mess.cli"]
@@ -83,6 +84,20 @@ def test_foreign_host_names_are_refused(server: str) -> None:
     assert httpx.get(server + "/api/tracks").status_code == 200
     for odd in ("localhost:@evil.example", "localhost:junk/../x", "127.0.0.1:99999999", "[::1]evil"):
         assert httpx.get(server + "/api/tracks", headers={"Host": odd}).status_code == 400, odd  # were 200
+
+
+@pytest.mark.parametrize("name", ["a b", "http://music.lan", "music.lan/x", "a..b", "-lan", "*.lan", "bücher.lan", ""])
+def test_an_allowed_host_no_request_could_name_is_refused(tmp_path: Path, name: str) -> None:
+    """--allowed-host 'a b' was accepted: the server started and answered 400 to every request by that name."""
+    cmd = [*MESS, "serve", "--allowed-host", "music.lan", "--allowed-host", name, "--store", str(tmp_path / "none")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "300"})
+    assert out.returncode == 1 and out.stderr.startswith(f"error: invalid host name {name!r}: "), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_allowed_host_names_addresses_and_ports() -> None:
+    given = ["Music.LAN:8000", "my_box", "nas.", "192.168.1.5", "[fe80::1]:80", "::1"]
+    assert AccessPolicy.build(given).hosts >= {"music.lan", "my_box", "nas.", "192.168.1.5", "fe80::1", "::1"}
 
 
 def test_a_file_replaced_by_a_link_is_not_served(server: str, dsp_store: Path, tmp_path: Path) -> None:

@@ -51,9 +51,12 @@ def serve_command(
              "MESS_TOKEN (clients send 'Authorization: Bearer TOKEN'), or bind to 127.0.0.1")
     hosts = [*(allowed_host or []), *([] if host in ("0.0.0.0", "::") else [host])]
     try:
+        access = AccessPolicy.build(hosts, token)
+    except ValueError as exc:  # 'a b' was allowed: no request's Host could be it
+        fail(str(exc))
+    try:
         app = create_app(store, model, allow_indexing, max_upload_bytes=int(max_upload_mb * 2**20),
-                         embed_timeout=embed_timeout, access=AccessPolicy.build(hosts, token),
-                         max_upload_seconds=max_upload_minutes * 60)
+                         embed_timeout=embed_timeout, access=access, max_upload_seconds=max_upload_minutes * 60)
     except StoreError as exc:
         fail(str(exc))
     mode = "indexing enabled" if allow_indexing else "read-only"

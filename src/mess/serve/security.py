@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -24,6 +26,7 @@ from fastapi.responses import JSONResponse
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 COOKIE = "mess_token"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")  # '_' too: LAN and container names use it, browsers send it
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,35 @@ class AccessPolicy:
 
     @classmethod
     def build(cls, extra_hosts: Iterable[str] = (), token: str | None = None) -> AccessPolicy:
-        """Loopback names plus ``extra_hosts`` (names or addresses, without ports)."""
-        return cls(LOOPBACK_HOSTS | {_hostname(h) for h in extra_hosts}, token or None)
+        """Loopback names plus ``extra_hosts`` (names or addresses; a port is dropped); ValueError names one that is
+        neither, which no request's Host could match (see :func:`host_name`)."""
+        return cls(LOOPBACK_HOSTS | {host_name(h) for h in extra_hosts}, token or None)
+
+
+def host_name(value: str) -> str:
+    """``value`` as the Host name it allows: lower-cased, without port or IPv6 brackets.
+
+    Raises:
+        ValueError: ``value`` is neither a host name nor an IP address ('a b', 'http://music.lan', 'a..b').
+    """
+    host = _hostname(value)
+    if _is_address(host) or _is_name(host):
+        return host
+    raise ValueError(f"invalid host name {value!r}: give a name such as music.lan (ASCII letters, digits, '-' or "
+                     "'_' between dots; xn--... for an international name) or an IP address, without spaces, scheme "
+                     "or path")
+
+
+def _is_name(host: str) -> bool:
+    return len(host) <= 253 and all(_LABEL.fullmatch(label) for label in host.removesuffix(".").split("."))
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def install(app: FastAPI, policy: AccessPolicy) -> None:
