@@ -632,19 +632,22 @@ class FeatureStore:
         return out
 
     def failure(self, run: Run, track: Track) -> str | None:
-        """Why ``track``'s content failed to extract in ``run`` (the recorded reason, naming the file as it is now),
-        or None when no failure is recorded."""
+        """Why ``track``'s content failed to extract in ``run`` (the recorded reason, naming the file as it is now,
+        less the 'PATH: ' it starts with: the caller names the track), or None when no failure is recorded."""
         row = self.db.execute("SELECT path, reason FROM failures WHERE run_id=? AND content_hash=?",
                               (run.id, track.content_hash)).fetchone()
-        return None if row is None else str(row[1]).replace(printable(from_db_path(row[0])), printable(track.path))
+        if row is None:
+            return None
+        return _reason_alone(str(row[1]).replace(printable(from_db_path(row[0])), printable(track.path)), track.path)
 
     def unread_failure(self, ref: str | Path) -> tuple[str, str] | None:
         """(path, reason) of the latest failure, in any run, of a file never read (so not catalogued) at ``ref``:
-        a path, or a file name when one such file has it; None when there is none."""
+        a path, or a file name when one such file has it; None when there is none. The reason is without the
+        'PATH: ' it was recorded with (the caller names the file)."""
         rows = self.db.execute("SELECT path, reason FROM failures WHERE content_hash LIKE 'path:%' ORDER BY at DESC")
         latest: dict[str, str] = {}
         for path, reason in rows:
-            latest.setdefault(from_db_path(path), str(reason))
+            latest.setdefault(from_db_path(path), _reason_alone(str(reason), from_db_path(path)))
         exact = str(resolved(Path(ref).expanduser()))
         if exact in latest:
             return exact, latest[exact]
@@ -914,6 +917,12 @@ class FeatureStore:
 def _derived_file(name: str, meta: dict | None) -> str:
     """The file name of a derived set: its metadata names it (stores before that used ``NAME.f16``)."""
     return str((meta or {}).get("file") or f"{name}.f16")
+
+
+def _reason_alone(reason: str, path: str) -> str:
+    """A recorded failure ``reason`` without the 'PATH: ' that extraction starts it with ('x.wav: cannot decode
+    (...)' -> 'cannot decode (...)'), for a message that names the file itself; any other reason as it is."""
+    return reason.removeprefix(f"{printable(path)}: ")
 
 
 def _unread_key(path: str) -> str:
