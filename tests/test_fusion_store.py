@@ -30,7 +30,15 @@ from mess.extract.runs import run_policy
 from mess.fusion.apply import FUSED, apply_fusion, fuse_query
 from mess.fusion.data import LayerData, load_layers
 from mess.fusion.report import FusionReport, compare
-from mess.fusion.train import FusionConfig, FusionResult, checkpoint_path, embed, save_checkpoint, train_fusion
+from mess.fusion.train import (
+    FusionConfig,
+    FusionResult,
+    checkpoint_digest,
+    checkpoint_path,
+    embed,
+    save_checkpoint,
+    train_fusion,
+)
 from mess.models.registry import load_model
 from mess.query import resolve_query
 from mess.search.query import similar_tracks
@@ -280,6 +288,51 @@ def test_a_retrain_killed_mid_run_leaves_the_checkpoint_and_its_log(writable: Pa
     proc.wait()
     assert {p: p.read_bytes() for p in before} == before  # the old checkpoint and the log that describes it
     assert _epochs(partial) >= 2  # the dead run's epochs, beside them
+
+
+SAVE = """
+import os, signal, sys
+from contextlib import closing
+from pathlib import Path
+
+from mess.fusion.data import load_layers
+from mess.fusion.train import FusionConfig, save_checkpoint, train_fusion
+from mess.store import FeatureStore
+
+store, checkpoint, seed = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+with closing(FeatureStore(store, readonly=True)) as fs:
+    config = FusionConfig(label="composer", weight_epochs=2, max_epochs=0, seed=seed)
+    result = train_fusion(load_layers(fs, fs.run("dsp")), config)
+
+
+def killed_before_the_json(event, args):
+    if event == "os.rename" and str(args[1]).endswith(".json"):  # the .pt is in place, the .json not yet
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+if sys.argv[4] == "kill":
+    sys.addaudithook(killed_before_the_json)
+save_checkpoint(result, checkpoint)
+"""
+
+
+def test_a_save_killed_between_the_checkpoint_and_its_json_is_told_apart(writable: Path, tmp_path: Path) -> None:
+    """save_checkpoint writes the .pt, then its .json: a kill between the two left the old .json beside the new
+    .pt, describing the old checkpoint with nothing to tell them apart. The .json names the .pt's SHA-256."""
+    checkpoint = tmp_path / "pair.pt"
+    sidecar = checkpoint.with_suffix(".json")
+
+    def save(seed: int, how: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", SAVE, str(writable), str(checkpoint), str(seed), how],
+                              capture_output=True, text=True, timeout=300)
+
+    done = save(0, "whole")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(sidecar.read_text())["checkpoint_sha256"] == checkpoint_digest(checkpoint)
+    before = checkpoint.read_bytes(), sidecar.read_bytes()
+    assert save(3, "kill").returncode == -signal.SIGKILL
+    assert checkpoint.read_bytes() != before[0] and sidecar.read_bytes() == before[1]  # killed between the two
+    assert json.loads(sidecar.read_text())["checkpoint_sha256"] != checkpoint_digest(checkpoint)
 
 
 def _epochs(log: Path) -> int:

@@ -201,13 +201,16 @@ def checkpoint_path(store: FeatureStore, model: str) -> Path:
 
 def save_checkpoint(result: FusionResult, path: Path) -> str:
     """Write the weights with their config, split and data hash (.pt) and the same minus weights (.json), each file
-    replaced whole: a retrain killed while saving leaves the previous checkpoint as it was. Returns the .pt's
-    SHA-256 (:func:`checkpoint_digest`)."""
+    replaced whole: a retrain killed while saving leaves the previous checkpoint as it was. The .json, written
+    second, records the .pt's SHA-256 (``checkpoint_sha256``), so one left from before a save killed between the
+    two is told apart from the .pt. Returns that SHA-256 (:func:`checkpoint_digest`)."""
     weights = io.BytesIO()
     torch.save({"state_dict": result.network.state_dict(), **result.meta()}, weights)
+    digest = hashlib.sha256(weights.getvalue()).hexdigest()
     replace_file(path, weights.getvalue())
-    replace_file(path.with_suffix(".json"), json.dumps(result.meta(), indent=2).encode())
-    return hashlib.sha256(weights.getvalue()).hexdigest()
+    replace_file(path.with_suffix(".json"), json.dumps({**result.meta(), "checkpoint_sha256": digest}, indent=2)
+                 .encode())
+    return digest
 
 
 def checkpoint_digest(path: Path) -> str:
