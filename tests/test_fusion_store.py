@@ -416,7 +416,8 @@ def test_cli_refuses_a_checkpoint_of_another_model(writable: Path) -> None:
 def test_a_retrain_stopped_between_its_checkpoint_and_its_log_is_said(extracted_store: Path, tmp_path: Path) -> None:
     """`fuse train` saves the checkpoint, then replaces its training log: stopped between the two, the log described
     the previous checkpoint and nothing said so. Here a retrain's checkpoint is saved as `fuse train` saves it,
-    and its log is not written."""
+    and its log is not written. `fuse report` says so in its written fusion-MODEL.md and .json as well (they
+    carried no note while its console and --json did)."""
     root = tmp_path / "store"
     shutil.copytree(extracted_store, root)
     checkpoint = tmp_path / "between.pt"
@@ -436,8 +437,13 @@ def test_a_retrain_stopped_between_its_checkpoint_and_its_log_is_said(extracted_
     retrained = train_fusion(data, FusionConfig(label="composer", weight_epochs=2, max_epochs=0, seed=3))
     save_checkpoint(retrained, checkpoint)  # the checkpoint is replaced; the log still describes the one before
     want = f"the training log {log} describes another checkpoint than {checkpoint}"
+    written = root / "reports" / "fusion-dsp"
     for cmd in readers:
         assert f"note: {want}" in said(cmd)
         assert json.loads(CliRunner().invoke(_app(), [*cmd, "--json"]).stdout)["training_log_note"].startswith(want)
+    assert json.loads(written.with_suffix(".json").read_text())["training_log_note"].startswith(want)
+    assert f"**Note:** {want}" in written.with_suffix(".md").read_text()
     said(train)
     assert not any("training log" in said(cmd) for cmd in readers)
+    assert json.loads(written.with_suffix(".json").read_text())["training_log_note"] is None
+    assert "training log" not in written.with_suffix(".md").read_text()

@@ -192,12 +192,12 @@ def report_command(
         except (FusionError, ValueError) as exc:
             fail(str(exc))
         attach_probe(report, fs, run.id)
+        report.training_log_note = log_mismatch(fs.reports_dir, path)  # in the files too, not only on the console
         write_report(report, fs.reports_dir)
-        log_note = log_mismatch(fs.reports_dir, path)
     if as_json:
-        emit_json({**report.to_dict(), "training_log_note": log_note})
+        emit_json(report.to_dict())
         return
-    note(log_note)
+    note(report.training_log_note)
     table = Table(title=f"held-out {report.label} labels: {report.n_test_labels} labels, {report.n_test_tracks} tracks")
     for col in ("method", "what", f"P@{k}", "mAP", f"nDCG@{k}"):
         table.add_column(col, justify="left" if col in ("method", "what") else "right")

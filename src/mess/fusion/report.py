@@ -54,6 +54,7 @@ class FusionReport:
     data_hash_matches: bool
     probe: dict[str, dict[str, float | None]] | None = None  # layer -> aspect -> R^2
     probe_note: str = ""
+    training_log_note: str | None = None  # the training log describes another checkpoint (tracking.log_mismatch)
     files: dict[str, str] = field(default_factory=dict)
 
     def score(self, method: str) -> MethodScores:
@@ -231,6 +232,8 @@ def markdown(report: FusionReport) -> str:
     lines = [f"# Layer fusion: {report.model} (label = {report.label})", "", report.verdict, ""]
     if report.caveat:
         lines += [f"**Caveat:** {report.caveat}", ""]
+    if report.training_log_note:
+        lines += [f"**Note:** {report.training_log_note}", ""]
     lines += [f"Held-out labels (never trained on): {report.n_test_labels}, tracks: {report.n_test_tracks}.", "",
               f"| method | what | P@{report.k} | mAP | nDCG@{report.k} |", "|---|---|---|---|---|"]
     lines += [f"| {m.method} | {m.detail} | {m.precision:.3f} | {m.map:.3f} | {m.ndcg:.3f} |" for m in report.methods]
