@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import typer
 from typer.testing import CliRunner
 
@@ -244,3 +246,55 @@ def test_a_deeply_nested_tags_file_is_a_one_line_error(app: typer.Typer, store: 
     code, _, err = invoke(app, store, "similar", "Artist 0", "--weights", "genre=1", "--tags", str(tags))
     assert code == 1 and f"error: tags file {tags} is not valid JSON (nested too deeply)" in err, err
     assert "Traceback" not in err
+
+
+def _tagged_tones(music: Path, credits: dict[str, list[str]]) -> None:
+    """One tone per file name (FLAC or MP3 by its suffix), its ARTIST tag given every value of ``credits``: two
+    Vorbis comments in a FLAC, an ID3v2.4 TPE1 of null-separated values in an MP3."""
+    from mutagen.easyid3 import EasyID3
+    from mutagen.flac import FLAC
+
+    music.mkdir()
+    t = np.arange(22050 * 3) / 22050
+    for i, (name, artists) in enumerate(credits.items()):
+        path = music / name
+        sf.write(path, (0.3 * np.sin(2 * np.pi * 110 * (i + 1) * t)).astype(np.float32), 22050)
+        if path.suffix == ".flac":
+            tags = FLAC(path)
+            tags["artist"] = artists
+            tags.save()
+        else:
+            id3 = EasyID3()
+            id3["artist"] = artists
+            id3.save(path, v2_version=4)
+
+
+def test_a_multi_valued_artist_tag_keeps_every_value_and_its_first_is_the_artist(tmp_path: Path) -> None:
+    """Two ARTIST tags ('Alpha', 'Beta') were stored as 'Alpha' alone: Beta vanished from the catalogue, the
+    export and the collaborations `mess artists --hybrid` draws on. Both are kept as 'Alpha; Beta'; Alpha is the
+    artist (in `mess artists` and --exclude-same-artist) and Beta a collaborator."""
+    from mess.cli.main import app as mess
+
+    music, store = tmp_path / "music", str(tmp_path / "store")
+    credits = {"duo0.flac": ["Alpha", "Beta"], "duo1.mp3": ["Alpha", "Beta"], "alpha.flac": ["Alpha"],
+               "beta.flac": ["Beta"], "gamma0.flac": ["Gamma"], "gamma1.flac": ["Gamma"]}
+    _tagged_tones(music, credits)
+    runner = CliRunner()
+
+    def run(*args: str) -> str:
+        out = runner.invoke(mess, [*args, "--store", store])
+        assert out.exit_code == 0, out.output
+        return out.stdout
+
+    run("extract", str(music), "--model", "dsp", "--window", "2")
+    with closing(FeatureStore(Path(store), readonly=True)) as fs:
+        stored = {Path(t.path).name: t.artist for t in fs.tracks()}
+    assert stored == {name: "; ".join(artists) for name, artists in credits.items()}
+    found = json.loads(run("artists", "similar", "alpha", "--min-tracks", "1", "--weights", "collab=1", "--json"))
+    assert found["artist"] == "Alpha" and found["tracks"] == 3  # duo0, duo1 and alpha: no artist 'Alpha; Beta'
+    assert [r["artist"] for r in found["results"]] == ["Beta", "Gamma"] and found["results"][0]["score"] > 0
+    similar = json.loads(run("similar", str(music / "alpha.flac"), "--exclude-same-artist", "--json"))
+    assert {Path(r["path"]).name for r in similar["results"]} == {"beta.flac", "gamma0.flac", "gamma1.flac"}
+    run("export", str(tmp_path / "v.npz"), "--model", "dsp")
+    exported = np.load(tmp_path / "v.npz")
+    assert {Path(p).name: a for p, a in zip(exported["path"], exported["artist"], strict=True)} == stored

@@ -18,11 +18,11 @@ _TITLE_FEAT = re.compile(r"[\(\[]\s*(?:feat\.?|ft\.?|featuring|with)\s+([^\)\]]+
 def split_credit(credit: str, known: Collection[str] = frozenset()) -> list[str]:
     """Every artist named in a credit, main artist first, without duplicates.
 
-    A part of the credit that is itself a known artist (``known`` holds
-    :func:`name_key` forms), such as a band called 'Earth, Wind & Fire', is
-    not split at its '&' or ','.
+    Each value of a multi-valued tag ('A; B feat. C') is a credit of its own. A part of the credit that is
+    itself a known artist (``known`` holds :func:`name_key` forms), such as a band called 'Earth, Wind & Fire',
+    is not split at its '&' or ','.
     """
-    parts = [main_artist(credit), *FEAT.split(credit)[1:]]
+    parts = [part for value in credit.split(";") for part in (main_artist(value), *FEAT.split(value)[1:])]
     names: list[str] = []
     for part in parts:
         part = part.strip(" ()[]")

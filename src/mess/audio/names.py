@@ -29,9 +29,11 @@ def name_key(name: str) -> str:
 
 
 def main_artist(credit: str) -> str:
-    """The main artist of a credit: the text before any 'feat.' / 'ft.' / '(with' guest."""
-    head = FEAT.split(credit, maxsplit=1)[0].strip(" ([")
-    return head or credit.strip()
+    """The main artist of a credit: the text before any 'feat.' / 'ft.' / '(with' guest, in its first value when
+    a multi-valued tag's values are joined by ';' ('A; B', :func:`mess.audio.tags.read_tags`)."""
+    first = credit.split(";", maxsplit=1)[0]
+    head = FEAT.split(first, maxsplit=1)[0].strip(" ([")
+    return head or first.strip() or credit.strip()
 
 
 def credit_key(credit: str | None) -> str:

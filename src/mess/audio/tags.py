@@ -7,10 +7,13 @@ from pathlib import Path
 import mutagen
 
 TAG_FIELDS = ("artist", "album", "title", "genre", "composer")
+CREDITS = ("artist", "composer")  # every value kept: the first is the main artist (mess.audio.names.main_artist)
+JOIN = "; "
 
 
 def read_tags(path: Path) -> dict[str, str | None]:
-    """Return the first value of each field in :data:`TAG_FIELDS` (None when absent)."""
+    """Return each field in :data:`TAG_FIELDS`: the first non-blank value, or for :data:`CREDITS` every value
+    joined by ``'; '`` (two Vorbis ARTIST comments, an ID3v2.4 null-separated list: 'A; B'); None when absent."""
     tags: dict[str, str | None] = dict.fromkeys(TAG_FIELDS)
     try:
         audio = mutagen.File(str(path), easy=True)
@@ -19,7 +22,7 @@ def read_tags(path: Path) -> dict[str, str | None]:
     if audio is None or audio.tags is None:
         return tags
     for field in TAG_FIELDS:
-        values = audio.tags.get(field)
+        values = list(dict.fromkeys(v for v in (str(x).strip() for x in audio.tags.get(field) or []) if v))
         if values:
-            tags[field] = str(values[0]).strip() or None
+            tags[field] = JOIN.join(values) if field in CREDITS else values[0]
     return tags

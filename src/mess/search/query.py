@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mess.audio.names import credit_key
 from mess.constants import DEFAULT_NORM, ENCODED_R2, FUSED, LEARNED
 from mess.search.expansion import expand as expand_queries
 from mess.search.expansion import expanded_scores, expansion
@@ -341,17 +342,17 @@ def _excluded(tracks: Sequence[Track], query: TrackQuery | None, same_artist: bo
     """Track ids never to return: the query's own track (and the stale entry of its file), and its artist's tracks
     when asked."""
     out = {t.id for t in (query.track, query.replaces) if t is not None} if query is not None else set()
-    artist = (query.artist or "").strip().casefold() if query is not None else ""
+    artist = credit_key(query.artist) if query is not None else ""
     if same_artist and artist:
         out.update(from_tracks(tracks, "ids_by_artist", _ids_by_artist).get(artist, ()))
     return out
 
 
 def _ids_by_artist(tracks: Sequence[Track]) -> dict[str, tuple[int, ...]]:
-    """Normalised (stripped, casefolded) artist tag -> track ids."""
+    """Main artist (:func:`credit_key`: 'A; B' and 'A feat. C' are A's) -> track ids."""
     groups: dict[str, list[int]] = defaultdict(list)
     for t in tracks:
-        groups[(t.artist or "").strip().casefold()].append(t.id)
+        groups[credit_key(t.artist)].append(t.id)
     return {a: tuple(ids) for a, ids in groups.items()}
 
 
