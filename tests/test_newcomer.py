@@ -84,6 +84,9 @@ def test_default_model_on_the_demo_store(extracted_store: Path, tmp_path: Path) 
     out = runner.invoke(app, ["similar", "1", "-k", "1", "--store", str(store)])
     assert out.exit_code == 1 and "mess config default-model --unset" in " ".join(out.output.split())
     assert out.exception is None or isinstance(out.exception, SystemExit)
+    (store / "config.json").write_text('[{"default-model": "dsp"}]')  # not an object: read as no settings before
+    out = runner.invoke(app, ["similar", "1", "-k", "1", "--store", str(store)])
+    assert out.exit_code == 1 and "not a JSON object of settings" in " ".join(out.output.split()), out.output
     out = runner.invoke(app, ["config", "default-model", "--unset", "--store", str(store)])
     assert out.exit_code == 0, out.output
     out = runner.invoke(app, ["similar", "1", "-k", "1", "--store", str(store), "--json"])

@@ -28,12 +28,14 @@ def read_config(root: Path) -> dict[str, str]:
     path = Path(root) / CONFIG_FILE
     if not path.is_file():
         return {}
+    fix = "set it again with `mess config default-model NAME` or remove it with `mess config default-model --unset`"
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read {path} ({exc}); set it again with `mess config default-model NAME` "
-                          "or remove it with `mess config default-model --unset`") from exc
-    return {str(k): str(v) for k, v in data.items() if v is not None} if isinstance(data, dict) else {}
+        raise ConfigError(f"cannot read {path} ({exc}); {fix}") from exc
+    if not isinstance(data, dict):  # read as no settings before: a default-model written there was ignored
+        raise ConfigError(f"cannot read {path} (not a JSON object of settings); {fix}")
+    return {str(k): str(v) for k, v in data.items() if v is not None}
 
 
 def write_setting(root: Path, key: str, value: str | None) -> dict[str, str]:
