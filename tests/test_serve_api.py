@@ -457,7 +457,9 @@ def test_indexing_only_with_the_flag(collection: Path, tmp_path: Path) -> None:
         built = writable.post("/api/index", params={"layer": "mfcc", "kind": "flat"}).json()
         assert built["mode"] == "built" and built["tracks"] == 12 and (copy / "indexes" / built["file"]).is_file()
         again = writable.post("/api/index", params={"layer": "mfcc", "kind": "flat"}).json()
-        assert again["mode"] == "unchanged"
+        assert again["mode"] == "unchanged" and again["note"] == ""
+        ivf = writable.post("/api/index", params={"layer": "mfcc", "kind": "ivf"}).json()  # 12 tracks: too few
+        assert ivf["kind"] == "flat" and ivf["note"].startswith("ivf needs 32 tracks"), ivf
         assert writable.post("/api/index", params={"kind": "lsh"}).status_code == 400
 
 

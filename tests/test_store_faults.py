@@ -1378,3 +1378,18 @@ def test_index_and_evaluate_say_when_scores_are_plain_cosines(tmp_path: Path) ->
     assert ev.returncode == 0 and "plain cosines" in json.loads(ev.stdout)["norm_note"], ev.stderr
     shown = _mess(*args)
     assert (shown.stdout + shown.stderr).count("plain cosines") == 1
+
+
+def test_an_ivf_index_asked_of_too_few_tracks_says_it_is_flat(tmp_path: Path) -> None:
+    """`mess index --kind ivf` on a small collection built a flat index and printed 'built flat index' without
+    saying why; the line and --json (note) now say how many tracks IVF needs."""
+    music, store = tmp_path / "m", str(tmp_path / "st")
+    _tones(music, 10)
+    assert _mess("extract", str(music), *DSP, "--store", store).returncode == 0
+    out = _mess("index", "--kind", "ivf", "--store", store, "--json")
+    report = json.loads(out.stdout)
+    assert report["kind"] == "flat" and report["note"] == "ivf needs 32 tracks to train its lists; 10 got a flat " \
+        "index (exact)", out.stdout
+    shown = _mess("index", "--kind", "ivf", "--rebuild", "--store", store)
+    assert "ivf needs 32 tracks" in " ".join((shown.stdout + shown.stderr).split())
+    assert json.loads(_mess("index", "--kind", "flat", "--store", store, "--json").stdout)["note"] == ""

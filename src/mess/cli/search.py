@@ -105,6 +105,7 @@ def index_command(
         f"{report.seconds:.2f} s, {report.nbytes / 2**20:.1f} MiB, recall@10 {recall}"
     )
     console.print(f"[dim]{plain(str(report.path))}[/]")
+    note(report.note)
     note(vs.norm_note)
     if unfused:
         console.print(f"[yellow]{unfused} tracks have no fused vectors yet and are not in the index; "

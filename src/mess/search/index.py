@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mess.constants import NPZ_ERRORS
-from mess.search.ann import AnnIndex, choose_kind
+from mess.search.ann import AnnIndex, choose_kind, n_lists
 from mess.search.vectors import Preprocessor, VectorSet, VectorSpec, vectors_source
 from mess.store import FeatureStore, Run, StoreError
 from mess.store.paths import replace_file
@@ -98,6 +98,7 @@ class IndexReport:
     recall: float | None
     seconds: float
     nbytes: int  # size of the saved index file
+    note: str = ""  # why the index is not of the kind asked for
 
 
 def index_path(store: FeatureStore, run: Run, spec: VectorSpec) -> Path:
@@ -147,8 +148,11 @@ def build_index(store: FeatureStore, vs: VectorSet, kind: str = "auto", *, rebui
     if mode != "unchanged":
         with store.writing("mess index", wait=wait):
             index.save(path)
+    note = "" if requested in ("auto", index.ann.kind) else (
+        f"{requested} needs {2 * n_lists(len(vs.ids))} tracks to train its lists; {len(vs.ids)} got a flat index "
+        "(exact)")
     report = IndexReport(path, index.ann.kind, mode, len(vs.ids), vs.raw.shape[1], added, removed,
-                         index.ann.breadth, index.ann.recall, time.perf_counter() - start, path.stat().st_size)
+                         index.ann.breadth, index.ann.recall, time.perf_counter() - start, path.stat().st_size, note)
     return index, report
 
 

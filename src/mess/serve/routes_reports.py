@@ -68,4 +68,5 @@ def index(state: State, model: Model = None, layer: Layer = None, aspect: Aspect
             raise HTTPException(503, str(exc), headers={"Retry-After": "30"}) from None
     return {"model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "kind": report.kind,
             "mode": report.mode, "tracks": report.n, "added": report.added, "removed": report.removed,
-            "recall": report.recall, "seconds": round(report.seconds, 3), "file": report.path.name}
+            "recall": report.recall, "seconds": round(report.seconds, 3), "file": report.path.name,
+            "note": report.note}
