@@ -83,5 +83,5 @@ class TrainingLog:
             self.mlflow.end_run()
 
     def _write(self) -> None:
-        self.partial.parent.mkdir(parents=True, exist_ok=True)
-        self.partial.write_text(json.dumps(self.record, indent=2))
+        # replaced whole: written in place, a kill between truncation and write left the dead run's log empty
+        replace_file(self.partial, json.dumps(self.record, indent=2).encode())

@@ -222,10 +222,9 @@ def load_checkpoint(path: Path) -> FusionResult:
     """Read a checkpoint written by :func:`save_checkpoint`."""
     if not path.exists():
         raise FusionError(f"no fusion checkpoint at {path}; run `mess fuse train` first")
+    data = path.read_bytes()  # an I/O error is the caller's to report; all torch.load raises is about the content
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:
-        raise
+        saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 -- unpickling a file that is no checkpoint can raise almost anything
         # not torch's words: they run to many lines, and for most files advise loading with weights_only=False,
         # which runs whatever code the file holds

@@ -152,7 +152,7 @@ def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path],
             summary.skipped += 1
         else:
             queued.add(rec["hash"])
-            todo.append({"path": row["path"], "hash": rec["hash"], "stamp": rec["stamp"],
+            todo.append({"path": row["path"], "hash": rec["hash"], "stamp": rec["stamp"], "size": rec["size"],
                          "duration": float(rec["info"].get("duration") or 0.0)})
     return todo
 
