@@ -28,7 +28,7 @@ from mess.artists.profiles import (
     load_artists,
     load_space,
 )
-from mess.artists.reference import Coverage, load_reference, match_reference
+from mess.artists.reference import Coverage, load_reference, match_reference, read_json
 from mess.artists.similarity import METHODS, artist_vectors, similarity_matrix, similarity_row, top_k
 from mess.artists.validate import Metrics, evaluate, random_baseline
 from mess.search.query import stale_aspect_map
@@ -202,14 +202,7 @@ def load_tags(path: Path | None) -> dict[str, list[str]] | None:
     """A JSON map artist -> genre tags (None without a path); ArtistError when it is missing or malformed."""
     if path is None:
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: Notepad writes a BOM
-    except FileNotFoundError:
-        raise ArtistError(f"no such tags file: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtistError(f"tags file {path} is not valid JSON ({exc})") from None
-    except RecursionError:
-        raise ArtistError(f"tags file {path} is not valid JSON (nested too deeply)") from None
+    data = read_json(path, "tags")
     if not isinstance(data, dict) or not all(isinstance(v, list) and all(isinstance(t, str) for t in v)
                                              for v in data.values()):
         raise ArtistError(f"tags file {path} must map each artist to a list of tags (strings)")

@@ -58,17 +58,21 @@ def _json_kind(value: object) -> str:
     return "an array" if isinstance(value, list) else "a string" if isinstance(value, str) else "a number"
 
 
+def read_json(path: Path, what: str) -> object:
+    """The JSON in ``path`` (a ``what`` file: "reference", "tags"); a missing or malformed file is an ArtistError."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8-sig"))  # -sig: Notepad writes a BOM
+    except FileNotFoundError:
+        raise ArtistError(f"no such {what} file: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtistError(f"{what} file {path} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ArtistError(f"{what} file {path} is not valid JSON (nested too deeply)") from None
+
+
 def load_reference(path: Path) -> dict[str, list[str]]:
     """Read and normalise a reference file; malformed files raise :class:`ArtistError`."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))  # -sig: Notepad writes a BOM
-    except FileNotFoundError:
-        raise ArtistError(f"no such reference file: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtistError(f"reference file {path} is not valid JSON ({exc})") from None
-    except RecursionError:
-        raise ArtistError(f"reference file {path} is not valid JSON (nested too deeply)") from None
-    return parse_reference(data)
+    return parse_reference(read_json(path, "reference"))
 
 
 @dataclass(frozen=True)

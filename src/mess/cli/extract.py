@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +19,7 @@ from mess.extract.pipeline import ExtractSummary, extract, missing_files
 from mess.extract.prepare import planned_seconds
 from mess.extract.runs import run_policy
 from mess.models.base import EmbeddingModel
+from mess.models.hub import quiet
 from mess.models.registry import DEVICES, MODEL_NAMES, ModelError, check_device, load_model
 from mess.store import FeatureStore, Run, StoreError
 from mess.store.paths import printable
@@ -86,7 +84,9 @@ def extract_command(
         fail(str(exc))
     if embedder.info.licence:
         console.print(f"[yellow]licence:[/] {plain(embedder.info.name)}: {embedder.info.licence}")
-    with _library_log_quiet(), open_store(store, readonly=False) as fs:
+    # Per-file problems are named in the run's summary, not as log lines over the progress bar; quiet() restores
+    # the level after, so a caller running the command in-process (CliRunner, a notebook) keeps its warnings.
+    with quiet("mess"), open_store(store, readonly=False) as fs:
         if engine == "ray":
             summary = _run_ray(fs, paths, model, embedder, policy, batch_size, device, address, precision, wait)
         else:
@@ -96,19 +96,6 @@ def extract_command(
         _unused_run_warning(fs, embedder, policy)
     if summary.failed:
         raise typer.Exit(3)
-
-
-@contextmanager
-def _library_log_quiet() -> Iterator[None]:
-    """Per-file problems are named in the run's summary, not as log lines over the progress bar; the level is
-    restored after, so a caller running the command in-process (CliRunner, a notebook) keeps its warnings."""
-    logger = logging.getLogger("mess")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _audio_files(folders: list[Path], prune: bool = False) -> list[Path]:
