@@ -171,3 +171,31 @@ def test_a_store_path_that_is_a_dangling_link_is_named(tmp_path: Path) -> None:
     shown = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 1 and shown == (f"error: {link} is a link to {tmp_path / 'gone'}, which does not exist "
                                               "(or links back); create that folder or give another --store"), shown
+
+
+def test_names_with_trailing_spaces_or_dots_are_extracted_and_hidden_ones_counted(tmp_path: Path) -> None:
+    """'a.wav ' (suffix '.wav ') and 'b.flac.' (suffix '') were passed over without a word, and so were '.wav',
+    '._x.wav' and the files of a dot-folder. The first are extracted now (and found by name, exported); the hidden
+    ones are still skipped, but the run says how many and names them."""
+    music = tmp_path / "music"
+    tone = sf.read(_tones(tmp_path / "src", 1)[0])[0]
+    for name in ("a.wav ", "b.flac.", ".wav", "._x.wav", ".stash/e.wav"):
+        (music / name).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(music / name, tone, 22050, format="FLAC" if "flac" in name else "WAV")
+    done = _mess("extract", str(music), "--store", str(tmp_path / "store"), *DSP)
+    shown = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 0 and "2 embedded" in shown, shown
+    assert (f"warning: 3 hidden audio files (dot-files or in dot-folders) skipped: {music / '.stash' / 'e.wav'}, "
+            f"{music / '._x.wav'}, {music / '.wav'}; name such a file or dot-folder itself to extract it") in shown
+    similar = _mess("similar", "a.wav ", "--store", str(tmp_path / "store"), "-k", "1")
+    assert similar.returncode == 0, similar.stdout + similar.stderr
+    exported = _mess("export", str(tmp_path / "all.npz"), "--store", str(tmp_path / "store"))
+    assert exported.returncode == 0, exported.stderr
+    with np.load(tmp_path / "all.npz") as got:
+        assert sorted(got["path"]) == [str(music / "a.wav "), str(music / "b.flac.")]
+    (music / "a.wav ").unlink()
+    (music / "b.flac.").unlink()
+    only_hidden = _mess("extract", str(music), "--store", str(tmp_path / "store2"), *DSP)
+    shown = " ".join((only_hidden.stdout + only_hidden.stderr).split())
+    assert only_hidden.returncode == 1 and shown.startswith(f"error: no audio files (wav, flac, mp3, ogg, opus, m4a) "
+                                                            f"under {music}; 3 hidden audio files"), shown

@@ -23,6 +23,17 @@ _PREROLL_SECONDS = 0.5  # decoded before a compressed segment: seeks land on pac
 _FFMPEG_FIRST = frozenset({".ogg", ".oga"})  # Vorbis: FFmpeg's decoder costs 3/4 of libvorbis's CPU (libsndfile's)
 
 
+def audio_suffix(name: str) -> str:
+    """The lower-case audio extension ``name`` ends with, else ''.
+
+    Trailing spaces and dots are not part of it ('song.wav ' and 'song.flac.' are audio files; Path.suffix
+    says '.wav ' and ''), and a name that is only an extension ('.wav') has it.
+    """
+    base = name.rstrip(" .")
+    suffix = "." + base.rsplit(".", 1)[1].lower() if "." in base else ""
+    return suffix if suffix in AUDIO_EXTENSIONS else ""
+
+
 class AudioError(Exception):
     """A file that cannot be turned into usable audio; the message says why."""
 
@@ -74,7 +85,7 @@ def load_audio(path: Path, sample_rate: int, max_seconds: float | None = None) -
     gives up on part-way (damaged pages) is decoded again by libsndfile, which reads past them.
     """
     limit = None if max_seconds is None else int(max_seconds * sample_rate)
-    ffmpeg_first = path.suffix.lower() in _FFMPEG_FIRST
+    ffmpeg_first = audio_suffix(path.name) in _FFMPEG_FIRST
     try:
         out = _decode_whole(path, sample_rate, limit, _decoded_blocks(path, ffmpeg_first))
     except AudioError:
@@ -127,7 +138,7 @@ def load_segments(path: Path, sample_rate: int, starts: Sequence[float] | np.nda
     """
     length = int(round(seconds * sample_rate))
     ffmpeg_error: AudioError | None = None
-    if path.suffix.lower() in _FFMPEG_FIRST:
+    if audio_suffix(path.name) in _FFMPEG_FIRST:
         try:
             return _pyav_segments(path, sample_rate, starts, seconds)
         except AudioError as exc:

@@ -9,18 +9,21 @@ from pathlib import Path
 
 import av
 
-from mess.audio.decode import AUDIO_EXTENSIONS, open_container
+from mess.audio.decode import audio_suffix, open_container
 
 _HASH_CHUNK = 1 << 20
 _AUDIO_DOMAIN = b"mess-audio-packets-v1"
 
 
-def find_audio(roots: Iterable[Path], on_skip: Callable[[str], None] | None = None) -> list[Path]:
-    """All audio files under the given files/folders, resolved, sorted, hidden folders skipped.
+def find_audio(roots: Iterable[Path], on_skip: Callable[[str], None] | None = None,
+               on_hidden: Callable[[Path], None] | None = None) -> list[Path]:
+    """All audio files under the given files/folders, resolved, sorted, hidden files and folders skipped.
 
-    Symlinked folders are followed (each real folder once, so a link loop ends). A folder that
-    cannot be read, an audio name that cannot be looked at and a link to nothing are skipped,
-    each told to ``on_skip`` in one line (os.walk passed over such folders without a word).
+    A name is audio by :func:`audio_suffix` ('song.wav ' with its trailing space is). Symlinked folders are
+    followed (each real folder once, so a link loop ends). A folder that cannot be read, an audio name that
+    cannot be looked at and a link to nothing are skipped, each told to ``on_skip`` in one line (os.walk passed
+    over such folders without a word). Each audio file skipped as hidden (a dot-file such as '._song.mp3' or
+    '.wav', or one in a dot-folder) is told to ``on_hidden``; one named in ``roots`` is found.
     """
     def skip(error: OSError) -> None:
         if on_skip is not None:
@@ -39,10 +42,17 @@ def find_audio(roots: Iterable[Path], on_skip: Callable[[str], None] | None = No
                 dirs[:] = []
                 continue
             seen.add((st.st_dev, st.st_ino))
+            if on_hidden is not None:
+                for hidden in sorted(d for d in dirs if d.startswith(".")):
+                    _tell_hidden(Path(folder, hidden), on_hidden)
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in files:
+            for name in sorted(files):
                 path = Path(folder, name)
-                if name.startswith(".") or path.suffix.lower() not in AUDIO_EXTENSIONS:
+                if not audio_suffix(name):
+                    continue
+                if name.startswith("."):
+                    if on_hidden is not None:
+                        on_hidden(path)
                     continue
                 try:
                     if path.is_file():
@@ -52,6 +62,16 @@ def find_audio(roots: Iterable[Path], on_skip: Callable[[str], None] | None = No
                 except OSError as exc:
                     skip(exc)
     return sorted(found)
+
+
+def _tell_hidden(folder: Path, on_hidden: Callable[[Path], None]) -> None:
+    """Tell ``on_hidden`` each audio-named file under the hidden ``folder`` (links not followed; unreadable
+    parts passed over: nothing there is extracted either way)."""
+    for sub, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            if audio_suffix(name):
+                on_hidden(Path(sub, name))
 
 
 def file_stamp(stat: os.stat_result) -> str:

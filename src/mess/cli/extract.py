@@ -74,7 +74,7 @@ def extract_command(
     but some files failed (each named with its reason; `mess info --failures`), 1 when
     the run could not start or go on (no files, unknown model, store busy or damaged).
     """
-    paths = _audio_files(folders, prune)
+    paths, hidden = _audio_files(folders, prune)
     if engine not in ("local", "ray"):
         fail(f"unknown engine {engine!r}; use local or ray")
     try:
@@ -92,23 +92,36 @@ def extract_command(
         else:
             summary = _run_local(fs, paths, embedder, policy, batch_size, workers, folders if prune else [], wait)
         _print_summary(summary, embedder.info.name, store)
+        if hidden:
+            console.print(f"[yellow]warning:[/] {plain(_hidden_note(hidden))}")
         _note_missing(missing_files(fs))
         _unused_run_warning(fs, embedder, policy)
     if summary.failed:
         raise typer.Exit(3)
 
 
-def _audio_files(folders: list[Path], prune: bool = False) -> list[Path]:
-    """The audio files under ``folders``; a clean error when a folder is missing (unless it is only there to be
-    pruned: one moved, with others left) or when they hold none."""
+def _audio_files(folders: list[Path], prune: bool = False) -> tuple[list[Path], list[Path]]:
+    """The audio files under ``folders`` and the audio files skipped there as hidden; a clean error when a folder
+    is missing (unless it is only there to be pruned: one moved, with others left) or when they hold none."""
     missing = [str(f) for f in folders if not f.exists()]
     if missing and not (prune and len(missing) < len(folders)):
         fail(f"no such file or folder: {', '.join(missing)}")
+    hidden: list[Path] = []
     paths = find_audio([f for f in folders if f.exists()],
-                       on_skip=lambda why: console.print(f"[yellow]warning:[/] {plain(why)}"))
+                       on_skip=lambda why: console.print(f"[yellow]warning:[/] {plain(why)}"), on_hidden=hidden.append)
+    found = set(paths)
+    hidden = [p for p in dict.fromkeys(hidden) if p.resolve() not in found]  # one named on the command line is in
     if not paths:
-        fail(f"no audio files (wav, flac, mp3, ogg, opus, m4a) under {', '.join(map(str, folders))}")
-    return paths
+        fail(f"no audio files (wav, flac, mp3, ogg, opus, m4a) under {', '.join(map(str, folders))}"
+             + (f"; {_hidden_note(hidden)}" if hidden else ""))
+    return paths, hidden
+
+
+def _hidden_note(hidden: list[Path], shown: int = 3) -> str:
+    """One line counting the audio files skipped as hidden, naming the first ``shown``."""
+    names = ", ".join(printable(str(p)) for p in hidden[:shown]) + (", ..." if len(hidden) > shown else "")
+    return (f"{len(hidden)} hidden audio file{'s' * (len(hidden) > 1)} (dot-files or in dot-folders) skipped: "
+            f"{names}; name such a file or dot-folder itself to extract it")
 
 
 def _embedder(model: str, preset: str | None, device: str, engine: str, precision: str) -> EmbeddingModel:
