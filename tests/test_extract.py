@@ -192,6 +192,27 @@ def test_bad_files_are_reported_by_name_and_do_not_stop_the_run(tmp_path: Path) 
     assert all(Path(p).name in why for p, why in reasons.items())
 
 
+def test_a_file_sampled_below_half_the_models_rate_is_embedded_with_a_warning(tmp_path: Path) -> None:
+    """A 4 kHz or 1 kHz file was embedded without a word, though the model (dsp: 22050 Hz) hears almost nothing of
+    its band; the run's summary now names it and its rate (read whole or by seeking), and the file is still used."""
+    from typer.testing import CliRunner
+
+    from mess.cli.main import app
+
+    music = tmp_path / "music"
+    for name, sr, seconds in (("cd.wav", 22050, 3.0), ("half.wav", 11025, 3.0), ("phone.wav", 4000, 3.0),
+                              ("long-1k.wav", 1000, 10.0)):
+        _tone_files(music / name.removesuffix(".wav"), 1, seconds, sr)[0].rename(music / name)
+    args = ["extract", str(music), "--model", "dsp", "--window", "4", "--store", str(tmp_path / "store")]
+    done = CliRunner().invoke(app, args)
+    said = " ".join(done.output.split())
+    assert done.exit_code == 0 and "4 embedded" in said, said
+    assert said.count("warning:") == 2, said
+    for name, sr in (("phone.wav", 4000), ("long-1k.wav", 1000)):
+        assert (f"warning: {name}: sampled at {sr} Hz, below half the model's 22050 Hz: it hears nothing above "
+                f"{sr / 2:g} Hz, so its vectors say little") in said, said
+
+
 def test_long_track_gets_full_windows_and_segment_vectors(tmp_path: Path) -> None:
     music = tmp_path / "music"
     _tone_files(music, 1, seconds=10.0)

@@ -85,7 +85,7 @@ a = json.loads(sys.argv[1])
 s = extract_ray(FeatureStore(Path(a["store"])), [Path(p) for p in a["paths"]], a["model"],
                 WindowPolicy.from_json(a["policy"]), address=a["address"], **a["options"])
 print(json.dumps({"done": s.done, "skipped": s.skipped, "copies": s.copies, "failed": s.failed,
-                  "audio_seconds": s.audio_seconds}))
+                  "audio_seconds": s.audio_seconds, "warnings": s.warnings}))
 """
 
 
@@ -99,7 +99,8 @@ def extract_ray(store: Path, paths: list[Path], model: str, policy: WindowPolicy
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout.strip().splitlines()[-1])
     return ExtractSummary(done=got["done"], skipped=got["skipped"], copies=got["copies"],
-                          failed=[tuple(f) for f in got["failed"]], audio_seconds=got["audio_seconds"])
+                          failed=[tuple(f) for f in got["failed"]], audio_seconds=got["audio_seconds"],
+                          warnings=got["warnings"])
 
 
 @pytest.fixture(scope="module")
@@ -165,20 +166,22 @@ def test_ray_gives_the_local_vectors_and_reruns_skip(ray_address: str, tmp_path:
     _write_tones(music, 3, seconds=9.0, sr=16000)
     shutil.copy(music / "tone00.wav", music / "copy_of_tone00.wav")  # same content: embedded once
     (music / "corrupt.ogg").write_bytes(os.urandom(2048))
+    _write_tones(music / "low", 1, seconds=9.0, sr=4000)[0].rename(music / "phone.wav")  # a warning, as locally
     paths = find_audio([music])
     local = FeatureStore(tmp_path / "local")
     want = extract(local, paths, load_model("musicnn-msd"), POLICY, batch_size=2)
     got = extract_ray(tmp_path / "ray", paths, "musicnn-msd", POLICY, ray_address, batch_size=2, actors=1)
     remote = FeatureStore(tmp_path / "ray")
-    assert (got.done, got.copies, got.skipped) == (3, 1, 0) == (want.done, want.copies, want.skipped)
-    assert got.audio_seconds == 3 * POLICY.max_windows * POLICY.window_seconds  # the copy is not decoded again
+    assert (got.done, got.copies, got.skipped) == (4, 1, 0) == (want.done, want.copies, want.skipped)
+    assert got.warnings == want.warnings and [w.split(":")[0] for w in got.warnings] == ["phone.wav"]
+    assert got.audio_seconds == 4 * POLICY.max_windows * POLICY.window_seconds  # the copy is not decoded again
     assert [Path(p).name for p, _ in got.failed] == ["corrupt.ogg"] == [Path(p).name for p, _ in want.failed]
     # torch in a 1-thread Ray actor vs 2 local threads, with patches batched in chunks across windows:
     # a different summation order, at most 2 float16 ulps (measured: 1 element of 600 at 2 ulps).
     _assert_same_vectors(_by_path(remote, "musicnn-msd"), _by_path(local, "musicnn-msd"), ulps=2)
     again = extract_ray(tmp_path / "ray", [p for p in paths if p.suffix == ".wav"], "musicnn-msd", POLICY,
                         ray_address, batch_size=2)
-    assert (again.done, again.skipped, again.failed) == (0, 4, [])
+    assert (again.done, again.skipped, again.failed) == (0, 5, [])
 
 
 def test_killed_job_resumes_without_loss_or_duplicates(ray_address: str, tones: tuple, tmp_path: Path) -> None:

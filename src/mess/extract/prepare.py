@@ -77,11 +77,16 @@ def decode_windows(record: FileRecord, sample_rate: int, policy: WindowPolicy) -
     time and memory follow the audio analysed, not the file's length; a file of one
     window or less, or one whose seeks fail, is decoded whole, as before. A file changed
     since :func:`inspect_file` (before or during decoding) is refused: its samples would be
-    stored under the content hash of what it held before.
+    stored under the content hash of what it held before. A file sampled below half the model's rate (its header
+    says) is used, with a warning: the model hears almost nothing of its band.
     """
     _check_unchanged(record.path, record.stamp)
     windows = _decode(record, sample_rate, policy)
     _check_unchanged(record.path, record.stamp)
+    rate = record.info.get("sample_rate")
+    if isinstance(rate, int) and 0 < rate < sample_rate / 2:
+        windows.warnings.append(f"{record.path.name}: sampled at {rate} Hz, below half the model's {sample_rate} Hz: "
+                                f"it hears nothing above {rate / 2:g} Hz, so its vectors say little")
     return windows
 
 

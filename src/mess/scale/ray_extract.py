@@ -130,7 +130,8 @@ def _dataset(items: list[dict[str, Any]]) -> ray.data.Dataset:
 
 def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path],
                summary: ExtractSummary) -> list[dict[str, str | float]]:
-    """Catalogue every file; return (path, hash, stamp, duration) of the content this run still has to embed."""
+    """Catalogue every file; return (path, hash, stamp, size, duration, sample rate) of the content this run still
+    has to embed."""
     items = []
     for path in paths:
         known = store.known_file(path)
@@ -153,7 +154,8 @@ def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path],
         else:
             queued.add(rec["hash"])
             todo.append({"path": row["path"], "hash": rec["hash"], "stamp": rec["stamp"], "size": rec["size"],
-                         "duration": float(rec["info"].get("duration") or 0.0)})
+                         "duration": float(rec["info"].get("duration") or 0.0),
+                         "sample_rate": int(rec["info"].get("sample_rate") or 0)})
     return todo
 
 

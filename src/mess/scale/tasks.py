@@ -34,9 +34,9 @@ def inspect_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def decode_row(row: dict[str, Any], sample_rate: int, policy: str) -> dict[str, Any]:
-    """Decode, validate and window one file (``path``, ``hash``, ``stamp``, ``size``, ``duration``) at the model's
-    rate, as the local pipeline does (seeking to each window of a long file; refused when the file changed since it
-    was catalogued).
+    """Decode, validate and window one file (``path``, ``hash``, ``stamp``, ``size``, ``duration``, ``sample_rate``)
+    at the model's rate, as the local pipeline does (seeking to each window of a long file; refused when the file
+    changed since it was catalogued).
 
     Returns the path, hash, error ("" when fine), warnings (newline-joined), window
     starts in seconds and the windows [n_windows, samples] (empty on error).
@@ -45,7 +45,8 @@ def decode_row(row: dict[str, Any], sample_rate: int, policy: str) -> dict[str, 
     out = {"path": row["path"], "hash": row["hash"], "error": "", "warnings": "",
            "starts": np.zeros(0), "audio": np.zeros((0, 0), np.float32)}
     try:
-        record = FileRecord(path, row["hash"], int(row["size"]), 0.0, {"duration": row["duration"]}, {}, row["stamp"])
+        info = {"duration": row["duration"], "sample_rate": int(row.get("sample_rate") or 0)}
+        record = FileRecord(path, row["hash"], int(row["size"]), 0.0, info, {}, row["stamp"])
         win = decode_windows(record, sample_rate, WindowPolicy.from_json(policy))
     except AudioError as exc:
         return {**out, "error": str(exc)}
