@@ -423,6 +423,25 @@ def test_bad_uploads_are_refused(client: TestClient, uploads_dir: Path) -> None:
     assert _uploads_left(uploads_dir) == set()
 
 
+def test_an_upload_with_a_file_name_too_long_is_refused_naming_the_cause(client: TestClient, uploads_dir: Path,
+                                                                         store: FeatureStore) -> None:
+    """A 5000-character file name was answered 'malformed upload: Invalid multipart data.' (the parser's limit on a
+    part's header line), which does not say what is wrong; names past the limit are refused in words, with it."""
+    song = Path(store.tracks()[0].path).read_bytes()
+    for name, why in (("a" * 4996 + ".wav", "its Content-Disposition header is over 4 KiB"),
+                      ("b" * 1021 + ".wav", "1025 characters")):
+        response = client.post("/api/similar/upload", files={"file": (name, song, "audio/flac")})
+        assert response.status_code == 400, response.text
+        assert response.json()["detail"] == f"file name too long ({why}; at most 1024 characters)"
+    longest = "c" * 1019 + ".flac"
+    fits = client.post("/api/similar/upload", params={"k": 1}, files={"file": (longest, song, "audio/flac")})
+    assert fits.status_code == 200 and fits.json()["query"]["file"] == longest, fits.text
+    body, ctype = _multipart("song.flac", song, "audio/flac; x=" + "d" * 5000)  # another header too long: as before
+    other = client.post("/api/similar/upload", content=body, headers={"content-type": ctype})
+    assert other.status_code == 400 and other.json()["detail"] == "malformed upload: Invalid multipart data."
+    assert _uploads_left(uploads_dir) == set()
+
+
 def test_embed_worker_survives_a_hang_and_a_crash(collection: Path, store: FeatureStore) -> None:
     run = store.run("dsp")
     path = Path(store.tracks()[0].path)

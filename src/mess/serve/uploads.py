@@ -40,6 +40,8 @@ START_TIMEOUT = 300.0
 BODY_GRACE = 30.0
 BODY_MIN_RATE = 16 * 2**10
 FIELD = "file"
+MAX_FILENAME = 1024  # characters of an upload's file name (well inside the parser's 4 KiB header line)
+_NAME_TOO_LONG = f"file name too long ({{}}; at most {MAX_FILENAME} characters)"
 _MULTIPART_OVERHEAD = 64 * 2**10
 _COPY_CHUNK = 1 << 20
 
@@ -52,6 +54,20 @@ class _TooSlow(Exception):
     """The request body came in slower than the minimum rate."""
 
 
+class _Parser(MultiPartParser):
+    """Starlette's multipart parser, knowing the name of the part header it reads (to say which one is too long)."""
+
+    header = b""
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.header += data[start:end]
+        super().on_header_field(data, start, end)
+
+    def on_header_end(self) -> None:
+        self.header = b""
+        super().on_header_end()
+
+
 @dataclass(frozen=True)
 class SavedUpload:
     """An uploaded file written to a private temp file (delete it when done)."""
@@ -62,7 +78,9 @@ class SavedUpload:
 
 
 def check_audio_type(filename: str, content_type: str | None) -> str:
-    """The file's lower-case extension; 415 unless it is a supported audio type."""
+    """The file's lower-case extension; 415 unless it is a supported audio type, 400 for a name too long."""
+    if len(filename) > MAX_FILENAME:
+        raise HTTPException(400, _NAME_TOO_LONG.format(f"{len(filename)} characters"))
     suffix = Path(filename or "").suffix.lower()
     if suffix not in AUDIO_EXTENSIONS:
         raise HTTPException(415, f"unsupported file type {suffix or '(none)'!r}; upload one of "
@@ -103,7 +121,8 @@ async def receive_upload(request: Request, max_bytes: int) -> SavedUpload:
     """Stream a multipart upload (field ``file``) to a temp file, enforcing size and type.
 
     Raises HTTPException: 413 past ``max_bytes``, 415 for non-audio files or bodies,
-    408 for a body slower than the rate rule, 400 for malformed or empty uploads.
+    408 for a body slower than the rate rule, 400 for malformed or empty uploads and for a file name longer than
+    ``MAX_FILENAME`` characters.
     """
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise HTTPException(415, f"send the audio file as multipart/form-data in a field named {FIELD!r}")
@@ -111,8 +130,8 @@ async def receive_upload(request: Request, max_bytes: int) -> SavedUpload:
     declared = request.headers.get("content-length", "")
     if declared.isascii() and declared.isdigit() and int(declared) > max_bytes + _MULTIPART_OVERHEAD:
         raise too_large
-    parser = MultiPartParser(request.headers, _limited(request.stream(), max_bytes + _MULTIPART_OVERHEAD),
-                             max_files=1, max_fields=8)
+    parser = _Parser(request.headers, _limited(request.stream(), max_bytes + _MULTIPART_OVERHEAD),
+                     max_files=1, max_fields=8)
     try:
         form = await parser.parse()
     except _TooLarge:
@@ -121,6 +140,8 @@ async def receive_upload(request: Request, max_bytes: int) -> SavedUpload:
         raise HTTPException(408, f"the upload came in too slowly (the body must arrive at "
                                  f"{BODY_MIN_RATE // 2**10} KiB/s or more after {BODY_GRACE:g} s)") from None
     except MultiPartException as exc:
+        if parser.header.lower() == b"content-disposition" and "header size" in str(exc.__cause__):
+            raise HTTPException(400, _NAME_TOO_LONG.format("its Content-Disposition header is over 4 KiB")) from None
         raise HTTPException(400, f"malformed upload: {exc.message}") from None
     try:
         upload = form.get(FIELD)
