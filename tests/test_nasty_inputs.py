@@ -77,6 +77,29 @@ def test_an_output_that_is_a_pipe_is_written_into_not_replaced(tone_store: Path,
     assert "#EXTM3U" in got and "tone" in got, got
 
 
+@pytest.mark.parametrize(("command", "fmt", "first"), [
+    (["radio", "1", "-n", "2"], "m3u8", "#EXTM3U"),
+    (["path", "1", "3", "-n", "3"], "xspf", '<?xml version="1.0" encoding="UTF-8"?>'),
+])
+def test_a_playlist_streams_to_stdout_in_the_format_asked_for(tone_store: Path, command: list[str], fmt: str,
+                                                              first: str) -> None:
+    """`playlist radio ... -o /dev/stdout` was refused ("unknown playlist extension '(none)'") and there was no
+    --format to name one; --format now gives the format of an output whose name has none, written into the pipe."""
+    done = _mess("playlist", *command, "-o", "/dev/stdout", "--format", fmt, "--store", str(tone_store))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == first and done.stdout.count("tone") >= 2, done.stdout
+    assert "wrote" in done.stderr and "/dev/stdout" in done.stderr
+    bare = _mess("playlist", *command, "-o", "/dev/stdout", "--store", str(tone_store))
+    assert bare.returncode == 1 and bare.stdout == "" and " ".join(bare.stderr.split()) == (
+        "error: unknown playlist extension '(none)' of /dev/stdout; use .m3u8 or .xspf, or give the format "
+        "(--format m3u8 or xspf)"), bare.stderr
+    other = "xspf" if fmt == "m3u8" else "m3u8"
+    clash = _mess("playlist", *command, "-o", f"/dev/null/mix.{other}", "--format", fmt, "--store", str(tone_store))
+    assert clash.returncode == 1 and " ".join(clash.stderr.split()) == (
+        f"error: /dev/null/mix.{other} is named as a {other} playlist but the format asked for is {fmt}; drop one "
+        "or make them agree"), clash.stderr
+
+
 @pytest.mark.parametrize(("rows", "want"), [
     ("{a},x\n{b}\n{c},y\n", ":3: 1 cells where the header has 2"),
     ("{a},x\n{b},x,y\n{c},y\n", ":3: 3 cells where the header has 2"),

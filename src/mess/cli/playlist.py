@@ -1,4 +1,5 @@
-"""`mess playlist radio / path / clusters`: playlists written as M3U8 or XSPF (by -o's extension) or JSON."""
+"""`mess playlist radio / path / clusters`: playlists written as M3U8 or XSPF (by -o's extension or --format) or
+JSON."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ if TYPE_CHECKING:
 playlist_app = typer.Typer(
     help="Playlists from the similarity space: radio, sonic path, clusters.", no_args_is_help=True
 )
-OutOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write the playlist here: .m3u8 or .xspf.")]
+OutOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write the playlist here: .m3u8 or .xspf "
+                                             "(another name, such as /dev/stdout, with --format).")]
+FormatOpt = Annotated[str | None, typer.Option("--format", help="m3u8 or xspf, for an --output whose name has no "
+                                               "playlist extension.")]
 
 
 def radio_command(
@@ -26,6 +30,7 @@ def radio_command(
     ],
     n: Annotated[int, typer.Option("-n", min=1, help="How many tracks.")] = 30,
     output: OutOpt = None,
+    fmt: FormatOpt = None,
     aspect: AspectOpt = None,
     window: Annotated[
         int,
@@ -52,7 +57,7 @@ def radio_command(
         except PlaylistError as exc:
             fail(str(exc))
         stale_aspect_note(fs, run, aspect)
-    _emit(playlist, output, as_json)
+    _emit(playlist, output, fmt, as_json)
 
 
 def path_command(
@@ -60,6 +65,7 @@ def path_command(
     end: Annotated[str, typer.Argument(help="Last track: id, collection path or file name.")],
     n: Annotated[int, typer.Option("-n", min=2, help="How many tracks, START and END included.")] = 12,
     output: OutOpt = None,
+    fmt: FormatOpt = None,
     aspect: AspectOpt = None,
     model: ModelOpt = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
@@ -76,7 +82,7 @@ def path_command(
         except PlaylistError as exc:
             fail(str(exc))
         stale_aspect_note(fs, run, aspect)
-    _emit(playlist, output, as_json)
+    _emit(playlist, output, fmt, as_json)
 
 
 def clusters_command(
@@ -127,15 +133,16 @@ def clusters_command(
         console.print(f"[dim]{plain(str(f))}[/]")
 
 
-def _emit(playlist: Playlist, output: Path | None, as_json: bool) -> None:
-    """Write the playlist file when asked, then print it as JSON or a table."""
+def _emit(playlist: Playlist, output: Path | None, fmt: str | None, as_json: bool) -> None:
+    """Write the playlist file when asked (in ``fmt`` when its name has no playlist extension), then print it as
+    JSON or a table."""
     from mess.playlists.formats import write_playlist
     from mess.playlists.playlist import PlaylistError
 
     written = None
     if output is not None:
         try:
-            written = write_playlist(playlist, output)
+            written = write_playlist(playlist, output, fmt)
         except PlaylistError as exc:
             fail(str(exc))
         except OSError as exc:

@@ -95,10 +95,27 @@ def render(playlist: Playlist, fmt: str, folder: Path | None = None, locate: Loc
     return (render_m3u8 if fmt == "m3u8" else render_xspf)(playlist, folder, locate)
 
 
-def write_playlist(playlist: Playlist, path: Path) -> Path:
-    """Write ``playlist`` to ``path`` in the format its extension names; returns the path."""
+def output_format(path: Path, fmt: str | None = None) -> str:
+    """The format to write ``path`` in: its extension's, else ``fmt`` ('m3u8' or 'xspf': /dev/stdout has no
+    extension); PlaylistError when neither names one or they name two."""
+    if fmt is not None and fmt not in ("m3u8", "xspf"):
+        raise PlaylistError(f"unknown playlist format {fmt!r}; use m3u8 or xspf")
+    named = FORMATS.get(Path(path).suffix.lower())
+    if named is not None and fmt is not None and named != fmt:
+        raise PlaylistError(f"{path} is named as a {named} playlist but the format asked for is {fmt}; "
+                            "drop one or make them agree")
+    chosen = named or fmt
+    if chosen is None:
+        raise PlaylistError(f"unknown playlist extension {Path(path).suffix or '(none)'!r} of {path}; "
+                            "use .m3u8 or .xspf, or give the format (--format m3u8 or xspf)")
+    return chosen
+
+
+def write_playlist(playlist: Playlist, path: Path, fmt: str | None = None) -> Path:
+    """Write ``playlist`` to ``path`` in :func:`output_format`'s format (a device or a pipe, such as /dev/stdout,
+    is written into); returns the path."""
     path = Path(path).expanduser()
-    replace_file(path, _content(playlist, path, playlist_format(path)))
+    replace_file(path, _content(playlist, path, output_format(path, fmt)))
     return path
 
 
