@@ -232,7 +232,7 @@ def test_info_counts_artists_as_the_artist_commands_group_them(tmp_path: Path) -
 def test_a_repair_forgets_the_fused_vectors_of_rows_a_new_file_may_take(tmp_path: Path) -> None:
     """Derived vectors are stored by row. A repair that dropped the last file's vectors freed its row; the next
     file extracted took it and was searched with the dropped file's fused vector (found by a review)."""
-    from mess.store.check import full_check, repair
+    from mess.store.check import repair
 
     store = FeatureStore(tmp_path)
     run = store.ensure_run(run_key(INFO, WindowPolicy()))
@@ -243,7 +243,7 @@ def test_a_repair_forgets_the_fused_vectors_of_rows_a_new_file_may_take(tmp_path
     damaged[3] = np.nan  # the last file's vector, damaged on disk
     damaged.flush()
     del damaged
-    done = repair(store, full_check(store))
+    done = repair(store)
     assert any("forgot the fused vectors of 1 files" in line for line in done), done
     new = store.upsert_track(Path("/music/new.wav"), "h-new", 10, 1.0, {}, {"artist": "y"})
     store.write_vectors(run, [_vectors("h-new", 1, 9)])

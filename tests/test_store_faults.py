@@ -26,6 +26,7 @@ import pytest
 import soundfile as sf
 
 from mess.store import FeatureStore, Run, StoreDamaged, StoreError, catalog
+from mess.store.lock import StoreLock
 
 MESS = [sys.executable, "-m", "mess.cli"]
 DSP = ["--model", "dsp", "--window", "4", "--max-windows", "3", "--batch-size", "2"]
@@ -992,6 +993,40 @@ def test_a_flipped_bit_is_refused_then_repaired(tmp_path: Path, level: str) -> N
     _assert_same(_by_path(store), want)
 
 
+def _wait_for(path: Path, text: str, seconds: float) -> bool:
+    """Whether ``text`` appears in the file at ``path`` within ``seconds``."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if text in path.read_text():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_repair_acts_on_a_scan_under_the_lock_not_on_an_earlier_check(tmp_path: Path) -> None:
+    """`mess check --repair` dropped what its check had found before it took the write lock: damage another writer
+    mended while it waited for the lock cost a good file its vectors. It scans again under the lock, and acts on
+    (and reports) only what that scan finds."""
+    music = tmp_path / "music"
+    _tones(music, 5)
+    store = tmp_path / "store"
+    want = _clean(music, store)
+    (path,) = store.glob("runs/*/track/000.f16")
+    good = path.read_bytes()
+    _damage_row(store, np.nan)
+    assert _check_kinds(store) == (1, ["non-finite"])
+    err = tmp_path / "repair.err"
+    with StoreLock(store).hold("a writer that mends"), err.open("w") as stderr:
+        repair = subprocess.Popen([*MESS, "check", "--repair", "--json", "--store", str(store)],
+                                  stdout=subprocess.PIPE, stderr=stderr, text=True)
+        _wait_for(err, "waiting for the store lock", 30)  # an older mess said nothing: it had scanned by then
+        path.write_bytes(good)  # mended while the repair waits
+    out, _ = repair.communicate(timeout=300)
+    report = json.loads(out)
+    assert repair.returncode == 0 and report["ok"] and report["repaired"] == [], (report, err.read_text())
+    _assert_same(_by_path(store), want)
+
+
 def test_a_store_from_before_checksums_reads_and_gets_them_by_repair(tmp_path: Path) -> None:
     music = tmp_path / "music"
     _tones(music, 5)
@@ -1393,3 +1428,4 @@ def test_an_ivf_index_asked_of_too_few_tracks_says_it_is_flat(tmp_path: Path) ->
     shown = _mess("index", "--kind", "ivf", "--rebuild", "--store", store)
     assert "ivf needs 32 tracks" in " ".join((shown.stdout + shown.stderr).split())
     assert json.loads(_mess("index", "--kind", "flat", "--store", store, "--json").stdout)["note"] == ""
+

@@ -30,7 +30,7 @@ def check_command(
     Exit status: 0 when the store is whole (or was repaired), 1 when damage remains.
     """
     try:
-        health = check_store(store, fix=fix)
+        health = check_store(store, fix=fix, on_wait=lambda m: console.print(f"[yellow]{plain(m)}[/]"))
     except StoreError as exc:
         fail(str(exc))
     if json_out:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,22 +33,28 @@ class StoreHealth:
                    for p in self.stale]}
 
 
-def check_store(path: Path, *, fix: bool = False) -> StoreHealth:
-    """Check the store at ``path`` (without the verify-on-open that refuses a damaged one); with ``fix``,
-    repair what the row files allow, delete stale indexes, and check again. StoreError when it cannot open."""
-    store = FeatureStore(path, readonly=not fix, verify=False)
+def check_store(path: Path, *, fix: bool = False, on_wait: Callable[[str], None] | None = None) -> StoreHealth:
+    """Check the store at ``path`` (without the verify-on-open that refuses a damaged one); with ``fix``, first
+    repair what a scan under the write lock finds and the row files allow, and delete stale indexes. StoreError
+    when it cannot open; ``on_wait`` hears when the repair waits for another writer."""
+    store = FeatureStore(path, readonly=not fix, verify=False, on_wait=on_wait)
     try:
+        actions = _repair(store) if fix else []
         problems = full_check(store)
-        catalog = any(p.kind == "catalog" for p in problems)
-        stale = [] if catalog else stale_indexes(store)
-        actions: list[str] = []
-        if fix and not catalog and (problems or stale):
-            actions = repair(store, problems)
-            for index in stale_indexes(store):  # after the repair: the vectors it drops make indexes stale too
-                delete_index(index)
-                actions.append(f"deleted stale index {index.name}")
-            problems = full_check(store)
-            stale = stale_indexes(store)
+        stale = [] if any(p.kind == "catalog" for p in problems) else stale_indexes(store)
     finally:
         store.close()
     return StoreHealth(problems, stale, actions)
+
+
+def _repair(store: FeatureStore) -> list[str]:
+    """Repair the store and delete its stale indexes, under one hold of the write lock; what was done."""
+    with store.writing("mess check --repair"):
+        try:
+            actions = repair(store)
+        except ValueError:  # a damaged catalog: the check after names it
+            return []
+        for index in stale_indexes(store):  # after the repair: the vectors it drops make indexes stale too
+            delete_index(index)
+            actions.append(f"deleted stale index {index.name}")
+    return actions

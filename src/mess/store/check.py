@@ -78,12 +78,17 @@ def full_check(store: FeatureStore) -> list[Problem]:
         return [Problem("catalog", None, f"the catalog cannot be read ({exc})")]
 
 
-def repair(store: FeatureStore, problems: list[Problem]) -> list[str]:
-    """Fix what :func:`full_check` found (under the write lock); returns what was done, one line each."""
-    if any(p.kind == "catalog" for p in problems):
-        raise ValueError("the catalog itself is damaged; it cannot be repaired from the row files")
+def repair(store: FeatureStore) -> list[str]:
+    """Fix what :func:`full_check` finds under the write lock; returns what was done, one line each.
+
+    The scan runs after the lock is taken, so another writer's changes since an earlier check (rows added or
+    rewritten, damage already mended) are what it acts on, never that check's stale findings.
+    """
     done: list[str] = []
     with store.writing("mess check --repair"):
+        problems = full_check(store)
+        if any(p.kind == "catalog" for p in problems):
+            raise ValueError("the catalog itself is damaged; it cannot be repaired from the row files")
         for run in store.runs():
             mine = [p for p in problems if p.run_id == run.id and p.kind != "not-embedded"]  # for `mess extract`
             if not mine:
