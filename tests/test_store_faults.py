@@ -1429,3 +1429,20 @@ def test_an_ivf_index_asked_of_too_few_tracks_says_it_is_flat(tmp_path: Path) ->
     assert "ivf needs 32 tracks" in " ".join((shown.stdout + shown.stderr).split())
     assert json.loads(_mess("index", "--kind", "flat", "--store", store, "--json").stdout)["note"] == ""
 
+
+def test_a_flat_index_built_for_too_small_an_ivf_request_is_kept_until_ivf_can_train(tmp_path: Path) -> None:
+    """`mess index --kind ivf` on 10 tracks built a flat index, and every later run built it again (the index on disk
+    was not of the kind asked for). It is current while the collection is unchanged, and becomes IVF once IVF can
+    train (32 tracks)."""
+    music, store = tmp_path / "m", str(tmp_path / "st")
+    _tones(music, 10, seconds=1.5)
+    assert _mess("extract", str(music), *DSP, "--store", store).returncode == 0
+    runs = [json.loads(_mess("index", "--kind", "ivf", "--store", store, "--json").stdout) for _ in range(2)]
+    assert [(r["mode"], r["kind"]) for r in runs] == [("built", "flat"), ("unchanged", "flat")], runs
+    assert "ivf needs 32 tracks" in runs[1]["note"]
+    shown = _mess("index", "--kind", "ivf", "--store", store)
+    assert "unchanged flat index" in " ".join((shown.stdout + shown.stderr).split()), shown.stderr
+    _tones(music, 22, seconds=1.5, offset=10)
+    assert _mess("extract", str(music), *DSP, "--store", store).returncode == 0
+    grown = json.loads(_mess("index", "--store", store, "--json").stdout)  # the request is kept: ivf
+    assert (grown["mode"], grown["kind"], grown["n"], grown["note"]) == ("built", "ivf", 32, ""), grown

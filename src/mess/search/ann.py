@@ -54,6 +54,12 @@ def choose_kind(n: int) -> str:
     return "ivf" if n < IVFPQ_MIN else "ivfpq"
 
 
+def built_kind(kind: str, n: int) -> str:
+    """The kind :meth:`AnnIndex.build` gives ``n`` vectors asked for ``kind``: flat when IVF has too few to train."""
+    kind = choose_kind(n) if kind == "auto" else kind
+    return "flat" if kind in ("ivf", "ivfpq") and n < 2 * n_lists(n) else kind
+
+
 def n_lists(n: int) -> int:
     """Number of IVF lists: the power of two nearest to 4 * sqrt(n), at least 16."""
     return max(16, 2 ** round(math.log2(4 * math.sqrt(max(n, 1)))))
@@ -85,11 +91,9 @@ class AnnIndex:
         """Train (when needed), add and tune an index over unit ``vectors`` labelled with ``ids``."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         n, dim = vectors.shape
-        kind = choose_kind(n) if kind == "auto" else kind
-        if kind not in KINDS:
+        if kind != "auto" and kind not in KINDS:
             raise ValueError(f"unknown index kind {kind!r}; choose auto or one of {', '.join(KINDS)}")
-        if kind in ("ivf", "ivfpq") and n < 2 * n_lists(n):
-            kind = "flat"  # too few vectors to train the coarse quantizer
+        kind = built_kind(kind, n)  # flat: too few vectors to train the coarse quantizer
         ann = cls(_new_index(kind, dim, n), kind)
         rng = np.random.default_rng(seed)
         if not ann.index.is_trained:

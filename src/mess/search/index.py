@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mess.constants import NPZ_ERRORS
-from mess.search.ann import AnnIndex, choose_kind, n_lists
+from mess.search.ann import AnnIndex, built_kind, n_lists
 from mess.search.vectors import Preprocessor, VectorSet, VectorSpec, vectors_source
 from mess.store import FeatureStore, Run, StoreError
 from mess.store.paths import replace_file
@@ -122,7 +122,7 @@ def build_index(store: FeatureStore, vs: VectorSet, kind: str = "auto", *, rebui
         old_hash = dict(zip(old.ids.tolist(), old.hashes.tolist(), strict=False))
         gone = np.array([i for i, h in old_hash.items() if new_hash.get(i) != h], dtype=np.int64)
         fresh = np.array([i for i, h in new_hash.items() if old_hash.get(i) != h], dtype=np.int64)
-        wanted = choose_kind(len(vs.ids)) if requested == "auto" else requested
+        wanted = built_kind(requested, len(vs.ids))  # a flat index built for too small an ivf request is current
         drift = old.drift + len(gone) + len(fresh)  # counted from the build the preprocessor was fitted at
         small = drift <= REBUILD_FRACTION * max(old.fitted, 1)
         if wanted == old.ann.kind and small and (old.ann.removable or not len(gone)):
