@@ -312,6 +312,31 @@ def test_check_sums_a_files_windows_across_the_chunks_it_reads(tmp_path: Path) -
     assert [p.hashes for p in found.problems] == [frozenset({"h1365"})]
 
 
+def test_repair_sums_an_older_stores_rows_as_their_bytes_on_disk_reading_in_chunks(tmp_path: Path) -> None:
+    """`mess check --repair` records the sums of rows an older mess wrote (no checksums); it read every row file
+    whole, all at once, to do it, and now reads each in chunks: each recorded sum is the CRC-32 of the row's bytes as
+    the file holds them, for a file whose windows straddle two chunks too."""
+    import zlib
+
+    from mess.store.check import repair
+
+    store = FeatureStore(tmp_path)
+    run = store.ensure_run(run_key(INFO, WindowPolicy()))
+    store.write_vectors(run, [_vectors(f"h{i}", 3, i) for i in range(1366)])  # the last file: rows 4095-4097
+    with store.db:  # as an older mess left them
+        store.db.execute("UPDATE vectors SET checksums=NULL WHERE content_hash != 'h7'")
+    assert repair(store) == ["toy (run 1): recorded the checksums of 1365 files' vectors (written by an older mess)"]
+    files = {(level, i): store.row_file(run, level, i).path.read_bytes() for level in ("track", "segment")
+             for i in range(2)}
+    for content_hash, track_row, seg_row, n, blob in store.db.execute(
+            "SELECT content_hash, track_row, seg_row, n_segments, checksums FROM vectors"):
+        want = [zlib.crc32(files["track", i][track_row * d * 2:(track_row + 1) * d * 2])
+                for i, d in enumerate(INFO.layer_dims)]
+        want += [zlib.crc32(files["segment", i][seg_row * d * 2:(seg_row + n) * d * 2])
+                 for i, d in enumerate(INFO.layer_dims)]
+        assert np.frombuffer(blob, dtype="<u4").tolist() == want, content_hash
+
+
 def test_a_folder_named_like_an_extracted_model_does_not_hide_its_run(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """With a folder ./toy in the working directory, every command said 'no vectors for model /cwd/toy' (the name

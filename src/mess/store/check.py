@@ -20,7 +20,7 @@ import numpy as np
 
 from mess.store.arrays import RowFile, ShortFile, non_finite
 from mess.store.catalog import has_column
-from mess.store.checksums import BlockSums, block_sum, expected, pack, row_expected
+from mess.store.checksums import BlockSums, expected, pack, row_expected
 from mess.store.feature_store import FeatureStore, Run
 from mess.store.paths import leftover_temps, printable
 
@@ -319,12 +319,25 @@ def _catalog_sums(store: FeatureStore, run: Run, where: str = "") -> list[sqlite
 def _add_checksums(store: FeatureStore, run: Run) -> int:
     """Record the checksums of the run's vectors that have none (written by an older mess); how many were added.
 
-    Called by :func:`repair` after it dropped every vector it found damaged, so what is summed was checked."""
+    Called by :func:`repair` after it dropped every vector it found damaged, so what is summed was checked. Each row
+    file is read once, in chunks, one at a time: memory stays bounded however large the store."""
     rows = _catalog_sums(store, run, "AND checksums IS NULL")
-    files = [(store.row_file(run, "track", i).read(), store.row_file(run, "segment", i).read())
-             for i in range(len(run.layer_names))]
-    sums = [(pack([block_sum(t[r[1]:r[1] + 1]) for t, _ in files], [block_sum(s[r[2]:r[2] + r[3]]) for _, s in files]),
-             run.id, r[0]) for r in rows]
+    sums: dict[str, list[list[int]]] = {}
+    for level in ("track", "segment"):
+        starts = np.array([r[1] if level == "track" else r[2] for r in rows], dtype=np.int64)
+        counts = np.array([1 if level == "track" else r[3] for r in rows], dtype=np.int64)
+        sums[level] = [_block_sums(store.row_file(run, level, layer), starts, counts)
+                       for layer in range(len(run.layer_names))]
+    packed = [(pack([s[i] for s in sums["track"]], [s[i] for s in sums["segment"]]), run.id, r[0])
+              for i, r in enumerate(rows)]
     with store.db:
-        store.db.executemany("UPDATE vectors SET checksums=? WHERE run_id=? AND content_hash=?", sums)
-    return len(sums)
+        store.db.executemany("UPDATE vectors SET checksums=? WHERE run_id=? AND content_hash=?", packed)
+    return len(packed)
+
+
+def _block_sums(file: RowFile, starts: np.ndarray, counts: np.ndarray) -> list[int]:
+    """The checksum of each block of a row file (``counts[i]`` rows from row ``starts[i]``), read in chunks."""
+    sums = BlockSums(starts, counts)
+    for first, chunk in file.stored_chunks(int((starts + counts).max(initial=0))):
+        sums.add(first, chunk)
+    return sums.sums()

@@ -64,11 +64,11 @@ def row_expected(blob: bytes | None, rows: int) -> np.ndarray:
 class BlockSums:
     """Blocks of a file's rows (``counts[i]`` rows from row ``starts[i]``) checked against their recorded sums
     ``want[i]`` as the rows are read in order, a chunk at a time (a block may span chunks); blocks with none recorded
-    are not summed."""
+    are not summed. Without ``want`` every block is summed (:meth:`sums`)."""
 
-    def __init__(self, starts: np.ndarray, counts: np.ndarray, want: np.ndarray) -> None:
-        self._want = want
-        self._check = np.flatnonzero(want != NONE)
+    def __init__(self, starts: np.ndarray, counts: np.ndarray, want: np.ndarray | None = None) -> None:
+        self._want = np.zeros(len(starts), dtype=np.int64) if want is None else want
+        self._check = np.flatnonzero(self._want != NONE)
         self._begin = np.asarray(starts, dtype=np.int64)[self._check]
         self._end = self._begin + np.asarray(counts, dtype=np.int64)[self._check]
         self._sums = [0] * len(self._check)  # CRC-32 of no bytes: a block's sum before its first row
@@ -84,6 +84,10 @@ class BlockSums:
         for i, a, b in zip(hit.tolist(), begins.tolist(), ends.tolist(), strict=True):
             self._sums[i] = zlib.crc32(rows[a:b].data, self._sums[i])
             self._left[i] -= b - a
+
+    def sums(self) -> list[int]:
+        """The sum of each block summed (every block when no ``want`` was given), of the rows read so far."""
+        return list(self._sums)
 
     def changed(self) -> np.ndarray:
         """Which blocks differ from their recorded sums; a block not wholly read (a file cut meanwhile) does not."""
