@@ -618,6 +618,32 @@ def test_retagging_changes_tags_not_vectors(tmp_path: Path) -> None:
     fs.close()
 
 
+def test_an_unchanged_files_tags_from_an_older_tag_reader_are_read_again(tmp_path: Path) -> None:
+    """A catalog row an older mess wrote holds only the first of two Vorbis ARTIST values; `mess extract` re-reads
+    every file's tags (cheap: no decoding), so the unchanged file's artist becomes 'Alpha; Beta', not embedded again.
+    A guard: this already held when it was suspected (a known file skips only hashing and embedding)."""
+    import mutagen
+
+    music = tmp_path / "music"
+    music.mkdir()
+    t = np.arange(22050 * 5) / 22050
+    sf.write(music / "duo.flac", (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), 22050)
+    tagged = mutagen.File(str(music / "duo.flac"))
+    tagged["ARTIST"] = ["Alpha", "Beta"]
+    tagged.save()
+    store = tmp_path / "store"
+    before = _clean(music, store)
+    with closing(sqlite3.connect(store / "catalog.sqlite")) as db, db:  # as a mess before multi-valued tags left it
+        db.execute("UPDATE tracks SET artist='Alpha'")
+        embedded_at = db.execute("SELECT created_at FROM vectors").fetchall()
+    out = _mess("extract", str(music), *DSP, "--store", str(store))
+    assert out.returncode == 0 and "0 embedded" in out.stderr and "1 unchanged" in out.stderr, out.stderr
+    with closing(sqlite3.connect(store / "catalog.sqlite")) as db:
+        assert db.execute("SELECT artist FROM tracks").fetchall() == [("Alpha; Beta",)]
+        assert db.execute("SELECT created_at FROM vectors").fetchall() == embedded_at
+    _assert_same(_by_path(store), before)
+
+
 def test_changed_content_with_same_size_and_mtime_is_embedded_again(tmp_path: Path) -> None:
     music = tmp_path / "music"
     path = _tones(music, 1)[0]
