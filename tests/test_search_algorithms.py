@@ -19,7 +19,7 @@ from mess.search.metrics import (
     ranked_relevance,
     retrieval_scores,
 )
-from mess.search.vectors import Preprocessor
+from mess.search.vectors import MIN_FIT_TRACKS, Preprocessor
 
 
 @pytest.fixture(autouse=True)
@@ -189,6 +189,19 @@ def test_hub_statistics_leave_out_own_vector() -> None:
         assert stats.mu[i] == pytest.approx((1 - others).mean(), rel=1e-5)
 
 
+def test_hub_statistics_of_outside_queries_average_exactly_k_neighbours() -> None:
+    """A query that is not in the collection (a file given by path) has nothing to leave out: its CSLS
+    neighbourhood is still its k nearest tracks, not the k + 1 the search asks for."""
+    x, _ = clustered(200, 12, 4, seed=7)
+    outside, _ = clustered(4, 12, 4, seed=8)
+    reducer = HubnessReducer("csls", x, lambda v, kk: exact_knn(x, v, kk), k=5, sample=200)
+    stats = reducer.stats(outside)
+    sims = outside @ x.T
+    np.testing.assert_allclose(stats.r, np.sort(sims, axis=1)[:, -5:].mean(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(stats.mu, (1 - sims).mean(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(stats.sd, (1 - sims).std(axis=1), rtol=1e-4)
+
+
 # ---- preprocessing -------------------------------------------------------------------
 
 
@@ -227,3 +240,23 @@ def test_zscore_does_not_let_a_nearly_constant_dimension_decide_a_new_tracks_vec
     assert float(prep.apply(copy)[0] @ prep.apply(raw[:1])[0]) > 0.99
     unfloored = (copy - raw.mean(axis=0)) / raw.std(axis=0)  # what a plain z-score would make of it
     assert np.argmax(np.abs(unfloored)) == 3
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_each_normalisation_is_the_textbook_one_and_few_tracks_get_plain_cosine() -> None:
+    """none = L2 of the raw vectors, center = L2 after subtracting the collection mean, zscore = L2 after
+    per-dimension standardisation; fitted on fewer than MIN_FIT_TRACKS tracks every one is plain L2."""
+    rng = np.random.default_rng(10)
+    raw = rng.standard_normal((20, 5)) * np.array([1.0, 2.0, 3.0, 4.0, 50.0]) + 7.0
+    fit = {norm: Preprocessor.fit(raw, (5,), norm).apply(raw) for norm in ("none", "center", "zscore")}
+    np.testing.assert_allclose(fit["none"], _l2(raw), atol=1e-5)
+    np.testing.assert_allclose(fit["center"], _l2(raw - raw.mean(axis=0)), atol=1e-5)
+    np.testing.assert_allclose(fit["zscore"], _l2((raw - raw.mean(axis=0)) / raw.std(axis=0)), atol=1e-5)
+    at = raw[:MIN_FIT_TRACKS]
+    np.testing.assert_allclose(Preprocessor.fit(at, (5,), "center").apply(at), _l2(at - at.mean(axis=0)), atol=1e-5)
+    few = raw[: MIN_FIT_TRACKS - 1]
+    for norm in ("center", "zscore"):
+        np.testing.assert_allclose(Preprocessor.fit(few, (5,), norm).apply(few), _l2(few), atol=1e-5)

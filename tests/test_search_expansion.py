@@ -141,3 +141,19 @@ def test_expansion_never_pushes_a_near_copy_of_the_query_down(tmp_path: Path) ->
     want = expanded_scores(plain, moved)
     assert [n.track.id for n in got] == [ids[i] for i in np.argsort(-want, kind="stable")]
     assert [n.adjusted for n in got] == pytest.approx(np.sort(want)[::-1].tolist(), abs=1e-5)
+
+
+def test_expanded_query_is_the_alpha_weighted_sum_of_the_query_and_its_k_nearest_tracks() -> None:
+    """alpha-QE computed here from its definition: q + sum over the k nearest other tracks of max(cos, 0)^alpha
+    times the track, L2-normalised. With k = n - 1 about half the neighbours have negative cosines: no weight."""
+    rng = np.random.default_rng(4)
+    unit = rng.standard_normal((30, 8))
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    sims = unit @ unit.T
+    for k, alpha in ((3, 1.0), (5, 2.0), (29, 1.0)):
+        got = expand_collection(unit, k, alpha)
+        for i in range(len(unit)):
+            others = np.delete(np.arange(len(unit)), i)
+            top = others[np.argsort(-sims[i, others])[:k]]
+            want = unit[i] + (np.clip(sims[i, top], 0.0, None) ** alpha) @ unit[top]
+            np.testing.assert_allclose(got[i], want / np.linalg.norm(want), atol=1e-6, err_msg=f"k={k} alpha={alpha}")
