@@ -81,3 +81,32 @@ def test_cli_on_real_store(extracted_store: Path, tmp_path: Path) -> None:
                               "--store", str(extracted_store), "--json"])
     assert out.exit_code == 0, out.output
     assert [r["id"] for r in json.loads(out.stdout)["results"]].count(1) == 0
+
+
+def test_a_file_changed_since_extraction_is_never_its_own_answer(rendered_collection: list[Path],
+                                                                 tmp_path: Path) -> None:
+    """A collection file rewritten with other audio is searched as it is now; its stale catalogue entry (vectors of
+    what the file held before) is left out of the answers, which otherwise list every other track."""
+    import os
+    from contextlib import closing
+
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.registry import load_model
+
+    music = tmp_path / "music"
+    music.mkdir()
+    for path in rendered_collection[0:12:2]:
+        shutil.copy(path, music)
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        assert not extract(store, sorted(music.iterdir()), load_model("dsp"), WindowPolicy()).failed
+    target = music / rendered_collection[0].name
+    shutil.copy(rendered_collection[13], target)  # another piece, not in the collection
+    os.utime(target, (1e9, 1e9))  # a change stamp of its own, whatever the file system's time resolution
+    with closing(FeatureStore(tmp_path / "store", readonly=True)) as store:
+        run = store.run("dsp")
+        stale = store.track_at(str(target.resolve()))
+        query = resolve_query(store, target, run)
+        assert stale is not None and query.replaces is not None and query.replaces.id == stale.id
+        found = [n.track.id for n in similar_tracks(store, run, query, k=20)]
+        assert sorted(found) == sorted(t.id for t in store.tracks(run) if t.id != stale.id)

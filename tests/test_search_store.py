@@ -679,3 +679,36 @@ def test_evaluate_says_when_too_few_queries_back_its_best_vectors(synth: tuple[F
     data = json.loads(enough.stdout)
     assert data["n_queries"] == 70 and data["caveat"] is None
     assert json.loads(CliRunner().invoke(_cli(), args[:3] + ["--json"]).stdout)["caveat"] is None
+
+
+def test_evaluation_scores_and_hubness_are_those_of_the_cosine_rankings_computed_here(
+        synth: tuple[FeatureStore, Run]) -> None:
+    """mAP against scikit-learn, and the k-occurrence of each query's k nearest other tracks (itself left out),
+    for every layer and all layers, from the unit vectors ranked here."""
+    from scipy.stats import skew
+    from sklearn.metrics import average_precision_score
+
+    from mess.search.evaluate import track_labels
+
+    store, run = synth
+    tracks = store.tracks(run)
+    labels = {i: a for i, a in track_labels(tracks, "artist").items() if a != "someone else"}  # no duplicate
+    k = 5
+    ev = evaluate(store, run, "artist", k=k, labels=labels, expand=0)
+    assert [s.name for s in ev.sets] == ["l0", "l1", "l2", "all layers"]
+    for s in ev.sets:
+        spec = VectorSpec.from_options(layer=None if s.kind == "all" else s.name)
+        vs = load_vectors(store, run, spec, tracks)
+        keep = np.array([int(i) in labels for i in vs.ids])
+        unit, lab = vs.unit()[keep], np.array([labels[int(i)] for i in vs.ids[keep]])
+        sims = unit @ unit.T
+        np.fill_diagonal(sims, -np.inf)
+        others = ~np.eye(len(lab), dtype=bool)
+        aps = [average_precision_score(lab[others[q]] == lab[q], sims[q][others[q]]) for q in range(len(lab))]
+        assert s.scores.map == pytest.approx(np.mean(aps), abs=1e-6), s.name
+        top = np.argsort(-sims, axis=1)[:, :k]
+        assert not (top == np.arange(len(lab))[:, None]).any()
+        occ = np.bincount(top.ravel(), minlength=len(lab))
+        assert s.hub.max_occurrence == occ.max(), s.name
+        assert s.hub.skewness == pytest.approx(skew(occ) if occ.std() > 0 else 0.0, abs=1e-9), s.name  # even: 0
+        assert s.hub.antihub_fraction == pytest.approx((occ == 0).mean()), s.name
