@@ -350,3 +350,29 @@ def test_a_folder_named_like_an_extracted_model_does_not_hide_its_run(tmp_path: 
     (tmp_path / "toy").mkdir()
     monkeypatch.chdir(tmp_path)
     assert store.run("toy").id == run.id and store_summary(store)["runs"][0]["in_use"]
+
+
+def test_every_write_waits_for_another_process_holding_the_store_lock(tmp_path: Path) -> None:
+    """Not only whole jobs (`mess extract`): a single catalog write of a library caller takes the inter-process
+    lock too, so it waits, saying for whom, until the holder lets go, and nothing it wrote is lost."""
+    import time
+
+    store = FeatureStore(tmp_path)
+    _add_track(store, 0)
+    heard: list[str] = []
+    store.on_wait = heard.append
+    code = ("import sys, time; from pathlib import Path; from mess.store.lock import StoreLock\n"
+            "with StoreLock(Path(sys.argv[1])).hold('holder test'):\n"
+            "    print('held', flush=True); time.sleep(1.5)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        start = time.monotonic()
+        _add_track(store, 1)
+        waited = time.monotonic() - start
+    finally:
+        assert holder.wait(timeout=30) == 0
+    assert waited > 0.5 and len(heard) == 1 and "holder test" in heard[0], (waited, heard)
+    assert holder.poll() == 0
+    assert sorted(Path(t.path).name for t in store.tracks()) == ["0.wav", "1.wav"]
+    store.close()
