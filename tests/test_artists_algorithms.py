@@ -325,3 +325,18 @@ def test_a_reference_that_is_not_an_object_is_named_in_json_words(tmp_path: Path
     path.write_text(text)
     with pytest.raises(ArtistError, match=f"; got {kind}$"):
         load_reference(path)
+
+
+def test_mean_similarity_is_the_cosine_of_mean_unit_track_vectors_centred_on_the_whole_space() -> None:
+    """Written out here: subtract the mean of every track of the space (also those no profile picked), scale each
+    track to unit length, average an artist's picked tracks, and take cosines of those means."""
+    artists, ids, rows = clustered_collection(6, 7, 16, offset=3.0, spread=1.5)  # 7 tracks each, 5 picked
+    assert all(len(p.track_ids) == 5 for p in artists.profiles)
+    row_of = {int(t): i for i, t in enumerate(ids)}
+    for center, shift in ((True, rows.mean(axis=0)), (False, 0.0)):
+        moved = rows.astype(np.float64) - shift
+        means = normalize(np.array([normalize(moved[[row_of[t] for t in p.track_ids]]).mean(axis=0)
+                                    for p in artists.profiles]))
+        vectors = artist_vectors(artists, Space("x", ids, rows), center=center)
+        np.testing.assert_allclose(similarity_matrix(vectors, "mean"), means @ means.T, atol=1e-5)
+        np.testing.assert_allclose(similarity_row(vectors, 2, "mean"), means @ means[2], atol=1e-5)
