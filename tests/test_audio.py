@@ -151,3 +151,42 @@ def test_downmix_is_numpys_float32_mean_to_the_bit(channels: int, dtype: type) -
     mono = downmix(block)
     assert mono.dtype == np.float32 and mono.shape == (48_001,)
     assert np.array_equal(mono, block.mean(axis=1, dtype=np.float32))
+
+
+def test_windows_are_ceil_of_duration_over_window_spread_evenly_to_the_end() -> None:
+    """ceil(duration / window) full windows (at most max_windows), the first at the start, the last ending at the
+    end of the track, evenly spaced; a track no longer than a window is one window of its own length."""
+    import math
+
+    from mess.audio.windows import WindowPolicy
+
+    policy, rate = WindowPolicy(window_seconds=1.0, max_windows=10), 100
+    for n in (101, 250, 299, 301, 999, 5000):
+        starts, length = policy.starts(n, rate)
+        count = min(10, math.ceil(n / 100))
+        assert length == 100 and len(starts) == count, n
+        assert starts[0] == 0 and starts[-1] + length == n, n
+        np.testing.assert_allclose(np.diff(starts), (n - 100) / (count - 1), atol=1)
+        assert policy.analysed_seconds(n / rate) == count * 1.0
+    for n in (50, 100):
+        starts, length = policy.starts(n, rate)
+        assert starts.tolist() == [0] and length == n
+
+
+def test_silence_is_a_peak_below_minus_80_dbfs_of_either_sign(tmp_path: Path) -> None:
+    """-90 dBFS is refused as silent, -70 dBFS is music; a signal that only goes negative is not silence."""
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.prepare import decode_windows, inspect_file
+
+    rate = 22050
+    tone = np.sin(2 * np.pi * 440 * np.arange(2 * rate) / rate).astype(np.float32)
+    files = {"quiet.wav": tone * 10 ** (-90 / 20), "soft.wav": tone * 10 ** (-70 / 20),
+             "negative.wav": -0.3 * np.abs(tone)}
+    for name, audio in files.items():
+        sf.write(tmp_path / name, audio, rate, subtype="FLOAT")
+    policy = WindowPolicy(window_seconds=1.0)
+    with pytest.raises(AudioError, match="silent"):
+        decode_windows(inspect_file(tmp_path / "quiet.wav"), rate, policy)
+    for name in ("soft.wav", "negative.wav"):
+        windows = decode_windows(inspect_file(tmp_path / name), rate, policy)
+        assert np.abs(windows.audio).max() == pytest.approx(np.abs(files[name]).max(), rel=1e-3), name
