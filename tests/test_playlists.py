@@ -224,3 +224,47 @@ def test_radio_from_an_audio_file_outside_the_collection(real: FeatureStore, ext
     run = real.run("musicnn-msd")
     nearest = similar_tracks(real, run, resolve_query(real, clip, run), 1)[0]
     assert len(ids) == 5 and ids[0] == nearest.track.id
+
+
+def _arc_store(root: Path, points: dict[str, np.ndarray]):
+    """A store whose one-layer vectors are the given points (written as they are; searched with norm 'none')."""
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.runs import run_key
+    from mess.models.base import ModelInfo
+    from mess.store import TrackVectors
+
+    store = FeatureStore(root)
+    run = store.ensure_run(run_key(ModelInfo("arc", "r1", 16000, ("l0",), (4,)), WindowPolicy()))
+    for i, (name, vec) in enumerate(points.items()):
+        store.upsert_track(Path(f"/music/{name}.wav"), f"hash-{name}", 1, 0.0, {"duration": 10.0},
+                           {"artist": f"Artist {i}", "album": None, "title": name, "genre": None, "composer": None})
+        v = vec.astype(np.float32)
+        store.write_vectors(run, [TrackVectors(f"hash-{name}", [v], [v[None]], [0.0])])
+    return store, run
+
+
+def _at(degrees: float, lift: float = 0.0) -> np.ndarray:
+    """The point ``degrees`` along the quarter circle from A = e0 to B = e1, tilted ``lift`` degrees towards e2."""
+    th, ph = np.radians(degrees), np.radians(lift)
+    return np.array([np.cos(ph) * np.cos(th), np.cos(ph) * np.sin(th), np.sin(ph), 0.0])
+
+
+def _path_names(store: FeatureStore, run, n: int) -> list[str]:
+    pick = sonic_path(store, run, store.track("A.wav"), store.track("B.wav"), n, norm="none")
+    return [t.title for t in pick.tracks]
+
+
+def test_path_steps_are_even_angles_along_the_great_circle_and_ordered_by_progress(tmp_path: Path) -> None:
+    """On a quarter circle from A to B with a track every 5 degrees, a path of 7 steps lands on the tracks at
+    15, 30, 45, 60 and 75 degrees (i/6 of the angle: spherical, not linear, interpolation). With a track lifted off
+    the arc it is ordered by progress (cosine to B less cosine to A), not by its cosine to B alone."""
+    dense = {"A": _at(0), "B": _at(90), **{f"d{d}": _at(d) for d in range(5, 90, 5)}}
+    store, run = _arc_store(tmp_path / "dense", dense)
+    assert _path_names(store, run, 7) == ["A", "d15", "d30", "d45", "d60", "d75", "B"]
+    store.close()
+    # 72 degrees, lifted 40 degrees off the arc: cosine to B 0.73 (below the 54-degree track's 0.81), progress 0.49
+    lifted = {"A": _at(0), "B": _at(90), "p18": _at(18), "p36": _at(36), "p54": _at(54), "q72": _at(72, 40),
+              "far": np.array([-1.0, 0.0, 0.0, 0.0]), "off": np.array([0.0, 0.0, 0.0, 1.0])}
+    store, run = _arc_store(tmp_path / "lifted", lifted)
+    assert _path_names(store, run, 6) == ["A", "p18", "p36", "p54", "q72", "B"]
+    store.close()
