@@ -173,3 +173,25 @@ def test_fold_scores_are_ridge_with_leave_one_group_out_penalties_fitted_here() 
             pred = Ridge(alpha=ALPHAS[np.argmin(mse[:, t])]).fit(xt, yt[:, t]).predict(xs)
             want = 1.0 - ((pred - y[test, t]) ** 2).mean() / y[:, t].var()
             assert got[f, t] == pytest.approx(want, abs=1e-7), (f, t)
+
+
+def test_aspect_scores_floor_each_target_at_zero_skip_constant_targets_and_margins_are_differences() -> None:
+    """Written out here for a score table with negative R^2 and a constant (NaN) target: an aspect's score per layer
+    is the mean over its non-constant targets of max(R^2, 0); the chosen layer has the highest, and its margin is
+    its score less the runner-up's."""
+    from mess.probing.probes import ProbeScores
+
+    rng = np.random.default_rng(12)
+    r2 = rng.uniform(-1.5, 0.9, size=(4, len(TARGETS)))
+    first = list(aspect_targets(ASPECTS[0]))
+    r2[:, first[0]] = np.nan  # a target constant over the collection
+    scores = ProbeScores(tuple(f"l{i}" for i in range(4)), tuple(TARGET_NAMES), r2, np.zeros_like(r2))
+    want = np.column_stack([np.maximum(r2[:, [i for i in aspect_targets(a) if not np.isnan(r2[0, i])]], 0).mean(axis=1)
+                            for a in ASPECTS])
+    np.testing.assert_allclose(aspect_matrix(scores), want)
+    choices = choose_layers(scores)
+    assert [c.aspect for c in choices] == list(ASPECTS)
+    for a, c in enumerate(choices):
+        best, second = np.argsort(-want[:, a])[:2]
+        assert (c.layer, c.runner_up) == (f"l{best}", f"l{second}")
+        assert c.score == pytest.approx(want[best, a]) and c.margin == pytest.approx(want[best, a] - want[second, a])
