@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -712,3 +713,24 @@ def test_evaluation_scores_and_hubness_are_those_of_the_cosine_rankings_computed
         assert s.hub.max_occurrence == occ.max(), s.name
         assert s.hub.skewness == pytest.approx(skew(occ) if occ.std() > 0 else 0.0, abs=1e-9), s.name  # even: 0
         assert s.hub.antihub_fraction == pytest.approx((occ == 0).mean()), s.name
+
+
+def test_hubness_reranking_brings_in_tracks_beyond_the_k_nearest_cosines(synth: tuple[FeatureStore, Run]) -> None:
+    """With a small k the re-ranked answer is the best k by CSLS over the whole collection (computed here), also
+    where those are not among the k nearest by cosine: the re-ranking draws on a pool wider than k."""
+    store, run = synth
+    ids, cos = _brute_force(store, run, ("l1",))
+    n = len(ids)
+    other = ~np.eye(n, dtype=bool)
+    r = np.array([np.sort(cos[i, other[i]])[::-1][:10].mean() for i in range(n)])
+    differs = 0
+    for k, q in itertools.product((1, 2, 3), range(n)):
+        rest = np.flatnonzero(other[q] & (ids != ids[q]))
+        csls = 2 * cos[q, rest] - r[q] - r[rest]
+        if set(rest[np.argsort(-csls)[:k]]) == set(rest[np.argsort(-cos[q, rest])[:k]]):
+            continue
+        differs += 1
+        results = similar_tracks(store, run, resolve_query(store, str(int(ids[q])), run), k=k, layer="l1",
+                                 hubness="csls", expand=0)
+        _assert_ranked_as(results, ids[rest], csls, [x.adjusted for x in results])
+    assert differs, "no query whose CSLS neighbours differ from its cosine ones"
