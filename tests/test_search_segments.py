@@ -133,3 +133,13 @@ def test_cli_match_option(windowed: tuple[FeatureStore, Run]) -> None:
     assert bad.exit_code != 0
     assert "unknown match 'best'" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_segment_search_asked_for_more_than_the_collection_lists_every_other_track_once(
+        windowed: tuple[FeatureStore, Run]) -> None:
+    store, run = windowed
+    vs = load_vectors(store, run, VectorSpec("layer", "wide"))
+    query = resolve_query(store, int(vs.ids[2]), run)
+    found = similar_tracks(store, run, query, k=len(vs.ids) + 5, layer="wide", match="segments")
+    assert sorted(n.track.id for n in found) == sorted(int(i) for i in vs.ids if i != vs.ids[2])
+    assert all(np.isfinite(n.score) for n in found)
