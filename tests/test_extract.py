@@ -555,3 +555,25 @@ def test_an_unknown_device_is_refused_naming_the_devices(tmp_path: Path, args: t
     assert out.returncode == 1, out.stderr
     assert out.stderr.strip() == "error: unknown device 'tpu'; use cpu, cuda, cuda:N or mps", out.stderr
     assert not store.exists()
+
+
+def test_a_file_rewritten_in_place_is_hashed_again_and_embedded_again(tmp_path: Path) -> None:
+    """The stored hash of a file is reused only while its stamp (size, mtime, inode, ctime) is unchanged: a file
+    rewritten with other audio gets the hash of what it holds now and new vectors."""
+    from mess.audio.discover import content_hash
+
+    music = tmp_path / "music"
+    paths = _tone_files(music, 3)
+    store = FeatureStore(tmp_path / "store")
+    model = DspModel()
+    assert extract(store, find_audio([music]), model, POLICY).done == 3
+    before = store.track(paths[1]).content_hash
+    rate = 22050
+    other = 0.3 * np.sin(2 * np.pi * 777 * np.arange(3 * rate) / rate)
+    sf.write(paths[1], other.astype(np.float32), rate)  # same name, same size, other audio
+    os.utime(paths[1], ns=(10**18, 10**18))  # a new mtime whatever the file system's resolution
+    again = extract(store, find_audio([music]), model, POLICY)
+    assert (again.done, again.skipped) == (1, 2)
+    now = store.track(paths[1]).content_hash
+    assert now == content_hash(paths[1]) != before
+    store.close()
