@@ -241,3 +241,24 @@ def test_a_save_that_fails_leaves_the_previous_checkpoint(tmp_path: Path, traine
     assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == ["synthetic.json",
                                                                                              "synthetic.pt"]
     assert np.array_equal(embed(load_checkpoint(path).network, data.x), embed(result.network, data.x))
+
+
+def test_layer_mixture_is_the_softmax_weighted_sum_of_standardised_layer_normed_blocks() -> None:
+    """Written out with numpy: z-score each feature over the training tracks, layer-normalise each layer's block per
+    track, and sum the blocks weighted by the softmax of the layer logits."""
+    dims = (6, 6, 6)
+    net = LayerFusion(dims, fusion_dim=4, hidden_dim=8).eval()
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((20, sum(dims))) * rng.uniform(0.1, 30, sum(dims)) + rng.uniform(-50, 50, sum(dims)))
+    logits = np.array([0.5, -1.0, 2.0])
+    with torch.no_grad():
+        net.logits.copy_(torch.tensor(logits, dtype=torch.float32))
+    xt = torch.tensor(x, dtype=torch.float32)
+    net.set_standardisation(xt)
+    z = (x - x.mean(axis=0)) / x.std(axis=0)
+    blocks = np.split(z, np.cumsum(dims)[:-1], axis=1)
+    normed = [(b - b.mean(axis=1, keepdims=True)) / np.sqrt(b.var(axis=1, keepdims=True) + 1e-5) for b in blocks]
+    weights = np.exp(logits) / np.exp(logits).sum()
+    want = sum(w * b for w, b in zip(weights, normed, strict=True))
+    with torch.no_grad():
+        np.testing.assert_allclose(net.mix(xt).numpy(), want, atol=1e-4)
