@@ -397,6 +397,10 @@ def test_upload_finds_the_original_and_places_it_on_the_map(client: TestClient, 
     point = next(p for p in client.get("/api/map").json()["points"] if p["id"] == original.id)
     assert [same["query"]["x"], same["query"]["y"]] == pytest.approx([point["x"], point["y"]], abs=0.01)
     assert original.id not in [r["id"] for r in same["results"]]
+    trailing = client.post("/api/similar/upload", params={"k": 3},  # named as extract reads names: a FLAC
+                           files={"file": ("copy.flac. ", Path(original.path).read_bytes(), "audio/flac")})
+    assert trailing.status_code == 200, trailing.text
+    assert trailing.json()["query"]["id"] == original.id and trailing.json()["query"]["file"] == "copy.flac. "
     assert _uploads_left(uploads_dir) == set()
 
 

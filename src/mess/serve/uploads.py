@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from mess.audio.decode import AUDIO_EXTENSIONS
+from mess.audio.decode import AUDIO_EXTENSIONS, audio_suffix
 from mess.extract.child import Child
 from mess.store import Run
 
@@ -81,9 +81,10 @@ def check_audio_type(filename: str, content_type: str | None) -> str:
     """The file's lower-case extension; 415 unless it is a supported audio type, 400 for a name too long."""
     if len(filename) > MAX_FILENAME:
         raise HTTPException(400, _NAME_TOO_LONG.format(f"{len(filename)} characters"))
-    suffix = Path(filename or "").suffix.lower()
-    if suffix not in AUDIO_EXTENSIONS:
-        raise HTTPException(415, f"unsupported file type {suffix or '(none)'!r}; upload one of "
+    suffix = audio_suffix(filename or "")  # as extract reads names: 'song.wav ' is a WAV
+    if not suffix:
+        shown = Path(filename or "").suffix.lower()
+        raise HTTPException(415, f"unsupported file type {shown or '(none)'!r}; upload one of "
                                  f"{', '.join(sorted(AUDIO_EXTENSIONS))}")
     mime = (content_type or "").split(";", 1)[0].strip().lower()
     if mime and mime.split("/", 1)[0] not in ("audio", "video") and mime != "application/octet-stream":
