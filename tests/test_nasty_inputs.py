@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import stat
 import subprocess
@@ -98,6 +99,20 @@ def test_a_playlist_streams_to_stdout_in_the_format_asked_for(tone_store: Path, 
     assert clash.returncode == 1 and " ".join(clash.stderr.split()) == (
         f"error: /dev/null/mix.{other} is named as a {other} playlist but the format asked for is {fmt}; drop one "
         "or make them agree"), clash.stderr
+
+
+def test_json_and_a_file_written_to_stdout_are_refused_together(tone_store: Path, tmp_path: Path) -> None:
+    """`-o /dev/stdout --json` printed the JSON right after the playlist (or the exported arrays) on the same
+    stream, so neither could be read; the pair is refused before anything is written, and each alone still works."""
+    for args in (["playlist", "radio", "1", "-n", "2", "-o", "/dev/stdout", "--format", "m3u8"],
+                 ["export", "/dev/stdout", "--format", "npz"]):
+        both = _mess(*args, "--json", "--store", str(tone_store))
+        assert both.returncode == 1 and both.stdout == "", both.stdout[:200]
+        assert " ".join(both.stderr.split()) == (
+            "error: /dev/stdout is stdout, where --json prints too; drop --json or write to a file"), both.stderr
+    to_file = _mess("playlist", "radio", "1", "-n", "2", "-o", str(tmp_path / "r.m3u8"), "--json",
+                    "--store", str(tone_store))
+    assert to_file.returncode == 0 and json.loads(to_file.stdout)["file"] == str(tmp_path / "r.m3u8"), to_file.stderr
 
 
 @pytest.mark.parametrize(("rows", "want"), [

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,6 +80,18 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """Print a one-line error (no traceback) and exit."""
     console.print(f"[bold red]error:[/] {plain(message)}")
     raise typer.Exit(code)
+
+
+def json_clash(output: Path | None, as_json: bool) -> None:
+    """Fail when ``--json`` and the file being written would both go to stdout (``-o /dev/stdout --json``)."""
+    if not as_json or output is None:
+        return
+    try:
+        same = os.path.samestat(os.stat(output), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError):  # no such file yet, or a stdout with no descriptor (a test runner's buffer)
+        return
+    if same:
+        fail(f"{output} is stdout, where --json prints too; drop --json or write to a file")
 
 
 @contextmanager

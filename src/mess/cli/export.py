@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mess.cli.common import console, emit_json, fail, not_embedded_note, open_store, os_reason, plain
+from mess.cli.common import console, emit_json, fail, json_clash, not_embedded_note, open_store, os_reason, plain
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, ModelOpt, StoreOpt
 
 
@@ -26,6 +26,7 @@ def export_command(
     """Export vectors for research: per track (or per window), every layer or some, with ids, paths and tags."""
     from mess.store.export import export_vectors
 
+    json_clash(output, as_json)
     chosen = fmt or output.suffix.lstrip(".").lower()
     names = [x.strip() for item in layers or [] for x in item.split(",") if x.strip()] or None
     with open_store(store) as fs:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from mess.cli.common import console, emit_json, fail, open_store, os_reason, plain, stale_aspect_note
+from mess.cli.common import console, emit_json, fail, json_clash, open_store, os_reason, plain, stale_aspect_note
 from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, JsonOpt, ModelOpt, StoreOpt
 
 if TYPE_CHECKING:
@@ -139,6 +139,7 @@ def _emit(playlist: Playlist, output: Path | None, fmt: str | None, as_json: boo
     from mess.playlists.formats import write_playlist
     from mess.playlists.playlist import PlaylistError
 
+    json_clash(output, as_json)
     written = None
     if output is not None:
         try:
