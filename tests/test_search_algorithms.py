@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import faiss
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, ndcg_score
 
-from mess.search.ann import TRAIN_PER_LIST, AnnIndex, exact_knn, recall_at_k
+from mess.search.ann import TRAIN_PER_LIST, AnnIndex, built_kind, exact_knn, n_lists, recall_at_k
 from mess.search.hubness import HubnessReducer, hubness_stats, k_occurrence
 from mess.search.metrics import (
     average_precision,
@@ -136,6 +137,19 @@ def test_ivf_trained_on_a_sample_is_exact_at_full_breadth_and_tuned_against_flat
     flat = AnnIndex.build(base, np.arange(30_000), "flat")
     assert ann.breadth < nlist
     assert recall_at_k(flat.search(queries, 10)[1], ann.search(queries, 10)[1], 10) >= 0.9
+
+
+def test_ivf_trains_on_every_collection_of_32_or_more() -> None:
+    """From 33 to 63 vectors the list count (the power of two nearest 4 sqrt(n)) jumped to 32, which needs 64 to
+    train, so IVF fell back to flat between 32 and 64 vectors; the count is now capped at n / 2 there."""
+    assert built_kind("ivf", 31) == "flat"
+    assert [n for n in range(32, 5000) if built_kind("ivf", n) != "ivf"] == []
+    for n in (100, 1000, 30_000, 1_000_000):  # large collections keep the nearest power of two to 4 sqrt(n)
+        assert n_lists(n) == min((2 ** e for e in range(4, 20)), key=lambda c: abs(math.log2(c / (4 * math.sqrt(n)))))
+    x, _ = clustered(40, 8, 4, seed=6)
+    ann = AnnIndex.build(x, np.arange(40), "ivf")
+    assert ann.kind == "ivf" and ann.index.nlist == 16
+    np.testing.assert_array_equal(ann.search(x[:5], 5, breadth=16)[1], exact_knn(x, x[:5], 5)[1])
 
 
 def test_hnsw_refuses_removal() -> None:

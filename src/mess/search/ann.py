@@ -61,8 +61,10 @@ def built_kind(kind: str, n: int) -> str:
 
 
 def n_lists(n: int) -> int:
-    """Number of IVF lists: the power of two nearest to 4 * sqrt(n), at least 16."""
-    return max(16, 2 ** round(math.log2(4 * math.sqrt(max(n, 1)))))
+    """Number of IVF lists: the power of two nearest to 4 * sqrt(n), at least 16 and, from 32 vectors, at most
+    n / 2, so that every collection of 32 or more can train its lists (two vectors each)."""
+    nearest = 2 ** round(math.log2(4 * math.sqrt(max(n, 1))))
+    return max(16, min(nearest, 2 ** int(math.log2(max(n, 2) // 2))))
 
 
 def pq_subquantizers(dim: int) -> int:
