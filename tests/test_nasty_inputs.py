@@ -115,6 +115,21 @@ def test_json_and_a_file_written_to_stdout_are_refused_together(tone_store: Path
     assert to_file.returncode == 0 and json.loads(to_file.stdout)["file"] == str(tmp_path / "r.m3u8"), to_file.stderr
 
 
+def test_a_query_file_sampled_too_low_is_searched_with_the_warning_extract_gives(tone_store: Path,
+                                                                                tmp_path: Path) -> None:
+    """`mess similar FILE` on a 4 kHz file searched without a word, though `mess extract` warns that such a file's
+    vectors hear almost nothing of the model's band (dsp: 22050 Hz); the query path says it too."""
+    low = tmp_path / "phone.wav"
+    sf.write(low, 0.3 * np.sin(2 * np.pi * 440 * np.arange(4000 * 5) / 4000), 4000)
+    done = _mess("similar", str(low), "-k", "2", "--store", str(tone_store))
+    assert done.returncode == 0, done.stderr
+    assert "phone.wav: sampled at 4000 Hz, below half the model's 22050 Hz" in " ".join(done.stderr.split())
+    full = tmp_path / "full.wav"  # not in the collection either, so it is embedded too
+    sf.write(full, 0.3 * np.sin(2 * np.pi * 523 * np.arange(22050 * 5) / 22050), 22050)
+    fine = _mess("similar", str(full), "-k", "2", "--store", str(tone_store))
+    assert fine.returncode == 0 and "sampled at" not in fine.stderr, fine.stderr
+
+
 @pytest.mark.parametrize(("rows", "want"), [
     ("{a},x\n{b}\n{c},y\n", ":3: 1 cells where the header has 2"),
     ("{a},x\n{b},x,y\n{c},y\n", ":3: 3 cells where the header has 2"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +13,8 @@ from mess.audio.windows import WindowPolicy
 from mess.extract.prepare import Windows, decode_windows, inspect_file
 from mess.models.base import EmbeddingModel
 from mess.store import TrackVectors
+
+log = logging.getLogger(__name__)
 
 
 def embed_windows(model: EmbeddingModel, tracks: Sequence[np.ndarray], batch_size: int) -> list[list[np.ndarray]]:
@@ -57,6 +60,9 @@ def embed_prepared(model: EmbeddingModel, prepared: Sequence[Windows], batch_siz
 
 
 def embed_file(path: Path, model: EmbeddingModel, policy: WindowPolicy, batch_size: int = 4) -> TrackVectors:
-    """Embed any audio file with the same model and window policy as a stored run (not stored)."""
+    """Embed any audio file with the same model and window policy as a stored run (not stored); what a run's
+    summary would warn of (a low sample rate, a file too long to analyse whole) is logged as a warning."""
     prepared = decode_windows(inspect_file(path), model.info.sample_rate, policy)
+    for text in prepared.warnings:
+        log.warning("%s", text)
     return embed_prepared(model, [prepared], batch_size)[0]
