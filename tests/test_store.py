@@ -232,7 +232,7 @@ def test_info_counts_artists_as_the_artist_commands_group_them(tmp_path: Path) -
 def test_a_repair_forgets_the_fused_vectors_of_rows_a_new_file_may_take(tmp_path: Path) -> None:
     """Derived vectors are stored by row. A repair that dropped the last file's vectors freed its row; the next
     file extracted took it and was searched with the dropped file's fused vector (found by a review)."""
-    from mess.store.check import repair
+    from mess.store.check import check_and_repair
 
     store = FeatureStore(tmp_path)
     run = store.ensure_run(run_key(INFO, WindowPolicy()))
@@ -243,7 +243,7 @@ def test_a_repair_forgets_the_fused_vectors_of_rows_a_new_file_may_take(tmp_path
     damaged[3] = np.nan  # the last file's vector, damaged on disk
     damaged.flush()
     del damaged
-    done = repair(store)
+    done = check_and_repair(store)[1]
     assert any("forgot the fused vectors of 1 files" in line for line in done), done
     new = store.upsert_track(Path("/music/new.wav"), "h-new", 10, 1.0, {}, {"artist": "y"})
     store.write_vectors(run, [_vectors("h-new", 1, 9)])
@@ -318,14 +318,15 @@ def test_repair_sums_an_older_stores_rows_as_their_bytes_on_disk_reading_in_chun
     the file holds them, for a file whose windows straddle two chunks too."""
     import zlib
 
-    from mess.store.check import repair
+    from mess.store.check import check_and_repair
 
     store = FeatureStore(tmp_path)
     run = store.ensure_run(run_key(INFO, WindowPolicy()))
     store.write_vectors(run, [_vectors(f"h{i}", 3, i) for i in range(1366)])  # the last file: rows 4095-4097
     with store.db:  # as an older mess left them
         store.db.execute("UPDATE vectors SET checksums=NULL WHERE content_hash != 'h7'")
-    assert repair(store) == ["toy (run 1): recorded the checksums of 1365 files' vectors (written by an older mess)"]
+    assert check_and_repair(store)[1] == [
+        "toy (run 1): recorded the checksums of 1365 files' vectors (written by an older mess)"]
     files = {(level, i): store.row_file(run, level, i).path.read_bytes() for level in ("track", "segment")
              for i in range(2)}
     for content_hash, track_row, seg_row, n, blob in store.db.execute(

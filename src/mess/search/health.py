@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mess.search.index import delete_index, stale_indexes
 from mess.store import FeatureStore
-from mess.store.check import Problem, full_check, repair
+from mess.store.check import Problem, check_and_repair, full_check
 
 
 @dataclass(frozen=True)
@@ -39,22 +39,22 @@ def check_store(path: Path, *, fix: bool = False, on_wait: Callable[[str], None]
     when it cannot open; ``on_wait`` hears when the repair waits for another writer."""
     store = FeatureStore(path, readonly=not fix, verify=False, on_wait=on_wait)
     try:
-        actions = _repair(store) if fix else []
-        problems = full_check(store)
+        problems, actions = _repair(store) if fix else (full_check(store), [])
         stale = [] if any(p.kind == "catalog" for p in problems) else stale_indexes(store)
     finally:
         store.close()
     return StoreHealth(problems, stale, actions)
 
 
-def _repair(store: FeatureStore) -> list[str]:
-    """Repair the store and delete its stale indexes, under one hold of the write lock; what was done."""
+def _repair(store: FeatureStore) -> tuple[list[Problem], list[str]]:
+    """Repair the store and delete its stale indexes, under one hold of the write lock: (the problems left, what
+    was done)."""
     with store.writing("mess check --repair"):
         try:
-            actions = repair(store)
-        except ValueError:  # a damaged catalog: the check after names it
-            return []
+            problems, actions = check_and_repair(store)
+        except ValueError:  # a damaged catalog: the check names it
+            return full_check(store), []
         for index in stale_indexes(store):  # after the repair: the vectors it drops make indexes stale too
             delete_index(index)
             actions.append(f"deleted stale index {index.name}")
-    return actions
+    return problems, actions

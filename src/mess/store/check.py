@@ -3,7 +3,7 @@
 :func:`quick_check` runs whenever a store opens (two queries and a few ``stat`` calls per
 run). :func:`full_check` reads every referenced row too, once, against its checksum
 (:mod:`mess.store.checksums`), and every row of each derived set against its own.
-:func:`repair` never hides damage: vectors that cannot be trusted lose their catalog rows
+:func:`check_and_repair` never hides damage: vectors that cannot be trusted lose their catalog rows
 (so the next ``mess extract`` embeds those files again), damaged derived sets are dropped
 (``mess fuse apply`` writes them again), bytes nothing references are cut, rows from an
 older mess that passed get their checksums, and it returns one line per action.
@@ -78,55 +78,65 @@ def full_check(store: FeatureStore) -> list[Problem]:
         return [Problem("catalog", None, f"the catalog cannot be read ({exc})")]
 
 
-def repair(store: FeatureStore) -> list[str]:
-    """Fix what :func:`full_check` finds under the write lock; returns what was done, one line each.
+def check_and_repair(store: FeatureStore) -> tuple[list[Problem], list[str]]:
+    """Fix what :func:`full_check` finds under the write lock, then check again: (the problems left, what was done,
+    one line each). ValueError when the catalog itself is damaged.
 
     The scan runs after the lock is taken, so another writer's changes since an earlier check (rows added or
-    rewritten, damage already mended) are what it acts on, never that check's stale findings.
+    rewritten, damage already mended) are what it acts on, never that check's stale findings. When it finds
+    nothing to fix (no problems, or only files not embedded, which `mess extract` embeds), it is not run again.
     """
-    done: list[str] = []
     with store.writing("mess check --repair"):
         problems = full_check(store)
         if any(p.kind == "catalog" for p in problems):
             raise ValueError("the catalog itself is damaged; it cannot be repaired from the row files")
-        for run in store.runs():
-            mine = [p for p in problems if p.run_id == run.id and p.kind != "not-embedded"]  # for `mess extract`
-            if not mine:
-                continue
-            done += _repair_derived(store, run, mine)
-            hashes = _untrusted(store, run, mine)
-            rows = store.track_rows(run)
-            freed = [row for h, row in rows.items() if h in hashes]
-            kept = max((row for h, row in rows.items() if h not in hashes), default=-1) + 1
-            # derived vectors are stored by row: blank those of the freed rows before the rows are freed, so a
-            # repair killed in between never leaves a vector for the next file written there to inherit
-            blanked = store.forget_derived_rows(run, freed, kept)
-            with store.db:
-                store.db.executemany("DELETE FROM vectors WHERE run_id=? AND content_hash=?",
-                                     [(run.id, h) for h in hashes])
-            if hashes:
-                done.append(f"{run.model} (run {run.id}): dropped the vectors of {len(hashes)} files; "
-                            "`mess extract` embeds them again")
-            track_rows, seg_rows = store.catalog_rows(run)
-            for layer in range(len(run.layer_names)):
-                store.row_file(run, "track", layer).truncate(track_rows)
-                store.row_file(run, "segment", layer).truncate(seg_rows)
-            if any(p.kind in ("orphan-rows", "short-file") for p in mine):
-                done.append(f"{run.model} (run {run.id}): row files cut back to the {track_rows} track rows "
-                            "the catalog references")
-            if any(p.kind == "no-checksum" for p in mine):
-                added = _add_checksums(store, run)
-                done.append(f"{run.model} (run {run.id}): recorded the checksums of {added} files' vectors "
-                            "(written by an older mess)")
-            if blanked:
-                done.append(f"{run.model} (run {run.id}): forgot the fused vectors of {blanked} files, whose rows "
-                            "a new file may take; `mess fuse apply` writes them again")
-        if any(p.kind == "temp-files" for p in problems):
-            temps = leftover_temps(store.root)
-            size = _total_size(temps)
-            for path in temps:
-                path.unlink(missing_ok=True)
-            done.append(f"deleted {len(temps)} temp files of interrupted writes ({size / 1e6:.1f} MB)")
+        if all(p.kind == "not-embedded" for p in problems):
+            return problems, []
+        done = _fix(store, problems)
+        return full_check(store), done
+
+
+def _fix(store: FeatureStore, problems: list[Problem]) -> list[str]:
+    """Fix ``problems``, found by a scan under the write lock the caller still holds; what was done."""
+    done: list[str] = []
+    for run in store.runs():
+        mine = [p for p in problems if p.run_id == run.id and p.kind != "not-embedded"]  # for `mess extract`
+        if not mine:
+            continue
+        done += _repair_derived(store, run, mine)
+        hashes = _untrusted(store, run, mine)
+        rows = store.track_rows(run)
+        freed = [row for h, row in rows.items() if h in hashes]
+        kept = max((row for h, row in rows.items() if h not in hashes), default=-1) + 1
+        # derived vectors are stored by row: blank those of the freed rows before the rows are freed, so a
+        # repair killed in between never leaves a vector for the next file written there to inherit
+        blanked = store.forget_derived_rows(run, freed, kept)
+        with store.db:
+            store.db.executemany("DELETE FROM vectors WHERE run_id=? AND content_hash=?",
+                                 [(run.id, h) for h in hashes])
+        if hashes:
+            done.append(f"{run.model} (run {run.id}): dropped the vectors of {len(hashes)} files; "
+                        "`mess extract` embeds them again")
+        track_rows, seg_rows = store.catalog_rows(run)
+        for layer in range(len(run.layer_names)):
+            store.row_file(run, "track", layer).truncate(track_rows)
+            store.row_file(run, "segment", layer).truncate(seg_rows)
+        if any(p.kind in ("orphan-rows", "short-file") for p in mine):
+            done.append(f"{run.model} (run {run.id}): row files cut back to the {track_rows} track rows "
+                        "the catalog references")
+        if any(p.kind == "no-checksum" for p in mine):
+            added = _add_checksums(store, run)
+            done.append(f"{run.model} (run {run.id}): recorded the checksums of {added} files' vectors "
+                        "(written by an older mess)")
+        if blanked:
+            done.append(f"{run.model} (run {run.id}): forgot the fused vectors of {blanked} files, whose rows "
+                        "a new file may take; `mess fuse apply` writes them again")
+    if any(p.kind == "temp-files" for p in problems):
+        temps = leftover_temps(store.root)
+        size = _total_size(temps)
+        for path in temps:
+            path.unlink(missing_ok=True)
+        done.append(f"deleted {len(temps)} temp files of interrupted writes ({size / 1e6:.1f} MB)")
     return done
 
 
@@ -319,8 +329,8 @@ def _catalog_sums(store: FeatureStore, run: Run, where: str = "") -> list[sqlite
 def _add_checksums(store: FeatureStore, run: Run) -> int:
     """Record the checksums of the run's vectors that have none (written by an older mess); how many were added.
 
-    Called by :func:`repair` after it dropped every vector it found damaged, so what is summed was checked. Each row
-    file is read once, in chunks, one at a time: memory stays bounded however large the store."""
+    Called by :func:`check_and_repair` after it dropped every vector it found damaged, so what is summed was
+    checked. Each row file is read once, in chunks, one at a time: memory stays bounded however large the store."""
     rows = _catalog_sums(store, run, "AND checksums IS NULL")
     sums: dict[str, list[list[int]]] = {}
     for level in ("track", "segment"):
