@@ -37,7 +37,7 @@ import resource
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -50,9 +50,11 @@ from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
 from mess.audio.windows import WindowPolicy
 from mess.extract.pipeline import extract
+from mess.extract.prepare import decode_windows, inspect_file
+from mess.models.base import EmbeddingModel
 from mess.models.mert import MertModel
 from mess.scale.gpu import with_precision
-from mess.store import FeatureStore
+from mess.store import FeatureStore, Run, TrackVectors
 
 MERT_95M = dict(
     hidden_size=768,
@@ -259,6 +261,78 @@ def measure(base: MertModel, args: argparse.Namespace, name: str, windows: np.nd
         )
 
 
+def pooled(network: torch.nn.Module, values: torch.Tensor, dtype: torch.dtype | None) -> list[torch.Tensor]:
+    """Per-layer time means of ``network`` on ``values``: under bf16 autocast when ``dtype`` is None, else with the
+    input cast to ``dtype`` (a network whose weights are in it)."""
+    device_type = values.device.type
+    with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=dtype is None):
+        out = network(values if dtype is None else values.to(dtype), output_hidden_states=True)
+        return [h.float().mean(dim=1) for h in out.hidden_states]
+
+
+def variants(base: MertModel, args: argparse.Namespace, windows: np.ndarray, flops: float) -> None:
+    """The bare bf16 network at the largest batch, run in several ways that give the same vectors: what each costs."""
+    import copy
+
+    batch = args.batch_sizes[-1]
+    values = network_input(base, windows[:batch])
+    peak = matmul_tflops(args.device, torch.bfloat16, 8192 if args.device.startswith("cuda") else 2048)
+    with torch.inference_mode():
+        exact = [h.mean(dim=1) for h in base.network(values, output_hidden_states=True).hidden_states]
+    attention = base.network.config._attn_implementation
+    print(f"\nvariants of the bf16 network forward, batch {batch} (attention: {attention})")
+    weights16 = copy.deepcopy(base.network).to(torch.bfloat16)
+    plans: list[tuple[str, Callable[[], torch.nn.Module], torch.dtype | None, bool]] = [
+        ("autocast (today)", lambda: base.network, None, False),
+        ("autocast + cudnn.benchmark", lambda: base.network, None, True),
+        ("bf16 weights + cudnn.benchmark", lambda: weights16, torch.bfloat16, True),
+    ]
+    if args.compile:
+        plans += [
+            ("autocast + torch.compile", lambda: torch.compile(base.network), None, True),
+            ("bf16 weights + torch.compile", lambda: torch.compile(weights16), torch.bfloat16, True),
+        ]
+    for label, make, dtype, benchmark in plans:
+        torch.backends.cudnn.benchmark = benchmark
+        try:
+            network = make()
+            start = time.perf_counter()
+            got = pooled(network, values, dtype)
+            sync(args.device)
+            first = time.perf_counter() - start
+            gap = max(float((1 - torch.nn.functional.cosine_similarity(a.float(), b, dim=1)).max())
+                      for a, b in zip(got, exact, strict=True))
+            secs = seconds_per_call(lambda: pooled(network, values, dtype), args.device, args.repeats)
+        except Exception as exc:  # noqa: BLE001 -- report the variant that failed, measure the rest
+            print(f"  {label}: failed ({type(exc).__name__}: {str(exc)[:300]})", flush=True)
+            continue
+        print(
+            f"  {label:32s} {batch / secs:8.1f} windows/s  {batch * flops / secs / 1e12:6.1f} TFLOP/s = "
+            f"{100 * batch * flops / secs / 1e12 / peak:5.1f}% of bf16 matmul ({peak:.0f})  first call {first:5.1f} s  "
+            f"1-cos vs fp32 {gap:.1e}",
+            flush=True,
+        )
+    torch.backends.cudnn.benchmark = False
+    if args.device.startswith("cuda"):
+        profile(base, values)
+
+
+def profile(base: MertModel, values: torch.Tensor) -> None:
+    """The CUDA kernels that take the autocast forward's time, by share."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    pooled(base.network, values, None)
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        pooled(base.network, values, None)
+        sync("cuda")
+    events = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+    total = sum(e.self_device_time_total for e in events)
+    print(f"autocast forward, batch {values.shape[0]}: {total / 1e3:.1f} ms of kernels; the largest:")
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:15]:
+        print(f"  {100 * e.self_device_time_total / total:5.1f}%  {e.count:5d}x  {e.key[:110]}")
+
+
 def write_track(path: Path, seed: int, seconds: float = TRACK_SECONDS) -> None:
     """A stereo 44.1 kHz file of ``seconds``: chords changing every 2 s over noise, different per seed
     (the content does not matter for speed; the codec's decoding cost does). Vorbis is written in 1 s blocks."""
@@ -272,6 +346,44 @@ def write_track(path: Path, seed: int, seconds: float = TRACK_SECONDS) -> None:
             f.write(np.stack([tone, np.roll(tone, 50)], axis=1) + 0.02 * rng.standard_normal((rate, 2)))
 
 
+class TimedModel(EmbeddingModel):
+    """A model that adds up the seconds its ``embed`` takes (the numpy-in, vectors-out call)."""
+
+    def __init__(self, inner: EmbeddingModel) -> None:
+        self.inner, self.info, self.seconds = inner, inner.info, 0.0
+
+    def embed(self, windows: np.ndarray) -> list[np.ndarray]:
+        start = time.perf_counter()
+        try:
+            return self.inner.embed(windows)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+class TimedStore(FeatureStore):
+    """A feature store that adds up the seconds its vector commits take (on the writer thread)."""
+
+    seconds = 0.0
+    commits = 0
+
+    def write_vectors(self, run: Run, items: Sequence[TrackVectors]) -> None:
+        start = time.perf_counter()
+        try:
+            super().write_vectors(run, items)
+        finally:
+            self.seconds += time.perf_counter() - start
+            self.commits += 1
+
+
+def decode_rate(paths: list[Path], policy: WindowPolicy) -> float:
+    """Audio seconds analysed per second of one core: inspection (hash, tags) and decoding of the windows."""
+    start = time.perf_counter()
+    seconds = 0.0
+    for path in paths:
+        seconds += decode_windows(inspect_file(path), SAMPLE_RATE, policy).audio.size / SAMPLE_RATE
+    return seconds / (time.perf_counter() - start)
+
+
 def pipeline(base: MertModel, args: argparse.Namespace, folder: Path) -> None:
     """The real extraction of ``args.pipeline`` written files, against ``embed`` alone at the same batch."""
     precision, batch = args.precisions[-1], args.batch_sizes[-1]
@@ -282,13 +394,20 @@ def pipeline(base: MertModel, args: argparse.Namespace, folder: Path) -> None:
         list(pool.map(write_track, paths, range(len(paths)), [args.track_seconds] * len(paths)))
     print(f"\nwrote {len(paths)} {args.track_seconds:g} s {args.format} files in {time.perf_counter() - start:.0f} s")
     policy = WindowPolicy()
+    per_core = decode_rate(paths[:8], policy)
     windows = (0.1 * np.random.default_rng(1).standard_normal((batch, int(policy.window_seconds * SAMPLE_RATE))))
     windows = windows.astype(np.float32)
     flops = flops_per_window(base, windows)
     embed_rate = batch / seconds_per_call(lambda: model.embed(windows), args.device, args.repeats)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     peak = matmul_tflops(args.device, dtype, 8192 if args.device.startswith("cuda") else 2048)
-    summary = extract(FeatureStore(folder / "store"), paths, model, policy, batch_size=batch, workers=args.workers)
+    cores = embed_rate * policy.window_seconds / per_core
+    print(
+        f"decoding ({args.format}, 44.1 kHz stereo -> {SAMPLE_RATE} Hz mono, the windows alone): "
+        f"{per_core:.0f} audio-s/s per core; embed's {embed_rate:.1f} windows/s need {cores:.1f} cores"
+    )
+    timed, store = TimedModel(model), TimedStore(folder / "store")
+    summary = extract(store, paths, timed, policy, batch_size=batch, workers=args.workers)
     done = summary.audio_seconds / policy.window_seconds  # full windows: every file is longer than one
     rate = done / summary.wall_seconds
     print(
@@ -298,6 +417,11 @@ def pipeline(base: MertModel, args: argparse.Namespace, folder: Path) -> None:
         f"{rate * flops / 1e12:.3g} TFLOP/s = "
         f"{100 * rate * flops / 1e12 / peak:.1f}% of the measured {precision} matmul rate ({peak:.3g} TFLOP/s); "
         f"embed alone at this batch {embed_rate:.2f} windows/s: the pipeline keeps {100 * rate / embed_rate:.0f}% of it"
+    )
+    print(
+        f"  of its {summary.wall_seconds:.1f} s: embed {timed.seconds:.1f} s "
+        f"({100 * timed.seconds / summary.wall_seconds:.0f}%), the rest waiting on decoding or bookkeeping; "
+        f"{store.commits} commits took {store.seconds:.1f} s on the writer thread"
     )
 
 
@@ -309,6 +433,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--variants", action="store_true",
+                        help="also time the bf16 forward run other ways (cudnn.benchmark, bf16 weights) and profile it")
+    parser.add_argument("--compile", action="store_true", help="with --variants, the torch.compile variants too")
+    parser.add_argument("--skip-table", action="store_true", help="skip the precision x batch table")
     parser.add_argument("--pipeline", type=int, default=0, help="also extract this many written 3.5-min files")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2),
                         help="decoding processes for --pipeline")
@@ -323,9 +451,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         base = build(Path(tmp) / "model", args.device)
-        measure(base, args, name, windows)
+        if not args.skip_table:
+            measure(base, args, name, windows)
         if args.pipeline:
             pipeline(base, args, Path(tmp))
+        if args.variants:
+            variants(base, args, windows, flops_per_window(base, windows))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from mess.extract.child import Child, ChildDied
 from mess.extract.embed import embed_prepared
 from mess.extract.prepare import FileRecord, Windows, describe
 from mess.extract.runs import run_key
+from mess.extract.writer import BackgroundWriter
 from mess.models.base import EmbeddingModel
 from mess.store import FeatureStore, Run, StoreError
 from mess.store.paths import printable
@@ -73,8 +74,8 @@ def extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, p
 
     The run holds the store's write lock throughout: a second writer waits (telling
     ``on_wait``) or, with ``wait=False``, raises StoreBusy. Decoding runs in
-    ``workers`` threads ahead of inference; vectors are written every few tracks,
-    so an interrupted run loses at most the tracks in flight and a rerun continues
+    ``workers`` threads ahead of inference; vectors are committed by a background thread
+    while the next tracks are embedded, so an interrupted run loses at most the tracks in flight and a rerun continues
     where it stopped. Files already embedded (same content hash) are skipped; any
     error in one file becomes that file's recorded failure and the run goes on.
     """
@@ -92,23 +93,32 @@ def _extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, 
         summary.removed = _prune(store, paths, prune_under)
     pending: list[Windows] = []
     embedded: set[str] = set()  # content hashes this run embeds: a later file with one is a byte-identical copy
-    for outcome in _prepared(store, run, paths, model, policy, workers):
-        if (outcome.skipped or outcome.windows is not None) and outcome.record.content_hash in embedded:
-            summary.copies += 1  # decoded too when inspected before the first one's vectors were written
-        elif outcome.skipped:
-            summary.skipped += 1
-        elif outcome.error is not None:
-            _fail(store, run, outcome.record, outcome.error, summary)
-        elif outcome.windows is not None:
-            pending.append(outcome.windows)
-            embedded.add(outcome.record.content_hash)
-            summary.warnings += outcome.windows.warnings
-        if sum(w.audio.shape[0] for w in pending) >= batch_size:
-            _embed_and_write(store, run, model, pending, batch_size, summary)
-            pending = []
-        if on_progress:
-            on_progress(summary.handled, summary.audio_seconds)
-    _embed_and_write(store, run, model, pending, batch_size, summary)
+
+    def committed(tracks: int, audio_seconds: float) -> None:
+        summary.done += tracks
+        summary.audio_seconds += audio_seconds
+
+    writer = BackgroundWriter(store, run, committed)
+    try:
+        for outcome in _prepared(store, run, paths, model, policy, workers):
+            if (outcome.skipped or outcome.windows is not None) and outcome.record.content_hash in embedded:
+                summary.copies += 1  # decoded too when inspected before the first one's vectors were written
+            elif outcome.skipped:
+                summary.skipped += 1
+            elif outcome.error is not None:
+                _fail(store, run, outcome.record, outcome.error, summary)
+            elif outcome.windows is not None:
+                pending.append(outcome.windows)
+                embedded.add(outcome.record.content_hash)
+                summary.warnings += outcome.windows.warnings
+            if sum(w.audio.shape[0] for w in pending) >= batch_size:
+                _embed(store, run, model, pending, batch_size, summary, writer)
+                pending = []
+            if on_progress:
+                on_progress(summary.handled, summary.audio_seconds)
+        _embed(store, run, model, pending, batch_size, summary, writer)
+    finally:
+        writer.close()  # commits what was embedded, also when the run is interrupted
     summary.wall_seconds = time.perf_counter() - started
     if on_progress:
         on_progress(summary.handled, summary.audio_seconds)
@@ -195,9 +205,9 @@ def _unread(path: Path) -> FileRecord:
     return FileRecord(path, "", 0, 0.0, {}, {})
 
 
-def _embed_and_write(store: FeatureStore, run: Run, model: EmbeddingModel, pending: list[Windows],
-                     batch_size: int, summary: ExtractSummary) -> None:
-    """Embed a group of tracks (one by one if the group fails) and commit their vectors."""
+def _embed(store: FeatureStore, run: Run, model: EmbeddingModel, pending: list[Windows], batch_size: int,
+           summary: ExtractSummary, writer: BackgroundWriter) -> None:
+    """Embed a group of tracks (one by one if the group fails) and hand their vectors to the writer."""
     if not pending:
         return
     try:
@@ -207,11 +217,10 @@ def _embed_and_write(store: FeatureStore, run: Run, model: EmbeddingModel, pendi
             _fail(store, run, pending[0].record, f"{pending[0].record.path}: model failed ({describe(exc)})", summary)
         else:
             for single in pending:
-                _embed_and_write(store, run, model, [single], batch_size, summary)
+                _embed(store, run, model, [single], batch_size, summary, writer)
         return
-    store.write_vectors(run, vectors)  # embed_windows already refused non-finite output (a failure above)
-    summary.done += len(vectors)
-    summary.audio_seconds += sum(p.audio.size for p in pending) / model.info.sample_rate
+    # embed_windows already refused non-finite output (a failure above)
+    writer.submit(vectors, sum(p.audio.size for p in pending) / model.info.sample_rate)
 
 
 def _fail(store: FeatureStore, run: Run, record: FileRecord, reason: str, summary: ExtractSummary) -> None:
