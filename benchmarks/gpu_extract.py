@@ -52,6 +52,7 @@ from mess.audio.windows import WindowPolicy
 from mess.extract.pipeline import extract
 from mess.extract.prepare import decode_windows, inspect_file
 from mess.models.base import EmbeddingModel
+from mess.models.hubert_gemm import GemmFeatureEncoder, GemmPositionalConv
 from mess.models.mert import MertModel
 from mess.scale.gpu import with_precision
 from mess.store import FeatureStore, Run, TrackVectors
@@ -270,30 +271,39 @@ def pooled(network: torch.nn.Module, values: torch.Tensor, dtype: torch.dtype | 
         return [h.float().mean(dim=1) for h in out.hidden_states]
 
 
-def variants(base: MertModel, args: argparse.Namespace, windows: np.ndarray, flops: float) -> None:
-    """The bare bf16 network at the largest batch, run in several ways that give the same vectors: what each costs."""
+def variants(base: MertModel, args: argparse.Namespace, windows: np.ndarray, flops: float, folder: Path) -> None:
+    """The bare network at the largest batch, run in ways that give the same vectors: what each costs."""
     import copy
 
     batch = args.batch_sizes[-1]
     values = network_input(base, windows[:batch])
     peak = matmul_tflops(args.device, torch.bfloat16, 8192 if args.device.startswith("cuda") else 2048)
+    original = HubertModel.from_pretrained(folder).eval().to(args.device)  # torch's own convolutions
     with torch.inference_mode():
-        exact = [h.mean(dim=1) for h in base.network(values, output_hidden_states=True).hidden_states]
+        exact = [h.mean(dim=1) for h in original(values, output_hidden_states=True).hidden_states]
     attention = base.network.config._attn_implementation
-    print(f"\nvariants of the bf16 network forward, batch {batch} (attention: {attention})")
-    weights16 = copy.deepcopy(base.network).to(torch.bfloat16)
-    plans: list[tuple[str, Callable[[], torch.nn.Module], torch.dtype | None, bool]] = [
-        ("autocast (today)", lambda: base.network, None, False),
-        ("autocast + cudnn.benchmark", lambda: base.network, None, True),
-        ("bf16 weights + cudnn.benchmark", lambda: weights16, torch.bfloat16, True),
+    print(f"\nvariants of the network forward, batch {batch} (attention: {attention}); 1-cos against fp32 with "
+          "torch's convolutions")
+
+    def bf16(network: torch.nn.Module, front: bool = False, pos: bool = False) -> torch.nn.Module:
+        network = copy.deepcopy(network).to(torch.bfloat16)
+        if front:
+            network.set_submodule("feature_extractor", GemmFeatureEncoder(network.feature_extractor))
+        if pos:
+            network.set_submodule("encoder.pos_conv_embed", GemmPositionalConv(network.encoder.pos_conv_embed))
+        return network
+
+    plans: list[tuple[str, Callable[[], torch.nn.Module], torch.dtype | None]] = [
+        ("autocast, torch's convs (before)", lambda: original, None),
+        ("bf16 weights, torch's convs", lambda: bf16(original), torch.bfloat16),
+        ("bf16 weights, gemm encoder only", lambda: bf16(original, front=True), torch.bfloat16),
+        ("bf16 weights, gemm pos conv only", lambda: bf16(original, pos=True), torch.bfloat16),
+        ("autocast, gemm convs", lambda: base.network, None),
+        ("bf16 weights, gemm convs (now)", lambda: bf16(base.network), torch.bfloat16),
     ]
     if args.compile:
-        plans += [
-            ("autocast + torch.compile", lambda: torch.compile(base.network), None, True),
-            ("bf16 weights + torch.compile", lambda: torch.compile(weights16), torch.bfloat16, True),
-        ]
-    for label, make, dtype, benchmark in plans:
-        torch.backends.cudnn.benchmark = benchmark
+        plans.append(("bf16, gemm convs, torch.compile", lambda: torch.compile(bf16(base.network)), torch.bfloat16))
+    for label, make, dtype in plans:
         try:
             network = make()
             start = time.perf_counter()
@@ -307,28 +317,27 @@ def variants(base: MertModel, args: argparse.Namespace, windows: np.ndarray, flo
             print(f"  {label}: failed ({type(exc).__name__}: {str(exc)[:300]})", flush=True)
             continue
         print(
-            f"  {label:32s} {batch / secs:8.1f} windows/s  {batch * flops / secs / 1e12:6.1f} TFLOP/s = "
+            f"  {label:34s} {batch / secs:8.1f} windows/s  {batch * flops / secs / 1e12:6.1f} TFLOP/s = "
             f"{100 * batch * flops / secs / 1e12 / peak:5.1f}% of bf16 matmul ({peak:.0f})  first call {first:5.1f} s  "
-            f"1-cos vs fp32 {gap:.1e}",
+            f"1-cos {gap:.1e}",
             flush=True,
         )
-    torch.backends.cudnn.benchmark = False
     if args.device.startswith("cuda"):
-        profile(base, values)
+        profile(bf16(base.network), values)
 
 
-def profile(base: MertModel, values: torch.Tensor) -> None:
-    """The CUDA kernels that take the autocast forward's time, by share."""
+def profile(network: torch.nn.Module, values: torch.Tensor) -> None:
+    """The CUDA kernels that take a bf16-weight forward's time, by share."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    pooled(base.network, values, None)
+    pooled(network, values, torch.bfloat16)
     with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-        pooled(base.network, values, None)
+        pooled(network, values, torch.bfloat16)
         sync("cuda")
     events = [e for e in prof.key_averages() if e.self_device_time_total > 0]
     total = sum(e.self_device_time_total for e in events)
-    print(f"autocast forward, batch {values.shape[0]}: {total / 1e3:.1f} ms of kernels; the largest:")
+    print(f"bf16 weights, gemm convs, batch {values.shape[0]}: {total / 1e3:.1f} ms of kernels; the largest:")
     for e in sorted(events, key=lambda e: -e.self_device_time_total)[:15]:
         print(f"  {100 * e.self_device_time_total / total:5.1f}%  {e.count:5d}x  {e.key[:110]}")
 
@@ -456,7 +465,7 @@ def main() -> None:
         if args.pipeline:
             pipeline(base, args, Path(tmp))
         if args.variants:
-            variants(base, args, windows, flops_per_window(base, windows))
+            variants(base, args, windows, flops_per_window(base, windows), Path(tmp) / "model")
 
 
 if __name__ == "__main__":

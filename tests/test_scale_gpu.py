@@ -57,18 +57,28 @@ def _cosines(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
     )
 
 
-def test_bf16_autocast_is_close_to_fp32_and_stored_as_its_own_run(mert: MertModel) -> None:
+def test_bf16_mert_casts_its_weights_is_close_to_fp32_and_is_stored_as_its_own_run(mert: MertModel) -> None:
     windows = _windows(3, 2.0, seed=1)
     fp32 = mert.embed(windows)
     half = with_precision(mert, "bf16")
-    assert isinstance(half, AutocastModel) and with_precision(mert, "fp32") is mert
+    assert isinstance(half, MertModel) and with_precision(mert, "fp32") is mert
+    assert half.network.dtype == torch.bfloat16 and mert.network.dtype == torch.float32, "the fp32 model is untouched"
     assert half.info.revision == f"{mert.info.revision}+bf16"
     assert half.info.layer_names == mert.info.layer_names and half.info.sample_rate == SR
     low = half.embed(windows)
     assert all(x.dtype == np.float32 and x.shape == y.shape for x, y in zip(low, fp32, strict=False))
-    assert not all(np.array_equal(x, y) for x, y in zip(low, fp32, strict=False)), (
-        "autocast should have changed the arithmetic"
-    )
+    assert not all(np.array_equal(x, y) for x, y in zip(low, fp32, strict=False)), "bf16 should change the arithmetic"
+    assert _cosines(low, fp32).min() > 0.99
+    np.testing.assert_array_equal(mert.embed(windows)[-1], fp32[-1])
+
+
+def test_autocast_runs_a_torch_network_in_bf16_close_to_fp32(mert: MertModel) -> None:
+    """What with_precision gives torch models without a weight cast (musicnn's torch path)."""
+    windows = _windows(2, 2.0, seed=5)
+    half = AutocastModel(mert, "bf16")
+    assert half.info.revision == f"{mert.info.revision}+bf16"
+    fp32, low = mert.embed(windows), half.embed(windows)
+    assert not all(np.array_equal(x, y) for x, y in zip(low, fp32, strict=False)), "autocast changes the arithmetic"
     assert _cosines(low, fp32).min() > 0.99
 
 

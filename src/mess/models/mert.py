@@ -8,6 +8,7 @@ parametrizations by ``from_pretrained``. The model card licence is CC BY-NC 4.0.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
 from mess.models.base import EmbeddingModel, ModelInfo
+from mess.models.hubert_gemm import use_gemm_convs
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ class MertModel(EmbeddingModel):
 
     def __init__(self, network: HubertModel, processor: Wav2Vec2FeatureExtractor, name: str, revision: str,
                  device: str = "cpu") -> None:
+        if torch.device(device).type == "cuda":  # cuDNN runs HuBERT's 1-d convs off the tensor cores
+            use_gemm_convs(network)
         self.network = network.eval().to(device)
         self.processor = processor
         self.device = device
@@ -69,6 +73,12 @@ class MertModel(EmbeddingModel):
         label = name or Path(source).name.lower()
         return cls(network, processor, label, revision or _local_revision(source), device)
 
+    def in_dtype(self, dtype: torch.dtype, label: str) -> MertModel:
+        """A copy with its weights in ``dtype`` (bf16 or fp16; cheaper than autocast, which re-casts weights and
+        runs norms in fp32), as its own run: its revision ends in ``+label``."""
+        network = copy.deepcopy(self.network).to(dtype)
+        return MertModel(network, self.processor, self.info.name, f"{self.info.revision}+{label}", self.device)
+
     @torch.inference_mode()
     def embed(self, windows: np.ndarray) -> list[np.ndarray]:
         """Per-layer time-averaged hidden states for a batch of equal-length windows."""
@@ -76,8 +86,8 @@ class MertModel(EmbeddingModel):
         if self.processor.do_normalize:  # Wav2Vec2FeatureExtractor's per-window normalisation, on the device
             mean = values.mean(dim=1, keepdim=True)
             values = (values - mean) / torch.sqrt(values.var(dim=1, unbiased=False, keepdim=True) + 1e-7)
-        out = self.network(values, output_hidden_states=True)
-        return [h.float().mean(dim=1).cpu().numpy() for h in out.hidden_states]
+        out = self.network(values.to(self.network.dtype), output_hidden_states=True)
+        return [h.mean(dim=1, dtype=torch.float32).cpu().numpy() for h in out.hidden_states]
 
 
 def _read_config(source: str, revision: str | None, local_files_only: bool) -> dict:

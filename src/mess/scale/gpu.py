@@ -49,7 +49,8 @@ class AutocastModel(EmbeddingModel):
 
 
 def with_precision(model: EmbeddingModel, precision: str) -> EmbeddingModel:
-    """``model`` itself for fp32, else wrapped in :class:`AutocastModel` (bf16 or fp16).
+    """``model`` itself for fp32; for bf16 or fp16, a MERT copy with its weights in that dtype, or another torch
+    model wrapped in :class:`AutocastModel`.
 
     Raises:
         ValueError: unknown precision, or a model with no torch network (e.g. dsp).
@@ -64,4 +65,7 @@ def with_precision(model: EmbeddingModel, precision: str) -> EmbeddingModel:
         raise ValueError(
             f"{model.info.name} does not run on torch; --precision {precision} applies to MERT and musicnn"
         )
+    cast = getattr(model, "in_dtype", None)  # MERT: its weights in the reduced dtype
+    if cast is not None:
+        return cast(getattr(torch, PRECISIONS[precision]), precision)
     return AutocastModel(model, precision)
