@@ -192,7 +192,12 @@ _NEW_TRACK_ID = "(SELECT MAX(COALESCE(MAX(id), 0), COALESCE((SELECT MAX(high) FR
 
 
 class FeatureStore:
-    """Read and write tracks, runs and vectors under one folder."""
+    """Read and write tracks, runs and vectors under one folder.
+
+    One instance may be shared by a process's threads (`mess extract` decodes in several): every use of its SQLite
+    connection, fetching the rows included, holds one re-entrant lock, so threads take turns and never read
+    inside another thread's transaction.
+    """
 
     def __init__(
         self,
@@ -258,7 +263,8 @@ class FeatureStore:
     def close(self) -> None:
         """Close the catalog connection (and drop what the memo holds for it)."""
         MEMO.forget(self._scope)
-        self.db.close()
+        with self._lock:
+            self.db.close()
 
     # ---- the write lock ---------------------------------------------------------------
     def writing(
@@ -271,7 +277,8 @@ class FeatureStore:
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
-        """Reads inside the block all see one catalog version, whatever other processes commit meanwhile."""
+        """Reads inside the block all see one catalog version, whatever other processes commit meanwhile (other
+        threads' calls wait for the block to end)."""
         with self._lock:
             if self.db.in_transaction:
                 yield
@@ -297,6 +304,21 @@ class FeatureStore:
             raise StoreError(f"cannot write to the store at {self.root} ({reason}); what was written before is "
                              "kept: fix the cause (free disk space, say) and run the command again") from None
 
+    def _query(self, sql: str, args: Sequence[object] = ()) -> list[sqlite3.Row]:
+        """All rows of one read, executed and fetched while this thread holds the connection."""
+        with self._lock:
+            return self.db.execute(sql, args).fetchall()
+
+    def _one(self, sql: str, args: Sequence[object] = ()) -> sqlite3.Row | None:
+        """The first row of one read (:meth:`_query`), or None."""
+        rows = self._query(sql, args)
+        return rows[0] if rows else None
+
+    def _has_column(self, table: str, column: str) -> bool:
+        """Whether the catalog's ``table`` has ``column`` (see :func:`has_column`)."""
+        with self._lock:
+            return has_column(self.db, table, column)
+
     # ---- change token and memo ------------------------------------------------------
     def version(self) -> tuple[int, int]:
         """A token that changes whenever the catalog may have changed.
@@ -309,7 +331,8 @@ class FeatureStore:
         Tokens compare only within one FeatureStore: a connection opened later can
         repeat the token an older one had at another catalog version.
         """
-        return int(self.db.execute("PRAGMA data_version").fetchone()[0]), self.db.total_changes
+        with self._lock:
+            return int(self.db.execute("PRAGMA data_version").fetchone()[0]), self.db.total_changes
 
     def cached(self, key: Hashable, make: Callable[[], T], *, tracks: Sequence[Track] | None = None) -> T:
         """``make()``, kept in the process's memo (:mod:`mess.store.memo`) until :meth:`version` changes.
@@ -383,9 +406,7 @@ class FeatureStore:
 
     def known_file(self, path: Path) -> tuple[str, str] | None:
         """(content_hash, change stamp) recorded for a path, to skip re-hashing unchanged files."""
-        row = self.db.execute(
-            "SELECT content_hash, stamp, size, mtime FROM tracks WHERE path=?", (to_db_path(path),)
-        ).fetchone()
+        row = self._one("SELECT content_hash, stamp, size, mtime FROM tracks WHERE path=?", (to_db_path(path),))
         if row is None:
             return None
         return row[0], row[1] or legacy_stamp(row[2], row[3])  # rows from before stamps: size and mtime
@@ -410,7 +431,7 @@ class FeatureStore:
         if artist is not None:
             sql += " WHERE t.artist = ?"
             args.append(artist)
-        return tuple(Track.from_row(r) for r in self.db.execute(sql + " ORDER BY t.id", args))
+        return tuple(Track.from_row(r) for r in self._query(sql + " ORDER BY t.id", args))
 
     def track(self, ref: int | str | Path) -> Track:
         """Find a track by id, path, or file name; raises StoreError when unknown, or when a file name is not
@@ -430,7 +451,7 @@ class FeatureStore:
         if is_track_id(key):
             if len(key) > 18:  # beyond SQLite's integers: no track's id
                 return None
-            row = self.db.execute(f"SELECT {_TRACK_COLS} FROM tracks WHERE id=?", (int(key),)).fetchone()
+            row = self._one(f"SELECT {_TRACK_COLS} FROM tracks WHERE id=?", (int(key),))
             return None if row is None else Track.from_row(row)
         at = self.track_at(key)
         if at is not None:
@@ -445,8 +466,8 @@ class FeatureStore:
 
     def track_at(self, path: str | Path) -> Track | None:
         """The track at exactly ``path`` (relative to the working directory, links resolved), or None."""
-        row = self.db.execute(f"SELECT {_TRACK_COLS} FROM tracks WHERE path=?",
-                              (to_db_path(resolved(Path(path).expanduser())),)).fetchone()
+        row = self._one(f"SELECT {_TRACK_COLS} FROM tracks WHERE path=?",
+                        (to_db_path(resolved(Path(path).expanduser())),))
         return None if row is None else Track.from_row(row)
 
     def _named(self, name: str) -> list[sqlite3.Row]:
@@ -455,10 +476,10 @@ class FeatureStore:
         try:
             name.encode("utf-8")
         except UnicodeEncodeError:  # not valid UTF-8: such paths are stored as bytes (to_db_path), matched here
-            rows = self.db.execute(sql + "typeof(path)='blob' ORDER BY id")
+            rows = self._query(sql + "typeof(path)='blob' ORDER BY id")
             return [r for r in rows if Path(from_db_path(r["path"])).name == name]
         pattern = "%/" + name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        return self.db.execute(sql + "path LIKE ? ESCAPE '\\' ORDER BY id", (pattern,)).fetchall()
+        return self._query(sql + "path LIKE ? ESCAPE '\\' ORDER BY id", (pattern,))
 
     def remove_tracks(self, paths: Iterable[str]) -> int:
         """Forget tracks by path (their vectors stay cached by content hash)."""
@@ -467,7 +488,7 @@ class FeatureStore:
 
     def all_paths(self) -> list[str]:
         """Every path in the catalog."""
-        return [from_db_path(r[0]) for r in self.db.execute("SELECT path FROM tracks ORDER BY id")]
+        return [from_db_path(r[0]) for r in self._query("SELECT path FROM tracks ORDER BY id")]
 
     # ---- runs ---------------------------------------------------------------------
     def ensure_run(self, key: RunKey) -> Run:
@@ -486,14 +507,14 @@ class FeatureStore:
                     time.time(),
                 ),
             )
-        row = self.db.execute(
-            "SELECT * FROM runs WHERE model=? AND revision=? AND policy=?", (key.model, key.revision, key.policy)
-        ).fetchone()
+            row = self.db.execute(
+                "SELECT * FROM runs WHERE model=? AND revision=? AND policy=?", (key.model, key.revision, key.policy)
+            ).fetchone()
         return self._run(row)
 
     def runs(self) -> list[Run]:
         """All runs, oldest first."""
-        return [self._run(r) for r in self.db.execute("SELECT * FROM runs ORDER BY id")]
+        return [self._run(r) for r in self._query("SELECT * FROM runs ORDER BY id")]
 
     def run(self, model: str | None = None) -> Run:
         """The run of ``model`` (a name or local model folder) that covers the most tracks, the newest of equals.
@@ -518,7 +539,7 @@ class FeatureStore:
         args: tuple[str, ...] = ()
         if model:
             sql, args = sql + " WHERE r.model=?", (model,)
-        row = self.db.execute(sql + " ORDER BY covered DESC, r.id DESC LIMIT 1", args).fetchone()
+        row = self._one(sql + " ORDER BY covered DESC, r.id DESC LIMIT 1", args)
         if row is None:
             known = sorted({r.model for r in self.runs()})
             raise StoreError(f"no vectors for model {model!r} in {self.root}; extracted models: {known or 'none'}")
@@ -543,20 +564,15 @@ class FeatureStore:
 
     def catalog_rows(self, run: Run) -> tuple[int, int]:
         """(track rows, segment rows) that the catalog references: row files hold at least these."""
-        track_rows, seg_rows = self.db.execute(
+        track_rows, seg_rows = self._query(
             "SELECT COALESCE(MAX(track_row)+1, 0), COALESCE(MAX(seg_row+n_segments), 0) FROM vectors WHERE run_id=?",
             (run.id,),
-        ).fetchone()
+        )[0]
         return int(track_rows), int(seg_rows)
 
     def has_vectors(self, run: Run, content_hash: str) -> bool:
         """Whether this content was already embedded in this run."""
-        return (
-            self.db.execute(
-                "SELECT 1 FROM vectors WHERE run_id=? AND content_hash=?", (run.id, content_hash)
-            ).fetchone()
-            is not None
-        )
+        return self._one("SELECT 1 FROM vectors WHERE run_id=? AND content_hash=?", (run.id, content_hash)) is not None
 
     def write_vectors(self, run: Run, items: Sequence[TrackVectors]) -> None:
         """Write vectors at the rows after the catalog's last, then commit their catalog rows with the
@@ -616,12 +632,12 @@ class FeatureStore:
         A failure is kept per content, so every catalogued file with that content is listed (the reason
         naming each); a file whose content has changed since is not. Files never hashed are listed by path.
         """
-        shared = self.db.execute(
+        shared = self._query(
             "SELECT t.path, f.path, f.reason FROM failures f JOIN tracks t ON t.content_hash = f.content_hash "
             "WHERE f.run_id=? ORDER BY f.at, t.path",
             (run.id,),
         )
-        unread = self.db.execute(
+        unread = self._query(
             "SELECT path, path, reason FROM failures WHERE run_id=? AND content_hash LIKE 'path:%' ORDER BY at",
             (run.id,),
         )
@@ -634,8 +650,8 @@ class FeatureStore:
     def failure(self, run: Run, track: Track) -> str | None:
         """Why ``track``'s content failed to extract in ``run`` (the recorded reason, naming the file as it is now,
         less the 'PATH: ' it starts with: the caller names the track), or None when no failure is recorded."""
-        row = self.db.execute("SELECT path, reason FROM failures WHERE run_id=? AND content_hash=?",
-                              (run.id, track.content_hash)).fetchone()
+        row = self._one("SELECT path, reason FROM failures WHERE run_id=? AND content_hash=?",
+                        (run.id, track.content_hash))
         if row is None:
             return None
         return _reason_alone(str(row[1]).replace(printable(from_db_path(row[0])), printable(track.path)), track.path)
@@ -644,7 +660,7 @@ class FeatureStore:
         """(path, reason) of the latest failure, in any run, of a file never read (so not catalogued) at ``ref``:
         a path, or a file name when one such file has it; None when there is none. The reason is without the
         'PATH: ' it was recorded with (the caller names the file)."""
-        rows = self.db.execute("SELECT path, reason FROM failures WHERE content_hash LIKE 'path:%' ORDER BY at DESC")
+        rows = self._query("SELECT path, reason FROM failures WHERE content_hash LIKE 'path:%' ORDER BY at DESC")
         latest: dict[str, str] = {}
         for path, reason in rows:
             latest.setdefault(from_db_path(path), _reason_alone(str(reason), from_db_path(path)))
@@ -658,9 +674,9 @@ class FeatureStore:
         """Paths of catalogued files with neither vectors nor a recorded failure in ``run``, by id: no answer from
         the run includes them. An interrupted or running `mess extract` leaves such files, and so does a damaged
         content hash (tracks meet their vectors by it); `mess extract` embeds them."""
-        if self.db.execute("SELECT COUNT(*) FROM tracks").fetchone()[0] == len(self.tracks(run)):
+        if self._query("SELECT COUNT(*) FROM tracks")[0][0] == len(self.tracks(run)):
             return []  # the common case, at the cost of one count
-        rows = self.db.execute(
+        rows = self._query(
             "SELECT path FROM tracks t WHERE NOT EXISTS (SELECT 1 FROM vectors v WHERE v.run_id=? AND "
             "v.content_hash=t.content_hash) AND NOT EXISTS (SELECT 1 FROM failures f WHERE f.run_id=? AND "
             "f.content_hash=t.content_hash) ORDER BY t.id", (run.id, run.id))
@@ -668,7 +684,7 @@ class FeatureStore:
 
     def unread_paths(self) -> list[str]:
         """Paths of the failures of files that could not be read at all (never hashed), in every run."""
-        rows = self.db.execute("SELECT DISTINCT path FROM failures WHERE content_hash LIKE 'path:%'")
+        rows = self._query("SELECT DISTINCT path FROM failures WHERE content_hash LIKE 'path:%'")
         return [from_db_path(r[0]) for r in rows]
 
     def forget_unread(self, paths: Iterable[str]) -> None:
@@ -677,12 +693,12 @@ class FeatureStore:
             self.db.executemany("DELETE FROM failures WHERE content_hash=?", [(_unread_key(p),) for p in paths])
 
     def _rows(self, run: Run) -> list[sqlite3.Row]:
-        sums = "v.checksums" if has_column(self.db, "vectors", "checksums") else "NULL AS checksums"  # older, read-only
-        return self.db.execute(
+        sums = "v.checksums" if self._has_column("vectors", "checksums") else "NULL AS checksums"  # older, read-only
+        return self._query(
             f"SELECT t.id AS track_id, v.content_hash, v.track_row, v.seg_row, v.n_segments, v.seg_starts, {sums} "
             "FROM tracks t JOIN vectors v ON v.content_hash=t.content_hash AND v.run_id=? ORDER BY t.id",
             (run.id,),
-        ).fetchall()
+        )
 
     def _read(self, run: Run, level: str, layer: int, rows: list[sqlite3.Row]) -> tuple[np.ndarray, np.ndarray]:
         """(track id per vector, float32 vectors) of one layer at ``level`` for catalog ``rows``: a track row each,
@@ -747,7 +763,7 @@ class FeatureStore:
     def track_rows(self, run: Run) -> dict[str, int]:
         """content hash -> track row, for writing derived vectors aligned to rows."""
         return {
-            r[0]: r[1] for r in self.db.execute("SELECT content_hash, track_row FROM vectors WHERE run_id=?", (run.id,))
+            r[0]: r[1] for r in self._query("SELECT content_hash, track_row FROM vectors WHERE run_id=?", (run.id,))
         }
 
     # ---- derived vectors (fused, ...) --------------------------------------------
@@ -825,7 +841,7 @@ class FeatureStore:
         written to a freed row would otherwise be searched with the vector of the file that held it before.
         """
         rows, blanked = list(rows), 0
-        derived_sets = self.db.execute("SELECT name, dim, meta FROM derived WHERE run_id=?", (run.id,)).fetchall()
+        derived_sets = self._query("SELECT name, dim, meta FROM derived WHERE run_id=?", (run.id,))
         for name, dim, meta in derived_sets:
             data = np.array(RowFile(self.derived_path(run, name), dim).read(), dtype=np.float32)
             drop = [r for r in rows if r < min(keep, len(data))]
@@ -833,24 +849,24 @@ class FeatureStore:
             data[drop] = np.nan
             data = data[:keep]
             blanked += before - int(np.isfinite(data).all(axis=1).sum())
-            with self.db:
+            with self._lock, self.db:
                 self._store_derived(run, name, data, json.loads(meta))
         return blanked
 
     def derived_sets(self, run: Run) -> list[tuple[str, RowFile, bytes | None]]:
         """(name, row file as the catalog names it, the checksums recorded with its rows: None when an older mess
         wrote it) of each derived vector set, by name."""
-        sums = "checksums" if has_column(self.db, "derived", "checksums") else "NULL AS checksums"  # older, read-only
-        sets = self.db.execute(f"SELECT name, dim, meta, {sums} FROM derived WHERE run_id=? ORDER BY name", (run.id,))
+        sums = "checksums" if self._has_column("derived", "checksums") else "NULL AS checksums"  # older, read-only
+        sets = self._query(f"SELECT name, dim, meta, {sums} FROM derived WHERE run_id=? ORDER BY name", (run.id,))
         folder = self.root / "runs" / str(run.id) / "derived"
         return [(name, RowFile(folder / _derived_file(name, json.loads(meta)), dim), blob)
-                for name, dim, meta, blob in sets.fetchall()]
+                for name, dim, meta, blob in sets]
 
     def derived_sizes(self, run: Run) -> list[tuple[str, int, int | None]]:
         """(name, rows in its file, rows written) of each derived vector set (written: None for older stores)."""
-        sets = self.db.execute("SELECT name, dim, meta FROM derived WHERE run_id=? ORDER BY name", (run.id,))
+        sets = self._query("SELECT name, dim, meta FROM derived WHERE run_id=? ORDER BY name", (run.id,))
         return [(name, RowFile(self.derived_path(run, name), dim).rows, json.loads(meta).get("rows"))
-                for name, dim, meta in sets.fetchall()]
+                for name, dim, meta in sets]
 
     def drop_derived(self, run: Run, name: str) -> None:
         """Forget a derived vector set: its catalog row and its file."""
@@ -862,7 +878,7 @@ class FeatureStore:
 
     def derived_meta(self, run: Run, name: str) -> dict | None:
         """Metadata stored with derived vectors, or None."""
-        row = self.db.execute("SELECT meta FROM derived WHERE run_id=? AND name=?", (run.id, name)).fetchone()
+        row = self._one("SELECT meta FROM derived WHERE run_id=? AND name=?", (run.id, name))
         return None if row is None else json.loads(row[0])
 
     def derived_path(self, run: Run, name: str) -> Path:
@@ -885,17 +901,17 @@ class FeatureStore:
     def aspect_map_probed_at(self, run: Run) -> float | None:
         """The stamp (``probed_at``) of the probe report the stored aspect map comes from; None when never probed or
         not recorded (a map from an older mess)."""
-        if not has_column(self.db, "aspect_map", "probed_at"):
+        if not self._has_column("aspect_map", "probed_at"):
             return None
-        row = self.db.execute("SELECT MAX(probed_at) FROM aspect_map WHERE run_id=?", (run.id,)).fetchone()
+        row = self._query("SELECT MAX(probed_at) FROM aspect_map WHERE run_id=?", (run.id,))[0]
         return None if row[0] is None else float(row[0])
 
     def aspect_map_tracks(self, run: Run) -> int | None:
         """How many tracks the run had when the stored aspect map was probed; None when never probed or not
         recorded (a map from an older mess)."""
-        if not has_column(self.db, "aspect_map", "n_tracks"):
+        if not self._has_column("aspect_map", "n_tracks"):
             return None
-        row = self.db.execute("SELECT MAX(n_tracks) FROM aspect_map WHERE run_id=?", (run.id,)).fetchone()
+        row = self._query("SELECT MAX(n_tracks) FROM aspect_map WHERE run_id=?", (run.id,))[0]
         return None if row[0] is None else int(row[0])
 
     def aspect_scores(self, run: Run) -> dict[str, float]:
@@ -903,14 +919,14 @@ class FeatureStore:
         that ran (empty when never probed)."""
         return {
             r[0]: float(r[1])
-            for r in self.db.execute("SELECT aspect, score FROM aspect_map WHERE run_id=? ORDER BY aspect", (run.id,))
+            for r in self._query("SELECT aspect, score FROM aspect_map WHERE run_id=? ORDER BY aspect", (run.id,))
         }
 
     def aspect_map(self, run: Run) -> dict[str, str]:
         """aspect -> layer name, as chosen by the last probe of this run (empty when never probed)."""
         return {
             r[0]: r[1]
-            for r in self.db.execute("SELECT aspect, layer FROM aspect_map WHERE run_id=? ORDER BY aspect", (run.id,))
+            for r in self._query("SELECT aspect, layer FROM aspect_map WHERE run_id=? ORDER BY aspect", (run.id,))
         }
 
 
