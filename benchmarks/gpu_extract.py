@@ -3,28 +3,32 @@
 Random weights in MERT-v1-95M's exact shape (HubertConfig: 768 hidden, 12 layers, 12 heads,
 FFN 3072, 7x512 conv front end, group norm, 128/16 positional conv) are saved with
 ``save_pretrained`` and loaded by ``MertModel.from_pretrained``, so the same loading and
-``embed`` code as a real run is measured. For each precision (fp32, bf16/fp16 autocast via
-``mess.scale.gpu.with_precision``) and batch size, on 30 s windows at 24 kHz:
+``embed`` code as a real run is measured (on CUDA, MertModel computes HuBERT's convolutions
+as matrix products: ``mess.models.hubert_gemm``). For each precision (fp32; bf16/fp16 via
+``mess.scale.gpu.with_precision``, which casts MERT's weights) and batch size, on 30 s windows at 24 kHz:
 
-* windows/s through ``model.embed`` (numpy in, per-layer vectors out: CPU normalisation,
-  host<->device copies, forward, pooling), through the same with the normalisation done
-  on the device, and through the bare network on device input (plus the share of the
-  conv front end in it);
-* tracks/s for a 3.5-min track (7 windows under the default 30 s policy);
+* windows/s through ``model.embed`` (numpy in, per-layer vectors out: host->device copy,
+  normalisation on the device, forward, pooling) and through the bare network on device input
+  (plus the share of the conv front end in it);
+* tracks/s for a 3.5-min track (the windows the default policy takes);
 * achieved TFLOP/s (FLOPs per window counted by torch's FlopCounterMode) and its ratio
   to a dense matmul of the same precision measured in the same run;
 * peak device memory; the largest deviation of reduced-precision vectors from fp32
   (1 - cosine, worst layer); and what zero-padding a 10 s window to 30 s does to its
   vectors (why batches are grouped by exact window length instead of padded);
 * with ``--pipeline N``, the real extraction end to end (``mess.extract.pipeline.extract``: N
-  3.5-min audio files written first (Ogg Vorbis by default), decoded and resampled by
-  ``--workers`` decoding processes, normalised, embedded at the last precision and batch size
-  asked for, written to a feature store): windows/s, TFLOP/s and its share of the measured
-  dense matmul rate, against ``MertModel.embed`` alone at the same batch (what decoding and the
-  store leave of the GPU's rate).
+  3.5-min audio files written first (Ogg Vorbis by default), inspected, decoded and resampled by
+  ``--workers`` decoding processes, embedded at the last precision and batch size asked for,
+  committed to a feature store): windows/s, TFLOP/s and its share of the measured dense matmul
+  rate, against ``MertModel.embed`` alone at the same batch; the decoding rate of one core and
+  the cores the GPU's rate needs; the wall time spent in ``embed`` and in commits;
+* with ``--variants``, the bare network at the largest batch run other ways (autocast or bf16
+  weights, torch's convolutions or the matrix-product ones, each change alone;
+  ``--compile`` adds ``torch.compile``) with its 1 - cos against fp32, and a CUDA kernel profile.
 
     python benchmarks/gpu_extract.py --device cuda
-    python benchmarks/gpu_extract.py --device cuda --precisions bf16 --batch-sizes 16 --pipeline 64 --workers 12
+    python benchmarks/gpu_extract.py --device cuda --precisions bf16 --batch-sizes 64 128 --variants \
+        --pipeline 256 --workers 14 --format flac
     python benchmarks/gpu_extract.py --device cpu --batch-sizes 1 --repeats 1 --precisions fp32
 """
 
@@ -142,15 +146,6 @@ def worst_cosine_gap(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     return float(np.max(gaps))
 
 
-def device_embed(model: MertModel, windows: np.ndarray) -> list[np.ndarray]:
-    """MertModel.embed with the input normalisation moved from numpy onto the device (same formula)."""
-    with torch.inference_mode():
-        x = torch.from_numpy(windows).to(model.device)
-        x = (x - x.mean(dim=1, keepdim=True)) / torch.sqrt(x.var(dim=1, keepdim=True, unbiased=False) + 1e-7)
-        out = model.network(x, output_hidden_states=True)
-        return [h.float().mean(dim=1).cpu().numpy() for h in out.hidden_states]
-
-
 def measure(base: MertModel, args: argparse.Namespace, name: str, windows: np.ndarray) -> None:
     """Time every precision x batch size, check accuracy and padding, print the table."""
     cuda = args.device.startswith("cuda")
@@ -161,10 +156,6 @@ def measure(base: MertModel, args: argparse.Namespace, name: str, windows: np.nd
     )
 
     reference = base.embed(windows[:4])
-    print(
-        "on-device normalisation vs embed (fp32): 1-cos = "
-        f"{worst_cosine_gap(device_embed(base, windows[:4]), reference):.1e}"
-    )
     results = []
     for precision in args.precisions:
         model = with_precision(base, precision)
@@ -172,37 +163,34 @@ def measure(base: MertModel, args: argparse.Namespace, name: str, windows: np.nd
         peak = matmul_tflops(args.device, dtype, 8192 if cuda else 2048)
         gap = worst_cosine_gap(model.embed(windows[:4]), reference)
 
-        def autocast() -> torch.autocast:
-            return torch.autocast(torch.device(args.device).type, dtype=dtype, enabled=precision != "fp32")
+        network = getattr(model, "network", base.network)  # MERT's own copy in bf16/fp16, or the fp32 one
+
+        def autocast() -> torch.autocast:  # what with_precision's AutocastModel does; MERT casts its weights instead
+            enabled = precision != "fp32" and network.dtype == torch.float32
+            return torch.autocast(torch.device(args.device).type, dtype=dtype, enabled=enabled)
 
         for batch in args.batch_sizes:
             if cuda:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
             x = windows[:batch]
-            values = network_input(base, x)
-
-            def on_device() -> None:
-                with autocast():
-                    device_embed(base, x)
+            values = network_input(base, x).to(network.dtype)
 
             def bare() -> None:
                 with torch.inference_mode(), autocast():
-                    base.network(values, output_hidden_states=True)
+                    network(values, output_hidden_states=True)
 
             def front_end() -> None:
                 with torch.inference_mode(), autocast():
-                    base.network.feature_extractor(values)
+                    network.feature_extractor(values)
 
             embed_s = seconds_per_call(lambda: model.embed(x), args.device, args.repeats)
-            device_s = seconds_per_call(on_device, args.device, args.repeats)
             net_s = seconds_per_call(bare, args.device, args.repeats)
             conv_s = seconds_per_call(front_end, args.device, args.repeats)
             row = {
                 "precision": precision,
                 "batch": batch,
                 "embed_windows_per_s": batch / embed_s,
-                "device_norm_windows_per_s": batch / device_s,
                 "network_windows_per_s": batch / net_s,
                 "tracks_per_s": batch / embed_s / WINDOWS_PER_TRACK,
                 "embed_tflops": batch * flops / embed_s / 1e12,
@@ -221,17 +209,17 @@ def measure(base: MertModel, args: argparse.Namespace, name: str, windows: np.nd
 
     print(f"\n{name}: MERT-95M-shaped, {args.seconds:g} s windows, {flops / 1e12:.3f} TFLOP/window")
     print(
-        "win/s: MertModel.embed (numpy in, vectors out); dev-norm: the same with normalisation on the device;"
+        "win/s: MertModel.embed (numpy in, vectors out, normalised on the device);"
         " net: network forward only; conv %: share of the forward in the conv front end"
     )
     print(
-        f"{'prec':5s}{'batch':>6s}{'win/s':>8s}{'dev-norm':>9s}{'net':>8s}{'tracks/s':>9s}{'TFLOP/s':>8s}"
+        f"{'prec':5s}{'batch':>6s}{'win/s':>8s}{'net':>8s}{'tracks/s':>9s}{'TFLOP/s':>8s}"
         f"{'net TF/s':>9s}{'% matmul':>9s}{'conv %':>7s}{'mem GiB':>8s}{'1-cos':>9s}"
     )
     for r in results:
         mem = f"{r['peak_mem_gib']:8.1f}" if r["peak_mem_gib"] is not None else f"{'-':>8s}"
         print(
-            f"{r['precision']:5s}{r['batch']:6d}{r['embed_windows_per_s']:8.2f}{r['device_norm_windows_per_s']:9.2f}"
+            f"{r['precision']:5s}{r['batch']:6d}{r['embed_windows_per_s']:8.2f}"
             f"{r['network_windows_per_s']:8.2f}{r['tracks_per_s']:9.2f}{r['embed_tflops']:8.3g}"
             f"{r['network_tflops']:9.3g}{100 * r['network_tflops'] / r['matmul_peak_tflops']:8.1f}%"
             f"{100 * r['conv_front_end_share']:6.0f}%{mem}{r['vs_fp32_max_1_minus_cos']:9.1e}"
