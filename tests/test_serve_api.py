@@ -393,7 +393,7 @@ def test_upload_finds_the_original_and_places_it_on_the_map(client: TestClient, 
     assert data["results"][0]["id"] == original.id and data["results"][0]["score"] > data["results"][1]["score"]
     same = client.post("/api/similar/upload", params={"k": 3},
                        files={"file": ("copy.flac", Path(original.path).read_bytes(), "audio/flac")}).json()
-    assert same["query"]["external"] is False and same["query"]["id"] == original.id
+    assert same["query"]["external"] is False and same["query"]["id"] == original.id and same["warnings"] == []
     point = next(p for p in client.get("/api/map").json()["points"] if p["id"] == original.id)
     assert [same["query"]["x"], same["query"]["y"]] == pytest.approx([point["x"], point["y"]], abs=0.01)
     assert original.id not in [r["id"] for r in same["results"]]
@@ -401,6 +401,27 @@ def test_upload_finds_the_original_and_places_it_on_the_map(client: TestClient, 
                            files={"file": ("copy.flac. ", Path(original.path).read_bytes(), "audio/flac")})
     assert trailing.status_code == 200, trailing.text
     assert trailing.json()["query"]["id"] == original.id and trailing.json()["query"]["file"] == "copy.flac. "
+    assert _uploads_left(uploads_dir) == set()
+
+
+def test_an_upload_answers_the_warnings_the_cli_prints(client: TestClient, uploads_dir: Path) -> None:
+    """A file sampled below half the model's rate was searched and answered without a word (the warning `mess
+    similar FILE` prints went to the server's log only); the answer lists it, naming the uploaded file."""
+    def upload(name: str, rate: int) -> dict:
+        t = np.arange(4 * rate) / rate
+        tones = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.1 * np.sin(2 * np.pi * 1320 * t) * (np.sin(2 * np.pi * t) > 0)
+        buffer = io.BytesIO()
+        sf.write(buffer, tones.astype(np.float32), rate, format="WAV")
+        answer = client.post("/api/similar/upload", params={"k": 2},
+                             files={"file": (name, buffer.getvalue(), "audio/wav")})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["query"]["external"] is True
+        return answer.json()
+
+    assert upload("phone.wav", 4000)["warnings"] == [
+        "phone.wav: sampled at 4000 Hz, below half the model's 22050 Hz: it hears nothing above 2000 Hz, "
+        "so its vectors say little"]
+    assert upload("studio.wav", 22050)["warnings"] == []
     assert _uploads_left(uploads_dir) == set()
 
 
@@ -451,8 +472,9 @@ def test_embed_worker_survives_a_hang_and_a_crash(collection: Path, store: Featu
     path = Path(store.tracks()[0].path)
     worker = EmbedWorker(timeout=60)
     try:
-        content_hash, layers, tags = worker.embed(path, run, path.name)
+        content_hash, layers, tags, warnings = worker.embed(path, run, path.name)
         assert content_hash == store.tracks()[0].content_hash and len(layers) == 4 and tags["artist"]
+        assert warnings == []
         first = worker.pid
         os.kill(first, signal.SIGSTOP)  # a decoder stuck forever
         worker.timeout = 1.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import io
 import json
 import os
 import shutil
@@ -20,7 +21,9 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+import soundfile as sf
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -199,8 +202,23 @@ def test_page_click_a_track_shows_neighbours(server: str, tmp_path: Path, record
         texts = [" ".join(str(p[f]) for f in ("name", "album", "genre", "composer", "file") if p[f]).lower()
                  for p in expected]
         assert hits == min(30, sum(all(w in t for w in words) for t in texts)) >= 1
-        assert browser.exceptions() == []
+
+        low = io.BytesIO()  # an upload sampled at 4 kHz: the page shows the server's warning under its title
+        sf.write(low, 0.3 * np.sin(2 * np.pi * 440 * np.arange(4 * 4000) / 4000), 4000, format="WAV")
+        browser.evaluate("(() => { const t = new DataTransfer(); t.items.add(new File([Uint8Array.from(atob("
+                         f"{json.dumps(base64.b64encode(low.getvalue()).decode())}), c => c.charCodeAt(0))], "
+                         "'phone.wav', {type: 'audio/wav'})); document.getElementById('upload-file').files = t.files;"
+                         " document.getElementById('upload-form').requestSubmit(); })()")
+        warned = browser.wait_for("[...document.querySelectorAll('#upload-warnings p')].map(p => p.textContent)")
+        assert warned == ["warning: phone.wav: sampled at 4000 Hz, below half the model's 22050 Hz: it hears nothing "
+                          "above 2000 Hz, so its vectors say little"]
+        assert browser.evaluate("document.getElementById('upload-warnings').hidden") is False
+        assert browser.evaluate("document.getElementById('now-title').textContent") == "phone.wav"
         shot = browser.screenshot(tmp_path / "serve-browser.png")
+        browser.evaluate("document.querySelector('#neighbours button.track').click()")  # a collection track: gone
+        assert browser.wait_for("document.getElementById('upload-warnings').hidden")
+        assert browser.evaluate("document.querySelectorAll('#upload-warnings p').length") == 0
+        assert browser.exceptions() == []
     finally:
         browser.close()
     assert shot.stat().st_size > 10_000

@@ -62,7 +62,15 @@ def embed_prepared(model: EmbeddingModel, prepared: Sequence[Windows], batch_siz
 def embed_file(path: Path, model: EmbeddingModel, policy: WindowPolicy, batch_size: int = 4) -> TrackVectors:
     """Embed any audio file with the same model and window policy as a stored run (not stored); what a run's
     summary would warn of (a low sample rate, a file too long to analyse whole) is logged as a warning."""
-    prepared = decode_windows(inspect_file(path), model.info.sample_rate, policy)
-    for text in prepared.warnings:
+    vectors, warnings = embed_file_warned(path, model, policy, batch_size)
+    for text in warnings:
         log.warning("%s", text)
-    return embed_prepared(model, [prepared], batch_size)[0]
+    return vectors
+
+
+def embed_file_warned(path: Path, model: EmbeddingModel, policy: WindowPolicy,
+                      batch_size: int = 4) -> tuple[TrackVectors, list[str]]:
+    """:func:`embed_file`'s vectors and its warnings, returned instead of logged (the server hands them to the
+    client that uploaded the file)."""
+    prepared = decode_windows(inspect_file(path), model.info.sample_rate, policy)
+    return embed_prepared(model, [prepared], batch_size)[0], list(prepared.warnings)

@@ -16,7 +16,7 @@ import numpy as np
 from mess.audio.decode import probe
 from mess.audio.tags import read_tags
 from mess.audio.windows import WindowPolicy
-from mess.extract.embed import embed_file
+from mess.extract.embed import embed_file_warned
 from mess.models.base import EmbeddingModel
 from mess.models.registry import ModelError, load_model
 
@@ -26,8 +26,9 @@ def serve(inbox: Connection, outbox: Connection) -> None:
 
     Says ``("ready",)`` once, when its imports are done, and ``("loaded",)`` for each job
     once the model is loaded (the server's timeout starts there). Then replies
-    ``("ok", content_hash, layer_vectors, tags)`` or ``("error", kind, message)`` with kind
-    ``decode`` (the file is bad) or ``model`` (the model cannot be used). Files longer
+    ``("ok", content_hash, layer_vectors, tags, warnings)`` or ``("error", kind, message)`` with kind
+    ``decode`` (the file is bad) or ``model`` (the model cannot be used); ``warnings`` are what the CLI would
+    warn of for the file (a low sample rate, only its start analysed), as sentences. Files longer
     than ``max_seconds`` are refused from their header, before decoding. Loaded models
     stay cached for the next job.
     """
@@ -59,12 +60,12 @@ def _embed(path: Path, model: EmbeddingModel, policy: WindowPolicy, max_seconds:
         if duration > max_seconds:
             return ("error", "decode", f"{path}: {duration / 60:.0f} min long; uploads may last at most "
                                        f"{max_seconds / 60:g} min")
-        vectors = embed_file(path, model, replace(policy, max_decode_seconds=min(policy.max_decode_seconds,
-                                                                                  max_seconds)))
+        vectors, warnings = embed_file_warned(path, model, replace(
+            policy, max_decode_seconds=min(policy.max_decode_seconds, max_seconds)))
     except Exception as exc:  # noqa: BLE001 -- any fault in one upload is that upload's error
         return ("error", "decode", str(exc) or type(exc).__name__)
     return ("ok", vectors.content_hash, [np.asarray(v, dtype=np.float32) for v in vectors.layers],
-            read_tags(path))
+            read_tags(path), warnings)
 
 
 def main() -> None:

@@ -87,7 +87,9 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
     """Embed the file (in a separate process, with the run's model and window policy) and search.
 
     An upload whose content is already in the collection is answered as that track.
-    ``query.x`` / ``query.y`` place the file on the map of the same vectors.
+    ``query.x`` / ``query.y`` place the file on the map of the same vectors. ``warnings`` lists what
+    `mess similar FILE` would warn of (a file sampled below half the model's rate, one too long to
+    analyse whole); empty when none.
     """
     def prepare() -> tuple[Run, VectorSpec]:
         with state.lock:
@@ -99,16 +101,15 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
         saved = await receive_upload(request, state.max_upload_bytes)
     try:
         with state.worker.slot():  # 503 at once when the upload queue is full: reads never wait on uploads
-            content_hash, layers, tags = await run_in_threadpool(state.worker.embed, saved.path, run,
-                                                                 saved.filename)
+            embedded = await run_in_threadpool(state.worker.embed, saved.path, run, saved.filename)
     finally:
         saved.path.unlink(missing_ok=True)
 
     def search() -> dict:
         with state.lock:
-            artist = tags.get("artist")
-            label = f"{artist} - {tags['title'] or saved.filename}" if artist else saved.filename
-            tq = external_query(state.store, run, label, content_hash, layers, (), artist)
+            artist = embedded.tags.get("artist")
+            label = f"{artist} - {embedded.tags['title'] or saved.filename}" if artist else saved.filename
+            tq = external_query(state.store, run, label, embedded.content_hash, embedded.layers, (), artist)
             same = tq.track
             results = similar_tracks(state.store, run, tq, k, layer=layer, aspect=aspect, fused=fused,
                                      exclude_same_artist=exclude_same_artist, learned=learned)
@@ -121,7 +122,8 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
             query = {"label": tq.label, "external": same is None, "id": same.id if same else None,
                      "artist": tq.artist,
                      "file": saved.filename, "bytes": saved.size, "x": round(float(x), 5), "y": round(float(y), 5)}
-            return _answer(state, run, query, results, layer, aspect, fused, learned)
+            return {**_answer(state, run, query, results, layer, aspect, fused, learned),
+                    "warnings": embedded.warnings}
 
     return await run_in_threadpool(search)
 

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from fastapi import HTTPException, Request
@@ -66,6 +67,15 @@ class _Parser(MultiPartParser):
     def on_header_end(self) -> None:
         self.header = b""
         super().on_header_end()
+
+
+class Embedded(NamedTuple):
+    """What the embedding process made of an upload."""
+
+    content_hash: str
+    layers: list[np.ndarray]  # per-layer track vectors
+    tags: dict[str, str | None]
+    warnings: list[str]  # what `mess similar FILE` would warn of (a low sample rate, only its start analysed)
 
 
 @dataclass(frozen=True)
@@ -208,10 +218,11 @@ class EmbedWorker:
         with _hold(self._slots, "too many uploads are waiting to be embedded; try again shortly"):
             yield
 
-    def embed(self, path: Path, run: Run, name: str) -> tuple[str, list[np.ndarray], dict[str, str | None]]:
-        """(content hash, per-layer track vectors, tags) of a file; HTTPException 400 when it cannot be used.
+    def embed(self, path: Path, run: Run, name: str) -> Embedded:
+        """Content hash, per-layer track vectors, tags and warnings of a file; HTTPException 400 when it cannot be
+        used.
 
-        ``name`` (the uploaded file name) replaces the temp path in error messages.
+        ``name`` (the uploaded file name) replaces the temp path in error messages and warnings.
         """
         with self._lock:
             send, recv = self._start()
@@ -229,7 +240,9 @@ class EmbedWorker:
                 raise HTTPException(400, f"the decoder process died on this file (exit code {code}); "
                                          "file rejected") from None
         if reply[0] == "ok":
-            return reply[1], reply[2], reply[3]
+            _, content_hash, layers, tags, warnings = reply
+            return Embedded(content_hash, layers, tags,
+                            [text.replace(str(path), name).replace(path.name, name) for text in warnings])
         _, kind, message = reply
         if kind == "decode":
             raise HTTPException(400, f"cannot decode the upload: {message.replace(str(path), name)}")

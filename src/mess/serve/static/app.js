@@ -291,6 +291,7 @@ function selectTrack(id) {
   if (!track) return;
   state.selected = id;
   state.upload = null;
+  showUploadWarnings([]);
   $("now-title").textContent = track.name;
   $("now-meta").textContent = [track.album, track.genre, duration(track.duration), track.file].filter(Boolean).join(" · ");
   const player = $("player");
@@ -394,6 +395,13 @@ function applySearch() {
   draw();
 }
 
+// What the server warns of for an uploaded file (a low sample rate, only its start analysed), under its title.
+function showUploadWarnings(warnings) {
+  const box = $("upload-warnings");
+  box.replaceChildren(...warnings.map((text) => el("p", `warning: ${text}`, "caption warning")));
+  box.hidden = !warnings.length;
+}
+
 async function upload(event) {
   event.preventDefault();
   const file = $("upload-file").files[0];
@@ -408,6 +416,7 @@ async function upload(event) {
     state.upload = data.query.external ? data.query : null;
     $("now-title").textContent = data.query.label;
     $("now-meta").textContent = data.query.external ? "uploaded file (the star on the map)" : "already in the collection";
+    showUploadWarnings(data.warnings || []);
     if (state.uploadUrl) URL.revokeObjectURL(state.uploadUrl);
     state.uploadUrl = URL.createObjectURL(file);  // played from this browser: the server keeps no copy
     $("player").src = state.uploadUrl;
@@ -521,6 +530,7 @@ function playQueued(index) {
     state.selected = id;
     $("now-title").textContent = track.name;
     $("now-meta").textContent = `playlist ${index + 1} of ${state.queue.length}`;
+    showUploadWarnings([]);
   }
   [...$("playlist").children].forEach((li, i) => li.classList.toggle("playing", i === index));
   updatePlaylistButtons();
