@@ -112,3 +112,66 @@ def test_cli_rejects_precision_for_dsp_in_one_line(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1
     assert "does not run on torch" in result.output and "Traceback" not in result.output
+
+
+def _musicnn_windows(n: int, seed: int) -> np.ndarray:
+    """``n`` 4 s tone windows at musicnn's 16 kHz."""
+    t = np.arange(4 * 16000) / 16000
+    rng = np.random.default_rng(seed)
+    return np.stack([0.3 * np.sin(2 * np.pi * f * t) for f in rng.uniform(100, 900, n)]).astype(np.float32)
+
+
+def test_precision_is_refused_for_musicnn_on_onnx_runtime() -> None:
+    """On the CPU musicnn (and the default ``musicnn`` pair) runs on ONNX Runtime, where autocast changes nothing:
+    bf16 would only store the fp32 vectors again as another run."""
+    pytest.importorskip("musicnn.configuration", reason="pip install --no-deps musicnn==0.1.0")
+    from mess.models.musicnn import MusicnnModel
+    from mess.models.musicnn.ensemble import MusicnnEnsemble
+
+    onnx = MusicnnModel("MSD")
+    assert onnx.runner is not None, "the CPU default is ONNX Runtime"
+    with pytest.raises(ValueError, match="musicnn-msd does not run on torch on cpu but on ONNX Runtime") as refused:
+        with_precision(onnx, "bf16")
+    assert "\n" not in str(refused.value) and "--device cuda" in str(refused.value)
+    with pytest.raises(ValueError, match="does not run on torch"):
+        with_precision(MusicnnEnsemble(), "fp16")
+    assert with_precision(onnx, "fp32") is onnx
+    # a Ray driver's CPU copy, checked for its GPU workers (which build no ONNX runner): the run's +bf16 revision
+    assert with_precision(onnx, "bf16", device="cuda").info.revision == "musicnn-0.1.0+bf16"
+    pair = MusicnnEnsemble()
+    with pytest.raises(ValueError, match="does not run on torch on cpu"):
+        with_precision(pair, "bf16", device="cpu")
+    assert with_precision(pair, "bf16", device="cuda").info.revision == "musicnn-0.1.0+bf16"
+
+
+def test_precision_applies_to_musicnn_and_the_musicnn_pair_on_pytorch() -> None:
+    """Where musicnn runs on PyTorch (as on a GPU; here runtime="torch"), bf16 autocast changes its vectors a little,
+    the default ``musicnn`` pair included, and they form their own +bf16 run."""
+    pytest.importorskip("musicnn.configuration", reason="pip install --no-deps musicnn==0.1.0")
+    from mess.models.musicnn import MusicnnModel
+    from mess.models.musicnn.ensemble import MusicnnEnsemble
+
+    windows = _musicnn_windows(2, seed=6)
+    for model in (MusicnnModel("MSD", runtime="torch"), MusicnnEnsemble(runtime="torch")):
+        half = with_precision(model, "bf16")
+        assert isinstance(half, AutocastModel) and half.info.revision == f"{model.info.revision}+bf16"
+        fp32, low = model.embed(windows), half.embed(windows)
+        assert not all(np.array_equal(x, y) for x, y in zip(low, fp32, strict=True)), "bf16 changes the arithmetic"
+        assert _cosines(low, fp32).min() > 0.98
+
+
+def test_cli_rejects_precision_for_musicnn_on_the_cpu_in_one_line(tmp_path: Path) -> None:
+    """`mess extract --model musicnn-msd --precision bf16` on the CPU: one error line, exit 1, no run stored."""
+    pytest.importorskip("musicnn.configuration", reason="pip install --no-deps musicnn==0.1.0")
+    from mess.cli.main import app
+
+    music = tmp_path / "music"
+    music.mkdir()
+    sf.write(music / "a.wav", _musicnn_windows(1, seed=7)[0], 16000)
+    result = CliRunner().invoke(
+        app, ["extract", str(music), "--model", "musicnn-msd", "--precision", "bf16", "--store", str(tmp_path / "s")]
+    )
+    assert result.exit_code == 1, result.output
+    assert "does not run on torch" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "s").exists(), "refused before the store is opened"

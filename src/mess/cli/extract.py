@@ -42,7 +42,8 @@ PresetOpt = Annotated[
 ]
 MaxWindowsOpt = Annotated[int, typer.Option(min=1, help="Most windows per track (long files are sampled evenly).")]
 PrecisionOpt = Annotated[
-    str, typer.Option(help="fp32, or bf16 / fp16 autocast for MERT and musicnn (stored as its own run).")
+    str, typer.Option(help="fp32, or bf16 / fp16 for MERT, and for musicnn on --device cuda (autocast; on the CPU "
+                           "musicnn runs on ONNX Runtime and refuses it); stored as its own run.")
 ]
 WaitOpt = Annotated[
     bool, typer.Option("--wait/--no-wait", help="Wait for another writer's store lock, or exit 1 at once.")
@@ -136,7 +137,9 @@ def _embedder(model: str, preset: str | None, device: str, engine: str, precisio
 
     if preset and engine != "local":
         raise ValueError("--preset is not passed on to Ray workers; name the .onnx file after its preset")
-    return with_precision(load_model(model, device=device if engine == "local" else "cpu", preset=preset), precision)
+    # Ray: a CPU copy here for the run's info; the precision check is for the workers' device
+    return with_precision(load_model(model, device=device if engine == "local" else "cpu", preset=preset), precision,
+                          device=device)
 
 
 def _run_ray(fs: FeatureStore, paths: list[Path], model: str, embedder: EmbeddingModel, policy: WindowPolicy,

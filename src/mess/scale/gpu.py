@@ -1,4 +1,5 @@
-"""Reduced-precision inference: any torch-backed model run under ``torch.autocast``.
+"""Reduced-precision inference: MERT with its weights cast, other models whose forward runs on torch under
+``torch.autocast`` (musicnn on a GPU; on a CPU musicnn runs on ONNX Runtime and refuses it).
 
 Batching stays exact-length (``mess.extract.embed.embed_windows`` groups windows of
 equal length, so a batch is never padded). MERT's group-norm front end and its
@@ -48,12 +49,18 @@ class AutocastModel(EmbeddingModel):
             return self.inner.embed(windows)
 
 
-def with_precision(model: EmbeddingModel, precision: str) -> EmbeddingModel:
+def with_precision(model: EmbeddingModel, precision: str, device: str | None = None) -> EmbeddingModel:
     """``model`` itself for fp32; for bf16 or fp16, a MERT copy with its weights in that dtype, or another torch
     model wrapped in :class:`AutocastModel`.
 
+    A model runs on torch when it says so (``runs_on_torch(device)``: musicnn, whose CPU default is ONNX Runtime,
+    where autocast would change nothing) or else when it has a torch ``network`` (MERT). ``device``: where the
+    forward will run, when not on ``model.device`` (a Ray driver checks the CPU copy it loads for its info only
+    against its workers' device).
+
     Raises:
-        ValueError: unknown precision, or a model with no torch network (e.g. dsp).
+        ValueError: unknown precision, or a model whose forward does not run on torch (dsp, ONNX models,
+            musicnn on ONNX Runtime).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -61,10 +68,14 @@ def with_precision(model: EmbeddingModel, precision: str) -> EmbeddingModel:
         return model
     import torch
 
-    if not isinstance(getattr(model, "network", None), torch.nn.Module):
-        raise ValueError(
-            f"{model.info.name} does not run on torch; --precision {precision} applies to MERT and musicnn"
-        )
+    applies = "applies to MERT, and to musicnn on --device cuda"
+    runs_on_torch = getattr(model, "runs_on_torch", None)  # musicnn: ONNX Runtime on a CPU, torch elsewhere
+    if callable(runs_on_torch):
+        if not runs_on_torch(device):
+            raise ValueError(f"{model.info.name} does not run on torch on {device or model.device} but on ONNX "
+                             f"Runtime, where --precision {precision} would change nothing; it {applies}")
+    elif not isinstance(getattr(model, "network", None), torch.nn.Module):
+        raise ValueError(f"{model.info.name} does not run on torch; --precision {precision} {applies}")
     cast = getattr(model, "in_dtype", None)  # MERT: its weights in the reduced dtype
     if cast is not None:
         return cast(getattr(torch, PRECISIONS[precision]), precision)

@@ -73,7 +73,7 @@ def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, pol
     started = time.perf_counter()
     owned = _connect(address)
     try:
-        info = info or with_precision(load_model(model_name), precision).info
+        info = info or with_precision(load_model(model_name), precision, device=device).info
         run = store.ensure_run(run_key(info, policy))
         summary = ExtractSummary()
         todo = _catalogue(store, run, paths, summary)

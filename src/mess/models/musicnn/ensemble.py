@@ -19,9 +19,10 @@ MEMBERS = ("MSD", "MTT")
 class MusicnnEnsemble(EmbeddingModel):
     """musicnn-msd and musicnn-mtt side by side; ``info.layer_names`` = ``msd.<layer>`` then ``mtt.<layer>``."""
 
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(self, device: str = "cpu", runtime: str = "onnxruntime") -> None:
+        """``runtime``: as for :class:`MusicnnModel` (ONNX Runtime on a CPU by default, PyTorch elsewhere)."""
         self.device = device
-        self.members = tuple(MusicnnModel(dataset, device=device) for dataset in MEMBERS)
+        self.members = tuple(MusicnnModel(dataset, device=device, runtime=runtime) for dataset in MEMBERS)
         first = self.members[0].info
         self.info = ModelInfo(
             name="musicnn",
@@ -31,6 +32,10 @@ class MusicnnEnsemble(EmbeddingModel):
             layer_dims=tuple(d for m in self.members for d in m.info.layer_dims),
             licence=first.licence,
         )
+
+    def runs_on_torch(self, device: str | None = None) -> bool:
+        """Whether every member runs on PyTorch (see :meth:`MusicnnModel.runs_on_torch`)."""
+        return all(member.runs_on_torch(device) for member in self.members)
 
     def embed(self, windows: np.ndarray) -> list[np.ndarray]:
         """See :meth:`EmbeddingModel.embed`: every member's layers, from one log-mel computation."""

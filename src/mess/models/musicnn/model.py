@@ -186,7 +186,19 @@ class MusicnnModel(EmbeddingModel):
 
     @property
     def _on_onnx(self) -> bool:
-        return self.runtime == "onnxruntime" and self.device.split(":")[0] == "cpu"
+        return self._onnx_on(self.device)
+
+    def _onnx_on(self, device: str) -> bool:
+        """Whether this runtime setting tries ONNX Runtime on ``device`` (a CPU only)."""
+        return self.runtime == "onnxruntime" and device.split(":")[0] == "cpu"
+
+    def runs_on_torch(self, device: str | None = None) -> bool:
+        """Whether :meth:`embed` runs on PyTorch (where ``torch.autocast`` applies), not ONNX Runtime: this model
+        (``runner`` is None: a GPU, ``runtime="torch"``, or no ONNX Runtime path), or with ``device``, a copy of it
+        loaded there (ONNX Runtime on a CPU; a Ray driver's CPU copy stands for workers on a GPU)."""
+        if device is None or device == self.device:
+            return self.runner is None
+        return not self._onnx_on(device)
 
     @property
     def network(self) -> MusicnnNetwork | VggNetwork:
