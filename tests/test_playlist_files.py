@@ -176,3 +176,34 @@ def test_clusters_into_a_folder_replace_the_clusters_an_earlier_run_left_there(t
         assert len(written) == int(k) and all(p.suffix == f".{fmt}" for p in written)
         assert sorted(p for f in written for p in read_playlist(f)) == sorted(files)  # every track once
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_untagged_files_whose_names_end_in_dots_or_spaces_are_titled_without_their_extension(tmp_path: Path) -> None:
+    """'b.flac.' and 'song.flac. ' are FLACs to the extractor (mess.constants.audio_suffix); with no title tag their
+    title in playlists (JSON, XSPF), track names and a query's label drop '.flac' as for 'x.y.flac' (Path.stem kept
+    'b.flac.' and 'song.flac')."""
+    import json
+
+    music, store = tmp_path / "music", tmp_path / "store"
+    _flac(music / "b.flac.", 1)
+    _flac(music / "song.flac. ", 4)
+    _flac(music / "x.y.flac", 7)
+    _flac(music / "Live.FLAC", 10)
+    _flac(music / "d.flac..", 13, artist="Delta")
+    out = runner.invoke(app, ["extract", str(music), "--model", "dsp", "--store", str(store)])
+    assert out.exit_code == 0 and "5 embedded" in out.output, out.output
+    titles = {"b", "song", "x.y", "Live", "d"}
+    out = runner.invoke(app, ["playlist", "clusters", "-k", "1", "--json", "--store", str(store)])
+    assert out.exit_code == 0, out.output
+    [cluster] = json.loads(out.stdout)["playlists"]
+    assert {t["title"] for t in cluster["tracks"]} == titles
+    assert {t["name"] for t in cluster["tracks"]} == titles - {"d"} | {"Delta - d"}
+    out = runner.invoke(app, ["playlist", "clusters", "-k", "1", "-o", str(tmp_path / "xspf"), "--format", "xspf",
+                              "--store", str(store)])
+    assert out.exit_code == 0, out.output
+    [written] = (tmp_path / "xspf").iterdir()
+    assert set(_xspf(written, "title")) == titles | {cluster["title"]}  # the playlist's own title, then the tracks'
+    outside = _flac(tmp_path / "other" / "e.flac.", 16, artist="Eps")
+    out = runner.invoke(app, ["similar", str(outside), "-k", "1", "--json", "--store", str(store)])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["query"]["label"] == "Eps - e"

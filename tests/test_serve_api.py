@@ -425,6 +425,23 @@ def test_an_upload_answers_the_warnings_the_cli_prints(client: TestClient, uploa
     assert _uploads_left(uploads_dir) == set()
 
 
+def test_an_untagged_title_of_an_upload_is_its_file_name_without_the_extension(client: TestClient, tmp_path: Path,
+                                                                             uploads_dir: Path) -> None:
+    """An upload with an artist tag but no title is labelled 'artist - name' as `mess similar FILE` labels a file:
+    'mine.flac. ' (a FLAC to extract) gives 'Eps - mine', not 'Eps - mine.flac. '."""
+    song = tmp_path / "song.flac"
+    t = np.arange(3 * SR) / SR
+    sf.write(song, (0.3 * np.sin(2 * np.pi * 330 * t) * np.sin(2 * np.pi * 1.5 * t)).astype(np.float32), SR)
+    tags = mutagen.flac.FLAC(song)
+    tags["artist"] = "Eps"
+    tags.save()
+    answer = client.post("/api/similar/upload", params={"k": 1},
+                         files={"file": ("mine.flac. ", song.read_bytes(), "audio/flac")})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["query"]["external"] is True and answer.json()["query"]["label"] == "Eps - mine"
+    assert _uploads_left(uploads_dir) == set()
+
+
 def test_bad_uploads_are_refused(client: TestClient, uploads_dir: Path) -> None:
     cases = [
         (("big.wav", b"\0" * (UPLOAD_LIMIT + 1), "audio/wav"), 413, "larger than"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import zipfile
 import zlib
+from pathlib import PurePath
 from typing import Final, Literal
 
 VectorKind = Literal["layer", "group", "aspect", "fused", "learned", "all"]
@@ -24,3 +25,29 @@ LABEL_FIELDS = ("artist", "album", "genre", "composer", "title")  # track tags t
 # What np.load raises on a cut short or damaged .npz file (found by truncating and flipping bytes of real ones):
 # a cache or index file that raises one of these is treated as missing, never as a traceback.
 NPZ_ERRORS: Final = (OSError, KeyError, ValueError, EOFError, NotImplementedError, zipfile.BadZipFile, zlib.error)
+
+# What extraction decodes (mess.audio.decode), by file name: here so that layers which may not import mess.audio
+# (the store's display names) read names as the extractor does.
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".aiff", ".aif"})
+
+
+def audio_suffix(name: str) -> str:
+    """The lower-case audio extension ``name`` ends with, else ''.
+
+    Trailing spaces and dots are not part of it ('song.wav ' and 'song.flac.' are audio files; Path.suffix
+    says '.wav ' and ''), and a name that is only an extension ('.wav') has it.
+    """
+    base = name.rstrip(" .")
+    suffix = "." + base.rsplit(".", 1)[1].lower() if "." in base else ""
+    return suffix if suffix in AUDIO_EXTENSIONS else ""
+
+
+def file_title(path: str) -> str:
+    """The file name of ``path`` without its audio extension as :func:`audio_suffix` reads it: a track's title
+    when its tags have none. 'b.flac.' and 'song.flac ' give 'b' and 'song' (Path.stem: 'b.flac.' and 'song');
+    a name that is only an extension ('.wav') stays whole, and one with no audio extension is its Path.stem."""
+    name = PurePath(path).name
+    suffix = audio_suffix(name)
+    if not suffix:
+        return PurePath(name).stem
+    return name.rstrip(" .")[: -len(suffix)] or name

@@ -15,23 +15,13 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".aiff", ".aif"})
+from mess.constants import audio_suffix  # with AUDIO_EXTENSIONS, what is decoded
+
 _BLOCK_FRAMES = 1 << 16
 _MARGIN_SECONDS = 0.1  # decoded around each segment so the resampler's edges fall outside it
 _END_TOLERANCE = 0.01  # seconds a segment ending at the file's end may lack (rounding of the header's duration)
 _PREROLL_SECONDS = 0.5  # decoded before a compressed segment: seeks land on packets, decoders need warm-up
 _FFMPEG_FIRST = frozenset({".ogg", ".oga"})  # Vorbis: FFmpeg's decoder costs 3/4 of libvorbis's CPU (libsndfile's)
-
-
-def audio_suffix(name: str) -> str:
-    """The lower-case audio extension ``name`` ends with, else ''.
-
-    Trailing spaces and dots are not part of it ('song.wav ' and 'song.flac.' are audio files; Path.suffix
-    says '.wav ' and ''), and a name that is only an extension ('.wav') has it.
-    """
-    base = name.rstrip(" .")
-    suffix = "." + base.rsplit(".", 1)[1].lower() if "." in base else ""
-    return suffix if suffix in AUDIO_EXTENSIONS else ""
 
 
 class AudioError(Exception):

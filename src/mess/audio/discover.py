@@ -9,7 +9,8 @@ from pathlib import Path
 
 import av
 
-from mess.audio.decode import audio_suffix, open_container
+from mess.audio.decode import open_container
+from mess.constants import audio_suffix
 
 _HASH_CHUNK = 1 << 20
 _AUDIO_DOMAIN = b"mess-audio-packets-v1"

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import mutagen
 
-from mess.audio.decode import AUDIO_EXTENSIONS, AudioError, probe
+from mess.audio.decode import AudioError, probe
 from mess.audio.tags import read_tags
+from mess.constants import AUDIO_EXTENSIONS
 from mess.datasets.debian import FetchError, unpack_package
 
 PACKAGES: dict[str, str] = {

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote, unquote_to_bytes, urlparse
 
+from mess.constants import file_title
 from mess.playlists.playlist import Playlist, PlaylistError
 from mess.store import Track
 from mess.store.paths import displayable, one_line, replace_file, resolved
@@ -78,7 +79,7 @@ def render_xspf(playlist: Playlist, folder: Path | None = None, locate: Locate |
         loc, relative = _location(t.path, folder)
         uri = locate(t) if locate else quote(os.fsencode(loc)) if relative else Path(loc).as_uri()
         ET.SubElement(el, f"{{{XSPF_NS}}}location").text = uri
-        ET.SubElement(el, f"{{{XSPF_NS}}}title").text = displayable(t.title or Path(t.path).stem)
+        ET.SubElement(el, f"{{{XSPF_NS}}}title").text = displayable(t.title or file_title(t.path))
         for tag, value in (("creator", t.artist), ("album", t.album)):
             if value:
                 ET.SubElement(el, f"{{{XSPF_NS}}}{tag}").text = displayable(value)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from mess.audio.names import credit_key
+from mess.constants import file_title
 from mess.search.query import DUPLICATE_COSINE
 from mess.store import Track
 
@@ -31,7 +31,7 @@ class Playlist:
     def to_dict(self) -> dict:
         """JSON-ready form (paths included: playlists are for local players)."""
         return {"title": self.title, "note": self.note, "tracks": [
-            {"id": t.id, "path": t.path, "name": t.name, "artist": t.artist, "title": t.title or Path(t.path).stem,
+            {"id": t.id, "path": t.path, "name": t.name, "artist": t.artist, "title": t.title or file_title(t.path),
              "album": t.album, "duration": t.duration, "score": round(float(s), 6)}
             for t, s in zip(self.tracks, self.scores, strict=False)]}
 

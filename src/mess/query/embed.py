@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from mess.audio.tags import read_tags
-from mess.constants import FUSED
+from mess.constants import FUSED, file_title
 from mess.extract.embed import embed_file
 from mess.extract.prepare import stamp_matches
 from mess.extract.runs import run_policy
@@ -66,7 +66,7 @@ def embed_query(store: FeatureStore, path: Path, run: Run) -> TrackQuery:
     except Exception as exc:  # noqa: BLE001 -- any fault of this one file is a clear error, not a traceback
         raise StoreError(f"cannot embed {path}: {exc}") from exc
     tags = read_tags(path)
-    label = f"{tags['artist']} - {tags['title'] or path.stem}" if tags["artist"] else path.name
+    label = f"{tags['artist']} - {tags['title'] or file_title(str(path))}" if tags["artist"] else path.name
     return external_query(store, run, label, vectors.content_hash, vectors.layers, vectors.segments,
                           tags["artist"])
 

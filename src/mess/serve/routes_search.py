@@ -12,6 +12,7 @@ from mess.artists.discrimination import most_discriminative
 from mess.artists.profiles import ArtistError, ArtistSet, Space, load_artists, load_space
 from mess.artists.similarity import METHODS as ARTIST_METHODS
 from mess.artists.similarity import ArtistVectors, artist_vectors, similarity_row, top_k
+from mess.constants import file_title
 from mess.query import external_query
 from mess.search.hubness import METHODS as HUBNESS_METHODS
 from mess.search.query import (
@@ -108,7 +109,7 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
     def search() -> dict:
         with state.lock:
             artist = embedded.tags.get("artist")
-            label = f"{artist} - {embedded.tags['title'] or saved.filename}" if artist else saved.filename
+            label = f"{artist} - {embedded.tags['title'] or file_title(saved.filename)}" if artist else saved.filename
             tq = external_query(state.store, run, label, embedded.content_hash, embedded.layers, (), artist)
             same = tq.track
             results = similar_tracks(state.store, run, tq, k, layer=layer, aspect=aspect, fused=fused,

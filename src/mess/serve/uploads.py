@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from mess.audio.decode import AUDIO_EXTENSIONS, audio_suffix
+from mess.constants import AUDIO_EXTENSIONS, audio_suffix
 from mess.extract.child import Child
 from mess.store import Run
 

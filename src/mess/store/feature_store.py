@@ -27,6 +27,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from mess.constants import file_title
 from mess.store.arrays import DTYPE, RowFile, ShortFile
 from mess.store.catalog import connect, has_column
 from mess.store.checksums import block_sum, changed, expected, pack, row_expected, row_sums
@@ -77,7 +78,7 @@ class Track:
     @property
     def name(self) -> str:
         """A human label: 'artist - title', falling back to the file name (printable: caf\\xe9 for a non-UTF-8 one)."""
-        title = self.title or printable(Path(self.path).stem)
+        title = self.title or printable(file_title(self.path))  # 'b' for 'b.flac.', as extraction reads names
         return f"{self.artist} - {title}" if self.artist else title
 
     @classmethod
