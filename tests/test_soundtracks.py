@@ -41,6 +41,28 @@ def test_only_long_files_outside_sound_folders(wesnoth_tracks: list[Path], rende
     assert found[0][1] == pytest.approx(probe(long).duration)
 
 
+def test_music_files_reads_names_as_the_extractor_does(tmp_path: Path) -> None:
+    """'a.flac.' and 'b.flac ' are audio to `mess extract` (find_audio, by audio_suffix); the soundtrack set took
+    only names whose Path.suffix is an audio extension, so such files were dropped from it (and '.FLAC' kept)."""
+    import numpy as np
+    import soundfile as sf
+
+    from mess.audio.discover import find_audio
+
+    rate = 8000
+    t = np.arange(int((MIN_SECONDS + 1) * rate)) / rate
+    tone = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    music = tmp_path / "music"
+    music.mkdir()
+    for name in ("a.flac.", "b.flac ", "c.FLAC", "d.flac", "notes.flac.txt", "e.flac.bak"):
+        sf.write(music / name, tone, rate, format="FLAC")
+    sf.write(music / "short.flac", tone[: 10 * rate], rate, format="FLAC")
+    found = music_files(tmp_path.rglob("*"))
+    assert [p.name for p, _ in found] == ["a.flac.", "b.flac ", "c.FLAC", "d.flac"]
+    assert all(duration == pytest.approx(MIN_SECONDS + 1) for _, duration in found)
+    assert {p.name for p in find_audio([music])} - {"short.flac"} == {p.name for p, _ in found}
+
+
 def test_set_is_labelled_by_game_and_deduplicated(soundtracks: Path) -> None:
     tracks = read_manifest(soundtracks)
     games = Counter(t.game for t in tracks)

@@ -21,7 +21,7 @@ import mutagen
 
 from mess.audio.decode import AudioError, probe
 from mess.audio.tags import read_tags
-from mess.constants import AUDIO_EXTENSIONS
+from mess.constants import audio_suffix
 from mess.datasets.debian import FetchError, unpack_package
 
 PACKAGES: dict[str, str] = {
@@ -75,10 +75,11 @@ def fetch_soundtracks(out_dir: Path, packages: Mapping[str, str] = PACKAGES) -> 
 
 
 def music_files(paths: Iterable[Path]) -> list[tuple[Path, float]]:
-    """The audio files (with their durations) of at least :data:`MIN_SECONDS` outside sound-effect folders."""
+    """The audio files (with their durations) of at least :data:`MIN_SECONDS` outside sound-effect folders; a file
+    is audio by its name as `mess extract` reads it (:func:`mess.constants.audio_suffix`: 'a.flac.' is)."""
     found = []
     for path in sorted(paths):
-        if path.suffix.lower() not in AUDIO_EXTENSIONS or not path.is_file():
+        if not audio_suffix(path.name) or not path.is_file():  # names read as the extractor reads them
             continue
         if any(word in part.lower() for part in path.parent.parts for word in SKIP_FOLDER_WORDS):
             continue
