@@ -101,6 +101,23 @@ def test_a_playlist_streams_to_stdout_in_the_format_asked_for(tone_store: Path, 
         "or make them agree"), clash.stderr
 
 
+def test_format_m3u_names_the_m3u8_that_a_dot_m3u_file_gets(tone_store: Path, tmp_path: Path) -> None:
+    """`-o /dev/stdout --format m3u` was refused ("unknown playlist format 'm3u'") though `-o x.m3u` writes M3U8;
+    --format m3u now writes what a .m3u8 file gets, to stdout, to a file of another name, and as cluster files."""
+    radio = ["playlist", "radio", "1", "-n", "2", "--store", str(tone_store)]
+    assert _mess(*radio, "-o", str(tmp_path / "r.m3u8")).returncode == 0
+    expected = (tmp_path / "r.m3u8").read_text()
+    streamed = _mess(*radio, "-o", "/dev/stdout", "--format", "m3u")
+    assert streamed.returncode == 0 and streamed.stdout == expected, streamed.stderr
+    named = _mess(*radio, "-o", str(tmp_path / "r.txt"), "--format", "m3u")
+    assert named.returncode == 0 and (tmp_path / "r.txt").read_text() == expected, named.stderr
+    clusters = _mess("playlist", "clusters", "-k", "1", "-o", str(tmp_path / "c"), "--format", "m3u",
+                     "--store", str(tone_store))
+    assert clusters.returncode == 0, clusters.stderr
+    [cluster] = (tmp_path / "c").iterdir()
+    assert cluster.suffix == ".m3u8" and cluster.read_text().startswith("#EXTM3U"), cluster
+
+
 def test_json_and_a_file_written_to_stdout_are_refused_together(tone_store: Path, tmp_path: Path) -> None:
     """`-o /dev/stdout --json` printed the JSON right after the playlist (or the exported arrays) on the same
     stream, so neither could be read; the pair is refused before anything is written, and each alone still works."""

@@ -20,8 +20,8 @@ playlist_app = typer.Typer(
 )
 OutOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write the playlist here: .m3u8 or .xspf "
                                              "(another name, such as /dev/stdout, with --format).")]
-FormatOpt = Annotated[str | None, typer.Option("--format", help="m3u8 or xspf, for an --output whose name has no "
-                                               "playlist extension.")]
+FormatOpt = Annotated[str | None, typer.Option("--format", help="m3u8 (or m3u) or xspf, for an --output whose name "
+                                               "has no playlist extension.")]
 
 
 def radio_command(
@@ -91,7 +91,7 @@ def clusters_command(
         Path | None, typer.Option("--output", "-o", help="Folder to write one playlist per cluster into "
                                   "(replacing the cluster playlists an earlier run wrote there).")
     ] = None,
-    fmt: Annotated[str, typer.Option("--format", help="m3u8 or xspf (with -o).")] = "m3u8",
+    fmt: Annotated[str, typer.Option("--format", help="m3u8 (or m3u) or xspf (with -o).")] = "m3u8",
     aspect: AspectOpt = None,
     model: ModelOpt = None,
     store: StoreOpt = DEFAULT_STORE_PATH,

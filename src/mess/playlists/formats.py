@@ -25,6 +25,15 @@ XSPF_NS = "http://xspf.org/ns/0/"
 _CLUSTER_FILE = re.compile(r"\d{2,}-[\w-]+\.(m3u8|xspf)")  # the names write_cluster_folder gives
 
 
+def format_named(fmt: str) -> str:
+    """The format ``fmt`` names: 'm3u8' (also as 'm3u', as the .m3u extension is) or 'xspf'; PlaylistError
+    naming the choices otherwise."""
+    named = FORMATS.get(f".{fmt}")
+    if named is None:
+        raise PlaylistError(f"unknown playlist format {fmt!r}; use m3u8 (or m3u) or xspf")
+    return named
+
+
 def playlist_format(path: Path) -> str:
     """'m3u8' or 'xspf' from the extension; PlaylistError naming the choices otherwise."""
     fmt = FORMATS.get(Path(path).suffix.lower())
@@ -90,17 +99,14 @@ def render_xspf(playlist: Playlist, folder: Path | None = None, locate: Locate |
 
 
 def render(playlist: Playlist, fmt: str, folder: Path | None = None, locate: Locate | None = None) -> str:
-    """The playlist as text in ``fmt`` ('m3u8' or 'xspf'), paths relative to ``folder`` where inside it."""
-    if fmt not in ("m3u8", "xspf"):
-        raise PlaylistError(f"unknown playlist format {fmt!r}; use m3u8 or xspf")
-    return (render_m3u8 if fmt == "m3u8" else render_xspf)(playlist, folder, locate)
+    """The playlist as text in ``fmt`` (:func:`format_named`), paths relative to ``folder`` where inside it."""
+    return (render_m3u8 if format_named(fmt) == "m3u8" else render_xspf)(playlist, folder, locate)
 
 
 def output_format(path: Path, fmt: str | None = None) -> str:
-    """The format to write ``path`` in: its extension's, else ``fmt`` ('m3u8' or 'xspf': /dev/stdout has no
+    """The format to write ``path`` in: its extension's, else ``fmt``'s (:func:`format_named`: /dev/stdout has no
     extension); PlaylistError when neither names one or they name two."""
-    if fmt is not None and fmt not in ("m3u8", "xspf"):
-        raise PlaylistError(f"unknown playlist format {fmt!r}; use m3u8 or xspf")
+    fmt = None if fmt is None else format_named(fmt)
     named = FORMATS.get(Path(path).suffix.lower())
     if named is not None and fmt is not None and named != fmt:
         raise PlaylistError(f"{path} is named as a {named} playlist but the format asked for is {fmt}; "
@@ -162,8 +168,7 @@ def write_cluster_folder(playlists: list[Playlist], folder: Path, fmt: str = "m3
     The cluster playlists of an earlier run there (``NN-*.m3u8`` / ``.xspf`` not written now) are removed, once
     the new ones are written: left beside them, they read as more clusters, some tracks in two.
     """
-    if fmt not in ("m3u8", "xspf"):
-        raise PlaylistError(f"unknown playlist format {fmt!r}; use m3u8 or xspf")
+    fmt = format_named(fmt)
     folder = Path(folder).expanduser()
     contents = {}
     for i, p in enumerate(playlists, start=1):
