@@ -1458,17 +1458,31 @@ def test_an_ivf_index_asked_of_too_few_tracks_says_it_is_flat(tmp_path: Path) ->
 
 def test_a_flat_index_built_for_too_small_an_ivf_request_is_kept_until_ivf_can_train(tmp_path: Path) -> None:
     """`mess index --kind ivf` on 10 tracks built a flat index, and every later run built it again (the index on disk
-    was not of the kind asked for). It is current while the collection is unchanged, and becomes IVF once IVF can
-    train (32 tracks)."""
+    was not of the kind asked for). It is current while the collection is unchanged (its files are not written
+    again), a changed collection gets a new one, and it becomes IVF once IVF can train (32 tracks)."""
     music, store = tmp_path / "m", str(tmp_path / "st")
     _tones(music, 10, seconds=1.5)
     assert _mess("extract", str(music), *DSP, "--store", store).returncode == 0
-    runs = [json.loads(_mess("index", "--kind", "ivf", "--store", store, "--json").stdout) for _ in range(2)]
-    assert [(r["mode"], r["kind"]) for r in runs] == [("built", "flat"), ("unchanged", "flat")], runs
-    assert "ivf needs 32 tracks" in runs[1]["note"]
+
+    def saved(path: str) -> list[tuple[int, int]]:  # a save replaces each file: a new inode and mtime
+        stats = [Path(path).with_suffix(suffix).stat() for suffix in (".faiss", ".json", ".npz")]
+        return [(st.st_ino, st.st_mtime_ns) for st in stats]
+
+    first = json.loads(_mess("index", "--kind", "ivf", "--store", store, "--json").stdout)
+    files = saved(first["path"])
+    again = json.loads(_mess("index", "--kind", "ivf", "--store", store, "--json").stdout)
+    assert saved(first["path"]) == files, "an unchanged collection's index was written again"
+    assert [(r["mode"], r["kind"]) for r in (first, again)] == [("built", "flat"), ("unchanged", "flat")], again
+    assert "ivf needs 32 tracks" in again["note"]
     shown = _mess("index", "--kind", "ivf", "--store", store)
     assert "unchanged flat index" in " ".join((shown.stdout + shown.stderr).split()), shown.stderr
-    _tones(music, 22, seconds=1.5, offset=10)
+    assert " ".join((shown.stdout + shown.stderr).split()).count("ivf needs 32 tracks") == 1, shown.stderr
+    _tones(music, 1, seconds=1.5, offset=10)
+    assert _mess("extract", str(music), *DSP, "--store", store).returncode == 0
+    changed = json.loads(_mess("index", "--kind", "ivf", "--store", store, "--json").stdout)
+    assert (changed["mode"], changed["kind"], changed["n"]) == ("updated", "flat", 11), changed
+    assert saved(first["path"]) != files
+    _tones(music, 21, seconds=1.5, offset=11)
     assert _mess("extract", str(music), *DSP, "--store", store).returncode == 0
     grown = json.loads(_mess("index", "--store", store, "--json").stdout)  # the request is kept: ivf
     assert (grown["mode"], grown["kind"], grown["n"], grown["note"]) == ("built", "ivf", 32, ""), grown
