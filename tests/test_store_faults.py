@@ -1053,6 +1053,32 @@ def test_repair_acts_on_a_scan_under_the_lock_not_on_an_earlier_check(tmp_path: 
     _assert_same(_by_path(store), want)
 
 
+def test_repair_acts_on_damage_that_came_after_the_check_while_it_waited_for_the_lock(tmp_path: Path) -> None:
+    """The other way round: damage that appears after a first check, while `mess check --repair` waits for another
+    writer's lock, is found by the repair's own scan, dropped with what that check found, and reported (the
+    report is the check after the repair: both files wait for `mess extract`, which embeds them as before)."""
+    music = tmp_path / "music"
+    _tones(music, 5)
+    store = tmp_path / "store"
+    want = _clean(music, store)
+    _damage_row(store, np.nan)
+    assert _check_kinds(store) == (1, ["non-finite"])
+    err = tmp_path / "repair.err"
+    with StoreLock(store).hold("a writer that damages"), err.open("w") as stderr:
+        repair = subprocess.Popen([*MESS, "check", "--repair", "--json", "--store", str(store)],
+                                  stdout=subprocess.PIPE, stderr=stderr, text=True)
+        assert _wait_for(err, "waiting for the store lock", 30), err.read_text()
+        _flip_bit(store, "segment", "tone03.wav")  # damaged while the repair waits
+    out, _ = repair.communicate(timeout=300)
+    report = json.loads(out)
+    assert repair.returncode == 0 and report["ok"], (report, err.read_text())
+    assert any("dropped the vectors of 2 files" in line for line in report["repaired"]), report
+    (left,) = report["problems"]
+    assert left["kind"] == "not-embedded" and "2 files" in left["message"] and "tone03.wav" in left["message"], left
+    assert "\n2 embedded," in _mess("extract", str(music), *DSP, "--store", str(store)).stderr
+    _assert_same(_by_path(store), want)
+
+
 def test_a_store_from_before_checksums_reads_and_gets_them_by_repair(tmp_path: Path) -> None:
     music = tmp_path / "music"
     _tones(music, 5)
