@@ -338,6 +338,46 @@ def test_repair_sums_an_older_stores_rows_as_their_bytes_on_disk_reading_in_chun
         assert np.frombuffer(blob, dtype="<u4").tolist() == want, content_hash
 
 
+def test_repair_records_an_older_stores_sums_from_the_scan_it_acts_on_without_reading_the_rows_again(
+        tmp_path: Path) -> None:
+    """`mess check --repair` on an older store read its row files once more to sum them, after the scan it acts on
+    had read them: with the check of what it left, each file three times. It records the sums that scan took, so
+    each file is read twice (bytes read by this process, from /proc), and the sums are still the files' bytes."""
+    import zlib
+
+    from mess.store.check import check_and_repair
+
+    wide = ModelInfo("wide", "rev1", 16000, ("a", "b"), (512, 256))  # wide rows: the catalog is small beside them
+    store = FeatureStore(tmp_path)
+    run = store.ensure_run(run_key(wide, WindowPolicy()))
+    rng = np.random.default_rng(0)
+    segments = [[rng.standard_normal((500, d)).astype(np.float32) for d in wide.layer_dims] for _ in range(20)]
+    store.write_vectors(run, [TrackVectors(f"h{i}", [s.mean(axis=0) for s in segs], segs, list(range(500)))
+                              for i, segs in enumerate(segments)])  # 15 MB of rows
+    with store.db:  # as an older mess left them
+        store.db.execute("UPDATE vectors SET checksums=NULL")
+    files = {(level, i): store.row_file(run, level, i).path.read_bytes() for level in ("track", "segment")
+             for i in range(2)}
+    size = sum(map(len, files.values()))
+
+    def bytes_read() -> int:
+        return int(Path("/proc/self/io").read_text().split("rchar:")[1].split()[0])
+
+    before = bytes_read()
+    assert check_and_repair(store) == ([], ["wide (run 1): recorded the checksums of 20 files' vectors (written by "
+                                            "an older mess)"])
+    read = bytes_read() - before
+    assert 2 * size <= read < 2.5 * size, (read, size)
+    for content_hash, track_row, seg_row, n, blob in store.db.execute(
+            "SELECT content_hash, track_row, seg_row, n_segments, checksums FROM vectors"):
+        want = [zlib.crc32(files["track", i][track_row * d * 2:(track_row + 1) * d * 2])
+                for i, d in enumerate(wide.layer_dims)]
+        want += [zlib.crc32(files["segment", i][seg_row * d * 2:(seg_row + n) * d * 2])
+                 for i, d in enumerate(wide.layer_dims)]
+        assert np.frombuffer(blob, dtype="<u4").tolist() == want, content_hash
+    store.close()
+
+
 def test_a_folder_named_like_an_extracted_model_does_not_hide_its_run(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """With a folder ./toy in the working directory, every command said 'no vectors for model /cwd/toy' (the name

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,8 @@ class Problem:
     damage: bool = True
     derived: str = ""  # the derived vector set (fused, ...) a *-derived problem is about
     hashes: frozenset[str] = field(default=frozenset(), repr=False)  # the files a non-finite or checksum one names
+    # a no-checksum one: content hash -> the ``vectors.checksums`` value of its rows as the check read them
+    checksums: Mapping[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
 
 def quick_check(store: FeatureStore) -> list[Problem]:
@@ -125,7 +128,7 @@ def _fix(store: FeatureStore, problems: list[Problem]) -> list[str]:
             done.append(f"{run.model} (run {run.id}): row files cut back to the {track_rows} track rows "
                         "the catalog references")
         if any(p.kind == "no-checksum" for p in mine):
-            added = _add_checksums(store, run)
+            added = _add_checksums(store, run, {h: s for p in mine for h, s in p.checksums.items()})
             done.append(f"{run.model} (run {run.id}): recorded the checksums of {added} files' vectors "
                         "(written by an older mess)")
         if blanked:
@@ -242,38 +245,46 @@ def _values(store: FeatureStore, run: Run) -> list[Problem]:
     if unsummed:
         problems.append(Problem("no-checksum", run.id, f"{run.model}: {len(unsummed)} files' vectors have no "
                                 "checksum yet (written by an older mess); `mess check --repair` adds them",
-                                damage=False))
+                                damage=False, checksums=unsummed))
     return problems
 
 
-def _scan(store: FeatureStore, run: Run) -> tuple[set[str], set[str], set[str]]:
+def _scan(store: FeatureStore, run: Run) -> tuple[set[str], set[str], dict[str, bytes]]:
     """(content hashes with a non-finite value, content hashes whose rows differ from their checksums, content
-    hashes with no checksum recorded), reading each of the run's row files once."""
+    hash -> the checksums of its rows as read, for those with none recorded), reading each row file once."""
     rows = _catalog_sums(store, run)
     blobs = [r[4] for r in rows]
+    n_layers = len(run.layer_names)
+    unsummed = np.array([r[4] is None for r in rows], dtype=bool)
+    found = np.zeros((int(unsummed.sum()), 2 * n_layers), dtype=np.int64)  # as checksums.pack orders them
     non_finite: set[str] = set()
     differ: set[str] = set()
     for level, referenced in zip(("track", "segment"), store.catalog_rows(run), strict=True):
         starts = np.array([r[1] if level == "track" else r[2] for r in rows], dtype=np.int64)
         counts = np.array([1 if level == "track" else r[3] for r in rows], dtype=np.int64)
         bad_rows = np.zeros(referenced, dtype=bool)
-        for layer in range(len(run.layer_names)):
-            sums = BlockSums(starts, counts, expected(blobs, level, layer, len(run.layer_names)))
-            bad_rows |= _read_rows(store.row_file(run, level, layer), referenced, sums)
+        for layer in range(n_layers):
+            sums = BlockSums(starts, counts, expected(blobs, level, layer, n_layers))
+            fresh = BlockSums(starts[unsummed], counts[unsummed])  # every block: the sums a repair records
+            bad_rows |= _read_rows(store.row_file(run, level, layer), referenced, sums, fresh)
             differ |= {r[0] for r, wrong in zip(rows, sums.changed(), strict=True) if wrong}
+            found[:, layer + (n_layers if level == "segment" else 0)] = fresh.sums()
         marks = np.concatenate([[0], np.cumsum(bad_rows)])  # non-finite rows before each row
         non_finite |= {r[0] for r, bad in zip(rows, marks[starts + counts] > marks[starts], strict=True) if bad}
-    return non_finite, differ, {r[0] for r in rows if r[4] is None}
+    hashes = [r[0] for r, none in zip(rows, unsummed, strict=True) if none]
+    sums_of = {h: pack(s[:n_layers], s[n_layers:]) for h, s in zip(hashes, found.tolist(), strict=True)}
+    return non_finite, differ, sums_of
 
 
-def _read_rows(file: RowFile, rows: int, sums: BlockSums) -> np.ndarray:
-    """Read rows [0, ``rows``) of a row file in chunks, adding them to ``sums``; which of them hold a non-finite
-    value."""
+def _read_rows(file: RowFile, rows: int, *sums: BlockSums) -> np.ndarray:
+    """Read rows [0, ``rows``) of a row file in chunks, adding them to each of ``sums``; which of them hold a
+    non-finite value."""
     bad = np.zeros(rows, dtype=bool)
     with contextlib.suppress(ShortFile):  # cut by a repair since the catalog was read: its rows are gone
         for first, chunk in file.stored_chunks(rows):
             bad[first:first + len(chunk)] = non_finite(chunk)
-            sums.add(first, chunk)
+            for each in sums:
+                each.add(first, chunk)
     return bad
 
 
@@ -319,35 +330,22 @@ def _untrusted(store: FeatureStore, run: Run, mine: list[Problem]) -> set[str]:
     return bad
 
 
-def _catalog_sums(store: FeatureStore, run: Run, where: str = "") -> list[sqlite3.Row]:
-    """The run's catalog rows (content_hash, track_row, seg_row, n_segments, checksums) matching ``where``."""
+def _catalog_sums(store: FeatureStore, run: Run) -> list[sqlite3.Row]:
+    """The run's catalog rows (content_hash, track_row, seg_row, n_segments, checksums)."""
     sums = "checksums" if has_column(store.db, "vectors", "checksums") else "NULL AS checksums"  # older, read-only
     return store.db.execute(f"SELECT content_hash, track_row, seg_row, n_segments, {sums} FROM vectors "
-                            f"WHERE run_id=? {where}", (run.id,)).fetchall()
+                            "WHERE run_id=?", (run.id,)).fetchall()
 
 
-def _add_checksums(store: FeatureStore, run: Run) -> int:
-    """Record the checksums of the run's vectors that have none (written by an older mess); how many were added.
+def _add_checksums(store: FeatureStore, run: Run, found: Mapping[str, bytes]) -> int:
+    """Record ``found``, the checksums the scan under the write lock summed, for the run's vectors that have none
+    (written by an older mess); how many were added.
 
-    Called by :func:`check_and_repair` after it dropped every vector it found damaged, so what is summed was
-    checked. Each row file is read once, in chunks, one at a time: memory stays bounded however large the store."""
-    rows = _catalog_sums(store, run, "AND checksums IS NULL")
-    sums: dict[str, list[list[int]]] = {}
-    for level in ("track", "segment"):
-        starts = np.array([r[1] if level == "track" else r[2] for r in rows], dtype=np.int64)
-        counts = np.array([1 if level == "track" else r[3] for r in rows], dtype=np.int64)
-        sums[level] = [_block_sums(store.row_file(run, level, layer), starts, counts)
-                       for layer in range(len(run.layer_names))]
-    packed = [(pack([s[i] for s in sums["track"]], [s[i] for s in sums["segment"]]), run.id, r[0])
-              for i, r in enumerate(rows)]
+    Called by :func:`check_and_repair` after it dropped every vector that scan found damaged (and cut only bytes
+    past the rows left), so what is recorded was checked and is what the files hold: nothing is read again."""
+    rows = store.db.execute("SELECT content_hash FROM vectors WHERE run_id=? AND checksums IS NULL",
+                            (run.id,)).fetchall()
+    packed = [(found[h], run.id, h) for (h,) in rows if h in found]
     with store.db:
         store.db.executemany("UPDATE vectors SET checksums=? WHERE run_id=? AND content_hash=?", packed)
     return len(packed)
-
-
-def _block_sums(file: RowFile, starts: np.ndarray, counts: np.ndarray) -> list[int]:
-    """The checksum of each block of a row file (``counts[i]`` rows from row ``starts[i]``), read in chunks."""
-    sums = BlockSums(starts, counts)
-    for first, chunk in file.stored_chunks(int((starts + counts).max(initial=0))):
-        sums.add(first, chunk)
-    return sums.sums()
