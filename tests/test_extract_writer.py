@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -225,4 +226,39 @@ def test_a_write_the_disk_refuses_surfaces_at_the_next_submit_and_at_close_and_k
     writer.close()
     assert commits == [(1, 1.0)]
     _assert_stored(root, [first, big])
+    store.close()
+
+
+def test_an_on_commit_that_raises_surfaces_at_the_next_submit_and_at_close(tmp_path: Path) -> None:
+    """The callback runs on the writer's thread: its error is handed to the submitting thread, as a failed write's
+    is, instead of ending the thread without a word (later groups would then be dropped by a quiet close)."""
+    first, later = _group("c", 1, 2), _group("d", 1, 2)
+    store = FeatureStore(tmp_path)
+    run = store.ensure_run(run_key(INFO, WindowPolicy()))
+    _catalogue(store, [first, later])
+
+    entered = threading.Event()
+
+    def on_commit(tracks: int, seconds: float) -> None:
+        entered.set()
+        raise RuntimeError(f"progress display failed after {tracks} track(s)")
+
+    writer = BackgroundWriter(store, run, on_commit, max_pending=10**6)  # a dead writer must not block submit here
+    writer.submit(first, 1.0)
+    assert entered.wait(timeout=60)  # the first group is committed alone
+    said = {}
+    deadline = time.monotonic() + 30
+    while "submit" not in said and time.monotonic() < deadline:
+        try:
+            writer.submit(later, 1.0)
+        except RuntimeError as exc:
+            said["submit"] = str(exc)
+        time.sleep(0.01)
+    try:
+        writer.close()
+    except RuntimeError as exc:
+        said["close"] = str(exc)
+    assert said == {"submit": "progress display failed after 1 track(s)",
+                    "close": "progress display failed after 1 track(s)"}
+    _assert_stored(tmp_path, [first])  # the commit before the callback stays
     store.close()

@@ -19,9 +19,10 @@ Committed = Callable[[int, float], None]  # (tracks, audio seconds) just committ
 class BackgroundWriter:
     """A thread writing ``store.write_vectors(run, ...)`` for what :meth:`submit` hands it.
 
-    At most ``max_pending`` tracks wait uncommitted (``submit`` blocks beyond that). A
-    write that fails (a full disk, a damaged store) ends the writer: the next ``submit``
-    or :meth:`close` raises its error; what was committed before stays.
+    At most ``max_pending`` tracks wait in the queue, besides those being committed
+    (``submit`` blocks beyond that). A write that fails (a full disk, a damaged store), or an
+    ``on_commit`` that raises, ends the writer: the next ``submit`` or :meth:`close` raises
+    its error; what was committed before stays.
     """
 
     def __init__(self, store: FeatureStore, run: Run, on_commit: Committed, max_pending: int = 1024) -> None:
@@ -64,12 +65,12 @@ class BackgroundWriter:
                 groups, self._queue = self._queue, []
             try:
                 self.store.write_vectors(self.run, [t for vectors, _ in groups for t in vectors])
+                self.on_commit(sum(len(v) for v, _ in groups), sum(s for _, s in groups))
             except BaseException as exc:  # noqa: BLE001 -- handed to the submitting thread
                 with self._cond:
                     self._error = exc
                     self._queue.clear()
                     self._cond.notify_all()
                 return
-            self.on_commit(sum(len(v) for v, _ in groups), sum(s for _, s in groups))
             with self._cond:
                 self._cond.notify_all()
