@@ -298,3 +298,37 @@ def test_a_multi_valued_artist_tag_keeps_every_value_and_its_first_is_the_artist
     run("export", str(tmp_path / "v.npz"), "--model", "dsp")
     exported = np.load(tmp_path / "v.npz")
     assert {Path(p).name: a for p, a in zip(exported["path"], exported["artist"], strict=True)} == stored
+
+
+def test_exclude_same_artist_leaves_out_the_composer_credited_tracks_mess_artists_counts_as_the_artist(
+        tmp_path: Path) -> None:
+    """A track tagged with a composer and no artist is that composer's in `mess artists`, but
+    `mess similar --exclude-same-artist` keyed on the artist tag alone: asked from such a track it excluded nothing
+    and returned the same composer's other tracks (seen on the widelands soundtrack, composer-only tags)."""
+    from mutagen.flac import FLAC
+
+    from mess.cli.main import app as mess
+
+    music, store = tmp_path / "music", str(tmp_path / "store")
+    music.mkdir()
+    credits = {"c0": {"composer": "Clara"}, "c1": {"composer": "CLARA"}, "c2": {"artist": "Clara feat. Dora"},
+               "d0": {"artist": "Dora"}, "d1": {"artist": "Dora"}}
+    t = np.arange(22050 * 3) / 22050
+    for i, (name, tags) in enumerate(credits.items()):
+        sf.write(music / f"{name}.flac", (0.3 * np.sin(2 * np.pi * 110 * (i + 1) * t)).astype(np.float32), 22050)
+        flac = FLAC(music / f"{name}.flac")
+        flac.update(tags)
+        flac.save()
+    runner = CliRunner()
+
+    def run(*args: str) -> dict:
+        out = runner.invoke(mess, [*args, "--store", store, "--json"])
+        assert out.exit_code == 0, out.output
+        return json.loads(out.stdout)
+
+    extracted = runner.invoke(mess, ["extract", str(music), "--model", "dsp", "--window", "2", "--store", store])
+    assert extracted.exit_code == 0, extracted.output
+    assert run("artists", "similar", "clara", "--min-tracks", "1")["tracks"] == 3  # c0, c1, c2 are Clara's
+    for seed in ("c0", "c2"):
+        found = run("similar", str(music / f"{seed}.flac"), "--exclude-same-artist")["results"]
+        assert {Path(r["path"]).stem for r in found} == {"d0", "d1"}, (seed, found)

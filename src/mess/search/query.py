@@ -144,7 +144,7 @@ def similar_tracks(
         query: a :class:`TrackQuery`, or a raw vector in the space of the chosen vector set.
         layer / aspect / fused / learned: which vectors to compare (default: all layers, equally weighted;
             learned = the head shipped for the model, see :mod:`mess.models.head`).
-        exclude_same_artist: leave out tracks whose artist tag equals the query's.
+        exclude_same_artist: leave out tracks of the query's artist (main artist of the artist tag, else composer).
         hubness: None, "csls" or "mp" to re-rank a candidate pool against hub tracks.
         norm: "zscore" (default), "center" or "none" preprocessing before L2 normalisation.
         match: "mean" (cosine of track vectors, through the index) or "segments" (Chamfer similarity of
@@ -342,17 +342,22 @@ def _excluded(tracks: Sequence[Track], query: TrackQuery | None, same_artist: bo
     """Track ids never to return: the query's own track (and the stale entry of its file), and its artist's tracks
     when asked."""
     out = {t.id for t in (query.track, query.replaces) if t is not None} if query is not None else set()
-    artist = credit_key(query.artist) if query is not None else ""
+    artist = "" if query is None else _artist_key(query.track) if query.track is not None else credit_key(query.artist)
     if same_artist and artist:
         out.update(from_tracks(tracks, "ids_by_artist", _ids_by_artist).get(artist, ()))
     return out
 
 
+def _artist_key(track: Track) -> str:
+    """A track's artist as `mess artists` groups it: the artist tag's main artist, else the composer's."""
+    return credit_key(track.artist) or credit_key(track.composer)
+
+
 def _ids_by_artist(tracks: Sequence[Track]) -> dict[str, tuple[int, ...]]:
-    """Main artist (:func:`credit_key`: 'A; B' and 'A feat. C' are A's) -> track ids."""
+    """Main artist (:func:`_artist_key`: 'A; B' and 'A feat. C' are A's; no artist tag: the composer) -> track ids."""
     groups: dict[str, list[int]] = defaultdict(list)
     for t in tracks:
-        groups[credit_key(t.artist)].append(t.id)
+        groups[_artist_key(t)].append(t.id)
     return {a: tuple(ids) for a, ids in groups.items()}
 
 
