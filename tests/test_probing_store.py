@@ -450,3 +450,34 @@ def test_an_aspect_shuffled_targets_score_nearly_as_well_is_mapped_as_not_encode
         aspect_layer(store, run, "dynamics")
     assert aspect_layer(store, run, "rhythm") == "rhythm"
     store.close()
+
+
+def test_folds_by_artist_keep_every_spelling_guest_credit_and_composer_tag_of_one_artist_together(
+        tmp_path: Path) -> None:
+    """Folds grouped by artist took the raw artist tag: 'Ann', 'ANN', 'Ann feat. Bo' and a track credited to Ann only
+    as composer were four groups, so Ann's tracks sat on both sides of a split (the 11 composer-only tracks of
+    Nikola Whallon in the widelands soundtrack were 11 groups). They are one artist, as in `mess artists`."""
+    import soundfile as sf
+    from mutagen.flac import FLAC
+
+    from mess.cli.main import app as mess_app
+
+    music = tmp_path / "music"
+    music.mkdir()
+    credits = [{"artist": "Ann"}, {"artist": "ANN"}, {"artist": "Ann feat. Bo"}, {"composer": "Ann"},
+               {"artist": "Cy"}, {"artist": "Cy"}, {"artist": "Cy"}, {"artist": "Di"}, {"artist": "Di"},
+               {"artist": "Di"}]
+    t = np.arange(22050 * 2) / 22050
+    for i, tags in enumerate(credits):
+        path = music / f"t{i}.flac"
+        sf.write(path, (0.05 * (i % 4 + 1) * np.sin(2 * np.pi * 110 * (i + 1) * t)).astype(np.float32), 22050)
+        flac = FLAC(path)
+        flac.update(tags)
+        flac.save()
+    store = tmp_path / "store"
+    assert runner.invoke(mess_app, ["extract", str(music), "--model", "dsp", "--window", "2",
+                                    "--store", str(store)]).exit_code == 0
+    out = runner.invoke(app, ["probe", "--model", "dsp", "--control", "none", "--folds", "3", "--store", str(store),
+                              "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["folds"] == "GroupKFold(3) by artist (3 groups)"

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from mess.audio.names import label_key
 from mess.constants import PROBE_KINDS
 from mess.extract.runs import run_policy
 from mess.models.registry import ModelError
@@ -16,7 +17,7 @@ from mess.probing.probes import Folds, ProbeError, ProbeScores, make_folds, prob
 from mess.probing.report import TRAINED, ProbeReport
 from mess.probing.target_cache import TrackTargets, track_targets
 from mess.probing.targets import TARGET_NAMES
-from mess.store import FeatureStore, Run
+from mess.store import FeatureStore, Run, Track
 
 CONTROLS = ("shuffled", "random-init")
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -97,7 +98,8 @@ def _probe(store: FeatureStore, run: Run, layers: list[str], targets: TrackTarge
     y = targets.values[np.searchsorted(targets.track_ids, ids)]
     if shuffle:
         y = shuffled_rows(y, options.seed)
-    meta = [(field, [by_id[int(i)].label(field) for i in ids]) for field in ("album", "artist")]
+    chosen = [by_id[int(i)] for i in ids]
+    meta = [("album", [label_key("album", t.album) for t in chosen]), ("artist", [_artist(t) for t in chosen])]
     folds = make_folds(len(ids), meta, options.folds, options.seed)
 
     def loader(layer: str) -> Callable[[], np.ndarray]:
@@ -117,6 +119,11 @@ def _probe(store: FeatureStore, run: Run, layers: list[str], targets: TrackTarge
     scores = probe_layers([(name, loader(name)) for name in layers], y, TARGET_NAMES, folds, options.probe,
                           options.seed, jobs=options.workers, on_layer=layer_done)
     return scores, folds
+
+
+def _artist(track: Track) -> str | None:
+    """A track's artist as `mess artists` groups it (main artist, any spelling; else the composer), for folds."""
+    return label_key("artist", track.artist) or label_key("composer", track.composer)
 
 
 def probed_every_layer(run: Run, report: ProbeReport) -> bool:
