@@ -144,3 +144,35 @@ def test_cli_on_real_store(extracted_store: Path, tmp_path: Path) -> None:
     )
     assert out.exit_code == 0, out.stderr
     assert Path(json.loads(out.stdout)["png"]).stat().st_size > 1000
+
+
+def test_similar_hybrid_takes_the_space_asked_for_and_the_saved_layer_only_on_its_model(extracted_store: Path,
+                                                                                        tmp_path: Path) -> None:
+    """Weights learned by `hybrid -m dsp` saved dsp's layer; `similar --hybrid` then failed with "unknown layer 'mfcc'"
+    for musicnn-msd (a layer never asked for), and with "choose one of layer, aspect or fused" for `--aspect timbre`
+    or `--fused` (one was chosen: the saved layer was added to it)."""
+    import shutil
+
+    app = typer.Typer()
+    register(app)
+    app.callback()(lambda: None)
+    root = tmp_path / "store"
+    shutil.copytree(extracted_store, root)
+    with closing(FeatureStore(root)) as fs:
+        names = load_artists(fs, fs.run("dsp")).names
+        fs.set_aspect_map(fs.run("dsp"), [("timbre", "mfcc", 0.7, 0.1)])
+    ref = tmp_path / "era.json"
+    ref.write_text(json.dumps(era_reference(names)))
+
+    def run(*args: str) -> tuple[dict, str]:
+        out = CliRunner().invoke(app, ["artists", *args, "--json", "--store", str(root)])
+        assert out.exit_code == 0, out.stderr
+        return json.loads(out.stdout), " ".join(out.stderr.split())
+
+    learned, _ = run("hybrid", "-r", str(ref), "-m", "dsp", "-k", "1", "--layer", "spectral")
+    assert learned["space"] == "spectral"
+    asked = ("similar", names[0], "--hybrid", "-r", str(ref))
+    assert run(*asked, "-m", "dsp")[0]["space"] == "spectral"
+    assert run(*asked, "-m", "dsp", "--aspect", "timbre")[0]["space"] == "timbre (mfcc)"
+    other, notes = run(*asked, "-m", "musicnn-msd")
+    assert other["model"] == "musicnn-msd" and "the saved weights were learned on dsp (spectral)" in notes

@@ -155,10 +155,9 @@ def similar_artists(store: FeatureStore, name: str, k: int, options: ArtistOptio
     and reference lists (in the space the saved weights were learned on, unless one is chosen)."""
     run, artists = open_artists(store, options, on_note)
     query = artists.index(name)
-    if hybrid is not None and hybrid.weights is None:
-        saved = saved_selection(store)
-        choice = SpaceChoice(choice.layer or saved.get("layer"), choice.aspect or saved.get("aspect"),
-                             choice.fused or bool(saved.get("fused")))
+    if hybrid is not None and hybrid.weights is None and not choice.given:
+        saved = saved_selection(store, run, on_note)
+        choice = SpaceChoice(saved.get("layer"), saved.get("aspect"), bool(saved.get("fused")))
     space = choose_space(store, run, artists, choice, on_note)
     parts: dict[str, np.ndarray] = {}
     if hybrid is not None:
@@ -189,13 +188,20 @@ def _row(profile: ArtistProfile, rank: int, score: float, parts: dict[str, float
             "low_confidence": profile.low_confidence, **({"components": parts} if parts else {})}
 
 
-def saved_selection(store: FeatureStore) -> dict:
-    """The space the saved hybrid weights were learned on (empty when there are none)."""
+def saved_selection(store: FeatureStore, run: Run, on_note: Note = _ignore) -> dict:
+    """The space the saved hybrid weights were learned on (empty when there are none, or when they were learned on
+    another model than ``run``'s: its layers are not this model's, said through ``on_note``)."""
     path = store.reports_dir / WEIGHTS_FILE
     try:
-        return json.loads(path.read_text(encoding="utf-8")).get("selection", {}) if path.exists() else {}
+        saved = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        selection, model = saved.get("selection", {}), saved.get("model", run.model)
     except (json.JSONDecodeError, AttributeError):
         return {}
+    if model != run.model:
+        on_note(f"the saved weights were learned on {model} ({saved.get('space')}); the audio component here is "
+                f"{run.model}'s (pass --model {model} to use theirs)")
+        return {}
+    return selection if isinstance(selection, dict) else {}
 
 
 def load_tags(path: Path | None) -> dict[str, list[str]] | None:
