@@ -176,3 +176,12 @@ def test_similar_hybrid_takes_the_space_asked_for_and_the_saved_layer_only_on_it
     assert run(*asked, "-m", "dsp", "--aspect", "timbre")[0]["space"] == "timbre (mfcc)"
     other, notes = run(*asked, "-m", "musicnn-msd")
     assert other["model"] == "musicnn-msd" and "the saved weights were learned on dsp (spectral)" in notes
+
+
+def test_reference_lists_of_two_spellings_of_one_artist_are_joined(real: FeatureStore) -> None:
+    """A reference naming one artist twice ('Bach' from one source, 'BACH' from another) kept only the last list:
+    the first list's artists silently stopped counting as relevant in validate and hybrid."""
+    artists = load_artists(real, real.run("dsp"))
+    me, first, second = artists.names[:3]
+    matched, coverage = match_reference({me: [first], me.upper(): [second, first]}, artists)
+    assert matched == {0: [1, 2]} and coverage.usable_queries == 1

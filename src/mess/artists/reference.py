@@ -106,7 +106,8 @@ def match_reference(reference: dict[str, list[str]], artists: ArtistSet,
     """Map names to artist rows: ``{query row: [relevant rows in reference order]}`` and coverage.
 
     Names are matched by :func:`~mess.audio.names.name_key` (case, accents, punctuation, leading 'the');
-    listed artists not in the collection, and the query itself, are dropped.
+    listed artists not in the collection, and the query itself, are dropped. Lists of two spellings of one artist
+    are joined, in file order.
     """
     rows = {name_key(name): i for i, name in enumerate(artists.names)}
     matched: dict[int, list[int]] = {}
@@ -118,7 +119,7 @@ def match_reference(reference: dict[str, list[str]], artists: ArtistSet,
         if q is None:
             missing[query] = None
         found_queries += q is not None
-        relevant: list[int] = []
+        relevant: list[int] = matched.get(q, []) if q is not None else []  # two spellings of q: one list
         for name in similar:
             r = rows.get(name_key(name))
             listed[name_key(name)] = r is not None
