@@ -185,3 +185,16 @@ def test_reference_lists_of_two_spellings_of_one_artist_are_joined(real: Feature
     me, first, second = artists.names[:3]
     matched, coverage = match_reference({me: [first], me.upper(): [second, first]}, artists)
     assert matched == {0: [1, 2]} and coverage.usable_queries == 1
+
+
+def test_matrix_out_named_like_one_of_its_files_writes_that_csv_and_png(extracted_store: Path, tmp_path: Path) -> None:
+    """`matrix -o heat.png` wrote heat.png.csv and heat.png.png."""
+    app = typer.Typer()
+    register(app)
+    app.callback()(lambda: None)
+    out = CliRunner().invoke(app, ["artists", "matrix", "-m", "dsp", "-o", str(tmp_path / "heat.png"), "--json",
+                                   "--store", str(extracted_store)])
+    assert out.exit_code == 0, out.stderr
+    written = json.loads(out.stdout)
+    assert (written["csv"], written["png"]) == (str(tmp_path / "heat.csv"), str(tmp_path / "heat.png"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heat.csv", "heat.png"]

@@ -235,6 +235,8 @@ def artist_matrix(store: FeatureStore, options: ArtistOptions, choice: SpaceChoi
     space = choose_space(store, run, artists, choice, on_note)
     sim = _similarity(artists, space, options)
     prefix = out or store.reports_dir / f"artists-matrix-{slug(f'{run.model}-{space.label}').strip('_')}"
+    if prefix.suffix.lower() in (".csv", ".png"):  # -o heat.png: heat.png and heat.csv, not heat.png.png
+        prefix = prefix.with_suffix("")
     order = cluster_order(sim)
     names = [artists.names[i] for i in order]
     sim = sim[np.ix_(order, order)]

@@ -166,7 +166,8 @@ def matrix_command(
         typer.Option(
             "--out",
             "-o",
-            help="Output path prefix for .csv and .png (default: STORE/reports/artists-matrix-MODEL-LAYER).",
+            help="Output path prefix for .csv and .png, a .csv/.png ending dropped "
+            "(default: STORE/reports/artists-matrix-MODEL-LAYER).",
         ),
     ] = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
