@@ -378,6 +378,37 @@ def test_artist_requests_reuse_their_groups_until_the_catalog_changes(
         assert calls["most_discriminative"] == warm["most_discriminative"] + 2  # once per catalog change seen
 
 
+def test_a_store_moved_aside_and_extracted_again_is_answered_from_its_new_catalog(collection: Path,
+                                                                                  tmp_path: Path) -> None:
+    """The advice for a damaged catalog (move the store aside, extract again) while the server runs: its open
+    connection followed the moved catalog, so it listed the old tracks and read them against the new row files
+    ('differ from their checksums ... run `mess check --repair`')."""
+    copy = tmp_path / "store"
+    shutil.copytree(collection, copy)
+    with TestClient(base_url="http://127.0.0.1", app=create_app(copy)) as c:
+        assert c.get("/api/health").json()["tracks"] == 12
+        assert c.get("/api/tracks/1/similar", params={"k": 3}).status_code == 200
+        copy.rename(tmp_path / "aside")
+        fresh = FeatureStore(copy)
+        music = collection.parent / "music"
+        extract(fresh, find_audio([music / "Saw_Machine", music / "Noise_Ensemble"]), DspModel(), WindowPolicy())
+        run = fresh.run("dsp")
+        tracks = fresh.tracks(run)
+        health = c.get("/api/health").json()
+        assert health["tracks"] == len(tracks) == 8 and health["default_model"] == "dsp"
+        listed = c.get("/api/tracks").json()["items"]
+        assert [t["id"] for t in listed] == [t.id for t in tracks]
+        assert {t["artist"] for t in listed} == {"Saw Machine", "Noise Ensemble"}
+        for layer in ("chroma", None):
+            params = {"k": 3} if layer is None else {"k": 3, "layer": layer}
+            response = c.get(f"/api/tracks/{tracks[0].id}/similar", params=params)
+            assert response.status_code == 200, response.text
+            expected = similar_tracks(fresh, run, resolve_query(fresh, tracks[0].id, run), 3, layer=layer)
+            assert [r["id"] for r in response.json()["results"]] == [n.track.id for n in expected]
+        assert len(c.get("/api/map").json()["points"]) == 8
+        fresh.close()
+
+
 def test_upload_finds_the_original_and_places_it_on_the_map(client: TestClient, store: FeatureStore,
                                                             uploads_dir: Path) -> None:
     original = store.tracks()[5]

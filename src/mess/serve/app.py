@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 from mess.artists.profiles import ArtistError
 from mess.serve import mapping, routes_playlists, routes_reports, routes_search, routes_tracks
 from mess.serve.security import AccessPolicy, install
-from mess.serve.state import ServeState, default_model
+from mess.serve.state import ServeState, catalog_id, default_model
 from mess.serve.uploads import (
     DEFAULT_EMBED_TIMEOUT,
     DEFAULT_MAX_QUEUE,
@@ -57,9 +57,10 @@ def create_app(store_path: Path, model: str | None = None, allow_indexing: bool 
         chosen = default_model(probe, model)
     finally:
         probe.close()
+    opened = catalog_id(store_path)  # before opening: a catalog replaced in between is noticed at the first request
     store = FeatureStore(store_path, readonly=not allow_indexing)
     worker = EmbedWorker(embed_timeout, max_queue=max_queue, max_seconds=max_upload_seconds)
-    state = ServeState(store, chosen, allow_indexing, max_upload_bytes, worker)
+    state = ServeState(store, chosen, allow_indexing, max_upload_bytes, worker, model_option=model, catalog=opened)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -70,7 +71,7 @@ def create_app(store_path: Path, model: str | None = None, allow_indexing: bool 
         with threadpool_limits(limits=1, user_api="blas"):
             yield
         state.worker.close()
-        store.close()
+        state.store.close()  # the store it opened last (see ServeState.refresh)
 
     app = FastAPI(title="mess", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   summary="Music Embedding Similarity Search over a local feature store",

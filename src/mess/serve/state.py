@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ class ServeState:
     """The open store plus server settings; hold ``lock`` while touching the store.
 
     Derived data (vector sets, indexes, maps) is memoised by the store (:meth:`FeatureStore.cached`).
+    ``catalog`` is the identity of the catalog file the store was opened on (:func:`catalog_id`, taken before
+    opening); :meth:`refresh` reopens the store when another file has taken its place.
     """
 
     store: FeatureStore
@@ -70,6 +73,35 @@ class ServeState:
     max_upload_bytes: int
     worker: EmbedWorker
     lock: RequestLock = field(default_factory=RequestLock)
+    model_option: str | None = None  # the model the server was started with (None: the store's preferred one)
+    catalog: tuple[int, int] | None = None
+
+    def refresh(self) -> None:
+        """Reopen the store when its catalog file was replaced (the store moved aside or deleted and extracted
+        again): the open connection would keep reading the old catalog against the new row files.
+
+        Until the new catalog opens and holds vectors, answers keep coming from the old one.
+        """
+        if catalog_id(self.store.root) in (None, self.catalog):
+            return
+        with self.lock:
+            now = catalog_id(self.store.root)
+            if now in (None, self.catalog):
+                return
+            try:
+                fresh = FeatureStore(self.store.root, readonly=not self.allow_indexing)
+            except StoreError:  # not a whole store yet: try again at the next request
+                return
+            try:
+                try:
+                    chosen = default_model(fresh, self.model_option)
+                except StoreError:  # the model the server was started with is not in the new store
+                    chosen = default_model(fresh, None)
+            except StoreError:  # no vectors yet
+                fresh.close()
+                return
+            old, self.store, self.default_model, self.catalog = self.store, fresh, chosen, now
+            old.close()
 
     def run(self, model: str | None) -> Run:
         """The run of ``model`` that commands use (see :meth:`FeatureStore.run`; the server's default model when
@@ -90,8 +122,19 @@ class ServeState:
 
 
 def get_state(request: Request) -> ServeState:
-    """FastAPI dependency: the app's :class:`ServeState`."""
-    return request.app.state.mess
+    """FastAPI dependency: the app's :class:`ServeState`, its store reopened first if it was replaced."""
+    state: ServeState = request.app.state.mess
+    state.refresh()
+    return state
+
+
+def catalog_id(root: Path) -> tuple[int, int] | None:
+    """(device, inode) of the store's catalog file, None while there is none."""
+    try:
+        st = os.stat(root / "catalog.sqlite")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def default_model(store: FeatureStore, model: str | None) -> str:
