@@ -409,6 +409,26 @@ def test_a_store_moved_aside_and_extracted_again_is_answered_from_its_new_catalo
         fresh.close()
 
 
+def test_runs_say_which_run_answers_for_a_model_extracted_again(collection: Path, tmp_path: Path) -> None:
+    """A second dsp run (another window policy, 2 of 12 files) is the newest, but the first answers: the page took
+    the newest run's aspects and layers for its choices (here none of the first run's probed aspects)."""
+    copy = tmp_path / "store"
+    shutil.copytree(collection, copy)
+    other = FeatureStore(copy)
+    extract(other, find_audio([collection.parent / "music"])[:2], DspModel(), WindowPolicy(max_windows=1))
+    assert len(other.runs()) == 2
+    answering = other.run("dsp")
+    other.close()
+    with TestClient(base_url="http://127.0.0.1", app=create_app(copy)) as c:
+        runs = c.get("/api/runs").json()["runs"]
+        assert [(r["tracks"], r["current"]) for r in runs] == [(12, True), (2, False)]
+        current = next(r for r in runs if r["current"])
+        assert current["id"] == answering.id and current["aspects"] == {"timbre": "mfcc", "harmony": "chroma"}
+        assert runs[-1]["aspects"] == {}
+        response = c.get("/api/tracks/1/similar", params={"aspect": "timbre", "k": 3})
+        assert response.status_code == 200 and response.json()["vectors"] == "aspect timbre"
+
+
 def test_upload_finds_the_original_and_places_it_on_the_map(client: TestClient, store: FeatureStore,
                                                             uploads_dir: Path) -> None:
     original = store.tracks()[5]

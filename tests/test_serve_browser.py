@@ -18,6 +18,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -145,14 +147,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture()
-def server(extracted_store: Path) -> str:
-    """`mess serve` on a free loopback port; yields its base URL."""
+@contextmanager
+def _serving(store: Path, model: str) -> Iterator[str]:
+    """`mess serve` of ``store`` on a free loopback port; yields its base URL."""
     port = _free_port()
     code = ("import sys, typer; from mess.cli.serve import serve_command; "
             "app = typer.Typer(); app.command()(serve_command); app(sys.argv[1:])")
-    proc = subprocess.Popen([sys.executable, "-c", code, "--store", str(extracted_store), "--port", str(port),
-                             "--model", "dsp"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", code, "--store", str(store), "--port", str(port),
+                             "--model", model], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + TIMEOUT
     while True:
@@ -165,9 +167,18 @@ def server(extracted_store: Path) -> str:
             proc.kill()
             pytest.fail(f"server did not start: {proc.communicate()[1].decode()[-2000:]}")
         time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture()
+def server(extracted_store: Path) -> Iterator[str]:
+    """`mess serve` of the session's store on a free loopback port; yields its base URL."""
+    with _serving(extracted_store, "dsp") as url:
+        yield url
 
 
 def test_page_click_a_track_shows_neighbours(server: str, tmp_path: Path, record_property) -> None:
@@ -224,3 +235,34 @@ def test_page_click_a_track_shows_neighbours(server: str, tmp_path: Path, record
     assert shot.stat().st_size > 10_000
     record_property("screenshot", str(shot))
     print(f"\nscreenshot: {shot}")
+
+
+def test_page_offers_the_vectors_of_the_run_that_answers(rendered_collection: list[Path], tmp_path: Path) -> None:
+    """dsp extracted again with another window policy on 2 files: the newer run is not the one answering (it covers
+    fewer tracks), so the page must offer the probed aspects of the first run, not the newer run's none."""
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.dsp import DspModel
+    from mess.store import FeatureStore
+
+    store = FeatureStore(tmp_path / "store")
+    extract(store, rendered_collection, DspModel(), WindowPolicy())
+    store.set_aspect_map(store.run("dsp"), [("timbre", "mfcc", 0.5, 0.1)])
+    extract(store, rendered_collection[:2], DspModel(), WindowPolicy(max_windows=1))
+    assert len(store.runs()) == 2
+    store.close()
+    with _serving(tmp_path / "store", "dsp") as url:
+        browser = Browser(tmp_path / "profile")
+        try:
+            browser.open(url + "/")
+            assert browser.wait_for("window.mess && window.mess.state.points.length") == len(rendered_collection)
+            options = browser.evaluate("[...document.getElementById('vectors').options].map(o => o.value)")
+            assert "aspect:timbre" in options
+            browser.evaluate("(() => { const v = document.getElementById('vectors'); v.value = 'aspect:timbre';"
+                             " v.dispatchEvent(new Event('change')); })()")
+            caption = browser.wait_for("(t => t.includes('aspect timbre') && t)"
+                                       "(document.getElementById('map-caption').textContent)")
+            assert caption.startswith(f"{len(rendered_collection)} tracks")
+            assert browser.exceptions() == []
+        finally:
+            browser.close()

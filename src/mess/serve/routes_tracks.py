@@ -38,13 +38,17 @@ def health(state: State) -> dict:
 
 @router.get("/runs", summary="Models in the store, their layers and aspects")
 def runs(state: State) -> dict:
-    """Every run: model, layers, probed aspect -> layer map, whether fused vectors exist."""
+    """Every run: model, layers, probed aspect -> layer map, whether fused vectors exist, and whether it is the run
+    that answers for its model (``current``: the one covering the most tracks, see :meth:`FeatureStore.run`)."""
     with state.lock:
         store = state.store
+        runs = store.runs()
+        current = {store.run(m).id for m in {r.model for r in runs}}
         out = [{"id": r.id, "model": r.model, "revision": r.revision, "layers": list(r.layer_names),
                 "dims": list(r.layer_dims), "aspects": store.aspect_map(r), "aspect_scores": store.aspect_scores(r),
-                "fused": store.derived_meta(r, FUSED) is not None, "tracks": len(store.tracks(r))}
-               for r in store.runs()]
+                "fused": store.derived_meta(r, FUSED) is not None, "tracks": len(store.tracks(r)),
+                "current": r.id in current}
+               for r in runs]
     return {"default_model": state.default_model, "encoded_threshold": ENCODED_R2, "runs": out}
 
 

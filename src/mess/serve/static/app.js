@@ -540,7 +540,9 @@ function playQueued(index) {
 // ---- wiring ------------------------------------------------------------------------
 async function selectModel(model) {
   state.model = model;
-  const run = state.runs.filter((r) => r.model === model).at(-1);
+  // the run the server answers from (a model extracted again has a second run, used once it covers the most tracks)
+  const runs = state.runs.filter((r) => r.model === model);
+  const run = runs.find((r) => r.current) || runs.at(-1);
   const select = $("vectors");
   select.replaceChildren(new Option("all layers", "all"));
   for (const [aspect, layer] of Object.entries(run.aspects)) {
