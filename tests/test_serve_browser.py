@@ -266,3 +266,49 @@ def test_page_offers_the_vectors_of_the_run_that_answers(rendered_collection: li
             assert browser.exceptions() == []
         finally:
             browser.close()
+
+
+def test_neighbours_of_a_track_clicked_earlier_never_replace_the_later_ones(rendered_collection: list[Path],
+                                                                            tmp_path: Path) -> None:
+    """Two tracks clicked in turn, the first one's search answered last (held in the browser's network layer):
+    the page showed the first track's neighbours under the second, playing, track."""
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.dsp import DspModel
+    from mess.store import FeatureStore
+
+    store = FeatureStore(tmp_path / "store")
+    extract(store, rendered_collection, DspModel(), WindowPolicy())
+    store.close()
+    with _serving(tmp_path / "store", "dsp") as url:
+        points = httpx.get(f"{url}/api/map").json()["points"]
+        first, second = points[0], next(p for p in points if p["artist"] != points[0]["artist"])
+        expected = {p["id"]: [r["id"] for r in httpx.get(f"{url}/api/tracks/{p['id']}/similar",
+                                                          params={"k": 10}).json()["results"]]
+                    for p in (first, second)}
+        assert expected[first["id"]] != expected[second["id"]]
+        browser = Browser(tmp_path / "profile")
+        try:
+            browser.open(url + "/")
+            assert browser.wait_for("window.mess && window.mess.state.points.length") == len(points)
+            browser.call("Fetch.enable", {"patterns": [{"urlPattern": "*/api/tracks/*/similar*"}]})
+            browser.evaluate(f"selectTrack({first['id']}); selectTrack({second['id']}); 1")
+            deadline = time.monotonic() + TIMEOUT
+            while len(paused := [e["params"] for e in browser.events if e.get("method") == "Fetch.requestPaused"]) < 2:
+                assert time.monotonic() < deadline, "the two searches were not sent"
+                browser.evaluate("1")  # reads the events that came meanwhile
+            held = {int(p["request"]["url"].split("/api/tracks/")[1].split("/")[0]): p["requestId"] for p in paused}
+            browser.call("Fetch.continueRequest", {"requestId": held[second["id"]]})
+            shown = "[...document.querySelectorAll('#neighbours button.track')].map(b => +b.dataset.id)"
+            later = json.dumps(expected[second["id"]], separators=(",", ":"))
+            assert browser.wait_for(f"JSON.stringify({shown}) === {json.dumps(later)}")
+            browser.call("Fetch.continueRequest", {"requestId": held[first["id"]]})
+            browser.call("Fetch.disable")
+            time.sleep(2)  # the first answer arrives and is dropped
+            assert browser.evaluate(shown) == expected[second["id"]]
+            assert browser.evaluate("window.mess.state.selected") == second["id"]
+            assert browser.evaluate("document.getElementById('neighbours-caption').textContent").startswith(
+                f"like {second['name']},")
+            assert browser.exceptions() == []
+        finally:
+            browser.close()

@@ -249,7 +249,7 @@ function showTooltip(point, px, py) {
 async function loadMap() {
   setStatus("loading map...");
   try {
-    const data = await api(`/api/map?${vectorParams()}`);
+    const data = await latestOnly("map", api(`/api/map?${vectorParams()}`));
     state.points = data.points;
     state.byId = new Map(data.points.map((p) => [p.id, p]));
     state.upload = null;
@@ -263,6 +263,7 @@ async function loadMap() {
     setStatus("");
     if (state.byId.has(state.selected)) await loadNeighbours(state.selected);
   } catch (err) {
+    if (err instanceof Superseded) return;
     state.points = [];
     setStatus(`map: ${err.message}`);
   }
@@ -345,12 +346,27 @@ function renderWeak(weak, threshold) {
   }
 }
 
+// Answers can arrive out of order (a slow search for the track clicked first after that of the next one): each
+// panel keeps only the answer to its latest request, so it never shows another track's neighbours or artists.
+// An upload's answer fills the neighbours panel too.
+class Superseded extends Error {}
+const latest = { neighbours: 0, artists: 0, map: 0 };
+async function latestOnly(panel, request) {
+  const ticket = ++latest[panel];
+  try {
+    return await request;
+  } finally {
+    if (ticket !== latest[panel]) throw new Superseded();  // eslint-disable-line no-unsafe-finally
+  }
+}
+
 async function loadNeighbours(id) {
   setStatus("searching...");
   const params = vectorParams({ k: "10", exclude_same_artist: String($("exclude-artist").checked) });
   try {
-    renderNeighbours(await api(`/api/tracks/${id}/similar?${params}`));
+    renderNeighbours(await latestOnly("neighbours", api(`/api/tracks/${id}/similar?${params}`)));
   } catch (err) {
+    if (err instanceof Superseded) return;
     $("neighbours").replaceChildren();
     setStatus(err.message);
   }
@@ -360,9 +376,11 @@ async function loadArtists(name) {
   const list = $("artists");
   list.replaceChildren();
   $("artists-caption").textContent = "";
-  if (!name) return;
+  if (!name) { latest.artists++; return; }
   try {
-    const data = await api(`/api/artists/similar?${new URLSearchParams({ name, model: state.model, k: "5" })}`);
+    const data = await latestOnly("artists",
+      api(`/api/artists/similar?${new URLSearchParams({ name, model: state.model, k: "5" })}`));
+    list.replaceChildren();
     $("artists-caption").textContent = `like ${data.artist} (${data.space})` +
       (data.stale_aspect_map ? `; ${data.stale_aspect_map}` : "");
     for (const r of data.results) {
@@ -372,7 +390,7 @@ async function loadArtists(name) {
       list.append(item);
     }
   } catch (err) {
-    $("artists-caption").textContent = err.message;
+    if (!(err instanceof Superseded)) $("artists-caption").textContent = err.message;
   }
 }
 
@@ -411,7 +429,8 @@ async function upload(event) {
   form.append("file", file);
   const params = vectorParams({ k: "10", exclude_same_artist: String($("exclude-artist").checked) });
   try {
-    const data = await api(`/api/similar/upload?${params}`, { method: "POST", body: form });
+    const answer = api(`/api/similar/upload?${params}`, { method: "POST", body: form });
+    const data = await latestOnly("neighbours", answer);
     state.selected = data.query.id;
     state.upload = data.query.external ? data.query : null;
     $("now-title").textContent = data.query.label;
@@ -431,6 +450,7 @@ async function upload(event) {
     }
     updatePlaylistButtons();
   } catch (err) {
+    if (err instanceof Superseded) return;  // a track was clicked meanwhile
     setStatus(`upload: ${err.message}`);
   }
 }
