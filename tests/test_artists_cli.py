@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import shutil
 from contextlib import closing
 from pathlib import Path
 
@@ -199,6 +200,32 @@ def test_hybrid_learns_saves_and_similar_reuses_weights(app: typer.Typer, store:
     assert code == 0
     data = json.loads(out)
     assert data["hybrid"] and data["space"] == "noise" and data["results"][0]["artist"] == "Artist 3"
+
+
+def test_similar_hybrid_compares_artists_as_the_saved_weights_were_learned(app: typer.Typer, store: Path,
+                                                                           tmp_path: Path) -> None:
+    """Weights learned with --method chamfer --no-center were used with mean, centred matching."""
+    own = tmp_path / "store"
+    shutil.copytree(store, own)
+    ref = tmp_path / "ref.json"
+    ref.write_text(json.dumps({f"Artist {a}": [f"Artist {a ^ 1}"] for a in range(8)}))
+    code, out, err = invoke(app, own, "hybrid", "--reference", str(ref), "-k", "2", "-l", "aniso",
+                            "--method", "chamfer", "--no-center", "--json")
+    assert code == 0, err
+    weights = ",".join(f"{c}={w}" for c, w in json.loads(out)["weights"].items())
+    code, out, err = invoke(app, own, "similar", "Artist 2", "--hybrid", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert (data["method"], data["centered"], data["space"]) == ("chamfer", False, "aniso")
+    code, by_hand, _ = invoke(app, own, "similar", "Artist 2", "-l", "aniso", "--weights", weights,
+                              "--method", "chamfer", "--no-center", "--json")
+    assert data["results"] == json.loads(by_hand)["results"]
+    code, out, err = invoke(app, own, "similar", "Artist 2", "--hybrid", "--method", "mean", "--json")
+    assert code == 0 and (json.loads(out)["method"], json.loads(out)["centered"]) == ("mean", False)
+    assert "learned with --method chamfer; using --method mean as asked" in err
+    code, out, err = invoke(app, own, "similar", "Artist 2", "--hybrid", "--center", "--json")
+    assert code == 0 and (json.loads(out)["method"], json.loads(out)["centered"]) == ("chamfer", True)
+    assert "learned without centring; using --center as asked" in err
 
 
 def test_similar_with_one_track_per_artist_says_why_no_layer_was_chosen(app: typer.Typer, tmp_path: Path) -> None:

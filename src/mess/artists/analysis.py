@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +147,8 @@ class Hybrid:
     weights: str | None = None
     reference: Path | None = None
     tags: Path | None = None
+    method_given: bool = False  # --method / --center passed: kept even when the saved weights used others
+    center_given: bool = False
 
 
 def similar_artists(store: FeatureStore, name: str, k: int, options: ArtistOptions, choice: SpaceChoice, *,
@@ -155,9 +157,11 @@ def similar_artists(store: FeatureStore, name: str, k: int, options: ArtistOptio
     and reference lists (in the space the saved weights were learned on, unless one is chosen)."""
     run, artists = open_artists(store, options, on_note)
     query = artists.index(name)
-    if hybrid is not None and hybrid.weights is None and not choice.given:
-        saved = saved_selection(store, run, on_note)
-        choice = SpaceChoice(saved.get("layer"), saved.get("aspect"), bool(saved.get("fused")))
+    if hybrid is not None and hybrid.weights is None:
+        options = saved_comparison(store, options, hybrid, on_note)
+        if not choice.given:
+            saved = saved_selection(store, run, on_note)
+            choice = SpaceChoice(saved.get("layer"), saved.get("aspect"), bool(saved.get("fused")))
     space = choose_space(store, run, artists, choice, on_note)
     parts: dict[str, np.ndarray] = {}
     if hybrid is not None:
@@ -188,15 +192,44 @@ def _row(profile: ArtistProfile, rank: int, score: float, parts: dict[str, float
             "low_confidence": profile.low_confidence, **({"components": parts} if parts else {})}
 
 
-def saved_selection(store: FeatureStore, run: Run, on_note: Note = _ignore) -> dict:
-    """The space the saved hybrid weights were learned on (empty when there are none, or when they were learned on
-    another model than ``run``'s: its layers are not this model's, said through ``on_note``)."""
+def _saved_meta(store: FeatureStore) -> dict:
+    """What the saved hybrid weights were learned on (empty when there are none or the file is malformed)."""
     path = store.reports_dir / WEIGHTS_FILE
     try:
         saved = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-        selection, model = saved.get("selection", {}), saved.get("model", run.model)
-    except (json.JSONDecodeError, AttributeError):
+    except (OSError, json.JSONDecodeError):
         return {}
+    return saved if isinstance(saved, dict) else {}
+
+
+def saved_comparison(store: FeatureStore, options: ArtistOptions, hybrid: Hybrid,
+                     on_note: Note = _ignore) -> ArtistOptions:
+    """``options`` with the method and centring the saved hybrid weights were learned with, for those the user did
+    not pass; one passed that differs from the saved one is kept and said through ``on_note``."""
+    saved = _saved_meta(store)
+    method, center = saved.get("method"), saved.get("centered")
+    if method not in METHODS or method == options.method:
+        method = None
+    if not isinstance(center, bool) or center == options.center:
+        center = None
+    if method is not None and hybrid.method_given:
+        on_note(f"the saved hybrid weights were learned with --method {method}; using --method {options.method} "
+                "as asked, so the audio component is not the one they were learned on")
+        method = None
+    if center is not None and hybrid.center_given:
+        on_note(f"the saved hybrid weights were learned {'with' if center else 'without'} centring; using "
+                f"{'--center' if options.center else '--no-center'} as asked, so the audio component is not the "
+                "one they were learned on")
+        center = None
+    return replace(options, method=options.method if method is None else method,
+                   center=options.center if center is None else center)
+
+
+def saved_selection(store: FeatureStore, run: Run, on_note: Note = _ignore) -> dict:
+    """The space the saved hybrid weights were learned on (empty when there are none, or when they were learned on
+    another model than ``run``'s: its layers are not this model's, said through ``on_note``)."""
+    saved = _saved_meta(store)
+    selection, model = saved.get("selection", {}), saved.get("model", run.model)
     if model != run.model:
         on_note(f"the saved weights were learned on {model} ({saved.get('space')}); the audio component here is "
                 f"{run.model}'s (pass --model {model} to use theirs)")

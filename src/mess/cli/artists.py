@@ -35,19 +35,15 @@ LayerOpt = Annotated[
     str | None,
     typer.Option("--layer", "-l", help="Layer name or index (default: the most artist-discriminative layer)."),
 ]
-MethodOpt = Annotated[
-    str,
-    typer.Option(
-        "--method", help="mean: cosine of mean track vectors; chamfer: symmetric set-to-set best-match similarity."
-    ),
-]
-CenterOpt = Annotated[
-    bool,
-    typer.Option(
-        "--center/--no-center",
-        help="Subtract the collection mean before the "
-        "cosine (fixes anisotropic layers where everything looks ~0.9 similar).",
-    ),
+_METHOD_HELP = "mean: cosine of mean track vectors; chamfer: symmetric set-to-set best-match similarity."
+_CENTER_HELP = ("Subtract the collection mean before the cosine (fixes anisotropic layers where everything looks "
+                "~0.9 similar).")
+_SAVED = "; with --hybrid, as the saved weights were learned."
+MethodOpt = Annotated[str, typer.Option("--method", help=_METHOD_HELP)]
+CenterOpt = Annotated[bool, typer.Option("--center/--no-center", help=_CENTER_HELP)]
+HybridMethodOpt = Annotated[str | None, typer.Option("--method", help=_METHOD_HELP + " Default: mean" + _SAVED)]
+HybridCenterOpt = Annotated[
+    bool | None, typer.Option("--center/--no-center", help=_CENTER_HELP + " Default: --center" + _SAVED)
 ]
 MaxTracksOpt = Annotated[int, typer.Option("--max-tracks", min=1, help="Tracks representing each artist.")]
 MinTracksOpt = Annotated[
@@ -100,8 +96,8 @@ def similar_command(
     aspect: AspectOpt = None,
     fused: FusedOpt = False,
     model: ModelOpt = None,
-    method: MethodOpt = "mean",
-    center: CenterOpt = True,
+    method: HybridMethodOpt = None,
+    center: HybridCenterOpt = None,
     max_tracks: MaxTracksOpt = DEFAULT_MAX_TRACKS,
     min_tracks: MinTracksOpt = DEFAULT_MIN_TRACKS,
     hide_low: Annotated[bool, typer.Option("--hide-low", help="Leave low-confidence artists out.")] = False,
@@ -114,9 +110,11 @@ def similar_command(
     store: StoreOpt = DEFAULT_STORE_PATH,
     as_json: JsonOpt = False,
 ) -> None:
-    """Artists that sound like NAME, with how many tracks back each artist and how sure that is."""
-    options = _options(model, method, center, max_tracks, min_tracks)
-    blend = Hybrid(weights, reference, tags) if hybrid or weights is not None else None
+    """Artists that sound like NAME, with how many tracks back each artist and how sure that is
+    (--hybrid: with the --method and --center the saved weights were learned with, unless passed)."""
+    options = _options(model, method or "mean", center is not False, max_tracks, min_tracks)
+    blend = (Hybrid(weights, reference, tags, method is not None, center is not None)
+             if hybrid or weights is not None else None)
     with open_store(store) as fs, _artist_errors():
         result = similar_artists(fs, name, k, options, SpaceChoice(layer, aspect, fused), hide_low=hide_low,
                                  hybrid=blend, on_note=note)
