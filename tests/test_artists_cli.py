@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import shutil
 from contextlib import closing
 from pathlib import Path
@@ -228,9 +229,10 @@ def test_similar_hybrid_compares_artists_as_the_saved_weights_were_learned(app: 
     assert "learned without centring; using --center as asked" in err
 
 
-def test_similar_with_one_track_per_artist_says_why_no_layer_was_chosen(app: typer.Typer, tmp_path: Path) -> None:
+def _solo_store(root: Path) -> Path:
+    """4 artists of one track each, 2 layers of random vectors."""
     rng = np.random.default_rng(1)
-    fs = FeatureStore(tmp_path / "store")
+    fs = FeatureStore(root)
     run = fs.ensure_run(run_key(ModelInfo("synthetic", "r1", 16000, ("a", "b"), (DIM,) * 2), WindowPolicy()))
     for a in range(4):
         digest = hashlib.sha1(f"solo-{a}".encode()).hexdigest()
@@ -238,8 +240,27 @@ def test_similar_with_one_track_per_artist_says_why_no_layer_was_chosen(app: typ
         layers = [rng.normal(size=DIM).astype(np.float32) for _ in range(2)]
         fs.write_vectors(run, [TrackVectors(digest, layers, [v[None] for v in layers], [0.0])])
     fs.close()
-    code, _, err = invoke(app, tmp_path / "store", "similar", "Solo 0", "--min-tracks", "1")
+    return root
+
+
+def test_similar_with_one_track_per_artist_says_why_no_layer_was_chosen(app: typer.Typer, tmp_path: Path) -> None:
+    code, _, err = invoke(app, _solo_store(tmp_path / "store"), "similar", "Solo 0", "--min-tracks", "1")
     assert code == 0 and "no artist has two tracks" in err and "nan" not in err, err  # it said "separation nan"
+
+
+def test_discrimination_with_one_track_per_artist_says_why_and_prints_no_nan(app: typer.Typer,
+                                                                            tmp_path: Path) -> None:
+    """The within and separation columns read 'nan' when no artist had two tracks."""
+    store = _solo_store(tmp_path / "store")
+    code, out, err = invoke(app, store, "discrimination", "--min-tracks", "1")
+    assert code == 0, err
+    assert not re.search(r"\bnan\b", out + err, re.IGNORECASE) and "n/a/" in err
+    assert "no artist has two tracks" in err
+    code, out, _ = invoke(app, store, "discrimination", "--min-tracks", "1", "--json")
+    layers = json.loads(out)["layers"]
+    assert "NaN" not in out and len(layers) == 2
+    assert all(r["separation"]["within"] is None and r["separation"]["effect"] is None for r in layers)
+    assert all(r["separation"]["between"] is not None for r in layers)
 
 
 def test_reference_and_tags_files_saved_with_a_byte_order_mark_are_read(app: typer.Typer, store: Path,

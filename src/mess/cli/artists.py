@@ -195,11 +195,19 @@ def discrimination_command(
     options = _options(model, method, True, max_tracks, min_tracks)
     with open_store(store) as fs, _artist_errors():
         run, artists, reports = discrimination(fs, options, on_note=note)
+    if not all(np.isfinite(r.separation.within) for r in reports):  # within needs two tracks of one artist
+        note("no artist has two tracks, so same-artist similarity and separation are n/a (null in JSON) and no "
+             "layer can be judged by them")
     if as_json:
         emit_json({"model": run.model, "artists": len(artists.profiles), "method": method,
                    "layers": [r.to_dict() for r in reports]})
         return
     _print_discrimination(run, artists, reports)
+
+
+def _number(value: float) -> str:
+    """``value`` to 2 decimals, or n/a when it could not be measured (NaN)."""
+    return f"{value:.2f}" if np.isfinite(value) else "n/a"
 
 
 def _print_discrimination(run: Run, artists: ArtistSet, reports: list[LayerReport]) -> None:
@@ -217,8 +225,8 @@ def _print_discrimination(run: Run, artists: ArtistSet, reports: list[LayerRepor
             plain(r.label),
             f"[red]{raw}[/]" if "compressed" in r.flags else raw,
             f"{r.centered.min:.2f}..{r.centered.max:.2f} ({r.centered.span:.2f})",
-            f"{r.separation.within:.2f}/{r.separation.between:.2f}",
-            f"{r.separation.effect:.2f}",
+            f"{_number(r.separation.within)}/{_number(r.separation.between)}",
+            _number(r.separation.effect),
             "-" if r.silhouette is None else f"{r.silhouette:.2f}",
             f"[{style[r.verdict]}]{r.verdict}[/]",
         )
