@@ -187,6 +187,18 @@ def test_reference_lists_of_two_spellings_of_one_artist_are_joined(real: Feature
     assert matched == {0: [1, 2]} and coverage.usable_queries == 1
 
 
+def test_coverage_counts_two_spellings_of_one_artist_once(real: FeatureStore) -> None:
+    """'Bach' and 'BACH' with a list each counted as 2 reference artists, 2 found, against 1 usable query; a missing
+    artist under two spellings counted twice too."""
+    artists = load_artists(real, real.run("dsp"))
+    me, first, second = artists.names[:3]
+    reference = {me: [first], me.upper(): [second], "Nobody Here": [first], "NOBODY  here": [second, "no one"]}
+    coverage = match_reference(reference, artists)[1]
+    assert (coverage.query_artists, coverage.query_found, coverage.usable_queries) == (2, 1, 1)
+    assert (coverage.listed_artists, coverage.listed_found) == (3, 2)
+    assert coverage.missing == ("Nobody Here", "no one")
+
+
 def test_matrix_out_named_like_one_of_its_files_writes_that_csv_and_png(extracted_store: Path, tmp_path: Path) -> None:
     """`matrix -o heat.png` wrote heat.png.csv and heat.png.png."""
     app = typer.Typer()

@@ -107,28 +107,28 @@ def match_reference(reference: dict[str, list[str]], artists: ArtistSet,
 
     Names are matched by :func:`~mess.audio.names.name_key` (case, accents, punctuation, leading 'the');
     listed artists not in the collection, and the query itself, are dropped. Lists of two spellings of one artist
-    are joined, in file order.
+    are joined, in file order, and coverage counts such an artist once (``missing`` names it as first spelled).
     """
     rows = {name_key(name): i for i, name in enumerate(artists.names)}
     matched: dict[int, list[int]] = {}
-    missing: dict[str, None] = {}
+    missing: dict[str, str] = {}  # name_key -> first spelling
+    queries: dict[str, bool] = {}  # name_key -> in the collection
     listed: dict[str, bool] = {}
-    found_queries = 0
     for query, similar in reference.items():
         q = rows.get(name_key(query))
+        queries[name_key(query)] = q is not None
         if q is None:
-            missing[query] = None
-        found_queries += q is not None
+            missing.setdefault(name_key(query), query)
         relevant: list[int] = matched.get(q, []) if q is not None else []  # two spellings of q: one list
         for name in similar:
             r = rows.get(name_key(name))
             listed[name_key(name)] = r is not None
             if r is None:
-                missing[name] = None
+                missing.setdefault(name_key(name), name)
             elif r != q and r not in relevant:
                 relevant.append(r)
         if q is not None and relevant:
             matched[q] = relevant
-    coverage = Coverage(len(reference), found_queries, len(listed), sum(listed.values()), len(matched),
-                        tuple(list(missing)[:missing_shown]))
+    coverage = Coverage(len(queries), sum(queries.values()), len(listed), sum(listed.values()), len(matched),
+                        tuple(list(missing.values())[:missing_shown]))
     return matched, coverage
