@@ -16,7 +16,7 @@ from mess.cli.search import register
 from mess.extract.runs import run_key
 from mess.models.base import ModelInfo
 from mess.query import resolve_query
-from mess.search.evaluate import LabelError, evaluate, plot_evaluation, read_label_csv
+from mess.search.evaluate import LabelError, evaluate, plot_evaluation, read_label_csv, track_labels
 from mess.search.index import CollectionIndex, build_index, open_index, stale_indexes
 from mess.search.query import similar_tracks
 from mess.search.vectors import VectorSpec, load_vectors
@@ -584,6 +584,22 @@ def test_evaluation_groups_artist_spellings_as_the_artist_commands_do(synth: tup
     after = evaluate(store, run, "artist", k=5)
     assert after.n_classes == before.n_classes  # was 3 more classes, and same-artist hits scored as misses
     assert after.best().scores.map == pytest.approx(before.best().scores.map)
+
+
+def test_artist_labels_from_a_csv_group_spellings_as_artist_tags_do(synth: tuple[FeatureStore, Run],
+                                                                     tmp_path: Path) -> None:
+    """A label file's 'ARTIST 1' and 'Artist 1 feat. Guest' were two more artists (and two rows of one track
+    spelled twice a conflict), while the same spellings as tags are one artist."""
+    store, run = synth
+    spell = {0: "ARTIST 1", 1: "Artist 1 feat. Guest", 2: "artist 1"}
+    rows = [f"/music/artist{a}/track{j}.wav,{spell.get(j, 'Artist 1') if a == 1 else f'Artist {a}'}"
+            for a in range(ARTISTS) for j in range(PER_ARTIST)]
+    labels_csv = tmp_path / "artists.csv"
+    labels_csv.write_text("path,artist\n" + "\n".join(rows) + "\n/music/artist1/track0.wav,Artist 1\n")
+    labels = read_label_csv(store, labels_csv, "artist").labels
+    from_tags = track_labels(store.tracks(run), "artist")
+    assert len(labels) == ARTISTS * PER_ARTIST and labels == {t: from_tags[t] for t in labels}
+    assert evaluate(store, run, "artist", k=5, labels=labels).n_classes == ARTISTS
 
 
 def test_evaluate_measures_the_ranking_similar_gives_when_some_tracks_are_unlabelled(

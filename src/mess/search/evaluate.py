@@ -117,7 +117,8 @@ class LabelFile:
 
 
 def read_label_csv(store: FeatureStore, path: Path, field: str) -> LabelFile:
-    """Labels from a CSV with an ``id``, ``path`` or ``file`` column and a ``field`` or ``label`` one.
+    """Labels from a CSV with an ``id``, ``path`` or ``file`` column and a ``field`` or ``label`` one (artist and
+    composer labels by :func:`~mess.audio.names.label_key`, as from tags).
 
     A ``path`` matches only the file at that path; an id, or a file name shared by no other track, as
     :meth:`FeatureStore.track` finds it. Rows naming no track are left out (listed); a file name several tracks
@@ -141,14 +142,15 @@ def read_label_csv(store: FeatureStore, path: Path, field: str) -> LabelFile:
             f"{path} needs an id, path or file column and a {field!r} or 'label' column; "
             f"it has {sorted(cols) or 'no header'}"
         )
-    labels: dict[int, tuple[str, int]] = {}  # track id -> (label, the line that gave it)
+    labels: dict[int, tuple[str, str, int]] = {}  # track id -> (label, as written, the line that gave it)
     unknown: list[tuple[int, str]] = []
     for line, row in enumerate(rows, start=2):
         if None in row or None in row.values():  # a row with more or fewer cells than the header
             cells = len(row) - 1 + len(row[None]) if None in row else sum(v is not None for v in row.values())
             raise LabelError(f"{path}:{line}: {cells} cells where the header has {len(reader.fieldnames or ())}")
         ref, value = (row.get(ref_col) or "").strip(), (row.get(label_col) or "").strip()
-        if not ref or not value:
+        label = label_key(field, value)  # artists and composers as in tags: the main artist, spelled any way
+        if not ref or not label:
             continue
         try:
             track = store.track_at(ref) if ref_col == "path" else store.find(ref)
@@ -157,11 +159,11 @@ def read_label_csv(store: FeatureStore, path: Path, field: str) -> LabelFile:
         if track is None:
             unknown.append((line, ref))
             continue
-        before, at = labels.setdefault(track.id, (value, line))
-        if before != value:
+        before, written, at = labels.setdefault(track.id, (label, value, line))
+        if before != label:
             raise LabelError(f"{path}:{line}: track {track.id} ({track.name}) is labelled {value!r} here and "
-                             f"{before!r} on line {at}")
-    return LabelFile({tid: label for tid, (label, _) in labels.items()}, unknown, ref_col)
+                             f"{written!r} on line {at}")
+    return LabelFile({tid: label for tid, (label, _, _) in labels.items()}, unknown, ref_col)
 
 
 def track_labels(tracks: Sequence[Track], field: str, overrides: dict[int, str] | None = None) -> dict[int, str]:
