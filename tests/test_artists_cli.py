@@ -229,14 +229,14 @@ def test_similar_hybrid_compares_artists_as_the_saved_weights_were_learned(app: 
     assert "learned without centring; using --center as asked" in err
 
 
-def _solo_store(root: Path) -> Path:
-    """4 artists of one track each, 2 layers of random vectors."""
+def _solo_store(root: Path, names: tuple[str, ...] = tuple(f"Solo {a}" for a in range(4))) -> Path:
+    """Artists of one track each (``names``), 2 layers of random vectors."""
     rng = np.random.default_rng(1)
     fs = FeatureStore(root)
     run = fs.ensure_run(run_key(ModelInfo("synthetic", "r1", 16000, ("a", "b"), (DIM,) * 2), WindowPolicy()))
-    for a in range(4):
+    for a, name in enumerate(names):
         digest = hashlib.sha1(f"solo-{a}".encode()).hexdigest()
-        fs.upsert_track(Path(f"/music/solo{a}.flac"), digest, 1, 0.0, {"duration": 30.0}, {"artist": f"Solo {a}"})
+        fs.upsert_track(Path(f"/music/solo{a}.flac"), digest, 1, 0.0, {"duration": 30.0}, {"artist": name})
         layers = [rng.normal(size=DIM).astype(np.float32) for _ in range(2)]
         fs.write_vectors(run, [TrackVectors(digest, layers, [v[None] for v in layers], [0.0])])
     fs.close()
@@ -261,6 +261,19 @@ def test_discrimination_with_one_track_per_artist_says_why_and_prints_no_nan(app
     assert "NaN" not in out and len(layers) == 2
     assert all(r["separation"]["within"] is None and r["separation"]["effect"] is None for r in layers)
     assert all(r["separation"]["between"] is not None for r in layers)
+
+
+@pytest.mark.parametrize(("typed", "suggested"), [
+    ("doug", "did you mean 'Doug Kaufman', 'Ann Dougherty-Smith', 'Douglas Adair'?"),  # was no suggestion at all
+    ("KAUF", "did you mean 'Doug Kaufman'?"),
+    ("doug k", "did you mean 'Doug Kaufman'?"),
+    ("kaufman", "did you mean 'Doug Kaufman', 'Klaus Halfmann'?"),  # a surname, then a close spelling
+])
+def test_an_unknown_first_name_or_surname_suggests_the_artists_it_starts_a_word_of(
+        app: typer.Typer, tmp_path: Path, typed: str, suggested: str) -> None:
+    store = _solo_store(tmp_path / "store", ("Doug Kaufman", "Klaus Halfmann", "Douglas Adair", "Ann Dougherty-Smith"))
+    code, _, err = invoke(app, store, "similar", typed, "--min-tracks", "1")
+    assert code == 1 and f"unknown artist {typed!r} (4 artists in the store); {suggested}" in err, err
 
 
 def test_reference_and_tags_files_saved_with_a_byte_order_mark_are_read(app: typer.Typer, store: Path,

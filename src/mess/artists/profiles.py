@@ -17,6 +17,7 @@ from mess.store import FeatureStore, Run, Track
 
 DEFAULT_MAX_TRACKS = 5
 DEFAULT_MIN_TRACKS = 3
+SUGGESTIONS = 5  # artists an unknown name suggests at most
 
 
 class ArtistError(ValueError):
@@ -66,7 +67,8 @@ class ArtistSet:
         return {name_key(p.name): i for i, p in enumerate(self.profiles)}
 
     def index(self, name: str) -> int:
-        """Row of an artist by exact name or :func:`name_key`; unknown names suggest close matches."""
+        """Row of an artist by exact name or :func:`name_key`; an unknown name suggests the artists whose name has
+        words starting with the typed words, then close spellings."""
         names = self.names
         if name in names:
             return names.index(name)
@@ -74,8 +76,14 @@ class ArtistSet:
         if key in self._rows:
             return self._rows[key]
         norm = [name_key(n) for n in names]
-        close = difflib.get_close_matches(key, norm, n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(repr(names[norm.index(c)]) for c in close)}?" if close else ""
+        typed = key.split()  # 'doug' or 'kauf' for 'Doug Kaufman': each typed word starts a word of the name
+        by_word = sorted((i for i, n in enumerate(norm) if typed and all(any(w.startswith(t) for w in n.split())
+                                                                          for t in typed)),
+                         key=lambda i: not set(typed) <= set(norm[i].split()))  # whole words first
+        close = [norm.index(c) for c in difflib.get_close_matches(key, norm, n=3, cutoff=0.6)]
+        rows = list(dict.fromkeys(by_word + close))
+        more = f" ({len(rows)} in all)" if len(rows) > SUGGESTIONS else ""
+        hint = f"; did you mean {', '.join(repr(names[i]) for i in rows[:SUGGESTIONS])}{more}?" if rows else ""
         raise ArtistError(f"unknown artist {name!r} ({len(names)} artists in the store){hint}")
 
 
