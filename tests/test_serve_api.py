@@ -281,6 +281,30 @@ def test_audio_streams_with_range_requests(client: TestClient, store: FeatureSto
         moved.rename(track.path)
 
 
+def test_a_range_header_that_cannot_be_read_is_ignored_and_refusals_are_json(client: TestClient,
+                                                                              store: FeatureStore) -> None:
+    """RFC 9110 §14.2: an unknown unit must be ignored and an invalid range may be: Starlette answered both with a
+    plain-text 400 (and an unsatisfiable range with a plain-text 416)."""
+    track = store.tracks()[1]
+    raw = Path(track.path).read_bytes()
+    url = f"/api/tracks/{track.id}/audio"
+    for header in ("bytes=5-2", "bytes=abc", "items=0-5", "bytes", "bytes=", f"bytes={len(raw) + 5}-2", "bytes=1-x",
+                   "bytes=0-4,abc", "bytes=+1-5"):
+        response = client.get(url, headers={"Range": header})
+        assert response.status_code == 200, (header, response.status_code, response.text[:80])
+        assert response.content == raw and "content-range" not in response.headers, header
+    for header in (f"bytes={len(raw)}-", f"bytes={len(raw) + 10}-{len(raw) + 20}", "bytes=-0"):
+        refused = client.get(url, headers={"Range": header})
+        assert refused.status_code == 416 and refused.headers["content-type"] == "application/json", header
+        assert "range not satisfiable" in refused.json()["detail"] and str(len(raw)) in refused.json()["detail"]
+        assert refused.headers["content-range"] == f"bytes */{len(raw)}"
+    some = client.get(url, headers={"Range": f"bytes=2-5, {len(raw) + 10}-"})  # the part that fits is served
+    assert some.status_code == 206 and some.content == raw[2:6]
+    assert some.headers["content-range"] == f"bytes 2-5/{len(raw)}"
+    stale = client.get(url, headers={"Range": f"bytes={len(raw)}-", "If-Range": '"not-the-etag"'})
+    assert stale.status_code == 200 and stale.content == raw  # If-Range does not match: the whole file, no 416
+
+
 def test_probe_report_and_heatmap_are_served(client: TestClient, store: FeatureStore) -> None:
     run = store.run("dsp")
     paths = report_paths(store.reports_dir, run.model, run.id, "ridge")

@@ -6,12 +6,12 @@ import mimetypes
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
 from mess.constants import FUSED
 from mess.search.query import ENCODED_R2
 from mess.search.vectors import load_vectors, track_by_id, vectors_label
+from mess.serve.audio_file import AudioFile
 from mess.serve.mapping import CollectionMap, collection_map
 from mess.serve.state import ServeState, TrackId, get_state, track_dict, vector_spec
 from mess.store import Track
@@ -92,10 +92,11 @@ def track(track_id: TrackId, state: State) -> dict:
 
 
 @router.get("/tracks/{track_id}/audio", summary="Stream a track's audio (HTTP range requests)",
-            response_class=FileResponse, responses={206: {"description": "Partial content"},
-                                                    416: {"description": "Range not satisfiable"}})
-def audio(track_id: TrackId, state: State) -> FileResponse:
-    """The track's file as stored, with ``Accept-Ranges: bytes`` so players can seek."""
+            response_class=AudioFile, responses={206: {"description": "Partial content"},
+                                                 416: {"description": "Range not satisfiable"}})
+def audio(track_id: TrackId, state: State, request: Request) -> AudioFile:
+    """The track's file as stored, with ``Accept-Ranges: bytes`` so players can seek; a ``Range`` header that
+    cannot be read (unknown unit, invalid range) is ignored: 200 with the whole file (RFC 9110 §14.2)."""
     with state.lock:
         path = Path(state.track(track_id).path)
     if not path.is_file():
@@ -103,8 +104,13 @@ def audio(track_id: TrackId, state: State) -> FileResponse:
     if path.resolve() != path:  # catalogued paths are resolved: a link put there since may point anywhere
         raise HTTPException(404, f"the audio file of track {track_id} ({path.name}) has been replaced by a link; "
                                  "run `mess extract` again")
+    stat = path.stat()
     media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return FileResponse(path, media_type=media)
+    response = AudioFile(path, media_type=media, stat_result=stat)
+    refusal = response.refusal(request, stat)
+    if refusal is not None:
+        raise refusal
+    return response
 
 
 @router.get("/map", summary="2-D map (PCA) of the collection in one vector set")
