@@ -305,6 +305,38 @@ def test_a_range_header_that_cannot_be_read_is_ignored_and_refusals_are_json(cli
     assert stale.status_code == 200 and stale.content == raw  # If-Range does not match: the whole file, no 416
 
 
+def test_an_audio_file_replaced_since_extraction_is_refused_until_extracted_again(tmp_path: Path) -> None:
+    """A different file put at a track's path was served under the old track's title and duration, with no word."""
+    music = tmp_path / "music"
+    music.mkdir()
+    song = music / "song.flac"
+    rng = np.random.default_rng(3)
+    sf.write(song, _render("Sine Choir", PITCHES[0], rng), SR)
+    store = FeatureStore(tmp_path / "store")
+    extract(store, find_audio([music]), DspModel(), WindowPolicy())
+    track = store.tracks()[0]
+    with TestClient(base_url="http://127.0.0.1", app=create_app(tmp_path / "store")) as c:
+        url = f"/api/tracks/{track.id}/audio"
+        assert c.get(url).content == song.read_bytes()
+        song.rename(music / "aside.flac")  # moved away and back: the same file, still served
+        (music / "aside.flac").rename(song)
+        assert c.get(url).status_code == 200
+        other = tmp_path / "other.flac"
+        sf.write(other, _render("Noise Ensemble", PITCHES[2], rng, seconds=6.0), SR)
+        other.replace(song)
+        for response in (c.get(url), c.get(url, headers={"Range": "bytes=0-99"}), c.head(url)):
+            assert response.status_code == 409 and response.headers["content-type"] == "application/json"
+        detail = c.get(url).json()["detail"]
+        assert "song.flac" in detail and "changed since it was extracted" in detail and "mess extract" in detail
+        extract(store, find_audio([music]), DspModel(), WindowPolicy())
+        again = store.tracks()[0]
+        assert again.id == track.id and again.content_hash != track.content_hash
+        assert c.get(f"/api/tracks/{again.id}").json()["duration"] == pytest.approx(6.0, abs=0.05)
+        served = c.get(f"/api/tracks/{again.id}/audio")
+        assert served.status_code == 200 and served.content == song.read_bytes()
+    store.close()
+
+
 def test_probe_report_and_heatmap_are_served(client: TestClient, store: FeatureStore) -> None:
     run = store.run("dsp")
     paths = report_paths(store.reports_dir, run.model, run.id, "ridge")

@@ -93,18 +93,24 @@ def track(track_id: TrackId, state: State) -> dict:
 
 @router.get("/tracks/{track_id}/audio", summary="Stream a track's audio (HTTP range requests)",
             response_class=AudioFile, responses={206: {"description": "Partial content"},
+                                                 409: {"description": "The file changed since it was extracted"},
                                                  416: {"description": "Range not satisfiable"}})
 def audio(track_id: TrackId, state: State, request: Request) -> AudioFile:
     """The track's file as stored, with ``Accept-Ranges: bytes`` so players can seek; a ``Range`` header that
     cannot be read (unknown unit, invalid range) is ignored: 200 with the whole file (RFC 9110 §14.2)."""
     with state.lock:
         path = Path(state.track(track_id).path)
+        recorded = state.store.file_size_mtime(path)
     if not path.is_file():
         raise HTTPException(404, f"the audio file of track {track_id} ({path.name}) is no longer on disk")
     if path.resolve() != path:  # catalogued paths are resolved: a link put there since may point anywhere
         raise HTTPException(404, f"the audio file of track {track_id} ({path.name}) has been replaced by a link; "
                                  "run `mess extract` again")
     stat = path.stat()
+    if recorded is not None and recorded != (stat.st_size, stat.st_mtime):
+        raise HTTPException(409, f"the audio file of track {track_id} ({path.name}) changed since it was extracted "
+                                 "(its size or modification time differ): its tags, duration and vectors may be of "
+                                 "another file; run `mess extract` again")
     media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     response = AudioFile(path, media_type=media, stat_result=stat)
     refusal = response.refusal(request, stat)

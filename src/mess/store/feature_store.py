@@ -412,6 +412,11 @@ class FeatureStore:
             return None
         return row[0], row[1] or legacy_stamp(row[2], row[3])  # rows from before stamps: size and mtime
 
+    def file_size_mtime(self, path: Path) -> tuple[int, float] | None:
+        """(size, mtime) the catalog recorded for a path when it last read the file; None when not catalogued."""
+        row = self._one("SELECT size, mtime FROM tracks WHERE path=?", (to_db_path(path),))
+        return None if row is None else (int(row[0]), float(row[1]))
+
     def tracks(self, run: Run | None = None, *, artist: str | None = None) -> TrackList:
         """All tracks (only those with vectors for ``run`` when given), ordered by id.
 
