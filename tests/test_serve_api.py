@@ -247,6 +247,25 @@ def test_map_is_the_pca_of_the_search_vectors(client: TestClient, store: Feature
     assert again == data and len(built) == 1  # the second answer comes from the cache: no second PCA
 
 
+def test_empty_layer_aspect_model_and_hubness_parameters_mean_none_given(client: TestClient,
+                                                                          store: FeatureStore) -> None:
+    """A form's empty field (``?layer=``) was 400 "unknown layer ''": it now answers as the parameter left out."""
+    one, two = (t.id for t in store.tracks()[:2])
+    for url, params in ((f"/api/tracks/{one}/similar", {"k": 4}), ("/api/map", {}),
+                        ("/api/playlists/radio", {"seed": one, "n": 4}),
+                        ("/api/playlists/path", {"start": one, "end": two, "n": 4}),
+                        ("/api/artists/similar", {"name": "Sine Choir"})):
+        plain = client.get(url, params=params)
+        assert plain.status_code == 200, (url, plain.text)
+        for blank in ({"layer": ""}, {"aspect": ""}, {"model": ""}, {"layer": "", "aspect": " ", "model": ""},
+                      {"hubness": ""}):
+            if url.startswith("/api/playlists") and "layer" in blank:
+                blank = {k: v for k, v in blank.items() if k != "layer"}
+            response = client.get(url, params={**params, **blank})
+            assert response.status_code == 200, (url, blank, response.text)
+            assert response.json() == plain.json(), (url, blank)
+
+
 def test_head_answers_as_get_without_a_body(client: TestClient, store: FeatureStore) -> None:
     track = store.tracks()[0]
     for url in ("/api/tracks", f"/api/tracks/{track.id}", f"/api/tracks/{track.id}/audio", "/api/health"):

@@ -28,7 +28,7 @@ from mess.search.query import (
 )
 from mess.search.vectors import VectorSpec, from_tracks, load_vectors, vectors_label
 from mess.serve.mapping import collection_map
-from mess.serve.routes_tracks import Aspect, Fused, Layer, Learned, Model
+from mess.serve.routes_tracks import Aspect, Blank, Fused, Layer, Learned, Model
 from mess.serve.state import ServeState, TrackId, get_state, neighbour_dict, track_dict, vector_spec
 from mess.serve.uploads import FIELD, receive_upload
 from mess.store import Run, Track
@@ -37,7 +37,7 @@ router = APIRouter(prefix="/api")
 State = Annotated[ServeState, Depends(get_state)]
 K = Annotated[int, Query(ge=1, le=200, description="How many results.")]
 ExcludeArtist = Annotated[bool, Query(description="Leave out tracks by the query's artist.")]
-Hubness = Annotated[str | None, Query(description="Re-rank against hub tracks: csls or mp.")]
+Hubness = Annotated[str | None, Blank, Query(description="Re-rank against hub tracks: csls or mp.")]
 Expand = Annotated[int | None, Query(ge=0, le=50, description="Query expansion over this many nearest tracks "
                                                              "(0 = off; default 3).")]
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import BeforeValidator
 
 from mess.constants import FUSED
 from mess.search.query import ENCODED_R2
@@ -18,9 +19,17 @@ from mess.store import Track
 
 router = APIRouter(prefix="/api")
 State = Annotated[ServeState, Depends(get_state)]
-Model = Annotated[str | None, Query(description="Model whose vectors to use (default: the server's model).")]
-Layer = Annotated[str | None, Query(description="One layer (name or index, -1 = last).")]
-Aspect = Annotated[str | None, Query(description="The layer `mess probe` chose for this aspect.")]
+
+
+def _blank_is_none(value: object) -> object:
+    """An empty (or blank) value, as a form's empty field sends it (``?layer=``), is the parameter left out."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+Blank = BeforeValidator(_blank_is_none)
+Model = Annotated[str | None, Blank, Query(description="Model whose vectors to use (default: the server's model).")]
+Layer = Annotated[str | None, Blank, Query(description="One layer (name or index, -1 = last).")]
+Aspect = Annotated[str | None, Blank, Query(description="The layer `mess probe` chose for this aspect.")]
 Fused = Annotated[bool, Query(description="The fused vectors of `mess fuse`.")]
 Learned = Annotated[bool, Query(description="The learned head shipped for the model.")]
 
