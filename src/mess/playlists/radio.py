@@ -59,7 +59,8 @@ def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 3
         history.append(artist_key(track))
         picked.append(row)
     label = ", ".join(s.label for s in seeds)
-    short = "" if len(picked) == n else f"only {len(picked)} tracks fit (artists spread, no duplicates)"
+    fit = "1 track fits" if len(picked) == 1 else f"{len(picked)} tracks fit"
+    short = "" if len(picked) == n else f"only {fit} (artists spread, no duplicates)"
     note = "; ".join(x for x in (short, vs.norm_note) if x)
     return Playlist(f"radio: {label}", tuple(by_id[int(vs.ids[r])] for r in picked),
                     tuple(float(closeness[r]) for r in picked), note)
