@@ -118,6 +118,16 @@ def test_radio_is_listed_played_in_order_and_downloadable(page: Browser, server:
     _shot(page, tmp_path, "radio")
 
 
+def test_a_playlist_of_one_track_says_one_track(page: Browser) -> None:
+    """The caption read '(1 tracks)'."""
+    _select(page, page.evaluate("window.mess.state.points[0].id"))
+    page.evaluate("document.getElementById('playlist-n').value = '1'")
+    page.evaluate("document.getElementById('radio-btn').click()")
+    page.wait_for("document.querySelectorAll('#playlist li').length === 1")
+    caption = page.evaluate("document.getElementById('playlist-caption').textContent")
+    assert "(1 track)" in caption and "tracks" not in caption, caption
+
+
 def test_path_between_two_picked_tracks(page: Browser, server: str, tmp_path: Path) -> None:
     points = page.evaluate("window.mess.state.points.map(p => p.id)")
     a, b = points[0], points[-1]

@@ -532,7 +532,8 @@ async function makePlaylist(kind, extra) {
     }
     $("playlist-actions").hidden = false;
     const notes = [data.note, data.stale_aspect_map].filter(Boolean).map((n) => `; ${n}`).join("");
-    $("playlist-caption").textContent = `${data.title} (${data.tracks.length} tracks${notes})`;
+    const count = data.tracks.length === 1 ? "1 track" : `${data.tracks.length} tracks`;
+    $("playlist-caption").textContent = `${data.title} (${count}${notes})`;
   } catch (err) {
     $("playlist-caption").textContent = err.message;
   }
