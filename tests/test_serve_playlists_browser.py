@@ -118,6 +118,41 @@ def test_radio_is_listed_played_in_order_and_downloadable(page: Browser, server:
     _shot(page, tmp_path, "radio")
 
 
+def _play_to_end(page: Browser) -> str:
+    """Seek the player to its last moment, let it end, and return what it plays once the page has handled 'ended'."""
+    page.wait_for("document.getElementById('player').readyState >= 1")
+    page.evaluate("(() => { const p = document.getElementById('player'); window.afterEnd = null; "
+                  "p.addEventListener('ended', () => setTimeout(() => { window.afterEnd = p.src; }, 0), {once: true}); "
+                  "p.currentTime = p.duration - 0.2; return p.play(); })()")
+    page.wait_for("window.afterEnd !== null")
+    return page.evaluate("window.afterEnd")
+
+
+def test_a_track_clicked_while_a_playlist_plays_ends_the_playlist(page: Browser, server: str) -> None:
+    """Play all, then click a track on the map: when it ended, the old playlist still moved on to its next track.
+    A playlist entry clicked plays the playlist on from there."""
+    points = page.evaluate("window.mess.state.points.map(p => p.id)")
+    _select(page, points[0])
+    page.evaluate("document.getElementById('playlist-n').value = '4'")
+    page.evaluate("document.getElementById('radio-btn').click()")
+    page.wait_for("document.querySelectorAll('#playlist li').length === 4")
+    queue = _list_ids(page)
+    page.evaluate("document.getElementById('play-all').click()")
+    page.wait_for(f"document.getElementById('player').src.endsWith('/api/tracks/{queue[0]}/audio')")
+    other = next(p for p in points[1:] if p not in queue)
+    _select(page, other)
+    assert page.evaluate("document.getElementById('player').src").endswith(f"/api/tracks/{other}/audio")
+    assert _play_to_end(page).endswith(f"/api/tracks/{other}/audio")  # it was queue[1]: the old queue moved on
+    assert page.evaluate("[window.mess.state.queueAt, document.querySelectorAll('#playlist li.playing').length]") \
+        == [-1, 0]
+    page.evaluate("document.querySelectorAll('#playlist button.track')[2].click()")
+    page.wait_for(f"document.getElementById('player').src.endsWith('/api/tracks/{queue[2]}/audio')")
+    assert page.evaluate("document.querySelector('#playlist li.playing button').dataset.id") == str(queue[2])
+    page.wait_for(f"window.mess.state.selected === {queue[2]} && "
+                  f"document.getElementById('neighbours-caption').textContent.includes('like ')")
+    assert _play_to_end(page).endswith(f"/api/tracks/{queue[3]}/audio")  # on from the entry clicked
+
+
 def test_a_playlist_of_one_track_says_one_track(page: Browser) -> None:
     """The caption read '(1 tracks)'."""
     _select(page, page.evaluate("window.mess.state.points[0].id"))

@@ -271,12 +271,12 @@ async function loadMap() {
 }
 
 // ---- selection, neighbours, artists ------------------------------------------------
-function trackItem(track) {
+function trackItem(track, play = () => selectTrack(track.id)) {
   const item = el("li");
   const button = el("button", track.name, "track");
   button.type = "button";
   button.dataset.id = track.id;
-  button.addEventListener("click", () => selectTrack(track.id));
+  button.addEventListener("click", play);
   item.append(button);
   return item;
 }
@@ -287,9 +287,16 @@ function duration(seconds) {
   return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
 }
 
+// A track picked outside the playlist plays alone: the playlist no longer moves on when it ends.
+function endQueue() {
+  state.queueAt = -1;
+  for (const li of $("playlist").children) li.classList.remove("playing");
+}
+
 function selectTrack(id) {
   const track = state.byId.get(id);
   if (!track) return;
+  endQueue();
   state.selected = id;
   state.upload = null;
   showUploadWarnings([]);
@@ -438,6 +445,7 @@ async function upload(event) {
     showUploadWarnings(data.warnings || []);
     if (state.uploadUrl) URL.revokeObjectURL(state.uploadUrl);
     state.uploadUrl = URL.createObjectURL(file);  // played from this browser: the server keeps no copy
+    endQueue();
     $("player").src = state.uploadUrl;
     $("player").play().catch(() => {});
     renderNeighbours(data);
@@ -520,11 +528,11 @@ async function makePlaylist(kind, extra) {
     state.queueAt = -1;
     const list = $("playlist");
     list.replaceChildren();
-    for (const t of data.tracks) {
-      const item = trackItem(t);
+    data.tracks.forEach((t, index) => {
+      const item = trackItem(t, () => playQueued(index));  // the playlist plays on from the track clicked
       item.append(el("span", duration(t.duration), "score"));
       list.append(item);
-    }
+    });
     for (const fmt of ["m3u8", "xspf"]) {
       params.set("format", fmt);
       $(`dl-${fmt}`).href = `/api/playlists/${kind}?${params}`;
@@ -552,6 +560,9 @@ function playQueued(index) {
     $("now-title").textContent = track.name;
     $("now-meta").textContent = `playlist ${index + 1} of ${state.queue.length}`;
     showUploadWarnings([]);
+    state.upload = null;
+    loadNeighbours(id);
+    loadArtists(track.artist || track.composer);
   }
   [...$("playlist").children].forEach((li, i) => li.classList.toggle("playing", i === index));
   updatePlaylistButtons();
