@@ -312,3 +312,34 @@ def test_neighbours_of_a_track_clicked_earlier_never_replace_the_later_ones(rend
             assert browser.exceptions() == []
         finally:
             browser.close()
+
+
+def test_a_track_whose_file_changed_since_extraction_says_why_it_does_not_play(rendered_collection: list[Path],
+                                                                                tmp_path: Path) -> None:
+    """The server refuses a file changed since extraction (409); the page's player stayed silent with no word."""
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.dsp import DspModel
+    from mess.store import FeatureStore
+
+    music = tmp_path / "music"
+    music.mkdir()
+    for i, source in enumerate(rendered_collection[:3]):
+        shutil.copyfile(source, music / f"{i}-{source.name}")
+    store = FeatureStore(tmp_path / "store")
+    extract(store, sorted(music.iterdir()), DspModel(), WindowPolicy())
+    changed = store.tracks()[1]
+    store.close()
+    shutil.copyfile(rendered_collection[5], changed.path)  # another song written over it
+    with _serving(tmp_path / "store", "dsp") as url:
+        browser = Browser(tmp_path / "profile")
+        try:
+            browser.open(url + "/")
+            browser.wait_for("window.mess && window.mess.state.points.length")
+            browser.evaluate(f"selectTrack({changed.id}); 1")
+            meta = browser.wait_for("(t => t.startsWith('cannot play') && t)"
+                                    "(document.getElementById('now-meta').textContent)")
+            assert "changed since it was extracted" in meta and Path(changed.path).name in meta, meta
+            assert browser.exceptions() == []
+        finally:
+            browser.close()

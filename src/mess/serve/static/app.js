@@ -569,6 +569,18 @@ function playQueued(index) {
   draw();
 }
 
+// The audio element tells nothing of why a track does not play (a file changed since extraction: 409; gone: 404);
+// the server's answer does, shown under the track's title.
+async function explainPlayerError() {
+  const src = $("player").src;
+  if (!src.includes("/api/tracks/")) return;
+  try {
+    await api(src, { headers: { Range: "bytes=0-0" } });
+  } catch (err) {
+    if ($("player").src === src) $("now-meta").textContent = `cannot play: ${err.message}`;
+  }
+}
+
 // ---- wiring ------------------------------------------------------------------------
 async function selectModel(model) {
   state.model = model;
@@ -629,6 +641,7 @@ function wire() {
   $("path-end-btn").addEventListener("click", () => makePlaylist("path", {
     start: String(state.pathStart), end: String(state.selected) }));
   $("play-all").addEventListener("click", () => playQueued(0));
+  $("player").addEventListener("error", explainPlayerError);
   $("player").addEventListener("ended", () => { if (state.queueAt >= 0) playQueued(state.queueAt + 1); });
   $("model").addEventListener("change", (e) => selectModel(e.target.value));
   $("vectors").addEventListener("change", loadMap);
