@@ -136,7 +136,7 @@ def test_cli_writes_every_playlist_of_awkward_files_from_a_real_store(tmp_path: 
         out = runner.invoke(app, ["playlist", "clusters", "-k", "1", "-o", str(music / ext), "--format", ext,
                                   "--store", str(store)])
         assert out.exit_code == 0, out.output
-        [written] = (music / ext).iterdir()
+        [written] = (music / ext).glob("[!.]*")  # .mess-clusters lists it
         assert sorted(read_playlist(written)) == sorted(files)
     assert len(_xspf(music / "mix.xspf", "track")) == 3
 
@@ -172,10 +172,29 @@ def test_clusters_into_a_folder_replace_the_clusters_an_earlier_run_left_there(t
         result = runner.invoke(app, ["playlist", "clusters", "-k", k, "-o", str(out), "--format", fmt,
                                      "--store", str(store)])
         assert result.exit_code == 0, result.output
-        written = sorted(p for p in out.iterdir() if p.name != "notes.txt")
+        written = sorted(p for p in out.iterdir() if p.name not in ("notes.txt", ".mess-clusters"))
         assert len(written) == int(k) and all(p.suffix == f".{fmt}" for p in written)
         assert sorted(p for f in written for p in read_playlist(f)) == sorted(files)  # every track once
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_clusters_into_a_folder_keep_the_users_own_numbered_playlists(tmp_path: Path) -> None:
+    """`clusters -o DIR` removed every NN-name.m3u8 / .xspf in DIR it did not write now, so a user's own
+    '01-favourites.m3u8' there was deleted without a word; only the cluster playlists mess wrote are replaced."""
+    music, store, out = tmp_path / "music", tmp_path / "store", tmp_path / "playlists"
+    files = [_flac(music / f"{i}.flac", 3 * i, artist=f"Artist {i % 3}", title=str(i)) for i in range(6)]
+    assert runner.invoke(app, ["extract", str(music), "--model", "dsp", "--store", str(store)]).exit_code == 0
+    mine = {out / "01-favourites.m3u8": f"{files[0]}\n", out / "07-party.xspf": "<playlist/>\n"}
+    for path, text in mine.items():
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    for k in ("3", "2"):
+        result = runner.invoke(app, ["playlist", "clusters", "-k", k, "-o", str(out), "--store", str(store)])
+        assert result.exit_code == 0, result.output
+        written = sorted(p for p in out.iterdir() if p not in mine and not p.name.startswith("."))
+        assert len(written) == int(k), written
+        assert sorted(p for f in written for p in read_playlist(f)) == sorted(files)
+    assert {p: p.read_text() for p in mine} == mine
 
 
 def test_untagged_files_whose_names_end_in_dots_or_spaces_are_titled_without_their_extension(tmp_path: Path) -> None:
@@ -201,7 +220,7 @@ def test_untagged_files_whose_names_end_in_dots_or_spaces_are_titled_without_the
     out = runner.invoke(app, ["playlist", "clusters", "-k", "1", "-o", str(tmp_path / "xspf"), "--format", "xspf",
                               "--store", str(store)])
     assert out.exit_code == 0, out.output
-    [written] = (tmp_path / "xspf").iterdir()
+    [written] = (tmp_path / "xspf").glob("[!.]*")  # .mess-clusters lists it
     assert set(_xspf(written, "title")) == titles | {cluster["title"]}  # the playlist's own title, then the tracks'
     outside = _flac(tmp_path / "other" / "e.flac.", 16, artist="Eps")
     out = runner.invoke(app, ["similar", str(outside), "-k", "1", "--json", "--store", str(store)])

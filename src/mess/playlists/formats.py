@@ -23,6 +23,7 @@ from mess.store.paths import displayable, one_line, replace_file, resolved
 FORMATS = {".m3u8": "m3u8", ".m3u": "m3u8", ".xspf": "xspf"}
 XSPF_NS = "http://xspf.org/ns/0/"
 _CLUSTER_FILE = re.compile(r"\d{2,}-[\w-]+\.(m3u8|xspf)")  # the names write_cluster_folder gives
+CLUSTER_LIST = ".mess-clusters"  # in a clusters folder: the names of the playlists the last run wrote, one a line
 
 
 def format_named(fmt: str) -> str:
@@ -165,8 +166,9 @@ def _unquote(text: str) -> str:
 def write_cluster_folder(playlists: list[Playlist], folder: Path, fmt: str = "m3u8") -> list[Path]:
     """One file per playlist in ``folder`` (created), named ``NN-title.EXT``; returns the paths.
 
-    The cluster playlists of an earlier run there (``NN-*.m3u8`` / ``.xspf`` not written now) are removed, once
-    the new ones are written: left beside them, they read as more clusters, some tracks in two.
+    The cluster playlists an earlier run wrote there (listed in its ``.mess-clusters``) and not written now are
+    removed, once the new ones are written: left beside them, they read as more clusters, some tracks in two.
+    Other files, such as the user's own ``01-favourites.m3u8``, are left alone.
     """
     fmt = format_named(fmt)
     folder = Path(folder).expanduser()
@@ -176,9 +178,12 @@ def write_cluster_folder(playlists: list[Playlist], folder: Path, fmt: str = "m3
         slug = "-".join(part for part in slug.split("-") if part)[:60] or "cluster"
         path = folder / f"{i:02d}-{slug}.{fmt}"
         contents[path] = _content(p, path, fmt)
+    listed = folder / CLUSTER_LIST
+    earlier = set(os.fsdecode(listed.read_bytes()).splitlines()) if listed.is_file() else set()
     for path, data in contents.items():  # all built first: a failure leaves no file half-written
         replace_file(path, data)
-    for old in folder.iterdir():
-        if old not in contents and _CLUSTER_FILE.fullmatch(old.name) and old.is_file():
-            old.unlink()
+    replace_file(listed, b"".join(os.fsencode(p.name) + b"\n" for p in contents))
+    for name in sorted(earlier - {p.name for p in contents}):
+        if _CLUSTER_FILE.fullmatch(name) and (folder / name).is_file():
+            (folder / name).unlink()
     return list(contents)
