@@ -229,6 +229,20 @@ def test_mpd_radio_skips_tracks_mpd_lacks(library: Library) -> None:
         assert f"not in MPD's database (skipped): {library.root / path}" in out.output
 
 
+def test_mpd_radio_plays_next_not_after_the_rest_of_the_queue(library: Library) -> None:
+    """With songs queued after the current one, the radio went to the end of the queue (after the rest of an
+    album, say) while the command said it was queued after the current song."""
+    seed, later = library.songs[0], library.songs[3]
+    library.set_queue([seed, later])
+    out = library.radio("-n", "10")
+    assert out.exit_code == 0, out.output
+    known, _ = library.expected_radio(seed)
+    assert known and library.queue() == [seed, *known, later]
+    out = library.radio("-n", "10", "--clear")
+    assert out.exit_code == 0, out.output
+    assert library.queue() == [seed, *known]
+
+
 def test_mpd_radio_seeds_from_the_file_mpd_plays_not_a_namesake(library: Library) -> None:
     library.set_queue([library.dup])
     out = library.radio("-n", "10")

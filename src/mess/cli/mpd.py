@@ -33,7 +33,8 @@ def radio_command(
     store: StoreOpt = DEFAULT_STORE_PATH,
     as_json: JsonOpt = False,
 ) -> None:
-    """Queue a radio after MPD's current song: similar tracks, artists spread out."""
+    """Queue a radio right after MPD's current song (before the songs queued later): similar tracks, artists
+    spread out."""
     from mess.playlists.mpd import PlayerError, connect, queue_radio
     from mess.playlists.playlist import PlaylistError
 

@@ -145,28 +145,30 @@ def _queue_length(client: MPDClient) -> int:
     return int(client.status().get("playlistlength", 0))
 
 
-def _append(client: MPDClient, uris: Sequence[str]) -> None:
-    """Append ``uris`` to MPD's queue, all or none (what was added is removed when MPD refuses one)."""
+def _append(client: MPDClient, uris: Sequence[str], at: int | None = None) -> None:
+    """Put ``uris`` into MPD's queue from position ``at`` on (else at its end), all or none (what was added is
+    removed when MPD refuses one)."""
     length = _queue_length(client)
+    start = length if at is None else at
     try:
         client.command_list_ok_begin()
-        for uri in uris:
-            client.add(uri)
+        for i, uri in enumerate(uris):
+            client.addid(uri, start + i)
         client.command_list_end()
     except CommandError as exc:
         added = _queue_length(client) - length
         if added > 0:
-            client.delete((length, length + added))
+            client.delete((start, start + added))
         raise PlayerError(f"MPD refused to queue the tracks ({exc}); the queue is unchanged") from exc
 
 
 def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *, window: int = DEFAULT_WINDOW,
                 aspect: str | None = None, clear_upcoming: bool = False,
                 music_dir: Path | None = None) -> tuple[Playlist, list[str], list[Path]]:
-    """Append a radio seeded by MPD's current song to MPD's queue.
+    """Queue a radio seeded by MPD's current song right after the song MPD plays (before the songs queued later).
 
     Returns the playlist, the queued URIs and the tracks MPD does not know (skipped). With
-    ``clear_upcoming`` the songs queued after the current one are removed (once the radio is queued).
+    ``clear_upcoming`` the songs queued after the radio are removed (once the radio is queued).
     A current song whose file changed since extraction seeds as it is now (embedded, with a warning).
     """
     song = client.currentsong()
@@ -184,10 +186,12 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     if playlist.tracks and not uris:
         raise PlayerError("MPD's database has none of the radio's tracks (update MPD's database?); "
                           "the queue is unchanged")
-    pos, length = int(song.get("pos", 0)), _queue_length(client)
-    _append(client, uris)
+    now = client.currentsong()  # the radio took a while: MPD may have moved on to the next song
+    length = _queue_length(client)
+    pos = int(now["pos"]) if "pos" in now else length - 1
+    _append(client, uris, pos + 1)
     if clear_upcoming and length > pos + 1:
-        client.delete((pos + 1, length))
+        client.delete((pos + 1 + len(uris), length + len(uris)))
     return playlist, uris, unknown
 
 
