@@ -243,6 +243,20 @@ def test_mpd_radio_plays_next_not_after_the_rest_of_the_queue(library: Library) 
     assert library.queue() == [seed, *known]
 
 
+def test_mpd_with_a_wrong_music_dir_says_so_rather_than_to_extract_again(library: Library) -> None:
+    """A --music-dir that is not MPD's music folder (its parent here) answered that the current song is not in the
+    collection and to run `mess extract` on MPD's folder, an hour's work that changes nothing."""
+    seed = library.songs[0]
+    library.set_queue([seed])
+    playlist = library.root / "one.m3u8"
+    playlist.write_text(f"{library.root / 'music' / seed}\n")
+    for args in (["radio", "--model", "dsp", "--store", str(library.root / "store")], ["play", str(playlist)]):
+        out = library.mpd(*args, "--music-dir", str(library.root))
+        assert out.exit_code == 1 and out.output.count("\n") == 1, out.output
+        assert "--music-dir" in out.output and "mess extract" not in out.output, out.output
+        assert library.queue() == [seed]
+
+
 def test_mpd_radio_seeds_from_the_file_mpd_plays_not_a_namesake(library: Library) -> None:
     library.set_queue([library.dup])
     out = library.radio("-n", "10")

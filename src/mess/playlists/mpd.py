@@ -175,7 +175,11 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     if not song.get("file"):
         raise PlayerError("MPD has no current song; play something first")
     music_dir = Path(music_dir).expanduser().resolve() if music_dir is not None else None
-    seed = collection_track(store.tracks(run), song["file"], music_dir)
+    tracks = store.tracks(run)
+    seed = collection_track(tracks, song["file"], music_dir)
+    if seed is None and music_dir is not None and any(t.path.endswith(f"/{song['file']}") for t in tracks):
+        raise PlayerError(f"MPD's current song {song['file']} is not {music_dir / song['file']} but the store holds "
+                          f"a file of that name elsewhere: is --music-dir {music_dir} MPD's music folder?")
     if seed is None:
         raise PlayerError(f"MPD's current song {song['file']} is not in the collection of this store; "
                           "run `mess extract` on MPD's music folder")
@@ -205,7 +209,9 @@ def play_files(client: MPDClient, paths: Sequence[Path], *, append: bool = False
     music_dir = Path(music_dir).expanduser().resolve() if music_dir is not None else None
     uris, unknown = known_uris(client, paths, music_dir)
     if not uris:
-        raise PlayerError("MPD's database has none of the playlist's files (is its music folder the collection's? "
+        folder = f"is --music-dir {music_dir} MPD's music folder?" if music_dir else \
+            "is its music folder the collection's?"
+        raise PlayerError(f"MPD's database has none of the playlist's files ({folder} "
                           "update MPD's database?); the queue is unchanged")
     length = _queue_length(client)
     _append(client, uris)
