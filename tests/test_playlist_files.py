@@ -197,6 +197,29 @@ def test_clusters_into_a_folder_keep_the_users_own_numbered_playlists(tmp_path: 
     assert {p: p.read_text() for p in mine} == mine
 
 
+def test_playlists_name_their_tracks_whose_files_are_gone(tmp_path: Path) -> None:
+    """A track deleted from disk since extraction went into radio and path playlists without a word (players then
+    stop on it or skip it); the playlist's note names it and says how to forget it."""
+    import json
+
+    music, store = tmp_path / "music", tmp_path / "store"
+    files = [_flac(music / f"{i}.flac", 4 * i, artist=f"Artist {i}", title=f"Song {i}") for i in range(5)]
+    assert runner.invoke(app, ["extract", str(music), "--model", "dsp", "--store", str(store)]).exit_code == 0
+    files[2].unlink()
+    for args in (["radio", "0.flac", "-n", "4"], ["path", "0.flac", "4.flac", "-n", "5"]):
+        out = runner.invoke(app, ["playlist", *args, "-o", str(music / "mix.m3u8"), "--json", "--store", str(store)])
+        assert out.exit_code == 0, out.output
+        data = json.loads(out.stdout)
+        assert files[2] in read_playlist(music / "mix.m3u8") and str(files[2]) in {t["path"] for t in data["tracks"]}
+        assert "no longer on disk" in data["note"] and "2.flac" in data["note"] and "--prune" in data["note"]
+        out = runner.invoke(app, ["playlist", *args, "--store", str(store)], env={"COLUMNS": "300"})
+        assert out.exit_code == 0 and "no longer on disk" in out.output and "2.flac" in out.output, out.output
+    for seed in ("1.flac", "4.flac"):
+        data = json.loads(runner.invoke(app, ["playlist", "radio", seed, "-n", "1", "--json", "--store", str(store)]
+                                        ).stdout)
+        assert ("no longer on disk" in data["note"]) == (data["tracks"][0]["path"] == str(files[2]))
+
+
 def test_untagged_files_whose_names_end_in_dots_or_spaces_are_titled_without_their_extension(tmp_path: Path) -> None:
     """'b.flac.' and 'song.flac. ' are FLACs to the extractor (mess.constants.audio_suffix); with no title tag their
     title in playlists (JSON, XSPF), track names and a query's label drop '.flac' as for 'x.y.flac' (Path.stem kept

@@ -141,6 +141,7 @@ def _emit(playlist: Playlist, output: Path | None, fmt: str | None, as_json: boo
     from mess.playlists.playlist import PlaylistError
 
     json_clash(output, as_json)
+    playlist = _with_gone_note(playlist)
     written = None
     if output is not None:
         try:
@@ -163,6 +164,20 @@ def _emit(playlist: Playlist, output: Path | None, fmt: str | None, as_json: boo
         console.print(f"[yellow]{plain(playlist.note)}[/]")
     if written is not None:
         console.print(f"wrote {len(playlist)} tracks to {plain(str(written))}")
+
+
+def _with_gone_note(playlist: Playlist) -> Playlist:
+    """The playlist, its note naming the tracks whose files are no longer on disk (players skip or stop on them)."""
+    from dataclasses import replace
+
+    gone = [t.path for t in playlist.tracks if not Path(t.path).is_file()]
+    if not gone:
+        return playlist
+    many = len(gone) > 1
+    names = ", ".join(gone[:3]) + (f" and {len(gone) - 3} more" if len(gone) > 3 else "")
+    line = (f"{len(gone)} track{'s are' if many else ' is'} no longer on disk ({names}); "
+            "`mess extract --prune FOLDER` forgets vanished files")
+    return replace(playlist, note="; ".join(x for x in (playlist.note, line) if x))
 
 
 def register(app: typer.Typer) -> None:
