@@ -231,13 +231,17 @@ def test_mpd_radio_skips_tracks_mpd_lacks(library: Library) -> None:
 
 def test_mpd_radio_plays_next_not_after_the_rest_of_the_queue(library: Library) -> None:
     """With songs queued after the current one, the radio went to the end of the queue (after the rest of an
-    album, say) while the command said it was queued after the current song."""
+    album, say) while the command said it was queued after the current song; and it held songs queued there
+    already, so they played twice."""
     seed, later = library.songs[0], library.songs[3]
+    known, _ = library.expected_radio(seed)
+    assert later in known  # the radio of the seed alone holds it
     library.set_queue([seed, later])
     out = library.radio("-n", "10")
     assert out.exit_code == 0, out.output
-    known, _ = library.expected_radio(seed)
-    assert known and library.queue() == [seed, *known, later]
+    queue = library.queue()
+    assert queue[0] == seed and queue[-1] == later and queue.count(later) == 1
+    assert sorted(queue[1:-1]) == sorted(set(known) - {later})
     out = library.radio("-n", "10", "--clear")
     assert out.exit_code == 0, out.output
     assert library.queue() == [seed, *known]
@@ -330,8 +334,10 @@ def test_mpd_handles_file_names_that_are_not_utf8_or_hold_a_line_break(rendered_
             client.pause(1)
         out = library.radio("-n", "3")
         assert out.exit_code == 0, out.output
-        queue = library.queue()
-        assert queue[:3] == before and sorted(before) == sorted(names[:3]) and set(queue[3:]) == {"a.flac", "b.flac"}
+        queue, pos = library.queue(), before.index(latin)
+        inserted = queue[pos + 1:len(queue) - (len(before) - pos - 1)]  # right after café, the songs after it kept
+        assert queue == [*before[:pos + 1], *inserted, *before[pos + 1:]] and sorted(before) == sorted(names[:3])
+        assert set(inserted) == {"a.flac", "b.flac"} - set(before[pos + 1:])  # none queued twice
         assert f"not in MPD's database (skipped): {music / 'line break.flac'}" in out.output  # printed on one line
         playlist = root / "list.m3u8"
         playlist.write_bytes(os.fsencode("\n".join([str(music / "b.flac"), str(music / latin)]) + "\n"))

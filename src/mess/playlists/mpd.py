@@ -167,8 +167,9 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
                 music_dir: Path | None = None) -> tuple[Playlist, list[str], list[Path]]:
     """Queue a radio seeded by MPD's current song right after the song MPD plays (before the songs queued later).
 
-    Returns the playlist, the queued URIs and the tracks MPD does not know (skipped). With
-    ``clear_upcoming`` the songs queued after the radio are removed (once the radio is queued).
+    Returns the playlist, the queued URIs and the tracks MPD does not know (skipped). The radio leaves out the
+    songs queued after the current one (else heard twice); with ``clear_upcoming`` those are removed instead
+    (once the radio is queued).
     A current song whose file changed since extraction seeds as it is now (embedded, with a warning).
     """
     song = client.currentsong()
@@ -185,7 +186,11 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
                           "run `mess extract` on MPD's music folder")
     if music_dir is None:
         music_dir = Path(seed.path[:len(seed.path) - len(song["file"])])
-    playlist = radio(store, run, [resolve_query(store, Path(seed.path), run)], n, aspect=aspect, window=window)
+    by_path = {t.path: t.id for t in tracks}
+    upcoming = [] if clear_upcoming else client.playlistinfo()[int(song.get("pos", 0)) + 1:]
+    queued = frozenset(by_path[p] for s in upcoming if (p := str(music_dir / s.get("file", ""))) in by_path)
+    playlist = radio(store, run, [resolve_query(store, Path(seed.path), run)], n, aspect=aspect, window=window,
+                     exclude=queued)
     uris, unknown = known_uris(client, [Path(t.path) for t in playlist.tracks], music_dir)
     if playlist.tracks and not uris:
         raise PlayerError("MPD's database has none of the radio's tracks (update MPD's database?); "

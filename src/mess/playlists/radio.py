@@ -18,7 +18,7 @@ POOL_PER_TRACK = 50
 
 
 def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 30, *, aspect: str | None = None,
-          window: int = DEFAULT_WINDOW, norm: Norm = DEFAULT_NORM) -> Playlist:
+          window: int = DEFAULT_WINDOW, norm: Norm = DEFAULT_NORM, exclude: frozenset[int] = frozenset()) -> Playlist:
     """Up to ``n`` tracks ordered by closeness to the nearest seed (cosine), seeds left out.
 
     No artist plays twice in a row, and none within ``window`` tracks (the seeds count as what
@@ -30,6 +30,7 @@ def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 3
         seeds: resolved queries (collection tracks or external files), see :func:`mess.query.resolve_query`.
         aspect: compare in the layer ``mess probe`` chose for this aspect instead of all layers.
         window: tracks within which an artist may not repeat (1 = only not twice in a row).
+        exclude: ids of tracks never to pick (those a player has queued already).
     """
     if not seeds:
         raise PlaylistError("give at least one seed track")
@@ -45,7 +46,10 @@ def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 3
         guard.add(u, s.track, s.content_hash)
         if s.replaces is not None:  # a seed file changed since extraction: its stale entry is no pick
             guard.add(u, s.replaces)
-    pool = [int(r) for r in np.argsort(-closeness, kind="stable")[:max(POOL_PER_TRACK * n, 1000)]]
+    order = np.argsort(-closeness, kind="stable")
+    if exclude:
+        order = order[~np.isin(vs.ids[order], np.fromiter(exclude, dtype=np.int64))]
+    pool = [int(r) for r in order[:max(POOL_PER_TRACK * n, 1000)]]
     history = [credit_key(s.artist) if s.track is None else artist_key(s.track) for s in seeds]
     picked: list[int] = []
     while len(picked) < n:
