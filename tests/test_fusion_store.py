@@ -447,3 +447,34 @@ def test_a_retrain_stopped_between_its_checkpoint_and_its_log_is_said(extracted_
     assert not any("training log" in said(cmd) for cmd in readers)
     assert json.loads(written.with_suffix(".json").read_text())["training_log_note"] is None
     assert "training log" not in written.with_suffix(".md").read_text()
+
+
+def test_index_and_similar_name_the_normalisation_fused_vectors_get(extracted_store: Path, tmp_path: Path) -> None:
+    """`mess index --fused` printed '(zscore)' and `similar --fused --json` "norm": "zscore" while both used the
+    fused vectors as made (never z-scored): the output named a normalisation that was not applied."""
+    root = tmp_path / "store"
+    shutil.copytree(extracted_store, root)
+    with closing(FeatureStore(root)) as fs:
+        run, checkpoint = fs.run("dsp"), checkpoint_path(fs, "dsp")
+        save_checkpoint(train_fusion(load_layers(fs, run), FusionConfig(label="composer", weight_epochs=2,
+                                                                         max_epochs=0)), checkpoint)
+        apply_fusion(fs, checkpoint, "dsp")
+        ids, fused = fs.derived_matrix(run, FUSED)
+    runner, app, store = CliRunner(), _app(), ["--store", str(root)]
+    out = runner.invoke(app, ["index", "--fused", "--model", "dsp", *store, "--json"])
+    assert out.exit_code == 0, out.output
+    built = json.loads(out.stdout)
+    assert built["norm"] == "none" and Path(built["path"]).name.endswith("-none.faiss")
+    out = runner.invoke(app, ["index", "--fused", "--model", "dsp", *store], env={"COLUMNS": "300"})
+    assert "fused (none)" in out.output and "zscore" not in out.output
+    query = int(ids[0])
+    out = runner.invoke(app, ["similar", str(query), "--fused", "--model", "dsp", "--expand", "0", "-k", "3",
+                              *store, "--json"])
+    assert out.exit_code == 0, out.output
+    answer = json.loads(out.stdout)
+    unit = fused / np.linalg.norm(fused, axis=1, keepdims=True)  # the vectors as stored: plain cosines
+    cos = dict(zip(ids.tolist(), (unit @ unit[0]).tolist(), strict=True))
+    assert answer["norm"] == "none"
+    assert [round(cos[r["id"]], 4) for r in answer["results"]] == [round(r["score"], 4) for r in answer["results"]]
+    out = runner.invoke(app, ["similar", str(query), "--fused", "--model", "dsp", "--norm", "center", *store, "--json"])
+    assert json.loads(out.stdout)["norm"] == "center"

@@ -86,7 +86,7 @@ def index_command(
     data = {
         "model": run.model,
         "vectors": vectors_label(layer, aspect, fused, learned),
-        "norm": norm,
+        "norm": spec.norm,  # as applied: fused vectors are never z-scored
         **report.__dict__,
         "tracks_without_fused_vectors": unfused,
         "norm_note": vs.norm_note,
@@ -100,7 +100,7 @@ def index_command(
         else (f"{report.recall:.3f} (breadth {report.breadth})" if report.recall is not None else "not measured")
     )
     console.print(
-        f"{report.mode} {report.kind} index of {run.model} {data['vectors']} ({norm}): "
+        f"{report.mode} {report.kind} index of {run.model} {data['vectors']} ({spec.norm}): "
         f"{report.n} tracks x {report.dim} dims, +{report.added} -{report.removed}, "
         f"{report.seconds:.2f} s, {report.nbytes / 2**20:.1f} MiB, recall@10 {recall}"
     )
@@ -151,15 +151,15 @@ def similar_command(
                                      norm=cast("Norm", norm), learned=learned, match=match, expand=expand)
         except ValueError as exc:
             fail(str(exc))
-        norm_note = load_vectors(fs, run, VectorSpec.from_options(layer, aspect, fused, cast("Norm", norm),
-                                                                  learned)).norm_note
+        spec = VectorSpec.from_options(layer, aspect, fused, cast("Norm", norm), learned)
+        norm_note = load_vectors(fs, run, spec).norm_note
         source, _ = aspect_layers(fs, run)
         weak = weak_aspects(fs, run)
         stale = stale_aspect_map(fs, run) if aspect or source == "aspects" else None
         unfused = fs.derived_missing(run, FUSED) if fused else 0
         unembedded = len(fs.unembedded(run))
     answer = {"query": {"label": tq.label, "id": tq.track.id if tq.track else None, "external": tq.track is None},
-              "model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "norm": norm,
+              "model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "norm": spec.norm,
               "match": match, "hubness": hubness, "expand": expand, "why_source": source,
               "weak_aspects": weak, "stale_aspect_map": stale, "tracks_without_fused_vectors": unfused,
               "files_not_embedded": unembedded, "norm_note": norm_note}
