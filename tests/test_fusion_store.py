@@ -478,3 +478,28 @@ def test_index_and_similar_name_the_normalisation_fused_vectors_get(extracted_st
     assert [round(cos[r["id"]], 4) for r in answer["results"]] == [round(r["score"], 4) for r in answer["results"]]
     out = runner.invoke(app, ["similar", str(query), "--fused", "--model", "dsp", "--norm", "center", *store, "--json"])
     assert json.loads(out.stdout)["norm"] == "center"
+
+
+def test_evaluate_does_not_crown_fused_vectors_scored_on_the_labels_they_learned(extracted_store: Path,
+                                                                                tmp_path: Path) -> None:
+    """`mess evaluate --label composer` after `mess fuse train --label composer` scored the fused row on the very
+    labels it was trained on and named it best, without a word: a training score shown as a comparison."""
+    root = tmp_path / "store"
+    shutil.copytree(extracted_store, root)
+    with closing(FeatureStore(root)) as fs:
+        run, checkpoint = fs.run("dsp"), checkpoint_path(fs, "dsp")
+        save_checkpoint(train_fusion(load_layers(fs, run), FusionConfig(label="composer", weight_epochs=4,
+                                                                         max_epochs=0)), checkpoint)
+        apply_fusion(fs, checkpoint, "dsp")
+    runner, app = CliRunner(), _app()
+    args = ["evaluate", "--model", "dsp", "-k", "3", "--store", str(root), "--plot", str(tmp_path / "q.png")]
+    ev = json.loads(runner.invoke(app, [*args, "--label", "composer", "--json"]).stdout)
+    assert ev["fused_trained_on"] == "composer"
+    others = [s for s in ev["sets"] if s["kind"] != FUSED]
+    fair = max(others, key=lambda s: s["scores"]["map"])
+    out = runner.invoke(app, [*args, "--label", "composer"], env={"COLUMNS": "400"})
+    assert out.exit_code == 0, out.output
+    assert f"best: {fair['name']} (mAP {fair['scores']['map']:.3f})" in out.output
+    assert "trained on these tracks' composer tags" in out.output and "mess fuse report" in out.output
+    ev = json.loads(runner.invoke(app, [*args, "--label", "album", "--json"]).stdout)  # not what it learned
+    assert ev["fused_trained_on"] is None and FUSED in {s["kind"] for s in ev["sets"]}

@@ -298,6 +298,10 @@ def _print_evaluation(ev: Evaluation, model: str, k: int, norm: str, match: str,
     if ev.variants:
         _print_variants(ev)
     console.print(f"best: {plain(best.name)} (mAP {best.scores.map:.3f}); plot -> {plain(str(png))}")
+    if ev.fused_trained_on:
+        console.print(f"[yellow]note:[/] the fused vectors were trained on these tracks' {ev.fused_trained_on} "
+                      "tags, so their row scores labels they learned and is not named best; `mess fuse report` "
+                      "scores them on held-out labels")
     if ev.caveat:
         console.print(f"[yellow]caveat:[/] {plain(ev.caveat)}")
 

@@ -74,6 +74,7 @@ class Evaluation:
     labels_from: str | None = None
     n_query_labels: int = 0  # labels with at least two tracks (the queries' labels)
     norm_note: str = ""  # when ``norm`` fell back to plain cosine (too few tracks to fit it)
+    fused_trained_on: str | None = None  # the tag the fused network was trained on, when it is the one scored
 
     @property
     def relevance(self) -> str:
@@ -81,8 +82,10 @@ class Evaluation:
         return f"same-label ({self.labels_from})" if self.labels_from else f"same-{self.label}"
 
     def best(self) -> SetScore:
-        """The vector set with the highest mAP."""
-        return max(self.sets, key=lambda s: s.scores.map)
+        """The vector set with the highest mAP, leaving out fused vectors trained on the labels scored (their
+        training labels are among the queries: not a fair comparison) unless they are the only set."""
+        fair = [s for s in self.sets if not (self.fused_trained_on and s.kind == FUSED)] or self.sets
+        return max(fair, key=lambda s: s.scores.map)
 
     @property
     def caveat(self) -> str | None:
@@ -204,7 +207,8 @@ def evaluate(
     by_label = track_labels(tracks, field, labels)
     specs = [VectorSpec.from_options(layer=name, norm=norm) for name in run.layer_names]
     specs.append(VectorSpec.from_options(norm=norm))
-    if store.derived_meta(run, FUSED) is not None and match == "mean":
+    fused_meta = store.derived_meta(run, FUSED)
+    if fused_meta is not None and match == "mean":
         specs.append(VectorSpec(FUSED, "", fused_norm(norm)))
     if has_learned_head(run):
         specs.append(VectorSpec(LEARNED, "", norm))
@@ -254,6 +258,7 @@ def evaluate(
         labels_from,
         len(set(labels_arr[queries].tolist())),
         norm_note,
+        field if fused_meta and labels is None and fused_meta.get("label") == field else None,
     )
 
 
