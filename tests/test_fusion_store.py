@@ -503,3 +503,26 @@ def test_evaluate_does_not_crown_fused_vectors_scored_on_the_labels_they_learned
     assert "trained on these tracks' composer tags" in out.output and "mess fuse report" in out.output
     ev = json.loads(runner.invoke(app, [*args, "--label", "album", "--json"]).stdout)  # not what it learned
     assert ev["fused_trained_on"] is None and FUSED in {s["kind"] for s in ev["sets"]}
+
+
+def test_a_moved_store_fuses_an_outside_file_with_its_own_checkpoint(extracted_store: Path, tmp_path: Path) -> None:
+    """`fuse apply` recorded the checkpoint's absolute path: after the store was moved (or copied to another
+    machine), `mess similar FILE --fused` failed with 'no fusion checkpoint ... run `mess fuse train` first'
+    though the checkpoint was in the store."""
+    root = tmp_path / "store"
+    shutil.copytree(extracted_store, root)
+    with closing(FeatureStore(root)) as fs:
+        run, checkpoint = fs.run("dsp"), checkpoint_path(fs, "dsp")
+        save_checkpoint(train_fusion(load_layers(fs, run), FusionConfig(label="composer", weight_epochs=2,
+                                                                         max_epochs=0)), checkpoint)
+        apply_fusion(fs, checkpoint, "dsp")
+    moved = tmp_path / "elsewhere" / "store"
+    shutil.move(root, moved)
+    with closing(FeatureStore(moved, readonly=True)) as fs:
+        run = fs.run("dsp")
+        ids, fused = fs.derived_matrix(run, FUSED)
+        track = fs.tracks(run)[0]
+        vectors = embed_file(Path(track.path), load_model("dsp"), run_policy(run))
+        query = fuse_query(fs, run, vectors.layers)  # the network in the moved store, as `apply` used it
+        stored = fused[ids.tolist().index(track.id)]
+        assert float(query @ stored) / np.linalg.norm(stored) > 0.99

@@ -22,13 +22,16 @@ def check_compatible(result: FusionResult, run: Run) -> None:
 
 def apply_fusion(store: FeatureStore, checkpoint: Path, model: str | None = None) -> dict:
     """Write fused vectors of every track of the model's run in use; returns the metadata stored with them, and
-    ``missing``: how many of the run's tracks have none (re-embedded or added while it ran)."""
+    ``missing``: how many of the run's tracks have none (re-embedded or added while it ran). A checkpoint inside the
+    store is also recorded relative to it, so :func:`fuse_query` finds it in a moved or copied store."""
     result = load_checkpoint(checkpoint)
     run = store.run(model or result.model)
     check_compatible(result, run)
     data = load_layers(store, run)
     fused = embed(result.network, data.x)
-    meta = {"checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": checkpoint_digest(checkpoint),
+    path, root = checkpoint.resolve(), store.root.resolve()
+    meta = {"checkpoint": str(path), "checkpoint_sha256": checkpoint_digest(checkpoint),
+            "checkpoint_in_store": path.relative_to(root).as_posix() if path.is_relative_to(root) else None,
             "label": result.config.label,
             "fusion_dim": int(fused.shape[1]), "tracks": len(fused), "data_hash": result.data_hash,
             "data_hash_matches": data.data_hash(result.config.label) == result.data_hash,
@@ -42,7 +45,8 @@ def fuse_query(store: FeatureStore, run: Run, layer_vectors: Sequence[np.ndarray
     meta = store.derived_meta(run, FUSED)
     if meta is None:
         raise FusionError(f"no fused vectors for {run.model}; run `mess fuse train` and `mess fuse apply` first")
-    checkpoint = Path(meta["checkpoint"])
+    inside = meta.get("checkpoint_in_store")  # found there after the store is moved or copied
+    checkpoint = store.root / inside if inside else Path(meta["checkpoint"])
     result = load_checkpoint(checkpoint)
     check_compatible(result, run)
     # retrained since (None: an older apply)
