@@ -383,6 +383,8 @@ def test_evaluate_says_why_the_fused_row_is_left_out(extracted_store: Path, tmp_
     (["fuse", "train", "--model", "dsp", "--mining", "easy"], "unknown mining"),
     (["fuse", "train", "--model", "dsp", "--label", "composer", "--fusion-dim", "300"], "must be at most 256"),
     (["fuse", "train", "--model", "dsp", "--label", "composer", "--checkpoint", "{tmp}"], "it is a folder"),
+    # its .json description went to the same name, over the weights: trained, said saved, unusable
+    (["fuse", "train", "--model", "dsp", "--label", "composer", "--checkpoint", "{tmp}/net.json"], "name it .pt"),
     (["fuse", "apply", "--model", "dsp", "--checkpoint", "{tmp}/missing.pt"], "no fusion checkpoint"),
     (["fuse", "report", "--model", "dsp", "--checkpoint", "{tmp}/garbage.pt"], "not a mess fusion checkpoint"),
 ])

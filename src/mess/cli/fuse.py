@@ -65,7 +65,7 @@ def train_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Train the fusion network on the store's vectors; saves a checkpoint and a JSON training log."""
-    from mess.fusion.train import FusionConfig
+    from mess.fusion.train import FusionConfig, checkpoint_problem
 
     if threads:
         import torch
@@ -81,8 +81,8 @@ def train_command(
     with open_store(store) as fs:
         run = fs.run(model)
         path = _checkpoint(fs, checkpoint, run.model)
-        if path.is_dir() or (path.parent.exists() and not path.parent.is_dir()):  # found before, not after, training
-            fail(f"cannot save a checkpoint at {path}: {'it is a folder' if path.is_dir() else 'its parent is a file'}")
+        if (problem := checkpoint_problem(path)) is not None:  # found before, not after, training
+            fail(f"cannot save a checkpoint at {path}: {problem}")
         trained = _train(fs, run, config, path, quiet=as_json)
     if as_json:
         emit_json(trained.summary)

@@ -199,11 +199,26 @@ def checkpoint_path(store: FeatureStore, model: str) -> Path:
     return store.root / "fusion" / f"{slug(model)}.pt"
 
 
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint cannot be saved at ``path`` (None when it can): a folder, a parent that is a file, or a
+    .json name, which its description (the same name with .json) would overwrite."""
+    if path.is_dir():
+        return "it is a folder"
+    if path.parent.exists() and not path.parent.is_dir():
+        return "its parent is a file"
+    if path.with_suffix(".json") == path:
+        return "its description is written beside it as .json, over it; name it .pt"
+    return None
+
+
 def save_checkpoint(result: FusionResult, path: Path) -> str:
     """Write the weights with their config, split and data hash (.pt) and the same minus weights (.json), each file
     replaced whole: a retrain killed while saving leaves the previous checkpoint as it was. The .json, written
     second, records the .pt's SHA-256 (``checkpoint_sha256``), so one left from before a save killed between the
-    two is told apart from the .pt. Returns that SHA-256 (:func:`checkpoint_digest`)."""
+    two is told apart from the .pt. Returns that SHA-256 (:func:`checkpoint_digest`); FusionError (nothing written)
+    for a ``path`` that :func:`checkpoint_problem` refuses."""
+    if (problem := checkpoint_problem(path)) is not None:
+        raise FusionError(f"cannot save a checkpoint at {path}: {problem}")
     weights = io.BytesIO()
     torch.save({"state_dict": result.network.state_dict(), **result.meta()}, weights)
     digest = hashlib.sha256(weights.getvalue()).hexdigest()
