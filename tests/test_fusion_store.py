@@ -528,3 +528,21 @@ def test_a_moved_store_fuses_an_outside_file_with_its_own_checkpoint(extracted_s
         query = fuse_query(fs, run, vectors.layers)  # the network in the moved store, as `apply` used it
         stored = fused[ids.tolist().index(track.id)]
         assert float(query @ stored) / np.linalg.norm(stored) > 0.99
+
+
+def test_a_checkpoint_is_never_saved_over_the_stores_own_files(extracted_store: Path, tmp_path: Path) -> None:
+    """`mess fuse train --checkpoint STORE/catalog.sqlite` trained, then wrote the weights over the catalog (and
+    their description beside it): every later command said the store was damaged."""
+    root = tmp_path / "store"
+    shutil.copytree(extracted_store, root)
+    with closing(FeatureStore(root, readonly=True)) as fs:
+        before = [(t.id, t.content_hash) for t in fs.tracks(fs.run("dsp"))]
+    args = ["fuse", "train", "--model", "dsp", "--label", "composer", "--weight-epochs", "1", "--max-epochs", "0",
+            "--store", str(root)]
+    out = CliRunner().invoke(_app(), [*args, "--checkpoint", str(root / "catalog.sqlite")])
+    assert out.exit_code == 1 and "inside the feature store" in out.output and "Traceback" not in out.output
+    with closing(FeatureStore(root, readonly=True)) as fs:
+        assert [(t.id, t.content_hash) for t in fs.tracks(fs.run("dsp"))] == before
+    out = CliRunner().invoke(_app(), [*args, "--checkpoint", str(root / "fusion" / "composer.pt")])
+    assert out.exit_code == 0, out.output  # its fusion/ folder is where checkpoints go
+    assert (root / "fusion" / "composer.pt").is_file()

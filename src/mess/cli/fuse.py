@@ -81,7 +81,7 @@ def train_command(
     with open_store(store) as fs:
         run = fs.run(model)
         path = _checkpoint(fs, checkpoint, run.model)
-        if (problem := checkpoint_problem(path)) is not None:  # found before, not after, training
+        if (problem := checkpoint_problem(path, fs.root)) is not None:  # found before, not after, training
             fail(f"cannot save a checkpoint at {path}: {problem}")
         trained = _train(fs, run, config, path, quiet=as_json)
     if as_json:

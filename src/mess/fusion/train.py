@@ -19,7 +19,7 @@ from mess.fusion.data import FusionError, LabelSplit, LayerData, split_labels
 from mess.fusion.mining import Mining, PKSampler, triplet_loss
 from mess.fusion.network import LayerFusion
 from mess.store import FeatureStore
-from mess.store.paths import replace_file
+from mess.store.paths import replace_file, resolved
 from mess.store.reports import slug
 
 
@@ -199,9 +199,14 @@ def checkpoint_path(store: FeatureStore, model: str) -> Path:
     return store.root / "fusion" / f"{slug(model)}.pt"
 
 
-def checkpoint_problem(path: Path) -> str | None:
-    """Why a checkpoint cannot be saved at ``path`` (None when it can): a folder, a parent that is a file, or a
-    .json name, which its description (the same name with .json) would overwrite."""
+def checkpoint_problem(path: Path, store_root: Path | None = None) -> str | None:
+    """Why a checkpoint cannot be saved at ``path`` (None when it can): a folder, a parent that is a file, a
+    .json name, which its description (the same name with .json) would overwrite, or a place in the store at
+    ``store_root`` outside its fusion/ folder (STORE/catalog.sqlite was overwritten)."""
+    if store_root is not None:
+        target, root = resolved(path), resolved(store_root)
+        if target.is_relative_to(root) and not target.is_relative_to(root / "fusion"):
+            return f"it is inside the feature store {store_root}, where checkpoints go to its fusion/ folder"
     if path.is_dir():
         return "it is a folder"
     if path.parent.exists() and not path.parent.is_dir():
