@@ -546,3 +546,18 @@ def test_a_checkpoint_is_never_saved_over_the_stores_own_files(extracted_store: 
     out = CliRunner().invoke(_app(), [*args, "--checkpoint", str(root / "fusion" / "composer.pt")])
     assert out.exit_code == 0, out.output  # its fusion/ folder is where checkpoints go
     assert (root / "fusion" / "composer.pt").is_file()
+
+
+def test_evaluate_plots_where_it_says_and_refuses_a_format_it_cannot_write(extracted_store: Path,
+                                                                           tmp_path: Path) -> None:
+    """`--plot FILE` without a suffix said 'plot -> FILE' (and "plot": FILE in --json) while matplotlib wrote
+    FILE.png; `--plot FILE.sqlite` evaluated every layer, then ended in a ValueError traceback."""
+    runner, app = CliRunner(), _app()
+    args = ["evaluate", "--model", "dsp", "--label", "composer", "-k", "3", "--store", str(extracted_store)]
+    out = runner.invoke(app, [*args, "--plot", str(tmp_path / "quality"), "--json"])
+    assert out.exit_code == 0, out.output
+    said = Path(json.loads(out.stdout)["plot"])
+    assert said.is_file() and said.stat().st_size > 0 and list(tmp_path.iterdir()) == [said]
+    out = runner.invoke(app, [*args, "--plot", str(tmp_path / "quality.sqlite")])
+    assert out.exit_code == 1 and "cannot plot to" in out.output and ".png" in out.output
+    assert "Traceback" not in out.output and not (tmp_path / "quality.sqlite").exists()

@@ -231,10 +231,14 @@ def evaluate_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Retrieval quality per layer: precision@k, mAP, nDCG@k and hubness, plus a PNG."""
-    from mess.search.evaluate import LabelError, evaluate, plot_evaluation, read_label_csv
+    from mess.search.evaluate import LabelError, evaluate, plot_evaluation, plot_file, read_label_csv
 
     if labels is not None and not labels.is_file():
         fail(f"no such label file: {labels}")
+    try:
+        plot = plot_file(plot) if plot is not None else None
+    except ValueError as exc:
+        fail(str(exc))
     with open_store(store) as fs:
         run = fs.run(model)
         try:

@@ -329,6 +329,19 @@ def _score(
     return SetScore(name, kind, metric, hub, summary, hubness_stats(np.concatenate(top), len(labels)))
 
 
+def plot_file(path: Path) -> Path:
+    """``path`` as :func:`plot_evaluation` saves it: with .png added when it has no suffix (matplotlib added it
+    unsaid); ValueError for a suffix matplotlib cannot write (found before, not after, the evaluation)."""
+    from matplotlib.figure import Figure
+
+    if not path.suffix:
+        return path.with_name(path.name + ".png")
+    kinds = Figure().canvas.get_supported_filetypes()
+    if path.suffix[1:].lower() not in kinds:
+        raise ValueError(f"cannot plot to {path}: use one of .{', .'.join(sorted(kinds))}")
+    return path
+
+
 def plot_evaluation(ev: Evaluation, path: Path) -> Path:
     """PNG of precision@k, mAP and nDCG@k per layer, with all-layers, fused and chance as reference lines."""
     from matplotlib.figure import Figure  # no pyplot: the process's backend stays the caller's
@@ -359,6 +372,7 @@ def plot_evaluation(ev: Evaluation, path: Path) -> Path:
     ax.set_title(f"{ev.model}: {ev.relevance} retrieval ({ev.n_tracks} tracks, {ev.n_classes} classes)")
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
+    path = plot_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     return path
