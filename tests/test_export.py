@@ -192,3 +192,35 @@ def test_a_run_with_no_vectors_yet_says_so_in_words(tmp_path: Path) -> None:
     said = " ".join(out.output.split())
     assert out.exit_code == 1 and "Traceback" not in said, said
     assert "no vectors for toy in this store yet; run `mess extract` first" in said, said
+
+
+def test_export_counts_the_files_that_failed_to_extract(extracted_store: Path, tmp_path: Path) -> None:
+    """A file the run failed on was in neither the rows nor any count (files_not_embedded leaves failures out):
+    '16 tracks of 16 tracks' for 17 catalogued files, and nothing in the file told a reader one was missing."""
+    import shutil
+
+    from mess.extract.pipeline import extract
+    from mess.models.registry import load_model
+
+    root = tmp_path / "store"
+    shutil.copytree(extracted_store, root)
+    with closing(FeatureStore(root)) as store:
+        good = Path(store.tracks(store.run("dsp"))[0].path)
+        broken = tmp_path / "broken.flac"
+        broken.write_bytes(good.read_bytes()[:3000])  # the header and no audio
+        summary = extract(store, [broken], load_model("dsp"), WindowPolicy())
+        assert len(summary.failed) == 1
+        run = store.run("dsp")
+        ids, _ = store.layer_matrix(run, 0)
+    for name in ("v.npz", "v.parquet"):
+        out = runner.invoke(app, ["export", str(tmp_path / name), "--model", "dsp", "--store", str(root)],
+                            env={"COLUMNS": "300"})
+        assert out.exit_code == 0, out.output
+        assert "1 files failed to extract and are not in the rows" in out.output
+    data = np.load(tmp_path / "v.npz")
+    np.testing.assert_array_equal(data["track_id"], ids)
+    assert int(data["files_failed"]) == 1 and int(data["files_not_embedded"]) == 0
+    meta = json.loads(pq.read_schema(tmp_path / "v.parquet").metadata[b"mess"])
+    assert meta["files_failed"] == 1
+    out = runner.invoke(app, ["export", str(tmp_path / "w.npz"), "--model", "dsp", "--store", str(root), "--json"])
+    assert json.loads(out.stdout)["files_failed"] == 1

@@ -42,6 +42,9 @@ def export_command(
     console.print(f"{summary.rows} {unit} of {summary.tracks} tracks x {len(summary.layers)} layers of "
                   f"{plain(run.model)} -> {plain(str(summary.path))}")
     not_embedded_note(summary.files_not_embedded, run.model)
+    if summary.files_failed:
+        console.print(f"[yellow]{summary.files_failed} files failed to extract and are not in the rows; "
+                      "`mess info --failures` says why[/]")
 
 
 def register(app: typer.Typer) -> None:

@@ -2,9 +2,10 @@
 
 ``npz``: one array per column (``track_id``, ``path``, tags, ``duration``, ``segment_start`` with
 segments) plus ``vectors_<layer>`` [rows, dim] float32 and ``layers``, ``model``, ``revision``,
-``files_not_embedded`` (catalogued files without vectors in the run, so not in the rows).
+``files_not_embedded`` (catalogued files with neither vectors nor a failure in the run) and ``files_failed``
+(files the run failed to extract, `mess info --failures`): neither is in the rows.
 ``parquet``: the same columns, each layer a fixed-size list<float32> column; model, revision,
-layer names and files_not_embedded in the schema metadata.
+layer names, files_not_embedded and files_failed in the schema metadata.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class ExportSummary:
     layers: tuple[str, ...]
     segments: bool
     files_not_embedded: int = 0  # catalogued files with neither vectors nor a recorded failure: not in the rows
+    files_failed: int = 0  # files the run failed to extract: not in the rows either
 
 
 def export_vectors(store: FeatureStore, run: Run, out: Path, fmt: str = "npz", *,
@@ -49,16 +51,17 @@ def export_vectors(store: FeatureStore, run: Run, out: Path, fmt: str = "npz", *
     if resolved(out).is_relative_to(resolved(store.root)):  # 'export STORE/catalog.sqlite' overwrote the catalog
         raise StoreError(f"{out} is inside the feature store {store.root}, whose files only mess writes; "
                          "export to a path outside it")
-    columns, vectors, missing = _columns(store, run, names, segments)
+    columns, vectors, missing, failed = _columns(store, run, names, segments)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"model": run.model, "revision": run.revision, "layers": names, "files_not_embedded": missing}
+    meta = {"model": run.model, "revision": run.revision, "layers": names, "files_not_embedded": missing,
+            "files_failed": failed}
     (_write_npz if fmt == "npz" else _write_parquet)(out, columns, vectors, meta)
     return ExportSummary(out, len(columns["track_id"]), len(set(columns["track_id"].tolist())), names, segments,
-                         missing)
+                         missing, failed)
 
 
 def _columns(store: FeatureStore, run: Run, names: tuple[str, ...],
-             segments: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
+             segments: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int, int]:
     vectors: dict[str, np.ndarray] = {}
     ids = starts = None
     with store.snapshot():  # tracks and every layer from one catalog version, though an extract may be committing
@@ -69,7 +72,7 @@ def _columns(store: FeatureStore, run: Run, names: tuple[str, ...],
             else:
                 ids, mat = store.layer_matrix(run, name)
             vectors[name] = mat
-        missing = len(store.unembedded(run))
+        missing, failed = len(store.unembedded(run)), len(store.failures(run))
     if ids is None or not len(ids):
         raise StoreError(f"no vectors for {run.model} in {store.root}; run `mess extract` first")
     columns: dict[str, np.ndarray] = {"track_id": ids.astype(np.int64)}
@@ -78,14 +81,15 @@ def _columns(store: FeatureStore, run: Run, names: tuple[str, ...],
     for tag in TAGS:
         columns[tag] = np.array([getattr(by_id[int(i)], tag) or "" for i in ids], dtype=str)
     columns["duration"] = np.array([by_id[int(i)].duration or np.nan for i in ids], dtype=np.float64)
-    return columns, vectors, missing
+    return columns, vectors, missing, failed
 
 
 def _write_npz(out: Path, columns: dict[str, np.ndarray], vectors: dict[str, np.ndarray], meta: dict) -> None:
     arrays = {**columns, **{f"vectors_{n}": v for n, v in vectors.items()},
               "layers": np.array(meta["layers"]), "model": np.array(meta["model"]),
               "revision": np.array(meta["revision"]),
-              "files_not_embedded": np.array(meta["files_not_embedded"])}
+              "files_not_embedded": np.array(meta["files_not_embedded"]),
+              "files_failed": np.array(meta["files_failed"])}
     with replacing(out) as f:  # a file object: np.savez would append .npz to other names
         np.savez(f, allow_pickle=False, **arrays)
 
