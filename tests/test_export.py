@@ -224,3 +224,24 @@ def test_export_counts_the_files_that_failed_to_extract(extracted_store: Path, t
     assert meta["files_failed"] == 1
     out = runner.invoke(app, ["export", str(tmp_path / "w.npz"), "--model", "dsp", "--store", str(root), "--json"])
     assert json.loads(out.stdout)["files_failed"] == 1
+
+
+@pytest.mark.parametrize("fmt", ["npz", "parquet"])
+def test_a_duration_of_zero_exports_as_zero_and_an_unknown_one_as_nan(tmp_path: Path, fmt: str) -> None:
+    """'duration or nan' turned a catalogued 0 s into NaN, as if it were unknown."""
+    store, run = _toy_store(tmp_path / "store")
+    with closing(store):
+        store.set_duration("hash-0", 0.0)
+        store.upsert_track(Path("/music/four.flac"), "hash-3", 1, 0.0, {}, {})  # no duration known
+        layers = [np.zeros(3, np.float32), np.zeros(2, np.float32)]
+        store.write_vectors(run, [TrackVectors("hash-3", layers, [v[None] for v in layers], [0.0])])
+        export_vectors(store, run, tmp_path / f"v.{fmt}", fmt)
+    if fmt == "npz":
+        data = np.load(tmp_path / "v.npz")
+        paths, durations = list(data["path"]), data["duration"]
+    else:
+        table = pq.read_table(tmp_path / "v.parquet")
+        paths, durations = table["path"].to_pylist(), table["duration"].to_numpy()
+    got = dict(zip(paths, durations.tolist(), strict=True))
+    assert got["/music/one.flac"] == 0.0 and got["/music/three.flac"] == 5.0
+    assert np.isnan(got["/music/four.flac"])

@@ -1,7 +1,7 @@
 """Vectors out of the store for research: per-track or per-segment rows with ids, paths and tags.
 
-``npz``: one array per column (``track_id``, ``path``, tags, ``duration``, ``segment_start`` with
-segments) plus ``vectors_<layer>`` [rows, dim] float32 and ``layers``, ``model``, ``revision``,
+``npz``: one array per column (``track_id``, ``path``, tags, ``duration`` (NaN where unknown),
+``segment_start`` with segments) plus ``vectors_<layer>`` [rows, dim] float32 and ``layers``, ``model``, ``revision``,
 ``files_not_embedded`` (catalogued files with neither vectors nor a failure in the run) and ``files_failed``
 (files the run failed to extract, `mess info --failures`): neither is in the rows.
 ``parquet``: the same columns, each layer a fixed-size list<float32> column; model, revision,
@@ -80,7 +80,8 @@ def _columns(store: FeatureStore, run: Run, names: tuple[str, ...],
         columns["segment_start"] = np.asarray(starts, dtype=np.float64)
     for tag in TAGS:
         columns[tag] = np.array([getattr(by_id[int(i)], tag) or "" for i in ids], dtype=str)
-    columns["duration"] = np.array([by_id[int(i)].duration or np.nan for i in ids], dtype=np.float64)
+    durations = (by_id[int(i)].duration for i in ids)  # 0 s is a duration: NaN only where none is known
+    columns["duration"] = np.array([np.nan if d is None else d for d in durations], dtype=np.float64)
     return columns, vectors, missing, failed
 
 
