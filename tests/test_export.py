@@ -226,6 +226,40 @@ def test_export_counts_the_files_that_failed_to_extract(extracted_store: Path, t
     assert json.loads(out.stdout)["files_failed"] == 1
 
 
+def test_export_says_which_run_of_a_model_extracted_twice(extracted_store: Path, tmp_path: Path) -> None:
+    """dsp extracted again with another --max-windows has two runs: the npz, parquet, --json and printed line
+    named neither the run nor its window policy, so a reader could not tell which run's vectors they held."""
+    import shutil
+
+    from mess.extract.pipeline import extract
+    from mess.models.registry import load_model
+
+    root = tmp_path / "store"
+    shutil.copytree(extracted_store, root)
+    with closing(FeatureStore(root)) as store:
+        some = [Path(t.path) for t in store.tracks(store.run("dsp"))[:2]]
+        assert not extract(store, some, load_model("dsp"), WindowPolicy(max_windows=1)).failed
+        run = store.run("dsp")  # the first run: it covers the most tracks
+        other = next(r for r in store.runs() if r.model == "dsp" and r.id != run.id)
+    assert run.policy != other.policy
+    for name in ("v.npz", "v.parquet"):
+        out = runner.invoke(app, ["export", str(tmp_path / name), "--model", "dsp", "--store", str(root)],
+                            env={"COLUMNS": "300"})
+        assert out.exit_code == 0, out.output
+        said = " ".join(out.output.split())
+        assert f"of dsp run {run.id} of 2 ->" in said and f"exported run {run.id}, revision {run.revision}" in said
+        assert f"up to 4 windows of 30 s, the one covering the most tracks; extract the collection again with run " \
+               f"{other.id}'s settings to move to it" in said
+    data = np.load(tmp_path / "v.npz")
+    assert (int(data["run_id"]), str(data["revision"]), str(data["policy"])) == (run.id, run.revision, run.policy)
+    meta = json.loads(pq.read_schema(tmp_path / "v.parquet").metadata[b"mess"])
+    assert (meta["run_id"], meta["model"], meta["revision"], meta["policy"]) == (run.id, "dsp", run.revision,
+                                                                                 run.policy)
+    out = runner.invoke(app, ["export", str(tmp_path / "w.npz"), "--model", "dsp", "--store", str(root), "--json"])
+    summary = json.loads(out.stdout)
+    assert (summary["run_id"], summary["revision"], summary["policy"]) == (run.id, run.revision, run.policy)
+
+
 @pytest.mark.parametrize("fmt", ["npz", "parquet"])
 def test_a_duration_of_zero_exports_as_zero_and_an_unknown_one_as_nan(tmp_path: Path, fmt: str) -> None:
     """'duration or nan' turned a catalogued 0 s into NaN, as if it were unknown."""

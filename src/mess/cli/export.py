@@ -9,6 +9,7 @@ import typer
 
 from mess.cli.common import console, emit_json, fail, json_clash, not_embedded_note, open_store, os_reason, plain
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, ModelOpt, StoreOpt
+from mess.store import Run
 
 
 def export_command(
@@ -31,20 +32,36 @@ def export_command(
     names = [x.strip() for item in layers or [] for x in item.split(",") if x.strip()] or None
     with open_store(store) as fs:
         run = fs.run(model)
+        runs = [r.id for r in fs.runs() if r.model == run.model]
         try:
             summary = export_vectors(fs, run, output, chosen, layers=names, segments=segments)
         except OSError as exc:
             fail(f"cannot write {output}: {os_reason(exc)}")
     if as_json:
-        emit_json({"model": run.model, **summary.__dict__, "layers": list(summary.layers)})
+        emit_json({"model": run.model, "run_id": run.id, "revision": run.revision, "policy": run.policy,
+                   **summary.__dict__, "layers": list(summary.layers)})
         return
     unit = "windows" if segments else "tracks"
+    which = f" run {run.id} of {len(runs)}" if len(runs) > 1 else ""
     console.print(f"{summary.rows} {unit} of {summary.tracks} tracks x {len(summary.layers)} layers of "
-                  f"{plain(run.model)} -> {plain(str(summary.path))}")
+                  f"{plain(run.model)}{which} -> {plain(str(summary.path))}")
+    if len(runs) > 1:
+        _which_run_note(run, runs)
     not_embedded_note(summary.files_not_embedded, run.model)
     if summary.files_failed:
         console.print(f"[yellow]{summary.files_failed} files failed to extract and are not in the rows; "
                       "`mess info --failures` says why[/]")
+
+
+def _which_run_note(run: Run, runs: list[int]) -> None:
+    """Say which of its model's runs (window policies or revisions) was exported, and why that one."""
+    from mess.extract.runs import run_policy
+
+    policy, newest = run_policy(run), max(runs)
+    newer = f"; extract the collection again with run {newest}'s settings to move to it" if run.id != newest else ""
+    console.print(f"[dim]{plain(run.model)} has {len(runs)} runs (`mess info` lists them): exported run {run.id}, "
+                  f"revision {plain(run.revision)}, up to {policy.max_windows} windows of {policy.window_seconds:g} s, "
+                  f"the one covering the most tracks{newer}[/]")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,11 +1,12 @@
 """Vectors out of the store for research: per-track or per-segment rows with ids, paths and tags.
 
-``npz``: one array per column (``track_id``, ``path``, tags, ``duration`` (NaN where unknown),
-``segment_start`` with segments) plus ``vectors_<layer>`` [rows, dim] float32 and ``layers``, ``model``, ``revision``,
-``files_not_embedded`` (catalogued files with neither vectors nor a failure in the run) and ``files_failed``
-(files the run failed to extract, `mess info --failures`): neither is in the rows.
-``parquet``: the same columns, each layer a fixed-size list<float32> column; model, revision,
-layer names, files_not_embedded and files_failed in the schema metadata.
+``npz``: one array per column (``track_id``, ``path``, tags, ``duration`` in seconds, NaN where unknown,
+``segment_start`` with segments) plus ``vectors_<layer>`` [rows, dim] float32 and ``layers``, ``model``,
+``run_id``, ``revision``, ``policy`` (the run's window policy as JSON: a model extracted again with another
+policy or revision has a second run), ``files_not_embedded`` (catalogued files with neither vectors nor a failure
+in the run) and ``files_failed`` (files the run failed to extract, `mess info --failures`): neither is in the rows.
+``parquet``: the same columns, each layer a fixed-size list<float32> column; model, run_id, revision, policy,
+layer names, files_not_embedded and files_failed in the schema metadata (``mess``, JSON).
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ def export_vectors(store: FeatureStore, run: Run, out: Path, fmt: str = "npz", *
                          "export to a path outside it")
     columns, vectors, missing, failed = _columns(store, run, names, segments)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"model": run.model, "revision": run.revision, "layers": names, "files_not_embedded": missing,
-            "files_failed": failed}
+    meta = {"model": run.model, "run_id": run.id, "revision": run.revision, "policy": run.policy, "layers": names,
+            "files_not_embedded": missing, "files_failed": failed}
     (_write_npz if fmt == "npz" else _write_parquet)(out, columns, vectors, meta)
     return ExportSummary(out, len(columns["track_id"]), len(set(columns["track_id"].tolist())), names, segments,
                          missing, failed)
@@ -88,7 +89,8 @@ def _columns(store: FeatureStore, run: Run, names: tuple[str, ...],
 def _write_npz(out: Path, columns: dict[str, np.ndarray], vectors: dict[str, np.ndarray], meta: dict) -> None:
     arrays = {**columns, **{f"vectors_{n}": v for n, v in vectors.items()},
               "layers": np.array(meta["layers"]), "model": np.array(meta["model"]),
-              "revision": np.array(meta["revision"]),
+              "run_id": np.array(meta["run_id"]), "revision": np.array(meta["revision"]),
+              "policy": np.array(meta["policy"]),
               "files_not_embedded": np.array(meta["files_not_embedded"]),
               "files_failed": np.array(meta["files_failed"])}
     with replacing(out) as f:  # a file object: np.savez would append .npz to other names
