@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 import typer
 from mutagen.flac import FLAC
 from scipy.stats import wilcoxon
@@ -561,3 +562,47 @@ def test_evaluate_plots_where_it_says_and_refuses_a_format_it_cannot_write(extra
     out = runner.invoke(app, [*args, "--plot", str(tmp_path / "quality.sqlite")])
     assert out.exit_code == 1 and "cannot plot to" in out.output and ".png" in out.output
     assert "Traceback" not in out.output and not (tmp_path / "quality.sqlite").exists()
+
+
+def test_a_checkpoint_is_refused_on_another_run_of_its_model(extracted_store: Path, tmp_path: Path) -> None:
+    """`mess fuse apply` fuses the model's run that covers the most tracks: after `mess extract --max-windows 8` made
+    a second dsp run, a network trained on the 4-window run fused the 8-window vectors it never saw, with only a
+    note that 'the store changed since training'. A checkpoint from before runs were recorded still applies, noted."""
+    root = tmp_path / "store"
+    shutil.copytree(extracted_store, root)
+    runner, app, store = CliRunner(), _app(), ["--store", str(root)]
+    out = runner.invoke(app, ["fuse", "train", "--model", "dsp", "--label", "composer", "--weight-epochs", "2",
+                              "--max-epochs", "0", *store, "--json"])
+    assert out.exit_code == 0, out.output
+    checkpoint = Path(json.loads(out.stdout)["checkpoint"])
+    with closing(FeatureStore(root)) as fs:
+        first = fs.run("dsp")
+        extract(fs, [Path(t.path) for t in fs.tracks(first)], load_model("dsp"), WindowPolicy(max_windows=8))
+        second = fs.run("dsp")  # as many tracks, newer: the run in use
+        assert second.id != first.id and run_policy(second).max_windows == 8
+    before = _files(root)
+    for command in ("apply", "report"):
+        out = runner.invoke(app, ["fuse", command, "--model", "dsp", *store], env={"COLUMNS": "400"})
+        assert out.exit_code == 1, out.output
+        assert (f"trained on dsp run {first.id} (max_windows 4); run {second.id} has max_windows 8; train again "
+                "with `mess fuse train`") in out.output and "Traceback" not in out.output
+    assert _files(root) == before  # no fused vectors of the 8-window run
+
+    # a checkpoint saved before the run's policy was recorded: its run cannot be checked, and it still applies
+    old = tmp_path / "old.pt"
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    torch.save({k: v for k, v in saved.items() if k not in ("policy", "run_id")}, old)
+    out = runner.invoke(app, ["fuse", "apply", "--model", "dsp", "--checkpoint", str(old), *store],
+                        env={"COLUMNS": "400"})
+    assert out.exit_code == 0, out.output
+    assert f"cannot check that it was trained on run {second.id}" in out.output
+    out = runner.invoke(app, ["fuse", "apply", "--model", "dsp", "--checkpoint", str(old), *store, "--json"])
+    assert f"run {second.id}" in json.loads(out.stdout)["run_note"]
+    # fused vectors of the 8-window run made by that old checkpoint; replaced by the 4-window one, an outside file
+    # (`mess similar FILE --fused`) is refused as well, not fused by a network that never saw this run
+    shutil.copy(checkpoint, old)
+    with closing(FeatureStore(root, readonly=True)) as fs:
+        audio, sr = sf.read(fs.tracks(second)[0].path, dtype="float32")
+        sf.write(tmp_path / "quieter.wav", 0.8 * audio, sr)
+        with pytest.raises(StoreError, match=f"trained on dsp run {first.id} .max_windows 4.; run {second.id}"):
+            similar_tracks(fs, second, resolve_query(fs, str(tmp_path / "quieter.wav"), second), k=3, fused=True)

@@ -144,7 +144,7 @@ def apply_command(
         path = _checkpoint(fs, checkpoint, model)
         try:
             result = load_checkpoint(path)
-            check_compatible(result, fs.run(model or result.model))
+            run_note = check_compatible(result, fs.run(model or result.model))
         except FusionError as exc:
             fail(str(exc))
         log_note = log_mismatch(fs.reports_dir, path)
@@ -154,9 +154,10 @@ def apply_command(
         except FusionError as exc:
             fail(str(exc))
     if as_json:
-        emit_json({**meta, "training_log_note": log_note})
+        emit_json({**meta, "training_log_note": log_note, "run_note": run_note})
         return
     note(log_note)
+    note(run_note)
     console.print(f"wrote {meta['tracks']} fused vectors ({meta['fusion_dim']}-d, trained on {meta['label']} labels) "
                   f"-> next: mess index --fused")
     if meta["missing"]:
@@ -187,7 +188,7 @@ def report_command(
         try:
             result = load_checkpoint(path)
             run = fs.run(model or result.model)
-            check_compatible(result, run)
+            run_note = check_compatible(result, run)
             report = compare(result, load_layers(fs, run), k)
         except (FusionError, ValueError) as exc:
             fail(str(exc))
@@ -198,6 +199,7 @@ def report_command(
         emit_json(report.to_dict())
         return
     note(report.training_log_note)
+    note(run_note)
     table = Table(title=f"held-out {report.label} labels: {report.n_test_labels} labels, {report.n_test_tracks} tracks")
     for col in ("method", "what", f"P@{k}", "mAP", f"nDCG@{k}"):
         table.add_column(col, justify="left" if col in ("method", "what") else "right")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,11 +14,34 @@ from mess.fusion.train import FusionResult, checkpoint_digest, embed, load_check
 from mess.store import FeatureStore, Run
 
 
-def check_compatible(result: FusionResult, run: Run) -> None:
-    """Raise FusionError unless the checkpoint was trained on this run's layers."""
+def check_compatible(result: FusionResult, run: Run) -> str | None:
+    """Raise FusionError unless the checkpoint was trained on this run's layers, weights revision and window policy
+    (another run of the model holds vectors the network never saw). Returns a one-line note for a checkpoint saved
+    before the policy was recorded: its revision is checked, its policy cannot be."""
     if (result.model, result.layer_names, result.layer_dims) != (run.model, run.layer_names, run.layer_dims):
         raise FusionError(f"checkpoint was trained on {result.model} layers {list(result.layer_names)}; "
                           f"run {run.id} is {run.model} with {list(run.layer_names)}")
+    if result.revision != run.revision or result.policy not in (None, run.policy):
+        trained = _identity(result.revision, result.policy)
+        here = _identity(run.revision, run.policy if result.policy is not None else None)
+        differ = [k for k in sorted(trained.keys() | here.keys()) if trained.get(k) != here.get(k)]
+        which = f"run {result.run_id}" if result.run_id is not None else "another run"
+        raise FusionError(f"checkpoint was trained on {result.model} {which} ({_fields(trained, differ)}); "
+                          f"run {run.id} has {_fields(here, differ)}; train again with `mess fuse train`")
+    if result.policy is None:
+        return (f"the checkpoint was saved before mess recorded the window policy of its run: cannot check that it "
+                f"was trained on run {run.id}'s vectors (train again with `mess fuse train` to record it)")
+    return None
+
+
+def _identity(revision: str, policy: str | None) -> dict[str, object]:
+    """A run's revision and window policy fields (none when unknown), to name what differs."""
+    return {"revision": revision, **(json.loads(policy) if policy is not None else {})}
+
+
+def _fields(identity: dict[str, object], keys: list[str]) -> str:
+    """``key value, ...`` for ``keys`` of ``identity``."""
+    return ", ".join(f"{k} {identity.get(k, '?')}" for k in keys)
 
 
 def apply_fusion(store: FeatureStore, checkpoint: Path, model: str | None = None) -> dict:

@@ -78,6 +78,8 @@ class FusionResult:
     data_hash: str
     best_epoch: int
     history: list[EpochLog] = field(default_factory=list)
+    policy: str | None = None  # the trained run's window policy JSON (None: a checkpoint from before it was saved)
+    run_id: int | None = None
 
     @property
     def stopped_early(self) -> bool:
@@ -91,7 +93,8 @@ class FusionResult:
 
     def meta(self) -> dict:
         """JSON-ready description (everything in the checkpoint except the weights)."""
-        return {"model": self.model, "revision": self.revision, "layer_names": list(self.layer_names),
+        return {"model": self.model, "revision": self.revision, "policy": self.policy, "run_id": self.run_id,
+                "layer_names": list(self.layer_names),
                 "layer_dims": list(self.layer_dims), "config": asdict(self.config), "split": self.split.to_json(),
                 "data_hash": self.data_hash, "best_epoch": self.best_epoch,
                 "history": [asdict(h) for h in self.history]}
@@ -191,7 +194,8 @@ def train_fusion(data: LayerData, config: FusionConfig,
     network.load_state_dict(best_state)
     network.eval()
     return FusionResult(network, config, data.run.model, data.run.revision, data.run.layer_names,
-                        data.run.layer_dims, split, data.data_hash(config.label), best_epoch, history)
+                        data.run.layer_dims, split, data.data_hash(config.label), best_epoch, history,
+                        data.run.policy, data.run.id)
 
 
 def checkpoint_path(store: FeatureStore, model: str) -> Path:
@@ -261,4 +265,4 @@ def load_checkpoint(path: Path) -> FusionResult:
     split = LabelSplit(*(tuple(saved["split"][p]) for p in ("train", "val", "test")))
     return FusionResult(network, config, saved["model"], saved["revision"], tuple(saved["layer_names"]),
                         tuple(saved["layer_dims"]), split, saved["data_hash"], saved["best_epoch"],
-                        [EpochLog(**h) for h in saved["history"]])
+                        [EpochLog(**h) for h in saved["history"]], saved.get("policy"), saved.get("run_id"))
