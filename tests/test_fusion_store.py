@@ -344,15 +344,24 @@ def _epochs(log: Path) -> int:
         return 0
 
 
-def test_evaluate_says_why_the_fused_row_is_left_out(extracted_store: Path, tmp_path: Path) -> None:
-    """A track extracted after `mess fuse apply` made `mess evaluate` drop the fused row without a word."""
+def _fused_copy(extracted_store: Path, tmp_path: Path, weight_epochs: int = 2) -> Path:
+    """A copy of the extracted store (``tmp_path``/store) whose dsp run has fused vectors, from a network trained
+    briefly on the composer tags and applied."""
     root = tmp_path / "store"
     shutil.copytree(extracted_store, root)
     with closing(FeatureStore(root)) as fs:
-        run, checkpoint = fs.run("dsp"), checkpoint_path(fs, "dsp")
-        save_checkpoint(train_fusion(load_layers(fs, run), FusionConfig(label="composer", weight_epochs=2,
-                                                                         max_epochs=0)), checkpoint)
+        checkpoint = checkpoint_path(fs, "dsp")
+        save_checkpoint(train_fusion(load_layers(fs, fs.run("dsp")), FusionConfig(
+            label="composer", weight_epochs=weight_epochs, max_epochs=0)), checkpoint)
         apply_fusion(fs, checkpoint, "dsp")
+    return root
+
+
+def test_evaluate_says_why_the_fused_row_is_left_out(extracted_store: Path, tmp_path: Path) -> None:
+    """A track extracted after `mess fuse apply` made `mess evaluate` drop the fused row without a word."""
+    root = _fused_copy(extracted_store, tmp_path)
+    with closing(FeatureStore(root)) as fs:
+        run = fs.run("dsp")
         original = fs.tracks(run)[0].path
         audio, sr = sf.read(original, dtype="float32")
         new = tmp_path / "new.flac"
@@ -455,14 +464,9 @@ def test_a_retrain_stopped_between_its_checkpoint_and_its_log_is_said(extracted_
 def test_index_and_similar_name_the_normalisation_fused_vectors_get(extracted_store: Path, tmp_path: Path) -> None:
     """`mess index --fused` printed '(zscore)' and `similar --fused --json` "norm": "zscore" while both used the
     fused vectors as made (never z-scored): the output named a normalisation that was not applied."""
-    root = tmp_path / "store"
-    shutil.copytree(extracted_store, root)
-    with closing(FeatureStore(root)) as fs:
-        run, checkpoint = fs.run("dsp"), checkpoint_path(fs, "dsp")
-        save_checkpoint(train_fusion(load_layers(fs, run), FusionConfig(label="composer", weight_epochs=2,
-                                                                         max_epochs=0)), checkpoint)
-        apply_fusion(fs, checkpoint, "dsp")
-        ids, fused = fs.derived_matrix(run, FUSED)
+    root = _fused_copy(extracted_store, tmp_path)
+    with closing(FeatureStore(root, readonly=True)) as fs:
+        ids, fused = fs.derived_matrix(fs.run("dsp"), FUSED)
     runner, app, store = CliRunner(), _app(), ["--store", str(root)]
     out = runner.invoke(app, ["index", "--fused", "--model", "dsp", *store, "--json"])
     assert out.exit_code == 0, out.output
@@ -487,13 +491,7 @@ def test_evaluate_does_not_crown_fused_vectors_scored_on_the_labels_they_learned
                                                                                 tmp_path: Path) -> None:
     """`mess evaluate --label composer` after `mess fuse train --label composer` scored the fused row on the very
     labels it was trained on and named it best, without a word: a training score shown as a comparison."""
-    root = tmp_path / "store"
-    shutil.copytree(extracted_store, root)
-    with closing(FeatureStore(root)) as fs:
-        run, checkpoint = fs.run("dsp"), checkpoint_path(fs, "dsp")
-        save_checkpoint(train_fusion(load_layers(fs, run), FusionConfig(label="composer", weight_epochs=4,
-                                                                         max_epochs=0)), checkpoint)
-        apply_fusion(fs, checkpoint, "dsp")
+    root = _fused_copy(extracted_store, tmp_path, weight_epochs=4)
     runner, app = CliRunner(), _app()
     args = ["evaluate", "--model", "dsp", "-k", "3", "--store", str(root), "--plot", str(tmp_path / "q.png")]
     ev = json.loads(runner.invoke(app, [*args, "--label", "composer", "--json"]).stdout)
@@ -512,13 +510,7 @@ def test_a_moved_store_fuses_an_outside_file_with_its_own_checkpoint(extracted_s
     """`fuse apply` recorded the checkpoint's absolute path: after the store was moved (or copied to another
     machine), `mess similar FILE --fused` failed with 'no fusion checkpoint ... run `mess fuse train` first'
     though the checkpoint was in the store."""
-    root = tmp_path / "store"
-    shutil.copytree(extracted_store, root)
-    with closing(FeatureStore(root)) as fs:
-        run, checkpoint = fs.run("dsp"), checkpoint_path(fs, "dsp")
-        save_checkpoint(train_fusion(load_layers(fs, run), FusionConfig(label="composer", weight_epochs=2,
-                                                                         max_epochs=0)), checkpoint)
-        apply_fusion(fs, checkpoint, "dsp")
+    root = _fused_copy(extracted_store, tmp_path)
     moved = tmp_path / "elsewhere" / "store"
     shutil.move(root, moved)
     with closing(FeatureStore(moved, readonly=True)) as fs:
