@@ -34,7 +34,7 @@ FULL_DISK = """
 import json, resource, signal, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
-from test_extract_writer import INFO, _catalogue, _group
+from test_extract_writer import INFO, _catalogue, _group, _refusals
 from mess.audio.windows import WindowPolicy
 from mess.extract.runs import run_key
 from mess.extract.writer import BackgroundWriter
@@ -55,19 +55,8 @@ largest = max(p.stat().st_size for p in root.rglob("*") if p.is_file())
 resource.setrlimit(resource.RLIMIT_FSIZE, (largest + 1024, largest + 1024))
 segments = (largest + 1024) // (2 * INFO.layer_dims[0]) + 1  # its first segment file grows past the limit
 big = _group("big", 1, segments)
-said = {}
 writer.submit(big, 1.0)
-deadline = time.monotonic() + 30
-while "submit" not in said and time.monotonic() < deadline:
-    try:
-        writer.submit(small, 1.0)
-    except StoreError as exc:
-        said["submit"] = str(exc)
-    time.sleep(0.01)
-try:
-    writer.close()
-except StoreError as exc:
-    said["close"] = str(exc)
+said = _refusals(writer, small, StoreError)
 last = BackgroundWriter(store, run, lambda n, s: commits.append([n, s]))
 last.submit(big, 1.0)
 try:
@@ -81,6 +70,24 @@ print(json.dumps({"said": said, "commits": commits, "segments": segments}))
 def _group(name: str, size: int, n_segments: int) -> list[TrackVectors]:
     """``size`` tracks' vectors, the same for the same arguments (the content hash is the track's name)."""
     return [_vectors(f"{name}{k}", n_segments, seed=sum(map(ord, name)) * 100 + k) for k in range(size)]
+
+
+def _refusals(writer: BackgroundWriter, group: list[TrackVectors], error: type[Exception]) -> dict[str, str]:
+    """Submit ``group`` until the writer refuses with ``error`` (30 s at most), then close it: the messages said,
+    under "submit" and "close" (a key is missing where that call did not raise)."""
+    said = {}
+    deadline = time.monotonic() + 30
+    while "submit" not in said and time.monotonic() < deadline:
+        try:
+            writer.submit(group, 1.0)
+        except error as exc:
+            said["submit"] = str(exc)
+        time.sleep(0.01)
+    try:
+        writer.close()
+    except error as exc:
+        said["close"] = str(exc)
+    return said
 
 
 def _catalogue(store: FeatureStore, groups: list[list[TrackVectors]]) -> None:
@@ -246,19 +253,7 @@ def test_an_on_commit_that_raises_surfaces_at_the_next_submit_and_at_close(tmp_p
     writer = BackgroundWriter(store, run, on_commit, max_pending=10**6)  # a dead writer must not block submit here
     writer.submit(first, 1.0)
     assert entered.wait(timeout=60)  # the first group is committed alone
-    said = {}
-    deadline = time.monotonic() + 30
-    while "submit" not in said and time.monotonic() < deadline:
-        try:
-            writer.submit(later, 1.0)
-        except RuntimeError as exc:
-            said["submit"] = str(exc)
-        time.sleep(0.01)
-    try:
-        writer.close()
-    except RuntimeError as exc:
-        said["close"] = str(exc)
-    assert said == {"submit": "progress display failed after 1 track(s)",
+    assert _refusals(writer, later, RuntimeError) == {"submit": "progress display failed after 1 track(s)",
                     "close": "progress display failed after 1 track(s)"}
     _assert_stored(tmp_path, [first])  # the commit before the callback stays
     store.close()
