@@ -316,7 +316,6 @@ def test_repair_sums_an_older_stores_rows_as_their_bytes_on_disk_reading_in_chun
     """`mess check --repair` records the sums of rows an older mess wrote (no checksums); it read every row file
     whole, all at once, to do it, and now reads each in chunks: each recorded sum is the CRC-32 of the row's bytes as
     the file holds them, for a file whose windows straddle two chunks too."""
-    import zlib
 
     from mess.store.check import check_and_repair
 
@@ -329,12 +328,19 @@ def test_repair_sums_an_older_stores_rows_as_their_bytes_on_disk_reading_in_chun
         "toy (run 1): recorded the checksums of 1365 files' vectors (written by an older mess)"]
     files = {(level, i): store.row_file(run, level, i).path.read_bytes() for level in ("track", "segment")
              for i in range(2)}
+    _assert_sums_are_the_rows(store, files, INFO.layer_dims)
+
+
+def _assert_sums_are_the_rows(store: FeatureStore, files: dict[tuple[str, int], bytes],
+                              dims: tuple[int, ...]) -> None:
+    """Every catalogued track's recorded checksums are the CRC-32s of its float16 rows in ``files`` ((level, layer)
+    -> the row file's bytes), track rows first, then segment rows, layer by layer."""
+    import zlib
+
     for content_hash, track_row, seg_row, n, blob in store.db.execute(
             "SELECT content_hash, track_row, seg_row, n_segments, checksums FROM vectors"):
-        want = [zlib.crc32(files["track", i][track_row * d * 2:(track_row + 1) * d * 2])
-                for i, d in enumerate(INFO.layer_dims)]
-        want += [zlib.crc32(files["segment", i][seg_row * d * 2:(seg_row + n) * d * 2])
-                 for i, d in enumerate(INFO.layer_dims)]
+        want = [zlib.crc32(files["track", i][track_row * d * 2:(track_row + 1) * d * 2]) for i, d in enumerate(dims)]
+        want += [zlib.crc32(files["segment", i][seg_row * d * 2:(seg_row + n) * d * 2]) for i, d in enumerate(dims)]
         assert np.frombuffer(blob, dtype="<u4").tolist() == want, content_hash
 
 
@@ -343,7 +349,6 @@ def test_repair_records_an_older_stores_sums_from_the_scan_it_acts_on_without_re
     """`mess check --repair` on an older store read its row files once more to sum them, after the scan it acts on
     had read them: with the check of what it left, each file three times. It records the sums that scan took, so
     each file is read twice (bytes read by this process, from /proc), and the sums are still the files' bytes."""
-    import zlib
 
     from mess.store.check import check_and_repair
 
@@ -368,13 +373,7 @@ def test_repair_records_an_older_stores_sums_from_the_scan_it_acts_on_without_re
                                             "an older mess)"])
     read = bytes_read() - before
     assert 2 * size <= read < 2.5 * size, (read, size)
-    for content_hash, track_row, seg_row, n, blob in store.db.execute(
-            "SELECT content_hash, track_row, seg_row, n_segments, checksums FROM vectors"):
-        want = [zlib.crc32(files["track", i][track_row * d * 2:(track_row + 1) * d * 2])
-                for i, d in enumerate(wide.layer_dims)]
-        want += [zlib.crc32(files["segment", i][seg_row * d * 2:(seg_row + n) * d * 2])
-                 for i, d in enumerate(wide.layer_dims)]
-        assert np.frombuffer(blob, dtype="<u4").tolist() == want, content_hash
+    _assert_sums_are_the_rows(store, files, wide.layer_dims)
     store.close()
 
 
