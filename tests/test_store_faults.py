@@ -1029,6 +1029,20 @@ def _wait_for(path: Path, text: str, seconds: float) -> bool:
     return False
 
 
+def _repair_behind_a_writer(store: Path, tmp_path: Path, holder: str, meanwhile: Callable[[], object]
+                            ) -> tuple[int, dict, str]:
+    """Run `mess check --repair --json` while this process holds the store's write lock as ``holder``; once the
+    repair says it waits for the lock, do ``meanwhile``, then let go. (exit code, JSON report, stderr)."""
+    err = tmp_path / "repair.err"
+    with StoreLock(store).hold(holder), err.open("w") as stderr:
+        repair = subprocess.Popen([*MESS, "check", "--repair", "--json", "--store", str(store)],
+                                  stdout=subprocess.PIPE, stderr=stderr, text=True)
+        assert _wait_for(err, "waiting for the store lock", 30), err.read_text()
+        meanwhile()
+    out, _ = repair.communicate(timeout=300)
+    return repair.returncode, json.loads(out), err.read_text()
+
+
 def test_repair_acts_on_a_scan_under_the_lock_not_on_an_earlier_check(tmp_path: Path) -> None:
     """`mess check --repair` dropped what its check had found before it took the write lock: damage another writer
     mended while it waited for the lock cost a good file its vectors. It scans again under the lock, and acts on
@@ -1041,15 +1055,9 @@ def test_repair_acts_on_a_scan_under_the_lock_not_on_an_earlier_check(tmp_path: 
     good = path.read_bytes()
     _damage_row(store, np.nan)
     assert _check_kinds(store) == (1, ["non-finite"])
-    err = tmp_path / "repair.err"
-    with StoreLock(store).hold("a writer that mends"), err.open("w") as stderr:
-        repair = subprocess.Popen([*MESS, "check", "--repair", "--json", "--store", str(store)],
-                                  stdout=subprocess.PIPE, stderr=stderr, text=True)
-        _wait_for(err, "waiting for the store lock", 30)  # an older mess said nothing: it had scanned by then
-        path.write_bytes(good)  # mended while the repair waits
-    out, _ = repair.communicate(timeout=300)
-    report = json.loads(out)
-    assert repair.returncode == 0 and report["ok"] and report["repaired"] == [], (report, err.read_text())
+    # mended while the repair waits (an older mess had scanned by then, and said nothing of waiting)
+    code, report, said = _repair_behind_a_writer(store, tmp_path, "a writer that mends", lambda: path.write_bytes(good))
+    assert code == 0 and report["ok"] and report["repaired"] == [], (report, said)
     _assert_same(_by_path(store), want)
 
 
@@ -1063,15 +1071,9 @@ def test_repair_acts_on_damage_that_came_after_the_check_while_it_waited_for_the
     want = _clean(music, store)
     _damage_row(store, np.nan)
     assert _check_kinds(store) == (1, ["non-finite"])
-    err = tmp_path / "repair.err"
-    with StoreLock(store).hold("a writer that damages"), err.open("w") as stderr:
-        repair = subprocess.Popen([*MESS, "check", "--repair", "--json", "--store", str(store)],
-                                  stdout=subprocess.PIPE, stderr=stderr, text=True)
-        assert _wait_for(err, "waiting for the store lock", 30), err.read_text()
-        _flip_bit(store, "segment", "tone03.wav")  # damaged while the repair waits
-    out, _ = repair.communicate(timeout=300)
-    report = json.loads(out)
-    assert repair.returncode == 0 and report["ok"], (report, err.read_text())
+    code, report, said = _repair_behind_a_writer(store, tmp_path, "a writer that damages",
+                                                 lambda: _flip_bit(store, "segment", "tone03.wav"))
+    assert code == 0 and report["ok"], (report, said)
     assert any("dropped the vectors of 2 files" in line for line in report["repaired"]), report
     (left,) = report["problems"]
     assert left["kind"] == "not-embedded" and "2 files" in left["message"] and "tone03.wav" in left["message"], left
