@@ -182,7 +182,7 @@ def server(extracted_store: Path) -> Iterator[str]:
 
 
 def test_page_click_a_track_shows_neighbours(server: str, tmp_path: Path, record_property) -> None:
-    expected = httpx.get(f"{server}/api/map", params={"model": "dsp"}).json()["points"]
+    expected = httpx.get(f"{server}/api/map", params={"model": "dsp"}, timeout=TIMEOUT).json()["points"]
     browser = Browser(tmp_path / "profile")
     try:
         browser.open(server + "/")
@@ -201,7 +201,8 @@ def test_page_click_a_track_shows_neighbours(server: str, tmp_path: Path, record
         assert browser.evaluate("document.getElementById('now-title').textContent") == target["name"]
         assert browser.evaluate("document.getElementById('player').src").endswith(f"/api/tracks/{target['id']}/audio")
         shown = browser.evaluate("[...document.querySelectorAll('#neighbours button.track')].map(b => +b.dataset.id)")
-        api = httpx.get(f"{server}/api/tracks/{target['id']}/similar", params={"model": "dsp", "k": 10}).json()
+        api = httpx.get(f"{server}/api/tracks/{target['id']}/similar", params={"model": "dsp", "k": 10},
+                        timeout=TIMEOUT).json()
         assert shown == [r["id"] for r in api["results"]] and target["id"] not in shown
         assert browser.wait_for("document.querySelectorAll('#neighbours .chip').length") >= count
         assert browser.wait_for("document.getElementById('player').readyState >= 1"), "audio did not load"
@@ -281,10 +282,10 @@ def test_neighbours_of_a_track_clicked_earlier_never_replace_the_later_ones(rend
     extract(store, rendered_collection, DspModel(), WindowPolicy())
     store.close()
     with _serving(tmp_path / "store", "dsp") as url:
-        points = httpx.get(f"{url}/api/map").json()["points"]
+        points = httpx.get(f"{url}/api/map", timeout=TIMEOUT).json()["points"]
         first, second = points[0], next(p for p in points if p["artist"] != points[0]["artist"])
         expected = {p["id"]: [r["id"] for r in httpx.get(f"{url}/api/tracks/{p['id']}/similar",
-                                                          params={"k": 10}).json()["results"]]
+                                                          params={"k": 10}, timeout=TIMEOUT).json()["results"]]
                     for p in (first, second)}
         assert expected[first["id"]] != expected[second["id"]]
         browser = Browser(tmp_path / "profile")
