@@ -370,3 +370,22 @@ def test_mpd_host_may_carry_the_password_as_mpc_reads_it(rendered_collection: li
         out = play("wrong@127.0.0.1")
         assert out.exit_code == 1 and out.output.count("\n") == 1 and "refused the password" in out.output
         assert "wrong" not in out.output.replace("incorrect password", "")
+
+
+@pytest.mark.parametrize("state", ["play", "pause", "stop"])
+def test_mpd_play_append_leaves_what_mpd_plays_alone(library: Library, state: str) -> None:
+    """`mess mpd play --append` jumped to the first added track, cutting off the song MPD was playing; now the
+    songs are only added, and the first of them starts only when MPD was stopped."""
+    a, b, c, d = library.songs
+    playlist = library.root / "append.m3u8"
+    playlist.write_text(f"{library.root / 'music' / c}\n{library.root / 'music' / d}\n")
+    library.set_queue([a, b])
+    with connect("127.0.0.1", library.port) as client:
+        client.play(1)
+        {"pause": lambda: client.pause(1), "stop": client.stop, "play": lambda: None}[state]()
+    out = library.mpd("play", "--append", str(playlist))
+    assert out.exit_code == 0 and "queued 2 tracks" in out.output, out.output
+    with connect("127.0.0.1", library.port) as client:
+        status, current = client.status(), client.currentsong()
+    assert library.queue() == [a, b, c, d]
+    assert (status["state"], current["file"]) == (("play", c) if state == "stop" else (state, b))

@@ -58,7 +58,9 @@ def radio_command(
 
 def play_command(
     playlist: Annotated[Path, typer.Argument(help="An .m3u8 / .m3u or .xspf file.")],
-    append: Annotated[bool, typer.Option("--append", help="Add to the queue instead of replacing it.")] = False,
+    append: Annotated[bool, typer.Option("--append", help="Add to the end of the queue instead of replacing it; "
+                                         "what MPD plays goes on (the first added starts only when MPD is "
+                                         "stopped).")] = False,
     music_dir: MusicDirOpt = None,
     host: HostOpt = "localhost",
     port: PortOpt = 6600,
@@ -79,7 +81,7 @@ def play_command(
     if as_json:
         emit_json({"queued": uris, "unknown": unknown})
         return
-    console.print(f"playing {len(uris)} tracks from {plain(str(playlist))}")
+    console.print(f"{'queued' if append else 'playing'} {len(uris)} tracks from {plain(str(playlist))}")
     _print_unknown(unknown)
 
 

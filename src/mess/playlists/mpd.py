@@ -206,7 +206,8 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
 
 def play_files(client: MPDClient, paths: Sequence[Path], *, append: bool = False,
                music_dir: Path | None = None) -> tuple[list[str], list[Path]]:
-    """Replace (or with ``append`` extend) MPD's queue with ``paths`` and start playing.
+    """Replace MPD's queue with ``paths`` and play them; with ``append``, add them to its end and leave what MPD
+    plays (or has paused) alone, starting the first added only when MPD was stopped.
 
     Returns the queued URIs and the paths MPD does not know (skipped). PlayerError when MPD
     knows none of them, the queue then unchanged.
@@ -218,9 +219,11 @@ def play_files(client: MPDClient, paths: Sequence[Path], *, append: bool = False
             "is its music folder the collection's?"
         raise PlayerError(f"MPD's database has none of the playlist's files ({folder} "
                           "update MPD's database?); the queue is unchanged")
-    length = _queue_length(client)
+    status = client.status()
+    length = int(status.get("playlistlength", 0))
     _append(client, uris)
     if not append and length:
         client.delete((0, length))
-    client.play(length if append else 0)
+    if not append or status.get("state") == "stop":
+        client.play(length if append else 0)
     return uris, unknown
