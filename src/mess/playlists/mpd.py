@@ -25,6 +25,7 @@ from mess.query import resolve_query
 from mess.store import FeatureStore, Run, Track
 
 DEFAULT_PORT = 6600
+MAX_PRIORITY = 255  # MPD's highest song priority (random mode plays higher ones first)
 
 
 class PlayerError(Exception):
@@ -145,16 +146,16 @@ def _queue_length(client: MPDClient) -> int:
     return int(client.status().get("playlistlength", 0))
 
 
-def _append(client: MPDClient, uris: Sequence[str], at: int | None = None) -> None:
+def _append(client: MPDClient, uris: Sequence[str], at: int | None = None) -> list[str]:
     """Put ``uris`` into MPD's queue from position ``at`` on (else at its end), all or none (what was added is
-    removed when MPD refuses one)."""
+    removed when MPD refuses one); returns their song ids."""
     length = _queue_length(client)
     start = length if at is None else at
     try:
         client.command_list_ok_begin()
         for i, uri in enumerate(uris):
             client.addid(uri, start + i)
-        client.command_list_end()
+        return [str(song_id) for song_id in client.command_list_end()]
     except CommandError as exc:
         added = _queue_length(client) - length
         if added > 0:
@@ -162,10 +163,22 @@ def _append(client: MPDClient, uris: Sequence[str], at: int | None = None) -> No
         raise PlayerError(f"MPD refused to queue the tracks ({exc}); the queue is unchanged") from exc
 
 
+def _next_in_random_mode(client: MPDClient, ids: Sequence[str]) -> None:
+    """In random mode, give the songs ``ids`` MPD's highest priorities, falling in their order (255, 254, ...,
+    at least 1), so that they play next and in order (MPD resets a song's priority once it has played)."""
+    if client.status().get("random") != "1" or not ids:
+        return
+    client.command_list_ok_begin()
+    for i, song_id in enumerate(ids):
+        client.prioid(max(MAX_PRIORITY - i, 1), song_id)
+    client.command_list_end()
+
+
 def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *, window: int = DEFAULT_WINDOW,
                 aspect: str | None = None, clear_upcoming: bool = False,
                 music_dir: Path | None = None) -> tuple[Playlist, list[str], list[Path]]:
-    """Queue a radio seeded by MPD's current song right after the song MPD plays (before the songs queued later).
+    """Queue a radio seeded by MPD's current song right after the song MPD plays (before the songs queued later);
+    in random mode the radio's songs get MPD's highest priorities, so that they play next and in order there too.
 
     Returns the playlist, the queued URIs and the tracks MPD does not know (skipped). The radio leaves out the
     songs queued after the current one (else heard twice); with ``clear_upcoming`` those are removed instead
@@ -198,7 +211,7 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     now = client.currentsong()  # the radio took a while: MPD may have moved on to the next song
     length = _queue_length(client)
     pos = int(now["pos"]) if "pos" in now else length - 1
-    _append(client, uris, pos + 1)
+    _next_in_random_mode(client, _append(client, uris, pos + 1))
     if clear_upcoming and length > pos + 1:
         client.delete((pos + 1 + len(uris), length + len(uris)))
     return playlist, uris, unknown
