@@ -197,6 +197,38 @@ def test_clusters_into_a_folder_keep_the_users_own_numbered_playlists(tmp_path: 
     assert {p: p.read_text() for p in mine} == mine
 
 
+def test_clusters_replace_the_cluster_playlists_written_before_the_list_existed(tmp_path: Path) -> None:
+    """A folder of cluster playlists written before `.mess-clusters` existed kept them all beside the new run's
+    (old clusters accumulated); mess's own are now recognised by being byte for byte what it writes, while the
+    user's playlists there stay, even one named and headed like a cluster's or a radio mess wrote."""
+    music, store, out = tmp_path / "music", tmp_path / "store", tmp_path / "clusters"
+    files = [_flac(music / f"{i}.flac", 3 * i, artist=f"Artist {i % 3}", title=str(i)) for i in range(6)]
+    assert runner.invoke(app, ["extract", str(music), "--model", "dsp", "--store", str(store)]).exit_code == 0
+    out.mkdir()
+    for k, fmt in (("3", "m3u8"), ("2", "xspf")):  # two older runs into `out`, which listed nothing
+        result = runner.invoke(app, ["playlist", "clusters", "-k", k, "-o", str(tmp_path / k), "--format", fmt,
+                                     "--store", str(store)])
+        assert result.exit_code == 0, result.output
+        for written in (tmp_path / k).glob("[!.]*"):  # the tracks lie outside both folders: the same bytes
+            written.rename(out / written.name)
+    result = runner.invoke(app, ["playlist", "radio", "0.flac", "-n", "2", "-o", str(out / "03-radio-artist-0-0.m3u8"),
+                                 "--store", str(store)])
+    assert result.exit_code == 0 and "#PLAYLIST:radio: Artist 0 - 0\n" in (out / "03-radio-artist-0-0.m3u8"
+                                                                           ).read_text(), result.output
+    mine = {out / "01-favourites.m3u8": f"{files[0]}\n",
+            out / "02-road-trip.m3u8": f"#EXTM3U\n#PLAYLIST:Road trip\n#EXTINF:4,on the way\n{files[1]}\n",
+            out / "03-radio-artist-0-0.m3u8": (out / "03-radio-artist-0-0.m3u8").read_text()}
+    for path, text in mine.items():
+        path.write_text(text)
+    assert len(list(out.iterdir())) == 3 + 2 + len(mine)
+    result = runner.invoke(app, ["playlist", "clusters", "-k", "2", "-o", str(out), "--store", str(store)])
+    assert result.exit_code == 0, result.output
+    written = sorted(p for p in out.iterdir() if p not in mine and not p.name.startswith("."))
+    assert len(written) == 2 and all(p.suffix == ".m3u8" for p in written), written
+    assert sorted(p for f in written for p in read_playlist(f)) == sorted(files)
+    assert {p: p.read_text() for p in mine} == mine
+
+
 def test_playlists_name_their_tracks_whose_files_are_gone(tmp_path: Path) -> None:
     """A track deleted from disk since extraction went into radio and path playlists without a word (players then
     stop on it or skip it); the playlist's note names it and says how to forget it."""

@@ -89,8 +89,8 @@ def clusters_command(
     k: Annotated[int | None, typer.Option("-k", min=1, help="How many playlists (default: sqrt(tracks / 2)).")] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Folder to write one playlist per cluster into "
-                                  "(replacing the cluster playlists an earlier run wrote there, listed in its "
-                                  ".mess-clusters; other files are left alone).")
+                                  "(replacing the cluster playlists an earlier run wrote there: listed in its "
+                                  ".mess-clusters, or exactly as mess writes them; other files are left alone).")
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="m3u8 (or m3u) or xspf (with -o).")] = "m3u8",
     aspect: AspectOpt = None,

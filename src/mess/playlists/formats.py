@@ -22,7 +22,7 @@ from mess.store.paths import displayable, one_line, replace_file, resolved
 
 FORMATS = {".m3u8": "m3u8", ".m3u": "m3u8", ".xspf": "xspf"}
 XSPF_NS = "http://xspf.org/ns/0/"
-_CLUSTER_FILE = re.compile(r"\d{2,}-[\w-]+\.(m3u8|xspf)")  # the names write_cluster_folder gives
+_CLUSTER_FILE = re.compile(r"\d{2,}-(?P<slug>[\w-]+)\.(?:m3u8|xspf)")  # the names write_cluster_folder gives
 CLUSTER_LIST = ".mess-clusters"  # in a clusters folder: the names of the playlists the last run wrote, one a line
 
 
@@ -166,24 +166,59 @@ def _unquote(text: str) -> str:
 def write_cluster_folder(playlists: list[Playlist], folder: Path, fmt: str = "m3u8") -> list[Path]:
     """One file per playlist in ``folder`` (created), named ``NN-title.EXT``; returns the paths.
 
-    The cluster playlists an earlier run wrote there (listed in its ``.mess-clusters``) and not written now are
-    removed, once the new ones are written: left beside them, they read as more clusters, some tracks in two.
-    Other files, such as the user's own ``01-favourites.m3u8``, are left alone.
+    The cluster playlists an earlier run wrote there and not written now are removed, once the new ones are
+    written: left beside them, they read as more clusters, some tracks in two. Earlier runs' playlists are those
+    listed in its ``.mess-clusters`` and those :func:`_earlier_cluster_file` recognises (written before the list
+    was). Other files, such as the user's own ``01-favourites.m3u8``, are left alone.
     """
     fmt = format_named(fmt)
     folder = Path(folder).expanduser()
     contents = {}
     for i, p in enumerate(playlists, start=1):
-        slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in p.title.casefold()).strip("-")
-        slug = "-".join(part for part in slug.split("-") if part)[:60] or "cluster"
-        path = folder / f"{i:02d}-{slug}.{fmt}"
+        path = folder / f"{i:02d}-{_slug(p.title)}.{fmt}"
         contents[path] = _content(p, path, fmt)
     listed = folder / CLUSTER_LIST
     earlier = set(os.fsdecode(listed.read_bytes()).splitlines()) if listed.is_file() else set()
+    by_path = {t.path: t for p in playlists for t in p.tracks}
+    unlisted = {f.name for f in folder.iterdir() if _earlier_cluster_file(f, by_path)} if folder.is_dir() else set()
     for path, data in contents.items():  # all built first: a failure leaves no file half-written
         replace_file(path, data)
     replace_file(listed, b"".join(os.fsencode(p.name) + b"\n" for p in contents))
-    for name in sorted(earlier - {p.name for p in contents}):
+    for name in sorted((earlier | unlisted) - {p.name for p in contents}):
         if _CLUSTER_FILE.fullmatch(name) and (folder / name).is_file():
             (folder / name).unlink()
     return list(contents)
+
+
+def _slug(title: str) -> str:
+    """The file-name part of a cluster playlist's title: letters, digits, '_' and single '-', at most 60."""
+    slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in title.casefold()).strip("-")
+    return "-".join(part for part in slug.split("-") if part)[:60] or "cluster"
+
+
+def _earlier_cluster_file(path: Path, by_path: dict[str, Track]) -> bool:
+    """Whether ``path`` is a cluster playlist mess wrote: named ``NN-`` and its title's slug, a title no radio or
+    path has, tracks all of ``by_path`` (the collection's, by path), and byte for byte what mess writes for that
+    title and those tracks. A playlist the user made or edited differs in some byte and is never taken for one."""
+    match = _CLUSTER_FILE.fullmatch(path.name)
+    if match is None or not path.is_file():
+        return False
+    try:
+        data = path.read_bytes()
+        tracks = tuple(by_path[str(p)] for p in read_playlist(path))
+        title = _title(data, playlist_format(path))
+    except (KeyError, PlaylistError, OSError, ET.ParseError):
+        return False
+    if title is None or title.startswith(("radio: ", "path: ")) or _slug(title) != match["slug"]:
+        return False
+    return _content(Playlist(title, tracks, (0.0,) * len(tracks)), path, playlist_format(path)) == data
+
+
+def _title(data: bytes, fmt: str) -> str | None:
+    """The playlist title a file's bytes hold (M3U8's ``#PLAYLIST:`` second line, XSPF's title), if any."""
+    if fmt == "m3u8":
+        lines = data.split(b"\n", 2)
+        line = lines[1] if len(lines) > 1 else b""
+        return line.removeprefix(b"#PLAYLIST:").decode("utf-8", "surrogateescape") if line.startswith(b"#PLAYLIST:") \
+            else None
+    return ET.fromstring(data).findtext(f"{{{XSPF_NS}}}title")
