@@ -230,8 +230,8 @@ def test_clusters_replace_the_cluster_playlists_written_before_the_list_existed(
 
 
 def test_playlists_name_their_tracks_whose_files_are_gone(tmp_path: Path) -> None:
-    """A track deleted from disk since extraction went into radio and path playlists without a word (players then
-    stop on it or skip it); the playlist's note names it and says how to forget it."""
+    """A track deleted from disk since extraction went into radio, path and cluster playlists without a word
+    (players then stop on it or skip it); the playlist's note names it and says how to forget it."""
     import json
 
     music, store = tmp_path / "music", tmp_path / "store"
@@ -246,6 +246,12 @@ def test_playlists_name_their_tracks_whose_files_are_gone(tmp_path: Path) -> Non
         assert "no longer on disk" in data["note"] and "2.flac" in data["note"] and "--prune" in data["note"]
         out = runner.invoke(app, ["playlist", *args, "--store", str(store)], env={"COLUMNS": "300"})
         assert out.exit_code == 0 and "no longer on disk" in out.output and "2.flac" in out.output, out.output
+    out = runner.invoke(app, ["playlist", "clusters", "-k", "2", "--json", "--store", str(store)])
+    assert out.exit_code == 0, out.output
+    notes = {str(files[2]) in {t["path"] for t in c["tracks"]}: c["note"] for c in json.loads(out.stdout)["playlists"]}
+    assert "2.flac" in notes[True] and "--prune" in notes[True] and notes[False] == ""
+    out = runner.invoke(app, ["playlist", "clusters", "-k", "2", "--store", str(store)], env={"COLUMNS": "300"})
+    assert out.exit_code == 0 and "no longer on disk" in out.output and "2.flac" in out.output, out.output
     for seed in ("1.flac", "4.flac"):
         data = json.loads(runner.invoke(app, ["playlist", "radio", seed, "-n", "1", "--json", "--store", str(store)]
                                         ).stdout)

@@ -106,7 +106,7 @@ def clusters_command(
     with open_store(store) as fs:
         run = fs.run(model)
         try:
-            playlists = clusters(fs, run, k, aspect=aspect)
+            playlists = [_with_gone_note(p) for p in clusters(fs, run, k, aspect=aspect)]
             files = write_cluster_folder(playlists, output, fmt) if output is not None else []
         except PlaylistError as exc:
             fail(str(exc))
@@ -124,12 +124,20 @@ def clusters_command(
             }
         )
         return
-    table = Table(title=plain(f"{len(playlists)} clusters  [{run.model}]"))
+    _print_clusters(playlists, files, run.model)
+
+
+def _print_clusters(playlists: list[Playlist], files: list[Path], model: str) -> None:
+    """The clusters as a table, then each one's note (tracks no longer on disk) and the files written."""
+    table = Table(title=plain(f"{len(playlists)} clusters  [{model}]"))
     for col in ("#", "name", "tracks", "first tracks"):
         table.add_column(col, justify="right" if col in ("#", "tracks") else "left")
     for i, p in enumerate(playlists, start=1):
         table.add_row(str(i), plain(p.title), str(len(p)), plain("; ".join(t.name for t in p.tracks[:3])))
     console.print(table)
+    for i, p in enumerate(playlists, start=1):
+        if p.note:
+            console.print(f"[yellow]{i}. {plain(p.note)}[/]")
     for f in files:
         console.print(f"[dim]{plain(str(f))}[/]")
 
