@@ -81,6 +81,30 @@ def test_radio_from_two_seeds_takes_the_closest_to_either(real: FeatureStore) ->
     np.testing.assert_allclose(playlist.scores, expected, atol=1e-5)
 
 
+def test_radio_seeds_take_turns_with_blend_turns(tmp_path: Path) -> None:
+    """Two seeds, A in a dense corner (its neighbours at cosine 0.98 .. 0.82), B in a sparse one (0.71 .. 0.34): by
+    the nearest seed A's neighbours took every slot; with --blend turns the seeds add their next closest in turn."""
+    points = {"A": np.eye(4)[0], "B": np.eye(4)[2],
+              **{f"a{d}": np.array([np.cos(np.radians(d)), np.sin(np.radians(d)), 0, 0]) for d in range(10, 40, 5)},
+              **{f"b{d}": np.array([0, 0, np.cos(np.radians(d)), np.sin(np.radians(d))]) for d in range(45, 75, 5)}}
+    store, run = _arc_store(tmp_path / "store", points)
+    seeds = [resolve_query(store, f"{name}.wav", run) for name in ("A", "B")]
+
+    def titles(blend: str) -> list[str | None]:
+        return [t.title for t in radio(store, run, seeds, 6, norm="none", blend=blend).tracks]
+
+    assert titles("nearest") == ["a10", "a15", "a20", "a25", "a30", "a35"]
+    assert titles("turns") == ["a10", "b45", "a15", "b50", "a20", "b55"]
+    store.close()
+    out = runner.invoke(app, ["playlist", "radio", "A.wav", "B.wav", "-n", "6", "--blend", "turns", "--json",
+                              "--model", "arc", "--store", str(tmp_path / "store")])
+    assert out.exit_code == 0, out.output
+    assert sum(t["title"].startswith("b") for t in json.loads(out.stdout)["tracks"]) == 3
+    out = runner.invoke(app, ["playlist", "radio", "A.wav", "B.wav", "--blend", "fair", "--model", "arc",
+                              "--store", str(tmp_path / "store")])
+    assert out.exit_code == 1 and out.output.count("\n") == 1 and "nearest or turns" in out.output, out.output
+
+
 def test_near_duplicates_are_recognised(real: FeatureStore) -> None:
     run = real.run("musicnn-msd")
     vs = load_vectors(real, run, VectorSpec("all"))

@@ -40,6 +40,9 @@ def radio_command(
             help="An artist does not come back within this many tracks (1: only never twice in a row).",
         ),
     ] = 3,
+    blend: Annotated[str, typer.Option("--blend", help="Several seeds: nearest (by cosine to the nearest seed; one "
+                                       "may take every slot) or turns (the seeds take turns, each adding its next "
+                                       "closest track).")] = "nearest",
     model: ModelOpt = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
     as_json: JsonOpt = False,
@@ -53,7 +56,7 @@ def radio_command(
         run = fs.run(model)
         queries = [resolve_query(fs, s, run) for s in seeds]
         try:
-            playlist = radio(fs, run, queries, n, aspect=aspect, window=window)
+            playlist = radio(fs, run, queries, n, aspect=aspect, window=window, blend=blend)
         except PlaylistError as exc:
             fail(str(exc))
         stale_aspect_note(fs, run, aspect)

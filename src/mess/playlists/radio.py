@@ -15,10 +15,12 @@ from mess.store import FeatureStore, Run
 
 DEFAULT_WINDOW = 3
 POOL_PER_TRACK = 50
+BLENDS = ("nearest", "turns")  # how several seeds share a radio: see radio()
 
 
 def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 30, *, aspect: str | None = None,
-          window: int = DEFAULT_WINDOW, norm: Norm = DEFAULT_NORM, exclude: frozenset[int] = frozenset()) -> Playlist:
+          window: int = DEFAULT_WINDOW, norm: Norm = DEFAULT_NORM, exclude: frozenset[int] = frozenset(),
+          blend: str = "nearest") -> Playlist:
     """Up to ``n`` tracks ordered by closeness to the nearest seed (cosine), seeds left out.
 
     No artist plays twice in a row, and none within ``window`` tracks (the seeds count as what
@@ -31,22 +33,29 @@ def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 3
         aspect: compare in the layer ``mess probe`` chose for this aspect instead of all layers.
         window: tracks within which an artist may not repeat (1 = only not twice in a row).
         exclude: ids of tracks never to pick (those a player has queued already).
+        blend: with several seeds, 'nearest' orders the tracks by cosine to the nearest seed (a seed in a dense
+            part of the collection may take every slot); 'turns' lets the seeds take turns, each adding its
+            next closest track (by rank, so each seed's neighbours get an even share). Scores stay the cosine
+            to the nearest seed.
     """
     if not seeds:
         raise PlaylistError("give at least one seed track")
     if n < 1 or window < 1:
         raise PlaylistError("-n and --window must be at least 1")
+    if blend not in BLENDS:
+        raise PlaylistError(f"unknown --blend {blend!r}; use {' or '.join(BLENDS)}")
     tracks = store.tracks(run)
     vs = load_vectors(store, run, VectorSpec.from_options(aspect=aspect, norm=norm), tracks)
     unit, by_id = vs.unit(), track_by_id(tracks)
     seed_units = np.stack([query_unit(store, vs, s) for s in seeds])
-    closeness = (unit @ seed_units.T).max(axis=1)
+    sims = unit @ seed_units.T
+    closeness = sims.max(axis=1)
     guard = DuplicateGuard(unit.shape[1])
     for s, u in zip(seeds, seed_units, strict=False):
         guard.add(u, s.track, s.content_hash)
         if s.replaces is not None:  # a seed file changed since extraction: its stale entry is no pick
             guard.add(u, s.replaces)
-    order = np.argsort(-closeness, kind="stable")
+    order = np.argsort(-closeness, kind="stable") if blend == "nearest" else _in_turns(sims)
     if exclude:
         order = order[~np.isin(vs.ids[order], np.fromiter(exclude, dtype=np.int64))]
     pool = [int(r) for r in order[:max(POOL_PER_TRACK * n, 1000)]]
@@ -78,3 +87,10 @@ def _next(pool: list[int], artists: list[str], history: list[str], window: int) 
             if artist not in recent:
                 return row
     return None
+
+
+def _in_turns(sims: np.ndarray) -> np.ndarray:
+    """Rows (of ``sims``: rows x seeds cosines) in turns: each seed's closest, then each seed's second closest,
+    and so on; a row comes at its best rank for any seed."""
+    ranks = np.argsort(np.argsort(-sims, axis=0, kind="stable"), axis=0, kind="stable")
+    return np.argsort(ranks.min(axis=1) * sims.shape[1] + ranks.argmin(axis=1), kind="stable")
