@@ -419,3 +419,41 @@ def test_mpd_radio_plays_next_and_in_order_in_random_mode(mpd_port: int, extract
         with connect("127.0.0.1", mpd_port) as client:
             client.random(0)
     assert played == [Path(t.path).name for t in expected]
+
+
+def test_mpd_follows_symbolic_links_in_its_music_folder(rendered_collection: list[Path], tmp_path: Path) -> None:
+    """A folder linked into MPD's music folder (music/linked -> elsewhere/album) is stored by extraction where the
+    link leads, so with --music-dir a song there was 'not in the collection' (`mpd radio`) and 'not in MPD's
+    database' (`mpd play`); MPD's songs now map to the collection's files through the links."""
+    from mess.audio.discover import find_audio
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.registry import load_model
+
+    root = tmp_path.resolve()
+    music, album, home = root / "music", root / "elsewhere" / "album", root / "mpd"
+    for folder in (music, album, home):
+        folder.mkdir(parents=True)
+    for source in rendered_collection[0:16:4]:
+        shutil.copy(source, music)
+    for source in rendered_collection[1:16:4]:
+        shutil.copy(source, album)
+    (music / "linked").symlink_to(album)
+    with closing(FeatureStore(root / "store")) as store:
+        assert not extract(store, find_audio([music]), load_model("dsp"), WindowPolicy()).failed
+        assert all(t.path.startswith(str(album)) == ("/" in t.path.removeprefix(f"{music}/"))
+                   for t in store.tracks())  # the linked songs are stored where the link leads
+    linked = sorted(f"linked/{p.name}" for p in album.iterdir())
+    with _mpd(music, home) as port:
+        library = Library(port, root, [], "")
+        library.set_queue([linked[0], linked[1]])
+        out = library.radio("-n", "5", "--music-dir", str(music))
+        assert out.exit_code == 0, out.output
+        queue = library.queue()
+        assert queue[0] == linked[0] and queue[-1] == linked[1] and queue.count(linked[1]) == 1  # not queued twice
+        assert len(queue) == 7 and "not in MPD's database" not in out.output, out.output
+        playlist = root / "list.m3u8"
+        playlist.write_text(f"{album / Path(linked[2]).name}\n{music / Path(queue[1]).name}\n")
+        out = library.mpd("play", str(playlist), "--music-dir", str(music))
+        assert out.exit_code == 0 and "not in MPD's database" not in out.output, out.output
+        assert library.queue()[0] == linked[2]

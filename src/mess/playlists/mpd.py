@@ -11,7 +11,7 @@ UTF-8 travel both ways as the disk has them (python-mpd2 alone raised on reading
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -23,6 +23,7 @@ from mess.playlists.playlist import Playlist
 from mess.playlists.radio import DEFAULT_WINDOW, radio
 from mess.query import resolve_query
 from mess.store import FeatureStore, Run, Track
+from mess.store.paths import resolved
 
 DEFAULT_PORT = 6600
 MAX_PRIORITY = 255  # MPD's highest song priority (random mode plays higher ones first)
@@ -102,13 +103,21 @@ def collection_track(tracks: Sequence[Track], uri: str, music_dir: Path | None =
     """The collection track MPD plays as ``uri``: the file ``music_dir/uri`` when the music folder is known,
     else the one track whose path ends with ``uri`` (PlayerError naming them when several do)."""
     if music_dir is not None:
-        return next((t for t in tracks if t.path == str(music_dir / uri)), None)
+        path = collection_path(music_dir, uri, {t.path for t in tracks})
+        return next((t for t in tracks if t.path == path), None)
     tail = "/" + uri.lstrip("/")
     found = [t for t in tracks if t.path.endswith(tail) or t.path == uri]
     if len(found) > 1:
         raise PlayerError(f"MPD's current song {uri} may be any of {', '.join(t.path for t in found)}; "
                           "pass --music-dir (MPD's music folder)")
     return found[0] if found else None
+
+
+def collection_path(music_dir: Path, uri: str, paths: Container[str]) -> str:
+    """The collection's path of MPD's song ``uri``: ``music_dir/uri``, else where its symbolic links lead (as
+    extraction stores it), e.g. for a folder linked into the music folder."""
+    path = str(music_dir / uri)
+    return path if path in paths else str(resolved(path))
 
 
 def song_uri(client: MPDClient, path: Path, music_dir: Path | None = None) -> str | None:
@@ -122,7 +131,10 @@ def song_uri(client: MPDClient, path: Path, music_dir: Path | None = None) -> st
     for song in client.search("file", path.name):
         uri = song.get("file", "")
         other = music_dir / uri if music_dir is not None else None  # the file MPD means, as seen from here
-        if str(path).endswith("/" + uri) and not (other and other.exists() and other.resolve() != path.resolve()):
+        if other is not None and other.exists():
+            if resolved(other) == resolved(path):  # also through a symbolic link in the music folder
+                return uri
+        elif str(path).endswith("/" + uri):
             return uri
     return None
 
@@ -201,7 +213,8 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
         music_dir = Path(seed.path[:len(seed.path) - len(song["file"])])
     by_path = {t.path: t.id for t in tracks}
     upcoming = [] if clear_upcoming else client.playlistinfo()[int(song.get("pos", 0)) + 1:]
-    queued = frozenset(by_path[p] for s in upcoming if (p := str(music_dir / s.get("file", ""))) in by_path)
+    queued = frozenset(by_path[p] for s in upcoming if (p := collection_path(music_dir, s.get("file", ""), by_path))
+                       in by_path)
     playlist = radio(store, run, [resolve_query(store, Path(seed.path), run)], n, aspect=aspect, window=window,
                      exclude=queued)
     uris, unknown = known_uris(client, [Path(t.path) for t in playlist.tracks], music_dir)
