@@ -186,6 +186,14 @@ def _next_in_random_mode(client: MPDClient, ids: Sequence[str]) -> None:
     client.command_list_end()
 
 
+def _still_to_play(client: MPDClient, pos: int, clear_upcoming: bool) -> list[dict]:
+    """The queued songs that may play after the current one (at ``pos``): those after it (none with
+    ``clear_upcoming``: they go), and in random mode those before it (MPD picks from the whole queue there)."""
+    queue = client.playlistinfo()
+    before = queue[:pos] if client.status().get("random") == "1" else []
+    return before + ([] if clear_upcoming else queue[pos + 1:])
+
+
 def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *, window: int = DEFAULT_WINDOW,
                 aspect: str | None = None, clear_upcoming: bool = False,
                 music_dir: Path | None = None) -> tuple[Playlist, list[str], list[Path]]:
@@ -193,8 +201,8 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     in random mode the radio's songs get MPD's highest priorities, so that they play next and in order there too.
 
     Returns the playlist, the queued URIs and the tracks MPD does not know (skipped). The radio leaves out the
-    songs queued after the current one (else heard twice); with ``clear_upcoming`` those are removed instead
-    (once the radio is queued).
+    songs queued after the current one (else heard twice), in random mode also those before it; with
+    ``clear_upcoming`` the songs after it are removed instead (once the radio is queued).
     A current song whose file changed since extraction seeds as it is now (embedded, with a warning).
     """
     song = client.currentsong()
@@ -212,7 +220,7 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     if music_dir is None:
         music_dir = Path(seed.path[:len(seed.path) - len(song["file"])])
     by_path = {t.path: t.id for t in tracks}
-    upcoming = [] if clear_upcoming else client.playlistinfo()[int(song.get("pos", 0)) + 1:]
+    upcoming = _still_to_play(client, int(song.get("pos", 0)), clear_upcoming)
     queued = frozenset(by_path[p] for s in upcoming if (p := collection_path(music_dir, s.get("file", ""), by_path))
                        in by_path)
     playlist = radio(store, run, [resolve_query(store, Path(seed.path), run)], n, aspect=aspect, window=window,
