@@ -215,6 +215,10 @@ def test_mpd_play_skips_files_mpd_lacks_and_keeps_the_queue(library: Library) ->
         out = library.mpd("play", str(playlist), *args)
         assert out.exit_code == 1 and out.output.count("\n") == 1 and "none of the playlist's files" in out.output
         assert library.queue() == [a, b]  # untouched
+    playlist.write_text("#EXTM3U\n#PLAYLIST:empty\n")  # said MPD's database lacked its files: update it?
+    out = library.mpd("play", str(playlist))
+    assert out.exit_code == 1 and out.output.count("\n") == 1 and "holds no tracks" in out.output, out.output
+    assert library.queue() == [a, b]
 
 
 def test_mpd_radio_skips_tracks_mpd_lacks(library: Library) -> None:

@@ -243,9 +243,11 @@ def play_files(client: MPDClient, paths: Sequence[Path], *, append: bool = False
     """Replace MPD's queue with ``paths`` and play them; with ``append``, add them to its end and leave what MPD
     plays (or has paused) alone, starting the first added only when MPD was stopped.
 
-    Returns the queued URIs and the paths MPD does not know (skipped). PlayerError when MPD
+    Returns the queued URIs and the paths MPD does not know (skipped). PlayerError when there are none or MPD
     knows none of them, the queue then unchanged.
     """
+    if not paths:
+        raise PlayerError("the playlist holds no tracks; the queue is unchanged")
     music_dir = Path(music_dir).expanduser().resolve() if music_dir is not None else None
     uris, unknown = known_uris(client, paths, music_dir)
     if not uris:
