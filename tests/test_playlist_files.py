@@ -229,6 +229,22 @@ def test_clusters_replace_the_cluster_playlists_written_before_the_list_existed(
     assert {p: p.read_text() for p in mine} == mine
 
 
+def test_clusters_never_overwrite_a_users_playlist_of_the_same_name(tmp_path: Path) -> None:
+    """`clusters -o DIR` wrote over a user's playlist there that had the name of a new cluster playlist (their own
+    '01-artist-0-artist-2.m3u8', say); now it stops with one line naming the file, and writes nothing."""
+    music, store, out = tmp_path / "music", tmp_path / "store", tmp_path / "playlists"
+    files = [_flac(music / f"{i}.flac", 3 * i, artist=f"Artist {i % 3}", title=str(i)) for i in range(6)]
+    assert runner.invoke(app, ["extract", str(music), "--model", "dsp", "--store", str(store)]).exit_code == 0
+    args = ["playlist", "clusters", "-k", "2", "--store", str(store)]
+    assert runner.invoke(app, [*args, "-o", str(tmp_path / "first")]).exit_code == 0
+    name = sorted(p.name for p in (tmp_path / "first").glob("[!.]*"))[0]
+    out.mkdir()
+    (out / name).write_text(f"{files[0]}\n")
+    result = runner.invoke(app, [*args, "-o", str(out)])
+    assert result.exit_code == 1 and result.output.count("\n") == 1 and name in result.output, result.output
+    assert [p.name for p in out.iterdir()] == [name] and (out / name).read_text() == f"{files[0]}\n"
+
+
 def test_playlists_name_their_tracks_whose_files_are_gone(tmp_path: Path) -> None:
     """A track deleted from disk since extraction went into radio, path and cluster playlists without a word
     (players then stop on it or skip it); the playlist's note names it and says how to forget it."""

@@ -169,7 +169,8 @@ def write_cluster_folder(playlists: list[Playlist], folder: Path, fmt: str = "m3
     The cluster playlists an earlier run wrote there and not written now are removed, once the new ones are
     written: left beside them, they read as more clusters, some tracks in two. Earlier runs' playlists are those
     listed in its ``.mess-clusters`` and those :func:`_earlier_cluster_file` recognises (written before the list
-    was). Other files, such as the user's own ``01-favourites.m3u8``, are left alone.
+    was). Other files, such as the user's own ``01-favourites.m3u8``, are left alone; PlaylistError, nothing
+    written, when one of them has the name of a new cluster playlist.
     """
     fmt = format_named(fmt)
     folder = Path(folder).expanduser()
@@ -181,6 +182,10 @@ def write_cluster_folder(playlists: list[Playlist], folder: Path, fmt: str = "m3
     earlier = set(os.fsdecode(listed.read_bytes()).splitlines()) if listed.is_file() else set()
     by_path = {t.path: t for p in playlists for t in p.tracks}
     unlisted = {f.name for f in folder.iterdir() if _earlier_cluster_file(f, by_path)} if folder.is_dir() else set()
+    theirs = [p for p in contents if os.path.lexists(p) and p.name not in earlier | unlisted]
+    if theirs:
+        raise PlaylistError(f"{theirs[0]} is there already and is no cluster playlist mess wrote; move it, or write "
+                            "the clusters into another folder")
     for path, data in contents.items():  # all built first: a failure leaves no file half-written
         replace_file(path, data)
     replace_file(listed, b"".join(os.fsencode(p.name) + b"\n" for p in contents))
