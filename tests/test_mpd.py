@@ -453,6 +453,8 @@ def test_mpd_follows_symbolic_links_in_its_music_folder(rendered_collection: lis
     with _mpd(music, home) as port:
         library = Library(port, root, [], "")
         library.set_queue([linked[0], linked[1]])
+        out = library.radio("-n", "5")  # the link's name is not the folder's: MPD's song is found by --music-dir
+        assert out.exit_code == 1 and out.output.count("\n") == 1 and "--music-dir" in out.output, out.output
         out = library.radio("-n", "5", "--music-dir", str(music))
         assert out.exit_code == 0, out.output
         queue = library.queue()

@@ -215,8 +215,9 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
         raise PlayerError(f"MPD's current song {song['file']} is not {music_dir / song['file']} but the store holds "
                           f"a file of that name elsewhere: is --music-dir {music_dir} MPD's music folder?")
     if seed is None:
+        hint = "" if music_dir is not None else " (or, where symbolic links lead into it, pass it as --music-dir)"
         raise PlayerError(f"MPD's current song {song['file']} is not in the collection of this store; "
-                          "run `mess extract` on MPD's music folder")
+                          f"run `mess extract` on MPD's music folder{hint}")
     if music_dir is None:
         music_dir = Path(seed.path[:len(seed.path) - len(song["file"])])
     by_path = {t.path: t.id for t in tracks}
