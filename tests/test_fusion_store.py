@@ -598,3 +598,28 @@ def test_a_checkpoint_is_refused_on_another_run_of_its_model(extracted_store: Pa
         sf.write(tmp_path / "quieter.wav", 0.8 * audio, sr)
         with pytest.raises(StoreError, match=f"trained on dsp run {first.id} .max_windows 4.; run {second.id}"):
             similar_tracks(fs, second, resolve_query(fs, str(tmp_path / "quieter.wav"), second), k=3, fused=True)
+
+
+def test_two_checkpoints_of_one_file_name_keep_their_own_training_logs(writable: Path, tmp_path: Path) -> None:
+    """Training logs were named after the checkpoint's file name only: training a/net.pt, then b/net.pt wrote both
+    logs to fusion-net-train.json, and `fuse apply --checkpoint a/net.pt` said its log described another one."""
+    runner, app = CliRunner(), _app()
+    logs = {}
+    for folder in ("a", "b"):
+        checkpoint = tmp_path / folder / "net.pt"
+        checkpoint.parent.mkdir()
+        out = runner.invoke(app, ["fuse", "train", "--model", "dsp", "--label", "composer", "--weight-epochs", "1",
+                                  "--max-epochs", "0", "--seed", str(len(logs)), "--checkpoint", str(checkpoint),
+                                  "--store", str(writable), "--json"])
+        assert out.exit_code == 0, out.output
+        logs[checkpoint] = Path(json.loads(out.stdout)["log"])
+    assert len(set(logs.values())) == 2
+    for checkpoint, log in logs.items():
+        summary = json.loads(log.read_text())["summary"]
+        assert summary["checkpoint"] == str(checkpoint)
+        assert summary["checkpoint_sha256"] == checkpoint_digest(checkpoint)
+        assert log.name.startswith("fusion-net-") and log.name.endswith("-train.json")  # still says whose it is
+        out = runner.invoke(app, ["fuse", "apply", "--checkpoint", str(checkpoint), "--store", str(writable),
+                                  "--json"])
+        assert out.exit_code == 0, out.output
+        assert json.loads(out.stdout)["training_log_note"] is None

@@ -147,7 +147,7 @@ def apply_command(
             run_note = check_compatible(result, fs.run(model or result.model))
         except FusionError as exc:
             fail(str(exc))
-        log_note = log_mismatch(fs.reports_dir, path)
+        log_note = log_mismatch(fs, path)
     with open_store(store, readonly=False) as fs:
         try:
             meta = apply_fusion(fs, path, model)
@@ -193,7 +193,7 @@ def report_command(
         except (FusionError, ValueError) as exc:
             fail(str(exc))
         attach_probe(report, fs, run.id)
-        report.training_log_note = log_mismatch(fs.reports_dir, path)  # in the files too, not only on the console
+        report.training_log_note = log_mismatch(fs, path)  # in the files too, not only on the console
         write_report(report, fs.reports_dir)
     if as_json:
         emit_json(report.to_dict())

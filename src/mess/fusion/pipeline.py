@@ -23,14 +23,14 @@ class Trained:
 def train_and_save(store: FeatureStore, run: Run, config: FusionConfig, path: Path,
                    on_epoch: Callable[[EpochLog], None] | None = None) -> Trained:
     """Train the fusion network on ``run``'s layer vectors, save it at ``path`` (.pt and .json), and log the
-    run to STORE/reports/fusion-<stem>-train.json (and MLflow under STORE/mlruns when installed). Epochs are
-    logged to fusion-<stem>-train.partial.json until the checkpoint is saved; the log then records the checkpoint's
+    run to :func:`mess.fusion.tracking.training_log_path` (and MLflow under STORE/mlruns when installed). Epochs
+    are logged beside it (.partial.json) until the checkpoint is saved; the log then records the checkpoint's
     SHA-256, so a run killed between the two is told apart (:func:`mess.fusion.tracking.log_mismatch`).
 
     Raises FusionError or ValueError (before anything is written) when the data cannot be trained on.
     """
     data = load_layers(store, run)
-    log = TrainingLog(training_log_path(store.reports_dir, path),
+    log = TrainingLog(training_log_path(store, path),
                       {"model": run.model, "run_id": run.id, **asdict(config)}, store.root / "mlruns")
 
     def epoch(entry: EpochLog) -> None:

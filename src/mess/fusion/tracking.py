@@ -9,19 +9,22 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mess.fusion.train import EpochLog, checkpoint_digest
+from mess.store import FeatureStore
 from mess.store.paths import replace_file
+from mess.store.reports import fusion_stem
 
 
-def training_log_path(reports_dir: Path, checkpoint: Path) -> Path:
-    """Where `mess fuse train` logs the training of ``checkpoint``: REPORTS/fusion-<stem>-train.json."""
-    return reports_dir / f"fusion-{checkpoint.stem}-train.json"
+def training_log_path(store: FeatureStore, checkpoint: Path) -> Path:
+    """Where `mess fuse train` logs the training of ``checkpoint``: STORE/reports/<fusion_stem>-train.json
+    (:func:`mess.store.reports.fusion_stem`: one log per checkpoint, though two share a file name)."""
+    return store.reports_dir / f"{fusion_stem(store.root, checkpoint)}-train.json"
 
 
-def log_mismatch(reports_dir: Path, checkpoint: Path) -> str | None:
+def log_mismatch(store: FeatureStore, checkpoint: Path) -> str | None:
     """A note when the training log of ``checkpoint`` describes another checkpoint (its recorded SHA-256 differs):
     a `mess fuse train` stopped after saving the checkpoint, before replacing the log. None when they agree, or
     when either is missing or the log predates the record."""
-    log = training_log_path(reports_dir, checkpoint)
+    log = training_log_path(store, checkpoint)
     try:
         summary = json.loads(log.read_text(encoding="utf-8")).get("summary") or {}
         recorded = summary.get("checkpoint_sha256")

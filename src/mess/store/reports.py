@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
 
 from mess.constants import PROBE_KINDS
+from mess.store.paths import resolved
 
 
 def slug(text: str) -> str:
     """``text`` made safe as part of a file name: every run of other characters than ASCII letters, digits,
     ``_``, ``.`` and ``-`` becomes one ``_``."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+def fusion_stem(store_root: Path, checkpoint: Path) -> str:
+    """The name a fusion checkpoint's training log and report files start with: ``fusion-<file stem>-<10 hex>``,
+    the hex a SHA-256 of where the checkpoint is (relative to the store when inside it, so a moved store keeps
+    the names): two checkpoints of one file name in two folders never share a log or a report."""
+    target, root = resolved(checkpoint), resolved(store_root)
+    where = target.relative_to(root).as_posix() if target.is_relative_to(root) else str(target)
+    return f"fusion-{slug(checkpoint.stem)}-{hashlib.sha256(where.encode()).hexdigest()[:10]}"
 
 
 def report_paths(folder: Path, model: str, run_id: int, probe: str, *, partial: bool = False) -> dict[str, Path]:
