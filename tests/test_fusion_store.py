@@ -45,6 +45,7 @@ from mess.query import resolve_query
 from mess.search.query import similar_tracks
 from mess.search.vectors import VectorSpec, load_vectors
 from mess.store import FeatureStore, Run, StoreError, Track
+from mess.store.reports import fusion_stem
 
 MODELS = ("dsp", "musicnn-msd")
 
@@ -449,7 +450,7 @@ def test_a_retrain_stopped_between_its_checkpoint_and_its_log_is_said(extracted_
     retrained = train_fusion(data, FusionConfig(label="composer", weight_epochs=2, max_epochs=0, seed=3))
     save_checkpoint(retrained, checkpoint)  # the checkpoint is replaced; the log still describes the one before
     want = f"the training log {log} describes another checkpoint than {checkpoint}"
-    written = root / "reports" / "fusion-dsp"
+    written = root / "reports" / fusion_stem(root, checkpoint)
     for cmd in readers:
         assert f"note: {want}" in said(cmd)
         assert json.loads(CliRunner().invoke(_app(), [*cmd, "--json"]).stdout)["training_log_note"].startswith(want)
@@ -623,3 +624,26 @@ def test_two_checkpoints_of_one_file_name_keep_their_own_training_logs(writable:
                                   "--json"])
         assert out.exit_code == 0, out.output
         assert json.loads(out.stdout)["training_log_note"] is None
+
+
+def test_reports_of_two_checkpoints_of_one_model_are_kept_apart(extracted_store: Path, tmp_path: Path) -> None:
+    """`mess fuse report` named its files after the model (fusion-dsp.json, .md, .png): reporting a second
+    checkpoint of dsp overwrote the first one's report."""
+    root = tmp_path / "store"
+    shutil.copytree(extracted_store, root)
+    runner, app, store = CliRunner(), _app(), ["--store", str(root)]
+    reports = {}
+    for seed, checkpoint in enumerate((root / "fusion" / "dsp.pt", tmp_path / "other.pt")):
+        out = runner.invoke(app, ["fuse", "train", "--model", "dsp", "--label", "composer", "--weight-epochs", "2",
+                                  "--max-epochs", "0", "--seed", str(seed), "--checkpoint", str(checkpoint), *store])
+        assert out.exit_code == 0, out.output
+        out = runner.invoke(app, ["fuse", "report", "-k", "3", "--checkpoint", str(checkpoint), *store, "--json"])
+        assert out.exit_code == 0, out.output
+        reports[checkpoint] = json.loads(out.stdout)
+    first, second = reports.values()
+    assert first["layer_weights"] != second["layer_weights"]  # two networks, two reports
+    for checkpoint, report in reports.items():
+        files = {ext: Path(path) for ext, path in report["files"].items()}
+        assert all(p.parent == root / "reports" and p.stat().st_size > 0 for p in files.values())
+        assert json.loads(files["json"].read_text())["layer_weights"] == report["layer_weights"]  # not overwritten
+        assert files["json"].name.startswith(f"fusion-{checkpoint.stem}-")  # says whose report it is

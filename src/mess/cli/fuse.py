@@ -182,6 +182,7 @@ def report_command(
     from mess.fusion.report import attach_probe, compare, write_report
     from mess.fusion.tracking import log_mismatch
     from mess.fusion.train import load_checkpoint
+    from mess.store.reports import fusion_stem
 
     with open_store(store) as fs:
         path = _checkpoint(fs, checkpoint, model)
@@ -194,7 +195,7 @@ def report_command(
             fail(str(exc))
         attach_probe(report, fs, run.id)
         report.training_log_note = log_mismatch(fs, path)  # in the files too, not only on the console
-        write_report(report, fs.reports_dir)
+        write_report(report, fs.reports_dir, fusion_stem(fs.root, path))
     if as_json:
         emit_json(report.to_dict())
         return

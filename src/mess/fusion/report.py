@@ -19,7 +19,6 @@ from mess.fusion.train import FusionResult, embed, initial_network
 from mess.search.metrics import RetrievalScores, chance_scores
 from mess.search.vectors import NORMS, Norm, Preprocessor
 from mess.store import FeatureStore
-from mess.store.reports import slug
 
 MIN_TRACKS, MIN_LABELS = 50, 5  # below either, the held-out comparison is reported as inconclusive
 ALPHA = 0.05  # the verdict names a winner only when the paired Wilcoxon test is below this
@@ -250,10 +249,12 @@ def markdown(report: FusionReport) -> str:
     return "\n".join(lines)
 
 
-def write_report(report: FusionReport, folder: Path) -> dict[str, str]:
-    """Write fusion-<model>.json / .md / .png into ``folder``; returns their paths."""
+def write_report(report: FusionReport, folder: Path, name: str) -> dict[str, str]:
+    """Write ``name``.json / .md / .png into ``folder`` (`mess fuse report`: the checkpoint's
+    :func:`mess.store.reports.fusion_stem`, so two checkpoints' reports never overwrite each other); returns
+    their paths."""
     folder.mkdir(parents=True, exist_ok=True)
-    stem = folder / f"fusion-{slug(report.model)}"
+    stem = folder / name
     report.files = {ext: str(stem.with_suffix(f".{ext}")) for ext in ("json", "md", "png")}
     plot(report, Path(report.files["png"]))
     Path(report.files["md"]).write_text(markdown(report))
