@@ -647,3 +647,33 @@ def test_reports_of_two_checkpoints_of_one_model_are_kept_apart(extracted_store:
         assert all(p.parent == root / "reports" and p.stat().st_size > 0 for p in files.values())
         assert json.loads(files["json"].read_text())["layer_weights"] == report["layer_weights"]  # not overwritten
         assert files["json"].name.startswith(f"fusion-{checkpoint.stem}-")  # says whose report it is
+
+
+def test_ctrl_c_saves_the_best_epoch_so_far_marked_interrupted(writable: Path, tmp_path: Path) -> None:
+    """Ctrl-C during a long `mess fuse train` ended in a KeyboardInterrupt traceback and saved nothing, though the
+    best weights so far were in memory. A real SIGINT mid-training now saves them, marked interrupted, exit 130."""
+    checkpoint = tmp_path / "interrupted.pt"
+    partial = writable / "reports" / f"{fusion_stem(writable, checkpoint)}-train.partial.json"
+    proc = subprocess.Popen([sys.executable, "-m", "mess.cli", "fuse", "train", "--model", "dsp", "--label", "composer",
+                             "--weight-epochs", "100000", "--max-epochs", "0", "--threads", "1", "--checkpoint",
+                             str(checkpoint), "--store", str(writable)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "400"})
+    deadline = time.time() + 300  # a cold start on a loaded machine takes a while
+    while time.time() < deadline and proc.poll() is None and _epochs(partial) < 3:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the signal should land mid-training"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err + out and "KeyboardInterrupt" not in err
+    saved = json.loads(checkpoint.with_suffix(".json").read_text())
+    reached = saved["interrupted_at"]
+    assert reached >= 2 and saved["history"][-1]["epoch"] == reached and saved["best_epoch"] == reached
+    assert saved["checkpoint_sha256"] == checkpoint_digest(checkpoint)
+    said = " ".join(err.split())
+    assert f"interrupted at epoch {reached} of 100000: saved the best weights so far (epoch {reached}) to " \
+           f"{checkpoint}" in said
+    log = json.loads((writable / "reports" / f"{fusion_stem(writable, checkpoint)}-train.json").read_text())
+    assert log["summary"]["interrupted_at"] == reached and len(log["epochs"]) == reached and not partial.exists()
+    out = CliRunner().invoke(_app(), ["fuse", "apply", "--checkpoint", str(checkpoint), "--store", str(writable)])
+    assert out.exit_code == 0, out.output  # a usable checkpoint

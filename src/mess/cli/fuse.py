@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, cast
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated, NoReturn, cast
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -86,8 +91,10 @@ def train_command(
         trained = _train(fs, run, config, path, quiet=as_json)
     if as_json:
         emit_json(trained.summary)
-        return
-    _print_trained(trained.summary, config)
+    else:
+        _print_trained(trained.summary, config)
+    if trained.result.interrupted_at is not None:
+        _stop_interrupted(trained.summary, config)
 
 
 def _train(fs: FeatureStore, run: Run, config: FusionConfig, path: Path, quiet: bool) -> Trained:
@@ -104,11 +111,33 @@ def _train(fs: FeatureStore, run: Run, config: FusionConfig, path: Path, quiet: 
             bar.update(task, completed=e.epoch, status=f"loss {e.loss:.4f}  val nDCG@{config.k} {val}")
 
         try:
-            trained = train_and_save(fs, run, config, path, on_epoch)
+            with _ctrl_c_stops() as stop:
+                trained = train_and_save(fs, run, config, path, on_epoch, stop.is_set)
         except (FusionError, ValueError) as exc:
             fail(str(exc))
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/] before the first epoch ended: nothing saved")
+            raise typer.Exit(130) from None
         bar.update(task, total=trained.summary["epochs"])
     return trained
+
+
+@contextmanager
+def _ctrl_c_stops() -> Iterator[threading.Event]:
+    """While inside, the first Ctrl-C (SIGINT) only sets the event (training stops at its next step and saves the
+    best epoch so far); a second one interrupts at once (KeyboardInterrupt)."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _print_trained(summary: dict, config: FusionConfig) -> None:
@@ -121,10 +150,19 @@ def _print_trained(summary: dict, config: FusionConfig) -> None:
                       f"{summary['val_ndcg_best']:.3f}" + (" (stopped early)" if summary["stopped_early"] else ""))
     else:
         console.print("[yellow]too few labels for a validation split:[/] only the layer weights were trained "
-                      f"({config.weight_epochs} epochs), the projection stays the PCA it started from")
+                      f"({summary['epochs']} epochs), the projection stays the PCA it started from")
     top = sorted(summary["layer_weights"].items(), key=lambda kv: -kv[1])[:5]
     console.print("top layer weights: " + ", ".join(f"{plain(n)} {w:.2f}" for n, w in top))
     console.print(f"[dim]{plain(summary['checkpoint'])}[/]  next: mess fuse apply, mess fuse report")
+
+
+def _stop_interrupted(summary: dict, config: FusionConfig) -> NoReturn:
+    """Say where Ctrl-C stopped training and what was saved, and exit with 130 (as a shell does on SIGINT)."""
+    planned = config.weight_epochs + (config.max_epochs if summary["phase2"] else 0)
+    console.print(f"[yellow]interrupted[/] at epoch {summary['interrupted_at']} of {planned}: saved the best weights "
+                  f"so far (epoch {summary['best_epoch']}) to {plain(summary['checkpoint'])}, marked interrupted_at "
+                  f"{summary['interrupted_at']} in it and its log; `mess fuse train` again trains to the end")
+    raise typer.Exit(130)
 
 
 @fuse_app.command("apply")

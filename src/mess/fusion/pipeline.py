@@ -21,13 +21,17 @@ class Trained:
 
 
 def train_and_save(store: FeatureStore, run: Run, config: FusionConfig, path: Path,
-                   on_epoch: Callable[[EpochLog], None] | None = None) -> Trained:
+                   on_epoch: Callable[[EpochLog], None] | None = None,
+                   stop: Callable[[], bool] | None = None) -> Trained:
     """Train the fusion network on ``run``'s layer vectors, save it at ``path`` (.pt and .json), and log the
     run to :func:`mess.fusion.tracking.training_log_path` (and MLflow under STORE/mlruns when installed). Epochs
     are logged beside it (.partial.json) until the checkpoint is saved; the log then records the checkpoint's
     SHA-256, so a run killed between the two is told apart (:func:`mess.fusion.tracking.log_mismatch`).
 
-    Raises FusionError or ValueError (before anything is written) when the data cannot be trained on.
+    ``stop`` (:func:`mess.fusion.train.train_fusion`; Ctrl-C in `mess fuse train`) after the first epoch saves and
+    logs the best epoch so far, marked ``interrupted_at`` (the last epoch done) in the checkpoint and the summary;
+    KeyboardInterrupt, with nothing written, before it ends. Raises FusionError or ValueError (before anything
+    is written) when the data cannot be trained on.
     """
     data = load_layers(store, run)
     log = TrainingLog(training_log_path(store, path),
@@ -38,12 +42,13 @@ def train_and_save(store: FeatureStore, run: Run, config: FusionConfig, path: Pa
         if on_epoch is not None:
             on_epoch(entry)
 
-    result = train_fusion(data, config, epoch)
+    result = train_fusion(data, config, epoch, stop)
     digest = save_checkpoint(result, path)
     summary = {"model": run.model, "label": config.label, "checkpoint": str(path), "checkpoint_sha256": digest,
                "log": str(log.path),
                "tracks": len(data.tracks), "split": {k: len(v) for k, v in result.split.to_json().items()},
                "epochs": result.history[-1].epoch, "best_epoch": result.best_epoch,
+               "interrupted_at": result.interrupted_at,
                "phase2": bool(result.split.val), "stopped_early": result.stopped_early,
                "val_ndcg_untrained": result.history[0].val_ndcg,
                "val_ndcg_best": result.history[result.best_epoch].val_ndcg,

@@ -80,11 +80,13 @@ class FusionResult:
     history: list[EpochLog] = field(default_factory=list)
     policy: str | None = None  # the trained run's window policy JSON (None: a checkpoint from before it was saved)
     run_id: int | None = None
+    interrupted_at: int | None = None  # the last epoch done when training was stopped (None: it ran to its end)
 
     @property
     def stopped_early(self) -> bool:
         """Whether phase 2 ended before max_epochs because validation nDCG stopped improving."""
-        return self.history[-1].epoch < self.config.weight_epochs + self.config.max_epochs and bool(self.split.val)
+        ended = self.history[-1].epoch < self.config.weight_epochs + self.config.max_epochs
+        return ended and bool(self.split.val) and self.interrupted_at is None
 
     def layer_weights(self, x: np.ndarray) -> dict[str, float]:
         """Mean softmax weight per layer over the tracks ``x``."""
@@ -96,7 +98,7 @@ class FusionResult:
         return {"model": self.model, "revision": self.revision, "policy": self.policy, "run_id": self.run_id,
                 "layer_names": list(self.layer_names),
                 "layer_dims": list(self.layer_dims), "config": asdict(self.config), "split": self.split.to_json(),
-                "data_hash": self.data_hash, "best_epoch": self.best_epoch,
+                "data_hash": self.data_hash, "best_epoch": self.best_epoch, "interrupted_at": self.interrupted_at,
                 "history": [asdict(h) for h in self.history]}
 
 
@@ -127,7 +129,8 @@ def embed(network: LayerFusion, x: np.ndarray, batch: int = 4096) -> np.ndarray:
 
 
 def train_fusion(data: LayerData, config: FusionConfig,
-                 on_epoch: Callable[[EpochLog], None] | None = None) -> FusionResult:
+                 on_epoch: Callable[[EpochLog], None] | None = None,
+                 stop: Callable[[], bool] | None = None) -> FusionResult:
     """Train on the training labels in two phases; keep the best validation epoch.
 
     Phase 1 (``weight_epochs``) trains only the layer weights (logits and gate)
@@ -138,6 +141,9 @@ def train_fusion(data: LayerData, config: FusionConfig,
     when the collection is too small to hold validation labels out. Each epoch
     runs ``n_train // (labels_per_batch * tracks_per_label)`` steps (at least one)
     of triplet loss with in-batch mining; epoch 0 is the untrained network.
+
+    ``stop`` (asked before every step, e.g. whether Ctrl-C was pressed) ends training early: the result is the best
+    epoch so far, with ``interrupted_at`` the last epoch done; KeyboardInterrupt when no epoch was done.
     """
     labels = data.labels(config.label)
     split = split_labels(labels, config.val_frac, config.test_frac, config.seed)
@@ -168,18 +174,25 @@ def train_fusion(data: LayerData, config: FusionConfig,
     history = [EpochLog(0, None, None, validate(), 0.0)]
     best_val, best_epoch, best_state = history[0].val_ndcg, 0, snapshot()
     last = config.weight_epochs + (config.max_epochs if len(val_rows) else 0)
+    stopping = stop or (lambda: False)
+    interrupted_at = None
     for epoch in range(1, last + 1):
         for p in rest:
             p.requires_grad_(epoch > config.weight_epochs)
         network.train()
         losses, active = [], []
         for batch in sampler.batches(steps):
+            if stopping():
+                break
             loss, frac = triplet_loss(network(x_train[batch]), y_train[batch], config.margin, config.mining)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             losses.append(float(loss.detach()))
             active.append(frac)
+        if stopping():  # the epoch under way is dropped: its steps changed weights the best state does not hold
+            interrupted_at = history[-1].epoch
+            break
         if epoch == config.weight_epochs:
             network.fit_projection(x_all)
         val = validate()
@@ -191,11 +204,13 @@ def train_fusion(data: LayerData, config: FusionConfig,
             best_val, best_epoch, best_state = val, epoch, snapshot()
         elif epoch > config.weight_epochs and epoch - max(best_epoch, config.weight_epochs) >= config.patience:
             break
+    if interrupted_at == 0:
+        raise KeyboardInterrupt("stopped before the first epoch ended")
     network.load_state_dict(best_state)
     network.eval()
     return FusionResult(network, config, data.run.model, data.run.revision, data.run.layer_names,
                         data.run.layer_dims, split, data.data_hash(config.label), best_epoch, history,
-                        data.run.policy, data.run.id)
+                        data.run.policy, data.run.id, interrupted_at)
 
 
 def checkpoint_path(store: FeatureStore, model: str) -> Path:
@@ -265,4 +280,5 @@ def load_checkpoint(path: Path) -> FusionResult:
     split = LabelSplit(*(tuple(saved["split"][p]) for p in ("train", "val", "test")))
     return FusionResult(network, config, saved["model"], saved["revision"], tuple(saved["layer_names"]),
                         tuple(saved["layer_dims"]), split, saved["data_hash"], saved["best_epoch"],
-                        [EpochLog(**h) for h in saved["history"]], saved.get("policy"), saved.get("run_id"))
+                        [EpochLog(**h) for h in saved["history"]], saved.get("policy"), saved.get("run_id"),
+                        saved.get("interrupted_at"))
