@@ -37,6 +37,7 @@ from mess.fusion.train import (
     checkpoint_digest,
     checkpoint_path,
     embed,
+    load_checkpoint,
     save_checkpoint,
     train_fusion,
 )
@@ -677,3 +678,55 @@ def test_ctrl_c_saves_the_best_epoch_so_far_marked_interrupted(writable: Path, t
     assert log["summary"]["interrupted_at"] == reached and len(log["epochs"]) == reached and not partial.exists()
     out = CliRunner().invoke(_app(), ["fuse", "apply", "--checkpoint", str(checkpoint), "--store", str(writable)])
     assert out.exit_code == 0, out.output  # a usable checkpoint
+
+
+def _apply_as_before_the_run_check(fs: FeatureStore, run: Run, checkpoint: Path) -> None:
+    """Fused vectors of ``run`` as `mess fuse apply` wrote them before it checked (and recorded) the run its checkpoint
+    was trained on: every track through the checkpoint's network, whichever run that was."""
+    result, data = load_checkpoint(checkpoint), load_layers(fs, run)
+    fused = embed(result.network, data.x)
+    meta = {"checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": checkpoint_digest(checkpoint),
+            "checkpoint_in_store": checkpoint.resolve().relative_to(fs.root.resolve()).as_posix(),
+            "label": result.config.label, "fusion_dim": int(fused.shape[1]), "tracks": len(fused),
+            "data_hash": result.data_hash, "data_hash_matches": data.data_hash("composer") == result.data_hash,
+            "layer_weights": result.layer_weights(data.x)}
+    fs.write_derived(run, FUSED, [t.content_hash for t in data.tracks], fused, meta)
+
+
+def test_fused_vectors_made_for_another_run_are_refused_where_read(extracted_store: Path, tmp_path: Path) -> None:
+    """Fused vectors that `mess fuse apply` wrote before it checked the checkpoint's run (a network trained on the
+    4-window dsp run fusing the 8-window run's vectors) were still read by `mess index --fused` and `mess similar ID
+    --fused`. Readers now check the run they were made for: recorded with them, or, for older sets, in the
+    description (.json) of the checkpoint that made them."""
+    root = _fused_copy(extracted_store, tmp_path)
+    runner, app, store = CliRunner(), _app(), ["--model", "dsp", "--store", str(root)]
+    checkpoint = root / "fusion" / "dsp.pt"
+    with closing(FeatureStore(root)) as fs:
+        first = fs.run("dsp")
+        recorded = fs.derived_meta(first, FUSED)
+        assert recorded["trained_on"] == {"run_id": first.id, "revision": first.revision, "policy": first.policy}
+        _apply_as_before_the_run_check(fs, first, checkpoint)  # an older set of the right run: its checkpoint says so
+        query = str(fs.tracks(first)[0].id)
+    out = runner.invoke(app, ["similar", query, "--fused", "-k", "3", *store])
+    assert out.exit_code == 0, out.output
+    with closing(FeatureStore(root)) as fs:
+        extract(fs, [Path(t.path) for t in fs.tracks(first)], load_model("dsp"), WindowPolicy(max_windows=8))
+        second = fs.run("dsp")  # as many tracks, newer: the run in use
+        assert second.id != first.id
+        _apply_as_before_the_run_check(fs, second, checkpoint)
+    want = (f"the stored fused vectors of dsp run {second.id} were made by a network trained on run {first.id} "
+            f"(max_windows 4; run {second.id} has max_windows 8); run `mess fuse apply --model dsp` again")
+    for command in (["index", "--fused"], ["similar", query, "--fused", "-k", "3"]):
+        out = runner.invoke(app, [*command, *store], env={"COLUMNS": "400"})
+        assert out.exit_code == 1 and want in out.output and "Traceback" not in out.output, out.output
+    with closing(FeatureStore(root)) as fs:  # recorded with them (as `fuse apply` does now), on the wrong run
+        ids, fused = fs.derived_matrix(second, FUSED)
+        hashes = {t.id: t.content_hash for t in fs.tracks(second)}
+        fs.write_derived(second, FUSED, [hashes[int(i)] for i in ids], fused, recorded)
+    out = runner.invoke(app, ["index", "--fused", *store], env={"COLUMNS": "400"})
+    assert out.exit_code == 1 and want in out.output, out.output
+    with closing(FeatureStore(root)) as fs:  # retrained since: the older set of run 1 can no longer be checked
+        save_checkpoint(train_fusion(load_layers(fs, first), FusionConfig(label="composer", weight_epochs=1,
+                                                                          max_epochs=0, seed=4)), checkpoint)
+        with pytest.raises(StoreError, match="cannot tell which run of dsp .* run `mess fuse apply --model dsp` again"):
+            load_vectors(fs, first, VectorSpec.from_options(fused=True))

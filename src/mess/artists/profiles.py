@@ -14,6 +14,7 @@ from mess.audio.names import main_artist, name_key
 from mess.constants import FUSED
 from mess.search.vectors import from_tracks
 from mess.store import FeatureStore, Run, Track
+from mess.store.fused import fused_matrix
 
 DEFAULT_MAX_TRACKS = 5
 DEFAULT_MIN_TRACKS = 3
@@ -177,7 +178,7 @@ def load_space(store: FeatureStore, run: Run, *, layer: str | None = None, aspec
     if (layer is not None) + (aspect is not None) + fused > 1:
         raise ArtistError("choose one of layer, aspect or fused")
     if fused:
-        ids, mat = store.derived_matrix(run, FUSED)
+        ids, mat = fused_matrix(store, run)
         return Space(FUSED, ids, mat)
     if aspect is not None:
         amap = store.aspect_map(run)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from mess.constants import FUSED
 from mess.fusion.data import FusionError, load_layers
 from mess.fusion.train import FusionResult, checkpoint_digest, embed, load_checkpoint
 from mess.store import FeatureStore, Run
+from mess.store.fused import trained_run_mismatch
 
 
 def check_compatible(result: FusionResult, run: Run) -> str | None:
@@ -21,33 +21,22 @@ def check_compatible(result: FusionResult, run: Run) -> str | None:
     if (result.model, result.layer_names, result.layer_dims) != (run.model, run.layer_names, run.layer_dims):
         raise FusionError(f"checkpoint was trained on {result.model} layers {list(result.layer_names)}; "
                           f"run {run.id} is {run.model} with {list(run.layer_names)}")
-    if result.revision != run.revision or result.policy not in (None, run.policy):
-        trained = _identity(result.revision, result.policy)
-        here = _identity(run.revision, run.policy if result.policy is not None else None)
-        differ = [k for k in sorted(trained.keys() | here.keys()) if trained.get(k) != here.get(k)]
+    if (mismatch := trained_run_mismatch(result.revision, result.policy, run)) is not None:
         which = f"run {result.run_id}" if result.run_id is not None else "another run"
-        raise FusionError(f"checkpoint was trained on {result.model} {which} ({_fields(trained, differ)}); "
-                          f"run {run.id} has {_fields(here, differ)}; train again with `mess fuse train`")
+        raise FusionError(f"checkpoint was trained on {result.model} {which} ({mismatch[0]}); "
+                          f"run {run.id} has {mismatch[1]}; train again with `mess fuse train`")
     if result.policy is None:
         return (f"the checkpoint was saved before mess recorded the window policy of its run: cannot check that it "
                 f"was trained on run {run.id}'s vectors (train again with `mess fuse train` to record it)")
     return None
 
 
-def _identity(revision: str, policy: str | None) -> dict[str, object]:
-    """A run's revision and window policy fields (none when unknown), to name what differs."""
-    return {"revision": revision, **(json.loads(policy) if policy is not None else {})}
-
-
-def _fields(identity: dict[str, object], keys: list[str]) -> str:
-    """``key value, ...`` for ``keys`` of ``identity``."""
-    return ", ".join(f"{k} {identity.get(k, '?')}" for k in keys)
-
-
 def apply_fusion(store: FeatureStore, checkpoint: Path, model: str | None = None) -> dict:
     """Write fused vectors of every track of the model's run in use; returns the metadata stored with them, and
     ``missing``: how many of the run's tracks have none (re-embedded or added while it ran). A checkpoint inside the
-    store is also recorded relative to it, so :func:`fuse_query` finds it in a moved or copied store."""
+    store is also recorded relative to it, so :func:`fuse_query` finds it in a moved or copied store; the run the
+    checkpoint was trained on (``trained_on``), so readers refuse vectors of another run
+    (:func:`mess.store.fused.fused_run_problem`)."""
     result = load_checkpoint(checkpoint)
     run = store.run(model or result.model)
     check_compatible(result, run)
@@ -56,6 +45,7 @@ def apply_fusion(store: FeatureStore, checkpoint: Path, model: str | None = None
     path, root = checkpoint.resolve(), store.root.resolve()
     meta = {"checkpoint": str(path), "checkpoint_sha256": checkpoint_digest(checkpoint),
             "checkpoint_in_store": path.relative_to(root).as_posix() if path.is_relative_to(root) else None,
+            "trained_on": {"run_id": result.run_id, "revision": result.revision, "policy": result.policy},
             "label": result.config.label,
             "fusion_dim": int(fused.shape[1]), "tracks": len(fused), "data_hash": result.data_hash,
             "data_hash_matches": data.data_hash(result.config.label) == result.data_hash,

@@ -26,6 +26,7 @@ import numpy as np
 from mess.constants import DEFAULT_NORM, ENCODED_R2, FUSED, LEARNED, VectorKind
 from mess.models.head import HeadError, shipped_head, shipped_head_path
 from mess.store import FeatureStore, Run, StoreError, Track, TrackList
+from mess.store.fused import fused_matrix
 from mess.store.memo import MEMO
 
 Norm = Literal["none", "center", "zscore"]
@@ -221,7 +222,7 @@ def read_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequen
     with store.snapshot():  # vectors and what they are from one catalog version, though an extract may be committing
         source = vectors_source(store, run, spec)
         if spec.kind == FUSED:
-            ids, raw = store.derived_matrix(run, FUSED)
+            ids, raw = fused_matrix(store, run)  # refused when made for another run of the model
         else:
             layers = spec.layers(store, run)
             mats = [store.layer_matrix(run, name) for name in layers]
