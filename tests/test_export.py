@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,11 @@ from typer.testing import CliRunner
 
 from mess.audio.windows import WindowPolicy
 from mess.cli.main import app
+from mess.constants import FUSED
 from mess.extract.runs import run_key
+from mess.fusion.apply import apply_fusion
+from mess.fusion.data import load_layers
+from mess.fusion.train import FusionConfig, checkpoint_path, save_checkpoint, train_fusion
 from mess.models.base import ModelInfo
 from mess.store import FeatureStore, Run, TrackVectors
 from mess.store.export import export_vectors
@@ -279,3 +284,43 @@ def test_a_duration_of_zero_exports_as_zero_and_an_unknown_one_as_nan(tmp_path: 
     got = dict(zip(paths, durations.tolist(), strict=True))
     assert got["/music/one.flac"] == 0.0 and got["/music/three.flac"] == 5.0
     assert np.isnan(got["/music/four.flac"])
+
+
+@pytest.mark.parametrize("fmt", ["npz", "parquet"])
+def test_export_fused_vectors_with_the_run_they_belong_to(extracted_store: Path, tmp_path: Path, fmt: str) -> None:
+    """`mess export` had no way to export the fused vectors of `mess fuse apply`."""
+    root, path = tmp_path / "store", tmp_path / f"fused.{fmt}"
+    shutil.copytree(extracted_store, root)
+    args = ["export", str(path), "--fused", "--model", "dsp", "--store", str(root)]
+    out = runner.invoke(app, args)
+    assert out.exit_code == 1 and "no 'fused' vectors for dsp" in out.output and "mess fuse apply" in out.output
+    assert not path.exists() and "Traceback" not in out.output
+    with closing(FeatureStore(root)) as store:
+        run = store.run("dsp")
+        checkpoint = checkpoint_path(store, "dsp")
+        save_checkpoint(train_fusion(load_layers(store, run), FusionConfig(label="composer", weight_epochs=1,
+                                                                           max_epochs=0)), checkpoint)
+        apply_fusion(store, checkpoint, "dsp")
+        ids, fused = store.derived_matrix(run, FUSED)
+        sha = store.derived_meta(run, FUSED)["checkpoint_sha256"]
+    out = runner.invoke(app, [*args, "--json"])
+    assert out.exit_code == 0, out.output
+    summary = json.loads(out.stdout)
+    assert summary["layers"] == [FUSED] and summary["rows"] == len(ids) and summary["tracks_not_fused"] == 0
+    identity = {"model": "dsp", "run_id": run.id, "revision": run.revision, "policy": run.policy}
+    assert {k: summary[k] for k in identity} == identity
+    if fmt == "npz":
+        data = np.load(path)
+        got_ids, got = data["track_id"], data["vectors_fused"]
+        meta = {k: data[k].item() for k in (*identity, "fused_checkpoint_sha256")}
+        assert list(data["layers"]) == [FUSED]
+    else:
+        table = pq.read_table(path)
+        got_ids, got = table["track_id"].to_numpy(), np.stack(table[FUSED].to_numpy(zero_copy_only=False))
+        meta = json.loads(table.schema.metadata[b"mess"])
+        assert meta["layers"] == [FUSED]
+    assert {k: meta[k] for k in identity} == identity and meta["fused_checkpoint_sha256"] == sha
+    np.testing.assert_array_equal(got_ids, ids)
+    np.testing.assert_array_equal(got, fused)
+    out = runner.invoke(app, [*args, "--segments"])
+    assert out.exit_code == 1 and "fused vectors have no layers or windows" in out.output

@@ -19,12 +19,15 @@ def export_command(
                                                      "comma-separated); default all.")] = None,
     segments: Annotated[bool, typer.Option("--segments", help="One row per window instead of per "
                                            "track.")] = False,
+    fused: Annotated[bool, typer.Option("--fused", help="The fused vectors of `mess fuse apply` instead of "
+                                        "layers.")] = False,
     fmt: Annotated[str | None, typer.Option("--format", help="npz or parquet (default: from OUTPUT's "
                                             "extension).")] = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
     as_json: JsonOpt = False,
 ) -> None:
-    """Export vectors for research: per track (or per window), every layer or some, with ids, paths and tags."""
+    """Export vectors for research: per track (or per window), every layer, some, or the fused vectors, with ids,
+    paths and tags."""
     from mess.store.export import export_vectors
 
     json_clash(output, as_json)
@@ -34,7 +37,7 @@ def export_command(
         run = fs.run(model)
         runs = [r.id for r in fs.runs() if r.model == run.model]
         try:
-            summary = export_vectors(fs, run, output, chosen, layers=names, segments=segments)
+            summary = export_vectors(fs, run, output, chosen, layers=names, segments=segments, fused=fused)
         except OSError as exc:
             fail(f"cannot write {output}: {os_reason(exc)}")
     if as_json:
@@ -43,11 +46,15 @@ def export_command(
         return
     unit = "windows" if segments else "tracks"
     which = f" run {run.id} of {len(runs)}" if len(runs) > 1 else ""
-    console.print(f"{summary.rows} {unit} of {summary.tracks} tracks x {len(summary.layers)} layers of "
+    vectors = "fused vectors" if fused else f"{len(summary.layers)} layers"
+    console.print(f"{summary.rows} {unit} of {summary.tracks} tracks x {vectors} of "
                   f"{plain(run.model)}{which} -> {plain(str(summary.path))}")
     if len(runs) > 1:
         _which_run_note(run, runs)
     not_embedded_note(summary.files_not_embedded, run.model)
+    if summary.tracks_not_fused:
+        console.print(f"[yellow]{summary.tracks_not_fused} tracks have no fused vector (extracted since `mess fuse "
+                      f"apply`) and are not in the rows; `mess fuse apply --model {plain(run.model)}` adds them[/]")
     if summary.files_failed:
         console.print(f"[yellow]{summary.files_failed} files failed to extract and are not in the rows; "
                       "`mess info --failures` says why[/]")

@@ -7,6 +7,9 @@ policy or revision has a second run), ``files_not_embedded`` (catalogued files w
 in the run) and ``files_failed`` (files the run failed to extract, `mess info --failures`): neither is in the rows.
 ``parquet``: the same columns, each layer a fixed-size list<float32> column; model, run_id, revision, policy,
 layer names, files_not_embedded and files_failed in the schema metadata (``mess``, JSON).
+With ``fused``, the one vector column is the fused vectors of `mess fuse apply` (``vectors_fused``, layers
+``["fused"]``), with ``fused_checkpoint_sha256`` (the network that made them) and ``tracks_not_fused`` (tracks of the
+run without one, extracted since: not in the rows).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mess.constants import FUSED
 from mess.store.feature_store import FeatureStore, Run, StoreError
+from mess.store.fused import fused_matrix
 from mess.store.paths import printable, replacing, resolved
 
 FORMATS = ("npz", "parquet")
@@ -35,47 +40,62 @@ class ExportSummary:
     segments: bool
     files_not_embedded: int = 0  # catalogued files with neither vectors nor a recorded failure: not in the rows
     files_failed: int = 0  # files the run failed to extract: not in the rows either
+    tracks_not_fused: int = 0  # with fused: tracks of the run without a fused vector (extracted since fuse apply)
 
 
-def export_vectors(store: FeatureStore, run: Run, out: Path, fmt: str = "npz", *,
-                   layers: Sequence[str] | None = None, segments: bool = False) -> ExportSummary:
-    """Write ``run``'s vectors (all layers, or ``layers`` by name or index) to ``out`` as npz or parquet.
+def export_vectors(store: FeatureStore, run: Run, out: Path, fmt: str = "npz", *, layers: Sequence[str] | None = None,
+                   segments: bool = False, fused: bool = False) -> ExportSummary:
+    """Write ``run``'s vectors (all layers, or ``layers`` by name or index, or with ``fused`` its fused vectors) to
+    ``out`` as npz or parquet.
 
-    Rows are tracks, or with ``segments`` the per-window vectors (``segment_start`` in seconds). The file is
+    Rows are tracks, or with ``segments`` the per-window vectors (``segment_start`` in seconds). StoreError for
+    fused vectors with layers or segments, or where the run has none (or :func:`mess.store.fused.fused_matrix`
+    refuses them as another run's). The file is
     written beside ``out`` and renamed over it: a killed export leaves a previous ``out`` whole (a
     device or a pipe, such as /dev/stdout, is written into).
     """
     if fmt not in FORMATS:
         raise StoreError(f"unknown export format {fmt!r}; choose {' or '.join(FORMATS)}")
-    names = tuple(dict.fromkeys(run.layer_names[run.layer_index(x)] for x in (layers or run.layer_names)))
+    if fused and (layers or segments):
+        raise StoreError("fused vectors have no layers or windows: export them without --layers and --segments")
+    names = (FUSED,) if fused else tuple(dict.fromkeys(run.layer_names[run.layer_index(x)]
+                                                       for x in (layers or run.layer_names)))
     out = Path(out).expanduser()
     if resolved(out).is_relative_to(resolved(store.root)):  # 'export STORE/catalog.sqlite' overwrote the catalog
         raise StoreError(f"{out} is inside the feature store {store.root}, whose files only mess writes; "
                          "export to a path outside it")
-    columns, vectors, missing, failed = _columns(store, run, names, segments)
+    columns, vectors, missing, failed = _columns(store, run, names, segments, fused)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"model": run.model, "run_id": run.id, "revision": run.revision, "policy": run.policy, "layers": names,
             "files_not_embedded": missing, "files_failed": failed}
+    not_fused = 0
+    if fused:
+        not_fused = len(store.tracks(run)) - len(columns["track_id"])
+        meta |= {"fused_checkpoint_sha256": (store.derived_meta(run, FUSED) or {}).get("checkpoint_sha256") or "",
+                 "tracks_not_fused": not_fused}
     (_write_npz if fmt == "npz" else _write_parquet)(out, columns, vectors, meta)
     return ExportSummary(out, len(columns["track_id"]), len(set(columns["track_id"].tolist())), names, segments,
-                         missing, failed)
+                         missing, failed, not_fused)
 
 
-def _columns(store: FeatureStore, run: Run, names: tuple[str, ...],
-             segments: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int, int]:
+def _columns(store: FeatureStore, run: Run, names: tuple[str, ...], segments: bool,
+             fused: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int, int]:
     vectors: dict[str, np.ndarray] = {}
     ids = starts = None
     with store.snapshot():  # tracks and every layer from one catalog version, though an extract may be committing
         by_id = {t.id: t for t in store.tracks(run)}
         for name in names:
-            if segments:
+            if fused:
+                ids, mat = fused_matrix(store, run)
+            elif segments:
                 ids, starts, mat = store.segment_matrix(run, name)
             else:
                 ids, mat = store.layer_matrix(run, name)
             vectors[name] = mat
         missing, failed = len(store.unembedded(run)), len(store.failures(run))
     if ids is None or not len(ids):
-        raise StoreError(f"no vectors for {run.model} in {store.root}; run `mess extract` first")
+        make = f"`mess fuse apply --model {run.model}`" if fused else "`mess extract`"
+        raise StoreError(f"no {'fused ' * fused}vectors for {run.model} in {store.root}; run {make} first")
     columns: dict[str, np.ndarray] = {"track_id": ids.astype(np.int64)}
     if segments:
         columns["segment_start"] = np.asarray(starts, dtype=np.float64)
@@ -88,11 +108,7 @@ def _columns(store: FeatureStore, run: Run, names: tuple[str, ...],
 
 def _write_npz(out: Path, columns: dict[str, np.ndarray], vectors: dict[str, np.ndarray], meta: dict) -> None:
     arrays = {**columns, **{f"vectors_{n}": v for n, v in vectors.items()},
-              "layers": np.array(meta["layers"]), "model": np.array(meta["model"]),
-              "run_id": np.array(meta["run_id"]), "revision": np.array(meta["revision"]),
-              "policy": np.array(meta["policy"]),
-              "files_not_embedded": np.array(meta["files_not_embedded"]),
-              "files_failed": np.array(meta["files_failed"])}
+              **{k: np.array(v) for k, v in meta.items()}}
     with replacing(out) as f:  # a file object: np.savez would append .npz to other names
         np.savez(f, allow_pickle=False, **arrays)
 
