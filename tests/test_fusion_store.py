@@ -676,8 +676,16 @@ def test_ctrl_c_saves_the_best_epoch_so_far_marked_interrupted(writable: Path, t
            f"{checkpoint}" in said
     log = json.loads((writable / "reports" / f"{fusion_stem(writable, checkpoint)}-train.json").read_text())
     assert log["summary"]["interrupted_at"] == reached and len(log["epochs"]) == reached and not partial.exists()
-    out = CliRunner().invoke(_app(), ["fuse", "apply", "--checkpoint", str(checkpoint), "--store", str(writable)])
-    assert out.exit_code == 0, out.output  # a usable checkpoint
+    stopped = f"the checkpoint is from a training interrupted at epoch {reached} (best epoch {reached})"
+    out = CliRunner().invoke(_app(), ["fuse", "apply", "--checkpoint", str(checkpoint), "--store", str(writable)],
+                             env={"COLUMNS": "400"})
+    assert out.exit_code == 0 and f"note: {stopped}" in out.output, out.output  # usable, and said to be cut short
+    out = CliRunner().invoke(_app(), ["fuse", "report", "-k", "3", "--checkpoint", str(checkpoint), "--store",
+                                      str(writable), "--json"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.stdout)
+    assert report["interrupted_note"].startswith(stopped)
+    assert f"**Note:** {stopped}" in Path(report["files"]["md"]).read_text()
 
 
 def _apply_as_before_the_run_check(fs: FeatureStore, run: Run, checkpoint: Path) -> None:

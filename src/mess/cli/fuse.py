@@ -175,6 +175,7 @@ def apply_command(
     """Write fused vectors of every track to the store (used by `mess index --fused`, `mess similar --fused`)."""
     from mess.fusion.apply import apply_fusion, check_compatible
     from mess.fusion.data import FusionError
+    from mess.fusion.report import interrupted_note
     from mess.fusion.tracking import log_mismatch
     from mess.fusion.train import load_checkpoint
 
@@ -185,17 +186,18 @@ def apply_command(
             run_note = check_compatible(result, fs.run(model or result.model))
         except FusionError as exc:
             fail(str(exc))
-        log_note = log_mismatch(fs, path)
+        log_note, stop_note = log_mismatch(fs, path), interrupted_note(result)
     with open_store(store, readonly=False) as fs:
         try:
             meta = apply_fusion(fs, path, model)
         except FusionError as exc:
             fail(str(exc))
     if as_json:
-        emit_json({**meta, "training_log_note": log_note, "run_note": run_note})
+        emit_json({**meta, "training_log_note": log_note, "run_note": run_note, "interrupted_note": stop_note})
         return
     note(log_note)
     note(run_note)
+    note(stop_note)
     console.print(f"wrote {meta['tracks']} fused vectors ({meta['fusion_dim']}-d, trained on {meta['label']} labels) "
                   f"-> next: mess index --fused")
     if meta["missing"]:
@@ -239,6 +241,7 @@ def report_command(
         return
     note(report.training_log_note)
     note(run_note)
+    note(report.interrupted_note)
     table = Table(title=f"held-out {report.label} labels: {report.n_test_labels} labels, {report.n_test_tracks} tracks")
     for col in ("method", "what", f"P@{k}", "mAP", f"nDCG@{k}"):
         table.add_column(col, justify="left" if col in ("method", "what") else "right")

@@ -54,6 +54,7 @@ class FusionReport:
     probe: dict[str, dict[str, float | None]] | None = None  # layer -> aspect -> R^2
     probe_note: str = ""
     training_log_note: str | None = None  # the training log describes another checkpoint (tracking.log_mismatch)
+    interrupted_note: str | None = None  # the checkpoint is from a training stopped with Ctrl-C (interrupted_note)
     files: dict[str, str] = field(default_factory=dict)
 
     def score(self, method: str) -> MethodScores:
@@ -147,7 +148,16 @@ def compare(result: FusionResult, data: LayerData, k: int = 10) -> FusionReport:
     report = FusionReport(result.model, result.config.label, k, len(test), len(set(lab)), methods, per_layer,
                           result.layer_weights(data.x), "", "", p, same_data)
     report.verdict, report.caveat = _verdict(report)
+    report.interrupted_note = interrupted_note(result)
     return report
+
+
+def interrupted_note(result: FusionResult) -> str | None:
+    """A one-line note for a checkpoint saved by a training stopped with Ctrl-C; None for one that ran to its end."""
+    if result.interrupted_at is None:
+        return None
+    return (f"the checkpoint is from a training interrupted at epoch {result.interrupted_at} (best epoch "
+            f"{result.best_epoch}); `mess fuse train` again trains to the end")
 
 
 def _rounded(s: RetrievalScores) -> tuple[float, float, float]:
@@ -231,8 +241,9 @@ def markdown(report: FusionReport) -> str:
     lines = [f"# Layer fusion: {report.model} (label = {report.label})", "", report.verdict, ""]
     if report.caveat:
         lines += [f"**Caveat:** {report.caveat}", ""]
-    if report.training_log_note:
-        lines += [f"**Note:** {report.training_log_note}", ""]
+    for text in (report.training_log_note, report.interrupted_note):
+        if text:
+            lines += [f"**Note:** {text}", ""]
     lines += [f"Held-out labels (never trained on): {report.n_test_labels}, tracks: {report.n_test_tracks}.", "",
               f"| method | what | P@{report.k} | mAP | nDCG@{report.k} |", "|---|---|---|---|---|"]
     lines += [f"| {m.method} | {m.detail} | {m.precision:.3f} | {m.map:.3f} | {m.ndcg:.3f} |" for m in report.methods]
