@@ -733,6 +733,10 @@ def test_fused_vectors_made_for_another_run_are_refused_where_read(extracted_sto
         fs.write_derived(second, FUSED, [hashes[int(i)] for i in ids], fused, recorded)
     out = runner.invoke(app, ["index", "--fused", *store], env={"COLUMNS": "400"})
     assert out.exit_code == 1 and want in out.output, out.output
+    out = runner.invoke(app, ["evaluate", "--label", "composer", "--json", *store])  # the other sets still scored
+    assert out.exit_code == 0, out.output
+    scored = json.loads(out.stdout)
+    assert FUSED not in {s["kind"] for s in scored["sets"]} and scored["fused_note"] == f"fused row left out: {want}"
     with closing(FeatureStore(root)) as fs:  # retrained since: the older set of run 1 can no longer be checked
         save_checkpoint(train_fusion(load_layers(fs, first), FusionConfig(label="composer", weight_epochs=1,
                                                                           max_epochs=0, seed=4)), checkpoint)

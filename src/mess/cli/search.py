@@ -299,6 +299,7 @@ def _print_evaluation(ev: Evaluation, model: str, k: int, norm: str, match: str,
     )
     console.print(table)
     note(ev.norm_note)
+    note(ev.fused_note)
     if ev.variants:
         _print_variants(ev)
     console.print(f"best: {plain(best.name)} (mAP {best.scores.map:.3f}); plot -> {plain(str(png))}")

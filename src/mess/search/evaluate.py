@@ -33,6 +33,7 @@ from mess.search.metrics import (
 from mess.search.segments import chamfer_rows, check_match, read_segments
 from mess.search.vectors import Norm, VectorSpec, fused_norm, has_learned_head, load_vectors
 from mess.store import FeatureStore, Run, StoreError, Track
+from mess.store.fused import fused_run_problem
 
 MAX_QUERIES = 5000
 MIN_QUERIES, MIN_LABELS = 50, 5  # below either, the ranking of vector sets is reported as inconclusive (as fusion's)
@@ -75,6 +76,7 @@ class Evaluation:
     n_query_labels: int = 0  # labels with at least two tracks (the queries' labels)
     norm_note: str = ""  # when ``norm`` fell back to plain cosine (too few tracks to fit it)
     fused_trained_on: str | None = None  # the tag the fused network was trained on, when it is the one scored
+    fused_note: str = ""  # why stored fused vectors were left out (made for another run of the model)
 
     @property
     def relevance(self) -> str:
@@ -199,8 +201,9 @@ def evaluate(
     ``match="segments"`` scores track pairs by Chamfer similarity of their window vectors instead of the cosine of
     their means (fused vectors, which have no windows, are then left out). Fused vectors are also left out when
     some labelled tracks have none (extracted since `mess fuse apply`): ``tracks_without_fused_vectors`` counts
-    them. ``expand`` > 0 ranks with alpha-query expansion over that many neighbours (:mod:`mess.search.expansion`;
-    cosine sets only; None = the default, 3 for mean matching).
+    them; and when they were made for another run of the model (``fused_note`` says why). ``expand`` > 0 ranks
+    with alpha-query expansion over that many neighbours (:mod:`mess.search.expansion`; cosine sets only; None =
+    the default, 3 for mean matching).
     """
     expand = expansion(check_match(match), expand)
     tracks = store.tracks(run)
@@ -208,7 +211,8 @@ def evaluate(
     specs = [VectorSpec.from_options(layer=name, norm=norm) for name in run.layer_names]
     specs.append(VectorSpec.from_options(norm=norm))
     fused_meta = store.derived_meta(run, FUSED)
-    if fused_meta is not None and match == "mean":
+    fused_note = fused_run_problem(store, run, fused_meta) if fused_meta is not None and match == "mean" else None
+    if fused_meta is not None and match == "mean" and fused_note is None:
         specs.append(VectorSpec(FUSED, "", fused_norm(norm)))
     if has_learned_head(run):
         specs.append(VectorSpec(LEARNED, "", norm))
@@ -259,6 +263,7 @@ def evaluate(
         len(set(labels_arr[queries].tolist())),
         norm_note,
         field if fused_meta and labels is None and fused_meta.get("label") == field else None,
+        f"fused row left out: {fused_note}" if fused_note else "",
     )
 
 
