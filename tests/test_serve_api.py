@@ -97,9 +97,11 @@ def store(collection: Path) -> FeatureStore:
     fs.close()
 
 
-def _multipart(name: str, data: bytes, content_type: str) -> tuple[bytes, str]:
+def _multipart(name: str, data: bytes, content_type: str, *, file_param: str | None = None) -> tuple[bytes, str]:
+    """A one-part multipart body; ``file_param`` replaces the part's ``filename="NAME"`` parameter."""
     boundary = uuid.uuid4().hex
-    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+    param = f'filename="{name}"' if file_param is None else file_param
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; {param}\r\n'
             f"Content-Type: {content_type}\r\n\r\n").encode()
     return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
@@ -617,6 +619,29 @@ def test_an_upload_with_a_file_name_too_long_is_refused_naming_the_cause(client:
     body, ctype = _multipart("song.flac", song, "audio/flac; x=" + "d" * 5000)  # another header too long: as before
     other = client.post("/api/similar/upload", content=body, headers={"content-type": ctype})
     assert other.status_code == 400 and other.json()["detail"] == "malformed upload: Invalid multipart data."
+    assert _uploads_left(uploads_dir) == set()
+
+
+def test_an_upload_named_only_by_its_rfc_5987_file_name_is_read_with_that_name(client: TestClient,
+                                                                               uploads_dir: Path) -> None:
+    """A part naming its file only as ``filename*=UTF-8''...`` (as urllib3 before 2.0 sent non-ASCII names) was
+    answered 'no file in the form field'; it is the decoded name wherever the name is used."""
+    t = np.arange(3 * SR) / SR
+    buffer = io.BytesIO()
+    sf.write(buffer, (0.3 * np.sin(2 * np.pi * 262 * t)).astype(np.float32), SR, format="WAV")  # untagged
+    for param, name in (("filename*=UTF-8''caf%C3%A9%20%E2%99%AB.wav", "café ♫.wav"),
+                        ("filename*=iso-8859-1'fr'd%E9j%E0.wav", "déjà.wav"),
+                        ("filename*0*=UTF-8''na%C3%AFve; filename*1=.wav", "naïve.wav"),
+                        ('filename="plain.wav"; filename*=UTF-8\'\'other.wav', "plain.wav")):  # the plain name wins
+        body, ctype = _multipart("", buffer.getvalue(), "audio/wav", file_param=param)
+        answer = client.post("/api/similar/upload", params={"k": 2}, content=body, headers={"content-type": ctype})
+        assert answer.status_code == 200, (param, answer.text)
+        assert answer.json()["query"]["file"] == answer.json()["query"]["label"] == name
+    for param, status, words in (("filename*=UTF-8''bad%E2%99%AB.wav", 400, "cannot decode the upload: bad♫.wav"),
+                                 ("filename*=UTF-8''%E2%99%AB.txt", 415, "unsupported file type '.txt'")):
+        body, ctype = _multipart("", b"RIFF not really a wave file" * 40, "audio/wav", file_param=param)
+        refused = client.post("/api/similar/upload", content=body, headers={"content-type": ctype})
+        assert refused.status_code == status and refused.json()["detail"].startswith(words), refused.text
     assert _uploads_left(uploads_dir) == set()
 
 

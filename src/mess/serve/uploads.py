@@ -19,12 +19,14 @@ import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from email.message import Message
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 from fastapi import HTTPException, Request
+from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -56,17 +58,42 @@ class _TooSlow(Exception):
 
 
 class _Parser(MultiPartParser):
-    """Starlette's multipart parser, knowing the name of the part header it reads (to say which one is too long)."""
+    """Starlette's multipart parser, knowing the name of the part header it reads (to say which one is too long) and
+    reading a file name given only as ``filename*=UTF-8''caf%C3%A9.wav`` (RFC 5987), a form it ignores.
+
+    RFC 7578 forbids that form in multipart/form-data, but clients send it (urllib3 before 2.0 for any non-ASCII
+    name); the part was read as a plain field and the upload answered "no file". A plain ``filename`` wins.
+    """
 
     header = b""
+    value = b""
+    extended_name: str | None = None  # the file part's name from its filename* parameter
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self.header += data[start:end]
         super().on_header_field(data, start, end)
 
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.value += data[start:end]  # handed on whole at the header's end, where it may get a plain filename
+
     def on_header_end(self) -> None:
-        self.header = b""
+        value = self._with_plain_name(self.value) if self.header.lower() == b"content-disposition" else self.value
+        self.header = self.value = b""
+        super().on_header_value(value, 0, len(value))
         super().on_header_end()
+
+    def _with_plain_name(self, disposition: bytes) -> bytes:
+        """``disposition`` with an empty plain ``filename`` added when it names the file by ``filename*`` alone (so
+        the part is read as a file); the decoded name is kept in ``extended_name``."""
+        if b"filename" in parse_options_header(disposition)[1]:
+            return disposition
+        header = Message()
+        header["content-disposition"] = disposition.decode("latin-1")
+        name = header.get_filename()
+        if name is None:
+            return disposition
+        self.extended_name = name
+        return disposition + b'; filename=""'
 
 
 class Embedded(NamedTuple):
@@ -158,6 +185,8 @@ async def receive_upload(request: Request, max_bytes: int) -> SavedUpload:
         upload = form.get(FIELD)
         if not isinstance(upload, UploadFile):
             raise HTTPException(400, f"no file in the form field {FIELD!r}")
+        if parser.extended_name is not None:  # the one file part (max_files=1) named itself by filename* alone
+            upload.filename = parser.extended_name
         suffix = check_audio_type(upload.filename or "", upload.content_type)
         return await run_in_threadpool(_save, upload, suffix, max_bytes, too_large)
     finally:
