@@ -496,6 +496,32 @@ def test_a_store_moved_aside_and_extracted_again_is_answered_from_its_new_catalo
         fresh.close()
 
 
+def test_a_store_being_rebuilt_in_place_is_a_503_to_retry_not_damage_to_repair(collection: Path,
+                                                                              tmp_path: Path) -> None:
+    """Deleted and extracted again while the server ran, the store was answered from the old catalog against the
+    missing row files: 400 'run `mess check --repair`' until the new catalog held vectors."""
+    copy = tmp_path / "store"
+    shutil.copytree(collection, copy)
+    urls = ("/api/tracks/1/similar?k=3", "/api/map?layer=chroma", "/api/playlists/radio?seed=1&n=3")
+    with TestClient(base_url="http://127.0.0.1", app=create_app(copy)) as c:
+        assert c.get("/api/health").json()["tracks"] == 12  # nothing read from the row files yet
+        shutil.rmtree(copy)
+        for words in ("its catalog is gone", "a new catalog has replaced"):
+            for url in urls:
+                response = c.get(url)
+                assert response.status_code == 503 and response.headers["retry-after"] == "10", (url, response.text)
+                detail = response.json()["detail"]
+                assert detail.startswith("the store is being rebuilt: " + words) and "repair" not in detail, detail
+            FeatureStore(copy).close()  # the rebuild has begun: a catalog without vectors
+        fresh = FeatureStore(copy)
+        music = collection.parent / "music"
+        extract(fresh, find_audio([music / "Sine_Choir", music / "Saw_Machine"]), DspModel(), WindowPolicy())
+        for url in urls:
+            assert c.get(url).status_code == 200, url
+        assert c.get("/api/health").json()["tracks"] == 8
+        fresh.close()
+
+
 def test_runs_say_which_run_answers_for_a_model_extracted_again(collection: Path, tmp_path: Path) -> None:
     """A second dsp run (another window policy, 2 of 12 files) is the newest, but the first answers: the page took
     the newest run's aspects and layers for its choices (here none of the first run's probed aspects)."""

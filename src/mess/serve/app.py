@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 from mess.artists.profiles import ArtistError
 from mess.serve import mapping, routes_playlists, routes_reports, routes_search, routes_tracks
 from mess.serve.security import AccessPolicy, install
-from mess.serve.state import ServeState, catalog_id, default_model
+from mess.serve.state import ServeState, catalog_id, default_model, store_error
 from mess.serve.uploads import (
     DEFAULT_EMBED_TIMEOUT,
     DEFAULT_MAX_QUEUE,
@@ -79,7 +79,7 @@ def create_app(store_path: Path, model: str | None = None, allow_indexing: bool 
                               "audio, probe reports and audio streaming. Tracks are addressed by id only.")
     app.state.mess = state
     install(app, access or AccessPolicy())
-    app.add_exception_handler(StoreError, _bad_request)
+    app.add_exception_handler(StoreError, store_error)
     app.add_exception_handler(TrackFailed, _failed_track)
     app.add_exception_handler(ArtistError, _bad_request)
     app.add_exception_handler(Exception, _internal_error)

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import faiss
 from fastapi import HTTPException, Request
+from fastapi.responses import JSONResponse
 from pydantic import BeforeValidator
 
 from mess.search.query import Neighbour
@@ -122,10 +123,29 @@ class ServeState:
 
 
 def get_state(request: Request) -> ServeState:
-    """FastAPI dependency: the app's :class:`ServeState`, its store reopened first if it was replaced."""
+    """FastAPI dependency: the app's :class:`ServeState`, its store reopened first if it was replaced.
+
+    The request remembers the catalog it is answered from (``request.state.catalog``): see :func:`store_error`.
+    """
     state: ServeState = request.app.state.mess
     state.refresh()
+    request.state.catalog = state.catalog
     return state
+
+
+def store_error(request: Request, exc: Exception) -> JSONResponse:
+    """The answer to a StoreError: 400 with its message, or 503 (Retry-After) when the catalog the request was
+    answered from has been replaced or removed since (the store is being rebuilt in place: its old catalog read
+    against new or missing row files is no damage, and `mess check --repair` would be the wrong advice)."""
+    state: ServeState = request.app.state.mess
+    now = catalog_id(state.store.root)
+    if now == getattr(request.state, "catalog", state.catalog):
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+    why = ("its catalog is gone (the store was moved aside or deleted since the server opened it)" if now is None
+           else "a new catalog has replaced the one the server read, and holds no vectors yet")
+    return JSONResponse({"detail": f"the store is being rebuilt: {why}; answers resume once `mess extract` has "
+                                   "written vectors there; try again shortly"},
+                        status_code=503, headers={"Retry-After": "10"})
 
 
 def catalog_id(root: Path) -> tuple[int, int] | None:
