@@ -11,6 +11,7 @@ import signal
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import mutagen.flac
@@ -34,8 +35,8 @@ from mess.query import resolve_query
 from mess.search.query import similar_tracks
 from mess.serve.app import create_app
 from mess.serve.mapping import collection_map
-from mess.serve.uploads import EmbedWorker
-from mess.store import FeatureStore, TrackVectors
+from mess.serve.uploads import Embedded, EmbedWorker
+from mess.store import FeatureStore, Run, TrackVectors
 from mess.store.reports import report_paths
 
 SR = 22050
@@ -668,6 +669,68 @@ def test_an_upload_named_only_by_its_rfc_5987_file_name_is_read_with_that_name(c
         body, ctype = _multipart("", b"RIFF not really a wave file" * 40, "audio/wav", file_param=param)
         refused = client.post("/api/similar/upload", content=body, headers={"content-type": ctype})
         assert refused.status_code == status and refused.json()["detail"].startswith(words), refused.text
+    assert _uploads_left(uploads_dir) == set()
+
+
+class _ReplacedWhileEmbedding(EmbedWorker):
+    """A real embed worker during whose embedding the store is replaced and the server has seen it (as at any
+    request): each upload calls the next of ``swaps`` (none once they are used up)."""
+
+    def __init__(self, swaps: list[Callable[[], None]]) -> None:
+        super().__init__(300)
+        self.swaps = swaps
+
+    def embed(self, path: Path, run: Run, name: str) -> Embedded:
+        embedded = super().embed(path, run, name)
+        if self.swaps:
+            self.swaps.pop(0)()
+        return embedded
+
+
+def test_an_upload_is_searched_in_the_store_reopened_while_it_was_embedded(collection: Path, tmp_path: Path,
+                                                                           uploads_dir: Path) -> None:
+    """An upload resolved its run before embedding and searched after: a store reopened in between was searched with
+    the old store's run id, here another run's (2 tracks of another window policy), so the answer came from those."""
+    copy = tmp_path / "store"
+    shutil.copytree(collection, copy)
+    music = collection.parent / "music"
+    app = create_app(copy)
+    state = app.state.mess
+    fresh: list[FeatureStore] = []
+
+    def rebuild(*policies: tuple[list[Path], WindowPolicy]) -> Callable[[], None]:
+        def swap() -> None:
+            shutil.rmtree(copy)
+            store = FeatureStore(copy)
+            for folder, policy in policies:
+                extract(store, find_audio(folder), DspModel(), policy)
+            fresh.append(store)
+            state.refresh()
+        return swap
+
+    one = WindowPolicy(max_windows=1)
+    state.worker = _ReplacedWhileEmbedding([
+        rebuild(([music / "Noise_Ensemble"], one), ([music / "Sine_Choir", music / "Saw_Machine"], WindowPolicy())),
+        rebuild(([music / "Sine_Choir"], one))])  # the upload's window policy is gone
+    song = find_audio([music / "Saw_Machine"])[0]
+    with TestClient(base_url="http://127.0.0.1", app=app) as c:
+        answer = c.post("/api/similar/upload", params={"k": 5}, files={"file": ("saw.flac", song.read_bytes(),
+                                                                                "audio/flac")})
+        assert answer.status_code == 200, answer.text
+        store = fresh[0]
+        run = store.run("dsp")
+        assert run.id == 2 and len(store.tracks(run)) == 8
+        query = answer.json()["query"]
+        same = next(t for t in store.tracks(run) if Path(t.path) == song)
+        assert query["id"] == same.id and query["external"] is False
+        expected = similar_tracks(store, run, resolve_query(store, same.id, run), 5)
+        assert [r["id"] for r in answer.json()["results"]] == [n.track.id for n in expected]
+        refused = c.post("/api/similar/upload", files={"file": ("saw.flac", song.read_bytes(), "audio/flac")})
+        assert refused.status_code == 409 and "replaced while the upload was embedded" in refused.json()["detail"]
+        assert c.post("/api/similar/upload", params={"k": 2},  # sent again, it is embedded as the new store's run
+                      files={"file": ("saw.flac", song.read_bytes(), "audio/flac")}).status_code == 200
+    for store in fresh:
+        store.close()
     assert _uploads_left(uploads_dir) == set()
 
 

@@ -31,7 +31,7 @@ from mess.serve.mapping import collection_map
 from mess.serve.routes_tracks import Aspect, Blank, Fused, Layer, Learned, Model
 from mess.serve.state import ServeState, TrackId, get_state, neighbour_dict, track_dict, vector_spec
 from mess.serve.uploads import FIELD, receive_upload
-from mess.store import Run, Track
+from mess.store import FeatureStore, Run, Track
 
 router = APIRouter(prefix="/api")
 State = Annotated[ServeState, Depends(get_state)]
@@ -92,22 +92,26 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
     `mess similar FILE` would warn of (a file sampled below half the model's rate, one too long to
     analyse whole); empty when none.
     """
-    def prepare() -> tuple[Run, VectorSpec]:
+    def prepare() -> tuple[FeatureStore, Run, VectorSpec]:
         with state.lock:
             run = state.run(model)
-            return run, vector_spec(state.store, run, layer, aspect, fused, learned)
+            return state.store, run, vector_spec(state.store, run, layer, aspect, fused, learned)
 
-    run, spec = await run_in_threadpool(prepare)
+    opened, embedded_as, embedded_spec = await run_in_threadpool(prepare)
     with state.worker.receipt():
         saved = await receive_upload(request, state.max_upload_bytes)
     try:
         with state.worker.slot():  # 503 at once when the upload queue is full: reads never wait on uploads
-            embedded = await run_in_threadpool(state.worker.embed, saved.path, run, saved.filename)
+            embedded = await run_in_threadpool(state.worker.embed, saved.path, embedded_as, saved.filename)
     finally:
         saved.path.unlink(missing_ok=True)
 
     def search() -> dict:
         with state.lock:
+            run, spec = embedded_as, embedded_spec
+            if state.store is not opened:  # reopened while the file was embedded: the run ids were the old store's
+                run = _run_again(state, embedded_as)
+                spec = vector_spec(state.store, run, layer, aspect, fused, learned)
             artist = embedded.tags.get("artist")
             label = f"{artist} - {embedded.tags['title'] or file_title(saved.filename)}" if artist else saved.filename
             tq = external_query(state.store, run, label, embedded.content_hash, embedded.layers, (), artist)
@@ -127,6 +131,18 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
                     "warnings": embedded.warnings}
 
     return await run_in_threadpool(search)
+
+
+def _run_again(state: ServeState, embedded_as: Run) -> Run:
+    """The run of ``embedded_as``'s model in the store reopened while an upload was embedded as that run; 409 when that
+    store has no vectors of the model made as the upload's were (same revision, window policy and layers)."""
+    if embedded_as.model in {r.model for r in state.store.runs()}:
+        now = state.store.run(embedded_as.model)
+        if (now.revision, now.policy, now.layer_dims) == (embedded_as.revision, embedded_as.policy,
+                                                          embedded_as.layer_dims):
+            return now
+    raise HTTPException(409, f"the store was replaced while the upload was embedded, and it has no {embedded_as.model} "
+                             "vectors made as the upload's were (same revision and window policy); upload it again")
 
 
 @router.get("/artists", summary="Artists of the collection")
