@@ -369,6 +369,33 @@ def test_an_audio_file_replaced_since_extraction_is_refused_until_extracted_agai
     store.close()
 
 
+def test_an_audio_file_replaced_keeping_its_size_and_mtime_is_refused(tmp_path: Path) -> None:
+    """The check compared size and mtime only: another recording of the same length and format put in its place with
+    the old mtime (``touch -r``, ``rsync -t``, ``cp -p``) played under the old track's title and vectors."""
+    music = tmp_path / "music"
+    music.mkdir()
+    song, other = music / "song.wav", tmp_path / "other.wav"
+    rng = np.random.default_rng(4)
+    sf.write(song, _render("Sine Choir", PITCHES[1], rng), SR, subtype="PCM_16")
+    store = FeatureStore(tmp_path / "store")
+    extract(store, find_audio([music]), DspModel(), WindowPolicy())
+    track = store.tracks()[0]
+    store.close()
+    url = f"/api/tracks/{track.id}/audio"
+    with TestClient(base_url="http://127.0.0.1", app=create_app(tmp_path / "store")) as c:
+        song.chmod(0o600)  # the same file, its ctime changed: still served
+        assert c.get(url).status_code == 200 and c.get(url).content == song.read_bytes()
+        before = song.stat()
+        sf.write(other, _render("Noise Ensemble", PITCHES[1], rng), SR, subtype="PCM_16")
+        os.utime(other, ns=(before.st_atime_ns, before.st_mtime_ns))
+        other.replace(song)
+        assert (song.stat().st_size, song.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+        for response in (c.get(url), c.get(url, headers={"Range": "bytes=0-99"}), c.head(url)):
+            assert response.status_code == 409 and response.headers["content-type"] == "application/json"
+        detail = c.get(url).json()["detail"]
+        assert "song.wav" in detail and "same size and modification time but other audio" in detail, detail
+
+
 def test_probe_report_and_heatmap_are_served(client: TestClient, store: FeatureStore) -> None:
     run = store.run("dsp")
     paths = report_paths(store.reports_dir, run.model, run.id, "ridge")

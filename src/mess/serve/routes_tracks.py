@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import mimetypes
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BeforeValidator
 
+from mess.audio.discover import content_hash, file_stamp
 from mess.constants import FUSED
+from mess.extract.prepare import stamp_matches
 from mess.search.query import ENCODED_R2
 from mess.search.vectors import load_vectors, track_by_id, vectors_label
 from mess.serve.audio_file import AudioFile
@@ -109,7 +112,7 @@ def audio(track_id: TrackId, state: State, request: Request) -> AudioFile:
     cannot be read (unknown unit, invalid range) is ignored: 200 with the whole file (RFC 9110 §14.2)."""
     with state.lock:
         path = Path(state.track(track_id).path)
-        recorded = state.store.file_size_mtime(path)
+        recorded, known = state.store.file_size_mtime(path), state.store.known_file(path)
     if not path.is_file():
         raise HTTPException(404, f"the audio file of track {track_id} ({path.name}) is no longer on disk")
     if path.resolve() != path:  # catalogued paths are resolved: a link put there since may point anywhere
@@ -120,12 +123,26 @@ def audio(track_id: TrackId, state: State, request: Request) -> AudioFile:
         raise HTTPException(409, f"the audio file of track {track_id} ({path.name}) changed since it was extracted "
                                  "(its size or modification time differ): its tags, duration and vectors may be of "
                                  "another file; run `mess extract` again")
+    if known is not None and not stamp_matches(stat, known[1]) and _content_hash(path, file_stamp(stat)) != known[0]:
+        raise HTTPException(409, f"the audio file of track {track_id} ({path.name}) was replaced since it was "
+                                 "extracted by one of the same size and modification time but other audio: its tags, "
+                                 "duration and vectors are of another file; run `mess extract` again")
     media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     response = AudioFile(path, media_type=media, stat_result=stat)
     refusal = response.refusal(request, stat)
     if refusal is not None:
         raise refusal
     return response
+
+
+@lru_cache(maxsize=4096)
+def _content_hash(path: Path, stamp: str) -> str:
+    """The audio content hash of a file whose size and mtime are as extracted but inode or ctime not (moved away
+    and back, ``chmod``, or replaced keeping both), hashed once per change ``stamp``; '' when it cannot be read."""
+    try:
+        return content_hash(path)
+    except OSError:
+        return ""
 
 
 @router.get("/map", summary="2-D map (PCA) of the collection in one vector set")
