@@ -132,6 +132,14 @@ def test_cross_origin_writes_are_refused(server: str, dsp_store: Path) -> None:
     assert httpx.post(server + "/api/index").status_code == 200  # not a browser: no Origin
 
 
+def test_a_malformed_origin_is_a_foreign_one(server: str) -> None:
+    """An Origin that is no URL (an unclosed IPv6 bracket) made urlsplit raise: a 500 instead of the 403."""
+    for origin in ("http://[::1", "http://127.0.0.1]", "http://[127.0.0.1]"):
+        refused = httpx.post(server + "/api/index", headers={"Origin": origin})
+        assert refused.status_code == 403, (origin, refused.text)
+        assert refused.json()["detail"] == "cross-origin requests may not change anything"
+
+
 def test_a_token_guards_everything_and_the_page_sets_a_cookie(dsp_store: Path) -> None:
     refused = subprocess.run([*MESS, "serve", "--store", str(dsp_store), "--host", "0.0.0.0"],
                              capture_output=True, text=True, timeout=60, env={**os.environ, "MESS_TOKEN": ""})

@@ -112,11 +112,17 @@ def _hostname(netloc: str) -> str:
 
 
 def _cross_origin(request: Request, host_header: str) -> bool:
-    """Whether a browser says this request comes from a page of another origin."""
+    """Whether a browser says this request comes from a page of another origin (an Origin that is no URL, such as
+    'http://[::1', is none of this server's: urlsplit's ValueError was a 500)."""
     if request.headers.get("sec-fetch-site") == "cross-site":
         return True
     origin = request.headers.get("origin")
-    return origin is not None and urlsplit(origin).netloc.lower() != host_header.lower()
+    if origin is None:
+        return False
+    try:
+        return urlsplit(origin).netloc.lower() != host_header.lower()
+    except ValueError:
+        return True
 
 
 def _bearer(request: Request) -> str | None:
