@@ -139,6 +139,18 @@ def test_health_runs_and_openapi(client: TestClient) -> None:
     assert client.get("/app.js").status_code == 200 and client.get("/style.css").status_code == 200
 
 
+def test_a_get_of_a_post_route_is_405_naming_the_method(client: TestClient) -> None:
+    """``GET /api/similar/upload`` fell through to the page's files: 404 'Not Found' for a route that exists."""
+    for url in ("/api/similar/upload", "/api/index"):
+        for response in (client.get(url), client.head(url)):
+            assert response.status_code == 405 and response.headers["allow"] == "POST", (url, response.status_code)
+        assert client.get(url).json() == {"detail": "Method Not Allowed"}
+    missing = client.get("/api/nope")
+    assert missing.status_code == 404 and missing.json() == {"detail": "Not Found"}
+    assert client.get("/").status_code == client.get("/app.js").status_code == 200  # the page is still served
+    assert client.post("/").status_code == 405
+
+
 def test_tracks_are_paged_and_filtered(client: TestClient, store: FeatureStore) -> None:
     seen = []
     for offset in range(0, 12, 5):

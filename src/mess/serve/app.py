@@ -13,6 +13,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from threadpoolctl import threadpool_limits
 
@@ -85,9 +86,20 @@ def create_app(store_path: Path, model: str | None = None, allow_indexing: bool 
     app.add_exception_handler(Exception, _internal_error)
     for module in (routes_tracks, routes_search, routes_reports, routes_playlists):
         app.include_router(module.router)
-    app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
+    app.router.routes.append(PageFiles("/", StaticFiles(directory=STATIC_DIR, html=True), name="static"))
     app.add_middleware(HeadAsGet)
     return app
+
+
+class PageFiles(Mount):
+    """The web page's files at /, leaving /api/ paths to the API: a GET of a POST-only route (``/api/similar/upload``)
+    fell through to the files and was 404 'Not Found'; it is 405 with ``Allow: POST``."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        """No match for an /api/ path; else as a mount at / matches."""
+        if scope["type"] == "http" and scope["path"].startswith("/api/"):
+            return Match.NONE, {}
+        return super().matches(scope)
 
 
 class HeadAsGet:
