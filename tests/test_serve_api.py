@@ -151,6 +151,23 @@ def test_a_get_of_a_post_route_is_405_naming_the_method(client: TestClient) -> N
     assert client.post("/").status_code == 405
 
 
+def test_the_page_files_answer_ranges_as_the_audio_route_does(client: TestClient) -> None:
+    """A ``Range`` the page's files could not read was a plain-text 400 ('Range header: range must be requested'),
+    an unsatisfiable one a plain-text 416."""
+    whole = client.get("/app.js")
+    size = len(whole.content)
+    for header in ("bytes=5-2", "bytes=abc", "items=0-5"):
+        ignored = client.get("/app.js", headers={"Range": header})
+        assert ignored.status_code == 200 and ignored.content == whole.content, (header, ignored.text[:80])
+    part = client.get("/app.js", headers={"Range": "bytes=0-9"})
+    assert part.status_code == 206 and part.content == whole.content[:10]
+    refused = client.get("/app.js", headers={"Range": f"bytes={size}-"})
+    assert refused.status_code == 416 and refused.headers["content-range"] == f"bytes */{size}"
+    assert refused.json()["detail"].startswith("range not satisfiable")
+    assert client.get("/app.js", headers={"If-None-Match": whole.headers["etag"]}).status_code == 304
+    assert client.get("/", headers={"Range": "bytes=x"}).status_code == 200
+
+
 def test_tracks_are_paged_and_filtered(client: TestClient, store: FeatureStore) -> None:
     seen = []
     for offset in range(0, 12, 5):

@@ -6,19 +6,23 @@ a local, offline tool must not depend on (or leak requests to).
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import Headers
 from starlette.routing import Match, Mount
+from starlette.staticfiles import NotModifiedResponse, PathLike
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from threadpoolctl import threadpool_limits
 
 from mess.artists.profiles import ArtistError
 from mess.serve import mapping, routes_playlists, routes_reports, routes_search, routes_tracks
+from mess.serve.audio_file import AudioFile
 from mess.serve.security import AccessPolicy, install
 from mess.serve.state import ServeState, catalog_id, default_model, store_error
 from mess.serve.uploads import (
@@ -86,7 +90,7 @@ def create_app(store_path: Path, model: str | None = None, allow_indexing: bool 
     app.add_exception_handler(Exception, _internal_error)
     for module in (routes_tracks, routes_search, routes_reports, routes_playlists):
         app.include_router(module.router)
-    app.router.routes.append(PageFiles("/", StaticFiles(directory=STATIC_DIR, html=True), name="static"))
+    app.router.routes.append(PageFiles("/", PageFileResponses(directory=STATIC_DIR, html=True), name="static"))
     app.add_middleware(HeadAsGet)
     return app
 
@@ -100,6 +104,22 @@ class PageFiles(Mount):
         if scope["type"] == "http" and scope["path"].startswith("/api/"):
             return Match.NONE, {}
         return super().matches(scope)
+
+
+class PageFileResponses(StaticFiles):
+    """The page's files, answering a ``Range`` as the audio route does (:class:`AudioFile`): one that cannot be read is
+    ignored and an unsatisfiable one is a JSON 416 (Starlette's were a plain-text 400 and 416)."""
+
+    def file_response(self, full_path: PathLike, stat_result: os.stat_result, scope: Scope,
+                      status_code: int = 200) -> Response:
+        """The file, a 304 when the client's copy is current, or the JSON 416."""
+        response = AudioFile(full_path, status_code=status_code, stat_result=stat_result)
+        if self.is_not_modified(response.headers, Headers(scope=scope)):
+            return NotModifiedResponse(response.headers)
+        refusal = response.refusal(Request(scope), stat_result)
+        if refusal is not None:
+            return JSONResponse({"detail": refusal.detail}, status_code=refusal.status_code, headers=refusal.headers)
+        return response
 
 
 class HeadAsGet:

@@ -1,4 +1,4 @@
-"""The audio endpoint's file response: HTTP range requests as RFC 9110 §14 reads them.
+"""The file response of the audio endpoint and the page's files: HTTP range requests as RFC 9110 §14 reads them.
 
 Starlette answered a ``Range`` it could not read (``bytes=5-2``, ``bytes=abc``, ``items=0-5``) with a
 plain-text 400 and an unsatisfiable one with a plain-text 416. A server must ignore a range unit it does not
