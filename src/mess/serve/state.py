@@ -142,7 +142,8 @@ def store_error(request: Request, exc: Exception) -> JSONResponse:
     if now == getattr(request.state, "catalog", state.catalog):
         return JSONResponse({"detail": str(exc)}, status_code=400)
     why = ("its catalog is gone (the store was moved aside or deleted since the server opened it)" if now is None
-           else "a new catalog has replaced the one the server read, and holds no vectors yet")
+           else "a new catalog has replaced the one the server read, and holds no vectors yet (or is still being "
+                "written)")
     return JSONResponse({"detail": f"the store is being rebuilt: {why}; answers resume once `mess extract` has "
                                    "written vectors there; try again shortly"},
                         status_code=503, headers={"Retry-After": "10"})
