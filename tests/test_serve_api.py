@@ -579,6 +579,20 @@ def test_a_store_being_rebuilt_in_place_is_a_503_to_retry_not_damage_to_repair(c
         fresh.close()
 
 
+def test_a_damaged_store_is_named_without_its_parent_folders(collection: Path, tmp_path: Path) -> None:
+    """A store error named the store by its full path ('/home/me/music/store: dsp track vectors ... stop at row 0'):
+    API answers name no server path, a track's file included; the store is named by its folder's name."""
+    copy = tmp_path / "private" / "store"
+    shutil.copytree(collection, copy)
+    with TestClient(base_url="http://127.0.0.1", app=create_app(copy)) as c:
+        (copy / "runs" / "1" / "track" / "001.f16").write_bytes(b"")  # the chroma vectors lost
+        damaged = c.get("/api/tracks/1/similar", params={"layer": "chroma"})
+        assert damaged.status_code == 400, damaged.text
+        detail = damaged.json()["detail"]
+        assert detail.startswith("store: dsp track vectors of layer chroma stop at row 0"), detail
+        assert str(tmp_path) not in detail and detail.endswith("run `mess check --repair`")
+
+
 def test_runs_say_which_run_answers_for_a_model_extracted_again(collection: Path, tmp_path: Path) -> None:
     """A second dsp run (another window policy, 2 of 12 files) is the newest, but the first answers: the page took
     the newest run's aspects and layers for its choices (here none of the first run's probed aspects)."""
