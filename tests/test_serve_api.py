@@ -8,6 +8,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import uuid
@@ -843,6 +845,16 @@ def test_indexing_only_with_the_flag(collection: Path, tmp_path: Path) -> None:
         ivf = writable.post("/api/index", params={"layer": "mfcc", "kind": "ivf"}).json()  # 12 tracks: too few
         assert ivf["kind"] == "flat" and ivf["note"].startswith("ivf needs 32 tracks"), ivf
         assert writable.post("/api/index", params={"kind": "lsh"}).status_code == 400
+        holder = subprocess.Popen(  # another process writes: 503 at once, the store named without its path
+            [sys.executable, "-c", "import sys; from mess.store import FeatureStore\n"
+             "with FeatureStore(sys.argv[1]).writing('mess extract'):\n print('held', flush=True); sys.stdin.read()",
+             str(copy)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline() == "held\n"
+        busy = writable.post("/api/index", params={"layer": "chroma", "kind": "flat"})
+        holder.communicate("", timeout=60)
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "30", busy.text
+        assert busy.json()["detail"].startswith("the store is busy: the store lock on store held by pid ")
+        assert str(tmp_path) not in busy.json()["detail"]
 
 
 def test_cli_loopback_check_and_clean_errors(tmp_path: Path) -> None:

@@ -64,8 +64,9 @@ def index(state: State, model: Model = None, layer: Layer = None, aspect: Aspect
         try:
             with state.store.writing("mess serve: index", wait=False):  # no extract commits between read and save
                 _, report = build_index(state.store, load_vectors(state.store, run, spec), kind, wait=False)
-        except StoreBusy as exc:
-            raise HTTPException(503, str(exc), headers={"Retry-After": "30"}) from None
+        except StoreBusy as exc:  # the store named by its folder's name, as every answer names it
+            root = state.store.root
+            raise HTTPException(503, str(exc).replace(str(root), root.name), headers={"Retry-After": "30"}) from None
     return {"model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "kind": report.kind,
             "mode": report.mode, "tracks": report.n, "added": report.added, "removed": report.removed,
             "recall": report.recall, "seconds": round(report.seconds, 3), "file": report.path.name,
