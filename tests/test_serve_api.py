@@ -566,6 +566,7 @@ def test_a_store_being_rebuilt_in_place_is_a_503_to_retry_not_damage_to_repair(c
         assert c.get("/api/health").json()["tracks"] == 12  # nothing read from the row files yet
         shutil.rmtree(copy)
         for words in ("its catalog is gone", "a new catalog has replaced"):
+            assert c.get("/api/health").json()["status"] == "rebuilding"
             for url in urls:
                 response = c.get(url)
                 assert response.status_code == 503 and response.headers["retry-after"] == "10", (url, response.text)
@@ -577,7 +578,7 @@ def test_a_store_being_rebuilt_in_place_is_a_503_to_retry_not_damage_to_repair(c
         extract(fresh, find_audio([music / "Sine_Choir", music / "Saw_Machine"]), DspModel(), WindowPolicy())
         for url in urls:
             assert c.get(url).status_code == 200, url
-        assert c.get("/api/health").json()["tracks"] == 8
+        assert c.get("/api/health").json()["tracks"] == 8 and c.get("/api/health").json()["status"] == "ok"
         fresh.close()
 
 

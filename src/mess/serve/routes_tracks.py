@@ -17,7 +17,7 @@ from mess.search.query import ENCODED_R2
 from mess.search.vectors import load_vectors, track_by_id, vectors_label
 from mess.serve.audio_file import AudioFile
 from mess.serve.mapping import CollectionMap, collection_map
-from mess.serve.state import ServeState, TrackId, get_state, track_dict, vector_spec
+from mess.serve.state import ServeState, TrackId, catalog_id, get_state, track_dict, vector_spec
 from mess.store import Track
 
 router = APIRouter(prefix="/api")
@@ -39,11 +39,14 @@ Learned = Annotated[bool, Query(description="The learned head shipped for the mo
 
 @router.get("/health", summary="Server and store status")
 def health(state: State) -> dict:
-    """Whether the server is up, what the store holds and which write features are on."""
+    """Whether the server is up, what the store holds and which write features are on; ``status`` is 'rebuilding'
+    while the store's catalog has been replaced or removed and no new one with vectors has taken its place (the counts
+    are then the old catalog's)."""
     with state.lock:
         runs = state.store.runs()
         n_tracks = len(state.store.tracks())
-    return {"status": "ok", "tracks": n_tracks, "models": sorted({r.model for r in runs}),
+        status = "ok" if catalog_id(state.store.root) == state.catalog else "rebuilding"
+    return {"status": status, "tracks": n_tracks, "models": sorted({r.model for r in runs}),
             "default_model": state.default_model, "read_only": not state.allow_indexing,
             "max_upload_bytes": state.max_upload_bytes}
 
