@@ -427,6 +427,31 @@ def test_an_audio_file_replaced_keeping_its_size_and_mtime_is_refused(tmp_path: 
         assert "song.wav" in detail and "same size and modification time but other audio" in detail, detail
 
 
+def test_the_audio_refusals_of_a_file_whose_name_is_not_utf8_are_json(tmp_path: Path) -> None:
+    """A file named b'caf\\xe9.wav' (Latin-1 bytes) was served, but its 409 and 404 were 500s: the name, with its
+    undecodable byte, could not be written as JSON."""
+    music = tmp_path / "music"
+    music.mkdir()
+    sf.write(tmp_path / "tone.wav", _render("Sine Choir", PITCHES[2], np.random.default_rng(5)), SR)
+    song = music / os.fsdecode(b"caf\xe9.wav")
+    (tmp_path / "tone.wav").rename(song)
+    store = FeatureStore(tmp_path / "store")
+    extract(store, find_audio([music]), DspModel(), WindowPolicy())
+    track = store.tracks()[0]
+    store.close()
+    url = f"/api/tracks/{track.id}/audio"
+    with TestClient(base_url="http://127.0.0.1", app=create_app(tmp_path / "store")) as c:
+        assert c.get(url).content == song.read_bytes()
+        stat = song.stat()
+        os.utime(song, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+        changed = c.get(url)
+        assert changed.status_code == 409, changed.text
+        assert "(caf\\xe9.wav) changed since it was extracted" in changed.json()["detail"]
+        song.rename(tmp_path / "aside.wav")
+        gone = c.get(url)
+        assert gone.status_code == 404 and "(caf\\xe9.wav) is no longer on disk" in gone.json()["detail"]
+
+
 def test_probe_report_and_heatmap_are_served(client: TestClient, store: FeatureStore) -> None:
     run = store.run("dsp")
     paths = report_paths(store.reports_dir, run.model, run.id, "ridge")

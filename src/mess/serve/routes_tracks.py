@@ -19,6 +19,7 @@ from mess.serve.audio_file import AudioFile
 from mess.serve.mapping import CollectionMap, collection_map
 from mess.serve.state import ServeState, TrackId, catalog_id, get_state, track_dict, vector_spec
 from mess.store import Track
+from mess.store.paths import printable
 
 router = APIRouter(prefix="/api")
 State = Annotated[ServeState, Depends(get_state)]
@@ -116,18 +117,18 @@ def audio(track_id: TrackId, state: State, request: Request) -> AudioFile:
     with state.lock:
         path = Path(state.track(track_id).path)
         recorded, known = state.store.file_size_mtime(path), state.store.known_file(path)
+    file = f"the audio file of track {track_id} ({printable(path.name)})"  # a non-UTF-8 name as caf\xe9 (JSON: UTF-8)
     if not path.is_file():
-        raise HTTPException(404, f"the audio file of track {track_id} ({path.name}) is no longer on disk")
+        raise HTTPException(404, f"{file} is no longer on disk")
     if path.resolve() != path:  # catalogued paths are resolved: a link put there since may point anywhere
-        raise HTTPException(404, f"the audio file of track {track_id} ({path.name}) has been replaced by a link; "
-                                 "run `mess extract` again")
+        raise HTTPException(404, f"{file} has been replaced by a link; run `mess extract` again")
     stat = path.stat()
     if recorded is not None and recorded != (stat.st_size, stat.st_mtime):
-        raise HTTPException(409, f"the audio file of track {track_id} ({path.name}) changed since it was extracted "
+        raise HTTPException(409, f"{file} changed since it was extracted "
                                  "(its size or modification time differ): its tags, duration and vectors may be of "
                                  "another file; run `mess extract` again")
     if known is not None and not stamp_matches(stat, known[1]) and _content_hash(path, file_stamp(stat)) != known[0]:
-        raise HTTPException(409, f"the audio file of track {track_id} ({path.name}) was replaced since it was "
+        raise HTTPException(409, f"{file} was replaced since it was "
                                  "extracted by one of the same size and modification time but other audio: its tags, "
                                  "duration and vectors are of another file; run `mess extract` again")
     media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
