@@ -607,17 +607,20 @@ def test_a_store_being_rebuilt_in_place_is_a_503_to_retry_not_damage_to_repair(c
         fresh.close()
 
 
-def test_a_damaged_store_is_named_without_its_parent_folders(collection: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("folder", "shown"), [(b"store", "store"), (b"st\xf6re", "st\\xf6re")])
+def test_a_damaged_store_is_named_without_its_parent_folders(collection: Path, tmp_path: Path, folder: bytes,
+                                                             shown: str) -> None:
     """A store error named the store by its full path ('/home/me/music/store: dsp track vectors ... stop at row 0'):
-    API answers name no server path, a track's file included; the store is named by its folder's name."""
-    copy = tmp_path / "private" / "store"
+    API answers name no server path, a track's file included; the store is named by its folder's name, one that is
+    not UTF-8 with escapes (it was a 500: the name could not be written as JSON)."""
+    copy = tmp_path / "private" / os.fsdecode(folder)
     shutil.copytree(collection, copy)
     with TestClient(base_url="http://127.0.0.1", app=create_app(copy)) as c:
         (copy / "runs" / "1" / "track" / "001.f16").write_bytes(b"")  # the chroma vectors lost
         damaged = c.get("/api/tracks/1/similar", params={"layer": "chroma"})
         assert damaged.status_code == 400, damaged.text
         detail = damaged.json()["detail"]
-        assert detail.startswith("store: dsp track vectors of layer chroma stop at row 0"), detail
+        assert detail.startswith(f"{shown}: dsp track vectors of layer chroma stop at row 0"), detail
         assert str(tmp_path) not in detail and detail.endswith("run `mess check --repair`")
 
 

@@ -134,15 +134,15 @@ def get_state(request: Request) -> ServeState:
 
 
 def store_error(request: Request, exc: Exception) -> JSONResponse:
-    """The answer to a StoreError: 400 with its message (the store's folder named without its parents, as a track's
-    file is), or 503 (Retry-After) when the catalog the request was
+    """The answer to a StoreError: 400 with its message (the store's folder named without its parents and with
+    escapes for bytes that are not UTF-8, as a track's file is), or 503 (Retry-After) when the catalog the request was
     answered from has been replaced or removed since (the store is being rebuilt in place: its old catalog read
     against new or missing row files is no damage, and `mess check --repair` would be the wrong advice)."""
     state: ServeState = request.app.state.mess
     root = state.store.root
     now = catalog_id(root)
     if now == getattr(request.state, "catalog", state.catalog):  # the store named by its folder's name alone
-        return JSONResponse({"detail": str(exc).replace(str(root), root.name)}, status_code=400)
+        return JSONResponse({"detail": printable(str(exc).replace(str(root), root.name))}, status_code=400)
     why = ("its catalog is gone (the store was moved aside or deleted since the server opened it)" if now is None
            else "a new catalog has replaced the one the server read, and holds no vectors yet (or is still being "
                 "written)")
