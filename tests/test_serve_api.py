@@ -862,8 +862,10 @@ def test_embed_worker_survives_a_hang_and_a_crash(collection: Path, store: Featu
         worker.close()
 
 
-def test_indexing_only_with_the_flag(collection: Path, tmp_path: Path) -> None:
-    copy = tmp_path / "store"
+@pytest.mark.parametrize(("folder", "shown"), [(b"store", "store"), (b"st\xf6re", "st\\xf6re")])
+def test_indexing_only_with_the_flag(collection: Path, tmp_path: Path, folder: bytes, shown: str) -> None:
+    """Also: the 503 of a busy store named it by its full path, and a folder name that is not UTF-8 made it a 500."""
+    copy = tmp_path / os.fsdecode(folder)
     shutil.copytree(collection, copy)
     with TestClient(base_url="http://127.0.0.1", app=create_app(copy, allow_indexing=True)) as writable:
         assert writable.get("/api/health").json()["read_only"] is False
@@ -882,7 +884,7 @@ def test_indexing_only_with_the_flag(collection: Path, tmp_path: Path) -> None:
         busy = writable.post("/api/index", params={"layer": "chroma", "kind": "flat"})
         holder.communicate("", timeout=60)
         assert busy.status_code == 503 and busy.headers["retry-after"] == "30", busy.text
-        assert busy.json()["detail"].startswith("the store is busy: the store lock on store held by pid ")
+        assert busy.json()["detail"].startswith(f"the store is busy: the store lock on {shown} held by pid "), busy.text
         assert str(tmp_path) not in busy.json()["detail"]
 
 

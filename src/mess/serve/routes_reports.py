@@ -15,6 +15,7 @@ from mess.search.vectors import load_vectors, vectors_label
 from mess.serve.routes_tracks import Aspect, Fused, Layer, Learned, Model
 from mess.serve.state import ServeState, get_state, vector_spec
 from mess.store import StoreBusy
+from mess.store.paths import printable
 from mess.store.reports import report_paths
 
 router = APIRouter(prefix="/api")
@@ -65,8 +66,8 @@ def index(state: State, model: Model = None, layer: Layer = None, aspect: Aspect
             with state.store.writing("mess serve: index", wait=False):  # no extract commits between read and save
                 _, report = build_index(state.store, load_vectors(state.store, run, spec), kind, wait=False)
         except StoreBusy as exc:  # the store named by its folder's name, as every answer names it
-            root = state.store.root
-            raise HTTPException(503, str(exc).replace(str(root), root.name), headers={"Retry-After": "30"}) from None
+            busy = printable(str(exc).replace(str(state.store.root), state.store.root.name))
+            raise HTTPException(503, busy, headers={"Retry-After": "30"}) from None
     return {"model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "kind": report.kind,
             "mode": report.mode, "tracks": report.n, "added": report.added, "removed": report.removed,
             "recall": report.recall, "seconds": round(report.seconds, 3), "file": report.path.name,
