@@ -21,7 +21,7 @@ from mess.playlists.path import sonic_path
 from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError, artist_key
 from mess.playlists.radio import radio
 from mess.query import resolve_query
-from mess.search.query import similar_tracks
+from mess.search.query import collection_query, similar_tracks
 from mess.search.vectors import VectorSpec, load_vectors
 from mess.store import FeatureStore
 
@@ -177,6 +177,7 @@ def test_clusters_of_copies_and_of_one_track_are_not_empty(tmp_path: Path) -> No
     one = FeatureStore(tmp_path / "one")
     extract(one, [music / "a.wav"], DspModel(), WindowPolicy(4.0, 2))
     assert [len(p.tracks) for p in clusters(one, one.run("dsp"))] == [1]
+    assert "only 1 track has these vectors" in radio(one, one.run("dsp"), [collection_query(one, 1)], 5).note
     for i in range(3):
         shutil.copy(music / "a.wav", music / f"copy{i}.wav")
     copies = FeatureStore(tmp_path / "copies")

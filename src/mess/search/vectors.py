@@ -180,7 +180,8 @@ class VectorSet:
         """One line when the spec's normalisation fell back to plain cosine (too few tracks), else ''."""
         if self.spec.norm == "none" or len(self.ids) >= MIN_FIT_TRACKS:
             return ""
-        return (f"only {len(self.ids)} tracks have these vectors: scores are plain cosines "
+        have = "1 track has" if len(self.ids) == 1 else f"{len(self.ids)} tracks have"
+        return (f"only {have} these vectors: scores are plain cosines "
                 f"({self.spec.norm} normalisation needs {MIN_FIT_TRACKS})")
 
     @cached_property
