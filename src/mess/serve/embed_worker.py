@@ -62,10 +62,10 @@ def _embed(path: Path, model: EmbeddingModel, policy: WindowPolicy, max_seconds:
                                        f"{max_seconds / 60:g} min")
         vectors, warnings = embed_file_warned(path, model, replace(
             policy, max_decode_seconds=min(policy.max_decode_seconds, max_seconds)))
+        tags = read_tags(path)  # inside: a tag reader's fault is this upload's error, not the worker's death
     except Exception as exc:  # noqa: BLE001 -- any fault in one upload is that upload's error
         return ("error", "decode", str(exc) or type(exc).__name__)
-    return ("ok", vectors.content_hash, [np.asarray(v, dtype=np.float32) for v in vectors.layers],
-            read_tags(path), warnings)
+    return ("ok", vectors.content_hash, [np.asarray(v, dtype=np.float32) for v in vectors.layers], tags, warnings)
 
 
 def main() -> None:
