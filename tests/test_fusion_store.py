@@ -18,6 +18,7 @@ import pytest
 import soundfile as sf
 import torch
 import typer
+from fastapi.testclient import TestClient
 from mutagen.flac import FLAC
 from scipy.stats import wilcoxon
 from typer.testing import CliRunner
@@ -45,6 +46,7 @@ from mess.models.registry import load_model
 from mess.query import resolve_query
 from mess.search.query import similar_tracks
 from mess.search.vectors import VectorSpec, load_vectors
+from mess.serve.app import create_app
 from mess.store import FeatureStore, Run, StoreError, Track
 from mess.store.reports import fusion_stem
 
@@ -737,6 +739,10 @@ def test_fused_vectors_made_for_another_run_are_refused_where_read(extracted_sto
     assert out.exit_code == 0, out.output
     scored = json.loads(out.stdout)
     assert FUSED not in {s["kind"] for s in scored["sets"]} and scored["fused_note"] == f"fused row left out: {want}"
+    with TestClient(create_app(root), base_url="http://127.0.0.1") as client:  # the page offers no fused choice
+        listed = {r["id"]: r for r in client.get("/api/runs").json()["runs"]}
+    assert listed[second.id]["fused"] is False and listed[second.id]["fused_note"] == want
+    assert listed[first.id]["fused"] is True and listed[first.id]["fused_note"] is None
     with closing(FeatureStore(root)) as fs:  # retrained since: the older set of run 1 can no longer be checked
         save_checkpoint(train_fusion(load_layers(fs, first), FusionConfig(label="composer", weight_epochs=1,
                                                                           max_epochs=0, seed=4)), checkpoint)

@@ -18,7 +18,8 @@ from mess.search.vectors import load_vectors, track_by_id, vectors_label
 from mess.serve.audio_file import AudioFile
 from mess.serve.mapping import CollectionMap, collection_map
 from mess.serve.state import ServeState, TrackId, catalog_id, get_state, track_dict, vector_spec
-from mess.store import Track
+from mess.store import FeatureStore, Run, Track
+from mess.store.fused import fused_run_problem
 from mess.store.paths import printable
 
 router = APIRouter(prefix="/api")
@@ -54,18 +55,26 @@ def health(state: State) -> dict:
 
 @router.get("/runs", summary="Models in the store, their layers and aspects")
 def runs(state: State) -> dict:
-    """Every run: model, layers, probed aspect -> layer map, whether fused vectors exist, and whether it is the run
-    that answers for its model (``current``: the one covering the most tracks, see :meth:`FeatureStore.run`)."""
+    """Every run: model, layers, probed aspect -> layer map, whether usable fused vectors exist (``fused_note``: why
+    stored ones are not), and whether it is the run that answers for its model (``current``: the one covering the
+    most tracks, see :meth:`FeatureStore.run`)."""
     with state.lock:
         store = state.store
         runs = store.runs()
         current = {store.run(m).id for m in {r.model for r in runs}}
         out = [{"id": r.id, "model": r.model, "revision": r.revision, "layers": list(r.layer_names),
                 "dims": list(r.layer_dims), "aspects": store.aspect_map(r), "aspect_scores": store.aspect_scores(r),
-                "fused": store.derived_meta(r, FUSED) is not None, "tracks": len(store.tracks(r)),
-                "current": r.id in current}
+                **_fused(store, r), "tracks": len(store.tracks(r)), "current": r.id in current}
                for r in runs]
     return {"default_model": state.default_model, "encoded_threshold": ENCODED_R2, "runs": out}
+
+
+def _fused(store: FeatureStore, run: Run) -> dict[str, object]:
+    """``fused``: whether the run has fused vectors that may be read as its own; ``fused_note``: why stored ones may
+    not (made for another run of the model, :func:`mess.store.fused.fused_run_problem`), else None."""
+    meta = store.derived_meta(run, FUSED)
+    problem = fused_run_problem(store, run, meta) if meta is not None else None
+    return {"fused": meta is not None and problem is None, "fused_note": problem}
 
 
 def _matches(track: Track, filters: dict[str, str | None], text: str | None) -> bool:
