@@ -178,17 +178,10 @@ def _emit(playlist: Playlist, output: Path | None, fmt: str | None, as_json: boo
 
 
 def _with_gone_note(playlist: Playlist) -> Playlist:
-    """The playlist, its note naming the tracks whose files are no longer on disk (players skip or stop on them)."""
-    from dataclasses import replace
+    """The playlist, its note naming (by path) the tracks whose files are no longer on disk."""
+    from mess.playlists.playlist import gone_tracks, with_gone_note
 
-    gone = [t.path for t in playlist.tracks if not Path(t.path).is_file()]
-    if not gone:
-        return playlist
-    many = len(gone) > 1
-    names = ", ".join(gone[:3]) + (f" and {len(gone) - 3} more" if len(gone) > 3 else "")
-    line = (f"{len(gone)} track{'s are' if many else ' is'} no longer on disk ({names}); "
-            "`mess extract --prune FOLDER` forgets vanished files")
-    return replace(playlist, note="; ".join(x for x in (playlist.note, line) if x))
+    return with_gone_note(playlist, [t.path for t in gone_tracks(playlist)])
 
 
 def register(app: typer.Typer) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -34,6 +36,23 @@ class Playlist:
             {"id": t.id, "path": t.path, "name": t.name, "artist": t.artist, "title": t.title or file_title(t.path),
              "album": t.album, "duration": t.duration, "score": round(float(s), 6)}
             for t, s in zip(self.tracks, self.scores, strict=False)]}
+
+
+def gone_tracks(playlist: Playlist) -> tuple[Track, ...]:
+    """The playlist's tracks whose files are no longer on disk (deleted or moved since extraction)."""
+    return tuple(t for t in playlist.tracks if not Path(t.path).is_file())
+
+
+def with_gone_note(playlist: Playlist, names: Sequence[str]) -> Playlist:
+    """The playlist, its note naming the tracks whose files are gone (``names``, from :func:`gone_tracks`): players
+    skip or stop on them."""
+    if not names:
+        return playlist
+    many = len(names) > 1
+    listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    line = (f"{len(names)} track{'s are' if many else ' is'} no longer on disk ({listed}); "
+            "`mess extract --prune FOLDER` forgets vanished files")
+    return replace(playlist, note="; ".join(x for x in (playlist.note, line) if x))
 
 
 def artist_key(track: Track) -> str:

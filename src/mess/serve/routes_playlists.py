@@ -14,7 +14,7 @@ from fastapi.responses import Response
 
 from mess.playlists.formats import render
 from mess.playlists.path import sonic_path
-from mess.playlists.playlist import Playlist, PlaylistError
+from mess.playlists.playlist import Playlist, PlaylistError, gone_tracks, with_gone_note
 from mess.playlists.radio import DEFAULT_WINDOW, radio
 from mess.search.query import collection_query, stale_aspect_map
 from mess.serve.routes_tracks import Aspect, Model
@@ -29,11 +29,16 @@ MEDIA = {"m3u8": "audio/x-mpegurl; charset=utf-8", "xspf": "application/xspf+xml
 
 def _answer(request: Request, playlist: Playlist, model: str, fmt: str, name: str,
             stale: str | None) -> dict | Response:
+    """The playlist as JSON (its note naming, by file name, the tracks no longer on disk; their ids in ``missing``)
+    or as an M3U8 / XSPF download."""
     if fmt == "json":
+        gone = gone_tracks(playlist)
+        playlist = with_gone_note(playlist, [track_dict(t)["file"] for t in gone])
         return {
             "title": playlist.title,
             "model": model,
             "note": playlist.note,
+            "missing": [t.id for t in gone],
             "stale_aspect_map": stale,
             "tracks": [
                 {**track_dict(t), "score": round(s, 6)} for t, s in zip(playlist.tracks, playlist.scores, strict=False)
@@ -74,7 +79,10 @@ def radio_route(
     aspect: Aspect = None,
     format: Format = "json",
 ) -> dict | Response:
-    """Tracks ordered by closeness to the nearest seed (seeds left out)."""
+    """Tracks ordered by closeness to the nearest seed (seeds left out).
+
+    JSON: ``missing`` lists the ids of tracks whose files are no longer on disk (deleted since extraction), and
+    ``note`` names them by file name, as `mess playlist radio` does."""
     def build(run: Run) -> Playlist:
         seeds = [collection_query(state.store, state.track(i).id) for i in seed]
         return radio(state.store, run, seeds, n, aspect=aspect, window=window)
@@ -93,7 +101,10 @@ def path_route(
     aspect: Aspect = None,
     format: Format = "json",
 ) -> dict | Response:
-    """``n`` tracks from ``start`` to ``end``, each step aiming at an even point between them."""
+    """``n`` tracks from ``start`` to ``end``, each step aiming at an even point between them.
+
+    JSON: ``missing`` lists the ids of tracks whose files are no longer on disk (deleted since extraction), and
+    ``note`` names them by file name, as `mess playlist path` does."""
     def build(run: Run) -> Playlist:
         return sonic_path(state.store, run, state.track(start), state.track(end), n, aspect=aspect)
 

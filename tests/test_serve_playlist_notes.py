@@ -1,0 +1,64 @@
+"""The API's playlists say what the CLI's say: tracks whose files are gone (`missing`, the note), and radio's blend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from test_playlist_files import _flac
+
+from mess.audio.discover import find_audio
+from mess.audio.windows import WindowPolicy
+from mess.extract.pipeline import extract
+from mess.models.dsp import DspModel
+from mess.serve.app import create_app
+from mess.store import FeatureStore
+
+GONE = 2  # index of the file deleted after extraction
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 tagged FLACs (4 artists) extracted with the dsp model, then file 2 deleted."""
+    root = tmp_path_factory.mktemp("notes")
+    files = [_flac(root / "music" / f"{i}.flac", 3 * i, artist=f"Artist {i % 4}", title=f"Song {i}")
+             for i in range(8)]
+    with closing(FeatureStore(root / "store")) as store:
+        extract(store, find_audio([root / "music"]), DspModel(), WindowPolicy())
+    files[GONE].unlink()
+    return root
+
+
+@pytest.fixture(scope="module")
+def client(collection: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(collection / "store"), base_url="http://127.0.0.1") as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def store(collection: Path) -> Iterator[FeatureStore]:
+    with closing(FeatureStore(collection / "store", readonly=True)) as fs:
+        yield fs
+
+
+def _id(store: FeatureStore, name: str) -> int:
+    return next(t.id for t in store.tracks() if Path(t.path).name == name)
+
+
+def test_radio_and_path_name_the_tracks_whose_files_are_gone(client: TestClient, store: FeatureStore,
+                                                             collection: Path) -> None:
+    """The API answered a track deleted since extraction like any other (its audio URL then 404s); now `missing`
+    lists its id and the note names its file as the CLI's does (file name only: no path leaves the server)."""
+    gone, first, last = _id(store, f"{GONE}.flac"), _id(store, "0.flac"), _id(store, "7.flac")
+    for url, params in (("/api/playlists/radio", {"seed": first, "n": 7}),
+                        ("/api/playlists/path", {"start": first, "end": last, "n": 7})):
+        answer = client.get(url, params=params).json()
+        assert gone in [t["id"] for t in answer["tracks"]], answer
+        assert answer["missing"] == [gone], answer
+        assert f"1 track is no longer on disk ({GONE}.flac); `mess extract --prune FOLDER`" in answer["note"], answer
+        assert str(collection) not in answer["note"]
+    kept = client.get("/api/playlists/radio", params={"seed": gone, "n": 1}).json()
+    assert kept["missing"] == [] and "no longer on disk" not in kept["note"], kept  # the seed is no pick
