@@ -14,6 +14,8 @@ from mess.audio.discover import find_audio
 from mess.audio.windows import WindowPolicy
 from mess.extract.pipeline import extract
 from mess.models.dsp import DspModel
+from mess.playlists.radio import radio
+from mess.search.query import collection_query
 from mess.serve.app import create_app
 from mess.store import FeatureStore
 
@@ -62,3 +64,21 @@ def test_radio_and_path_name_the_tracks_whose_files_are_gone(client: TestClient,
         assert str(collection) not in answer["note"]
     kept = client.get("/api/playlists/radio", params={"seed": gone, "n": 1}).json()
     assert kept["missing"] == [] and "no longer on disk" not in kept["note"], kept  # the seed is no pick
+
+
+def test_radio_takes_the_clis_blend(client: TestClient, store: FeatureStore) -> None:
+    """`blend=turns` was ignored (the seeds never took turns); now the API answers as the library and the CLI's
+    `--blend turns` do, and an unknown blend is a 400 in the CLI's words."""
+    run, ids = store.run("dsp"), [t.id for t in store.tracks()]
+    differ = 0
+    for seeds in ([ids[0], ids[1]], [ids[0], ids[5]], [ids[3], ids[6]]):
+        queries = [collection_query(store, i) for i in seeds]
+        answers = {}
+        for blend in ("nearest", "turns"):
+            got = client.get("/api/playlists/radio", params={"seed": seeds, "n": 5, "blend": blend}).json()
+            answers[blend] = [t["id"] for t in got["tracks"]]
+            assert answers[blend] == [t.id for t in radio(store, run, queries, 5, blend=blend).tracks], blend
+        differ += answers["nearest"] != answers["turns"]
+    assert differ, "no seeds whose blends differ: the test proves nothing"
+    bad = client.get("/api/playlists/radio", params={"seed": ids[0], "blend": "mix"})
+    assert bad.status_code == 400 and bad.json() == {"detail": "unknown blend 'mix'; use nearest or turns"}

@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from mess.playlists.formats import render
 from mess.playlists.path import sonic_path
 from mess.playlists.playlist import Playlist, PlaylistError, gone_tracks, with_gone_note
-from mess.playlists.radio import DEFAULT_WINDOW, radio
+from mess.playlists.radio import BLENDS, DEFAULT_WINDOW, radio
 from mess.search.query import collection_query, stale_aspect_map
 from mess.serve.routes_tracks import Aspect, Model
 from mess.serve.state import ServeState, TrackId, api_words, get_state, track_dict, vector_spec
@@ -75,17 +75,21 @@ def radio_route(
     window: Annotated[
         int, Query(ge=1, le=50, description="Tracks within which an artist does not come back.")
     ] = DEFAULT_WINDOW,
+    blend: Annotated[str, Query(description=f"Several seeds: {' or '.join(BLENDS)}; nearest orders by cosine to the "
+                                "nearest seed (one may take every slot), turns lets the seeds take turns, each adding "
+                                "its next closest track.")] = "nearest",
     model: Model = None,
     aspect: Aspect = None,
     format: Format = "json",
 ) -> dict | Response:
-    """Tracks ordered by closeness to the nearest seed (seeds left out).
+    """Tracks ordered by closeness to the nearest seed (seeds left out), or with ``blend=turns`` by each seed in
+    turn; scores stay the cosine to the nearest seed. An unknown ``blend`` is a 400.
 
     JSON: ``missing`` lists the ids of tracks whose files are no longer on disk (deleted since extraction), and
     ``note`` names them by file name, as `mess playlist radio` does."""
     def build(run: Run) -> Playlist:
         seeds = [collection_query(state.store, state.track(i).id) for i in seed]
-        return radio(state.store, run, seeds, n, aspect=aspect, window=window)
+        return radio(state.store, run, seeds, n, aspect=aspect, window=window, blend=blend)
 
     return _playlist(request, state, model, aspect, format, "radio", build)
 
