@@ -82,3 +82,12 @@ def test_radio_takes_the_clis_blend(client: TestClient, store: FeatureStore) -> 
     assert differ, "no seeds whose blends differ: the test proves nothing"
     bad = client.get("/api/playlists/radio", params={"seed": ids[0], "blend": "mix"})
     assert bad.status_code == 400 and bad.json() == {"detail": "unknown blend 'mix'; use nearest or turns"}
+
+
+def test_openapi_documents_missing_and_blend(client: TestClient) -> None:
+    """The schema a client reads names the new field and parameter."""
+    paths = client.get("/openapi.json").json()["paths"]
+    radio_doc, path_doc = paths["/api/playlists/radio"]["get"], paths["/api/playlists/path"]["get"]
+    assert "``missing``" in radio_doc["description"] and "``missing``" in path_doc["description"]
+    blend = next(p for p in radio_doc["parameters"] if p["name"] == "blend")
+    assert blend["schema"]["default"] == "nearest" and "nearest or turns" in blend["description"]
