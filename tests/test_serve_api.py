@@ -943,3 +943,8 @@ def test_cli_advice_keeps_its_dashes_in_api_messages() -> None:
     got = api_words("use --layer or --aspect; no aspect map for dsp: run `mess probe --model dsp` first")
     # the command inside backticks was shown as `mess probe model dsp`
     assert got == "use layer or aspect; no aspect map for dsp: run `mess probe --model dsp` first"
+    # a track's name, what the request sent and options the API lacks were rewritten too: 'n=5', '(Intro live x=2)'
+    for kept in ("unknown blend '-n 5'; use nearest or turns", "the same recording (Intro --live -x 2)",
+                 "run mess check --repair"):
+        assert api_words(kept) == kept
+    assert api_words("the store's -n 12 and --k") == "the store's n=12 and k"

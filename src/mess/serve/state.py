@@ -204,15 +204,24 @@ def neighbour_dict(result: Neighbour) -> dict:
 
 
 def api_words(message: str) -> str:
-    """A CLI message in the API's words: '--layer' becomes 'layer' and '-n 12' 'n=12', except inside a
-    `quoted command`."""
-    parts = message.split("`")
-    return "`".join(part if i % 2 else _SHORT_OPTION.sub(_api_parameter, part.replace("--", ""))
-                    for i, part in enumerate(parts))
+    """A CLI message in the API's words: '--layer' becomes 'layer' and '-n 12' 'n=12' for the API's parameters,
+    except inside a `quoted command` or a 'quoted value' (a track name or what the request sent, as written)."""
+    return "".join(part if i % 2 else _LONG_OPTION.sub(_api_name, _SHORT_OPTION.sub(_api_parameter, part))
+                   for i, part in enumerate(_KEPT.split(message)))
 
 
+_KEPT = re.compile(r"(`[^`]*`|(?<!\w)'[^'\n]*'(?!\w))")  # backticks; quotes that no letter touches outside
+_API_PARAMETERS = frozenset({"model", "layer", "aspect", "fused", "learned", "k", "n", "exclude-same-artist", "hubness",
+                             "expand", "method", "center", "window", "blend", "seed", "start", "end", "format"})
+_LONG_OPTION = re.compile(r"(?<![\w-])--([a-z][a-z-]*)")
 _SHORT_OPTION = re.compile(r"(?<![\w-])-([a-z])\b(?: (\d+)\b)?")
 
 
+def _api_name(match: re.Match[str]) -> str:
+    return match[1] if match[1] in _API_PARAMETERS else match[0]
+
+
 def _api_parameter(match: re.Match[str]) -> str:
+    if match[1] not in _API_PARAMETERS:
+        return match[0]
     return match[1] if match[2] is None else f"{match[1]}={match[2]}"
