@@ -251,6 +251,7 @@ def test_page_offers_the_vectors_of_the_run_that_answers(rendered_collection: li
     store.set_aspect_map(store.run("dsp"), [("timbre", "mfcc", 0.5, 0.1)])
     extract(store, rendered_collection[:2], DspModel(), WindowPolicy(max_windows=1))
     assert len(store.runs()) == 2
+    newer = store.runs()[-1]
     store.close()
     with _serving(tmp_path / "store", "dsp") as url:
         browser = Browser(tmp_path / "profile")
@@ -264,6 +265,13 @@ def test_page_offers_the_vectors_of_the_run_that_answers(rendered_collection: li
             caption = browser.wait_for("(t => t.includes('aspect timbre') && t)"
                                        "(document.getElementById('map-caption').textContent)")
             assert caption.startswith(f"{len(rendered_collection)} tracks")
+            # the other run is offered too (as NAME@RUN_ID), and picking it maps its own two tracks
+            models = browser.evaluate("[...document.getElementById('model').options].map(o => o.value)")
+            assert models == ["dsp", f"dsp@{newer.id}"]
+            browser.evaluate(f"(() => {{ const m = document.getElementById('model'); m.value = 'dsp@{newer.id}';"
+                             " m.dispatchEvent(new Event('change')); })()")
+            assert browser.wait_for("window.mess.state.model.includes('@') && window.mess.state.points.length"
+                                    " === 2 && window.mess.state.points.length") == 2
             assert browser.exceptions() == []
         finally:
             browser.close()

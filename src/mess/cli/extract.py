@@ -279,7 +279,7 @@ def info_command(
         table.add_column(col)
     for run in summary["runs"]:
         table.add_row(
-            f"{run['id']}{'' if run['in_use'] else ' (not used)'}",
+            f"{run['id']}{'' if run['in_use'] else ' (not default)'}",
             plain(run["model"]),
             _short_revision(run["revision"]),
             f"{run['max_windows']} x {run['window_seconds']:g} s",
@@ -289,8 +289,10 @@ def info_command(
         )
     console.print(table)
     if not all(run["in_use"] for run in summary["runs"]):
+        example = next(run["select"] for run in summary["runs"] if not run["in_use"])
         console.print("[dim]a model with two runs (another window policy or revision) answers from the one "
-                      "covering the most tracks: extract the collection again to move to the newer one[/]")
+                      "covering the most tracks: extract the collection again to move to the newer one, or pick "
+                      f"a run with --model NAME@RUN (here {plain(example)}; run:RUN also does)[/]")
     for run in summary["runs"]:
         for failure in run["failures"] if failures else []:
             console.print(f"[red]{run['model']}:[/] {plain(failure['reason'])}")
@@ -299,7 +301,8 @@ def info_command(
 
 
 def store_summary(fs: FeatureStore) -> dict:
-    """What ``mess info`` shows, as plain data (``in_use``: the run commands answer from for its model)."""
+    """What ``mess info`` shows, as plain data (``in_use``: the run commands answer from for its model; ``select``:
+    the --model value that picks the run)."""
     tracks = fs.tracks()
     in_use = {fs.run(model).id for model in {run.model for run in fs.runs()}}
     return {
@@ -314,6 +317,7 @@ def store_summary(fs: FeatureStore) -> dict:
                 "window_seconds": run_policy(run).window_seconds,
                 "max_windows": run_policy(run).max_windows,
                 "in_use": run.id in in_use,
+                "select": f"{run.model}@{run.id}",  # what --model picks this run with
                 "layers": len(run.layer_names),
                 "tracks": len(fs.tracks(run)),
                 "failures": [{"path": p, "reason": r} for p, r in fs.failures(run)],

@@ -20,7 +20,8 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Model (or local model folder) whose vectors to use (default: the best extracted; see `mess config`).",
+        help="Model (or local model folder) whose vectors to use, or one of its runs as NAME@RUN_ID (ids: `mess "
+        "info`) (default: the best extracted; see `mess config`).",
     ),
 ]
 AspectOpt = Annotated[str | None, typer.Option("--aspect", "-a", help="The layer `mess probe` chose for this aspect.")]

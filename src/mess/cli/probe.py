@@ -20,7 +20,8 @@ if TYPE_CHECKING:  # the probing stack (scikit-learn, librosa) loads only when a
 
 
 def probe_command(
-    model: Annotated[str, typer.Option("--model", "-m", help="Model to probe (its run in use, see `mess info`).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model to probe (its run in use; NAME@RUN_ID picks "
+                                       "another, see `mess info`).")],
     store: StoreOpt = DEFAULT_STORE_PATH,
     folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds (grouped by album, else artist).")] = 5,
     layers: Annotated[list[str] | None, typer.Option(

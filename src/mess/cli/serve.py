@@ -24,7 +24,8 @@ def is_loopback(host: str) -> bool:
 def serve_command(
     host: Annotated[str, typer.Option(help="Address to bind; beyond loopback it needs --token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Default model (default: newest extracted).")]
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Default model, or one of its runs as "
+                                              "NAME@RUN_ID (default: the best extracted).")]
     = None,
     allow_indexing: Annotated[bool, typer.Option("--allow-indexing", help="Open the store writable and enable "
                                                  "POST /api/index (read-only otherwise).")] = False,

@@ -18,7 +18,7 @@ from mess.search.query import Neighbour
 from mess.search.vectors import FUSED, VectorSpec, has_learned_head
 from mess.serve.uploads import EmbedWorker
 from mess.store import FeatureStore, Run, StoreError, Track, is_track_id
-from mess.store.config import model_key
+from mess.store.config import model_key, names_a_run
 from mess.store.paths import printable
 
 
@@ -105,12 +105,15 @@ class ServeState:
             old.close()
 
     def run(self, model: str | None) -> Run:
-        """The run of ``model`` that commands use (see :meth:`FeatureStore.run`; the server's default model when
-        None); 404 when absent."""
+        """The run of ``model`` that commands use, or the run it picks (``NAME@RUN_ID``, see
+        :meth:`FeatureStore.run`; the server's default model when None); 404 when absent or malformed."""
         models = {run.model for run in self.store.runs()}
         name = model_key(model, models) if model else self.default_model
-        if name in models:
-            return self.store.run(name)
+        if name in models or names_a_run(name):
+            try:
+                return self.store.run(name)
+            except StoreError as exc:
+                raise HTTPException(404, str(exc)) from None
         known = ", ".join(sorted(models))
         raise HTTPException(404, f"unknown model {name!r}; this store has vectors for {known}")
 
@@ -161,11 +164,15 @@ def catalog_id(root: Path) -> tuple[int, int] | None:
 
 
 def default_model(store: FeatureStore, model: str | None) -> str:
-    """``model`` when the store has it; else the store's preferred model (see :mod:`mess.store.config`)."""
+    """``model`` when the store has it (a run it picks as ``NAME@RUN_ID``); else the store's preferred model (see
+    :mod:`mess.store.config`)."""
     runs = store.runs()
     if not runs:
         raise StoreError(f"no vectors in {store.root}; run `mess extract` first")
     names = [r.model for r in runs]
+    if model is not None and names_a_run(model) and model_key(model, names) not in names:
+        run = store.run(model)  # one run (NAME@RUN_ID, run:RUN_ID): named as the page lists it
+        return f"{run.model}@{run.id}"
     if model is not None:
         if model_key(model, names) not in names:
             raise StoreError(f"no vectors for model {model!r} in {store.root}; extracted models: "

@@ -2,7 +2,8 @@
 
 The default run is the best model extracted, not the latest: a local MERT folder or
 MERT from the hub, then musicnn, then dsp, then anything else (probe controls last),
-unless ``mess config default-model NAME`` chose one.
+unless ``mess config default-model NAME`` chose one. A ``--model`` of ``NAME@RUN_ID`` or
+``run:RUN_ID`` picks one run (:func:`run_choice`).
 """
 
 from __future__ import annotations
@@ -82,6 +83,31 @@ def preferred_model(models: Sequence[str], configured: str | None = None) -> str
         return configured
     best = min(model_rank(m) for m in models)
     return [m for m in models if model_rank(m) == best][-1]
+
+
+def names_a_run(text: str) -> bool:
+    """Whether ``text`` is written as a run choice (``NAME@RUN_ID`` or ``run:RUN_ID``), well formed or not."""
+    return text.startswith("run:") or "@" in text
+
+
+def run_choice(text: str, known: Collection[str] = ()) -> tuple[str | None, int] | None:
+    """(model, run id) that ``text`` picks: ``NAME@RUN_ID`` or ``run:RUN_ID`` (model None); None when ``text`` is a
+    model name (one of the ``known`` ones wins: a folder called 'x@2' holding an extracted model is that model).
+
+    Raises:
+        ConfigError: ``text`` is written as a run choice but is malformed ('dsp@', 'dsp@x', '@2', 'run:').
+    """
+    if not names_a_run(text) or model_key(text, known) in known:
+        return None
+    name: str | None = None
+    if text.startswith("run:"):
+        number = text.removeprefix("run:")
+    else:
+        name, _, number = text.rpartition("@")
+    if not (number.isascii() and number.isdigit()) or name == "":
+        raise ConfigError(f"{text!r} names no model of this store and is no run choice: pick a run as "
+                          "NAME@RUN_ID (dsp@2) or run:RUN_ID, with a run id that `mess info` lists")
+    return (None if name is None else model_key(name, known)), int(number)
 
 
 def model_key(name: str, known: Collection[str] = ()) -> str:

@@ -527,13 +527,21 @@ class FeatureStore:
 
         A model extracted again with another window policy or revision has a second run; until that run holds as
         many of the collection's tracks, commands keep answering from the first (the newest run alone would hide
-        every track it lacks). With ``model`` None: the store's ``default-model`` setting (a StoreError when that
-        model has no run here), else the best model extracted (see :mod:`mess.store.config`), not the latest run.
+        every track it lacks). ``NAME@RUN_ID`` or ``run:RUN_ID`` picks one run (the ids `mess info` lists). With
+        ``model`` None: the store's ``default-model`` setting (a StoreError when that model has no run here), else the
+        best model extracted (see :mod:`mess.store.config`), not the latest run.
         """
-        from mess.store.config import ConfigError, model_key, preferred_model, read_config
+        from mess.store.config import ConfigError, model_key, preferred_model, read_config, run_choice
 
-        names = [r.model for r in self.runs()]
+        runs = self.runs()
+        names = [r.model for r in runs]
         if model:
+            try:
+                choice = run_choice(model, names)
+            except ConfigError as exc:
+                raise StoreError(str(exc)) from None
+            if choice is not None:
+                return _chosen_run(runs, *choice)
             model = model_key(model, names)
         else:
             try:
@@ -934,6 +942,19 @@ class FeatureStore:
             r[0]: r[1]
             for r in self._query("SELECT aspect, layer FROM aspect_map WHERE run_id=? ORDER BY aspect", (run.id,))
         }
+
+
+def _chosen_run(runs: Sequence[Run], model: str | None, run_id: int) -> Run:
+    """The run ``run_id`` of ``runs``, which must be of ``model`` when given; a StoreError naming the runs when not."""
+    found = next((r for r in runs if r.id == run_id), None)
+    if found is not None and model in (None, found.model):
+        return found
+    if found is not None:
+        theirs = ", ".join(f"{r.model}@{r.id}" for r in runs if r.model == model)
+        raise StoreError(f"run {run_id} is a {found.model} run, not {model}'s; "
+                         + (f"{model}'s runs: {theirs}" if theirs else f"{model} has no run in this store"))
+    listed = ", ".join(f"{r.model}@{r.id}" for r in runs) or "none (run `mess extract` first)"
+    raise StoreError(f"no run {run_id} in this store; its runs: {listed} (see `mess info`)")
 
 
 def _derived_file(name: str, meta: dict | None) -> str:

@@ -586,7 +586,7 @@ async function selectModel(model) {
   state.model = model;
   // the run the server answers from (a model extracted again has a second run, used once it covers the most tracks)
   const runs = state.runs.filter((r) => r.model === model);
-  const run = runs.find((r) => r.current) || runs.at(-1);
+  const run = state.runs.find((r) => `${r.model}@${r.id}` === model) || runs.find((r) => r.current) || runs.at(-1);
   const select = $("vectors");
   select.replaceChildren(new Option("all layers", "all"));
   for (const [aspect, layer] of Object.entries(run.aspects)) {
@@ -661,6 +661,10 @@ async function init() {
     state.runs = data.runs;
     if (data.encoded_threshold !== undefined) state.threshold = data.encoded_threshold;
     for (const model of new Set(data.runs.map((r) => r.model))) $("model").append(new Option(model, model));
+    // a model's other runs, picked as NAME@RUN_ID (the model alone answers from its current run)
+    for (const r of data.runs.filter((r) => !r.current)) {
+      $("model").append(new Option(`${r.model} run ${r.id}`, `${r.model}@${r.id}`));
+    }
     $("model").value = data.default_model;
     await selectModel(data.default_model);
   } catch (err) {

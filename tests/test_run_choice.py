@@ -1,0 +1,128 @@
+"""Picking one run of a model extracted twice (``--model NAME@RUN_ID``, ``run:RUN_ID``), through the CLI and the API,
+on a real store: synthetic audio extracted with the dsp model under two window policies."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from mess.audio.discover import find_audio
+from mess.audio.windows import WindowPolicy
+from mess.cli.main import app
+from mess.extract.pipeline import extract
+from mess.models.dsp import DspModel
+from mess.serve.app import create_app
+from mess.store import FeatureStore, Run
+
+SR = 22050
+runner = CliRunner()
+
+
+def _tone(f0: float, seconds: float = 3.0) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return (0.3 * np.sin(2 * np.pi * f0 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * f0 / 90 * t))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Run, Run]:
+    """8 files extracted with dsp (run 1, the one in use), then 5 of them with 1 s windows (run 2)."""
+    root = tmp_path_factory.mktemp("runs")
+    (root / "music").mkdir()
+    for i in range(8):
+        sf.write(root / "music" / f"tone{i}.wav", _tone(110.0 * (i + 1)), SR)
+    with closing(FeatureStore(root / "store")) as store:
+        files = find_audio([root / "music"])
+        assert not extract(store, files, DspModel(), WindowPolicy()).failed
+        assert not extract(store, files[:5], DspModel(), WindowPolicy(window_seconds=1.0)).failed
+        first, second = store.runs()
+        assert store.run("dsp").id == first.id
+    return root / "store", first, second
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    out = runner.invoke(app, list(args), env={"COLUMNS": "300"})
+    assert out.exception is None or isinstance(out.exception, SystemExit), out.exception
+    return out.exit_code, out.output
+
+
+def test_a_run_is_picked_by_name_and_id_or_by_id(two_runs: tuple[Path, Run, Run]) -> None:
+    """`FeatureStore.run` took the run covering the most tracks whatever was asked: no command could use another."""
+    root, first, second = two_runs
+    with closing(FeatureStore(root, readonly=True)) as store:
+        assert [store.run(m).id for m in ("dsp", f"dsp@{second.id}", f"run:{second.id}", f"dsp@{first.id}")] == [
+            first.id, second.id, second.id, first.id]
+        assert len(store.tracks(store.run(f"dsp@{second.id}"))) == 5
+
+
+def test_info_names_the_runs_and_how_to_pick_them(two_runs: tuple[Path, Run, Run]) -> None:
+    root, first, second = two_runs
+    code, output = _cli("info", "--store", str(root))
+    assert code == 0 and f"--model NAME@RUN (here dsp@{second.id}; run:RUN also does)" in " ".join(output.split())
+    code, output = _cli("info", "--store", str(root), "--json")
+    assert [(r["id"], r["select"], r["in_use"]) for r in json.loads(output)["runs"]] == [
+        (first.id, f"dsp@{first.id}", True), (second.id, f"dsp@{second.id}", False)]
+
+
+@pytest.mark.parametrize("how", ["dsp@{id}", "run:{id}"])
+def test_similar_and_index_answer_from_the_run_picked(two_runs: tuple[Path, Run, Run], how: str) -> None:
+    root, first, second = two_runs
+    with closing(FeatureStore(root, readonly=True)) as store:
+        in_second = {t.id for t in store.tracks(second)}
+    code, output = _cli("similar", "1", "-k", "20", "--store", str(root), "--json", "-m", how.format(id=second.id))
+    assert code == 0, output
+    assert {r["id"] for r in json.loads(output)["results"]} == in_second - {1}
+    code, output = _cli("similar", "1", "-k", "20", "--store", str(root), "--json", "-m", "dsp")
+    assert len(json.loads(output)["results"]) == 7  # the run in use: every file
+    code, output = _cli("index", "--store", str(root), "--json", "-m", how.format(id=second.id))
+    assert code == 0, output
+    assert (json.loads(output)["n"], Path(json.loads(output)["path"]).name.startswith(f"run{second.id}-")) == (5, True)
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    ("dsp@99", "no run 99 in this store; its runs: dsp@1, dsp@2 (see `mess info`)"),
+    ("musicnn@1", "run 1 is a dsp run, not musicnn's; musicnn has no run in this store"),
+    ("dsp@x", "'dsp@x' names no model of this store and is no run choice: pick a run as NAME@RUN_ID"),
+    ("@2", "'@2' names no model of this store and is no run choice"),
+    ("run:", "'run:' names no model of this store and is no run choice"),
+])
+def test_a_bad_run_choice_is_one_clear_line(two_runs: tuple[Path, Run, Run], model: str, message: str) -> None:
+    root, _, _ = two_runs
+    for command in (["similar", "1"], ["index"], ["export", str(root.parent / "out.npz")]):
+        code, output = _cli(*command, "--store", str(root), "-m", model)
+        assert code == 1 and message in " ".join(output.split()) and "Traceback" not in output, output
+
+
+@pytest.fixture(scope="module")
+def client(two_runs: tuple[Path, Run, Run]) -> Iterator[TestClient]:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(two_runs[0])) as c:
+        yield c
+
+
+def test_the_api_model_parameter_picks_a_run(client: TestClient, two_runs: tuple[Path, Run, Run]) -> None:
+    _, first, second = two_runs
+    picked = {"model": f"dsp@{second.id}"}
+    listed = client.get("/api/tracks", params=picked).json()["items"]
+    assert len(listed) == 5 and len(client.get("/api/tracks", params={"model": "dsp"}).json()["items"]) == 8
+    results = client.get("/api/tracks/1/similar", params={**picked, "k": 20}).json()["results"]
+    assert {r["id"] for r in results} == {t["id"] for t in listed} - {1}
+    assert len(client.get("/api/map", params=picked).json()["points"]) == 5
+    for model, status in (("dsp@99", 404), ("dsp@x", 404), ("musicnn@1", 404)):
+        response = client.get("/api/tracks/1/similar", params={"model": model})
+        assert response.status_code == status and "run" in response.json()["detail"], response.text
+
+
+def test_a_server_started_on_one_run_answers_from_it(two_runs: tuple[Path, Run, Run]) -> None:
+    root, _, second = two_runs
+    with TestClient(base_url="http://127.0.0.1", app=create_app(root, f"run:{second.id}")) as c:
+        assert c.get("/api/health").json()["default_model"] == f"dsp@{second.id}"
+        assert len(c.get("/api/tracks/1/similar", params={"k": 20}).json()["results"]) == 4
+    code, output = _cli("serve", "--store", str(root), "-m", "dsp@99")
+    assert code == 1 and "no run 99 in this store" in output
