@@ -126,3 +126,14 @@ def test_a_server_started_on_one_run_answers_from_it(two_runs: tuple[Path, Run, 
         assert len(c.get("/api/tracks/1/similar", params={"k": 20}).json()["results"]) == 4
     code, output = _cli("serve", "--store", str(root), "-m", "dsp@99")
     assert code == 1 and "no run 99 in this store" in output
+
+
+def test_export_of_a_picked_run_says_it_was_picked(two_runs: tuple[Path, Run, Run]) -> None:
+    """The note called every exported run 'the one covering the most tracks', a run picked by --model too."""
+    root, first, second = two_runs
+    out = root.parent / "picked.npz"
+    code, output = _cli("export", str(out), "--store", str(root), "-m", f"run:{second.id}")
+    said = " ".join(output.split())
+    assert code == 0 and f"exported run {second.id}," in said, output
+    assert f"as --model dsp@{second.id} picked (the name alone picks run {first.id})" in said
+    assert "covering the most tracks" not in said and int(np.load(out)["run_id"]) == second.id

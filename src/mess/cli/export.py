@@ -36,6 +36,7 @@ def export_command(
     with open_store(store) as fs:
         run = fs.run(model)
         runs = [r.id for r in fs.runs() if r.model == run.model]
+        in_use = fs.run(run.model).id
         try:
             summary = export_vectors(fs, run, output, chosen, layers=names, segments=segments, fused=fused)
         except OSError as exc:
@@ -50,7 +51,7 @@ def export_command(
     console.print(f"{summary.rows} {unit} of {summary.tracks} tracks x {vectors} of "
                   f"{plain(run.model)}{which} -> {plain(str(summary.path))}")
     if len(runs) > 1:
-        _which_run_note(run, runs)
+        _which_run_note(run, runs, in_use)
     not_embedded_note(summary.files_not_embedded, run.model)
     if summary.tracks_not_fused:
         console.print(f"[yellow]{summary.tracks_not_fused} tracks have no fused vector (extracted since `mess fuse "
@@ -60,15 +61,20 @@ def export_command(
                       "`mess info --failures` says why[/]")
 
 
-def _which_run_note(run: Run, runs: list[int]) -> None:
-    """Say which of its model's runs (window policies or revisions) was exported, and why that one."""
+def _which_run_note(run: Run, runs: list[int], in_use: int) -> None:
+    """Say which of its model's runs (window policies or revisions) was exported, and why that one (``in_use``: the
+    run the model's name alone picks)."""
     from mess.extract.runs import run_policy
 
     policy, newest = run_policy(run), max(runs)
-    newer = f"; extract the collection again with run {newest}'s settings to move to it" if run.id != newest else ""
+    why = "the one covering the most tracks"
+    if run.id != in_use:
+        why = f"as --model {run.model}@{run.id} picked (the name alone picks run {in_use})"
+    elif run.id != newest:
+        why += f"; extract the collection again with run {newest}'s settings to move to it"
     console.print(f"[dim]{plain(run.model)} has {len(runs)} runs (`mess info` lists them): exported run {run.id}, "
                   f"revision {plain(run.revision)}, up to {policy.max_windows} windows of {policy.window_seconds:g} s, "
-                  f"the one covering the most tracks{newer}[/]")
+                  f"{plain(why)}[/]")
 
 
 def register(app: typer.Typer) -> None:
