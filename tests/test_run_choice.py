@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
+import mutagen.flac
 import numpy as np
 import pytest
 import soundfile as sf
@@ -33,11 +34,15 @@ def _tone(f0: float, seconds: float = 3.0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Run, Run]:
-    """8 files extracted with dsp (run 1, the one in use), then 5 of them with 1 s windows (run 2)."""
+    """8 tagged files (2 artists) extracted with dsp (run 1, the one in use), then 5 with 1 s windows (run 2)."""
     root = tmp_path_factory.mktemp("runs")
     (root / "music").mkdir()
     for i in range(8):
-        sf.write(root / "music" / f"tone{i}.wav", _tone(110.0 * (i + 1)), SR)
+        path = root / "music" / f"tone{i}.flac"
+        sf.write(path, _tone(110.0 * (i + 1)), SR)
+        tags = mutagen.flac.FLAC(path)
+        tags.update({"artist": f"Artist {i % 2}", "title": f"tone {i}"})
+        tags.save()
     with closing(FeatureStore(root / "store")) as store:
         files = find_audio([root / "music"])
         assert not extract(store, files, DspModel(), WindowPolicy()).failed
@@ -137,3 +142,14 @@ def test_export_of_a_picked_run_says_it_was_picked(two_runs: tuple[Path, Run, Ru
     assert code == 0 and f"exported run {second.id}," in said, output
     assert f"as --model dsp@{second.id} picked (the name alone picks run {first.id})" in said
     assert "covering the most tracks" not in said and int(np.load(out)["run_id"]) == second.id
+
+
+def test_evaluate_plots_each_run_apart(two_runs: tuple[Path, Run, Run]) -> None:
+    """Both runs of dsp wrote STORE/reports/evaluate-dsp-artist.png: the second plot replaced the first run's."""
+    root, first, second = two_runs
+    plots = []
+    for run in (first, second):
+        code, output = _cli("evaluate", "--store", str(root), "-m", f"dsp@{run.id}", "--label", "artist")
+        assert code == 0, output
+        plots.append(root / "reports" / f"evaluate-dsp-run{run.id}-artist.png")
+    assert all(p.is_file() for p in plots)

@@ -484,7 +484,7 @@ def test_evaluate_titles_name_the_label_file(synth: tuple[FeatureStore, Run], tm
 def test_a_label_file_run_does_not_overwrite_the_tag_label_runs_plot(synth: tuple[FeatureStore, Run],
                                                                       tmp_path: Path) -> None:
     """Both wrote STORE/reports/evaluate-MODEL-artist.png: the label file's plot replaced the tag run's."""
-    store, _ = synth
+    store, run = synth
     moods = tmp_path / "moods.csv"
     moods.write_text("path,label\n" + "".join(f"/music/artist{a}/track{j}.wav,{'even' if j % 2 == 0 else 'odd'}\n"
                                               for a in range(ARTISTS) for j in range(PER_ARTIST)))
@@ -495,7 +495,7 @@ def test_a_label_file_run_does_not_overwrite_the_tag_label_runs_plot(synth: tupl
     assert tags.exit_code == from_file.exit_code == table.exit_code == 0, tags.output + from_file.output
     tag_png, file_png = (Path(json.loads(out.stdout)["plot"]) for out in (tags, from_file))
     assert tag_png.parent == file_png.parent == store.root / "reports"
-    assert tag_png.name == "evaluate-synth-artist.png" and "moods" in file_png.name and tag_png != file_png
+    assert tag_png.name == f"evaluate-synth-run{run.id}-artist.png" and "moods" in file_png.name and tag_png != file_png
     assert tag_png.is_file() and file_png.is_file()
     assert f"plot -> {file_png}" in "".join(table.output.split("\n")), table.output
 

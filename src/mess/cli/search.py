@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from mess.search.evaluate import Evaluation
     from mess.search.query import Neighbour
     from mess.search.vectors import Norm
+    from mess.store import Run
 
 _LABELS = f"{', '.join(LABEL_FIELDS[:-1])} or {LABEL_FIELDS[-1]}"
 LayerOpt = Annotated[str | None, typer.Option("--layer", "-l", help="One layer (name or index, -1 = last).")]
@@ -224,8 +225,8 @@ def evaluate_command(
     match: MatchOpt = "mean",
     expand: ExpandOpt = None,
     plot: Annotated[
-        Path | None, typer.Option("--plot", help="PNG path (default: STORE/reports/evaluate-MODEL-LABEL.png, "
-                                                 "with --labels evaluate-MODEL-labels-FILE-LABEL.png).")
+        Path | None, typer.Option("--plot", help="PNG path (default: STORE/reports/evaluate-MODEL-runID-LABEL.png, "
+                                                 "with --labels evaluate-MODEL-runID-labels-FILE-LABEL.png).")
     ] = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
     as_json: JsonOpt = False,
@@ -250,7 +251,7 @@ def evaluate_command(
                           norm=cast("Norm", norm), compare=compare, match=match, expand=expand)
         except (LabelError, ValueError) as exc:
             fail(str(exc))
-        png = plot_evaluation(ev, plot or fs.reports_dir / _plot_name(run.model, label, labels))
+        png = plot_evaluation(ev, plot or fs.reports_dir / _plot_name(run, label, labels))
     if as_json:
         unknown = [{"line": line, "ref": ref} for line, ref in label_file.unknown] if label_file else []
         emit_json({**ev.to_dict(), "plot": str(png), "unknown_label_rows": unknown})
@@ -263,11 +264,12 @@ def evaluate_command(
                       f"vectors (extracted since the last apply); `{plain(fix)}` adds them[/]")
 
 
-def _plot_name(model: str, label: str, labels: Path | None) -> str:
-    """The default plot's file name: one per model and tag label, or per label file (by its name) and column."""
+def _plot_name(run: Run, label: str, labels: Path | None) -> str:
+    """The default plot's file name: one per run and tag label, or per label file (by its name) and column."""
     from mess.store.reports import slug
 
-    return slug(f"evaluate-{model}-" + (f"labels-{labels.stem}-" if labels is not None else "") + f"{label}.png")
+    return slug(f"evaluate-{run.model}-run{run.id}-" + (f"labels-{labels.stem}-" if labels is not None else "")
+                + f"{label}.png")
 
 
 def _print_evaluation(ev: Evaluation, model: str, k: int, norm: str, match: str, png: Path) -> None:
