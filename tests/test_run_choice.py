@@ -153,3 +153,15 @@ def test_evaluate_plots_each_run_apart(two_runs: tuple[Path, Run, Run]) -> None:
         assert code == 0, output
         plots.append(root / "reports" / f"evaluate-dsp-run{run.id}-artist.png")
     assert all(p.is_file() for p in plots)
+
+
+def test_artist_matrices_of_two_runs_are_written_apart(two_runs: tuple[Path, Run, Run]) -> None:
+    """Both runs of dsp wrote STORE/reports/artists-matrix-dsp-mfcc.csv/.png: the second replaced the first run's."""
+    root, first, second = two_runs
+    written = []
+    for run in (first, second):
+        code, output = _cli("artists", "matrix", "--store", str(root), "-m", f"dsp@{run.id}", "-l", "mfcc", "--json")
+        assert code == 0, output
+        written.append(json.loads(output)["csv"])
+    assert [Path(p).name for p in written] == [f"artists-matrix-dsp-run{r.id}-mfcc.csv" for r in (first, second)]
+    assert all(Path(p).is_file() for p in written)

@@ -263,11 +263,11 @@ class ArtistMatrix:
 def artist_matrix(store: FeatureStore, options: ArtistOptions, choice: SpaceChoice, out: Path | None = None,
                   on_note: Note = _ignore) -> ArtistMatrix:
     """The artist similarity matrix, clustered, as CSV and heatmap PNG at ``out`` + .csv / .png
-    (default: STORE/reports/artists-matrix-MODEL-SPACE)."""
+    (default: STORE/reports/artists-matrix-MODEL-runID-SPACE)."""
     run, artists = open_artists(store, options, on_note)
     space = choose_space(store, run, artists, choice, on_note)
     sim = _similarity(artists, space, options)
-    prefix = out or store.reports_dir / f"artists-matrix-{slug(f'{run.model}-{space.label}').strip('_')}"
+    prefix = out or store.reports_dir / f"artists-matrix-{slug(f'{run.model}-run{run.id}-{space.label}').strip('_')}"
     if prefix.suffix.lower() in (".csv", ".png"):  # -o heat.png: heat.png and heat.csv, not heat.png.png
         prefix = prefix.with_suffix("")
     order = cluster_order(sim)

@@ -165,7 +165,7 @@ def matrix_command(
             "--out",
             "-o",
             help="Output path prefix for .csv and .png, a .csv/.png ending dropped "
-            "(default: STORE/reports/artists-matrix-MODEL-LAYER).",
+            "(default: STORE/reports/artists-matrix-MODEL-runID-LAYER).",
         ),
     ] = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
