@@ -354,7 +354,7 @@ def _fused_copy(extracted_store: Path, tmp_path: Path, weight_epochs: int = 2) -
     root = tmp_path / "store"
     shutil.copytree(extracted_store, root)
     with closing(FeatureStore(root)) as fs:
-        checkpoint = checkpoint_path(fs, "dsp")
+        checkpoint = checkpoint_path(fs, fs.run("dsp"))
         save_checkpoint(train_fusion(load_layers(fs, fs.run("dsp")), FusionConfig(
             label="composer", weight_epochs=weight_epochs, max_epochs=0)), checkpoint)
         apply_fusion(fs, checkpoint, "dsp")
@@ -578,10 +578,14 @@ def test_a_checkpoint_is_refused_on_another_run_of_its_model(extracted_store: Pa
         assert second.id != first.id and run_policy(second).max_windows == 8
     before = _files(root)
     for command in ("apply", "report"):
-        out = runner.invoke(app, ["fuse", command, "--model", "dsp", *store], env={"COLUMNS": "400"})
+        out = runner.invoke(app, ["fuse", command, "--model", "dsp", "--checkpoint", str(checkpoint), *store],
+                            env={"COLUMNS": "400"})
         assert out.exit_code == 1, out.output
         assert (f"trained on dsp run {first.id} (max_windows 4); run {second.id} has max_windows 8; train again "
                 "with `mess fuse train`") in out.output and "Traceback" not in out.output
+        out = runner.invoke(app, ["fuse", command, "--model", "dsp", *store], env={"COLUMNS": "400"})
+        assert out.exit_code == 1 and f"no fusion checkpoint at {root / 'fusion' / f'dsp-run{second.id}.pt'}" in \
+            "".join(out.output.split("\n")), out.output  # each run has its own network
     assert _files(root) == before  # no fused vectors of the 8-window run
 
     # a checkpoint saved before the run's policy was recorded: its run cannot be checked, and it still applies

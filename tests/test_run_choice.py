@@ -4,6 +4,7 @@ on a real store: synthetic audio extracted with the dsp model under two window p
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -24,6 +25,7 @@ from mess.serve.app import create_app
 from mess.store import FeatureStore, Run
 
 SR = 22050
+ALL, SOME = 12, 8  # files in run 1 (the one in use) and in run 2
 runner = CliRunner()
 
 
@@ -34,19 +36,19 @@ def _tone(f0: float, seconds: float = 3.0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Run, Run]:
-    """8 tagged files (2 artists) extracted with dsp (run 1, the one in use), then 5 with 1 s windows (run 2)."""
+    """12 tagged files (4 artists) extracted with dsp (run 1, the one in use), then 8 with 1 s windows (run 2)."""
     root = tmp_path_factory.mktemp("runs")
     (root / "music").mkdir()
-    for i in range(8):
+    for i in range(ALL):
         path = root / "music" / f"tone{i}.flac"
         sf.write(path, _tone(110.0 * (i + 1)), SR)
         tags = mutagen.flac.FLAC(path)
-        tags.update({"artist": f"Artist {i % 2}", "title": f"tone {i}"})
+        tags.update({"artist": f"Artist {i % 4}", "title": f"tone {i}"})
         tags.save()
     with closing(FeatureStore(root / "store")) as store:
         files = find_audio([root / "music"])
         assert not extract(store, files, DspModel(), WindowPolicy()).failed
-        assert not extract(store, files[:5], DspModel(), WindowPolicy(window_seconds=1.0)).failed
+        assert not extract(store, files[:SOME], DspModel(), WindowPolicy(window_seconds=1.0)).failed
         first, second = store.runs()
         assert store.run("dsp").id == first.id
     return root / "store", first, second
@@ -64,7 +66,7 @@ def test_a_run_is_picked_by_name_and_id_or_by_id(two_runs: tuple[Path, Run, Run]
     with closing(FeatureStore(root, readonly=True)) as store:
         assert [store.run(m).id for m in ("dsp", f"dsp@{second.id}", f"run:{second.id}", f"dsp@{first.id}")] == [
             first.id, second.id, second.id, first.id]
-        assert len(store.tracks(store.run(f"dsp@{second.id}"))) == 5
+        assert len(store.tracks(store.run(f"dsp@{second.id}"))) == SOME
 
 
 def test_info_names_the_runs_and_how_to_pick_them(two_runs: tuple[Path, Run, Run]) -> None:
@@ -85,10 +87,11 @@ def test_similar_and_index_answer_from_the_run_picked(two_runs: tuple[Path, Run,
     assert code == 0, output
     assert {r["id"] for r in json.loads(output)["results"]} == in_second - {1}
     code, output = _cli("similar", "1", "-k", "20", "--store", str(root), "--json", "-m", "dsp")
-    assert len(json.loads(output)["results"]) == 7  # the run in use: every file
+    assert len(json.loads(output)["results"]) == ALL - 1  # the run in use: every file
     code, output = _cli("index", "--store", str(root), "--json", "-m", how.format(id=second.id))
     assert code == 0, output
-    assert (json.loads(output)["n"], Path(json.loads(output)["path"]).name.startswith(f"run{second.id}-")) == (5, True)
+    report = json.loads(output)
+    assert (report["n"], Path(report["path"]).name.startswith(f"run{second.id}-")) == (SOME, True)
 
 
 @pytest.mark.parametrize(("model", "message"), [
@@ -115,10 +118,10 @@ def test_the_api_model_parameter_picks_a_run(client: TestClient, two_runs: tuple
     _, first, second = two_runs
     picked = {"model": f"dsp@{second.id}"}
     listed = client.get("/api/tracks", params=picked).json()["items"]
-    assert len(listed) == 5 and len(client.get("/api/tracks", params={"model": "dsp"}).json()["items"]) == 8
+    assert len(listed) == SOME and len(client.get("/api/tracks", params={"model": "dsp"}).json()["items"]) == ALL
     results = client.get("/api/tracks/1/similar", params={**picked, "k": 20}).json()["results"]
     assert {r["id"] for r in results} == {t["id"] for t in listed} - {1}
-    assert len(client.get("/api/map", params=picked).json()["points"]) == 5
+    assert len(client.get("/api/map", params=picked).json()["points"]) == SOME
     for model, status in (("dsp@99", 404), ("dsp@x", 404), ("musicnn@1", 404)):
         response = client.get("/api/tracks/1/similar", params={"model": model})
         assert response.status_code == status and "run" in response.json()["detail"], response.text
@@ -128,7 +131,7 @@ def test_a_server_started_on_one_run_answers_from_it(two_runs: tuple[Path, Run, 
     root, _, second = two_runs
     with TestClient(base_url="http://127.0.0.1", app=create_app(root, f"run:{second.id}")) as c:
         assert c.get("/api/health").json()["default_model"] == f"dsp@{second.id}"
-        assert len(c.get("/api/tracks/1/similar", params={"k": 20}).json()["results"]) == 4
+        assert len(c.get("/api/tracks/1/similar", params={"k": 20}).json()["results"]) == SOME - 1
     code, output = _cli("serve", "--store", str(root), "-m", "dsp@99")
     assert code == 1 and "no run 99 in this store" in output
 
@@ -165,3 +168,25 @@ def test_artist_matrices_of_two_runs_are_written_apart(two_runs: tuple[Path, Run
         written.append(json.loads(output)["csv"])
     assert [Path(p).name for p in written] == [f"artists-matrix-dsp-run{r.id}-mfcc.csv" for r in (first, second)]
     assert all(Path(p).is_file() for p in written)
+
+
+def test_each_run_keeps_its_own_fusion_network(two_runs: tuple[Path, Run, Run], tmp_path: Path) -> None:
+    """Both runs of dsp were trained into STORE/fusion/dsp.pt: training the second replaced the first run's network,
+    so `fuse apply` of the first then refused it ('trained on dsp run 2')."""
+    root, first, second = two_runs
+    copy = tmp_path / "store"
+    shutil.copytree(root, copy)
+    for run in (first, second):
+        code, output = _cli("fuse", "train", "--store", str(copy), "-m", f"dsp@{run.id}", "--label", "artist",
+                            "--weight-epochs", "2", "--max-epochs", "0", "--threads", "1", "--json")
+        assert code == 0, output
+        assert Path(json.loads(output)["checkpoint"]) == copy / "fusion" / f"dsp-run{run.id}.pt"
+    for run in (first, second):
+        code, output = _cli("fuse", "apply", "--store", str(copy), "-m", f"dsp@{run.id}", "--json")
+        assert code == 0, output
+        assert Path(json.loads(output)["checkpoint"]).name == f"dsp-run{run.id}.pt"
+    older = copy / "fusion" / "dsp.pt"  # where an older mess saved every run's network: still found
+    for suffix in (".pt", ".json"):
+        (copy / "fusion" / f"dsp-run{first.id}{suffix}").rename(older.with_suffix(suffix))
+    code, output = _cli("fuse", "apply", "--store", str(copy), "-m", f"dsp@{first.id}", "--json")
+    assert code == 0 and Path(json.loads(output)["checkpoint"]) == older, output

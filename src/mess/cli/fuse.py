@@ -28,16 +28,17 @@ fuse_app = typer.Typer(help="Learn one embedding from all layers of a model (tri
                        no_args_is_help=True)
 
 CheckpointOpt = Annotated[Path | None, typer.Option("--checkpoint", help="Checkpoint file (default: "
-                                                    "STORE/fusion/<model>.pt; its model is the default --model).")]
+                                                    "STORE/fusion/<model>-run<id>.pt of the run --model picks; its "
+                                                    "model is the default --model).")]
 _COLUMNS = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("{task.fields[status]}"))
 
 
 def _checkpoint(fs: FeatureStore, checkpoint: Path | None, model: str | None) -> Path:
-    """The --checkpoint path, or the default one of the model (its run in use when None)."""
-    from mess.fusion.train import checkpoint_path
+    """The --checkpoint path, or the saved one of the run ``model`` picks (see :func:`saved_checkpoint`)."""
+    from mess.fusion.train import saved_checkpoint
 
-    return checkpoint if checkpoint is not None else checkpoint_path(fs, fs.run(model).model)
+    return checkpoint if checkpoint is not None else saved_checkpoint(fs, fs.run(model))
 
 
 @fuse_app.command("train")
@@ -70,7 +71,7 @@ def train_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Train the fusion network on the store's vectors; saves a checkpoint and a JSON training log."""
-    from mess.fusion.train import FusionConfig, checkpoint_problem
+    from mess.fusion.train import FusionConfig, checkpoint_path, checkpoint_problem
 
     if threads:
         import torch
@@ -85,7 +86,7 @@ def train_command(
         fail(str(exc))
     with open_store(store) as fs:
         run = fs.run(model)
-        path = _checkpoint(fs, checkpoint, run.model)
+        path = checkpoint if checkpoint is not None else checkpoint_path(fs, run)
         if (problem := checkpoint_problem(path, fs.root)) is not None:  # found before, not after, training
             fail(f"cannot save a checkpoint at {path}: {problem}")
         trained = _train(fs, run, config, path, quiet=as_json)

@@ -18,7 +18,7 @@ from mess.fusion import evaluate
 from mess.fusion.data import FusionError, LabelSplit, LayerData, split_labels
 from mess.fusion.mining import Mining, PKSampler, triplet_loss
 from mess.fusion.network import LayerFusion
-from mess.store import FeatureStore
+from mess.store import FeatureStore, Run
 from mess.store.paths import replace_file, resolved
 from mess.store.reports import slug
 
@@ -213,9 +213,18 @@ def train_fusion(data: LayerData, config: FusionConfig,
                         data.run.policy, data.run.id, interrupted_at)
 
 
-def checkpoint_path(store: FeatureStore, model: str) -> Path:
-    """Default checkpoint location of a model's fusion network: STORE/fusion/<model>.pt."""
-    return store.root / "fusion" / f"{slug(model)}.pt"
+def checkpoint_path(store: FeatureStore, run: Run) -> Path:
+    """Where `mess fuse train` saves a run's fusion network by default: STORE/fusion/<model>-run<id>.pt (one per
+    run: a network is trained on one run's vectors)."""
+    return store.root / "fusion" / f"{slug(run.model)}-run{run.id}.pt"
+
+
+def saved_checkpoint(store: FeatureStore, run: Run) -> Path:
+    """Where `mess fuse apply` and `report` look for a run's network by default: :func:`checkpoint_path`, or where
+    only it is, the STORE/fusion/<model>.pt an older mess saved every run of the model to."""
+    path = checkpoint_path(store, run)
+    older = path.with_name(f"{slug(run.model)}.pt")
+    return older if older.is_file() and not path.exists() else path
 
 
 def checkpoint_problem(path: Path, store_root: Path | None = None) -> str | None:
