@@ -178,6 +178,41 @@ def test_similar_hybrid_takes_the_space_asked_for_and_the_saved_layer_only_on_it
     assert other["model"] == "musicnn-msd" and "the saved weights were learned on dsp (spectral)" in notes
 
 
+def test_hybrid_weights_learned_on_another_run_of_the_model_are_said(extracted_store: Path, tmp_path: Path) -> None:
+    """Weights saved by `hybrid -m dsp@1` were used for dsp's other run (extracted again with 1 window) without a
+    word: the saved metadata named the model only, and the audio component was another run's."""
+    import shutil
+
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.dsp import DspModel
+
+    app = typer.Typer()
+    register(app)
+    app.callback()(lambda: None)
+    root = tmp_path / "store"
+    shutil.copytree(extracted_store, root)
+    with closing(FeatureStore(root)) as fs:
+        first = fs.run("dsp")
+        names = load_artists(fs, first).names
+        assert not extract(fs, [Path(t.path) for t in fs.tracks(first)], DspModel(), WindowPolicy(max_windows=1)).failed
+        second = fs.run("dsp")  # as many tracks, newer: the run in use
+    assert second.id != first.id
+    ref = tmp_path / "era.json"
+    ref.write_text(json.dumps(era_reference(names)))
+
+    def notes(*args: str) -> str:
+        out = CliRunner().invoke(app, ["artists", *args, "--json", "--store", str(root)])
+        assert out.exit_code == 0, out.stderr
+        return " ".join(out.stderr.split())
+
+    notes("hybrid", "-r", str(ref), "-m", f"dsp@{first.id}", "-k", "1", "--layer", "spectral")
+    asked = ("similar", names[0], "--hybrid", "-r", str(ref))
+    assert "learned on dsp run" not in notes(*asked, "-m", f"dsp@{first.id}")
+    assert (f"the saved weights were learned on dsp run {first.id}; the audio component here is run {second.id}'s "
+            f"(pass --model dsp@{first.id} to use theirs)") in notes(*asked, "-m", "dsp")
+
+
 def test_reference_lists_of_two_spellings_of_one_artist_are_joined(real: FeatureStore) -> None:
     """A reference naming one artist twice ('Bach' from one source, 'BACH' from another) kept only the last list:
     the first list's artists silently stopped counting as relevant in validate and hybrid."""

@@ -227,13 +227,17 @@ def saved_comparison(store: FeatureStore, options: ArtistOptions, hybrid: Hybrid
 
 def saved_selection(store: FeatureStore, run: Run, on_note: Note = _ignore) -> dict:
     """The space the saved hybrid weights were learned on (empty when there are none, or when they were learned on
-    another model than ``run``'s: its layers are not this model's, said through ``on_note``)."""
+    another model than ``run``'s: its layers are not this model's, said through ``on_note``; so is another run of
+    the model, whose layers are)."""
     saved = _saved_meta(store)
-    selection, model = saved.get("selection", {}), saved.get("model", run.model)
+    selection, model, run_id = saved.get("selection", {}), saved.get("model", run.model), saved.get("run_id", run.id)
     if model != run.model:
         on_note(f"the saved weights were learned on {model} ({saved.get('space')}); the audio component here is "
                 f"{run.model}'s (pass --model {model} to use theirs)")
         return {}
+    if run_id != run.id:
+        on_note(f"the saved weights were learned on {model} run {run_id}; the audio component here is run {run.id}'s "
+                f"(pass --model {model}@{run_id} to use theirs)")
     return selection if isinstance(selection, dict) else {}
 
 
@@ -357,8 +361,8 @@ def learn_hybrid(store: FeatureStore, reference: Path, k: int, options: ArtistOp
     fit = fit_hybrid(parts, matched, k=k, test_fraction=test_fraction, seed=seed)
     selection: dict[str, str | bool | None] = ({"layer": space.label} if not choice.given
                  else {"layer": choice.layer, "aspect": choice.aspect, "fused": choice.fused})
-    meta = {"model": run.model, "space": space.label, "selection": selection, "method": options.method,
-            "centered": options.center, "k": k, "seed": seed, "coverage": coverage.to_dict()}
+    meta = {"model": run.model, "run_id": run.id, "space": space.label, "selection": selection,
+            "method": options.method, "centered": options.center, "k": k, "seed": seed, "coverage": coverage.to_dict()}
     path = store.reports_dir / WEIGHTS_FILE
     if save:
         try:
