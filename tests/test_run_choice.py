@@ -190,3 +190,30 @@ def test_each_run_keeps_its_own_fusion_network(two_runs: tuple[Path, Run, Run], 
         (copy / "fusion" / f"dsp-run{first.id}{suffix}").rename(older.with_suffix(suffix))
     code, output = _cli("fuse", "apply", "--store", str(copy), "-m", f"dsp@{first.id}", "--json")
     assert code == 0 and Path(json.loads(output)["checkpoint"]) == older, output
+
+
+def test_each_run_keeps_its_own_fusion_report(two_runs: tuple[Path, Run, Run], tmp_path: Path) -> None:
+    """`mess fuse report` of either run of dsp wrote STORE/reports/fusion-dsp.json/.md/.png: the second run's report
+    replaced the first's."""
+    root, first, second = two_runs
+    copy = tmp_path / "store"
+    shutil.copytree(root, copy)
+    written = []
+    for run in (first, second):
+        picked = ["--store", str(copy), "-m", f"dsp@{run.id}"]
+        code, output = _cli("fuse", "train", *picked, "--label", "artist", "--weight-epochs", "2", "--max-epochs",
+                            "0", "--threads", "1", "--json")
+        assert code == 0, output
+        code, output = _cli("fuse", "report", *picked, "-k", "3", "--json")
+        assert code == 0, output
+        written.append(Path(json.loads(output)["files"]["json"]))
+    assert [p.name.startswith(f"fusion-dsp-run{r.id}-") for p, r in zip(written, (first, second))] == [True, True]
+    assert len(set(written)) == 2 and all(p.is_file() for p in written)  # named after each run's own checkpoint
+
+
+def test_the_default_model_setting_refuses_a_run_choice_in_words(two_runs: tuple[Path, Run, Run]) -> None:
+    """`mess config default-model dsp@2` said 'no vectors for model 'dsp@2'', as if dsp were not extracted."""
+    root, _, second = two_runs
+    code, output = _cli("config", "default-model", f"dsp@{second.id}", "--store", str(root))
+    assert code == 1 and (f"default-model is a model, not one run: pick 'dsp@{second.id}' per command with --model "
+                          f"dsp@{second.id}") in " ".join(output.split()), output

@@ -19,7 +19,7 @@ def config_command(
 ) -> None:
     """Show the store's settings and the model used by default, or change one setting."""
     from mess.store import StoreError
-    from mess.store.config import SETTINGS, ConfigError, model_key, read_config, write_setting
+    from mess.store.config import SETTINGS, ConfigError, model_key, names_a_run, read_config, write_setting
 
     if unset and key is None:
         fail(f"--unset needs the setting to remove, e.g. `mess config {next(iter(SETTINGS))} --unset`")
@@ -31,7 +31,9 @@ def config_command(
         try:
             if key is not None and (value is not None or unset):
                 if key == "default-model" and value is not None and model_key(value, models) not in models:
-                    fail(f"no vectors for model {value!r} in {fs.root}; extracted models: {', '.join(models)}")
+                    fail(f"default-model is a model, not one run: pick {value!r} per command with --model {value}"
+                         if names_a_run(value) else
+                         f"no vectors for model {value!r} in {fs.root}; extracted models: {', '.join(models)}")
                 write_setting(fs.root, key, None if value is None else model_key(value, models))
             elif key is not None and key not in SETTINGS:
                 fail(f"unknown setting {key!r}; known: {', '.join(SETTINGS)}")
