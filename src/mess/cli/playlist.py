@@ -18,10 +18,25 @@ if TYPE_CHECKING:
 playlist_app = typer.Typer(
     help="Playlists from the similarity space: radio, sonic path, clusters.", no_args_is_help=True
 )
+
+
+def _known_format(value: str | None) -> str | None:
+    """--format checked as it is read, with --output or without (where a typo was silently ignored)."""
+    from mess.playlists.formats import format_named
+    from mess.playlists.playlist import PlaylistError
+
+    if value is not None:
+        try:
+            format_named(value)
+        except PlaylistError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
+
+
 OutOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write the playlist here: .m3u8 or .xspf "
                                              "(another name, such as /dev/stdout, with --format).")]
 FormatOpt = Annotated[str | None, typer.Option("--format", help="m3u8 (or m3u) or xspf, for an --output whose name "
-                                               "has no playlist extension.")]
+                                               "has no playlist extension.", callback=_known_format)]
 
 
 def radio_command(
@@ -95,7 +110,8 @@ def clusters_command(
                                   "(replacing the cluster playlists an earlier run wrote there: listed in its "
                                   ".mess-clusters, or exactly as mess writes them; other files are left alone).")
     ] = None,
-    fmt: Annotated[str, typer.Option("--format", help="m3u8 (or m3u) or xspf (with -o).")] = "m3u8",
+    fmt: Annotated[str, typer.Option("--format", help="m3u8 (or m3u) or xspf (with -o).",
+                                     callback=_known_format)] = "m3u8",
     aspect: AspectOpt = None,
     model: ModelOpt = None,
     store: StoreOpt = DEFAULT_STORE_PATH,

@@ -1,0 +1,48 @@
+"""Malformed input to the CLI on a real store (synthetic tagged audio extracted with dsp): one clear line each,
+never a traceback, and never silently ignored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mutagen.flac
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from mess.cli.main import app
+
+SR = 22050
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 tagged tones (3 artists) extracted with dsp."""
+    root = tmp_path_factory.mktemp("malformed")
+    (root / "music").mkdir()
+    t = np.arange(2 * SR) / SR
+    for i in range(6):
+        path = root / "music" / f"tone{i}.flac"
+        sf.write(path, (0.3 * np.sin(2 * np.pi * 110.0 * (i + 1) * t)).astype(np.float32), SR)
+        tags = mutagen.flac.FLAC(path)
+        tags.update({"artist": f"Artist {i % 3}", "title": f"tone {i}"})
+        tags.save()
+    out = runner.invoke(app, ["extract", str(root / "music"), "-m", "dsp", "--store", str(root / "store")])
+    assert out.exit_code == 0, out.output
+    return root / "store"
+
+
+def _cli(store: Path, *args: str) -> tuple[int, str]:
+    out = runner.invoke(app, [*args, "--store", str(store)], env={"COLUMNS": "300"})
+    assert out.exception is None or isinstance(out.exception, SystemExit), out.exception
+    return out.exit_code, " ".join(out.output.split())
+
+
+@pytest.mark.parametrize("args", [["playlist", "radio", "1"], ["playlist", "path", "1", "2"],
+                                  ["playlist", "clusters", "-k", "2"]])
+def test_an_unknown_playlist_format_is_refused_without_an_output_too(store: Path, args: list[str]) -> None:
+    """Without --output, `--format x` was ignored and the playlist printed as if it were fine."""
+    code, output = _cli(store, *args, "--format", "x")
+    assert code == 2 and "unknown playlist format 'x'; use m3u8 (or m3u) or xspf" in output, output
