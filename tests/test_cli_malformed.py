@@ -46,3 +46,12 @@ def test_an_unknown_playlist_format_is_refused_without_an_output_too(store: Path
     """Without --output, `--format x` was ignored and the playlist printed as if it were fine."""
     code, output = _cli(store, *args, "--format", "x")
     assert code == 2 and "unknown playlist format 'x'; use m3u8 (or m3u) or xspf" in output, output
+
+
+@pytest.mark.parametrize("fmt", [[], ["--format", "parquet"]])
+def test_export_to_a_folder_says_it_is_a_folder(store: Path, tmp_path: Path, fmt: list[str]) -> None:
+    """`mess export DIR` said "unknown export format ''" (the folder's name has no extension)."""
+    code, output = _cli(store, "export", str(tmp_path), *fmt)
+    ext = fmt[-1] if fmt else "npz"
+    assert code == 1 and f"{tmp_path} is a folder; give the file to write, such as {tmp_path / f'vectors.{ext}'}" in \
+        output, output

@@ -54,6 +54,9 @@ def export_vectors(store: FeatureStore, run: Run, out: Path, fmt: str = "npz", *
     written beside ``out`` and renamed over it: a killed export leaves a previous ``out`` whole (a
     device or a pipe, such as /dev/stdout, is written into).
     """
+    if Path(out).expanduser().is_dir():  # its name has no extension: it was called an unknown export format ''
+        example = Path(out) / f"vectors.{fmt if fmt in FORMATS else 'npz'}"
+        raise StoreError(f"{out} is a folder; give the file to write, such as {example}")
     if fmt not in FORMATS:
         raise StoreError(f"unknown export format {fmt!r}; choose {' or '.join(FORMATS)}")
     if fused and (layers or segments):
