@@ -55,3 +55,12 @@ def test_export_to_a_folder_says_it_is_a_folder(store: Path, tmp_path: Path, fmt
     ext = fmt[-1] if fmt else "npz"
     assert code == 1 and f"{tmp_path} is a folder; give the file to write, such as {tmp_path / f'vectors.{ext}'}" in \
         output, output
+
+
+@pytest.mark.parametrize("args", [["playlist", "radio", "1"], ["playlist", "path", "1", "2", "-n", "4"]])
+def test_a_playlist_written_to_a_folder_says_it_is_a_folder(store: Path, tmp_path: Path, args: list[str]) -> None:
+    """`-o DIR` said "unknown playlist extension '(none)' of DIR", and with --format m3u8 'Is a directory'."""
+    for fmt in ([], ["--format", "m3u8"]):
+        code, output = _cli(store, *args, "-o", str(tmp_path), *fmt)
+        assert code == 1 and f"{tmp_path} is a folder; give the playlist file to write, such as " \
+            f"{tmp_path / 'mix.m3u8'}" in output, output

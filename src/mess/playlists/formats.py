@@ -123,6 +123,9 @@ def write_playlist(playlist: Playlist, path: Path, fmt: str | None = None) -> Pa
     """Write ``playlist`` to ``path`` in :func:`output_format`'s format (a device or a pipe, such as /dev/stdout,
     is written into); returns the path."""
     path = Path(path).expanduser()
+    if path.is_dir():  # its name has no extension: it was called an unknown playlist extension '(none)'
+        raise PlaylistError(f"{path} is a folder; give the playlist file to write, such as {path / 'mix.m3u8'} "
+                            "(`mess playlist clusters -o FOLDER` writes into a folder)")
     replace_file(path, _content(playlist, path, output_format(path, fmt)))
     return path
 
