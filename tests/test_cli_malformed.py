@@ -64,3 +64,9 @@ def test_a_playlist_written_to_a_folder_says_it_is_a_folder(store: Path, tmp_pat
         code, output = _cli(store, *args, "-o", str(tmp_path), *fmt)
         assert code == 1 and f"{tmp_path} is a folder; give the playlist file to write, such as " \
             f"{tmp_path / 'mix.m3u8'}" in output, output
+
+
+def test_a_folder_given_as_the_label_file_is_called_a_folder(store: Path, tmp_path: Path) -> None:
+    """`mess evaluate --labels DIR` said 'no such label file: DIR', though DIR is there."""
+    code, output = _cli(store, "evaluate", "--labels", str(tmp_path))
+    assert code == 1 and f"{tmp_path} is a folder, not a label file (a CSV)" in output, output

@@ -235,7 +235,7 @@ def evaluate_command(
     from mess.search.evaluate import LabelError, evaluate, plot_evaluation, plot_file, read_label_csv
 
     if labels is not None and not labels.is_file():
-        fail(f"no such label file: {labels}")
+        fail(f"{labels} is a folder, not a label file (a CSV)" if labels.is_dir() else f"no such label file: {labels}")
     try:
         plot = plot_file(plot) if plot is not None else None
     except ValueError as exc:
