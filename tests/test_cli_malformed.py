@@ -70,3 +70,10 @@ def test_a_folder_given_as_the_label_file_is_called_a_folder(store: Path, tmp_pa
     """`mess evaluate --labels DIR` said 'no such label file: DIR', though DIR is there."""
     code, output = _cli(store, "evaluate", "--labels", str(tmp_path))
     assert code == 1 and f"{tmp_path} is a folder, not a label file (a CSV)" in output, output
+
+
+@pytest.mark.parametrize("command", ["apply", "report"])
+def test_a_folder_given_as_the_checkpoint_is_called_a_folder(store: Path, tmp_path: Path, command: str) -> None:
+    """`mess fuse apply --checkpoint DIR` said 'DIR: Is a directory'."""
+    code, output = _cli(store, "fuse", command, "--checkpoint", str(tmp_path))
+    assert code == 1 and f"{tmp_path} is a folder, not a fusion checkpoint" in output, output

@@ -270,6 +270,8 @@ def load_checkpoint(path: Path) -> FusionResult:
     """Read a checkpoint written by :func:`save_checkpoint`."""
     if not path.exists():
         raise FusionError(f"no fusion checkpoint at {path}; run `mess fuse train` first")
+    if path.is_dir():
+        raise FusionError(f"{path} is a folder, not a fusion checkpoint (a .pt file `mess fuse train` saved)")
     data = path.read_bytes()  # an I/O error is the caller's to report; all torch.load raises is about the content
     try:
         saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
