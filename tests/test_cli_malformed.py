@@ -77,3 +77,13 @@ def test_a_folder_given_as_the_checkpoint_is_called_a_folder(store: Path, tmp_pa
     """`mess fuse apply --checkpoint DIR` said 'DIR: Is a directory'."""
     code, output = _cli(store, "fuse", command, "--checkpoint", str(tmp_path))
     assert code == 1 and f"{tmp_path} is a folder, not a fusion checkpoint" in output, output
+
+
+@pytest.mark.parametrize("args", [["artists", "validate", "--reference"], ["artists", "hybrid", "--reference"],
+                                  ["artists", "similar", "Artist 0", "--weights", "audio=1,genre=1", "--tags"]])
+def test_a_folder_given_as_a_reference_or_tags_file_is_called_a_folder(store: Path, tmp_path: Path,
+                                                                       args: list[str]) -> None:
+    """`mess artists validate --reference DIR` said 'DIR: Is a directory'."""
+    code, output = _cli(store, *args, str(tmp_path))
+    what = "tags" if args[-1] == "--tags" else "reference"
+    assert code == 1 and f"{tmp_path} is a folder, not a {what} file (JSON)" in output, output

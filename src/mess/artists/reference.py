@@ -64,6 +64,8 @@ def read_json(path: Path, what: str) -> object:
         return json.loads(Path(path).read_text(encoding="utf-8-sig"))  # -sig: Notepad writes a BOM
     except FileNotFoundError:
         raise ArtistError(f"no such {what} file: {path}") from None
+    except IsADirectoryError:
+        raise ArtistError(f"{path} is a folder, not a {what} file (JSON)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtistError(f"{what} file {path} is not valid JSON ({exc})") from None
     except RecursionError:
