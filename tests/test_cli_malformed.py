@@ -87,3 +87,10 @@ def test_a_folder_given_as_a_reference_or_tags_file_is_called_a_folder(store: Pa
     code, output = _cli(store, *args, str(tmp_path))
     what = "tags" if args[-1] == "--tags" else "reference"
     assert code == 1 and f"{tmp_path} is a folder, not a {what} file (JSON)" in output, output
+
+
+@pytest.mark.parametrize("given", ["--reference", "--tags"])
+def test_hybrid_inputs_without_the_hybrid_score_are_refused(store: Path, tmp_path: Path, given: str) -> None:
+    """`mess artists similar NAME --tags FILE` without --hybrid ignored the file (malformed or not) in silence."""
+    code, output = _cli(store, "artists", "similar", "Artist 0", given, str(tmp_path / "none.json"))
+    assert code == 1 and f"{given} feeds the hybrid score: add --hybrid (or --weights)" in output, output

@@ -112,6 +112,8 @@ def similar_command(
 ) -> None:
     """Artists that sound like NAME, with how many tracks back each artist and how sure that is
     (--hybrid: with the --method and --center the saved weights were learned with, unless passed)."""
+    if not hybrid and weights is None and (reference or tags):  # they were read by nothing, silently
+        fail(f"{'--reference' if reference else '--tags'} feeds the hybrid score: add --hybrid (or --weights)")
     options = _options(model, method or "mean", center is not False, max_tracks, min_tracks)
     blend = (Hybrid(weights, reference, tags, method is not None, center is not None)
              if hybrid or weights is not None else None)
