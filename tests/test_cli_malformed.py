@@ -94,3 +94,14 @@ def test_hybrid_inputs_without_the_hybrid_score_are_refused(store: Path, tmp_pat
     """`mess artists similar NAME --tags FILE` without --hybrid ignored the file (malformed or not) in silence."""
     code, output = _cli(store, "artists", "similar", "Artist 0", given, str(tmp_path / "none.json"))
     assert code == 1 and f"{given} feeds the hybrid score: add --hybrid (or --weights)" in output, output
+
+
+@pytest.mark.parametrize("args", [["models", "fetch", "vggish"], ["demo", "render"], ["demo", "wesnoth"],
+                                  ["demo", "soundtracks"]])
+def test_a_file_given_as_the_folder_to_fill_is_refused_in_words(tmp_path: Path, args: list[str]) -> None:
+    """A file where the folder to download or render into goes said 'FILE: File exists' (after the work began)."""
+    file = tmp_path / "notes.txt"
+    file.write_text("mine")
+    out = runner.invoke(app, [*args, str(file)], env={"COLUMNS": "300"})
+    said = " ".join(out.output.split())
+    assert out.exit_code == 2 and f"dir '{file}' is a file" in said and file.read_text() == "mine", said

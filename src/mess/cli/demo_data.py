@@ -19,7 +19,7 @@ app = typer.Typer(name="demo", no_args_is_help=True,
 
 @app.command("render")
 def render_command(
-    out: Annotated[Path, typer.Argument(help="Folder for the FLACs (and their MIDI files).")],
+    out: Annotated[Path, typer.Argument(help="Folder for the FLACs (and their MIDI files).", file_okay=False)],
     composers: Annotated[str, typer.Option(help="Comma-separated music21 corpus folders.")] =
         "bach,palestrina,monteverdi,mozart,haydn,josquin",
     per_composer: Annotated[int, typer.Option(min=1, help="Pieces per composer.")] = 5,
@@ -49,7 +49,9 @@ def render_command(
 
 
 @app.command("wesnoth")
-def wesnoth_command(out: Annotated[Path, typer.Argument(help="Folder for the OGG tracks.")]) -> None:
+def wesnoth_command(
+    out: Annotated[Path, typer.Argument(help="Folder for the OGG tracks.", file_okay=False)],
+) -> None:
     """Fetch Wesnoth's soundtrack (41 OGGs, 10 tagged composers) with apt-get; kept if already there."""
     from mess.datasets.wesnoth import FetchError, fetch_wesnoth, read_artists
 
@@ -67,8 +69,9 @@ def wesnoth_command(out: Annotated[Path, typer.Argument(help="Folder for the OGG
 
 
 @app.command("soundtracks")
-def soundtracks_command(out: Annotated[Path, typer.Argument(help="Folder for the tracks (one subfolder per game).")]
-                        ) -> None:
+def soundtracks_command(
+    out: Annotated[Path, typer.Argument(help="Folder for the tracks (one subfolder per game).", file_okay=False)],
+) -> None:
     """Fetch six games' soundtracks with apt-get (album tag = game; manifest.csv); kept if already there."""
     from mess.datasets.soundtracks import FetchError, fetch_soundtracks
 

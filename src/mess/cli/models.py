@@ -17,7 +17,7 @@ models_app = typer.Typer(help="Model files for machines with internet (Essentia 
 def fetch_command(
     name: Annotated[str, typer.Argument(help="discogs-effnet, discogs-effnet-artist, vggish, essentia-musicnn-msd, "
                                         "mert-v1-95m or mert-v1-330m.")],
-    folder: Annotated[Path, typer.Argument(help="Folder to download into (created if missing).")],
+    folder: Annotated[Path, typer.Argument(help="Folder to download into (created if missing).", file_okay=False)],
 ) -> None:
     """Download NAME's files into FOLDER, checked against the pins in mess; a failed fetch leaves nothing behind."""
     from mess.models.essentia.fetch import FetchError, fetch
