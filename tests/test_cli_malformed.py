@@ -105,3 +105,13 @@ def test_a_file_given_as_the_folder_to_fill_is_refused_in_words(tmp_path: Path, 
     out = runner.invoke(app, [*args, str(file)], env={"COLUMNS": "300"})
     said = " ".join(out.output.split())
     assert out.exit_code == 2 and f"dir '{file}' is a file" in said and file.read_text() == "mine", said
+
+
+@pytest.mark.parametrize("command", [["probe", "-m", "dsp"], ["fuse", "train"], ["artists", "hybrid", "-r", "x.json"]])
+@pytest.mark.parametrize("seed", ["-1", str(2**64)])
+def test_a_seed_numpy_or_torch_cannot_take_is_refused_as_read(store: Path, command: list[str], seed: str) -> None:
+    """--seed -1 was a numpy traceback in `probe` and `artists hybrid` ('expected non-negative integer'), and
+    2**64 'Overflow when unpacking long long' in `fuse train`."""
+    code, output = _cli(store, *command, "--seed", seed)
+    bound = "greater than or equal to 0" if seed == "-1" else "less than or equal to 4294967295"
+    assert code == 2 and f"Invalid value for '--seed': Input should be {bound}" in output, output

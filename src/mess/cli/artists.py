@@ -28,7 +28,7 @@ from mess.artists.discrimination import LayerReport
 from mess.artists.hybrid import COMPONENTS
 from mess.artists.profiles import DEFAULT_MAX_TRACKS, DEFAULT_MIN_TRACKS, ArtistError, ArtistSet
 from mess.cli.common import console, emit_json, fail, note, open_store, plain
-from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, FusedOpt, JsonOpt, ModelOpt, StoreOpt
+from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, AspectOpt, FusedOpt, JsonOpt, ModelOpt, StoreOpt
 from mess.store import Run
 
 LayerOpt = Annotated[
@@ -309,7 +309,7 @@ def hybrid_command(
     min_tracks: MinTracksOpt = DEFAULT_MIN_TRACKS,
     tags: TagsOpt = None,
     test_fraction: Annotated[float, typer.Option(help="Share of reference artists held out for evaluation.")] = 0.3,
-    seed: Annotated[int, typer.Option(help="Seed of the train/test split.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed of the train/test split.")] = 0,
     save: Annotated[
         bool,
         typer.Option(

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mess.cli.common import console, emit_json, fail, note, open_store, plain
-from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, ModelOpt, StoreOpt
+from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, JsonOpt, ModelOpt, StoreOpt
 from mess.constants import FUSED, LABEL_FIELDS
 from mess.store import FeatureStore
 
@@ -63,7 +63,7 @@ def train_command(
                                             help="Share of labels held out for early stopping.")] = 0.15,
     test_frac: Annotated[float, typer.Option(min=0.05, max=0.5,
                                              help="Share of labels held out for the report.")] = 0.15,
-    seed: Annotated[int, typer.Option(help="Seed of the split, initialisation and batches.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed of the split, initialisation and batches.")] = 0,
     threads: Annotated[int, typer.Option(min=0, help="CPU threads for torch (0 = torch's default; 1 is "
                                          "fastest on a busy machine).")] = 0,
     checkpoint: CheckpointOpt = None,

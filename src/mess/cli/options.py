@@ -26,4 +26,5 @@ ModelOpt = Annotated[
 ]
 AspectOpt = Annotated[str | None, typer.Option("--aspect", "-a", help="The layer `mess probe` chose for this aspect.")]
 FusedOpt = Annotated[bool, typer.Option("--fused", help="The fused vectors of `mess fuse`.")]
+SEED_MAX = 2**32 - 1  # seeds numpy and torch both take (numpy refuses negative ones, torch ones beyond 64 bits)
 DEFAULT_STORE_PATH = Path(os.environ.get("MESS_STORE", DEFAULT_STORE))

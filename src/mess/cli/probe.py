@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from mess.cli.common import console, emit_json, fail, open_store, plain
-from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt
+from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, JsonOpt, StoreOpt
 
 if TYPE_CHECKING:  # the probing stack (scikit-learn, librosa) loads only when a probe command runs
     from mess.probing.report import ProbeReport
@@ -31,7 +31,8 @@ def probe_command(
     probe: Annotated[str, typer.Option(help="ridge (linear) or mlp (one hidden layer, slower).")] = "ridge",
     source: Annotated[str | None, typer.Option(
         help="Model folder to build the random-init twin from, when the run came from a local folder.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for shuffling, fold assignment and random init.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX,
+                                     help="Seed for shuffling, fold assignment and random init.")] = 0,
     workers: Annotated[int, typer.Option(min=1, help="Processes for audio targets; layers probed at once.")] = 2,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps (random-init extraction only).")] = "cpu",
     json_out: JsonOpt = False,
