@@ -115,3 +115,12 @@ def test_a_seed_numpy_or_torch_cannot_take_is_refused_as_read(store: Path, comma
     code, output = _cli(store, *command, "--seed", seed)
     bound = "greater than or equal to 0" if seed == "-1" else "less than or equal to 4294967295"
     assert code == 2 and f"Invalid value for '--seed': Input should be {bound}" in output, output
+
+
+@pytest.mark.parametrize(("option", "value"), [("--weights-lr", "inf"), ("--lr", "inf"), ("--margin", "inf")])
+def test_a_non_finite_training_rate_or_margin_is_refused(store: Path, option: str, value: str) -> None:
+    """`fuse train --weights-lr inf` was a torch traceback (linalg.svd on non-finite values); --lr and --margin inf
+    trained and saved a network."""
+    code, output = _cli(store, "fuse", "train", "--label", "artist", option, value, "--weight-epochs", "1",
+                        "--max-epochs", "0")
+    assert code == 1 and f"{option} must be a finite number, not {value}" in output, output

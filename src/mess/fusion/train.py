@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -49,8 +50,12 @@ class FusionConfig:
     k: int = 10
 
     def __post_init__(self) -> None:
+        """Refuse an unknown mining and a non-finite rate or margin (inf trained NaN weights, or broke the PCA)."""
         if self.mining not in get_args(Mining):
             raise ValueError(f"unknown mining {self.mining!r}; use {' or '.join(get_args(Mining))}")
+        for name in ("margin", "lr", "weights_lr", "weight_decay", "dropout"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number, not {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
