@@ -124,3 +124,10 @@ def test_a_non_finite_training_rate_or_margin_is_refused(store: Path, option: st
     code, output = _cli(store, "fuse", "train", "--label", "artist", option, value, "--weight-epochs", "1",
                         "--max-epochs", "0")
     assert code == 1 and f"{option} must be a finite number, not {value}" in output, output
+
+
+def test_an_infinite_upload_limit_is_refused_as_read(store: Path) -> None:
+    """`mess serve --max-upload-mb inf` was an OverflowError traceback (infinity to an integer of bytes)."""
+    code, output = _cli(store, "serve", "--max-upload-mb", "inf")
+    assert code == 2 and "Invalid value for '--max-upload-mb': Input should be less than or equal to 1048576" in \
+        output, output

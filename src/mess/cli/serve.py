@@ -34,7 +34,7 @@ def serve_command(
     = None,
     token: Annotated[str | None, typer.Option(envvar="MESS_TOKEN", help="Require this bearer token (env "
                                               "MESS_TOKEN); open the page once as /?token=TOKEN.")] = None,
-    max_upload_mb: Annotated[float, typer.Option(min=0.1, help="Largest accepted upload in MiB.")] = 50.0,
+    max_upload_mb: Annotated[float, typer.Option(min=0.1, max=2.0**20, help="Largest accepted upload in MiB.")] = 50.0,
     max_upload_minutes: Annotated[float, typer.Option(min=0.1, help="Longest accepted upload in minutes.")] = 20.0,
     embed_timeout: Annotated[float, typer.Option(min=1.0, help="Seconds an upload may take to decode and embed.")]
     = 120.0,
