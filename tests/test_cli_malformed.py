@@ -19,15 +19,15 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """6 tagged tones (3 artists) extracted with dsp."""
+    """8 tagged tones (4 artists) extracted with dsp."""
     root = tmp_path_factory.mktemp("malformed")
     (root / "music").mkdir()
     t = np.arange(2 * SR) / SR
-    for i in range(6):
+    for i in range(8):
         path = root / "music" / f"tone{i}.flac"
         sf.write(path, (0.3 * np.sin(2 * np.pi * 110.0 * (i + 1) * t)).astype(np.float32), SR)
         tags = mutagen.flac.FLAC(path)
-        tags.update({"artist": f"Artist {i % 3}", "title": f"tone {i}"})
+        tags.update({"artist": f"Artist {i % 4}", "title": f"tone {i}"})
         tags.save()
     out = runner.invoke(app, ["extract", str(root / "music"), "-m", "dsp", "--store", str(root / "store")])
     assert out.exit_code == 0, out.output
@@ -131,3 +131,12 @@ def test_an_infinite_upload_limit_is_refused_as_read(store: Path) -> None:
     code, output = _cli(store, "serve", "--max-upload-mb", "inf")
     assert code == 2 and "Invalid value for '--max-upload-mb': Input should be less than or equal to 1048576" in \
         output, output
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
+def test_a_checkpoint_that_cannot_be_saved_is_named(store: Path) -> None:
+    """A full disk at `fuse train`'s save said only 'error: No space left on device', naming no file."""
+    code, output = _cli(store, "fuse", "train", "--label", "artist", "--weight-epochs", "1", "--max-epochs", "0",
+                        "--checkpoint", "/dev/full")
+    assert code == 1 and "cannot save the checkpoint /dev/full (" in output and "No space left on device" in output, \
+        output

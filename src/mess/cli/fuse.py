@@ -14,7 +14,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mess.cli.common import console, emit_json, fail, note, open_store, plain
+from mess.cli.common import console, emit_json, fail, note, open_store, os_reason, plain
 from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, JsonOpt, ModelOpt, StoreOpt
 from mess.constants import FUSED, LABEL_FIELDS
 from mess.store import FeatureStore
@@ -119,6 +119,8 @@ def _train(fs: FeatureStore, run: Run, config: FusionConfig, path: Path, quiet: 
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/] before the first epoch ended: nothing saved")
             raise typer.Exit(130) from None
+        except OSError as exc:  # a full disk, say: the system's words alone did not name the file
+            fail(f"cannot save the checkpoint {path} ({os_reason(exc)})")
         bar.update(task, total=trained.summary["epochs"])
     return trained
 
