@@ -140,3 +140,13 @@ def test_a_checkpoint_that_cannot_be_saved_is_named(store: Path) -> None:
                         "--checkpoint", "/dev/full")
     assert code == 1 and "cannot save the checkpoint /dev/full (" in output and "No space left on device" in output, \
         output
+
+
+def test_a_pipe_given_as_the_label_file_is_called_a_pipe(store: Path, tmp_path: Path) -> None:
+    """`mess evaluate --labels FIFO` (or /dev/null) said 'no such label file', though it is there."""
+    import os
+
+    fifo = tmp_path / "labels.csv"
+    os.mkfifo(fifo)
+    code, output = _cli(store, "evaluate", "--labels", str(fifo))
+    assert code == 1 and f"{fifo} is a device or a pipe, not a label file (a CSV)" in output, output

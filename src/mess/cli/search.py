@@ -235,7 +235,7 @@ def evaluate_command(
     from mess.search.evaluate import LabelError, evaluate, plot_evaluation, plot_file, read_label_csv
 
     if labels is not None and not labels.is_file():
-        fail(f"{labels} is a folder, not a label file (a CSV)" if labels.is_dir() else f"no such label file: {labels}")
+        fail(_not_a_label_file(labels))
     try:
         plot = plot_file(plot) if plot is not None else None
     except ValueError as exc:
@@ -262,6 +262,15 @@ def evaluate_command(
         fix = f"mess fuse apply --model {run.model}{where}"
         console.print(f"[yellow]fused row left out: {ev.tracks_without_fused_vectors} labelled tracks have no fused "
                       f"vectors (extracted since the last apply); `{plain(fix)}` adds them[/]")
+
+
+def _not_a_label_file(path: Path) -> str:
+    """Why ``path``, which is no regular file, cannot be read as a label CSV (a pipe would block the read)."""
+    if path.is_dir():
+        return f"{path} is a folder, not a label file (a CSV)"
+    if path.exists():
+        return f"{path} is a device or a pipe, not a label file (a CSV)"
+    return f"no such label file: {path}"
 
 
 def _plot_name(run: Run, label: str, labels: Path | None) -> str:
