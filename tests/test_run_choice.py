@@ -207,7 +207,8 @@ def test_each_run_keeps_its_own_fusion_report(two_runs: tuple[Path, Run, Run], t
         code, output = _cli("fuse", "report", *picked, "-k", "3", "--json")
         assert code == 0, output
         written.append(Path(json.loads(output)["files"]["json"]))
-    assert [p.name.startswith(f"fusion-dsp-run{r.id}-") for p, r in zip(written, (first, second))] == [True, True]
+    for path, run in zip(written, (first, second), strict=True):
+        assert path.name.startswith(f"fusion-dsp-run{run.id}-"), path
     assert len(set(written)) == 2 and all(p.is_file() for p in written)  # named after each run's own checkpoint
 
 
