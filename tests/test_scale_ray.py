@@ -37,7 +37,8 @@ from mess.store import FeatureStore, catalog
 POLICY = WindowPolicy(window_seconds=4.0, max_windows=3)
 N_TONES = 32
 # The cluster and its drivers share a token of their own (not the user's ~/.ray/auth_token, which Ray makes once).
-RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}  # SIGTERM stops the test cluster at once, not after 30 s
 
 
 @pytest.fixture(scope="module")
