@@ -297,7 +297,7 @@ def test_export_fused_vectors_with_the_run_they_belong_to(extracted_store: Path,
     assert not path.exists() and "Traceback" not in out.output
     with closing(FeatureStore(root)) as store:
         run = store.run("dsp")
-        checkpoint = checkpoint_path(store, "dsp")
+        checkpoint = checkpoint_path(store, run)
         save_checkpoint(train_fusion(load_layers(store, run), FusionConfig(label="composer", weight_epochs=1,
                                                                            max_epochs=0)), checkpoint)
         apply_fusion(store, checkpoint, "dsp")

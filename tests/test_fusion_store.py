@@ -714,9 +714,9 @@ def test_fused_vectors_made_for_another_run_are_refused_where_read(extracted_sto
     description (.json) of the checkpoint that made them."""
     root = _fused_copy(extracted_store, tmp_path)
     runner, app, store = CliRunner(), _app(), ["--model", "dsp", "--store", str(root)]
-    checkpoint = root / "fusion" / "dsp.pt"
     with closing(FeatureStore(root)) as fs:
         first = fs.run("dsp")
+        checkpoint = checkpoint_path(fs, first)
         recorded = fs.derived_meta(first, FUSED)
         assert recorded["trained_on"] == {"run_id": first.id, "revision": first.revision, "policy": first.policy}
         _apply_as_before_the_run_check(fs, first, checkpoint)  # an older set of the right run: its checkpoint says so
