@@ -4,6 +4,7 @@ artist = composer)."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from contextlib import closing
 from pathlib import Path
@@ -50,6 +51,21 @@ BORN = {
 def real(extracted_store: Path):
     with closing(FeatureStore(extracted_store, readonly=True)) as fs:
         yield fs
+
+
+def _artists_app() -> typer.Typer:
+    """The `mess artists` commands as a typer app of their own."""
+    app = typer.Typer()
+    register(app)
+    app.callback()(lambda: None)
+    return app
+
+
+def _store_copy(extracted_store: Path, tmp_path: Path) -> Path:
+    """A writable copy of the session's extracted store."""
+    root = tmp_path / "store"
+    shutil.copytree(extracted_store, root)
+    return root
 
 
 def era_reference(names: list[str], size: int = 2) -> dict[str, list[str]]:
@@ -121,9 +137,7 @@ def test_validation_against_era_reference_and_own_ranking(real: FeatureStore, mo
 
 
 def test_cli_on_real_store(extracted_store: Path, tmp_path: Path) -> None:
-    app = typer.Typer()
-    register(app)
-    app.callback()(lambda: None)
+    app = _artists_app()
     runner = CliRunner()
     store = ["--store", str(extracted_store)]
     with closing(FeatureStore(extracted_store, readonly=True)) as fs:
@@ -151,13 +165,7 @@ def test_similar_hybrid_takes_the_space_asked_for_and_the_saved_layer_only_on_it
     """Weights learned by `hybrid -m dsp` saved dsp's layer; `similar --hybrid` then failed with "unknown layer 'mfcc'"
     for musicnn-msd (a layer never asked for), and with "choose one of layer, aspect or fused" for `--aspect timbre`
     or `--fused` (one was chosen: the saved layer was added to it)."""
-    import shutil
-
-    app = typer.Typer()
-    register(app)
-    app.callback()(lambda: None)
-    root = tmp_path / "store"
-    shutil.copytree(extracted_store, root)
+    app, root = _artists_app(), _store_copy(extracted_store, tmp_path)
     with closing(FeatureStore(root)) as fs:
         names = load_artists(fs, fs.run("dsp")).names
         fs.set_aspect_map(fs.run("dsp"), [("timbre", "mfcc", 0.7, 0.1)])
@@ -181,17 +189,11 @@ def test_similar_hybrid_takes_the_space_asked_for_and_the_saved_layer_only_on_it
 def test_hybrid_weights_learned_on_another_run_of_the_model_are_said(extracted_store: Path, tmp_path: Path) -> None:
     """Weights saved by `hybrid -m dsp@1` were used for dsp's other run (extracted again with 1 window) without a
     word: the saved metadata named the model only, and the audio component was another run's."""
-    import shutil
-
     from mess.audio.windows import WindowPolicy
     from mess.extract.pipeline import extract
     from mess.models.dsp import DspModel
 
-    app = typer.Typer()
-    register(app)
-    app.callback()(lambda: None)
-    root = tmp_path / "store"
-    shutil.copytree(extracted_store, root)
+    app, root = _artists_app(), _store_copy(extracted_store, tmp_path)
     with closing(FeatureStore(root)) as fs:
         first = fs.run("dsp")
         names = load_artists(fs, first).names
@@ -236,9 +238,7 @@ def test_coverage_counts_two_spellings_of_one_artist_once(real: FeatureStore) ->
 
 def test_matrix_out_named_like_one_of_its_files_writes_that_csv_and_png(extracted_store: Path, tmp_path: Path) -> None:
     """`matrix -o heat.png` wrote heat.png.csv and heat.png.png."""
-    app = typer.Typer()
-    register(app)
-    app.callback()(lambda: None)
+    app = _artists_app()
     out = CliRunner().invoke(app, ["artists", "matrix", "-m", "dsp", "-o", str(tmp_path / "heat.png"), "--json",
                                    "--store", str(extracted_store)])
     assert out.exit_code == 0, out.stderr

@@ -14,6 +14,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import mutagen.flac
@@ -400,6 +401,13 @@ def test_an_audio_file_replaced_since_extraction_is_refused_until_extracted_agai
     store.close()
 
 
+def _audio_url_of_one_track(music: Path, store_dir: Path) -> str:
+    """The audio URL of the one file in ``music``, extracted with dsp into a new store at ``store_dir``."""
+    with closing(FeatureStore(store_dir)) as store:
+        extract(store, find_audio([music]), DspModel(), WindowPolicy())
+        return f"/api/tracks/{store.tracks()[0].id}/audio"
+
+
 def test_an_audio_file_replaced_keeping_its_size_and_mtime_is_refused(tmp_path: Path) -> None:
     """The check compared size and mtime only: another recording of the same length and format put in its place with
     the old mtime (``touch -r``, ``rsync -t``, ``cp -p``) played under the old track's title and vectors."""
@@ -408,11 +416,7 @@ def test_an_audio_file_replaced_keeping_its_size_and_mtime_is_refused(tmp_path: 
     song, other = music / "song.wav", tmp_path / "other.wav"
     rng = np.random.default_rng(4)
     sf.write(song, _render("Sine Choir", PITCHES[1], rng), SR, subtype="PCM_16")
-    store = FeatureStore(tmp_path / "store")
-    extract(store, find_audio([music]), DspModel(), WindowPolicy())
-    track = store.tracks()[0]
-    store.close()
-    url = f"/api/tracks/{track.id}/audio"
+    url = _audio_url_of_one_track(music, tmp_path / "store")
     with TestClient(base_url="http://127.0.0.1", app=create_app(tmp_path / "store")) as c:
         song.chmod(0o600)  # the same file, its ctime changed: still served
         assert c.get(url).status_code == 200 and c.get(url).content == song.read_bytes()
@@ -435,11 +439,7 @@ def test_the_audio_refusals_of_a_file_whose_name_is_not_utf8_are_json(tmp_path: 
     sf.write(tmp_path / "tone.wav", _render("Sine Choir", PITCHES[2], np.random.default_rng(5)), SR)
     song = music / os.fsdecode(b"caf\xe9.wav")
     (tmp_path / "tone.wav").rename(song)
-    store = FeatureStore(tmp_path / "store")
-    extract(store, find_audio([music]), DspModel(), WindowPolicy())
-    track = store.tracks()[0]
-    store.close()
-    url = f"/api/tracks/{track.id}/audio"
+    url = _audio_url_of_one_track(music, tmp_path / "store")
     with TestClient(base_url="http://127.0.0.1", app=create_app(tmp_path / "store")) as c:
         assert c.get(url).content == song.read_bytes()
         stat = song.stat()
