@@ -150,3 +150,11 @@ def test_a_pipe_given_as_the_label_file_is_called_a_pipe(store: Path, tmp_path: 
     os.mkfifo(fifo)
     code, output = _cli(store, "evaluate", "--labels", str(fifo))
     assert code == 1 and f"{fifo} is a device or a pipe, not a label file (a CSV)" in output, output
+
+
+def test_a_file_that_cannot_be_embedded_is_named_once_before_the_reason(store: Path, tmp_path: Path) -> None:
+    """`mess similar BAD.wav` said 'cannot embed BAD.wav: BAD.wav: cannot decode (...)'."""
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all")
+    code, output = _cli(store, "similar", str(bad), "-m", "dsp")
+    assert code == 1 and f"cannot embed {bad}: cannot decode (" in output and f"{bad}: {bad}" not in output, output

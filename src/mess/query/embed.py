@@ -64,7 +64,7 @@ def embed_query(store: FeatureStore, path: Path, run: Run) -> TrackQuery:
     try:
         vectors = embed_file(path, model, run_policy(run))
     except Exception as exc:  # noqa: BLE001 -- any fault of this one file is a clear error, not a traceback
-        raise StoreError(f"cannot embed {path}: {exc}") from exc
+        raise StoreError(f"cannot embed {path}: {str(exc).removeprefix(f'{path}: ')}") from exc  # named once
     tags = read_tags(path)
     label = f"{tags['artist']} - {tags['title'] or file_title(str(path))}" if tags["artist"] else path.name
     return external_query(store, run, label, vectors.content_hash, vectors.layers, vectors.segments,
