@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 from mess.audio.windows import WindowPolicy
 from mess.cli import search as search_cli
 from mess.cli.fuse import register
+from mess.cli.main import app as mess_app
 from mess.extract.embed import embed_file
 from mess.extract.pipeline import extract
 from mess.extract.runs import run_policy
@@ -743,6 +744,9 @@ def test_fused_vectors_made_for_another_run_are_refused_where_read(extracted_sto
     assert out.exit_code == 0, out.output
     scored = json.loads(out.stdout)
     assert FUSED not in {s["kind"] for s in scored["sets"]} and scored["fused_note"] == f"fused row left out: {want}"
+    out = runner.invoke(mess_app, ["artists", "discrimination", "--json", *store], env={"COLUMNS": "400"})
+    assert out.exit_code == 0 and f"fused vectors left out: {want}" in " ".join(out.stderr.split()), out.stderr
+    assert "fused" not in {layer["label"] for layer in json.loads(out.stdout)["layers"]}
     with TestClient(create_app(root), base_url="http://127.0.0.1") as client:  # the page offers no fused choice
         listed = {r["id"]: r for r in client.get("/api/runs").json()["runs"]}
     assert listed[second.id]["fused"] is False and listed[second.id]["fused_note"] == want

@@ -31,8 +31,10 @@ from mess.artists.profiles import (
 from mess.artists.reference import Coverage, load_reference, match_reference, read_json
 from mess.artists.similarity import METHODS, artist_vectors, similarity_matrix, similarity_row, top_k
 from mess.artists.validate import Metrics, evaluate, random_baseline
+from mess.constants import FUSED
 from mess.search.query import stale_aspect_map
 from mess.store import FeatureStore, Run, StoreError
+from mess.store.fused import fused_run_problem
 from mess.store.reports import slug
 
 WEIGHTS_FILE = "artists_hybrid.json"
@@ -86,13 +88,19 @@ def open_artists(store: FeatureStore, options: ArtistOptions, on_note: Note = _i
     return run, artists
 
 
-def every_space(store: FeatureStore, run: Run) -> list[Space]:
-    """Every layer of the run, then its fused vectors when `mess fuse apply` wrote some."""
+def every_space(store: FeatureStore, run: Run, on_note: Note = _ignore) -> list[Space]:
+    """Every layer of the run, then its fused vectors when `mess fuse apply` wrote some for this run (a note says
+    why stored ones made for another run of the model are left out)."""
     spaces = [load_space(store, run, layer=name) for name in run.layer_names]
-    try:
-        spaces.append(load_space(store, run, fused=True))
-    except StoreError:
-        pass
+    meta = store.derived_meta(run, FUSED)
+    problem = fused_run_problem(store, run, meta) if meta is not None else None
+    if problem is not None:
+        on_note(f"fused vectors left out: {problem}")
+    elif meta is not None:
+        try:
+            spaces.append(load_space(store, run, fused=True))
+        except StoreError:
+            pass
     return spaces
 
 
@@ -291,7 +299,7 @@ def discrimination(store: FeatureStore, options: ArtistOptions,
                    on_note: Note = _ignore) -> tuple[Run, ArtistSet, list[LayerReport]]:
     """How well every layer (and the fused vectors) tells artists apart, best first."""
     run, artists = open_artists(store, options, on_note)
-    reports = [layer_report(artists, space, options.method) for space in every_space(store, run)]
+    reports = [layer_report(artists, space, options.method) for space in every_space(store, run, on_note)]
     return run, artists, rank_layers(reports)
 
 
@@ -328,7 +336,7 @@ def validate_layers(store: FeatureStore, reference: Path, k: int, options: Artis
                           f"collection (found {coverage.query_found} query and {coverage.listed_found} listed artists)")
     layers = [(space.label, evaluate(_similarity(artists, space, options), matched, k),
                evaluate(_similarity(artists, space, options, center=not options.center), matched, k).ndcg)
-              for space in every_space(store, run)]
+              for space in every_space(store, run, on_note)]
     n = len(artists.profiles)
     notes = [f"k={k} covers all {n - 1} other artists, so overlap@k and recall@k are 1 by construction; "
              "use a smaller -k (nDCG and MRR still rank)"] if k >= n - 1 else []
