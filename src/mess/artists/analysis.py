@@ -93,7 +93,7 @@ def every_space(store: FeatureStore, run: Run, on_note: Note = _ignore) -> list[
     why stored ones made for another run of the model are left out)."""
     spaces = [load_space(store, run, layer=name) for name in run.layer_names]
     meta = store.derived_meta(run, FUSED)
-    problem = fused_run_problem(store, run, meta) if meta is not None else None
+    problem = fused_run_problem(store, run, meta)
     if problem is not None:
         on_note(f"fused vectors left out: {problem}")
     elif meta is not None:

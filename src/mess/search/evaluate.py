@@ -211,7 +211,7 @@ def evaluate(
     specs = [VectorSpec.from_options(layer=name, norm=norm) for name in run.layer_names]
     specs.append(VectorSpec.from_options(norm=norm))
     fused_meta = store.derived_meta(run, FUSED)
-    fused_note = fused_run_problem(store, run, fused_meta) if fused_meta is not None and match == "mean" else None
+    fused_note = fused_run_problem(store, run, fused_meta) if match == "mean" else None
     if fused_meta is not None and match == "mean" and fused_note is None:
         specs.append(VectorSpec(FUSED, "", fused_norm(norm)))
     if has_learned_head(run):

@@ -73,7 +73,7 @@ def _fused(store: FeatureStore, run: Run) -> dict[str, object]:
     """``fused``: whether the run has fused vectors that may be read as its own; ``fused_note``: why stored ones may
     not (made for another run of the model, :func:`mess.store.fused.fused_run_problem`), else None."""
     meta = store.derived_meta(run, FUSED)
-    problem = fused_run_problem(store, run, meta) if meta is not None else None
+    problem = fused_run_problem(store, run, meta)
     return {"fused": meta is not None and problem is None, "fused_note": problem}
 
 

@@ -40,10 +40,11 @@ def _fields(identity: dict[str, object], keys: list[str]) -> str:
     return ", ".join(f"{k} {identity.get(k, '?')}" for k in keys)
 
 
-def fused_run_problem(store: FeatureStore, run: Run, meta: dict) -> str | None:
-    """Why the fused vectors stored for ``run`` with ``meta`` may not be read as its vectors (their network was
-    trained on another run of the model, or which run cannot be told); None when they may."""
-    if "trained_on" not in meta and not (meta.get("checkpoint") or meta.get("checkpoint_in_store")):
+def fused_run_problem(store: FeatureStore, run: Run, meta: dict | None) -> str | None:
+    """Why the fused vectors stored for ``run`` with ``meta`` (its :meth:`FeatureStore.derived_meta`) may not be read
+    as its vectors (their network was trained on another run of the model, or which run cannot be told); None when
+    they may, or when there are none (``meta`` None)."""
+    if meta is None or ("trained_on" not in meta and not (meta.get("checkpoint") or meta.get("checkpoint_in_store"))):
         return None
     trained = meta.get("trained_on") or _described_run(store, meta)
     again = f"run `mess fuse apply --model {run.model}` again"
@@ -78,7 +79,6 @@ def _described_run(store: FeatureStore, meta: dict) -> dict | None:
 def fused_matrix(store: FeatureStore, run: Run) -> tuple[np.ndarray, np.ndarray]:
     """(track ids, float32 matrix) of the run's fused vectors (:meth:`FeatureStore.derived_matrix`); StoreError
     when there are none or :func:`fused_run_problem` finds them made for another run."""
-    meta = store.derived_meta(run, FUSED)
-    if meta is not None and (problem := fused_run_problem(store, run, meta)) is not None:
+    if (problem := fused_run_problem(store, run, store.derived_meta(run, FUSED))) is not None:
         raise StoreError(problem)
     return store.derived_matrix(run, FUSED)
