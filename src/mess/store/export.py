@@ -67,14 +67,16 @@ def export_vectors(store: FeatureStore, run: Run, out: Path, fmt: str = "npz", *
     if resolved(out).is_relative_to(resolved(store.root)):  # 'export STORE/catalog.sqlite' overwrote the catalog
         raise StoreError(f"{out} is inside the feature store {store.root}, whose files only mess writes; "
                          "export to a path outside it")
-    columns, vectors, missing, failed = _columns(store, run, names, segments, fused)
+    with store.snapshot():  # the fused vectors, the checkpoint that made them and the run's tracks: one version
+        columns, vectors, missing, failed = _columns(store, run, names, segments, fused)
+        fused_meta, n_tracks = (store.derived_meta(run, FUSED), len(store.tracks(run))) if fused else (None, 0)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"model": run.model, "run_id": run.id, "revision": run.revision, "policy": run.policy, "layers": names,
             "files_not_embedded": missing, "files_failed": failed}
     not_fused = 0
     if fused:
-        not_fused = len(store.tracks(run)) - len(columns["track_id"])
-        meta |= {"fused_checkpoint_sha256": (store.derived_meta(run, FUSED) or {}).get("checkpoint_sha256") or "",
+        not_fused = n_tracks - len(columns["track_id"])
+        meta |= {"fused_checkpoint_sha256": (fused_meta or {}).get("checkpoint_sha256") or "",
                  "tracks_not_fused": not_fused}
     (_write_npz if fmt == "npz" else _write_parquet)(out, columns, vectors, meta)
     return ExportSummary(out, len(columns["track_id"]), len(set(columns["track_id"].tolist())), names, segments,
