@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -27,7 +25,7 @@ from mess.artists.analysis import (
 from mess.artists.discrimination import LayerReport
 from mess.artists.hybrid import COMPONENTS
 from mess.artists.profiles import DEFAULT_MAX_TRACKS, DEFAULT_MIN_TRACKS, ArtistError, ArtistSet
-from mess.cli.common import console, emit_json, fail, note, open_store, plain
+from mess.cli.common import console, emit_json, fail, failing, note, open_store, plain
 from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, AspectOpt, FusedOpt, JsonOpt, ModelOpt, StoreOpt
 from mess.store import Run
 
@@ -80,15 +78,6 @@ def _options(model: str | None, method: str, center: bool, max_tracks: int, min_
         fail(str(exc))
 
 
-@contextmanager
-def _artist_errors() -> Iterator[None]:
-    """ArtistError (a name not found, a bad reference or tags file) as a one-line error."""
-    try:
-        yield
-    except ArtistError as exc:
-        fail(str(exc))
-
-
 def similar_command(
     name: Annotated[str, typer.Argument(help="Artist name (case and accents do not matter).")],
     k: KOpt = 10,
@@ -117,7 +106,7 @@ def similar_command(
     options = _options(model, method or "mean", center is not False, max_tracks, min_tracks)
     blend = (Hybrid(weights, reference, tags, method is not None, center is not None)
              if hybrid or weights is not None else None)
-    with open_store(store) as fs, _artist_errors():
+    with open_store(store) as fs, failing(ArtistError):
         result = similar_artists(fs, name, k, options, SpaceChoice(layer, aspect, fused), hide_low=hide_low,
                                  hybrid=blend, on_note=note)
     if as_json:
@@ -175,7 +164,7 @@ def matrix_command(
 ) -> None:
     """Pairwise artist similarity matrix as CSV and heatmap PNG (rows clustered)."""
     options = _options(model, method, center, max_tracks, min_tracks)
-    with open_store(store) as fs, _artist_errors():
+    with open_store(store) as fs, failing(ArtistError):
         m = artist_matrix(fs, options, SpaceChoice(layer, aspect, fused), out, on_note=note)
     if as_json:
         emit_json({"artists": m.names, "matrix": m.matrix.round(4).tolist(), "csv": str(m.csv), "png": str(m.png),
@@ -195,7 +184,7 @@ def discrimination_command(
 ) -> None:
     """Which layers tell artists apart: pair-similarity range raw vs centred, separation, verdict."""
     options = _options(model, method, True, max_tracks, min_tracks)
-    with open_store(store) as fs, _artist_errors():
+    with open_store(store) as fs, failing(ArtistError):
         run, artists, reports = discrimination(fs, options, on_note=note)
     if not all(np.isfinite(r.separation.within) for r in reports):  # within needs two tracks of one artist
         note("no artist has two tracks, so same-artist similarity and separation are n/a (null in JSON) and no "
@@ -260,7 +249,7 @@ def validate_command(
 ) -> None:
     """Score every layer's similar-artist rankings against reference lists (overlap, recall, nDCG @k, MRR)."""
     options = _options(model, method, center, max_tracks, min_tracks)
-    with open_store(store) as fs, _artist_errors():
+    with open_store(store) as fs, failing(ArtistError):
         result = validate_layers(fs, reference, k, options, on_note=note)
     for text in result.notes:
         note(text)
@@ -322,7 +311,7 @@ def hybrid_command(
 ) -> None:
     """Learn hybrid weights (audio, genre, collab, reference) on a train split; report held-out metrics."""
     options = _options(model, method, center, max_tracks, min_tracks)
-    with open_store(store) as fs, _artist_errors():
+    with open_store(store) as fs, failing(ArtistError):
         result = learn_hybrid(fs, reference, k, options, SpaceChoice(layer, aspect, fused), tags=tags,
                               test_fraction=test_fraction, seed=seed, save=save, on_note=note)
     if as_json:

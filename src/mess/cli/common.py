@@ -82,6 +82,15 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+@contextmanager
+def failing(*errors: type[Exception]) -> Iterator[None]:
+    """Any of ``errors`` raised inside ends the command with its message as the one-line error."""
+    try:
+        yield
+    except errors as exc:
+        fail(str(exc))
+
+
 def json_clash(output: Path | None, as_json: bool) -> None:
     """Fail when ``--json`` and the file being written would both go to stdout (``-o /dev/stdout --json``)."""
     if not as_json or output is None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from mess.cli.common import console, fail
+from mess.cli.common import console, fail, failing
 
 app = typer.Typer(name="demo", no_args_is_help=True,
                   help="Labelled demo audio: music21 corpus pieces rendered with fluidsynth, "
@@ -55,17 +56,11 @@ def wesnoth_command(
     """Fetch Wesnoth's soundtrack (41 OGGs, 10 tagged composers) with apt-get; kept if already there."""
     from mess.datasets.wesnoth import FetchError, fetch_wesnoth, read_artists
 
-    try:
+    with failing(FetchError):
         tracks = fetch_wesnoth(out)
-    except FetchError as exc:
-        fail(str(exc))
     counts = Counter(artist or "(untagged)" for artist in read_artists(tracks).values())
-    table = Table(title=f"{len(tracks)} tracks in {out}")
-    table.add_column("composer")
-    table.add_column("tracks", justify="right")
-    for artist, n in counts.most_common():
-        table.add_row(artist, str(n))
-    console.print(table)
+    _print_table(f"{len(tracks)} tracks in {out}", ("composer", "tracks"),
+                 [(artist, str(n)) for artist, n in counts.most_common()])
 
 
 @app.command("soundtracks")
@@ -75,17 +70,24 @@ def soundtracks_command(
     """Fetch six games' soundtracks with apt-get (album tag = game; manifest.csv); kept if already there."""
     from mess.datasets.soundtracks import FetchError, fetch_soundtracks
 
-    try:
+    with failing(FetchError):
         tracks = fetch_soundtracks(out)
-    except FetchError as exc:
-        fail(str(exc))
-    table = Table(title=f"{len(tracks)} tracks in {out} (label: --label album, or --labels {out}/manifest.csv)")
-    for column in ("game", "tracks", "with artist tag", "minutes"):
-        table.add_column(column, justify="left" if column == "game" else "right")
+    rows = []
     for game in dict.fromkeys(t.game for t in tracks):
         mine = [t for t in tracks if t.game == game]
-        table.add_row(game, str(len(mine)), str(sum(t.artist is not None for t in mine)),
-                      f"{sum(t.duration for t in mine) / 60:.1f}")
+        rows.append((game, str(len(mine)), str(sum(t.artist is not None for t in mine)),
+                     f"{sum(t.duration for t in mine) / 60:.1f}"))
+    _print_table(f"{len(tracks)} tracks in {out} (label: --label album, or --labels {out}/manifest.csv)",
+                 ("game", "tracks", "with artist tag", "minutes"), rows)
+
+
+def _print_table(title: str, columns: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
+    """A table whose first column is text and the others right-aligned figures."""
+    table = Table(title=title)
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
 
 

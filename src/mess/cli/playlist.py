@@ -9,11 +9,24 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from mess.cli.common import console, emit_json, fail, json_clash, open_store, os_reason, plain, stale_aspect_note
+from mess.cli.common import (
+    console,
+    emit_json,
+    fail,
+    failing,
+    json_clash,
+    open_store,
+    os_reason,
+    plain,
+    stale_aspect_note,
+)
 from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, JsonOpt, ModelOpt, StoreOpt
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from mess.playlists.playlist import Playlist
+    from mess.store import FeatureStore, Run
 
 playlist_app = typer.Typer(
     help="Playlists from the similarity space: radio, sonic path, clusters.", no_args_is_help=True
@@ -63,19 +76,14 @@ def radio_command(
     as_json: JsonOpt = False,
 ) -> None:
     """A radio: the tracks closest to the seeds, closest first, artists spread out, no near-duplicates."""
-    from mess.playlists.playlist import PlaylistError
     from mess.playlists.radio import radio
     from mess.query import resolve_query
 
-    with open_store(store) as fs:
-        run = fs.run(model)
+    def make(fs: FeatureStore, run: Run) -> Playlist:
         queries = [resolve_query(fs, s, run) for s in seeds]
-        try:
-            playlist = radio(fs, run, queries, n, aspect=aspect, window=window, blend=blend)
-        except PlaylistError as exc:
-            fail(str(exc))
-        stale_aspect_note(fs, run, aspect)
-    _emit(playlist, output, fmt, as_json)
+        return radio(fs, run, queries, n, aspect=aspect, window=window, blend=blend)
+
+    _emit(_made(make, store, model, aspect), output, fmt, as_json)
 
 
 def path_command(
@@ -91,16 +99,11 @@ def path_command(
 ) -> None:
     """A sonic path from START to END in even steps through the collection."""
     from mess.playlists.path import sonic_path
-    from mess.playlists.playlist import PlaylistError
 
-    with open_store(store) as fs:
-        run = fs.run(model)
-        try:
-            playlist = sonic_path(fs, run, fs.track(start), fs.track(end), n, aspect=aspect)
-        except PlaylistError as exc:
-            fail(str(exc))
-        stale_aspect_note(fs, run, aspect)
-    _emit(playlist, output, fmt, as_json)
+    def make(fs: FeatureStore, run: Run) -> Playlist:
+        return sonic_path(fs, run, fs.track(start), fs.track(end), n, aspect=aspect)
+
+    _emit(_made(make, store, model, aspect), output, fmt, as_json)
 
 
 def clusters_command(
@@ -125,10 +128,9 @@ def clusters_command(
     with open_store(store) as fs:
         run = fs.run(model)
         try:
-            playlists = [_with_gone_note(p) for p in clusters(fs, run, k, aspect=aspect)]
-            files = write_cluster_folder(playlists, output, fmt) if output is not None else []
-        except PlaylistError as exc:
-            fail(str(exc))
+            with failing(PlaylistError):
+                playlists = [_with_gone_note(p) for p in clusters(fs, run, k, aspect=aspect)]
+                files = write_cluster_folder(playlists, output, fmt) if output is not None else []
         except OSError as exc:
             fail(f"cannot write the playlists into {output}: {os_reason(exc)}")
         stale_aspect_note(fs, run, aspect)
@@ -161,6 +163,19 @@ def _print_clusters(playlists: list[Playlist], files: list[Path], model: str) ->
         console.print(f"[dim]{plain(str(f))}[/]")
 
 
+def _made(make: Callable[[FeatureStore, Run], Playlist], store: Path, model: str | None,
+          aspect: str | None) -> Playlist:
+    """The playlist ``make`` builds from the store's run of ``model``; a PlaylistError ends the command."""
+    from mess.playlists.playlist import PlaylistError
+
+    with open_store(store) as fs:
+        run = fs.run(model)
+        with failing(PlaylistError):
+            playlist = make(fs, run)
+        stale_aspect_note(fs, run, aspect)
+    return playlist
+
+
 def _emit(playlist: Playlist, output: Path | None, fmt: str | None, as_json: bool) -> None:
     """Write the playlist file when asked (in ``fmt`` when its name has no playlist extension), then print it as
     JSON or a table."""
@@ -172,9 +187,8 @@ def _emit(playlist: Playlist, output: Path | None, fmt: str | None, as_json: boo
     written = None
     if output is not None:
         try:
-            written = write_playlist(playlist, output, fmt)
-        except PlaylistError as exc:
-            fail(str(exc))
+            with failing(PlaylistError):
+                written = write_playlist(playlist, output, fmt)
         except OSError as exc:
             fail(f"cannot write {output}: {os_reason(exc)}")
     if as_json:
