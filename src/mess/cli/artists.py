@@ -72,10 +72,8 @@ WeightsOpt = Annotated[
 
 
 def _options(model: str | None, method: str, center: bool, max_tracks: int, min_tracks: int) -> ArtistOptions:
-    try:
+    with failing(ArtistError):
         return ArtistOptions(model, method, center, max_tracks, min_tracks)
-    except ArtistError as exc:
-        fail(str(exc))
 
 
 def similar_command(

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from mess.cli.common import console, emit_json, fail, plain
+from mess.cli.common import console, emit_json, failing, plain
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt
 from mess.search.health import check_store
 from mess.store import StoreError
@@ -29,10 +29,8 @@ def check_command(
 
     Exit status: 0 when the store is whole (or was repaired), 1 when damage remains.
     """
-    try:
+    with failing(StoreError):
         health = check_store(store, fix=fix, on_wait=lambda m: console.print(f"[yellow]{plain(m)}[/]"))
-    except StoreError as exc:
-        fail(str(exc))
     if json_out:
         emit_json({"store": str(store), **health.to_dict()})
     else:

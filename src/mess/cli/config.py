@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from mess.cli.common import console, emit_json, fail, note, open_store, plain
+from mess.cli.common import console, emit_json, fail, failing, note, open_store, plain
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt
 
 
@@ -28,7 +28,7 @@ def config_command(
              f"`mess config {key} {value}` sets it")
     with open_store(store) as fs:
         models = sorted({r.model for r in fs.runs()})
-        try:
+        with failing(ConfigError):
             if key is not None and (value is not None or unset):
                 if key == "default-model" and value is not None and model_key(value, models) not in models:
                     fail(f"default-model is a model, not one run: pick {value!r} per command with --model {value}"
@@ -38,8 +38,6 @@ def config_command(
             elif key is not None and key not in SETTINGS:
                 fail(f"unknown setting {key!r}; known: {', '.join(SETTINGS)}")
             settings = read_config(fs.root)
-        except ConfigError as exc:
-            fail(str(exc))
         try:
             default, problem = (fs.run().model if models else None), None
         except StoreError as exc:  # a default-model without vectors: shown, so that it can be unset here

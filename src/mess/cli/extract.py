@@ -13,7 +13,7 @@ from mess.artists.profiles import artist_of
 from mess.audio.discover import find_audio
 from mess.audio.names import name_key
 from mess.audio.windows import WindowPolicy
-from mess.cli.common import console, emit_json, fail, open_store, plain
+from mess.cli.common import console, emit_json, fail, failing, open_store, plain
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt
 from mess.extract.pipeline import ExtractSummary, extract, missing_files
 from mess.extract.prepare import planned_seconds
@@ -78,11 +78,9 @@ def extract_command(
     paths, hidden = _audio_files(folders, prune)
     if engine not in ("local", "ray"):
         fail(f"unknown engine {engine!r}; use local or ray")
-    try:
+    with failing(ModelError, ValueError, ImportError):
         policy = WindowPolicy(window_seconds=window, max_windows=max_windows)
         embedder = _embedder(model, preset, device, engine, precision)
-    except (ModelError, ValueError, ImportError) as exc:
-        fail(str(exc))
     if embedder.info.licence:
         console.print(f"[yellow]licence:[/] {plain(embedder.info.name)}: {embedder.info.licence}")
     # Per-file problems are named in the run's summary, not as log lines over the progress bar; quiet() restores
@@ -147,12 +145,10 @@ def _run_ray(fs: FeatureStore, paths: list[Path], model: str, embedder: Embeddin
     """Extract on a Ray cluster under the store's write lock."""
     from mess.scale.ray_extract import ScaleError, extract_ray
 
-    try:
+    with failing(ScaleError):
         with fs.writing("mess extract --engine ray", wait=wait):
             return extract_ray(fs, paths, model, policy, batch_size=batch_size, device=device, address=address,
                                precision=precision, info=embedder.info)
-    except ScaleError as exc:
-        fail(str(exc))
 
 
 def _run_local(

@@ -14,7 +14,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mess.cli.common import console, emit_json, fail, note, open_store, os_reason, plain
+from mess.cli.common import console, emit_json, fail, failing, note, open_store, os_reason, plain
 from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, JsonOpt, ModelOpt, StoreOpt
 from mess.constants import FUSED, LABEL_FIELDS
 from mess.store import FeatureStore
@@ -77,13 +77,11 @@ def train_command(
         import torch
 
         torch.set_num_threads(threads)
-    try:
+    with failing(ValueError):
         config = FusionConfig(label=label, fusion_dim=fusion_dim, gated=gated, mining=cast("Mining", mining),
                               margin=margin, weight_epochs=weight_epochs, max_epochs=max_epochs, patience=patience,
                               lr=lr, weights_lr=weights_lr, labels_per_batch=labels_per_batch,
                               tracks_per_label=tracks_per_label, val_frac=val_frac, test_frac=test_frac, seed=seed)
-    except ValueError as exc:
-        fail(str(exc))
     with open_store(store) as fs:
         run = fs.run(model)
         path = checkpoint if checkpoint is not None else checkpoint_path(fs, run)
@@ -184,17 +182,13 @@ def apply_command(
 
     with open_store(store) as fs:  # check everything read-only first: a bad call writes nothing
         path = _checkpoint(fs, checkpoint, model)
-        try:
+        with failing(FusionError):
             result = load_checkpoint(path)
             run_note = check_compatible(result, fs.run(model or result.model))
-        except FusionError as exc:
-            fail(str(exc))
         log_note, stop_note = log_mismatch(fs, path), interrupted_note(result)
     with open_store(store, readonly=False) as fs:
-        try:
+        with failing(FusionError):
             meta = apply_fusion(fs, path, model)
-        except FusionError as exc:
-            fail(str(exc))
     if as_json:
         emit_json({**meta, "training_log_note": log_note, "run_note": run_note, "interrupted_note": stop_note})
         return
@@ -229,13 +223,11 @@ def report_command(
 
     with open_store(store) as fs:
         path = _checkpoint(fs, checkpoint, model)
-        try:
+        with failing(FusionError, ValueError):
             result = load_checkpoint(path)
             run = fs.run(model or result.model)
             run_note = check_compatible(result, run)
             report = compare(result, load_layers(fs, run), k)
-        except (FusionError, ValueError) as exc:
-            fail(str(exc))
         attach_probe(report, fs, run.id)
         report.training_log_note = log_mismatch(fs, path)  # in the files too, not only on the console
         write_report(report, fs.reports_dir, fusion_stem(fs.root, path))

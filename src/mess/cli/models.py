@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mess.cli.common import console, fail
+from mess.cli.common import console, failing
 
 models_app = typer.Typer(help="Model files for machines with internet (Essentia ONNX presets, MERT).",
                          no_args_is_help=True)
@@ -22,10 +22,8 @@ def fetch_command(
     """Download NAME's files into FOLDER, checked against the pins in mess; a failed fetch leaves nothing behind."""
     from mess.models.essentia.fetch import FetchError, fetch
 
-    try:
+    with failing(FetchError):
         files = fetch(name, folder)
-    except FetchError as exc:
-        fail(str(exc))
     for path in files:
         console.print(f"[green]ok[/] {path}")
     onnx = [p for p in files if p.suffix == ".onnx"]

@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mess.cli.common import console, emit_json, fail, open_store, plain
+from mess.cli.common import console, emit_json, fail, failing, open_store, plain
 from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, JsonOpt, StoreOpt
 
 if TYPE_CHECKING:  # the probing stack (scikit-learn, librosa) loads only when a probe command runs
@@ -43,10 +43,8 @@ def probe_command(
     from mess.probing.report import write_report
     from mess.probing.study import ProbeOptions, probed_every_layer, save_aspect_map, unmapped_reason
 
-    try:
+    with failing(ModelError):
         check_device(device)  # before the targets: the random-init control would find it only after them
-    except ModelError as exc:
-        fail(str(exc))
     controls = _split(control or ["shuffled"])
     if not (store / "catalog.sqlite").exists():
         fail(f"no feature store at {store} (run `mess extract` first)")
@@ -57,10 +55,8 @@ def probe_command(
         run = fs.run(model)
         for layer in wanted or []:
             run.layer_index(layer)
-        try:
+        with failing(ProbeError):
             report = _run_with_progress(fs, run, options)
-        except ProbeError as exc:
-            fail(str(exc))
         reason = unmapped_reason(run, report)
         # reports first, each file replaced whole, then the map: a kill between them leaves the old map beside the
         # new reports (readers say so: the map records the report's probed_at), never a map whose probe has no report
@@ -194,15 +190,11 @@ def validate_command(
     from mess.probing.validation import FACTORS, validate, write_validation
 
     factors = _split(factor) if factor else FACTORS
-    try:
+    with failing(ModelError, ImportError, ValueError):
         embedder = load_model(model)
-    except (ModelError, ImportError, ValueError) as exc:
-        fail(str(exc))
     with console.status(f"rendering and probing {', '.join(factors)} ..."):
-        try:
+        with failing(RenderError, ProbeError):
             results = validate(store / "validation", embedder, factors=factors, n_pieces=pieces, workers=workers)
-        except (RenderError, ProbeError) as exc:
-            fail(str(exc))
     written = write_validation(store / "reports", embedder, pieces, results)
     if json_out:
         emit_json(written)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, cast
 import typer
 from rich.table import Table
 
-from mess.cli.common import console, emit_json, fail, not_embedded_note, note, open_store, plain
+from mess.cli.common import console, emit_json, fail, failing, not_embedded_note, note, open_store, plain
 from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, FusedOpt, JsonOpt, ModelOpt, StoreOpt
 from mess.constants import DEFAULT_NORM, FUSED, LABEL_FIELDS
 
@@ -77,10 +77,8 @@ def index_command(
         fail(f"unknown index kind {kind!r}; choose auto, {', '.join(KINDS)}")
     with open_store(store, readonly=False) as fs, fs.writing("mess index"):  # vectors read after a running extract
         run = fs.run(model)
-        try:
+        with failing(ValueError):
             spec = VectorSpec.from_options(layer, aspect, fused, cast("Norm", norm), learned)  # the library checks it
-        except ValueError as exc:
-            fail(str(exc))
         vs = load_vectors(fs, run, spec)
         _, report = build_index(fs, vs, kind, rebuild=rebuild, target_recall=target_recall)
         unfused = fs.derived_missing(run, FUSED) if fused else 0
@@ -146,12 +144,10 @@ def similar_command(
     with open_store(store) as fs:
         run = fs.run(model)
         tq = resolve_query(fs, query, run)
-        try:
+        with failing(ValueError):
             results = similar_tracks(fs, run, tq, k, layer=layer, aspect=aspect, fused=fused,
                                      exclude_same_artist=exclude_same_artist, hubness=hubness,
                                      norm=cast("Norm", norm), learned=learned, match=match, expand=expand)
-        except ValueError as exc:
-            fail(str(exc))
         spec = VectorSpec.from_options(layer, aspect, fused, cast("Norm", norm), learned)
         norm_note = load_vectors(fs, run, spec).norm_note
         source, _ = aspect_layers(fs, run)
@@ -236,21 +232,17 @@ def evaluate_command(
 
     if labels is not None and not labels.is_file():
         fail(_not_a_label_file(labels))
-    try:
+    with failing(ValueError):
         plot = plot_file(plot) if plot is not None else None
-    except ValueError as exc:
-        fail(str(exc))
     with open_store(store) as fs:
         run = fs.run(model)
-        try:
+        with failing(LabelError, ValueError):
             label_file = read_label_csv(fs, labels, label) if labels is not None else None
             if label_file and (note := label_file.note()):
                 console.print(f"[yellow]note:[/] {plain(note)}")
             ev = evaluate(fs, run, label, k, labels=label_file.labels if label_file else None,
                           labels_from=labels.name if labels else None,
                           norm=cast("Norm", norm), compare=compare, match=match, expand=expand)
-        except (LabelError, ValueError) as exc:
-            fail(str(exc))
         png = plot_evaluation(ev, plot or fs.reports_dir / _plot_name(run, label, labels))
     if as_json:
         unknown = [{"line": line, "ref": ref} for line, ref in label_file.unknown] if label_file else []

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mess.cli.common import console, fail, plain
+from mess.cli.common import console, fail, failing, plain
 from mess.cli.options import DEFAULT_STORE_PATH, StoreOpt
 
 
@@ -55,11 +55,9 @@ def serve_command(
         access = AccessPolicy.build(hosts, token)
     except ValueError as exc:  # 'a b' was allowed: no request's Host could be it
         fail(str(exc))
-    try:
+    with failing(StoreError):
         app = create_app(store, model, allow_indexing, max_upload_bytes=int(max_upload_mb * 2**20),
                          embed_timeout=embed_timeout, access=access, max_upload_seconds=max_upload_minutes * 60)
-    except StoreError as exc:
-        fail(str(exc))
     mode = "indexing enabled" if allow_indexing else "read-only"
     shown = f"[{host}]" if ":" in host else host
     console.print(f"serving {plain(str(store))} ({mode}{', token required' if token else ''}) at "
