@@ -104,7 +104,22 @@ def test_a_file_given_as_the_folder_to_fill_is_refused_in_words(tmp_path: Path, 
     file.write_text("mine")
     out = runner.invoke(app, [*args, str(file)], env={"COLUMNS": "300"})
     said = " ".join(out.output.split())
-    assert out.exit_code == 2 and f"dir '{file}' is a file" in said and file.read_text() == "mine", said
+    assert out.exit_code == 2 and f"{file} is a file, not a folder" in said and file.read_text() == "mine", said
+
+
+@pytest.mark.parametrize("args", [["info", "--store", ""], ["similar", "1", "--model", ""], ["probe", "--model", ""],
+                                  ["extract", "", "--model", "dsp"], ["extract", "x", "--model", ""],
+                                  ["export", ""], ["demo", "wesnoth", ""]])
+def test_an_empty_value_is_refused_not_read_as_the_current_folder_or_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    """`--store ''` (an unset shell variable) opened or made a store in the current folder, `extract ''` read the
+    current folder, and `--model ''` meant the default model."""
+    monkeypatch.chdir(tmp_path)
+    out = runner.invoke(app, args, env={"COLUMNS": "300"})
+    said = " ".join(out.output.split())
+    assert out.exit_code == 2 and "is empty (an unset shell variable?)" in said, said
+    assert list(tmp_path.iterdir()) == []  # nothing written here
 
 
 @pytest.mark.parametrize("command", [["probe", "-m", "dsp"], ["fuse", "train"], ["artists", "hybrid", "-r", "x.json"]])

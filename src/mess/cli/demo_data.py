@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from mess.cli.common import console, fail, failing
+from mess.cli.options import given_folder
 
 app = typer.Typer(name="demo", no_args_is_help=True,
                   help="Labelled demo audio: music21 corpus pieces rendered with fluidsynth, "
@@ -20,7 +21,7 @@ app = typer.Typer(name="demo", no_args_is_help=True,
 
 @app.command("render")
 def render_command(
-    out: Annotated[Path, typer.Argument(help="Folder for the FLACs (and their MIDI files).", file_okay=False)],
+    out: Annotated[Path, typer.Argument(help="Folder for the FLACs (and their MIDI files).", parser=given_folder)],
     composers: Annotated[str, typer.Option(help="Comma-separated music21 corpus folders.")] =
         "bach,palestrina,monteverdi,mozart,haydn,josquin",
     per_composer: Annotated[int, typer.Option(min=1, help="Pieces per composer.")] = 5,
@@ -51,7 +52,7 @@ def render_command(
 
 @app.command("wesnoth")
 def wesnoth_command(
-    out: Annotated[Path, typer.Argument(help="Folder for the OGG tracks.", file_okay=False)],
+    out: Annotated[Path, typer.Argument(help="Folder for the OGG tracks.", parser=given_folder)],
 ) -> None:
     """Fetch Wesnoth's soundtrack (41 OGGs, 10 tagged composers) with apt-get; kept if already there."""
     from mess.datasets.wesnoth import FetchError, fetch_wesnoth, read_artists
@@ -65,7 +66,7 @@ def wesnoth_command(
 
 @app.command("soundtracks")
 def soundtracks_command(
-    out: Annotated[Path, typer.Argument(help="Folder for the tracks (one subfolder per game).", file_okay=False)],
+    out: Annotated[Path, typer.Argument(help="Folder for the tracks (one subfolder per game).", parser=given_folder)],
 ) -> None:
     """Fetch six games' soundtracks with apt-get (album tag = game; manifest.csv); kept if already there."""
     from mess.datasets.soundtracks import FetchError, fetch_soundtracks

@@ -8,12 +8,12 @@ from typing import Annotated
 import typer
 
 from mess.cli.common import console, emit_json, fail, json_clash, not_embedded_note, open_store, os_reason, plain
-from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, ModelOpt, StoreOpt
+from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, ModelOpt, StoreOpt, given_path
 from mess.store import Run
 
 
 def export_command(
-    output: Annotated[Path, typer.Argument(help="File to write (.npz or .parquet).")],
+    output: Annotated[Path, typer.Argument(help="File to write (.npz or .parquet).", parser=given_path)],
     model: ModelOpt = None,
     layers: Annotated[list[str] | None, typer.Option("--layers", "-l", help="Layer names or indexes (repeat, or "
                                                      "comma-separated); default all.")] = None,

@@ -14,7 +14,7 @@ from mess.audio.discover import find_audio
 from mess.audio.names import name_key
 from mess.audio.windows import WindowPolicy
 from mess.cli.common import console, emit_json, fail, failing, open_store, plain
-from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt
+from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, given_path, given_text
 from mess.extract.pipeline import ExtractSummary, extract, missing_files
 from mess.extract.prepare import planned_seconds
 from mess.extract.runs import run_policy
@@ -31,6 +31,7 @@ ModelNameOpt = Annotated[
         "-m",
         help=f"{', '.join(MODEL_NAMES)}, a local model folder, an Essentia .onnx file (JSON beside it), "
         "or a name a plugin registers (entry point group mess.models).",
+        parser=given_text,
     ),
 ]
 PresetOpt = Annotated[
@@ -51,7 +52,8 @@ WaitOpt = Annotated[
 
 
 def extract_command(
-    folders: Annotated[list[Path], typer.Argument(help="Audio files or folders (wav, flac, mp3, ogg, opus, m4a).")],
+    folders: Annotated[list[Path], typer.Argument(help="Audio files or folders (wav, flac, mp3, ogg, opus, m4a).",
+                                                    parser=given_path)],
     model: ModelNameOpt = "musicnn",
     preset: PresetOpt = None,
     store: StoreOpt = DEFAULT_STORE_PATH,

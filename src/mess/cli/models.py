@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from mess.cli.common import console, failing
+from mess.cli.options import given_folder
 
 models_app = typer.Typer(help="Model files for machines with internet (Essentia ONNX presets, MERT).",
                          no_args_is_help=True)
@@ -17,7 +18,8 @@ models_app = typer.Typer(help="Model files for machines with internet (Essentia 
 def fetch_command(
     name: Annotated[str, typer.Argument(help="discogs-effnet, discogs-effnet-artist, vggish, essentia-musicnn-msd, "
                                         "mert-v1-95m or mert-v1-330m.")],
-    folder: Annotated[Path, typer.Argument(help="Folder to download into (created if missing).", file_okay=False)],
+    folder: Annotated[Path, typer.Argument(help="Folder to download into (created if missing).",
+                                                  parser=given_folder)],
 ) -> None:
     """Download NAME's files into FOLDER, checked against the pins in mess; a failed fetch leaves nothing behind."""
     from mess.models.essentia.fetch import FetchError, fetch

@@ -10,9 +10,36 @@ import typer
 
 from mess.store import DEFAULT_STORE
 
+
+def given_path(raw: str | Path) -> Path:
+    """A path that is not the empty string: an unset shell variable (`--store "$STORE"`) would otherwise mean the
+    current folder without a word."""
+    return Path(_given(raw))
+
+
+def given_folder(raw: str | Path) -> Path:
+    """A folder to write into: a given path that is not an existing file."""
+    path = given_path(raw)
+    if path.is_file():
+        raise typer.BadParameter(f"{path} is a file, not a folder")
+    return path
+
+
+def given_text(raw: str) -> str:
+    """A name that is not the empty string (`--model ''` would otherwise mean the default model)."""
+    return _given(raw)
+
+
+def _given(raw: str | Path) -> str:
+    if str(raw) == "":
+        raise typer.BadParameter("is empty (an unset shell variable?)")
+    return str(raw)
+
+
 StoreOpt = Annotated[
     Path,
-    typer.Option("--store", "-s", help="Feature store folder (env MESS_STORE).", envvar="MESS_STORE"),
+    typer.Option("--store", "-s", help="Feature store folder (env MESS_STORE).", envvar="MESS_STORE",
+                 parser=given_path),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 ModelOpt = Annotated[
@@ -22,9 +49,10 @@ ModelOpt = Annotated[
         "-m",
         help="Model (or local model folder) whose vectors to use, or one of its runs as NAME@RUN_ID (ids: `mess "
         "info`) (default: the best extracted; see `mess config`).",
+        parser=given_text,
     ),
 ]
 AspectOpt = Annotated[str | None, typer.Option("--aspect", "-a", help="The layer `mess probe` chose for this aspect.")]
 FusedOpt = Annotated[bool, typer.Option("--fused", help="The fused vectors of `mess fuse`.")]
 SEED_MAX = 2**32 - 1  # seeds numpy and torch both take (numpy refuses negative ones, torch ones beyond 64 bits)
-DEFAULT_STORE_PATH = Path(os.environ.get("MESS_STORE", DEFAULT_STORE))
+DEFAULT_STORE_PATH = Path(os.environ.get("MESS_STORE") or DEFAULT_STORE)  # an empty MESS_STORE is unset

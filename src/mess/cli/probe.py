@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from mess.cli.common import console, emit_json, fail, failing, open_store, plain
-from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, JsonOpt, StoreOpt
+from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, JsonOpt, StoreOpt, given_text
 
 if TYPE_CHECKING:  # the probing stack (scikit-learn, librosa) loads only when a probe command runs
     from mess.probing.report import ProbeReport
@@ -20,8 +20,9 @@ if TYPE_CHECKING:  # the probing stack (scikit-learn, librosa) loads only when a
 
 
 def probe_command(
-    model: Annotated[str, typer.Option("--model", "-m", help="Model to probe (its run in use; NAME@RUN_ID picks "
-                                       "another, see `mess info`).")],
+    model: Annotated[str, typer.Option("--model", "-m", parser=given_text,
+                                       help="Model to probe (its run in use; NAME@RUN_ID picks another, see "
+                                       "`mess info`).")],
     store: StoreOpt = DEFAULT_STORE_PATH,
     folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds (grouped by album, else artist).")] = 5,
     layers: Annotated[list[str] | None, typer.Option(
@@ -175,7 +176,8 @@ def _controls_table(report: ProbeReport) -> Table:
 
 
 def validate_command(
-    model: Annotated[str, typer.Option("--model", "-m", help="Model to validate (dsp is the fastest).")] = "dsp",
+    model: Annotated[str, typer.Option("--model", "-m", parser=given_text,
+                                                 help="Model to validate (dsp is the fastest).")] = "dsp",
     store: StoreOpt = DEFAULT_STORE_PATH,
     pieces: Annotated[int, typer.Option(min=2, help="Bach chorales per factor set.")] = 4,
     factor: Annotated[list[str] | None, typer.Option(

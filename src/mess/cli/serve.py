@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from mess.cli.common import console, fail, failing, plain
-from mess.cli.options import DEFAULT_STORE_PATH, StoreOpt
+from mess.cli.options import DEFAULT_STORE_PATH, StoreOpt, given_text
 
 
 def is_loopback(host: str) -> bool:
@@ -24,8 +24,9 @@ def is_loopback(host: str) -> bool:
 def serve_command(
     host: Annotated[str, typer.Option(help="Address to bind; beyond loopback it needs --token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Default model, or one of its runs as "
-                                              "NAME@RUN_ID (default: the best extracted).")]
+    model: Annotated[str | None, typer.Option("--model", "-m", parser=given_text,
+                                              help="Default model, or one of its runs as NAME@RUN_ID (default: the "
+                                              "best extracted).")]
     = None,
     allow_indexing: Annotated[bool, typer.Option("--allow-indexing", help="Open the store writable and enable "
                                                  "POST /api/index (read-only otherwise).")] = False,
