@@ -36,6 +36,7 @@ from mess.fusion.report import FusionReport, compare
 from mess.fusion.train import (
     FusionConfig,
     FusionResult,
+    StoppedBeforeFirstEpoch,
     checkpoint_digest,
     checkpoint_path,
     embed,
@@ -693,6 +694,20 @@ def test_ctrl_c_saves_the_best_epoch_so_far_marked_interrupted(writable: Path, t
     report = json.loads(out.stdout)
     assert report["interrupted_note"].startswith(stopped)
     assert f"**Note:** {stopped}" in Path(report["files"]["md"]).read_text()
+
+
+def test_a_stop_before_the_first_epoch_ends_saves_nothing(writable: Path, tmp_path: Path) -> None:
+    """A Ctrl-C before any epoch ended has no best epoch to save: training says so with its own exception (a second
+    Ctrl-C's KeyboardInterrupt was reported with the same words, 'nothing saved', even while a save was under way),
+    and neither a checkpoint nor a training log is written."""
+    from mess.fusion.pipeline import train_and_save
+
+    checkpoint = tmp_path / "never.pt"
+    with closing(FeatureStore(writable, readonly=False)) as fs, pytest.raises(StoppedBeforeFirstEpoch):
+        train_and_save(fs, fs.run("dsp"), FusionConfig(label="composer", weight_epochs=3, max_epochs=0), checkpoint,
+                       stop=lambda: True)
+    assert not checkpoint.exists() and not checkpoint.with_suffix(".json").exists()
+    assert list((writable / "reports").glob(f"{fusion_stem(writable, checkpoint)}*")) == []
 
 
 def _apply_as_before_the_run_check(fs: FeatureStore, run: Run, checkpoint: Path) -> None:

@@ -100,6 +100,7 @@ def _train(fs: FeatureStore, run: Run, config: FusionConfig, path: Path, quiet: 
     """Train and save under a progress bar of epochs, loss and validation nDCG."""
     from mess.fusion.data import FusionError
     from mess.fusion.pipeline import train_and_save
+    from mess.fusion.train import StoppedBeforeFirstEpoch
 
     with Progress(*_COLUMNS, console=console, disable=quiet) as bar:
         task = bar.add_task(f"fuse {run.model} by {config.label}", total=config.weight_epochs + config.max_epochs,
@@ -114,8 +115,12 @@ def _train(fs: FeatureStore, run: Run, config: FusionConfig, path: Path, quiet: 
                 trained = train_and_save(fs, run, config, path, on_epoch, stop.is_set)
         except (FusionError, ValueError) as exc:
             fail(str(exc))
-        except KeyboardInterrupt:
+        except StoppedBeforeFirstEpoch:
             console.print("[yellow]interrupted[/] before the first epoch ended: nothing saved")
+            raise typer.Exit(130) from None
+        except KeyboardInterrupt:  # a second Ctrl-C, wherever training or saving was
+            console.print("[yellow]interrupted a second time[/]: stopped at once, the best epoch not saved (a save "
+                          "under way leaves each of its files whole, the old or the new)")
             raise typer.Exit(130) from None
         except OSError as exc:  # a full disk, say: the system's words alone did not name the file
             fail(f"cannot save the checkpoint {path} ({os_reason(exc)})")

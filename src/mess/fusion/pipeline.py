@@ -30,8 +30,8 @@ def train_and_save(store: FeatureStore, run: Run, config: FusionConfig, path: Pa
 
     ``stop`` (:func:`mess.fusion.train.train_fusion`; Ctrl-C in `mess fuse train`) after the first epoch saves and
     logs the best epoch so far, marked ``interrupted_at`` (the last epoch done) in the checkpoint and the summary;
-    KeyboardInterrupt, with nothing written, before it ends. Raises FusionError or ValueError (before anything
-    is written) when the data cannot be trained on.
+    :class:`mess.fusion.train.StoppedBeforeFirstEpoch`, with nothing written, before it ends. Raises FusionError or
+    ValueError (before anything is written) when the data cannot be trained on.
     """
     data = load_layers(store, run)
     log = TrainingLog(training_log_path(store, path),

@@ -69,6 +69,10 @@ class EpochLog:
     seconds: float
 
 
+class StoppedBeforeFirstEpoch(KeyboardInterrupt):
+    """Training was stopped (``stop``) before its first epoch ended: there is nothing to save."""
+
+
 @dataclass
 class FusionResult:
     """A trained network with what it was trained on and how training went."""
@@ -148,7 +152,8 @@ def train_fusion(data: LayerData, config: FusionConfig,
     of triplet loss with in-batch mining; epoch 0 is the untrained network.
 
     ``stop`` (asked before every step, e.g. whether Ctrl-C was pressed) ends training early: the result is the best
-    epoch so far, with ``interrupted_at`` the last epoch done; KeyboardInterrupt when no epoch was done.
+    epoch so far, with ``interrupted_at`` the last epoch done; :class:`StoppedBeforeFirstEpoch` when no epoch was
+    done.
     """
     labels = data.labels(config.label)
     split = split_labels(labels, config.val_frac, config.test_frac, config.seed)
@@ -210,7 +215,7 @@ def train_fusion(data: LayerData, config: FusionConfig,
         elif epoch > config.weight_epochs and epoch - max(best_epoch, config.weight_epochs) >= config.patience:
             break
     if interrupted_at == 0:
-        raise KeyboardInterrupt("stopped before the first epoch ended")
+        raise StoppedBeforeFirstEpoch("stopped before the first epoch ended")
     network.load_state_dict(best_state)
     network.eval()
     return FusionResult(network, config, data.run.model, data.run.revision, data.run.layer_names,
