@@ -583,12 +583,16 @@ def test_a_checkpoint_is_refused_on_another_run_of_its_model(extracted_store: Pa
         out = runner.invoke(app, ["fuse", command, "--model", "dsp", "--checkpoint", str(checkpoint), *store],
                             env={"COLUMNS": "400"})
         assert out.exit_code == 1, out.output
-        assert (f"trained on dsp run {first.id} (max_windows 4); run {second.id} has max_windows 8; train again "
-                "with `mess fuse train`") in out.output and "Traceback" not in out.output
+        assert (f"trained on dsp run {first.id} (max_windows 4); run {second.id} has max_windows 8; pick run "
+                f"{first.id} (--model dsp@{first.id}) or train again with `mess fuse train`") in out.output
+        assert "Traceback" not in out.output
         out = runner.invoke(app, ["fuse", command, "--model", "dsp", *store], env={"COLUMNS": "400"})
         assert out.exit_code == 1 and f"no fusion checkpoint at {root / 'fusion' / f'dsp-run{second.id}.pt'}" in \
             "".join(out.output.split("\n")), out.output  # each run has its own network
     assert _files(root) == before  # no fused vectors of the 8-window run
+    out = runner.invoke(app, ["fuse", "apply", "--model", f"dsp@{first.id}", "--checkpoint", str(checkpoint), *store,
+                              "--json"])
+    assert out.exit_code == 0 and json.loads(out.stdout)["trained_on"]["run_id"] == first.id, out.output  # as advised
 
     # a checkpoint saved before the run's policy was recorded: its run cannot be checked, and it still applies
     old = tmp_path / "old.pt"

@@ -23,8 +23,9 @@ def check_compatible(result: FusionResult, run: Run) -> str | None:
                           f"run {run.id} is {run.model} with {list(run.layer_names)}")
     if (mismatch := trained_run_mismatch(result.revision, result.policy, run)) is not None:
         which = f"run {result.run_id}" if result.run_id is not None else "another run"
+        that_run = f"pick run {result.run_id} (--model {result.model}@{result.run_id}) or " if result.run_id else ""
         raise FusionError(f"checkpoint was trained on {result.model} {which} ({mismatch[0]}); "
-                          f"run {run.id} has {mismatch[1]}; train again with `mess fuse train`")
+                          f"run {run.id} has {mismatch[1]}; {that_run}train again with `mess fuse train`")
     if result.policy is None:
         return (f"the checkpoint was saved before mess recorded the window policy of its run: cannot check that it "
                 f"was trained on run {run.id}'s vectors (train again with `mess fuse train` to record it)")
