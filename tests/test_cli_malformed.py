@@ -157,6 +157,17 @@ def test_a_checkpoint_that_cannot_be_saved_is_named(store: Path) -> None:
         output
 
 
+@pytest.mark.skipif(not Path("/dev/full").is_char_device(), reason="no /dev/full here")
+def test_a_plot_that_cannot_be_written_keeps_the_scores_and_names_the_file(store: Path) -> None:
+    """`mess evaluate --plot /dev/full` wrote /dev/full.png (a new file in /dev, as root), and a plot that could not
+    be written lost the evaluation behind 'error: No space left on device'. The device now gets the PNG itself, and
+    a failed write comes after the scores, naming the file."""
+    code, output = _cli(store, "evaluate", "--label", "artist", "--plot", "/dev/full")
+    assert code == 1 and "best: " in output and "cannot write the plot /dev/full: No space left on device" in output, \
+        output
+    assert not Path("/dev/full.png").exists()
+
+
 def test_a_pipe_given_as_the_label_file_is_called_a_pipe(store: Path, tmp_path: Path) -> None:
     """`mess evaluate --labels FIFO` (or /dev/null) said 'no such label file', though it is there."""
     import os

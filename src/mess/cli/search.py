@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, cast
 import typer
 from rich.table import Table
 
-from mess.cli.common import console, emit_json, fail, failing, not_embedded_note, note, open_store, plain
+from mess.cli.common import console, emit_json, fail, failing, not_embedded_note, note, open_store, os_reason, plain
 from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, FusedOpt, JsonOpt, ModelOpt, StoreOpt
 from mess.constants import DEFAULT_NORM, FUSED, LABEL_FIELDS
 
@@ -243,17 +243,23 @@ def evaluate_command(
             ev = evaluate(fs, run, label, k, labels=label_file.labels if label_file else None,
                           labels_from=labels.name if labels else None,
                           norm=cast("Norm", norm), compare=compare, match=match, expand=expand)
-        png = plot_evaluation(ev, plot or fs.reports_dir / _plot_name(run, label, labels))
+        target = plot or fs.reports_dir / _plot_name(run, label, labels)
+        try:
+            png, unplotted = plot_evaluation(ev, target), None
+        except OSError as exc:  # the scores are still shown: the evaluation is not lost to a full disk
+            png, unplotted = None, f"cannot write the plot {target}: {os_reason(exc)}"
     if as_json:
         unknown = [{"line": line, "ref": ref} for line, ref in label_file.unknown] if label_file else []
-        emit_json({**ev.to_dict(), "plot": str(png), "unknown_label_rows": unknown})
-        return
-    _print_evaluation(ev, run.model, k, norm, match, png)
-    if ev.tracks_without_fused_vectors:
-        where = "" if store == DEFAULT_STORE_PATH else f" --store {shlex.quote(str(store))}"
-        fix = f"mess fuse apply --model {run.model}{where}"
-        console.print(f"[yellow]fused row left out: {ev.tracks_without_fused_vectors} labelled tracks have no fused "
-                      f"vectors (extracted since the last apply); `{plain(fix)}` adds them[/]")
+        emit_json({**ev.to_dict(), "plot": str(png) if png else None, "unknown_label_rows": unknown})
+    else:
+        _print_evaluation(ev, run.model, k, norm, match, png)
+        if ev.tracks_without_fused_vectors:
+            where = "" if store == DEFAULT_STORE_PATH else f" --store {shlex.quote(str(store))}"
+            fix = f"mess fuse apply --model {run.model}{where}"
+            console.print(f"[yellow]fused row left out: {ev.tracks_without_fused_vectors} labelled tracks have no "
+                          f"fused vectors (extracted since the last apply); `{plain(fix)}` adds them[/]")
+    if unplotted:
+        fail(unplotted)
 
 
 def _not_a_label_file(path: Path) -> str:
@@ -273,7 +279,7 @@ def _plot_name(run: Run, label: str, labels: Path | None) -> str:
                 + f"{label}.png")
 
 
-def _print_evaluation(ev: Evaluation, model: str, k: int, norm: str, match: str, png: Path) -> None:
+def _print_evaluation(ev: Evaluation, model: str, k: int, norm: str, match: str, png: Path | None) -> None:
     """Scores per vector set against chance, the similarity variants when compared, and the best set."""
     table = Table(
         title=plain(
@@ -305,7 +311,8 @@ def _print_evaluation(ev: Evaluation, model: str, k: int, norm: str, match: str,
     note(ev.fused_note)
     if ev.variants:
         _print_variants(ev)
-    console.print(f"best: {plain(best.name)} (mAP {best.scores.map:.3f}); plot -> {plain(str(png))}")
+    console.print(f"best: {plain(best.name)} (mAP {best.scores.map:.3f})" + (f"; plot -> {plain(str(png))}" if png
+                                                                                else ""))
     if ev.fused_trained_on:
         console.print(f"[yellow]note:[/] the fused vectors were trained on these tracks' {ev.fused_trained_on} "
                       "tags, so their row scores labels they learned and is not named best; `mess fuse report` "

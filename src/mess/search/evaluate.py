@@ -10,6 +10,7 @@ similarity and against CSLS / mutual-proximity hubness reduction.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -34,6 +35,7 @@ from mess.search.segments import chamfer_rows, check_match, read_segments
 from mess.search.vectors import Norm, VectorSpec, fused_norm, has_learned_head, load_vectors
 from mess.store import FeatureStore, Run, StoreError, Track
 from mess.store.fused import fused_run_problem
+from mess.store.paths import replace_file
 
 MAX_QUERIES = 5000
 MIN_QUERIES, MIN_LABELS = 50, 5  # below either, the ranking of vector sets is reported as inconclusive (as fusion's)
@@ -336,11 +338,12 @@ def _score(
 
 def plot_file(path: Path) -> Path:
     """``path`` as :func:`plot_evaluation` saves it: with .png added when it has no suffix (matplotlib added it
-    unsaid); ValueError for a suffix matplotlib cannot write (found before, not after, the evaluation)."""
+    unsaid), unless it is a device or a pipe (/dev/stdout gets the PNG itself); ValueError for a suffix matplotlib
+    cannot write (found before, not after, the evaluation)."""
     from matplotlib.figure import Figure
 
     if not path.suffix:
-        return path.with_name(path.name + ".png")
+        return path if path.exists() and not (path.is_file() or path.is_dir()) else path.with_name(path.name + ".png")
     kinds = Figure().canvas.get_supported_filetypes()
     if path.suffix[1:].lower() not in kinds:
         raise ValueError(f"cannot plot to {path}: use one of .{', .'.join(sorted(kinds))}")
@@ -379,5 +382,7 @@ def plot_evaluation(ev: Evaluation, path: Path) -> Path:
     fig.tight_layout()
     path = plot_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    image = io.BytesIO()  # whole before it is written: a pipe cannot be seeked, a file is replaced whole
+    fig.savefig(image, dpi=120, format=path.suffix[1:].lower() or "png")
+    replace_file(path, image.getvalue())
     return path
