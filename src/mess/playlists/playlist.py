@@ -76,11 +76,15 @@ class DuplicateGuard:
     def __init__(self, dim: int) -> None:
         self._hashes: set[str] = set()
         self._titles: set[tuple[str, str]] = set()
-        self._units = np.zeros((0, dim), dtype=np.float32)
+        self._units = np.zeros((16, dim), dtype=np.float32)  # the first _kept rows; doubled when full
+        self._kept = 0
 
     def add(self, unit: np.ndarray, track: Track | None = None, content_hash: str | None = None) -> None:
         """Keep a track (or an external seed given by its vector and content hash)."""
-        self._units = np.vstack([self._units, unit[None, :].astype(np.float32)])
+        if self._kept == len(self._units):
+            self._units = np.concatenate([self._units, np.zeros_like(self._units)])
+        self._units[self._kept] = unit
+        self._kept += 1
         if track is not None:
             self._hashes.add(track.content_hash)
             title = title_key(track)
@@ -93,4 +97,4 @@ class DuplicateGuard:
         """Whether ``track`` (with unit vector ``unit``) repeats a kept one."""
         if track.content_hash in self._hashes or (title_key(track) is not None and title_key(track) in self._titles):
             return True
-        return bool(len(self._units) and float((self._units @ unit).max()) >= DUPLICATE_COSINE)
+        return bool(self._kept and float((self._units[:self._kept] @ unit).max()) >= DUPLICATE_COSINE)
