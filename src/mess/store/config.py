@@ -95,7 +95,8 @@ def run_choice(text: str, known: Collection[str] = ()) -> tuple[str | None, int]
     model name (one of the ``known`` ones wins: a folder called 'x@2' holding an extracted model is that model).
 
     Raises:
-        ConfigError: ``text`` is written as a run choice but is malformed ('dsp@', 'dsp@x', '@2', 'run:').
+        ConfigError: ``text`` is written as a run choice but is malformed ('dsp@', 'dsp@x', '@2', 'run:', a run id
+            of more than 19 digits, which no store has).
     """
     if not names_a_run(text) or model_key(text, known) in known:
         return None
@@ -104,7 +105,7 @@ def run_choice(text: str, known: Collection[str] = ()) -> tuple[str | None, int]
         number = text.removeprefix("run:")
     else:
         name, _, number = text.rpartition("@")
-    if not (number.isascii() and number.isdigit()) or name == "":
+    if not (number.isascii() and number.isdigit() and len(number) <= 19) or name == "":  # 19: SQLite's largest id
         raise ConfigError(f"{text!r} names no model of this store and is no run choice: pick a run as "
                           "NAME@RUN_ID (dsp@2) or run:RUN_ID, with a run id that `mess info` lists")
     return (None if name is None else model_key(name, known)), int(number)
