@@ -203,13 +203,13 @@ def test_tracks_are_paged_and_filtered(client: TestClient, store: FeatureStore) 
     ("get", "/api/tracks/1/similar?layer=mfcc&aspect=timbre", 400, "choose at most one of layer, aspect"),
     ("get", "/api/tracks/1/similar?fused=true", 400, "no fused vectors for dsp"),
     ("get", "/api/tracks/1/similar?hubness=magic", 400, "unknown hubness reduction 'magic'"),
-    ("get", "/api/tracks/1/similar?k=0", 422, "greater than or equal to 1"),
-    ("get", "/api/tracks/abc", 422, "unknown track id 'abc'"),
-    ("get", "/api/tracks/+1", 422, "unknown track id '+1'"),  # ASCII digits only: int() takes '+1', '1_0', ' 1'
-    ("get", "/api/tracks/1_0/similar", 422, "unknown track id '1_0'"),
-    ("get", "/api/tracks/%C2%B2/audio", 422, "unknown track id"),
-    ("get", "/api/playlists/radio?seed=1&seed=%D9%A1", 422, "unknown track id"),
-    ("get", "/api/playlists/path?start=1&end=%2B2", 422, "unknown track id '+2'"),
+    ("get", "/api/tracks/1/similar?k=0", 422, "invalid k '0'; use a whole number from 1 to 200"),
+    ("get", "/api/tracks/abc", 422, "invalid track_id 'abc'; use a whole number"),
+    ("get", "/api/tracks/+1", 422, "invalid track_id '+1'"),  # ASCII digits only: int() takes '+1', '1_0', ' 1'
+    ("get", "/api/tracks/1_0/similar", 422, "invalid track_id '1_0'"),
+    ("get", "/api/tracks/%C2%B2/audio", 422, "invalid track_id '\\u00b2'"),
+    ("get", "/api/playlists/radio?seed=1&seed=%D9%A1", 422, "invalid seed '\\u0661'"),
+    ("get", "/api/playlists/path?start=1&end=%2B2", 422, "invalid end '+2'"),
     ("get", "/api/playlists/path?start=1&end=2&n=13", 400, "12 tracks with vectors, fewer than n=13"),  # not -n
     ("get", "/api/map?layer=99", 400, "layer 99 out of range"),
     ("get", "/api/artists/similar?name=sine%20quire", 404, "did you mean 'Sine Choir'"),

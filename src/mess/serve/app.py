@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
@@ -23,6 +24,7 @@ from threadpoolctl import threadpool_limits
 from mess.artists.profiles import ArtistError
 from mess.serve import mapping, routes_playlists, routes_reports, routes_search, routes_tracks
 from mess.serve.audio_file import AudioFile
+from mess.serve.errors import invalid_request
 from mess.serve.security import AccessPolicy, install
 from mess.serve.state import ServeState, catalog_id, default_model, store_error
 from mess.serve.uploads import (
@@ -87,6 +89,7 @@ def create_app(store_path: Path, model: str | None = None, allow_indexing: bool 
     app.add_exception_handler(StoreError, store_error)
     app.add_exception_handler(TrackFailed, _failed_track)
     app.add_exception_handler(ArtistError, _bad_request)
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(Exception, _internal_error)
     for module in (routes_tracks, routes_search, routes_reports, routes_playlists):
         app.include_router(module.router)

@@ -7,7 +7,7 @@ player on the machine can stream them and no file path leaves the server.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
@@ -23,7 +23,7 @@ from mess.store import Run
 
 router = APIRouter(prefix="/api/playlists")
 State = Annotated[ServeState, Depends(get_state)]
-Format = Annotated[str, Query(pattern="^(json|m3u8|xspf)$", description="json, or m3u8 / xspf to download.")]
+Format = Annotated[Literal["json", "m3u8", "xspf"], Query(description="json, or m3u8 / xspf to download.")]
 MEDIA = {"m3u8": "audio/x-mpegurl; charset=utf-8", "xspf": "application/xspf+xml; charset=utf-8"}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import FileResponse
@@ -20,7 +20,7 @@ from mess.store.reports import report_paths
 
 router = APIRouter(prefix="/api")
 State = Annotated[ServeState, Depends(get_state)]
-Probe = Annotated[str, Query(pattern="^(ridge|mlp)$", description="Which probe's report: ridge or mlp.")]
+Probe = Annotated[Literal["ridge", "mlp"], Query(description="Which probe's report: ridge or mlp.")]
 
 
 def _report_file(state: ServeState, model: str | None, probe: str, ext: str) -> tuple[str, Path]:

@@ -1,0 +1,75 @@
+"""Error answers in the API's one shape, ``{"detail": "one line"}``: a request FastAPI cannot validate, and server
+paths kept out of messages."""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.routing import Route
+
+_SHOWN = 40  # characters of a sent value quoted in a message
+_PATH = re.compile(r"(?<![\w.~/-])/[^\s'\"(),;:]+(?<!\.)")  # an absolute path (a trailing full stop left out)
+
+
+async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """422 for parameters of the wrong type or range, or missing: each named with what it takes, as the API's other
+    errors are (FastAPI's answer was a list of pydantic's records, echoing the value however long)."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    route = request.scope.get("route")
+    specs = _parameters(request, route) if isinstance(route, Route) else {}
+    lines = dict.fromkeys(_line(error, specs) for error in errors)  # once each, in order
+    return JSONResponse({"detail": "; ".join(lines) or "invalid request"}, status_code=422)
+
+
+def without_paths(text: str) -> str:
+    """``text`` with each absolute path replaced by its last part ('/srv/models/mert: no config.json' -> 'mert: no
+    config.json'): answers never show where the server keeps its files."""
+    return _PATH.sub(lambda m: PurePosixPath(m[0]).name or m[0], text)
+
+
+def _parameters(request: Request, route: Route) -> dict[str, dict]:
+    """The route's parameters in its OpenAPI schema, by name."""
+    methods = request.app.openapi()["paths"].get(route.path, {})
+    operation = methods.get(request.method.lower()) or methods.get("get") or {}  # HEAD is answered as GET
+    return {p["name"]: p for p in operation.get("parameters", [])}
+
+
+def _line(error: dict, specs: dict[str, dict]) -> str:
+    loc = [str(part) for part in error.get("loc", ()) if not isinstance(part, int)]
+    name = loc[-1] if len(loc) > 1 else "the request body"
+    spec = specs.get(name, {})
+    if error.get("type") == "missing":
+        what = spec.get("description", "").rstrip(".")
+        return f"missing {name}" + (f": {what[:1].lower()}{what[1:]}" if what else "")
+    allowed = _allowed(spec.get("schema", {}))
+    return f"invalid {name} {_shown(error.get('input'))}" + (f"; use {allowed}" if allowed else "")
+
+
+def _allowed(schema: dict) -> str:
+    """What a parameter's schema takes, in words ('a whole number from 1 to 200', 'true or false')."""
+    schema = next((s for s in schema.get("anyOf", ()) if s.get("type") != "null"), schema)
+    if schema.get("type") == "array":
+        return f"{_allowed(schema.get('items', {}))} (repeat it for several)"
+    if "enum" in schema:
+        names = [str(v) for v in schema["enum"]]
+        return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+    if schema.get("type") == "boolean":
+        return "true or false"
+    if schema.get("type") == "integer":
+        low, high = schema.get("minimum"), schema.get("maximum")
+        if low is not None and high is not None:
+            return f"a whole number from {low} to {high}"
+        return "a whole number" + (f" of {low} or more" if low is not None else "")
+    return ""
+
+
+def _shown(value: object) -> str:
+    """A sent value quoted, cut to its first characters when long (the message stays one short line)."""
+    text = value if isinstance(value, str) else "" if value is None else str(value)
+    if len(text) <= _SHOWN:
+        return repr(text)
+    return f"{text[:_SHOWN]!r}... ({len(text)} characters)"
