@@ -17,7 +17,7 @@ from mess.search.query import ENCODED_R2
 from mess.search.vectors import load_vectors, track_by_id, vectors_label
 from mess.serve.audio_file import AudioFile
 from mess.serve.mapping import CollectionMap, collection_map
-from mess.serve.state import ServeState, TrackId, catalog_id, get_state, track_dict, vector_spec
+from mess.serve.state import ServeState, TrackId, catalog_id, get_state, rebuilding, track_dict, vector_spec
 from mess.store import FeatureStore, Run, Track
 from mess.store.fused import fused_run_problem
 from mess.store.paths import printable
@@ -42,15 +42,19 @@ Learned = Annotated[bool, Query(description="The learned head shipped for the mo
 @router.get("/health", summary="Server and store status")
 def health(state: State) -> dict:
     """Whether the server is up, what the store holds and which write features are on; ``status`` is 'rebuilding'
-    while the store's catalog has been replaced or removed and no new one with vectors has taken its place (the counts
-    are then the old catalog's)."""
+    while the store's catalog has been replaced or removed and no new one with vectors has taken its place, and
+    ``note`` then says why and that the counts are the old catalog's, which the server still answers from (None
+    when ``status`` is 'ok')."""
     with state.lock:
         runs = state.store.runs()
         n_tracks = len(state.store.tracks())
-        status = "ok" if catalog_id(state.store.root) == state.catalog else "rebuilding"
-    return {"status": status, "tracks": n_tracks, "models": sorted({r.model for r in runs}),
-            "default_model": state.default_model, "read_only": not state.allow_indexing,
-            "max_upload_bytes": state.max_upload_bytes}
+        now = catalog_id(state.store.root)
+    note = None if now == state.catalog else (
+        f"{rebuilding(now)}; these counts are the old catalog's, which answers what was already computed from it "
+        "until the new one holds vectors (other requests get 503 meanwhile)")
+    return {"status": "ok" if note is None else "rebuilding", "note": note, "tracks": n_tracks,
+            "models": sorted({r.model for r in runs}), "default_model": state.default_model,
+            "read_only": not state.allow_indexing, "max_upload_bytes": state.max_upload_bytes}
 
 
 @router.get("/runs", summary="Models in the store, their layers and aspects")

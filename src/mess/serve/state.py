@@ -146,12 +146,17 @@ def store_error(request: Request, exc: Exception) -> JSONResponse:
     now = catalog_id(root)
     if now == getattr(request.state, "catalog", state.catalog):  # the store named by its folder's name alone
         return JSONResponse({"detail": printable(str(exc).replace(str(root), root.name))}, status_code=400)
+    return JSONResponse({"detail": f"{rebuilding(now)}; answers resume once `mess extract` has written vectors "
+                                   "there; try again shortly"},
+                        status_code=503, headers={"Retry-After": "10"})
+
+
+def rebuilding(now: tuple[int, int] | None) -> str:
+    """Why the store is being rebuilt, given its catalog's :func:`catalog_id` now (None: there is none)."""
     why = ("its catalog is gone (the store was moved aside or deleted since the server opened it)" if now is None
            else "a new catalog has replaced the one the server read, and holds no vectors yet (or is still being "
                 "written)")
-    return JSONResponse({"detail": f"the store is being rebuilt: {why}; answers resume once `mess extract` has "
-                                   "written vectors there; try again shortly"},
-                        status_code=503, headers={"Retry-After": "10"})
+    return f"the store is being rebuilt: {why}"
 
 
 def catalog_id(root: Path) -> tuple[int, int] | None:
