@@ -18,7 +18,7 @@ from mess.audio.tags import read_tags
 from mess.audio.windows import WindowPolicy
 from mess.extract.embed import embed_file_warned
 from mess.models.base import EmbeddingModel
-from mess.models.registry import ModelError, load_model
+from mess.models.registry import load_model
 
 
 def serve(inbox: Connection, outbox: Connection) -> None:
@@ -43,8 +43,9 @@ def serve(inbox: Connection, outbox: Connection) -> None:
             if name not in models:
                 models[name] = load_model(name)
             model = models[name]
-        except (ModelError, OSError) as exc:
-            outbox.send(("error", "model", f"cannot load model {name}: {exc}"))
+        except Exception as exc:  # noqa: BLE001 -- any fault loading the model (an .onnx file's ValueError too) is
+            # the model's error, not a dead decoder's
+            outbox.send(("error", "model", f"cannot load model {name}: {exc or type(exc).__name__}"))
             continue
         if model.info.revision != revision:
             outbox.send(("error", "model", f"{name} is now revision {model.info.revision} but the store holds "

@@ -33,6 +33,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from mess.constants import AUDIO_EXTENSIONS, audio_suffix
 from mess.extract.child import Child
+from mess.serve.errors import without_paths
 from mess.store import Run
 
 DEFAULT_MAX_UPLOAD = 50 * 2**20
@@ -274,8 +275,8 @@ class EmbedWorker:
                             [text.replace(str(path), name).replace(path.name, name) for text in warnings])
         _, kind, message = reply
         if kind == "decode":
-            raise HTTPException(400, f"cannot decode the upload: {message.replace(str(path), name)}")
-        raise HTTPException(503, message)
+            raise HTTPException(400, f"cannot decode the upload: {without_paths(message.replace(str(path), name))}")
+        raise HTTPException(503, without_paths(message))
 
     def _await(self, word: str, timeout: float, doing: str) -> None:
         """Wait for the child's ``word`` (sent once it can take work); 503 when it does not come in time."""
@@ -291,8 +292,8 @@ class EmbedWorker:
     @staticmethod
     def _expect(got: tuple, word: str) -> None:
         if got != (word,):
-            if got[0] == "error":  # the model could not be loaded
-                raise HTTPException(503, got[2])
+            if got[0] == "error":  # the model could not be loaded (a model named by its folder: by the folder's name)
+                raise HTTPException(503, without_paths(got[2]))
             raise EOFError(f"unexpected message {got!r}")
 
     def _reply(self, recv: Connection) -> tuple:
