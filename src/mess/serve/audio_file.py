@@ -16,6 +16,14 @@ from fastapi.responses import FileResponse
 from starlette.responses import RangeNotSatisfiable
 
 _SPEC = re.compile(r"([0-9]*)-([0-9]*)", re.ASCII)  # int-range (first-[last]) or suffix-range (-length)
+_BEYOND = 2**63  # a byte position past every file
+
+
+def _position(digits: str) -> int:
+    """A byte position or length as written; past 19 digits, :data:`_BEYOND` (int() refuses over 4,300 digits:
+    'bytes=0-999...' was a 500)."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 19 else _BEYOND
 
 
 class AudioFile(FileResponse):
@@ -38,13 +46,13 @@ class AudioFile(FileResponse):
             if match is None or not (match[1] or match[2]):
                 return []
             if match[1]:  # first-[last]: last < first makes the whole header invalid
-                first, last = int(match[1]), int(match[2]) if match[2] else None
+                first, last = _position(match[1]), _position(match[2]) if match[2] else None
                 if last is not None and last < first:
                     return []
                 if first < file_size:
                     ranges.append((first, file_size if last is None else min(last + 1, file_size)))
-            elif int(match[2]) > 0 and file_size > 0:  # the last n bytes
-                ranges.append((max(file_size - int(match[2]), 0), file_size))
+            elif _position(match[2]) > 0 and file_size > 0:  # the last n bytes
+                ranges.append((max(file_size - _position(match[2]), 0), file_size))
         if not ranges:
             raise RangeNotSatisfiable(file_size)
         ranges.sort()

@@ -167,7 +167,8 @@ async def receive_upload(request: Request, max_bytes: int) -> SavedUpload:
         raise HTTPException(415, f"send the audio file as multipart/form-data in a field named {FIELD!r}")
     too_large = HTTPException(413, f"upload larger than the {max_bytes / 2**20:.3g} MiB limit")
     declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > max_bytes + _MULTIPART_OVERHEAD:
+    if declared.isascii() and declared.isdigit() and (len(declared) > 19 or  # int() refuses over 4,300 digits
+                                                      int(declared) > max_bytes + _MULTIPART_OVERHEAD):
         raise too_large
     parser = _Parser(request.headers, _limited(request.stream(), max_bytes + _MULTIPART_OVERHEAD),
                      max_files=1, max_fields=8)
