@@ -1,0 +1,239 @@
+"""The HTTP API under malformed input: every route's parameters wrong in type, range or name, ids that name nothing,
+hostile headers and bad uploads. Each answer is a 4xx (413 when too large) whose ``detail`` is one line naming the
+parameter and what it takes, never a 500, a traceback or a server path; the server answers normally afterwards.
+
+One app over one store (``test_serve_api``'s twelve rendered tones) serves the module."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+import test_serve_api as api
+from fastapi.testclient import TestClient
+
+from mess.serve.app import create_app
+from mess.store import FeatureStore, RunKey
+
+collection = api.collection  # the module's store, made once here
+BIG = "9" * 5000  # past int()'s 4,300 digits
+NINES = repr(BIG[:40])
+
+
+@pytest.fixture(scope="module")
+def client(collection: Path) -> Iterator[TestClient]:
+    app = create_app(collection, max_upload_bytes=api.UPLOAD_LIMIT, allow_indexing=True, embed_timeout=300)
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as c:
+        yield c
+
+
+def _refused(response: httpx.Response, status: int, words: str, where: Path) -> str:
+    """The detail of a refusal: the status, one line of JSON holding ``words``, no traceback or server path."""
+    assert response.status_code == status, (response.status_code, response.text[:300])
+    assert response.headers["content-type"] == "application/json"
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail and len(detail) < 12_000, detail[:300]
+    assert words in detail, detail[:300]
+    assert "Traceback" not in detail and str(where) not in detail and "mess-upload" not in detail, detail[:300]
+    return detail
+
+
+@pytest.mark.parametrize(("method", "url", "status", "words"), [
+    # ids that name nothing (404) or are no id (422)
+    ("get", "/api/tracks/999999", 404, "unknown track id 999999"),
+    ("get", "/api/tracks/99999999999999999999999/similar", 404, "unknown track id 99999999999999999999999"),
+    ("get", "/api/tracks/-1", 422, "invalid track_id '-1'; use a whole number"),
+    ("get", "/api/tracks/1.5/audio", 422, "invalid track_id '1.5'; use a whole number"),
+    ("get", "/api/tracks/%FF", 422, "invalid track_id '\ufffd'"),  # not UTF-8
+    ("get", "/api/tracks/%00/similar", 422, r"invalid track_id '\x00'"),
+    ("get", f"/api/tracks/{BIG}", 422, f"invalid track_id {NINES}... (5000 characters); use a whole number"),
+    ("get", "/api/playlists/radio?seed=99999", 404, "unknown track id 99999"),
+    ("get", "/api/playlists/radio?seed=", 422, "invalid seed ''; use a whole number (repeat it for several)"),
+    ("get", "/api/playlists/radio?seed=1&seed=abc", 422, "invalid seed 'abc'"),
+    ("get", "/api/playlists/path?start=1&end=99999", 404, "unknown track id 99999"),
+    ("get", "/api/playlists/path?start=1&end=1", 400, "the start and the end are the same recording"),
+    ("get", "/api/artists/similar?name=%FF%FE", 404, "unknown artist '\ufffd\ufffd'"),
+    ("get", "/api/artists/similar?name=" + "z" * 10_000, 404, "unknown artist 'zzz"),
+    ("get", "/api/artists/similar?name=", 404, "unknown artist ''"),
+    # missing parameters
+    ("get", "/api/artists/similar", 422, "missing name: artist name (case and accents do not matter)"),
+    ("get", "/api/playlists/radio", 422, "missing seed: seed track ids (repeat for several)"),
+    ("get", "/api/playlists/path?start=1", 422, "missing end: last track id"),
+    # numbers out of range or of the wrong type
+    *[("get", f"/api/tracks/1/similar?k={k}", 422, f"invalid k '{k}'; use a whole number from 1 to 200")
+      for k in ("-1", "0", "201", "100000000000000000000000", "nan", "inf", "1.5", "1e3", "")],
+    ("get", "/api/tracks/1/similar?expand=51", 422, "invalid expand '51'; use a whole number from 0 to 50"),
+    ("get", "/api/tracks/1/similar?expand=-1", 422, "invalid expand '-1'; use a whole number from 0 to 50"),
+    ("get", "/api/tracks?offset=-1", 422, "invalid offset '-1'; use a whole number of 0 or more"),
+    ("get", f"/api/tracks?offset={BIG}", 422, f"invalid offset {NINES}... (5000 characters)"),
+    ("get", "/api/tracks?limit=0", 422, "invalid limit '0'; use a whole number from 1 to 1000"),
+    ("get", "/api/tracks?limit=1001", 422, "invalid limit '1001'; use a whole number from 1 to 1000"),
+    ("get", "/api/artists/similar?name=Sine%20Choir&k=0", 422, "invalid k '0'; use a whole number from 1 to 200"),
+    ("get", "/api/playlists/radio?seed=1&n=0", 422, "invalid n '0'; use a whole number from 1 to 500"),
+    ("get", "/api/playlists/radio?seed=1&n=100000", 422, "invalid n '100000'; use a whole number from 1 to 500"),
+    ("get", "/api/playlists/radio?seed=1&window=0", 422, "invalid window '0'; use a whole number from 1 to 50"),
+    ("get", "/api/playlists/path?start=1&end=2&n=1", 422, "invalid n '1'; use a whole number from 2 to 200"),
+    ("get", "/api/playlists/path?start=1&end=2&n=200", 400, "12 tracks with vectors, fewer than n=200"),
+    ("post", "/api/similar/upload?k=0", 422, "invalid k '0'; use a whole number from 1 to 200"),
+    # flags and choices
+    ("get", "/api/tracks/1/similar?fused=maybe", 422, "invalid fused 'maybe'; use true or false"),
+    ("get", "/api/tracks/1/similar?learned=2", 422, "invalid learned '2'; use true or false"),
+    ("get", "/api/tracks/1/similar?exclude_same_artist=yes%FF", 422, "invalid exclude_same_artist 'yes\ufffd'"),
+    ("get", "/api/artists/similar?name=Sine%20Choir&center=maybe", 422, "invalid center 'maybe'; use true or false"),
+    ("get", "/api/playlists/radio?seed=1&format=pdf", 422, "invalid format 'pdf'; use json, m3u8 or xspf"),
+    ("get", "/api/playlists/path?start=1&end=2&format=", 422, "invalid format ''; use json, m3u8 or xspf"),
+    ("get", "/api/probe?probe=nope", 422, "invalid probe 'nope'; use ridge or mlp"),
+    ("get", "/api/probe/heatmap.png?probe=", 422, "invalid probe ''; use ridge or mlp"),
+    ("get", "/api/tracks/1/similar?hubness=magic", 400, "unknown hubness reduction 'magic'; choose csls or mp"),
+    ("get", "/api/artists/similar?name=Sine%20Choir&method=", 400, "unknown method ''; choose mean or chamfer"),
+    ("get", "/api/playlists/radio?seed=1&blend=mix", 400, "unknown blend 'mix'; use nearest or turns"),
+    ("post", "/api/index?kind=nope", 400, "unknown index kind 'nope'; choose auto, flat"),
+    # unknown models, runs, layers and aspects; conflicting vector choices
+    ("get", "/api/tracks/1/similar?model=nope", 404, "unknown model 'nope'; this store has vectors for dsp"),
+    ("get", "/api/tracks?model=%FF", 404, "unknown model '\ufffd'; this store has vectors for dsp"),
+    ("get", "/api/map?model=dsp@999", 404, "no run 999 in this store; its runs: dsp@1"),
+    ("get", "/api/artists?model=dsp@abc", 404, "'dsp@abc' names no model of this store and is no run choice"),
+    ("get", f"/api/tracks/1/similar?model=dsp@{BIG}", 404, "names no model of this store and is no run choice"),
+    ("get", f"/api/probe?model=run:{BIG}", 404, "names no model of this store and is no run choice"),
+    ("get", "/api/tracks/1/similar?layer=nope", 400, "unknown layer 'nope'; dsp has mfcc, chroma, spectral, rhythm"),
+    ("get", "/api/map?layer=-99", 400, "layer -99 out of range; dsp has 4 layers"),
+    ("get", f"/api/map?layer={BIG}", 400, "unknown layer '9999"),
+    ("get", "/api/tracks/1/similar?layer=%00", 400, r"unknown layer '\x00'"),
+    ("get", "/api/artists/similar?name=Sine%20Choir&aspect=mood", 400, "unknown aspect 'mood'; dsp has harmony"),
+    ("get", "/api/playlists/radio?seed=1&aspect=%FF", 400, "unknown aspect '\ufffd'"),
+    ("get", "/api/tracks/1/similar?layer=mfcc&aspect=timbre&fused=true", 400,
+     "choose at most one of layer, aspect, fused and learned"),
+    ("get", "/api/map?fused=true", 400, "no fused vectors for dsp"),
+    ("get", "/api/map?learned=true", 400, "no learned head ships for dsp"),
+    ("post", "/api/index?layer=nope", 400, "unknown layer 'nope'"),
+    ("post", "/api/similar/upload?aspect=mood", 400, "unknown aspect 'mood'"),
+    ("post", "/api/similar/upload?model=nope", 404, "unknown model 'nope'"),
+], ids=lambda value: value[:60] if isinstance(value, str) else None)
+def test_malformed_parameters_are_refused_naming_them(client: TestClient, collection: Path, method: str, url: str,
+                                                      status: int, words: str) -> None:
+    _refused(client.request(method.upper(), url), status, words, collection.parent)
+
+
+def _wav(samples: np.ndarray, sr: int = api.SR, subtype: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, samples.astype(np.float32), sr, format="WAV", subtype=subtype)
+    return buffer.getvalue()
+
+
+def _tone(seconds: float, channels: int = 1) -> np.ndarray:
+    y = 0.3 * np.sin(2 * np.pi * 440 * np.arange(int(seconds * api.SR)) / api.SR)
+    return np.tile(y[:, None], (1, channels)) if channels > 1 else y
+
+
+UPLOADS: list[tuple[str, Callable[[], dict], int, str]] = [
+    ("empty", lambda: {"files": {"file": ("a.mp3", b"", "audio/mpeg")}}, 400, "the uploaded file is empty"),
+    ("not audio", lambda: {"files": {"file": ("notes.txt", b"hello", "text/plain")}}, 415,
+     "unsupported file type '.txt'"),
+    ("truncated", lambda: {"files": {"file": ("cut.wav", _wav(_tone(2))[:20_000], "audio/wav")}}, 400,
+     "cannot decode the upload: cut.wav: too short"),
+    ("header only", lambda: {"files": {"file": ("h.wav", _wav(_tone(1))[:44], "audio/wav")}}, 400,
+     "cannot decode the upload: h.wav: contains no audio samples"),
+    ("silent", lambda: {"files": {"file": ("s.wav", _wav(np.zeros(3 * api.SR)), "audio/wav")}}, 400,
+     "cannot decode the upload: s.wav: silent"),
+    ("NaN samples", lambda: {"files": {"file": ("n.wav", _wav(np.full(2 * api.SR, np.nan), subtype="FLOAT"),
+                                                "audio/wav")}}, 400, "n.wav: decoded samples contain NaN"),
+    ("garbage", lambda: {"files": {"file": ("junk.mp3", b"\xff\xfb" + bytes(5000), "audio/mpeg")}}, 400,
+     "cannot decode the upload: junk.mp3: not a readable audio file"),
+    ("too large", lambda: {"files": {"file": ("big.wav", bytes(api.UPLOAD_LIMIT + 1), "audio/wav")}}, 413,
+     "upload larger than"),
+    ("huge declared size", lambda: {"content": b"abc", "headers": {
+        "content-type": "multipart/form-data; boundary=x", "content-length": BIG}}, 413, "upload larger than"),
+    ("two files", lambda: {"files": [("file", ("a.wav", b"a", "audio/wav")), ("file", ("b.wav", b"b", "audio/wav"))]},
+     400, "malformed upload: Too many files"),
+    ("no file field", lambda: {"files": {"other": ("a.wav", b"abc", "audio/wav")}}, 400,
+     "no file in the form field 'file'"),
+    ("JSON", lambda: {"json": {"file": "abc"}}, 415, "send the audio file as multipart/form-data"),
+    ("malformed JSON", lambda: {"content": b"{bad", "headers": {"content-type": "application/json"}}, 415,
+     "multipart/form-data"),
+    ("no boundary", lambda: {"content": b"x", "headers": {"content-type": "multipart/form-data"}}, 400,
+     "malformed upload: Missing boundary"),
+    ("name too long", lambda: {"files": {"file": ("b" * 1100 + ".wav", b"abc", "audio/wav")}}, 400,
+     "file name too long (1104 characters; at most 1024 characters)"),
+]
+
+
+@pytest.mark.parametrize(("case", "request_args", "status", "words"), UPLOADS, ids=[u[0] for u in UPLOADS])
+def test_bad_uploads_are_refused_in_words(client: TestClient, collection: Path, case: str,
+                                          request_args: Callable[[], dict], status: int, words: str) -> None:
+    _refused(client.post("/api/similar/upload", params={"k": 3}, **request_args()), status, words, collection.parent)
+
+
+@pytest.mark.parametrize(("name", "seconds", "channels"), [("one second.wav", 1, 1), ("5.1.wav", 1.2, 6)])
+def test_short_and_many_channel_uploads_are_answered(client: TestClient, name: str, seconds: float,
+                                                     channels: int) -> None:
+    """A 1-second file (the shortest analysed) and a 5.1 file (mixed down) are searched like any other."""
+    audio = _wav(_tone(seconds, channels), subtype="PCM_16")
+    answer = client.post("/api/similar/upload", params={"k": 3}, files={"file": (name, audio, "audio/wav")})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["query"]["file"] == name and len(answer.json()["results"]) == 3
+
+
+@pytest.mark.parametrize(("url", "status"), [("/api/tracks/1/audio", 206), ("/app.js", 206)])
+@pytest.mark.parametrize("header", [f"bytes=0-{BIG}", f"bytes=-{BIG}"])
+def test_a_range_of_thousands_of_digits_reads_past_the_file(client: TestClient, url: str, status: int,
+                                                           header: str) -> None:
+    """``Range: bytes=0-999...`` (5,000 digits) was a 500: int() refuses over 4,300 digits. It reaches past the file."""
+    whole = client.get(url).content
+    answer = client.get(url, headers={"range": header})
+    assert answer.status_code == status and answer.content == whole
+    refused = client.get(url, headers={"range": f"bytes={BIG}-"})
+    assert refused.status_code == 416 and refused.json()["detail"].startswith("range not satisfiable")
+
+
+def test_the_server_answers_normally_afterwards(client: TestClient) -> None:
+    assert client.get("/api/health").json()["status"] == "ok"
+    similar = client.get("/api/tracks/1/similar", params={"k": 3})
+    assert similar.status_code == 200 and len(similar.json()["results"]) == 3
+    assert client.post("/api/index", params={"kind": "flat"}).status_code == 200
+
+
+@pytest.fixture
+def copied(collection: Path, tmp_path: Path) -> Path:
+    """A copy of the store under a private folder, with runs of two models named by their (gone) files, as a model
+    loaded from its folder or an .onnx file is named."""
+    copy = tmp_path / "private" / "store"
+    shutil.copytree(collection, copy)
+    with closing(FeatureStore(copy)) as store:
+        run = store.run("dsp")
+        for model in (tmp_path / "models" / "mert-local", tmp_path / "models" / "gone.onnx"):
+            store.ensure_run(RunKey(str(model), "r1", run.policy, run.sample_rate, run.layer_names, run.layer_dims))
+    return copy
+
+
+def test_a_model_that_cannot_load_is_a_503_naming_no_server_path(copied: Path, tmp_path: Path) -> None:
+    """A model named by its folder showed the folder's path in the 503; an .onnx file that is gone raised a ValueError
+    the worker did not catch: 400 'the decoder process died on this file'."""
+    with TestClient(create_app(copied), base_url="http://127.0.0.1") as c:
+        for model, words in (("mert-local", "cannot load model mert-local: unknown model 'mert-local'"),
+                             ("gone.onnx", "cannot load model gone.onnx: no such model file: gone.onnx")):
+            answer = c.post("/api/similar/upload", params={"model": str(tmp_path / "models" / model)},
+                            files={"file": ("a.wav", _wav(_tone(2)), "audio/wav")})
+            assert _refused(answer, 503, words, tmp_path).startswith(words)
+        good = c.post("/api/similar/upload", params={"model": "dsp", "k": 2},
+                      files={"file": ("a.wav", _wav(_tone(2)), "audio/wav")})
+        assert good.status_code == 200, good.text
+
+
+def test_health_while_the_store_is_rebuilt_says_what_it_serves(copied: Path) -> None:
+    """/api/health counted the old catalog while the store was rebuilt with only 'status': 'rebuilding' to tell."""
+    with TestClient(create_app(copied), base_url="http://127.0.0.1") as c:
+        assert c.get("/api/health").json()["note"] is None
+        shutil.rmtree(copied)
+        for words in ("its catalog is gone", "a new catalog has replaced the one the server read"):
+            health = c.get("/api/health").json()
+            assert health["status"] == "rebuilding" and health["tracks"] == 12
+            assert health["note"].startswith(f"the store is being rebuilt: {words}"), health["note"]
+            assert "these counts are the old catalog's" in health["note"] and str(copied) not in health["note"]
+            FeatureStore(copied).close()  # the rebuild begins: a catalog without vectors
