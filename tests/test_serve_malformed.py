@@ -45,80 +45,104 @@ def _refused(response: httpx.Response, status: int, words: str, where: Path) -> 
     return detail
 
 
-@pytest.mark.parametrize(("method", "url", "status", "words"), [
-    # ids that name nothing (404) or are no id (422)
-    ("get", "/api/tracks/999999", 404, "unknown track id 999999"),
-    ("get", "/api/tracks/99999999999999999999999/similar", 404, "unknown track id 99999999999999999999999"),
-    ("get", "/api/tracks/-1", 422, "invalid track_id '-1'; use a whole number"),
-    ("get", "/api/tracks/1.5/audio", 422, "invalid track_id '1.5'; use a whole number"),
-    ("get", "/api/tracks/%FF", 422, "invalid track_id '\ufffd'"),  # not UTF-8
-    ("get", "/api/tracks/%00/similar", 422, r"invalid track_id '\x00'"),
-    ("get", f"/api/tracks/{BIG}", 422, f"invalid track_id {NINES}... (5000 characters); use a whole number"),
-    ("get", "/api/playlists/radio?seed=99999", 404, "unknown track id 99999"),
-    ("get", "/api/playlists/radio?seed=", 422, "invalid seed ''; use a whole number (repeat it for several)"),
-    ("get", "/api/playlists/radio?seed=1&seed=abc", 422, "invalid seed 'abc'"),
-    ("get", "/api/playlists/path?start=1&end=99999", 404, "unknown track id 99999"),
-    ("get", "/api/playlists/path?start=1&end=1", 400, "the start and the end are the same recording"),
-    ("get", "/api/artists/similar?name=%FF%FE", 404, "unknown artist '\ufffd\ufffd'"),
-    ("get", "/api/artists/similar?name=" + "z" * 10_000, 404, "unknown artist 'zzz"),
-    ("get", "/api/artists/similar?name=", 404, "unknown artist ''"),
-    # missing parameters
-    ("get", "/api/artists/similar", 422, "missing name: artist name (case and accents do not matter)"),
-    ("get", "/api/playlists/radio", 422, "missing seed: seed track ids (repeat for several)"),
-    ("get", "/api/playlists/path?start=1", 422, "missing end: last track id"),
-    # numbers out of range or of the wrong type
-    *[("get", f"/api/tracks/1/similar?k={k}", 422, f"invalid k '{k}'; use a whole number from 1 to 200")
-      for k in ("-1", "0", "201", "100000000000000000000000", "nan", "inf", "1.5", "1e3", "")],
-    ("get", "/api/tracks/1/similar?expand=51", 422, "invalid expand '51'; use a whole number from 0 to 50"),
-    ("get", "/api/tracks/1/similar?expand=-1", 422, "invalid expand '-1'; use a whole number from 0 to 50"),
-    ("get", "/api/tracks?offset=-1", 422, "invalid offset '-1'; use a whole number of 0 or more"),
-    ("get", f"/api/tracks?offset={BIG}", 422, f"invalid offset {NINES}... (5000 characters)"),
-    ("get", "/api/tracks?limit=0", 422, "invalid limit '0'; use a whole number from 1 to 1000"),
-    ("get", "/api/tracks?limit=1001", 422, "invalid limit '1001'; use a whole number from 1 to 1000"),
-    ("get", "/api/artists/similar?name=Sine%20Choir&k=0", 422, "invalid k '0'; use a whole number from 1 to 200"),
-    ("get", "/api/playlists/radio?seed=1&n=0", 422, "invalid n '0'; use a whole number from 1 to 500"),
-    ("get", "/api/playlists/radio?seed=1&n=100000", 422, "invalid n '100000'; use a whole number from 1 to 500"),
-    ("get", "/api/playlists/radio?seed=1&window=0", 422, "invalid window '0'; use a whole number from 1 to 50"),
-    ("get", "/api/playlists/path?start=1&end=2&n=1", 422, "invalid n '1'; use a whole number from 2 to 200"),
-    ("get", "/api/playlists/path?start=1&end=2&n=200", 400, "12 tracks with vectors, fewer than n=200"),
-    ("post", "/api/similar/upload?k=0", 422, "invalid k '0'; use a whole number from 1 to 200"),
-    # flags and choices
-    ("get", "/api/tracks/1/similar?fused=maybe", 422, "invalid fused 'maybe'; use true or false"),
-    ("get", "/api/tracks/1/similar?learned=2", 422, "invalid learned '2'; use true or false"),
-    ("get", "/api/tracks/1/similar?exclude_same_artist=yes%FF", 422, "invalid exclude_same_artist 'yes\ufffd'"),
-    ("get", "/api/artists/similar?name=Sine%20Choir&center=maybe", 422, "invalid center 'maybe'; use true or false"),
-    ("get", "/api/playlists/radio?seed=1&format=pdf", 422, "invalid format 'pdf'; use json, m3u8 or xspf"),
-    ("get", "/api/playlists/path?start=1&end=2&format=", 422, "invalid format ''; use json, m3u8 or xspf"),
-    ("get", "/api/probe?probe=nope", 422, "invalid probe 'nope'; use ridge or mlp"),
-    ("get", "/api/probe/heatmap.png?probe=", 422, "invalid probe ''; use ridge or mlp"),
-    ("get", "/api/tracks/1/similar?hubness=magic", 400, "unknown hubness reduction 'magic'; choose csls or mp"),
-    ("get", "/api/artists/similar?name=Sine%20Choir&method=", 400, "unknown method ''; choose mean or chamfer"),
-    ("get", "/api/playlists/radio?seed=1&blend=mix", 400, "unknown blend 'mix'; use nearest or turns"),
-    ("post", "/api/index?kind=nope", 400, "unknown index kind 'nope'; choose auto, flat"),
-    # unknown models, runs, layers and aspects; conflicting vector choices
-    ("get", "/api/tracks/1/similar?model=nope", 404, "unknown model 'nope'; this store has vectors for dsp"),
-    ("get", "/api/tracks?model=%FF", 404, "unknown model '\ufffd'; this store has vectors for dsp"),
-    ("get", "/api/map?model=dsp@999", 404, "no run 999 in this store; its runs: dsp@1"),
-    ("get", "/api/artists?model=dsp@abc", 404, "'dsp@abc' names no model of this store and is no run choice"),
-    ("get", f"/api/tracks/1/similar?model=dsp@{BIG}", 404, "names no model of this store and is no run choice"),
-    ("get", f"/api/probe?model=run:{BIG}", 404, "names no model of this store and is no run choice"),
-    ("get", "/api/tracks/1/similar?layer=nope", 400, "unknown layer 'nope'; dsp has mfcc, chroma, spectral, rhythm"),
-    ("get", "/api/map?layer=-99", 400, "layer -99 out of range; dsp has 4 layers"),
-    ("get", f"/api/map?layer={BIG}", 400, "unknown layer '9999"),
-    ("get", "/api/tracks/1/similar?layer=%00", 400, r"unknown layer '\x00'"),
-    ("get", "/api/artists/similar?name=Sine%20Choir&aspect=mood", 400, "unknown aspect 'mood'; dsp has harmony"),
-    ("get", "/api/playlists/radio?seed=1&aspect=%FF", 400, "unknown aspect '\ufffd'"),
-    ("get", "/api/tracks/1/similar?layer=mfcc&aspect=timbre&fused=true", 400,
-     "choose at most one of layer, aspect, fused and learned"),
-    ("get", "/api/map?fused=true", 400, "no fused vectors for dsp"),
-    ("get", "/api/map?learned=true", 400, "no learned head ships for dsp"),
-    ("post", "/api/index?layer=nope", 400, "unknown layer 'nope'"),
-    ("post", "/api/similar/upload?aspect=mood", 400, "unknown aspect 'mood'"),
-    ("post", "/api/similar/upload?model=nope", 404, "unknown model 'nope'"),
-], ids=lambda value: value[:60] if isinstance(value, str) else None)
+# Each row: METHOD URL | STATUS | words the detail holds ({BIG}, {NINES}, {LONG}: see _cases).
+CASES = """\
+# ids that name nothing (404) or are no id (422)
+GET /api/tracks/999999 | 404 | unknown track id 999999
+GET /api/tracks/99999999999999999999999/similar | 404 | unknown track id 99999999999999999999999
+GET /api/tracks/-1 | 422 | invalid track_id '-1'; use a whole number
+GET /api/tracks/1.5/audio | 422 | invalid track_id '1.5'; use a whole number
+GET /api/tracks/%FF | 422 | invalid track_id '\ufffd'
+GET /api/tracks/%00/similar | 422 | invalid track_id '\\x00'
+GET /api/tracks/{BIG} | 422 | invalid track_id {NINES}... (5000 characters); use a whole number
+GET /api/playlists/radio?seed=99999 | 404 | unknown track id 99999
+GET /api/playlists/radio?seed= | 422 | invalid seed ''; use a whole number (repeat it for several)
+GET /api/playlists/radio?seed=1&seed=abc | 422 | invalid seed 'abc'
+GET /api/playlists/path?start=1&end=99999 | 404 | unknown track id 99999
+GET /api/playlists/path?start=1&end=1 | 400 | the start and the end are the same recording
+GET /api/artists/similar?name=%FF%FE | 404 | unknown artist '\ufffd\ufffd'
+GET /api/artists/similar?name={LONG} | 404 | unknown artist 'zzz
+GET /api/artists/similar?name= | 404 | unknown artist ''
+# missing parameters
+GET /api/artists/similar | 422 | missing name: artist name (case and accents do not matter)
+GET /api/playlists/radio | 422 | missing seed: seed track ids (repeat for several)
+GET /api/playlists/path?start=1 | 422 | missing end: last track id
+# numbers out of range or of the wrong type
+GET /api/tracks/1/similar?k=-1 | 422 | invalid k '-1'; use a whole number from 1 to 200
+GET /api/tracks/1/similar?k=0 | 422 | invalid k '0'; use a whole number from 1 to 200
+GET /api/tracks/1/similar?k=201 | 422 | invalid k '201'; use a whole number from 1 to 200
+GET /api/tracks/1/similar?k=100000000000000000000000 | 422 | invalid k '100000000000000000000000'; use a whole number
+GET /api/tracks/1/similar?k=nan | 422 | invalid k 'nan'; use a whole number from 1 to 200
+GET /api/tracks/1/similar?k=inf | 422 | invalid k 'inf'; use a whole number from 1 to 200
+GET /api/tracks/1/similar?k=1.5 | 422 | invalid k '1.5'; use a whole number from 1 to 200
+GET /api/tracks/1/similar?k=1e3 | 422 | invalid k '1e3'; use a whole number from 1 to 200
+GET /api/tracks/1/similar?k= | 422 | invalid k ''; use a whole number from 1 to 200
+GET /api/tracks/1/similar?expand=51 | 422 | invalid expand '51'; use a whole number from 0 to 50
+GET /api/tracks/1/similar?expand=-1 | 422 | invalid expand '-1'; use a whole number from 0 to 50
+GET /api/tracks?offset=-1 | 422 | invalid offset '-1'; use a whole number of 0 or more
+GET /api/tracks?offset={BIG} | 422 | invalid offset {NINES}... (5000 characters)
+GET /api/tracks?limit=0 | 422 | invalid limit '0'; use a whole number from 1 to 1000
+GET /api/tracks?limit=1001 | 422 | invalid limit '1001'; use a whole number from 1 to 1000
+GET /api/artists/similar?name=Sine%20Choir&k=0 | 422 | invalid k '0'; use a whole number from 1 to 200
+GET /api/playlists/radio?seed=1&n=0 | 422 | invalid n '0'; use a whole number from 1 to 500
+GET /api/playlists/radio?seed=1&n=100000 | 422 | invalid n '100000'; use a whole number from 1 to 500
+GET /api/playlists/radio?seed=1&window=0 | 422 | invalid window '0'; use a whole number from 1 to 50
+GET /api/playlists/path?start=1&end=2&n=1 | 422 | invalid n '1'; use a whole number from 2 to 200
+GET /api/playlists/path?start=1&end=2&n=200 | 400 | 12 tracks with vectors, fewer than n=200
+POST /api/similar/upload?k=0 | 422 | invalid k '0'; use a whole number from 1 to 200
+# flags and choices
+GET /api/tracks/1/similar?fused=maybe | 422 | invalid fused 'maybe'; use true or false
+GET /api/tracks/1/similar?learned=2 | 422 | invalid learned '2'; use true or false
+GET /api/tracks/1/similar?exclude_same_artist=yes%FF | 422 | invalid exclude_same_artist 'yes\ufffd'
+GET /api/artists/similar?name=Sine%20Choir&center=maybe | 422 | invalid center 'maybe'; use true or false
+GET /api/playlists/radio?seed=1&format=pdf | 422 | invalid format 'pdf'; use json, m3u8 or xspf
+GET /api/playlists/path?start=1&end=2&format= | 422 | invalid format ''; use json, m3u8 or xspf
+GET /api/probe?probe=nope | 422 | invalid probe 'nope'; use ridge or mlp
+GET /api/probe/heatmap.png?probe= | 422 | invalid probe ''; use ridge or mlp
+GET /api/tracks/1/similar?hubness=magic | 400 | unknown hubness reduction 'magic'; choose csls or mp
+GET /api/artists/similar?name=Sine%20Choir&method= | 400 | unknown method ''; choose mean or chamfer
+GET /api/playlists/radio?seed=1&blend=mix | 400 | unknown blend 'mix'; use nearest or turns
+POST /api/index?kind=nope | 400 | unknown index kind 'nope'; choose auto, flat
+# unknown models, runs, layers and aspects; conflicting vector choices
+GET /api/tracks/1/similar?model=nope | 404 | unknown model 'nope'; this store has vectors for dsp
+GET /api/tracks?model=%FF | 404 | unknown model '\ufffd'; this store has vectors for dsp
+GET /api/map?model=dsp@999 | 404 | no run 999 in this store; its runs: dsp@1
+GET /api/artists?model=dsp@abc | 404 | 'dsp@abc' names no model of this store and is no run choice
+GET /api/tracks/1/similar?model=dsp@{BIG} | 404 | names no model of this store and is no run choice
+GET /api/probe?model=run:{BIG} | 404 | names no model of this store and is no run choice
+GET /api/tracks/1/similar?layer=nope | 400 | unknown layer 'nope'; dsp has mfcc, chroma, spectral, rhythm
+GET /api/map?layer=-99 | 400 | layer -99 out of range; dsp has 4 layers
+GET /api/map?layer={BIG} | 400 | unknown layer '9999
+GET /api/tracks/1/similar?layer=%00 | 400 | unknown layer '\\x00'
+GET /api/artists/similar?name=Sine%20Choir&aspect=mood | 400 | unknown aspect 'mood'; dsp has harmony
+GET /api/playlists/radio?seed=1&aspect=%FF | 400 | unknown aspect '\ufffd'
+GET /api/tracks/1/similar?layer=mfcc&aspect=timbre&fused=true | 400 | choose at most one of layer, aspect, fused
+GET /api/map?fused=true | 400 | no fused vectors for dsp
+GET /api/map?learned=true | 400 | no learned head ships for dsp
+POST /api/index?layer=nope | 400 | unknown layer 'nope'
+POST /api/similar/upload?aspect=mood | 400 | unknown aspect 'mood'
+POST /api/similar/upload?model=nope | 404 | unknown model 'nope'
+"""
+
+
+def _cases(table: str) -> list[tuple[str, str, int, str]]:
+    """(method, url, status, words) of each row 'METHOD URL | STATUS | WORDS', with {BIG}, {NINES} and {LONG} filled
+    in; '#' rows are headings."""
+    values = {"BIG": BIG, "NINES": NINES, "LONG": "z" * 10_000}
+    rows = []
+    for line in table.splitlines():
+        if not line.startswith("#"):
+            request, status, words = line.split(" | ")
+            method, url = request.split(" ", 1)
+            rows.append((method, url.format(**values), int(status), words.format(**values)))
+    return rows
+
+
+@pytest.mark.parametrize(("method", "url", "status", "words"), _cases(CASES),
+                         ids=lambda value: value[:60] if isinstance(value, str) else None)
 def test_malformed_parameters_are_refused_naming_them(client: TestClient, collection: Path, method: str, url: str,
                                                       status: int, words: str) -> None:
-    _refused(client.request(method.upper(), url), status, words, collection.parent)
+    _refused(client.request(method, url), status, words, collection.parent)
 
 
 def _wav(samples: np.ndarray, sr: int = api.SR, subtype: str | None = None) -> bytes:
