@@ -100,6 +100,8 @@ def test_similar_and_index_answer_from_the_run_picked(two_runs: tuple[Path, Run,
     ("dsp@x", "'dsp@x' names no model of this store and is no run choice: pick a run as NAME@RUN_ID"),
     ("@2", "'@2' names no model of this store and is no run choice"),
     ("run:", "'run:' names no model of this store and is no run choice"),
+    pytest.param("run:" + "9" * 5000, "names no model of this store and is no run choice",  # was int()'s traceback
+                 id="run:<5000 digits>"),
 ])
 def test_a_bad_run_choice_is_one_clear_line(two_runs: tuple[Path, Run, Run], model: str, message: str) -> None:
     root, _, _ = two_runs
