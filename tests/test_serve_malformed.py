@@ -20,6 +20,7 @@ import test_serve_api as api
 from fastapi.testclient import TestClient
 
 from mess.serve.app import create_app
+from mess.serve.errors import without_paths
 from mess.store import FeatureStore, RunKey
 
 collection = api.collection  # the module's store, made once here
@@ -261,3 +262,13 @@ def test_health_while_the_store_is_rebuilt_says_what_it_serves(copied: Path) -> 
             assert health["note"].startswith(f"the store is being rebuilt: {words}"), health["note"]
             assert "these counts are the old catalog's" in health["note"] and str(copied) not in health["note"]
             FeatureStore(copied).close()  # the rebuild begins: a catalog without vectors
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("/srv/models/mert holds no model (no config.json)", "mert holds no model (no config.json)"),
+    ("no such model file: '/home/me/x.onnx'.", "no such model file: 'x.onnx'."),
+    ("cannot fetch m-a-p/MERT-v1-95M from https://huggingface.co/api (offline)",
+     "cannot fetch m-a-p/MERT-v1-95M from https://huggingface.co/api (offline)"),
+])
+def test_messages_name_paths_by_their_last_part(text: str, shown: str) -> None:
+    assert without_paths(text) == shown

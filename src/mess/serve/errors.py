@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.routing import Route
 
 _SHOWN = 40  # characters of a sent value quoted in a message
-_PATH = re.compile(r"(?<![\w.~/-])/[^\s'\"(),;:]+(?<!\.)")  # an absolute path (a trailing full stop left out)
+_PATH = re.compile(r"(?<![\w.~/:-])/[^\s'\"(),;:]+(?<!\.)")  # an absolute path, not a URL's (nor a full stop after)
 
 
 async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
