@@ -22,7 +22,7 @@ async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
     route = request.scope.get("route")
     specs = _parameters(request, route) if isinstance(route, Route) else {}
     lines = dict.fromkeys(_line(error, specs) for error in errors)  # once each, in order
-    return JSONResponse({"detail": "; ".join(lines) or "invalid request"}, status_code=422)
+    return JSONResponse({"detail": "; ".join(lines)}, status_code=422)
 
 
 def without_paths(text: str) -> str:
@@ -32,15 +32,14 @@ def without_paths(text: str) -> str:
 
 
 def _parameters(request: Request, route: Route) -> dict[str, dict]:
-    """The route's parameters in its OpenAPI schema, by name."""
-    methods = request.app.openapi()["paths"].get(route.path, {})
-    operation = methods.get(request.method.lower()) or methods.get("get") or {}  # HEAD is answered as GET
+    """The route's parameters in its OpenAPI schema, by name (HEAD reaches the route as GET, see ``HeadAsGet``)."""
+    operation = request.app.openapi()["paths"].get(route.path, {}).get(request.method.lower(), {})
     return {p["name"]: p for p in operation.get("parameters", [])}
 
 
 def _line(error: dict, specs: dict[str, dict]) -> str:
-    loc = [str(part) for part in error.get("loc", ()) if not isinstance(part, int)]
-    name = loc[-1] if len(loc) > 1 else "the request body"
+    """One pydantic error in words: 'missing NAME: what it is' or 'invalid NAME 'VALUE'; use WHAT IT TAKES'."""
+    name = next(str(part) for part in reversed(error["loc"]) if not isinstance(part, int))  # seed, not seed.1
     spec = specs.get(name, {})
     if error.get("type") == "missing":
         what = spec.get("description", "").rstrip(".")
@@ -69,7 +68,7 @@ def _allowed(schema: dict) -> str:
 
 def _shown(value: object) -> str:
     """A sent value quoted, cut to its first characters when long (the message stays one short line)."""
-    text = value if isinstance(value, str) else "" if value is None else str(value)
+    text = str(value)
     if len(text) <= _SHOWN:
         return repr(text)
     return f"{text[:_SHOWN]!r}... ({len(text)} characters)"
