@@ -123,6 +123,12 @@ GET /api/map?learned=true | 400 | no learned head ships for dsp
 POST /api/index?layer=nope | 400 | unknown layer 'nope'
 POST /api/similar/upload?aspect=mood | 400 | unknown aspect 'mood'
 POST /api/similar/upload?model=nope | 404 | unknown model 'nope'
+# parameters of other routes
+GET /api/playlists/radio?seed=1&layer=mfcc | 400 | /api/playlists/radio does not take layer; it takes seed, n, window,
+GET /api/playlists/path?start=1&end=2&seed=3&fused=true | 400 | /api/playlists/path does not take fused or seed; it
+GET /api/artists/similar?name=Sine%20Choir&learned=true | 400 | /api/artists/similar does not take learned; it takes
+POST /api/similar/upload?hubness=csls | 400 | /api/similar/upload does not take hubness; it takes model, layer,
+GET /api/health?k=3 | 400 | /api/health does not take k; it takes no parameters
 """
 
 
@@ -219,6 +225,8 @@ def test_a_range_of_thousands_of_digits_reads_past_the_file(client: TestClient, 
 
 def test_the_server_answers_normally_afterwards(client: TestClient) -> None:
     assert client.get("/api/health").json()["status"] == "ok"
+    unused = client.get("/api/map", params={"_": "1700000000", "hubness": "", "token": "x"})  # no route's, or blank
+    assert unused.status_code == 200, unused.text
     similar = client.get("/api/tracks/1/similar", params={"k": 3})
     assert similar.status_code == 200 and len(similar.json()["results"]) == 3
     assert client.post("/api/index", params={"kind": "flat"}).status_code == 200

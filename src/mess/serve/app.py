@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 from mess.artists.profiles import ArtistError
 from mess.serve import mapping, routes_playlists, routes_reports, routes_search, routes_tracks
 from mess.serve.audio_file import AudioFile
-from mess.serve.errors import invalid_request
+from mess.serve.errors import invalid_request, unused_parameters
 from mess.serve.security import AccessPolicy, install
 from mess.serve.state import ServeState, catalog_id, default_model, store_error
 from mess.serve.uploads import (
@@ -92,7 +92,7 @@ def create_app(store_path: Path, model: str | None = None, allow_indexing: bool 
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(Exception, _internal_error)
     for module in (routes_tracks, routes_search, routes_reports, routes_playlists):
-        app.include_router(module.router)
+        app.include_router(module.router, dependencies=[Depends(unused_parameters)])
     app.router.routes.append(PageFiles("/", PageFileResponses(directory=STATIC_DIR, html=True), name="static"))
     app.add_middleware(HeadAsGet)
     return app

@@ -1,12 +1,12 @@
-"""Error answers in the API's one shape, ``{"detail": "one line"}``: a request FastAPI cannot validate, and server
-paths kept out of messages."""
+"""Error answers in the API's one shape, ``{"detail": "one line"}``: a request FastAPI cannot validate, a parameter
+of another route, and server paths kept out of messages."""
 
 from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.routing import Route
@@ -23,6 +23,22 @@ async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
     specs = _parameters(request, route) if isinstance(route, Route) else {}
     lines = dict.fromkeys(_line(error, specs) for error in errors)  # once each, in order
     return JSONResponse({"detail": "; ".join(lines)}, status_code=422)
+
+
+def unused_parameters(request: Request) -> None:
+    """Dependency: 400 for a parameter another route takes but this one does not (``layer`` to the radio, which
+    takes ``aspect`` alone, was ignored: a playlist of other vectors than asked for); a blank one is left out, as
+    everywhere, and names no route takes (a cache-buster, ``token``) are ignored."""
+    route = request.scope.get("route")
+    if not isinstance(route, Route):
+        return
+    taken = [name for name, p in _parameters(request, route).items() if p["in"] == "query"]
+    sent = {name for name, value in request.query_params.items() if value.strip()} - set(taken)
+    unused = sorted(sent & {p["name"] for operations in request.app.openapi()["paths"].values()
+                            for operation in operations.values() for p in operation.get("parameters", ())})
+    if unused:
+        takes = f"it takes {', '.join(taken)}" if taken else "it takes no parameters"
+        raise HTTPException(400, f"{route.path} does not take {' or '.join(unused)}; {takes}")
 
 
 def without_paths(text: str) -> str:
