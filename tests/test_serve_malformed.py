@@ -223,6 +223,14 @@ def test_a_range_of_thousands_of_digits_reads_past_the_file(client: TestClient, 
     assert refused.status_code == 416 and refused.json()["detail"].startswith("range not satisfiable")
 
 
+@pytest.mark.parametrize("body", [{"json": {"layer": "mfcc"}}, {"content": b"{bad", "headers": {"content-type": "x"}}],
+                         ids=["JSON", "malformed"])
+def test_a_body_sent_to_the_index_route_is_refused(client: TestClient, collection: Path, body: dict) -> None:
+    """The body was ignored: ``{"layer": "mfcc"}`` built the index of the default vectors."""
+    _refused(client.post("/api/index", params={"kind": "flat"}, **body), 400,
+             "/api/index takes no request body; give its parameters in the query", collection.parent)
+
+
 def test_the_server_answers_normally_afterwards(client: TestClient) -> None:
     assert client.get("/api/health").json()["status"] == "ok"
     unused = client.get("/api/map", params={"_": "1700000000", "hubness": "", "token": "x"})  # no route's, or blank

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse
 
 from mess.search.ann import KINDS
@@ -51,12 +51,16 @@ def probe_heatmap(state: State, model: Model = None, probe: Probe = "ridge") -> 
 
 @router.post("/index", summary="Build or update a FAISS index (only with --allow-indexing)",
              responses={403: {"description": "Indexing is disabled"}})
-def index(state: State, model: Model = None, layer: Layer = None, aspect: Aspect = None, fused: Fused = False,
-          learned: Learned = False,
+def index(state: State, request: Request, model: Model = None, layer: Layer = None, aspect: Aspect = None,
+          fused: Fused = False, learned: Learned = False,
           kind: Annotated[str, Query(description="auto, flat, ivf, ivfpq or hnsw.")] = "auto") -> dict:
-    """Write the index of one vector set under STORE/indexes (the server is read-only otherwise)."""
+    """Write the index of one vector set under STORE/indexes (the server is read-only otherwise); a request body is a
+    400 (it was ignored: ``{"layer": "mfcc"}`` indexed the default vectors)."""
     if not state.allow_indexing:
         raise HTTPException(403, "indexing is disabled; start the server with `mess serve --allow-indexing`")
+    if request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers:
+        raise HTTPException(400, "/api/index takes no request body; give its parameters in the query "
+                                 "(/api/index?layer=mfcc&kind=flat)")
     if kind != "auto" and kind not in KINDS:
         raise HTTPException(400, f"unknown index kind {kind!r}; choose auto, {', '.join(KINDS)}")
     with state.lock:
