@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -13,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from mpd import MPDClient
 from typer.testing import CliRunner, Result
 
 from mess.cli.main import app
 from mess.playlists.formats import read_playlist
-from mess.playlists.mpd import connect
+from mess.playlists.mpd import connect, play_first
 from mess.playlists.playlist import artist_key
 from mess.playlists.radio import radio
 from mess.query import resolve_query
@@ -425,6 +427,62 @@ def test_mpd_radio_plays_next_and_in_order_in_random_mode(mpd_port: int, extract
         with connect("127.0.0.1", mpd_port) as client:
             client.random(0)
     assert played == [Path(t.path).name for t in expected]
+
+
+@contextmanager
+def _random_mode(port: int, current: str) -> Iterator[MPDClient]:
+    """MPD in random mode with only ``current`` queued, current and paused; random mode is off again afterwards."""
+    with connect("127.0.0.1", port) as client:
+        client.clear()
+        client.add(current)
+        client.random(1)
+        client.play(0)
+        client.pause(1)
+        try:
+            yield client
+        finally:
+            client.random(0)
+
+
+def test_mpd_second_radio_in_random_mode_plays_first_not_interleaved(mpd_port: int, extracted_store: Path) -> None:
+    """A second radio in random mode took the first one's priorities (255, 254, ...) while the first's songs still
+    held them, so the two played interleaved. It now plays first, in order (as it is queued first outside random
+    mode); the rest of the first keeps its order after it, and a song another client gave a lower priority keeps it."""
+    def queue_radio() -> list[str]:
+        out = runner.invoke(app, ["mpd", "radio", "-n", "4", "--port", str(mpd_port), "--host", "127.0.0.1",
+                                  "--model", "musicnn-msd", "--store", str(extracted_store), "--json"])
+        assert out.exit_code == 0, out.output
+        return list(json.loads(out.stdout)["queued"])
+
+    with closing(FeatureStore(extracted_store, readonly=True)) as store:
+        seed, other = (Path(store.track(i).path).name for i in (3, 9))
+    with _random_mode(mpd_port, seed) as client:
+        first = queue_radio()
+        other_id = client.addid(other)
+        client.prioid(100, other_id)
+        second = queue_radio()
+        assert not set(first) & set(second) and other not in first + second
+        assert client.playlistid(other_id)[0]["prio"] == "100"
+        played = []
+        for _ in range(9):
+            client.next()
+            played.append(client.currentsong()["file"])
+    assert played == [*second, *first, other]
+
+
+def test_mpd_random_mode_plays_255_songs_in_order_and_says_so(mpd_port: int, extracted_store: Path) -> None:
+    """MPD's priorities run 255 to 1: past 255 songs the rest of a radio shares priority 1 (random order among
+    themselves); :func:`play_first` says how many play in order, which `mpd radio` notes."""
+    with closing(FeatureStore(extracted_store, readonly=True)) as store:
+        names = [Path(t.path).name for t in store.tracks()]
+    with _random_mode(mpd_port, names[0]) as client:
+        client.command_list_ok_begin()
+        for i in range(300):
+            client.addid(names[1 + i % (len(names) - 1)])
+        ids = [str(i) for i in client.command_list_end()]
+        assert play_first(client, ids) == 255
+        prio = {s["id"]: int(s.get("prio", 0)) for s in client.playlistinfo()}
+    assert [prio[i] for i in ids] == [*range(255, 0, -1), *[1] * 45]
 
 
 def test_mpd_follows_symbolic_links_in_its_music_folder(rendered_collection: list[Path], tmp_path: Path) -> None:

@@ -53,6 +53,8 @@ def radio_command(
     for i, t in enumerate(playlist.tracks, start=1):
         console.print(f"{i:>3}. {plain(t.name)}")
     console.print(f"queued {len(uris)} tracks after {plain(playlist.title.removeprefix('radio: '))}")
+    if playlist.note:
+        console.print(f"[yellow]{plain(playlist.note)}[/]")
     _print_unknown(unknown)
 
 

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Container, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import BinaryIO
 
 from mpd import CommandError, MPDClient
 from mpd import ConnectionError as MPDConnectionError
 
-from mess.playlists.playlist import Playlist
+from mess.playlists.playlist import Playlist, with_note
 from mess.playlists.radio import DEFAULT_WINDOW, radio
 from mess.query import resolve_query
 from mess.store import FeatureStore, Run, Track
@@ -175,15 +177,33 @@ def _append(client: MPDClient, uris: Sequence[str], at: int | None = None) -> li
         raise PlayerError(f"MPD refused to queue the tracks ({exc}); the queue is unchanged") from exc
 
 
-def _next_in_random_mode(client: MPDClient, ids: Sequence[str]) -> None:
-    """In random mode, give the songs ``ids`` MPD's highest priorities, falling in their order (255, 254, ...,
-    at least 1), so that they play next and in order (MPD resets a song's priority once it has played)."""
-    if client.status().get("random") != "1" or not ids:
-        return
+def play_first(client: MPDClient, ids: Sequence[str]) -> int:
+    """In random mode, give the songs ``ids`` MPD's highest priorities, falling in their order (255, 254, ...), so
+    that they play next and in order (MPD resets a song's priority once it has played); returns how many play in order.
+
+    Songs that hold priorities already (an earlier radio's, a client's "play next") keep their order after them, each
+    priority lowered only as far as that needs: a second radio plays before the rest of the first, as it does outside
+    random mode, rather than interleaved with it. MPD has 255 priorities: songs past them share priority 1 and play in
+    random order among themselves.
+    """
+    status = client.status()
+    if status.get("random") != "1" or not ids:
+        return 0
+    new = set(ids)
+    held = sorted(((int(s["prio"]), s["id"]) for s in client.playlistinfo()
+                   if int(s.get("prio", 0)) and s["id"] not in new and s["id"] != status.get("songid")), reverse=True)
+    changes, level = [], MAX_PRIORITY + 1
+    for song_id in ids:
+        level = max(level - 1, 1)
+        changes.append((level, song_id))
+    for prio, group in groupby(held, key=itemgetter(0)):
+        level = max(min(prio, level - 1), 1)
+        changes += [(level, song_id) for _, song_id in group if level != prio]
     client.command_list_ok_begin()
-    for i, song_id in enumerate(ids):
-        client.prioid(max(MAX_PRIORITY - i, 1), song_id)
+    for prio, song_id in changes:
+        client.prioid(prio, song_id)
     client.command_list_end()
+    return min(len(ids), MAX_PRIORITY)
 
 
 def _still_to_play(client: MPDClient, pos: int, clear_upcoming: bool) -> list[dict]:
@@ -233,7 +253,10 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     now = client.currentsong()  # the radio took a while: MPD may have moved on to the next song
     length = _queue_length(client)
     pos = int(now["pos"]) if "pos" in now else length - 1
-    _next_in_random_mode(client, _append(client, uris, pos + 1))
+    ordered = play_first(client, _append(client, uris, pos + 1))
+    if 0 < ordered < len(uris):
+        playlist = with_note(playlist, f"in MPD's random mode the first {ordered} play in order (its priorities run "
+                             f"{MAX_PRIORITY} to 1), the other {len(uris) - ordered} after them in random order")
     if clear_upcoming and length > pos + 1:
         client.delete((pos + 1 + len(uris), length + len(uris)))
     return playlist, uris, unknown

@@ -50,8 +50,12 @@ def with_gone_note(playlist: Playlist, names: Sequence[str]) -> Playlist:
         return playlist
     many = len(names) > 1
     listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    line = (f"{len(names)} track{'s are' if many else ' is'} no longer on disk ({listed}); "
-            "`mess extract --prune FOLDER` forgets vanished files")
+    return with_note(playlist, f"{len(names)} track{'s are' if many else ' is'} no longer on disk ({listed}); "
+                     "`mess extract --prune FOLDER` forgets vanished files")
+
+
+def with_note(playlist: Playlist, line: str) -> Playlist:
+    """The playlist, ``line`` added to its note."""
     return replace(playlist, note="; ".join(x for x in (playlist.note, line) if x))
 
 
