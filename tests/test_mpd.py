@@ -45,9 +45,9 @@ def mpd_port(extracted_store: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @contextmanager
-def _mpd(music: Path, home: Path, password: str | None = None) -> Iterator[int]:
-    """Run mpd over ``music`` (its state in ``home``; with ``password``, clients without it may do nothing) until
-    its database is scanned; yields its port."""
+def _mpd(music: Path, home: Path, password: str | None = None, settings: str = "") -> Iterator[int]:
+    """Run mpd over ``music`` (its state in ``home``; with ``password``, clients without it may do nothing; more
+    ``settings`` lines) until its database is scanned; yields its port."""
     if shutil.which("mpd") is None:
         pytest.skip("mpd is not installed (scripts/install.sh installs Debian's mpd)")
     port = _free_port()
@@ -57,7 +57,8 @@ def _mpd(music: Path, home: Path, password: str | None = None) -> Iterator[int]:
                     f'db_file "{home / "database"}"\nlog_file "{home / "log"}"\nstate_file "{home / "state"}"\n'
                     f'bind_to_address "127.0.0.1"\nport "{port}"\nzeroconf_enabled "no"\n'
                     'audio_output {\n    type "null"\n    name "silent"\n}\n'
-                    + (f'password "{password}@read,add,control,admin"\ndefault_permissions ""\n' if password else ""))
+                    + (f'password "{password}@read,add,control,admin"\ndefault_permissions ""\n' if password else "")
+                    + settings)
     proc = subprocess.Popen(["mpd", "--no-daemon", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for_database(port, proc, home / "log", password)
@@ -378,6 +379,27 @@ def test_mpd_host_may_carry_the_password_as_mpc_reads_it(rendered_collection: li
         assert "wrong" not in out.output.replace("incorrect password", "")
 
 
+def test_mpd_play_that_mpd_refuses_halfway_leaves_the_queue_as_it_was(rendered_collection: list[Path],
+                                                                       tmp_path: Path) -> None:
+    """A queue MPD caps (max_playlist_length) takes only part of a playlist: the songs it did add are taken out again
+    by their song ids, and the queue is as it was."""
+    music, home = tmp_path / "music", tmp_path / "mpd"
+    music.mkdir()
+    home.mkdir()
+    for source in rendered_collection[:7]:
+        shutil.copy(source, music)
+    names = [p.name for p in rendered_collection[:7]]
+    playlist = tmp_path / "list.m3u8"
+    playlist.write_text("".join(f"{music / n}\n" for n in names[3:]))
+    with _mpd(music, home, settings='max_playlist_length "5"\n') as port:
+        library = Library(port, tmp_path, names, "")
+        library.set_queue(names[:3])
+        for args in (["--append"], []):
+            out = library.mpd("play", str(playlist), *args)
+            assert out.exit_code == 1 and "refused to queue the tracks" in out.output, out.output
+            assert library.queue() == names[:3]
+
+
 @pytest.mark.parametrize("state", ["play", "pause", "stop"])
 def test_mpd_play_append_leaves_what_mpd_plays_alone(library: Library, state: str) -> None:
     """`mess mpd play --append` jumped to the first added track, cutting off the song MPD was playing; now the
@@ -483,6 +505,38 @@ def test_mpd_random_mode_plays_255_songs_in_order_and_says_so(mpd_port: int, ext
         assert play_first(client, ids) == 255
         prio = {s["id"]: int(s.get("prio", 0)) for s in client.playlistinfo()}
     assert [prio[i] for i in ids] == [*range(255, 0, -1), *[1] * 45]
+
+
+def test_mpd_radio_clear_removes_by_song_id_what_followed_the_seed(mpd_port: int, extracted_store: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--clear` removed the queue's positions after the radio as they were once it was computed: when MPD had moved
+    on meanwhile (in random mode, to a song before the seed), it removed songs still to play there, among them one
+    the radio had left out for that reason, and a song another client had just queued. It now removes, by song id,
+    only the songs that followed the seed when the command began, never the one MPD plays now."""
+    import mess.playlists.mpd as player
+
+    with closing(FeatureStore(extracted_store, readonly=True)) as store:
+        b0, b1, seed, a0, a1, x = (Path(store.track(i).path).name for i in (1, 5, 3, 9, 12, 14))
+
+    def meanwhile(*args: object, **kwargs: object) -> object:  # another client acts while the radio is computed
+        with connect("127.0.0.1", mpd_port) as other:
+            other.playid(other.playlistfind("file", b0)[0]["id"])
+            other.pause(1)
+            other.add(x)
+        return radio(*args, **kwargs)
+
+    monkeypatch.setattr(player, "radio", meanwhile)
+    with _random_mode(mpd_port, b0) as client:
+        for name in (b1, seed, a0, a1):
+            client.add(name)
+        client.play(2)
+        client.pause(1)
+        out = runner.invoke(app, ["mpd", "radio", "-n", "3", "--clear", "--port", str(mpd_port), "--host",
+                                  "127.0.0.1", "--model", "musicnn-msd", "--store", str(extracted_store), "--json"])
+        assert out.exit_code == 0, out.output
+        queued = json.loads(out.stdout)["queued"]
+        assert [s["file"] for s in client.playlistinfo()] == [b0, *queued, b1, seed, x]
+        assert b1 not in queued and client.currentsong()["file"] == b0
 
 
 def test_mpd_follows_symbolic_links_in_its_music_folder(rendered_collection: list[Path], tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ def radio_command(
     window: Annotated[int, typer.Option("--window", min=1, help="An artist does not come back within this many "
                                         "tracks.")] = 3,
     aspect: AspectOpt = None,
-    clear: Annotated[bool, typer.Option("--clear", help="Remove the songs queued after the current one.")] = False,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove the songs queued after the current one (those "
+                                        "there when the command began).")] = False,
     music_dir: MusicDirOpt = None,
     host: HostOpt = "localhost",
     port: PortOpt = 6600,

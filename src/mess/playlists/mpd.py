@@ -11,7 +11,7 @@ UTF-8 travel both ways as the disk has them (python-mpd2 alone raised on reading
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterator, Sequence
+from collections.abc import Container, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import groupby
 from operator import itemgetter
@@ -160,21 +160,46 @@ def _queue_length(client: MPDClient) -> int:
     return int(client.status().get("playlistlength", 0))
 
 
+def _snapshot(client: MPDClient) -> tuple[dict, list[dict]]:
+    """MPD's status and queue as one moment saw them (read in one command list, which MPD runs whole)."""
+    client.command_list_ok_begin()
+    client.status()
+    client.playlistinfo()
+    status, queue = client.command_list_end()
+    return status, queue
+
+
 def _append(client: MPDClient, uris: Sequence[str], at: int | None = None) -> list[str]:
-    """Put ``uris`` into MPD's queue from position ``at`` on (else at its end), all or none (what was added is
-    removed when MPD refuses one); returns their song ids."""
-    length = _queue_length(client)
-    start = length if at is None else at
+    """Put ``uris`` into MPD's queue from position ``at`` on (else at its end), all or none (when MPD refuses one,
+    those it added are removed by song id); returns their song ids."""
+    start = _queue_length(client) if at is None else at
+    client.command_list_ok_begin()
+    for i, uri in enumerate(uris):
+        client.addid(uri, start + i)
+    ids: list[str] = []
+    client.iterate = True  # the ids one by one: those MPD added before refusing one are known
     try:
-        client.command_list_ok_begin()
-        for i, uri in enumerate(uris):
-            client.addid(uri, start + i)
-        return [str(song_id) for song_id in client.command_list_end()]
+        for song_id in client.command_list_end():
+            ids.append(str(song_id))
     except CommandError as exc:
-        added = _queue_length(client) - length
-        if added > 0:
-            client.delete((start, start + added))
+        client.iterate = False
+        _remove(client, dict(zip(ids, uris, strict=False)))
         raise PlayerError(f"MPD refused to queue the tracks ({exc}); the queue is unchanged") from exc
+    finally:
+        client.iterate = False
+    return ids
+
+
+def _remove(client: MPDClient, songs: Mapping[str, str]) -> None:
+    """Remove the queued songs ``songs`` (song id: URI) by id, those still queued as they were: positions move as
+    other clients edit the queue, and a song one of them removed meanwhile, or an id now naming another song, is
+    left alone."""
+    ids = [s["id"] for s in client.playlistinfo() if songs.get(s["id"]) == s["file"]]
+    if ids:
+        client.command_list_ok_begin()
+        for song_id in ids:
+            client.deleteid(song_id)
+        client.command_list_end()
 
 
 def play_first(client: MPDClient, ids: Sequence[str]) -> int:
@@ -206,14 +231,6 @@ def play_first(client: MPDClient, ids: Sequence[str]) -> int:
     return min(len(ids), MAX_PRIORITY)
 
 
-def _still_to_play(client: MPDClient, pos: int, clear_upcoming: bool) -> list[dict]:
-    """The queued songs that may play after the current one (at ``pos``): those after it (none with
-    ``clear_upcoming``: they go), and in random mode those before it (MPD picks from the whole queue there)."""
-    queue = client.playlistinfo()
-    before = queue[:pos] if client.status().get("random") == "1" else []
-    return before + ([] if clear_upcoming else queue[pos + 1:])
-
-
 def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *, window: int = DEFAULT_WINDOW,
                 aspect: str | None = None, clear_upcoming: bool = False,
                 music_dir: Path | None = None) -> tuple[Playlist, list[str], list[Path]]:
@@ -222,10 +239,12 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
 
     Returns the playlist, the queued URIs and the tracks MPD does not know (skipped). The radio leaves out the
     songs queued after the current one (else heard twice), in random mode also those before it; with
-    ``clear_upcoming`` the songs after it are removed instead (once the radio is queued).
+    ``clear_upcoming`` the songs after it are removed instead, once the radio is queued: by song id, those that were
+    after it when the call began, so neither a song other clients queued meanwhile nor the one MPD moved on to goes.
     A current song whose file changed since extraction seeds as it is now (embedded, with a warning).
     """
-    song = client.currentsong()
+    status, queue = _snapshot(client)
+    song = queue[int(status["song"])] if "song" in status else {}
     if not song.get("file"):
         raise PlayerError("MPD has no current song; play something first")
     music_dir = Path(music_dir).expanduser().resolve() if music_dir is not None else None
@@ -241,7 +260,9 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     if music_dir is None:
         music_dir = Path(seed.path[:len(seed.path) - len(song["file"])])
     by_path = {t.path: t.id for t in tracks}
-    upcoming = _still_to_play(client, int(song.get("pos", 0)), clear_upcoming)
+    at = int(song["pos"])
+    after = queue[at + 1:]
+    upcoming = (queue[:at] if status.get("random") == "1" else []) + ([] if clear_upcoming else after)
     queued = frozenset(by_path[p] for s in upcoming if (p := collection_path(music_dir, s.get("file", ""), by_path))
                        in by_path)
     playlist = radio(store, run, [resolve_query(store, Path(seed.path), run)], n, aspect=aspect, window=window,
@@ -251,14 +272,13 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
         raise PlayerError("MPD's database has none of the radio's tracks (update MPD's database?); "
                           "the queue is unchanged")
     now = client.currentsong()  # the radio took a while: MPD may have moved on to the next song
-    length = _queue_length(client)
-    pos = int(now["pos"]) if "pos" in now else length - 1
+    pos = int(now["pos"]) if "pos" in now else _queue_length(client) - 1
     ordered = play_first(client, _append(client, uris, pos + 1))
     if 0 < ordered < len(uris):
         playlist = with_note(playlist, f"in MPD's random mode the first {ordered} play in order (its priorities run "
                              f"{MAX_PRIORITY} to 1), the other {len(uris) - ordered} after them in random order")
-    if clear_upcoming and length > pos + 1:
-        client.delete((pos + 1 + len(uris), length + len(uris)))
+    if clear_upcoming:
+        _remove(client, {s["id"]: s["file"] for s in after if s["id"] != now.get("id")})
     return playlist, uris, unknown
 
 
@@ -279,11 +299,10 @@ def play_files(client: MPDClient, paths: Sequence[Path], *, append: bool = False
             "is its music folder the collection's?"
         raise PlayerError(f"MPD's database has none of the playlist's files ({folder} "
                           "update MPD's database?); the queue is unchanged")
-    status = client.status()
-    length = int(status.get("playlistlength", 0))
-    _append(client, uris)
-    if not append and length:
-        client.delete((0, length))
+    status, queue = _snapshot(client)
+    ids = _append(client, uris)
+    if not append:
+        _remove(client, {s["id"]: s["file"] for s in queue})
     if not append or status.get("state") == "stop":
-        client.play(length if append else 0)
+        client.playid(ids[0])
     return uris, unknown
