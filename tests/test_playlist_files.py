@@ -118,6 +118,28 @@ def test_a_failed_write_leaves_the_existing_playlist_untouched(tmp_path: Path, m
     assert read_playlist(target) == [tmp_path / "music" / "a.flac"]
 
 
+@pytest.mark.parametrize("ext", ["m3u8", "xspf"])
+def test_a_playlist_written_through_a_symbolic_link_names_the_same_tracks_through_it_and_without(tmp_path: Path,
+                                                                                               ext: str) -> None:
+    """A playlist that is a symbolic link into another folder was written (through the link) with entries relative to
+    the link's folder, so opened where it really is (a player given that path) it named files that do not exist. Its
+    entries are now absolute; a link within the playlist's own folder keeps relative ones."""
+    music = tmp_path / "music"
+    paths = [music / "a.flac", music / "sub" / "b.flac"]
+    playlist = _playlist(paths)
+    real, link = tmp_path / "lists" / f"mix.{ext}", music / f"mix.{ext}"
+    real.parent.mkdir()
+    real.write_text("")
+    link.symlink_to(real)
+    write_playlist(playlist, link)
+    assert link.is_symlink() and read_playlist(link) == paths == read_playlist(real)
+    assert b"sub/b.flac" in real.read_bytes() and str(music).encode() in real.read_bytes()
+    (music / f"alias.{ext}").symlink_to(f"mix2.{ext}")
+    write_playlist(playlist, music / f"alias.{ext}")
+    assert read_playlist(music / f"mix2.{ext}") == paths
+    assert str(music).encode() not in (music / f"mix2.{ext}").read_bytes()
+
+
 def test_cli_writes_every_playlist_of_awkward_files_from_a_real_store(tmp_path: Path) -> None:
     music, store = tmp_path / "music", tmp_path / "store"
     files = [_flac(music / "a.flac", 1, artist="Alpha", title="A"),

@@ -2,8 +2,10 @@
 
 Tracks inside the playlist's folder are written with relative paths (so a playlist saved
 beside the music keeps working when the folder moves or is mounted elsewhere); others
-with absolute paths (M3U8) or file:// URIs (XSPF). File names round-trip byte for byte,
-also when they are not valid UTF-8; tags are cleaned of characters a reader would choke on.
+with absolute paths (M3U8) or file:// URIs (XSPF), as are all of a playlist written through a symbolic link
+into another folder (relative entries would name other files opened through the link than without it). File
+names round-trip byte for byte, also when they are not valid UTF-8; tags are cleaned of characters a reader would
+choke on.
 """
 
 from __future__ import annotations
@@ -132,12 +134,17 @@ def write_playlist(playlist: Playlist, path: Path, fmt: str | None = None) -> Pa
 
 def _content(playlist: Playlist, path: Path, fmt: str) -> bytes:
     """The bytes of the playlist file ``path``: UTF-8, file names as their file-system bytes (surrogate escapes
-    undone, as :mod:`mess.store.paths` stores them)."""
-    return render(playlist, fmt, resolved(path.parent)).encode("utf-8", "surrogateescape")
+    undone, as :mod:`mess.store.paths` stores them). Entries are relative only when the file's folder is the same
+    however it is opened: a player resolves them against the folder of the path it opened, so a ``path`` that is a
+    symbolic link to a file in another folder (written through) gets absolute ones, right through the link and
+    without it."""
+    folder = resolved(path.parent)
+    return render(playlist, fmt, folder if resolved(path).parent == folder else None).encode("utf-8", "surrogateescape")
 
 
 def read_playlist(path: Path) -> list[Path]:
-    """The absolute track paths of an M3U/M3U8 or XSPF file (relative entries resolved against its folder)."""
+    """The absolute track paths of an M3U/M3U8 or XSPF file (relative entries resolved against its folder, for a
+    symbolic link the link's, as players resolve them)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise PlaylistError(f"no such playlist file: {path}")
