@@ -236,6 +236,23 @@ def test_mpd_radio_skips_tracks_mpd_lacks(library: Library) -> None:
         assert f"not in MPD's database (skipped): {library.root / path}" in out.output
 
 
+def test_mpd_radio_leaves_out_tracks_whose_files_are_gone(library: Library) -> None:
+    """A file deleted since MPD's database was updated was still queued, and MPD stops playing when it reaches one
+    ("Failed to open"); the radio now takes the next closest tracks instead and names the gone one."""
+    seed = library.songs[0]
+    known, _ = library.expected_radio(seed)
+    gone, kept = library.root / "music" / known[0], library.root / "kept.flac"
+    library.set_queue([seed])
+    shutil.move(gone, kept)
+    try:
+        out = library.radio("-n", "10")
+    finally:
+        shutil.move(kept, gone)
+    assert out.exit_code == 0, out.output
+    assert library.queue() == [seed, *known[1:]]
+    assert f"1 track is no longer on disk ({gone})" in " ".join(out.output.split())
+
+
 def test_mpd_radio_plays_next_not_after_the_rest_of_the_queue(library: Library) -> None:
     """With songs queued after the current one, the radio went to the end of the queue (after the rest of an
     album, say) while the command said it was queued after the current song; and it held songs queued there

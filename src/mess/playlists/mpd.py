@@ -21,7 +21,7 @@ from typing import BinaryIO
 from mpd import CommandError, MPDClient
 from mpd import ConnectionError as MPDConnectionError
 
-from mess.playlists.playlist import Playlist, with_note
+from mess.playlists.playlist import Playlist, gone_tracks, with_gone_note, with_note
 from mess.playlists.radio import DEFAULT_WINDOW, radio
 from mess.query import resolve_query
 from mess.store import FeatureStore, Run, Track
@@ -241,7 +241,8 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     songs queued after the current one (else heard twice), in random mode also those before it; with
     ``clear_upcoming`` the songs after it are removed instead, once the radio is queued: by song id, those that were
     after it when the call began, so neither a song other clients queued meanwhile nor the one MPD moved on to goes.
-    A current song whose file changed since extraction seeds as it is now (embedded, with a warning).
+    A current song whose file changed since extraction seeds as it is now (embedded, with a warning). Tracks whose
+    files are gone from MPD's music folder are left out (MPD stops playing at one), named in the playlist's note.
     """
     status, queue = _snapshot(client)
     song = queue[int(status["song"])] if "song" in status else {}
@@ -265,8 +266,15 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     upcoming = (queue[:at] if status.get("random") == "1" else []) + ([] if clear_upcoming else after)
     queued = frozenset(by_path[p] for s in upcoming if (p := collection_path(music_dir, s.get("file", ""), by_path))
                        in by_path)
-    playlist = radio(store, run, [resolve_query(store, Path(seed.path), run)], n, aspect=aspect, window=window,
-                     exclude=queued)
+    seeds = [resolve_query(store, Path(seed.path), run)]
+    gone: list[Track] = []
+    while True:  # MPD stops playing at a file deleted since its database was updated: the next closest instead
+        playlist = radio(store, run, seeds, n, aspect=aspect, window=window, exclude=queued | {t.id for t in gone})
+        newly = gone_tracks(playlist) if music_dir.is_dir() else ()  # not its music folder missing (unmounted)
+        if not newly:
+            break
+        gone += newly
+    playlist = with_gone_note(playlist, [t.path for t in gone])
     uris, unknown = known_uris(client, [Path(t.path) for t in playlist.tracks], music_dir)
     if playlist.tracks and not uris:
         raise PlayerError("MPD's database has none of the radio's tracks (update MPD's database?); "
