@@ -19,7 +19,7 @@ from typer.testing import CliRunner, Result
 
 from mess.cli.main import app
 from mess.playlists.formats import read_playlist
-from mess.playlists.mpd import connect, play_first
+from mess.playlists.mpd import PlayerError, connect, play_first
 from mess.playlists.playlist import artist_key
 from mess.playlists.radio import radio
 from mess.query import resolve_query
@@ -251,6 +251,34 @@ def test_mpd_radio_leaves_out_tracks_whose_files_are_gone(library: Library) -> N
     assert out.exit_code == 0, out.output
     assert library.queue() == [seed, *known[1:]]
     assert f"1 track is no longer on disk ({gone})" in " ".join(out.output.split())
+
+
+def test_mpd_stopping_while_the_radio_is_computed_is_one_line_saying_so(library: Library, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """MPD stopped (or restarted) while the radio was computed: the next command found the connection closed, and the
+    answer said "MPD refused a command" (or, the connection reset, a traceback); it now says the connection was lost."""
+    import mess.playlists.mpd as player
+
+    with _mpd(library.root / "music", tmp_path) as port:
+        other = Library(port, library.root, library.songs, library.dup)
+        other.set_queue([library.songs[0]])
+
+        def meanwhile(*args: object, **kwargs: object) -> object:
+            with connect("127.0.0.1", port) as client:
+                client.kill()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # until MPD has gone
+                try:
+                    with connect("127.0.0.1", port, timeout=1):
+                        pass
+                except PlayerError:
+                    break
+            return radio(*args, **kwargs)
+
+        monkeypatch.setattr(player, "radio", meanwhile)
+        out = other.radio("-n", "3")
+    assert out.exit_code == 1 and out.output.count("\n") == 1, out.output
+    assert "lost the connection to MPD" in out.output and "refused" not in out.output, out.output
 
 
 def test_mpd_radio_plays_next_not_after_the_rest_of_the_queue(library: Library) -> None:

@@ -38,7 +38,7 @@ class PlayerError(Exception):
 @contextmanager
 def connect(host: str = "localhost", port: int = DEFAULT_PORT, password: str | None = None,
             timeout: float = 10.0) -> Iterator[MPDClient]:
-    """A connected client, closed afterwards; PlayerError when MPD does not answer."""
+    """A connected client, closed afterwards; PlayerError when MPD does not answer, refuses a command or goes away."""
     client = MPDClient()
     client.timeout = timeout
     try:
@@ -54,8 +54,11 @@ def connect(host: str = "localhost", port: int = DEFAULT_PORT, password: str | N
         raise PlayerError(f"MPD at {host}:{port} refused the password ({exc})") from exc
     try:
         yield client
-    except (MPDConnectionError, CommandError) as exc:
+    except CommandError as exc:
         raise PlayerError(f"MPD refused a command: {exc}") from exc
+    except (MPDConnectionError, ConnectionError) as exc:  # python-mpd2's, or the socket's (reset, broken pipe)
+        raise PlayerError(f"lost the connection to MPD at {host}:{port} ({exc}): did it stop or restart? Check its "
+                          "queue and run the command again") from exc
     finally:
         try:
             client.close()
