@@ -511,10 +511,12 @@ def _random_mode(port: int, current: str) -> Iterator[MPDClient]:
             client.random(0)
 
 
-def test_mpd_second_radio_in_random_mode_plays_first_not_interleaved(mpd_port: int, extracted_store: Path) -> None:
+def test_mpd_second_radio_in_random_mode_plays_first_not_interleaved(mpd_port: int, extracted_store: Path,
+                                                                      tmp_path: Path) -> None:
     """A second radio in random mode took the first one's priorities (255, 254, ...) while the first's songs still
     held them, so the two played interleaved. It now plays first, in order (as it is queued first outside random
-    mode); the rest of the first keeps its order after it, and a song another client gave a lower priority keeps it."""
+    mode); the rest of the first keeps its order after it, a song another client gave a lower priority keeps it, and
+    `mpd play --append` (no priority) comes after them all."""
     def queue_radio() -> list[str]:
         out = runner.invoke(app, ["mpd", "radio", "-n", "4", "--port", str(mpd_port), "--host", "127.0.0.1",
                                   "--model", "musicnn-msd", "--store", str(extracted_store), "--json"])
@@ -523,6 +525,7 @@ def test_mpd_second_radio_in_random_mode_plays_first_not_interleaved(mpd_port: i
 
     with closing(FeatureStore(extracted_store, readonly=True)) as store:
         seed, other = (Path(store.track(i).path).name for i in (3, 9))
+        paths = [Path(t.path) for t in store.tracks()]
     with _random_mode(mpd_port, seed) as client:
         first = queue_radio()
         other_id = client.addid(other)
@@ -530,11 +533,16 @@ def test_mpd_second_radio_in_random_mode_plays_first_not_interleaved(mpd_port: i
         second = queue_radio()
         assert not set(first) & set(second) and other not in first + second
         assert client.playlistid(other_id)[0]["prio"] == "100"
+        last = next(p for p in paths if p.name not in {seed, other, *first, *second})
+        (tmp_path / "last.m3u8").write_text(f"{last}\n")
+        out = runner.invoke(app, ["mpd", "play", "--append", str(tmp_path / "last.m3u8"), "--port", str(mpd_port),
+                                  "--host", "127.0.0.1"])
+        assert out.exit_code == 0, out.output
         played = []
-        for _ in range(9):
+        for _ in range(10):
             client.next()
             played.append(client.currentsong()["file"])
-    assert played == [*second, *first, other]
+    assert played == [*second, *first, other, last.name]
 
 
 def test_mpd_random_mode_plays_255_songs_in_order_and_says_so(mpd_port: int, extracted_store: Path) -> None:
