@@ -224,6 +224,27 @@ def test_mpd_play_skips_files_mpd_lacks_and_keeps_the_queue(library: Library) ->
     assert library.queue() == [a, b]
 
 
+def test_mpd_play_skips_files_no_longer_on_disk(library: Library) -> None:
+    """A playlist's file deleted since MPD's database was updated was queued, and MPD stops playing when it reaches
+    it ("Failed to open"); it is now skipped and named. A playlist none of whose files is here (MPD's music folder on
+    another machine) is still handed over whole."""
+    music = library.root / "music"
+    a, b, c = library.songs[:3]
+    playlist = library.root / "gone.m3u8"
+    playlist.write_text(f"{music / a}\n{music / b}\n{music / c}\n")
+    library.set_queue([a])
+    (music / b).rename(library.root / b)
+    try:
+        out = library.mpd("play", str(playlist))
+        assert out.exit_code == 0, out.output
+        assert library.queue() == [a, c] and f"no longer on disk (skipped): {music / b}" in out.output, out.output
+        playlist.write_text(f"{library.root / 'elsewhere' / b}\n")  # found in MPD's database by name
+        out = library.mpd("play", "--append", str(playlist))  # MPD plays a: b is not opened while away
+    finally:
+        (library.root / b).rename(music / b)
+    assert out.exit_code == 0 and library.queue() == [a, c, b], out.output
+
+
 def test_mpd_radio_skips_tracks_mpd_lacks(library: Library) -> None:
     seed = library.songs[0]
     library.set_queue([seed])

@@ -78,14 +78,15 @@ def play_command(
         paths = read_playlist(playlist)
         name, password = _host_password(host)
         with connect(name, port, password) as client:
-            uris, unknown = play_files(client, paths, append=append, music_dir=music_dir)
+            uris, unknown, gone = play_files(client, paths, append=append, music_dir=music_dir)
     except (PlayerError, PlaylistError) as exc:
         fail(str(exc))
     if as_json:
-        emit_json({"queued": uris, "unknown": unknown})
+        emit_json({"queued": uris, "unknown": unknown, "gone": gone})
         return
     console.print(f"{'queued' if append else 'playing'} {len(uris)} tracks from {plain(str(playlist))}")
     _print_unknown(unknown)
+    _print_unknown(gone, "no longer on disk")
 
 
 def _host_password(host: str) -> tuple[str, str | None]:
@@ -95,10 +96,10 @@ def _host_password(host: str) -> tuple[str, str | None]:
     return (name, password) if at and password else (host, None)
 
 
-def _print_unknown(paths: list[Path]) -> None:
-    """Name the files skipped because MPD's database lacks them."""
+def _print_unknown(paths: list[Path], why: str = "not in MPD's database") -> None:
+    """Name the files skipped, and ``why``."""
     for p in paths:
-        console.print(f"[yellow]not in MPD's database (skipped):[/] {plain(str(p))}")
+        console.print(f"[yellow]{why} (skipped):[/] {plain(str(p))}")
 
 
 def register(app: typer.Typer) -> None:

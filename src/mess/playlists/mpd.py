@@ -294,17 +294,23 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
 
 
 def play_files(client: MPDClient, paths: Sequence[Path], *, append: bool = False,
-               music_dir: Path | None = None) -> tuple[list[str], list[Path]]:
+               music_dir: Path | None = None) -> tuple[list[str], list[Path], list[Path]]:
     """Replace MPD's queue with ``paths`` and play them; with ``append``, add them to its end and leave what MPD
     plays (or has paused) alone, starting the first added only when MPD was stopped.
 
-    Returns the queued URIs and the paths MPD does not know (skipped). PlayerError when there are none or MPD
-    knows none of them, the queue then unchanged.
+    Returns the queued URIs, the paths MPD does not know and those no longer on disk (both skipped: MPD, its
+    database not updated since a file was deleted, stops playing when it reaches it); when none of the paths is on
+    disk here, MPD's music folder is taken to be elsewhere and none is skipped for that. PlayerError when there are
+    none or MPD knows none of them, the queue then unchanged.
     """
     if not paths:
         raise PlayerError("the playlist holds no tracks; the queue is unchanged")
     music_dir = Path(music_dir).expanduser().resolve() if music_dir is not None else None
-    uris, unknown = known_uris(client, paths, music_dir)
+    missing = [not Path(p).exists() for p in paths]
+    if all(missing):
+        missing = [False] * len(paths)
+    gone = [Path(p) for p, m in zip(paths, missing, strict=True) if m]
+    uris, unknown = known_uris(client, [p for p, m in zip(paths, missing, strict=True) if not m], music_dir)
     if not uris:
         folder = f"is --music-dir {music_dir} MPD's music folder?" if music_dir else \
             "is its music folder the collection's?"
@@ -316,4 +322,4 @@ def play_files(client: MPDClient, paths: Sequence[Path], *, append: bool = False
         _remove(client, {s["id"]: s["file"] for s in queue})
     if not append or status.get("state") == "stop":
         client.playid(ids[0])
-    return uris, unknown
+    return uris, unknown, gone
