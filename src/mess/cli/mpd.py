@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mess.cli.common import console, emit_json, fail, open_store, plain
+from mess.cli.common import console, emit_json, failing, open_store, plain
 from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, JsonOpt, ModelOpt, StoreOpt
 
 mpd_app = typer.Typer(help="Play through MPD (Music Player Daemon): radio from the current song, playlists.",
@@ -41,13 +41,11 @@ def radio_command(
 
     with open_store(store) as fs:
         run = fs.run(model)
-        try:
+        with failing(PlayerError, PlaylistError):
             name, password = _host_password(host)
             with connect(name, port, password) as client:
                 playlist, uris, unknown = queue_radio(client, fs, run, n, window=window, aspect=aspect,
                                                       clear_upcoming=clear, music_dir=music_dir)
-        except (PlayerError, PlaylistError) as exc:
-            fail(str(exc))
     if as_json:
         emit_json({**playlist.to_dict(), "queued": uris, "unknown": unknown})
         return
@@ -74,13 +72,11 @@ def play_command(
     from mess.playlists.mpd import PlayerError, connect, play_files
     from mess.playlists.playlist import PlaylistError
 
-    try:
+    with failing(PlayerError, PlaylistError):
         paths = read_playlist(playlist)
         name, password = _host_password(host)
         with connect(name, port, password) as client:
             uris, unknown, gone = play_files(client, paths, append=append, music_dir=music_dir)
-    except (PlayerError, PlaylistError) as exc:
-        fail(str(exc))
     if as_json:
         emit_json({"queued": uris, "unknown": unknown, "gone": gone})
         return
