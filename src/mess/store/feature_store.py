@@ -178,6 +178,17 @@ def _schema_missing(db: sqlite3.Connection) -> bool:
         return False  # an unreadable catalog: the check below names it
 
 
+def _lost_catalog(db: Path) -> str | None:
+    """'missing' or 'empty' (zero bytes, no write-ahead log holding a first writer's tables) for a catalog file
+    that holds nothing; None for one that may."""
+    if not db.exists():
+        return "missing"
+    wal = db.with_name(db.name + "-wal")
+    if db.stat().st_size == 0 and not (wal.exists() and wal.stat().st_size):
+        return "empty"
+    return None
+
+
 def _command_name() -> str:
     """What this process is, for the lock holder note: 'mess extract', 'python bench.py', ..."""
     argv = [a for a in sys.argv[:2] if a] or ["python"]
@@ -222,8 +233,9 @@ class FeatureStore:
         if self.root.is_symlink() and not self.root.exists():  # a folder cannot be made there
             raise StoreError(f"{self.root} is a link to {self.root.readlink()}, which does not exist (or links "
                              "back); create that folder or give another --store")
-        if not db.exists() and any((self.root / "runs").glob("*/*/*.f16")):  # a new catalog would orphan them
-            raise StoreDamaged(f"{self.root} is damaged: its catalog (catalog.sqlite) is missing but it holds "
+        lost = _lost_catalog(db)
+        if lost and any((self.root / "runs").glob("*/*/*.f16")):  # a new catalog would orphan them
+            raise StoreDamaged(f"{self.root} is damaged: its catalog (catalog.sqlite) is {lost} but it holds "
                                f"vectors (runs/); {CATALOG_ADVICE}")
         if readonly and not db.exists():
             raise StoreError(f"no feature store at {self.root} (run `mess extract` first)")
@@ -302,6 +314,8 @@ class FeatureStore:
                 yield
         except (OSError, sqlite3.OperationalError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            if isinstance(exc, OSError) and exc.filename:
+                reason = f"{printable(str(exc.filename))}: {reason}"
             raise StoreError(f"cannot write to the store at {self.root} ({reason}); what was written before is "
                              "kept: fix the cause (free disk space, say) and run the command again") from None
 
