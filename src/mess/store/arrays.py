@@ -7,7 +7,9 @@ end kills the reader (SIGBUS); a plain read only comes back short.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -49,8 +51,33 @@ class RowFile:
 
     @property
     def rows(self) -> int:
-        """Number of complete rows on disk."""
-        return self.path.stat().st_size // (self.dim * DTYPE.itemsize) if self.path.exists() else 0
+        """Number of complete rows on disk (none where no regular file is: see :meth:`not_a_file`)."""
+        st = self._stat()
+        return st.st_size // (self.dim * DTYPE.itemsize) if st is not None and stat.S_ISREG(st.st_mode) else 0
+
+    def not_a_file(self) -> str | None:
+        """What stands at the path instead of a row file ('a directory', 'a symbolic link loop', ...); None for a
+        regular file (or a link to one) and for nothing at all (a file not written yet)."""
+        try:
+            mode = self.path.stat().st_mode
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return "a symbolic link loop"
+            if exc.errno == errno.ENOENT:
+                return "a link to nothing" if self.path.is_symlink() else None
+            raise
+        if stat.S_ISREG(mode):
+            return None
+        return "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+
+    def _stat(self) -> os.stat_result | None:
+        """The file's status, following links; None when there is nothing there (or a link loop)."""
+        try:
+            return self.path.stat()
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ELOOP):
+                return None
+            raise
 
     def write_at(self, row: int, matrix: np.ndarray) -> None:
         """Write rows from index ``row`` on and cut the file there (durable before returning).

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +26,15 @@ from mess.store.checksums import BlockSums, expected, pack, row_expected
 from mess.store.feature_store import FeatureStore, Run
 from mess.store.paths import leftover_temps, printable
 
+_ROWS_LOST = ("short-file", "not-a-file")  # problems whose files lost the rows the catalog references
+
 
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with a store. ``damage`` problems make answers wrong; others only waste space."""
 
-    # catalog | short-file | short-derived | stale-derived | non-finite | checksum | checksum-derived | shared-rows |
-    # orphan-rows | not-embedded | no-checksum | no-checksum-derived | temp-files
+    # catalog | short-file | not-a-file | short-derived | stale-derived | non-finite | checksum | checksum-derived |
+    # shared-rows | orphan-rows | not-embedded | no-checksum | no-checksum-derived | temp-files
     kind: str
     run_id: int | None
     message: str
@@ -71,7 +74,7 @@ def full_check(store: FeatureStore) -> list[Problem]:
                 sizes = _file_sizes(store, run)
                 problems += sizes
                 problems += _shared_rows(store, run)
-                if not any(p.kind == "short-file" for p in sizes):
+                if not any(p.kind in _ROWS_LOST for p in sizes):
                     problems += _values(store, run)
                 problems += _derived_values(store, run)
                 if run.id in in_use:
@@ -107,6 +110,7 @@ def _fix(store: FeatureStore, problems: list[Problem]) -> list[str]:
         if not mine:
             continue
         done += _repair_derived(store, run, mine)
+        done += _move_aside(store, run)
         hashes = _untrusted(store, run, mine)
         rows = store.track_rows(run)
         freed = [row for h, row in rows.items() if h in hashes]
@@ -124,7 +128,7 @@ def _fix(store: FeatureStore, problems: list[Problem]) -> list[str]:
         for layer in range(len(run.layer_names)):
             store.row_file(run, "track", layer).truncate(track_rows)
             store.row_file(run, "segment", layer).truncate(seg_rows)
-        if any(p.kind in ("orphan-rows", "short-file") for p in mine):
+        if any(p.kind in ("orphan-rows", *_ROWS_LOST) for p in mine):
             done.append(f"{run.model} (run {run.id}): row files cut back to the {track_rows} track rows "
                         "the catalog references")
         if any(p.kind == "no-checksum" for p in mine):
@@ -173,6 +177,27 @@ def _temp_files(store: FeatureStore) -> list[Problem]:
                     f"{_total_size(temps) / 1e6:.1f} MB ({named}); `mess check --repair` deletes them", damage=False)]
 
 
+def _move_aside(store: FeatureStore, run: Run) -> list[str]:
+    """Rename what stands where one of the run's row files belongs (a directory, a link loop) out of its way, so
+    the next write makes the file again; what was done, one line each."""
+    done = []
+    for level in ("track", "segment"):
+        for layer in range(len(run.layer_names)):
+            file = store.row_file(run, level, layer)
+            odd = file.not_a_file()
+            if odd:
+                aside = file.path.with_name(f"{file.path.name}.{time.time_ns()}.not-a-row-file")
+                file.path.rename(aside)
+                done.append(f"{run.model} (run {run.id}): moved {_relative(store, file.path)} ({odd}) aside to "
+                            f"{aside.name}; delete it when you no longer need it")
+    return done
+
+
+def _relative(store: FeatureStore, path: Path) -> str:
+    """``path`` inside the store, as printed (runs/1/track/000.f16)."""
+    return printable(str(path.relative_to(store.root)))
+
+
 def _total_size(paths: list[Path]) -> int:
     total = 0
     for p in paths:
@@ -186,7 +211,14 @@ def _file_sizes(store: FeatureStore, run: Run) -> list[Problem]:
     problems = []
     for level, want in (("track", track_rows), ("segment", seg_rows)):
         for layer, name in enumerate(run.layer_names):
-            have = store.row_file(run, level, layer).rows
+            file = store.row_file(run, level, layer)
+            odd = file.not_a_file()
+            if odd:
+                problems.append(Problem("not-a-file", run.id, f"{run.model} {level} vectors of layer {name}: "
+                                        f"{_relative(store, file.path)} is {odd}, not a row file (the catalog "
+                                        f"references {want} rows there)"))
+                continue
+            have = file.rows
             if have < want:
                 problems.append(Problem("short-file", run.id, f"{run.model} {level} vectors of layer {name} hold "
                                         f"{have} rows, the catalog references {want}"))
@@ -314,7 +346,7 @@ def _untrusted(store: FeatureStore, run: Run, mine: list[Problem]) -> set[str]:
                             (run.id,)).fetchall()
     kinds = {p.kind for p in mine}
     bad: set[str] = set().union(*(p.hashes for p in mine))
-    if "short-file" in kinds:
+    if kinds & set(_ROWS_LOST):
         n_track = min(store.row_file(run, "track", i).rows for i in range(len(run.layer_names)))
         n_seg = min(store.row_file(run, "segment", i).rows for i in range(len(run.layer_names)))
         bad |= {r[0] for r in rows if r[1] >= n_track or r[2] + r[3] > n_seg}
