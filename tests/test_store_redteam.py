@@ -1,0 +1,271 @@
+"""Red-team of the store's promises with real processes: writers frozen (SIGSTOP) at a chosen call, then let go or
+killed (SIGKILL); readers and other writers meanwhile; a store's files replaced by what a row file cannot be.
+
+A process is frozen by itself, at the call named in ``FREEZE`` (``module:attribute:before|after``), and the test
+waits for it to stop (``waitpid`` with ``WUNTRACED``): no sleeps, no races on timing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from test_store_faults import DSP, _assert_same, _by_path, _mess, _tones
+
+from mess.store import FeatureStore, StoreDamaged
+
+_FREEZING = """
+import importlib, os, signal, sys, threading
+module, attribute, when = os.environ["FREEZE"].split(":")
+owner = importlib.import_module(module)
+*path, name = attribute.split(".")
+for part in path:
+    owner = getattr(owner, part)
+real, frozen = getattr(owner, name), []
+def freeze():  # sent to this thread, which stops at once (sent to the process, the main thread takes it, later)
+    if not frozen:
+        frozen.append(signal.pthread_kill(threading.get_ident(), signal.SIGSTOP))
+def freezing(*args, **kwargs):
+    if when == "before":
+        freeze()
+    out = real(*args, **kwargs)
+    if when == "after":
+        freeze()
+    return out
+setattr(owner, name, freezing)
+sys.argv = ["mess", *sys.argv[1:]]
+from mess.cli.main import main
+main()
+"""
+
+
+def _frozen(at: str, *args: str) -> subprocess.Popen:
+    """`mess ARGS`, stopped by itself once at the call ``at`` (``module:attribute:before|after``)."""
+    proc = subprocess.Popen([sys.executable, "-c", _FREEZING, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "FREEZE": at})
+    _, status = os.waitpid(proc.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status), f"{args} ended before {at}: {proc.communicate()}"
+    return proc
+
+
+def _killed(proc: subprocess.Popen) -> None:
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _said(out: subprocess.CompletedProcess) -> str:
+    """stdout and stderr as one line (rich wraps long messages)."""
+    return " ".join((out.stdout + out.stderr).split())
+
+
+# ------------------------------------------------------------------ fused vectors: export racing fuse apply
+
+
+@pytest.fixture(scope="module")
+def fused_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[Path]]:
+    """(music, a dsp store of 8 tagged FLACs whose fused vectors come from the first checkpoint, two checkpoints)."""
+    from mutagen.flac import FLAC
+
+    from mess.fusion.apply import apply_fusion
+    from mess.fusion.data import load_layers
+    from mess.fusion.train import FusionConfig, save_checkpoint, train_fusion
+
+    root = tmp_path_factory.mktemp("fused")
+    music, store = root / "music", root / "store"
+    music.mkdir()
+    for i, wav in enumerate(_tones(root / "wav", 8, seconds=2.0)):
+        sf.write(music / f"{wav.stem}.flac", *sf.read(wav, dtype="float32"))
+        tags = FLAC(music / f"{wav.stem}.flac")
+        tags["album"] = f"album {i // 2}"
+        tags.save()
+    assert _mess("extract", str(music), *DSP, "--store", str(store)).returncode == 0
+    checkpoints = [root / "first.pt", root / "second.pt"]
+    with closing(FeatureStore(store)) as fs:
+        layers = load_layers(fs, fs.run("dsp"))
+        for seed, path in enumerate(checkpoints):
+            config = FusionConfig(label="album", fusion_dim=8, weight_epochs=2, max_epochs=0, seed=seed)
+            save_checkpoint(train_fusion(layers, config), path)
+        apply_fusion(fs, checkpoints[0], "dsp")
+    return music, store, checkpoints
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _fused(store: Path) -> dict[int, np.ndarray]:
+    """track id -> fused vector, as a fresh reader gets them."""
+    from mess.constants import FUSED
+
+    with closing(FeatureStore(store, readonly=True)) as fs:
+        return dict(zip(*fs.derived_matrix(fs.run("dsp"), FUSED), strict=True))
+
+
+def _exported(out: Path) -> tuple[str, dict[int, np.ndarray], int]:
+    """(checkpoint SHA-256, track id -> vector, tracks not fused) of an `export --fused` npz."""
+    with np.load(out) as npz:
+        rows = dict(zip(npz["track_id"].tolist(), npz["vectors_fused"], strict=True))
+        return str(npz["fused_checkpoint_sha256"]), rows, int(npz["tracks_not_fused"])
+
+
+def _same(got: dict[int, np.ndarray], want: dict[int, np.ndarray]) -> None:
+    assert got.keys() == want.keys()
+    for key, vec in want.items():
+        np.testing.assert_array_equal(got[key], vec, err_msg=str(key))
+
+
+@pytest.mark.xdist_group("store_redteam_fused")  # one worker builds the module's fixture
+def test_export_frozen_between_vectors_and_checkpoint_names_the_network_that_made_them(
+        fused_store: tuple[Path, Path, list[Path]], tmp_path: Path) -> None:
+    """`export --fused` read the vectors, then (outside that snapshot) the checkpoint's SHA-256 and the track count:
+    a `fuse apply` committing in between paired the first network's rows with the second network's hash. Frozen
+    right after it read the vectors while another network's apply commits, it still writes one version."""
+    _, original, (first, second) = fused_store
+    store = tmp_path / "store"
+    shutil.copytree(original, store)
+    before = _fused(store)
+    out = tmp_path / "fused.npz"
+    export = _frozen("mess.store.export:fused_matrix:after", "export", str(out), "--fused", "--store", str(store))
+    applied = _mess("fuse", "apply", "--checkpoint", str(second), "--store", str(store))
+    assert applied.returncode == 0, applied.stderr
+    export.send_signal(signal.SIGCONT)
+    _, err = export.communicate(timeout=120)
+    assert export.returncode == 0, err
+    sha, rows, not_fused = _exported(out)
+    assert (sha, not_fused) == (_sha(first), 0)
+    _same(rows, before)
+    after = _fused(store)
+    assert not all(np.array_equal(after[k], before[k]) for k in before)  # the second network's vectors differ
+    assert _exported(out)[0] != _sha(second)
+
+
+@pytest.mark.xdist_group("store_redteam_fused")
+def test_fuse_apply_killed_before_its_commit_leaves_the_set_before_whole(
+        fused_store: tuple[Path, Path, list[Path]], tmp_path: Path) -> None:
+    """`fuse apply` frozen after writing its new file, before the catalog names it: a reader gets the committed set;
+    killed there, the store checks whole, still serves that set, and a rerun applies the network, leaving no
+    orphan file."""
+    _, original, (_, second) = fused_store
+    store = tmp_path / "store"
+    shutil.copytree(original, store)
+    before = _fused(store)
+    apply = _frozen("mess.store.feature_store:RowFile.replace:after", "fuse", "apply", "--checkpoint", str(second),
+                    "--store", str(store))
+    _same(_fused(store), before)
+    _killed(apply)
+    checked = _mess("check", "--store", str(store))
+    assert checked.returncode == 0 and "damaged" not in _said(checked), _said(checked)
+    _same(_fused(store), before)
+    again = _mess("fuse", "apply", "--checkpoint", str(second), "--store", str(store))
+    assert again.returncode == 0, again.stderr
+    assert len(list((store / "runs" / "1" / "derived").iterdir())) == 2  # the new file and the one before it
+
+
+# ------------------------------------------------------------------ an extract frozen mid-write
+
+
+@pytest.fixture(scope="module")
+def dsp_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(music, a dsp store of its 4 tones); copy the store before changing it."""
+    root = tmp_path_factory.mktemp("dsp")
+    _tones(root / "music", 4, seconds=2.0)
+    assert _mess("extract", str(root / "music"), *DSP, "--store", str(root / "store")).returncode == 0
+    return root / "music", root / "store"
+
+
+@pytest.mark.xdist_group("store_redteam_dsp")
+def test_an_extract_frozen_mid_write_is_waited_for_named_and_killed_without_loss(dsp_store: tuple[Path, Path],
+                                                                                 tmp_path: Path) -> None:
+    """`mess extract` frozen with its rows written but not committed (holding the write lock): a reader gets what
+    is committed, `check` finds no damage, another writer says who holds the store, a repair waits for it, saying
+    so; killed there, the repair goes on, and the next extract adds the files, every committed vector kept."""
+    _, original = dsp_store
+    store, new = tmp_path / "store", tmp_path / "new"
+    shutil.copytree(original, store)
+    _tones(new, 3, seconds=2.0, offset=4)
+    extract = _frozen("mess.store.feature_store:pack:before", "extract", str(new), *DSP, "--store", str(store))
+    try:
+        _assert_same(_by_path(store), _by_path(original))
+        checked = _mess("check", "--json", "--store", str(store))  # bytes past the catalog's rows; files not done
+        kinds = {p["kind"] for p in json.loads(checked.stdout)["problems"]}
+        assert checked.returncode == 0 and kinds == {"orphan-rows", "not-embedded"}, checked.stdout
+        repair = subprocess.Popen([sys.executable, "-m", "mess.cli", "check", "--repair", "--store", str(store)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert repair.stderr is not None
+        waiting = repair.stderr.readline()
+        assert "waiting for the store lock" in waiting and f"pid {extract.pid}" in waiting, waiting
+    finally:
+        _killed(extract)
+    _, err = repair.communicate(timeout=120)
+    assert repair.returncode == 0 and "Traceback" not in err, err
+    again = _mess("extract", str(new), *DSP, "--store", str(store))
+    assert again.returncode == 0 and "3 embedded" in again.stderr, again.stderr
+    now, before = _by_path(store), _by_path(original)  # read back through their checksums
+    assert sorted(set(now) - set(before)) == [str(p) for p in sorted(new.glob("*.wav"))]
+    _assert_same({path: now[path] for path in before}, before)
+
+
+# ------------------------------------------------------------------ files that are not what the store wrote
+
+
+@pytest.mark.xdist_group("store_redteam_dsp")
+def test_row_files_replaced_by_a_directory_and_a_link_loop_are_named_and_repaired(dsp_store: tuple[Path, Path],
+                                                                                 tmp_path: Path) -> None:
+    """A row file replaced by a directory: every reader ended in 'error: .../001.f16: Is a directory', `check` too
+    (no repair possible), extract in 'cannot write to the store (Is a directory)'. By a link loop: `check --repair`
+    dropped every file's vectors and said the store was whole, and extract still failed ('Too many levels of
+    symbolic links ... free disk space, say')."""
+    music, original = dsp_store
+    store = tmp_path / "store"
+    shutil.copytree(original, store)
+    folder, loop = store / "runs" / "1" / "track" / "001.f16", store / "runs" / "1" / "segment" / "002.f16"
+    folder.unlink()
+    folder.mkdir()
+    (folder / "kept.txt").write_text("a user's file")
+    loop.unlink()
+    loop.symlink_to(loop.name)
+    with pytest.raises(StoreDamaged, match="runs/1/track/001.f16 is a directory, not a row file"):
+        FeatureStore(store, readonly=True)
+    checked = _mess("check", "--store", str(store), "--json")
+    problems = json.loads(checked.stdout)["problems"]
+    assert checked.returncode == 1 and [p["kind"] for p in problems] == ["not-a-file"] * 2, checked.stdout
+    assert "runs/1/segment/002.f16 is a symbolic link loop" in problems[1]["message"]
+    repaired = _mess("check", "--repair", "--store", str(store))
+    said = _said(repaired)
+    assert repaired.returncode == 0 and "moved runs/1/track/001.f16 (a directory) aside" in said, said
+    assert "moved runs/1/segment/002.f16 (a symbolic link loop) aside" in said
+    assert "dropped the vectors of 4 files" in said
+    assert [p.read_text() for p in store.glob("runs/1/track/*.not-a-row-file/kept.txt")] == ["a user's file"]
+    again = _mess("extract", str(music), *DSP, "--store", str(store))
+    assert again.returncode == 0 and "4 embedded" in again.stderr, again.stderr
+    _assert_same(_by_path(store), _by_path(original))
+
+
+@pytest.mark.xdist_group("store_redteam_dsp")
+def test_an_empty_catalog_beside_vectors_is_damage_not_a_new_store(dsp_store: tuple[Path, Path],
+                                                                    tmp_path: Path) -> None:
+    """A zero-byte catalog.sqlite beside the row files was 'no feature store at STORE yet (run `mess extract`
+    first)', and `mess extract` then started a new catalog over them: every file embedded again at row 0, the old
+    rows overwritten, without a word."""
+    music, original = dsp_store
+    store = tmp_path / "store"
+    shutil.copytree(original, store)
+    (store / "catalog.sqlite").write_bytes(b"")
+    rows = {p: p.read_bytes() for p in store.glob("runs/*/*/*.f16")}
+    for command in (["similar", "1"], ["extract", str(music), *DSP]):
+        out = _mess(*command, "--store", str(store))
+        said = _said(out)
+        assert out.returncode == 1 and "catalog (catalog.sqlite) is empty but it holds vectors" in said, said
+        assert "restore catalog.sqlite from a backup" in said and "Traceback" not in said
+    assert {p: p.read_bytes() for p in store.glob("runs/*/*/*.f16")} == rows
