@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -269,3 +270,34 @@ def test_an_empty_catalog_beside_vectors_is_damage_not_a_new_store(dsp_store: tu
         assert out.returncode == 1 and "catalog (catalog.sqlite) is empty but it holds vectors" in said, said
         assert "restore catalog.sqlite from a backup" in said and "Traceback" not in said
     assert {p: p.read_bytes() for p in store.glob("runs/*/*/*.f16")} == rows
+
+
+@pytest.fixture()
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MB tmpfs (skips where one cannot be mounted: not root, say)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+@pytest.mark.xdist_group("store_redteam_dsp")
+def test_a_store_on_a_full_disk_says_the_disk_is_full(dsp_store: tuple[Path, Path], small_disk: Path) -> None:
+    """With no byte left where SQLite must create the catalog's shared-memory file, every command said 'cannot
+    open a feature store at STORE (disk I/O error)'; it now says the disk is full, and works once space is freed."""
+    music, original = dsp_store
+    store = small_disk / "store"
+    shutil.copytree(original, store)
+    filler = small_disk / "filler"
+    with filler.open("wb", buffering=0) as f, pytest.raises(OSError):  # unbuffered: nothing left to fail on close
+        while True:
+            f.write(b"\0" * 65536)
+    for command in (["similar", "1"], ["extract", str(music), *DSP]):
+        full = _mess(*command, "--store", str(store))
+        said = _said(full)
+        assert full.returncode == 1 and "its disk is full (0 kB free): free space and run the command again" in said
+        assert "Traceback" not in said
+    filler.unlink()
+    assert _mess("similar", "1", "--store", str(store)).returncode == 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import sqlite3
 import sys
 import threading
@@ -189,6 +190,18 @@ def _lost_catalog(db: Path) -> str | None:
     return None
 
 
+def _full_disk(root: Path) -> str:
+    """'; its disk is full (0 kB free): ...' where the file system holding ``root`` has under 1 MB left (SQLite
+    says only 'disk I/O error' when it cannot create the catalog's shared-memory file there); '' otherwise."""
+    folder = next((p for p in (root, *root.absolute().parents) if p.exists()), root)
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return ""
+    free = st.f_bavail * st.f_frsize
+    return f"; its disk is full ({free // 1000} kB free): free space and run the command again" if free < 1e6 else ""
+
+
 def _command_name() -> str:
     """What this process is, for the lock holder note: 'mess extract', 'python bench.py', ..."""
     argv = [a for a in sys.argv[:2] if a] or ["python"]
@@ -242,7 +255,7 @@ class FeatureStore:
         try:
             self.db = connect(db, readonly=readonly)
         except (OSError, sqlite3.OperationalError) as exc:
-            raise StoreError(f"cannot open a feature store at {self.root} ({exc})") from None
+            raise StoreError(f"cannot open a feature store at {self.root} ({exc}){_full_disk(self.root)}") from None
         except sqlite3.DatabaseError as exc:
             raise StoreDamaged(
                 f"{self.root} is damaged: the catalog cannot be read ({exc}); {CATALOG_ADVICE}"
