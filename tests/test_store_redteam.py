@@ -301,3 +301,19 @@ def test_a_store_on_a_full_disk_says_the_disk_is_full(dsp_store: tuple[Path, Pat
         assert "Traceback" not in said
     filler.unlink()
     assert _mess("similar", "1", "--store", str(store)).returncode == 0
+
+
+@pytest.mark.xdist_group("store_redteam_dsp")
+def test_an_indexes_folder_replaced_by_a_file_leaves_search_answering(dsp_store: tuple[Path, Path],
+                                                                      tmp_path: Path) -> None:
+    """STORE/indexes replaced by a file ended `mess similar` in 'error: STORE/indexes/run1-....faiss: Not a
+    directory': the saved index is a cache, and the search answers from the vectors without it."""
+    _, original = dsp_store
+    store = tmp_path / "store"
+    shutil.copytree(original, store)
+    want = _mess("similar", "1", "--json", "--store", str(store))
+    shutil.rmtree(store / "indexes", ignore_errors=True)
+    (store / "indexes").write_text("not a folder")
+    got = _mess("similar", "1", "--json", "--store", str(store))
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)["results"] == json.loads(want.stdout)["results"]

@@ -168,13 +168,14 @@ def open_index(store: FeatureStore, vs: VectorSet) -> CollectionIndex:
 
 
 def _saved_at(path: Path) -> tuple[tuple[int, int] | None, ...]:
-    """(mtime, size) of a saved index's three files (None for a missing one): changes with every save."""
+    """(mtime, size) of a saved index's three files (None for one that cannot be found: missing, or STORE/indexes
+    not a folder): changes with every save."""
     stamps: list[tuple[int, int] | None] = []
     for p in (path, path.with_suffix(".json"), path.with_suffix(".npz")):
         try:
             st = p.stat()
             stamps.append((st.st_mtime_ns, st.st_size))
-        except FileNotFoundError:
+        except OSError:  # the in-memory index answers; `mess index` says what stops a save
             stamps.append(None)
     return tuple(stamps)
 
