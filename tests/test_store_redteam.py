@@ -173,6 +173,31 @@ def test_fuse_apply_killed_before_its_commit_leaves_the_set_before_whole(
     assert len(list((store / "runs" / "1" / "derived").iterdir())) == 2  # the new file and the one before it
 
 
+@pytest.mark.xdist_group("store_redteam_fused")
+def test_a_fused_file_replaced_by_a_directory_is_named_and_dropped_by_repair(
+        fused_store: tuple[Path, Path, list[Path]], tmp_path: Path) -> None:
+    """The fused file replaced by a directory read as 'holds 0 rows', and `check --repair` then failed ('cannot write
+    to the store (...: Is a directory) ... free disk space, say'): the store stayed refused. It is named, and the
+    repair drops the set, setting the directory aside (nothing deleted)."""
+    from mess.constants import FUSED
+
+    _, original, _ = fused_store
+    store = tmp_path / "store"
+    shutil.copytree(original, store)
+    with closing(FeatureStore(store, readonly=True)) as fs:
+        path = fs.derived_path(fs.run("dsp"), FUSED)
+    path.unlink()
+    path.mkdir()
+    (path / "kept.txt").write_text("a user's file")
+    checked = _mess("check", "--store", str(store))
+    assert checked.returncode == 1 and f"{path.name} is a directory, not a row file" in _said(checked), _said(checked)
+    repaired = _mess("check", "--repair", "--store", str(store))
+    assert repaired.returncode == 0 and "dropped the damaged fused vectors" in _said(repaired), _said(repaired)
+    assert [p.read_text() for p in path.parent.glob("*.not-a-row-file/kept.txt")] == ["a user's file"]
+    with closing(FeatureStore(store, readonly=True)) as fs:
+        assert fs.derived_meta(fs.run("dsp"), FUSED) is None
+
+
 # ------------------------------------------------------------------ an extract frozen mid-write
 
 
@@ -254,21 +279,27 @@ def test_row_files_replaced_by_a_directory_and_a_link_loop_are_named_and_repaire
 
 
 @pytest.mark.xdist_group("store_redteam_dsp")
-def test_an_empty_catalog_beside_vectors_is_damage_not_a_new_store(dsp_store: tuple[Path, Path],
-                                                                    tmp_path: Path) -> None:
+@pytest.mark.parametrize(("damage", "said"), [("empty", "is empty but it holds vectors"),
+                                              ("a folder", "is a folder or a device, not a file")])
+def test_a_catalog_that_holds_nothing_is_damage_not_a_new_store(dsp_store: tuple[Path, Path], tmp_path: Path,
+                                                                damage: str, said: str) -> None:
     """A zero-byte catalog.sqlite beside the row files was 'no feature store at STORE yet (run `mess extract`
     first)', and `mess extract` then started a new catalog over them: every file embedded again at row 0, the old
-    rows overwritten, without a word."""
+    rows overwritten, without a word. A folder in its place was 'cannot open a feature store (disk I/O error)'."""
     music, original = dsp_store
     store = tmp_path / "store"
     shutil.copytree(original, store)
-    (store / "catalog.sqlite").write_bytes(b"")
+    catalog = store / "catalog.sqlite"
+    if damage == "empty":
+        catalog.write_bytes(b"")
+    else:
+        catalog.unlink()
+        catalog.mkdir()
     rows = {p: p.read_bytes() for p in store.glob("runs/*/*/*.f16")}
     for command in (["similar", "1"], ["extract", str(music), *DSP]):
         out = _mess(*command, "--store", str(store))
-        said = _said(out)
-        assert out.returncode == 1 and "catalog (catalog.sqlite) is empty but it holds vectors" in said, said
-        assert "restore catalog.sqlite from a backup" in said and "Traceback" not in said
+        assert out.returncode == 1 and f"catalog (catalog.sqlite) {said}" in _said(out), _said(out)
+        assert "restore catalog.sqlite from a backup" in _said(out) and "Traceback" not in _said(out)
     assert {p: p.read_bytes() for p in store.glob("runs/*/*/*.f16")} == rows
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -25,6 +26,14 @@ def non_finite(block: np.ndarray) -> np.ndarray:
     """Which rows of a float16 block as stored hold a NaN or an infinity (every exponent bit set: an integer test,
     several times faster than ``np.isfinite`` on float16)."""
     return np.bitwise_and(block.view(np.uint16), 0x7C00).max(axis=1, initial=0) == 0x7C00
+
+
+def set_aside(path: Path) -> Path:
+    """Rename what stands where a row file belongs (a directory, a link loop) to ``NAME.<ns>.not-a-row-file``
+    beside it, deleting nothing; returns the new path."""
+    aside = path.with_name(f"{path.name}.{time.time_ns()}.not-a-row-file")
+    path.rename(aside)
+    return aside
 
 
 class ShortFile(Exception):

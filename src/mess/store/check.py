@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mess.store.arrays import RowFile, ShortFile, non_finite
+from mess.store.arrays import RowFile, ShortFile, non_finite, set_aside
 from mess.store.catalog import has_column
 from mess.store.checksums import BlockSums, expected, pack, row_expected
 from mess.store.feature_store import FeatureStore, Run
@@ -186,8 +185,7 @@ def _move_aside(store: FeatureStore, run: Run) -> list[str]:
             file = store.row_file(run, level, layer)
             odd = file.not_a_file()
             if odd:
-                aside = file.path.with_name(f"{file.path.name}.{time.time_ns()}.not-a-row-file")
-                file.path.rename(aside)
+                aside = set_aside(file.path)
                 done.append(f"{run.model} (run {run.id}): moved {_relative(store, file.path)} ({odd}) aside to "
                             f"{aside.name}; delete it when you no longer need it")
     return done
@@ -227,7 +225,12 @@ def _file_sizes(store: FeatureStore, run: Run) -> list[Problem]:
                                         f"{have - want} rows past the catalog's last (an interrupted write)",
                                         damage=False))
     for name, have, written in store.derived_sizes(run):
-        if written is not None and have < written:  # read as tracks added since, they were left out silently
+        path = store.derived_path(run, name)
+        odd = RowFile(path, 1).not_a_file()
+        if odd:  # dropped by repair like a short set (its entry set aside)
+            problems.append(Problem("short-derived", run.id, f"{run.model} {name} vectors: "
+                                    f"{_relative(store, path)} is {odd}, not a row file", derived=name))
+        elif written is not None and have < written:  # read as tracks added since, they were left out silently
             problems.append(Problem("short-derived", run.id, f"{run.model} {name} vectors hold {have} rows, "
                                     f"`mess fuse apply` wrote {written}", derived=name))
         elif have > track_rows:  # rows a repair freed (and was killed before it blanked): the next file's row

@@ -29,7 +29,7 @@ from typing import TypeVar
 import numpy as np
 
 from mess.constants import file_title
-from mess.store.arrays import DTYPE, RowFile, ShortFile
+from mess.store.arrays import DTYPE, RowFile, ShortFile, set_aside
 from mess.store.catalog import connect, has_column
 from mess.store.checksums import block_sum, changed, expected, pack, row_expected, row_sums
 from mess.store.lock import StoreLock
@@ -246,6 +246,9 @@ class FeatureStore:
         if self.root.is_symlink() and not self.root.exists():  # a folder cannot be made there
             raise StoreError(f"{self.root} is a link to {self.root.readlink()}, which does not exist (or links "
                              "back); create that folder or give another --store")
+        if db.exists() and not db.is_file():  # SQLite says only 'disk I/O error' or 'unable to open database file'
+            raise StoreDamaged(f"{self.root} is damaged: its catalog (catalog.sqlite) is a folder or a device, not a "
+                               f"file; {CATALOG_ADVICE}")
         lost = _lost_catalog(db)
         if lost and any((self.root / "runs").glob("*/*/*.f16")):  # a new catalog would orphan them
             raise StoreDamaged(f"{self.root} is damaged: its catalog (catalog.sqlite) is {lost} but it holds "
@@ -915,7 +918,7 @@ class FeatureStore:
             folder = self.derived_path(run, name).parent
             self.db.execute("DELETE FROM derived WHERE run_id=? AND name=?", (run.id, name))
             for path in folder.glob(f"{name}.*f16"):
-                path.unlink(missing_ok=True)
+                set_aside(path) if path.is_dir() else path.unlink(missing_ok=True)
 
     def derived_meta(self, run: Run, name: str) -> dict | None:
         """Metadata stored with derived vectors, or None."""
