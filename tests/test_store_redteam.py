@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -269,10 +270,32 @@ def test_row_files_replaced_by_a_directory_and_a_link_loop_are_named_and_repaire
     assert "runs/1/segment/002.f16 is a symbolic link loop" in problems[1]["message"]
     repaired = _mess("check", "--repair", "--store", str(store))
     said = _said(repaired)
-    assert repaired.returncode == 0 and "moved runs/1/track/001.f16 (a directory) aside" in said, said
-    assert "moved runs/1/segment/002.f16 (a symbolic link loop) aside" in said
+    assert repaired.returncode == 0 and "moved runs/1/track/001.f16 (a directory, not a row file) aside" in said, said
+    assert "moved runs/1/segment/002.f16 (a symbolic link loop, not a row file) aside" in said
     assert "dropped the vectors of 4 files" in said
     assert [p.read_text() for p in store.glob("runs/1/track/*.not-a-row-file/kept.txt")] == ["a user's file"]
+    again = _mess("extract", str(music), *DSP, "--store", str(store))
+    assert again.returncode == 0 and "4 embedded" in again.stderr, again.stderr
+    _assert_same(_by_path(store), _by_path(original))
+
+
+@pytest.mark.xdist_group("store_redteam_dsp")
+def test_a_file_where_the_runs_folder_belongs_is_named_and_set_aside(dsp_store: tuple[Path, Path],
+                                                                    tmp_path: Path) -> None:
+    """STORE/runs replaced by a file: every command, `check` included, ended in 'error: STORE/runs/1/track/000.f16:
+    Not a directory', and nothing could repair it."""
+    music, original = dsp_store
+    store = tmp_path / "store"
+    shutil.copytree(original, store)
+    shutil.rmtree(store / "runs")
+    (store / "runs").write_text("not a folder")
+    with pytest.raises(StoreDamaged, match="runs/1/track/000.f16 is out of reach: a folder on its path is a file"):
+        FeatureStore(store, readonly=True)
+    repaired = _mess("check", "--repair", "--store", str(store))
+    said = _said(repaired)
+    assert repaired.returncode == 0 and "moved runs (a file where a folder of runs/1/track/000.f16 belongs) aside" \
+        in said, said
+    assert [p.read_text() for p in store.glob("runs.*.not-a-row-file")] == ["not a folder"]
     again = _mess("extract", str(music), *DSP, "--store", str(store))
     assert again.returncode == 0 and "4 embedded" in again.stderr, again.stderr
     _assert_same(_by_path(store), _by_path(original))
@@ -321,6 +344,9 @@ def test_a_store_on_a_full_disk_says_the_disk_is_full(dsp_store: tuple[Path, Pat
     music, original = dsp_store
     store = small_disk / "store"
     shutil.copytree(original, store)
+    with closing(sqlite3.connect(store / "catalog.sqlite")) as db:  # the last one to close removes -wal and -shm
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert not list(store.glob("catalog.sqlite-*"))
     filler = small_disk / "filler"
     with filler.open("wb", buffering=0) as f, pytest.raises(OSError):  # unbuffered: nothing left to fail on close
         while True:

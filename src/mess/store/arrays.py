@@ -28,12 +28,14 @@ def non_finite(block: np.ndarray) -> np.ndarray:
     return np.bitwise_and(block.view(np.uint16), 0x7C00).max(axis=1, initial=0) == 0x7C00
 
 
-def set_aside(path: Path) -> Path:
-    """Rename what stands where a row file belongs (a directory, a link loop) to ``NAME.<ns>.not-a-row-file``
-    beside it, deleting nothing; returns the new path."""
-    aside = path.with_name(f"{path.name}.{time.time_ns()}.not-a-row-file")
-    path.rename(aside)
-    return aside
+def set_aside(path: Path, root: Path) -> tuple[Path, Path]:
+    """Rename what stands where a row file belongs (a directory, a link loop; or a file where one of its folders
+    below ``root`` belongs) to ``NAME.<ns>.not-a-row-file`` beside it, deleting nothing: (what was moved, where)."""
+    blocker = next((p for p in reversed(path.parents) if p.is_relative_to(root) and p != root
+                    and (p.is_symlink() or p.exists()) and not p.is_dir()), path)
+    aside = blocker.with_name(f"{blocker.name}.{time.time_ns()}.not-a-row-file")
+    blocker.rename(aside)
+    return blocker, aside
 
 
 class ShortFile(Exception):
@@ -65,26 +67,28 @@ class RowFile:
         return st.st_size // (self.dim * DTYPE.itemsize) if st is not None and stat.S_ISREG(st.st_mode) else 0
 
     def not_a_file(self) -> str | None:
-        """What stands at the path instead of a row file ('a directory', 'a symbolic link loop', ...); None for a
-        regular file (or a link to one) and for nothing at all (a file not written yet)."""
+        """What stands at the path instead of a row file ('a directory, not a row file', ...); None for a regular
+        file (or a link to one) and for nothing at all (a file not written yet)."""
         try:
             mode = self.path.stat().st_mode
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                return "a symbolic link loop"
+                return "a symbolic link loop, not a row file"
+            if exc.errno == errno.ENOTDIR:
+                return "out of reach: a folder on its path is a file"
             if exc.errno == errno.ENOENT:
-                return "a link to nothing" if self.path.is_symlink() else None
+                return "a link to nothing, not a row file" if self.path.is_symlink() else None
             raise
         if stat.S_ISREG(mode):
             return None
-        return "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        return "a directory, not a row file" if stat.S_ISDIR(mode) else "not a regular file"
 
     def _stat(self) -> os.stat_result | None:
         """The file's status, following links; None when there is nothing there (or a link loop)."""
         try:
             return self.path.stat()
         except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ELOOP):
+            if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
                 return None
             raise
 

@@ -185,8 +185,9 @@ def _move_aside(store: FeatureStore, run: Run) -> list[str]:
             file = store.row_file(run, level, layer)
             odd = file.not_a_file()
             if odd:
-                aside = set_aside(file.path)
-                done.append(f"{run.model} (run {run.id}): moved {_relative(store, file.path)} ({odd}) aside to "
+                moved, aside = set_aside(file.path, store.root)
+                what = odd if moved == file.path else f"a file where a folder of {_relative(store, file.path)} belongs"
+                done.append(f"{run.model} (run {run.id}): moved {_relative(store, moved)} ({what}) aside to "
                             f"{aside.name}; delete it when you no longer need it")
     return done
 
@@ -213,8 +214,8 @@ def _file_sizes(store: FeatureStore, run: Run) -> list[Problem]:
             odd = file.not_a_file()
             if odd:
                 problems.append(Problem("not-a-file", run.id, f"{run.model} {level} vectors of layer {name}: "
-                                        f"{_relative(store, file.path)} is {odd}, not a row file (the catalog "
-                                        f"references {want} rows there)"))
+                                        f"{_relative(store, file.path)} is {odd} (the catalog references {want} "
+                                        "rows there)"))
                 continue
             have = file.rows
             if have < want:
@@ -229,7 +230,7 @@ def _file_sizes(store: FeatureStore, run: Run) -> list[Problem]:
         odd = RowFile(path, 1).not_a_file()
         if odd:  # dropped by repair like a short set (its entry set aside)
             problems.append(Problem("short-derived", run.id, f"{run.model} {name} vectors: "
-                                    f"{_relative(store, path)} is {odd}, not a row file", derived=name))
+                                    f"{_relative(store, path)} is {odd}", derived=name))
         elif written is not None and have < written:  # read as tracks added since, they were left out silently
             problems.append(Problem("short-derived", run.id, f"{run.model} {name} vectors hold {have} rows, "
                                     f"`mess fuse apply` wrote {written}", derived=name))

@@ -918,7 +918,7 @@ class FeatureStore:
             folder = self.derived_path(run, name).parent
             self.db.execute("DELETE FROM derived WHERE run_id=? AND name=?", (run.id, name))
             for path in folder.glob(f"{name}.*f16"):
-                set_aside(path) if path.is_dir() else path.unlink(missing_ok=True)
+                set_aside(path, self.root) if path.is_dir() else path.unlink(missing_ok=True)
 
     def derived_meta(self, run: Run, name: str) -> dict | None:
         """Metadata stored with derived vectors, or None."""
