@@ -15,14 +15,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from test_store_faults import DSP, _assert_same, _by_path, _mess, _tones
+from test_store_faults import DSP, _assert_same, _by_path, _mess, _tones, read_only  # noqa: F401 -- a fixture
 
 from mess.store import FeatureStore, StoreDamaged
 
@@ -374,3 +374,19 @@ def test_an_indexes_folder_replaced_by_a_file_leaves_search_answering(dsp_store:
     got = _mess("similar", "1", "--json", "--store", str(store))
     assert got.returncode == 0, got.stderr
     assert json.loads(got.stdout)["results"] == json.loads(want.stdout)["results"]
+
+
+@pytest.mark.xdist_group("store_redteam_dsp")
+def test_a_writer_on_a_read_only_file_system_is_told_so(dsp_store: tuple[Path, Path], tmp_path: Path,
+                                                        read_only: Callable[[Path], Path]) -> None:  # noqa: F811
+    """`mess extract` (and index, fuse apply, probe, check --repair) into a store on a read-only mount said only
+    'cannot open a feature store at STORE (unable to open database file)'."""
+    music, original = dsp_store
+    store = tmp_path / "store"
+    shutil.copytree(original, store)
+    with closing(sqlite3.connect(store / "catalog.sqlite")) as db:  # no -shm: readers need none on a read-only mount
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    refused = _mess("extract", str(music), *DSP, "--store", str(read_only(store)))
+    said = _said(refused)
+    assert refused.returncode == 1 and "it is on a read-only file system: open it read-only" in said, said
+    assert "Traceback" not in said

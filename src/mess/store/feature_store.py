@@ -190,14 +190,17 @@ def _lost_catalog(db: Path) -> str | None:
     return None
 
 
-def _full_disk(root: Path) -> str:
-    """'; its disk is full (0 kB free): ...' where the file system holding ``root`` has under 1 MB left (SQLite
-    says only 'disk I/O error' when it cannot create the catalog's shared-memory file there); '' otherwise."""
+def _file_system_note(root: Path) -> str:
+    """Why the file system holding ``root`` may refuse SQLite (which says only 'disk I/O error' or 'unable to open
+    database file'): '; it is on a read-only file system: ...', '; its disk is full (0 kB free): ...' (under 1 MB
+    left); '' otherwise."""
     folder = next((p for p in (root, *root.absolute().parents) if p.exists()), root)
     try:
         st = os.statvfs(folder)
     except OSError:
         return ""
+    if st.f_flag & os.ST_RDONLY:
+        return "; it is on a read-only file system: open it read-only (search, export) or mount it writable"
     free = st.f_bavail * st.f_frsize
     return f"; its disk is full ({free // 1000} kB free): free space and run the command again" if free < 1e6 else ""
 
@@ -258,7 +261,8 @@ class FeatureStore:
         try:
             self.db = connect(db, readonly=readonly)
         except (OSError, sqlite3.OperationalError) as exc:
-            raise StoreError(f"cannot open a feature store at {self.root} ({exc}){_full_disk(self.root)}") from None
+            note = _file_system_note(self.root)
+            raise StoreError(f"cannot open a feature store at {self.root} ({exc}){note}") from None
         except sqlite3.DatabaseError as exc:
             raise StoreDamaged(
                 f"{self.root} is damaged: the catalog cannot be read ({exc}); {CATALOG_ADVICE}"
