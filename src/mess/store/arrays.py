@@ -84,7 +84,8 @@ class RowFile:
         return "a directory, not a row file" if stat.S_ISDIR(mode) else "not a regular file"
 
     def _stat(self) -> os.stat_result | None:
-        """The file's status, following links; None when there is nothing there (or a link loop)."""
+        """The file's status, following links; None when nothing can be found there (a link loop, a file where a
+        folder of the path belongs: see :meth:`not_a_file`)."""
         try:
             return self.path.stat()
         except OSError as exc:
