@@ -30,6 +30,7 @@ from mess.store.lock import StoreLock
 
 MESS = [sys.executable, "-m", "mess.cli"]
 DSP = ["--model", "dsp", "--window", "4", "--max-windows", "3", "--batch-size", "2"]
+Extracted = Callable[..., tuple[Path, Path]]  # the extracted_tones fixture: (shared music, a copy of its store)
 
 
 def _mess(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -120,6 +121,58 @@ def _repair_then_extract(music: Path, store: Path, dropped: int) -> str:
     return repaired.stderr
 
 
+def _stamps(folder: Path) -> dict[str, tuple[int, int, int, int]]:
+    """name -> (size, mtime, inode, ctime) of each file in ``folder``: what `mess extract` compares to skip a file."""
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino, p.stat().st_ctime_ns)
+            for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="session")
+def tone_templates(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], tuple[Path, Path]]:
+    """``tone_templates(n)``: (a folder of ``_tones(music, n)``, a clean store of it made by `mess extract` as in
+    :func:`_clean` and not opened since: its WAL folded in), made once per session: under xdist the first worker to
+    ask makes it and the others wait. Both are shared: read the music, never change it (checked on every use), and
+    copy the store before changing it (:func:`extracted_tones`). The store records the music's absolute paths, so
+    its copies point at the same files."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the session's folder under xdist
+    made: dict[int, tuple[Path, Path, dict]] = {}
+
+    def get(n: int) -> tuple[Path, Path]:
+        if n not in made:
+            root = shared / f"tone-template-{n}"
+            with FileLock(f"{root}.lock"):
+                if not (root / "complete").exists():
+                    shutil.rmtree(root, ignore_errors=True)
+                    _tones(root / "music", n)
+                    made_by = _mess("extract", str(root / "music"), *DSP, "--store", str(root / "store"))
+                    assert made_by.returncode == 0, made_by.stderr
+                    assert not list((root / "store").glob("catalog.sqlite-*")), "the writer left its WAL behind"
+                    (root / "complete").touch()
+            made[n] = root / "music", root / "store", _stamps(root / "music")
+        music, store, stamps = made[n]
+        assert _stamps(music) == stamps, f"a test changed the shared music of {n} tones"
+        return music, store
+
+    return get
+
+
+@pytest.fixture()
+def extracted_tones(tone_templates: Callable[[int], tuple[Path, Path]], tmp_path: Path) -> Extracted:
+    """``extracted_tones(n, name="store")``: (the shared music of n tones, ``tmp_path / name``: this test's own copy
+    of their clean store, a whole store as `mess extract` leaves it). For a test that damages a store, not one that
+    tests extraction or changes the music."""
+
+    def copy(n: int, name: str = "store") -> tuple[Path, Path]:
+        music, template = tone_templates(n)
+        shutil.copytree(template, tmp_path / name)
+        return music, tmp_path / name
+
+    return copy
+
+
 # ------------------------------------------------------------------ concurrent writers
 
 
@@ -160,12 +213,10 @@ def test_check_does_not_call_a_store_with_a_stale_index_ok(tmp_path: Path) -> No
     assert "1 index(es) out of date" in check.stderr and not check.stderr.strip().endswith(": ok"), check.stderr
 
 
-def test_a_lost_catalog_is_reported_not_papered_over(tmp_path: Path) -> None:
+def test_a_lost_catalog_is_reported_not_papered_over(extracted_tones: Extracted) -> None:
     """With catalog.sqlite gone, `check --repair` said ok after deleting the indexes, and `mess index` made an empty
     catalog over the vectors."""
-    music, store = tmp_path / "music", tmp_path / "store"
-    _tones(music, 3)
-    assert _mess("extract", str(music), *DSP, "--store", str(store)).returncode == 0
+    _, store = extracted_tones(3)
     assert _mess("index", "--store", str(store)).returncode == 0
     for name in ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm"):
         (store / name).unlink(missing_ok=True)
@@ -177,10 +228,8 @@ def test_a_lost_catalog_is_reported_not_papered_over(tmp_path: Path) -> None:
     assert not (store / "catalog.sqlite").exists() and sorted(p.name for p in (store / "indexes").iterdir()) == indexes
 
 
-def test_one_repair_also_deletes_the_indexes_it_makes_stale(tmp_path: Path) -> None:
-    music, store = tmp_path / "music", tmp_path / "store"
-    _tones(music, 3)
-    assert _mess("extract", str(music), *DSP, "--store", str(store)).returncode == 0
+def test_one_repair_also_deletes_the_indexes_it_makes_stale(extracted_tones: Extracted) -> None:
+    _, store = extracted_tones(3)
     assert _mess("index", "--store", str(store)).returncode == 0
     row_file = store / "runs" / "1" / "track" / "000.f16"
     raw = bytearray(row_file.read_bytes())
@@ -218,13 +267,11 @@ def test_a_full_disk_ends_the_run_in_one_line_and_blames_no_file(tmp_path: Path)
     assert _mess("check", "--store", str(store)).returncode == 0
 
 
-def test_cut_short_fused_vectors_are_damage_not_new_tracks(tmp_path: Path) -> None:
+def test_cut_short_fused_vectors_are_damage_not_new_tracks(extracted_tones: Extracted) -> None:
     """A truncated fused-vector file passed `mess check`; `similar --fused` left the tracks out, as if added since."""
     from mess.constants import FUSED
 
-    music, store_dir = tmp_path / "music", tmp_path / "store"
-    _tones(music, 4)
-    assert _mess("extract", str(music), *DSP, "--store", str(store_dir)).returncode == 0
+    _, store_dir = extracted_tones(4)
     store = FeatureStore(store_dir)
     run = store.run("dsp")
     hashes = [t.content_hash for t in store.tracks(run)]
@@ -240,14 +287,12 @@ def test_cut_short_fused_vectors_are_damage_not_new_tracks(tmp_path: Path) -> No
     assert fused.returncode == 1 and "no 'fused' vectors" in fused.stderr, fused.stderr
 
 
-def test_a_changed_fused_row_is_refused_then_dropped_by_repair(tmp_path: Path) -> None:
+def test_a_changed_fused_row_is_refused_then_dropped_by_repair(extracted_tones: Extracted) -> None:
     """Fused vectors carried no checksums: one bit changed in their file (the value still finite) was served by
     `similar --fused`, and `mess check` said ok."""
     from mess.constants import FUSED
 
-    music, store_dir = tmp_path / "music", tmp_path / "store"
-    _tones(music, 4)
-    assert _mess("extract", str(music), *DSP, "--store", str(store_dir)).returncode == 0
+    music, store_dir = extracted_tones(4)
     store = FeatureStore(store_dir)
     run = store.run("dsp")
     hashes = [t.content_hash for t in store.tracks(run)]
@@ -305,15 +350,13 @@ def test_a_repair_killed_before_it_blanked_fused_rows_leaves_no_vector_to_inheri
     store.close()
 
 
-def test_fused_vectors_and_their_catalog_row_change_together(tmp_path: Path) -> None:
+def test_fused_vectors_and_their_catalog_row_change_together(extracted_tones: Extracted) -> None:
     """`fuse apply` replaced the fused file, then recorded its size in the catalog: killed in between, or read by a
     reader on the catalog version before, the 256-d file was read as 8-d rows (slices of one track's vector), and
     `mess check` said ok. The catalog now names the file it describes."""
     from mess.constants import FUSED
 
-    music, store_dir = tmp_path / "music", tmp_path / "store"
-    _tones(music, 4)
-    assert _mess("extract", str(music), *DSP, "--store", str(store_dir)).returncode == 0
+    _, store_dir = extracted_tones(4)
     writer = FeatureStore(store_dir)
     run = writer.run("dsp")
     hashes = [t.content_hash for t in writer.tracks(run)]
@@ -873,12 +916,10 @@ while not stop.exists():
 """
 
 
-def test_check_beside_a_writer_that_cuts_row_files_answers(tmp_path: Path) -> None:
+def test_check_beside_a_writer_that_cuts_row_files_answers(tmp_path: Path, extracted_tones: Extracted) -> None:
     """`mess check` scanned each row file through a memory map sized when it began: a writer cutting the bytes an
     interrupted write left (as every write does) made it touch pages past the new end: killed by SIGBUS."""
-    music, store_dir, stop = tmp_path / "music", tmp_path / "store", tmp_path / "stop"
-    _tones(music, 3)
-    assert _mess("extract", str(music), *DSP, "--store", str(store_dir)).returncode == 0
+    (_, store_dir), stop = extracted_tones(3), tmp_path / "stop"
     cutter = subprocess.Popen([sys.executable, "-c", _CUTTER, str(store_dir), str(stop)], stderr=subprocess.PIPE,
                               text=True)
     try:
@@ -898,11 +939,9 @@ def test_check_beside_a_writer_that_cuts_row_files_answers(tmp_path: Path) -> No
     assert check.returncode == 0 and check.stderr.strip().endswith(": ok"), check.stderr
 
 
-def test_a_nan_vector_is_refused_then_repaired(tmp_path: Path) -> None:
-    music = tmp_path / "music"
-    _tones(music, 5)
-    store = tmp_path / "store"
-    want = _clean(music, store)
+def test_a_nan_vector_is_refused_then_repaired(extracted_tones: Extracted) -> None:
+    music, store = extracted_tones(5)
+    want = _by_path(store)
     _damage_row(store, np.nan)
     similar = _mess("similar", "tone01.wav", "--json", "--store", str(store))
     assert similar.returncode == 1 and "non-finite" in similar.stderr and "mess check --repair" in similar.stderr
@@ -944,11 +983,9 @@ def _point_at(store_dir: Path, column: str, damaged: str, other: str) -> None:
 
 
 @pytest.mark.parametrize("column", ["track_row", "seg_row"])
-def test_two_files_at_one_row_are_refused_then_repaired(tmp_path: Path, column: str) -> None:
-    music = tmp_path / "music"
-    _tones(music, 5)
-    store = tmp_path / "store"
-    want = _clean(music, store)
+def test_two_files_at_one_row_are_refused_then_repaired(extracted_tones: Extracted, column: str) -> None:
+    music, store = extracted_tones(5)
+    want = _by_path(store)
     _point_at(store, column, "tone01.wav", "tone02.wav")
     match = "mean" if column == "track_row" else "segments"  # track rows are checked on open, windows when read
     similar = _mess("similar", "tone03.wav", "--match", match, "--json", "--store", str(store))
@@ -959,11 +996,9 @@ def test_two_files_at_one_row_are_refused_then_repaired(tmp_path: Path, column: 
     _assert_same(_by_path(store), want)
 
 
-def test_a_damaged_content_hash_is_named_not_silently_dropped(tmp_path: Path) -> None:
-    music = tmp_path / "music"
-    _tones(music, 4)
-    store = tmp_path / "store"
-    want = _clean(music, store)
+def test_a_damaged_content_hash_is_named_not_silently_dropped(extracted_tones: Extracted) -> None:
+    music, store = extracted_tones(4)
+    want = _by_path(store)
     with sqlite3.connect(store / "catalog.sqlite") as db:  # one hex digit of tone01's content hash changed
         db.execute("UPDATE tracks SET content_hash=substr(content_hash, 1, length(content_hash) - 1) || "
                    "CASE WHEN substr(content_hash, -1) = '0' THEN '1' ELSE '0' END WHERE path LIKE '%tone01.wav'")
@@ -1003,11 +1038,9 @@ def _flip_bit(store_dir: Path, level: str, name: str) -> None:
 
 
 @pytest.mark.parametrize("level", ["track", "segment"])
-def test_a_flipped_bit_is_refused_then_repaired(tmp_path: Path, level: str) -> None:
-    music = tmp_path / "music"
-    _tones(music, 5)
-    store = tmp_path / "store"
-    want = _clean(music, store)
+def test_a_flipped_bit_is_refused_then_repaired(extracted_tones: Extracted, level: str) -> None:
+    music, store = extracted_tones(5)
+    want = _by_path(store)
     _flip_bit(store, level, "tone01.wav")
     with pytest.raises(StoreDamaged, match=f"{level} vectors .* differ from their checksums.*mess check --repair"):
         _by_path(store)
@@ -1044,14 +1077,13 @@ def _repair_behind_a_writer(store: Path, tmp_path: Path, holder: str, meanwhile:
     return repair.returncode, json.loads(out), err.read_text()
 
 
-def test_repair_acts_on_a_scan_under_the_lock_not_on_an_earlier_check(tmp_path: Path) -> None:
+def test_repair_acts_on_a_scan_under_the_lock_not_on_an_earlier_check(
+        tmp_path: Path, extracted_tones: Extracted) -> None:
     """`mess check --repair` dropped what its check had found before it took the write lock: damage another writer
     mended while it waited for the lock cost a good file its vectors. It scans again under the lock, and acts on
     (and reports) only what that scan finds."""
-    music = tmp_path / "music"
-    _tones(music, 5)
-    store = tmp_path / "store"
-    want = _clean(music, store)
+    music, store = extracted_tones(5)
+    want = _by_path(store)
     (path,) = store.glob("runs/*/track/000.f16")
     good = path.read_bytes()
     _damage_row(store, np.nan)
@@ -1062,14 +1094,13 @@ def test_repair_acts_on_a_scan_under_the_lock_not_on_an_earlier_check(tmp_path: 
     _assert_same(_by_path(store), want)
 
 
-def test_repair_acts_on_damage_that_came_after_the_check_while_it_waited_for_the_lock(tmp_path: Path) -> None:
+def test_repair_acts_on_damage_that_came_after_the_check_while_it_waited_for_the_lock(
+        tmp_path: Path, extracted_tones: Extracted) -> None:
     """The other way round: damage that appears after a first check, while `mess check --repair` waits for another
     writer's lock, is found by the repair's own scan, dropped with what that check found, and reported (the
     report is the check after the repair: both files wait for `mess extract`, which embeds them as before)."""
-    music = tmp_path / "music"
-    _tones(music, 5)
-    store = tmp_path / "store"
-    want = _clean(music, store)
+    music, store = extracted_tones(5)
+    want = _by_path(store)
     _damage_row(store, np.nan)
     assert _check_kinds(store) == (1, ["non-finite"])
     code, report, said = _repair_behind_a_writer(store, tmp_path, "a writer that damages",
@@ -1082,11 +1113,9 @@ def test_repair_acts_on_damage_that_came_after_the_check_while_it_waited_for_the
     _assert_same(_by_path(store), want)
 
 
-def test_a_store_from_before_checksums_reads_and_gets_them_by_repair(tmp_path: Path) -> None:
-    music = tmp_path / "music"
-    _tones(music, 5)
-    store = tmp_path / "store"
-    want = _clean(music, store)
+def test_a_store_from_before_checksums_reads_and_gets_them_by_repair(extracted_tones: Extracted) -> None:
+    music, store = extracted_tones(5)
+    want = _by_path(store)
     with sqlite3.connect(store / "catalog.sqlite") as db:  # what an older mess wrote: no checksums column
         db.execute("ALTER TABLE vectors DROP COLUMN checksums")
     _assert_same(_by_path(store), want)  # read-only: not migrated, read unverified
@@ -1123,12 +1152,9 @@ def test_a_store_name_with_uri_characters_is_read_as_itself(tmp_path: Path) -> N
         assert sorted(Path(p).parent.name for p in np.load(out)["path"]) == [f"music{offset}"] * n
 
 
-def test_export_counts_the_files_it_left_out(tmp_path: Path) -> None:
+def test_export_counts_the_files_it_left_out(tmp_path: Path, extracted_tones: Extracted) -> None:
     """A file whose vectors a repair dropped is counted by export (message, --json, file metadata), as by similar."""
-    music = tmp_path / "music"
-    _tones(music, 4)
-    store = tmp_path / "store"
-    _clean(music, store)
+    music, store = extracted_tones(4)
     _damage_row(store, np.inf)
     assert _mess("check", "--repair", "--store", str(store)).returncode == 0
     note = "1 files have no dsp vectors and were left out; `mess check` names them, `mess extract --model dsp`"
@@ -1185,11 +1211,8 @@ def test_an_unreadable_catalog_gives_one_line(forty_tones: tuple[Path, Path], tm
         assert expected in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
 
 
-def test_bad_track_references_answer_clearly(tmp_path: Path) -> None:
-    music = tmp_path / "music"
-    _tones(music, 3)
-    store = tmp_path / "store"
-    _clean(music, store)
+def test_bad_track_references_answer_clearly(tmp_path: Path, extracted_tones: Extracted) -> None:
+    _, store = extracted_tones(3)
     for ref in ("99999999999999999999999", "%", "tone0_.wav", "²", "١", "１"):  # '١' is int() 1: an id is ASCII
         out = _mess("similar", ref, "--store", str(store))
         assert out.returncode == 1 and "unknown track" in out.stderr and "Traceback" not in out.stderr, out.stderr
@@ -1201,20 +1224,16 @@ def test_bad_track_references_answer_clearly(tmp_path: Path) -> None:
     assert _mess("similar", "tone01.wav", "--store", str(store)).returncode == 0
 
 
-def test_config_unset_without_a_setting_is_refused(tmp_path: Path) -> None:
-    _tones(tmp_path / "music", 1, seconds=2.0)
-    store = tmp_path / "store"
-    assert _mess("extract", str(tmp_path / "music"), *DSP, "--store", str(store)).returncode == 0
+def test_config_unset_without_a_setting_is_refused(extracted_tones: Extracted) -> None:
+    _, store = extracted_tones(3)
     out = _mess("config", "--unset", "--store", str(store))
     assert out.returncode == 1 and "--unset needs the setting to remove" in out.stderr and not out.stdout, out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert _mess("config", "default-model", "--unset", "--store", str(store)).returncode == 0
 
 
-def test_a_default_model_without_vectors_is_said_not_replaced(tmp_path: Path) -> None:
-    _tones(tmp_path / "music", 2, seconds=2.0)
-    store = tmp_path / "store"
-    assert _mess("extract", str(tmp_path / "music"), *DSP, "--store", str(store)).returncode == 0
+def test_a_default_model_without_vectors_is_said_not_replaced(extracted_tones: Extracted) -> None:
+    _, store = extracted_tones(3)
     (store / "config.json").write_text('{"default-model": "nosuch"}')  # or a model whose run was removed
     out = _mess("similar", "1", "--store", str(store), "--json")  # answered from dsp without a word before
     assert out.returncode == 1 and not out.stdout and "Traceback" not in out.stderr, out.stdout
@@ -1334,12 +1353,10 @@ main()
 """
 
 
-def test_a_probe_killed_while_writing_its_report_leaves_map_and_report_agreeing(tmp_path: Path) -> None:
+def test_a_probe_killed_while_writing_its_report_leaves_map_and_report_agreeing(extracted_tones: Extracted) -> None:
     """The aspect map was stored before the reports, and the report JSON written in place: a kill in between left
     the map of the new probe beside the old report (or an empty one) that the server and `fuse report` read."""
-    store = tmp_path / "st"
-    _tones(tmp_path / "m", 10)
-    assert _mess("extract", str(tmp_path / "m"), *DSP, "--store", str(store)).returncode == 0
+    _, store = extracted_tones(10, "st")
     probe = ["probe", "--model", "dsp", "--store", str(store), "--control", "none", "--workers", "1"]
     first = _mess(*probe, "--folds", "2", "--json")
     assert first.returncode == 0, first.stderr
@@ -1357,13 +1374,11 @@ def test_a_probe_killed_while_writing_its_report_leaves_map_and_report_agreeing(
     assert stored == pytest.approx({a["aspect"]: a["score"] for a in on_disk["aspects"]}, abs=1e-6)
 
 
-def test_temp_files_of_interrupted_writes_are_named_and_repaired(tmp_path: Path) -> None:
+def test_temp_files_of_interrupted_writes_are_named_and_repaired(extracted_tones: Extracted) -> None:
     """A killed `mess index` (or fuse, probe) left STORE/indexes/.NAME.XXXXXXXX.tmp for ever; check said ok."""
     from mess.store.paths import TEMP_GRACE_SECONDS, temp_path
 
-    _tones(tmp_path / "m", 3)
-    store = tmp_path / "st"
-    assert _mess("extract", str(tmp_path / "m"), *DSP, "--store", str(store)).returncode == 0
+    _, store = extracted_tones(3, "st")
     assert _mess("index", "--store", str(store), "--model", "dsp").returncode == 0
     index = next((store / "indexes").glob("*.faiss"))
     left = temp_path(index)
@@ -1451,13 +1466,11 @@ def test_files_gone_from_disk_are_named_and_a_moved_folder_can_be_pruned(tmp_pat
         assert sorted(fs.all_paths()) == [str(p) for p in sorted(new.glob("*.wav"))]
 
 
-def test_index_and_evaluate_say_when_scores_are_plain_cosines(tmp_path: Path) -> None:
+def test_index_and_evaluate_say_when_scores_are_plain_cosines(tmp_path: Path, extracted_tones: Extracted) -> None:
     """Below MIN_FIT_TRACKS the default z-scores fall back to plain cosines: similar said so, while index and
     evaluate reported figures under a normalisation they did not use."""
-    music = tmp_path / "m"
-    paths = _tones(music, 4)
-    store = str(tmp_path / "st")
-    assert _mess("extract", str(music), *DSP, "--store", store).returncode == 0
+    music, st = extracted_tones(4, "st")
+    paths, store = sorted(music.iterdir()), str(st)
     index = _mess("index", "--store", store, "--json")
     assert index.returncode == 0 and "plain cosines" in json.loads(index.stdout)["norm_note"], index.stderr
     labels = tmp_path / "labels.csv"
@@ -1470,12 +1483,10 @@ def test_index_and_evaluate_say_when_scores_are_plain_cosines(tmp_path: Path) ->
     assert (shown.stdout + shown.stderr).count("plain cosines") == 1
 
 
-def test_an_ivf_index_asked_of_too_few_tracks_says_it_is_flat(tmp_path: Path) -> None:
+def test_an_ivf_index_asked_of_too_few_tracks_says_it_is_flat(extracted_tones: Extracted) -> None:
     """`mess index --kind ivf` on a small collection built a flat index and printed 'built flat index' without
     saying why; the line and --json (note) now say how many tracks IVF needs."""
-    music, store = tmp_path / "m", str(tmp_path / "st")
-    _tones(music, 10)
-    assert _mess("extract", str(music), *DSP, "--store", store).returncode == 0
+    store = str(extracted_tones(10, "st")[1])
     out = _mess("index", "--kind", "ivf", "--store", store, "--json")
     report = json.loads(out.stdout)
     assert report["kind"] == "flat" and report["note"] == "ivf needs 32 tracks to train its lists; 10 got a flat " \
