@@ -146,7 +146,7 @@ def extracted_store(rendered_collection: list[Path], tmp_path_factory: pytest.Te
 
 # ---------------------------------------------------------------- parallel runs (pytest -n 2)
 
-SPREAD = {"test_store_faults.py"}  # only function-scoped fixtures: its tests go to whichever worker is free
+SPREAD = {"test_store_faults.py"}  # its tests go to whichever worker is free (its templates: one per session, locked)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
