@@ -17,7 +17,16 @@ import numpy as np
 
 from mess.artists.discrimination import LayerReport, layer_report, most_discriminative, rank_layers
 from mess.artists.heatmap import cluster_order, write_csv, write_heatmap
-from mess.artists.hybrid import HybridFit, blend, components, fit_hybrid, load_weights, parse_weights, save_weights
+from mess.artists.hybrid import (
+    WEIGHTS_FILE,
+    HybridFit,
+    blend,
+    components,
+    fit_hybrid,
+    load_weights,
+    parse_weights,
+    save_weights,
+)
 from mess.artists.profiles import (
     DEFAULT_MAX_TRACKS,
     DEFAULT_MIN_TRACKS,
@@ -37,7 +46,6 @@ from mess.store import FeatureStore, Run, StoreError
 from mess.store.fused import fused_run_problem
 from mess.store.reports import slug
 
-WEIGHTS_FILE = "artists_hybrid.json"
 Note = Callable[[str], None]
 
 

@@ -23,6 +23,7 @@ from mess.artists.validate import Metrics, evaluate
 from mess.audio.names import name_key
 
 COMPONENTS = ("audio", "genre", "collab", "reference")
+WEIGHTS_FILE = "artists_hybrid.json"  # learned weights, in the store's reports folder
 WEIGHT_GRID = np.linspace(0.0, 1.0, 11)
 MAX_PASSES = 10
 _TAG_SPLIT = re.compile(r"\s*[;,/|]\s*")

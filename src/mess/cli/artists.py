@@ -3,31 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
 from rich.table import Table
 
-from mess.artists.analysis import (
-    WEIGHTS_FILE,
-    ArtistOptions,
-    Hybrid,
-    LayerValidation,
-    SimilarArtists,
-    SpaceChoice,
-    artist_matrix,
-    discrimination,
-    learn_hybrid,
-    similar_artists,
-    validate_layers,
-)
-from mess.artists.discrimination import LayerReport
-from mess.artists.hybrid import COMPONENTS
-from mess.artists.profiles import DEFAULT_MAX_TRACKS, DEFAULT_MIN_TRACKS, ArtistError, ArtistSet
+from mess.artists.hybrid import COMPONENTS, WEIGHTS_FILE
+from mess.artists.profiles import DEFAULT_MAX_TRACKS, DEFAULT_MIN_TRACKS, ArtistError
 from mess.cli.common import console, emit_json, fail, failing, note, open_store, plain
 from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, AspectOpt, FusedOpt, JsonOpt, ModelOpt, StoreOpt
-from mess.store import Run
+
+if TYPE_CHECKING:  # mess.artists.analysis loads the search stack (faiss): imported by the commands that run it
+    from mess.artists.analysis import ArtistOptions, LayerValidation, SimilarArtists
+    from mess.artists.discrimination import LayerReport
+    from mess.artists.profiles import ArtistSet
+    from mess.store import Run
 
 LayerOpt = Annotated[
     str | None,
@@ -72,6 +63,8 @@ WeightsOpt = Annotated[
 
 
 def _options(model: str | None, method: str, center: bool, max_tracks: int, min_tracks: int) -> ArtistOptions:
+    from mess.artists.analysis import ArtistOptions
+
     with failing(ArtistError):
         return ArtistOptions(model, method, center, max_tracks, min_tracks)
 
@@ -99,6 +92,8 @@ def similar_command(
 ) -> None:
     """Artists that sound like NAME, with how many tracks back each artist and how sure that is
     (--hybrid: with the --method and --center the saved weights were learned with, unless passed)."""
+    from mess.artists.analysis import Hybrid, SpaceChoice, similar_artists
+
     if not hybrid and weights is None and (reference or tags):  # they were read by nothing, silently
         fail(f"{'--reference' if reference else '--tags'} feeds the hybrid score: add --hybrid (or --weights)")
     options = _options(model, method or "mean", center is not False, max_tracks, min_tracks)
@@ -161,6 +156,8 @@ def matrix_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Pairwise artist similarity matrix as CSV and heatmap PNG (rows clustered)."""
+    from mess.artists.analysis import SpaceChoice, artist_matrix
+
     options = _options(model, method, center, max_tracks, min_tracks)
     with open_store(store) as fs, failing(ArtistError):
         m = artist_matrix(fs, options, SpaceChoice(layer, aspect, fused), out, on_note=note)
@@ -181,6 +178,8 @@ def discrimination_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Which layers tell artists apart: pair-similarity range raw vs centred, separation, verdict."""
+    from mess.artists.analysis import discrimination
+
     options = _options(model, method, True, max_tracks, min_tracks)
     with open_store(store) as fs, failing(ArtistError):
         run, artists, reports = discrimination(fs, options, on_note=note)
@@ -246,6 +245,8 @@ def validate_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Score every layer's similar-artist rankings against reference lists (overlap, recall, nDCG @k, MRR)."""
+    from mess.artists.analysis import validate_layers
+
     options = _options(model, method, center, max_tracks, min_tracks)
     with open_store(store) as fs, failing(ArtistError):
         result = validate_layers(fs, reference, k, options, on_note=note)
@@ -308,6 +309,8 @@ def hybrid_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Learn hybrid weights (audio, genre, collab, reference) on a train split; report held-out metrics."""
+    from mess.artists.analysis import SpaceChoice, learn_hybrid
+
     options = _options(model, method, center, max_tracks, min_tracks)
     with open_store(store) as fs, failing(ArtistError):
         result = learn_hybrid(fs, reference, k, options, SpaceChoice(layer, aspect, fused), tags=tags,

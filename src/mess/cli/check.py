@@ -8,7 +8,6 @@ import typer
 
 from mess.cli.common import console, emit_json, failing, plain
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt
-from mess.search.health import check_store
 from mess.store import StoreError
 from mess.store.feature_store import CATALOG_ADVICE
 
@@ -29,6 +28,8 @@ def check_command(
 
     Exit status: 0 when the store is whole (or was repaired), 1 when damage remains.
     """
+    from mess.search.health import check_store  # here: it loads faiss, which other commands may not need
+
     with failing(StoreError):
         health = check_store(store, fix=fix, on_wait=lambda m: console.print(f"[yellow]{plain(m)}[/]"))
     if json_out:
