@@ -120,6 +120,35 @@ def uploads_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return private
 
 
+def test_health_answers_busy_while_a_long_request_holds_the_store(client: TestClient,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """/api/health waited for the store's lock, so a health check timed out behind a minutes-long index build (and a
+    supervisor could restart a working server). It now answers 'busy', counts null, once HEALTH_WAIT has passed."""
+    from mess.serve import routes_tracks
+
+    monkeypatch.setattr(routes_tracks, "HEALTH_WAIT", 0.2)
+    lock = client.app.state.mess.lock
+    holding, release = threading.Event(), threading.Event()
+
+    def long_request() -> None:
+        with lock:
+            holding.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=long_request)
+    holder.start()
+    try:
+        assert holding.wait(30)
+        busy = client.get("/api/health")
+    finally:
+        release.set()
+        holder.join()
+    body = busy.json()
+    assert busy.status_code == 200 and body["status"] == "busy" and "index build" in body["note"], body
+    assert body["tracks"] is None and body["models"] is None and body["read_only"] is True
+    assert client.get("/api/health").json()["status"] == "ok"  # the lock free again: counts as before
+
+
 def _uploads_left(where: Path) -> set[str]:
     return {p.name for p in where.glob("mess-upload-*")}
 

@@ -23,6 +23,7 @@ from mess.store.fused import fused_run_problem
 from mess.store.paths import printable
 
 router = APIRouter(prefix="/api")
+HEALTH_WAIT = 2.0  # seconds /api/health waits for a request holding the store before it answers 'busy'
 State = Annotated[ServeState, Depends(get_state)]
 
 
@@ -44,8 +45,15 @@ def health(state: State) -> dict:
     """Whether the server is up, what the store holds and which write features are on; ``status`` is 'rebuilding'
     while the store's catalog has been replaced or removed and no new one with vectors has taken its place, and
     ``note`` then says why and that the counts are the old catalog's, which the server still answers from (None
-    when ``status`` is 'ok')."""
-    with state.lock:
+    when ``status`` is 'ok'). While a long request holds the store (an index build can take minutes), ``status`` is
+    'busy' after :data:`HEALTH_WAIT` seconds, with ``tracks`` and ``models`` null: the server is up, and a health
+    check must not time out behind that request."""
+    settings = {"default_model": state.default_model, "read_only": not state.allow_indexing,
+                "max_upload_bytes": state.max_upload_bytes}
+    with state.lock.within(HEALTH_WAIT) as held:
+        if not held:
+            return {"status": "busy", "note": "a long request (an index build, say) holds the store: counts not read; "
+                    "other requests wait for it", "tracks": None, "models": None, **settings}
         runs = state.store.runs()
         n_tracks = len(state.store.tracks())
         now = catalog_id(state.store.root)
@@ -53,8 +61,7 @@ def health(state: State) -> dict:
         f"{rebuilding(now)}; these counts are the old catalog's, which answers what was already computed from it "
         "until the new one holds vectors (other requests get 503 meanwhile)")
     return {"status": "ok" if note is None else "rebuilding", "note": note, "tracks": n_tracks,
-            "models": sorted({r.model for r in runs}), "default_model": state.default_model,
-            "read_only": not state.allow_indexing, "max_upload_bytes": state.max_upload_bytes}
+            "models": sorted({r.model for r in runs}), **settings}
 
 
 @router.get("/runs", summary="Models in the store, their layers and aspects")

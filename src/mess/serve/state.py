@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -57,6 +59,17 @@ class RequestLock:
     def __exit__(self, *exc: object) -> None:
         """Release the lock."""
         self._lock.release()
+
+    @contextmanager
+    def within(self, seconds: float) -> Iterator[bool]:
+        """Take the lock if it frees within ``seconds`` (released after the block); yields whether it was taken."""
+        if not self._lock.acquire(timeout=seconds):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            self._lock.release()
 
 
 @dataclass
