@@ -150,7 +150,8 @@ def _run_ray(fs: FeatureStore, paths: list[Path], model: str, embedder: Embeddin
     with failing(ScaleError):
         with fs.writing("mess extract --engine ray", wait=wait):
             return extract_ray(fs, paths, model, policy, batch_size=batch_size, device=device, address=address,
-                               precision=precision, info=embedder.info)
+                               precision=precision, info=embedder.info,
+                               source=embedder.source())
 
 
 def _run_local(

@@ -16,7 +16,7 @@ from mess.audio.windows import WindowPolicy
 from mess.extract.child import Child, ChildDied
 from mess.extract.embed import embed_prepared
 from mess.extract.prepare import FileRecord, Windows, describe
-from mess.extract.runs import run_key
+from mess.extract.runs import record_source, run_key
 from mess.extract.writer import BackgroundWriter
 from mess.models.base import EmbeddingModel
 from mess.store import FeatureStore, Run, StoreError
@@ -88,6 +88,7 @@ def _extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, 
              on_progress: ProgressHook | None) -> ExtractSummary:
     started = time.perf_counter()
     run = store.ensure_run(run_key(model.info, policy))
+    record_source(store, run, model.source())
     summary = ExtractSummary()
     if prune_under:
         summary.removed = _prune(store, paths, prune_under)

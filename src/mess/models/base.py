@@ -26,6 +26,11 @@ class EmbeddingModel(ABC):
     info: ModelInfo
     device: str = "cpu"
 
+    def source(self) -> dict[str, str] | None:
+        """Plain data to load this model again where its run's name cannot (an ``.onnx`` file, whose run is named
+        after its stem), which `mess extract` records with the run; None when the name is enough."""
+        return None
+
     @abstractmethod
     def embed(self, windows: np.ndarray) -> list[np.ndarray]:
         """Embed a batch of equal-length mono windows.

@@ -31,7 +31,7 @@ import ray.data
 
 from mess.audio.windows import WindowPolicy
 from mess.extract.pipeline import ExtractSummary
-from mess.extract.runs import run_key
+from mess.extract.runs import record_source, run_key
 from mess.models.base import ModelInfo
 from mess.models.registry import load_model
 from mess.scale.embedder import Embedder, split_row
@@ -52,7 +52,8 @@ class ScaleError(Exception):
 
 def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, policy: WindowPolicy, *,
                 batch_size: int = 4, device: str = "cpu", address: str | None = None, precision: str = "fp32",
-                actors: int | None = None, write_every: int = 16, info: ModelInfo | None = None) -> ExtractSummary:
+                actors: int | None = None, write_every: int = 16, info: ModelInfo | None = None,
+                source: dict[str, str] | None = None) -> ExtractSummary:
     """Embed every file not yet in the store for this model/revision/policy, on a Ray cluster.
 
     Args:
@@ -66,6 +67,7 @@ def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, pol
         write_every: tracks per store commit (or every FLUSH_SECONDS); a killed driver loses at
             most these plus the in-flight ones.
         info: the model's info (with precision applied) when the caller already loaded it.
+        source: the loaded model's ``source()``, recorded with the run (with ``info``).
 
     Raises:
         ScaleError: the cluster cannot be reached or has no GPU for ``device="cuda"``.
@@ -73,8 +75,11 @@ def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, pol
     started = time.perf_counter()
     owned = _connect(address)
     try:
-        info = info or with_precision(load_model(model_name), precision, device=device).info
+        if info is None:
+            loaded = load_model(model_name)
+            info, source = with_precision(loaded, precision, device=device).info, loaded.source()
         run = store.ensure_run(run_key(info, policy))
+        record_source(store, run, source)
         summary = ExtractSummary()
         todo = _catalogue(store, run, paths, summary)
         if todo:

@@ -34,7 +34,7 @@ from mess.store.catalog import connect, has_column
 from mess.store.checksums import block_sum, changed, expected, pack, row_expected, row_sums
 from mess.store.lock import StoreLock
 from mess.store.memo import MEMO
-from mess.store.paths import from_db_path, printable, resolved, to_db_path
+from mess.store.paths import from_db_path, printable, replace_file, resolved, to_db_path
 
 DEFAULT_STORE = Path(".mess")
 CATALOG_ADVICE = (
@@ -604,6 +604,43 @@ class FeatureStore:
             layer_dims=tuple(json.loads(row["layer_dims"])),
             id=row["id"],
         )
+
+    # ---- where a run's model came from ---------------------------------------------------
+    def model_source_path(self, run: Run) -> Path:
+        """``runs/ID/source.json``: the record :meth:`set_model_source` writes."""
+        return self.root / "runs" / str(run.id) / "source.json"
+
+    def set_model_source(self, run: Run, source: dict[str, str]) -> None:
+        """Record, as plain data, how to load the run's model again where its name cannot (an ``.onnx`` file's
+        path, preset and revision), replacing the record whole (atomically), under the write lock.
+
+        A hint for embedding new files, never trusted as is: the loader checks the file against the run's revision.
+        """
+        with self._write():
+            replace_file(self.model_source_path(run), (json.dumps(source, indent=1, sort_keys=True) + "\n").encode())
+
+    def model_source(self, run: Run) -> dict[str, str] | None:
+        """The run's record of where its model came from (see :meth:`set_model_source`); None when it has none.
+
+        Raises StoreError (one line) when the record cannot be read or is not a JSON object of strings.
+        """
+        path = self.model_source_path(run)
+        where = f"runs/{run.id}/source.json"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreError(f"cannot read {where} in the store at {self.root} ({exc.strerror or exc}), the record "
+                             f"of where {run.model}'s model file came from") from None
+        try:
+            record = json.loads(data)
+        except ValueError:
+            record = None
+        if not (isinstance(record, dict) and record and all(isinstance(v, str) for v in record.values())):
+            raise StoreError(f"{where} in the store at {self.root}, the record of where {run.model}'s model file came "
+                             "from, is damaged; run `mess extract` with the model file again to record it anew")
+        return record
 
     # ---- vectors ------------------------------------------------------------------
     def row_file(self, run: Run, level: str, layer: int) -> RowFile:

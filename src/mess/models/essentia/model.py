@@ -37,6 +37,7 @@ class OnnxModel(EmbeddingModel):
         if self.metadata.sample_rate != SAMPLE_RATE:
             raise EssentiaModelError(f"{self.metadata.path.name} says {self.metadata.sample_rate} Hz; "
                                      f"preset {self.preset.name} feeds {SAMPLE_RATE} Hz")
+        self.path = path.resolve()
         self.device = device
         self.threads = threads
         self.session = _open_session(path, device, threads)
@@ -47,6 +48,10 @@ class OnnxModel(EmbeddingModel):
             name=path.stem, revision=f"sha256:{file_sha256(path)[:16]}", sample_rate=SAMPLE_RATE,
             layer_names=_layer_names(self.output_names, self.metadata), layer_dims=tuple(int(d) for d in dims),
             licence=self.metadata.licence or self.preset.licence)
+
+    def source(self) -> dict[str, str]:
+        """The file's absolute path, the preset used and the revision: what loads this run's model again."""
+        return {"kind": "onnx", "path": str(self.path), "preset": self.preset.name, "revision": self.info.revision}
 
     @property
     def providers(self) -> list[str]:
