@@ -810,8 +810,8 @@ class _ReplacedWhileEmbedding(EmbedWorker):
         super().__init__(300)
         self.swaps = swaps
 
-    def embed(self, path: Path, run: Run, name: str) -> Embedded:
-        embedded = super().embed(path, run, name)
+    def embed(self, path: Path, run: Run, name: str, source: dict[str, str] | None = None) -> Embedded:
+        embedded = super().embed(path, run, name, source)
         if self.swaps:
             self.swaps.pop(0)()
         return embedded

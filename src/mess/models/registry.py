@@ -9,7 +9,7 @@ Third-party backends add names through the ``mess.models`` entry point group, e.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
@@ -23,6 +23,10 @@ _DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")
 
 class ModelError(Exception):
     """A model that cannot be loaded; the message says what to do."""
+
+
+class UnknownModel(ModelError):
+    """A name that is no registry model, plugin, local model folder or ``.onnx`` file."""
 
 
 def _dsp(device: str) -> EmbeddingModel:
@@ -129,5 +133,54 @@ def load_model(name: str, device: str = "cpu", preset: str | None = None) -> Emb
             raise ModelError(f"{folder} holds no model (no config.json); name a registry model, a folder "
                              "saved by `mess models fetch` or save_pretrained, or a .onnx file")
         return MertModel.from_pretrained(folder, name=folder, device=device)
-    raise ModelError(f"unknown model {name!r}; choose one of {', '.join(factories)}, a local model folder "
+    raise UnknownModel(f"unknown model {name!r}; choose one of {', '.join(factories)}, a local model folder "
                      "or a .onnx file")
+
+
+def load_run_model(name: str, revision: str, source: Mapping[str, str] | None = None,
+                   device: str = "cpu") -> EmbeddingModel:
+    """The model a run's vectors were made with, to embed new files as its tracks were: the one path for
+    `mess similar FILE` and the server's uploads.
+
+    ``name`` loads as :func:`load_model` does; a name it does not know (an ``.onnx`` run, named after the file's
+    stem) loads from ``source``, the run's record of the file it was extracted with (see
+    ``EmbeddingModel.source``), once the file is checked against ``revision``. Raises :class:`ModelError` (one
+    line) when the model cannot be had or is not ``revision`` (re-extract).
+    """
+    try:
+        model = load_model(name, device=device)
+    except UnknownModel:
+        if source is None:
+            raise
+        model = _load_recorded(name, revision, source, device)
+    if model.info.revision != revision:
+        raise ModelError(f"{name} is now revision {model.info.revision} but the store holds {revision}; "
+                         "re-extract the collection to compare with new files")
+    return model
+
+
+def _load_recorded(name: str, revision: str, source: Mapping[str, str], device: str) -> EmbeddingModel:
+    """The ``.onnx`` model a run's record names, when the file there is still the one the run was extracted with."""
+    path, preset = source.get("path"), source.get("preset")
+    if source.get("kind") != "onnx" or not path or not preset or source.get("revision") != revision:
+        raise ModelError(f"the store's record of the model file {name} was extracted with is damaged or is not this "
+                         "run's; run `mess extract` with the model file again to record it anew")
+    from mess.models.essentia import EssentiaModelError, OnnxModel
+    from mess.models.essentia.fetch import file_sha256
+
+    file = Path(path)
+    try:
+        now = f"sha256:{file_sha256(file)[:16]}"
+    except FileNotFoundError:
+        raise ModelError(f"{name} was extracted with the model file {path}, which is gone; the model file is needed "
+                         "to embed new files: put it back, or run `mess extract` with it at its new place") from None
+    except OSError as exc:
+        raise ModelError(f"cannot read the model file {path} that {name} was extracted with "
+                         f"({exc.strerror or exc})") from None
+    if now != revision:
+        raise ModelError(f"the model file {path} has changed since the collection was extracted with it (now {now}, "
+                         f"the store holds {revision}); re-extract the collection to compare with new files")
+    try:
+        return OnnxModel(file, preset=preset, device=device)
+    except EssentiaModelError as exc:
+        raise ModelError(str(exc)) from exc

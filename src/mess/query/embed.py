@@ -15,7 +15,7 @@ from mess.extract.embed import embed_file
 from mess.extract.prepare import stamp_matches
 from mess.extract.runs import run_policy
 from mess.fusion.data import FusionError
-from mess.models.registry import ModelError, load_model
+from mess.models.registry import ModelError, load_run_model
 from mess.search.query import TrackQuery, collection_query
 from mess.search.vectors import track_by_hash
 from mess.store import FeatureStore, Run, StoreError, is_track_id
@@ -55,12 +55,9 @@ def _as_catalogued(store: FeatureStore, path: Path) -> bool:
 def embed_query(store: FeatureStore, path: Path, run: Run) -> TrackQuery:
     """Decode and embed ``path`` exactly as the run's tracks were (same model revision and windows)."""
     try:
-        model = load_model(run.model)
+        model = load_run_model(run.model, run.revision, store.model_source(run))
     except ModelError as exc:
         raise StoreError(str(exc)) from exc
-    if model.info.revision != run.revision:
-        raise StoreError(f"{run.model} is now revision {model.info.revision} but the store holds "
-                         f"{run.revision}; re-extract the collection to compare with new files")
     try:
         vectors = embed_file(path, model, run_policy(run))
     except Exception as exc:  # noqa: BLE001 -- any fault of this one file is a clear error, not a traceback

@@ -18,11 +18,14 @@ from mess.audio.tags import read_tags
 from mess.audio.windows import WindowPolicy
 from mess.extract.embed import embed_file_warned
 from mess.models.base import EmbeddingModel
-from mess.models.registry import load_model
+from mess.models.registry import ModelError, load_run_model
 
 
 def serve(inbox: Connection, outbox: Connection) -> None:
-    """Serve jobs ``(path, model, revision, policy_json, max_seconds)`` until the pipe closes.
+    """Serve jobs ``(path, model, revision, policy_json, max_seconds, source)`` until the pipe closes.
+
+    ``source`` is the run's record of where its model came from (a dict of strings, or None), for a model its
+    name cannot load (see :func:`mess.models.registry.load_run_model`).
 
     Says ``("ready",)`` once, when its imports are done, and ``("loaded",)`` for each job
     once the model is loaded (the server's timeout starts there). Then replies
@@ -32,24 +35,23 @@ def serve(inbox: Connection, outbox: Connection) -> None:
     than ``max_seconds`` are refused from their header, before decoding. Loaded models
     stay cached for the next job.
     """
-    models: dict[str, EmbeddingModel] = {}
+    models: dict[tuple[str, str], EmbeddingModel] = {}
     outbox.send(("ready",))
     while True:
         try:
-            path, name, revision, policy, max_seconds = inbox.recv()
+            path, name, revision, policy, max_seconds, source = inbox.recv()
         except EOFError:
             return
         try:
-            if name not in models:
-                models[name] = load_model(name)
-            model = models[name]
-        except Exception as exc:  # noqa: BLE001 -- any fault loading the model (an .onnx file's ValueError too) is
-            # the model's error, not a dead decoder's
-            outbox.send(("error", "model", f"cannot load model {name}: {exc or type(exc).__name__}"))
+            if (name, revision) not in models:
+                models[name, revision] = load_run_model(name, revision, source)
+            model = models[name, revision]
+        except ModelError as exc:  # says what is wrong and what to do (re-extract, the model file is gone)
+            outbox.send(("error", "model", str(exc)))
             continue
-        if model.info.revision != revision:
-            outbox.send(("error", "model", f"{name} is now revision {model.info.revision} but the store holds "
-                                           f"{revision}; re-extract the collection to compare new files"))
+        except Exception as exc:  # noqa: BLE001 -- any fault loading the model is the model's error, not a dead
+            # decoder's
+            outbox.send(("error", "model", f"cannot load model {name}: {exc or type(exc).__name__}"))
             continue
         outbox.send(("loaded",))
         outbox.send(_embed(Path(path), model, WindowPolicy.from_json(policy), max_seconds))

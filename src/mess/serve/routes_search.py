@@ -92,17 +92,18 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
     `mess similar FILE` would warn of (a file sampled below half the model's rate, one too long to
     analyse whole); empty when none.
     """
-    def prepare() -> tuple[FeatureStore, Run, VectorSpec]:
+    def prepare() -> tuple[FeatureStore, Run, VectorSpec, dict[str, str] | None]:
         with state.lock:
             run = state.run(model)
-            return state.store, run, vector_spec(state.store, run, layer, aspect, fused, learned)
+            return (state.store, run, vector_spec(state.store, run, layer, aspect, fused, learned),
+                    state.store.model_source(run))
 
-    opened, embedded_as, embedded_spec = await run_in_threadpool(prepare)
+    opened, embedded_as, embedded_spec, source = await run_in_threadpool(prepare)
     with state.worker.receipt():
         saved = await receive_upload(request, state.max_upload_bytes)
     try:
         with state.worker.slot():  # 503 at once when the upload queue is full: reads never wait on uploads
-            embedded = await run_in_threadpool(state.worker.embed, saved.path, embedded_as, saved.filename)
+            embedded = await run_in_threadpool(state.worker.embed, saved.path, embedded_as, saved.filename, source)
     finally:
         saved.path.unlink(missing_ok=True)
 

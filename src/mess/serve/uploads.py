@@ -249,17 +249,18 @@ class EmbedWorker:
         with _hold(self._slots, "too many uploads are waiting to be embedded; try again shortly"):
             yield
 
-    def embed(self, path: Path, run: Run, name: str) -> Embedded:
+    def embed(self, path: Path, run: Run, name: str, source: dict[str, str] | None = None) -> Embedded:
         """Content hash, per-layer track vectors, tags and warnings of a file; HTTPException 400 when it cannot be
         used.
 
-        ``name`` (the uploaded file name) replaces the temp path in error messages and warnings.
+        ``name`` (the uploaded file name) replaces the temp path in error messages and warnings. ``source``: the
+        run's record of where its model came from (``FeatureStore.model_source``), for a model its name cannot load.
         """
         with self._lock:
             send, recv = self._start()
             try:
                 self._await("ready", self.start_timeout, "start")
-                send.send((str(path), run.model, run.revision, run.policy, self.max_seconds))
+                send.send((str(path), run.model, run.revision, run.policy, self.max_seconds, source))
                 if run.model not in self._loaded:  # a cold model: its loading does not count against the file
                     self._await("loaded", self.start_timeout, "load the model")
                     self._loaded.add(run.model)

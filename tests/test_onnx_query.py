@@ -1,0 +1,157 @@
+"""Queries by new files against a store extracted with a user-supplied ``.onnx`` model.
+
+The run is named after the file's stem, which no registry knows: `mess extract` records the file's path, preset and
+revision with the run (``runs/ID/source.json``), and `mess similar FILE` and the server's uploads load the model from
+there, once the file is checked against the run's revision.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from mess.cli.main import app
+from mess.query import embed_query
+from mess.serve.app import create_app
+from mess.store import FeatureStore
+
+pytest.importorskip("onnx", reason="tests build their graphs with onnx (test extra)")
+from test_onnx_backend import EFFNET_OUTPUTS, _cli, effnet_graph, write_json  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory: pytest.TempPathFactory, rendered_collection: list[Path]) -> tuple[Path, Path]:
+    """(store, model file): three rendered pieces extracted with ``mine.onnx`` (preset named, not guessed)."""
+    root = tmp_path_factory.mktemp("onnx-query")
+    (root / "models").mkdir()
+    model = effnet_graph(root / "models" / "mine.onnx")
+    write_json(model, "serving_default_melspectrogram", EFFNET_OUTPUTS, "TensorflowPredictEffnetDiscogs")
+    music = root / "music"
+    music.mkdir()
+    for p in rendered_collection[:3]:
+        (music / p.name).symlink_to(p)
+    done = _cli("extract", str(music), "--model", "models/mine.onnx", "--preset", "discogs-effnet", "--store",
+                str(root / "store"), "--window", "10", cwd=root)
+    assert done.returncode == 0, done.stderr
+    return root / "store", model
+
+
+@pytest.fixture(scope="module")
+def outside(extracted: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """(a WAV of the first collection track's samples, not in the collection; that track's id)."""
+    with closing(FeatureStore(extracted[0], readonly=True)) as store:
+        original = store.tracks(store.run("mine"))[0]
+    audio, sr = sf.read(original.path, dtype="float32")
+    wav = tmp_path_factory.mktemp("outside") / "other.wav"
+    sf.write(wav, audio, sr, subtype="FLOAT")
+    return wav, original.id
+
+
+def _similar(store: Path, query: Path) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["similar", str(query), "--model", "mine", "--store", str(store), "-k", "2",
+                                      "--json"])
+    return result.exit_code, result.output
+
+
+def test_extract_records_where_the_model_came_from(extracted: tuple[Path, Path]) -> None:
+    store_path, model = extracted
+    with closing(FeatureStore(store_path, readonly=True)) as store:
+        run = store.run("mine")
+        assert store.model_source(run) == {"kind": "onnx", "path": str(model.resolve()), "preset": "discogs-effnet",
+                                           "revision": run.revision}
+        assert json.loads(store.model_source_path(run).read_text())["path"] == str(model.resolve())
+
+
+def test_similar_by_an_outside_file(extracted: tuple[Path, Path], outside: tuple[Path, int], tmp_path: Path) -> None:
+    """Before: "unknown model 'mine'". Now the file is embedded with the recorded model: its vectors are the
+    original's, so the original comes first; a byte copy under another name is that track."""
+    store_path, _ = extracted
+    wav, original = outside
+    code, out = _similar(store_path, wav)
+    assert code == 0, out
+    assert json.loads(out)["results"][0]["id"] == original
+    with closing(FeatureStore(store_path, readonly=True)) as store:
+        run = store.run("mine")
+        query = embed_query(store, wav, run)
+        assert query.track is None and query.layers is not None
+        ids, matrix = store.layer_matrix(run, "embeddings")
+        stored = matrix[list(ids).index(original)]
+        np.testing.assert_allclose(query.layers[run.layer_index("embeddings")], stored, rtol=2e-3, atol=2e-3)
+        copy = tmp_path / "renamed copy.flac"
+        shutil.copyfile(store.track(original).path, copy)
+        assert embed_query(store, copy, run).track.id == original
+
+
+def test_upload_to_the_server(extracted: tuple[Path, Path], outside: tuple[Path, int]) -> None:
+    """Before: 503 "unknown model 'mine'". Now 200; with the model file gone, 503 saying so (without the path)."""
+    (store_path, model), (wav, original) = extracted, outside
+
+    def upload() -> httpx.Response:
+        return client.post("/api/similar/upload", params={"k": 2, "model": "mine"},
+                           files={"file": ("other.wav", wav.read_bytes(), "audio/wav")})
+
+    with TestClient(base_url="http://127.0.0.1", app=create_app(store_path, embed_timeout=300)) as client:
+        answer = upload()
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["query"]["external"] is True and answer.json()["results"][0]["id"] == original
+    with TestClient(base_url="http://127.0.0.1", app=create_app(store_path, embed_timeout=300)) as client, \
+            _set_aside(model):
+        model.unlink()
+        refused = upload()
+    assert refused.status_code == 503 and "which is gone; the model file is needed" in refused.json()["detail"]
+    assert str(model.parent) not in refused.json()["detail"]
+
+
+@contextmanager
+def _set_aside(path: Path) -> Iterator[Path]:
+    """``path``'s bytes kept while the block changes or removes it, put back after."""
+    kept = path.read_bytes()
+    try:
+        yield path
+    finally:
+        path.write_bytes(kept)
+
+
+def _one_line_error(store: Path, query: Path) -> str:
+    code, out = _similar(store, query)
+    assert code == 1 and "Traceback" not in out, out
+    return " ".join(out.split())
+
+
+def test_model_file_gone_names_where_it_was(extracted: tuple[Path, Path], outside: tuple[Path, int]) -> None:
+    store_path, model = extracted
+    with _set_aside(model):
+        model.unlink()
+        message = _one_line_error(store_path, outside[0])
+    assert f"mine was extracted with the model file {model.resolve()}, which is gone" in message
+    assert "the model file is needed to embed new files" in message
+
+
+def test_model_file_replaced_asks_to_re_extract(extracted: tuple[Path, Path], outside: tuple[Path, int]) -> None:
+    store_path, model = extracted
+    with _set_aside(model):
+        effnet_graph(model, batch=8)  # another graph, same name: another SHA-256
+        message = _one_line_error(store_path, outside[0])
+    assert f"the model file {model.resolve()} has changed since the collection was extracted with it" in message
+    assert "re-extract the collection" in message
+
+
+def test_damaged_record_is_one_line(extracted: tuple[Path, Path], outside: tuple[Path, int]) -> None:
+    store_path, _ = extracted
+    with closing(FeatureStore(store_path, readonly=True)) as store:
+        record = store.model_source_path(store.run("mine"))
+    for damage in (b'{"path": ', b"[1, 2]", json.dumps({"kind": "onnx", "path": "x.onnx"}).encode()):
+        with _set_aside(record):
+            record.write_bytes(damage)
+            message = _one_line_error(store_path, outside[0])
+        assert "damaged" in message and "run `mess extract` with the model file again" in message, message
