@@ -185,6 +185,23 @@ def test_ray_gives_the_local_vectors_and_reruns_skip(ray_address: str, tmp_path:
     assert (again.done, again.skipped, again.failed) == (0, 5, [])
 
 
+def test_ray_records_where_an_onnx_model_came_from(ray_address: str, tmp_path: Path) -> None:
+    """As the local pipeline: the run of an .onnx file records its path, preset and revision, so new files can be
+    embedded with it later (runs/ID/source.json)."""
+    pytest.importorskip("onnx", reason="the test builds its graph with onnx (test extra)")
+    from test_onnx_backend import EFFNET_OUTPUTS, effnet_graph, write_json
+
+    model = effnet_graph(tmp_path / "discogs-effnet-bsdynamic-1.onnx")  # the preset is guessed from the name
+    write_json(model, "serving_default_melspectrogram", EFFNET_OUTPUTS, "TensorflowPredictEffnetDiscogs")
+    got = extract_ray(tmp_path / "ray", _write_tones(tmp_path / "music", 1, seconds=5.0, sr=16000), str(model),
+                      POLICY, ray_address, actors=1)
+    assert got.done == 1 and got.failed == []
+    with contextlib.closing(FeatureStore(tmp_path / "ray", readonly=True)) as store:
+        run = store.run("discogs-effnet-bsdynamic-1")
+        assert store.model_source(run) == {"kind": "onnx", "path": str(model.resolve()), "preset": "discogs-effnet",
+                                           "revision": run.revision}
+
+
 def test_killed_job_resumes_without_loss_or_duplicates(ray_address: str, tones: tuple, tmp_path: Path) -> None:
     music, reference = tones
     store_dir = tmp_path / "store"
