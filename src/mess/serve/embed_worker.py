@@ -18,7 +18,7 @@ from mess.audio.tags import read_tags
 from mess.audio.windows import WindowPolicy
 from mess.extract.embed import embed_file_warned
 from mess.models.base import EmbeddingModel
-from mess.models.registry import ModelError, load_run_model
+from mess.models.registry import ModelError, UnknownModel, load_run_model
 
 
 def serve(inbox: Connection, outbox: Connection) -> None:
@@ -46,7 +46,10 @@ def serve(inbox: Connection, outbox: Connection) -> None:
             if (name, revision) not in models:
                 models[name, revision] = load_run_model(name, revision, source)
             model = models[name, revision]
-        except ModelError as exc:  # says what is wrong and what to do (re-extract, the model file is gone)
+        except UnknownModel as exc:  # a model folder gone, say: which model it was comes first
+            outbox.send(("error", "model", f"cannot load model {name}: {exc}"))
+            continue
+        except ModelError as exc:  # names the model, what is wrong and what to do (re-extract, the file is gone)
             outbox.send(("error", "model", str(exc)))
             continue
         except Exception as exc:  # noqa: BLE001 -- any fault loading the model is the model's error, not a dead
