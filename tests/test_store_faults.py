@@ -1276,6 +1276,30 @@ def test_concurrent_first_runs_on_an_empty_numba_cache(tmp_path: Path) -> None:
     assert not list(shared.glob("new-*")) and not list(shared.glob("old-*"))  # published atomically, cleaned up
 
 
+def test_a_second_librosa_install_warms_and_shares_its_own_cache(tmp_path: Path) -> None:
+    """numba files cached code under the source's folder: another environment must publish its own entries."""
+    import hashlib
+
+    import librosa
+
+    music = tmp_path / "music"
+    _tones(music, 1, seconds=3.0)
+    env = {"MESS_NUMBA_CACHE": str(tmp_path / "numba")}
+    first = _mess("extract", str(music), *DSP, "--store", str(tmp_path / "s0"), env=env)
+    assert first.returncode == 0, first.stderr
+    other = tmp_path / "other-env"  # the same librosa, installed at another path (a second venv, a CI clone)
+    shutil.copytree(Path(librosa.__file__).parent, other / "librosa")
+    path = os.pathsep.join(filter(None, [str(other), os.environ.get("PYTHONPATH")]))
+    second = _mess("extract", str(music), *DSP, "--store", str(tmp_path / "s1"), env={**env, "PYTHONPATH": path})
+    assert second.returncode == 0, second.stderr
+    current = tmp_path / "numba" / "current"
+    for install in (Path(librosa.__file__).parent, other / "librosa"):
+        sources = [d.resolve() for d in (install, *install.iterdir()) if d.is_dir()]
+        cached = [current / f"{d.name}_{hashlib.sha1(str(d).encode()).hexdigest()}" for d in sources]  # numba's naming
+        assert any(list(c.glob("*.nbi")) for c in cached), (install, sorted(p.name for p in current.iterdir()))
+    _assert_same(_by_path(tmp_path / "s1"), _by_path(tmp_path / "s0"))
+
+
 def _free_port() -> int:
     import socket
 

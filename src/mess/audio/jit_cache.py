@@ -23,6 +23,7 @@ import atexit
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -65,14 +66,12 @@ def ensure_warm(key: str, warm: Callable[[], object]) -> None:
     with _guard:
         if key in _done:
             return
-        import numba
         from filelock import FileLock
-        from librosa.version import version as librosa_version
 
         shared = shared_dir()
         shared.mkdir(parents=True, exist_ok=True)
         source = hashlib.sha1(Path(warm.__code__.co_filename).read_bytes()).hexdigest()[:12]  # its code, as of now
-        marker = shared / f"{key}-{source}-librosa{librosa_version}-numba{numba.__version__}.done"
+        marker = shared / f"{key}-{source}-{_install_key()}.done"
         if not marker.exists():
             warm()
             if _private is not None:
@@ -80,6 +79,22 @@ def ensure_warm(key: str, warm: Callable[[], object]) -> None:
                     _publish(_private, shared)
                     marker.touch()
         _done.add(key)
+
+
+def _install_key() -> str:
+    """Name the librosa install the cached code belongs to: versions, Python, and where librosa lies.
+
+    numba files a function's cache under the absolute folder of its source, so each virtual
+    environment (a second one, a moved one, a clean CI clone) has entries of its own and must warm
+    and publish them: a marker naming only the versions kept every later environment compiling in
+    every process (4 s -> 19 s for one `mess extract --model dsp` of one file).
+    """
+    import librosa
+    import numba
+
+    where = hashlib.sha1(str(Path(librosa.__file__).resolve().parent).encode()).hexdigest()[:12]
+    python = f"py{sys.version_info.major}{sys.version_info.minor}"
+    return f"librosa{librosa.__version__}-numba{numba.__version__}-{python}-{where}"
 
 
 def _publish(private: Path, shared: Path) -> None:
