@@ -91,10 +91,11 @@ def _install_key() -> str:
     """
     import librosa
     import numba
+    from librosa.version import version as librosa_version
 
     where = hashlib.sha1(str(Path(librosa.__file__).resolve().parent).encode()).hexdigest()[:12]
     python = f"py{sys.version_info.major}{sys.version_info.minor}"
-    return f"librosa{librosa.__version__}-numba{numba.__version__}-{python}-{where}"
+    return f"librosa{librosa_version}-numba{numba.__version__}-{python}-{where}"
 
 
 def _publish(private: Path, shared: Path) -> None:
