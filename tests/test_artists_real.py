@@ -245,3 +245,22 @@ def test_matrix_out_named_like_one_of_its_files_writes_that_csv_and_png(extracte
     written = json.loads(out.stdout)
     assert (written["csv"], written["png"]) == (str(tmp_path / "heat.csv"), str(tmp_path / "heat.png"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["heat.csv", "heat.png"]
+
+
+def test_matrix_out_as_a_folder_writes_inside_it_and_a_device_is_refused(extracted_store: Path, tmp_path: Path) -> None:
+    """`matrix -o reports/` wrote reports.csv and reports.png beside the folder; `-o /dev/full` created
+    /dev/full.csv and /dev/full.png (files in /dev, not the device)."""
+    app = _artists_app()
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    out = CliRunner().invoke(app, ["artists", "matrix", "-m", "dsp", "-o", str(folder), "--json",
+                                   "--store", str(extracted_store)])
+    assert out.exit_code == 0, out.stderr
+    written = json.loads(out.stdout)
+    assert Path(written["csv"]).parent == folder and Path(written["png"]).parent == folder
+    assert sorted(p.suffix for p in folder.iterdir()) == [".csv", ".png"] and sorted(tmp_path.iterdir()) == [folder]
+    before = sorted(Path("/dev").iterdir())
+    refused = CliRunner().invoke(app, ["artists", "matrix", "-m", "dsp", "-o", "/dev/full",
+                                       "--store", str(extracted_store)])
+    assert refused.exit_code == 1 and "cannot write the matrix to /dev/full" in refused.stderr, refused.stderr
+    assert "not a device or a pipe" in refused.stderr and sorted(Path("/dev").iterdir()) == before

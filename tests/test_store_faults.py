@@ -267,6 +267,26 @@ def test_a_full_disk_ends_the_run_in_one_line_and_blames_no_file(tmp_path: Path)
     assert _mess("check", "--store", str(store)).returncode == 0
 
 
+def test_a_report_the_disk_refuses_is_named(extracted_tones: Extracted) -> None:
+    """`mess probe` whose report did not fit on the disk (here: a file-size limit) said only 'error: File too
+    large', naming no file: a write or a sync that fails names no file of its own."""
+    import resource
+
+    _, store = extracted_tones(10)
+
+    def small_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead of a signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # the heatmap is larger, the tables are not
+
+    probe = subprocess.run([*MESS, "probe", "--model", "dsp", "--store", str(store)], capture_output=True, text=True,
+                           timeout=300, preexec_fn=small_disk)
+    lines = probe.stderr.strip().splitlines()
+    assert probe.returncode == 1 and "Traceback" not in probe.stderr and len(lines) == 1, probe.stderr
+    png = next((store / "reports").glob("probe-*.png"), None)
+    assert png is None and lines[0] == f"error: {store / 'reports' / 'probe-dsp-run1.png'}: File too large", lines
+    assert not list((store / "reports").glob(".*.tmp"))  # the refused write left no temp file
+
+
 def test_cut_short_fused_vectors_are_damage_not_new_tracks(extracted_tones: Extracted) -> None:
     """A truncated fused-vector file passed `mess check`; `similar --fused` left the tracks out, as if added since."""
     from mess.constants import FUSED

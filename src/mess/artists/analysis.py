@@ -44,6 +44,7 @@ from mess.constants import FUSED
 from mess.search.query import stale_aspect_map
 from mess.store import FeatureStore, Run, StoreError
 from mess.store.fused import fused_run_problem
+from mess.store.paths import is_device_or_pipe
 from mess.store.reports import slug
 
 Note = Callable[[str], None]
@@ -287,9 +288,8 @@ def artist_matrix(store: FeatureStore, options: ArtistOptions, choice: SpaceChoi
     run, artists = open_artists(store, options, on_note)
     space = choose_space(store, run, artists, choice, on_note)
     sim = _similarity(artists, space, options)
-    prefix = out or store.reports_dir / f"artists-matrix-{slug(f'{run.model}-run{run.id}-{space.label}').strip('_')}"
-    if prefix.suffix.lower() in (".csv", ".png"):  # -o heat.png: heat.png and heat.csv, not heat.png.png
-        prefix = prefix.with_suffix("")
+    name = f"artists-matrix-{slug(f'{run.model}-run{run.id}-{space.label}').strip('_')}"
+    prefix = _matrix_prefix(out, store.reports_dir, name)
     order = cluster_order(sim)
     names = [artists.names[i] for i in order]
     sim = sim[np.ix_(order, order)]
@@ -299,8 +299,21 @@ def artist_matrix(store: FeatureStore, options: ArtistOptions, choice: SpaceChoi
         write_heatmap(png_path, names, sim,
                       f"{run.model} {space.label} ({options.method}{', centred' if options.center else ''})")
     except OSError as exc:
-        raise ArtistError(f"cannot write {prefix}: {exc}") from None
+        raise ArtistError(f"cannot write {exc.filename or prefix}: {exc.strerror or exc}") from None
     return ArtistMatrix(run, space.label, names, sim, csv_path, png_path)
+
+
+def _matrix_prefix(out: Path | None, reports: Path, name: str) -> Path:
+    """Where the matrix's .csv and .png go: ``out`` as a prefix (a .csv/.png ending dropped: -o heat.png gives
+    heat.png and heat.csv), ``name`` inside ``out`` when it is a folder, ``name`` in ``reports`` by default."""
+    if out is None:
+        return reports / name
+    if out.is_dir():
+        return out / name
+    if is_device_or_pipe(out):  # /dev/full.csv would be a new file in /dev, not the device
+        raise ArtistError(f"cannot write the matrix to {out}: the output is two files (PREFIX.csv and PREFIX.png), "
+                          "so give a path prefix or a folder, not a device or a pipe")
+    return out.with_suffix("") if out.suffix.lower() in (".csv", ".png") else out
 
 
 def discrimination(store: FeatureStore, options: ArtistOptions,
@@ -384,5 +397,5 @@ def learn_hybrid(store: FeatureStore, reference: Path, k: int, options: ArtistOp
         try:
             save_weights(path, fit, meta)
         except OSError as exc:
-            raise ArtistError(f"cannot write {path}: {exc}") from None
+            raise ArtistError(f"cannot write {path}: {exc.strerror or exc}") from None
     return HybridWeights(meta, fit, path if save else None)

@@ -148,7 +148,7 @@ def matrix_command(
         typer.Option(
             "--out",
             "-o",
-            help="Output path prefix for .csv and .png, a .csv/.png ending dropped "
+            help="Output path prefix for .csv and .png, a .csv/.png ending dropped, or a folder to write them in "
             "(default: STORE/reports/artists-matrix-MODEL-runID-LAYER).",
         ),
     ] = None,

@@ -47,9 +47,10 @@ def plain(text: object) -> str:
     return escape(one_line(str(text)))
 
 
-def os_reason(exc: OSError) -> str:
-    """What the system refused and why, e.g. "ref.json/sub: Not a directory" (no errno, no traceback)."""
-    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+def os_reason(exc: OSError, named: object = None) -> str:
+    """What the system refused and why, e.g. "ref.json/sub: Not a directory" (no errno, no traceback); a file the
+    caller's message already ``named`` is not named again."""
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None and str(n) != str(named)]
     reason = exc.strerror or str(exc)
     return f"{' -> '.join(names)}: {reason}" if names else reason
 

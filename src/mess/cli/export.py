@@ -40,7 +40,7 @@ def export_command(
         try:
             summary = export_vectors(fs, run, output, chosen, layers=names, segments=segments, fused=fused)
         except OSError as exc:
-            fail(f"cannot write {output}: {os_reason(exc)}")
+            fail(f"cannot write {output}: {os_reason(exc, output)}")
     if as_json:
         emit_json({"model": run.model, "run_id": run.id, "revision": run.revision, "policy": run.policy,
                    **summary.__dict__, "layers": list(summary.layers)})

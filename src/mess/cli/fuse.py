@@ -123,7 +123,7 @@ def _train(fs: FeatureStore, run: Run, config: FusionConfig, path: Path, quiet: 
                           "under way leaves each of its files whole, the old or the new)")
             raise typer.Exit(130) from None
         except OSError as exc:  # a full disk, say: the system's words alone did not name the file
-            fail(f"cannot save the checkpoint {path} ({os_reason(exc)})")
+            fail(f"cannot save the checkpoint {path} ({os_reason(exc, path)})")
         bar.update(task, total=trained.summary["epochs"])
     return trained
 

@@ -190,7 +190,7 @@ def _emit(playlist: Playlist, output: Path | None, fmt: str | None, as_json: boo
             with failing(PlaylistError):
                 written = write_playlist(playlist, output, fmt)
         except OSError as exc:
-            fail(f"cannot write {output}: {os_reason(exc)}")
+            fail(f"cannot write {output}: {os_reason(exc, output)}")
     if as_json:
         emit_json({**playlist.to_dict(), "file": written})
         return

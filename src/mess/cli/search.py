@@ -247,7 +247,7 @@ def evaluate_command(
         try:
             png, unplotted = plot_evaluation(ev, target), None
         except OSError as exc:  # the scores are still shown: the evaluation is not lost to a full disk
-            png, unplotted = None, f"cannot write the plot {target}: {os_reason(exc)}"
+            png, unplotted = None, f"cannot write the plot {target}: {os_reason(exc, target)}"
     if as_json:
         unknown = [{"line": line, "ref": ref} for line, ref in label_file.unknown] if label_file else []
         emit_json({**ev.to_dict(), "plot": str(png) if png else None, "unknown_label_rows": unknown})

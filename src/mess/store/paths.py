@@ -85,7 +85,7 @@ def leftover_temps(root: Path, grace: float = TEMP_GRACE_SECONDS) -> list[Path]:
     return out
 
 
-def _is_device_or_pipe(path: Path) -> bool:
+def is_device_or_pipe(path: Path) -> bool:
     """Whether ``path`` (links followed) is something other than a file or a folder: a device, a pipe, a socket."""
     try:
         mode = os.stat(path).st_mode
@@ -107,9 +107,12 @@ def replacing(path: Path) -> Iterator[BinaryIO]:
     """A new file beside ``path``, renamed over it once the block ends (as :func:`replace_file`; an error in the
     block leaves ``path`` untouched and removes the new file). A ``path`` that is a device or a pipe
     (/dev/stdout, a FIFO) is written into, not replaced: renaming over it would remove it (as root, /dev/null)."""
-    if _is_device_or_pipe(path):
-        with open(path, "wb") as out:  # by the name given: /dev/stdout resolves to a pipe: name no one can open
-            yield out
+    if is_device_or_pipe(path):
+        try:
+            with open(path, "wb") as out:  # by the name given: /dev/stdout resolves to a pipe: name no one can open
+                yield out
+        except OSError as exc:
+            raise _naming(exc, path) from None
         return
     target = resolved(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -122,6 +125,17 @@ def replacing(path: Path) -> Iterator[BinaryIO]:
         if target.exists():
             shutil.copymode(target, tmp)
         os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _naming(exc, path) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """``exc`` with ``path`` as its file where the system named none (a write or a sync: a full disk, a file-size
+    limit), so that every command's message says which file could not be written; the same subclass (by errno)."""
+    if exc.filename is not None or exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror, str(path))
