@@ -7,6 +7,7 @@ One app over one store (``test_serve_api``'s twelve rendered tones) serves the m
 from __future__ import annotations
 
 import io
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -150,6 +151,25 @@ def _cases(table: str) -> list[tuple[str, str, int, str]]:
 def test_malformed_parameters_are_refused_naming_them(client: TestClient, collection: Path, method: str, url: str,
                                                       status: int, words: str) -> None:
     _refused(client.request(method, url), status, words, collection.parent)
+
+
+def test_long_values_are_cut_in_every_refusal(client: TestClient, collection: Path) -> None:
+    """A model, layer, aspect, hubness method or track id of thousands of characters was echoed whole in the 400 and
+    404 answers (422s were cut): every route, each query parameter and each path id, sent a long value."""
+    long, digits = "z" * 10_000, "9" * 3000  # under int()'s 4,300 digits: a well-formed id that names no track
+    cut = []
+    for path, operations in client.app.openapi()["paths"].items():
+        for method, operation in operations.items():
+            plain = re.sub(r"\{[^}]+\}", "1", path)
+            sent = [(plain, {p["name"]: long}) for p in operation.get("parameters", []) if p["in"] == "query"]
+            sent += [(re.sub(r"\{[^}]+\}", digits, path), {})] if "{" in path else []
+            for url, params in sent:
+                response = client.request(method.upper(), url, params=params)
+                if response.status_code >= 400:
+                    detail = _refused(response, response.status_code, "", collection.parent)
+                    assert len(detail) < 300, (method, path, params.keys(), detail[:300])
+                    cut += [(path, *params)] if "characters)" in detail else []
+    assert len(cut) >= 15 and ("/api/tracks/{track_id}",) in cut and ("/api/map", "aspect") in cut, cut
 
 
 def _wav(samples: np.ndarray, sr: int = api.SR, subtype: str | None = None) -> bytes:

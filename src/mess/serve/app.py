@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Mount
 from starlette.staticfiles import NotModifiedResponse, PathLike
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,7 +25,7 @@ from threadpoolctl import threadpool_limits
 from mess.artists.profiles import ArtistError
 from mess.serve import mapping, routes_playlists, routes_reports, routes_search, routes_tracks
 from mess.serve.audio_file import AudioFile
-from mess.serve.errors import invalid_request, unused_parameters
+from mess.serve.errors import http_error, invalid_request, short_values, unused_parameters
 from mess.serve.security import AccessPolicy, install
 from mess.serve.state import ServeState, catalog_id, default_model, store_error
 from mess.serve.uploads import (
@@ -90,6 +91,7 @@ def create_app(store_path: Path, model: str | None = None, allow_indexing: bool 
     app.add_exception_handler(TrackFailed, _failed_track)
     app.add_exception_handler(ArtistError, _bad_request)
     app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, _internal_error)
     for module in (routes_tracks, routes_search, routes_reports, routes_playlists):
         app.include_router(module.router, dependencies=[Depends(unused_parameters)])
@@ -148,7 +150,7 @@ class HeadAsGet:
 
 
 async def _bad_request(_: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=400)
+    return JSONResponse({"detail": short_values(str(exc))}, status_code=400)
 
 
 async def _failed_track(_: Request, exc: Exception) -> JSONResponse:

@@ -7,11 +7,14 @@ import re
 from pathlib import PurePosixPath
 
 from fastapi import HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 _SHOWN = 40  # characters of a sent value quoted in a message
+_LONG = re.compile(rf"\S{{{2 * _SHOWN + 1},}}")  # a run of non-space characters no message word is this long
 _PATH = re.compile(r"(?<![\w.~/:-])/[^\s'\"(),;:]+(?<!\.)")  # an absolute path, not a URL's (nor a full stop after)
 
 
@@ -23,6 +26,27 @@ async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
     specs = _parameters(request, route) if isinstance(route, Route) else {}
     lines = dict.fromkeys(_line(error, specs) for error in errors)  # once each, in order
     return JSONResponse({"detail": "; ".join(lines)}, status_code=422)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's answer to an HTTPException, with a long value the message echoes (a model name or a track id of
+    thousands of characters) cut: see :func:`short_values`."""
+    assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.detail, str):
+        exc = StarletteHTTPException(exc.status_code, short_values(exc.detail), exc.headers)
+    return await http_exception_handler(request, exc)
+
+
+def short_values(text: str) -> str:
+    """``text`` with each run of more than 80 non-space characters (a value sent in a request, echoed back) cut to
+    its first 40, so an error answer stays one short line however long the request was."""
+    return _LONG.sub(_cut, text)
+
+
+def _cut(run: re.Match) -> str:
+    """One long run cut, its closing punctuation kept: "'xxxx...; use" -> "'xxxx... (3000 characters)'; use"."""
+    value = run[0].rstrip("'\";:,.)")
+    return f"{value[:_SHOWN]}... ({len(value)} characters){run[0][len(value):]}"
 
 
 def unused_parameters(request: Request) -> None:

@@ -18,6 +18,7 @@ from pydantic import BeforeValidator
 
 from mess.search.query import Neighbour
 from mess.search.vectors import FUSED, VectorSpec, has_learned_head
+from mess.serve.errors import short_values
 from mess.serve.uploads import EmbedWorker
 from mess.store import FeatureStore, Run, StoreError, Track, is_track_id
 from mess.store.config import model_key, names_a_run
@@ -158,7 +159,8 @@ def store_error(request: Request, exc: Exception) -> JSONResponse:
     root = state.store.root
     now = catalog_id(root)
     if now == getattr(request.state, "catalog", state.catalog):  # the store named by its folder's name alone
-        return JSONResponse({"detail": printable(str(exc).replace(str(root), root.name))}, status_code=400)
+        detail = printable(str(exc).replace(str(root), root.name))
+        return JSONResponse({"detail": short_values(detail)}, status_code=400)
     return JSONResponse({"detail": f"{rebuilding(now)}; answers resume once `mess extract` has written vectors "
                                    "there; try again shortly"},
                         status_code=503, headers={"Retry-After": "10"})
