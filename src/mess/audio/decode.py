@@ -359,7 +359,19 @@ def _pyav_blocks(path: Path) -> Iterator[tuple[np.ndarray, int]]:
             if size:
                 yield _stack_frames(head + _drained(fifo), *layout[:2]), layout[2]
     except av.FFmpegError as exc:
-        raise AudioError(f"{path}: cannot decode ({exc.__class__.__name__}: {exc})") from exc
+        raise AudioError(f"{path}: cannot decode ({_ffmpeg_reason(exc)})") from exc
+
+
+def _ffmpeg_reason(exc: av.FFmpegError) -> str:
+    """FFmpeg's refusal in words, without its class, its errno or the file name it repeats: 'invalid data found
+    when processing input: damaged, or not audio'."""
+    reason = (exc.strerror or str(exc)).rstrip(".")
+    reason = reason[:1].lower() + reason[1:]
+    if isinstance(exc, av.error.EOFError):
+        return f"{reason} before any audio: cut short?"
+    if isinstance(exc, av.error.InvalidDataError):
+        return f"{reason}: damaged, or not audio"
+    return reason
 
 
 def _drained(fifo: av.AudioFifo) -> list[np.ndarray]:

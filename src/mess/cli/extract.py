@@ -16,7 +16,7 @@ from mess.audio.windows import WindowPolicy
 from mess.cli.common import console, emit_json, fail, failing, open_store, plain
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, given_path, given_text
 from mess.extract.pipeline import ExtractSummary, extract, missing_files
-from mess.extract.prepare import planned_seconds
+from mess.extract.plan import plan_in_background, to_embed
 from mess.extract.runs import run_policy
 from mess.models.base import EmbeddingModel
 from mess.models.hub import quiet
@@ -164,23 +164,22 @@ def _run_local(
     prune_under: list[Path],
     wait: bool,
 ) -> ExtractSummary:
-    """Run the local pipeline under a progress bar counting audio seconds (from the headers), with an ETA."""
+    """Run the local pipeline under a progress bar counting audio seconds, with an ETA. The total (the seconds the
+    files to embed hold, by their headers) is read beside the run, so the first file starts at once."""
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed:.0f}/{task.total:.0f} audio-s, {task.fields[files]} files"),
+        TextColumn("{task.completed:.0f}/{task.fields[planned]} audio-s, {task.fields[files]} files"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
         TextColumn("{task.fields[rate]}"),
     )
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task(
-            plain(f"extract {embedder.info.name}"),
-            total=planned_seconds(paths, policy),
-            files=f"0/{len(paths)}",
-            rate="",
-        )
+        task = bar.add_task(plain(f"extract {embedder.info.name}"), total=None, files=f"0/{len(paths)}", rate="",
+                            planned="?")
+        stop_plan = plan_in_background(to_embed(fs, paths, embedder.info, policy), policy,
+                                       lambda seconds: bar.update(task, total=seconds, planned=f"{seconds:.0f}"))
         start = bar.get_time()
 
         def hook(done: int, audio_seconds: float) -> None:
@@ -192,19 +191,23 @@ def _run_local(
                 rate=f"{audio_seconds / elapsed:.1f} audio-s/s",
             )
 
-        summary = extract(
-            fs,
-            paths,
-            embedder,
-            policy,
-            batch_size=batch_size,
-            workers=workers,
-            prune_under=prune_under,
-            on_progress=hook,
-            wait=wait,
-            on_wait=lambda m: bar.console.print(f"[yellow]{plain(m)}[/]"),
-        )
-        bar.update(task, completed=bar.tasks[0].total)  # skipped and failed files are done too
+        try:
+            summary = extract(
+                fs,
+                paths,
+                embedder,
+                policy,
+                batch_size=batch_size,
+                workers=workers,
+                prune_under=prune_under,
+                on_progress=hook,
+                wait=wait,
+                on_wait=lambda m: bar.console.print(f"[yellow]{plain(m)}[/]"),
+            )
+        finally:
+            stop_plan()
+        done = bar.tasks[0].completed  # skipped and failed files are done too: the bar ends full
+        bar.update(task, total=done, planned=f"{done:.0f}")
         return summary
 
 

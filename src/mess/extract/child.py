@@ -61,6 +61,13 @@ class Child:
         except (EOFError, OSError):
             raise ChildDied(f"died ({describe_exit(self.stop())})") from None
 
+    def kill(self) -> None:
+        """Kill the child if it runs, leaving its pipes to the thread that may be waiting on them (its call then
+        raises ChildDied and it stops the child)."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+
     def stop(self) -> int | None:
         """Kill the child if it runs; its exit code (None when there was none)."""
         for conn in (self._send, self._recv):

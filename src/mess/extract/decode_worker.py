@@ -1,15 +1,18 @@
 """The child process that inspects and decodes files for `mess extract`: ``python -m mess.extract.decode_worker``.
 
 Requests: ``("inspect", path, known)`` -> :class:`FileRecord`; ``("decode", record, sample_rate,
-policy)`` -> :class:`Windows`. Replies: ``("ok", value)``, or ``(kind, message)``
-with kind ``audio`` (AudioError), ``os`` (OSError) or ``other`` (any other exception).
+policy)`` -> :class:`Windows`; ``("plan", paths, policy)`` -> the audio seconds the policy analyses in them.
+Replies: ``("ok", value)``, or ``(kind, message)`` with kind ``audio`` (AudioError), ``os`` (OSError) or
+``other`` (any other exception). What C libraries print goes to /dev/null (see :func:`quiet_native_output`).
 """
 
 from __future__ import annotations
 
+import os
+
 from mess.audio.decode import AudioError
 from mess.extract.child import serve_requests
-from mess.extract.prepare import decode_windows, describe, inspect_file
+from mess.extract.prepare import decode_windows, describe, inspect_file, planned_seconds
 
 
 def handle(request: object) -> tuple:
@@ -22,6 +25,8 @@ def handle(request: object) -> tuple:
             return ("ok", inspect_file(*args))
         if op == "decode":
             return ("ok", decode_windows(*args))
+        if op == "plan":
+            return ("ok", planned_seconds(*args))
         return ("other", f"unknown request {op!r}")
     except AudioError as exc:
         return ("audio", str(exc))
@@ -31,5 +36,14 @@ def handle(request: object) -> tuple:
         return ("other", describe(exc))
 
 
+def quiet_native_output() -> None:
+    """Send what the decoders' C libraries print to /dev/null: libmpg123 writes 'Note: Illegal Audio-MPEG-Header
+    ...' for each damaged frame of an MP3, which broke the progress bar; a file's failure is its reply."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
 if __name__ == "__main__":
+    quiet_native_output()
     serve_requests(handle)

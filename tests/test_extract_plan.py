@@ -1,0 +1,102 @@
+"""The progress bar's total: the audio a run will analyse in the files it will embed, read in a decode worker;
+and what C decoders print about a damaged file, kept off the terminal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mess.audio.decode import AudioError, probe
+from mess.audio.windows import WindowPolicy
+from mess.extract.pipeline import extract
+from mess.extract.plan import plan_in_background, to_embed
+from mess.models.dsp import DspModel
+from mess.store import FeatureStore
+
+POLICY = WindowPolicy(4.0, 3)
+SR = 22050
+
+
+def _tone(path: Path, seconds: float, f0: float) -> Path:
+    t = np.arange(int(seconds * SR)) / SR
+    sf.write(path, 0.3 * np.sin(2 * np.pi * f0 * t) * (1 + 0.3 * np.sin(2 * np.pi * 3 * t)), SR)
+    return path
+
+
+def _planned(paths: list[Path]) -> float:
+    """The total the bar is given, waiting for the worker."""
+    got: list[float] = []
+    done = threading.Event()
+    plan_in_background(paths, POLICY, lambda seconds: (got.append(seconds), done.set()))
+    assert done.wait(120), "the plan never reported"
+    return got[0]
+
+
+def test_a_resumed_run_plans_only_the_audio_it_will_embed(tmp_path: Path) -> None:
+    """The total counted every file's seconds: resuming a library mostly embedded, the bar ended near its start and
+    the ETA was many times too long."""
+    music = tmp_path / "music"
+    music.mkdir()
+    first = [_tone(music / f"t{i}.wav", 3.0 + 4 * i, 220.0 * (i + 1)) for i in range(3)]
+    store = FeatureStore(tmp_path / "store")
+    model = DspModel()
+    assert to_embed(store, first, model.info, POLICY) == first  # no run yet: everything
+    extract(store, first, model, POLICY)
+    later = _tone(music / "new.wav", 9.0, 330.0)
+    time.sleep(0.01)
+    changed = _tone(first[1], 20.0, 440.0)  # rewritten: longer, so its stamp changes
+    todo = to_embed(store, [*first, later], model.info, POLICY)
+    assert todo == [changed, later]
+    want = sum(POLICY.analysed_seconds(sf.info(p).duration) for p in todo)  # the headers, read here
+    assert _planned(todo) == pytest.approx(want) and want < _planned([*first, later])
+    assert to_embed(store, [*first, later], model.info, WindowPolicy(2.0, 3)) == [*first, later]  # another run
+    store.close()
+
+
+def test_a_file_no_decoder_reads_counts_nothing_and_prints_nothing(tmp_path: Path, capfd: pytest.CaptureFixture
+                                                                    ) -> None:
+    """Headers were read in the run's own process, where libmpg123 printed 'Note: Illegal Audio-MPEG-Header ...'
+    over the progress bar for a damaged MP3 (and a decoder crash would have ended the run)."""
+    junk = tmp_path / "junk.mp3"  # libmpg123 finds a few seconds of frames in it, and complains about the rest
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.uint8).tobytes())
+    cut = tmp_path / "cut.ogg"  # no decoder reads a header here
+    cut.write_bytes(b"OggS\x00\x02")
+    good = _tone(tmp_path / "good.wav", 5.0, 220.0)
+    planned = _planned([junk, cut, good])
+    assert _planned([]) == 0.0
+    assert "Note:" not in capfd.readouterr().err
+    want = POLICY.analysed_seconds(sf.info(good).duration)
+    with pytest.raises(AudioError):
+        probe(cut)
+    try:
+        want += POLICY.analysed_seconds(probe(junk).duration)  # read here, in this process: chatter and all
+    except AudioError:
+        pass
+    assert planned == pytest.approx(want) and "Note:" in capfd.readouterr().err
+
+
+def test_a_damaged_mp3_fails_in_words_and_the_terminal_stays_clean(tmp_path: Path) -> None:
+    """`mess extract` over a damaged MP3 printed libmpg123's notes and 'cannot decode (InvalidDataError: [Errno
+    1094995529] Invalid data found when processing input: '/path/junk.mp3')'."""
+    music = tmp_path / "music"
+    music.mkdir()
+    (music / "junk.mp3").write_bytes(np.random.default_rng(1).integers(0, 256, 20_000, dtype=np.uint8).tobytes())
+    (music / "cut.ogg").write_bytes(b"OggS\x00\x02")
+    _tone(music / "good.wav", 4.0, 220.0)
+    done = subprocess.run([sys.executable, "-m", "mess.cli", "extract", str(music), "--model", "dsp", "--store",
+                           str(tmp_path / "store")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 3, done.stderr  # 3: files failed
+    shown = done.stdout + done.stderr
+    assert "Note:" not in shown and "Errno" not in shown and "Error:" not in shown, shown
+    assert f"failed: {music / 'junk.mp3'}: cannot decode (invalid data found when processing input: damaged, or " \
+           "not audio)" in shown, shown
+    assert f"failed: {music / 'cut.ogg'}: cannot decode (end of file before any audio: cut short?)" in shown, shown
