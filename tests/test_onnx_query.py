@@ -20,10 +20,15 @@ import soundfile as sf
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from mess.audio.windows import WindowPolicy
 from mess.cli.main import app
+from mess.extract.pipeline import extract
+from mess.models.essentia import OnnxModel
+from mess.models.essentia.export import export_musicnn
+from mess.models.musicnn import MusicnnModel
 from mess.query import embed_query
 from mess.serve.app import create_app
-from mess.store import FeatureStore
+from mess.store import FeatureStore, Run
 
 pytest.importorskip("onnx", reason="tests build their graphs with onnx (test extra)")
 from test_onnx_backend import EFFNET_OUTPUTS, _cli, effnet_graph, write_json  # noqa: E402
@@ -146,12 +151,123 @@ def test_model_file_replaced_asks_to_re_extract(extracted: tuple[Path, Path], ou
     assert "re-extract the collection" in message
 
 
-def test_damaged_record_is_one_line(extracted: tuple[Path, Path], outside: tuple[Path, int]) -> None:
+def test_damaged_record_is_one_line(extracted: tuple[Path, Path], outside: tuple[Path, int],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A path not absolute is damage too: it was looked up from the working directory (here, where the file is)."""
     store_path, _ = extracted
     with closing(FeatureStore(store_path, readonly=True)) as store:
         record = store.model_source_path(store.run("mine"))
-    for damage in (b'{"path": ', b"[1, 2]", json.dumps({"kind": "onnx", "path": "x.onnx"}).encode()):
+    relative = {**json.loads(record.read_text()), "path": "models/mine.onnx"}
+    monkeypatch.chdir(store_path.parent)
+    for damage in (b'{"path": ', b"[1, 2]", json.dumps({"kind": "onnx", "path": "x.onnx"}).encode(),
+                   json.dumps(relative).encode()):
         with _set_aside(record):
             record.write_bytes(damage)
             message = _one_line_error(store_path, outside[0])
         assert "damaged" in message and "run `mess extract` with the model file again" in message, message
+
+
+def _upload(client: TestClient, wav: Path, model: str) -> httpx.Response:
+    return client.post("/api/similar/upload", params={"k": 2, "model": model},
+                       files={"file": ("other.wav", wav.read_bytes(), "audio/wav")})
+
+
+def test_a_folder_named_like_the_run_is_not_its_model(extracted: tuple[Path, Path], outside: tuple[Path, int],
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: with a folder ``mine`` in the working directory the run's name was taken for a model folder ("mine
+    holds no model (no config.json)", 503 from the server). The run's record names its model: the folder is not
+    looked at."""
+    (store_path, _), (wav, original) = extracted, outside
+    (tmp_path / "mine").mkdir()
+    monkeypatch.chdir(tmp_path)
+    code, out = _similar(store_path, wav)
+    assert code == 0, out
+    assert json.loads(out)["results"][0]["id"] == original
+    with TestClient(base_url="http://127.0.0.1", app=create_app(store_path, embed_timeout=300)) as client:
+        answer = _upload(client, wav, "mine")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["results"][0]["id"] == original
+
+
+def test_a_store_without_the_record_says_to_extract_once_more(extracted: tuple[Path, Path],
+                                                               outside: tuple[Path, int]) -> None:
+    """A store extracted before the record existed. Before: "unknown model 'mine'; choose one of dsp, ...", as if
+    the user had misspelt it."""
+    store_path, _ = extracted
+    with closing(FeatureStore(store_path, readonly=True)) as store:
+        record = store.model_source_path(store.run("mine"))
+    with _set_aside(record):
+        record.unlink()
+        message = _one_line_error(store_path, outside[0])
+    assert ("mine was extracted with a model file (mine.onnx) whose place the store does not record (it was "
+            "extracted before mess recorded it); run `mess extract` with that file to embed new files") in message
+
+
+def _samples_of(track: Path, wav: Path) -> Path:
+    """``wav``: ``track``'s samples in a file of other bytes (embedded as an outside file, not found by its hash)."""
+    audio, sr = sf.read(track, dtype="float32")
+    sf.write(wav, audio, sr, subtype="FLOAT")
+    return wav
+
+
+@pytest.fixture(scope="module")
+def registry_named(tmp_path_factory: pytest.TempPathFactory, rendered_collection: list[Path]) -> tuple[Path, Run, Run]:
+    """(store, ONNX run, native run): three rendered pieces extracted with musicnn's real weights exported as
+    ``musicnn-msd.onnx`` (through the library, as a store made before `mess extract` refused that name), then with
+    the registry's ``musicnn-msd``: two runs of one name, made by two networks."""
+    pytest.importorskip("musicnn", reason="the musicnn wheel holds the weights: pip install --no-deps musicnn==0.1.0")
+    root = tmp_path_factory.mktemp("registry-named")
+    native = MusicnnModel("MSD")
+    (root / "models").mkdir()
+    model = export_musicnn(native, root / "models" / "musicnn-msd.onnx")
+    policy = WindowPolicy(window_seconds=10.0)
+    with closing(FeatureStore(root / "store")) as store:
+        assert not extract(store, rendered_collection[:3], OnnxModel(model), policy).failed
+        assert not extract(store, rendered_collection[:3], native, policy).failed
+        onnx_run, native_run = store.runs()
+    assert onnx_run.model == native_run.model == "musicnn-msd" and onnx_run.revision.startswith("sha256:")
+    return root / "store", onnx_run, native_run
+
+
+def test_the_record_wins_over_a_registry_model_of_the_same_name(registry_named: tuple[Path, Run, Run],
+                                                                tmp_path: Path) -> None:
+    """Before: the ONNX run's queries loaded the registry's musicnn-msd ("musicnn-msd is now revision musicnn-0.1.0
+    but the store holds sha256:..."). Now each run embeds a new file with its own network: a file of a collection
+    track's samples (other bytes) gets that track's stored vectors of the run asked for, by the CLI and the server."""
+    store_path, onnx_run, native_run = registry_named
+    with closing(FeatureStore(store_path, readonly=True)) as store:
+        first = store.tracks(onnx_run)[0]
+        copy = _samples_of(Path(first.path), tmp_path / "copy.wav")
+        for run in (onnx_run, native_run):
+            query = embed_query(store, copy, run)
+            assert query.track is None and query.layers is not None
+            ids, matrix = store.layer_matrix(run, "penultimate")
+            np.testing.assert_allclose(query.layers[run.layer_index("penultimate")], matrix[list(ids).index(first.id)],
+                                       rtol=2e-3, atol=2e-3)
+    result = CliRunner().invoke(app, ["similar", str(copy), "--model", f"musicnn-msd@{onnx_run.id}", "--store",
+                                      str(store_path), "-k", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["results"][0]["id"] == first.id
+    with TestClient(base_url="http://127.0.0.1", app=create_app(store_path, embed_timeout=300)) as client:
+        answer = _upload(client, copy, f"musicnn-msd@{onnx_run.id}")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["results"][0]["id"] == first.id
+
+
+def test_a_registry_named_run_without_the_record_is_not_given_that_model(registry_named: tuple[Path, Run, Run],
+                                                                         tmp_path: Path) -> None:
+    """A store extracted with musicnn-msd.onnx before the record existed. Before: the registry's musicnn-msd was
+    loaded and failed the revision check ("re-extract the collection", which would need the file renamed)."""
+    store_path, onnx_run, _ = registry_named
+    with closing(FeatureStore(store_path, readonly=True)) as store:
+        wav = _samples_of(Path(store.tracks(onnx_run)[0].path), tmp_path / "other.wav")
+        record = store.model_source_path(onnx_run)
+    with _set_aside(record):
+        record.unlink()
+        result = CliRunner().invoke(app, ["similar", str(wav), "--model", f"musicnn-msd@{onnx_run.id}", "--store",
+                                          str(store_path)])
+    message = " ".join(result.output.split())
+    assert result.exit_code == 1 and "Traceback" not in message, message
+    assert ("musicnn-msd was extracted with a model file (musicnn-msd.onnx) whose place the store does not record "
+            "(it was extracted before mess recorded it); run `mess extract` with that file under another name (say, "
+            "my-musicnn-msd.onnx: musicnn-msd is a registry model's name) to embed new files with it") in message

@@ -142,17 +142,24 @@ def load_run_model(name: str, revision: str, source: Mapping[str, str] | None = 
     """The model a run's vectors were made with, to embed new files as its tracks were: the one path for
     `mess similar FILE` and the server's uploads.
 
-    ``name`` loads as :func:`load_model` does; a name it does not know (an ``.onnx`` run, named after the file's
-    stem) loads from ``source``, the run's record of the file it was extracted with (see
-    ``EmbeddingModel.source``), once the file is checked against ``revision``. Raises :class:`ModelError` (one
-    line) when the model cannot be had or is not ``revision`` (re-extract).
+    A run with ``source``, its record of the model file it was extracted with (an ``.onnx`` run, named after the
+    file's stem; see ``EmbeddingModel.source``), loads from that record alone, once the file is checked against
+    ``revision``: never a registry model, plugin or folder (in the working directory) of the same name. Other runs
+    load by ``name`` as :func:`load_model` does, except one made from a model file whose place the store does not
+    record (extracted before it was recorded). Raises :class:`ModelError` (one line) when the model cannot be had or
+    is not ``revision`` (re-extract).
     """
-    try:
-        model = load_model(name, device=device)
-    except UnknownModel:
-        if source is None:
-            raise
-        model = _load_recorded(name, revision, source, device)
+    if source is not None:
+        return _load_recorded(name, revision, source, device)
+    from mess.models.essentia.fetch import FILE_REVISION
+
+    if revision.startswith(FILE_REVISION):
+        rename = (f" under another name (say, my-{name}.onnx: {name} is a registry model's name)"
+                  if name.lower() in model_factories() else "")
+        raise ModelError(f"{name} was extracted with a model file ({name}.onnx) whose place the store does not "
+                         f"record (it was extracted before mess recorded it); run `mess extract` with that file"
+                         f"{rename} to embed new files with it")
+    model = load_model(name, device=device)
     if model.info.revision != revision:
         raise ModelError(f"{name} is now revision {model.info.revision} but the store holds {revision}; "
                          "re-extract the collection to compare with new files")
@@ -162,15 +169,16 @@ def load_run_model(name: str, revision: str, source: Mapping[str, str] | None = 
 def _load_recorded(name: str, revision: str, source: Mapping[str, str], device: str) -> EmbeddingModel:
     """The ``.onnx`` model a run's record names, when the file there is still the one the run was extracted with."""
     path, preset = source.get("path"), source.get("preset")
-    if source.get("kind") != "onnx" or not path or not preset or source.get("revision") != revision:
+    if (source.get("kind") != "onnx" or not path or not Path(path).is_absolute() or not preset
+            or source.get("revision") != revision):
         raise ModelError(f"the store's record of the model file {name} was extracted with is damaged or is not this "
                          "run's; run `mess extract` with the model file again to record it anew")
     from mess.models.essentia import EssentiaModelError, OnnxModel
-    from mess.models.essentia.fetch import file_sha256
+    from mess.models.essentia.fetch import file_revision
 
     file = Path(path)
     try:
-        now = f"sha256:{file_sha256(file)[:16]}"
+        now = file_revision(file)
     except FileNotFoundError:
         raise ModelError(f"{name} was extracted with the model file {path}, which is gone; the model file is needed "
                          "to embed new files: put it back, or run `mess extract` with it at its new place") from None

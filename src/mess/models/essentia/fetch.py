@@ -181,6 +181,14 @@ def _move_into(snapshot: Path, folder: Path) -> list[Path]:
     return moved
 
 
+FILE_REVISION = "sha256:"  # how an .onnx model's revision starts (see file_revision)
+
+
+def file_revision(path: Path) -> str:
+    """An ``.onnx`` model's revision: ``sha256:`` and the first 16 hex digits of the file's SHA-256."""
+    return f"{FILE_REVISION}{file_sha256(path)[:16]}"
+
+
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mess.models.base import EmbeddingModel, ModelInfo
-from mess.models.essentia.fetch import file_sha256
+from mess.models.essentia.fetch import file_revision
 from mess.models.essentia.frontends import SAMPLE_RATE, patches
 from mess.models.essentia.metadata import EssentiaModelError, ModelMetadata, graph_name, layer_name, read_metadata
 from mess.models.essentia.presets import Preset, detect_preset, get_preset
@@ -45,7 +45,7 @@ class OnnxModel(EmbeddingModel):
         self.output_names = [o.name for o in self.session.get_outputs()]
         dims = [o.shape[-1] for o in self._run(np.zeros((1, self.preset.patch_frames, self.preset.bands), np.float32))]
         self.info = ModelInfo(
-            name=path.stem, revision=f"sha256:{file_sha256(path)[:16]}", sample_rate=SAMPLE_RATE,
+            name=path.stem, revision=file_revision(path), sample_rate=SAMPLE_RATE,
             layer_names=_layer_names(self.output_names, self.metadata), layer_dims=tuple(int(d) for d in dims),
             licence=self.metadata.licence or self.preset.licence)
 
