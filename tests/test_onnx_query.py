@@ -254,6 +254,25 @@ def test_the_record_wins_over_a_registry_model_of_the_same_name(registry_named: 
     assert answer.json()["results"][0]["id"] == first.id
 
 
+def test_extract_refuses_a_model_file_named_like_a_registry_model(registry_named: tuple[Path, Run, Run],
+                                                                   rendered_collection: list[Path],
+                                                                   tmp_path: Path) -> None:
+    """Before: `mess extract --model musicnn-msd.onnx` made a run named musicnn-msd that `mess info` showed as another
+    revision of the registry's model and `--model musicnn-msd` could answer from. Now refused before the store is
+    opened, in any case of the letters, with what to do."""
+    models = registry_named[0].parent / "models"
+    (tmp_path / "MusicNN.onnx").symlink_to(models / "musicnn-msd.onnx")
+    (tmp_path / "MusicNN.json").symlink_to(models / "musicnn-msd.json")
+    for file, stem in ((models / "musicnn-msd.onnx", "musicnn-msd"), (tmp_path / "MusicNN.onnx", "MusicNN")):
+        result = CliRunner().invoke(app, ["extract", str(rendered_collection[0]), "--model", str(file), "--store",
+                                          str(tmp_path / "store")])
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert (f"{stem}.onnx: a run is named after its model file, and {stem} is a registry model's name, so its "
+                f"vectors would pass for that model's; rename the file (say, my-{stem}.onnx, with its .json) and run "
+                "again") in " ".join(result.output.split())
+        assert not (tmp_path / "store").exists()
+
+
 def test_a_registry_named_run_without_the_record_is_not_given_that_model(registry_named: tuple[Path, Run, Run],
                                                                          tmp_path: Path) -> None:
     """A store extracted with musicnn-msd.onnx before the record existed. Before: the registry's musicnn-msd was

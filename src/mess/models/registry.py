@@ -113,10 +113,16 @@ def check_device(device: str) -> None:
 
 def load_model(name: str, device: str = "cpu", preset: str | None = None) -> EmbeddingModel:
     """Load a model by registry name, an Essentia-style ``.onnx`` file (``preset`` names its front end; detected
-    when None), or a MERT-shaped HubertModel from a local folder, on ``device`` (see :func:`check_device`)."""
+    when None; refused when its stem is a registry model's name), or a MERT-shaped HubertModel from a local folder,
+    on ``device`` (see :func:`check_device`)."""
     check_device(device)
     key = name.lower()
     if key.endswith(".onnx"):
+        stem = Path(name).stem
+        if stem.lower() in model_factories():  # the run, named after the file, would pass for that model's
+            raise ModelError(f"{Path(name).name}: a run is named after its model file, and {stem} is a registry "
+                             f"model's name, so its vectors would pass for that model's; rename the file (say, "
+                             f"my-{stem}.onnx, with its .json) and run again")
         from mess.models.essentia import OnnxModel
 
         return OnnxModel(Path(name), preset=preset, device=device)
