@@ -203,6 +203,39 @@ def test_a_store_without_the_record_says_to_extract_once_more(extracted: tuple[P
             "extracted before mess recorded it); run `mess extract` with that file to embed new files") in message
 
 
+def test_upload_with_a_damaged_record_is_503_in_one_line(extracted: tuple[Path, Path],
+                                                         outside: tuple[Path, int]) -> None:
+    """Every fault of the record or its file is the server's, not the upload's: 503 with one line naming what is
+    wrong and what to do, and no server path. Before: malformed JSON or values not strings went through the
+    StoreError handler as a 400, the others as a 503."""
+    (store_path, model), (wav, _) = extracted, outside
+    with closing(FeatureStore(store_path, readonly=True)) as store:
+        run = store.run("mine")
+        record = store.model_source_path(run)
+    good = json.loads(record.read_text())
+    damaged = "run `mess extract` with the model file again to record it anew"
+    records = [(b'{"path": ', damaged), (b"[1, 2]", damaged), (json.dumps({**good, "preset": 3}).encode(), damaged),
+               (json.dumps({"kind": "onnx", "path": good["path"]}).encode(), damaged),
+               (json.dumps({**good, "path": "models/mine.onnx"}).encode(), damaged)]
+    with TestClient(base_url="http://127.0.0.1", app=create_app(store_path, embed_timeout=300)) as client:
+        answers = []
+        with _set_aside(record):
+            for text, expected in records:
+                record.write_bytes(text)
+                answers.append((_upload(client, wav, "mine"), expected))
+        with _set_aside(model):
+            model.unlink()
+            answers.append((_upload(client, wav, "mine"), "mine was extracted with the model file mine.onnx, "
+                                                          "which is gone; the model file is needed"))
+            effnet_graph(model, batch=8)
+            answers.append((_upload(client, wav, "mine"), "the model file mine.onnx has changed since the "
+                                                          "collection was extracted with it"))
+    for answer, expected in answers:
+        detail = answer.json()["detail"]
+        assert answer.status_code == 503 and expected in detail, (answer.status_code, detail)
+        assert "\n" not in detail and str(store_path.parent) not in detail, detail
+
+
 def _samples_of(track: Path, wav: Path) -> Path:
     """``wav``: ``track``'s samples in a file of other bytes (embedded as an outside file, not found by its hash)."""
     audio, sr = sf.read(track, dtype="float32")

@@ -27,11 +27,12 @@ from mess.search.query import (
     weak_aspects,
 )
 from mess.search.vectors import VectorSpec, from_tracks, load_vectors, vectors_label
+from mess.serve.errors import without_paths
 from mess.serve.mapping import collection_map
 from mess.serve.routes_tracks import Aspect, Blank, Fused, Layer, Learned, Model
 from mess.serve.state import ServeState, TrackId, get_state, neighbour_dict, track_dict, vector_spec
 from mess.serve.uploads import FIELD, receive_upload
-from mess.store import FeatureStore, Run, Track
+from mess.store import FeatureStore, Run, StoreError, Track
 
 router = APIRouter(prefix="/api")
 State = Annotated[ServeState, Depends(get_state)]
@@ -95,8 +96,12 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
     def prepare() -> tuple[FeatureStore, Run, VectorSpec, dict[str, str] | None]:
         with state.lock:
             run = state.run(model)
-            return (state.store, run, vector_spec(state.store, run, layer, aspect, fused, learned),
-                    state.store.model_source(run))
+            spec = vector_spec(state.store, run, layer, aspect, fused, learned)
+            try:
+                source = state.store.model_source(run)
+            except StoreError as exc:  # the model cannot be had, as when its file is gone: 503, not the upload's 400
+                raise HTTPException(503, without_paths(str(exc))) from None
+            return state.store, run, spec, source
 
     opened, embedded_as, embedded_spec, source = await run_in_threadpool(prepare)
     with state.worker.receipt():
