@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+FILE_REVISION = "sha256:"  # how the revision of a model made from a file (.onnx) starts: its hash follows
+
 
 @dataclass(frozen=True)
 class ModelInfo:

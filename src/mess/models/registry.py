@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
-from mess.models.base import EmbeddingModel
+from mess.models.base import FILE_REVISION, EmbeddingModel
 
 ModelFactory = Callable[[str], EmbeddingModel]
 ENTRY_POINT_GROUP = "mess.models"
@@ -157,8 +157,6 @@ def load_run_model(name: str, revision: str, source: Mapping[str, str] | None = 
     """
     if source is not None:
         return _load_recorded(name, revision, source, device)
-    from mess.models.essentia.fetch import FILE_REVISION
-
     if revision.startswith(FILE_REVISION):
         rename = (f" under another name (say, my-{name}.onnx: {name} is a registry model's name)"
                   if name.lower() in model_factories() else "")

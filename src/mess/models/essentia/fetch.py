@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from mess.models.base import FILE_REVISION
 from mess.models.checkpoints import CHECKPOINTS
 from mess.models.essentia.presets import PRESETS, PinnedFile
 from mess.models.hub import hub_unreachable, quiet, reason
@@ -179,9 +180,6 @@ def _move_into(snapshot: Path, folder: Path) -> list[Path]:
             path.replace(target)
             moved.append(target)
     return moved
-
-
-FILE_REVISION = "sha256:"  # how an .onnx model's revision starts (see file_revision)
 
 
 def file_revision(path: Path) -> str:
