@@ -26,6 +26,7 @@ from mess.extract.pipeline import extract
 from mess.models.essentia import OnnxModel
 from mess.models.essentia.export import export_musicnn
 from mess.models.musicnn import MusicnnModel
+from mess.probing.controls import ControlError, random_init_run
 from mess.query import embed_query
 from mess.serve.app import create_app
 from mess.store import FeatureStore, Run
@@ -323,3 +324,14 @@ def test_a_registry_named_run_without_the_record_is_not_given_that_model(registr
     assert ("musicnn-msd was extracted with a model file (musicnn-msd.onnx) whose place the store does not record "
             "(it was extracted before mess recorded it); run `mess extract` with that file under another name (say, "
             "my-musicnn-msd.onnx: musicnn-msd is a registry model's name) to embed new files with it") in message
+
+
+def test_no_random_init_twin_for_a_run_made_from_a_model_file(registry_named: tuple[Path, Run, Run]) -> None:
+    """Before: the ONNX run's random-init control loaded the registry's musicnn-msd by the run's name, re-initialised
+    that network and extracted it as the file's twin."""
+    store_path, onnx_run, _ = registry_named
+    with closing(FeatureStore(store_path)) as store, \
+            pytest.raises(ControlError, match="musicnn-msd was extracted with a model file .*no random-init"):
+        random_init_run(store, onnx_run)
+    with closing(FeatureStore(store_path, readonly=True)) as store:
+        assert len(store.runs()) == 2

@@ -19,7 +19,7 @@ import numpy as np
 
 from mess.extract.pipeline import ExtractSummary, extract
 from mess.extract.runs import run_key, run_policy
-from mess.models.base import EmbeddingModel
+from mess.models.base import FILE_REVISION, EmbeddingModel
 from mess.models.registry import load_model
 from mess.store import FeatureStore, Run
 
@@ -78,6 +78,9 @@ def random_init_run(store: FeatureStore, run: Run, *, source: str | None = None,
     """
     if run.model.endswith(RANDOM_SUFFIX):
         raise ControlError(f"{run.model} is already a random-init control")
+    if run.revision.startswith(FILE_REVISION):  # by its name, a registry model of the same name would be loaded
+        raise ControlError(f"{run.model} was extracted with a model file (.onnx), whose weights mess cannot "
+                           "re-initialise, so there is no random-init counterpart")
     model = load_model(source or run.model, device=device)
     if model.info.name != run.model:
         raise ControlError(f"{source} loads model {model.info.name!r}, not the probed {run.model!r}")
