@@ -193,15 +193,21 @@ def test_a_folder_named_like_the_run_is_not_its_model(extracted: tuple[Path, Pat
 def test_a_store_without_the_record_says_to_extract_once_more(extracted: tuple[Path, Path],
                                                                outside: tuple[Path, int]) -> None:
     """A store extracted before the record existed. Before: "unknown model 'mine'; choose one of dsp, ...", as if
-    the user had misspelt it."""
-    store_path, _ = extracted
+    the user had misspelt it. Doing what the message says records the file and embeds nothing again."""
+    (store_path, model), (wav, original) = extracted, outside
     with closing(FeatureStore(store_path, readonly=True)) as store:
         record = store.model_source_path(store.run("mine"))
     with _set_aside(record):
         record.unlink()
-        message = _one_line_error(store_path, outside[0])
-    assert ("mine was extracted with a model file (mine.onnx) whose place the store does not record (it was "
-            "extracted before mess recorded it); run `mess extract` with that file to embed new files") in message
+        message = _one_line_error(store_path, wav)
+        assert ("mine was extracted with a model file (mine.onnx) before mess recorded where such files are; to "
+                "embed new files with it, run `mess extract` with that file once more, with the options the run was "
+                "made with (--preset, --window, --max-windows; `mess info` lists its windows)") in message
+        again = _cli("extract", str(store_path.parent / "music"), "--model", str(model), "--preset", "discogs-effnet",
+                     "--store", str(store_path), "--window", "10", cwd=store_path.parent)
+        assert again.returncode == 0 and "0 embedded, 3 unchanged" in again.stderr, again.stderr
+        code, out = _similar(store_path, wav)
+    assert code == 0 and json.loads(out)["results"][0]["id"] == original, out
 
 
 def test_upload_with_a_damaged_record_is_503_in_one_line(extracted: tuple[Path, Path],
@@ -321,9 +327,9 @@ def test_a_registry_named_run_without_the_record_is_not_given_that_model(registr
                                           str(store_path)])
     message = " ".join(result.output.split())
     assert result.exit_code == 1 and "Traceback" not in message, message
-    assert ("musicnn-msd was extracted with a model file (musicnn-msd.onnx) whose place the store does not record "
-            "(it was extracted before mess recorded it); run `mess extract` with that file under another name (say, "
-            "my-musicnn-msd.onnx: musicnn-msd is a registry model's name) to embed new files with it") in message
+    assert ("musicnn-msd was extracted with a model file (musicnn-msd.onnx) before mess recorded where such files "
+            "are, and musicnn-msd is a registry model's name: rename the file (say, my-musicnn-msd.onnx, with its "
+            ".json) and run `mess extract` with it, for a run of its own that can embed new files") in message
 
 
 def test_no_random_init_twin_for_a_run_made_from_a_model_file(registry_named: tuple[Path, Run, Run]) -> None:

@@ -158,11 +158,14 @@ def load_run_model(name: str, revision: str, source: Mapping[str, str] | None = 
     if source is not None:
         return _load_recorded(name, revision, source, device)
     if revision.startswith(FILE_REVISION):
-        rename = (f" under another name (say, my-{name}.onnx: {name} is a registry model's name)"
-                  if name.lower() in model_factories() else "")
-        raise ModelError(f"{name} was extracted with a model file ({name}.onnx) whose place the store does not "
-                         f"record (it was extracted before mess recorded it); run `mess extract` with that file"
-                         f"{rename} to embed new files with it")
+        unrecorded = f"{name} was extracted with a model file ({name}.onnx) before mess recorded where such files are"
+        if name.lower() in model_factories():
+            raise ModelError(f"{unrecorded}, and {name} is a registry model's name: rename the file (say, "
+                             f"my-{name}.onnx, with its .json) and run `mess extract` with it, for a run of its own "
+                             "that can embed new files")
+        raise ModelError(f"{unrecorded}; to embed new files with it, run `mess extract` with that file once more, "
+                         "with the options the run was made with (--preset, --window, --max-windows; `mess info` "
+                         "lists its windows)")
     model = load_model(name, device=device)
     if model.info.revision != revision:
         raise ModelError(f"{name} is now revision {model.info.revision} but the store holds {revision}; "
