@@ -1296,6 +1296,34 @@ def test_concurrent_first_runs_on_an_empty_numba_cache(tmp_path: Path) -> None:
     assert not list(shared.glob("new-*")) and not list(shared.glob("old-*"))  # published atomically, cleaned up
 
 
+def test_private_caches_of_killed_processes_are_removed_and_a_run_leaves_none(tmp_path: Path) -> None:
+    """Each mess process copies the shared numba cache (3 MB) into a private temp folder, removed at exit; a killed
+    process never removed it, and `mess extract` killed its decoders at the end: every run left 3 MB per decoder in
+    the temp folder, for ever (16,000 folders, 48 GB, on the machine that found it)."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp)}
+    music = tmp_path / "music"
+    _tones(music, 3, seconds=3.0)
+    done = subprocess.run([*MESS, "extract", str(music), *DSP, "--workers", "2", "--store", str(tmp_path / "s")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in temp.iterdir()) == []  # the run and its decoders removed their folders
+    sleeper = [sys.executable, "-c", "import mess, sys, time; print(flush=True); time.sleep(300)"]
+    live, killed = (subprocess.Popen(sleeper, env=env, stdout=subprocess.PIPE, text=True) for _ in range(2))
+    for proc in (live, killed):
+        assert proc.stdout is not None and proc.stdout.readline() == "\n"  # its folder is made
+    assert len(list(temp.iterdir())) == 2
+    killed.kill()
+    killed.wait()
+    try:
+        subprocess.run([sys.executable, "-c", "import mess"], env=env, check=True, timeout=60)
+        assert [p.name.split("-")[2] for p in temp.iterdir()] == [str(live.pid)]  # the live one's is kept
+    finally:
+        live.kill()
+        live.wait()
+
+
 def test_a_second_librosa_install_warms_and_shares_its_own_cache(tmp_path: Path) -> None:
     """numba files cached code under the source's folder: another environment must publish its own entries."""
     import hashlib

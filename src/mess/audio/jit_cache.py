@@ -26,9 +26,12 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+_PREFIX = "mess-numba-"  # + pid + "-" + random: a private cache folder in the temp folder
+_OLD_FOLDER_SECONDS = 86400.0  # a folder named without its pid (before pids were part of names) is left this long
 _done: set[str] = set()
 _guard = threading.Lock()
 _private: Path | None = None
@@ -46,13 +49,45 @@ def use_private_cache() -> None:
     inherited = os.environ.get("NUMBA_CACHE_DIR")
     if inherited is not None and inherited != os.environ.get("MESS_NUMBA_PRIVATE"):
         return  # the user's choice
-    _private = Path(tempfile.mkdtemp(prefix="mess-numba-"))
+    _sweep(Path(tempfile.gettempdir()))
+    _private = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
     try:
         shutil.copytree(shared_dir() / "current", _private, dirs_exist_ok=True)
     except (OSError, shutil.Error):
         pass  # nothing shared yet, or it was being replaced: this process compiles for itself
     os.environ["NUMBA_CACHE_DIR"] = os.environ["MESS_NUMBA_PRIVATE"] = str(_private)  # children make their own
     atexit.register(shutil.rmtree, _private, ignore_errors=True)
+
+
+def _sweep(temp: Path) -> None:
+    """Remove the private cache folders of processes that are gone: a process killed (SIGKILL, the OOM killer, a
+    decoder stopped after a timeout) never runs its atexit clean-up, and each left 3 MB behind, for ever."""
+    try:
+        entries = [e for e in os.scandir(temp) if e.name.startswith(_PREFIX)]
+    except OSError:
+        return
+    for entry in entries:
+        pid = entry.name[len(_PREFIX):].split("-", 1)[0]
+        try:
+            if pid.isdigit():
+                gone = not _running(int(pid))
+            else:
+                gone = time.time() - entry.stat().st_mtime > _OLD_FOLDER_SECONDS
+        except OSError:
+            continue
+        if gone:
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    """Whether a process ``pid`` exists (owned by anyone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def ensure_warm(key: str, warm: Callable[[], object]) -> None:

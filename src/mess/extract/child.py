@@ -68,14 +68,20 @@ class Child:
         if proc is not None and proc.poll() is None:
             proc.kill()
 
-    def stop(self) -> int | None:
-        """Kill the child if it runs; its exit code (None when there was none)."""
+    def stop(self, grace: float = 0.0) -> int | None:
+        """Stop the child if it runs: its input closed, it may end by itself within ``grace`` seconds (and clean up
+        after itself, as its private numba cache), else it is killed. Its exit code (None when there was none)."""
         for conn in (self._send, self._recv):
             if conn is not None:
                 conn.close()
         self._send = self._recv = None
         if self._proc is None:
             return None
+        if grace > 0:
+            try:
+                self._proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
         if self._proc.poll() is None:
             self._proc.kill()
         code = self._proc.wait()

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 DECODE_WORKER = "mess.extract.decode_worker"
 DECODE_TIMEOUT = 900.0  # seconds one file's inspection or decoding may take before its process is stopped
+STOP_GRACE = 5.0  # seconds an idle decoder has to end by itself (removing its temp files) before it is killed
 
 ProgressHook = Callable[[int, float], None]  # (tracks finished, audio seconds embedded)
 
@@ -178,7 +179,7 @@ def _prepared(store: FeatureStore, run: Run, paths: Sequence[Path], model: Embed
                 yield future.result()
     finally:
         for child in children:
-            child.stop()
+            child.stop(grace=STOP_GRACE)
 
 
 class _FileFailed(Exception):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mess.audio.windows import WindowPolicy
 from mess.extract.child import Child, ChildDied
-from mess.extract.pipeline import DECODE_WORKER
+from mess.extract.pipeline import DECODE_WORKER, STOP_GRACE
 from mess.extract.prepare import stamp_matches
 from mess.extract.runs import run_key
 from mess.models.base import ModelInfo
@@ -60,7 +60,7 @@ def plan_in_background(paths: Sequence[Path], policy: WindowPolicy, on_total: Ca
             except ChildDied:
                 return
             finally:
-                child.stop()
+                child.stop(grace=STOP_GRACE)
             if not (isinstance(reply, tuple) and reply[0] == "ok"):
                 return
             seconds = float(reply[1])

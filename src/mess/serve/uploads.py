@@ -317,9 +317,9 @@ class EmbedWorker:
             self._start()
 
     def close(self) -> None:
-        """Stop the child process."""
+        """Stop the child process (given a few seconds to end by itself and remove its temp files)."""
         with self._lock:
-            self._stop()
+            self._stop(grace=5.0)
 
     def _start(self) -> tuple[Connection, Connection]:
         send, recv, fresh = self._child.connect()
@@ -329,11 +329,11 @@ class EmbedWorker:
         self._recv = recv
         return send, recv
 
-    def _stop(self) -> int | None:
+    def _stop(self, grace: float = 0.0) -> int | None:
         self._recv = None
         self._ready = False
         self._loaded = set()
-        return self._child.stop()
+        return self._child.stop(grace)
 
 
 @contextmanager
