@@ -22,7 +22,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from test_store_faults import DSP, _assert_same, _by_path, _mess, _tones, read_only  # noqa: F401 -- a fixture
+from test_store_faults import (  # noqa: F401 -- fixtures
+    DSP,
+    Extracted,
+    _assert_same,
+    _by_path,
+    _mess,
+    _tones,
+    extracted_tones,
+    read_only,
+    tone_templates,
+)
 
 from mess.store import FeatureStore, StoreDamaged
 
@@ -390,3 +400,33 @@ def test_a_writer_on_a_read_only_file_system_is_told_so(dsp_store: tuple[Path, P
     said = _said(refused)
     assert refused.returncode == 1 and "it is on a read-only file system: open it read-only" in said, said
     assert "Traceback" not in said
+
+
+# ------------------------------------------------------------------ the write lock, the write-ahead log
+
+
+def test_a_folder_named_write_lock_is_named_and_moved_aside_by_repair(extracted_tones: Extracted,  # noqa: F811
+                                                                       tmp_path: Path) -> None:
+    """A folder where STORE/write.lock belongs stopped every writer with 'error: STORE/write.lock: Is a directory'
+    (no advice), and `mess check` said ok. Writers now name the path and what to do, `mess check` names it (exit
+    1), `--repair` renames it aside (deleting nothing) and the next extract writes."""
+    music, store = extracted_tones(3)
+    (store / "write.lock").unlink()
+    (store / "write.lock").mkdir()
+    (store / "write.lock" / "kept").write_text("mine")
+    more = tmp_path / "more"
+    _tones(more, 1, seconds=2.0, offset=5)
+    refused = _mess("extract", str(more), *DSP, "--store", str(store))
+    said = _said(refused)
+    assert refused.returncode == 1 and "Traceback" not in said, said
+    assert (f"{store}/write.lock is a folder, not the store's lock file, so nothing can write to the store: move it "
+            "aside (`mess check --repair` does) and run the command again") in said, said
+    checked = _mess("check", "--store", str(store))
+    assert checked.returncode == 1 and "not-a-file: write.lock is a folder" in _said(checked), _said(checked)
+    repaired = _mess("check", "--repair", "--store", str(store))
+    assert repaired.returncode == 0 and "moved write.lock (a folder) aside to write.lock." in _said(repaired)
+    aside = [p for p in store.glob("write.lock.*.not-the-lock")]
+    assert len(aside) == 1 and (aside[0] / "kept").read_text() == "mine"
+    assert _mess("extract", str(more), *DSP, "--store", str(store)).returncode == 0
+    assert len(_by_path(store)) == 4
+    assert _mess("check", "--store", str(store)).returncode == 0

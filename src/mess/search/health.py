@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mess.search.index import delete_index, stale_indexes
 from mess.store import FeatureStore
-from mess.store.check import Problem, check_and_repair, full_check
+from mess.store.check import Problem, check_and_repair, full_check, unblock_lock
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,13 @@ def check_store(path: Path, *, fix: bool = False, on_wait: Callable[[str], None]
 def _repair(store: FeatureStore) -> tuple[list[Problem], list[str]]:
     """Repair the store and delete its stale indexes, under one hold of the write lock: (the problems left, what
     was done)."""
+    moved = unblock_lock(store)  # a folder named write.lock: no writer, this one included, could take the lock
     with store.writing("mess check --repair"):
         try:
             problems, actions = check_and_repair(store)
+            actions = moved + actions
         except ValueError:  # a damaged catalog: the check names it
-            return full_check(store), []
+            return full_check(store), moved
         for index in stale_indexes(store):  # after the repair: the vectors it drops make indexes stale too
             delete_index(index)
             actions.append(f"deleted stale index {index.name}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,9 +79,9 @@ def full_check(store: FeatureStore) -> list[Problem]:
                 problems += _derived_values(store, run)
                 if run.id in in_use:
                     problems += _not_embedded(store, run)
-            return problems + _temp_files(store)
+            return problems + _temp_files(store) + _store_files(store)
     except sqlite3.DatabaseError as exc:
-        return [Problem("catalog", None, f"the catalog cannot be read ({exc})")]
+        return [Problem("catalog", None, f"the catalog cannot be read ({exc})"), *_store_files(store)]
 
 
 def check_and_repair(store: FeatureStore) -> tuple[list[Problem], list[str]]:
@@ -91,14 +92,15 @@ def check_and_repair(store: FeatureStore) -> tuple[list[Problem], list[str]]:
     rewritten, damage already mended) are what it acts on, never that check's stale findings. When it finds
     nothing to fix (no problems, or only files not embedded, which `mess extract` embeds), it is not run again.
     """
+    unblocked = unblock_lock(store)
     with store.writing("mess check --repair"):
         problems = full_check(store)
         if any(p.kind == "catalog" for p in problems):
             raise ValueError("the catalog itself is damaged; it cannot be repaired from the row files")
         if all(p.kind == "not-embedded" for p in problems):
-            return problems, []
+            return problems, unblocked
         done = _fix(store, problems)
-        return full_check(store), done
+        return full_check(store), unblocked + done
 
 
 def _fix(store: FeatureStore, problems: list[Problem]) -> list[str]:
@@ -163,6 +165,30 @@ def _repair_derived(store: FeatureStore, run: Run, mine: list[Problem]) -> list[
 def _derived_named(problems: list[Problem], *kinds: str) -> list[str]:
     """The derived sets that problems of these kinds are about, each once."""
     return list(dict.fromkeys(p.derived for p in problems if p.kind in kinds))
+
+
+def unblock_lock(store: FeatureStore) -> list[str]:
+    """Rename what stands where the store's lock file belongs (a folder, ...) aside, so writers can take the lock
+    again (nothing can hold a lock on it, so no lock is needed); what was done, one line or none."""
+    odd = store.lock.not_a_file()
+    if odd is None:
+        return []
+    aside = store.lock.path.with_name(f"write.lock.{time.time_ns()}.not-the-lock")
+    try:
+        store.lock.path.rename(aside)
+    except FileNotFoundError:  # another repair moved it first
+        return []
+    return [f"moved write.lock ({odd}) aside to {aside.name}; delete it when you no longer need it"]
+
+
+def _store_files(store: FeatureStore) -> list[Problem]:
+    """The lock file when it is not a file (writers stop)."""
+    problems: list[Problem] = []
+    odd = store.lock.not_a_file()
+    if odd is not None:
+        problems.append(Problem("not-a-file", None, f"write.lock is {odd}, not the store's lock file, so nothing "
+                                "can write to the store; `mess check --repair` moves it aside"))
+    return problems
 
 
 def _temp_files(store: FeatureStore) -> list[Problem]:

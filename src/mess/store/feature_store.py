@@ -32,7 +32,7 @@ from mess.constants import file_title
 from mess.store.arrays import DTYPE, RowFile, ShortFile, set_aside
 from mess.store.catalog import connect, has_column
 from mess.store.checksums import block_sum, changed, expected, pack, row_expected, row_sums
-from mess.store.lock import StoreLock
+from mess.store.lock import LockUnusable, StoreLock
 from mess.store.memo import MEMO
 from mess.store.paths import from_db_path, printable, replace_file, resolved, to_db_path
 
@@ -258,6 +258,7 @@ class FeatureStore:
                                f"vectors (runs/); {CATALOG_ADVICE}")
         if readonly and not db.exists():
             raise StoreError(f"no feature store at {self.root} (run `mess extract` first)")
+        self.lock = StoreLock(self.root)
         try:
             self.db = connect(db, readonly=readonly)
         except (OSError, sqlite3.OperationalError) as exc:
@@ -271,7 +272,6 @@ class FeatureStore:
             self.db.close()
             raise StoreError(f"no feature store at {self.root} yet (run `mess extract` first)")
         self.readonly = readonly
-        self.lock = StoreLock(self.root)
         self.on_wait = on_wait
         self._lock = threading.RLock()
         self._scope = (str(self.root), next(_CONNECTIONS))  # version tokens only compare within one connection
@@ -306,7 +306,18 @@ class FeatureStore:
         """Hold the store's inter-process write lock for a whole job (see :class:`StoreLock`)."""
         if self.readonly:
             raise StoreError(f"{self.root} was opened read-only")
-        return self.lock.hold(command, wait=wait, on_wait=on_wait or self.on_wait)
+        return self._holding(command, wait=wait, on_wait=on_wait or self.on_wait)
+
+    @contextmanager
+    def _holding(self, command: str, *, wait: bool = True,
+                 on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """The write lock held for a block; a lock file that is not a file (a folder) is StoreDamaged naming it."""
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(self.lock.hold(command, wait=wait, on_wait=on_wait))
+            except LockUnusable as exc:
+                raise StoreDamaged(str(exc)) from None
+            yield
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -330,7 +341,7 @@ class FeatureStore:
         naming the cause: the transaction is rolled back and everything committed before is kept.
         """
         try:
-            with self._lock, self.lock.hold(_command_name(), on_wait=self.on_wait), self.db:
+            with self._lock, self._holding(_command_name(), on_wait=self.on_wait), self.db:
                 yield
         except (OSError, sqlite3.OperationalError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

@@ -9,8 +9,10 @@ thread and every :class:`StoreLock` on the same folder (it is re-entrant).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,19 +29,45 @@ class StoreBusy(Exception):
     """Another process holds the store's write lock (and the caller chose not to wait)."""
 
 
+class LockUnusable(Exception):
+    """``STORE/write.lock`` is not a file (a folder, a link loop, ...): no writer can take the lock."""
+
+
 class StoreLock:
     """The write lock of one store folder."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.holder_file = self.root / "write.lock.json"
-        self._lock = FileLock(self.root / "write.lock", thread_local=False, is_singleton=True,
+        self.path = self.root / "write.lock"
+        self._lock = FileLock(self.path, thread_local=False, is_singleton=True,
                               preserve_lock_file=True)
 
     @property
     def held(self) -> bool:
         """Whether this process holds the lock."""
         return self._lock.is_locked
+
+    def not_a_file(self) -> str | None:
+        """What stands where the lock file belongs instead of one ('a folder', 'a symbolic link loop', ...); None for
+        a file, a link to one, or nothing (the first writer makes it, where a link points too)."""
+        try:
+            mode = self.path.stat().st_mode
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            return "a symbolic link loop" if exc.errno == errno.ELOOP else f"unreadable ({exc.strerror})"
+        if stat.S_ISREG(mode):
+            return None
+        return "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+
+    def unusable(self) -> str | None:
+        """Why no writer can take the lock, in one line naming the path and what to do; None when it can."""
+        odd = self.not_a_file()
+        if odd is None:
+            return None
+        return (f"{self.path} is {odd}, not the store's lock file, so nothing can write to the store: move it aside "
+                "(`mess check --repair` does) and run the command again")
 
     def holder(self) -> str:
         """Who holds the lock, in words ('pid 123, mess extract, for 12 s'), as far as it said."""
@@ -55,6 +83,8 @@ class StoreLock:
         """Hold the lock for a block; waits for the holder (telling ``on_wait`` once) or raises StoreBusy."""
         self.root.mkdir(parents=True, exist_ok=True)
         first = not self._lock.is_locked
+        if first and (why := self.unusable()):
+            raise LockUnusable(why)
         try:
             self._lock.acquire(timeout=0 if first else -1)
         except Timeout:
