@@ -430,3 +430,132 @@ def test_a_folder_named_write_lock_is_named_and_moved_aside_by_repair(extracted_
     assert _mess("extract", str(more), *DSP, "--store", str(store)).returncode == 0
     assert len(_by_path(store)) == 4
     assert _mess("check", "--store", str(store)).returncode == 0
+
+
+_HOLD = ("import sqlite3, sys; db = sqlite3.connect(sys.argv[1], uri=True); db.execute('SELECT COUNT(*) FROM tracks')"
+         ".fetchall(); print('open', flush=True); sys.stdin.read()")
+
+
+@pytest.fixture(scope="module")
+def wal_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    """(a dsp store whose last `mess extract`, of three more tones, left its commits in catalog.sqlite-wal: a reader
+    kept the file open meanwhile, so the extract's close could not fold them in; the six tones)."""
+    root = tmp_path_factory.mktemp("wal")
+    store = root / "store"
+    first, second = _tones(root / "first", 3, seconds=2.0), _tones(root / "second", 3, seconds=2.0, offset=3)
+    assert _mess("extract", str(root / "first"), *DSP, "--store", str(store)).returncode == 0
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, f"{(store / 'catalog.sqlite').as_uri()}?mode=ro"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+    assert _mess("extract", str(root / "second"), *DSP, "--store", str(store)).returncode == 0
+    holder.communicate("")  # a read-only connection folds nothing in when it closes
+    assert _wal_frames(store)[2] >= 3
+    return store, first + second
+
+
+def _wal_frames(store: Path) -> tuple[int, list[int], int]:
+    """(page size, the 1-based frames of catalog.sqlite-wal that end a commit, frames), read from the file."""
+    data = (store / "catalog.sqlite-wal").read_bytes()
+    page = int.from_bytes(data[8:12], "big")
+    n = (len(data) - 32) // (24 + page)
+    at = [32 + i * (24 + page) for i in range(n)]
+    return page, [i + 1 for i in range(n) if int.from_bytes(data[at[i] + 4:at[i] + 8], "big")], n
+
+
+def _frame_offset(page: int, frame: int) -> int:
+    return 32 + (frame - 1) * (24 + page)
+
+
+def test_a_changed_wal_file_names_the_commits_it_lost(wal_store: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    """One bit flipped in catalog.sqlite-wal: SQLite's recovery stopped at that frame and every later commit (the
+    tracks and vectors of files embedded) counted as never written, without a word. The first command to open the
+    store now names it (before SQLite recovers), `mess check` keeps naming it until `--repair` clears the note, and
+    the next extract embeds the files again."""
+    template, tones = wal_store
+    store = tmp_path / "store"
+    shutil.copytree(template, store)
+    page, commits, _ = _wal_frames(store)
+    damaged = commits[0] + 1  # the first frame of the second commit: every commit after the first is lost
+    wal = store / "catalog.sqlite-wal"
+    data = bytearray(wal.read_bytes())
+    data[_frame_offset(page, damaged) + 24 + 1000] ^= 0x10
+    wal.write_bytes(bytes(data))
+    lost = (f"catalog.sqlite-wal was changed on disk: {len(commits) - 1} commits past frame {damaged} were lost, and "
+            "the catalog is as it was before them; the files they embedded are embedded again by the next `mess "
+            "extract`")
+    searched = _mess("similar", "1", "--store", str(store))
+    assert searched.returncode == 0 and lost in _said(searched), _said(searched)
+    for _ in range(2):  # found once, named until cleared
+        checked = _mess("check", "--store", str(store))
+        said = _said(checked)
+        assert checked.returncode == 0 and f"lost-commits: {lost} (found " in said, said
+        assert "not-embedded" in said and said.count("lost-commits:") == 1
+    assert lost not in _said(_mess("similar", "1", "--store", str(store)))  # said once by commands
+    again = _mess("extract", str(tones[3].parent), *DSP, "--store", str(store))
+    assert again.returncode == 0 and "0 unchanged" not in again.stdout, again.stdout
+    assert sorted(_by_path(store)) == sorted(str(t) for t in tones)
+    repaired = _mess("check", "--repair", "--store", str(store))
+    assert repaired.returncode == 0 and "cleared the note of the commits catalog.sqlite-wal lost" in _said(repaired)
+    assert "lost-commits" not in _said(_mess("check", "--store", str(store)))
+
+
+def test_a_wal_file_cut_short_names_the_commits_its_index_said_were_there(wal_store: tuple[Path, list[Path]],
+                                                                         tmp_path: Path) -> None:
+    """catalog.sqlite-wal cut short inside a frame: the frames past the cut are gone, but the -shm index the last
+    process left says which frame the last commit ended at; the commits between are named."""
+    template, _ = wal_store
+    store = tmp_path / "store"
+    shutil.copytree(template, store)
+    page, commits, _ = _wal_frames(store)
+    cut = commits[0] + 1
+    with (store / "catalog.sqlite-wal").open("r+b") as f:
+        f.truncate(_frame_offset(page, cut) + 24 + 100)
+    checked = _mess("check", "--store", str(store))
+    said = _said(checked)
+    assert checked.returncode == 0, said
+    assert (f"lost-commits: catalog.sqlite-wal was cut short on disk at frame {cut}: the commits up to frame "
+            f"{commits[-1]} were lost") in said, said
+
+
+_SPILL = """
+import os, signal, sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+if sys.argv[3]:
+    db.execute(sys.argv[3])  # committed: the log's next frames go after it
+db.execute("PRAGMA cache_size=2")  # pages: a transaction's changes go to the log before it commits
+db.execute("BEGIN IMMEDIATE")
+db.execute("CREATE TABLE scratch (x BLOB)")
+for _ in range(int(sys.argv[2])):
+    db.execute("INSERT INTO scratch VALUES (randomblob(3000))")
+os.kill(os.getpid(), signal.SIGSTOP)
+"""
+
+
+def _killed_mid_transaction(store: Path, rows: int, first: str = "") -> None:
+    """A real SQLite writer (that commits ``first``, if given) killed (SIGKILL) inside a transaction whose pages
+    already went to the log."""
+    proc = subprocess.Popen([sys.executable, "-c", _SPILL, str(store / "catalog.sqlite"), str(rows), first])
+    _, status = os.waitpid(proc.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status)
+    proc.kill()
+    proc.wait()
+
+
+def test_a_killed_writers_unfinished_tail_in_the_wal_is_not_called_damage(wal_store: tuple[Path, list[Path]],
+                                                                          tmp_path: Path) -> None:
+    """Frames a writer killed mid-transaction left past the last commit (none of them a commit), and those left
+    past a later, shorter commit, are what SQLite is meant to drop: no lost commits are named."""
+    template, _ = wal_store
+    store = tmp_path / "store"
+    shutil.copytree(template, store)
+    _, commits, frames = _wal_frames(store)
+    _killed_mid_transaction(store, 40)
+    _, after, grown = _wal_frames(store)
+    assert after == commits and grown > frames + 20  # its pages are in the log, uncommitted
+    for _ in range(2):
+        checked = _mess("check", "--store", str(store))
+        assert checked.returncode == 0 and "lost-commits" not in _said(checked), _said(checked)
+        assert not (store / "lost-commits.txt").exists()
+        # a shorter commit over the start of that tail (frames of this log past it stay in the file), then a writer
+        # killed inside its next transaction
+        _killed_mid_transaction(store, 5, "UPDATE tracks SET title='late' WHERE id=1")

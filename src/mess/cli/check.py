@@ -45,6 +45,9 @@ def check_command(
         unembedded = [p for p in health.problems if p.kind == "not-embedded"]
         if health.damaged:
             verdict = f"[red]damaged[/]: {plain(advice)}"
+        elif any(p.kind == "lost-commits" for p in health.problems):
+            verdict = ("[green]whole[/], [yellow]catalog.sqlite-wal lost commits (above)[/]: `mess extract` embeds "
+                       "their files again, `mess check --repair` clears the note")
         elif unembedded:  # whole, but answers leave these files out until `mess extract` embeds them
             verdict = "[green]whole[/], [yellow]answers leave out the files named above[/]: `mess extract` embeds them"
         elif any(p.kind == "temp-files" for p in health.problems):

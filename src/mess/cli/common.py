@@ -113,6 +113,8 @@ def open_store(path: Path, *, readonly: bool = True) -> Iterator[FeatureStore]:
         store = FeatureStore(path, readonly=readonly, on_wait=lambda m: console.print(f"[yellow]{plain(m)}[/]"))
     except StoreError as exc:
         fail(str(exc))
+    if store.lost_commits:
+        console.print(f"[yellow]{plain(store.lost_commits)}[/]")
     try:
         yield store
     except (StoreError, StoreBusy) as exc:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mess.store import wal
 from mess.store.arrays import RowFile, ShortFile, non_finite, set_aside
 from mess.store.catalog import has_column
 from mess.store.checksums import BlockSums, expected, pack, row_expected
@@ -34,7 +35,7 @@ class Problem:
     """One thing wrong with a store. ``damage`` problems make answers wrong; others only waste space."""
 
     # catalog | short-file | not-a-file | short-derived | stale-derived | non-finite | checksum | checksum-derived |
-    # shared-rows | orphan-rows | not-embedded | no-checksum | no-checksum-derived | temp-files
+    # shared-rows | orphan-rows | not-embedded | no-checksum | no-checksum-derived | temp-files | lost-commits
     kind: str
     run_id: int | None
     message: str
@@ -139,6 +140,10 @@ def _fix(store: FeatureStore, problems: list[Problem]) -> list[str]:
         if blanked:
             done.append(f"{run.model} (run {run.id}): forgot the fused vectors of {blanked} files, whose rows "
                         "a new file may take; `mess fuse apply` writes them again")
+    if any(p.kind == "lost-commits" for p in problems):
+        with contextlib.suppress(FileNotFoundError):
+            (store.root / wal.NOTE).unlink()
+        done.append(f"cleared the note of the commits catalog.sqlite-wal lost ({wal.NOTE})")
     if any(p.kind == "temp-files" for p in problems):
         temps = leftover_temps(store.root)
         size = _total_size(temps)
@@ -182,8 +187,9 @@ def unblock_lock(store: FeatureStore) -> list[str]:
 
 
 def _store_files(store: FeatureStore) -> list[Problem]:
-    """The lock file when it is not a file (writers stop)."""
-    problems: list[Problem] = []
+    """The lock file when it is not a file (writers stop), and the commits a damaged WAL file lost (noted when a
+    store opened: see :mod:`mess.store.wal`)."""
+    problems = [Problem("lost-commits", None, line, damage=False) for line in wal.noted(store.root)]
     odd = store.lock.not_a_file()
     if odd is not None:
         problems.append(Problem("not-a-file", None, f"write.lock is {odd}, not the store's lock file, so nothing "

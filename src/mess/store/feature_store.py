@@ -35,6 +35,7 @@ from mess.store.checksums import block_sum, changed, expected, pack, row_expecte
 from mess.store.lock import LockUnusable, StoreLock
 from mess.store.memo import MEMO
 from mess.store.paths import from_db_path, printable, replace_file, resolved, to_db_path
+from mess.store.wal import lost_commits, note
 
 DEFAULT_STORE = Path(".mess")
 CATALOG_ADVICE = (
@@ -259,6 +260,7 @@ class FeatureStore:
         if readonly and not db.exists():
             raise StoreError(f"no feature store at {self.root} (run `mess extract` first)")
         self.lock = StoreLock(self.root)
+        self.lost_commits = self._lost_commits(db)
         try:
             self.db = connect(db, readonly=readonly)
         except (OSError, sqlite3.OperationalError) as exc:
@@ -292,6 +294,21 @@ class FeatureStore:
                     + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "")
                     + f"; {advice}"
                 )
+
+    def _lost_commits(self, db: Path) -> str | None:
+        """Commits a damaged WAL file (``catalog.sqlite-wal``) holds past the damage, which SQLite is about to drop
+        silently: noted in the store for `mess check` (see :mod:`mess.store.wal`) and said here, one line; None when
+        none. Read before SQLite opens the file (its recovery and the next write erase the evidence), and only
+        while no writer holds the lock (one appending or restarting the log would make a torn read)."""
+        wal = db.with_name(db.name + "-wal")
+        try:
+            if not wal.stat().st_size:
+                return None
+        except OSError:
+            return None
+        with self.lock.trying() as held:
+            damage = lost_commits(wal) if held else None
+        return None if damage is None else note(self.root, damage)
 
     def close(self) -> None:
         """Close the catalog connection (and drop what the memo holds for it)."""

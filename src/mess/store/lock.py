@@ -23,6 +23,7 @@ from filelock import FileLock, Timeout
 from mess.store.paths import replace_file
 
 _POLL_SECONDS = 0.5
+_GLANCE_SECONDS = 1.0  # how long a --no-wait writer waits for a store being opened (its WAL file read)
 
 
 class StoreBusy(Exception):
@@ -88,16 +89,46 @@ class StoreLock:
         try:
             self._lock.acquire(timeout=0 if first else -1)
         except Timeout:
-            message = f"waiting for the store lock on {self.root} held by {self.holder()}"
-            if not wait:
-                raise StoreBusy(message.replace("waiting for", "the store is busy:", 1)) from None
-            if on_wait is not None:
-                on_wait(message)
-            self._lock.acquire(poll_interval=_POLL_SECONDS)
+            if not self._acquired_within(_GLANCE_SECONDS):
+                message = f"waiting for the store lock on {self.root} held by {self.holder()}"
+                if not wait:
+                    raise StoreBusy(message.replace("waiting for", "the store is busy:", 1)) from None
+                if on_wait is not None:
+                    on_wait(message)
+                self._lock.acquire(poll_interval=_POLL_SECONDS)
         try:
             if first:
                 _write_json(self.holder_file, {"pid": os.getpid(), "command": command, "since": time.time()})
             yield
+        finally:
+            self._lock.release()
+
+    def _acquired_within(self, seconds: float) -> bool:
+        """Whether the lock could be taken within ``seconds``: a process opening the store holds it for a few ms (see
+        :meth:`trying`), and should neither make a `--no-wait` writer give up nor be named as a writer to wait for."""
+        try:
+            self._lock.acquire(timeout=seconds, poll_interval=0.02)
+        except Timeout:
+            return False
+        return True
+
+    @contextmanager
+    def trying(self) -> Iterator[bool]:
+        """Hold the lock for a block if no one, this process included, holds it now (whether it is held): nothing
+        waits, nothing is recorded. For reading the WAL file when a store opens (:mod:`mess.store.wal`), a few ms."""
+        if self._lock.is_locked:  # by another thread of this process, maybe writing now
+            yield False
+            return
+        if self.not_a_file() is not None or not self.path.exists():  # a reader makes no lock file
+            yield False
+            return
+        try:
+            self._lock.acquire(timeout=0)
+        except (Timeout, OSError):
+            yield False
+            return
+        try:
+            yield True
         finally:
             self._lock.release()
 

@@ -1,0 +1,196 @@
+"""Commits a damaged write-ahead log (``catalog.sqlite-wal``) would lose without a word.
+
+SQLite recovers a WAL file by reading its frames (a 24-byte header and one page each) from the first, each
+carrying the log header's salts and a checksum that continues the one before it; it stops at the first frame
+that fails, and the commits after it count as never written. A byte flipped in the file, or the file cut short,
+thus silently drops every later commit (tracks embedded, failures recorded): nothing is misread, but work is lost.
+
+:func:`lost_commits` reads the file before SQLite opens it (recovery rebuilds the ``-shm`` index; the first write
+after it overwrites the frames past the damage) and finds commits past the damage two ways: frames of the
+current log (the header's salts) past the first failing one whose checksums continue from the frame before them
+as stored, with a commit among them (a frame's bytes changed; its successors were written after it); and the
+``-shm`` index a process left (``kill -9``, or a reader still open) claiming more committed frames than the file
+holds valid ones (the file cut short). What a killed writer leaves is not damage: frames past the last commit
+(none of them a commit) or one frame half written; and a log restarted by a later writer holds older frames
+under other salts.
+
+Format: https://www.sqlite.org/fileformat2.html#walformat (and ``wal.c``'s wal-index header for ``-shm``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_MAGIC = (0x377F0682, 0x377F0683)  # checksums of little-endian, big-endian words
+_HEADER = 32
+_FRAME_HEADER = 24
+_MASK = np.uint64(0xFFFFFFFF)
+_CHUNK = 256  # frames summed at once (1 MB of 4 kB pages, 8 MB as uint64 words)
+
+
+NOTE = "lost-commits.txt"  # in the store: one line per damage found (key, when, message)
+
+
+@dataclass(frozen=True)
+class WalDamage:
+    """Commits a damaged WAL file lost: ``valid`` frames SQLite recovers (up to its last commit there), the frame
+    where the damage begins (1-based), commits found past it (``commits``, 0 when the file was cut and they are
+    gone), the frame the ``-shm`` index said was committed last (0 when it said nothing), and ``key``: the same
+    for every sighting of one loss (the log's salts and its last lost commit), so it is noted once."""
+
+    valid: int
+    damaged_at: int
+    commits: int
+    claimed: int
+    key: str
+
+    def message(self, wal: str = "catalog.sqlite-wal") -> str:
+        """One line: what was lost and what happens next."""
+        if self.commits:
+            what = (f"{wal} was changed on disk: {self.commits} commit{'s' if self.commits > 1 else ''} past frame "
+                    f"{self.damaged_at} were lost")
+        else:
+            what = (f"{wal} was cut short on disk at frame {self.damaged_at}: the commits up to frame {self.claimed} "
+                    "were lost")
+        return (f"{what}, and the catalog is as it was before them; the files they embedded are embedded again by "
+                "the next `mess extract`")
+
+
+def note(root: Path, damage: WalDamage) -> str | None:
+    """Record ``damage`` in the store's note (``lost-commits.txt``), for `mess check` to name until `mess check
+    --repair`; its message when it was not noted before (its evidence stays in the file until overwritten), else
+    None. A folder that cannot be written notes nothing: the message is said each time."""
+    message = damage.message()
+    path = root / NOTE
+    try:
+        known = path.read_text(errors="replace").splitlines() if path.is_file() else []
+        if any(line.split("\t", 1)[0] == damage.key for line in known):
+            return None
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        with path.open("a", encoding="utf-8") as f:
+            f.write(f"{damage.key}\t{when}\t{message}\n")
+    except OSError:
+        pass
+    return message
+
+
+def noted(root: Path) -> list[str]:
+    """The losses the store's note records, one line each ('... (found 2026-12-05 00:40 UTC)')."""
+    try:
+        lines = (root / NOTE).read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [f"{parts[2]} (found {parts[1]})" for line in lines if len(parts := line.split("\t", 2)) == 3]
+
+
+def lost_commits(wal: Path) -> WalDamage | None:
+    """The commits the WAL file ``wal`` (``catalog.sqlite-wal``) holds past damage, as SQLite would drop them on
+    opening it; None when it lost none (no file, an empty or restarted log, a killed writer's unfinished tail).
+
+    Read it while no writer can append to the log or restart it (under the store's write lock)."""
+    try:
+        data = wal.read_bytes()
+    except OSError:
+        return None
+    if len(data) < _HEADER:
+        return None
+    magic = int.from_bytes(data[:4], "big")
+    if magic not in _MAGIC:
+        return None  # not a log SQLite would read at all
+    big = magic & 1 == 1
+    page = int.from_bytes(data[8:12], "big")
+    if page < 512 or page > 65536 or page & (page - 1):
+        return None
+    salts = data[16:24]
+    stored_header = (int.from_bytes(data[24:28], "big"), int.from_bytes(data[28:32], "big"))
+    header_ok = _checksum(data[:24], (0, 0), big) == stored_header
+    size = _FRAME_HEADER + page
+    n = (len(data) - _HEADER) // size
+    if not n:
+        claimed = _claimed(wal.with_name(wal.name[: -len("-wal")] + "-shm"), salts)
+        return WalDamage(0, 1, 0, claimed, f"{salts.hex()}:{claimed}") if claimed and header_ok else None
+    frames = np.frombuffer(data, dtype=np.uint8, count=n * size, offset=_HEADER).reshape(n, size)
+    if not header_ok:  # its salts may be what changed: the log's frames carry them too
+        salts = frames[0, 8:16].tobytes()
+    heads = frames[:, :_FRAME_HEADER].copy().view(">u4").astype(np.int64)  # page, commit size, salts, checksums
+    stored = heads[:, 4:6]
+    before = np.vstack([np.array(stored_header, dtype=np.int64).reshape(1, 2), stored[:-1]])
+    sums = np.concatenate([_checksums(np.concatenate([part[:, :8], part[:, _FRAME_HEADER:]], axis=1),
+                                      before[i:i + _CHUNK], big)
+                           for i in range(0, n, _CHUNK) if len(part := frames[i:i + _CHUNK])])
+    own_salts = (frames[:, 8:16] == np.frombuffer(salts, dtype=np.uint8)).all(axis=1)
+    chained = own_salts & (sums == stored).all(axis=1)  # written in this log, each after the frame before it
+    commit = heads[:, 1] != 0
+    later = chained.copy()
+    if header_ok:
+        first_bad = int(np.argmin(chained)) if not chained.all() else n
+        later[: first_bad + 1] = False  # the failing frame itself may be a killed writer's half-written one
+    else:  # SQLite reads no frame of a log whose header fails: every commit in it is lost
+        first_bad = 0
+    valid = int(np.flatnonzero(commit[:first_bad])[-1]) + 1 if commit[:first_bad].any() else 0
+    commits = int((later & commit).sum())
+    claimed = _claimed(wal.with_name(wal.name[: -len("-wal")] + "-shm"), salts)
+    if not commits and claimed <= valid:
+        return None
+    last = int(np.flatnonzero(later & commit)[-1]) if commits else -1  # rewritten only with the frames before it
+    key = f"{salts.hex()}:{stored[last, 0]:08x}{stored[last, 1]:08x}" if commits else f"{salts.hex()}:{claimed}"
+    return WalDamage(valid, first_bad + 1, commits, claimed if claimed > valid else 0, key)
+
+
+def _checksum(data: bytes, seed: tuple[int, int], big: bool) -> tuple[int, int]:
+    """SQLite's WAL checksum of ``data`` (a multiple of 8 bytes) continuing from ``seed``."""
+    words = np.frombuffer(data, dtype=np.uint8).reshape(1, -1)
+    out = _checksums(words, np.array([seed], dtype=np.int64), big)[0]
+    return int(out[0]), int(out[1])
+
+
+def _checksums(rows: np.ndarray, seeds: np.ndarray, big: bool) -> np.ndarray:
+    """SQLite's WAL checksum of each row of bytes (a multiple of 8 each) from its seed: [n, 2] int64.
+
+    The sum is linear modulo 2**32: per pair of words (x, y), s0 += x + s1 and s1 += y + s0 (the new s0), i.e.
+    (s0, s1) <- M (s0, s1) + (x, x + y) with M = [[1, 1], [1, 2]]; so the result is M**k the seed plus the pairs
+    weighted by powers of M, computed for every row at once (uint64 arithmetic wraps modulo 2**64, a multiple of
+    2**32)."""
+    n, width = rows.shape
+    words = rows.view(">u4" if big else "<u4").astype(np.uint64).reshape(n, width // 8, 2)
+    k = width // 8
+    powers = np.empty((k + 1, 2, 2), dtype=np.uint64)  # powers[j] = M**j modulo 2**32
+    powers[0] = np.eye(2, dtype=np.uint64)
+    step = np.array([[1, 1], [1, 2]], dtype=np.uint64)
+    for j in range(1, k + 1):
+        powers[j] = (powers[j - 1] @ step) & _MASK
+    x, y = words[:, :, 0], words[:, :, 1]
+    v0, v1 = x, (x + y) & _MASK
+    weights = powers[k - 1::-1]  # the pair j is weighted by M**(k-1-j)
+    s0 = (v0 @ weights[:, 0, 0] + v1 @ weights[:, 0, 1]) & _MASK
+    s1 = (v0 @ weights[:, 1, 0] + v1 @ weights[:, 1, 1]) & _MASK
+    seed = seeds.astype(np.uint64)
+    whole = powers[k]
+    s0 = (s0 + whole[0, 0] * seed[:, 0] + whole[0, 1] * seed[:, 1]) & _MASK
+    s1 = (s1 + whole[1, 0] * seed[:, 0] + whole[1, 1] * seed[:, 1]) & _MASK
+    return np.stack([s0, s1], axis=1).astype(np.int64)
+
+
+def _claimed(shm: Path, salts: bytes) -> int:
+    """The last committed frame the ``-shm`` index beside the log names, if it is whole and about this log (its
+    salts); 0 otherwise."""
+    try:
+        with shm.open("rb") as f:
+            head = f.read(96)
+    except OSError:
+        return 0
+    if len(head) < 96 or head[:48] != head[48:96]:
+        return 0
+    order = sys.byteorder
+    if int.from_bytes(head[0:4], order) != 3007000 or not head[12] or head[32:40] != salts:
+        return 0
+    words = np.frombuffer(head[:40], dtype=np.uint8)
+    if _checksum(words.tobytes(), (0, 0), order == "big") != (int.from_bytes(head[40:44], order),
+                                                              int.from_bytes(head[44:48], order)):
+        return 0
+    return int.from_bytes(head[16:20], order)
