@@ -163,6 +163,31 @@ def test_export_frozen_between_vectors_and_checkpoint_names_the_network_that_mad
 
 
 @pytest.mark.xdist_group("store_redteam_fused")
+def test_export_frozen_across_two_fuse_applies_reads_the_newest_set_itself(
+        fused_store: tuple[Path, Path, list[Path]], tmp_path: Path) -> None:
+    """`export --fused` frozen before it read the fused file, while two `fuse apply`s commit (the second deletes the
+    file its catalog version names), was told 'rewritten twice while read (try again)'. It now reads again, on the
+    newest version: the last network's hash with its rows."""
+    _, original, (first, second) = fused_store
+    store = tmp_path / "store"
+    shutil.copytree(original, store)
+    before = _fused(store)
+    out = tmp_path / "fused.npz"
+    export = _frozen("mess.store.export:fused_matrix:before", "export", str(out), "--fused", "--store", str(store))
+    for checkpoint in (first, second):
+        applied = _mess("fuse", "apply", "--checkpoint", str(checkpoint), "--store", str(store))
+        assert applied.returncode == 0, applied.stderr
+    export.send_signal(signal.SIGCONT)
+    _, err = export.communicate(timeout=120)
+    assert export.returncode == 0, err
+    sha, rows, not_fused = _exported(out)
+    assert (sha, not_fused) == (_sha(second), 0)
+    after = _fused(store)
+    _same(rows, after)
+    assert not all(np.array_equal(after[k], before[k]) for k in before)
+
+
+@pytest.mark.xdist_group("store_redteam_fused")
 def test_fuse_apply_killed_before_its_commit_leaves_the_set_before_whole(
         fused_store: tuple[Path, Path, list[Path]], tmp_path: Path) -> None:
     """`fuse apply` frozen after writing its new file, before the catalog names it: a reader gets the committed set;

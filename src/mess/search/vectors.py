@@ -219,15 +219,18 @@ def read_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequen
     """Read a spec's raw vectors for all tracks of the run and fit its preprocessor."""
     tracks = store.tracks(run) if tracks is None else tracks
     hash_of = {t.id: t.content_hash for t in tracks}
-    layers: tuple[str, ...] = ()
-    with store.snapshot():  # vectors and what they are from one catalog version, though an extract may be committing
-        source = vectors_source(store, run, spec)
-        if spec.kind == FUSED:
-            ids, raw = fused_matrix(store, run)  # refused when made for another run of the model
-        else:
-            layers = spec.layers(store, run)
-            mats = [store.layer_matrix(run, name) for name in layers]
+
+    def read() -> tuple[str, tuple[str, ...], list[tuple[np.ndarray, np.ndarray]]]:
+        if spec.kind == FUSED:  # refused when made for another run of the model
+            return vectors_source(store, run, spec), (), [fused_matrix(store, run)]
+        layers = spec.layers(store, run)
+        return vectors_source(store, run, spec), layers, [store.layer_matrix(run, name) for name in layers]
+
+    # vectors and what they are from one catalog version, though an extract may be committing (and again from a
+    # newer one where fuse apply rewrote the fused set twice meanwhile)
+    source, layers, mats = store.reading(read)
     if spec.kind == FUSED:
+        ids, raw = mats[0]
         blocks = (raw.shape[1],)
     else:
         ids = mats[0][0]

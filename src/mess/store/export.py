@@ -67,9 +67,15 @@ def export_vectors(store: FeatureStore, run: Run, out: Path, fmt: str = "npz", *
     if resolved(out).is_relative_to(resolved(store.root)):  # 'export STORE/catalog.sqlite' overwrote the catalog
         raise StoreError(f"{out} is inside the feature store {store.root}, whose files only mess writes; "
                          "export to a path outside it")
-    with store.snapshot():  # the fused vectors, the checkpoint that made them and the run's tracks: one version
+
+    def read() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int, int, dict | None, int]:
         columns, vectors, missing, failed = _columns(store, run, names, segments, fused)
         fused_meta, n_tracks = (store.derived_meta(run, FUSED), len(store.tracks(run))) if fused else (None, 0)
+        return columns, vectors, missing, failed, fused_meta, n_tracks
+
+    # the fused vectors, the checkpoint that made them and the run's tracks: one version (a newer one where fuse
+    # apply rewrote the set twice meanwhile)
+    columns, vectors, missing, failed, fused_meta, n_tracks = store.reading(read)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"model": run.model, "run_id": run.id, "revision": run.revision, "policy": run.policy, "layers": names,
             "files_not_embedded": missing, "files_failed": failed}

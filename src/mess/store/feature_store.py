@@ -54,6 +54,12 @@ class StoreDamaged(StoreError):
     """The store's files disagree with its catalog; the message names what and how to repair it."""
 
 
+class DerivedRewritten(StoreError):
+    """The file of a derived set (fused, ...) that the catalog version being read names is gone: ``fuse apply``
+    rewrote the set twice since (or it was deleted). Read again on a newer version (see :meth:`FeatureStore.reading`).
+    """
+
+
 class TrackFailed(StoreError):
     """The track asked for failed to extract, so it has no vectors; the message names it and the recorded reason."""
 
@@ -217,6 +223,7 @@ _TRACK_COLS = "id, path, content_hash, duration, artist, album, title, genre, co
 # delete), so an id never comes to name another file after a prune.
 _KNOWN_DURATION = ("COALESCE((SELECT d.duration FROM tracks d WHERE d.content_hash=:content_hash "
                    "AND d.duration IS NOT NULL LIMIT 1), :duration)")
+_READ_TRIES = 3  # reads of a derived set that fuse apply rewrites twice while it is read, each time (see reading)
 _NEW_TRACK_ID = "(SELECT MAX(COALESCE(MAX(id), 0), COALESCE((SELECT MAX(high) FROM track_ids), 0)) + 1 FROM tracks)"
 
 
@@ -349,6 +356,23 @@ class FeatureStore:
                 yield
             finally:
                 self.db.rollback()
+
+    def reading(self, read: Callable[[], T]) -> T:
+        """``read()`` inside one snapshot; where a derived set it reads was rewritten twice meanwhile (`fuse apply`
+        deletes the file of the version before the last: :class:`DerivedRewritten`), read again on the newest
+        version, up to ``_READ_TRIES`` times in all. Inside an outer snapshot it reads once: that one's reader, the
+        outermost, reads again."""
+        with self._lock:
+            outer = self.db.in_transaction
+        attempt = 1
+        while True:
+            try:
+                with self.snapshot():
+                    return read()
+            except DerivedRewritten:
+                if outer or attempt >= _READ_TRIES:
+                    raise
+                attempt += 1
 
     @contextmanager
     def _write(self) -> Iterator[None]:
@@ -923,15 +947,19 @@ class FeatureStore:
 
     def derived_matrix(self, run: Run, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(track ids, float32 matrix) of derived vectors; tracks added since are left out. Rows that differ from
-        their checksums raise StoreDamaged."""
+        their checksums raise StoreDamaged. A set rewritten twice while read is read again (:meth:`reading`)."""
+        return self.reading(lambda: self._derived_matrix(run, name))
+
+    def _derived_matrix(self, run: Run, name: str) -> tuple[np.ndarray, np.ndarray]:
         found = [s for s in self.derived_sets(run) if s[0] == name]
         if not found:
             raise StoreError(f"no {name!r} vectors for {run.model}; run `mess fuse train` and `mess fuse apply` first")
         _, file, sums = found[0]
-        if not file.path.exists():
-            raise StoreError(f"the {name} vectors of {run.model} are not where the catalog says ({file.path.name}): "
-                             "rewritten twice while read (try again) or deleted (`mess check --repair`)")
         data = file.read()
+        if not len(data) and not file.path.exists():  # looked at after the read: it may go while read
+            raise DerivedRewritten(f"the {name} vectors of {run.model} are not where the catalog says "
+                                   f"({file.path.name}): rewritten twice while read, each time it was read (try "
+                                   "again), or deleted (`mess check --repair`)")
         pairs = [(r["track_id"], r["track_row"]) for r in self._rows(run) if r["track_row"] < len(data)]
         ids, rows = np.array([p[0] for p in pairs], dtype=np.int64), np.array([p[1] for p in pairs], dtype=np.int64)
         wrong = changed(data, rows, np.ones(len(rows), dtype=np.int64), row_expected(sums, len(data))[rows])
