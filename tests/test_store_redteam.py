@@ -584,3 +584,32 @@ def test_a_killed_writers_unfinished_tail_in_the_wal_is_not_called_damage(wal_st
         # a shorter commit over the start of that tail (frames of this log past it stay in the file), then a writer
         # killed inside its next transaction
         _killed_mid_transaction(store, 5, "UPDATE tracks SET title='late' WHERE id=1")
+
+
+def _shm_locks(store: Path) -> set[str]:
+    """The POSIX locks this process holds on the store's -shm file (/proc/locks)."""
+    st = (store / "catalog.sqlite-shm").stat()
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    lines = Path("/proc/locks").read_text().splitlines()
+    return {" ".join(line.split()[1:]) for line in lines  # without the list's own numbering
+            if f" {os.getpid()} " in line and f" {device} " in line and "POSIX" in line}
+
+
+def test_reading_the_wal_index_keeps_this_processs_sqlite_locks(wal_store: tuple[Path, list[Path]],
+                                                               tmp_path: Path) -> None:
+    """Opening a store reads the -shm index beside a WAL file that holds commits; a descriptor of it closed would
+    drop every POSIX lock this process holds on the file, those of its other connections to the store included (a
+    reader's mark: a writer could then overwrite pages it reads). They stay."""
+    if not Path("/proc/locks").exists():
+        pytest.skip("no /proc/locks here")
+    template, _ = wal_store
+    store = tmp_path / "store"
+    shutil.copytree(template, store)
+    with closing(FeatureStore(store, readonly=True)) as reader, reader.snapshot():
+        assert reader.tracks(reader.run("dsp"))
+        held = _shm_locks(store)
+        assert held  # the reader's: it has the index open, and a read mark
+        with closing(FeatureStore(store, readonly=True)) as again:
+            assert held <= _shm_locks(store)
+            assert again.tracks(again.run("dsp"))
+        assert held <= _shm_locks(store)

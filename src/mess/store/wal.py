@@ -19,6 +19,7 @@ Format: https://www.sqlite.org/fileformat2.html#walformat (and ``wal.c``'s wal-i
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -179,18 +180,36 @@ def _checksums(rows: np.ndarray, seeds: np.ndarray, big: bool) -> np.ndarray:
 def _claimed(shm: Path, salts: bytes) -> int:
     """The last committed frame the ``-shm`` index beside the log names, if it is whole and about this log (its
     salts); 0 otherwise."""
-    try:
-        with shm.open("rb") as f:
-            head = f.read(96)
-    except OSError:
-        return 0
-    if len(head) < 96 or head[:48] != head[48:96]:
+    head = _shm_header(shm)
+    if head is None or len(head) < 96 or head[:48] != head[48:96]:
         return 0
     order = sys.byteorder
     if int.from_bytes(head[0:4], order) != 3007000 or not head[12] or head[32:40] != salts:
         return 0
-    words = np.frombuffer(head[:40], dtype=np.uint8)
-    if _checksum(words.tobytes(), (0, 0), order == "big") != (int.from_bytes(head[40:44], order),
-                                                              int.from_bytes(head[44:48], order)):
+    if _checksum(head[:40], (0, 0), order == "big") != (int.from_bytes(head[40:44], order),
+                                                        int.from_bytes(head[44:48], order)):
         return 0
     return int.from_bytes(head[16:20], order)
+
+
+# (device, inode) -> a descriptor of that -shm file, open for the life of the process: closing any descriptor of a
+# file drops every POSIX lock the process holds on it, and SQLite's connections to the store in this process (a
+# server opening the store again, say) hold theirs on -shm (that a reader is there, what it reads).
+_SHM_FILES: dict[tuple[int, int], int] = {}
+_SHM_FILES_MAX = 64  # beyond that, the -shm index is not read (the frames are)
+
+
+def _shm_header(shm: Path) -> bytes | None:
+    """The first 96 bytes of ``shm`` (two copies of the wal-index header), read through a descriptor never closed."""
+    try:
+        st = shm.stat()
+        fd = _SHM_FILES.get((st.st_dev, st.st_ino))
+        if fd is None:
+            if len(_SHM_FILES) >= _SHM_FILES_MAX:
+                return None
+            fd = os.open(shm, os.O_RDONLY | os.O_CLOEXEC)
+            st = os.fstat(fd)
+            fd = _SHM_FILES.setdefault((st.st_dev, st.st_ino), fd)
+        return os.pread(fd, 96, 0)
+    except OSError:
+        return None
