@@ -141,8 +141,7 @@ def _fix(store: FeatureStore, problems: list[Problem]) -> list[str]:
             done.append(f"{run.model} (run {run.id}): forgot the fused vectors of {blanked} files, whose rows "
                         "a new file may take; `mess fuse apply` writes them again")
     if any(p.kind == "lost-commits" for p in problems):
-        with contextlib.suppress(FileNotFoundError):
-            (store.root / wal.NOTE).unlink()
+        wal.clear(store.root)
         done.append(f"cleared the note of the commits catalog.sqlite-wal lost ({wal.NOTE})")
     if any(p.kind == "temp-files" for p in problems):
         temps = leftover_temps(store.root)
@@ -189,7 +188,10 @@ def unblock_lock(store: FeatureStore) -> list[str]:
 def _store_files(store: FeatureStore) -> list[Problem]:
     """The lock file when it is not a file (writers stop), and the commits a damaged WAL file lost (noted when a
     store opened: see :mod:`mess.store.wal`)."""
-    problems = [Problem("lost-commits", None, line, damage=False) for line in wal.noted(store.root)]
+    lines = wal.noted(store.root)
+    if store.lost_commits_unnoted:  # the store's folder cannot be written
+        lines.append(store.lost_commits_unnoted)
+    problems = [Problem("lost-commits", None, line, damage=False) for line in lines]
     odd = store.lock.not_a_file()
     if odd is not None:
         problems.append(Problem("not-a-file", None, f"write.lock is {odd}, not the store's lock file, so nothing "

@@ -267,6 +267,7 @@ class FeatureStore:
         if readonly and not db.exists():
             raise StoreError(f"no feature store at {self.root} (run `mess extract` first)")
         self.lock = StoreLock(self.root)
+        self.lost_commits_unnoted: str | None = None  # what lost_commits says when the store's note cannot keep it
         self.lost_commits = self._lost_commits(db)
         try:
             self.db = connect(db, readonly=readonly)
@@ -315,7 +316,11 @@ class FeatureStore:
             return None
         with self.lock.trying() as held:
             damage = lost_commits(wal) if held else None
-        return None if damage is None else note(self.root, damage)
+        if damage is None:
+            return None
+        message, kept = note(self.root, damage)
+        self.lost_commits_unnoted = None if kept else message
+        return message
 
     def close(self) -> None:
         """Close the catalog connection (and drop what the memo holds for it)."""

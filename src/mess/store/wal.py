@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mess.store.paths import replace_file
+
 _MAGIC = (0x377F0682, 0x377F0683)  # checksums of little-endian, big-endian words
 _HEADER = 32
 _FRAME_HEADER = 24
@@ -34,7 +36,7 @@ _MASK = np.uint64(0xFFFFFFFF)
 _CHUNK = 256  # frames summed at once (1 MB of 4 kB pages, 8 MB as uint64 words)
 
 
-NOTE = "lost-commits.txt"  # in the store: one line per damage found (key, when, message)
+NOTE = "lost-commits.txt"  # in the store: one line per loss found (key, when, message[, "cleared"])
 
 
 @dataclass(frozen=True)
@@ -62,31 +64,48 @@ class WalDamage:
                 "the next `mess extract`")
 
 
-def note(root: Path, damage: WalDamage) -> str | None:
+def note(root: Path, damage: WalDamage) -> tuple[str | None, bool]:
     """Record ``damage`` in the store's note (``lost-commits.txt``), for `mess check` to name until `mess check
-    --repair`; its message when it was not noted before (its evidence stays in the file until overwritten), else
-    None. A folder that cannot be written notes nothing: the message is said each time."""
+    --repair` clears it: (its message when not noted before, else None: its evidence stays in the log until
+    overwritten; whether the note holds it: not where the folder cannot be written, and then the message is said
+    each time)."""
     message = damage.message()
     path = root / NOTE
     try:
         known = path.read_text(errors="replace").splitlines() if path.is_file() else []
         if any(line.split("\t", 1)[0] == damage.key for line in known):
-            return None
+            return None, True
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         with path.open("a", encoding="utf-8") as f:
             f.write(f"{damage.key}\t{when}\t{message}\n")
     except OSError:
-        pass
-    return message
+        return message, False
+    return message, True
 
 
 def noted(root: Path) -> list[str]:
-    """The losses the store's note records, one line each ('... (found 2026-12-05 00:40 UTC)')."""
+    """The losses the store's note records and `mess check --repair` has not cleared, one line each ('... (found
+    2026-12-05 00:40 UTC)')."""
     try:
         lines = (root / NOTE).read_text(errors="replace").splitlines()
     except OSError:
         return []
-    return [f"{parts[2]} (found {parts[1]})" for line in lines if len(parts := line.split("\t", 2)) == 3]
+    return [f"{parts[2]} (found {parts[1]})" for line in lines if len(parts := line.split("\t")) == 3]
+
+
+def clear(root: Path) -> int:
+    """Mark every loss the note records as cleared (kept, so the same loss seen again in the log is not noted
+    again); how many were not cleared before."""
+    path = root / NOTE
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return 0
+    fresh = sum(1 for line in lines if line.count("\t") == 2)
+    if fresh:
+        replace_file(path, "".join(f"{line}\tcleared\n" if line.count("\t") == 2 else f"{line}\n"
+                                   for line in lines).encode())
+    return fresh
 
 
 def lost_commits(wal: Path) -> WalDamage | None:
