@@ -128,7 +128,7 @@ class StoreLock:
             yield False
             return
         try:
-            yield True
+            yield self._lock.lock_counter == 1  # not when another thread took it meanwhile (it is re-entrant)
         finally:
             self._lock.release()
 

@@ -113,10 +113,7 @@ def lost_commits(wal: Path) -> WalDamage | None:
     opening it; None when it lost none (no file, an empty or restarted log, a killed writer's unfinished tail).
 
     Read it while no writer can append to the log or restart it (under the store's write lock)."""
-    try:
-        data = wal.read_bytes()
-    except OSError:
-        return None
+    data = _read(wal)
     if len(data) < _HEADER:
         return None
     magic = int.from_bytes(data[:4], "big")
@@ -157,9 +154,18 @@ def lost_commits(wal: Path) -> WalDamage | None:
     claimed = _claimed(wal.with_name(wal.name[: -len("-wal")] + "-shm"), salts)
     if not commits and claimed <= valid:
         return None
+    if _read(wal) != data:  # written meanwhile (by a thread of this process, whose lock is shared): look later
+        return None
     last = int(np.flatnonzero(later & commit)[-1]) if commits else -1  # rewritten only with the frames before it
     key = f"{salts.hex()}:{stored[last, 0]:08x}{stored[last, 1]:08x}" if commits else f"{salts.hex()}:{claimed}"
     return WalDamage(valid, first_bad + 1, commits, claimed if claimed > valid else 0, key)
+
+
+def _read(wal: Path) -> bytes:
+    try:
+        return wal.read_bytes()
+    except OSError:
+        return b""
 
 
 def _checksum(data: bytes, seed: tuple[int, int], big: bool) -> tuple[int, int]:
