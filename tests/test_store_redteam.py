@@ -554,6 +554,26 @@ def test_a_wal_file_cut_short_names_the_commits_its_index_said_were_there(wal_st
             f"{commits[-1]} were lost") in said, said
 
 
+def test_a_changed_wal_header_names_every_commit_of_the_log(wal_store: tuple[Path, list[Path]],
+                                                            tmp_path: Path) -> None:
+    """A bit flipped in the log's header (its checkpoint count): SQLite reads no frame of a log whose header fails,
+    so every commit in it is lost; each is named."""
+    template, _ = wal_store
+    store = tmp_path / "store"
+    shutil.copytree(template, store)
+    _, commits, _ = _wal_frames(store)
+    with (store / "catalog.sqlite-wal").open("r+b") as f:
+        f.seek(15)
+        byte = f.read(1)[0]
+        f.seek(15)
+        f.write(bytes([byte ^ 1]))
+    checked = _mess("check", "--store", str(store))
+    said = _said(checked)
+    assert checked.returncode == 0, said
+    assert (f"lost-commits: catalog.sqlite-wal was changed on disk: {len(commits)} commits past frame 1 were "
+            "lost") in said, said
+
+
 _SPILL = """
 import os, signal, sqlite3, sys
 db = sqlite3.connect(sys.argv[1], isolation_level=None)
