@@ -23,7 +23,7 @@ from filelock import FileLock, Timeout
 from mess.store.paths import replace_file
 
 _POLL_SECONDS = 0.5
-_GLANCE_SECONDS = 1.0  # how long a --no-wait writer waits for a store being opened (its WAL file read)
+_GLANCE_SECONDS = 1.0  # a writer waits this long for a store being opened (its WAL read) before it says busy/waits
 
 
 class StoreBusy(Exception):
