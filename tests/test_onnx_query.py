@@ -8,6 +8,7 @@ there, once the file is checked against the run's revision.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -241,6 +242,21 @@ def test_upload_with_a_damaged_record_is_503_in_one_line(extracted: tuple[Path, 
         detail = answer.json()["detail"]
         assert answer.status_code == 503 and expected in detail, (answer.status_code, detail)
         assert "\n" not in detail and str(store_path.parent) not in detail, detail
+
+
+def test_a_damaged_record_in_a_store_named_in_other_bytes_than_utf8_is_503(extracted: tuple[Path, Path],
+                                                                            outside: tuple[Path, int],
+                                                                            tmp_path: Path) -> None:
+    """The 503's message names the store by its folder's name: one that is not UTF-8 could not be sent as JSON."""
+    (store_path, _), (wav, _) = extracted, outside
+    odd = tmp_path / os.fsdecode(b"st\xff")
+    shutil.copytree(store_path, odd)
+    with closing(FeatureStore(odd, readonly=True)) as store:
+        store.model_source_path(store.run("mine")).write_bytes(b"[1, 2]")
+    with TestClient(base_url="http://127.0.0.1", app=create_app(odd, embed_timeout=300)) as client:
+        answer = _upload(client, wav, "mine")
+    detail = answer.json()["detail"]
+    assert answer.status_code == 503 and "in the store at st\\xff," in detail, (answer.status_code, detail)
 
 
 def _samples_of(track: Path, wav: Path) -> Path:

@@ -13,6 +13,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
+from mess.store.paths import printable
+
 _SHOWN = 40  # characters of a sent value quoted in a message
 _LONG = re.compile(rf"\S{{{2 * _SHOWN + 1},}}")  # a run of non-space characters no message word is this long
 _PATH = re.compile(r"(?<![\w.~/:-])/[^\s'\"(),;:]+(?<!\.)")  # an absolute path, not a URL's (nor a full stop after)
@@ -30,10 +32,10 @@ async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
 
 async def http_error(request: Request, exc: Exception) -> Response:
     """FastAPI's answer to an HTTPException, with a long value the message echoes (a model name or a track id of
-    thousands of characters) cut: see :func:`short_values`."""
+    thousands of characters) cut (see :func:`short_values`) and bytes of a file name that are not UTF-8 escaped."""
     assert isinstance(exc, StarletteHTTPException)
-    if isinstance(exc.detail, str):
-        exc = StarletteHTTPException(exc.status_code, short_values(exc.detail), exc.headers)
+    if isinstance(exc.detail, str):  # a store folder's name that is not UTF-8 is escaped: JSON holds UTF-8 alone
+        exc = StarletteHTTPException(exc.status_code, short_values(printable(exc.detail)), exc.headers)
     return await http_exception_handler(request, exc)
 
 
