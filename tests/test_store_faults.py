@@ -1273,6 +1273,7 @@ def test_a_default_model_without_vectors_is_said_not_replaced(extracted_tones: E
 
 
 def test_concurrent_first_runs_on_an_empty_numba_cache(tmp_path: Path) -> None:
+    """Three first runs at once fill the shared cache safely; a run from a second librosa install adds its own."""
     music = tmp_path / "music"
     _tones(music, 2, seconds=3.0)
     env = {"MESS_NUMBA_CACHE": str(tmp_path / "numba")}  # the shared cache starts empty
@@ -1294,6 +1295,22 @@ def test_concurrent_first_runs_on_an_empty_numba_cache(tmp_path: Path) -> None:
     assert fourth.returncode == 0, fourth.stderr
     _assert_same(_by_path(tmp_path / "s3"), _by_path(tmp_path / "s0"))
     assert not list(shared.glob("new-*")) and not list(shared.glob("old-*"))  # published atomically, cleaned up
+    # numba files cached code under its source's folder: another environment (a second venv, a CI clone) must warm
+    # and publish its own entries, not take the marker of this one for its own and compile in every process
+    import hashlib
+
+    import librosa
+
+    other = tmp_path / "other-env"  # the same librosa, installed at another path
+    shutil.copytree(Path(librosa.__file__).parent, other / "librosa")
+    path = os.pathsep.join(filter(None, [str(other), os.environ.get("PYTHONPATH")]))
+    fifth = _mess("extract", str(music), *DSP, "--store", str(tmp_path / "s4"), env={**env, "PYTHONPATH": path})
+    assert fifth.returncode == 0, fifth.stderr
+    for install in (Path(librosa.__file__).parent, other / "librosa"):
+        sources = [d.resolve() for d in (install, *install.iterdir()) if d.is_dir()]
+        cached = [shared / "current" / f"{d.name}_{hashlib.sha1(str(d).encode()).hexdigest()}" for d in sources]
+        assert any(list(c.glob("*.nbi")) for c in cached), (install, sorted((shared / "current").iterdir()))
+    _assert_same(_by_path(tmp_path / "s4"), _by_path(tmp_path / "s0"))
 
 
 def test_private_caches_of_killed_processes_are_removed_and_a_run_leaves_none(tmp_path: Path) -> None:
@@ -1322,30 +1339,6 @@ def test_private_caches_of_killed_processes_are_removed_and_a_run_leaves_none(tm
     finally:
         live.kill()
         live.wait()
-
-
-def test_a_second_librosa_install_warms_and_shares_its_own_cache(tmp_path: Path) -> None:
-    """numba files cached code under the source's folder: another environment must publish its own entries."""
-    import hashlib
-
-    import librosa
-
-    music = tmp_path / "music"
-    _tones(music, 1, seconds=3.0)
-    env = {"MESS_NUMBA_CACHE": str(tmp_path / "numba")}
-    first = _mess("extract", str(music), *DSP, "--store", str(tmp_path / "s0"), env=env)
-    assert first.returncode == 0, first.stderr
-    other = tmp_path / "other-env"  # the same librosa, installed at another path (a second venv, a CI clone)
-    shutil.copytree(Path(librosa.__file__).parent, other / "librosa")
-    path = os.pathsep.join(filter(None, [str(other), os.environ.get("PYTHONPATH")]))
-    second = _mess("extract", str(music), *DSP, "--store", str(tmp_path / "s1"), env={**env, "PYTHONPATH": path})
-    assert second.returncode == 0, second.stderr
-    current = tmp_path / "numba" / "current"
-    for install in (Path(librosa.__file__).parent, other / "librosa"):
-        sources = [d.resolve() for d in (install, *install.iterdir()) if d.is_dir()]
-        cached = [current / f"{d.name}_{hashlib.sha1(str(d).encode()).hexdigest()}" for d in sources]  # numba's naming
-        assert any(list(c.glob("*.nbi")) for c in cached), (install, sorted(p.name for p in current.iterdir()))
-    _assert_same(_by_path(tmp_path / "s1"), _by_path(tmp_path / "s0"))
 
 
 def _free_port() -> int:
