@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 
@@ -61,6 +62,12 @@ class Child:
         except (EOFError, OSError):
             raise ChildDied(f"died ({describe_exit(self.stop())})") from None
 
+    def hang_up(self) -> None:
+        """Close the child's input: an idle child ends by itself (see :func:`serve_requests`)."""
+        if self._send is not None:
+            self._send.close()
+            self._send = None
+
     def kill(self) -> None:
         """Kill the child if it runs, leaving its pipes to the thread that may be waiting on them (its call then
         raises ChildDied and it stops the child)."""
@@ -87,6 +94,16 @@ class Child:
         code = self._proc.wait()
         self._proc = None
         return code
+
+
+def stop_all(children: list[Child], grace: float) -> None:
+    """Stop ``children`` together: every input closed at once, then ``grace`` seconds in all for them to end by
+    themselves (an idle one ends at once), the rest killed."""
+    for child in children:
+        child.hang_up()
+    deadline = time.monotonic() + grace
+    for child in children:
+        child.stop(max(0.0, deadline - time.monotonic()))
 
 
 def describe_exit(code: int | None) -> str:

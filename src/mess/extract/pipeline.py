@@ -13,7 +13,7 @@ from queue import SimpleQueue
 from typing import cast
 
 from mess.audio.windows import WindowPolicy
-from mess.extract.child import Child, ChildDied
+from mess.extract.child import Child, ChildDied, stop_all
 from mess.extract.embed import embed_prepared
 from mess.extract.prepare import FileRecord, Windows, describe
 from mess.extract.runs import record_source, run_key
@@ -178,8 +178,7 @@ def _prepared(store: FeatureStore, run: Run, paths: Sequence[Path], model: Embed
                     queue.append(pool.submit(work, nxt))
                 yield future.result()
     finally:
-        for child in children:
-            child.stop(grace=STOP_GRACE)
+        stop_all(children, STOP_GRACE)
 
 
 class _FileFailed(Exception):
