@@ -483,10 +483,12 @@ def test_three_writers_and_a_reader_leave_nothing_misplaced(tmp_path: Path) -> N
     assert max(seen, default=0) <= len(want)
 
 
-def test_a_killed_writer_frees_the_lock_for_the_one_waiting(tmp_path: Path) -> None:
-    music = tmp_path / "music"
-    paths = _tones(music, 40, seconds=10.0)
-    want = _clean(music, tmp_path / "single")
+def test_a_killed_writer_frees_the_lock_for_the_one_waiting(
+    tmp_path: Path, tone_templates: Callable[[int], tuple[Path, Path]]
+) -> None:
+    music, template = tone_templates(60)  # shared music, read only; its clean store is what a single writer makes
+    paths = sorted(music.iterdir())
+    want = _by_path(template)
     shared = tmp_path / "shared"
     cmd = [*MESS, "extract", str(music), *DSP, "--store", str(shared)]
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -506,7 +508,7 @@ def test_a_killed_writer_frees_the_lock_for_the_one_waiting(tmp_path: Path) -> N
         assert second.wait(timeout=300) == 0, log.read_text()
     _assert_same(_by_path(shared), want)
     with sqlite3.connect(shared / "catalog.sqlite") as db:
-        assert db.execute("SELECT COUNT(*), COUNT(DISTINCT track_row) FROM vectors").fetchone() == (40, 40)
+        assert db.execute("SELECT COUNT(*), COUNT(DISTINCT track_row) FROM vectors").fetchone() == (60, 60)
 
 
 def _checksums_hold(store_dir: Path) -> tuple[int, int]:
@@ -526,9 +528,11 @@ def _checksums_hold(store_dir: Path) -> tuple[int, int]:
     return len(rows), held
 
 
-def test_a_killed_writer_leaves_no_vectors_that_differ_from_their_checksums(tmp_path: Path) -> None:
-    music = tmp_path / "music"
-    n = len(_tones(music, 60, seconds=6.0))
+def test_a_killed_writer_leaves_no_vectors_that_differ_from_their_checksums(
+    tmp_path: Path, tone_templates: Callable[[int], tuple[Path, Path]]
+) -> None:
+    music, template = tone_templates(60)  # shared music, read only; its clean store is what a single writer makes
+    n = len(list(music.iterdir()))
     store = tmp_path / "store"
     cmd = [*MESS, "extract", str(music), *DSP, "--store", str(store)]
     for at in (1, 12, 30):  # three kill -9s, each after a few more files were committed
@@ -546,7 +550,7 @@ def test_a_killed_writer_leaves_no_vectors_that_differ_from_their_checksums(tmp_
         assert status == 0 and set(kinds) <= {"orphan-rows", "not-embedded"}  # no damage: files left to embed
     assert _mess(*cmd[3:]).returncode == 0
     assert _checksums_hold(store) == (n, n)
-    _assert_same(_by_path(store), _clean(music, tmp_path / "clean"))
+    _assert_same(_by_path(store), _by_path(template))
 
 
 def test_no_wait_exits_at_once_naming_the_holder(tmp_path: Path) -> None:
