@@ -143,23 +143,36 @@ def test_export_frozen_between_vectors_and_checkpoint_names_the_network_that_mad
     """`export --fused` read the vectors, then (outside that snapshot) the checkpoint's SHA-256 and the track count:
     a `fuse apply` committing in between paired the first network's rows with the second network's hash. Frozen
     right after it read the vectors while another network's apply commits, it still writes one version."""
-    _, original, (first, second) = fused_store
-    store = tmp_path / "store"
-    shutil.copytree(original, store)
-    before = _fused(store)
-    out = tmp_path / "fused.npz"
-    export = _frozen("mess.store.export:fused_matrix:after", "export", str(out), "--fused", "--store", str(store))
+    store, before, out, export = _frozen_export(fused_store, tmp_path, "after")
+    first, second = fused_store[2]
     applied = _mess("fuse", "apply", "--checkpoint", str(second), "--store", str(store))
     assert applied.returncode == 0, applied.stderr
-    export.send_signal(signal.SIGCONT)
-    _, err = export.communicate(timeout=120)
-    assert export.returncode == 0, err
-    sha, rows, not_fused = _exported(out)
+    sha, rows, not_fused = _resumed(export, out)
     assert (sha, not_fused) == (_sha(first), 0)
     _same(rows, before)
     after = _fused(store)
     assert not all(np.array_equal(after[k], before[k]) for k in before)  # the second network's vectors differ
     assert _exported(out)[0] != _sha(second)
+
+
+def _resumed(export: subprocess.Popen, out: Path) -> tuple[str, dict[int, np.ndarray], int]:
+    """The frozen ``export`` let go: what it wrote to ``out`` (see :func:`_exported`), once it ended well."""
+    export.send_signal(signal.SIGCONT)
+    _, err = export.communicate(timeout=120)
+    assert export.returncode == 0, err
+    return _exported(out)
+
+
+def _frozen_export(fused_store: tuple[Path, Path, list[Path]], tmp_path: Path, when: str
+                   ) -> tuple[Path, dict[int, np.ndarray], Path, subprocess.Popen]:
+    """A copy of the fused store, its fused vectors, and `export --fused` into ``out`` frozen ``when`` ('before',
+    'after') it read the fused file: (store, fused vectors before, out, the frozen export)."""
+    store = tmp_path / "store"
+    shutil.copytree(fused_store[1], store)
+    before = _fused(store)
+    out = tmp_path / "fused.npz"
+    export = _frozen(f"mess.store.export:fused_matrix:{when}", "export", str(out), "--fused", "--store", str(store))
+    return store, before, out, export
 
 
 @pytest.mark.xdist_group("store_redteam_fused")
@@ -168,19 +181,12 @@ def test_export_frozen_across_two_fuse_applies_reads_the_newest_set_itself(
     """`export --fused` frozen before it read the fused file, while two `fuse apply`s commit (the second deletes the
     file its catalog version names), was told 'rewritten twice while read (try again)'. It now reads again, on the
     newest version: the last network's hash with its rows."""
-    _, original, (first, second) = fused_store
-    store = tmp_path / "store"
-    shutil.copytree(original, store)
-    before = _fused(store)
-    out = tmp_path / "fused.npz"
-    export = _frozen("mess.store.export:fused_matrix:before", "export", str(out), "--fused", "--store", str(store))
+    store, before, out, export = _frozen_export(fused_store, tmp_path, "before")
+    first, second = fused_store[2]
     for checkpoint in (first, second):
         applied = _mess("fuse", "apply", "--checkpoint", str(checkpoint), "--store", str(store))
         assert applied.returncode == 0, applied.stderr
-    export.send_signal(signal.SIGCONT)
-    _, err = export.communicate(timeout=120)
-    assert export.returncode == 0, err
-    sha, rows, not_fused = _exported(out)
+    sha, rows, not_fused = _resumed(export, out)
     assert (sha, not_fused) == (_sha(second), 0)
     after = _fused(store)
     _same(rows, after)
