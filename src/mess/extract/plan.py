@@ -1,7 +1,7 @@
 """How much audio a run of `mess extract` will analyse: the progress bar's total, read beside the run.
 
-Only the files the run will embed count: a resumed run over a 20k-track library whose files are mostly embedded
-already counted every file's seconds, so its bar ended near 5% and its ETA was twenty times too long. The headers
+Only the files the run will embed count: a resumed run over a library whose files are mostly embedded already
+counted every file's seconds, so its bar stopped far short of its end and its ETA was many times too long. The headers
 are read in a decode worker (:mod:`mess.extract.decode_worker`): a file that crashes or hangs its decoder cannot
 end the run, and what libmpg123 prints about a damaged MP3 does not reach the terminal.
 """
