@@ -30,7 +30,7 @@ from mess.models.musicnn import MusicnnModel
 from mess.probing.controls import ControlError, random_init_run
 from mess.query import embed_query
 from mess.serve.app import create_app
-from mess.store import FeatureStore, Run
+from mess.store import FeatureStore, Run, StoreError
 
 pytest.importorskip("onnx", reason="tests build their graphs with onnx (test extra)")
 from test_onnx_backend import EFFNET_OUTPUTS, _cli, effnet_graph, write_json  # noqa: E402
@@ -357,3 +357,42 @@ def test_no_random_init_twin_for_a_run_made_from_a_model_file(registry_named: tu
         random_init_run(store, onnx_run)
     with closing(FeatureStore(store_path, readonly=True)) as store:
         assert len(store.runs()) == 2
+
+
+def test_one_file_fed_two_ways_makes_two_runs(rendered_collection: list[Path], tmp_path: Path) -> None:
+    """Before: a file whose graph takes any frame count, extracted with ``--preset discogs-effnet`` and then with
+    ``--preset essentia-musicnn-msd`` (another front end and patching), joined one run (one revision: the file's hash):
+    the second preset's vectors were skipped as "already embedded" and its record replaced the first's. Now a preset
+    other than the file's own names itself in the revision; one that feeds the file the same way joins its run."""
+    from test_onnx_backend import W_EMB, _graph, helper
+
+    model = _graph(tmp_path / "flex.onnx", "melspectrogram", ["batch", "frames", 96],
+                   {"axes": np.array([1], np.int64), "w_emb": W_EMB},
+                   [("embeddings", "", ["batch", 32])],
+                   [helper.make_node("ReduceMean", ["melspectrogram", "axes"], ["pooled"], keepdims=0),
+                    helper.make_node("MatMul", ["pooled", "w_emb"], ["embeddings"])])
+    write_json(model, "serving_default_melspectrogram", EFFNET_OUTPUTS[1:], "TensorflowPredictEffnetDiscogs")
+    policy = WindowPolicy(window_seconds=10.0)
+    pieces = rendered_collection[:2]
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        for preset in ("discogs-effnet", "essentia-musicnn-msd", "discogs-effnet-artist"):
+            summary = extract(store, pieces, OnnxModel(model, preset=preset), policy)
+            assert not summary.failed
+        own, other = sorted(store.runs(), key=lambda r: r.revision)
+        assert len(store.runs()) == 2  # discogs-effnet-artist fed it as discogs-effnet did: the same run
+        assert other.revision == f"{own.revision}+essentia-musicnn-msd" and "+" not in own.revision
+        assert store.model_source(own)["preset"] == "discogs-effnet-artist"
+        assert store.model_source(other)["preset"] == "essentia-musicnn-msd"
+        first, second = (store.layer_matrix(run, "embeddings")[1] for run in (own, other))
+        assert first.shape == second.shape == (2, 32) and not np.allclose(first, second, atol=1e-3)
+        track = store.tracks(own)[0]
+        copy = _samples_of(Path(track.path), tmp_path / "copy.wav")
+        for run in (own, other):  # a query by a file is embedded with the run's own preset
+            query = embed_query(store, copy, run)
+            ids, matrix = store.layer_matrix(run, "embeddings")
+            assert query.layers is not None
+            np.testing.assert_allclose(query.layers[0], matrix[list(ids).index(track.id)], rtol=2e-3, atol=2e-3)
+    write_json(model, "serving_default_melspectrogram", EFFNET_OUTPUTS[1:], "TensorflowPredictMusiCNN")
+    with closing(FeatureStore(tmp_path / "store", readonly=True)) as store:  # the file's own preset is now the other
+        with pytest.raises(StoreError, match=r"is now revision .*\+discogs-effnet-artist.*was its \.json changed"):
+            embed_query(store, copy, own)

@@ -192,10 +192,15 @@ def _load_recorded(name: str, revision: str, source: Mapping[str, str], device: 
     except OSError as exc:
         raise ModelError(f"cannot read the model file {path} that {name} was extracted with "
                          f"({exc.strerror or exc})") from None
-    if now != revision:
+    if now != revision.partition("+")[0]:  # the file's hash, then the preset where it is not the file's own
         raise ModelError(f"the model file {path} has changed since the collection was extracted with it (now {now}, "
                          f"the store holds {revision}); re-extract the collection to compare with new files")
     try:
-        return OnnxModel(file, preset=preset, device=device)
+        model = OnnxModel(file, preset=preset, device=device)
     except EssentiaModelError as exc:
         raise ModelError(str(exc)) from exc
+    if model.info.revision != revision:  # its .json now implies another preset
+        raise ModelError(f"the model file {path} with preset {preset} is now revision {model.info.revision}, the store "
+                         f"holds {revision} (was its .json changed?); re-extract the collection to compare with new "
+                         "files")
+    return model

@@ -45,7 +45,7 @@ class OnnxModel(EmbeddingModel):
         self.output_names = [o.name for o in self.session.get_outputs()]
         dims = [o.shape[-1] for o in self._run(np.zeros((1, self.preset.patch_frames, self.preset.bands), np.float32))]
         self.info = ModelInfo(
-            name=path.stem, revision=file_revision(path), sample_rate=SAMPLE_RATE,
+            name=path.stem, revision=_revision(path, self.preset, self.metadata), sample_rate=SAMPLE_RATE,
             layer_names=_layer_names(self.output_names, self.metadata), layer_dims=tuple(int(d) for d in dims),
             licence=self.metadata.licence or self.preset.licence)
 
@@ -111,6 +111,17 @@ def _open_session(path: Path, device: str, threads: int) -> ort.InferenceSession
     except Exception as exc:  # onnxruntime raises its own pybind exception types for unreadable graphs
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EssentiaModelError(f"{path.name} is not a readable ONNX graph: {reason[:200]}") from exc
+
+
+def _revision(path: Path, preset: Preset, metadata: ModelMetadata) -> str:
+    """The file's revision, naming ``preset`` too where it feeds the network otherwise than the preset the file's name
+    and metadata imply: each way of feeding one file makes other vectors, so it gets a run of its own."""
+    try:
+        implied = detect_preset(path.stem, metadata)
+    except EssentiaModelError:
+        implied = None
+    revision = file_revision(path)
+    return revision if implied is not None and implied.feed == preset.feed else f"{revision}+{preset.name}"
 
 
 def _check_input(session: ort.InferenceSession, metadata: ModelMetadata, preset: Preset, file: str) -> tuple[str, int]:

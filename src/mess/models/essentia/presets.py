@@ -67,6 +67,11 @@ class Preset:
         """Shortest 16 kHz input that gives one whole patch (shorter windows are repeat-padded)."""
         return (self.patch_frames - 1) * self.frame_hop
 
+    @property
+    def feed(self) -> tuple[object, ...]:
+        """What the network is given: front end, bands, hops and patching (presets equal in it give equal vectors)."""
+        return self.front_end, self.bands, self.frame_hop, self.patch_frames, self.patch_hop
+
 
 def _musicnn_log_mel(windows: np.ndarray) -> np.ndarray:
     from mess.models.musicnn.model import log_mel
