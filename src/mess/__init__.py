@@ -1,6 +1,6 @@
 """Music Embedding Similarity Search."""
 
-from mess.audio.jit_cache import use_private_cache
+from mess.audio.jit_cache import before_numba
 
 # Before anything imports librosa: numba must cache into a folder of this process's own.
-use_private_cache()
+before_numba()

@@ -6,9 +6,11 @@ compiling the same function at once can leave an index that names the other's co
 and every later process that loads it crashes (SIGSEGV). So no two processes ever
 write to the same folder here:
 
-* :func:`use_private_cache` (run by ``import mess``, before librosa is imported) points
-  numba at a fresh folder of this process's own, seeded with a copy of the shared,
-  complete cache in ``~/.cache/mess/numba/current`` (``MESS_NUMBA_CACHE``);
+* :func:`use_private_cache` (run when numba is first imported, see :func:`before_numba`)
+  points numba at a fresh folder of this process's own, seeded with hard links to (or, across
+  file systems, copies of) the shared, complete cache in ``~/.cache/mess/numba/current``
+  (``MESS_NUMBA_CACHE``): numba replaces its files, never writes into them, so the shared
+  ones stay as they are; a process that never imports numba (a decoder) makes no folder;
 * :func:`ensure_warm` runs a caller's warm-up (its librosa calls on a short clip) and,
   under one lock, publishes the process's folder as the new shared cache, atomically,
   so later processes start warm instead of compiling for seconds.
@@ -21,14 +23,16 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import importlib.abc
 import os
 import shutil
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 _PREFIX = "mess-numba-"  # + pid + "-" + random: a private cache folder in the temp folder
 _OLD_FOLDER_SECONDS = 86400.0  # a folder named without its pid (before pids were part of names) is left this long
@@ -43,6 +47,24 @@ def shared_dir() -> Path:
     return Path(os.environ.get("MESS_NUMBA_CACHE", default))
 
 
+class _BeforeNumba(importlib.abc.MetaPathFinder):
+    """Calls :func:`use_private_cache` when numba is about to be imported; finds no module itself."""
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None) -> None:
+        """None for every module, having made the private cache first when ``fullname`` is numba."""
+        if fullname == "numba" and _private is None:
+            use_private_cache()
+
+
+def before_numba() -> None:
+    """Make this process's private cache when numba is first imported (at once if it is already): processes that
+    never compile (decoders, most commands) skip the folder and its clean-up."""
+    if "numba" in sys.modules:
+        use_private_cache()
+    else:
+        sys.meta_path.insert(0, _BeforeNumba())
+
+
 def use_private_cache() -> None:
     """Give this process its own numba cache folder, seeded from the shared one (no-op if NUMBA_CACHE_DIR is set)."""
     global _private
@@ -52,11 +74,19 @@ def use_private_cache() -> None:
     _sweep(Path(tempfile.gettempdir()))
     _private = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
     try:
-        shutil.copytree(shared_dir() / "current", _private, dirs_exist_ok=True)
+        shutil.copytree(shared_dir() / "current", _private, dirs_exist_ok=True, copy_function=_link_or_copy)
     except (OSError, shutil.Error):
         pass  # nothing shared yet, or it was being replaced: this process compiles for itself
     os.environ["NUMBA_CACHE_DIR"] = os.environ["MESS_NUMBA_PRIVATE"] = str(_private)  # children make their own
     atexit.register(shutil.rmtree, _private, ignore_errors=True)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """A hard link to ``source`` at ``target`` (a copy across file systems, or where links are refused)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def _sweep(temp: Path) -> None:
