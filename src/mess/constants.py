@@ -51,3 +51,9 @@ def file_title(path: str) -> str:
     if not suffix:
         return PurePath(name).stem
     return name.rstrip(" .")[: -len(suffix)] or name
+
+
+def legacy_stamp(size: int, mtime: float) -> str:
+    """The change stamp of a catalog row written before stamps existed (size and mtime only): here so that the
+    decoder processes compare stamps without importing the store."""
+    return f"legacy:{size}:{mtime!r}"

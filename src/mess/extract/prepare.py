@@ -13,7 +13,7 @@ from mess.audio.decode import AudioError, load_audio, load_segments, probe
 from mess.audio.discover import content_hash, file_stamp
 from mess.audio.tags import read_tags
 from mess.audio.windows import WindowPolicy
-from mess.store.feature_store import legacy_stamp
+from mess.constants import legacy_stamp
 
 log = logging.getLogger(__name__)
 

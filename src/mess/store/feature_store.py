@@ -28,7 +28,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from mess.constants import file_title
+from mess.constants import file_title, legacy_stamp
 from mess.store.arrays import DTYPE, RowFile, ShortFile, set_aside
 from mess.store.catalog import connect, has_column
 from mess.store.checksums import block_sum, changed, expected, pack, row_expected, row_sums
@@ -166,11 +166,6 @@ class TrackVectors:
     layers: Sequence[np.ndarray]  # per layer: [dim] track vector
     segments: Sequence[np.ndarray]  # per layer: [n_segments, dim]
     seg_starts: Sequence[float]
-
-
-def legacy_stamp(size: int, mtime: float) -> str:
-    """The change stamp of a catalog row written before stamps existed (size and mtime only)."""
-    return f"legacy:{size}:{mtime!r}"
 
 
 def is_track_id(text: str) -> bool:
