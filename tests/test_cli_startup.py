@@ -31,3 +31,12 @@ def test_decoder_processes_import_only_what_decodes() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("MESS_NUMBA_PRIVATE", "NUMBA_CACHE_DIR")}  # not this one's
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120, env=env)
     assert json.loads(out.stdout) == [[], False]
+
+
+def test_musicnn_imports_no_signal_or_stats_library() -> None:
+    """The default model's code: scipy.signal (and scipy.stats with it) cost each `mess extract` 0.5 s to load."""
+    code = ("import json, sys\nimport mess.models.musicnn.ensemble\n"
+            "print(json.dumps(sorted(m for m in ('scipy.signal', 'scipy.stats', 'librosa', 'numba', 'torch') "
+            "if m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert json.loads(out.stdout) == []

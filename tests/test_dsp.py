@@ -72,3 +72,14 @@ def test_zero_crossing_rate_from_blocks_counts_each_frames_crossings() -> None:
     padded = np.pad(crossings, ((0, 0), (1024, 1024)), mode="edge")
     ref = np.lib.stride_tricks.sliding_window_view(padded, 2048, axis=-1)[:, ::512][:, :n].mean(axis=-1)
     assert np.array_equal(dsp._zero_crossing_rate(y, n), ref.astype(np.float32))
+
+
+def test_the_hann_window_is_scipys() -> None:
+    """spectrum computes the window itself: importing scipy.signal for it cost musicnn's load 0.5 s."""
+    import scipy.signal
+
+    from mess.audio.spectrum import _hann
+
+    for n_fft in (400, 512, 1024, 2048):
+        for dtype in ("float64", "float32"):
+            assert np.array_equal(_hann(n_fft, dtype), scipy.signal.get_window("hann", n_fft).astype(dtype))
