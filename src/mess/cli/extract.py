@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from mess.artists.profiles import artist_of
-from mess.audio.discover import find_audio
 from mess.audio.names import name_key
 from mess.audio.windows import WindowPolicy
 from mess.cli.common import console, emit_json, fail, failing, open_store, plain
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, given_path, given_text
-from mess.extract.pipeline import ExtractSummary, extract, missing_files
-from mess.extract.plan import plan_in_background, to_embed
 from mess.extract.runs import run_policy
 from mess.models.base import EmbeddingModel
-from mess.models.hub import quiet
 from mess.models.registry import DEVICES, MODEL_NAMES, ModelError, check_device, load_model
 from mess.store import FeatureStore, Run, StoreError
 from mess.store.paths import printable
+
+if TYPE_CHECKING:  # the pipeline imports the decoders (PyAV): only `mess extract` needs them, not every command
+    from mess.extract.pipeline import ExtractSummary
 
 ModelNameOpt = Annotated[
     str,
@@ -77,6 +76,9 @@ def extract_command(
     but some files failed (each named with its reason; `mess info --failures`), 1 when
     the run could not start or go on (no files, unknown model, store busy or damaged).
     """
+    from mess.extract.pipeline import missing_files
+    from mess.models.hub import quiet
+
     paths, hidden = _audio_files(folders, prune)
     if engine not in ("local", "ray"):
         fail(f"unknown engine {engine!r}; use local or ray")
@@ -104,6 +106,8 @@ def extract_command(
 def _audio_files(folders: list[Path], prune: bool = False) -> tuple[list[Path], list[Path]]:
     """The audio files under ``folders`` and the audio files skipped there as hidden; a clean error when a folder
     is missing (unless it is only there to be pruned: one moved, with others left) or when they hold none."""
+    from mess.audio.discover import find_audio
+
     missing = [str(f) for f in folders if not f.exists()]
     if missing and not (prune and len(missing) < len(folders)):
         fail(f"no such file or folder: {', '.join(missing)}")
@@ -166,6 +170,9 @@ def _run_local(
 ) -> ExtractSummary:
     """Run the local pipeline under a progress bar counting audio seconds, with an ETA. The total (the seconds the
     files to embed hold, by their headers) is read beside the run, so the first file starts at once."""
+    from mess.extract.pipeline import extract
+    from mess.extract.plan import plan_in_background, to_embed
+
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
