@@ -83,3 +83,13 @@ def test_the_hann_window_is_scipys() -> None:
     for n_fft in (400, 512, 1024, 2048):
         for dtype in ("float64", "float32"):
             assert np.array_equal(_hann(n_fft, dtype), scipy.signal.get_window("hann", n_fft).astype(dtype))
+
+
+def test_numpys_float64_fft_is_scipys() -> None:
+    """spectrum takes numpy's FFT for float64 frames (musicnn's) and scipy's for float32 (dsp's): the same values."""
+    import scipy.fft
+
+    frames = np.random.default_rng(0).standard_normal((2, 40, 2048))
+    for n_fft in (512, 2048):
+        part = frames[..., :n_fft]
+        assert np.array_equal(np.fft.rfft(part, axis=-1), scipy.fft.rfft(part, axis=-1))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-import scipy.fft
 
 
 @lru_cache(maxsize=8)
@@ -23,8 +22,16 @@ def frames(windows: np.ndarray, n_fft: int, hop: int, dtype: str = "float64") ->
 
 
 def spectra(framed: np.ndarray) -> np.ndarray:
-    """Hann-windowed spectra of frames [..., n_fft] in their own precision: [..., n_fft // 2 + 1] complex64."""
+    """Hann-windowed spectra of frames [..., n_fft] in their own precision: [..., n_fft // 2 + 1] complex64.
+
+    float64 frames go through numpy's FFT, whose values are scipy's (the same pocketfft; test), so musicnn's load
+    skips importing scipy.fft (0.24 s); float32 frames through scipy's, as numpy's float32 FFT rounds otherwise.
+    """
     window = _hann(framed.shape[-1], framed.dtype.name)
+    if framed.dtype == np.float64:
+        return np.fft.rfft(framed * window, axis=-1).astype(np.complex64, copy=False)
+    import scipy.fft
+
     return scipy.fft.rfft(framed * window, axis=-1).astype(np.complex64, copy=False)
 
 
