@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from queue import SimpleQueue
 
 import numpy as np
 import pytest
@@ -16,7 +17,8 @@ import soundfile as sf
 
 from mess.audio.decode import AudioError, probe
 from mess.audio.windows import WindowPolicy
-from mess.extract.pipeline import extract
+from mess.extract.child import Child
+from mess.extract.pipeline import DECODE_WORKER, extract
 from mess.extract.plan import plan_in_background, to_embed
 from mess.models.dsp import DspModel
 from mess.store import FeatureStore
@@ -35,8 +37,14 @@ def _planned(paths: list[Path]) -> float:
     """The total the bar is given, waiting for the worker."""
     got: list[float] = []
     done = threading.Event()
-    plan_in_background(paths, POLICY, lambda seconds: (got.append(seconds), done.set()))
-    assert done.wait(120), "the plan never reported"
+    decoders: SimpleQueue[Child] = SimpleQueue()
+    decoders.put(child := Child(DECODE_WORKER))
+    stop = plan_in_background(decoders, paths, POLICY, lambda seconds: (got.append(seconds), done.set()))
+    try:
+        assert done.wait(120), "the plan never reported"
+    finally:
+        stop()
+        child.stop()
     return got[0]
 
 
@@ -59,6 +67,28 @@ def test_a_resumed_run_plans_only_the_audio_it_will_embed(tmp_path: Path) -> Non
     assert _planned(todo) == pytest.approx(want) and want < _planned([*first, later])
     assert to_embed(store, [*first, later], model.info, WindowPolicy(2.0, 3)) == [*first, later]  # another run
     store.close()
+
+
+def test_the_runs_decoders_read_the_total(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The headers were read by a process started for them alone: one more process start per `mess extract`."""
+    music = tmp_path / "music"
+    music.mkdir()
+    paths = [_tone(music / f"t{i}.wav", 3.0 + 2 * i, 220.0 * (i + 1)) for i in range(3)]
+    started = []
+    connect = Child.connect
+
+    def counted(child: Child) -> tuple:
+        connection = connect(child)
+        started.append(connection[2])
+        return connection
+
+    monkeypatch.setattr(Child, "connect", counted)
+    totals: list[float] = []
+    store = FeatureStore(tmp_path / "store")
+    summary = extract(store, paths, DspModel(), POLICY, workers=1, on_total=totals.append)
+    store.close()
+    assert summary.done == 3 and started.count(True) == 1  # one decoder: the headers first, then the files
+    assert totals == [pytest.approx(sum(POLICY.analysed_seconds(sf.info(p).duration) for p in paths))]
 
 
 def test_a_file_no_decoder_reads_counts_nothing_and_prints_nothing(tmp_path: Path, capfd: pytest.CaptureFixture

@@ -169,9 +169,8 @@ def _run_local(
     wait: bool,
 ) -> ExtractSummary:
     """Run the local pipeline under a progress bar counting audio seconds, with an ETA. The total (the seconds the
-    files to embed hold, by their headers) is read beside the run, so the first file starts at once."""
+    files to embed hold, by their headers) is read by the run's decoders, beside the first files."""
     from mess.extract.pipeline import extract
-    from mess.extract.plan import plan_in_background, to_embed
 
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -185,8 +184,6 @@ def _run_local(
     with Progress(*columns, console=console) as bar:
         task = bar.add_task(plain(f"extract {embedder.info.name}"), total=None, files=f"0/{len(paths)}", rate="",
                             planned="?")
-        stop_plan = plan_in_background(to_embed(fs, paths, embedder.info, policy), policy,
-                                       lambda seconds: bar.update(task, total=seconds, planned=f"{seconds:.0f}"))
         start = bar.get_time()
 
         def hook(done: int, audio_seconds: float) -> None:
@@ -198,21 +195,19 @@ def _run_local(
                 rate=f"{audio_seconds / elapsed:.1f} audio-s/s",
             )
 
-        try:
-            summary = extract(
-                fs,
-                paths,
-                embedder,
-                policy,
-                batch_size=batch_size,
-                workers=workers,
-                prune_under=prune_under,
-                on_progress=hook,
-                wait=wait,
-                on_wait=lambda m: bar.console.print(f"[yellow]{plain(m)}[/]"),
-            )
-        finally:
-            stop_plan()
+        summary = extract(
+            fs,
+            paths,
+            embedder,
+            policy,
+            batch_size=batch_size,
+            workers=workers,
+            prune_under=prune_under,
+            on_progress=hook,
+            wait=wait,
+            on_wait=lambda m: bar.console.print(f"[yellow]{plain(m)}[/]"),
+            on_total=lambda seconds: bar.update(task, total=seconds, planned=f"{seconds:.0f}"),
+        )
         done = bar.tasks[0].completed  # skipped and failed files are done too: the bar ends full
         bar.update(task, total=done, planned=f"{done:.0f}")
         return summary

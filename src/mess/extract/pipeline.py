@@ -15,6 +15,7 @@ from typing import cast
 from mess.audio.windows import WindowPolicy
 from mess.extract.child import Child, ChildDied, stop_all
 from mess.extract.embed import embed_prepared
+from mess.extract.plan import plan_in_background, to_embed
 from mess.extract.prepare import FileRecord, Windows, describe
 from mess.extract.runs import record_source, run_key
 from mess.extract.writer import BackgroundWriter
@@ -70,7 +71,8 @@ class _Outcome:
 def extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, policy: WindowPolicy, *,
             batch_size: int = 4, workers: int = 2, prune_under: Sequence[Path] = (),
             on_progress: ProgressHook | None = None, wait: bool = True,
-            on_wait: Callable[[str], None] | None = None) -> ExtractSummary:
+            on_wait: Callable[[str], None] | None = None,
+            on_total: Callable[[float], None] | None = None) -> ExtractSummary:
     """Embed every file not yet in the store for this model/revision/policy.
 
     The run holds the store's write lock throughout: a second writer waits (telling
@@ -78,15 +80,17 @@ def extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, p
     ``workers`` threads ahead of inference; vectors are committed by a background thread
     while the next tracks are embedded, so an interrupted run loses at most the tracks in flight and a rerun continues
     where it stopped. Files already embedded (same content hash) are skipped; any
-    error in one file becomes that file's recorded failure and the run goes on.
+    error in one file becomes that file's recorded failure and the run goes on. ``on_total``, when given, is called
+    (from another thread) with the audio seconds the files to embed hold, read from their headers by the decoders
+    (:mod:`mess.extract.plan`), unless the run ends first.
     """
     with store.writing("mess extract", wait=wait, on_wait=on_wait):
-        return _extract(store, paths, model, policy, batch_size, workers, prune_under, on_progress)
+        return _extract(store, paths, model, policy, batch_size, workers, prune_under, on_progress, on_total)
 
 
 def _extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, policy: WindowPolicy,
              batch_size: int, workers: int, prune_under: Sequence[Path],
-             on_progress: ProgressHook | None) -> ExtractSummary:
+             on_progress: ProgressHook | None, on_total: Callable[[float], None] | None) -> ExtractSummary:
     started = time.perf_counter()
     run = store.ensure_run(run_key(model.info, policy))
     record_source(store, run, model.source())
@@ -102,7 +106,7 @@ def _extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, 
 
     writer = BackgroundWriter(store, run, committed)
     try:
-        for outcome in _prepared(store, run, paths, model, policy, workers):
+        for outcome in _prepared(store, run, paths, model, policy, workers, on_total):
             if (outcome.skipped or outcome.windows is not None) and outcome.record.content_hash in embedded:
                 summary.copies += 1  # decoded too when inspected before the first one's vectors were written
             elif outcome.skipped:
@@ -128,18 +132,20 @@ def _extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, 
 
 
 def _prepared(store: FeatureStore, run: Run, paths: Sequence[Path], model: EmbeddingModel, policy: WindowPolicy,
-              workers: int) -> Iterator[_Outcome]:
+              workers: int, on_total: Callable[[float], None] | None) -> Iterator[_Outcome]:
     """Inspect and decode files in ``workers`` child processes, yielding in order, at most 2*workers ahead.
 
     Each decoding thread drives one child (:mod:`mess.extract.decode_worker`): decoders run in parallel
     whether or not they release the GIL (PyAV mostly does not), and a file that crashes or hangs a decoder
-    costs only its child, which the next file replaces; the file is recorded as failed, naming how.
+    costs only its child, which the next file replaces; the file is recorded as failed, naming how. The same
+    children read the headers for ``on_total``.
     """
     info = model.info
     idle: SimpleQueue[Child] = SimpleQueue()
     children = [Child(DECODE_WORKER) for _ in range(max(1, workers))]
     for child in children:
         idle.put(child)
+    stop_plan = plan_in_background(idle, to_embed(store, paths, info, policy), policy, on_total) if on_total else None
 
     def work(path: Path) -> _Outcome:
         record: FileRecord | None = None
@@ -178,6 +184,8 @@ def _prepared(store: FeatureStore, run: Run, paths: Sequence[Path], model: Embed
                     queue.append(pool.submit(work, nxt))
                 yield future.result()
     finally:
+        if stop_plan is not None:
+            stop_plan()
         stop_all(children, STOP_GRACE)
 
 
