@@ -17,7 +17,8 @@ from mess.fusion import evaluate
 from mess.fusion.data import FusionError, LayerData
 from mess.fusion.train import FusionResult, embed, initial_network
 from mess.search.metrics import RetrievalScores, chance_scores
-from mess.search.vectors import NORMS, Norm, Preprocessor
+from mess.search.vectors import BASE_NORMS as NORMS  # the fusion report's baselines predate power
+from mess.search.vectors import Norm, Preprocessor
 from mess.store import FeatureStore
 
 MIN_TRACKS, MIN_LABELS = 50, 5  # below either, the held-out comparison is reported as inconclusive

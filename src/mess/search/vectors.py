@@ -7,8 +7,9 @@ for the model (:mod:`mess.models.head`, applied to all layers), or all layers at
 mean of their per-layer cosines). A :class:`Preprocessor` fitted on the collection
 turns raw vectors into unit vectors: per-dimension z-scoring (default: removes the
 common offset that makes every pair of neural embeddings look alike, and evens out
-dimensions on different scales; best on real soundtracks, docs/quality.md) or
-centering alone, then L2 normalisation per layer block. Fitted on fewer than
+dimensions on different scales; best on real soundtracks, docs/quality.md), the same
+after a signed power |x|^0.25 of every raw dimension ("power"), or centering alone,
+then L2 normalisation per layer block. Fitted on fewer than
 :data:`MIN_FIT_TRACKS` tracks it is plain L2 normalisation (cosine of the raw vectors).
 """
 
@@ -29,11 +30,15 @@ from mess.store import FeatureStore, Run, StoreError, Track, TrackList
 from mess.store.fused import fused_matrix
 from mess.store.memo import MEMO
 
-Norm = Literal["none", "center", "zscore"]
+Norm = Literal["none", "center", "zscore", "power"]
 # z-scoring divides a dimension by at least this fraction of its layer's mean spread: a nearly constant dimension
 # (a dead unit) would otherwise turn a new track's tiny deviation into the largest coordinate of its vector
 ZSCORE_FLOOR = 0.01
-NORMS: tuple[Norm, ...] = ("none", "center", "zscore")
+BASE_NORMS: tuple[Norm, ...] = ("none", "center", "zscore")  # the per-dimension ones (no power)
+NORMS: tuple[Norm, ...] = (*BASE_NORMS, "power")
+# "power": every raw dimension through signed |x|^POWER first (tames the few large activations that dominate a
+# cosine), then z-scores; with re-ranking on real soundtracks in docs/quality.md
+POWER = 0.25
 # centring (and z-scoring) needs at least this many tracks: n centred vectors sum to zero, so their mean pairwise
 # cosine is about -1/(n-1): two tracks always scored -1 (an OGG and its own decoded WAV included), three -0.5;
 # at 8 the bias is -0.14 and below the spread of real pairs, and a per-dimension std from fewer samples is noise
@@ -42,10 +47,10 @@ T = TypeVar("T")
 
 
 def fused_norm(norm: Norm) -> Norm:
-    """The normalisation fused vectors get for ``norm``: never z-scores. They are the fusion network's output,
-    PCA directions already; z-scoring whitens them, and on a collection smaller than their size every cosine
-    became about 0 (mAP at chance, where the fusion report measured 0.7 with plain cosines)."""
-    return "none" if norm == "zscore" else norm
+    """The normalisation fused vectors get for ``norm``: never z-scores (nor power-normalises). They are the
+    fusion network's output, PCA directions already; z-scoring whitens them, and on a collection smaller than
+    their size every cosine became about 0 (mAP at chance, where the fusion report measured 0.7 with plain cosines)."""
+    return "none" if norm in ("zscore", "power") else norm
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,7 @@ class Preprocessor:
     mean: np.ndarray
     scale: np.ndarray
     blocks: tuple[int, ...]
+    power: float = 1.0  # exponent of the signed power applied to raw values first (1 = none)
 
     @classmethod
     def fit(cls, raw: np.ndarray, blocks: Sequence[int], norm: Norm) -> Preprocessor:
@@ -125,19 +131,22 @@ class Preprocessor:
         dim = raw.shape[1]
         if len(raw) < MIN_FIT_TRACKS:
             norm = "none"
+        power = POWER if norm == "power" else 1.0
+        raw = signed_power(raw, power)
         mean = raw.mean(axis=0) if norm != "none" and len(raw) else np.zeros(dim)
         scale = np.ones(dim)
-        if norm == "zscore" and len(raw):
+        if norm in ("zscore", "power") and len(raw):
             std = raw.std(axis=0)
             edges = np.cumsum([0, *blocks])
             for start, stop in zip(edges[:-1], edges[1:], strict=True):
                 floor = ZSCORE_FLOOR * float(std[start:stop].mean())
                 scale[start:stop] = np.maximum(std[start:stop], floor) if floor > 1e-8 else 1.0
-        return cls(mean.astype(np.float32), scale.astype(np.float32), tuple(int(b) for b in blocks))
+        return cls(mean.astype(np.float32), scale.astype(np.float32), tuple(int(b) for b in blocks), power)
 
     def shift(self, raw: np.ndarray) -> np.ndarray:
-        """Centred (and scaled) vectors before normalisation, float32 [n, dim]."""
-        return ((np.atleast_2d(raw).astype(np.float32) - self.mean) / self.scale).astype(np.float32)
+        """Power-normalised, centred (and scaled) vectors before normalisation, float32 [n, dim]."""
+        x = signed_power(np.atleast_2d(raw).astype(np.float32), self.power)
+        return ((x - self.mean) / self.scale).astype(np.float32)
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
         """Unit vectors: shift, L2-normalise each block, divide by sqrt(#blocks)."""
@@ -153,12 +162,21 @@ class Preprocessor:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Arrays to save (see :meth:`from_arrays`)."""
-        return {"mean": self.mean, "scale": self.scale, "blocks": np.array(self.blocks, dtype=np.int64)}
+        return {"mean": self.mean, "scale": self.scale, "blocks": np.array(self.blocks, dtype=np.int64),
+                "power": np.array(self.power)}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Preprocessor:
         """Inverse of :meth:`arrays`."""
-        return cls(arrays["mean"], arrays["scale"], tuple(int(b) for b in arrays["blocks"]))
+        power = float(arrays["power"]) if "power" in arrays else 1.0  # saved before power normalisation existed
+        return cls(arrays["mean"], arrays["scale"], tuple(int(b) for b in arrays["blocks"]), power)
+
+
+def signed_power(x: np.ndarray, power: float) -> np.ndarray:
+    """sign(x) |x|^power elementwise (``x`` itself when power is 1)."""
+    if power == 1.0:
+        return x
+    return (np.sign(x) * np.abs(x) ** power).astype(x.dtype, copy=False)
 
 
 @dataclass
