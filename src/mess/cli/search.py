@@ -30,7 +30,20 @@ LearnedOpt = Annotated[
     ),
 ]
 NormOpt = Annotated[
-    str, typer.Option("--norm", help="Per-dimension preprocessing before L2 normalisation: zscore, center or none.")
+    str,
+    typer.Option(
+        "--norm",
+        help="Per-dimension preprocessing before L2 normalisation: zscore, power (signed |x|^0.25, then "
+        "zscore), center or none.",
+    ),
+]
+RerankOpt = Annotated[
+    bool,
+    typer.Option(
+        "--rerank",
+        help="Re-rank: database-side augmentation, query expansion and k-reciprocal re-ranking (exact; "
+        "best with --norm power on real soundtracks, docs/quality.md).",
+    ),
 ]
 MatchOpt = Annotated[
     str,
@@ -128,6 +141,7 @@ def similar_command(
     norm: NormOpt = DEFAULT_NORM,
     match: MatchOpt = "mean",
     expand: ExpandOpt = None,
+    rerank: RerankOpt = False,
     store: StoreOpt = DEFAULT_STORE_PATH,
     as_json: JsonOpt = False,
 ) -> None:
@@ -147,7 +161,8 @@ def similar_command(
         with failing(ValueError):
             results = similar_tracks(fs, run, tq, k, layer=layer, aspect=aspect, fused=fused,
                                      exclude_same_artist=exclude_same_artist, hubness=hubness,
-                                     norm=cast("Norm", norm), learned=learned, match=match, expand=expand)
+                                     norm=cast("Norm", norm), learned=learned, match=match, expand=expand,
+                                     rerank=rerank)
         spec = VectorSpec.from_options(layer, aspect, fused, cast("Norm", norm), learned)
         norm_note = load_vectors(fs, run, spec).norm_note
         source, _ = aspect_layers(fs, run)
@@ -157,7 +172,7 @@ def similar_command(
         unembedded = len(fs.unembedded(run))
     answer = {"query": {"label": tq.label, "id": tq.track.id if tq.track else None, "external": tq.track is None},
               "model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "norm": spec.norm,
-              "match": match, "hubness": hubness, "expand": expand, "why_source": source,
+              "match": match, "hubness": hubness, "expand": expand, "rerank": rerank, "why_source": source,
               "weak_aspects": weak, "stale_aspect_map": stale, "tracks_without_fused_vectors": unfused,
               "files_not_embedded": unembedded, "norm_note": norm_note}
     if as_json:
@@ -174,8 +189,8 @@ def _print_similar(answer: dict, results: list[Neighbour]) -> None:
     table = Table(title=plain(f"like {answer['query']['label']}  [{model}, {answer['vectors']}]"))
     for col, justify in (("#", "right"), ("id", "right"), ("track", "left"), ("score", "right")):
         table.add_column(col, justify=cast("JustifyMethod", justify))
-    if hubness or expand:
-        table.add_column(hubness or "expanded", justify="right")
+    if hubness or expand or answer["rerank"]:
+        table.add_column(hubness or ("re-ranked" if answer["rerank"] else "expanded"), justify="right")
     table.add_column("why")
     for rank, n in enumerate(results, start=1):
         why = "; ".join(n.reasons_text())
@@ -220,6 +235,7 @@ def evaluate_command(
     ] = False,
     match: MatchOpt = "mean",
     expand: ExpandOpt = None,
+    rerank: RerankOpt = False,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="PNG path (default: STORE/reports/evaluate-MODEL-runID-LABEL.png, "
                                                  "with --labels evaluate-MODEL-runID-labels-FILE-LABEL.png).")
@@ -242,7 +258,7 @@ def evaluate_command(
                 console.print(f"[yellow]note:[/] {plain(note)}")
             ev = evaluate(fs, run, label, k, labels=label_file.labels if label_file else None,
                           labels_from=labels.name if labels else None,
-                          norm=cast("Norm", norm), compare=compare, match=match, expand=expand)
+                          norm=cast("Norm", norm), compare=compare, match=match, expand=expand, rerank=rerank)
         target = plot or fs.reports_dir / _plot_name(run, label, labels)
         try:
             png, unplotted = plot_evaluation(ev, target), None
@@ -284,7 +300,8 @@ def _print_evaluation(ev: Evaluation, model: str, k: int, norm: str, match: str,
     table = Table(
         title=plain(
             f"{model}: {ev.relevance} retrieval, {ev.n_tracks} tracks, {ev.n_classes} "
-            f"classes, {ev.n_queries} queries ({norm}, match {match})"
+            f"classes, {ev.n_queries} queries ({norm}, match {match}"
+            f"{', re-ranked' if any('re-ranked' in s.metric for s in ev.sets) else ''})"
         )
     )
     for col in ("vectors", f"P@{k}", "mAP", f"nDCG@{k}", "N_k skew"):

@@ -31,6 +31,7 @@ from mess.search.metrics import (
     precision_at_k,
     ranked_relevance,
 )
+from mess.search.rerank import Reranker, check_rerank, load_reranker
 from mess.search.segments import chamfer_rows, check_match, read_segments
 from mess.search.vectors import Norm, VectorSpec, fused_norm, has_learned_head, load_vectors
 from mess.store import FeatureStore, Run, StoreError, Track
@@ -196,6 +197,7 @@ def evaluate(
     seed: int = 0,
     match: str = "mean",
     expand: int | None = None,
+    rerank: bool = False,
 ) -> Evaluation:
     """Score every layer, all layers together, and the fused vectors and learned head (when present)
     by retrieval of same-label tracks. ``labels`` (from ``labels_from``, a file name) replace the ``field`` tags.
@@ -205,8 +207,11 @@ def evaluate(
     some labelled tracks have none (extracted since `mess fuse apply`): ``tracks_without_fused_vectors`` counts
     them; and when they were made for another run of the model (``fused_note`` says why). ``expand`` > 0 ranks
     with alpha-query expansion over that many neighbours (:mod:`mess.search.expansion`; cosine sets only; None =
-    the default, 3 for mean matching).
+    the default, 3 for mean matching). ``rerank`` ranks as ``mess similar --rerank`` does (DBA, expansion and
+    k-reciprocal re-ranking over the whole collection, :mod:`mess.search.rerank`; mean matching only).
     """
+    if rerank:
+        check_rerank(check_match(match), None, expand)
     expand = expansion(check_match(match), expand)
     tracks = store.tracks(run)
     by_label = track_labels(tracks, field, labels)
@@ -245,6 +250,10 @@ def evaluate(
                     name, spec.kind, "chamfer", None, partial(chamfer_rows, seg), labels_arr, queries, k
                 )
             )
+        elif rerank:
+            metric = "cosine, re-ranked (DBA + k-reciprocal)"
+            sim = _reranked(load_reranker(store, vs), keep)
+            sets.append(_score(name, spec.kind, metric, None, sim, labels_arr, queries, k))
         else:
             metric = f"cosine, expanded ({expand})" if expand else "cosine"
             # expanded as `mess similar` does: from the nearest tracks of the whole collection, labelled or not
@@ -293,6 +302,12 @@ def _cosine(unit: np.ndarray, expanded: np.ndarray | None = None) -> SimFn:
     if expanded is None:
         return lambda rows: unit[rows] @ unit.T
     return lambda rows: expanded_scores(unit[rows] @ unit.T, expanded[rows] @ unit.T)
+
+
+def _reranked(reranker: Reranker, keep: np.ndarray) -> SimFn:
+    """Re-ranked score rows of the kept (labelled) tracks against each other, re-ranked over the whole collection."""
+    rows = np.flatnonzero(keep)
+    return lambda sub: reranker.rows(rows[sub])[:, keep]
 
 
 def _similarity(metric: str, hub: str | None, unit: np.ndarray, shifted: np.ndarray, k: int) -> SimFn:

@@ -30,6 +30,7 @@ from mess.search.expansion import expand as expand_queries
 from mess.search.expansion import expanded_scores, expansion
 from mess.search.hubness import HubnessReducer
 from mess.search.index import CollectionIndex, open_index
+from mess.search.rerank import check_rerank, load_reranker
 from mess.search.segments import chamfer_scores, check_match, read_segments
 from mess.search.vectors import (
     Norm,
@@ -137,6 +138,7 @@ def similar_tracks(
     learned: bool = False,
     match: str = "mean",
     expand: int | None = None,
+    rerank: bool = False,
 ) -> list[Neighbour]:
     """The ``k`` collection tracks most similar to ``query`` (cosine, best first).
 
@@ -152,6 +154,8 @@ def similar_tracks(
         expand: rank by the query expanded with its ``expand`` nearest tracks (:mod:`mess.search.expansion`;
             None = 3 for mean matching, 0 for segments); ``score`` stays the cosine to the query itself,
             ``adjusted`` holds the ranking score (the better of that and the cosine to the expanded query).
+        rerank: rank by database-side augmentation, expansion and k-reciprocal re-ranking
+            (:mod:`mess.search.rerank`; exact, mean matching only, no hubness); ``adjusted`` holds that score.
 
     The query's own track never appears; tracks with the same content or cosine >= 0.9999
     are flagged as duplicates. ``why`` / ``why_percentile`` are filled for TrackQuery inputs.
@@ -162,8 +166,12 @@ def similar_tracks(
     vs = load_vectors(store, run, spec, tracks)
     tq = query if isinstance(query, TrackQuery) else None
     exclude = _excluded(tracks, tq, exclude_same_artist)
+    if rerank:
+        check_rerank(check_match(match), hubness, expand)
     expand = expansion(check_match(match), expand)
-    if match == "segments":
+    if rerank:
+        sims, ids, adjusted = _reranked_neighbours(store, vs, query, exclude, k)
+    elif match == "segments":
         if tq is None or hubness or expand:
             raise ValueError("--match segments needs a track or audio file as query, and no --hubness or --expand")
         sims, ids, adjusted = *_segment_neighbours(store, vs, tq, exclude, k), None
@@ -225,6 +233,29 @@ def _index_neighbours(
         order = np.argsort(-adjusted, kind="stable")[:k]
         sims, ids, adjusted = sims[order], ids[order], adjusted[order]
     return sims, ids, adjusted
+
+
+def _reranked_neighbours(
+    store: FeatureStore, vs: VectorSet, query: TrackQuery | np.ndarray, exclude: set[int], k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``k`` best tracks by re-ranked score (:mod:`mess.search.rerank`), best first: cosines to the query,
+    ids, re-ranked scores. Excluded tracks are left out of the answer, not out of the collection's graph."""
+    reranker = load_reranker(store, vs)
+    tq = query if isinstance(query, TrackQuery) else None
+    if tq is not None and tq.track is not None:
+        if tq.track.id not in vs:
+            raise no_vectors(store, vs.run, tq.track, fused=vs.spec.kind == FUSED)
+        row = vs.rows(np.array([tq.track.id]))
+        scores = reranker.rows(row)[0]
+        plain = vs.unit() @ vs.unit()[row[0]]
+    else:
+        q = vs.prep.apply(_raw_vector(store, vs, tq) if tq is not None else np.asarray(query, dtype=np.float32))
+        scores = reranker.outside(q)[0]
+        plain = vs.unit() @ q[0]
+    scores[np.isin(vs.ids, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))] = -np.inf
+    order = np.argsort(-scores, kind="stable")[:k]
+    order = order[np.isfinite(scores[order])]
+    return plain[order], vs.ids[order], scores[order]
 
 
 def _segment_neighbours(

@@ -1,0 +1,69 @@
+"""Neighbour graphs of a collection: each track's nearest other tracks and their scores, computed exactly.
+
+A graph is built in row blocks from any score function (cosines of unit vectors, or the scores
+of :mod:`mess.search.rerank`), so memory stays at one block of rows by the collection. Costs
+one matrix product of the collection with itself; :func:`collection_graph` memoises the cosine
+graph of a vector set (:meth:`FeatureStore.cached`, keyed on the set's fingerprint).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from mess.search.vectors import VectorSet
+from mess.store import FeatureStore
+
+CHUNK = 1024  # rows of the score matrix held at once
+
+
+@dataclass(frozen=True)
+class NeighbourGraph:
+    """Per track (row of the vector set): its ``k`` nearest other tracks, best first, and their scores."""
+
+    rows: np.ndarray  # [n, k] int64 row positions
+    scores: np.ndarray  # [n, k] float32
+    lowest: np.ndarray  # [n] float32: the lowest score of the row over the other tracks
+
+    @property
+    def k(self) -> int:
+        """Neighbours per track."""
+        return int(self.rows.shape[1])
+
+
+def score_graph(scores: Callable[[np.ndarray], np.ndarray], n: int, k: int, chunk: int = CHUNK) -> NeighbourGraph:
+    """The ``k`` best other tracks of each of ``n`` tracks under ``scores(rows)`` -> [len(rows), n] (rows of
+    the score matrix; the diagonal is ignored). Ties go to the lower row, as a stable sort does."""
+    k = max(0, min(k, n - 1))
+    rows_out = np.zeros((n, k), dtype=np.int64)
+    scores_out = np.zeros((n, k), dtype=np.float32)
+    lowest = np.zeros(n, dtype=np.float32)
+    for start in range(0, n, chunk):
+        rows = np.arange(start, min(start + chunk, n))
+        s = np.array(scores(rows), dtype=np.float32)
+        s[np.arange(len(rows)), rows] = np.inf
+        lowest[rows] = s.min(axis=1) if n > 1 else 0.0
+        s[np.arange(len(rows)), rows] = -np.inf
+        if not k:
+            continue
+        # a few more than k, then an exact stable order: ties at the cut are resolved towards the lower row
+        take = min(k + 8, n - 1)
+        part = np.argpartition(-s, take - 1, axis=1)[:, :take] if take < n else np.argsort(-s, axis=1)[:, :take]
+        part.sort(axis=1)
+        order = np.argsort(-np.take_along_axis(s, part, axis=1), axis=1, kind="stable")[:, :k]
+        best = np.take_along_axis(part, order, axis=1)
+        rows_out[rows] = best
+        scores_out[rows] = np.take_along_axis(s, best, axis=1)
+    return NeighbourGraph(rows_out, scores_out, lowest)
+
+
+def neighbour_graph(unit: np.ndarray, k: int, chunk: int = CHUNK) -> NeighbourGraph:
+    """Cosine graph of unit vectors [n, dim]: each row's ``k`` nearest other rows."""
+    return score_graph(lambda rows: unit[rows] @ unit.T, len(unit), k, chunk)
+
+
+def collection_graph(store: FeatureStore, vs: VectorSet, k: int) -> NeighbourGraph:
+    """:func:`neighbour_graph` of a vector set's unit vectors, memoised until its tracks or contents change."""
+    return store.cached(("graph", vs.fingerprint, k), lambda: neighbour_graph(vs.unit(), k))

@@ -1,0 +1,184 @@
+"""Re-ranking (DBA, expansion, k-reciprocal) and power normalisation: the library against direct computations of
+their definitions, and `similar --rerank` against `evaluate --rerank` on real extracted music."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from mess.cli.search import register
+from mess.search.evaluate import evaluate, track_labels
+from mess.search.expansion import expand_collection, expanded_scores
+from mess.search.graph import neighbour_graph
+from mess.search.metrics import average_precision, ranked_relevance
+from mess.search.query import collection_query, similar_tracks
+from mess.search.rerank import Augmentation, augment, build_reranker, expanded_rows
+from mess.search.vectors import POWER, Preprocessor, VectorSet, VectorSpec, load_vectors
+from mess.store import FeatureStore, Run
+
+
+def clusters(n: int = 36, dim: int = 12, seed: int = 0) -> np.ndarray:
+    """Unit vectors in a few loose clusters (ties in their cosines have probability 0)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((4, dim))
+    x = centres[rng.integers(0, 4, n)] + 0.8 * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_graph_lists_each_rows_nearest_other_rows_best_first() -> None:
+    unit = clusters()
+    sims = unit @ unit.T
+    np.fill_diagonal(sims, -np.inf)
+    graph = neighbour_graph(unit, 7, chunk=5)
+    want = np.argsort(-sims, axis=1, kind="stable")[:, :7]
+    np.testing.assert_array_equal(graph.rows, want)
+    np.testing.assert_allclose(graph.scores, np.take_along_axis(sims, want, axis=1), atol=1e-6)
+    np.fill_diagonal(sims, np.inf)
+    np.testing.assert_allclose(graph.lowest, sims.min(axis=1), atol=1e-6)
+
+
+def test_dba_in_score_space_equals_scores_against_the_augmented_vectors() -> None:
+    unit = clusters()
+    explicit = augment(unit)
+    np.testing.assert_allclose(explicit, expand_collection(unit, 3, 1.0), atol=1e-6)  # DBA is alpha-QE of each track
+    aug = Augmentation.from_graph(unit, neighbour_graph(unit, 3))
+    queries = clusters(5, seed=1)
+    np.testing.assert_allclose(aug.scores(queries @ unit.T), queries @ explicit.T, atol=1e-5)
+
+
+def k_reciprocal(s: np.ndarray, k1: int = 10, k2: int = 3, lam: float = 0.3) -> np.ndarray:
+    """Zhong et al. 2017, all-to-all and dense, from the paper (and its code's row normalisation)."""
+    d = np.maximum(2.0 - 2.0 * s.astype(np.float64), 0.0)
+    np.fill_diagonal(d, 0.0)
+    orig = d / d.max(axis=1, keepdims=True)
+    n = len(s)
+    rank = np.argsort(orig, axis=1, kind="stable")
+    v = np.zeros((n, n))
+    for i in range(n):
+        forward = rank[i, : k1 + 1]
+        recip = [c for c in forward if i in rank[c, : k1 + 1]]
+        grown = list(recip)
+        for c in recip:
+            half = rank[c, : round(k1 / 2) + 1]
+            candidate = [x for x in half if c in rank[x, : round(k1 / 2) + 1]]
+            if len(set(candidate) & set(recip)) > 2 / 3 * len(candidate):
+                grown += candidate
+        members = np.unique(grown)
+        v[i, members] = np.exp(-orig[i, members]) / np.exp(-orig[i, members]).sum()
+    v = np.stack([v[rank[i, :k2]].mean(axis=0) for i in range(n)])
+    shared = np.array([[np.minimum(v[i], v[j]).sum() for j in range(n)] for i in range(n)])
+    jaccard = 1 - shared / (2 - shared)
+    return -(jaccard * (1 - lam) + orig * lam)
+
+
+def test_k_reciprocal_reranking_equals_its_formula_over_the_expanded_augmented_scores() -> None:
+    unit = clusters()
+    augmented = expand_collection(unit, 3, 1.0)
+    scores = expanded_scores(augmented @ augmented.T, expand_collection(augmented, 3, 1.0) @ augmented.T)
+    np.testing.assert_allclose(expanded_rows(unit, Augmentation.from_graph(unit, neighbour_graph(unit, 3)),
+                                             np.arange(len(unit))), scores, atol=1e-5)
+    got = build_reranker(unit).rows(np.arange(len(unit)))
+    np.testing.assert_allclose(got, k_reciprocal(scores), atol=1e-5)
+
+
+def test_power_normalisation_is_zscores_of_signed_roots() -> None:
+    rng = np.random.default_rng(2)
+    raw = (rng.standard_normal((20, 6)) * [1, 5, 0.1, 2, 3, 1]).astype(np.float32)
+    prep = Preprocessor.fit(raw, [3, 3], "power")
+    rooted = np.sign(raw) * np.abs(raw) ** POWER
+    want = Preprocessor.fit(rooted, [3, 3], "zscore").apply(rooted)
+    np.testing.assert_allclose(prep.apply(raw), want, atol=1e-5)
+    again = Preprocessor.from_arrays(prep.arrays())
+    np.testing.assert_allclose(again.apply(raw), want, atol=1e-5)
+    assert Preprocessor.from_arrays({k: v for k, v in prep.arrays().items() if k != "power"}).power == 1.0
+
+
+@pytest.fixture
+def msd(extracted_store: Path) -> Iterator[tuple[FeatureStore, Run, VectorSet]]:
+    """The real store's musicnn-msd run and its power-normalised all-layer vector set."""
+    fs = FeatureStore(extracted_store, readonly=True)
+    try:
+        run = fs.run("musicnn-msd")
+        yield fs, run, load_vectors(fs, run, VectorSpec.from_options(norm="power"), fs.tracks(run))
+    finally:
+        fs.close()
+
+
+def test_similar_with_rerank_ranks_a_collection_query_as_evaluate_does(
+    msd: tuple[FeatureStore, Run, VectorSet],
+) -> None:
+    """Every labelled track queried through `similar_tracks`; the mean AP of those rankings is the all-layers row of
+    `evaluate(..., rerank=True)`, and each ranking is the re-ranking of the augmented, expanded scores."""
+    fs, run, vs = msd
+    labels = track_labels(fs.tracks(run), "composer")
+    ids = np.array([i for i in vs.ids if int(i) in labels])
+    item_labels = np.array([labels[int(i)] for i in ids])
+    augmented = expand_collection(vs.unit(), 3, 1.0)
+    direct = k_reciprocal(expanded_scores(augmented @ augmented.T, expand_collection(augmented, 3) @ augmented.T))
+    scores = np.zeros((len(ids), len(ids)))
+    for q, tid in enumerate(ids):
+        got = similar_tracks(fs, run, collection_query(fs, int(tid)), len(vs.ids), norm="power", rerank=True)
+        row = int(vs.rows(np.array([tid]))[0])
+        want = vs.ids[np.argsort(-np.where(vs.ids == tid, -np.inf, direct[row]), kind="stable")][:-1]
+        assert [n.track.id for n in got] == want.tolist()
+        assert np.allclose([n.score for n in got], vs.unit()[vs.rows(want)] @ vs.unit()[row], atol=1e-5)
+        position = {n.track.id: r for r, n in enumerate(got)}
+        scores[q] = [-position.get(int(i), -1) for i in ids]
+    _, inverse, counts = np.unique(item_labels, return_inverse=True, return_counts=True)
+    queries = np.flatnonzero(counts[inverse] >= 2)
+    ap = average_precision(ranked_relevance(scores[queries], item_labels[queries], item_labels, queries))
+    ev = evaluate(fs, run, "composer", norm="power", rerank=True)
+    row = next(s for s in ev.sets if s.kind == "all")
+    assert row.metric == "cosine, re-ranked (DBA + k-reciprocal)"
+    assert row.scores.map == pytest.approx(float(ap.mean()), abs=1e-9)
+
+
+def test_rerank_answers_a_file_from_outside_the_collection(msd: tuple[FeatureStore, Run, VectorSet]) -> None:
+    fs, run, vs = msd
+    raw = vs.raw[3] * 1.01  # a louder copy of track 3, as an outside file's vector
+    got = similar_tracks(fs, run, raw, 5, norm="power", rerank=True)
+    assert got[0].track.id == int(vs.ids[3])
+    adjusted = [n.adjusted for n in got]
+    assert all(a is not None and np.isfinite(a) for a in adjusted) and adjusted == sorted(adjusted, reverse=True)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"match": "segments"}, "--match mean"),
+    ({"hubness": "csls"}, "--hubness"),
+    ({"expand": 5}, "--expand"),
+])
+def test_rerank_refuses_what_it_cannot_combine_with(msd: tuple[FeatureStore, Run, VectorSet], options: dict,
+                                                    message: str) -> None:
+    fs, run, vs = msd
+    with pytest.raises(ValueError, match=message):
+        similar_tracks(fs, run, collection_query(fs, int(vs.ids[0])), 3, rerank=True, **options)
+    if "hubness" not in options:
+        with pytest.raises(ValueError, match=message):
+            evaluate(fs, run, "composer", rerank=True, **options)
+
+
+def test_cli_rerank_options_and_one_line_errors(extracted_store: Path, tmp_path: Path) -> None:
+    app = typer.Typer()
+    register(app)
+    runner = CliRunner()
+    store = str(extracted_store)
+    out = runner.invoke(app, ["similar", "1", "--model", "musicnn-msd", "-k", "3", "--norm", "power", "--rerank",
+                              "--store", store, "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    assert data["rerank"] and data["norm"] == "power" and len(data["results"]) == 3
+    assert all(r["adjusted"] is not None for r in data["results"])
+    out = runner.invoke(app, ["evaluate", "--model", "musicnn-msd", "--label", "composer", "--norm", "power",
+                              "--rerank", "--store", store, "--plot", str(tmp_path / "q.png"), "--json"])
+    assert out.exit_code == 0, out.output
+    assert {s["metric"] for s in json.loads(out.stdout)["sets"]} == {"cosine, re-ranked (DBA + k-reciprocal)"}
+    for extra in (["--match", "segments"], ["--hubness", "mp"], ["--expand", "0"]):
+        out = runner.invoke(app, ["similar", "1", "--model", "musicnn-msd", "--rerank", *extra, "--store", store])
+        assert out.exit_code != 0
+        assert "--rerank" in out.output and len(out.output.strip().splitlines()) == 1, out.output
