@@ -33,6 +33,7 @@ from mess.datasets.soundtracks import fetch_soundtracks
 from mess.extract.runs import run_policy
 from mess.search.expansion import EXPAND_ALPHA, EXPAND_K, expand_collection, expanded_scores
 from mess.search.metrics import average_precision, ndcg_at_k, precision_at_k, ranked_relevance
+from mess.search.rerank import build_reranker
 from mess.search.segments import chamfer_rows, group_windows
 from mess.search.vectors import Preprocessor
 from mess.store import FeatureStore, Run
@@ -40,6 +41,7 @@ from mess.store import FeatureStore, Run
 CACHE = Path.home() / ".cache" / "mess-bench"
 MODELS = ("musicnn", "dsp")
 DEFAULT_ROW = "the default: musicnn, all layers, zscore, expanded"
+RERANK_ROW = "--norm power --rerank: musicnn, all layers, power, DBA + expanded + k-reciprocal"
 EXPANSIONS = ((1, 3.0), (2, 3.0), (3, 3.0), (5, 3.0), (8, 3.0), (3, 1.0), (5, 1.0))  # (k, alpha) for LOGO
 BOOT = 2000
 WINDOW_COUNTS = (1, 2, 3, 4, 8, 16)
@@ -140,6 +142,12 @@ def mean_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: str =
     ``expand`` > 0, of each query expanded with its nearest tracks (the library's alpha-QE) against the tracks."""
     x = unit_vectors([backends[b].tracks[layer] for b, layer in layers], norm)
     return expanded_scores(x @ x.T, expand_collection(x, expand, alpha) @ x.T) if expand else x @ x.T
+
+
+def reranked_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: str = DEFAULT_NORM) -> Sim:
+    """The library's re-ranking (`--rerank`: DBA, expansion, k-reciprocal) of every track against every track."""
+    x = unit_vectors([backends[b].tracks[layer] for b, layer in layers], norm)
+    return build_reranker(x).rows(np.arange(len(x)))
 
 
 def segment_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: str = "center") -> Sim:
@@ -300,6 +308,9 @@ def recipes(backends: dict[str, Backend]) -> dict[str, Callable[[], Sim]]:
         out["musicnn (msd+mtt) all layers"] = lambda: mean_sim(bs, all_layers(bs, e))
         out["musicnn (msd+mtt) all layers, zscore"] = lambda: mean_sim(bs, all_layers(bs, e), "zscore")
         out[DEFAULT_ROW] = lambda: mean_sim(bs, all_layers(bs, e), DEFAULT_NORM, EXPAND_K, EXPAND_ALPHA)
+        out["musicnn all layers, power, expanded"] = lambda: mean_sim(bs, all_layers(bs, e), "power", EXPAND_K)
+        out["musicnn all layers, zscore, re-ranked (--rerank)"] = lambda: reranked_sim(bs, all_layers(bs, e), "zscore")
+        out[RERANK_ROW] = lambda: reranked_sim(bs, all_layers(bs, e), "power")
     musicnn = [m for m in order if m.startswith("musicnn-")]
     for model in musicnn:
         m, short = order.index(model), model.removeprefix("musicnn-")
@@ -390,6 +401,9 @@ def report(backends: dict[str, Backend], labels: np.ndarray, durations: np.ndarr
     base = {n: scores[n] for n in ("msd penultimate", "dsp, all layers", "msd all layers") if n in scores}
     if DEFAULT_ROW in scores:
         print(f"\n{DEFAULT_ROW}: mAP {scores[DEFAULT_ROW].ap.mean():.3f}; 'msd all layers' was the default before")
+        for name in (n for n in scores if "power" in n or "re-ranked" in n):
+            r, lo, hi = ratio_ci(scores[name].ap, scores[DEFAULT_ROW].ap)
+            print(f"  {name}: mAP {scores[name].ap.mean():.3f}, x{r:.3f} [{lo:.3f}, {hi:.3f}] vs the default")
     print("\nmAP ratios, paired bootstrap 95% interval over queries:")
     for name in [n for n in scores if n not in base]:
         print(f"  {name}: " + ", ".join(
