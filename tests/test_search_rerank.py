@@ -182,3 +182,26 @@ def test_cli_rerank_options_and_one_line_errors(extracted_store: Path, tmp_path:
         out = runner.invoke(app, ["similar", "1", "--model", "musicnn-msd", "--rerank", *extra, "--store", store])
         assert out.exit_code != 0
         assert "--rerank" in out.output and len(out.output.strip().splitlines()) == 1, out.output
+
+
+def test_http_similar_with_rerank_answers_as_the_library(extracted_store: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from mess.serve.app import create_app
+
+    fs = FeatureStore(extracted_store, readonly=True)
+    try:
+        run = fs.run("musicnn-msd")
+        tid = fs.tracks(run)[0].id
+        want = similar_tracks(fs, run, collection_query(fs, tid), 4, norm="power", rerank=True)
+    finally:
+        fs.close()
+    url = f"/api/tracks/{tid}/similar"
+    with TestClient(base_url="http://127.0.0.1", app=create_app(extracted_store)) as client:
+        body = client.get(url, params={"model": "musicnn-msd", "k": 4, "norm": "power", "rerank": True}).json()
+        both = client.get(url, params={"model": "musicnn-msd", "rerank": True, "hubness": "mp"})
+        bad_norm = client.get(url, params={"model": "musicnn-msd", "norm": "cube"})
+    assert [r["id"] for r in body["results"]] == [n.track.id for n in want]
+    assert [r["adjusted"] for r in body["results"]] == pytest.approx([n.adjusted for n in want], abs=1e-5)
+    assert both.status_code == 400 and "hubness" in both.json()["detail"]
+    assert bad_norm.status_code == 400

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, cast
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -12,7 +12,7 @@ from mess.artists.discrimination import most_discriminative
 from mess.artists.profiles import ArtistError, ArtistSet, Space, load_artists, load_space
 from mess.artists.similarity import METHODS as ARTIST_METHODS
 from mess.artists.similarity import ArtistVectors, artist_vectors, similarity_row, top_k
-from mess.constants import file_title
+from mess.constants import DEFAULT_NORM, file_title
 from mess.query import external_query
 from mess.search.hubness import METHODS as HUBNESS_METHODS
 from mess.search.query import (
@@ -26,7 +26,7 @@ from mess.search.query import (
     stale_aspect_map,
     weak_aspects,
 )
-from mess.search.vectors import VectorSpec, from_tracks, load_vectors, vectors_label
+from mess.search.vectors import Norm, VectorSpec, from_tracks, load_vectors, vectors_label
 from mess.serve.errors import without_paths
 from mess.serve.mapping import collection_map
 from mess.serve.routes_tracks import Aspect, Blank, Fused, Layer, Learned, Model
@@ -41,41 +41,49 @@ ExcludeArtist = Annotated[bool, Query(description="Leave out tracks by the query
 Hubness = Annotated[str | None, Blank, Query(description="Re-rank against hub tracks: csls or mp.")]
 Expand = Annotated[int | None, Query(ge=0, le=50, description="Query expansion over this many nearest tracks "
                                                              "(0 = off; default 3).")]
+Rerank = Annotated[bool, Query(description="Re-rank: database-side augmentation, query expansion and k-reciprocal "
+                                           "re-ranking (exact; not with hubness or another expand).")]
+NormParam = Annotated[str, Query(description="Per-dimension preprocessing: zscore (default), power, center or none.")]
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": [FIELD],
     "properties": {FIELD: {"type": "string", "format": "binary", "description": "An audio file."}}}}}}}
 
 
 def _answer(state: ServeState, run: Run, query: dict, results: list[Neighbour], layer: str | None,
-            aspect: str | None, fused: bool, learned: bool = False) -> dict:
+            aspect: str | None, fused: bool, learned: bool = False, norm: str = DEFAULT_NORM) -> dict:
     source, specs = aspect_layers(state.store, run)
     return {"query": query, "model": run.model, "vectors": vectors_label(layer, aspect, fused, learned),
             "why_source": source, "why_words": {g: listener_words(g) for g in specs},
             "weak_aspects": weak_aspects(state.store, run), "encoded_threshold": ENCODED_R2,
             "stale_aspect_map": stale_aspect_map(state.store, run) if aspect or source == "aspects" else None,
             "norm_note": load_vectors(state.store, run, vector_spec(state.store, run, layer, aspect, fused,
-                                                                   learned)).norm_note,
+                                                                   learned, norm)).norm_note,
             "results": [neighbour_dict(n) for n in results]}
 
 
 @router.get("/tracks/{track_id}/similar", summary="Tracks most similar to a collection track, with why")
 def similar(track_id: TrackId, state: State, model: Model = None, layer: Layer = None, aspect: Aspect = None,
             fused: Fused = False, k: K = 10, exclude_same_artist: ExcludeArtist = False,
-            hubness: Hubness = None, learned: Learned = False, expand: Expand = None) -> dict:
+            hubness: Hubness = None, learned: Learned = False, expand: Expand = None, norm: NormParam = DEFAULT_NORM,
+            rerank: Rerank = False) -> dict:
     """Cosine neighbours; ``why`` holds the similarity in each aspect's layer and ``why_percentile``
-    how unusual that closeness is within the collection."""
+    how unusual that closeness is within the collection. With ``rerank`` each result's ``adjusted`` is its
+    re-ranked score (what the order follows)."""
     if hubness is not None and hubness not in HUBNESS_METHODS:
         raise HTTPException(400, f"unknown hubness reduction {hubness!r}; choose {' or '.join(HUBNESS_METHODS)}")
     with state.lock:
         run = state.run(model)
         track = state.track(track_id)
-        vector_spec(state.store, run, layer, aspect, fused, learned)
+        vector_spec(state.store, run, layer, aspect, fused, learned, norm)
         tq = collection_query(state.store, track_id)
-        results = similar_tracks(state.store, run, tq, k, layer=layer, aspect=aspect, fused=fused,
-                                 exclude_same_artist=exclude_same_artist, hubness=hubness, learned=learned,
-                                 expand=expand)
+        try:
+            results = similar_tracks(state.store, run, tq, k, layer=layer, aspect=aspect, fused=fused,
+                                     exclude_same_artist=exclude_same_artist, hubness=hubness, learned=learned,
+                                     expand=expand, norm=cast("Norm", norm), rerank=rerank)
+        except ValueError as exc:  # options that do not combine (rerank with hubness or another expand)
+            raise HTTPException(400, str(exc).replace("--", "")) from None
         return _answer(state, run, {"label": tq.label, "external": False, **track_dict(track)},
-                       results, layer, aspect, fused, learned)
+                       results, layer, aspect, fused, learned, norm)
 
 
 @router.post("/similar/upload", summary="Upload an audio file and get the most similar tracks",

@@ -9,15 +9,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import faiss
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BeforeValidator
 
+from mess.constants import DEFAULT_NORM
 from mess.search.query import Neighbour
-from mess.search.vectors import FUSED, VectorSpec, has_learned_head
+from mess.search.vectors import FUSED, Norm, VectorSpec, has_learned_head
 from mess.serve.errors import short_values
 from mess.serve.uploads import EmbedWorker
 from mess.store import FeatureStore, Run, StoreError, Track, is_track_id
@@ -202,10 +203,10 @@ def default_model(store: FeatureStore, model: str | None) -> str:
 
 
 def vector_spec(store: FeatureStore, run: Run, layer: str | None, aspect: str | None, fused: bool,
-                learned: bool = False) -> VectorSpec:
+                learned: bool = False, norm: str = DEFAULT_NORM) -> VectorSpec:
     """The vectors a request asks for, validated against the run; 400 naming the choices when invalid."""
     try:
-        spec = VectorSpec.from_options(layer, aspect, fused, learned=learned)
+        spec = VectorSpec.from_options(layer, aspect, fused, cast("Norm", norm), learned=learned)
         spec.layers(store, run)
     except (ValueError, StoreError) as exc:
         raise HTTPException(400, api_words(str(exc))) from None
