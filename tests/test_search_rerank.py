@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from mess.cli.search import register
 from mess.search.evaluate import evaluate, track_labels
 from mess.search.expansion import expand_collection, expanded_scores
-from mess.search.graph import neighbour_graph
+from mess.search.graph import TOP_BY_ARGMAX, neighbour_graph, top_columns
 from mess.search.metrics import average_precision, ranked_relevance
 from mess.search.query import collection_query, similar_tracks
 from mess.search.rerank import Augmentation, augment, build_reranker, expanded_rows
@@ -205,3 +205,17 @@ def test_http_similar_with_rerank_answers_as_the_library(extracted_store: Path) 
     assert [r["adjusted"] for r in body["results"]] == pytest.approx([n.adjusted for n in want], abs=1e-5)
     assert both.status_code == 400 and "hubness" in both.json()["detail"]
     assert bad_norm.status_code == 400
+
+
+@pytest.mark.parametrize("k", [1, 5, 40])
+def test_top_columns_are_a_stable_sort_of_each_row(k: int) -> None:
+    rng = np.random.default_rng(k)
+    scores = np.round(rng.standard_normal((30, 60)), 1).astype(np.float32)  # many ties
+    own = rng.integers(0, 60, 30)
+    masked = scores.copy()
+    masked[np.arange(30), own] = -np.inf
+    want = np.argsort(-masked, axis=1, kind="stable")[:, :k]
+    got = top_columns(scores, own, k)
+    if k <= TOP_BY_ARGMAX:
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.take_along_axis(masked, got, axis=1), np.take_along_axis(masked, want, axis=1))

@@ -27,7 +27,7 @@ import numpy as np
 from scipy import sparse
 
 from mess.search.expansion import EXPAND_ALPHA, EXPAND_K, expand
-from mess.search.graph import NeighbourGraph, collection_graph, neighbour_graph, score_graph
+from mess.search.graph import NeighbourGraph, collection_graph, neighbour_graph, score_graph, top_columns
 from mess.search.vectors import VectorSet
 from mess.store import FeatureStore
 
@@ -64,10 +64,13 @@ class Augmentation:
 
     def scores(self, cosines: np.ndarray) -> np.ndarray:
         """Scores [m, n] of queries against the augmented vectors, from their cosines [m, n] to the plain ones."""
-        out = cosines.copy()
+        out = np.array(cosines, dtype=np.float32)
         for t in range(self.rows.shape[1]):
-            out += self.weights[:, t] * cosines[:, self.rows[:, t]]
-        return out / self.norms
+            part = np.take(cosines, self.rows[:, t], axis=1)
+            part *= self.weights[:, t]
+            out += part
+        out /= self.norms
+        return out
 
 
 def augment(unit: np.ndarray, k: int = DBA_K, alpha: float = EXPAND_ALPHA) -> np.ndarray:
@@ -167,12 +170,9 @@ def _expanded(unit: np.ndarray, aug: Augmentation, rows: np.ndarray) -> tuple[np
     """:func:`expanded_rows`, with the rows [m, k] and scores [m, k] of the tracks each query was expanded with."""
     a = aug.vectors(unit, rows)
     plain = aug.scores(a @ unit.T)
-    masked = plain.copy()
-    masked[np.arange(len(rows)), rows] = -np.inf
-    k = min(EXPAND_K, len(unit) - 1)
-    near = np.argpartition(-masked, k - 1, axis=1)[:, :k] if k > 0 else np.zeros((len(rows), 0), dtype=np.int64)
+    near = top_columns(plain, rows, min(EXPAND_K, len(unit) - 1))
     sims = np.take_along_axis(plain, near, axis=1)
-    neighbours = aug.vectors(unit, near.ravel()).reshape(len(rows), k, -1)
+    neighbours = aug.vectors(unit, near.ravel()).reshape(len(rows), near.shape[1], -1)
     e = expand(a, neighbours, sims, EXPAND_ALPHA)
     return np.maximum(plain, aug.scores(e @ unit.T)), near, sims
 
@@ -184,8 +184,8 @@ def pair_scores(r: Reranker, i: int, cols: np.ndarray) -> np.ndarray:
 
 
 def build_reranker(unit: np.ndarray, k1: int = K1, k2: int = K2, lam: float = LAMBDA) -> Reranker:
-    """The :class:`Reranker` of unit vectors [n, dim]: three exact passes over the collection (the DBA graph,
-    then the expanded augmented scores twice: once for the expansions' neighbours, once for the ranks)."""
+    """The :class:`Reranker` of unit vectors [n, dim]: two exact passes over the collection in row blocks (the
+    DBA graph: one product; the expanded augmented scores: two), then the k-reciprocal vectors."""
     aug = Augmentation.from_graph(unit, neighbour_graph(unit, DBA_K))
     return _reranker(unit, aug, k1, k2, lam)
 
