@@ -219,3 +219,13 @@ def test_top_columns_are_a_stable_sort_of_each_row(k: int) -> None:
     if k <= TOP_BY_ARGMAX:
         np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(np.take_along_axis(masked, got, axis=1), np.take_along_axis(masked, want, axis=1))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 11])
+def test_rerank_on_collections_smaller_than_its_neighbour_lists(n: int) -> None:
+    unit = clusters(n)
+    reranker = build_reranker(unit)
+    scores = reranker.rows(np.arange(n))
+    assert scores.shape == (n, n) and np.isfinite(scores).all()
+    assert np.allclose(np.diag(scores), 0.0) and (scores <= 1e-12).all()  # each track nearest itself
+    assert np.isfinite(reranker.outside(clusters(2, seed=5))).all()

@@ -172,7 +172,7 @@ def _expanded(unit: np.ndarray, aug: Augmentation, rows: np.ndarray) -> tuple[np
     plain = aug.scores(a @ unit.T)
     near = top_columns(plain, rows, min(EXPAND_K, len(unit) - 1))
     sims = np.take_along_axis(plain, near, axis=1)
-    neighbours = aug.vectors(unit, near.ravel()).reshape(len(rows), near.shape[1], -1)
+    neighbours = aug.vectors(unit, near.ravel()).reshape(len(rows), near.shape[1], unit.shape[1])
     e = expand(a, neighbours, sims, EXPAND_ALPHA)
     return np.maximum(plain, aug.scores(e @ unit.T)), near, sims
 
