@@ -699,6 +699,22 @@ def test_upload_finds_the_original_and_places_it_on_the_map(client: TestClient, 
     assert _uploads_left(uploads_dir) == set()
 
 
+def test_an_upload_can_be_re_ranked(client: TestClient, store: FeatureStore, uploads_dir: Path) -> None:
+    """`rerank` and `norm` on an upload: the file is augmented from its nearest tracks and re-ranked, and a
+    rerank that cannot be combined is refused."""
+    original = store.tracks()[5]
+    audio, sr = sf.read(original.path, dtype="float32")
+    buffer = io.BytesIO()
+    sf.write(buffer, 0.8 * audio, sr, format="WAV")
+    answer = client.post("/api/similar/upload", params={"k": 3, "layer": "mfcc", "norm": "power", "rerank": True},
+                         files={"file": ("mine.wav", buffer.getvalue(), "audio/wav")})
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert results[0]["id"] == original.id
+    assert [r["adjusted"] for r in results] == sorted((r["adjusted"] for r in results), reverse=True)
+    assert _uploads_left(uploads_dir) == set()
+
+
 def test_an_upload_answers_the_warnings_the_cli_prints(client: TestClient, uploads_dir: Path) -> None:
     """A file sampled below half the model's rate was searched and answered without a word (the warning `mess
     similar FILE` prints went to the server's log only); the answer lists it, naming the uploaded file."""

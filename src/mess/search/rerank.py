@@ -154,11 +154,35 @@ class Reranker:
         members = np.unique(kre)
         d = np.maximum(2.0 - 2.0 * np.append(f, 1.0).astype(np.float64), 0.0)  # the query's own distance 0
         w = np.exp(-d[members] / max(float(d.max()), 1e-12))
-        v0 = sparse.csr_matrix((w / w.sum(), members, [0, len(members)]), shape=(1, n + 1))
-        stacked = sparse.vstack([v0, sparse.hstack([self.recip0[mine[: max(self.k2 - 1, 0)]],
-                                                    sparse.csr_matrix((min(self.k2 - 1, len(mine)), 1))])])
-        v = sparse.csr_matrix(stacked.mean(axis=0))[:, :n]  # the query's own column weighs no track
-        return mixed(f[None], v, self.by_column, None, self.lam)[0]
+        own = np.zeros(n + 1)
+        own[members] = w / w.sum()
+
+        def before_k2(x: int) -> np.ndarray:  # node x's k-reciprocal vector [n + 1], the query's column last
+            if x == n:
+                return own
+            row = np.zeros(n + 1)
+            row[self.recip0[x].indices] = self.recip0[x].data
+            if x in krn:  # the query is in x's k-reciprocal set: its weight joins x's (x's own weight is 1/sum)
+                total = 1.0 / row[x]
+                dq = max(2.0 - 2.0 * score_from(x), 0.0)
+                row *= total
+                row[n] = np.exp(-dq / max(2.0 - 2.0 * float(self.top.lowest[x]), dq, 1e-12))
+                row /= total + row[n]
+            return row
+
+        def vector(x: int) -> np.ndarray:  # node x's vector after the k2 averaging
+            return np.mean([before_k2(m) for m in ranked(x, self.k2 - 1)[: self.k2]], axis=0)
+
+        v = vector(n)
+        mins_changed = {}
+        changed = set(krn) - {n}
+        near_changed = np.flatnonzero(np.isin(self.top.rows[:, : self.k2 - 1], list(changed)).any(axis=1))
+        for x in changed | set(near_changed.tolist()) | {int(c) for c in mine if n in ranked(int(c), self.k2 - 1)}:
+            mins_changed[x] = float(np.minimum(v, vector(x)).sum())
+        nonzero = np.flatnonzero(v[:n])
+        scores = mixed(f[None], sparse.csr_matrix((v[nonzero], nonzero, [0, len(nonzero)]), shape=(1, n)),
+                       self.by_column, None, self.lam, mins_changed)
+        return scores[0]
 
 
 def expanded_rows(unit: np.ndarray, aug: Augmentation, rows: np.ndarray) -> np.ndarray:
@@ -252,10 +276,11 @@ def _membership(rank: np.ndarray) -> set[tuple[int, int]]:
 
 
 def mixed(scores: np.ndarray, recip_rows: sparse.csr_matrix, recip: sparse.csc_matrix, rows: np.ndarray | None,
-          lam: float = LAMBDA) -> np.ndarray:
+          lam: float = LAMBDA, overlap: dict[int, float] | None = None) -> np.ndarray:
     """Re-ranked scores [m, n]: minus ((1 - lam) Jaccard distance of k-reciprocal vectors + lam row-normalised
     distance). ``scores`` [m, n] are the queries' scores, ``recip_rows`` [m, n] their k-reciprocal vectors,
-    ``recip`` the collection's by column, ``rows`` the queries' own rows (None: outside)."""
+    ``recip`` the collection's by column, ``rows`` the queries' own rows (None: outside); ``overlap`` replaces
+    the shared weight of a single query with some tracks (whose vectors the query changes)."""
     d = np.maximum(2.0 - 2.0 * scores.astype(np.float64), 0.0)
     if rows is not None:
         d[np.arange(len(rows)), rows] = 0.0
@@ -266,6 +291,8 @@ def mixed(scores: np.ndarray, recip_rows: sparse.csr_matrix, recip: sparse.csc_m
         for col, val in zip(recip_rows.indices[lo:hi], recip_rows.data[lo:hi], strict=True):
             a, b = recip.indptr[col], recip.indptr[col + 1]
             mins[q, recip.indices[a:b]] += np.minimum(recip.data[a:b], val)
+    for col, shared in (overlap or {}).items():
+        mins[0, col] = shared
     jac = 1.0 - mins / (2.0 - mins)
     return -(jac * (1.0 - lam) + orig * lam)
 

@@ -93,7 +93,8 @@ def similar(track_id: TrackId, state: State, model: Model = None, layer: Layer =
                         415: {"description": "Not an audio file"}})
 async def similar_upload(request: Request, state: State, model: Model = None, layer: Layer = None,
                          aspect: Aspect = None, fused: Fused = False, k: K = 10,
-                         exclude_same_artist: ExcludeArtist = False, learned: Learned = False) -> dict:
+                         exclude_same_artist: ExcludeArtist = False, learned: Learned = False,
+                         norm: NormParam = DEFAULT_NORM, rerank: Rerank = False) -> dict:
     """Embed the file (in a separate process, with the run's model and window policy) and search.
 
     An upload whose content is already in the collection is answered as that track.
@@ -104,7 +105,7 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
     def prepare() -> tuple[FeatureStore, Run, VectorSpec, dict[str, str] | None]:
         with state.lock:
             run = state.run(model)
-            spec = vector_spec(state.store, run, layer, aspect, fused, learned)
+            spec = vector_spec(state.store, run, layer, aspect, fused, learned, norm)
             try:
                 source = state.store.model_source(run)
             except StoreError as exc:  # the model cannot be had, as when its file is gone: 503, not the upload's 400
@@ -125,13 +126,14 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
             run, spec = embedded_as, embedded_spec
             if state.store is not opened:  # reopened while the file was embedded: the run ids were the old store's
                 run = _run_again(state, embedded_as)
-                spec = vector_spec(state.store, run, layer, aspect, fused, learned)
+                spec = vector_spec(state.store, run, layer, aspect, fused, learned, norm)
             artist = embedded.tags.get("artist")
             label = f"{artist} - {embedded.tags['title'] or file_title(saved.filename)}" if artist else saved.filename
             tq = external_query(state.store, run, label, embedded.content_hash, embedded.layers, (), artist)
             same = tq.track
             results = similar_tracks(state.store, run, tq, k, layer=layer, aspect=aspect, fused=fused,
-                                     exclude_same_artist=exclude_same_artist, learned=learned)
+                                     exclude_same_artist=exclude_same_artist, learned=learned,
+                                     norm=cast("Norm", norm), rerank=rerank)
             vs = load_vectors(state.store, run, spec)
             cmap = state.store.cached(("map", run.id, spec, vs.fingerprint), lambda: collection_map(vs))
             if same is not None and same.id in vs:  # cmap was made from this vector set (same fingerprint)
@@ -141,7 +143,7 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
             query = {"label": tq.label, "external": same is None, "id": same.id if same else None,
                      "artist": tq.artist,
                      "file": saved.filename, "bytes": saved.size, "x": round(float(x), 5), "y": round(float(y), 5)}
-            return {**_answer(state, run, query, results, layer, aspect, fused, learned),
+            return {**_answer(state, run, query, results, layer, aspect, fused, learned, norm),
                     "warnings": embedded.warnings}
 
     return await run_in_threadpool(search)
