@@ -92,8 +92,9 @@ def log_mel(windows: np.ndarray) -> np.ndarray:
     ``log10(10000 * x + 1)`` in float16. Where float16 overflows (loud audio, where
     musicnn itself yields inf) the same formula is evaluated in float32 instead.
     """
-    power = _power_spectrogram(np.atleast_2d(windows))
-    mel = np.einsum("...ft,mf->...mt", power, _mel_basis(), optimize=True).swapaxes(-1, -2)  # as librosa
+    with np.errstate(over="ignore", invalid="ignore"):  # samples far outside [-1, 1]: inf, refused by the caller
+        power = _power_spectrogram(np.atleast_2d(windows))
+        mel = np.einsum("...ft,mf->...mt", power, _mel_basis(), optimize=True).swapaxes(-1, -2)  # as librosa
     with np.errstate(over="ignore"):
         half = np.log10(10000 * mel.astype(np.float16) + 1).astype(np.float32)
     overflow = ~np.isfinite(half)
