@@ -55,7 +55,8 @@ def check_command(
                        "`mess check --repair` deletes them")
         elif health.stale:  # whole, but searches skip these indexes (exact search) until rebuilt
             verdict = (f"[green]whole[/], [yellow]{len(health.stale)} index(es) out of date[/]: `mess index` "
-                       "rebuilds them (`mess check --repair` deletes them)")
+                       "rebuilds them, with --rerank the .rerank.npz re-ranking data (`mess check --repair` deletes "
+                       "them)")
         else:
             verdict = "[green]ok[/]"
         console.print(f"{plain(store)}: {verdict}")

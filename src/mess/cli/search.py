@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from rich.console import JustifyMethod
 
     from mess.search.evaluate import Evaluation
+    from mess.search.index import IndexReport
     from mess.search.query import Neighbour
     from mess.search.vectors import Norm
     from mess.store import Run
@@ -75,6 +76,8 @@ def index_command(
     ] = "auto",
     norm: NormOpt = DEFAULT_NORM,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Build from scratch instead of updating.")] = False,
+    rerank: Annotated[bool, typer.Option("--rerank", help="Also save the re-ranking data of these vectors, so "
+                                         "`similar --rerank` (same --norm, e.g. power) need not build it.")] = False,
     target_recall: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Recall@10 that approximate indexes are tuned to reach.")
     ] = 0.95,
@@ -93,7 +96,7 @@ def index_command(
         with failing(ValueError):
             spec = VectorSpec.from_options(layer, aspect, fused, cast("Norm", norm), learned)  # the library checks it
         vs = load_vectors(fs, run, spec)
-        _, report = build_index(fs, vs, kind, rebuild=rebuild, target_recall=target_recall)
+        _, report = build_index(fs, vs, kind, rebuild=rebuild, target_recall=target_recall, rerank=rerank)
         unfused = fs.derived_missing(run, FUSED) if fused else 0
     data = {
         "model": run.model,
@@ -106,23 +109,30 @@ def index_command(
     if as_json:
         emit_json(data)
         return
+    _print_index(report, data, unfused)
+
+
+def _print_index(report: IndexReport, data: dict, unfused: int) -> None:
+    """What `mess index` built or updated, where it is, and its notes."""
     recall = (
         "exact"
         if report.kind == "flat"
         else (f"{report.recall:.3f} (breadth {report.breadth})" if report.recall is not None else "not measured")
     )
     console.print(
-        f"{report.mode} {report.kind} index of {run.model} {data['vectors']} ({spec.norm}): "
+        f"{report.mode} {report.kind} index of {data['model']} {data['vectors']} ({data['norm']}): "
         f"{report.n} tracks x {report.dim} dims, +{report.added} -{report.removed}, "
         f"{report.seconds:.2f} s, {report.nbytes / 2**20:.1f} MiB, recall@10 {recall}"
     )
     console.print(f"[dim]{plain(str(report.path))}[/]")
+    if report.rerank_path is not None:
+        console.print(f"{report.rerank} re-ranking data, {report.rerank_nbytes / 2**20:.1f} MiB: "
+                      f"[dim]{plain(str(report.rerank_path))}[/]")
     note(report.note)
-    note(vs.norm_note)
+    note(data["norm_note"])
     if unfused:
         console.print(f"[yellow]{unfused} tracks have no fused vectors yet and are not in the index; "
                       "`mess fuse apply` adds them[/]")
-
 
 def similar_command(
     query: Annotated[str, typer.Argument(help="Track id, a path or file name in the collection, or any audio file.")],
@@ -155,6 +165,7 @@ def similar_command(
     if hubness is not None and hubness not in METHODS:
         fail(f"unknown hubness reduction {hubness!r}; choose {' or '.join(METHODS)}")
     expand = expansion(match, expand)
+    notes: list[str] = []
     with open_store(store) as fs:
         run = fs.run(model)
         tq = resolve_query(fs, query, run)
@@ -162,7 +173,7 @@ def similar_command(
             results = similar_tracks(fs, run, tq, k, layer=layer, aspect=aspect, fused=fused,
                                      exclude_same_artist=exclude_same_artist, hubness=hubness,
                                      norm=cast("Norm", norm), learned=learned, match=match, expand=expand,
-                                     rerank=rerank)
+                                     rerank=rerank, on_note=notes.append)
         spec = VectorSpec.from_options(layer, aspect, fused, cast("Norm", norm), learned)
         norm_note = load_vectors(fs, run, spec).norm_note
         source, _ = aspect_layers(fs, run)
@@ -174,7 +185,7 @@ def similar_command(
               "model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "norm": spec.norm,
               "match": match, "hubness": hubness, "expand": expand, "rerank": rerank, "why_source": source,
               "weak_aspects": weak, "stale_aspect_map": stale, "tracks_without_fused_vectors": unfused,
-              "files_not_embedded": unembedded, "norm_note": norm_note}
+              "files_not_embedded": unembedded, "norm_note": norm_note, "notes": notes}
     if as_json:
         emit_json({**answer, "encoded_threshold": ENCODED_R2, "results": [n.to_dict() for n in results]})
         return
@@ -211,6 +222,8 @@ def _print_similar(answer: dict, results: list[Neighbour]) -> None:
             f"{', '.join(f'{a} {r2:.2f}' for a, r2 in sorted(weak.items(), key=lambda x: -x[1]))}[/]"
         )
     note(answer["stale_aspect_map"])
+    for text in answer["notes"]:
+        note(text)
     if answer["why_source"] == "layers":
         console.print(f"[dim]no aspect map for {model}: 'why' compares layers; run `mess probe` to name aspects[/]")
     if answer["tracks_without_fused_vectors"]:

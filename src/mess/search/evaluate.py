@@ -31,7 +31,8 @@ from mess.search.metrics import (
     precision_at_k,
     ranked_relevance,
 )
-from mess.search.rerank import Reranker, check_rerank, load_reranker
+from mess.search.rerank import Reranker, check_rerank
+from mess.search.rerank_store import load_reranker
 from mess.search.segments import chamfer_rows, check_match, read_segments
 from mess.search.vectors import Norm, VectorSpec, fused_norm, has_learned_head, load_vectors
 from mess.store import FeatureStore, Run, StoreError, Track

@@ -18,7 +18,7 @@ spectral, rhythm), otherwise three contiguous groups named early, middle and lat
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +30,8 @@ from mess.search.expansion import expand as expand_queries
 from mess.search.expansion import expanded_scores, expansion
 from mess.search.hubness import HubnessReducer
 from mess.search.index import CollectionIndex, open_index
-from mess.search.rerank import check_rerank, load_reranker
+from mess.search.rerank import check_rerank
+from mess.search.rerank_store import load_reranker
 from mess.search.segments import chamfer_scores, check_match, read_segments
 from mess.search.vectors import (
     Norm,
@@ -139,6 +140,7 @@ def similar_tracks(
     match: str = "mean",
     expand: int | None = None,
     rerank: bool = False,
+    on_note: Callable[[str], None] | None = None,
 ) -> list[Neighbour]:
     """The ``k`` collection tracks most similar to ``query`` (cosine, best first).
 
@@ -156,6 +158,8 @@ def similar_tracks(
             ``adjusted`` holds the ranking score (the better of that and the cosine to the expanded query).
         rerank: rank by database-side augmentation, expansion and k-reciprocal re-ranking
             (:mod:`mess.search.rerank`; exact, mean matching only, no hubness); ``adjusted`` holds that score.
+            The collection's re-ranking data saved by ``mess index --rerank`` is used when current.
+        on_note: hears a one-line note (with ``rerank``, that the data of a large collection was built in memory).
 
     The query's own track never appears; tracks with the same content or cosine >= 0.9999
     are flagged as duplicates. ``why`` / ``why_percentile`` are filled for TrackQuery inputs.
@@ -170,7 +174,7 @@ def similar_tracks(
         check_rerank(check_match(match), hubness, expand)
     expand = expansion(check_match(match), expand)
     if rerank:
-        sims, ids, adjusted = _reranked_neighbours(store, vs, query, exclude, k)
+        sims, ids, adjusted = _reranked_neighbours(store, vs, query, exclude, k, on_note)
     elif match == "segments":
         if tq is None or hubness or expand:
             raise ValueError("--match segments needs a track or audio file as query, and no --hubness or --expand")
@@ -236,11 +240,12 @@ def _index_neighbours(
 
 
 def _reranked_neighbours(
-    store: FeatureStore, vs: VectorSet, query: TrackQuery | np.ndarray, exclude: set[int], k: int
+    store: FeatureStore, vs: VectorSet, query: TrackQuery | np.ndarray, exclude: set[int], k: int,
+    on_note: Callable[[str], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``k`` best tracks by re-ranked score (:mod:`mess.search.rerank`), best first: cosines to the query,
     ids, re-ranked scores. Excluded tracks are left out of the answer, not out of the collection's graph."""
-    reranker = load_reranker(store, vs)
+    reranker = load_reranker(store, vs, on_note)
     tq = query if isinstance(query, TrackQuery) else None
     if tq is not None and tq.track is not None:
         if tq.track.id not in vs:

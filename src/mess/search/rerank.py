@@ -12,7 +12,8 @@ Three unsupervised steps on the collection's own vectors (docs/quality.md, issue
 3. k-reciprocal re-ranking (Zhong et al., CVPR 2017, k1 = 10, k2 = 3, lambda = 0.3) of those scores: the
    Jaccard distance of the tracks' k-reciprocal neighbourhoods, mixed with the (row-normalised) distance
    ``2 - 2 score``. It needs every track's neighbour list under the scores of step 2: one exact pass over
-   the collection, kept in :class:`Reranker` (memoised per vector set by :func:`load_reranker`).
+   the collection, kept in :class:`Reranker` (memoised per vector set; ``mess index --rerank`` saves it beside
+   the index, :mod:`mess.search.rerank_store`).
 
 A query that is a collection track is its own augmented vector, exactly as every track of the
 collection is. Scores here are exact (no index): each query costs a product with the whole collection.
@@ -307,8 +308,8 @@ def check_rerank(match: str, hubness: str | None = None, expand: int | None = No
         raise ValueError(f"--rerank expands queries itself (with {EXPAND_K} tracks): leave out --expand")
 
 
-def load_reranker(store: FeatureStore, vs: VectorSet) -> Reranker:
-    """:func:`build_reranker` of a vector set's unit vectors, memoised until its tracks or contents change."""
+def collection_reranker(store: FeatureStore, vs: VectorSet) -> Reranker:
+    """:func:`build_reranker` of a vector set's unit vectors, over its memoised cosine graph (not memoised itself:
+    :func:`mess.search.rerank_store.load_reranker` is)."""
     graph = collection_graph(store, vs, DBA_K)
-    return store.cached(("reranker", vs.fingerprint),
-                        lambda: _reranker(vs.unit(), Augmentation.from_graph(vs.unit(), graph), K1, K2, LAMBDA))
+    return _reranker(vs.unit(), Augmentation.from_graph(vs.unit(), graph), K1, K2, LAMBDA)

@@ -1,0 +1,176 @@
+"""Saved re-ranking data: a vector set's :class:`~mess.search.rerank.Reranker`, written beside its index.
+
+Building a re-ranker costs minutes on a large collection (about 3 at 20,000 tracks x 5,000 dims), so
+``mess index --rerank`` saves one to ``STORE/indexes/run<id>-<spec>.rerank.npz``: the augmentation, both
+neighbour lists and every track's k-reciprocal vectors (all but the unit vectors, which are the vector set's), with
+what they were computed from: the vector set's fingerprint (run, spec, source, track ids and contents), its ids and
+hashes, its preprocessor (the power exponent included), a checksum of its unit vectors and the re-ranking
+constants. It is one file, replaced whole, so a reader never meets parts of two saves.
+
+:func:`load_reranker` answers from it only when all of that matches the vectors now, and otherwise builds in
+memory as without it; ``mess check`` reports a file that no longer matches, or cannot be read, as a stale index,
+and ``mess check --repair`` deletes it (:func:`stale_rerankers`).
+"""
+
+from __future__ import annotations
+
+import io
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+from scipy import sparse
+
+from mess.constants import FUSED, LEARNED, NPZ_ERRORS, VectorKind
+from mess.search.expansion import EXPAND_ALPHA, EXPAND_K
+from mess.search.graph import NeighbourGraph
+from mess.search.rerank import DBA_K, K1, K2, LAMBDA, Augmentation, Reranker, collection_reranker
+from mess.search.vectors import Norm, Preprocessor, VectorSet, VectorSpec, load_vectors
+from mess.store import FeatureStore, Run, StoreError
+from mess.store.paths import replace_file
+
+SUFFIX = ".rerank.npz"
+FORMAT = 1
+NOTE_TRACKS = 5000  # above this many tracks, building in memory is worth a note (it takes a minute or more)
+CHECKSUM_TOLERANCE = 1e-4  # per row sum of unit vectors: float rounding on another machine, not another vector
+
+
+def rerank_path(store: FeatureStore, run: Run, spec: VectorSpec) -> Path:
+    """Where the re-ranking data of a run's vector set is saved (beside its index)."""
+    return store.indexes_dir / f"run{run.id}-{spec.slug}{SUFFIX}"
+
+
+def _params() -> np.ndarray:
+    """The format and the constants re-ranking data is computed with: data saved with others is not used."""
+    return np.array([FORMAT, DBA_K, K1, K2, EXPAND_K, EXPAND_ALPHA, LAMBDA], dtype=np.float64)
+
+
+def _checksum(unit: np.ndarray) -> np.ndarray:
+    """Each unit vector's sum: changes with any vector the fingerprint could not see change."""
+    return unit.sum(axis=1, dtype=np.float64)
+
+
+def save_reranker(path: Path, vs: VectorSet, r: Reranker) -> int:
+    """Write ``r`` (made by :func:`collection_reranker` from ``vs``) to ``path``, replaced whole; its size in
+    bytes."""
+    if r.lam != LAMBDA or r.k2 != K2 or len(r.unit) != len(vs.ids):
+        raise ValueError("only the re-ranker of the vector set with the default constants is saved")
+    arrays = io.BytesIO()
+    np.savez(
+        arrays, allow_pickle=False, params=_params(), fingerprint=np.array(vs.fingerprint), run_id=np.array(vs.run.id),
+        spec=np.array([vs.spec.kind, vs.spec.name, vs.spec.norm]), source=np.array(vs.source), ids=vs.ids,
+        hashes=vs.hashes, checksum=_checksum(r.unit), **{f"prep_{k}": v for k, v in vs.prep.arrays().items()},
+        aug_rows=r.aug.rows, aug_weights=r.aug.weights, aug_norms=r.aug.norms, top_rows=r.top.rows,
+        top_scores=r.top.scores, top_lowest=r.top.lowest, qe_rows=r.qe_rows, qe_scores=r.qe_scores,
+        **_csr_arrays("recip", r.recip), **_csr_arrays("recip0", r.recip0),
+    )
+    data = arrays.getvalue()
+    replace_file(path, data)
+    return len(data)
+
+
+def _csr_arrays(name: str, m: sparse.csr_matrix) -> dict[str, np.ndarray]:
+    return {f"{name}_data": m.data, f"{name}_indices": m.indices, f"{name}_indptr": m.indptr}
+
+
+def read_reranker(path: Path, vs: VectorSet) -> Reranker | None:
+    """The re-ranker saved at ``path`` when it was computed from exactly ``vs`` (fingerprint, ids, hashes,
+    preprocessor, unit vectors) with today's constants; None when it is missing, damaged or from anything else."""
+    try:
+        with np.load(path) as f:
+            if (str(f["fingerprint"]) != vs.fingerprint or not np.array_equal(f["params"], _params())
+                    or not np.array_equal(f["ids"], vs.ids) or not np.array_equal(f["hashes"], vs.hashes)
+                    or not _same_prep(Preprocessor.from_arrays({k[5:]: f[k] for k in f.files if k[:5] == "prep_"}),
+                                      vs.prep)
+                    or not np.allclose(f["checksum"], _checksum(vs.unit()), rtol=0, atol=CHECKSUM_TOLERANCE)):
+                return None
+            n = len(vs.ids)
+            r = Reranker(vs.unit(), Augmentation(f["aug_rows"], f["aug_weights"], f["aug_norms"]),
+                         NeighbourGraph(f["top_rows"], f["top_scores"], f["top_lowest"]), f["qe_rows"],
+                         f["qe_scores"], _csr(f, "recip", n), _csr(f, "recip0", n), LAMBDA, K2)
+    except (*NPZ_ERRORS, TypeError, IndexError):  # TypeError, IndexError: arrays of the wrong kind or shape
+        return None
+    return r if _consistent(r) else None
+
+
+def _same_prep(a: Preprocessor, b: Preprocessor) -> bool:
+    """The same preprocessing: blocks and power exactly, statistics up to float rounding."""
+    return (a.blocks == b.blocks and a.power == b.power and a.mean.shape == b.mean.shape
+            and a.scale.shape == b.scale.shape and bool(np.allclose(a.mean, b.mean, rtol=1e-5, atol=1e-6))
+            and bool(np.allclose(a.scale, b.scale, rtol=1e-5, atol=1e-6)))
+
+
+def _csr(f: np.lib.npyio.NpzFile, name: str, n: int) -> sparse.csr_matrix:
+    m = sparse.csr_matrix((f[f"{name}_data"], f[f"{name}_indices"], f[f"{name}_indptr"]), shape=(n, n))
+    m.check_format(full_check=True)  # ValueError for indices out of range or out of order
+    return m
+
+
+def _consistent(r: Reranker) -> bool:
+    """Arrays of the shapes, kinds and ranges a re-ranker of ``len(r.unit)`` tracks has."""
+    n = len(r.unit)
+    ks = {name: max(0, min(k, n - 1)) for name, k in (("aug", DBA_K), ("top", K1), ("qe", EXPAND_K))}
+    lists = (("aug", r.aug.rows, r.aug.weights), ("top", r.top.rows, r.top.scores), ("qe", r.qe_rows, r.qe_scores))
+    for name, rows, values in lists:
+        if rows.shape != (n, ks[name]) or values.shape != rows.shape or rows.dtype.kind != "i":
+            return False
+        if values.dtype.kind != "f" or not np.isfinite(values).all():
+            return False
+        if rows.size and not 0 <= rows.min() <= rows.max() < n:
+            return False
+    vectors = (r.aug.norms, r.top.lowest, r.recip.data, r.recip0.data)
+    return (r.aug.norms.shape == (n,) and r.top.lowest.shape == (n,)
+            and all(v.dtype.kind == "f" and bool(np.isfinite(v).all()) for v in vectors))
+
+
+def load_reranker(store: FeatureStore, vs: VectorSet, on_note: Callable[[str], None] | None = None) -> Reranker:
+    """The re-ranker of a vector set: the saved one when it matches ``vs`` exactly, else built in memory (and
+    then, on a collection of more than :data:`NOTE_TRACKS` tracks, ``on_note`` hears that `mess index --rerank`
+    saves it). Memoised until its tracks or contents change."""
+    return store.cached(("reranker", vs.fingerprint), lambda: _saved_or_built(store, vs, on_note))
+
+
+def _saved_or_built(store: FeatureStore, vs: VectorSet, on_note: Callable[[str], None] | None) -> Reranker:
+    saved = read_reranker(rerank_path(store, vs.run, vs.spec), vs)
+    if saved is not None:
+        return saved
+    if on_note is not None and len(vs.ids) > NOTE_TRACKS:
+        on_note(f"re-ranking data for {len(vs.ids)} tracks was computed in memory, which takes minutes at this "
+                f"size; `{index_hint(vs)}` saves it for later commands")
+    return collection_reranker(store, vs)
+
+
+def index_hint(vs: VectorSet) -> str:
+    """The `mess index` command that saves the re-ranking data of ``vs``."""
+    spec = vs.spec
+    option = {"layer": f" --layer {shlex.quote(spec.name)}", "aspect": f" --aspect {shlex.quote(spec.name)}",
+              FUSED: " --fused", LEARNED: " --learned"}.get(spec.kind, "")
+    return f"mess index --model {shlex.quote(vs.run.model)}{option} --norm {spec.norm} --rerank"
+
+
+def stale_rerankers(store: FeatureStore) -> list[Path]:
+    """Saved re-ranking data no longer used for answers: unreadable or damaged, its run gone, or computed from
+    other vectors than the spec reads now (tracks added, removed or changed, another preprocessing)."""
+    runs = {run.id: run for run in store.runs()}
+    found = sorted(store.indexes_dir.glob(f"run*{SUFFIX}")) if store.indexes_dir.is_dir() else []
+    return [path for path in found if not _current(store, path, runs)]
+
+
+def _current(store: FeatureStore, path: Path, runs: dict[int, Run]) -> bool:
+    try:
+        with np.load(path) as f:
+            run_id = int(f["run_id"])
+            kind, name, norm = (str(s) for s in f["spec"])
+    except (*NPZ_ERRORS, TypeError):
+        return False
+    run = runs.get(run_id)
+    spec = VectorSpec(cast("VectorKind", kind), name, cast("Norm", norm))
+    if run is None or rerank_path(store, run, spec).name != path.name:  # another set's data under this name
+        return False
+    try:
+        vs = load_vectors(store, run, spec)
+    except (StoreError, ValueError):  # its aspect gone from the map, fused vectors of another run...
+        return False
+    return read_reranker(path, vs) is not None

@@ -1,0 +1,200 @@
+"""Saved re-ranking data (`mess index --rerank`): answers as the re-ranker built in memory, never used once its
+vectors changed or its file is damaged, reported and removed by `mess check` as stale indexes are."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from mess.cli.search import register
+from mess.search import rerank_store
+from mess.search.health import check_store
+from mess.search.index import build_index, index_path, stale_indexes
+from mess.search.query import collection_query, similar_tracks
+from mess.search.rerank import Reranker, build_reranker
+from mess.search.rerank_store import load_reranker, read_reranker, rerank_path
+from mess.search.vectors import VectorSpec, load_vectors
+from mess.store import FeatureStore, Run
+from mess.store.feature_store import TrackVectors
+
+POWER = VectorSpec.from_options(norm="power")
+
+
+@pytest.fixture
+def store(extracted_store: Path, tmp_path: Path) -> Iterator[tuple[FeatureStore, Run]]:
+    """A writable copy of the real store, with its musicnn-msd run."""
+    root = tmp_path / "store"
+    shutil.copytree(extracted_store, root)
+    fs = FeatureStore(root)
+    try:
+        yield fs, fs.run("musicnn-msd")
+    finally:
+        fs.close()
+
+
+def _reopened(fs: FeatureStore) -> FeatureStore:
+    """Another FeatureStore on the same folder: nothing memoised, as in a new process."""
+    return FeatureStore(fs.root, readonly=True)
+
+
+def _assert_same(a: Reranker, b: Reranker) -> None:
+    """The same data, array for array, and the same answers for every track and an outside query."""
+    for x, y in ((a.aug.rows, b.aug.rows), (a.aug.weights, b.aug.weights), (a.aug.norms, b.aug.norms),
+                 (a.top.rows, b.top.rows), (a.top.scores, b.top.scores), (a.top.lowest, b.top.lowest),
+                 (a.qe_rows, b.qe_rows), (a.qe_scores, b.qe_scores), (a.recip.toarray(), b.recip.toarray()),
+                 (a.recip0.toarray(), b.recip0.toarray()), (a.unit, b.unit)):
+        np.testing.assert_array_equal(x, y)
+    n = len(a.unit)
+    np.testing.assert_array_equal(a.rows(np.arange(n)), b.rows(np.arange(n)))
+    outside = a.unit[2] + 0.1 * a.unit[5]
+    outside /= np.linalg.norm(outside)
+    np.testing.assert_array_equal(a.outside(outside), b.outside(outside))
+
+
+def _ranking(fs: FeatureStore, run: Run, tid: int, notes: list[str] | None = None) -> list[int]:
+    got = similar_tracks(fs, run, collection_query(fs, tid), 8, norm="power", rerank=True,
+                         on_note=None if notes is None else notes.append)
+    return [n.track.id for n in got]
+
+
+def _direct_ranking(fs: FeatureStore, run: Run, tid: int) -> list[int]:
+    """The ranking by a re-ranker built here from the vectors as they are now."""
+    vs = load_vectors(fs, run, POWER)
+    row = vs.rows(np.array([tid]))
+    scores = build_reranker(vs.unit()).rows(row)[0]
+    scores[row[0]] = -np.inf
+    return vs.ids[np.argsort(-scores, kind="stable")[:8]].tolist()
+
+
+def test_saved_reranker_answers_exactly_as_one_built_in_memory(store: tuple[FeatureStore, Run],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    fs, run = store
+    monkeypatch.setattr(rerank_store, "NOTE_TRACKS", 0)  # every collection is "large": the note shows the path
+    vs = load_vectors(fs, run, POWER)
+    _, report = build_index(fs, vs, rerank=True)
+    assert report.rerank == "built" and report.rerank_path == rerank_path(fs, run, vs.spec)
+    assert report.rerank_nbytes == report.rerank_path.stat().st_size > 0
+    saved = read_reranker(report.rerank_path, vs)
+    assert saved is not None
+    _assert_same(saved, build_reranker(vs.unit()))
+    assert build_index(fs, vs, rerank=True)[1].rerank == "unchanged"
+    assert build_index(fs, vs, rerank=True, rebuild=True)[1].rerank == "built"
+    other = _reopened(fs)
+    try:
+        notes: list[str] = []
+        tid = int(vs.ids[4])
+        assert _ranking(other, other.run("musicnn-msd"), tid, notes) == _direct_ranking(fs, run, tid)
+        assert notes == []  # answered from the saved data: nothing built
+        assert load_reranker(other, load_vectors(other, other.run("musicnn-msd"), POWER)).top.k == 10
+    finally:
+        other.close()
+    assert stale_indexes(fs) == [] and check_store(fs.root).stale == []
+
+
+def test_after_a_track_is_added_the_saved_data_is_stale_and_repair_removes_it(
+        store: tuple[FeatureStore, Run], monkeypatch: pytest.MonkeyPatch) -> None:
+    fs, run = store
+    monkeypatch.setattr(rerank_store, "NOTE_TRACKS", 0)
+    vs = load_vectors(fs, run, POWER)
+    path = build_index(fs, vs, rerank=True)[1].rerank_path
+    assert path is not None and read_reranker(path, vs) is not None
+    source = fs.tracks(run)[3]
+    layers = [fs.layer_matrix(run, name)[1][vs.rows(np.array([source.id]))[0]] * 1.5 + 0.2
+              for name in run.layer_names]
+    added = fs.upsert_track(Path("/music/added.wav"), "hash-added", 1, 0.0, {"duration": 10.0},
+                            {"artist": "Someone", "album": None, "title": "Added", "genre": None, "composer": None})
+    fs.write_vectors(run, [TrackVectors("hash-added", layers, [v[None] for v in layers], [0.0])])
+    now = load_vectors(fs, run, POWER)
+    assert added in now and read_reranker(path, now) is None
+    notes: list[str] = []
+    tid = int(vs.ids[4])
+    assert _ranking(fs, run, tid, notes) == _direct_ranking(fs, run, tid)  # built afresh, the new track in it
+    assert len(notes) == 1 and "mess index --model musicnn-msd --norm power --rerank" in notes[0]
+    health = check_store(fs.root)
+    assert health.stale == [path]  # the index itself is updated in place, not stale
+    assert {"kind": "stale-index", "run": None, "damage": False,
+            "message": f"{path.name} is out of date"} in health.to_dict()["problems"]
+    repaired = check_store(fs.root, fix=True)
+    assert f"deleted stale index {path.name}" in repaired.repaired and repaired.stale == []
+    assert not path.exists() and index_path(fs, run, POWER).exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bytes changed", "another vector set's data"])
+def test_a_damaged_saved_file_is_ignored_and_reported(store: tuple[FeatureStore, Run], damage: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    fs, run = store
+    monkeypatch.setattr(rerank_store, "NOTE_TRACKS", 0)
+    vs = load_vectors(fs, run, POWER)
+    path = build_index(fs, vs, rerank=True)[1].rerank_path
+    assert path is not None
+    data = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "bytes changed":  # inside the k-reciprocal vectors' values
+        start = data.index(b"recip_data.npy") + 200
+        path.write_bytes(data[:start] + bytes(b ^ 0x55 for b in data[start : start + 64]) + data[start + 64 :])
+    else:
+        layer = load_vectors(fs, run, VectorSpec.from_options(layer="penultimate", norm="power"))
+        other = build_index(fs, layer, rerank=True)[1].rerank_path
+        assert other is not None
+        shutil.copyfile(other, path)
+    assert read_reranker(path, vs) is None
+    reopened = _reopened(fs)
+    try:
+        notes: list[str] = []
+        tid = int(vs.ids[1])
+        assert _ranking(reopened, reopened.run("musicnn-msd"), tid, notes) == _direct_ranking(fs, run, tid)
+        assert len(notes) == 1  # built in memory
+    finally:
+        reopened.close()
+    assert check_store(fs.root).stale == [path]
+    assert check_store(fs.root, fix=True).stale == [] and not path.exists()
+
+
+def test_index_rerank_in_a_process_then_similar_rerank_ranks_as_the_library(store: tuple[FeatureStore, Run]) -> None:
+    fs, run = store
+    root = str(fs.root)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def mess(*args: str) -> dict:
+        out = subprocess.run([sys.executable, "-c", "from mess.cli.main import main; main()", *args, "--store", root,
+                              "--json"], capture_output=True, text=True, timeout=300, env=env)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    built = mess("index", "--model", "musicnn-msd", "--norm", "power", "--rerank")
+    assert built["rerank"] == "built" and Path(built["rerank_path"]).is_file()
+    tid = int(fs.tracks(run)[6].id)
+    answer = mess("similar", str(tid), "-k", "8", "--model", "musicnn-msd", "--norm", "power", "--rerank")
+    assert [r["id"] for r in answer["results"]] == _direct_ranking(fs, run, tid) == _ranking(fs, run, tid)
+    assert answer["notes"] == []
+    assert mess("index", "--model", "musicnn-msd", "--norm", "power", "--rerank")["rerank"] == "unchanged"
+
+
+def test_similar_notes_once_that_index_rerank_saves_the_data(store: tuple[FeatureStore, Run],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    fs, _ = store
+    monkeypatch.setattr(rerank_store, "NOTE_TRACKS", 0)
+    app = typer.Typer()
+    register(app)
+    args = ["similar", "2", "-k", "3", "--model", "musicnn-msd", "--norm", "power", "--rerank", "--store",
+            str(fs.root)]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
+    assert out.output.count("note:") == 1 and "mess index --model musicnn-msd --norm power --rerank" in out.output
+    assert "Traceback" not in out.output
+    out = CliRunner().invoke(app, ["index", "--model", "musicnn-msd", "--norm", "power", "--rerank", "--store",
+                                   str(fs.root)])
+    assert out.exit_code == 0 and "built re-ranking data" in out.output, out.output
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0 and "note:" not in out.output, out.output
