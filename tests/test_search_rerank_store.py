@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from mess.cli.search import register
 from mess.search import rerank_store
+from mess.search.evaluate import evaluate
 from mess.search.health import check_store
 from mess.search.index import build_index, index_path, stale_indexes
 from mess.search.query import collection_query, similar_tracks
@@ -81,6 +82,7 @@ def test_saved_reranker_answers_exactly_as_one_built_in_memory(store: tuple[Feat
     fs, run = store
     monkeypatch.setattr(rerank_store, "NOTE_TRACKS", 0)  # every collection is "large": the note shows the path
     vs = load_vectors(fs, run, POWER)
+    in_memory = evaluate(fs, run, "composer", norm="power", rerank=True)
     _, report = build_index(fs, vs, rerank=True)
     assert report.rerank == "built" and report.rerank_path == rerank_path(fs, run, vs.spec)
     assert report.rerank_nbytes == report.rerank_path.stat().st_size > 0
@@ -96,6 +98,8 @@ def test_saved_reranker_answers_exactly_as_one_built_in_memory(store: tuple[Feat
         assert _ranking(other, other.run("musicnn-msd"), tid, notes) == _direct_ranking(fs, run, tid)
         assert notes == []  # answered from the saved data: nothing built
         assert load_reranker(other, load_vectors(other, other.run("musicnn-msd"), POWER)).top.k == 10
+        loaded = evaluate(other, other.run("musicnn-msd"), "composer", norm="power", rerank=True)
+        assert [s.scores for s in loaded.sets] == [s.scores for s in in_memory.sets]  # its all-layers set: saved
     finally:
         other.close()
     assert stale_indexes(fs) == [] and check_store(fs.root).stale == []
