@@ -30,7 +30,7 @@ from mess.search.expansion import expand as expand_queries
 from mess.search.expansion import expanded_scores, expansion
 from mess.search.hubness import HubnessReducer
 from mess.search.index import CollectionIndex, open_index
-from mess.search.rerank import check_rerank
+from mess.search.rerank import check_rerank, copy_first
 from mess.search.rerank_store import load_reranker
 from mess.search.segments import chamfer_scores, check_match, read_segments
 from mess.search.vectors import (
@@ -255,8 +255,8 @@ def _reranked_neighbours(
         plain = vs.unit() @ vs.unit()[row[0]]
     else:
         q = vs.prep.apply(_raw_vector(store, vs, tq) if tq is not None else np.asarray(query, dtype=np.float32))
-        scores = reranker.outside(q)[0]
         plain = vs.unit() @ q[0]
+        scores = copy_first(reranker.outside(q)[0], plain)
     scores[np.isin(vs.ids, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))] = -np.inf
     order = np.argsort(-scores, kind="stable")[:k]
     order = order[np.isfinite(scores[order])]

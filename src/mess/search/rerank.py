@@ -36,6 +36,9 @@ DBA_K = 3
 K1 = 10
 K2 = 3
 LAMBDA = 0.3
+# an outside query's nearest track in plain cosine, this much nearer than the next, is its near-copy and ranks first
+# (on the soundtrack store: noisy copies found first 103 of 104 times instead of 65-92, new tracks' mAP unchanged)
+COPY_GAP = 0.05
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,21 @@ class Reranker:
         scores = mixed(f[None], sparse.csr_matrix((v[nonzero], nonzero, [0, len(nonzero)]), shape=(1, n)),
                        self.by_column, None, self.lam, mins_changed)
         return scores[0]
+
+
+def copy_first(scores: np.ndarray, cosines: np.ndarray, gap: float = COPY_GAP) -> np.ndarray:
+    """An outside query's re-ranked ``scores`` [n] with its near-copy first: the track nearest to it in plain
+    ``cosines`` [n], when at least ``gap`` nearer than the next, gets the query's own score (0, the best a
+    re-ranked score can be). Re-ranking alone can put other tracks of a copy's neighbourhood above it; the
+    default ranking never does."""
+    if len(cosines) < 2:
+        return scores
+    first, second = np.argsort(-cosines, kind="stable")[:2]
+    if cosines[first] - cosines[second] < gap:
+        return scores
+    out = scores.copy()
+    out[first] = 0.0
+    return out
 
 
 def expanded_rows(unit: np.ndarray, aug: Augmentation, rows: np.ndarray) -> np.ndarray:
