@@ -18,7 +18,7 @@ from mess.search.expansion import expand_collection, expanded_scores
 from mess.search.graph import TOP_BY_ARGMAX, neighbour_graph, top_columns
 from mess.search.metrics import average_precision, ranked_relevance
 from mess.search.query import collection_query, similar_tracks
-from mess.search.rerank import Augmentation, augment, build_reranker, expanded_rows
+from mess.search.rerank import Augmentation, build_reranker, expanded_rows
 from mess.search.vectors import POWER, Preprocessor, VectorSet, VectorSpec, load_vectors
 from mess.store import FeatureStore, Run
 
@@ -45,9 +45,9 @@ def test_graph_lists_each_rows_nearest_other_rows_best_first() -> None:
 
 def test_dba_in_score_space_equals_scores_against_the_augmented_vectors() -> None:
     unit = clusters()
-    explicit = augment(unit)
-    np.testing.assert_allclose(explicit, expand_collection(unit, 3, 1.0), atol=1e-6)  # DBA is alpha-QE of each track
+    explicit = expand_collection(unit, 3, 1.0)  # DBA is alpha-QE of each track
     aug = Augmentation.from_graph(unit, neighbour_graph(unit, 3))
+    np.testing.assert_allclose(aug.vectors(unit, np.arange(len(unit))), explicit, atol=1e-6)
     queries = clusters(5, seed=1)
     np.testing.assert_allclose(aug.scores(queries @ unit.T), queries @ explicit.T, atol=1e-5)
 

@@ -54,11 +54,11 @@ class Augmentation:
     def from_graph(cls, unit: np.ndarray, graph: NeighbourGraph, alpha: float = EXPAND_ALPHA) -> Augmentation:
         """The augmentation of unit vectors [n, dim] over the neighbours of ``graph`` (its k of them)."""
         weights = (np.maximum(graph.scores, 0.0) ** alpha).astype(np.float32)
+        sums = cls(graph.rows, weights, np.ones(len(unit), dtype=np.float32))  # norms of 1: its vectors are the sums
         norms = np.empty(len(unit), dtype=np.float32)
         for start in range(0, len(unit), 4096):
             rows = np.arange(start, min(start + 4096, len(unit)))
-            summed = unit[rows] + np.einsum("mk,mkd->md", weights[rows], unit[graph.rows[rows]])
-            norms[rows] = np.linalg.norm(summed, axis=1)
+            norms[rows] = np.linalg.norm(sums.vectors(unit, rows), axis=1)
         return cls(graph.rows, weights, np.maximum(norms, 1e-12))
 
     def vectors(self, unit: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -75,12 +75,6 @@ class Augmentation:
             out += part
         out /= self.norms
         return out
-
-
-def augment(unit: np.ndarray, k: int = DBA_K, alpha: float = EXPAND_ALPHA) -> np.ndarray:
-    """Every track's augmented vector [n, dim], explicitly (what :class:`Augmentation` scores against)."""
-    aug = Augmentation.from_graph(unit, neighbour_graph(unit, k), alpha)
-    return aug.vectors(unit, np.arange(len(unit)))
 
 
 @dataclass(frozen=True)
@@ -246,13 +240,14 @@ def _reranker(unit: np.ndarray, aug: Augmentation, k1: int, k2: int, lam: float)
 
     top = score_graph(scores, n, k1)
     empty = sparse.csr_matrix((n, n), dtype=np.float64)
-    v0 = reciprocal_vectors(Reranker(unit, aug, top, qe_rows, qe_scores, empty, empty, lam, k2), 1)
+    v0 = reciprocal_vectors(Reranker(unit, aug, top, qe_rows, qe_scores, empty, empty, lam, k2))
     return Reranker(unit, aug, top, qe_rows, qe_scores, averaged(v0, top, k2), v0, lam, k2)
 
 
-def reciprocal_vectors(r: Reranker, k2: int = K2) -> sparse.csr_matrix:
+def reciprocal_vectors(r: Reranker) -> sparse.csr_matrix:
     """Every track's k-reciprocal vector [n, n] (Zhong et al.: weights exp(-distance) over its k-reciprocal
-    neighbours, expanded with the reciprocal sets of their own near neighbours), averaged over its k2 nearest."""
+    neighbours, expanded with the reciprocal sets of their own near neighbours), before the k2 averaging
+    (:func:`averaged`)."""
     n, k1 = len(r.unit), r.top.k
     rank = np.concatenate([np.arange(n)[:, None], r.top.rows], axis=1)  # each track first, as its own nearest
     half = int(round(k1 / 2))
@@ -274,8 +269,7 @@ def reciprocal_vectors(r: Reranker, k2: int = K2) -> sparse.csr_matrix:
         cols.append(members)
         vals.append(w / w.sum())
         indptr.append(indptr[-1] + len(members))
-    v = sparse.csr_matrix((np.concatenate(vals), np.concatenate(cols), np.array(indptr)), shape=(n, n))
-    return averaged(v, r.top, k2)
+    return sparse.csr_matrix((np.concatenate(vals), np.concatenate(cols), np.array(indptr)), shape=(n, n))
 
 
 def averaged(v: sparse.csr_matrix, top: NeighbourGraph, k2: int) -> sparse.csr_matrix:
