@@ -17,8 +17,11 @@ from mess.fusion import evaluate
 from mess.fusion.data import FusionError, LayerData
 from mess.fusion.train import FusionResult, embed, initial_network
 from mess.search.metrics import RetrievalScores, chance_scores
-from mess.search.vectors import BASE_NORMS as NORMS  # the fusion report's baselines predate power
-from mess.search.vectors import Norm, Preprocessor
+from mess.search.vectors import (
+    BASE_NORMS,  # the fusion report's baselines predate power
+    Norm,
+    Preprocessor,
+)
 from mess.store import FeatureStore
 
 MIN_TRACKS, MIN_LABELS = 50, 5  # below either, the held-out comparison is reported as inconclusive
@@ -123,14 +126,14 @@ def compare(result: FusionResult, data: LayerData, k: int = 10) -> FusionReport:
     encoders: dict[str, tuple[Encoder, str]] = {
         FUSED: (lambda rows: embed(result.network, data.x[rows]), f"learned, {dim}-d"),
         "untrained": (lambda rows: embed(untrained, data.x[rows]), "same network before training (PCA projection)")}
-    singles = {f"{name} ({norm})": _layers(data, i, norm) for i, name in enumerate(names) for norm in NORMS}
+    singles = {f"{name} ({norm})": _layers(data, i, norm) for i, name in enumerate(names) for norm in BASE_NORMS}
     best = _pick(singles, labels, seen, k)
     encoders["best-layer"] = (singles[best], f"{best}, chosen on training labels")
-    alls: dict[str, Encoder] = {norm: _layers(data, None, norm) for norm in NORMS}
+    alls: dict[str, Encoder] = {norm: _layers(data, None, norm) for norm in BASE_NORMS}
     norm = _pick(alls, labels, seen, k)
     encoders["all-layers"] = (alls[norm], f"mean of per-layer cosines ({norm})")
     if len(set(dims)) == 1:
-        means: dict[str, Encoder] = {n: _mean_vector(data, n) for n in NORMS}
+        means: dict[str, Encoder] = {n: _mean_vector(data, n) for n in BASE_NORMS}
         norm = _pick(means, labels, seen, k)
         encoders["mean-vector"] = (means[norm], f"mean of layer vectors ({norm})")
 
@@ -140,7 +143,7 @@ def compare(result: FusionResult, data: LayerData, k: int = 10) -> FusionReport:
                for name, (_, detail) in encoders.items()]
     methods.append(MethodScores("chance", "random ranking",
                                 *_rounded(chance_scores(lab, lab, np.arange(len(test)), k))))
-    per_layer = {name: round(max(evaluate.scores(singles[f"{name} ({n})"](test), lab, k).ndcg for n in NORMS), 4)
+    per_layer = {name: round(max(evaluate.scores(singles[f"{name} ({n})"](test), lab, k).ndcg for n in BASE_NORMS), 4)
                  for name in names}
     fused_q = evaluate.ndcg_per_query(units[FUSED], lab, k)
     mean_q = evaluate.ndcg_per_query(units["all-layers"], lab, k)
