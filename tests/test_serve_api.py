@@ -715,6 +715,7 @@ def test_an_upload_can_be_re_ranked(client: TestClient, store: FeatureStore, upl
     want = similar_tracks(store, run, resolve_query(store, copy, run), 3, layer="mfcc", norm="power",
                           rerank=True)
     assert [r["id"] for r in results] == [n.track.id for n in want] and original.id in [r["id"] for r in results]
+    assert [r["adjusted"] for r in results] == pytest.approx([n.adjusted for n in want], abs=1e-6)  # re-ranked scores
     assert [r["adjusted"] for r in results] == sorted((r["adjusted"] for r in results), reverse=True)
     assert _uploads_left(uploads_dir) == set()
 
