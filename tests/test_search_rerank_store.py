@@ -80,7 +80,7 @@ def _direct_ranking(fs: FeatureStore, run: Run, tid: int) -> list[int]:
 def test_saved_reranker_answers_exactly_as_one_built_in_memory(store: tuple[FeatureStore, Run],
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     fs, run = store
-    monkeypatch.setattr(rerank_store, "NOTE_TRACKS", 0)  # every collection is "large": the note shows the path
+    monkeypatch.setattr(rerank_store, "IN_MEMORY_TRACKS", 0)  # every collection is "large": the note shows the path
     vs = load_vectors(fs, run, POWER)
     in_memory = evaluate(fs, run, "composer", norm="power", rerank=True)
     _, report = build_index(fs, vs, rerank=True)
@@ -108,7 +108,7 @@ def test_saved_reranker_answers_exactly_as_one_built_in_memory(store: tuple[Feat
 def test_after_a_track_is_added_the_saved_data_is_stale_and_repair_removes_it(
         store: tuple[FeatureStore, Run], monkeypatch: pytest.MonkeyPatch) -> None:
     fs, run = store
-    monkeypatch.setattr(rerank_store, "NOTE_TRACKS", 0)
+    monkeypatch.setattr(rerank_store, "IN_MEMORY_TRACKS", 0)
     vs = load_vectors(fs, run, POWER)
     path = build_index(fs, vs, rerank=True)[1].rerank_path
     assert path is not None and read_reranker(path, vs) is not None
@@ -137,7 +137,7 @@ def test_after_a_track_is_added_the_saved_data_is_stale_and_repair_removes_it(
 def test_a_damaged_saved_file_is_ignored_and_reported(store: tuple[FeatureStore, Run], damage: str,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     fs, run = store
-    monkeypatch.setattr(rerank_store, "NOTE_TRACKS", 0)
+    monkeypatch.setattr(rerank_store, "IN_MEMORY_TRACKS", 0)
     vs = load_vectors(fs, run, POWER)
     path = build_index(fs, vs, rerank=True)[1].rerank_path
     assert path is not None
@@ -188,7 +188,7 @@ def test_index_rerank_in_a_process_then_similar_rerank_ranks_as_the_library(stor
 def test_similar_notes_once_that_index_rerank_saves_the_data(store: tuple[FeatureStore, Run],
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     fs, _ = store
-    monkeypatch.setattr(rerank_store, "NOTE_TRACKS", 0)
+    monkeypatch.setattr(rerank_store, "IN_MEMORY_TRACKS", 0)
     app = typer.Typer()
     register(app)
     args = ["similar", "2", "-k", "3", "--model", "musicnn-msd", "--norm", "power", "--rerank", "--store",

@@ -34,16 +34,19 @@ NormOpt = Annotated[
     str,
     typer.Option(
         "--norm",
-        help="Per-dimension preprocessing before L2 normalisation: zscore, power (signed |x|^0.25, then "
-        "zscore), center or none.",
+        help="Per-dimension preprocessing before L2 normalisation: power (signed |x|^0.25, then zscore; the "
+        "default), zscore, center or none.",
     ),
 ]
 RerankOpt = Annotated[
-    bool,
+    bool | None,
     typer.Option(
-        "--rerank",
-        help="Re-rank: database-side augmentation, query expansion and k-reciprocal re-ranking (exact; "
-        "best with --norm power on real soundtracks, docs/quality.md).",
+        "--rerank/--no-rerank",
+        help="Re-rank: database-side augmentation, query expansion and k-reciprocal re-ranking (exact; the best "
+        "ranking on real soundtracks, docs/quality.md). Default: on, unless --match segments, --hubness or another "
+        "--expand is asked for, or the collection is large (over 5000 tracks) and `mess index` has not saved the "
+        "data.",
+        show_default=False,
     ),
 ]
 MatchOpt = Annotated[
@@ -76,8 +79,8 @@ def index_command(
     ] = "auto",
     norm: NormOpt = DEFAULT_NORM,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Build from scratch instead of updating.")] = False,
-    rerank: Annotated[bool, typer.Option("--rerank", help="Also save the re-ranking data of these vectors, so "
-                                         "`similar --rerank` (same --norm, e.g. power) need not build it.")] = False,
+    rerank: Annotated[bool, typer.Option("--rerank/--no-rerank", help="Also save the re-ranking data of these "
+                                         "vectors, which `similar` and `evaluate` re-rank with (same --norm).")] = True,
     target_recall: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Recall@10 that approximate indexes are tuned to reach.")
     ] = 0.95,
@@ -151,7 +154,7 @@ def similar_command(
     norm: NormOpt = DEFAULT_NORM,
     match: MatchOpt = "mean",
     expand: ExpandOpt = None,
-    rerank: RerankOpt = False,
+    rerank: RerankOpt = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
     as_json: JsonOpt = False,
 ) -> None:
@@ -160,6 +163,7 @@ def similar_command(
     from mess.search.expansion import expansion
     from mess.search.hubness import METHODS
     from mess.search.query import ENCODED_R2, aspect_layers, similar_tracks, stale_aspect_map, weak_aspects
+    from mess.search.rerank_store import rerank_choice
     from mess.search.vectors import VectorSpec, load_vectors, vectors_label
 
     if hubness is not None and hubness not in METHODS:
@@ -170,22 +174,22 @@ def similar_command(
         run = fs.run(model)
         tq = resolve_query(fs, query, run)
         with failing(ValueError):
+            vs = load_vectors(fs, run, VectorSpec.from_options(layer, aspect, fused, cast("Norm", norm), learned))
+            rerank = rerank_choice(fs, vs, rerank, match, hubness, expand, notes.append)  # the answer says which
             results = similar_tracks(fs, run, tq, k, layer=layer, aspect=aspect, fused=fused,
                                      exclude_same_artist=exclude_same_artist, hubness=hubness,
                                      norm=cast("Norm", norm), learned=learned, match=match, expand=expand,
                                      rerank=rerank, on_note=notes.append)
-        spec = VectorSpec.from_options(layer, aspect, fused, cast("Norm", norm), learned)
-        norm_note = load_vectors(fs, run, spec).norm_note
         source, _ = aspect_layers(fs, run)
         weak = weak_aspects(fs, run)
         stale = stale_aspect_map(fs, run) if aspect or source == "aspects" else None
         unfused = fs.derived_missing(run, FUSED) if fused else 0
         unembedded = len(fs.unembedded(run))
     answer = {"query": {"label": tq.label, "id": tq.track.id if tq.track else None, "external": tq.track is None},
-              "model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "norm": spec.norm,
+              "model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "norm": vs.spec.norm,
               "match": match, "hubness": hubness, "expand": expand, "rerank": rerank, "why_source": source,
               "weak_aspects": weak, "stale_aspect_map": stale, "tracks_without_fused_vectors": unfused,
-              "files_not_embedded": unembedded, "norm_note": norm_note, "notes": notes}
+              "files_not_embedded": unembedded, "norm_note": vs.norm_note, "notes": notes}
     if as_json:
         emit_json({**answer, "encoded_threshold": ENCODED_R2, "results": [n.to_dict() for n in results]})
         return
@@ -248,7 +252,7 @@ def evaluate_command(
     ] = False,
     match: MatchOpt = "mean",
     expand: ExpandOpt = None,
-    rerank: RerankOpt = False,
+    rerank: RerankOpt = None,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="PNG path (default: STORE/reports/evaluate-MODEL-runID-LABEL.png, "
                                                  "with --labels evaluate-MODEL-runID-labels-FILE-LABEL.png).")
@@ -339,6 +343,8 @@ def _print_evaluation(ev: Evaluation, model: str, k: int, norm: str, match: str,
     console.print(table)
     note(ev.norm_note)
     note(ev.fused_note)
+    for text in ev.notes:
+        note(text)
     if ev.variants:
         _print_variants(ev)
     console.print(f"best: {plain(best.name)} (mAP {best.scores.map:.3f})" + (f"; plot -> {plain(str(png))}" if png

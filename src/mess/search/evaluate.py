@@ -32,7 +32,7 @@ from mess.search.metrics import (
     ranked_relevance,
 )
 from mess.search.rerank import Reranker, check_rerank
-from mess.search.rerank_store import load_reranker
+from mess.search.rerank_store import load_reranker, rerank_choice
 from mess.search.segments import chamfer_rows, check_match, read_segments
 from mess.search.vectors import Norm, VectorSpec, fused_norm, has_learned_head, load_vectors
 from mess.store import FeatureStore, Run, StoreError, Track
@@ -81,6 +81,7 @@ class Evaluation:
     norm_note: str = ""  # when ``norm`` fell back to plain cosine (too few tracks to fit it)
     fused_trained_on: str | None = None  # the tag the fused network was trained on, when it is the one scored
     fused_note: str = ""  # why stored fused vectors were left out (made for another run of the model)
+    notes: list[str] = field(default_factory=list)  # sets ranked plain by default (large, no saved re-ranking data)
 
     @property
     def relevance(self) -> str:
@@ -198,7 +199,7 @@ def evaluate(
     seed: int = 0,
     match: str = "mean",
     expand: int | None = None,
-    rerank: bool = False,
+    rerank: bool | None = None,
 ) -> Evaluation:
     """Score every layer, all layers together, and the fused vectors and learned head (when present)
     by retrieval of same-label tracks. ``labels`` (from ``labels_from``, a file name) replace the ``field`` tags.
@@ -208,12 +209,14 @@ def evaluate(
     some labelled tracks have none (extracted since `mess fuse apply`): ``tracks_without_fused_vectors`` counts
     them; and when they were made for another run of the model (``fused_note`` says why). ``expand`` > 0 ranks
     with alpha-query expansion over that many neighbours (:mod:`mess.search.expansion`; cosine sets only; None =
-    the default, 3 for mean matching). ``rerank`` ranks as ``mess similar --rerank`` does (DBA, expansion and
-    k-reciprocal re-ranking over the whole collection, :mod:`mess.search.rerank`; mean matching only).
+    the default, 3 for mean matching). ``rerank`` ranks as ``mess similar`` does (True: DBA, expansion and
+    k-reciprocal re-ranking over the whole collection, :mod:`mess.search.rerank`, mean matching only; False: plain;
+    None: each set as :func:`mess.search.rerank_store.rerank_choice` decides, a set ranked plain noted in ``notes``).
     """
     if rerank:
         check_rerank(check_match(match), None, expand)
-    expand = expansion(check_match(match), expand)
+    asked_expand, expand = expand, expansion(check_match(match), expand)
+    notes: list[str] = []
     tracks = store.tracks(run)
     by_label = track_labels(tracks, field, labels)
     specs = [VectorSpec.from_options(layer=name, norm=norm) for name in run.layer_names]
@@ -251,7 +254,7 @@ def evaluate(
                     name, spec.kind, "chamfer", None, partial(chamfer_rows, seg), labels_arr, queries, k
                 )
             )
-        elif rerank:
+        elif rerank_choice(store, vs, rerank, match, None, asked_expand, notes.append):
             metric = "cosine, re-ranked (DBA + k-reciprocal)"
             sim = _reranked(load_reranker(store, vs), keep)
             sets.append(_score(name, spec.kind, metric, None, sim, labels_arr, queries, k))
@@ -276,6 +279,7 @@ def evaluate(
         norm_note,
         field if fused_meta and labels is None and fused_meta.get("label") == field else None,
         f"fused row left out: {fused_note}" if fused_note else "",
+        notes,
     )
 
 

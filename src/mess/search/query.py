@@ -30,8 +30,8 @@ from mess.search.expansion import expand as expand_queries
 from mess.search.expansion import expanded_scores, expansion
 from mess.search.hubness import HubnessReducer
 from mess.search.index import CollectionIndex, open_index
-from mess.search.rerank import check_rerank, copy_first
-from mess.search.rerank_store import load_reranker
+from mess.search.rerank import copy_first
+from mess.search.rerank_store import load_reranker, rerank_choice
 from mess.search.segments import chamfer_scores, check_match, read_segments
 from mess.search.vectors import (
     Norm,
@@ -139,7 +139,7 @@ def similar_tracks(
     learned: bool = False,
     match: str = "mean",
     expand: int | None = None,
-    rerank: bool = False,
+    rerank: bool | None = None,
     on_note: Callable[[str], None] | None = None,
 ) -> list[Neighbour]:
     """The ``k`` collection tracks most similar to ``query`` (cosine, best first).
@@ -150,7 +150,8 @@ def similar_tracks(
             learned = the head shipped for the model, see :mod:`mess.models.head`).
         exclude_same_artist: leave out tracks of the query's artist (main artist of the artist tag, else composer).
         hubness: None, "csls" or "mp" to re-rank a candidate pool against hub tracks.
-        norm: "zscore" (default), "center" or "none" preprocessing before L2 normalisation.
+        norm: "power" (default: signed fourth roots, then z-scores), "zscore", "center" or "none" preprocessing
+            before L2 normalisation.
         match: "mean" (cosine of track vectors, through the index) or "segments" (Chamfer similarity of
             window vectors, exact; needs a TrackQuery and layer vectors, no hubness).
         expand: rank by the query expanded with its ``expand`` nearest tracks (:mod:`mess.search.expansion`;
@@ -158,8 +159,10 @@ def similar_tracks(
             ``adjusted`` holds the ranking score (the better of that and the cosine to the expanded query).
         rerank: rank by database-side augmentation, expansion and k-reciprocal re-ranking
             (:mod:`mess.search.rerank`; exact, mean matching only, no hubness); ``adjusted`` holds that score.
-            The collection's re-ranking data saved by ``mess index --rerank`` is used when current.
-        on_note: hears a one-line note (with ``rerank``, that the data of a large collection was built in memory).
+            The collection's re-ranking data saved by ``mess index`` is used when current. None (the default):
+            re-rank unless another ranking was asked for or a large collection has no saved data
+            (:func:`mess.search.rerank_store.rerank_choice`, which says which ranking this call uses).
+        on_note: hears a one-line note (a large collection's re-ranking data built in memory, or not saved).
 
     The query's own track never appears; tracks with the same content or cosine >= 0.9999
     are flagged as duplicates. ``why`` / ``why_percentile`` are filled for TrackQuery inputs.
@@ -170,8 +173,7 @@ def similar_tracks(
     vs = load_vectors(store, run, spec, tracks)
     tq = query if isinstance(query, TrackQuery) else None
     exclude = _excluded(tracks, tq, exclude_same_artist)
-    if rerank:
-        check_rerank(check_match(match), hubness, expand)
+    rerank = rerank_choice(store, vs, rerank, match, hubness, expand, on_note)
     expand = expansion(check_match(match), expand)
     if rerank:
         sims, ids, adjusted = _reranked_neighbours(store, vs, query, exclude, k, on_note)

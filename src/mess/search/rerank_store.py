@@ -9,7 +9,8 @@ constants. It is one file, replaced whole, so a reader never meets parts of two 
 
 :func:`load_reranker` answers from it only when all of that matches the vectors now, and otherwise builds in
 memory as without it; ``mess check`` reports a file that no longer matches, or cannot be read, as a stale index,
-and ``mess check --repair`` deletes it (:func:`stale_rerankers`).
+and ``mess check --repair`` deletes it (:func:`stale_rerankers`). :func:`rerank_choice` decides whether a ranking
+re-ranks: the default does when the data is saved and current or quick to build (:data:`IN_MEMORY_TRACKS`).
 """
 
 from __future__ import annotations
@@ -26,14 +27,15 @@ from scipy import sparse
 from mess.constants import FUSED, LEARNED, NPZ_ERRORS, VectorKind
 from mess.search.expansion import EXPAND_ALPHA, EXPAND_K
 from mess.search.graph import NeighbourGraph
-from mess.search.rerank import DBA_K, K1, K2, LAMBDA, Augmentation, Reranker, collection_reranker
+from mess.search.rerank import DBA_K, K1, K2, LAMBDA, Augmentation, Reranker, check_rerank, collection_reranker
+from mess.search.segments import check_match
 from mess.search.vectors import Norm, Preprocessor, VectorSet, VectorSpec, load_vectors
 from mess.store import FeatureStore, Run, StoreError
 from mess.store.paths import replace_file
 
 SUFFIX = ".rerank.npz"
 FORMAT = 1
-NOTE_TRACKS = 5000  # above this many tracks, building in memory is worth a note (it takes a minute or more)
+IN_MEMORY_TRACKS = 5000  # the most tracks re-ranking data is built for unasked (about 10 s at 5,000 x 5,000 dims)
 CHECKSUM_TOLERANCE = 1e-4  # per row sum of unit vectors: float rounding on another machine, not another vector
 
 
@@ -126,20 +128,53 @@ def _consistent(r: Reranker) -> bool:
 
 
 def load_reranker(store: FeatureStore, vs: VectorSet, on_note: Callable[[str], None] | None = None) -> Reranker:
-    """The re-ranker of a vector set: the saved one when it matches ``vs`` exactly, else built in memory (and
-    then, on a collection of more than :data:`NOTE_TRACKS` tracks, ``on_note`` hears that `mess index --rerank`
-    saves it). Memoised until its tracks or contents change."""
-    return store.cached(("reranker", vs.fingerprint), lambda: _saved_or_built(store, vs, on_note))
-
-
-def _saved_or_built(store: FeatureStore, vs: VectorSet, on_note: Callable[[str], None] | None) -> Reranker:
-    saved = read_reranker(rerank_path(store, vs.run, vs.spec), vs)
+    """The re-ranker of a vector set: the saved one when it matches ``vs`` exactly (:func:`saved_reranker`), else
+    built in memory (and then, on a collection of more than :data:`IN_MEMORY_TRACKS` tracks, ``on_note`` hears that
+    `mess index --rerank` saves it). Memoised until its tracks or contents change."""
+    saved = saved_reranker(store, vs)
     if saved is not None:
         return saved
-    if on_note is not None and len(vs.ids) > NOTE_TRACKS:
+    return store.cached(("reranker", vs.fingerprint), lambda: _built(store, vs, on_note))
+
+
+def saved_reranker(store: FeatureStore, vs: VectorSet) -> Reranker | None:
+    """The saved re-ranker of ``vs`` when it is current, else None; memoised while its file stays the same (a file
+    that `mess index` writes later is read then)."""
+    path = rerank_path(store, vs.run, vs.spec)
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    return store.cached(("saved reranker", vs.fingerprint, stamp), lambda: read_reranker(path, vs))
+
+
+def _built(store: FeatureStore, vs: VectorSet, on_note: Callable[[str], None] | None) -> Reranker:
+    if on_note is not None and len(vs.ids) > IN_MEMORY_TRACKS:
         on_note(f"re-ranking data for {len(vs.ids)} tracks was computed in memory, which takes minutes at this "
                 f"size; `{index_hint(vs)}` saves it for later commands")
     return collection_reranker(store, vs)
+
+
+def rerank_choice(store: FeatureStore, vs: VectorSet, rerank: bool | None, match: str = "mean",
+                  hubness: str | None = None, expand: int | None = None,
+                  on_note: Callable[[str], None] | None = None) -> bool:
+    """Whether a ranking of ``vs`` re-ranks. True: yes (ValueError, one line, for options it does not combine
+    with); False: no. None (the default): yes when no other ranking was asked for (mean matching, no hubness, the
+    default expansion) and :func:`load_reranker` needs no long build (the data saved and current, or at most
+    :data:`IN_MEMORY_TRACKS` tracks); a large set without saved data ranks plain, and ``on_note`` hears why."""
+    if rerank:
+        check_rerank(check_match(match), hubness, expand)
+    if rerank is not None:
+        return rerank
+    if match != "mean" or hubness or expand not in (None, EXPAND_K):
+        return False
+    if len(vs.ids) <= IN_MEMORY_TRACKS or saved_reranker(store, vs) is not None:
+        return True
+    if on_note is not None:
+        on_note(f"plain ranking: re-ranking {len(vs.ids)} tracks needs data that takes minutes to build at this size; "
+                f"`{index_hint(vs)}` saves it, and later commands re-rank")
+    return False
 
 
 def index_hint(vs: VectorSet) -> str:

@@ -5,11 +5,11 @@ aspect by ``mess probe``, the fused vectors of ``mess fuse``, the learned head s
 for the model (:mod:`mess.models.head`, applied to all layers), or all layers at once
 (each layer normalised, then concatenated, so the cosine of two such vectors is the
 mean of their per-layer cosines). A :class:`Preprocessor` fitted on the collection
-turns raw vectors into unit vectors: per-dimension z-scoring (default: removes the
+turns raw vectors into unit vectors: per-dimension z-scoring ("zscore": removes the
 common offset that makes every pair of neural embeddings look alike, and evens out
-dimensions on different scales; best on real soundtracks, docs/quality.md), the same
-after a signed power |x|^0.25 of every raw dimension ("power"), or centering alone,
-then L2 normalisation per layer block. Fitted on fewer than
+dimensions on different scales), the same after a signed power |x|^0.25 of every raw
+dimension ("power", the default: tames the few large activations; with re-ranking the best
+on real soundtracks, docs/quality.md), or centering alone, then L2 normalisation per layer block. Fitted on fewer than
 :data:`MIN_FIT_TRACKS` tracks it is plain L2 normalisation (cosine of the raw vectors).
 """
 

@@ -53,7 +53,9 @@ def probe_heatmap(state: State, model: Model = None, probe: Probe = "ridge") -> 
              responses={403: {"description": "Indexing is disabled"}})
 def index(state: State, request: Request, model: Model = None, layer: Layer = None, aspect: Aspect = None,
           fused: Fused = False, learned: Learned = False,
-          kind: Annotated[str, Query(description="auto, flat, ivf, ivfpq or hnsw.")] = "auto") -> dict:
+          kind: Annotated[str, Query(description="auto, flat, ivf, ivfpq or hnsw.")] = "auto",
+          rerank: Annotated[bool, Query(description="Also save the re-ranking data, which similar re-ranks "
+                                                    "with.")] = True) -> dict:
     """Write the index of one vector set under STORE/indexes (the server is read-only otherwise); a request body is a
     400 (it was ignored: ``{"layer": "mfcc"}`` indexed the default vectors)."""
     if not state.allow_indexing:
@@ -68,11 +70,12 @@ def index(state: State, request: Request, model: Model = None, layer: Layer = No
         spec = vector_spec(state.store, run, layer, aspect, fused, learned)
         try:
             with state.store.writing("mess serve: index", wait=False):  # no extract commits between read and save
-                _, report = build_index(state.store, load_vectors(state.store, run, spec), kind, wait=False)
+                _, report = build_index(state.store, load_vectors(state.store, run, spec), kind, wait=False,
+                                        rerank=rerank)
         except StoreBusy as exc:  # the store named by its folder's name, as every answer names it
             busy = printable(str(exc).replace(str(state.store.root), state.store.root.name))
             raise HTTPException(503, busy, headers={"Retry-After": "30"}) from None
     return {"model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "kind": report.kind,
             "mode": report.mode, "tracks": report.n, "added": report.added, "removed": report.removed,
             "recall": report.recall, "seconds": round(report.seconds, 3), "file": report.path.name,
-            "note": report.note}
+            "note": report.note, "rerank": report.rerank}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, cast
 
 import numpy as np
@@ -26,6 +27,7 @@ from mess.search.query import (
     stale_aspect_map,
     weak_aspects,
 )
+from mess.search.rerank_store import rerank_choice
 from mess.search.vectors import Norm, VectorSpec, from_tracks, load_vectors, vectors_label
 from mess.serve.errors import without_paths
 from mess.serve.mapping import collection_map
@@ -41,18 +43,21 @@ ExcludeArtist = Annotated[bool, Query(description="Leave out tracks by the query
 Hubness = Annotated[str | None, Blank, Query(description="Re-rank against hub tracks: csls or mp.")]
 Expand = Annotated[int | None, Query(ge=0, le=50, description="Query expansion over this many nearest tracks "
                                                              "(0 = off; default 3).")]
-Rerank = Annotated[bool, Query(description="Re-rank: database-side augmentation, query expansion and k-reciprocal "
-                                           "re-ranking (exact; not with hubness or another expand).")]
-NormParam = Annotated[str, Query(description="Per-dimension preprocessing: zscore (default), power, center or none.")]
+Rerank = Annotated[bool | None, Blank, Query(
+    description="Re-rank: database-side augmentation, query expansion and k-reciprocal re-ranking (exact; not with "
+                "hubness or another expand). Default: re-ranked unless hubness or another expand is asked for, or a "
+                "large collection has no re-ranking data saved by `mess index`; the answer's rerank says which.")]
+NormParam = Annotated[str, Query(description="Per-dimension preprocessing: power (default), zscore, center or none.")]
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": [FIELD],
     "properties": {FIELD: {"type": "string", "format": "binary", "description": "An audio file."}}}}}}}
 
 
 def _answer(state: ServeState, run: Run, query: dict, results: list[Neighbour], layer: str | None,
-            aspect: str | None, fused: bool, learned: bool = False, norm: str = DEFAULT_NORM) -> dict:
+            aspect: str | None, fused: bool, learned: bool, norm: str, ranking: Ranking) -> dict:
     source, specs = aspect_layers(state.store, run)
     return {"query": query, "model": run.model, "vectors": vectors_label(layer, aspect, fused, learned),
+            "rerank": ranking.rerank, "notes": ranking.notes,
             "why_source": source, "why_words": {g: listener_words(g) for g in specs},
             "weak_aspects": weak_aspects(state.store, run), "encoded_threshold": ENCODED_R2,
             "stale_aspect_map": stale_aspect_map(state.store, run) if aspect or source == "aspects" else None,
@@ -65,25 +70,26 @@ def _answer(state: ServeState, run: Run, query: dict, results: list[Neighbour], 
 def similar(track_id: TrackId, state: State, model: Model = None, layer: Layer = None, aspect: Aspect = None,
             fused: Fused = False, k: K = 10, exclude_same_artist: ExcludeArtist = False,
             hubness: Hubness = None, learned: Learned = False, expand: Expand = None, norm: NormParam = DEFAULT_NORM,
-            rerank: Rerank = False) -> dict:
+            rerank: Rerank = None) -> dict:
     """Cosine neighbours; ``why`` holds the similarity in each aspect's layer and ``why_percentile``
-    how unusual that closeness is within the collection. With ``rerank`` each result's ``adjusted`` is its
-    re-ranked score (what the order follows)."""
+    how unusual that closeness is within the collection. When re-ranked (``rerank`` in the answer) each result's
+    ``adjusted`` is its re-ranked score (what the order follows)."""
     if hubness is not None and hubness not in HUBNESS_METHODS:
         raise HTTPException(400, f"unknown hubness reduction {hubness!r}; choose {' or '.join(HUBNESS_METHODS)}")
     with state.lock:
         run = state.run(model)
         track = state.track(track_id)
-        vector_spec(state.store, run, layer, aspect, fused, learned, norm)
+        spec = vector_spec(state.store, run, layer, aspect, fused, learned, norm)
         tq = collection_query(state.store, track_id)
         try:
+            ranking = _ranking(state, run, spec, rerank, hubness, expand)
             results = similar_tracks(state.store, run, tq, k, layer=layer, aspect=aspect, fused=fused,
                                      exclude_same_artist=exclude_same_artist, hubness=hubness, learned=learned,
-                                     expand=expand, norm=cast("Norm", norm), rerank=rerank)
+                                     expand=expand, norm=cast("Norm", norm), rerank=ranking.rerank)
         except ValueError as exc:  # options that do not combine (rerank with hubness or another expand)
             raise HTTPException(400, str(exc).replace("--", "")) from None
         return _answer(state, run, {"label": tq.label, "external": False, **track_dict(track)},
-                       results, layer, aspect, fused, learned, norm)
+                       results, layer, aspect, fused, learned, norm, ranking)
 
 
 @router.post("/similar/upload", summary="Upload an audio file and get the most similar tracks",
@@ -94,7 +100,7 @@ def similar(track_id: TrackId, state: State, model: Model = None, layer: Layer =
 async def similar_upload(request: Request, state: State, model: Model = None, layer: Layer = None,
                          aspect: Aspect = None, fused: Fused = False, k: K = 10,
                          exclude_same_artist: ExcludeArtist = False, learned: Learned = False,
-                         norm: NormParam = DEFAULT_NORM, rerank: Rerank = False) -> dict:
+                         norm: NormParam = DEFAULT_NORM, rerank: Rerank = None) -> dict:
     """Embed the file (in a separate process, with the run's model and window policy) and search.
 
     An upload whose content is already in the collection is answered as that track.
@@ -131,9 +137,10 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
             label = f"{artist} - {embedded.tags['title'] or file_title(saved.filename)}" if artist else saved.filename
             tq = external_query(state.store, run, label, embedded.content_hash, embedded.layers, (), artist)
             same = tq.track
+            ranking = _ranking(state, run, spec, rerank)
             results = similar_tracks(state.store, run, tq, k, layer=layer, aspect=aspect, fused=fused,
                                      exclude_same_artist=exclude_same_artist, learned=learned,
-                                     norm=cast("Norm", norm), rerank=rerank)
+                                     norm=cast("Norm", norm), rerank=ranking.rerank)
             vs = load_vectors(state.store, run, spec)
             cmap = state.store.cached(("map", run.id, spec, vs.fingerprint), lambda: collection_map(vs))
             if same is not None and same.id in vs:  # cmap was made from this vector set (same fingerprint)
@@ -143,10 +150,29 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
             query = {"label": tq.label, "external": same is None, "id": same.id if same else None,
                      "artist": tq.artist,
                      "file": saved.filename, "bytes": saved.size, "x": round(float(x), 5), "y": round(float(y), 5)}
-            return {**_answer(state, run, query, results, layer, aspect, fused, learned, norm),
+            return {**_answer(state, run, query, results, layer, aspect, fused, learned, norm, ranking),
                     "warnings": embedded.warnings}
 
     return await run_in_threadpool(search)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Which ranking an answer used, and the note on why it is not re-ranked (a large collection without saved
+    re-ranking data)."""
+
+    rerank: bool
+    notes: list[str]
+
+
+def _ranking(state: ServeState, run: Run, spec: VectorSpec, rerank: bool | None, hubness: str | None = None,
+             expand: int | None = None) -> Ranking:
+    """The ranking a request gets (:func:`mess.search.rerank_store.rerank_choice`); ValueError for options that
+    do not combine."""
+    notes: list[str] = []
+    chosen = rerank_choice(state.store, load_vectors(state.store, run, spec), rerank, "mean", hubness, expand,
+                           notes.append)
+    return Ranking(chosen, notes)
 
 
 def _run_again(state: ServeState, embedded_as: Run) -> Run:
