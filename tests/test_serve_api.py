@@ -949,8 +949,11 @@ def test_indexing_only_with_the_flag(collection: Path, tmp_path: Path, folder: b
         assert writable.get("/api/health").json()["read_only"] is False
         built = writable.post("/api/index", params={"layer": "mfcc", "kind": "flat"}).json()
         assert built["mode"] == "built" and built["tracks"] == 12 and (copy / "indexes" / built["file"]).is_file()
+        assert built["rerank"] == "built"  # the re-ranking data the default ranking reads, saved by default
         again = writable.post("/api/index", params={"layer": "mfcc", "kind": "flat"}).json()
-        assert again["mode"] == "unchanged" and again["note"] == ""
+        assert again["mode"] == "unchanged" and again["note"] == "" and again["rerank"] == "unchanged"
+        plain = writable.post("/api/index", params={"layer": "spectral", "kind": "flat", "rerank": False}).json()
+        assert plain["mode"] == "built" and plain["rerank"] == ""
         ivf = writable.post("/api/index", params={"layer": "mfcc", "kind": "ivf"}).json()  # 12 tracks: too few
         assert ivf["kind"] == "flat" and ivf["note"].startswith("ivf needs 32 tracks"), ivf
         assert writable.post("/api/index", params={"kind": "lsh"}).status_code == 400

@@ -44,8 +44,8 @@ RerankOpt = Annotated[
         "--rerank/--no-rerank",
         help="Re-rank: database-side augmentation, query expansion and k-reciprocal re-ranking (exact; the best "
         "ranking on real soundtracks, docs/quality.md). Default: on, unless --match segments, --hubness or another "
-        "--expand is asked for, or the collection is large (over 5000 tracks) and `mess index` has not saved the "
-        "data.",
+        "--expand is asked for, or the collection is too large to build the data quickly and `mess index` has not "
+        "saved it (docs/search.md).",
         show_default=False,
     ),
 ]
@@ -87,7 +87,8 @@ def index_command(
     store: StoreOpt = DEFAULT_STORE_PATH,
     as_json: JsonOpt = False,
 ) -> None:
-    """Build or incrementally update the FAISS index of one vector set (cosine similarity)."""
+    """Build or incrementally update the FAISS index of one vector set (cosine similarity), and save its
+    re-ranking data, which `similar` and `evaluate` re-rank with by default (needed on large collections)."""
     from mess.search.ann import KINDS
     from mess.search.index import build_index
     from mess.search.vectors import VectorSpec, load_vectors, vectors_label
