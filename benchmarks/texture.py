@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality as Q  # noqa: E402
 
 from mess.audio.windows import WindowPolicy  # noqa: E402
-from mess.constants import DEFAULT_NORM  # noqa: E402
 from mess.datasets.soundtracks import fetch_soundtracks  # noqa: E402
 from mess.extract.prepare import decode_windows, inspect_file  # noqa: E402
 from mess.models.musicnn.model import SAMPLE_RATE, MusicnnModel, input_patches  # noqa: E402
@@ -252,8 +251,9 @@ def load(data: Path, store: Path, cache_path: Path) -> tuple[Q.Backend, np.ndarr
 
 
 def unit(blocks: list[np.ndarray]) -> np.ndarray:
-    """The default preprocessing: per-dimension z-score on the collection, L2 per block, concatenated."""
-    return Q.unit_vectors([b.astype(np.float32) for b in blocks], DEFAULT_NORM)
+    """The default preprocessing when this study was run (zscore: per-dimension z-score on the collection, L2 per
+    block, concatenated)."""
+    return Q.unit_vectors([b.astype(np.float32) for b in blocks], "zscore")
 
 
 def sim(x: np.ndarray, expand: bool) -> np.ndarray:
