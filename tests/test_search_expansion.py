@@ -37,7 +37,7 @@ def test_similar_with_expansion_ranks_as_evaluation_does_and_scores_stay_cosines
     expanded = expand_collection(unit, 3)
     for row in (0, len(unit) // 2, len(unit) - 1):
         tid = int(vs.ids[row])
-        got = similar_tracks(fs, run, collection_query(fs, tid), 5, expand=3, rerank=False)
+        got = similar_tracks(fs, run, collection_query(fs, tid), 5, expand=3, ranking="plain")
         ranking = np.maximum(expanded[row] @ unit.T, unit[row] @ unit.T)  # never below the plain cosine
         ranking[row] = -np.inf
         want = vs.ids[np.argsort(-ranking, kind="stable")[:5]]
@@ -46,7 +46,7 @@ def test_similar_with_expansion_ranks_as_evaluation_does_and_scores_stay_cosines
         assert np.allclose([n.score for n in got], unit[rows] @ unit[row], atol=1e-5)
         assert np.allclose([n.adjusted for n in got], ranking[rows], atol=1e-5)
         assert all(n.adjusted is not None for n in got)
-        default = similar_tracks(fs, run, collection_query(fs, tid), 5, rerank=False)  # plain: expanded by 3
+        default = similar_tracks(fs, run, collection_query(fs, tid), 5, ranking="plain")  # plain: expanded by 3
         assert [(n.track.id, n.adjusted) for n in default] == [(n.track.id, n.adjusted) for n in got]
 
 
@@ -80,8 +80,8 @@ def test_evaluate_reports_expanded_cosine_alongside_the_plain_one(extracted_stor
     try:
         run = fs.run("musicnn-msd")
         plain = evaluate(fs, run, "composer", expand=0)
-        expanded = evaluate(fs, run, "composer", expand=3, rerank=False)
-        default = evaluate(fs, run, "composer", rerank=False)  # the plain ranking expands by 3
+        expanded = evaluate(fs, run, "composer", expand=3, ranking="plain")
+        default = evaluate(fs, run, "composer", ranking="plain")  # the plain ranking expands by 3
     finally:
         fs.close()
     assert [s.scores for s in default.sets] == [s.scores for s in expanded.sets]
@@ -100,12 +100,12 @@ def test_http_similar_with_expansion_answers_as_the_library(extracted_store: Pat
     try:
         run = fs.run("musicnn-msd")
         tid = fs.tracks(run)[0].id
-        want = similar_tracks(fs, run, collection_query(fs, tid), 4, expand=3, rerank=False)
+        want = similar_tracks(fs, run, collection_query(fs, tid), 4, expand=3, ranking="plain")
     finally:
         fs.close()
     with TestClient(base_url="http://127.0.0.1", app=create_app(extracted_store)) as client:
         body = client.get(f"/api/tracks/{tid}/similar", params={"model": "musicnn-msd", "k": 4, "expand": 3,
-                                                                 "rerank": False}).json()
+                                                                 "ranking": "plain"}).json()
         bad = client.get(f"/api/tracks/{tid}/similar", params={"expand": -1})
     assert [r["id"] for r in body["results"]] == [n.track.id for n in want]
     assert [r["adjusted"] for r in body["results"]] == pytest.approx([n.adjusted for n in want], abs=1e-5)
@@ -135,7 +135,7 @@ def test_expansion_never_pushes_a_near_copy_of_the_query_down(tmp_path: Path) ->
                                            "composer": None}))
             store.write_vectors(run, [TrackVectors(f"h{i}", [vector], [vector[None]], [0.0])])
         # norm "none": only L2 normalisation, so the library sees the geometry computed above
-        got = similar_tracks(store, run, query, k=5, norm="none", expand=3, rerank=False)
+        got = similar_tracks(store, run, query, k=5, norm="none", expand=3, ranking="plain")
     finally:
         store.close()
     assert got[0].track.id == ids[0]

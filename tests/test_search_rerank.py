@@ -1,5 +1,5 @@
 """Re-ranking (DBA, expansion, k-reciprocal) and power normalisation: the library against direct computations of
-their definitions, and `similar --rerank` against `evaluate --rerank` on real extracted music."""
+their definitions, and `similar --ranking reranked` against `evaluate --ranking reranked` on real extracted music."""
 
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def test_similar_with_rerank_ranks_a_collection_query_as_evaluate_does(
     msd: tuple[FeatureStore, Run, VectorSet],
 ) -> None:
     """Every labelled track queried through `similar_tracks`; the mean AP of those rankings is the all-layers row of
-    `evaluate(..., rerank=True)`, and each ranking is the re-ranking of the augmented, expanded scores."""
+    `evaluate(..., ranking="reranked")`, and each ranking is the re-ranking of the augmented, expanded scores."""
     fs, run, vs = msd
     labels = track_labels(fs.tracks(run), "composer")
     ids = np.array([i for i in vs.ids if int(i) in labels])
@@ -123,7 +123,8 @@ def test_similar_with_rerank_ranks_a_collection_query_as_evaluate_does(
     direct = k_reciprocal(expanded_scores(augmented @ augmented.T, expand_collection(augmented, 3) @ augmented.T))
     scores = np.zeros((len(ids), len(ids)))
     for q, tid in enumerate(ids):
-        got = similar_tracks(fs, run, collection_query(fs, int(tid)), len(vs.ids), norm="power", rerank=True)
+        got = similar_tracks(fs, run, collection_query(fs, int(tid)), len(vs.ids), norm="power",
+                             ranking="reranked")
         row = int(vs.rows(np.array([tid]))[0])
         want = vs.ids[np.argsort(-np.where(vs.ids == tid, -np.inf, direct[row]), kind="stable")][:-1]
         assert [n.track.id for n in got] == want.tolist()
@@ -133,7 +134,7 @@ def test_similar_with_rerank_ranks_a_collection_query_as_evaluate_does(
     _, inverse, counts = np.unique(item_labels, return_inverse=True, return_counts=True)
     queries = np.flatnonzero(counts[inverse] >= 2)
     ap = average_precision(ranked_relevance(scores[queries], item_labels[queries], item_labels, queries))
-    ev = evaluate(fs, run, "composer", norm="power", rerank=True)
+    ev = evaluate(fs, run, "composer", norm="power", ranking="reranked")
     row = next(s for s in ev.sets if s.kind == "all")
     assert row.metric == "cosine, re-ranked (DBA + k-reciprocal)"
     assert row.scores.map == pytest.approx(float(ap.mean()), abs=1e-9)
@@ -142,7 +143,7 @@ def test_similar_with_rerank_ranks_a_collection_query_as_evaluate_does(
 def test_rerank_answers_a_file_from_outside_the_collection(msd: tuple[FeatureStore, Run, VectorSet]) -> None:
     fs, run, vs = msd
     raw = vs.raw[3] * 1.01  # a louder copy of track 3, as an outside file's vector
-    got = similar_tracks(fs, run, raw, 5, norm="power", rerank=True)
+    got = similar_tracks(fs, run, raw, 5, norm="power", ranking="reranked")
     assert got[0].track.id == int(vs.ids[3])
     adjusted = [n.adjusted for n in got]
     assert all(a is not None and np.isfinite(a) for a in adjusted) and adjusted == sorted(adjusted, reverse=True)
@@ -160,7 +161,7 @@ def test_a_noisy_copy_of_each_track_finds_it_first(msd: tuple[FeatureStore, Run,
         raw = vs.raw[row] * (1 + 0.02 * rng.standard_normal(vs.raw.shape[1])).astype(np.float32)
         q = vs.prep.apply(raw)
         demoted += int(np.argmax(reranker.outside(q)[0]) != row)  # re-ranking alone
-        got = similar_tracks(fs, run, raw, 3, norm="power", rerank=True)
+        got = similar_tracks(fs, run, raw, 3, norm="power", ranking="reranked")
         assert got[0].track.id == int(tid)
         assert [n.adjusted for n in got] == sorted((n.adjusted for n in got), reverse=True)  # type: ignore[type-var]
     assert demoted > 0  # what the rule is for: re-ranking alone demotes some copies
@@ -175,10 +176,10 @@ def test_rerank_refuses_what_it_cannot_combine_with(msd: tuple[FeatureStore, Run
                                                     message: str) -> None:
     fs, run, vs = msd
     with pytest.raises(ValueError, match=message):
-        similar_tracks(fs, run, collection_query(fs, int(vs.ids[0])), 3, rerank=True, **options)
+        similar_tracks(fs, run, collection_query(fs, int(vs.ids[0])), 3, ranking="reranked", **options)
     if "hubness" not in options:
         with pytest.raises(ValueError, match=message):
-            evaluate(fs, run, "composer", rerank=True, **options)
+            evaluate(fs, run, "composer", ranking="reranked", **options)
 
 
 def test_cli_rerank_options_and_one_line_errors(extracted_store: Path, tmp_path: Path) -> None:
@@ -186,20 +187,21 @@ def test_cli_rerank_options_and_one_line_errors(extracted_store: Path, tmp_path:
     register(app)
     runner = CliRunner()
     store = str(extracted_store)
-    out = runner.invoke(app, ["similar", "1", "--model", "musicnn-msd", "-k", "3", "--norm", "power", "--rerank",
-                              "--store", store, "--json"])
+    out = runner.invoke(app, ["similar", "1", "--model", "musicnn-msd", "-k", "3", "--norm", "power", "--ranking",
+                              "reranked", "--store", store, "--json"])
     assert out.exit_code == 0, out.output
     data = json.loads(out.stdout)
-    assert data["rerank"] and data["norm"] == "power" and len(data["results"]) == 3
+    assert data["ranking"] == "reranked" and data["norm"] == "power" and len(data["results"]) == 3
     assert all(r["adjusted"] is not None for r in data["results"])
     out = runner.invoke(app, ["evaluate", "--model", "musicnn-msd", "--label", "composer", "--norm", "power",
-                              "--rerank", "--store", store, "--plot", str(tmp_path / "q.png"), "--json"])
+                              "--ranking", "reranked", "--store", store, "--plot", str(tmp_path / "q.png"), "--json"])
     assert out.exit_code == 0, out.output
     assert {s["metric"] for s in json.loads(out.stdout)["sets"]} == {"cosine, re-ranked (DBA + k-reciprocal)"}
     for extra in (["--match", "segments"], ["--hubness", "mp"], ["--expand", "0"]):
-        out = runner.invoke(app, ["similar", "1", "--model", "musicnn-msd", "--rerank", *extra, "--store", store])
+        out = runner.invoke(app, ["similar", "1", "--model", "musicnn-msd", "--ranking", "reranked", *extra,
+                                  "--store", store])
         assert out.exit_code != 0
-        assert "--rerank" in out.output and len(out.output.strip().splitlines()) == 1, out.output
+        assert "--ranking reranked" in out.output and len(out.output.strip().splitlines()) == 1, out.output
 
 
 def test_http_similar_with_rerank_answers_as_the_library(extracted_store: Path) -> None:
@@ -211,13 +213,14 @@ def test_http_similar_with_rerank_answers_as_the_library(extracted_store: Path) 
     try:
         run = fs.run("musicnn-msd")
         tid = fs.tracks(run)[0].id
-        want = similar_tracks(fs, run, collection_query(fs, tid), 4, norm="power", rerank=True)
+        want = similar_tracks(fs, run, collection_query(fs, tid), 4, norm="power", ranking="reranked")
     finally:
         fs.close()
     url = f"/api/tracks/{tid}/similar"
     with TestClient(base_url="http://127.0.0.1", app=create_app(extracted_store)) as client:
-        body = client.get(url, params={"model": "musicnn-msd", "k": 4, "norm": "power", "rerank": True}).json()
-        both = client.get(url, params={"model": "musicnn-msd", "rerank": True, "hubness": "mp"})
+        body = client.get(url, params={"model": "musicnn-msd", "k": 4, "norm": "power",
+                                       "ranking": "reranked"}).json()
+        both = client.get(url, params={"model": "musicnn-msd", "ranking": "reranked", "hubness": "mp"})
         bad_norm = client.get(url, params={"model": "musicnn-msd", "norm": "cube"})
     assert [r["id"] for r in body["results"]] == [n.track.id for n in want]
     assert [r["adjusted"] for r in body["results"]] == pytest.approx([n.adjusted for n in want], abs=1e-5)

@@ -63,7 +63,7 @@ def _assert_same(a: Reranker, b: Reranker) -> None:
 
 
 def _ranking(fs: FeatureStore, run: Run, tid: int, notes: list[str] | None = None) -> list[int]:
-    got = similar_tracks(fs, run, collection_query(fs, tid), 8, norm="power", rerank=True,
+    got = similar_tracks(fs, run, collection_query(fs, tid), 8, norm="power", ranking="reranked",
                          on_note=None if notes is None else notes.append)
     return [n.track.id for n in got]
 
@@ -82,7 +82,7 @@ def test_saved_reranker_answers_exactly_as_one_built_in_memory(store: tuple[Feat
     fs, run = store
     monkeypatch.setattr(rerank_store, "IN_MEMORY_TRACKS", 0)  # every collection is "large": the note shows the path
     vs = load_vectors(fs, run, POWER)
-    in_memory = evaluate(fs, run, "composer", norm="power", rerank=True)
+    in_memory = evaluate(fs, run, "composer", norm="power", ranking="reranked")
     _, report = build_index(fs, vs, rerank=True)
     assert report.rerank == "built" and report.rerank_path == rerank_path(fs, run, vs.spec)
     assert report.rerank_nbytes == report.rerank_path.stat().st_size > 0
@@ -98,7 +98,7 @@ def test_saved_reranker_answers_exactly_as_one_built_in_memory(store: tuple[Feat
         assert _ranking(other, other.run("musicnn-msd"), tid, notes) == _direct_ranking(fs, run, tid)
         assert notes == []  # answered from the saved data: nothing built
         assert load_reranker(other, load_vectors(other, other.run("musicnn-msd"), POWER)).top.k == 10
-        loaded = evaluate(other, other.run("musicnn-msd"), "composer", norm="power", rerank=True)
+        loaded = evaluate(other, other.run("musicnn-msd"), "composer", norm="power", ranking="reranked")
         assert [s.scores for s in loaded.sets] == [s.scores for s in in_memory.sets]  # its all-layers set: saved
     finally:
         other.close()
@@ -123,7 +123,7 @@ def test_after_a_track_is_added_the_saved_data_is_stale_and_repair_removes_it(
     notes: list[str] = []
     tid = int(vs.ids[4])
     assert _ranking(fs, run, tid, notes) == _direct_ranking(fs, run, tid)  # built afresh, the new track in it
-    assert len(notes) == 1 and "mess index --model musicnn-msd --norm power --rerank" in notes[0]
+    assert len(notes) == 1 and "mess index --model musicnn-msd --norm power`" in notes[0]
     health = check_store(fs.root)
     assert health.stale == [path]  # the index itself is updated in place, not stale
     assert {"kind": "stale-index", "run": None, "damage": False,
@@ -179,7 +179,8 @@ def test_index_rerank_in_a_process_then_similar_rerank_ranks_as_the_library(stor
     built = mess("index", "--model", "musicnn-msd", "--norm", "power", "--rerank")
     assert built["rerank"] == "built" and Path(built["rerank_path"]).is_file()
     tid = int(fs.tracks(run)[6].id)
-    answer = mess("similar", str(tid), "-k", "8", "--model", "musicnn-msd", "--norm", "power", "--rerank")
+    answer = mess("similar", str(tid), "-k", "8", "--model", "musicnn-msd", "--norm", "power", "--ranking",
+                  "reranked")
     assert [r["id"] for r in answer["results"]] == _direct_ranking(fs, run, tid) == _ranking(fs, run, tid)
     assert answer["notes"] == []
     assert mess("index", "--model", "musicnn-msd", "--norm", "power", "--rerank")["rerank"] == "unchanged"
@@ -191,11 +192,11 @@ def test_similar_notes_once_that_index_rerank_saves_the_data(store: tuple[Featur
     monkeypatch.setattr(rerank_store, "IN_MEMORY_TRACKS", 0)
     app = typer.Typer()
     register(app)
-    args = ["similar", "2", "-k", "3", "--model", "musicnn-msd", "--norm", "power", "--rerank", "--store",
-            str(fs.root)]
+    args = ["similar", "2", "-k", "3", "--model", "musicnn-msd", "--norm", "power", "--ranking", "reranked",
+            "--store", str(fs.root)]
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0, out.output
-    assert out.output.count("note:") == 1 and "mess index --model musicnn-msd --norm power --rerank" in out.output
+    assert out.output.count("note:") == 1 and "mess index --model musicnn-msd --norm power`" in out.output
     assert "Traceback" not in out.output
     out = CliRunner().invoke(app, ["index", "--model", "musicnn-msd", "--norm", "power", "--rerank", "--store",
                                    str(fs.root)])

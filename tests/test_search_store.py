@@ -64,11 +64,10 @@ def _hashes(store: FeatureStore, ids: np.ndarray) -> list[str]:
 
 
 def _unit(store: FeatureStore, run: Run, layer: str) -> tuple[np.ndarray, np.ndarray]:
-    """Track ids and one layer's unit vectors computed here: signed fourth roots, z-scored per dimension (the default
-    norm, power), then L2."""
+    """Track ids and one layer's unit vectors computed here: z-scored per dimension (the default norm of one layer),
+    then L2."""
     ids, raw = store.layer_matrix(run, layer)
-    x = np.sign(raw) * np.abs(raw) ** 0.25
-    x = (x - x.mean(axis=0)) / x.std(axis=0)
+    x = (raw - raw.mean(axis=0)) / raw.std(axis=0)
     return ids, x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
@@ -163,7 +162,7 @@ def test_neighbours_are_the_exact_nearest_by_an_independent_cosine(
         others = np.flatnonzero(ids != qid)
         query = resolve_query(store, str(qid), run)
         for k in (1, 5, n + 10):  # k beyond the collection: every other track once, never the query
-            results = similar_tracks(store, run, query, k=k, layer=layer, expand=0)
+            results = similar_tracks(store, run, query, k=k, layer=layer, expand=0, norm="zscore")
             assert len(results) == min(k, n - 1)
             assert len({r.track.id for r in results}) == len(results) and qid not in {r.track.id for r in results}
             _assert_ranked_as(results, ids[others], cos[q, others], [r.score for r in results])
@@ -358,10 +357,8 @@ def test_fused_vectors_are_searched_and_evaluated(synth: tuple[FeatureStore, Run
     ids, l2 = store.layer_matrix(run, "l2")
     store.write_derived(run, "fused", _hashes(store, ids), l2[:, ::-1].copy(), {"note": "reversed l2"})
     query = resolve_query(store, "7", run)
-    # fused vectors are never z-scored; plain cosines (re-ranked scores of these near-identical cosines tie, and
-    # rounding orders the ties)
-    fused = similar_tracks(store, run, query, k=4, fused=True, rerank=False)
-    plain = similar_tracks(store, run, query, k=4, layer="l2", norm="none", rerank=False)
+    fused = similar_tracks(store, run, query, k=4, fused=True)  # fused vectors are never z-scored
+    plain = similar_tracks(store, run, query, k=4, layer="l2", norm="none")
     assert [n.track.id for n in fused] == [n.track.id for n in plain]  # a permutation of dims keeps cosines
     assert [n.score for n in fused] == pytest.approx([n.score for n in plain], abs=1e-5)
     # the same vectors as fused give the same evaluation (a permutation would reorder exact ties, such as

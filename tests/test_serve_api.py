@@ -277,8 +277,9 @@ def test_similar_tracks_match_the_search_library_with_why(client: TestClient, st
 
 
 def test_similar_says_which_ranking_it_used(client: TestClient, store: FeatureStore) -> None:
-    """The default re-ranks a small collection (as `rerank=true`); `rerank=false` is the plain ranking; hubness by
-    default ranks by hubness without an error, with `rerank=true` it is a 400. ``rerank`` says which was used."""
+    """The default augments all layers of a small collection (as `ranking=augmented`); `ranking=plain` is the plain
+    ranking; hubness by default ranks by hubness without an error, with an exact ranking it is a 400; one layer ranks
+    plain. ``ranking`` says which was used."""
     run = store.run("dsp")
     tid = store.tracks(run)[2].id
 
@@ -292,11 +293,12 @@ def test_similar_says_which_ranking_it_used(client: TestClient, store: FeatureSt
         return ([r["id"] for r in answer["results"]] == [n.track.id for n in want]
                 and [r["adjusted"] for r in answer["results"]] == pytest.approx([n.adjusted for n in want], abs=1e-5))
 
-    default, plain, hub = ask(), ask(rerank=False), ask(hubness="csls")
-    assert (default["rerank"], plain["rerank"], hub["rerank"]) == (True, False, False)
-    assert same(default, rerank=True) and same(plain, rerank=False) and same(hub, hubness="csls")
-    assert not same(default, rerank=False)
-    both = client.get(f"/api/tracks/{tid}/similar", params={"hubness": "csls", "rerank": True})
+    default, plain, hub, layer = ask(), ask(ranking="plain"), ask(hubness="csls"), ask(layer="mfcc")
+    assert [a["ranking"] for a in (default, plain, hub, layer)] == ["augmented", "plain", "plain", "plain"]
+    assert same(default, ranking="augmented") and same(plain, ranking="plain") and same(hub, hubness="csls")
+    assert not same(default, ranking="plain") and same(layer, layer="mfcc", ranking="plain")
+    assert client.get(f"/api/tracks/{tid}/similar", params={"ranking": "best"}).status_code == 400
+    both = client.get(f"/api/tracks/{tid}/similar", params={"hubness": "csls", "ranking": "reranked"})
     assert both.status_code == 400 and "two re-rankings" in both.json()["detail"]
 
 
@@ -310,11 +312,10 @@ def test_map_is_the_pca_of_the_search_vectors(client: TestClient, store: Feature
     run = store.run("dsp")
     data = client.get("/api/map", params={"layer": "rhythm"}).json()
     assert data["method"] == "pca" and len(built) == 1
-    # the reference, computed here: signed fourth roots, z-scored (the default norm, power) unit rhythm vectors of
-    # the stored tracks, their two principal axes (SVD), each axis signed so its largest extreme is positive, all
-    # scaled by the largest |coordinate|
+    # the reference, computed here: z-scored (the default norm of one layer) unit rhythm vectors of the stored
+    # tracks, their two principal axes (SVD), each axis signed so its largest extreme is positive, all scaled by the
+    # largest |coordinate|
     ids, raw = store.layer_matrix(run, "rhythm")
-    raw = np.sign(raw) * np.abs(raw) ** 0.25
     std = raw.std(axis=0)
     x = (raw - raw.mean(axis=0)) / np.maximum(std, ZSCORE_FLOOR * std.mean())
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -710,10 +711,11 @@ def test_upload_finds_the_original_and_places_it_on_the_map(client: TestClient, 
     assert answer.status_code == 200, answer.text
     data = answer.json()
     assert data["query"]["external"] is True and data["query"]["file"] == "mine.wav"
-    # re-ranked (12 tracks): the same artist's takes sit at cosine 0.985-0.988 here, so their re-ranked scores tie
-    # within 1e-5 and any may come first; the original is the nearest by cosine
-    assert data["rerank"] is True and data["notes"] == []
-    assert max(data["results"], key=lambda r: r["score"])["id"] == original.id
+    assert data["ranking"] == "plain" and data["notes"] == []  # one layer: the plain ranking
+    assert data["results"][0]["id"] == original.id and data["results"][0]["score"] > data["results"][1]["score"]
+    whole = client.post("/api/similar/upload", params={"k": 3},  # all layers: the augmented ranking
+                        files={"file": ("mine.wav", buffer.getvalue(), "audio/wav")}).json()
+    assert whole["ranking"] == "augmented" and len(whole["results"]) == 3
     same = client.post("/api/similar/upload", params={"k": 3},
                        files={"file": ("copy.flac", Path(original.path).read_bytes(), "audio/flac")}).json()
     assert same["query"]["external"] is False and same["query"]["id"] == original.id and same["warnings"] == []
@@ -729,22 +731,26 @@ def test_upload_finds_the_original_and_places_it_on_the_map(client: TestClient, 
 
 def test_an_upload_can_be_re_ranked(client: TestClient, store: FeatureStore, uploads_dir: Path,
                                     tmp_path: Path) -> None:
-    """`rerank` and `norm` on an upload: the file is augmented from its nearest tracks and re-ranked as `mess
-    similar FILE --norm power --rerank` ranks it (re-ranking does not promise a near-copy first: docs/search.md)."""
+    """`ranking` and `norm` on an upload: the file is augmented from its nearest tracks and re-ranked as `mess
+    similar FILE --norm power --ranking reranked` ranks it; an unknown ranking is refused before the upload."""
     original = store.tracks()[5]
     audio, sr = sf.read(original.path, dtype="float32")
     copy = tmp_path / "mine.wav"
     sf.write(copy, 0.8 * audio, sr, format="WAV")
-    answer = client.post("/api/similar/upload", params={"k": 3, "layer": "mfcc", "norm": "power", "rerank": True},
+    params = {"k": 3, "layer": "mfcc", "norm": "power", "ranking": "reranked"}
+    answer = client.post("/api/similar/upload", params=params,
                          files={"file": ("mine.wav", copy.read_bytes(), "audio/wav")})
     assert answer.status_code == 200, answer.text
     results = answer.json()["results"]
     run = store.run()
     want = similar_tracks(store, run, resolve_query(store, copy, run), 3, layer="mfcc", norm="power",
-                          rerank=True)
+                          ranking="reranked")
     assert [r["id"] for r in results] == [n.track.id for n in want] and original.id in [r["id"] for r in results]
     assert [r["adjusted"] for r in results] == pytest.approx([n.adjusted for n in want], abs=1e-6)  # re-ranked scores
     assert [r["adjusted"] for r in results] == sorted((r["adjusted"] for r in results), reverse=True)
+    bad = client.post("/api/similar/upload", params={"ranking": "best"},
+                      files={"file": ("mine.wav", copy.read_bytes(), "audio/wav")})
+    assert bad.status_code == 400 and "unknown ranking" in bad.json()["detail"]
     assert _uploads_left(uploads_dir) == set()
 
 

@@ -14,8 +14,8 @@ VectorKind = Literal["layer", "group", "aspect", "fused", "learned", "all"]
 FUSED: VectorKind = "fused"  # vectors of `mess fuse apply`, stored as the run's derived set of this name
 LEARNED: VectorKind = "learned"  # the head shipped for a model (mess.models.head), applied to all layers
 
-DEFAULT_NORM: Final = "power"  # signed |x|^0.25, per-dimension z-scores, then L2 per layer; with re-ranking the best
-# ranking on real soundtracks, chosen by leave-one-game-out (docs/quality.md)
+DEFAULT_NORM: Final = "auto"  # power + z-scores for all layers together, z-scores for one layer: chosen on real
+# soundtracks (docs/quality.md; mess.search.vectors.resolved_norm)
 
 PROBE_KINDS = ("ridge", "mlp")  # `mess probe --probe`: each writes its own report (see mess.store.reports)
 

@@ -34,19 +34,18 @@ NormOpt = Annotated[
     str,
     typer.Option(
         "--norm",
-        help="Per-dimension preprocessing before L2 normalisation: power (signed |x|^0.25, then zscore; the "
-        "default), zscore, center or none.",
+        help="Per-dimension preprocessing before L2 normalisation: auto (the default: power for all layers, zscore "
+        "for one layer or aspect), power (signed |x|^0.25, then zscore), zscore, center or none.",
     ),
 ]
-RerankOpt = Annotated[
-    bool | None,
+RankingOpt = Annotated[
+    str,
     typer.Option(
-        "--rerank/--no-rerank",
-        help="Re-rank: database-side augmentation, query expansion and k-reciprocal re-ranking (exact; the best "
-        "ranking on real soundtracks, docs/quality.md). Default: on, unless --match segments, --hubness or another "
-        "--expand is asked for, or the collection is too large to build the data quickly and `mess index` has not "
-        "saved it (docs/search.md).",
-        show_default=False,
+        "--ranking",
+        help="auto (the default: augmented for all layers, plain otherwise or when a large collection has no data "
+        "saved by `mess index`), plain (cosine, expanded), augmented (database-side augmentation, then expansion; "
+        "the best on held-out soundtracks, docs/quality.md) or reranked (then k-reciprocal re-ranking). The last "
+        "two are exact, and not with --match segments, --hubness or another --expand.",
     ),
 ]
 MatchOpt = Annotated[
@@ -155,7 +154,7 @@ def similar_command(
     norm: NormOpt = DEFAULT_NORM,
     match: MatchOpt = "mean",
     expand: ExpandOpt = None,
-    rerank: RerankOpt = None,
+    ranking: RankingOpt = "auto",
     store: StoreOpt = DEFAULT_STORE_PATH,
     as_json: JsonOpt = False,
 ) -> None:
@@ -164,7 +163,7 @@ def similar_command(
     from mess.search.expansion import expansion
     from mess.search.hubness import METHODS
     from mess.search.query import ENCODED_R2, aspect_layers, similar_tracks, stale_aspect_map, weak_aspects
-    from mess.search.rerank_store import rerank_choice
+    from mess.search.rerank_store import ranking_choice
     from mess.search.vectors import VectorSpec, load_vectors, vectors_label
 
     if hubness is not None and hubness not in METHODS:
@@ -176,11 +175,11 @@ def similar_command(
         tq = resolve_query(fs, query, run)
         with failing(ValueError):
             vs = load_vectors(fs, run, VectorSpec.from_options(layer, aspect, fused, cast("Norm", norm), learned))
-            rerank = rerank_choice(fs, vs, rerank, match, hubness, expand, notes.append)  # the answer says which
+            ranking = ranking_choice(fs, vs, ranking, match, hubness, expand, notes.append)  # the answer says which
             results = similar_tracks(fs, run, tq, k, layer=layer, aspect=aspect, fused=fused,
                                      exclude_same_artist=exclude_same_artist, hubness=hubness,
                                      norm=cast("Norm", norm), learned=learned, match=match, expand=expand,
-                                     rerank=rerank, on_note=notes.append)
+                                     ranking=ranking, on_note=notes.append)
         source, _ = aspect_layers(fs, run)
         weak = weak_aspects(fs, run)
         stale = stale_aspect_map(fs, run) if aspect or source == "aspects" else None
@@ -188,7 +187,7 @@ def similar_command(
         unembedded = len(fs.unembedded(run))
     answer = {"query": {"label": tq.label, "id": tq.track.id if tq.track else None, "external": tq.track is None},
               "model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "norm": vs.spec.norm,
-              "match": match, "hubness": hubness, "expand": expand, "rerank": rerank, "why_source": source,
+              "match": match, "hubness": hubness, "expand": expand, "ranking": ranking, "why_source": source,
               "weak_aspects": weak, "stale_aspect_map": stale, "tracks_without_fused_vectors": unfused,
               "files_not_embedded": unembedded, "norm_note": vs.norm_note, "notes": notes}
     if as_json:
@@ -205,8 +204,9 @@ def _print_similar(answer: dict, results: list[Neighbour]) -> None:
     table = Table(title=plain(f"like {answer['query']['label']}  [{model}, {answer['vectors']}]"))
     for col, justify in (("#", "right"), ("id", "right"), ("track", "left"), ("score", "right")):
         table.add_column(col, justify=cast("JustifyMethod", justify))
-    if hubness or expand or answer["rerank"]:
-        table.add_column(hubness or ("re-ranked" if answer["rerank"] else "expanded"), justify="right")
+    if hubness or expand or answer["ranking"] != "plain":
+        column = {"augmented": "augmented", "reranked": "re-ranked"}.get(answer["ranking"], "expanded")
+        table.add_column(hubness or column, justify="right")
     table.add_column("why")
     for rank, n in enumerate(results, start=1):
         why = "; ".join(n.reasons_text())
@@ -253,7 +253,7 @@ def evaluate_command(
     ] = False,
     match: MatchOpt = "mean",
     expand: ExpandOpt = None,
-    rerank: RerankOpt = None,
+    ranking: RankingOpt = "auto",
     plot: Annotated[
         Path | None, typer.Option("--plot", help="PNG path (default: STORE/reports/evaluate-MODEL-runID-LABEL.png, "
                                                  "with --labels evaluate-MODEL-runID-labels-FILE-LABEL.png).")
@@ -276,7 +276,7 @@ def evaluate_command(
                 console.print(f"[yellow]note:[/] {plain(note)}")
             ev = evaluate(fs, run, label, k, labels=label_file.labels if label_file else None,
                           labels_from=labels.name if labels else None,
-                          norm=cast("Norm", norm), compare=compare, match=match, expand=expand, rerank=rerank)
+                          norm=cast("Norm", norm), compare=compare, match=match, expand=expand, ranking=ranking)
         target = plot or fs.reports_dir / _plot_name(run, label, labels)
         try:
             png, unplotted = plot_evaluation(ev, target), None

@@ -31,10 +31,10 @@ from mess.search.metrics import (
     precision_at_k,
     ranked_relevance,
 )
-from mess.search.rerank import Reranker, check_rerank
-from mess.search.rerank_store import load_reranker, rerank_choice
+from mess.search.rerank import expanded_rows
+from mess.search.rerank_store import Ranking, check_ranking, load_augmentation, load_reranker, ranking_choice
 from mess.search.segments import chamfer_rows, check_match, read_segments
-from mess.search.vectors import Norm, VectorSpec, fused_norm, has_learned_head, load_vectors
+from mess.search.vectors import Norm, VectorSet, VectorSpec, fused_norm, has_learned_head, load_vectors
 from mess.store import FeatureStore, Run, StoreError, Track
 from mess.store.fused import fused_run_problem
 from mess.store.paths import replace_file
@@ -199,7 +199,7 @@ def evaluate(
     seed: int = 0,
     match: str = "mean",
     expand: int | None = None,
-    rerank: bool | None = None,
+    ranking: str = "auto",
 ) -> Evaluation:
     """Score every layer, all layers together, and the fused vectors and learned head (when present)
     by retrieval of same-label tracks. ``labels`` (from ``labels_from``, a file name) replace the ``field`` tags.
@@ -209,12 +209,11 @@ def evaluate(
     some labelled tracks have none (extracted since `mess fuse apply`): ``tracks_without_fused_vectors`` counts
     them; and when they were made for another run of the model (``fused_note`` says why). ``expand`` > 0 ranks
     with alpha-query expansion over that many neighbours (:mod:`mess.search.expansion`; cosine sets only; None =
-    the default, 3 for mean matching). ``rerank`` ranks as ``mess similar`` does (True: DBA, expansion and
-    k-reciprocal re-ranking over the whole collection, :mod:`mess.search.rerank`, mean matching only; False: plain;
-    None: each set as :func:`mess.search.rerank_store.rerank_choice` decides, a set ranked plain noted in ``notes``).
+    the default, 3 for mean matching). ``ranking`` ranks each set as ``mess similar`` does (plain, augmented or
+    re-ranked over the whole collection; "auto": as :func:`mess.search.rerank_store.ranking_choice` decides for
+    each set, a set ranked plain for its size noted in ``notes``).
     """
-    if rerank:
-        check_rerank(check_match(match), None, expand)
+    check_ranking(ranking, match, None, expand)
     asked_expand, expand = expand, expansion(check_match(match), expand)
     notes: list[str] = []
     tracks = store.tracks(run)
@@ -254,10 +253,9 @@ def evaluate(
                     name, spec.kind, "chamfer", None, partial(chamfer_rows, seg), labels_arr, queries, k
                 )
             )
-        elif rerank_choice(store, vs, rerank, match, None, asked_expand, notes.append):
-            metric = "cosine, re-ranked (DBA + k-reciprocal)"
-            sim = _reranked(load_reranker(store, vs), keep)
-            sets.append(_score(name, spec.kind, metric, None, sim, labels_arr, queries, k))
+        elif (chosen := ranking_choice(store, vs, ranking, match, None, asked_expand, notes.append)) != "plain":
+            metric = "cosine, re-ranked (DBA + k-reciprocal)" if chosen == "reranked" else "cosine, augmented (DBA)"
+            sets.append(_score(name, spec.kind, metric, None, _exact(store, vs, chosen, keep), labels_arr, queries, k))
         else:
             metric = f"cosine, expanded ({expand})" if expand else "cosine"
             # expanded as `mess similar` does: from the nearest tracks of the whole collection, labelled or not
@@ -309,10 +307,15 @@ def _cosine(unit: np.ndarray, expanded: np.ndarray | None = None) -> SimFn:
     return lambda rows: expanded_scores(unit[rows] @ unit.T, expanded[rows] @ unit.T)
 
 
-def _reranked(reranker: Reranker, keep: np.ndarray) -> SimFn:
-    """Re-ranked score rows of the kept (labelled) tracks against each other, re-ranked over the whole collection."""
+def _exact(store: FeatureStore, vs: VectorSet, ranking: Ranking, keep: np.ndarray) -> SimFn:
+    """Augmented or re-ranked scores of labelled rows (``keep`` of the set) against the labelled rows, over the
+    whole collection's neighbour data, as ``mess similar`` ranks."""
     rows = np.flatnonzero(keep)
-    return lambda sub: reranker.rows(rows[sub])[:, keep]
+    if ranking == "reranked":
+        reranker = load_reranker(store, vs)
+        return lambda sub: reranker.rows(rows[sub])[:, keep]
+    aug = load_augmentation(store, vs)
+    return lambda sub: expanded_rows(vs.unit(), aug, rows[sub])[:, keep]
 
 
 def _similarity(metric: str, hub: str | None, unit: np.ndarray, shifted: np.ndarray, k: int) -> SimFn:

@@ -26,12 +26,13 @@ import numpy as np
 
 from mess.audio.names import credit_key
 from mess.constants import DEFAULT_NORM, ENCODED_R2, FUSED, LEARNED
+from mess.search.augment import augmented_outside
 from mess.search.expansion import expand as expand_queries
 from mess.search.expansion import expanded_scores, expansion
 from mess.search.hubness import HubnessReducer
 from mess.search.index import CollectionIndex, open_index
-from mess.search.rerank import copy_first
-from mess.search.rerank_store import load_reranker, rerank_choice
+from mess.search.rerank import copy_first, expanded_rows
+from mess.search.rerank_store import Ranking, load_augmentation, load_reranker, ranking_choice
 from mess.search.segments import chamfer_scores, check_match, read_segments
 from mess.search.vectors import (
     Norm,
@@ -139,7 +140,7 @@ def similar_tracks(
     learned: bool = False,
     match: str = "mean",
     expand: int | None = None,
-    rerank: bool | None = None,
+    ranking: str = "auto",
     on_note: Callable[[str], None] | None = None,
 ) -> list[Neighbour]:
     """The ``k`` collection tracks most similar to ``query`` (cosine, best first).
@@ -157,12 +158,13 @@ def similar_tracks(
         expand: rank by the query expanded with its ``expand`` nearest tracks (:mod:`mess.search.expansion`;
             None = 3 for mean matching, 0 for segments); ``score`` stays the cosine to the query itself,
             ``adjusted`` holds the ranking score (the better of that and the cosine to the expanded query).
-        rerank: rank by database-side augmentation, expansion and k-reciprocal re-ranking
-            (:mod:`mess.search.rerank`; exact, mean matching only, no hubness); ``adjusted`` holds that score.
-            The collection's re-ranking data saved by ``mess index`` is used when current. None (the default):
-            re-rank unless another ranking was asked for or a large collection has no saved data
-            (:func:`mess.search.rerank_store.rerank_choice`, which says which ranking this call uses).
-        on_note: hears a one-line note (a large collection's re-ranking data built in memory, or not saved).
+        ranking: "plain" (cosine, expanded as ``expand`` says), "augmented" (database-side augmentation, then
+            expansion: :mod:`mess.search.augment`), "reranked" (then k-reciprocal re-ranking:
+            :mod:`mess.search.rerank`); the last two are exact, mean matching only, no hubness, and ``adjusted``
+            holds their score. "auto" (the default): augmented for all layers unless another ranking was asked for
+            or a large collection has no saved data (:func:`mess.search.rerank_store.ranking_choice`, which says
+            which ranking a call uses). Data saved by ``mess index`` is used when current.
+        on_note: hears a one-line note (a large collection's data built in memory, or not saved).
 
     The query's own track never appears; tracks with the same content or cosine >= 0.9999
     are flagged as duplicates. ``why`` / ``why_percentile`` are filled for TrackQuery inputs.
@@ -173,10 +175,10 @@ def similar_tracks(
     vs = load_vectors(store, run, spec, tracks)
     tq = query if isinstance(query, TrackQuery) else None
     exclude = _excluded(tracks, tq, exclude_same_artist)
-    rerank = rerank_choice(store, vs, rerank, match, hubness, expand, on_note)
+    chosen = ranking_choice(store, vs, ranking, match, hubness, expand, on_note)
     expand = expansion(check_match(match), expand)
-    if rerank:
-        sims, ids, adjusted = _reranked_neighbours(store, vs, query, exclude, k, on_note)
+    if chosen != "plain":
+        sims, ids, adjusted = _exact_neighbours(store, vs, query, exclude, k, chosen, on_note)
     elif match == "segments":
         if tq is None or hubness or expand:
             raise ValueError("--match segments needs a track or audio file as query, and no --hubness or --expand")
@@ -241,24 +243,29 @@ def _index_neighbours(
     return sims, ids, adjusted
 
 
-def _reranked_neighbours(
+def _exact_neighbours(
     store: FeatureStore, vs: VectorSet, query: TrackQuery | np.ndarray, exclude: set[int], k: int,
-    on_note: Callable[[str], None] | None = None,
+    ranking: Ranking, on_note: Callable[[str], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ``k`` best tracks by re-ranked score (:mod:`mess.search.rerank`), best first: cosines to the query,
-    ids, re-ranked scores. Excluded tracks are left out of the answer, not out of the collection's graph."""
-    reranker = load_reranker(store, vs, on_note)
+    """The ``k`` best tracks by augmented or re-ranked score, best first: cosines to the query, ids, scores.
+    Excluded tracks are left out of the answer, not out of the collection's neighbour data."""
     tq = query if isinstance(query, TrackQuery) else None
     if tq is not None and tq.track is not None:
         if tq.track.id not in vs:
             raise no_vectors(store, vs.run, tq.track, fused=vs.spec.kind == FUSED)
         row = vs.rows(np.array([tq.track.id]))
-        scores = reranker.rows(row)[0]
         plain = vs.unit() @ vs.unit()[row[0]]
+        if ranking == "reranked":
+            scores = load_reranker(store, vs, on_note).rows(row)[0]
+        else:
+            scores = expanded_rows(vs.unit(), load_augmentation(store, vs), row)[0]
     else:
         q = vs.prep.apply(_raw_vector(store, vs, tq) if tq is not None else np.asarray(query, dtype=np.float32))
         plain = vs.unit() @ q[0]
-        scores = copy_first(reranker.outside(q)[0], plain)
+        if ranking == "reranked":
+            scores = copy_first(load_reranker(store, vs, on_note).outside(q)[0], plain, 0.0)
+        else:
+            scores = copy_first(augmented_outside(vs.unit(), load_augmentation(store, vs), q[0])[1], plain, 1.0)
     scores[np.isin(vs.ids, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))] = -np.inf
     order = np.argsort(-scores, kind="stable")[:k]
     order = order[np.isfinite(scores[order])]

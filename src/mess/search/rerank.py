@@ -183,18 +183,18 @@ class Reranker:
         return scores[0]
 
 
-def copy_first(scores: np.ndarray, cosines: np.ndarray, gap: float = COPY_GAP) -> np.ndarray:
-    """An outside query's re-ranked ``scores`` [n] with its near-copy first: the track nearest to it in plain
-    ``cosines`` [n], when at least ``gap`` nearer than the next, gets the query's own score (0, the best a
-    re-ranked score can be). Re-ranking alone can put other tracks of a copy's neighbourhood above it; the
-    default ranking never does."""
+def copy_first(scores: np.ndarray, cosines: np.ndarray, own: float, gap: float = COPY_GAP) -> np.ndarray:
+    """An outside query's augmented or re-ranked ``scores`` [n] with its near-copy first: the track nearest to it in
+    plain ``cosines`` [n], when at least ``gap`` nearer than the next, gets the query's ``own`` score (the best a
+    score of that ranking can be: 1 augmented, 0 re-ranked). Augmentation and re-ranking can put other tracks of a
+    copy's neighbourhood above it; the plain ranking never does."""
     if len(cosines) < 2:
         return scores
     first, second = np.argsort(-cosines, kind="stable")[:2]
     if cosines[first] - cosines[second] < gap:
         return scores
     out = scores.copy()
-    out[first] = 0.0
+    out[first] = own
     return out
 
 
@@ -308,16 +308,6 @@ def mixed(scores: np.ndarray, recip_rows: sparse.csr_matrix, recip: sparse.csc_m
         mins[0, col] = shared
     jac = 1.0 - mins / (2.0 - mins)
     return -(jac * (1.0 - lam) + orig * lam)
-
-
-def check_rerank(match: str, hubness: str | None = None, expand: int | None = None) -> None:
-    """ValueError (one line) for options re-ranking cannot be combined with."""
-    if match != "mean":
-        raise ValueError("--rerank works on track vectors: use it with --match mean, not segments")
-    if hubness:
-        raise ValueError("--rerank and --hubness are two re-rankings: choose one")
-    if expand not in (None, EXPAND_K):
-        raise ValueError(f"--rerank expands queries itself (with {EXPAND_K} tracks): leave out --expand")
 
 
 def collection_reranker(store: FeatureStore, vs: VectorSet) -> Reranker:

@@ -9,8 +9,9 @@ constants. It is one file, replaced whole, so a reader never meets parts of two 
 
 :func:`load_reranker` answers from it only when all of that matches the vectors now, and otherwise builds in
 memory as without it; ``mess check`` reports a file that no longer matches, or cannot be read, as a stale index,
-and ``mess check --repair`` deletes it (:func:`stale_rerankers`). :func:`rerank_choice` decides whether a ranking
-re-ranks: the default does when the data is saved and current or quick to build (:data:`IN_MEMORY_TRACKS`).
+and ``mess check --repair`` deletes it (:func:`stale_rerankers`). :func:`ranking_choice` decides which ranking a
+search uses: the default's augmented ranking of all layers needs only the augmentation, read from the saved data
+when current or built when quick to build (:data:`IN_MEMORY_TRACKS`; :func:`load_augmentation`).
 """
 
 from __future__ import annotations
@@ -19,15 +20,16 @@ import io
 import shlex
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import Literal, cast
 
 import numpy as np
 from scipy import sparse
 
 from mess.constants import FUSED, LEARNED, NPZ_ERRORS, VectorKind
+from mess.search.augment import build_augmentation
 from mess.search.expansion import EXPAND_ALPHA, EXPAND_K
 from mess.search.graph import NeighbourGraph
-from mess.search.rerank import DBA_K, K1, K2, LAMBDA, Augmentation, Reranker, check_rerank, collection_reranker
+from mess.search.rerank import DBA_K, K1, K2, LAMBDA, Augmentation, Reranker, collection_reranker
 from mess.search.segments import check_match
 from mess.search.vectors import Norm, Preprocessor, VectorSet, VectorSpec, load_vectors
 from mess.store import FeatureStore, Run, StoreError
@@ -35,7 +37,9 @@ from mess.store.paths import replace_file
 
 SUFFIX = ".rerank.npz"
 FORMAT = 1
-IN_MEMORY_TRACKS = 5000  # the most tracks re-ranking data is built for unasked (about 10 s at 5,000 x 5,000 dims)
+IN_MEMORY_TRACKS = 5000  # the most tracks the default builds augmentation data for unasked (seconds at 5,000 tracks)
+RANKINGS = ("auto", "plain", "augmented", "reranked")
+Ranking = Literal["plain", "augmented", "reranked"]
 CHECKSUM_TOLERANCE = 1e-4  # per row sum of unit vectors: float rounding on another machine, not another vector
 
 
@@ -156,25 +160,47 @@ def _built(store: FeatureStore, vs: VectorSet, on_note: Callable[[str], None] | 
     return collection_reranker(store, vs)
 
 
-def rerank_choice(store: FeatureStore, vs: VectorSet, rerank: bool | None, match: str = "mean",
-                  hubness: str | None = None, expand: int | None = None,
-                  on_note: Callable[[str], None] | None = None) -> bool:
-    """Whether a ranking of ``vs`` re-ranks. True: yes (ValueError, one line, for options it does not combine
-    with); False: no. None (the default): yes when no other ranking was asked for (mean matching, no hubness, the
-    default expansion) and :func:`load_reranker` needs no long build (the data saved and current, or at most
-    :data:`IN_MEMORY_TRACKS` tracks); a large set without saved data ranks plain, and ``on_note`` hears why."""
-    if rerank:
-        check_rerank(check_match(match), hubness, expand)
-    if rerank is not None:
-        return rerank
-    if match != "mean" or hubness or expand not in (None, EXPAND_K):
-        return False
+def check_ranking(ranking: str, match: str = "mean", hubness: str | None = None, expand: int | None = None) -> None:
+    """ValueError (one line) for an unknown ranking, or options an augmented or re-ranked one cannot combine with."""
+    if ranking not in RANKINGS:
+        raise ValueError(f"unknown ranking {ranking!r}; choose one of {', '.join(RANKINGS)}")
+    if ranking in ("augmented", "reranked"):
+        if check_match(match) != "mean":
+            raise ValueError(f"--ranking {ranking} works on track vectors: use it with --match mean, not segments")
+        if hubness:
+            raise ValueError(f"--ranking {ranking} and --hubness are two re-rankings: choose one")
+        if expand not in (None, EXPAND_K):
+            raise ValueError(f"--ranking {ranking} expands queries itself (with {EXPAND_K} tracks): leave out --expand")
+
+
+def ranking_choice(store: FeatureStore, vs: VectorSet, ranking: str = "auto", match: str = "mean",
+                   hubness: str | None = None, expand: int | None = None,
+                   on_note: Callable[[str], None] | None = None) -> Ranking:
+    """The ranking a search of ``vs`` uses. "plain", "augmented" or "reranked" as asked (ValueError, one line, for
+    options they do not combine with); "auto" (the default): augmented for all layers together when no other
+    ranking was asked for (mean matching, no hubness, the default expansion) and its data needs no long build
+    (saved and current, or at most :data:`IN_MEMORY_TRACKS` tracks), else plain (``on_note`` hears why when the
+    size was the reason). One layer or aspect ranks plain: augmentation was measured on all layers only."""
+    check_ranking(ranking, match, hubness, expand)
+    if ranking != "auto":
+        return cast("Ranking", ranking)
+    if vs.spec.kind != "all" or match != "mean" or hubness or expand not in (None, EXPAND_K):
+        return "plain"
     if len(vs.ids) <= IN_MEMORY_TRACKS or saved_reranker(store, vs) is not None:
-        return True
+        return "augmented"
     if on_note is not None:
-        on_note(f"plain ranking: re-ranking {len(vs.ids)} tracks needs data that takes minutes to build at this size; "
-                f"`{index_hint(vs)}` saves it, and later commands re-rank")
-    return False
+        on_note(f"plain ranking: the augmented ranking of {len(vs.ids)} tracks needs data that takes minutes to "
+                f"build at this size; `{index_hint(vs)}` saves it, and later commands use it")
+    return "plain"
+
+
+def load_augmentation(store: FeatureStore, vs: VectorSet) -> Augmentation:
+    """The database-side augmentation of a vector set: the saved re-ranking data's when current, else built in
+    memory (:func:`mess.search.augment.build_augmentation`) and memoised until its tracks or contents change."""
+    saved = saved_reranker(store, vs)
+    if saved is not None:
+        return saved.aug
+    return store.cached(("augmentation", vs.fingerprint), lambda: build_augmentation(vs.unit()))
 
 
 def index_hint(vs: VectorSet) -> str:
@@ -182,7 +208,7 @@ def index_hint(vs: VectorSet) -> str:
     spec = vs.spec
     option = {"layer": f" --layer {shlex.quote(spec.name)}", "aspect": f" --aspect {shlex.quote(spec.name)}",
               FUSED: " --fused", LEARNED: " --learned"}.get(spec.kind, "")
-    return f"mess index --model {shlex.quote(vs.run.model)}{option} --norm {spec.norm} --rerank"
+    return f"mess index --model {shlex.quote(vs.run.model)}{option} --norm {spec.norm}"
 
 
 def stale_rerankers(store: FeatureStore) -> list[Path]:

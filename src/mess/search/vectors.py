@@ -30,12 +30,12 @@ from mess.store import FeatureStore, Run, StoreError, Track, TrackList
 from mess.store.fused import fused_matrix
 from mess.store.memo import MEMO
 
-Norm = Literal["none", "center", "zscore", "power"]
+Norm = Literal["none", "center", "zscore", "power", "auto"]
 # z-scoring divides a dimension by at least this fraction of its layer's mean spread: a nearly constant dimension
 # (a dead unit) would otherwise turn a new track's tiny deviation into the largest coordinate of its vector
 ZSCORE_FLOOR = 0.01
 BASE_NORMS: tuple[Norm, ...] = ("none", "center", "zscore")  # the per-dimension ones (no power)
-NORMS: tuple[Norm, ...] = (*BASE_NORMS, "power")
+NORMS: tuple[Norm, ...] = (*BASE_NORMS, "power", "auto")
 # "power": every raw dimension through signed |x|^POWER first (tames the few large activations that dominate a
 # cosine), then z-scores; with re-ranking on real soundtracks in docs/quality.md
 POWER = 0.25
@@ -44,6 +44,16 @@ POWER = 0.25
 # at 8 the bias is -0.14 and below the spread of real pairs, and a per-dimension std from fewer samples is noise
 MIN_FIT_TRACKS = 8
 T = TypeVar("T")
+
+
+def resolved_norm(kind: VectorKind, norm: Norm) -> Norm:
+    """The normalisation a vector set of ``kind`` gets for ``norm``: "auto" (the default) is power for all layers
+    together and z-scores for one layer, aspect, group or the learned head (power helps the all-layer vector with
+    database-side augmentation, and costs single layers up to 17% on real soundtracks: docs/quality.md); fused vectors
+    never z-score (:func:`fused_norm`)."""
+    if norm == "auto":
+        norm = "power" if kind == "all" else "zscore"
+    return fused_norm(norm) if kind == FUSED else norm
 
 
 def fused_norm(norm: Norm) -> Norm:
@@ -59,7 +69,10 @@ class VectorSpec:
 
     kind: VectorKind
     name: str = ""  # layer, aspect, or '+'-joined layer names of a group
-    norm: Norm = DEFAULT_NORM
+    norm: Norm = DEFAULT_NORM  # "auto" is resolved on construction (:func:`resolved_norm`)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "norm", resolved_norm(self.kind, self.norm))
 
     @classmethod
     def from_options(
@@ -81,7 +94,7 @@ class VectorSpec:
             return cls("aspect", aspect, norm)
         if learned:
             return cls(LEARNED, "", norm)
-        return cls(FUSED, "", fused_norm(norm)) if fused else cls("all", "", norm)
+        return cls(FUSED if fused else "all", "", norm)
 
     @property
     def slug(self) -> str:

@@ -27,7 +27,7 @@ from mess.search.query import (
     stale_aspect_map,
     weak_aspects,
 )
-from mess.search.rerank_store import rerank_choice
+from mess.search.rerank_store import Ranking, check_ranking, ranking_choice
 from mess.search.vectors import Norm, VectorSpec, from_tracks, load_vectors, vectors_label
 from mess.serve.errors import without_paths
 from mess.serve.mapping import collection_map
@@ -43,10 +43,11 @@ ExcludeArtist = Annotated[bool, Query(description="Leave out tracks by the query
 Hubness = Annotated[str | None, Blank, Query(description="Re-rank against hub tracks: csls or mp.")]
 Expand = Annotated[int | None, Query(ge=0, le=50, description="Query expansion over this many nearest tracks "
                                                              "(0 = off; default 3).")]
-Rerank = Annotated[bool | None, Blank, Query(
-    description="Re-rank: database-side augmentation, query expansion and k-reciprocal re-ranking (exact; not with "
-                "hubness or another expand). Default: re-ranked unless hubness or another expand is asked for, or a "
-                "large collection has no re-ranking data saved by `mess index`; the answer's rerank says which.")]
+RankingParam = Annotated[str, Query(
+    description="auto (default: augmented for all layers, plain otherwise or when a large collection has no data "
+                "saved by `mess index`), plain, augmented (database-side augmentation, then expansion) or reranked "
+                "(then k-reciprocal re-ranking); the last two exact, not with hubness or another expand. The "
+                "answer's ranking says which was used.")]
 NormParam = Annotated[str, Query(description="Per-dimension preprocessing: power (default), zscore, center or none.")]
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": [FIELD],
@@ -54,10 +55,10 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
 
 
 def _answer(state: ServeState, run: Run, query: dict, results: list[Neighbour], layer: str | None,
-            aspect: str | None, fused: bool, learned: bool, norm: str, ranking: Ranking) -> dict:
+            aspect: str | None, fused: bool, learned: bool, norm: str, ranking: Chosen) -> dict:
     source, specs = aspect_layers(state.store, run)
     return {"query": query, "model": run.model, "vectors": vectors_label(layer, aspect, fused, learned),
-            "rerank": ranking.rerank, "notes": ranking.notes,
+            "ranking": ranking.ranking, "notes": ranking.notes,
             "why_source": source, "why_words": {g: listener_words(g) for g in specs},
             "weak_aspects": weak_aspects(state.store, run), "encoded_threshold": ENCODED_R2,
             "stale_aspect_map": stale_aspect_map(state.store, run) if aspect or source == "aspects" else None,
@@ -70,9 +71,10 @@ def _answer(state: ServeState, run: Run, query: dict, results: list[Neighbour], 
 def similar(track_id: TrackId, state: State, model: Model = None, layer: Layer = None, aspect: Aspect = None,
             fused: Fused = False, k: K = 10, exclude_same_artist: ExcludeArtist = False,
             hubness: Hubness = None, learned: Learned = False, expand: Expand = None, norm: NormParam = DEFAULT_NORM,
-            rerank: Rerank = None) -> dict:
+            ranking: RankingParam = "auto") -> dict:
     """Cosine neighbours; ``why`` holds the similarity in each aspect's layer and ``why_percentile``
-    how unusual that closeness is within the collection. When re-ranked (``rerank`` in the answer) each result's
+    how unusual that closeness is within the collection. When augmented or re-ranked (``ranking`` in the answer) each
+    result's
     ``adjusted`` is its re-ranked score (what the order follows)."""
     if hubness is not None and hubness not in HUBNESS_METHODS:
         raise HTTPException(400, f"unknown hubness reduction {hubness!r}; choose {' or '.join(HUBNESS_METHODS)}")
@@ -82,14 +84,14 @@ def similar(track_id: TrackId, state: State, model: Model = None, layer: Layer =
         spec = vector_spec(state.store, run, layer, aspect, fused, learned, norm)
         tq = collection_query(state.store, track_id)
         try:
-            ranking = _ranking(state, run, spec, rerank, hubness, expand)
+            chosen = _ranking(state, run, spec, ranking, hubness, expand)
             results = similar_tracks(state.store, run, tq, k, layer=layer, aspect=aspect, fused=fused,
                                      exclude_same_artist=exclude_same_artist, hubness=hubness, learned=learned,
-                                     expand=expand, norm=cast("Norm", norm), rerank=ranking.rerank)
-        except ValueError as exc:  # options that do not combine (rerank with hubness or another expand)
+                                     expand=expand, norm=cast("Norm", norm), ranking=chosen.ranking)
+        except ValueError as exc:  # options that do not combine (a ranking with hubness or another expand)
             raise HTTPException(400, str(exc).replace("--", "")) from None
         return _answer(state, run, {"label": tq.label, "external": False, **track_dict(track)},
-                       results, layer, aspect, fused, learned, norm, ranking)
+                       results, layer, aspect, fused, learned, norm, chosen)
 
 
 @router.post("/similar/upload", summary="Upload an audio file and get the most similar tracks",
@@ -100,7 +102,7 @@ def similar(track_id: TrackId, state: State, model: Model = None, layer: Layer =
 async def similar_upload(request: Request, state: State, model: Model = None, layer: Layer = None,
                          aspect: Aspect = None, fused: Fused = False, k: K = 10,
                          exclude_same_artist: ExcludeArtist = False, learned: Learned = False,
-                         norm: NormParam = DEFAULT_NORM, rerank: Rerank = None) -> dict:
+                         norm: NormParam = DEFAULT_NORM, ranking: RankingParam = "auto") -> dict:
     """Embed the file (in a separate process, with the run's model and window policy) and search.
 
     An upload whose content is already in the collection is answered as that track.
@@ -108,6 +110,10 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
     `mess similar FILE` would warn of (a file sampled below half the model's rate, one too long to
     analyse whole); empty when none.
     """
+    try:
+        check_ranking(ranking)  # before the upload is received and embedded
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
     def prepare() -> tuple[FeatureStore, Run, VectorSpec, dict[str, str] | None]:
         with state.lock:
             run = state.run(model)
@@ -137,10 +143,10 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
             label = f"{artist} - {embedded.tags['title'] or file_title(saved.filename)}" if artist else saved.filename
             tq = external_query(state.store, run, label, embedded.content_hash, embedded.layers, (), artist)
             same = tq.track
-            ranking = _ranking(state, run, spec, rerank)
+            chosen = _ranking(state, run, spec, ranking)
             results = similar_tracks(state.store, run, tq, k, layer=layer, aspect=aspect, fused=fused,
                                      exclude_same_artist=exclude_same_artist, learned=learned,
-                                     norm=cast("Norm", norm), rerank=ranking.rerank)
+                                     norm=cast("Norm", norm), ranking=chosen.ranking)
             vs = load_vectors(state.store, run, spec)
             cmap = state.store.cached(("map", run.id, spec, vs.fingerprint), lambda: collection_map(vs))
             if same is not None and same.id in vs:  # cmap was made from this vector set (same fingerprint)
@@ -150,29 +156,28 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
             query = {"label": tq.label, "external": same is None, "id": same.id if same else None,
                      "artist": tq.artist,
                      "file": saved.filename, "bytes": saved.size, "x": round(float(x), 5), "y": round(float(y), 5)}
-            return {**_answer(state, run, query, results, layer, aspect, fused, learned, norm, ranking),
+            return {**_answer(state, run, query, results, layer, aspect, fused, learned, norm, chosen),
                     "warnings": embedded.warnings}
 
     return await run_in_threadpool(search)
 
 
 @dataclass(frozen=True)
-class Ranking:
-    """Which ranking an answer used, and the note on why it is not re-ranked (a large collection without saved
-    re-ranking data)."""
+class Chosen:
+    """Which ranking an answer used, and the note on why it is plain (a large collection without saved data)."""
 
-    rerank: bool
+    ranking: Ranking
     notes: list[str]
 
 
-def _ranking(state: ServeState, run: Run, spec: VectorSpec, rerank: bool | None, hubness: str | None = None,
-             expand: int | None = None) -> Ranking:
-    """The ranking a request gets (:func:`mess.search.rerank_store.rerank_choice`); ValueError for options that
+def _ranking(state: ServeState, run: Run, spec: VectorSpec, ranking: str, hubness: str | None = None,
+             expand: int | None = None) -> Chosen:
+    """The ranking a request gets (:func:`mess.search.rerank_store.ranking_choice`); ValueError for options that
     do not combine."""
     notes: list[str] = []
-    chosen = rerank_choice(state.store, load_vectors(state.store, run, spec), rerank, "mean", hubness, expand,
-                           notes.append)
-    return Ranking(chosen, notes)
+    chosen = ranking_choice(state.store, load_vectors(state.store, run, spec), ranking, "mean", hubness, expand,
+                            notes.append)
+    return Chosen(chosen, notes)
 
 
 def _run_again(state: ServeState, embedded_as: Run) -> Run:
