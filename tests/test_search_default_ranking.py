@@ -80,7 +80,7 @@ def test_above_the_limit_without_saved_data_the_default_is_plain_with_one_note(s
     tid = fs.tracks(run)[3].id
     notes: list[str] = []
     assert _answer(fs, run, tid, notes) == _answer(fs, run, tid, ranking="plain")
-    assert len(notes) == 1 and HINT in notes[0] and "minutes" in notes[0]
+    assert len(notes) == 1 and HINT in notes[0] and "tens of seconds" in notes[0]
     asked: list[str] = []  # asked for, it is built in memory
     assert _answer(fs, run, tid, asked, ranking="augmented") == _answer(fs, run, tid, norm="power",
                                                                         ranking="augmented")

@@ -10,17 +10,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
+from scipy import sparse
 from typer.testing import CliRunner
 
 from mess.cli.search import register
+from mess.search import graph
 from mess.search.evaluate import evaluate, track_labels
 from mess.search.expansion import expand_collection, expanded_scores
-from mess.search.graph import TOP_BY_ARGMAX, neighbour_graph, top_columns
+from mess.search.graph import TOP_BY_ARGMAX, gram, neighbour_graph, top_columns
 from mess.search.metrics import average_precision, ranked_relevance
 from mess.search.query import collection_query, similar_tracks
-from mess.search.rerank import Augmentation, build_reranker, expanded_rows
+from mess.search.rerank import Augmentation, build_reranker, expanded_rows, shared_weights
 from mess.search.vectors import POWER, Preprocessor, VectorSet, VectorSpec, load_vectors
 from mess.store import FeatureStore, Run
+
+
+@pytest.fixture(params=["whole", "blocks"])
+def held(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Builds that hold the n x n scores whole, then builds in row blocks (as beyond graph.GRAM_BYTES)."""
+    if request.param == "blocks":
+        monkeypatch.setattr(graph, "GRAM_BYTES", 0)
+    return str(request.param)
 
 
 def clusters(n: int = 36, dim: int = 12, seed: int = 0) -> np.ndarray:
@@ -31,7 +41,7 @@ def clusters(n: int = 36, dim: int = 12, seed: int = 0) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def test_graph_lists_each_rows_nearest_other_rows_best_first() -> None:
+def test_graph_lists_each_rows_nearest_other_rows_best_first(held: str) -> None:
     unit = clusters()
     sims = unit @ unit.T
     np.fill_diagonal(sims, -np.inf)
@@ -77,7 +87,7 @@ def k_reciprocal(s: np.ndarray, k1: int = 10, k2: int = 3, lam: float = 0.3) -> 
     return -(jaccard * (1 - lam) + orig * lam)
 
 
-def test_k_reciprocal_reranking_equals_its_formula_over_the_expanded_augmented_scores() -> None:
+def test_k_reciprocal_reranking_equals_its_formula_over_the_expanded_augmented_scores(held: str) -> None:
     unit = clusters()
     augmented = expand_collection(unit, 3, 1.0)
     scores = expanded_scores(augmented @ augmented.T, expand_collection(augmented, 3, 1.0) @ augmented.T)
@@ -85,6 +95,38 @@ def test_k_reciprocal_reranking_equals_its_formula_over_the_expanded_augmented_s
                                              np.arange(len(unit))), scores, atol=1e-5)
     got = build_reranker(unit).rows(np.arange(len(unit)))
     np.testing.assert_allclose(got, k_reciprocal(scores), atol=1e-5)
+
+
+def test_whole_and_row_block_builds_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build that holds the n x n scores and the one in row blocks: the same lists, the same vectors."""
+    unit = clusters(300, 40, seed=3)
+    whole = build_reranker(unit)
+    monkeypatch.setattr(graph, "GRAM_BYTES", 0)
+    blocks = build_reranker(unit)
+    for a, b in ((whole.aug.rows, blocks.aug.rows), (whole.top.rows, blocks.top.rows), (whole.qe_rows, blocks.qe_rows)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(whole.top.scores, blocks.top.scores, atol=1e-5)
+    np.testing.assert_allclose(whole.top.lowest, blocks.top.lowest, atol=1e-5)
+    np.testing.assert_allclose(whole.recip.toarray(), blocks.recip.toarray(), atol=1e-6)
+
+
+@pytest.mark.parametrize("dim", [1, 7, 300])
+def test_gram_is_every_product_of_the_vectors(dim: int) -> None:
+    x = np.random.default_rng(dim).standard_normal((257, dim)).astype(np.float32)
+    got = gram(x, block=50)
+    assert got.flags.c_contiguous and got.dtype == np.float32
+    np.testing.assert_array_equal(got, got.T)
+    np.testing.assert_allclose(got, x @ x.T, rtol=1e-5, atol=1e-4)
+
+
+def test_shared_weights_sum_the_smaller_of_each_tracks_two_weights() -> None:
+    rng = np.random.default_rng(4)
+    collection = sparse.random(40, 40, density=0.2, random_state=rng, format="csr")
+    queries = sparse.random(6, 40, density=0.3, random_state=rng, format="lil")
+    queries[2] = 0  # a query with no weights
+    queries = queries.tocsr()
+    want = np.minimum(queries.toarray()[:, None, :], collection.toarray()[None]).sum(axis=2)
+    np.testing.assert_allclose(shared_weights(queries, collection.tocsc()), want, atol=1e-12)
 
 
 def test_power_normalisation_is_zscores_of_signed_roots() -> None:
@@ -243,7 +285,7 @@ def test_top_columns_are_a_stable_sort_of_each_row(k: int) -> None:
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 11])
-def test_rerank_on_collections_smaller_than_its_neighbour_lists(n: int) -> None:
+def test_rerank_on_collections_smaller_than_its_neighbour_lists(n: int, held: str) -> None:
     unit = clusters(n)
     reranker = build_reranker(unit)
     scores = reranker.rows(np.arange(n))

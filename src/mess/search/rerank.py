@@ -11,9 +11,11 @@ Three unsupervised steps on the collection's own vectors (docs/quality.md, issue
    by the better of its score to the augmented query and to that query expanded with its 3 nearest tracks.
 3. k-reciprocal re-ranking (Zhong et al., CVPR 2017, k1 = 10, k2 = 3, lambda = 0.3) of those scores: the
    Jaccard distance of the tracks' k-reciprocal neighbourhoods, mixed with the (row-normalised) distance
-   ``2 - 2 score``. It needs every track's neighbour list under the scores of step 2: one exact pass over
-   the collection, kept in :class:`Reranker` (memoised per vector set; ``mess index --rerank`` saves it beside
-   the index, :mod:`mess.search.rerank_store`).
+   ``2 - 2 score``. It needs every track's neighbour list under the scores of step 2, kept in :class:`Reranker`
+   (memoised per vector set; ``mess index --rerank`` saves it beside the index, :mod:`mess.search.rerank_store`).
+   Building it costs half a product of the collection with itself while n x n scores fit in memory
+   (:func:`mess.search.graph.fits_whole`): the cosines by BLAS syrk, of which the augmented and expanded
+   scores are sparse mixes, in place (:class:`HeldScores`); else three products in row blocks (:class:`BlockScores`).
 
 A query that is a collection track is its own augmented vector, exactly as every track of the
 collection is. Scores here are exact (no index): each query costs a product with the whole collection.
@@ -23,12 +25,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Protocol
 
 import numpy as np
 from scipy import sparse
 
 from mess.search.expansion import EXPAND_ALPHA, EXPAND_K, expand
-from mess.search.graph import NeighbourGraph, collection_graph, neighbour_graph, score_graph, top_columns
+from mess.search.graph import (
+    CHUNK,
+    NeighbourGraph,
+    fits_whole,
+    gram,
+    held_graph,
+    neighbour_graph,
+    score_graph,
+    top_columns,
+)
 from mess.search.vectors import VectorSet
 from mess.store import FeatureStore
 
@@ -56,8 +68,7 @@ class Augmentation:
         weights = (np.maximum(graph.scores, 0.0) ** alpha).astype(np.float32)
         sums = cls(graph.rows, weights, np.ones(len(unit), dtype=np.float32))  # norms of 1: its vectors are the sums
         norms = np.empty(len(unit), dtype=np.float32)
-        for start in range(0, len(unit), 4096):
-            rows = np.arange(start, min(start + 4096, len(unit)))
+        for rows in _blocks(len(unit)):
             norms[rows] = np.linalg.norm(sums.vectors(unit, rows), axis=1)
         return cls(graph.rows, weights, np.maximum(norms, 1e-12))
 
@@ -65,6 +76,13 @@ class Augmentation:
         """The augmented unit vectors [m, dim] of collection rows."""
         summed = unit[rows] + np.einsum("mk,mkd->md", self.weights[rows], unit[self.rows[rows]])
         return summed / self.norms[rows, None]
+
+    def matrix(self, unit: np.ndarray) -> np.ndarray:
+        """Every track's augmented unit vector [n, dim] (:meth:`vectors` of all rows, in blocks)."""
+        out = np.empty(unit.shape, dtype=np.float32)
+        for rows in _blocks(len(unit)):
+            out[rows] = self.vectors(unit, rows)
+        return out
 
     def scores(self, cosines: np.ndarray) -> np.ndarray:
         """Scores [m, n] of queries against the augmented vectors, from their cosines [m, n] to the plain ones."""
@@ -200,76 +218,181 @@ def copy_first(scores: np.ndarray, cosines: np.ndarray, own: float, gap: float =
 
 def expanded_rows(unit: np.ndarray, aug: Augmentation, rows: np.ndarray) -> np.ndarray:
     """Scores [m, n] of collection rows against the collection after DBA and query expansion."""
-    return _expanded(unit, aug, rows)[0]
-
-
-def _expanded(unit: np.ndarray, aug: Augmentation, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`expanded_rows`, with the rows [m, k] and scores [m, k] of the tracks each query was expanded with."""
     a = aug.vectors(unit, rows)
     plain = aug.scores(a @ unit.T)
     near = top_columns(plain, rows, min(EXPAND_K, len(unit) - 1))
-    sims = np.take_along_axis(plain, near, axis=1)
     neighbours = aug.vectors(unit, near.ravel()).reshape(len(rows), near.shape[1], unit.shape[1])
-    e = expand(a, neighbours, sims, EXPAND_ALPHA)
-    return np.maximum(plain, aug.scores(e @ unit.T)), near, sims
-
-
-def pair_scores(r: Reranker, i: int, cols: np.ndarray) -> np.ndarray:
-    """Scores of collection row ``i`` against rows ``cols`` after DBA and expansion (as :func:`expanded_rows`)."""
-    targets = r.aug.vectors(r.unit, cols)
-    return np.maximum(targets @ r.aug.vectors(r.unit, np.array([i]))[0], targets @ r.expanded(i))
+    e = expand(a, neighbours, np.take_along_axis(plain, near, axis=1), EXPAND_ALPHA)
+    return np.maximum(plain, aug.scores(e @ unit.T))
 
 
 def build_reranker(unit: np.ndarray, k1: int = K1, k2: int = K2, lam: float = LAMBDA) -> Reranker:
-    """The :class:`Reranker` of unit vectors [n, dim]: two exact passes over the collection in row blocks (the
-    DBA graph: one product; the expanded augmented scores: two), then the k-reciprocal vectors."""
-    aug = Augmentation.from_graph(unit, neighbour_graph(unit, DBA_K))
-    return _reranker(unit, aug, k1, k2, lam)
+    """The :class:`Reranker` of unit vectors [n, dim]: the DBA graph, every track's neighbours under the expanded
+    augmented scores (:func:`expanded_graph`), then the k-reciprocal vectors."""
+    if fits_whole(len(unit)):
+        cosines = gram(unit)
+        aug = Augmentation.from_graph(unit, held_graph(cosines, DBA_K))
+        scores: AugmentedScores = HeldScores.of(aug, cosines)
+    else:
+        aug = Augmentation.from_graph(unit, neighbour_graph(unit, DBA_K))
+        scores = BlockScores(aug.matrix(unit))
+    top, qe_rows, qe_scores = expanded_graph(scores, len(unit), k1)
+    v0 = reciprocal_vectors(scores, top, qe_rows, qe_scores)
+    return Reranker(unit, aug, top, qe_rows, qe_scores, averaged(v0, top, k2), v0, lam, k2)
 
 
-def _reranker(unit: np.ndarray, aug: Augmentation, k1: int, k2: int, lam: float) -> Reranker:
-    n = len(unit)
+class AugmentedScores(Protocol):
+    """Scores between a collection's augmented unit vectors: plain, and from each row's expanded vector (as
+    :func:`expanded_rows`: with its ``near`` rows [m, k], whose plain scores are ``sims`` [m, k])."""
+
+    def plain(self, rows: np.ndarray) -> np.ndarray:
+        """Scores [m, n] of rows against every augmented vector."""
+
+    def expanded(self, rows: np.ndarray, near: np.ndarray, sims: np.ndarray) -> np.ndarray:
+        """Scores [m, n] of the rows' expanded vectors against every augmented vector."""
+
+    def pairs(self, rows: np.ndarray, cols: np.ndarray, near: np.ndarray, sims: np.ndarray) -> np.ndarray:
+        """Scores [p] (the better of plain and expanded) of ``rows`` [p] against ``cols`` [p]; ``near`` and ``sims``
+        [p, k] are each row's."""
+
+
+@dataclass(frozen=True)
+class HeldScores:
+    """Augmented scores held whole: ``scores`` [n, n] of every augmented vector against every other, made in place
+    from the cosines of the plain vectors. An augmented vector is a weighted sum of plain ones, so its scores are
+    the same sums of cosines (the columns mixed in row blocks, then the rows in column blocks), and an expanded
+    vector's scores are a weighted sum of rows of ``scores``."""
+
+    scores: np.ndarray
+
+    @classmethod
+    def of(cls, aug: Augmentation, cosines: np.ndarray) -> HeldScores:
+        """The scores of an augmentation, from the cosines [n, n] of its unit vectors (overwritten)."""
+        n = len(cosines)
+        terms = np.concatenate([np.arange(n)[:, None], aug.rows], axis=1)
+        weights = np.concatenate([np.ones((n, 1), dtype=np.float32), aug.weights], axis=1) / aug.norms[:, None]
+        mix = _sparse_rows(terms, weights, n)  # augmented vectors = mix @ unit vectors
+        for start in range(0, n, CHUNK):  # cosines @ mix.T: a block of rows needs only its own rows
+            block = cosines[start : start + CHUNK]
+            block[:] = (mix @ np.ascontiguousarray(block.T)).T
+        for start in range(0, n, CHUNK):  # mix @ that: a block of columns needs only its own columns
+            block = cosines[:, start : start + CHUNK]
+            block[:] = mix @ np.ascontiguousarray(block)
+        return cls(cosines)
+
+    def plain(self, rows: np.ndarray) -> np.ndarray:
+        """Scores [m, n] of rows against every augmented vector."""
+        return self.scores[rows]
+
+    def expanded(self, rows: np.ndarray, near: np.ndarray, sims: np.ndarray) -> np.ndarray:
+        """Scores [m, n] of the rows' expanded vectors against every augmented vector."""
+        terms, weights = self._expansion(rows, near, sims)
+        return np.asarray(_sparse_rows(terms, weights, len(self.scores)) @ self.scores)
+
+    def pairs(self, rows: np.ndarray, cols: np.ndarray, near: np.ndarray, sims: np.ndarray) -> np.ndarray:
+        """Scores [p] (the better of plain and expanded) of ``rows`` [p] against ``cols`` [p]."""
+        terms, weights = self._expansion(rows, near, sims)
+        expanded = np.einsum("pk,pk->p", weights, self.scores[terms, cols[:, None]])
+        return np.maximum(self.scores[rows, cols], expanded)
+
+    def _expansion(self, rows: np.ndarray, near: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's expanded vector as a weighted sum of augmented vectors: their rows [m, k + 1] (its own first)
+        and weights [m, k + 1] (alpha-QE's, over the norm of the sum)."""
+        terms = np.concatenate([rows[:, None], near], axis=1)
+        weights = np.concatenate([np.ones((len(rows), 1), dtype=np.float32),
+                                  (np.maximum(sims, 0.0) ** EXPAND_ALPHA).astype(np.float32)], axis=1)
+        square = np.einsum("mi,mij,mj->m", weights, self.scores[terms[:, :, None], terms[:, None, :]], weights)
+        return terms, weights / np.maximum(np.sqrt(np.maximum(square, 0.0)), 1e-12)[:, None]
+
+
+@dataclass(frozen=True)
+class BlockScores:
+    """Augmented scores by products of the augmented unit vectors [n, dim], in row blocks."""
+
+    vectors: np.ndarray
+
+    def plain(self, rows: np.ndarray) -> np.ndarray:
+        """Scores [m, n] of rows against every augmented vector."""
+        return self.vectors[rows] @ self.vectors.T
+
+    def expanded(self, rows: np.ndarray, near: np.ndarray, sims: np.ndarray) -> np.ndarray:
+        """Scores [m, n] of the rows' expanded vectors against every augmented vector."""
+        return expand(self.vectors[rows], self.vectors[near], sims, EXPAND_ALPHA) @ self.vectors.T
+
+    def pairs(self, rows: np.ndarray, cols: np.ndarray, near: np.ndarray, sims: np.ndarray,
+              block: int = 2048) -> np.ndarray:
+        """Scores [p] (the better of plain and expanded) of ``rows`` [p] against ``cols`` [p]."""
+        out = np.empty(len(rows), dtype=np.float32)
+        for start in range(0, len(rows), block):
+            part = slice(start, start + block)
+            own, first, local = np.unique(rows[part], return_index=True, return_inverse=True)
+            a = self.vectors[own]  # each row's vectors once, not once per pair
+            e = expand(a, self.vectors[near[part][first]], sims[part][first], EXPAND_ALPHA)
+            targets = self.vectors[cols[part]]
+            out[part] = np.maximum(np.einsum("pd,pd->p", targets, a[local]), np.einsum("pd,pd->p", targets, e[local]))
+        return out
+
+
+def _sparse_rows(terms: np.ndarray, weights: np.ndarray, n: int) -> sparse.csr_matrix:
+    """[m, n] with ``weights`` [m, k] at columns ``terms`` [m, k] (distinct in each row)."""
+    return sparse.csr_matrix((weights.ravel(), terms.ravel(), np.arange(0, terms.size + 1, terms.shape[1])),
+                             shape=(len(terms), n))
+
+
+def expanded_graph(scores: AugmentedScores, n: int, k1: int) -> tuple[NeighbourGraph, np.ndarray, np.ndarray]:
+    """Each of ``n`` tracks' ``k1`` best other tracks under the expanded augmented scores, and the rows [n, k] and
+    scores [n, k] of the tracks each track was expanded with."""
     k = min(EXPAND_K, n - 1)
     qe_rows = np.zeros((n, k), dtype=np.int64)
     qe_scores = np.zeros((n, k), dtype=np.float32)
 
-    def scores(rows: np.ndarray) -> np.ndarray:
-        s, near, sims = _expanded(unit, aug, rows)
+    def expanded(rows: np.ndarray) -> np.ndarray:
+        plain = scores.plain(rows)
+        near = top_columns(plain, rows, k)
+        sims = np.take_along_axis(plain, near, axis=1)
         qe_rows[rows], qe_scores[rows] = near, sims
-        return s
+        return np.maximum(plain, scores.expanded(rows, near, sims))
 
-    top = score_graph(scores, n, k1)
-    empty = sparse.csr_matrix((n, n), dtype=np.float64)
-    v0 = reciprocal_vectors(Reranker(unit, aug, top, qe_rows, qe_scores, empty, empty, lam, k2))
-    return Reranker(unit, aug, top, qe_rows, qe_scores, averaged(v0, top, k2), v0, lam, k2)
+    return score_graph(expanded, n, k1), qe_rows, qe_scores
 
 
-def reciprocal_vectors(r: Reranker) -> sparse.csr_matrix:
+def reciprocal_vectors(scores: AugmentedScores, top: NeighbourGraph, qe_rows: np.ndarray,
+                       qe_scores: np.ndarray) -> sparse.csr_matrix:
     """Every track's k-reciprocal vector [n, n] (Zhong et al.: weights exp(-distance) over its k-reciprocal
     neighbours, expanded with the reciprocal sets of their own near neighbours), before the k2 averaging
-    (:func:`averaged`)."""
-    n, k1 = len(r.unit), r.top.k
-    rank = np.concatenate([np.arange(n)[:, None], r.top.rows], axis=1)  # each track first, as its own nearest
-    half = int(round(k1 / 2))
-    in_top = _membership(rank)
-    in_half = _membership(rank[:, : half + 1])
-    maxd = np.maximum(2.0 - 2.0 * r.top.lowest.astype(np.float64), 1e-12)
-    indptr, cols, vals = [0], [], []
-    for i in range(n):
-        krn = np.array([c for c in rank[i] if (i, int(c)) in in_top], dtype=np.int64)
-        kre = [krn]
-        for c in krn:
-            ck = np.array([x for x in rank[c, : half + 1] if (int(c), int(x)) in in_half], dtype=np.int64)
-            if len(np.intersect1d(ck, krn)) > 2 / 3 * len(ck):
-                kre.append(ck)
-        members = np.unique(np.concatenate(kre))
-        d = np.maximum(2.0 - 2.0 * pair_scores(r, i, members).astype(np.float64), 0.0)
-        d[members == i] = 0.0
-        w = np.exp(-d / maxd[i])
-        cols.append(members)
-        vals.append(w / w.sum())
-        indptr.append(indptr[-1] + len(members))
-    return sparse.csr_matrix((np.concatenate(vals), np.concatenate(cols), np.array(indptr)), shape=(n, n))
+    (:func:`averaged`); from the neighbour lists and the tracks each track was expanded with."""
+    members = _reciprocal_members(top)
+    rows = np.repeat(np.arange(members.shape[0]), np.diff(members.indptr))
+    pair = scores.pairs(rows, members.indices, qe_rows[rows], qe_scores[rows])
+    d = np.maximum(2.0 - 2.0 * pair.astype(np.float64), 0.0)
+    d[members.indices == rows] = 0.0
+    maxd = np.maximum(2.0 - 2.0 * top.lowest.astype(np.float64), 1e-12)
+    w = np.exp(-d / maxd[rows])
+    w /= np.bincount(rows, weights=w, minlength=members.shape[0])[rows]
+    return sparse.csr_matrix((w, members.indices, members.indptr), shape=members.shape)
+
+
+def _reciprocal_members(top: NeighbourGraph) -> sparse.csr_matrix:
+    """Per track (row), the tracks its k-reciprocal vector weighs (columns, sorted): the tracks of its list that
+    list it, grown by the same set at half the depth of each of those whose set is more than 2/3 in its own."""
+    n = len(top.rows)
+    rank = np.concatenate([np.arange(n)[:, None], top.rows], axis=1)  # each track first, as its own nearest
+    near = _mutual(rank)
+    close = _mutual(rank[:, : int(round(top.k / 2)) + 1])
+    i, c = near.nonzero()
+    shared = np.asarray((near @ close.T).tocsr()[i, c]).ravel()  # |near set of i & close set of c|
+    grow = shared > 2 / 3 * np.diff(close.indptr)[c]
+    grown = sparse.csr_matrix((np.ones(int(grow.sum())), (i[grow], c[grow])), shape=(n, n))
+    members = (near + grown @ close).tocsr()
+    members.sort_indices()
+    return members
+
+
+def _mutual(rank: np.ndarray) -> sparse.csr_matrix:
+    """[n, n] with 1 where track c is in the rank list of track i (a row of ``rank``) and i in that of c."""
+    n, width = rank.shape
+    listed = sparse.csr_matrix((np.ones(rank.size), rank.ravel(), np.arange(0, rank.size + 1, width)), shape=(n, n))
+    return listed.multiply(listed.T).tocsr()
 
 
 def averaged(v: sparse.csr_matrix, top: NeighbourGraph, k2: int) -> sparse.csr_matrix:
@@ -283,11 +406,6 @@ def averaged(v: sparse.csr_matrix, top: NeighbourGraph, k2: int) -> sparse.csr_m
     return (mean @ v).tocsr()
 
 
-def _membership(rank: np.ndarray) -> set[tuple[int, int]]:
-    """(member, track) for every track's rank list."""
-    return {(int(m), i) for i in range(len(rank)) for m in rank[i]}
-
-
 def mixed(scores: np.ndarray, recip_rows: sparse.csr_matrix, recip: sparse.csc_matrix, rows: np.ndarray | None,
           lam: float = LAMBDA, overlap: dict[int, float] | None = None) -> np.ndarray:
     """Re-ranked scores [m, n]: minus ((1 - lam) Jaccard distance of k-reciprocal vectors + lam row-normalised
@@ -298,20 +416,32 @@ def mixed(scores: np.ndarray, recip_rows: sparse.csr_matrix, recip: sparse.csc_m
     if rows is not None:
         d[np.arange(len(rows)), rows] = 0.0
     orig = d / np.maximum(d.max(axis=1, keepdims=True), 1e-12)
-    mins = np.zeros_like(orig)
-    for q in range(recip_rows.shape[0]):
-        lo, hi = recip_rows.indptr[q], recip_rows.indptr[q + 1]
-        for col, val in zip(recip_rows.indices[lo:hi], recip_rows.data[lo:hi], strict=True):
-            a, b = recip.indptr[col], recip.indptr[col + 1]
-            mins[q, recip.indices[a:b]] += np.minimum(recip.data[a:b], val)
+    mins = shared_weights(recip_rows, recip)
     for col, shared in (overlap or {}).items():
         mins[0, col] = shared
     jac = 1.0 - mins / (2.0 - mins)
     return -(jac * (1.0 - lam) + orig * lam)
 
 
+def shared_weights(recip_rows: sparse.csr_matrix, recip: sparse.csc_matrix) -> np.ndarray:
+    """[m, n]: per query and track, the sum over tracks c of min(query's weight of c, track's weight of c), from
+    the queries' k-reciprocal vectors [m, n] and the collection's by column [n, n] (summed in the order of both)."""
+    m, n = recip_rows.shape
+    first = recip.indptr[recip_rows.indices]
+    lengths = recip.indptr[recip_rows.indices + 1] - first
+    ends = np.cumsum(lengths)
+    at = np.repeat(first - ends + lengths, lengths) + np.arange(ends[-1] if len(ends) else 0)
+    query = np.repeat(np.repeat(np.arange(m), np.diff(recip_rows.indptr)), lengths)
+    weights = np.minimum(recip.data[at], np.repeat(recip_rows.data, lengths))
+    return np.bincount(query * n + recip.indices[at], weights=weights, minlength=m * n).reshape(m, n)
+
+
+def _blocks(n: int, size: int = 4096) -> list[np.ndarray]:
+    """Rows 0..n-1 in consecutive blocks of ``size``."""
+    return [np.arange(start, min(start + size, n)) for start in range(0, n, size)]
+
+
 def collection_reranker(store: FeatureStore, vs: VectorSet) -> Reranker:
-    """:func:`build_reranker` of a vector set's unit vectors, over its memoised cosine graph (not memoised itself:
+    """:func:`build_reranker` of a vector set's unit vectors (not memoised itself:
     :func:`mess.search.rerank_store.load_reranker` is)."""
-    graph = collection_graph(store, vs, DBA_K)
-    return _reranker(vs.unit(), Augmentation.from_graph(vs.unit(), graph), K1, K2, LAMBDA)
+    return build_reranker(vs.unit())
