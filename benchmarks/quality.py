@@ -9,10 +9,10 @@ never saw. The window study re-uses the stored per-window vectors (no re-extract
 
 The row "the default" is what `mess extract` + `mess similar` / `mess evaluate` use with no options: the
 ``musicnn`` model (musicnn-msd and musicnn-mtt on one log-mel), all layers, power-normalised (signed fourth roots,
-then z-scores), database-side augmentation, query expansion (k = 3, alpha = 1) and k-reciprocal re-ranking. The
-row "previous default" is the default before it: z-scored, query expansion, no re-ranking. The msd and mtt
-rows read the same run's ``msd.*`` / ``mtt.*`` layers, which equal the single models' vectors (a separate
-``musicnn-msd`` run is used instead where the store has one).
+then z-scores), database-side augmentation and query expansion (k = 3, alpha = 1): ``--ranking augmented``. The
+row "previous default" is the default before it: z-scored, query expansion (``--norm zscore --ranking plain``).
+The msd and mtt rows read the same run's ``msd.*`` / ``mtt.*`` layers, which equal the single models' vectors
+(a separate ``musicnn-msd`` run is used instead where the store has one).
 
     python benchmarks/quality.py [--data DIR] [--store DIR] [--models musicnn,dsp,musicnn-vgg-msd]
 """
@@ -30,20 +30,20 @@ from pathlib import Path
 import numpy as np
 
 from mess.audio.windows import WindowPolicy
-from mess.constants import DEFAULT_NORM
 from mess.datasets.soundtracks import fetch_soundtracks
 from mess.extract.runs import run_policy
+from mess.search.augment import build_augmentation
 from mess.search.expansion import EXPAND_ALPHA, EXPAND_K, expand_collection, expanded_scores
 from mess.search.metrics import average_precision, ndcg_at_k, precision_at_k, ranked_relevance
-from mess.search.rerank import build_reranker
+from mess.search.rerank import build_reranker, expanded_rows
 from mess.search.segments import chamfer_rows, group_windows
 from mess.search.vectors import Preprocessor
 from mess.store import FeatureStore, Run
 
 CACHE = Path.home() / ".cache" / "mess-bench"
 MODELS = ("musicnn", "dsp")
-DEFAULT_ROW = "the default: musicnn, all layers, power, DBA + expanded + k-reciprocal"
-PREVIOUS_ROW = "previous default: musicnn, all layers, zscore, expanded (--norm zscore --no-rerank)"
+DEFAULT_ROW = "the default: musicnn, all layers, power, DBA + expanded (--ranking augmented)"
+PREVIOUS_ROW = "previous default: musicnn, all layers, zscore, expanded (--norm zscore --ranking plain)"
 EXPANSIONS = ((1, 3.0), (2, 3.0), (3, 3.0), (5, 3.0), (8, 3.0), (3, 1.0), (5, 1.0))  # (k, alpha) for LOGO
 BOOT = 2000
 WINDOW_COUNTS = (1, 2, 3, 4, 8, 16)
@@ -146,7 +146,13 @@ def mean_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: str =
     return expanded_scores(x @ x.T, expand_collection(x, expand, alpha) @ x.T) if expand else x @ x.T
 
 
-def reranked_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: str = DEFAULT_NORM) -> Sim:
+def augmented_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: str = "power") -> Sim:
+    """The library's augmented ranking (`--ranking augmented`: DBA, expansion) of every track against every track."""
+    x = unit_vectors([backends[b].tracks[layer] for b, layer in layers], norm)
+    return expanded_rows(x, build_augmentation(x), np.arange(len(x)))
+
+
+def reranked_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: str = "power") -> Sim:
     """The library's re-ranking (`--rerank`: DBA, expansion, k-reciprocal) of every track against every track."""
     x = unit_vectors([backends[b].tracks[layer] for b, layer in layers], norm)
     return build_reranker(x).rows(np.arange(len(x)))
@@ -310,11 +316,12 @@ def recipes(backends: dict[str, Backend]) -> dict[str, Callable[[], Sim]]:
         out["musicnn (msd+mtt) all layers"] = lambda: mean_sim(bs, all_layers(bs, e))
         out["musicnn (msd+mtt) all layers, zscore"] = lambda: mean_sim(bs, all_layers(bs, e), "zscore")
         out[PREVIOUS_ROW] = lambda: mean_sim(bs, all_layers(bs, e), "zscore", EXPAND_K, EXPAND_ALPHA)
-        out["musicnn all layers, power, expanded (--no-rerank)"] = lambda: mean_sim(bs, all_layers(bs, e), "power",
-                                                                                    EXPAND_K)
-        out["musicnn all layers, zscore, re-ranked (--norm zscore)"] = lambda: reranked_sim(bs, all_layers(bs, e),
-                                                                                           "zscore")
-        out[DEFAULT_ROW] = lambda: reranked_sim(bs, all_layers(bs, e), DEFAULT_NORM)
+        out["musicnn all layers, power, expanded (--ranking plain)"] = lambda: mean_sim(bs, all_layers(bs, e),
+                                                                                        "power", EXPAND_K)
+        out["musicnn all layers, zscore, augmented (--norm zscore)"] = lambda: augmented_sim(bs, all_layers(bs, e),
+                                                                                            "zscore")
+        out[DEFAULT_ROW] = lambda: augmented_sim(bs, all_layers(bs, e))
+        out["musicnn all layers, power, re-ranked (--ranking reranked)"] = lambda: reranked_sim(bs, all_layers(bs, e))
     musicnn = [m for m in order if m.startswith("musicnn-")]
     for model in musicnn:
         m, short = order.index(model), model.removeprefix("musicnn-")
@@ -406,7 +413,7 @@ def report(backends: dict[str, Backend], labels: np.ndarray, durations: np.ndarr
     if PREVIOUS_ROW in scores:
         print(f"\n{PREVIOUS_ROW}: mAP {scores[PREVIOUS_ROW].ap.mean():.3f}; 'msd all layers' was the default "
               "before it")
-        for name in (n for n in scores if "power" in n or "re-ranked" in n):
+        for name in (n for n in scores if any(w in n for w in ("power", "augmented", "re-ranked"))):
             r, lo, hi = ratio_ci(scores[name].ap, scores[PREVIOUS_ROW].ap)
             print(f"  {name}: mAP {scores[name].ap.mean():.3f}, x{r:.3f} [{lo:.3f}, {hi:.3f}] vs the previous "
                   "default")
