@@ -32,10 +32,10 @@ import numpy as np
 from mess.audio.windows import WindowPolicy
 from mess.datasets.soundtracks import fetch_soundtracks
 from mess.extract.runs import run_policy
-from mess.search.augment import build_augmentation
+from mess.search.augment import build_augmentation, expanded_rows
 from mess.search.expansion import EXPAND_ALPHA, EXPAND_K, expand_collection, expanded_scores
 from mess.search.metrics import average_precision, ndcg_at_k, precision_at_k, ranked_relevance
-from mess.search.rerank import build_reranker, expanded_rows
+from mess.search.rerank import build_reranker
 from mess.search.segments import chamfer_rows, group_windows
 from mess.search.vectors import Preprocessor
 from mess.store import FeatureStore, Run

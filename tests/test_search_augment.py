@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mess.search.augment import augmented_outside, build_augmentation
+from mess.search.augment import augmented_query, build_augmentation
 from mess.search.evaluate import evaluate, track_labels
 from mess.search.expansion import expand, expand_collection, expanded_scores
 from mess.search.metrics import average_precision, ranked_relevance
@@ -75,7 +75,7 @@ def test_an_outside_file_is_augmented_from_its_nearest_tracks_as_a_track_is(
         plain = augmented @ a
         near = np.argsort(-plain)[:3]
         e = expand(a[None], augmented[near][None], plain[near][None])[0]
-        got_a, got = augmented_outside(unit, build_augmentation(unit), q)
+        got_a, _, got = augmented_query(unit, build_augmentation(unit), q)
         assert np.allclose(got_a, a, atol=1e-5)
         assert np.allclose(got, np.maximum(plain, augmented @ e), atol=1e-5)
 
@@ -91,7 +91,7 @@ def test_a_noisy_copy_of_each_track_finds_it_first(msd: tuple[FeatureStore, Run,
     demoted = 0
     for row, tid in enumerate(vs.ids):
         raw = vs.raw[row] * (1 + 0.1 * rng.standard_normal(vs.raw.shape[1])).astype(np.float32)
-        demoted += int(np.argmax(augmented_outside(unit, aug, vs.prep.apply(raw)[0])[1]) != row)
+        demoted += int(np.argmax(augmented_query(unit, aug, vs.prep.apply(raw)[0])[2]) != row)
         got = similar_tracks(fs, run, raw, 3)
         assert got[0].track.id == int(tid)
         assert [n.adjusted for n in got] == sorted((n.adjusted for n in got), reverse=True)  # type: ignore[type-var]

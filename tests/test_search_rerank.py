@@ -15,12 +15,13 @@ from typer.testing import CliRunner
 
 from mess.cli.search import register
 from mess.search import graph
+from mess.search.augment import Augmentation, expanded_rows
 from mess.search.evaluate import evaluate, track_labels
 from mess.search.expansion import expand_collection, expanded_scores
 from mess.search.graph import TOP_BY_ARGMAX, gram, neighbour_graph, top_columns
 from mess.search.metrics import average_precision, ranked_relevance
 from mess.search.query import collection_query, similar_tracks
-from mess.search.rerank import Augmentation, build_reranker, expanded_rows, shared_weights
+from mess.search.rerank import build_reranker, shared_weights
 from mess.search.vectors import POWER, Preprocessor, VectorSet, VectorSpec, load_vectors
 from mess.store import FeatureStore, Run
 

@@ -21,6 +21,7 @@ import numpy as np
 from mess.audio.names import label_key
 from mess.constants import DEFAULT_NORM, FUSED, LABEL_FIELDS, LEARNED
 from mess.search.ann import exact_knn
+from mess.search.augment import expanded_rows
 from mess.search.expansion import expand_collection, expanded_scores, expansion
 from mess.search.hubness import HubnessReducer, HubnessStats, hubness_stats
 from mess.search.metrics import (
@@ -31,7 +32,6 @@ from mess.search.metrics import (
     precision_at_k,
     ranked_relevance,
 )
-from mess.search.rerank import expanded_rows
 from mess.search.rerank_store import Ranking, check_ranking, load_augmentation, load_reranker, ranking_choice
 from mess.search.segments import chamfer_rows, check_match, read_segments
 from mess.search.vectors import Norm, VectorSet, VectorSpec, fused_norm, has_learned_head, load_vectors

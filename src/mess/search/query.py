@@ -26,12 +26,12 @@ import numpy as np
 
 from mess.audio.names import credit_key
 from mess.constants import DEFAULT_NORM, ENCODED_R2, FUSED, LEARNED
-from mess.search.augment import augmented_outside
+from mess.search.augment import augmented_query, expanded_rows
 from mess.search.expansion import expand as expand_queries
 from mess.search.expansion import expanded_scores, expansion
 from mess.search.hubness import HubnessReducer
 from mess.search.index import CollectionIndex, open_index
-from mess.search.rerank import copy_first, expanded_rows
+from mess.search.rerank import copy_first
 from mess.search.rerank_store import Ranking, load_augmentation, load_reranker, ranking_choice
 from mess.search.segments import chamfer_scores, check_match, read_segments
 from mess.search.vectors import (
@@ -265,7 +265,7 @@ def _exact_neighbours(
         if ranking == "reranked":
             scores = copy_first(load_reranker(store, vs, on_note).outside(q)[0], plain, 0.0)
         else:
-            scores = copy_first(augmented_outside(vs.unit(), load_augmentation(store, vs), q[0])[1], plain, 1.0)
+            scores = copy_first(augmented_query(vs.unit(), load_augmentation(store, vs), q[0])[2], plain, 1.0)
     scores[np.isin(vs.ids, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))] = -np.inf
     order = np.argsort(-scores, kind="stable")[:k]
     order = order[np.isfinite(scores[order])]

@@ -1,18 +1,15 @@
-"""Re-ranking: database-side augmentation, query expansion, then k-reciprocal re-ranking (``--rerank``).
+"""Re-ranking: database-side augmentation, query expansion, then k-reciprocal re-ranking (``--ranking reranked``).
 
 Three unsupervised steps on the collection's own vectors (docs/quality.md, issue 17):
 
-1. Database-side augmentation (DBA): every track's vector is replaced by its alpha-QE expansion over its
-   :data:`DBA_K` nearest other tracks, ``a_i = (u_i + sum_t w_it u_t) / norm_i`` with ``w = max(cos, 0)``.
-   That is linear in the plain unit vectors, so a query's score against ``a_j`` is the same weighted sum
-   of its cosines to ``u_j`` and to ``u_j``'s neighbours, over ``norm_j`` (:meth:`Augmentation.scores`):
-   the collection keeps its plain vectors and one small neighbour graph.
+1. Database-side augmentation (DBA, :mod:`mess.search.augment`): every track's vector is replaced by its alpha-QE
+   expansion over its 3 nearest other tracks, in score space.
 2. The default query expansion (:mod:`mess.search.expansion`) over the augmented vectors: a track ranks
    by the better of its score to the augmented query and to that query expanded with its 3 nearest tracks.
 3. k-reciprocal re-ranking (Zhong et al., CVPR 2017, k1 = 10, k2 = 3, lambda = 0.3) of those scores: the
    Jaccard distance of the tracks' k-reciprocal neighbourhoods, mixed with the (row-normalised) distance
    ``2 - 2 score``. It needs every track's neighbour list under the scores of step 2, kept in :class:`Reranker`
-   (memoised per vector set; ``mess index --rerank`` saves it beside the index, :mod:`mess.search.rerank_store`).
+   (memoised per vector set; ``mess index`` saves it beside the index, :mod:`mess.search.rerank_store`).
    Building it costs half a product of the collection with itself while n x n scores fit in memory
    (:func:`mess.search.graph.fits_whole`): the cosines by BLAS syrk, of which the augmented and expanded
    scores are sparse mixes, in place (:class:`HeldScores`); else three products in row blocks (:class:`BlockScores`).
@@ -30,6 +27,7 @@ from typing import Protocol
 import numpy as np
 from scipy import sparse
 
+from mess.search.augment import DBA_K, Augmentation, augmented_query, expanded_rows
 from mess.search.expansion import EXPAND_ALPHA, EXPAND_K, expand
 from mess.search.graph import (
     CHUNK,
@@ -44,55 +42,12 @@ from mess.search.graph import (
 from mess.search.vectors import VectorSet
 from mess.store import FeatureStore
 
-DBA_K = 3
 K1 = 10
 K2 = 3
 LAMBDA = 0.3
 # an outside query's nearest track in plain cosine, this much nearer than the next, is its near-copy and ranks first
 # (on the soundtrack store: noisy copies found first 103 of 104 times instead of 65-92, new tracks' mAP unchanged)
 COPY_GAP = 0.05
-
-
-@dataclass(frozen=True)
-class Augmentation:
-    """DBA of a collection: per track its neighbours' rows [n, k], their weights [n, k] and the norm [n] of
-    ``u_i + sum_t w_it u_t`` (so the augmented vector is that sum divided by the norm)."""
-
-    rows: np.ndarray
-    weights: np.ndarray
-    norms: np.ndarray
-
-    @classmethod
-    def from_graph(cls, unit: np.ndarray, graph: NeighbourGraph, alpha: float = EXPAND_ALPHA) -> Augmentation:
-        """The augmentation of unit vectors [n, dim] over the neighbours of ``graph`` (its k of them)."""
-        weights = (np.maximum(graph.scores, 0.0) ** alpha).astype(np.float32)
-        sums = cls(graph.rows, weights, np.ones(len(unit), dtype=np.float32))  # norms of 1: its vectors are the sums
-        norms = np.empty(len(unit), dtype=np.float32)
-        for rows in _blocks(len(unit)):
-            norms[rows] = np.linalg.norm(sums.vectors(unit, rows), axis=1)
-        return cls(graph.rows, weights, np.maximum(norms, 1e-12))
-
-    def vectors(self, unit: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """The augmented unit vectors [m, dim] of collection rows."""
-        summed = unit[rows] + np.einsum("mk,mkd->md", self.weights[rows], unit[self.rows[rows]])
-        return summed / self.norms[rows, None]
-
-    def matrix(self, unit: np.ndarray) -> np.ndarray:
-        """Every track's augmented unit vector [n, dim] (:meth:`vectors` of all rows, in blocks)."""
-        out = np.empty(unit.shape, dtype=np.float32)
-        for rows in _blocks(len(unit)):
-            out[rows] = self.vectors(unit, rows)
-        return out
-
-    def scores(self, cosines: np.ndarray) -> np.ndarray:
-        """Scores [m, n] of queries against the augmented vectors, from their cosines [m, n] to the plain ones."""
-        out = np.array(cosines, dtype=np.float32)
-        for t in range(self.rows.shape[1]):
-            part = np.take(cosines, self.rows[:, t], axis=1)
-            part *= self.weights[:, t]
-            out += part
-        out /= self.norms
-        return out
 
 
 @dataclass(frozen=True)
@@ -137,14 +92,8 @@ class Reranker:
 
     def _outside(self, q: np.ndarray) -> np.ndarray:
         n, k1 = len(self.unit), self.top.k
-        cos = self.unit @ q
-        k = min(DBA_K, n)
-        near = np.argsort(-cos, kind="stable")[:k]
-        a = expand(q[None], self.unit[near][None], cos[near][None], EXPAND_ALPHA)
-        plain = self.aug.scores(a @ self.unit.T)[0]
-        near = np.argsort(-plain, kind="stable")[: min(EXPAND_K, n)]
-        e = expand(a, self.aug.vectors(self.unit, near)[None], plain[near][None], EXPAND_ALPHA)
-        f = np.maximum(plain, self.aug.scores(e @ self.unit.T)[0])
+        q_aug, plain, f = augmented_query(self.unit, self.aug, q)
+        a = q_aug[None]
         mine = np.argsort(-f, kind="stable")[:k1]  # the query's nearest tracks; the query itself is row n
         from_them: dict[int, float] = {}
 
@@ -214,16 +163,6 @@ def copy_first(scores: np.ndarray, cosines: np.ndarray, own: float, gap: float =
     out = scores.copy()
     out[first] = own
     return out
-
-
-def expanded_rows(unit: np.ndarray, aug: Augmentation, rows: np.ndarray) -> np.ndarray:
-    """Scores [m, n] of collection rows against the collection after DBA and query expansion."""
-    a = aug.vectors(unit, rows)
-    plain = aug.scores(a @ unit.T)
-    near = top_columns(plain, rows, min(EXPAND_K, len(unit) - 1))
-    neighbours = aug.vectors(unit, near.ravel()).reshape(len(rows), near.shape[1], unit.shape[1])
-    e = expand(a, neighbours, np.take_along_axis(plain, near, axis=1), EXPAND_ALPHA)
-    return np.maximum(plain, aug.scores(e @ unit.T))
 
 
 def build_reranker(unit: np.ndarray, k1: int = K1, k2: int = K2, lam: float = LAMBDA) -> Reranker:
@@ -434,11 +373,6 @@ def shared_weights(recip_rows: sparse.csr_matrix, recip: sparse.csc_matrix) -> n
     query = np.repeat(np.repeat(np.arange(m), np.diff(recip_rows.indptr)), lengths)
     weights = np.minimum(recip.data[at], np.repeat(recip_rows.data, lengths))
     return np.bincount(query * n + recip.indices[at], weights=weights, minlength=m * n).reshape(m, n)
-
-
-def _blocks(n: int, size: int = 4096) -> list[np.ndarray]:
-    """Rows 0..n-1 in consecutive blocks of ``size``."""
-    return [np.arange(start, min(start + size, n)) for start in range(0, n, size)]
 
 
 def collection_reranker(store: FeatureStore, vs: VectorSet) -> Reranker:

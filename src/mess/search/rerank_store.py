@@ -26,10 +26,10 @@ import numpy as np
 from scipy import sparse
 
 from mess.constants import FUSED, LEARNED, NPZ_ERRORS, VectorKind
-from mess.search.augment import build_augmentation
+from mess.search.augment import DBA_K, Augmentation, build_augmentation
 from mess.search.expansion import EXPAND_ALPHA, EXPAND_K
 from mess.search.graph import NeighbourGraph
-from mess.search.rerank import DBA_K, K1, K2, LAMBDA, Augmentation, Reranker, collection_reranker
+from mess.search.rerank import K1, K2, LAMBDA, Reranker, collection_reranker
 from mess.search.segments import check_match
 from mess.search.vectors import Norm, Preprocessor, VectorSet, VectorSpec, load_vectors
 from mess.store import FeatureStore, Run, StoreError
