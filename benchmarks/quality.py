@@ -47,6 +47,9 @@ PREVIOUS_ROW = "previous default: musicnn, all layers, zscore, expanded (--norm 
 EXPANSIONS = ((1, 3.0), (2, 3.0), (3, 3.0), (5, 3.0), (8, 3.0), (3, 1.0), (5, 1.0))  # (k, alpha) for LOGO
 BOOT = 2000
 WINDOW_COUNTS = (1, 2, 3, 4, 8, 16)
+SHAPE_PER_GAME = (10, 6)  # tracks per game in the held-out-shape study
+SHAPE_RECIPES = {"previous default": ("zscore", "plain"), "the default (power, augmented)": ("power", "augmented"),
+                 "power, re-ranked": ("power", "reranked"), "zscore, augmented": ("zscore", "augmented")}
 PLACEMENTS = ("start", "middle", "spread")
 Sim = np.ndarray  # [n, n] similarity of every track to every track
 
@@ -148,14 +151,13 @@ def mean_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: str =
 
 def augmented_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: str = "power") -> Sim:
     """The library's augmented ranking (`--ranking augmented`: DBA, expansion) of every track against every track."""
-    x = unit_vectors([backends[b].tracks[layer] for b, layer in layers], norm)
-    return expanded_rows(x, build_augmentation(x), np.arange(len(x)))
+    return ranked(unit_vectors([backends[b].tracks[layer] for b, layer in layers], norm), "augmented")
 
 
 def reranked_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: str = "power") -> Sim:
-    """The library's re-ranking (`--rerank`: DBA, expansion, k-reciprocal) of every track against every track."""
-    x = unit_vectors([backends[b].tracks[layer] for b, layer in layers], norm)
-    return build_reranker(x).rows(np.arange(len(x)))
+    """The library's re-ranking (`--ranking reranked`: DBA, expansion, k-reciprocal) of every track against every
+    track."""
+    return ranked(unit_vectors([backends[b].tracks[layer] for b, layer in layers], norm), "reranked")
 
 
 def segment_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: str = "center") -> Sim:
@@ -353,6 +355,8 @@ def main() -> None:
     parser.add_argument("--store", type=Path, default=CACHE / "soundtracks-store")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--no-extract", action="store_true", help="Evaluate only the tracks already extracted.")
+    parser.add_argument("--draws", type=int, default=300,
+                        help="Sub-collections per shape in the held-out-shape study (0 skips it).")
     args = parser.parse_args()
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     started = time.perf_counter()
@@ -375,12 +379,54 @@ def main() -> None:
     durations = np.array([t.duration for t in meta])
     games = ", ".join(f"{g} {n}" for g, n in zip(*np.unique(labels, return_counts=True), strict=False))
     print(f"{len(ids)} tracks of {len(tracks)} with vectors from {', '.join(models)}; per game: {games}")
-    report(backends, labels, durations, policy)
+    report(backends, labels, durations, policy, args.draws)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\n{time.perf_counter() - started:.0f} s, peak RSS {peak:.0f} MiB")
 
 
-def report(backends: dict[str, Backend], labels: np.ndarray, durations: np.ndarray, policy: WindowPolicy) -> None:
+def ranked(x: np.ndarray, ranking: str) -> Sim:
+    """Every track of unit vectors ``x`` against every track by one of the library's rankings."""
+    if ranking == "plain":
+        return expanded_scores(x @ x.T, expand_collection(x, EXPAND_K, EXPAND_ALPHA) @ x.T)
+    if ranking == "augmented":
+        return expanded_rows(x, build_augmentation(x), np.arange(len(x)))
+    return build_reranker(x).rows(np.arange(len(x)))
+
+
+def draw_per_game(rng: np.random.Generator, labels: np.ndarray, per_game: int) -> np.ndarray:
+    """Rows of a sub-collection: ``per_game`` random tracks of each game (all of a smaller game's)."""
+    rows = [rng.choice(np.flatnonzero(labels == g), min(per_game, int((labels == g).sum())), replace=False)
+            for g in np.unique(labels)]
+    return np.sort(np.concatenate(rows))
+
+
+def shape_study(backends: dict[str, Backend], labels: np.ndarray, draws: int, seed: int = 0) -> None:
+    """The default against the previous default and re-ranking on sub-collections shaped like the held-back check
+    set (85 tracks over 8 games: about 10 per game), each draw's preprocessing fitted on the draw alone."""
+    bs = list(backends.values())
+    blocks = [bs[b].tracks[layer] for b, layer in all_layers(bs, list(backends).index("musicnn"))]
+    print(f"\nsub-collections shaped like a held-out set ({draws} draws each; mean ratio vs the previous default "
+          "[95% interval of the mean], 2.5-97.5% of single draws, share of draws better):")
+    for per_game in SHAPE_PER_GAME:
+        rng = np.random.default_rng(seed)
+        maps: dict[str, list[float]] = {name: [] for name in SHAPE_RECIPES}
+        for _ in range(draws):
+            rows = draw_per_game(rng, labels, per_game)
+            for name, (norm, ranking) in SHAPE_RECIPES.items():
+                x = unit_vectors([b[rows] for b in blocks], norm)
+                maps[name].append(float(per_query(ranked(x, ranking), labels[rows]).ap.mean()))
+        base = np.array(maps["previous default"])
+        print(f"  {per_game} per game ({len(rows)} tracks):")
+        for name, values in maps.items():
+            ratio = np.array(values) / base
+            lo, hi = boot_ci(ratio, seed)
+            print(f"    {name}: mAP {np.mean(values):.3f}, x{ratio.mean():.3f} [{lo:.3f}, {hi:.3f}], "
+                  f"{np.percentile(ratio, 2.5):.3f}-{np.percentile(ratio, 97.5):.3f}, "
+                  f"better in {100 * np.mean(ratio > 1 + 1e-12):.0f}%")
+
+
+def report(backends: dict[str, Backend], labels: np.ndarray, durations: np.ndarray, policy: WindowPolicy,
+           draws: int = 0) -> None:
     """Print the quality table, the LOGO choices, the paired ratios against the baselines and the window study."""
     sims = {name: make() for name, make in recipes(backends).items()}
     scores = {name: per_query(s, labels) for name, s in sims.items()}
@@ -422,6 +468,8 @@ def report(backends: dict[str, Backend], labels: np.ndarray, durations: np.ndarr
         print(f"  {name}: " + ", ".join(
             f"x{r:.2f} [{lo:.2f}, {hi:.2f}] vs {bn}" for bn, bq in base.items()
             for r, lo, hi in [ratio_ci(scores[name].ap, bq.ap)]))
+    if "musicnn" in backends and draws:
+        shape_study(backends, labels, draws)
     if "musicnn" in backends:  # the default vectors, ranked as the previous default (the study was measured so)
         wins = window_study(backends["musicnn"], labels, durations, policy, "zscore", EXPAND_K)
     elif "musicnn-msd" in backends:
