@@ -1,7 +1,7 @@
 """Saved re-ranking data: a vector set's :class:`~mess.search.rerank.Reranker`, written beside its index.
 
 Building a re-ranker costs half a minute on a large collection (20,000 tracks x 5,000 dims, 2 cores), so
-``mess index --rerank`` saves one to ``STORE/indexes/run<id>-<spec>.rerank.npz``: the augmentation, both
+``mess index`` saves one to ``STORE/indexes/run<id>-<spec>.rerank.npz``: the augmentation, both
 neighbour lists and every track's k-reciprocal vectors (all but the unit vectors, which are the vector set's), with
 what they were computed from: the vector set's fingerprint (run, spec, source, track ids and contents), its ids and
 hashes, its preprocessor (the power exponent included), a checksum of its unit vectors and the re-ranking
@@ -136,7 +136,7 @@ def _consistent(r: Reranker) -> bool:
 def load_reranker(store: FeatureStore, vs: VectorSet, on_note: Callable[[str], None] | None = None) -> Reranker:
     """The re-ranker of a vector set: the saved one when it matches ``vs`` exactly (:func:`saved_reranker`), else
     built in memory (and then, on a collection of more than :data:`IN_MEMORY_TRACKS` tracks, ``on_note`` hears that
-    `mess index --rerank` saves it). Memoised until its tracks or contents change."""
+    `mess index` saves it). Memoised until its tracks or contents change."""
     saved = saved_reranker(store, vs)
     if saved is not None:
         return saved

@@ -8,8 +8,8 @@ mean of their per-layer cosines). A :class:`Preprocessor` fitted on the collecti
 turns raw vectors into unit vectors: per-dimension z-scoring ("zscore": removes the
 common offset that makes every pair of neural embeddings look alike, and evens out
 dimensions on different scales), the same after a signed power |x|^0.25 of every raw
-dimension ("power", the default: tames the few large activations; with re-ranking the best
-on real soundtracks, docs/quality.md), or centering alone, then L2 normalisation per layer block. Fitted on fewer than
+dimension ("power": tames the few large activations; the default for all layers, with the
+augmented ranking, docs/quality.md), or centering alone, then L2 normalisation per layer block. Fitted on fewer than
 :data:`MIN_FIT_TRACKS` tracks it is plain L2 normalisation (cosine of the raw vectors).
 """
 
