@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mess.search.augment import augmented_query, build_augmentation
+from mess.search.augment import augmented_query, build_augmentation, expanded_rows
 from mess.search.evaluate import evaluate, track_labels
 from mess.search.expansion import expand, expand_collection, expanded_scores
 from mess.search.metrics import average_precision, ranked_relevance
@@ -97,3 +97,16 @@ def test_a_noisy_copy_of_each_track_finds_it_first(msd: tuple[FeatureStore, Run,
         assert [n.adjusted for n in got] == sorted((n.adjusted for n in got), reverse=True)  # type: ignore[type-var]
     assert demoted > 0  # what the rule is for
 
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_collections_smaller_than_the_neighbour_lists_are_augmented_from_what_they_have(n: int) -> None:
+    unit = np.random.default_rng(n).standard_normal((n, 8)).astype(np.float32)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    aug = build_augmentation(unit)
+    assert aug.rows.shape == (n, min(3, n - 1))
+    scores = expanded_rows(unit, aug, np.arange(n))
+    _, direct = _dense(unit)
+    assert scores.shape == (n, n) and np.allclose(scores, direct, atol=1e-5)
+    _, _, outside = augmented_query(unit, aug, unit[0])
+    assert outside.shape == (n,) and np.isfinite(outside).all()
