@@ -44,7 +44,7 @@ RankingOpt = Annotated[
         "--ranking",
         help="auto (the default: augmented for all layers, plain otherwise or when a large collection has no data "
         "saved by `mess index`), plain (cosine, expanded), augmented (database-side augmentation, then expansion; "
-        "the best on held-out soundtracks, docs/quality.md) or reranked (then k-reciprocal re-ranking). The last "
+        "the steadiest on real soundtracks, docs/quality.md) or reranked (then k-reciprocal re-ranking). The last "
         "two are exact, and not with --match segments, --hubness or another --expand.",
     ),
 ]
@@ -79,7 +79,8 @@ def index_command(
     norm: NormOpt = DEFAULT_NORM,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Build from scratch instead of updating.")] = False,
     rerank: Annotated[bool, typer.Option("--rerank/--no-rerank", help="Also save the re-ranking data of these "
-                                         "vectors, which `similar` and `evaluate` re-rank with (same --norm).")] = True,
+                                         "vectors, which the augmented and re-ranked rankings read (same "
+                                         "--norm).")] = True,
     target_recall: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Recall@10 that approximate indexes are tuned to reach.")
     ] = 0.95,
@@ -87,7 +88,7 @@ def index_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Build or incrementally update the FAISS index of one vector set (cosine similarity), and save its
-    re-ranking data, which `similar` and `evaluate` re-rank with by default (needed on large collections)."""
+    re-ranking data, which the default augmented ranking reads (needed above 10,000 tracks)."""
     from mess.search.ann import KINDS
     from mess.search.index import build_index
     from mess.search.vectors import VectorSpec, load_vectors, vectors_label

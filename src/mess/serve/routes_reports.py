@@ -54,8 +54,8 @@ def probe_heatmap(state: State, model: Model = None, probe: Probe = "ridge") -> 
 def index(state: State, request: Request, model: Model = None, layer: Layer = None, aspect: Aspect = None,
           fused: Fused = False, learned: Learned = False,
           kind: Annotated[str, Query(description="auto, flat, ivf, ivfpq or hnsw.")] = "auto",
-          rerank: Annotated[bool, Query(description="Also save the re-ranking data, which similar re-ranks "
-                                                    "with.")] = True) -> dict:
+          rerank: Annotated[bool, Query(description="Also save the re-ranking data, which the augmented and "
+                                                    "re-ranked rankings read.")] = True) -> dict:
     """Write the index of one vector set under STORE/indexes (the server is read-only otherwise); a request body is a
     400 (it was ignored: ``{"layer": "mfcc"}`` indexed the default vectors)."""
     if not state.allow_indexing:

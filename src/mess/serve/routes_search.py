@@ -48,7 +48,8 @@ RankingParam = Annotated[str, Query(
                 "saved by `mess index`), plain, augmented (database-side augmentation, then expansion) or reranked "
                 "(then k-reciprocal re-ranking); the last two exact, not with hubness or another expand. The "
                 "answer's ranking says which was used.")]
-NormParam = Annotated[str, Query(description="Per-dimension preprocessing: power (default), zscore, center or none.")]
+NormParam = Annotated[str, Query(description="Per-dimension preprocessing: auto (default: power for all layers, zscore "
+                                             "for one layer or aspect), power, zscore, center or none.")]
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": [FIELD],
     "properties": {FIELD: {"type": "string", "format": "binary", "description": "An audio file."}}}}}}}
@@ -74,8 +75,7 @@ def similar(track_id: TrackId, state: State, model: Model = None, layer: Layer =
             ranking: RankingParam = "auto") -> dict:
     """Cosine neighbours; ``why`` holds the similarity in each aspect's layer and ``why_percentile``
     how unusual that closeness is within the collection. When augmented or re-ranked (``ranking`` in the answer) each
-    result's
-    ``adjusted`` is its re-ranked score (what the order follows)."""
+    result's ``adjusted`` is that score (what the order follows)."""
     if hubness is not None and hubness not in HUBNESS_METHODS:
         raise HTTPException(400, f"unknown hubness reduction {hubness!r}; choose {' or '.join(HUBNESS_METHODS)}")
     with state.lock:
@@ -114,6 +114,7 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
         check_ranking(ranking)  # before the upload is received and embedded
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from None
+
     def prepare() -> tuple[FeatureStore, Run, VectorSpec, dict[str, str] | None]:
         with state.lock:
             run = state.run(model)
