@@ -294,8 +294,8 @@ def test_a_report_the_disk_refuses_is_named(extracted_tones: Extracted) -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead of a signal
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # the heatmap is larger, the tables are not
 
-    probe = subprocess.run([*MESS, "probe", "--model", "dsp", "--store", str(store)], capture_output=True, text=True,
-                           timeout=300, preexec_fn=small_disk)
+    probe = subprocess.run([*MESS, "probe", "--model", "dsp", "--store", str(store), "--workers", "1"],  # in-process
+                           capture_output=True, text=True, timeout=300, preexec_fn=small_disk)
     lines = probe.stderr.strip().splitlines()
     assert probe.returncode == 1 and "Traceback" not in probe.stderr and len(lines) == 1, probe.stderr
     png = next((store / "reports").glob("probe-*.png"), None)
