@@ -98,7 +98,6 @@ def test_a_noisy_copy_of_each_track_finds_it_first(msd: tuple[FeatureStore, Run,
     assert demoted > 0  # what the rule is for
 
 
-
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
 def test_collections_smaller_than_the_neighbour_lists_are_augmented_from_what_they_have(n: int) -> None:
     unit = np.random.default_rng(n).standard_normal((n, 8)).astype(np.float32)

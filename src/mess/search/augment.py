@@ -11,9 +11,9 @@ without its k-reciprocal third, and need only each track's nearest tracks: one p
 itself (seconds at 5,000 tracks).
 
 It is the default for all layers together, with power normalisation: on real soundtracks x1.041 [1.018, 1.066]
-mAP over the previous default on all 104 tracks, and x1.054 at the shape of a held-out set (10 tracks per game,
-150 draws; better in 99% of them, where k-reciprocal re-ranking gave x1.042 and 85%); composers within a game
-x0.97 [0.92, 1.02] where re-ranking gave x0.93 (docs/quality.md).
+mAP over the previous default on all 104 tracks, and x1.055 at the shape of a held-out set (10 tracks per game,
+300 draws in ``benchmarks/quality.py``; better in all of them, where k-reciprocal re-ranking gave x1.045 and 88%);
+composers within a game x0.97 [0.92, 1.02] where re-ranking gave x0.93 (docs/quality.md).
 """
 
 from __future__ import annotations
@@ -68,8 +68,6 @@ class Augmentation:
             out += part
         out /= self.norms
         return out
-
-
 
 
 def build_augmentation(unit: np.ndarray) -> Augmentation:
