@@ -21,6 +21,8 @@ from filelock import FileLock
 
 if TYPE_CHECKING:
     from mess.datasets.render import RenderedVariant
+    from mess.search.vectors import VectorSet
+    from mess.store import FeatureStore, Run
 
 CACHE_ROOT = Path(os.environ.get("MESS_TEST_CACHE", Path.home() / ".cache" / "mess-test"))
 
@@ -142,6 +144,36 @@ def extracted_store(rendered_collection: list[Path], tmp_path_factory: pytest.Te
             summary = extract(store, rendered_collection, load_model(name), WindowPolicy())
             assert not summary.failed, summary.failed
     return root
+
+
+@pytest.fixture
+def msd(extracted_store: Path) -> Iterator[tuple[FeatureStore, Run, VectorSet]]:
+    """:func:`extracted_store` read-only: its musicnn-msd run and the default all-layer vector set (power)."""
+    from mess.search.vectors import VectorSpec, load_vectors
+    from mess.store import FeatureStore
+
+    fs = FeatureStore(extracted_store, readonly=True)
+    try:
+        run = fs.run("musicnn-msd")
+        yield fs, run, load_vectors(fs, run, VectorSpec.from_options(), fs.tracks(run))
+    finally:
+        fs.close()
+
+
+@pytest.fixture
+def msd_copy(extracted_store: Path, tmp_path: Path) -> Iterator[tuple[FeatureStore, Run]]:
+    """A writable copy of :func:`extracted_store` (16 rendered tracks), with its musicnn-msd run."""
+    import shutil
+
+    from mess.store import FeatureStore
+
+    root = tmp_path / "store"
+    shutil.copytree(extracted_store, root)
+    fs = FeatureStore(root)
+    try:
+        yield fs, fs.run("musicnn-msd")
+    finally:
+        fs.close()
 
 
 # ---------------------------------------------------------------- parallel runs (pytest -n 2)

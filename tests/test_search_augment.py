@@ -3,9 +3,6 @@ computed here, for collection tracks, outside files and near-copies, on real ext
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -14,19 +11,8 @@ from mess.search.evaluate import evaluate, track_labels
 from mess.search.expansion import expand, expand_collection, expanded_scores
 from mess.search.metrics import average_precision, ranked_relevance
 from mess.search.query import collection_query, similar_tracks
-from mess.search.vectors import VectorSet, VectorSpec, load_vectors
+from mess.search.vectors import VectorSet
 from mess.store import FeatureStore, Run
-
-
-@pytest.fixture
-def msd(extracted_store: Path) -> Iterator[tuple[FeatureStore, Run, VectorSet]]:
-    """The real store's musicnn-msd run and its default all-layer vector set (power-normalised)."""
-    fs = FeatureStore(extracted_store, readonly=True)
-    try:
-        run = fs.run("musicnn-msd")
-        yield fs, run, load_vectors(fs, run, VectorSpec.from_options(), fs.tracks(run))
-    finally:
-        fs.close()
 
 
 def _dense(unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -5,8 +5,6 @@ otherwise; one layer gets z-scores and the plain ranking; every answer says whic
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,18 +20,6 @@ from mess.search.vectors import VectorSpec, load_vectors
 from mess.store import FeatureStore, Run
 
 HINT = "mess index --model musicnn-msd --norm power"
-
-
-@pytest.fixture
-def store(extracted_store: Path, tmp_path: Path) -> Iterator[tuple[FeatureStore, Run]]:
-    """A writable copy of the real store (16 rendered tracks), with its musicnn-msd run."""
-    root = tmp_path / "store"
-    shutil.copytree(extracted_store, root)
-    fs = FeatureStore(root)
-    try:
-        yield fs, fs.run("musicnn-msd")
-    finally:
-        fs.close()
 
 
 def _answer(fs: FeatureStore, run: Run, tid: int, notes: list[str] | None = None,
@@ -56,8 +42,8 @@ def _json(fs: FeatureStore, *args: str) -> dict:
 
 
 def test_the_default_is_power_and_augmented_for_all_layers_zscores_and_plain_for_one(
-        store: tuple[FeatureStore, Run]) -> None:
-    fs, run = store
+        msd_copy: tuple[FeatureStore, Run]) -> None:
+    fs, run = msd_copy
     ids = [t.id for t in fs.tracks(run)]
     for tid in ids[::5]:
         notes: list[str] = []
@@ -72,10 +58,10 @@ def test_the_default_is_power_and_augmented_for_all_layers_zscores_and_plain_for
         _answer(fs, run, tid, layer="penultimate", norm="power") for tid in ids[::5]]
 
 
-def test_above_the_limit_without_saved_data_the_default_is_plain_with_one_note(store: tuple[FeatureStore, Run],
+def test_above_the_limit_without_saved_data_the_default_is_plain_with_one_note(msd_copy: tuple[FeatureStore, Run],
                                                                                 monkeypatch: pytest.MonkeyPatch
                                                                                 ) -> None:
-    fs, run = store
+    fs, run = msd_copy
     monkeypatch.setattr(rerank_store, "IN_MEMORY_TRACKS", 4)  # the 16 tracks are a "large" collection
     tid = fs.tracks(run)[3].id
     notes: list[str] = []
@@ -88,9 +74,9 @@ def test_above_the_limit_without_saved_data_the_default_is_plain_with_one_note(s
     assert answer["ranking"] == "plain" and len(answer["notes"]) == 1 and HINT in answer["notes"][0]
 
 
-def test_above_the_limit_saved_current_data_is_used(store: tuple[FeatureStore, Run],
+def test_above_the_limit_saved_current_data_is_used(msd_copy: tuple[FeatureStore, Run],
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    fs, run = store
+    fs, run = msd_copy
     tid = fs.tracks(run)[7].id
     small = _answer(fs, run, tid)  # built in memory
     monkeypatch.setattr(rerank_store, "IN_MEMORY_TRACKS", 4)
@@ -103,8 +89,8 @@ def test_above_the_limit_saved_current_data_is_used(store: tuple[FeatureStore, R
 
 @pytest.mark.parametrize("asked", ["augmented", "reranked"])
 def test_another_ranking_asked_for_is_used_silently_by_default_and_refused_with_an_exact_one(
-        store: tuple[FeatureStore, Run], asked: str) -> None:
-    fs, run = store
+        msd_copy: tuple[FeatureStore, Run], asked: str) -> None:
+    fs, run = msd_copy
     tid = fs.tracks(run)[1].id
     for options in ({"match": "segments", "layer": "penultimate"}, {"hubness": "csls"}, {"expand": 0},
                     {"expand": 5}):
@@ -117,8 +103,8 @@ def test_another_ranking_asked_for_is_used_silently_by_default_and_refused_with_
         _answer(fs, run, tid, ranking="best")
 
 
-def test_similar_cli_says_which_ranking_it_used(store: tuple[FeatureStore, Run]) -> None:
-    fs, run = store
+def test_similar_cli_says_which_ranking_it_used(msd_copy: tuple[FeatureStore, Run]) -> None:
+    fs, run = msd_copy
     tid = fs.tracks(run)[5].id
     answers = {name: _json(fs, "similar", str(tid), *args) for name, args in (
         ("default", ()), ("plain", ("--ranking", "plain")), ("reranked", ("--ranking", "reranked")),
@@ -142,9 +128,9 @@ def test_similar_cli_says_which_ranking_it_used(store: tuple[FeatureStore, Run])
     assert both.exit_code != 0 and "two re-rankings" in both.output and "Traceback" not in both.output
 
 
-def test_evaluate_ranks_each_vector_set_as_similar_does_by_default(store: tuple[FeatureStore, Run],
+def test_evaluate_ranks_each_vector_set_as_similar_does_by_default(msd_copy: tuple[FeatureStore, Run],
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    fs, run = store
+    fs, run = msd_copy
     default = evaluate(fs, run, "composer")
     by_name = {s.name: s for s in default.sets}
     assert by_name["all layers"].metric == "cosine, augmented (DBA)" and default.notes == []
@@ -164,8 +150,8 @@ def test_evaluate_ranks_each_vector_set_as_similar_does_by_default(store: tuple[
     assert len(large.notes) == 1 and "mess index --model musicnn-msd" in large.notes[0]
 
 
-def test_index_saves_the_re_ranking_data_by_default(store: tuple[FeatureStore, Run]) -> None:
-    fs, _ = store
+def test_index_saves_the_re_ranking_data_by_default(msd_copy: tuple[FeatureStore, Run]) -> None:
+    fs, _ = msd_copy
     skipped = _json(fs, "index", "--layer", "penultimate", "--no-rerank")
     assert skipped["rerank"] == "" and skipped["rerank_path"] is None and skipped["norm"] == "zscore"
     built = _json(fs, "index")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,19 +13,8 @@ from mess.models.base import ModelInfo
 from mess.search.evaluate import evaluate
 from mess.search.expansion import expand, expand_collection, expanded_scores
 from mess.search.query import collection_query, similar_tracks
-from mess.search.vectors import VectorSet, VectorSpec, load_vectors
+from mess.search.vectors import VectorSet
 from mess.store import FeatureStore, Run, TrackVectors
-
-
-@pytest.fixture
-def msd(extracted_store: Path) -> Iterator[tuple[FeatureStore, Run, VectorSet]]:
-    """The real store's musicnn-msd run and its default (all-layer) vector set."""
-    fs = FeatureStore(extracted_store, readonly=True)
-    try:
-        run = fs.run("musicnn-msd")
-        yield fs, run, load_vectors(fs, run, VectorSpec.from_options(), fs.tracks(run))
-    finally:
-        fs.close()
 
 
 def test_similar_with_expansion_ranks_as_evaluation_does_and_scores_stay_cosines(

@@ -4,7 +4,6 @@ their definitions, and `similar --ranking reranked` against `evaluate --ranking 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from mess.search.graph import TOP_BY_ARGMAX, gram, neighbour_graph, top_columns
 from mess.search.metrics import average_precision, ranked_relevance
 from mess.search.query import collection_query, similar_tracks
 from mess.search.rerank import build_reranker, shared_weights
-from mess.search.vectors import POWER, Preprocessor, VectorSet, VectorSpec, load_vectors
+from mess.search.vectors import POWER, Preprocessor, VectorSet
 from mess.store import FeatureStore, Run
 
 
@@ -140,17 +139,6 @@ def test_power_normalisation_is_zscores_of_signed_roots() -> None:
     again = Preprocessor.from_arrays(prep.arrays())
     np.testing.assert_allclose(again.apply(raw), want, atol=1e-5)
     assert Preprocessor.from_arrays({k: v for k, v in prep.arrays().items() if k != "power"}).power == 1.0
-
-
-@pytest.fixture
-def msd(extracted_store: Path) -> Iterator[tuple[FeatureStore, Run, VectorSet]]:
-    """The real store's musicnn-msd run and its power-normalised all-layer vector set."""
-    fs = FeatureStore(extracted_store, readonly=True)
-    try:
-        run = fs.run("musicnn-msd")
-        yield fs, run, load_vectors(fs, run, VectorSpec.from_options(norm="power"), fs.tracks(run))
-    finally:
-        fs.close()
 
 
 def test_similar_with_rerank_ranks_a_collection_query_as_evaluate_does(

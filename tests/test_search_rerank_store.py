@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,18 +28,6 @@ from mess.store import FeatureStore, Run
 from mess.store.feature_store import TrackVectors
 
 POWER = VectorSpec.from_options(norm="power")
-
-
-@pytest.fixture
-def store(extracted_store: Path, tmp_path: Path) -> Iterator[tuple[FeatureStore, Run]]:
-    """A writable copy of the real store, with its musicnn-msd run."""
-    root = tmp_path / "store"
-    shutil.copytree(extracted_store, root)
-    fs = FeatureStore(root)
-    try:
-        yield fs, fs.run("musicnn-msd")
-    finally:
-        fs.close()
 
 
 def _reopened(fs: FeatureStore) -> FeatureStore:
@@ -77,9 +64,9 @@ def _direct_ranking(fs: FeatureStore, run: Run, tid: int) -> list[int]:
     return vs.ids[np.argsort(-scores, kind="stable")[:8]].tolist()
 
 
-def test_saved_reranker_answers_exactly_as_one_built_in_memory(store: tuple[FeatureStore, Run],
+def test_saved_reranker_answers_exactly_as_one_built_in_memory(msd_copy: tuple[FeatureStore, Run],
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    fs, run = store
+    fs, run = msd_copy
     monkeypatch.setattr(rerank_store, "IN_MEMORY_TRACKS", 0)  # every collection is "large": the note shows the path
     vs = load_vectors(fs, run, POWER)
     in_memory = evaluate(fs, run, "composer", norm="power", ranking="reranked")
@@ -106,8 +93,8 @@ def test_saved_reranker_answers_exactly_as_one_built_in_memory(store: tuple[Feat
 
 
 def test_after_a_track_is_added_the_saved_data_is_stale_and_repair_removes_it(
-        store: tuple[FeatureStore, Run], monkeypatch: pytest.MonkeyPatch) -> None:
-    fs, run = store
+        msd_copy: tuple[FeatureStore, Run], monkeypatch: pytest.MonkeyPatch) -> None:
+    fs, run = msd_copy
     monkeypatch.setattr(rerank_store, "IN_MEMORY_TRACKS", 0)
     vs = load_vectors(fs, run, POWER)
     path = build_index(fs, vs, rerank=True)[1].rerank_path
@@ -134,9 +121,9 @@ def test_after_a_track_is_added_the_saved_data_is_stale_and_repair_removes_it(
 
 
 @pytest.mark.parametrize("damage", ["truncated", "bytes changed", "another vector set's data"])
-def test_a_damaged_saved_file_is_ignored_and_reported(store: tuple[FeatureStore, Run], damage: str,
+def test_a_damaged_saved_file_is_ignored_and_reported(msd_copy: tuple[FeatureStore, Run], damage: str,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    fs, run = store
+    fs, run = msd_copy
     monkeypatch.setattr(rerank_store, "IN_MEMORY_TRACKS", 0)
     vs = load_vectors(fs, run, POWER)
     path = build_index(fs, vs, rerank=True)[1].rerank_path
@@ -165,8 +152,8 @@ def test_a_damaged_saved_file_is_ignored_and_reported(store: tuple[FeatureStore,
     assert check_store(fs.root, fix=True).stale == [] and not path.exists()
 
 
-def test_index_rerank_in_a_process_then_similar_rerank_ranks_as_the_library(store: tuple[FeatureStore, Run]) -> None:
-    fs, run = store
+def test_index_rerank_in_a_process_then_similar_rerank_ranks_as_the_library(msd_copy: tuple[FeatureStore, Run]) -> None:
+    fs, run = msd_copy
     root = str(fs.root)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
@@ -186,9 +173,9 @@ def test_index_rerank_in_a_process_then_similar_rerank_ranks_as_the_library(stor
     assert mess("index", "--model", "musicnn-msd", "--norm", "power", "--rerank")["rerank"] == "unchanged"
 
 
-def test_similar_notes_once_that_index_rerank_saves_the_data(store: tuple[FeatureStore, Run],
+def test_similar_notes_once_that_index_rerank_saves_the_data(msd_copy: tuple[FeatureStore, Run],
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    fs, _ = store
+    fs, _ = msd_copy
     monkeypatch.setattr(rerank_store, "IN_MEMORY_TRACKS", 0)
     app = typer.Typer()
     register(app)
