@@ -1,5 +1,6 @@
 """The re-ranking build as it was before it was made faster (commit 8a9ac60): mess.search.graph and
-mess.search.rerank, frozen, for benchmarks/rerank.py to time and compare against. Not used by mess itself."""
+mess.search.rerank, frozen, for benchmarks/rerank.py to time and compare against. Not used by mess itself. The pieces
+the faster build left as they were (NeighbourGraph, top_columns, Augmentation) are the library's."""
 
 from __future__ import annotations
 
@@ -10,24 +11,11 @@ from functools import cached_property
 import numpy as np
 from scipy import sparse
 
+from mess.search.augment import Augmentation
 from mess.search.expansion import EXPAND_ALPHA, EXPAND_K, expand
+from mess.search.graph import NeighbourGraph, top_columns
 
 CHUNK = 1024  # rows of the score matrix held at once
-TOP_BY_ARGMAX = 32  # up to this many neighbours, found by repeated argmax
-
-
-@dataclass(frozen=True)
-class NeighbourGraph:
-    """Per track (row of the vector set): its ``k`` nearest other tracks, best first, and their scores."""
-
-    rows: np.ndarray  # [n, k] int64 row positions
-    scores: np.ndarray  # [n, k] float32
-    lowest: np.ndarray  # [n] float32: the lowest score of the row over the other tracks
-
-    @property
-    def k(self) -> int:
-        """Neighbours per track."""
-        return int(self.rows.shape[1])
 
 
 def score_graph(scores: Callable[[np.ndarray], np.ndarray], n: int, k: int, chunk: int = CHUNK) -> NeighbourGraph:
@@ -49,25 +37,6 @@ def score_graph(scores: Callable[[np.ndarray], np.ndarray], n: int, k: int, chun
     return NeighbourGraph(rows_out, scores_out, lowest)
 
 
-def top_columns(scores: np.ndarray, own: np.ndarray | None, k: int) -> np.ndarray:
-    """Columns [m, k] of each row's ``k`` highest scores, best first, ties to the lower column (a row's ``own``
-    column skipped): ``k`` passes of argmax for a few, faster than a partition; a stable sort of a partition
-    for more."""
-    work = scores.copy()
-    every = np.arange(len(work))
-    if own is not None:
-        work[every, own] = -np.inf
-    if k > TOP_BY_ARGMAX:
-        part = np.sort(np.argpartition(-work, k - 1, axis=1)[:, :k], axis=1)  # ties at the cut: any of them
-        order = np.argsort(-np.take_along_axis(work, part, axis=1), axis=1, kind="stable")
-        return np.take_along_axis(part, order, axis=1)
-    out = np.zeros((len(work), k), dtype=np.int64)
-    for j in range(k):
-        out[:, j] = np.argmax(work, axis=1)
-        work[every, out[:, j]] = -np.inf
-    return out
-
-
 def neighbour_graph(unit: np.ndarray, k: int, chunk: int = CHUNK) -> NeighbourGraph:
     """Cosine graph of unit vectors [n, dim]: each row's ``k`` nearest other rows."""
     return score_graph(lambda rows: unit[rows] @ unit.T, len(unit), k, chunk)
@@ -77,42 +46,6 @@ DBA_K = 3
 K1 = 10
 K2 = 3
 LAMBDA = 0.3
-
-
-@dataclass(frozen=True)
-class Augmentation:
-    """DBA of a collection: per track its neighbours' rows [n, k], their weights [n, k] and the norm [n] of
-    ``u_i + sum_t w_it u_t`` (so the augmented vector is that sum divided by the norm)."""
-
-    rows: np.ndarray
-    weights: np.ndarray
-    norms: np.ndarray
-
-    @classmethod
-    def from_graph(cls, unit: np.ndarray, graph: NeighbourGraph, alpha: float = EXPAND_ALPHA) -> Augmentation:
-        """The augmentation of unit vectors [n, dim] over the neighbours of ``graph`` (its k of them)."""
-        weights = (np.maximum(graph.scores, 0.0) ** alpha).astype(np.float32)
-        sums = cls(graph.rows, weights, np.ones(len(unit), dtype=np.float32))  # norms of 1: its vectors are the sums
-        norms = np.empty(len(unit), dtype=np.float32)
-        for start in range(0, len(unit), 4096):
-            rows = np.arange(start, min(start + 4096, len(unit)))
-            norms[rows] = np.linalg.norm(sums.vectors(unit, rows), axis=1)
-        return cls(graph.rows, weights, np.maximum(norms, 1e-12))
-
-    def vectors(self, unit: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """The augmented unit vectors [m, dim] of collection rows."""
-        summed = unit[rows] + np.einsum("mk,mkd->md", self.weights[rows], unit[self.rows[rows]])
-        return summed / self.norms[rows, None]
-
-    def scores(self, cosines: np.ndarray) -> np.ndarray:
-        """Scores [m, n] of queries against the augmented vectors, from their cosines [m, n] to the plain ones."""
-        out = np.array(cosines, dtype=np.float32)
-        for t in range(self.rows.shape[1]):
-            part = np.take(cosines, self.rows[:, t], axis=1)
-            part *= self.weights[:, t]
-            out += part
-        out /= self.norms
-        return out
 
 
 @dataclass(frozen=True)
