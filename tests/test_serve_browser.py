@@ -204,6 +204,12 @@ def test_page_click_a_track_shows_neighbours(server: str, tmp_path: Path, record
         api = httpx.get(f"{server}/api/tracks/{target['id']}/similar", params={"model": "dsp", "k": 10},
                         timeout=TIMEOUT).json()
         assert shown == [r["id"] for r in api["results"]] and target["id"] not in shown
+        # the page shows the score the list is ordered by (the default's augmented score), not the cosine
+        assert api["ranking"] == "augmented"
+        scores = browser.evaluate("[...document.querySelectorAll('#neighbours .score')].map(s => +s.textContent)")
+        assert len(scores) == count and scores == sorted(scores, reverse=True)
+        assert all(abs(s - r["adjusted"]) <= 5.1e-5 for s, r in zip(scores, api["results"], strict=True))
+        assert any(abs(s - r["score"]) > 1e-3 for s, r in zip(scores, api["results"], strict=True))  # not the cosine
         assert browser.wait_for("document.querySelectorAll('#neighbours .chip').length") >= count
         assert browser.wait_for("document.getElementById('player').readyState >= 1"), "audio did not load"
 

@@ -217,7 +217,7 @@ def _print_similar(answer: dict, results: list[Neighbour]) -> None:
             plain(n.track.name) + (" [bold yellow](duplicate)[/]" if n.duplicate else ""),
             f"{n.score:.3f}",
         ]
-        row += [f"{n.adjusted:.3f}"] if n.adjusted is not None else []
+        row += [f"{n.adjusted:.4f}"] if n.adjusted is not None else []  # tight clusters differ in the 4th decimal
         table.add_row(*row, plain(why))
     console.print(table)
     if answer["norm_note"]:

@@ -317,7 +317,11 @@ function renderNeighbours(data) {
   $("neighbours-caption").textContent = `like ${data.query.label}, ${data.model} ${data.vectors}`;
   for (const n of data.results) {
     const item = trackItem(n);
-    item.append(el("span", n.score.toFixed(3), "score"));
+    // The score the list is ordered by: the augmented or re-ranked score where the answer has one, else the cosine.
+    const ranked = n.adjusted !== null && n.adjusted !== undefined;
+    const score = el("span", (ranked ? n.adjusted : n.score).toFixed(4), "score");
+    score.title = ranked ? `${data.ranking} score (the order); cosine ${n.score.toFixed(4)}` : "cosine";
+    item.append(score);
     if (n.duplicate) item.append(el("span", "duplicate", "flag"));
     const why = el("div", undefined, "why");
     const aspects = Object.entries(n.why_percentile).sort((a, b) => b[1] - a[1]);
