@@ -8,9 +8,11 @@ on the sixth, for each game in turn (leave one game out), so their figures come 
 never saw. The window study re-uses the stored per-window vectors (no re-extraction).
 
 The row "the default" is what `mess extract` + `mess similar` / `mess evaluate` use with no options: the
-``musicnn`` model (musicnn-msd and musicnn-mtt on one log-mel), all layers, power-normalised (signed fourth roots,
-then z-scores), database-side augmentation and query expansion (k = 3, alpha = 1): ``--ranking augmented``. The
-row "previous default" is the default before it: z-scored, query expansion (``--norm zscore --ranking plain``).
+``musicnn`` model (musicnn-msd and musicnn-mtt on one log-mel, and the timbre layer: the MFCC Gaussian up to
+16 kHz), all layers, power-normalised (signed fourth roots, then z-scores; the timbre layer z-scored and weighted
+as 12 layers), database-side augmentation and query expansion (k = 3, alpha = 1): ``--ranking augmented``. The rows
+"network layers" leave the timbre layer out: "previous default" (z-scored, query expansion: ``--norm zscore
+--ranking plain``) and "the default without timbre" are the two defaults before it.
 The msd and mtt rows read the same run's ``msd.*`` / ``mtt.*`` layers, which equal the single models' vectors
 (a separate ``musicnn-msd`` run is used instead where the store has one).
 
@@ -32,24 +34,30 @@ import numpy as np
 from mess.audio.windows import WindowPolicy
 from mess.datasets.soundtracks import fetch_soundtracks
 from mess.extract.runs import run_policy
+from mess.models import timbre
 from mess.search.augment import build_augmentation, expanded_rows
 from mess.search.expansion import EXPAND_ALPHA, EXPAND_K, expand_collection, expanded_scores
 from mess.search.metrics import average_precision, ndcg_at_k, precision_at_k, ranked_relevance
 from mess.search.rerank import build_reranker
 from mess.search.segments import chamfer_rows, group_windows
-from mess.search.vectors import Preprocessor
+from mess.search.vectors import TIMBRE_WEIGHT, Preprocessor, block_roles
 from mess.store import FeatureStore, Run
 
 CACHE = Path.home() / ".cache" / "mess-bench"
 MODELS = ("musicnn", "dsp")
-DEFAULT_ROW = "the default: musicnn, all layers, power, DBA + expanded (--ranking augmented)"
-PREVIOUS_ROW = "previous default: musicnn, all layers, zscore, expanded (--norm zscore --ranking plain)"
+DEFAULT_ROW = "the default: musicnn, all layers with timbre, power, DBA + expanded (--ranking augmented)"
+PREVIOUS_ROW = "previous default: musicnn, network layers, zscore, expanded (--norm zscore --ranking plain)"
+AUGMENTED_ROW = "the default without timbre: musicnn, network layers, power, DBA + expanded"
+TIMBRE_WEIGHTS = (0.0, 2.0, 4.0, 8.0, 12.0, 16.0)  # the timbre layer's weight, in layers, for LOGO
 EXPANSIONS = ((1, 3.0), (2, 3.0), (3, 3.0), (5, 3.0), (8, 3.0), (3, 1.0), (5, 1.0))  # (k, alpha) for LOGO
 BOOT = 2000
 WINDOW_COUNTS = (1, 2, 3, 4, 8, 16)
 SHAPE_PER_GAME = (10, 6)  # tracks per game in the held-out-shape study
-SHAPE_RECIPES = {"previous default": ("zscore", "plain"), "the default (power, augmented)": ("power", "augmented"),
-                 "power, re-ranked": ("power", "reranked"), "zscore, augmented": ("zscore", "augmented")}
+SHAPE_RECIPES = {  # name -> (norm, ranking, with the timbre layer)
+    "previous default": ("zscore", "plain", False), "without timbre (power, augmented)": ("power", "augmented", False),
+    "the default (with timbre, power, augmented)": ("power", "augmented", True),
+    "power, re-ranked, with timbre": ("power", "reranked", True), "zscore, augmented, with timbre": ("zscore",
+                                                                                                   "augmented", True)}
 PLACEMENTS = ("start", "middle", "spread")
 Sim = np.ndarray  # [n, n] similarity of every track to every track
 
@@ -135,29 +143,38 @@ def split_ensemble(backends: dict[str, Backend]) -> dict[str, Backend]:
 # ---------------------------------------------------------------- vectors -> similarity
 
 
-def unit_vectors(blocks: list[np.ndarray], norm: str = "center") -> np.ndarray:
-    """The library's preprocessing (per-dimension shift, per-block L2) of concatenated layer blocks."""
+def unit_vectors(blocks: list[np.ndarray], norm: str = "center", names: list[str] | None = None,
+                 timbre_weight: float = TIMBRE_WEIGHT) -> np.ndarray:
+    """The library's preprocessing (per-dimension shift, per-block L2) of concatenated layer blocks; with the layers'
+    ``names``, the all-layer vector's block roles (the timbre layer unpowered, weighted ``timbre_weight``)."""
     raw = np.concatenate(blocks, axis=1)
-    return Preprocessor.fit(raw, [b.shape[1] for b in blocks], norm).apply(raw)  # type: ignore[arg-type]
+    unpowered, weights = block_roles(names, "all") if names else ((), ())
+    weights = tuple(timbre_weight if u else w for u, w in zip(unpowered, weights, strict=True))
+    return Preprocessor.fit(raw, [b.shape[1] for b in blocks], norm, unpowered, weights).apply(raw)  # type: ignore[arg-type]
 
 
 def mean_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: str = "center", expand: int = 0,
              alpha: float = EXPAND_ALPHA) -> Sim:
-    """Cosine of track vectors over the chosen (backend, layer) blocks, each block equally weighted; with
+    """Cosine of track vectors over the chosen (backend, layer) blocks, each block equally weighted (the timbre
+    layer as the all-layer vector weighs it); with
     ``expand`` > 0, of each query expanded with its nearest tracks (the library's alpha-QE) against the tracks."""
-    x = unit_vectors([backends[b].tracks[layer] for b, layer in layers], norm)
+    x = unit_vectors([backends[b].tracks[layer] for b, layer in layers], norm, [layer for _, layer in layers])
     return expanded_scores(x @ x.T, expand_collection(x, expand, alpha) @ x.T) if expand else x @ x.T
 
 
-def augmented_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: str = "power") -> Sim:
-    """The library's augmented ranking (`--ranking augmented`: DBA, expansion) of every track against every track."""
-    return ranked(unit_vectors([backends[b].tracks[layer] for b, layer in layers], norm), "augmented")
+def augmented_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: str = "power",
+                  timbre_weight: float = TIMBRE_WEIGHT) -> Sim:
+    """The library's augmented ranking (`--ranking augmented`: DBA, expansion) of every track against every track,
+    with the all-layer vector's block roles (the timbre layer's weight ``timbre_weight``)."""
+    blocks, names = [backends[b].tracks[layer] for b, layer in layers], [layer for _, layer in layers]
+    return ranked(unit_vectors(blocks, norm, names, timbre_weight), "augmented")
 
 
 def reranked_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: str = "power") -> Sim:
     """The library's re-ranking (`--ranking reranked`: DBA, expansion, k-reciprocal) of every track against every
-    track."""
-    return ranked(unit_vectors([backends[b].tracks[layer] for b, layer in layers], norm), "reranked")
+    track, with the all-layer vector's block roles."""
+    blocks, names = [backends[b].tracks[layer] for b, layer in layers], [layer for _, layer in layers]
+    return ranked(unit_vectors(blocks, norm, names), "reranked")
 
 
 def segment_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: str = "center") -> Sim:
@@ -175,6 +192,11 @@ def segment_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: st
 def all_layers(backends: list[Backend], *which: int) -> list[tuple[int, str]]:
     """(backend, layer) pairs of every layer of the given backends."""
     return [(b, layer) for b in which for layer in backends[b].layers]
+
+
+def network_layers(backends: list[Backend], which: int) -> list[tuple[int, str]]:
+    """(backend, layer) pairs of a backend's layers but the timbre layer (the musicnn networks' own)."""
+    return [(which, layer) for layer in backends[which].layers if layer != timbre.LAYER]
 
 
 # ---------------------------------------------------------------- metrics
@@ -278,7 +300,7 @@ def window_study(b: Backend, labels: np.ndarray, durations: np.ndarray, policy: 
     """Print mAP (95% CI) against seconds analysed per track for each window count (up to the stored policy's
     maximum) and placement."""
     window_s = policy.window_seconds
-    print(f"\nwindow policy ({b.name}, all layers, {norm}, expansion {expand}, mean of the chosen {window_s:.0f} s "
+    print(f"\nwindow policy ({b.name}, network layers, {norm}, expansion {expand}, mean of the chosen {window_s:.0f} s "
           f"windows; the store holds at most {policy.max_windows} per track):")
     print(f"{'windows':>8} {'s/track':>8}  " + "  ".join(f"{p:>22}" for p in PLACEMENTS))
     sims: dict[tuple[int, str], Sim] = {}
@@ -286,7 +308,7 @@ def window_study(b: Backend, labels: np.ndarray, durations: np.ndarray, policy: 
         cells = []
         for placement in PLACEMENTS:
             sub = window_subset(b, count, placement)
-            sims[(count, placement)] = mean_sim([sub], all_layers([sub], 0), norm, expand)
+            sims[(count, placement)] = mean_sim([sub], network_layers([sub], 0), norm, expand)
             ap = per_query(sims[(count, placement)], labels).ap
             lo, hi = boot_ci(ap)
             cells.append(f"{ap.mean():.3f} [{lo:.3f}, {hi:.3f}]")
@@ -315,15 +337,20 @@ def recipes(backends: dict[str, Backend]) -> dict[str, Callable[[], Sim]]:
         out["dsp, all layers, zscore"] = lambda: mean_sim(bs, all_layers(bs, d), "zscore")
     if "musicnn" in backends:
         e = order.index("musicnn")
-        out["musicnn (msd+mtt) all layers"] = lambda: mean_sim(bs, all_layers(bs, e))
-        out["musicnn (msd+mtt) all layers, zscore"] = lambda: mean_sim(bs, all_layers(bs, e), "zscore")
-        out[PREVIOUS_ROW] = lambda: mean_sim(bs, all_layers(bs, e), "zscore", EXPAND_K, EXPAND_ALPHA)
-        out["musicnn all layers, power, expanded (--ranking plain)"] = lambda: mean_sim(bs, all_layers(bs, e),
-                                                                                        "power", EXPAND_K)
-        out["musicnn all layers, zscore, augmented (--norm zscore)"] = lambda: augmented_sim(bs, all_layers(bs, e),
-                                                                                            "zscore")
-        out[DEFAULT_ROW] = lambda: augmented_sim(bs, all_layers(bs, e))
-        out["musicnn all layers, power, re-ranked (--ranking reranked)"] = lambda: reranked_sim(bs, all_layers(bs, e))
+        net = network_layers(bs, e)
+        out["musicnn (msd+mtt) network layers"] = lambda: mean_sim(bs, net)
+        out["musicnn (msd+mtt) network layers, zscore"] = lambda: mean_sim(bs, net, "zscore")
+        out[PREVIOUS_ROW] = lambda: mean_sim(bs, net, "zscore", EXPAND_K, EXPAND_ALPHA)
+        out[AUGMENTED_ROW] = lambda: augmented_sim(bs, net)
+        if timbre.LAYER in backends["musicnn"].layers:
+            out["musicnn timbre layer alone, zscore"] = lambda: mean_sim(bs, [(e, timbre.LAYER)], "zscore")
+            out["musicnn all layers with timbre, power, expanded (--ranking plain)"] = lambda: mean_sim(
+                bs, all_layers(bs, e), "power", EXPAND_K)
+            out["musicnn all layers with timbre, zscore, augmented (--norm zscore)"] = lambda: augmented_sim(
+                bs, all_layers(bs, e), "zscore")
+            out[DEFAULT_ROW] = lambda: augmented_sim(bs, all_layers(bs, e))
+            out["musicnn all layers with timbre, power, re-ranked (--ranking reranked)"] = lambda: reranked_sim(
+                bs, all_layers(bs, e))
     musicnn = [m for m in order if m.startswith("musicnn-")]
     for model in musicnn:
         m, short = order.index(model), model.removeprefix("musicnn-")
@@ -402,10 +429,11 @@ def draw_per_game(rng: np.random.Generator, labels: np.ndarray, per_game: int) -
 
 
 def shape_study(backends: dict[str, Backend], labels: np.ndarray, draws: int, seed: int = 0) -> None:
-    """The default against the previous default and re-ranking on sub-collections shaped like the held-back check
-    set (85 tracks over 8 games: about 10 per game), each draw's preprocessing fitted on the draw alone."""
+    """The default against the previous defaults and other rankings on sub-collections shaped like the held-back
+    check set (85 tracks over 8 games: about 10 per game), each draw's preprocessing fitted on the draw alone."""
     bs = list(backends.values())
-    blocks = [bs[b].tracks[layer] for b, layer in all_layers(bs, list(backends).index("musicnn"))]
+    e = list(backends).index("musicnn")
+    layer_sets = {False: network_layers(bs, e), True: all_layers(bs, e)}
     print(f"\nsub-collections shaped like a held-out set ({draws} draws each; mean ratio vs the previous default "
           "[95% interval of the mean], 2.5-97.5% of single draws, share of draws better):")
     for per_game in SHAPE_PER_GAME:
@@ -413,8 +441,10 @@ def shape_study(backends: dict[str, Backend], labels: np.ndarray, draws: int, se
         maps: dict[str, list[float]] = {name: [] for name in SHAPE_RECIPES}
         for _ in range(draws):
             rows = draw_per_game(rng, labels, per_game)
-            for name, (norm, ranking) in SHAPE_RECIPES.items():
-                x = unit_vectors([b[rows] for b in blocks], norm)
+            for name, (norm, ranking, with_timbre) in SHAPE_RECIPES.items():
+                layers = layer_sets[with_timbre]
+                x = unit_vectors([bs[b].tracks[layer][rows] for b, layer in layers], norm,
+                                 [layer for _, layer in layers])
                 maps[name].append(float(per_query(ranked(x, ranking), labels[rows]).ap.mean()))
         base = np.array(maps["previous default"])
         print(f"  {per_game} per game ({len(rows)} tracks):")
@@ -426,12 +456,44 @@ def shape_study(backends: dict[str, Backend], labels: np.ndarray, draws: int, se
                   f"better in {100 * np.mean(ratio > 1 + 1e-12):.0f}%")
 
 
+def timbre_study(backends: dict[str, Backend], labels: np.ndarray, scores: dict[str, PerQuery]) -> None:
+    """The timbre layer's weight in the default (power, augmented) chosen by leave-one-game-out, and its effect per
+    game: the evidence for :data:`mess.search.vectors.TIMBRE_WEIGHT`."""
+    bs = list(backends.values())
+    layers = all_layers(bs, list(backends).index("musicnn"))
+    sims = {f"w{w:g}": augmented_sim(bs, layers, timbre_weight=w) for w in TIMBRE_WEIGHTS}
+    print(f"\ntimbre layer's weight (in layers) beside the 18 network layers, power, augmented (w0 = the default "
+          f"without timbre; the library uses w{TIMBRE_WEIGHT:g}):")
+    base = per_query(sims["w0"], labels)
+    for name, sim in sims.items():
+        q = per_query(sim, labels)
+        r, lo, hi = ratio_ci(q.ap, base.ap)
+        print(f"  {name}: mAP {q.ap.mean():.3f}, x{r:.3f} [{lo:.3f}, {hi:.3f}] vs w0")
+    q, picks = logo(sims, labels)
+    r, lo, hi = ratio_ci(q.ap, base.ap)
+    print(row("timbre weight chosen by LOGO", q))
+    print(f"  x{r:.3f} [{lo:.3f}, {hi:.3f}] vs w0; picks: {' '.join(picks)}")
+    scores["timbre weight chosen by LOGO"] = q
+    default = per_query(sims[f"w{TIMBRE_WEIGHT:g}"], labels)
+    games = np.unique(labels)
+    print("  per game, the default minus w0: " + ", ".join(
+        f"{g} {default.ap[labels[default.rows] == g].mean() - base.ap[labels[base.rows] == g].mean():+.3f}"
+        for g in games))
+    rng = np.random.default_rng(0)
+    sums = np.array([[default.ap[labels[default.rows] == g].sum(), base.ap[labels[base.rows] == g].sum()]
+                     for g in games])
+    picks_g = rng.integers(0, len(games), (BOOT, len(games)))
+    ratios = sums[picks_g, 0].sum(axis=1) / sums[picks_g, 1].sum(axis=1)
+    print(f"  games resampled (whole games, {BOOT} resamples): 95% [{np.percentile(ratios, 2.5):.3f}, "
+          f"{np.percentile(ratios, 97.5):.3f}]")
+
+
 def composer_study(sims: dict[str, Sim], composers: np.ndarray) -> None:
     """The rankings of the default's vectors by a finer label than the game: the tracks' own artist tags (tagged
     tracks only, queries and items), each against the previous default."""
     tagged = np.flatnonzero(composers != "")
     scores = {name: per_query(sim, composers, tagged, tagged) for name, sim in sims.items()
-              if name == PREVIOUS_ROW or name.startswith(("musicnn all layers", "the default"))}
+              if name == PREVIOUS_ROW or name.startswith(("musicnn all layers", "the default", "musicnn timbre"))}
     base = scores[PREVIOUS_ROW]
     print(f"\nby composer (artist tag; {len(tagged)} tagged tracks, {len(set(composers[tagged]))} composers, "
           f"{len(base.ap)} queries; paired ratio vs the previous default):")
@@ -472,13 +534,14 @@ def report(backends: dict[str, Backend], labels: np.ndarray, durations: np.ndarr
     print(f"  picks: {' '.join(picks)}")
     scores["recipe chosen by LOGO"] = q
     base = {n: scores[n] for n in ("msd penultimate", "dsp, all layers", "msd all layers") if n in scores}
-    if PREVIOUS_ROW in scores:
-        print(f"\n{PREVIOUS_ROW}: mAP {scores[PREVIOUS_ROW].ap.mean():.3f}; 'msd all layers' was the default "
-              "before it")
-        for name in (n for n in scores if any(w in n for w in ("power", "augmented", "re-ranked"))):
-            r, lo, hi = ratio_ci(scores[name].ap, scores[PREVIOUS_ROW].ap)
-            print(f"  {name}: mAP {scores[name].ap.mean():.3f}, x{r:.3f} [{lo:.3f}, {hi:.3f}] vs the previous "
-                  "default")
+    if "musicnn" in backends and timbre.LAYER in backends["musicnn"].layers:
+        timbre_study(backends, labels, scores)
+    for previous in (p for p in (PREVIOUS_ROW, AUGMENTED_ROW) if p in scores):
+        print(f"\n{previous}: mAP {scores[previous].ap.mean():.3f}")
+        for name in (n for n in scores if n != previous and any(w in n for w in ("power", "augmented", "re-ranked",
+                                                                                   "timbre"))):
+            r, lo, hi = ratio_ci(scores[name].ap, scores[previous].ap)
+            print(f"  {name}: mAP {scores[name].ap.mean():.3f}, x{r:.3f} [{lo:.3f}, {hi:.3f}] vs it")
     print("\nmAP ratios, paired bootstrap 95% interval over queries:")
     for name in [n for n in scores if n not in base]:
         print(f"  {name}: " + ", ".join(

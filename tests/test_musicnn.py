@@ -339,19 +339,36 @@ def test_vgg_pools_before_relu_and_norm_to_the_bit(vgg_mtt: MusicnnModel, piano:
             assert torch.equal(got, want), f"pool{i + 1}"
 
 
-def test_ensemble_is_both_models_on_one_log_mel(msd: MusicnnModel, mtt: MusicnnModel, piano: np.ndarray) -> None:
-    """`musicnn` (the default model) holds musicnn-msd's and musicnn-mtt's layers, with their exact vectors."""
+def test_ensemble_is_both_models_on_one_log_mel_then_timbre(msd: MusicnnModel, mtt: MusicnnModel,
+                                                            piano: np.ndarray) -> None:
+    """`musicnn` (the default model) takes 44.1 kHz windows: musicnn-msd's and musicnn-mtt's layers, with their exact
+    vectors of the windows resampled to 16 kHz, then the timbre layer of the 44.1 kHz windows."""
+    import soxr
+
+    from mess.models import timbre
+    from mess.models.musicnn.model import mel_basis
+
     ensemble = load_model("musicnn")
+    assert ensemble.info.sample_rate == timbre.SAMPLE_RATE
     assert ensemble.info.layer_names == tuple(f"msd.{n}" for n in msd.info.layer_names) + tuple(
-        f"mtt.{n}" for n in mtt.info.layer_names)
-    assert ensemble.info.layer_dims == msd.info.layer_dims + mtt.info.layer_dims
-    windows = np.stack([piano[: 4 * SR], piano[-4 * SR :]])
+        f"mtt.{n}" for n in mtt.info.layer_names) + (timbre.LAYER,)
+    assert ensemble.info.layer_dims == msd.info.layer_dims + mtt.info.layer_dims + (timbre.DIM,)
+    assert ensemble.info.revision == f"{msd.info.revision}+{timbre.REVISION}"
+    high = soxr.resample(piano, SR, timbre.SAMPLE_RATE)
+    windows = np.stack([high[: 4 * timbre.SAMPLE_RATE], high[-4 * timbre.SAMPLE_RATE :]]).astype(np.float32)
     got = ensemble.embed(windows)
-    want = msd.embed(windows) + mtt.embed(windows)
-    assert len(got) == 18
-    for a, b in zip(got, want, strict=True):
+    low = soxr.resample(windows.T, timbre.SAMPLE_RATE, SR, quality="HQ").T
+    want = msd.embed(np.ascontiguousarray(low)) + mtt.embed(np.ascontiguousarray(low))
+    assert len(got) == 19
+    for a, b in zip(got[:-1], want, strict=True):
         np.testing.assert_array_equal(a, b)
     assert not np.allclose(got[7], got[16])  # msd's and mtt's penultimate layers differ: two trainings
+    basis = mel_basis(timbre.SAMPLE_RATE, timbre.N_FFT, timbre.N_MELS, timbre.F_MAX)
+    np.testing.assert_array_equal(got[-1], timbre.window_vectors(windows, basis))
+    pooled = ensemble.pool(got)
+    for a, b in zip(pooled[:-1], got[:-1], strict=True):
+        np.testing.assert_array_equal(a, b.mean(axis=0))
+    np.testing.assert_array_equal(pooled[-1], timbre.pool(got[-1]))
 
 
 def test_onnxruntime_path_matches_pytorch(msd: MusicnnModel, piano: np.ndarray) -> None:

@@ -48,15 +48,12 @@ def embed_windows(model: EmbeddingModel, tracks: Sequence[np.ndarray], batch_siz
     return out
 
 
-def aggregate(content_hash: str, segments: list[np.ndarray], starts: np.ndarray) -> TrackVectors:
-    """Track vector per layer = mean of its full-context window vectors."""
-    return TrackVectors(content_hash, [s.mean(axis=0) for s in segments], segments, list(map(float, starts)))
-
-
 def embed_prepared(model: EmbeddingModel, prepared: Sequence[Windows], batch_size: int) -> list[TrackVectors]:
-    """Embed decoded tracks and aggregate each into TrackVectors."""
+    """Embed decoded tracks into TrackVectors: each track's vector per layer pooled from its full-context window
+    vectors by the model (:meth:`EmbeddingModel.pool`: their mean, for most layers)."""
     segs = embed_windows(model, [p.audio for p in prepared], batch_size)
-    return [aggregate(p.record.content_hash, s, p.starts) for p, s in zip(prepared, segs, strict=False)]
+    return [TrackVectors(p.record.content_hash, model.pool(s), s, list(map(float, p.starts)))
+            for p, s in zip(prepared, segs, strict=False)]
 
 
 def embed_file(path: Path, model: EmbeddingModel, policy: WindowPolicy, batch_size: int = 4) -> TrackVectors:

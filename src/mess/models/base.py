@@ -33,6 +33,11 @@ class EmbeddingModel(ABC):
         after its stem), which `mess extract` records with the run; None when the name is enough."""
         return None
 
+    def pool(self, segments: list[np.ndarray]) -> list[np.ndarray]:
+        """A track's vector per layer from its windows' vectors (one [windows, dim] array per layer): the mean,
+        unless a layer's vectors are not to be averaged (the musicnn ensemble's timbre layer)."""
+        return [s.mean(axis=0) for s in segments]
+
     @abstractmethod
     def embed(self, windows: np.ndarray) -> list[np.ndarray]:
         """Embed a batch of equal-length mono windows.

@@ -336,17 +336,19 @@ def aspect_layers(store: FeatureStore, run: Run) -> tuple[str, dict[str, VectorS
     if len(names) <= 6:
         return "layers", {n: VectorSpec("layer", n) for n in names}
     members: dict[str, list[int]] = defaultdict(list)  # an ensemble's layers ("msd.cnn1") grouped by member
+    alone = [i for i, name in enumerate(names) if "." not in name]  # beside the members: its own evidence (timbre)
     for i, name in enumerate(names):
-        members[name.split(".", 1)[0] if "." in name else ""].append(i)
-    if "" in members or len({len(idx) for idx in members.values()}) > 1 or len(next(iter(members.values()))) < 3:
-        members = {"": list(range(len(names)))}  # not an ensemble of equal members: one contiguous split
+        if "." in name:
+            members[name.split(".", 1)[0]].append(i)
+    if not members or len({len(idx) for idx in members.values()}) > 1 or len(next(iter(members.values()))) < 3:
+        members, alone = {"": list(range(len(names)))}, []  # not an ensemble of equal members: one contiguous split
     thirds = [np.array_split(np.array(idx), 3) for idx in members.values()]
     short = [n.split(".", 1)[-1] for n in names]
     out = {}
     for label, parts in zip(("early", "middle", "late"), zip(*thirds, strict=True), strict=False):
         layers = "+".join(names[i] for i in np.concatenate(parts))
         out[f"{label} ({short[parts[0][0]]}-{short[parts[0][-1]]})"] = VectorSpec("group", layers)
-    return "layers", out
+    return "layers", {**out, **{names[i]: VectorSpec("layer", names[i]) for i in alone}}
 
 
 def query_unit(store: FeatureStore, vs: VectorSet, query: TrackQuery) -> np.ndarray:

@@ -25,6 +25,7 @@ from typing import Literal, TypeVar
 import numpy as np
 
 from mess.constants import DEFAULT_NORM, ENCODED_R2, FUSED, LEARNED, VectorKind
+from mess.models import timbre
 from mess.models.head import HeadError, shipped_head, shipped_head_path
 from mess.store import FeatureStore, Run, StoreError, Track, TrackList
 from mess.store.fused import fused_matrix
@@ -43,6 +44,9 @@ POWER = 0.25
 # cosine is about -1/(n-1): two tracks always scored -1 (an OGG and its own decoded WAV included), three -0.5;
 # at 8 the bias is -0.14 and below the spread of real pairs, and a per-dimension std from fewer samples is noise
 MIN_FIT_TRACKS = 8
+# the timbre layer's weight, in layers, in the all-layer vector of the musicnn ensemble (18 network layers beside it):
+# leave-one-game-out on the real soundtracks picked 12 in all six folds (docs/quality.md)
+TIMBRE_WEIGHT = 12.0
 T = TypeVar("T")
 
 
@@ -131,21 +135,26 @@ def aspect_layer(store: FeatureStore, run: Run, aspect: str) -> str:
 
 @dataclass(frozen=True)
 class Preprocessor:
-    """Per-dimension shift and scale fitted on a collection, then per-block L2 normalisation."""
+    """Per-dimension shift and scale fitted on a collection, then per-block L2 normalisation and weights."""
 
     mean: np.ndarray
     scale: np.ndarray
     blocks: tuple[int, ...]
     power: float = 1.0  # exponent of the signed power applied to raw values first (1 = none)
+    unpowered: tuple[bool, ...] = ()  # per block: left out of the signed power (the timbre layer's log coordinates)
+    weights: tuple[float, ...] = ()  # per block: its weight in the cosine (empty: all 1)
 
     @classmethod
-    def fit(cls, raw: np.ndarray, blocks: Sequence[int], norm: Norm) -> Preprocessor:
-        """Fit on ``raw`` [n, sum(blocks)] vectors for the given normalisation (none below MIN_FIT_TRACKS)."""
+    def fit(cls, raw: np.ndarray, blocks: Sequence[int], norm: Norm, unpowered: Sequence[bool] = (),
+            weights: Sequence[float] = ()) -> Preprocessor:
+        """Fit on ``raw`` [n, sum(blocks)] vectors for the given normalisation (none below MIN_FIT_TRACKS);
+        ``unpowered`` and ``weights`` as :func:`block_roles` gives them (default: none, all 1)."""
         dim = raw.shape[1]
         if len(raw) < MIN_FIT_TRACKS:
             norm = "none"
         power = POWER if norm == "power" else 1.0
-        raw = signed_power(raw, power)
+        unpowered, weights = tuple(bool(u) for u in unpowered), tuple(float(w) for w in weights)
+        raw = _powered(raw, tuple(int(b) for b in blocks), power, unpowered)
         mean = raw.mean(axis=0) if norm != "none" and len(raw) else np.zeros(dim)
         scale = np.ones(dim)
         if norm in ("zscore", "power") and len(raw):
@@ -154,35 +163,61 @@ class Preprocessor:
             for start, stop in zip(edges[:-1], edges[1:], strict=True):
                 floor = ZSCORE_FLOOR * float(std[start:stop].mean())
                 scale[start:stop] = np.maximum(std[start:stop], floor) if floor > 1e-8 else 1.0
-        return cls(mean.astype(np.float32), scale.astype(np.float32), tuple(int(b) for b in blocks), power)
+        return cls(mean.astype(np.float32), scale.astype(np.float32), tuple(int(b) for b in blocks), power,
+                   unpowered, weights)
 
     def shift(self, raw: np.ndarray) -> np.ndarray:
         """Power-normalised, centred (and scaled) vectors before normalisation, float32 [n, dim]."""
-        x = signed_power(np.atleast_2d(raw).astype(np.float32), self.power)
+        x = _powered(np.atleast_2d(raw).astype(np.float32), self.blocks, self.power, self.unpowered)
         return ((x - self.mean) / self.scale).astype(np.float32)
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
-        """Unit vectors: shift, L2-normalise each block, divide by sqrt(#blocks)."""
+        """Unit vectors: shift, L2-normalise each block and scale it by sqrt(its weight), divide by sqrt(the sum of
+        the weights) (the number of blocks when all weigh 1)."""
         x = self.shift(raw)
+        weights = self.weights or (1.0,) * len(self.blocks)
         start = 0
-        for size in self.blocks:
+        for size, weight in zip(self.blocks, weights, strict=True):
             part = x[:, start : start + size]
-            part /= np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
+            part *= np.sqrt(weight) / np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
             start += size
         if len(self.blocks) > 1:
-            x /= np.sqrt(len(self.blocks))
+            x /= np.sqrt(sum(weights))
         return x
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Arrays to save (see :meth:`from_arrays`)."""
         return {"mean": self.mean, "scale": self.scale, "blocks": np.array(self.blocks, dtype=np.int64),
-                "power": np.array(self.power)}
+                "power": np.array(self.power), "unpowered": np.array(self.unpowered, dtype=bool),
+                "weights": np.array(self.weights, dtype=np.float64)}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Preprocessor:
-        """Inverse of :meth:`arrays`."""
-        power = float(arrays["power"]) if "power" in arrays else 1.0  # saved before power normalisation existed
-        return cls(arrays["mean"], arrays["scale"], tuple(int(b) for b in arrays["blocks"]), power)
+        """Inverse of :meth:`arrays` (files saved before power or block weights existed get their defaults)."""
+        power = float(arrays["power"]) if "power" in arrays else 1.0
+        unpowered = tuple(bool(u) for u in arrays["unpowered"]) if "unpowered" in arrays else ()
+        weights = tuple(float(w) for w in arrays["weights"]) if "weights" in arrays else ()
+        return cls(arrays["mean"], arrays["scale"], tuple(int(b) for b in arrays["blocks"]), power, unpowered, weights)
+
+
+def block_roles(layers: Sequence[str], kind: VectorKind) -> tuple[tuple[bool, ...], tuple[float, ...]]:
+    """Per layer block of a spec of ``kind``: whether it is left out of the signed power (the timbre layer, whose
+    log-Euclidean coordinates are signed by nature), and its weight: :data:`TIMBRE_WEIGHT` for the timbre layer
+    among all layers, 1 otherwise."""
+    unpowered = tuple(name == timbre.LAYER for name in layers)
+    return unpowered, tuple(TIMBRE_WEIGHT if u and kind == "all" else 1.0 for u in unpowered)
+
+
+def _powered(raw: np.ndarray, blocks: tuple[int, ...], power: float, unpowered: tuple[bool, ...]) -> np.ndarray:
+    """Raw vectors through the signed power, but for the blocks left out of it."""
+    if power == 1.0 or not any(unpowered):
+        return signed_power(raw, power)
+    out = signed_power(raw, power)
+    edges = np.cumsum([0, *blocks])
+    for start, stop, keep in zip(edges[:-1], edges[1:], unpowered, strict=True):
+        if keep:
+            out[:, start:stop] = raw[:, start:stop]
+    return out
 
 
 def signed_power(x: np.ndarray, power: float) -> np.ndarray:
@@ -276,7 +311,8 @@ def read_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequen
         kind = "" if spec.kind == "all" else f"{spec.kind} "
         raise StoreError(f"no {kind}vectors for {run.model} in this store yet; run `mess extract` first")
     hashes = np.array([hash_of[int(i)] for i in ids])
-    return VectorSet(run, spec, layers, ids, hashes, raw, Preprocessor.fit(raw, blocks, spec.norm), source)
+    roles = block_roles(layers, spec.kind) if spec.kind not in (FUSED, LEARNED) else ((), ())
+    return VectorSet(run, spec, layers, ids, hashes, raw, Preprocessor.fit(raw, blocks, spec.norm, *roles), source)
 
 
 def vectors_source(store: FeatureStore, run: Run, spec: VectorSpec) -> str:

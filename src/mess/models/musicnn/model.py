@@ -52,28 +52,32 @@ def checkpoint_prefix(dataset: str, arch: str = "musicnn") -> Path:
     return folder
 
 
-@lru_cache(maxsize=1)
-def _mel_basis() -> np.ndarray:
-    """librosa's 96-band Slaney mel filter bank for 16 kHz, n_fft 512: [96, 257] float32.
+@lru_cache(maxsize=4)
+def mel_basis(sample_rate: int = SAMPLE_RATE, n_fft: int = FFT_SIZE, n_mels: int = N_MELS,
+              fmax: float | None = None) -> np.ndarray:
+    """librosa's Slaney mel filter bank ``filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmax=fmax)``:
+    [n_mels, n_fft // 2 + 1] float32 (musicnn's 96 bands for 16 kHz, n_fft 512, by default).
 
     Kept beside the exported graphs once computed, so that later processes need not import librosa
     (66 MB and 0.4 s); a damaged copy is computed again.
     """
-    path = cache_dir() / f"mel-{SAMPLE_RATE}-{FFT_SIZE}-{N_MELS}-librosa-{version('librosa')}.npy"
+    band = "" if fmax is None else f"-fmax{fmax:g}"
+    path = cache_dir() / f"mel-{sample_rate}-{n_fft}-{n_mels}{band}-librosa-{version('librosa')}.npy"
+    shape = (n_mels, n_fft // 2 + 1)
+
+    def compute() -> np.ndarray:
+        import librosa
+
+        return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmax=fmax)
+
     for _ in range(2):  # a damaged copy is removed, then written again
         with contextlib.suppress(OSError, ValueError):
-            basis = np.load(io.BytesIO(cached_file(path, lambda out: np.save(out, _librosa_mel_basis()))))
-            if basis.shape == (N_MELS, FFT_SIZE // 2 + 1) and basis.dtype == np.float32 and np.isfinite(basis).all():
+            basis = np.load(io.BytesIO(cached_file(path, lambda out: np.save(out, compute()))))
+            if basis.shape == shape and basis.dtype == np.float32 and np.isfinite(basis).all():
                 return basis
         with contextlib.suppress(OSError):
             path.unlink(missing_ok=True)
-    return _librosa_mel_basis()  # an unusable cache folder
-
-
-def _librosa_mel_basis() -> np.ndarray:
-    import librosa
-
-    return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=FFT_SIZE, n_mels=N_MELS)
+    return compute()  # an unusable cache folder
 
 
 def _power_spectrogram(windows: np.ndarray) -> np.ndarray:
@@ -94,7 +98,7 @@ def log_mel(windows: np.ndarray) -> np.ndarray:
     """
     with np.errstate(over="ignore", invalid="ignore"):  # samples far outside [-1, 1]: inf, refused by the caller
         power = _power_spectrogram(np.atleast_2d(windows))
-        mel = np.einsum("...ft,mf->...mt", power, _mel_basis(), optimize=True).swapaxes(-1, -2)  # as librosa
+        mel = np.einsum("...ft,mf->...mt", power, mel_basis(), optimize=True).swapaxes(-1, -2)  # as librosa
     with np.errstate(over="ignore"):
         half = np.log10(10000 * mel.astype(np.float16) + 1).astype(np.float32)
     overflow = ~np.isfinite(half)

@@ -1,0 +1,120 @@
+"""The timbre layer (the MFCC Gaussian up to 16 kHz) and how the all-layer vector weighs it."""
+
+from __future__ import annotations
+
+import librosa
+import numpy as np
+import pytest
+import scipy.fft
+
+from mess.models import timbre
+from mess.models.musicnn.model import mel_basis
+from mess.search.vectors import TIMBRE_WEIGHT, Preprocessor, block_roles
+
+SR = timbre.SAMPLE_RATE
+
+
+@pytest.fixture(scope="module")
+def basis() -> np.ndarray:
+    return mel_basis(SR, timbre.N_FFT, timbre.N_MELS, timbre.F_MAX)
+
+
+@pytest.fixture(scope="module")
+def windows() -> np.ndarray:
+    """Three 3 s windows of different sounds: a bright chord with noise, a dull tone, a chirp up to 15 kHz."""
+    t = np.arange(3 * SR) / SR
+    rng = np.random.default_rng(0)
+    bright = sum(np.sin(2 * np.pi * f * t) / k for k, f in enumerate((440, 1320, 5280, 10560), 1))
+    bright = bright + 0.05 * rng.standard_normal(len(t))
+    dull = np.sin(2 * np.pi * 110 * t) * (1 + 0.5 * np.sin(2 * np.pi * 2 * t))
+    chirp = np.sin(2 * np.pi * (200 + 2400 * t) * t)
+    return (0.3 * np.stack([bright, dull, chirp])).astype(np.float32)
+
+
+def _reference(window: np.ndarray) -> np.ndarray:
+    """librosa's MFCCs of one window, the recipe written out: mel power, power_to_db (top_db 80), DCT-II ortho."""
+    mel = librosa.feature.melspectrogram(y=window, sr=SR, n_fft=timbre.N_FFT, hop_length=timbre.HOP,
+                                         n_mels=timbre.N_MELS, fmax=timbre.F_MAX)
+    return scipy.fft.dct(librosa.power_to_db(mel, top_db=timbre.TOP_DB), axis=0, norm="ortho")[: timbre.N_MFCC].T
+
+
+def _gaussian(frames: np.ndarray) -> np.ndarray:
+    """[mean, upper triangle of logm(cov + RIDGE I)] of MFCC frames [n, 20], by scipy's matrix logarithm."""
+    import warnings
+
+    from scipy.linalg import logm
+
+    cov = np.cov(frames.T, bias=True) + timbre.RIDGE * np.eye(timbre.N_MFCC)
+    with warnings.catch_warnings():  # "logm result may be inaccurate, approximate err = 4e-13"
+        warnings.simplefilter("ignore", RuntimeWarning)
+        log = np.real(logm(cov))
+    return np.concatenate([frames.mean(axis=0), log[np.triu_indices(timbre.N_MFCC)]])
+
+
+def test_mfccs_are_librosas(windows: np.ndarray, basis: np.ndarray) -> None:
+    got = timbre.mfcc(windows, basis)
+    for window, frames in zip(windows, got, strict=True):
+        want = _reference(window)
+        assert frames.shape == want.shape
+        assert np.abs(frames - want).max() <= 1e-3 * np.abs(want).max()
+
+
+def test_window_vector_is_the_log_euclidean_gaussian_of_its_frames(windows: np.ndarray, basis: np.ndarray) -> None:
+    got = timbre.window_vectors(windows, basis)
+    assert got.shape == (3, timbre.DIM) and got.dtype == np.float32
+    for vector, window in zip(got, windows, strict=True):
+        want = _gaussian(_reference(window))
+        assert np.abs(vector - want).max() <= 1e-3 * np.abs(want).max()
+    # the distance tells the sounds apart: each window is nearest itself, and the bright one is far from the dull
+    d = np.linalg.norm(got[:, None] - got[None], axis=-1)
+    assert (d + np.eye(3) * 1e9).min() > 0 and d[0, 1] > 0
+
+
+def test_track_vector_is_the_gaussian_of_all_frames_not_the_mean_of_windows(windows: np.ndarray,
+                                                                            basis: np.ndarray) -> None:
+    """Two windows, one dull and one bright: the track's Gaussian holds the spread between them."""
+    vectors = timbre.window_vectors(windows[:2], basis)
+    pooled = timbre.pool(vectors)
+    frames = np.concatenate([_reference(w) for w in windows[:2]])
+    want = _gaussian(frames)
+    assert np.abs(pooled - want).max() <= 2e-3 * np.abs(want).max()
+    cov = slice(timbre.N_MFCC, None)  # the naive mean of the windows' vectors misses the spread between them
+    assert np.linalg.norm(vectors.mean(axis=0)[cov] - want[cov]) > 0.1 * np.linalg.norm(want[cov])
+    np.testing.assert_allclose(timbre.pool(vectors[:1]), vectors[0], atol=1e-4 * np.abs(vectors[0]).max())
+
+
+def test_silence_and_a_short_clip_give_finite_vectors(basis: np.ndarray) -> None:
+    silent = timbre.window_vectors(np.zeros((1, SR), np.float32), basis)
+    short = timbre.window_vectors(np.random.default_rng(1).standard_normal((1, SR // 2)).astype(np.float32), basis)
+    assert np.isfinite(silent).all() and np.isfinite(short).all()
+    assert np.isfinite(timbre.pool(np.concatenate([silent, short]))).all()
+
+
+def test_all_layer_vector_weighs_timbre_and_leaves_it_out_of_the_power() -> None:
+    rng = np.random.default_rng(2)
+    names = ("msd.cnn1", "mtt.cnn1", timbre.LAYER)
+    dims = (6, 6, timbre.DIM)
+    raw = rng.standard_normal((40, sum(dims))).astype(np.float32) * 3
+    unpowered, weights = block_roles(names, "all")
+    assert unpowered == (False, False, True) and weights == (1.0, 1.0, TIMBRE_WEIGHT)
+    assert block_roles(names, "group") == ((False, False, True), (1.0, 1.0, 1.0))
+    prep = Preprocessor.fit(raw, dims, "power", unpowered, weights)
+    unit = prep.apply(raw)
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, rtol=1e-5)
+    # the timbre block holds 12 of the 14 layers' weight in every cosine
+    share = np.linalg.norm(unit[:, 12:], axis=1) ** 2
+    np.testing.assert_allclose(share, TIMBRE_WEIGHT / (TIMBRE_WEIGHT + 2), rtol=1e-5)
+    # power on the network blocks only: the timbre block's z-scores are those of the raw values
+    z = (raw[:, 12:] - raw[:, 12:].mean(axis=0)) / raw[:, 12:].std(axis=0)
+    block = unit[:, 12:] / np.linalg.norm(unit[:, 12:], axis=1, keepdims=True)
+    np.testing.assert_allclose(block, z / np.linalg.norm(z, axis=1, keepdims=True), atol=1e-5)
+    powered = np.sign(raw[:, :6]) * np.abs(raw[:, :6]) ** 0.25
+    zp = (powered - powered.mean(axis=0)) / powered.std(axis=0)
+    np.testing.assert_allclose(unit[:, :6] / np.linalg.norm(unit[:, :6], axis=1, keepdims=True),
+                               zp / np.linalg.norm(zp, axis=1, keepdims=True), atol=1e-5)
+    # saved and loaded with an index, the same vectors
+    again = Preprocessor.from_arrays(prep.arrays())
+    np.testing.assert_array_equal(again.apply(raw), unit)
+    # a file saved before block roles existed loads with all blocks powered and equal
+    old = {k: v for k, v in prep.arrays().items() if k not in ("unpowered", "weights")}
+    assert Preprocessor.from_arrays(old).weights == () and Preprocessor.from_arrays(old).unpowered == ()
