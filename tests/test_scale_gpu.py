@@ -141,7 +141,7 @@ def test_precision_is_refused_for_musicnn_on_onnx_runtime() -> None:
     pair = MusicnnEnsemble()
     with pytest.raises(ValueError, match="does not run on torch on cpu"):
         with_precision(pair, "bf16", device="cpu")
-    assert with_precision(pair, "bf16", device="cuda").info.revision == "musicnn-0.1.0+bf16"
+    assert with_precision(pair, "bf16", device="cuda").info.revision == "musicnn-0.1.0+timbre-v1+bf16"
 
 
 def test_precision_applies_to_musicnn_and_the_musicnn_pair_on_pytorch() -> None:

@@ -555,6 +555,9 @@ def test_an_ensembles_why_groups_hold_the_same_third_of_each_member(tmp_path: Pa
     try:
         run = store.ensure_run(run_key(ModelInfo("pair", "r1", 16000, names, (2,) * 8), WindowPolicy()))
         source, groups = aspect_layers(store, run)
+        with_timbre = store.ensure_run(run_key(ModelInfo("pair+", "r1", 16000, (*names, "timbre"), (2,) * 9),
+                                               WindowPolicy()))
+        _, beside = aspect_layers(store, with_timbre)
         single = store.ensure_run(run_key(ModelInfo("deep", "r1", 16000, names[:4] + ("x", "y", "z"), (2,) * 7),
                                           WindowPolicy()))
         _, plain = aspect_layers(store, single)
@@ -564,6 +567,9 @@ def test_an_ensembles_why_groups_hold_the_same_third_of_each_member(tmp_path: Pa
     assert {g: s.name for g, s in groups.items()} == {
         "early (l0-l1)": "msd.l0+msd.l1+mtt.l0+mtt.l1", "middle (l2-l2)": "msd.l2+mtt.l2",
         "late (l3-l3)": "msd.l3+mtt.l3"}
+    # a layer beside the members (the default musicnn's timbre layer) is evidence of its own
+    assert {g: (s.kind, s.name) for g, s in beside.items()} == {
+        **{g: ("group", s.name) for g, s in groups.items()}, "timbre": ("layer", "timbre")}
     assert [s.name for s in plain.values()] == ["msd.l0+msd.l1+msd.l2", "msd.l3+x", "y+z"]  # one member: contiguous
 
 

@@ -118,3 +118,17 @@ def test_all_layer_vector_weighs_timbre_and_leaves_it_out_of_the_power() -> None
     # a file saved before block roles existed loads with all blocks powered and equal
     old = {k: v for k, v in prep.arrays().items() if k not in ("unpowered", "weights")}
     assert Preprocessor.from_arrays(old).weights == () and Preprocessor.from_arrays(old).unpowered == ()
+
+
+def test_a_reduced_precision_wrapper_pools_as_its_model(windows: np.ndarray) -> None:
+    """`--precision bf16` wraps the model: the timbre layer must still be the Gaussian of all frames, not a mean."""
+    pytest.importorskip("musicnn.configuration", reason="pip install --no-deps musicnn==0.1.0")
+    from mess.models.musicnn.ensemble import MusicnnEnsemble
+    from mess.scale.gpu import AutocastModel
+
+    model = MusicnnEnsemble(runtime="torch")
+    wrapped = AutocastModel(model, "bf16")
+    segments = model.embed(windows[:2])
+    pooled = wrapped.pool(segments)
+    np.testing.assert_array_equal(pooled[-1], timbre.pool(segments[-1]))
+    assert not np.allclose(pooled[-1], segments[-1].mean(axis=0))

@@ -48,6 +48,10 @@ class AutocastModel(EmbeddingModel):
         with self._autocast():
             return self.inner.embed(windows)
 
+    def pool(self, segments: list[np.ndarray]) -> list[np.ndarray]:
+        """The wrapped model's pooling (the default ``musicnn``'s timbre layer is not a mean)."""
+        return self.inner.pool(segments)
+
 
 def with_precision(model: EmbeddingModel, precision: str, device: str | None = None) -> EmbeddingModel:
     """``model`` itself for fp32; for bf16 or fp16, a MERT copy with its weights in that dtype, or another torch

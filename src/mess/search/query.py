@@ -340,7 +340,7 @@ def aspect_layers(store: FeatureStore, run: Run) -> tuple[str, dict[str, VectorS
     for i, name in enumerate(names):
         if "." in name:
             members[name.split(".", 1)[0]].append(i)
-    if not members or len({len(idx) for idx in members.values()}) > 1 or len(next(iter(members.values()))) < 3:
+    if len(members) < 2 or len({len(idx) for idx in members.values()}) > 1 or len(next(iter(members.values()))) < 3:
         members, alone = {"": list(range(len(names)))}, []  # not an ensemble of equal members: one contiguous split
     thirds = [np.array_split(np.array(idx), 3) for idx in members.values()]
     short = [n.split(".", 1)[-1] for n in names]
