@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install mess, then run the main job on a small real example: render labelled classical pieces
-# (music21 corpus + fluidsynth) and fetch Wesnoth's tagged soundtrack, extract musicnn embeddings (musicnn-msd and -mtt together)
+# (music21 corpus + fluidsynth) and fetch Wesnoth's tagged soundtrack, extract musicnn embeddings (musicnn-msd and -mtt together, and a timbre layer)
 # into a local store (SQLite + float16 arrays), find which layer encodes which aspect, build the
 # FAISS index and answer "what sounds like this track / this artist, and why".
 set -euo pipefail

@@ -213,6 +213,29 @@ def test_a_file_sampled_below_half_the_models_rate_is_embedded_with_a_warning(tm
                 f"{sr / 2:g} Hz, so its vectors say little") in said, said
 
 
+def test_the_default_model_warns_of_files_without_its_16_khz_band(tmp_path: Path) -> None:
+    """The default musicnn reads up to 16 kHz (its timbre layer; 8 kHz its networks): a 22.05 kHz file is embedded
+    with a word on its timbre, an 11.025 kHz one with the warning that its vectors say little, a 44.1 kHz one
+    with none."""
+    pytest.importorskip("musicnn.configuration", reason="pip install --no-deps musicnn==0.1.0")
+    from typer.testing import CliRunner
+
+    from mess.cli.main import app
+
+    music = tmp_path / "music"
+    for name, sr in (("full.wav", 44100), ("cd-half.wav", 22050), ("low.wav", 11025)):
+        _tone_files(music / name.removesuffix(".wav"), 1, 3.0, sr)[0].rename(music / name)
+    args = ["extract", str(music), "--model", "musicnn", "--window", "4", "--store", str(tmp_path / "store")]
+    done = CliRunner().invoke(app, args)
+    said = " ".join(done.output.split())
+    assert done.exit_code == 0 and "3 embedded" in said, said
+    assert said.count("warning:") == 2 and "warning: full.wav" not in said, said
+    assert ("warning: cd-half.wav: sampled at 22050 Hz, it holds nothing above 11025 Hz of the 16000 Hz the model "
+            "reads: its timbre compares poorly with full-band files'") in said, said
+    assert ("warning: low.wav: sampled at 11025 Hz, it holds nothing above 5512.5 Hz of the 16000 Hz the model "
+            "reads, so its vectors say little") in said, said
+
+
 def test_long_track_gets_full_windows_and_segment_vectors(tmp_path: Path) -> None:
     music = tmp_path / "music"
     _tone_files(music, 1, seconds=10.0)

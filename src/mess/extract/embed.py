@@ -69,5 +69,5 @@ def embed_file_warned(path: Path, model: EmbeddingModel, policy: WindowPolicy,
                       batch_size: int = 4) -> tuple[TrackVectors, list[str]]:
     """:func:`embed_file`'s vectors and its warnings, returned instead of logged (the server hands them to the
     client that uploaded the file)."""
-    prepared = decode_windows(inspect_file(path), model.info.sample_rate, policy)
+    prepared = decode_windows(inspect_file(path), model.info.sample_rate, policy, model.info.band_hz)
     return embed_prepared(model, [prepared], batch_size)[0], list(prepared.warnings)

@@ -156,7 +156,7 @@ def _prepared(store: FeatureStore, run: Run, paths: Sequence[Path], model: Embed
                                stamp=record.stamp)
             if store.has_vectors(run, record.content_hash):
                 return _Outcome(record, skipped=True)
-            windows = cast(Windows, _answer(child, path, ("decode", record, info.sample_rate, policy)))
+            windows = cast(Windows, _answer(child, path, ("decode", record, info.sample_rate, policy, info.band_hz)))
             if windows.duration is not None:  # a truncated file: its header claimed another length
                 store.set_duration(record.content_hash, windows.duration)
             return _Outcome(record, windows)

@@ -70,7 +70,7 @@ def stamp_matches(stat: os.stat_result, known: str) -> bool:
     return known in (file_stamp(stat), legacy_stamp(stat.st_size, stat.st_mtime))
 
 
-def decode_windows(record: FileRecord, sample_rate: int, policy: WindowPolicy) -> Windows:
+def decode_windows(record: FileRecord, sample_rate: int, policy: WindowPolicy, band_hz: float = 0.0) -> Windows:
     """Decode what the window policy analyses, reject unusable audio with a clear reason, cut into windows.
 
     A file longer than one window (by its header) is read by seeking to each window, so
@@ -78,15 +78,23 @@ def decode_windows(record: FileRecord, sample_rate: int, policy: WindowPolicy) -
     window or less, or one whose seeks fail, is decoded whole, as before. A file changed
     since :func:`inspect_file` (before or during decoding) is refused: its samples would be
     stored under the content hash of what it held before. A file sampled below half the model's rate (its header
-    says) is used, with a warning: the model hears almost nothing of its band.
+    says) is used, with a warning: the model hears almost nothing of its band. For a model that reads up to
+    ``band_hz`` (the default musicnn: 16 kHz for its timbre layer, 8 kHz for its networks) the warning compares the
+    file's band with that: below half of it the vectors say little, below all of it the timbre differs.
     """
     _check_unchanged(record.path, record.stamp)
     windows = _decode(record, sample_rate, policy)
     _check_unchanged(record.path, record.stamp)
     rate = record.info.get("sample_rate")
-    if isinstance(rate, int) and 0 < rate < sample_rate / 2:
+    if not isinstance(rate, int) or rate <= 0:
+        return windows
+    if not band_hz and rate < sample_rate / 2:
         windows.warnings.append(f"{record.path.name}: sampled at {rate} Hz, below half the model's {sample_rate} Hz: "
                                 f"it hears nothing above {rate / 2:g} Hz, so its vectors say little")
+    elif rate / 2 < band_hz:  # a model that says which band it reads (the default musicnn: 16 kHz, 8 for its networks)
+        held = f"{record.path.name}: sampled at {rate} Hz, it holds nothing above {rate / 2:g} Hz of the {band_hz:g} Hz"
+        windows.warnings.append(f"{held} the model reads, so its vectors say little" if rate < band_hz else
+                                f"{held} the model reads: its timbre compares poorly with full-band files'")
     return windows
 
 

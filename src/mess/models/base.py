@@ -20,6 +20,7 @@ class ModelInfo:
     layer_names: tuple[str, ...]
     layer_dims: tuple[int, ...]
     licence: str = ""
+    band_hz: float = 0.0  # the highest frequency its layers read (0: half the sample rate); a file below it is warned
 
 
 class EmbeddingModel(ABC):

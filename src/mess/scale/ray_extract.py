@@ -169,7 +169,7 @@ def _embedded(todo: list[dict[str, str | float]], model_name: str, info: ModelIn
     """The streaming dataset of embedded tracks: decoded on CPU tasks, embedded by ``actors`` actors."""
     decoded = _dataset(todo).map(
         decode_row, num_cpus=1,  # type: ignore[arg-type]  # ray's stubs do not model fn_kwargs
-        fn_kwargs={"sample_rate": info.sample_rate, "policy": policy.to_json()})
+        fn_kwargs={"sample_rate": info.sample_rate, "policy": policy.to_json(), "band_hz": info.band_hz})
     return decoded.map_batches(
         Embedder, batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=1, num_gpus=1 if device.startswith("cuda") else 0,

@@ -33,7 +33,7 @@ def inspect_row(row: dict[str, Any]) -> dict[str, Any]:
     return {"path": row["path"], "error": "", "record": json.dumps(record)}
 
 
-def decode_row(row: dict[str, Any], sample_rate: int, policy: str) -> dict[str, Any]:
+def decode_row(row: dict[str, Any], sample_rate: int, policy: str, band_hz: float = 0.0) -> dict[str, Any]:
     """Decode, validate and window one file (``path``, ``hash``, ``stamp``, ``size``, ``duration``, ``sample_rate``)
     at the model's rate, as the local pipeline does (seeking to each window of a long file; refused when the file
     changed since it was catalogued).
@@ -47,7 +47,7 @@ def decode_row(row: dict[str, Any], sample_rate: int, policy: str) -> dict[str, 
     try:
         info = {"duration": row["duration"], "sample_rate": int(row.get("sample_rate") or 0)}
         record = FileRecord(path, row["hash"], int(row["size"]), 0.0, info, {}, row["stamp"])
-        win = decode_windows(record, sample_rate, WindowPolicy.from_json(policy))
+        win = decode_windows(record, sample_rate, WindowPolicy.from_json(policy), band_hz)
     except AudioError as exc:
         return {**out, "error": str(exc)}
     except OSError as exc:

@@ -36,6 +36,7 @@ class MusicnnEnsemble(EmbeddingModel):
             layer_names=(*(f"{m.dataset.lower()}.{n}" for m in self.members for n in m.info.layer_names), timbre.LAYER),
             layer_dims=(*(d for m in self.members for d in m.info.layer_dims), timbre.DIM),
             licence=first.licence,
+            band_hz=timbre.F_MAX,
         )
         self.member_rate = first.sample_rate
 
