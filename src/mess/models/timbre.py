@@ -48,8 +48,9 @@ def mfcc(windows: np.ndarray, mel_basis: np.ndarray) -> np.ndarray:
 
     ``mel_basis`` is librosa's ``filters.mel(sr=44100, n_fft=2048, n_mels=40, fmax=16000)``.
     """
-    power = np.abs(stft(np.atleast_2d(windows), N_FFT, HOP, dtype="float32")).astype(np.float64) ** 2
-    db = 10.0 * np.log10(np.maximum(power @ mel_basis.T.astype(np.float64), 1e-10))
+    mel = np.stack([(np.abs(stft(window[None], N_FFT, HOP, dtype="float32")[0]) ** 2) @ mel_basis.T
+                    for window in np.atleast_2d(windows)])  # one window at a time: its spectrogram is 10 MB
+    db = 10.0 * np.log10(np.maximum(mel.astype(np.float64), 1e-10))
     db = np.maximum(db, db.max(axis=(1, 2), keepdims=True) - TOP_DB)
     return db @ _DCT.T
 

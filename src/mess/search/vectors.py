@@ -1,16 +1,15 @@
 """Which vectors to search, read from the store, and how they become unit vectors.
 
-A :class:`VectorSpec` names a vector set of a run: one layer, the layer chosen for an
-aspect by ``mess probe``, the fused vectors of ``mess fuse``, the learned head shipped
-for the model (:mod:`mess.models.head`, applied to all layers), or all layers at once
-(each layer normalised, then concatenated, so the cosine of two such vectors is the
-mean of their per-layer cosines). A :class:`Preprocessor` fitted on the collection
-turns raw vectors into unit vectors: per-dimension z-scoring ("zscore": removes the
-common offset that makes every pair of neural embeddings look alike, and evens out
-dimensions on different scales), the same after a signed power |x|^0.25 of every raw
-dimension ("power": tames the few large activations; the default for all layers, with the
-augmented ranking, docs/quality.md), or centering alone, then L2 normalisation per layer block. Fitted on fewer than
-:data:`MIN_FIT_TRACKS` tracks it is plain L2 normalisation (cosine of the raw vectors).
+A :class:`VectorSpec` names a vector set of a run: one layer, the layer chosen for an aspect by ``mess probe``, the
+fused vectors of ``mess fuse``, the learned head shipped for the model (:mod:`mess.models.head`, applied to all
+layers), or all layers at once (each layer normalised, then concatenated, so the cosine of two such vectors is the
+mean of their per-layer cosines; a weighted mean for the default musicnn, whose timbre layer weighs as 12). A
+:class:`Preprocessor` fitted on the collection turns raw vectors into unit vectors: per-dimension z-scoring
+("zscore": removes the common offset that makes every pair of neural embeddings look alike, and evens out dimensions
+on different scales), the same after a signed power |x|^0.25 of every raw dimension ("power": tames the few large
+activations; the default for all layers, with the augmented ranking, docs/quality.md), or centering alone, then L2
+normalisation per layer block. Fitted on fewer than :data:`MIN_FIT_TRACKS` tracks it is plain L2 normalisation
+(cosine of the raw vectors).
 """
 
 from __future__ import annotations
