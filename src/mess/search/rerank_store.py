@@ -104,8 +104,9 @@ def read_reranker(path: Path, vs: VectorSet) -> Reranker | None:
 
 
 def _same_prep(a: Preprocessor, b: Preprocessor) -> bool:
-    """The same preprocessing: blocks and power exactly, statistics up to float rounding."""
-    return (a.blocks == b.blocks and a.power == b.power and a.mean.shape == b.mean.shape
+    """The same preprocessing: blocks, power and block roles exactly, statistics up to float rounding."""
+    return (a.blocks == b.blocks and a.power == b.power and a.unpowered == b.unpowered and a.weights == b.weights
+            and a.mean.shape == b.mean.shape
             and a.scale.shape == b.scale.shape and bool(np.allclose(a.mean, b.mean, rtol=1e-5, atol=1e-6))
             and bool(np.allclose(a.scale, b.scale, rtol=1e-5, atol=1e-6)))
 
