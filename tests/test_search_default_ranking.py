@@ -74,14 +74,21 @@ def test_above_the_limit_without_saved_data_the_default_is_plain_with_one_note(m
     assert answer["ranking"] == "plain" and len(answer["notes"]) == 1 and HINT in answer["notes"][0]
 
 
-def test_above_the_limit_saved_current_data_is_used(msd_copy: tuple[FeatureStore, Run],
+@pytest.mark.parametrize("saved", ["augmentation (the default)", "re-ranking data alone"])
+def test_above_the_limit_saved_current_data_is_used(msd_copy: tuple[FeatureStore, Run], saved: str,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     fs, run = msd_copy
     tid = fs.tracks(run)[7].id
     small = _answer(fs, run, tid)  # built in memory
     monkeypatch.setattr(rerank_store, "IN_MEMORY_TRACKS", 4)
     assert _answer(fs, run, tid) == _answer(fs, run, tid, ranking="plain") != small
-    build_index(fs, load_vectors(fs, run, VectorSpec.from_options()), rerank=True)
+    vs = load_vectors(fs, run, VectorSpec.from_options())
+    if saved == "augmentation (the default)":
+        build_index(fs, vs)
+        assert not rerank_store.rerank_path(fs, run, vs.spec).exists()
+    else:
+        build_index(fs, vs, rerank=True)
+        rerank_store.augment_path(fs, run, vs.spec).unlink()
     notes: list[str] = []
     assert _answer(fs, run, tid, notes) == small and notes == []
     assert _json(fs, "similar", str(tid))["ranking"] == "augmented"
@@ -150,9 +157,25 @@ def test_evaluate_ranks_each_vector_set_as_similar_does_by_default(msd_copy: tup
     assert len(large.notes) == 1 and "mess index --model musicnn-msd" in large.notes[0]
 
 
-def test_index_saves_the_re_ranking_data_by_default(msd_copy: tuple[FeatureStore, Run]) -> None:
-    fs, _ = msd_copy
-    skipped = _json(fs, "index", "--layer", "penultimate", "--no-rerank")
-    assert skipped["rerank"] == "" and skipped["rerank_path"] is None and skipped["norm"] == "zscore"
+def test_index_saves_the_augmentation_by_default_and_the_re_ranking_data_when_asked(
+        msd_copy: tuple[FeatureStore, Run]) -> None:
+    fs, run = msd_copy
+    for extra in (["--no-rerank"], []):  # one layer: the default ranks it plain, so nothing beside the index
+        skipped = _json(fs, "index", "--layer", "penultimate", *extra)
+        assert (skipped["augment"], skipped["augment_path"], skipped["rerank"], skipped["rerank_path"]) == (
+            "", None, "", None)
+        assert skipped["norm"] == "zscore"
+    neither = _json(fs, "index", "--no-rerank")
+    assert neither["augment"] == neither["rerank"] == "" and not any(
+        p.name.endswith((".augment.npz", ".rerank.npz")) for p in fs.indexes_dir.iterdir())
     built = _json(fs, "index")
-    assert built["rerank"] == "built" and Path(built["rerank_path"]).is_file() and built["norm"] == "power"
+    assert built["augment"] == "built" and built["norm"] == "power" and built["rerank"] == ""
+    assert built["augment_nbytes"] == Path(built["augment_path"]).stat().st_size > 0 and built["rerank_path"] is None
+    assert not rerank_store.rerank_path(fs, run, VectorSpec.from_options()).exists()
+    full = _json(fs, "index", "--rerank")
+    assert full["rerank"] == "built" and full["augment"] == "unchanged"
+    assert full["rerank_nbytes"] == Path(full["rerank_path"]).stat().st_size > built["augment_nbytes"]
+    shown = CliRunner().invoke(_cli(), ["index", "--rebuild", "--model", "musicnn-msd", "--store", str(fs.root)],
+                               env={"COLUMNS": "300"})
+    assert shown.exit_code == 0 and "built augmentation, " in shown.output, shown.output
+    assert "re-ranking data" not in shown.output

@@ -1,5 +1,6 @@
-"""Saved re-ranking data (`mess index --rerank`): answers as the re-ranker built in memory, never used once its
-vectors changed or its file is damaged, reported and removed by `mess check` as stale indexes are."""
+"""Saved ranking data: the augmentation `mess index` saves by default and the whole re-ranking data of `mess index
+--rerank` answer as the data built in memory, are never used once their vectors changed or their file is damaged,
+and are reported and removed by `mess check` as stale indexes are."""
 
 from __future__ import annotations
 
@@ -17,17 +18,19 @@ from typer.testing import CliRunner
 
 from mess.cli.search import register
 from mess.search import rerank_store
+from mess.search.augment import build_augmentation
 from mess.search.evaluate import evaluate
 from mess.search.health import check_store
 from mess.search.index import build_index, index_path, stale_indexes
 from mess.search.query import collection_query, similar_tracks
 from mess.search.rerank import Reranker, build_reranker
-from mess.search.rerank_store import load_reranker, read_reranker, rerank_path
+from mess.search.rerank_store import augment_path, load_reranker, read_augmentation, read_reranker, rerank_path
 from mess.search.vectors import VectorSpec, load_vectors
 from mess.store import FeatureStore, Run
 from mess.store.feature_store import TrackVectors
 
 POWER = VectorSpec.from_options(norm="power")
+HINT = "mess index --model musicnn-msd --norm power"
 
 
 def _reopened(fs: FeatureStore) -> FeatureStore:
@@ -110,14 +113,16 @@ def test_after_a_track_is_added_the_saved_data_is_stale_and_repair_removes_it(
     notes: list[str] = []
     tid = int(vs.ids[4])
     assert _ranking(fs, run, tid, notes) == _direct_ranking(fs, run, tid)  # built afresh, the new track in it
-    assert len(notes) == 1 and "mess index --model musicnn-msd --norm power`" in notes[0]
+    assert len(notes) == 1 and f"{HINT} --rerank`" in notes[0]
     health = check_store(fs.root)
-    assert health.stale == [path]  # the index itself is updated in place, not stale
-    assert {"kind": "stale-index", "run": None, "damage": False,
-            "message": f"{path.name} is out of date"} in health.to_dict()["problems"]
+    aug = augment_path(fs, run, POWER)  # --rerank saved the augmentation file too
+    assert health.stale == [aug, path]  # the index itself is updated in place, not stale
+    for p in (aug, path):
+        assert {"kind": "stale-index", "run": None, "damage": False,
+                "message": f"{p.name} is out of date"} in health.to_dict()["problems"]
     repaired = check_store(fs.root, fix=True)
     assert f"deleted stale index {path.name}" in repaired.repaired and repaired.stale == []
-    assert not path.exists() and index_path(fs, run, POWER).exists()
+    assert not path.exists() and not aug.exists() and index_path(fs, run, POWER).exists()
 
 
 @pytest.mark.parametrize("damage", ["truncated", "bytes changed", "another vector set's data"])
@@ -183,10 +188,117 @@ def test_similar_notes_once_that_index_rerank_saves_the_data(msd_copy: tuple[Fea
             "--store", str(fs.root)]
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0, out.output
-    assert out.output.count("note:") == 1 and "mess index --model musicnn-msd --norm power`" in out.output
+    assert out.output.count("note:") == 1 and f"{HINT} --rerank`" in out.output
     assert "Traceback" not in out.output
     out = CliRunner().invoke(app, ["index", "--model", "musicnn-msd", "--norm", "power", "--rerank", "--store",
                                    str(fs.root)])
     assert out.exit_code == 0 and "built re-ranking data" in out.output, out.output
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0 and "note:" not in out.output, out.output
+
+
+def _default(fs: FeatureStore, run: Run, tid: int, notes: list[str] | None = None,
+             **options: object) -> list[tuple[int, float | None]]:
+    got = similar_tracks(fs, run, collection_query(fs, tid), 8, on_note=None if notes is None else notes.append,
+                         **options)  # type: ignore[arg-type]
+    return [(n.track.id, n.adjusted) for n in got]
+
+
+def test_index_saves_the_augmentation_by_default_and_the_default_ranking_reads_it(
+        msd_copy: tuple[FeatureStore, Run], monkeypatch: pytest.MonkeyPatch) -> None:
+    fs, run = msd_copy
+    monkeypatch.setattr(rerank_store, "IN_MEMORY_TRACKS", 0)  # every collection is "large"
+    vs = load_vectors(fs, run, VectorSpec.from_options())
+    tids = [int(t) for t in vs.ids[::3]]
+    in_memory = [_default(fs, run, tid, ranking="augmented") for tid in tids]  # asked for: built in memory
+    in_memory_eval = evaluate(fs, run, "composer", ranking="augmented")
+    assert [_default(fs, run, tid, ranking="plain") for tid in tids] != in_memory
+    _, report = build_index(fs, vs)
+    path = augment_path(fs, run, vs.spec)
+    assert (report.augment, report.augment_path, report.rerank, report.rerank_path) == ("built", path, "", None)
+    assert report.augment_nbytes == path.stat().st_size > 0 and not rerank_path(fs, run, vs.spec).exists()
+    saved, built = read_augmentation(path, vs), build_augmentation(vs.unit())
+    assert saved is not None
+    for x, y in ((saved.rows, built.rows), (saved.weights, built.weights), (saved.norms, built.norms)):
+        np.testing.assert_array_equal(x, y)
+    assert build_index(fs, vs)[1].augment == "unchanged"
+    assert build_index(fs, vs, rebuild=True)[1].augment == "built"
+
+    def never(unit: np.ndarray) -> None:
+        raise AssertionError("built in memory, not read from the saved file")
+
+    reads: list[Path] = []
+    real = rerank_store.read_augmentation
+    monkeypatch.setattr(rerank_store, "build_augmentation", never)
+    monkeypatch.setattr(rerank_store, "read_augmentation", lambda p, v: reads.append(p) or real(p, v))
+    other = _reopened(fs)
+    try:
+        again = other.run("musicnn-msd")
+        notes: list[str] = []
+        assert [_default(other, again, tid, notes) for tid in tids] == in_memory and notes == []
+        assert reads == [path]  # read once, then memoised while the file stays the same
+        loaded = evaluate(other, again, "composer")
+        assert loaded.notes == [] and [s.scores for s in loaded.sets if s.name == "all layers"] == [
+            s.scores for s in in_memory_eval.sets if s.name == "all layers"]
+    finally:
+        other.close()
+    assert reads == [path] and stale_indexes(fs) == [] and check_store(fs.root).stale == []
+
+
+def test_the_augmentation_of_the_saved_re_ranking_data_is_read_without_its_own_file(
+        msd_copy: tuple[FeatureStore, Run], monkeypatch: pytest.MonkeyPatch) -> None:
+    fs, run = msd_copy
+    monkeypatch.setattr(rerank_store, "IN_MEMORY_TRACKS", 0)
+    vs = load_vectors(fs, run, VectorSpec.from_options())
+    tid = int(vs.ids[5])
+    in_memory = _default(fs, run, tid, ranking="augmented")
+    report = build_index(fs, vs, rerank=True)[1]
+    assert (report.rerank, report.augment) == ("built", "built") and report.rerank_path is not None
+    assert report.rerank_nbytes == report.rerank_path.stat().st_size > report.augment_nbytes > 0
+    assert report.augment_path is not None
+    report.augment_path.unlink()
+
+    def never(unit: np.ndarray) -> None:
+        raise AssertionError("built in memory, not read from the saved file")
+
+    monkeypatch.setattr(rerank_store, "build_augmentation", never)
+    other = _reopened(fs)
+    try:
+        notes: list[str] = []
+        assert _default(other, other.run("musicnn-msd"), tid, notes) == in_memory and notes == []
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bytes changed", "another vector set's data"])
+def test_a_damaged_augmentation_file_is_ignored_reported_and_removed(msd_copy: tuple[FeatureStore, Run], damage: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    fs, run = msd_copy
+    monkeypatch.setattr(rerank_store, "IN_MEMORY_TRACKS", 0)
+    vs = load_vectors(fs, run, VectorSpec.from_options())
+    path = build_index(fs, vs)[1].augment_path
+    assert path is not None and read_augmentation(path, vs) is not None
+    data = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "bytes changed":  # inside the neighbours' weights, past their .npy header
+        start = data.index(b"\x93NUMPY", data.index(b"aug_weights.npy")) + 128
+        path.write_bytes(data[:start] + bytes(b ^ 0x55 for b in data[start : start + 32]) + data[start + 32 :])
+    else:
+        layer = load_vectors(fs, run, VectorSpec.from_options(layer="penultimate", norm="power"))
+        other = build_index(fs, layer, rerank=True)[1].augment_path  # a layer's augmentation: asked for with --rerank
+        assert other is not None
+        shutil.copyfile(other, path)
+    assert read_augmentation(path, vs) is None
+    reopened = _reopened(fs)
+    try:
+        notes: list[str] = []
+        again = reopened.run("musicnn-msd")
+        tid = int(vs.ids[1])
+        assert _default(reopened, again, tid, notes) == _default(reopened, again, tid, ranking="plain")
+        assert len(notes) == 1 and HINT in notes[0] and "plain ranking" in notes[0]
+    finally:
+        reopened.close()
+    assert check_store(fs.root).stale == [path]
+    assert check_store(fs.root, fix=True).stale == [] and not path.exists()
+    assert index_path(fs, run, vs.spec).exists()

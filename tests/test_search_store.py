@@ -641,7 +641,7 @@ def test_a_saved_index_of_other_vectors_for_the_same_tracks_is_never_used(synth:
     store.write_derived(run, "fused", _hashes(store, ids), l2, {"note": "l2"})
     store.set_aspect_map(run, [("timbre", "l2", 0.9, 0.1)])
     for args in (["--fused"], ["--aspect", "timbre"]):
-        out = CliRunner().invoke(app, ["index", *args, "--store", root, "--json"])
+        out = CliRunner().invoke(app, ["index", *args, "--rerank", "--store", root, "--json"])
         assert json.loads(out.stdout)["mode"] == "built"
 
     def similar(*args: str) -> list[int]:
@@ -654,7 +654,8 @@ def test_a_saved_index_of_other_vectors_for_the_same_tracks_is_never_used(synth:
     store.set_aspect_map(run, [("timbre", "l1", 0.9, 0.1)])
     assert similar("--aspect", "timbre") == similar("--layer", "l1")
     fused = similar("--fused")
-    assert len(stale_indexes(store)) == 4  # both indexes and their re-ranking data: what `mess check --repair` deletes
+    # both indexes, their augmentation files and re-ranking data (--rerank): what `mess check --repair` deletes
+    assert len(stale_indexes(store)) == 6
     for path in store.indexes_dir.glob("*"):
         path.unlink()
     assert fused == similar("--fused")  # as the exact search without an index

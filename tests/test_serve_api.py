@@ -955,11 +955,17 @@ def test_indexing_only_with_the_flag(collection: Path, tmp_path: Path, folder: b
         assert writable.get("/api/health").json()["read_only"] is False
         built = writable.post("/api/index", params={"layer": "mfcc", "kind": "flat"}).json()
         assert built["mode"] == "built" and built["tracks"] == 12 and (copy / "indexes" / built["file"]).is_file()
-        assert built["rerank"] == "built"  # the re-ranking data the default ranking reads, saved by default
-        again = writable.post("/api/index", params={"layer": "mfcc", "kind": "flat"}).json()
-        assert again["mode"] == "unchanged" and again["note"] == "" and again["rerank"] == "unchanged"
-        plain = writable.post("/api/index", params={"layer": "spectral", "kind": "flat", "rerank": False}).json()
-        assert plain["mode"] == "built" and plain["rerank"] == ""
+        assert built["rerank"] == built["augment"] == "" and built["augment_file"] is None  # one layer ranks plain
+        again = writable.post("/api/index", params={"layer": "mfcc", "kind": "flat", "rerank": True}).json()
+        assert again["mode"] == "unchanged" and again["note"] == "" and again["rerank"] == "built"
+        assert (copy / "indexes" / again["rerank_file"]).stat().st_size == again["rerank_bytes"] > 0
+        again = writable.post("/api/index", params={"layer": "mfcc", "kind": "flat", "rerank": True}).json()
+        assert again["rerank"] == again["augment"] == "unchanged"
+        default = writable.post("/api/index", params={"kind": "flat"}).json()  # all layers: the augmentation
+        assert default["augment"] == "built" and default["rerank"] == "" and default["rerank_file"] is None
+        assert (copy / "indexes" / default["augment_file"]).stat().st_size == default["augment_bytes"] > 0
+        plain = writable.post("/api/index", params={"kind": "flat", "rerank": False}).json()
+        assert plain["mode"] == "unchanged" and plain["augment"] == plain["rerank"] == ""
         ivf = writable.post("/api/index", params={"layer": "mfcc", "kind": "ivf"}).json()  # 12 tracks: too few
         assert ivf["kind"] == "flat" and ivf["note"].startswith("ivf needs 32 tracks"), ivf
         assert writable.post("/api/index", params={"kind": "lsh"}).status_code == 400

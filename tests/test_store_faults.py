@@ -225,7 +225,7 @@ def test_check_does_not_call_a_store_with_a_stale_index_ok(tmp_path: Path) -> No
     assert _mess("extract", str(music), *DSP, "--store", store).returncode == 0
     check = _mess("check", "--store", store)
     assert check.returncode == 0 and "stale-index:" in check.stderr, check.stderr
-    # the index and its re-ranking data (`mess index` saves both by default)
+    # the index and its augmentation file (`mess index` saves both by default)
     assert "2 index(es) out of date" in check.stderr and not check.stderr.strip().endswith(": ok"), check.stderr
 
 

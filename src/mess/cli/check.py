@@ -55,7 +55,8 @@ def check_command(
                        "`mess check --repair` deletes them")
         elif health.stale:  # whole, but searches skip these indexes (exact search) until rebuilt
             verdict = (f"[green]whole[/], [yellow]{len(health.stale)} index(es) out of date[/]: `mess index` "
-                       "rebuilds them, the .rerank.npz re-ranking data too (`mess check --repair` deletes them)")
+                       "rebuilds them and .augment.npz files, `mess index --rerank` .rerank.npz files "
+                       "(`mess check --repair` deletes them)")
         else:
             verdict = "[green]ok[/]"
         console.print(f"{plain(store)}: {verdict}")

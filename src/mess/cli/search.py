@@ -78,17 +78,20 @@ def index_command(
     ] = "auto",
     norm: NormOpt = DEFAULT_NORM,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Build from scratch instead of updating.")] = False,
-    rerank: Annotated[bool, typer.Option("--rerank/--no-rerank", help="Also save the re-ranking data of these "
-                                         "vectors, which the augmented and re-ranked rankings read (same "
-                                         "--norm).")] = True,
+    rerank: Annotated[bool | None, typer.Option(
+        "--rerank/--no-rerank", show_default=False,
+        help="Ranking data saved beside the index (same --norm). By default the augmentation of all layers, which "
+             "the default ranking reads (needed above 10,000 tracks; seconds to build); --rerank: these vectors' "
+             "whole re-ranking data too, which --ranking reranked reads (half a minute and GiBs of memory at 20,000 "
+             "tracks); --no-rerank: neither.")] = None,
     target_recall: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Recall@10 that approximate indexes are tuned to reach.")
     ] = 0.95,
     store: StoreOpt = DEFAULT_STORE_PATH,
     as_json: JsonOpt = False,
 ) -> None:
-    """Build or incrementally update the FAISS index of one vector set (cosine similarity), and save its
-    re-ranking data, which the default augmented ranking reads (needed above 10,000 tracks)."""
+    """Build or incrementally update the FAISS index of one vector set (cosine similarity), and save beside it the
+    augmentation of all layers, which the default augmented ranking reads (needed above 10,000 tracks)."""
     from mess.search.ann import KINDS
     from mess.search.index import build_index
     from mess.search.vectors import VectorSpec, load_vectors, vectors_label
@@ -129,9 +132,10 @@ def _print_index(report: IndexReport, data: dict, unfused: int) -> None:
         f"{report.seconds:.2f} s, {report.nbytes / 2**20:.1f} MiB, recall@10 {recall}"
     )
     console.print(f"[dim]{plain(str(report.path))}[/]")
-    if report.rerank_path is not None:
-        console.print(f"{report.rerank} re-ranking data, {report.rerank_nbytes / 2**20:.1f} MiB: "
-                      f"[dim]{plain(str(report.rerank_path))}[/]")
+    for mode, what, where, nbytes in ((report.augment, "augmentation", report.augment_path, report.augment_nbytes),
+                                      (report.rerank, "re-ranking data", report.rerank_path, report.rerank_nbytes)):
+        if where is not None:
+            console.print(f"{mode} {what}, {nbytes / 2**20:.1f} MiB: [dim]{plain(str(where))}[/]")
     note(report.note)
     note(data["norm_note"])
     if unfused:

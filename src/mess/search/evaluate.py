@@ -81,7 +81,7 @@ class Evaluation:
     norm_note: str = ""  # when ``norm`` fell back to plain cosine (too few tracks to fit it)
     fused_trained_on: str | None = None  # the tag the fused network was trained on, when it is the one scored
     fused_note: str = ""  # why stored fused vectors were left out (made for another run of the model)
-    notes: list[str] = field(default_factory=list)  # sets ranked plain by default (large, no saved re-ranking data)
+    notes: list[str] = field(default_factory=list)  # sets ranked plain by default (large, no saved augmentation)
 
     @property
     def relevance(self) -> str:

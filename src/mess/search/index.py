@@ -7,8 +7,9 @@ compares those with the store and, when little changed since the preprocessor wa
 (at most :data:`REBUILD_FRACTION` of the tracks it was fitted on, counted over every update since), removes and
 adds only the tracks that left, arrived or whose content changed, keeping that preprocessor so old and new
 vectors stay comparable. :func:`open_index` returns the
-saved index when it is current, and otherwise an in-memory one (never stale). With ``rerank`` it also saves the
-vector set's re-ranking data beside the index (:mod:`mess.search.rerank_store`).
+saved index when it is current, and otherwise an in-memory one (never stale). Beside the index it saves, by default,
+the augmentation of all layers (what the default augmented ranking reads; seconds to build), with ``rerank`` the
+vector set's whole re-ranking data too, and with ``rerank=False`` neither (:mod:`mess.search.rerank_store`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,20 @@ import numpy as np
 
 from mess.constants import NPZ_ERRORS
 from mess.search.ann import AnnIndex, built_kind, n_lists
+from mess.search.augment import build_augmentation
 from mess.search.rerank import collection_reranker
-from mess.search.rerank_store import SUFFIX, read_reranker, rerank_path, save_reranker, stale_rerankers
+from mess.search.rerank_store import (
+    AUGMENT_SUFFIX,
+    SUFFIX,
+    augment_path,
+    load_augmentation,
+    read_augmentation,
+    read_reranker,
+    rerank_path,
+    save_augmentation,
+    save_reranker,
+    stale_ranking_data,
+)
 from mess.search.vectors import Preprocessor, VectorSet, VectorSpec, vectors_source
 from mess.store import FeatureStore, Run, StoreError
 from mess.store.paths import replace_file
@@ -102,9 +115,12 @@ class IndexReport:
     seconds: float
     nbytes: int  # size of the saved index file
     note: str = ""  # why the index is not of the kind asked for
-    rerank: str = ""  # the re-ranking data: "built", "unchanged" or "" (not asked for)
+    rerank: str = ""  # the re-ranking data: "built", "unchanged" or "" (not saved)
     rerank_path: Path | None = None
     rerank_nbytes: int = 0
+    augment: str = ""  # the augmentation file: "built", "unchanged" or "" (not saved)
+    augment_path: Path | None = None
+    augment_nbytes: int = 0
 
 
 def index_path(store: FeatureStore, run: Run, spec: VectorSpec) -> Path:
@@ -113,13 +129,15 @@ def index_path(store: FeatureStore, run: Run, spec: VectorSpec) -> Path:
 
 
 def build_index(store: FeatureStore, vs: VectorSet, kind: str = "auto", *, rebuild: bool = False,
-                target_recall: float = 0.95, wait: bool = True, rerank: bool = False
+                target_recall: float = 0.95, wait: bool = True, rerank: bool | None = None
                 ) -> tuple[CollectionIndex, IndexReport]:
     """Create or incrementally update the saved index of a vector set, and save it under the store's write lock.
 
-    With ``rerank`` also build the set's re-ranking data (unless the saved one is current and not ``rebuild``) and
-    save it beside the index. With ``wait=False`` a store another process is writing raises StoreBusy instead of
-    waiting.
+    Ranking data saved beside it (each unless the saved file is current and not ``rebuild``): with ``rerank=None``
+    (the default) the augmentation file of an all-layers set (what the default ranking reads above
+    :data:`~mess.search.rerank_store.IN_MEMORY_TRACKS` tracks), with ``rerank=True`` the set's whole re-ranking data
+    and its augmentation file (of any set), with ``rerank=False`` neither. With ``wait=False`` a store another
+    process is writing raises StoreBusy instead of waiting.
     """
     start = time.perf_counter()
     path = index_path(store, vs.run, vs.spec)
@@ -154,14 +172,22 @@ def build_index(store: FeatureStore, vs: VectorSet, kind: str = "auto", *, rebui
         ann = AnnIndex.build(vs.unit(), vs.ids, requested, target_recall=target_recall)
         index = CollectionIndex(ann, vs.prep, vs.ids.copy(), vs.hashes.copy(), vs.spec, vs.run.id, requested,
                                 len(vs.ids), source=vs.source)
-    rpath = rerank_path(store, vs.run, vs.spec)
-    current = rerank and not rebuild and read_reranker(rpath, vs) is not None
-    reranker = collection_reranker(store, vs) if rerank and not current else None
-    rbytes = 0
-    if mode != "unchanged" or reranker is not None:
+    rpath, apath = rerank_path(store, vs.run, vs.spec), augment_path(store, vs.run, vs.spec)
+    augment = bool(rerank) or (rerank is None and vs.spec.kind == "all")
+    saved = read_reranker(rpath, vs) if rerank and not rebuild else None
+    acurrent = augment and not rebuild and read_augmentation(apath, vs) is not None
+    reranker = collection_reranker(store, vs) if rerank and saved is None else None
+    aug, whole = None, reranker if reranker is not None else saved
+    if augment and not acurrent:  # a re-ranker's own, else one built afresh or for (or read by) searches
+        aug = whole.aug if whole is not None else (
+            build_augmentation(vs.unit()) if rebuild else load_augmentation(store, vs))
+    rbytes = abytes = 0
+    if mode != "unchanged" or reranker is not None or aug is not None:
         with store.writing("mess index", wait=wait):
             if mode != "unchanged":
                 index.save(path)
+            if aug is not None:
+                abytes = save_augmentation(apath, vs, aug)
             if reranker is not None:
                 rbytes = save_reranker(rpath, vs, reranker)
     note = "" if requested in ("auto", index.ann.kind) else (
@@ -169,8 +195,10 @@ def build_index(store: FeatureStore, vs: VectorSet, kind: str = "auto", *, rebui
         "(exact)")
     report = IndexReport(path, index.ann.kind, mode, len(vs.ids), vs.raw.shape[1], added, removed,
                          index.ann.breadth, index.ann.recall, time.perf_counter() - start, path.stat().st_size, note,
-                         ("unchanged" if current else "built") if rerank else "", rpath if rerank else None,
-                         (rbytes or rpath.stat().st_size) if rerank else 0)
+                         ("unchanged" if saved is not None else "built") if rerank else "", rpath if rerank else None,
+                         (rbytes or rpath.stat().st_size) if rerank else 0,
+                         ("unchanged" if acurrent else "built") if augment else "", apath if augment else None,
+                         (abytes or apath.stat().st_size) if augment else 0)
     return index, report
 
 
@@ -211,8 +239,9 @@ def stale_indexes(store: FeatureStore) -> list[Path]:
     vectors are no longer what the spec reads (an aspect probed onto another layer, fused vectors applied again).
 
     A stale index is never used for answers (:func:`open_index` checks it against the
-    vectors first), but it is dead weight on disk; ``mess check --repair`` deletes it. Saved re-ranking data that
-    no longer matches its vectors (:func:`mess.search.rerank_store.stale_rerankers`) is listed too.
+    vectors first), but it is dead weight on disk; ``mess check --repair`` deletes it. Saved ranking data (re-ranking
+    data, augmentation files) that no longer matches its vectors (:func:`mess.search.rerank_store.stale_ranking_data`)
+    is listed too.
     """
     runs = {run.id: run for run in store.runs()}
     stale = []
@@ -225,7 +254,7 @@ def stale_indexes(store: FeatureStore) -> list[Path]:
         current = {(t.id, t.content_hash) for t in store.tracks(run)}
         if not set(zip(saved.ids.tolist(), saved.hashes.tolist(), strict=False)) <= current:
             stale.append(path)
-    return stale + stale_rerankers(store)
+    return stale + stale_ranking_data(store)
 
 
 def _source(store: FeatureStore, run: Run, spec: VectorSpec) -> str | None:
@@ -237,6 +266,7 @@ def _source(store: FeatureStore, run: Run, spec: VectorSpec) -> str | None:
 
 
 def delete_index(path: Path) -> None:
-    """Remove a saved index and its sidecars (or saved re-ranking data, one file)."""
-    for p in (path,) if path.name.endswith(SUFFIX) else (path, path.with_suffix(".json"), path.with_suffix(".npz")):
+    """Remove a saved index and its sidecars (or saved ranking data, one file)."""
+    one = path.name.endswith((SUFFIX, AUGMENT_SUFFIX))
+    for p in (path,) if one else (path, path.with_suffix(".json"), path.with_suffix(".npz")):
         p.unlink(missing_ok=True)

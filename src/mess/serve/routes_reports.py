@@ -54,8 +54,10 @@ def probe_heatmap(state: State, model: Model = None, probe: Probe = "ridge") -> 
 def index(state: State, request: Request, model: Model = None, layer: Layer = None, aspect: Aspect = None,
           fused: Fused = False, learned: Learned = False,
           kind: Annotated[str, Query(description="auto, flat, ivf, ivfpq or hnsw.")] = "auto",
-          rerank: Annotated[bool, Query(description="Also save the re-ranking data, which the augmented and "
-                                                    "re-ranked rankings read.")] = True) -> dict:
+          rerank: Annotated[bool | None, Query(
+              description="Ranking data saved beside the index: left out, the augmentation of all layers (what the "
+                          "default ranking reads); true, the whole re-ranking data too (what ranking=reranked "
+                          "reads); false, neither.")] = None) -> dict:
     """Write the index of one vector set under STORE/indexes (the server is read-only otherwise); a request body is a
     400 (it was ignored: ``{"layer": "mfcc"}`` indexed the default vectors)."""
     if not state.allow_indexing:
@@ -78,4 +80,8 @@ def index(state: State, request: Request, model: Model = None, layer: Layer = No
     return {"model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "kind": report.kind,
             "mode": report.mode, "tracks": report.n, "added": report.added, "removed": report.removed,
             "recall": report.recall, "seconds": round(report.seconds, 3), "file": report.path.name,
-            "note": report.note, "rerank": report.rerank}
+            "note": report.note, "rerank": report.rerank, "augment": report.augment,
+            "augment_file": report.augment_path.name if report.augment_path else None,
+            "augment_bytes": report.augment_nbytes,
+            "rerank_file": report.rerank_path.name if report.rerank_path else None,
+            "rerank_bytes": report.rerank_nbytes}
