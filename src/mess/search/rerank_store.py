@@ -1,13 +1,13 @@
 """Saved ranking data, written beside a vector set's index: its augmentation, or its whole re-ranking data.
 
 The default ranking of all layers (augmented) needs only each track's augmentation (:mod:`mess.search.augment`:
-its :data:`~mess.search.augment.DBA_K` neighbours' rows, their weights and its norm: a few MB at 20,000 tracks,
-seconds to build). So ``mess index`` saves, by default and for all layers, that alone to
-``STORE/indexes/run<id>-<spec>.augment.npz`` (:func:`save_augmentation`). Only ``mess index --rerank`` builds and
-saves the whole :class:`~mess.search.rerank.Reranker` that ``--ranking reranked`` reads, to
-``run<id>-<spec>.rerank.npz`` (:func:`save_reranker`): the augmentation, both neighbour lists and every track's
-k-reciprocal vectors (all but the unit vectors, which are the vector set's); half a minute and 2.8 GiB peak at 20,000
-tracks x 5,000 dims on 2 cores.
+its :data:`~mess.search.augment.DBA_K` neighbours' rows, their weights and its norm: 3.6 MiB at 20,000 tracks,
+10 s to build there on 2 cores; ``benchmarks/index_ranking_data.py``). So ``mess index`` saves, by default and for
+all layers, that alone to ``STORE/indexes/run<id>-<spec>.augment.npz`` (:func:`save_augmentation`). Only ``mess
+index --rerank`` builds and saves the whole :class:`~mess.search.rerank.Reranker` that ``--ranking reranked``
+reads, to ``run<id>-<spec>.rerank.npz`` (:func:`save_reranker`): the augmentation, both neighbour lists and every
+track's k-reciprocal vectors (all but the unit vectors, which are the vector set's); up to half a minute and 2.8 GiB
+peak at 20,000 tracks x 5,000 dims on 2 cores (``benchmarks/rerank.py``).
 
 Both files carry what they were computed from (:func:`_identity`, checked by :func:`_matches`): the vector set's
 fingerprint (run, spec, source, track ids and contents), its ids and hashes, its preprocessor (the power exponent
