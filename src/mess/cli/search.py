@@ -81,9 +81,9 @@ def index_command(
     rerank: Annotated[bool | None, typer.Option(
         "--rerank/--no-rerank", show_default=False,
         help="Ranking data saved beside the index (same --norm). By default the augmentation of all layers, which "
-             "the default ranking reads (needed above 10,000 tracks; seconds to build); --rerank: these vectors' "
-             "whole re-ranking data too, which --ranking reranked reads (half a minute and GiBs of memory at 20,000 "
-             "tracks); --no-rerank: neither.")] = None,
+             "the default ranking reads above 10,000 tracks (about 10 s to build at 20,000); --rerank: these "
+             "vectors' whole re-ranking data too, which --ranking reranked reads (up to half a minute more there); "
+             "--no-rerank: neither.")] = None,
     target_recall: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Recall@10 that approximate indexes are tuned to reach.")
     ] = 0.95,
