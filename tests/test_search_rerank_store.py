@@ -125,6 +125,14 @@ def test_after_a_track_is_added_the_saved_data_is_stale_and_repair_removes_it(
     assert not path.exists() and not aug.exists() and index_path(fs, run, POWER).exists()
 
 
+def _layer_data(fs: FeatureStore, run: Run) -> tuple[Path, Path]:
+    """The saved re-ranking and augmentation files of another vector set (the penultimate layer's, power)."""
+    layer = load_vectors(fs, run, VectorSpec.from_options(layer="penultimate", norm="power"))
+    report = build_index(fs, layer, rerank=True)[1]
+    assert report.rerank_path is not None and report.augment_path is not None
+    return report.rerank_path, report.augment_path
+
+
 @pytest.mark.parametrize("damage", ["truncated", "bytes changed", "another vector set's data"])
 def test_a_damaged_saved_file_is_ignored_and_reported(msd_copy: tuple[FeatureStore, Run], damage: str,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
@@ -140,10 +148,7 @@ def test_a_damaged_saved_file_is_ignored_and_reported(msd_copy: tuple[FeatureSto
         start = data.index(b"recip_data.npy") + 200
         path.write_bytes(data[:start] + bytes(b ^ 0x55 for b in data[start : start + 64]) + data[start + 64 :])
     else:
-        layer = load_vectors(fs, run, VectorSpec.from_options(layer="penultimate", norm="power"))
-        other = build_index(fs, layer, rerank=True)[1].rerank_path
-        assert other is not None
-        shutil.copyfile(other, path)
+        shutil.copyfile(_layer_data(fs, run)[0], path)
     assert read_reranker(path, vs) is None
     reopened = _reopened(fs)
     try:
@@ -285,10 +290,7 @@ def test_a_damaged_augmentation_file_is_ignored_reported_and_removed(msd_copy: t
         start = data.index(b"\x93NUMPY", data.index(b"aug_weights.npy")) + 128
         path.write_bytes(data[:start] + bytes(b ^ 0x55 for b in data[start : start + 32]) + data[start + 32 :])
     else:
-        layer = load_vectors(fs, run, VectorSpec.from_options(layer="penultimate", norm="power"))
-        other = build_index(fs, layer, rerank=True)[1].augment_path  # a layer's augmentation: asked for with --rerank
-        assert other is not None
-        shutil.copyfile(other, path)
+        shutil.copyfile(_layer_data(fs, run)[1], path)  # a layer's augmentation: asked for with --rerank
     assert read_augmentation(path, vs) is None
     reopened = _reopened(fs)
     try:
