@@ -213,6 +213,27 @@ def test_a_file_sampled_below_half_the_models_rate_is_embedded_with_a_warning(tm
                 f"{sr / 2:g} Hz, so its vectors say little") in said, said
 
 
+def test_many_files_with_the_same_warning_get_one_line(tmp_path: Path) -> None:
+    """A library of low-rate files printed one warning line per file; five with the same reason are one line that
+    counts them and names three, and a file with another reason keeps its own line."""
+    from typer.testing import CliRunner
+
+    from mess.cli.main import app
+
+    music = tmp_path / "music"
+    for i, path in enumerate(_tone_files(music / "p", 5, 3.0, 4000)):  # five different tones
+        path.rename(music / f"phone{i}.wav")
+    _tone_files(music / "k", 1, 3.0, 1000)[0].rename(music / "kilo.wav")
+    args = ["extract", str(music), "--model", "dsp", "--window", "4", "--store", str(tmp_path / "store")]
+    done = CliRunner().invoke(app, args)
+    said = " ".join(done.output.split())
+    assert done.exit_code == 0 and "6 embedded" in said, said
+    assert said.count("warning:") == 2, said
+    assert ("warning: 5 files (phone0.wav, phone1.wav, phone2.wav and 2 more): sampled at 4000 Hz, below half the "
+            "model's 22050 Hz") in said, said
+    assert "warning: kilo.wav: sampled at 1000 Hz" in said, said
+
+
 def test_the_default_model_warns_of_files_without_its_16_khz_band(tmp_path: Path) -> None:
     """The default musicnn reads up to 16 kHz (its timbre layer; 8 kHz its networks): a 22.05 kHz file is embedded
     with a word on its timbre, an 11.025 kHz one with the warning that its vectors say little, a 44.1 kHz one

@@ -26,7 +26,8 @@ def render_command(
         "bach,palestrina,monteverdi,mozart,haydn,josquin",
     per_composer: Annotated[int, typer.Option(min=1, help="Pieces per composer.")] = 5,
     max_seconds: Annotated[float, typer.Option(min=1.0, help="Length of each render (the piece's opening).")] = 30.0,
-    sample_rate: Annotated[int, typer.Option(min=8000, help="Render rate in Hz.")] = 22050,
+    sample_rate: Annotated[int, typer.Option(min=8000, help="Render rate in Hz (the default musicnn model reads up "
+                                                            "to 16 kHz, so below 32 kHz it warns).")] = 44100,
     workers: Annotated[int, typer.Option(min=1, help="Pieces rendered at once.")] = 2,
 ) -> None:
     """Render corpus pieces to FLACs tagged artist = composer; already rendered files are kept."""

@@ -224,10 +224,26 @@ def _print_summary(summary: ExtractSummary, model: str, store: Path) -> None:
         + f" in {summary.wall_seconds:.1f} s ({summary.realtime_factor:.1f} audio-s/s)"
         + f" -> {plain(store)} {plain(f'[{model}]')}"
     )
-    for warning in summary.warnings:
+    for warning in _grouped(summary.warnings):
         console.print(f"[yellow]warning:[/] {plain(warning)}")
     for _path, reason in summary.failed:
         console.print(f"[red]failed:[/] {plain(reason)}")
+
+
+def _grouped(warnings: list[str], named: int = 3) -> list[str]:
+    """Per-file warnings ('NAME: reason'), those of more than ``named`` files with the same reason as one line that
+    counts them and names the first few (a library of 22.05 kHz files would otherwise print a line per file)."""
+    by_reason: dict[str, list[str]] = {}
+    for warning in warnings:
+        name, sep, reason = warning.partition(": ")
+        by_reason.setdefault(reason if sep else warning, []).append(name if sep else "")
+    out = []
+    for reason, names in by_reason.items():
+        if len(names) <= named or not all(names):
+            out += [f"{name}: {reason}" if name else reason for name in names]
+        else:
+            out.append(f"{len(names)} files ({', '.join(names[:named])} and {len(names) - named} more): {reason}")
+    return out
 
 
 def _note_missing(gone: list[str]) -> None:
