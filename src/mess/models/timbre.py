@@ -8,7 +8,8 @@ triangle of logm(covariance + RIDGE I) (210), so that the distance between two v
 distance between the Gaussians (a single-Gaussian timbre model). A track's vector (:func:`pool`) is the Gaussian
 of all its windows' frames together, not the mean of the windows' vectors: the spread between windows is part
 of a track's timbre (on the soundtracks, beside the network layers, its weight chosen by leave-one-game-out: mAP
-x1.049 over the network layers alone, against x1.009 for the mean of the windows' vectors; docs/quality.md).
+x1.049 over the network layers alone, against x1.009 for the mean of the windows' vectors in a prototype;
+docs/quality.md).
 """
 
 from __future__ import annotations
