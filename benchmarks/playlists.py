@@ -76,12 +76,12 @@ def main() -> None:
         store = FeatureStore(root)
         run = store.run()
         seed = resolve_query(store, "1", run)
-        radio(store, run, [seed], 1)  # vectors read and memoised once, for both sides
+        radio(store, run, [seed], 1, ranking="plain")  # vectors read and memoised once, for both sides
         print(f"{args.tracks} tracks, {sum(run.layer_dims)} dims; radio from track 1")
         print(f"{'n':>5} {'ours s':>9} {'naive s':>9} {'ratio':>8}  same playlist")
         for n in args.lengths:
             start = time.perf_counter()
-            ours = [t.id for t in radio(store, run, [seed], n).tracks]
+            ours = [t.id for t in radio(store, run, [seed], n, ranking="plain").tracks]  # by cosine, as theirs
             mine = time.perf_counter() - start
             start = time.perf_counter()
             theirs = naive_radio(store, run, seed, n)

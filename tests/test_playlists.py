@@ -59,25 +59,30 @@ def test_radio_cli_writes_ten_existing_files_without_artist_repeats(real: Featur
 
 
 @pytest.mark.parametrize("model", ["dsp", "musicnn-msd"])
-def test_radio_starts_with_the_seeds_nearest_other_artist(real: FeatureStore, model: str) -> None:
+@pytest.mark.parametrize("ranking", ["auto", "plain"])
+def test_radio_starts_with_the_seeds_nearest_other_artist(real: FeatureStore, model: str, ranking: str) -> None:
+    """The radio's first track is `mess similar`'s best of another artist, by the same ranking: the augmented one
+    by default (all layers), cosine with ranking plain."""
     run = real.run(model)
     seed = resolve_query(real, 2, run)
-    playlist = radio(real, run, [seed], 5, window=1)
-    best = similar_tracks(real, run, seed, 1, exclude_same_artist=True, ranking="plain", expand=0)[0]  # by cosine
+    playlist = radio(real, run, [seed], 5, window=1, ranking=ranking)
+    options = {"ranking": "plain", "expand": 0} if ranking == "plain" else {}
+    best = similar_tracks(real, run, seed, 1, exclude_same_artist=True, **options)[0]
+    assert (best.adjusted is None) == (ranking == "plain")
     assert playlist.tracks[0].id == best.track.id
-    assert playlist.scores[0] == pytest.approx(best.score, abs=1e-5)
+    assert playlist.scores[0] == pytest.approx(best.score if best.adjusted is None else best.adjusted, abs=1e-5)
 
 
 def test_radio_from_two_seeds_takes_the_closest_to_either(real: FeatureStore) -> None:
+    """Each track's score is the better of `mess similar`'s ranking scores from the two seeds, best first."""
     run = real.run("musicnn-msd")
     seeds = [resolve_query(real, i, run) for i in (1, 12)]
     playlist = radio(real, run, seeds, 8, window=1)  # 14 candidates, at most 4 per artist: 8 always fit
-    vs = load_vectors(real, run, VectorSpec("all"))
-    unit = vs.unit()
-    q = unit[vs.rows(np.array([1, 12]))]
     ids = [t.id for t in playlist.tracks]
     assert 1 not in ids and 12 not in ids and len(set(ids)) == 8
-    expected = (unit[vs.rows(np.array(ids))] @ q.T).max(axis=1)
+    n = len(real.tracks(run))
+    scores = [{nb.track.id: nb.adjusted for nb in similar_tracks(real, run, seed, n)} for seed in seeds]
+    expected = [max(scores[0].get(i, -np.inf), scores[1].get(i, -np.inf)) for i in ids]
     np.testing.assert_allclose(playlist.scores, expected, atol=1e-5)
 
 
@@ -91,15 +96,19 @@ def test_radio_seeds_take_turns_with_blend_turns(tmp_path: Path) -> None:
     seeds = [resolve_query(store, f"{name}.wav", run) for name in ("A", "B")]
 
     def titles(blend: str) -> list[str | None]:
-        return [t.title for t in radio(store, run, seeds, 6, norm="none", blend=blend).tracks]
+        return [t.title for t in radio(store, run, seeds, 6, norm="none", blend=blend, ranking="plain").tracks]
 
     assert titles("nearest") == ["a10", "a15", "a20", "a25", "a30", "a35"]
-    assert titles("turns") == ["a10", "b45", "a15", "b50", "a20", "b55"]
+    turns = titles("turns")
+    assert turns == ["a10", "b45", "a15", "b50", "a20", "b55"]
     store.close()
     out = runner.invoke(app, ["playlist", "radio", "A.wav", "B.wav", "-n", "6", "--blend", "turns", "--json",
-                              "--model", "arc", "--store", str(tmp_path / "store")])
+                              "--ranking", "plain", "--model", "arc", "--store", str(tmp_path / "store")])
     assert out.exit_code == 0, out.output
-    assert sum(t["title"].startswith("b") for t in json.loads(out.stdout)["tracks"]) == 3
+    assert [t["title"] for t in json.loads(out.stdout)["tracks"]] == turns
+    out = runner.invoke(app, ["playlist", "radio", "A.wav", "--ranking", "best", "--model", "arc",
+                              "--store", str(tmp_path / "store")])
+    assert out.exit_code == 1 and out.output.count("\n") == 1 and "unknown ranking 'best'" in out.output, out.output
     out = runner.invoke(app, ["playlist", "radio", "A.wav", "B.wav", "--blend", "fair", "--model", "arc",
                               "--store", str(tmp_path / "store")])
     assert out.exit_code == 1 and out.output.count("\n") == 1 and "nearest or turns" in out.output, out.output

@@ -68,9 +68,12 @@ def radio_command(
             help="An artist does not come back within this many tracks (1: only never twice in a row).",
         ),
     ] = 3,
-    blend: Annotated[str, typer.Option("--blend", help="Several seeds: nearest (by cosine to the nearest seed; one "
+    blend: Annotated[str, typer.Option("--blend", help="Several seeds: nearest (by closeness to the nearest seed; one "
                                        "may take every slot) or turns (the seeds take turns, each adding its next "
                                        "closest track).")] = "nearest",
+    ranking: Annotated[str, typer.Option("--ranking", help="How closeness is scored: auto (the default: as `mess "
+                                         "similar` ranks, augmented for all layers, else cosine), plain (cosine), "
+                                         "augmented or reranked.")] = "auto",
     model: ModelOpt = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
     as_json: JsonOpt = False,
@@ -81,7 +84,7 @@ def radio_command(
 
     def make(fs: FeatureStore, run: Run) -> Playlist:
         queries = [resolve_query(fs, s, run) for s in seeds]
-        return radio(fs, run, queries, n, aspect=aspect, window=window, blend=blend)
+        return radio(fs, run, queries, n, aspect=aspect, window=window, blend=blend, ranking=ranking)
 
     _emit(_made(make, store, model, aspect), output, fmt, as_json)
 

@@ -249,27 +249,35 @@ def _exact_neighbours(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``k`` best tracks by augmented or re-ranked score, best first: cosines to the query, ids, scores.
     Excluded tracks are left out of the answer, not out of the collection's neighbour data."""
+    plain, scores = ranked_scores(store, vs, query, ranking, on_note)
+    scores[np.isin(vs.ids, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))] = -np.inf
+    order = np.argsort(-scores, kind="stable")[:k]
+    order = order[np.isfinite(scores[order])]
+    return plain[order], vs.ids[order], scores[order]
+
+
+def ranked_scores(store: FeatureStore, vs: VectorSet, query: TrackQuery | np.ndarray, ranking: Ranking,
+                  on_note: Callable[[str], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every track of ``vs`` against the query: cosines [n], and the scores [n] ``ranking`` orders by (the cosines
+    themselves for "plain"; augmented or re-ranked scores, an outside query's near-copy first, else)."""
     tq = query if isinstance(query, TrackQuery) else None
     if tq is not None and tq.track is not None:
         if tq.track.id not in vs:
             raise no_vectors(store, vs.run, tq.track, fused=vs.spec.kind == FUSED)
         row = vs.rows(np.array([tq.track.id]))
         plain = vs.unit() @ vs.unit()[row[0]]
+        if ranking == "plain":
+            return plain, plain.copy()
         if ranking == "reranked":
-            scores = load_reranker(store, vs, on_note).rows(row)[0]
-        else:
-            scores = expanded_rows(vs.unit(), load_augmentation(store, vs), row)[0]
-    else:
-        q = vs.prep.apply(_raw_vector(store, vs, tq) if tq is not None else np.asarray(query, dtype=np.float32))
-        plain = vs.unit() @ q[0]
-        if ranking == "reranked":
-            scores = copy_first(load_reranker(store, vs, on_note).outside(q)[0], plain, 0.0)
-        else:
-            scores = copy_first(augmented_query(vs.unit(), load_augmentation(store, vs), q[0])[2], plain, 1.0)
-    scores[np.isin(vs.ids, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))] = -np.inf
-    order = np.argsort(-scores, kind="stable")[:k]
-    order = order[np.isfinite(scores[order])]
-    return plain[order], vs.ids[order], scores[order]
+            return plain, load_reranker(store, vs, on_note).rows(row)[0]
+        return plain, expanded_rows(vs.unit(), load_augmentation(store, vs), row)[0]
+    q = vs.prep.apply(_raw_vector(store, vs, tq) if tq is not None else np.asarray(query, dtype=np.float32))
+    plain = vs.unit() @ q[0]
+    if ranking == "plain":
+        return plain, plain.copy()
+    if ranking == "reranked":
+        return plain, copy_first(load_reranker(store, vs, on_note).outside(q)[0], plain, 0.0)
+    return plain, copy_first(augmented_query(vs.unit(), load_augmentation(store, vs), q[0])[2], plain, 1.0)
 
 
 def _segment_neighbours(

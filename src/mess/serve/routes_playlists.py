@@ -75,15 +75,16 @@ def radio_route(
     window: Annotated[
         int, Query(ge=1, le=50, description="Tracks within which an artist does not come back.")
     ] = DEFAULT_WINDOW,
-    blend: Annotated[str, Query(description=f"Several seeds: {' or '.join(BLENDS)}; nearest orders by cosine to the "
-                                "nearest seed (one may take every slot), turns lets the seeds take turns, each adding "
-                                "its next closest track.")] = "nearest",
+    blend: Annotated[str, Query(description=f"Several seeds: {' or '.join(BLENDS)}; nearest orders by closeness to "
+                                "the nearest seed (one may take every slot), turns lets the seeds take turns, each "
+                                "adding its next closest track.")] = "nearest",
     model: Model = None,
     aspect: Aspect = None,
     format: Format = "json",
 ) -> dict | Response:
     """Tracks ordered by closeness to the nearest seed (seeds left out), or with ``blend=turns`` by each seed in
-    turn; scores stay the cosine to the nearest seed. An unknown ``blend`` is a 400.
+    turn; closeness is the score `mess similar` ranks by, and scores stay the closeness to the nearest seed. An
+    unknown ``blend`` is a 400.
 
     JSON: ``missing`` lists the ids of tracks whose files are no longer on disk (deleted since extraction), and
     ``note`` names them by file name, as `mess playlist radio` does."""
