@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Protocol, TypeVar
 
 import numpy as np
 import typer
@@ -15,10 +16,10 @@ from mess.cli.common import console, emit_json, fail, failing, note, open_store,
 from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, AspectOpt, FusedOpt, JsonOpt, ModelOpt, StoreOpt
 
 if TYPE_CHECKING:  # mess.artists.analysis loads the search stack (faiss): imported by the commands that run it
-    from mess.artists.analysis import ArtistOptions, LayerValidation, SimilarArtists
+    from mess.artists.analysis import ArtistOptions, HybridWeights, LayerValidation, SimilarArtists
     from mess.artists.discrimination import LayerReport
     from mess.artists.profiles import ArtistSet
-    from mess.store import Run
+    from mess.store import FeatureStore, Run
 
 LayerOpt = Annotated[
     str | None,
@@ -69,6 +70,32 @@ def _options(model: str | None, method: str, center: bool, max_tracks: int, min_
         return ArtistOptions(model, method, center, max_tracks, min_tracks)
 
 
+_A = TypeVar("_A")
+
+
+def _analysed(analyse: Callable[[FeatureStore], _A], store: Path) -> _A:
+    """What ``analyse`` finds in the store at ``store``; an ArtistError ends the command with its message."""
+    with open_store(store) as fs, failing(ArtistError):
+        return analyse(fs)
+
+
+class _Report(Protocol):
+    """A result with a JSON-ready form."""
+
+    def to_dict(self) -> dict: ...
+
+
+_R = TypeVar("_R", bound=_Report)
+
+
+def _show(result: _R, as_json: bool, print_result: Callable[[_R], None]) -> None:
+    """Print ``result`` as JSON (``--json``) or with ``print_result``."""
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        print_result(result)
+
+
 def similar_command(
     name: Annotated[str, typer.Argument(help="Artist name (case and accents do not matter).")],
     k: KOpt = 10,
@@ -99,13 +126,9 @@ def similar_command(
     options = _options(model, method or "mean", center is not False, max_tracks, min_tracks)
     blend = (Hybrid(weights, reference, tags, method is not None, center is not None)
              if hybrid or weights is not None else None)
-    with open_store(store) as fs, failing(ArtistError):
-        result = similar_artists(fs, name, k, options, SpaceChoice(layer, aspect, fused), hide_low=hide_low,
-                                 hybrid=blend, on_note=note)
-    if as_json:
-        emit_json(result.to_dict())
-        return
-    _print_similar(result)
+    result = _analysed(lambda fs: similar_artists(fs, name, k, options, SpaceChoice(layer, aspect, fused),
+                                                  hide_low=hide_low, hybrid=blend, on_note=note), store)
+    _show(result, as_json, _print_similar)
 
 
 def _print_similar(result: SimilarArtists) -> None:
@@ -159,8 +182,7 @@ def matrix_command(
     from mess.artists.analysis import SpaceChoice, artist_matrix
 
     options = _options(model, method, center, max_tracks, min_tracks)
-    with open_store(store) as fs, failing(ArtistError):
-        m = artist_matrix(fs, options, SpaceChoice(layer, aspect, fused), out, on_note=note)
+    m = _analysed(lambda fs: artist_matrix(fs, options, SpaceChoice(layer, aspect, fused), out, on_note=note), store)
     if as_json:
         emit_json({"artists": m.names, "matrix": m.matrix.round(4).tolist(), "csv": str(m.csv), "png": str(m.png),
                    "space": m.space, "method": method, "centered": center})
@@ -181,8 +203,7 @@ def discrimination_command(
     from mess.artists.analysis import discrimination
 
     options = _options(model, method, True, max_tracks, min_tracks)
-    with open_store(store) as fs, failing(ArtistError):
-        run, artists, reports = discrimination(fs, options, on_note=note)
+    run, artists, reports = _analysed(lambda fs: discrimination(fs, options, on_note=note), store)
     if not all(np.isfinite(r.separation.within) for r in reports):  # within needs two tracks of one artist
         note("no artist has two tracks, so same-artist similarity and separation are n/a (null in JSON) and no "
              "layer can be judged by them")
@@ -248,14 +269,10 @@ def validate_command(
     from mess.artists.analysis import validate_layers
 
     options = _options(model, method, center, max_tracks, min_tracks)
-    with open_store(store) as fs, failing(ArtistError):
-        result = validate_layers(fs, reference, k, options, on_note=note)
+    result = _analysed(lambda fs: validate_layers(fs, reference, k, options, on_note=note), store)
     for text in result.notes:
         note(text)
-    if as_json:
-        emit_json(result.to_dict())
-        return
-    _print_validation(result)
+    _show(result, as_json, _print_validation)
 
 
 def _print_validation(result: LayerValidation) -> None:
@@ -312,13 +329,14 @@ def hybrid_command(
     from mess.artists.analysis import SpaceChoice, learn_hybrid
 
     options = _options(model, method, center, max_tracks, min_tracks)
-    with open_store(store) as fs, failing(ArtistError):
-        result = learn_hybrid(fs, reference, k, options, SpaceChoice(layer, aspect, fused), tags=tags,
-                              test_fraction=test_fraction, seed=seed, save=save, on_note=note)
-    if as_json:
-        emit_json(result.to_dict())
-        return
-    fit = result.fit
+    result = _analysed(lambda fs: learn_hybrid(fs, reference, k, options, SpaceChoice(layer, aspect, fused),
+                                               tags=tags, test_fraction=test_fraction, seed=seed, save=save,
+                                               on_note=note), store)
+    _show(result, as_json, _print_hybrid)
+
+
+def _print_hybrid(result: HybridWeights) -> None:
+    fit, k = result.fit, result.meta["k"]
     console.print(
         "learned weights: "
         + ", ".join(f"{c}={fit.weights.get(c, 0):.2f}" for c in COMPONENTS if c in fit.weights)
