@@ -325,3 +325,25 @@ def test_untagged_files_whose_names_end_in_dots_or_spaces_are_titled_without_the
     out = runner.invoke(app, ["similar", str(outside), "-k", "1", "--json", "--store", str(store)])
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout)["query"]["label"] == "Eps - e"
+
+
+def test_a_playlist_is_never_written_over_the_stores_own_files(tmp_path: Path) -> None:
+    """`playlist radio 1 -o .mess/catalog.sqlite --format m3u` replaced the catalog with the playlist: every later
+    command said the store was damaged, beyond repair ('file is not a database'). `mess export` refused a path in the
+    store; playlists are refused there too (through a link as well), before anything is written."""
+    music, store = tmp_path / "music", tmp_path / "store"
+    for i in range(3):
+        _flac(music / f"{i}.flac", 3 * i, artist=f"Artist {i}", title=str(i))
+    assert runner.invoke(app, ["extract", str(music), "--model", "dsp", "--store", str(store)]).exit_code == 0
+    catalog = (store / "catalog.sqlite").read_bytes()
+    (tmp_path / "link").symlink_to(store)
+    row_file = next((store / "runs").rglob("*.f16"))
+    for args in (["radio", "0.flac", "-n", "2", "-o", str(store / "catalog.sqlite"), "--format", "m3u"],
+                 ["path", "0.flac", "2.flac", "-n", "3", "-o", str(tmp_path / "link" / row_file.relative_to(store)),
+                  "--format", "xspf"],
+                 ["clusters", "-k", "1", "-o", str(store / "runs")]):
+        out = runner.invoke(app, ["playlist", *args, "--store", str(store)])
+        assert out.exit_code == 1 and "is inside the feature store" in out.output, out.output
+    assert (store / "catalog.sqlite").read_bytes() == catalog and not list((store / "runs").glob("*.m3u8"))
+    check = runner.invoke(app, ["check", "--store", str(store)])
+    assert check.exit_code == 0 and "ok" in check.output, check.output

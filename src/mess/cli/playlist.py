@@ -79,6 +79,7 @@ def radio_command(
     as_json: JsonOpt = False,
 ) -> None:
     """A radio: the tracks closest to the seeds, closest first, artists spread out, no near-duplicates."""
+    _outside_store(output, store)
     from mess.playlists.radio import radio
     from mess.query import resolve_query
 
@@ -101,6 +102,7 @@ def path_command(
     as_json: JsonOpt = False,
 ) -> None:
     """A sonic path from START to END in even steps through the collection."""
+    _outside_store(output, store)
     from mess.playlists.path import sonic_path
 
     def make(fs: FeatureStore, run: Run) -> Playlist:
@@ -124,6 +126,7 @@ def clusters_command(
     as_json: JsonOpt = False,
 ) -> None:
     """The collection cut into K playlists of similar tracks, each named from its tags."""
+    _outside_store(output, store)
     from mess.playlists.clusters import clusters
     from mess.playlists.formats import write_cluster_folder
     from mess.playlists.playlist import PlaylistError
@@ -164,6 +167,15 @@ def _print_clusters(playlists: list[Playlist], files: list[Path], model: str) ->
             console.print(f"[yellow]{i}. {plain(p.note)}[/]")
     for f in files:
         console.print(f"[dim]{plain(str(f))}[/]")
+
+
+def _outside_store(output: Path | None, store: Path) -> None:
+    """End the command when ``output`` lies in the store folder ('-o .mess/catalog.sqlite' replaced the catalog)."""
+    from mess.store.paths import inside_store
+
+    if output is not None and inside_store(output, store):
+        fail(f"{output} is inside the feature store {store}, whose files only mess writes; write the playlist "
+             "outside it")
 
 
 def _made(make: Callable[[FeatureStore, Run], Playlist], store: Path, model: str | None,

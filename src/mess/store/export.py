@@ -23,7 +23,7 @@ import numpy as np
 from mess.constants import FUSED
 from mess.store.feature_store import FeatureStore, Run, StoreError
 from mess.store.fused import fused_matrix
-from mess.store.paths import printable, replacing, resolved
+from mess.store.paths import inside_store, printable, replacing
 
 FORMATS = ("npz", "parquet")
 TAGS = ("path", "content_hash", "artist", "album", "title", "genre", "composer")
@@ -64,7 +64,7 @@ def export_vectors(store: FeatureStore, run: Run, out: Path, fmt: str = "npz", *
     names = (FUSED,) if fused else tuple(dict.fromkeys(run.layer_names[run.layer_index(x)]
                                                        for x in (layers or run.layer_names)))
     out = Path(out).expanduser()
-    if resolved(out).is_relative_to(resolved(store.root)):  # 'export STORE/catalog.sqlite' overwrote the catalog
+    if inside_store(out, store.root):  # 'export STORE/catalog.sqlite' overwrote the catalog
         raise StoreError(f"{out} is inside the feature store {store.root}, whose files only mess writes; "
                          "export to a path outside it")
 

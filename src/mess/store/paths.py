@@ -44,6 +44,12 @@ def resolved(path: str | Path) -> Path:
         raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path)) from exc
 
 
+def inside_store(path: str | Path, root: str | Path) -> bool:
+    """Whether ``path`` (a file to write) lies in the feature store folder ``root``, whose files only mess writes
+    (through a link or a relative name too): an output written there can replace the catalog or a row file."""
+    return resolved(Path(path).expanduser()).is_relative_to(resolved(Path(root).expanduser()))
+
+
 def printable(text: str) -> str:
     """``text`` safe to print and store as text: undecodable file-name bytes become escapes (caf\\xe9)."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
