@@ -1253,6 +1253,33 @@ def test_an_unreadable_catalog_gives_one_line(forty_tones: tuple[Path, Path], tm
         assert expected in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
 
 
+@pytest.mark.xdist_group("forty_tones")  # one worker builds the fixture
+@pytest.mark.parametrize("page_of", ["tracks_hash", "tracks"])
+def test_a_damaged_catalog_page_that_opening_does_not_read_gives_one_line(forty_tones: tuple[Path, Path],
+                                                                          tmp_path: Path, page_of: str) -> None:
+    """A zeroed page of the tracks table or of an index on it passed the checks made on open, then the first query
+    that met it ended `info`, `similar`, `export`, `extract`, `playlist` in a traceback (sqlite3.DatabaseError:
+    database disk image is malformed) and `config` called the store's default model 'none', exit 0."""
+    music = forty_tones[0]
+    store = tmp_path / "store"
+    shutil.copytree(forty_tones[1], store)
+    db = store / "catalog.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        page = conn.execute("SELECT rootpage FROM sqlite_master WHERE name=?", (page_of,)).fetchone()[0]
+    with db.open("r+b") as f:
+        f.seek((page - 1) * size)
+        f.write(b"\x00" * size)
+    config = [["config"]] if page_of == "tracks_hash" else []  # which model answers: a query the index serves
+    for args in (["info"], ["similar", "1"], ["export", str(tmp_path / "out.npz")], *config,
+                 ["playlist", "radio", "1", "-n", "3"], ["extract", str(music), *DSP], ["check"]):
+        out = _mess(*args, "--store", str(store))
+        assert out.returncode == 1, (args, out.stdout, out.stderr)
+        assert "database disk image is malformed" in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+        assert "restore catalog.sqlite from a backup" in out.stderr, (args, out.stderr)
+
+
 def test_bad_track_references_answer_clearly(tmp_path: Path, extracted_tones: Extracted) -> None:
     _, store = extracted_tones(3)
     for ref in ("99999999999999999999999", "%", "tone0_.wav", "²", "١", "１"):  # '١' is int() 1: an id is ASCII

@@ -18,7 +18,7 @@ def config_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Show the store's settings and the model used by default, or change one setting."""
-    from mess.store import StoreError
+    from mess.store import StoreDamaged, StoreError
     from mess.store.config import SETTINGS, ConfigError, model_key, names_a_run, read_config, write_setting
 
     if unset and key is None:
@@ -40,6 +40,8 @@ def config_command(
             settings = read_config(fs.root)
         try:
             default, problem = (fs.run().model if models else None), None
+        except StoreDamaged:
+            raise
         except StoreError as exc:  # a default-model without vectors: shown, so that it can be unset here
             default, problem = None, str(exc)
     if as_json:

@@ -384,17 +384,38 @@ class FeatureStore:
         try:
             with self._lock, self._holding(_command_name(), on_wait=self.on_wait), self.db:
                 yield
-        except (OSError, sqlite3.OperationalError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            if isinstance(exc, OSError) and exc.filename:
-                reason = f"{printable(str(exc.filename))}: {reason}"
-            raise StoreError(f"cannot write to the store at {self.root} ({reason}); what was written before is "
-                             "kept: fix the cause (free disk space, say) and run the command again") from None
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is sqlite3.DatabaseError:  # SQLite found a damaged page: the catalog is damaged, not the disk
+                raise self._catalog_damaged(exc) from None
+            if not isinstance(exc, sqlite3.OperationalError):
+                raise
+            raise self._write_refused(exc) from None
+        except OSError as exc:
+            raise self._write_refused(exc) from None
+
+    def _write_refused(self, exc: OSError | sqlite3.OperationalError) -> StoreError:
+        """The StoreError of a write the system refused."""
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if isinstance(exc, OSError) and exc.filename:
+            reason = f"{printable(str(exc.filename))}: {reason}"
+        return StoreError(f"cannot write to the store at {self.root} ({reason}); what was written before is "
+                          "kept: fix the cause (free disk space, say) and run the command again")
+
+    def _catalog_damaged(self, exc: sqlite3.DatabaseError) -> StoreDamaged:
+        """What a read or write says when SQLite finds a damaged page of the catalog ('database disk image is
+        malformed'): opening the store reads only some of its pages, so a query may be the first to meet it."""
+        return StoreDamaged(f"{self.root} is damaged: the catalog cannot be read ({exc}); {CATALOG_ADVICE}")
 
     def _query(self, sql: str, args: Sequence[object] = ()) -> list[sqlite3.Row]:
-        """All rows of one read, executed and fetched while this thread holds the connection."""
+        """All rows of one read, executed and fetched while this thread holds the connection (StoreDamaged when
+        SQLite finds the catalog damaged)."""
         with self._lock:
-            return self.db.execute(sql, args).fetchall()
+            try:
+                return self.db.execute(sql, args).fetchall()
+            except sqlite3.DatabaseError as exc:
+                if type(exc) is not sqlite3.DatabaseError:
+                    raise
+                raise self._catalog_damaged(exc) from None
 
     def _one(self, sql: str, args: Sequence[object] = ()) -> sqlite3.Row | None:
         """The first row of one read (:meth:`_query`), or None."""
