@@ -110,6 +110,30 @@ def test_a_pruned_tracks_id_never_names_another_file(tmp_path: Path) -> None:
     assert len({t.id for t in store.tracks(store.run("dsp"))}) == 3
 
 
+def test_prune_forgets_files_gone_from_a_folder_the_walk_reached_through_a_link(tmp_path: Path) -> None:
+    """`mess extract music --prune` kept a deleted file of music/linked, a symbolic link to a folder elsewhere: the
+    walk follows the link and catalogues its files under the real folder, outside music/, where --prune never
+    looked; the run then told the user to do what they had just done (`mess extract FOLDER --prune`)."""
+    from typer.testing import CliRunner
+
+    from mess.cli.main import app
+
+    music, elsewhere, store = tmp_path / "music", tmp_path / "elsewhere", tmp_path / "s"
+    _tone_files(music, 1)
+    gone, kept = _tone_files(elsewhere / "album", 2)
+    (music / "linked").symlink_to(elsewhere / "album", target_is_directory=True)
+    args = ["extract", str(music), "--model", "dsp", "--store", str(store)]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    gone.unlink()
+    out = CliRunner().invoke(app, [*args, "--prune"], env={"COLUMNS": "300"})
+    assert out.exit_code == 0 and "1 removed" in out.output and "no longer on disk" not in out.output, out.output
+    fs = FeatureStore(store, readonly=True)
+    try:
+        assert sorted(fs.all_paths()) == sorted(str(p.resolve()) for p in (music / "tone00.wav", kept))
+    finally:
+        fs.close()
+
+
 def test_prune_keeps_a_file_the_folder_walk_passes_over(tmp_path: Path) -> None:
     """A file in a hidden folder, extracted by naming it, is still on disk: pruning its parent keeps it."""
     music = tmp_path / "music"

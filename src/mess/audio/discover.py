@@ -17,14 +17,17 @@ _AUDIO_DOMAIN = b"mess-audio-packets-v1"
 
 
 def find_audio(roots: Iterable[Path], on_skip: Callable[[str], None] | None = None,
-               on_hidden: Callable[[Path], None] | None = None) -> list[Path]:
+               on_hidden: Callable[[Path], None] | None = None,
+               on_linked: Callable[[Path], None] | None = None) -> list[Path]:
     """All audio files under the given files/folders, resolved, sorted, hidden files and folders skipped.
 
     A name is audio by :func:`audio_suffix` ('song.wav ' with its trailing space is). Symlinked folders are
     followed (each real folder once, so a link loop ends). A folder that cannot be read, an audio name that
     cannot be looked at and a link to nothing are skipped, each told to ``on_skip`` in one line (os.walk passed
     over such folders without a word). Each audio file skipped as hidden (a dot-file such as '._song.mp3' or
-    '.wav', or one in a dot-folder) is told to ``on_hidden``; one named in ``roots`` is found.
+    '.wav', or one in a dot-folder) is told to ``on_hidden``; one named in ``roots`` is found. Each folder reached
+    through a symbolic link is told to ``on_linked``, resolved: its files are found (and catalogued) under that
+    path, outside the root's, so ``mess extract ROOT --prune`` prunes there too.
     """
     def skip(error: OSError) -> None:
         if on_skip is not None:
@@ -43,6 +46,8 @@ def find_audio(roots: Iterable[Path], on_skip: Callable[[str], None] | None = No
                 dirs[:] = []
                 continue
             seen.add((st.st_dev, st.st_ino))
+            if on_linked is not None and os.path.islink(folder):
+                on_linked(Path(folder).resolve())
             if on_hidden is not None:
                 for hidden in sorted(d for d in dirs if d.startswith(".")):
                     _tell_hidden(Path(folder, hidden), on_hidden)

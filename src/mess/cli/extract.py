@@ -79,7 +79,7 @@ def extract_command(
     from mess.extract.pipeline import missing_files
     from mess.models.hub import quiet
 
-    paths, hidden = _audio_files(folders, prune)
+    paths, hidden, linked = _audio_files(folders, prune)
     if engine not in ("local", "ray"):
         fail(f"unknown engine {engine!r}; use local or ray")
     with failing(ModelError, ValueError, ImportError):
@@ -93,7 +93,8 @@ def extract_command(
         if engine == "ray":
             summary = _run_ray(fs, paths, model, embedder, policy, batch_size, device, address, precision, wait)
         else:
-            summary = _run_local(fs, paths, embedder, policy, batch_size, workers, folders if prune else [], wait)
+            summary = _run_local(fs, paths, embedder, policy, batch_size, workers, [*folders, *linked] if prune else [],
+                                 wait)
         _print_summary(summary, embedder.info.name, store)
         if hidden:
             console.print(f"[yellow]warning:[/] {plain(_hidden_note(hidden))}")
@@ -103,23 +104,27 @@ def extract_command(
         raise typer.Exit(3)
 
 
-def _audio_files(folders: list[Path], prune: bool = False) -> tuple[list[Path], list[Path]]:
-    """The audio files under ``folders`` and the audio files skipped there as hidden; a clean error when a folder
-    is missing (unless it is only there to be pruned: one moved, with others left) or when they hold none."""
+def _audio_files(folders: list[Path], prune: bool = False) -> tuple[list[Path], list[Path], list[Path]]:
+    """The audio files under ``folders``, the audio files skipped there as hidden and the folders the walk reached
+    through symbolic links (resolved: their files are catalogued under them, so --prune prunes there too); a clean
+    error when a folder is missing (unless it is only there to be pruned: one moved, with others left) or when they
+    hold none."""
     from mess.audio.discover import find_audio
 
     missing = [str(f) for f in folders if not f.exists()]
     if missing and not (prune and len(missing) < len(folders)):
         fail(f"no such file or folder: {', '.join(missing)}")
     hidden: list[Path] = []
+    linked: list[Path] = []
     paths = find_audio([f for f in folders if f.exists()],
-                       on_skip=lambda why: console.print(f"[yellow]warning:[/] {plain(why)}"), on_hidden=hidden.append)
+                       on_skip=lambda why: console.print(f"[yellow]warning:[/] {plain(why)}"), on_hidden=hidden.append,
+                       on_linked=linked.append)
     found = set(paths)
     hidden = [p for p in dict.fromkeys(hidden) if p.resolve() not in found]  # one named on the command line is in
     if not paths:
         fail(f"no audio files (wav, flac, mp3, ogg, opus, m4a) under {', '.join(map(str, folders))}"
              + (f"; {_hidden_note(hidden)}" if hidden else ""))
-    return paths, hidden
+    return paths, hidden, linked
 
 
 def _hidden_note(hidden: list[Path], shown: int = 3) -> str:
