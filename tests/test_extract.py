@@ -216,6 +216,17 @@ def test_bad_files_are_reported_by_name_and_do_not_stop_the_run(tmp_path: Path) 
     assert all(Path(p).name in why for p, why in reasons.items())
 
 
+def test_a_clip_a_sample_short_of_the_minimum_is_not_said_to_be_as_long_as_it(tmp_path: Path) -> None:
+    """A 1 s clip one sample short failed as 'too short (1.00 s; the minimum is 1.00 s)': its length was rounded up
+    to the minimum it missed."""
+    music = tmp_path / "music"
+    music.mkdir()
+    sf.write(music / "almost.wav", np.full(22049, 0.2, np.float32), 22050)
+    summary = extract(FeatureStore(tmp_path / "store"), find_audio([music]), DspModel(), POLICY)
+    [(_, reason)] = summary.failed
+    assert reason.endswith("almost.wav: too short (0.99 s; the minimum is 1.00 s)"), reason
+
+
 def test_a_file_sampled_below_half_the_models_rate_is_embedded_with_a_warning(tmp_path: Path) -> None:
     """A 4 kHz or 1 kHz file was embedded without a word, though the model (dsp: 22050 Hz) hears almost nothing of
     its band; the run's summary now names it and its rate (read whole or by seeking), and the file is still used."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,7 +124,8 @@ def _decode(record: FileRecord, sample_rate: int, policy: WindowPolicy) -> Windo
     if seconds >= policy.max_decode_seconds:
         warnings.append(_too_long(record, policy))
     if seconds < policy.min_seconds:
-        raise AudioError(f"{record.path}: too short ({seconds:.2f} s; the minimum is {policy.min_seconds:.2f} s)")
+        shown = math.floor(seconds * 100) / 100  # rounded, a clip one sample short read '1.00 s; the minimum is 1.00 s'
+        raise AudioError(f"{record.path}: too short ({shown:.2f} s; the minimum is {policy.min_seconds:.2f} s)")
     _check_level(record, audio)
     starts, windows = policy.cut(audio, sample_rate)
     decoded = seconds if seconds < policy.max_decode_seconds and abs(seconds - duration) > DURATION_TOLERANCE else None
