@@ -881,6 +881,35 @@ def test_a_collection_file_changed_since_extraction_is_queried_as_it_is_now(tmp_
     assert resolve_query(store, paths[0], run).track == store.track(paths[1])
 
 
+def test_a_touched_or_retagged_collection_file_is_queried_by_its_stored_vectors(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`mess similar FILE` of a file only touched, chmod-ed or retagged since extraction (its stamp moved, its audio
+    did not; `mess extract` counts it unchanged) said it had 'changed since it was extracted' and embedded it again
+    (minutes a file with MERT). Its content hash now tells: the catalogued track answers, with no warning."""
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.dsp import DspModel
+    from mess.query import resolve_query
+
+    paths = _tones(tmp_path / "music", 3)
+    store = FeatureStore(tmp_path / "store")
+    extract(store, paths, DspModel(), WindowPolicy(4.0, 3))
+    run = store.run("dsp")
+    before = store.track(paths[0])
+    os.utime(paths[0], (1_000_000_000, 1_000_000_000))
+    paths[0].chmod(0o600)
+    with caplog.at_level("WARNING", logger="mess.query.embed"):
+        query = resolve_query(store, paths[0], run)
+    assert query.track == before and query.replaces is None and query.layers is None, query
+    assert "changed since it was extracted" not in caplog.text
+    with paths[0].open("r+b") as f:  # the audio itself changed: embedded as it is now, as before
+        f.seek(-4000, os.SEEK_END)
+        f.write(bytes(4000))
+    with caplog.at_level("WARNING", logger="mess.query.embed"):
+        now = resolve_query(store, paths[0], run)
+    assert now.track is None and now.replaces == before and "changed since it was extracted" in caplog.text
+
+
 def test_a_file_gone_before_it_is_read_is_recorded(tmp_path: Path) -> None:
     from mess.audio.windows import WindowPolicy
     from mess.extract.pipeline import extract

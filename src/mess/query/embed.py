@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mess.audio.discover import content_hash
 from mess.audio.tags import read_tags
 from mess.constants import FUSED, file_title
 from mess.extract.embed import embed_file
@@ -47,9 +48,18 @@ def resolve_query(store: FeatureStore, ref: str | Path | int, run: Run) -> Track
 
 
 def _as_catalogued(store: FeatureStore, path: Path) -> bool:
-    """Whether the file is as the catalog last saw it (same change stamp), so its stored vectors are its own."""
+    """Whether the file holds the audio the catalog last saw, so its stored vectors are its own: the same change
+    stamp, or else the same content hash (a touched, retagged or copied-back file, which `mess extract` leaves as it
+    is, was said to have changed and embedded again)."""
     known = store.known_file(path.resolve())
-    return known is not None and stamp_matches(path.stat(), known[1])
+    if known is None:
+        return False
+    if stamp_matches(path.stat(), known[1]):
+        return True
+    try:
+        return content_hash(path) == known[0]
+    except OSError:  # unreadable now: embedding it says why
+        return False
 
 
 def embed_query(store: FeatureStore, path: Path, run: Run) -> TrackQuery:
