@@ -758,3 +758,21 @@ def test_hubness_reranking_brings_in_tracks_beyond_the_k_nearest_cosines(synth: 
                                  hubness="csls", expand=0)
         _assert_ranked_as(results, ids[rest], csls, [x.adjusted for x in results])
     assert differs, "no query whose CSLS neighbours differ from its cosine ones"
+
+
+def test_copies_of_one_recording_get_the_same_why_percentiles(synth: tuple[FeatureStore, Run]) -> None:
+    """Two copies of one recording have the same vectors, so "closer than X% of tracks" must say the same of both.
+    The percentile compared a result's cosine from one matrix product with the collection's from another, whose
+    last bits differ: a copy tied with itself counted below it (on the real soundtracks, one copy "brightness 95%",
+    the other 84%, with the same cosine)."""
+    store, run = synth
+    copy = store.track("/music/copies/track0.wav").id
+    compared = 0
+    for ref, k in itertools.product(range(2, 7), (3, 4, 5)):  # artist 0, as track 1 and its copy
+        query = resolve_query(store, str(ref), run)
+        results = {n.track.id: n for n in similar_tracks(store, run, query, k=k, expand=0)}
+        if 1 in results and copy in results:
+            compared += 1
+            assert results[1].why == pytest.approx(results[copy].why, abs=1e-6)
+            assert results[1].why_percentile == results[copy].why_percentile, (ref, k)
+    assert compared >= 5

@@ -58,6 +58,7 @@ LISTENER_WORDS = {
     "texture": "texture",
 }
 PERCENTILE_SAMPLE = 20_000
+TIE_TOLERANCE = 1e-5  # cosines closer than this are ties in the "why" percentiles
 HUBNESS_POOL = 100
 
 
@@ -457,9 +458,12 @@ def _explain(
         others = np.flatnonzero(vs.ids != (query.track.id if query.track is not None else -1))
         if len(others) > PERCENTILE_SAMPLE:
             others = np.random.default_rng(0).choice(others, PERCENTILE_SAMPLE, replace=False)
-        ref_sims = np.sort(unit[others] @ q)
-        res_sims = unit[vs.rows(ids)] @ q
-        ranks = np.searchsorted(ref_sims, res_sims, side="right") / len(ref_sims)
+        sims = unit @ q
+        ref_sims = np.sort(sims[others])
+        res_sims = sims[vs.rows(ids)]
+        # "at least as close as": ties within float32 rounding count (BLAS gives two copies of one recording
+        # cosines that differ in the last bits, by their rows, so one copy counted below the other)
+        ranks = np.searchsorted(ref_sims, res_sims + TIE_TOLERANCE, side="right") / len(ref_sims)
         for i, s, r in zip(ids, res_sims, ranks, strict=False):
             why[int(i)][name] = float(s)
             pct[int(i)][name] = float(r)
