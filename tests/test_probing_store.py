@@ -481,3 +481,26 @@ def test_folds_by_artist_keep_every_spelling_guest_credit_and_composer_tag_of_on
                               "--json"])
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout)["folds"] == "GroupKFold(3) by artist (3 groups)"
+
+
+def test_probe_without_model_probes_the_model_commands_use(tmp_path: Path) -> None:
+    """`mess probe` without --model (as the README's "Use it on your own music" runs it) stopped at "Missing option
+    '--model'", where every other command takes the store's default model."""
+    import soundfile as sf
+
+    from mess.audio.discover import find_audio
+    from mess.audio.windows import WindowPolicy
+    from mess.models.dsp import DspModel
+
+    music = tmp_path / "music"
+    music.mkdir()
+    t = np.arange(22050 * 3) / 22050
+    for i, hz in enumerate((110, 165, 220, 330, 440, 660)):
+        sf.write(music / f"tone{i}.wav", (0.1 * (i + 1) * np.sin(2 * np.pi * hz * t)).astype(np.float32), 22050)
+    store = FeatureStore(tmp_path / "store")
+    extract(store, find_audio([music]), DspModel(), WindowPolicy(window_seconds=4.0))
+    store.close()
+    out = runner.invoke(app, ["probe", "--control", "none", "--folds", "2", "--store", str(tmp_path / "store"),
+                              "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["model"] == "dsp"

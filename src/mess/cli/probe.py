@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from mess.cli.common import console, emit_json, fail, failing, open_store, plain
-from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, JsonOpt, StoreOpt, given_text
+from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, JsonOpt, ModelOpt, StoreOpt, given_text
 
 if TYPE_CHECKING:  # the probing stack (scikit-learn, librosa) loads only when a probe command runs
     from mess.probing.report import ProbeReport
@@ -20,9 +20,7 @@ if TYPE_CHECKING:  # the probing stack (scikit-learn, librosa) loads only when a
 
 
 def probe_command(
-    model: Annotated[str, typer.Option("--model", "-m", parser=given_text,
-                                       help="Model to probe (its run in use; NAME@RUN_ID picks another, see "
-                                       "`mess info`).")],
+    model: ModelOpt = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
     folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds (grouped by album, else artist).")] = 5,
     layers: Annotated[list[str] | None, typer.Option(
