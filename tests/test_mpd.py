@@ -651,3 +651,36 @@ def test_mpd_follows_symbolic_links_in_its_music_folder(rendered_collection: lis
         out = library.mpd("play", str(playlist), "--music-dir", str(music))
         assert out.exit_code == 0 and "not in MPD's database" not in out.output, out.output
         assert library.queue()[0] == linked[2]
+
+
+def test_mpd_radio_leaves_out_copies_of_the_songs_queued_after_the_seed(rendered_collection: list[Path],
+                                                                        tmp_path: Path) -> None:
+    """The radio leaves out the songs queued after the current one (else heard twice), but queued a copy of one of
+    them under another name (the same recording: a duplicate the radio never picks twice itself)."""
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.registry import load_model
+
+    music = tmp_path / "music"
+    music.mkdir()
+    pieces = rendered_collection[0:16:4]  # one piece per composer
+    for piece in pieces:
+        shutil.copy(piece, music)
+    shutil.copy(pieces[1], music / "zz-copy.flac")
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        summary = extract(store, sorted(music.iterdir()), load_model("dsp"), WindowPolicy())
+        assert not summary.failed, summary.failed
+        run = store.run("dsp")
+        seed, queued, copy = (store.track(str(music / name)) for name in (pieces[0].name, pieces[1].name,
+                                                                          "zz-copy.flac"))
+        unqueued = radio(store, run, [collection_query(store, seed.id)], 10, exclude=frozenset({queued.id}))
+        assert copy.id in [t.id for t in unqueued.tracks]  # what the radio picks with the song merely left out
+    (tmp_path / "mpd-home").mkdir()
+    with _mpd(music, tmp_path / "mpd-home") as port:
+        lib = Library(port, tmp_path, [p.name for p in pieces], "")
+        lib.set_queue([pieces[0].name, pieces[1].name])
+        out = lib.radio("-n", "10")
+        assert out.exit_code == 0, out.output
+        queue = lib.queue()
+    assert queue[:1] == [pieces[0].name] and queue[-1] == pieces[1].name and len(queue) > 2
+    assert "zz-copy.flac" not in queue

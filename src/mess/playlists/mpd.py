@@ -241,7 +241,7 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     in random mode the radio's songs get MPD's highest priorities, so that they play next and in order there too.
 
     Returns the playlist, the queued URIs and the tracks MPD does not know (skipped). The radio leaves out the
-    songs queued after the current one (else heard twice), in random mode also those before it; with
+    songs queued after the current one (else heard twice) and their copies, in random mode also those before it; with
     ``clear_upcoming`` the songs after it are removed instead, once the radio is queued: by song id, those that were
     after it when the call began, so neither a song other clients queued meanwhile nor the one MPD moved on to goes.
     A current song whose file changed since extraction seeds as it is now (embedded, with a warning). Tracks whose
@@ -272,7 +272,8 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     seeds = [resolve_query(store, Path(seed.path), run)]
     gone: list[Track] = []
     while True:  # MPD stops playing at a file deleted since its database was updated: the next closest instead
-        playlist = radio(store, run, seeds, n, aspect=aspect, window=window, exclude=queued | {t.id for t in gone})
+        playlist = radio(store, run, seeds, n, aspect=aspect, window=window, exclude=frozenset(t.id for t in gone),
+                         heard=queued)
         newly = gone_tracks(playlist) if music_dir.is_dir() else ()  # not its music folder missing (unmounted)
         if not newly:
             break

@@ -21,7 +21,7 @@ BLENDS = ("nearest", "turns")  # how several seeds share a radio: see radio()
 
 def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 30, *, aspect: str | None = None,
           window: int = DEFAULT_WINDOW, norm: Norm = DEFAULT_NORM, exclude: frozenset[int] = frozenset(),
-          blend: str = "nearest", ranking: str = "auto") -> Playlist:
+          blend: str = "nearest", ranking: str = "auto", heard: frozenset[int] = frozenset()) -> Playlist:
     """Up to ``n`` tracks ordered by closeness to the nearest seed, seeds left out.
 
     Closeness is the score ``ranking`` orders by (:func:`mess.search.query.ranked_scores`); "auto", as `mess
@@ -38,7 +38,9 @@ def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 3
         seeds: resolved queries (collection tracks or external files), see :func:`mess.query.resolve_query`.
         aspect: compare in the layer ``mess probe`` chose for this aspect instead of all layers.
         window: tracks within which an artist may not repeat (1 = only not twice in a row).
-        exclude: ids of tracks never to pick (those a player has queued already).
+        exclude: ids of tracks never to pick (files gone from disk, say).
+        heard: ids of tracks a player has queued already: never picked, nor any near-duplicate of them (a copy of
+            a queued song under another name would be heard twice).
         blend: with several seeds, 'nearest' orders the tracks by closeness to the nearest seed (a seed in a dense
             part of the collection may take every slot); 'turns' lets the seeds take turns, each adding its
             next closest track (by rank, so each seed's neighbours get an even share). Scores stay the
@@ -66,6 +68,9 @@ def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 3
         guard.add(u, s.track, s.content_hash)
         if s.replaces is not None:  # a seed file changed since extraction: its stale entry is no pick
             guard.add(u, s.replaces)
+    for r in np.flatnonzero(np.isin(vs.ids, np.fromiter(heard, dtype=np.int64))):
+        guard.add(unit[r], by_id[int(vs.ids[r])])
+    exclude = exclude | heard
     order = np.argsort(-closeness, kind="stable") if blend == "nearest" else _in_turns(sims)
     if exclude:
         order = order[~np.isin(vs.ids[order], np.fromiter(exclude, dtype=np.int64))]
