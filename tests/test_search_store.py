@@ -776,3 +776,15 @@ def test_copies_of_one_recording_get_the_same_why_percentiles(synth: tuple[Featu
             assert results[1].why == pytest.approx(results[copy].why, abs=1e-6)
             assert results[1].why_percentile == results[copy].why_percentile, (ref, k)
     assert compared >= 5
+
+
+def test_evaluate_with_k_beyond_the_collection_never_counts_a_query_as_its_own_neighbour(
+        synth: tuple[FeatureStore, Run]) -> None:
+    """-k larger than the collection: each query's top-k for the k-occurrence statistics took every track, itself
+    included (its own score set to -inf sorts last, but was still taken): N_k counted n - 1 + 1 = n slots per list,
+    `hub.k` said 25 of 25 tracks and a track occurred in 25 lists, one of them its own."""
+    store, run = synth
+    ev = evaluate(store, run, "artist", k=50, compare=True)
+    for s in [*ev.sets, *ev.variants]:
+        assert s.hub.k == ev.n_tracks - 1, s.name
+        assert s.hub.max_occurrence <= ev.n_tracks - 1, s.name

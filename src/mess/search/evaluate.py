@@ -352,7 +352,7 @@ def _score(
         ap.append(average_precision(rel))
         nd.append(ndcg_at_k(rel, k))
         scores[np.arange(len(rows)), rows] = -np.inf
-        top.append(np.argsort(-scores, axis=1)[:, :k])
+        top.append(np.argsort(-scores, axis=1)[:, :min(k, len(labels) - 1)])  # never the query itself, last
     summary = RetrievalScores(
         k, float(np.concatenate(p).mean()), float(np.concatenate(ap).mean()), float(np.concatenate(nd).mean())
     )
