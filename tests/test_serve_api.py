@@ -1041,3 +1041,32 @@ def test_cli_advice_keeps_its_dashes_in_api_messages() -> None:
                  "run mess check --repair"):
         assert api_words(kept) == kept
     assert api_words("the store's -n 12 and --k") == "the store's n=12 and k"
+
+
+def test_requests_naming_no_model_follow_the_default_model_as_the_store_changes(extracted_store: Path,
+                                                                                tmp_path: Path) -> None:
+    """`mess config default-model dsp` while the server ran: `mess similar 1` answered from dsp, the server (started
+    without --model) kept answering from the model it picked at start, so the page and the CLI disagreed on the
+    same question. A server started with --model keeps that model."""
+    from mess.cli.main import app as cli
+
+    copy = tmp_path / "store"
+    shutil.copytree(extracted_store, copy)
+
+    def config(*args: str) -> None:
+        out = CliRunner().invoke(cli, ["config", "default-model", *args, "--store", str(copy)])
+        assert out.exit_code == 0, out.output
+
+    with TestClient(base_url="http://127.0.0.1", app=create_app(copy)) as c:
+        assert c.get("/api/health").json()["default_model"] == "musicnn-msd"
+        config("dsp")
+        assert c.get("/api/health").json()["default_model"] == "dsp"
+        assert c.get("/api/runs").json()["default_model"] == "dsp"
+        assert c.get("/api/tracks/1/similar", params={"k": 3}).json()["model"] == "dsp"
+        assert c.get("/api/playlists/radio", params={"seed": 1, "n": 3}).json()["model"] == "dsp"
+        config("--unset")
+        assert c.get("/api/tracks/1/similar", params={"k": 3}).json()["model"] == "musicnn-msd"
+    config("dsp")
+    with TestClient(base_url="http://127.0.0.1", app=create_app(copy, model="musicnn-msd")) as c:
+        assert c.get("/api/health").json()["default_model"] == "musicnn-msd"
+        assert c.get("/api/tracks/1/similar", params={"k": 3}).json()["model"] == "musicnn-msd"

@@ -57,6 +57,7 @@ def health(state: State) -> dict:
         runs = state.store.runs()
         n_tracks = len(state.store.tracks())
         now = catalog_id(state.store.root)
+        settings["default_model"] = state.preferred()
     note = None if now == state.catalog else (
         f"{rebuilding(now)}; these counts are the old catalog's, which answers what was already computed from it "
         "until the new one holds vectors (other requests get 503 meanwhile)")
@@ -77,7 +78,8 @@ def runs(state: State) -> dict:
                 "dims": list(r.layer_dims), "aspects": store.aspect_map(r), "aspect_scores": store.aspect_scores(r),
                 **_fused(store, r), "tracks": len(store.tracks(r)), "current": r.id in current}
                for r in runs]
-    return {"default_model": state.default_model, "encoded_threshold": ENCODED_R2, "runs": out}
+        chosen = state.preferred()
+    return {"default_model": chosen, "encoded_threshold": ENCODED_R2, "runs": out}
 
 
 def _fused(store: FeatureStore, run: Run) -> dict[str, object]:

@@ -22,7 +22,7 @@ from mess.search.vectors import FUSED, Norm, VectorSpec, has_learned_head
 from mess.serve.errors import short_values
 from mess.serve.uploads import EmbedWorker
 from mess.store import FeatureStore, Run, StoreError, Track, is_track_id
-from mess.store.config import model_key, names_a_run
+from mess.store.config import ConfigError, model_key, names_a_run, preferred_model, read_config
 from mess.store.paths import printable
 
 
@@ -119,11 +119,26 @@ class ServeState:
             old, self.store, self.default_model, self.catalog = self.store, fresh, chosen, now
             old.close()
 
+    def preferred(self) -> str:
+        """The model of requests that name none (call it holding the lock): the server's --model, else the store's
+        choice now (`mess config default-model`, else the best model extracted), so that the server follows a
+        setting changed or a better model extracted while it runs, as every command does; the last choice while the
+        setting names a model without vectors."""
+        if self.model_option is None:
+            try:
+                chosen = preferred_model([r.model for r in self.store.runs()],
+                                         read_config(self.store.root).get("default-model"))
+            except ConfigError:
+                chosen = None
+            if chosen is not None:
+                self.default_model = chosen
+        return self.default_model
+
     def run(self, model: str | None) -> Run:
         """The run of ``model`` that commands use, or the run it picks (``NAME@RUN_ID``, see
         :meth:`FeatureStore.run`; the server's default model when None); 404 when absent or malformed."""
         models = {run.model for run in self.store.runs()}
-        name = model_key(model, models) if model else self.default_model
+        name = model_key(model, models) if model else self.preferred()
         if name in models or names_a_run(name):
             try:
                 return self.store.run(name)
