@@ -1070,3 +1070,26 @@ def test_requests_naming_no_model_follow_the_default_model_as_the_store_changes(
     with TestClient(base_url="http://127.0.0.1", app=create_app(copy, model="musicnn-msd")) as c:
         assert c.get("/api/health").json()["default_model"] == "musicnn-msd"
         assert c.get("/api/tracks/1/similar", params={"k": 3}).json()["model"] == "musicnn-msd"
+
+
+def test_the_artist_list_of_a_collection_of_one_artist_lists_it(tmp_path: Path) -> None:
+    """GET /api/artists lists the collection's artists; with fewer than two (one tagged artist, or none) it answered
+    400 "artist similarity needs at least 2 artists", an error of the similarity routes, not of a listing."""
+    music = tmp_path / "music"
+    music.mkdir()
+    rng = np.random.default_rng(5)
+    for i, f0 in enumerate(PITCHES[:3]):
+        path = music / f"take{i}.flac"
+        sf.write(path, _render("Sine Choir", f0, rng), SR)
+        if i:  # take0 has no tags
+            tags = mutagen.flac.FLAC(path)
+            tags.update({"artist": "Sine Choir", "title": f"take {i}"})
+            tags.save()
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        extract(store, find_audio([music]), DspModel(), WindowPolicy())
+    with TestClient(base_url="http://127.0.0.1", app=create_app(tmp_path / "store")) as c:
+        response = c.get("/api/artists")
+        assert response.status_code == 200, response.text
+        assert [(a["name"], a["tracks"]) for a in response.json()["artists"]] == [("Sine Choir", 2)]
+        similar = c.get("/api/artists/similar", params={"name": "Sine Choir"})
+        assert similar.status_code == 400 and "at least 2 artists" in similar.json()["detail"]

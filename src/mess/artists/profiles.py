@@ -133,8 +133,10 @@ def build_artists(tracks: Sequence[Track], *, max_tracks: int = DEFAULT_MAX_TRAC
 
 
 def load_artists(store: FeatureStore, run: Run, *, max_tracks: int = DEFAULT_MAX_TRACKS,
-                 min_tracks: int = DEFAULT_MIN_TRACKS, tracks: Sequence[Track] | None = None) -> ArtistSet:
-    """Artists of every track that has vectors in ``run`` (or of ``tracks``, that run's track list).
+                 min_tracks: int = DEFAULT_MIN_TRACKS, tracks: Sequence[Track] | None = None,
+                 at_least: int = 2) -> ArtistSet:
+    """Artists of every track that has vectors in ``run`` (or of ``tracks``, that run's track list); an ArtistError
+    when they are fewer than ``at_least`` (2, what artist similarity needs; 0 for a listing).
 
     Built once per track list: :meth:`FeatureStore.tracks` returns the same tuple until the
     catalog changes (a new or removed track, a retag, new vectors, also from another
@@ -143,7 +145,7 @@ def load_artists(store: FeatureStore, run: Run, *, max_tracks: int = DEFAULT_MAX
     tracks = store.tracks(run) if tracks is None else tracks
     artists = from_tracks(tracks, f"artists:{max_tracks}:{min_tracks}",
                           lambda ts: build_artists(ts, max_tracks=max_tracks, min_tracks=min_tracks))
-    if len(artists.profiles) < 2:
+    if len(artists.profiles) < at_least:
         raise ArtistError(f"artist similarity needs at least 2 artists; the {run.model} vectors have "
                           f"{len(artists.profiles)} (tag files with artist or composer)")
     return artists

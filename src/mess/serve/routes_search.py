@@ -198,7 +198,7 @@ def artists(state: State, model: Model = None) -> dict:
     """Artists (artist tag, else composer) with how many tracks represent each."""
     with state.lock:
         run = state.run(model)
-        aset = load_artists(state.store, run)
+        aset = load_artists(state.store, run, at_least=0)  # a listing, not similarity: one artist, or none, is listed
     return {"model": run.model, "artists": [
         {"name": p.name, "tracks": len(p.track_ids), "total_tracks": p.total_tracks,
          "confidence": p.confidence, "low_confidence": p.low_confidence} for p in aset.profiles]}
