@@ -128,7 +128,8 @@ def aspect_layer(store: FeatureStore, run: Run, aspect: str) -> str:
     score = store.aspect_scores(run)[aspect]
     if score < ENCODED_R2:
         raise StoreError(f"no layer of {run.model} encodes {aspect} (the probe's best R^2, less what shuffled targets "
-                         f"reach, is {score:.2f}, below {ENCODED_R2}); search by another aspect or name a --layer")
+                         f"reach, is {score:.2f}, below {ENCODED_R2}); choose another aspect, or leave --aspect out "
+                         "for all layers")
     return run.layer_names[run.layer_index(amap[aspect])]
 
 
