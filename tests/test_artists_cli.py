@@ -393,3 +393,46 @@ def test_exclude_same_artist_leaves_out_the_composer_credited_tracks_mess_artist
     for seed in ("c0", "c2"):
         found = run("similar", str(music / f"{seed}.flac"), "--exclude-same-artist")["results"]
         assert {Path(r["path"]).stem for r in found} == {"d0", "d1"}, (seed, found)
+
+
+def _partly_fused(store: Path, root: Path, unfused: tuple[str, ...]) -> Path:
+    """A copy of ``store`` whose fused vectors (the 'clean' layer) miss the tracks at ``unfused`` paths, as tracks
+    extracted after `mess fuse apply` do."""
+    shutil.copytree(store, root)
+    with closing(FeatureStore(root)) as fs:
+        run = fs.run()
+        ids, clean = fs.layer_matrix(run, "clean")
+        keep = [j for j, i in enumerate(ids) if fs.track(int(i)).path not in unfused]
+        fs.write_derived(run, "fused", [fs.track(int(ids[j])).content_hash for j in keep], clean[keep], {"note": "c"})
+    return root
+
+
+def test_fused_artists_count_only_the_tracks_with_fused_vectors_and_say_how_many_are_left_out(
+        app: typer.Typer, store: Path, tmp_path: Path) -> None:
+    """Artist 4 showed 3/3 tracks and confidence 0.6 though one of its tracks had no fused vector, without a word;
+    Artist 6, whose only track had none, ended every --fused command ("has no vectors in fused")."""
+    root = _partly_fused(store, tmp_path / "store", ("/music/4/0.flac", "/music/6/0.flac"))
+    said = "2 tracks have no fused vectors yet and were left out; `mess fuse apply` adds them"
+    code, out, err = invoke(app, root, "similar", "Artist 0", "-k", "7", "--fused", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    rows = {r["artist"]: r for r in data["results"]}
+    assert data["tracks_without_fused_vectors"] == 2 and "Artist 6" not in rows and len(rows) == 6
+    assert (rows["Artist 4"]["tracks"], rows["Artist 4"]["total_tracks"]) == (2, 3)
+    assert rows["Artist 4"]["confidence"] == pytest.approx(0.4) and rows["Artist 4"]["low_confidence"]
+    assert err.count(said) == 1, err
+    code, _, err = invoke(app, root, "similar", "Artist 0", "-k", "7", "--fused")
+    assert code == 0 and err.count(said) == 1 and re.search(r"Artist 4 \(low\) │ \S+ │ 2/3 │ 0\.40", err), err
+    code, _, err = invoke(app, root, "similar", "Artist 6", "--fused")
+    assert code == 1 and "Artist 6 has no fused vectors" in err and "`mess fuse apply`" in err, err
+    code, out, err = invoke(app, root, "matrix", "--fused", "--out", str(tmp_path / "m"), "--json")
+    assert code == 0 and "Artist 6" not in json.loads(out)["artists"] and err.count(said) == 1, err
+    ref = tmp_path / "ref.json"
+    ref.write_text(json.dumps({f"Artist {a}": [f"Artist {a ^ 1}"] for a in range(8)}))
+    code, out, err = invoke(app, root, "hybrid", "--reference", str(ref), "-k", "2", "--fused", "--no-save", "--json")
+    assert code == 0 and json.loads(out)["space"] == "fused" and err.count(said) == 1, err
+    left_out = "fused row left out: 2 tracks have no fused vectors yet; `mess fuse apply` adds them"
+    for args in (("validate", "--reference", str(ref), "-k", "2"), ("discrimination",)):
+        code, out, err = invoke(app, root, *args, "--json")
+        spaces = [r.get("layer", r.get("label")) for r in json.loads(out)["layers"]]
+        assert code == 0 and "fused" not in spaces and len(spaces) == 3 and err.count(left_out) == 1, err

@@ -532,6 +532,39 @@ def test_similar_artists_follow_the_artist_library(client: TestClient, store: Fe
     assert default["space"] in DspModel().info.layer_names and len(default["results"]) == 1
 
 
+def _partly_fused(collection: Path, root: Path, unfused: int = 1) -> Path:
+    """A copy of the store whose fused vectors (the mfcc layer) miss ``unfused`` of Sine Choir's tracks, as tracks
+    extracted after `mess fuse apply` do."""
+    shutil.copytree(collection, root)
+    with closing(FeatureStore(root)) as fs:
+        run = fs.run("dsp")
+        late = {t.id for t in fs.tracks(run, artist="Sine Choir")[:unfused]}
+        ids, mfcc = fs.layer_matrix(run, "mfcc")
+        keep = [j for j, i in enumerate(ids) if int(i) not in late]
+        fs.write_derived(run, "fused", [fs.track(int(ids[j])).content_hash for j in keep], mfcc[keep], {"note": "m"})
+    return root
+
+
+def test_fused_similar_artists_count_only_the_tracks_with_fused_vectors(collection: Path, tmp_path: Path) -> None:
+    """Sine Choir was answered as 4 tracks in the fused space though one had no fused vector, without a word."""
+    with TestClient(base_url="http://127.0.0.1", app=create_app(_partly_fused(collection, tmp_path / "s"))) as c:
+        data = c.get("/api/artists/similar", params={"name": "Saw Machine", "fused": True}).json()
+        rows = {r["artist"]: r for r in data["results"]}
+        assert data["space"] == "fused" and data["tracks_without_fused_vectors"] == 1, data
+        assert (rows["Sine Choir"]["tracks"], rows["Sine Choir"]["total_tracks"]) == (3, 4)
+        assert rows["Sine Choir"]["confidence"] == pytest.approx(0.6)
+        mine = c.get("/api/artists/similar", params={"name": "Sine Choir", "fused": True}).json()
+        assert mine["tracks"] == 3 and mine["tracks_without_fused_vectors"] == 1
+        layer = c.get("/api/artists/similar", params={"name": "Sine Choir", "layer": "mfcc"}).json()
+        assert layer["tracks"] == 4 and layer["tracks_without_fused_vectors"] == 0
+    with TestClient(base_url="http://127.0.0.1",
+                    app=create_app(_partly_fused(collection, tmp_path / "none", unfused=4))) as c:
+        gone = c.get("/api/artists/similar", params={"name": "Sine Choir", "fused": True})
+        assert gone.status_code == 400 and "Sine Choir has no fused vectors" in gone.json()["detail"], gone.text
+        other = c.get("/api/artists/similar", params={"name": "Saw Machine", "fused": True}).json()
+        assert [r["artist"] for r in other["results"]] == ["Noise Ensemble"], other
+
+
 def test_artist_requests_reuse_their_groups_until_the_catalog_changes(
         collection: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mess.artists.profiles as profiles

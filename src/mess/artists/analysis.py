@@ -34,6 +34,7 @@ from mess.artists.profiles import (
     ArtistProfile,
     ArtistSet,
     Space,
+    in_space,
     load_artists,
     load_space,
 )
@@ -107,10 +108,27 @@ def every_space(store: FeatureStore, run: Run, on_note: Note = _ignore) -> list[
         on_note(f"fused vectors left out: {problem}")
     elif meta is not None:
         try:
-            spaces.append(load_space(store, run, fused=True))
+            fused = load_space(store, run, fused=True)
         except StoreError:
-            pass
+            return spaces
+        missing = len(store.tracks(run)) - len(fused.track_ids)  # its rows would not be comparable: left out
+        if missing:
+            on_note(f"fused row left out: {missing} tracks have no fused vectors yet; `mess fuse apply` adds them")
+        else:
+            spaces.append(fused)
     return spaces
+
+
+def space_artists(artists: ArtistSet, space: Space, options: ArtistOptions, on_note: Note = _ignore) -> ArtistSet:
+    """``artists`` as represented by their tracks with a vector in ``space`` (:func:`in_space`); how many tracks
+    have none (tracks extracted since `mess fuse apply`, for the fused vectors) is said through ``on_note``."""
+    kept, missing = in_space(artists, space, max_tracks=options.max_tracks, min_tracks=options.min_tracks)
+    if missing:
+        on_note(f"{missing} tracks have no {space.label} vectors yet and were left out; `mess fuse apply` adds them")
+    if len(kept.profiles) < 2:
+        raise ArtistError(f"artist similarity needs at least 2 artists; {len(kept.profiles)} have {space.label} "
+                          "vectors (`mess fuse apply` adds the tracks extracted since it ran)")
+    return kept
 
 
 def choose_space(store: FeatureStore, run: Run, artists: ArtistSet, choice: SpaceChoice,
@@ -148,13 +166,14 @@ class SimilarArtists:
     options: ArtistOptions
     rows: list[dict]
     parts: tuple[str, ...] = ()
+    left_out: int = 0  # tracks without vectors in the space (extracted since `mess fuse apply`)
 
     def to_dict(self) -> dict:
         """JSON-ready form: the query artist, how it was compared, and the ranked rows."""
         return {"artist": self.artist.name, "tracks": len(self.artist.track_ids), "confidence": self.artist.confidence,
                 "low_confidence": self.artist.low_confidence, "model": self.run.model, "space": self.space,
                 "method": self.options.method, "centered": self.options.center, "hybrid": bool(self.parts),
-                "results": self.rows}
+                "tracks_without_fused_vectors": self.left_out, "results": self.rows}
 
 
 @dataclass(frozen=True)
@@ -180,6 +199,8 @@ def similar_artists(store: FeatureStore, name: str, k: int, options: ArtistOptio
             saved = saved_selection(store, run, on_note)
             choice = SpaceChoice(saved.get("layer"), saved.get("aspect"), bool(saved.get("fused")))
     space = choose_space(store, run, artists, choice, on_note)
+    everyone, artists = artists, space_artists(artists, space, options, on_note)
+    query = _in(artists, everyone.profiles[query], space)
     parts: dict[str, np.ndarray] = {}
     if hybrid is not None:
         weights = parse_weights(hybrid.weights) if hybrid.weights else load_weights(store.reports_dir / WEIGHTS_FILE)
@@ -200,7 +221,18 @@ def similar_artists(store: FeatureStore, name: str, k: int, options: ArtistOptio
     keep = np.array([not p.low_confidence for p in artists.profiles]) if hide_low else None
     rows = [_row(artists.profiles[j], r + 1, float(scores[j]), {c: float(m[query, j]) for c, m in parts.items()})
             for r, j in enumerate(top_k(scores, query, k, keep))]
-    return SimilarArtists(run, artists.profiles[query], space.label, options, rows, tuple(parts))
+    return SimilarArtists(run, artists.profiles[query], space.label, options, rows, tuple(parts),
+                          len(everyone.tracks) - len(artists.tracks))
+
+
+def _in(artists: ArtistSet, profile: ArtistProfile, space: Space) -> int:
+    """The row of ``profile``'s artist in ``artists`` (those with vectors in ``space``); an ArtistError when none
+    of its tracks has one."""
+    try:
+        return artists.index(profile.name)
+    except ArtistError:
+        raise ArtistError(f"{profile.name} has no {space.label} vectors yet (its tracks were extracted after "
+                          "`mess fuse apply` ran); `mess fuse apply` adds them") from None
 
 
 def _row(profile: ArtistProfile, rank: int, score: float, parts: dict[str, float]) -> dict:
@@ -287,6 +319,7 @@ def artist_matrix(store: FeatureStore, options: ArtistOptions, choice: SpaceChoi
     (default: STORE/reports/artists-matrix-MODEL-runID-SPACE)."""
     run, artists = open_artists(store, options, on_note)
     space = choose_space(store, run, artists, choice, on_note)
+    artists = space_artists(artists, space, options, on_note)
     sim = _similarity(artists, space, options)
     name = f"artists-matrix-{slug(f'{run.model}-run{run.id}-{space.label}').strip('_')}"
     prefix = _matrix_prefix(out, store.reports_dir, name)
@@ -384,8 +417,9 @@ def learn_hybrid(store: FeatureStore, reference: Path, k: int, options: ArtistOp
     with ``save``, write them to STORE/reports/artists_hybrid.json for :func:`similar_artists`."""
     ref = load_reference(reference)
     run, artists = open_artists(store, options, on_note)
-    matched, coverage = match_reference(ref, artists)
     space = choose_space(store, run, artists, choice, on_note)
+    artists = space_artists(artists, space, options, on_note)
+    matched, coverage = match_reference(ref, artists)
     parts = components(_similarity(artists, space, options), artists, extra_tags=load_tags(tags))
     fit = fit_hybrid(parts, matched, k=k, test_fraction=test_fraction, seed=seed)
     selection: dict[str, str | bool | None] = ({"layer": space.label} if not choice.given

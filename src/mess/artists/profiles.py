@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -149,6 +149,23 @@ def load_artists(store: FeatureStore, run: Run, *, max_tracks: int = DEFAULT_MAX
         raise ArtistError(f"artist similarity needs at least 2 artists; the {run.model} vectors have "
                           f"{len(artists.profiles)} (tag files with artist or composer)")
     return artists
+
+
+def in_space(artists: ArtistSet, space: Space, *, max_tracks: int = DEFAULT_MAX_TRACKS,
+             min_tracks: int = DEFAULT_MIN_TRACKS) -> tuple[ArtistSet, int]:
+    """``artists`` chosen again from the tracks that have a vector in ``space`` (the fused vectors miss tracks
+    extracted since `mess fuse apply`), so that each artist's tracks and confidence count only those (its
+    ``total_tracks`` still counts all its tracks, and an artist with none is left out); and how many tracks were left
+    out (0: ``artists`` itself)."""
+    have = set(space.track_ids.tolist())
+    kept = [t for t in artists.tracks.values() if t.id in have]
+    if len(kept) == len(artists.tracks):
+        return artists, 0
+    chosen = build_artists(kept, max_tracks=max_tracks, min_tracks=min_tracks)
+    totals = {name_key(p.name): p.total_tracks for p in artists.profiles}
+    profiles = tuple(replace(p, total_tracks=totals[name_key(p.name)]) for p in chosen.profiles)
+    missing = len(artists.tracks) - len(kept)
+    return ArtistSet(profiles, chosen.tracks, artists.composer_fallback, artists.unattributed), missing
 
 
 def _spread_over_albums(tracks: list[Track], limit: int) -> list[Track]:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from mess.artists.discrimination import most_discriminative
-from mess.artists.profiles import ArtistError, ArtistSet, Space, load_artists, load_space
+from mess.artists.profiles import ArtistError, ArtistSet, Space, in_space, load_artists, load_space
 from mess.artists.similarity import METHODS as ARTIST_METHODS
 from mess.artists.similarity import ArtistVectors, artist_vectors, similarity_row, top_k
 from mess.constants import DEFAULT_NORM, file_title
@@ -205,8 +205,10 @@ def artists(state: State, model: Model = None) -> dict:
 
 
 def _artist_space(state: ServeState, run: Run, tracks: tuple[Track, ...], aset: ArtistSet, layer: str | None,
-                  aspect: str | None, fused: bool, center: bool) -> tuple[Space, ArtistVectors]:
-    """The chosen space, else the run's most artist-discriminative layer, and the artists' vectors in it.
+                  aspect: str | None, fused: bool, center: bool) -> tuple[Space, ArtistSet, int, ArtistVectors]:
+    """The chosen space, else the run's most artist-discriminative layer; the artists as represented by their tracks
+    with a vector in it (:func:`mess.artists.profiles.in_space`) and how many tracks have none (the fused vectors miss
+    those extracted since `mess fuse apply`); and the artists' vectors in it.
 
     Both are computed once per track list: ``tracks`` is the tuple :meth:`FeatureStore.tracks`
     returned (the same object until the catalog changes, so new vectors, a new aspect map or
@@ -215,15 +217,17 @@ def _artist_space(state: ServeState, run: Run, tracks: tuple[Track, ...], aset: 
     """
     choice = repr((layer, aspect, fused))
 
-    def space() -> Space:
+    def space() -> tuple[Space, ArtistSet, int]:
         if layer is not None or aspect is not None or fused:
-            return load_space(state.store, run, layer=layer, aspect=aspect, fused=fused)
-        return most_discriminative(aset, [load_space(state.store, run, layer=name) for name in run.layer_names])[0]
+            chosen = load_space(state.store, run, layer=layer, aspect=aspect, fused=fused)
+        else:
+            chosen = most_discriminative(aset, [load_space(state.store, run, layer=n) for n in run.layer_names])[0]
+        return chosen, *in_space(aset, chosen)
 
-    chosen = from_tracks(tracks, f"artist-space:{choice}", lambda _: space())
+    chosen, artists, missing = from_tracks(tracks, f"artist-space:{choice}", lambda _: space())
     vectors = from_tracks(tracks, f"artist-vectors:{choice}:{center}",
-                          lambda _: artist_vectors(aset, chosen, center=center))
-    return chosen, vectors
+                          lambda _: artist_vectors(artists, chosen, center=center))
+    return chosen, artists, missing, vectors
 
 
 @router.get("/artists/similar", summary="Artists that sound like an artist")
@@ -243,13 +247,14 @@ def similar_artists(state: State, name: Annotated[str, Query(description="Artist
         tracks = state.store.tracks(run)  # one tuple for the artists and their space, so both match
         aset = load_artists(state.store, run, tracks=tracks)
         try:
-            query = aset.index(name)
+            me = aset.profiles[aset.index(name)]
         except ArtistError as exc:
             raise HTTPException(404, str(exc)) from None
-        space, vectors = _artist_space(state, run, tracks, aset, layer, aspect, fused, center)
+        space, aset, missing, vectors = _artist_space(state, run, tracks, aset, layer, aspect, fused, center)
+        query = _artist_row(aset, me.name, space)
         scores = similarity_row(vectors, query, method)
         stale = stale_aspect_map(state.store, run) if aspect is not None else None
-    me = aset.profiles[query]
+    me = aset.profiles[query]  # as represented in the space
     results = [{"rank": r + 1, "artist": aset.profiles[j].name,
                 "score": round(float(scores[j]), 6) if np.isfinite(scores[j]) else None,
                 "tracks": len(aset.profiles[j].track_ids), "total_tracks": aset.profiles[j].total_tracks,
@@ -257,4 +262,17 @@ def similar_artists(state: State, name: Annotated[str, Query(description="Artist
                for r, j in enumerate(top_k(np.nan_to_num(scores, nan=-np.inf), query, k))]
     return {"artist": me.name, "tracks": len(me.track_ids), "low_confidence": me.low_confidence,
             "model": run.model, "space": space.label, "method": method, "centered": center,
-            "stale_aspect_map": stale, "results": results}
+            "stale_aspect_map": stale, "tracks_without_fused_vectors": missing, "results": results}
+
+
+def _artist_row(aset: ArtistSet, name: str, space: Space) -> int:
+    """The row of the artist ``name`` among the artists with vectors in ``space``; 400 when it has none, or when fewer
+    than two artists have (the fused vectors miss tracks extracted since `mess fuse apply`)."""
+    if len(aset.profiles) < 2:
+        raise HTTPException(400, f"artist similarity needs at least 2 artists; {len(aset.profiles)} have "
+                                 f"{space.label} vectors (`mess fuse apply` adds the tracks extracted since it ran)")
+    try:
+        return aset.index(name)
+    except ArtistError:
+        raise HTTPException(400, f"{name} has no {space.label} vectors yet (its tracks were extracted after "
+                                 "`mess fuse apply` ran); `mess fuse apply` adds them") from None
