@@ -565,6 +565,23 @@ def test_fused_similar_artists_count_only_the_tracks_with_fused_vectors(collecti
         assert [r["artist"] for r in other["results"]] == ["Noise Ensemble"], other
 
 
+def test_fused_similar_and_map_say_how_many_tracks_they_leave_out(collection: Path, tmp_path: Path) -> None:
+    """`mess similar --fused` says that tracks extracted since `mess fuse apply` were left out; the routes did not."""
+    said = "1 tracks have no fused vectors yet and were left out; `mess fuse apply` adds them"
+    with TestClient(base_url="http://127.0.0.1", app=create_app(_partly_fused(collection, tmp_path / "s"))) as c:
+        query = c.get("/api/tracks", params={"artist": "Saw Machine"}).json()["items"][0]["id"]
+        similar = c.get(f"/api/tracks/{query}/similar", params={"fused": True, "k": 20}).json()
+        assert similar["tracks_without_fused_vectors"] == 1 and said in similar["notes"], similar
+        assert len(similar["results"]) == 12 - 1 - 1  # neither the query nor the unfused track
+        fused_map = c.get("/api/map", params={"fused": True}).json()
+        assert fused_map["tracks_without_fused_vectors"] == 1 and fused_map["note"] == said
+        assert len(fused_map["points"]) == 11
+        layer = c.get(f"/api/tracks/{query}/similar", params={"layer": "mfcc", "k": 20}).json()
+        assert layer["tracks_without_fused_vectors"] == 0 and not any("fused" in n for n in layer["notes"])
+        layer_map = c.get("/api/map", params={"layer": "mfcc"}).json()
+        assert layer_map["tracks_without_fused_vectors"] == 0 and layer_map["note"] is None
+
+
 def test_artist_requests_reuse_their_groups_until_the_catalog_changes(
         collection: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mess.artists.profiles as profiles

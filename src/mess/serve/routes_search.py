@@ -32,7 +32,7 @@ from mess.search.vectors import Norm, VectorSpec, from_tracks, load_vectors, vec
 from mess.serve.errors import without_paths
 from mess.serve.mapping import collection_map
 from mess.serve.routes_tracks import Aspect, Blank, Fused, Layer, Learned, Model
-from mess.serve.state import ServeState, TrackId, get_state, neighbour_dict, track_dict, vector_spec
+from mess.serve.state import ServeState, TrackId, get_state, neighbour_dict, track_dict, unfused_note, vector_spec
 from mess.serve.uploads import FIELD, receive_upload
 from mess.store import FeatureStore, Run, StoreError, Track
 
@@ -58,8 +58,10 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
 def _answer(state: ServeState, run: Run, query: dict, results: list[Neighbour], layer: str | None,
             aspect: str | None, fused: bool, learned: bool, norm: str, ranking: Chosen) -> dict:
     source, specs = aspect_layers(state.store, run)
+    unfused, note = unfused_note(state.store, run, fused)
     return {"query": query, "model": run.model, "vectors": vectors_label(layer, aspect, fused, learned),
-            "ranking": ranking.ranking, "notes": ranking.notes,
+            "ranking": ranking.ranking, "notes": [*ranking.notes, *([note] if note else [])],
+            "tracks_without_fused_vectors": unfused,
             "why_source": source, "why_words": {g: listener_words(g) for g in specs},
             "weak_aspects": weak_aspects(state.store, run), "encoded_threshold": ENCODED_R2,
             "stale_aspect_map": stale_aspect_map(state.store, run) if aspect or source == "aspects" else None,

@@ -17,7 +17,16 @@ from mess.search.query import ENCODED_R2
 from mess.search.vectors import load_vectors, track_by_id, vectors_label
 from mess.serve.audio_file import AudioFile
 from mess.serve.mapping import CollectionMap, collection_map
-from mess.serve.state import ServeState, TrackId, catalog_id, get_state, rebuilding, track_dict, vector_spec
+from mess.serve.state import (
+    ServeState,
+    TrackId,
+    catalog_id,
+    get_state,
+    rebuilding,
+    track_dict,
+    unfused_note,
+    vector_spec,
+)
 from mess.store import FeatureStore, Run, Track
 from mess.store.fused import fused_run_problem
 from mess.store.paths import printable
@@ -181,7 +190,9 @@ def collection_map_route(state: State, model: Model = None, layer: Layer = None,
         vs = load_vectors(state.store, run, spec)
         cmap: CollectionMap = state.store.cached(("map", run.id, spec, vs.fingerprint), lambda: collection_map(vs))
         by_id = track_by_id(state.store.tracks(run))
+        unfused, note = unfused_note(state.store, run, fused)
     points = [{**track_dict(by_id[int(i)]), "x": round(float(x), 5), "y": round(float(y), 5)}
               for i, (x, y) in zip(cmap.ids, cmap.xy, strict=False) if int(i) in by_id]
     return {"model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "method": "pca",
-            "explained_variance": [round(v, 4) for v in cmap.explained], "points": points}
+            "explained_variance": [round(v, 4) for v in cmap.explained], "tracks_without_fused_vectors": unfused,
+            "note": note, "points": points}

@@ -232,6 +232,14 @@ def vector_spec(store: FeatureStore, run: Run, layer: str | None, aspect: str | 
     return spec
 
 
+def unfused_note(store: FeatureStore, run: Run, fused: bool) -> tuple[int, str | None]:
+    """How many of the run's tracks an answer in the fused vectors left out for having none (extracted since
+    `mess fuse apply`; 0 for other vectors), and the note saying so (None when none were), as `mess similar` says it."""
+    unfused = store.derived_missing(run, FUSED) if fused else 0
+    return unfused, (f"{unfused} tracks have no fused vectors yet and were left out; `mess fuse apply` adds them"
+                     if unfused else None)
+
+
 def track_dict(track: Track) -> dict:
     """JSON form of a track: tags and the file name (never the full path)."""
     return {"id": track.id, "name": track.name, "title": track.title, "artist": track.artist,
