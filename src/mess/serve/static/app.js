@@ -257,7 +257,8 @@ async function loadMap() {
     state.explained = [a, b];
     fitView();
     $("map-caption").textContent = `${data.points.length} tracks: PCA of ${data.model} ${data.vectors} ` +
-      `(the axes explain ${pct(a)} and ${pct(b)} of the variance; drag to pan, wheel to zoom)`;
+      `(the axes explain ${pct(a)} and ${pct(b)} of the variance; drag to pan, wheel to zoom)` +
+      (data.note ? `; ${data.note}` : "");
     colourPoints();
     applySearch();
     setStatus("");
@@ -314,7 +315,8 @@ function selectTrack(id) {
 function renderNeighbours(data) {
   const list = $("neighbours");
   list.replaceChildren();
-  $("neighbours-caption").textContent = `like ${data.query.label}, ${data.model} ${data.vectors}`;
+  $("neighbours-caption").textContent = `like ${data.query.label}, ${data.model} ${data.vectors}` +
+    (data.notes || []).map((n) => `; ${n}`).join("");
   for (const n of data.results) {
     const item = trackItem(n);
     // The score the list is ordered by: the augmented or re-ranked score where the answer has one, else the cosine.
