@@ -134,6 +134,33 @@ def test_prune_forgets_files_gone_from_a_folder_the_walk_reached_through_a_link(
         fs.close()
 
 
+def test_a_file_replaced_by_a_link_is_named_and_pruned_not_answered_with_its_old_vectors(tmp_path: Path) -> None:
+    """A catalogued a.wav replaced by a symbolic link to the collection's b.wav kept its entry and the vectors of
+    what it held before, in every answer (`mess similar` named a.wav, whose player plays b.wav), with no word, through
+    `--prune` and `mess check`: files are catalogued by their real paths, so the walk catalogued only b.wav, and a.wav,
+    a file still, never counted as gone. It is now named as gone (replaced by a link) and --prune forgets it."""
+    from typer.testing import CliRunner
+
+    from mess.cli.main import app
+
+    music, store = tmp_path / "music", tmp_path / "s"
+    a, b, c = _tone_files(music, 3)
+    args = ["extract", str(music), "--model", "dsp", "--store", str(store)]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    a.unlink()
+    a.symlink_to(b.name)
+    out = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert out.exit_code == 0 and "1 catalogued file is no longer on disk" in out.output, out.output
+    assert "replaced by a link" in out.output and str(music.resolve() / a.name) in out.output, out.output
+    out = CliRunner().invoke(app, [*args, "--prune"], env={"COLUMNS": "300"})
+    assert out.exit_code == 0 and "1 removed" in out.output and "no longer on disk" not in out.output, out.output
+    fs = FeatureStore(store, readonly=True)
+    try:
+        assert sorted(fs.all_paths()) == [str(b.resolve()), str(c.resolve())]
+    finally:
+        fs.close()
+
+
 def test_prune_keeps_a_file_the_folder_walk_passes_over(tmp_path: Path) -> None:
     """A file in a hidden folder, extracted by naming it, is still on disk: pruning its parent keeps it."""
     music = tmp_path / "music"

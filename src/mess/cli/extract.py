@@ -256,7 +256,8 @@ def _note_missing(gone: list[str]) -> None:
     if gone:
         many = len(gone) > 1
         console.print(f"[yellow]warning:[/] {len(gone)} catalogued file{'s are' if many else ' is'} no longer on disk "
-                      f"(moved, renamed or deleted; {plain(printable(gone[0]))}{', ...' if many else ''}) but still "
+                      f"(moved, renamed, deleted or replaced by a link; {plain(printable(gone[0]))}"
+                      f"{', ...' if many else ''}) but still "
                       f"answer{'' if many else 's'} searches: `mess extract FOLDER --prune` forgets those under "
                       "FOLDER (name a folder that was moved too)")
 

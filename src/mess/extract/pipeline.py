@@ -247,20 +247,32 @@ def _prune(store: FeatureStore, paths: Sequence[Path], roots: Sequence[Path]) ->
     """
     present = {str(p) for p in paths}
     prefixes = tuple(str(r.expanduser().resolve()) + "/" for r in roots)
-    gone = [p for p in store.all_paths() if p.startswith(prefixes) and p not in present and _gone(p, Path.is_file)]
-    store.forget_unread([p for p in store.unread_paths() if p.startswith(prefixes) and _gone(p, Path.exists)])
+    real: dict[Path, Path] = {}
+    gone = [p for p in store.all_paths()
+            if p.startswith(prefixes) and p not in present and _gone(p, Path.is_file, real)]
+    store.forget_unread([p for p in store.unread_paths() if p.startswith(prefixes) and _gone(p, Path.exists, real)])
     return store.remove_tracks(gone)
 
 
 def missing_files(store: FeatureStore) -> list[str]:
-    """Catalogued paths no longer on disk (moved, renamed or deleted), by id: they answer searches until `mess extract
-    --prune` forgets them."""
-    return [p for p in store.all_paths() if _gone(p, Path.is_file)]
+    """Catalogued paths no longer on disk (moved, renamed, deleted or replaced by a link), by id: they answer searches
+    until `mess extract --prune` forgets them."""
+    real: dict[Path, Path] = {}
+    return [p for p in store.all_paths() if _gone(p, Path.is_file, real)]
 
 
-def _gone(path: str, there: Callable[[Path], bool]) -> bool:
-    """Whether ``path`` is no longer ``there``; one that cannot be looked at (in a folder now unreadable) is kept."""
+def _gone(path: str, there: Callable[[Path], bool], real: dict[Path, Path]) -> bool:
+    """Whether ``path`` is no longer ``there``, or now leads elsewhere (the file, or a folder above it, was replaced by
+    a symbolic link: files are catalogued by their real paths, so the walk catalogues the link's target, and the entry
+    of ``path`` kept the vectors of what it held before, in every answer, unnamed); one that cannot be looked at (in a
+    folder now unreadable) is kept. ``real`` keeps the real path of each folder looked at, for the next call."""
     try:
-        return not there(Path(path))
-    except OSError:
+        here = Path(path)
+        if not there(here) or here.is_symlink():
+            return True
+        folder = here.parent
+        if folder not in real:  # one resolve per folder, not per file: 50 us a path, 5 s for 100,000 tracks
+            real[folder] = folder.resolve()
+        return real[folder] != folder
+    except (OSError, RuntimeError):  # RuntimeError: a link loop on the way (Python 3.11)
         return False
