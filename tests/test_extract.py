@@ -161,6 +161,27 @@ def test_a_file_replaced_by_a_link_is_named_and_pruned_not_answered_with_its_old
         fs.close()
 
 
+def test_hidden_link_loops_and_a_loop_named_to_prune_end_no_run(tmp_path: Path) -> None:
+    """A hidden audio name linking to itself ('.loop.wav', or x.wav in a dot-folder) ended `mess extract` in a
+    RuntimeError traceback (Path.resolve on a link loop, Python 3.11) while counting hidden files, and so did a link
+    loop among the FOLDERS of `--prune` (a folder given there may be gone). Both are now passed over."""
+    from typer.testing import CliRunner
+
+    from mess.cli.main import app
+
+    music, store = tmp_path / "music", tmp_path / "s"
+    _tone_files(music, 1)
+    (music / ".loop.wav").symlink_to(".loop.wav")
+    (music / ".hidden").mkdir()
+    (music / ".hidden" / "x.wav").symlink_to("x.wav")
+    (tmp_path / "loop").symlink_to("loop")
+    args = ["extract", str(music), "--model", "dsp", "--store", str(store)]
+    out = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert out.exit_code == 0 and "1 embedded" in out.output and "2 hidden audio files" in out.output, out.output
+    out = CliRunner().invoke(app, [*args, str(tmp_path / "loop"), "--prune"], env={"COLUMNS": "300"})
+    assert out.exit_code == 0 and "1 unchanged" in out.output, (out.output, out.exception)
+
+
 def test_prune_keeps_a_file_the_folder_walk_passes_over(tmp_path: Path) -> None:
     """A file in a hidden folder, extracted by naming it, is still on disk: pruning its parent keeps it."""
     music = tmp_path / "music"

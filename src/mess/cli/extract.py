@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -120,7 +121,8 @@ def _audio_files(folders: list[Path], prune: bool = False) -> tuple[list[Path], 
                        on_skip=lambda why: console.print(f"[yellow]warning:[/] {plain(why)}"), on_hidden=hidden.append,
                        on_linked=linked.append)
     found = set(paths)
-    hidden = [p for p in dict.fromkeys(hidden) if p.resolve() not in found]  # one named on the command line is in
+    # one named on the command line is in (realpath: a hidden link to itself is no RuntimeError, as resolve() raises)
+    hidden = [p for p in dict.fromkeys(hidden) if Path(os.path.realpath(p)) not in found]
     if not paths:
         fail(f"no audio files (wav, flac, mp3, ogg, opus, m4a) under {', '.join(map(str, folders))}"
              + (f"; {_hidden_note(hidden)}" if hidden else ""))

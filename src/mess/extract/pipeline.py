@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -246,7 +247,7 @@ def _prune(store: FeatureStore, paths: Sequence[Path], roots: Sequence[Path]) ->
     and is kept.
     """
     present = {str(p) for p in paths}
-    prefixes = tuple(str(r.expanduser().resolve()) + "/" for r in roots)
+    prefixes = tuple(os.path.realpath(r.expanduser()) + "/" for r in roots)  # a root that is a link loop: no error
     real: dict[Path, Path] = {}
     gone = [p for p in store.all_paths()
             if p.startswith(prefixes) and p not in present and _gone(p, Path.is_file, real)]
