@@ -113,7 +113,8 @@ def test_a_pruned_tracks_id_never_names_another_file(tmp_path: Path) -> None:
 def test_prune_forgets_files_gone_from_a_folder_the_walk_reached_through_a_link(tmp_path: Path) -> None:
     """`mess extract music --prune` kept a deleted file of music/linked, a symbolic link to a folder elsewhere: the
     walk follows the link and catalogues its files under the real folder, outside music/, where --prune never
-    looked; the run then told the user to do what they had just done (`mess extract FOLDER --prune`)."""
+    looked; the run then told the user to do what they had just done (`mess extract FOLDER --prune`). It kept
+    the deleted target of music/single.wav, a link to a file elsewhere, too."""
     from typer.testing import CliRunner
 
     from mess.cli.main import app
@@ -122,11 +123,14 @@ def test_prune_forgets_files_gone_from_a_folder_the_walk_reached_through_a_link(
     _tone_files(music, 1)
     gone, kept = _tone_files(elsewhere / "album", 2)
     (music / "linked").symlink_to(elsewhere / "album", target_is_directory=True)
+    single = _tone_files(elsewhere / "single", 1, sr=16000)[0]  # a file linked alone, its target deleted after
+    (music / "single.wav").symlink_to(single)
     args = ["extract", str(music), "--model", "dsp", "--store", str(store)]
     assert CliRunner().invoke(app, args).exit_code == 0
     gone.unlink()
+    single.unlink()
     out = CliRunner().invoke(app, [*args, "--prune"], env={"COLUMNS": "300"})
-    assert out.exit_code == 0 and "1 removed" in out.output and "no longer on disk" not in out.output, out.output
+    assert out.exit_code == 0 and "2 removed" in out.output and "no longer on disk" not in out.output, out.output
     fs = FeatureStore(store, readonly=True)
     try:
         assert sorted(fs.all_paths()) == sorted(str(p.resolve()) for p in (music / "tone00.wav", kept))

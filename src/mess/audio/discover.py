@@ -27,7 +27,8 @@ def find_audio(roots: Iterable[Path], on_skip: Callable[[str], None] | None = No
     over such folders without a word). Each audio file skipped as hidden (a dot-file such as '._song.mp3' or
     '.wav', or one in a dot-folder) is told to ``on_hidden``; one named in ``roots`` is found. Each folder reached
     through a symbolic link is told to ``on_linked``, resolved: its files are found (and catalogued) under that
-    path, outside the root's, so ``mess extract ROOT --prune`` prunes there too.
+    path, outside the root's, so ``mess extract ROOT --prune`` prunes there too; so is the target of each audio-named
+    link to a missing file (a file catalogued there is gone).
     """
     def skip(error: OSError) -> None:
         if on_skip is not None:
@@ -63,8 +64,11 @@ def find_audio(roots: Iterable[Path], on_skip: Callable[[str], None] | None = No
                 try:
                     if path.is_file():
                         found.add(path.resolve())
-                    elif path.is_symlink() and on_skip is not None:
-                        on_skip(f"{path}: a link to a missing file; skipped")
+                    elif path.is_symlink():
+                        if on_skip is not None:
+                            on_skip(f"{path}: a link to a missing file; skipped")
+                        if on_linked is not None:  # its file was catalogued under the target's path
+                            on_linked(Path(os.path.realpath(path)))
                 except OSError as exc:
                     skip(exc)
     return sorted(found)

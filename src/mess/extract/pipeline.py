@@ -241,17 +241,22 @@ def _fail(store: FeatureStore, run: Run, record: FileRecord, reason: str, summar
 
 
 def _prune(store: FeatureStore, paths: Sequence[Path], roots: Sequence[Path]) -> int:
-    """Forget catalogued files under ``roots`` that are no longer on disk (and failures of files never read there).
+    """Forget catalogued files under ``roots`` (or that a root names) that are no longer on disk (and failures of
+    files never read there).
 
     A file the folder walk passes over (one in a hidden folder, named on the command line once) is still on disk
     and is kept.
     """
     present = {str(p) for p in paths}
-    prefixes = tuple(os.path.realpath(r.expanduser()) + "/" for r in roots)  # a root that is a link loop: no error
+    named = {os.path.realpath(r.expanduser()) for r in roots}  # a root that is a link loop: no error
+    prefixes = tuple(r + "/" for r in named)
+
+    def under(path: str) -> bool:  # a root is a folder, or a file (a link's target) that may be gone
+        return path.startswith(prefixes) or path in named
+
     real: dict[Path, Path] = {}
-    gone = [p for p in store.all_paths()
-            if p.startswith(prefixes) and p not in present and _gone(p, Path.is_file, real)]
-    store.forget_unread([p for p in store.unread_paths() if p.startswith(prefixes) and _gone(p, Path.exists, real)])
+    gone = [p for p in store.all_paths() if under(p) and p not in present and _gone(p, Path.is_file, real)]
+    store.forget_unread([p for p in store.unread_paths() if under(p) and _gone(p, Path.exists, real)])
     return store.remove_tracks(gone)
 
 
