@@ -22,8 +22,6 @@ _MARGIN_SECONDS = 0.1  # decoded around each segment so the resampler's edges fa
 _END_TOLERANCE = 0.01  # seconds a segment ending at the file's end may lack (rounding of the header's duration)
 _PREROLL_SECONDS = 0.5  # decoded before a compressed segment: seeks land on packets, decoders need warm-up
 _FFMPEG_FIRST = frozenset({".ogg", ".oga"})  # Vorbis: FFmpeg's decoder costs 3/4 of libvorbis's CPU (libsndfile's)
-_INTEGER_PCM = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "PCM_24"})  # whole in float32 as int32 (8-24 bits)
-_INT32_SCALE = np.float32(2.0**-31)  # libsndfile's int32 full scale to float32's [-1, 1)
 
 
 class AudioError(Exception):
@@ -168,8 +166,8 @@ def _soundfile_segment(f: sf.SoundFile, start: float, seconds: float) -> tuple[n
     first = max(0, int((start - _MARGIN_SECONDS) * rate))
     f.seek(first)
     wanted = int((seconds + 2 * _MARGIN_SECONDS) * rate) + 2
-    mono = _read_mono(f, wanted)
-    return mono, first, rate, mono.size < wanted
+    block = f.read(wanted, dtype="float32", always_2d=True)
+    return downmix(block), first, rate, len(block) < wanted
 
 
 def _pyav_segment(container: av.container.InputContainer, stream: av.audio.stream.AudioStream, path: Path,
@@ -285,9 +283,8 @@ def _resample_stream(blocks: Iterable[tuple[np.ndarray, int]], sample_rate: int,
 
 
 def _decoded_blocks(path: Path, ffmpeg_first: bool = False) -> Iterator[tuple[np.ndarray, int]]:
-    """(frames x channels float32, rate) blocks of the whole file (mono from libsndfile): libsndfile, or FFmpeg
-    where libsndfile cannot open the file or fails on its first block; the other way round with ``ffmpeg_first``
-    (Ogg files).
+    """(frames x channels float32, rate) blocks of the whole file: libsndfile, or FFmpeg where libsndfile
+    cannot open the file or fails on its first block; the other way round with ``ffmpeg_first`` (Ogg files).
 
     FFmpeg decodes Vorbis with 3/4 of libvorbis's CPU, but PyAV holds the GIL while it decodes: that
     suits `mess extract`, which decodes in processes, not a program decoding in threads
@@ -319,29 +316,15 @@ def _open_soundfile(path: Path) -> sf.SoundFile | None:
 
 
 def _soundfile_blocks(f: sf.SoundFile) -> Iterator[tuple[np.ndarray, int]]:
-    """Mono blocks [frames, 1] as read from an open file (closed at the end), stopping at the first empty one.
+    """Blocks as read from an open file (closed at the end), stopping at the first empty one.
 
     ``SoundFile.blocks`` trusts the header's frame count and yields its reused buffer even when
     a read comes back short, which repeats stale audio for a truncated MP3.
     """
     with f:
         rate = f.samplerate
-        while len(mono := _read_mono(f, _BLOCK_FRAMES)):
-            yield mono[:, None], rate
-
-
-def _read_mono(f: sf.SoundFile, frames: int) -> np.ndarray:
-    """Up to ``frames`` mono samples from an open file: :func:`downmix` of libsndfile's float32 read, to the bit.
-
-    Integer PCM of up to 24 bits (FLAC, WAV) is read as int32, downmixed and then scaled: every value is whole
-    in float32 and scaling by a power of two commutes with float32's rounding, while libsndfile's own conversion
-    to float cost a third of reading a FLAC file.
-    """
-    if f.subtype not in _INTEGER_PCM:
-        return downmix(f.read(frames, dtype="float32", always_2d=True))
-    mono = downmix(f.read(frames, dtype="int32", always_2d=True))
-    mono *= _INT32_SCALE
-    return mono
+        while len(block := f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)):
+            yield block, rate
 
 
 def _pyav_blocks(path: Path) -> Iterator[tuple[np.ndarray, int]]:
