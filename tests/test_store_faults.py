@@ -1252,15 +1252,20 @@ def forty_tones(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "music", root / "store"
 
 
-@pytest.mark.xdist_group("forty_tones")  # one worker builds the fixture
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "store-is-a-file"])
-def test_an_unreadable_catalog_gives_one_line(forty_tones: tuple[Path, Path], tmp_path: Path, damage: str) -> None:
-    music = forty_tones[0]
-    store = tmp_path / "store"
-    shutil.copytree(forty_tones[1], store)
+def _checkpointed_copy(source: Path, store: Path) -> Path:
+    """Copy the store ``source`` to ``store`` with its write-ahead log folded into the catalog; the catalog's path."""
+    shutil.copytree(source, store)
     db = store / "catalog.sqlite"
     with sqlite3.connect(db) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return db
+
+
+@pytest.mark.xdist_group("forty_tones")  # one worker builds the fixture
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "store-is-a-file"])
+def test_an_unreadable_catalog_gives_one_line(forty_tones: tuple[Path, Path], tmp_path: Path, damage: str) -> None:
+    music, store = forty_tones[0], tmp_path / "store"
+    db = _checkpointed_copy(forty_tones[1], store)
     if damage == "garbage":
         db.write_bytes(b"this is not a database" * 100)
     elif damage == "truncated":
@@ -1289,12 +1294,9 @@ def test_a_damaged_catalog_page_that_opening_does_not_read_gives_one_line(forty_
     """A zeroed page of the tracks table or of an index on it passed the checks made on open, then the first query
     that met it ended `info`, `similar`, `export`, `extract`, `playlist` in a traceback (sqlite3.DatabaseError:
     database disk image is malformed) and `config` called the store's default model 'none', exit 0."""
-    music = forty_tones[0]
-    store = tmp_path / "store"
-    shutil.copytree(forty_tones[1], store)
-    db = store / "catalog.sqlite"
+    music, store = forty_tones[0], tmp_path / "store"
+    db = _checkpointed_copy(forty_tones[1], store)
     with sqlite3.connect(db) as conn:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         size = conn.execute("PRAGMA page_size").fetchone()[0]
         page = conn.execute("SELECT rootpage FROM sqlite_master WHERE name=?", (page_of,)).fetchone()[0]
     with db.open("r+b") as f:
