@@ -20,23 +20,33 @@ def _sine(sr: int, seconds: float, freq: float = 440.0, channels: int = 1) -> np
     return np.repeat(mono[:, None], channels, axis=1).astype(np.float32)
 
 
-def _encode_av(path: Path, audio: np.ndarray, sr: int, codec: str) -> None:
-    """Encode [frames, channels] float audio with FFmpeg through PyAV (opus, aac, mp3)."""
+def _encode_av(path: Path, audio: np.ndarray, sr: int, codec: str, container_format: str | None = None,
+               tags: dict[str, str] | None = None, sample_format: str | None = None) -> None:
+    """Encode [frames, channels] float audio with FFmpeg through PyAV (opus, aac, mp3; wmav2 in asf, flac in
+    matroska), with ``tags`` as the container's metadata."""
     layout = {1: "mono", 2: "stereo"}[audio.shape[1]]
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", format=container_format) as container:
         stream = container.add_stream(codec, rate=sr, layout=layout)
+        if sample_format is not None:
+            stream.codec_context.format = sample_format
+        if codec == "wmav2":
+            stream.bit_rate = 128000
+        container.metadata.update(tags or {})
         fmt = stream.codec_context.format
         samples = audio.T if fmt.is_planar else audio.reshape(1, -1)
         if fmt.name.startswith("s16"):
             samples = (samples * 32767).astype(np.int16)
         elif fmt.name.startswith("s32"):
             samples = (samples * 2147483647).astype(np.int32)
+        elif fmt.name.startswith("u8"):
+            samples = np.round(samples * 127 + 128).astype(np.uint8)
         frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format=fmt.name, layout=layout)
         frame.sample_rate = sr
         for packet in stream.encode(frame):
             container.mux(packet)
         for packet in stream.encode(None):
-            container.mux(packet)
+            if packet.size:  # FLAC's last packet in Matroska: side data only, which the muxer refuses
+                container.mux(packet)
 
 
 def _dominant_hz(y: np.ndarray, sr: int) -> float:
@@ -190,3 +200,74 @@ def test_silence_is_a_peak_below_minus_80_dbfs_of_either_sign(tmp_path: Path) ->
     for name in ("soft.wav", "negative.wav"):
         windows = decode_windows(inspect_file(tmp_path / name), rate, policy)
         assert np.abs(windows.audio).max() == pytest.approx(np.abs(files[name]).max(), rel=1e-3), name
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "audio"  # made by encoders FFmpeg lacks: see its README
+
+
+def _write_format(folder: Path, ext: str) -> Path:
+    """A 440 Hz stereo tone tagged artist 'Fixture Artist', album 'Fixture Album', in a format FFmpeg decodes
+    and libsndfile does not (AIFF-C aside), written by PyAV's encoders or copied from tests/fixtures/audio."""
+    path = folder / f"tone{ext}"
+    tags = {"artist": "Fixture Artist", "album": "Fixture Album"}
+    if ext in (".ape", ".mpc"):  # Monkey's Audio (jmac 1.74) and Musepack SV8 (mpcenc 1.30.1)
+        path.write_bytes((FIXTURES / f"tone{ext}").read_bytes())
+    elif ext == ".aifc":  # libsndfile writes float AIFF as AIFF-C; its tags go in an ID3 chunk
+        sf.write(path, _sine(44100, 2.0, channels=2), 44100, format="AIFF", subtype="FLOAT")
+        import mutagen.aiff
+        from mutagen.id3 import TALB, TPE1
+
+        tagged = mutagen.aiff.AIFF(path)
+        tagged.add_tags()
+        tagged.tags.add(TPE1(encoding=3, text=tags["artist"]))
+        tagged.tags.add(TALB(encoding=3, text=tags["album"]))
+        tagged.save()
+    else:
+        codec, container = {".wma": ("wmav2", "asf"), ".wv": ("wavpack", None), ".tta": ("tta", None),
+                            ".mka": ("flac", "matroska")}[ext]
+        _encode_av(path, _sine(44100, 2.0, channels=2), 44100, codec, container, tags)
+    return path
+
+
+@pytest.mark.parametrize("ext", [".wma", ".wv", ".ape", ".mpc", ".mka", ".tta", ".aifc"])
+def test_more_formats_are_found_decoded_hashed_and_tagged(tmp_path: Path, ext: str) -> None:
+    """WMA, WavPack, Monkey's Audio, Musepack, Matroska audio, TTA and AIFF-C were passed over without a word.
+    Each is found in a folder, probed and decoded (FFmpeg), its tags read (mutagen names WMA's 'Author' so; it
+    does not read Matroska; FFmpeg reads AIFF's ID3 chunk and TTA's APEv2 tags), and retagging keeps its hash."""
+    path = _write_format(tmp_path, ext)
+    (tmp_path / "clip.mkv").write_bytes(b"\x1a\x45\xdf\xa3")  # video containers stay out of a music folder's files
+    assert find_audio([tmp_path]) == [path.resolve()]
+    seconds = 3.0 if ext in (".ape", ".mpc") else 2.0
+    # FFmpeg reads Musepack SV8's length in whole 1.67 s packets (a file's decode gives the catalog its length)
+    assert probe(path).duration == pytest.approx(seconds, abs=1.7 if ext == ".mpc" else 0.1)
+    y = load_audio(path, 16000)
+    assert abs(y.size / 16000 - seconds) < 0.1
+    assert abs(_dominant_hz(y, 16000) - 440.0) < 2.0
+    assert 0.25 < np.abs(y).max() < 0.35 and abs(float(y.mean())) < 0.01
+    tags = read_tags(path)
+    assert (tags["artist"], tags["album"]) == ("Fixture Artist", "Fixture Album")
+    if ext == ".mka":  # no tag writer here
+        return
+    before = content_hash(path)
+    import mutagen
+
+    retagged = mutagen.File(path)
+    if ext in (".tta", ".aifc"):
+        from mutagen.id3 import TPE1
+
+        if retagged.tags is None:
+            retagged.add_tags()
+        retagged.tags.add(TPE1(encoding=3, text="Someone Else " * 50))
+    else:
+        retagged.tags["Author" if ext == ".wma" else "Artist"] = "Someone Else " * 50
+    retagged.save()
+    assert read_tags(path)["artist"] == ("Someone Else " * 50).strip()
+    assert content_hash(path) == before  # the audio packets' (Monkey's Audio: the bytes between the tags)
+
+
+def test_unsigned_8_bit_pcm_from_ffmpeg_is_centred_on_zero(tmp_path: Path) -> None:
+    """8-bit PCM is unsigned, silence at 128: a TTA file of it decoded to a tone lifted by +0.5 at half scale."""
+    path = tmp_path / "tone.tta"
+    _encode_av(path, _sine(44100, 1.0), 44100, "tta", sample_format="u8")
+    y = load_audio(path, 16000)
+    assert abs(float(y.mean())) < 0.01 and 0.28 < np.abs(y).max() < 0.32

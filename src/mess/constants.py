@@ -29,7 +29,10 @@ NPZ_ERRORS: Final = (OSError, KeyError, ValueError, EOFError, NotImplementedErro
 
 # What extraction decodes (mess.audio.decode), by file name: here so that layers which may not import mess.audio
 # (the store's display names) read names as the extractor does.
-AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".aiff", ".aif"})
+AUDIO_EXTENSIONS = frozenset({
+    ".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".aiff", ".aif", ".aifc",
+    ".wma", ".wv", ".ape", ".mpc", ".tta", ".mka",  # FFmpeg's: WMA, WavPack, Monkey's Audio, Musepack, TTA, Matroska
+})  # not .mp4, .mkv, .webm: a music folder may hold videos
 
 
 def audio_suffix(name: str) -> str:

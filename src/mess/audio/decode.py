@@ -195,11 +195,14 @@ def _pyav_segment(container: av.container.InputContainer, stream: av.audio.strea
             raise AudioError(f"{path}: frames carry no timestamps, cannot seek")
         if not decoded:
             rate, planar, channels = frame.sample_rate, frame.format.is_planar, frame.layout.nb_channels
+            if base * rate > 1:  # Matroska's and ASF's milliseconds: a position could be off by half of one
+                raise AudioError(f"{path}: timestamps in steps of {base} s, coarser than a sample: cannot seek "
+                                 "exactly")
         elif frame.layout.nb_channels != channels:  # the FIFO checks format and rate, not channels
             raise AudioError(f"{path}: the channel count changes mid-stream, cannot seek")
         if first is None:
             position = round(float(frame.pts * base) * rate)
-            if last_end is not None and abs(last_end - position) <= max(1, round(float(base) * rate)):
+            if last_end is not None and abs(last_end - position) <= 1:
                 first = position - decoded
             else:
                 last_end = position + frame.samples
@@ -385,6 +388,8 @@ def _stack_frames(arrays: list[np.ndarray], planar: bool, channels: int) -> np.n
     (packed); a view where no conversion is needed (:func:`downmix` reads columns)."""
     arr = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=1)
     block = arr.T if planar else arr.reshape(-1, channels)
+    if block.dtype == np.uint8:  # 8-bit PCM is unsigned, silence at 128 (TTA, WavPack, WAV's through FFmpeg)
+        return (block.astype(np.float32) - np.float32(128)) / np.float32(128)
     if np.issubdtype(block.dtype, np.integer):
         return block.astype(np.float32) / np.float32(np.iinfo(block.dtype).max)
     return block if block.dtype == np.float32 else block.astype(np.float32)

@@ -108,6 +108,8 @@ def _packets_hash(path: Path) -> str:
         stream = container.streams.audio[0]
         ctx = stream.codec_context
         digest.update(f"{ctx.name}:{ctx.sample_rate}:{ctx.channels}:".encode())
+        if container.format.name == "ape":  # FFmpeg's demuxer reads the last frame to the file's end, tags included
+            return _untagged_hash(path, digest)
         n = 0
         for packet in container.demux(stream):
             if packet.size:
@@ -115,6 +117,27 @@ def _packets_hash(path: Path) -> str:
                 n += 1
         if n == 0:
             raise ValueError("no audio packets")
+    return digest.hexdigest()
+
+
+def _untagged_hash(path: Path, digest: hashlib.blake2b) -> str:
+    """``digest`` updated with the bytes of ``path`` between its tags: an ID3v2 tag at the start, an APEv2 and an
+    ID3v1 tag at the end (Monkey's Audio: its header, seek table and frames)."""
+    with path.open("rb") as f:
+        start = 0
+        if (head := f.read(10))[:3] == b"ID3" and len(head) == 10:
+            start = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(head[6:10]))
+        end = f.seek(0, os.SEEK_END)
+        if end >= 128 and f.seek(end - 128) >= 0 and f.read(3) == b"TAG":
+            end -= 128
+        if end >= 32 and f.seek(end - 32) >= 0 and (footer := f.read(32))[:8] == b"APETAGEX":
+            size, flags = int.from_bytes(footer[12:16], "little"), int.from_bytes(footer[20:24], "little")
+            end -= size + (32 if flags & (1 << 31) else 0)
+        f.seek(start)
+        left = end - start
+        while left > 0 and (chunk := f.read(min(_HASH_CHUNK, left))):
+            digest.update(chunk)
+            left -= len(chunk)
     return digest.hexdigest()
 
 

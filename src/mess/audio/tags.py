@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
 import mutagen
+from mutagen.asf import ASF
+
+from mess.audio.decode import open_container
 
 TAG_FIELDS = ("artist", "album", "title", "genre", "composer")
 CREDITS = ("artist", "composer")  # every value kept: the first is the main artist (mess.audio.names.main_artist)
 JOIN = "; "
+ASF_NAMES = {"artist": "Author", "album": "WM/AlbumTitle", "title": "Title", "genre": "WM/Genre",
+             "composer": "WM/Composer"}  # WMA's attributes, which mutagen reads under these names only
 
 
 def read_tags(path: Path) -> dict[str, str | None]:
@@ -18,11 +24,27 @@ def read_tags(path: Path) -> dict[str, str | None]:
     try:
         audio = mutagen.File(str(path), easy=True)
     except (mutagen.MutagenError, OSError, ValueError):
+        audio = None
+    if audio is not None and audio.tags is not None:
+        for field in TAG_FIELDS:
+            found = audio.tags.get(field)
+            if not found and isinstance(audio, ASF):
+                found = audio.tags.get(ASF_NAMES[field])
+            values = list(dict.fromkeys(v for v in (str(x).strip() for x in found or []) if v))
+            if values:
+                tags[field] = JOIN.join(values) if field in CREDITS else values[0]
+    return tags if any(tags.values()) else _ffmpeg_tags(path, tags)
+
+
+def _ffmpeg_tags(path: Path, tags: dict[str, str | None]) -> dict[str, str | None]:
+    """The fields of FFmpeg's metadata (container, then first audio stream; keys in any case: Matroska's 'ARTIST')
+    for a file mutagen found none in: Matroska (which mutagen does not read), an AIFF file's ID3 chunk (which
+    mutagen's easy mode does not name), a TTA file's APEv2 tags (it reads ID3). ``tags`` where FFmpeg fails."""
+    try:
+        with open_container(path) as container:
+            found = {k.lower(): v for k, v in container.metadata.items()}
+            if container.streams.audio:
+                found = {k.lower(): v for k, v in container.streams.audio[0].metadata.items()} | found
+    except (av.FFmpegError, OSError, ValueError):
         return tags
-    if audio is None or audio.tags is None:
-        return tags
-    for field in TAG_FIELDS:
-        values = list(dict.fromkeys(v for v in (str(x).strip() for x in audio.tags.get(field) or []) if v))
-        if values:
-            tags[field] = JOIN.join(values) if field in CREDITS else values[0]
-    return tags
+    return {field: (str(found.get(field) or "").strip() or None) for field in TAG_FIELDS}
