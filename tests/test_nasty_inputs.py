@@ -267,5 +267,22 @@ def test_names_with_trailing_spaces_or_dots_are_extracted_and_hidden_ones_counte
     (music / "b.flac.").unlink()
     only_hidden = _mess("extract", str(music), "--store", str(tmp_path / "store2"), *DSP)
     shown = " ".join((only_hidden.stdout + only_hidden.stderr).split())
-    assert only_hidden.returncode == 1 and shown.startswith(f"error: no audio files (wav, flac, mp3, ogg, opus, m4a) "
+    assert only_hidden.returncode == 1 and shown.startswith("error: no audio files (aac, aif, aifc, aiff, ape, flac, "
+                                                            "m4a, mka, mp3, mpc, oga, ogg, opus, tta, wav, wma, wv) "
                                                             f"under {music}; 3 hidden audio files"), shown
+
+
+def test_no_audio_files_names_every_extension_extract_reads(tmp_path: Path) -> None:
+    """The refusal listed 6 of the extensions (wav, flac, mp3, ogg, opus, m4a): one with .aiff or .wma files
+    under another name read that they are not audio. A video (.mkv) is not looked for."""
+    from mess.constants import AUDIO_EXTENSIONS
+
+    music = tmp_path / "music"
+    music.mkdir()
+    (music / "clip.mkv").write_bytes(b"\x1a\x45\xdf\xa3")
+    (music / "notes.txt").write_text("not audio")
+    done = _mess("extract", str(music), "--store", str(tmp_path / "store"), *DSP)
+    shown = " ".join((done.stdout + done.stderr).split())
+    listed = shown.split("no audio files (", 1)[1].split(")", 1)[0].split(", ")
+    assert done.returncode == 1 and sorted(listed) == sorted(e[1:] for e in AUDIO_EXTENSIONS), shown
+    assert "mkv" not in listed and {"aiff", "wma", "ape", "mka"} <= set(listed)

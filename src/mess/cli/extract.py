@@ -15,11 +15,14 @@ from mess.audio.names import name_key
 from mess.audio.windows import WindowPolicy
 from mess.cli.common import console, emit_json, fail, failing, open_store, plain
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, given_path, given_text
+from mess.constants import AUDIO_EXTENSIONS
 from mess.extract.runs import run_policy
 from mess.models.base import EmbeddingModel
 from mess.models.registry import DEVICES, MODEL_NAMES, ModelError, check_device, load_model
 from mess.store import FeatureStore, Run, StoreError
 from mess.store.paths import printable
+
+EXTENSIONS = ", ".join(sorted(e.lstrip(".") for e in AUDIO_EXTENSIONS))  # what find_audio finds, in words
 
 if TYPE_CHECKING:  # the pipeline imports the decoders (PyAV): only `mess extract` needs them, not every command
     from mess.extract.pipeline import ExtractSummary
@@ -52,7 +55,7 @@ WaitOpt = Annotated[
 
 
 def extract_command(
-    folders: Annotated[list[Path], typer.Argument(help="Audio files or folders (wav, flac, mp3, ogg, opus, m4a).",
+    folders: Annotated[list[Path], typer.Argument(help=f"Audio files or folders ({EXTENSIONS}).",
                                                     parser=given_path)],
     model: ModelNameOpt = "musicnn",
     preset: PresetOpt = None,
@@ -124,7 +127,7 @@ def _audio_files(folders: list[Path], prune: bool = False) -> tuple[list[Path], 
     # one named on the command line is in (realpath: a hidden link to itself is no RuntimeError, as resolve() raises)
     hidden = [p for p in dict.fromkeys(hidden) if Path(os.path.realpath(p)) not in found]
     if not paths:
-        fail(f"no audio files (wav, flac, mp3, ogg, opus, m4a) under {', '.join(map(str, folders))}"
+        fail(f"no audio files ({EXTENSIONS}) under {', '.join(map(str, folders))}"
              + (f"; {_hidden_note(hidden)}" if hidden else ""))
     return paths, hidden, linked
 
