@@ -149,6 +149,20 @@ def test_export_reads_one_catalog_version_while_another_process_commits(tmp_path
 
 
 
+@pytest.mark.parametrize("fmt", ["NPZ", "Parquet"])
+def test_the_format_name_is_read_in_any_case_as_the_extension_is(tmp_path: Path, fmt: str) -> None:
+    """`--format NPZ` was an unknown export format while `-o v.NPZ` wrote npz."""
+    _toy_store(tmp_path / "store")[0].close()
+    out = runner.invoke(app, ["export", str(tmp_path / "v.out"), "--format", fmt, "--store", str(tmp_path / "store")])
+    assert out.exit_code == 0, out.output
+    if fmt == "NPZ":
+        assert list(np.load(tmp_path / "v.out")["layers"]) == ["a", "b"]
+    else:
+        assert pq.read_table(tmp_path / "v.out").num_rows == 3
+    out = runner.invoke(app, ["export", str(tmp_path / "v.out"), "--format", "CSV", "--store", str(tmp_path / "store")])
+    assert out.exit_code == 1 and "unknown export format 'CSV'; choose npz or parquet" in out.output, out.output
+
+
 def test_export_names_each_layer_once(tmp_path: Path) -> None:
     """'-l a -l 0' reported 2 layers and listed 'a' twice in the npz's layers, beside one vectors_a."""
     _toy_store(tmp_path / "store")[0].close()

@@ -54,11 +54,12 @@ def export_vectors(store: FeatureStore, run: Run, out: Path, fmt: str = "npz", *
     written beside ``out`` and renamed over it: a killed export leaves a previous ``out`` whole (a
     device or a pipe, such as /dev/stdout, is written into).
     """
+    given, fmt = fmt, fmt.lower()  # 'NPZ' as 'npz', as the name 'out.NPZ' is
     if Path(out).expanduser().is_dir():  # its name has no extension: it was called an unknown export format ''
         example = Path(out) / f"vectors.{fmt if fmt in FORMATS else 'npz'}"
         raise StoreError(f"{out} is a folder; give the file to write, such as {example}")
     if fmt not in FORMATS:
-        raise StoreError(f"unknown export format {fmt!r}; choose {' or '.join(FORMATS)}")
+        raise StoreError(f"unknown export format {given!r}; choose {' or '.join(FORMATS)}")
     if fused and (layers or segments):
         raise StoreError("fused vectors have no layers or windows: export them without --layers and --segments")
     names = (FUSED,) if fused else tuple(dict.fromkeys(run.layer_names[run.layer_index(x)]
