@@ -141,6 +141,15 @@ def test_a_non_finite_training_rate_or_margin_is_refused(store: Path, option: st
     assert code == 1 and f"{option} must be a finite number, not {value}" in output, output
 
 
+@pytest.mark.parametrize(("value", "reason"), [("nan", "'nan' is not a number"), ("NaN", "'NaN' is not a number"),
+                                               ("inf", "inf is not in the range 1 to 14400"),
+                                               ("0.5", "0.5 is not in the range 1 to 14400")])
+def test_a_window_that_is_not_a_number_is_called_so(store: Path, tmp_path: Path, value: str, reason: str) -> None:
+    """`mess extract --window nan` was refused as "Input should be less than or equal to 14400"."""
+    code, output = _cli(store, "extract", str(tmp_path), "-m", "dsp", "--window", value)
+    assert code == 2 and f"Invalid value for '--window': {reason}" in output, output
+
+
 def test_an_infinite_upload_limit_is_refused_as_read(store: Path) -> None:
     """`mess serve --max-upload-mb inf` was an OverflowError traceback (infinity to an integer of bytes)."""
     code, output = _cli(store, "serve", "--max-upload-mb", "inf")

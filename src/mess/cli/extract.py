@@ -14,7 +14,7 @@ from mess.artists.profiles import artist_of
 from mess.audio.names import name_key
 from mess.audio.windows import WindowPolicy
 from mess.cli.common import console, emit_json, fail, failing, open_store, plain
-from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, given_path, given_text
+from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, given_path, given_text, number_in
 from mess.constants import AUDIO_EXTENSIONS
 from mess.extract.runs import run_policy
 from mess.models.base import EmbeddingModel
@@ -65,6 +65,7 @@ def extract_command(
     workers: Annotated[int, typer.Option(min=1, help="Decoding threads feeding the model.")] = 2,
     window: Annotated[float, typer.Option(min=WindowPolicy.min_seconds,  # no window shorter than the shortest track
                                           max=WindowPolicy.max_decode_seconds,  # nor longer than what is decoded
+                                          parser=number_in(WindowPolicy.min_seconds, WindowPolicy.max_decode_seconds),
                                           help="Full-context window length in seconds.")] = 30.0,
     max_windows: MaxWindowsOpt = 4,
     prune: Annotated[bool, typer.Option(help="Forget catalogued files under FOLDERS that no longer exist (a FOLDER "

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -28,6 +30,22 @@ def given_folder(raw: str | Path) -> Path:
 def given_text(raw: str) -> str:
     """A name that is not the empty string (`--model ''` would otherwise mean the default model)."""
     return _given(raw)
+
+
+def number_in(low: float, high: float) -> Callable[[str], float]:
+    """A parser of a number in [low, high]: 'nan' is not a number (typer's range check let it through to 'should
+    be <= high'). Give the option ``min=low, max=high`` as well: its help shows the range."""
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if math.isnan(value):
+            raise typer.BadParameter(f"{raw!r} is not a number")
+        if not low <= value <= high:
+            raise typer.BadParameter(f"{raw} is not in the range {low:g} to {high:g}")
+        return value
+    return parse
 
 
 def _given(raw: str | Path) -> str:
