@@ -910,6 +910,30 @@ def test_a_touched_or_retagged_collection_file_is_queried_by_its_stored_vectors(
     assert now.track is None and now.replaces == before and "changed since it was extracted" in caplog.text
 
 
+@pytest.mark.parametrize("command", [["similar"], ["playlist", "radio"]])
+def test_a_changed_query_file_is_a_cli_warning_not_a_log_record(tmp_path: Path, command: list[str]) -> None:
+    """`mess similar FILE` of a file changed since extraction printed 'WARNING mess.query.embed: ...' (a logging
+    record) where the CLI's other warnings read 'warning: ...'."""
+    from typer.testing import CliRunner
+
+    from mess.cli.main import app
+
+    paths = _tones(tmp_path / "music", 3)
+    runner = CliRunner()
+    store = ["--store", str(tmp_path / "store")]
+    assert runner.invoke(app, ["extract", str(tmp_path / "music"), "-m", "dsp", "--window", "4", *store]).exit_code == 0
+    with paths[0].open("r+b") as f:
+        f.seek(-4000, os.SEEK_END)
+        f.write(bytes(4000))
+    out = runner.invoke(app, [*command, str(paths[0]), "-n" if command[0] == "playlist" else "-k", "2", *store],
+                        env={"COLUMNS": "300"})
+    shown = " ".join(out.output.split())
+    assert out.exit_code == 0, shown
+    assert (f"warning: {paths[0]} has changed since it was extracted: searching with the file as it is now "
+            "(`mess extract` updates the collection)") in shown, shown
+    assert "WARNING" not in shown and "mess.query.embed" not in shown, shown
+
+
 def test_a_file_gone_before_it_is_read_is_recorded(tmp_path: Path) -> None:
     from mess.audio.windows import WindowPolicy
     from mess.extract.pipeline import extract

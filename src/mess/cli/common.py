@@ -62,6 +62,11 @@ def not_embedded_note(count: int, model: str) -> None:
                       f"`mess check` names them, `mess extract --model {plain(model)}` embeds them[/]")
 
 
+def warn(text: str) -> None:
+    """Print ``text`` as a one-line warning, as the CLI's others ('warning: ...', not a logging record)."""
+    console.print(f"[yellow]warning:[/] {plain(text)}")
+
+
 def note(text: str | None) -> None:
     """Print ``text`` as a one-line note (nothing for None or empty)."""
     if text:

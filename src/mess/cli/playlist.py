@@ -19,6 +19,7 @@ from mess.cli.common import (
     os_reason,
     plain,
     stale_aspect_note,
+    warn,
 )
 from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, JsonOpt, ModelOpt, StoreOpt
 
@@ -84,7 +85,7 @@ def radio_command(
     from mess.query import resolve_query
 
     def make(fs: FeatureStore, run: Run) -> Playlist:
-        queries = [resolve_query(fs, s, run) for s in seeds]
+        queries = [resolve_query(fs, s, run, on_warning=warn) for s in seeds]
         return radio(fs, run, queries, n, aspect=aspect, window=window, blend=blend, ranking=ranking)
 
     _emit(_made(make, store, model, aspect), output, fmt, as_json)

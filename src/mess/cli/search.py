@@ -9,7 +9,18 @@ from typing import TYPE_CHECKING, Annotated, cast
 import typer
 from rich.table import Table
 
-from mess.cli.common import console, emit_json, fail, failing, not_embedded_note, note, open_store, os_reason, plain
+from mess.cli.common import (
+    console,
+    emit_json,
+    fail,
+    failing,
+    not_embedded_note,
+    note,
+    open_store,
+    os_reason,
+    plain,
+    warn,
+)
 from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, FusedOpt, JsonOpt, ModelOpt, StoreOpt
 from mess.constants import DEFAULT_NORM, FUSED, LABEL_FIELDS
 
@@ -177,7 +188,7 @@ def similar_command(
     notes: list[str] = []
     with open_store(store) as fs:
         run = fs.run(model)
-        tq = resolve_query(fs, query, run)
+        tq = resolve_query(fs, query, run, on_warning=warn)
         with failing(ValueError):
             vs = load_vectors(fs, run, VectorSpec.from_options(layer, aspect, fused, cast("Norm", norm), learned))
             ranking = ranking_choice(fs, vs, ranking, match, hubness, expand, notes.append)  # the answer says which

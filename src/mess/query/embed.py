@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,10 +25,12 @@ from mess.store.paths import printable
 log = logging.getLogger(__name__)
 
 
-def resolve_query(store: FeatureStore, ref: str | Path | int, run: Run) -> TrackQuery:
+def resolve_query(store: FeatureStore, ref: str | Path | int, run: Run,
+                  on_warning: Callable[[str], None] | None = None) -> TrackQuery:
     """A track id, a collection path or file name, or any audio file (embedded with the run's model).
 
-    Raises StoreError when nothing matches or the file cannot be embedded.
+    A collection file changed since it was extracted is embedded as it is now, said in one line to ``on_warning``
+    (default: this module's logger). Raises StoreError when nothing matches or the file cannot be embedded.
     """
     path = Path(str(ref)).expanduser()
     if is_track_id(str(ref)) or not path.is_file():
@@ -39,8 +41,8 @@ def resolve_query(store: FeatureStore, ref: str | Path | int, run: Run) -> Track
         if found.track is not None and Path(found.track.path) == path.resolve():
             if _as_catalogued(store, path):
                 return found
-            log.warning("%s has changed since it was extracted: searching with the file as it is now "
-                        "(`mess extract` updates the collection)", printable(str(path)))
+            (on_warning or log.warning)(f"{printable(str(path))} has changed since it was extracted: searching with "
+                                        "the file as it is now (`mess extract` updates the collection)")
             stale = found.track  # its stored vectors are what the file held before: never an answer to itself
     except StoreError:
         pass
