@@ -106,6 +106,16 @@ def test_one_window_per_track_reduces_to_cosine(pieces: list[Path], tmp_path: Pa
         assert a.scores.map == pytest.approx(b.scores.map)
 
 
+def test_evaluate_refuses_an_expansion_segment_matching_cannot_use(windowed: tuple[FeatureStore, Run]) -> None:
+    """`mess evaluate --match segments --expand 2` scored plain Chamfer rows and said nothing: the --expand asked
+    for was ignored (`mess similar` refuses the same pair)."""
+    store, run = windowed
+    with pytest.raises(ValueError, match="no query expansion"):
+        evaluate(store, run, "artist", k=3, match="segments", expand=2)
+    off = evaluate(store, run, "artist", k=3, match="segments", expand=0)  # off is what segments do anyway
+    assert [s.metric for s in off.sets] == ["chamfer"] * len(off.sets)
+
+
 def test_similar_ranks_by_chamfer_and_excludes_the_query(windowed: tuple[FeatureStore, Run]) -> None:
     store, run = windowed
     vs = load_vectors(store, run, VectorSpec("layer", "wide"))

@@ -214,7 +214,9 @@ def evaluate(
     each set, a set ranked plain for its size noted in ``notes``).
     """
     check_ranking(ranking, match, None, expand)
-    asked_expand, expand = expand, expansion(check_match(match), expand)
+    if check_match(match) == "segments" and expand:  # Chamfer rows have no expanded query: it was ignored
+        raise ValueError("--match segments has no query expansion: leave out --expand")
+    asked_expand, expand = expand, expansion(match, expand)
     notes: list[str] = []
     tracks = store.tracks(run)
     by_label = track_labels(tracks, field, labels)
