@@ -512,6 +512,20 @@ def test_evaluate_does_not_crown_fused_vectors_scored_on_the_labels_they_learned
     assert ev["fused_trained_on"] is None and FUSED in {s["kind"] for s in ev["sets"]}
 
 
+def test_evaluate_says_nothing_of_a_fused_row_it_left_out(extracted_store: Path, tmp_path: Path) -> None:
+    """With --match segments (no fused row) `mess evaluate --label composer` after training on composer still noted
+    that 'the fused vectors ... row scores labels they learned and is not named best': a note on a row not shown."""
+    root = _fused_copy(extracted_store, tmp_path, weight_epochs=4)
+    runner, app = CliRunner(), _app()
+    args = ["evaluate", "--model", "dsp", "-k", "3", "--store", str(root), "--plot", str(tmp_path / "q.png"),
+            "--label", "composer", "--match", "segments"]
+    ev = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
+    assert FUSED not in {s["kind"] for s in ev["sets"]} and ev["fused_trained_on"] is None
+    out = runner.invoke(app, args, env={"COLUMNS": "400"})
+    assert out.exit_code == 0, out.output
+    assert "trained on these tracks' composer tags" not in out.output
+
+
 def test_a_moved_store_fuses_an_outside_file_with_its_own_checkpoint(extracted_store: Path, tmp_path: Path) -> None:
     """`fuse apply` recorded the checkpoint's absolute path: after the store was moved (or copied to another
     machine), `mess similar FILE --fused` failed with 'no fusion checkpoint ... run `mess fuse train` first'

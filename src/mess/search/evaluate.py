@@ -277,7 +277,9 @@ def evaluate(
         labels_from,
         len(set(labels_arr[queries].tolist())),
         norm_note,
-        field if fused_meta and labels is None and fused_meta.get("label") == field else None,
+        # only when the fused row is scored: left out (segments, tracks without fused vectors) it crowns nothing
+        field if fused_meta and labels is None and fused_meta.get("label") == field
+        and any(s.kind == FUSED for s in sets) else None,
         f"fused row left out: {fused_note}" if fused_note else "",
         notes,
     )
