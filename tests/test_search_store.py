@@ -131,6 +131,23 @@ def test_aspects_need_a_probe_then_use_its_layers(synth: tuple[FeatureStore, Run
     assert similar_tracks(store, run, query, k=3, aspect="timbre")  # an encoded aspect still answers
 
 
+def test_an_aspect_refused_by_a_probe_of_fewer_tracks_says_to_probe_again(synth: tuple[FeatureStore, Run]) -> None:
+    """A probe of 6 tracks found no layer for timbre; after 12 more were extracted `mess similar --aspect timbre`
+    still said only 'choose another aspect, or leave --aspect out': not that the map is from 6 of 18 tracks and
+    a new probe may find the aspect (the stale-map note of an answered search never showed, as none was given)."""
+    store, run = synth
+    query = resolve_query(store, "/music/artist0/track2.wav", run)
+    now = len(store.tracks(run))
+    store.set_aspect_map(run, [("timbre", "l1", 0.9, 0.1), ("rhythm", "l0", 0.0, 0.0)], n_tracks=now - 5)
+    with pytest.raises(StoreError, match=rf"encodes rhythm in a probe of {now - 5} tracks \({now} now: rerun "
+                                         r"`mess probe --model synth`\)"):
+        similar_tracks(store, run, query, k=3, aspect="rhythm")
+    store.set_aspect_map(run, [("timbre", "l1", 0.9, 0.1), ("rhythm", "l0", 0.0, 0.0)], n_tracks=now)
+    with pytest.raises(StoreError, match=r"encodes rhythm \(the probe") as refused:
+        similar_tracks(store, run, query, k=3, aspect="rhythm")
+    assert "rerun" not in str(refused.value)  # a probe of every track: nothing to rerun
+
+
 def _brute_force(store: FeatureStore, run: Run, layers: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Track ids and their cosine matrix computed here: the mean over layers of z-scored per-layer cosines."""
     per_layer = [_unit(store, run, layer) for layer in layers]

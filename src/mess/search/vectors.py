@@ -127,9 +127,13 @@ def aspect_layer(store: FeatureStore, run: Run, aspect: str) -> str:
         raise StoreError(f"unknown aspect {aspect!r}; {run.model} has {', '.join(sorted(amap))}")
     score = store.aspect_scores(run)[aspect]
     if score < ENCODED_R2:
-        raise StoreError(f"no layer of {run.model} encodes {aspect} (the probe's best R^2, less what shuffled targets "
-                         f"reach, is {score:.2f}, below {ENCODED_R2}); choose another aspect, or leave --aspect out "
-                         "for all layers")
+        # a probe of fewer tracks than the run has now may be why: a probe of them all may find the aspect
+        probed, now = store.aspect_map_tracks(run), len(store.tracks(run))
+        rerun = (f" in a probe of {probed} tracks ({now} now: rerun `mess probe --model {run.model}`)"
+                 if probed is not None and probed < now else "")
+        raise StoreError(f"no layer of {run.model} encodes {aspect}{rerun} (the probe's best R^2, less what shuffled "
+                         f"targets reach, is {score:.2f}, below {ENCODED_R2}); choose another aspect, or leave "
+                         "--aspect out for all layers")
     return run.layer_names[run.layer_index(amap[aspect])]
 
 
