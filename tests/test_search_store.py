@@ -434,6 +434,26 @@ def test_label_csv_overrides_tags(synth: tuple[FeatureStore, Run], tmp_path: Pat
         evaluate(store, run, "mood", k=5, labels=same)  # and named it np.str_('all')
 
 
+def test_a_label_column_keeps_its_labels_unless_label_names_a_credit(synth: tuple[FeatureStore, Run],
+                                                                    tmp_path: Path) -> None:
+    """`mess evaluate --labels moods.csv` with an id,label file read its 'label' column as artist credits (the
+    default --label artist): 'Ambient; Dark' and 'Ambient; Bright' became one label 'ambient', 'Sad, slow' was
+    'sad slow', and the scores were of labels the file never had."""
+    store, run = synth
+    tracks = sorted(t.id for t in store.tracks(run))[:8]
+    moods = ["Ambient; Dark", "Ambient; Bright", "Epic feat. Choir", "Epic"]
+    path = tmp_path / "moods.csv"
+    path.write_text("id,label\n" + "".join(f"{t},{moods[i % 4]}\n" for i, t in enumerate(tracks)))
+    labels = read_label_csv(store, path, "artist", field_given=False).labels
+    assert sorted(set(labels.values())) == sorted(moods)
+    assert len(set(read_label_csv(store, path, "artist").labels.values())) == 2  # --label artist: credits, asked
+    runner, app = CliRunner(), _cli()
+    args = ["evaluate", "--store", str(store.root), "--labels", str(path), "-k", "3", "--plot",
+            str(tmp_path / "e.png"), "--json"]
+    assert json.loads(runner.invoke(app, args).stdout)["n_classes"] == 4
+    assert json.loads(runner.invoke(app, [*args, "--label", "artist"]).stdout)["n_classes"] == 2
+
+
 def test_label_rows_name_each_track_exactly_and_once(synth: tuple[FeatureStore, Run], tmp_path: Path) -> None:
     store, run = synth
     solo = _add_track(store, run, "/music/solo/only.wav", "hash-solo", _vectors(np.random.default_rng(1),

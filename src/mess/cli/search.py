@@ -254,6 +254,7 @@ def _print_similar(answer: dict, results: list[Neighbour]) -> None:
 
 
 def evaluate_command(
+    ctx: typer.Context,
     model: ModelOpt = None,
     label: Annotated[str, typer.Option("--label", help=f"Relevance: same {_LABELS}.")] = "artist",
     labels: Annotated[
@@ -287,7 +288,9 @@ def evaluate_command(
     with open_store(store) as fs:
         run = fs.run(model)
         with failing(LabelError, ValueError):
-            label_file = read_label_csv(fs, labels, label) if labels is not None else None
+            # --label given, not its default: a file's own 'label' column is then read as that field
+            given = getattr(ctx.get_parameter_source("label"), "name", "DEFAULT") != "DEFAULT"
+            label_file = read_label_csv(fs, labels, label, field_given=given) if labels is not None else None
             if label_file and (note := label_file.note()):
                 console.print(f"[yellow]note:[/] {plain(note)}")
             ev = evaluate(fs, run, label, k, labels=label_file.labels if label_file else None,

@@ -126,9 +126,11 @@ class LabelFile:
                 + (hint if self.column == "path" else ""))
 
 
-def read_label_csv(store: FeatureStore, path: Path, field: str) -> LabelFile:
+def read_label_csv(store: FeatureStore, path: Path, field: str, *, field_given: bool = True) -> LabelFile:
     """Labels from a CSV with an ``id``, ``path`` or ``file`` column and a ``field`` or ``label`` one (artist and
-    composer labels by :func:`~mess.audio.names.label_key`, as from tags).
+    composer labels by :func:`~mess.audio.names.label_key`, as from tags: a ``field`` column, or a ``label`` one
+    when ``field_given``; the default field does not make a file's own ``label`` column artist credits, whose
+    'Ambient; Dark' and 'Ambient; Bright' would be one label).
 
     A ``path`` matches only the file at that path; an id, or a file name shared by no other track, as
     :meth:`FeatureStore.track` finds it. Rows naming no track are left out (listed); a file name several tracks
@@ -159,7 +161,8 @@ def read_label_csv(store: FeatureStore, path: Path, field: str) -> LabelFile:
             cells = len(row) - 1 + len(row[None]) if None in row else sum(v is not None for v in row.values())
             raise LabelError(f"{path}:{line}: {cells} cells where the header has {len(reader.fieldnames or ())}")
         ref, value = (row.get(ref_col) or "").strip(), (row.get(label_col) or "").strip()
-        label = label_key(field, value)  # artists and composers as in tags: the main artist, spelled any way
+        # artists and composers as in tags: the main artist, spelled any way
+        label = label_key(field if label_col == field or field_given else label_col, value)
         if not ref or not label:
             continue
         try:
