@@ -454,6 +454,29 @@ def test_a_label_column_keeps_its_labels_unless_label_names_a_credit(synth: tupl
     assert json.loads(runner.invoke(app, [*args, "--label", "artist"]).stdout)["n_classes"] == 2
 
 
+def test_label_files_as_spreadsheets_save_them_are_read(synth: tuple[FeatureStore, Run], tmp_path: Path) -> None:
+    """A label file saved by a spreadsheet was refused although it names its columns plainly: 'ID,Label' and
+    'id , label' ("needs an id, path or file column ...; it has ['ID', 'Label']"), Excel's ';' in many locales and
+    a tab-separated copy ("it has ['id;label']"); a header without rows was said to have 'no header'."""
+    store, run = synth
+    tracks = sorted(t.id for t in store.tracks(run))[:8]
+    rows = [(t, "even" if i % 2 == 0 else "odd") for i, t in enumerate(tracks)]
+    want = dict(rows)
+    for name, header, sep, end in [("caps", "ID,Label", ",", "\n"), ("spaced", "id , label ", " , ", "\r\n"),
+                                   ("semicolons", "id;label", ";", "\r\n"), ("tabs", "Id\tLABEL", "\t", "\n")]:
+        path = tmp_path / f"{name}.csv"
+        path.write_text(header + end + "".join(f"{t}{sep}{label}{end}" for t, label in rows), encoding="utf-8",
+                        newline="")
+        assert read_label_csv(store, path, "mood").labels == want, name
+    game = tmp_path / "game.csv"  # a column named like --label, in another case
+    game.write_text("Path;Game\n/music/artist0/track0.wav;x\n/music/artist0/track1.wav;x\n")
+    assert set(read_label_csv(store, game, "game").labels.values()) == {"x"}
+    empty = tmp_path / "empty.csv"
+    empty.write_text("id,label\n")
+    with pytest.raises(LabelError, match="has a header and no rows"):
+        read_label_csv(store, empty, "mood")
+
+
 def test_label_rows_name_each_track_exactly_and_once(synth: tuple[FeatureStore, Run], tmp_path: Path) -> None:
     store, run = synth
     solo = _add_track(store, run, "/music/solo/only.wav", "hash-solo", _vectors(np.random.default_rng(1),

@@ -139,21 +139,29 @@ def read_label_csv(store: FeatureStore, path: Path, field: str, *, field_given: 
     """
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f, strict=True)
+            first = f.readline()
+            f.seek(0)
+            # commas, else what the header separates with: Excel in many locales saves ';', a spreadsheet copy tabs
+            delimiter = next((d for d in (",", ";", "\t") if d in first), ",")
+            reader = csv.DictReader(f, delimiter=delimiter, strict=True)
             try:
                 rows = list(reader)
             except csv.Error as exc:  # e.g. a quote never closed; line_num counts the lines before the record
                 raise LabelError(f"{path}:{reader.line_num + 1}: not valid CSV ({exc})") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise LabelError(f"cannot read label file {path}: {exc}") from exc
-    cols = set(rows[0]) - {None} if rows else set()
-    ref_col = next((c for c in ("id", "path", "file") if c in cols), None)
-    label_col = field if field in cols else "label" if "label" in cols else None
-    if ref_col is None or label_col is None:
+    header = [c for c in reader.fieldnames or () if c is not None]
+    named = {c.strip().casefold(): c for c in reversed(header)}  # 'ID', ' label ': the first of each name
+    ref_kind = next((c for c in ("id", "path", "file") if c in named), None)
+    label_col = named.get(field.strip().casefold(), named.get("label"))
+    if ref_kind is None or label_col is None:
         raise LabelError(
             f"{path} needs an id, path or file column and a {field!r} or 'label' column; "
-            f"it has {sorted(cols) or 'no header'}"
+            f"it has {sorted(header) or 'no header'}"
         )
+    if not rows:
+        raise LabelError(f"{path} has a header and no rows: no labels")
+    ref_col = named[ref_kind]
     labels: dict[int, tuple[str, str, int]] = {}  # track id -> (label, as written, the line that gave it)
     unknown: list[tuple[int, str]] = []
     for line, row in enumerate(rows, start=2):
@@ -162,11 +170,12 @@ def read_label_csv(store: FeatureStore, path: Path, field: str, *, field_given: 
             raise LabelError(f"{path}:{line}: {cells} cells where the header has {len(reader.fieldnames or ())}")
         ref, value = (row.get(ref_col) or "").strip(), (row.get(label_col) or "").strip()
         # artists and composers as in tags: the main artist, spelled any way
-        label = label_key(field if label_col == field or field_given else label_col, value)
+        own = label_col.strip().casefold() == field.strip().casefold()
+        label = label_key(field if own or field_given else "label", value)
         if not ref or not label:
             continue
         try:
-            track = store.track_at(ref) if ref_col == "path" else store.find(ref)
+            track = store.track_at(ref) if ref_kind == "path" else store.find(ref)
         except StoreError as exc:  # a file name several tracks share
             raise LabelError(f"{path}:{line}: {exc}") from exc
         if track is None:
@@ -176,7 +185,7 @@ def read_label_csv(store: FeatureStore, path: Path, field: str, *, field_given: 
         if before != label:
             raise LabelError(f"{path}:{line}: track {track.id} ({track.name}) is labelled {value!r} here and "
                              f"{written!r} on line {at}")
-    return LabelFile({tid: label for tid, (label, _, _) in labels.items()}, unknown, ref_col)
+    return LabelFile({tid: label for tid, (label, _, _) in labels.items()}, unknown, ref_kind)
 
 
 def track_labels(tracks: Sequence[Track], field: str, overrides: dict[int, str] | None = None) -> dict[int, str]:
