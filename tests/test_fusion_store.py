@@ -526,6 +526,33 @@ def test_evaluate_says_nothing_of_a_fused_row_it_left_out(extracted_store: Path,
     assert "trained on these tracks' composer tags" not in out.output
 
 
+def test_apply_without_a_checkpoint_of_the_default_model_names_the_ones_the_store_has(extracted_store: Path,
+                                                                                      tmp_path: Path) -> None:
+    """After `mess fuse train --model dsp`, extracting a musicnn run made musicnn the default model, and `mess fuse
+    apply` / `report` said only 'no fusion checkpoint at .../musicnn-run2.pt; run `mess fuse train` first': the
+    advice trains another network, while the store's dsp checkpoint needs only --model dsp."""
+    from mess.extract.runs import run_key
+    from mess.models.base import ModelInfo
+    from mess.store import TrackVectors
+
+    root = _fused_copy(extracted_store, tmp_path)
+    with closing(FeatureStore(root)) as fs:
+        hashes = [t.content_hash for t in fs.tracks(fs.run("dsp"))]
+        other = fs.ensure_run(run_key(ModelInfo("musicnn", "r1", 16000, ("a", "b"), (4, 4)), WindowPolicy()))
+        rng = np.random.default_rng(0)
+        fs.write_vectors(other, [TrackVectors(h, [rng.standard_normal(4, dtype=np.float32)] * 2,
+                                              [rng.standard_normal((1, 4), dtype=np.float32)] * 2, [0.0])
+                                 for h in hashes])
+        assert fs.run(None).model == "musicnn"
+    runner, app = CliRunner(), _app()
+    for command in ("apply", "report"):
+        out = runner.invoke(app, ["fuse", command, "--store", str(root)], env={"COLUMNS": "400"})
+        assert out.exit_code == 1 and "Traceback" not in out.output, out.output
+        assert "this store has dsp-run1.pt (--model dsp@1): pick one with --model" in out.output, out.output
+    out = runner.invoke(app, ["fuse", "apply", "--model", "dsp@1", "--store", str(root)])  # the advice works
+    assert out.exit_code == 0, out.output
+
+
 def test_a_moved_store_fuses_an_outside_file_with_its_own_checkpoint(extracted_store: Path, tmp_path: Path) -> None:
     """`fuse apply` recorded the checkpoint's absolute path: after the store was moved (or copied to another
     machine), `mess similar FILE --fused` failed with 'no fusion checkpoint ... run `mess fuse train` first'
