@@ -526,16 +526,12 @@ def test_evaluate_says_nothing_of_a_fused_row_it_left_out(extracted_store: Path,
     assert "trained on these tracks' composer tags" not in out.output
 
 
-def test_apply_without_a_checkpoint_of_the_default_model_names_the_ones_the_store_has(extracted_store: Path,
-                                                                                      tmp_path: Path) -> None:
-    """After `mess fuse train --model dsp`, extracting a musicnn run made musicnn the default model, and `mess fuse
-    apply` / `report` said only 'no fusion checkpoint at .../musicnn-run2.pt; run `mess fuse train` first': the
-    advice trains another network, while the store's dsp checkpoint needs only --model dsp."""
+def _add_default_model_run(root: Path) -> None:
+    """A run of 'musicnn' (vectors of the dsp run's tracks), which the store then uses by default."""
     from mess.extract.runs import run_key
     from mess.models.base import ModelInfo
     from mess.store import TrackVectors
 
-    root = _fused_copy(extracted_store, tmp_path)
     with closing(FeatureStore(root)) as fs:
         hashes = [t.content_hash for t in fs.tracks(fs.run("dsp"))]
         other = fs.ensure_run(run_key(ModelInfo("musicnn", "r1", 16000, ("a", "b"), (4, 4)), WindowPolicy()))
@@ -544,6 +540,30 @@ def test_apply_without_a_checkpoint_of_the_default_model_names_the_ones_the_stor
                                               [rng.standard_normal((1, 4), dtype=np.float32)] * 2, [0.0])
                                  for h in hashes])
         assert fs.run(None).model == "musicnn"
+
+
+def test_fused_searches_of_the_default_model_name_the_run_that_has_fused_vectors(extracted_store: Path,
+                                                                                 tmp_path: Path) -> None:
+    """With fused vectors of dsp and musicnn extracted since (the default model now), `mess similar --fused`,
+    `index --fused` (and `export --fused`) said only 'run `mess fuse train` and `mess fuse apply` first'."""
+    root = _fused_copy(extracted_store, tmp_path)
+    _add_default_model_run(root)
+    runner, app = CliRunner(), _app()
+    for args in (["similar", "1", "--fused"], ["index", "--fused"]):
+        out = runner.invoke(app, [*args, "--store", str(root)], env={"COLUMNS": "400"})
+        assert out.exit_code == 1 and "Traceback" not in out.output, out.output
+        assert "no 'fused' vectors for musicnn; dsp@1 has them: pick one with --model dsp@1, or run" in out.output
+        out = runner.invoke(app, [*args, "--model", "dsp@1", "--store", str(root)])  # as advised
+        assert out.exit_code == 0, out.output
+
+
+def test_apply_without_a_checkpoint_of_the_default_model_names_the_ones_the_store_has(extracted_store: Path,
+                                                                                      tmp_path: Path) -> None:
+    """After `mess fuse train --model dsp`, extracting a musicnn run made musicnn the default model, and `mess fuse
+    apply` / `report` said only 'no fusion checkpoint at .../musicnn-run2.pt; run `mess fuse train` first': the
+    advice trains another network, while the store's dsp checkpoint needs only --model dsp."""
+    root = _fused_copy(extracted_store, tmp_path)
+    _add_default_model_run(root)
     runner, app = CliRunner(), _app()
     for command in ("apply", "report"):
         out = runner.invoke(app, ["fuse", command, "--store", str(root)], env={"COLUMNS": "400"})

@@ -974,7 +974,13 @@ class FeatureStore:
     def _derived_matrix(self, run: Run, name: str) -> tuple[np.ndarray, np.ndarray]:
         found = [s for s in self.derived_sets(run) if s[0] == name]
         if not found:
-            raise StoreError(f"no {name!r} vectors for {run.model}; run `mess fuse train` and `mess fuse apply` first")
+            # another model's (or run's) set: naming it helps more than training one for this run
+            others = [r for r in self.runs() if r.id != run.id
+                      and self._query("SELECT 1 FROM derived WHERE run_id=? AND name=?", (r.id, name))]
+            elsewhere = (f"{', '.join(f'{r.model}@{r.id}' for r in others)} {'has' if len(others) == 1 else 'have'} "
+                         f"them: pick one with --model {others[0].model}@{others[0].id}, or " if others else "")
+            raise StoreError(f"no {name!r} vectors for {run.model}; {elsewhere}run `mess fuse train` and `mess fuse "
+                             "apply` first")
         _, file, sums = found[0]
         data = file.read()
         if not len(data) and not file.path.exists():  # looked at after the read: it may go while read
