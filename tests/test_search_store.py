@@ -477,6 +477,20 @@ def test_label_files_as_spreadsheets_save_them_are_read(synth: tuple[FeatureStor
         read_label_csv(store, empty, "mood")
 
 
+def test_a_label_row_naming_no_track_at_all_is_counted_as_left_out(synth: tuple[FeatureStore, Run],
+                                                                   tmp_path: Path) -> None:
+    """A row with a label and an empty id (',rock') was dropped without a word, while '999,rock' was named in the
+    note of rows left out; a row with an id and no label is an unlabelled track, left out quietly."""
+    store, run = synth
+    tracks = sorted(t.id for t in store.tracks(run))[:4]
+    path = tmp_path / "labels.csv"
+    path.write_text("id,label\n" + "".join(f"{t},{'a' if i % 2 else 'b'}\n" for i, t in enumerate(tracks))
+                    + ",rock\n999,rock\n" + f"{max(tracks) + 1},\n")
+    got = read_label_csv(store, path, "label")
+    assert got.unknown == [(6, ""), (7, "999")] and len(got.labels) == 4
+    assert got.note().startswith("2 label rows name unknown tracks and were left out: line 6 '', line 7 '999'")
+
+
 def test_label_rows_name_each_track_exactly_and_once(synth: tuple[FeatureStore, Run], tmp_path: Path) -> None:
     store, run = synth
     solo = _add_track(store, run, "/music/solo/only.wav", "hash-solo", _vectors(np.random.default_rng(1),

@@ -172,7 +172,10 @@ def read_label_csv(store: FeatureStore, path: Path, field: str, *, field_given: 
         # artists and composers as in tags: the main artist, spelled any way
         own = label_col.strip().casefold() == field.strip().casefold()
         label = label_key(field if own or field_given else "label", value)
-        if not ref or not label:
+        if not label:  # an unlabelled track
+            continue
+        if not ref:  # a label for no track: left out, and said so as any row naming no track is
+            unknown.append((line, ref))
             continue
         try:
             track = store.track_at(ref) if ref_kind == "path" else store.find(ref)
