@@ -166,6 +166,9 @@ def test_random_init_twin_of_a_hugging_face_model_is_rebuilt_from_its_config(sto
     (["--model", "dsp", "--layers", "nope"], "unknown layer"),
     (["--model", "no-such-model"], "no vectors for model"),
     (["--model", "dsp", "--control", "bogus"], "unknown control"),
+    # 'none' beside other controls ran none of them, and let an unknown name through
+    (["--model", "dsp", "--control", "none,shuffled"], "--control none runs no control, and shuffled asks for one"),
+    (["--model", "dsp", "-c", "none", "-c", "bogus"], "unknown control 'bogus'"),
     (["--model", "dsp", "--probe", "forest"], "unknown probe"),
 ])
 def test_bad_input_is_a_one_line_error(store_copy: Path, args: list[str], message: str) -> None:

@@ -45,6 +45,13 @@ def probe_command(
     with failing(ModelError):
         check_device(device)  # before the targets: the random-init control would find it only after them
     controls = _split(control or ["shuffled"])
+    if "none" in controls and len(controls) > 1:  # 'none' silently dropped the others, unknown names included
+        from mess.probing.study import CONTROLS
+
+        others = [c for c in controls if c != "none"]
+        if unknown := [c for c in others if c not in CONTROLS]:
+            fail(f"unknown control {unknown[0]!r}; use {', '.join(CONTROLS)} or none")
+        fail(f"--control none runs no control, and {', '.join(others)} asks for one: give none alone, or leave it out")
     if not (store / "catalog.sqlite").exists():
         fail(f"no feature store at {store} (run `mess extract` first)")
     wanted = _split(layers or []) or None
