@@ -220,3 +220,6 @@ def test_the_default_model_setting_refuses_a_run_choice_in_words(two_runs: tuple
     code, output = _cli("config", "default-model", f"dsp@{second.id}", "--store", str(root))
     assert code == 1 and (f"default-model is a model, not one run: pick 'dsp@{second.id}' per command with --model "
                           f"dsp@{second.id}") in " ".join(output.split()), output
+    # a run that is not in the store: advising `--model dsp@99` per command sent the user to another error
+    code, output = _cli("config", "default-model", "dsp@99", "--store", str(root))
+    assert code == 1 and "no run 99 in this store" in output and "per command" not in output, output

@@ -31,6 +31,9 @@ def config_command(
         with failing(ConfigError):
             if key is not None and (value is not None or unset):
                 if key == "default-model" and value is not None and model_key(value, models) not in models:
+                    if names_a_run(value):
+                        with failing(StoreError):  # a run not here: 'pick it per command' would not work either
+                            fs.run(value)
                     fail(f"default-model is a model, not one run: pick {value!r} per command with --model {value}"
                          if names_a_run(value) else
                          f"no vectors for model {value!r} in {fs.root}; extracted models: {', '.join(models)}")
