@@ -555,6 +555,15 @@ def test_fused_searches_of_the_default_model_name_the_run_that_has_fused_vectors
         assert "no 'fused' vectors for musicnn; dsp@1 has them: pick one with --model dsp@1, or run" in out.output
         out = runner.invoke(app, [*args, "--model", "dsp@1", "--store", str(root)])  # as advised
         assert out.exit_code == 0, out.output
+    from fastapi.testclient import TestClient
+
+    from mess.serve.app import create_app
+
+    with TestClient(base_url="http://127.0.0.1", app=create_app(root)) as client:  # the server advises the same
+        answer = client.get("/api/tracks/1/similar", params={"fused": "true"})
+        assert answer.status_code == 400
+        assert "dsp@1 has them: pick one with model=dsp@1, or run" in answer.json()["detail"], answer.json()
+        assert client.get("/api/tracks/1/similar", params={"fused": "true", "model": "dsp@1"}).status_code == 200
 
 
 def test_apply_without_a_checkpoint_of_the_default_model_names_the_ones_the_store_has(extracted_store: Path,

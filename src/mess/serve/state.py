@@ -226,7 +226,8 @@ def vector_spec(store: FeatureStore, run: Run, layer: str | None, aspect: str | 
     except (ValueError, StoreError) as exc:
         raise HTTPException(400, api_words(str(exc))) from None
     if fused and store.derived_meta(run, FUSED) is None:
-        raise HTTPException(400, f"no fused vectors for {run.model}; run `mess fuse train` and `mess fuse apply`")
+        raise HTTPException(400, f"no fused vectors for {run.model}; {store.derived_elsewhere(run, FUSED, 'model=')}"
+                                 "run `mess fuse train` and `mess fuse apply`")
     if learned and not has_learned_head(run):
         raise HTTPException(400, f"no learned head ships for {run.model} with these layers")
     return spec

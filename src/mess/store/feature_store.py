@@ -971,16 +971,23 @@ class FeatureStore:
         their checksums raise StoreDamaged. A set rewritten twice while read is read again (:meth:`reading`)."""
         return self.reading(lambda: self._derived_matrix(run, name))
 
+    def derived_elsewhere(self, run: Run, name: str, option: str) -> str:
+        """Advice naming the other runs that hold derived vectors ``name`` ("dsp@1 has them: pick one with --model
+        dsp@1, or "; ``option`` is what precedes the choice: "--model " or "model="), or "" when none does: naming
+        them helps more than training another network for ``run``."""
+        others = [r for r in self.runs() if r.id != run.id
+                  and self._query("SELECT 1 FROM derived WHERE run_id=? AND name=?", (r.id, name))]
+        if not others:
+            return ""
+        verb = "has" if len(others) == 1 else "have"
+        return (f"{', '.join(f'{r.model}@{r.id}' for r in others)} {verb} them: pick one with {option}"
+                f"{others[0].model}@{others[0].id}, or ")
+
     def _derived_matrix(self, run: Run, name: str) -> tuple[np.ndarray, np.ndarray]:
         found = [s for s in self.derived_sets(run) if s[0] == name]
         if not found:
-            # another model's (or run's) set: naming it helps more than training one for this run
-            others = [r for r in self.runs() if r.id != run.id
-                      and self._query("SELECT 1 FROM derived WHERE run_id=? AND name=?", (r.id, name))]
-            elsewhere = (f"{', '.join(f'{r.model}@{r.id}' for r in others)} {'has' if len(others) == 1 else 'have'} "
-                         f"them: pick one with --model {others[0].model}@{others[0].id}, or " if others else "")
-            raise StoreError(f"no {name!r} vectors for {run.model}; {elsewhere}run `mess fuse train` and `mess fuse "
-                             "apply` first")
+            raise StoreError(f"no {name!r} vectors for {run.model}; {self.derived_elsewhere(run, name, '--model ')}"
+                             "run `mess fuse train` and `mess fuse apply` first")
         _, file, sums = found[0]
         data = file.read()
         if not len(data) and not file.path.exists():  # looked at after the read: it may go while read
