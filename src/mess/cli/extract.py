@@ -13,7 +13,7 @@ from rich.table import Table
 from mess.artists.profiles import artist_of
 from mess.audio.names import name_key
 from mess.audio.windows import WindowPolicy
-from mess.cli.common import console, emit_json, fail, failing, open_store, plain
+from mess.cli.common import console, emit_json, fail, failing, open_store, plain, warn
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, given_path, given_text, number_in
 from mess.constants import AUDIO_EXTENSIONS
 from mess.extract.runs import run_policy
@@ -102,7 +102,7 @@ def extract_command(
                                  wait)
         _print_summary(summary, embedder.info.name, store)
         if hidden:
-            console.print(f"[yellow]warning:[/] {plain(_hidden_note(hidden))}")
+            warn(_hidden_note(hidden))
         _note_missing(missing_files(fs))
         _unused_run_warning(fs, embedder, policy)
     if summary.failed:
@@ -122,8 +122,7 @@ def _audio_files(folders: list[Path], prune: bool = False) -> tuple[list[Path], 
     hidden: list[Path] = []
     linked: list[Path] = []
     paths = find_audio([f for f in folders if f.exists()],
-                       on_skip=lambda why: console.print(f"[yellow]warning:[/] {plain(why)}"), on_hidden=hidden.append,
-                       on_linked=linked.append)
+                       on_skip=warn, on_hidden=hidden.append, on_linked=linked.append)
     found = set(paths)
     # one named on the command line is in (realpath: a hidden link to itself is no RuntimeError, as resolve() raises)
     hidden = [p for p in dict.fromkeys(hidden) if Path(os.path.realpath(p)) not in found]
@@ -236,7 +235,7 @@ def _print_summary(summary: ExtractSummary, model: str, store: Path) -> None:
         + f" -> {plain(store)} {plain(f'[{model}]')}"
     )
     for warning in _grouped(summary.warnings):
-        console.print(f"[yellow]warning:[/] {plain(warning)}")
+        warn(warning)
     for _path, reason in summary.failed:
         console.print(f"[red]failed:[/] {plain(reason)}")
 
