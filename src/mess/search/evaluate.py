@@ -162,6 +162,8 @@ def read_label_csv(store: FeatureStore, path: Path, field: str, *, field_given: 
     if not rows:
         raise LabelError(f"{path} has a header and no rows: no labels")
     ref_col = named[ref_kind]
+    # artists and composers as in tags (the main artist, spelled any way): from their own column, or any when asked
+    key_field = field if field_given or label_col.strip().casefold() == field.strip().casefold() else "label"
     labels: dict[int, tuple[str, str, int]] = {}  # track id -> (label, as written, the line that gave it)
     unknown: list[tuple[int, str]] = []
     for line, row in enumerate(rows, start=2):
@@ -169,9 +171,7 @@ def read_label_csv(store: FeatureStore, path: Path, field: str, *, field_given: 
             cells = len(row) - 1 + len(row[None]) if None in row else sum(v is not None for v in row.values())
             raise LabelError(f"{path}:{line}: {cells} cells where the header has {len(reader.fieldnames or ())}")
         ref, value = (row.get(ref_col) or "").strip(), (row.get(label_col) or "").strip()
-        # artists and composers as in tags: the main artist, spelled any way
-        own = label_col.strip().casefold() == field.strip().casefold()
-        label = label_key(field if own or field_given else "label", value)
+        label = label_key(key_field, value)
         if not label:  # an unlabelled track
             continue
         if not ref:  # a label for no track: left out, and said so as any row naming no track is
