@@ -44,7 +44,7 @@ from mess.artists.validate import Metrics, evaluate, random_baseline
 from mess.constants import FUSED
 from mess.search.query import stale_aspect_map
 from mess.store import FeatureStore, Run, StoreError
-from mess.store.fused import fused_run_problem
+from mess.store.fused import fused_run_problem, left_out_note
 from mess.store.paths import is_device_or_pipe
 from mess.store.reports import slug
 
@@ -124,11 +124,16 @@ def space_artists(artists: ArtistSet, space: Space, options: ArtistOptions, on_n
     have none (tracks extracted since `mess fuse apply`, for the fused vectors) is said through ``on_note``."""
     kept, missing = in_space(artists, space, max_tracks=options.max_tracks, min_tracks=options.min_tracks)
     if missing:
-        on_note(f"{missing} tracks have no {space.label} vectors yet and were left out; `mess fuse apply` adds them")
-    if len(kept.profiles) < 2:
-        raise ArtistError(f"artist similarity needs at least 2 artists; {len(kept.profiles)} have {space.label} "
+        on_note(left_out_note(missing, space.label))
+    return enough_artists(kept, space)
+
+
+def enough_artists(artists: ArtistSet, space: Space) -> ArtistSet:
+    """``artists`` (those with vectors in ``space``); an ArtistError when fewer than 2, what similarity needs."""
+    if len(artists.profiles) < 2:
+        raise ArtistError(f"artist similarity needs at least 2 artists; {len(artists.profiles)} have {space.label} "
                           "vectors (`mess fuse apply` adds the tracks extracted since it ran)")
-    return kept
+    return artists
 
 
 def choose_space(store: FeatureStore, run: Run, artists: ArtistSet, choice: SpaceChoice,
@@ -200,7 +205,7 @@ def similar_artists(store: FeatureStore, name: str, k: int, options: ArtistOptio
             choice = SpaceChoice(saved.get("layer"), saved.get("aspect"), bool(saved.get("fused")))
     space = choose_space(store, run, artists, choice, on_note)
     everyone, artists = artists, space_artists(artists, space, options, on_note)
-    query = _in(artists, everyone.profiles[query], space)
+    query = row_in_space(artists, everyone.profiles[query].name, space)
     parts: dict[str, np.ndarray] = {}
     if hybrid is not None:
         weights = parse_weights(hybrid.weights) if hybrid.weights else load_weights(store.reports_dir / WEIGHTS_FILE)
@@ -225,13 +230,13 @@ def similar_artists(store: FeatureStore, name: str, k: int, options: ArtistOptio
                           len(everyone.tracks) - len(artists.tracks))
 
 
-def _in(artists: ArtistSet, profile: ArtistProfile, space: Space) -> int:
-    """The row of ``profile``'s artist in ``artists`` (those with vectors in ``space``); an ArtistError when none
-    of its tracks has one."""
+def row_in_space(artists: ArtistSet, name: str, space: Space) -> int:
+    """The row of the artist ``name`` in ``artists`` (those with vectors in ``space``); an ArtistError when none of
+    its tracks has one."""
     try:
-        return artists.index(profile.name)
+        return artists.index(name)
     except ArtistError:
-        raise ArtistError(f"{profile.name} has no {space.label} vectors yet (its tracks were extracted after "
+        raise ArtistError(f"{name} has no {space.label} vectors yet (its tracks were extracted after "
                           "`mess fuse apply` ran); `mess fuse apply` adds them") from None
 
 

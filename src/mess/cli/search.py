@@ -248,8 +248,9 @@ def _print_similar(answer: dict, results: list[Neighbour]) -> None:
     if answer["why_source"] == "layers":
         console.print(f"[dim]no aspect map for {model}: 'why' compares layers; run `mess probe` to name aspects[/]")
     if answer["tracks_without_fused_vectors"]:
-        console.print(f"[yellow]{answer['tracks_without_fused_vectors']} tracks have no fused vectors yet and were "
-                      "left out; `mess fuse apply` adds them[/]")
+        from mess.store.fused import left_out_note
+
+        console.print(f"[yellow]{plain(left_out_note(answer['tracks_without_fused_vectors']))}[/]")
     not_embedded_note(answer["files_not_embedded"], model)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from starlette.concurrency import run_in_threadpool
 
+from mess.artists.analysis import enough_artists, row_in_space
 from mess.artists.discrimination import most_discriminative
 from mess.artists.profiles import ArtistError, ArtistSet, Space, in_space, load_artists, load_space
 from mess.artists.similarity import METHODS as ARTIST_METHODS
@@ -270,11 +271,7 @@ def similar_artists(state: State, name: Annotated[str, Query(description="Artist
 def _artist_row(aset: ArtistSet, name: str, space: Space) -> int:
     """The row of the artist ``name`` among the artists with vectors in ``space``; 400 when it has none, or when fewer
     than two artists have (the fused vectors miss tracks extracted since `mess fuse apply`)."""
-    if len(aset.profiles) < 2:
-        raise HTTPException(400, f"artist similarity needs at least 2 artists; {len(aset.profiles)} have "
-                                 f"{space.label} vectors (`mess fuse apply` adds the tracks extracted since it ran)")
     try:
-        return aset.index(name)
-    except ArtistError:
-        raise HTTPException(400, f"{name} has no {space.label} vectors yet (its tracks were extracted after "
-                                 "`mess fuse apply` ran); `mess fuse apply` adds them") from None
+        return row_in_space(enough_artists(aset, space), name, space)
+    except ArtistError as exc:
+        raise HTTPException(400, str(exc)) from None

@@ -23,6 +23,7 @@ from mess.serve.errors import short_values
 from mess.serve.uploads import EmbedWorker
 from mess.store import FeatureStore, Run, StoreError, Track, is_track_id
 from mess.store.config import ConfigError, model_key, names_a_run, preferred_model, read_config
+from mess.store.fused import left_out_note
 from mess.store.paths import printable
 
 
@@ -237,8 +238,7 @@ def unfused_note(store: FeatureStore, run: Run, fused: bool) -> tuple[int, str |
     """How many of the run's tracks an answer in the fused vectors left out for having none (extracted since
     `mess fuse apply`; 0 for other vectors), and the note saying so (None when none were), as `mess similar` says it."""
     unfused = store.derived_missing(run, FUSED) if fused else 0
-    return unfused, (f"{unfused} tracks have no fused vectors yet and were left out; `mess fuse apply` adds them"
-                     if unfused else None)
+    return unfused, (left_out_note(unfused) if unfused else None)
 
 
 def track_dict(track: Track) -> dict:

@@ -18,6 +18,12 @@ from mess.constants import FUSED
 from mess.store.feature_store import FeatureStore, Run, StoreError
 
 
+def left_out_note(count: int, label: str = FUSED) -> str:
+    """The one line an answer in derived vectors (``label``) says of the ``count`` tracks it left out for having none:
+    those extracted since `mess fuse apply` ran."""
+    return f"{count} tracks have no {label} vectors yet and were left out; `mess fuse apply` adds them"
+
+
 def trained_run_mismatch(revision: str, policy: str | None, run: Run) -> tuple[str, str] | None:
     """None when a network trained on a run of ``revision`` and window ``policy`` (None: not recorded; only the
     revision is checked) was trained on ``run``'s kind of vectors; else what it was trained on and what ``run``
