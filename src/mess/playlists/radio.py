@@ -27,7 +27,7 @@ def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 3
     Closeness is the score ``ranking`` orders by (:func:`mess.search.query.ranked_scores`); "auto", as `mess
     similar` ranks: augmented for all layers, cosine for an aspect or a large collection without the data `mess
     index` saves (the playlist's note then says why). On the development soundtracks the augmented radio's first
-    10 tracks came from the seed's game x1.017 [0.983, 1.051] as often as by cosine (README).
+    10 tracks came from the seed's game x1.017 [0.983, 1.051] as often as by cosine (a one-off script; README).
 
     No artist plays twice in a row, and none within ``window`` tracks (the seeds count as what
     played before) while the collection allows it: when no candidate fits, the window shrinks for
