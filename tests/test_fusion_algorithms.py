@@ -147,8 +147,10 @@ def test_split_labels_drops_validation_for_few_labels_and_refuses_too_few() -> N
     four = np.repeat(["a", "b", "c", "d"], 4).astype(object)
     split = split_labels(four, 0.15, 0.15, seed=0)
     assert (len(split.train), len(split.val), len(split.test)) == (2, 0, 2)
-    with pytest.raises(FusionError):
+    with pytest.raises(FusionError, match=r"found 3 \(12 of 12 tracks have a label\)"):
         split_labels(four[:12], 0.15, 0.15, seed=0)
+    with pytest.raises(FusionError, match=r"found 0 \(0 of 3 tracks have a label\)"):  # no track has the tag
+        split_labels(np.array(["", "", ""], dtype=object), 0.15, 0.15, seed=0)
 
 
 # ---- training ----------------------------------------------------------------------

@@ -164,6 +164,7 @@ def test_random_init_twin_of_a_hugging_face_model_is_rebuilt_from_its_config(sto
 
 @pytest.mark.parametrize("args,message", [
     (["--model", "dsp", "--layers", "nope"], "unknown layer"),
+    (["--model", "dsp", "--layers", " , "], "--layers names no layer"),  # probed every layer before
     (["--model", "no-such-model"], "no vectors for model"),
     (["--model", "dsp", "--control", "bogus"], "unknown control"),
     # 'none' beside other controls ran none of them, and let an unknown name through

@@ -55,6 +55,8 @@ def probe_command(
     if not (store / "catalog.sqlite").exists():
         fail(f"no feature store at {store} (run `mess extract` first)")
     wanted = _split(layers or []) or None
+    if layers and not wanted:  # `--layers ,` would otherwise probe every layer
+        fail("--layers names no layer: give layer names or indices, or leave it out for all layers")
     options = ProbeOptions(folds=folds, layers=wanted, source=source, controls=() if "none" in controls else controls,
                            probe=probe, seed=seed, workers=workers, device=device)
     with open_store(store, readonly=False) as fs:

@@ -89,7 +89,9 @@ def split_labels(labels: np.ndarray, val_frac: float = 0.15, test_frac: float = 
     names, counts = np.unique([lab for lab in labels if lab], return_counts=True)
     usable = sorted(str(n) for n, c in zip(names, counts, strict=False) if c >= 2)
     if len(usable) < 4:
-        raise FusionError(f"need at least 4 labels with 2+ tracks each to train and hold out; found {len(usable)}")
+        labelled = sum(1 for lab in labels if lab)
+        raise FusionError(f"need at least 4 labels with 2+ tracks each to train and hold out; found {len(usable)} "
+                          f"({labelled} of {len(labels)} tracks have a label)")
     order = [usable[i] for i in np.random.default_rng(seed).permutation(len(usable))]
     n_test = max(2, round(test_frac * len(order)))
     n_val = max(2, round(val_frac * len(order))) if val_frac > 0 else 0
