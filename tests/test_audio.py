@@ -271,3 +271,23 @@ def test_unsigned_8_bit_pcm_from_ffmpeg_is_centred_on_zero(tmp_path: Path) -> No
     _encode_av(path, _sine(44100, 1.0), 44100, "tta", sample_format="u8")
     y = load_audio(path, 16000)
     assert abs(float(y.mean())) < 0.01 and 0.28 < np.abs(y).max() < 0.32
+
+
+def test_a_wav_whose_header_was_never_finished_is_read_to_its_end(tmp_path: Path) -> None:
+    """A recorder killed mid-take leaves its WAV header's RIFF and data sizes at 0: libsndfile read 0 frames of
+    it, and the file failed as 'contains no audio samples'. FFmpeg reads such data to the end, as players do."""
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.prepare import decode_windows, inspect_file
+
+    finished, unfinished = tmp_path / "finished.wav", tmp_path / "unfinished.wav"
+    sf.write(finished, _sine(44100, 25.0, channels=2), 44100, subtype="PCM_24")
+    data = bytearray(finished.read_bytes())
+    at = data.find(b"data")
+    data[4:8] = data[at + 4 : at + 8] = bytes(4)
+    unfinished.write_bytes(data)
+    assert probe(unfinished).duration == pytest.approx(25.0)
+    np.testing.assert_allclose(load_audio(unfinished, 16000), load_audio(finished, 16000), atol=1e-6)
+    policy = WindowPolicy(window_seconds=10.0)
+    windows = decode_windows(inspect_file(unfinished), 16000, policy)  # seeked: three windows over all 25 s
+    np.testing.assert_allclose(windows.starts, [0.0, 7.5, 15.0])
+    np.testing.assert_allclose(windows.audio, decode_windows(inspect_file(finished), 16000, policy).audio, atol=1e-6)

@@ -53,7 +53,8 @@ def probe(path: Path) -> AudioInfo:
     """Read duration, native rate and channel count from the file header."""
     try:
         info = sf.info(os.fsencode(path))
-        return AudioInfo(info.frames / info.samplerate, info.samplerate, info.channels)
+        if _reads_whole(info.frames):
+            return AudioInfo(info.frames / info.samplerate, info.samplerate, info.channels)
     except (sf.LibsndfileError, RuntimeError, TypeError):
         pass
     try:
@@ -311,11 +312,24 @@ def _decoded_blocks(path: Path, ffmpeg_first: bool = False) -> Iterator[tuple[np
 
 
 def _open_soundfile(path: Path) -> sf.SoundFile | None:
-    """libsndfile's handle on ``path``, or None where libsndfile cannot open it."""
+    """libsndfile's handle on ``path``, or None where libsndfile cannot open it or would not read all of it."""
     try:
-        return sf.SoundFile(os.fsencode(path))
+        f = sf.SoundFile(os.fsencode(path))
     except (sf.LibsndfileError, RuntimeError, TypeError):
         return None
+    if _reads_whole(f.frames):
+        return f
+    f.close()
+    return None
+
+
+def _reads_whole(frames: int) -> bool:
+    """Whether libsndfile's frame count, where its reads stop, covers the file's audio.
+
+    Not a count of 0: a WAV whose header was never finished (a recorder killed mid-take) has sizes of 0, and
+    FFmpeg reads its data to the end.
+    """
+    return frames > 0
 
 
 def _soundfile_blocks(f: sf.SoundFile) -> Iterator[tuple[np.ndarray, int]]:
