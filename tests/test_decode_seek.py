@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import soundfile as sf
@@ -241,3 +242,55 @@ def test_ffmpeg_seeks_in_vorbis_to_the_whole_decodes_samples(tmp_path: Path) -> 
     windows = decode.load_segments(path, 22050, starts, 2.0)  # FFmpeg: Ogg goes there first
     expected = np.stack([whole[s : s + windows.shape[1]] for s in np.round(starts * 22050).astype(int)])
     np.testing.assert_allclose(windows, expected, atol=1e-5)
+
+
+def _encode_mp3(path: Path, audio: np.ndarray, sr: int, vbr: bool) -> None:
+    """LAME through FFmpeg, in 1152-sample frames: CBR 128 kb/s, or VBR of quality 2 (``-q:a 2``)."""
+    options = {"flags": "+qscale", "global_quality": str(2 * 118)} if vbr else {"b": "128k"}
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libmp3lame", rate=sr, layout="mono", options=options)
+        samples = (audio[None] * 32767).astype(np.int16)
+        for i in range(0, audio.size, 1152):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, i : i + 1152]), format="s16p",
+                                               layout="mono")
+            frame.sample_rate = sr
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def _without_xing_frame(data: bytes) -> bytes:
+    """An MP3's bytes without its first frame, the Xing/Info header LAME writes (as older encoders made them)."""
+    start = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(data[6:10])) if data[:3] == b"ID3" else 0
+    header = data[start : start + 4]
+    kbps = [0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320][header[2] >> 4]
+    size = 144 * kbps * 1000 // [44100, 48000, 32000][(header[2] >> 2) & 3] + ((header[2] >> 1) & 1)
+    assert header[0] == 0xFF and data.find(b"Xing", start, start + size) > 0
+    return data[:start] + data[start + size :]
+
+
+@pytest.mark.parametrize("kind", ["vbr without xing", "joined"])
+def test_an_mp3_is_read_to_its_end_whatever_its_header_says(tmp_path: Path, kind: str) -> None:
+    """libsndfile stops an MP3 at the length of its Xing header, or of a guess from the first frames' bit rate
+    where it has none. A VBR file without the header (a quiet intro) lost its last 13 s, and of two MP3s joined
+    end to end only the first was read, without a word. Such files go to FFmpeg, which passes over the second
+    file's ID3 tag mid-stream (its decoder refused it as a packet): windows over all the audio."""
+    sr = 44100
+    path = tmp_path / "song.mp3"
+    if kind == "joined":
+        _encode_mp3(tmp_path / "a.mp3", _music(sr, 20.0), sr, vbr=False)
+        _encode_mp3(tmp_path / "b.mp3", _music(sr, 27.3, seed=1), sr, vbr=False)
+        path.write_bytes((tmp_path / "a.mp3").read_bytes() + (tmp_path / "b.mp3").read_bytes())
+    else:
+        audio = _music(sr, 47.3)
+        audio[: 5 * sr] *= 0.001
+        _encode_mp3(tmp_path / "xing.mp3", audio, sr, vbr=True)
+        path.write_bytes(_without_xing_frame((tmp_path / "xing.mp3").read_bytes()))
+    assert sf.info(path).duration < 40.0  # libsndfile's own length: the fault
+    record = inspect_file(path)
+    assert record.info["duration"] == pytest.approx(47.3, abs=0.2)  # each part: encoder delay and padding
+    assert load_audio(path, 16000).size / 16000 == pytest.approx(47.3, abs=0.2)
+    windows = decode_windows(record, 16000, POLICY)
+    assert windows.starts[-1] == pytest.approx(37.3, abs=0.2)
+    _assert_seeked_equal_whole(path, POLICY, atol_starts=0.0)

@@ -21,6 +21,7 @@ _BLOCK_FRAMES = 1 << 16
 _MARGIN_SECONDS = 0.1  # decoded around each segment so the resampler's edges fall outside it
 _END_TOLERANCE = 0.01  # seconds a segment ending at the file's end may lack (rounding of the header's duration)
 _PREROLL_SECONDS = 0.5  # decoded before a compressed segment: seeks land on packets, decoders need warm-up
+_MP3_SLACK = 4096  # samples an MP3's packets may outlast libsndfile's gapless count: encoder delay and padding
 _FFMPEG_FIRST = frozenset({".ogg", ".oga"})  # Vorbis: FFmpeg's decoder costs 3/4 of libvorbis's CPU (libsndfile's)
 
 
@@ -53,15 +54,18 @@ def probe(path: Path) -> AudioInfo:
     """Read duration, native rate and channel count from the file header."""
     try:
         info = sf.info(os.fsencode(path))
-        if _reads_whole(info.frames):
+        if _reads_whole(path, info.frames, info.samplerate, info.format):
             return AudioInfo(info.frames / info.samplerate, info.samplerate, info.channels)
     except (sf.LibsndfileError, RuntimeError, TypeError):
         pass
     try:
         with open_container(path) as container:
             stream = _audio_stream(container, path)
-            duration = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else (
-                container.duration / av.time_base if container.duration else 0.0)
+            if container.format.name == "mp3":  # its length is its Xing header's, or a guess from the bit rate
+                duration = _packet_seconds(container, stream)
+            else:
+                duration = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else (
+                    container.duration / av.time_base if container.duration else 0.0)
             return AudioInfo(duration, stream.codec_context.sample_rate, stream.codec_context.channels)
     except av.FFmpegError as exc:
         raise AudioError(f"{path}: not a readable audio file ({exc.__class__.__name__}: {exc})") from exc
@@ -190,7 +194,7 @@ def _pyav_segment(container: av.container.InputContainer, stream: av.audio.strea
     first: int | None = None  # position of the first decoded sample, once anchored
     last_end: int | None = None  # before anchoring: where the previous frame's timestamp says it ends
     decoded = frames = 0  # samples and frames decoded so far
-    for frame in container.decode(stream):
+    for frame in _frames(container, stream):
         frames += 1
         if frame.pts is None:
             raise AudioError(f"{path}: frames carry no timestamps, cannot seek")
@@ -220,6 +224,20 @@ def _pyav_segment(container: av.container.InputContainer, stream: av.audio.strea
         raise AudioError(f"{path}: seeking to {start:.1f} s failed")
     mono = downmix(_stack_frames(parts, planar, channels))
     return (mono[-first:], 0, rate, ended) if first < 0 else (mono, first, rate, ended)  # priming before 0: dropped
+
+
+def _frames(container: av.container.InputContainer, stream: av.audio.stream.AudioStream) -> Iterator[av.AudioFrame]:
+    """``container.decode(stream)``, passing over an MP3 packet that the decoder refuses, as players do: MP3s joined
+    end to end hold the second one's ID3 tag mid-stream, which FFmpeg's demuxer hands on as a packet."""
+    if stream.codec_context.name not in ("mp3", "mp3float"):
+        yield from container.decode(stream)
+        return
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.error.InvalidDataError:
+            continue
+        yield from frames
 
 
 def _write(fifo: av.AudioFifo, frame: av.AudioFrame, path: Path) -> int:
@@ -317,19 +335,34 @@ def _open_soundfile(path: Path) -> sf.SoundFile | None:
         f = sf.SoundFile(os.fsencode(path))
     except (sf.LibsndfileError, RuntimeError, TypeError):
         return None
-    if _reads_whole(f.frames):
+    if _reads_whole(path, f.frames, f.samplerate, f.format):
         return f
     f.close()
     return None
 
 
-def _reads_whole(frames: int) -> bool:
-    """Whether libsndfile's frame count, where its reads stop, covers the file's audio.
+def _reads_whole(path: Path, frames: int, rate: int, format: str) -> bool:
+    """Whether libsndfile's frame count, where its reads stop, covers the audio of ``path``.
 
     Not a count of 0: a WAV whose header was never finished (a recorder killed mid-take) has sizes of 0, and
-    FFmpeg reads its data to the end.
+    FFmpeg reads its data to the end. Not an MP3's count short of its packets: mpg123 takes an MP3's length from
+    its Xing header, which a VBR file may lack (the length is then guessed from the first frames' bit rate), and
+    which MP3s joined end to end carry for their first part only.
     """
-    return frames > 0
+    if frames <= 0 or format != "MP3":
+        return frames > 0
+    try:
+        with open_container(path) as container:
+            seconds = _packet_seconds(container, _audio_stream(container, path))
+    except (av.FFmpegError, AudioError):
+        return True  # FFmpeg cannot read it either
+    return frames >= seconds * rate - _MP3_SLACK
+
+
+def _packet_seconds(container: av.container.InputContainer, stream: av.audio.stream.AudioStream) -> float:
+    """Seconds of audio in ``stream``'s packets, read without decoding them (0 when they carry no durations)."""
+    total = sum(packet.duration or 0 for packet in container.demux(stream) if packet.size)
+    return float(total * stream.time_base) if stream.time_base is not None else 0.0
 
 
 def _soundfile_blocks(f: sf.SoundFile) -> Iterator[tuple[np.ndarray, int]]:
@@ -357,7 +390,7 @@ def _pyav_blocks(path: Path) -> Iterator[tuple[np.ndarray, int]]:
             head: list[np.ndarray] = []  # the leading frames' arrays, priming dropped
             fifo = av.AudioFifo()  # the frames after them, joined in C
             size, layout, leading = 0, (False, 1, 0), True
-            for frame in container.decode(stream):
+            for frame in _frames(container, stream):
                 frame_layout = (frame.format.is_planar, frame.layout.nb_channels, frame.sample_rate)
                 if (size or head) and frame_layout != layout:
                     yield _stack_frames(head + _drained(fifo), *layout[:2]), layout[2]
