@@ -183,6 +183,8 @@ def _pyav_segment(container: av.container.InputContainer, stream: av.audio.strea
     (within one tick of the time base), counted back over the frames decoded before it. FFmpeg's Ogg
     demuxer stamps each 576-sample Vorbis frame at a long-to-short block switch 448 samples late, so
     the first frame after a seek is not a safe anchor; the decoded samples themselves are continuous.
+    A frame stamped before where the anchor puts it means the anchor's stamps were late, and anchors
+    again: FFmpeg stamps the FLAC frames of the first Ogg page after a seek as if the page began later.
     """
     base = stream.time_base
     if base is None:
@@ -205,8 +207,10 @@ def _pyav_segment(container: av.container.InputContainer, stream: av.audio.strea
                                  "exactly")
         elif frame.layout.nb_channels != channels:  # the FIFO checks format and rate, not channels
             raise AudioError(f"{path}: the channel count changes mid-stream, cannot seek")
+        position = round(float(frame.pts * base) * rate)
+        if first is not None and position < first + decoded - 1:
+            first = None  # anchored on late stamps
         if first is None:
-            position = round(float(frame.pts * base) * rate)
             if last_end is not None and abs(last_end - position) <= 1:
                 first = position - decoded
             else:
