@@ -325,6 +325,9 @@ def _decoded_blocks(path: Path, ffmpeg_first: bool = False) -> Iterator[tuple[np
             pass  # libsndfile's turn
     if (f := _open_soundfile(path)) is None:
         return _pyav_blocks(path)
+    if f.format == "MP3":  # libsndfile's MP3 reads one after another go wrong around some ends (not its seeks)
+        f.close()
+        return _pyav_blocks(path)
     blocks = _soundfile_blocks(f)
     try:
         first = next(blocks, None)
