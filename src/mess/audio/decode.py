@@ -168,9 +168,10 @@ def _soundfile_segment(f: sf.SoundFile, start: float, seconds: float) -> tuple[n
     Returns (samples, index of the first one, input rate, whether the file ended first).
     """
     rate = f.samplerate
-    first = max(0, int((start - _MARGIN_SECONDS) * rate))
+    lead = _PREROLL_SECONDS if f.format == "MP3" else _MARGIN_SECONDS  # mpg123 decodes 0.2 s wrong after some seeks
+    first = max(0, int((start - lead) * rate))
     f.seek(first)
-    wanted = int((seconds + 2 * _MARGIN_SECONDS) * rate) + 2
+    wanted = int((seconds + lead + _MARGIN_SECONDS) * rate) + 2
     block = f.read(wanted, dtype="float32", always_2d=True)
     return downmix(block), first, rate, len(block) < wanted
 
