@@ -326,8 +326,8 @@ def _decoded_blocks(path: Path, ffmpeg_first: bool = False) -> Iterator[tuple[np
             pass  # libsndfile's turn
     if (f := _open_soundfile(path)) is None:
         return _pyav_blocks(path)
-    if f.format == "MP3":  # libsndfile's MP3 reads one after another go wrong around some ends (not its seeks)
-        f.close()
+    if f.format == "MP3" or f.subtype == "OPUS":  # libsndfile's reads one after another go wrong: around some ends
+        f.close()  # of MP3 reads; Opus's pre-skip is dropped at the second read, not the first (its seeks are right)
         return _pyav_blocks(path)
     blocks = _soundfile_blocks(f)
     try:
