@@ -321,3 +321,26 @@ def test_an_opus_file_decoded_whole_starts_where_its_audio_does(tmp_path: Path) 
     part = audio[4800:52800]  # within the first read
     lags = [float(np.dot(decoded[4800 + lag : 52800 + lag], part)) for lag in range(-400, 401)]
     assert int(np.argmax(lags)) - 400 == 0
+
+
+def test_a_flac_without_its_length_is_decoded_whole(tmp_path: Path) -> None:
+    """A FLAC stream written to a pipe (`flac -`, FFmpeg to stdout) has 0 for its length in STREAMINFO: libsndfile
+    counted 2^63-1 frames, a probe said 2e14 s, and its reads failed part-way ('decoding failed part-way (Internal
+    psf_fseek() failed.)'): the file failed. Its length is unknown (0), and FFmpeg decodes it whole."""
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.prepare import decode_windows, inspect_file
+
+    known, unknown = tmp_path / "known.flac", tmp_path / "piped.flac"
+    sf.write(known, _sine(44100, 25.0, channels=2), 44100)
+    data = bytearray(known.read_bytes())
+    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # STREAMINFO first: its 36-bit sample count at bytes 21-25
+    data[21] &= 0xF0
+    data[22:26] = bytes(4)
+    unknown.write_bytes(data)
+    assert probe(unknown).duration == 0.0
+    policy = WindowPolicy(window_seconds=10.0)
+    windows = decode_windows(inspect_file(unknown), 16000, policy)
+    assert windows.duration == pytest.approx(25.0)  # the catalog's length, from the decode
+    np.testing.assert_allclose(windows.starts, [0.0, 7.5, 15.0])
+    expected = decode_windows(inspect_file(known), 16000, policy).audio  # libsndfile's: 16-bit scaled by 2^15
+    np.testing.assert_allclose(windows.audio, expected, atol=1e-4)

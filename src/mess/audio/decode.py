@@ -21,6 +21,7 @@ _BLOCK_FRAMES = 1 << 16
 _MARGIN_SECONDS = 0.1  # decoded around each segment so the resampler's edges fall outside it
 _END_TOLERANCE = 0.01  # seconds a segment ending at the file's end may lack (rounding of the header's duration)
 _PREROLL_SECONDS = 0.5  # decoded before a compressed segment: seeks land on packets, decoders need warm-up
+_UNKNOWN_FRAMES = (1 << 63) - 1  # libsndfile's count of a file whose header gives none (SF_COUNT_MAX)
 _MP3_SLACK = 4096  # samples an MP3's packets may outlast libsndfile's gapless count: encoder delay and padding
 _FFMPEG_FIRST = frozenset({".ogg", ".oga"})  # Vorbis: FFmpeg's decoder costs 3/4 of libvorbis's CPU (libsndfile's)
 
@@ -54,6 +55,8 @@ def probe(path: Path) -> AudioInfo:
     """Read duration, native rate and channel count from the file header."""
     try:
         info = sf.info(os.fsencode(path))
+        if info.frames == _UNKNOWN_FRAMES:  # no length in the header (a FLAC written to a pipe): decoded whole
+            return AudioInfo(0.0, info.samplerate, info.channels)
         if _reads_whole(path, info.frames, info.samplerate, info.format):
             return AudioInfo(info.frames / info.samplerate, info.samplerate, info.channels)
     except (sf.LibsndfileError, RuntimeError, TypeError):
@@ -328,6 +331,9 @@ def _decoded_blocks(path: Path, ffmpeg_first: bool = False) -> Iterator[tuple[np
         return _pyav_blocks(path)
     if f.format == "MP3" or f.subtype == "OPUS":  # libsndfile's reads one after another go wrong: around some ends
         f.close()  # of MP3 reads; Opus's pre-skip is dropped at the second read, not the first (its seeks are right)
+        return _pyav_blocks(path)
+    if f.frames == _UNKNOWN_FRAMES:  # its reads of a FLAC without a length fail part-way ('psf_fseek() failed')
+        f.close()
         return _pyav_blocks(path)
     blocks = _soundfile_blocks(f)
     try:
