@@ -184,20 +184,24 @@ def test_windows_are_ceil_of_duration_over_window_spread_evenly_to_the_end() -> 
 
 
 def test_silence_is_a_peak_below_minus_80_dbfs_of_either_sign(tmp_path: Path) -> None:
-    """-90 dBFS is refused as silent, -70 dBFS is music; a signal that only goes negative is not silence."""
+    """-90 dBFS is refused as silent, -70 dBFS is music; a signal that only goes negative is not silence. A
+    constant offset (a DC-coupled input with nothing plugged in) is silent, and was embedded as music."""
     from mess.audio.windows import WindowPolicy
     from mess.extract.prepare import decode_windows, inspect_file
 
     rate = 22050
     tone = np.sin(2 * np.pi * 440 * np.arange(2 * rate) / rate).astype(np.float32)
     files = {"quiet.wav": tone * 10 ** (-90 / 20), "soft.wav": tone * 10 ** (-70 / 20),
-             "negative.wav": -0.3 * np.abs(tone)}
+             "negative.wav": -0.3 * np.abs(tone), "offset.wav": np.full_like(tone, 0.25) + tone * 10 ** (-90 / 20),
+             "soft_offset.wav": np.full_like(tone, -0.25) + tone * 10 ** (-70 / 20)}
     for name, audio in files.items():
         sf.write(tmp_path / name, audio, rate, subtype="FLOAT")
     policy = WindowPolicy(window_seconds=1.0)
     with pytest.raises(AudioError, match="silent"):
         decode_windows(inspect_file(tmp_path / "quiet.wav"), rate, policy)
-    for name in ("soft.wav", "negative.wav"):
+    with pytest.raises(AudioError, match=r"/offset\.wav: silent \(a constant offset of 0\.25, and -9\d dBFS "):
+        decode_windows(inspect_file(tmp_path / "offset.wav"), rate, policy)
+    for name in ("soft.wav", "negative.wav", "soft_offset.wav"):
         windows = decode_windows(inspect_file(tmp_path / name), rate, policy)
         assert np.abs(windows.audio).max() == pytest.approx(np.abs(files[name]).max(), rel=1e-3), name
 

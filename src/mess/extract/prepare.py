@@ -143,12 +143,18 @@ def _seek_windows(record: FileRecord, sample_rate: int, policy: WindowPolicy, du
 
 
 def _check_level(record: FileRecord, audio: np.ndarray) -> None:
-    """Reject silent audio and samples no one mastered (NaN, infinity, beyond +60 dBFS)."""
+    """Reject silent audio (a constant offset is silent too) and samples no one mastered (NaN, infinity, beyond
+    +60 dBFS)."""
     peak = float(np.abs(audio).max())
     if not np.isfinite(peak) or peak > MAX_PEAK:
         raise AudioError(f"{record.path}: sample values out of range (peak {peak:.3g}; float audio lies within +-1)")
     if peak < SILENCE_PEAK:
         raise AudioError(f"{record.path}: silent (peak {20 * np.log10(peak + 1e-12):.0f} dBFS)")
+    offset = audio.mean(axis=-1, keepdims=True)
+    swing = float(np.abs(audio - offset).max())
+    if swing < SILENCE_PEAK:
+        raise AudioError(f"{record.path}: silent (a constant offset of {float(offset.flat[0]):.3g}, and "
+                         f"{20 * np.log10(swing + 1e-12):.0f} dBFS around it)")
 
 
 def describe(exc: Exception) -> str:
