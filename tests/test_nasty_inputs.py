@@ -286,3 +286,14 @@ def test_no_audio_files_names_every_extension_extract_reads(tmp_path: Path) -> N
     listed = shown.split("no audio files (", 1)[1].split(")", 1)[0].split(", ")
     assert done.returncode == 1 and sorted(listed) == sorted(e[1:] for e in AUDIO_EXTENSIONS), shown
     assert "mkv" not in listed and {"aiff", "wma", "ape", "mka"} <= set(listed)
+
+
+def test_a_folder_given_as_the_query_is_named_a_folder(tone_store: Path, tmp_path: Path) -> None:
+    """`mess similar ~/Music/album/` (or a folder named 'x.mp3') said "unknown track '/.../album'"."""
+    for name in ("album", "x.mp3"):
+        (tmp_path / name).mkdir()
+        done = _mess("similar", str(tmp_path / name), "--store", str(tone_store))
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        lines = (done.stdout + done.stderr).strip().splitlines()
+        assert lines == [f"error: {tmp_path / name} is a folder, not an audio file or a track (`mess extract` adds "
+                         "a folder's files to the collection)"], lines

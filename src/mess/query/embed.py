@@ -34,7 +34,13 @@ def resolve_query(store: FeatureStore, ref: str | Path | int, run: Run,
     """
     path = Path(str(ref)).expanduser()
     if is_track_id(str(ref)) or not path.is_file():
-        return collection_query(store, ref)
+        try:
+            return collection_query(store, ref)
+        except StoreError:
+            if not is_track_id(str(ref)) and path.is_dir():  # was 'unknown track'
+                raise StoreError(f"{printable(str(path))} is a folder, not an audio file or a track (`mess extract` "
+                                 "adds a folder's files to the collection)") from None
+            raise
     stale = None
     try:
         found = collection_query(store, path)
