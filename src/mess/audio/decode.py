@@ -235,17 +235,21 @@ def _pyav_segment(container: av.container.InputContainer, stream: av.audio.strea
 
 
 def _frames(container: av.container.InputContainer, stream: av.audio.stream.AudioStream) -> Iterator[av.AudioFrame]:
-    """``container.decode(stream)``, passing over an MP3 packet that the decoder refuses, as players do: MP3s joined
-    end to end hold the second one's ID3 tag mid-stream, which FFmpeg's demuxer hands on as a packet."""
-    if stream.codec_context.name not in ("mp3", "mp3float"):
-        yield from container.decode(stream)
-        return
-    for packet in container.demux(stream):
-        try:
-            frames = packet.decode()
-        except av.error.InvalidDataError:
-            continue
-        yield from frames
+    """``container.decode(stream)``, passing over a packet that the decoder refuses where players do: an MP3's (MP3s
+    joined end to end hold the second one's ID3 tag mid-stream, which FFmpeg's demuxer hands on as a packet), and
+    the last one (a file cut short inside it: a copy or download broken off)."""
+    mp3 = stream.codec_context.name in ("mp3", "mp3float")
+    held: av.Packet | None = None
+    for packet in chain(container.demux(stream), [None]):
+        if held is not None:
+            try:
+                frames = stream.decode(held)
+            except av.error.InvalidDataError:
+                if not (mp3 or packet is None or not packet.size):  # the demuxer ends with an empty packet
+                    raise
+                frames = []
+            yield from frames
+        held = packet
 
 
 def _write(fifo: av.AudioFifo, frame: av.AudioFrame, path: Path) -> int:
