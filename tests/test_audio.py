@@ -313,17 +313,17 @@ def test_a_wav_whose_header_was_never_finished_is_read_to_its_end(tmp_path: Path
     np.testing.assert_allclose(windows.audio, decode_windows(inspect_file(finished), 16000, policy).audio, atol=1e-6)
 
 
-@pytest.mark.parametrize("sr", [8000, 22050])
-def test_an_mp3_decoded_whole_is_the_audio_one_read_gives(tmp_path: Path, sr: int) -> None:
+@pytest.mark.parametrize(("sr", "ext"), [(8000, "mp3"), (22050, "mp3"), (8000, "wav")])
+def test_an_mp3_decoded_whole_is_the_audio_one_read_gives(tmp_path: Path, sr: int, ext: str) -> None:
     """libsndfile's MP3 reads one after another (the whole decode reads 65536 frames at a time) go wrong around
     some of their ends in low-rate mono files: spans up to 0.18 away from the audio one read of the whole file
-    gives (and FFmpeg's decode). A whole MP3 is decoded by FFmpeg."""
-    path = tmp_path / "speech.mp3"
+    gives (and FFmpeg's decode). A whole MP3 is decoded by FFmpeg, in a WAV file too (Windows' MPEG Layer-3)."""
+    path = tmp_path / f"speech.{ext}"
     rng = np.random.default_rng(0)
     t = np.arange(20 * sr) / sr
     audio = 0.3 * np.sin(2 * np.pi * 220 * 2 ** (rng.integers(0, 24, t.size // sr * 4 + 4)[(t * 4).astype(int)] / 12)
                          * t) + 0.01 * rng.standard_normal(t.size)
-    _encode_av(path, audio.astype(np.float32)[:, None], sr, "libmp3lame")
+    _encode_av(path, audio.astype(np.float32)[:, None], sr, "libmp3lame", "wav" if ext == "wav" else None)
     one_read, rate = sf.read(path, dtype="float32")
     assert rate == sr
     np.testing.assert_allclose(load_audio(path, sr), one_read, atol=1e-5)

@@ -22,6 +22,7 @@ _MARGIN_SECONDS = 0.1  # decoded around each segment so the resampler's edges fa
 _END_TOLERANCE = 0.01  # seconds a segment ending at the file's end may lack (rounding of the header's duration)
 _PREROLL_SECONDS = 0.5  # decoded before a compressed segment: seeks land on packets, decoders need warm-up
 _UNKNOWN_FRAMES = (1 << 63) - 1  # libsndfile's count of a file whose header gives none (SF_COUNT_MAX)
+_MPEG = frozenset({"MPEG_LAYER_I", "MPEG_LAYER_II", "MPEG_LAYER_III"})  # libsndfile's MP3s, in .mp3 files or WAV
 _MP3_SLACK = 4096  # samples an MP3's packets may outlast libsndfile's gapless count: encoder delay and padding
 _FFMPEG_FIRST = frozenset({".ogg", ".oga"})  # Vorbis: FFmpeg's decoder costs 3/4 of libvorbis's CPU (libsndfile's)
 
@@ -57,7 +58,7 @@ def probe(path: Path) -> AudioInfo:
         info = sf.info(os.fsencode(path))
         if info.frames == _UNKNOWN_FRAMES:  # no length in the header (a FLAC written to a pipe): decoded whole
             return AudioInfo(0.0, info.samplerate, info.channels)
-        if _reads_whole(path, info.frames, info.samplerate, info.format):
+        if _reads_whole(path, info.frames, info.samplerate, info.subtype):
             return AudioInfo(info.frames / info.samplerate, info.samplerate, info.channels)
     except (sf.LibsndfileError, RuntimeError, TypeError):
         pass
@@ -171,7 +172,7 @@ def _soundfile_segment(f: sf.SoundFile, start: float, seconds: float) -> tuple[n
     Returns (samples, index of the first one, input rate, whether the file ended first).
     """
     rate = f.samplerate
-    lead = _PREROLL_SECONDS if f.format == "MP3" else _MARGIN_SECONDS  # mpg123 decodes 0.2 s wrong after some seeks
+    lead = _PREROLL_SECONDS if f.subtype in _MPEG else _MARGIN_SECONDS  # mpg123 decodes 0.2 s wrong after some seeks
     first = max(0, int((start - lead) * rate))
     f.seek(first)
     wanted = int((seconds + lead + _MARGIN_SECONDS) * rate) + 2
@@ -333,7 +334,7 @@ def _decoded_blocks(path: Path, ffmpeg_first: bool = False) -> Iterator[tuple[np
             pass  # libsndfile's turn
     if (f := _open_soundfile(path)) is None:
         return _pyav_blocks(path)
-    if f.format == "MP3" or f.subtype == "OPUS":  # libsndfile's reads one after another go wrong: around some ends
+    if f.subtype in _MPEG or f.subtype == "OPUS":  # libsndfile's reads one after another go wrong: around some ends
         f.close()  # of MP3 reads; Opus's pre-skip is dropped at the second read, not the first (its seeks are right)
         return _pyav_blocks(path)
     if f.frames == _UNKNOWN_FRAMES:  # its reads of a FLAC without a length fail part-way ('psf_fseek() failed')
@@ -353,13 +354,13 @@ def _open_soundfile(path: Path) -> sf.SoundFile | None:
         f = sf.SoundFile(os.fsencode(path))
     except (sf.LibsndfileError, RuntimeError, TypeError):
         return None
-    if _reads_whole(path, f.frames, f.samplerate, f.format):
+    if _reads_whole(path, f.frames, f.samplerate, f.subtype):
         return f
     f.close()
     return None
 
 
-def _reads_whole(path: Path, frames: int, rate: int, format: str) -> bool:
+def _reads_whole(path: Path, frames: int, rate: int, subtype: str) -> bool:
     """Whether libsndfile's frame count, where its reads stop, covers the audio of ``path``.
 
     Not a count of 0: a WAV whose header was never finished (a recorder killed mid-take) has sizes of 0, and
@@ -367,7 +368,7 @@ def _reads_whole(path: Path, frames: int, rate: int, format: str) -> bool:
     its Xing header, which a VBR file may lack (the length is then guessed from the first frames' bit rate), and
     which MP3s joined end to end carry for their first part only.
     """
-    if frames <= 0 or format != "MP3":
+    if frames <= 0 or subtype not in _MPEG:
         return frames > 0
     try:
         with open_container(path) as container:
