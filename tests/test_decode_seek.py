@@ -305,3 +305,23 @@ def test_windows_of_a_low_rate_mp3_are_its_audio_from_their_first_sample(tmp_pat
     path = tmp_path / "speech.mp3"
     _encode_mp3(path, _music(8000, 50.0), 8000, vbr=False, kbps=8)
     _assert_seeked_equal_whole(path, POLICY, atol_starts=0.0)
+
+
+def test_windows_spread_over_all_of_an_adts_aac_file(tmp_path: Path) -> None:
+    """FFmpeg guesses the length of ADTS AAC (.aac) from its first frames' bit rate: 37 s for 47 s of VBR AAC with
+    a loud intro, and the windows covered its first 37 s only, without a word. Its packets are counted instead."""
+    sr = 44100
+    audio = _music(sr, 47.3)
+    audio[10 * sr :] *= 0.001  # quiet after a loud intro
+    path = tmp_path / "song.aac"
+    with av.open(str(path), "w", format="adts") as container:
+        stream = container.add_stream("aac", rate=sr, layout="mono",
+                                      options={"flags": "+qscale", "global_quality": str(2 * 118)})
+        frame = av.AudioFrame.from_ndarray(audio[None], format="flt", layout="mono")
+        frame.sample_rate = sr
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    record = inspect_file(path)
+    assert record.info["duration"] == pytest.approx(47.3, abs=0.1)
+    windows = decode_windows(record, 16000, POLICY)
+    assert windows.starts[-1] == pytest.approx(37.3, abs=0.1)
