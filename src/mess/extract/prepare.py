@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 SILENCE_PEAK = 1e-4  # -80 dBFS
 MAX_PEAK = 1e3  # +60 dBFS: float samples beyond this are not audio anyone mastered
+RINGING = 256  # samples at each end of a window where the resampler rings at the step into a constant offset
 DURATION_TOLERANCE = 0.5  # seconds a header's duration may be off before the decoded length replaces it
 
 
@@ -150,8 +151,9 @@ def _check_level(record: FileRecord, audio: np.ndarray) -> None:
         raise AudioError(f"{record.path}: sample values out of range (peak {peak:.3g}; float audio lies within +-1)")
     if peak < SILENCE_PEAK:
         raise AudioError(f"{record.path}: silent (peak {20 * np.log10(peak + 1e-12):.0f} dBFS)")
-    offset = audio.mean(axis=-1, keepdims=True)
-    swing = float(np.abs(audio - offset).max())
+    inner = audio[..., RINGING:-RINGING] if audio.shape[-1] > 4 * RINGING else audio
+    offset = inner.mean(axis=-1, keepdims=True)
+    swing = float(np.abs(inner - offset).max())
     if swing < SILENCE_PEAK:
         raise AudioError(f"{record.path}: silent (a constant offset of {float(offset.flat[0]):.3g}, and "
                          f"{20 * np.log10(swing + 1e-12):.0f} dBFS around it)")
