@@ -297,3 +297,17 @@ def test_a_folder_given_as_the_query_is_named_a_folder(tone_store: Path, tmp_pat
         lines = (done.stdout + done.stderr).strip().splitlines()
         assert lines == [f"error: {tmp_path / name} is a folder, not an audio file or a track (`mess extract` adds "
                          "a folder's files to the collection)"], lines
+
+
+def test_macos_appledouble_files_are_not_counted_as_hidden_audio(tmp_path: Path) -> None:
+    """A library copied by macOS to a foreign disk has '._song.wav' (Finder data) beside each song: every run
+    warned of them as hidden audio files, advising to name them to extract them. They are not audio, and not told."""
+    music = tmp_path / "music"
+    _tones(music, 2)
+    for song in ("tone0.wav", "tone1.wav"):
+        (music / f"._{song}").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(4000))
+    sf.write(music / "._real.wav", sf.read(music / "tone0.wav")[0], 22050)  # a hidden file that is audio is told
+    done = _mess("extract", str(music), "--store", str(tmp_path / "store"), *DSP)
+    shown = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 0 and "2 embedded" in shown, shown
+    assert f"warning: 1 hidden audio file (dot-files or in dot-folders) skipped: {music / '._real.wav'};" in shown

@@ -14,6 +14,7 @@ from mess.constants import audio_suffix
 
 _HASH_CHUNK = 1 << 20
 _AUDIO_DOMAIN = b"mess-audio-packets-v1"
+_APPLE_DOUBLE = b"\x00\x05\x16\x07"  # the magic number of an AppleDouble file
 
 
 def find_audio(roots: Iterable[Path], on_skip: Callable[[str], None] | None = None,
@@ -28,7 +29,8 @@ def find_audio(roots: Iterable[Path], on_skip: Callable[[str], None] | None = No
     '.wav', or one in a dot-folder) is told to ``on_hidden``; one named in ``roots`` is found. Each folder reached
     through a symbolic link is told to ``on_linked``, resolved: its files are found (and catalogued) under that
     path, outside the root's, so ``mess extract ROOT --prune`` prunes there too; so is the target of each audio-named
-    link to a missing file (a file catalogued there is gone).
+    link to a missing file (a file catalogued there is gone). macOS's AppleDouble files ('._song.mp3') are not audio,
+    and not told.
     """
     def skip(error: OSError) -> None:
         if on_skip is not None:
@@ -58,7 +60,7 @@ def find_audio(roots: Iterable[Path], on_skip: Callable[[str], None] | None = No
                 if not audio_suffix(name):
                     continue
                 if name.startswith("."):
-                    if on_hidden is not None:
+                    if on_hidden is not None and not _apple_double(path):
                         on_hidden(path)
                     continue
                 try:
@@ -80,8 +82,20 @@ def _tell_hidden(folder: Path, on_hidden: Callable[[Path], None]) -> None:
     for sub, dirs, files in os.walk(folder):
         dirs.sort()
         for name in sorted(files):
-            if audio_suffix(name):
+            if audio_suffix(name) and not _apple_double(Path(sub, name)):
                 on_hidden(Path(sub, name))
+
+
+def _apple_double(path: Path) -> bool:
+    """Whether ``path`` is the AppleDouble file macOS writes beside each file it copies to a foreign disk
+    ('._song.mp3': the song's Finder data, not audio)."""
+    if not path.name.startswith("._"):
+        return False
+    try:
+        with path.open("rb") as f:
+            return f.read(4) == _APPLE_DOUBLE
+    except OSError:
+        return False
 
 
 def file_stamp(stat: os.stat_result) -> str:
