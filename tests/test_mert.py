@@ -18,7 +18,7 @@ from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
 from mess.models.checkpoints import CHECKPOINTS
 from mess.models.mert import MertModel, hubert_config
-from mess.models.registry import ModelError, load_model
+from mess.models.registry import ModelError, load_model, load_run_model
 
 MERT_FRONT_END = dict(conv_dim=(16,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2),
                       conv_bias=False, feat_extract_norm="group", feat_proj_layer_norm=True,
@@ -95,6 +95,22 @@ def test_registry_loads_local_folder_and_pins_hub_revisions(tmp_path: Path) -> N
     assert all(len(c.revision) == 40 for c in CHECKPOINTS.values())
     with pytest.raises(ModelError, match="unknown model"):
         load_model("no-such-model")
+
+
+def test_weights_saved_again_in_the_folder_are_another_revision(tmp_path: Path) -> None:
+    """A local folder's revision hashed its files' sizes, which weights retrained and saved again in place keep: `mess
+    extract` called every file unchanged and `mess similar FILE` embedded with the new weights against the old
+    vectors. The revision follows the files' contents."""
+    folder, network = _tiny_mert_dir(tmp_path, stable=False, mert_style_config=False)
+    before = load_model(str(folder)).info.revision
+    size = (folder / "model.safetensors").stat().st_size
+    with torch.no_grad():
+        network.feature_projection.projection.weight.mul_(-1.0)
+    network.save_pretrained(folder)
+    assert (folder / "model.safetensors").stat().st_size == size
+    assert load_model(str(folder)).info.revision != before
+    with pytest.raises(ModelError, match="re-extract the collection"):
+        load_run_model(str(folder), before)
 
 
 def _extract_mert(tmp: Path, **env: str) -> tuple[subprocess.CompletedProcess, float]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -101,14 +102,14 @@ def _read_config(source: str, revision: str | None, local_files_only: bool) -> d
 
 
 def _local_revision(source: str) -> str:
-    """Identify a local checkpoint by a hash of its config and weight file sizes."""
+    """Identify a local checkpoint by a hash of its files' names and contents (weights retrained or saved again in
+    the same folder have the sizes they had, so sizes alone called them the vectors already stored)."""
     import hashlib
 
     folder = Path(source)
     digest = hashlib.blake2b(digest_size=8)
     for f in sorted(folder.iterdir()):
         if f.is_file():
-            digest.update(f.name.encode())
-            digest.update(str(f.stat().st_size).encode())
-    digest.update((folder / "config.json").read_bytes())
+            with f.open("rb") as data:
+                digest.update(os.fsencode(f.name) + b"\0" + hashlib.file_digest(data, "sha256").digest())
     return f"local-{digest.hexdigest()}"
