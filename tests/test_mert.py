@@ -113,6 +113,43 @@ def test_weights_saved_again_in_the_folder_are_another_revision(tmp_path: Path) 
         load_run_model(str(folder), before)
 
 
+def _break(folder: Path, how: str) -> None:
+    """Damage a saved tiny MERT folder in one of the ways a folder given as --model can be wrong."""
+    config = json.loads((folder / "config.json").read_text())
+    if how == "another architecture":  # a text model saved where the MERT checkpoint was
+        from transformers import BertConfig, BertModel
+
+        (folder / "model.safetensors").unlink()
+        BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             intermediate_size=64)).save_pretrained(folder)
+        (folder / "config.json").write_text(json.dumps(config))
+    elif how == "config of other shapes":
+        (folder / "config.json").write_text(json.dumps({**config, "intermediate_size": 48}))
+    elif how == "config not JSON":
+        (folder / "config.json").write_text('{"hidden_size": ')
+    elif how == "config a list":
+        (folder / "config.json").write_text("[]")
+    else:
+        (folder / "model.safetensors").unlink()
+
+
+@pytest.mark.parametrize(("how", "said"), [
+    ("another architecture", "weights are not in the checkpoint \\(such as "),
+    ("config of other shapes", "9 of its weights have other shapes than its config.json gives"),
+    ("config not JSON", "config.json is not JSON"),
+    ("config a list", "config.json is not a JSON object"),
+    ("no weights", "no file named model.safetensors"),
+])
+def test_a_folder_that_is_no_mert_checkpoint_is_one_line(tmp_path: Path, how: str, said: str) -> None:
+    """A folder whose weights do not fill a MERT-shaped HubertModel loaded with transformers' random initialisation
+    of the rest (its vectors stored as the model's, or failing every file as 'not finite'); a config.json that is not
+    JSON, or whose shapes differ from the weights, ended in a traceback. Each is one ModelError naming the folder."""
+    folder, _ = _tiny_mert_dir(tmp_path, stable=False, mert_style_config=False)
+    _break(folder, how)
+    with pytest.raises(ModelError, match=f"^cannot load {tmp_path} as a MERT-shaped model: .*{said}"):
+        load_model(str(folder))
+
+
 def _extract_mert(tmp: Path, **env: str) -> tuple[subprocess.CompletedProcess, float]:
     """`mess extract --model mert-v1-95m` of one 8 s tone, with the hub cache in ``tmp`` and the hub on a closed
     local port (no route out): the wall time too."""

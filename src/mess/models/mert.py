@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -62,8 +63,12 @@ class MertModel(EmbeddingModel):
         local folder; never runs remote code."""
         config = hubert_config(_read_config(source, revision, local_files_only))
         # transformers takes revision=None as the repo's default branch, though its annotation says str
-        network = HubertModel.from_pretrained(source, config=config, revision=revision,  # type: ignore[arg-type]
-                                              trust_remote_code=False, local_files_only=local_files_only)
+        loaded = HubertModel.from_pretrained(
+            source, config=config, revision=revision,  # type: ignore[arg-type]
+            trust_remote_code=False, local_files_only=local_files_only, ignore_mismatched_sizes=True,
+            output_loading_info=True)
+        network, loading = cast(tuple[HubertModel, dict], loaded)  # output_loading_info: with what went where
+        _check_weights(loading)
         try:
             processor = Wav2Vec2FeatureExtractor.from_pretrained(
                 source, revision=revision, trust_remote_code=False,  # type: ignore[arg-type]
@@ -91,14 +96,35 @@ class MertModel(EmbeddingModel):
         return [h.mean(dim=1, dtype=torch.float32).cpu().numpy() for h in out.hidden_states]
 
 
+def _check_weights(loading: dict) -> None:
+    """Raise ValueError when the checkpoint did not fill the network: transformers initialises what it lacks (another
+    architecture's weights, or shapes its config.json does not give) at random, and warns in a log."""
+    missing = sorted(set(loading["missing_keys"]) - {"masked_spec_embed"})  # used only to mask in training
+    mismatched = sorted(str(m[0]) if isinstance(m, tuple) else str(m) for m in loading["mismatched_keys"])
+    if mismatched:
+        raise ValueError(f"{len(mismatched)} of its weights have other shapes than its config.json gives (such as "
+                         f"{mismatched[0]}); is config.json the checkpoint's own?")
+    if missing:
+        raise ValueError(f"{len(missing)} of a MERT-shaped HubertModel's weights are not in the checkpoint "
+                         f"(such as {missing[0]}); is it a MERT or HuBERT checkpoint?")
+
+
 def _read_config(source: str, revision: str | None, local_files_only: bool) -> dict:
+    """The checkpoint's config.json as a dict; ValueError naming the file when it is not a JSON object."""
     local = Path(source)
     if local.is_dir():
-        return json.loads((local / "config.json").read_text())
-    from huggingface_hub import hf_hub_download
+        path = local / "config.json"
+    else:
+        from huggingface_hub import hf_hub_download
 
-    path = hf_hub_download(source, "config.json", revision=revision, local_files_only=local_files_only)
-    return json.loads(Path(path).read_text())
+        path = Path(hf_hub_download(source, "config.json", revision=revision, local_files_only=local_files_only))
+    try:
+        config = json.loads(path.read_bytes())
+    except ValueError as exc:
+        raise ValueError(f"{path} is not JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} is not a JSON object of settings")
+    return config
 
 
 def _local_revision(source: str) -> str:

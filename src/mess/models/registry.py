@@ -138,7 +138,11 @@ def load_model(name: str, device: str = "cpu", preset: str | None = None) -> Emb
         if not (Path(folder) / "config.json").is_file():
             raise ModelError(f"{folder} holds no model (no config.json); name a registry model, a folder "
                              "saved by `mess models fetch` or save_pretrained, or a .onnx file")
-        return MertModel.from_pretrained(folder, name=folder, device=device)
+        try:
+            return MertModel.from_pretrained(folder, name=folder, device=device)
+        except (OSError, ValueError, TypeError) as exc:  # its files, not mess: a traceback said nothing more
+            why = " ".join(str(exc).split()) or type(exc).__name__
+            raise ModelError(f"cannot load {folder} as a MERT-shaped model: {why[:300]}") from exc
     raise UnknownModel(f"unknown model {name!r}; choose one of {', '.join(factories)}, a local model folder "
                      "or a .onnx file")
 
