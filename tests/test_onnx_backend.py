@@ -191,6 +191,21 @@ def test_missing_json_and_corrupt_file(effnet: Path) -> None:
         OnnxModel(effnet)
 
 
+@pytest.mark.parametrize(("inference", "said"), [
+    ({"sample_rate": None}, "inference.sample_rate is null, not a whole number of Hz"),
+    ({"sample_rate": "16k"}, 'inference.sample_rate is "16k", not a whole number of Hz'),
+    (["TensorflowPredictEffnetDiscogs"], "its inference is not an object"),
+])
+def test_malformed_inference_in_the_json_is_one_line(effnet: Path, inference: object, said: str) -> None:
+    """An inference field that is a list, or a sample rate of null, ended in a traceback (AttributeError, TypeError);
+    "16k" in "invalid literal for int()", naming no file."""
+    data = json.loads(effnet.with_suffix(".json").read_text())
+    effnet.with_suffix(".json").write_text(json.dumps({**data, "inference": inference}))
+    with pytest.raises(EssentiaModelError, match=f"discogs-effnet-bsdynamic-1.json is not Essentia model metadata "
+                                                 f"\\({said}\\)"):
+        load_model(str(effnet))
+
+
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     return subprocess.run([sys.executable, "-m", "mess.cli", *args], capture_output=True, text=True, cwd=cwd,

@@ -67,10 +67,15 @@ def read_metadata(model: Path) -> ModelMetadata:
     if not inputs:
         raise EssentiaModelError(f"{path} lists no inputs in schema.inputs")
     inference = data.get("inference") or {}
+    if not isinstance(inference, dict):  # these two were a traceback, or "invalid literal for int()" alone
+        raise EssentiaModelError(f"{path} is not Essentia model metadata (its inference is not an object)")
+    rate = inference.get("sample_rate", 16000)
+    if isinstance(rate, bool) or not (isinstance(rate, int) or isinstance(rate, float) and rate.is_integer()):
+        raise EssentiaModelError(f"{path} is not Essentia model metadata (inference.sample_rate is "
+                                 f"{json.dumps(rate)}, not a whole number of Hz)")
     licence = data.get("license") or data.get("licence") or ""
     return ModelMetadata(path=path, name=str(data.get("name", model.stem)), inputs=inputs, outputs=outputs,
-                         sample_rate=int(inference.get("sample_rate", 16000)),
-                         algorithm=str(inference.get("algorithm", "")),
+                         sample_rate=int(rate), algorithm=str(inference.get("algorithm", "")),
                          licence=licence if isinstance(licence, str) else json.dumps(licence))
 
 
