@@ -181,6 +181,27 @@ def test_wrong_rank(tmp_path: Path) -> None:
         OnnxModel(path)
 
 
+@pytest.mark.parametrize(("inputs", "said"), [
+    ([("melspectrogram", TensorProto.DOUBLE)], "input 'melspectrogram' takes tensor\\(double\\); preset "
+                                               "discogs-effnet feeds tensor\\(float\\)"),
+    ([("melspectrogram", TensorProto.FLOAT), ("other", TensorProto.FLOAT)],
+     "the graph needs inputs besides 'melspectrogram' \\('other'\\)"),
+])
+def test_inputs_mess_cannot_feed_are_refused_at_load(tmp_path: Path, inputs: list, said: str) -> None:
+    """A graph taking doubles ended `mess extract` in ONNX Runtime's InvalidArgument traceback; one needing a second
+    input in "Required inputs (['other']) are missing", naming no file."""
+    path = tmp_path / "odd.onnx"
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["melspectrogram", "axes"], ["pooled"], keepdims=0)], "odd",
+        [helper.make_tensor_value_info(name, kind, ["batch", 128, 96]) for name, kind in inputs],
+        [helper.make_tensor_value_info("pooled", inputs[0][1], ["batch", 96])],
+        [numpy_helper.from_array(np.array([1], np.int64), "axes")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    write_json(path, "melspectrogram", [], "TensorflowPredictEffnetDiscogs")
+    with pytest.raises(EssentiaModelError, match=f"^odd.onnx: {said}"):
+        OnnxModel(path, preset="discogs-effnet")
+
+
 def test_missing_json_and_corrupt_file(effnet: Path) -> None:
     effnet.with_suffix(".json").rename(effnet.with_name("elsewhere.json"))
     with pytest.raises(EssentiaModelError, match="no metadata for discogs-effnet-bsdynamic-1.onnx: expected"):

@@ -132,6 +132,13 @@ def _check_input(session: ort.InferenceSession, metadata: ModelMetadata, preset:
     if name is None:
         raise EssentiaModelError(f"{file}: the metadata's input {wanted!r} is not an input of the graph "
                                  f"(it has {', '.join(map(repr, graph_inputs))}); is {metadata.path.name} its JSON?")
+    if graph_inputs[name].type != "tensor(float)":  # ONNX Runtime's refusal at the first run was a traceback
+        raise EssentiaModelError(f"{file}: input {name!r} takes {graph_inputs[name].type}; preset {preset.name} "
+                                 "feeds tensor(float)")
+    others = [n for n in graph_inputs if n != name]
+    if others:
+        raise EssentiaModelError(f"{file}: the graph needs inputs besides {name!r} ({', '.join(map(repr, others))}); "
+                                 "mess feeds only the metadata's input")
     shape = graph_inputs[name].shape
     expected = [preset.patch_frames, preset.bands]
     if len(shape) != 3 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected, strict=False)):
