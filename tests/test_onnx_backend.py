@@ -202,6 +202,26 @@ def test_inputs_mess_cannot_feed_are_refused_at_load(tmp_path: Path, inputs: lis
         OnnxModel(path, preset="discogs-effnet")
 
 
+@pytest.mark.parametrize("batch", ["batch", 4])
+def test_an_output_not_one_row_per_patch_is_refused_at_load(tmp_path: Path, batch: int | str) -> None:
+    """An output of one row whatever the batch (here a constant beside the embeddings) loaded, since the load ran one
+    patch; then every file failed with "cannot reshape array of size 32 into shape (2,3,newaxis)"."""
+    path = tmp_path / "odd.onnx"
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["melspectrogram", "axes"], ["pooled"], keepdims=0),
+         helper.make_node("Identity", ["bias"], ["constant"])], "odd",
+        [helper.make_tensor_value_info("melspectrogram", TensorProto.FLOAT, [batch, 128, 96])],
+        [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, [batch, 96]),
+         helper.make_tensor_value_info("constant", TensorProto.FLOAT, [1, 32])],
+        [numpy_helper.from_array(np.array([1], np.int64), "axes"), numpy_helper.from_array(W_EMB[:1], "bias")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    write_json(path, "melspectrogram", [], "TensorflowPredictEffnetDiscogs")
+    with pytest.raises(EssentiaModelError, match=f"^odd.onnx: output 'constant' has 1 rows for a batch of "
+                                                 f"{2 if batch == 'batch' else 4} patches; every output must have one "
+                                                 "row per patch"):
+        OnnxModel(path, preset="discogs-effnet")
+
+
 def test_missing_json_and_corrupt_file(effnet: Path) -> None:
     effnet.with_suffix(".json").rename(effnet.with_name("elsewhere.json"))
     with pytest.raises(EssentiaModelError, match="no metadata for discogs-effnet-bsdynamic-1.onnx: expected"):

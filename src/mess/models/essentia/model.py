@@ -43,7 +43,11 @@ class OnnxModel(EmbeddingModel):
         self.session = _open_session(path, device, threads)
         self.input_name, self.batch = _check_input(self.session, self.metadata, self.preset, path.name)
         self.output_names = [o.name for o in self.session.get_outputs()]
-        dims = [o.shape[-1] for o in self._run(np.zeros((1, self.preset.patch_frames, self.preset.bands), np.float32))]
+        try:  # two patches: an output not of one row per patch (a batch mean, a constant) shows here, not per file
+            probe = self._run(np.zeros((2, self.preset.patch_frames, self.preset.bands), np.float32))
+        except EssentiaModelError as exc:
+            raise EssentiaModelError(f"{path.name}: {exc}") from None
+        dims = [o.shape[-1] for o in probe]
         self.info = ModelInfo(
             name=path.stem, revision=_revision(path, self.preset, self.metadata), sample_rate=SAMPLE_RATE,
             layer_names=_layer_names(self.output_names, self.metadata), layer_dims=tuple(int(d) for d in dims),
@@ -76,18 +80,23 @@ class OnnxModel(EmbeddingModel):
             real = len(chunk)
             if self.batch and real < self.batch:  # a fixed-batch graph: zero-pad, keep only the real rows
                 chunk = np.concatenate([chunk, np.zeros((self.batch - real, *chunk.shape[1:]), np.float32)])
-            for part, out in zip(parts, self.session.run(self.output_names, {self.input_name: chunk}), strict=False):
-                part.append(_per_patch(np.asarray(out, dtype=np.float32)[:real]))
+            outs = self.session.run(self.output_names, {self.input_name: chunk})
+            for part, name, out in zip(parts, self.output_names, outs, strict=False):
+                part.append(_per_patch(name, np.asarray(out, dtype=np.float32), len(chunk))[:real])
         return [np.concatenate(part) for part in parts]
 
 
-def _per_patch(out: np.ndarray) -> np.ndarray:
-    """[patches, dim] as is; [patches, time, dim] averaged over time."""
+def _per_patch(name: str, out: np.ndarray, patches: int) -> np.ndarray:
+    """[patches, dim] as is; [patches, time, dim] averaged over time; EssentiaModelError for an output ``name`` of
+    other rows (a batch mean, a constant: every file failed to reshape it)."""
+    if out.ndim in (2, 3) and len(out) != patches:
+        raise EssentiaModelError(f"output {name!r} has {len(out)} rows for a batch of {patches} patches; every "
+                                 "output must have one row per patch")
     if out.ndim == 2:
         return out
     if out.ndim == 3:
         return out.mean(axis=1)
-    raise EssentiaModelError(f"an output of rank {out.ndim} cannot be a layer (expected [batch, dim] or "
+    raise EssentiaModelError(f"output {name!r} of rank {out.ndim} cannot be a layer (expected [batch, dim] or "
                              "[batch, time, dim])")
 
 
