@@ -338,3 +338,21 @@ def test_export_fused_vectors_with_the_run_they_belong_to(extracted_store: Path,
     np.testing.assert_array_equal(got, fused)
     out = runner.invoke(app, [*args, "--segments"])
     assert out.exit_code == 1 and "fused vectors have no layers or windows" in out.output
+
+
+def test_layers_named_like_a_tag_column_keep_both_in_parquet(tmp_path: Path) -> None:
+    """An ONNX model's layers are named after its outputs: layers called 'genre' and 'duration' took those columns'
+    places in the parquet file, and the tracks' genres and durations were lost without a word. Such a layer is
+    ``vectors_<layer>`` there, as in the npz, and the metadata's ``layer_columns`` names each layer's column."""
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        run = store.ensure_run(run_key(ModelInfo("tagger", "r1", 16000, ("genre", "duration"), (3, 2)),
+                                       WindowPolicy()))
+        _toy_track(store, run, Path("/music/one.flac"), "hash-0", 0.5)
+        store.upsert_track(Path("/music/one.flac"), "hash-0", 1, 0.0, {"duration": 5.0},
+                           {"artist": "A", "album": None, "title": "one", "genre": "Ambient", "composer": None})
+        export_vectors(store, run, tmp_path / "v.parquet", "parquet")
+    table = pq.read_table(tmp_path / "v.parquet")
+    assert table["genre"].to_pylist() == ["Ambient"] and table["duration"].to_pylist() == [5.0]
+    meta = json.loads(table.schema.metadata[b"mess"])
+    assert meta["layers"] == ["genre", "duration"] and meta["layer_columns"] == ["vectors_genre", "vectors_duration"]
+    assert table["vectors_genre"].to_pylist() == [[0.5] * 3] and table["vectors_duration"].to_pylist() == [[0.5] * 2]

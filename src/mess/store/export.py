@@ -5,8 +5,9 @@
 ``run_id``, ``revision``, ``policy`` (the run's window policy as JSON: a model extracted again with another
 policy or revision has a second run), ``files_not_embedded`` (catalogued files with neither vectors nor a failure
 in the run) and ``files_failed`` (files the run failed to extract, `mess info --failures`): neither is in the rows.
-``parquet``: the same columns, each layer a fixed-size list<float32> column; model, run_id, revision, policy,
-layer names, files_not_embedded and files_failed in the schema metadata (``mess``, JSON).
+``parquet``: the same columns, each layer a fixed-size list<float32> column named after it (``vectors_<layer>`` where
+a layer has another column's name: ``genre``, ``duration``); model, run_id, revision, policy, layer names, their
+columns (``layer_columns``), files_not_embedded and files_failed in the schema metadata (``mess``, JSON).
 With ``fused``, the one vector column is the fused vectors of `mess fuse apply` (``vectors_fused``, layers
 ``["fused"]``), with ``fused_checkpoint_sha256`` (the network that made them) and ``tracks_not_fused`` (tracks of the
 run without one, extracted since: not in the rows).
@@ -134,9 +135,14 @@ def _write_parquet(out: Path, columns: dict[str, np.ndarray], vectors: dict[str,
     # Parquet strings are UTF-8: a name that is not valid UTF-8 is written as printed (caf\xe9); npz keeps it exact
     fields = {name: pa.array([printable(v) for v in col] if col.dtype.kind == "U" else col)
               for name, col in columns.items()}
+    names = []
     for name, mat in vectors.items():
         flat = pa.array(np.ascontiguousarray(mat, dtype=np.float32).ravel())
-        fields[name] = pa.FixedSizeListArray.from_arrays(flat, mat.shape[1])
-    table = pa.table(fields).replace_schema_metadata({"mess": json.dumps(meta)})
+        column = name
+        while column in fields:  # a layer called 'genre' replaced the tag column
+            column = f"vectors_{column}"
+        names.append(column)
+        fields[column] = pa.FixedSizeListArray.from_arrays(flat, mat.shape[1])
+    table = pa.table(fields).replace_schema_metadata({"mess": json.dumps({**meta, "layer_columns": names})})
     with replacing(out) as f:
         pq.write_table(table, f)
