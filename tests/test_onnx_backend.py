@@ -222,6 +222,27 @@ def test_an_output_not_one_row_per_patch_is_refused_at_load(tmp_path: Path, batc
         OnnxModel(path, preset="discogs-effnet")
 
 
+def test_a_graph_of_free_shape_that_fails_on_the_presets_patches_is_one_line(tmp_path: Path,
+                                                                            rendered_collection: list[Path]) -> None:
+    """An input of free shape passes the shape check; fed another preset's patches (vggish's 64 bands to a graph
+    that multiplies by 96 rows), ONNX Runtime's Fail ended `mess extract` in a traceback, after an error log line."""
+    path = tmp_path / "discogs-effnet-free.onnx"
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["melspectrogram", "axes"], ["pooled"], keepdims=0),
+         helper.make_node("MatMul", ["pooled", "w"], ["embeddings"])], "free",
+        [helper.make_tensor_value_info("melspectrogram", TensorProto.FLOAT, ["batch", "frames", "bands"])],
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", 32])],
+        [numpy_helper.from_array(np.array([1], np.int64), "axes"), numpy_helper.from_array(W_EMB, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    write_json(path, "melspectrogram", [], "TensorflowPredictEffnetDiscogs")
+    assert OnnxModel(path).info.layer_dims == (32,)  # its own preset's 96 bands
+    done = _cli("extract", str(rendered_collection[0]), "--model", str(path), "--preset", "vggish", "--store",
+                str(tmp_path / "s"), cwd=tmp_path)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: discogs-effnet-free.onnx fails on preset vggish's patches of 96 frames x 64 "
+                                  "bands: [ONNXRuntimeError]"), done.stderr
+
+
 def test_missing_json_and_corrupt_file(effnet: Path) -> None:
     effnet.with_suffix(".json").rename(effnet.with_name("elsewhere.json"))
     with pytest.raises(EssentiaModelError, match="no metadata for discogs-effnet-bsdynamic-1.onnx: expected"):

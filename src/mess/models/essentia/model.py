@@ -47,6 +47,11 @@ class OnnxModel(EmbeddingModel):
             probe = self._run(np.zeros((2, self.preset.patch_frames, self.preset.bands), np.float32))
         except EssentiaModelError as exc:
             raise EssentiaModelError(f"{path.name}: {exc}") from None
+        except Exception as exc:  # onnxruntime's own exception types: a graph that cannot take the preset's patches
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EssentiaModelError(f"{path.name} fails on preset {self.preset.name}'s patches of "
+                                     f"{self.preset.patch_frames} frames x {self.preset.bands} bands: "
+                                     f"{reason[:200]}") from exc
         dims = [o.shape[-1] for o in probe]
         self.info = ModelInfo(
             name=path.stem, revision=_revision(path, self.preset, self.metadata), sample_rate=SAMPLE_RATE,
@@ -114,7 +119,7 @@ def _open_session(path: Path, device: str, threads: int) -> ort.InferenceSession
         providers.insert(0, "CUDAExecutionProvider")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: its errors come back as exceptions, said in one line
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own pybind exception types for unreadable graphs
