@@ -19,7 +19,8 @@ import pytest
 
 from mess.audio.decode import load_audio
 from mess.models.essentia import EssentiaModelError, OnnxModel
-from mess.models.registry import ModelError, load_model
+from mess.models.essentia.fetch import file_revision
+from mess.models.registry import ModelError, load_model, load_run_model
 from mess.store import FeatureStore
 
 onnx = pytest.importorskip("onnx", reason="tests build their graphs with onnx (test extra)")
@@ -241,6 +242,26 @@ def test_a_graph_of_free_shape_that_fails_on_the_presets_patches_is_one_line(tmp
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("error: discogs-effnet-free.onnx fails on preset vggish's patches of 96 frames x 64 "
                                   "bands: [ONNXRuntimeError]"), done.stderr
+
+
+def test_weights_in_an_external_data_file_are_part_of_the_revision(tmp_path: Path, clips: np.ndarray) -> None:
+    """A graph keeping its weights in an external data file (as ONNX files over 2 GB must) had the revision of the
+    graph file alone: other weights written into the data file made other vectors under the stored run's revision,
+    so `mess extract` skipped every file as unchanged and queries compared the new vectors with the old."""
+    plain = effnet_graph(tmp_path / "plain.onnx")
+    path = tmp_path / "discogs-effnet-ext.onnx"
+    onnx.save(onnx.load(str(plain)), str(path), save_as_external_data=True, location="weights.data")
+    write_json(path, "serving_default_melspectrogram", EFFNET_OUTPUTS, "TensorflowPredictEffnetDiscogs")
+    before = OnnxModel(path)
+    assert before.info.revision != file_revision(plain)
+    data = tmp_path / "weights.data"
+    assert data.read_bytes() == W_EMB.tobytes()  # w_emb alone is large enough to go there
+    data.write_bytes((-W_EMB).tobytes())  # other weights, the graph file unchanged
+    after = OnnxModel(path)
+    assert not np.allclose(before.embed(clips[:1])[1], after.embed(clips[:1])[1])
+    assert after.info.revision != before.info.revision
+    with pytest.raises(ModelError, match="has changed since the collection was extracted with it"):
+        load_run_model(before.info.name, before.info.revision, before.source())
 
 
 def test_missing_json_and_corrupt_file(effnet: Path) -> None:

@@ -17,11 +17,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mess.models.base import FILE_REVISION
 from mess.models.checkpoints import CHECKPOINTS
 from mess.models.essentia.presets import PRESETS, PinnedFile
 from mess.models.hub import hub_unreachable, quiet, reason
+
+if TYPE_CHECKING:
+    import onnx
 
 TIMEOUT_S = 30
 
@@ -183,8 +187,39 @@ def _move_into(snapshot: Path, folder: Path) -> list[Path]:
 
 
 def file_revision(path: Path) -> str:
-    """An ``.onnx`` model's revision: ``sha256:`` and the first 16 hex digits of the file's SHA-256."""
-    return f"{FILE_REVISION}{file_sha256(path)[:16]}"
+    """An ``.onnx`` model's revision: ``sha256:`` and the first 16 hex digits of the file's SHA-256, or where its
+    weights lie in external data files, of the file's and theirs (the graph alone stayed the same as they changed)."""
+    digest = file_sha256(path)
+    data = external_data(path)
+    if data:
+        digest = hashlib.sha256(" ".join([digest, *(file_sha256(f) for f in data)]).encode()).hexdigest()
+    return f"{FILE_REVISION}{digest[:16]}"
+
+
+def external_data(path: Path) -> list[Path]:
+    """The external data files an ``.onnx`` graph keeps tensors in, in order, those not there left out (ONNX Runtime
+    refuses the graph then); none for a file that is no graph."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # protobuf's DecodeError and others: opening the session says what is wrong with the file
+        return []
+    places = {str(entry.value) for tensor in _tensors(graph) if tensor.data_location == onnx.TensorProto.EXTERNAL
+              for entry in tensor.external_data if entry.key == "location"}
+    return [f for f in (path.parent / place for place in sorted(places)) if f.is_file()]
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of an ONNX graph: its initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _tensors(sub)
 
 
 def file_sha256(path: Path) -> str:
