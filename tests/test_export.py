@@ -24,7 +24,7 @@ from mess.fusion.apply import apply_fusion
 from mess.fusion.data import load_layers
 from mess.fusion.train import FusionConfig, checkpoint_path, save_checkpoint, train_fusion
 from mess.models.base import ModelInfo
-from mess.store import FeatureStore, Run, TrackVectors
+from mess.store import FeatureStore, Run, StoreError, TrackVectors
 from mess.store.export import export_vectors
 from mess.store.paths import printable
 
@@ -356,3 +356,13 @@ def test_layers_named_like_a_tag_column_keep_both_in_parquet(tmp_path: Path) -> 
     meta = json.loads(table.schema.metadata[b"mess"])
     assert meta["layers"] == ["genre", "duration"] and meta["layer_columns"] == ["vectors_genre", "vectors_duration"]
     assert table["vectors_genre"].to_pylist() == [[0.5] * 3] and table["vectors_duration"].to_pylist() == [[0.5] * 2]
+
+
+def test_an_output_under_a_file_says_the_file_is_not_a_folder(tmp_path: Path) -> None:
+    """`mess export song.ogg/x.npz` said "song.ogg: File exists", as if the export would not overwrite something."""
+    store, run = _toy_store(tmp_path / "store")
+    (tmp_path / "song.ogg").write_bytes(b"audio")
+    with closing(store), pytest.raises(StoreError, match=f"^cannot write {tmp_path}/song.ogg/x.npz: {tmp_path}/"
+                                                         "song.ogg is not a folder$"):
+        export_vectors(store, run, tmp_path / "song.ogg" / "x.npz", "npz")
+    assert (tmp_path / "song.ogg").read_bytes() == b"audio"

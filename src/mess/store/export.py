@@ -78,6 +78,8 @@ def export_vectors(store: FeatureStore, run: Run, out: Path, fmt: str = "npz", *
     # the fused vectors, the checkpoint that made them and the run's tracks: one version (a newer one where fuse
     # apply rewrote the set twice meanwhile)
     columns, vectors, missing, failed, fused_meta, n_tracks = store.reading(read)
+    if out.parent.exists() and not out.parent.is_dir():  # mkdir said "File exists" of a file it would not replace
+        raise StoreError(f"cannot write {out}: {out.parent} is not a folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"model": run.model, "run_id": run.id, "revision": run.revision, "policy": run.policy, "layers": names,
             "files_not_embedded": missing, "files_failed": failed}
