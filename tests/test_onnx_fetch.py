@@ -130,6 +130,14 @@ def test_unknown_name_lists_choices(tmp_path: Path) -> None:
         fetch("effnet", tmp_path)
 
 
+def test_a_folder_that_is_a_file_is_named_so(tmp_path: Path) -> None:
+    """`mess models fetch vggish /dev/full` (or a file) said "/dev/full: File exists"."""
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(FetchError, match=f"^cannot fetch into {tmp_path}/file: it is not a folder$"):
+        fetch("vggish", tmp_path / "file")
+    assert (tmp_path / "file").read_bytes() == b"x"
+
+
 def _cli(*args: str, **env: str) -> subprocess.CompletedProcess:
     environ = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **env}
     return subprocess.run([sys.executable, "-m", "mess.cli", "models", "fetch", *args], capture_output=True,

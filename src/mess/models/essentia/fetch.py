@@ -121,6 +121,8 @@ def _all_or_nothing(folder: Path) -> Iterator[list[Path]]:
     The temporaries are always removed; on a failure so are the folders created here (where empty),
     and an OSError becomes a one-line FetchError.
     """
+    if folder.exists() and not folder.is_dir():  # mkdir said "File exists"
+        raise FetchError(f"cannot fetch into {folder}: it is not a folder")
     created = [p for p in (folder, *folder.parents) if not p.exists()]
     temps: list[Path] = []
     try:
