@@ -396,3 +396,24 @@ def test_one_file_fed_two_ways_makes_two_runs(rendered_collection: list[Path], t
     with closing(FeatureStore(tmp_path / "store", readonly=True)) as store:  # the file's own preset is now the other
         with pytest.raises(StoreError, match=r"is now revision .*\+discogs-effnet-artist.*was its \.json changed"):
             embed_query(store, copy, own)
+
+
+def test_a_model_file_given_by_a_link_is_loaded_again_by_the_link(outside: tuple[Path, int], tmp_path: Path,
+                                                                   rendered_collection: list[Path]) -> None:
+    """A model file given by a link (models/mine-link.onnx -> blobs/blob.onnx, its JSON beside the link, where mess
+    reads it) extracted, but its record named the file linked to, whose folder has no JSON: `mess similar FILE` then
+    failed with "no metadata for blob.onnx". The record keeps the path the model was read by."""
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "models").mkdir()
+    blob = effnet_graph(tmp_path / "blobs" / "blob.onnx")
+    link = tmp_path / "models" / "mine-link.onnx"
+    link.symlink_to(blob)
+    write_json(link, "serving_default_melspectrogram", EFFNET_OUTPUTS, "TensorflowPredictEffnetDiscogs")
+    done = _cli("extract", str(rendered_collection[0]), "--model", "models/mine-link.onnx", "--preset",
+                "discogs-effnet", "--store", str(tmp_path / "store"), "--window", "10", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    with closing(FeatureStore(tmp_path / "store", readonly=True)) as store:
+        run = store.run("mine-link")
+        query = embed_query(store, outside[0], run)
+        assert store.model_source(run)["path"] == str(link)
+    assert query.track is None and query.layers is not None
