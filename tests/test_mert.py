@@ -129,6 +129,8 @@ def _break(folder: Path, how: str) -> None:
         (folder / "config.json").write_text('{"hidden_size": ')
     elif how == "config a list":
         (folder / "config.json").write_text("[]")
+    elif how == "preprocessor not JSON":  # it read as missing: MERT's 24 kHz, though this one says 16 kHz
+        (folder / "preprocessor_config.json").write_text('{"sampling_rate": 16000, ')
     else:
         (folder / "model.safetensors").unlink()
 
@@ -139,6 +141,7 @@ def _break(folder: Path, how: str) -> None:
     ("config not JSON", "config.json is not JSON"),
     ("config a list", "config.json is not a JSON object"),
     ("no weights", "no file named model.safetensors"),
+    ("preprocessor not JSON", "cannot read its preprocessor_config.json \\(It looks like the config file at "),
 ])
 def test_a_folder_that_is_no_mert_checkpoint_is_one_line(tmp_path: Path, how: str, said: str) -> None:
     """A folder whose weights do not fill a MERT-shaped HubertModel loaded with transformers' random initialisation

@@ -73,7 +73,9 @@ class MertModel(EmbeddingModel):
             processor = Wav2Vec2FeatureExtractor.from_pretrained(
                 source, revision=revision, trust_remote_code=False,  # type: ignore[arg-type]
                 local_files_only=local_files_only)
-        except OSError:
+        except OSError as exc:
+            if (Path(source) / "preprocessor_config.json").is_file():  # its rate, unread: MERT's 24 kHz may be wrong
+                raise ValueError(f"cannot read its preprocessor_config.json ({' '.join(str(exc).split())})") from exc
             log.warning("%s has no preprocessor_config.json; using MERT's (24 kHz, normalised)", source)
             processor = Wav2Vec2FeatureExtractor(sampling_rate=24000, do_normalize=True, return_attention_mask=True)
         label = name or Path(source).name.lower()
