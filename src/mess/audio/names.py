@@ -32,7 +32,7 @@ def main_artist(credit: str) -> str:
     """The main artist of a credit: the text before any 'feat.' / 'ft.' / '(with' guest, in its first value when
     a multi-valued tag's values are joined by ';' ('A; B', :func:`mess.audio.tags.read_tags`)."""
     first = credit.split(";", maxsplit=1)[0]
-    head = FEAT.split(first, maxsplit=1)[0].strip(" ([")
+    head = FEAT.split(first, maxsplit=1)[0].rstrip(" ([").strip()  # a name may start with one: '(G)I-DLE'
     return head or first.strip() or credit.strip()
 
 

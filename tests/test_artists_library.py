@@ -1,0 +1,58 @@
+"""`mess artists` and the server's artist routes on artist tags as a real library has them: real FLAC files
+tagged with mutagen, extracted with the dsp model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from mutagen.flac import FLAC
+from typer.testing import CliRunner
+
+SR = 22050
+# file stem -> ARTIST values (several: one Vorbis comment each)
+CREDITS = {
+    "gidle0": ["(G)I-DLE"], "gidle1": ["(G)I-DLE"],  # a band whose name starts with a bracket
+    "unknown0": ["[unknown]"],  # MusicBrainz's name for an unknown artist
+    "alpha0": ["Alpha"], "alpha1": ["Alpha feat. Beta"], "beta0": ["Beta"],
+}
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The store of one 3-second tone per file of :data:`CREDITS`, each its own pitch."""
+    from mess.cli.main import app as mess
+
+    root = tmp_path_factory.mktemp("library")
+    music = root / "music"
+    music.mkdir()
+    t = np.arange(SR * 3) / SR
+    for i, (stem, artists) in enumerate(CREDITS.items()):
+        path = music / f"{stem}.flac"
+        sf.write(path, (0.3 * np.sin(2 * np.pi * 110 * (1 + i / 3) * t)).astype(np.float32), SR)
+        tags = FLAC(path)
+        tags["artist"] = artists
+        tags.save()
+    out = CliRunner().invoke(mess, ["extract", str(music), "--model", "dsp", "--window", "2",
+                                    "--store", str(root / "store")])
+    assert out.exit_code == 0, out.output
+    return root / "store"
+
+
+def mess_json(store: Path, *args: str) -> dict:
+    """The JSON answer of ``mess ARGS --store STORE --json``; the command must succeed."""
+    from mess.cli.main import app as mess
+
+    out = CliRunner().invoke(mess, [*args, "--store", str(store), "--json"])
+    assert out.exit_code == 0, out.output
+    return json.loads(out.stdout)
+
+
+def test_a_name_that_starts_with_a_bracket_keeps_it(library: Path) -> None:
+    """'(G)I-DLE' was shown as 'G)I-DLE' and '[unknown]' as 'unknown]': the main artist lost a leading bracket."""
+    found = mess_json(library, "artists", "similar", "(G)I-DLE", "--layer", "mfcc", "--min-tracks", "1")
+    assert found["artist"] == "(G)I-DLE"
+    assert sorted(r["artist"] for r in found["results"]) == ["Alpha", "Beta", "[unknown]"]
