@@ -4,11 +4,13 @@ tagged with mutagen, extracted with the dsp model."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from fastapi.testclient import TestClient
 from mutagen.flac import FLAC
 from typer.testing import CliRunner
 
@@ -56,3 +58,22 @@ def test_a_name_that_starts_with_a_bracket_keeps_it(library: Path) -> None:
     found = mess_json(library, "artists", "similar", "(G)I-DLE", "--layer", "mfcc", "--min-tracks", "1")
     assert found["artist"] == "(G)I-DLE"
     assert sorted(r["artist"] for r in found["results"]) == ["Alpha", "Beta", "[unknown]"]
+
+
+@pytest.fixture(scope="module")
+def client(library: Path) -> Iterator[TestClient]:
+    from mess.serve.app import create_app
+
+    with TestClient(base_url="http://127.0.0.1", app=create_app(library)) as c:
+        yield c
+
+
+def test_similar_artists_of_a_tracks_whole_credit_are_its_main_artists(library: Path, client: TestClient) -> None:
+    """The web page asks /api/artists/similar with a track's artist tag: for 'Alpha feat. Beta' it showed
+    "unknown artist 'Alpha feat. Beta'" (404), though the track is Alpha's in every artist list."""
+    tracks = client.get("/api/tracks", params={"q": "alpha1"}).json()["items"]
+    assert [t["artist"] for t in tracks] == ["Alpha feat. Beta"]
+    answer = client.get("/api/artists/similar", params={"name": tracks[0]["artist"], "layer": "mfcc"})
+    assert answer.status_code == 200, answer.json()
+    assert answer.json()["artist"] == "Alpha" and answer.json()["tracks"] == 2
+    assert mess_json(library, "artists", "similar", "alpha feat. beta", "--layer", "mfcc")["artist"] == "Alpha"

@@ -10,7 +10,7 @@ from functools import cached_property
 
 import numpy as np
 
-from mess.audio.names import main_artist, name_key
+from mess.audio.names import credit_key, main_artist, name_key
 from mess.constants import FUSED
 from mess.search.vectors import from_tracks
 from mess.store import FeatureStore, Run, Track
@@ -68,14 +68,16 @@ class ArtistSet:
         return {name_key(p.name): i for i, p in enumerate(self.profiles)}
 
     def index(self, name: str) -> int:
-        """Row of an artist by exact name or :func:`name_key`; an unknown name suggests the artists whose name has
-        words starting with the typed words, then close spellings."""
+        """Row of an artist by exact name, :func:`name_key`, or a track's whole credit ('A feat. B', 'A; B': A's, as
+        the web page asks with a track's artist tag); an unknown name suggests the artists whose name has words
+        starting with the typed words, then close spellings."""
         names = self.names
         if name in names:
             return names.index(name)
         key = name_key(name)
-        if key in self._rows:
-            return self._rows[key]
+        for known in (key, credit_key(name)):
+            if known in self._rows:
+                return self._rows[known]
         norm = [name_key(n) for n in names]
         typed = key.split()  # 'doug' or 'kauf' for 'Doug Kaufman': each typed word starts a word of the name
         by_word = sorted((i for i, n in enumerate(norm) if typed and all(any(w.startswith(t) for w in n.split())
