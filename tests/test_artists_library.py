@@ -20,6 +20,7 @@ CREDITS = {
     "gidle0": ["(G)I-DLE"], "gidle1": ["(G)I-DLE"],  # a band whose name starts with a bracket
     "unknown0": ["[unknown]"],  # MusicBrainz's name for an unknown artist
     "alpha0": ["Alpha"], "alpha1": ["Alpha feat. Beta"], "beta0": ["Beta"],
+    "dollar0": ["$uicideboy$"], "dollar1": ["Cash $_^$"],  # TeX to matplotlib, the second not even valid TeX
 }
 
 
@@ -57,7 +58,7 @@ def test_a_name_that_starts_with_a_bracket_keeps_it(library: Path) -> None:
     """'(G)I-DLE' was shown as 'G)I-DLE' and '[unknown]' as 'unknown]': the main artist lost a leading bracket."""
     found = mess_json(library, "artists", "similar", "(G)I-DLE", "--layer", "mfcc", "--min-tracks", "1")
     assert found["artist"] == "(G)I-DLE"
-    assert sorted(r["artist"] for r in found["results"]) == ["Alpha", "Beta", "[unknown]"]
+    assert "[unknown]" in [r["artist"] for r in found["results"]]
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +78,11 @@ def test_similar_artists_of_a_tracks_whole_credit_are_its_main_artists(library: 
     assert answer.status_code == 200, answer.json()
     assert answer.json()["artist"] == "Alpha" and answer.json()["tracks"] == 2
     assert mess_json(library, "artists", "similar", "alpha feat. beta", "--layer", "mfcc")["artist"] == "Alpha"
+
+
+def test_the_heatmap_labels_names_with_dollar_signs_as_written(library: Path, tmp_path: Path) -> None:
+    """matplotlib read '$...$' in a name as TeX: '$uicideboy$' was labelled 'uicideboy' in italics, and the
+    matrix of a collection with 'Cash $_^$' ended in a traceback (ValueError from matplotlib's mathtext)."""
+    found = mess_json(library, "artists", "matrix", "--layer", "mfcc", "--out", str(tmp_path / "m"))
+    assert {"$uicideboy$", "Cash $_^$"} <= set(found["artists"])
+    assert (tmp_path / "m.png").stat().st_size > 0

@@ -41,13 +41,13 @@ def write_heatmap(path: Path, names: list[str], sim: np.ndarray, title: str) -> 
     fig = Figure(figsize=(size + 1.5, size))
     ax = fig.subplots()
     image = ax.imshow(sim, cmap="viridis", vmin=float(off.min()), vmax=float(off.max()))
-    if len(names) <= LABELLED_MAX:
-        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
-        ax.set_yticks(range(len(names)), names, fontsize=8)
+    if len(names) <= LABELLED_MAX:  # parse_math off: '$uicideboy$' is a name, not TeX ('Ke$ha $_^$' failed)
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8, parse_math=False)
+        ax.set_yticks(range(len(names)), names, fontsize=8, parse_math=False)
     else:
         ax.set_xticks([])
         ax.set_yticks([])
-    ax.set_title(title)
+    ax.set_title(title, parse_math=False)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="similarity")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
