@@ -4,6 +4,7 @@ tagged with mutagen, extracted with the dsp model."""
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,8 @@ CREDITS = {
     "unknown0": ["[unknown]"],  # MusicBrainz's name for an unknown artist
     "alpha0": ["Alpha"], "alpha1": ["Alpha feat. Beta"], "beta0": ["Beta"],
     "dollar0": ["$uicideboy$"], "dollar1": ["Cash $_^$"],  # TeX to matplotlib, the second not even valid TeX
+    "long0": ["Berliner Philharmoniker, Herbert von Karajan, Anne-Sophie Mutter, Wiener Singverein, "
+              "Chor der Deutschen Oper Berlin"],
 }
 
 
@@ -86,3 +89,13 @@ def test_the_heatmap_labels_names_with_dollar_signs_as_written(library: Path, tm
     found = mess_json(library, "artists", "matrix", "--layer", "mfcc", "--out", str(tmp_path / "m"))
     assert {"$uicideboy$", "Cash $_^$"} <= set(found["artists"])
     assert (tmp_path / "m.png").stat().st_size > 0
+
+
+def test_a_long_name_leaves_the_heatmap_its_layout(library: Path, tmp_path: Path) -> None:
+    """One long credit made matplotlib give up its layout ("UserWarning: Tight layout not applied" on the
+    terminal) and every label ran off the figure's edge; the heatmap cuts it, the CSV keeps it whole."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        found = mess_json(library, "artists", "matrix", "--layer", "mfcc", "--out", str(tmp_path / "m"))
+    assert [str(w.message) for w in caught if "layout" in str(w.message)] == []
+    assert CREDITS["long0"][0] in found["artists"] and CREDITS["long0"][0] in (tmp_path / "m.csv").read_text()

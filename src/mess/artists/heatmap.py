@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 LABELLED_MAX = 80  # above this many artists, tick labels are left off the heatmap
+LABEL_CHARS = 40  # a longer name is cut to this many characters on the heatmap (the CSV has it whole)
 
 
 def cluster_order(sim: np.ndarray) -> np.ndarray:
@@ -42,8 +43,9 @@ def write_heatmap(path: Path, names: list[str], sim: np.ndarray, title: str) -> 
     ax = fig.subplots()
     image = ax.imshow(sim, cmap="viridis", vmin=float(off.min()), vmax=float(off.max()))
     if len(names) <= LABELLED_MAX:  # parse_math off: '$uicideboy$' is a name, not TeX ('Ke$ha $_^$' failed)
-        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8, parse_math=False)
-        ax.set_yticks(range(len(names)), names, fontsize=8, parse_math=False)
+        labels = [_short(name) for name in names]
+        ax.set_xticks(range(len(names)), labels, rotation=90, fontsize=8, parse_math=False)
+        ax.set_yticks(range(len(names)), labels, fontsize=8, parse_math=False)
     else:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -52,3 +54,9 @@ def write_heatmap(path: Path, names: list[str], sim: np.ndarray, title: str) -> 
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
+
+
+def _short(name: str) -> str:
+    """``name`` cut to :data:`LABEL_CHARS` characters: one long credit ('Berliner Philharmoniker, Herbert von
+    Karajan, ...') left no room for the plot's layout, and every other label was cut off at the figure's edge."""
+    return name if len(name) <= LABEL_CHARS else name[: LABEL_CHARS - 1].rstrip() + "…"
