@@ -99,3 +99,25 @@ def test_a_long_name_leaves_the_heatmap_its_layout(library: Path, tmp_path: Path
         found = mess_json(library, "artists", "matrix", "--layer", "mfcc", "--out", str(tmp_path / "m"))
     assert [str(w.message) for w in caught if "layout" in str(w.message)] == []
     assert CREDITS["long0"][0] in found["artists"] and CREDITS["long0"][0] in (tmp_path / "m.csv").read_text()
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".aiff"])
+def test_every_artist_of_a_wav_or_aiff_id3_chunk_is_read(tmp_path: Path, suffix: str) -> None:
+    """A WAV's or AIFF's ID3v2.4 TPE1 'Alpha' + 'Beta' (as Mp3tag and foobar2000 write it) was read as 'Alpha' alone:
+    FFmpeg, which read those files' tags, keeps a list's first value, so Beta vanished from the catalogue and the
+    collaborations, as two FLAC ARTIST comments no longer do."""
+    import mutagen
+    from mutagen.id3 import TCOM, TCON, TIT2, TPE1
+
+    from mess.audio.tags import read_tags
+
+    path = tmp_path / f"duo{suffix}"
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 220 * np.arange(SR) / SR)).astype(np.float32), SR)
+    audio = mutagen.File(path)
+    audio.add_tags()
+    for frame in (TPE1(encoding=3, text=["Alpha", "Beta"]), TCOM(encoding=3, text=["Gamma", "Delta"]),
+                  TIT2(encoding=3, text=["Song"]), TCON(encoding=3, text=["(17)"])):
+        audio.tags.add(frame)
+    audio.save()
+    assert read_tags(path) == {"artist": "Alpha; Beta", "album": None, "title": "Song", "genre": "Rock",
+                               "composer": "Gamma; Delta"}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import av
 import mutagen
 from mutagen.asf import ASF
+from mutagen.id3 import ID3
 
 from mess.audio.decode import open_container
 
@@ -15,6 +17,7 @@ CREDITS = ("artist", "composer")  # every value kept: the first is the main arti
 JOIN = "; "
 ASF_NAMES = {"artist": "Author", "album": "WM/AlbumTitle", "title": "Title", "genre": "WM/Genre",
              "composer": "WM/Composer"}  # WMA's attributes, which mutagen reads under these names only
+ID3_FRAMES = {"artist": "TPE1", "album": "TALB", "title": "TIT2", "genre": "TCON", "composer": "TCOM"}
 
 
 def read_tags(path: Path) -> dict[str, str | None]:
@@ -27,19 +30,29 @@ def read_tags(path: Path) -> dict[str, str | None]:
         audio = None
     if audio is not None and audio.tags is not None:
         for field in TAG_FIELDS:
-            found = audio.tags.get(field)
-            if not found and isinstance(audio, ASF):
-                found = audio.tags.get(ASF_NAMES[field])
-            values = list(dict.fromkeys(v for v in (str(x).strip() for x in found or []) if v))
+            values = list(dict.fromkeys(v for v in (str(x).strip() for x in _values(audio, field)) if v))
             if values:
                 tags[field] = JOIN.join(values) if field in CREDITS else values[0]
     return tags if any(tags.values()) else _ffmpeg_tags(path, tags)
 
 
+def _values(audio: mutagen.FileType, field: str) -> list:
+    """Every value of ``field`` in ``audio``'s tags: by easy name, by WMA's attribute name, or by ID3 frame in a
+    WAV's or AIFF's ID3 chunk (which mutagen's easy mode does not name; FFmpeg reads only a list's first value)."""
+    tags: Any = audio.tags
+    if isinstance(tags, ID3):
+        frame = tags.get(ID3_FRAMES[field])
+        return [] if frame is None else frame.genres if field == "genre" else list(frame.text)
+    found = tags.get(field)
+    if not found and isinstance(audio, ASF):
+        found = tags.get(ASF_NAMES[field])
+    return list(found or [])
+
+
 def _ffmpeg_tags(path: Path, tags: dict[str, str | None]) -> dict[str, str | None]:
     """The fields of FFmpeg's metadata (container, then first audio stream; keys in any case: Matroska's 'ARTIST')
-    for a file mutagen found none in: Matroska (which mutagen does not read), an AIFF file's ID3 chunk (which
-    mutagen's easy mode does not name), a TTA file's APEv2 tags (it reads ID3). ``tags`` where FFmpeg fails."""
+    for a file mutagen found none in: Matroska (which mutagen does not read), a WAV file's RIFF INFO list, a TTA
+    file's APEv2 tags (it reads ID3). ``tags`` where FFmpeg fails."""
     try:
         with open_container(path) as container:
             found = {k.lower(): v for k, v in container.metadata.items()}
