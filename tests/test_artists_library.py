@@ -121,3 +121,29 @@ def test_every_artist_of_a_wav_or_aiff_id3_chunk_is_read(tmp_path: Path, suffix:
     audio.save()
     assert read_tags(path) == {"artist": "Alpha; Beta", "album": None, "title": "Song", "genre": "Rock",
                                "composer": "Gamma; Delta"}
+
+
+def test_centring_two_artists_says_their_scores_say_little(tmp_path: Path) -> None:
+    """Two artists scored about -0.93 centred (the mean of so few points away from each) and nothing said so."""
+    from mess.cli.main import app as mess
+
+    music, store = tmp_path / "music", str(tmp_path / "store")
+    music.mkdir()
+    t = np.arange(SR * 3) / SR
+    for i, artist in enumerate(("Alpha", "Alpha", "Beta", "Beta")):
+        path = music / f"{i}.flac"
+        sf.write(path, (0.3 * np.sin(2 * np.pi * 110 * (1 + i / 3) * t)).astype(np.float32), SR)
+        tags = FLAC(path)
+        tags["artist"] = artist
+        tags.save()
+    runner = CliRunner()
+    extracted = runner.invoke(mess, ["extract", str(music), "--model", "dsp", "--window", "2", "--store", store])
+    assert extracted.exit_code == 0, extracted.output
+    said = "only 2 artists: centring on the collection's mean makes so few look opposite"
+    scores = {}
+    for center in ("--center", "--no-center"):
+        out = runner.invoke(mess, ["artists", "similar", "alpha", "-l", "mfcc", center, "--json", "--store", store])
+        assert out.exit_code == 0, out.output
+        assert (said in " ".join(out.stderr.split())) == (center == "--center"), out.stderr
+        scores[center] = json.loads(out.stdout)["results"][0]["score"]
+    assert scores["--center"] < -0.5 < 0 < scores["--no-center"]

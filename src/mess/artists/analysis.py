@@ -49,6 +49,7 @@ from mess.store.paths import is_device_or_pipe
 from mess.store.reports import slug
 
 Note = Callable[[str], None]
+FEW_ARTISTS = 5  # below this many, centred scores say more about the collection's mean than about the music
 
 
 def _ignore(_: str) -> None:
@@ -121,11 +122,17 @@ def every_space(store: FeatureStore, run: Run, on_note: Note = _ignore) -> list[
 
 def space_artists(artists: ArtistSet, space: Space, options: ArtistOptions, on_note: Note = _ignore) -> ArtistSet:
     """``artists`` as represented by their tracks with a vector in ``space`` (:func:`in_space`); how many tracks
-    have none (tracks extracted since `mess fuse apply`, for the fused vectors) is said through ``on_note``."""
+    have none (tracks extracted since `mess fuse apply`, for the fused vectors) is said through ``on_note``, and so
+    is centring fewer than :data:`FEW_ARTISTS` artists."""
     kept, missing = in_space(artists, space, max_tracks=options.max_tracks, min_tracks=options.min_tracks)
     if missing:
         on_note(left_out_note(missing, space.label))
-    return enough_artists(kept, space)
+    kept = enough_artists(kept, space)
+    if options.center and len(kept.profiles) < FEW_ARTISTS:
+        on_note(f"only {len(kept.profiles)} artists: centring on the collection's mean makes so few look opposite "
+                "whatever the music (by --method mean two score about -1, three about -0.5); --no-center compares "
+                "them as they are")
+    return kept
 
 
 def enough_artists(artists: ArtistSet, space: Space) -> ArtistSet:
