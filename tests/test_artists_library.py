@@ -147,3 +147,25 @@ def test_centring_two_artists_says_their_scores_say_little(tmp_path: Path) -> No
         assert (said in " ".join(out.stderr.split())) == (center == "--center"), out.stderr
         scores[center] = json.loads(out.stdout)["results"][0]["score"]
     assert scores["--center"] < -0.5 < 0 < scores["--no-center"]
+
+
+def test_a_composer_credit_that_is_the_artist_names_its_collaborators(tmp_path: Path) -> None:
+    """Without an artist tag the composer is the artist, and its tag's further values were to be collaborators as an
+    artist tag's are; the collaboration component read artist tags only, so in a composer-tagged soundtrack
+    `--weights collab=1` ended in "no information" though 'Clara; Dora' composed together."""
+    from mess.cli.main import app as mess
+
+    music, store = tmp_path / "music", str(tmp_path / "store")
+    music.mkdir()
+    t = np.arange(SR * 3) / SR
+    for i, composers in enumerate((["Clara", "Dora"], ["Clara"], ["Dora"], ["Erin"], ["Erin"])):
+        path = music / f"{i}.flac"
+        sf.write(path, (0.3 * np.sin(2 * np.pi * 110 * (1 + i / 3) * t)).astype(np.float32), SR)
+        tags = FLAC(path)
+        tags["composer"] = composers
+        tags.save()
+    extracted = CliRunner().invoke(mess, ["extract", str(music), "--model", "dsp", "--window", "2", "--store", store])
+    assert extracted.exit_code == 0, extracted.output
+    found = mess_json(Path(store), "artists", "similar", "clara", "-l", "mfcc", "--weights", "collab=1")
+    assert [r["artist"] for r in found["results"]] == ["Dora", "Erin"]
+    assert found["results"][0]["components"]["collab"] == 1.0 and found["results"][1]["score"] == 0.0

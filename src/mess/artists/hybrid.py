@@ -52,9 +52,11 @@ def genre_similarity(artists: ArtistSet, extra_tags: dict[str, list[str]] | None
 
 
 def collab_similarity(artists: ArtistSet) -> np.ndarray:
-    """Collaboration-graph similarity from 'feat.' / multi-artist credits of every track."""
+    """Collaboration-graph similarity from 'feat.' / multi-artist credits of every track (its composer credit when
+    it has no artist tag, as the composer is then its artist: :func:`mess.artists.profiles.artist_of`)."""
     known = frozenset(name_key(n) for n in artists.names)
-    credits = [track_credits(t.artist, t.title, known) for t in artists.tracks.values()]
+    credits = [track_credits(t.artist if t.artist and t.artist.strip() else t.composer, t.title, known)
+               for t in artists.tracks.values()]
     return collaboration_similarity(artists.names, [c for c in credits if len(c) > 1])
 
 
