@@ -26,26 +26,33 @@ CREDITS = {
               "Chor der Deutschen Oper Berlin"],
 }
 
+TWO_ARTISTS = {stem: {"artist": [stem[:-1].title()]} for stem in ("alpha0", "alpha1", "beta0", "beta1")}
 
-@pytest.fixture(scope="module")
-def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The store of one 3-second tone per file of :data:`CREDITS`, each its own pitch."""
+
+def tagged_store(root: Path, tags: dict[str, dict[str, list[str]]]) -> Path:
+    """The store at ``root``/store of one 3-second FLAC tone per entry of ``tags`` (file stem -> Vorbis comments,
+    each value its own comment), each its own pitch, extracted with the dsp model."""
     from mess.cli.main import app as mess
 
-    root = tmp_path_factory.mktemp("library")
     music = root / "music"
     music.mkdir()
     t = np.arange(SR * 3) / SR
-    for i, (stem, artists) in enumerate(CREDITS.items()):
+    for i, (stem, comments) in enumerate(tags.items()):
         path = music / f"{stem}.flac"
         sf.write(path, (0.3 * np.sin(2 * np.pi * 110 * (1 + i / 3) * t)).astype(np.float32), SR)
-        tags = FLAC(path)
-        tags["artist"] = artists
-        tags.save()
+        flac = FLAC(path)
+        flac.update(comments)
+        flac.save()
     out = CliRunner().invoke(mess, ["extract", str(music), "--model", "dsp", "--window", "2",
                                     "--store", str(root / "store")])
     assert out.exit_code == 0, out.output
     return root / "store"
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The store of :data:`CREDITS`."""
+    return tagged_store(tmp_path_factory.mktemp("library"), {s: {"artist": a} for s, a in CREDITS.items()})
 
 
 def mess_json(store: Path, *args: str) -> dict:
@@ -127,18 +134,8 @@ def test_centring_two_artists_says_their_scores_say_little(tmp_path: Path) -> No
     """Two artists scored about -0.93 centred (the mean of so few points away from each) and nothing said so."""
     from mess.cli.main import app as mess
 
-    music, store = tmp_path / "music", str(tmp_path / "store")
-    music.mkdir()
-    t = np.arange(SR * 3) / SR
-    for i, artist in enumerate(("Alpha", "Alpha", "Beta", "Beta")):
-        path = music / f"{i}.flac"
-        sf.write(path, (0.3 * np.sin(2 * np.pi * 110 * (1 + i / 3) * t)).astype(np.float32), SR)
-        tags = FLAC(path)
-        tags["artist"] = artist
-        tags.save()
+    store = str(tagged_store(tmp_path, TWO_ARTISTS))
     runner = CliRunner()
-    extracted = runner.invoke(mess, ["extract", str(music), "--model", "dsp", "--window", "2", "--store", store])
-    assert extracted.exit_code == 0, extracted.output
     said = "only 2 artists: centring on the collection's mean makes so few look opposite"
     scores = {}
     for center in ("--center", "--no-center"):
@@ -153,19 +150,8 @@ def test_a_composer_credit_that_is_the_artist_names_its_collaborators(tmp_path: 
     """Without an artist tag the composer is the artist, and its tag's further values were to be collaborators as an
     artist tag's are; the collaboration component read artist tags only, so in a composer-tagged soundtrack
     `--weights collab=1` ended in "no information" though 'Clara; Dora' composed together."""
-    from mess.cli.main import app as mess
-
-    music, store = tmp_path / "music", str(tmp_path / "store")
-    music.mkdir()
-    t = np.arange(SR * 3) / SR
-    for i, composers in enumerate((["Clara", "Dora"], ["Clara"], ["Dora"], ["Erin"], ["Erin"])):
-        path = music / f"{i}.flac"
-        sf.write(path, (0.3 * np.sin(2 * np.pi * 110 * (1 + i / 3) * t)).astype(np.float32), SR)
-        tags = FLAC(path)
-        tags["composer"] = composers
-        tags.save()
-    extracted = CliRunner().invoke(mess, ["extract", str(music), "--model", "dsp", "--window", "2", "--store", store])
-    assert extracted.exit_code == 0, extracted.output
-    found = mess_json(Path(store), "artists", "similar", "clara", "-l", "mfcc", "--weights", "collab=1")
+    composers = (["Clara", "Dora"], ["Clara"], ["Dora"], ["Erin"], ["Erin"])
+    store = tagged_store(tmp_path, {f"{i}": {"composer": c} for i, c in enumerate(composers)})
+    found = mess_json(store, "artists", "similar", "clara", "-l", "mfcc", "--weights", "collab=1")
     assert [r["artist"] for r in found["results"]] == ["Dora", "Erin"]
     assert found["results"][0]["components"]["collab"] == 1.0 and found["results"][1]["score"] == 0.0
