@@ -155,3 +155,17 @@ def test_a_composer_credit_that_is_the_artist_names_its_collaborators(tmp_path: 
     found = mess_json(store, "artists", "similar", "clara", "-l", "mfcc", "--weights", "collab=1")
     assert [r["artist"] for r in found["results"]] == ["Dora", "Erin"]
     assert found["results"][0]["components"]["collab"] == 1.0 and found["results"][1]["score"] == 0.0
+
+
+def test_the_hybrid_of_two_artists_says_why_it_cannot_be_scaled(tmp_path: Path) -> None:
+    """With two artists every --weights / --hybrid answer was "audio similarity is constant across artists; choose
+    another layer", and every other layer said the same: one pair has one similarity whatever the layer."""
+    from mess.cli.main import app as mess
+
+    store = str(tagged_store(tmp_path, TWO_ARTISTS))
+    for layer in ("mfcc", "chroma"):
+        out = CliRunner().invoke(mess, ["artists", "similar", "alpha", "-l", layer, "--weights", "audio=1",
+                                        "--store", store])
+        assert out.exit_code == 1 and "choose another layer" not in out.stderr, out.stderr
+        assert "2 artists make only one pair; compare them without --hybrid / --weights" in " ".join(
+            out.stderr.split()), out.stderr

@@ -98,6 +98,9 @@ def components(
     if matched:
         raw["reference"] = reference_similarity(matched, len(artists.profiles))
     scaled = {name: rescale(sim) for name, sim in raw.items()}
+    if scaled["audio"] is None and len(audio) == 2:  # any layer: one pair has one similarity
+        raise ArtistError("the hybrid rescales each component over the artist pairs, and 2 artists make only one "
+                          "pair; compare them without --hybrid / --weights")
     if scaled["audio"] is None:
         raise ArtistError("audio similarity is constant across artists; choose another layer")
     return {name: sim for name, sim in scaled.items() if sim is not None}
