@@ -169,3 +169,25 @@ def test_the_hybrid_of_two_artists_says_why_it_cannot_be_scaled(tmp_path: Path) 
         assert out.exit_code == 1 and "choose another layer" not in out.stderr, out.stderr
         assert "2 artists make only one pair; compare them without --hybrid / --weights" in " ".join(
             out.stderr.split()), out.stderr
+
+
+def test_the_composer_of_an_m4a_file_is_read(tmp_path: Path) -> None:
+    """An M4A's composer (the ©wrt atom iTunes writes) was never read: mutagen's easy mode has no name for it, so a
+    composer-tagged AAC or ALAC track had no composer in the catalogue and, without an artist tag, no artist."""
+    import av
+    from mutagen.mp4 import MP4
+
+    from mess.audio.tags import read_tags
+
+    path = tmp_path / "piece.m4a"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=SR, layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, SR), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = SR
+        for packet in (*stream.encode(frame), *stream.encode(None)):
+            container.mux(packet)
+    tags = MP4(path)
+    tags.update({"\xa9wrt": ["Clara", "Dora"], "\xa9nam": ["Song"]})
+    tags.save()
+    assert read_tags(path) == {"artist": None, "album": None, "title": "Song", "genre": None,
+                               "composer": "Clara; Dora"}

@@ -8,6 +8,7 @@ from typing import Any
 import av
 import mutagen
 from mutagen.asf import ASF
+from mutagen.easymp4 import EasyMP4Tags
 from mutagen.id3 import ID3
 
 from mess.audio.decode import open_container
@@ -18,6 +19,7 @@ JOIN = "; "
 ASF_NAMES = {"artist": "Author", "album": "WM/AlbumTitle", "title": "Title", "genre": "WM/Genre",
              "composer": "WM/Composer"}  # WMA's attributes, which mutagen reads under these names only
 ID3_FRAMES = {"artist": "TPE1", "album": "TALB", "title": "TIT2", "genre": "TCON", "composer": "TCOM"}
+EasyMP4Tags.RegisterTextKey("composer", "\xa9wrt")  # an M4A's composer atom, which mutagen's easy mode does not name
 
 
 def read_tags(path: Path) -> dict[str, str | None]:
