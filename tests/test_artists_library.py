@@ -22,6 +22,7 @@ CREDITS = {
     "unknown0": ["[unknown]"],  # MusicBrainz's name for an unknown artist
     "alpha0": ["Alpha"], "alpha1": ["Alpha feat. Beta"], "beta0": ["Beta"],
     "dollar0": ["$uicideboy$"], "dollar1": ["Cash $_^$"],  # TeX to matplotlib, the second not even valid TeX
+    "rem0": ["R.E.M."], "rem1": ["REM"], "blink0": ["Blink-182"], "blink1": ["Blink 182"], "blink2": ["blink182"],
     "long0": ["Berliner Philharmoniker, Herbert von Karajan, Anne-Sophie Mutter, Wiener Singverein, "
               "Chor der Deutschen Oper Berlin"],
 }
@@ -191,3 +192,12 @@ def test_the_composer_of_an_m4a_file_is_read(tmp_path: Path) -> None:
     tags.save()
     assert read_tags(path) == {"artist": None, "album": None, "title": "Song", "genre": None,
                                "composer": "Clara; Dora"}
+
+
+def test_spellings_that_differ_only_in_punctuation_are_one_artist(library: Path) -> None:
+    """'R.E.M.' and 'REM', 'Blink-182' and 'blink182' were two artists each (punctuation became a space, so
+    'r e m' was not 'rem'), though spellings that differ only in punctuation are documented to be one."""
+    found = mess_json(library, "artists", "similar", "REM", "-l", "mfcc", "-k", "20", "--min-tracks", "1")
+    assert (found["artist"], found["tracks"]) == ("R.E.M.", 2)
+    rows = {r["artist"]: r["tracks"] for r in found["results"]}
+    assert rows["Blink 182"] == 3 and not {"REM", "Blink-182", "blink182"} & set(rows)

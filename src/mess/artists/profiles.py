@@ -10,7 +10,7 @@ from functools import cached_property
 
 import numpy as np
 
-from mess.audio.names import credit_key, main_artist, name_key
+from mess.audio.names import credit_key, main_artist, name_key, normalize_name
 from mess.constants import FUSED
 from mess.search.vectors import from_tracks
 from mess.store import FeatureStore, Run, Track
@@ -74,11 +74,10 @@ class ArtistSet:
         names = self.names
         if name in names:
             return names.index(name)
-        key = name_key(name)
-        for known in (key, credit_key(name)):
+        for known in (name_key(name), credit_key(name)):
             if known in self._rows:
                 return self._rows[known]
-        norm = [name_key(n) for n in names]
+        key, norm = _words(name), [_words(n) for n in names]
         typed = key.split()  # 'doug' or 'kauf' for 'Doug Kaufman': each typed word starts a word of the name
         by_word = sorted((i for i, n in enumerate(norm) if typed and all(any(w.startswith(t) for w in n.split())
                                                                           for t in typed)),
@@ -88,6 +87,11 @@ class ArtistSet:
         more = f" ({len(rows)} in all)" if len(rows) > SUGGESTIONS else ""
         hint = f"; did you mean {', '.join(repr(names[i]) for i in rows[:SUGGESTIONS])}{more}?" if rows else ""
         raise ArtistError(f"unknown artist {name!r} ({len(names)} artists in the store){hint}")
+
+
+def _words(name: str) -> str:
+    """A name's words as :func:`name_key` compares them, spaced (what an unknown name's suggestions match)."""
+    return normalize_name(name) or name.strip().casefold()
 
 
 def artist_of(track: Track) -> tuple[str | None, bool]:

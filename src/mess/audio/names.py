@@ -24,8 +24,9 @@ def normalize_name(name: str) -> str:
 
 
 def name_key(name: str) -> str:
-    """Identity of an artist name: :func:`normalize_name`, or the stripped casefolded name when that is empty."""
-    return normalize_name(name) or name.strip().casefold()
+    """Identity of an artist name: :func:`normalize_name` without its spaces, so punctuation in a name does not split
+    an artist ('R.E.M.' = 'REM', 'Jay-Z' = 'Jay Z' = 'JayZ'); the stripped casefolded name when that is empty."""
+    return normalize_name(name).replace(" ", "") or name.strip().casefold()
 
 
 def main_artist(credit: str) -> str:
