@@ -19,7 +19,7 @@ SR = 22050
 # file stem -> ARTIST values (several: one Vorbis comment each)
 CREDITS = {
     "gidle0": ["(G)I-DLE"], "gidle1": ["(G)I-DLE"],  # a band whose name starts with a bracket
-    "unknown0": ["[unknown]"],  # MusicBrainz's name for an unknown artist
+    "dunkel0": ["[dunkelbunt]"],
     "alpha0": ["Alpha"], "alpha1": ["Alpha feat. Beta"], "beta0": ["Beta"],
     "dollar0": ["$uicideboy$"], "dollar1": ["Cash $_^$"],  # TeX to matplotlib, the second not even valid TeX
     "rem0": ["R.E.M."], "rem1": ["REM"], "blink0": ["Blink-182"], "blink1": ["Blink 182"], "blink2": ["blink182"],
@@ -66,10 +66,11 @@ def mess_json(store: Path, *args: str) -> dict:
 
 
 def test_a_name_that_starts_with_a_bracket_keeps_it(library: Path) -> None:
-    """'(G)I-DLE' was shown as 'G)I-DLE' and '[unknown]' as 'unknown]': the main artist lost a leading bracket."""
+    """'(G)I-DLE' was shown as 'G)I-DLE' and '[dunkelbunt]' as 'dunkelbunt]': the main artist lost a leading
+    bracket."""
     found = mess_json(library, "artists", "similar", "(G)I-DLE", "--layer", "mfcc", "--min-tracks", "1")
     assert found["artist"] == "(G)I-DLE"
-    assert "[unknown]" in [r["artist"] for r in found["results"]]
+    assert "[dunkelbunt]" in [r["artist"] for r in found["results"]]
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +202,17 @@ def test_spellings_that_differ_only_in_punctuation_are_one_artist(library: Path)
     assert (found["artist"], found["tracks"]) == ("R.E.M.", 2)
     rows = {r["artist"]: r["tracks"] for r in found["results"]}
     assert rows["Blink 182"] == 3 and not {"REM", "Blink-182", "blink182"} & set(rows)
+
+
+def test_various_artists_is_no_artist(tmp_path: Path) -> None:
+    """A compilation tagged 'Various Artists' (or a rip's 'Unknown Artist') was an artist of its own: listed among
+    similar artists, and `mess similar --exclude-same-artist` from one of its tracks left out every other one."""
+    tags = {"va0": {"artist": ["Various Artists"]}, "va1": {"artist": ["Various Artists"]},
+            "va2": {"artist": ["VA"], "composer": ["Clara"]}, "unk0": {"artist": ["Unknown Artist"]},
+            "a0": {"artist": ["Alpha"]}, "a1": {"artist": ["Alpha"]}, "c0": {"composer": ["Clara"]},
+            "d0": {"artist": ["Dora"]}}
+    store = tagged_store(tmp_path, tags)
+    found = mess_json(store, "artists", "similar", "alpha", "-l", "mfcc", "--min-tracks", "1")
+    assert {r["artist"]: r["tracks"] for r in found["results"]} == {"Clara": 2, "Dora": 1}
+    similar = mess_json(store, "similar", str(tmp_path / "music" / "va0.flac"), "--exclude-same-artist", "-k", "10")
+    assert {Path(r["path"]).stem for r in similar["results"]} >= {"va1", "unk0"}

@@ -95,7 +95,8 @@ def open_artists(store: FeatureStore, options: ArtistOptions, on_note: Note = _i
     if artists.composer_fallback:
         on_note(f"{artists.composer_fallback} tracks have no artist tag; their composer is used as the artist")
     if artists.unattributed:
-        on_note(f"{artists.unattributed} tracks have neither artist nor composer and are left out")
+        on_note(f"{artists.unattributed} tracks have neither artist nor composer (or only one like 'Various "
+                "Artists') and are left out")
     return run, artists
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from mess.artists.credits import collaboration_similarity, track_credits
 from mess.artists.profiles import ArtistError, ArtistSet
 from mess.artists.validate import Metrics, evaluate
-from mess.audio.names import name_key
+from mess.audio.names import credit_key, name_key
 
 COMPONENTS = ("audio", "genre", "collab", "reference")
 WEIGHTS_FILE = "artists_hybrid.json"  # learned weights, in the store's reports folder
@@ -55,7 +55,7 @@ def collab_similarity(artists: ArtistSet) -> np.ndarray:
     """Collaboration-graph similarity from 'feat.' / multi-artist credits of every track (its composer credit when
     it has no artist tag, as the composer is then its artist: :func:`mess.artists.profiles.artist_of`)."""
     known = frozenset(name_key(n) for n in artists.names)
-    credits = [track_credits(t.artist if t.artist and t.artist.strip() else t.composer, t.title, known)
+    credits = [track_credits(t.artist if credit_key(t.artist) else t.composer, t.title, known)
                for t in artists.tracks.values()]
     return collaboration_similarity(artists.names, [c for c in credits if len(c) > 1])
 

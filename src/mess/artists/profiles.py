@@ -49,7 +49,7 @@ class ArtistSet:
     profiles: tuple[ArtistProfile, ...]
     tracks: dict[int, Track]
     composer_fallback: int  # tracks whose artist came from the composer tag
-    unattributed: int  # tracks with neither artist nor composer (left out)
+    unattributed: int  # tracks with neither artist nor composer, or one like 'Various Artists' (left out)
 
     @property
     def names(self) -> list[str]:
@@ -95,11 +95,12 @@ def _words(name: str) -> str:
 
 
 def artist_of(track: Track) -> tuple[str | None, bool]:
-    """(main artist, whether it came from the composer tag) of a track."""
-    if track.artist and track.artist.strip():
-        return main_artist(track.artist), False
-    if track.composer and track.composer.strip():
-        return main_artist(track.composer), True
+    """(main artist, whether it came from the composer tag) of a track; a tag that names no artist ('Various
+    Artists': :func:`credit_key`) counts as none."""
+    if credit_key(track.artist):
+        return main_artist(track.artist or ""), False
+    if credit_key(track.composer):
+        return main_artist(track.composer or ""), True
     return None, False
 
 

@@ -14,6 +14,10 @@ import unicodedata
 FEAT = re.compile(r"\s*(?:[\(\[]\s*(?:feat\.?|ft\.?|featuring|with)|\b(?:feat\.?|ft\.?|featuring))\s+",
                    re.IGNORECASE)
 
+# name_key forms of the credits that name no artist: 'Various Artists' (MusicBrainz), 'VA', 'V.A.', 'Various',
+# 'Unknown Artist' (Windows Media Player), 'Unknown', '[unknown]' and '[no artist]' (MusicBrainz).
+PLACEHOLDERS = frozenset({"variousartists", "various", "va", "unknownartist", "unknown", "noartist"})
+
 
 def normalize_name(name: str) -> str:
     """Comparable form of an artist name: no accents, case, punctuation or leading 'the'."""
@@ -38,14 +42,16 @@ def main_artist(credit: str) -> str:
 
 
 def credit_key(credit: str | None) -> str:
-    """Identity (:func:`name_key`) of a credit's main artist; empty for a missing or blank credit."""
-    return name_key(main_artist(credit)) if credit and credit.strip() else ""
+    """Identity (:func:`name_key`) of a credit's main artist; empty for a missing or blank credit, and for one that
+    names no artist (:data:`PLACEHOLDERS`: a compilation's 'Various Artists', a ripper's 'Unknown Artist')."""
+    key = name_key(main_artist(credit)) if credit and credit.strip() else ""
+    return "" if key in PLACEHOLDERS else key
 
 
 def label_key(field: str, value: str | None) -> str | None:
     """What a tag ``field`` labels a track with when tracks are grouped by it (evaluation, fusion): for artist and
     composer the credit's main-artist identity (:func:`credit_key`: spellings and guests do not split an artist, as
-    in `mess artists`), else the stripped text; None when empty."""
+    in `mess artists`), else the stripped text; None when empty or naming no artist ('Various Artists')."""
     if not value or not value.strip():
         return None
-    return credit_key(value) if field in ("artist", "composer") else value.strip()
+    return (credit_key(value) or None) if field in ("artist", "composer") else value.strip()
