@@ -216,3 +216,15 @@ def test_various_artists_is_no_artist(tmp_path: Path) -> None:
     assert {r["artist"]: r["tracks"] for r in found["results"]} == {"Clara": 2, "Dora": 1}
     similar = mess_json(store, "similar", str(tmp_path / "music" / "va0.flac"), "--exclude-same-artist", "-k", "10")
     assert {Path(r["path"]).stem for r in similar["results"]} >= {"va1", "unk0"}
+
+
+def test_hide_low_that_leaves_out_every_artist_says_so(tmp_path: Path) -> None:
+    """`similar --hide-low` printed an empty table, without a word, when every other artist was low-confidence."""
+    from mess.cli.main import app as mess
+
+    store = tagged_store(tmp_path, TWO_ARTISTS)
+    out = CliRunner().invoke(mess, ["artists", "similar", "alpha", "-l", "mfcc", "--hide-low", "--json",
+                                    "--store", str(store)])
+    assert out.exit_code == 0 and json.loads(out.stdout)["results"] == [], out.output
+    assert "--hide-low left out every other artist (1): each has fewer than --min-tracks 3 tracks" in " ".join(
+        out.stderr.split()), out.stderr

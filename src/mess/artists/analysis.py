@@ -234,6 +234,9 @@ def similar_artists(store: FeatureStore, name: str, k: int, options: ArtistOptio
     keep = np.array([not p.low_confidence for p in artists.profiles]) if hide_low else None
     rows = [_row(artists.profiles[j], r + 1, float(scores[j]), {c: float(m[query, j]) for c, m in parts.items()})
             for r, j in enumerate(top_k(scores, query, k, keep))]
+    if not rows:  # every other artist hidden: an empty table said nothing
+        on_note(f"--hide-low left out every other artist ({len(artists.profiles) - 1}): each has fewer than "
+                f"--min-tracks {options.min_tracks} tracks")
     return SimilarArtists(run, artists.profiles[query], space.label, options, rows, tuple(parts),
                           len(everyone.tracks) - len(artists.tracks))
 
