@@ -132,6 +132,24 @@ def test_every_artist_of_a_wav_or_aiff_id3_chunk_is_read(tmp_path: Path, suffix:
                                "composer": "Gamma; Delta"}
 
 
+def test_a_wavs_riff_info_fills_what_its_id3_chunk_lacks(tmp_path: Path) -> None:
+    """A WAV with an INFO artist and an ID3 chunk holding only a title keeps its artist (FFmpeg reads both)."""
+    import mutagen
+    from mutagen.id3 import TIT2
+
+    from mess.audio.tags import read_tags
+
+    path = tmp_path / "info.wav"
+    with sf.SoundFile(path, "w", SR, 1) as wav:
+        wav.artist, wav.title = "Info Artist", "Info Title"
+        wav.write(np.zeros(SR, np.float32))
+    audio = mutagen.File(path)
+    audio.add_tags()
+    audio.tags.add(TIT2(encoding=3, text=["ID3 Title"]))
+    audio.save()
+    assert (read_tags(path)["artist"], read_tags(path)["title"]) == ("Info Artist", "ID3 Title")
+
+
 def test_centring_two_artists_says_their_scores_say_little(tmp_path: Path) -> None:
     """Two artists scored about -0.93 centred (the mean of so few points away from each) and nothing said so."""
     from mess.cli.main import app as mess

@@ -35,7 +35,12 @@ def read_tags(path: Path) -> dict[str, str | None]:
             values = list(dict.fromkeys(v for v in (str(x).strip() for x in _values(audio, field)) if v))
             if values:
                 tags[field] = JOIN.join(values) if field in CREDITS else values[0]
-    return tags if any(tags.values()) else _ffmpeg_tags(path, tags)
+    if not any(tags.values()):
+        return _ffmpeg_tags(path, tags)
+    if audio is not None and isinstance(audio.tags, ID3) and not all(tags.values()):
+        found = _ffmpeg_tags(path, tags)  # a WAV's RIFF INFO list may hold what its ID3 chunk lacks
+        return {field: value or found[field] for field, value in tags.items()}
+    return tags
 
 
 def _values(audio: mutagen.FileType, field: str) -> list:
