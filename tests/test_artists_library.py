@@ -151,7 +151,8 @@ def test_a_wavs_riff_info_fills_what_its_id3_chunk_lacks(tmp_path: Path) -> None
 
 
 def test_centring_two_artists_says_their_scores_say_little(tmp_path: Path) -> None:
-    """Two artists scored about -0.93 centred (the mean of so few points away from each) and nothing said so."""
+    """Two artists scored about -0.93 centred (the mean of so few points away from each) and nothing said so, in
+    `mess artists similar` or the server's answer the web page shows."""
     from mess.cli.main import app as mess
 
     store = str(tagged_store(tmp_path, TWO_ARTISTS))
@@ -164,6 +165,14 @@ def test_centring_two_artists_says_their_scores_say_little(tmp_path: Path) -> No
         assert (said in " ".join(out.stderr.split())) == (center == "--center"), out.stderr
         scores[center] = json.loads(out.stdout)["results"][0]["score"]
     assert scores["--center"] < -0.5 < 0 < scores["--no-center"]
+    from mess.serve.app import create_app
+
+    with TestClient(base_url="http://127.0.0.1", app=create_app(Path(store))) as client:
+        for center in ("true", "false"):
+            answer = client.get("/api/artists/similar", params={"name": "alpha", "layer": "mfcc", "center": center})
+            note = answer.json()["note"]
+            assert (note is not None and note.startswith(said) and "center=false compares" in note) == (
+                center == "true"), answer.json()
 
 
 def test_a_composer_credit_that_is_the_artist_names_its_collaborators(tmp_path: Path) -> None:

@@ -129,11 +129,18 @@ def space_artists(artists: ArtistSet, space: Space, options: ArtistOptions, on_n
     if missing:
         on_note(left_out_note(missing, space.label))
     kept = enough_artists(kept, space)
-    if options.center and len(kept.profiles) < FEW_ARTISTS:
-        on_note(f"only {len(kept.profiles)} artists: centring on the collection's mean makes so few look opposite "
-                "whatever the music (by --method mean two score about -1, three about -0.5); --no-center compares "
-                "them as they are")
+    if options.center and (note := centring_note(len(kept.profiles), "--no-center")):
+        on_note(note)
     return kept
+
+
+def centring_note(artists: int, uncentred: str) -> str | None:
+    """What centred scores of so few ``artists`` say (None from :data:`FEW_ARTISTS` up); ``uncentred`` names the
+    switch that turns centring off ('--no-center', 'center=false')."""
+    if artists >= FEW_ARTISTS:
+        return None
+    return (f"only {artists} artists: centring on the collection's mean makes so few look opposite whatever the "
+            f"music (by --method mean two score about -1, three about -0.5); {uncentred} compares them as they are")
 
 
 def enough_artists(artists: ArtistSet, space: Space) -> ArtistSet:

@@ -9,7 +9,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from mess.artists.analysis import enough_artists, row_in_space
+from mess.artists.analysis import centring_note, enough_artists, row_in_space
 from mess.artists.discrimination import most_discriminative
 from mess.artists.profiles import ArtistError, ArtistSet, Space, in_space, load_artists, load_space
 from mess.artists.similarity import METHODS as ARTIST_METHODS
@@ -265,6 +265,7 @@ def similar_artists(state: State, name: Annotated[str, Query(description="Artist
                for r, j in enumerate(top_k(np.nan_to_num(scores, nan=-np.inf), query, k))]
     return {"artist": me.name, "tracks": len(me.track_ids), "low_confidence": me.low_confidence,
             "model": run.model, "space": space.label, "method": method, "centered": center,
+            "note": centring_note(len(aset.profiles), "center=false") if center else None,
             "stale_aspect_map": stale, "tracks_without_fused_vectors": missing, "results": results}
 
 

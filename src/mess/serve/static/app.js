@@ -395,7 +395,7 @@ async function loadArtists(name) {
       api(`/api/artists/similar?${new URLSearchParams({ name, model: state.model, k: "5" })}`));
     list.replaceChildren();
     $("artists-caption").textContent = `like ${data.artist} (${data.space})` +
-      (data.stale_aspect_map ? `; ${data.stale_aspect_map}` : "");
+      (data.note ? `; ${data.note}` : "") + (data.stale_aspect_map ? `; ${data.stale_aspect_map}` : "");
     for (const r of data.results) {
       const item = el("li", `${r.artist} `);
       item.append(el("span", r.score === null ? "-" : r.score.toFixed(3), "score"));
