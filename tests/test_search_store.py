@@ -862,3 +862,28 @@ def test_evaluate_with_k_beyond_the_collection_never_counts_a_query_as_its_own_n
     for s in [*ev.sets, *ev.variants]:
         assert s.hub.k == ev.n_tracks - 1, s.name
         assert s.hub.max_occurrence <= ev.n_tracks - 1, s.name
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_an_approximate_index_gives_as_many_tracks_as_asked_for(tmp_path: Path, kind: str) -> None:
+    """`mess similar -k 300` through a saved IVF index probed only the lists its tuned breadth names (about 50 tracks
+    here), and HNSW as many as its tuned breadth: the answer held those, not 300, without a word. The search now widens
+    until it has k tracks (or every list), excluded tracks included in the count."""
+    rng = np.random.default_rng(11)
+    store = FeatureStore(tmp_path / "store")
+    info = ModelInfo("synth", "r1", 16000, ("l0", "l1", "l2"), DIMS)
+    run = store.ensure_run(run_key(info, WindowPolicy()))
+    centres = [rng.standard_normal((20, d)) * 3 for d in DIMS[1:]]
+    for i in range(600):
+        _add_track(store, run, f"/music/a{i % 20}/t{i}.wav", f"hash-{i}", _vectors(rng, centres, i % 20),
+                   f"Artist {i % 20}", f"Track {i}")
+    vs = load_vectors(store, run, VectorSpec("layer", "l1"))
+    _, report = build_index(store, vs, kind)
+    assert report.kind == kind and open_index(store, vs).ann.kind == kind  # the saved index answers
+    query = resolve_query(store, "1", run)
+    for k, same_artist in ((300, False), (599, False), (500, True)):
+        results = similar_tracks(store, run, query, k=k, layer="l1", expand=0, exclude_same_artist=same_artist)
+        ids = [n.track.id for n in results]
+        wanted = min(k, 600 - (30 if same_artist else 1))
+        assert len(ids) == len(set(ids)) == wanted and 1 not in ids
+    store.close()

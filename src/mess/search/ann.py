@@ -136,15 +136,28 @@ class AnnIndex:
                breadth: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (cosine similarities, ids) per query row; ids in ``exclude`` are never returned.
 
-        Missing results (fewer than k candidates) have id -1.
+        An approximate index searches ``breadth`` (default: the tuned one) lists or candidates, and more, doubling,
+        while a row found fewer than k (the lists probed held too few, or mostly excluded tracks), up to every list
+        (IVF) or every vector (HNSW). Missing results (fewer than k candidates even then) have id -1.
         """
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        params = self._params(breadth or self.breadth, exclude)
         k = max(1, min(k, self.ntotal))
-        dist, ids = self.index.search(queries, k, params=params)  # faiss's threads: the application's choice
+        breadth = breadth or self.breadth
+        wanted = min(k, self.ntotal - (0 if exclude is None else len(np.unique(exclude))))  # at most, when all held
+        while True:
+            params = self._params(breadth, exclude)
+            dist, ids = self.index.search(queries, k, params=params)  # faiss's threads: the application's choice
+            if self.kind == "flat" or breadth >= self._widest or (ids >= 0).sum(axis=1).min() >= wanted:
+                break
+            breadth = min(2 * max(breadth, 1), self._widest)
         if self.index.metric_type == faiss.METRIC_L2:
             dist = 1.0 - dist / 2.0
         return dist, ids
+
+    @property
+    def _widest(self) -> int:
+        """The breadth that searches every list (IVF) or as many candidates as vectors (HNSW)."""
+        return int(self.index.nlist) if self.kind in ("ivf", "ivfpq") else max(self.ntotal, 1)
 
     def tune(self, base: np.ndarray, base_ids: np.ndarray, queries: np.ndarray, target_recall: float,
              k: int = 10) -> None:
