@@ -225,6 +225,24 @@ def test_killed_job_resumes_without_loss_or_duplicates(ray_address: str, tones: 
     _assert_same_vectors(_by_path(store, "dsp"), reference)
 
 
+def test_ray_prunes_files_gone_from_disk_as_the_local_engine_does(ray_address: str, tmp_path: Path) -> None:
+    """`mess extract --engine ray --prune` forgot nothing: the deleted file kept answering searches, and the run
+    ended by telling the user to run `mess extract FOLDER --prune`."""
+    music, store_dir = tmp_path / "music", tmp_path / "store"
+    gone = _write_tones(music, 3, seconds=5.0)[1]
+    args = [str(music), "--model", "dsp", "--store", str(store_dir), "--window", "4", "--max-windows", "3"]
+    local = subprocess.run([sys.executable, "-m", "mess.cli", "extract", *args], capture_output=True, text=True,
+                           timeout=300, env=RAY_ENV)
+    assert local.returncode == 0, local.stdout + local.stderr
+    gone.unlink()
+    out = subprocess.run([sys.executable, "-m", "mess.cli", "extract", *args, "--prune", "--engine", "ray",
+                          "--address", ray_address], capture_output=True, text=True, timeout=300, env=RAY_ENV)
+    said = out.stdout + out.stderr
+    assert out.returncode == 0 and "1 removed" in said and "no longer on disk" not in said, said
+    with contextlib.closing(FeatureStore(store_dir, readonly=True)) as store:
+        assert sorted(Path(t.path).name for t in store.tracks(store.run("dsp"))) == ["tone00.wav", "tone02.wav"]
+
+
 def test_killed_worker_is_restarted_and_nothing_is_lost(ray_address: str, tones: tuple, tmp_path: Path) -> None:
     music, reference = tones
     store_dir = tmp_path / "store"

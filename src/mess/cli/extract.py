@@ -96,7 +96,8 @@ def extract_command(
     # the level after, so a caller running the command in-process (CliRunner, a notebook) keeps its warnings.
     with quiet("mess"), open_store(store, readonly=False) as fs:
         if engine == "ray":
-            summary = _run_ray(fs, paths, model, embedder, policy, batch_size, device, address, precision, wait)
+            summary = _run_ray(fs, paths, model, embedder, policy, batch_size, device, address, precision, wait,
+                               [*folders, *linked] if prune else [])
         else:
             summary = _run_local(fs, paths, embedder, policy, batch_size, workers, [*folders, *linked] if prune else [],
                                  wait)
@@ -157,15 +158,16 @@ def _embedder(model: str, preset: str | None, device: str, engine: str, precisio
 
 
 def _run_ray(fs: FeatureStore, paths: list[Path], model: str, embedder: EmbeddingModel, policy: WindowPolicy,
-             batch_size: int, device: str, address: str | None, precision: str, wait: bool) -> ExtractSummary:
-    """Extract on a Ray cluster under the store's write lock."""
+             batch_size: int, device: str, address: str | None, precision: str, wait: bool,
+             prune_under: list[Path]) -> ExtractSummary:
+    """Extract on a Ray cluster under the store's write lock (pruning first under ``prune_under``)."""
     from mess.scale.ray_extract import ScaleError, extract_ray
 
     with failing(ScaleError):
         with fs.writing("mess extract --engine ray", wait=wait):
             return extract_ray(fs, paths, model, policy, batch_size=batch_size, device=device, address=address,
                                precision=precision, info=embedder.info,
-                               source=embedder.source())
+                               source=embedder.source(), prune_under=prune_under)
 
 
 def _run_local(

@@ -97,7 +97,7 @@ def _extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, 
     record_source(store, run, model.source())
     summary = ExtractSummary()
     if prune_under:
-        summary.removed = _prune(store, paths, prune_under)
+        summary.removed = prune(store, paths, prune_under)
     pending: list[Windows] = []
     embedded: set[str] = set()  # content hashes this run embeds: a later file with one is a byte-identical copy
 
@@ -240,7 +240,7 @@ def _fail(store: FeatureStore, run: Run, record: FileRecord, reason: str, summar
     log.warning(reason)
 
 
-def _prune(store: FeatureStore, paths: Sequence[Path], roots: Sequence[Path]) -> int:
+def prune(store: FeatureStore, paths: Sequence[Path], roots: Sequence[Path]) -> int:
     """Forget catalogued files under ``roots`` (or that a root names) that are no longer on disk (and failures of
     files never read there).
 

@@ -30,7 +30,7 @@ import ray
 import ray.data
 
 from mess.audio.windows import WindowPolicy
-from mess.extract.pipeline import ExtractSummary
+from mess.extract.pipeline import ExtractSummary, prune
 from mess.extract.runs import record_source, run_key
 from mess.models.base import ModelInfo
 from mess.models.registry import load_model
@@ -53,7 +53,7 @@ class ScaleError(Exception):
 def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, policy: WindowPolicy, *,
                 batch_size: int = 4, device: str = "cpu", address: str | None = None, precision: str = "fp32",
                 actors: int | None = None, write_every: int = 16, info: ModelInfo | None = None,
-                source: dict[str, str] | None = None) -> ExtractSummary:
+                source: dict[str, str] | None = None, prune_under: Sequence[Path] = ()) -> ExtractSummary:
     """Embed every file not yet in the store for this model/revision/policy, on a Ray cluster.
 
     Args:
@@ -68,6 +68,8 @@ def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, pol
             most these plus the in-flight ones.
         info: the model's info (with precision applied) when the caller already loaded it.
         source: the loaded model's ``source()``, recorded with the run (with ``info``).
+        prune_under: forget catalogued files under these folders that are no longer on disk, as the local
+            pipeline does (:func:`mess.extract.pipeline.prune`).
 
     Raises:
         ScaleError: the cluster cannot be reached or has no GPU for ``device="cuda"``.
@@ -81,6 +83,8 @@ def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, pol
         run = store.ensure_run(run_key(info, policy))
         record_source(store, run, source)
         summary = ExtractSummary()
+        if prune_under:
+            summary.removed = prune(store, paths, prune_under)
         todo = _catalogue(store, run, paths, summary)
         if todo:
             n_actors = min(len(todo), actors or _default_actors(device))
