@@ -418,6 +418,32 @@ def test_an_indexes_folder_replaced_by_a_file_leaves_search_answering(dsp_store:
 
 
 @pytest.mark.xdist_group("store_redteam_dsp")
+@pytest.mark.parametrize("part", ["faiss", "npz", "augment.npz"])
+def test_a_folder_where_an_index_file_belongs_is_moved_aside_by_repair(dsp_store: tuple[Path, Path], tmp_path: Path,
+                                                                       part: str) -> None:
+    """A folder named like a saved index file: `mess check` called the index out of date and said `--repair`
+    deletes it; the repair ended in 'error: ...: Is a directory' (the store's own repairs unsaid), and `mess index`
+    failed so for good. The repair renames the folder aside (its files kept) and `mess index` saves again."""
+    _, original = dsp_store
+    store = tmp_path / "store"
+    shutil.copytree(original, store)
+    assert _mess("index", "--store", str(store)).returncode == 0
+    target = store / "indexes" / f"run1-all-power.{part}"
+    target.unlink()
+    target.mkdir()
+    (target / "kept.txt").write_text("mine")
+    checked = _mess("check", "--json", "--store", str(store))
+    assert checked.returncode == 0 and {p["kind"] for p in json.loads(checked.stdout)["problems"]} == {"stale-index"}
+    repaired = _mess("check", "--repair", "--store", str(store))
+    said = repaired.stdout + repaired.stderr
+    assert repaired.returncode == 0 and "moved the folder" in said, said
+    aside = list((store / "indexes").glob(f"run1-all-power.{part}.*.not-an-index"))
+    assert len(aside) == 1 and (aside[0] / "kept.txt").read_text() == "mine"
+    assert _mess("index", "--store", str(store)).returncode == 0 and target.is_file()
+    assert _mess("check", "--json", "--store", str(store)).stdout.count("stale-index") == 0
+
+
+@pytest.mark.xdist_group("store_redteam_dsp")
 def test_a_writer_on_a_read_only_file_system_is_told_so(dsp_store: tuple[Path, Path], tmp_path: Path,
                                                         read_only: Callable[[Path], Path]) -> None:  # noqa: F811
     """`mess extract` (and index, fuse apply, probe, check --repair) into a store on a read-only mount said only

@@ -57,6 +57,5 @@ def _repair(store: FeatureStore) -> tuple[list[Problem], list[str]]:
         except ValueError:  # a damaged catalog: the check names it
             return full_check(store), moved
         for index in stale_indexes(store):  # after the repair: the vectors it drops make indexes stale too
-            delete_index(index)
-            actions.append(f"deleted stale index {index.name}")
+            actions.append(delete_index(index))
     return problems, actions

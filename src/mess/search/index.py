@@ -265,8 +265,15 @@ def _source(store: FeatureStore, run: Run, spec: VectorSpec) -> str | None:
         return None
 
 
-def delete_index(path: Path) -> None:
-    """Remove a saved index and its sidecars (or saved ranking data, one file)."""
+def delete_index(path: Path) -> str:
+    """Remove a saved index and its sidecars (or saved ranking data, one file); what was done, one line. A folder
+    standing where one of them belongs is renamed aside (``NAME.<ns>.not-an-index``), nothing in it deleted."""
     one = path.name.endswith((SUFFIX, AUGMENT_SUFFIX))
+    aside = []
     for p in (path,) if one else (path, path.with_suffix(".json"), path.with_suffix(".npz")):
-        p.unlink(missing_ok=True)
+        if p.is_dir() and not p.is_symlink():
+            aside.append(p.rename(p.with_name(f"{p.name}.{time.time_ns()}.not-an-index")).name)
+        else:
+            p.unlink(missing_ok=True)
+    moved = f"; moved the folder{'s' * (len(aside) > 1)} standing in its place aside to {', '.join(aside)}"
+    return f"deleted stale index {path.name}" + (moved if aside else "")
