@@ -243,6 +243,20 @@ def test_ray_prunes_files_gone_from_disk_as_the_local_engine_does(ray_address: s
         assert sorted(Path(t.path).name for t in store.tracks(store.run("dsp"))) == ["tone00.wav", "tone02.wav"]
 
 
+def test_ray_catalogues_a_truncated_file_with_its_decoded_duration(ray_address: str, tmp_path: Path) -> None:
+    """An MP3 whose header claims 200 s but holds about 62: the local engine records what it decoded, the Ray engine
+    kept the header's 200 s (playlists said 3:20)."""
+    from test_extract import _truncated_mp3
+
+    (tmp_path / "music").mkdir()
+    _truncated_mp3(tmp_path / "music" / "cut.mp3")
+    got = extract_ray(tmp_path / "ray", find_audio([tmp_path / "music"]), "dsp", POLICY, ray_address, actors=1)
+    assert (got.done, got.failed) == (1, [])
+    with contextlib.closing(FeatureStore(tmp_path / "ray", readonly=True)) as store:
+        duration = store.track(tmp_path / "music" / "cut.mp3").duration
+    assert duration is not None and 55 < duration < 70, duration
+
+
 def test_killed_worker_is_restarted_and_nothing_is_lost(ray_address: str, tones: tuple, tmp_path: Path) -> None:
     music, reference = tones
     store_dir = tmp_path / "store"

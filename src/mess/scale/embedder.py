@@ -41,7 +41,7 @@ class Embedder:
                     for r in rows if not r["error"]]
         results = dict(self._embed(prepared))
         out: dict[str, list[Any]] = {k: [] for k in ("path", "hash", "error", "warnings", "samples", "track",
-                                                      "segments", "starts")}
+                                                      "segments", "starts", "duration")}
         for r in rows:
             got = results.get(r["hash"], r["error"])
             failed = isinstance(got, str)
@@ -54,6 +54,7 @@ class Embedder:
             out["segments"].append(np.zeros((0, self.width), np.float32) if failed
                                    else np.concatenate(got.segments, axis=1))
             out["starts"].append(np.zeros(0) if failed else np.asarray(got.seg_starts))
+            out["duration"].append(float(r["duration"]))
         return out
 
     def _embed(self, prepared: list[Windows]) -> list[tuple[str, TrackVectors | str]]:

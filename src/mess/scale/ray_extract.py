@@ -198,6 +198,8 @@ def _commit(store: FeatureStore, run: Run, rows: ray.data.Dataset, write_every: 
         if row["hash"] in seen:  # a retried task's output delivered twice
             continue
         seen.add(row["hash"])
+        if row["duration"] >= 0:  # a truncated file: its header claimed another length (as the local pipeline)
+            store.set_duration(row["hash"], float(row["duration"]))
         if row["warnings"]:
             summary.warnings += row["warnings"].split("\n")
         if row["error"]:

@@ -39,11 +39,12 @@ def decode_row(row: dict[str, Any], sample_rate: int, policy: str, band_hz: floa
     changed since it was catalogued).
 
     Returns the path, hash, error ("" when fine), warnings (newline-joined), window
-    starts in seconds and the windows [n_windows, samples] (empty on error).
+    starts in seconds, the windows [n_windows, samples] (empty on error) and the decoded duration when it replaces
+    the header's (a truncated file; -1 otherwise).
     """
     path = Path(row["path"])
     out = {"path": row["path"], "hash": row["hash"], "error": "", "warnings": "",
-           "starts": np.zeros(0), "audio": np.zeros((0, 0), np.float32)}
+           "starts": np.zeros(0), "audio": np.zeros((0, 0), np.float32), "duration": -1.0}
     try:
         info = {"duration": row["duration"], "sample_rate": int(row.get("sample_rate") or 0)}
         record = FileRecord(path, row["hash"], int(row["size"]), 0.0, info, {}, row["stamp"])
@@ -52,4 +53,5 @@ def decode_row(row: dict[str, Any], sample_rate: int, policy: str, band_hz: floa
         return {**out, "error": str(exc)}
     except OSError as exc:
         return {**out, "error": f"{path}: cannot read ({exc.strerror or exc})"}
-    return {**out, "warnings": "\n".join(win.warnings), "starts": win.starts, "audio": win.audio}
+    return {**out, "warnings": "\n".join(win.warnings), "starts": win.starts, "audio": win.audio,
+            "duration": -1.0 if win.duration is None else float(win.duration)}
