@@ -255,3 +255,24 @@ def test_hide_low_that_leaves_out_every_artist_says_so(tmp_path: Path) -> None:
     assert out.exit_code == 0 and json.loads(out.stdout)["results"] == [], out.output
     assert "--hide-low left out every other artist (1): each has fewer than --min-tracks 3 tracks" in " ".join(
         out.stderr.split()), out.stderr
+
+
+def test_heatmap_labels_fall_back_to_fonts_that_draw_them_and_say_what_none_draws(tmp_path: Path) -> None:
+    """A Japanese or Korean name was drawn as boxes even where an installed font draws it (matplotlib falls back
+    to no other font), and the terminal got one UserWarning per missing character and drawing (20 for two names)."""
+    from mess.artists.heatmap import label_fonts
+    from mess.cli.main import app as mess
+
+    families, missing = label_fonts(["\u2312 arc"])  # '⌒': not in DejaVu Sans, in matplotlib's DejaVu Sans Mono
+    assert families[0] == "DejaVu Sans" and "DejaVu Sans Mono" in families and missing == ""
+    names = {"sakamoto0": ["坂本龍一"], "bts0": ["방탄소년단"], "arc0": ["\u2312 arc"]}
+    store = tagged_store(tmp_path, {stem: {"artist": a} for stem, a in names.items()})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = CliRunner().invoke(mess, ["artists", "matrix", "-l", "mfcc", "--no-center", "--out",
+                                        str(tmp_path / "m"), "--store", str(store)])
+    assert out.exit_code == 0, out.output
+    assert [str(w.message) for w in caught if "Glyph" in str(w.message)] == []
+    unfit = label_fonts(["坂本龍一", "방탄소년단"])[1]  # all of them where no CJK font is installed, as here
+    said = f"note: no installed font draws {len(unfit)} characters of the artist names"
+    assert (said in " ".join(out.stderr.split())) == bool(unfit), out.stderr

@@ -352,10 +352,14 @@ def artist_matrix(store: FeatureStore, options: ArtistOptions, choice: SpaceChoi
     csv_path, png_path = prefix.with_name(prefix.name + ".csv"), prefix.with_name(prefix.name + ".png")
     try:
         write_csv(csv_path, names, sim)
-        write_heatmap(png_path, names, sim,
-                      f"{run.model} {space.label} ({options.method}{', centred' if options.center else ''})")
+        unfit = write_heatmap(png_path, names, sim,
+                              f"{run.model} {space.label} ({options.method}{', centred' if options.center else ''})")
     except OSError as exc:
         raise ArtistError(f"cannot write {exc.filename or prefix}: {exc.strerror or exc}") from None
+    if unfit:
+        on_note(f"no installed font draws {len(unfit)} characters of the artist names ({unfit[:10]}): the heatmap "
+                "shows them as boxes (a font such as Noto Sans CJK draws Japanese, Korean and Chinese); the CSV has "
+                "them")
     return ArtistMatrix(run, space.label, names, sim, csv_path, png_path)
 
 

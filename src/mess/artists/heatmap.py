@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import warnings
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +35,9 @@ def write_csv(path: Path, names: list[str], sim: np.ndarray) -> None:
             writer.writerow([name, *(f"{v:.4f}" for v in row)])
 
 
-def write_heatmap(path: Path, names: list[str], sim: np.ndarray, title: str) -> None:
-    """Heatmap PNG of an artist matrix, colour range from the off-diagonal values."""
+def write_heatmap(path: Path, names: list[str], sim: np.ndarray, title: str) -> str:
+    """Heatmap PNG of an artist matrix, colour range from the off-diagonal values; the characters of the names that
+    no installed font draws (shown as boxes), empty when none."""
     from matplotlib.figure import Figure  # no pyplot: the process's backend stays the caller's
 
     off = sim[~np.eye(len(sim), dtype=bool)]
@@ -42,18 +45,47 @@ def write_heatmap(path: Path, names: list[str], sim: np.ndarray, title: str) -> 
     fig = Figure(figsize=(size + 1.5, size))
     ax = fig.subplots()
     image = ax.imshow(sim, cmap="viridis", vmin=float(off.min()), vmax=float(off.max()))
+    missing = ""
     if len(names) <= LABELLED_MAX:  # parse_math off: '$uicideboy$' is a name, not TeX ('Ke$ha $_^$' failed)
         labels = [_short(name) for name in names]
-        ax.set_xticks(range(len(names)), labels, rotation=90, fontsize=8, parse_math=False)
-        ax.set_yticks(range(len(names)), labels, fontsize=8, parse_math=False)
+        families, missing = label_fonts(labels)
+        ax.set_xticks(range(len(names)), labels, rotation=90, fontsize=8, parse_math=False, fontfamily=families)
+        ax.set_yticks(range(len(names)), labels, fontsize=8, parse_math=False, fontfamily=families)
     else:
         ax.set_xticks([])
         ax.set_yticks([])
     ax.set_title(title, parse_math=False)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="similarity")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with warnings.catch_warnings():  # one warning per missing glyph and drawing: the caller says it once
+        warnings.filterwarnings("ignore", "Glyph .* missing from font", UserWarning)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    return missing
+
+
+def label_fonts(labels: list[str]) -> tuple[list[str], str]:
+    """Font families for ``labels``: matplotlib's default, then installed fonts that draw the characters it lacks
+    (Japanese, Korean, Chinese names: matplotlib falls back to no other font by itself); and the characters that
+    no installed font draws."""
+    from matplotlib import font_manager
+
+    default = font_manager.findfont(font_manager.FontProperties())
+    lacking = {c for label in labels for c in label if c.isprintable()} - _charset(default)
+    families = [font_manager.FontProperties(fname=default).get_name()]
+    for font in sorted(font_manager.fontManager.ttflist, key=lambda f: f.name):
+        if not font.name.startswith("Last Resort") and font.name not in families and lacking & _charset(font.fname):
+            families.append(font.name)
+            lacking -= _charset(font.fname)
+    return families, "".join(sorted(lacking))
+
+
+@cache
+def _charset(path: str) -> frozenset[str]:
+    """The characters a font file draws."""
+    from matplotlib.ft2font import FT2Font
+
+    return frozenset(map(chr, FT2Font(path).get_charmap()))
 
 
 def _short(name: str) -> str:
