@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -276,3 +277,42 @@ def test_heatmap_labels_fall_back_to_fonts_that_draw_them_and_say_what_none_draw
     unfit = label_fonts(["坂本龍一", "방탄소년단"])[1]  # all of them where no CJK font is installed, as here
     said = f"note: no installed font draws {len(unfit)} characters of the artist names"
     assert (said in " ".join(out.stderr.split())) == bool(unfit), out.stderr
+
+
+def _id3v1(title: bytes, artist: bytes) -> bytes:
+    """An ID3v1 tag (128 bytes at a file's end), its text in the bytes given."""
+    return b"TAG" + title.ljust(30, b"\0") + artist.ljust(30, b"\0") + bytes(30) + b"2000" + bytes(30) + b"\xff"
+
+
+def test_tags_that_are_not_utf8_are_read_as_windows_1252(tmp_path: Path) -> None:
+    """A WAV whose RIFF INFO artist is in Windows-1252 (as Windows tools write it) had no artist, and a TTA file with
+    a Latin-1 ID3v1 tag was not extracted at all ("failed: UnicodeDecodeError"): PyAV read tags as strict UTF-8."""
+    import av
+
+    from mess.audio.tags import read_tags
+    from mess.cli.main import app as mess
+    from mess.store import FeatureStore
+
+    music = tmp_path / "music"
+    music.mkdir()
+    wav = music / "info.wav"
+    with sf.SoundFile(wav, "w", SR, 1, subtype="PCM_16") as out:
+        out.artist = "Beyoncé"  # libsndfile writes UTF-8: 'é' is 2 bytes, 1 in Windows-1252, and a space pads it
+        out.write((0.3 * np.sin(2 * np.pi * 220 * np.arange(SR * 3) / SR)).astype(np.float32))
+    wav.write_bytes(wav.read_bytes().replace("Beyoncé".encode(), "Beyoncé ".encode("cp1252")))
+    assert read_tags(wav)["artist"] == "Beyoncé"
+    tta = music / "tone.tta"
+    with av.open(str(tta), "w") as container:
+        stream = container.add_stream("tta", rate=SR, layout="mono")
+        tone = (9000 * np.sin(2 * np.pi * 330 * np.arange(SR * 3) / SR)).astype(np.int16)[None]
+        frame = av.AudioFrame.from_ndarray(tone, format="s16", layout="mono")
+        frame.sample_rate = SR
+        for packet in (*stream.encode(frame), *stream.encode(None)):
+            container.mux(packet)
+    tta.write_bytes(tta.read_bytes() + _id3v1("Café".encode("latin-1"), "Sigur Rós".encode("latin-1")))
+    out = CliRunner().invoke(mess, ["extract", str(music), "--model", "dsp", "--window", "2",
+                                    "--store", str(tmp_path / "store")])
+    assert out.exit_code == 0 and "2 embedded" in " ".join(out.output.split()), out.output
+    with closing(FeatureStore(tmp_path / "store", readonly=True)) as store:
+        tags = {Path(t.path).name: (t.artist, t.title) for t in store.tracks()}
+    assert tags == {"info.wav": ("Beyoncé", None), "tone.tta": ("Sigur Rós", "Café")}

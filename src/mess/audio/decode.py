@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -42,15 +43,29 @@ class AudioInfo:
     channels: int
 
 
+def _windows_1252(error: UnicodeError) -> tuple[str, int]:
+    """Tag bytes that are not UTF-8 read as Windows-1252 (Latin-1 for its 5 unused bytes): the code page RIFF INFO
+    lists and ID3v1 tags are mostly written in. PyAV's strict default ended the file's opening."""
+    if not isinstance(error, UnicodeDecodeError):
+        raise error
+    raw = error.object[error.start:error.end]
+    return "".join(bytes([b]).decode("cp1252", "ignore") or chr(b) for b in raw), error.end
+
+
+LEGACY_TAGS = "mess-windows-1252"  # the codec error handler of tags that are not UTF-8
+codecs.register_error(LEGACY_TAGS, _windows_1252)
+
+
 @contextmanager
 def open_container(path: Path) -> Iterator[av.container.InputContainer]:
-    """PyAV's container for ``path``; a name that is not valid UTF-8 is opened through a Python file."""
+    """PyAV's container for ``path``; a name that is not valid UTF-8 is opened through a Python file, and tags that
+    are not UTF-8 are read as Windows-1252."""
     name = str(path)
     if name.encode("utf-8", "surrogatepass").decode("utf-8", "ignore") == name:
-        with av.open(name) as container:
+        with av.open(name, metadata_errors=LEGACY_TAGS) as container:
             yield container
     else:
-        with path.open("rb") as raw, av.open(raw, "r") as container:
+        with path.open("rb") as raw, av.open(raw, "r", metadata_errors=LEGACY_TAGS) as container:
             yield container
 
 
