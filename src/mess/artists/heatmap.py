@@ -74,6 +74,8 @@ def label_fonts(labels: list[str]) -> tuple[list[str], str]:
     lacking = {c for label in labels for c in label if c.isprintable()} - _charset(default)
     families = [font_manager.FontProperties(fname=default).get_name()]
     for font in sorted(font_manager.fontManager.ttflist, key=lambda f: f.name):
+        if not lacking:
+            break
         if not font.name.startswith("Last Resort") and font.name not in families and lacking & _charset(font.fname):
             families.append(font.name)
             lacking -= _charset(font.fname)
