@@ -316,3 +316,27 @@ def test_tags_that_are_not_utf8_are_read_as_windows_1252(tmp_path: Path) -> None
     with closing(FeatureStore(tmp_path / "store", readonly=True)) as store:
         tags = {Path(t.path).name: (t.artist, t.title) for t in store.tracks()}
     assert tags == {"info.wav": ("Beyoncé", None), "tone.tta": ("Sigur Rós", "Café")}
+
+
+def test_similar_artists_of_a_track_follow_its_credit_as_mess_artists_reads_it(tmp_path: Path) -> None:
+    """The web page asked /api/artists/similar with a track's artist tag, or else its composer: a compilation track
+    tagged 'Various Artists' with a composer got "unknown artist" (404), though `mess artists` credits it to the
+    composer. The page now sends the track (``track=ID``) and the server credits it."""
+    from mess.serve.app import create_app
+
+    tags = {"va0": {"artist": ["Various Artists"], "composer": ["Clara"]}, "c0": {"composer": ["Clara"]},
+            "va1": {"artist": ["Various Artists"]}, "a0": {"artist": ["Alpha feat. Beta"]}, "d0": {"artist": ["Dora"]}}
+    store = tagged_store(tmp_path, tags)
+    with TestClient(base_url="http://127.0.0.1", app=create_app(store)) as client:
+        ids = {Path(t["file"]).stem: t["id"] for t in client.get("/api/tracks").json()["items"]}
+        answer = client.get("/api/artists/similar", params={"track": ids["va0"], "layer": "mfcc"})
+        assert answer.status_code == 200, answer.json()
+        assert (answer.json()["artist"], answer.json()["tracks"]) == ("Clara", 2)
+        assert client.get("/api/artists/similar", params={"track": ids["a0"], "layer": "mfcc"}).json()["artist"] \
+            == "Alpha"
+        none = client.get("/api/artists/similar", params={"track": ids["va1"]})
+        assert none.status_code == 404 and "names an artist ('Various Artists' names none)" in none.json()["detail"]
+        assert client.get("/api/artists/similar", params={"track": 999}).status_code == 404
+        for params in ({}, {"track": ids["d0"], "name": "Dora"}):
+            bad = client.get("/api/artists/similar", params=params)
+            assert bad.status_code == 400 and "give one of name" in bad.json()["detail"]

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from mess.artists.analysis import centring_note, enough_artists, row_in_space
 from mess.artists.discrimination import most_discriminative
-from mess.artists.profiles import ArtistError, ArtistSet, Space, in_space, load_artists, load_space
+from mess.artists.profiles import ArtistError, ArtistSet, Space, artist_of, in_space, load_artists, load_space
 from mess.artists.similarity import METHODS as ARTIST_METHODS
 from mess.artists.similarity import ArtistVectors, artist_vectors, similarity_row, top_k
 from mess.constants import DEFAULT_NORM, file_title
@@ -234,8 +234,12 @@ def _artist_space(state: ServeState, run: Run, tracks: tuple[Track, ...], aset: 
 
 
 @router.get("/artists/similar", summary="Artists that sound like an artist")
-def similar_artists(state: State, name: Annotated[str, Query(description="Artist name (case and accents "
-                                                                       "do not matter).")],
+def similar_artists(state: State, name: Annotated[str | None, Query(description="Artist name (case and accents "
+                                                                              "do not matter).")] = None,
+                    track: Annotated[int | None, Query(description="Instead of a name: the artist a collection "
+                                                                   "track is credited to, as `mess artists` credits "
+                                                                   "it (its composer where its artist tag names no "
+                                                                   "artist).")] = None,
                     model: Model = None, layer: Layer = None, aspect: Aspect = None, fused: Fused = False,
                     k: K = 10, method: Annotated[str, Query(description="mean or chamfer.")] = "mean",
                     center: Annotated[bool, Query(description="Subtract the collection mean first.")] = True) -> dict:
@@ -243,6 +247,8 @@ def similar_artists(state: State, name: Annotated[str, Query(description="Artist
     that separates artists best)."""
     if method not in ARTIST_METHODS:
         raise HTTPException(400, f"unknown method {method!r}; choose {' or '.join(ARTIST_METHODS)}")
+    if (name is None) == (track is None):
+        raise HTTPException(400, "give one of name (an artist's name) and track (a track id)")
     with state.lock:
         run = state.run(model)
         if layer is not None or aspect is not None or fused:
@@ -250,7 +256,7 @@ def similar_artists(state: State, name: Annotated[str, Query(description="Artist
         tracks = state.store.tracks(run)  # one tuple for the artists and their space, so both match
         aset = load_artists(state.store, run, tracks=tracks)
         try:
-            me = aset.profiles[aset.index(name)]
+            me = aset.profiles[aset.index(name if track is None else _credited(state, track))]
         except ArtistError as exc:
             raise HTTPException(404, str(exc)) from None
         space, aset, missing, vectors = _artist_space(state, run, tracks, aset, layer, aspect, fused, center)
@@ -267,6 +273,16 @@ def similar_artists(state: State, name: Annotated[str, Query(description="Artist
             "model": run.model, "space": space.label, "method": method, "centered": center,
             "note": centring_note(len(aset.profiles), "center=false") if center else None,
             "stale_aspect_map": stale, "tracks_without_fused_vectors": missing, "results": results}
+
+
+def _credited(state: ServeState, track_id: int) -> str:
+    """The artist a track is credited to (:func:`artist_of`); 404 when it has no artist or composer that names one."""
+    track = state.track(track_id)
+    artist, _ = artist_of(track)
+    if artist is None:
+        raise HTTPException(404, f"track {track_id} has no artist or composer tag that names an artist"
+                                 + (f" ({track.artist!r} names none)" if track.artist else ""))
+    return artist
 
 
 def _artist_row(aset: ArtistSet, name: str, space: Space) -> int:

@@ -307,7 +307,7 @@ function selectTrack(id) {
   player.src = `/api/tracks/${id}/audio`;
   player.play().catch(() => {});
   loadNeighbours(id);
-  loadArtists(track.artist || track.composer);
+  loadArtists({ track: String(id) });
   updatePlaylistButtons();
   draw();
 }
@@ -385,14 +385,16 @@ async function loadNeighbours(id) {
   }
 }
 
-async function loadArtists(name) {
+// who: { track: id } for a collection track (the server credits it as `mess artists` does), or { name } for an
+// outside file's artist tag
+async function loadArtists(who) {
   const list = $("artists");
   list.replaceChildren();
   $("artists-caption").textContent = "";
-  if (!name) { latest.artists++; return; }
+  if (!who) { latest.artists++; return; }
   try {
     const data = await latestOnly("artists",
-      api(`/api/artists/similar?${new URLSearchParams({ name, model: state.model, k: "5" })}`));
+      api(`/api/artists/similar?${new URLSearchParams({ ...who, model: state.model, k: "5" })}`));
     list.replaceChildren();
     $("artists-caption").textContent = `like ${data.artist} (${data.space})` +
       (data.note ? `; ${data.note}` : "") + (data.stale_aspect_map ? `; ${data.stale_aspect_map}` : "");
@@ -456,8 +458,8 @@ async function upload(event) {
     $("player").play().catch(() => {});
     renderNeighbours(data);
     const known = state.byId.get(data.query.id);
-    const artist = known ? known.artist || known.composer : data.query.artist;
-    if (artist) await loadArtists(artist);
+    const who = known ? { track: String(known.id) } : data.query.artist ? { name: data.query.artist } : null;
+    if (who) await loadArtists(who);
     else {
       $("artists").replaceChildren();
       $("artists-caption").textContent = "the uploaded file has no artist tag";
@@ -568,7 +570,7 @@ function playQueued(index) {
     showUploadWarnings([]);
     state.upload = null;
     loadNeighbours(id);
-    loadArtists(track.artist || track.composer);
+    loadArtists({ track: String(id) });
   }
   [...$("playlist").children].forEach((li, i) => li.classList.toggle("playing", i === index));
   updatePlaylistButtons();
