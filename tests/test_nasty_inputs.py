@@ -311,3 +311,13 @@ def test_macos_appledouble_files_are_not_counted_as_hidden_audio(tmp_path: Path)
     shown = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 0 and "2 embedded" in shown, shown
     assert f"warning: 1 hidden audio file (dot-files or in dot-folders) skipped: {music / '._real.wav'};" in shown
+
+
+def test_a_damaged_mp3_query_is_one_line_without_the_decoders_notes(tone_store: Path, tmp_path: Path) -> None:
+    """`mess similar junk.mp3` printed libmpg123's 'Note: Illegal Audio-MPEG-Header ...' lines before its error (as
+    `mess extract` did before its decoders' output went to /dev/null)."""
+    junk = tmp_path / "junk.mp3"  # libmpg123 finds a few seconds of frames in it, and complains about the rest
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.uint8).tobytes())
+    done = _mess("similar", str(junk), "--store", str(tone_store))
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"error: cannot embed {junk}: "), lines

@@ -57,6 +57,26 @@ codecs.register_error(LEGACY_TAGS, _windows_1252)
 
 
 @contextmanager
+def native_output_quiet() -> Iterator[None]:
+    """Send what C libraries print to stderr inside the block to /dev/null: libmpg123 writes 'Note: Illegal
+    Audio-MPEG-Header ...' for each damaged frame of an MP3, and 'Warning: Xing stream size off ...' for MP3s joined
+    end to end. For a process that decodes in one thread (a command, a worker): Python's own writes go there too."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to quiet
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+@contextmanager
 def open_container(path: Path) -> Iterator[av.container.InputContainer]:
     """PyAV's container for ``path``; a name that is not valid UTF-8 is opened through a Python file, and tags that
     are not UTF-8 are read as Windows-1252."""

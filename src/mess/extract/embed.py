@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mess.audio.decode import native_output_quiet
 from mess.audio.windows import WindowPolicy
 from mess.extract.prepare import Windows, decode_windows, inspect_file
 from mess.models.base import EmbeddingModel
@@ -69,5 +70,6 @@ def embed_file_warned(path: Path, model: EmbeddingModel, policy: WindowPolicy,
                       batch_size: int = 4) -> tuple[TrackVectors, list[str]]:
     """:func:`embed_file`'s vectors and its warnings, returned instead of logged (the server hands them to the
     client that uploaded the file)."""
-    prepared = decode_windows(inspect_file(path), model.info.sample_rate, policy, model.info.band_hz)
+    with native_output_quiet():  # the file's fault is the error raised, not what a decoder printed on the way
+        prepared = decode_windows(inspect_file(path), model.info.sample_rate, policy, model.info.band_hz)
     return embed_prepared(model, [prepared], batch_size)[0], list(prepared.warnings)
