@@ -325,3 +325,21 @@ def test_windows_spread_over_all_of_an_adts_aac_file(tmp_path: Path) -> None:
     assert record.info["duration"] == pytest.approx(47.3, abs=0.1)
     windows = decode_windows(record, 16000, POLICY)
     assert windows.starts[-1] == pytest.approx(37.3, abs=0.1)
+
+
+def test_a_chained_ogg_file_of_two_rates_is_decoded_to_its_end(tmp_path: Path) -> None:
+    """Two Ogg Vorbis streams one after another, 44.1 kHz stereo then 22.05 kHz mono (a radio capture, `cat`):
+    FFmpeg gives up at the second ('not yet implemented in FFmpeg, patches welcome') and libsndfile reads the
+    first only, so 20 s of 47 were analysed, without a word. Each stream is decoded by FFmpeg on its own."""
+    first, second, joined = tmp_path / "a.ogg", tmp_path / "b.ogg", tmp_path / "joined.ogg"
+    with sf.SoundFile(first, "w", samplerate=44100, channels=2) as f:
+        music = np.repeat(_music(44100, 20.0)[:, None], 2, axis=1)
+        for i in range(0, len(music), 44100):
+            f.write(music[i : i + 44100])
+    _write_blocks(second, _sine(22050, 27.3, freq=660.0)[:, 0], 22050)
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    audio = load_audio(joined, 16000)
+    assert audio.size / 16000 == pytest.approx(47.3, abs=0.05)
+    assert _dominant_hz(audio[30 * 16000 : 40 * 16000], 16000) == pytest.approx(660.0, abs=1.0)
+    windows = decode_windows(inspect_file(joined), 16000, POLICY)
+    assert windows.duration == pytest.approx(47.3, abs=0.05) and windows.starts[-1] == pytest.approx(37.3, abs=0.05)

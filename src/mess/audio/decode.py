@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import io
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -93,8 +94,9 @@ def probe(path: Path) -> AudioInfo:
     """Read duration, native rate and channel count from the file header."""
     try:
         info = sf.info(os.fsencode(path))
-        if info.frames == _UNKNOWN_FRAMES:  # no length in the header (a FLAC written to a pipe): decoded whole
-            return AudioInfo(0.0, info.samplerate, info.channels)
+        if info.frames == _UNKNOWN_FRAMES or info.format == "OGG" and len(_ogg_links(path)) > 1:
+            return AudioInfo(0.0, info.samplerate, info.channels)  # no length (a FLAC written to a pipe), or the
+            # first stream's of a chained Ogg file: decoded whole
         if _reads_whole(path, info.frames, info.samplerate, info.subtype):
             return AudioInfo(info.frames / info.samplerate, info.samplerate, info.channels)
     except (sf.LibsndfileError, RuntimeError, TypeError):
@@ -118,16 +120,22 @@ def load_audio(path: Path, sample_rate: int, max_seconds: float | None = None) -
     Channels are averaged (mono, stereo and 5.1 alike); resampling is soxr's
     streaming high-quality mode, so memory is bounded by the output length.
     Decoding stops after ``max_seconds`` of output when given. An Ogg file that FFmpeg
-    gives up on part-way (damaged pages) is decoded again by libsndfile, which reads past them.
+    gives up on part-way (damaged pages) is decoded again by libsndfile, which reads past them;
+    a chained Ogg file whose streams differ in rate or channels (FFmpeg: 'not yet implemented'),
+    by FFmpeg one stream at a time (libsndfile reads only the first).
     """
     limit = None if max_seconds is None else int(max_seconds * sample_rate)
     ffmpeg_first = audio_suffix(path.name) in _FFMPEG_FIRST
     try:
         out = _decode_whole(path, sample_rate, limit, _decoded_blocks(path, ffmpeg_first))
     except AudioError:
-        if not ffmpeg_first or (f := _open_soundfile(path)) is None:
+        if len(links := _ogg_links(path)) > 1:
+            parts = chain.from_iterable(_pyav_blocks(path, link) for link in links)
+            out = _decode_whole(path, sample_rate, limit, parts)
+        elif not ffmpeg_first or (f := _open_soundfile(path)) is None:
             raise
-        out = _decode_whole(path, sample_rate, limit, _soundfile_blocks(f))
+        else:
+            out = _decode_whole(path, sample_rate, limit, _soundfile_blocks(f))
     if out.size == 0:
         raise AudioError(f"{path}: contains no audio samples")
     if not np.all(np.isfinite(out)):
@@ -433,14 +441,41 @@ def _soundfile_blocks(f: sf.SoundFile) -> Iterator[tuple[np.ndarray, int]]:
             yield block, rate
 
 
-def _pyav_blocks(path: Path) -> Iterator[tuple[np.ndarray, int]]:
-    """FFmpeg's frames, joined into blocks of at least :data:`_BLOCK_FRAMES` samples (or a layout change).
+def _ogg_links(path: Path) -> list[tuple[int, int]]:
+    """Byte ranges of the streams of a chained Ogg file, one after another (each opened by BOS pages); one range
+    for an Ogg file of one stream, none for another file. The scan stops at the first bytes that are no page."""
+    starts: list[int] = []
+    with path.open("rb", buffering=1 << 16) as f:  # pages of a few kB: most seeks stay in the buffer
+        end, opening = 0, False
+        while len(head := f.read(27)) == 27 and head[:4] == b"OggS":
+            sizes = f.read(head[26])
+            begins = bool(head[5] & 2)  # a BOS page: its stream's first
+            if begins and not opening:
+                starts.append(end)
+            opening = begins
+            end = f.seek(end + 27 + len(sizes) + sum(sizes))
+    return list(zip(starts, [*starts[1:], end], strict=True)) if starts else []
+
+
+@contextmanager
+def _open_link(path: Path, link: tuple[int, int]) -> Iterator[av.container.InputContainer]:
+    """PyAV's container for the bytes ``link`` of ``path`` (one stream of a chained Ogg file)."""
+    with path.open("rb") as f:
+        f.seek(link[0])
+        data = io.BytesIO(f.read(link[1] - link[0]))
+    with av.open(data, "r", format="ogg") as container:
+        yield container
+
+
+def _pyav_blocks(path: Path, link: tuple[int, int] | None = None) -> Iterator[tuple[np.ndarray, int]]:
+    """FFmpeg's frames, joined into blocks of at least :data:`_BLOCK_FRAMES` samples (or a layout change); only
+    those of the bytes ``link`` when given (see :func:`_ogg_links`).
 
     Samples stamped before time 0 (a Vorbis stream's first 128, say) are priming, and dropped, so
     the audio starts where seeking counts from (and where libsndfile starts).
     """
     try:
-        with open_container(path) as container:
+        with open_container(path) if link is None else _open_link(path, link) as container:
             stream = _audio_stream(container, path)
             base = stream.time_base
             head: list[np.ndarray] = []  # the leading frames' arrays, priming dropped
