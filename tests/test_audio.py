@@ -215,8 +215,9 @@ def test_silence_is_a_peak_below_minus_80_dbfs_of_either_sign(tmp_path: Path) ->
     policy = WindowPolicy(window_seconds=1.0)
     with pytest.raises(AudioError, match="silent"):
         decode_windows(inspect_file(tmp_path / "quiet.wav"), rate, policy)
+    refusal = r"/offset\.wav: silent \(a constant offset of 0\.25, varying by -\d+ dBFS\)"
     for model_rate in (rate, 16000):  # resampled, the step into the offset rings at each end
-        with pytest.raises(AudioError, match=r"/offset\.wav: silent \(a constant offset of 0\.25, and -\d\d dBFS "):
+        with pytest.raises(AudioError, match=refusal):
             decode_windows(inspect_file(tmp_path / "offset.wav"), model_rate, policy)
     for name in ("soft.wav", "negative.wav", "soft_offset.wav"):
         assert decode_windows(inspect_file(tmp_path / name), 16000, policy).audio.size
