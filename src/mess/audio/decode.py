@@ -27,7 +27,7 @@ _PREROLL_SECONDS = 0.5  # decoded before a compressed segment: seeks land on pac
 _UNKNOWN_FRAMES = (1 << 63) - 1  # libsndfile's count of a file whose header gives none (SF_COUNT_MAX)
 _MPEG = frozenset({"MPEG_LAYER_I", "MPEG_LAYER_II", "MPEG_LAYER_III"})  # libsndfile's MP3s, in .mp3 files or WAV
 _GUESSED_LENGTH = frozenset({"mp3", "aac"})  # FFmpeg's length of an MP3 without a Xing header, or of ADTS AAC, is a
-# guess from the first frames' bit rate (38 s for 70 s of VBR AAC with a loud intro): their packets are counted instead
+# guess from the first frames' bit rate (37 s for 47 s of VBR AAC with a loud intro): their packets are counted instead
 _MP3_SLACK = 4096  # samples an MP3's packets may outlast libsndfile's gapless count: encoder delay and padding
 _FFMPEG_FIRST = frozenset({".ogg", ".oga"})  # Vorbis: FFmpeg's decoder costs 3/4 of libvorbis's CPU (libsndfile's)
 
