@@ -256,7 +256,7 @@ def similar_artists(state: State, name: Annotated[str | None, Query(description=
         tracks = state.store.tracks(run)  # one tuple for the artists and their space, so both match
         aset = load_artists(state.store, run, tracks=tracks)
         try:
-            me = aset.profiles[aset.index(name if track is None else _credited(state, track))]
+            me = aset.profiles[aset.index(_credited(state, track) if track is not None else name or "")]
         except ArtistError as exc:
             raise HTTPException(404, str(exc)) from None
         space, aset, missing, vectors = _artist_space(state, run, tracks, aset, layer, aspect, fused, center)
