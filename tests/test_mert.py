@@ -190,3 +190,20 @@ def test_a_hub_checkpoint_offline_fails_in_one_line_or_loads_from_the_cache(tmp_
     done, seconds = _extract_mert(tmp_path, HF_HUB_OFFLINE=offline)
     assert done.returncode == 0 and "1 embedded" in done.stderr and seconds < 55, (seconds, done.stderr)
     assert "Retrying" not in done.stderr
+
+
+def test_a_damaged_hub_cache_is_one_model_error(tmp_path: Path) -> None:
+    """A config.json in the hub cache that is not JSON was a ValueError, which `mess similar FILE` and the server's
+    uploads (catching ModelError) showed as a traceback."""
+    ckpt = CHECKPOINTS["mert-v1-95m"]
+    snapshot = tmp_path / "hf" / "hub" / f"models--{ckpt.repo.replace('/', '--')}" / "snapshots" / ckpt.revision
+    snapshot.mkdir(parents=True)
+    _tiny_mert_dir(snapshot, stable=False, mert_style_config=True)
+    (snapshot / "config.json").write_text('{"hidden_size": ')
+    code = ("from mess.models.registry import ModelError, load_model\n"
+            "try:\n    load_model('mert-v1-95m')\nexcept ModelError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("cannot load m-a-p/MERT-v1-95M@12af15fe from the Hugging Face hub cache (")
+    assert "config.json is not JSON" in done.stdout and "mess models fetch mert-v1-95m DIR" in done.stdout

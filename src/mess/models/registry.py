@@ -70,6 +70,9 @@ def _mert(key: str) -> ModelFactory:
         except OSError as exc:
             raise ModelError(f"cannot fetch {ckpt.repo}@{ckpt.revision[:8]} from the Hugging Face hub "
                              f"({' '.join(str(exc).split())}); {advice}") from exc
+        except ValueError as exc:  # files in the hub cache, but damaged: a traceback where a ModelError was caught
+            raise ModelError(f"cannot load {ckpt.repo}@{ckpt.revision[:8]} from the Hugging Face hub cache "
+                             f"({' '.join(str(exc).split())[:300]}); delete it there, or {advice}") from exc
 
     return load
 
