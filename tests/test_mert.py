@@ -207,3 +207,14 @@ def test_a_damaged_hub_cache_is_one_model_error(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("cannot load m-a-p/MERT-v1-95M@12af15fe from the Hugging Face hub cache (")
     assert "config.json is not JSON" in done.stdout and "mess models fetch mert-v1-95m DIR" in done.stdout
+
+
+def test_a_run_whose_model_folder_is_gone_says_so(tmp_path: Path) -> None:
+    """A folder's run is named by the folder's path; with the folder moved, `mess similar FILE` said "unknown model
+    '/path'; choose one of dsp, musicnn, ...", as if the name were a typo."""
+    folder, _ = _tiny_mert_dir(tmp_path / "mert", stable=False, mert_style_config=False)
+    revision = load_model(str(folder)).info.revision
+    folder.rename(tmp_path / "moved")
+    with pytest.raises(ModelError, match=f"^{folder} is the model folder the collection was extracted with, and it is "
+                                         "gone; .*put the folder back"):
+        load_run_model(str(folder), revision)

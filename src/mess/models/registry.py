@@ -173,6 +173,10 @@ def load_run_model(name: str, revision: str, source: Mapping[str, str] | None = 
         raise ModelError(f"{unrecorded}; to embed new files with it, run `mess extract` with that file once more, "
                          "with the options the run was made with (--preset, --window, --max-windows; `mess info` "
                          "lists its windows)")
+    if Path(name).is_absolute() and not Path(name).is_dir():  # a folder's run is named by its path: "unknown model"
+        raise ModelError(f"{name} is the model folder the collection was extracted with, and it is gone; the model "
+                         "is needed to embed new files: put the folder back, or extract the collection with it at "
+                         "its new place (`mess extract DIR --model NEWDIR`, a new run)")
     model = load_model(name, device=device)
     if model.info.revision != revision:
         raise ModelError(f"{name} is now revision {model.info.revision} but the store holds {revision}; "
