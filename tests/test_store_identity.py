@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from mess.audio.windows import WindowPolicy
+from mess.extract.pipeline import extract
 from mess.extract.runs import run_key, run_policy
-from mess.models.base import ModelInfo
+from mess.models.base import EmbeddingModel, ModelInfo
 from mess.search.health import check_store
-from mess.store import FeatureStore, StoreDamaged
+from mess.store import FeatureStore, StoreDamaged, StoreError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "store_v0"
 TOY = ModelInfo("toy", "rev1", 16000, ("a", "b"), (4, 3))
@@ -97,3 +100,29 @@ def test_an_old_store_gets_checksums_by_repair_and_they_guard_its_rows(old_store
         store.segment_matrix(store.runs()[2], 0)
     store.close()
     assert [p.kind for p in check_store(root).problems] == ["checksum"]
+
+
+class _Peak(EmbeddingModel):
+    """A plugin-like model: each layer the window's peak, repeated to the layer's size, under one revision."""
+
+    def __init__(self, dims: tuple[int, ...]) -> None:
+        self.info = ModelInfo("toy-peak", "1", 16000, tuple(f"l{i}" for i in range(len(dims))), dims)
+
+    def embed(self, windows: np.ndarray) -> list[np.ndarray]:
+        peak = np.abs(windows).max(axis=1, keepdims=True).astype(np.float32)
+        return [np.repeat(peak, d, axis=1) for d in self.info.layer_dims]
+
+
+def test_a_model_whose_layers_change_under_one_revision_is_refused(tmp_path: Path) -> None:
+    """A model (a plugin) giving other layer sizes under the revision of a run already stored got that run back: its
+    vectors were written into the run's files of the old sizes, and the store was then refused as damaged ("differ
+    from their checksums; run `mess check --repair`"). The run is refused, naming the sizes and the revision."""
+    tone = (0.2 * np.sin(2 * np.pi * 220 * np.arange(3 * 16000) / 16000)).astype(np.float32)
+    for i in range(2):
+        sf.write(tmp_path / f"{i}.wav", tone * (i + 1), 16000)
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        extract(store, [tmp_path / "0.wav"], _Peak((1,)), WindowPolicy())
+        with pytest.raises(StoreError, match=r"toy-peak revision 1 now makes layers of sizes \[2, 1\] at 16000 Hz, "
+                                             r"but its run 1 here holds \[1\] at 16000 Hz"):
+            extract(store, [tmp_path / "1.wav"], _Peak((2, 1)), WindowPolicy())
+    assert not check_store(tmp_path / "store").problems

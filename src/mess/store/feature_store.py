@@ -623,7 +623,13 @@ class FeatureStore:
             row = self.db.execute(
                 "SELECT * FROM runs WHERE model=? AND revision=? AND policy=?", (key.model, key.revision, key.policy)
             ).fetchone()
-        return self._run(row)
+        run = self._run(row)
+        if (run.sample_rate, run.layer_dims) != (key.sample_rate, tuple(key.layer_dims)):  # rows of other sizes: damage
+            raise StoreError(f"{key.model} revision {key.revision} now makes layers of sizes {list(key.layer_dims)} at "
+                             f"{key.sample_rate} Hz, but its run {run.id} here holds {list(run.layer_dims)} at "
+                             f"{run.sample_rate} Hz: a model whose layers change needs a new revision "
+                             "(ModelInfo.revision)")
+        return run
 
     def runs(self) -> list[Run]:
         """All runs, oldest first."""
