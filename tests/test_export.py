@@ -366,3 +366,15 @@ def test_an_output_under_a_file_says_the_file_is_not_a_folder(tmp_path: Path) ->
                                                          "song.ogg is not a folder$"):
         export_vectors(store, run, tmp_path / "song.ogg" / "x.npz", "npz")
     assert (tmp_path / "song.ogg").read_bytes() == b"audio"
+
+
+def test_a_run_whose_every_file_failed_says_so(tmp_path: Path) -> None:
+    """Every file failed with the model (a graph that cannot embed them): export said "run `mess extract` first"
+    to one who had."""
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        run = store.ensure_run(run_key(ModelInfo("broken", "r1", 16000, ("a",), (3,)), WindowPolicy()))
+        store.upsert_track(Path("/music/one.flac"), "hash-0", 1, 0.0, {"duration": 5.0}, {})
+        store.record_failure(run, "hash-0", "/music/one.flac", "model failed (ValueError: cannot reshape)")
+        with pytest.raises(StoreError, match="^no vectors for broken in .*: the 1 files extracted with it failed; "
+                                             "`mess info --failures` says why$"):
+            export_vectors(store, run, tmp_path / "v.npz", "npz")

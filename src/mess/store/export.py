@@ -110,6 +110,9 @@ def _columns(store: FeatureStore, run: Run, names: tuple[str, ...], segments: bo
         missing, failed = len(store.unembedded(run)), len(store.failures(run))
     if ids is None or not len(ids):
         make = f"`mess fuse apply --model {run.model}`" if fused else "`mess extract`"
+        if failed and not fused:  # "run `mess extract` first" to one who did, and whose every file failed
+            raise StoreError(f"no vectors for {run.model} in {store.root}: the {failed} files extracted with it "
+                             "failed; `mess info --failures` says why")
         raise StoreError(f"no {'fused ' * fused}vectors for {run.model} in {store.root}; run {make} first")
     columns: dict[str, np.ndarray] = {"track_id": ids.astype(np.int64)}
     if segments:
