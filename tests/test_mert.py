@@ -218,3 +218,16 @@ def test_a_run_whose_model_folder_is_gone_says_so(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=f"^{folder} is the model folder the collection was extracted with, and it is "
                                          "gone; .*put the folder back"):
         load_run_model(str(folder), revision)
+
+
+def test_files_that_do_not_make_the_model_leave_its_revision(tmp_path: Path) -> None:
+    """Every file in the folder was hashed: a README edited, Finder's .DS_Store or the hub's remote code appearing
+    made a new run, and the whole collection was embedded again."""
+    folder, _ = _tiny_mert_dir(tmp_path, stable=False, mert_style_config=False)
+    before = load_model(str(folder)).info.revision
+    for name in ("README.md", ".DS_Store", "modeling_MERT.py", "._model.safetensors"):
+        (folder / name).write_text("anything")
+    assert load_model(str(folder)).info.revision == before
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        **json.loads((folder / "preprocessor_config.json").read_text()), "sampling_rate": 16000}))
+    assert load_model(str(folder)).info.revision != before

@@ -130,14 +130,21 @@ def _read_config(source: str, revision: str | None, local_files_only: bool) -> d
 
 
 def _local_revision(source: str) -> str:
-    """Identify a local checkpoint by a hash of its files' names and contents (weights retrained or saved again in
-    the same folder have the sizes they had, so sizes alone called them the vectors already stored)."""
+    """Identify a local checkpoint by a hash of the names and contents of the files that make the model (weights
+    retrained or saved again in the same folder have the sizes they had, so sizes alone called them the vectors
+    already stored); others (a README, Finder's .DS_Store, remote code mess never runs) leave it as it is."""
     import hashlib
 
     folder = Path(source)
     digest = hashlib.blake2b(digest_size=8)
     for f in sorted(folder.iterdir()):
-        if f.is_file():
+        if f.is_file() and _model_file(f.name):
             with f.open("rb") as data:
                 digest.update(os.fsencode(f.name) + b"\0" + hashlib.file_digest(data, "sha256").digest())
     return f"local-{digest.hexdigest()}"
+
+
+def _model_file(name: str) -> bool:
+    """Whether a checkpoint folder's file named ``name`` is read to make the model: its configs and weights."""
+    weights = name.endswith((".safetensors", ".bin", ".index.json")) and not name.startswith(".")
+    return weights or name in ("config.json", "preprocessor_config.json")
