@@ -218,6 +218,8 @@ def test_a_run_whose_model_folder_is_gone_says_so(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=f"^{folder} is the model folder the collection was extracted with, and it is "
                                          "gone; .*put the folder back"):
         load_run_model(str(folder), revision)
+    with pytest.raises(ModelError, match="^unknown model"):  # a probe control's twin, named after the folder
+        load_run_model(f"{folder}-random-init", f"{revision}+random-init-seed0")
 
 
 def test_files_that_do_not_make_the_model_leave_its_revision(tmp_path: Path) -> None:

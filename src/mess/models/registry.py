@@ -173,7 +173,8 @@ def load_run_model(name: str, revision: str, source: Mapping[str, str] | None = 
         raise ModelError(f"{unrecorded}; to embed new files with it, run `mess extract` with that file once more, "
                          "with the options the run was made with (--preset, --window, --max-windows; `mess info` "
                          "lists its windows)")
-    if Path(name).is_absolute() and not Path(name).is_dir():  # a folder's run is named by its path: "unknown model"
+    gone = Path(name).is_absolute() and not Path(name).is_dir()  # a folder's run is named by its path: "unknown model"
+    if gone and "+random-init" not in revision:  # a probe control's twin was never a folder
         raise ModelError(f"{name} is the model folder the collection was extracted with, and it is gone; the model "
                          "is needed to embed new files: put the folder back, or extract the collection with it at "
                          "its new place (`mess extract DIR --model NEWDIR`, a new run)")
