@@ -61,6 +61,20 @@ def test_a_broken_plugin_is_named_in_a_model_error(plugin: Path) -> None:
         load_model("broken")
 
 
+def test_a_plugin_whose_module_fails_to_import_is_named_in_a_model_error(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plugin module with a syntax error (or one raising as it is imported) ended `mess extract` in a traceback
+    through importlib; an ImportError or a missing name was already one line naming the plugin."""
+    (tmp_path / "bad_mess_plugin.py").write_text("def load(device:\n")
+    info = tmp_path / "bad_mess_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: bad-mess-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[mess.models]\nbad = bad_mess_plugin:load\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModelError, match=r"^cannot load model plugin 'bad' \(bad_mess_plugin:load\): SyntaxError: "):
+        load_model("bad")
+
+
 def test_unknown_names_list_every_known_model(plugin: Path) -> None:
     with pytest.raises(ModelError) as err:
         load_model("no-such-model")

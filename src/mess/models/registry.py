@@ -102,6 +102,9 @@ def _plugin(ep: EntryPoint) -> ModelFactory:
             factory = ep.load()
         except (ImportError, AttributeError) as exc:
             raise ModelError(f"cannot load model plugin {ep.name!r} ({ep.value}): {exc}") from exc
+        except Exception as exc:  # its module fails as it is imported (a SyntaxError, its own checks): a traceback
+            raise ModelError(f"cannot load model plugin {ep.name!r} ({ep.value}): {type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:300]}") from exc
         return factory(device)
 
     return load
