@@ -93,6 +93,16 @@ def test_an_empty_name_or_a_folder_without_a_model_is_a_model_error(tmp_path: Pa
         load_model(str(tmp_path))
 
 
+def test_a_folder_of_an_onnx_preset_names_its_model_file(tmp_path: Path) -> None:
+    """`mess models fetch vggish DIR` fills DIR with the .onnx and its .json; `--model DIR` then said the folder
+    "holds no model" and to name "a folder saved by `mess models fetch`", which it is."""
+    (tmp_path / "audioset-vggish-3.onnx").write_bytes(b"graph")
+    (tmp_path / "audioset-vggish-3.json").write_text("{}")
+    with pytest.raises(ModelError, match=f"^{tmp_path} holds no MERT checkpoint \\(no config.json\\) but an ONNX "
+                                         f"model: pass the file, --model {tmp_path}/audioset-vggish-3.onnx$"):
+        load_model(str(tmp_path))
+
+
 def test_plugins_are_seen_only_while_installed() -> None:
     assert "toy-peak" not in model_factories()
     with pytest.raises(ModelError, match="unknown model 'toy-peak'"):

@@ -142,6 +142,10 @@ def load_model(name: str, device: str = "cpu", preset: str | None = None) -> Emb
 
         folder = str(Path(name).expanduser().resolve())
         if not (Path(folder) / "config.json").is_file():
+            graphs = sorted(Path(folder).glob("*.onnx"))  # `mess models fetch vggish DIR` fills such a folder
+            if graphs:
+                raise ModelError(f"{folder} holds no MERT checkpoint (no config.json) but an ONNX model: pass the "
+                                 f"file, --model {graphs[0]}")
             raise ModelError(f"{folder} holds no model (no config.json); name a registry model, a folder "
                              "saved by `mess models fetch` or save_pretrained, or a .onnx file")
         try:
