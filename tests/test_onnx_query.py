@@ -27,6 +27,7 @@ from mess.extract.pipeline import extract
 from mess.models.essentia import OnnxModel
 from mess.models.essentia.export import export_musicnn
 from mess.models.musicnn import MusicnnModel
+from mess.models.registry import load_run_model
 from mess.probing.controls import ControlError, random_init_run
 from mess.query import embed_query
 from mess.serve.app import create_app
@@ -417,3 +418,16 @@ def test_a_model_file_given_by_a_link_is_loaded_again_by_the_link(outside: tuple
         query = embed_query(store, outside[0], run)
         assert store.model_source(run)["path"] == str(link)
     assert query.track is None and query.layers is not None
+
+
+def test_a_model_path_through_a_link_and_dotdot_is_recorded_as_the_system_reads_it(tmp_path: Path,
+                                                                                  outside: tuple[Path, int]) -> None:
+    """models/../mine.onnx, models a link to shelf/models: the system opens shelf/mine.onnx. A record with '..'
+    folded away by name (tmp/mine.onnx, no such file) would name another file than the one extracted."""
+    (tmp_path / "shelf" / "models").mkdir(parents=True)
+    model = effnet_graph(tmp_path / "shelf" / "mine.onnx")
+    write_json(model, "serving_default_melspectrogram", EFFNET_OUTPUTS, "TensorflowPredictEffnetDiscogs")
+    (tmp_path / "models").symlink_to(tmp_path / "shelf" / "models")
+    given = OnnxModel(tmp_path / "models" / ".." / "mine.onnx", preset="discogs-effnet")
+    again = load_run_model(given.info.name, given.info.revision, given.source())
+    assert again.info.revision == given.info.revision and Path(again.source()["path"]).samefile(model)

@@ -8,7 +8,6 @@ the others after their tensor name.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,9 +37,9 @@ class OnnxModel(EmbeddingModel):
         if self.metadata.sample_rate != SAMPLE_RATE:
             raise EssentiaModelError(f"{self.metadata.path.name} says {self.metadata.sample_rate} Hz; "
                                      f"preset {self.preset.name} feeds {SAMPLE_RATE} Hz")
-        # absolute, links kept: a link's name and the JSON beside it are what the model was read by (the file a link
-        # points to may have neither: queries, loading the resolved path, found no metadata)
-        self.path = Path(os.path.abspath(path))
+        # absolute, links and '..' kept as the system reads them: a link's name and the JSON beside it are what the
+        # model was read by (the file a link points to may have neither: queries, loading it, found no metadata)
+        self.path = path.absolute()
         self.device = device
         self.threads = threads
         self.session = _open_session(path, device, threads)
