@@ -264,6 +264,25 @@ def test_weights_in_an_external_data_file_are_part_of_the_revision(tmp_path: Pat
         load_run_model(before.info.name, before.info.revision, before.source())
 
 
+def test_an_output_of_no_values_is_refused_at_load(tmp_path: Path) -> None:
+    """An output of width 0 beside the embeddings loaded; extraction then stopped with "cannot reshape array of size
+    0 into shape (0); the catalog references rows the file lacks: run `mess check --repair`", a store not damaged."""
+    path = tmp_path / "odd.onnx"
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["melspectrogram", "axes"], ["pooled"], keepdims=0),
+         helper.make_node("Slice", ["pooled", "zero", "zero", "axes"], ["empty"])], "odd",
+        [helper.make_tensor_value_info("melspectrogram", TensorProto.FLOAT, ["batch", 128, 96])],
+        [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", 96]),
+         helper.make_tensor_value_info("empty", TensorProto.FLOAT, ["batch", 0])],
+        [numpy_helper.from_array(np.array([1], np.int64), "axes"), numpy_helper.from_array(np.array([0], np.int64),
+                                                                                           "zero")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    write_json(path, "melspectrogram", [], "TensorflowPredictEffnetDiscogs")
+    with pytest.raises(EssentiaModelError, match="^odd.onnx: output 'empty' has no values \\(shape \\[2, 0\\]\\): "
+                                                 "it cannot be a layer$"):
+        OnnxModel(path, preset="discogs-effnet")
+
+
 def test_missing_json_and_corrupt_file(effnet: Path) -> None:
     effnet.with_suffix(".json").rename(effnet.with_name("elsewhere.json"))
     with pytest.raises(EssentiaModelError, match="no metadata for discogs-effnet-bsdynamic-1.onnx: expected"):

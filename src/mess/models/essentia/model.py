@@ -99,6 +99,8 @@ def _per_patch(name: str, out: np.ndarray, patches: int) -> np.ndarray:
     if out.ndim in (2, 3) and len(out) != patches:
         raise EssentiaModelError(f"output {name!r} has {len(out)} rows for a batch of {patches} patches; every "
                                  "output must have one row per patch")
+    if out.ndim in (2, 3) and 0 in out.shape[1:]:  # a layer of no values: the store took it for damage
+        raise EssentiaModelError(f"output {name!r} has no values (shape {list(out.shape)}): it cannot be a layer")
     if out.ndim == 2:
         return out
     if out.ndim == 3:
