@@ -126,3 +126,13 @@ def test_a_model_whose_layers_change_under_one_revision_is_refused(tmp_path: Pat
                                              r"but its run 1 here holds \[1\] at 16000 Hz"):
             extract(store, [tmp_path / "1.wav"], _Peak((2, 1)), WindowPolicy())
     assert not check_store(tmp_path / "store").problems
+
+
+def test_a_model_with_a_layer_of_no_values_is_refused(tmp_path: Path) -> None:
+    """A layer of size 0 (a plugin's, say) was stored; extraction then stopped with "cannot reshape array of size 0
+    ...; the catalog references rows the file lacks: run `mess check --repair`", of a store not damaged."""
+    sf.write(tmp_path / "0.wav", np.full(3 * 16000, 0.1, np.float32), 16000)
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        with pytest.raises(StoreError, match=r"^toy-peak gives layers of sizes \[4, 0\]; every layer needs values$"):
+            extract(store, [tmp_path / "0.wav"], _Peak((4, 0)), WindowPolicy())
+        assert not store.runs()

@@ -606,6 +606,8 @@ class FeatureStore:
     # ---- runs ---------------------------------------------------------------------
     def ensure_run(self, key: RunKey) -> Run:
         """Get or create the run of this model, revision and window policy."""
+        if not key.layer_dims or min(key.layer_dims) < 1:  # rows of no values read back as damage ("run check")
+            raise StoreError(f"{key.model} gives layers of sizes {list(key.layer_dims)}; every layer needs values")
         with self._write():
             self.db.execute(
                 "INSERT OR IGNORE INTO runs (model, revision, policy, sample_rate, layer_names, layer_dims, created_at)"
