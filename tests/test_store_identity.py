@@ -136,3 +136,28 @@ def test_a_model_with_a_layer_of_no_values_is_refused(tmp_path: Path) -> None:
         with pytest.raises(StoreError, match=r"^toy-peak gives layers of sizes \[4, 0\]; every layer needs values$"):
             extract(store, [tmp_path / "0.wav"], _Peak((4, 0)), WindowPolicy())
         assert not store.runs()
+
+
+class _Liar(_Peak):
+    """Its ModelInfo names one layer of 3 values; it returns ``sizes``."""
+
+    def __init__(self, sizes: tuple[int, ...]) -> None:
+        super().__init__((3,))
+        self.sizes = sizes
+
+    def embed(self, windows: np.ndarray) -> list[np.ndarray]:
+        peak = np.abs(windows).max(axis=1, keepdims=True).astype(np.float32)
+        return [np.repeat(peak, d, axis=1) for d in self.sizes]
+
+
+@pytest.mark.parametrize("sizes", [(2,), (3, 2), ()], ids=["narrower", "one more", "none"])
+def test_a_model_returning_other_layers_than_its_info_fails_the_file_saying_so(tmp_path: Path,
+                                                                             sizes: tuple[int, ...]) -> None:
+    """Layers other than a model's ModelInfo names failed each file with "could not broadcast input array from
+    shape (2,) into shape (3,)" or "IndexError: list index out of range", or (one layer more) were dropped."""
+    sf.write(tmp_path / "0.wav", np.full(3 * 16000, 0.1, np.float32), 16000)
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        summary = extract(store, [tmp_path / "0.wav"], _Liar(sizes), WindowPolicy())
+    assert summary.done == 0 and len(summary.failed) == 1
+    assert "the model returned layers of shapes" in summary.failed[0][1]
+    assert "not the 1 of sizes [3] its ModelInfo names" in summary.failed[0][1]

@@ -41,6 +41,10 @@ def embed_windows(model: EmbeddingModel, tracks: Sequence[np.ndarray], batch_siz
         for i in range(0, len(keys), batch_size):
             chunk = keys[i : i + batch_size]
             layers = model.embed(np.stack([tracks[t][w] for t, w in chunk]))
+            shapes = [tuple(np.shape(layer)) for layer in layers]
+            if shapes != [(len(chunk), d) for d in model.info.layer_dims]:  # was an IndexError, or layers dropped
+                raise ValueError(f"the model returned layers of shapes {shapes} for {len(chunk)} windows, not the "
+                                 f"{n_layers} of sizes {list(model.info.layer_dims)} its ModelInfo names")
             if not all(np.isfinite(layer).all() for layer in layers):
                 raise ValueError("the model's output is not finite (are the samples far outside [-1, 1]?)")
             for layer in range(n_layers):
