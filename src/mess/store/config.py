@@ -114,9 +114,11 @@ def run_choice(text: str, known: Collection[str] = ()) -> tuple[str | None, int]
 def model_key(name: str, known: Collection[str] = ()) -> str:
     """A run's model name for ``name``: ``name`` itself when it is one of the ``known`` (extracted) models, else the
     resolved path for a local model folder, else ``name`` (a folder called 'dsp' in the working directory does not
-    hide the store's dsp run)."""
+    hide the store's dsp run). Model names are read in any case, as `mess extract` reads them ('DSP' is dsp)."""
     if name in known:
         return name
+    if "/" not in name and name.lower() in known:  # a registry name; a folder's run is its path, as written
+        return name.lower()
     path = Path(name).expanduser()
     try:
         return str(path.resolve()) if path.is_dir() else name
