@@ -235,7 +235,7 @@ def test_export_counts_the_files_that_failed_to_extract(extracted_store: Path, t
         out = runner.invoke(app, ["export", str(tmp_path / name), "--model", "dsp", "--store", str(root)],
                             env={"COLUMNS": "300"})
         assert out.exit_code == 0, out.output
-        assert "1 files failed to extract and are not in the rows" in out.output
+        assert "1 file failed to extract and is not in the rows" in out.output
     data = np.load(tmp_path / "v.npz")
     np.testing.assert_array_equal(data["track_id"], ids)
     assert int(data["files_failed"]) == 1 and int(data["files_not_embedded"]) == 0

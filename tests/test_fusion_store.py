@@ -386,7 +386,7 @@ def test_evaluate_says_why_the_fused_row_is_left_out(extracted_store: Path, tmp_
     out = runner.invoke(app, args, env={"COLUMNS": "400"})
     assert out.exit_code == 0, out.output
     fix = f"mess fuse apply --model dsp --store {root}"
-    assert "fused row left out: 1 labelled tracks have no fused vectors" in out.output and f"`{fix}`" in out.output
+    assert "fused row left out: 1 labelled track has no fused vectors" in out.output and f"`{fix}`" in out.output
     out = runner.invoke(app, fix.split()[1:])  # the note's command fixes it
     assert out.exit_code == 0, out.output
     ev = json.loads(runner.invoke(app, [*args, "--json"]).stdout)

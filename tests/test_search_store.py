@@ -501,7 +501,7 @@ def test_label_rows_name_each_track_exactly_and_once(synth: tuple[FeatureStore, 
                      "/music/artist1/track2.wav,b\n")
     got = read_label_csv(store, paths, "label")
     assert got.labels == {one: "a", two: "b"} and got.unknown == [(4, "/elsewhere/only.wav")]
-    assert got.note() == ("1 label rows name unknown tracks and were left out: line 4 '/elsewhere/only.wav' (a path "
+    assert got.note() == ("1 label row names an unknown track and was left out: line 4 '/elsewhere/only.wav' (a path "
                           "matches only the file's path in the store; a 'file' column matches file names)")
     names = tmp_path / "names.csv"
     names.write_text("file,label\nonly.wav,b\n")

@@ -567,7 +567,7 @@ def test_fused_similar_artists_count_only_the_tracks_with_fused_vectors(collecti
 
 def test_fused_similar_and_map_say_how_many_tracks_they_leave_out(collection: Path, tmp_path: Path) -> None:
     """`mess similar --fused` says that tracks extracted since `mess fuse apply` were left out; the routes did not."""
-    said = "1 tracks have no fused vectors yet and were left out; `mess fuse apply` adds them"
+    said = "1 track has no fused vectors yet and was left out; `mess fuse apply` adds them"
     with TestClient(base_url="http://127.0.0.1", app=create_app(_partly_fused(collection, tmp_path / "s"))) as c:
         query = c.get("/api/tracks", params={"artist": "Saw Machine"}).json()["items"][0]["id"]
         similar = c.get(f"/api/tracks/{query}/similar", params={"fused": True, "k": 20}).json()

@@ -1099,7 +1099,7 @@ def test_a_damaged_content_hash_is_named_not_silently_dropped(extracted_tones: E
                    "CASE WHEN substr(content_hash, -1) = '0' THEN '1' ELSE '0' END WHERE path LIKE '%tone01.wav'")
     similar = _mess("similar", "tone02.wav", "--store", str(store))
     assert similar.returncode == 0 and "tone01" not in similar.stdout, similar.stdout
-    assert "1 files have no dsp vectors and were left out; `mess check` names them" in similar.stderr, similar.stderr
+    assert "1 file has no dsp vectors and was left out; `mess check` names them" in similar.stderr, similar.stderr
     query = _mess("similar", "tone01.wav", "--store", str(store))
     assert query.returncode == 1 and "has no vectors of dsp" in query.stderr and "Traceback" not in query.stderr
     check = _mess("check", "--json", "--store", str(store))
@@ -1252,7 +1252,7 @@ def test_export_counts_the_files_it_left_out(tmp_path: Path, extracted_tones: Ex
     music, store = extracted_tones(4)
     _damage_row(store, np.inf)
     assert _mess("check", "--repair", "--store", str(store)).returncode == 0
-    note = "1 files have no dsp vectors and were left out; `mess check` names them, `mess extract --model dsp`"
+    note = "1 file has no dsp vectors and was left out; `mess check` names them, `mess extract --model dsp`"
     out = _mess("export", str(tmp_path / "out.npz"), "--store", str(store))
     assert out.returncode == 0 and "3 tracks of 3 tracks" in out.stderr and note in out.stderr, out.stderr
     assert int(np.load(tmp_path / "out.npz")["files_not_embedded"]) == 1

@@ -61,3 +61,9 @@ def legacy_stamp(size: int, mtime: float) -> str:
     """The change stamp of a catalog row written before stamps existed (size and mtime only): here so that the
     decoder processes compare stamps without importing the store."""
     return f"legacy:{size}:{mtime!r}"
+
+
+def counted(n: int, one: str, many: str | None = None) -> str:
+    """``n`` with the words for one or for many: counted(1, "file has", "files have") is '1 file has'; ``many``
+    defaults to ``one`` + 's'."""
+    return f"{n} {one if n == 1 else (many or one + 's')}"

@@ -41,7 +41,7 @@ from mess.artists.profiles import (
 from mess.artists.reference import Coverage, load_reference, match_reference, read_json
 from mess.artists.similarity import METHODS, artist_vectors, similarity_matrix, similarity_row, top_k
 from mess.artists.validate import Metrics, evaluate, random_baseline
-from mess.constants import FUSED
+from mess.constants import FUSED, counted
 from mess.search.query import stale_aspect_map
 from mess.store import FeatureStore, Run, StoreError
 from mess.store.fused import fused_run_problem, left_out_note
@@ -93,10 +93,11 @@ def open_artists(store: FeatureStore, options: ArtistOptions, on_note: Note = _i
     run = store.run(options.model)
     artists = load_artists(store, run, max_tracks=options.max_tracks, min_tracks=options.min_tracks)
     if artists.composer_fallback:
-        on_note(f"{artists.composer_fallback} tracks have no artist tag; their composer is used as the artist")
+        on_note(f"{counted(artists.composer_fallback, 'track has', 'tracks have')} no artist tag; their composer "
+                "is used as the artist")
     if artists.unattributed:
-        on_note(f"{artists.unattributed} tracks have neither artist nor composer (or only one like 'Various "
-                "Artists') and are left out")
+        on_note(f"{counted(artists.unattributed, 'track has', 'tracks have')} neither artist nor composer (or only "
+                f"one like 'Various Artists') and {'is' if artists.unattributed == 1 else 'are'} left out")
     return run, artists
 
 
@@ -115,7 +116,8 @@ def every_space(store: FeatureStore, run: Run, on_note: Note = _ignore) -> list[
             return spaces
         missing = len(store.tracks(run)) - len(fused.track_ids)  # its rows would not be comparable: left out
         if missing:
-            on_note(f"fused row left out: {missing} tracks have no fused vectors yet; `mess fuse apply` adds them")
+            on_note(f"fused row left out: {counted(missing, 'track has', 'tracks have')} no fused vectors yet; "
+                    "`mess fuse apply` adds them")
         else:
             spaces.append(fused)
     return spaces

@@ -18,6 +18,7 @@ from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 from typer.models import DefaultPlaceholder
 
+from mess.constants import counted
 from mess.store import FeatureStore, Run
 from mess.store.paths import one_line, printable
 
@@ -58,8 +59,9 @@ def os_reason(exc: OSError, named: object = None) -> str:
 def not_embedded_note(count: int, model: str) -> None:
     """Say that ``count`` catalogued files have no ``model`` vectors and were left out of the answer (if any)."""
     if count:
-        console.print(f"[yellow]{count} files have no {plain(model)} vectors and were left out; "
-                      f"`mess check` names them, `mess extract --model {plain(model)}` embeds them[/]")
+        console.print(f"[yellow]{counted(count, 'file has', 'files have')} no {plain(model)} vectors and "
+                      f"{'was' if count == 1 else 'were'} left out; `mess check` names them, "
+                      f"`mess extract --model {plain(model)}` embeds them[/]")
 
 
 def warn(text: str) -> None:

@@ -9,6 +9,7 @@ import typer
 
 from mess.cli.common import console, emit_json, fail, json_clash, not_embedded_note, open_store, os_reason, plain
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, ModelOpt, StoreOpt, given_path
+from mess.constants import counted
 from mess.store import Run
 
 
@@ -54,10 +55,13 @@ def export_command(
         _which_run_note(run, runs, in_use)
     not_embedded_note(summary.files_not_embedded, run.model)
     if summary.tracks_not_fused:
-        console.print(f"[yellow]{summary.tracks_not_fused} tracks have no fused vector (extracted since `mess fuse "
-                      f"apply`) and are not in the rows; `mess fuse apply --model {plain(run.model)}` adds them[/]")
+        n = summary.tracks_not_fused
+        console.print(f"[yellow]{counted(n, 'track has', 'tracks have')} no fused vector (extracted since `mess fuse "
+                      f"apply`) and {'is' if n == 1 else 'are'} not in the rows; `mess fuse apply --model "
+                      f"{plain(run.model)}` adds them[/]")
     if summary.files_failed:
-        console.print(f"[yellow]{summary.files_failed} files failed to extract and are not in the rows; "
+        console.print(f"[yellow]{counted(summary.files_failed, 'file')} failed to extract and "
+                      f"{'is' if summary.files_failed == 1 else 'are'} not in the rows; "
                       "`mess info --failures` says why[/]")
 
 

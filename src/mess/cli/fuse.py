@@ -17,7 +17,7 @@ from rich.table import Table
 
 from mess.cli.common import console, emit_json, fail, failing, note, open_store, os_reason, plain
 from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, JsonOpt, ModelOpt, StoreOpt
-from mess.constants import FUSED, LABEL_FIELDS
+from mess.constants import FUSED, LABEL_FIELDS, counted
 from mess.store import FeatureStore
 
 if TYPE_CHECKING:
@@ -214,8 +214,9 @@ def apply_command(
     console.print(f"wrote {meta['tracks']} fused vectors ({meta['fusion_dim']}-d, trained on {meta['label']} labels) "
                   f"-> next: mess index --fused")
     if meta["missing"]:
-        console.print(f"[yellow]note:[/] {meta['missing']} tracks changed or were added while it ran and have no "
-                      "fused vector yet; run `mess fuse apply` again to add them")
+        console.print(f"[yellow]note:[/] {counted(meta['missing'], 'track')} changed or came while it ran and "
+                      f"{'has' if meta['missing'] == 1 else 'have'} no fused vector yet; run `mess fuse apply` again "
+                      "to add them")
     if not meta["data_hash_matches"]:
         console.print("[yellow]note:[/] the store changed since training; tracks added since are fused by the "
                       "same network (retrain with `mess fuse train` to learn from them)")

@@ -9,6 +9,7 @@ import typer
 
 from mess.cli.common import console, emit_json, failing, open_store, plain
 from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, JsonOpt, ModelOpt, StoreOpt
+from mess.constants import counted
 
 mpd_app = typer.Typer(help="Play through MPD (Music Player Daemon): radio from the current song, playlists.",
                       no_args_is_help=True)
@@ -51,7 +52,7 @@ def radio_command(
         return
     for i, t in enumerate(playlist.tracks, start=1):
         console.print(f"{i:>3}. {plain(t.name)}")
-    console.print(f"queued {len(uris)} tracks after {plain(playlist.title.removeprefix('radio: '))}")
+    console.print(f"queued {counted(len(uris), 'track')} after {plain(playlist.title.removeprefix('radio: '))}")
     if playlist.note:
         console.print(f"[yellow]{plain(playlist.note)}[/]")
     _print_unknown(unknown)
@@ -80,7 +81,7 @@ def play_command(
     if as_json:
         emit_json({"queued": uris, "unknown": unknown, "gone": gone})
         return
-    console.print(f"{'queued' if append else 'playing'} {len(uris)} tracks from {plain(str(playlist))}")
+    console.print(f"{'queued' if append else 'playing'} {counted(len(uris), 'track')} from {plain(str(playlist))}")
     _print_unknown(unknown)
     _print_unknown(gone, "no longer on disk")
 

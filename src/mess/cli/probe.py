@@ -11,6 +11,7 @@ from rich.table import Table
 
 from mess.cli.common import console, emit_json, fail, failing, open_store, plain
 from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, JsonOpt, ModelOpt, StoreOpt, given_text
+from mess.constants import counted
 
 if TYPE_CHECKING:  # the probing stack (scikit-learn, librosa) loads only when a probe command runs
     from mess.probing.report import ProbeReport
@@ -92,7 +93,7 @@ def _warn_stale(report: ProbeReport) -> None:
         console.print(f"[yellow]warning:[/] {plain(path)} {reason}: probed without it "
                       "(`mess extract` updates the collection)")
     if stale:
-        console.print(f"[yellow]{len(stale)} of {report.n_tracks + len(report.missing)} tracks skipped[/] "
+        console.print(f"[yellow]{len(stale)} of {counted(report.n_tracks + len(report.missing), 'track')} skipped[/] "
                       "(changed or removed since extraction)")
 
 
@@ -141,7 +142,7 @@ def _print_report(report: ProbeReport, paths: dict[str, Path], unmapped: str | N
     _warn_stale(report)
     failed = [reason for _, reason in report.missing if reason not in STALE]
     if failed:
-        console.print(f"[yellow]{len(failed)} tracks without targets[/] (first: {failed[0]})")
+        console.print(f"[yellow]{counted(len(failed), 'track')} without targets[/] (first: {failed[0]})")
     if unmapped is not None:
         console.print(f"[yellow]aspect map not stored: {unmapped}; the aspect map stored before is kept[/]")
     else:

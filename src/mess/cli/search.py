@@ -22,7 +22,7 @@ from mess.cli.common import (
     warn,
 )
 from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, FusedOpt, JsonOpt, ModelOpt, StoreOpt
-from mess.constants import DEFAULT_NORM, FUSED, LABEL_FIELDS
+from mess.constants import DEFAULT_NORM, FUSED, LABEL_FIELDS, counted
 
 if TYPE_CHECKING:
     from rich.console import JustifyMethod
@@ -150,8 +150,8 @@ def _print_index(report: IndexReport, data: dict, unfused: int) -> None:
     note(report.note)
     note(data["norm_note"])
     if unfused:
-        console.print(f"[yellow]{unfused} tracks have no fused vectors yet and are not in the index; "
-                      "`mess fuse apply` adds them[/]")
+        console.print(f"[yellow]{counted(unfused, 'track has', 'tracks have')} no fused vectors yet and "
+                      f"{'is' if unfused == 1 else 'are'} not in the index; `mess fuse apply` adds them[/]")
 
 def similar_command(
     query: Annotated[str, typer.Argument(help="Track id, a path or file name in the collection, or any audio file.")],
@@ -310,7 +310,8 @@ def evaluate_command(
         if ev.tracks_without_fused_vectors:
             where = "" if store == DEFAULT_STORE_PATH else f" --store {shlex.quote(str(store))}"
             fix = f"mess fuse apply --model {run.model}{where}"
-            console.print(f"[yellow]fused row left out: {ev.tracks_without_fused_vectors} labelled tracks have no "
+            missing = counted(ev.tracks_without_fused_vectors, "labelled track has", "labelled tracks have")
+            console.print(f"[yellow]fused row left out: {missing} no "
                           f"fused vectors (extracted since the last apply); `{plain(fix)}` adds them[/]")
     if unplotted:
         fail(unplotted)

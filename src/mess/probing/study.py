@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from mess.audio.names import label_key
-from mess.constants import PROBE_KINDS
+from mess.constants import PROBE_KINDS, counted
 from mess.extract.runs import run_policy
 from mess.models.registry import ModelError
 from mess.probing.controls import ControlError, random_init_run, shuffled_rows
@@ -81,7 +81,8 @@ def probe_run(store: FeatureStore, run: Run, options: ProbeOptions = ProbeOption
                                             workers=options.workers, on_progress=extracted)
             conditions["random-init"] = _probe(store, twin, layers, targets, options, on_progress)[0]
             notes["random-init"] = (f"{twin.model} ({twin.revision}): same architecture, random weights; "
-                                    f"{summary.done} tracks embedded now, {summary.skipped + summary.copies} reused")
+                                    f"{counted(summary.done, 'track')} embedded now, "
+                                    f"{summary.skipped + summary.copies} reused")
         except (ControlError, ModelError, ImportError, OSError) as exc:
             notes["random-init"] = f"not run: {exc}"
     return ProbeReport(model=run.model, revision=run.revision, run_id=run.id, policy=asdict(run_policy(run)),

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mess.audio.names import label_key
-from mess.constants import DEFAULT_NORM, FUSED, LABEL_FIELDS, LEARNED
+from mess.constants import DEFAULT_NORM, FUSED, LABEL_FIELDS, LEARNED, counted
 from mess.search.ann import exact_knn
 from mess.search.augment import expanded_rows
 from mess.search.expansion import expand_collection, expanded_scores, expansion
@@ -122,7 +122,9 @@ class LabelFile:
         listed = ", ".join(f"line {line} {ref!r}" for line, ref in self.unknown[:shown])
         more = ", ..." if len(self.unknown) > shown else ""
         hint = " (a path matches only the file's path in the store; a 'file' column matches file names)"
-        return (f"{len(self.unknown)} label rows name unknown tracks and were left out: {listed}{more}"
+        rows = counted(len(self.unknown), "label row names an unknown track and was",
+                       "label rows name unknown tracks and were")
+        return (f"{rows} left out: {listed}{more}"
                 + (hint if self.column == "path" else ""))
 
 

@@ -14,14 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from mess.constants import FUSED
+from mess.constants import FUSED, counted
 from mess.store.feature_store import FeatureStore, Run, StoreError
 
 
 def left_out_note(count: int, label: str = FUSED) -> str:
     """The one line an answer in derived vectors (``label``) says of the ``count`` tracks it left out for having none:
     those extracted since `mess fuse apply` ran."""
-    return f"{count} tracks have no {label} vectors yet and were left out; `mess fuse apply` adds them"
+    were = "was" if count == 1 else "were"
+    return (f"{counted(count, 'track has', 'tracks have')} no {label} vectors yet and {were} left out; "
+            "`mess fuse apply` adds them")
 
 
 def trained_run_mismatch(revision: str, policy: str | None, run: Run) -> tuple[str, str] | None:
