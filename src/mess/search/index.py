@@ -236,7 +236,8 @@ def _open_index(path: Path, vs: VectorSet) -> CollectionIndex:
 
 def stale_indexes(store: FeatureStore) -> list[Path]:
     """Saved indexes that no longer match the store: their run is gone, their tracks' contents changed, or their
-    vectors are no longer what the spec reads (an aspect probed onto another layer, fused vectors applied again).
+    vectors are no longer what the spec reads (an aspect probed onto another layer, fused vectors applied again);
+    and the sidecars of an index file that is missing (:func:`_orphan_sidecars`).
 
     A stale index is never used for answers (:func:`open_index` checks it against the
     vectors first), but it is dead weight on disk; ``mess check --repair`` deletes it. Saved ranking data (re-ranking
@@ -254,7 +255,17 @@ def stale_indexes(store: FeatureStore) -> list[Path]:
         current = {(t.id, t.content_hash) for t in store.tracks(run)}
         if not set(zip(saved.ids.tolist(), saved.hashes.tolist(), strict=False)) <= current:
             stale.append(path)
-    return stale + stale_ranking_data(store)
+    return stale + _orphan_sidecars(store) + stale_ranking_data(store)
+
+
+def _orphan_sidecars(store: FeatureStore) -> list[Path]:
+    """An index's ``.npz`` or ``.json`` without its ``.faiss``: a first save cut short after the ``.npz`` (the track
+    ids and hashes it holds, 128 MB at a million tracks), or an index file deleted by hand."""
+    if not store.indexes_dir.is_dir():
+        return []
+    found = [*store.indexes_dir.glob("run*.npz"), *store.indexes_dir.glob("run*.json")]
+    return sorted(p for p in found
+                  if not p.name.endswith((SUFFIX, AUGMENT_SUFFIX)) and not p.with_suffix(".faiss").exists())
 
 
 def _source(store: FeatureStore, run: Run, spec: VectorSpec) -> str | None:
