@@ -41,6 +41,7 @@ IVFPQ_MIN = 5_000_000
 HNSW_M = 32
 TUNE_QUERIES = 256
 TRAIN_PER_LIST = 39  # k-means sample per IVF list, the low end of faiss' guidance (39..256 points per centroid)
+_READ_CHUNK = 1 << 24  # bytes of an index file summed at a time
 KMEANS_ITERATIONS = 10  # faiss' default is 25; 10 gave the same recall at every nprobe at 100k (docs/search.md)
 _BREADTHS = {"ivf": (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512),
              "hnsw": (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)}
@@ -195,15 +196,20 @@ class AnnIndex:
         """Read an index written by :meth:`save`; returns it and the saved metadata.
 
         Raises ValueError when the index file is not the one the JSON describes (a save cut short, or another
-        process replacing it meanwhile).
+        process replacing it meanwhile). The file is read twice through one descriptor, summed in chunks, then
+        read into the index, so memory holds the index once (read whole, then deserialised, it held it three times).
         """
         meta = json.loads(path.with_suffix(".json").read_text())
         if not isinstance(meta, dict):
             raise ValueError(f"{path.with_suffix('.json').name} holds no index description")
-        data = path.read_bytes()
-        if len(data) != meta.get("bytes") or zlib.crc32(data) != meta.get("crc32"):
-            raise ValueError(f"{path.name} does not match {path.with_suffix('.json').name}")
-        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        with path.open("rb") as f:
+            size, crc = 0, 0
+            while chunk := f.read(_READ_CHUNK):
+                size, crc = size + len(chunk), zlib.crc32(chunk, crc)
+            if size != meta.get("bytes") or crc != meta.get("crc32"):
+                raise ValueError(f"{path.name} does not match {path.with_suffix('.json').name}")
+            f.seek(0)
+            index = faiss.read_index(faiss.PyCallbackIOReader(f.read))
         return cls(index, meta["kind"], meta["breadth"], meta["recall"]), meta
 
     def nbytes(self) -> int:
