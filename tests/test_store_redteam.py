@@ -452,7 +452,7 @@ def test_a_first_index_killed_between_its_files_leaves_nothing_unnamed(dsp_store
     _, original = dsp_store
     store = tmp_path / "store"
     shutil.copytree(original, store)
-    index = _frozen("mess.search.ann:replace_file:before", "index", "--layer", "mfcc", "--store", str(store))
+    index = _frozen("mess.search.ann:replacing:before", "index", "--layer", "mfcc", "--store", str(store))
     _killed(index)
     left = sorted(p.name for p in (store / "indexes").iterdir() if not p.name.startswith("."))
     assert left == ["run1-layer-mfcc-zscore.npz"]

@@ -33,7 +33,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from mess.store.paths import replace_file
+from mess.store.paths import replace_file, replacing
 
 KINDS = ("flat", "ivf", "ivfpq", "hnsw")
 FLAT_MAX = 20_000
@@ -183,12 +183,20 @@ class AnnIndex:
         """Write the index (``path``) and its kind/breadth/recall plus ``extra`` (``path`` with ``.json``).
 
         Each file is replaced whole (written beside it, then renamed); the JSON records the index file's size and
-        CRC-32, so :meth:`load` refuses an index file that is not the one its JSON describes.
+        CRC-32, so :meth:`load` refuses an index file that is not the one its JSON describes. The index is written
+        through to the file, summed as it goes (serialised first, then copied to bytes, it was held three times).
         """
-        data = faiss.serialize_index(self.index)
+        size, crc = 0, 0
+
+        with replacing(path) as f:
+            def write(chunk: bytes) -> None:
+                nonlocal size, crc
+                f.write(chunk)
+                size, crc = size + len(chunk), zlib.crc32(chunk, crc)
+
+            faiss.write_index(self.index, faiss.PyCallbackIOWriter(write))
         meta = {**(extra or {}), "kind": self.kind, "breadth": self.breadth, "recall": self.recall,
-                "bytes": int(data.nbytes), "crc32": zlib.crc32(data)}
-        replace_file(path, data.tobytes())
+                "bytes": size, "crc32": crc}
         replace_file(path.with_suffix(".json"), json.dumps(meta).encode())
 
     @classmethod
