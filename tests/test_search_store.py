@@ -19,7 +19,7 @@ from mess.extract.runs import run_key
 from mess.models.base import ModelInfo
 from mess.query import resolve_query
 from mess.search.evaluate import LabelError, evaluate, plot_evaluation, read_label_csv, track_labels
-from mess.search.index import CollectionIndex, build_index, open_index, stale_indexes
+from mess.search.index import CollectionIndex, build_index, index_path, open_index, stale_indexes
 from mess.search.query import similar_tracks
 from mess.search.vectors import VectorSpec, load_vectors
 from mess.store import FeatureStore, Run, StoreError, TrackVectors
@@ -924,3 +924,41 @@ def test_a_saved_index_is_written_and_read_holding_it_once_in_memory(tmp_path: P
     assert out.returncode == 0, out.stderr
     loaded, size, saving, loading = map(int, out.stdout.split())
     assert loaded == 50_000 and saving < 0.5 * size and loading < 1.5 * size, (size, saving, loading)
+
+
+_CHECK_PEAK = """
+import re, sys
+from pathlib import Path
+from mess.search.index import stale_indexes
+from mess.store import FeatureStore
+status = Path("/proc/self/status")
+store = FeatureStore(Path(sys.argv[1]), readonly=True)
+Path("/proc/self/clear_refs").write_text("5")  # this program's peak starts again from here
+before = int(re.search(r"VmRSS:\\s+(\\d+) kB", status.read_text()).group(1))
+stale = stale_indexes(store)
+print(len(stale), (int(re.search(r"VmHWM:\\s+(\\d+) kB", status.read_text()).group(1)) - before) * 1024)
+"""
+
+
+def test_check_compares_a_saved_indexs_tracks_without_reading_the_index_into_memory(
+        synth: tuple[FeatureStore, Run]) -> None:
+    """`mess check` loaded every saved index whole to compare the track ids beside it with the store's: a 10 GB IVF
+    index needed 10 GB (30 before the index was read through to faiss) of a check that only sums its file."""
+    import faiss
+
+    from mess.search.ann import AnnIndex
+
+    store, run = synth
+    vs = load_vectors(store, run, VectorSpec("layer", "l1"))
+    n, dim = 50_000, 1024
+    flat = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    flat.add_with_ids(np.random.default_rng(0).random((n, dim), dtype=np.float32), np.arange(n))
+    path = index_path(store, run, vs.spec)  # tracks the store never had: out of date
+    CollectionIndex(AnnIndex(flat, "flat"), vs.prep, np.arange(n), np.array([f"h{i}" for i in range(n)]), vs.spec,
+                    run.id, source=vs.source).save(path)
+    del flat
+    out = subprocess.run([sys.executable, "-c", _CHECK_PEAK, str(store.root)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    stale, grown = map(int, out.stdout.split())
+    assert stale == 1 and grown < 0.3 * path.stat().st_size, (grown, path.stat().st_size)

@@ -29,6 +29,7 @@ import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import faiss
 import numpy as np
@@ -207,18 +208,18 @@ class AnnIndex:
         process replacing it meanwhile). The file is read twice through one descriptor, summed in chunks, then
         read into the index, so memory holds the index once (read whole, then deserialised, it held it three times).
         """
-        meta = json.loads(path.with_suffix(".json").read_text())
-        if not isinstance(meta, dict):
-            raise ValueError(f"{path.with_suffix('.json').name} holds no index description")
         with path.open("rb") as f:
-            size, crc = 0, 0
-            while chunk := f.read(_READ_CHUNK):
-                size, crc = size + len(chunk), zlib.crc32(chunk, crc)
-            if size != meta.get("bytes") or crc != meta.get("crc32"):
-                raise ValueError(f"{path.name} does not match {path.with_suffix('.json').name}")
+            meta = _verified(path, f)
             f.seek(0)
             index = faiss.read_index(faiss.PyCallbackIOReader(f.read))
         return cls(index, meta["kind"], meta["breadth"], meta["recall"]), meta
+
+    @staticmethod
+    def described(path: Path) -> dict:
+        """The saved metadata of the index at ``path``, its file summed in chunks but not read into memory
+        (ValueError as :meth:`load`)."""
+        with path.open("rb") as f:
+            return _verified(path, f)
 
     def nbytes(self) -> int:
         """Serialised size of the index in bytes (a close proxy for its memory)."""
@@ -238,6 +239,20 @@ class AnnIndex:
             params.sel = sel
             params._sel = sel  # keep the selector alive as long as the params
         return params
+
+
+def _verified(path: Path, f: BinaryIO) -> dict:
+    """The JSON beside the index file ``path`` once the file's bytes, read from ``f``, are the ones it describes
+    (size and CRC-32); ValueError otherwise."""
+    meta = json.loads(path.with_suffix(".json").read_text())
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path.with_suffix('.json').name} holds no index description")
+    size, crc = 0, 0
+    while chunk := f.read(_READ_CHUNK):
+        size, crc = size + len(chunk), zlib.crc32(chunk, crc)
+    if size != meta.get("bytes") or crc != meta.get("crc32"):
+        raise ValueError(f"{path.name} does not match {path.with_suffix('.json').name}")
+    return meta
 
 
 def _new_index(kind: str, dim: int, n: int) -> faiss.Index:

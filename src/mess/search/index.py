@@ -247,7 +247,7 @@ def stale_indexes(store: FeatureStore) -> list[Path]:
     runs = {run.id: run for run in store.runs()}
     stale = []
     for path in sorted(store.indexes_dir.glob("run*.faiss")) if store.indexes_dir.exists() else []:
-        saved = CollectionIndex.load(path)
+        saved = _saved_tracks(path)
         run = runs.get(saved.run_id) if saved is not None else None
         if saved is None or run is None or saved.source != _source(store, run, saved.spec):
             stale.append(path)
@@ -256,6 +256,33 @@ def stale_indexes(store: FeatureStore) -> list[Path]:
         if not set(zip(saved.ids.tolist(), saved.hashes.tolist(), strict=False)) <= current:
             stale.append(path)
     return stale + _orphan_sidecars(store) + stale_ranking_data(store)
+
+
+@dataclass(frozen=True)
+class _SavedTracks:
+    """What a saved index holds and was built from, read without the index itself."""
+
+    run_id: int
+    spec: VectorSpec
+    source: str
+    ids: np.ndarray
+    hashes: np.ndarray
+
+
+def _saved_tracks(path: Path) -> _SavedTracks | None:
+    """The tracks a saved index holds, checked as :meth:`CollectionIndex.load` checks them (its file summed, not
+    read into memory: `mess check` held every index in memory to compare its track ids); None when it would load
+    none."""
+    try:
+        meta = AnnIndex.described(path)
+        with np.load(path.with_suffix(".npz")) as arrays:
+            ids, hashes, generation = arrays["ids"], arrays["hashes"], str(arrays["generation"])
+        kind, name, norm = meta["spec"]
+        saved = _SavedTracks(meta["run_id"], VectorSpec(kind, name, norm), str(meta.get("source", "")), ids,
+                             hashes)
+    except (*NPZ_ERRORS, RuntimeError, TypeError):
+        return None
+    return saved if generation == meta.get("generation") and meta.get("n", len(ids)) == len(ids) else None
 
 
 def _orphan_sidecars(store: FeatureStore) -> list[Path]:
