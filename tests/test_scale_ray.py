@@ -257,6 +257,19 @@ def test_ray_catalogues_a_truncated_file_with_its_decoded_duration(ray_address: 
     assert duration is not None and 55 < duration < 70, duration
 
 
+def test_ray_records_a_file_it_could_not_read_as_the_local_engine_does(ray_address: str, tmp_path: Path) -> None:
+    """A file gone between the folder walk and its reading failed the run's summary only: `mess info --failures`
+    did not list it (the local engine records it, and `--prune` forgets it once it is gone for good)."""
+    paths = [*_write_tones(tmp_path / "music", 1, seconds=5.0), tmp_path / "music" / "gone.wav"]
+    local = FeatureStore(tmp_path / "local")
+    want = extract(local, paths, DspModel(), POLICY)
+    got = extract_ray(tmp_path / "ray", paths, "dsp", POLICY, ray_address, actors=1)
+    assert (got.done, [Path(p).name for p, _ in got.failed]) == (want.done, ["gone.wav"]) == (1, ["gone.wav"])
+    with contextlib.closing(FeatureStore(tmp_path / "ray", readonly=True)) as store:
+        assert store.failures(store.run("dsp")) == local.failures(local.run("dsp"))
+        assert [Path(p).name for p, _ in store.failures(store.run("dsp"))] == ["gone.wav"]
+
+
 def test_killed_worker_is_restarted_and_nothing_is_lost(ray_address: str, tones: tuple, tmp_path: Path) -> None:
     music, reference = tones
     store_dir = tmp_path / "store"

@@ -149,8 +149,9 @@ def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path],
     todo: list[dict[str, str | float]] = []
     queued: set[str] = set()
     for row in _dataset(items).map(inspect_row, num_cpus=1).iter_rows():
-        if row["error"]:
+        if row["error"]:  # recorded by path, as the local pipeline records a file it could not read
             summary.failed.append((row["path"], row["error"]))
+            store.record_failure(run, "", row["path"], row["error"])
             log.warning(row["error"])
             continue
         rec = json.loads(row["record"])
