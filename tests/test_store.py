@@ -244,7 +244,7 @@ def test_a_repair_forgets_the_fused_vectors_of_rows_a_new_file_may_take(tmp_path
     damaged.flush()
     del damaged
     done = check_and_repair(store)[1]
-    assert any("forgot the fused vectors of 1 files" in line for line in done), done
+    assert any("forgot the fused vectors of 1 file," in line for line in done), done
     new = store.upsert_track(Path("/music/new.wav"), "h-new", 10, 1.0, {}, {"artist": "y"})
     store.write_vectors(run, [_vectors("h-new", 1, 9)])
     assert store.track_rows(run)["h-new"] == 3  # the freed row
@@ -308,7 +308,7 @@ def test_check_sums_a_files_windows_across_the_chunks_it_reads(tmp_path: Path) -
     store.close()
     found = check_store(tmp_path)
     assert [(p.kind, p.message) for p in found.problems] == [
-        ("checksum", "toy: 1 files have vectors that differ from their checksums (changed on disk)")]
+        ("checksum", "toy: 1 file has vectors that differ from their checksums (changed on disk)")]
     assert [p.hashes for p in found.problems] == [frozenset({"h1365"})]
 
 

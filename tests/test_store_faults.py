@@ -129,7 +129,8 @@ def _repair_then_extract(music: Path, store: Path, dropped: int) -> str:
     """`mess check --repair` drops the vectors of ``dropped`` files and `mess extract` embeds them again; returns what
     the repair printed."""
     repaired = _mess("check", "--repair", "--store", str(store))
-    assert repaired.returncode == 0 and f"dropped the vectors of {dropped} files" in repaired.stderr, repaired.stderr
+    files = f"{dropped} file{'s' * (dropped != 1)}"
+    assert repaired.returncode == 0 and f"dropped the vectors of {files}" in repaired.stderr, repaired.stderr
     assert f"{dropped} embedded" in _mess("extract", str(music), *DSP, "--store", str(store)).stderr
     return repaired.stderr
 
@@ -373,7 +374,7 @@ def test_a_repair_killed_before_it_blanked_fused_rows_leaves_no_vector_to_inheri
     check = _mess("check", "--store", str(store_dir))
     assert check.returncode == 1 and "stale-derived:" in check.stderr, check.stderr
     repaired = _mess("check", "--repair", "--store", str(store_dir))
-    assert repaired.returncode == 0 and "forgot the fused vectors of 1 files" in repaired.stderr, repaired.stderr
+    assert repaired.returncode == 0 and "forgot the fused vectors of 1 file," in repaired.stderr, repaired.stderr
     for t in tones:  # the dropped file comes back, in the freed row: with no fused vector of its own yet
         if FeatureStore(store_dir, readonly=True).track(t).content_hash == last:
             t.unlink()

@@ -102,6 +102,11 @@ def test_an_old_store_gets_checksums_by_repair_and_they_guard_its_rows(old_store
     assert [p.kind for p in check_store(root).problems] == ["checksum"]
 
 
+def _tone() -> np.ndarray:
+    """3 s of a 440 Hz tone at 16 kHz (a constant is refused as silent before any model sees it)."""
+    return (0.1 * np.sin(2 * np.pi * 440 * np.arange(3 * 16000) / 16000)).astype(np.float32)
+
+
 class _Peak(EmbeddingModel):
     """A plugin-like model: each layer the window's peak, repeated to the layer's size, under one revision."""
 
@@ -131,7 +136,7 @@ def test_a_model_whose_layers_change_under_one_revision_is_refused(tmp_path: Pat
 def test_a_model_with_a_layer_of_no_values_is_refused(tmp_path: Path) -> None:
     """A layer of size 0 (a plugin's, say) was stored; extraction then stopped with "cannot reshape array of size 0
     ...; the catalog references rows the file lacks: run `mess check --repair`", of a store not damaged."""
-    sf.write(tmp_path / "0.wav", np.full(3 * 16000, 0.1, np.float32), 16000)
+    sf.write(tmp_path / "0.wav", _tone(), 16000)
     with closing(FeatureStore(tmp_path / "store")) as store:
         with pytest.raises(StoreError, match=r"^toy-peak gives layers of sizes \[4, 0\]; every layer needs values$"):
             extract(store, [tmp_path / "0.wav"], _Peak((4, 0)), WindowPolicy())
@@ -155,7 +160,7 @@ def test_a_model_returning_other_layers_than_its_info_fails_the_file_saying_so(t
                                                                              sizes: tuple[int, ...]) -> None:
     """Layers other than a model's ModelInfo names failed each file with "could not broadcast input array from
     shape (2,) into shape (3,)" or "IndexError: list index out of range", or (one layer more) were dropped."""
-    sf.write(tmp_path / "0.wav", np.full(3 * 16000, 0.1, np.float32), 16000)
+    sf.write(tmp_path / "0.wav", _tone(), 16000)
     with closing(FeatureStore(tmp_path / "store")) as store:
         summary = extract(store, [tmp_path / "0.wav"], _Liar(sizes), WindowPolicy())
     assert summary.done == 0 and len(summary.failed) == 1

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mess.constants import counted
 from mess.store import wal
 from mess.store.arrays import RowFile, ShortFile, non_finite, set_aside
 from mess.store.catalog import has_column
@@ -124,7 +125,7 @@ def _fix(store: FeatureStore, problems: list[Problem]) -> list[str]:
             store.db.executemany("DELETE FROM vectors WHERE run_id=? AND content_hash=?",
                                  [(run.id, h) for h in hashes])
         if hashes:
-            done.append(f"{run.model} (run {run.id}): dropped the vectors of {len(hashes)} files; "
+            done.append(f"{run.model} (run {run.id}): dropped the vectors of {counted(len(hashes), 'file')}; "
                         "`mess extract` embeds them again")
         track_rows, seg_rows = store.catalog_rows(run)
         for layer in range(len(run.layer_names)):
@@ -135,11 +136,12 @@ def _fix(store: FeatureStore, problems: list[Problem]) -> list[str]:
                         "the catalog references")
         if any(p.kind == "no-checksum" for p in mine):
             added = _add_checksums(store, run, {h: s for p in mine for h, s in p.checksums.items()})
-            done.append(f"{run.model} (run {run.id}): recorded the checksums of {added} files' vectors "
+            whose = counted(added, "file's", "files'")
+            done.append(f"{run.model} (run {run.id}): recorded the checksums of {whose} vectors "
                         "(written by an older mess)")
         if blanked:
-            done.append(f"{run.model} (run {run.id}): forgot the fused vectors of {blanked} files, whose rows "
-                        "a new file may take; `mess fuse apply` writes them again")
+            done.append(f"{run.model} (run {run.id}): forgot the fused vectors of {counted(blanked, 'file')}, "
+                        "whose rows a new file may take; `mess fuse apply` writes them again")
     if any(p.kind == "lost-commits" for p in problems):
         wal.clear(store.root)
         done.append(f"cleared the note of the commits catalog.sqlite-wal lost ({wal.NOTE})")
@@ -286,7 +288,8 @@ def _shared_rows(store: FeatureStore, run: Run, *, quick: bool = False) -> list[
         shared += sum(1 for a, b in zip(rows, rows[1:], strict=False) if a[0] + a[1] > b[0])
     if not shared:
         return []
-    return [Problem("shared-rows", run.id, f"{run.model}: {shared} files' vectors point at rows another file "
+    whose = counted(shared, "file's vectors point", "files' vectors point")
+    return [Problem("shared-rows", run.id, f"{run.model}: {whose} at rows another file "
                     "also claims (two writers without a lock)")]
 
 
@@ -295,7 +298,8 @@ def _not_embedded(store: FeatureStore, run: Run) -> list[Problem]:
     if not paths:
         return []
     named = ", ".join(printable(p) for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
-    return [Problem("not-embedded", run.id, f"{run.model}: {len(paths)} files have neither vectors nor a recorded "
+    files = counted(len(paths), "file has", "files have")
+    return [Problem("not-embedded", run.id, f"{run.model}: {files} neither vectors nor a recorded "
                     f"failure, so no answer includes them ({named}): vectors a repair dropped, an interrupted or "
                     f"running `mess extract`, or a damaged content hash; `mess extract --model {run.model}` embeds "
                     "them", damage=False)]
@@ -306,14 +310,17 @@ def _values(store: FeatureStore, run: Run) -> list[Problem]:
     non_finite, differ, unsummed = _scan(store, run)
     problems = []
     if non_finite:
-        problems.append(Problem("non-finite", run.id, f"{run.model}: {len(non_finite)} files have NaN or infinite "
-                                "vectors", hashes=frozenset(non_finite)))
+        files = counted(len(non_finite), "file has", "files have")
+        problems.append(Problem("non-finite", run.id, f"{run.model}: {files} NaN or infinite vectors",
+                                hashes=frozenset(non_finite)))
     if differ - non_finite:
-        problems.append(Problem("checksum", run.id, f"{run.model}: {len(differ - non_finite)} files have vectors "
+        files = counted(len(differ - non_finite), "file has", "files have")
+        problems.append(Problem("checksum", run.id, f"{run.model}: {files} vectors "
                                 "that differ from their checksums (changed on disk)",
                                 hashes=frozenset(differ - non_finite)))
     if unsummed:
-        problems.append(Problem("no-checksum", run.id, f"{run.model}: {len(unsummed)} files' vectors have no "
+        whose = counted(len(unsummed), "file's vectors have", "files' vectors have")
+        problems.append(Problem("no-checksum", run.id, f"{run.model}: {whose} no "
                                 "checksum yet (written by an older mess); `mess check --repair` adds them",
                                 damage=False, checksums=unsummed))
     return problems
