@@ -92,7 +92,8 @@ def test_no_library_module_uses_pyplot_or_switches_backend() -> None:
     allowed = ("mess/cli/main.py",  # the application's warning filters
                "mess/serve/state.py",  # the server's request threads
                "mess/models/essentia/export.py",  # inside catch_warnings, around the ONNX exporter
-               "mess/models/musicnn/runtime.py")  # the same
+               "mess/models/musicnn/runtime.py",  # the same
+               "mess/artists/heatmap.py")  # inside catch_warnings: a missing glyph is said once by the caller
     assert [o for o in offenders if not o.startswith(allowed)] == []
 
 
