@@ -112,12 +112,14 @@ def json_clash(output: Path | None, as_json: bool) -> None:
 
 
 @contextmanager
-def open_store(path: Path, *, readonly: bool = True) -> Iterator[FeatureStore]:
-    """Open the store for a command; its errors become clean CLI errors, lock waits a note."""
+def open_store(path: Path, *, readonly: bool = True, create: bool = True) -> Iterator[FeatureStore]:
+    """Open the store for a command (a writer that only changes a store passes ``create=False``: no store is made
+    where there was none); its errors become clean CLI errors, lock waits a note."""
     from mess.store import StoreBusy, StoreError
 
     try:
-        store = FeatureStore(path, readonly=readonly, on_wait=lambda m: console.print(f"[yellow]{plain(m)}[/]"))
+        store = FeatureStore(path, readonly=readonly, create=create,
+                             on_wait=lambda m: console.print(f"[yellow]{plain(m)}[/]"))
     except StoreError as exc:
         fail(str(exc))
     if store.lost_commits:

@@ -109,7 +109,8 @@ def index_command(
 
     if kind != "auto" and kind not in KINDS:
         fail(f"unknown index kind {kind!r}; choose auto, {', '.join(KINDS)}")
-    with open_store(store, readonly=False) as fs, fs.writing("mess index"):  # vectors read after a running extract
+    # the lock: vectors read after a running extract; no store made where none is (a mistyped --store)
+    with open_store(store, readonly=False, create=False) as fs, fs.writing("mess index"):
         run = fs.run(model)
         with failing(ValueError):
             spec = VectorSpec.from_options(layer, aspect, fused, cast("Norm", norm), learned)  # the library checks it

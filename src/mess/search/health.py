@@ -37,7 +37,7 @@ def check_store(path: Path, *, fix: bool = False, on_wait: Callable[[str], None]
     """Check the store at ``path`` (without the verify-on-open that refuses a damaged one); with ``fix``, first
     repair what a scan under the write lock finds and the row files allow, and delete stale indexes. StoreError
     when it cannot open; ``on_wait`` hears when the repair waits for another writer."""
-    store = FeatureStore(path, readonly=not fix, verify=False, on_wait=on_wait)
+    store = FeatureStore(path, readonly=not fix, verify=False, on_wait=on_wait, create=False)
     try:
         problems, actions = _repair(store) if fix else (full_check(store), [])
         stale = [] if any(p.kind == "catalog" for p in problems) else stale_indexes(store)

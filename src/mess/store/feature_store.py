@@ -237,8 +237,9 @@ class FeatureStore:
         readonly: bool = False,
         verify: bool = True,
         on_wait: Callable[[str], None] | None = None,
+        create: bool = True,
     ) -> None:
-        """Open (or, unless ``readonly``, create) the store at ``root``.
+        """Open (or, unless ``readonly`` or ``create`` is False, create) the store at ``root``.
 
         With ``verify`` the catalog's integrity and every row file's size are checked
         (a few stat calls per run): a damaged store raises :class:`StoreDamaged`
@@ -259,7 +260,7 @@ class FeatureStore:
         if lost and any((self.root / "runs").glob("*/*/*.f16")):  # a new catalog would orphan them
             raise StoreDamaged(f"{self.root} is damaged: its catalog (catalog.sqlite) is {lost} but it holds "
                                f"vectors (runs/); {CATALOG_ADVICE}")
-        if readonly and not db.exists():
+        if (readonly or not create) and not db.exists():
             raise StoreError(f"no feature store at {self.root} (run `mess extract` first)")
         self.lock = StoreLock(self.root)
         self.lost_commits_unnoted: str | None = None  # what lost_commits says when the store's note cannot keep it
