@@ -4,11 +4,19 @@ no store exists. Each case checks what a user sees (one line, the exit code) and
 from __future__ import annotations
 
 import os
+import re
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 MESS = [sys.executable, "-m", "mess.cli"]
 
@@ -27,3 +35,54 @@ def test_a_writer_given_a_missing_store_makes_none(tmp_path: Path, command: list
     assert done.returncode == 1 and done.stdout == "", done
     assert f"no feature store at {store} (run `mess extract` first)" in " ".join(done.stderr.split()), done.stderr
     assert not store.exists()
+
+
+def _tones(folder: Path, n: int, seconds: float = 6.0, sr: int = 22050) -> Path:
+    """``n`` distinct harmonic tones, one WAV each."""
+    folder.mkdir(parents=True)
+    t = np.arange(int(seconds * sr)) / sr
+    for i in range(n):
+        f0 = 110 * 2 ** (i / 7)
+        y = sum(0.2 / h * np.sin(2 * np.pi * h * f0 * t) for h in (1, 2, 3))
+        sf.write(folder / f"tone{i:03d}.wav", y.astype(np.float32), sr)
+    return folder
+
+
+def _embedded(store: Path) -> int:
+    """How many files have committed vectors (0 before the catalog has its tables)."""
+    try:
+        with closing(sqlite3.connect(f"file:{store / 'catalog.sqlite'}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT COUNT(DISTINCT content_hash) FROM vectors").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def _stopped(args: list[str], started: Callable[[], bool], sig: signal.Signals) -> subprocess.CompletedProcess:
+    """Run `mess ARGS`, send ``sig`` once ``started()`` says it is under way, and return how it ended."""
+    proc = subprocess.Popen([*MESS, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "300"})
+    deadline = time.monotonic() + 120
+    while not started() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130)])
+def test_an_interrupted_extract_says_what_it_kept_and_a_rerun_goes_on(tmp_path: Path, sig: signal.Signals,
+                                                                      code: int) -> None:
+    """Ctrl-C ended `mess extract` with its progress bar and no word of what was kept. It now says in one line what
+    was committed and exits 130; the lock is free at once and a rerun embeds only the rest."""
+    music, store = _tones(tmp_path / "music", 40), tmp_path / "store"
+    dsp = ["--model", "dsp", "--window", "4", "--max-windows", "1", "--batch-size", "1", "--store", str(store)]
+    stopped = _stopped(["extract", str(music), *dsp], lambda: _embedded(store) >= 2, sig)
+    said = " ".join(stopped.stderr.split())
+    kept = _embedded(store)
+    assert stopped.returncode == code and stopped.stdout == "" and "Traceback" not in said, stopped
+    assert re.search(rf"interrupted: {kept} embedded and kept, 0 unchanged \(skipped\), 0 failed -> {store} \[dsp\]; "
+                     rf"\d+ of 40 files not done: `mess extract` again embeds them", said), said
+    assert 2 <= kept < 40
+    rerun = _mess("extract", str(music), *dsp, "--no-wait")
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{40 - kept} embedded, {kept} unchanged (skipped), 0 failed" in " ".join(rerun.stderr.split())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -81,7 +81,7 @@ def extract_command(
     but some files failed (each named with its reason; `mess info --failures`), 1 when
     the run could not start or go on (no files, unknown model, store busy or damaged).
     """
-    from mess.extract.pipeline import missing_files
+    from mess.extract.pipeline import ExtractInterrupted, missing_files
     from mess.models.hub import quiet
 
     paths, hidden, linked = _audio_files(folders, prune)
@@ -99,8 +99,11 @@ def extract_command(
             summary = _run_ray(fs, paths, model, embedder, policy, batch_size, device, address, precision, wait,
                                [*folders, *linked] if prune else [])
         else:
-            summary = _run_local(fs, paths, embedder, policy, batch_size, workers, [*folders, *linked] if prune else [],
-                                 wait)
+            try:
+                summary = _run_local(fs, paths, embedder, policy, batch_size, workers,
+                                     [*folders, *linked] if prune else [], wait)
+            except ExtractInterrupted as stop:
+                _stop_interrupted(stop.summary, len(paths), embedder.info.name, store)
         _print_summary(summary, embedder.info.name, store)
         if hidden:
             warn(_hidden_note(hidden))
@@ -240,6 +243,16 @@ def _print_summary(summary: ExtractSummary, model: str, store: Path) -> None:
         warn(warning)
     for _path, reason in summary.failed:
         console.print(f"[red]failed:[/] {plain(reason)}")
+
+
+def _stop_interrupted(summary: ExtractSummary, files: int, model: str, store: Path) -> NoReturn:
+    """Say what an interrupted run kept and that a rerun goes on from there, and exit with 130 (as a shell does on
+    SIGINT)."""
+    rest = files - summary.handled
+    console.print(f"[yellow]interrupted[/]: {summary.done} embedded and kept, {summary.skipped + summary.copies} "
+                  f"unchanged (skipped), {len(summary.failed)} failed -> {plain(store)} {plain(f'[{model}]')}; "
+                  f"{rest} of {files} files not done: `mess extract` again embeds them (the kept ones are skipped)")
+    raise typer.Exit(130)
 
 
 def _grouped(warnings: list[str], named: int = 3) -> list[str]:

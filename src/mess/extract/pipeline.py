@@ -61,6 +61,14 @@ class ExtractSummary:
         return self.done + self.skipped + self.copies + len(self.failed)
 
 
+class ExtractInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped the run after it committed what it had embedded; ``summary`` counts that."""
+
+    def __init__(self, summary: ExtractSummary) -> None:
+        super().__init__("interrupted")
+        self.summary = summary
+
+
 @dataclass
 class _Outcome:
     record: FileRecord
@@ -107,25 +115,29 @@ def _extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, 
 
     writer = BackgroundWriter(store, run, committed)
     try:
-        for outcome in _prepared(store, run, paths, model, policy, workers, on_total):
-            if (outcome.skipped or outcome.windows is not None) and outcome.record.content_hash in embedded:
-                summary.copies += 1  # decoded too when inspected before the first one's vectors were written
-            elif outcome.skipped:
-                summary.skipped += 1
-            elif outcome.error is not None:
-                _fail(store, run, outcome.record, outcome.error, summary)
-            elif outcome.windows is not None:
-                pending.append(outcome.windows)
-                embedded.add(outcome.record.content_hash)
-                summary.warnings += outcome.windows.warnings
-            if sum(w.audio.shape[0] for w in pending) >= batch_size:
-                _embed(store, run, model, pending, batch_size, summary, writer)
-                pending = []
-            if on_progress:
-                on_progress(summary.handled, summary.audio_seconds)
-        _embed(store, run, model, pending, batch_size, summary, writer)
-    finally:
-        writer.close()  # commits what was embedded, also when the run is interrupted
+        try:
+            for outcome in _prepared(store, run, paths, model, policy, workers, on_total):
+                if (outcome.skipped or outcome.windows is not None) and outcome.record.content_hash in embedded:
+                    summary.copies += 1  # decoded too when inspected before the first one's vectors were written
+                elif outcome.skipped:
+                    summary.skipped += 1
+                elif outcome.error is not None:
+                    _fail(store, run, outcome.record, outcome.error, summary)
+                elif outcome.windows is not None:
+                    pending.append(outcome.windows)
+                    embedded.add(outcome.record.content_hash)
+                    summary.warnings += outcome.windows.warnings
+                if sum(w.audio.shape[0] for w in pending) >= batch_size:
+                    _embed(store, run, model, pending, batch_size, summary, writer)
+                    pending = []
+                if on_progress:
+                    on_progress(summary.handled, summary.audio_seconds)
+            _embed(store, run, model, pending, batch_size, summary, writer)
+        finally:
+            writer.close()  # commits what was embedded, also when the run is interrupted
+    except KeyboardInterrupt as exc:  # after writer.close(): the summary counts every commit
+        summary.wall_seconds = time.perf_counter() - started
+        raise ExtractInterrupted(summary) from exc
     summary.wall_seconds = time.perf_counter() - started
     if on_progress:
         on_progress(summary.handled, summary.audio_seconds)
