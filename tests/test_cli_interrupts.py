@@ -69,11 +69,12 @@ def _stopped(args: list[str], started: Callable[[], bool], sig: signal.Signals) 
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130)])
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupted_extract_says_what_it_kept_and_a_rerun_goes_on(tmp_path: Path, sig: signal.Signals,
                                                                       code: int) -> None:
-    """Ctrl-C ended `mess extract` with its progress bar and no word of what was kept. It now says in one line what
-    was committed and exits 130; the lock is free at once and a rerun embeds only the rest."""
+    """Ctrl-C ended `mess extract` with its progress bar and no word of what was kept; SIGTERM killed it outright
+    (status -15), losing the vectors its writer had not committed yet. Both now commit what was embedded, say so in
+    one line and exit 130 / 143; the lock is free at once and a rerun embeds only the rest."""
     music, store = _tones(tmp_path / "music", 40), tmp_path / "store"
     dsp = ["--model", "dsp", "--window", "4", "--max-windows", "1", "--batch-size", "1", "--store", str(store)]
     stopped = _stopped(["extract", str(music), *dsp], lambda: _embedded(store) >= 2, sig)

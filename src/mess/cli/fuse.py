@@ -15,7 +15,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mess.cli.common import console, emit_json, fail, failing, note, open_store, os_reason, plain
+from mess.cli.common import Terminated, console, emit_json, fail, failing, note, open_store, os_reason, plain
 from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, JsonOpt, ModelOpt, StoreOpt
 from mess.constants import FUSED, LABEL_FIELDS, counted
 from mess.store import FeatureStore
@@ -129,9 +129,10 @@ def _train(fs: FeatureStore, run: Run, config: FusionConfig, path: Path, quiet: 
         except StoppedBeforeFirstEpoch:
             console.print("[yellow]interrupted[/] before the first epoch ended: nothing saved")
             raise typer.Exit(130) from None
-        except KeyboardInterrupt:  # a second Ctrl-C, wherever training or saving was
-            console.print("[yellow]interrupted a second time[/]: stopped at once, the best epoch not saved (a save "
-                          "under way leaves each of its files whole, the old or the new)")
+        except KeyboardInterrupt as exc:  # a second Ctrl-C, or SIGTERM, wherever training or saving was
+            how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted a second time"
+            console.print(f"[yellow]{how}[/]: stopped at once, the best epoch not saved (a save under way leaves "
+                          "each of its files whole, the old or the new)")
             raise typer.Exit(130) from None
         except OSError as exc:  # a full disk, say: the system's words alone did not name the file
             fail(f"cannot save the checkpoint {path} ({os_reason(exc, path)})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import warnings
 
@@ -24,7 +25,7 @@ from mess.cli import (
     search,
     serve,
 )
-from mess.cli.common import console, os_reason, plain, plain_help, version_option
+from mess.cli.common import console, os_reason, plain, plain_help, terminate, terminated, version_option
 
 # Third-party warnings that tell a user nothing to act on, as (message start, module) regular expressions;
 # every other warning is shown.
@@ -50,14 +51,20 @@ plain_help(app)
 
 
 def main() -> None:
-    """Entry point with quiet third-party logging and without the warnings of :data:`QUIET_WARNINGS`."""
+    """Entry point with quiet third-party logging and without the warnings of :data:`QUIET_WARNINGS`; SIGTERM ends
+    a command as Ctrl-C does, with exit status 143 (128 + SIGTERM) instead of 130."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     for message, module in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=UserWarning, module=module)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, terminate)
     try:
         app()
+    except SystemExit as exc:  # typer ends any KeyboardInterrupt with 130
+        if exc.code == 130 and terminated():
+            sys.exit(128 + signal.SIGTERM)
+        raise
     except OSError as exc:  # the system refused a file a command reads or writes: say which, in one line
         console.print(f"[bold red]error:[/] {plain(os_reason(exc))}")
         sys.exit(1)
