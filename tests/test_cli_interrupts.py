@@ -14,6 +14,7 @@ from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
+import mutagen.flac
 import numpy as np
 import pytest
 import soundfile as sf
@@ -87,3 +88,44 @@ def test_an_interrupted_extract_says_what_it_kept_and_a_rerun_goes_on(tmp_path: 
     rerun = _mess("extract", str(music), *dsp, "--no-wait")
     assert rerun.returncode == 0, rerun.stderr
     assert f"{40 - kept} embedded, {kept} unchanged (skipped), 0 failed" in " ".join(rerun.stderr.split())
+
+
+_CTRL_C_IN_CSV = """
+import csv, os, signal, sys
+real = csv.writer
+class Writer:  # Ctrl-C as the artist matrix's first CSV row is written
+    def __init__(self, *args, **kwargs):
+        self.writer = real(*args, **kwargs)
+    def writerow(self, row):
+        self.writer.writerow(row)
+        os.kill(os.getpid(), signal.SIGINT)
+csv.writer = Writer
+sys.argv = ["mess", *sys.argv[1:]]
+from mess.cli.main import main
+main()
+"""
+
+
+def test_an_artist_matrix_interrupted_while_written_leaves_the_one_before(tmp_path: Path) -> None:
+    """`mess artists matrix` wrote its CSV (and PNG) in place: Ctrl-C while writing left a truncated CSV where the
+    whole one of the run before had been. Each is now replaced whole."""
+    music = tmp_path / "music"
+    music.mkdir()
+    sr = 22050
+    t = np.arange(2 * sr) / sr
+    for i in range(8):
+        sf.write(music / f"tone{i}.flac", (0.3 * np.sin(2 * np.pi * 110.0 * (i + 1) * t)).astype(np.float32), sr)
+        tags = mutagen.flac.FLAC(music / f"tone{i}.flac")
+        tags.update({"artist": f"Artist {i % 4}", "title": f"tone {i}"})
+        tags.save()
+    store, out = tmp_path / "store", tmp_path / "out"
+    assert _mess("extract", str(music), "--model", "dsp", "--store", str(store)).returncode == 0
+    matrix = ["artists", "matrix", "--min-tracks", "1", "-o", str(out / "m"), "--store", str(store)]
+    first = _mess(*matrix)
+    assert first.returncode == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["m.csv", "m.png"] and before["m.csv"].count(b"\n") == 5
+    stopped = subprocess.run([sys.executable, "-c", _CTRL_C_IN_CSV, *matrix, "--no-center"], capture_output=True,
+                             text=True, timeout=120)
+    assert stopped.returncode == 130 and "Traceback" not in stopped.stderr, stopped.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temp file beside them either

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import warnings
 from functools import cache
 from pathlib import Path
 
 import numpy as np
+
+from mess.store.paths import replace_file
 
 LABELLED_MAX = 80  # above this many artists, tick labels are left off the heatmap
 LABEL_CHARS = 40  # a longer name is cut to this many characters on the heatmap (the CSV has it whole)
@@ -26,13 +29,14 @@ def cluster_order(sim: np.ndarray) -> np.ndarray:
 
 
 def write_csv(path: Path, names: list[str], sim: np.ndarray) -> None:
-    """Square CSV: header row and first column are artist names."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["artist", *names])
-        for name, row in zip(names, sim, strict=False):
-            writer.writerow([name, *(f"{v:.4f}" for v in row)])
+    """Square CSV: header row and first column are artist names; replaced whole (an interrupted write leaves the
+    file before it, or none)."""
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["artist", *names])
+    for name, row in zip(names, sim, strict=False):
+        writer.writerow([name, *(f"{v:.4f}" for v in row)])
+    replace_file(path, text.getvalue().encode("utf-8"))
 
 
 def write_heatmap(path: Path, names: list[str], sim: np.ndarray, title: str) -> str:
@@ -59,8 +63,9 @@ def write_heatmap(path: Path, names: list[str], sim: np.ndarray, title: str) -> 
     with warnings.catch_warnings():  # one warning per missing glyph and drawing: the caller says it once
         warnings.filterwarnings("ignore", "Glyph .* missing from font", UserWarning)
         fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        png = io.BytesIO()  # whole before it is written, as the CSV
+        fig.savefig(png, dpi=120, format="png")
+    replace_file(path, png.getvalue())
     return missing
 
 
