@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -84,7 +85,7 @@ def test_an_interrupted_extract_says_what_it_kept_and_a_rerun_goes_on(tmp_path: 
     assert stopped.returncode == code and stopped.stdout == "" and "Traceback" not in said, stopped
     assert re.search(rf"interrupted: {kept} embedded and kept, 0 unchanged \(skipped\), 0 failed -> {store} \[dsp\]; "
                      rf"\d+ of 40 files not done: `mess extract` again embeds them", said), said
-    assert 2 <= kept < 40
+    assert 2 <= kept < 40 and "stopped before the command finished" not in said  # said once, by extract
     rerun = _mess("extract", str(music), *dsp, "--no-wait")
     assert rerun.returncode == 0, rerun.stderr
     assert f"{40 - kept} embedded, {kept} unchanged (skipped), 0 failed" in " ".join(rerun.stderr.split())
@@ -129,3 +130,44 @@ def test_an_artist_matrix_interrupted_while_written_leaves_the_one_before(tmp_pa
                              text=True, timeout=120)
     assert stopped.returncode == 130 and "Traceback" not in stopped.stderr, stopped.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temp file beside them either
+
+
+_CTRL_C_ONCE_OPEN = """
+import os, signal, sys
+from mess.store import FeatureStore
+real = FeatureStore.__init__
+def opened(self, *args, **kwargs):  # Ctrl-C once the command has its store open
+    real(self, *args, **kwargs)
+    os.kill(os.getpid(), signal.SIGINT)
+FeatureStore.__init__ = opened
+sys.argv = ["mess", *sys.argv[1:]]
+from mess.cli.main import main
+main()
+"""
+
+
+@pytest.fixture(scope="module")
+def six_tones(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store of six tones extracted with dsp."""
+    root = tmp_path_factory.mktemp("six")
+    done = _mess("extract", str(_tones(root / "music", 6)), "--model", "dsp", "--window", "4", "--store",
+                 str(root / "store"))
+    assert done.returncode == 0, done.stderr
+    return root / "store"
+
+
+@pytest.mark.parametrize("command", [["probe", "--control", "none"], ["index"], ["export", "OUT/v.npz"],
+                                     ["playlist", "clusters", "-k", "2", "-o", "OUT"], ["evaluate"]])
+def test_ctrl_c_in_any_command_is_said_in_one_line(six_tones: Path, tmp_path: Path, command: list[str]) -> None:
+    """Ctrl-C in a command without its own word for it (all but extract and fuse train) ended it with exit status 130
+    and nothing said at all, not even that it was interrupted."""
+    store, out = Path(shutil.copytree(six_tones, tmp_path / "store")), tmp_path / "out"
+    args = [a.replace("OUT", str(out)) for a in command]
+    stopped = subprocess.run([sys.executable, "-c", _CTRL_C_ONCE_OPEN, *args, "--json", "--store", str(store)],
+                             capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 130 and stopped.stdout == "", stopped
+    assert stopped.stderr.strip() == ("interrupted: stopped before the command finished; each file and store change "
+                                      "it made is whole (the one before, or the new), and running it again finishes "
+                                      "it"), stopped.stderr
+    assert not out.exists() and not list(store.rglob("*.tmp"))
+    assert _mess("check", "--store", str(store)).returncode == 0

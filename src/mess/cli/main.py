@@ -62,9 +62,12 @@ def main() -> None:
     try:
         app()
     except SystemExit as exc:  # typer ends any KeyboardInterrupt with 130
-        if exc.code == 130 and terminated():
-            sys.exit(128 + signal.SIGTERM)
-        raise
+        if exc.code != 130:
+            raise
+        if isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):  # no command said a word
+            console.print("[yellow]interrupted[/]: stopped before the command finished; each file and store change "
+                          "it made is whole (the one before, or the new), and running it again finishes it")
+        sys.exit(128 + signal.SIGTERM if terminated() else 130)
     except OSError as exc:  # the system refused a file a command reads or writes: say which, in one line
         console.print(f"[bold red]error:[/] {plain(os_reason(exc))}")
         sys.exit(1)
