@@ -3,6 +3,7 @@ no store exists. Each case checks what a user sees (one line, the exit code) and
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -107,10 +108,11 @@ main()
 """
 
 
-def test_an_artist_matrix_interrupted_while_written_leaves_the_one_before(tmp_path: Path) -> None:
-    """`mess artists matrix` wrote its CSV (and PNG) in place: Ctrl-C while writing left a truncated CSV where the
-    whole one of the run before had been. Each is now replaced whole."""
-    music = tmp_path / "music"
+@pytest.fixture(scope="module")
+def eight_tagged(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store of eight tagged tones (four artists) extracted with dsp."""
+    root = tmp_path_factory.mktemp("tagged")
+    music = root / "music"
     music.mkdir()
     sr = 22050
     t = np.arange(2 * sr) / sr
@@ -119,8 +121,15 @@ def test_an_artist_matrix_interrupted_while_written_leaves_the_one_before(tmp_pa
         tags = mutagen.flac.FLAC(music / f"tone{i}.flac")
         tags.update({"artist": f"Artist {i % 4}", "title": f"tone {i}"})
         tags.save()
-    store, out = tmp_path / "store", tmp_path / "out"
-    assert _mess("extract", str(music), "--model", "dsp", "--store", str(store)).returncode == 0
+    done = _mess("extract", str(music), "--model", "dsp", "--store", str(root / "store"))
+    assert done.returncode == 0, done.stderr
+    return root / "store"
+
+
+def test_an_artist_matrix_interrupted_while_written_leaves_the_one_before(eight_tagged: Path, tmp_path: Path) -> None:
+    """`mess artists matrix` wrote its CSV (and PNG) in place: Ctrl-C while writing left a truncated CSV where the
+    whole one of the run before had been. Each is now replaced whole."""
+    store, out = eight_tagged, tmp_path / "out"
     matrix = ["artists", "matrix", "--min-tracks", "1", "-o", str(out / "m"), "--store", str(store)]
     first = _mess(*matrix)
     assert first.returncode == 0, first.stderr
@@ -171,3 +180,36 @@ def test_ctrl_c_in_any_command_is_said_in_one_line(six_tones: Path, tmp_path: Pa
                                       "it"), stopped.stderr
     assert not out.exists() and not list(store.rglob("*.tmp"))
     assert _mess("check", "--store", str(store)).returncode == 0
+
+
+_CTRL_C_AT_REPORT_JSON = """
+import builtins, io, os, signal, sys
+real = io.open
+def interrupting_open(file, mode="r", *args, **kwargs):
+    handle = real(file, mode, *args, **kwargs)
+    if ("w" in mode or "x" in mode) and os.path.basename(os.path.dirname(str(file))) == "reports" \\
+            and ".json" in os.path.basename(str(file)):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as the report JSON is opened for writing
+    return handle
+builtins.open = io.open = interrupting_open  # pathlib opens through io.open
+sys.argv = ["mess", *sys.argv[1:]]
+from mess.cli.main import main
+main()
+"""
+
+
+def test_a_fusion_report_interrupted_while_written_leaves_the_one_before(eight_tagged: Path, tmp_path: Path) -> None:
+    """`mess fuse report` wrote its JSON, Markdown and PNG in place: Ctrl-C as it wrote the JSON left an empty file
+    where the report before had been. Each is now replaced whole."""
+    store = Path(shutil.copytree(eight_tagged, tmp_path / "store"))
+    trained = _mess("fuse", "train", "--label", "artist", "--weight-epochs", "1", "--max-epochs", "1", "--store",
+                    str(store))
+    assert trained.returncode == 0, trained.stderr
+    first = _mess("fuse", "report", "--json", "--store", str(store))
+    assert first.returncode == 0, first.stderr
+    report = Path(json.loads(first.stdout)["files"]["json"])
+    before = report.read_bytes()
+    stopped = subprocess.run([sys.executable, "-c", _CTRL_C_AT_REPORT_JSON, "fuse", "report", "-k", "2", "--store",
+                              str(store)], capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 130 and "Traceback" not in stopped.stderr, stopped.stderr
+    assert report.read_bytes() == before and not list(report.parent.glob("*.tmp"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import textwrap
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from mess.search.vectors import (
     Preprocessor,
 )
 from mess.store import FeatureStore
+from mess.store.paths import replace_file
 
 MIN_TRACKS, MIN_LABELS = 50, 5  # below either, the held-out comparison is reported as inconclusive
 ALPHA = 0.05  # the verdict names a winner only when the paired Wilcoxon test is below this
@@ -237,7 +239,9 @@ def plot(report: FusionReport, path: Path) -> None:
         right.text(0.5, 0.5, textwrap.fill(report.probe_note, 45), ha="center", va="center", transform=right.transAxes)
         right.set_axis_off()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    png = io.BytesIO()  # whole before it is written: the file is replaced whole
+    fig.savefig(png, dpi=120, format="png")
+    replace_file(path, png.getvalue())
 
 
 def markdown(report: FusionReport) -> str:
@@ -267,11 +271,11 @@ def markdown(report: FusionReport) -> str:
 def write_report(report: FusionReport, folder: Path, name: str) -> dict[str, str]:
     """Write ``name``.json / .md / .png into ``folder`` (`mess fuse report`: the checkpoint's
     :func:`mess.store.reports.fusion_stem`, so two checkpoints' reports never overwrite each other); returns
-    their paths."""
+    their paths. Each file is replaced whole: an interrupted write leaves the one before, or none."""
     folder.mkdir(parents=True, exist_ok=True)
     stem = folder / name
     report.files = {ext: str(stem.with_suffix(f".{ext}")) for ext in ("json", "md", "png")}
     plot(report, Path(report.files["png"]))
-    Path(report.files["md"]).write_text(markdown(report))
-    Path(report.files["json"]).write_text(json.dumps(report.to_dict(), indent=2))
+    replace_file(Path(report.files["md"]), markdown(report).encode())
+    replace_file(Path(report.files["json"]), json.dumps(report.to_dict(), indent=2).encode())
     return report.files
