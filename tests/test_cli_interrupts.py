@@ -213,3 +213,19 @@ def test_a_fusion_report_interrupted_while_written_leaves_the_one_before(eight_t
                               str(store)], capture_output=True, text=True, timeout=120)
     assert stopped.returncode == 130 and "Traceback" not in stopped.stderr, stopped.stderr
     assert report.read_bytes() == before and not list(report.parent.glob("*.tmp"))
+
+
+def test_hybrid_weights_interrupted_while_written_are_the_ones_before(eight_tagged: Path, tmp_path: Path) -> None:
+    """`mess artists hybrid` wrote its learned weights in place: Ctrl-C as it wrote them left an empty file, so
+    `mess artists similar --hybrid` had no weights ("malformed weights file"). The file is now replaced whole."""
+    store, ref = Path(shutil.copytree(eight_tagged, tmp_path / "store")), tmp_path / "ref.json"
+    ref.write_text(json.dumps({f"Artist {a}": [f"Artist {a ^ 1}"] for a in range(4)}))
+    hybrid = ["artists", "hybrid", "--reference", str(ref), "-k", "1", "--min-tracks", "1", "--store", str(store)]
+    first = _mess(*hybrid, "--json")
+    assert first.returncode == 0, first.stderr
+    saved = Path(json.loads(first.stdout)["saved"])
+    before = saved.read_bytes()
+    stopped = subprocess.run([sys.executable, "-c", _CTRL_C_AT_REPORT_JSON, *hybrid, "--seed", "1"],
+                             capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 130 and "Traceback" not in stopped.stderr, stopped.stderr
+    assert saved.read_bytes() == before and not list(saved.parent.glob("*.tmp"))

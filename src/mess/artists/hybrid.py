@@ -21,6 +21,7 @@ from mess.artists.credits import collaboration_similarity, track_credits
 from mess.artists.profiles import ArtistError, ArtistSet
 from mess.artists.validate import Metrics, evaluate
 from mess.audio.names import credit_key, name_key
+from mess.store.paths import replace_file
 
 COMPONENTS = ("audio", "genre", "collab", "reference")
 WEIGHTS_FILE = "artists_hybrid.json"  # learned weights, in the store's reports folder
@@ -222,9 +223,9 @@ def fit_hybrid(
 
 
 def save_weights(path: Path, fit: HybridFit, meta: dict) -> None:
-    """Write learned weights and their held-out evaluation as JSON."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**meta, **fit.to_dict()}, indent=2), encoding="utf-8")
+    """Write learned weights and their held-out evaluation as JSON, replacing the file whole (an interrupted write
+    leaves the weights before)."""
+    replace_file(path, json.dumps({**meta, **fit.to_dict()}, indent=2).encode("utf-8"))
 
 
 def load_weights(path: Path) -> dict[str, float]:
