@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from mess.store import FeatureStore
+
 MESS = [sys.executable, "-m", "mess.cli"]
 
 
@@ -229,3 +231,14 @@ def test_hybrid_weights_interrupted_while_written_are_the_ones_before(eight_tagg
                              capture_output=True, text=True, timeout=120)
     assert stopped.returncode == 130 and "Traceback" not in stopped.stderr, stopped.stderr
     assert saved.read_bytes() == before and not list(saved.parent.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("command", [["similar", "1"], ["index"], ["evaluate"], ["playlist", "clusters"]])
+def test_a_store_without_vectors_says_so_not_model_none(tmp_path: Path, command: list[str]) -> None:
+    """A store an interrupted first `mess extract` made before it embedded anything answered "no vectors for model
+    None in STORE; extracted models: none"."""
+    store = tmp_path / "store"
+    FeatureStore(store).close()  # what such an extract leaves: a catalog without runs
+    done = _mess(*command, "--store", str(store))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert " ".join(done.stderr.split()) == f"error: no vectors in {store} yet; run `mess extract` first"

@@ -672,6 +672,8 @@ class FeatureStore:
         row = self._one(sql + " ORDER BY covered DESC, r.id DESC LIMIT 1", args)
         if row is None:
             known = sorted({r.model for r in self.runs()})
+            if not model:  # no run at all: an extract stopped before it embedded, or made none
+                raise StoreError(f"no vectors in {self.root} yet; run `mess extract` first")
             raise StoreError(f"no vectors for model {model!r} in {self.root}; extracted models: {known or 'none'}")
         return self._run(row)
 
