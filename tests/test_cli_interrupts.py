@@ -242,3 +242,18 @@ def test_a_store_without_vectors_says_so_not_model_none(tmp_path: Path, command:
     done = _mess(*command, "--store", str(store))
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert " ".join(done.stderr.split()) == f"error: no vectors in {store} yet; run `mess extract` first"
+
+
+def test_a_probe_validation_interrupted_while_written_leaves_the_one_before(tmp_path: Path) -> None:
+    """`mess probe-validate` wrote its JSON in place: Ctrl-C as it wrote it left an empty file where the results
+    before had been. It is now replaced whole."""
+    store = tmp_path / "store"
+    validate = ["probe-validate", "--pieces", "2", "-f", "tempo", "-f", "velocity", "--store", str(store)]
+    first = _mess(*validate, "--json")
+    assert first.returncode == 0, first.stderr
+    saved = Path(json.loads(first.stdout)["file"])
+    before = saved.read_bytes()
+    stopped = subprocess.run([sys.executable, "-c", _CTRL_C_AT_REPORT_JSON, *validate], capture_output=True,
+                             text=True, timeout=120)
+    assert stopped.returncode == 130 and "Traceback" not in stopped.stderr, stopped.stderr
+    assert saved.read_bytes() == before and not list(saved.parent.glob("*.tmp"))

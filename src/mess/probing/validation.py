@@ -41,6 +41,7 @@ from mess.probing.ridge import fit_ridge_loo
 from mess.probing.target_cache import track_targets
 from mess.probing.targets import ASPECTS, TARGET_NAMES, TARGETS
 from mess.store import Track
+from mess.store.paths import replace_file
 from mess.store.reports import slug
 
 FACTORS = ("instrument", "tempo", "transpose", "velocity")
@@ -299,12 +300,12 @@ def validate(
 
 
 def write_validation(folder: Path, model: EmbeddingModel, pieces: int, results: Sequence[FactorResult]) -> dict:
-    """Write the results as ``folder/probe-validate-<model>.json``; returns what was written plus its ``file``."""
+    """Write the results as ``folder/probe-validate-<model>.json``, replaced whole (an interrupted write leaves the
+    one before); returns what was written plus its ``file``."""
     payload = {"model": model.info.name, "revision": model.info.revision, "pieces": pieces,
                "factors": [r.to_dict() for r in results]}
     path = folder / f"probe-validate-{slug(model.info.name)}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2))
+    replace_file(path, json.dumps(payload, indent=2).encode())
     return {**payload, "file": str(path)}
 
 
