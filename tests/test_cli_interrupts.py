@@ -257,3 +257,39 @@ def test_a_probe_validation_interrupted_while_written_leaves_the_one_before(tmp_
                              text=True, timeout=120)
     assert stopped.returncode == 130 and "Traceback" not in stopped.stderr, stopped.stderr
     assert saved.read_bytes() == before and not list(saved.parent.glob("*.tmp"))
+
+
+_CTRL_C_AT_THIRD_PLAYLIST = """
+import builtins, io, os, signal, sys
+real = io.open
+opened = []
+def interrupting_open(file, mode="r", *args, **kwargs):
+    handle = real(file, mode, *args, **kwargs)
+    if ("w" in mode or "x" in mode) and ".m3u8" in os.path.basename(str(file)):
+        opened.append(file)
+        if len(opened) == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as the third cluster playlist is written
+    return handle
+builtins.open = io.open = interrupting_open
+sys.argv = ["mess", *sys.argv[1:]]
+from mess.cli.main import main
+main()
+"""
+
+
+def test_cluster_playlists_interrupted_while_written_leave_the_folder_as_it_was(six_tones: Path,
+                                                                               tmp_path: Path) -> None:
+    """`mess playlist clusters -o DIR` replaced its playlists one by one: Ctrl-C at the third left the first two of
+    the new clustering beside the old ones (tracks in two playlists). All are now written before any is replaced."""
+    out = tmp_path / "out"
+    clusters = ["playlist", "clusters", "-o", str(out), "--store", str(six_tones)]
+    first = _mess(*clusters, "-k", "2")
+    assert first.returncode == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert len(before) == 3  # two playlists and their list
+    stopped = subprocess.run([sys.executable, "-c", _CTRL_C_AT_THIRD_PLAYLIST, *clusters, "-k", "4"],
+                             capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 130 and "Traceback" not in stopped.stderr, stopped.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    again = _mess(*clusters, "-k", "4")
+    assert again.returncode == 0 and len(list(out.glob("*.m3u8"))) == 4, again.stderr

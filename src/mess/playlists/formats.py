@@ -20,7 +20,7 @@ from urllib.parse import quote, unquote_to_bytes, urlparse
 from mess.constants import file_title
 from mess.playlists.playlist import Playlist, PlaylistError
 from mess.store import Track
-from mess.store.paths import displayable, one_line, replace_file, resolved
+from mess.store.paths import displayable, one_line, replace_file, replace_files, resolved
 
 FORMATS = {".m3u8": "m3u8", ".m3u": "m3u8", ".xspf": "xspf"}
 XSPF_NS = "http://xspf.org/ns/0/"
@@ -196,9 +196,8 @@ def write_cluster_folder(playlists: list[Playlist], folder: Path, fmt: str = "m3
     if theirs:
         raise PlaylistError(f"{theirs[0]} is there already and is no cluster playlist mess wrote; move it, or write "
                             "the clusters into another folder")
-    for path, data in contents.items():  # all built first: a failure leaves no file half-written
-        replace_file(path, data)
-    replace_file(listed, b"".join(os.fsencode(p.name) + b"\n" for p in contents))
+    # all built, then all written before any replaces its target: a failure or Ctrl-C leaves the folder as it was
+    replace_files({**contents, listed: b"".join(os.fsencode(p.name) + b"\n" for p in contents)})
     for name in sorted((earlier | unlisted) - {p.name for p in contents}):
         if _CLUSTER_FILE.fullmatch(name) and (folder / name).is_file():
             (folder / name).unlink()

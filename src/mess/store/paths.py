@@ -9,8 +9,8 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -106,6 +106,19 @@ def replace_file(path: Path, data: bytes) -> None:
     pipe is written into, see :func:`replacing`)."""
     with replacing(path) as f:
         f.write(data)
+
+
+def replace_files(contents: Mapping[Path, bytes]) -> None:
+    """:func:`replace_file` for several files at once: each is written and synced beside its target first, and only
+    then are they renamed over their targets, one after another: an error or Ctrl-C while they are written leaves
+    every target as it was (the new files removed)."""
+    with ExitStack() as stack:
+        for path, data in contents.items():
+            f = stack.enter_context(replacing(path))
+            f.write(data)
+            f.flush()
+            if stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # synced now, so the renames follow each other closely
+                os.fsync(f.fileno())
 
 
 @contextmanager
