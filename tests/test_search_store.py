@@ -789,11 +789,12 @@ def test_evaluation_scores_and_hubness_are_those_of_the_cosine_rankings_computed
     from scipy.stats import skew
     from sklearn.metrics import average_precision_score
 
+    from mess.audio.names import name_key
     from mess.search.evaluate import track_labels
 
     store, run = synth
     tracks = store.tracks(run)
-    labels = {i: a for i, a in track_labels(tracks, "artist").items() if a != "someone else"}  # no duplicate
+    labels = {i: a for i, a in track_labels(tracks, "artist").items() if a != name_key("someone else")}  # no copy
     k = 5
     ev = evaluate(store, run, "artist", k=k, labels=labels, expand=0)
     assert [s.name for s in ev.sets] == ["l0", "l1", "l2", "all layers"]

@@ -66,7 +66,7 @@ GET /api/artists/similar?name=%FF%FE | 404 | unknown artist '\ufffd\ufffd'
 GET /api/artists/similar?name={LONG} | 404 | unknown artist 'zzz
 GET /api/artists/similar?name= | 404 | unknown artist ''
 # missing parameters
-GET /api/artists/similar | 422 | missing name: artist name (case and accents do not matter)
+GET /api/artists/similar | 400 | give one of name (an artist's name) and track (a track id)
 GET /api/playlists/radio | 422 | missing seed: seed track ids (repeat for several)
 GET /api/playlists/path?start=1 | 422 | missing end: last track id
 # numbers out of range or of the wrong type
@@ -277,8 +277,10 @@ def test_a_model_that_cannot_load_is_a_503_naming_no_server_path(copied: Path, t
     """A model named by its folder showed the folder's path in the 503; an .onnx file that is gone raised a ValueError
     the worker did not catch: 400 'the decoder process died on this file'."""
     with TestClient(create_app(copied), base_url="http://127.0.0.1") as c:
-        for model, words in (("mert-local", "cannot load model mert-local: unknown model 'mert-local'"),
-                             ("gone.onnx", "cannot load model gone.onnx: no such model file: gone.onnx")):
+        for model, words in (("mert-local", "mert-local is the model folder the collection was extracted with, and "
+                                            "it is gone"),
+                             ("gone.onnx", "gone.onnx is the model file the collection was extracted with, and it "
+                                           "is gone")):
             answer = c.post("/api/similar/upload", params={"model": str(tmp_path / "models" / model)},
                             files={"file": ("a.wav", _wav(_tone(2)), "audio/wav")})
             assert _refused(answer, 503, words, tmp_path).startswith(words)

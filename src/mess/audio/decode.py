@@ -284,15 +284,17 @@ def _pyav_segment(container: av.container.InputContainer, stream: av.audio.strea
 def _frames(container: av.container.InputContainer, stream: av.audio.stream.AudioStream) -> Iterator[av.AudioFrame]:
     """``container.decode(stream)``, passing over a packet that the decoder refuses where players do: an MP3's (MP3s
     joined end to end hold the second one's ID3 tag mid-stream, which FFmpeg's demuxer hands on as a packet), and
-    the last one (a file cut short inside it: a copy or download broken off)."""
+    the last one (a file cut short inside it: a copy or download broken off), except a FLAC's: a FLAC cut short
+    fails wherever the cut falls, as libsndfile's 'lost sync' fails it (its frames carry checksums to be whole)."""
     mp3 = stream.codec_context.name in ("mp3", "mp3float")
+    cut_ok = stream.codec_context.name != "flac"
     held: av.Packet | None = None
     for packet in chain(container.demux(stream), [None]):
         if held is not None:
             try:
                 frames = stream.decode(held)
             except av.error.InvalidDataError:
-                if not (mp3 or packet is None or not packet.size):  # the demuxer ends with an empty packet
+                if not (mp3 or cut_ok and (packet is None or not packet.size)):  # the demuxer ends with an empty one
                     raise
                 frames = []
             yield from frames

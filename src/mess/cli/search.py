@@ -308,14 +308,19 @@ def evaluate_command(
         emit_json({**ev.to_dict(), "plot": str(png) if png else None, "unknown_label_rows": unknown})
     else:
         _print_evaluation(ev, run.model, k, norm, match, png)
-        if ev.tracks_without_fused_vectors:
-            where = "" if store == DEFAULT_STORE_PATH else f" --store {shlex.quote(str(store))}"
-            fix = f"mess fuse apply --model {run.model}{where}"
-            missing = counted(ev.tracks_without_fused_vectors, "labelled track has", "labelled tracks have")
-            console.print(f"[yellow]fused row left out: {missing} no "
-                          f"fused vectors (extracted since the last apply); `{plain(fix)}` adds them[/]")
+        _fused_left_out(ev.tracks_without_fused_vectors, run.model, store)
     if unplotted:
         fail(unplotted)
+
+
+def _fused_left_out(count: int, model: str, store: Path) -> None:
+    """Say that the fused row left out ``count`` labelled tracks without fused vectors (if any), and the fix."""
+    if count:
+        where = "" if store == DEFAULT_STORE_PATH else f" --store {shlex.quote(str(store))}"
+        fix = f"mess fuse apply --model {model}{where}"
+        missing = counted(count, "labelled track has", "labelled tracks have")
+        console.print(f"[yellow]fused row left out: {missing} no fused vectors (extracted since the last apply); "
+                      f"`{plain(fix)}` adds them[/]")
 
 
 def _not_a_label_file(path: Path) -> str:

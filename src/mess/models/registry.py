@@ -182,9 +182,10 @@ def load_run_model(name: str, revision: str, source: Mapping[str, str] | None = 
                          "lists its windows)")
     gone = Path(name).is_absolute() and not Path(name).is_dir()  # a folder's run is named by its path: "unknown model"
     if gone and "+random-init" not in revision:  # a probe control's twin was never a folder
-        raise ModelError(f"{name} is the model folder the collection was extracted with, and it is gone; the model "
-                         "is needed to embed new files: put the folder back, or extract the collection with it at "
-                         "its new place (`mess extract DIR --model NEWDIR`, a new run)")
+        kind, new = ("file", "NEWFILE") if Path(name).suffix.lower() == ".onnx" else ("folder", "NEWDIR")
+        raise ModelError(f"{name} is the model {kind} the collection was extracted with, and it is gone; the model "
+                         f"is needed to embed new files: put the {kind} back, or extract the collection with it at "
+                         f"its new place (`mess extract DIR --model {new}`, a new run)")
     model = load_model(name, device=device)
     if model.info.revision != revision:
         raise ModelError(f"{name} is now revision {model.info.revision} but the store holds {revision}; "
