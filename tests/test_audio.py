@@ -367,3 +367,22 @@ def test_a_flac_without_its_length_is_decoded_whole(tmp_path: Path) -> None:
     np.testing.assert_allclose(windows.starts, [0.0, 7.5, 15.0])
     expected = decode_windows(inspect_file(known), 16000, policy).audio  # libsndfile's: 16-bit scaled by 2^15
     np.testing.assert_allclose(windows.audio, expected, atol=1e-4)
+
+
+def test_silence_is_judged_below_8_khz_whatever_rate_a_model_decodes(tmp_path: Path) -> None:
+    """A lossy encoder's noise above 11 kHz (Wesnoth's silence.ogg peaks at -79 dBFS at 44.1 kHz, -97 at 16 kHz) made
+    the default model (44.1 kHz) embed as music what dsp (22.05 kHz) refused as silent."""
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.prepare import decode_windows, inspect_file
+
+    rate = 44100
+    t = np.arange(3 * rate) / rate
+    hiss = 10 ** (-75 / 20) * np.sin(2 * np.pi * 15000 * t)  # audible to no one, above the 8 kHz band
+    quiet = 10 ** (-75 / 20) * np.sin(2 * np.pi * 1000 * t)  # the same peak in the band: soft music, not silence
+    sf.write(tmp_path / "hiss.wav", hiss.astype(np.float32), rate, subtype="FLOAT")
+    sf.write(tmp_path / "quiet.wav", quiet.astype(np.float32), rate, subtype="FLOAT")
+    policy = WindowPolicy(window_seconds=1.0)
+    for model_rate in (rate, 22050, 16000):
+        with pytest.raises(AudioError, match=r"hiss\.wav: silent \(peak -\d+ dBFS"):
+            decode_windows(inspect_file(tmp_path / "hiss.wav"), model_rate, policy)
+        assert decode_windows(inspect_file(tmp_path / "quiet.wav"), model_rate, policy).audio.size

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soxr
 
 from mess.audio.decode import AudioError, load_audio, load_segments, probe
 from mess.audio.discover import content_hash, file_stamp
@@ -19,6 +20,10 @@ from mess.constants import legacy_stamp
 log = logging.getLogger(__name__)
 
 SILENCE_PEAK = 1e-4  # -80 dBFS
+# Silence is judged below 8 kHz, at whatever rate a model decodes: a lossy encoder's noise above it peaks near
+# -79 dBFS in Wesnoth's silence.ogg at 44.1 kHz (-97 at 16 kHz), so a 44.1 kHz model embedded what others refused.
+SILENCE_BAND_RATE = 16000
+QUIET_PEAK = 1e-3  # -60 dBFS: a full-band peak below it is looked at again in that band
 MAX_PEAK = 1e3  # +60 dBFS: float samples beyond this are not audio anyone mastered
 RINGING = 256  # samples at each end of a window where the resampler rings at the step into a constant offset
 DURATION_TOLERANCE = 0.5  # seconds a header's duration may be off before the decoded length replaces it
@@ -127,7 +132,7 @@ def _decode(record: FileRecord, sample_rate: int, policy: WindowPolicy) -> Windo
     if seconds < policy.min_seconds:
         shown = math.floor(seconds * 100) / 100  # rounded, a clip one sample short read '1.00 s; the minimum is 1.00 s'
         raise AudioError(f"{record.path}: too short ({shown:.2f} s; the minimum is {policy.min_seconds:.2f} s)")
-    _check_level(record, audio)
+    _check_level(record, audio, sample_rate)
     starts, windows = policy.cut(audio, sample_rate)
     decoded = seconds if seconds < policy.max_decode_seconds and abs(seconds - duration) > DURATION_TOLERANCE else None
     return Windows(record, starts, windows, warnings, decoded)
@@ -138,24 +143,35 @@ def _seek_windows(record: FileRecord, sample_rate: int, policy: WindowPolicy, du
     usable = min(duration, policy.max_decode_seconds)
     starts, length = policy.starts(int(round(usable * sample_rate)), sample_rate)
     windows = load_segments(record.path, sample_rate, starts / sample_rate, length / sample_rate)
-    _check_level(record, windows)
+    _check_level(record, windows, sample_rate)
     warnings = [_too_long(record, policy)] if duration >= policy.max_decode_seconds else []
     return Windows(record, starts / sample_rate, windows, warnings)
 
 
-def _check_level(record: FileRecord, audio: np.ndarray) -> None:
-    """Reject silent audio (a constant offset is silent too) and samples no one mastered (NaN, infinity, beyond
-    +60 dBFS)."""
+def _check_level(record: FileRecord, audio: np.ndarray, sample_rate: int) -> None:
+    """Reject silent audio (below 8 kHz, :data:`SILENCE_BAND_RATE`; a constant offset is silent too) and samples no
+    one mastered (NaN, infinity, beyond +60 dBFS)."""
     peak = float(np.abs(audio).max())
     if not np.isfinite(peak) or peak > MAX_PEAK:
         raise AudioError(f"{record.path}: sample values out of range (peak {peak:.3g}; float audio lies within +-1)")
     if peak < SILENCE_PEAK:
-        raise AudioError(f"{record.path}: silent (peak {20 * np.log10(peak + 1e-12):.0f} dBFS)")
+        raise AudioError(f"{record.path}: silent (peak {_db(peak)} dBFS)")
+    if peak < QUIET_PEAK and sample_rate > SILENCE_BAND_RATE:
+        low = soxr.resample(np.ascontiguousarray(audio.T), sample_rate, SILENCE_BAND_RATE, quality="HQ")
+        band = float(np.abs(low).max())
+        if band < SILENCE_PEAK:
+            raise AudioError(f"{record.path}: silent (peak {_db(band)} dBFS below 8 kHz; above it only noise, "
+                             f"peak {_db(peak)} dBFS)")
     inner = audio[..., RINGING:-RINGING] if audio.shape[-1] > 4 * RINGING else audio
     swing = float((inner.max(axis=-1) - inner.min(axis=-1)).max())  # no copy of hours of audio
     if swing < SILENCE_PEAK:
         raise AudioError(f"{record.path}: silent (a constant offset of {float(inner.flat[0]):.3g}, varying by "
-                         f"{20 * np.log10(swing + 1e-12):.0f} dBFS)")
+                         f"{_db(swing)} dBFS)")
+
+
+def _db(level: float) -> str:
+    """``level`` in whole dBFS."""
+    return f"{20 * np.log10(level + 1e-12):.0f}"
 
 
 def describe(exc: Exception) -> str:
