@@ -94,6 +94,13 @@ def test_an_interrupted_extract_says_what_it_kept_and_a_rerun_goes_on(tmp_path: 
     assert f"{40 - kept} embedded, {kept} unchanged (skipped), 0 failed" in " ".join(rerun.stderr.split())
 
 
+# The end of each script below: run the mess CLI with the script's own arguments, in this process.
+_RUN_MESS = """
+sys.argv = ["mess", *sys.argv[1:]]
+from mess.cli.main import main
+main()
+"""
+
 _CTRL_C_IN_CSV = """
 import csv, os, signal, sys
 real = csv.writer
@@ -104,10 +111,7 @@ class Writer:  # Ctrl-C as the artist matrix's first CSV row is written
         self.writer.writerow(row)
         os.kill(os.getpid(), signal.SIGINT)
 csv.writer = Writer
-sys.argv = ["mess", *sys.argv[1:]]
-from mess.cli.main import main
-main()
-"""
+""" + _RUN_MESS
 
 
 @pytest.fixture(scope="module")
@@ -151,10 +155,7 @@ def opened(self, *args, **kwargs):  # Ctrl-C once the command has its store open
     real(self, *args, **kwargs)
     os.kill(os.getpid(), signal.SIGINT)
 FeatureStore.__init__ = opened
-sys.argv = ["mess", *sys.argv[1:]]
-from mess.cli.main import main
-main()
-"""
+""" + _RUN_MESS
 
 
 @pytest.fixture(scope="module")
@@ -194,10 +195,7 @@ def interrupting_open(file, mode="r", *args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as the report JSON is opened for writing
     return handle
 builtins.open = io.open = interrupting_open  # pathlib opens through io.open
-sys.argv = ["mess", *sys.argv[1:]]
-from mess.cli.main import main
-main()
-"""
+""" + _RUN_MESS
 
 
 def test_a_fusion_report_interrupted_while_written_leaves_the_one_before(eight_tagged: Path, tmp_path: Path) -> None:
@@ -271,10 +269,7 @@ def interrupting_open(file, mode="r", *args, **kwargs):
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as the third cluster playlist is written
     return handle
 builtins.open = io.open = interrupting_open
-sys.argv = ["mess", *sys.argv[1:]]
-from mess.cli.main import main
-main()
-"""
+""" + _RUN_MESS
 
 
 def test_cluster_playlists_interrupted_while_written_leave_the_folder_as_it_was(six_tones: Path,
