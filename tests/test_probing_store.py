@@ -258,11 +258,73 @@ def test_similar_says_when_tracks_were_added_since_the_aspect_map_was_probed(sto
             answer = client.get(url)
             assert answer.status_code == 200 and answer.json()["stale_aspect_map"] == want, (url, answer.text)
         assert client.get("/api/playlists/radio?seed=1&n=3&model=dsp").json()["stale_aspect_map"] is None
-    with sqlite3.connect(root / "catalog.sqlite") as db:  # a catalog from before the probe's track count
+    with sqlite3.connect(root / "catalog.sqlite") as db:  # a catalog from before the probe's track count and digest
         db.execute("ALTER TABLE aspect_map DROP COLUMN n_tracks")
-    assert note() is None  # read-only: not migrated, still read
-    FeatureStore(root).close()  # migrated: the column is back, the old map's count unknown
-    assert note() is None
+        db.execute("ALTER TABLE aspect_map DROP COLUMN tracks_digest")
+    unknown = (f"aspect map from an older mess, which recorded no digest of its tracks: whether it was probed on "
+               f"the {n} tracks there are now is unknown: rerun `mess probe --model dsp`")
+    assert note() == unknown  # read-only: not migrated, still read
+    FeatureStore(root).close()  # migrated: the columns are back, the old map's count and tracks unknown
+    assert note() == unknown
+
+
+def test_an_aspect_map_of_as_many_other_tracks_is_said_stale_by_its_readers_and_mess_check(
+        store_copy: Path, dsp_report: dict, tmp_path: Path) -> None:
+    """The stale check counted tracks only: one track removed and another added (as many tracks, not the same) and
+    `mess similar --aspect`, the server and `mess check` said nothing. The map now records a digest of the track set;
+    a map from an older mess, which recorded none, is said to be unknown."""
+    import sqlite3
+
+    import soundfile as sf
+    from fastapi.testclient import TestClient
+
+    from mess.audio.windows import WindowPolicy
+    from mess.cli.main import app as mess
+    from mess.serve.app import create_app
+
+    root = tmp_path / "store"
+    shutil.copytree(store_copy, root)
+    similar = ["similar", "1", "-k", "3", "--model", "dsp", "--aspect", "brightness", "--store", str(root), "--json"]
+
+    def note() -> str | None:
+        out = runner.invoke(mess, similar)
+        assert out.exit_code == 0, out.output
+        return json.loads(out.stdout)["stale_aspect_map"]
+
+    def checked() -> list[str]:
+        out = runner.invoke(mess, ["check", "--store", str(root), "--json"])
+        assert out.exit_code == 0, out.output  # not damage: answers are right, the map is only out of date
+        return [p["message"] for p in json.loads(out.stdout)["problems"] if p["kind"] == "stale-aspect-map"]
+
+    assert note() is None and checked() == []
+    assert len(dsp_report["tracks_digest"]) == 16
+    store = FeatureStore(root)
+    run = store.run("dsp")
+    n = len(store.tracks(run))
+    assert store.aspect_map_digest(run) == store.tracks_digest(run) == dsp_report["tracks_digest"]
+    assert store.remove_tracks([store.tracks(run)[-1].path]) == 1
+    t = np.arange(22050 * 5) / 22050
+    sf.write(tmp_path / "new.wav", (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), 22050)
+    extract(store, [tmp_path / "new.wav"], load_model("dsp"), WindowPolicy())
+    assert len(store.tracks(run)) == n and store.tracks_digest(run) != dsp_report["tracks_digest"]
+    store.close()
+    want = f"aspect map from a probe of other tracks than the {n} there are now (some were replaced): rerun `mess " \
+           "probe --model dsp`"
+    assert note() == want
+    assert checked() == [f"dsp (run {run.id}): {want}"]
+    with TestClient(create_app(root), base_url="http://127.0.0.1") as client:
+        answer = client.get("/api/tracks/1/similar?k=3&model=dsp&aspect=brightness")
+        assert answer.status_code == 200 and answer.json()["stale_aspect_map"] == want, answer.text
+    out = runner.invoke(mess, ["check", "--store", str(root)])
+    said = " ".join(out.output.split())
+    assert out.exit_code == 0 and f"stale-aspect-map: dsp (run {run.id}): {want}" in said, said
+    assert runner.invoke(app, ["probe", "--model", "dsp", "--control", "none", "--store", str(root)]).exit_code == 0
+    assert note() is None and checked() == []
+    with sqlite3.connect(root / "catalog.sqlite") as db:  # a map stored by an older mess: no digest of its tracks
+        db.execute("UPDATE aspect_map SET tracks_digest = NULL")
+    unknown = (f"aspect map from an older mess, which recorded no digest of its tracks: whether it was probed on "
+               f"the {n} tracks there are now is unknown: rerun `mess probe --model dsp`")
+    assert note() == unknown and checked() == [f"dsp (run {run.id}): {unknown}"]
 
 
 def test_copies_of_one_file_map_no_aspect_and_keep_the_stored_map(tmp_path: Path) -> None:

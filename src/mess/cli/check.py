@@ -57,6 +57,8 @@ def check_command(
             verdict = (f"[green]whole[/], [yellow]{len(health.stale)} index(es) out of date[/]: `mess index` "
                        "rebuilds them and .augment.npz files, `mess index --rerank` .rerank.npz files "
                        "(`mess check --repair` deletes them)")
+        elif any(p.kind == "stale-aspect-map" for p in health.problems):
+            verdict = "[green]whole[/], [yellow]aspect maps out of date (above)[/]: `mess probe` maps them again"
         else:
             verdict = "[green]ok[/]"
         console.print(f"{plain(store)}: {verdict}")

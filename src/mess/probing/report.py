@@ -90,6 +90,7 @@ class ProbeReport:
     notes: dict[str, str] = field(default_factory=dict)  # condition -> why it is missing or what it means
     missing: list[tuple[str, str]] = field(default_factory=list)  # tracks without targets
     probed_at: float = field(default_factory=time.time)  # its identity: the aspect map built from it records it
+    tracks_digest: str | None = None  # FeatureStore.tracks_digest of the run probed: which tracks, not only how many
 
     @property
     def aspects(self) -> list[AspectChoice]:
@@ -135,6 +136,7 @@ class ProbeReport:
             "probe": self.probe,
             "seconds": round(self.seconds, 2),
             "probed_at": self.probed_at,
+            "tracks_digest": self.tracks_digest,
             "metric": "out-of-fold R^2 = 1 - MSE(test fold) / Var(target over all tracks); mean and std over folds; "
             "aspect score = mean over the aspect's targets of max(R^2, 0)",
             "targets": [{"name": t.name, "aspect": t.aspect, "meaning": t.meaning} for t in TARGETS],

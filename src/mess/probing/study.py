@@ -18,6 +18,7 @@ from mess.probing.report import TRAINED, ProbeReport
 from mess.probing.target_cache import TrackTargets, track_targets
 from mess.probing.targets import TARGET_NAMES
 from mess.store import FeatureStore, Run, Track
+from mess.store.feature_store import track_set_digest
 
 CONTROLS = ("shuffled", "random-init")
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -88,7 +89,7 @@ def probe_run(store: FeatureStore, run: Run, options: ProbeOptions = ProbeOption
     return ProbeReport(model=run.model, revision=run.revision, run_id=run.id, policy=asdict(run_policy(run)),
                        n_tracks=folds.n, folds=folds.scheme, probe=options.probe,
                        seconds=time.perf_counter() - started, conditions=conditions, notes=notes,
-                       missing=targets.missing)
+                       missing=targets.missing, tracks_digest=track_set_digest(tracks))
 
 
 def _probe(store: FeatureStore, run: Run, layers: list[str], targets: TrackTargets, options: ProbeOptions,
@@ -151,5 +152,5 @@ def save_aspect_map(store: FeatureStore, run: Run, report: ProbeReport) -> bool:
     scores = report.map_scores()
     store.set_aspect_map(run, [(c.aspect, c.layer, scores[c.aspect], c.margin) for c in report.aspects],
                          n_tracks=report.n_tracks + len(report.missing),  # the run's tracks, with and without targets
-                         probed_at=report.probed_at)
+                         probed_at=report.probed_at, tracks_digest=report.tracks_digest)
     return True

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mess.search.index import delete_index, stale_indexes
+from mess.search.query import stale_aspect_map
 from mess.store import FeatureStore
 from mess.store.check import Problem, check_and_repair, full_check, unblock_lock
 
@@ -40,7 +41,9 @@ def check_store(path: Path, *, fix: bool = False, on_wait: Callable[[str], None]
     store = FeatureStore(path, readonly=not fix, verify=False, on_wait=on_wait, create=False)
     try:
         problems, actions = _repair(store) if fix else (full_check(store), [])
-        stale = [] if any(p.kind == "catalog" for p in problems) else stale_indexes(store)
+        whole = not any(p.kind == "catalog" for p in problems)
+        stale = stale_indexes(store) if whole else []
+        problems += _stale_aspect_maps(store) if whole else []
     finally:
         store.close()
     return StoreHealth(problems, stale, actions)
@@ -59,3 +62,11 @@ def _repair(store: FeatureStore) -> tuple[list[Problem], list[str]]:
         for index in stale_indexes(store):  # after the repair: the vectors it drops make indexes stale too
             actions.append(delete_index(index))
     return problems, actions
+
+
+def _stale_aspect_maps(store: FeatureStore) -> list[Problem]:
+    """A 'stale-aspect-map' note per run whose aspect map is not of the run's tracks now, or of its latest probe
+    (:func:`~mess.search.query.stale_aspect_map`): answers still use it; `mess probe` maps it again."""
+    notes = ((run, stale_aspect_map(store, run)) for run in store.runs())
+    return [Problem("stale-aspect-map", run.id, f"{run.model} (run {run.id}): {note}", damage=False)
+            for run, note in notes if note is not None]

@@ -318,15 +318,26 @@ def weak_aspects(store: FeatureStore, run: Run, threshold: float = ENCODED_R2) -
 
 def stale_aspect_map(store: FeatureStore, run: Run) -> str | None:
     """A note when the stored aspect map is older than the run's latest probe report (a probe stopped between the
-    two writes) or comes from a probe of fewer tracks than the run has now, else None."""
+    two writes) or comes from a probe of other tracks than the run has now (added, removed or replaced: their
+    digest, :meth:`FeatureStore.tracks_digest`, differs), or from an older mess that recorded no digest (unknown);
+    else None."""
+    rerun = f"rerun `mess probe --model {run.model}`"
     newer = newer_probe(store.reports_dir, run.model, run.id, store.aspect_map_probed_at(run))
     if newer is not None:
         return (f"the aspect map is from an older probe than the report {newer.name} (a probe stopped before "
-                f"storing its map): rerun `mess probe --model {run.model}`")
-    probed, now = store.aspect_map_tracks(run), len(store.tracks(run))
-    if probed is None or probed >= now:
+                f"storing its map): {rerun}")
+    if not store.aspect_map(run):
         return None
-    return f"aspect map from a probe of {probed} tracks; {now} now: rerun `mess probe --model {run.model}`"
+    probed, now = store.aspect_map_tracks(run), len(store.tracks(run))
+    if probed is not None and probed != now:
+        return f"aspect map from a probe of {probed} tracks; {now} now: {rerun}"
+    digest = store.aspect_map_digest(run)
+    if digest is None:
+        return (f"aspect map from an older mess, which recorded no digest of its tracks: whether it was probed on "
+                f"the {now} tracks there are now is unknown: {rerun}")
+    if digest != store.tracks_digest(run):
+        return f"aspect map from a probe of other tracks than the {now} there are now (some were replaced): {rerun}"
+    return None
 
 
 def aspect_layers(store: FeatureStore, run: Run) -> tuple[str, dict[str, VectorSpec]]:

@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS aspect_map (
     margin REAL NOT NULL,
     n_tracks INTEGER,
     probed_at REAL,
+    tracks_digest TEXT,
     PRIMARY KEY (run_id, aspect)
 );
 CREATE TABLE IF NOT EXISTS derived (
@@ -129,7 +130,8 @@ def _open_readonly(path: Path) -> sqlite3.Connection:
 def _migrate(conn: sqlite3.Connection) -> None:
     """Bring a catalog written by an older mess up to this schema (columns added since)."""
     added = (("tracks", "stamp", "TEXT NOT NULL DEFAULT ''"), ("aspect_map", "n_tracks", "INTEGER"),
-             ("vectors", "checksums", "BLOB"), ("aspect_map", "probed_at", "REAL"), ("derived", "checksums", "BLOB"))
+             ("vectors", "checksums", "BLOB"), ("aspect_map", "probed_at", "REAL"), ("derived", "checksums", "BLOB"),
+             ("aspect_map", "tracks_digest", "TEXT"))
     for table, column, decl in added:
         if not has_column(conn, table, column):
             try:

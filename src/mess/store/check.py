@@ -36,7 +36,8 @@ class Problem:
     """One thing wrong with a store. ``damage`` problems make answers wrong; others only waste space."""
 
     # catalog | short-file | not-a-file | short-derived | stale-derived | non-finite | checksum | checksum-derived |
-    # shared-rows | orphan-rows | not-embedded | no-checksum | no-checksum-derived | temp-files | lost-commits
+    # shared-rows | orphan-rows | not-embedded | no-checksum | no-checksum-derived | temp-files | lost-commits |
+    # stale-aspect-map (added by mess.search.health)
     kind: str
     run_id: int | None
     message: str

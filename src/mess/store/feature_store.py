@@ -12,6 +12,7 @@ Layout::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import os
@@ -1073,16 +1074,32 @@ class FeatureStore:
 
     # ---- aspect map -----------------------------------------------------------------
     def set_aspect_map(self, run: Run, entries: Iterable[tuple[str, str, float, float]], *,
-                       n_tracks: int | None = None, probed_at: float | None = None) -> None:
+                       n_tracks: int | None = None, probed_at: float | None = None,
+                       tracks_digest: str | None = None) -> None:
         """Replace the aspect -> (layer, score, margin) map of a run; ``n_tracks``: the run's tracks when probed;
-        ``probed_at``: the stamp of the probe report it comes from."""
+        ``probed_at``: the stamp of the probe report it comes from; ``tracks_digest``: :meth:`tracks_digest` of the
+        run when probed."""
         with self._write():
             self.db.execute("DELETE FROM aspect_map WHERE run_id=?", (run.id,))
             self.db.executemany(
-                "INSERT INTO aspect_map (run_id, aspect, layer, score, margin, n_tracks, probed_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(run.id, a, layer, s, m, n_tracks, probed_at) for a, layer, s, m in entries],
+                "INSERT INTO aspect_map (run_id, aspect, layer, score, margin, n_tracks, probed_at, tracks_digest) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(run.id, a, layer, s, m, n_tracks, probed_at, tracks_digest) for a, layer, s, m in entries],
             )
+
+    def tracks_digest(self, run: Run) -> str:
+        """A digest of the audio of the run's tracks (their content hashes, copies counted): two sets of as many
+        tracks differ in it."""
+        tracks = self.tracks(run)
+        return self.cached(("tracks-digest", run.id), lambda: track_set_digest(tracks), tracks=tracks)
+
+    def aspect_map_digest(self, run: Run) -> str | None:
+        """:meth:`tracks_digest` of the run when the stored aspect map was probed; None when never probed or not
+        recorded (a map from an older mess)."""
+        if not self._has_column("aspect_map", "tracks_digest"):
+            return None
+        row = self._query("SELECT MAX(tracks_digest) FROM aspect_map WHERE run_id=?", (run.id,))[0]
+        return None if row[0] is None else str(row[0])
 
     def aspect_map_probed_at(self, run: Run) -> float | None:
         """The stamp (``probed_at``) of the probe report the stored aspect map comes from; None when never probed or
@@ -1114,6 +1131,11 @@ class FeatureStore:
             r[0]: r[1]
             for r in self._query("SELECT aspect, layer FROM aspect_map WHERE run_id=? ORDER BY aspect", (run.id,))
         }
+
+
+def track_set_digest(tracks: Iterable[Track]) -> str:
+    """SHA-256 (hex, 16 characters) of the sorted content hashes of ``tracks``: which audio a probe saw."""
+    return hashlib.sha256("\n".join(sorted(t.content_hash for t in tracks)).encode()).hexdigest()[:16]
 
 
 def _chosen_run(runs: Sequence[Run], model: str | None, run_id: int) -> Run:
