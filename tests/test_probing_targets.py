@@ -145,3 +145,33 @@ def test_cache_computes_once_per_content_and_policy(tmp_path: Path) -> None:
     assert other.computed == 1
     pitch = TARGET_NAMES.index("pitch_height")
     assert first.values[1, pitch] - first.values[0, pitch] == pytest.approx(5, abs=0.7)
+
+
+def test_a_digitally_silent_window_leaves_key_clarity_to_the_others_instead_of_voiding_it(tmp_path: Path) -> None:
+    """key_clarity of a silent window is undefined (NaN, with numpy's 'invalid value' warning); the track's mean over
+    windows turned NaN, and one such track made key_clarity NaN ('constant') for the whole collection, so no layer
+    was scored on it. A window without it is left out of the mean; a track without it in any window is named."""
+    import warnings
+
+    policy = WindowPolicy(window_seconds=4.0)
+    sounding = 0.3 * melody(C_MAJOR[:8])  # 4 s
+    quiet = np.zeros_like(sounding)
+    files = {"gap": [sounding, quiet, sounding[::-1]], "whole": [sounding, sounding, sounding[::-1]],
+             "mute": [quiet, quiet, quiet]}
+    tracks = []
+    for i, (name, parts) in enumerate(files.items()):
+        sf.write(tmp_path / f"{name}.wav", np.concatenate(parts), SR)
+        tracks.append(Track(i + 1, str(tmp_path / f"{name}.wav"), f"hash{i}", 12.0, None, None, None, None, None))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        got = track_targets(tmp_path / "store", tracks, policy, workers=1)
+    assert got.track_ids.tolist() == [1, 2] and np.isfinite(got.values).all()
+    key = TARGET_NAMES.index("key_clarity")
+    per_window = audio_targets(np.concatenate(files["gap"]), policy)[1]
+    assert np.isnan(per_window[1, key]) and np.isfinite(np.delete(per_window, 1, axis=0)).all()
+    assert got.values[0, key] == pytest.approx(per_window[[0, 2], key].mean())
+    mute = str(tmp_path / "mute.wav")
+    assert got.missing == [(mute, f"{mute}: key_clarity undefined in every window (silent)")]
+    again = track_targets(tmp_path / "store", tracks, policy, workers=1)  # from the cache: the same
+    assert again.computed == 0 and again.missing == got.missing
+    np.testing.assert_array_equal(again.values, got.values)

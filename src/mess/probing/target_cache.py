@@ -56,6 +56,16 @@ def file_targets(path: str, policy_json: str) -> tuple[np.ndarray, np.ndarray]:
     return audio_targets(audio, policy)
 
 
+def track_mean(per_window: np.ndarray) -> np.ndarray | str:
+    """A track's targets: the mean over its windows of each, leaving out the windows where one is undefined (the
+    key clarity of a digitally silent window is NaN); why not, when a target is undefined in every window."""
+    undefined = np.isnan(per_window).all(axis=0)
+    if undefined.any():
+        names = ", ".join(n for n, u in zip(TARGET_NAMES, undefined, strict=True) if u)
+        return f"{names} undefined in every window (silent)"
+    return np.nanmean(per_window, axis=0)
+
+
 def _read(file: Path) -> np.ndarray | None:
     try:
         with np.load(file) as data:
@@ -107,27 +117,37 @@ def track_targets(store_root: Path, tracks: Sequence[Track], policy: WindowPolic
     folder = cache_dir(store_root, policy)
     values: dict[int, np.ndarray] = {}
     todo: list[Track] = []
+    missing: list[tuple[str, str]] = []
+
+    def keep(track: Track, per_window: np.ndarray) -> None:
+        mean = track_mean(per_window)
+        if isinstance(mean, str):
+            missing.append((track.path, f"{track.path}: {mean}"))
+        else:
+            values[track.id] = mean
+
     for track in tracks:
         cached = _read(folder / f"{track.content_hash}.npz")
         if cached is None:
             todo.append(track)
         else:
-            values[track.id] = cached.mean(axis=0)
+            keep(track, cached)
             if on_track:
                 on_track()
     jobs = workers if len(todo) >= PARALLEL_MIN_TRACKS else 1
     stamps = [None if known is None else (known(Path(t.path)) or ("", ""))[1] for t in todo]
     calls = (delayed(_attempt)(i, t.path, policy.to_json(), stamps[i]) for i, t in enumerate(todo))
-    missing: list[tuple[str, str]] = []
+    computed = 0
     for i, result in Parallel(n_jobs=jobs, return_as="generator_unordered")(calls):
         track = todo[i]
         if isinstance(result, str):
             missing.append((track.path, result))
         else:
             _write(folder / f"{track.content_hash}.npz", *result)
-            values[track.id] = result[1].mean(axis=0)
+            computed += 1
+            keep(track, result[1])
         if on_track:
             on_track()
     ids = np.array(sorted(values), dtype=np.int64)
     matrix = np.stack([values[i] for i in ids]) if len(ids) else np.zeros((0, len(TARGET_NAMES)))
-    return TrackTargets(ids, matrix, sorted(missing), len(todo) - len(missing))
+    return TrackTargets(ids, matrix, sorted(missing), computed)

@@ -156,13 +156,20 @@ def _pitch(y: np.ndarray, active: np.ndarray, sr: int) -> dict[str, float]:
     spread = np.cumsum(per_pitch) / max(per_pitch.sum(), 1e-20)
     return {
         "chroma_entropy": float(-(p * np.log2(p + 1e-12)).sum()),
-        "key_clarity": float(np.corrcoef(np.vstack([profile, _KEY_PROFILES]))[0, 1:].max()),
+        "key_clarity": _key_clarity(profile),
         "fifths_x": float(fifths[0]),
         "fifths_y": float(fifths[1]),
         "pitch_height": float((per_pitch * (CQT_FMIN_MIDI + np.arange(CQT_BINS))).sum() / max(per_pitch.sum(), 1e-20)),
         "pitch_range": float(np.searchsorted(spread, 0.95) - np.searchsorted(spread, 0.05)),
         "polyphony": float(notes.sum(axis=0).mean()),
     }
+
+
+def _key_clarity(profile: np.ndarray) -> float:
+    """Best correlation of a pitch-class profile with the key profiles; NaN (undefined) for a flat one: silence."""
+    if np.ptp(profile) == 0:
+        return float("nan")
+    return float(np.corrcoef(np.vstack([profile, _KEY_PROFILES]))[0, 1:].max())
 
 
 def _harmonic_ratio(mel: np.ndarray) -> float:
