@@ -195,3 +195,26 @@ def test_aspect_scores_floor_each_target_at_zero_skip_constant_targets_and_margi
         best, second = np.argsort(-want[:, a])[:2]
         assert (c.layer, c.runner_up) == (f"l{best}", f"l{second}")
         assert c.score == pytest.approx(want[best, a]) and c.margin == pytest.approx(want[best, a] - want[second, a])
+
+
+@pytest.mark.parametrize("tagged", [False, True])
+def test_copies_of_one_file_share_a_fold_so_a_copy_never_predicts_its_twin(tagged: bool) -> None:
+    """Copies of a file (one content hash, in two folders or albums) have equal vectors and targets; folds split
+    them, and the test copy was predicted from its training twin: on a layer that carries nothing of the target
+    the probe scored R^2 near 1. Copies now share a fold (and a group for the inner penalty choice)."""
+    rng = np.random.default_rng(0)
+    n = 20
+    x_files, y_files = rng.standard_normal((n, 30)), rng.standard_normal((n, 1))  # vectors say nothing of y
+    x, y = np.vstack([x_files, x_files]), np.vstack([y_files, y_files])
+    same = [f"hash{i}" for i in range(n)] * 2
+    albums = [f"album{i % 10}" for i in range(n)] + [f"best-of{i % 7}" for i in range(n)]  # a copy elsewhere
+    meta = [("album", albums)] if tagged else []
+    folds = make_folds(2 * n, meta, n_folds=5, seed=0, same=same)
+    for train, test in folds.splits:
+        assert not {same[i] for i in train} & {same[i] for i in test}
+    assert "copies of one file kept in one fold" in folds.scheme
+    assert fold_scores(x, y, folds).mean() < 0.1
+    leaky = make_folds(2 * n, meta, n_folds=5, seed=0)  # what folds without the content hashes do: most pairs split
+    assert sum(len({same[i] for i in train} & {same[i] for i in test}) for train, test in leaky.splits) > n / 2
+    with pytest.raises(ProbeError, match=r"at least 4 different files, got 3 \(the 9 tracks are copies of them\)"):
+        make_folds(9, meta[:0], n_folds=5, same=["a", "b", "c"] * 3)

@@ -327,32 +327,45 @@ def test_an_aspect_map_of_as_many_other_tracks_is_said_stale_by_its_readers_and_
     assert note() == unknown and checked() == [f"dsp (run {run.id}): {unknown}"]
 
 
-def test_copies_of_one_file_map_no_aspect_and_keep_the_stored_map(tmp_path: Path) -> None:
-    """Every proxy target is constant over copies of one file, so no aspect maps: the probe used to store that empty
-    map over a good one and print 'aspect map stored'; `mess similar --aspect` then asked for a probe."""
+def test_one_recording_in_five_formats_maps_no_aspect_and_byte_copies_are_refused(tmp_path: Path) -> None:
+    """Every proxy target is constant over one recording (here in five lossless formats: five content hashes), so no
+    aspect maps: the probe used to store that empty map over a good one and print 'aspect map stored'; `mess similar
+    --aspect` then asked for a probe. Byte copies of one file (one content hash) cannot be split into folds at all
+    (a copy would predict its twin): a one-line error, the stored map kept."""
     import soundfile as sf
 
     from mess.audio.discover import find_audio
     from mess.audio.windows import WindowPolicy
     from mess.models.dsp import DspModel
 
-    music = tmp_path / "music"
-    music.mkdir()
     t = np.arange(22050 * 3) / 22050
-    for i in range(5):
-        sf.write(music / f"copy{i}.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 22050)
-    store = FeatureStore(tmp_path / "store")
-    extract(store, find_audio([music]), DspModel(), WindowPolicy(window_seconds=4.0))
-    run = store.run("dsp")
-    store.set_aspect_map(run, [("timbre", "mfcc", 0.7, 0.1)])  # a map from an earlier, real probe
-    store.close()
-    out = runner.invoke(app, ["probe", "--model", "dsp", "--control", "none", "--folds", "2",
-                              "--store", str(tmp_path / "store"), "--json"])
-    assert out.exit_code == 0, out.output
-    assert json.loads(out.stdout)["aspect_map_stored"] is False
-    kept = FeatureStore(tmp_path / "store", readonly=True)
-    assert kept.aspect_map(kept.run("dsp")) == {"timbre": "mfcc"}
-    kept.close()
+    pcm = np.round(0.3 * np.sin(2 * np.pi * 220 * t) * 32767) / 32768  # exact in 16 and 24 bits
+    formats = [("wav", "PCM_16"), ("wav", "PCM_24"), ("flac", "PCM_16"), ("flac", "PCM_24"), ("aiff", "PCM_16")]
+    args = ["probe", "--model", "dsp", "--control", "none", "--folds", "2", "--json"]
+    for name, files in (("formats", formats), ("copies", [("wav", "PCM_16")] * 5)):
+        music = tmp_path / name / "music"
+        music.mkdir(parents=True)
+        for i, (ext, subtype) in enumerate(files):
+            sf.write(music / f"take{i}.{ext}", pcm, 22050, subtype=subtype)
+        root = tmp_path / name / "store"
+        store = FeatureStore(root)
+        extract(store, find_audio([music]), DspModel(), WindowPolicy(window_seconds=4.0))
+        run = store.run("dsp")
+        assert len(store.tracks(run)) == 5 and len({t.content_hash for t in store.tracks(run)}) == 5 - 4 * (
+            name == "copies")
+        store.set_aspect_map(run, [("timbre", "mfcc", 0.7, 0.1)])  # a map from an earlier, real probe
+        store.close()
+        out = runner.invoke(app, [*args, "--store", str(root)])
+        if name == "formats":
+            assert out.exit_code == 0, out.output
+            assert json.loads(out.stdout)["aspect_map_stored"] is False
+        else:
+            assert out.exit_code == 1 and "Traceback" not in out.output
+            assert out.stderr.strip() == ("error: probing needs at least 4 different files, got 1 (the 5 tracks are "
+                                          "copies of them)")
+        kept = FeatureStore(root, readonly=True)
+        assert kept.aspect_map(kept.run("dsp")) == {"timbre": "mfcc"}
+        kept.close()
 
 
 def test_a_probe_of_some_layers_keeps_the_map_and_report_of_every_layer(store_copy: Path, dsp_report: dict) -> None:

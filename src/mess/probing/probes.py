@@ -47,33 +47,64 @@ class Folds:
 
 
 def make_folds(n: int, candidates: Sequence[tuple[str, Sequence[str | None]]], n_folds: int = 5,
-               seed: int = 0) -> Folds:
+               seed: int = 0, same: Sequence[str] | None = None) -> Folds:
     """K folds grouped by the first metadata field with at least ``n_folds`` distinct values.
 
     Tracks missing that field form groups of their own, so they can never pair with a
     tagged track across the split. A field whose largest group would fill more than a
     fold (a 40-track soundtrack "album" in a 70-track collection) is passed over: that
     fold would test one album against a model that never saw its kind of audio.
-    Without a usable field the folds are plain shuffled K-fold.
+    Without a usable field the folds are plain shuffled K-fold. Rows with one ``same`` key (the content hash:
+    copies of one file, whose vectors and targets are equal) always share a fold: a copy on the other side
+    would predict its twin exactly.
     """
-    if n < 4:
-        raise ProbeError(f"probing needs at least 4 tracks, got {n}")
-    n_folds = max(2, min(n_folds, n))
+    keys = list(range(n)) if same is None else list(same)
+    distinct = len(set(keys))
+    copies = distinct < n
+    if distinct < 4:
+        raise ProbeError(f"probing needs at least 4 tracks, got {n}" if not copies else f"probing needs at least 4 "
+                         f"different files, got {distinct} (the {n} tracks are copies of them)")
+    n_folds = max(2, min(n_folds, distinct))
     usable = []
     for field, values in candidates:
         if sum(v is not None for v in values) == 0:
             continue
         groups = np.array([v if v is not None else f"\0track{i}" for i, v in enumerate(values)], dtype=object)
+        groups = _joined(groups, keys) if copies else groups
         sizes = Counter(groups.tolist())
         if len(sizes) >= n_folds:
             usable.append((max(sizes.values()) > n / n_folds, field, groups, len(sizes)))
+    kept = "; copies of one file kept in one fold" if copies else ""
     if usable:  # the first field without an oversized group, else the first field (grouped beats leaky)
         _, field, groups, n_groups = min(usable, key=lambda u: u[0])
         splits = list(GroupKFold(n_splits=n_folds).split(np.zeros(n), groups=groups))
-        return Folds(splits, f"GroupKFold({n_folds}) by {field} ({n_groups} groups)", field, groups)
-    splits = list(KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(np.zeros(n)))
-    reason = "no artist/album tags" if not candidates else "too few distinct artists/albums"
-    return Folds(splits, f"KFold({n_folds}), shuffled (seed {seed}); {reason} to group by", None)
+        return Folds(splits, f"GroupKFold({n_folds}) by {field} ({n_groups} groups){kept}", field, groups)
+    reason = "no artist/album tags" if all(v is None for _, values in candidates for v in values) \
+        else "too few distinct artists/albums"
+    unique = list(dict.fromkeys(keys))  # without copies: the rows themselves, in order
+    where = {k: i for i, k in enumerate(unique)}
+    row_unit = np.array([where[k] for k in keys])
+    splits = [(np.flatnonzero(np.isin(row_unit, train)), np.flatnonzero(np.isin(row_unit, test)))
+              for train, test in KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(np.zeros(len(unique)))]
+    return Folds(splits, f"KFold({n_folds}), shuffled (seed {seed}); {reason} to group by{kept}", None,
+                 row_unit if copies else None)
+
+
+def _joined(groups: np.ndarray, keys: Sequence[object]) -> np.ndarray:
+    """``groups`` with every two groups that hold rows of one key merged into one (union-find over labels)."""
+    parent: dict[object, object] = {}
+
+    def root(label: object) -> object:
+        while parent.get(label, label) != label:
+            label = parent[label]
+        return label
+
+    first: dict[object, object] = {}
+    for label, key in zip(groups.tolist(), keys, strict=True):
+        a, b = root(label), root(first.setdefault(key, label))
+        if a != b:
+            parent[a] = b
+    return np.array([root(g) for g in groups.tolist()], dtype=object)
 
 
 def _fit_predict(kind: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int,

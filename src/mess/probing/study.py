@@ -102,7 +102,7 @@ def _probe(store: FeatureStore, run: Run, layers: list[str], targets: TrackTarge
         y = shuffled_rows(y, options.seed)
     chosen = [by_id[int(i)] for i in ids]
     meta = [("album", [label_key("album", t.album) for t in chosen]), ("artist", [_artist(t) for t in chosen])]
-    folds = make_folds(len(ids), meta, options.folds, options.seed)
+    folds = make_folds(len(ids), meta, options.folds, options.seed, same=[t.content_hash for t in chosen])
 
     def loader(layer: str) -> Callable[[], np.ndarray]:
         def load() -> np.ndarray:
