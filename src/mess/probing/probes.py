@@ -58,7 +58,7 @@ def make_folds(n: int, candidates: Sequence[tuple[str, Sequence[str | None]]], n
     copies of one file, whose vectors and targets are equal) always share a fold: a copy on the other side
     would predict its twin exactly.
     """
-    keys = list(range(n)) if same is None else list(same)
+    keys: list[object] = list(range(n)) if same is None else list(same)
     distinct = len(set(keys))
     copies = distinct < n
     if distinct < 4:
