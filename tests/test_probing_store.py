@@ -583,3 +583,41 @@ def test_probe_without_model_probes_the_model_commands_use(tmp_path: Path) -> No
                               "--json"])
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout)["model"] == "dsp"
+
+
+def test_advice_to_probe_names_the_run_when_the_model_name_alone_picks_another(store_copy: Path,
+                                                                                tmp_path: Path) -> None:
+    """With two runs of dsp, `mess similar --model dsp@2 --aspect ...`, its stale-map note and the server's missing
+    report said `mess probe --model dsp`, which probes the other run (the one the name picks): the advice never
+    helped. They name the run now."""
+    from fastapi.testclient import TestClient
+
+    from mess.audio.windows import WindowPolicy
+    from mess.cli.main import app as mess
+    from mess.serve.app import create_app
+
+    root = tmp_path / "store"
+    shutil.copytree(store_copy, root)
+    store = FeatureStore(root)
+    first = store.run("dsp")
+    paths = [Path(t.path) for t in store.tracks(first)[:5]]
+    extract(store, paths, load_model("dsp"), WindowPolicy(window_seconds=10.0))  # a second run, of 5 tracks
+    second = next(r for r in store.runs() if r.model == "dsp" and r.id != first.id)
+    assert store.run("dsp").id == first.id and store.model_option(second) == f"dsp@{second.id}"
+    assert store.model_option(first) == "dsp"
+    store.close()
+    similar = ["similar", paths[0].name, "-k", "2", "--model", f"dsp@{second.id}", "--aspect", "brightness",
+               "--store", str(root)]
+    out = runner.invoke(mess, similar)
+    assert out.exit_code == 1 and f"run `mess probe --model dsp@{second.id}` first" in out.output, out.output
+    with TestClient(create_app(root), base_url="http://127.0.0.1") as client:
+        answer = client.get(f"/api/probe?model=dsp@{second.id}")
+        assert answer.status_code == 404 and f"`mess probe --model dsp@{second.id}`" in answer.text, answer.text
+    store = FeatureStore(root)
+    store.set_aspect_map(second, [("brightness", "spectral", 0.9, 0.1)], n_tracks=4,
+                         tracks_digest=store.tracks_digest(second))
+    store.close()
+    out = runner.invoke(mess, [*similar, "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["stale_aspect_map"] == (f"aspect map from a probe of 4 tracks; 5 now: rerun "
+                                                         f"`mess probe --model dsp@{second.id}`")

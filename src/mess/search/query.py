@@ -321,7 +321,7 @@ def stale_aspect_map(store: FeatureStore, run: Run) -> str | None:
     two writes) or comes from a probe of other tracks than the run has now (added, removed or replaced: their
     digest, :meth:`FeatureStore.tracks_digest`, differs), or from an older mess that recorded no digest (unknown);
     else None."""
-    rerun = f"rerun `mess probe --model {run.model}`"
+    rerun = f"rerun `mess probe --model {store.model_option(run)}`"
     newer = newer_probe(store.reports_dir, run.model, run.id, store.aspect_map_probed_at(run))
     if newer is not None:
         return (f"the aspect map is from an older probe than the report {newer.name} (a probe stopped before "

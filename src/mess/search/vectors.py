@@ -122,14 +122,14 @@ def aspect_layer(store: FeatureStore, run: Run, aspect: str) -> str:
     arbitrary layer off as that aspect)."""
     amap = store.aspect_map(run)
     if not amap:
-        raise StoreError(f"no aspect map for {run.model}; run `mess probe --model {run.model}` first")
+        raise StoreError(f"no aspect map for {run.model}; run `mess probe --model {store.model_option(run)}` first")
     if aspect not in amap:
         raise StoreError(f"unknown aspect {aspect!r}; {run.model} has {', '.join(sorted(amap))}")
     score = store.aspect_scores(run)[aspect]
     if score < ENCODED_R2:
         # a probe of fewer tracks than the run has now may be why: a probe of them all may find the aspect
         probed, now = store.aspect_map_tracks(run), len(store.tracks(run))
-        rerun = (f" in a probe of {probed} tracks ({now} now: rerun `mess probe --model {run.model}`)"
+        rerun = (f" in a probe of {probed} tracks ({now} now: rerun `mess probe --model {store.model_option(run)}`)"
                  if probed is not None and probed < now else "")
         raise StoreError(f"no layer of {run.model} encodes {aspect}{rerun} (the probe's best R^2, less what shuffled "
                          f"targets reach, is {score:.2f}, below {ENCODED_R2}); choose another aspect, or leave "

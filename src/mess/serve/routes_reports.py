@@ -26,9 +26,10 @@ Probe = Annotated[Literal["ridge", "mlp"], Query(description="Which probe's repo
 def _report_file(state: ServeState, model: str | None, probe: str, ext: str) -> tuple[str, Path]:
     with state.lock:
         run = state.run(model)
+        option = state.store.model_option(run)
     path = report_paths(state.store.reports_dir, run.model, run.id, probe)[ext]
     if not path.is_file():
-        raise HTTPException(404, f"no {probe} probe report for {run.model}; run `mess probe --model {run.model}`")
+        raise HTTPException(404, f"no {probe} probe report for {run.model}; run `mess probe --model {option}`")
     return run.model, path
 
 

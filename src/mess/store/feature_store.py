@@ -1087,6 +1087,11 @@ class FeatureStore:
                 [(run.id, a, layer, s, m, n_tracks, probed_at, tracks_digest) for a, layer, s, m in entries],
             )
 
+    def model_option(self, run: Run) -> str:
+        """What ``--model`` picks ``run`` with: its model's name, or ``NAME@RUN_ID`` when the name picks another run
+        (:meth:`run`)."""
+        return run.model if self.run(run.model).id == run.id else f"{run.model}@{run.id}"
+
     def tracks_digest(self, run: Run) -> str:
         """A digest of the audio of the run's tracks (their content hashes, copies counted): two sets of as many
         tracks differ in it."""
