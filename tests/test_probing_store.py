@@ -621,3 +621,25 @@ def test_advice_to_probe_names_the_run_when_the_model_name_alone_picks_another(s
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout)["stale_aspect_map"] == (f"aspect map from a probe of 4 tracks; 5 now: rerun "
                                                          f"`mess probe --model dsp@{second.id}`")
+
+
+def test_a_layer_named_twice_counts_once_so_a_probe_of_some_layers_never_passes_for_all(store_copy: Path,
+                                                                                        dsp_report: dict) -> None:
+    """`--layers 0,mfcc,chroma,spectral` names mfcc twice: 4 names for dsp's 4 layers passed for a probe of every
+    layer, so the map of 3 layers (rhythm never probed) replaced the full probe's, and its report too."""
+    store = FeatureStore(store_copy, readonly=True)
+    run = store.run("dsp")
+    full_map, names = store.aspect_map(run), run.layer_names
+    store.close()
+    full_report = Path(dsp_report["files"]["json"]).read_text()
+    out = runner.invoke(app, ["probe", "--model", "dsp", "--layers", f"0,{names[0]}", "--layers", ",".join(names[1:3]),
+                              "--control", "none", "--store", str(store_copy), "--json"])
+    assert out.exit_code == 0, out.output
+    partial = json.loads(out.stdout)
+    assert list(partial["conditions"]["trained"]["r2"]) == list(names[:3])
+    assert partial["aspect_map_stored"] is False and f"covered 3 of {len(names)} layers" in partial["aspect_map_note"]
+    assert Path(partial["files"]["json"]).name.endswith("-partial.json")
+    assert Path(dsp_report["files"]["json"]).read_text() == full_report
+    kept = FeatureStore(store_copy, readonly=True)
+    assert kept.aspect_map(kept.run("dsp")) == full_map
+    kept.close()

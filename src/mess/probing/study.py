@@ -51,7 +51,8 @@ def probe_run(store: FeatureStore, run: Run, options: ProbeOptions = ProbeOption
         raise ProbeError(f"unknown control {unknown[0]!r}; use {', '.join(CONTROLS)} or none")
     if options.probe not in PROBE_KINDS:
         raise ProbeError(f"unknown probe {options.probe!r}; use {' or '.join(PROBE_KINDS)}")
-    layers = [run.layer_names[run.layer_index(x)] for x in options.layers] if options.layers else list(run.layer_names)
+    # one layer named twice (`--layers 0,mfcc`) is probed once: counted twice, 3 layers passed for all 4
+    layers = list(dict.fromkeys(run.layer_names[run.layer_index(x)] for x in options.layers or run.layer_names))
     tracks = store.tracks(run)
     if len(tracks) < 4:
         raise ProbeError(f"{run.model} has {len(tracks)} tracks in the store; probing needs at least 4")
@@ -130,13 +131,13 @@ def _artist(track: Track) -> str | None:
 
 def probed_every_layer(run: Run, report: ProbeReport) -> bool:
     """Whether the probe covered all of the run's layers (``--layers`` may pick some)."""
-    return len(report.conditions[TRAINED].layers) == len(run.layer_names)
+    return set(report.conditions[TRAINED].layers) == set(run.layer_names)
 
 
 def unmapped_reason(run: Run, report: ProbeReport) -> str | None:
     """Why this probe may not replace the stored aspect map, or None when it may."""
     if not probed_every_layer(run, report):  # the best of some layers is not the best layer
-        return (f"the probe covered {len(report.conditions[TRAINED].layers)} of {len(run.layer_names)} layers; "
+        return (f"the probe covered {len(set(report.conditions[TRAINED].layers))} of {len(run.layer_names)} layers; "
                 "only a probe of every layer maps aspects")
     if not report.aspects:
         return "no aspect could be mapped (every proxy target is the same on these tracks)"
