@@ -644,3 +644,34 @@ def test_a_layer_named_twice_counts_once_so_a_probe_of_some_layers_never_passes_
     kept = FeatureStore(store_copy, readonly=True)
     assert kept.aspect_map(kept.run("dsp")) == full_map
     kept.close()
+
+
+def test_a_track_removed_while_probing_is_a_clear_error_not_misaligned_rows(store_copy: Path, tmp_path: Path) -> None:
+    """Layer rows were looked up by track id with searchsorted: a track forgotten meanwhile (`mess extract --prune`
+    in another shell) shifted every row after it onto the next track's targets without a word (or raised IndexError
+    for the last). The probe now stops with one line, and no report or map comes from it."""
+    from mess.probing.probes import ProbeError
+    from mess.probing.study import ProbeOptions, probe_run
+
+    root = tmp_path / "store"
+    shutil.copytree(store_copy, root)
+    store, other = FeatureStore(root), FeatureStore(root)
+    run = store.run("dsp")
+    n = len(store.tracks(run))
+    middle = store.tracks(run)[n // 2].path
+    removed: list[int] = []
+
+    def prune_once(stage: str, done: int, total: int) -> None:  # after the targets, as the first layer is probed
+        if stage == "dsp" and not removed:
+            removed.append(other.remove_tracks([middle]))
+
+    try:
+        with pytest.raises(ProbeError, match=r"^tracks of dsp were removed or extracted again while it was probed: "
+                                             r"run `mess probe` again$"):
+            probe_run(store, run, ProbeOptions(controls=(), workers=1), on_progress=prune_once)
+        assert removed == [1]
+        report = probe_run(store, run, ProbeOptions(controls=(), workers=1))  # again: the tracks there now
+        assert report.n_tracks == len(store.tracks(run)) == n - 1
+    finally:
+        store.close()
+        other.close()

@@ -66,11 +66,13 @@ def probe_run(store: FeatureStore, run: Run, options: ProbeOptions = ProbeOption
 
     targets = track_targets(store.root, tracks, run_policy(run), known=store.known_file, workers=options.workers,
                             on_track=tick)
-    trained, folds = _probe(store, run, layers, targets, options, on_progress)
+    hashes = {t.id: t.content_hash for t in tracks}  # what the targets are of
+    trained, folds = _probe(store, run, layers, targets, hashes, options, on_progress)
     conditions = {TRAINED: trained}
     notes = {}
     if "shuffled" in options.controls:
-        conditions["shuffled"] = _probe(store, run, layers, targets, options, on_progress, shuffle=True)[0]
+        conditions["shuffled"] = _probe(store, run, layers, targets, hashes, options, on_progress,
+                                        shuffle=True)[0]
         notes["shuffled"] = f"target rows permuted (seed {options.seed}); same folds and layers"
     if "random-init" in options.controls:
         try:
@@ -81,7 +83,7 @@ def probe_run(store: FeatureStore, run: Run, options: ProbeOptions = ProbeOption
             twin, summary = random_init_run(store, run, source=options.source, seed=options.seed,
                                             device=options.device, batch_size=options.batch_size,
                                             workers=options.workers, on_progress=extracted)
-            conditions["random-init"] = _probe(store, twin, layers, targets, options, on_progress)[0]
+            conditions["random-init"] = _probe(store, twin, layers, targets, hashes, options, on_progress)[0]
             notes["random-init"] = (f"{twin.model} ({twin.revision}): same architecture, random weights; "
                                     f"{counted(summary.done, 'track')} embedded now, "
                                     f"{summary.skipped + summary.copies} reused")
@@ -93,9 +95,10 @@ def probe_run(store: FeatureStore, run: Run, options: ProbeOptions = ProbeOption
                        missing=targets.missing, tracks_digest=track_set_digest(tracks))
 
 
-def _probe(store: FeatureStore, run: Run, layers: list[str], targets: TrackTargets, options: ProbeOptions,
-           on_progress: Progress | None, *, shuffle: bool = False) -> tuple[ProbeScores, Folds]:
-    """Probe ``layers`` of ``run`` on the tracks that have both vectors and targets."""
+def _probe(store: FeatureStore, run: Run, layers: list[str], targets: TrackTargets, hashes: dict[int, str],
+           options: ProbeOptions, on_progress: Progress | None, *, shuffle: bool = False) -> tuple[ProbeScores, Folds]:
+    """Probe ``layers`` of ``run`` on the tracks that have both vectors and targets (``hashes``: track id -> the
+    content hash its targets are of); ProbeError when a track is removed or extracted again meanwhile."""
     by_id = {t.id: t for t in store.tracks(run)}
     ids = np.intersect1d(targets.track_ids, np.fromiter(by_id, dtype=np.int64))
     y = targets.values[np.searchsorted(targets.track_ids, ids)]
@@ -106,9 +109,15 @@ def _probe(store: FeatureStore, run: Run, layers: list[str], targets: TrackTarge
     folds = make_folds(len(ids), meta, options.folds, options.seed, same=[t.content_hash for t in chosen])
 
     def loader(layer: str) -> Callable[[], np.ndarray]:
-        def load() -> np.ndarray:
+        def load() -> np.ndarray:  # rows looked up by id: a track gone meanwhile shifted every row after it
+            now = {t.id: t.content_hash for t in store.tracks(run)}
             row_ids, matrix = store.layer_matrix(run, layer)
-            return matrix[np.searchsorted(row_ids, ids)]
+            at = np.searchsorted(row_ids, ids)
+            if any(now.get(int(i)) != hashes.get(int(i)) for i in ids) \
+                    or not np.array_equal(row_ids[np.minimum(at, len(row_ids) - 1)], ids):
+                raise ProbeError(f"tracks of {run.model} were removed or extracted again while it was probed: "
+                                 "run `mess probe` again")
+            return matrix[at]
         return load
 
     done = 0
