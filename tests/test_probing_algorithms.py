@@ -218,3 +218,15 @@ def test_copies_of_one_file_share_a_fold_so_a_copy_never_predicts_its_twin(tagge
     assert sum(len({same[i] for i in train} & {same[i] for i in test}) for train, test in leaky.splits) > n / 2
     with pytest.raises(ProbeError, match=r"at least 4 different files, got 3 \(the 9 tracks are copies of them\)"):
         make_folds(9, meta[:0], n_folds=5, same=["a", "b", "c"] * 3)
+
+
+@pytest.mark.parametrize("n", [4, 6, 13])
+def test_mlp_probe_runs_on_a_small_collection(n: int) -> None:
+    """`mess probe --probe mlp` on fewer than ~14 tracks ended in a traceback: early stopping held out 10% of a
+    fold's training rows, under the 2 scikit-learn needs ('The validation set is too small')."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 8))
+    y = np.column_stack([x[:, 0], x[:, 1] ** 2])
+    folds = make_folds(n, [], n_folds=5)
+    scores = fold_scores(x, y, folds, kind="mlp")
+    assert scores.shape == (len(folds.splits), 2) and np.isfinite(scores).all()

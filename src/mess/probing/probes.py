@@ -114,8 +114,9 @@ def _fit_predict(kind: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np
     x_train, x_test = scaler.transform(x_train), scaler.transform(x_test)
     if kind == "ridge":
         return fit_ridge_loo(x_train, y_train, ALPHAS, groups).predict(x_test)
+    # early stopping holds out 10% of the training rows, and needs 2 of them: more share of a small fold
     mlp = MLPRegressor(hidden_layer_sizes=(MLP_HIDDEN,), alpha=1e-2, max_iter=300, early_stopping=True,
-                       random_state=seed)
+                       validation_fraction=min(0.5, max(0.1, 2.0 / len(x_train))), random_state=seed)
     y_fit = y_train[:, 0] if y_train.shape[1] == 1 else y_train
     return np.asarray(mlp.fit(x_train, y_fit).predict(x_test)).reshape(len(x_test), -1)
 
