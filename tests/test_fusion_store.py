@@ -732,9 +732,13 @@ def test_reports_of_two_checkpoints_of_one_model_are_kept_apart(extracted_store:
         assert files["json"].name.startswith(f"fusion-{checkpoint.stem}-")  # says whose report it is
 
 
-def test_ctrl_c_saves_the_best_epoch_so_far_marked_interrupted(writable: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("sig", "code", "how"), [(signal.SIGINT, 130, "interrupted"),
+                                                  (signal.SIGTERM, 143, "stopped by SIGTERM")])
+def test_ctrl_c_saves_the_best_epoch_so_far_marked_interrupted(writable: Path, tmp_path: Path, sig: signal.Signals,
+                                                               code: int, how: str) -> None:
     """Ctrl-C during a long `mess fuse train` ended in a KeyboardInterrupt traceback and saved nothing, though the
-    best weights so far were in memory. A real SIGINT mid-training now saves them, marked interrupted, exit 130."""
+    best weights so far were in memory. A real SIGINT mid-training now saves them, marked interrupted, exit 130.
+    SIGTERM (a service manager, `kill`) stopped at once, saving nothing; it now does as Ctrl-C, exit 143."""
     checkpoint = tmp_path / "interrupted.pt"
     partial = writable / "reports" / f"{fusion_stem(writable, checkpoint)}-train.partial.json"
     proc = subprocess.Popen([sys.executable, "-m", "mess.cli", "fuse", "train", "--model", "dsp", "--label", "composer",
@@ -745,16 +749,16 @@ def test_ctrl_c_saves_the_best_epoch_so_far_marked_interrupted(writable: Path, t
     while time.time() < deadline and proc.poll() is None and _epochs(partial) < 3:
         time.sleep(0.05)
     assert proc.poll() is None, "the signal should land mid-training"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert "Traceback" not in err + out and "KeyboardInterrupt" not in err
     saved = json.loads(checkpoint.with_suffix(".json").read_text())
     reached = saved["interrupted_at"]
     assert reached >= 2 and saved["history"][-1]["epoch"] == reached and saved["best_epoch"] == reached
     assert saved["checkpoint_sha256"] == checkpoint_digest(checkpoint)
     said = " ".join(err.split())
-    assert f"interrupted at epoch {reached} of 100000: saved the best weights so far (epoch {reached}) to " \
+    assert f"{how} at epoch {reached} of 100000: saved the best weights so far (epoch {reached}) to " \
            f"{checkpoint}" in said
     log = json.loads((writable / "reports" / f"{fusion_stem(writable, checkpoint)}-train.json").read_text())
     assert log["summary"]["interrupted_at"] == reached and len(log["epochs"]) == reached and not partial.exists()

@@ -37,8 +37,14 @@ _TERMINATED: list[int] = []  # the SIGTERMs received
 
 def terminate(signum: int, frame: FrameType | None) -> None:
     """The CLI's SIGTERM handler: raise :class:`Terminated`."""
-    _TERMINATED.append(signum)
+    record_terminated(signum)
     raise Terminated
+
+
+def record_terminated(signum: int) -> None:
+    """Record a SIGTERM that a command's own handler took (`fuse train` stops at its next step): the process then
+    exits with 143, as after :func:`terminate`."""
+    _TERMINATED.append(signum)
 
 
 def terminated() -> bool:

@@ -15,7 +15,19 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mess.cli.common import Terminated, console, emit_json, fail, failing, note, open_store, os_reason, plain
+from mess.cli.common import (
+    Terminated,
+    console,
+    emit_json,
+    fail,
+    failing,
+    note,
+    open_store,
+    os_reason,
+    plain,
+    record_terminated,
+    terminated,
+)
 from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, JsonOpt, ModelOpt, StoreOpt
 from mess.constants import FUSED, LABEL_FIELDS, counted
 from mess.store import FeatureStore
@@ -122,15 +134,16 @@ def _train(fs: FeatureStore, run: Run, config: FusionConfig, path: Path, quiet: 
             bar.update(task, completed=e.epoch, status=f"loss {e.loss:.4f}  val nDCG@{config.k} {val}")
 
         try:
-            with _ctrl_c_stops() as stop:
+            with _signals_stop() as stop:
                 trained = train_and_save(fs, run, config, path, on_epoch, stop.is_set)
         except (FusionError, ValueError) as exc:
             fail(str(exc))
         except StoppedBeforeFirstEpoch:
-            console.print("[yellow]interrupted[/] before the first epoch ended: nothing saved")
+            how = "stopped by SIGTERM" if terminated() else "interrupted"
+            console.print(f"[yellow]{how}[/] before the first epoch ended: nothing saved")
             raise typer.Exit(130) from None
-        except KeyboardInterrupt as exc:  # a second Ctrl-C, or SIGTERM, wherever training or saving was
-            how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted a second time"
+        except KeyboardInterrupt as exc:  # a second Ctrl-C or SIGTERM, wherever training or saving was
+            how = "stopped by a second SIGTERM" if isinstance(exc, Terminated) else "interrupted a second time"
             console.print(f"[yellow]{how}[/]: stopped at once, the best epoch not saved (a save under way leaves "
                           "each of its files whole, the old or the new)")
             raise typer.Exit(130) from None
@@ -141,21 +154,25 @@ def _train(fs: FeatureStore, run: Run, config: FusionConfig, path: Path, quiet: 
 
 
 @contextmanager
-def _ctrl_c_stops() -> Iterator[threading.Event]:
-    """While inside, the first Ctrl-C (SIGINT) only sets the event (training stops at its next step and saves the
-    best epoch so far); a second one interrupts at once (KeyboardInterrupt)."""
+def _signals_stop() -> Iterator[threading.Event]:
+    """While inside, the first Ctrl-C (SIGINT) or SIGTERM only sets the event (training stops at its next step and
+    saves the best epoch so far; a SIGTERM is recorded, so the exit status is 143); a second one interrupts at once
+    (KeyboardInterrupt, :class:`Terminated` for SIGTERM)."""
     stop = threading.Event()
 
     def handler(signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGTERM:
+            record_terminated(signum)
         if stop.is_set():
-            raise KeyboardInterrupt
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         stop.set()
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _print_trained(summary: dict, config: FusionConfig) -> None:
@@ -175,9 +192,11 @@ def _print_trained(summary: dict, config: FusionConfig) -> None:
 
 
 def _stop_interrupted(summary: dict, config: FusionConfig) -> NoReturn:
-    """Say where Ctrl-C stopped training and what was saved, and exit with 130 (as a shell does on SIGINT)."""
+    """Say where Ctrl-C (or SIGTERM) stopped training and what was saved, and exit with 130 (as a shell does on
+    SIGINT; `main` makes it 143 after SIGTERM)."""
     planned = config.weight_epochs + (config.max_epochs if summary["phase2"] else 0)
-    console.print(f"[yellow]interrupted[/] at epoch {summary['interrupted_at']} of {planned}: saved the best weights "
+    how = "stopped by SIGTERM" if terminated() else "interrupted"
+    console.print(f"[yellow]{how}[/] at epoch {summary['interrupted_at']} of {planned}: saved the best weights "
                   f"so far (epoch {summary['best_epoch']}) to {plain(summary['checkpoint'])}, marked interrupted_at "
                   f"{summary['interrupted_at']} in it and its log; `mess fuse train` again trains to the end")
     raise typer.Exit(130)
