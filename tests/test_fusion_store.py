@@ -788,6 +788,35 @@ def test_a_stop_before_the_first_epoch_ends_saves_nothing(writable: Path, tmp_pa
     assert list((writable / "reports").glob(f"{fusion_stem(writable, checkpoint)}*")) == []
 
 
+def test_a_report_says_when_its_probe_saw_fewer_tracks_than_the_run(rendered_collection: list[Path],
+                                                                    tmp_path: Path) -> None:
+    """`mess fuse report` set the probe R^2 of a `mess probe` of 12 tracks beside the weights of a network trained
+    and scored on 16 without a word. It now notes it (console, .md, ``probe_tracks_note``), and not once the probe
+    covers the run again."""
+    root, dsp = tmp_path / "store", ["--model", "dsp", "--store", str(tmp_path / "store")]
+    with closing(FeatureStore(root)) as fs:
+        extract(fs, rendered_collection[:12], load_model("dsp"), WindowPolicy())
+    runner, probe = CliRunner(), ["probe", "--control", "none", "--workers", "1", *dsp, "--json"]
+    assert (out := runner.invoke(mess_app, probe)).exit_code == 0, out.output
+    with closing(FeatureStore(root)) as fs:
+        extract(fs, rendered_collection, load_model("dsp"), WindowPolicy())
+        run = fs.run("dsp")
+        assert len(fs.tracks(run)) == len(rendered_collection) == 16
+    out = runner.invoke(mess_app, ["fuse", "train", "--label", "composer", "--weight-epochs", "2", "--max-epochs", "0",
+                                   *dsp])
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(mess_app, ["fuse", "report", "-k", "3", *dsp], env={"COLUMNS": "400"})
+    stale = f"the probe report probe-dsp-run{run.id}.json is from a probe of 12 tracks; dsp run {run.id} has 16 now"
+    assert out.exit_code == 0 and f"note: {stale}: rerun `mess probe --model dsp`" in out.output, out.output
+    out = runner.invoke(mess_app, ["fuse", "report", "-k", "3", *dsp, "--json"])
+    report = json.loads(out.stdout)
+    assert report["probe_tracks_note"].startswith(stale) and report["probe"]  # still shown, and said to be older
+    assert f"**Note:** {stale}" in Path(report["files"]["md"]).read_text()
+    assert (out := runner.invoke(mess_app, probe)).exit_code == 0, out.output
+    out = runner.invoke(mess_app, ["fuse", "report", "-k", "3", *dsp, "--json"])
+    assert out.exit_code == 0 and json.loads(out.stdout)["probe_tracks_note"] is None, out.output
+
+
 def _apply_as_before_the_run_check(fs: FeatureStore, run: Run, checkpoint: Path) -> None:
     """Fused vectors of ``run`` as `mess fuse apply` wrote them before it checked (and recorded) the run its checkpoint
     was trained on: every track through the checkpoint's network, whichever run that was."""

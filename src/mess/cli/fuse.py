@@ -265,7 +265,7 @@ def report_command(
             run = fs.run(model or result.model)
             run_note = check_compatible(result, run)
             report = compare(result, load_layers(fs, run), k)
-        attach_probe(report, fs, run.id)
+        attach_probe(report, fs, run)
         report.training_log_note = log_mismatch(fs, path)  # in the files too, not only on the console
         write_report(report, fs.reports_dir, fusion_stem(fs.root, path))
     if as_json:
@@ -274,6 +274,7 @@ def report_command(
     note(report.training_log_note)
     note(run_note)
     note(report.interrupted_note)
+    note(report.probe_tracks_note)
     table = Table(title=f"held-out {report.label} labels: {report.n_test_labels} labels, {report.n_test_tracks} tracks")
     for col in ("method", "what", f"P@{k}", "mAP", f"nDCG@{k}"):
         table.add_column(col, justify="left" if col in ("method", "what") else "right")

@@ -23,7 +23,7 @@ from mess.search.vectors import (
     Norm,
     Preprocessor,
 )
-from mess.store import FeatureStore
+from mess.store import FeatureStore, Run
 from mess.store.paths import replace_file
 
 MIN_TRACKS, MIN_LABELS = 50, 5  # below either, the held-out comparison is reported as inconclusive
@@ -59,6 +59,7 @@ class FusionReport:
     data_hash_matches: bool
     probe: dict[str, dict[str, float | None]] | None = None  # layer -> aspect -> R^2
     probe_note: str = ""
+    probe_tracks_note: str | None = None  # the probe report covers fewer tracks than the run has (attach_probe)
     training_log_note: str | None = None  # the training log describes another checkpoint (tracking.log_mismatch)
     interrupted_note: str | None = None  # the checkpoint is from a training stopped with Ctrl-C (interrupted_note)
     files: dict[str, str] = field(default_factory=dict)
@@ -191,22 +192,29 @@ def _verdict(report: FusionReport) -> tuple[str, str]:
     return verdict, caveat
 
 
-def attach_probe(report: FusionReport, store: FeatureStore, run_id: int) -> None:
-    """Add per-layer, per-aspect probe R^2 from `mess probe`'s ridge JSON report, or say why there is none."""
+def attach_probe(report: FusionReport, store: FeatureStore, run: Run) -> None:
+    """Add per-layer, per-aspect probe R^2 from `mess probe`'s ridge JSON report of ``run``, or say why there is
+    none; note (``probe_tracks_note``) when that probe saw fewer tracks than the run has now."""
     from mess.store.reports import report_paths
 
-    path = report_paths(store.reports_dir, report.model, run_id, "ridge")["json"]
+    path = report_paths(store.reports_dir, report.model, run.id, "ridge")["json"]
     if not path.exists():
         report.probe_note = f"no probe report ({path.name}); run `mess probe --model {report.model}` to compare"
         return
     try:
-        trained = json.loads(path.read_text())["conditions"]["trained"]
+        saved = json.loads(path.read_text())
+        trained = saved["conditions"]["trained"]
         table = trained.get("aspect_score") or trained["aspect_r2"]
         report.probe = {layer: dict(table.get(layer, {})) for layer in report.layer_weights}
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         report.probe_note = f"probe report {path.name} has no per-layer aspect R^2 ({exc!r})"
         return
     report.probe_note = f"probe R^2 per aspect (mean over its targets, clipped at 0) from {path.name}"
+    counted = saved.get("n_tracks")  # the tracks with targets; missing_tracks: those without
+    probed = counted + len(saved.get("missing_tracks") or []) if isinstance(counted, int) else None
+    if probed is not None and probed < (now := len(store.tracks(run))):
+        report.probe_tracks_note = (f"the probe report {path.name} is from a probe of {probed} tracks; "
+                                    f"{run.model} run {run.id} has {now} now: rerun `mess probe --model {run.model}`")
 
 
 def plot(report: FusionReport, path: Path) -> None:
@@ -249,7 +257,7 @@ def markdown(report: FusionReport) -> str:
     lines = [f"# Layer fusion: {report.model} (label = {report.label})", "", report.verdict, ""]
     if report.caveat:
         lines += [f"**Caveat:** {report.caveat}", ""]
-    for text in (report.training_log_note, report.interrupted_note):
+    for text in (report.training_log_note, report.interrupted_note, report.probe_tracks_note):
         if text:
             lines += [f"**Note:** {text}", ""]
     lines += [f"Held-out labels (never trained on): {report.n_test_labels}, tracks: {report.n_test_tracks}.", "",
