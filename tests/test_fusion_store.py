@@ -49,7 +49,7 @@ from mess.query import resolve_query
 from mess.search.query import similar_tracks
 from mess.search.vectors import VectorSpec, load_vectors
 from mess.serve.app import create_app
-from mess.store import FeatureStore, Run, StoreError, Track
+from mess.store import FeatureStore, Run, RunKey, StoreError, Track, TrackVectors
 from mess.store.reports import fusion_stem
 
 MODELS = ("dsp", "musicnn-msd")
@@ -682,6 +682,39 @@ def test_a_checkpoint_is_refused_on_another_run_of_its_model(extracted_store: Pa
         sf.write(tmp_path / "quieter.wav", 0.8 * audio, sr)
         with pytest.raises(StoreError, match=f"trained on dsp run {first.id} .max_windows 4.; run {second.id}"):
             similar_tracks(fs, second, resolve_query(fs, str(tmp_path / "quieter.wav"), second), k=3, fused=True)
+
+
+def test_a_checkpoint_of_a_run_with_other_layers_names_its_run(extracted_store: Path, tmp_path: Path) -> None:
+    """A model that gained a layer in a new revision (musicnn's `timbre`: runs 1 and 3 of the soundtrack store) made
+    `mess fuse apply` refuse a checkpoint of the older run with both runs' whole layer lists (600 characters there)
+    and no way on, though the run it was trained on was in the store; and `mess fuse report --model dsp@1` advised
+    `mess probe --model dsp`, which probes the other run. Both now name the run."""
+    root = tmp_path / "store"
+    shutil.copytree(extracted_store, root)
+    runner, store = CliRunner(), ["--store", str(root)]
+    out = runner.invoke(mess_app, ["fuse", "train", "--model", "dsp", "--label", "composer", "--weight-epochs", "2",
+                                   "--max-epochs", "0", *store, "--json"])
+    assert out.exit_code == 0, out.output
+    checkpoint = Path(json.loads(out.stdout)["checkpoint"])
+    with closing(FeatureStore(root)) as fs:
+        first = fs.run("dsp")
+        data, dims = load_layers(fs, first), first.layer_dims
+        later = fs.ensure_run(RunKey("dsp", "next", first.policy, first.sample_rate, (*first.layer_names, "extra"),
+                                     (*dims, 3)))
+        blocks = np.split(data.x, np.cumsum(dims)[:-1], axis=1)
+        fs.write_vectors(later, [TrackVectors(t.content_hash, [*(b[i] for b in blocks), np.ones(3)],
+                                              [*(b[i][None] for b in blocks), np.ones((1, 3))], [0.0])
+                                 for i, t in enumerate(data.tracks)])
+        assert fs.run("dsp").id == later.id  # as many tracks, newer: the run in use
+    out = runner.invoke(mess_app, ["fuse", "apply", "--checkpoint", str(checkpoint), *store], env={"COLUMNS": "400"})
+    said = " ".join(out.output.split())
+    assert out.exit_code == 1 and said == (
+        f"error: checkpoint was trained on dsp run {first.id} ({len(dims)} layers); run {later.id} has "
+        f"{len(dims) + 1} layers (adds extra); pick run {first.id} (--model dsp@{first.id}) or train again with "
+        "`mess fuse train`"), said
+    out = runner.invoke(mess_app, ["fuse", "report", "-k", "3", "--model", f"dsp@{first.id}", *store, "--json"])
+    assert out.exit_code == 0, out.output
+    assert f"run `mess probe --model dsp@{first.id}` to compare" in json.loads(out.stdout)["probe_note"]
 
 
 def test_two_checkpoints_of_one_file_name_keep_their_own_training_logs(writable: Path, tmp_path: Path) -> None:

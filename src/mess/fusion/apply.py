@@ -18,18 +18,34 @@ def check_compatible(result: FusionResult, run: Run) -> str | None:
     """Raise FusionError unless the checkpoint was trained on this run's layers, weights revision and window policy
     (another run of the model holds vectors the network never saw). Returns a one-line note for a checkpoint saved
     before the policy was recorded: its revision is checked, its policy cannot be."""
-    if (result.model, result.layer_names, result.layer_dims) != (run.model, run.layer_names, run.layer_dims):
+    which = f"run {result.run_id}" if result.run_id is not None else "another run"
+    that_run = f"pick run {result.run_id} (--model {result.model}@{result.run_id}) or " \
+        if result.run_id not in (None, run.id) else ""  # the same id: a checkpoint of another store
+    if result.model != run.model:
         raise FusionError(f"checkpoint was trained on {result.model} layers {list(result.layer_names)}; "
                           f"run {run.id} is {run.model} with {list(run.layer_names)}")
+    if (result.layer_names, result.layer_dims) != (run.layer_names, run.layer_dims):  # a run of another revision
+        raise FusionError(f"checkpoint was trained on {result.model} {which} ({_layers_of(result.layer_names)}); "
+                          f"run {run.id} has {_layers_of(run.layer_names, result.layer_names)}; {that_run}train "
+                          "again with `mess fuse train`")
     if (mismatch := trained_run_mismatch(result.revision, result.policy, run)) is not None:
-        which = f"run {result.run_id}" if result.run_id is not None else "another run"
-        that_run = f"pick run {result.run_id} (--model {result.model}@{result.run_id}) or " if result.run_id else ""
         raise FusionError(f"checkpoint was trained on {result.model} {which} ({mismatch[0]}); "
                           f"run {run.id} has {mismatch[1]}; {that_run}train again with `mess fuse train`")
     if result.policy is None:
         return (f"the checkpoint was saved before mess recorded the window policy of its run: cannot check that it "
                 f"was trained on run {run.id}'s vectors (train again with `mess fuse train` to record it)")
     return None
+
+
+def _layers_of(names: tuple[str, ...], other: tuple[str, ...] | None = None) -> str:
+    """'18 layers', or against ``other``: '19 layers (adds timbre)', '3 layers (lacks mfcc)', '4 layers of other
+    sizes or order'."""
+    said = f"{len(names)} layers"
+    if other is None:
+        return said
+    adds, lacks = [n for n in names if n not in other], [n for n in other if n not in names]
+    parts = [f"{verb} {', '.join(found)}" for verb, found in (("adds", adds), ("lacks", lacks)) if found]
+    return f"{said} ({'; '.join(parts)})" if parts else f"{said} of other sizes or order"
 
 
 def apply_fusion(store: FeatureStore, checkpoint: Path, model: str | None = None) -> dict:

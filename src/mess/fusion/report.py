@@ -198,8 +198,9 @@ def attach_probe(report: FusionReport, store: FeatureStore, run: Run) -> None:
     from mess.store.reports import report_paths
 
     path = report_paths(store.reports_dir, report.model, run.id, "ridge")["json"]
+    probe = f"`mess probe --model {run.model if store.run(run.model).id == run.id else f'{run.model}@{run.id}'}`"
     if not path.exists():
-        report.probe_note = f"no probe report ({path.name}); run `mess probe --model {report.model}` to compare"
+        report.probe_note = f"no probe report ({path.name}); run {probe} to compare"
         return
     try:
         saved = json.loads(path.read_text())
@@ -214,7 +215,7 @@ def attach_probe(report: FusionReport, store: FeatureStore, run: Run) -> None:
     probed = counted + len(saved.get("missing_tracks") or []) if isinstance(counted, int) else None
     if probed is not None and probed < (now := len(store.tracks(run))):
         report.probe_tracks_note = (f"the probe report {path.name} is from a probe of {probed} tracks; "
-                                    f"{run.model} run {run.id} has {now} now: rerun `mess probe --model {run.model}`")
+                                    f"{run.model} run {run.id} has {now} now: rerun {probe}")
 
 
 def plot(report: FusionReport, path: Path) -> None:
