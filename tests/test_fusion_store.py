@@ -270,6 +270,18 @@ def test_cli_train_apply_report_and_query_fusion(writable: Path) -> None:
     assert "too small to conclude" in report["caveat"]
 
 
+def test_training_without_validation_says_why(writable: Path, tmp_path: Path) -> None:
+    """`mess fuse train --val-frac 0` said "too few labels for a validation split" (the user had asked for none);
+    it now names the option, and says "too few labels" where the labels were too few (4 composers here)."""
+    runner, store = CliRunner(), ["--store", str(writable)]
+    for option, why in ((["--val-frac", "0"], "no validation labels (--val-frac 0)"),
+                        ([], "too few labels for a validation split")):
+        out = runner.invoke(_app(), ["fuse", "train", "--model", "dsp", "--label", "composer", "--weight-epochs", "1",
+                                     "--max-epochs", "0", "--checkpoint", str(tmp_path / "net.pt"), *option, *store],
+                            env={"COLUMNS": "400"})
+        assert out.exit_code == 0 and f"{why}: only the layer weights were trained" in out.output, out.output
+
+
 def test_a_retrain_killed_mid_run_leaves_the_checkpoint_and_its_log(writable: Path, tmp_path: Path) -> None:
     """The training log was rewritten every epoch: a retrain killed part-way left the old checkpoint beside
     a log of the dead run's epochs."""

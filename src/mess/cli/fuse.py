@@ -184,7 +184,8 @@ def _print_trained(summary: dict, config: FusionConfig) -> None:
         console.print(f"validation nDCG@{config.k}: {summary['val_ndcg_untrained']:.3f} untrained -> "
                       f"{summary['val_ndcg_best']:.3f}" + (" (stopped early)" if summary["stopped_early"] else ""))
     else:
-        console.print("[yellow]too few labels for a validation split:[/] only the layer weights were trained "
+        why = "no validation labels (--val-frac 0)" if config.val_frac == 0 else "too few labels for a validation split"
+        console.print(f"[yellow]{why}:[/] only the layer weights were trained "
                       f"({summary['epochs']} epochs), the projection stays the PCA it started from")
     top = sorted(summary["layer_weights"].items(), key=lambda kv: -kv[1])[:5]
     console.print("top layer weights: " + ", ".join(f"{plain(n)} {w:.2f}" for n, w in top))
