@@ -23,6 +23,8 @@ from mess.store import FeatureStore, Run
 from mess.store.paths import replace_file, resolved
 from mess.store.reports import slug
 
+MAX_RATE = 1e6  # the largest learning rate taken (far above any that trains)
+
 
 @dataclass(frozen=True)
 class FusionConfig:
@@ -56,6 +58,10 @@ class FusionConfig:
         for name in ("margin", "lr", "weights_lr", "weight_decay", "dropout"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"--{name.replace('_', '-')} must be a finite number, not {getattr(self, name)}")
+        for name in ("lr", "weights_lr"):  # AdamW divides a rate by 1 - 0.9^t: from ~3e37 a float32 overflow in torch
+            if getattr(self, name) > MAX_RATE:
+                option = f"--{name.replace('_', '-')}"
+                raise ValueError(f"{option} must be at most {MAX_RATE:g}, not {getattr(self, name):g}")
 
 
 @dataclass(frozen=True)
