@@ -100,6 +100,8 @@ class LayerFusion(nn.Module):
         return F.normalize(self.project(mixed) + self.residual(mixed), dim=-1)
 
     @torch.no_grad()
-    def mean_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """Layer weights averaged over tracks (equal to the static softmax when not gated)."""
-        return self.weights(self.layer_vectors(x)).mean(dim=0)
+    def mean_weights(self, x: torch.Tensor, batch: int = 4096) -> torch.Tensor:
+        """Layer weights averaged over tracks (equal to the static softmax when not gated), ``batch`` tracks at a
+        time: the normalised layer vectors of a whole collection are several times its size."""
+        total = sum(self.weights(self.layer_vectors(part)).sum(dim=0) for part in x.split(batch))
+        return torch.as_tensor(total) / len(x)
