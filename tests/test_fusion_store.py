@@ -522,6 +522,19 @@ def test_evaluate_does_not_crown_fused_vectors_scored_on_the_labels_they_learned
     assert "trained on these tracks' composer tags" in out.output and "mess fuse report" in out.output
     ev = json.loads(runner.invoke(app, [*args, "--label", "album", "--json"]).stdout)  # not what it learned
     assert ev["fused_trained_on"] is None and FUSED in {s["kind"] for s in ev["sets"]}
+    # a label file that groups the tracks as the composer tags do (as the soundtrack demo's manifest.csv groups them
+    # as the album tags do) was taken for other labels: the fused row could be named best on labels it learned
+    with closing(FeatureStore(root)) as fs:
+        tracks = fs.tracks(fs.run("dsp"))
+    for name, of in (("maker", lambda t: f"by {t.composer.upper()}"), ("half", lambda t: str(t.id % 2))):
+        rows = ["id,label", *(f"{t.id},{of(t)}" for t in tracks)]
+        (tmp_path / f"{name}.csv").write_text("\n".join(rows) + "\n")
+        labelled = [*args, "--labels", str(tmp_path / f"{name}.csv")]
+        ev = json.loads(runner.invoke(app, [*labelled, "--json"]).stdout)
+        assert ev["fused_trained_on"] == ("composer" if name == "maker" else None), name
+    out = runner.invoke(app, [*args, "--labels", str(tmp_path / "maker.csv")], env={"COLUMNS": "400"})
+    assert out.exit_code == 0 and f"best: {fair['name']} (mAP {fair['scores']['map']:.3f})" in out.output
+    assert "trained on these tracks' composer tags, which group them as maker.csv does" in out.output, out.output
 
 
 def test_evaluate_says_nothing_of_a_fused_row_it_left_out(extracted_store: Path, tmp_path: Path) -> None:

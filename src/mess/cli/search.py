@@ -378,8 +378,9 @@ def _print_evaluation(ev: Evaluation, model: str, k: int, norm: str, match: str,
     console.print(f"best: {plain(best.name)} (mAP {best.scores.map:.3f})" + (f"; plot -> {plain(str(png))}" if png
                                                                                 else ""))
     if ev.fused_trained_on:
+        alike = f", which group them as {plain(ev.labels_from)} does" if ev.labels_from else ""
         console.print(f"[yellow]note:[/] the fused vectors were trained on these tracks' {ev.fused_trained_on} "
-                      "tags, so their row scores labels they learned and is not named best; `mess fuse report` "
+                      f"tags{alike}, so their row scores labels they learned and is not named best; `mess fuse report` "
                       "scores them on held-out labels")
     if ev.caveat:
         console.print(f"[yellow]caveat:[/] {plain(ev.caveat)}")

@@ -79,7 +79,8 @@ class Evaluation:
     labels_from: str | None = None
     n_query_labels: int = 0  # labels with at least two tracks (the queries' labels)
     norm_note: str = ""  # when ``norm`` fell back to plain cosine (too few tracks to fit it)
-    fused_trained_on: str | None = None  # the tag the fused network was trained on, when it is the one scored
+    fused_trained_on: str | None = None  # the tag the fused network was trained on, when it (or a label file that
+    # groups the tracks alike) is the one scored
     fused_note: str = ""  # why stored fused vectors were left out (made for another run of the model)
     notes: list[str] = field(default_factory=list)  # sets ranked plain by default (large, no saved augmentation)
 
@@ -295,11 +296,25 @@ def evaluate(
         len(set(labels_arr[queries].tolist())),
         norm_note,
         # only when the fused row is scored: left out (segments, tracks without fused vectors) it crowns nothing
-        field if fused_meta and labels is None and fused_meta.get("label") == field
-        and any(s.kind == FUSED for s in sets) else None,
+        _learned(fused_meta, field, by_label, tracks, labels is not None) if any(s.kind == FUSED for s in sets)
+        else None,
         f"fused row left out: {fused_note}" if fused_note else "",
         notes,
     )
+
+
+def _learned(fused_meta: dict | None, field: str, by_label: dict[int, str], tracks: Sequence[Track],
+             from_file: bool) -> str | None:
+    """The tag the fused network was trained on when the labels scored are what it learned: that tag, or a label
+    file that groups its tracks as the tag does (every one tagged, one tag value per file label and back); else
+    None."""
+    trained = fused_meta.get("label") if fused_meta else None
+    if trained is None or not from_file:
+        return trained if trained == field else None
+    tags = {t.id: label_key(trained, t.label(trained)) for t in tracks if t.id in by_label}
+    pairs = {(by_label[i], tag) for i, tag in tags.items()}
+    alike = len({a for a, _ in pairs}) == len(pairs) == len({b for _, b in pairs})
+    return trained if tags and alike and None not in tags.values() else None
 
 
 def _setup(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
