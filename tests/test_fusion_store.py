@@ -31,7 +31,7 @@ from mess.extract.embed import embed_file
 from mess.extract.pipeline import extract
 from mess.extract.runs import run_policy
 from mess.fusion.apply import FUSED, apply_fusion, fuse_query
-from mess.fusion.data import LayerData, load_layers
+from mess.fusion.data import FusionError, LayerData, load_layers
 from mess.fusion.report import FusionReport, compare
 from mess.fusion.train import (
     FusionConfig,
@@ -373,6 +373,38 @@ def _fused_copy(extracted_store: Path, tmp_path: Path, weight_epochs: int = 2) -
             label="composer", weight_epochs=weight_epochs, max_epochs=0)), checkpoint)
         apply_fusion(fs, checkpoint, "dsp")
     return root
+
+
+def test_a_retrain_saved_while_apply_runs_is_not_taken_for_the_network_it_used(
+        extracted_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mess fuse apply` recorded the SHA-256 of the checkpoint file as it was once the vectors were fused, not of
+    the bytes it had loaded: a `mess fuse train` that saved while apply read the vectors left the old network's
+    fused vectors recorded as the new one's, and an outside file (`mess similar FILE --fused`) was fused by the new
+    network against them. The recorded hash is now the loaded network's: the query is refused until apply again."""
+    from mess.fusion import apply as apply_module
+
+    root = _fused_copy(extracted_store, tmp_path)
+    with closing(FeatureStore(root)) as fs:
+        run = fs.run("dsp")
+        checkpoint, data = checkpoint_path(fs, run), load_layers(fs, run)
+        loaded = checkpoint_digest(checkpoint)
+        retrained = train_fusion(data, FusionConfig(label="composer", weight_epochs=2, max_epochs=0, seed=7))
+        read = apply_module.load_layers
+
+        def retrain_meanwhile(store: FeatureStore, of: Run) -> LayerData:
+            save_checkpoint(retrained, checkpoint)  # a `mess fuse train` beside it saves now
+            return read(store, of)
+
+        monkeypatch.setattr(apply_module, "load_layers", retrain_meanwhile)
+        apply_fusion(fs, checkpoint, "dsp")
+        assert checkpoint_digest(checkpoint) != loaded
+        assert fs.derived_meta(run, FUSED)["checkpoint_sha256"] == loaded  # the network that made them
+        layers = np.split(data.x[0], np.cumsum(run.layer_dims)[:-1])
+        with pytest.raises(FusionError, match="has changed since `mess fuse apply`"):
+            fuse_query(fs, run, layers)
+        monkeypatch.setattr(apply_module, "load_layers", read)
+        apply_fusion(fs, checkpoint, "dsp")  # as the refusal advises
+        assert fuse_query(fs, run, layers) @ embed(retrained.network, data.x[:1])[0] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_evaluate_says_why_the_fused_row_is_left_out(extracted_store: Path, tmp_path: Path) -> None:

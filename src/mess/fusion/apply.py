@@ -9,7 +9,7 @@ import numpy as np
 
 from mess.constants import FUSED
 from mess.fusion.data import FusionError, load_layers
-from mess.fusion.train import FusionResult, checkpoint_digest, embed, load_checkpoint
+from mess.fusion.train import FusionResult, embed, load_checkpoint
 from mess.store import FeatureStore, Run
 from mess.store.fused import trained_run_mismatch
 
@@ -60,7 +60,7 @@ def apply_fusion(store: FeatureStore, checkpoint: Path, model: str | None = None
     data = load_layers(store, run)
     fused = embed(result.network, data.x)
     path, root = checkpoint.resolve(), store.root.resolve()
-    meta = {"checkpoint": str(path), "checkpoint_sha256": checkpoint_digest(checkpoint),
+    meta = {"checkpoint": str(path), "checkpoint_sha256": result.sha256,  # the network used, though retrained since
             "checkpoint_in_store": path.relative_to(root).as_posix() if path.is_relative_to(root) else None,
             "trained_on": {"run_id": result.run_id, "revision": result.revision, "policy": result.policy},
             "label": result.config.label,
@@ -81,7 +81,7 @@ def fuse_query(store: FeatureStore, run: Run, layer_vectors: Sequence[np.ndarray
     result = load_checkpoint(checkpoint)
     check_compatible(result, run)
     # retrained since (None: an older apply)
-    if meta.get("checkpoint_sha256") not in (None, checkpoint_digest(checkpoint)):
+    if meta.get("checkpoint_sha256") not in (None, result.sha256):
         raise FusionError(f"{checkpoint} has changed since `mess fuse apply` wrote the collection's fused vectors "
                           "(a new `mess fuse train`?); run `mess fuse apply` again so that both come from one network")
     x = np.concatenate([np.asarray(v, dtype=np.float32).ravel() for v in layer_vectors])[None]

@@ -96,6 +96,7 @@ class FusionResult:
     policy: str | None = None  # the trained run's window policy JSON (None: a checkpoint from before it was saved)
     run_id: int | None = None
     interrupted_at: int | None = None  # the last epoch done when training was stopped (None: it ran to its end)
+    sha256: str | None = None  # of the checkpoint file it was loaded from (:func:`load_checkpoint`), as read
 
     @property
     def stopped_early(self) -> bool:
@@ -283,7 +284,8 @@ def checkpoint_digest(path: Path) -> str:
 
 
 def load_checkpoint(path: Path) -> FusionResult:
-    """Read a checkpoint written by :func:`save_checkpoint`."""
+    """Read a checkpoint written by :func:`save_checkpoint`, with the SHA-256 of the bytes read (``sha256``: the
+    identity of this network, though the file is replaced since)."""
     if not path.exists():
         raise FusionError(f"no fusion checkpoint at {path}; run `mess fuse train` first")
     if path.is_dir():
@@ -308,4 +310,4 @@ def load_checkpoint(path: Path) -> FusionResult:
     return FusionResult(network, config, saved["model"], saved["revision"], tuple(saved["layer_names"]),
                         tuple(saved["layer_dims"]), split, saved["data_hash"], saved["best_epoch"],
                         [EpochLog(**h) for h in saved["history"]], saved.get("policy"), saved.get("run_id"),
-                        saved.get("interrupted_at"))
+                        saved.get("interrupted_at"), hashlib.sha256(data).hexdigest())
