@@ -684,3 +684,22 @@ def test_mpd_radio_leaves_out_copies_of_the_songs_queued_after_the_seed(rendered
         queue = lib.queue()
     assert queue[:1] == [pieces[0].name] and queue[-1] == pieces[1].name and len(queue) > 2
     assert "zz-copy.flac" not in queue
+
+
+def test_mpd_play_without_music_dir_queues_each_file_not_a_namesake_higher_up(rendered_collection: list[Path],
+                                                                             tmp_path: Path) -> None:
+    """Without --music-dir a file was queued as the first of MPD's songs whose URI ended its path: music/sub/x.flac
+    became MPD's x.flac (music/x.flac, another piece), so the playlist played that one twice."""
+    root = tmp_path.resolve()
+    music, home = root / "music", root / "mpd"
+    (music / "sub").mkdir(parents=True)
+    home.mkdir()
+    shutil.copy(rendered_collection[0], music / "x.flac")
+    shutil.copy(rendered_collection[5], music / "sub" / "x.flac")
+    playlist = root / "list.m3u8"
+    playlist.write_text("music/sub/x.flac\nmusic/x.flac\n")
+    with _mpd(music, home) as port:
+        library = Library(port, root, [], "")
+        out = library.mpd("play", str(playlist))
+        assert out.exit_code == 0, out.output
+        assert library.queue() == ["sub/x.flac", "x.flac"]

@@ -127,12 +127,15 @@ def collection_path(music_dir: Path, uri: str, paths: Container[str]) -> str:
 
 def song_uri(client: MPDClient, path: Path, music_dir: Path | None = None) -> str | None:
     """MPD's URI for a file: relative to ``music_dir`` when inside it, else looked up by file name (never a
-    URI naming another file of ``music_dir``). Not checked against MPD's database: see :func:`known_uris`."""
+    URI naming another file of ``music_dir``; without ``music_dir``, of the songs whose URI ends the path, the one
+    with the longest: ``/music/sub/x.ogg`` is MPD's ``sub/x.ogg``, not its ``x.ogg``, which is ``/music/x.ogg``). Not
+    checked against MPD's database: see :func:`known_uris`."""
     path = Path(path)
     if not _sendable(path):
         return None
     if music_dir is not None and path.is_relative_to(music_dir):
         return path.relative_to(music_dir).as_posix()
+    tails = []
     for song in client.search("file", path.name):
         uri = song.get("file", "")
         other = music_dir / uri if music_dir is not None else None  # the file MPD means, as seen from here
@@ -140,8 +143,8 @@ def song_uri(client: MPDClient, path: Path, music_dir: Path | None = None) -> st
             if resolved(other) == resolved(path):  # also through a symbolic link in the music folder
                 return uri
         elif str(path).endswith("/" + uri):
-            return uri
-    return None
+            tails.append(uri)
+    return max(tails, key=len, default=None)
 
 
 def known_uris(client: MPDClient, paths: Sequence[Path], music_dir: Path | None = None) -> tuple[list[str], list[Path]]:
