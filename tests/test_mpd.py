@@ -703,3 +703,25 @@ def test_mpd_play_without_music_dir_queues_each_file_not_a_namesake_higher_up(re
         out = library.mpd("play", str(playlist))
         assert out.exit_code == 0, out.output
         assert library.queue() == ["sub/x.flac", "x.flac"]
+
+
+def test_mpd_radio_slower_than_mpds_connection_timeout_is_still_queued(library: Library, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """MPD closes a connection idle for its connection_timeout (60 s by default; a radio whose current song changed
+    since extraction is embedded again first, minutes with a large model on a CPU): the radio was then lost with
+    "lost the connection to MPD ... did it stop or restart?"; mess now connects again and queues it."""
+    import mess.playlists.mpd as player
+
+    def slow(*args: object, **kwargs: object) -> object:
+        time.sleep(2.5)  # the computation outlasts MPD's connection_timeout of 1 s below
+        return radio(*args, **kwargs)
+
+    with _mpd(library.root / "music", tmp_path, settings='connection_timeout "1"\n') as port:
+        other = Library(port, library.root, library.songs, library.dup)
+        seed = library.songs[0]
+        other.set_queue([seed])
+        monkeypatch.setattr(player, "radio", slow)
+        out = other.radio("-n", "10", "--json")
+        assert out.exit_code == 0, out.output
+        queued = json.loads(out.stdout)["queued"]
+        assert len(queued) > 1 and other.queue() == [seed, *queued]  # this MPD's database has new.flac too

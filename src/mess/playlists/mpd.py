@@ -39,19 +39,9 @@ class PlayerError(Exception):
 def connect(host: str = "localhost", port: int = DEFAULT_PORT, password: str | None = None,
             timeout: float = 10.0) -> Iterator[MPDClient]:
     """A connected client, closed afterwards; PlayerError when MPD does not answer, refuses a command or goes away."""
-    client = MPDClient()
+    client = _Client((host, port, password))
     client.timeout = timeout
-    try:
-        client.connect(host, port)
-        _keep_raw_names(client)
-    except (OSError, MPDConnectionError, CommandError) as exc:
-        raise PlayerError(f"cannot reach MPD at {host}:{port} ({exc}); is mpd running?") from exc
-    try:
-        if password:
-            client.password(password)
-    except CommandError as exc:
-        client.disconnect()
-        raise PlayerError(f"MPD at {host}:{port} refused the password ({exc})") from exc
+    _open(client)
     try:
         yield client
     except CommandError as exc:
@@ -65,6 +55,46 @@ def connect(host: str = "localhost", port: int = DEFAULT_PORT, password: str | N
             client.disconnect()
         except (OSError, MPDConnectionError):
             pass
+
+
+class _Client(MPDClient):
+    """python-mpd2's client, knowing the MPD it was asked to reach (host, port, password) for :func:`awake`."""
+
+    def __init__(self, address: tuple[str, int, str | None]) -> None:
+        super().__init__()
+        self.address = address
+
+
+def _open(client: _Client) -> None:
+    """Connect ``client`` to its MPD and give the password; PlayerError when MPD does not answer or refuses it."""
+    host, port, password = client.address
+    try:
+        client.connect(host, port)
+        _keep_raw_names(client)
+    except (OSError, MPDConnectionError, CommandError) as exc:
+        raise PlayerError(f"cannot reach MPD at {host}:{port} ({exc}); is mpd running?") from exc
+    try:
+        if password:
+            client.password(password)
+    except CommandError as exc:
+        client.disconnect()
+        raise PlayerError(f"MPD at {host}:{port} refused the password ({exc})") from exc
+
+
+def awake(client: MPDClient) -> None:
+    """Connect ``client`` (one :func:`connect` made) again when MPD has closed the connection meanwhile: MPD closes
+    one idle for its connection_timeout (60 s by default), which a radio can outlast (a seed embedded again). When
+    MPD does not answer again, the lost connection's error is raised (:func:`connect` says so)."""
+    if not isinstance(client, _Client):
+        return
+    try:
+        client.ping()
+    except (MPDConnectionError, ConnectionError) as lost:
+        client.disconnect()
+        try:
+            _open(client)
+        except PlayerError:
+            raise lost from None
 
 
 class _Line(bytes):
@@ -282,6 +312,7 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
             break
         gone += newly
     playlist = with_gone_note(playlist, [t.path for t in gone])
+    awake(client)
     uris, unknown = known_uris(client, [Path(t.path) for t in playlist.tracks], music_dir)
     if playlist.tracks and not uris:
         raise PlayerError("MPD's database has none of the radio's tracks (update MPD's database?); "
