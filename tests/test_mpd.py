@@ -725,3 +725,29 @@ def test_mpd_radio_slower_than_mpds_connection_timeout_is_still_queued(library: 
         assert out.exit_code == 0, out.output
         queued = json.loads(out.stdout)["queued"]
         assert len(queued) > 1 and other.queue() == [seed, *queued]  # this MPD's database has new.flac too
+
+
+def test_mpd_radio_when_the_queue_holds_every_other_track_says_so(rendered_collection: list[Path],
+                                                                 tmp_path: Path) -> None:
+    """With every other track of the collection queued after the current song, the radio queued nothing and said
+    only "only 0 tracks fit (artists spread, no duplicates)", as if the collection lacked tracks; it now says that
+    the songs queued already were left out."""
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.registry import load_model
+
+    music, home = tmp_path / "music", tmp_path / "mpd-home"
+    music.mkdir()
+    home.mkdir()
+    for piece in rendered_collection[0:16:4]:
+        shutil.copy(piece, music)
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        assert not extract(store, sorted(music.iterdir()), load_model("dsp"), WindowPolicy()).failed
+    songs = sorted(p.name for p in music.iterdir())
+    with _mpd(music, home) as port:
+        lib = Library(port, tmp_path, songs, "")
+        lib.set_queue(songs)
+        out = lib.radio("-n", "10")
+        assert out.exit_code == 0, out.output
+        assert lib.queue() == songs
+    assert "queued 0 tracks" in out.output and "none of the 3 queued already" in out.output.replace("\n", " ")

@@ -89,7 +89,8 @@ def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 3
         picked.append(row)
     label = ", ".join(s.label for s in seeds)
     fit = "1 track fits" if len(picked) == 1 else f"{len(picked)} tracks fit"
-    short = "" if len(picked) == n else f"only {fit} (artists spread, no duplicates)"
+    queued = f", none of the {len(heard)} queued already" if heard else ""  # else 'only 0 fit' of a whole collection
+    short = "" if len(picked) == n else f"only {fit} (artists spread, no duplicates{queued})"
     note = "; ".join(x for x in (short, *notes) if x)
     return Playlist(f"radio: {label}", tuple(by_id[int(vs.ids[r])] for r in picked),
                     tuple(float(closeness[r]) for r in picked), note)
