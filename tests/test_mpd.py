@@ -751,3 +751,34 @@ def test_mpd_radio_when_the_queue_holds_every_other_track_says_so(rendered_colle
         assert out.exit_code == 0, out.output
         assert lib.queue() == songs
     assert "queued 0 tracks" in out.output and "none of the 3 queued already" in out.output.replace("\n", " ")
+
+
+def _pid_of(argument: str) -> int:
+    """The id of the process started with ``argument`` on its command line."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and argument.encode() in (proc / "cmdline").read_bytes().split(b"\0"):
+                return int(proc.name)
+        except OSError:  # gone meanwhile
+            continue
+    raise LookupError(argument)
+
+
+def test_mpd_that_stops_answering_mid_command_is_one_line(rendered_collection: list[Path], tmp_path: Path) -> None:
+    """An MPD that hangs while mess talks to it (stopped, or blocked on a disk) made the next command end in a
+    TimeoutError traceback; it is now a PlayerError saying MPD did not answer."""
+    import signal
+
+    music, home = tmp_path / "music", tmp_path / "mpd-home"
+    music.mkdir()
+    home.mkdir()
+    shutil.copy(rendered_collection[0], music)
+    with _mpd(music, home) as port:
+        pid = _pid_of(str(home / "mpd.conf"))
+        try:
+            with pytest.raises(PlayerError, match="did not answer within 1 s"), \
+                    connect("127.0.0.1", port, timeout=1) as client:
+                os.kill(pid, signal.SIGSTOP)
+                client.status()
+        finally:
+            os.kill(pid, signal.SIGCONT)

@@ -49,6 +49,9 @@ def connect(host: str = "localhost", port: int = DEFAULT_PORT, password: str | N
     except (MPDConnectionError, ConnectionError) as exc:  # python-mpd2's, or the socket's (reset, broken pipe)
         raise PlayerError(f"lost the connection to MPD at {host}:{port} ({exc}): did it stop or restart? Check its "
                           "queue and run the command again") from exc
+    except TimeoutError as exc:  # MPD hangs (stopped, or blocked on a disk that does not answer)
+        raise PlayerError(f"MPD at {host}:{port} did not answer within {timeout:g} s: is it hung? Check its queue "
+                          "and run the command again") from exc
     finally:
         try:
             client.close()
