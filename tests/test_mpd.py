@@ -782,3 +782,24 @@ def test_mpd_that_stops_answering_mid_command_is_one_line(rendered_collection: l
                 client.status()
         finally:
             os.kill(pid, signal.SIGCONT)
+
+
+def test_mpd_play_of_a_playlist_longer_than_mpds_command_list_limit(rendered_collection: list[Path],
+                                                                    tmp_path: Path) -> None:
+    """MPD closes the connection on a command list of its max_command_list_size (2048 KiB by default: some 20,000
+    long names): a large playlist ended in "lost the connection to MPD ... did it stop or restart?" and was never
+    queued. The commands now go in lists well below the limit (64 KiB here, which 2,000 songs pass)."""
+    music, home = tmp_path / "music", tmp_path / "mpd-home"
+    music.mkdir()
+    home.mkdir()
+    names = [p.name for p in rendered_collection[0:16:4]]
+    for piece in rendered_collection[0:16:4]:
+        shutil.copy(piece, music)
+    playlist = tmp_path / "all.m3u8"
+    playlist.write_text("".join(f"{music / name}\n" for name in names * 500))
+    with _mpd(music, home, settings='max_command_list_size "64"\n') as port:
+        lib = Library(port, tmp_path, names, "")
+        lib.set_queue(names[:1])
+        out = lib.mpd("play", str(playlist), "--music-dir", str(music))
+        assert out.exit_code == 0, out.output
+        assert lib.queue() == names * 500

@@ -11,6 +11,7 @@ UTF-8 travel both ways as the disk has them (python-mpd2 alone raised on reading
 
 from __future__ import annotations
 
+import os
 from collections.abc import Container, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import groupby
@@ -29,6 +30,7 @@ from mess.store.paths import resolved
 
 DEFAULT_PORT = 6600
 MAX_PRIORITY = 255  # MPD's highest song priority (random mode plays higher ones first)
+LIST_BYTES = 64 * 1024  # a command list's size at most: MPD closes the connection on one of max_command_list_size
 
 
 class PlayerError(Exception):
@@ -181,18 +183,32 @@ def song_uri(client: MPDClient, path: Path, music_dir: Path | None = None) -> st
 
 
 def known_uris(client: MPDClient, paths: Sequence[Path], music_dir: Path | None = None) -> tuple[list[str], list[Path]]:
-    """MPD's URIs of the files its database holds, in order, and the files it lacks (checked in one command list)."""
+    """MPD's URIs of the files its database holds, in order, and the files it lacks (checked in command lists)."""
     uris = [song_uri(client, Path(p), music_dir) for p in paths]
     found: list[list[dict]] = []
-    if any(uris):
+    for batch in _lists([(uri,) for uri in uris if uri]):
         client.command_list_ok_begin()
-        for uri in filter(None, uris):
+        for (uri,) in batch:
             client.find("file", uri)
-        found = list(client.command_list_end())
+        found += client.command_list_end()
     songs = iter(found)
     known = [bool(uri) and bool(next(songs)) for uri in uris]
     return ([u for u, k in zip(uris, known, strict=True) if u and k],
             [Path(p) for p, k in zip(paths, known, strict=True) if not k])
+
+
+def _lists(commands: Sequence[tuple]) -> Iterator[Sequence[tuple]]:
+    """``commands`` (the arguments of one command each) cut into runs that each fit one command list: MPD closes the
+    connection on a list of its max_command_list_size (2048 KiB by default), e.g. a playlist of 20,000 long names."""
+    start, size = 0, 0
+    for i, args in enumerate(commands):
+        cost = 32 + sum(2 * len(os.fsencode(str(a))) for a in args)  # escaped quotes and backslashes count twice
+        if i > start and size + cost > LIST_BYTES:
+            yield commands[start:i]
+            start, size = i, 0
+        size += cost
+    if start < len(commands):
+        yield commands[start:]
 
 
 def _queue_length(client: MPDClient) -> int:
@@ -212,14 +228,16 @@ def _append(client: MPDClient, uris: Sequence[str], at: int | None = None) -> li
     """Put ``uris`` into MPD's queue from position ``at`` on (else at its end), all or none (when MPD refuses one,
     those it added are removed by song id); returns their song ids."""
     start = _queue_length(client) if at is None else at
-    client.command_list_ok_begin()
-    for i, uri in enumerate(uris):
-        client.addid(uri, start + i)
     ids: list[str] = []
-    client.iterate = True  # the ids one by one: those MPD added before refusing one are known
     try:
-        for song_id in client.command_list_end():
-            ids.append(str(song_id))
+        for batch in _lists(list(enumerate(uris))):
+            client.command_list_ok_begin()
+            for i, uri in batch:
+                client.addid(uri, start + i)
+            client.iterate = True  # the ids one by one: those MPD added before refusing one are known
+            for song_id in client.command_list_end():
+                ids.append(str(song_id))
+            client.iterate = False
     except CommandError as exc:
         client.iterate = False
         _remove(client, dict(zip(ids, uris, strict=False)))
@@ -233,10 +251,10 @@ def _remove(client: MPDClient, songs: Mapping[str, str]) -> None:
     """Remove the queued songs ``songs`` (song id: URI) by id, those still queued as they were: positions move as
     other clients edit the queue, and a song one of them removed meanwhile, or an id now naming another song, is
     left alone."""
-    ids = [s["id"] for s in client.playlistinfo() if songs.get(s["id"]) == s["file"]]
-    if ids:
+    ids = [(s["id"],) for s in client.playlistinfo() if songs.get(s["id"]) == s["file"]]
+    for batch in _lists(ids):
         client.command_list_ok_begin()
-        for song_id in ids:
+        for (song_id,) in batch:
             client.deleteid(song_id)
         client.command_list_end()
 
@@ -263,10 +281,11 @@ def play_first(client: MPDClient, ids: Sequence[str]) -> int:
     for prio, group in groupby(held, key=itemgetter(0)):
         level = max(min(prio, level - 1), 1)
         changes += [(level, song_id) for _, song_id in group if level != prio]
-    client.command_list_ok_begin()
-    for prio, song_id in changes:
-        client.prioid(prio, song_id)
-    client.command_list_end()
+    for batch in _lists(changes):
+        client.command_list_ok_begin()
+        for prio, song_id in batch:
+            client.prioid(prio, song_id)
+        client.command_list_end()
     return min(len(ids), MAX_PRIORITY)
 
 
