@@ -442,6 +442,9 @@ def test_mpd_host_may_carry_the_password_as_mpc_reads_it(rendered_collection: li
             assert [s["file"] for s in client.playlistinfo()] == [p.name for p in rendered_collection[:2]]
         out = play("wrong@127.0.0.1")
         assert out.exit_code == 1 and out.output.count("\n") == 1 and "refused the password" in out.output
+        out = play("127.0.0.1")  # said only that MPD refused the command: no word of how to give mess the password
+        assert out.exit_code == 1 and out.output.count("\n") == 1 and "permission" in out.output, out.output
+        assert "--host PASSWORD@HOST" in out.output
         assert "wrong" not in out.output.replace("incorrect password", "")
 
 

@@ -47,7 +47,9 @@ def connect(host: str = "localhost", port: int = DEFAULT_PORT, password: str | N
     try:
         yield client
     except CommandError as exc:
-        raise PlayerError(f"MPD refused a command: {exc}") from exc
+        locked = str(exc).startswith("[4@") and not password  # ACK_ERROR_PERMISSION: this MPD has a password
+        hint = "; it has a password: give it as --host PASSWORD@HOST (or MPD_HOST=PASSWORD@HOST)" if locked else ""
+        raise PlayerError(f"MPD refused a command: {exc}{hint}") from exc
     except (MPDConnectionError, ConnectionError) as exc:  # python-mpd2's, or the socket's (reset, broken pipe)
         raise PlayerError(f"lost the connection to MPD at {host}:{port} ({exc}): did it stop or restart? Check its "
                           "queue and run the command again") from exc
