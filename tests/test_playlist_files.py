@@ -347,3 +347,19 @@ def test_a_playlist_is_never_written_over_the_stores_own_files(tmp_path: Path) -
     assert (store / "catalog.sqlite").read_bytes() == catalog and not list((store / "runs").glob("*.m3u8"))
     check = runner.invoke(app, ["check", "--store", str(store)])
     assert check.exit_code == 0 and "ok" in check.output, check.output
+
+
+def test_xspf_file_uris_are_read_in_every_form_rfc_8089_allows(tmp_path: Path) -> None:
+    """XSPF locations are URIs: 'file:/music/x.flac' (the form Java's File.toURI writes) and 'FILE:///...' (schemes
+    are case-insensitive) were read as relative paths under the playlist's folder, so `mess mpd play` skipped those
+    tracks as no longer on disk."""
+    music = tmp_path.resolve() / "my music"
+    files = [_flac(music / f"{i} #x.flac", i) for i in range(4)]
+    quoted = [f.as_uri().removeprefix("file://") for f in files]
+    forms = [f"file:{quoted[0]}", f"FILE://{quoted[1]}", f"file://localhost{quoted[2]}", f"file://{quoted[3]}"]
+    playlist = tmp_path / "other" / "java.xspf"
+    playlist.parent.mkdir()
+    tracks = "".join(f"<track><location>{u}</location></track>" for u in forms)
+    playlist.write_text(f'<?xml version="1.0" encoding="UTF-8"?>\n<playlist version="1" xmlns="{XSPF_NS}">'
+                        f"<trackList>{tracks}</trackList></playlist>")
+    assert read_playlist(playlist) == files

@@ -161,9 +161,11 @@ def read_playlist(path: Path) -> list[Path]:
 
 
 def _resolve(entry: str, folder: Path, uri: bool = False) -> Path:
-    """An entry (a path; with ``uri`` a percent-encoded relative or file:// URI) as an absolute path."""
-    if entry.startswith("file://"):
-        return Path(_unquote(urlparse(entry).path))
+    """An entry (a path or a file:// URI; with ``uri`` a percent-encoded relative or file: URI, in any of RFC 8089's
+    forms: file:///x, file://localhost/x, file:/x, as Java writes them, the scheme in any case) as an absolute path."""
+    parsed = urlparse(entry)
+    if parsed.scheme == "file" and (uri or parsed.netloc or entry[5:7] == "//"):  # urlparse lowercases the scheme
+        return Path(_unquote(parsed.path))
     entry = _unquote(entry) if uri else entry
     return Path(entry) if os.path.isabs(entry) else resolved(folder / entry)
 
