@@ -451,7 +451,8 @@ def test_mpd_host_may_carry_the_password_as_mpc_reads_it(rendered_collection: li
 def test_mpd_play_that_mpd_refuses_halfway_leaves_the_queue_as_it_was(rendered_collection: list[Path],
                                                                        tmp_path: Path) -> None:
     """A queue MPD caps (max_playlist_length) takes only part of a playlist: the songs it did add are taken out again
-    by their song ids, and the queue is as it was."""
+    by their song ids, and the queue is as it was. A playlist that fits the cap replaces a queue (it was refused:
+    the new songs were added before the old were removed, so a full queue could never be replaced)."""
     music, home = tmp_path / "music", tmp_path / "mpd"
     music.mkdir()
     home.mkdir()
@@ -463,10 +464,20 @@ def test_mpd_play_that_mpd_refuses_halfway_leaves_the_queue_as_it_was(rendered_c
     with _mpd(music, home, settings='max_playlist_length "5"\n') as port:
         library = Library(port, tmp_path, names, "")
         library.set_queue(names[:3])
-        for args in (["--append"], []):
-            out = library.mpd("play", str(playlist), *args)
-            assert out.exit_code == 1 and "refused to queue the tracks" in out.output, out.output
-            assert library.queue() == names[:3]
+        out = library.mpd("play", str(playlist), "--append")
+        assert out.exit_code == 1 and "refused to queue the tracks" in out.output, out.output
+        assert library.queue() == names[:3]
+        out = library.mpd("play", str(playlist))
+        assert out.exit_code == 0, out.output
+        assert library.queue() == names[3:]
+        playlist.write_text("".join(f"{music / n}\n" for n in names[:6]))  # more than MPD's queue takes
+        with connect("127.0.0.1", port) as client:
+            before = client.status()
+        out = library.mpd("play", str(playlist))
+        assert out.exit_code == 1 and "refused to queue the tracks" in out.output, out.output
+        assert library.queue() == names[3:]
+        with connect("127.0.0.1", port) as client:  # left alone: the same songs, still playing
+            assert {k: client.status()[k] for k in ("state", "songid")} == {k: before[k] for k in ("state", "songid")}
 
 
 @pytest.mark.parametrize("state", ["play", "pause", "stop"])

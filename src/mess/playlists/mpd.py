@@ -243,10 +243,18 @@ def _append(client: MPDClient, uris: Sequence[str], at: int | None = None) -> li
     except CommandError as exc:
         client.iterate = False
         _remove(client, dict(zip(ids, uris, strict=False)))
-        raise PlayerError(f"MPD refused to queue the tracks ({exc}); the queue is unchanged") from exc
+        raise _Refused(f"MPD refused to queue the tracks ({exc}); the queue is unchanged", len(ids)) from exc
     finally:
         client.iterate = False
     return ids
+
+
+class _Refused(PlayerError):
+    """MPD refused a song of those :func:`_append` queued, after taking ``added`` of them (taken out again)."""
+
+    def __init__(self, message: str, added: int) -> None:
+        super().__init__(message)
+        self.added = added
 
 
 def _remove(client: MPDClient, songs: Mapping[str, str]) -> None:
@@ -259,6 +267,28 @@ def _remove(client: MPDClient, songs: Mapping[str, str]) -> None:
         for (song_id,) in batch:
             client.deleteid(song_id)
         client.command_list_end()
+
+
+def _replace(client: MPDClient, uris: Sequence[str], queue: Sequence[dict]) -> list[str]:
+    """Put ``uris`` in place of the queued songs ``queue`` (MPD refusing them, the queue is left as it was): added
+    first, then the old songs removed; when MPD's queue cannot hold both (its max_playlist_length, 16,384 songs by
+    default: a queue filled with a whole library) but could hold the new ones (as many as it took before refusing,
+    and the old), the old are removed first. Returns the new songs' ids."""
+    old = {s["id"]: s["file"] for s in queue}
+    try:
+        ids = _append(client, uris)
+    except _Refused as exc:
+        full = str(exc.__cause__).startswith("[51@")  # ACK_ERROR_PLAYLIST_MAX: the queue is full
+        if not full or len(uris) > exc.added + len(old):
+            raise
+        _remove(client, old)
+        try:
+            return _append(client, uris)
+        except PlayerError:  # another client filled the queue meanwhile: the old songs back, in their order
+            _append(client, list(old.values()))
+            raise
+    _remove(client, old)
+    return ids
 
 
 def play_first(client: MPDClient, ids: Sequence[str]) -> int:
@@ -376,9 +406,7 @@ def play_files(client: MPDClient, paths: Sequence[Path], *, append: bool = False
         raise PlayerError(f"MPD's database has none of the playlist's files ({folder} "
                           "update MPD's database?); the queue is unchanged")
     status, queue = _snapshot(client)
-    ids = _append(client, uris)
-    if not append:
-        _remove(client, {s["id"]: s["file"] for s in queue})
+    ids = _append(client, uris) if append else _replace(client, uris, queue)
     if not append or status.get("state") == "stop":
         client.playid(ids[0])
     return uris, unknown, gone
