@@ -817,3 +817,32 @@ def test_mpd_play_of_a_playlist_longer_than_mpds_command_list_limit(rendered_col
         out = lib.mpd("play", str(playlist), "--music-dir", str(music))
         assert out.exit_code == 0, out.output
         assert lib.queue() == names * 500
+
+
+def test_mpd_radio_clear_replaces_the_songs_after_the_current_one_in_a_full_queue(rendered_collection: list[Path],
+                                                                                  tmp_path: Path) -> None:
+    """`mpd radio --clear` queued the radio before removing the songs it replaces, so in a full queue (MPD's
+    max_playlist_length, 5 here) MPD refused it; the songs after the current one now go first when only that fits."""
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.registry import load_model
+
+    music, home = tmp_path / "music", tmp_path / "mpd-home"
+    music.mkdir()
+    home.mkdir()
+    for piece in rendered_collection[0:12:2]:
+        shutil.copy(piece, music)
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        assert not extract(store, sorted(music.iterdir()), load_model("dsp"), WindowPolicy()).failed
+    songs = sorted(p.name for p in music.iterdir())
+    with _mpd(music, home, settings='max_playlist_length "5"\n') as port:
+        lib = Library(port, tmp_path, songs, "")
+        lib.set_queue(songs[:5])
+        out = lib.radio("-n", "3", "--clear", "--json")
+        assert out.exit_code == 0, out.output
+        queued = json.loads(out.stdout)["queued"]
+        assert len(queued) == 3 and lib.queue() == [songs[0], *queued]
+        lib.set_queue(songs[:5])
+        out = lib.radio("-n", "3")  # without --clear there is no room: refused, the queue as it was
+        assert out.exit_code == 1 and "refused to queue the tracks" in out.output, out.output
+        assert lib.queue() == songs[:5]

@@ -269,23 +269,23 @@ def _remove(client: MPDClient, songs: Mapping[str, str]) -> None:
         client.command_list_end()
 
 
-def _replace(client: MPDClient, uris: Sequence[str], queue: Sequence[dict]) -> list[str]:
-    """Put ``uris`` in place of the queued songs ``queue`` (MPD refusing them, the queue is left as it was): added
-    first, then the old songs removed; when MPD's queue cannot hold both (its max_playlist_length, 16,384 songs by
-    default: a queue filled with a whole library) but could hold the new ones (as many as it took before refusing,
-    and the old), the old are removed first. Returns the new songs' ids."""
-    old = {s["id"]: s["file"] for s in queue}
+def _replace(client: MPDClient, uris: Sequence[str], old: Mapping[str, str], at: int | None = None) -> list[str]:
+    """Put ``uris`` (from position ``at`` on, else at the end) in place of the queued songs ``old`` (song id: URI; MPD
+    refusing the new ones, the queue is left as it was): added first, then the old songs removed; when MPD's queue
+    cannot hold both (its max_playlist_length, 16,384 songs by default: a queue filled with a whole library) but could
+    hold the new ones (as many as it took before refusing, and the old), the old are removed first. Returns the new
+    songs' ids."""
     try:
-        ids = _append(client, uris)
+        ids = _append(client, uris, at)
     except _Refused as exc:
         full = str(exc.__cause__).startswith("[51@")  # ACK_ERROR_PLAYLIST_MAX: the queue is full
         if not full or len(uris) > exc.added + len(old):
             raise
         _remove(client, old)
         try:
-            return _append(client, uris)
+            return _append(client, uris, at)
         except PlayerError:  # another client filled the queue meanwhile: the old songs back, in their order
-            _append(client, list(old.values()))
+            _append(client, list(old.values()), at)
             raise
     _remove(client, old)
     return ids
@@ -373,12 +373,11 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
                           "the queue is unchanged")
     now = client.currentsong()  # the radio took a while: MPD may have moved on to the next song
     pos = int(now["pos"]) if "pos" in now else _queue_length(client) - 1
-    ordered = play_first(client, _append(client, uris, pos + 1))
+    cleared = {s["id"]: s["file"] for s in after if s["id"] != now.get("id")} if clear_upcoming else {}
+    ordered = play_first(client, _replace(client, uris, cleared, pos + 1))
     if 0 < ordered < len(uris):
         playlist = with_note(playlist, f"in MPD's random mode the first {ordered} play in order (its priorities run "
                              f"{MAX_PRIORITY} to 1), the other {len(uris) - ordered} after them in random order")
-    if clear_upcoming:
-        _remove(client, {s["id"]: s["file"] for s in after if s["id"] != now.get("id")})
     return playlist, uris, unknown
 
 
@@ -406,7 +405,7 @@ def play_files(client: MPDClient, paths: Sequence[Path], *, append: bool = False
         raise PlayerError(f"MPD's database has none of the playlist's files ({folder} "
                           "update MPD's database?); the queue is unchanged")
     status, queue = _snapshot(client)
-    ids = _append(client, uris) if append else _replace(client, uris, queue)
+    ids = _append(client, uris) if append else _replace(client, uris, {s["id"]: s["file"] for s in queue})
     if not append or status.get("state") == "stop":
         client.playid(ids[0])
     return uris, unknown, gone
