@@ -846,3 +846,24 @@ def test_mpd_radio_clear_replaces_the_songs_after_the_current_one_in_a_full_queu
         out = lib.radio("-n", "3")  # without --clear there is no room: refused, the queue as it was
         assert out.exit_code == 1 and "refused to queue the tracks" in out.output, out.output
         assert lib.queue() == songs[:5]
+
+
+def test_mpd_play_of_relative_entries_through_a_linked_folder(rendered_collection: list[Path], tmp_path: Path) -> None:
+    """A playlist beside the music naming 'linked/a.flac' (linked -> a folder elsewhere, MPD's song linked/a.flac)
+    was read as the link's target, so without --music-dir it was skipped as 'not in MPD's database'; the same entry
+    written as an absolute path played. Relative entries now keep the names they give."""
+    root = tmp_path.resolve()
+    music, album, home = root / "music", root / "elsewhere" / "album", root / "mpd"
+    for folder in (music, album, home):
+        folder.mkdir(parents=True)
+    shutil.copy(rendered_collection[0], music / "a.flac")
+    shutil.copy(rendered_collection[5], album / "b.flac")
+    (music / "linked").symlink_to(album)
+    playlist = music / "list.m3u8"
+    playlist.write_text("linked/b.flac\na.flac\n")
+    assert read_playlist(playlist) == [music / "linked" / "b.flac", music / "a.flac"]
+    with _mpd(music, home) as port:
+        library = Library(port, root, [], "")
+        out = library.mpd("play", str(playlist))
+        assert out.exit_code == 0, out.output
+        assert library.queue() == ["linked/b.flac", "a.flac"]

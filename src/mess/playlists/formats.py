@@ -144,7 +144,8 @@ def _content(playlist: Playlist, path: Path, fmt: str) -> bytes:
 
 def read_playlist(path: Path) -> list[Path]:
     """The absolute track paths of an M3U/M3U8 or XSPF file (relative entries resolved against its folder, for a
-    symbolic link the link's, as players resolve them)."""
+    symbolic link the link's, as players resolve them: '..' taken off as URIs resolve, symbolic links in the entries
+    kept, so that 'linked/x.ogg' stays MPD's song of that name)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise PlaylistError(f"no such playlist file: {path}")
@@ -167,7 +168,7 @@ def _resolve(entry: str, folder: Path, uri: bool = False) -> Path:
     if parsed.scheme == "file" and (uri or parsed.netloc or entry[5:7] == "//"):  # urlparse lowercases the scheme
         return Path(_unquote(parsed.path))
     entry = _unquote(entry) if uri else entry
-    return Path(entry) if os.path.isabs(entry) else resolved(folder / entry)
+    return Path(entry) if os.path.isabs(entry) else Path(os.path.normpath(folder / entry))
 
 
 def _unquote(text: str) -> str:
