@@ -867,3 +867,22 @@ def test_mpd_play_of_relative_entries_through_a_linked_folder(rendered_collectio
         out = library.mpd("play", str(playlist))
         assert out.exit_code == 0, out.output
         assert library.queue() == ["linked/b.flac", "a.flac"]
+
+
+def test_mpd_play_of_a_utf16_m3u(rendered_collection: list[Path], tmp_path: Path) -> None:
+    """An M3U saved as UTF-16 (Windows tools' "Unicode" text) was read byte by byte: entries full of NUL bytes, sent to
+    MPD as they were, ended in "MPD refused a command: ... Missing closing '\"'"; it is now read as UTF-16."""
+    root = tmp_path.resolve()
+    music, home = root / "music", root / "mpd"
+    music.mkdir()
+    home.mkdir()
+    names = ["a.flac", "café ü.flac"]
+    for name, source in zip(names, rendered_collection, strict=False):
+        shutil.copy(source, music / name)
+    playlist = root / "list.m3u"
+    playlist.write_bytes(("#EXTM3U\r\n" + "".join(f"{music / n}\r\n" for n in reversed(names))).encode("utf-16"))
+    with _mpd(music, home) as port:
+        library = Library(port, root, names, "")
+        out = library.mpd("play", str(playlist))
+        assert out.exit_code == 0, out.output
+        assert library.queue() == names[::-1]

@@ -10,6 +10,7 @@ choke on.
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -151,14 +152,25 @@ def read_playlist(path: Path) -> list[Path]:
         raise PlaylistError(f"no such playlist file: {path}")
     folder = resolved(path.parent)
     if playlist_format(path) == "m3u8":
-        data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
-        entries = [os.fsdecode(ln).strip() for ln in data.splitlines()]
+        entries = [ln.strip() for ln in _m3u_lines(path)]
         return [_resolve(e, folder) for e in entries if e and not e.startswith("#")]
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as exc:
         raise PlaylistError(f"{path} is not valid XSPF: {exc}") from exc
     return [_resolve(el.text.strip(), folder, uri=True) for el in root.iter(f"{{{XSPF_NS}}}location") if el.text]
+
+
+def _m3u_lines(path: Path) -> list[str]:
+    """The lines of an M3U file: its bytes as file names are (a UTF-8 byte-order mark dropped), or text in UTF-16
+    when it starts with that byte-order mark (Windows tools save "Unicode" text so); PlaylistError when not valid."""
+    data = path.read_bytes()
+    if not data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return [os.fsdecode(ln) for ln in data.removeprefix(codecs.BOM_UTF8).splitlines()]
+    try:
+        return re.split(r"\r\n|\r|\n", data.decode("utf-16"))
+    except UnicodeDecodeError as exc:
+        raise PlaylistError(f"{path} starts as UTF-16 text but is not valid UTF-16 ({exc.reason})") from None
 
 
 def _resolve(entry: str, folder: Path, uri: bool = False) -> Path:
