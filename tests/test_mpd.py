@@ -886,3 +886,16 @@ def test_mpd_play_of_a_utf16_m3u(rendered_collection: list[Path], tmp_path: Path
         out = library.mpd("play", str(playlist))
         assert out.exit_code == 0, out.output
         assert library.queue() == names[::-1]
+
+
+def test_mpd_play_skips_an_entry_with_a_nul_byte(library: Library) -> None:
+    """A playlist entry holding a NUL byte (a damaged or binary file) was sent to MPD, which stopped reading the line
+    there: "MPD refused a command: ... Missing closing '\"'", nothing played. It is skipped as MPD cannot have it."""
+    a, b = library.songs[:2]
+    elsewhere = library.root / "elsewhere"  # none of the entries on disk here: all are looked up in MPD's database
+    playlist = library.root / "nul.m3u8"
+    playlist.write_bytes(f"{elsewhere / a}\n".encode() + os.fsencode(str(elsewhere)) + b"/x\0y.flac\n"
+                         + f"{elsewhere / b}\n".encode())
+    out = library.mpd("play", str(playlist))
+    assert out.exit_code == 0, out.output
+    assert library.queue() == [a, b] and "not in MPD's database (skipped)" in out.output

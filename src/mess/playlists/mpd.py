@@ -137,8 +137,9 @@ def _keep_raw_names(client: MPDClient) -> None:
 
 def _sendable(path: Path) -> bool:
     """Whether MPD can be asked about ``path``: its protocol is one line per command, so a name with a line
-    break can be neither sent nor in MPD's database."""
-    return "\n" not in str(path)
+    break can be neither sent nor in MPD's database, and one with a NUL byte (no file's: a playlist's garbage) ends
+    MPD's reading of the line."""
+    return "\n" not in str(path) and "\0" not in str(path)
 
 
 def collection_track(tracks: Sequence[Track], uri: str, music_dir: Path | None = None) -> Track | None:
