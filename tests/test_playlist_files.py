@@ -363,3 +363,10 @@ def test_xspf_file_uris_are_read_in_every_form_rfc_8089_allows(tmp_path: Path) -
     playlist.write_text(f'<?xml version="1.0" encoding="UTF-8"?>\n<playlist version="1" xmlns="{XSPF_NS}">'
                         f"<trackList>{tracks}</trackList></playlist>")
     assert read_playlist(playlist) == files
+
+
+def test_playing_a_folder_says_it_is_a_folder(tmp_path: Path) -> None:
+    """`mess mpd play CLUSTERS_FOLDER` said 'no such playlist file' of a folder that is there."""
+    out = runner.invoke(app, ["mpd", "play", str(tmp_path), "--port", "1"])
+    assert out.exit_code == 1 and out.output.count("\n") == 1, out.output
+    assert f"{tmp_path} is a folder; give a playlist file in it" in out.output

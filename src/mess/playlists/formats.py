@@ -148,6 +148,8 @@ def read_playlist(path: Path) -> list[Path]:
     symbolic link the link's, as players resolve them: '..' taken off as URIs resolve, symbolic links in the entries
     kept, so that 'linked/x.ogg' stays MPD's song of that name)."""
     path = Path(path).expanduser()
+    if path.is_dir():  # was 'no such playlist file', which it is, as a folder
+        raise PlaylistError(f"{path} is a folder; give a playlist file in it (.m3u8, .m3u or .xspf)")
     if not path.is_file():
         raise PlaylistError(f"no such playlist file: {path}")
     folder = resolved(path.parent)
