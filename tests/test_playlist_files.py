@@ -4,6 +4,7 @@ characters; written, parsed and read back, through the API and the CLI."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import stat
@@ -370,3 +371,26 @@ def test_playing_a_folder_says_it_is_a_folder(tmp_path: Path) -> None:
     out = runner.invoke(app, ["mpd", "play", str(tmp_path), "--port", "1"])
     assert out.exit_code == 1 and out.output.count("\n") == 1, out.output
     assert f"{tmp_path} is a folder; give a playlist file in it" in out.output
+
+
+def test_a_seed_typed_composed_finds_a_file_saved_decomposed(tmp_path: Path) -> None:
+    """A file saved with a decomposed name (NFD, as macOS saves 'Café') was an 'unknown track' when typed (NFC) as a
+    radio's seed or a path's end, by name or by path."""
+    import unicodedata
+
+    music = tmp_path.resolve() / "music"
+    nfd = unicodedata.normalize("NFD", "Café.flac")
+    for i, name in enumerate([nfd, "other.flac", "third.flac"]):
+        _flac(music / name, i)
+    store = tmp_path / "store"
+    out = runner.invoke(app, ["extract", str(music), "--model", "dsp", "--store", str(store)])
+    assert out.exit_code == 0, out.output
+    typed = unicodedata.normalize("NFC", "Café.flac")
+    assert typed != nfd
+    for seed in (typed, str(music / typed)):
+        out = runner.invoke(app, ["playlist", "radio", seed, "-n", "2", "--store", str(store), "--json"])
+        assert out.exit_code == 0, out.output
+        assert {Path(t["path"]).name for t in json.loads(out.stdout)["tracks"]} == {"other.flac", "third.flac"}
+    out = runner.invoke(app, ["playlist", "path", "other.flac", typed, "-n", "3", "--store", str(store), "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["tracks"][-1]["path"] == str(music / nfd)

@@ -20,6 +20,7 @@ import sqlite3
 import sys
 import threading
 import time
+import unicodedata
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -571,7 +572,7 @@ class FeatureStore:
         at = self.track_at(key)
         if at is not None:
             return at
-        rows = self._named(Path(key).name)
+        rows = self._named(Path(key).name) or self._normalised(key)
         if len(rows) > 1:
             found = [Track.from_row(r) for r in rows]
             listed = "; ".join(f"{t.id}: {printable(t.path)}" for t in found[:5]) + ("; ..." if len(found) > 5 else "")
@@ -595,6 +596,19 @@ class FeatureStore:
             return [r for r in rows if Path(from_db_path(r["path"])).name == name]
         pattern = "%/" + name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         return self._query(sql + "path LIKE ? ESCAPE '\\' ORDER BY id", (pattern,))
+
+    def _normalised(self, ref: str) -> list[sqlite3.Row]:
+        """Catalog rows of the file whose path, else of the files whose name, is ``ref`` in another Unicode form: a
+        name typed composed (NFC) for a file saved decomposed (NFD, as macOS saves names), or the other way."""
+        def nfc(text: str) -> str:
+            return unicodedata.normalize("NFC", text)
+
+        if nfc(ref) == unicodedata.normalize("NFD", ref):  # nothing to compose or decompose: matched as it is
+            return []
+        path, name = nfc(str(resolved(Path(ref).expanduser()))), nfc(Path(ref).name)
+        rows = self._query(f"SELECT {_TRACK_COLS} FROM tracks ORDER BY id")
+        at = [r for r in rows if nfc(from_db_path(r["path"])) == path]
+        return at or [r for r in rows if nfc(Path(from_db_path(r["path"])).name) == name]
 
     def remove_tracks(self, paths: Iterable[str]) -> int:
         """Forget tracks by path (their vectors stay cached by content hash)."""
