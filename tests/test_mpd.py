@@ -899,3 +899,53 @@ def test_mpd_play_skips_an_entry_with_a_nul_byte(library: Library) -> None:
     out = library.mpd("play", str(playlist))
     assert out.exit_code == 0, out.output
     assert library.queue() == [a, b] and "not in MPD's database (skipped)" in out.output
+
+
+@contextmanager
+def _http(folder: Path) -> Iterator[str]:
+    """An HTTP server of ``folder``'s files on a loopback port (as `mess serve` streams tracks); yields its base URL."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        thread.join()
+
+
+@pytest.mark.parametrize("ext", ["m3u8", "xspf"])
+def test_mpd_play_hands_stream_urls_to_mpd(library: Library, ext: str) -> None:
+    """`mess serve`'s playlists name tracks by URL (http://HOST/api/tracks/ID/audio): `mess mpd play` read each URL as
+    a file path under the playlist's folder ('no longer on disk (skipped): .../http:/127.0.0.1...'), and a playlist of
+    URLs only as 'MPD's database has none of the playlist's files'. URLs now go to MPD as they are, in order."""
+    from mess.playlists.formats import render
+    from mess.playlists.playlist import Playlist
+    from mess.store import Track
+
+    a, b = library.songs[:2]
+    file = library.root / "music" / a
+    tracks = (Track(1, "web", "h1", 1.0, None, None, "web", None, None),
+              Track(2, str(file), "h2", 1.0, None, None, "a", None, None))
+    with _http(library.root / "music") as base:
+        url = f"{base}/{b}"
+        locations = {1: url, 2: str(file) if ext == "m3u8" else file.as_uri()}
+        playlist = library.root / f"web.{ext}"  # as the server writes it, a local file beside
+        playlist.write_text(render(Playlist("mix", tracks, (1.0, 1.0)), ext, locate=lambda t: locations[t.id]))
+        out = library.mpd("play", str(playlist))
+        assert out.exit_code == 0, out.output
+        assert library.queue() == [url, a] and "skipped" not in out.output, out.output
+        only = library.root / "urls.m3u8"
+        only.write_text(f"{url}\n")
+        out = library.mpd("play", str(only))
+        assert out.exit_code == 0, out.output
+        assert library.queue() == [url]
+        library.set_queue([a])  # MPD stops streaming from the server before it goes

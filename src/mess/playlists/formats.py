@@ -143,10 +143,11 @@ def _content(playlist: Playlist, path: Path, fmt: str) -> bytes:
     return render(playlist, fmt, folder if resolved(path).parent == folder else None).encode("utf-8", "surrogateescape")
 
 
-def read_playlist(path: Path) -> list[Path]:
+def read_playlist(path: Path) -> list[Path | str]:
     """The absolute track paths of an M3U/M3U8 or XSPF file (relative entries resolved against its folder, for a
     symbolic link the link's, as players resolve them: '..' taken off as URIs resolve, symbolic links in the entries
-    kept, so that 'linked/x.ogg' stays MPD's song of that name)."""
+    kept, so that 'linked/x.ogg' stays MPD's song of that name); URLs of streams (such as `mess serve`'s playlists
+    hold) as they are, strings."""
     path = Path(path).expanduser()
     if path.is_dir():  # was 'no such playlist file', which it is, as a folder
         raise PlaylistError(f"{path} is a folder; give a playlist file in it (.m3u8, .m3u or .xspf)")
@@ -175,12 +176,15 @@ def _m3u_lines(path: Path) -> list[str]:
         raise PlaylistError(f"{path} starts as UTF-16 text but is not valid UTF-16 ({exc.reason})") from None
 
 
-def _resolve(entry: str, folder: Path, uri: bool = False) -> Path:
+def _resolve(entry: str, folder: Path, uri: bool = False) -> Path | str:
     """An entry (a path or a file:// URI; with ``uri`` a percent-encoded relative or file: URI, in any of RFC 8089's
-    forms: file:///x, file://localhost/x, file:/x, as Java writes them, the scheme in any case) as an absolute path."""
+    forms: file:///x, file://localhost/x, file:/x, as Java writes them, the scheme in any case) as an absolute path;
+    a URL of another scheme (http://...) as it is."""
     parsed = urlparse(entry)
     if parsed.scheme == "file" and (uri or parsed.netloc or entry[5:7] == "//"):  # urlparse lowercases the scheme
         return Path(_unquote(parsed.path))
+    if len(parsed.scheme) > 1 and parsed.netloc:  # 'scheme://host...' (one letter: a Windows drive, C:/x)
+        return entry
     entry = _unquote(entry) if uri else entry
     return Path(entry) if os.path.isabs(entry) else Path(os.path.normpath(folder / entry))
 

@@ -187,6 +187,12 @@ def song_uri(client: MPDClient, path: Path, music_dir: Path | None = None) -> st
 
 def known_uris(client: MPDClient, paths: Sequence[Path], music_dir: Path | None = None) -> tuple[list[str], list[Path]]:
     """MPD's URIs of the files its database holds, in order, and the files it lacks (checked in command lists)."""
+    uris = _known(client, paths, music_dir)
+    return [u for u in uris if u], [Path(p) for p, u in zip(paths, uris, strict=True) if not u]
+
+
+def _known(client: MPDClient, paths: Sequence[Path], music_dir: Path | None = None) -> list[str | None]:
+    """Per path, MPD's URI of the file when its database holds it, else None."""
     uris = [song_uri(client, Path(p), music_dir) for p in paths]
     found: list[list[dict]] = []
     for batch in _lists([(uri,) for uri in uris if uri]):
@@ -195,9 +201,7 @@ def known_uris(client: MPDClient, paths: Sequence[Path], music_dir: Path | None 
             client.find("file", uri)
         found += client.command_list_end()
     songs = iter(found)
-    known = [bool(uri) and bool(next(songs)) for uri in uris]
-    return ([u for u, k in zip(uris, known, strict=True) if u and k],
-            [Path(p) for p, k in zip(paths, known, strict=True) if not k])
+    return [uri if uri and next(songs) else None for uri in uris]
 
 
 def _lists(commands: Sequence[tuple]) -> Iterator[Sequence[tuple]]:
@@ -382,24 +386,31 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     return playlist, uris, unknown
 
 
-def play_files(client: MPDClient, paths: Sequence[Path], *, append: bool = False,
+def play_files(client: MPDClient, entries: Sequence[Path | str], *, append: bool = False,
                music_dir: Path | None = None) -> tuple[list[str], list[Path], list[Path]]:
-    """Replace MPD's queue with ``paths`` and play them; with ``append``, add them to its end and leave what MPD
-    plays (or has paused) alone, starting the first added only when MPD was stopped.
+    """Replace MPD's queue with ``entries`` (files, and URLs of streams as strings, handed to MPD as they are) and
+    play them; with ``append``, add them to its end and leave what MPD plays (or has paused) alone, starting the first
+    added only when MPD was stopped.
 
     Returns the queued URIs, the paths MPD does not know and those no longer on disk (both skipped: MPD, its
     database not updated since a file was deleted, stops playing when it reaches it); when none of the paths is on
     disk here, MPD's music folder is taken to be elsewhere and none is skipped for that. PlayerError when there are
     none or MPD knows none of them, the queue then unchanged.
     """
-    if not paths:
+    if not entries:
         raise PlayerError("the playlist holds no tracks; the queue is unchanged")
     music_dir = Path(music_dir).expanduser().resolve() if music_dir is not None else None
-    missing = [not Path(p).exists() for p in paths]
+    paths = [Path(e) for e in entries if not isinstance(e, str)]
+    missing = [not p.exists() for p in paths]
     if all(missing):
         missing = [False] * len(paths)
-    gone = [Path(p) for p, m in zip(paths, missing, strict=True) if m]
-    uris, unknown = known_uris(client, [p for p, m in zip(paths, missing, strict=True) if not m], music_dir)
+    gone = [p for p, m in zip(paths, missing, strict=True) if m]
+    present = [p for p, m in zip(paths, missing, strict=True) if not m]
+    found = _known(client, present, music_dir)
+    unknown = [p for p, u in zip(present, found, strict=True) if not u]
+    per_path = iter(found)
+    per_file = iter([None if m else next(per_path) for m in missing])
+    uris = [u for e in entries if (u := e if isinstance(e, str) else next(per_file))]
     if not uris:
         folder = f"is --music-dir {music_dir} MPD's music folder?" if music_dir else \
             "is its music folder the collection's?"
