@@ -949,3 +949,22 @@ def test_mpd_play_hands_stream_urls_to_mpd(library: Library, ext: str) -> None:
         assert out.exit_code == 0, out.output
         assert library.queue() == [url]
         library.set_queue([a])  # MPD stops streaming from the server before it goes
+
+
+def test_mpd_radio_from_a_stream_says_it_is_one(library: Library) -> None:
+    """MPD playing a stream (a `mess serve` playlist's URL) as the radio's seed was 'not in the collection of this
+    store; run `mess extract` on MPD's music folder', advice that cannot help; it now says the song is a stream."""
+    with _http(library.root / "music") as base:
+        url = f"{base}/{library.songs[1]}"
+        with connect("127.0.0.1", library.port) as client:
+            client.clear()
+            client.add(url)
+            client.add(library.songs[0])
+            client.play(0)
+            client.pause(1)
+        out = library.radio("-n", "3")
+        queue = library.queue()
+        library.set_queue([library.songs[0]])  # MPD stops streaming from the server before it goes
+    assert out.exit_code == 1 and out.output.count("\n") == 1, out.output
+    assert f"MPD's current song {url} is a stream" in out.output and "mess extract" not in out.output
+    assert queue == [url, library.songs[0]]

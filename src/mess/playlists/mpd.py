@@ -343,6 +343,9 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     song = queue[int(status["song"])] if "song" in status else {}
     if not song.get("file"):
         raise PlayerError("MPD has no current song; play something first")
+    if "://" in song["file"]:  # an http:// stream, such as `mess serve`'s playlists hold: no file to seed from
+        raise PlayerError(f"MPD's current song {song['file']} is a stream, not a file of its music folder; play a file "
+                          "of the collection to seed the radio (or make one with `mess playlist radio`)")
     music_dir = Path(music_dir).expanduser().resolve() if music_dir is not None else None
     tracks = store.tracks(run)
     seed = collection_track(tracks, song["file"], music_dir)
