@@ -364,6 +364,9 @@ def test_xspf_file_uris_are_read_in_every_form_rfc_8089_allows(tmp_path: Path) -
     playlist.write_text(f'<?xml version="1.0" encoding="UTF-8"?>\n<playlist version="1" xmlns="{XSPF_NS}">'
                         f"<trackList>{tracks}</trackList></playlist>")
     assert read_playlist(playlist) == files
+    playlist = tmp_path / "odd.m3u8"  # every entry is parsed as a URI now: a path that is none stays a path
+    playlist.write_text("//[x/a.flac\n/m/[live] #1.flac\n")
+    assert read_playlist(playlist) == [Path("//[x/a.flac"), Path("/m/[live] #1.flac")]
 
 
 def test_playing_a_folder_says_it_is_a_folder(tmp_path: Path) -> None:

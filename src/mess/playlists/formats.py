@@ -180,7 +180,10 @@ def _resolve(entry: str, folder: Path, uri: bool = False) -> Path | str:
     """An entry (a path or a file:// URI; with ``uri`` a percent-encoded relative or file: URI, in any of RFC 8089's
     forms: file:///x, file://localhost/x, file:/x, as Java writes them, the scheme in any case) as an absolute path;
     a URL of another scheme (http://...) as it is."""
-    parsed = urlparse(entry)
+    try:
+        parsed = urlparse(entry)
+    except ValueError:  # no URL: a path such as '//[x/y.ogg' ('Invalid IPv6 URL')
+        parsed = urlparse("")
     if parsed.scheme == "file" and (uri or parsed.netloc or entry[5:7] == "//"):  # urlparse lowercases the scheme
         return Path(_unquote(parsed.path))
     if len(parsed.scheme) > 1 and parsed.netloc:  # 'scheme://host...' (one letter: a Windows drive, C:/x)
