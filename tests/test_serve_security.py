@@ -250,3 +250,35 @@ def test_ten_hours_of_silence_are_refused_from_the_header(server: str, tmp_path:
                    timeout=300)
     assert r.status_code == 400 and "uploads may last at most 20 min" in r.json()["detail"]
     assert "silence.flac" in r.json()["detail"] and time.perf_counter() - start < 60
+
+
+def test_a_port_in_use_is_one_line_and_port_0_says_which_port(dsp_store: Path) -> None:
+    """A port in use printed 'serving ... at http://127.0.0.1:PORT/' (another server's page), uvicorn's error and then
+    the embed worker's BrokenPipeError traceback (exit 3); `--port 0` printed ':0' for the free port it got."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = subprocess.run([*MESS, "serve", "--store", str(dsp_store), "--port", str(port)],
+                              capture_output=True, text=True, timeout=120)
+    said = busy.stdout + busy.stderr
+    assert busy.returncode == 1 and "Traceback" not in said and "serving" not in said, said
+    assert said.strip().splitlines() == [f"error: cannot serve at http://127.0.0.1:{port}/: Address already in use; "
+                                         "is another server using that port? pick one with --port"], said
+    proc = subprocess.Popen([*MESS, "serve", "--store", str(dsp_store), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        got = int(line.split("http://127.0.0.1:", 1)[1].split("/", 1)[0])
+        assert got > 0 and httpx.get(f"http://127.0.0.1:{got}/api/health", timeout=60).json()["status"] == "ok", line
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).is_success
+    except httpx.HTTPError:
+        return False

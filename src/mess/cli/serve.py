@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import socket
 from typing import Annotated
 
 import typer
@@ -61,9 +63,27 @@ def serve_command(
                          embed_timeout=embed_timeout, access=access, max_upload_seconds=max_upload_minutes * 60)
     mode = "indexing enabled" if allow_indexing else "read-only"
     shown = f"[{host}]" if ":" in host else host
+    listening = listen(host, port, shown)
     console.print(f"serving {plain(str(store))} ({mode}{', token required' if token else ''}) at "
-                  f"http://{plain(shown)}:{port}/ (OpenAPI schema at /openapi.json)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+                  f"http://{plain(shown)}:{listening.getsockname()[1]}/ (OpenAPI schema at /openapi.json)")
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listening])
+    except KeyboardInterrupt:  # as uvicorn.run: a Ctrl-C before the server took over its signals
+        pass
+
+
+def listen(host: str, port: int, shown: str) -> socket.socket:
+    """A socket bound to ``host``:``port`` (port 0: a free one), as uvicorn binds it; a one-line error when it cannot
+    be (the port in use: uvicorn said so only after the page's address was printed, then a worker's traceback)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        fail(f"cannot serve at http://{shown}:{port}/: {exc.strerror or exc}"
+             + ("; is another server using that port? pick one with --port" if exc.errno == errno.EADDRINUSE else ""))
+    return sock
 
 
 def register(app: typer.Typer) -> None:
