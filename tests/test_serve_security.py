@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -275,6 +276,34 @@ def test_a_port_in_use_is_one_line_and_port_0_says_which_port(dsp_store: Path) -
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("upload_first", [False, True])
+def test_ctrl_c_stops_the_server_without_a_traceback(dsp_store: Path, upload_first: bool) -> None:
+    """Ctrl-C in the terminal (SIGINT to the whole foreground process group) also interrupted the embed worker,
+    wherever it was (importing, or waiting for an upload): a KeyboardInterrupt traceback on every stop."""
+    port = _free_port()
+    proc = subprocess.Popen([*MESS, "serve", "--store", str(dsp_store), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while not _answers(base + "/api/health"):
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.2)
+        if upload_first:  # the worker has its model loaded and waits for the next upload
+            wav = io.BytesIO()
+            sf.write(wav, 0.3 * np.sin(np.arange(22050 * 3) / 9), 22050, format="WAV")
+            r = httpx.post(base + "/api/similar/upload", files={"file": ("a.wav", wav.getvalue(), "audio/wav")},
+                           timeout=120)
+            assert r.status_code == 200, r.text
+        os.killpg(proc.pid, signal.SIGINT)  # at once after the first answer: the worker is still starting
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
 
 
 def _answers(url: str) -> bool:

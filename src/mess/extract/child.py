@@ -24,9 +24,14 @@ class ChildDied(Exception):
 class Child:
     """``python -m MODULE`` as a child answering one reply per request; restarted after it dies."""
 
-    def __init__(self, module: str) -> None:
-        """A child running ``module`` (started on first use); the module calls :func:`serve_requests`."""
+    def __init__(self, module: str, own_group: bool = False) -> None:
+        """A child running ``module`` (started on first use); the module calls :func:`serve_requests`.
+
+        ``own_group``: start it in a process group of its own, so a Ctrl-C in the terminal reaches only the parent,
+        which stops the child itself (the child was interrupted wherever it was, and printed that traceback).
+        """
         self.module = module
+        self.own_group = own_group
         self._proc: subprocess.Popen | None = None
         self._send: Connection | None = None
         self._recv: Connection | None = None
@@ -41,7 +46,8 @@ class Child:
         if self._proc is not None and self._proc.poll() is None and self._send is not None and self._recv is not None:
             return self._send, self._recv, False
         self.stop()
-        proc = subprocess.Popen([sys.executable, "-m", self.module], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        proc = subprocess.Popen([sys.executable, "-m", self.module], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                process_group=0 if self.own_group else None)
         assert proc.stdin is not None and proc.stdout is not None  # both are pipes
         self._send = Connection(os.dup(proc.stdin.fileno()), readable=False)
         self._recv = Connection(os.dup(proc.stdout.fileno()), writable=False)

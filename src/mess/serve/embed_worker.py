@@ -75,10 +75,14 @@ def _embed(path: Path, model: EmbeddingModel, policy: WindowPolicy, max_seconds:
 
 
 def main() -> None:
-    """Serve on stdin/stdout, with stray prints redirected to stderr."""
+    """Serve on stdin/stdout, with stray prints redirected to stderr; end without a word once the server has closed
+    the pipe (it stopped while this process was starting or embedding)."""
     out_fd = os.dup(1)
     os.dup2(2, 1)
-    serve(Connection(os.dup(0), writable=False), Connection(out_fd, readable=False))
+    try:
+        serve(Connection(os.dup(0), writable=False), Connection(out_fd, readable=False))
+    except BrokenPipeError:
+        pass
 
 
 if __name__ == "__main__":

@@ -232,7 +232,7 @@ class EmbedWorker:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_queue)
         self._receipts = threading.BoundedSemaphore(4 * max_queue)
-        self._child = Child("mess.serve.embed_worker")
+        self._child = Child("mess.serve.embed_worker", own_group=True)  # the server's Ctrl-C stops it by its pipe
         self._recv: Connection | None = None
         self._ready = False
         self._loaded: set[str] = set()
