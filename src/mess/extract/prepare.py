@@ -101,7 +101,7 @@ def decode_windows(record: FileRecord, sample_rate: int, policy: WindowPolicy, b
     elif rate / 2 < band_hz:  # a model that says which band it reads (the default musicnn: 16 kHz, 8 for its networks)
         held = f"{record.path.name}: sampled at {rate} Hz, it holds nothing above {rate / 2:g} Hz of the {band_hz:g} Hz"
         windows.warnings.append(f"{held} the model reads, so its vectors say little" if rate < band_hz else
-                                f"{held} the model reads: its timbre compares poorly with full-band files'")
+                                f"{held} the model reads: its timbre compares poorly with full-band files")
     return windows
 
 
