@@ -178,6 +178,12 @@ def _wav(samples: np.ndarray, sr: int = api.SR, subtype: str | None = None) -> b
     return buffer.getvalue()
 
 
+def _ogg(samples: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, samples.astype(np.float32), api.SR, format="OGG")
+    return buffer.getvalue()
+
+
 def _tone(seconds: float, channels: int = 1) -> np.ndarray:
     y = 0.3 * np.sin(2 * np.pi * 440 * np.arange(int(seconds * api.SR)) / api.SR)
     return np.tile(y[:, None], (1, channels)) if channels > 1 else y
@@ -196,7 +202,10 @@ UPLOADS: list[tuple[str, Callable[[], dict], int, str]] = [
     ("NaN samples", lambda: {"files": {"file": ("n.wav", _wav(np.full(2 * api.SR, np.nan), subtype="FLOAT"),
                                                 "audio/wav")}}, 400, "n.wav: decoded samples contain NaN"),
     ("garbage", lambda: {"files": {"file": ("junk.mp3", b"\xff\xfb" + bytes(5000), "audio/mpeg")}}, 400,
-     "cannot decode the upload: junk.mp3: not a readable audio file"),
+     "cannot decode the upload: junk.mp3: cannot decode (invalid data found when processing input: damaged, or not "
+     "audio)"),  # as `mess similar junk.mp3` says it (was the header reader's 'InvalidDataError: [Errno 1094995529]')
+    ("cut Ogg", lambda: {"files": {"file": ("cut.ogg", _ogg(_tone(2))[:3000], "audio/ogg")}}, 400,
+     "cannot decode the upload: cut.ogg: cannot decode (end of file before any audio: cut short?)"),
     ("too large", lambda: {"files": {"file": ("big.wav", bytes(api.UPLOAD_LIMIT + 1), "audio/wav")}}, 413,
      "upload larger than"),
     ("huge declared size", lambda: {"content": b"abc", "headers": {

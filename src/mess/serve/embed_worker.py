@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mess.audio.decode import probe
+from mess.audio.decode import AudioError, probe
 from mess.audio.tags import read_tags
 from mess.audio.windows import WindowPolicy
 from mess.extract.embed import embed_file_warned
@@ -62,7 +62,10 @@ def serve(inbox: Connection, outbox: Connection) -> None:
 
 def _embed(path: Path, model: EmbeddingModel, policy: WindowPolicy, max_seconds: float) -> tuple:
     try:
-        duration = probe(path).duration
+        try:
+            duration = probe(path).duration
+        except AudioError:  # no header to read: decoding says why, in the words of `mess similar FILE`
+            duration = 0.0
         if duration > max_seconds:
             return ("error", "decode", f"{path}: {duration / 60:.0f} min long; uploads may last at most "
                                        f"{max_seconds / 60:g} min")
