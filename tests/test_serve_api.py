@@ -515,6 +515,25 @@ def test_probe_report_and_heatmap_are_served(client: TestClient, store: FeatureS
     assert image.headers["content-type"] == "image/png" and image.content == paths["png"].read_bytes()
 
 
+def test_the_probe_report_names_the_files_it_left_out_without_their_folders(collection: Path,
+                                                                             tmp_path: Path) -> None:
+    """`mess probe` records the files it left out (removed or changed since extraction) by full path; /api/probe
+    served them so, though answers never show where the server keeps its files."""
+    from mess.cli.main import app as cli
+
+    music = shutil.copytree(collection.parent / "music", tmp_path / "music")
+    fs = FeatureStore(tmp_path / "store")
+    extract(fs, find_audio([music]), DspModel(), WindowPolicy())
+    fs.close()
+    (music / "Saw_Machine" / "take2.flac").unlink()
+    probed = CliRunner().invoke(cli, ["probe", "-m", "dsp", "--control", "none", "--store", str(tmp_path / "store")])
+    assert probed.exit_code == 0, probed.output
+    with TestClient(base_url="http://127.0.0.1", app=create_app(tmp_path / "store")) as c:
+        answer = c.get("/api/probe")
+    assert answer.status_code == 200 and str(tmp_path) not in answer.text, answer.text
+    assert answer.json()["missing_tracks"] == [{"path": "take2.flac", "reason": "removed since it was extracted"}]
+
+
 def test_similar_artists_follow_the_artist_library(client: TestClient, store: FeatureStore) -> None:
     listed = client.get("/api/artists").json()["artists"]
     assert [(a["name"], a["total_tracks"]) for a in listed] == sorted((a, 4) for a in ARTISTS)

@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse
 from mess.search.ann import KINDS
 from mess.search.index import build_index
 from mess.search.vectors import load_vectors, vectors_label
+from mess.serve.errors import without_paths
 from mess.serve.routes_tracks import Aspect, Fused, Layer, Learned, Model
 from mess.serve.state import ServeState, get_state, vector_spec
 from mess.store import StoreBusy
@@ -38,9 +39,31 @@ def probe_report(state: State, model: Model = None, probe: Probe = "ridge") -> d
     """The JSON written by `mess probe` (per layer and aspect scores, the chosen layer per aspect)."""
     name, path = _report_file(state, model, probe, "json")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        report = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise HTTPException(500, f"the probe report of {name} is not valid JSON ({exc}); re-run `mess probe`") from None
+    return _without_paths(report)
+
+
+def _without_paths(report: dict) -> dict:
+    """The report with the files it left out (changed or removed since extraction) named by file name, and paths in
+    its notes by their last part: answers never show where the server keeps its files (the full paths were served)."""
+    out = dict(report)
+    if isinstance(report.get("missing_tracks"), list):
+        out["missing_tracks"] = [_file_named(entry) for entry in report["missing_tracks"]]
+    if isinstance(report.get("notes"), dict):
+        out["notes"] = {key: without_paths(str(text)) for key, text in report["notes"].items()}
+    return out
+
+
+def _file_named(entry: object) -> object:
+    """One left-out file ``{"path": ..., "reason": "PATH: ..."}`` with its path cut to the file's name."""
+    if not isinstance(entry, dict):
+        return entry
+    full = str(entry.get("path", ""))
+    name = printable(Path(full).name)
+    reason = str(entry.get("reason", ""))
+    return {**entry, "path": name, "reason": without_paths(reason.replace(full, name) if full else reason)}
 
 
 @router.get("/probe/heatmap.png", summary="Probe heatmap image", response_class=FileResponse)
