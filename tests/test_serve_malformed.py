@@ -108,6 +108,8 @@ POST /api/index?kind=nope | 400 | unknown index kind 'nope'; choose auto, flat
 # unknown models, runs, layers and aspects; conflicting vector choices
 GET /api/tracks/1/similar?model=nope | 404 | unknown model 'nope'; this store has vectors for dsp
 GET /api/tracks?model=%FF | 404 | unknown model '\ufffd'; this store has vectors for dsp
+GET /api/map?model=. | 404 | unknown model '.'; this store has vectors for dsp
+GET /api/tracks?model=~ | 404 | unknown model '~'; this store has vectors for dsp
 GET /api/map?model=dsp@999 | 404 | no run 999 in this store; its runs: dsp@1
 GET /api/artists?model=dsp@abc | 404 | 'dsp@abc' names no model of this store and is no run choice
 GET /api/tracks/1/similar?model=dsp@{BIG} | 404 | names no model of this store and is no run choice

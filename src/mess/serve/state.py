@@ -145,8 +145,8 @@ class ServeState:
                 return self.store.run(name)
             except StoreError as exc:
                 raise HTTPException(404, str(exc)) from None
-        known = ", ".join(sorted(models))
-        raise HTTPException(404, f"unknown model {name!r}; this store has vectors for {known}")
+        known = ", ".join(sorted(models))  # the model as the request wrote it: '.' was the server's folder, resolved
+        raise HTTPException(404, f"unknown model {model or name!r}; this store has vectors for {known}")
 
     def track(self, track_id: int) -> Track:
         """A collection track by id; 404 when unknown."""
