@@ -507,6 +507,39 @@ def test_the_audio_refusals_of_a_file_whose_name_is_not_utf8_are_json(tmp_path: 
         assert gone.status_code == 404 and "(caf\\xe9.wav) is no longer on disk" in gone.json()["detail"]
 
 
+def _encoded(path: Path, codec: str, sample_format: str) -> Path:
+    """Three seconds of a 440 Hz tone in ``codec`` (FFmpeg's encoder), written to ``path``."""
+    import av
+
+    t = np.arange(SR * 3) / SR
+    frame = av.AudioFrame.from_ndarray((0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)[None],
+                                       format=sample_format, layout="mono")
+    frame.sample_rate = SR
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=SR)
+        stream.layout = "mono"
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return path
+
+
+def test_audio_is_served_with_an_audio_content_type_whatever_the_host_knows(tmp_path: Path) -> None:
+    """The type came from the host's mimetypes: on Debian a WavPack file was 'application/vnd.wv.csp+wbxml' (and
+    Musepack 'chemical/x-mopac-input'), a name ending in a space 'application/octet-stream'."""
+    music = tmp_path / "music"
+    music.mkdir()
+    _encoded(music / "tone.wv", "wavpack", "s16p")
+    _encoded(music / "tone.tta", "tta", "s16")
+    sf.write(music / "tone.wav ", _render("Sine Choir", 330, np.random.default_rng(1)), SR, format="WAV")
+    fs = FeatureStore(tmp_path / "store")
+    extract(fs, find_audio([music]), DspModel(), WindowPolicy())
+    fs.close()
+    with TestClient(base_url="http://127.0.0.1", app=create_app(tmp_path / "store")) as c:
+        types = {t["file"]: c.get(f"/api/tracks/{t['id']}/audio").headers["content-type"]
+                 for t in c.get("/api/tracks").json()["items"]}
+    assert types == {"tone.wv": "audio/x-wavpack", "tone.tta": "audio/x-tta", "tone.wav ": "audio/wav"}, types
+
+
 def test_probe_report_and_heatmap_are_served(client: TestClient, store: FeatureStore) -> None:
     run = store.run("dsp")
     paths = report_paths(store.reports_dir, run.model, run.id, "ridge")

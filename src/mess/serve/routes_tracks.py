@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import mimetypes
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -11,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BeforeValidator
 
 from mess.audio.discover import content_hash, file_stamp
-from mess.constants import FUSED
+from mess.constants import FUSED, audio_suffix
 from mess.extract.prepare import stamp_matches
 from mess.search.query import ENCODED_R2
 from mess.search.vectors import load_vectors, track_by_id, vectors_label
@@ -32,6 +31,13 @@ from mess.store.fused import fused_run_problem
 from mess.store.paths import printable
 
 router = APIRouter(prefix="/api")
+# The audio route's Content-Type by extension, as extraction reads names (audio_suffix): the host's mimetypes gave
+# .mpc 'chemical/x-mopac-input' and .wv 'application/vnd.wv.csp+wbxml' (Debian's /etc/mime.types), nothing for 'a.wav '.
+AUDIO_TYPES = {".aac": "audio/aac", ".aif": "audio/aiff", ".aifc": "audio/aiff", ".aiff": "audio/aiff",
+               ".ape": "audio/x-ape", ".flac": "audio/flac", ".m4a": "audio/mp4", ".mka": "audio/x-matroska",
+               ".mp3": "audio/mpeg", ".mpc": "audio/x-musepack", ".oga": "audio/ogg", ".ogg": "audio/ogg",
+               ".opus": "audio/ogg", ".tta": "audio/x-tta", ".wav": "audio/wav", ".wma": "audio/x-ms-wma",
+               ".wv": "audio/x-wavpack"}
 HEALTH_WAIT = 2.0  # seconds /api/health waits for a request holding the store before it answers 'busy'
 State = Annotated[ServeState, Depends(get_state)]
 
@@ -162,7 +168,7 @@ def audio(track_id: TrackId, state: State, request: Request) -> AudioFile:
         raise HTTPException(409, f"{file} was replaced since it was "
                                  "extracted by one of the same size and modification time but other audio: its tags, "
                                  "duration and vectors are of another file; run `mess extract` again")
-    media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    media = AUDIO_TYPES.get(audio_suffix(path.name), "application/octet-stream")
     response = AudioFile(path, media_type=media, stat_result=stat)
     refusal = response.refusal(request, stat)
     if refusal is not None:
