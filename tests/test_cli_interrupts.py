@@ -185,6 +185,33 @@ def test_ctrl_c_in_any_command_is_said_in_one_line(six_tones: Path, tmp_path: Pa
     assert _mess("check", "--store", str(store)).returncode == 0
 
 
+_SIGNAL_AS_MODULE_LOADS = """
+import importlib.abc, os, sys
+module, signum = sys.argv[1], int(sys.argv[2])
+del sys.argv[1:3]
+class Signal(importlib.abc.MetaPathFinder):  # the signal arrives as the CLI's commands load, when MODULE is imported
+    def find_spec(self, name, path=None, target=None):
+        if name == module:
+            os.kill(os.getpid(), signum)
+        return None
+sys.meta_path.insert(0, Signal())
+""" + _RUN_MESS
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_while_the_commands_load_is_said_in_one_line(tmp_path: Path, sig: signal.Signals, code: int) -> None:
+    """Ctrl-C in the first few tenths of a second, while the entry point imported the CLI's modules, printed Python's
+    traceback (SIGTERM too: its handler was set only after the imports). Both now end as they do later, in one line,
+    exit 130 / 143. The signal is sent at a few points of the import phase: first third-party, store, last command."""
+    for module in ("typer", "mess.store", "mess.cli.export"):
+        stopped = subprocess.run([sys.executable, "-c", _SIGNAL_AS_MODULE_LOADS, module, str(int(sig)), "check",
+                                  "--store", str(tmp_path / "none")], capture_output=True, text=True, timeout=120)
+        assert stopped.returncode == code and stopped.stdout == "", (module, stopped)
+        assert stopped.stderr.strip() == ("interrupted: stopped before the command finished; each file and store "
+                                          "change it made is whole (the one before, or the new), and running it again "
+                                          "finishes it"), (module, stopped.stderr)
+
+
 _CTRL_C_AT_REPORT_JSON = """
 import builtins, io, os, signal, sys
 real = io.open

@@ -15,20 +15,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mess.cli.common import (
-    Terminated,
-    console,
-    emit_json,
-    fail,
-    failing,
-    note,
-    open_store,
-    os_reason,
-    plain,
-    record_terminated,
-    terminated,
-)
+from mess.cli.common import console, emit_json, fail, failing, note, open_store, os_reason, plain
 from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, JsonOpt, ModelOpt, StoreOpt
+from mess.cli.signals import Terminated, record_terminated, terminated
 from mess.constants import FUSED, LABEL_FIELDS, counted
 from mess.store import FeatureStore
 

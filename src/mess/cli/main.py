@@ -1,4 +1,5 @@
-"""The `mess` command line: one sub-module per stage registers its commands here."""
+"""The `mess` entry point. It imports nothing heavy: Ctrl-C or SIGTERM while the commands load (a few tenths of a
+second) ends as it does later, in one line, instead of with Python's traceback."""
 
 from __future__ import annotations
 
@@ -7,25 +8,12 @@ import os
 import signal
 import sys
 import warnings
+from typing import TYPE_CHECKING
 
-import typer
+from mess.cli.signals import terminate, terminated
 
-from mess.cli import (
-    artists,
-    check,
-    config,
-    demo_data,
-    export,
-    extract,
-    fuse,
-    models,
-    mpd,
-    playlist,
-    probe,
-    search,
-    serve,
-)
-from mess.cli.common import console, os_reason, plain, plain_help, terminate, terminated, version_option
+if TYPE_CHECKING:
+    import typer
 
 # Third-party warnings that tell a user nothing to act on, as (message start, module) regular expressions;
 # every other warning is shown.
@@ -34,40 +22,46 @@ QUIET_WARNINGS: tuple[tuple[str, str], ...] = (
     (r"Stochastic Optimizer: Maximum iterations", r"sklearn\.neural_network"),
 )
 
-app = typer.Typer(
-    name="mess",
-    help="Music Embedding Similarity Search: extract multi-layer embeddings, discover what each layer "
-    "encodes, and search for similar tracks and artists with evidence.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+INTERRUPTED = ("interrupted: stopped before the command finished; each file and store change it made is whole (the "
+               "one before, or the new), and running it again finishes it")
 
-for module in (extract, check, probe, search, artists, fuse, serve, demo_data, models, playlist, mpd, config,
-               export):
-    module.register(app)
-app.callback()(version_option)
-plain_help(app)
+
+def __getattr__(name: str) -> typer.Typer:
+    """``mess.cli.main.app``: the typer application, loaded on first use."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from mess.cli.app import app
+    return app
+
+
+def _stopped() -> None:
+    """Exit as an interrupted command does: 143 (128 + SIGTERM) after SIGTERM, else 130."""
+    sys.exit(128 + signal.SIGTERM if terminated() else 130)
 
 
 def main() -> None:
     """Entry point with quiet third-party logging and without the warnings of :data:`QUIET_WARNINGS`; SIGTERM ends
     a command as Ctrl-C does, with exit status 143 (128 + SIGTERM) instead of 130."""
+    signal.signal(signal.SIGTERM, terminate)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     for message, module in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=UserWarning, module=module)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    signal.signal(signal.SIGTERM, terminate)
+    try:
+        from mess.cli.app import app
+    except KeyboardInterrupt:  # while the commands load: no console yet
+        print(INTERRUPTED, file=sys.stderr)
+        _stopped()
+    from mess.cli.common import console, os_reason, plain
     try:
         app()
     except SystemExit as exc:  # typer ends any KeyboardInterrupt with 130
         if exc.code != 130:
             raise
         if isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):  # no command said a word
-            console.print("[yellow]interrupted[/]: stopped before the command finished; each file and store change "
-                          "it made is whole (the one before, or the new), and running it again finishes it")
-        sys.exit(128 + signal.SIGTERM if terminated() else 130)
+            console.print(f"[yellow]interrupted[/]{INTERRUPTED.removeprefix('interrupted')}")
+        _stopped()
     except OSError as exc:  # the system refused a file a command reads or writes: say which, in one line
         console.print(f"[bold red]error:[/] {plain(os_reason(exc))}")
         sys.exit(1)
