@@ -197,19 +197,32 @@ class Signal(importlib.abc.MetaPathFinder):  # the signal arrives as the CLI's c
 sys.meta_path.insert(0, Signal())
 """ + _RUN_MESS
 
+_SIGNAL_AS_TYPER_BUILDS = """
+import os, sys, typer.main
+signum = int(sys.argv[2])
+del sys.argv[1:3]
+real = typer.main.get_command
+def get_command(app):  # the signal arrives as typer turns the loaded commands into click's (before click runs them)
+    os.kill(os.getpid(), signum)
+    return real(app)
+typer.main.get_command = get_command
+""" + _RUN_MESS
+
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_while_the_commands_load_is_said_in_one_line(tmp_path: Path, sig: signal.Signals, code: int) -> None:
-    """Ctrl-C in the first few tenths of a second, while the entry point imported the CLI's modules, printed Python's
-    traceback (SIGTERM too: its handler was set only after the imports). Both now end as they do later, in one line,
-    exit 130 / 143. The signal is sent at a few points of the import phase: first third-party, store, last command."""
-    for module in ("typer", "mess.store", "mess.cli.export"):
-        stopped = subprocess.run([sys.executable, "-c", _SIGNAL_AS_MODULE_LOADS, module, str(int(sig)), "check",
-                                  "--store", str(tmp_path / "none")], capture_output=True, text=True, timeout=120)
-        assert stopped.returncode == code and stopped.stdout == "", (module, stopped)
+    """Ctrl-C in the first few tenths of a second, while the entry point imported the CLI's modules or typer built
+    its commands, printed Python's traceback (SIGTERM too: its handler was set only after the imports). Both now end
+    as they do later, in one line, exit 130 / 143. The signal is sent at a few points of that phase: the first
+    third-party import, the store's, the last command's, and typer's build."""
+    for script, point in [(_SIGNAL_AS_MODULE_LOADS, m) for m in ("typer", "mess.store", "mess.cli.export")] \
+            + [(_SIGNAL_AS_TYPER_BUILDS, "get_command")]:
+        stopped = subprocess.run([sys.executable, "-c", script, point, str(int(sig)), "check", "--store",
+                                  str(tmp_path / "none")], capture_output=True, text=True, timeout=120)
+        assert stopped.returncode == code and stopped.stdout == "", (point, stopped)
         assert stopped.stderr.strip() == ("interrupted: stopped before the command finished; each file and store "
                                           "change it made is whole (the one before, or the new), and running it again "
-                                          "finishes it"), (module, stopped.stderr)
+                                          "finishes it"), (point, stopped.stderr)
 
 
 _CTRL_C_AT_REPORT_JSON = """

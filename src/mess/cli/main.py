@@ -50,18 +50,20 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         from mess.cli.app import app
-    except KeyboardInterrupt:  # while the commands load: no console yet
+        app()
+    except KeyboardInterrupt:  # while the commands load, or typer builds them: before any command could say a word
         print(INTERRUPTED, file=sys.stderr)
         _stopped()
-    from mess.cli.common import console, os_reason, plain
-    try:
-        app()
-    except SystemExit as exc:  # typer ends any KeyboardInterrupt with 130
+    except SystemExit as exc:  # typer ends any KeyboardInterrupt in a command with 130
         if exc.code != 130:
             raise
         if isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):  # no command said a word
+            from mess.cli.common import console
+
             console.print(f"[yellow]interrupted[/]{INTERRUPTED.removeprefix('interrupted')}")
         _stopped()
     except OSError as exc:  # the system refused a file a command reads or writes: say which, in one line
+        from mess.cli.common import console, os_reason, plain
+
         console.print(f"[bold red]error:[/] {plain(os_reason(exc))}")
         sys.exit(1)
