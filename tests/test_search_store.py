@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -758,6 +759,50 @@ def test_an_index_description_of_the_wrong_shape_is_an_index_out_of_date(synth: 
     index = CliRunner().invoke(app, ["index", "--store", root, "--json"])
     assert index.exit_code == 0 and json.loads(index.stdout)["mode"] == "built", index.output
     assert check_store(store.root, fix=True).stale == []
+
+
+def test_check_names_an_index_lacking_tracks_added_since_and_the_command_that_adds_them(
+        synth: tuple[FeatureStore, Run]) -> None:
+    """A saved index that lacked tracks added since it was built was not flagged by `mess check` (its tracks were all
+    current): every search passed it by for an exact index built in memory, without a word. Check now names it, how
+    many tracks it lacks and the `mess index` command that adds them; an index whose vector set lacks the new tracks
+    too (fused vectors written before they came) is not flagged."""
+    store, run = synth
+    root = str(store.root)
+    ids, l2 = store.layer_matrix(run, "l2")
+    store.write_derived(run, "fused", _hashes(store, ids), l2, {"note": "l2"})
+    for args in (["--layer", "l1", "--norm", "center"], ["--fused"], []):
+        done = CliRunner().invoke(_cli(), ["index", *args, "--no-rerank", "--store", root])
+        assert done.exit_code == 0, done.output
+    rng = np.random.default_rng(3)
+    for j in range(3):
+        _add_track(store, run, f"/music/new/track{j}.wav", f"hash-new-{j}", _vectors(rng, store.centres, 1),
+                   "Artist 1", f"New {j}")
+    tracks = len(store.tracks(run))
+
+    def check(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "mess.cli", "check", *args, "--store", root], capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "COLUMNS": "300"})
+
+    said = check()
+    lines = [line for line in said.stderr.splitlines() if line.startswith("behind-index:")]
+    assert said.returncode == 0 and len(lines) == 2, said.stderr
+    commands = []
+    options = ("", " --layer l1 --norm center")
+    for line, name, option in zip(lines, ("all-power", "layer-l1-center"), options, strict=True):
+        assert line == (f"behind-index: run{run.id}-{name}.faiss lacks 3 of its {tracks} tracks (added since it was "
+                        "built), so every search builds an exact index in memory instead; "
+                        f"`mess index --model synth{option}` adds them"), said.stderr
+        commands.append(line.split("`")[1].split()[1:])
+    assert said.stderr.splitlines()[-1].endswith("2 index(es) lack tracks added since they were built: `mess index` "
+                                                 "(as named above) adds them"), said.stderr
+    problems = json.loads(check("--json").stdout)["problems"]
+    assert [p["kind"] for p in problems] == ["behind-index", "behind-index"]
+    for command in commands:  # what the message says to run
+        done = subprocess.run([sys.executable, "-m", "mess.cli", *command, "--store", root], capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0 and "updated" in done.stderr, done.stderr
+    assert check().stderr.strip().endswith(": ok")
 
 
 def test_evaluate_says_when_too_few_queries_back_its_best_vectors(synth: tuple[FeatureStore, Run],

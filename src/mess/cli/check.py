@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -10,6 +10,9 @@ from mess.cli.common import console, emit_json, failing, plain
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt
 from mess.store import StoreError
 from mess.store.feature_store import CATALOG_ADVICE
+
+if TYPE_CHECKING:
+    from mess.search.health import StoreHealth
 
 
 def check_command(
@@ -28,7 +31,7 @@ def check_command(
 
     Exit status: 0 when the store is whole (or was repaired), 1 when damage remains.
     """
-    from mess.search.health import check_store  # here: it loads faiss, which other commands may not need
+    from mess.search.health import behind_message, check_store  # here: it loads faiss, which others may not need
 
     with failing(StoreError):
         health = check_store(store, fix=fix, on_wait=lambda m: console.print(f"[yellow]{plain(m)}[/]"))
@@ -41,29 +44,35 @@ def check_command(
             console.print(f"[{'red' if p.damage else 'yellow'}]{p.kind}:[/] {plain(p.message)}")
         for path in health.stale:
             console.print(f"[yellow]stale-index:[/] {plain(path.name)} is out of date")
-        advice = CATALOG_ADVICE if any(p.kind == "catalog" for p in health.damaged) else "run `mess check --repair`"
-        unembedded = [p for p in health.problems if p.kind == "not-embedded"]
-        if health.damaged:
-            verdict = f"[red]damaged[/]: {plain(advice)}"
-        elif any(p.kind == "lost-commits" for p in health.problems):
-            verdict = ("[green]whole[/], [yellow]catalog.sqlite-wal lost commits (above)[/]: `mess extract` embeds "
-                       "their files again, `mess check --repair` clears the note")
-        elif unembedded:  # whole, but answers leave these files out until `mess extract` embeds them
-            verdict = "[green]whole[/], [yellow]answers leave out the files named above[/]: `mess extract` embeds them"
-        elif any(p.kind == "temp-files" for p in health.problems):
-            verdict = ("[green]whole[/], [yellow]temp files of interrupted writes left[/]: "
-                       "`mess check --repair` deletes them")
-        elif health.stale:  # whole, but searches skip these indexes (exact search) until rebuilt
-            verdict = (f"[green]whole[/], [yellow]{len(health.stale)} index(es) out of date[/]: `mess index` "
-                       "rebuilds them and .augment.npz files, `mess index --rerank` .rerank.npz files "
-                       "(`mess check --repair` deletes them)")
-        elif any(p.kind == "stale-aspect-map" for p in health.problems):
-            verdict = "[green]whole[/], [yellow]aspect maps out of date (above)[/]: `mess probe` maps them again"
-        else:
-            verdict = "[green]ok[/]"
-        console.print(f"{plain(store)}: {verdict}")
+        for index in health.behind:
+            console.print(f"[yellow]behind-index:[/] {plain(behind_message(index))}")
+        console.print(f"{plain(store)}: {_verdict(health)}")
     if health.damaged:
         raise typer.Exit(1)
+
+
+def _verdict(health: StoreHealth) -> str:
+    """The last line of `mess check`: whole or damaged, and the one thing to run next."""
+    advice = CATALOG_ADVICE if any(p.kind == "catalog" for p in health.damaged) else "run `mess check --repair`"
+    if health.damaged:
+        return f"[red]damaged[/]: {plain(advice)}"
+    if any(p.kind == "lost-commits" for p in health.problems):
+        return ("[green]whole[/], [yellow]catalog.sqlite-wal lost commits (above)[/]: `mess extract` embeds "
+                "their files again, `mess check --repair` clears the note")
+    if any(p.kind == "not-embedded" for p in health.problems):  # answers leave these out until `mess extract`
+        return "[green]whole[/], [yellow]answers leave out the files named above[/]: `mess extract` embeds them"
+    if any(p.kind == "temp-files" for p in health.problems):
+        return "[green]whole[/], [yellow]temp files of interrupted writes left[/]: `mess check --repair` deletes them"
+    if health.stale:  # whole, but searches skip these indexes (exact search) until rebuilt
+        return (f"[green]whole[/], [yellow]{len(health.stale)} index(es) out of date[/]: `mess index` "
+                "rebuilds them and .augment.npz files, `mess index --rerank` .rerank.npz files "
+                "(`mess check --repair` deletes them)")
+    if health.behind:  # whole, but searches pass these indexes by (exact search in memory) until updated
+        return (f"[green]whole[/], [yellow]{len(health.behind)} index(es) lack tracks added since they were "
+                "built[/]: `mess index` (as named above) adds them")
+    if any(p.kind == "stale-aspect-map" for p in health.problems):
+        return "[green]whole[/], [yellow]aspect maps out of date (above)[/]: `mess probe` maps them again"
+    return "[green]ok[/]"
 
 
 def register(app: typer.Typer) -> None:

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from mess.search.index import delete_index, stale_indexes
+from mess.search.index import BehindIndex, behind_indexes, delete_index, stale_indexes
 from mess.search.query import stale_aspect_map
+from mess.search.vectors import VectorSpec
 from mess.store import FeatureStore
 from mess.store.check import Problem, check_and_repair, full_check, unblock_lock
 
 
 @dataclass(frozen=True)
 class StoreHealth:
-    """Problems still there (after any repair), indexes out of date, and what a repair did."""
+    """Problems still there (after any repair), indexes out of date, indexes lacking tracks added since they were
+    built, and what a repair did."""
 
     problems: list[Problem]
     stale: list[Path]
     repaired: list[str]
+    behind: list[BehindIndex] = field(default_factory=list)
 
     @property
     def damaged(self) -> list[Problem]:
@@ -31,7 +35,9 @@ class StoreHealth:
                 "problems": [{"kind": p.kind, "run": p.run_id, "damage": p.damage, "message": p.message}
                              for p in self.problems]
                 + [{"kind": "stale-index", "run": None, "damage": False, "message": f"{p.name} is out of date"}
-                   for p in self.stale]}
+                   for p in self.stale]
+                + [{"kind": "behind-index", "run": b.run.id, "damage": False, "message": behind_message(b)}
+                   for b in self.behind]}
 
 
 def check_store(path: Path, *, fix: bool = False, on_wait: Callable[[str], None] | None = None) -> StoreHealth:
@@ -41,12 +47,25 @@ def check_store(path: Path, *, fix: bool = False, on_wait: Callable[[str], None]
     store = FeatureStore(path, readonly=not fix, verify=False, on_wait=on_wait, create=False)
     try:
         problems, actions = _repair(store) if fix else (full_check(store), [])
-        whole = not any(p.kind == "catalog" for p in problems)
-        stale = stale_indexes(store) if whole else []
-        problems += _stale_aspect_maps(store) if whole else []
+        catalog = any(p.kind == "catalog" for p in problems)
+        stale = [] if catalog else stale_indexes(store)
+        behind = [] if catalog or any(p.damage for p in problems) else behind_indexes(store)
+        problems += [] if catalog else _stale_aspect_maps(store)
     finally:
         store.close()
-    return StoreHealth(problems, stale, actions)
+    return StoreHealth(problems, stale, actions, behind)
+
+
+def behind_message(index: BehindIndex) -> str:
+    """What an index lacking tracks means, and the `mess index` command that adds them."""
+    spec = index.spec
+    option = {"layer": f" --layer {shlex.quote(spec.name)}", "aspect": f" --aspect {shlex.quote(spec.name)}",
+              "fused": " --fused", "learned": " --learned"}.get(spec.kind, "")
+    if spec.norm != VectorSpec(spec.kind, spec.name).norm:
+        option += f" --norm {spec.norm}"
+    return (f"{index.path.name} lacks {index.missing} of its {index.tracks} tracks (added since it was built), so "
+            "every search builds an exact index in memory instead; "
+            f"`mess index --model {shlex.quote(index.run.model)}{option}` adds them")
 
 
 def _repair(store: FeatureStore) -> tuple[list[Problem], list[str]]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mess.constants import NPZ_ERRORS
+from mess.constants import FUSED, NPZ_ERRORS
 from mess.search.ann import AnnIndex, built_kind, n_lists
 from mess.search.augment import build_augmentation
 from mess.search.rerank import collection_reranker
@@ -244,18 +244,54 @@ def stale_indexes(store: FeatureStore) -> list[Path]:
     data, augmentation files) that no longer matches its vectors (:func:`mess.search.rerank_store.stale_ranking_data`)
     is listed too.
     """
+    return [path for path, stale, _ in _saved_indexes(store) if stale] + _orphan_sidecars(store) \
+        + stale_ranking_data(store)
+
+
+@dataclass(frozen=True)
+class BehindIndex:
+    """A saved index whose tracks are all current but that lacks tracks added since it was built: answers pass it by
+    for an exact index built in memory on every search, until `mess index` adds them."""
+
+    path: Path
+    run: Run
+    spec: VectorSpec
+    missing: int  # tracks of its vector set not in it
+    tracks: int  # tracks of its vector set
+
+
+def behind_indexes(store: FeatureStore) -> list[BehindIndex]:
+    """The saved indexes of the runs answers read (each model's newest) that lack tracks added since they were built
+    (:class:`BehindIndex`)."""
+    return [behind for _, _, behind in _saved_indexes(store) if behind is not None and behind.missing
+            and store.run(behind.run.model).id == behind.run.id]
+
+
+def _saved_indexes(store: FeatureStore) -> list[tuple[Path, bool, BehindIndex | None]]:
+    """Each saved index: whether it is stale (see :func:`stale_indexes`) and, for one that is not, what it lacks of
+    its vector set (None when that set cannot be read: damaged fused vectors, which `mess check` names)."""
     runs = {run.id: run for run in store.runs()}
-    stale = []
+    found: list[tuple[Path, bool, BehindIndex | None]] = []
     for path in sorted(store.indexes_dir.glob("run*.faiss")) if store.indexes_dir.exists() else []:
         saved = _saved_tracks(path)
         run = runs.get(saved.run_id) if saved is not None else None
         if saved is None or run is None or saved.source != _source(store, run, saved.spec):
-            stale.append(path)
+            found.append((path, True, None))
             continue
-        current = {(t.id, t.content_hash) for t in store.tracks(run)}
-        if not set(zip(saved.ids.tolist(), saved.hashes.tolist(), strict=False)) <= current:
-            stale.append(path)
-    return stale + _orphan_sidecars(store) + stale_ranking_data(store)
+        current = {t.id: t.content_hash for t in store.tracks(run)}
+        held = dict(zip(saved.ids.tolist(), saved.hashes.tolist(), strict=False))
+        if any(current.get(i) != h for i, h in held.items()):
+            found.append((path, True, None))
+            continue
+        try:
+            if saved.spec.kind == FUSED:  # its vector set: the tracks with fused vectors
+                with_fused = set(store.derived_matrix(run, FUSED)[0].tolist())
+                current = {i: h for i, h in current.items() if i in with_fused}
+        except StoreError:
+            found.append((path, False, None))
+            continue
+        found.append((path, False, BehindIndex(path, run, saved.spec, len(current.keys() - held.keys()), len(current))))
+    return found
 
 
 @dataclass(frozen=True)
