@@ -788,7 +788,7 @@ def test_check_names_an_index_lacking_tracks_added_since_and_the_command_that_ad
     lines = [line for line in said.stderr.splitlines() if line.startswith("behind-index:")]
     assert said.returncode == 0 and len(lines) == 2, said.stderr
     commands = []
-    options = ("", " --layer l1 --norm center")
+    options = (" --norm power", " --layer l1 --norm center")
     for line, name, option in zip(lines, ("all-power", "layer-l1-center"), options, strict=True):
         assert line == (f"behind-index: run{run.id}-{name}.faiss lacks 3 of its {tracks} tracks (added since it was "
                         "built), so every search builds an exact index in memory instead; "

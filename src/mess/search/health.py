@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mess.search.index import BehindIndex, behind_indexes, delete_index, stale_indexes
 from mess.search.query import stale_aspect_map
-from mess.search.vectors import VectorSpec
+from mess.search.rerank_store import index_command
 from mess.store import FeatureStore
 from mess.store.check import Problem, check_and_repair, full_check, unblock_lock
 
@@ -58,14 +57,9 @@ def check_store(path: Path, *, fix: bool = False, on_wait: Callable[[str], None]
 
 def behind_message(index: BehindIndex) -> str:
     """What an index lacking tracks means, and the `mess index` command that adds them."""
-    spec = index.spec
-    option = {"layer": f" --layer {shlex.quote(spec.name)}", "aspect": f" --aspect {shlex.quote(spec.name)}",
-              "fused": " --fused", "learned": " --learned"}.get(spec.kind, "")
-    if spec.norm != VectorSpec(spec.kind, spec.name).norm:
-        option += f" --norm {spec.norm}"
     return (f"{index.path.name} lacks {index.missing} of its {index.tracks} tracks (added since it was built), so "
             "every search builds an exact index in memory instead; "
-            f"`mess index --model {shlex.quote(index.run.model)}{option}` adds them")
+            f"`{index_command(index.run, index.spec)}` adds them")
 
 
 def _repair(store: FeatureStore) -> tuple[list[Problem], list[str]]:

@@ -304,10 +304,14 @@ def load_augmentation(store: FeatureStore, vs: VectorSet) -> Augmentation:
 def index_hint(vs: VectorSet) -> str:
     """The `mess index` command of ``vs``: it saves the augmentation of all layers (add ``--rerank`` for the whole
     re-ranking data)."""
-    spec = vs.spec
+    return index_command(vs.run, vs.spec)
+
+
+def index_command(run: Run, spec: VectorSpec) -> str:
+    """The `mess index` command that builds or updates the index of a run's vector set ``spec``."""
     option = {"layer": f" --layer {shlex.quote(spec.name)}", "aspect": f" --aspect {shlex.quote(spec.name)}",
               FUSED: " --fused", LEARNED: " --learned"}.get(spec.kind, "")
-    return f"mess index --model {shlex.quote(vs.run.model)}{option} --norm {spec.norm}"
+    return f"mess index --model {shlex.quote(run.model)}{option} --norm {spec.norm}"
 
 
 def stale_ranking_data(store: FeatureStore) -> list[Path]:
