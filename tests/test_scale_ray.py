@@ -90,12 +90,13 @@ print(json.dumps({"done": s.done, "skipped": s.skipped, "copies": s.copies, "fai
 """
 
 
-def extract_ray(store: Path, paths: list[Path], model: str, policy: WindowPolicy, address: str,
+def extract_ray(store: Path, paths: list[Path], model: str, policy: WindowPolicy, address: str, *, before: str = "",
                 **options: object) -> ExtractSummary:
-    """`mess.scale.ray_extract.extract_ray` run by a driver process of its own; its summary."""
+    """`mess.scale.ray_extract.extract_ray` run by a driver process of its own (which first runs ``before``); its
+    summary."""
     args = {"store": str(store), "paths": [str(p) for p in paths], "model": model, "policy": policy.to_json(),
             "address": address, "options": options}
-    out = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(args)], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", before + _DRIVER, json.dumps(args)], capture_output=True, text=True,
                          timeout=600, env=RAY_ENV)
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout.strip().splitlines()[-1])
@@ -268,6 +269,56 @@ def test_ray_records_a_file_it_could_not_read_as_the_local_engine_does(ray_addre
     with contextlib.closing(FeatureStore(tmp_path / "ray", readonly=True)) as store:
         assert store.failures(store.run("dsp")) == local.failures(local.run("dsp"))
         assert [Path(p).name for p, _ in store.failures(store.run("dsp"))] == ["gone.wav"]
+
+
+# Every Python process of the job's Ray workers (and their decoding processes) runs this first: decoding a file named
+# hang*.wav never ends, as a decoder stuck in a damaged file.
+_HANGING_DECODER = """
+import importlib.abc, importlib.util, sys, time
+
+class Hang(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name != "mess.extract.prepare":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+        def exec_module(module):
+            run(module)
+            real = module.decode_windows
+            def decode_windows(record, *args, **kwargs):
+                while record.path.name.startswith("hang"):
+                    time.sleep(1)
+                return real(record, *args, **kwargs)
+            module.decode_windows = decode_windows
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, Hang())
+"""
+
+
+def test_a_decoder_that_hangs_is_stopped_and_the_run_goes_on(ray_address: str, tmp_path: Path) -> None:
+    """The Ray engine had no decoder timeout, unlike the local engine's decoding processes: a file whose reading never
+    ends (a FIFO nobody writes) or whose decoding hangs held its Ray task, and the run, for good. Each file is now
+    inspected and decoded in a decoding process under the same timeout: the file is recorded as failed with the
+    local engine's reason and the rest embedded."""
+    music, hooks = tmp_path / "music", tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(_HANGING_DECODER)
+    paths = _write_tones(music, 3, seconds=5.0)
+    paths[2] = paths[2].rename(music / "hang.wav")
+    stuck = music / "stuck.wav"
+    os.mkfifo(stuck)  # nobody writes: its inspection never ends
+    workers = {"PYTHONPATH": os.pathsep.join([str(hooks), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    before = f"import ray; ray.init(address={ray_address!r}, runtime_env={{'env_vars': {workers!r}}})\n"
+    got = extract_ray(tmp_path / "ray", [*paths, stuck], "dsp", POLICY, ray_address, before=before, actors=1,
+                      decode_timeout=5.0)
+    assert got.done == 2
+    assert sorted(got.failed) == [(str(path), f"{path}: the decoder took longer than 5 s and was stopped; file skipped")
+                                  for path in (paths[2], stuck)]
+    with contextlib.closing(FeatureStore(tmp_path / "ray", readonly=True)) as store:
+        assert sorted(Path(p).name for p, _ in store.failures(store.run("dsp"))) == ["hang.wav", "stuck.wav"]
 
 
 def test_killed_worker_is_restarted_and_nothing_is_lost(ray_address: str, tones: tuple, tmp_path: Path) -> None:

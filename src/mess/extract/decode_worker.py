@@ -4,15 +4,41 @@ Requests: ``("inspect", path, known)`` -> :class:`FileRecord`; ``("decode", reco
 policy, band_hz)`` -> :class:`Windows`; ``("plan", paths, policy)`` -> the audio seconds the policy analyses in them.
 Replies: ``("ok", value)``, or ``(kind, message)`` with kind ``audio`` (AudioError), ``os`` (OSError) or
 ``other`` (any other exception). What C libraries print goes to /dev/null (see :func:`quiet_native_output`).
+The parent asks through :func:`ask`, which turns a reply, a crash or a hang into the file's value or its failure.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from mess.audio.decode import AudioError
-from mess.extract.child import serve_requests
+from mess.extract.child import Child, ChildDied, serve_requests
 from mess.extract.prepare import decode_windows, describe, inspect_file, planned_seconds
+
+DECODE_TIMEOUT = 900.0  # seconds one file's inspection or decoding may take before its process is stopped
+
+
+class FileFailed(Exception):
+    """One file could not be inspected or decoded; the message is the recorded reason."""
+
+
+def ask(child: Child, path: Path, request: tuple, timeout: float) -> object:
+    """What the decode worker ``child`` computes for one file's ``request``; FileFailed with the reason when it
+    cannot (the file's error, a crash, or over ``timeout`` seconds: the child is then stopped, the next call starts
+    another)."""
+    try:
+        reply = child.call(request, timeout)
+    except ChildDied as exc:
+        raise FileFailed(f"{path}: the decoder {exc}; file skipped") from None
+    if not (isinstance(reply, tuple) and len(reply) == 2):
+        raise FileFailed(f"{path}: the decoder answered {reply!r}")
+    kind, value = reply
+    if kind == "ok":
+        return value
+    if kind == "os":
+        raise FileFailed(f"{path}: cannot read ({value})")
+    raise FileFailed(value if kind == "audio" else f"{path}: {value}")
 
 
 def handle(request: object) -> tuple:

@@ -14,7 +14,8 @@ from queue import SimpleQueue
 from typing import cast
 
 from mess.audio.windows import WindowPolicy
-from mess.extract.child import Child, ChildDied, stop_all
+from mess.extract.child import Child, stop_all
+from mess.extract.decode_worker import DECODE_TIMEOUT, FileFailed, ask
 from mess.extract.embed import embed_prepared
 from mess.extract.plan import plan_in_background, to_embed
 from mess.extract.prepare import FileRecord, Windows, describe
@@ -27,7 +28,6 @@ from mess.store.paths import printable
 log = logging.getLogger(__name__)
 
 DECODE_WORKER = "mess.extract.decode_worker"
-DECODE_TIMEOUT = 900.0  # seconds one file's inspection or decoding may take before its process is stopped
 STOP_GRACE = 5.0  # seconds an idle decoder has to end by itself (removing its temp files) before it is killed
 
 ProgressHook = Callable[[int, float], None]  # (tracks finished, audio seconds embedded)
@@ -164,16 +164,17 @@ def _prepared(store: FeatureStore, run: Run, paths: Sequence[Path], model: Embed
         record: FileRecord | None = None
         child = idle.get()
         try:
-            record = cast(FileRecord, _answer(child, path, ("inspect", path, store.known_file(path))))
+            record = cast(FileRecord, ask(child, path, ("inspect", path, store.known_file(path)), DECODE_TIMEOUT))
             store.upsert_track(path, record.content_hash, record.size, record.mtime, record.info, record.tags,
                                stamp=record.stamp)
             if store.has_vectors(run, record.content_hash):
                 return _Outcome(record, skipped=True)
-            windows = cast(Windows, _answer(child, path, ("decode", record, info.sample_rate, policy, info.band_hz)))
+            decode = ("decode", record, info.sample_rate, policy, info.band_hz)
+            windows = cast(Windows, ask(child, path, decode, DECODE_TIMEOUT))
             if windows.duration is not None:  # a truncated file: its header claimed another length
                 store.set_duration(record.content_hash, windows.duration)
             return _Outcome(record, windows)
-        except _FileFailed as exc:
+        except FileFailed as exc:
             return _Outcome(record or _unread(path), error=str(exc))
         except StoreError:
             raise
@@ -200,26 +201,6 @@ def _prepared(store: FeatureStore, run: Run, paths: Sequence[Path], model: Embed
         if stop_plan is not None:
             stop_plan()
         stop_all(children, STOP_GRACE)
-
-
-class _FileFailed(Exception):
-    """One file could not be inspected or decoded; the message is the recorded reason."""
-
-
-def _answer(child: Child, path: Path, request: tuple) -> object:
-    """What a decode worker computes for one file's ``request``; _FileFailed with the reason when it cannot."""
-    try:
-        reply = child.call(request, DECODE_TIMEOUT)
-    except ChildDied as exc:
-        raise _FileFailed(f"{path}: the decoder {exc}; file skipped") from None
-    if not (isinstance(reply, tuple) and len(reply) == 2):
-        raise _FileFailed(f"{path}: the decoder answered {reply!r}")
-    kind, value = reply
-    if kind == "ok":
-        return value
-    if kind == "os":
-        raise _FileFailed(f"{path}: cannot read ({value})")
-    raise _FileFailed(value if kind == "audio" else f"{path}: {value}")
 
 
 def _unread(path: Path) -> FileRecord:

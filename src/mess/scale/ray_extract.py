@@ -30,6 +30,7 @@ import ray
 import ray.data
 
 from mess.audio.windows import WindowPolicy
+from mess.extract.decode_worker import DECODE_TIMEOUT
 from mess.extract.pipeline import ExtractSummary, prune
 from mess.extract.runs import record_source, run_key
 from mess.models.base import ModelInfo
@@ -53,7 +54,8 @@ class ScaleError(Exception):
 def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, policy: WindowPolicy, *,
                 batch_size: int = 4, device: str = "cpu", address: str | None = None, precision: str = "fp32",
                 actors: int | None = None, write_every: int = 16, info: ModelInfo | None = None,
-                source: dict[str, str] | None = None, prune_under: Sequence[Path] = ()) -> ExtractSummary:
+                source: dict[str, str] | None = None, prune_under: Sequence[Path] = (),
+                decode_timeout: float = DECODE_TIMEOUT) -> ExtractSummary:
     """Embed every file not yet in the store for this model/revision/policy, on a Ray cluster.
 
     Args:
@@ -70,6 +72,8 @@ def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, pol
         source: the loaded model's ``source()``, recorded with the run (with ``info``).
         prune_under: forget catalogued files under these folders that are no longer on disk, as the local
             pipeline does (:func:`mess.extract.pipeline.prune`).
+        decode_timeout: seconds one file's inspection or decoding may take; its decoding process is then stopped
+            and the file recorded as failed, as in the local pipeline.
 
     Raises:
         ScaleError: the cluster cannot be reached or has no GPU for ``device="cuda"``.
@@ -85,10 +89,10 @@ def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, pol
         summary = ExtractSummary()
         if prune_under:
             summary.removed = prune(store, paths, prune_under)
-        todo = _catalogue(store, run, paths, summary)
+        todo = _catalogue(store, run, paths, summary, decode_timeout)
         if todo:
             n_actors = min(len(todo), actors or _default_actors(device))
-            rows = _embedded(todo, model_name, info, policy, batch_size, device, precision, n_actors)
+            rows = _embedded(todo, model_name, info, policy, batch_size, device, precision, n_actors, decode_timeout)
             _commit(store, run, rows, write_every, summary)
     finally:
         if owned:
@@ -137,8 +141,8 @@ def _dataset(items: list[dict[str, Any]]) -> ray.data.Dataset:
     return ray.data.from_items(items, override_num_blocks=max(1, min(-(-len(items) // ROWS_PER_BLOCK), MAX_BLOCKS)))
 
 
-def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path],
-               summary: ExtractSummary) -> list[dict[str, str | float]]:
+def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path], summary: ExtractSummary,
+               timeout: float) -> list[dict[str, str | float]]:
     """Catalogue every file; return (path, hash, stamp, size, duration, sample rate) of the content this run still
     has to embed."""
     items = []
@@ -148,7 +152,8 @@ def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path],
                       "known_stamp": known[1] if known else ""})
     todo: list[dict[str, str | float]] = []
     queued: set[str] = set()
-    for row in _dataset(items).map(inspect_row, num_cpus=1).iter_rows():
+    inspected = _dataset(items).map(inspect_row, num_cpus=1, fn_kwargs={"timeout": timeout})  # type: ignore[arg-type]
+    for row in inspected.iter_rows():
         if row["error"]:  # recorded by path, as the local pipeline records a file it could not read
             summary.failed.append((row["path"], row["error"]))
             store.record_failure(run, "", row["path"], row["error"])
@@ -170,11 +175,12 @@ def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path],
 
 
 def _embedded(todo: list[dict[str, str | float]], model_name: str, info: ModelInfo, policy: WindowPolicy,
-              batch_size: int, device: str, precision: str, actors: int) -> ray.data.Dataset:
+              batch_size: int, device: str, precision: str, actors: int, timeout: float) -> ray.data.Dataset:
     """The streaming dataset of embedded tracks: decoded on CPU tasks, embedded by ``actors`` actors."""
     decoded = _dataset(todo).map(
         decode_row, num_cpus=1,  # type: ignore[arg-type]  # ray's stubs do not model fn_kwargs
-        fn_kwargs={"sample_rate": info.sample_rate, "policy": policy.to_json(), "band_hz": info.band_hz})
+        fn_kwargs={"sample_rate": info.sample_rate, "policy": policy.to_json(), "band_hz": info.band_hz,
+                   "timeout": timeout})
     return decoded.map_batches(
         Embedder, batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=1, num_gpus=1 if device.startswith("cuda") else 0,
