@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mess.search.index import BehindIndex, behind_indexes, delete_index, stale_indexes
+from mess.search.index import BehindIndex, delete_index, index_states, stale_indexes
 from mess.search.query import stale_aspect_map
 from mess.search.rerank_store import index_command
 from mess.store import FeatureStore
@@ -46,10 +46,9 @@ def check_store(path: Path, *, fix: bool = False, on_wait: Callable[[str], None]
     store = FeatureStore(path, readonly=not fix, verify=False, on_wait=on_wait, create=False)
     try:
         problems, actions = _repair(store) if fix else (full_check(store), [])
-        catalog = any(p.kind == "catalog" for p in problems)
-        stale = [] if catalog else stale_indexes(store)
-        behind = [] if catalog or any(p.damage for p in problems) else behind_indexes(store)
-        problems += [] if catalog else _stale_aspect_maps(store)
+        stale, behind = ([], []) if any(p.kind == "catalog" for p in problems) else index_states(store)
+        behind = [] if any(p.damage for p in problems) else behind  # repair first: then they may be stale
+        problems += [] if any(p.kind == "catalog" for p in problems) else _stale_aspect_maps(store)
     finally:
         store.close()
     return StoreHealth(problems, stale, actions, behind)

@@ -244,8 +244,16 @@ def stale_indexes(store: FeatureStore) -> list[Path]:
     data, augmentation files) that no longer matches its vectors (:func:`mess.search.rerank_store.stale_ranking_data`)
     is listed too.
     """
-    return [path for path, stale, _ in _saved_indexes(store) if stale] + _orphan_sidecars(store) \
-        + stale_ranking_data(store)
+    return index_states(store)[0]
+
+
+def index_states(store: FeatureStore) -> tuple[list[Path], list[BehindIndex]]:
+    """(:func:`stale_indexes`, the saved indexes of the runs answers read (the one each model's name picks) that lack
+    tracks added since they were built), reading each saved index once."""
+    saved = _saved_indexes(store)
+    stale = [path for path, old, _ in saved if old] + _orphan_sidecars(store) + stale_ranking_data(store)
+    return stale, [behind for _, _, behind in saved if behind is not None and behind.missing
+                   and store.run(behind.run.model).id == behind.run.id]
 
 
 @dataclass(frozen=True)
@@ -258,13 +266,6 @@ class BehindIndex:
     spec: VectorSpec
     missing: int  # tracks of its vector set not in it
     tracks: int  # tracks of its vector set
-
-
-def behind_indexes(store: FeatureStore) -> list[BehindIndex]:
-    """The saved indexes of the runs answers read (each model's newest) that lack tracks added since they were built
-    (:class:`BehindIndex`)."""
-    return [behind for _, _, behind in _saved_indexes(store) if behind is not None and behind.missing
-            and store.run(behind.run.model).id == behind.run.id]
 
 
 def _saved_indexes(store: FeatureStore) -> list[tuple[Path, bool, BehindIndex | None]]:
