@@ -386,3 +386,32 @@ def test_silence_is_judged_below_8_khz_whatever_rate_a_model_decodes(tmp_path: P
         with pytest.raises(AudioError, match=r"hiss\.wav: silent \(peak -\d+ dBFS"):
             decode_windows(inspect_file(tmp_path / "hiss.wav"), model_rate, policy)
         assert decode_windows(inspect_file(tmp_path / "quiet.wav"), model_rate, policy).audio.size
+
+
+def test_every_value_of_a_multi_valued_genre_tag_is_kept_and_the_first_is_its_label(tmp_path: Path) -> None:
+    """Two GENRE comments in a FLAC, an ID3v2.4 TCON list in an MP3 and two M4A genre values kept only their first
+    ('Ambient'): 'Electronic' vanished from the catalogue, the export and `mess artists --hybrid`'s genre sets. All
+    are kept ('Ambient; Electronic'); a genre label (evaluate, fuse, cluster names) is still the first value."""
+    import mutagen
+    from mutagen.easyid3 import EasyID3
+
+    from mess.artists.hybrid import _TAG_SPLIT
+    from mess.audio.names import label_key
+
+    genres = ["Ambient", "Electronic", "Ambient"]  # a repeated value is kept once
+    flac, mp3, m4a = tmp_path / "a.flac", tmp_path / "b.mp3", tmp_path / "c.m4a"
+    sf.write(flac, _sine(22050, 1.0), 22050)
+    _encode_av(mp3, _sine(22050, 1.0), 22050, "mp3")
+    _encode_av(m4a, _sine(22050, 1.0), 22050, "aac")
+    for path in (flac, m4a):
+        tagged = mutagen.File(path, easy=True)
+        tagged["genre"] = genres
+        tagged.save()
+    id3 = EasyID3()
+    id3["genre"] = genres
+    id3.save(mp3, v2_version=4)
+    for path in (flac, mp3, m4a):
+        genre = read_tags(path)["genre"]
+        assert genre is not None and [g.casefold() for g in _TAG_SPLIT.split(genre)] == ["ambient", "electronic"]
+        assert label_key("genre", genre) == "Ambient", path.name
+    assert label_key("genre", "Drum & Bass") == "Drum & Bass" and label_key("genre", " ; ") is None

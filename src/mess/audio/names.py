@@ -51,7 +51,10 @@ def credit_key(credit: str | None) -> str:
 def label_key(field: str, value: str | None) -> str | None:
     """What a tag ``field`` labels a track with when tracks are grouped by it (evaluation, fusion): for artist and
     composer the credit's main-artist identity (:func:`credit_key`: spellings and guests do not split an artist, as
-    in `mess artists`), else the stripped text; None when empty or naming no artist ('Various Artists')."""
+    in `mess artists`), for genre a multi-valued tag's first value ('Ambient; Electronic' is Ambient), else the
+    stripped text; None when empty or naming no artist ('Various Artists')."""
+    if field == "genre" and value:
+        value = next((v for v in value.split(";") if v.strip()), "")
     if not value or not value.strip():
         return None
     return (credit_key(value) or None) if field in ("artist", "composer") else value.strip()

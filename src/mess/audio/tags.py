@@ -14,7 +14,8 @@ from mutagen.id3 import ID3
 from mess.audio.decode import open_container
 
 TAG_FIELDS = ("artist", "album", "title", "genre", "composer")
-CREDITS = ("artist", "composer")  # every value kept: the first is the main artist (mess.audio.names.main_artist)
+# every value kept: the first is the main artist (mess.audio.names.main_artist) or the genre label (label_key)
+MULTI_VALUED = ("artist", "composer", "genre")
 JOIN = "; "
 ASF_NAMES = {"artist": "Author", "album": "WM/AlbumTitle", "title": "Title", "genre": "WM/Genre",
              "composer": "WM/Composer"}  # WMA's attributes, which mutagen reads under these names only
@@ -23,7 +24,7 @@ EasyMP4Tags.RegisterTextKey("composer", "\xa9wrt")  # an M4A's composer atom, wh
 
 
 def read_tags(path: Path) -> dict[str, str | None]:
-    """Return each field in :data:`TAG_FIELDS`: the first non-blank value, or for :data:`CREDITS` every value
+    """Return each field in :data:`TAG_FIELDS`: the first non-blank value, or for :data:`MULTI_VALUED` every value
     joined by ``'; '`` (two Vorbis ARTIST comments, an ID3v2.4 null-separated list: 'A; B'); None when absent."""
     tags: dict[str, str | None] = dict.fromkeys(TAG_FIELDS)
     try:
@@ -34,7 +35,7 @@ def read_tags(path: Path) -> dict[str, str | None]:
         for field in TAG_FIELDS:
             values = list(dict.fromkeys(v for v in (str(x).strip() for x in _values(audio, field)) if v))
             if values:
-                tags[field] = JOIN.join(values) if field in CREDITS else values[0]
+                tags[field] = JOIN.join(values) if field in MULTI_VALUED else values[0]
     if not any(tags.values()):
         return _ffmpeg_tags(path, tags)
     if audio is not None and isinstance(audio.tags, ID3) and not all(tags.values()):

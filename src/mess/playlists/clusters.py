@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 from sklearn.cluster import KMeans
 
+from mess.audio.names import label_key
 from mess.constants import DEFAULT_NORM
 from mess.playlists.playlist import Playlist, PlaylistError
 from mess.search.vectors import Norm, VectorSpec, load_vectors, track_by_id
@@ -47,8 +48,9 @@ def clusters(store: FeatureStore, run: Run, k: int | None = None, *, aspect: str
 
 
 def cluster_name(tracks: tuple[Track, ...]) -> str:
-    """A name from tags: the genre shared by at least half the tracks, then the two most common artists."""
-    genres = Counter(t.genre.strip() for t in tracks if t.genre and t.genre.strip())
+    """A name from tags: the genre (a multi-valued tag's first) shared by at least half the tracks, then the two
+    most common artists."""
+    genres = Counter(g for t in tracks if (g := label_key("genre", t.genre)))
     artists = Counter((t.artist or t.composer or "").strip() for t in tracks if (t.artist or t.composer or "").strip())
     top = [a for a, _ in artists.most_common(2)]
     who = " & ".join(top) + (" and others" if len(artists) > 2 else "")
