@@ -340,3 +340,26 @@ def test_similar_artists_of_a_track_follow_its_credit_as_mess_artists_reads_it(t
         for params in ({}, {"track": ids["d0"], "name": "Dora"}):
             bad = client.get("/api/artists/similar", params=params)
             assert bad.status_code == 400 and "give one of name" in bad.json()["detail"]
+
+
+def test_a_title_crediting_an_orchestra_or_lyrics_credits_no_guest(tmp_path: Path) -> None:
+    """"Theme (with Orchestra)" by Alpha and "Battle (with Orchestra)" by Beta made 'Orchestra' a guest of both, so
+    `--weights collab=1` called Alpha and Beta collaborators; so did "(with Lyrics)" and "feat. Full Choir". A
+    guest made only of words that name no one is no credit; "(with Dora Lee)" and "feat. the London Symphony
+    Orchestra" still are."""
+    tags = {"a0": {"artist": ["Alpha"], "title": ["Theme (with Orchestra)"]},
+            "a1": {"artist": ["Alpha"], "title": ["Waltz (with Dora Lee)"]},
+            "a2": {"artist": ["Alpha feat. the Strings & Full Choir"], "title": ["Hymn [with Lyrics]"]},
+            "b0": {"artist": ["Beta"], "title": ["Battle (with Orchestra)"]},
+            "b1": {"artist": ["Beta feat. Full Choir"], "title": ["Hymn (with Lyrics)"]},
+            "g0": {"artist": ["Gamma"], "title": ["Night (feat. Dora Lee)"]},
+            "d0": {"artist": ["Delta feat. the London Symphony Orchestra"], "title": ["Day"]},
+            "e0": {"artist": ["Epsilon"], "title": ["Dusk (with The London Symphony Orchestra)"]}}
+    store = tagged_store(tmp_path, tags)
+    found = mess_json(store, "artists", "similar", "alpha", "-l", "mfcc", "--min-tracks", "1",
+                      "--weights", "collab=1")
+    scores = {r["artist"]: r["components"]["collab"] for r in found["results"]}
+    assert scores["Gamma"] > 0 and scores["Beta"] == scores["Delta"] == 0, scores
+    found = mess_json(store, "artists", "similar", "delta", "-l", "mfcc", "--min-tracks", "1",
+                      "--weights", "collab=1")
+    assert found["results"][0]["artist"] == "Epsilon" and found["results"][0]["components"]["collab"] > 0

@@ -7,12 +7,19 @@ from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 
-from mess.audio.names import FEAT, main_artist, name_key
+from mess.audio.names import FEAT, main_artist, name_key, normalize_name
 
 # Everything that separates names inside one credit.
 _SPLIT = re.compile(r"\s*[&;,/+]\s*|\s+(?:x|vs\.?|and)\s+|" + FEAT.pattern, re.IGNORECASE)
 # "Title (feat. B)" / "Title [ft. B & C]" credits guests in the title.
 _TITLE_FEAT = re.compile(r"[\(\[]\s*(?:feat\.?|ft\.?|featuring|with)\s+([^\)\]]+)[\)\]]", re.IGNORECASE)
+# Words of a guest credit that name no one: "(with Orchestra)", "(with the Strings)", "(with Lyrics)". A guest made
+# only of these is not an artist; "with the London Symphony Orchestra" is one.
+_GENERIC = frozenset("""a an and his her their my our full big small live special guest guests friends others
+    orchestra orchestras orchestral symphony symphonic philharmonic chamber strings string choir choirs chorus band
+    ensemble quartet quintet trio section horns horn brass woodwinds winds percussion rhythm drums piano guitar organ
+    harp vocals vocal voice voices singers children kids audience crowd lyrics intro outro accompaniment backing
+    """.split())
 
 
 def split_credit(credit: str, known: Collection[str] = frozenset()) -> list[str]:
@@ -22,12 +29,13 @@ def split_credit(credit: str, known: Collection[str] = frozenset()) -> list[str]
     itself a known artist (``known`` holds :func:`name_key` forms), such as a band called 'Earth, Wind & Fire',
     is not split at its '&' or ','.
     """
-    parts = [part for value in credit.split(";") for part in (main_artist(value), *FEAT.split(value)[1:])]
+    parts = [(part, i > 0) for value in credit.split(";")
+             for i, part in enumerate((main_artist(value), *FEAT.split(value)[1:]))]
     names: list[str] = []
-    for part in parts:
+    for part, guest in parts:
         part = part.strip(" ()[]")
         pieces = [part] if name_key(part) in known else _SPLIT.split(part)
-        names += [p.strip(" ()[]") for p in pieces if p and p.strip(" ()[]")]
+        names += [p.strip(" ()[]") for p in pieces if p and p.strip(" ()[]") and not (guest and _names_no_one(p))]
     return _unique(names)
 
 
@@ -35,8 +43,14 @@ def track_credits(artist: str | None, title: str | None, known: Collection[str] 
     """Artists credited on one track: the artist tag plus guests named in the title (``known`` as above)."""
     names = split_credit(artist, known) if artist else []
     for guest in _TITLE_FEAT.findall(title or ""):
-        names += split_credit(guest, known)
+        names += [name for name in split_credit(guest, known) if not _names_no_one(name)]
     return _unique(names)
+
+
+def _names_no_one(guest: str) -> bool:
+    """Whether a guest credit is only words that name no one (:data:`_GENERIC`: 'Orchestra', 'Full Choir')."""
+    words = normalize_name(guest).split()
+    return bool(words) and all(w in _GENERIC for w in words)
 
 
 def _unique(names: Iterable[str]) -> list[str]:
