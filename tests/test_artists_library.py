@@ -363,3 +363,17 @@ def test_a_title_crediting_an_orchestra_or_lyrics_credits_no_guest(tmp_path: Pat
     found = mess_json(store, "artists", "similar", "delta", "-l", "mfcc", "--min-tracks", "1",
                       "--weights", "collab=1")
     assert found["results"][0]["artist"] == "Epsilon" and found["results"][0]["components"]["collab"] > 0
+
+
+def test_traditional_and_anonymous_are_no_artist_and_the_the_is_not_the(tmp_path: Path) -> None:
+    """Folk tunes composed by 'Traditional' (or 'Trad.', 'Anonymous', 'Anon.') made one artist of every such track,
+    listed among similar artists, and `--exclude-same-artist` from one left out the others; they name no artist,
+    as 'Various Artists' does. 'The The' was the same artist as 'The' (both lost a leading 'the')."""
+    tags = {"t0": {"composer": ["Traditional"]}, "t1": {"composer": ["Trad."]}, "t2": {"composer": ["Anonymous"]},
+            "t3": {"artist": ["Anon."], "composer": ["Clara"]}, "tt0": {"artist": ["The The"]},
+            "tt1": {"artist": ["the the"]}, "the0": {"artist": ["The"]}, "a0": {"artist": ["Alpha"]}}
+    store = tagged_store(tmp_path, tags)
+    found = mess_json(store, "artists", "similar", "alpha", "-l", "mfcc", "--min-tracks", "1")
+    assert {r["artist"]: r["tracks"] for r in found["results"]} == {"Clara": 1, "The The": 2, "The": 1}
+    similar = mess_json(store, "similar", str(tmp_path / "music" / "t0.flac"), "--exclude-same-artist", "-k", "10")
+    assert {Path(r["path"]).stem for r in similar["results"]} >= {"t1", "t2"}

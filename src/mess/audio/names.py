@@ -15,16 +15,19 @@ FEAT = re.compile(r"\s*(?:[\(\[]\s*(?:feat\.?|ft\.?|featuring|with)|\b(?:feat\.?
                    re.IGNORECASE)
 
 # name_key forms of the credits that name no artist: 'Various Artists' (MusicBrainz), 'VA', 'V.A.', 'Various',
-# 'Unknown Artist' (Windows Media Player), 'Unknown', '[unknown]' and '[no artist]' (MusicBrainz).
-PLACEHOLDERS = frozenset({"variousartists", "various", "va", "unknownartist", "unknown", "noartist"})
+# 'Unknown Artist' (Windows Media Player), 'Unknown', '[unknown]' and '[no artist]' (MusicBrainz); a folk tune's
+# or an old piece's 'Traditional', 'Trad.', 'Anonymous', 'Anon.' (and 'Tradicional', 'Traditionnel', 'Anónimo').
+PLACEHOLDERS = frozenset({"variousartists", "various", "va", "unknownartist", "unknown", "noartist", "unknowncomposer",
+                          "traditional", "trad", "tradicional", "traditionnel", "tradizionale", "anonymous", "anon",
+                          "anonimo", "anonyme", "anonym"})
 
 
 def normalize_name(name: str) -> str:
-    """Comparable form of an artist name: no accents, case, punctuation or leading 'the'."""
+    """Comparable form of an artist name: no accents, case, punctuation or leading 'the' ('The The' keeps one)."""
     text = unicodedata.normalize("NFKD", name)
     text = "".join(c for c in text if not unicodedata.combining(c)).casefold().replace("&", " and ")
     text = re.sub(r"[^\w]+", " ", text).strip()
-    return re.sub(r"^the\s+", "", text)
+    return re.sub(r"^the\s+(?!the$)", "", text)
 
 
 def name_key(name: str) -> str:
