@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mess.audio.decode import AudioError, downmix, load_audio, probe
+from mess.audio.decode import AudioError, downmix, load_audio, load_segments, probe
 from mess.audio.discover import content_hash, find_audio
 from mess.audio.tags import read_tags
 
@@ -415,3 +415,31 @@ def test_every_value_of_a_multi_valued_genre_tag_is_kept_and_the_first_is_its_la
         assert genre is not None and [g.casefold() for g in _TAG_SPLIT.split(genre)] == ["ambient", "electronic"]
         assert label_key("genre", genre) == "Ambient", path.name
     assert label_key("genre", "Drum & Bass") == "Drum & Bass" and label_key("genre", " ; ") is None
+
+
+def _id3v1(title: str, artist: str) -> bytes:
+    """An ID3v1 tag: the 128 bytes some taggers append to a file (foobar2000 writes APEv2 and ID3v1 to WavPack)."""
+    return (b"TAG" + title.encode().ljust(30, b"\0") + artist.encode().ljust(30, b"\0") + bytes(30) + b"2000"
+            + bytes(30) + b"\xff")
+
+
+@pytest.mark.parametrize("ext", [".wv", ".mpc"])
+def test_wavpack_and_musepack_with_an_id3v1_tag_at_their_end_decode(tmp_path: Path, ext: str) -> None:
+    """A WavPack or Musepack file with an ID3v1 tag after its audio (and APEv2 tag) failed: FFmpeg's demuxers read
+    the tag as a damaged block ('cannot decode (invalid data ...)', 'operation not permitted'), and its hash was of
+    its bytes, so rewriting the tag changed it. FFmpeg is given the bytes before the trailing tags."""
+    plain = _write_format(tmp_path, ext)
+    tagged = tmp_path / f"tagged{ext}"
+    tagged.write_bytes(plain.read_bytes() + _id3v1("Title", "Tagger"))
+    assert probe(tagged) == probe(plain)
+    whole = load_audio(tagged, 16000)
+    assert np.array_equal(whole, load_audio(plain, 16000))
+    if ext == ".wv":  # Musepack's coarse timestamps leave it to whole decodes
+        starts = [0.2, 1.0]
+        windows = load_segments(tagged, 16000, starts, 0.5)
+        for start, window in zip(starts, windows, strict=True):
+            assert np.allclose(window, whole[int(start * 16000):int(start * 16000) + 8000], atol=1e-4)
+    assert content_hash(tagged) == content_hash(plain)
+    retagged = tmp_path / f"retagged{ext}"
+    retagged.write_bytes(plain.read_bytes() + _id3v1("Other", "Someone Else"))
+    assert content_hash(retagged) == content_hash(tagged)

@@ -30,6 +30,7 @@ _GUESSED_LENGTH = frozenset({"mp3", "aac"})  # FFmpeg's length of an MP3 without
 # guess from the first frames' bit rate (37 s for 47 s of VBR AAC with a loud intro): their packets are counted instead
 _MP3_SLACK = 4096  # samples an MP3's packets may outlast libsndfile's gapless count: encoder delay and padding
 _FFMPEG_FIRST = frozenset({".ogg", ".oga"})  # Vorbis: FFmpeg's decoder costs 3/4 of libvorbis's CPU (libsndfile's)
+_ID3V1_UNREAD = frozenset({".wv", ".mpc"})  # FFmpeg's WavPack and Musepack demuxers read an ID3v1 tag as audio
 
 
 class AudioError(Exception):
@@ -81,14 +82,55 @@ def native_output_quiet() -> Iterator[None]:
 @contextmanager
 def open_container(path: Path) -> Iterator[av.container.InputContainer]:
     """PyAV's container for ``path``; a name that is not valid UTF-8 is opened through a Python file, and tags that
-    are not UTF-8 are read as Windows-1252."""
+    are not UTF-8 are read as Windows-1252. A WavPack or Musepack file with an ID3v1 tag at its end is given to
+    FFmpeg without its trailing tags (:data:`_ID3V1_UNREAD`: its demuxer failed on the tag as on damaged audio)."""
     name = str(path)
-    if name.encode("utf-8", "surrogatepass").decode("utf-8", "ignore") == name:
+    end = trailing_tags(path)[0] if audio_suffix(path.name) in _ID3V1_UNREAD else None
+    if end is None and name.encode("utf-8", "surrogatepass").decode("utf-8", "ignore") == name:
         with av.open(name, metadata_errors=LEGACY_TAGS) as container:
             yield container
     else:
-        with path.open("rb") as raw, av.open(raw, "r", metadata_errors=LEGACY_TAGS) as container:
+        with path.open("rb") as raw, av.open(raw if end is None else _Clipped(raw, end), "r",
+                                             metadata_errors=LEGACY_TAGS) as container:
             yield container
+
+
+def trailing_tags(path: Path) -> tuple[int | None, int]:
+    """(where an ID3v1 tag at the end of ``path`` begins, None without one; where an APEv2 tag before it, or at the
+    end, begins: the file's size without one)."""
+    with path.open("rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        id3v1 = end - 128 if end >= 128 and f.seek(end - 128) >= 0 and f.read(3) == b"TAG" else None
+        end = end if id3v1 is None else id3v1
+        if end >= 32 and f.seek(end - 32) >= 0 and (footer := f.read(32))[:8] == b"APETAGEX":
+            size, flags = int.from_bytes(footer[12:16], "little"), int.from_bytes(footer[20:24], "little")
+            end -= size + (32 if flags & (1 << 31) else 0)
+    return id3v1, end
+
+
+class _Clipped(io.RawIOBase):
+    """A file read as if it ended at byte ``end``."""
+
+    def __init__(self, raw: io.BufferedReader, end: int) -> None:
+        self._raw, self._end = raw, end
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self._raw.read(max(0, min(len(buffer), self._end - self._raw.tell())))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._raw.seek(self._end + offset if whence == os.SEEK_END else offset,
+                              os.SEEK_SET if whence == os.SEEK_END else whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
 
 
 def probe(path: Path) -> AudioInfo:

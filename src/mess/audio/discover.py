@@ -9,7 +9,7 @@ from pathlib import Path
 
 import av
 
-from mess.audio.decode import open_container
+from mess.audio.decode import open_container, trailing_tags
 from mess.constants import audio_suffix
 
 _HASH_CHUNK = 1 << 20
@@ -141,12 +141,7 @@ def _untagged_hash(path: Path, digest: hashlib.blake2b) -> str:
         start = 0
         if (head := f.read(10))[:3] == b"ID3" and len(head) == 10:
             start = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(head[6:10]))
-        end = f.seek(0, os.SEEK_END)
-        if end >= 128 and f.seek(end - 128) >= 0 and f.read(3) == b"TAG":
-            end -= 128
-        if end >= 32 and f.seek(end - 32) >= 0 and (footer := f.read(32))[:8] == b"APETAGEX":
-            size, flags = int.from_bytes(footer[12:16], "little"), int.from_bytes(footer[20:24], "little")
-            end -= size + (32 if flags & (1 << 31) else 0)
+        end = trailing_tags(path)[1]
         f.seek(start)
         left = end - start
         while left > 0 and (chunk := f.read(min(_HASH_CHUNK, left))):
