@@ -443,3 +443,21 @@ def test_wavpack_and_musepack_with_an_id3v1_tag_at_their_end_decode(tmp_path: Pa
     retagged = tmp_path / f"retagged{ext}"
     retagged.write_bytes(plain.read_bytes() + _id3v1("Other", "Someone Else"))
     assert content_hash(retagged) == content_hash(tagged)
+
+
+def test_a_flac_with_an_id3v1_tag_at_its_end_keeps_its_hash_when_the_tag_is_rewritten(tmp_path: Path) -> None:
+    """FFmpeg's FLAC demuxer hands an ID3v1 tag after the audio on inside the last packet, so the audio's hash
+    covered the tag: rewriting it (an old tagger's artist) made the file a new recording, embedded again."""
+    import mutagen
+
+    plain = tmp_path / "plain.flac"
+    sf.write(plain, _sine(44100, 2.0, channels=2), 44100)
+    tagged = mutagen.File(plain)
+    tagged["artist"] = "Vorbis Artist"
+    tagged.save()
+    first, second = tmp_path / "first.flac", tmp_path / "second.flac"
+    first.write_bytes(plain.read_bytes() + _id3v1("Title", "Tagger"))
+    second.write_bytes(plain.read_bytes() + _id3v1("Other", "Someone Else"))
+    assert content_hash(first) == content_hash(second) == content_hash(plain)
+    assert read_tags(first)["artist"] == "Vorbis Artist"
+    assert np.array_equal(load_audio(first, 16000), load_audio(plain, 16000))

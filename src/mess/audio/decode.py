@@ -30,7 +30,9 @@ _GUESSED_LENGTH = frozenset({"mp3", "aac"})  # FFmpeg's length of an MP3 without
 # guess from the first frames' bit rate (37 s for 47 s of VBR AAC with a loud intro): their packets are counted instead
 _MP3_SLACK = 4096  # samples an MP3's packets may outlast libsndfile's gapless count: encoder delay and padding
 _FFMPEG_FIRST = frozenset({".ogg", ".oga"})  # Vorbis: FFmpeg's decoder costs 3/4 of libvorbis's CPU (libsndfile's)
-_ID3V1_UNREAD = frozenset({".wv", ".mpc"})  # FFmpeg's WavPack and Musepack demuxers read an ID3v1 tag as audio
+# FFmpeg's WavPack and Musepack demuxers fail on an ID3v1 tag after the audio; its FLAC demuxer hands it on inside
+# the last packet (so rewriting the tag changed the file's content hash)
+_ID3V1_UNREAD = frozenset({".wv", ".mpc", ".flac"})
 
 
 class AudioError(Exception):
@@ -82,8 +84,8 @@ def native_output_quiet() -> Iterator[None]:
 @contextmanager
 def open_container(path: Path) -> Iterator[av.container.InputContainer]:
     """PyAV's container for ``path``; a name that is not valid UTF-8 is opened through a Python file, and tags that
-    are not UTF-8 are read as Windows-1252. A WavPack or Musepack file with an ID3v1 tag at its end is given to
-    FFmpeg without its trailing tags (:data:`_ID3V1_UNREAD`: its demuxer failed on the tag as on damaged audio)."""
+    are not UTF-8 are read as Windows-1252. A WavPack, Musepack or FLAC file with an ID3v1 tag at its end is given
+    to FFmpeg without its trailing tags (:data:`_ID3V1_UNREAD`: its demuxer reads the tag as audio)."""
     name = str(path)
     end = trailing_tags(path)[0] if audio_suffix(path.name) in _ID3V1_UNREAD else None
     if end is None and name.encode("utf-8", "surrogatepass").decode("utf-8", "ignore") == name:
