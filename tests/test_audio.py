@@ -461,3 +461,19 @@ def test_a_flac_with_an_id3v1_tag_at_its_end_keeps_its_hash_when_the_tag_is_rewr
     assert content_hash(first) == content_hash(second) == content_hash(plain)
     assert read_tags(first)["artist"] == "Vorbis Artist"
     assert np.array_equal(load_audio(first, 16000), load_audio(plain, 16000))
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "PCM_32"])
+def test_integer_pcm_has_one_scale_through_ffmpeg_and_libsndfile(tmp_path: Path, subtype: str) -> None:
+    """FFmpeg's integer samples were divided by 32767 (2^31 - 1), libsndfile's by 32768 (2^31): the same WAV read
+    by each (its header unfinished sends it to FFmpeg) differed by a gain of 1.00003 and full scale was -1.00003."""
+    finished, unfinished = tmp_path / "finished.wav", tmp_path / "unfinished.wav"
+    rng = np.random.default_rng(0)
+    audio = np.concatenate([[-1.0, 1.0 - 2.0 ** -15], rng.uniform(-1, 1, 44100)]).astype(np.float32)
+    sf.write(finished, audio, 44100, subtype=subtype)
+    data = bytearray(finished.read_bytes())
+    at = data.find(b"data")
+    data[4:8] = data[at + 4 : at + 8] = bytes(4)
+    unfinished.write_bytes(data)
+    by_ffmpeg, by_libsndfile = load_audio(unfinished, 44100), load_audio(finished, 44100)
+    assert by_libsndfile[0] == -1.0 and np.array_equal(by_ffmpeg, by_libsndfile)

@@ -583,8 +583,8 @@ def _stack_frames(arrays: list[np.ndarray], planar: bool, channels: int) -> np.n
     block = arr.T if planar else arr.reshape(-1, channels)
     if block.dtype == np.uint8:  # 8-bit PCM is unsigned, silence at 128 (TTA, WavPack, WAV's through FFmpeg)
         return (block.astype(np.float32) - np.float32(128)) / np.float32(128)
-    if np.issubdtype(block.dtype, np.integer):
-        return block.astype(np.float32) / np.float32(np.iinfo(block.dtype).max)
+    if np.issubdtype(block.dtype, np.integer):  # by 2^15 or 2^31, as libsndfile scales them: full scale is -1
+        return block.astype(np.float32) / np.float32(-np.iinfo(block.dtype).min)
     return block if block.dtype == np.float32 else block.astype(np.float32)
 
 
