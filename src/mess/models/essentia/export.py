@@ -2,7 +2,7 @@
 
 The graph uses msd-musicnn-1's tensor names (input ``model/Placeholder`` [batch, 187, 96];
 outputs ``model/Sigmoid`` and ``model/dense/BiasAdd``) plus the native port's intermediate
-layers, and an Essentia-format JSON is written beside it. It lets the ONNX backend be
+layers, and an Essentia-format JSON is written beside it (with the weights' ISC licence). It lets the ONNX backend be
 checked against, and timed against, the native port without downloading anything.
 ``torch.onnx.export`` needs the ``onnx`` package (a dependency of mess).
 """
@@ -20,6 +20,8 @@ from mess.models.musicnn.network import MusicnnNetwork
 from mess.models.musicnn.shapes import FRAME_LAYERS, N_FRAMES, N_MELS
 
 INTERMEDIATE = (*FRAME_LAYERS, "mean_pool", "max_pool", "penultimate")
+# the weights' licence, written in the JSON so the backend does not print the preset's (Essentia's CC BY-NC-SA)
+LICENCE = "ISC (the musicnn==0.1.0 wheel's weights by Jordi Pons, exported by mess)"
 OUTPUTS = ("model/Sigmoid", "model/dense/BiasAdd", *INTERMEDIATE)
 
 
@@ -48,7 +50,8 @@ def export_musicnn(model: MusicnnModel, path: Path) -> Path:
                           dynamo=False, input_names=["model/Placeholder"], output_names=list(OUTPUTS),
                           dynamic_axes=dynamic, opset_version=17)
     path.with_suffix(".json").write_text(json.dumps({
-        "name": f"{model.dataset} MusiCNN (exported by mess)", "version": "1", "classes": list(model.tag_names),
+        "name": f"{model.dataset} MusiCNN (exported by mess)", "version": "1", "license": LICENCE,
+        "classes": list(model.tag_names),
         "schema": {
             "inputs": [{"name": "model/Placeholder", "type": "float", "shape": [N_FRAMES, N_MELS]}],
             "outputs": [
