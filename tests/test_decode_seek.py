@@ -263,12 +263,13 @@ def _encode_mp3(path: Path, audio: np.ndarray, sr: int, vbr: bool, kbps: int = 1
 
 
 def _without_xing_frame(data: bytes) -> bytes:
-    """An MP3's bytes without its first frame, the Xing/Info header LAME writes (as older encoders made them)."""
+    """An MP3's bytes without its first frame, the Xing (VBR) or Info (CBR) header LAME writes (as older encoders
+    made them)."""
     start = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(data[6:10])) if data[:3] == b"ID3" else 0
     header = data[start : start + 4]
     kbps = [0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320][header[2] >> 4]
     size = 144 * kbps * 1000 // [44100, 48000, 32000][(header[2] >> 2) & 3] + ((header[2] >> 1) & 1)
-    assert header[0] == 0xFF and data.find(b"Xing", start, start + size) > 0
+    assert header[0] == 0xFF and max(data.find(tag, start, start + size) for tag in (b"Xing", b"Info")) > 0
     return data[:start] + data[start + size :]
 
 
@@ -295,6 +296,22 @@ def test_an_mp3_is_read_to_its_end_whatever_its_header_says(tmp_path: Path, kind
     assert load_audio(path, 16000).size / 16000 == pytest.approx(47.3, abs=0.2)
     windows = decode_windows(record, 16000, POLICY)
     assert windows.starts[-1] == pytest.approx(37.3, abs=0.2)
+    _assert_seeked_equal_whole(path, POLICY, atol_starts=0.0)
+
+
+def test_a_cbr_mp3_without_an_info_header_is_read_by_its_windows(tmp_path: Path) -> None:
+    """libsndfile guesses the length of a CBR MP3 without LAME's Info header from its bit rate, 0.11 s of 47.3 too
+    long: the last window ran past the audio, and the file was decoded whole (a whole decode's memory on a long
+    file). Its packets' length, the whole decode's, places the windows; libsndfile's seeks by the constant bit rate
+    land on the whole decode's samples."""
+    sr = 44100
+    _encode_mp3(tmp_path / "info.mp3", _music(sr, 47.3), sr, vbr=False)
+    path = tmp_path / "song.mp3"
+    path.write_bytes(_without_xing_frame((tmp_path / "info.mp3").read_bytes()))
+    assert sf.info(path).duration > 47.4  # libsndfile's guess: the fault
+    duration = inspect_file(path).info["duration"]
+    assert duration == pytest.approx(load_audio(path, 16000).size / 16000, abs=1e-3) and isinstance(duration, float)
+    assert decode.load_segments(path, 16000, [duration - 10.0], 10.0).shape == (1, 160000)  # the last window
     _assert_seeked_equal_whole(path, POLICY, atol_starts=0.0)
 
 

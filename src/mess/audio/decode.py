@@ -143,7 +143,10 @@ def probe(path: Path) -> AudioInfo:
             return AudioInfo(0.0, info.samplerate, info.channels)  # no length (a FLAC written to a pipe), or the
             # first stream's of a chained Ogg file: decoded whole
         if _reads_whole(path, info.frames, info.samplerate, info.subtype):
-            return AudioInfo(info.frames / info.samplerate, info.samplerate, info.channels)
+            seconds = info.frames / info.samplerate
+            if info.subtype in _MPEG and (packets := _mpeg_packet_seconds(path)):  # libsndfile's guess of a CBR
+                seconds = min(seconds, packets)  # MP3's length without a Xing/Info header overshoots its audio
+            return AudioInfo(seconds, info.samplerate, info.channels)
     except (sf.LibsndfileError, RuntimeError, TypeError):
         pass
     try:
@@ -462,12 +465,17 @@ def _reads_whole(path: Path, frames: int, rate: int, subtype: str) -> bool:
     """
     if frames <= 0 or subtype not in _MPEG:
         return frames > 0
+    seconds = _mpeg_packet_seconds(path)
+    return seconds is None or frames >= seconds * rate - _MP3_SLACK  # None: FFmpeg cannot read it either
+
+
+def _mpeg_packet_seconds(path: Path) -> float | None:
+    """:func:`_mp3_seconds` of ``path`` as it is now; None where FFmpeg cannot read it."""
     try:
         stat = path.stat()
-        seconds = _mp3_seconds(path, (stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns))
+        return _mp3_seconds(path, (stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns))
     except (av.FFmpegError, AudioError, OSError):
-        return True  # FFmpeg cannot read it either
-    return frames >= seconds * rate - _MP3_SLACK
+        return None
 
 
 @lru_cache(maxsize=64)
