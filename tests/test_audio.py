@@ -461,6 +461,16 @@ def test_a_flac_with_an_id3v1_tag_at_its_end_keeps_its_hash_when_the_tag_is_rewr
     assert content_hash(first) == content_hash(second) == content_hash(plain)
     assert read_tags(first)["artist"] == "Vorbis Artist"
     assert np.array_equal(load_audio(first, 16000), load_audio(plain, 16000))
+    from mutagen.id3 import ID3, TPE1
+
+    bare = tmp_path / "bare.flac"  # ID3 tags only, before and after: FFmpeg reads the ID3v2 one
+    sf.write(bare, _sine(44100, 2.0), 44100)
+    id3 = ID3()
+    id3.add(TPE1(encoding=3, text="Id3 Artist"))
+    id3.save(bare)
+    both = tmp_path / "both.flac"
+    both.write_bytes(bare.read_bytes() + _id3v1("Title", "Tagger"))
+    assert read_tags(both)["artist"] == "Id3 Artist" and content_hash(both) == content_hash(bare)
 
 
 @pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "PCM_32"])
@@ -477,3 +487,24 @@ def test_integer_pcm_has_one_scale_through_ffmpeg_and_libsndfile(tmp_path: Path,
     unfinished.write_bytes(data)
     by_ffmpeg, by_libsndfile = load_audio(unfinished, 44100), load_audio(finished, 44100)
     assert by_libsndfile[0] == -1.0 and np.array_equal(by_ffmpeg, by_libsndfile)
+
+
+@pytest.mark.parametrize("ext", [".ape", ".wv", ".mpc"])
+def test_monkeys_audio_wavpack_and_musepack_after_an_id3v2_tag_decode(tmp_path: Path, ext: str) -> None:
+    """An ID3v2 tag written before a Monkey's Audio, WavPack or Musepack file (their own decoders skip it) made the
+    file unreadable ('cannot decode (invalid data ...)': FFmpeg's demuxers look for their header at byte 0), and a
+    WavPack's or Musepack's hash was of its bytes. FFmpeg is given the bytes after the tag."""
+    from mutagen.id3 import ID3, TPE1
+
+    plain = _write_format(tmp_path, ext)
+    tagged, retagged = tmp_path / f"tagged{ext}", tmp_path / f"retagged{ext}"
+    for path, artist in ((tagged, "Id3 Artist"), (retagged, "Someone Else " * 40)):
+        path.write_bytes(plain.read_bytes())
+        id3 = ID3()
+        id3.add(TPE1(encoding=3, text=artist))
+        id3.save(path)
+        assert path.read_bytes()[:3] == b"ID3"
+    assert probe(tagged) == probe(plain)
+    assert np.array_equal(load_audio(tagged, 16000), load_audio(plain, 16000))
+    assert content_hash(tagged) == content_hash(retagged) == content_hash(plain)
+

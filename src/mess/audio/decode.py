@@ -30,9 +30,12 @@ _GUESSED_LENGTH = frozenset({"mp3", "aac"})  # FFmpeg's length of an MP3 without
 # guess from the first frames' bit rate (37 s for 47 s of VBR AAC with a loud intro): their packets are counted instead
 _MP3_SLACK = 4096  # samples an MP3's packets may outlast libsndfile's gapless count: encoder delay and padding
 _FFMPEG_FIRST = frozenset({".ogg", ".oga"})  # Vorbis: FFmpeg's decoder costs 3/4 of libvorbis's CPU (libsndfile's)
-# FFmpeg's WavPack and Musepack demuxers fail on an ID3v1 tag after the audio; its FLAC demuxer hands it on inside
+# FFmpeg's WavPack and Musepack demuxers fail on an ID3v1 tag after the audio, its FLAC demuxer hands it on inside
 # the last packet (so rewriting the tag changed the file's content hash)
 _ID3V1_UNREAD = frozenset({".wv", ".mpc", ".flac"})
+# its Monkey's Audio, WavPack and Musepack demuxers do not open a file that starts with an ID3v2 tag (their own
+# decoders skip it)
+_ID3V2_UNREAD = frozenset({".ape", ".wv", ".mpc"})
 
 
 class AudioError(Exception):
@@ -84,37 +87,44 @@ def native_output_quiet() -> Iterator[None]:
 @contextmanager
 def open_container(path: Path) -> Iterator[av.container.InputContainer]:
     """PyAV's container for ``path``; a name that is not valid UTF-8 is opened through a Python file, and tags that
-    are not UTF-8 are read as Windows-1252. A WavPack, Musepack or FLAC file with an ID3v1 tag at its end is given
-    to FFmpeg without its trailing tags (:data:`_ID3V1_UNREAD`: its demuxer reads the tag as audio)."""
-    name = str(path)
-    end = trailing_tags(path)[0] if audio_suffix(path.name) in _ID3V1_UNREAD else None
-    if end is None and name.encode("utf-8", "surrogatepass").decode("utf-8", "ignore") == name:
+    are not UTF-8 are read as Windows-1252. A file with a tag where FFmpeg's demuxer takes it for audio (an ID3v2 tag
+    at the start of :data:`_ID3V2_UNREAD`'s, an ID3v1 tag at the end of :data:`_ID3V1_UNREAD`'s) is given to FFmpeg
+    without its tags."""
+    name, suffix = str(path), audio_suffix(path.name)
+    start, end, id3v1 = tag_bounds(path) if suffix in _ID3V1_UNREAD | _ID3V2_UNREAD else (0, 0, False)
+    span = start and suffix in _ID3V2_UNREAD or id3v1 and suffix in _ID3V1_UNREAD
+    if not span and name.encode("utf-8", "surrogatepass").decode("utf-8", "ignore") == name:
         with av.open(name, metadata_errors=LEGACY_TAGS) as container:
             yield container
-    else:
-        with path.open("rb") as raw, av.open(raw if end is None else _Clipped(raw, end), "r",
-                                             metadata_errors=LEGACY_TAGS) as container:
+    else:  # a FLAC's ID3v2 tag is FFmpeg's to read (tags mutagen does not read there)
+        with path.open("rb") as raw, av.open(_Span(raw, start if suffix in _ID3V2_UNREAD else 0, end) if span else raw,
+                                             "r", metadata_errors=LEGACY_TAGS) as container:
             yield container
 
 
-def trailing_tags(path: Path) -> tuple[int | None, int]:
-    """(where an ID3v1 tag at the end of ``path`` begins, None without one; where an APEv2 tag before it, or at the
-    end, begins: the file's size without one)."""
+def tag_bounds(path: Path) -> tuple[int, int, bool]:
+    """(where the bytes of ``path`` begin after an ID3v2 tag at its start, where they end before an APEv2 and an
+    ID3v1 tag at its end, whether it has the ID3v1 tag)."""
     with path.open("rb") as f:
+        start = 0
+        if (head := f.read(10))[:3] == b"ID3" and len(head) == 10:
+            start = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(head[6:10])) + (
+                10 if head[5] & 0x10 else 0)  # ID3v2.4's footer
         end = f.seek(0, os.SEEK_END)
-        id3v1 = end - 128 if end >= 128 and f.seek(end - 128) >= 0 and f.read(3) == b"TAG" else None
-        end = end if id3v1 is None else id3v1
-        if end >= 32 and f.seek(end - 32) >= 0 and (footer := f.read(32))[:8] == b"APETAGEX":
+        id3v1 = end - 128 >= start and f.seek(end - 128) >= 0 and f.read(3) == b"TAG"
+        end -= 128 if id3v1 else 0
+        if end - 32 >= start and f.seek(end - 32) >= 0 and (footer := f.read(32))[:8] == b"APETAGEX":
             size, flags = int.from_bytes(footer[12:16], "little"), int.from_bytes(footer[20:24], "little")
             end -= size + (32 if flags & (1 << 31) else 0)
-    return id3v1, end
+    return start, max(start, end), id3v1
 
 
-class _Clipped(io.RawIOBase):
-    """A file read as if it ended at byte ``end``."""
+class _Span(io.RawIOBase):
+    """A file read as if it held only its bytes from ``start`` up to ``end``."""
 
-    def __init__(self, raw: io.BufferedReader, end: int) -> None:
-        self._raw, self._end = raw, end
+    def __init__(self, raw: io.BufferedReader, start: int, end: int) -> None:
+        self._raw, self._start, self._end = raw, start, end
+        raw.seek(start)
 
     def readable(self) -> bool:
         return True
@@ -128,11 +138,11 @@ class _Clipped(io.RawIOBase):
         return len(data)
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        return self._raw.seek(self._end + offset if whence == os.SEEK_END else offset,
-                              os.SEEK_SET if whence == os.SEEK_END else whence)
+        base = {os.SEEK_SET: self._start, os.SEEK_CUR: self._raw.tell(), os.SEEK_END: self._end}[whence]
+        return self._raw.seek(max(self._start, base + offset)) - self._start
 
     def tell(self) -> int:
-        return self._raw.tell()
+        return self._raw.tell() - self._start
 
 
 def probe(path: Path) -> AudioInfo:

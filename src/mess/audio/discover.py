@@ -9,7 +9,7 @@ from pathlib import Path
 
 import av
 
-from mess.audio.decode import open_container, trailing_tags
+from mess.audio.decode import open_container, tag_bounds
 from mess.constants import audio_suffix
 
 _HASH_CHUNK = 1 << 20
@@ -137,11 +137,8 @@ def _packets_hash(path: Path) -> str:
 def _untagged_hash(path: Path, digest: hashlib.blake2b) -> str:
     """``digest`` updated with the bytes of ``path`` between its tags: an ID3v2 tag at the start, an APEv2 and an
     ID3v1 tag at the end (Monkey's Audio: its header, seek table and frames)."""
+    start, end, _ = tag_bounds(path)
     with path.open("rb") as f:
-        start = 0
-        if (head := f.read(10))[:3] == b"ID3" and len(head) == 10:
-            start = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(head[6:10]))
-        end = trailing_tags(path)[1]
         f.seek(start)
         left = end - start
         while left > 0 and (chunk := f.read(min(_HASH_CHUNK, left))):
