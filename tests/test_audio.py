@@ -508,3 +508,17 @@ def test_monkeys_audio_wavpack_and_musepack_after_an_id3v2_tag_decode(tmp_path: 
     assert np.array_equal(load_audio(tagged, 16000), load_audio(plain, 16000))
     assert content_hash(tagged) == content_hash(retagged) == content_hash(plain)
 
+
+@pytest.mark.parametrize("ext", [".mp3", ".tta"])
+def test_apev2_tags_of_an_mp3_or_tta_file_are_read_with_every_value(tmp_path: Path, ext: str) -> None:
+    """An MP3 tagged with APEv2 only (foobar2000 can write it so) had no tags at all (neither mutagen's MP3 nor
+    FFmpeg reads APEv2 there), and a TTA file's APEv2 credits kept their first value (FFmpeg's reading)."""
+    from mutagen.apev2 import APEv2
+
+    path = tmp_path / f"tone{ext}"
+    _encode_av(path, _sine(44100, 1.0), 44100, ext[1:])
+    tags = APEv2()
+    tags.update({"Artist": ["Alpha", "Beta"], "Genre": ["Rock", "Pop"], "Title": "Song", "Composer": "Clara"})
+    tags.save(path)
+    assert read_tags(path) == {"artist": "Alpha; Beta", "album": None, "title": "Song", "genre": "Rock; Pop",
+                               "composer": "Clara"}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import av
 import mutagen
+from mutagen.apev2 import APEv2File
 from mutagen.asf import ASF
 from mutagen.easymp4 import EasyMP4Tags
 from mutagen.id3 import ID3
@@ -27,21 +29,34 @@ def read_tags(path: Path) -> dict[str, str | None]:
     """Return each field in :data:`TAG_FIELDS`: the first non-blank value, or for :data:`MULTI_VALUED` every value
     joined by ``'; '`` (two Vorbis ARTIST comments, an ID3v2.4 null-separated list: 'A; B'); None when absent."""
     tags: dict[str, str | None] = dict.fromkeys(TAG_FIELDS)
-    try:
-        audio = mutagen.File(str(path), easy=True)
-    except (mutagen.MutagenError, OSError, ValueError):
-        audio = None
-    if audio is not None and audio.tags is not None:
-        for field in TAG_FIELDS:
-            values = list(dict.fromkeys(v for v in (str(x).strip() for x in _values(audio, field)) if v))
-            if values:
-                tags[field] = JOIN.join(values) if field in MULTI_VALUED else values[0]
+    audio = _open(path, lambda name: mutagen.File(name, easy=True))
+    _fill(tags, audio)
+    if not any(tags.values()):  # APEv2 where the file's own type reads other tags: an MP3's or TTA file's
+        _fill(tags, _open(path, APEv2File))  # (foobar2000 writes them), which FFmpeg reads only in part
     if not any(tags.values()):
         return _ffmpeg_tags(path, tags)
     if audio is not None and isinstance(audio.tags, ID3) and not all(tags.values()):
         found = _ffmpeg_tags(path, tags)  # a WAV's RIFF INFO list may hold what its ID3 chunk lacks
         return {field: value or found[field] for field, value in tags.items()}
     return tags
+
+
+def _open(path: Path, opener: Callable[[str], mutagen.FileType | None]) -> mutagen.FileType | None:
+    """``opener``'s mutagen file for ``path``; None where it reads none."""
+    try:
+        return opener(str(path))
+    except (mutagen.MutagenError, OSError, ValueError):
+        return None
+
+
+def _fill(tags: dict[str, str | None], audio: mutagen.FileType | None) -> None:
+    """Set each field of ``tags`` that ``audio``'s tags hold (see :func:`read_tags`)."""
+    if audio is None or audio.tags is None:
+        return
+    for field in TAG_FIELDS:
+        values = list(dict.fromkeys(v for v in (str(x).strip() for x in _values(audio, field)) if v))
+        if values:
+            tags[field] = JOIN.join(values) if field in MULTI_VALUED else values[0]
 
 
 def _values(audio: mutagen.FileType, field: str) -> list:
