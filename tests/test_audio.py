@@ -12,6 +12,7 @@ import soundfile as sf
 from mess.audio.decode import AudioError, downmix, load_audio, load_segments, probe
 from mess.audio.discover import content_hash, find_audio
 from mess.audio.tags import read_tags
+from mess.audio.windows import WindowPolicy
 
 
 def _sine(sr: int, seconds: float, freq: float = 440.0, channels: int = 1) -> np.ndarray:
@@ -522,3 +523,28 @@ def test_apev2_tags_of_an_mp3_or_tta_file_are_read_with_every_value(tmp_path: Pa
     tags.save(path)
     assert read_tags(path) == {"artist": "Alpha; Beta", "album": None, "title": "Song", "genre": "Rock; Pop",
                                "composer": "Clara"}
+
+
+def test_a_vorbis_comment_cut_short_fails_its_file_in_ffmpegs_words(wesnoth_tracks: list[Path], tmp_path: Path) -> None:
+    """A real track whose last Vorbis comment claims one byte more than it holds (it swallows the framing bit) made
+    mutagen raise IndexError out of read_tags: the file failed as 'IndexError: bytearray index out of range', and a
+    Ray run's catalogue task (which catches OSError only) raised it. Its tags are unread; the file fails as damaged,
+    naming it."""
+    import struct
+
+    from mess.extract.prepare import decode_windows, inspect_file
+
+    data = bytearray(wesnoth_tracks[0].read_bytes())
+    at = data.index(b"\x03vorbis") + 7
+    at += 4 + struct.unpack_from("<I", data, at)[0]  # past the vendor string
+    count = struct.unpack_from("<I", data, at)[0]
+    at += 4
+    for _ in range(count - 1):
+        at += 4 + struct.unpack_from("<I", data, at)[0]
+    struct.pack_into("<I", data, at, struct.unpack_from("<I", data, at)[0] + 1)
+    path = tmp_path / "damaged.ogg"
+    path.write_bytes(bytes(data))
+    record = inspect_file(path)
+    assert record.tags == dict.fromkeys(record.tags)
+    with pytest.raises(AudioError, match=r"damaged\.ogg: .*damaged, or not audio"):
+        decode_windows(record, 16000, WindowPolicy())

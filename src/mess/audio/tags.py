@@ -42,10 +42,10 @@ def read_tags(path: Path) -> dict[str, str | None]:
 
 
 def _open(path: Path, opener: Callable[[str], mutagen.FileType | None]) -> mutagen.FileType | None:
-    """``opener``'s mutagen file for ``path``; None where it reads none."""
+    """``opener``'s mutagen file for ``path``; None where it reads none, or fails on malformed tags in any way."""
     try:
         return opener(str(path))
-    except (mutagen.MutagenError, OSError, ValueError):
+    except Exception:  # noqa: BLE001 -- mutagen's parsers raise what they meet: IndexError on a Vorbis comment cut short
         return None
 
 
