@@ -345,8 +345,8 @@ def test_similar_artists_of_a_track_follow_its_credit_as_mess_artists_reads_it(t
 def test_a_title_crediting_an_orchestra_or_lyrics_credits_no_guest(tmp_path: Path) -> None:
     """"Theme (with Orchestra)" by Alpha and "Battle (with Orchestra)" by Beta made 'Orchestra' a guest of both, so
     `--weights collab=1` called Alpha and Beta collaborators; so did "(with Lyrics)" and "feat. Full Choir". A
-    guest made only of words that name no one is no credit; "(with Dora Lee)" and "feat. the London Symphony
-    Orchestra" still are."""
+    guest made only of words that name no one is no credit; "(with Dora Lee)", "feat. the London Symphony
+    Orchestra" and "(with The Band)" where The Band is an artist of the collection still are."""
     tags = {"a0": {"artist": ["Alpha"], "title": ["Theme (with Orchestra)"]},
             "a1": {"artist": ["Alpha"], "title": ["Waltz (with Dora Lee)"]},
             "a2": {"artist": ["Alpha feat. the Strings & Full Choir"], "title": ["Hymn [with Lyrics]"]},
@@ -354,7 +354,8 @@ def test_a_title_crediting_an_orchestra_or_lyrics_credits_no_guest(tmp_path: Pat
             "b1": {"artist": ["Beta feat. Full Choir"], "title": ["Hymn (with Lyrics)"]},
             "g0": {"artist": ["Gamma"], "title": ["Night (feat. Dora Lee)"]},
             "d0": {"artist": ["Delta feat. the London Symphony Orchestra"], "title": ["Day"]},
-            "e0": {"artist": ["Epsilon"], "title": ["Dusk (with The London Symphony Orchestra)"]}}
+            "e0": {"artist": ["Epsilon"], "title": ["Dusk (with The London Symphony Orchestra)"]},
+            "z0": {"artist": ["Zeta"], "title": ["Road (with The Band)"]}, "band0": {"artist": ["The Band"]}}
     store = tagged_store(tmp_path, tags)
     found = mess_json(store, "artists", "similar", "alpha", "-l", "mfcc", "--min-tracks", "1",
                       "--weights", "collab=1")
@@ -363,6 +364,9 @@ def test_a_title_crediting_an_orchestra_or_lyrics_credits_no_guest(tmp_path: Pat
     found = mess_json(store, "artists", "similar", "delta", "-l", "mfcc", "--min-tracks", "1",
                       "--weights", "collab=1")
     assert found["results"][0]["artist"] == "Epsilon" and found["results"][0]["components"]["collab"] > 0
+    found = mess_json(store, "artists", "similar", "zeta", "-l", "mfcc", "--min-tracks", "1",
+                      "--weights", "collab=1")  # a guest of generic words that is an artist of the collection
+    assert found["results"][0]["artist"] == "The Band" and found["results"][0]["components"]["collab"] > 0
 
 
 def test_traditional_and_anonymous_are_no_artist_and_the_the_is_not_the(tmp_path: Path) -> None:

@@ -35,7 +35,8 @@ def split_credit(credit: str, known: Collection[str] = frozenset()) -> list[str]
     for part, guest in parts:
         part = part.strip(" ()[]")
         pieces = [part] if name_key(part) in known else _SPLIT.split(part)
-        names += [p.strip(" ()[]") for p in pieces if p and p.strip(" ()[]") and not (guest and _names_no_one(p))]
+        names += [p.strip(" ()[]") for p in pieces
+                  if p and p.strip(" ()[]") and not (guest and _names_no_one(p, known))]
     return _unique(names)
 
 
@@ -43,14 +44,15 @@ def track_credits(artist: str | None, title: str | None, known: Collection[str] 
     """Artists credited on one track: the artist tag plus guests named in the title (``known`` as above)."""
     names = split_credit(artist, known) if artist else []
     for guest in _TITLE_FEAT.findall(title or ""):
-        names += [name for name in split_credit(guest, known) if not _names_no_one(name)]
+        names += [name for name in split_credit(guest, known) if not _names_no_one(name, known)]
     return _unique(names)
 
 
-def _names_no_one(guest: str) -> bool:
-    """Whether a guest credit is only words that name no one (:data:`_GENERIC`: 'Orchestra', 'Full Choir')."""
+def _names_no_one(guest: str, known: Collection[str]) -> bool:
+    """Whether a guest credit is only words that name no one (:data:`_GENERIC`: 'Orchestra', 'Full Choir'), and not
+    a known artist (``known``: 'The Band')."""
     words = normalize_name(guest).split()
-    return bool(words) and all(w in _GENERIC for w in words)
+    return bool(words) and all(w in _GENERIC for w in words) and name_key(guest) not in known
 
 
 def _unique(names: Iterable[str]) -> list[str]:
