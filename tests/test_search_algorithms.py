@@ -44,17 +44,25 @@ def clustered(n: int, dim: int, n_clusters: int, seed: int, spread: float = 0.6)
 # ---- metrics -------------------------------------------------------------------------
 
 
-def test_metrics_match_sklearn_per_query() -> None:
+@pytest.mark.parametrize("layout", ["four large classes", "pairs and singletons"])
+def test_metrics_match_sklearn_per_query(layout: str) -> None:
+    """Every query's scores equal scikit-learn's, also where a query has one relevant item (a composer with two
+    tracks) or none (its only track)."""
     rng = np.random.default_rng(3)
     n, k = 60, 5
-    labels = rng.integers(4, size=n)
+    pairs_and_singletons = rng.permutation(np.concatenate([np.repeat(np.arange(20), 2), np.arange(20, 40)]))
+    labels = rng.integers(4, size=n) if layout == "four large classes" else pairs_and_singletons
     scores = rng.random((n, n))
     rows = np.arange(n)
     rel = ranked_relevance(scores, labels, labels, rows)
     ap, nd, p = average_precision(rel), ndcg_at_k(rel, k), precision_at_k(rel, k)
+    assert set(rel.sum(axis=1)) == {0, 1} if layout == "pairs and singletons" else rel.sum(axis=1).min() > 5
     for q in range(n):
         others = rows != q
         truth = (labels[others] == labels[q]).astype(int)
+        if not truth.any():
+            assert ap[q] == nd[q] == p[q] == 0.0
+            continue
         assert ap[q] == pytest.approx(average_precision_score(truth, scores[q, others]))
         assert nd[q] == pytest.approx(ndcg_score(truth[None], scores[q, others][None], k=k))
         top = np.argsort(-scores[q, others])[:k]
