@@ -397,3 +397,13 @@ def test_a_seed_typed_composed_finds_a_file_saved_decomposed(tmp_path: Path) -> 
     out = runner.invoke(app, ["playlist", "path", "other.flac", typed, "-n", "3", "--store", str(store), "--json"])
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout)["tracks"][-1]["path"] == str(music / nfd)
+
+
+def test_a_playlist_named_near_the_file_name_limit_is_written(tmp_path: Path) -> None:
+    """A playlist named with 250 bytes (the limit is 255) failed with 'File name too long' naming the temp file it is
+    written through ('.NAME.XXXXXXXX.tmp', 14 bytes longer); the temp file's name is now cut to fit."""
+    target = tmp_path / ("é" * 120 + "x.m3u8")  # 246 bytes in UTF-8
+    assert len(os.fsencode(target.name)) <= 255
+    written = write_playlist(_playlist([tmp_path / "music" / "a.flac"]), target)
+    assert read_playlist(written) == [tmp_path / "music" / "a.flac"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["music", target.name])  # no temp file left

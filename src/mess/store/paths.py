@@ -74,8 +74,10 @@ TEMP_GRACE_SECONDS = 60.0
 
 
 def temp_path(target: Path) -> Path:
-    """The temp file :func:`replace_file` writes ``target`` through: ``.NAME.XXXXXXXX.tmp`` beside it."""
-    return target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    """The temp file :func:`replace_file` writes ``target`` through: ``.NAME.XXXXXXXX.tmp`` beside it, NAME cut to
+    the 255 bytes a file name may have (whole, a target named near that limit could not be written)."""
+    name = os.fsdecode(os.fsencode(target.name)[:255 - len(".XXXXXXXX.tmp") - 1])
+    return target.with_name(f".{name}.{secrets.token_hex(4)}.tmp")
 
 
 def leftover_temps(root: Path, grace: float = TEMP_GRACE_SECONDS) -> list[Path]:
