@@ -968,3 +968,46 @@ def test_mpd_radio_from_a_stream_says_it_is_one(library: Library) -> None:
     assert out.exit_code == 1 and out.output.count("\n") == 1, out.output
     assert f"MPD's current song {url} is a stream" in out.output and "mess extract" not in out.output
     assert queue == [url, library.songs[0]]
+
+
+def test_mpd_radio_seeded_by_a_local_clients_file_leaves_out_what_is_queued(rendered_collection: list[Path],
+                                                                            tmp_path: Path) -> None:
+    """MPD plays a file outside its database by absolute path when a local client (over its socket) added it as
+    file:///...: the music folder was taken to be '' (the seed's path less that URI), so the songs queued after it
+    were not known as queued, and the radio queued them again."""
+    import tempfile
+
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.registry import load_model
+
+    root = tmp_path.resolve()
+    music, outside, home = root / "music", root / "outside", root / "mpd"
+    for folder in (music, outside, home):
+        folder.mkdir()
+    for piece in rendered_collection[0:16:4]:
+        shutil.copy(piece, music)
+    seed = Path(shutil.copy(rendered_collection[1], outside))
+    with closing(FeatureStore(root / "store")) as store:
+        assert not extract(store, sorted([*music.iterdir(), seed]), load_model("dsp"), WindowPolicy()).failed
+    songs = sorted(p.name for p in music.iterdir())
+    socket_dir = Path(tempfile.mkdtemp(prefix="mpd", dir="/tmp"))  # a socket's path has at most 107 bytes
+    try:
+        sock = str(socket_dir / "socket")
+        with _mpd(music, home, settings=f'bind_to_address "{sock}"\n'):
+            with connect(sock) as client:
+                client.clear()
+                client.add(seed.as_uri())  # only a local client may
+                for song in songs[:2]:
+                    client.add(song)
+                client.play(0)
+                client.pause(1)
+            out = runner.invoke(app, ["mpd", "radio", "-n", "10", "--model", "dsp", "--store", str(root / "store"),
+                                      "--host", sock])
+            assert out.exit_code == 0, out.output
+            with connect(sock) as client:
+                queue = [s["file"] for s in client.playlistinfo()]
+    finally:
+        shutil.rmtree(socket_dir)
+    assert queue[0] == str(seed) and queue[-2:] == songs[:2]
+    assert sorted(queue[1:-2]) == songs[2:]  # the radio: the other two, none queued twice

@@ -156,11 +156,29 @@ def collection_track(tracks: Sequence[Track], uri: str, music_dir: Path | None =
     return found[0] if found else None
 
 
-def collection_path(music_dir: Path, uri: str, paths: Container[str]) -> str:
-    """The collection's path of MPD's song ``uri``: ``music_dir/uri``, else where its symbolic links lead (as
-    extraction stores it), e.g. for a folder linked into the music folder."""
-    path = str(music_dir / uri)
+def collection_path(music_dir: Path | None, uri: str, paths: Container[str]) -> str:
+    """The collection's path of MPD's song ``uri``: ``music_dir/uri`` (``uri`` itself when absolute: a local client's
+    file:// song), else where its symbolic links lead (as extraction stores it), e.g. for a folder linked into the
+    music folder; "" for a relative ``uri`` when the music folder is not known."""
+    if music_dir is None and not uri.startswith("/"):
+        return ""
+    path = str((music_dir or Path("/")) / uri)
     return path if path in paths else str(resolved(path))
+
+
+def _music_folder(tracks: Sequence[Track], queue: Sequence[dict], seed: Track, uri: str) -> Path | None:
+    """MPD's music folder as the collection names it: the seed's path less its URI ``uri``; for a song MPD plays by
+    its absolute path (a local client's file:// song), that of another queued song the collection holds, else None."""
+    for song, track in [(uri, seed), *((s.get("file", ""), None) for s in queue)]:
+        if not song or song.startswith("/") or "://" in song:
+            continue
+        try:
+            track = track or collection_track(tracks, song)
+        except PlayerError:  # several of the collection's files end so
+            continue
+        if track is not None:
+            return Path(track.path[:len(track.path) - len(song)])
+    return None
 
 
 def song_uri(client: MPDClient, path: Path, music_dir: Path | None = None) -> str | None:
@@ -357,7 +375,7 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
         raise PlayerError(f"MPD's current song {song['file']} is not in the collection of this store; "
                           f"run `mess extract` on MPD's music folder{hint}")
     if music_dir is None:
-        music_dir = Path(seed.path[:len(seed.path) - len(song["file"])])
+        music_dir = _music_folder(tracks, queue, seed, song["file"])
     by_path = {t.path: t.id for t in tracks}
     at = int(song["pos"])
     after = queue[at + 1:]
@@ -369,7 +387,7 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     while True:  # MPD stops playing at a file deleted since its database was updated: the next closest instead
         playlist = radio(store, run, seeds, n, aspect=aspect, window=window, exclude=frozenset(t.id for t in gone),
                          heard=queued)
-        newly = gone_tracks(playlist) if music_dir.is_dir() else ()  # not its music folder missing (unmounted)
+        newly = gone_tracks(playlist) if music_dir is None or music_dir.is_dir() else ()  # not when unmounted
         if not newly:
             break
         gone += newly
