@@ -548,3 +548,19 @@ def test_a_vorbis_comment_cut_short_fails_its_file_in_ffmpegs_words(wesnoth_trac
     assert record.tags == dict.fromkeys(record.tags)
     with pytest.raises(AudioError, match=r"damaged\.ogg: .*damaged, or not audio"):
         decode_windows(record, 16000, WindowPolicy())
+
+
+def test_an_aiff_files_author_chunk_is_its_artist(tmp_path: Path) -> None:
+    """AIFF's own text chunks (NAME, AUTH: the spec's title and author) were read for the title only: FFmpeg names
+    AUTH 'author', and the artist stayed empty. The author is the artist where no artist tag is given."""
+    import struct
+
+    path = tmp_path / "take.aiff"
+    sf.write(path, _sine(22050, 1.0), 22050, subtype="PCM_16", format="AIFF")
+    data = bytearray(path.read_bytes())
+    for chunk, text in ((b"NAME", b"Aiff Title"), (b"AUTH", b"Aiff Author")):
+        data += chunk + struct.pack(">I", len(text)) + text + b"\0" * (len(text) % 2)
+    data[4:8] = struct.pack(">I", len(data) - 8)
+    path.write_bytes(bytes(data))
+    tags = read_tags(path)
+    assert (tags["artist"], tags["title"]) == ("Aiff Author", "Aiff Title")

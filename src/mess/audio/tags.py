@@ -74,8 +74,8 @@ def _values(audio: mutagen.FileType, field: str) -> list:
 
 def _ffmpeg_tags(path: Path, tags: dict[str, str | None]) -> dict[str, str | None]:
     """The fields of FFmpeg's metadata (container, then first audio stream; keys in any case: Matroska's 'ARTIST')
-    for a file mutagen found none in: Matroska (which mutagen does not read), a WAV file's RIFF INFO list, a TTA
-    file's APEv2 tags (it reads ID3). ``tags`` where FFmpeg fails."""
+    for a file mutagen found none in: Matroska (which mutagen does not read), a WAV file's RIFF INFO list, an AIFF's
+    NAME and AUTH chunks (the author is the artist). ``tags`` where FFmpeg fails."""
     try:
         with open_container(path) as container:
             found = {k.lower(): v for k, v in container.metadata.items()}
@@ -83,4 +83,5 @@ def _ffmpeg_tags(path: Path, tags: dict[str, str | None]) -> dict[str, str | Non
                 found = {k.lower(): v for k, v in container.streams.audio[0].metadata.items()} | found
     except (av.FFmpegError, OSError, ValueError):
         return tags
+    found["artist"] = found.get("artist") or found.get("author") or ""  # an AIFF's AUTH chunk (FFmpeg's name)
     return {field: (str(found.get(field) or "").strip() or None) for field in TAG_FIELDS}
