@@ -564,3 +564,24 @@ def test_an_aiff_files_author_chunk_is_its_artist(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     tags = read_tags(path)
     assert (tags["artist"], tags["title"]) == ("Aiff Author", "Aiff Title")
+
+
+def test_id3_tags_where_a_files_own_type_holds_none_are_read(tmp_path: Path) -> None:
+    """A FLAC tagged with ID3v1 only (old rippers wrote it) and a WavPack file whose only tag is an ID3v2 one before
+    it (decoded since FFmpeg is given the bytes after it) had no tags: mutagen's FLAC and WavPack types read Vorbis
+    comments and APEv2, FFmpeg is not shown the tag. ID3 is read where the file's own type finds none."""
+    from mutagen.id3 import ID3, TCON, TPE1
+
+    flac = tmp_path / "old.flac"
+    sf.write(flac, _sine(44100, 1.0), 44100)
+    flac.write_bytes(flac.read_bytes() + _id3v1("Title", "Ripper Artist")[:-1] + bytes([17]))  # genre 17: Rock
+    tags = read_tags(flac)
+    assert (tags["artist"], tags["title"], tags["genre"]) == ("Ripper Artist", "Title", "Rock")
+    wavpack = tmp_path / "tagged.wv"
+    _encode_av(wavpack, _sine(44100, 1.0), 44100, "wavpack")  # FFmpeg's APEv2 tag names only its encoder
+    id3 = ID3()
+    id3.add(TPE1(encoding=3, text=["Alpha", "Beta"]))
+    id3.add(TCON(encoding=3, text=["Ambient"]))
+    id3.save(wavpack)
+    tags = read_tags(wavpack)
+    assert (tags["artist"], tags["genre"]) == ("Alpha; Beta", "Ambient")

@@ -11,7 +11,7 @@ import mutagen
 from mutagen.apev2 import APEv2File
 from mutagen.asf import ASF
 from mutagen.easymp4 import EasyMP4Tags
-from mutagen.id3 import ID3
+from mutagen.id3 import ID3, ID3FileType
 
 from mess.audio.decode import open_container
 
@@ -33,6 +33,8 @@ def read_tags(path: Path) -> dict[str, str | None]:
     _fill(tags, audio)
     if not any(tags.values()):  # APEv2 where the file's own type reads other tags: an MP3's or TTA file's
         _fill(tags, _open(path, APEv2File))  # (foobar2000 writes them), which FFmpeg reads only in part
+    if not any(tags.values()):  # ID3 there: a FLAC's ID3v1 tag (old rippers), one before a WavPack file
+        _fill(tags, _open(path, ID3FileType))
     if not any(tags.values()):
         return _ffmpeg_tags(path, tags)
     if audio is not None and isinstance(audio.tags, ID3) and not all(tags.values()):
