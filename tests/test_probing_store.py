@@ -675,3 +675,37 @@ def test_a_track_removed_while_probing_is_a_clear_error_not_misaligned_rows(stor
     finally:
         store.close()
         other.close()
+
+
+def test_the_random_init_control_leaves_a_file_changed_since_extraction_alone(tmp_path: Path) -> None:
+    """The trained probe skipped a file changed since extraction, but the random-init control extracted every file on
+    disk: the changed one was catalogued again under its new content, so the probed run lost the track (and the
+    rows then no longer matched the targets). The twin now embeds only files as catalogued."""
+    import soundfile as sf
+
+    from mess.audio.discover import find_audio
+    from mess.audio.windows import WindowPolicy
+
+    music = tmp_path / "music"
+    music.mkdir()
+    t = np.arange(16000 * 4) / 16000
+    for i in range(6):
+        tone = np.sin(2 * np.pi * 110 * (i + 2) * t) * (1 + np.sign(np.sin(2 * np.pi * (i + 1) * t)))
+        sf.write(music / f"t{i}.wav", (0.2 * tone).astype(np.float32), 16000)
+    root = tmp_path / "store"
+    store = FeatureStore(root)
+    extract(store, find_audio([music]), load_model("musicnn-msd"), WindowPolicy(window_seconds=4.0))
+    changed = store.track(str(music / "t0.wav"))
+    store.close()
+    shutil.copy(music / "t3.wav", music / "t0.wav")  # other audio since extraction
+    out = runner.invoke(app, ["probe", "--model", "musicnn-msd", "--layers", "timbral", "--control", "random-init",
+                              "--folds", "2", "--workers", "1", "--store", str(root), "--json"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.stdout)
+    assert "random-init" in report["conditions"], report["notes"]
+    assert report["missing_tracks"] == [{"path": changed.path, "reason": "changed since it was extracted"}]
+    store = FeatureStore(root, readonly=True)
+    assert store.known_file(Path(changed.path))[0] == changed.content_hash  # still catalogued as extracted
+    assert len(store.tracks(store.run("musicnn-msd"))) == 6
+    assert len(store.tracks(store.run("musicnn-msd-random-init"))) == 5
+    store.close()

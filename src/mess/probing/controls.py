@@ -21,7 +21,8 @@ from mess.extract.pipeline import ExtractSummary, extract
 from mess.extract.runs import run_key, run_policy
 from mess.models.base import FILE_REVISION, EmbeddingModel
 from mess.models.registry import load_model
-from mess.store import FeatureStore, Run
+from mess.probing.target_cache import stale_reason
+from mess.store import FeatureStore, Run, Track
 
 RANDOM_SUFFIX = "-random-init"
 
@@ -85,9 +86,17 @@ def random_init_run(store: FeatureStore, run: Run, *, source: str | None = None,
     if model.info.name != run.model:
         raise ControlError(f"{source} loads model {model.info.name!r}, not the probed {run.model!r}")
     twin = randomized(model, seed)
-    paths = [Path(t.path) for t in store.tracks(run) if Path(t.path).is_file()]
+    # a file changed since extraction is left out: extracting it would re-catalogue it under its new content, and
+    # the trained run (probed without it) would lose the track
+    paths = [Path(t.path) for t in store.tracks(run) if _as_catalogued(store, t)]
     if not paths:
         raise ControlError(f"none of the {run.model} tracks are on disk any more; cannot extract a random-init twin")
     policy = run_policy(run)
     summary = extract(store, paths, twin, policy, batch_size=batch_size, workers=workers, on_progress=on_progress)
     return store.ensure_run(run_key(twin.info, policy)), summary
+
+
+def _as_catalogued(store: FeatureStore, track: Track) -> bool:
+    """Whether the track's file is on disk as the catalog stamped it (its audio is what its vectors are of)."""
+    known = store.known_file(Path(track.path))
+    return known is not None and known[0] == track.content_hash and stale_reason(track.path, known[1]) is None

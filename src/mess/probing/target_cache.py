@@ -82,7 +82,7 @@ def _write(file: Path, starts: np.ndarray, values: np.ndarray) -> None:
     replace_file(file, arrays.getvalue())
 
 
-def _stale(path: str, stamp: str | None) -> str | None:
+def stale_reason(path: str, stamp: str | None) -> str | None:
     """CHANGED or REMOVED when the file is not the one the catalog stamped ``stamp`` (None: it is, or no stamp)."""
     if stamp is None:
         return None
@@ -97,8 +97,9 @@ def _attempt(index: int, path: str, policy_json: str,
     """file_targets of a file still as catalogued (checked before and after reading it), with a failure returned
     as its reason (one bad file must not stop the rest)."""
     try:
-        result = _stale(path, stamp) or file_targets(path, policy_json)  # checked before reading it ...
-        return index, _stale(path, stamp) or result  # ... and after: a file replaced meanwhile is not as catalogued
+        result = stale_reason(path, stamp) or file_targets(path, policy_json)  # checked before reading it ...
+        return index, stale_reason(path, stamp) or result  # ... and after: a file replaced meanwhile is not as
+        # catalogued
     except AudioError as exc:
         return index, str(exc)
     except Exception as exc:  # decoders and librosa raise many types: report the file, do not abort
