@@ -264,3 +264,22 @@ def test_matrix_out_as_a_folder_writes_inside_it_and_a_device_is_refused(extract
                                        "--store", str(extracted_store)])
     assert refused.exit_code == 1 and "cannot write the matrix to /dev/full" in refused.stderr, refused.stderr
     assert "not a device or a pipe" in refused.stderr and sorted(Path("/dev").iterdir()) == before
+
+
+def test_an_aspect_no_layer_encodes_is_refused_by_artists_as_by_similar(extracted_store: Path, tmp_path: Path) -> None:
+    """`mess similar --aspect rhythm` and the server refuse an aspect whose best layer the probe found below
+    ENCODED_R2; `mess artists similar --aspect rhythm` ranked artists by that arbitrary layer without a word."""
+    app, root = _artists_app(), _store_copy(extracted_store, tmp_path)
+    with closing(FeatureStore(root)) as fs:
+        run = fs.run("dsp")
+        name = load_artists(fs, run).names[0]
+        fs.set_aspect_map(run, [("timbre", "mfcc", 0.7, 0.1), ("rhythm", "chroma", 0.05, 0.0)],
+                          n_tracks=len(fs.tracks(run)), tracks_digest=fs.tracks_digest(run))
+    args = ["artists", "similar", name, "-m", "dsp", "--store", str(root)]
+    out = CliRunner().invoke(app, [*args, "--aspect", "rhythm"])
+    said = " ".join(out.stderr.split())
+    assert out.exit_code == 1 and "Traceback" not in said, said
+    assert said.startswith("error: no layer of dsp encodes rhythm (the probe's best R^2, less what shuffled targets "
+                           "reach, is 0.05, below 0.3)"), said
+    out = CliRunner().invoke(app, [*args, "--aspect", "timbre", "--json"])
+    assert out.exit_code == 0 and json.loads(out.stdout)["space"] == "timbre (mfcc)", out.stderr

@@ -12,8 +12,8 @@ import numpy as np
 
 from mess.audio.names import credit_key, main_artist, name_key, normalize_name
 from mess.constants import FUSED
-from mess.search.vectors import from_tracks
-from mess.store import FeatureStore, Run, Track
+from mess.search.vectors import aspect_layer, from_tracks
+from mess.store import FeatureStore, Run, StoreError, Track
 from mess.store.fused import fused_matrix
 
 DEFAULT_MAX_TRACKS = 5
@@ -211,8 +211,12 @@ def load_space(store: FeatureStore, run: Run, *, layer: str | None = None, aspec
         if aspect not in amap:
             known = ", ".join(amap) or "none (run `mess probe` first)"
             raise ArtistError(f"unknown aspect {aspect!r} for {run.model}; probed aspects: {known}")
-        ids, mat = store.layer_matrix(run, amap[aspect])
-        return Space(f"{aspect} ({amap[aspect]})", ids, mat)
+        try:  # an aspect no layer encodes is refused, as `mess similar` and the server refuse it
+            name = aspect_layer(store, run, aspect)
+        except StoreError as exc:
+            raise ArtistError(str(exc)) from None
+        ids, mat = store.layer_matrix(run, name)
+        return Space(f"{aspect} ({name})", ids, mat)
     if layer is None:
         raise ArtistError("choose a layer, an aspect or fused")
     name = run.layer_names[run.layer_index(layer)]
