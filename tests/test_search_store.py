@@ -269,6 +269,30 @@ def test_small_updates_add_up_until_the_index_is_rebuilt_with_fresh_statistics(s
     assert (saved.fitted, saved.drift) == (index.fitted, index.drift) == (34, 0)
 
 
+def test_an_index_built_below_the_fitting_size_is_rebuilt_once_the_collection_reaches_it(tmp_path: Path) -> None:
+    """An approximate index built on fewer than 8 tracks has no statistics (plain cosines: z-scores of so few are
+    noise); one track more, and its in-place update kept that plain preparation, so `similar` through the saved
+    index answered in plain cosines where the exact search z-scores, and no note said so. It is now rebuilt."""
+    rng = np.random.default_rng(5)
+    store = FeatureStore(tmp_path / "store")
+    run = store.ensure_run(run_key(ModelInfo("synth", "r1", 16000, ("l0", "l1", "l2"), DIMS), WindowPolicy()))
+    centres = [rng.standard_normal((ARTISTS, d)) * 3 + 5 for d in DIMS[1:]]
+    for j in range(8):
+        if j == 7:
+            assert build_index(store, load_vectors(store, run, VectorSpec("layer", "l1")), "hnsw")[0].fitted == 7
+        _add_track(store, run, f"/music/{j}.wav", f"hash-{j}", _vectors(rng, centres, j % ARTISTS), f"Artist {j % 4}",
+                   f"Track {j}")
+    vs = load_vectors(store, run, VectorSpec("layer", "l1"))
+    index, report = build_index(store, vs)
+    assert report.kind == "hnsw" and report.mode == "built" and index.fitted == 8
+    ids, unit = _unit(store, run, "l1")  # z-scored as the exact search does
+    first = similar_tracks(store, run, resolve_query(store, "1", run), k=7, layer="l1", expand=0)
+    want = unit[1:] @ unit[0]
+    assert [n.track.id for n in first] == ids[1:][np.argsort(-want)].tolist()
+    np.testing.assert_allclose([n.score for n in first], np.sort(want)[::-1], atol=1e-5)
+    store.close()
+
+
 @pytest.mark.parametrize("mix", ["new npz", "new faiss", "new faiss and json", "truncated faiss", "truncated npz"])
 def test_an_index_whose_files_come_from_two_saves_is_never_used(synth: tuple[FeatureStore, Run], mix: str) -> None:
     """A save cut short, or a reader that meets a save under way, finds files of two saves. Before, the ids of a new

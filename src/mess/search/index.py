@@ -38,7 +38,7 @@ from mess.search.rerank_store import (
     save_reranker,
     stale_ranking_data,
 )
-from mess.search.vectors import Preprocessor, VectorSet, VectorSpec, vectors_source
+from mess.search.vectors import MIN_FIT_TRACKS, Preprocessor, VectorSet, VectorSpec, vectors_source
 from mess.store import FeatureStore, Run, StoreError
 from mess.store.paths import replace_file
 
@@ -151,7 +151,9 @@ def build_index(store: FeatureStore, vs: VectorSet, kind: str = "auto", *, rebui
         fresh = np.array([i for i, h in new_hash.items() if old_hash.get(i) != h], dtype=np.int64)
         wanted = built_kind(requested, len(vs.ids))  # a flat index built for too small an ivf request is current
         drift = old.drift + len(gone) + len(fresh)  # counted from the build the preprocessor was fitted at
-        small = drift <= REBUILD_FRACTION * max(old.fitted, 1)
+        # and statistics it could not fit (plain cosines below MIN_FIT_TRACKS) are not kept once it can
+        small = drift <= REBUILD_FRACTION * max(old.fitted, 1) and (old.fitted >= MIN_FIT_TRACKS
+                                                                    or len(vs.ids) < MIN_FIT_TRACKS)
         if wanted == old.ann.kind and small and (old.ann.removable or not len(gone)):
             if old.ann.kind == "flat" and (len(gone) or len(fresh)):
                 # rebuilt: as cheap as an update, and exact with the collection's own statistics, as the in-memory
