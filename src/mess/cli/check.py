@@ -27,7 +27,8 @@ def check_command(
     ] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Check the store: row files against the catalog, NaN/inf vectors, checksums, rows claimed twice, stale indexes.
+    """Check the store: row files against the catalog, NaN/inf vectors, checksums, rows claimed twice, stale indexes
+    and indexes lacking tracks added since they were built.
 
     Exit status: 0 when the store is whole (or was repaired), 1 when damage remains.
     """
