@@ -829,6 +829,35 @@ def test_check_names_an_index_lacking_tracks_added_since_and_the_command_that_ad
     assert check().stderr.strip().endswith(": ok")
 
 
+def test_a_file_where_the_indexes_folder_belongs_is_named_and_moved_aside(synth: tuple[FeatureStore, Run]) -> None:
+    """A file named STORE/indexes: `mess check` said ok, `--repair` left it, and `mess index` built the index and then
+    ended in "indexes: File exists". Check names it, the repair moves it aside (nothing deleted), index says so first.
+    """
+    store, _ = synth
+    root, blocker = str(store.root), store.root / "indexes"
+    blocker.write_text("not a folder")
+
+    def mess(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "mess.cli", *args, "--store", root], capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "COLUMNS": "300"})
+
+    index = mess("index")
+    assert index.returncode == 1 and index.stderr.strip() == (
+        f"error: cannot save the index: {blocker} is a file, not the folder of saved indexes; `mess check --repair` "
+        "moves it aside"), index.stderr
+    check = mess("check")
+    assert check.returncode == 0 and check.stderr.splitlines() == [
+        "not-a-folder: indexes is a file, not the folder of saved indexes, so `mess index` cannot save one; `mess "
+        "check --repair` moves it aside",
+        f"{root}: whole, no index can be saved: `mess check --repair` moves the file aside"], check.stderr
+    repair = mess("check", "--repair")
+    moved = [p for p in store.root.iterdir() if p.name.startswith("indexes.") and p.name.endswith(".not-the-indexes")]
+    assert repair.returncode == 0 and len(moved) == 1 and moved[0].read_text() == "not a folder", repair.stderr
+    assert f"repaired: moved indexes (a file) aside to {moved[0].name}; delete it when you no longer need it" \
+        in repair.stderr.splitlines() and repair.stderr.strip().endswith(": ok"), repair.stderr
+    assert mess("index").returncode == 0 and blocker.is_dir() and mess("check").stderr.strip().endswith(": ok")
+
+
 def test_evaluate_says_when_too_few_queries_back_its_best_vectors(synth: tuple[FeatureStore, Run],
                                                                    tmp_path: Path) -> None:
     """11 queries over 5 game labels printed 'best: rhythm (mAP 0.561)' with nothing saying so few queries cannot

@@ -64,6 +64,8 @@ def _verdict(health: StoreHealth) -> str:
         return "[green]whole[/], [yellow]answers leave out the files named above[/]: `mess extract` embeds them"
     if any(p.kind == "temp-files" for p in health.problems):
         return "[green]whole[/], [yellow]temp files of interrupted writes left[/]: `mess check --repair` deletes them"
+    if any(p.kind == "not-a-folder" for p in health.problems):
+        return "[green]whole[/], [yellow]no index can be saved[/]: `mess check --repair` moves the file aside"
     if health.stale:  # whole, but searches skip these indexes (exact search) until rebuilt
         return (f"[green]whole[/], [yellow]{len(health.stale)} index(es) out of date[/]: `mess index` "
                 "rebuilds them and .augment.npz files, `mess index --rerank` .rerank.npz files "

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mess.search.index import BehindIndex, delete_index, index_states, stale_indexes
+from mess.search.index import BehindIndex, delete_index, index_states, indexes_blocked, stale_indexes
 from mess.search.query import stale_aspect_map
 from mess.search.rerank_store import index_command
 from mess.store import FeatureStore
@@ -46,6 +47,11 @@ def check_store(path: Path, *, fix: bool = False, on_wait: Callable[[str], None]
     store = FeatureStore(path, readonly=not fix, verify=False, on_wait=on_wait, create=False)
     try:
         problems, actions = _repair(store) if fix else (full_check(store), [])
+        odd = indexes_blocked(store)
+        if odd is not None:
+            problems.append(Problem("not-a-folder", None, f"indexes is {odd}, not the folder of saved indexes, so "
+                                    "`mess index` cannot save one; `mess check --repair` moves it aside",
+                                    damage=False))
         stale, behind = ([], []) if any(p.kind == "catalog" for p in problems) else index_states(store)
         behind = [] if any(p.damage for p in problems) else behind  # repair first: then they may be stale
         problems += [] if any(p.kind == "catalog" for p in problems) else _stale_aspect_maps(store)
@@ -73,6 +79,11 @@ def _repair(store: FeatureStore) -> tuple[list[Problem], list[str]]:
             return full_check(store), moved
         for index in stale_indexes(store):  # after the repair: the vectors it drops make indexes stale too
             actions.append(delete_index(index))
+        odd = indexes_blocked(store)
+        if odd is not None:
+            aside = store.indexes_dir.with_name(f"indexes.{time.time_ns()}.not-the-indexes")
+            store.indexes_dir.rename(aside)
+            actions.append(f"moved indexes ({odd}) aside to {aside.name}; delete it when you no longer need it")
     return problems, actions
 
 

@@ -140,6 +140,10 @@ def build_index(store: FeatureStore, vs: VectorSet, kind: str = "auto", *, rebui
     process is writing raises StoreBusy instead of waiting.
     """
     start = time.perf_counter()
+    odd = indexes_blocked(store)
+    if odd is not None:  # said before the build, not as mkdir's "File exists" after it
+        raise StoreError(f"cannot save the index: {store.indexes_dir} is {odd}, not the folder of saved indexes; "
+                         "`mess check --repair` moves it aside")
     path = index_path(store, vs.run, vs.spec)
     old = None if rebuild else CollectionIndex.load(path)
     requested = old.requested if old is not None and kind == "auto" else kind
@@ -247,6 +251,15 @@ def stale_indexes(store: FeatureStore) -> list[Path]:
     is listed too.
     """
     return index_states(store)[0]
+
+
+def indexes_blocked(store: FeatureStore) -> str | None:
+    """What stands where the folder of saved indexes belongs ('a file', ...), so that no index can be saved; None
+    for a folder, or nothing (the first save makes it)."""
+    folder = store.indexes_dir
+    if folder.is_dir() or not (folder.exists() or folder.is_symlink()):
+        return None
+    return "a broken symbolic link" if not folder.exists() else "a file"
 
 
 def index_states(store: FeatureStore) -> tuple[list[Path], list[BehindIndex]]:
