@@ -79,6 +79,7 @@ def listen(host: str, port: int, shown: str) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(2048)  # uvicorn's backlog: a client that connects once the address is printed waits in it
     except OSError as exc:
         sock.close()
         fail(f"cannot serve at http://{shown}:{port}/: {exc.strerror or exc}"
