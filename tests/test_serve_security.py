@@ -311,3 +311,44 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=2).is_success
     except httpx.HTTPError:
         return False
+
+
+def test_a_second_ctrl_c_ends_an_upload_being_embedded(dsp_store: Path) -> None:
+    """Out of the terminal's reach (its own process group), the embed worker kept embedding after a second Ctrl-C:
+    the server waited for the file (up to --embed-timeout) before it exited. Now the worker is killed and it exits."""
+    port = _free_port()
+    proc = subprocess.Popen([*MESS, "serve", "--store", str(dsp_store), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    wav = io.BytesIO()
+    sf.write(wav, 0.3 * np.sin(np.arange(22050 * 3) / 9), 22050, format="WAV")
+    upload = {"file": ("a.wav", wav.getvalue(), "audio/wav")}
+    answers: list[httpx.Response] = []
+    worker = None
+    try:
+        deadline = time.time() + 120
+        while not _answers(base + "/api/health"):
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.2)
+        assert httpx.post(base + "/api/similar/upload", files=upload, timeout=120).status_code == 200
+        worker = next(int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+                      if b"mess.serve.embed_worker" in Path(f"/proc/{pid}/cmdline").read_bytes())
+        os.kill(worker, signal.SIGSTOP)  # a file that takes long to embed
+        sender = threading.Thread(target=lambda: answers.append(
+            httpx.post(base + "/api/similar/upload", files=upload, timeout=120)))
+        sender.start()
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGINT)  # the first lets requests finish
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.communicate(timeout=30)  # was --embed-timeout (120 s)
+        sender.join(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if worker is not None and Path(f"/proc/{worker}").exists():
+            os.kill(worker, signal.SIGKILL)  # stopped, it would outlive the test
+    # answered, not left waiting: the worker's death (400), or the forced exit's cancelled request (500) when the
+    # server stops before that answer is sent
+    assert answers and answers[0].status_code in (400, 500), answers

@@ -5,12 +5,17 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
-from typing import Annotated
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mess.cli.common import console, fail, failing, plain
 from mess.cli.options import DEFAULT_STORE_PATH, StoreOpt, given_text
+
+if TYPE_CHECKING:
+    import uvicorn
+    from fastapi import FastAPI
 
 
 def is_loopback(host: str) -> bool:
@@ -44,8 +49,6 @@ def serve_command(
     store: StoreOpt = DEFAULT_STORE_PATH,
 ) -> None:
     """Serve the collection: JSON API under /api, a web page at /, the OpenAPI schema at /openapi.json."""
-    import uvicorn
-
     from mess.serve.app import create_app
     from mess.serve.security import AccessPolicy
     from mess.store import StoreError
@@ -67,9 +70,24 @@ def serve_command(
     console.print(f"serving {plain(str(store))} ({mode}{', token required' if token else ''}) at "
                   f"http://{plain(shown)}:{listening.getsockname()[1]}/ (OpenAPI schema at /openapi.json)")
     try:
-        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listening])
+        _server(app).run(sockets=[listening])
     except KeyboardInterrupt:  # as uvicorn.run: a Ctrl-C before the server took over its signals
         pass
+
+
+def _server(app: FastAPI) -> uvicorn.Server:
+    """uvicorn's server for ``app``: a first Ctrl-C lets requests finish, as uvicorn does; a second one also ends the
+    upload being embedded (the embed worker runs in a process group of its own, out of the terminal's Ctrl-C reach,
+    and the server waited for the file to be done)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            if self.force_exit:
+                app.state.mess.worker.kill()
+
+    return Server(uvicorn.Config(app, log_level="warning"))
 
 
 def listen(host: str, port: int, shown: str) -> socket.socket:

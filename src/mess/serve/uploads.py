@@ -316,6 +316,11 @@ class EmbedWorker:
         with self._lock:
             self._start()
 
+    def kill(self) -> None:
+        """Kill the child now, without waiting for the upload it may be embedding (that upload gets its 400); the
+        next upload starts a fresh one."""
+        self._child.kill()
+
     def close(self) -> None:
         """Stop the child process (given a few seconds to end by itself and remove its temp files)."""
         with self._lock:
