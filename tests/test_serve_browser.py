@@ -358,3 +358,52 @@ def test_a_track_whose_file_changed_since_extraction_says_why_it_does_not_play(r
             assert browser.exceptions() == []
         finally:
             browser.close()
+
+
+def test_a_file_the_browser_cannot_decode_says_so(rendered_collection: list[Path], tmp_path: Path) -> None:
+    """A WavPack track (served whole, but Chromium has no WavPack decoder) and the same file uploaded: the player
+    stayed silent and the page said nothing."""
+    import av
+
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.dsp import DspModel
+    from mess.store import FeatureStore
+
+    music = tmp_path / "music"
+    music.mkdir()
+    for i, source in enumerate(rendered_collection[:3]):
+        shutil.copyfile(source, music / f"{i}-{source.name}")
+    sr = 22050
+    frame = av.AudioFrame.from_ndarray((9000 * np.sin(np.arange(3 * sr) / 7)).astype(np.int16)[None], format="s16p",
+                                       layout="mono")
+    frame.sample_rate = sr
+    with av.open(str(music / "tone.wv"), "w") as container:
+        stream = container.add_stream("wavpack", rate=sr)
+        stream.layout = "mono"
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    store = FeatureStore(tmp_path / "store")
+    extract(store, sorted(music.iterdir()), DspModel(), WindowPolicy())
+    wavpack = next(t for t in store.tracks() if t.path.endswith(".wv"))
+    store.close()
+    said = "cannot play: this browser cannot decode the file's format"
+    with _serving(tmp_path / "store", "dsp") as url:
+        browser = Browser(tmp_path / "profile")
+        try:
+            browser.open(url + "/")
+            browser.wait_for("window.mess && window.mess.state.points.length")
+            browser.evaluate(f"selectTrack({wavpack.id}); 1")
+            meta = browser.wait_for("(t => t.includes('cannot') && t)(document.getElementById('now-meta').textContent)")
+            assert meta.endswith(f"tone.wv · {said}"), meta
+            data = base64.b64encode((music / "tone.wv").read_bytes()).decode()
+            browser.evaluate("(() => { const t = new DataTransfer(); t.items.add(new File([Uint8Array.from(atob("
+                             f"{json.dumps(data)}), c => c.charCodeAt(0))], 'copy.wv')); "
+                             "document.getElementById('upload-file').files = t.files;"
+                             " document.getElementById('upload-form').requestSubmit(); })()")
+            meta = browser.wait_for("(t => t.startsWith('already') && t.includes('cannot') && t)"
+                                    "(document.getElementById('now-meta').textContent)")
+            assert meta == f"already in the collection · {said}", meta
+            assert browser.exceptions() == []
+        finally:
+            browser.close()

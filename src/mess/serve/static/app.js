@@ -578,15 +578,30 @@ function playQueued(index) {
 }
 
 // The audio element tells nothing of why a track does not play (a file changed since extraction: 409; gone: 404);
-// the server's answer does, shown under the track's title.
+// the server's answer does, shown under the track's title. A file that is served, or an upload played from this
+// browser's copy, that still does not play is in a format the browser cannot decode (WavPack, Monkey's Audio or
+// Musepack in Chromium): said so after its details, where the page said nothing.
 async function explainPlayerError() {
-  const src = $("player").src;
-  if (!src.includes("/api/tracks/")) return;
+  const player = $("player");
+  const src = player.src;
+  const code = player.error ? player.error.code : 0;
+  const undecodable = () => {
+    const meta = $("now-meta");
+    if (player.src === src && [MediaError.MEDIA_ERR_DECODE, MediaError.MEDIA_ERR_SRC_NOT_SUPPORTED].includes(code)) {
+      meta.textContent = `${meta.textContent} · cannot play: this browser cannot decode the file's format`;
+    }
+  };
+  if (!src.includes("/api/tracks/")) {
+    if (src && src === state.uploadUrl) undecodable();
+    return;
+  }
   try {
     await api(src, { headers: { Range: "bytes=0-0" } });
   } catch (err) {
-    if ($("player").src === src) $("now-meta").textContent = `cannot play: ${err.message}`;
+    if (player.src === src) $("now-meta").textContent = `cannot play: ${err.message}`;
+    return;
   }
+  undecodable();
 }
 
 // ---- wiring ------------------------------------------------------------------------
