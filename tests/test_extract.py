@@ -300,6 +300,20 @@ def test_a_file_sampled_below_half_the_models_rate_is_embedded_with_a_warning(tm
                 f"{sr / 2:g} Hz, so its vectors say little") in said, said
 
 
+def test_similar_warns_of_an_outside_file_sampled_below_half_the_models_rate_as_every_warning(tmp_path: Path) -> None:
+    """`mess similar phone.wav` (4 kHz, dsp: 22050 Hz) printed 'WARNING mess.extract.embed: phone.wav: ...', a
+    logging record, where every other warning of the CLI reads 'warning: ...'."""
+    store = tmp_path / "store"
+    extract(FeatureStore(store), _tone_files(tmp_path / "music", 3), DspModel(), WindowPolicy())
+    phone = _tone_files(tmp_path / "outside", 1, 3.0, 4000)[0]
+    done = subprocess.run([sys.executable, "-m", "mess.cli", "similar", str(phone), "-k", "2", "--store", str(store)],
+                          capture_output=True, text=True, timeout=300)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 0, done.stderr
+    assert said.startswith("warning: tone00.wav: sampled at 4000 Hz, below half the model's 22050 Hz"), said
+    assert "WARNING" not in said, said
+
+
 def test_many_files_with_the_same_warning_get_one_line(tmp_path: Path) -> None:
     """A library of low-rate files printed one warning line per file; five with the same reason are one line that
     counts them and names three, and a file with another reason keeps its own line."""

@@ -12,7 +12,7 @@ import numpy as np
 from mess.audio.discover import content_hash
 from mess.audio.tags import read_tags
 from mess.constants import FUSED, file_title
-from mess.extract.embed import embed_file
+from mess.extract.embed import embed_file_warned
 from mess.extract.prepare import stamp_matches
 from mess.extract.runs import run_policy
 from mess.fusion.data import FusionError
@@ -52,7 +52,7 @@ def resolve_query(store: FeatureStore, ref: str | Path | int, run: Run,
             stale = found.track  # its stored vectors are what the file held before: never an answer to itself
     except StoreError:
         pass
-    return replace(embed_query(store, path, run), replaces=stale)
+    return replace(embed_query(store, path, run, on_warning), replaces=stale)
 
 
 def _as_catalogued(store: FeatureStore, path: Path) -> bool:
@@ -70,16 +70,21 @@ def _as_catalogued(store: FeatureStore, path: Path) -> bool:
         return False
 
 
-def embed_query(store: FeatureStore, path: Path, run: Run) -> TrackQuery:
-    """Decode and embed ``path`` exactly as the run's tracks were (same model revision and windows)."""
+def embed_query(store: FeatureStore, path: Path, run: Run,
+                on_warning: Callable[[str], None] | None = None) -> TrackQuery:
+    """Decode and embed ``path`` exactly as the run's tracks were (same model revision and windows); what a run's
+    summary would warn of (a low sample rate, only its start analysed) goes to ``on_warning`` (default: this module's
+    logger; `mess similar` printed it as a logging record, 'WARNING mess.extract.embed: ...')."""
     try:
         model = load_run_model(run.model, run.revision, store.model_source(run))
     except ModelError as exc:
         raise StoreError(str(exc)) from exc
     try:
-        vectors = embed_file(path, model, run_policy(run))
+        vectors, warnings = embed_file_warned(path, model, run_policy(run))
     except Exception as exc:  # noqa: BLE001 -- any fault of this one file is a clear error, not a traceback
         raise StoreError(f"cannot embed {path}: {str(exc).removeprefix(f'{path}: ')}") from exc  # named once
+    for text in warnings:
+        (on_warning or log.warning)(text)
     tags = read_tags(path)
     label = f"{tags['artist']} - {tags['title'] or file_title(str(path))}" if tags["artist"] else path.name
     return external_query(store, run, label, vectors.content_hash, vectors.layers, vectors.segments,
