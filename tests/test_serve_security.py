@@ -278,6 +278,22 @@ def test_a_port_in_use_is_one_line_and_port_0_says_which_port(dsp_store: Path) -
         proc.wait(timeout=30)
 
 
+def test_an_ipv6_address_in_brackets_is_served(dsp_store: Path) -> None:
+    """`--host [::1]`, as a URL writes it, is a loopback address to the token rule and the Host check, but was bound
+    as written: 'Name or service not known' after the page's address was printed as 'http://[[::1]]:8000/'."""
+    proc = subprocess.Popen([*MESS, "serve", "--store", str(dsp_store), "--host", "[::1]", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "at http://[::1]:" in line, line + proc.stdout.read() if proc.poll() is not None else line
+        port = int(line.split("http://[::1]:", 1)[1].split("/", 1)[0])
+        assert httpx.get(f"http://[::1]:{port}/api/health", timeout=60).json()["status"] == "ok"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 @pytest.mark.parametrize("upload_first", [False, True])
 def test_ctrl_c_stops_the_server_without_a_traceback(dsp_store: Path, upload_first: bool) -> None:
     """Ctrl-C in the terminal (SIGINT to the whole foreground process group) also interrupted the embed worker,

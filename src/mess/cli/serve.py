@@ -65,8 +65,9 @@ def serve_command(
         app = create_app(store, model, allow_indexing, max_upload_bytes=int(max_upload_mb * 2**20),
                          embed_timeout=embed_timeout, access=access, max_upload_seconds=max_upload_minutes * 60)
     mode = "indexing enabled" if allow_indexing else "read-only"
-    shown = f"[{host}]" if ":" in host else host
-    listening = listen(host, port, shown)
+    address = host.removeprefix("[").removesuffix("]")  # '[::1]', as URLs write it (it was passed to bind as is)
+    shown = f"[{address}]" if ":" in address else address
+    listening = listen(address, port, shown)
     console.print(f"serving {plain(str(store))} ({mode}{', token required' if token else ''}) at "
                   f"http://{plain(shown)}:{listening.getsockname()[1]}/ (OpenAPI schema at /openapi.json)")
     try:
