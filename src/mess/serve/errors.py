@@ -58,13 +58,21 @@ def unused_parameters(request: Request) -> None:
     route = request.scope.get("route")
     if not isinstance(route, Route):
         return
-    taken = [name for name, p in _parameters(request, route).items() if p["in"] == "query"]
+    taken = query_parameters(request)
     sent = {name for name, value in request.query_params.items() if value.strip()} - set(taken)
     unused = sorted(sent & {p["name"] for operations in request.app.openapi()["paths"].values()
                             for operation in operations.values() for p in operation.get("parameters", ())})
     if unused:
         takes = f"it takes {', '.join(taken)}" if taken else "it takes no parameters"
         raise HTTPException(400, f"{route.path} does not take {' or '.join(unused)}; {takes}")
+
+
+def query_parameters(request: Request) -> list[str]:
+    """The query parameters the request's route takes, as its OpenAPI schema lists them."""
+    route = request.scope.get("route")
+    if not isinstance(route, Route):
+        return []
+    return [name for name, p in _parameters(request, route).items() if p["in"] == "query"]
 
 
 def without_paths(text: str) -> str:

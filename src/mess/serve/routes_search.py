@@ -30,7 +30,7 @@ from mess.search.query import (
 )
 from mess.search.rerank_store import Ranking, check_ranking, ranking_choice
 from mess.search.vectors import Norm, VectorSpec, from_tracks, load_vectors, vectors_label
-from mess.serve.errors import without_paths
+from mess.serve.errors import query_parameters, without_paths
 from mess.serve.mapping import collection_map
 from mess.serve.routes_tracks import Aspect, Blank, Fused, Layer, Learned, Model
 from mess.serve.state import ServeState, TrackId, get_state, neighbour_dict, track_dict, unfused_note, vector_spec
@@ -130,7 +130,7 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
 
     opened, embedded_as, embedded_spec, source = await run_in_threadpool(prepare)
     with state.worker.receipt():
-        saved = await receive_upload(request, state.max_upload_bytes)
+        saved = await receive_upload(request, state.max_upload_bytes, query_parameters(request))
     try:
         with state.worker.slot():  # 503 at once when the upload queue is full: reads never wait on uploads
             embedded = await run_in_threadpool(state.worker.embed, saved.path, embedded_as, saved.filename, source)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import Message
@@ -156,12 +156,13 @@ async def _limited(stream: AsyncIterator[bytes], limit: int, grace: float = BODY
         yield chunk
 
 
-async def receive_upload(request: Request, max_bytes: int) -> SavedUpload:
+async def receive_upload(request: Request, max_bytes: int, parameters: Collection[str] = ()) -> SavedUpload:
     """Stream a multipart upload (field ``file``) to a temp file, enforcing size and type.
 
     Raises HTTPException: 413 past ``max_bytes``, 415 for non-audio files or bodies,
-    408 for a body slower than the rate rule, 400 for malformed or empty uploads and for a file name longer than
-    ``MAX_FILENAME`` characters.
+    408 for a body slower than the rate rule, 400 for malformed or empty uploads, for a file name longer than
+    ``MAX_FILENAME`` characters and for form fields named as one of the route's query ``parameters`` (``-F k=5``
+    was ignored: ten results of the default vectors, not the five asked for).
     """
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise HTTPException(415, f"send the audio file as multipart/form-data in a field named {FIELD!r}")
@@ -184,6 +185,12 @@ async def receive_upload(request: Request, max_bytes: int) -> SavedUpload:
             raise HTTPException(400, _NAME_TOO_LONG.format("its Content-Disposition header is over 4 KiB")) from None
         raise HTTPException(400, f"malformed upload: {exc.message}") from None
     try:
+        misplaced = sorted({name for name in form if name != FIELD} & set(parameters))
+        if misplaced:
+            one = len(misplaced) == 1
+            raise HTTPException(400, f"{' and '.join(misplaced)} {'goes' if one else 'go'} in the query "
+                                     f"({request.url.path}?{misplaced[0]}=...), not in the form, where "
+                                     f"{'it' if one else 'they'} would be ignored")
         upload = form.get(FIELD)
         if not isinstance(upload, UploadFile):
             raise HTTPException(400, f"no file in the form field {FIELD!r}")
