@@ -183,6 +183,16 @@ def test_a_get_of_a_post_route_is_405_naming_the_method(client: TestClient) -> N
     assert client.post("/").status_code == 405
 
 
+def test_the_page_files_are_revalidated_not_kept_by_heuristic(client: TestClient) -> None:
+    """The page's files had a Last-Modified and no Cache-Control: a browser may keep such a file fresh for a tenth of
+    its age without asking (RFC 9111 §4.2.2), so after an upgrade it ran the old app.js against the new API."""
+    for name in ("/", "/app.js", "/style.css"):
+        first = client.get(name)
+        assert first.headers.get("cache-control") == "no-cache", (name, first.headers)
+        again = client.get(name, headers={"If-None-Match": first.headers["etag"]})  # asking costs a 304
+        assert again.status_code == 304 and again.headers.get("cache-control") == "no-cache", name
+
+
 def test_the_page_files_answer_ranges_as_the_audio_route_does(client: TestClient) -> None:
     """A ``Range`` the page's files could not read was a plain-text 400 ('Range header: range must be requested'),
     an unsatisfiable one a plain-text 416."""

@@ -117,8 +117,11 @@ class PageFileResponses(StaticFiles):
 
     def file_response(self, full_path: PathLike, stat_result: os.stat_result, scope: Scope,
                       status_code: int = 200) -> Response:
-        """The file, a 304 when the client's copy is current, or the JSON 416."""
-        response = AudioFile(full_path, status_code=status_code, stat_result=stat_result)
+        """The file, a 304 when the client's copy is current, or the JSON 416; always to be revalidated (``no-cache``):
+        without it browsers kept app.js fresh by heuristic (a tenth of its age) and ran a cached one against an
+        upgraded server's index.html and API."""
+        response = AudioFile(full_path, status_code=status_code, stat_result=stat_result,
+                             headers={"Cache-Control": "no-cache"})
         if self.is_not_modified(response.headers, Headers(scope=scope)):
             return NotModifiedResponse(response.headers)
         refusal = response.refusal(Request(scope), stat_result)
