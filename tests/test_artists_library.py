@@ -381,3 +381,24 @@ def test_traditional_and_anonymous_are_no_artist_and_the_the_is_not_the(tmp_path
     assert {r["artist"]: r["tracks"] for r in found["results"]} == {"Clara": 1, "The The": 2, "The": 1}
     similar = mess_json(store, "similar", str(tmp_path / "music" / "t0.flac"), "--exclude-same-artist", "-k", "10")
     assert {Path(r["path"]).stem for r in similar["results"]} >= {"t1", "t2"}
+
+
+def test_the_track_filters_find_each_value_of_a_multi_valued_tag(tmp_path: Path) -> None:
+    """Genres became multi-valued ('Rock; Pop') like artists, and `/api/tracks?genre=Pop` matched only the whole
+    tag: a track tagged Rock and Pop was found by neither genre alone (nor by its second ARTIST)."""
+    from mess.serve.app import create_app
+
+    store = tagged_store(tmp_path, {"both": {"genre": ["Rock", "Pop"], "artist": ["Alpha", "Beta"]},
+                                    "pop": {"genre": ["Pop"], "artist": ["Beta"]},
+                                    "jazz": {"genre": ["Jazz"], "album": ["Rock; Pop"]}})
+    with TestClient(base_url="http://127.0.0.1", app=create_app(store)) as c:
+        def found(**params: str) -> set[str]:
+            answer = c.get("/api/tracks", params={**params, "model": "any"})
+            assert answer.status_code == 200, answer.json()
+            return {Path(t["file"]).stem for t in answer.json()["items"]}
+
+        assert found(genre="pop") == {"both", "pop"}
+        assert found(genre="Rock") == found(genre="rock; pop") == {"both"}
+        assert found(artist="beta") == {"both", "pop"}
+        assert found(album="Rock") == set()  # an album is one value, whatever its punctuation
+        assert found(album="Rock; Pop") == {"jazz"}

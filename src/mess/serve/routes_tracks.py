@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BeforeValidator
 
 from mess.audio.discover import content_hash, file_stamp
+from mess.audio.tags import JOIN, MULTI_VALUED
 from mess.constants import FUSED, audio_suffix
 from mess.extract.prepare import stamp_matches
 from mess.search.query import ENCODED_R2
@@ -107,7 +108,7 @@ def _fused(store: FeatureStore, run: Run) -> dict[str, object]:
 
 def _matches(track: Track, filters: dict[str, str | None], text: str | None) -> bool:
     for name, wanted in filters.items():
-        if wanted is not None and (track.label(name) or "").strip().casefold() != wanted.strip().casefold():
+        if wanted is not None and wanted.strip().casefold() not in _tag_values(track.label(name), name):
             return False
     if text:
         hay = " ".join(str(v) for v in (track.name, track.album, track.genre, track.composer, Path(track.path).name)
@@ -116,12 +117,21 @@ def _matches(track: Track, filters: dict[str, str | None], text: str | None) -> 
     return True
 
 
+def _tag_values(value: str | None, field: str) -> set[str]:
+    """A tag as the filters match it, case-folded: the whole value and, for a multi-valued field's tag ('Rock; Pop',
+    two ARTIST comments), each of its values."""
+    whole = (value or "").strip().casefold()
+    return {whole, *(v.strip() for v in whole.split(JOIN))} if field in MULTI_VALUED else {whole}
+
+
 @router.get("/tracks", summary="Tracks, paged and filtered by tags or text")
 def tracks(state: State, model: Model = None,
-           artist: Annotated[str | None, Query(description="Exact artist tag (case-insensitive).")] = None,
+           artist: Annotated[str | None, Query(description="Artist tag, or one of its values (case-insensitive).")]
+           = None,
            album: Annotated[str | None, Query(description="Exact album tag.")] = None,
-           genre: Annotated[str | None, Query(description="Exact genre tag.")] = None,
-           composer: Annotated[str | None, Query(description="Exact composer tag.")] = None,
+           genre: Annotated[str | None, Query(description="Genre tag, or one of its values ('Pop' finds 'Rock; "
+                                                          "Pop').")] = None,
+           composer: Annotated[str | None, Query(description="Composer tag, or one of its values.")] = None,
            q: Annotated[str | None, Query(description="Words that must all occur in name, album, genre "
                                                        "or file.")] = None,
            offset: Annotated[int, Query(ge=0)] = 0,
