@@ -639,6 +639,32 @@ def test_apply_without_a_checkpoint_of_the_default_model_names_the_ones_the_stor
     assert out.exit_code == 0, out.output
 
 
+def test_the_checkpoint_of_a_model_named_by_its_file_is_named_with_that_model(extracted_store: Path,
+                                                                              tmp_path: Path) -> None:
+    """A model loaded from its file or folder is named by its path, its checkpoint by the path's slug
+    (`_..._tiny.onnx-run3.pt`): `mess fuse apply` advised `--model _..._tiny.onnx@3`, a model no store has. It now
+    names the run's model, and the advice works."""
+    root = tmp_path / "store"
+    shutil.copytree(extracted_store, root)
+    model = str(tmp_path / "models" / "tiny.onnx")
+    with closing(FeatureStore(root)) as fs:
+        dsp = fs.run("dsp")
+        data = load_layers(fs, dsp)
+        onnx = fs.ensure_run(RunKey(model, "r1", dsp.policy, dsp.sample_rate, dsp.layer_names, dsp.layer_dims))
+        blocks = np.split(data.x, np.cumsum(dsp.layer_dims)[:-1], axis=1)
+        fs.write_vectors(onnx, [TrackVectors(t.content_hash, [b[i] for b in blocks], [b[i][None] for b in blocks],
+                                             [0.0]) for i, t in enumerate(data.tracks)])
+    runner, store = CliRunner(), ["--store", str(root)]
+    out = runner.invoke(mess_app, ["fuse", "train", "--model", f"{model}@{onnx.id}", "--label", "composer",
+                                   "--weight-epochs", "1", "--max-epochs", "0", *store])
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(mess_app, ["fuse", "apply", "--model", "dsp", *store], env={"COLUMNS": "400"})
+    said = " ".join(out.output.split())
+    assert out.exit_code == 1 and f"-run{onnx.id}.pt (--model {model}@{onnx.id}): pick one" in said, said
+    out = runner.invoke(mess_app, ["fuse", "apply", "--model", f"{model}@{onnx.id}", *store])  # as advised
+    assert out.exit_code == 0, out.output
+
+
 def test_a_moved_store_fuses_an_outside_file_with_its_own_checkpoint(extracted_store: Path, tmp_path: Path) -> None:
     """`fuse apply` recorded the checkpoint's absolute path: after the store was moved (or copied to another
     machine), `mess similar FILE --fused` failed with 'no fusion checkpoint ... run `mess fuse train` first'

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -38,7 +37,7 @@ _COLUMNS = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteCol
 
 def _checkpoint(fs: FeatureStore, checkpoint: Path | None, model: str | None) -> Path:
     """The --checkpoint path, or the saved one of the run ``model`` picks (see :func:`saved_checkpoint`)."""
-    from mess.fusion.train import saved_checkpoint
+    from mess.fusion.train import checkpoint_path, saved_checkpoint
 
     if checkpoint is not None:
         return checkpoint
@@ -46,8 +45,9 @@ def _checkpoint(fs: FeatureStore, checkpoint: Path | None, model: str | None) ->
     path = saved_checkpoint(fs, run)
     others = sorted(p.name for p in path.parent.glob("*.pt")) if not path.exists() and path.parent.is_dir() else []
     if others:  # trained for another model or run: `mess fuse train` (the load's advice) is not what is wanted
-        named = [f"{name} (--model {m[1]}@{m[2]})" if (m := re.fullmatch(r"(.+)-run(\d+)\.pt", name)) else name
-                 for name in others]
+        # by the runs whose checkpoints they are: a model named by its folder or file has a slug for a file name
+        runs = {checkpoint_path(fs, r).name: f"{r.model}@{r.id}" for r in fs.runs()}
+        named = [f"{name} (--model {runs[name]})" if name in runs else name for name in others]
         fail(f"no fusion checkpoint at {path}; this store has {', '.join(named)}: pick one with --model (or the "
              f"file with --checkpoint), or train one with `mess fuse train --model {run.model}`")
     return path
