@@ -282,6 +282,34 @@ def test_training_without_validation_says_why(writable: Path, tmp_path: Path) ->
         assert out.exit_code == 0 and f"{why}: only the layer weights were trained" in out.output, out.output
 
 
+def test_training_says_how_many_tracks_its_labels_leave_out(tmp_path: Path) -> None:
+    """With tags on part of the collection, `mess fuse train` said "trained on 2 artist labels (...) of 12 tracks",
+    as if all 12 were trained on; 3 untagged tracks and one alone in its artist were in no label. It now says so,
+    and --json counts the ``labelled_tracks``."""
+    music, sr = tmp_path / "music", 22050
+    music.mkdir()
+    t = np.arange(2 * sr) / sr
+    artists = [f"Artist {i // 2}" for i in range(8)] + ["Solo", None, None, None]
+    for i, artist in enumerate(artists):
+        path = music / f"tone{i}.flac"
+        sf.write(path, (0.3 * np.sin(2 * np.pi * 110.0 * (i + 1) * t)).astype(np.float32), sr)
+        if artist:
+            tags = FLAC(path)
+            tags["artist"] = artist
+            tags.save()
+    store = tmp_path / "store"
+    with closing(FeatureStore(store)) as fs:
+        assert not extract(fs, sorted(music.iterdir()), load_model("dsp"), WindowPolicy()).failed
+    train = ["fuse", "train", "--model", "dsp", "--weight-epochs", "1", "--max-epochs", "0", "--store", str(store)]
+    out = CliRunner().invoke(_app(), train, env={"COLUMNS": "400"})
+    said = " ".join(out.output.split())
+    assert out.exit_code == 0 and "of 12 tracks" in said, said
+    assert ("note: 4 of the 12 tracks are in none of these labels (no artist tag, or the only track of theirs): not "
+            "trained on or scored") in said
+    out = CliRunner().invoke(_app(), [*train, "--json"])
+    assert json.loads(out.stdout)["labelled_tracks"] == 8 and json.loads(out.stdout)["tracks"] == 12
+
+
 def test_a_retrain_killed_mid_run_leaves_the_checkpoint_and_its_log(writable: Path, tmp_path: Path) -> None:
     """The training log was rewritten every epoch: a retrain killed part-way left the old checkpoint beside
     a log of the dead run's epochs."""

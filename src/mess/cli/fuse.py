@@ -166,9 +166,13 @@ def _signals_stop() -> Iterator[threading.Event]:
 
 def _print_trained(summary: dict, config: FusionConfig) -> None:
     split = summary["split"]
+    left = summary["tracks"] - summary["labelled_tracks"]
     console.print(f"trained on {split['train']} {summary['label']} labels ({split['val']} validation, "
                   f"{split['test']} held out) of {summary['tracks']} tracks: {summary['epochs']} epochs, "
                   f"best epoch {summary['best_epoch']}")
+    if left:
+        note(f"{left} of the {summary['tracks']} tracks {'is' if left == 1 else 'are'} in none of these labels (no "
+             f"{summary['label']} tag, or the only track of theirs): not trained on or scored")
     if summary["phase2"]:
         console.print(f"validation nDCG@{config.k}: {summary['val_ndcg_untrained']:.3f} untrained -> "
                       f"{summary['val_ndcg_best']:.3f}" + (" (stopped early)" if summary["stopped_early"] else ""))

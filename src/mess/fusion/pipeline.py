@@ -43,10 +43,12 @@ def train_and_save(store: FeatureStore, run: Run, config: FusionConfig, path: Pa
             on_epoch(entry)
 
     result = train_fusion(data, config, epoch, stop)
+    labels = data.labels(config.label)
     digest = save_checkpoint(result, path)
     summary = {"model": run.model, "label": config.label, "checkpoint": str(path), "checkpoint_sha256": digest,
                "log": str(log.path),
                "tracks": len(data.tracks), "split": {k: len(v) for k, v in result.split.to_json().items()},
+               "labelled_tracks": sum(len(result.split.rows(labels, part)) for part in ("train", "val", "test")),
                "epochs": result.history[-1].epoch, "best_epoch": result.best_epoch,
                "interrupted_at": result.interrupted_at,
                "phase2": bool(result.split.val), "stopped_early": result.stopped_early,
