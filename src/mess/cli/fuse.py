@@ -132,7 +132,7 @@ def _train(fs: FeatureStore, run: Run, config: FusionConfig, path: Path, quiet: 
             console.print(f"[yellow]{how}[/] before the first epoch ended: nothing saved")
             raise typer.Exit(130) from None
         except KeyboardInterrupt as exc:  # a second Ctrl-C or SIGTERM, wherever training or saving was
-            how = "stopped by a second SIGTERM" if isinstance(exc, Terminated) else "interrupted a second time"
+            how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted a second time"
             console.print(f"[yellow]{how}[/]: stopped at once, the best epoch not saved (a save under way leaves "
                           "each of its files whole, the old or the new)")
             raise typer.Exit(130) from None
