@@ -853,6 +853,26 @@ def test_two_checkpoints_of_one_file_name_keep_their_own_training_logs(writable:
         assert json.loads(out.stdout)["training_log_note"] is None
 
 
+def test_a_checkpoint_named_in_another_encoding_trains_applies_and_reports(writable: Path, tmp_path: Path) -> None:
+    """A checkpoint named in Latin-1 (caf\\xe9.pt) could not be trained: `mess fuse train` ended with "'utf-8' codec
+    can't encode character '\\udce9'" (its log's name hashes the path); and where the training log described another
+    checkpoint, `mess fuse report` ended in a traceback writing the note that names it. Both now work."""
+    checkpoint = tmp_path / os.fsdecode(b"caf\xe9.pt")
+    runner, store = CliRunner(), ["--checkpoint", str(checkpoint), "--store", str(writable)]
+    out = runner.invoke(_app(), ["fuse", "train", "--model", "dsp", "--label", "composer", "--weight-epochs", "1",
+                                 "--max-epochs", "0", *store, "--json"])
+    assert out.exit_code == 0, out.output
+    log = Path(json.loads(out.stdout)["log"])
+    record = json.loads(log.read_text())
+    record["summary"]["checkpoint_sha256"] = "0" * 64  # as a retrain stopped between its checkpoint and its log
+    log.write_text(json.dumps(record))
+    assert (out := runner.invoke(_app(), ["fuse", "apply", *store])).exit_code == 0, out.output
+    out = runner.invoke(_app(), ["fuse", "report", "-k", "3", *store, "--json"])
+    assert out.exit_code == 0, out.output
+    md = Path(json.loads(out.stdout)["files"]["md"]).read_text(encoding="utf-8")
+    assert f"describes another checkpoint than {tmp_path}/caf\\xe9.pt" in md
+
+
 def test_reports_of_two_checkpoints_of_one_model_are_kept_apart(extracted_store: Path, tmp_path: Path) -> None:
     """`mess fuse report` named its files after the model (fusion-dsp.json, .md, .png): reporting a second
     checkpoint of dsp overwrote the first one's report."""

@@ -24,7 +24,7 @@ from mess.search.vectors import (
     Preprocessor,
 )
 from mess.store import FeatureStore, Run
-from mess.store.paths import replace_file
+from mess.store.paths import printable, replace_file
 
 MIN_TRACKS, MIN_LABELS = 50, 5  # below either, the held-out comparison is reported as inconclusive
 ALPHA = 0.05  # the verdict names a winner only when the paired Wilcoxon test is below this
@@ -285,6 +285,6 @@ def write_report(report: FusionReport, folder: Path, name: str) -> dict[str, str
     stem = folder / name
     report.files = {ext: str(stem.with_suffix(f".{ext}")) for ext in ("json", "md", "png")}
     plot(report, Path(report.files["png"]))
-    replace_file(Path(report.files["md"]), markdown(report).encode())
+    replace_file(Path(report.files["md"]), printable(markdown(report)).encode())  # a note's caf\xe9.pt named so
     replace_file(Path(report.files["json"]), json.dumps(report.to_dict(), indent=2).encode())
     return report.files

@@ -23,7 +23,8 @@ def fusion_stem(store_root: Path, checkpoint: Path) -> str:
     the names): two checkpoints of one file name in two folders never share a log or a report."""
     target, root = resolved(checkpoint), resolved(store_root)
     where = target.relative_to(root).as_posix() if target.is_relative_to(root) else str(target)
-    return f"fusion-{slug(checkpoint.stem)}-{hashlib.sha256(where.encode()).hexdigest()[:10]}"
+    digest = hashlib.sha256(where.encode("utf-8", "surrogateescape")).hexdigest()  # a name's bytes, UTF-8 or not
+    return f"fusion-{slug(checkpoint.stem)}-{digest[:10]}"
 
 
 def report_paths(folder: Path, model: str, run_id: int, probe: str, *, partial: bool = False) -> dict[str, Path]:
