@@ -467,6 +467,7 @@ def test_evaluate_says_why_the_fused_row_is_left_out(extracted_store: Path, tmp_
 
 @pytest.mark.parametrize("args, message", [
     (["fuse", "train", "--model", "dsp", "--label", "mood"], "unknown label"),
+    (["fuse", "train", "--model", "dsp", "--label", "genre"], "need at least 4 labels with 2+ tracks"),
     (["fuse", "train", "--model", "nosuchmodel"], "no vectors for model"),
     (["fuse", "train", "--model", "dsp", "--mining", "easy"], "unknown mining"),
     (["fuse", "train", "--model", "dsp", "--label", "composer", "--fusion-dim", "300"], "must be at most 256"),
@@ -480,9 +481,11 @@ def test_cli_bad_input_is_one_clean_line(extracted_store: Path, tmp_path: Path, 
     (tmp_path / "garbage.pt").write_text("{not json, not torch")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     before = _files(extracted_store)
-    out = CliRunner().invoke(_app(), [*args, "--store", str(extracted_store)])
+    out = CliRunner().invoke(_app(), [*args, "--store", str(extracted_store)], env={"COLUMNS": "400"})
     assert out.exit_code == 1
     assert message in out.output and "Traceback" not in out.output
+    # the error is the last line: a refusal found while training set out came before the bar's last line
+    assert out.output.strip().splitlines()[-1].startswith("error:"), out.output
     assert _files(extracted_store) == before  # no checkpoint, log or vectors written
 
 

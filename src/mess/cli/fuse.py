@@ -114,31 +114,30 @@ def _train(fs: FeatureStore, run: Run, config: FusionConfig, path: Path, quiet: 
     from mess.fusion.pipeline import train_and_save
     from mess.fusion.train import StoppedBeforeFirstEpoch
 
-    with Progress(*_COLUMNS, console=console, disable=quiet) as bar:
-        task = bar.add_task(f"fuse {run.model} by {config.label}", total=config.weight_epochs + config.max_epochs,
-                            status="")
+    try:  # the bar ends before a word is said, so that the word is the last line
+        with Progress(*_COLUMNS, console=console, disable=quiet) as bar, _signals_stop() as stop:
+            task = bar.add_task(f"fuse {run.model} by {config.label}",
+                                total=config.weight_epochs + config.max_epochs, status="")
 
-        def on_epoch(e: EpochLog) -> None:
-            val = "-" if e.val_ndcg is None else f"{e.val_ndcg:.3f}"
-            bar.update(task, completed=e.epoch, status=f"loss {e.loss:.4f}  val nDCG@{config.k} {val}")
+            def on_epoch(e: EpochLog) -> None:
+                val = "-" if e.val_ndcg is None else f"{e.val_ndcg:.3f}"
+                bar.update(task, completed=e.epoch, status=f"loss {e.loss:.4f}  val nDCG@{config.k} {val}")
 
-        try:
-            with _signals_stop() as stop:
-                trained = train_and_save(fs, run, config, path, on_epoch, stop.is_set)
-        except (FusionError, ValueError) as exc:
-            fail(str(exc))
-        except StoppedBeforeFirstEpoch:
-            how = "stopped by SIGTERM" if terminated() else "interrupted"
-            console.print(f"[yellow]{how}[/] before the first epoch ended: nothing saved")
-            raise typer.Exit(130) from None
-        except KeyboardInterrupt as exc:  # a second Ctrl-C or SIGTERM, wherever training or saving was
-            how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted a second time"
-            console.print(f"[yellow]{how}[/]: stopped at once, the best epoch not saved (a save under way leaves "
-                          "each of its files whole, the old or the new)")
-            raise typer.Exit(130) from None
-        except OSError as exc:  # a full disk, say: the system's words alone did not name the file
-            fail(f"cannot save the checkpoint {path} ({os_reason(exc, path)})")
-        bar.update(task, total=trained.summary["epochs"])
+            trained = train_and_save(fs, run, config, path, on_epoch, stop.is_set)
+            bar.update(task, total=trained.summary["epochs"])
+    except (FusionError, ValueError) as exc:
+        fail(str(exc))
+    except StoppedBeforeFirstEpoch:
+        how = "stopped by SIGTERM" if terminated() else "interrupted"
+        console.print(f"[yellow]{how}[/] before the first epoch ended: nothing saved")
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:  # a second Ctrl-C or SIGTERM, wherever training or saving was
+        how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted a second time"
+        console.print(f"[yellow]{how}[/]: stopped at once, the best epoch not saved (a save under way leaves "
+                      "each of its files whole, the old or the new)")
+        raise typer.Exit(130) from None
+    except OSError as exc:  # a full disk, say: the system's words alone did not name the file
+        fail(f"cannot save the checkpoint {path} ({os_reason(exc, path)})")
     return trained
 
 
