@@ -16,6 +16,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -90,7 +91,8 @@ print(json.dumps({"done": s.done, "skipped": s.skipped, "copies": s.copies, "fai
 """
 
 
-def extract_ray(store: Path, paths: list[Path], model: str, policy: WindowPolicy, address: str, *, before: str = "",
+def extract_ray(store: Path, paths: list[Path], model: str, policy: WindowPolicy, address: str | None, *,
+                before: str = "",
                 **options: object) -> ExtractSummary:
     """`mess.scale.ray_extract.extract_ray` run by a driver process of its own (which first runs ``before``); its
     summary."""
@@ -184,6 +186,24 @@ def test_ray_gives_the_local_vectors_and_reruns_skip(ray_address: str, tmp_path:
     again = extract_ray(tmp_path / "ray", [p for p in paths if p.suffix == ".wav"], "musicnn-msd", POLICY,
                         ray_address, batch_size=2)
     assert (again.done, again.skipped, again.failed) == (0, 5, [])
+
+
+def test_without_an_address_a_local_cluster_is_started_not_the_one_an_old_address_file_names(
+        tones: tuple[Path, dict[str, list[np.ndarray]]]) -> None:
+    """`mess extract --engine ray` without --address (help: a local cluster) let Ray join the cluster named in its
+    address file (`ray_current_cluster`, left by any earlier `ray start`): a stale one hung the run for good."""
+    music, want = tones
+    temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths live under it
+    try:
+        (temp / "ray").mkdir()
+        (temp / "ray" / "ray_current_cluster").write_text("192.0.2.1:6379")  # TEST-NET: nothing answers there
+        before = f"import os; os.environ['RAY_TMPDIR'] = {str(temp)!r}; os.environ.pop('RAY_ADDRESS', None)\n"
+        paths = sorted(music.glob("*.wav"))[:2]
+        got = extract_ray(temp / "store", paths, "dsp", POLICY, None, before=before, actors=1)
+        assert (got.done, got.failed) == (2, [])
+        _assert_same_vectors(_by_path(FeatureStore(temp / "store"), "dsp"), {str(p): want[str(p)] for p in paths})
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_ray_records_where_an_onnx_model_came_from(ray_address: str, tmp_path: Path) -> None:

@@ -71,7 +71,8 @@ def extract_command(
     prune: Annotated[bool, typer.Option(help="Forget catalogued files under FOLDERS that no longer exist (a FOLDER "
                                              "may be gone: one moved).")] = False,
     engine: Annotated[str, typer.Option(help="local, or ray for a Ray cluster.")] = "local",
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (with --engine ray), e.g. auto.")] = None,
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster address (with --engine ray), e.g. auto; default: RAY_ADDRESS, else a local cluster.")] = None,
     precision: PrecisionOpt = "fp32",
     wait: WaitOpt = True,
 ) -> None:

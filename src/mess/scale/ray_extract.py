@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import time
 from collections.abc import Sequence
@@ -102,9 +103,11 @@ def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, pol
 
 
 def _connect(address: str | None) -> bool:
-    """Join the cluster at ``address`` (or start a local one); True when this call started Ray."""
+    """Join the cluster at ``address`` (or at ``RAY_ADDRESS``; else start a local one, never joining whatever
+    cluster Ray's address file last named: a stale one hung the run); True when this call started Ray."""
     if ray.is_initialized():
         return False
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     _check_reachable(address)
     try:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
