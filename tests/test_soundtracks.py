@@ -104,3 +104,20 @@ def test_cli_lists_the_games_and_fails_in_one_line(soundtracks: Path, tmp_path: 
     bad = CliRunner().invoke(app, ["demo", "soundtracks", str(tmp_path / "empty")])
     assert bad.exit_code == 1
     assert "apt-get is not available" in bad.output and "Traceback" not in bad.output
+
+
+def test_a_fetch_killed_before_its_manifest_is_redone_without_duplicates(tmp_path: Path) -> None:
+    """A rerun after a killed fetch (copies made, no manifest yet) found each earlier copy in the way and kept it
+    beside a second copy named 'Musics__<name>': the folder held every track twice, and extraction read both."""
+    from mess.audio.discover import find_audio
+
+    one_game = {"xmoto-data": PACKAGES["xmoto-data"]}
+    out = tmp_path / "sound tracks ü"
+    try:
+        first = fetch_soundtracks(out, one_game)
+    except FetchError as exc:
+        pytest.skip(str(exc))
+    (out / "manifest.csv").unlink()  # killed after the copies, before the manifest
+    again = fetch_soundtracks(out, one_game)
+    assert [t.path.name for t in again] == [t.path.name for t in first]
+    assert sorted(find_audio([out])) == sorted(t.path for t in again) == sorted(t.path for t in read_manifest(out))

@@ -62,6 +62,7 @@ def fetch_soundtracks(out_dir: Path, packages: Mapping[str, str] = PACKAGES) -> 
         return cached
     tracks: list[SoundtrackTrack] = []
     seen: set[str] = set()
+    taken: set[Path] = set()
     for package, game in packages.items():
         with tempfile.TemporaryDirectory() as tmp:
             root = unpack_package(package, Path(tmp))
@@ -69,7 +70,7 @@ def fetch_soundtracks(out_dir: Path, packages: Mapping[str, str] = PACKAGES) -> 
                 digest = hashlib.sha256(src.read_bytes()).hexdigest()
                 if digest not in seen:
                     seen.add(digest)
-                    tracks.append(_copy_labelled(src, out_dir / game, game, duration))
+                    tracks.append(_copy_labelled(src, out_dir / game, game, duration, taken))
     _write_manifest(out_dir, tracks)
     return tracks
 
@@ -102,12 +103,16 @@ def read_manifest(out_dir: Path) -> list[SoundtrackTrack]:
                 for row in csv.DictReader(fh)]
 
 
-def _copy_labelled(src: Path, game_dir: Path, game: str, duration: float) -> SoundtrackTrack:
-    """Copy one file, naming it uniquely within its game, and set its album tag to the game."""
+def _copy_labelled(src: Path, game_dir: Path, game: str, duration: float, taken: set[Path]) -> SoundtrackTrack:
+    """Copy one file, naming it uniquely among the names ``taken`` in this fetch, and set its album tag to the game.
+
+    A file already at that name (an earlier, interrupted fetch's copy) is replaced, not kept beside a renamed copy.
+    """
     game_dir.mkdir(parents=True, exist_ok=True)
     dest = game_dir / src.name
-    if dest.exists():
+    if dest in taken:
         dest = game_dir / f"{src.parent.name}__{src.name}"
+    taken.add(dest)
     partial = dest.with_name(f".{dest.name}.partial")
     shutil.copyfile(src, partial)
     audio = mutagen.File(str(partial), easy=True)
