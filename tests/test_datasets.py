@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -118,6 +119,26 @@ def test_either_safeguard_alone_ends_a_render_that_otherwise_never_stops(
     else:
         with pytest.raises(RenderError, match="ran past 5 s"):
             render.render_piece(hanging_piece, tmp_path, max_seconds=30.0, timeout_s=5.0)
+
+
+def test_a_collection_stops_when_fluidsynth_hangs_on_every_piece(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fluidsynth that hangs timed out on each piece and the collection went on to the next, through the whole
+    corpus (1,318 Palestrina pieces x the 60 s time-out): it now stops after a few pieces in a row, in one line."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    fake = bin_dir / "fluidsynth"
+    fake.write_text(f"#!/bin/sh\necho run >> '{calls}'\nexec sleep 600\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    start = time.perf_counter()
+    with pytest.raises(RenderError, match="fluidsynth failed on 3 pieces in a row.*ran past 1 s"):
+        render.render_collection(tmp_path / "out", ["josquin"], 1, workers=1,
+                                 settings=RenderSettings(max_seconds=5.0, timeout_s=1.0))
+    assert len(calls.read_text().split()) == render.SYNTH_FAILURES_IN_A_ROW
+    assert time.perf_counter() - start < 30
+    assert not list((tmp_path / "out").glob("*.flac"))
 
 
 # ---------------------------------------------------------------- factor sets

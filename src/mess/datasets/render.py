@@ -34,6 +34,7 @@ INSTALL_HINT = "apt-get install fluidsynth timgm6mb-soundfont"
 DEFAULT_COMPOSERS = ("bach", "palestrina", "monteverdi", "mozart", "haydn", "josquin")
 FORMAT_PREFERENCE = ("mxl", "musicxml", "xml", "krn", "abc")  # one file per piece when a work comes in several
 PERCUSSION_CHANNEL = 10
+SYNTH_FAILURES_IN_A_ROW = 3  # a collection stops when fluidsynth fails (or hangs) on this many pieces in a row
 DEFAULT_BPM = 120.0  # music21 writes this tempo when a score has no metronome mark
 Factor = Literal["instrument", "tempo", "transpose", "velocity"]
 FACTOR_LEVELS: dict[str, tuple[float, ...]] = {
@@ -46,6 +47,10 @@ FACTOR_LEVELS: dict[str, tuple[float, ...]] = {
 
 class RenderError(Exception):
     """A piece that could not be rendered (missing synth, parse failure, time-out, silence)."""
+
+
+class SynthError(RenderError):
+    """fluidsynth itself failed or ran past its time-out on a piece."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +159,9 @@ def render_collection(out_dir: Path, composers: Sequence[str] | None = None, per
     """Render ``per_composer`` pieces per composer, replacing a piece that fails by the next one.
 
     Already rendered files are reused. Skipped pieces are logged as warnings. Returns the
-    files by composer, then corpus order. Raises RenderError up front without fluidsynth.
+    files by composer, then corpus order. Raises RenderError up front without fluidsynth, and once
+    fluidsynth has failed or hung on :data:`SYNTH_FAILURES_IN_A_ROW` pieces in a row (the files
+    rendered so far are kept).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -167,6 +174,7 @@ def render_collection(out_dir: Path, composers: Sequence[str] | None = None, per
     with ThreadPoolExecutor(max_workers=workers) as pool, Progress(*columns, console=console) as progress:
         task = progress.add_task("", total=len(names) * per_composer)
         running: dict[Future[Path], tuple[str, CorpusPiece]] = {}
+        synth_failures = 0
 
         def submit(composer: str) -> None:
             piece = next(candidates[composer], None)
@@ -183,6 +191,15 @@ def render_collection(out_dir: Path, composers: Sequence[str] | None = None, per
                 try:
                     done[composer].append((piece, future.result()))
                     progress.update(task, advance=1, description=piece.corpus_path)
+                    synth_failures = 0
+                except SynthError as exc:
+                    synth_failures += 1
+                    if synth_failures >= SYNTH_FAILURES_IN_A_ROW:
+                        pool.shutdown(wait=False, cancel_futures=True)
+                        raise RenderError(f"fluidsynth failed on {synth_failures} pieces in a row, so it stops "
+                                          f"here (the last: {exc}); check fluidsynth and its soundfont") from exc
+                    log.warning("skipped %s", exc)
+                    submit(composer)
                 except RenderError as exc:
                     log.warning("skipped %s", exc)
                     submit(composer)
@@ -246,9 +263,9 @@ def _render(piece: CorpusPiece, flac: Path, settings: RenderSettings) -> Path:
                "-r", str(settings.sample_rate), "-F", str(wav), str(soundfont), str(midi_path)]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode in (124, 137):  # timed out: terminated, or killed 5 s later
-            raise RenderError(f"{piece.corpus_path}: fluidsynth ran past {settings.timeout_s:g} s")
+            raise SynthError(f"{piece.corpus_path}: fluidsynth ran past {settings.timeout_s:g} s")
         if result.returncode != 0 or not wav.exists():
-            raise RenderError(f"{piece.corpus_path}: fluidsynth failed ({result.stderr.strip()[-200:]})")
+            raise SynthError(f"{piece.corpus_path}: fluidsynth failed ({result.stderr.strip()[-200:]})")
         audio, sr = sf.read(wav, dtype="float32", always_2d=True)
     audio = audio.mean(axis=1)[: int(settings.max_seconds * sr)]
     top = float(np.abs(audio).max()) if audio.size else 0.0
