@@ -13,6 +13,7 @@ bit for bit. Prints wall time ratio, corrupted tracks (must be 0) and peak RSS.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from mess.audio.discover import find_audio
 from mess.store import FeatureStore
 
 MESS = [sys.executable, "-m", "mess.cli"]
@@ -60,11 +62,17 @@ def _vectors(store_dir: Path, model: str) -> dict[str, np.ndarray]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("music", type=Path, nargs="?", help="audio folder (default: the tests' rendered pieces)")
+    parser.add_argument("music", type=Path, nargs="?",
+                        help="audio folder (default: the tests' rendered pieces, under $MESS_TEST_CACHE)")
     parser.add_argument("--writers", type=int, default=3)
     parser.add_argument("--model", default="dsp")
     args = parser.parse_args()
-    music = args.music or next((Path.home() / ".cache" / "mess-test").glob("collection-*"))
+    cache = Path(os.environ.get("MESS_TEST_CACHE", Path.home() / ".cache" / "mess-test"))
+    music = args.music or next((p for p in sorted(cache.glob("collection-*")) if p.is_dir()), None)
+    if music is None:
+        parser.error(f"give an audio folder: {cache} holds no rendered test collection (the tests render one)")
+    if not find_audio([music]):
+        parser.error(f"no audio files in {music}")
     work = Path(tempfile.mkdtemp(prefix="mess-concurrency-"))
     try:
         one_s, one_codes, one_peak = _run_writers(music, work / "single", 1, args.model)

@@ -1,0 +1,37 @@
+"""The benchmark scripts run as a user runs them (real processes, smallest sizes) and fail in one line on bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _bench(script: str, *args: str, env: dict[str, str] | None = None,
+           timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_store_concurrency_takes_the_rendered_folder_not_its_lock_file(rendered_collection: list[Path],
+                                                                       tmp_path: Path) -> None:
+    """Without a folder it took the first 'collection-*' in the test cache, which could be the '.lock' file beside
+    the folder: 0 files were extracted and it printed 'corrupted tracks: 0 (must be 0)', a pass over nothing."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "collection-0.lock").touch()
+    only_lock = _bench("store_concurrency.py", "--writers", "2", env={"MESS_TEST_CACHE": str(cache)})
+    assert only_lock.returncode == 2
+    assert "holds no rendered test collection" in only_lock.stderr.splitlines()[-1]
+    assert "corrupted" not in only_lock.stdout
+    (cache / "collection-0").mkdir()
+    for path in rendered_collection[:2]:
+        shutil.copyfile(path, cache / "collection-0" / path.name)
+    ran = _bench("store_concurrency.py", "--writers", "2", env={"MESS_TEST_CACHE": str(cache)})
+    assert ran.returncode == 0, ran.stderr
+    assert f"2 files of {cache / 'collection-0'} with dsp" in ran.stdout
+    assert "corrupted tracks: 0 (must be 0); `mess check`: exit 0" in ran.stdout
