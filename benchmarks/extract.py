@@ -306,6 +306,8 @@ def main() -> None:
     args = parser.parse_args()
 
     paths = find_audio([args.audio])[: args.limit]
+    if not paths:
+        parser.error(f"no audio files in {args.audio}" + (" (--limit is not positive)" if args.limit < 1 else ""))
     policy = WindowPolicy()
     load = os.getloadavg()
     mm = matmul_gflops()

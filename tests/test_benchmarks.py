@@ -35,3 +35,12 @@ def test_store_concurrency_takes_the_rendered_folder_not_its_lock_file(rendered_
     assert ran.returncode == 0, ran.stderr
     assert f"2 files of {cache / 'collection-0'} with dsp" in ran.stdout
     assert "corrupted tracks: 0 (must be 0); `mess check`: exit 0" in ran.stdout
+
+
+def test_extract_benchmark_fails_in_one_line_without_audio(tmp_path: Path) -> None:
+    """An empty or missing folder ended in a ZeroDivisionError traceback after the machine's matmul warm-up."""
+    for folder in (tmp_path, tmp_path / "missing"):
+        got = _bench("extract.py", str(folder), "--models", "dsp", "--long-hours", "0", "--wav-models", "")
+        assert got.returncode == 2
+        assert got.stderr.splitlines()[-1] == f"extract.py: error: no audio files in {folder}"
+        assert "Traceback" not in got.stderr
