@@ -440,6 +440,9 @@ def main() -> None:
     parser.add_argument("--format", default="ogg", choices=["ogg", "flac"], help="the files --pipeline writes")
     parser.add_argument("--track-seconds", type=float, default=TRACK_SECONDS, help="their length")
     args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA device; "
+                     "run it on a GPU machine, or with --device cpu")
     name = (
         torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
     )

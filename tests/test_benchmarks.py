@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -44,3 +46,16 @@ def test_extract_benchmark_fails_in_one_line_without_audio(tmp_path: Path) -> No
         assert got.returncode == 2
         assert got.stderr.splitlines()[-1] == f"extract.py: error: no audio files in {folder}"
         assert "Traceback" not in got.stderr
+
+
+def test_gpu_benchmark_without_a_gpu_says_so_in_one_line() -> None:
+    """The README's command (`--device cuda`) on a machine without CUDA ended in torch's AssertionError traceback."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    got = _bench("gpu_extract.py", "--device", "cuda", "--precisions", "fp32", "--batch-sizes", "1",
+                 "--repeats", "1", "--seconds", "1")
+    assert got.returncode == 2
+    assert "sees no CUDA device; run it on a GPU machine, or with --device cpu" in got.stderr.splitlines()[-1]
+    assert "Traceback" not in got.stderr
