@@ -1,7 +1,7 @@
 """Real game soundtracks as a labelled development set: six Debian packages, label = the game.
 
 The music files of 45 s or more from wesnoth-1.16-music, widelands-data, flare-game, warmux-data,
-openclonk-data and xmoto-data (95 tracks), skipping sound-effect folders and byte-identical copies.
+openclonk-data and xmoto-data (104 tracks), skipping sound-effect folders and byte-identical copies.
 Each copy's ALBUM tag is set to its game, so ``mess evaluate --label album`` scores by soundtrack;
 its own ARTIST tag, where it has one, is kept. ``manifest.csv`` lists path, game, artist, duration.
 Other soundtracks are deliberately not fetched: they are kept back for an independent check.
