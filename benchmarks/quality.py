@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from mess.audio.windows import WindowPolicy
-from mess.datasets.soundtracks import fetch_soundtracks
+from mess.datasets.soundtracks import FetchError, fetch_soundtracks
 from mess.extract.runs import run_policy
 from mess.models import timbre
 from mess.search.augment import build_augmentation, expanded_rows
@@ -41,7 +41,7 @@ from mess.search.metrics import average_precision, ndcg_at_k, precision_at_k, ra
 from mess.search.rerank import build_reranker
 from mess.search.segments import chamfer_rows, group_windows
 from mess.search.vectors import TIMBRE_WEIGHT, Preprocessor, block_roles
-from mess.store import FeatureStore, Run
+from mess.store import FeatureStore, Run, StoreError
 
 CACHE = Path.home() / ".cache" / "mess-bench"
 MODELS = ("musicnn", "dsp")
@@ -387,20 +387,23 @@ def main() -> None:
     args = parser.parse_args()
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     started = time.perf_counter()
-    tracks = fetch_soundtracks(args.data)
-    if not args.no_extract:
-        extract_missing(args.store, [t.path for t in tracks], [t.game for t in tracks], models)
-    game_of = {str(t.path.resolve()): t for t in tracks}
-    fs = FeatureStore(args.store, readonly=True)
-    try:
-        runs = {m: fs.run(m) for m in models}
-        have = [{t.id for t in fs.tracks(r) if t.path in game_of} for r in runs.values()]
-        ids = np.array(sorted(set.intersection(*have)), dtype=np.int64)
-        by_id = {t.id: t for t in fs.tracks()}
-        backends = split_ensemble({m: load_backend(fs, r, ids) for m, r in runs.items()})
-        policy = run_policy(next(iter(runs.values())))
-    finally:
-        fs.close()
+    try:  # no apt-get, no store, a model the store lacks: one line, not a traceback
+        tracks = fetch_soundtracks(args.data)
+        if not args.no_extract:
+            extract_missing(args.store, [t.path for t in tracks], [t.game for t in tracks], models)
+        game_of = {str(t.path.resolve()): t for t in tracks}
+        fs = FeatureStore(args.store, readonly=True)
+        try:
+            runs = {m: fs.run(m) for m in models}
+            have = [{t.id for t in fs.tracks(r) if t.path in game_of} for r in runs.values()]
+            ids = np.array(sorted(set.intersection(*have)), dtype=np.int64)
+            by_id = {t.id: t for t in fs.tracks()}
+            backends = split_ensemble({m: load_backend(fs, r, ids) for m, r in runs.items()})
+            policy = run_policy(next(iter(runs.values())))
+        finally:
+            fs.close()
+    except (FetchError, StoreError) as exc:
+        parser.error(str(exc))
     meta = [game_of[by_id[int(i)].path] for i in ids]
     labels = np.array([t.game for t in meta])
     durations = np.array([t.duration for t in meta])

@@ -59,3 +59,28 @@ def test_gpu_benchmark_without_a_gpu_says_so_in_one_line() -> None:
     assert got.returncode == 2
     assert "sees no CUDA device; run it on a GPU machine, or with --device cpu" in got.stderr.splitlines()[-1]
     assert "Traceback" not in got.stderr
+
+
+def test_quality_benchmark_names_a_missing_store_or_model_in_one_line(rendered_collection: list[Path],
+                                                                      tmp_path: Path) -> None:
+    """`--no-extract` on a store without the model (or no store at all) ended in a StoreError traceback."""
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.registry import load_model
+    from mess.store import FeatureStore
+
+    data = tmp_path / "data"  # a set as `mess demo soundtracks` leaves it: its manifest lists files that exist
+    data.mkdir()
+    rows = [f"{path},{path.name.split('__')[0]},,20.00" for path in rendered_collection[:2]]
+    (data / "manifest.csv").write_text("\n".join(["path,game,artist,duration", *rows]) + "\n")
+    store = tmp_path / "store"
+    fs = FeatureStore(store)
+    extract(fs, rendered_collection[:2], load_model("dsp"), WindowPolicy(), workers=1)
+    fs.close()
+    for where, want in ((store, f"no vectors for model 'musicnn' in {store}"),
+                        (tmp_path / "none", f"no feature store at {tmp_path / 'none'}")):
+        got = _bench("quality.py", "--data", str(data), "--store", str(where), "--no-extract",
+                     "--draws", "0", "--models", "musicnn,dsp")
+        assert got.returncode == 2
+        assert want in got.stderr.splitlines()[-1]
+        assert "Traceback" not in got.stderr
