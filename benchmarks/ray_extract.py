@@ -69,7 +69,7 @@ def main() -> None:
         local_store, ray_store = FeatureStore(Path(tmp) / "local"), FeatureStore(Path(tmp) / "ray")
         local = extract(local_store, paths, model, policy, batch_size=args.batch_size, workers=args.cpus)
         t0 = time.perf_counter()
-        ray.init(num_cpus=args.cpus, include_dashboard=False)
+        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False)  # a new cluster, never one found
         start_s = time.perf_counter() - t0
         remote = extract_ray(ray_store, paths, args.model, policy, batch_size=args.batch_size)
         rerun = extract_ray(ray_store, paths, args.model, policy, batch_size=args.batch_size)

@@ -84,3 +84,26 @@ def test_quality_benchmark_names_a_missing_store_or_model_in_one_line(rendered_c
         assert got.returncode == 2
         assert want in got.stderr.splitlines()[-1]
         assert "Traceback" not in got.stderr
+
+
+def test_ray_benchmark_starts_its_own_cluster_beside_a_stale_address_file(rendered_collection: list[Path],
+                                                                          tmp_path: Path) -> None:
+    """It called ray.init() with no address, which joins the cluster named in Ray's ray_current_cluster file: a file
+    left by any earlier Ray session on the machine made it fail with Ray's ValueError traceback (and a live cluster
+    would have been timed instead of the --cpus one it reports)."""
+    import tempfile
+
+    pytest.importorskip("ray")
+    music = tmp_path / "music"
+    music.mkdir()
+    shutil.copyfile(rendered_collection[0], music / rendered_collection[0].name)
+    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
+    try:
+        (ray_tmp / "ray").mkdir()
+        (ray_tmp / "ray" / "ray_current_cluster").write_text("192.0.2.2:6379")  # a cluster long gone
+        got = _bench("ray_extract.py", str(music), "--model", "dsp", "--limit", "1", "--cpus", "1",
+                     env={"RAY_TMPDIR": str(ray_tmp), "RAY_ADDRESS": ""})
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert "largest vector difference ray vs local: 0" in got.stdout
