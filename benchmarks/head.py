@@ -33,7 +33,7 @@ from mess.fusion.head_eval import QueryScores, Trainer, bootstrap, score_fixed, 
 from mess.models.head import Head
 from mess.search.evaluate import read_label_csv, track_labels
 from mess.search.metrics import chance_scores
-from mess.store import FeatureStore, Run
+from mess.store import FeatureStore, Run, StoreError
 
 
 def main() -> None:
@@ -52,8 +52,11 @@ def main() -> None:
     torch.set_num_threads(1)
     config = replace(HeadConfig(), **json.loads(args.config))
     start = time.perf_counter()
-    store = FeatureStore(args.store, readonly=True)
-    run = store.run(args.model)
+    try:
+        store = FeatureStore(args.store, readonly=True)
+        run = store.run(args.model)
+    except StoreError as exc:  # no store there, or no run of the model: one line, not a traceback
+        ap.error(str(exc))
     tracks = store.tracks(run)
     labels = read_label_csv(store, args.labels, args.label) if args.labels else track_labels(tracks, args.label)
     labels = _with_baseline(store, args.baseline_model, run, labels)

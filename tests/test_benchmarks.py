@@ -13,6 +13,21 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+@pytest.fixture(scope="module")
+def store(rendered_collection: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store with dsp vectors of two rendered pieces (and no other model)."""
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.registry import load_model
+    from mess.store import FeatureStore
+
+    root = tmp_path_factory.mktemp("bench") / "store"
+    fs = FeatureStore(root)
+    extract(fs, rendered_collection[:2], load_model("dsp"), WindowPolicy(), workers=1)
+    fs.close()
+    return root
+
+
 def _bench(script: str, *args: str, env: dict[str, str] | None = None,
            timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
@@ -62,21 +77,12 @@ def test_gpu_benchmark_without_a_gpu_says_so_in_one_line() -> None:
 
 
 def test_quality_benchmark_names_a_missing_store_or_model_in_one_line(rendered_collection: list[Path],
-                                                                      tmp_path: Path) -> None:
+                                                                      store: Path, tmp_path: Path) -> None:
     """`--no-extract` on a store without the model (or no store at all) ended in a StoreError traceback."""
-    from mess.audio.windows import WindowPolicy
-    from mess.extract.pipeline import extract
-    from mess.models.registry import load_model
-    from mess.store import FeatureStore
-
     data = tmp_path / "data"  # a set as `mess demo soundtracks` leaves it: its manifest lists files that exist
     data.mkdir()
     rows = [f"{path},{path.name.split('__')[0]},,20.00" for path in rendered_collection[:2]]
     (data / "manifest.csv").write_text("\n".join(["path,game,artist,duration", *rows]) + "\n")
-    store = tmp_path / "store"
-    fs = FeatureStore(store)
-    extract(fs, rendered_collection[:2], load_model("dsp"), WindowPolicy(), workers=1)
-    fs.close()
     for where, want in ((store, f"no vectors for model 'musicnn' in {store}"),
                         (tmp_path / "none", f"no feature store at {tmp_path / 'none'}")):
         got = _bench("quality.py", "--data", str(data), "--store", str(where), "--no-extract",
@@ -107,3 +113,14 @@ def test_ray_benchmark_starts_its_own_cluster_beside_a_stale_address_file(render
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert got.returncode == 0, got.stderr[-2000:]
     assert "largest vector difference ray vs local: 0" in got.stdout
+
+
+def test_head_benchmark_names_a_missing_store_or_model_in_one_line(store: Path, tmp_path: Path) -> None:
+    """Its defaults (--store /work/data/st-store, --model musicnn-msd) on a machine without that store, or a store
+    without that model, ended in a StoreError traceback."""
+    for where, want in ((store, f"no vectors for model 'musicnn-msd' in {store}"),
+                        (tmp_path / "none", f"no feature store at {tmp_path / 'none'}")):
+        got = _bench("head.py", "--store", str(where))
+        assert got.returncode == 2
+        assert want in got.stderr.splitlines()[-1]
+        assert "Traceback" not in got.stderr
