@@ -82,6 +82,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.dim < FusionConfig().fusion_dim:
+        parser.error(f"--dim {args.dim}: the default fusion network needs layers of at least "
+                     f"{FusionConfig().fusion_dim} dims")
     torch.set_num_threads(args.threads)
 
     artist, x = synthetic(args.tracks, args.layers, args.dim, args.artists, args.seed)

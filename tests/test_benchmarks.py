@@ -124,3 +124,12 @@ def test_head_benchmark_names_a_missing_store_or_model_in_one_line(store: Path, 
         assert got.returncode == 2
         assert want in got.stderr.splitlines()[-1]
         assert "Traceback" not in got.stderr
+
+
+def test_fusion_benchmark_refuses_layers_narrower_than_its_network_in_one_line() -> None:
+    """A small --dim (for a quick run) built the data and the store, then ended in the network's ValueError
+    traceback; it now refuses the option up front."""
+    got = _bench("fusion.py", "--tracks", "200", "--layers", "3", "--dim", "32", "--artists", "10", "--threads", "1")
+    assert got.returncode == 2
+    assert got.stderr.splitlines()[-1] == ("fusion.py: error: --dim 32: the default fusion network needs layers of "
+                                           "at least 256 dims")
