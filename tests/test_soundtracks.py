@@ -121,3 +121,26 @@ def test_a_fetch_killed_before_its_manifest_is_redone_without_duplicates(tmp_pat
     again = fetch_soundtracks(out, one_game)
     assert [t.path.name for t in again] == [t.path.name for t in first]
     assert sorted(find_audio([out])) == sorted(t.path for t in again) == sorted(t.path for t in read_manifest(out))
+
+
+@pytest.mark.parametrize("how", ["moved", "copied"])
+def test_a_moved_or_copied_set_is_read_where_it_lies(soundtracks: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """The manifest names absolute paths: a moved set asked apt for all of it again (and failed without apt-get);
+    a copied one answered with the original's files, and its manifest (--labels) named files outside the copy."""
+    here = tmp_path / "set ü"
+    if how == "moved":
+        original = tmp_path / "original"
+        shutil.copytree(soundtracks, original)
+        fetch_soundtracks(original, TWO_GAMES)  # where the move starts: a set whose manifest names its own files
+        original.rename(here)
+    else:
+        shutil.copytree(soundtracks, here)
+    monkeypatch.setenv("PATH", "")  # no apt-get: only the folder itself can answer
+    tracks = fetch_soundtracks(here, TWO_GAMES)
+    assert [t.path for t in tracks] == [here / t.path.parent.name / t.path.name for t in read_manifest(soundtracks)]
+    assert [t.path for t in read_manifest(here)] == [t.path for t in tracks]
+    written = (here / "manifest.csv").read_text(encoding="utf-8")
+    assert str(soundtracks) not in written and written.count(str(here)) == len(tracks)
+    assert [(t.game, t.artist, t.duration) for t in tracks] == [(t.game, t.artist, t.duration)
+                                                                for t in read_manifest(soundtracks)]

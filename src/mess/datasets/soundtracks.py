@@ -9,6 +9,7 @@ Other soundtracks are deliberately not fetched: they are kept back for an indepe
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import shutil
@@ -54,11 +55,15 @@ class SoundtrackTrack:
 def fetch_soundtracks(out_dir: Path, packages: Mapping[str, str] = PACKAGES) -> list[SoundtrackTrack]:
     """Fetch the packages (default: the six games), copy their music into ``out_dir/<game>/``, write the manifest.
 
-    A folder whose manifest lists files that all exist is reused without touching apt.
+    A folder whose manifest lists files that all exist is reused without touching apt; a folder moved or copied
+    with its manifest is read where it now lies, and its manifest rewritten to name these files (where it can be).
     Raises :class:`FetchError` where apt-get or dpkg is missing or a package cannot be fetched.
     """
     cached = read_manifest(out_dir)
     if cached and all(t.path.is_file() for t in cached):
+        if any(str(t.path) != row["path"] for t, row in zip(cached, _manifest_rows(out_dir), strict=True)):
+            with contextlib.suppress(OSError):  # a read-only copy: the tracks are right, its manifest stays
+                _write_manifest(out_dir, cached)
         return cached
     tracks: list[SoundtrackTrack] = []
     seen: set[str] = set()
@@ -94,13 +99,24 @@ def music_files(paths: Iterable[Path]) -> list[tuple[Path, float]]:
 
 
 def read_manifest(out_dir: Path) -> list[SoundtrackTrack]:
-    """The tracks listed in ``out_dir/manifest.csv`` (empty where there is none)."""
+    """The tracks listed in ``out_dir/manifest.csv`` (empty where there is none), each at ``out_dir/<game>/<name>``
+    where the folder was moved or copied since the manifest was written."""
+    root = out_dir.resolve()
+    return [SoundtrackTrack(_here(Path(row["path"]), root), row["game"], row["artist"] or None,
+                            float(row["duration"])) for row in _manifest_rows(out_dir)]
+
+
+def _here(written: Path, root: Path) -> Path:
+    """A manifest's path, or where its file lies now that the set's folder is ``root``."""
+    return written if written.is_relative_to(root) else root / written.parent.name / written.name
+
+
+def _manifest_rows(out_dir: Path) -> list[dict[str, str]]:
     manifest = out_dir / MANIFEST
     if not manifest.is_file():
         return []
     with manifest.open(newline="", encoding="utf-8") as fh:
-        return [SoundtrackTrack(Path(row["path"]), row["game"], row["artist"] or None, float(row["duration"]))
-                for row in csv.DictReader(fh)]
+        return list(csv.DictReader(fh))
 
 
 def _copy_labelled(src: Path, game_dir: Path, game: str, duration: float, taken: set[Path]) -> SoundtrackTrack:
