@@ -11,7 +11,7 @@ STORE=demo/store
 export MESS_STORE=$STORE
 
 $MESS demo render demo/music --composers bach,palestrina,monteverdi,mozart,haydn,josquin --per-composer 5
-$MESS demo wesnoth demo/wesnoth || echo "(no apt-get here: continuing with the rendered pieces only)"
+$MESS demo wesnoth demo/wesnoth || echo "(no Wesnoth soundtrack, for the reason above: continuing with the rendered pieces only)"
 # exit status 3: finished, but some files failed (Wesnoth ships one silent track); each is named above
 $MESS extract demo --model musicnn --store $STORE || [ $? -eq 3 ]
 $MESS extract demo --model dsp --store $STORE || [ $? -eq 3 ]
