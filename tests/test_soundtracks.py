@@ -144,3 +144,24 @@ def test_a_moved_or_copied_set_is_read_where_it_lies(soundtracks: Path, tmp_path
     assert str(soundtracks) not in written and written.count(str(here)) == len(tracks)
     assert [(t.game, t.artist, t.duration) for t in tracks] == [(t.game, t.artist, t.duration)
                                                                 for t in read_manifest(soundtracks)]
+
+
+@pytest.mark.parametrize(("text", "why"), [("a,b\n1,2\n", "KeyError: 'path'"),
+                                           ("path,game,artist,duration\n/x/y.ogg,g,,abc\n", "ValueError"),
+                                           ("path,game,artist,duration\n/x/y.ogg,g\n", "TypeError")])
+def test_a_foreign_manifest_fails_in_one_line_and_is_kept(tmp_path: Path, text: str, why: str) -> None:
+    """A manifest.csv this command did not write (another tool's, or edited by hand) ended in a KeyError, ValueError
+    or TypeError traceback; it is now named in one line, and left as it is."""
+    import typer
+    from typer.testing import CliRunner
+
+    from mess.cli.demo_data import register
+
+    (tmp_path / "manifest.csv").write_text(text)
+    app = typer.Typer()
+    register(app)
+    got = CliRunner().invoke(app, ["demo", "soundtracks", str(tmp_path)])
+    assert got.exit_code == 1
+    assert f"is not a manifest this command wrote ({why}" in " ".join(got.output.split())
+    assert got.exception is None or isinstance(got.exception, SystemExit)
+    assert (tmp_path / "manifest.csv").read_text() == text

@@ -100,10 +100,14 @@ def music_files(paths: Iterable[Path]) -> list[tuple[Path, float]]:
 
 def read_manifest(out_dir: Path) -> list[SoundtrackTrack]:
     """The tracks listed in ``out_dir/manifest.csv`` (empty where there is none), each at ``out_dir/<game>/<name>``
-    where the folder was moved or copied since the manifest was written."""
+    where the folder was moved or copied since the manifest was written; FetchError where it is not such a list."""
     root = out_dir.resolve()
-    return [SoundtrackTrack(_here(Path(row["path"]), root), row["game"], row["artist"] or None,
-                            float(row["duration"])) for row in _manifest_rows(out_dir)]
+    try:
+        return [SoundtrackTrack(_here(Path(row["path"]), root), row["game"], row["artist"] or None,
+                                float(row["duration"])) for row in _manifest_rows(out_dir)]
+    except (KeyError, TypeError, ValueError, csv.Error) as exc:  # a column missing, a row cut short, not a number
+        raise FetchError(f"{out_dir / MANIFEST} is not a manifest this command wrote ({type(exc).__name__}: {exc}); "
+                         "move it away to fetch the set again") from exc
 
 
 def _here(written: Path, root: Path) -> Path:
