@@ -328,6 +328,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Q.CACHE / "texture.npz")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if args.step == "evaluate" and not args.cache.is_file():
+        parser.error(f"no statistics at {args.cache}: run `texture.py extract` (with the same --cache) first")
     torch.set_num_threads(args.threads)
     if args.step == "extract":
         extract(args.data, args.cache)

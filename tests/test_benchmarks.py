@@ -133,3 +133,14 @@ def test_fusion_benchmark_refuses_layers_narrower_than_its_network_in_one_line()
     assert got.returncode == 2
     assert got.stderr.splitlines()[-1] == ("fusion.py: error: --dim 32: the default fusion network needs layers of "
                                            "at least 256 dims")
+
+
+def test_texture_evaluate_before_extract_says_what_to_run_in_one_line(tmp_path: Path) -> None:
+    """`texture.py evaluate` without the statistics `texture.py extract` caches ended in numpy's FileNotFoundError
+    traceback."""
+    cache = tmp_path / "texture.npz"
+    got = _bench("texture.py", "evaluate", "--cache", str(cache), "--store", str(tmp_path / "store"),
+                 "--data", str(tmp_path / "data"))
+    assert got.returncode == 2
+    assert got.stderr.splitlines()[-1] == (f"texture.py: error: no statistics at {cache}: run `texture.py extract` "
+                                           "(with the same --cache) first")
