@@ -262,3 +262,22 @@ def test_wesnoth_tracks_carry_ten_composers(wesnoth_tracks: list[Path]) -> None:
     assert len(counts) == 10 and min(counts.values()) >= 2
     assert all(probe(p).duration > 5.0 for p in wesnoth_tracks)
 
+
+
+def test_wesnoth_lists_only_its_own_tracks_beside_other_files(wesnoth_tracks: list[Path], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every OGG in the folder was returned and shown as Wesnoth's (a folder of 41 OGGs of anything was taken
+    for the soundtrack): an extra file made '42 tracks' with an '(untagged)' composer."""
+    from mess.datasets.wesnoth import FetchError, fetch_wesnoth
+
+    out = tmp_path / "wesnoth ü"
+    out.mkdir()
+    sf.write(out / "mine.ogg", np.zeros(8000, np.float32), 8000, format="OGG")
+    try:
+        fetched = fetch_wesnoth(out)
+    except FetchError as exc:
+        pytest.skip(str(exc))
+    assert [p.name for p in fetched] == [p.name for p in wesnoth_tracks]
+    monkeypatch.setenv("PATH", "")  # no apt-get: the folder itself answers
+    assert fetch_wesnoth(out) == fetched
+    assert (out / "mine.ogg").is_file()

@@ -15,6 +15,7 @@ from mess.datasets.debian import FetchError, unpack_package
 
 PACKAGE = "wesnoth-1.16-music"
 N_TRACKS = 41
+TRACK_LIST = ".wesnoth-tracks"  # the copied files' names, one a line: the folder may hold other files too
 
 __all__ = ["FetchError", "N_TRACKS", "PACKAGE", "fetch_wesnoth", "read_artists"]
 
@@ -22,18 +23,30 @@ __all__ = ["FetchError", "N_TRACKS", "PACKAGE", "fetch_wesnoth", "read_artists"]
 def fetch_wesnoth(out_dir: Path) -> list[Path]:
     """Download the package with apt-get, unpack it, and copy its OGG files into ``out_dir``.
 
-    Returns the tracks sorted by name; a folder that already holds them is reused.
+    Returns the package's tracks sorted by name, never other files in the folder; a folder that already holds
+    them (as its hidden track list, written after a fetch, names them; or, fetched before that list, as 41 OGGs)
+    is reused.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    existing = sorted(out_dir.glob("*.ogg"))
-    if len(existing) >= N_TRACKS:
-        return existing
+    listed = out_dir / TRACK_LIST
+    if listed.is_file():
+        names = listed.read_text(encoding="utf-8").splitlines()
+        if names and all((out_dir / name).is_file() for name in names):
+            return sorted(out_dir / name for name in names)
+    else:
+        existing = sorted(out_dir.glob("*.ogg"))
+        if len(existing) >= N_TRACKS:
+            return existing
+    copied = []
     with tempfile.TemporaryDirectory() as tmp:
         for ogg in sorted(unpack_package(PACKAGE, Path(tmp)).rglob("*.ogg")):
             partial = out_dir / f".{ogg.name}.partial"
             shutil.copyfile(ogg, partial)
-            partial.replace(out_dir / ogg.name)
-    return sorted(out_dir.glob("*.ogg"))
+            copied.append(partial.replace(out_dir / ogg.name))
+    partial_list = out_dir / f"{TRACK_LIST}.partial"
+    partial_list.write_text("".join(f"{path.name}\n" for path in copied), encoding="utf-8")
+    partial_list.replace(listed)
+    return sorted(copied)
 
 
 def read_artists(paths: Sequence[Path]) -> dict[Path, str | None]:
