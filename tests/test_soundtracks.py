@@ -121,6 +121,18 @@ def test_a_fetch_killed_before_its_manifest_is_redone_without_duplicates(tmp_pat
     again = fetch_soundtracks(out, one_game)
     assert [t.path.name for t in again] == [t.path.name for t in first]
     assert sorted(find_audio([out])) == sorted(t.path for t in again) == sorted(t.path for t in read_manifest(out))
+    import mutagen
+
+    mine = first[0].path  # now a file of the user's (its album tag is not the game): never replaced
+    audio = mutagen.File(mine, easy=True)
+    audio.tags["album"] = "my own album"
+    audio.save()
+    kept = mine.read_bytes()
+    (out / "manifest.csv").unlink()
+    third = fetch_soundtracks(out, one_game)
+    assert mine.read_bytes() == kept
+    assert [t.path.name for t in third][1:] == [t.path.name for t in first][1:]
+    assert third[0].path.name != mine.name and read_tags(third[0].path)["album"] == one_game["xmoto-data"]
 
 
 @pytest.mark.parametrize("how", ["moved", "copied"])

@@ -126,11 +126,12 @@ def _manifest_rows(out_dir: Path) -> list[dict[str, str]]:
 def _copy_labelled(src: Path, game_dir: Path, game: str, duration: float, taken: set[Path]) -> SoundtrackTrack:
     """Copy one file, naming it uniquely among the names ``taken`` in this fetch, and set its album tag to the game.
 
-    A file already at that name (an earlier, interrupted fetch's copy) is replaced, not kept beside a renamed copy.
+    A file already at that name is replaced where it is an earlier, interrupted fetch's copy (its album tag is the
+    game), never where it is another file: the copy then takes the longer name.
     """
     game_dir.mkdir(parents=True, exist_ok=True)
     dest = game_dir / src.name
-    if dest in taken:
+    if dest in taken or (dest.exists() and read_tags(dest)["album"] != game):
         dest = game_dir / f"{src.parent.name}__{src.name}"
     taken.add(dest)
     partial = dest.with_name(f".{dest.name}.partial")
