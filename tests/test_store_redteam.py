@@ -699,3 +699,95 @@ def test_reading_the_wal_index_keeps_this_processs_sqlite_locks(wal_store: tuple
             assert held <= _shm_locks(store)
             assert again.tracks(again.run("dsp"))
         assert held <= _shm_locks(store)
+
+
+def _spec_checksum(data: bytes, seed: tuple[int, int], big: bool) -> tuple[int, int]:
+    """The WAL checksum as https://www.sqlite.org/fileformat2.html#walformat defines it, word pair by word pair."""
+    order = "big" if big else "little"
+    s0, s1 = seed
+    for at in range(0, len(data), 8):
+        x, y = int.from_bytes(data[at:at + 4], order), int.from_bytes(data[at + 4:at + 8], order)
+        s0 = (s0 + x + s1) & 0xFFFFFFFF
+        s1 = (s1 + y + s0) & 0xFFFFFFFF
+    return s0, s1
+
+
+def _live_wal(root: Path, page: int, commits: int, pending: int = 0) -> tuple[Path, list[int], int]:
+    """A copy (catalog.sqlite, -wal, -shm) of a real SQLite database in WAL mode whose ``commits`` transactions are all
+    in its log, taken while its connection is open (and, with ``pending``, inside a transaction whose pages already
+    went to the log): (the -wal copy, the 1-based frames that end a commit, frames)."""
+    live = root / "live"
+    live.mkdir(parents=True)
+    db = sqlite3.connect(live / "catalog.sqlite", isolation_level=None)
+    db.execute(f"PRAGMA page_size={page}")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA wal_autocheckpoint=0")
+    db.execute("CREATE TABLE t (x BLOB)")
+    for i in range(commits - 1):
+        db.execute("INSERT INTO t VALUES (?)", (bytes([i]) * (page * (i % 3 + 1)),))
+    if pending:
+        db.execute("PRAGMA cache_size=2")
+        db.execute("BEGIN IMMEDIATE")
+        for _ in range(pending):
+            db.execute("INSERT INTO t VALUES (randomblob(?))", (page,))
+    store = root / "store"
+    store.mkdir()
+    for name in ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm"):
+        shutil.copyfile(live / name, store / name)
+    db.close()
+    data = (store / "catalog.sqlite-wal").read_bytes()
+    n = (len(data) - 32) // (24 + page)
+    ends = [i + 1 for i in range(n) if int.from_bytes(data[32 + i * (24 + page) + 4:][:4], "big")]
+    return store / "catalog.sqlite-wal", ends, n
+
+
+@pytest.mark.parametrize("page", [512, 4096])
+def test_the_wal_checksums_are_sqlites_own(tmp_path: Path, page: int) -> None:
+    """The checksums lost_commits compares are those SQLite itself stored in a real log (header and every frame,
+    each continuing the one before), and the format's definition of them in either byte order."""
+    from mess.store.wal import _checksum, _checksums
+    wal, ends, n = _live_wal(tmp_path, page, 6)
+    data = wal.read_bytes()
+    assert n > 6 and len(ends) == 6
+    stored = (int.from_bytes(data[24:28], "big"), int.from_bytes(data[28:32], "big"))
+    assert _checksum(data[:24], (0, 0), False) == stored == _spec_checksum(data[:24], (0, 0), False)
+    frames = np.frombuffer(data, np.uint8, n * (24 + page), 32).reshape(n, 24 + page)
+    rows = np.concatenate([frames[:, :8], frames[:, 24:]], axis=1)
+    seeds, seed = [], stored
+    for i in range(n):
+        seeds.append(seed)
+        seed = (int.from_bytes(frames[i, 16:20].tobytes(), "big"), int.from_bytes(frames[i, 20:24].tobytes(), "big"))
+        assert _spec_checksum(rows[i].tobytes(), seeds[i], False) == seed
+    assert _checksums(rows, np.array(seeds, dtype=np.int64), False).tolist() == [
+        list(_spec_checksum(rows[i].tobytes(), seeds[i], False)) for i in range(n)]
+    big = _checksums(rows, np.array(seeds, dtype=np.int64), True).tolist()
+    assert big == [list(_spec_checksum(rows[i].tobytes(), seeds[i], True)) for i in range(n)]
+    assert _checksum(data[:24], (7, 2**32 - 1), True) == _spec_checksum(data[:24], (7, 2**32 - 1), True)
+
+
+def test_lost_commits_of_a_real_log_damaged_cut_or_left_mid_transaction(tmp_path: Path) -> None:
+    """On a real SQLite log: intact, or with a killed writer's uncommitted pages past its last commit, nothing is lost;
+    a byte changed in a frame loses every commit after the one before it (the -shm index names the last); the file cut
+    inside a frame loses the commits from that frame on, as the index said; the header changed loses all of them."""
+    from mess.store.wal import lost_commits
+    wal, ends, n = _live_wal(tmp_path / "intact", 1024, 5)
+    assert lost_commits(wal) is None and ends[-1] == n
+    wal, ends, n = _live_wal(tmp_path / "pending", 1024, 5, pending=30)
+    assert n > ends[-1] + 20 and lost_commits(wal) is None
+    assert ends[2] > ends[1] + 2  # the third commit spans frames
+    intact = wal.read_bytes()
+    for frame in (ends[1] + 1, ends[1] + 2):  # the first frame of the third commit, or its second
+        data = bytearray(intact)
+        data[32 + (frame - 1) * (24 + 1024) + 24 + 900] ^= 0x04
+        wal.write_bytes(bytes(data))
+        damage = lost_commits(wal)
+        assert damage is not None and (damage.valid, damage.damaged_at, damage.commits, damage.claimed) == (
+            ends[1], frame, sum(end > frame for end in ends), ends[-1])
+    wal.write_bytes(intact[:32 + (ends[2] - 1) * (24 + 1024) + 24 + 10])  # cut inside the frame after commit 2's
+    damage = lost_commits(wal)
+    assert damage is not None and (damage.valid, damage.damaged_at, damage.commits, damage.claimed) == (
+        ends[1], ends[2], 0, ends[-1])
+    assert damage.key == f"{intact[16:24].hex()}:{ends[-1]}"
+    wal.write_bytes(intact[:15] + bytes([intact[15] ^ 1]) + intact[16:])
+    damage = lost_commits(wal)
+    assert damage is not None and (damage.valid, damage.damaged_at, damage.commits) == (0, 1, len(ends))
