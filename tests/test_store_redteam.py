@@ -791,3 +791,84 @@ def test_lost_commits_of_a_real_log_damaged_cut_or_left_mid_transaction(tmp_path
     wal.write_bytes(intact[:15] + bytes([intact[15] ^ 1]) + intact[16:])
     damage = lost_commits(wal)
     assert damage is not None and (damage.valid, damage.damaged_at, damage.commits) == (0, 1, len(ends))
+
+
+@pytest.mark.parametrize(("at", "bit"), [(3, 0x02), (3, 0x01), (10, 0x01)])
+def test_a_wal_header_whose_magic_or_page_size_changed_loses_every_commit_and_says_so(tmp_path: Path, at: int,
+                                                                                     bit: int) -> None:
+    """A bit flipped in the log header's magic number (byte 3: no magic, or the other byte order's) or page size (byte
+    10): SQLite then reads no frame of the log, so every commit in it was lost, and lost_commits said nothing ('not a
+    log', or frames checked in the wrong byte order). It names them all now; a file that is no log (text, zeros, a
+    header cut short) still loses nothing."""
+    from mess.store.wal import lost_commits
+    wal, ends, _ = _live_wal(tmp_path, 1024, 4)
+    data = wal.read_bytes()
+    wal.write_bytes(data[:at] + bytes([data[at] ^ bit]) + data[at + 1:])
+    with closing(sqlite3.connect(wal.with_name("catalog.sqlite"))) as db:  # what SQLite makes of it
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == []
+    wal.write_bytes(data[:at] + bytes([data[at] ^ bit]) + data[at + 1:])
+    damage = lost_commits(wal)
+    assert damage is not None and (damage.valid, damage.damaged_at, damage.commits) == (0, 1, len(ends))
+    for other in (b"", data[:31], b"not a log\n" * 4000, bytes(40000), data[:8] + b"\0\0\x10\0" + bytes(9000)):
+        wal.write_bytes(other)
+        assert lost_commits(wal) is None
+
+
+def test_lost_commits_of_a_real_log_whose_first_frame_or_last_bytes_changed(tmp_path: Path) -> None:
+    """A byte of the first frame's salt changed (the header still whole): SQLite reads no frame, every commit is lost
+    and named. The file cut inside its first frame, or 20 bytes short of a frame's end: the commits the -shm index
+    said were there are named as cut, and SQLite agrees on what is left."""
+    from mess.store.wal import lost_commits
+    wal, ends, _ = _live_wal(tmp_path, 1024, 4)
+    intact = wal.read_bytes()
+    size = 24 + 1024
+    salt_changed = intact[:32 + 9] + bytes([intact[32 + 9] ^ 0x40]) + intact[32 + 10:]
+    for data, want in ((salt_changed, (0, 1, len(ends), ends[-1])),
+                       (intact[:32 + 500], (0, 1, 0, ends[-1])),
+                       (intact[:32 + ends[1] * size - 20], (ends[0], ends[1], 0, ends[-1]))):
+        wal.write_bytes(data)
+        damage = lost_commits(wal)
+        assert damage is not None and (damage.valid, damage.damaged_at, damage.commits, damage.claimed) == want
+
+
+def test_lost_commits_trusts_only_a_whole_wal_index_of_this_log(tmp_path: Path) -> None:
+    """The -shm index counts only when both copies of its header agree, its checksum holds and it is about this log
+    (its salts): a cut log with a torn, changed or other log's index names no loss it cannot show. A frame changed
+    just before a commit frame loses that commit too; with no index, none is said to be claimed; the loss's key is the
+    log's salts and its last lost commit's checksum, as stored."""
+    from mess.store.wal import lost_commits
+    wal, ends, _ = _live_wal(tmp_path, 1024, 5)
+    shm = wal.with_name("catalog.sqlite-shm")
+    intact, index = wal.read_bytes(), shm.read_bytes()
+    size = 24 + 1024
+    wal.write_bytes(intact[:32 + ends[1] * size + 10])
+    cut = lost_commits(wal)
+    assert cut is not None and cut.claimed == ends[-1] and cut.commits == 0
+    def whole(at: int, new: bytes) -> bytes:  # the index header with ``new`` at ``at``, both copies, checksum redone
+        head = bytearray(index[:48])
+        head[at:at + len(new)] = new
+        head[40:48] = b"".join(v.to_bytes(4, sys.byteorder) for v in _spec_checksum(bytes(head[:40]), (0, 0),
+                                                                                       sys.byteorder == "big"))
+        return bytes(head) * 2 + index[96:]
+
+    later = (ends[-1] + 7).to_bytes(4, sys.byteorder)
+    shm.write_bytes(whole(16, later))
+    assert lost_commits(wal).claimed == ends[-1] + 7  # type: ignore[union-attr]  # a whole index is believed
+    for changed in (index[:64] + later + index[68:],  # the second copy torn
+                    index[:16] + later + index[20:64] + later + index[68:],  # both copies, the checksum not
+                    whole(32, bytes(8)),  # another log's (salts)
+                    whole(0, (3007001).to_bytes(4, sys.byteorder)),  # another version
+                    whole(12, b"\0"),  # not initialised
+                    index[:96 - 1], b""):
+        shm.write_bytes(changed)
+        assert lost_commits(wal) is None
+    frame = ends[2] - 1
+    data = bytearray(intact)
+    data[32 + (frame - 1) * size + 24 + 7] ^= 0x08
+    wal.write_bytes(bytes(data))
+    shm.unlink()
+    damage = lost_commits(wal)
+    last = 32 + (ends[-1] - 1) * size
+    assert damage is not None and (damage.valid, damage.damaged_at, damage.commits, damage.claimed) == (
+        ends[1], frame, 3, 0)
+    assert damage.key == f"{intact[16:24].hex()}:{intact[last + 16:last + 24].hex()}"

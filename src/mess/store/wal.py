@@ -10,9 +10,10 @@ after it overwrites the frames past the damage) and finds commits past the damag
 current log (the header's salts) past the first failing one whose checksums continue from the frame before them
 as stored, with a commit among them (a frame's bytes changed; its successors were written after it); and the
 ``-shm`` index a process left (``kill -9``, or a reader still open) claiming more committed frames than the file
-holds valid ones (the file cut short). What a killed writer leaves is not damage: frames past the last commit
-(none of them a commit) or one frame half written; and a log restarted by a later writer holds older frames
-under other salts.
+holds valid ones (the file cut short). A log header that fails (its checksum, or a changed magic number or page
+size, found by its first frame's checksum continuing the header's) loses every commit of the log. What a killed
+writer leaves is not damage: frames past the last commit (none of them a commit) or one frame half written; and a
+log restarted by a later writer holds older frames under other salts.
 
 Format: https://www.sqlite.org/fileformat2.html#walformat (and ``wal.c``'s wal-index header for ``-shm``).
 """
@@ -33,6 +34,7 @@ _MAGIC = (0x377F0682, 0x377F0683)  # checksums of little-endian, big-endian word
 _HEADER = 32
 _FRAME_HEADER = 24
 _MASK = np.uint64(0xFFFFFFFF)
+_PAGES = tuple(2**k for k in range(9, 17))  # the page sizes a log can have
 _CHUNK = 256  # frames summed at once (1 MB of 4 kB pages, 8 MB as uint64 words)
 
 
@@ -117,15 +119,18 @@ def lost_commits(wal: Path) -> WalDamage | None:
     if len(data) < _HEADER:
         return None
     magic = int.from_bytes(data[:4], "big")
-    if magic not in _MAGIC:
-        return None  # not a log SQLite would read at all
-    big = magic & 1 == 1
     page = int.from_bytes(data[8:12], "big")
-    if page < 512 or page > 65536 or page & (page - 1):
-        return None
     salts = data[16:24]
     stored_header = (int.from_bytes(data[24:28], "big"), int.from_bytes(data[28:32], "big"))
-    header_ok = _checksum(data[:24], (0, 0), big) == stored_header
+    readable = magic in _MAGIC and page in _PAGES
+    big = magic & 1 == 1
+    header_ok = readable and _checksum(data[:24], (0, 0), big) == stored_header
+    if not header_ok:  # SQLite reads no frame of it: the frames say how they were written (a changed magic, page size)
+        found = _changed_header(data, stored_header)
+        if found is not None:
+            big, page = found
+        elif not readable:
+            return None  # not a log SQLite would read at all
     size = _FRAME_HEADER + page
     n = (len(data) - _HEADER) // size
     if not n:
@@ -159,6 +164,21 @@ def lost_commits(wal: Path) -> WalDamage | None:
     last = int(np.flatnonzero(later & commit)[-1]) if commits else -1  # rewritten only with the frames before it
     key = f"{salts.hex()}:{stored[last, 0]:08x}{stored[last, 1]:08x}" if commits else f"{salts.hex()}:{claimed}"
     return WalDamage(valid, first_bad + 1, commits, claimed if claimed > valid else 0, key)
+
+
+def _changed_header(data: bytes, stored_header: tuple[int, int]) -> tuple[bool, int] | None:
+    """(big-endian checksums, page size) of a log whose header's magic number or page size was changed, found by its
+    first frame: it carries the header's salts and a checksum that continues the header's as stored; None when no
+    frame does (not a log)."""
+    for page in _PAGES:
+        frame = data[_HEADER:_HEADER + _FRAME_HEADER + page]
+        if len(frame) < _FRAME_HEADER + page or frame[8:16] != data[16:24]:
+            continue
+        stored = (int.from_bytes(frame[16:20], "big"), int.from_bytes(frame[20:24], "big"))
+        for big in (False, True):
+            if _checksum(frame[:8] + frame[_FRAME_HEADER:], stored_header, big) == stored:
+                return big, page
+    return None
 
 
 def _read(wal: Path) -> bytes:
