@@ -861,7 +861,9 @@ def test_lost_commits_trusts_only_a_whole_wal_index_of_this_log(tmp_path: Path) 
                     whole(12, b"\0"),  # not initialised
                     index[:96 - 1], b""):
         shm.write_bytes(changed)
-        assert lost_commits(wal) is None
+        for cut_at in (32 + ends[1] * size + 10, 32 + 10):  # past a commit, or inside the first frame
+            wal.write_bytes(intact[:cut_at])
+            assert lost_commits(wal) is None
     frame = ends[2] - 1
     data = bytearray(intact)
     data[32 + (frame - 1) * size + 24 + 7] ^= 0x08
@@ -872,3 +874,37 @@ def test_lost_commits_trusts_only_a_whole_wal_index_of_this_log(tmp_path: Path) 
     assert damage is not None and (damage.valid, damage.damaged_at, damage.commits, damage.claimed) == (
         ends[1], frame, 3, 0)
     assert damage.key == f"{intact[16:24].hex()}:{intact[last + 16:last + 24].hex()}"
+
+
+def test_lost_commits_of_a_big_endian_log_and_of_a_log_cut_to_its_header(tmp_path: Path) -> None:
+    """A log written where words are big-endian (magic 0x377f0683, every checksum summed big-endian, as SQLite reads
+    it anywhere) loses nothing whole, and its commits past a changed frame when damaged. A log cut to its header
+    loses the commits the -shm index said were there, and none when no index says so."""
+    from mess.store.wal import lost_commits
+    wal, ends, n = _live_wal(tmp_path, 512, 4)
+    data, size = bytearray(wal.read_bytes()), 24 + 512
+    data[:4] = (0x377F0683).to_bytes(4, "big")
+    seed = _spec_checksum(bytes(data[:24]), (0, 0), True)
+    data[24:32] = b"".join(v.to_bytes(4, "big") for v in seed)
+    for i in range(n):
+        at = 32 + i * size
+        seed = _spec_checksum(bytes(data[at:at + 8] + data[at + 24:at + size]), seed, True)
+        data[at + 16:at + 24] = b"".join(v.to_bytes(4, "big") for v in seed)
+    with closing(sqlite3.connect(tmp_path / "live" / "catalog.sqlite")) as db:  # SQLite reads it: all rows back
+        rows = db.execute("SELECT COUNT(*) FROM t").fetchone()[0]
+    wal.write_bytes(bytes(data))
+    assert lost_commits(wal) is None
+    probe = tmp_path / "probe"
+    shutil.copytree(wal.parent, probe)
+    with closing(sqlite3.connect(probe / "catalog.sqlite")) as db:
+        assert db.execute("SELECT COUNT(*) FROM t").fetchone()[0] == rows == len(ends) - 1
+    data[32 + ends[0] * size + 24 + 5] ^= 0x20  # the first frame of the second commit
+    wal.write_bytes(bytes(data))
+    damage = lost_commits(wal)
+    assert damage is not None and (damage.valid, damage.damaged_at, damage.commits) == (
+        ends[0], ends[0] + 1, len(ends) - 1)
+    wal.write_bytes(bytes(data[:32]))
+    cut = lost_commits(wal)
+    assert cut is not None and (cut.valid, cut.damaged_at, cut.commits, cut.claimed) == (0, 1, 0, ends[-1])
+    wal.with_name("catalog.sqlite-shm").unlink()
+    assert lost_commits(wal) is None
