@@ -200,6 +200,31 @@ def test_windows_are_ceil_of_duration_over_window_spread_evenly_to_the_end() -> 
         assert starts.tolist() == [0] and length == n
 
 
+def test_a_window_policy_refuses_what_cuts_no_window_and_cuts_exactly_at_its_bounds() -> None:
+    """A window of 0, negative, infinite or NaN seconds, no windows or no minimum length is refused; the smallest
+    sensible values are kept. A track exactly one window long is that window; one sample longer is two windows, the
+    second ending at the end; cut returns each window's samples with its start in seconds."""
+    from mess.audio.windows import WindowPolicy
+
+    for bad in ({"window_seconds": 0.0}, {"window_seconds": -1.0}, {"window_seconds": float("inf")},
+                {"window_seconds": float("nan")}, {"max_windows": 0}, {"min_seconds": 0.0}, {"min_seconds": -1.0}):
+        with pytest.raises(ValueError, match="invalid window policy"):
+            WindowPolicy(**bad)  # type: ignore[arg-type]
+    assert WindowPolicy(window_seconds=0.5, max_windows=1, min_seconds=0.01).max_windows == 1
+    two = WindowPolicy(window_seconds=2.0, max_windows=4)
+    assert two.analysed_seconds(2.0) == 2.0 and two.analysed_seconds(0.5) == 0.5
+    assert two.analysed_seconds(2.02) == 4.0 and two.analysed_seconds(100.0) == 8.0
+    policy = WindowPolicy(window_seconds=1.0, max_windows=4)
+    starts, length = policy.starts(100, 100)
+    assert starts.tolist() == [0] and length == 100
+    starts, length = policy.starts(101, 100)
+    assert starts.tolist() == [0, 1] and length == 100
+    audio = np.arange(250, dtype=np.float32)
+    seconds, windows = policy.cut(audio, 100)
+    assert seconds.tolist() == [0.0, 0.75, 1.5] and windows.shape == (3, 100)
+    assert [w.tolist() for w in windows] == [list(range(a, a + 100)) for a in (0, 75, 150)]
+
+
 def test_silence_is_a_peak_below_minus_80_dbfs_of_either_sign(tmp_path: Path) -> None:
     """-90 dBFS is refused as silent, -70 dBFS is music; a signal that only goes negative is not silence. A
     constant offset (a DC-coupled input with nothing plugged in) is silent, and was embedded as music."""
