@@ -437,3 +437,82 @@ def test_block_checksums_read_in_chunks_and_a_block_cut_short_is_not_called_chan
     cut = BlockSums(starts, counts, np.array([crc[0], crc[1], crc[2] ^ 1], dtype=np.int64))
     cut.add(0, rows[:6])  # the file holds 6 rows now: the last block is not wholly there
     assert cut.changed().tolist() == [False, False, False]
+
+
+def test_the_store_lock_names_what_stands_in_its_place(tmp_path: Path) -> None:
+    """Where write.lock belongs: nothing, a file or a link to one (or to nothing yet: the first writer makes it) is
+    usable; a folder, a link loop or a FIFO is named, and a writer refuses it naming the path."""
+    import os
+
+    from mess.store.lock import LockUnusable, StoreLock
+
+    lock = StoreLock(tmp_path)
+    assert lock.not_a_file() is None and lock.unusable() is None
+    (tmp_path / "elsewhere").write_text("")
+    lock.path.symlink_to(tmp_path / "elsewhere")
+    assert lock.not_a_file() is None
+    lock.path.unlink()
+    lock.path.symlink_to(tmp_path / "nothing")
+    assert lock.not_a_file() is None
+    lock.path.unlink()
+    lock.path.symlink_to(lock.path)
+    assert lock.not_a_file() == "a symbolic link loop"
+    lock.path.unlink()
+    os.mkfifo(lock.path)
+    assert lock.not_a_file() == "not a regular file"
+    lock.path.unlink()
+    lock.path.mkdir()
+    assert lock.not_a_file() == "a folder"
+    assert lock.unusable() == (f"{lock.path} is a folder, not the store's lock file, so nothing can write to the "
+                               "store: move it aside (`mess check --repair` does) and run the command again")
+    with pytest.raises(LockUnusable), lock.hold("test"):
+        pass
+
+
+def test_the_store_lock_is_reentrant_glances_at_a_short_holder_and_is_tried_without_waiting(tmp_path: Path) -> None:
+    """Held again inside itself, the lock keeps its first holder's record; a process holding it for a moment (as
+    opening a store does) is waited for, not called busy; trying() takes it only when no one holds it and the lock file
+    is there; a writer that waits holds it only once its holder is gone."""
+    import os
+    import time
+
+    from mess.store.lock import StoreBusy, StoreLock
+
+    lock = StoreLock(tmp_path)
+    assert lock.holder() == "another process"
+    with lock.trying() as took:  # no lock file yet: a reader makes none
+        assert took is False and not lock.path.exists()
+    with lock.hold("outer"):
+        with lock.hold("inner"), lock.trying() as took:
+            assert lock.held and took is False
+        assert lock.held and lock.holder() == f"pid {os.getpid()}, outer, for 0 s"
+    assert not lock.held
+    with lock.trying() as took:
+        assert took is True and lock.held
+    assert not lock.held
+    code = ("import sys, time; from pathlib import Path; from mess.store.lock import StoreLock\n"
+            "with StoreLock(Path(sys.argv[1])).hold('brief'):\n"
+            "    print('held', flush=True); time.sleep(float(sys.argv[2]))\n")
+    for seconds in (0.3, 3.0):
+        holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(seconds)], stdout=subprocess.PIPE,
+                                  text=True)
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+            held = time.monotonic()
+            with lock.trying() as took:
+                assert took is False
+            heard: list[str] = []
+            start = time.monotonic()
+            if seconds < 1:
+                with lock.hold("after a glance", wait=False, on_wait=heard.append):
+                    assert lock.held and heard == []
+            else:
+                with pytest.raises(StoreBusy, match=r"the store is busy: .* held by pid \d+, brief, for [0-3] s"):
+                    with lock.hold("no wait", wait=False):
+                        pass
+                assert 0.8 < time.monotonic() - start < 2.9
+                with lock.hold("waits", on_wait=heard.append):  # until the holder is gone
+                    assert time.monotonic() - held >= seconds - 0.1 and len(heard) == 1, heard
+                    assert "held by pid" in heard[0]
+        finally:
+            holder.wait(timeout=30)
