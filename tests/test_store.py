@@ -51,6 +51,29 @@ def test_vectors_round_trip_per_layer_and_segment(tmp_path: Path) -> None:
     assert list(starts[:4]) == [0, 0, 1, 2]
 
 
+def test_a_vector_beyond_what_float16_holds_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """Values past float16's largest were stored as infinity: the write passed, and every later read of the layer
+    refused the whole layer as damaged until a repair dropped the file (which the next extract stored again)."""
+    store = FeatureStore(tmp_path)
+    run = store.ensure_run(run_key(INFO, WindowPolicy()))
+    for i in range(3):
+        _add_track(store, i)
+    store.write_vectors(run, [_vectors("h0", 2, 0)])
+    largest = float(np.finfo(np.float16).max)
+    for where in ("layers", "segments"):
+        item = _vectors("h1", 2, 1)
+        getattr(item, where)[1].flat[-1] = 2 * largest  # a finite float32, past float16's range
+        with pytest.raises(ValueError, match="non-finite vectors for content h1"):
+            store.write_vectors(run, [_vectors("h2", 1, 2), item])
+        assert not store.has_vectors(run, "h1") and not store.has_vectors(run, "h2")
+    edge = _vectors("h1", 2, 1)
+    edge.layers[0][0] = largest  # the largest value float16 holds is stored as it is
+    store.write_vectors(run, [edge])
+    ids, mat = store.layer_matrix(run, "a")
+    assert mat.shape == (2, 4) and mat[list(ids).index(store.track("/music/1.wav").id), 0] == largest
+    store.close()
+
+
 def test_rows_cut_after_the_catalog_was_read_are_damage_not_a_crash(tmp_path: Path) -> None:
     """Row files are read with plain reads, not memory maps: a reader whose catalog version still references rows
     another process cut (a repair dropping them) gets StoreDamaged, never SIGBUS."""

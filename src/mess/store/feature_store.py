@@ -763,12 +763,15 @@ class FeatureStore:
         rows' checksums (:mod:`mess.store.checksums`).
 
         Under the write lock, so positions come from the catalog alone: bytes a killed
-        writer left past them are overwritten, never referenced. Non-finite vectors are
-        refused (ValueError) before anything is written.
+        writer left past them are overwritten, never referenced. Vectors not finite as stored
+        (NaN, infinity, or past float16's largest value, 65504) are refused (ValueError) before
+        anything is written.
         """
-        for it in items:
-            if not all(np.isfinite(v).all() for v in (*it.layers, *it.segments)):
-                raise ValueError(f"non-finite vectors for content {it.content_hash}")
+        with np.errstate(over="ignore"):  # a value past float16's range becomes infinity: refused below
+            for it in items:
+                if not all(np.isfinite(np.asarray(v, dtype=DTYPE)).all() for v in (*it.layers, *it.segments)):
+                    raise ValueError(f"non-finite vectors for content {it.content_hash} (as stored: NaN, infinite "
+                                     "or past float16's largest value, 65504)")
         with self._write():
             unique = {it.content_hash: it for it in items if not self.has_vectors(run, it.content_hash)}
             items = list(unique.values())
