@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mess.store.paths import (
@@ -153,3 +154,37 @@ def test_a_write_the_disk_refuses_names_the_file(tmp_path: Path) -> None:
     assert out.stdout.split() == [str(errno.EFBIG), str(target)]
     assert list(tmp_path.iterdir()) == []  # no temp file left
 
+
+def test_a_tilde_naming_no_user_is_a_name_as_written_not_a_crash(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shell leaves '~someone/x' as written when there is no user 'someone'; pathlib's expanduser raised
+    RuntimeError ('Could not determine home directory'): `mess export '~bob/v.npz'` ended in a traceback."""
+    import pwd
+
+    from test_store_export import INFO
+
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.runs import run_key
+    from mess.store import FeatureStore, StoreError, TrackVectors
+    from mess.store.config import model_key
+    from mess.store.export import export_vectors
+
+    user = "mess-no-such-user"
+    with pytest.raises(KeyError):
+        pwd.getpwnam(user)
+    monkeypatch.chdir(tmp_path)
+    written = f"~{user}/x"
+    assert not inside_store(written, tmp_path / "store") and inside_store(written, tmp_path)
+    assert model_key(written, {"dsp"}) == written  # no model folder
+    store = FeatureStore(tmp_path / "store")
+    try:
+        run = store.ensure_run(run_key(INFO, WindowPolicy()))
+        store.upsert_track(Path("/music/one.flac"), "h1", 1, 0.0, {}, {})
+        layers = [np.ones(d, np.float32) for d in INFO.layer_dims]
+        store.write_vectors(run, [TrackVectors("h1", layers, [v[None] for v in layers], [0.0])])
+        with pytest.raises(StoreError, match="unknown track"):
+            store.track(f"{written}.flac")
+        export_vectors(store, run, Path(f"{written}.npz"))
+    finally:
+        store.close()
+    assert np.load(tmp_path / f"~{user}" / "x.npz")["content_hash"].tolist() == ["h1"]

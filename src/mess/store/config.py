@@ -12,7 +12,7 @@ import json
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from mess.store.paths import replace_file
+from mess.store.paths import expanded, replace_file
 
 CONFIG_FILE = "config.json"
 SETTINGS = {"default-model": "Model used when a command names none (default: mert, then musicnn, then dsp)."}
@@ -119,7 +119,7 @@ def model_key(name: str, known: Collection[str] = ()) -> str:
         return name
     if "/" not in name and name.lower() in known:  # a registry name; a folder's run is its path, as written
         return name.lower()
-    path = Path(name).expanduser()
+    path = expanded(name)
     try:
         return str(path.resolve()) if path.is_dir() else name
     except OSError:  # a name too long to be a path, or under a folder it may not search: no model folder

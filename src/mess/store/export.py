@@ -24,7 +24,7 @@ import numpy as np
 from mess.constants import FUSED
 from mess.store.feature_store import FeatureStore, Run, StoreError
 from mess.store.fused import fused_matrix
-from mess.store.paths import inside_store, printable, replacing
+from mess.store.paths import expanded, inside_store, printable, replacing
 
 FORMATS = ("npz", "parquet")
 TAGS = ("path", "content_hash", "artist", "album", "title", "genre", "composer")
@@ -56,7 +56,7 @@ def export_vectors(store: FeatureStore, run: Run, out: Path, fmt: str = "npz", *
     device or a pipe, such as /dev/stdout, is written into).
     """
     given, fmt = fmt, fmt.lower()  # 'NPZ' as 'npz', as the name 'out.NPZ' is
-    if Path(out).expanduser().is_dir():  # its name has no extension: it was called an unknown export format ''
+    if expanded(out).is_dir():  # its name has no extension: it was called an unknown export format ''
         example = Path(out) / f"vectors.{fmt if fmt in FORMATS else 'npz'}"
         raise StoreError(f"{out} is a folder; give the file to write, such as {example}")
     if fmt not in FORMATS:
@@ -65,7 +65,7 @@ def export_vectors(store: FeatureStore, run: Run, out: Path, fmt: str = "npz", *
         raise StoreError("fused vectors have no layers or windows: export them without --layers and --segments")
     names = (FUSED,) if fused else tuple(dict.fromkeys(run.layer_names[run.layer_index(x)]
                                                        for x in (layers or run.layer_names)))
-    out = Path(out).expanduser()
+    out = expanded(out)
     if inside_store(out, store.root):  # 'export STORE/catalog.sqlite' overwrote the catalog
         raise StoreError(f"{out} is inside the feature store {store.root}, whose files only mess writes; "
                          "export to a path outside it")

@@ -36,7 +36,7 @@ from mess.store.catalog import connect, has_column
 from mess.store.checksums import block_sum, changed, expected, pack, row_expected, row_sums
 from mess.store.lock import LockUnusable, StoreLock
 from mess.store.memo import MEMO
-from mess.store.paths import from_db_path, printable, replace_file, resolved, to_db_path
+from mess.store.paths import expanded, from_db_path, printable, replace_file, resolved, to_db_path
 from mess.store.wal import lost_commits, note
 
 DEFAULT_STORE = Path(".mess")
@@ -583,7 +583,7 @@ class FeatureStore:
     def track_at(self, path: str | Path) -> Track | None:
         """The track at exactly ``path`` (relative to the working directory, links resolved), or None."""
         row = self._one(f"SELECT {_TRACK_COLS} FROM tracks WHERE path=?",
-                        (to_db_path(resolved(Path(path).expanduser())),))
+                        (to_db_path(resolved(expanded(path))),))
         return None if row is None else Track.from_row(row)
 
     def _named(self, name: str) -> list[sqlite3.Row]:
@@ -605,7 +605,7 @@ class FeatureStore:
 
         if nfc(ref) == unicodedata.normalize("NFD", ref):  # nothing to compose or decompose: matched as it is
             return []
-        path, name = nfc(str(resolved(Path(ref).expanduser()))), nfc(Path(ref).name)
+        path, name = nfc(str(resolved(expanded(ref)))), nfc(Path(ref).name)
         rows = self._query(f"SELECT {_TRACK_COLS} FROM tracks ORDER BY id")
         at = [r for r in rows if nfc(from_db_path(r["path"])) == path]
         return at or [r for r in rows if nfc(Path(from_db_path(r["path"])).name) == name]
@@ -851,7 +851,7 @@ class FeatureStore:
         latest: dict[str, str] = {}
         for path, reason in rows:
             latest.setdefault(from_db_path(path), _reason_alone(str(reason), from_db_path(path)))
-        exact = str(resolved(Path(ref).expanduser()))
+        exact = str(resolved(expanded(ref)))
         if exact in latest:
             return exact, latest[exact]
         named = [(path, reason) for path, reason in latest.items() if Path(path).name == Path(ref).name]

@@ -35,6 +35,12 @@ def from_db_path(value: str | bytes) -> str:
     return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
+def expanded(path: str | Path) -> Path:
+    """``Path(path).expanduser()``, but a ``~user`` naming no user (or ``~`` with no home) stays as written, as the
+    shell leaves it, where pathlib raised RuntimeError ('Could not determine home directory')."""
+    return Path(os.path.expanduser(path))
+
+
 def resolved(path: str | Path) -> Path:
     """``Path(path).resolve()``, but a symbolic link loop on the way is an OSError naming ``path`` (as the system
     reports it: "Too many levels of symbolic links") rather than Python 3.11's RuntimeError."""
@@ -47,7 +53,7 @@ def resolved(path: str | Path) -> Path:
 def inside_store(path: str | Path, root: str | Path) -> bool:
     """Whether ``path`` (a file to write) lies in the feature store folder ``root``, whose files only mess writes
     (through a link or a relative name too): an output written there can replace the catalog or a row file."""
-    return resolved(Path(path).expanduser()).is_relative_to(resolved(Path(root).expanduser()))
+    return resolved(expanded(path)).is_relative_to(resolved(expanded(root)))
 
 
 def printable(text: str) -> str:
