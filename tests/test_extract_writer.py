@@ -257,3 +257,23 @@ def test_an_on_commit_that_raises_surfaces_at_the_next_submit_and_at_close(tmp_p
                     "close": "progress display failed after 1 track(s)"}
     _assert_stored(tmp_path, [first])  # the commit before the callback stays
     store.close()
+
+
+def test_close_returns_for_a_writer_idle_since_its_last_commit_or_never_given_a_track(tmp_path: Path) -> None:
+    """The end of every run: the last commit is done and the thread waits for more; close wakes it and returns."""
+    groups = [_group("idle", 2, 2)]
+    store, writer, _, commits = _writer(tmp_path, groups)
+    writer.submit(groups[0], 2.0)
+    deadline = time.monotonic() + 60
+    while not commits and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # the thread is back waiting for a group
+    never = BackgroundWriter(store, store.run(INFO.name), lambda n, s: commits.append((n, s)))
+    for each in (writer, never):
+        closing = threading.Thread(target=each.close)
+        closing.start()
+        closing.join(timeout=30)
+        assert not closing.is_alive()
+    assert commits == [(2, 2.0)]
+    _assert_stored(tmp_path, groups)
+    store.close()
