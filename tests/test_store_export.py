@@ -171,3 +171,11 @@ def test_a_run_with_no_vectors_and_no_failures_says_run_extract(tmp_path: Path) 
         store.write_derived(run, FUSED, ["gone"], np.ones((1, 2), np.float32), {})
         with pytest.raises(StoreError, match="^no fused vectors for toy"):  # failures say nothing of fused vectors
             export_vectors(store, run, tmp_path / "v.npz", fused=True)
+
+
+def test_an_output_under_the_home_folder_is_written_there(toy, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, run = toy
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    summary = export_vectors(store, run, Path("~/exports/v.npz"))
+    assert summary.path == tmp_path / "home" / "exports" / "v.npz"
+    assert np.load(tmp_path / "home" / "exports" / "v.npz")["layers"].tolist() == ["a", "b"]
