@@ -277,3 +277,21 @@ def test_close_returns_for_a_writer_idle_since_its_last_commit_or_never_given_a_
     assert commits == [(2, 2.0)]
     _assert_stored(tmp_path, groups)
     store.close()
+
+
+def test_a_process_that_ends_without_closing_its_writer_still_exits(tmp_path: Path) -> None:
+    """An error between a run's start and its close (the pipeline closes in a finally, a caller's code may not)
+    must not leave the process waiting at exit for the writer's thread."""
+    code = ("import sys; sys.path.insert(0, sys.argv[2])\n"
+            "from pathlib import Path\n"
+            "from test_extract_writer import INFO\n"
+            "from mess.audio.windows import WindowPolicy\n"
+            "from mess.extract.runs import run_key\n"
+            "from mess.extract.writer import BackgroundWriter\n"
+            "from mess.store import FeatureStore\n"
+            "store = FeatureStore(Path(sys.argv[1]))\n"
+            "writer = BackgroundWriter(store, store.ensure_run(run_key(INFO, WindowPolicy())), lambda n, s: None)\n"
+            "print('started', flush=True)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "store"), str(Path(__file__).parent)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["started"], out.stderr
