@@ -179,3 +179,12 @@ def test_an_output_under_the_home_folder_is_written_there(toy, tmp_path, monkeyp
     summary = export_vectors(store, run, Path("~/exports/v.npz"))
     assert summary.path == tmp_path / "home" / "exports" / "v.npz"
     assert np.load(tmp_path / "home" / "exports" / "v.npz")["layers"].tolist() == ["a", "b"]
+
+
+def test_an_output_under_a_file_is_refused_naming_the_file(toy, tmp_path) -> None:
+    store, run = toy
+    (tmp_path / "song.ogg").write_bytes(b"audio")
+    with pytest.raises(StoreError, match=f"^cannot write {tmp_path}/song.ogg/v.npz: {tmp_path}/song.ogg is not a "
+                                         "folder$"):
+        export_vectors(store, run, tmp_path / "song.ogg" / "v.npz")
+    assert (tmp_path / "song.ogg").read_bytes() == b"audio"
