@@ -89,3 +89,13 @@ def test_a_model_name_is_a_known_name_in_any_case_else_a_model_folder_else_itsel
     assert model_key("./MERT", {"mert"}) == str((tmp_path / "MERT").resolve())  # a path is never lowered
     assert model_key("unknown") == "unknown"
     assert model_key("x" * 5000) == "x" * 5000  # too long for a path: a name
+
+
+def test_a_known_model_folder_is_its_run_though_its_path_is_now_a_link(tmp_path: Path) -> None:
+    """A model folder's run is named by the path it was extracted from; that path later made a link to another
+    folder (models reorganised) still names that run, not the link's target."""
+    (tmp_path / "moved").mkdir()
+    link = tmp_path / "MERT"
+    link.symlink_to(tmp_path / "moved")
+    assert model_key(str(link), {str(link)}) == str(link)
+    assert model_key(str(link)) == str(tmp_path / "moved")  # not extracted: the folder it leads to
