@@ -145,6 +145,16 @@ def test_the_memo_is_bounded_least_recently_used_out_first() -> None:
     assert memo.get("s", 1, "b", lambda: "recomputed") == "recomputed"  # 'b' was the one dropped
 
 
+def test_a_memo_of_one_value_keeps_the_latest_and_none_smaller_is_made() -> None:
+    memo = Memo(1)
+    memo.get("s", 1, "a", lambda: "a")
+    memo.get("s", 1, "b", lambda: "b")
+    assert len(memo) == 1 and memo.get("s", 1, "b", lambda: "recomputed") == "b"
+    for size in (0, -1):
+        with pytest.raises(ValueError, match=f"a memo holds at least 1 value, not {size}"):
+            Memo(size)
+
+
 def test_a_new_version_drops_the_older_versions_of_its_store_only() -> None:
     memo = Memo(10)
     memo.get("s", 1, "x", lambda: "old")
