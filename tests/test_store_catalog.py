@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from contextlib import closing
 from pathlib import Path
 
@@ -88,3 +89,16 @@ def test_removed_track_ids_are_remembered_so_none_is_given_again(tmp_path: Path)
         conn.execute("DELETE FROM tracks WHERE id = 3")
         conn.execute("DELETE FROM tracks WHERE id = 2")
         assert [r[0] for r in conn.execute("SELECT high FROM track_ids")] == [3]
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_connection_is_used_from_any_thread(tmp_path: Path, readonly: bool) -> None:
+    """A store is shared by threads (the server's, the extract's decoders and writer): its connection is not tied to
+    the thread that opened it."""
+    connect(tmp_path / "catalog.sqlite").close()
+    with closing(connect(tmp_path / "catalog.sqlite", readonly=readonly)) as conn:
+        got: list[object] = []
+        reader = threading.Thread(target=lambda: got.append(conn.execute("SELECT count(*) FROM runs").fetchone()[0]))
+        reader.start()
+        reader.join()
+        assert got == [0]
