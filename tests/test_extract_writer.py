@@ -295,3 +295,40 @@ def test_a_process_that_ends_without_closing_its_writer_still_exits(tmp_path: Pa
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "store"), str(Path(__file__).parent)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.split() == ["started"], out.stderr
+
+
+def test_a_submit_waiting_for_room_is_woken_by_a_failed_commit_and_raises_its_error(tmp_path: Path) -> None:
+    """max_pending tracks queued, a further submit waits for the writer to take them; the commit before fails
+    instead: the waiting submit must raise that error, not wait for room that never comes."""
+    groups = [_group(f"w{i}", 2, 1) for i in range(3)]
+    store = FeatureStore(tmp_path)
+    run = store.ensure_run(run_key(INFO, WindowPolicy()))
+    _catalogue(store, groups)
+    entered, fail = threading.Event(), threading.Event()
+
+    def on_commit(tracks: int, seconds: float) -> None:
+        entered.set()
+        assert fail.wait(timeout=60)
+        raise RuntimeError("progress display failed")
+
+    writer = BackgroundWriter(store, run, on_commit, max_pending=2)
+    writer.submit(groups[0], 1.0)
+    assert entered.wait(timeout=60)  # the first commit is in its callback
+    writer.submit(groups[1], 1.0)  # 2 tracks queued: the next submit waits
+    said: list[str] = []
+
+    def third() -> None:
+        try:
+            writer.submit(groups[2], 1.0)
+        except RuntimeError as exc:
+            said.append(str(exc))
+
+    waiting = threading.Thread(target=third)
+    waiting.start()
+    waiting.join(timeout=0.5)
+    assert waiting.is_alive()  # waiting for room
+    fail.set()
+    waiting.join(timeout=30)
+    assert not waiting.is_alive() and said == ["progress display failed"]
+    _assert_stored(tmp_path, [groups[0]])
+    store.close()
