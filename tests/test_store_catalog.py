@@ -60,7 +60,7 @@ def test_a_missing_catalog_is_not_made_by_a_reader(tmp_path: Path) -> None:
 
 
 def test_a_writer_makes_the_schema_in_wal_mode_and_brings_an_older_catalog_up_to_it(tmp_path: Path) -> None:
-    new = tmp_path / "new" / "catalog.sqlite"
+    new = tmp_path / "new" / "store" / "catalog.sqlite"  # folders made as needed
     with closing(connect(new)) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
