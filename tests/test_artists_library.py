@@ -402,3 +402,19 @@ def test_the_track_filters_find_each_value_of_a_multi_valued_tag(tmp_path: Path)
         assert found(artist="beta") == {"both", "pop"}
         assert found(album="Rock") == set()  # an album is one value, whatever its punctuation
         assert found(album="Rock; Pop") == {"jazz"}
+
+
+@pytest.mark.parametrize("saved", [b'{"weights": [0.6, 0.4]}', b'{"weights": null}',
+                                   b'{"weights": {"audio": 1}, "space": "caf\xe9"}'],
+                         ids=["a-list", "null", "latin-1"])
+def test_a_hand_edited_weights_file_that_is_malformed_is_a_one_line_error(tmp_path: Path, saved: bytes) -> None:
+    """`similar --hybrid` ended in a traceback (AttributeError: 'list' object has no attribute 'items', or a
+    UnicodeDecodeError) when the saved weights file held weights that are not an object or was saved as Latin-1."""
+    from mess.cli.main import app as mess
+
+    store = tagged_store(tmp_path, {f"{a}{i}": {"artist": [a]} for a in ("Alpha", "Beta", "Gamma") for i in (0, 1)})
+    (store / "reports").mkdir(exist_ok=True)
+    (store / "reports" / "artists_hybrid.json").write_bytes(saved)
+    out = CliRunner().invoke(mess, ["artists", "similar", "alpha", "-l", "mfcc", "--hybrid", "--store", str(store)])
+    assert out.exit_code == 1 and isinstance(out.exception, SystemExit), out.output
+    assert "malformed weights file" in out.stderr and "Traceback" not in out.output, out.stderr

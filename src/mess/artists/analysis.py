@@ -271,7 +271,7 @@ def _saved_meta(store: FeatureStore) -> dict:
     path = store.reports_dir / WEIGHTS_FILE
     try:
         saved = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8 (load_weights says which)
         return {}
     return saved if isinstance(saved, dict) else {}
 

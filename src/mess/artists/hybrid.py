@@ -237,6 +237,8 @@ def load_weights(path: Path) -> dict[str, float]:
             f"no learned weights at {path}; run `mess artists hybrid --reference FILE` "
             "or pass --weights audio=...,genre=..."
         ) from None
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:  # ValueError: not JSON, or not UTF-8
         raise ArtistError(f"malformed weights file {path} ({exc})") from None
+    if not isinstance(weights, dict):
+        raise ArtistError(f"malformed weights file {path} (its weights are not an object of NAME: NUMBER)")
     return parse_weights(",".join(f"{k}={v}" for k, v in weights.items()))
