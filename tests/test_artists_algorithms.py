@@ -340,3 +340,11 @@ def test_mean_similarity_is_the_cosine_of_mean_unit_track_vectors_centred_on_the
         vectors = artist_vectors(artists, Space("x", ids, rows), center=center)
         np.testing.assert_allclose(similarity_matrix(vectors, "mean"), means @ means.T, atol=1e-5)
         np.testing.assert_allclose(similarity_row(vectors, 2, "mean"), means @ means[2], atol=1e-5)
+
+
+def test_weights_too_large_to_add_up_keep_their_proportions() -> None:
+    """'audio=1.5e308,genre=0.5e308' made both weights 0 (their sum overflowed to inf), and `similar --weights` then
+    said the weights were all on components the collection has no information for."""
+    assert parse_weights("audio=1.5e308,genre=0.5e308") == pytest.approx({"audio": 0.75, "genre": 0.25})
+    assert parse_weights("audio=1e308,genre=1e308,collab=1e308") == pytest.approx(
+        dict.fromkeys(("audio", "genre", "collab"), 1 / 3))

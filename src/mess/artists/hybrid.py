@@ -137,6 +137,10 @@ def _normalised(weights: dict[str, float]) -> dict[str, float]:
     if not all(math.isfinite(w) and w >= 0 for w in weights.values()) or sum(weights.values()) <= 0:
         raise ArtistError("weights must be finite, non-negative numbers with a positive sum")
     total = sum(weights.values())
+    if math.isinf(total):  # finite weights whose sum overflows: scaled to the largest first
+        top = max(weights.values())
+        weights = {name: w / top for name, w in weights.items()}
+        total = sum(weights.values())
     return {name: w / total for name, w in weights.items()}
 
 
