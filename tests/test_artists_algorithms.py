@@ -348,3 +348,23 @@ def test_weights_too_large_to_add_up_keep_their_proportions() -> None:
     assert parse_weights("audio=1.5e308,genre=0.5e308") == pytest.approx({"audio": 0.75, "genre": 0.25})
     assert parse_weights("audio=1e308,genre=1e308,collab=1e308") == pytest.approx(
         dict.fromkeys(("audio", "genre", "collab"), 1 / 3))
+
+
+def test_artists_sharing_a_track_score_a_cosine_within_minus_one_and_one() -> None:
+    """Artist i's one track is a random direction, artist i + 20's the same one and i + 40's its opposite: their
+    cosines are 1 and -1 by definition. By --method chamfer float32 rounding made them 1.0000002 (a similarity
+    above 1, on the diagonal too, in `artists similar --json` and the matrix); the mean method clipped them."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(20, 16))
+    rows = np.concatenate([base, base, -base]).astype(np.float32)
+    artists = build_artists([make_track(i + 1, f"artist {i:02d}") for i in range(60)])
+    vectors = artist_vectors(artists, Space("toy", np.arange(1, 61), rows), center=False)
+    for method in ("mean", "chamfer"):
+        sim = similarity_matrix(vectors, method)
+        assert sim.max() <= 1.0 and sim.min() >= -1.0, method
+        np.testing.assert_allclose(np.diag(sim[:20, 20:40]), 1.0, atol=1e-6)
+        np.testing.assert_allclose(np.diag(sim[:20, 40:]), -1.0, atol=1e-6)
+        for i in (0, 7, 45):
+            row = similarity_row(vectors, i, method)
+            assert row.max() <= 1.0 and row.min() >= -1.0, method
+            np.testing.assert_allclose(row, sim[i], atol=1e-6)

@@ -30,7 +30,7 @@ def chamfer_matrix(vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         block = slice(start, min(start + _BLOCK_ROWS, len(vectors)))
         np.add.at(sums, group_of_row[block], _directed(vectors, offsets, block))
     directed = sums / np.diff(bounds)[:, None]
-    return ((directed + directed.T) / 2).astype(np.float32)
+    return np.clip((directed + directed.T) / 2, -1.0, 1.0).astype(np.float32)  # float32 cosines overshoot 1
 
 
 def chamfer_row(vectors: np.ndarray, offsets: np.ndarray, group: int) -> np.ndarray:
@@ -40,4 +40,4 @@ def chamfer_row(vectors: np.ndarray, offsets: np.ndarray, group: int) -> np.ndar
     sims = vectors[rows] @ vectors.T  # [n_group, M]
     forward = np.maximum.reduceat(sims, offsets, axis=1).mean(axis=0)
     backward = np.add.reduceat(sims.max(axis=0), offsets) / np.diff(bounds)
-    return ((forward + backward) / 2).astype(np.float32)
+    return np.clip((forward + backward) / 2, -1.0, 1.0).astype(np.float32)
