@@ -184,6 +184,25 @@ def test_learning_weights_of_one_component_gives_it_all_and_its_own_ndcg() -> No
     weights, ndcg = learn_weights({"audio": audio}, matched, range(0, 12, 2), k=4)
     assert weights == {"audio": 1.0}
     assert ndcg == pytest.approx(brute_force_ndcg(audio, {q: matched[q] for q in range(0, 12, 2)}, 4))
+    once = (q for q in range(0, 12, 2))  # any iterable, also one read once
+    two = {"audio": audio, "genre": audio.T}
+    assert learn_weights(two, matched, once, k=4) == learn_weights(two, matched, list(range(0, 12, 2)), k=4)
+
+
+def test_learned_weights_are_a_coordinate_optimum_on_the_grid() -> None:
+    """Coordinate ascent stops when no single weight moved to a grid value (0, 0.1, ..., 1) raises the training
+    nDCG; in this draw a first pass over the weights does not get there (a second one does)."""
+    rng = np.random.default_rng(2)
+    parts = {c: rng.random((14, 14)) for c in ("audio", "genre", "collab")}
+    matched = {q: [int(j) for j in rng.choice([i for i in range(14) if i != q], 4, replace=False)] for q in range(14)}
+    train = {q: matched[q] for q in range(0, 14, 2)}
+    weights, ndcg = learn_weights(parts, matched, train, k=4)
+    assert ndcg == pytest.approx(brute_force_ndcg(blend(parts, weights), train, 4))
+    for name, value in itertools.product(parts, np.linspace(0, 1, 11)):
+        trial = dict(weights, **{name: value})
+        if sum(trial.values()) > 0:
+            trial = {c: w / sum(trial.values()) for c, w in trial.items()}
+            assert brute_force_ndcg(blend(parts, trial), train, 4) <= ndcg + 1e-9, (name, value)
 
 
 def brute_force_ndcg(scores: np.ndarray, matched: dict[int, list[int]], k: int) -> float:
@@ -210,6 +229,8 @@ def test_fit_hybrid_splits_at_least_one_query_each_way_and_refuses_what_cannot_b
             fit_hybrid({"audio": audio}, matched, test_fraction=fraction)
     with pytest.raises(ArtistError, match="at least 2 reference artists in the collection, found 1"):
         fit_hybrid({"audio": audio}, {0: [1]})
+    two = fit_hybrid({"audio": audio}, {0: [1, 2], 3: [4]}, k=3)  # two are enough: one to learn, one to test
+    assert (two.train_queries, two.test_queries) == (1, 1)
     path = tmp_path / "weights.json"
     save_weights(path, HybridFit({"audio": 0.3, "genre": 0.9}, 2, 1, 0.5, {}), {"model": "m"})
     assert load_weights(path) == pytest.approx({"audio": 0.25, "genre": 0.75})
@@ -280,6 +301,15 @@ def test_silhouette_of_a_layer_is_sklearns_cosine_silhouette_of_its_centred_trac
     assert report.separation.within == pytest.approx(np.mean(within), abs=1e-5)
 
 
+def test_two_artists_of_two_tracks_each_have_a_silhouette() -> None:
+    """sklearn's silhouette needs 2 to n - 1 labels: two artists of two tracks each are enough."""
+    rows = np.array([[1, 0.1, 0], [0.9, 0.2, 0.1], [-0.1, 1, 0.2], [0.1, 0.8, -0.3]], dtype=np.float32)
+    artists = build_artists([make_track(i + 1, "AB"[i // 2]) for i in range(4)])
+    report = layer_report(artists, Space("toy", np.arange(1, 5), rows))
+    expected = silhouette_score(rows - rows.mean(axis=0), [0, 0, 1, 1], metric="cosine")
+    assert report.silhouette == pytest.approx(expected, abs=1e-5)
+
+
 def normalize_pair(x: np.ndarray, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
     return x[i] / np.linalg.norm(x[i]), x[j] / np.linalg.norm(x[j])
 
@@ -308,6 +338,8 @@ def test_the_most_discriminative_space_is_the_first_of_the_best_and_no_evidence_
     expected = separation(artist_vectors(artists, spaces[1])).effect
     assert best.label == "clear" and effect == pytest.approx(expected)
     assert expected > separation(artist_vectors(artists, spaces[0])).effect
+    constant = Space("constant", ids, np.ones((6, 8), dtype=np.float32))  # every cosine 0 once centred: no effect
+    assert most_discriminative(artists, [constant, spaces[1]])[0].label == "clear"
     alone, space = singletons(clear)
     best, effect = most_discriminative(alone, [Space("a", space.track_ids, clear), Space("b", space.track_ids, clear)])
     assert best.label == "a" and np.isnan(effect)
