@@ -15,15 +15,23 @@ from scipy.stats import spearmanr
 from typer.testing import CliRunner
 
 from mess.cli.main import app
-from mess.playlists.clusters import clusters
+from mess.playlists.clusters import _unique_titles, cluster_name, clusters, default_k
 from mess.playlists.formats import read_playlist, write_playlist
 from mess.playlists.path import sonic_path
-from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError, artist_key
+from mess.playlists.playlist import (
+    DuplicateGuard,
+    Playlist,
+    PlaylistError,
+    artist_key,
+    gone_tracks,
+    title_key,
+    with_gone_note,
+)
 from mess.playlists.radio import radio
 from mess.query import resolve_query
 from mess.search.query import collection_query, similar_tracks
 from mess.search.vectors import VectorSpec, load_vectors
-from mess.store import FeatureStore
+from mess.store import FeatureStore, StoreError, Track
 
 runner = CliRunner()
 
@@ -301,4 +309,185 @@ def test_path_steps_are_even_angles_along_the_great_circle_and_ordered_by_progre
               "far": np.array([-1.0, 0.0, 0.0, 0.0]), "off": np.array([0.0, 0.0, 0.0, 1.0])}
     store, run = _arc_store(tmp_path / "lifted", lifted)
     assert _path_names(store, run, 6) == ["A", "p18", "p36", "p54", "q72", "B"]
+    store.close()
+
+
+def test_path_scores_are_cosines_to_the_targets_on_the_arc_and_two_tracks_are_the_ends(tmp_path: Path) -> None:
+    """Scores: 1 for A and B, each step's cosine to the point i/(n-1) of the way along the arc (cos 40 degrees for a
+    track 40 degrees off it); -n 2 is A then B; -n 1, A to A, -n above the collection and a track without vectors
+    are refused in one line."""
+    lifted = {"A": _at(0), "B": _at(90), "p30": _at(30), "q60": _at(60, 40), "off": np.array([0.0, 0.0, 0.0, 1.0])}
+    store, run = _arc_store(tmp_path / "lifted", lifted)
+    a, b = store.track("A.wav"), store.track("B.wav")
+    path = sonic_path(store, run, a, b, 4, norm="none")
+    assert [t.title for t in path.tracks] == ["A", "p30", "q60", "B"]
+    np.testing.assert_allclose(path.scores, [1.0, 1.0, np.cos(np.radians(40)), 1.0], atol=1e-3)  # stored as float16
+    assert path.title == f"path: {a.name} -> {b.name}"
+    ends = sonic_path(store, run, a, b, 2, norm="none")
+    assert [t.title for t in ends.tracks] == ["A", "B"] and ends.scores == (1.0, 1.0)
+    with pytest.raises(PlaylistError, match="at least 2"):
+        sonic_path(store, run, a, b, 1, norm="none")
+    with pytest.raises(PlaylistError, match="same recording"):
+        sonic_path(store, run, a, dataclasses.replace(b, content_hash=a.content_hash), 4, norm="none")
+    with pytest.raises(PlaylistError, match="5 tracks with vectors, fewer than -n 6"):
+        sonic_path(store, run, a, b, 6, norm="none")
+    store.upsert_track(Path("/music/new.wav"), "hash-new", 1, 0.0, {"duration": 10.0},
+                       {"artist": "New", "album": None, "title": "new", "genre": None, "composer": None})
+    with pytest.raises(StoreError, match="no vectors|mess extract"):
+        sonic_path(store, run, a, store.track("new.wav"), 4, norm="none")
+    store.close()
+
+
+def test_path_skips_copies_of_its_ends_and_runs_between_two_recordings_of_one_sound(tmp_path: Path) -> None:
+    """Tracks with A's or B's vector are near-duplicates of the ends: a 3-track path with nothing else between them
+    is refused. From A to a recording with A's very vector, every step aims at A: the nearest distinct tracks."""
+    copies = {"A": _at(0), "B": _at(90), "a2": _at(0), "b2": _at(90)}
+    store, run = _arc_store(tmp_path / "copies", copies)
+    with pytest.raises(PlaylistError, match="too few distinct tracks for a path of 3"):
+        sonic_path(store, run, store.track("A.wav"), store.track("B.wav"), 3, norm="none")
+    store.close()
+    same = {"A": _at(0), "B": _at(0), "n10": _at(10), "n20": _at(20), "far": _at(170)}
+    store, run = _arc_store(tmp_path / "same", same)
+    assert _path_names(store, run, 4) == ["A", "n10", "n20", "B"]
+    store.close()
+
+
+def _track(tid: int, artist: str | None = None, title: str | None = None, genre: str | None = None,
+           composer: str | None = None, path: str | None = None) -> Track:
+    return Track(id=tid, path=path or f"/m/{tid}.ogg", content_hash=f"h{tid}", duration=10.4, artist=artist,
+                 album=None, title=title, genre=genre, composer=composer)
+
+
+def test_a_playlist_notes_its_gone_files_and_its_dict_is_rounded_and_titled(tmp_path: Path) -> None:
+    here = tmp_path / "here.ogg"
+    here.write_bytes(b"x")
+    tracks = tuple(_track(i, path=str(here if i == 0 else tmp_path / f"gone{i}.ogg")) for i in range(6))
+    playlist = Playlist("mix", tracks, tuple(0.1234567 * i for i in range(6)), note="first")
+    gone = gone_tracks(playlist)
+    assert [t.id for t in gone] == [1, 2, 3, 4, 5]
+    assert with_gone_note(playlist, []) is playlist
+    one = with_gone_note(playlist, ["gone1"]).note
+    assert one == "first; 1 track is no longer on disk (gone1); `mess extract --prune FOLDER` forgets vanished files"
+    two = with_gone_note(dataclasses.replace(playlist, note=""), ["a", "b"]).note
+    assert two.startswith("2 tracks are no longer on disk (a, b); ")
+    five = with_gone_note(playlist, [t.name for t in gone]).note
+    assert "5 tracks are no longer on disk (gone1, gone2, gone3 and 2 more)" in five
+    rows = playlist.to_dict()["tracks"]
+    assert [r["score"] for r in rows] == [round(0.1234567 * i, 6) for i in range(6)]
+    assert rows[1]["title"] == "gone1" and rows[1]["duration"] == 10.4
+
+
+def test_the_duplicate_guard_grows_past_its_first_rows_and_knows_external_seeds_and_titles() -> None:
+    rng = np.random.default_rng(1)
+    units = rng.normal(size=(40, 8))
+    units /= np.linalg.norm(units, axis=1, keepdims=True)
+    guard = DuplicateGuard(8)
+    for i, u in enumerate(units[:39]):
+        guard.add(u, _track(i))
+    assert guard.duplicate(units[38], _track(100))  # the 39th row kept (the table doubled twice)
+    assert not guard.duplicate(units[39], _track(101))
+    guard.add(units[39], None, content_hash="external")
+    assert guard.duplicate(-units[0], dataclasses.replace(_track(102), content_hash="external"))
+    titled = DuplicateGuard(8)
+    titled.add(units[0], _track(1, artist="J. S. Bach", title="Air"))
+    assert titled.duplicate(units[1], _track(2, artist="j.s. bach", title=" air "))
+    assert not titled.duplicate(units[1], _track(3, artist="J. S. Bach", title="Gavotte"))
+    assert not titled.duplicate(units[1], _track(4, title="Air"))  # no artist: titles alone say nothing
+    assert title_key(_track(5, artist="Bach", title="  ")) is None
+
+
+def test_default_k_is_the_square_root_of_half_the_tracks_between_2_and_50() -> None:
+    assert [default_k(2 * k * k) for k in range(2, 51)] == list(range(2, 51))
+    assert default_k(1) == default_k(9) == 2 and default_k(2 * 51 * 51) == default_k(10**6) == 50
+    assert default_k(2 * 7 * 7 + 7) == 7  # sqrt(52.5) = 7.2
+
+
+def test_cluster_names_take_a_genre_of_half_the_tracks_and_the_two_commonest_artists() -> None:
+    half = (_track(1, "Bach", genre="Baroque; Classical"), _track(2, "Bach", genre="Baroque"), _track(3, "Haydn"),
+            _track(4, None, composer="Haydn"), _track(5, "Haydn"), _track(6, "Haydn"))
+    assert cluster_name(half[:4]) == "Baroque: Bach & Haydn"
+    assert cluster_name(half) == "Haydn & Bach"  # Baroque: 2 of 6
+    assert cluster_name((*half[:4], _track(7, "Vivaldi"))) == "Bach & Haydn and others"
+    assert cluster_name((_track(8, genre="Jazz"), _track(9))) == "Jazz"
+    assert cluster_name((_track(10), _track(11, " "))) == "cluster"
+    named = _unique_titles([Playlist("Jazz", (), (), "n1"), Playlist("Jazz", (), ()), Playlist("Pop", (), ()),
+                            Playlist("Jazz", (), ())])
+    assert [p.title for p in named] == ["Jazz", "Jazz (2)", "Pop", "Jazz (3)"] and named[0].note == "n1"
+
+
+def test_clusters_are_the_groups_largest_first_ordered_and_scored_by_cosine_to_their_centre(tmp_path: Path) -> None:
+    """Three groups of 5, 4 and 3 tracks around orthogonal axes: -k 3 finds them, largest first, each ordered by
+    cosine to its members' mean direction (the k-means centre); -k 0 and -k 13 are refused."""
+    groups = {"x": (0, [0, 6, 16, 24, 32]), "y": (1, [0, 10, 24, 30]), "z": (2, [0, 12, 30])}
+    points = {f"{g}{d}": np.cos(np.radians(d)) * np.eye(4)[axis] + np.sin(np.radians(d)) * np.eye(4)[3]
+              for g, (axis, degrees) in groups.items() for d in degrees}
+    store, run = _arc_store(tmp_path / "groups", points)
+    found = clusters(store, run, 3, norm="none")
+    assert [{t.title[0] for t in p.tracks} for p in found] == [{"x"}, {"y"}, {"z"}]
+    for p, (_, degrees) in zip(found, groups.values(), strict=True):
+        members = np.array([points[t.title] for t in p.tracks])
+        centre = members.mean(axis=0) / np.linalg.norm(members.mean(axis=0))
+        assert len(p.tracks) == len(degrees) and list(np.argsort(-(members @ centre))) == list(range(len(degrees)))
+        np.testing.assert_allclose(p.scores, members @ centre, atol=2e-3)
+    for k in (0, 13):
+        with pytest.raises(PlaylistError, match=r"between 1 and the number of distinct tracks \(12\)$"):
+            clusters(store, run, k, norm="none")
+    store.close()
+
+
+def _artist_store(root: Path, points: dict[str, tuple[float, str]]):
+    """A store of one-layer vectors at the given angles (degrees from e0 towards e1), each track by the given
+    artist (searched with norm 'none')."""
+    store, run = _arc_store(root, {name: _at(degrees) for name, (degrees, _) in points.items()})
+    for name, (_, artist) in points.items():
+        track = store.track(f"{name}.wav")
+        store.upsert_track(Path(track.path), track.content_hash, 1, 0.0, {"duration": 10.0},
+                           {"artist": artist, "album": None, "title": name, "genre": None, "composer": None})
+    return store, run
+
+
+def test_radio_keeps_artists_a_window_apart_shrinking_it_only_when_nothing_fits(tmp_path: Path) -> None:
+    """Seed by X; candidates x5, x10 (X), y15, y20 (Y), z25 (Z) at those angles. Window 2: the closest whose artist
+    is not among the last 2 played (the seed first), else among the last 1. Scores: cosines to the seed."""
+    points = {"S": (0, "X"), "x5": (5, "X"), "x10": (10, "X"), "y15": (15, "Y"), "y20": (20, "Y"), "z25": (25, "Z")}
+    store, run = _artist_store(tmp_path / "store", points)
+    seed = [collection_query(store, store.track("S.wav").id)]
+
+    def play(n: int, window: int, **options) -> Playlist:
+        return radio(store, run, seed, n, window=window, norm="none", ranking="plain", **options)
+
+    two = play(5, 2)
+    assert [t.title for t in two.tracks] == ["y15", "z25", "x5", "y20", "x10"] and two.note == ""
+    np.testing.assert_allclose(two.scores, np.cos(np.radians([15, 25, 5, 20, 10])), atol=1e-3)
+    assert two.title == "radio: " + seed[0].label
+    assert [t.title for t in play(5, 1).tracks] == ["y15", "x5", "y20", "x10", "z25"]
+    assert [t.title for t in play(2, 1).tracks] == ["y15", "x5"]
+    short = play(10, 1, exclude=frozenset({store.track("y15.wav").id}))
+    assert [t.title for t in short.tracks] == ["y20", "x5", "z25", "x10"]
+    assert short.note == "only 4 tracks fit (artists spread, no duplicates)"
+    for bad in ({"n": 0, "window": 1}, {"n": 1, "window": 0}):
+        with pytest.raises(PlaylistError, match="at least 1"):
+            play(**bad)
+    with pytest.raises(PlaylistError, match="at least one seed"):
+        radio(store, run, [], 5)
+    store.close()
+
+
+def test_radio_skips_what_is_queued_its_copies_and_the_stale_entry_of_a_changed_seed(tmp_path: Path) -> None:
+    """An external seed by X with S's vector that replaces r's entry: S (a copy of the seed), r (stale), a
+    (queued) and a2 (a copy of a) never play; X's x20 waits a turn after the seed; the note says what was left."""
+    from mess.query import external_query
+
+    points = {"S": (0, "X"), "r": (2, "R"), "a": (5, "A"), "a2": (5, "B"), "x20": (20, "X"), "c30": (30, "C")}
+    store, run = _artist_store(tmp_path / "store", points)
+    seed = dataclasses.replace(external_query(store, run, "X - new", "hash-new", [_at(0).astype(np.float32)],
+                                              artist="X"), replaces=store.track("r.wav"))
+    playlist = radio(store, run, [seed], 5, window=1, norm="none", ranking="plain",
+                     heard=frozenset({store.track("a.wav").id}))
+    assert [t.title for t in playlist.tracks] == ["c30", "x20"]
+    np.testing.assert_allclose(playlist.scores, np.cos(np.radians([30, 20])), atol=1e-3)
+    assert playlist.note == "only 2 tracks fit (artists spread, no duplicates, none of the 1 queued already)"
+    one = radio(store, run, [seed], 5, window=1, norm="none", ranking="plain",
+                exclude=frozenset({store.track("x20.wav").id}), heard=frozenset({store.track("a.wav").id}))
+    assert one.note.startswith("only 1 track fits (")
     store.close()
