@@ -3,6 +3,7 @@ characters; written, parsed and read back, through the API and the CLI."""
 
 from __future__ import annotations
 
+import codecs
 import errno
 import json
 import os
@@ -19,7 +20,7 @@ from typer.testing import CliRunner
 
 from mess.cli.main import app
 from mess.playlists.formats import XSPF_NS, read_playlist, write_playlist
-from mess.playlists.playlist import Playlist
+from mess.playlists.playlist import Playlist, PlaylistError
 from mess.store import Track
 
 runner = CliRunner()
@@ -407,3 +408,75 @@ def test_a_playlist_named_near_the_file_name_limit_is_written(tmp_path: Path) ->
     written = write_playlist(_playlist([tmp_path / "music" / "a.flac"]), target)
     assert read_playlist(written) == [tmp_path / "music" / "a.flac"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["music", target.name])  # no temp file left
+
+
+def _fake(path: Path, i: int, duration: float | None = 4.0, **tags: str) -> Track:
+    """A track named ``path`` (no file needed to render it)."""
+    return Track(i, str(path), f"hash-{i}", duration, tags.get("artist"), tags.get("album"), tags.get("title"), None,
+                 None)
+
+
+def test_by_hand_formats_are_named_by_extension_or_option_and_refused_in_one_line() -> None:
+    from mess.playlists.formats import format_named, output_format, playlist_format
+
+    assert [format_named(f) for f in ("m3u8", "m3u", "xspf")] == ["m3u8", "m3u8", "xspf"]
+    assert [playlist_format(Path(f"a.{e}")) for e in ("M3U", "m3u8", "XSPF")] == ["m3u8", "m3u8", "xspf"]
+    assert output_format(Path("/dev/stdout"), "m3u") == "m3u8" and output_format(Path("a.xspf")) == "xspf"
+    assert output_format(Path("a.m3u8"), "m3u") == "m3u8"
+    for call, message in ((lambda: format_named("pls"), "unknown playlist format 'pls'"),
+                          (lambda: playlist_format(Path("a")), "'(none)'"),
+                          (lambda: playlist_format(Path("a.pls")), "'.pls'"),
+                          (lambda: output_format(Path("a.xspf"), "m3u8"), "named as a xspf playlist but"),
+                          (lambda: output_format(Path("/dev/stdout")), "--format m3u8 or xspf")):
+        with pytest.raises(PlaylistError, match=re.escape(message)):
+            call()
+
+
+def test_by_hand_m3u8_and_xspf_hold_what_each_format_defines(tmp_path: Path) -> None:
+    """#EXTINF's whole seconds (-1 unknown) and 'Artist - Title'; XSPF's milliseconds, creator and album only when
+    tagged, and a relative location that resolves (as URIs do) against the playlist's folder to the file's URI."""
+    from urllib.parse import urljoin
+
+    from mess.playlists.formats import render
+
+    tracks = (_fake(tmp_path / "sub dir" / "a b.flac", 1, 10.4, artist="Ann", album="LP", title="Song"),
+              _fake(tmp_path / "c.flac", 2, 10.6), _fake("/elsewhere/d.flac", 3, None))
+    playlist = Playlist("Mix\nNight", tracks, (1.0, 1.0, 1.0))
+    lines = render(playlist, "m3u", tmp_path).splitlines()
+    assert lines == ["#EXTM3U", "#PLAYLIST:Mix Night", "#EXTINF:10,Ann - Song", "sub dir/a b.flac", "#EXTINF:11,c",
+                     "c.flac", "#EXTINF:-1,d", "/elsewhere/d.flac"]
+    assert render(playlist, "m3u8", None, locate=lambda t: f"http://h/{t.id}").splitlines()[3::2] == [
+        "http://h/1", "http://h/2", "http://h/3"]
+    root = ET.fromstring(render(playlist, "xspf", tmp_path))
+    ns = {"x": XSPF_NS}
+    assert root.get("version") == "1" and root.findtext("x:title", namespaces=ns) == "Mix\nNight"
+    rows = root.findall("x:trackList/x:track", ns)
+    assert [urljoin(tmp_path.as_uri() + "/", r.findtext("x:location", namespaces=ns)) for r in rows] == [
+        Path(t.path).as_uri() for t in tracks]
+    assert [r.findtext("x:duration", namespaces=ns) for r in rows] == ["10400", "10600", None]
+    assert [(r.findtext("x:creator", namespaces=ns), r.findtext("x:album", namespaces=ns)) for r in rows] == [
+        ("Ann", "LP"), (None, None), (None, None)]
+    assert [r.findtext("x:title", namespaces=ns) for r in rows] == ["Song", "c", "d"]
+
+
+def test_by_hand_m3u_files_of_other_tools_are_read(tmp_path: Path) -> None:
+    """Comments, blank lines and CR LF; a UTF-8 byte-order mark; UTF-16 with its mark (Windows' "Unicode"), and
+    broken UTF-16; '..' taken off; file:// URIs decoded; stream URLs kept; a path that is no URL kept."""
+    music = tmp_path / "music"
+    music.mkdir()
+    text = "#EXTM3U\r\n\r\n#EXTINF:1,x\r\na.flac\r\n ../up.flac \r\nfile:///m/x%20y.flac\r\nhttp://h:8/s.ogg\r\n"
+    (music / "crlf.m3u").write_bytes(codecs.BOM_UTF8 + text.encode())
+    expected = [music / "a.flac", tmp_path / "up.flac", Path("/m/x y.flac"), "http://h:8/s.ogg"]
+    assert read_playlist(music / "crlf.m3u") == expected
+    (music / "wide.m3u8").write_bytes(("#EXTM3U\nçé.flac\r\n/abs.flac").encode("utf-16"))
+    assert read_playlist(music / "wide.m3u8") == [music / "çé.flac", Path("/abs.flac")]
+    (music / "bad.m3u8").write_bytes(codecs.BOM_UTF16_LE + b"a\x00\x00\xd8")  # a lone high surrogate
+    with pytest.raises(PlaylistError, match="not valid UTF-16"):
+        read_playlist(music / "bad.m3u8")
+    (music / "bad.xspf").write_text("<playlist><trackList>")
+    with pytest.raises(PlaylistError, match="is not valid XSPF"):
+        read_playlist(music / "bad.xspf")
+    with pytest.raises(PlaylistError, match="no such playlist file"):
+        read_playlist(music / "none.m3u8")
+    with pytest.raises(PlaylistError, match="is a folder"):
+        write_playlist(Playlist("x", (), ()), music)
