@@ -166,3 +166,25 @@ def test_a_model_returning_other_layers_than_its_info_fails_the_file_saying_so(t
     assert summary.done == 0 and len(summary.failed) == 1
     assert "the model returned layers of shapes" in summary.failed[0][1]
     assert "not the 1 of sizes [3] its ModelInfo names" in summary.failed[0][1]
+
+
+class _Loud(_Peak):
+    """Each layer the window's peak x 200,000: past float16's largest value (65504) for a peak above 0.33."""
+
+    def embed(self, windows: np.ndarray) -> list[np.ndarray]:
+        return [layer * 200_000 for layer in super().embed(windows)]
+
+
+def test_a_model_output_past_float16_fails_its_file_and_the_run_goes_on(tmp_path: Path) -> None:
+    """A finite output past float16's range (a plugin's unnormalised feature) passed the model's guard and reached the
+    store, whose writer refused the whole batch: the run stopped. It fails that file alone, saying why."""
+    for name, level in (("loud", 0.5), ("quiet", 0.1)):
+        sf.write(tmp_path / f"{name}.wav", _tone() * (level / 0.1), 16000)
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        summary = extract(store, sorted(tmp_path.glob("*.wav")), _Loud((2, 3)), WindowPolicy())
+        assert summary.done == 1 and len(summary.failed) == 1, summary
+        assert summary.failed[0][0].endswith("loud.wav")
+        assert "65504" in summary.failed[0][1] and "loud.wav" in summary.failed[0][1]
+        ids, matrix = store.layer_matrix(store.runs()[0], 0)
+        assert len(ids) == 1 and np.allclose(matrix, 0.1 * 200_000, rtol=1e-3)
+    assert not check_store(tmp_path / "store").problems

@@ -14,8 +14,10 @@ from mess.audio.windows import WindowPolicy
 from mess.extract.prepare import Windows, decode_windows, inspect_file
 from mess.models.base import EmbeddingModel
 from mess.store import TrackVectors
+from mess.store.arrays import DTYPE
 
 log = logging.getLogger(__name__)
+STORABLE = float(np.finfo(DTYPE).max)  # the largest magnitude the store's float16 rows hold (65504)
 
 
 def embed_windows(model: EmbeddingModel, tracks: Sequence[np.ndarray], batch_size: int) -> list[list[np.ndarray]]:
@@ -47,6 +49,9 @@ def embed_windows(model: EmbeddingModel, tracks: Sequence[np.ndarray], batch_siz
                                  f"{n_layers} of sizes {list(model.info.layer_dims)} its ModelInfo names")
             if not all(np.isfinite(layer).all() for layer in layers):
                 raise ValueError("the model's output is not finite (are the samples far outside [-1, 1]?)")
+            if any(np.abs(layer).max(initial=0.0) > STORABLE for layer in layers):
+                raise ValueError(f"the model's output is past {STORABLE:g}, the largest value the store's float16 "
+                                 "vectors hold")
             for layer in range(n_layers):
                 for row, (t, w) in enumerate(chunk):
                     out[t][layer][w] = layers[layer][row]
