@@ -171,6 +171,9 @@ def test_blend_counts_a_component_without_weight_as_zero() -> None:
 
 def test_weights_parse_zero_and_blank_items_and_refuse_one_named_twice() -> None:
     assert parse_weights("audio=0, genre=2,, ") == {"audio": 0.0, "genre": 1.0}
+    for bad in ("audio=x,genre=1", "genre=1,audio", "audio=1,genre=1 0"):
+        with pytest.raises(ArtistError, match="is not NAME=NUMBER"):
+            parse_weights(bad)
     with pytest.raises(ArtistError, match="weight 'audio' given twice"):
         parse_weights("audio=1,genre=1, audio =2")
     with pytest.raises(ArtistError, match="weights must be finite, non-negative numbers with a positive sum"):
@@ -185,6 +188,8 @@ def test_learning_weights_of_one_component_gives_it_all_and_its_own_ndcg() -> No
     assert weights == {"audio": 1.0}
     assert ndcg == pytest.approx(brute_force_ndcg(audio, {q: matched[q] for q in range(0, 12, 2)}, 4))
     once = (q for q in range(0, 12, 2))  # any iterable, also one read once
+    same = learn_weights({"audio": audio, "genre": audio.copy()}, matched, range(12), k=4)[0]
+    assert same == {"audio": 0.5, "genre": 0.5}  # no weighting ranks otherwise: the equal start stands
     two = {"audio": audio, "genre": audio.T}
     assert learn_weights(two, matched, once, k=4) == learn_weights(two, matched, list(range(0, 12, 2)), k=4)
 
