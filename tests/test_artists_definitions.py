@@ -394,16 +394,20 @@ def test_an_unknown_name_suggests_whole_words_first_and_says_how_many_when_there
     message = str(info.value)
     assert message.startswith("unknown artist 'dou' (7 artists in the store); did you mean ")
     assert message.endswith(" (7 in all)?")
+    five = build_artists([make_track(i + 1, n) for i, n in enumerate(names[:5] + ["Zed", "Abba"])])
+    with pytest.raises(ArtistError) as info:
+        five.index("dou")
+    assert str(info.value).count("'Dou") == 5 and str(info.value).endswith("'?")  # all five: no count said
     with pytest.raises(ArtistError) as info:
         artists.index("doug m")
     assert "did you mean 'Doug Martsch', " in str(info.value)  # the one whose words start with 'doug' and 'm' first
     with pytest.raises(ArtistError) as info:
         artists.index("kauf")
     assert "did you mean 'Doug Kaufman'?" in str(info.value)
+    pair = build_artists([make_track(1, "Ann Leeds"), make_track(2, "Lee Ann")])
     with pytest.raises(ArtistError) as info:
-        artists.index("Doug X")
-    suggested = str(info.value).split("did you mean ")[1]
-    assert suggested.index("'Doug'") < suggested.index("'Dougal'")  # 'doug' a whole word of Doug, not of Dougal
+        pair.index("ann lee")  # whole words of Lee Ann (all of them), the start of one of Ann Leeds'
+    assert str(info.value).endswith("did you mean 'Lee Ann', 'Ann Leeds'?")
 
 
 def test_artists_in_a_space_count_only_its_tracks_and_keep_their_totals() -> None:
