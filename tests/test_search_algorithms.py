@@ -160,6 +160,22 @@ def test_ivf_trains_on_every_collection_of_32_or_more() -> None:
     np.testing.assert_array_equal(ann.search(x[:5], 5, breadth=16)[1], exact_knn(x, x[:5], 5)[1])
 
 
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_excluding_ids_the_index_does_not_hold_still_finds_every_track_left(kind: str) -> None:
+    """Ids in ``exclude`` the index does not hold (tracks without vectors in this set) were counted as excluded
+    tracks: a search that left fewer than k tracks stopped at its tuned breadth and returned none of them."""
+    x, _ = clustered(400, 16, 8, seed=7)
+    ids = np.arange(400, dtype=np.int64) * 3
+    ann = AnnIndex.build(x, ids, kind, target_recall=0.5)
+    left = ids[[5, 77, 123, 250, 399]]
+    banned = np.setdiff1d(ids, left)
+    for exclude in (banned, np.concatenate([banned, ids + 1]), np.concatenate([banned, banned])):
+        _, found = ann.search(x[:3], 10, exclude=exclude)
+        for row in found:
+            assert sorted(row[row >= 0].tolist()) == left.tolist() and (row < 0).sum() == 10 - len(left)
+    assert np.array_equal(np.sort(ann._ids()), ids)  # what it counts exclusions against
+
+
 def test_hnsw_refuses_removal() -> None:
     x, _ = clustered(500, 8, 5, seed=4)
     ann = AnnIndex.build(x, np.arange(500), "hnsw")

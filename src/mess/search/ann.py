@@ -136,7 +136,7 @@ class AnnIndex:
 
     def search(self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None,
                breadth: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (cosine similarities, ids) per query row; ids in ``exclude`` are never returned.
+        """Top-k (cosine similarities, ids) per query row; ids in ``exclude`` (held or not) are never returned.
 
         An approximate index searches ``breadth`` (default: the tuned one) lists or candidates, and more, doubling,
         while a row found fewer than k (the lists probed held too few, or mostly excluded tracks), up to every list
@@ -145,7 +145,10 @@ class AnnIndex:
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         k = max(1, min(k, self.ntotal))
         breadth = breadth or self.breadth
-        wanted = min(k, self.ntotal - (0 if exclude is None else len(np.unique(exclude))))  # at most, when all held
+        excluded = 0 if exclude is None else len(np.unique(exclude))
+        if self.kind != "flat" and self.ntotal - excluded < k:  # they may leave fewer than k: count those it holds
+            excluded = int(np.isin(np.unique(exclude), self._ids()).sum())
+        wanted = min(k, self.ntotal - excluded)
         while True:
             params = self._params(breadth, exclude)
             dist, ids = self.index.search(queries, k, params=params)  # faiss's threads: the application's choice
@@ -160,6 +163,15 @@ class AnnIndex:
     def _widest(self) -> int:
         """The breadth that searches every list (IVF) or as many candidates as vectors (HNSW)."""
         return int(self.index.nlist) if self.kind in ("ivf", "ivfpq") else max(self.ntotal, 1)
+
+    def _ids(self) -> np.ndarray:
+        """The ids the index holds (read from every list of an IVF index)."""
+        if self.kind not in ("ivf", "ivfpq"):
+            return faiss.vector_to_array(self.index.id_map)
+        lists = self.index.invlists
+        held = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+                for i in range(self.index.nlist) if lists.list_size(i)]
+        return np.concatenate(held) if held else np.zeros(0, np.int64)
 
     def tune(self, base: np.ndarray, base_ids: np.ndarray, queries: np.ndarray, target_recall: float,
              k: int = 10) -> None:
