@@ -10,7 +10,18 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, ndcg_score
 
-from mess.search.ann import TRAIN_PER_LIST, AnnIndex, built_kind, exact_knn, n_lists, recall_at_k
+from mess.search.ann import (
+    _BREADTHS,
+    FLAT_MAX,
+    IVFPQ_MIN,
+    TRAIN_PER_LIST,
+    AnnIndex,
+    built_kind,
+    choose_kind,
+    exact_knn,
+    n_lists,
+    recall_at_k,
+)
 from mess.search.hubness import HubnessReducer, hubness_stats, k_occurrence
 from mess.search.metrics import (
     average_precision,
@@ -176,12 +187,45 @@ def test_excluding_ids_the_index_does_not_hold_still_finds_every_track_left(kind
     assert np.array_equal(np.sort(ann._ids()), ids)  # what it counts exclusions against
 
 
+def test_auto_kind_follows_the_collection_size_and_an_unknown_kind_is_refused() -> None:
+    """Flat below FLAT_MAX vectors, IVF below IVFPQ_MIN, IVF-PQ from there (the module's documented defaults)."""
+    sizes = (1, FLAT_MAX - 1, FLAT_MAX, IVFPQ_MIN - 1, IVFPQ_MIN)
+    assert [choose_kind(n) for n in sizes] == ["flat", "flat", "ivf", "ivf", "ivfpq"]
+    assert [built_kind("auto", n) for n in sizes] == ["flat", "flat", "ivf", "ivf", "ivfpq"]
+    assert built_kind("hnsw", 10) == "hnsw"  # nothing to train: any size
+    x, _ = clustered(100, 8, 4, seed=8)
+    assert AnnIndex.build(x, np.arange(100)).kind == "flat"
+    with pytest.raises(ValueError, match="unknown index kind 'lsh'"):
+        AnnIndex.build(x, np.arange(100), "lsh")
+
+
 def test_hnsw_refuses_removal() -> None:
     x, _ = clustered(500, 8, 5, seed=4)
     ann = AnnIndex.build(x, np.arange(500), "hnsw")
     assert not ann.removable
     with pytest.raises(ValueError, match="rebuild"):
         ann.remove(np.array([1]))
+
+
+def test_search_takes_one_vector_and_returns_every_track_once_when_asked_for_more() -> None:
+    x, _ = clustered(40, 8, 4, seed=9)
+    ids = np.arange(40, dtype=np.int64) + 1000
+    ann = AnnIndex.build(x, ids, "flat")
+    assert (ann.breadth, ann.recall) == (0, 1.0)  # exact
+    np.testing.assert_array_equal(ann.search(x[3], 5)[1], ids[exact_knn(x, x[3:4], 5)[1]])  # a vector, no matrix
+    _, found = ann.search(x[:2], 100)  # more than the 40 it holds
+    assert [sorted(row) for row in found.tolist()] == [ids.tolist()] * 2
+
+
+def test_a_tiny_hnsw_index_is_tuned_on_what_it_holds_or_not_at_all() -> None:
+    """Eight vectors, two held out to tune: recall@10 is measured over the six the index holds, all found at the
+    smallest breadth tried. Three vectors leave none to tune with: no estimate, and every vector is still found."""
+    x, _ = clustered(8, 8, 2, seed=10)
+    ann = AnnIndex.build(x, np.arange(8), "hnsw", target_recall=1.0)
+    assert (ann.ntotal, ann.recall, ann.breadth) == (8, 1.0, min(_BREADTHS["hnsw"]))
+    tiny = AnnIndex.build(x[:3], np.arange(3), "hnsw")
+    assert tiny.recall is None
+    assert [sorted(row) for row in tiny.search(x[:3], 3)[1].tolist()] == [[0, 1, 2]] * 3
 
 
 # ---- hubness -------------------------------------------------------------------------
