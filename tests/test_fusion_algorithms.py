@@ -157,6 +157,41 @@ def test_pk_sampler_draws_p_labels_times_k_distinct_tracks_deterministically() -
         PKSampler(np.array([0, 0, 1]), p=2, k=2, seed=0)
 
 
+@pytest.mark.parametrize("mining", ["semi-hard", "batch-hard"])
+def test_triplet_loss_skips_anchors_without_a_positive_and_a_batch_without_a_triplet(mining: str) -> None:
+    """A track alone with its label in the batch anchors no triplet (the loop reference skips it); a batch of one
+    label has no negative: its loss is 0, not the NaN mean of no triplets, and back-propagates zeros."""
+    torch.manual_seed(2)
+    emb = torch.nn.functional.normalize(torch.randn(9, 5), dim=1).requires_grad_()
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 3])  # label 3 alone
+    loss, _ = triplet_loss(emb, labels, margin=0.5, mining=mining)
+    assert float(loss.detach()) == pytest.approx(_reference_loss(emb.detach(), labels, 0.5, mining), rel=1e-5)
+    alone, active = triplet_loss(emb, torch.zeros(9, dtype=torch.long), margin=0.5, mining=mining)
+    alone.backward()
+    assert float(alone.detach()) == 0.0 and active == 0.0
+    assert emb.grad is not None and torch.equal(emb.grad, torch.zeros_like(emb))
+
+
+def test_pk_sampler_takes_two_labels_the_fewest_mining_needs() -> None:
+    labels = np.array([0, 0, 1, 1, 1, 2])  # label 2 has one track: it never anchors
+    batch = next(PKSampler(labels, p=4, k=2, seed=0).batches(1))
+    chosen, counts = np.unique(labels[batch], return_counts=True)
+    assert chosen.tolist() == [0, 1] and counts.tolist() == [2, 2]
+
+
+def test_semi_hard_negatives_lie_strictly_farther_than_the_positive() -> None:
+    """FaceNet's semi-hard negative is farther than the positive; one exactly as far is not semi-hard. Squared
+    distances: 2 between orthogonal unit vectors, 4 between opposite ones. Anchor 0 (positive 1 at 2) has negative 2
+    at 2, a tie, and 3 at 4: 3 is its negative, loss max(0, 2 - 4 + 0.5) = 0; anchor 3 likewise; anchors 1 and 2 have
+    no farther negative, so the farthest (at 2) gives 0.5: mean 0.25 (a tie taken as semi-hard gave 0.5)."""
+    e = torch.eye(3)
+    emb = torch.stack([e[0], e[1], e[2], -e[0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    loss, active = triplet_loss(emb, labels, margin=0.5, mining="semi-hard")
+    assert float(loss) == pytest.approx(0.25) == _reference_loss(emb, labels, 0.5, "semi-hard")
+    assert active == 0.5
+
+
 # ---- splits ------------------------------------------------------------------------
 
 
