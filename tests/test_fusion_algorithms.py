@@ -218,6 +218,20 @@ def test_split_labels_drops_validation_for_few_labels_and_refuses_too_few() -> N
         split_labels(np.array(["", "", ""], dtype=object), 0.15, 0.15, seed=0)
 
 
+def test_split_labels_keeps_validation_while_two_labels_train_and_leaves_it_out_when_asked() -> None:
+    """Six labels of two tracks (the fewest a label needs): two each for test and validation (their floor) leave two
+    to train, enough to keep validation; --val-frac 0 asks for none."""
+    six = np.repeat([f"l{i}" for i in range(6)], 2).astype(object)
+    split = split_labels(six, 0.15, 0.15, seed=1)
+    assert (len(split.train), len(split.val), len(split.test)) == (2, 2, 2)
+    assert sorted(split.train + split.val + split.test) == [f"l{i}" for i in range(6)]
+    unvalidated = split_labels(six, 0.0, 0.15, seed=1)
+    assert (len(unvalidated.train), len(unvalidated.val), len(unvalidated.test)) == (4, 0, 2)
+    assert unvalidated.to_json() == {"train": list(unvalidated.train), "val": [], "test": list(unvalidated.test)}
+    assert set(six[unvalidated.rows(six, "train")]) == set(unvalidated.train)
+    assert unvalidated.rows(six, "val").size == 0
+
+
 # ---- training ----------------------------------------------------------------------
 
 
