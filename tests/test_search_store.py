@@ -543,6 +543,28 @@ def test_label_rows_name_each_track_exactly_and_once(synth: tuple[FeatureStore, 
         read_label_csv(store, conflict, "label")
 
 
+def test_label_file_lines_are_named_as_an_editor_numbers_them(synth: tuple[FeatureStore, Run],
+                                                                tmp_path: Path) -> None:
+    """A blank line or a label quoted over two lines shifted every later line number the messages name: a row
+    naming no track on line 6 was called 'line 4', a conflicting label on line 8 'line 6' (and the label it
+    conflicts with, quoted from line 4 to 5, 'line 3'), a row of 3 cells after two blank lines on line 5 'line 3'
+    (the records were counted, not the lines)."""
+    store, run = synth
+    one, two = sorted(t.id for t in store.tracks(run))[:2]
+    lines = ["id,label", f"{one},a", "", f'{two},"b', 'c"', "999,x", "", f"{two},z", ""]
+    path = tmp_path / "labels.csv"
+    path.write_text("\n".join(lines[:-3]) + "\n")
+    got = read_label_csv(store, path, "label")
+    assert got.labels == {one: "a", two: "b\nc"}
+    assert got.unknown == [(lines.index("999,x") + 1, "999")] == [(6, "999")]
+    path.write_text("\n".join(lines), newline="")
+    with pytest.raises(LabelError, match=rf"labels.csv:8: track {two} .* is labelled 'z' here and 'b\\nc' on line 4"):
+        read_label_csv(store, path, "label")
+    path.write_text("id,label\r\n\r\n\r\n999,x\r\n" + f"{one},a,b\r\n", newline="")
+    with pytest.raises(LabelError, match="labels.csv:5: 3 cells where the header has 2"):
+        read_label_csv(store, path, "label")
+
+
 def _cli() -> typer.Typer:
     app = typer.Typer()
     register(app)

@@ -147,8 +147,8 @@ def read_label_csv(store: FeatureStore, path: Path, field: str, *, field_given: 
             # commas, else what the header separates with: Excel in many locales saves ';', a spreadsheet copy tabs
             delimiter = next((d for d in (",", ";", "\t") if d in first), ",")
             reader = csv.DictReader(f, delimiter=delimiter, strict=True)
-            try:
-                rows = list(reader)
+            try:  # each record with the line it starts on (blank lines and cells quoted over lines counted)
+                rows = [(reader.line_num - _line_breaks(row), row) for row in reader]
             except csv.Error as exc:  # e.g. a quote never closed; line_num counts the lines before the record
                 raise LabelError(f"{path}:{reader.line_num + 1}: not valid CSV ({exc})") from exc
     except (OSError, UnicodeDecodeError) as exc:
@@ -169,7 +169,7 @@ def read_label_csv(store: FeatureStore, path: Path, field: str, *, field_given: 
     key_field = field if field_given or label_col.strip().casefold() == field.strip().casefold() else "label"
     labels: dict[int, tuple[str, str, int]] = {}  # track id -> (label, as written, the line that gave it)
     unknown: list[tuple[int, str]] = []
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         if None in row or None in row.values():  # a row with more or fewer cells than the header
             cells = len(row) - 1 + len(row[None]) if None in row else sum(v is not None for v in row.values())
             raise LabelError(f"{path}:{line}: {cells} cells where the header has {len(reader.fieldnames or ())}")
@@ -192,6 +192,12 @@ def read_label_csv(store: FeatureStore, path: Path, field: str, *, field_given: 
             raise LabelError(f"{path}:{line}: track {track.id} ({track.name}) is labelled {value!r} here and "
                              f"{written!r} on line {at}")
     return LabelFile({tid: label for tid, (label, _, _) in labels.items()}, unknown, ref_kind)
+
+
+def _line_breaks(row: dict) -> int:
+    """Line breaks inside a CSV record's cells (a quoted cell may span lines)."""
+    cells = [v for k, v in row.items() if k is not None] + list(row.get(None) or ())
+    return sum(c.count("\n") for c in cells if isinstance(c, str))
 
 
 def track_labels(tracks: Sequence[Track], field: str, overrides: dict[int, str] | None = None) -> dict[int, str]:
