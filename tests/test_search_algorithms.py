@@ -342,3 +342,86 @@ def test_each_normalisation_is_the_textbook_one_and_few_tracks_get_plain_cosine(
     few = raw[: MIN_FIT_TRACKS - 1]
     for norm in ("center", "zscore"):
         np.testing.assert_allclose(Preprocessor.fit(few, (5,), norm).apply(few), _l2(few), atol=1e-5)
+
+
+def test_hubness_statistics_of_lists_built_by_hand() -> None:
+    """k-occurrences counted here slot by slot: their skewness (scipy), the anti-hub fraction, the share of the
+    slots the top 1% of items take and the largest count; empty slots (-1) count for no one."""
+    from collections import Counter
+
+    from scipy.stats import skew
+
+    rng = np.random.default_rng(12)
+    n = 300  # top 1%: the three most listed items
+    lists = rng.choice(n, size=(180, 6), p=np.linspace(1, 40, n) ** 2 / (np.linspace(1, 40, n) ** 2).sum())
+    lists[::7, -1] = -1
+    counts = Counter(int(i) for i in lists.ravel() if i >= 0)
+    occ = np.array([counts.get(i, 0) for i in range(n)])
+    stats = hubness_stats(lists, n)
+    assert stats.k == 6
+    assert stats.skewness == pytest.approx(skew(occ), rel=1e-9) and stats.skewness != 0
+    assert stats.antihub_fraction == pytest.approx(sum(1 for i in range(n) if i not in counts) / n)
+    assert stats.top1pct_share == pytest.approx(sum(sorted(counts.values())[-3:]) / sum(counts.values()))
+    assert stats.max_occurrence == max(counts.values())
+    even = hubness_stats(np.array([[1, 2], [2, 0], [0, 1]]), 3)  # everyone listed twice: no skew, no anti-hub
+    assert (even.skewness, even.antihub_fraction, even.top1pct_share, even.max_occurrence) == (0.0, 0.0, 2 / 6, 2)
+    one = hubness_stats(np.array([[1], [-1], [-1]]), 3)  # a single slot filled: its item takes all of the slots
+    assert one.skewness == pytest.approx(skew([0, 1, 0])) and one.skewness > 0
+    assert (one.antihub_fraction, one.top1pct_share, one.max_occurrence) == (2 / 3, 1.0, 1)
+    none = hubness_stats(np.full((3, 2), -1), 3)
+    assert (none.skewness, none.antihub_fraction, none.top1pct_share, none.max_occurrence) == (0.0, 1.0, 0.0, 0)
+
+
+def test_csls_and_mutual_proximity_follow_their_definitions() -> None:
+    """CSLS 2 cos - r_q - r_x; mutual proximity the product of the two normal survival functions of the distance
+    1 - cos (scipy.stats.norm), each with its own track's mean and spread."""
+    from scipy.stats import norm
+
+    from mess.search.hubness import csls, mutual_proximity
+
+    rng = np.random.default_rng(13)
+    sim = rng.uniform(-1, 1, (3, 5))
+    r_q, r_x = rng.uniform(0, 1, 3), rng.uniform(0, 1, 5)
+    want = np.array([[2 * sim[i, j] - r_q[i] - r_x[j] for j in range(5)] for i in range(3)])
+    np.testing.assert_allclose(csls(sim, r_q, r_x), want, rtol=1e-12)
+    mu_q, mu_x = rng.uniform(0.5, 1.5, 3), rng.uniform(0.5, 1.5, 5)
+    sd_q, sd_x = rng.uniform(0.05, 0.5, 3), rng.uniform(0.05, 0.5, 5)
+    want = np.array([[norm.sf(1 - sim[i, j], mu_q[i], sd_q[i]) * norm.sf(1 - sim[i, j], mu_x[j], sd_x[j])
+                      for j in range(5)] for i in range(3)])
+    np.testing.assert_allclose(mutual_proximity(sim, mu_q, sd_q, mu_x, sd_x), want, rtol=1e-9)
+
+
+def test_hubness_reducer_samples_its_distance_statistics_and_rescores_by_its_method() -> None:
+    """Above ``sample`` rows the distance statistics come from a sample of the collection (the rows the seed
+    draws, by their ids); at or below it from every row. The reducer rescores by the method it was made for."""
+    from scipy.stats import norm
+
+    x, _ = clustered(60, 8, 3, seed=14)
+    ids = np.arange(1000, 1060)
+    knn = lambda v, kk: exact_knn(x, v, kk)  # noqa: E731
+    with pytest.raises(ValueError, match="unknown hubness reduction 'cos'"):
+        HubnessReducer("cos", x, knn)
+    whole = HubnessReducer("mp", x, knn, base_ids=ids, k=4, sample=60)
+    assert whole.sample_ids.tolist() == ids.tolist()
+    part = HubnessReducer("mp", x, knn, base_ids=ids, k=4, sample=20, seed=3)
+    rows = np.sort(np.random.default_rng(3).choice(60, 20, replace=False))
+    assert part.sample_ids.tolist() == ids[rows].tolist()
+    np.testing.assert_array_equal(part.sample, x[rows])
+    own = ids[rows[:2]]  # two tracks of the sample: each left out of its own statistics
+    got = part.stats(x[rows[:2]], own)
+    for q in range(2):
+        dist = 1 - x[np.delete(rows, q)] @ x[rows[q]]
+        assert got.mu[q] == pytest.approx(dist.mean(), rel=1e-5)
+        assert got.sd[q] == pytest.approx(dist.std(), rel=1e-4)
+    pair = HubnessReducer("mp", x[:2], lambda v, kk: exact_knn(x[:2], v, kk), k=4)  # one other track each
+    alone = pair.stats(x[:2], np.arange(2))
+    np.testing.assert_allclose(alone.mu, 1 - x[0] @ x[1], rtol=1e-5)
+    np.testing.assert_allclose(alone.r, x[0] @ x[1], rtol=1e-5)
+    assert (alone.sd > 0).all()
+    stats = whole.stats(x[:3])
+    sim = x[:3] @ x.T
+    items = whole.stats(x)
+    want = norm.sf(1 - sim, stats.mu[:, None], stats.sd[:, None]) * norm.sf(1 - sim, items.mu[None], items.sd[None])
+    np.testing.assert_allclose(whole.rescore(sim, stats, items), want, rtol=1e-5)
+    csls = HubnessReducer("csls", x, knn, k=4)
+    np.testing.assert_allclose(csls.rescore(sim, stats, items), 2 * sim - stats.r[:, None] - items.r[None], rtol=1e-6)
