@@ -7,6 +7,7 @@ matching, the store reads and the search / evaluate hooks, not a model.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from mess.models.base import ModelInfo
 from mess.query import resolve_query
 from mess.search.evaluate import evaluate
 from mess.search.query import similar_tracks
-from mess.search.segments import chamfer_rows, read_segments
+from mess.search.segments import chamfer_rows, chamfer_scores, check_match, group_windows, read_segments
 from mess.search.vectors import VectorSpec, load_vectors
 from mess.store import FeatureStore, Run, TrackVectors
 
@@ -153,3 +154,69 @@ def test_segment_search_asked_for_more_than_the_collection_lists_every_other_tra
     found = similar_tracks(store, run, query, k=len(vs.ids) + 5, layer="wide", match="segments")
     assert sorted(n.track.id for n in found) == sorted(int(i) for i in vs.ids if i != vs.ids[2])
     assert all(np.isfinite(n.score) for n in found)
+
+
+def test_windows_are_grouped_in_the_order_of_the_tracks_asked_for() -> None:
+    """Windows stored in another order than the tracks asked for, and windows of a track not asked for: each track
+    owns exactly its own windows, in their stored order; a track without windows is refused."""
+    seg_ids = np.array([10, 30, 10, 99, 20, 30, 30])  # track 99's window is not asked for
+    unit = np.arange(7, dtype=np.float32)[:, None] * [1.0, 0.0]  # row i holds the number i
+    seg = group_windows(np.array([30, 10, 20]), seg_ids, unit)
+    assert seg.ids.tolist() == [30, 10, 20]
+    assert [seg.windows(r)[:, 0].tolist() for r in range(3)] == [[1, 5, 6], [0, 2], [4]]
+    with pytest.raises(ValueError, match="1 track"):
+        group_windows(np.array([30, 10, 40]), seg_ids, unit)
+    assert check_match("mean") == "mean" and check_match("segments") == "segments"
+    with pytest.raises(ValueError, match="unknown match 'best'"):
+        check_match("best")
+
+
+def test_chamfer_of_tracks_with_different_window_counts_matches_its_definition() -> None:
+    """Tracks of 1, 2, 3 and 5 windows and queries of 1 and 4 windows: the means of each direction are over each
+    track's own windows, not a common count."""
+    rng = np.random.default_rng(3)
+    counts = [3, 1, 5, 2]
+    unit = rng.standard_normal((sum(counts), 6))
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    seg = group_windows(np.arange(4), np.repeat(np.arange(4), counts), unit)
+    tracks = np.split(unit, np.cumsum(counts)[:-1])
+    for query in (unit[4], rng.standard_normal((4, 6))):
+        got = chamfer_scores(seg, query)
+        want = [_direct_chamfer(np.atleast_2d(query), t) for t in tracks]
+        np.testing.assert_allclose(got, want, atol=1e-12)
+    want = [[_direct_chamfer(a, b) for b in tracks] for a in tracks[1:3]]
+    np.testing.assert_allclose(chamfer_rows(seg, [1, 2]), want, atol=1e-12)
+
+
+def test_segments_are_read_per_track_through_the_vector_sets_preprocessor(tmp_path: Path) -> None:
+    """Two layers, tracks of 2, 1 and 3 windows written to a store: each track's windows are its own rows of both
+    layers, joined and preprocessed as its track vector is; a subset of the tracks is read alone; fused vectors,
+    which have no windows, are refused."""
+    rng = np.random.default_rng(5)
+    store = FeatureStore(tmp_path / "store")
+    try:
+        run = store.ensure_run(run_key(ModelInfo("toy", "r1", 16000, ("a", "b"), (3, 2)), WindowPolicy()))
+        windows = []
+        for i, count in enumerate([2, 1, 3]):
+            layers = [rng.standard_normal((count, dim)).astype(np.float16).astype(np.float32)  # as stored
+                      for dim in (3, 2)]
+            windows.append(np.concatenate(layers, axis=1))
+            store.upsert_track(Path(f"/music/{i}.wav"), f"h{i}", 1, 0.0, {"duration": 10.0}, {"title": str(i)})
+            store.write_vectors(run, [TrackVectors(f"h{i}", [m.mean(axis=0) for m in layers], layers,
+                                                   list(np.arange(count) * 5.0))])
+        vs = load_vectors(store, run, VectorSpec("all", "", "none"))
+        seg = read_segments(store, vs)
+        for row in range(3):
+            want = windows[row] / np.concatenate([np.linalg.norm(windows[row][:, :3], axis=1, keepdims=True)] * 3
+                                                 + [np.linalg.norm(windows[row][:, 3:], axis=1, keepdims=True)] * 2,
+                                                 axis=1) / np.sqrt(2)  # each layer unit, then the whole
+            np.testing.assert_allclose(seg.windows(row), want, atol=1e-6)
+        subset = read_segments(store, vs, vs.ids[[2, 0]])
+        assert subset.ids.tolist() == vs.ids[[2, 0]].tolist()
+        np.testing.assert_allclose(subset.windows(0), seg.windows(2))
+        np.testing.assert_allclose(subset.windows(1), seg.windows(0))
+        fused = replace(vs, spec=VectorSpec("fused", "", "none"))
+        with pytest.raises(ValueError, match="fused vectors have no windows"):
+            read_segments(store, fused)
+    finally:
+        store.close()
