@@ -20,7 +20,7 @@ from mess.search.expansion import expand_collection, expanded_scores
 from mess.search.graph import TOP_BY_ARGMAX, gram, neighbour_graph, top_columns
 from mess.search.metrics import average_precision, ranked_relevance
 from mess.search.query import collection_query, similar_tracks
-from mess.search.rerank import build_reranker, shared_weights
+from mess.search.rerank import build_reranker, copy_first, shared_weights
 from mess.search.vectors import POWER, Preprocessor, VectorSet
 from mess.store import FeatureStore, Run
 
@@ -259,7 +259,7 @@ def test_http_similar_with_rerank_answers_as_the_library(extracted_store: Path) 
     assert bad_norm.status_code == 400
 
 
-@pytest.mark.parametrize("k", [1, 5, 40])
+@pytest.mark.parametrize("k", [1, 5, 32, 40])
 def test_top_columns_are_a_stable_sort_of_each_row(k: int) -> None:
     rng = np.random.default_rng(k)
     scores = np.round(rng.standard_normal((30, 60)), 1).astype(np.float32)  # many ties
@@ -281,3 +281,80 @@ def test_rerank_on_collections_smaller_than_its_neighbour_lists(n: int, held: st
     assert scores.shape == (n, n) and np.isfinite(scores).all()
     assert np.allclose(np.diag(scores), 0.0) and (scores <= 1e-12).all()  # each track nearest itself
     assert np.isfinite(reranker.outside(clusters(2, seed=5))).all()
+
+
+def test_an_outside_querys_near_copy_gets_its_own_score_only_when_clearly_nearest() -> None:
+    """The plain nearest track gets the query's own score when its cosine is at least the gap above the next (at
+    the gap exactly too); a closer race, or a collection of one track, leaves the scores as they were. Ties go to
+    the lower row; the scores given are not changed in place."""
+    scores = np.array([-0.4, -0.1, -0.3, -0.2])
+    cosines = np.array([0.5, 0.75, 0.25, 0.5])  # dyadic: 0.75 - 0.5 is 0.25 exactly
+    got = copy_first(scores, cosines, 0.0, gap=0.25)
+    np.testing.assert_array_equal(got, [-0.4, 0.0, -0.3, -0.2])
+    np.testing.assert_array_equal(scores, [-0.4, -0.1, -0.3, -0.2])
+    np.testing.assert_array_equal(copy_first(scores, cosines, 0.0, gap=0.375), scores)
+    np.testing.assert_array_equal(copy_first(scores, np.array([0.75, 0.5, 0.75, 0.0]), 1.0, gap=0.0),
+                                  [1.0, -0.1, -0.3, -0.2])  # a tie: the lower row, though no gap
+    np.testing.assert_array_equal(copy_first(scores[:1], cosines[:1], 0.0, gap=0.0), scores[:1])
+    np.testing.assert_array_equal(copy_first(np.array([0.2, 0.6]), np.array([0.0, 0.5]), 1.0), [0.2, 1.0])
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8])
+def test_a_graph_asked_for_more_neighbours_than_there_are_other_rows_lists_every_other_row(n: int,
+                                                                                           held: str) -> None:
+    """Each row lists the n - 1 others, never itself; a single track lists none, and its lowest score stays finite
+    (saved re-ranking data with a non-finite one is refused as damaged)."""
+    unit = clusters(n)
+    sims = unit @ unit.T
+    np.fill_diagonal(sims, -np.inf)
+    got = neighbour_graph(unit, 10, chunk=3)
+    want = np.argsort(-sims, axis=1, kind="stable")[:, : n - 1]
+    np.testing.assert_array_equal(got.rows, want)
+    np.testing.assert_allclose(got.scores, np.take_along_axis(sims, want, axis=1), atol=1e-6)
+    assert neighbour_graph(unit, 0).rows.shape == (n, 0)
+    if n == 1:
+        assert np.isfinite(got.lowest).all()
+    else:
+        np.fill_diagonal(sims, np.inf)
+        np.testing.assert_allclose(got.lowest, sims.min(axis=1), atol=1e-6)
+
+
+def test_a_score_graph_ignores_the_diagonal_whatever_it_scores() -> None:
+    """A score matrix whose diagonal is each row's lowest score (a distance, negated the wrong way) and then its
+    highest: neither the lists nor the lowest score of a row over the other tracks see it."""
+    rng = np.random.default_rng(6)
+    scores = rng.uniform(-1, 1, (9, 9)).astype(np.float32)
+    off = ~np.eye(9, dtype=bool)
+    want_rows = np.argsort(-np.where(off, scores, -np.inf), axis=1, kind="stable")[:, :4]
+    for diagonal in (-5.0, 5.0):
+        np.fill_diagonal(scores, diagonal)
+        got = graph.held_graph(scores.copy(), 4, chunk=4)
+        np.testing.assert_array_equal(got.rows, want_rows)
+        np.testing.assert_array_equal(got.lowest, [scores[i, off[i]].min() for i in range(9)])
+
+
+def test_the_score_matrix_is_held_whole_up_to_two_gib_of_float32() -> None:
+    """2 GiB holds 23,170 x 23,170 float32 scores (4 x 23,170^2 = 2,147,395,600 bytes) and not one row more."""
+    assert graph.fits_whole(0) and graph.fits_whole(23_170)
+    assert not graph.fits_whole(23_171)
+
+
+@pytest.mark.parametrize("n, k1, k2, lam", [(36, 5, 1, 0.0), (36, 6, 4, 0.7), (36, 35, 2, 1.0), (36, 8, 2, 0.3),
+                                            (3, 10, 3, 0.3), (5, 10, 3, 0.3)])
+def test_k_reciprocal_reranking_with_other_constants_equals_its_formula(n: int, k1: int, k2: int, lam: float) -> None:
+    """Other list lengths, k2 averaging (none at 1) and mixing weights, and collections smaller than the lists:
+    still the paper's formula, computed densely."""
+    unit = clusters(n)
+    augmented = expand_collection(unit, 3, 1.0)
+    scores = expanded_scores(augmented @ augmented.T, expand_collection(augmented, 3, 1.0) @ augmented.T)
+    got = build_reranker(unit, k1, k2, lam).rows(np.arange(len(unit)))
+    np.testing.assert_allclose(got, k_reciprocal(scores, k1, k2, lam), atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [TOP_BY_ARGMAX + 1, 150])
+def test_top_columns_beyond_the_argmax_passes_are_each_rows_k_best_in_order(k: int) -> None:
+    """Scores without ties: the partition path finds exactly the k best columns, in order (200 rows of 1000: a
+    partition at the wrong place leaves a wrong column at the cut in some of them)."""
+    scores = np.random.default_rng(1).standard_normal((200, 1000)).astype(np.float32)
+    want = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(top_columns(scores, None, k), want)
