@@ -9,6 +9,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from mess.audio.windows import WindowPolicy
 from mess.cli.search import register
+from mess.extract.runs import run_key
+from mess.models.base import ModelInfo
 from mess.search import rerank_store
 from mess.search.augment import build_augmentation
 from mess.search.evaluate import evaluate
@@ -304,3 +309,151 @@ def test_a_damaged_augmentation_file_is_ignored_reported_and_removed(msd_copy: t
     assert check_store(fs.root).stale == [path]
     assert check_store(fs.root, fix=True).stale == [] and not path.exists()
     assert index_path(fs, run, vs.spec).exists()
+
+
+@pytest.fixture()
+def toy(tmp_path: Path) -> Iterator[tuple[FeatureStore, Run]]:
+    """A store of 24 tracks in three clusters, written here (two layers of 6 and 4 dims): no model, no audio."""
+    rng = np.random.default_rng(11)
+    store = FeatureStore(tmp_path / "toy")
+    run = store.ensure_run(run_key(ModelInfo("toy", "r1", 16000, ("first layer", "b"), (6, 4)), WindowPolicy()))
+    centres = rng.standard_normal((3, 10)) * 3
+    for i in range(24):
+        v = (centres[i % 3] + rng.standard_normal(10)).astype(np.float32)
+        store.upsert_track(Path(f"/music/{i}.wav"), f"h{i}", 1, 0.0, {"duration": 10.0},
+                           {"title": str(i), "composer": "abc"[i % 3]})
+        store.write_vectors(run, [TrackVectors(f"h{i}", [v[:6], v[6:]], [v[None, :6], v[None, 6:]], [0.0])])
+    try:
+        yield store, run
+    finally:
+        store.close()
+
+
+def _resaved(path: Path, **changes: np.ndarray) -> Path:
+    """``path``'s arrays saved again with ``changes``, to a new file beside it."""
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    out = path.with_name(f"changed-{len(list(path.parent.iterdir()))}{path.name}")
+    np.savez(out, **{**arrays, **changes})
+    return out
+
+
+def test_saved_data_is_read_only_for_the_vectors_and_constants_it_was_computed_from(
+        toy: tuple[FeatureStore, Run], tmp_path: Path) -> None:
+    """A saved re-ranker and augmentation read back array for array; any other vectors (a unit vector moved past
+    float rounding, another preprocessor), other constants or arrays no re-ranker of these tracks has are not
+    used."""
+    store, run = toy
+    vs = load_vectors(store, run, POWER)
+    built = build_reranker(vs.unit())
+    path, aug_path = tmp_path / "r.rerank.npz", tmp_path / "a.augment.npz"
+    assert rerank_store.save_reranker(path, vs, built) == path.stat().st_size
+    assert rerank_store.save_augmentation(aug_path, vs, built.aug) == aug_path.stat().st_size
+    saved = read_reranker(path, vs)
+    assert saved is not None
+    _assert_same(saved, built)
+    for aug in (read_augmentation(aug_path, vs), saved.aug):
+        assert aug is not None
+        for x, y in ((aug.rows, built.aug.rows), (aug.weights, built.aug.weights), (aug.norms, built.aug.norms)):
+            np.testing.assert_array_equal(x, y)
+    # the unit vectors: a row sum moved by float rounding (below 1e-4) is the same data, beyond it other data
+    rounded, moved = vs.unit().copy(), vs.unit().copy()
+    rounded[3, 0] += 5e-5
+    moved[3, 0] += 3e-4
+    assert read_reranker(path, replace(vs, _unit=rounded)) is not None
+    assert read_reranker(path, replace(vs, _unit=moved)) is None
+    assert read_augmentation(aug_path, replace(vs, _unit=moved)) is None
+    # the preprocessor: statistics up to float rounding; its power, blocks and block weights exactly
+    prep = vs.prep
+    assert read_reranker(path, replace(vs, prep=replace(prep, mean=prep.mean * (1 + 1e-7)))) is not None
+    for other in (replace(prep, mean=prep.mean + 0.01), replace(prep, scale=prep.scale * 1.01),
+                  replace(prep, power=0.5), replace(prep, blocks=(4, 6)), replace(prep, weights=(1.0, 2.0)),
+                  replace(prep, unpowered=(True, False)), replace(prep, mean=prep.mean[:-1]),
+                  replace(prep, scale=prep.scale[:-1])):
+        assert read_reranker(path, replace(vs, prep=other)) is None, other
+    # another vector set's tracks, hashes or constants
+    assert read_reranker(path, replace(vs, hashes=vs.hashes[::-1].copy())) is None
+    assert read_reranker(_resaved(path, params=np.zeros(7)), vs) is None
+    assert read_augmentation(_resaved(aug_path, params=np.zeros(3)), vs) is None
+    assert read_augmentation(path, vs) is None and read_reranker(aug_path, vs) is None  # neither passes for other
+    cut, missing = tmp_path / "cut.npz", tmp_path / "missing.npz"
+    cut.write_bytes(aug_path.read_bytes()[:300])
+    assert read_augmentation(cut, vs) is None and read_augmentation(missing, vs) is None
+    cut.write_bytes(path.read_bytes()[:300])
+    assert read_reranker(cut, vs) is None and read_reranker(missing, vs) is None
+    n = len(vs.ids)
+    assert read_reranker(_resaved(path), vs) is not None  # saved again unchanged: still read
+    for changes in ({"top_rows": np.full_like(built.top.rows, n)}, {"top_rows": np.full_like(built.top.rows, -1)},
+                    {"top_rows": built.top.rows.astype(np.float64)}, {"top_rows": built.top.rows[:, :-1]},
+                    {"top_scores": built.top.scores[:, :-1]}, {"top_scores": np.full_like(built.top.scores, np.nan)},
+                    {"top_scores": built.top.scores.astype(np.int64)}, {"top_lowest": built.top.lowest[:-1]},
+                    {"top_lowest": np.full_like(built.top.lowest, np.inf)}, {"qe_rows": built.qe_rows[:, :2]},
+                    {"qe_scores": np.full_like(built.qe_scores, np.nan)},
+                    {"recip_data": np.full_like(built.recip.data, np.nan)},
+                    {"recip0_data": np.full_like(built.recip0.data, np.inf)},
+                    {"recip_indices": np.full_like(built.recip.indices, n)},
+                    {"aug_norms": np.zeros_like(built.aug.norms)}, {"aug_norms": -built.aug.norms},
+                    {"aug_norms": built.aug.norms[:-1]}, {"aug_norms": np.full_like(built.aug.norms, np.nan)},
+                    {"aug_rows": built.aug.rows[:, :1]}, {"aug_weights": built.aug.weights[:, :1]}):
+        assert read_reranker(_resaved(path, **changes), vs) is None, changes
+        aug_changes = {k: v for k, v in changes.items() if k.startswith("aug_")}
+        if aug_changes:
+            assert read_augmentation(_resaved(aug_path, **aug_changes), vs) is None, changes
+    for few in (1, 2):  # collections smaller than the lists: one track lists none, its augmentation's norm is 1
+        small = replace(vs, ids=vs.ids[:few], hashes=vs.hashes[:few], raw=vs.raw[:few], _unit=None)
+        rerank_store.save_reranker(path, small, build_reranker(small.unit()))
+        rerank_store.save_augmentation(aug_path, small, build_augmentation(small.unit()))
+        again = read_reranker(path, small)
+        assert again is not None and again.top.rows.shape == (few, few - 1), few
+        assert read_augmentation(aug_path, small) is not None, few
+    with pytest.raises(ValueError, match="default constants"):
+        rerank_store.save_reranker(path, vs, replace(built, lam=0.5))
+    with pytest.raises(ValueError, match="default constants"):
+        rerank_store.save_reranker(path, vs, replace(built, k2=2))
+    with pytest.raises(ValueError, match="default constants"):
+        rerank_store.save_reranker(path, vs, replace(built, unit=built.unit[:-1]))
+    with pytest.raises(ValueError, match="own tracks"):
+        rerank_store.save_augmentation(aug_path, vs, replace(built.aug, norms=built.aug.norms[:-1]))
+
+
+def test_the_default_ranking_is_augmented_for_all_layers_of_a_small_collection_or_saved_data(
+        toy: tuple[FeatureStore, Run], monkeypatch: pytest.MonkeyPatch) -> None:
+    """"auto": augmented for all layers, mean matching, no hubness and the default expansion, while the collection is
+    small or its augmentation is saved; plain otherwise, saying why only when the size was the reason. A ranking
+    asked for is used, or refused (one line) with what it cannot combine with."""
+    store, run = toy
+    vs = load_vectors(store, run, POWER)
+    layer = load_vectors(store, run, VectorSpec.from_options(layer="first layer", norm="power"))
+    choice = rerank_store.ranking_choice
+    notes: list[str] = []
+    assert choice(store, vs, on_note=notes.append) == "augmented"
+    assert choice(store, vs, expand=3) == "augmented"  # the default expansion, given
+    for other in ({"match": "segments"}, {"hubness": "csls"}, {"expand": 0}, {"expand": 5}):
+        assert choice(store, vs, on_note=notes.append, **other) == "plain", other
+    assert choice(store, layer, on_note=notes.append) == "plain"
+    assert notes == []
+    for asked in ("plain", "augmented", "reranked"):
+        assert choice(store, vs, asked) == asked
+    assert choice(store, vs, "plain", match="segments", hubness="mp", expand=5) == "plain"
+    for asked in ("augmented", "reranked"):
+        for other, message in (({"match": "segments"}, "--match mean"), ({"hubness": "csls"}, "--hubness"),
+                               ({"expand": 5}, "leave out --expand")):
+            with pytest.raises(ValueError, match=message):
+                choice(store, vs, asked, **other)
+        with pytest.raises(ValueError, match="unknown match"):
+            choice(store, vs, asked, match="best")
+        assert choice(store, vs, asked, expand=3) == asked
+    with pytest.raises(ValueError, match="unknown ranking 'best'"):
+        choice(store, vs, "best")
+    monkeypatch.setattr(rerank_store, "IN_MEMORY_TRACKS", len(vs.ids))
+    assert choice(store, vs) == "augmented"  # at the limit: still built in memory
+    monkeypatch.setattr(rerank_store, "IN_MEMORY_TRACKS", len(vs.ids) - 1)
+    assert choice(store, vs, on_note=notes.append) == "plain"
+    assert notes == [f"plain ranking: the augmented ranking of {len(vs.ids)} tracks needs data that takes tens of "
+                     "seconds to build at this size; `mess index --model toy --norm power` saves it, and later "
+                     "commands use it"]
+    path = rerank_store.augment_path(store, run, vs.spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rerank_store.save_augmentation(path, vs, build_augmentation(vs.unit()))
+    assert choice(store, vs, on_note=notes.append) == "augmented" and len(notes) == 1
+    assert rerank_store.index_command(run, layer.spec) == "mess index --model toy --layer 'first layer' --norm power"
