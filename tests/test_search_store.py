@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -562,6 +563,39 @@ def test_label_file_lines_are_named_as_an_editor_numbers_them(synth: tuple[Featu
         read_label_csv(store, path, "label")
     path.write_text("id,label\r\n\r\n\r\n999,x\r\n" + f"{one},a,b\r\n", newline="")
     with pytest.raises(LabelError, match="labels.csv:5: 3 cells where the header has 2"):
+        read_label_csv(store, path, "label")
+
+
+def test_a_label_file_without_its_columns_or_not_text_is_refused_saying_so(synth: tuple[FeatureStore, Run],
+                                                                            tmp_path: Path) -> None:
+    store, run = synth
+    one = min(t.id for t in store.tracks(run))
+    path = tmp_path / "labels.csv"
+    for header in ("name,label", "id,genre", "title;year"):  # no track column, no label column, neither
+        path.write_text(f"{header}\n{one},x\n")
+        columns = re.escape(str(sorted(header.replace(";", ",").split(","))))
+        with pytest.raises(LabelError, match=f"needs an id, path or file column and a 'mood' or 'label' column; "
+                                             f"it has {columns}"):
+            read_label_csv(store, path, "mood")
+    for header, rows, message in (("id,label,note", f"{one}\n", "labels.csv:2: 1 cells where the header has 3"),
+                                  ("id,label", f'{one},"x"y\n', "labels.csv:2: not valid CSV")):  # quote mid-cell
+        path.write_text(f"{header}\n{rows}")
+        with pytest.raises(LabelError, match=message):
+            read_label_csv(store, path, "label")
+    path.write_text("id,label\n" + "".join(f"{999 + i},x\n" for i in range(3)))
+    assert read_label_csv(store, path, "label").note(shown=3).endswith("line 4 '1001'")  # all 3 named: no '...'
+    assert read_label_csv(store, path, "label").note(shown=2).endswith("line 3 '1000', ...")
+    two = sorted(t.id for t in store.tracks(run))[1]
+    path.write_text(f"id,label\n{one},Artist 0\n{two},artist 0 feat. Someone\n")  # one main artist, two spellings
+    asked = read_label_csv(store, path, "artist")  # --label artist given: the label column holds artist credits
+    assert len(set(asked.labels.values())) == 1 and asked.note() == ""
+    default = read_label_csv(store, path, "artist", field_given=False)  # the default field: labels as written
+    assert default.labels == {one: "Artist 0", two: "artist 0 feat. Someone"}
+    path.write_bytes(b"id,label\n" + f"{one},".encode() + b"caf\xe9\n")  # Latin-1, not UTF-8
+    with pytest.raises(LabelError, match="cannot read label file"):
+        read_label_csv(store, path, "label")
+    path.write_text(f'id,label\n{one},x\n{one},"y\n')
+    with pytest.raises(LabelError, match=r"labels.csv:\d+: not valid CSV"):
         read_label_csv(store, path, "label")
 
 
