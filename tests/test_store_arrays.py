@@ -93,6 +93,8 @@ def test_take_gives_rows_in_the_order_asked_across_chunks(tmp_path: Path, monkey
     want = [10, 0, 4, 4, 3, 7, 2]
     np.testing.assert_array_equal(file.take(want), data[want].astype(np.float32))
     assert file.take([]).shape == (0, 4)
+    unwritten = RowFile(tmp_path / "not-yet.f16", 4)  # a layer no row was written to yet
+    assert unwritten.take([]).shape == (0, 4) and list(unwritten.chunks(0)) == []
     with pytest.raises(ShortFile):
         file.take([1, 11])
 
