@@ -40,6 +40,10 @@ def test_rows_are_written_little_endian_at_a_row_cut_after_it_and_read_back(tmp_
         file.write_at(6, more)
     file.write_at(5, more.ravel())  # appended at the end, from a flat array
     assert file.rows == 7
+    file.write_at(2, more[:1])  # one row over row 2: the file ends after it
+    np.testing.assert_array_equal(file.read(), np.concatenate([first[:2], more[:1]]))
+    file.write_at(3, np.concatenate([more[1:], more, more[:1]]))  # 7 rows again
+    assert file.rows == 7
     with file.path.open("ab") as f:
         f.write(b"\x01\x02\x03")  # an interrupted write: half a row
     assert file.rows == 7 and file.read().shape == (7, 3)
