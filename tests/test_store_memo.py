@@ -155,6 +155,16 @@ def test_a_memo_of_one_value_keeps_the_latest_and_none_smaller_is_made() -> None
             Memo(size)
 
 
+def test_a_forgotten_store_loses_its_values_at_once_and_others_keep_theirs() -> None:
+    memo = Memo(10)
+    memo.get("closed", 1, "x", lambda: "old")
+    memo.get("open", 1, "x", lambda: "kept")
+    memo.forget("closed")
+    assert len(memo) == 1
+    assert memo.get("closed", 1, "x", lambda: "recomputed") == "recomputed"
+    assert memo.get("open", 1, "x", lambda: "recomputed") == "kept"
+
+
 def test_a_new_version_drops_the_older_versions_of_its_store_only() -> None:
     memo = Memo(10)
     memo.get("s", 1, "x", lambda: "old")
