@@ -188,3 +188,19 @@ def test_an_output_under_a_file_is_refused_naming_the_file(toy, tmp_path) -> Non
                                          "folder$"):
         export_vectors(store, run, tmp_path / "song.ogg" / "v.npz")
     assert (tmp_path / "song.ogg").read_bytes() == b"audio"
+
+
+def test_layers_named_like_tag_columns_keep_both_in_parquet(tmp_path: Path) -> None:
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        run = store.ensure_run(run_key(ModelInfo("tagger", "r1", 16000, ("genre", "vectors_genre"), (2, 1)),
+                                       WindowPolicy()))
+        store.upsert_track(Path("/music/one.flac"), "h1", 1, 0.0, {"duration": 5.0},
+                           {"artist": None, "album": None, "title": None, "genre": "Folk", "composer": None})
+        layers = [np.full(2, 0.5, np.float32), np.full(1, 0.25, np.float32)]
+        store.write_vectors(run, [TrackVectors("h1", layers, [v[None] for v in layers], [0.0])])
+        export_vectors(store, run, tmp_path / "v.parquet", "parquet")
+    table = pq.read_table(tmp_path / "v.parquet")
+    meta = json.loads(table.schema.metadata[b"mess"])
+    assert meta["layer_columns"] == ["vectors_genre", "vectors_vectors_genre"]
+    assert table["genre"].to_pylist() == ["Folk"] and table["vectors_genre"].to_pylist() == [[0.5, 0.5]]
+    assert table["vectors_vectors_genre"].to_pylist() == [[0.25]]
