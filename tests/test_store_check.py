@@ -105,14 +105,14 @@ def test_rows_past_the_catalog_are_cut_and_a_short_file_drops_the_files_it_lost(
     store.close()
 
 
-@pytest.mark.parametrize("shared", ["track", "segment"])
-def test_two_files_claiming_one_row_are_both_dropped(tmp_path: Path, shared: str) -> None:
+@pytest.mark.parametrize(("shared", "other", "at"), [("track", "h2", 0), ("segment", "h2", 1), ("segment", "h0", 0)])
+def test_two_files_claiming_one_row_are_both_dropped(tmp_path: Path, shared: str, other: str, at: int) -> None:
     store, _ = _store(tmp_path)
     with store.db:
         if shared == "track":
-            store.db.execute("UPDATE vectors SET track_row=? WHERE content_hash='h3'", (_row(store, "h2")[0],))
-        else:  # h3's windows begin at h2's second
-            store.db.execute("UPDATE vectors SET seg_row=? WHERE content_hash='h3'", (_row(store, "h2")[1] + 1,))
+            store.db.execute("UPDATE vectors SET track_row=? WHERE content_hash='h3'", (_row(store, other)[0],))
+        else:  # h3's windows begin at the other's first or second (files far apart in the catalog's order)
+            store.db.execute("UPDATE vectors SET seg_row=? WHERE content_hash='h3'", (_row(store, other)[1] + at,))
     problems = [p for p in full_check(store) if p.kind != "checksum"]  # a moved row differs from its sums too
     assert _kinds(problems) == [("shared-rows", True)]
     assert problems[0].message == ("toy: 1 file's vectors point at rows another file also claims (two writers "
@@ -120,7 +120,8 @@ def test_two_files_claiming_one_row_are_both_dropped(tmp_path: Path, shared: str
     assert _kinds(quick_check(store)) == ([("shared-rows", True)] if shared == "track" else [])
     left, done = check_and_repair(store)
     assert done[0] == "toy (run 1): dropped the vectors of 2 files; `mess extract` embeds them again"
-    assert _embedded(store) == ["h0", "h1", "h4", "h5"] and _kinds(left) == [("not-embedded", False)]
+    assert _embedded(store) == sorted({f"h{i}" for i in range(N)} - {other, "h3"})
+    assert _kinds(left) == [("not-embedded", False)]
     store.close()
 
 
