@@ -8,6 +8,7 @@ import re
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -108,8 +109,15 @@ def test_devices_and_pipes_are_told_from_files_and_folders(tmp_path: Path) -> No
     assert is_device_or_pipe(Path("/dev/null")) and is_device_or_pipe(fifo)
     assert not is_device_or_pipe(tmp_path / "file") and not is_device_or_pipe(tmp_path)
     assert not is_device_or_pipe(tmp_path / "missing")
-    replace_file(Path("/dev/null"), b"x")  # written into, not replaced
-    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    # written into, not replaced: a pipe of the test's own (never /dev/null: a mutant that renamed over it, as root,
+    # turned the machine's /dev/null into a file)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    replace_file(fifo, b"through the pipe")
+    reader.join(timeout=30)
+    assert got == [b"through the pipe"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "file"]
 
 
 def test_a_replaced_file_keeps_its_mode_a_link_is_written_through_and_a_failed_block_leaves_all_as_it_was(
@@ -140,9 +148,14 @@ def test_a_replaced_file_keeps_its_mode_a_link_is_written_through_and_a_failed_b
 
 
 def test_a_write_the_disk_refuses_names_the_file(tmp_path: Path) -> None:
-    with pytest.raises(OSError) as caught:  # the kernel's full device
-        replace_file(Path("/dev/full"), b"x" * 10)
-    assert caught.value.errno == errno.ENOSPC and caught.value.filename == "/dev/full"
+    fifo = tmp_path / "fifo"  # a pipe whose reader goes away: the write fails (EPIPE) naming no file of its own
+    os.mkfifo(fifo)
+    reader = threading.Thread(target=lambda: os.close(os.open(fifo, os.O_RDONLY)))
+    reader.start()
+    with pytest.raises(OSError) as caught:
+        replace_file(fifo, b"x" * 2**20)
+    reader.join(timeout=30)
+    assert caught.value.errno == errno.EPIPE and caught.value.filename == str(fifo)
     # a file-size limit: the write itself fails (EFBIG) with no file name of its own
     code = ("import resource, signal, sys; from pathlib import Path; from mess.store.paths import replace_file\n"
             "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))\n"
@@ -152,7 +165,7 @@ def test_a_write_the_disk_refuses_names_the_file(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(SRC)})
     assert out.stdout.split() == [str(errno.EFBIG), str(target)]
-    assert list(tmp_path.iterdir()) == []  # no temp file left
+    assert [p.name for p in tmp_path.iterdir()] == ["fifo"]  # no temp file left
 
 
 def test_a_tilde_naming_no_user_is_a_name_as_written_not_a_crash(tmp_path: Path,
