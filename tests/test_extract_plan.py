@@ -66,6 +66,9 @@ def test_a_resumed_run_plans_only_the_audio_it_will_embed(tmp_path: Path) -> Non
     want = sum(POLICY.analysed_seconds(sf.info(p).duration) for p in todo)  # the headers, read here
     assert _planned(todo) == pytest.approx(want) and want < _planned([*first, later])
     assert to_embed(store, [*first, later], model.info, WindowPolicy(2.0, 3)) == [*first, later]  # another run
+    first[0].unlink()  # embedded, then gone: the run will say so, so it is not skipped
+    assert to_embed(store, [first[0], first[2]], model.info, POLICY) == [first[0]]
+    assert to_embed(store, [first[2], first[0]], model.info, POLICY) == [first[0]]
     store.close()
 
 
