@@ -201,3 +201,12 @@ def test_a_tilde_naming_no_user_is_a_name_as_written_not_a_crash(tmp_path: Path,
     finally:
         store.close()
     assert np.load(tmp_path / f"~{user}" / "x.npz")["content_hash"].tolist() == ["h1"]
+
+
+def test_an_error_that_names_its_files_is_raised_as_the_system_named_them(tmp_path: Path) -> None:
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(IsADirectoryError) as caught:  # the rename over a folder fails, naming both files
+        replace_file(tmp_path / "folder", b"x")
+    assert caught.value.filename2 == str(tmp_path / "folder")
+    assert re.fullmatch(r"\.folder\.[0-9a-f]{8}\.tmp", Path(caught.value.filename).name)
+    assert [p.name for p in tmp_path.iterdir()] == ["folder"]  # the temp file removed
