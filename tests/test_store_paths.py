@@ -131,8 +131,8 @@ def test_a_replaced_file_keeps_its_mode_a_link_is_written_through_and_a_failed_b
     link.symlink_to(target)
     replace_file(link, b"through")
     assert link.is_symlink() and target.read_bytes() == b"through"
-    replace_file(tmp_path / "new" / "deep.json", b"made")  # missing folders are made
-    assert (tmp_path / "new" / "deep.json").read_bytes() == b"made"
+    replace_file(tmp_path / "new" / "deeper" / "deep.json", b"made")  # missing folders are made
+    assert (tmp_path / "new" / "deeper" / "deep.json").read_bytes() == b"made"
     for error in (ValueError, KeyboardInterrupt):
         with pytest.raises(error), replacing(target) as f:
             f.write(b"half")
