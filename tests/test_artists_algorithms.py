@@ -25,7 +25,7 @@ from mess.artists.reference import load_reference, match_reference, parse_refere
 from mess.artists.setdist import chamfer_matrix, chamfer_row
 from mess.artists.similarity import ArtistVectors, artist_vectors, similarity_matrix, similarity_row, top_k
 from mess.artists.validate import evaluate, random_baseline
-from mess.audio.names import main_artist, name_key, normalize_name
+from mess.audio.names import label_key, main_artist, name_key, normalize_name
 from mess.store import Track
 
 
@@ -61,6 +61,20 @@ def test_credit_parsing_finds_main_artist_and_guests() -> None:
     assert normalize_name("The Beatles") == normalize_name("beatles") == "beatles"
     assert normalize_name("Björk") == normalize_name("BJORK")
 
+
+
+def test_a_tracks_label_is_its_main_artists_identity_a_genres_first_value_or_the_stripped_text() -> None:
+    """What evaluation and fusion group tracks by: the artist or composer credit's main artist, spelled any way;
+    a genre tag's first value; any other field's whole text; None for what is blank or names no artist."""
+    for field in ("artist", "composer"):
+        assert label_key(field, "The Beatles feat. Eric Clapton") == label_key(field, "beatles") == "beatles"
+        assert label_key(field, " R.E.M.; Patti Smith") == "rem"
+        assert label_key(field, "Various Artists") is None and label_key(field, "Unknown Artist") is None
+        assert label_key(field, None) is None and label_key(field, "  ") is None
+    assert label_key("genre", "; Ambient; Electronic") == "Ambient" and label_key("genre", None) is None
+    assert label_key("album", " Vol. 1; Vol. 2 ") == "Vol. 1; Vol. 2"  # only genre is split into values
+    assert label_key("title", "Intro feat. Someone") == "Intro feat. Someone"
+    assert label_key("album", "   ") is None and label_key("album", "") is None
 
 def test_collaboration_similarity_follows_graph_distance() -> None:
     names = ["A", "B", "C", "D"]
