@@ -93,3 +93,43 @@ def test_numpys_float64_fft_is_scipys() -> None:
     for n_fft in (512, 2048):
         part = frames[..., :n_fft]
         assert np.array_equal(np.fft.rfft(part, axis=-1), scipy.fft.rfft(part, axis=-1))
+
+
+def test_float32_spectra_are_scipys_float32_fft_of_librosas_frames() -> None:
+    """dsp's descriptors (stored under its revision) come from float32 spectra: scipy's float32 FFT of librosa's
+    centred frames times scipy's periodic Hann window, to the bit (numpy's float32 FFT rounds otherwise)."""
+    import scipy.fft
+    import scipy.signal
+
+    y = np.stack([_music(3.0), _music(3.0, bpm=140.0)])
+    for n_fft, hop in ((512, 256), (2048, 512)):
+        padded = np.pad(y, ((0, 0), (n_fft // 2, n_fft // 2)))
+        framed = librosa.util.frame(padded, frame_length=n_fft, hop_length=hop, axis=-1).swapaxes(-1, -2)
+        window = scipy.signal.get_window("hann", n_fft).astype(np.float32)
+        want = scipy.fft.rfft(np.ascontiguousarray(framed) * window, axis=-1).astype(np.complex64)
+        got = stft(y, n_fft, hop, "float32")
+        assert got.dtype == np.complex64 and np.array_equal(got, want)
+        assert not np.array_equal(np.fft.rfft(framed * window, axis=-1).astype(np.complex64), want)
+
+
+def test_onset_rate_counts_each_click_once_as_librosas_onset_detect_does() -> None:
+    """The rhythm group's onset rate: a click every beat at 80, 100 and 132 BPM gives one onset a beat (librosa's
+    onset_detect finds the same peaks, with its 30 ms wait rule), per second of the window."""
+    seconds, sr = 12.0, 22050
+    y = np.stack([_music(seconds, bpm=bpm) for bpm in (80.0, 100.0, 132.0)])
+    bank = librosa.filters.mel(sr=sr, n_fft=2048).T
+    mel = np.abs(librosa.stft(y, n_fft=2048, hop_length=512)).swapaxes(-1, -2) ** 2 @ bank
+    env = librosa.onset.onset_strength(S=dsp._db(mel).swapaxes(-1, -2), sr=sr, hop_length=512)
+    rates = dsp._onset_rate(env, seconds, sr)
+    detected = [len(librosa.onset.onset_detect(onset_envelope=e, sr=sr, hop_length=512)) for e in env]
+    beats = [np.ceil(seconds * bpm / 60) for bpm in (80.0, 100.0, 132.0)]  # clicks at 0, 60 / bpm, ...
+    np.testing.assert_array_equal(rates * seconds, detected)
+    np.testing.assert_allclose(rates * seconds, beats, atol=1)
+    assert np.array_equal(dsp._onset_rate(env[1:2], seconds / 2, sr), 2 * rates[1:2])
+    assert np.array_equal(dsp._onset_rate(3 * env + 1000, seconds, sr), rates)  # normalised first
+    # a peak is the maximum within +-30 ms (+-1 frame of 23 ms): two 46 ms apart are both onsets, the lower one
+    # too, as it exceeds the mean of the 200 ms around it by more than 0.07
+    pairs = np.zeros((1, 200))
+    pairs[0, 10::20], pairs[0, 12::20] = 1.0, 0.8
+    assert np.array_equal(dsp._onset_rate(pairs, 2.0, sr), [20 / 2.0])
+    assert np.array_equal(dsp._onset_rate(pairs, 2.0, 44100), [10 / 2.0])  # at 44.1 kHz 23 ms apart: within 30 ms
