@@ -30,6 +30,67 @@ def _music(sr: int, seconds: float, seed: int = 0) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * np.cumsum(pitch) / sr) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
 
 
+@pytest.mark.parametrize(("in_rate", "sr"), [(44100, 16000), (22050, 16000), (16000, 16000)])
+def test_a_cut_chunk_is_the_whole_resampled_signal_at_its_start(in_rate: int, sr: int) -> None:
+    """A chunk decoded around a segment, resampled alone, gives the samples of the whole signal resampled at once
+    (soxr's one-shot resampling, sliced at round(start * sr)); past the end of a file that ended, at most 10 ms of
+    zeros; a chunk that starts after the segment, or lacks more of its end, is refused."""
+    import soxr
+
+    x = _music(in_rate, 20.0)
+    whole = x if in_rate == sr else soxr.resample(x, in_rate, sr, quality="HQ")
+    seconds = 3.0
+    length = round(seconds * sr)
+    for start in (0.0, 0.05, 4.3217, 11.0, 16.9999):
+        first = max(0, int((start - 0.1) * in_rate))  # the 0.1 s margin before, as the decoders read
+        chunk = x[first : int((start + seconds + 0.1) * in_rate) + 2]
+        got = decode._cut(chunk, first, in_rate, False, start, length, sr)
+        at = round(start * sr)
+        np.testing.assert_allclose(got, whole[at : at + length], atol=1e-5, err_msg=f"{start}")
+    start = 20.0 - seconds + 0.005  # 5 ms of the segment past the file's end: zeros, as a whole decode has none
+    first = int((start - 0.1) * in_rate)
+    got = decode._cut(x[first:], first, in_rate, True, start, length, sr)
+    at = round(start * sr)
+    kept = whole.size - at
+    assert 0 < length - kept <= 0.01 * sr
+    np.testing.assert_allclose(got[:kept], whole[at:], atol=1e-4)
+    assert not got[kept:].any()
+    with pytest.raises(decode.AudioError, match="past the end"):  # the file did not end: the chunk is short
+        decode._cut(x[first:], first, in_rate, False, start, length, sr)
+    with pytest.raises(decode.AudioError, match="past the end"):  # 20 ms missing at the file's end
+        decode._cut(x[first:], first, in_rate, True, start + 0.02, length, sr)
+    late = int(4.0 * in_rate)  # a chunk beginning 0.1 s after the segment's start
+    with pytest.raises(decode.AudioError, match="past the end"):
+        decode._cut(x[late : late + 5 * in_rate], late, in_rate, False, 3.9, length, sr)
+
+
+@pytest.mark.parametrize("ext", ["wav", "mp3"])
+def test_load_segments_reads_each_start_in_any_order_as_the_whole_decode(tmp_path: Path, ext: str) -> None:
+    """Segments read by libsndfile's seeks, called directly (a failed seek is no fallback to a whole decode here),
+    in any order: the whole decode's samples at each start, a stereo WAV downmixed; at a WAV's end, 4 ms of
+    zeros past its last sample."""
+    sr, seconds = 44100, 30.0
+    path = tmp_path / f"song.{ext}"
+    audio = _music(sr, seconds)
+    if ext == "mp3":
+        _encode_mp3(path, audio, sr, vbr=False)
+    else:
+        sf.write(path, np.stack([audio, _music(sr, seconds, seed=1)], axis=1), sr)
+    whole = load_audio(path, 16000)
+    starts = [21.5, 0.0, 9.25, 3.0] + ([seconds - 5.0 + 0.004] if ext == "wav" else [])
+    got = decode.load_segments(path, 16000, starts, 5.0)
+    assert got.shape == (len(starts), 5 * 16000)
+    for start, segment in zip(starts, got, strict=True):
+        at = round(start * 16000)
+        kept = min(segment.size, whole.size - at)
+        np.testing.assert_allclose(segment[:kept], whole[at : at + kept], atol=1e-5, err_msg=f"{start}")
+        assert not segment[kept:].any() and segment.size - kept <= 64
+    garbage = tmp_path / "not_audio.m4a"  # neither decoder opens it: the reason is FFmpeg's, no empty result
+    garbage.write_bytes(np.random.default_rng(0).bytes(50_000))
+    with pytest.raises(decode.AudioError, match="not_audio.m4a: cannot seek"):
+        decode.load_segments(garbage, 16000, starts, 5.0)
+
+
 @pytest.mark.parametrize(("ext", "sr"), [("wav", 44100), ("flac", 22050), ("m4a", 44100), ("ogg", 48000)])
 def test_seeked_windows_equal_whole_file_windows(tmp_path: Path, ext: str, sr: int) -> None:
     path = tmp_path / f"song.{ext}"
@@ -160,6 +221,8 @@ def test_a_sample_rate_change_midstream_keeps_each_parts_pitch(tmp_path: Path) -
     _encode_av(second, _sine(48000, 20.0), 48000, "aac")
     joined.write_bytes(first.read_bytes() + second.read_bytes())
     assert {rate for _, rate in decode._pyav_blocks(joined)} == {44100, 48000}
+    with pytest.raises(decode.AudioError, match="the audio format changes mid-stream"):  # a window across the
+        decode.load_segments(joined, 16000, [15.0], 10.0)  # change: the file is then decoded whole
     for sr in (16000, 44100, 48000):
         audio = load_audio(joined, sr)
         assert audio.size / sr == pytest.approx(40.0, abs=0.1)
