@@ -11,12 +11,17 @@ from mess.models import timbre
 from mess.models.musicnn.model import mel_basis
 from mess.search.vectors import TIMBRE_WEIGHT, Preprocessor, block_roles
 
-SR = timbre.SAMPLE_RATE
+# timbre-v1's recipe as the module's docstring and docs/quality.md state it, written out here so that the
+# references below do not take the module's own constants: 20 MFCCs of 40 Slaney mel bands 0-16 kHz of a 44.1 kHz
+# STFT (2048 points, hop 1024), dB floored 80 dB below each window's peak; logm of the covariance + 1e-3 I
+SR, N_FFT, HOP, N_MELS, F_MAX, N_MFCC, TOP_DB, RIDGE = 44100, 2048, 1024, 40, 16000.0, 20, 80.0, 1e-3
 
 
 @pytest.fixture(scope="module")
 def basis() -> np.ndarray:
-    return mel_basis(SR, timbre.N_FFT, timbre.N_MELS, timbre.F_MAX)
+    bank = mel_basis(SR, N_FFT, N_MELS, F_MAX)
+    np.testing.assert_allclose(bank, librosa.filters.mel(sr=SR, n_fft=N_FFT, n_mels=N_MELS, fmax=F_MAX), rtol=1e-6)
+    return bank
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +38,8 @@ def windows() -> np.ndarray:
 
 def _reference(window: np.ndarray) -> np.ndarray:
     """librosa's MFCCs of one window, the recipe written out: mel power, power_to_db (top_db 80), DCT-II ortho."""
-    mel = librosa.feature.melspectrogram(y=window, sr=SR, n_fft=timbre.N_FFT, hop_length=timbre.HOP,
-                                         n_mels=timbre.N_MELS, fmax=timbre.F_MAX)
-    return scipy.fft.dct(librosa.power_to_db(mel, top_db=timbre.TOP_DB), axis=0, norm="ortho")[: timbre.N_MFCC].T
+    mel = librosa.feature.melspectrogram(y=window, sr=SR, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS, fmax=F_MAX)
+    return scipy.fft.dct(librosa.power_to_db(mel, top_db=TOP_DB), axis=0, norm="ortho")[:N_MFCC].T
 
 
 def _gaussian(frames: np.ndarray) -> np.ndarray:
@@ -44,11 +48,11 @@ def _gaussian(frames: np.ndarray) -> np.ndarray:
 
     from scipy.linalg import logm
 
-    cov = np.cov(frames.T, bias=True) + timbre.RIDGE * np.eye(timbre.N_MFCC)
+    cov = np.cov(frames.T, bias=True) + RIDGE * np.eye(N_MFCC)
     with warnings.catch_warnings():  # "logm result may be inaccurate, approximate err = 4e-13"
         warnings.simplefilter("ignore", RuntimeWarning)
         log = np.real(logm(cov))
-    return np.concatenate([frames.mean(axis=0), log[np.triu_indices(timbre.N_MFCC)]])
+    return np.concatenate([frames.mean(axis=0), log[np.triu_indices(N_MFCC)]])
 
 
 def test_mfccs_are_librosas(windows: np.ndarray, basis: np.ndarray) -> None:
@@ -61,7 +65,7 @@ def test_mfccs_are_librosas(windows: np.ndarray, basis: np.ndarray) -> None:
 
 def test_window_vector_is_the_log_euclidean_gaussian_of_its_frames(windows: np.ndarray, basis: np.ndarray) -> None:
     got = timbre.window_vectors(windows, basis)
-    assert got.shape == (3, timbre.DIM) and got.dtype == np.float32
+    assert got.shape == (3, N_MFCC + N_MFCC * (N_MFCC + 1) // 2) == (3, timbre.DIM) and got.dtype == np.float32
     for vector, window in zip(got, windows, strict=True):
         want = _gaussian(_reference(window))
         assert np.abs(vector - want).max() <= 1e-3 * np.abs(want).max()
@@ -78,10 +82,26 @@ def test_track_vector_is_the_gaussian_of_all_frames_not_the_mean_of_windows(wind
     frames = np.concatenate([_reference(w) for w in windows[:2]])
     want = _gaussian(frames)
     assert np.abs(pooled - want).max() <= 2e-3 * np.abs(want).max()
-    cov = slice(timbre.N_MFCC, None)  # the naive mean of the windows' vectors misses the spread between them
+    cov = slice(N_MFCC, None)  # the naive mean of the windows' vectors misses the spread between them
     assert np.linalg.norm(vectors.mean(axis=0)[cov] - want[cov]) > 0.1 * np.linalg.norm(want[cov])
     np.testing.assert_allclose(timbre.pool(vectors[:1]), vectors[0], atol=1e-4 * np.abs(vectors[0]).max())
 
+
+def test_a_track_of_one_window_is_that_windows_gaussian_even_a_silent_one(windows: np.ndarray,
+                                                                       basis: np.ndarray) -> None:
+    """The Gaussian of one window's frames is that window's: pooling one vector (given as [1, DIM] or [DIM])
+    gives it back, the covariance block too, where a silent window's covariance is 0 (logm of RIDGE I); two
+    windows pool to the scipy Gaussian of their frames in the covariance block on its own scale."""
+    silent = timbre.window_vectors(np.zeros((1, SR), np.float32), basis)[0]
+    for vector in (*timbre.window_vectors(windows, basis), silent):
+        for given in (vector, vector[None]):
+            np.testing.assert_allclose(timbre.pool(given), vector, atol=1e-4 * np.abs(vector).max())
+            np.testing.assert_allclose(timbre.pool(given)[N_MFCC:], vector[N_MFCC:], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(silent[N_MFCC:][np.triu_indices(N_MFCC)[0] == np.triu_indices(N_MFCC)[1]],
+                               np.log(RIDGE), rtol=1e-4)
+    pooled = timbre.pool(timbre.window_vectors(windows[:2], basis))
+    want = _gaussian(np.concatenate([_reference(w) for w in windows[:2]]))
+    assert np.abs(pooled[N_MFCC:] - want[N_MFCC:]).max() <= 2e-3 * np.abs(want[N_MFCC:]).max()
 
 def test_silence_and_a_short_clip_give_finite_vectors(basis: np.ndarray) -> None:
     silent = timbre.window_vectors(np.zeros((1, SR), np.float32), basis)
