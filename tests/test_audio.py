@@ -610,3 +610,27 @@ def test_id3_tags_where_a_files_own_type_holds_none_are_read(tmp_path: Path) -> 
     id3.save(wavpack)
     tags = read_tags(wavpack)
     assert (tags["artist"], tags["genre"]) == ("Alpha; Beta", "Ambient")
+
+
+def test_a_file_no_reader_opens_has_no_tags(tmp_path: Path) -> None:
+    """Neither mutagen nor FFmpeg reads random bytes named .mp3, or an empty .flac: every field is None (the file
+    then fails at its decoding, in FFmpeg's words), not a NameError of the tag reader."""
+    garbage, empty = tmp_path / "not_audio.mp3", tmp_path / "empty.flac"
+    garbage.write_bytes(np.random.default_rng(0).bytes(4096))
+    empty.write_bytes(b"")
+    for path in (garbage, empty):
+        assert read_tags(path) == dict.fromkeys(("artist", "album", "title", "genre", "composer"))
+
+
+def test_every_value_of_a_wma_files_attributes_is_read(tmp_path: Path) -> None:
+    """WMA keeps its tags as ASF attributes, which mutagen's easy mode does not name: two Author attributes are two
+    artists, as two Vorbis ARTIST comments are (FFmpeg, the fallback, keeps one)."""
+    from mutagen.asf import ASF
+
+    path = tmp_path / "song.wma"
+    _encode_av(path, _sine(44100, 1.0), 44100, "wmav2", "asf")
+    asf = ASF(path)
+    asf["Author"], asf["WM/Genre"], asf["WM/AlbumTitle"] = ["Alpha", "Beta"], ["Ambient"], ["An Album"]
+    asf.save()
+    tags = read_tags(path)
+    assert (tags["artist"], tags["genre"], tags["album"]) == ("Alpha; Beta", "Ambient", "An Album")
