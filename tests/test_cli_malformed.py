@@ -197,3 +197,15 @@ def test_a_file_that_cannot_be_embedded_is_named_once_before_the_reason(store: P
     bad.write_bytes(b"not audio at all")
     code, output = _cli(store, "similar", str(bad), "-m", "dsp")
     assert code == 1 and f"cannot embed {bad}: cannot decode (" in output and f"{bad}: {bad}" not in output, output
+
+
+def test_similar_to_a_path_under_a_tilde_naming_no_user_is_one_line(store: Path, tmp_path: Path) -> None:
+    """`mess similar '~bob/x.wav'` (the shell leaves a ~user naming no user as written) ended in a RuntimeError
+    traceback ('Could not determine home directory'); it is a name as written: not found, in one line."""
+    import pwd
+
+    user = "mess-no-such-user"
+    with pytest.raises(KeyError):
+        pwd.getpwnam(user)
+    code, output = _cli(store, "similar", f"~{user}/x.wav")
+    assert code == 1 and f"~{user}/x.wav" in output and "Traceback" not in output, output

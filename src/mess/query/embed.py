@@ -20,7 +20,7 @@ from mess.models.registry import ModelError, load_run_model
 from mess.search.query import TrackQuery, collection_query
 from mess.search.vectors import track_by_hash
 from mess.store import FeatureStore, Run, StoreError, is_track_id
-from mess.store.paths import printable
+from mess.store.paths import expanded, printable
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def resolve_query(store: FeatureStore, ref: str | Path | int, run: Run,
     A collection file changed since it was extracted is embedded as it is now, said in one line to ``on_warning``
     (default: this module's logger). Raises StoreError when nothing matches or the file cannot be embedded.
     """
-    path = Path(str(ref)).expanduser()
+    path = expanded(str(ref))
     if is_track_id(str(ref)) or not path.is_file():
         try:
             return collection_query(store, ref)
