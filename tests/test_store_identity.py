@@ -188,3 +188,19 @@ def test_a_model_output_past_float16_fails_its_file_and_the_run_goes_on(tmp_path
         ids, matrix = store.layer_matrix(store.runs()[0], 0)
         assert len(ids) == 1 and np.allclose(matrix, 0.1 * 200_000, rtol=1e-3)
     assert not check_store(tmp_path / "store").problems
+
+
+def test_a_policy_given_in_whole_numbers_is_the_cli_s_policy_and_its_run(tmp_path: Path) -> None:
+    """WindowPolicy(5) and WindowPolicy(5.0) were equal but wrote different JSON ("5" and "5.0"): two runs, so a
+    library user's extraction and the CLI's of the same settings embedded every file twice. Numbers are stored as
+    their type's; a count that is not whole (or a flag) is refused."""
+    assert WindowPolicy(5, 4.0, 1).to_json() == WindowPolicy(5.0, 4, 1.0).to_json()
+    assert type(WindowPolicy(max_windows=np.int64(3)).max_windows) is int
+    for bad in (2.5, True, float("nan")):
+        with pytest.raises(ValueError, match="invalid window policy"):
+            WindowPolicy(max_windows=bad)  # type: ignore[arg-type]
+    sf.write(tmp_path / "0.wav", _tone(), 16000)
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        assert extract(store, [tmp_path / "0.wav"], _Peak((2,)), WindowPolicy(5, 2)).done == 1
+        again = extract(store, [tmp_path / "0.wav"], _Peak((2,)), WindowPolicy(5.0, 2.0))
+        assert again.done == 0 and again.skipped == 1 and len(store.runs()) == 1

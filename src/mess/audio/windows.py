@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -28,6 +29,12 @@ class WindowPolicy:
     max_decode_seconds: float = 4 * 3600.0
 
     def __post_init__(self) -> None:
+        count = self.max_windows  # 4.0 is 4 windows and 30 is 30.0 seconds: one JSON, so one run, per policy
+        if isinstance(count, bool) or not isinstance(count, numbers.Real) or not float(count).is_integer():
+            raise ValueError(f"invalid window policy: {self} (max_windows is a whole number)")
+        object.__setattr__(self, "max_windows", int(count))
+        for name in ("window_seconds", "min_seconds", "max_decode_seconds"):
+            object.__setattr__(self, name, float(getattr(self, name)))
         if not 0 < self.window_seconds < math.inf or self.max_windows < 1 or self.min_seconds <= 0:
             raise ValueError(f"invalid window policy: {self}")
 
