@@ -171,7 +171,47 @@ def test_a_digitally_silent_window_leaves_key_clarity_to_the_others_instead_of_v
     assert np.isnan(per_window[1, key]) and np.isfinite(np.delete(per_window, 1, axis=0)).all()
     assert got.values[0, key] == pytest.approx(per_window[[0, 2], key].mean())
     mute = str(tmp_path / "mute.wav")
-    assert got.missing == [(mute, f"{mute}: key_clarity undefined in every window (silent)")]
+    assert got.missing == [(mute, f"{mute}: every target undefined in every window (silent)")]
     again = track_targets(tmp_path / "store", tracks, policy, workers=1)  # from the cache: the same
     assert again.computed == 0 and again.missing == got.missing
     np.testing.assert_array_equal(again.values, got.values)
+
+
+def test_a_digitally_silent_window_leaves_every_target_to_the_sounding_windows(tmp_path: Path) -> None:
+    """A silent window measured a level of -200 dB, MIDI 0 for the pitch of its notes and 0 for its centroid: one
+    silent stretch (a gap between movements, a long silence before a hidden track) took 60 dB off its track's
+    loudness, and that one track then set the collection's spread of loudness. A silent window now leaves every
+    target to the sounding windows of its track: its level is the sounding audio's (by numpy, within 1 dB) and its
+    register the melody's."""
+    policy = WindowPolicy(window_seconds=4.0)
+    sounding = 0.3 * melody(C_MAJOR[:8])  # 4 s of C4..C5
+    whole = np.concatenate([sounding, sounding[::-1]])
+    gap = np.concatenate([sounding, np.zeros_like(sounding), sounding[::-1]])
+    tracks = []
+    for i, audio in enumerate((whole, gap)):
+        sf.write(tmp_path / f"t{i}.wav", audio, SR, subtype="FLOAT")
+        tracks.append(Track(i + 1, str(tmp_path / f"t{i}.wav"), f"hash{i}", 12.0, None, None, None, None, None))
+    got = track_targets(tmp_path / "store", tracks, policy, workers=1)
+    assert got.track_ids.tolist() == [1, 2] and not got.missing
+    # the level of the sounding audio by numpy, through the Hann window of the STFT frames (mean square 3/8)
+    level = 10 * np.log10(np.mean(sounding.astype(np.float64) ** 2) * 3 / 8)
+    loud, pitch = TARGET_NAMES.index("loudness"), TARGET_NAMES.index("pitch_height")
+    assert got.values[1, loud] == pytest.approx(level, abs=1.0)
+    assert 60 <= got.values[1, pitch] <= 72
+    np.testing.assert_allclose(got.values[1], got.values[0], rtol=1e-6, atol=1e-6)  # the gap takes nothing away
+
+
+def test_a_track_mean_leaves_out_undefined_windows_and_names_targets_undefined_everywhere() -> None:
+    from mess.probing.target_cache import track_mean
+
+    rng = np.random.default_rng(4)
+    windows = rng.standard_normal((3, len(TARGET_NAMES)))
+    windows[1, 2] = np.nan
+    mean = track_mean(windows)
+    assert isinstance(mean, np.ndarray)
+    want = windows.sum(axis=0) / 3
+    want[2] = (windows[0, 2] + windows[2, 2]) / 2
+    np.testing.assert_allclose(mean, want)
+    windows[:, [4, 7]] = np.nan
+    assert track_mean(windows) == f"{TARGET_NAMES[4]}, {TARGET_NAMES[7]} undefined in every window (silent)"
+    assert track_mean(np.full((2, len(TARGET_NAMES)), np.nan)) == "every target undefined in every window (silent)"

@@ -26,7 +26,7 @@ from mess.probing.targets import SAMPLE_RATE, TARGET_NAMES, audio_targets
 from mess.store import Track
 from mess.store.paths import replace_file
 
-TARGETS_VERSION = 3  # bump when a target's definition changes: old caches are then ignored
+TARGETS_VERSION = 4  # bump when a target's definition changes: old caches are then ignored
 PARALLEL_MIN_TRACKS = 8  # below this, starting worker processes (librosa imports) costs more than it saves
 CHANGED = "changed since it was extracted"
 REMOVED = "removed since it was extracted"
@@ -57,11 +57,12 @@ def file_targets(path: str, policy_json: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def track_mean(per_window: np.ndarray) -> np.ndarray | str:
-    """A track's targets: the mean over its windows of each, leaving out the windows where one is undefined (the
-    key clarity of a digitally silent window is NaN); why not, when a target is undefined in every window."""
+    """A track's targets: the mean over its windows of each, leaving out the windows where one is undefined (every
+    target of a digitally silent window is NaN); why not, when a target is undefined in every window."""
     undefined = np.isnan(per_window).all(axis=0)
     if undefined.any():
-        names = ", ".join(n for n, u in zip(TARGET_NAMES, undefined, strict=True) if u)
+        names = "every target" if undefined.all() else ", ".join(n for n, u in zip(TARGET_NAMES, undefined, strict=True)
+                                                                  if u)
         return f"{names} undefined in every window (silent)"
     return np.nanmean(per_window, axis=0)
 

@@ -84,6 +84,8 @@ _WARM_CLIP = (0.3 * np.sin(2 * np.pi * 440.0 * np.arange(3 * SAMPLE_RATE) / SAMP
 
 
 def _targets(y: np.ndarray, sr: int) -> np.ndarray:
+    if not y.any():  # digital silence sounds nothing: no level, pitch or timbre (not -200 dB, MIDI 0, 0 Hz)
+        return np.full(len(TARGETS), np.nan)
     spec = np.abs(librosa.stft(y, n_fft=N_FFT, hop_length=HOP))
     rms = librosa.feature.rms(S=spec, frame_length=N_FFT)[0]
     active = rms >= rms.max() * 10 ** (-ACTIVE_DB / 20)
