@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from sklearn.linear_model import Ridge, RidgeCV
@@ -50,6 +52,51 @@ def test_ridge_loo_matches_sklearn_ridgecv_per_target(n: int, p: int) -> None:
     np.testing.assert_allclose(ours.predict(x_new), ref.predict(x_new), rtol=1e-8, atol=1e-8)
 
 
+def test_ridge_fits_float32_layers_in_double_precision_and_takes_plain_lists() -> None:
+    """Layers come from the store as float32 (and StandardScaler keeps their dtype): the fit is scikit-learn's
+    RidgeCV on the same numbers in float64, targets and penalties given as plain lists included."""
+    rng = np.random.default_rng(2)
+    n, p = 60, 20
+    x = rng.standard_normal((n, p)).astype(np.float32)
+    y = x[:, :3].astype(np.float64) @ rng.standard_normal((3, 2)) + rng.standard_normal((n, 2)) + 100.0
+    ours = fit_ridge_loo(x, y.tolist(), ALPHAS.tolist())
+    ref = RidgeCV(alphas=ALPHAS, alpha_per_target=True).fit(x.astype(np.float64), y)
+    np.testing.assert_array_equal(ours.alphas, ref.alpha_)
+    np.testing.assert_allclose(ours.predict(x), ref.predict(x.astype(np.float64)), rtol=1e-9, atol=1e-9)
+    with pytest.raises(dataclasses.FrozenInstanceError):  # a fit handed around cannot be changed behind its users
+        ours.alphas = ALPHAS[:2]  # type: ignore[misc]
+
+def test_penalties_of_two_albums_leave_each_out_in_turn_and_of_one_album_are_plain_leave_one_out() -> None:
+    """Two albums (a small fold's training rows): each target's penalty is the one whose ridge, refitted without
+    each album in turn (scikit-learn), predicts it best. One album: nothing can be left out, so RidgeCV's LOO."""
+    rng = np.random.default_rng(0)
+    n, p = 40, 10
+    album = np.repeat([0, 1], n // 2)
+    x = rng.standard_normal((n, p)) + 1.5 * rng.standard_normal((2, p))[album]
+    y = x[:, :2] @ rng.standard_normal((2, 3)) + 2.0 * rng.standard_normal((2, 3))[album] + rng.standard_normal((n, 3))
+    held = np.zeros((len(ALPHAS), 3))
+    for a, alpha in enumerate(ALPHAS):
+        for g in (0, 1):
+            out = album == g
+            held[a] += ((Ridge(alpha=alpha).fit(x[~out], y[~out]).predict(x[out]) - y[out]) ** 2).sum(axis=0)
+    loo = RidgeCV(alphas=ALPHAS, alpha_per_target=True).fit(x, y).alpha_
+    assert not np.array_equal(ALPHAS[held.argmin(axis=0)], loo)  # the two choices differ here
+    np.testing.assert_array_equal(fit_ridge_loo(x, y, ALPHAS, album).alphas, ALPHAS[held.argmin(axis=0)])
+    np.testing.assert_array_equal(fit_ridge_loo(x, y, ALPHAS, np.full(n, "one")).alphas, loo)
+
+@pytest.mark.parametrize("n", [60, 12], ids=["primal", "dual"])
+def test_ridge_of_a_layer_with_dead_and_duplicated_units_is_scikit_learns(n: int) -> None:
+    """A unit that never fires (a constant column: 0 once standardised) and units that copy others leave null
+    directions in the features: they must be dropped, not divided by, and the fit is RidgeCV's."""
+    rng = np.random.default_rng(6)
+    live = rng.standard_normal((n, 8))
+    x = np.column_stack([live, np.zeros(n), live[:, :3], 2.0 * live[:, 3]])
+    y = live[:, :2] @ rng.standard_normal((2, 3)) + 0.5 * rng.standard_normal((n, 3))
+    ours = fit_ridge_loo(x, y, ALPHAS)
+    ref = RidgeCV(alphas=ALPHAS, alpha_per_target=True).fit(x, y)
+    np.testing.assert_array_equal(ours.alphas, ref.alpha_)
+    np.testing.assert_allclose(ours.predict(x), ref.predict(x), rtol=1e-7, atol=1e-7)
+
 def test_folds_group_by_album_then_artist_then_plain_kfold() -> None:
     n = 40
     albums = [f"album{i // 4}" if i % 10 else None for i in range(n)]  # 10 albums, some tracks untagged
@@ -70,6 +117,26 @@ def test_folds_group_by_album_then_artist_then_plain_kfold() -> None:
     with pytest.raises(ProbeError):
         make_folds(3, [], n_folds=5)
 
+
+def test_folds_are_clamped_to_the_tracks_and_an_album_that_exactly_fills_a_fold_is_grouped_by() -> None:
+    """`--folds 1` gives 2 folds and more folds than tracks one track per fold; an album of exactly n / k tracks fits
+    a fold, so its field is used; plain folds say why they are not grouped, and are shuffled by the seed."""
+    two = make_folds(6, [], n_folds=1)
+    assert len(two.splits) == 2 and two.scheme.startswith("KFold(2)") and "no artist/album tags" in two.scheme
+    assert two.groups is None and two.n == 6
+    assert sorted(len(test) for _, test in make_folds(5, [], n_folds=10).splits) == [1] * 5
+    albums = ["big"] * 8 + [f"a{i // 4}" for i in range(32)]  # 40 tracks in 5 folds of 8: 'big' fills one exactly
+    folds = make_folds(40, [("album", albums), ("artist", [f"r{i % 10}" for i in range(40)])], n_folds=5)
+    assert folds.group_field == "album" and "(9 groups)" in folds.scheme
+    assert folds.groups is not None and folds.groups.tolist() == albums  # the inner penalty choice leaves albums out
+    untagged = make_folds(8, [("album", ["x", None] * 4)], n_folds=4)  # 5 groups: 'x' and four of one track
+    assert untagged.group_field == "album" and len(set(untagged.groups.tolist())) == 5
+    few = make_folds(8, [("album", ["x", "y"] * 4)], n_folds=4)
+    assert few.group_field is None and "too few distinct artists/albums" in few.scheme
+    seeded = [make_folds(20, [], n_folds=4, seed=s) for s in (0, 0, 1)]
+    tests = [[t.tolist() for _, t in f.splits] for f in seeded]
+    assert tests[0] == tests[1] != tests[2] and "seed 1" in seeded[2].scheme
+    assert all(t != list(range(5 * k, 5 * k + 5)) for k, t in enumerate(tests[0]))  # shuffled, not in order
 
 def _planted(n: int, seed: int = 0) -> tuple[list[tuple[str, np.ndarray]], np.ndarray, list[str]]:
     """Six layers, layer k carrying aspect k's latent factor; targets read the factors of their aspect."""
