@@ -201,6 +201,45 @@ def test_a_digitally_silent_window_leaves_every_target_to_the_sounding_windows(t
     np.testing.assert_allclose(got.values[1], got.values[0], rtol=1e-6, atol=1e-6)  # the gap takes nothing away
 
 
+KK_MAJOR = [6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88]  # Krumhansl & Kessler (1982)
+KK_MINOR = [6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17]
+
+
+def test_key_clarity_is_the_best_pearson_correlation_with_the_24_krumhansl_kessler_keys() -> None:
+    """A profile that is a key's profile has clarity 1 (G major, F# minor); any other, the best of scipy's Pearson
+    correlations with the 24 published profiles; a flat one (silence) has none."""
+    from scipy.stats import pearsonr
+
+    from mess.probing.targets import _key_clarity
+
+    assert _key_clarity(np.roll(KK_MAJOR, 7)) == pytest.approx(1.0)
+    assert _key_clarity(3.0 * np.roll(KK_MINOR, 6) + 1.0) == pytest.approx(1.0)
+    profile = np.random.default_rng(0).uniform(0, 1, 12)
+    keys = [np.roll(p, k) for p in (KK_MAJOR, KK_MINOR) for k in range(12)]
+    assert _key_clarity(profile) == pytest.approx(max(pearsonr(profile, key).statistic for key in keys))
+    assert np.isnan(_key_clarity(np.full(12, 0.5)))
+
+
+def test_dynamics_are_the_energy_mean_level_its_variation_and_span_of_the_sounding_frames() -> None:
+    """Frames outside ``active`` are ignored; level = 10 log10 of the mean power; span = 95th - 10th percentile of
+    the frame levels (scipy's scoreatpercentile); variation = SD / mean of the RMS."""
+    from scipy.stats import scoreatpercentile
+
+    from mess.probing.targets import _dynamics
+
+    rms = np.array([0.1, 0.1, 1e-6, 0.01, 0.1, 0.01, 0.05])
+    active = np.array([True, True, False, True, True, True, True])
+    got = _dynamics(rms, active)
+    sounding = np.array([0.1, 0.1, 0.01, 0.1, 0.01, 0.05])
+    levels = 20 * np.log10(sounding)
+    assert got["loudness"] == pytest.approx(10 * np.log10((3 * 0.01 + 2 * 1e-4 + 0.0025) / 6))
+    assert got["loudness_cv"] == pytest.approx(np.std(sounding) / np.mean(sounding), rel=1e-6)
+    assert got["dynamic_range"] == pytest.approx(scoreatpercentile(levels, 95) - scoreatpercentile(levels, 10),
+                                                 rel=1e-6)
+    steady = _dynamics(np.full(5, 0.1), np.ones(5, dtype=bool))
+    assert steady == pytest.approx({"loudness": -20.0, "loudness_cv": 0.0, "dynamic_range": 0.0}, abs=1e-6)
+
+
 def test_a_track_mean_leaves_out_undefined_windows_and_names_targets_undefined_everywhere() -> None:
     from mess.probing.target_cache import track_mean
 
