@@ -47,6 +47,9 @@ def test_one_layer_is_chosen_without_a_runner_up_and_ties_go_to_the_first_layer(
     tied = {c.aspect: c for c in choose_layers(_scores(("x", "y", "z"), {("y", "timbre"): 0.4, ("z", "timbre"): 0.4}))}
     assert (tied["timbre"].layer, tied["timbre"].runner_up, tied["timbre"].margin) == ("y", "z", 0.0)
     assert (tied["rhythm"].layer, tied["rhythm"].runner_up, tied["rhythm"].score) == ("x", "y", 0.0)
+    gap = _scores(("x", "y", "z"), {("y", "timbre"): 0.2, ("x", "timbre"): float("nan")})  # x unscored on timbre
+    timbre = next(c for c in choose_layers(gap) if c.aspect == "timbre")
+    assert (timbre.layer, timbre.runner_up, timbre.margin) == ("y", "z", pytest.approx(0.2))
 
 
 def test_the_map_stores_the_trained_score_beyond_the_shuffled_control_floored_at_zero() -> None:
@@ -75,9 +78,14 @@ def test_a_report_is_written_as_json_and_a_long_csv_of_every_cell_with_constant_
     shuffled = ProbeScores(layers, trained.targets, r2 - 0.5, std)
     report = ProbeReport("some/model", "rev", 7, {"window_seconds": 3.0}, 12, "KFold(5)", "mlp", 2.345,
                          {TRAINED: trained, SHUFFLED: shuffled}, missing=[("/music/a.flac", "unreadable")])
-    paths = write_report(report, tmp_path / "reports", partial=True)
+    folder = tmp_path / "store" / "reports"  # made, parents too
+    paths = write_report(report, folder, partial=True)
     assert {k: p.name for k, p in paths.items()} == {e: f"probe-some_model-run7-mlp-partial.{e}"
                                                      for e in ("json", "csv", "png")}
+    whole = write_report(report, folder)  # the report of every layer, beside it in the folder that now exists
+    assert {k: p.name for k, p in whole.items()} == {e: f"probe-some_model-run7-mlp.{e}"
+                                                     for e in ("json", "csv", "png")}
+    assert whole["csv"].read_bytes() == paths["csv"].read_bytes()
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with paths["csv"].open(newline="") as fh:
         rows = list(csv.reader(fh))
@@ -107,6 +115,7 @@ def test_a_report_is_written_as_json_and_a_long_csv_of_every_cell_with_constant_
         assert best[a]["layer"] == layers[int(np.argmax(per_layer))]
         assert best[a]["margin"] == pytest.approx(abs(per_layer[0] - per_layer[1]))
     assert written["conditions"][TRAINED]["best"] == written["aspects"]
+    assert written["aspect_map_scores"] == {a: round(v, 4) for a, v in report.map_scores().items()}  # 4 decimals
     assert written["aspect_map_scores"] == pytest.approx(
         {a: round(max(0.0, best[a]["score"] - max(0.0, max(aspect_row[a] for aspect_row in
                                                            written["conditions"][SHUFFLED]["aspect_score"].values()))),
