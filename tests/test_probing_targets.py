@@ -236,6 +236,11 @@ def test_dynamics_are_the_energy_mean_level_its_variation_and_span_of_the_soundi
     assert got["loudness_cv"] == pytest.approx(np.std(sounding) / np.mean(sounding), rel=1e-6)
     assert got["dynamic_range"] == pytest.approx(scoreatpercentile(levels, 95) - scoreatpercentile(levels, 10),
                                                  rel=1e-6)
+    spread = np.random.default_rng(3).permutation(np.geomspace(1e-3, 0.5, 41))  # 41 distinct frame levels
+    loud = np.arange(41) % 4 != 0
+    assert _dynamics(spread, loud)["dynamic_range"] == pytest.approx(
+        scoreatpercentile(20 * np.log10(spread[loud]), 95) - scoreatpercentile(20 * np.log10(spread[loud]), 10),
+        rel=1e-6)
     steady = _dynamics(np.full(5, 0.1), np.ones(5, dtype=bool))
     assert steady == pytest.approx({"loudness": -20.0, "loudness_cv": 0.0, "dynamic_range": 0.0}, abs=1e-6)
 
@@ -254,3 +259,12 @@ def test_a_track_mean_leaves_out_undefined_windows_and_names_targets_undefined_e
     windows[:, [4, 7]] = np.nan
     assert track_mean(windows) == f"{TARGET_NAMES[4]}, {TARGET_NAMES[7]} undefined in every window (silent)"
     assert track_mean(np.full((2, len(TARGET_NAMES)), np.nan)) == "every target undefined in every window (silent)"
+
+
+def test_an_aspect_names_its_own_targets() -> None:
+    from mess.probing.targets import aspect_targets
+
+    assert [TARGET_NAMES[i] for i in aspect_targets("harmony")] == ["chroma_entropy", "key_clarity", "fifths_x",
+                                                                     "fifths_y"]
+    assert [TARGET_NAMES[i] for i in aspect_targets("dynamics")] == ["loudness", "loudness_cv", "dynamic_range"]
+    assert aspect_targets("melody") == []
