@@ -213,6 +213,7 @@ def test_key_clarity_is_the_best_pearson_correlation_with_the_24_krumhansl_kessl
     from mess.probing.targets import _key_clarity
 
     assert _key_clarity(np.roll(KK_MAJOR, 7)) == pytest.approx(1.0)
+    assert _key_clarity(np.array(KK_MAJOR)) == pytest.approx(1.0)  # C major, the first of the 24
     assert _key_clarity(3.0 * np.roll(KK_MINOR, 6) + 1.0) == pytest.approx(1.0)
     profile = np.random.default_rng(0).uniform(0, 1, 12)
     keys = [np.roll(p, k) for p in (KK_MAJOR, KK_MINOR) for k in range(12)]
