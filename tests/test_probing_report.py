@@ -120,3 +120,21 @@ def test_a_report_is_written_as_json_and_a_long_csv_of_every_cell_with_constant_
         {a: round(max(0.0, best[a]["score"] - max(0.0, max(aspect_row[a] for aspect_row in
                                                            written["conditions"][SHUFFLED]["aspect_score"].values()))),
                   4) for a in ASPECTS}, abs=2e-4)
+
+
+def test_the_cli_prints_names_with_markup_as_written(tmp_path: Path) -> None:
+    """A track without targets named 'x [/] y.flac' ended `mess probe` in rich's MarkupError (after its report files
+    were written), and '[bold]' in a name or a store folder vanished from the lines naming it."""
+    from mess.cli.common import console
+    from mess.cli.probe import _print_report
+
+    layers = ("l0", "l1")
+    trained = _scores(layers, {("l1", a): 0.5 for a in ASPECTS})
+    failed = f"{tmp_path}/x [/] y.flac: every window is silent"
+    report = ProbeReport("m", "r", 1, {}, 10, "KFold(5)", "ridge", 1.0, {TRAINED: trained},
+                         notes={"[bold]shuffled": "not run [/]"}, missing=[("x [/] y.flac", failed)])
+    with console.capture() as printed:
+        _print_report(report, {"json": tmp_path / "[bold]store" / "probe.json"}, "[red]why")
+    out = " ".join(printed.get().split())
+    for written in (failed, "[bold]shuffled", "not run [/]", "[bold]store/probe.json", "[red]why"):
+        assert " ".join(written.split()) in out, (written, out)

@@ -138,17 +138,17 @@ def _print_report(report: ProbeReport, paths: dict[str, Path], unmapped: str | N
     console.print(table)
     console.print(_controls_table(report))
     for name, note in report.notes.items():
-        console.print(f"[dim]{name}:[/] {note}")
+        console.print(f"[dim]{plain(name)}:[/] {plain(note)}")
     _warn_stale(report)
     failed = [reason for _, reason in report.missing if reason not in STALE]
     if failed:
-        console.print(f"[yellow]{counted(len(failed), 'track')} without targets[/] (first: {failed[0]})")
+        console.print(f"[yellow]{counted(len(failed), 'track')} without targets[/] (first: {plain(failed[0])})")
     if unmapped is not None:
-        console.print(f"[yellow]aspect map not stored: {unmapped}; the aspect map stored before is kept[/]")
+        console.print(f"[yellow]aspect map not stored: {plain(unmapped)}; the aspect map stored before is kept[/]")
     else:
         _warn_chance(report)
     console.print(("aspect map stored for `mess similar --aspect`; " if unmapped is None else "") + "report: "
-                  + ", ".join(str(p) for p in paths.values()))
+                  + ", ".join(plain(str(p)) for p in paths.values()))
 
 
 def _warn_chance(report: ProbeReport) -> None:
