@@ -480,3 +480,13 @@ def test_by_hand_m3u_files_of_other_tools_are_read(tmp_path: Path) -> None:
         read_playlist(music / "none.m3u8")
     with pytest.raises(PlaylistError, match="is a folder"):
         write_playlist(Playlist("x", (), ()), music)
+
+
+def test_an_xspf_track_whose_location_is_blank_is_no_track(tmp_path: Path) -> None:
+    """A <location> holding only white space (a line break, as pretty-printers leave an emptied element) was read as
+    the playlist's own folder, listed among its tracks."""
+    playlist = tmp_path / "p.xspf"
+    playlist.write_text(f'<?xml version="1.0" encoding="UTF-8"?>\n<playlist version="1" xmlns="{XSPF_NS}"><trackList>'
+                        "<track><location>\n    </location><title>t</title></track><track><location/></track>"
+                        "<track><location> a.flac </location></track></trackList></playlist>\n")
+    assert read_playlist(playlist) == [tmp_path / "a.flac"]

@@ -161,7 +161,8 @@ def read_playlist(path: Path) -> list[Path | str]:
         root = ET.parse(path).getroot()
     except ET.ParseError as exc:
         raise PlaylistError(f"{path} is not valid XSPF: {exc}") from exc
-    return [_resolve(el.text.strip(), folder, uri=True) for el in root.iter(f"{{{XSPF_NS}}}location") if el.text]
+    locations = (el.text.strip() for el in root.iter(f"{{{XSPF_NS}}}location") if el.text)
+    return [_resolve(loc, folder, uri=True) for loc in locations if loc]  # a blank one names no file (not the folder)
 
 
 def _m3u_lines(path: Path) -> list[str]:
