@@ -370,6 +370,8 @@ def test_a_playlist_notes_its_gone_files_and_its_dict_is_rounded_and_titled(tmp_
     assert one == "first; 1 track is no longer on disk (gone1); `mess extract --prune FOLDER` forgets vanished files"
     two = with_gone_note(dataclasses.replace(playlist, note=""), ["a", "b"]).note
     assert two.startswith("2 tracks are no longer on disk (a, b); ")
+    assert "3 tracks are no longer on disk (a, b, c); " in with_gone_note(playlist, ["a", "b", "c"]).note
+    assert "4 tracks are no longer on disk (a, b, c and 1 more); " in with_gone_note(playlist, [*"abcd"]).note
     five = with_gone_note(playlist, [t.name for t in gone]).note
     assert "5 tracks are no longer on disk (gone1, gone2, gone3 and 2 more)" in five
     rows = playlist.to_dict()["tracks"]
@@ -385,6 +387,7 @@ def test_the_duplicate_guard_grows_past_its_first_rows_and_knows_external_seeds_
     for i, u in enumerate(units[:39]):
         guard.add(u, _track(i))
     assert guard.duplicate(units[38], _track(100))  # the 39th row kept (the table doubled twice)
+    assert guard.duplicate(-units[5], _track(5))  # the same recording (content hash), untitled, whatever its vector
     assert not guard.duplicate(units[39], _track(101))
     guard.add(units[39], None, content_hash="external")
     assert guard.duplicate(-units[0], dataclasses.replace(_track(102), content_hash="external"))
@@ -490,4 +493,34 @@ def test_radio_skips_what_is_queued_its_copies_and_the_stale_entry_of_a_changed_
     one = radio(store, run, [seed], 5, window=1, norm="none", ranking="plain",
                 exclude=frozenset({store.track("x20.wav").id}), heard=frozenset({store.track("a.wav").id}))
     assert one.note.startswith("only 1 track fits (")
+    store.close()
+
+
+def test_radio_by_default_lets_an_artist_return_after_three_others(tmp_path: Path) -> None:
+    """The default window is 3: seed by X; a5 (A), b10 (B), c15 (C) play first, then X's x20 before d25 (D)."""
+    points = {"S": (0, "X"), "a5": (5, "A"), "b10": (10, "B"), "c15": (15, "C"), "x20": (20, "X"), "d25": (25, "D")}
+    store, run = _artist_store(tmp_path / "store", points)
+    seed = collection_query(store, store.track("S.wav").id)
+    playlist = radio(store, run, [seed], 5, norm="none", ranking="plain")
+    assert [t.title for t in playlist.tracks] == ["a5", "b10", "c15", "x20", "d25"]
+    store.close()
+
+
+def test_path_orders_its_steps_by_progress_not_by_the_target_they_were_chosen_for(tmp_path: Path) -> None:
+    """p (44 degrees, on the arc) is nearest the first target (30 degrees), q (40 degrees, lifted 50) is all that is
+    left for the second (60 degrees); q has made less progress from A to B (cosine to B less cosine to A), so it plays
+    first."""
+    store, run = _arc_store(tmp_path / "store", {"A": _at(0), "B": _at(90), "p": _at(44), "q": _at(40, 50)})
+    progress = {name: float(_at(*x) @ _at(90) - _at(*x) @ _at(0)) for name, x in (("p", (44,)), ("q", (40, 50)))}
+    assert progress["q"] < progress["p"]
+    assert _path_names(store, run, 4) == ["A", "q", "p", "B"]
+    store.close()
+
+
+def test_a_path_may_take_every_track_of_the_collection(tmp_path: Path) -> None:
+    """-n as large as the collection: every track, once, A first and B last."""
+    points = {"A": _at(0), "B": _at(90), "p30": _at(30), "q60": _at(60, 40), "off": np.array([0.0, 0.0, 0.0, 1.0])}
+    store, run = _arc_store(tmp_path / "store", points)
+    names = _path_names(store, run, len(points))
+    assert names[0] == "A" and names[-1] == "B" and sorted(names) == sorted(points)
     store.close()
