@@ -490,3 +490,19 @@ def test_an_xspf_track_whose_location_is_blank_is_no_track(tmp_path: Path) -> No
                         "<track><location>\n    </location><title>t</title></track><track><location/></track>"
                         "<track><location> a.flac </location></track></trackList></playlist>\n")
     assert read_playlist(playlist) == [tmp_path / "a.flac"]
+
+
+def test_by_hand_entries_are_read_as_paths_or_urls_by_their_form(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """M3U entries are paths ('%20' is part of a name; '//srv/x' is an absolute path; 'C://x' a Windows drive, kept
+    relative), URLs only with a scheme of two letters or more and a host; XSPF's relative locations are
+    percent-decoded; '~' is the home folder; a folder is no playlist."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "p.m3u").write_text("a%20b.flac\n//srv/x.flac\nC://m/c.flac\nws://h/s\n")
+    assert read_playlist("~/p.m3u") == [tmp_path / "a%20b.flac", Path("//srv/x.flac"), tmp_path / "C:" / "m" / "c.flac",
+                                        "ws://h/s"]
+    (tmp_path / "p.xspf").write_text(f'<playlist version="1" xmlns="{XSPF_NS}"><trackList><track>'
+                                     "<location>my%20music/a%23.flac</location></track></trackList></playlist>")
+    assert read_playlist(tmp_path / "p.xspf") == [tmp_path / "my music" / "a#.flac"]
+    with pytest.raises(PlaylistError, match="is a folder; give a playlist file in it"):
+        read_playlist(tmp_path)
