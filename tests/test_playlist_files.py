@@ -427,7 +427,8 @@ def test_by_hand_formats_are_named_by_extension_or_option_and_refused_in_one_lin
                           (lambda: playlist_format(Path("a")), "'(none)'"),
                           (lambda: playlist_format(Path("a.pls")), "'.pls'"),
                           (lambda: output_format(Path("a.xspf"), "m3u8"), "named as a xspf playlist but"),
-                          (lambda: output_format(Path("/dev/stdout")), "--format m3u8 or xspf")):
+                          (lambda: output_format(Path("/dev/stdout")),
+                           "'(none)' of /dev/stdout; use .m3u8 or .xspf, or give the format")):
         with pytest.raises(PlaylistError, match=re.escape(message)):
             call()
 
@@ -506,3 +507,14 @@ def test_by_hand_entries_are_read_as_paths_or_urls_by_their_form(tmp_path: Path,
     assert read_playlist(tmp_path / "p.xspf") == [tmp_path / "my music" / "a#.flac"]
     with pytest.raises(PlaylistError, match="is a folder; give a playlist file in it"):
         read_playlist(tmp_path)
+
+
+def test_by_hand_xspf_is_in_the_default_namespace_with_file_uris_outside_its_folder(tmp_path: Path) -> None:
+    """As the XSPF specification's examples: <playlist xmlns="http://xspf.org/ns/0/">, no 'ns0:' prefixes; a track
+    outside the playlist's folder is a file:// URI."""
+    from mess.playlists.formats import render
+
+    text = render(Playlist("p", (_fake("/elsewhere/d.flac", 1),), (1.0,)), "xspf", tmp_path)
+    assert f'xmlns="{XSPF_NS}"' in text and "ns0:" not in text
+    assert ET.fromstring(text).findtext(f"{{{XSPF_NS}}}trackList/{{{XSPF_NS}}}track/{{{XSPF_NS}}}location") == \
+        "file:///elsewhere/d.flac"
