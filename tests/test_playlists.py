@@ -524,3 +524,13 @@ def test_a_path_may_take_every_track_of_the_collection(tmp_path: Path) -> None:
     names = _path_names(store, run, len(points))
     assert names[0] == "A" and names[-1] == "B" and sorted(names) == sorted(points)
     store.close()
+
+
+def test_radio_plays_one_of_two_recordings_of_one_sound_and_a_radio_of_one(tmp_path: Path) -> None:
+    """c1 and d1 share a vector (one sound, two files, two artists): only the first plays; -n 1 is one track."""
+    points = {"S": (0, "X"), "c1": (10, "C"), "d1": (10, "D"), "e30": (30, "E")}
+    store, run = _artist_store(tmp_path / "store", points)
+    seed = [collection_query(store, store.track("S.wav").id)]
+    assert [t.title for t in radio(store, run, seed, 3, window=1, norm="none", ranking="plain").tracks] == ["c1", "e30"]
+    assert [t.title for t in radio(store, run, seed, 1, window=1, norm="none", ranking="plain").tracks] == ["c1"]
+    store.close()
