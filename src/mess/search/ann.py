@@ -146,7 +146,7 @@ class AnnIndex:
         k = max(1, min(k, self.ntotal))
         breadth = breadth or self.breadth
         excluded = 0 if exclude is None else len(np.unique(exclude))
-        if self.kind != "flat" and self.ntotal - excluded < k:  # they may leave fewer than k: count those it holds
+        if exclude is not None and self.kind != "flat" and self.ntotal - excluded < k:  # count the ones it holds
             excluded = int(np.isin(np.unique(exclude), self._ids()).sum())
         wanted = min(k, self.ntotal - excluded)
         while True:
