@@ -264,6 +264,15 @@ def test_matrix_out_as_a_folder_writes_inside_it_and_a_device_is_refused(extract
                                        "--store", str(extracted_store)])
     assert refused.exit_code == 1 and "cannot write the matrix to /dev/full" in refused.stderr, refused.stderr
     assert "not a device or a pipe" in refused.stderr and sorted(Path("/dev").iterdir()) == before
+    fresh = tmp_path / "new" / "heat"  # a folder named with its slash, not made yet: made, and written in
+    out = CliRunner().invoke(app, ["artists", "matrix", "-m", "dsp", "-o", f"{fresh}/", "--json",
+                                   "--store", str(extracted_store)])
+    assert out.exit_code == 0, out.stderr
+    assert sorted(p.suffix for p in fresh.iterdir()) == [".csv", ".png"], sorted(fresh.parent.iterdir())
+    (tmp_path / "file").write_text("x")
+    refused = CliRunner().invoke(app, ["artists", "matrix", "-m", "dsp", "-o", f"{tmp_path / 'file'}/sub/",
+                                       "--store", str(extracted_store)])
+    assert refused.exit_code == 1 and "cannot make the folder" in refused.stderr, refused.stderr
 
 
 def test_an_aspect_no_layer_encodes_is_refused_by_artists_as_by_similar(extracted_store: Path, tmp_path: Path) -> None:

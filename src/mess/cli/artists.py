@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Protocol, TypeVar
@@ -167,12 +168,12 @@ def matrix_command(
     max_tracks: MaxTracksOpt = DEFAULT_MAX_TRACKS,
     min_tracks: MinTracksOpt = DEFAULT_MIN_TRACKS,
     out: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--out",
             "-o",
             help="Output path prefix for .csv and .png, a .csv/.png ending dropped, or a folder to write them in "
-            "(default: STORE/reports/artists-matrix-MODEL-runID-LAYER).",
+            "(one ending in / is made) (default: STORE/reports/artists-matrix-MODEL-runID-LAYER).",
         ),
     ] = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
@@ -182,7 +183,14 @@ def matrix_command(
     from mess.artists.analysis import SpaceChoice, artist_matrix
 
     options = _options(model, method, center, max_tracks, min_tracks)
-    m = _analysed(lambda fs: artist_matrix(fs, options, SpaceChoice(layer, aspect, fused), out, on_note=note), store)
+    target = None if out is None else Path(out)
+    if out is not None and target is not None and out.endswith(("/", os.sep)) and not target.exists():
+        try:  # a folder named with its slash, not yet made (Path drops the slash: it was a prefix)
+            target.mkdir(parents=True)
+        except OSError as exc:
+            fail(f"cannot make the folder {out}: {exc.strerror or exc}")
+    m = _analysed(lambda fs: artist_matrix(fs, options, SpaceChoice(layer, aspect, fused), target, on_note=note),
+                  store)
     if as_json:
         emit_json({"artists": m.names, "matrix": m.matrix.round(4).tolist(), "csv": str(m.csv), "png": str(m.png),
                    "space": m.space, "method": method, "centered": center})
