@@ -192,9 +192,9 @@ def test_damaged_derived_sets_are_dropped_and_one_without_sums_gets_them(tmp_pat
                    ("stale-derived", "flipped", True), ("stale-derived", "old", True), ("stale-derived", "stale", True)]
     said = {(p.kind, p.derived): p.message for p in problems}
     assert said["short-derived", "cut"] == "toy cut vectors hold 4 rows, `mess fuse apply` wrote 6"
-    assert said["checksum-derived", "flipped"] == ("toy flipped vectors: 1 rows differ from their checksums "
+    assert said["checksum-derived", "flipped"] == ("toy flipped vectors: 1 row differs from its checksum "
                                                    "(changed on disk)")
-    assert said["stale-derived", "stale"] == ("toy stale vectors: 1 rows past the catalog's last, which the next new "
+    assert said["stale-derived", "stale"] == ("toy stale vectors: 1 row past the catalog's last, which the next new "
                                               "file would inherit")
     left, done = check_and_repair(store)
     assert done == ["toy (run 1): dropped the damaged cut vectors; `mess fuse apply` writes them again",

@@ -1566,9 +1566,9 @@ def test_temp_files_of_interrupted_writes_are_named_and_repaired(extracted_tones
     checked = _mess("check", "--store", str(store), "--json")
     assert checked.returncode == 0, checked.stderr
     temps = [p for p in json.loads(checked.stdout)["problems"] if p["kind"] == "temp-files"]
-    assert len(temps) == 1 and "1 temp files" in temps[0]["message"] and "2.0 MB" in temps[0]["message"]
+    assert len(temps) == 1 and "1 temp file of" in temps[0]["message"] and "2.0 MB" in temps[0]["message"]
     repaired = _mess("check", "--repair", "--store", str(store))
-    assert repaired.returncode == 0 and "deleted 1 temp files" in repaired.stdout + repaired.stderr
+    assert repaired.returncode == 0 and "deleted 1 temp file of" in repaired.stdout + repaired.stderr
     assert not left.exists() and live.exists()
     live.unlink()
     after = _mess("check", "--store", str(store), "--json")

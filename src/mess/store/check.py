@@ -151,7 +151,7 @@ def _fix(store: FeatureStore, problems: list[Problem]) -> list[str]:
         size = _total_size(temps)
         for path in temps:
             path.unlink(missing_ok=True)
-        done.append(f"deleted {len(temps)} temp files of interrupted writes ({size / 1e6:.1f} MB)")
+        done.append(f"deleted {counted(len(temps), 'temp file')} of interrupted writes ({size / 1e6:.1f} MB)")
     return done
 
 
@@ -209,7 +209,7 @@ def _temp_files(store: FeatureStore) -> list[Problem]:
         return []
     named = ", ".join(printable(str(p.relative_to(store.root))) for p in temps[:3])
     named += ", ..." if len(temps) > 3 else ""
-    return [Problem("temp-files", None, f"{len(temps)} temp files of interrupted writes hold "
+    return [Problem("temp-files", None, f"{counted(len(temps), 'temp file')} of interrupted writes hold "
                     f"{_total_size(temps) / 1e6:.1f} MB ({named}); `mess check --repair` deletes them", damage=False)]
 
 
@@ -260,7 +260,7 @@ def _file_sizes(store: FeatureStore, run: Run) -> list[Problem]:
                                         f"{have} rows, the catalog references {want}"))
             elif have > want:
                 problems.append(Problem("orphan-rows", run.id, f"{run.model} {level} vectors of layer {name}: "
-                                        f"{have - want} rows past the catalog's last (an interrupted write)",
+                                        f"{counted(have - want, 'row')} past the catalog's last (an interrupted write)",
                                         damage=False))
     for name, have, written in store.derived_sizes(run):
         path = store.derived_path(run, name)
@@ -272,9 +272,9 @@ def _file_sizes(store: FeatureStore, run: Run) -> list[Problem]:
             problems.append(Problem("short-derived", run.id, f"{run.model} {name} vectors hold {have} rows, "
                                     f"`mess fuse apply` wrote {written}", derived=name))
         elif have > track_rows:  # rows a repair freed (and was killed before it blanked): the next file's row
-            problems.append(Problem("stale-derived", run.id, f"{run.model} {name} vectors: {have - track_rows} "
-                                    "rows past the catalog's last, which the next new file would inherit",
-                                    derived=name))
+            problems.append(Problem("stale-derived", run.id, f"{run.model} {name} vectors: "
+                                    f"{counted(have - track_rows, 'row')} past the catalog's last, which the next "
+                                    "new file would inherit", derived=name))
     return problems
 
 
@@ -380,8 +380,9 @@ def _derived_values(store: FeatureStore, run: Run) -> list[Problem]:
         _read_rows(file, n, sums)
         wrong = int(sums.changed().sum())
         if wrong:
-            problems.append(Problem("checksum-derived", run.id, f"{run.model} {name} vectors: {wrong} rows differ "
-                                    "from their checksums (changed on disk)", derived=name))
+            differ = counted(wrong, "row differs from its checksum", "rows differ from their checksums")
+            problems.append(Problem("checksum-derived", run.id,
+                                    f"{run.model} {name} vectors: {differ} (changed on disk)", derived=name))
     return problems
 
 
