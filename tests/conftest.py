@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
     from mess.store import FeatureStore, Run
 
 CACHE_ROOT = Path(os.environ.get("MESS_TEST_CACHE", Path.home() / ".cache" / "mess-test"))
+
+# A background job of a shell without job control (`pytest ... &` in a script) starts with Ctrl-C ignored, and its
+# children inherit that: the interrupt tests' `mess` processes would then rightly ignore the SIGINT they are sent.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # ---------------------------------------------------------------- rendered corpus audio
 
