@@ -1118,26 +1118,27 @@ class FeatureStore:
     def aspect_map_digest(self, run: Run) -> str | None:
         """:meth:`tracks_digest` of the run when the stored aspect map was probed; None when never probed or not
         recorded (a map from an older mess)."""
-        if not self._has_column("aspect_map", "tracks_digest"):
-            return None
-        row = self._query("SELECT MAX(tracks_digest) FROM aspect_map WHERE run_id=?", (run.id,))[0]
-        return None if row[0] is None else str(row[0])
+        value = self._aspect_map_field(run, "tracks_digest")
+        return None if value is None else str(value)
 
     def aspect_map_probed_at(self, run: Run) -> float | None:
         """The stamp (``probed_at``) of the probe report the stored aspect map comes from; None when never probed or
         not recorded (a map from an older mess)."""
-        if not self._has_column("aspect_map", "probed_at"):
-            return None
-        row = self._query("SELECT MAX(probed_at) FROM aspect_map WHERE run_id=?", (run.id,))[0]
-        return None if row[0] is None else float(row[0])
+        value = self._aspect_map_field(run, "probed_at")
+        return None if value is None else float(value)
 
     def aspect_map_tracks(self, run: Run) -> int | None:
         """How many tracks the run had when the stored aspect map was probed; None when never probed or not
         recorded (a map from an older mess)."""
-        if not self._has_column("aspect_map", "n_tracks"):
+        value = self._aspect_map_field(run, "n_tracks")
+        return None if value is None else int(value)
+
+    def _aspect_map_field(self, run: Run, column: str) -> str | int | float | None:
+        """The stored aspect map's ``column`` (one of this class's own names) for the run; None when never probed or
+        the column is not there (a catalog from an older mess)."""
+        if not self._has_column("aspect_map", column):
             return None
-        row = self._query("SELECT MAX(n_tracks) FROM aspect_map WHERE run_id=?", (run.id,))[0]
-        return None if row[0] is None else int(row[0])
+        return self._query(f"SELECT MAX({column}) FROM aspect_map WHERE run_id=?", (run.id,))[0][0]
 
     def aspect_scores(self, run: Run) -> dict[str, float]:
         """aspect -> the probe's cross-validated score (R^2) of the chosen layer, less the shuffled control's when
