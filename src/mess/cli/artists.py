@@ -184,7 +184,7 @@ def matrix_command(
 
     options = _options(model, method, center, max_tracks, min_tracks)
     target = None if out is None else Path(out)
-    if out is not None and target is not None and out.endswith(("/", os.sep)) and not target.exists():
+    if target is not None and str(out).endswith(("/", os.sep)) and not target.exists():
         try:  # a folder named with its slash, not yet made (Path drops the slash: it was a prefix)
             target.mkdir(parents=True)
         except OSError as exc:
