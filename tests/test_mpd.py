@@ -741,11 +741,9 @@ def test_mpd_radio_slower_than_mpds_connection_timeout_is_still_queued(library: 
         assert len(queued) > 1 and other.queue() == [seed, *queued]  # this MPD's database has new.flac too
 
 
-def test_mpd_radio_when_the_queue_holds_every_other_track_says_so(rendered_collection: list[Path],
-                                                                 tmp_path: Path) -> None:
-    """With every other track of the collection queued after the current song, the radio queued nothing and said
-    only "only 0 tracks fit (artists spread, no duplicates)", as if the collection lacked tracks; it now says that
-    the songs queued already were left out."""
+def _dsp_collection(tmp_path: Path, pieces: list[Path]) -> tuple[Path, Path, list[str]]:
+    """``pieces`` copied into tmp_path/music and extracted with dsp into tmp_path/store; (music, an MPD home, the
+    songs' names)."""
     from mess.audio.windows import WindowPolicy
     from mess.extract.pipeline import extract
     from mess.models.registry import load_model
@@ -753,11 +751,19 @@ def test_mpd_radio_when_the_queue_holds_every_other_track_says_so(rendered_colle
     music, home = tmp_path / "music", tmp_path / "mpd-home"
     music.mkdir()
     home.mkdir()
-    for piece in rendered_collection[0:16:4]:
+    for piece in pieces:
         shutil.copy(piece, music)
     with closing(FeatureStore(tmp_path / "store")) as store:
         assert not extract(store, sorted(music.iterdir()), load_model("dsp"), WindowPolicy()).failed
-    songs = sorted(p.name for p in music.iterdir())
+    return music, home, sorted(p.name for p in music.iterdir())
+
+
+def test_mpd_radio_when_the_queue_holds_every_other_track_says_so(rendered_collection: list[Path],
+                                                                 tmp_path: Path) -> None:
+    """With every other track of the collection queued after the current song, the radio queued nothing and said
+    only "only 0 tracks fit (artists spread, no duplicates)", as if the collection lacked tracks; it now says that
+    the songs queued already were left out."""
+    music, home, songs = _dsp_collection(tmp_path, rendered_collection[0:16:4])
     with _mpd(music, home) as port:
         lib = Library(port, tmp_path, songs, "")
         lib.set_queue(songs)
@@ -823,18 +829,7 @@ def test_mpd_radio_clear_replaces_the_songs_after_the_current_one_in_a_full_queu
                                                                                   tmp_path: Path) -> None:
     """`mpd radio --clear` queued the radio before removing the songs it replaces, so in a full queue (MPD's
     max_playlist_length, 5 here) MPD refused it; the songs after the current one now go first when only that fits."""
-    from mess.audio.windows import WindowPolicy
-    from mess.extract.pipeline import extract
-    from mess.models.registry import load_model
-
-    music, home = tmp_path / "music", tmp_path / "mpd-home"
-    music.mkdir()
-    home.mkdir()
-    for piece in rendered_collection[0:12:2]:
-        shutil.copy(piece, music)
-    with closing(FeatureStore(tmp_path / "store")) as store:
-        assert not extract(store, sorted(music.iterdir()), load_model("dsp"), WindowPolicy()).failed
-    songs = sorted(p.name for p in music.iterdir())
+    music, home, songs = _dsp_collection(tmp_path, rendered_collection[0:12:2])
     with _mpd(music, home, settings='max_playlist_length "5"\n') as port:
         lib = Library(port, tmp_path, songs, "")
         lib.set_queue(songs[:5])
