@@ -241,6 +241,9 @@ def test_fit_hybrid_splits_at_least_one_query_each_way_and_refuses_what_cannot_b
     assert load_weights(path) == pytest.approx({"audio": 0.25, "genre": 0.75})
     with pytest.raises(ArtistError, match="no learned weights at"):
         load_weights(tmp_path / "none.json")
+    (tmp_path / "folder.json").mkdir()
+    with pytest.raises(ArtistError, match=r"cannot read weights file .*folder\.json"):
+        load_weights(tmp_path / "folder.json")
 
 
 # ---- discrimination ---------------------------------------------------------------------------

@@ -241,6 +241,8 @@ def load_weights(path: Path) -> dict[str, float]:
             f"no learned weights at {path}; run `mess artists hybrid --reference FILE` "
             "or pass --weights audio=...,genre=..."
         ) from None
+    except OSError as exc:  # a folder of that name, or a file this user may not read
+        raise ArtistError(f"cannot read weights file {path} ({exc.strerror or exc})") from None
     except (ValueError, KeyError, TypeError) as exc:  # ValueError: not JSON, or not UTF-8
         raise ArtistError(f"malformed weights file {path} ({exc})") from None
     if not isinstance(weights, dict):
