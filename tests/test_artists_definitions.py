@@ -113,11 +113,12 @@ def test_artist_vectors_are_centred_unless_asked_not_to() -> None:
 
 # ---- hybrid -----------------------------------------------------------------------------------
 def test_genre_similarity_is_the_jaccard_index_of_tag_sets_and_one_on_the_diagonal() -> None:
-    tracks = [make_track(1, "A", genre="Rock / Indie"), make_track(2, "A", genre="pop|rock"),
+    tracks = [make_track(1, "A", genre=" Rock / Indie"), make_track(2, "A", genre="pop|rock "),
               make_track(3, "B", genre="ROCK, jazz"), make_track(4, "C"), make_track(5, "D"), make_track(6, None)]
     artists = build_artists(tracks)
-    tags = {"A": {"rock", "indie", "pop"}, "B": {"rock", "jazz", "blues"}, "C": set(), "D": set()}
-    sim = genre_similarity(artists, extra_tags={"b": ["Blues"]})
+    tags = {"A": {"rock", "indie", "pop"}, "B": {"rock", "jazz", "blues"}, "C": {"pop", "indie"}, "D": set()}
+    # a --tags file's values are read as file tags are: split at ; , / | and compared without case or padding
+    sim = genre_similarity(artists, extra_tags={"b": ["Blues"], "C": [" Pop ", "indie; POP"]})
     for x, y in itertools.product("ABCD", repeat=2):
         union = tags[x] | tags[y]
         expected = 1.0 if x == y else len(tags[x] & tags[y]) / len(union) if union else 0.0

@@ -30,6 +30,11 @@ MAX_PASSES = 10
 _TAG_SPLIT = re.compile(r"\s*[;,/|]\s*")
 
 
+def _tag_set(text: str) -> set[str]:
+    """The genre tags in one tag value ("Rock; Folk " -> {"rock", "folk"}), compared without case or padding."""
+    return {t.casefold() for t in _TAG_SPLIT.split(text.strip()) if t}
+
+
 def genre_similarity(artists: ArtistSet, extra_tags: dict[str, list[str]] | None = None) -> np.ndarray:
     """Jaccard similarity of artist genre-tag sets (track genre tags plus ``extra_tags``)."""
     from sklearn.preprocessing import MultiLabelBinarizer  # here, not at the top: the CLI starts without sklearn/scipy
@@ -38,11 +43,11 @@ def genre_similarity(artists: ArtistSet, extra_tags: dict[str, list[str]] | None
     for track in artists.tracks.values():
         row = artists.row_of(track)
         if row is not None and track.genre:
-            tags[row] |= {t.casefold() for t in _TAG_SPLIT.split(track.genre) if t}
+            tags[row] |= _tag_set(track.genre)
     by_name = {name_key(n): i for i, n in enumerate(artists.names)}
     for name, extra in (extra_tags or {}).items():
         if name_key(name) in by_name:
-            tags[by_name[name_key(name)]] |= {str(t).casefold() for t in extra}
+            tags[by_name[name_key(name)]] |= set().union(*(_tag_set(str(t)) for t in extra))
     onehot = MultiLabelBinarizer(sparse_output=True).fit_transform(tags).astype(np.float32)
     inter = np.asarray((onehot @ onehot.T).todense())
     sizes = np.asarray(onehot.sum(axis=1)).ravel()
