@@ -483,7 +483,7 @@ def test_by_hand_m3u_files_of_other_tools_are_read(tmp_path: Path) -> None:
         write_playlist(Playlist("x", (), ()), music)
 
 
-def test_an_xspf_track_whose_location_is_blank_is_no_track(tmp_path: Path) -> None:
+def test_an_xspf_track_whose_location_is_blank_or_a_file_uri_without_a_path_is_no_track(tmp_path: Path) -> None:
     """A <location> holding only white space (a line break, as pretty-printers leave an emptied element) was read as
     the playlist's own folder, listed among its tracks."""
     playlist = tmp_path / "p.xspf"
@@ -491,6 +491,13 @@ def test_an_xspf_track_whose_location_is_blank_is_no_track(tmp_path: Path) -> No
                         "<track><location>\n    </location><title>t</title></track><track><location/></track>"
                         "<track><location> a.flac </location></track></trackList></playlist>\n")
     assert read_playlist(playlist) == [tmp_path / "a.flac"]
+    for uri in ("file://", "FILE://localhost", "file:"):  # a file: URI without a path (was the working folder)
+        playlist.write_text(f'<playlist version="1" xmlns="{XSPF_NS}"><trackList><track><location>{uri}</location>'
+                            "</track><track><location>a.flac</location></track></trackList></playlist>\n")
+        (tmp_path / "p.m3u").write_text(f"{uri}\na.flac\n")
+        assert read_playlist(playlist) == [tmp_path / "a.flac"], uri
+        in_m3u = [tmp_path / "file:"] if uri == "file:" else []  # in M3U a URI needs its '//', else it is a name
+        assert read_playlist(tmp_path / "p.m3u") == [*in_m3u, tmp_path / "a.flac"], uri
 
 
 def test_by_hand_entries_are_read_as_paths_or_urls_by_their_form(tmp_path: Path,

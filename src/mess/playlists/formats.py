@@ -156,13 +156,15 @@ def read_playlist(path: Path) -> list[Path | str]:
     folder = resolved(path.parent)
     if playlist_format(path) == "m3u8":
         entries = [ln.strip() for ln in _m3u_lines(path)]
-        return [_resolve(e, folder) for e in entries if e and not e.startswith("#")]
+        tracks = (_resolve(e, folder) for e in entries if e and not e.startswith("#"))
+        return [t for t in tracks if t is not None]
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as exc:
         raise PlaylistError(f"{path} is not valid XSPF: {exc}") from exc
     locations = (el.text.strip() for el in root.iter(f"{{{XSPF_NS}}}location") if el.text)
-    return [_resolve(loc, folder, uri=True) for loc in locations if loc]  # a blank one names no file (not the folder)
+    tracks = (_resolve(loc, folder, uri=True) for loc in locations if loc)  # a blank one names no file (not the folder)
+    return [t for t in tracks if t is not None]
 
 
 def _m3u_lines(path: Path) -> list[str]:
@@ -177,16 +179,16 @@ def _m3u_lines(path: Path) -> list[str]:
         raise PlaylistError(f"{path} starts as UTF-16 text but is not valid UTF-16 ({exc.reason})") from None
 
 
-def _resolve(entry: str, folder: Path, uri: bool = False) -> Path | str:
+def _resolve(entry: str, folder: Path, uri: bool = False) -> Path | str | None:
     """An entry (a path or a file:// URI; with ``uri`` a percent-encoded relative or file: URI, in any of RFC 8089's
     forms: file:///x, file://localhost/x, file:/x, as Java writes them, the scheme in any case) as an absolute path;
-    a URL of another scheme (http://...) as it is."""
+    a URL of another scheme (http://...) as it is; None for a file: URI without a path, which names no file."""
     try:
         parsed = urlparse(entry)
     except ValueError:  # no URL: a path such as '//[x/y.ogg' ('Invalid IPv6 URL')
         parsed = urlparse("")
     if parsed.scheme == "file" and (uri or parsed.netloc or entry[5:7] == "//"):  # urlparse lowercases the scheme
-        return Path(_unquote(parsed.path))
+        return Path(_unquote(parsed.path)) if parsed.path else None  # 'file://' was Path('.'), the working folder
     if len(parsed.scheme) > 1 and parsed.netloc:  # 'scheme://host...' (one letter: a Windows drive, C:/x)
         return entry
     entry = _unquote(entry) if uri else entry
