@@ -493,6 +493,10 @@ def test_radio_skips_what_is_queued_its_copies_and_the_stale_entry_of_a_changed_
     one = radio(store, run, [seed], 5, window=1, norm="none", ranking="plain",
                 exclude=frozenset({store.track("x20.wav").id}), heard=frozenset({store.track("a.wav").id}))
     assert one.note.startswith("only 1 track fits (")
+    everything = frozenset(t.id for t in store.tracks(run))  # was 'only 0 tracks fit', as if none were similar enough
+    none = radio(store, run, [seed], 5, window=1, norm="none", ranking="plain", exclude=everything)
+    assert none.tracks == ()
+    assert none.note == "no track to pick: every track of the collection is left out or queued already"
     store.close()
 
 

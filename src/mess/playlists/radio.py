@@ -88,9 +88,10 @@ def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 3
         history.append(artist_key(track))
         picked.append(row)
     label = ", ".join(s.label for s in seeds)
-    fit = "1 track fits" if len(picked) == 1 else f"{len(picked)} tracks fit"
+    fit = f"only {len(picked)} tracks fit" if len(picked) > 1 else "only 1 track fits" if picked else "no track fits"
     queued = f", none of the {len(heard)} queued already" if heard else ""  # else 'only 0 fit' of a whole collection
-    short = "" if len(picked) == n else f"only {fit} (artists spread, no duplicates{queued})"
+    short = ("" if len(picked) == n else f"{fit} (artists spread, no duplicates{queued})" if len(order)
+             else "no track to pick: every track of the collection is left out or queued already")
     note = "; ".join(x for x in (short, *notes) if x)
     return Playlist(f"radio: {label}", tuple(by_id[int(vs.ids[r])] for r in picked),
                     tuple(float(closeness[r]) for r in picked), note)
