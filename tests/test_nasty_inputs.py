@@ -321,3 +321,14 @@ def test_a_damaged_mp3_query_is_one_line_without_the_decoders_notes(tone_store: 
     done = _mess("similar", str(junk), "--store", str(tone_store))
     lines = (done.stdout + done.stderr).strip().splitlines()
     assert done.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"error: cannot embed {junk}: "), lines
+
+
+def test_a_query_name_longer_than_the_file_system_allows_is_an_unknown_track(tone_store: Path) -> None:
+    """A seed or query of 300 characters (a title pasted whole) ended in "error: xxx…: File name too long", the
+    operating system's refusal to look the name up as a file, instead of saying no track has that name."""
+    name = "x" * 300
+    for args in (("similar", name), ("playlist", "radio", name)):
+        done = _mess(*args, "--store", str(tone_store))
+        said = " ".join((done.stdout + done.stderr).split())
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert "unknown track" in said and "too long" not in said, said

@@ -33,11 +33,11 @@ def resolve_query(store: FeatureStore, ref: str | Path | int, run: Run,
     (default: this module's logger). Raises StoreError when nothing matches or the file cannot be embedded.
     """
     path = expanded(str(ref))
-    if is_track_id(str(ref)) or not path.is_file():
+    if is_track_id(str(ref)) or not _is(path, Path.is_file):
         try:
             return collection_query(store, ref)
         except StoreError:
-            if not is_track_id(str(ref)) and path.is_dir():  # was 'unknown track'
+            if not is_track_id(str(ref)) and _is(path, Path.is_dir):  # was 'unknown track'
                 raise StoreError(f"{printable(str(path))} is a folder, not an audio file or a track (`mess extract` "
                                  "adds a folder's files to the collection)") from None
             raise
@@ -53,6 +53,15 @@ def resolve_query(store: FeatureStore, ref: str | Path | int, run: Run,
     except StoreError:
         pass
     return replace(embed_query(store, path, run, on_warning), replaces=stale)
+
+
+def _is(path: Path, kind: Callable[[Path], bool]) -> bool:
+    """``kind(path)`` (``Path.is_file``, ``Path.is_dir``), False where the name cannot be looked up at all: one
+    longer than the file system allows was 'File name too long', not an unknown track."""
+    try:
+        return kind(path)
+    except OSError:
+        return False
 
 
 def _as_catalogued(store: FeatureStore, path: Path) -> bool:
