@@ -499,6 +499,9 @@ def test_label_files_as_spreadsheets_save_them_are_read(synth: tuple[FeatureStor
     game = tmp_path / "game.csv"  # a column named like --label, in another case
     game.write_text("Path;Game\n/music/artist0/track0.wav;x\n/music/artist0/track1.wav;x\n")
     assert set(read_label_csv(store, game, "game").labels.values()) == {"x"}
+    quoted = tmp_path / "quoted.csv"  # a ';' file whose quoted header cell holds a comma (was split on the comma)
+    quoted.write_text('"id";"label, as tagged"\n' + "".join(f'{t};"{label}, x"\n' for t, label in rows))
+    assert read_label_csv(store, quoted, "label, as tagged").labels == {t: f"{label}, x" for t, label in rows}
     empty = tmp_path / "empty.csv"
     empty.write_text("id,label\n")
     with pytest.raises(LabelError, match="has a header and no rows"):

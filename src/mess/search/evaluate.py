@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -145,7 +146,9 @@ def read_label_csv(store: FeatureStore, path: Path, field: str, *, field_given: 
             first = f.readline()
             f.seek(0)
             # commas, else what the header separates with: Excel in many locales saves ';', a spreadsheet copy tabs
-            delimiter = next((d for d in (",", ";", "\t") if d in first), ",")
+            # (looked for outside quoted cells: '"id";"artist, main"' is separated by ';')
+            unquoted = re.sub(r'"[^"]*"', "", first)
+            delimiter = next((d for d in (",", ";", "\t") if d in unquoted), ",")
             reader = csv.DictReader(f, delimiter=delimiter, strict=True)
             try:  # each record with the line it starts on (blank lines and cells quoted over lines counted)
                 rows = [(reader.line_num - _line_breaks(row), row) for row in reader]
