@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import stat
@@ -44,6 +45,10 @@ def test_a_name_that_is_not_utf8_is_stored_as_its_bytes_and_printed_with_escapes
     assert from_db_path("/music/café.flac") == "/music/café.flac"
     assert printable(name) == "/music/caf\\xe9.flac"
     assert printable("café") == "café"
+    # a lone surrogate that escapes no byte (only JSON text can carry one, '"\\ud800"') raised UnicodeEncodeError
+    lone = json.loads('"a\\ud800b\\udfff"')
+    assert printable(lone) == "a\\ud800b\\udfff" and printable(lone + name) == "a\\ud800b\\udfff/music/caf\\xe9.flac"
+    json.dumps(printable(lone), ensure_ascii=False).encode()  # safe to store and print as text
 
 
 def test_control_characters_and_direction_overrides_are_dropped_and_breaks_become_one_space() -> None:

@@ -17,6 +17,7 @@ from typing import BinaryIO
 # C0 but tab and line feed, DEL, C1, non-chars, and the bidirectional overrides and isolates (a tag's U+202E would
 # show the rest of a table row or the file name after it reversed)
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ufffe\uffff]")
+_LONE_SURROGATE = re.compile("[\ud800-\udc7f\udd00-\udfff]")  # surrogates surrogateescape does not make
 _BREAK = re.compile(r"\s*[\t\n\u2028\u2029]\s*")  # what is left of a line break or tab after _CONTROL, with its spaces
 
 
@@ -57,7 +58,9 @@ def inside_store(path: str | Path, root: str | Path) -> bool:
 
 
 def printable(text: str) -> str:
-    """``text`` safe to print and store as text: undecodable file-name bytes become escapes (caf\\xe9)."""
+    """``text`` safe to print and store as text: undecodable file-name bytes become escapes (caf\\xe9), as does a
+    lone surrogate that escapes no byte (\\ud800, which only JSON text can carry)."""
+    text = _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
