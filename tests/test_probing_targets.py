@@ -47,6 +47,17 @@ def test_every_target_is_documented_and_grouped_into_the_six_aspects() -> None:
     assert len(set(TARGET_NAMES)) == len(TARGET_NAMES)
 
 
+def test_loudness_is_the_level_of_hann_windowed_frames_as_its_meaning_says() -> None:
+    """A steady sine's loudness is its dBFS level (amplitude / sqrt 2) plus the Hann window's mean square (3/8 in
+    dB, -4.26): the offset the target's meaning states, so a reader comparing it with a meter is not misled."""
+    t = np.arange(10 * SAMPLE_RATE) / SAMPLE_RATE
+    got = dict(zip(TARGET_NAMES, window_targets(0.5 * np.sin(2 * np.pi * 440 * t)), strict=False))
+    dbfs, hann = 20 * np.log10(0.5 / np.sqrt(2)), 10 * np.log10(np.mean(np.hanning(2048 + 1)[:-1] ** 2))
+    assert got["loudness"] == pytest.approx(dbfs + hann, abs=0.05)
+    meaning = next(x.meaning for x in TARGETS if x.name == "loudness")
+    assert f"{-hann:.1f} below the dBFS" in meaning
+
+
 def test_gain_moves_loudness_by_its_decibels_and_leaves_timbre_alone() -> None:
     y = melody(C_MAJOR)
     loud, soft = (

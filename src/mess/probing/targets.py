@@ -46,7 +46,8 @@ TARGETS: tuple[Target, ...] = (
     Target("bandwidth", "brightness", "log2 spectral bandwidth (Hz): how widely energy spreads around the centroid"),
     Target("rolloff", "brightness", "log2 85% roll-off frequency (Hz): where the treble ends"),
     Target("zcr", "brightness", "zero-crossing rate: high-frequency and noisy content of the waveform"),
-    Target("loudness", "dynamics", "energy-averaged RMS level while sounding (dBFS): how loud it is played"),
+    Target("loudness", "dynamics", "energy-averaged RMS level of Hann-windowed frames while sounding (dB; 4.3 "
+                                   "below the dBFS of the signal itself): how loud it is played"),
     Target("loudness_cv", "dynamics", "RMS coefficient of variation while sounding: how much the level moves"),
     Target("dynamic_range", "dynamics", "95th - 10th percentile frame level (dB): soft-to-loud span"),
     Target("onset_rate", "rhythm", "detected note onsets per second: rhythmic density"),
