@@ -133,6 +133,21 @@ def test_cross_origin_writes_are_refused(server: str, dsp_store: Path) -> None:
     assert httpx.post(server + "/api/index").status_code == 200  # not a browser: no Origin
 
 
+def test_no_other_site_may_frame_the_page_and_no_response_is_sniffed(server: str) -> None:
+    """A page of another site could frame this one and have its user click a same-origin write (save a playlist,
+    build an index), which the Origin check lets through; the page, the API, static files and refusals all say
+    they may not be framed, must not be type-sniffed and send no Referer (a ?token= URL)."""
+    answers = [httpx.get(server + path) for path in ("/", "/api/tracks", "/app.js", "/api/tracks/999999")]
+    answers.append(httpx.get(server + "/api/tracks", headers={"Host": "evil.example"}))
+    answers.append(httpx.post(server + "/api/index", headers={"Origin": "http://evil.example"}))
+    assert [a.status_code for a in answers] == [200, 200, 200, 404, 400, 403]
+    for answer in answers:
+        assert answer.headers["x-frame-options"] == "DENY", answer.url
+        assert answer.headers["content-security-policy"] == "frame-ancestors 'none'", answer.url
+        assert answer.headers["x-content-type-options"] == "nosniff", answer.url
+        assert answer.headers["referrer-policy"] == "no-referrer", answer.url
+
+
 def test_a_malformed_origin_is_a_foreign_one(server: str) -> None:
     """An Origin that is no URL (an unclosed IPv6 bracket) made urlsplit raise: a 500 instead of the 403."""
     for origin in ("http://[::1", "http://127.0.0.1]", "http://[127.0.0.1]"):

@@ -25,6 +25,11 @@ from fastapi.responses import JSONResponse
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 COOKIE = "mess_token"
+# on every response: no page of another site may frame this one (a click there would be a same-origin write to
+# this server: save a playlist, build an index), no browser guesses a type other than the one sent, and no URL
+# (one holding ?token=) is sent on as a Referer
+HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'",
+           "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")  # '_' too: LAN and container names use it, browsers send it
 
@@ -74,6 +79,11 @@ def install(app: FastAPI, policy: AccessPolicy) -> None:
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await checked(request, call_next)
+        response.headers.update(HEADERS)
+        return response
+
+    async def checked(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         host_header = request.headers.get("host", "")
         host = _hostname(host_header)
         if host not in policy.hosts:
