@@ -287,6 +287,11 @@ def race_tensorflow(tf_python: Path, paths: list[Path], policy: WindowPolicy, ba
     }
 
 
+def _percent(ratio: float) -> str:
+    """'+7.6%', or 'n/a' where nothing was measured (the overhead after the first file of a one-file run)."""
+    return "n/a" if np.isnan(ratio) else f"{100 * ratio:+.1f}%"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("audio", type=Path)
@@ -334,7 +339,7 @@ def main() -> None:
     for r in rows:
         print(
             f"{r['model']:18s}{r['audio_s']:8.0f}{r['pipeline_rate']:10.1f}{r['bare_rate']:8.1f}"
-            f"{100 * r['overhead']:+8.1f}%{100 * r['median_overhead']:+7.1f}%{100 * r['steady_overhead']:+9.1f}%"
+            f" {_percent(r['overhead']):>8s} {_percent(r['median_overhead']):>7s} {_percent(r['steady_overhead']):>9s}"
             f"{r['load_s']:8.2f}{r['first_file_s']:11.2f}{r['track_s']:9.2f}"
             f"{r['matmul']:8.1f}" + (f"{r['gflop_patch']:8.3f}{r['efficiency']:7.2f}" if "efficiency" in r else "")
         )

@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -144,3 +146,17 @@ def test_texture_evaluate_before_extract_says_what_to_run_in_one_line(tmp_path: 
     assert got.returncode == 2
     assert got.stderr.splitlines()[-1] == (f"texture.py: error: no statistics at {cache}: run `texture.py extract` "
                                            "(with the same --cache) first")
+
+
+def test_extract_benchmark_on_one_file_prints_no_nan(tmp_path: Path) -> None:
+    """With one file (`--limit 1`) there is no audio after the first file, and the overhead from then on printed
+    '+nan%'; it says 'n/a', and the measured figures stay numbers."""
+    y = 0.3 * np.sin(2 * np.pi * 220 * np.arange(22050 * 4) / 22050)
+    sf.write(tmp_path / "one.wav", y, 22050)
+    got = _bench("extract.py", str(tmp_path), "--models", "dsp", "--long-hours", "0", "--wav-models", "",
+                 "--repeats", "1", "--tf-python", str(tmp_path / "none"))
+    assert got.returncode == 0, got.stderr
+    row = next(line for line in got.stdout.splitlines() if line.startswith("dsp "))
+    overhead, median, after_first = row.split()[4:7]
+    assert "nan" not in got.stdout.lower() and after_first == "n/a", got.stdout
+    assert overhead.endswith("%") and median.endswith("%") and float(overhead[:-1]) > -100, row
