@@ -260,6 +260,8 @@ def test_discrimination_with_one_track_per_artist_says_why_and_prints_no_nan(app
     layers = json.loads(out)["layers"]
     assert "NaN" not in out and len(layers) == 2
     assert all(r["separation"]["within"] is None and r["separation"]["effect"] is None for r in layers)
+    assert [r["verdict"] for r in layers] == ["unknown", "unknown"]  # was 'useless': no evidence is not evidence
+    assert err.count("useless") == 1 and err.count("unknown") == 3  # the legend's word; two layers and the legend
     assert all(r["separation"]["between"] is not None for r in layers)
 
 

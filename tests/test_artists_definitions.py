@@ -284,8 +284,9 @@ def test_a_layer_is_compressed_when_its_pairs_span_little_or_its_least_similar_p
     report = layer_report(artists, space)
     assert (report.raw.min, report.raw.max) == (pytest.approx(low, abs=1e-5), pytest.approx(high, abs=1e-5))
     assert ("compressed" in report.flags) == compressed
-    assert "no-artist-signal" in report.flags and report.verdict == "useless"  # one track each: no evidence
-    assert report.silhouette is None and report.to_dict()["verdict"] == "useless"
+    # one track each: nothing to judge by, which is not evidence of no artist signal (was 'useless')
+    assert "no-evidence" in report.flags and "no-artist-signal" not in report.flags and report.verdict == "unknown"
+    assert report.silhouette is None and report.to_dict()["verdict"] == "unknown"
 
 
 @pytest.mark.filterwarnings("error")  # said as NaN, not computed as 0 / 0 (a RuntimeWarning on the terminal)

@@ -50,7 +50,10 @@ class LayerReport:
 
     @property
     def verdict(self) -> str:
-        """One-word summary: useful, centre (compressed but separates), or useless."""
+        """One-word summary: useful, centre (compressed but separates), useless, or unknown (no separation to judge
+        by: no artist has two tracks)."""
+        if "no-evidence" in self.flags:
+            return "unknown"
         if "no-artist-signal" in self.flags:
             return "useless"
         return "centre" if "compressed" in self.flags else "useful"
@@ -122,7 +125,9 @@ def layer_report(artists: ArtistSet, space: Space, method: str = "mean") -> Laye
     flags = []
     if raw.span < COMPRESSED_SPAN or raw.min > COMPRESSED_FLOOR:
         flags.append("compressed")
-    if not sep.effect >= MIN_SEPARATION:  # NaN (no artist with 2 tracks) counts as no evidence
+    if not np.isfinite(sep.effect):  # no artist with 2 tracks (or every between pair alike): nothing to judge by
+        flags.append("no-evidence")
+    elif sep.effect < MIN_SEPARATION:
         flags.append("no-artist-signal")
     return LayerReport(space.label, raw, centered, separation(raw_vectors), sep, _silhouette(vectors), tuple(flags))
 

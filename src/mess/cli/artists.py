@@ -234,7 +234,7 @@ def _print_discrimination(run: Run, artists: ArtistSet, reports: list[LayerRepor
     pairs = Table(title="most and least similar artist pairs (centred)")
     for col in ("layer", "most similar", "least similar"):
         pairs.add_column(col)
-    style = {"useful": "green", "centre": "yellow", "useless": "bold red"}
+    style = {"useful": "green", "centre": "yellow", "useless": "bold red", "unknown": "dim"}
     for rank, r in enumerate(reports, 1):
         raw = f"{r.raw.min:.2f}..{r.raw.max:.2f} ({r.raw.span:.2f})"
         table.add_row(
@@ -258,7 +258,8 @@ def _print_discrimination(run: Run, artists: ArtistSet, reports: list[LayerRepor
         f"separation: same-artist minus different-artist track cosine, in SDs of the latter. "
         f"Centring widened the span on {wider}/{len(reports)} layers (median "
         f"{np.median([r.raw.span for r in reports]):.3f} raw -> {np.median([r.centered.span for r in reports]):.3f}"
-        " centred). useless: no artist signal; centre: raw range compressed, keep --center (default)."
+        " centred). useless: no artist signal; centre: raw range compressed, keep --center (default); unknown: no "
+        "separation to judge by."
     )
 
 
