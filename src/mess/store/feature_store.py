@@ -587,7 +587,8 @@ class FeatureStore:
         return None if row is None else Track.from_row(row)
 
     def _named(self, name: str) -> list[sqlite3.Row]:
-        """Catalog rows of the files called ``name``, by id."""
+        """Catalog rows of the files called ``name``, by id; those named so in another case (SQLite's LIKE ignores
+        ASCII case) only when none has that exact name."""
         sql = f"SELECT {_TRACK_COLS} FROM tracks WHERE "
         try:
             name.encode("utf-8")
@@ -595,7 +596,8 @@ class FeatureStore:
             rows = self._query(sql + "typeof(path)='blob' ORDER BY id")
             return [r for r in rows if Path(from_db_path(r["path"])).name == name]
         pattern = "%/" + name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        return self._query(sql + "path LIKE ? ESCAPE '\\' ORDER BY id", (pattern,))
+        rows = self._query(sql + "path LIKE ? ESCAPE '\\' ORDER BY id", (pattern,))
+        return [r for r in rows if Path(from_db_path(r["path"])).name == name] or rows
 
     def _normalised(self, ref: str) -> list[sqlite3.Row]:
         """Catalog rows of the file whose path, else of the files whose name, is ``ref`` in another Unicode form: a
