@@ -4,11 +4,16 @@ vectors), from hashlib and from numpy."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import unicodedata
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from mess.store import FeatureStore, StoreError
+from mess.store import FeatureStore, Run, RunKey, StoreError, TrackFailed, TrackVectors
+from mess.store.feature_store import track_set_digest
 
 
 def _file(store: FeatureStore, path: str, content_hash: str) -> int:
@@ -27,4 +32,212 @@ def test_a_file_name_is_matched_in_its_own_case_before_any_other(tmp_path: Path)
     _file(store, "/m/d/THEME.ogg", "h4")
     with pytest.raises(StoreError, match="2 tracks are named 'theme.ogg'"):
         store.track("theme.ogg")
+    store.close()
+
+
+def test_a_track_is_found_by_id_path_name_and_another_unicode_form_and_unknown_refs_are_refused(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path)
+    first = _file(store, "/m/a/one.ogg", "h1")
+    nfd = _file(store, unicodedata.normalize("NFD", "/m/b/Café.ogg"), "h2")
+    latin1 = _file(store, os.fsdecode(b"/m/c/caf\xe9.ogg"), "h3")
+    assert [t.id for t in store.tracks()] == [first, nfd, latin1] and len({first, nfd, latin1}) == 3
+    assert store.track(first).path == "/m/a/one.ogg" and store.track(str(nfd)).id == nfd
+    assert store.track(Path("/m/a/one.ogg")).id == first and store.track("one.ogg").id == first
+    assert store.track(unicodedata.normalize("NFC", "Café.ogg")).id == nfd  # typed composed, saved decomposed
+    assert store.track(unicodedata.normalize("NFC", "/m/b/Café.ogg")).id == nfd
+    assert store.track(os.fsdecode(b"caf\xe9.ogg")).id == latin1
+    assert store.find("9" * 19) is None and store.find("999") is None and store.find("two.ogg") is None
+    with pytest.raises(StoreError, match="unknown track 'two.ogg'"):
+        store.track("two.ogg")
+    for i in range(6):
+        _file(store, f"/m/many{i}/x.ogg", f"x{i}")
+    with pytest.raises(StoreError, match=r"6 tracks are named 'x.ogg' \(.*/m/many4/x.ogg; \.\.\.\)"):
+        store.track("x.ogg")
+    store.close()
+
+
+def test_a_track_s_name_is_artist_and_title_else_its_file_title(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path)
+    tagged = store.upsert_track(Path("/m/a.flac"), "h1", 1, 1.0, {}, {"artist": "Bach", "title": "Air"})
+    untitled = store.upsert_track(Path("/m/b.flac."), "h2", 1, 1.0, {}, {"artist": "Bach"})
+    bare = store.upsert_track(Path(os.fsdecode(b"/m/caf\xe9.wav")), "h3", 1, 1.0, {}, {})
+    names = [store.track(i).name for i in (tagged, untitled, bare)]
+    assert names == ["Bach - Air", "Bach - b", "caf\\xe9"]
+    assert store.track(tagged).label("title") == "Air" and store.track(bare).label("artist") is None
+    store.close()
+
+
+def _run(store: FeatureStore, revision: str = "r1", dims: tuple[int, ...] = (2, 3)) -> Run:
+    return store.ensure_run(RunKey("toy", revision, "{}", 16000, tuple(f"l{i}" for i in range(len(dims))), dims))
+
+
+def _embed(store: FeatureStore, run: Run, *hashes: str, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    items = []
+    for h in hashes:
+        segments = [rng.standard_normal((2, d)).astype(np.float32) for d in run.layer_dims]
+        items.append(TrackVectors(h, [s.mean(axis=0) for s in segments], segments, [0.0, 1.5]))
+    store.write_vectors(run, items)
+
+
+def test_failures_follow_the_files_of_their_content_and_unread_files_by_path(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path)
+    run, other = _run(store), _run(store, "r2")
+    odd = os.fsdecode(b"/m/caf\xe9.ogg")
+    broken, copy = _file(store, odd, "hb"), _file(store, "/m/copy.ogg", "hb")
+    fine, pending = _file(store, "/m/fine.ogg", "hf"), _file(store, "/m/pending.ogg", "hp")
+    _embed(store, run, "hf")
+    store.record_failure(run, "hb", odd, f"{odd}: cannot decode (bad header)")
+    store.record_failure(run, "", "/m/gone.ogg", "/m/gone.ogg: no such file")
+    store.record_failure(other, "", "/m/gone.ogg", "/m/gone.ogg: permission denied")
+    assert store.failures(run) == [
+        ("/m/copy.ogg", "/m/copy.ogg: cannot decode (bad header)"),
+        (odd, "/m/caf\\xe9.ogg: cannot decode (bad header)"),
+        ("/m/gone.ogg", "/m/gone.ogg: no such file"),
+    ]
+    assert store.failure(run, store.track(copy)) == "cannot decode (bad header)"
+    assert store.failure(run, store.track(fine)) is None and store.failure(other, store.track(broken)) is None
+    assert store.unembedded(run) == ["/m/pending.ogg"] and store.unembedded(other) == [
+        odd,
+        "/m/copy.ogg",
+        "/m/fine.ogg",
+        "/m/pending.ogg",
+    ]
+    assert store.unread_paths() == ["/m/gone.ogg"]
+    assert store.unread_failure("gone.ogg") == ("/m/gone.ogg", "permission denied")  # the latest, in any run
+    assert store.unread_failure("/m/gone.ogg") == ("/m/gone.ogg", "permission denied")
+    assert store.unread_failure("fine.ogg") is None
+    with pytest.raises(TrackFailed, match="/m/gone.ogg failed to extract, so it is not in the collection: permission"):
+        store.track("gone.ogg")
+    with pytest.raises(StoreError, match="unknown track 'pending'"):
+        store.track("pending")
+    _embed(store, run, "hp", "hb")  # embedded at last: their failures go
+    assert store.failures(run) == [("/m/gone.ogg", "/m/gone.ogg: no such file")] and store.unembedded(run) == []
+    _file(store, "/m/gone.ogg", "hg")  # readable now: its unread failures go, in every run
+    assert store.failures(run) == [] and store.unread_paths() == [] and store.failures(other) == []
+    assert [t.id for t in store.tracks(run)] == [broken, copy, fine, pending]
+    store.record_failure(other, "", "/m/lost.ogg", "/m/lost.ogg: gone")
+    store.forget_unread(["/m/lost.ogg"])
+    assert store.unread_paths() == [] and store.unread_failure("lost.ogg") is None
+    store.close()
+
+
+def test_a_model_answers_from_the_run_covering_most_tracks_the_newest_of_equals_or_the_run_picked(
+    tmp_path: Path,
+) -> None:
+    store = FeatureStore(tmp_path)
+    for i in range(3):
+        _file(store, f"/m/{i}.ogg", f"h{i}")
+    first, second = _run(store, "r1"), _run(store, "r2")
+    other = store.ensure_run(RunKey("dsp", "r1", "{}", 16000, ("x",), (2,)))
+    assert _run(store, "r1") == first and [r.id for r in store.runs()] == [first.id, second.id, other.id]
+    _embed(store, first, "h0", "h1")
+    _embed(store, second, "h2", "not-catalogued", "nor-this")  # vectors of no catalogued file count for nothing
+    assert store.run("toy") == first and store.model_option(first) == "toy"
+    assert store.model_option(second) == f"toy@{second.id}"
+    _embed(store, second, "h1")
+    assert store.run("toy") == second and store.run("TOY") == second  # as many tracks: the newer run
+    assert store.run(f"toy@{first.id}") == first and store.run(f"run:{other.id}") == other
+    with pytest.raises(StoreError, match=f"run {other.id} is a dsp run, not toy's; toy's runs: toy@1, toy@2"):
+        store.run(f"toy@{other.id}")
+    with pytest.raises(StoreError, match="no run 9 in this store; its runs: toy@1, toy@2, dsp@3"):
+        store.run("run:9")
+    with pytest.raises(StoreError, match=r"no vectors for model 'mert' in .*; extracted models: \['dsp', 'toy'\]"):
+        store.run("mert")
+    with pytest.raises(
+        StoreError, match=r"now makes layers of sizes \[2, 4\] at 16000 Hz, but its run 1 here holds \[2, 3\]"
+    ):
+        store.ensure_run(RunKey("toy", "r1", "{}", 16000, ("l0", "l1"), (2, 4)))
+    with pytest.raises(StoreError, match=r"gives layers of sizes \[2, 0\]; every layer needs values"):
+        store.ensure_run(RunKey("toy", "r3", "{}", 16000, ("l0", "l1"), (2, 0)))
+    assert len(store.runs()) == 3
+    store.close()
+
+
+def test_no_run_at_all_says_extract_first(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path)
+    with pytest.raises(StoreError, match="no vectors in .* yet; run `mess extract` first"):
+        store.run()
+    with pytest.raises(StoreError, match=r"no run 1 in this store; its runs: none \(run `mess extract` first\)"):
+        store.run("run:1")
+    store.close()
+
+
+def test_a_layer_is_named_by_name_index_or_negative_index_within_the_run(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path)
+    run = _run(store, dims=(2, 3, 4))
+    assert [run.layer_index(x) for x in ("l0", "l2", 1, "1", -1, "-3")] == [0, 2, 1, 1, 2, 0]
+    for bad in (3, "-4"):
+        with pytest.raises(StoreError, match="out of range; toy has 3 layers"):
+            run.layer_index(bad)
+    with pytest.raises(StoreError, match="unknown layer 'l3'; toy has l0, l1, l2"):
+        run.layer_index("l3")
+    store.close()
+
+
+def test_the_aspect_map_of_a_run_is_replaced_whole_and_read_with_its_probe_s_stamps(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path)
+    run, other = _run(store), _run(store, "r2")
+    for i, h in enumerate(["hb", "ha", "hb"]):  # a copy: its content counts twice
+        _file(store, f"/m/{i}.ogg", h)
+    _embed(store, run, "ha", "hb")
+    digest = hashlib.sha256(b"ha\nhb\nhb").hexdigest()[:16]
+    assert store.tracks_digest(run) == digest and track_set_digest(store.tracks(run)) == digest
+    assert store.tracks_digest(other) == hashlib.sha256(b"").hexdigest()[:16]
+    never = (store.aspect_map(run), store.aspect_scores(run), store.aspect_map_digest(run))
+    assert never == ({}, {}, None) and (store.aspect_map_probed_at(run), store.aspect_map_tracks(run)) == (None, None)
+    store.set_aspect_map(
+        run, [("tempo", "l1", 0.5, 0.1), ("key", "l0", 0.25, 0.0)], n_tracks=3, probed_at=12.5, tracks_digest=digest
+    )
+    assert store.aspect_map(run) == {"key": "l0", "tempo": "l1"} and list(store.aspect_map(run)) == ["key", "tempo"]
+    assert store.aspect_scores(run) == {"key": 0.25, "tempo": 0.5}
+    assert (store.aspect_map_digest(run), store.aspect_map_probed_at(run), store.aspect_map_tracks(run)) == (
+        digest,
+        12.5,
+        3,
+    )
+    assert store.aspect_map(other) == {} and store.aspect_map_tracks(other) is None
+    store.set_aspect_map(run, [("loudness", "l0", 0.75, 0.2)])  # replaced whole; its stamps not recorded
+    assert store.aspect_map(run) == {"loudness": "l0"} and store.aspect_scores(run) == {"loudness": 0.75}
+    assert (store.aspect_map_digest(run), store.aspect_map_probed_at(run), store.aspect_map_tracks(run)) == (
+        None,
+        None,
+        None,
+    )
+    store.close()
+
+
+def test_derived_sets_are_written_by_row_read_finite_listed_by_name_and_dropped(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path)
+    run, other = _run(store), _run(store, "r2")
+    ids = [_file(store, f"/m/{i}.ogg", f"h{i}") for i in range(4)]
+    _embed(store, run, "h2", "h0", "h1")  # rows 0, 1, 2 in this order
+    vectors = np.arange(8, dtype=np.float32).reshape(4, 2) - 3  # small integers: exact in float16
+    store.write_derived(run, "fused", ["h0", "h1", "h2", "gone"], vectors, {"trained_on": "x"})
+    assert store.track_rows(run) == {"h2": 0, "h0": 1, "h1": 2}
+    got_ids, got = store.derived_matrix(run, "fused")
+    assert got_ids.tolist() == ids[:3] and np.array_equal(got, vectors[:3]) and got.dtype == np.float32
+    meta = store.derived_meta(run, "fused")
+    assert meta is not None and (meta["trained_on"], meta["rows"]) == ("x", 3)
+    assert store.derived_path(run, "fused").name == meta["file"] and store.derived_path(run, "fused").exists()
+    assert store.derived_sizes(run) == [("fused", 3, 3)] and store.derived_missing(run, "fused") == 0
+    _embed(store, run, "h3")  # added since: missing from the set
+    assert store.derived_missing(run, "fused") == 1 and store.derived_matrix(run, "fused")[0].tolist() == ids[:3]
+    store.write_derived(run, "aaa", ["h0", "h1"], np.ones((2, 5), dtype=np.float32), {})
+    assert [(name, f.dim) for name, f, _ in store.derived_sets(run)] == [("aaa", 5), ("fused", 2)]
+    assert store.derived_sizes(run) == [("aaa", 4, 4), ("fused", 3, 3)]
+    assert store.derived_missing(run, "aaa") == 2  # rows of h2 and h3 are blank
+    assert store.derived_elsewhere(other, "fused", "--model ") == (
+        f"toy@{run.id} has them: pick one with --model toy@{run.id}, or "
+    )
+    assert store.derived_elsewhere(run, "fused", "--model ") == ""
+    with pytest.raises(
+        StoreError,
+        match=f"no 'fused' vectors for toy; toy@{run.id} has them: pick one with "
+        f"--model toy@{run.id}, or run `mess fuse train`",
+    ):
+        store.derived_matrix(other, "fused")
+    store.drop_derived(run, "aaa")
+    assert [s[0] for s in store.derived_sets(run)] == ["fused"] and store.derived_meta(run, "aaa") is None
+    assert sorted(p.name for p in store.derived_path(run, "fused").parent.iterdir()) == [meta["file"]]
     store.close()
