@@ -241,3 +241,29 @@ def test_derived_sets_are_written_by_row_read_finite_listed_by_name_and_dropped(
     assert [s[0] for s in store.derived_sets(run)] == ["fused"] and store.derived_meta(run, "aaa") is None
     assert sorted(p.name for p in store.derived_path(run, "fused").parent.iterdir()) == [meta["file"]]
     store.close()
+
+
+def test_vectors_of_other_sizes_than_the_run_s_layers_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """A track vector of 4 values for a layer of 2 was written as two rows (the next file's row then held its second
+    half, and reads called the store damaged); one of 3 values was refused as 'rows the file lacks: run mess check
+    --repair', and windows fewer than their start times left the catalog pointing past the row file."""
+    store = FeatureStore(tmp_path)
+    run = _run(store, dims=(2, 2))
+    for i in range(2):
+        _file(store, f"/m/{i}.ogg", f"h{i}")
+    fine = TrackVectors("h1", [np.ones(2, np.float32)] * 2, [np.ones((1, 2), np.float32)] * 2, [0.0])
+    bad = [
+        TrackVectors("h0", [np.ones(4, np.float32)] * 2, [np.ones((1, 2), np.float32)] * 2, [0.0]),
+        TrackVectors("h0", [np.ones(3, np.float32)] * 2, [np.ones((1, 2), np.float32)] * 2, [0.0]),
+        TrackVectors("h0", [np.ones(2, np.float32)] * 2, [np.ones((1, 2), np.float32)] * 2, [0.0, 1.5]),
+        TrackVectors("h0", [np.ones(2, np.float32)] * 2, [np.ones((1, 4), np.float32)] * 2, [0.0]),
+        TrackVectors("h0", [np.ones(2, np.float32)], [np.ones((1, 2), np.float32)], [0.0]),  # one layer of two
+    ]
+    for item in bad:
+        with pytest.raises(ValueError, match="vectors for content h0 do not fit"):
+            store.write_vectors(run, [fine, item])
+        assert not store.has_vectors(run, "h1") and store.catalog_rows(run) == (0, 0)
+        assert not store.row_file(run, "track", 0).path.exists()
+    store.write_vectors(run, [fine])
+    assert store.layer_matrix(run, "l1")[1].tolist() == [[1.0, 1.0]] and store.catalog_rows(run) == (1, 1)
+    store.close()

@@ -767,8 +767,15 @@ class FeatureStore:
         Under the write lock, so positions come from the catalog alone: bytes a killed
         writer left past them are overwritten, never referenced. Vectors not finite as stored
         (NaN, infinity, or past float16's largest value, 65504) are refused (ValueError) before
-        anything is written.
+        anything is written, and so are vectors whose shapes are not the run's layers (one vector each, a row per
+        start time of its windows).
         """
+        for it in items:
+            shapes = [np.shape(v) for v in it.layers], [np.shape(v) for v in it.segments]
+            if shapes != ([(d,) for d in run.layer_dims], [(len(it.seg_starts), d) for d in run.layer_dims]):
+                raise ValueError(f"vectors for content {it.content_hash} do not fit {run.model}'s layers of sizes "
+                                 f"{list(run.layer_dims)} (shapes {shapes[0]} and, for {len(it.seg_starts)} windows, "
+                                 f"{shapes[1]})")
         with np.errstate(over="ignore"):  # a value past float16's range becomes infinity: refused below
             for it in items:
                 if not all(np.isfinite(np.asarray(v, dtype=DTYPE)).all() for v in (*it.layers, *it.segments)):
