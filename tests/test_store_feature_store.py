@@ -267,3 +267,30 @@ def test_vectors_of_other_sizes_than_the_run_s_layers_are_refused_before_anythin
     store.write_vectors(run, [fine])
     assert store.layer_matrix(run, "l1")[1].tolist() == [[1.0, 1.0]] and store.catalog_rows(run) == (1, 1)
     store.close()
+
+
+def test_rewriting_or_dropping_a_derived_set_touches_the_files_of_that_set_alone(tmp_path: Path) -> None:
+    """Files were found by the glob 'NAME.*f16': rewriting 'fused' deleted the file of a set named 'fused.v2' (read
+    next as 'rewritten twice while read'), and a name holding glob characters ('f[u]sed') never had its older files
+    deleted."""
+    store = FeatureStore(tmp_path)
+    run = _run(store)
+    _file(store, "/m/0.ogg", "h0")
+    _embed(store, run, "h0")
+    names = ["fused.v2", "fused", "f[u]sed", "fused"]
+    for value, name in enumerate(names):
+        store.write_derived(run, name, ["h0"], np.full((1, 3), value, dtype=np.float32), {})
+    store.write_derived(run, "f[u]sed", ["h0"], np.full((1, 3), 9, dtype=np.float32), {})  # rewritten twice
+    assert store.derived_matrix(run, "fused.v2")[1].tolist() == [[0.0] * 3]
+    assert store.derived_matrix(run, "fused")[1].tolist() == [[3.0] * 3]
+    assert store.derived_matrix(run, "f[u]sed")[1].tolist() == [[9.0] * 3]
+    folder = store.derived_path(run, "fused").parent
+    on_disk = sorted(p.name for p in folder.iterdir())
+    assert len(on_disk) == 5  # each set's file and, for the rewritten ones, the one it replaced
+    assert sum(n.startswith("f[u]sed.") for n in on_disk) == 2 and sum(n.startswith("fused.v2.") for n in on_disk) == 1
+    store.drop_derived(run, "fused")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        n for n in on_disk if n.split(".")[0] != "fused" or n.startswith("fused.v2.")
+    ]
+    assert store.derived_matrix(run, "fused.v2")[1].tolist() == [[0.0] * 3]
+    store.close()

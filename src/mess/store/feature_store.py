@@ -16,6 +16,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import sqlite3
 import sys
 import threading
@@ -1000,7 +1001,7 @@ class FeatureStore:
              json.dumps({**meta, "written_at": now, "rows": len(matrix), "file": file}), now, row_sums(stored)),
         )
         keep = {file, _derived_file(name, previous)} if previous is not None else {file}
-        for old in folder.glob(f"{name}.*f16"):
+        for old in _derived_files(folder, name):
             if old.name not in keep:
                 old.unlink(missing_ok=True)
 
@@ -1086,7 +1087,7 @@ class FeatureStore:
         with self._write():
             folder = self.derived_path(run, name).parent
             self.db.execute("DELETE FROM derived WHERE run_id=? AND name=?", (run.id, name))
-            for path in folder.glob(f"{name}.*f16"):
+            for path in _derived_files(folder, name):
                 set_aside(path, self.root) if path.is_dir() else path.unlink(missing_ok=True)
 
     def derived_meta(self, run: Run, name: str) -> dict | None:
@@ -1186,6 +1187,13 @@ def _chosen_run(runs: Sequence[Run], model: str | None, run_id: int) -> Run:
 def _derived_file(name: str, meta: dict | None) -> str:
     """The file name of a derived set: its metadata names it (stores before that used ``NAME.f16``)."""
     return str((meta or {}).get("file") or f"{name}.f16")
+
+
+def _derived_files(folder: Path, name: str) -> list[Path]:
+    """The files of derived set ``name`` in ``folder``: ``NAME.NS.f16`` (as written) or ``NAME.f16`` (older stores),
+    not those of a set whose name starts as this one's ('fused.v2' for 'fused')."""
+    pattern = re.compile(re.escape(name) + r"(\.[0-9]+)?\.f16")
+    return [p for p in folder.iterdir() if pattern.fullmatch(p.name)] if folder.is_dir() else []
 
 
 def _reason_alone(reason: str, path: str) -> str:
