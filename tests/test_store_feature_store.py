@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mess.store import FeatureStore, Run, RunKey, StoreError, TrackFailed, TrackVectors
+from mess.store import FeatureStore, Run, RunKey, StoreDamaged, StoreError, TrackFailed, TrackVectors
 from mess.store.feature_store import track_set_digest
 
 
@@ -293,4 +293,58 @@ def test_rewriting_or_dropping_a_derived_set_touches_the_files_of_that_set_alone
         n for n in on_disk if n.split(".")[0] != "fused" or n.startswith("fused.v2.")
     ]
     assert store.derived_matrix(run, "fused.v2")[1].tolist() == [[0.0] * 3]
+    store.close()
+
+
+def test_all_layers_stack_each_track_s_vectors_as_stored_and_refuse_layers_of_different_sizes(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path)
+    run, uneven = _run(store, dims=(3, 3, 3)), _run(store, "r2", dims=(3, 2))
+    ids = [_file(store, f"/m/{i}.ogg", f"h{i}") for i in range(3)]
+    rng = np.random.default_rng(7)
+    layers = {h: rng.standard_normal((3, 3)).astype(np.float32) for h in ("h2", "h0", "h1")}
+    store.write_vectors(
+        run, [TrackVectors(h, list(v), [v[i][None] for i in range(3)], [0.0]) for h, v in layers.items()]
+    )
+    got_ids, got = store.all_layers(run)
+    assert got_ids.tolist() == ids and got.shape == (3, 3, 3) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, np.stack([layers[f"h{i}"] for i in range(3)]).astype(np.float16))
+    with pytest.raises(StoreError, match=r"toy layers have different sizes \(3, 2\); read them one by one"):
+        store.all_layers(uneven)
+    store.close()
+
+
+def _poke(path: Path, dim: int, row: int, value: float | None = None) -> None:
+    """Write ``value`` over the first number of ``row`` in a float16 row file; None: flip its lowest bit."""
+    with path.open("r+b") as f:
+        f.seek(row * dim * 2)
+        old = f.read(2)
+        f.seek(row * dim * 2)
+        f.write(np.float16(value).tobytes() if value is not None else bytes([old[0] ^ 1, old[1]]))
+
+
+def test_rows_changed_on_disk_are_damage_naming_the_tracks_whose_rows_they_are(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path)
+    run = _run(store, dims=(2, 3))
+    ids = [_file(store, f"/m/{i}.ogg", f"h{i}") for i in range(3)]
+    _embed(store, run, "h2", "h0", "h1")  # track rows 0, 1, 2; window rows 0-1, 2-3, 4-5
+    track_l1 = store.row_file(run, "track", 1)
+    _poke(track_l1.path, 3, 1, np.inf)  # h0's vector of layer l1
+    with pytest.raises(StoreDamaged, match=rf"non-finite toy vectors \(layer l1\) for track ids \[{ids[0]}\]"):
+        store.layer_matrix(run, "l1")
+    assert store.layer_matrix(run, "l0")[0].tolist() == ids  # the other layer reads
+    _poke(track_l1.path, 3, 1, 0.5)  # finite, but not what was written
+    with pytest.raises(StoreDamaged, match=rf"track vectors \(layer l1\) of track ids \[{ids[0]}\] differ from their "):
+        store.layer_matrix(run, 1)
+    segments = store.row_file(run, "segment", 0)
+    _poke(segments.path, 2, 5)  # the second window of h1
+    with pytest.raises(StoreDamaged, match=rf"segment vectors \(layer l0\) of track ids \[{ids[1]}\] differ from"):
+        store.segment_matrix(run, "l0")
+    _poke(segments.path, 2, 5)  # flipped back: as written
+    seg_ids, starts, mat = store.segment_matrix(run, "l0")
+    assert seg_ids.tolist() == [ids[0]] * 2 + [ids[1]] * 2 + [ids[2]] * 2 and starts.tolist() == [0.0, 1.5] * 3
+    assert mat.shape == (6, 2)
+    with store.db:
+        store.db.execute("UPDATE vectors SET seg_row=3 WHERE content_hash='h1'")  # h0's second window is h1's first
+    with pytest.raises(StoreDamaged, match="two files' toy window vectors point at the same rows"):
+        store.segment_matrix(run, "l1")
     store.close()
