@@ -348,3 +348,26 @@ def test_rows_changed_on_disk_are_damage_naming_the_tracks_whose_rows_they_are(t
     with pytest.raises(StoreDamaged, match="two files' toy window vectors point at the same rows"):
         store.segment_matrix(run, "l1")
     store.close()
+
+
+def test_damage_names_the_first_five_tracks_and_a_row_file_cut_below_the_catalog_refuses_writes(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path)
+    run = _run(store, dims=(2, 3))
+    ids = [_file(store, f"/m/{i}.ogg", f"h{i}") for i in range(7)]
+    _embed(store, run, *(f"h{i}" for i in range(7)))  # track row i, windows 2i and 2i + 1
+    track_l0, windows_l1 = store.row_file(run, "track", 0), store.row_file(run, "segment", 1)
+    for row in range(1, 7):
+        _poke(track_l0.path, 2, row, np.nan)
+        _poke(windows_l1.path, 3, 2 * row)
+    listed = ", ".join(map(str, ids[1:6]))
+    with pytest.raises(StoreDamaged, match=rf"for track ids \[{listed}\]; run"):
+        store.layer_matrix(run, "l0")
+    with pytest.raises(StoreDamaged, match=rf"of track ids \[{listed}\] differ from their checksums"):
+        store.segment_matrix(run, "l1")
+    with store.row_file(run, "track", 1).path.open("r+b") as f:
+        f.truncate(5 * 3 * 2)  # 5 rows left of the 7 the catalog references
+    _file(store, "/m/new.ogg", "new")
+    with pytest.raises(StoreDamaged, match=r"row 7 is past the end \(5 rows\); the catalog references rows the file "):
+        _embed(store, run, "new")
+    assert not store.has_vectors(run, "new") and store.catalog_rows(run) == (7, 14)
+    store.close()
