@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import unicodedata
 from pathlib import Path
 
@@ -259,6 +260,14 @@ def test_vectors_of_other_sizes_than_the_run_s_layers_are_refused_before_anythin
         TrackVectors("h0", [np.ones(2, np.float32)] * 2, [np.ones((1, 4), np.float32)] * 2, [0.0]),
         TrackVectors("h0", [np.ones(2, np.float32)], [np.ones((1, 2), np.float32)], [0.0]),  # one layer of two
     ]
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "content h0 do not fit toy's layers of sizes [2, 2] (track vectors of shapes [(4,), (4,)], windows of "
+            "shapes [(1, 2), (1, 2)] for 1 start times)"
+        ),
+    ):
+        store.write_vectors(run, [fine, bad[0]])
     for item in bad:
         with pytest.raises(ValueError, match="vectors for content h0 do not fit"):
             store.write_vectors(run, [fine, item])

@@ -775,8 +775,8 @@ class FeatureStore:
             shapes = [np.shape(v) for v in it.layers], [np.shape(v) for v in it.segments]
             if shapes != ([(d,) for d in run.layer_dims], [(len(it.seg_starts), d) for d in run.layer_dims]):
                 raise ValueError(f"vectors for content {it.content_hash} do not fit {run.model}'s layers of sizes "
-                                 f"{list(run.layer_dims)} (shapes {shapes[0]} and, for {len(it.seg_starts)} windows, "
-                                 f"{shapes[1]})")
+                                 f"{list(run.layer_dims)} (track vectors of shapes {shapes[0]}, windows of shapes "
+                                 f"{shapes[1]} for {len(it.seg_starts)} start times)")
         with np.errstate(over="ignore"):  # a value past float16's range becomes infinity: refused below
             for it in items:
                 if not all(np.isfinite(np.asarray(v, dtype=DTYPE)).all() for v in (*it.layers, *it.segments)):
