@@ -5,6 +5,7 @@ vectors), from hashlib and from numpy."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import unicodedata
@@ -379,4 +380,72 @@ def test_damage_names_the_first_five_tracks_and_a_row_file_cut_below_the_catalog
     with pytest.raises(StoreDamaged, match=r"row 7 is past the end \(5 rows\); the catalog references rows the file "):
         _embed(store, run, "new")
     assert not store.has_vectors(run, "new") and store.catalog_rows(run) == (7, 14)
+    store.close()
+
+
+def test_opening_names_what_stands_where_the_store_or_its_catalog_should_be(tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_bytes(b"x")
+    with pytest.raises(StoreError, match="file is a file, not a feature store folder"):
+        FeatureStore(a_file)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(StoreError, match=r"dangling is a link to .*nowhere, which does not exist"):
+        FeatureStore(tmp_path / "dangling")
+    (tmp_path / "folder" / "catalog.sqlite").mkdir(parents=True)
+    with pytest.raises(StoreDamaged, match=r"its catalog \(catalog.sqlite\) is a folder or a device, not a file"):
+        FeatureStore(tmp_path / "folder")
+    with pytest.raises(StoreError, match="no feature store at .*missing"):
+        FeatureStore(tmp_path / "missing", create=False)
+    assert not (tmp_path / "missing").exists()
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "catalog.sqlite").write_bytes(b"")  # a first writer's, before its tables
+    with pytest.raises(StoreError, match="no feature store at .*new yet"):
+        FeatureStore(tmp_path / "new", readonly=True)
+    store = FeatureStore(tmp_path / "store")
+    run = _run(store)
+    _file(store, "/m/0.ogg", "h0")
+    _embed(store, run, "h0")
+    store.close()
+    catalog = tmp_path / "store" / "catalog.sqlite"
+    catalog.rename(tmp_path / "aside.sqlite")
+    with pytest.raises(StoreDamaged, match=r"its catalog \(catalog.sqlite\) is missing but it holds vectors"):
+        FeatureStore(tmp_path / "store")
+    catalog.write_bytes(b"")
+    with pytest.raises(StoreDamaged, match=r"its catalog \(catalog.sqlite\) is empty but it holds vectors"):
+        FeatureStore(tmp_path / "store")
+    assert catalog.stat().st_size == 0  # nothing made over it
+    (tmp_path / "aside.sqlite").replace(catalog)
+    FeatureStore(tmp_path / "store", readonly=True).close()
+    for level in ("track", "segment"):
+        (tmp_path / "store" / "runs" / str(run.id) / level / "001.f16").write_bytes(b"")
+    with pytest.raises(
+        StoreDamaged,
+        match=r"store is damaged: toy track vectors of layer l1 hold 0 rows, the catalog "
+        r"references 1 \(and 1 more problems\); run `mess check` for details",
+    ):
+        FeatureStore(tmp_path / "store")
+    FeatureStore(tmp_path / "store", verify=False).close()  # opened unchecked
+
+
+def test_a_run_s_model_source_is_replaced_whole_and_a_damaged_record_is_one_line(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path)
+    run, other = _run(store), _run(store, "r2")
+    assert store.model_source(run) is None
+    store.set_model_source(run, {"file": "/models/x.onnx", "preset": "clap"})
+    store.set_model_source(run, {"file": "/models/y.onnx"})
+    assert store.model_source(run) == {"file": "/models/y.onnx"} and store.model_source(other) is None
+    assert json.loads((tmp_path / "runs" / str(run.id) / "source.json").read_text()) == {"file": "/models/y.onnx"}
+    for damaged in (b"{}", b'{"file": 1}', b"[]", b"\xff{", b'{"file": "x"'):
+        store.model_source_path(run).write_bytes(damaged)
+        with pytest.raises(
+            StoreError,
+            match=f"runs/{run.id}/source.json in the store at .*, the record of where toy's "
+            "model file came from, is damaged; run `mess extract` with the model file again",
+        ):
+            store.model_source(run)
+    store.model_source_path(other).mkdir(parents=True)
+    with pytest.raises(
+        StoreError, match=f"cannot read runs/{other.id}/source.json in the store at .* \\(Is a directory"
+    ):
+        store.model_source(other)
     store.close()
