@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mess.constants import legacy_stamp
 from mess.store import FeatureStore, Run, RunKey, StoreDamaged, StoreError, TrackFailed, TrackVectors
 from mess.store.feature_store import track_set_digest
 
@@ -448,4 +449,29 @@ def test_a_run_s_model_source_is_replaced_whole_and_a_damaged_record_is_one_line
         StoreError, match=f"cannot read runs/{other.id}/source.json in the store at .* \\(Is a directory"
     ):
         store.model_source(other)
+    store.close()
+
+
+def test_a_file_s_record_is_updated_in_place_keeps_a_decoded_duration_and_tells_its_stamp(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path)
+    odd = Path(os.fsdecode(b"/m/caf\xe9.ogg"))
+    tags = {"artist": "A", "album": None, "title": "T", "genre": None, "composer": None}
+    first = store.upsert_track(odd, "h1", 10, 1.5, {"duration": 30.0, "sample_rate": 44100}, tags, stamp="s1")
+    assert store.known_file(odd) == ("h1", "s1") and store.file_size_mtime(odd) == (10, 1.5)
+    assert store.known_file(Path("/m/other.ogg")) is None and store.file_size_mtime(Path("/m/other.ogg")) is None
+    store.set_duration("h1", 12.0)  # decoding found less audio than the header claims
+    again = store.upsert_track(odd, "h1", 11, 2.5, {"duration": 30.0}, {**tags, "artist": "B"}, stamp="s2")
+    copy = store.upsert_track(Path("/m/copy.ogg"), "h1", 11, 2.5, {"duration": 30.0}, {}, stamp="s3")
+    other = store.upsert_track(Path("/m/new.ogg"), "h2", 5, 1.0, {"duration": 30.0}, {})
+    assert again == first and len({first, copy, other}) == 3
+    assert [(t.id, t.duration, t.artist) for t in store.tracks()] == [
+        (first, 12.0, "B"),
+        (copy, 12.0, None),
+        (other, 30.0, None),
+    ]
+    assert store.known_file(odd) == ("h1", "s2") and store.file_size_mtime(odd) == (11, 2.5)
+    assert store.known_file(Path("/m/new.ogg")) == ("h2", legacy_stamp(5, 1.0))  # no stamp: size and mtime
+    assert store.remove_tracks([str(odd), "/m/never.ogg"]) == 1 and store.all_paths() == ["/m/copy.ogg", "/m/new.ogg"]
+    back = store.upsert_track(odd, "h1", 11, 2.5, {"duration": 30.0}, {}, stamp="s2")
+    assert back > other and store.all_paths() == ["/m/copy.ogg", "/m/new.ogg", str(odd)]  # a new id, never reused
     store.close()
