@@ -9,6 +9,7 @@ import json
 import os
 import re
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 
 from mess.constants import legacy_stamp
 from mess.store import FeatureStore, Run, RunKey, StoreDamaged, StoreError, TrackFailed, TrackVectors
-from mess.store.feature_store import track_set_digest
+from mess.store.feature_store import DerivedRewritten, track_set_digest
 
 
 def _file(store: FeatureStore, path: str, content_hash: str) -> int:
@@ -475,3 +476,39 @@ def test_a_file_s_record_is_updated_in_place_keeps_a_decoded_duration_and_tells_
     back = store.upsert_track(odd, "h1", 11, 2.5, {"duration": 30.0}, {}, stamp="s2")
     assert back > other and store.all_paths() == ["/m/copy.ogg", "/m/new.ogg", str(odd)]  # a new id, never reused
     store.close()
+
+
+def test_reads_in_a_snapshot_see_one_catalog_version_and_a_set_rewritten_meanwhile_is_read_again(
+    tmp_path: Path,
+) -> None:
+    store, other = FeatureStore(tmp_path), FeatureStore(tmp_path)
+    _file(store, "/m/0.ogg", "h0")
+    with store.snapshot():
+        assert store.all_paths() == ["/m/0.ogg"]  # the snapshot starts at its first read
+        _file(other, "/m/1.ogg", "h1")  # another connection commits meanwhile
+        with store.snapshot():  # nested: the same version
+            assert store.all_paths() == ["/m/0.ogg"]
+        assert store.all_paths() == ["/m/0.ogg"] and store.db.in_transaction
+    assert store.all_paths() == ["/m/0.ogg", "/m/1.ogg"] and not store.db.in_transaction
+    tries: list[int] = []
+
+    def rewritten_until(n: int) -> Callable[[], int]:
+        def read() -> int:
+            tries.append(len(tries) + 1)
+            if len(tries) < n:
+                raise DerivedRewritten("rewritten twice while read")
+            return len(store.all_paths())
+
+        return read
+
+    assert store.reading(rewritten_until(3)) == 2 and tries == [1, 2, 3]  # three reads in all
+    tries.clear()
+    with pytest.raises(DerivedRewritten):
+        store.reading(rewritten_until(4))
+    assert tries == [1, 2, 3] and not store.db.in_transaction
+    tries.clear()
+    with store.snapshot(), pytest.raises(DerivedRewritten):  # inside a snapshot: the outer reader reads again
+        store.reading(rewritten_until(2))
+    assert tries == [1]
+    store.close()
+    other.close()
