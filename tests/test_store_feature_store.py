@@ -512,3 +512,16 @@ def test_reads_in_a_snapshot_see_one_catalog_version_and_a_set_rewritten_meanwhi
     assert tries == [1]
     store.close()
     other.close()
+
+
+def test_an_unread_file_is_found_by_its_path_though_another_shares_its_name(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path)
+    run = _run(store)
+    store.record_failure(run, "", "/m/a/gone.ogg", "/m/a/gone.ogg: no such file")
+    store.record_failure(run, "", "/m/b/gone.ogg", "/m/b/gone.ogg: permission denied")
+    assert store.unread_failure("/m/a/gone.ogg") == ("/m/a/gone.ogg", "no such file")
+    assert store.unread_failure("/m/b/gone.ogg") == ("/m/b/gone.ogg", "permission denied")
+    assert store.unread_failure("gone.ogg") is None  # two of that name: neither
+    with pytest.raises(StoreError, match="unknown track 'gone.ogg'"):
+        store.track("gone.ogg")
+    store.close()
