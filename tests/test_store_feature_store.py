@@ -525,3 +525,13 @@ def test_an_unread_file_is_found_by_its_path_though_another_shares_its_name(tmp_
     with pytest.raises(StoreError, match="unknown track 'gone.ogg'"):
         store.track("gone.ogg")
     store.close()
+
+
+def test_a_layer_of_one_value_is_a_layer(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path)
+    run = store.ensure_run(RunKey("loudness", "r1", "{}", 16000, ("db",), (1,)))
+    _file(store, "/m/0.ogg", "h0")
+    store.write_vectors(run, [TrackVectors("h0", [np.array([-12.0])], [np.array([[-12.0], [-11.0]])], [0.0, 3.0])])
+    assert store.layer_matrix(run, "db")[1].tolist() == [[-12.0]]
+    assert store.segment_matrix(run, 0)[2].tolist() == [[-12.0], [-11.0]]
+    store.close()
