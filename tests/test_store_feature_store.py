@@ -535,3 +535,25 @@ def test_a_layer_of_one_value_is_a_layer(tmp_path: Path) -> None:
     assert store.layer_matrix(run, "db")[1].tolist() == [[-12.0]]
     assert store.segment_matrix(run, 0)[2].tolist() == [[-12.0], [-11.0]]
     store.close()
+
+
+def test_a_malformed_run_choice_or_a_default_model_without_vectors_is_a_store_error(tmp_path: Path) -> None:
+    from mess.store.config import write_setting
+
+    store = FeatureStore(tmp_path)
+    run = _run(store)
+    _file(store, "/m/0.ogg", "h0")
+    _embed(store, run, "h0")
+    for choice in ("toy@", "toy@x", "run:"):
+        with pytest.raises(StoreError, match=f"'{choice}' names no model of this store and is no run choice"):
+            store.run(choice)
+    assert store.run() == run
+    write_setting(tmp_path, "default-model", "mert")
+    with pytest.raises(StoreError, match="default-model 'mert' \\(set by `mess config`\\) has no vectors"):
+        store.run()
+    assert store.run("toy") == run
+    for i in range(5):
+        _file(store, f"/m/{i}/x.ogg", f"x{i}")
+    with pytest.raises(StoreError, match=r"5 tracks are named 'x.ogg' \(.*/m/4/x.ogg\); give"):  # all five: no '...'
+        store.track("x.ogg")
+    store.close()
