@@ -111,8 +111,11 @@ def test_failures_follow_the_files_of_their_content_and_unread_files_by_path(tmp
     assert store.unread_failure("gone.ogg") == ("/m/gone.ogg", "permission denied")  # the latest, in any run
     assert store.unread_failure("/m/gone.ogg") == ("/m/gone.ogg", "permission denied")
     assert store.unread_failure("fine.ogg") is None
-    with pytest.raises(TrackFailed, match="/m/gone.ogg failed to extract, so it is not in the collection: permission"):
+    with pytest.raises(
+        TrackFailed, match="/m/gone.ogg failed to extract, so it is not in the collection: permission"
+    ) as err:
         store.track("gone.ogg")
+    assert err.value.path == "/m/gone.ogg"
     with pytest.raises(StoreError, match="unknown track 'pending'"):
         store.track("pending")
     _embed(store, run, "hp", "hb")  # embedded at last: their failures go
@@ -556,4 +559,21 @@ def test_a_malformed_run_choice_or_a_default_model_without_vectors_is_a_store_er
         _file(store, f"/m/{i}/x.ogg", f"x{i}")
     with pytest.raises(StoreError, match=r"5 tracks are named 'x.ogg' \(.*/m/4/x.ogg\); give"):  # all five: no '...'
         store.track("x.ogg")
+    store.close()
+
+
+def test_with_no_model_named_the_preferred_model_answers_though_another_covers_more_tracks(tmp_path: Path) -> None:
+    from mess.store.config import MODEL_PREFERENCE, write_setting
+
+    store = FeatureStore(tmp_path)
+    better, worse = MODEL_PREFERENCE[0], MODEL_PREFERENCE[-1]
+    preferred = store.ensure_run(RunKey(better, "r1", "{}", 16000, ("l0",), (2,)))
+    fuller = store.ensure_run(RunKey(worse, "r1", "{}", 16000, ("l0",), (2,)))
+    for i in range(2):
+        _file(store, f"/m/{i}.ogg", f"h{i}")
+    _embed(store, preferred, "h0")
+    _embed(store, fuller, "h0", "h1")
+    assert store.run() == preferred and store.run(worse) == fuller
+    write_setting(tmp_path, "default-model", worse)
+    assert store.run() == fuller
     store.close()
