@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import sqlite3
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
@@ -577,3 +578,35 @@ def test_with_no_model_named_the_preferred_model_answers_though_another_covers_m
     write_setting(tmp_path, "default-model", worse)
     assert store.run() == fuller
     store.close()
+
+
+def test_a_derived_set_whose_file_is_gone_is_said_rewritten_and_others_holding_it_are_named(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path)
+    runs = [_run(store, f"r{i}") for i in range(3)]
+    _file(store, "/m/0.ogg", "h0")
+    for run in runs:
+        _embed(store, run, "h0")
+    for run in runs[1:]:
+        store.write_derived(run, "fused", ["h0"], np.ones((1, 2), dtype=np.float32), {})
+    assert store.derived_elsewhere(runs[0], "fused", "model=") == (
+        f"toy@{runs[1].id}, toy@{runs[2].id} have them: pick one with model=toy@{runs[1].id}, or "
+    )
+    store.derived_path(runs[1], "fused").unlink()
+    with pytest.raises(DerivedRewritten, match=r"the fused vectors of toy are not where the catalog says \(fused\.\d+"):
+        store.derived_matrix(runs[1], "fused")
+    assert store.derived_matrix(runs[2], "fused")[1].tolist() == [[1.0, 1.0]]
+    store.close()
+
+
+def test_an_aspect_map_from_an_older_mess_reads_without_its_stamps(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path)
+    run = _run(store)
+    store.set_aspect_map(run, [("tempo", "l1", 0.5, 0.1)], n_tracks=3, probed_at=12.5, tracks_digest="abc")
+    store.close()
+    with sqlite3.connect(tmp_path / "catalog.sqlite") as db:  # what an older mess wrote: none of the three columns
+        for column in ("n_tracks", "probed_at", "tracks_digest"):
+            db.execute(f"ALTER TABLE aspect_map DROP COLUMN {column}")
+    old = FeatureStore(tmp_path, readonly=True)  # read-only: not migrated
+    assert old.aspect_map(run) == {"tempo": "l1"} and old.aspect_scores(run) == {"tempo": 0.5}
+    assert (old.aspect_map_digest(run), old.aspect_map_probed_at(run), old.aspect_map_tracks(run)) == (None, None, None)
+    old.close()
