@@ -610,3 +610,24 @@ def test_an_aspect_map_from_an_older_mess_reads_without_its_stamps(tmp_path: Pat
     assert old.aspect_map(run) == {"tempo": "l1"} and old.aspect_scores(run) == {"tempo": 0.5}
     assert (old.aspect_map_digest(run), old.aspect_map_probed_at(run), old.aspect_map_tracks(run)) == (None, None, None)
     old.close()
+
+
+def test_forgetting_derived_rows_blanks_those_rows_and_every_row_from_keep_on(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path)
+    run, empty = _run(store), _run(store, "r2")
+    ids = [_file(store, f"/m/{i}.ogg", f"h{i}") for i in range(4)]
+    _embed(store, run, "h0", "h1", "h2", "h3")
+    vectors = np.arange(8, dtype=np.float32).reshape(4, 2)
+    for name in ("fused", "other"):
+        store.write_derived(run, name, ["h0", "h1", "h2", "h3"], vectors, {"kind": name})
+    assert store.forget_derived_rows(run, [1, 9], keep=3) == 4  # rows 1 and 3 of each set; row 9 is no row
+    for name in ("fused", "other"):
+        got_ids, got = store.derived_matrix(run, name)
+        assert got_ids.tolist() == [ids[0], ids[2]] and got.tolist() == vectors[[0, 2]].tolist()
+        assert store.derived_meta(run, name)["kind"] == name and {
+            n: (rows, written) for n, rows, written in store.derived_sizes(run)
+        }[name] == (3, 3)
+    store.write_derived(empty, "fused", [], np.zeros((0, 2), dtype=np.float32), {})  # a run with no vectors yet
+    got_ids, got = store.derived_matrix(empty, "fused")
+    assert got_ids.tolist() == [] and got.shape == (0, 2)
+    store.close()
