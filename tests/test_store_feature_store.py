@@ -628,7 +628,25 @@ def test_forgetting_derived_rows_blanks_those_rows_and_every_row_from_keep_on(tm
         assert store.derived_meta(run, name)["kind"] == name and {
             n: (rows, written) for n, rows, written in store.derived_sizes(run)
         }[name] == (3, 3)
+    assert store.forget_derived_rows(run, [3], keep=5) == 0  # a row added since the sets were written: no row of theirs
     store.write_derived(empty, "fused", [], np.zeros((0, 2), dtype=np.float32), {})  # a run with no vectors yet
     got_ids, got = store.derived_matrix(empty, "fused")
-    assert got_ids.tolist() == [] and got.shape == (0, 2)
+    assert got_ids.tolist() == [] and got.shape == (0, 2) and store.derived_sizes(empty) == [("fused", 0, 0)]
+    with pytest.raises(ValueError):  # as many vectors as contents, or nothing is written
+        store.write_derived(run, "fused", ["h0", "h1", "h2"], vectors[:2], {})
+    assert store.derived_matrix(run, "fused")[1].tolist() == vectors[[0, 2]].tolist()
+    store.close()
+
+
+def test_derived_rows_that_differ_from_their_checksums_name_the_first_five_tracks(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path)
+    run = _run(store)
+    ids = [_file(store, f"/m/{i}.ogg", f"h{i}") for i in range(7)]
+    _embed(store, run, *(f"h{i}" for i in range(7)))
+    store.write_derived(run, "fused", [f"h{i}" for i in range(7)], np.ones((7, 2), dtype=np.float32), {})
+    for row in range(1, 7):
+        _poke(store.derived_path(run, "fused"), 2, row)
+    listed = ", ".join(map(str, ids[1:6]))
+    with pytest.raises(StoreDamaged, match=rf"toy fused vectors of track ids \[{listed}\] differ from their checksums"):
+        store.derived_matrix(run, "fused")
     store.close()
