@@ -170,14 +170,15 @@ def _frame_features(framed: np.ndarray, banks: _Banks, sr: int) -> np.ndarray:
 def _zero_crossing_rate(y: np.ndarray, frames: int) -> np.ndarray:
     """Zero crossings per sample in centred 2048-sample frames every 512 samples: [batch, frames].
 
-    Counted per 512-sample block of the edge-padded crossings, then summed over each frame's 4 blocks.
+    Counted per 512-sample block of the crossings, then summed over each frame's 4 blocks; as in librosa, the
+    edge samples that pad the signal cross nothing.
     """
     sign = np.signbit(y)
     crossings = np.empty(y.shape, bool)
-    crossings[:, 0] = sign[:, 0]
+    crossings[:, 0] = False
     np.not_equal(sign[:, 1:], sign[:, :-1], out=crossings[:, 1:])
     per = _N_FFT // _HOP
-    padded = np.pad(crossings, ((0, 0), (_N_FFT // 2, _N_FFT // 2)), mode="edge")[:, :(frames + per - 1) * _HOP]
+    padded = np.pad(crossings, ((0, 0), (_N_FFT // 2, _N_FFT // 2)))[:, :(frames + per - 1) * _HOP]
     counts = padded.reshape(len(y), -1, _HOP).view(np.uint8).sum(axis=-1, dtype=np.int32)
     cum = np.concatenate([np.zeros((len(y), 1), np.int32), np.cumsum(counts, axis=-1)], axis=-1)
     return (cum[:, per:] - cum[:, :-per]).astype(np.float32) / _N_FFT
@@ -249,7 +250,7 @@ class DspModel(EmbeddingModel):
     """Timbre (MFCC), harmony (chroma), spectral shape and rhythm descriptors per window."""
 
     def __init__(self) -> None:
-        self.info = ModelInfo(name="dsp", revision=f"v5-librosa-{librosa_version}", sample_rate=_SR,
+        self.info = ModelInfo(name="dsp", revision=f"v6-librosa-{librosa_version}", sample_rate=_SR,
                               layer_names=tuple(_GROUPS), layer_dims=tuple(_GROUPS.values()))
 
     def embed(self, windows: np.ndarray) -> list[np.ndarray]:
