@@ -3,6 +3,7 @@
 import librosa
 import numpy as np
 import pytest
+import scipy.fft
 
 from mess.audio.spectrum import frames, stft
 from mess.models import dsp
@@ -151,3 +152,104 @@ def test_onset_rate_counts_each_click_once_as_librosas_onset_detect_does() -> No
     pairs[0, 10::20], pairs[0, 12::20] = 1.0, 0.8
     assert np.array_equal(dsp._onset_rate(pairs, 2.0, sr), [20 / 2.0])
     assert np.array_equal(dsp._onset_rate(pairs, 2.0, 44100), [10 / 2.0])  # at 44.1 kHz 23 ms apart: within 30 ms
+
+
+def _librosa_descriptors(y: np.ndarray, sr: int = 22050) -> dict[str, np.ndarray]:
+    """describe's groups of one window, the recipe written out with librosa (its docstrings and the module's):
+    the window scaled to peak 1; MFCCs 1-20 (orthonormal DCT-II of the 128-band log-mel, 80 dB below its peak),
+    chroma (A440), spectral centroid, bandwidth, 85% roll-off (log1p Hz), flatness (log10), zero-crossing rate and
+    the 7 contrast bands, each as mean then standard deviation over frames; then tempo (log1p BPM), onsets per
+    second, the onset envelope's mean and deviation, the 95th-10th percentile range of the frames' RMS in dB and
+    the RMS's coefficient of variation."""
+    y = (y / np.abs(y).max()).astype(np.float32)
+    mag = np.abs(librosa.stft(y, n_fft=2048, hop_length=512))
+    log_mel = librosa.power_to_db(librosa.feature.melspectrogram(S=mag**2, sr=sr), top_db=80.0)
+    spectral = np.vstack([
+        np.log1p(librosa.feature.spectral_centroid(S=mag, sr=sr)),
+        np.log1p(librosa.feature.spectral_bandwidth(S=mag, sr=sr)),
+        np.log1p(librosa.feature.spectral_rolloff(S=mag.astype(np.float64), sr=sr)),
+        np.log10(librosa.feature.spectral_flatness(S=mag) + 1e-10),
+        librosa.feature.zero_crossing_rate(y),
+        librosa.feature.spectral_contrast(S=mag, sr=sr),
+    ])
+    env = librosa.onset.onset_strength(S=log_mel, sr=sr)
+    rms = librosa.feature.rms(S=mag)[0]
+    level = 20 * np.log10(rms + 1e-9)
+
+    def stats(feature: np.ndarray) -> np.ndarray:
+        return np.concatenate([feature.mean(axis=1), feature.std(axis=1)])
+
+    return {
+        "mfcc": stats(scipy.fft.dct(log_mel, axis=0, norm="ortho")[1:21]),
+        "chroma": stats(librosa.feature.chroma_stft(S=mag**2, sr=sr, tuning=0.0)),
+        "spectral": stats(spectral),
+        "rhythm": np.array([np.log1p(librosa.feature.tempo(onset_envelope=env, sr=sr)[0]),
+                            len(librosa.onset.onset_detect(onset_envelope=env, sr=sr)) / (len(y) / sr),
+                            env.mean(), env.std(), np.percentile(level, 95) - np.percentile(level, 10),
+                            rms.std() / rms.mean()]),
+    }
+
+
+def test_describe_is_librosas_descriptors_of_each_window_scaled_to_peak_one() -> None:
+    """The whole assembly against librosa, for a batch of two windows (clicks at 100 BPM; another at 140 BPM,
+    inverted, fading in); each window alone gives its row as [dim]; a window at 1e-12 of that level is described
+    as the same window (the scaling to peak 1 comes first), and the model's layers are these groups."""
+    sr = 22050
+    noise = 1e-3 * np.random.default_rng(1).standard_normal(6 * sr)  # keeps contrast valleys within top_db
+    y = np.stack([_music(6.0) + noise, -_music(6.0, bpm=140.0) * np.linspace(0.2, 1.0, 6 * sr) + noise])
+    y = y.astype(np.float32)
+    got = dsp.describe(y)
+    assert {k: v.shape for k, v in got.items()} == {"mfcc": (2, 40), "chroma": (2, 24), "spectral": (2, 24),
+                                                   "rhythm": (2, 6)}
+    for row, window in enumerate(y):
+        want = _librosa_descriptors(window)
+        for name, ref in want.items():
+            ours = got[name][row]
+            # the tempogram's windows every 8 frames pick librosa's lag for these clicks (in general, within one
+            # lag step: test_tempo_with_every_window_is_librosas_and_the_strided_one_agrees)
+            np.testing.assert_allclose(ours, ref, rtol=2e-3, atol=1e-4 * np.abs(ref).max(), err_msg=f"{name} {row}")
+        alone = dsp.describe(window)
+        for name in got:  # the same values up to the matrix products' summation order
+            np.testing.assert_allclose(alone[name], got[name][row], rtol=1e-5, atol=1e-5 * np.abs(got[name]).max())
+    quiet = dsp.describe(1e-12 * y)
+    for name in got:
+        np.testing.assert_allclose(quiet[name], got[name], rtol=1e-4, atol=1e-4 * np.abs(got[name]).max())
+    # a window's descriptors do not hang on the windows batched with it: a pure tone beside brown noise, whose
+    # quietest bands lie further than 80 dB below the tone's loudest (each window's dB floor is its own)
+    t = np.arange(3 * sr) / sr
+    brown = np.cumsum(np.random.default_rng(0).standard_normal(t.size))
+    pair = np.stack([np.sin(2 * np.pi * 440 * t), brown - brown.mean()]).astype(np.float32)
+    together = dsp.describe(pair)
+    for row, window in enumerate(pair):
+        alone = dsp.describe(window)
+        for name in got:
+            np.testing.assert_allclose(alone[name], together[name][row], rtol=1e-5,
+                                       atol=1e-5 * np.abs(together[name]).max(), err_msg=name)
+    # below zero throughout (a DC offset): the peak is the most negative sample, here too at any level
+    below = y[:1] - (y[:1].max() + 0.5)
+    low, tiny = dsp.describe(below), dsp.describe(1e-12 * below)
+    for name in got:
+        assert np.isfinite(low[name]).all(), name
+        np.testing.assert_allclose(tiny[name], low[name], rtol=1e-4, atol=1e-4 * np.abs(low[name]).max())
+    # a window that ends in digital silence (a fourth of it): its level's 10th percentile is that of silence,
+    # far below the music's, and finite
+    ending = y[:1].copy()
+    ending[:, -ending.shape[1] // 4:] = 0.0
+    rhythm = dsp.describe(ending)["rhythm"][0]
+    assert np.isfinite(rhythm).all() and rhythm[4] > 100
+    model = dsp.DspModel()
+    layers = model.embed(y)
+    assert model.info.layer_names == ("mfcc", "chroma", "spectral", "rhythm")
+    assert [layer.shape[1] for layer in layers] == list(model.info.layer_dims) == [40, 24, 24, 6]
+    assert all(layer.dtype == np.float32 and np.array_equal(layer, got[name].astype(np.float32))
+               for layer, name in zip(layers, model.info.layer_names, strict=True))
+
+
+def test_the_db_floor_of_each_window_is_80_db_below_its_own_peak_as_in_librosa() -> None:
+    """_db of a batch [windows, frames, bands] is librosa's power_to_db (top_db 80) of each window alone: a window
+    60 dB quieter than its neighbour keeps its own range."""
+    power = np.random.default_rng(4).gamma(0.3, size=(2, 50, 128)).astype(np.float32) ** 4
+    power[1] *= 1e-6
+    got = dsp._db(power)
+    for window, ours in zip(power, got, strict=True):
+        np.testing.assert_allclose(ours, librosa.power_to_db(window, top_db=80.0), rtol=1e-5, atol=1e-4)
