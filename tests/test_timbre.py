@@ -63,6 +63,12 @@ def test_mfccs_are_librosas(windows: np.ndarray, basis: np.ndarray) -> None:
         assert np.abs(frames - want).max() <= 1e-3 * np.abs(want).max()
 
 
+def test_a_silent_windows_mfccs_are_librosas(basis: np.ndarray) -> None:
+    """Silence is power_to_db's floor (its amin, -100 dB) in every band: c0 carries it, the other MFCCs are 0."""
+    silent = np.zeros(SR, np.float32)
+    np.testing.assert_allclose(timbre.mfcc(silent[None], basis)[0], _reference(silent), rtol=1e-5, atol=1e-4)
+
+
 def test_window_vector_is_the_log_euclidean_gaussian_of_its_frames(windows: np.ndarray, basis: np.ndarray) -> None:
     got = timbre.window_vectors(windows, basis)
     assert got.shape == (3, N_MFCC + N_MFCC * (N_MFCC + 1) // 2) == (3, timbre.DIM) and got.dtype == np.float32
