@@ -302,7 +302,7 @@ def saved_comparison(store: FeatureStore, options: ArtistOptions, hybrid: Hybrid
 def saved_selection(store: FeatureStore, run: Run, on_note: Note = _ignore) -> dict:
     """The space the saved hybrid weights were learned on (empty when there are none, or when they were learned on
     another model than ``run``'s: its layers are not this model's, said through ``on_note``; so is another run of
-    the model, whose layers are)."""
+    the model, whose layers are); an ArtistError when its layer or aspect is not a name or its fused not true/false."""
     saved = _saved_meta(store)
     selection, model, run_id = saved.get("selection", {}), saved.get("model", run.model), saved.get("run_id", run.id)
     if model != run.model:
@@ -312,7 +312,13 @@ def saved_selection(store: FeatureStore, run: Run, on_note: Note = _ignore) -> d
     if run_id != run.id:
         on_note(f"the saved weights were learned on {model} run {run_id}; the audio component here is run {run.id}'s "
                 f"(pass --model {model}@{run_id} to use theirs)")
-    return selection if isinstance(selection, dict) else {}
+    if not isinstance(selection, dict):
+        return {}
+    if not all(isinstance(selection.get(k), str | None) for k in ("layer", "aspect")) \
+            or not isinstance(selection.get("fused"), bool | None):
+        raise ArtistError(f"malformed weights file {store.reports_dir / WEIGHTS_FILE} (its selection's layer and "
+                          "aspect are not names, or its fused is not true or false)")
+    return selection
 
 
 def load_tags(path: Path | None) -> dict[str, list[str]] | None:
