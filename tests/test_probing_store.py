@@ -709,3 +709,34 @@ def test_the_random_init_control_leaves_a_file_changed_since_extraction_alone(tm
     assert len(store.tracks(store.run("musicnn-msd"))) == 6
     assert len(store.tracks(store.run("musicnn-msd-random-init"))) == 5
     store.close()
+
+
+def test_a_random_init_twin_of_too_few_files_on_disk_is_a_note_and_the_trained_probe_is_kept(tmp_path: Path) -> None:
+    """Targets cached by an earlier probe keep tracks whose files went since in the trained probe, but the twin can
+    only embed the files still there: with 3 of 5 left, `mess probe --control random-init` ended in 'error: probing
+    needs at least 4 tracks, got 3' and threw the trained probe away (with none left the control was a note)."""
+    import soundfile as sf
+
+    from mess.audio.discover import find_audio
+    from mess.audio.windows import WindowPolicy
+
+    music = tmp_path / "music"
+    music.mkdir()
+    t = np.arange(16000 * 4) / 16000
+    for i in range(5):
+        tone = np.sin(2 * np.pi * 110 * (i + 2) * t) * (1 + np.sign(np.sin(2 * np.pi * (i + 1) * t)))
+        sf.write(music / f"t{i}.wav", (0.2 * tone).astype(np.float32), 16000)
+    root = tmp_path / "store"
+    store = FeatureStore(root)
+    extract(store, find_audio([music]), load_model("musicnn-msd"), WindowPolicy(window_seconds=4.0))
+    store.close()
+    args = ["probe", "--model", "musicnn-msd", "--layers", "timbral", "--folds", "2", "--workers", "1",
+            "--store", str(root), "--json"]
+    assert runner.invoke(app, [*args, "--control", "none"]).exit_code == 0  # caches every track's targets
+    for i in (0, 1):
+        (music / f"t{i}.wav").unlink()
+    out = runner.invoke(app, [*args, "--control", "random-init"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.stdout)
+    assert report["n_tracks"] == 5 and list(report["conditions"]) == ["trained"]
+    assert report["notes"]["random-init"] == "not run: the random-init twin's probing needs at least 4 tracks, got 3"

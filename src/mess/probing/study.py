@@ -89,6 +89,8 @@ def probe_run(store: FeatureStore, run: Run, options: ProbeOptions = ProbeOption
                                     f"{summary.skipped + summary.copies} reused")
         except (ControlError, ModelError, ImportError, OSError) as exc:
             notes["random-init"] = f"not run: {exc}"
+        except ProbeError as exc:  # the twin embeds only the files on disk, which cached targets may outnumber
+            notes["random-init"] = f"not run: the random-init twin's {exc}"
     return ProbeReport(model=run.model, revision=run.revision, run_id=run.id, policy=asdict(run_policy(run)),
                        n_tracks=folds.n, folds=folds.scheme, probe=options.probe,
                        seconds=time.perf_counter() - started, conditions=conditions, notes=notes,
