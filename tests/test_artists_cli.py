@@ -229,6 +229,20 @@ def test_similar_hybrid_compares_artists_as_the_saved_weights_were_learned(app: 
     assert "learned without centring; using --center as asked" in err
 
 
+def test_empty_weights_are_refused_not_replaced_by_the_saved_ones(app: typer.Typer, store: Path,
+                                                                  tmp_path: Path) -> None:
+    """`similar --weights ""` (an empty shell variable) blended with the saved weights, compared as the user asked
+    rather than as they were learned, and without saved weights asked for --weights; " " was refused."""
+    own = tmp_path / "store"
+    shutil.copytree(store, own)
+    ref = tmp_path / "ref.json"
+    ref.write_text(json.dumps({f"Artist {a}": [f"Artist {a ^ 1}"] for a in range(8)}))
+    assert invoke(app, own, "hybrid", "--reference", str(ref), "-k", "2", "-l", "noise", "--json")[0] == 0
+    for weights in ("", " "):
+        code, out, err = invoke(app, own, "similar", "Artist 2", "-l", "noise", "--weights", weights)
+        assert code == 1 and "weights must be finite, non-negative numbers with a positive sum" in err, out + err
+
+
 def _solo_store(root: Path, names: tuple[str, ...] = tuple(f"Solo {a}" for a in range(4))) -> Path:
     """Artists of one track each (``names``), 2 layers of random vectors."""
     rng = np.random.default_rng(1)

@@ -225,7 +225,8 @@ def similar_artists(store: FeatureStore, name: str, k: int, options: ArtistOptio
     query = row_in_space(artists, everyone.profiles[query].name, space)
     parts: dict[str, np.ndarray] = {}
     if hybrid is not None:
-        weights = parse_weights(hybrid.weights) if hybrid.weights else load_weights(store.reports_dir / WEIGHTS_FILE)
+        weights = (parse_weights(hybrid.weights) if hybrid.weights is not None
+                   else load_weights(store.reports_dir / WEIGHTS_FILE))
         matched = match_reference(load_reference(hybrid.reference), artists)[0] if hybrid.reference else None
         parts = components(_similarity(artists, space, options), artists, matched=matched,
                            extra_tags=load_tags(hybrid.tags))
