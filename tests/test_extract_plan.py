@@ -17,6 +17,7 @@ import soundfile as sf
 
 from mess.audio.decode import AudioError, probe
 from mess.audio.windows import WindowPolicy
+from mess.extract import plan
 from mess.extract.child import Child
 from mess.extract.pipeline import DECODE_WORKER, extract
 from mess.extract.plan import plan_in_background, to_embed
@@ -133,3 +134,79 @@ def test_a_damaged_mp3_fails_in_words_and_the_terminal_stays_clean(tmp_path: Pat
     assert f"failed: {music / 'junk.mp3'}: cannot decode (invalid data found when processing input: damaged, or " \
            "not audio)" in shown, shown
     assert f"failed: {music / 'cut.ogg'}: cannot decode (end of file before any audio: cut short?)" in shown, shown
+
+
+def test_the_plan_adds_up_its_batches_and_a_stop_after_it_leaves_the_worker_alive(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch
+                                                                                 ) -> None:
+    """Headers are read a batch at a time; the worker that read them goes on decoding files for the run, so a stop
+    once the total is given must not kill it."""
+    monkeypatch.setattr(plan, "PLAN_BATCH", 2)
+    paths = [_tone(tmp_path / f"t{i}.wav", 1.0 + 2 * i, 220.0 * (i + 1)) for i in range(5)]  # batches of 2, 2, 1
+    decoders: SimpleQueue[Child] = SimpleQueue()
+    decoders.put(child := Child(DECODE_WORKER))
+    got: list[float] = []
+    done = threading.Event()
+    stop = plan_in_background(decoders, paths, POLICY, lambda seconds: (got.append(seconds), done.set()))
+    try:
+        assert done.wait(120), "the plan never reported"
+        pid = child.pid
+        stop()
+        assert got == [pytest.approx(sum(POLICY.analysed_seconds(sf.info(p).duration) for p in paths))]
+        assert decoders.get_nowait() is child and decoders.empty()
+        assert pid is not None and not child.connect()[2]  # the same process, not started again ...
+        first = POLICY.analysed_seconds(sf.info(paths[0]).duration)
+        assert child.call(("plan", paths[:1], POLICY), 60) == ("ok", pytest.approx(first))
+        assert child.pid == pid  # ... and it still answers
+    finally:
+        child.stop()
+
+
+def test_a_stop_kills_the_worker_stuck_on_a_file_and_hands_it_back(tmp_path: Path, capfd: pytest.CaptureFixture
+                                                                   ) -> None:
+    """A header read that hangs (here a FIFO no one writes) must not hold the run's end for the plan's timeout: the
+    stop kills the worker reading it, the plan says nothing, and the worker is back for the next file."""
+    fifo = tmp_path / "stuck.wav"
+    os.mkfifo(fifo)
+    decoders: SimpleQueue[Child] = SimpleQueue()
+    decoders.put(child := Child(DECODE_WORKER))
+    got: list[float] = []
+    stop = plan_in_background(decoders, [fifo, _tone(tmp_path / "good.wav", 2.0, 220.0)], POLICY, got.append)
+    try:
+        deadline = time.monotonic() + 60
+        while child.pid is None and time.monotonic() < deadline:  # started by the plan's first request
+            time.sleep(0.05)
+        time.sleep(1.0)  # the request is sent and the worker opens the FIFO: it blocks there
+        began = time.monotonic()
+        stop()
+        assert time.monotonic() - began < 30 and got == []
+        assert not [t for t in threading.enumerate() if t.name == "mess-plan"]
+        assert decoders.get_nowait() is child and decoders.empty()
+        assert "Traceback" not in capfd.readouterr().err
+    finally:
+        child.stop()
+
+
+def test_a_worker_that_dies_or_fails_gives_no_total_and_no_traceback(tmp_path: Path, capfd: pytest.CaptureFixture,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """No total rather than a wrong one: a worker that died (here one that never starts: no such module) or that
+    answers with an error (here a policy it cannot use) ends the plan quietly, its worker handed back."""
+    raised: list[type[BaseException]] = []  # what ended the plan's thread, had anything (pytest would only warn)
+    monkeypatch.setattr(threading, "excepthook", lambda args: raised.append(args.exc_type))
+    good = _tone(tmp_path / "good.wav", 2.0, 220.0)
+    for child, policy in ((Child("mess.no_such_worker"), POLICY), (Child(DECODE_WORKER), None)):
+        decoders: SimpleQueue[Child] = SimpleQueue()
+        decoders.put(child)
+        got: list[float] = []
+        stop = plan_in_background(decoders, [good], policy, got.append)  # type: ignore[arg-type]
+        try:
+            deadline = time.monotonic() + 60
+            while [t for t in threading.enumerate() if t.name == "mess-plan"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            stop()
+            assert got == [] and decoders.get_nowait() is child
+        finally:
+            child.stop()
+    err = capfd.readouterr().err
+    assert "No module named mess.no_such_worker" in err  # what the worker that never started said
+    assert "Exception in thread" not in err and "Traceback" not in err and raised == [], (err, raised)
