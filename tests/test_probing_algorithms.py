@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -181,6 +182,12 @@ def test_fold_scores_are_pooled_r2_and_constant_targets_are_nan() -> None:
     assert scores.shape == (4, 2)
     assert np.isnan(scores[:, 1]).all()
     assert scores[:, 0].min() > 0.95
+    rounding = 1e6 * (1 + 1e-8 * rng.standard_normal(100))  # the same to 8 digits: rounding, not a target
+    assert np.isnan(fold_scores(x, rounding[:, None], folds)).all()
+    flat = fold_scores(x, np.full((100, 3), -7.5), folds)  # nothing to predict: every score undefined
+    assert flat.shape == (4, 3) and np.isnan(flat).all()
+    with pytest.raises(ProbeError, match="unknown probe 'svm'; use one of ridge, mlp"):
+        fold_scores(x, y, folds, "svm")
 
 
 def test_mlp_probe_learns_a_nonlinear_target_the_linear_probe_cannot() -> None:
@@ -240,6 +247,7 @@ def test_fold_scores_are_ridge_with_leave_one_group_out_penalties_fitted_here() 
             pred = Ridge(alpha=ALPHAS[np.argmin(mse[:, t])]).fit(xt, yt[:, t]).predict(xs)
             want = 1.0 - ((pred - y[test, t]) ** 2).mean() / y[:, t].var()
             assert got[f, t] == pytest.approx(want, abs=1e-7), (f, t)
+    np.testing.assert_array_equal(fold_scores(x, y.tolist(), folds), got)  # targets given as plain lists
 
 
 def test_aspect_scores_floor_each_target_at_zero_skip_constant_targets_and_margins_are_differences() -> None:
@@ -280,6 +288,20 @@ def test_copies_of_one_file_share_a_fold_so_a_copy_never_predicts_its_twin(tagge
     for train, test in folds.splits:
         assert not {same[i] for i in train} & {same[i] for i in test}
     assert "copies of one file kept in one fold" in folds.scheme
+    if tagged:  # grouped by album still: an album and every album holding a copy of one of its files are one group
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        albums2 = [f"album{i // 2}" for i in range(n)] + [f"best-of{i // 4}" for i in range(n)]
+        rows = np.arange(2 * n)
+        node = {v: 2 * n + i for i, v in enumerate(dict.fromkeys(albums2 + same))}  # albums and hashes as nodes
+        a = np.concatenate([[node[albums2[r]] for r in rows], [node[same[r]] for r in rows]])
+        graph = coo_matrix((np.ones(4 * n), (a, np.concatenate([rows, rows]))), shape=(len(node) + 2 * n,) * 2)
+        component = connected_components(graph, directed=False)[1][:2 * n]
+        grouped = make_folds(2 * n, [("album", albums2)], n_folds=5, seed=0, same=same)
+        assert grouped.group_field == "album" and f"({len(set(component))} groups)" in grouped.scheme
+        for train, test in grouped.splits:
+            assert not set(component[train]) & set(component[test])
     assert fold_scores(x, y, folds).mean() < 0.1
     leaky = make_folds(2 * n, meta, n_folds=5, seed=0)  # what folds without the content hashes do: most pairs split
     assert sum(len({same[i] for i in train} & {same[i] for i in test}) for train, test in leaky.splits) > n / 2
@@ -297,3 +319,43 @@ def test_mlp_probe_runs_on_a_small_collection(n: int) -> None:
     folds = make_folds(n, [], n_folds=5)
     scores = fold_scores(x, y, folds, kind="mlp")
     assert scores.shape == (len(folds.splits), 2) and np.isfinite(scores).all()
+
+
+def test_mlp_probe_fits_each_target_of_a_layer() -> None:
+    """The MLP is fitted to every target of a layer at once: each is predicted, not only the first."""
+    rng = np.random.default_rng(6)
+    x = rng.uniform(-2, 2, size=(300, 4))
+    y = np.column_stack([x[:, 0] ** 2, -3.0 * x[:, 1]]) + 0.05 * rng.standard_normal((300, 2))  # unrelated targets
+    folds = make_folds(300, [], n_folds=3)
+    both = fold_scores(x, y, folds, "mlp").mean(axis=0)
+    assert both.min() > 0.8, both
+
+
+@pytest.mark.parametrize("jobs", [0, 1, 2, 8])
+def test_probe_layers_runs_jobs_layers_at_a_time_reports_each_once_and_scores_each_as_alone(jobs: int) -> None:
+    """Every layer is loaded once, at most ``jobs`` (at least one) are in flight when the next is loaded, each is
+    reported once, and its scores are the mean and standard deviation over folds of that layer probed alone."""
+    rng = np.random.default_rng(5)
+    n = 40
+    y = rng.standard_normal((n, 3))
+    mats = {f"l{i}": (y @ rng.standard_normal((3, 6)) * (i / 4) + rng.standard_normal((n, 6))) for i in range(5)}
+    folds = make_folds(n, [], n_folds=4)
+    loaded: list[str] = []
+    reported: list[str] = []
+
+    def loader(name: str) -> Callable[[], np.ndarray]:
+        def load() -> np.ndarray:
+            assert len(loaded) - len(reported) <= max(1, jobs) - 1, "more layers in flight than jobs"
+            loaded.append(name)
+            return mats[name]
+        return load
+
+    scores = probe_layers([(name, loader(name)) for name in mats], y, ["t0", "t1", "t2"], folds, jobs=jobs,
+                          on_layer=reported.append)
+    assert loaded == list(mats) and sorted(reported) == list(mats) and scores.layers == tuple(mats)
+    assert scores.targets == ("t0", "t1", "t2")
+    for i, name in enumerate(mats):
+        alone = fold_scores(mats[name], y, folds)
+        np.testing.assert_allclose(scores.r2[i], alone.mean(axis=0), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(scores.r2_std[i], alone.std(axis=0), rtol=0, atol=1e-12)
+    assert scores.r2[4].mean() > scores.r2[1].mean() > scores.r2[0].mean()  # the planted signal, growing
