@@ -91,15 +91,29 @@ def test_similar_defaults_to_a_discriminative_layer_and_can_hide_low_confidence(
     data = json.loads(out)
     assert data["space"] in ("aniso", "clean")
     assert "Artist 6" not in [r["artist"] for r in data["results"]] and len(data["results"]) == 6
+    assert "--hide-low left out every other artist" not in err  # six are left: nothing to say
 
 
-def test_similar_hybrid_reports_components(app: typer.Typer, store: Path) -> None:
-    code, out, _ = invoke(app, store, "similar", "Artist 7", "-l", "noise", "--weights", "genre=1,collab=1", "--json")
+def test_similar_hybrid_reports_components(app: typer.Typer, store: Path, tmp_path: Path) -> None:
+    code, out, said = invoke(app, store, "similar", "Artist 7", "-l", "noise", "--weights", "genre=1,collab=1",
+                             "--json")
     assert code == 0
     data = json.loads(out)
     top = data["results"][0]
     assert data["hybrid"] and top["artist"] == "Artist 6"  # same genre and credited together
     assert top["components"]["genre"] == 1.0 and top["components"]["collab"] == 1.0
+    unused = ("no information for reference in this collection (no tags / collaborations / --reference); those "
+              "weights are unused")
+    assert unused not in said
+    code, out, err = invoke(app, store, "similar", "Artist 7", "-l", "noise", "--weights", "genre=1,reference=1")
+    assert code == 0 and unused in err, err  # no --reference: its weight is said unused, the genre ranks
+    code, out, err = invoke(app, store, "similar", "Artist 7", "-l", "noise", "--weights", "genre=1,reference=0")
+    assert code == 0 and "no information for" not in err, err  # a weight of 0 asks for nothing
+    ref = tmp_path / "ref.json"  # a list that pairs Artist 7 with Artist 2, whom nothing else relates to it
+    ref.write_text(json.dumps({"Artist 7": ["Artist 2"]}))
+    code, out, err = invoke(app, store, "similar", "Artist 7", "-l", "noise", "--weights", "reference=1",
+                            "--reference", str(ref), "--json")
+    assert code == 0 and json.loads(out)["results"][0]["artist"] == "Artist 2", err
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -439,6 +453,10 @@ def test_fused_artists_count_only_the_tracks_with_fused_vectors_and_say_how_many
     assert err.count(said) == 1, err
     code, _, err = invoke(app, root, "similar", "Artist 0", "-k", "7", "--fused")
     assert code == 0 and err.count(said) == 1 and re.search(r"Artist 4 \(low\) │ \S+ │ 2/3 │ 0\.40", err), err
+    code, out, err = invoke(app, root, "similar", "Artist 7", "-k", "7", "--fused", "--json")  # after Artist 6
+    data = json.loads(out)
+    assert code == 0 and data["artist"] == "Artist 7" and data["tracks"] == 5, err
+    assert sorted(r["artist"] for r in data["results"]) == [f"Artist {a}" for a in range(6)]
     code, _, err = invoke(app, root, "similar", "Artist 6", "--fused")
     assert code == 1 and "Artist 6 has no fused vectors" in err and "`mess fuse apply`" in err, err
     code, out, err = invoke(app, root, "matrix", "--fused", "--out", str(tmp_path / "m"), "--json")
