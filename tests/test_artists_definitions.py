@@ -455,6 +455,10 @@ def test_a_reference_file_is_read_as_utf8_with_or_without_a_bom_and_refused_as_o
         read_json(tmp_path, "tags")
     with pytest.raises(ArtistError, match="no such reference file"):
         load_reference(tmp_path / "none.json")
+    loop = tmp_path / "loop.json"  # a link to itself: the system's ELOOP was a bare OSError to a library caller
+    loop.symlink_to(loop)
+    with pytest.raises(ArtistError, match=r"cannot read reference file .*loop\.json \(Too many levels"):
+        load_reference(loop)
     path.write_text('{"A": ')
     with pytest.raises(ArtistError, match="reference file .* is not valid JSON"):
         load_reference(path)

@@ -66,6 +66,8 @@ def read_json(path: Path, what: str) -> object:
         raise ArtistError(f"no such {what} file: {path}") from None
     except IsADirectoryError:
         raise ArtistError(f"{path} is a folder, not a {what} file (JSON)") from None
+    except OSError as exc:  # a link to itself, a file this user may not read
+        raise ArtistError(f"cannot read {what} file {path} ({exc.strerror or exc})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtistError(f"{what} file {path} is not valid JSON ({exc})") from None
     except RecursionError:
