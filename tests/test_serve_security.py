@@ -8,6 +8,7 @@ holding 10 hours of silence.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import os
 import signal
@@ -18,13 +19,16 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
-from mess.serve.security import AccessPolicy
+from mess.serve.security import LOOPBACK_HOSTS, AccessPolicy, _hostname, host_name, install
 from mess.serve.uploads import _limited, _TooSlow
 
 MESS = [sys.executable, "-m", "mess.cli"]
@@ -383,3 +387,69 @@ def test_a_second_ctrl_c_ends_an_upload_being_embedded(dsp_store: Path) -> None:
     # answered, not left waiting: the worker's death (400), or the forced exit's cancelled request (500) when the
     # server stops before that answer is sent
     assert answers and answers[0].status_code in (400, 500), answers
+
+
+def _guarded(policy: AccessPolicy, base_url: str = "http://localhost:8765") -> TestClient:
+    """A TestClient of a bare app behind ``policy``: the guard alone, in this process."""
+    app = FastAPI()
+    install(app, policy)
+
+    @app.api_route("/x", methods=["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"])
+    def x() -> dict:
+        return {"ok": True}
+
+    return TestClient(app, base_url=base_url)
+
+
+def test_host_names_are_read_as_a_url_parser_reads_them() -> None:
+    """The Host check in this process, against urllib's reading of the same netloc (valid ports) and of
+    values whose port is none (left whole, so that no allowed name matches them)."""
+    for netloc in ("Example.ORG:8000", "localhost", " localhost:65535 ", "[::1]:80", "[fe80::1]", "127.0.0.1:0",
+                   "localhost:"):
+        assert _hostname(netloc) == urlsplit("//" + netloc.strip()).hostname, netloc
+    for netloc in ("localhost:65536", "localhost:@evil.example", "localhost:8o", "[::1]evil", "[::1]:99999",
+                   "localhost:\u0663"):  # an Arabic-Indic digit: str.isdigit, not a port
+        assert _hostname(netloc) == netloc.strip().lower(), netloc
+    assert _hostname("::1") == "::1" and _hostname("FE80::1") == "fe80::1"  # a bare IPv6 address has no port
+    longest = ".".join(["a" * 63] * 3 + ["b" * 61])  # 253 characters, DNS's limit
+    assert host_name(longest) == longest and host_name("a" * 63 + ".lan.") == "a" * 63 + ".lan."
+    for too_long in (longest + "b", "a" * 64 + ".lan"):
+        with pytest.raises(ValueError, match="invalid host name"):
+            host_name(too_long)
+    assert AccessPolicy.build([], token="").token is None and AccessPolicy.build().hosts == LOOPBACK_HOSTS
+    with pytest.raises(dataclasses.FrozenInstanceError):  # a running server's policy cannot be widened
+        AccessPolicy.build().token = "x"  # type: ignore[misc]
+
+
+def test_the_guard_checks_host_origin_and_token_of_each_request() -> None:
+    with _guarded(AccessPolicy.build(["music.lan"])) as open_:
+        assert open_.get("/x").json() == {"ok": True}
+        assert open_.get("/x", headers={"Host": "music.lan:1"}).status_code == 200
+        refused = open_.get("/x", headers={"Host": "evil.example"})
+        assert refused.status_code == 400 and "--allowed-host evil.example" in refused.json()["detail"]
+        assert open_.get("/x", headers={"Host": ""}).status_code == 400
+        for method in ("POST", "PUT", "PATCH", "DELETE"):
+            assert open_.request(method, "/x", headers={"Origin": "http://evil.example"}).status_code == 403, method
+            assert open_.request(method, "/x", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403, method
+            assert open_.request(method, "/x", headers={"Origin": "http://LOCALHOST:8765"}).status_code == 200
+            assert open_.request(method, "/x", headers={"Sec-Fetch-Site": "same-origin"}).status_code == 200
+            assert open_.request(method, "/x", headers={"Origin": "http://[::1"}).status_code == 403  # no URL
+        for method in ("GET", "HEAD", "OPTIONS"):  # reading from another site changes nothing
+            assert open_.request(method, "/x", headers={"Origin": "http://evil.example",
+                                                        "Sec-Fetch-Site": "cross-site"}).status_code == 200, method
+    with _guarded(AccessPolicy.build(token="s3cret")) as browser:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer "},
+                        {"Authorization": "Basic s3cret"}, {"Authorization": "s3cret"}):
+            refused = browser.get("/x", headers=headers)
+            assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer", headers
+        assert browser.get("/x", headers={"Authorization": "bearer  s3cret "}).status_code == 200
+        assert not browser.cookies  # a header's token sets no cookie
+        assert browser.get("/x", params={"token": "wrong"}).status_code == 401 and not browser.cookies
+        opened = browser.get("/x", params={"token": "s3cret"})
+        assert opened.status_code == 200  # a page's scripts cannot read the cookie, nor other sites' requests send it
+        assert {"httponly", "samesite=strict"} <= {a.strip().lower() for a in opened.headers["set-cookie"].split(";")}
+        assert dict(browser.cookies) == {"mess_token_8765": "s3cret"}
+        assert browser.get("/x").status_code == 200  # the cookie carries it
+    with _guarded(AccessPolicy.build(token="s3cret"), "http://localhost") as default_port:
+        assert default_port.get("/x", params={"token": "s3cret"}).status_code == 200
+        assert dict(default_port.cookies) == {"mess_token": "s3cret"} and default_port.get("/x").status_code == 200
