@@ -3,6 +3,8 @@ and the session's rendered-music ``extracted_store``."""
 
 from __future__ import annotations
 
+import email
+import email.policy
 import io
 import json
 import os
@@ -17,12 +19,13 @@ from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
+import httpx
 import mutagen.flac
 import numpy as np
 import pytest
 import soundfile as sf
 import typer
-from fastapi import HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.testclient import TestClient
 from matplotlib.image import imsave
 from typer.testing import CliRunner
@@ -37,6 +40,7 @@ from mess.models.dsp import DspModel
 from mess.query import resolve_query
 from mess.search.query import similar_tracks
 from mess.serve.app import create_app
+from mess.serve.audio_file import AudioFile
 from mess.serve.mapping import collection_map
 from mess.serve.uploads import Embedded, EmbedWorker
 from mess.store import FeatureStore, Run, TrackVectors
@@ -432,6 +436,73 @@ def test_a_range_header_that_cannot_be_read_is_ignored_and_refusals_are_json(cli
     assert some.headers["content-range"] == f"bytes 2-5/{len(raw)}"
     stale = client.get(url, headers={"Range": f"bytes={len(raw)}-", "If-Range": '"not-the-etag"'})
     assert stale.status_code == 200 and stale.content == raw  # If-Range does not match: the whole file, no 416
+
+
+def _ranged(path: Path) -> TestClient:
+    """A bare app serving ``path`` as the audio route does: :class:`AudioFile`, its JSON 416 raised."""
+    app = FastAPI()
+
+    @app.get("/f")
+    def f(request: Request) -> AudioFile:
+        stat = path.stat()
+        response = AudioFile(path, stat_result=stat)
+        refusal = response.refusal(request, stat)
+        if refusal is not None:
+            raise refusal
+        return response
+
+    return TestClient(app)
+
+
+def _byteranges(response: httpx.Response) -> list[tuple[str, bytes]]:
+    """The parts of a multipart/byteranges body (RFC 9110 §14.6), read by the standard library's MIME parser."""
+    message = email.message_from_bytes(b"Content-Type: " + response.headers["content-type"].encode() + b"\r\n\r\n"
+                                       + response.content, policy=email.policy.HTTP)
+    assert message.get_content_type() == "multipart/byteranges"
+    return [(part["content-range"], part.get_payload(decode=True)) for part in message.iter_parts()]
+
+
+def test_byte_ranges_are_served_as_rfc_9110_defines_them(tmp_path: Path) -> None:
+    """Each range as the RFC reads it, against a slice of the file: first-last inclusive, a last past the end cut
+    to it, -n the last n bytes, overlapping or adjacent ranges merged, several disjoint ones as multipart parts."""
+    raw = bytes(np.random.default_rng(0).integers(ord("a"), ord("z") + 1, 1000, dtype=np.uint8))
+    path = tmp_path / "f.bin"
+    path.write_bytes(raw)
+    n = len(raw)
+    single = {"bytes=0-0": (0, 0), "bytes=10-": (10, n - 1), "bytes=990-5000": (990, n - 1), "bytes=-1": (n - 1, n - 1),
+              "bytes=-5000": (0, n - 1), f"bytes={n - 1}-{n - 1}": (n - 1, n - 1), "bytes=0005-0009": (5, 9),
+              "BYTES = 0-1, 2-3": (0, 3), "bytes=5-6,0-4": (0, 6), "bytes=0-10,5-6": (0, 10), "bytes=3-4,0-10": (0, 10),
+              "bytes=0-" + "9" * 5000: (0, n - 1), f"bytes=2-5, {n + 10}-": (2, 5), "bytes=0-1,-0": (0, 1),
+              "bytes=" + "0" * 30 + "5-9": (5, 9), "bytes=" + ",".join(["0-1"] * 100): (0, 1)}  # 100: the most
+    with _ranged(path) as client:
+        for header, (first, last) in single.items():
+            part = client.get("/f", headers={"Range": header})
+            assert part.status_code == 206, (header, part.status_code, part.text[:80])
+            assert part.content == raw[first:last + 1] and part.headers["content-range"] == f"bytes {first}-{last}/{n}"
+        several = client.get("/f", headers={"Range": "bytes=900-, 0-1, 5-6"})
+        assert several.status_code == 206
+        assert _byteranges(several) == [(f"bytes {a}-{b}/{n}", raw[a:b + 1]) for a, b in ((0, 1), (5, 6), (900, n - 1))]
+        for header in ("bytes=" + ",".join(["0-1"] * 101), "bytes=" + "0-1," * 100 + "5-6", "bytes=,", "bytes=-",
+                       "bytes=abc", "bytes=0-1,x", "items=0-5", "bytes", "bytes=5-2", "bytes=0-1,5-2", "bytes=1-x"):
+            whole = client.get("/f", headers={"Range": header})  # past the ranges a request may hold: ignored
+            assert whole.status_code == 200 and whole.content == raw, header
+        for header in (f"bytes={n}-", "bytes=-0", f"bytes={n}-{n}", "bytes=" + "9" * 30 + "-", f"bytes={n}-,-0",
+                       "bytes=" + "9" * 300 + "-"):
+            refused = client.get("/f", headers={"Range": header})
+            assert refused.status_code == 416 and refused.headers["content-range"] == f"bytes */{n}", header
+            assert refused.json()["detail"] == f"range not satisfiable: {header[:100]!r} (the file has {n} bytes)"
+        etag = client.get("/f").headers["etag"]
+        assert client.get("/f", headers={"Range": f"bytes={n}-", "If-Range": etag}).status_code == 416
+        stale = client.get("/f", headers={"Range": f"bytes={n}-", "If-Range": '"another"'})
+        assert stale.status_code == 200 and stale.content == raw
+    path.write_bytes(b"x")
+    with _ranged(path) as client:  # a file of one byte: its last byte is its first
+        for header in ("bytes=-1", "bytes=-5", "bytes=0-0", "bytes=0-"):
+            one = client.get("/f", headers={"Range": header})
+            assert (one.status_code, one.content, one.headers["content-range"]) == (206, b"x", "bytes 0-0/1"), header
+    path.write_bytes(b"")
+    with _ranged(path) as client:  # an empty file has no last byte
+        assert client.get("/f", headers={"Range": "bytes=-5"}).status_code == 416
 
 
 def test_an_audio_file_replaced_since_extraction_is_refused_until_extracted_again(tmp_path: Path) -> None:
