@@ -13,18 +13,35 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 from mpd import MPDClient
 from typer.testing import CliRunner, Result
 
 from mess.cli.main import app
 from mess.playlists.formats import read_playlist
-from mess.playlists.mpd import PlayerError, connect, play_first
+from mess.playlists.mpd import (
+    LIST_BYTES,
+    PlayerError,
+    _append,
+    _lists,
+    _music_folder,
+    _replace,
+    _sendable,
+    collection_path,
+    collection_track,
+    connect,
+    known_uris,
+    play_files,
+    play_first,
+    song_uri,
+)
 from mess.playlists.playlist import artist_key
 from mess.playlists.radio import radio
 from mess.query import resolve_query
 from mess.search.query import collection_query
-from mess.store import FeatureStore
+from mess.store import FeatureStore, Track
 
 runner = CliRunner()
 
@@ -1006,3 +1023,154 @@ def test_mpd_radio_seeded_by_a_local_clients_file_leaves_out_what_is_queued(rend
         shutil.rmtree(socket_dir)
     assert queue[0] == str(seed) and queue[-2:] == songs[:2]
     assert sorted(queue[1:-2]) == songs[2:]  # the radio: the other two, none queued twice
+
+
+@pytest.fixture(scope="module")
+def tiny_mpd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """A real mpd over five 1-second WAVs, two named a.wav (one in sub/); no store: the player's side alone."""
+    root = tmp_path_factory.mktemp("tiny-mpd").resolve()
+    music = root / "music"
+    (music / "sub").mkdir(parents=True)
+    (root / "home").mkdir()
+    t = np.arange(8000) / 8000
+    for i, name in enumerate(["a.wav", "c.wav", "d.wav", "sub/a.wav", "sub/b.wav"]):
+        sf.write(music / name, (0.2 * np.sin(2 * np.pi * 220 * (i + 1) * t)).astype(np.float32), 8000)
+    with _mpd(music, root / "home") as port:
+        yield port, music
+
+
+def _track(i: int, path: str) -> Track:
+    return Track(i, path, f"h{i}", 1.0, None, None, None, None, None)
+
+
+def test_mpd_uris_and_collection_tracks_map_both_ways(tmp_path: Path) -> None:
+    """MPD's URIs to the collection's tracks and back, without a player: the file of the music folder when it is
+    known, else the one track the URI ends; the music folder is the seed's path less its URI."""
+    tracks = [_track(1, "/m/a.wav"), _track(2, "/m/sub/a.wav"), _track(3, "/m/sub/b.wav"), _track(4, "/x/c.wav")]
+    assert collection_track(tracks, "sub/a.wav") == tracks[1] and collection_track(tracks, "/m/sub/b.wav") == tracks[2]
+    assert collection_track(tracks, "b.wav") == tracks[2] and collection_track(tracks, "z.wav") is None
+    assert collection_track(tracks, "ub/b.wav") is None  # a URI ends at a folder's boundary
+    with pytest.raises(PlayerError, match="may be any of /m/a.wav, /m/sub/a.wav"):
+        collection_track(tracks, "a.wav")
+    assert collection_track(tracks, "a.wav", Path("/m")) == tracks[0]
+    assert collection_track(tracks, "c.wav", Path("/m")) is None
+    paths = {t.path for t in tracks}
+    assert collection_path(None, "a.wav", paths) == ""
+    assert collection_path(Path("/m"), "sub/b.wav", paths) == "/m/sub/b.wav"
+    assert collection_path(None, "/m/a.wav", paths) == "/m/a.wav"  # a local client's file:// song
+    real, link = tmp_path / "real.wav", tmp_path / "link.wav"
+    real.touch()
+    link.symlink_to(real)
+    assert collection_path(tmp_path, "link.wav", {str(link)}) == str(link)  # a catalogued path is kept as it is
+    assert collection_path(tmp_path, "link.wav", {str(real)}) == str(real)  # else where the link leads
+    queue = [{"file": "http://radio.example/x.wav"}, {"file": "a.wav"}, {"file": "sub/b.wav"}, {}]
+    assert _music_folder(tracks, queue, tracks[1], "sub/a.wav") == Path("/m")
+    assert _music_folder(tracks, queue, tracks[0], "/m/a.wav") == Path("/m")  # from sub/b.wav: a.wav is two files
+    assert _music_folder(tracks, queue[:2], tracks[0], "/m/a.wav") is None
+    assert not _sendable(Path("/m/a\nb.wav")) and not _sendable(Path("/m/a\0b.wav")) and _sendable(Path("/m/a b.wav"))
+
+
+def test_mpd_command_lists_keep_every_command_in_order_and_under_the_limit() -> None:
+    """Each list holds what MPD reads of it (its escaped arguments, quotes doubled at worst) within LIST_BYTES, and
+    the lists hold every command once, in order: a run of long names is cut where the next would pass the limit."""
+    commands = [(i, "/m/" + "é" * (100 + 37 * (i % 50)) + '"') for i in range(400)]
+    batches = list(_lists(commands))
+    assert [c for b in batches for c in b] == commands and all(batches)
+    sent = [sum(len(f"addid {a} \"{b}\"\n".encode()) * 2 for a, b in batch) for batch in batches]  # worst escaping
+    assert max(sent) <= LIST_BYTES
+    for batch, following in zip(batches, batches[1:], strict=False):  # none cut early: the next one would not fit
+        assert sum(len(f"addid {a} \"{b}\"\n".encode()) for a, b in (*batch, following[0])) > LIST_BYTES // 3
+    assert list(_lists([])) == [] and list(_lists([("x" * LIST_BYTES,)])) == [[("x" * LIST_BYTES,)]]
+
+
+def test_mpd_player_side_queues_all_or_none_and_orders_priorities(tiny_mpd: tuple[int, Path]) -> None:
+    """URIs MPD knows, a queue replaced or appended to whole, and random mode's priorities, against a real mpd."""
+    port, music = tiny_mpd
+    with connect("127.0.0.1", port) as client:
+        assert song_uri(client, music / "sub" / "a.wav", music) == "sub/a.wav"
+        assert song_uri(client, Path("/elsewhere/sub/a.wav")) == "sub/a.wav"  # the longest URI the path ends with
+        assert song_uri(client, Path("/elsewhere/a.wav")) == "a.wav"
+        assert song_uri(client, Path("/elsewhere/sub/b.wav"), music) is None  # not sub/b.wav: another file
+        assert song_uri(client, Path("/elsewhere/x\n.wav")) is None
+        wanted = [music / "c.wav", music / "gone.wav", music / "sub" / "b.wav", music / "d.wav"]
+        assert known_uris(client, wanted, music) == (["c.wav", "sub/b.wav", "d.wav"], [music / "gone.wav"])
+        client.clear()
+        client.random(0)
+        uris, unknown, gone = play_files(client, [music / "a.wav", music / "nowhere.wav", music / "d.wav"],
+                                         music_dir=music)
+        assert (uris, unknown, gone) == (["a.wav", "d.wav"], [], [music / "nowhere.wav"])
+        assert [s["file"] for s in client.playlistinfo()] == ["a.wav", "d.wav"]
+        assert client.status()["state"] == "play" and client.currentsong()["file"] == "a.wav"
+        client.pause(1)
+        play_files(client, [music / "c.wav"], append=True, music_dir=music)
+        assert [s["file"] for s in client.playlistinfo()] == ["a.wav", "d.wav", "c.wav"]
+        assert client.status()["state"] == "pause" and client.currentsong()["file"] == "a.wav"
+        with pytest.raises(PlayerError, match=f"none of the playlist's files \\(is --music-dir {music} MPD's"):
+            play_files(client, [music / "nowhere.wav", Path("/elsewhere/z.wav")], music_dir=music)
+        with pytest.raises(PlayerError, match="holds no tracks"):
+            play_files(client, [])
+        queue = client.playlistinfo()
+        with pytest.raises(PlayerError, match="the queue is unchanged"):
+            _append(client, ["c.wav", "not-in-mpd.wav"])  # MPD takes the first, refuses the second
+        assert client.playlistinfo() == queue
+        ids = _append(client, ["sub/a.wav", "sub/b.wav"], at=1)
+        assert [s["file"] for s in client.playlistinfo()] == ["a.wav", "sub/a.wav", "sub/b.wav", "d.wav", "c.wav"]
+        old = {s["id"]: s["file"] for s in client.playlistinfo()[1:3]}
+        assert ids == list(old)
+        new = _replace(client, ["c.wav"], old, at=1)
+        assert [s["file"] for s in client.playlistinfo()] == ["a.wav", "c.wav", "d.wav", "c.wav"]
+        assert client.playlistinfo()[1]["id"] == new[0]
+        before = client.playlistinfo()
+        assert play_first(client, [s["id"] for s in before[1:]]) == 0  # not in random mode: nothing to do
+        assert all("prio" not in s or s["prio"] == "0" for s in client.playlistinfo())
+        client.random(1)
+        try:
+            held, low = before[1]["id"], before[2]["id"]
+            client.prioid(255, held)  # an earlier radio's first song
+            client.prioid(7, low)  # a client's own choice, below every radio
+            assert play_first(client, [before[3]["id"]]) == 1
+            prio = {s["id"]: int(s.get("prio", 0)) for s in client.playlistinfo()}
+            assert prio == {before[0]["id"]: 0, before[3]["id"]: 255, held: 254, low: 7}
+            client.prioid(0, held, low, before[3]["id"])
+            assert play_first(client, []) == 0
+        finally:
+            client.random(0)
+        client.pause(1)  # replacing the queue plays it, also when MPD was paused
+        assert play_files(client, [Path("/not/here/sub/b.wav"), Path("/not/here/c.wav")]) == (["sub/b.wav", "c.wav"],
+                                                                                               [], [])
+        assert [s["file"] for s in client.playlistinfo()] == ["sub/b.wav", "c.wav"]  # none on disk: MPD's own
+        assert client.status()["state"] == "play" and client.currentsong()["file"] == "sub/b.wav"
+
+
+def test_mpd_play_reads_the_music_folder_as_the_shell_would(tiny_mpd: tuple[int, Path], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """--music-dir ~/music is the home's music folder: a file elsewhere named as one of its songs (sub/b.wav) is not
+    that song."""
+    port, music = tiny_mpd
+    monkeypatch.setenv("HOME", str(music.parent))
+    namesake = tmp_path / "sub" / "b.wav"
+    namesake.parent.mkdir()
+    namesake.write_bytes((music / "c.wav").read_bytes())
+    with connect("127.0.0.1", port) as client:
+        got = play_files(client, [music / "c.wav", namesake], music_dir=Path("~/music"))
+        assert got == (["c.wav"], [namesake], [])
+
+
+def test_mpd_replacing_songs_in_a_full_queue_removes_them_first(tiny_mpd: tuple[int, Path], tmp_path: Path) -> None:
+    """MPD's queue at its max_playlist_length: the new songs go in once the old are out (none more than it holds)."""
+    _, music = tiny_mpd
+    (tmp_path / "home").mkdir()
+    with _mpd(music, tmp_path / "home", settings='max_playlist_length "3"\n') as port, \
+            connect("127.0.0.1", port) as client:
+        for uri in ("a.wav", "c.wav", "d.wav"):
+            client.add(uri)
+        old = {s["id"]: s["file"] for s in client.playlistinfo()[1:]}
+        ids = _replace(client, ["sub/a.wav", "sub/b.wav"], old, at=1)
+        assert [(s["id"], s["file"]) for s in client.playlistinfo()][1:] == list(zip(ids, ["sub/a.wav", "sub/b.wav"],
+                                                                                     strict=True))
+        queue = client.playlistinfo()
+        with pytest.raises(PlayerError, match="queue is unchanged"):  # three new ones for two old: cannot fit
+            _replace(client, ["c.wav", "d.wav", "a.wav"], {s["id"]: s["file"] for s in queue[1:]})
+        with pytest.raises(PlayerError, match="queue is unchanged"):  # refused for another reason than a full queue
+            _replace(client, ["not-in-mpd.wav"], {s["id"]: s["file"] for s in queue[1:]})
+        assert client.playlistinfo() == queue
