@@ -12,16 +12,20 @@ import shutil
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import Annotated, Literal
 
 import httpx
 import numpy as np
 import pytest
 import soundfile as sf
 import test_serve_api as api
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
+from fastapi.exceptions import RequestValidationError
 from fastapi.testclient import TestClient
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mess.serve.app import create_app
-from mess.serve.errors import without_paths
+from mess.serve.errors import http_error, invalid_request, short_values, unused_parameters, without_paths
 from mess.store import FeatureStore, RunKey
 
 collection = api.collection  # the module's store, made once here
@@ -324,3 +328,63 @@ def test_health_while_the_store_is_rebuilt_says_what_it_serves(copied: Path) -> 
 ])
 def test_messages_name_paths_by_their_last_part(text: str, shown: str) -> None:
     assert without_paths(text) == shown
+
+
+def _worded() -> TestClient:
+    """A bare app with the API's error answers: its validation and HTTP error handlers, and the dependency refusing
+    another route's parameters."""
+    app = FastAPI()
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    router = APIRouter(dependencies=[Depends(unused_parameters)])
+
+    @router.get("/a")
+    def a(seed: Annotated[int, Query(description="The seed track.")],
+          n: Annotated[int, Query(ge=1, le=200, description="How many.")] = 10,
+          offset: Annotated[int, Query(ge=0)] = 0, plain: int = 0, flag: bool = False,
+          kind: Literal["x", "y", "z"] = "x", ids: Annotated[list[int], Query()] = (),
+          bare: Annotated[str | None, Query()] = None) -> dict:
+        return {"seed": seed}
+
+    @router.get("/b")
+    def b() -> dict:
+        raise HTTPException(404, "unknown model " + "m" * 100 + "; the track caf\udce9.wav")
+
+    @router.get("/c")
+    def c(layer: str | None = None, name: Annotated[str, Query(description="")] = "") -> dict:
+        return {"layer": layer}
+
+    app.include_router(router)
+    return TestClient(app, base_url="http://127.0.0.1")
+
+
+def test_the_error_answers_name_each_parameter_and_what_it_takes() -> None:
+    long = "7" * 100
+    cases = {"/a": "missing seed: the seed track",
+             "/a?seed=1&n=0": "invalid n '0'; use a whole number from 1 to 200",
+             "/a?seed=1&offset=-1": "invalid offset '-1'; use a whole number of 0 or more",
+             "/a?seed=1&plain=x": "invalid plain 'x'; use a whole number",
+             "/a?seed=1&flag=maybe": "invalid flag 'maybe'; use true or false",
+             "/a?seed=1&kind=w": "invalid kind 'w'; use x, y or z",
+             "/a?seed=1&ids=2&ids=b": "invalid ids 'b'; use a whole number (repeat it for several)",
+             f"/a?seed={long}x": f"invalid seed {long[:40]!r}... (101 characters); use a whole number",
+             f"/a?seed={long[:40]}x": f"invalid seed {long[:40]!r}... (41 characters); use a whole number",
+             f"/a?seed={long[:39]}x": f"invalid seed {long[:39] + 'x'!r}; use a whole number",  # 40: whole
+             "/a?seed=1&n=0&kind=w": "invalid n '0'; use a whole number from 1 to 200; invalid kind 'w'; use x, y or z",
+             "/a?seed=1&ids=a&ids=a": "invalid ids 'a'; use a whole number (repeat it for several)",  # once
+             "/a?seed=x&n=": "invalid seed 'x'; use a whole number; invalid n ''; use a whole number from 1 to 200",
+             }
+    with _worded() as client:
+        for url, detail in cases.items():
+            answer = client.get(url)
+            assert (answer.status_code, answer.json()) == (422, {"detail": detail}), url
+        assert client.get("/a?seed=3&layer=2").json() == {  # another route's parameter: refused
+            "detail": "/a does not take layer; it takes seed, n, offset, plain, flag, kind, ids, bare"}
+        assert client.get("/b?layer=2&seed=1").json() == {"detail": "/b does not take layer or seed; it takes no "
+                                                                      "parameters"}
+        assert client.get("/a?seed=3&layer=&token=x&_=1").json() == {"seed": 3}  # blank, or no route's: ignored
+        assert client.get("/c?layer=1&bare=%20").json() == {"layer": "1"}
+        cut = client.get("/b")
+        assert cut.status_code == 404
+        assert cut.json() == {"detail": f"unknown model {'m' * 40}... (100 characters); the track caf\\xe9.wav"}
+    assert short_values("x" * 80) == "x" * 80 and short_values("x" * 81) == "x" * 40 + "... (81 characters)"
