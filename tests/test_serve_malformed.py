@@ -348,7 +348,7 @@ def _worded() -> TestClient:
 
     @router.get("/b")
     def b() -> dict:
-        raise HTTPException(404, "unknown model " + "m" * 100 + "; the track caf\udce9.wav")
+        raise HTTPException(404, "unknown model '" + "m" * 100 + "'; the track caf\udce9.wav")
 
     @router.get("/c")
     def c(layer: str | None = None, name: Annotated[str, Query(description="")] = "") -> dict:
@@ -386,5 +386,6 @@ def test_the_error_answers_name_each_parameter_and_what_it_takes() -> None:
         assert client.get("/c?layer=1&bare=%20").json() == {"layer": "1"}
         cut = client.get("/b")
         assert cut.status_code == 404
-        assert cut.json() == {"detail": f"unknown model {'m' * 40}... (100 characters); the track caf\\xe9.wav"}
+        assert cut.json() == {"detail": f"unknown model '{'m' * 40}... (100 characters)'; the track caf\\xe9.wav"}
     assert short_values("x" * 80) == "x" * 80 and short_values("x" * 81) == "x" * 40 + "... (81 characters)"
+    assert short_values(f"a ({'y' * 90}).") == f"a ({'y' * 40}... (90 characters)).", "closing punctuation kept"

@@ -46,9 +46,10 @@ def short_values(text: str) -> str:
 
 
 def _cut(run: re.Match) -> str:
-    """One long run cut, its closing punctuation kept: "'xxxx...; use" -> "'xxxx... (3000 characters)'; use"."""
+    """One long run cut, its quotes and punctuation kept: "'xxxx...; use" -> "'xxxx... (3000 characters)'; use"."""
     value = run[0].rstrip("'\";:,.)")
-    return f"{value[:_SHOWN]}... ({len(value)} characters){run[0][len(value):]}"
+    opening = len(value) - len(value.lstrip("'\"("))  # not counted: 'x...' of 3000 x's was '(3001 characters)'
+    return f"{value[:opening + _SHOWN]}... ({len(value) - opening} characters){run[0][len(value):]}"
 
 
 def unused_parameters(request: Request) -> None:
