@@ -6,7 +6,9 @@ import itertools
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,11 +16,26 @@ import torch
 
 from mess.audio.windows import WindowPolicy
 from mess.fusion import evaluate
-from mess.fusion.data import FusionError, LayerData, split_labels
+from mess.fusion.apply import check_compatible
+from mess.fusion.data import FusionError, LabelSplit, LayerData, split_labels
 from mess.fusion.mining import PKSampler, triplet_loss
 from mess.fusion.network import LayerFusion
 from mess.fusion.report import compare
-from mess.fusion.train import FusionConfig, embed, initial_network, load_checkpoint, save_checkpoint, train_fusion
+from mess.fusion.train import (
+    MAX_RATE,
+    EpochLog,
+    FusionConfig,
+    FusionResult,
+    StoppedBeforeFirstEpoch,
+    checkpoint_path,
+    checkpoint_problem,
+    embed,
+    initial_network,
+    load_checkpoint,
+    save_checkpoint,
+    saved_checkpoint,
+    train_fusion,
+)
 from mess.store import Run, Track
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small batches: fastest, reproducible
@@ -343,3 +360,220 @@ def test_layer_mixture_is_the_softmax_weighted_sum_of_standardised_layer_normed_
     want = sum(w * b for w, b in zip(weights, normed, strict=True))
     with torch.no_grad():
         np.testing.assert_allclose(net.mix(xt).numpy(), want, atol=1e-4)
+
+
+# ---- training loop edges, checkpoints' places and compatibility ---------------------------------------------------
+
+
+def test_a_stop_keeps_the_epochs_done_and_a_stop_before_the_first_ends_keeps_nothing() -> None:
+    data = clustered(n_labels=12, per_label=4)
+    config = FusionConfig(fusion_dim=8, hidden_dim=16, common_dim=8, labels_per_batch=4, weight_epochs=3,
+                          max_epochs=4, val_frac=0.2, test_frac=0.2, seed=1)
+    logs: list[EpochLog] = []
+    result = train_fusion(data, config, on_epoch=logs.append, stop=lambda: len(logs) >= 2)
+    assert result.interrupted_at == 2 and [h.epoch for h in result.history] == [0, 1, 2] and logs == result.history[1:]
+    assert not result.stopped_early and result.best_epoch <= 2
+    with pytest.raises(StoppedBeforeFirstEpoch):
+        train_fusion(data, config, stop=lambda: True)
+
+
+def test_training_without_validation_runs_the_weight_epochs_and_ends_on_the_refitted_projection() -> None:
+    """No validation labels: phase 2 is skipped, the last epoch is kept, and its projection is refitted to the
+    principal directions of the mixture its learned layer weights make (numpy's SVD of the network's own mix)."""
+    data = clustered(n_labels=12, per_label=4)
+    config = FusionConfig(fusion_dim=8, hidden_dim=16, common_dim=8, labels_per_batch=4, weight_epochs=3,
+                          max_epochs=50, val_frac=0.0, test_frac=0.2, seed=2)
+    result = train_fusion(data, config)
+    assert not result.split.val and [h.epoch for h in result.history] == [0, 1, 2, 3]
+    assert result.best_epoch == 3 and not result.stopped_early and result.interrupted_at is None
+    assert all(h.val_ndcg is None and h.loss is not None for h in result.history[1:])
+    with torch.no_grad():
+        mixed = result.network.mix(torch.from_numpy(data.x)).double().numpy()
+    top = np.linalg.svd(mixed, full_matrices=False)[2][:8]
+    weight = result.network.project.weight.detach().double().numpy()
+    np.testing.assert_allclose(np.abs(weight @ top.T), np.eye(8), atol=1e-3)
+
+
+def test_phase_two_stops_patience_epochs_after_its_best_and_keeps_the_best() -> None:
+    data = clustered(n_labels=20, per_label=4)
+    config = FusionConfig(fusion_dim=8, hidden_dim=16, common_dim=8, labels_per_batch=4, weight_epochs=2,
+                          max_epochs=40, patience=2, lr=3e-2, val_frac=0.25, test_frac=0.2, seed=0)
+    result = train_fusion(data, config)
+    vals = [h.val_ndcg for h in result.history]
+    last = result.history[-1].epoch
+    assert result.stopped_early and last < config.weight_epochs + config.max_epochs
+    assert last - max(result.best_epoch, config.weight_epochs) == config.patience  # no later, no sooner
+    assert vals[result.best_epoch] == max(vals)  # the first best epoch (no later epoch ties above it)
+    assert all(v < vals[result.best_epoch] for v in vals[result.best_epoch + 1:])
+    state = result.network.state_dict()
+    assert np.array_equal(embed(result.network, data.x), embed(result.network, data.x))
+    assert all(torch.equal(state[k], v) for k, v in result.network.state_dict().items())
+
+
+def test_fusion_config_takes_rates_up_to_its_ceiling_and_refuses_nan_inf_and_unknown_mining() -> None:
+    FusionConfig(lr=MAX_RATE, weights_lr=MAX_RATE)
+    for wrong in ({"lr": MAX_RATE * 1.01}, {"weights_lr": MAX_RATE * 1.01}, {"margin": float("nan")},
+                  {"weight_decay": float("inf")}, {"dropout": float("-inf")}, {"mining": "hardest"}):
+        with pytest.raises(ValueError):
+            FusionConfig(**wrong)
+
+
+def test_embed_in_batches_is_embed_at_once_and_of_no_tracks_is_empty() -> None:
+    data = clustered(n_labels=6, per_label=3)
+    network = initial_network(FusionConfig(fusion_dim=8, common_dim=8, hidden_dim=8), data.run.layer_dims,
+                              torch.from_numpy(data.x))
+    whole = embed(network, data.x)
+    np.testing.assert_allclose(embed(network, data.x, batch=5), whole, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(whole, axis=1), 1, atol=1e-5)
+    empty = embed(network, data.x[:0])
+    assert empty.shape == (0, 8) and empty.dtype == np.float32
+
+
+def _untrained_result(run: Run, config: FusionConfig = FusionConfig(weight_epochs=3, max_epochs=5)) -> FusionResult:
+    """What training on ``run`` would return, without the training (for the checks that read only its record)."""
+    return FusionResult(LayerFusion(run.layer_dims, 4, 4, 4), config, run.model, run.revision, run.layer_names,
+                        run.layer_dims, LabelSplit(("a", "b"), ("c", "d"), ("e", "f")), "hash", 0,
+                        [EpochLog(0, None, None, 0.5, 0.0)], run.policy, run.id)
+
+
+def test_stopped_early_is_phase_two_ended_by_patience_only() -> None:
+    result = _untrained_result(clustered(n_labels=2, per_label=2).run)
+    end = result.config.weight_epochs + result.config.max_epochs
+
+    def ending(epoch: int, **changes: object) -> FusionResult:
+        done = [EpochLog(e, 0.1, 0.1, 0.5, 1.0) for e in (1, epoch)]  # the last epoch, not the first, decides
+        return replace(result, history=[*result.history, *done], **changes)
+
+    assert ending(end - 1).stopped_early
+    assert not ending(end).stopped_early  # ran to the end
+    assert not ending(end - 1, split=replace(result.split, val=())).stopped_early  # no phase 2
+    assert not ending(end - 1, interrupted_at=end - 1).stopped_early  # stopped by hand
+
+
+def test_a_checkpoint_is_refused_where_it_would_replace_what_it_must_not(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    (store / "fusion").mkdir(parents=True)
+    (store / "catalog.sqlite").write_bytes(b"")
+    (tmp_path / "file").write_text("x")
+    assert checkpoint_problem(store / "fusion" / "m.pt", store) is None
+    assert checkpoint_problem(store / "fusion" / "deeper" / "m.pt", store) is None
+    assert checkpoint_problem(tmp_path / "elsewhere" / "m.pt", store) is None  # outside the store, folder made
+    assert checkpoint_problem(store / "catalog.sqlite") is None  # no store given: only the path is checked
+    for inside in (store / "catalog.sqlite", store / "fusion" / ".." / "m.pt", store / "vectors" / "m.pt"):
+        assert "inside the feature store" in checkpoint_problem(inside, store)
+    assert checkpoint_problem(store / "fusion", store) == "it is a folder"
+    assert checkpoint_problem(tmp_path / "file" / "m.pt") == "its parent is a file"
+    assert ".json" in checkpoint_problem(tmp_path / "m.json")
+    assert checkpoint_problem(tmp_path / "m") is None  # its description goes to m.json
+    with pytest.raises(FusionError, match="is a folder"):
+        load_checkpoint(store / "fusion")
+
+
+def test_a_runs_checkpoint_is_found_where_an_older_mess_saved_it_only_while_the_new_place_is_empty(
+        tmp_path: Path) -> None:
+    store = SimpleNamespace(root=tmp_path)
+    run = Run("musicnn/msd", "r1", WindowPolicy().to_json(), 16000, ("a",), (4,), id=2)
+    new = checkpoint_path(store, run)
+    older = new.with_name(new.name.replace("-run2.pt", ".pt"))  # one file for every run
+    assert new.parent == tmp_path / "fusion" and new.name.endswith("-run2.pt") and "/" not in new.name
+    assert saved_checkpoint(store, run) == new  # neither saved
+    older.parent.mkdir()
+    older.write_bytes(b"older")
+    assert saved_checkpoint(store, run) == older
+    new.write_bytes(b"new")
+    assert saved_checkpoint(store, run) == new
+
+
+def test_a_checkpoint_is_checked_against_the_run_and_names_what_differs() -> None:
+    run = clustered(n_labels=2, per_label=2).run
+    result = _untrained_result(run)
+    assert check_compatible(result, run) is None
+    assert check_compatible(result, replace(run, id=7)) is None  # another store's run of the same vectors
+
+    def refusal(res: FusionResult, other: Run) -> str:
+        with pytest.raises(FusionError) as refused:
+            check_compatible(res, other)
+        return str(refused.value)
+
+    said = refusal(result, replace(run, model="other"))
+    assert "trained on synthetic layers ['l0', 'l1', 'l2', 'l3', 'l4']" in said and "run 1 is other" in said
+    more = replace(run, layer_names=(*run.layer_names, "timbre"), layer_dims=(*run.layer_dims, 24), id=3)
+    said = refusal(result, more)
+    assert "trained on synthetic run 1 (5 layers); run 3 has 6 layers (adds timbre)" in said
+    assert "pick run 1 (--model synthetic@1) or train again" in said
+    fewer = replace(run, layer_names=run.layer_names[:-1], layer_dims=run.layer_dims[:-1], id=3)
+    assert "run 3 has 4 layers (lacks l4)" in refusal(result, fewer)
+    resized = replace(run, layer_dims=(24, 24, 24, 24, 12))
+    said = refusal(result, resized)
+    assert "run 1 has 5 layers of other sizes or order" in said and "pick run" not in said  # the same id
+    said = refusal(replace(result, run_id=None), replace(run, revision="r2", id=4))
+    assert "trained on synthetic another run (revision r1); run 4 has revision r2" in said and "pick run" not in said
+    note = check_compatible(replace(result, policy=None), run)
+    assert note is not None and "cannot check" in note and "run 1" in note
+    assert "revision" in refusal(replace(result, policy=None), replace(run, revision="r2"))
+
+
+@pytest.mark.parametrize("dims", [(16, 16, 16), (40, 24, 6)])
+def test_the_untrained_network_is_pca_of_the_layer_mixture(dims: tuple[int, ...]) -> None:
+    """The class docstring's promise: a fresh projection has orthonormal rows, and once fitted the residual MLP adds
+    nothing, so a track's fused vector is its mixture projected on the mixture's principal directions (numpy's
+    SVD), L2-normalised."""
+    data = clustered(n_labels=10, per_label=4, dims=dims)
+    fresh = LayerFusion(dims, fusion_dim=6, hidden_dim=8, common_dim=12)
+    w = fresh.project.weight.detach().double().numpy()
+    np.testing.assert_allclose(w @ w.T, np.eye(6), atol=1e-5)
+    x = data.x.copy()
+    x[:, 3] = 5.0  # a constant feature: standardised to 0, not to NaN
+    net = initial_network(FusionConfig(fusion_dim=6, hidden_dim=8, common_dim=12), dims, torch.from_numpy(x))
+    net.train()  # dropout on: the residual branch is zero all the same
+    with torch.no_grad():
+        mixed = net.mix(torch.from_numpy(x)).double().numpy()
+        trained_mode = net(torch.from_numpy(x)).numpy()
+    top = np.linalg.svd(mixed, full_matrices=False)[2][:6]
+    want = mixed @ top.T
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    got = embed(net, x)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(np.abs(got), np.abs(want), atol=1e-4)  # each axis up to its sign
+    np.testing.assert_allclose(trained_mode, got, atol=1e-5)
+
+
+def test_the_fused_vector_may_be_as_wide_as_the_layer_mixture_and_no_wider() -> None:
+    for dims, common, width in (((8, 8), 256, 8), ((8, 4), 6, 6)):  # one size: the layers'; else common_dim
+        net = LayerFusion(dims, fusion_dim=width, hidden_dim=4, common_dim=common)
+        assert tuple(net.project.weight.shape) == (width, width)
+        with pytest.raises(ValueError, match=rf"--fusion-dim \({width + 1}\) must be at most {width},"):
+            LayerFusion(dims, fusion_dim=width + 1, hidden_dim=4, common_dim=common)
+
+
+def test_gated_weights_and_a_trained_residual_follow_the_class_definition() -> None:
+    """Written out with numpy from the network's own parameters: layer weights are the softmax of the static logits
+    plus the gating MLP's per-track score, and the output is the L2-normalised projection of the mixture plus the
+    residual MLP of the mixture (here set to non-zero weights, as training leaves it)."""
+    from scipy.special import erf
+
+    def gelu(v: np.ndarray) -> np.ndarray:
+        return 0.5 * v * (1 + erf(v / np.sqrt(2)))
+
+    def numpy_of(layer: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
+        return layer.weight.detach().double().numpy(), layer.bias.detach().double().numpy()
+
+    torch.manual_seed(1)
+    net = LayerFusion((6, 6, 6), fusion_dim=4, hidden_dim=8, gated=True).eval()
+    x = torch.randn(7, 18)
+    with torch.no_grad():
+        for p in net.residual.parameters():
+            p.copy_(torch.randn_like(p))
+        net.logits.copy_(torch.tensor([0.3, -0.2, 1.0]))
+        net.set_standardisation(torch.randn(30, 18) * 3 + 1)
+        h = net.layer_vectors(x).double().numpy()  # the mixture test checks these against numpy
+        weights = net.weights(net.layer_vectors(x)).double().numpy()
+        out = net(x).double().numpy()
+    (w1, b1), (w2, b2) = numpy_of(net.gate[0]), numpy_of(net.gate[2])
+    scores = net.logits.detach().double().numpy() + (gelu(h @ w1.T + b1) @ w2.T + b2)[..., 0]
+    want = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(weights, want, atol=1e-5)
+    mixed = (want[..., None] * h).sum(axis=1)
+    (r1, c1), (r2, c2) = numpy_of(net.residual[0]), numpy_of(net.residual[3])
+    y = mixed @ net.project.weight.detach().double().numpy().T + gelu(mixed @ r1.T + c1) @ r2.T + c2
+    np.testing.assert_allclose(out, y / np.linalg.norm(y, axis=1, keepdims=True), atol=1e-5)
