@@ -226,6 +226,14 @@ def test_fixed_and_leave_one_label_out_scores_agree_with_sklearn_per_query() -> 
         np.testing.assert_allclose(got, expected, rtol=1e-5)
     assert [sorted(set(labels) - set(labels[r])) for r in seen] == [["a"], ["b"], ["c"], ["d"]]
     assert all(len(r) == len(labels) - (labels == held).sum() for r, held in zip(seen, "abcd", strict=True))
+    # a trainer that learns from its rows: each label's queries are scored by the head trained without it
+    by_pca = score_logo("pca", data, lambda d, r: pca_head(d, r, dims=3), k_p=3, k_n=4)
+    for held in "abcd":
+        rows = np.flatnonzero(labels == held)
+        out = pca_head(data, np.flatnonzero(labels != held), dims=3).transform(data.x)
+        want = _sklearn_scores(_unit_reference(out, (3,)), labels, rows, 3, 4)
+        for got, expected in zip((by_pca.ap, by_pca.precision, by_pca.ndcg), want, strict=True):
+            np.testing.assert_allclose(got[rows], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_bootstrap_interval_is_the_central_95_percent_of_resampled_means() -> None:
@@ -240,6 +248,8 @@ def test_bootstrap_interval_is_the_central_95_percent_of_resampled_means() -> No
     assert (ratio.mean, ratio.low, ratio.high) == pytest.approx((2.0, 2.0, 2.0))
     assert str(iv) == f"{iv.mean:.3f} [{iv.low:.3f}, {iv.high:.3f}]"
     assert bootstrap(values, seed=1) != iv and bootstrap(values) == iv
+    outlier = bootstrap(np.r_[100.0, np.zeros(9)])  # every value may be drawn, the first too
+    assert outlier.low == 0.0 and outlier.high > 0.0
 
 
 def test_fusion_retrieval_scores_agree_with_sklearn_and_skip_labels_of_one_track() -> None:
@@ -254,6 +264,7 @@ def test_fusion_retrieval_scores_agree_with_sklearn_and_skip_labels_of_one_track
     assert (got.k, got.precision, got.map, got.ndcg) == pytest.approx((3, p.mean(), ap.mean(), nd.mean()))
     np.testing.assert_allclose(evaluate.ndcg_per_query(unit, labels, k=3), nd)
     assert evaluate.relevance(unit, labels).shape == (len(queries), len(labels) - 1)
+    assert evaluate.scores(unit[:5], labels[:5]).map > 0  # two labels: the fewest that rank anything
     for wrong in (np.array(["a"] * 10), np.array(list("abcdefghij"))):  # one label; no label of two tracks
         with pytest.raises(ValueError, match="at least 2 labels"):
             evaluate.scores(unit, wrong)
