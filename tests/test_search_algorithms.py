@@ -31,7 +31,7 @@ from mess.search.metrics import (
     ranked_relevance,
     retrieval_scores,
 )
-from mess.search.vectors import MIN_FIT_TRACKS, Preprocessor
+from mess.search.vectors import MIN_FIT_TRACKS, Preprocessor, VectorSet, VectorSpec
 
 
 @pytest.fixture(autouse=True)
@@ -326,6 +326,62 @@ def test_zscore_does_not_let_a_nearly_constant_dimension_decide_a_new_tracks_vec
 
 def _l2(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_a_spec_resolves_its_normalisation_and_names_its_files_as_documented() -> None:
+    """"auto" is power for all layers and z-scores for one layer, aspect, group or the learned head; fused vectors
+    never z-score nor power (their own norm is kept otherwise); one choice of vectors at most; slugs keep letters,
+    digits and "-_." and make every other character "_"."""
+    auto = {kind: VectorSpec(kind, "x" if kind in ("layer", "aspect", "group") else "").norm
+            for kind in ("all", "layer", "aspect", "group", "learned", "fused")}
+    assert auto == {"all": "power", "layer": "zscore", "aspect": "zscore", "group": "zscore", "learned": "zscore",
+                    "fused": "none"}
+    assert [VectorSpec("fused", "", norm).norm for norm in ("none", "center", "zscore", "power")] == [
+        "none", "center", "none", "none"]
+    assert [VectorSpec("all", "", norm).norm for norm in ("none", "center", "zscore", "power")] == [
+        "none", "center", "zscore", "power"]
+    assert VectorSpec.from_options() == VectorSpec("all", "", "power")
+    assert VectorSpec.from_options(layer=7, norm="center") == VectorSpec("layer", "7", "center")
+    assert VectorSpec.from_options(aspect="timbre") == VectorSpec("aspect", "timbre", "zscore")
+    assert VectorSpec.from_options(fused=True, norm="zscore") == VectorSpec("fused", "", "none")
+    assert VectorSpec.from_options(learned=True) == VectorSpec("learned", "", "zscore")
+    assert VectorSpec.from_options(layer="l1", fused=False, learned=False) == VectorSpec("layer", "l1", "zscore")
+    for options in ({"layer": "l1", "aspect": "timbre"}, {"fused": True, "learned": True},
+                    {"layer": "", "fused": True}):
+        with pytest.raises(ValueError, match="choose at most one"):
+            VectorSpec.from_options(**options)
+    with pytest.raises(ValueError, match="unknown normalisation 'l2'"):
+        VectorSpec.from_options(norm="l2")
+    assert VectorSpec("layer", "7", "center").slug == "layer-7-center"
+    assert VectorSpec("fused").slug == "fused-none"
+    assert VectorSpec("group", "msd.cnn1+mtt.cnn1", "zscore").slug == "group-msd.cnn1_mtt.cnn1-zscore"
+    assert VectorSpec("aspect", "a/b c_d-é", "none").slug == "aspect-a_b_c_d-é-none"
+
+
+def test_a_vector_sets_rows_and_its_note_of_too_few_tracks_to_fit() -> None:
+    """Rows of ids in any order are their positions in the set; a set smaller than MIN_FIT_TRACKS says its scores are
+    plain cosines, unless plain cosines were asked for."""
+    rng = np.random.default_rng(1)
+
+    def vector_set(ids: list[int], norm: str = "zscore") -> VectorSet:
+        raw = rng.standard_normal((len(ids), 3)).astype(np.float32)
+        spec = VectorSpec("layer", "l1", norm)
+        return VectorSet(None, spec, ("l1",), np.array(ids), np.array([f"h{i}" for i in ids]), raw,
+                         Preprocessor.fit(raw, (3,), spec.norm))
+
+    ids = [40, 7, 19, 3, 25]
+    vs = vector_set(ids)
+    wanted = [19, 3, 40, 25, 7]
+    assert vs.rows(np.array(wanted)).tolist() == [ids.index(i) for i in wanted]
+    assert 19 in vs and 20 not in vs
+    np.testing.assert_allclose(vs.unit(), _l2(vs.raw), atol=1e-6)  # 5 tracks: plain cosines
+    assert vs.norm_note == f"only 5 tracks have these vectors: scores are plain cosines (zscore normalisation needs " \
+                           f"{MIN_FIT_TRACKS})"
+    assert vector_set([4]).norm_note.startswith("only 1 track has these vectors")
+    assert vector_set(list(range(MIN_FIT_TRACKS - 1)), "center").norm_note.startswith(
+        f"only {MIN_FIT_TRACKS - 1} tracks have")
+    assert vector_set(list(range(MIN_FIT_TRACKS))).norm_note == ""
+    assert vector_set([1, 2], "none").norm_note == ""
 
 
 def test_each_normalisation_is_the_textbook_one_and_few_tracks_get_plain_cosine() -> None:

@@ -1120,3 +1120,215 @@ def test_check_compares_a_saved_indexs_tracks_without_reading_the_index_into_mem
     assert out.returncode == 0, out.stderr
     stale, grown = map(int, out.stdout.split())
     assert stale == 1 and grown < 0.3 * path.stat().st_size, (grown, path.stat().st_size)
+
+
+def test_check_in_process_names_behind_stale_and_orphaned_indexes_and_repairs_each(
+        synth: tuple[FeatureStore, Run]) -> None:
+    """What `mess check` reports of saved indexes, read in this process: none at first; an index lacking tracks added
+    since (not the fused one, whose set lacks them too); an index of fused vectors written again (stale), the sidecars
+    of an index file deleted by hand (stale), an aspect map probed on fewer tracks; and what `--repair` deletes."""
+    from mess.search.health import behind_message, check_store
+    from mess.search.index import index_states
+
+    store, run = synth
+    ids, l2 = store.layer_matrix(run, "l2")
+    store.write_derived(run, "fused", _hashes(store, ids), l2, {"note": "l2"})
+    specs = [VectorSpec("all"), VectorSpec("fused"), VectorSpec("layer", "l1", "center")]
+    paths = [build_index(store, load_vectors(store, run, spec), rerank=False)[1].path for spec in specs]
+    assert [p.name for p in paths] == [f"run{run.id}-all-power.faiss", f"run{run.id}-fused-none.faiss",
+                                       f"run{run.id}-layer-l1-center.faiss"]
+    assert index_states(store) == ([], [])
+    health = check_store(store.root)
+    assert (health.problems, health.stale, health.behind, health.repaired) == ([], [], [], [])
+    assert health.to_dict() == {"ok": True, "repaired": [], "problems": []}
+
+    rng = np.random.default_rng(3)
+    for j in range(3):
+        _add_track(store, run, f"/music/new/track{j}.wav", f"hash-new-{j}", _vectors(rng, store.centres, 1),
+                   "Artist 1", f"New {j}")
+    tracks = len(store.tracks(run))
+    health = check_store(store.root)
+    assert health.problems == [] and health.stale == [] and health.damaged == []
+    assert [(b.path, b.run.id, b.spec, b.missing, b.tracks) for b in health.behind] == [
+        (paths[0], run.id, specs[0], 3, tracks), (paths[2], run.id, specs[2], 3, tracks)]
+    for b, option in zip(health.behind, ("", " --layer l1"), strict=True):
+        assert f"lacks 3 of its {tracks} tracks" in behind_message(b)
+        assert f"`mess index --model synth{option} --norm {b.spec.norm}` adds them" in behind_message(b)
+    assert health.to_dict() == {"ok": True, "repaired": [], "problems": [
+        {"kind": "behind-index", "run": run.id, "damage": False, "message": behind_message(b)} for b in health.behind]}
+
+    ids, l1 = store.layer_matrix(run, "l1")  # fused vectors applied again (for every track now): a new source
+    store.write_derived(run, "fused", _hashes(store, ids), l1, {"note": "l1"})
+    paths[2].unlink()  # an index file deleted by hand: its sidecars are left
+    store.set_aspect_map(run, [("timbre", "l1", 0.9, 0.1)], n_tracks=tracks - 1)
+    health = check_store(store.root)
+    orphans = [paths[2].with_suffix(".json"), paths[2].with_suffix(".npz")]
+    assert health.stale == [paths[1], *orphans]
+    assert [b.path for b in health.behind] == [paths[0]]
+    assert [(p.kind, p.run_id, p.damage) for p in health.problems] == [("stale-aspect-map", run.id, False)]
+    assert health.problems[0].message.startswith(f"synth (run {run.id}): aspect map from a probe of {tracks - 1}")
+    assert [p["kind"] for p in health.to_dict()["problems"]] == ["stale-aspect-map", "stale-index", "stale-index",
+                                                                  "stale-index", "behind-index"]
+    assert health.to_dict()["ok"]
+
+    repaired = check_store(store.root, fix=True)
+    assert repaired.repaired == [f"deleted stale index {p.name}" for p in health.stale]
+    assert repaired.stale == [] and [b.path for b in repaired.behind] == [paths[0]]
+    assert sorted(p.name for p in store.indexes_dir.iterdir()) == sorted(
+        paths[0].with_suffix(s).name for s in (".faiss", ".json", ".npz"))
+
+
+def test_what_stands_where_an_index_or_the_indexes_folder_belongs_is_named_and_moved_aside(
+        synth: tuple[FeatureStore, Run]) -> None:
+    """A folder where one of an index's files belongs is renamed aside by the deletion, nothing in it deleted; a file
+    or a broken link where the folder of indexes belongs is named by the check and moved aside by the repair."""
+    from mess.search.health import check_store
+    from mess.search.index import delete_index, indexes_blocked
+
+    store, run = synth
+    assert indexes_blocked(store) is None  # no folder yet: the first save makes it
+    path = build_index(store, load_vectors(store, run, VectorSpec("layer", "l1")), rerank=False)[1].path
+    assert indexes_blocked(store) is None
+    for suffix in (".json", ".npz"):
+        path.with_suffix(suffix).unlink()
+        path.with_suffix(suffix).mkdir()
+        (path.with_suffix(suffix) / "kept").write_text(suffix)
+    said = delete_index(path)
+    aside = sorted(p for p in store.indexes_dir.iterdir() if p.name.endswith(".not-an-index"))
+    assert [p.name.split(".")[0] for p in aside] == [path.stem] * 2
+    assert [(p / "kept").read_text() for p in aside] == [".json", ".npz"]
+    assert said == (f"deleted stale index {path.name}; moved the folders standing in its place aside to "
+                    f"{', '.join(p.name for p in aside)}")
+    assert not path.exists() and delete_index(path) == f"deleted stale index {path.name}"
+    path.with_suffix(".json").mkdir()
+    assert delete_index(path).endswith("; moved the folder standing in its place aside to "
+                                       f"{next(p.name for p in store.indexes_dir.iterdir() if p not in aside)}")
+
+    elsewhere = store.root.parent / "kept-indexes"
+    store.indexes_dir.rename(elsewhere)
+    store.indexes_dir.symlink_to(elsewhere)  # a link to a folder is a folder
+    assert indexes_blocked(store) is None and check_store(store.root).problems == []
+    store.indexes_dir.unlink()
+    for blocker, odd in (("link", "a broken symbolic link"), ("file", "a file")):
+        if blocker == "link":
+            store.indexes_dir.symlink_to(store.root.parent / "gone")
+        else:
+            store.indexes_dir.write_text("not a folder")
+        assert indexes_blocked(store) == odd
+        health = check_store(store.root)
+        assert [(p.kind, p.run_id, p.damage) for p in health.problems] == [("not-a-folder", None, False)]
+        assert health.problems[0].message.startswith(f"indexes is {odd}, not the folder of saved indexes")
+        assert health.stale == [] and health.to_dict()["ok"]
+        repaired = check_store(store.root, fix=True)
+        moved = [p for p in store.root.iterdir() if p.name.endswith(".not-the-indexes")]
+        assert len(moved) == 1 and repaired.repaired == [
+            f"moved indexes ({odd}) aside to {moved[0].name}; delete it when you no longer need it"]
+        assert repaired.problems == [] and not store.indexes_dir.exists() and not store.indexes_dir.is_symlink()
+        moved[0].unlink()
+
+
+def test_listener_words_and_a_results_reasons_name_its_most_unusual_aspects() -> None:
+    """Aspects read as a listener says them, tone colour first; layer groups as "early layers"; a result's reasons are
+    its aspects of highest percentile, in words, and its JSON rounds what it shows."""
+    from mess.search.query import Neighbour, listener_words
+    from mess.store import Track
+
+    assert listener_words("brightness/dynamics/timbre") == "tone colour, brightness and loudness"
+    assert listener_words("harmony/rhythm") == "harmony and rhythm"
+    assert listener_words("texture") == "texture"
+    assert listener_words("dynamics") == "loudness"
+    assert listener_words("early (cnn1-cnn3)") == "early layers"
+    assert listener_words("late (l3-l3)") == "late layers"
+    assert listener_words("penultimate") == "penultimate"
+    assert listener_words("timbre/tempo") == "timbre/tempo"  # one aspect unknown: named as stored
+    track = Track(7, "/music/a.flac", "h", 10.0, "Artist", "Album", "Title", None, None)
+    n = Neighbour(track, 0.123456789, why={"timbre": 0.81234567, "rhythm": 0.5, "l0": 0.25},
+                  why_percentile={"timbre": 0.974, "rhythm": 0.5, "l0": 0.996}, adjusted=0.987654321)
+    assert n.reasons() == ["l0", "timbre"] and n.reasons(3) == ["l0", "timbre", "rhythm"] and n.reasons(1) == ["l0"]
+    assert n.reasons_text() == ["l0: closer than 100% of tracks", "tone colour: closer than 97% of tracks"]
+    assert n.reasons_text(3)[2] == "rhythm: closer than 50% of tracks"
+    assert n.to_dict() == {
+        "id": 7, "path": "/music/a.flac", "name": "Artist - Title", "artist": "Artist", "title": "Title",
+        "album": "Album", "score": 0.123457, "duplicate": False, "adjusted": 0.987654,
+        "why": {"timbre": 0.8123, "rhythm": 0.5, "l0": 0.25},
+        "why_percentile": {"timbre": 0.974, "rhythm": 0.5, "l0": 0.996}, "reasons": ["l0", "timbre"],
+        "reasons_text": ["l0: closer than 100% of tracks", "tone colour: closer than 97% of tracks"]}
+    assert Neighbour(track, 0.5).to_dict()["adjusted"] is None and Neighbour(track, 0.5).reasons() == []
+
+
+def test_why_percentiles_count_the_other_tracks_at_most_as_close_and_exclusions_follow_the_artist(
+        synth: tuple[FeatureStore, Run]) -> None:
+    """Each result's percentile in a layer is the share of the collection's other tracks (the query's own left out;
+    all of them for a file from outside) whose cosine to the query is at most its own; the same-artist exclusion
+    groups credits as `mess artists` does, a composer standing in for a missing artist."""
+    from mess.search.query import TrackQuery, _excluded, collection_query
+
+    store, run = synth
+    query = resolve_query(store, "/music/artist1/track2.wav", run)
+    results = similar_tracks(store, run, query, k=6, layer="l1", expand=0)
+    layer_rows = [store.layer_matrix(run, name) for name in ("l0", "l1", "l2")]
+    outside = TrackQuery("outside", layers=tuple(m[list(i).index(query.track.id)] + 0.5 for i, m in layer_rows))
+    far = similar_tracks(store, run, outside, k=6, layer="l1", expand=0)
+    for name in ("l0", "l1", "l2"):
+        ids, unit = _unit(store, run, name)
+        row = {int(i): r for r, i in enumerate(ids)}
+        cos = unit @ unit[row[query.track.id]]
+        others = np.delete(cos, row[query.track.id])
+        for n in results:
+            assert n.why[name] == pytest.approx(float(cos[row[n.track.id]]), abs=1e-5)
+            assert n.why_percentile[name] == pytest.approx(np.mean(others <= cos[row[n.track.id]] + 1e-6))
+        raw = store.layer_matrix(run, name)[1]
+        x = np.asarray(outside.layers[("l0", "l1", "l2").index(name)], dtype=np.float64)
+        q = (x - raw.mean(axis=0)) / raw.std(axis=0)
+        ext = unit @ (q / np.linalg.norm(q))
+        for n in far:
+            assert n.why_percentile[name] == pytest.approx(np.mean(ext <= ext[row[n.track.id]] + 1e-6))
+
+    by_id = {t.id: t for t in store.tracks(run)}
+    artist2 = {t.id for t in by_id.values() if t.artist == "Artist 2"}
+    assert _excluded(store.tracks(run), query, False) == {query.track.id}
+    assert _excluded(store.tracks(run), None, True) == set()
+    assert _excluded(store.tracks(run), TrackQuery("x", artist="artist 2 feat. Someone"), True) == artist2
+    assert _excluded(store.tracks(run), TrackQuery("x", artist="Various Artists"), True) == set()
+    moved = by_id[5]
+    assert _excluded(store.tracks(run), TrackQuery("x", replaces=moved, artist="Nobody"), True) == {5}
+    lone = store.upsert_track(Path("/music/lone.wav"), "hash-lone", 1, 0.0, {"duration": 10.0},
+                              {"artist": None, "album": None, "title": "Lone", "genre": None, "composer": "Artist 3"})
+    layers = _vectors(np.random.default_rng(2), store.centres, 3)
+    store.write_vectors(run, [TrackVectors("hash-lone", layers, [v[None] for v in layers], [0.0])])
+    artist3 = {t.id for t in store.tracks(run) if "Artist 3" in (t.artist, t.composer)}
+    assert lone in artist3 and len(artist3) == PER_ARTIST + 1
+    assert _excluded(store.tracks(run), collection_query(store, lone), True) == artist3
+
+
+def test_an_aspect_map_is_stale_when_probed_on_other_tracks_or_older_than_its_probe_report(
+        synth: tuple[FeatureStore, Run]) -> None:
+    """`mess check` and answers note an aspect map probed on fewer or other tracks than the run has, one from an older
+    mess that recorded no digest, and one older than the probe report beside it; a map of the tracks there are, or no
+    map at all, is not stale."""
+    from mess.search.query import aspect_layers, stale_aspect_map, weak_aspects
+    from mess.store.reports import report_paths
+
+    store, run = synth
+    now = len(store.tracks(run))
+    assert stale_aspect_map(store, run) is None  # never probed
+    entries = [("timbre", "l1", 0.9, 0.1), ("rhythm", "l1", 0.5, 0.1), ("harmony", "l0", 0.01, 0.0)]
+    store.set_aspect_map(run, entries, n_tracks=now, probed_at=100.0, tracks_digest=store.tracks_digest(run))
+    assert stale_aspect_map(store, run) is None
+    assert weak_aspects(store, run) == {"harmony": pytest.approx(0.01)}
+    assert {g: s for g, s in aspect_layers(store, run)[1].items()} == {"rhythm/timbre": VectorSpec("layer", "l1")}
+    store.set_aspect_map(run, entries, n_tracks=now - 1, probed_at=100.0, tracks_digest=store.tracks_digest(run))
+    assert stale_aspect_map(store, run) == (f"aspect map from a probe of {now - 1} tracks; {now} now: rerun "
+                                            "`mess probe --model synth`")
+    store.set_aspect_map(run, entries, n_tracks=now, probed_at=100.0)
+    assert "recorded no digest of its tracks" in stale_aspect_map(store, run)
+    store.set_aspect_map(run, entries, n_tracks=now, probed_at=100.0, tracks_digest="another set")
+    assert stale_aspect_map(store, run).startswith(f"aspect map from a probe of other tracks than the {now} there")
+    store.set_aspect_map(run, entries, n_tracks=now, probed_at=100.0, tracks_digest=store.tracks_digest(run))
+    report = report_paths(store.reports_dir, run.model, run.id, "mlp")["json"]
+    report.parent.mkdir(parents=True, exist_ok=True)
+    for stamp, stale in ((100.0, False), (99.0, False), (101.0, True)):
+        report.write_text(json.dumps({"probed_at": stamp, "aspects": {"timbre": "l1"}}))
+        note = stale_aspect_map(store, run)
+        assert (note is not None) == stale and (note is None or note.startswith(
+            f"the aspect map is from an older probe than the report {report.name}")), (stamp, note)
