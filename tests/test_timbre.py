@@ -146,6 +146,17 @@ def test_all_layer_vector_weighs_timbre_and_leaves_it_out_of_the_power() -> None
     assert Preprocessor.from_arrays(old).weights == () and Preprocessor.from_arrays(old).unpowered == ()
 
 
+def test_a_model_whose_only_layer_is_the_timbre_layer_gets_unit_vectors() -> None:
+    """The timbre weight of an all-layer vector is relative to the other layers: a model whose one layer is named
+    'timbre' (an Essentia model so described) got vectors of length sqrt(12), so every cosine was 12 times too large
+    and a track 0.09 alike was flagged a duplicate (0.9999)."""
+    rng = np.random.default_rng(4)
+    raw = rng.standard_normal((30, timbre.DIM)).astype(np.float32) * 3
+    prep = Preprocessor.fit(raw, (timbre.DIM,), "power", *block_roles((timbre.LAYER,), "all"))
+    z = (raw - raw.mean(axis=0)) / raw.std(axis=0)  # left out of the power, z-scored
+    np.testing.assert_allclose(prep.apply(raw), z / np.linalg.norm(z, axis=1, keepdims=True), atol=1e-5)
+
+
 def test_a_reduced_precision_wrapper_pools_as_its_model(windows: np.ndarray) -> None:
     """`--precision bf16` wraps the model: the timbre layer must still be the Gaussian of all frames, not a mean."""
     pytest.importorskip("musicnn.configuration", reason="pip install --no-deps musicnn==0.1.0")
