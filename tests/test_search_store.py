@@ -1332,3 +1332,21 @@ def test_an_aspect_map_is_stale_when_probed_on_other_tracks_or_older_than_its_pr
         note = stale_aspect_map(store, run)
         assert (note is not None) == stale and (note is None or note.startswith(
             f"the aspect map is from an older probe than the report {report.name}")), (stamp, note)
+
+
+def test_an_index_saved_after_a_search_is_the_one_the_next_search_opens(synth: tuple[FeatureStore, Run]) -> None:
+    """A long-lived process (`mess serve`) memoises the index it searched with: one saved since (`mess index` in
+    another process), or deleted since, is what its next search opens."""
+    from mess.search.index import delete_index
+
+    store, run = synth
+    vs = load_vectors(store, run, VectorSpec("layer", "l1"))
+    before = open_index(store, vs)
+    assert before.ann.kind == "flat" and open_index(store, vs) is before  # memoised while nothing changed
+    other = FeatureStore(store.root)
+    path = build_index(other, load_vectors(other, run, VectorSpec("layer", "l1")), "hnsw", rerank=False)[1].path
+    other.close()
+    saved = open_index(store, vs)
+    assert saved.ann.kind == "hnsw" and saved.is_current(vs) and open_index(store, vs) is saved
+    delete_index(path)
+    assert open_index(store, vs).ann.kind == "flat"

@@ -138,6 +138,9 @@ def test_all_layer_vector_weighs_timbre_and_leaves_it_out_of_the_power() -> None
     zp = (powered - powered.mean(axis=0)) / powered.std(axis=0)
     np.testing.assert_allclose(unit[:, :6] / np.linalg.norm(unit[:, :6], axis=1, keepdims=True),
                                zp / np.linalg.norm(zp, axis=1, keepdims=True), atol=1e-5)
+    # roles given as arrays (as a saved file holds them): the same vectors
+    arrays = Preprocessor.fit(raw, np.array(dims), "power", np.array(unpowered), np.array(weights))
+    np.testing.assert_array_equal(arrays.apply(raw), unit)
     # saved and loaded with an index, the same vectors
     again = Preprocessor.from_arrays(prep.arrays())
     np.testing.assert_array_equal(again.apply(raw), unit)
