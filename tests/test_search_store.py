@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -1176,6 +1177,23 @@ def test_check_in_process_names_behind_stale_and_orphaned_indexes_and_repairs_ea
     assert repaired.stale == [] and [b.path for b in repaired.behind] == [paths[0]]
     assert sorted(p.name for p in store.indexes_dir.iterdir()) == sorted(
         paths[0].with_suffix(s).name for s in (".faiss", ".json", ".npz"))
+    # damaged windows: the store is to be repaired first (which may make the index stale), so it is not named behind
+    with (store.root / f"runs/{run.id}/segment/001.f16").open("r+b") as f:
+        value = np.frombuffer(f.read(2), "<f2")[0]
+        f.seek(0)
+        f.write(np.array([value + 1], "<f2").tobytes())
+    damaged = check_store(store.root)
+    assert [(p.kind, p.damage) for p in damaged.problems] == [("checksum", True), ("stale-aspect-map", False)]
+    assert damaged.behind == [] and damaged.stale == [] and not damaged.to_dict()["ok"]
+    # a corrupt catalog is the one thing named: nothing read through it is trusted, nor repaired
+    store.close()
+    with sqlite3.connect(store.root / "catalog.sqlite") as conn:  # an index that no longer matches its table
+        conn.execute("PRAGMA writable_schema=ON")
+        conn.execute("UPDATE sqlite_master SET sql=replace(sql, 'content_hash)', 'size)') WHERE name='tracks_hash'")
+    paths[0].unlink()
+    for fix in (False, True):
+        corrupt = check_store(store.root, fix=fix)
+        assert [p.kind for p in corrupt.problems] == ["catalog"] and (corrupt.stale, corrupt.behind) == ([], [])
 
 
 def test_what_stands_where_an_index_or_the_indexes_folder_belongs_is_named_and_moved_aside(
@@ -1225,6 +1243,15 @@ def test_what_stands_where_an_index_or_the_indexes_folder_belongs_is_named_and_m
             f"moved indexes ({odd}) aside to {moved[0].name}; delete it when you no longer need it"]
         assert repaired.problems == [] and not store.indexes_dir.exists() and not store.indexes_dir.is_symlink()
         moved[0].unlink()
+    # a folder where the write lock belongs (no writer could take the lock) and the indexes' file: both moved aside
+    lock = store.root / "write.lock"
+    lock.unlink(missing_ok=True)
+    lock.mkdir()
+    store.indexes_dir.write_text("not a folder")
+    repaired = check_store(store.root, fix=True)
+    assert [line.split(" aside to ")[0] for line in repaired.repaired] == ["moved write.lock (a folder)",
+                                                                          "moved indexes (a file)"]
+    assert repaired.problems == [] and lock.is_file()
 
 
 def test_listener_words_and_a_results_reasons_name_its_most_unusual_aspects() -> None:
