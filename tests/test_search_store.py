@@ -1170,7 +1170,9 @@ def test_check_in_process_names_behind_stale_and_orphaned_indexes_and_repairs_ea
     assert health.problems[0].message.startswith(f"synth (run {run.id}): aspect map from a probe of {tracks - 1}")
     assert [p["kind"] for p in health.to_dict()["problems"]] == ["stale-aspect-map", "stale-index", "stale-index",
                                                                   "stale-index", "behind-index"]
-    assert health.to_dict()["ok"]
+    assert health.to_dict()["ok"] and [p for p in health.to_dict()["problems"] if p["kind"] == "stale-index"] == [
+        {"kind": "stale-index", "run": None, "damage": False, "message": f"{p.name} is out of date"}
+        for p in health.stale]
 
     repaired = check_store(store.root, fix=True)
     assert repaired.repaired == [f"deleted stale index {p.name}" for p in health.stale]
@@ -1185,6 +1187,8 @@ def test_check_in_process_names_behind_stale_and_orphaned_indexes_and_repairs_ea
     damaged = check_store(store.root)
     assert [(p.kind, p.damage) for p in damaged.problems] == [("checksum", True), ("stale-aspect-map", False)]
     assert damaged.behind == [] and damaged.stale == [] and not damaged.to_dict()["ok"]
+    store.remove_tracks(["/music/artist0/track0.wav"])  # a track the index holds is gone: the index is stale
+    assert check_store(store.root).stale == [paths[0]]
     # a corrupt catalog is the one thing named: nothing read through it is trusted, nor repaired
     store.close()
     with sqlite3.connect(store.root / "catalog.sqlite") as conn:  # an index that no longer matches its table
@@ -1194,6 +1198,9 @@ def test_check_in_process_names_behind_stale_and_orphaned_indexes_and_repairs_ea
     for fix in (False, True):
         corrupt = check_store(store.root, fix=fix)
         assert [p.kind for p in corrupt.problems] == ["catalog"] and (corrupt.stale, corrupt.behind) == ([], [])
+    with pytest.raises(StoreError):  # a check makes no store where there is none
+        check_store(store.root.parent / "nothing")
+    assert not (store.root.parent / "nothing").exists()
 
 
 def test_what_stands_where_an_index_or_the_indexes_folder_belongs_is_named_and_moved_aside(
@@ -1375,5 +1382,7 @@ def test_an_index_saved_after_a_search_is_the_one_the_next_search_opens(synth: t
     other.close()
     saved = open_index(store, vs)
     assert saved.ann.kind == "hnsw" and saved.is_current(vs) and open_index(store, vs) is saved
+    flat = build_index(store, vs, "flat", rebuild=True, rerank=False)[0]  # saved again, another kind
+    assert open_index(store, vs).ann.kind == "flat" and open_index(store, vs).fitted == flat.fitted
     delete_index(path)
     assert open_index(store, vs).ann.kind == "flat"
