@@ -722,6 +722,8 @@ def test_an_ensembles_why_groups_hold_the_same_third_of_each_member(tmp_path: Pa
         single = store.ensure_run(run_key(ModelInfo("deep", "r1", 16000, names[:4] + ("x", "y", "z"), (2,) * 7),
                                           WindowPolicy()))
         _, plain = aspect_layers(store, single)
+        six = store.ensure_run(run_key(ModelInfo("six", "r1", 16000, names[:6], (2,) * 6), WindowPolicy()))
+        _, each = aspect_layers(store, six)
     finally:
         store.close()
     assert source == "layers"
@@ -732,6 +734,7 @@ def test_an_ensembles_why_groups_hold_the_same_third_of_each_member(tmp_path: Pa
     assert {g: (s.kind, s.name) for g, s in beside.items()} == {
         **{g: ("group", s.name) for g, s in groups.items()}, "timbre": ("layer", "timbre")}
     assert [s.name for s in plain.values()] == ["msd.l0+msd.l1+msd.l2", "msd.l3+x", "y+z"]  # one member: contiguous
+    assert each == {name: VectorSpec("layer", name) for name in names[:6]}  # at most 6 layers: each its own
 
 
 def test_a_track_without_vectors_of_the_model_is_named_in_plain_words(synth: tuple[FeatureStore, Run]) -> None:
@@ -1189,6 +1192,9 @@ def test_check_in_process_names_behind_stale_and_orphaned_indexes_and_repairs_ea
     assert damaged.behind == [] and damaged.stale == [] and not damaged.to_dict()["ok"]
     store.remove_tracks(["/music/artist0/track0.wav"])  # a track the index holds is gone: the index is stale
     assert check_store(store.root).stale == [paths[0]]
+    rows = store.root / f"runs/{run.id}/track/002.f16"  # cut short: what opening a store refuses, a check names
+    rows.write_bytes(rows.read_bytes()[:-2])
+    assert "short-file" in [p.kind for p in check_store(store.root).problems]
     # a corrupt catalog is the one thing named: nothing read through it is trusted, nor repaired
     store.close()
     with sqlite3.connect(store.root / "catalog.sqlite") as conn:  # an index that no longer matches its table
@@ -1198,8 +1204,9 @@ def test_check_in_process_names_behind_stale_and_orphaned_indexes_and_repairs_ea
     for fix in (False, True):
         corrupt = check_store(store.root, fix=fix)
         assert [p.kind for p in corrupt.problems] == ["catalog"] and (corrupt.stale, corrupt.behind) == ([], [])
-    with pytest.raises(StoreError):  # a check makes no store where there is none
-        check_store(store.root.parent / "nothing")
+    for fix in (False, True):
+        with pytest.raises(StoreError):  # a check makes no store where there is none
+            check_store(store.root.parent / "nothing", fix=fix)
     assert not (store.root.parent / "nothing").exists()
 
 
