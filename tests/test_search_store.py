@@ -724,6 +724,9 @@ def test_an_ensembles_why_groups_hold_the_same_third_of_each_member(tmp_path: Pa
         _, plain = aspect_layers(store, single)
         six = store.ensure_run(run_key(ModelInfo("six", "r1", 16000, names[:6], (2,) * 6), WindowPolicy()))
         _, each = aspect_layers(store, six)
+        trio = tuple(f"{m}.l{i}" for m in ("a", "b", "c") for i in range(3))  # three members of three layers
+        _, thirds = aspect_layers(store, store.ensure_run(run_key(ModelInfo("trio", "r1", 16000, trio, (2,) * 9),
+                                                                            WindowPolicy())))
     finally:
         store.close()
     assert source == "layers"
@@ -735,6 +738,7 @@ def test_an_ensembles_why_groups_hold_the_same_third_of_each_member(tmp_path: Pa
         **{g: ("group", s.name) for g, s in groups.items()}, "timbre": ("layer", "timbre")}
     assert [s.name for s in plain.values()] == ["msd.l0+msd.l1+msd.l2", "msd.l3+x", "y+z"]  # one member: contiguous
     assert each == {name: VectorSpec("layer", name) for name in names[:6]}  # at most 6 layers: each its own
+    assert [s.name for s in thirds.values()] == ["a.l0+b.l0+c.l0", "a.l1+b.l1+c.l1", "a.l2+b.l2+c.l2"]
 
 
 def test_a_track_without_vectors_of_the_model_is_named_in_plain_words(synth: tuple[FeatureStore, Run]) -> None:
@@ -1298,7 +1302,7 @@ def test_listener_words_and_a_results_reasons_name_its_most_unusual_aspects() ->
 
 
 def test_why_percentiles_count_the_other_tracks_at_most_as_close_and_exclusions_follow_the_artist(
-        synth: tuple[FeatureStore, Run]) -> None:
+        synth: tuple[FeatureStore, Run], monkeypatch: pytest.MonkeyPatch) -> None:
     """Each result's percentile in a layer is the share of the collection's other tracks (the query's own left out;
     all of them for a file from outside) whose cosine to the query is at most its own; the same-artist exclusion
     groups credits as `mess artists` does, a composer standing in for a missing artist."""
@@ -1324,6 +1328,14 @@ def test_why_percentiles_count_the_other_tracks_at_most_as_close_and_exclusions_
         ext = unit @ (q / np.linalg.norm(q))
         for n in far:
             assert n.why_percentile[name] == pytest.approx(np.mean(ext <= ext[row[n.track.id]] + 1e-6))
+
+    import mess.search.query as query_module
+
+    monkeypatch.setattr(query_module, "PERCENTILE_SAMPLE", 10)  # a large collection: counted among a sample of 10
+    sampled = similar_tracks(store, run, query, k=6, layer="l1", expand=0)
+    assert [n.track.id for n in sampled] == [n.track.id for n in results]
+    assert all(abs(10 * p - round(10 * p)) < 1e-9 for n in sampled for p in n.why_percentile.values())
+    assert any(n.why_percentile != m.why_percentile for n, m in zip(sampled, results, strict=True))
 
     by_id = {t.id: t for t in store.tracks(run)}
     artist2 = {t.id for t in by_id.values() if t.artist == "Artist 2"}
