@@ -724,6 +724,9 @@ def test_an_ensembles_why_groups_hold_the_same_third_of_each_member(tmp_path: Pa
         _, plain = aspect_layers(store, single)
         six = store.ensure_run(run_key(ModelInfo("six", "r1", 16000, names[:6], (2,) * 6), WindowPolicy()))
         _, each = aspect_layers(store, six)
+        uneven = (*names[:4], *names[4:7])  # members of 4 and 3 layers: not an ensemble of equal members
+        _, split = aspect_layers(store, store.ensure_run(run_key(ModelInfo("uneven", "r1", 16000, uneven, (2,) * 7),
+                                                                            WindowPolicy())))
         trio = tuple(f"{m}.l{i}" for m in ("a", "b", "c") for i in range(3))  # three members of three layers
         _, thirds = aspect_layers(store, store.ensure_run(run_key(ModelInfo("trio", "r1", 16000, trio, (2,) * 9),
                                                                             WindowPolicy())))
@@ -739,6 +742,7 @@ def test_an_ensembles_why_groups_hold_the_same_third_of_each_member(tmp_path: Pa
     assert [s.name for s in plain.values()] == ["msd.l0+msd.l1+msd.l2", "msd.l3+x", "y+z"]  # one member: contiguous
     assert each == {name: VectorSpec("layer", name) for name in names[:6]}  # at most 6 layers: each its own
     assert [s.name for s in thirds.values()] == ["a.l0+b.l0+c.l0", "a.l1+b.l1+c.l1", "a.l2+b.l2+c.l2"]
+    assert [s.name for s in split.values()] == ["msd.l0+msd.l1+msd.l2", "msd.l3+mtt.l0", "mtt.l1+mtt.l2"]
 
 
 def test_a_track_without_vectors_of_the_model_is_named_in_plain_words(synth: tuple[FeatureStore, Run]) -> None:
@@ -1288,7 +1292,7 @@ def test_listener_words_and_a_results_reasons_name_its_most_unusual_aspects() ->
     assert listener_words("timbre/tempo") == "timbre/tempo"  # one aspect unknown: named as stored
     track = Track(7, "/music/a.flac", "h", 10.0, "Artist", "Album", "Title", None, None)
     n = Neighbour(track, 0.123456789, why={"timbre": 0.81234567, "rhythm": 0.5, "l0": 0.25},
-                  why_percentile={"timbre": 0.974, "rhythm": 0.5, "l0": 0.996}, adjusted=0.987654321)
+                  why_percentile={"timbre": 0.97436, "rhythm": 0.5, "l0": 0.996}, adjusted=0.987654321)
     assert n.reasons() == ["l0", "timbre"] and n.reasons(3) == ["l0", "timbre", "rhythm"] and n.reasons(1) == ["l0"]
     assert n.reasons_text() == ["l0: closer than 100% of tracks", "tone colour: closer than 97% of tracks"]
     assert n.reasons_text(3)[2] == "rhythm: closer than 50% of tracks"
@@ -1296,7 +1300,7 @@ def test_listener_words_and_a_results_reasons_name_its_most_unusual_aspects() ->
         "id": 7, "path": "/music/a.flac", "name": "Artist - Title", "artist": "Artist", "title": "Title",
         "album": "Album", "score": 0.123457, "duplicate": False, "adjusted": 0.987654,
         "why": {"timbre": 0.8123, "rhythm": 0.5, "l0": 0.25},
-        "why_percentile": {"timbre": 0.974, "rhythm": 0.5, "l0": 0.996}, "reasons": ["l0", "timbre"],
+        "why_percentile": {"timbre": 0.9744, "rhythm": 0.5, "l0": 0.996}, "reasons": ["l0", "timbre"],
         "reasons_text": ["l0: closer than 100% of tracks", "tone colour: closer than 97% of tracks"]}
     assert Neighbour(track, 0.5).to_dict()["adjusted"] is None and Neighbour(track, 0.5).reasons() == []
 
@@ -1369,6 +1373,7 @@ def test_an_aspect_map_is_stale_when_probed_on_other_tracks_or_older_than_its_pr
     store.set_aspect_map(run, entries, n_tracks=now, probed_at=100.0, tracks_digest=store.tracks_digest(run))
     assert stale_aspect_map(store, run) is None
     assert weak_aspects(store, run) == {"harmony": pytest.approx(0.01)}
+    assert weak_aspects(store, run, threshold=0.5) == {"harmony": pytest.approx(0.01)}  # 0.5 itself is encoded
     assert {g: s for g, s in aspect_layers(store, run)[1].items()} == {"rhythm/timbre": VectorSpec("layer", "l1")}
     store.set_aspect_map(run, entries, n_tracks=now - 1, probed_at=100.0, tracks_digest=store.tracks_digest(run))
     assert stale_aspect_map(store, run) == (f"aspect map from a probe of {now - 1} tracks; {now} now: rerun "
