@@ -1410,3 +1410,35 @@ def test_an_index_saved_after_a_search_is_the_one_the_next_search_opens(synth: t
     assert open_index(store, vs).ann.kind == "flat" and open_index(store, vs).fitted == flat.fitted
     delete_index(path)
     assert open_index(store, vs).ann.kind == "flat"
+
+
+def test_an_indexs_drift_counts_tracks_removed_and_added_up_to_a_quarter_of_its_fit(
+        synth: tuple[FeatureStore, Run]) -> None:
+    """An IVF index (whose tracks can be removed in place) over 40 tracks: removals and additions both count towards
+    the quarter of the fitted tracks an index is updated for (10 of 40, itself included); one more, and it is rebuilt
+    with fresh statistics."""
+    store, run = synth
+    rng = np.random.default_rng(11)
+
+    def add(names: range) -> None:
+        for j in names:
+            _add_track(store, run, f"/music/more/{j}.wav", f"hash-more-{j}", _vectors(rng, store.centres, j % ARTISTS),
+                       f"Artist {j % ARTISTS}", f"More {j}")
+
+    def index() -> tuple[CollectionIndex, object]:
+        return build_index(store, load_vectors(store, run, VectorSpec("layer", "l1")), rerank=False)
+
+    add(range(15))
+    first, report = build_index(store, load_vectors(store, run, VectorSpec("layer", "l1")), "ivf", rerank=False)
+    assert (report.kind, report.mode, report.added, report.removed, first.fitted) == ("ivf", "built", 40, 0, 40)
+    store.remove_tracks([f"/music/more/{j}.wav" for j in range(4)])
+    updated, report = index()
+    assert (report.mode, report.added, report.removed, updated.drift) == ("updated", 0, 4, 4)
+    add(range(20, 26))
+    updated, report = index()
+    assert (report.mode, report.added, report.removed, updated.drift, updated.fitted) == ("updated", 6, 0, 10, 40)
+    assert (CollectionIndex.load(report.path).drift, CollectionIndex.load(report.path).fitted) == (10, 40)
+    add(range(30, 31))
+    rebuilt, report = index()
+    assert (report.kind, report.mode, report.added, report.removed) == ("ivf", "built", 43, 0)
+    assert (rebuilt.drift, rebuilt.fitted) == (0, 43)
