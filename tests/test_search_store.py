@@ -292,6 +292,8 @@ def test_an_index_built_below_the_fitting_size_is_rebuilt_once_the_collection_re
     want = unit[1:] @ unit[0]
     assert [n.track.id for n in first] == ids[1:][np.argsort(-want)].tolist()
     np.testing.assert_allclose([n.score for n in first], np.sort(want)[::-1], atol=1e-5)
+    _add_track(store, run, "/music/8.wav", "hash-8", _vectors(rng, centres, 0), "Artist 0", "Track 8")
+    assert build_index(store, load_vectors(store, run, VectorSpec("layer", "l1")))[1].mode == "updated"  # fitted on 8
     store.close()
 
 
