@@ -1444,3 +1444,25 @@ def test_an_indexs_drift_counts_tracks_removed_and_added_up_to_a_quarter_of_its_
     rebuilt, report = index()
     assert (report.kind, report.mode, report.added, report.removed) == ("ivf", "built", 43, 0)
     assert (rebuilt.drift, rebuilt.fitted) == (0, 43)
+
+
+def test_an_index_of_fused_vectors_that_cannot_be_read_is_not_stale_until_the_repair_drops_them(
+        synth: tuple[FeatureStore, Run]) -> None:
+    """Fused vectors changed on disk: the check names them (damage), not their index, which is only stale once the
+    repair has dropped the vectors it holds."""
+    from mess.search.health import check_store
+    from mess.search.index import index_states
+
+    store, run = synth
+    ids, l2 = store.layer_matrix(run, "l2")
+    store.write_derived(run, "fused", _hashes(store, ids), l2, {"note": "l2"})
+    path = build_index(store, load_vectors(store, run, VectorSpec("fused")), rerank=False)[1].path
+    rows = store.root / f"runs/{run.id}/derived" / store.derived_meta(run, "fused")["file"]
+    damaged = bytearray(rows.read_bytes())
+    damaged[0] ^= 0x40
+    rows.write_bytes(bytes(damaged))
+    assert index_states(store) == ([], [])
+    health = check_store(store.root)
+    assert [(p.kind, p.damage) for p in health.problems] == [("checksum-derived", True)] and health.stale == []
+    repaired = check_store(store.root, fix=True)
+    assert repaired.repaired[-1] == f"deleted stale index {path.name}" and not path.exists()
