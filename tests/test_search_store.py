@@ -1334,6 +1334,9 @@ def test_why_percentiles_count_the_other_tracks_at_most_as_close_and_exclusions_
         ext = unit @ (q / np.linalg.norm(q))
         for n in far:
             assert n.why_percentile[name] == pytest.approx(np.mean(ext <= ext[row[n.track.id]] + 1e-6))
+        if name == "l1":  # what the outside file was searched by
+            assert [n.track.id for n in far] == ids[np.argsort(-ext)[:6]].tolist()
+            np.testing.assert_allclose([n.score for n in far], np.sort(ext)[::-1][:6], atol=1e-5)
 
     import mess.search.query as query_module
 
@@ -1466,3 +1469,26 @@ def test_an_index_of_fused_vectors_that_cannot_be_read_is_not_stale_until_the_re
     assert [(p.kind, p.damage) for p in health.problems] == [("checksum-derived", True)] and health.stale == []
     repaired = check_store(store.root, fix=True)
     assert repaired.repaired[-1] == f"deleted stale index {path.name}" and not path.exists()
+
+
+def test_a_file_from_outside_is_searched_by_the_fused_vector_it_carries(synth: tuple[FeatureStore, Run]) -> None:
+    """An outside file's fused vector (computed when it was embedded) is what a fused search ranks by, plain cosines
+    (fused vectors are never z-scored); without one the search says how to get it. ``query_unit`` (radio, the map)
+    is the same unit vector."""
+    from mess.search.query import TrackQuery, query_unit
+
+    store, run = synth
+    ids, l2 = store.layer_matrix(run, "l2")
+    store.write_derived(run, "fused", _hashes(store, ids), l2, {"note": "l2"})
+    fused = (l2[3] + np.random.default_rng(4).standard_normal(l2.shape[1])).astype(np.float32)
+    layers = tuple(np.zeros(d, dtype=np.float32) for d in DIMS)
+    outside = TrackQuery("outside", layers=layers, fused=fused)
+    unit = l2 / np.linalg.norm(l2, axis=1, keepdims=True)
+    want = unit @ (fused / np.linalg.norm(fused))
+    got = similar_tracks(store, run, outside, k=5, fused=True, expand=0)
+    assert [n.track.id for n in got] == ids[np.argsort(-want)[:5]].tolist()
+    np.testing.assert_allclose([n.score for n in got], np.sort(want)[::-1][:5], atol=1e-5)
+    vs = load_vectors(store, run, VectorSpec("fused"))
+    np.testing.assert_allclose(query_unit(store, vs, outside), fused / np.linalg.norm(fused), atol=1e-6)
+    with pytest.raises(StoreError, match="no fused vector for outside"):
+        similar_tracks(store, run, TrackQuery("outside", layers=layers), k=5, fused=True)
