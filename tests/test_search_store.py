@@ -25,7 +25,7 @@ from mess.search.evaluate import LabelError, evaluate, plot_evaluation, read_lab
 from mess.search.index import CollectionIndex, build_index, index_path, open_index, stale_indexes
 from mess.search.query import similar_tracks
 from mess.search.vectors import VectorSpec, load_vectors
-from mess.store import FeatureStore, Run, StoreError, TrackVectors
+from mess.store import FeatureStore, Run, StoreError, TrackFailed, TrackVectors
 
 ARTISTS, PER_ARTIST, DIMS = 4, 6, (8, 16, 16)
 
@@ -1492,3 +1492,27 @@ def test_a_file_from_outside_is_searched_by_the_fused_vector_it_carries(synth: t
     np.testing.assert_allclose(query_unit(store, vs, outside), fused / np.linalg.norm(fused), atol=1e-6)
     with pytest.raises(StoreError, match="no fused vector for outside"):
         similar_tracks(store, run, TrackQuery("outside", layers=layers), k=5, fused=True)
+
+
+def test_a_query_without_vectors_of_the_set_searched_says_why_whatever_the_search(
+        synth: tuple[FeatureStore, Run]) -> None:
+    """A track with no vectors of the run (never extracted, or failed), or no fused vector, is refused with what to run
+    (or the recorded failure) by the plain, segment and fused searches alike, never answered with another track's
+    vector; a query with neither a track nor vectors is refused."""
+    from mess.search.query import TrackQuery, collection_query
+
+    store, run = synth
+    lone = store.upsert_track(Path("/music/other/lone.wav"), "hash-elsewhere", 1, 0.0, {}, {"title": "Lone"})
+    for options in ({"layer": "l1"}, {"layer": "l1", "match": "segments"}):
+        with pytest.raises(StoreError, match="has no vectors of synth yet; run `mess extract --model synth`"):
+            similar_tracks(store, run, collection_query(store, lone), k=3, **options)
+    store.record_failure(run, "hash-elsewhere", "/music/other/lone.wav", "cannot decode: not audio")
+    with pytest.raises(TrackFailed, match="failed to extract with synth, so it has no vectors: cannot decode"):
+        similar_tracks(store, run, collection_query(store, lone), k=3, layer="l1")
+    ids, l2 = store.layer_matrix(run, "l2")
+    keep = ids != 2  # track 2 alone has its content (track 1's has a copy)
+    store.write_derived(run, "fused", _hashes(store, ids[keep]), l2[keep], {"note": "l2"})
+    with pytest.raises(StoreError, match=r"track 2 .* has no fused vector for synth; run `mess fuse apply` first"):
+        similar_tracks(store, run, collection_query(store, 2), k=3, fused=True)
+    with pytest.raises(StoreError, match="nothing has neither a collection track nor layer vectors"):
+        similar_tracks(store, run, TrackQuery("nothing"), k=3, layer="l1")
