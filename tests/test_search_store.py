@@ -1516,3 +1516,26 @@ def test_a_query_without_vectors_of_the_set_searched_says_why_whatever_the_searc
         similar_tracks(store, run, collection_query(store, 2), k=3, fused=True)
     with pytest.raises(StoreError, match="nothing has neither a collection track nor layer vectors"):
         similar_tracks(store, run, TrackQuery("nothing"), k=3, layer="l1")
+
+
+def test_a_plain_search_with_expansion_ranks_by_the_better_of_the_two_cosines(synth: tuple[FeatureStore, Run]) -> None:
+    """alpha-QE as the expansion module defines it, computed here: the query plus its 3 nearest other tracks weighted by
+    their cosines, normalised; each track ranks by the better of its cosine to the query and to that, and keeps its
+    cosine to the query as its score."""
+    store, run = synth
+    ids, unit = _unit(store, run, "l1")
+    row = {int(i): r for r, i in enumerate(ids)}
+    for tid in (3, 9, 14):
+        q = unit[row[tid]]
+        cos = unit @ q
+        cos[row[tid]] = -np.inf
+        near = np.argsort(-cos)[:3]
+        e = q + (np.maximum(cos[near], 0)[:, None] * unit[near]).sum(axis=0)
+        e /= np.linalg.norm(e)
+        better = np.maximum(cos, unit @ e)
+        better[row[tid]] = -np.inf
+        order = np.argsort(-better)[:8]
+        got = similar_tracks(store, run, resolve_query(store, str(tid), run), k=8, layer="l1", expand=3)
+        assert {n.track.id for n in got} == set(ids[order].tolist())  # tracks 1 and 25 (one content) tie
+        np.testing.assert_allclose([n.adjusted for n in got], better[order], atol=1e-5)
+        np.testing.assert_allclose([n.score for n in got], [cos[row[n.track.id]] for n in got], atol=1e-5)
