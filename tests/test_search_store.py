@@ -1525,17 +1525,19 @@ def test_a_plain_search_with_expansion_ranks_by_the_better_of_the_two_cosines(sy
     store, run = synth
     ids, unit = _unit(store, run, "l1")
     row = {int(i): r for r, i in enumerate(ids)}
-    for tid in (3, 9, 14):
+    for tid, k in ((3, 3), (9, 3), (14, 3), (9, 1)):
         q = unit[row[tid]]
         cos = unit @ q
         cos[row[tid]] = -np.inf
-        near = np.argsort(-cos)[:3]
+        near = np.argsort(-cos)[:k]
         e = q + (np.maximum(cos[near], 0)[:, None] * unit[near]).sum(axis=0)
         e /= np.linalg.norm(e)
         better = np.maximum(cos, unit @ e)
         better[row[tid]] = -np.inf
         order = np.argsort(-better)[:8]
-        got = similar_tracks(store, run, resolve_query(store, str(tid), run), k=8, layer="l1", expand=3)
+        got = similar_tracks(store, run, resolve_query(store, str(tid), run), k=8, layer="l1", expand=k)
         assert {n.track.id for n in got} == set(ids[order].tolist())  # tracks 1 and 25 (one content) tie
         np.testing.assert_allclose([n.adjusted for n in got], better[order], atol=1e-5)
         np.testing.assert_allclose([n.score for n in got], [cos[row[n.track.id]] for n in got], atol=1e-5)
+    plain = similar_tracks(store, run, resolve_query(store, "9", run), k=8, layer="l1", expand=0)
+    assert all(n.adjusted is None for n in plain)  # not expanded: no ranking score beside the cosine
