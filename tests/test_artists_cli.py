@@ -423,6 +423,13 @@ def test_exclude_same_artist_leaves_out_the_composer_credited_tracks_mess_artist
     for seed in ("c0", "c2"):
         found = run("similar", str(music / f"{seed}.flac"), "--exclude-same-artist")["results"]
         assert {Path(r["path"]).stem for r in found} == {"d0", "d1"}, (seed, found)
+    outside = tmp_path / "new.flac"  # a file outside the collection, composer-credited too (it excluded nothing)
+    sf.write(outside, (0.3 * np.sin(2 * np.pi * 700 * t)).astype(np.float32), 22050)
+    flac = FLAC(outside)
+    flac.update({"composer": "Clara"})
+    flac.save()
+    found = run("similar", str(outside), "--exclude-same-artist")["results"]
+    assert {Path(r["path"]).stem for r in found} == {"d0", "d1"}, found
 
 
 def _partly_fused(store: Path, root: Path, unfused: tuple[str, ...]) -> Path:

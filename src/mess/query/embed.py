@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from mess.audio.discover import content_hash
+from mess.audio.names import credit_key
 from mess.audio.tags import read_tags
 from mess.constants import FUSED, file_title
 from mess.extract.embed import embed_file_warned
@@ -96,8 +97,9 @@ def embed_query(store: FeatureStore, path: Path, run: Run,
         (on_warning or log.warning)(text)
     tags = read_tags(path)
     label = f"{tags['artist']} - {tags['title'] or file_title(str(path))}" if tags["artist"] else path.name
-    return external_query(store, run, label, vectors.content_hash, vectors.layers, vectors.segments,
-                          tags["artist"])
+    # its artist as a collection track's is grouped (--exclude-same-artist, radio): the artist tag, else the composer
+    credit = tags["artist"] if credit_key(tags["artist"]) else tags["composer"] or tags["artist"]
+    return external_query(store, run, label, vectors.content_hash, vectors.layers, vectors.segments, credit)
 
 
 def external_query(store: FeatureStore, run: Run, label: str, content_hash: str, layers: Sequence[np.ndarray],
