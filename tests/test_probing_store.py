@@ -677,10 +677,9 @@ def test_a_track_removed_while_probing_is_a_clear_error_not_misaligned_rows(stor
         other.close()
 
 
-def test_the_random_init_control_leaves_a_file_changed_since_extraction_alone(tmp_path: Path) -> None:
-    """The trained probe skipped a file changed since extraction, but the random-init control extracted every file on
-    disk: the changed one was catalogued again under its new content, so the probed run lost the track (and the
-    rows then no longer matched the targets). The twin now embeds only files as catalogued."""
+def _msd_tones(tmp_path: Path, n: int) -> tuple[Path, Path]:
+    """``n`` 4 s tones of different pitch and pulse (tmp_path/music/t{i}.wav), extracted with musicnn-msd into
+    tmp_path/store; (music folder, store folder)."""
     import soundfile as sf
 
     from mess.audio.discover import find_audio
@@ -689,12 +688,22 @@ def test_the_random_init_control_leaves_a_file_changed_since_extraction_alone(tm
     music = tmp_path / "music"
     music.mkdir()
     t = np.arange(16000 * 4) / 16000
-    for i in range(6):
+    for i in range(n):
         tone = np.sin(2 * np.pi * 110 * (i + 2) * t) * (1 + np.sign(np.sin(2 * np.pi * (i + 1) * t)))
         sf.write(music / f"t{i}.wav", (0.2 * tone).astype(np.float32), 16000)
     root = tmp_path / "store"
     store = FeatureStore(root)
     extract(store, find_audio([music]), load_model("musicnn-msd"), WindowPolicy(window_seconds=4.0))
+    store.close()
+    return music, root
+
+
+def test_the_random_init_control_leaves_a_file_changed_since_extraction_alone(tmp_path: Path) -> None:
+    """The trained probe skipped a file changed since extraction, but the random-init control extracted every file on
+    disk: the changed one was catalogued again under its new content, so the probed run lost the track (and the
+    rows then no longer matched the targets). The twin now embeds only files as catalogued."""
+    music, root = _msd_tones(tmp_path, 6)
+    store = FeatureStore(root)
     changed = store.track(str(music / "t0.wav"))
     store.close()
     shutil.copy(music / "t3.wav", music / "t0.wav")  # other audio since extraction
@@ -715,21 +724,7 @@ def test_a_random_init_twin_of_too_few_files_on_disk_is_a_note_and_the_trained_p
     """Targets cached by an earlier probe keep tracks whose files went since in the trained probe, but the twin can
     only embed the files still there: with 3 of 5 left, `mess probe --control random-init` ended in 'error: probing
     needs at least 4 tracks, got 3' and threw the trained probe away (with none left the control was a note)."""
-    import soundfile as sf
-
-    from mess.audio.discover import find_audio
-    from mess.audio.windows import WindowPolicy
-
-    music = tmp_path / "music"
-    music.mkdir()
-    t = np.arange(16000 * 4) / 16000
-    for i in range(5):
-        tone = np.sin(2 * np.pi * 110 * (i + 2) * t) * (1 + np.sign(np.sin(2 * np.pi * (i + 1) * t)))
-        sf.write(music / f"t{i}.wav", (0.2 * tone).astype(np.float32), 16000)
-    root = tmp_path / "store"
-    store = FeatureStore(root)
-    extract(store, find_audio([music]), load_model("musicnn-msd"), WindowPolicy(window_seconds=4.0))
-    store.close()
+    music, root = _msd_tones(tmp_path, 5)
     args = ["probe", "--model", "musicnn-msd", "--layers", "timbral", "--folds", "2", "--workers", "1",
             "--store", str(root), "--json"]
     assert runner.invoke(app, [*args, "--control", "none"]).exit_code == 0  # caches every track's targets

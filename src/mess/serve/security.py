@@ -79,31 +79,34 @@ def install(app: FastAPI, policy: AccessPolicy) -> None:
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        response = await checked(request, call_next)
+        response = await _checked(request, call_next, policy)
         response.headers.update(HEADERS)
         return response
 
-    async def checked(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        host_header = request.headers.get("host", "")
-        host = _hostname(host_header)
-        if host not in policy.hosts:
-            return JSONResponse({"detail": f"host {host!r} is not allowed; start the server with "
-                                           f"--allowed-host {host} to serve it"}, status_code=400)
-        if request.method not in _SAFE_METHODS and _cross_origin(request, host_header):
-            return JSONResponse({"detail": "cross-origin requests may not change anything"}, status_code=403)
-        if policy.token is None:
-            return await call_next(request)
-        from_query = request.query_params.get("token")
-        cookie = f"{COOKIE}_{request.url.port}" if request.url.port else COOKIE
-        supplied = _bearer(request) or from_query or request.cookies.get(cookie)
-        if supplied is None or not hmac.compare_digest(supplied.encode(), policy.token.encode()):
-            return JSONResponse({"detail": "a token is required: send 'Authorization: Bearer TOKEN' or open "
-                                           "the page as /?token=TOKEN"}, status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})
-        response = await call_next(request)
-        if from_query is not None:
-            response.set_cookie(cookie, policy.token, httponly=True, samesite="strict")
-        return response
+
+async def _checked(request: Request, call_next: Callable[[Request], Awaitable[Response]],
+                   policy: AccessPolicy) -> Response:
+    """The route's response for a request ``policy`` lets through, else the refusal (400, 403 or 401)."""
+    host_header = request.headers.get("host", "")
+    host = _hostname(host_header)
+    if host not in policy.hosts:
+        return JSONResponse({"detail": f"host {host!r} is not allowed; start the server with "
+                                       f"--allowed-host {host} to serve it"}, status_code=400)
+    if request.method not in _SAFE_METHODS and _cross_origin(request, host_header):
+        return JSONResponse({"detail": "cross-origin requests may not change anything"}, status_code=403)
+    if policy.token is None:
+        return await call_next(request)
+    from_query = request.query_params.get("token")
+    cookie = f"{COOKIE}_{request.url.port}" if request.url.port else COOKIE
+    supplied = _bearer(request) or from_query or request.cookies.get(cookie)
+    if supplied is None or not hmac.compare_digest(supplied.encode(), policy.token.encode()):
+        return JSONResponse({"detail": "a token is required: send 'Authorization: Bearer TOKEN' or open "
+                                       "the page as /?token=TOKEN"}, status_code=401,
+                            headers={"WWW-Authenticate": "Bearer"})
+    response = await call_next(request)
+    if from_query is not None:
+        response.set_cookie(cookie, policy.token, httponly=True, samesite="strict")
+    return response
 
 
 def _hostname(netloc: str) -> str:
