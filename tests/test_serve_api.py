@@ -975,6 +975,23 @@ def test_an_untagged_title_of_an_upload_is_its_file_name_without_the_extension(c
     assert _uploads_left(uploads_dir) == set()
 
 
+def test_an_upload_credited_only_to_a_composer_excludes_that_artist(client: TestClient, tmp_path: Path,
+                                                                     uploads_dir: Path) -> None:
+    """An upload tagged with a composer and no artist excluded nothing with exclude_same_artist, where a collection
+    track of that composer is grouped by it (as `mess artists` and `mess similar FILE` do)."""
+    song = tmp_path / "song.flac"
+    sf.write(song, _render("Sine Choir", 220.0, np.random.default_rng(5)), SR)
+    tags = mutagen.flac.FLAC(song)
+    tags["composer"] = "Sine Choir"
+    tags.save()
+    answer = client.post("/api/similar/upload", params={"k": 20, "exclude_same_artist": True},
+                         files={"file": ("song.flac", song.read_bytes(), "audio/flac")})
+    assert answer.status_code == 200, answer.text
+    found = {r["artist"] for r in answer.json()["results"]}
+    assert found == set(ARTISTS) - {"Sine Choir"}, found
+    assert _uploads_left(uploads_dir) == set()
+
+
 def test_bad_uploads_are_refused(client: TestClient, uploads_dir: Path) -> None:
     cases = [
         (("big.wav", b"\0" * (UPLOAD_LIMIT + 1), "audio/wav"), 413, "larger than"),

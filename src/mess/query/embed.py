@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -97,9 +97,14 @@ def embed_query(store: FeatureStore, path: Path, run: Run,
         (on_warning or log.warning)(text)
     tags = read_tags(path)
     label = f"{tags['artist']} - {tags['title'] or file_title(str(path))}" if tags["artist"] else path.name
-    # its artist as a collection track's is grouped (--exclude-same-artist, radio): the artist tag, else the composer
-    credit = tags["artist"] if credit_key(tags["artist"]) else tags["composer"] or tags["artist"]
-    return external_query(store, run, label, vectors.content_hash, vectors.layers, vectors.segments, credit)
+    return external_query(store, run, label, vectors.content_hash, vectors.layers, vectors.segments, credit_of(tags))
+
+
+def credit_of(tags: Mapping[str, str | None]) -> str | None:
+    """The credit an outside file's artist is grouped by, as a collection track's is (--exclude-same-artist, the
+    radio's artist spread): its artist tag when that names an artist, else its composer."""
+    artist = tags.get("artist")
+    return artist if credit_key(artist) else tags.get("composer") or artist
 
 
 def external_query(store: FeatureStore, run: Run, label: str, content_hash: str, layers: Sequence[np.ndarray],

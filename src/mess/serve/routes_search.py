@@ -15,7 +15,7 @@ from mess.artists.profiles import ArtistError, ArtistSet, Space, artist_of, in_s
 from mess.artists.similarity import METHODS as ARTIST_METHODS
 from mess.artists.similarity import ArtistVectors, artist_vectors, similarity_row, top_k
 from mess.constants import DEFAULT_NORM, file_title
-from mess.query import external_query
+from mess.query import credit_of, external_query
 from mess.search.hubness import METHODS as HUBNESS_METHODS
 from mess.search.query import (
     ENCODED_R2,
@@ -145,7 +145,8 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
                 spec = vector_spec(state.store, run, layer, aspect, fused, learned, norm)
             artist = embedded.tags.get("artist")
             label = f"{artist} - {embedded.tags['title'] or file_title(saved.filename)}" if artist else saved.filename
-            tq = external_query(state.store, run, label, embedded.content_hash, embedded.layers, (), artist)
+            tq = external_query(state.store, run, label, embedded.content_hash, embedded.layers, (),
+                                credit_of(embedded.tags))
             same = tq.track
             chosen = _ranking(state, run, spec, ranking)
             results = similar_tracks(state.store, run, tq, k, layer=layer, aspect=aspect, fused=fused,
