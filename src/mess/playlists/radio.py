@@ -88,10 +88,13 @@ def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 3
         history.append(artist_key(track))
         picked.append(row)
     label = ", ".join(s.label for s in seeds)
-    fit = f"only {len(picked)} tracks fit" if len(picked) > 1 else "only 1 track fits" if picked else "no track fits"
-    queued = f", none of the {len(heard)} queued already" if heard else ""  # else 'only 0 fit' of a whole collection
-    short = ("" if len(picked) == n else f"{fit} (artists spread, no duplicates{queued})" if len(order)
-             else "no track to pick: every track of the collection is left out or queued already")
+    short = ""
+    if not len(order):
+        short = "no track to pick: every track of the collection is left out or queued already"
+    elif len(picked) < n:
+        fit = {0: "no track fits", 1: "only 1 track fits"}.get(len(picked), f"only {len(picked)} tracks fit")
+        queued = f", none of the {len(heard)} queued already" if heard else ""  # what else kept tracks out
+        short = f"{fit} (artists spread, no duplicates{queued})"
     note = "; ".join(x for x in (short, *notes) if x)
     return Playlist(f"radio: {label}", tuple(by_id[int(vs.ids[r])] for r in picked),
                     tuple(float(closeness[r]) for r in picked), note)
