@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -180,6 +182,68 @@ def msd_copy(extracted_store: Path, tmp_path: Path) -> Iterator[tuple[FeatureSto
         yield fs, fs.run("musicnn-msd")
     finally:
         fs.close()
+
+
+# ---------------------------------------------------------------- the command line, in this process
+
+
+def mess_here(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+              input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``mess ARGS`` run by :func:`mess.cli.main.main` in this process, answered as ``subprocess.run`` would.
+
+    For tests of what a command says and does, not of the process itself (signals, kills, start-up, concurrency
+    between processes: those start a real ``mess``). It saves the half second of imports and the librosa warm-up
+    each process pays. As in a process, log records reach stderr as ``LEVEL name: message`` and an exception no
+    command handles is printed as Python prints it (a test that forbids a traceback still sees one), exit code 1.
+    """
+    import logging
+    import sys
+    import traceback
+
+    from click.testing import CliRunner
+
+    from mess.cli.main import main
+
+    root, handler = logging.getLogger(), _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    old_level, old_argv, old_cwd = root.level, sys.argv, Path.cwd()
+    old_term, code = signal.getsignal(signal.SIGTERM), 0
+    with CliRunner().isolation(input=input, env=env) as (out, err, _):
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)
+        sys.argv = ["mess", *args]
+        try:
+            if cwd is not None:
+                os.chdir(cwd)
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except Exception:  # a process would print it and exit 1
+            traceback.print_exc(file=sys.stderr)
+            code = 1
+        finally:
+            os.chdir(old_cwd)
+            sys.argv = old_argv
+            root.removeHandler(handler)
+            root.setLevel(old_level)
+            signal.signal(signal.SIGTERM, old_term)
+            sys.stdout.flush()
+            sys.stderr.flush()
+        stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
+    return subprocess.CompletedProcess(["mess", *args], code, stdout, stderr)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A log handler writing to whatever ``sys.stderr`` is when a record comes (the runner's, inside it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        import sys
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
 
 
 # ---------------------------------------------------------------- parallel runs (pytest -n 2)
