@@ -187,14 +187,15 @@ def msd_copy(extracted_store: Path, tmp_path: Path) -> Iterator[tuple[FeatureSto
 # ---------------------------------------------------------------- the command line, in this process
 
 
-def mess_here(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-              input: str | None = None) -> subprocess.CompletedProcess[str]:
+def mess_here(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, input: str | None = None,
+              timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """``mess ARGS`` run by :func:`mess.cli.main.main` in this process, answered as ``subprocess.run`` would.
 
     For tests of what a command says and does, not of the process itself (signals, kills, start-up, concurrency
     between processes: those start a real ``mess``). It saves the half second of imports and the librosa warm-up
     each process pays. As in a process, log records reach stderr as ``LEVEL name: message`` and an exception no
     command handles is printed as Python prints it (a test that forbids a traceback still sees one), exit code 1.
+    A command still running after ``timeout`` seconds (a server that should have refused to start) fails the test.
     """
     import logging
     import sys
@@ -207,7 +208,13 @@ def mess_here(*args: str, env: dict[str, str] | None = None, cwd: Path | None = 
     root, handler = logging.getLogger(), _StderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     old_level, old_argv, old_cwd = root.level, sys.argv, Path.cwd()
-    old_term, code = signal.getsignal(signal.SIGTERM), 0
+    old_term, old_alarm, code = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGALRM), 0
+
+    def overran(signum: int, frame: object) -> None:
+        raise _Overran(f"`mess {' '.join(args)}` still ran after {timeout} s")
+
+    signal.signal(signal.SIGALRM, overran)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
     with CliRunner().isolation(input=input, env=env) as (out, err, _):
         root.addHandler(handler)
         root.setLevel(logging.WARNING)
@@ -222,6 +229,8 @@ def mess_here(*args: str, env: dict[str, str] | None = None, cwd: Path | None = 
             traceback.print_exc(file=sys.stderr)
             code = 1
         finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old_alarm)
             os.chdir(old_cwd)
             sys.argv = old_argv
             root.removeHandler(handler)
@@ -231,6 +240,10 @@ def mess_here(*args: str, env: dict[str, str] | None = None, cwd: Path | None = 
             sys.stderr.flush()
         stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
     return subprocess.CompletedProcess(["mess", *args], code, stdout, stderr)
+
+
+class _Overran(BaseException):
+    """A command of :func:`mess_here` ran past its time (a BaseException: no command's handler may take it)."""
 
 
 class _StderrHandler(logging.StreamHandler):
