@@ -28,6 +28,7 @@ import soundfile as sf
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from conftest import mess_here
 from mess.serve.security import LOOPBACK_HOSTS, AccessPolicy, _hostname, host_name, install
 from mess.serve.uploads import _limited, _TooSlow
 
@@ -49,8 +50,7 @@ def dsp_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i in range(6):
         y = 0.3 * np.sin(2 * np.pi * 110 * 2 ** (i / 5) * t) * (1 + 0.5 * np.sin(2 * np.pi * (i + 1) * t))
         sf.write(music / f"tone{i}.wav", y.astype(np.float32), 22050)
-    out = subprocess.run([*MESS, "extract", str(music), "--model", "dsp", "--window", "4", "--store",
-                          str(root / "store")], capture_output=True, text=True)
+    out = mess_here("extract", str(music), "--model", "dsp", "--window", "4", "--store", str(root / "store"))
     assert out.returncode == 0, out.stderr
     return root / "store"
 
@@ -94,8 +94,8 @@ def test_foreign_host_names_are_refused(server: str) -> None:
 @pytest.mark.parametrize("name", ["a b", "http://music.lan", "music.lan/x", "a..b", "-lan", "*.lan", "bücher.lan", ""])
 def test_an_allowed_host_no_request_could_name_is_refused(tmp_path: Path, name: str) -> None:
     """--allowed-host 'a b' was accepted: the server started and answered 400 to every request by that name."""
-    cmd = [*MESS, "serve", "--allowed-host", "music.lan", "--allowed-host", name, "--store", str(tmp_path / "none")]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "300"})
+    out = mess_here("serve", "--allowed-host", "music.lan", "--allowed-host", name, "--store", str(tmp_path / "none"),
+                    env={"COLUMNS": "300"}, timeout=60)
     assert out.returncode == 1 and out.stderr.startswith(f"error: invalid host name {name!r}: "), out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
@@ -161,8 +161,7 @@ def test_a_malformed_origin_is_a_foreign_one(server: str) -> None:
 
 
 def test_a_token_guards_everything_and_the_page_sets_a_cookie(dsp_store: Path) -> None:
-    refused = subprocess.run([*MESS, "serve", "--store", str(dsp_store), "--host", "0.0.0.0"],
-                             capture_output=True, text=True, timeout=60, env={**os.environ, "MESS_TOKEN": ""})
+    refused = mess_here("serve", "--store", str(dsp_store), "--host", "0.0.0.0", env={"MESS_TOKEN": ""}, timeout=60)
     assert refused.returncode == 1 and "--token" in refused.stderr
     for base in _serve(dsp_store, "--token", "s3cret"):
         assert httpx.get(base + "/api/tracks").status_code == 401
