@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
@@ -138,7 +139,8 @@ def one_torch_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def extracted_store(rendered_collection: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store with runs ``dsp`` and ``musicnn-msd`` over :func:`rendered_collection`; treat it as read-only."""
+    """A store with runs ``dsp`` and ``musicnn-msd`` over :func:`rendered_collection`, built once per run by
+    whichever worker asks first; treat it as read-only."""
     from contextlib import closing
 
     from mess.audio.windows import WindowPolicy
@@ -146,12 +148,23 @@ def extracted_store(rendered_collection: list[Path], tmp_path_factory: pytest.Te
     from mess.models.registry import load_model
     from mess.store.feature_store import FeatureStore
 
-    root = tmp_path_factory.mktemp("extracted") / "store"
-    with closing(FeatureStore(root)) as store:
-        for name in ("dsp", "musicnn-msd"):
-            summary = extract(store, rendered_collection, load_model(name), WindowPolicy())
-            assert not summary.failed, summary.failed
+    shared = run_folder(tmp_path_factory) / "extracted"
+    root = shared / "store"
+    with cache_lock(shared):
+        if not (shared / "complete").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            with closing(FeatureStore(root)) as store:
+                for name in ("dsp", "musicnn-msd"):
+                    summary = extract(store, rendered_collection, load_model(name), WindowPolicy())
+                    assert not summary.failed, summary.failed
+            (shared / "complete").touch()
     return root
+
+
+def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A temporary folder of this pytest run, shared by its parallel workers (``-n``)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 @pytest.fixture
@@ -171,8 +184,6 @@ def msd(extracted_store: Path) -> Iterator[tuple[FeatureStore, Run, VectorSet]]:
 @pytest.fixture
 def msd_copy(extracted_store: Path, tmp_path: Path) -> Iterator[tuple[FeatureStore, Run]]:
     """A writable copy of :func:`extracted_store` (16 rendered tracks), with its musicnn-msd run."""
-    import shutil
-
     from mess.store import FeatureStore
 
     root = tmp_path / "store"
