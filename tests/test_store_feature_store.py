@@ -650,3 +650,28 @@ def test_derived_rows_that_differ_from_their_checksums_name_the_first_five_track
     with pytest.raises(StoreDamaged, match=rf"toy fused vectors of track ids \[{listed}\] differ from their checksums"):
         store.derived_matrix(run, "fused")
     store.close()
+
+
+def test_a_derived_vector_beyond_what_float16_holds_is_refused_and_the_stored_set_kept(tmp_path: Path) -> None:
+    """A derived vector past float16's largest value was stored as infinity: the write passed and the set's reads
+    then left that track out as if it had no vector (counted missing), where write_vectors refuses such vectors."""
+    store = FeatureStore(tmp_path)
+    run = _run(store)
+    ids = [_file(store, f"/m/{i}.ogg", f"h{i}") for i in range(3)]
+    _embed(store, run, "h0", "h1", "h2")
+    before = np.arange(6, dtype=np.float32).reshape(3, 2)  # small integers: exact in float16
+    store.write_derived(run, "fused", ["h0", "h1", "h2"], before, {})
+    largest = float(np.finfo(np.float16).max)
+    for bad in (2 * largest, np.inf, -np.inf, np.nan):
+        vectors = before + 1
+        vectors[1, 1] = bad
+        with pytest.raises(ValueError, match="non-finite fused vectors for content h1"):
+            store.write_derived(run, "fused", ["h0", "h1", "h2"], vectors, {})
+        got_ids, got = store.derived_matrix(run, "fused")
+        assert got_ids.tolist() == ids and np.array_equal(got, before)
+    edge = before.copy()
+    edge[2, 0] = -largest  # the largest value float16 holds is stored as it is
+    store.write_derived(run, "fused", ["h0", "h1", "h2"], edge, {})
+    got_ids, got = store.derived_matrix(run, "fused")
+    assert got_ids.tolist() == ids and np.array_equal(got, edge) and store.derived_missing(run, "fused") == 0
+    store.close()

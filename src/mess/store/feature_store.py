@@ -970,8 +970,17 @@ class FeatureStore:
 
         Each vector goes to the row of the content it was computed from (``content_hashes``, as read), looked
         up under the write lock: a file re-embedded since it was read keeps no vector for its new content (it
-        counts in :meth:`derived_missing`), and content the run no longer holds is skipped.
+        counts in :meth:`derived_missing`), and content the run no longer holds is skipped. Vectors not finite as
+        stored (NaN, infinity, or past float16's largest value, 65504) are refused (ValueError) before anything is
+        written, as :meth:`write_vectors` refuses them.
         """
+        with np.errstate(over="ignore"):  # a value past float16's range becomes infinity: refused here
+            bad = ~np.isfinite(np.asarray(matrix, dtype=DTYPE)).all(axis=tuple(range(1, np.ndim(matrix))))
+        if bad.any():
+            first = int(np.argmax(bad))
+            content = content_hashes[first] if first < len(content_hashes) else f"of row {first}"
+            raise ValueError(f"non-finite {name} vectors for content {content} (as stored: NaN, infinite or past "
+                             "float16's largest value, 65504)")
         with self._write():
             rows = self.track_rows(run)
             dim = matrix.shape[1]
