@@ -675,3 +675,16 @@ def test_a_derived_vector_beyond_what_float16_holds_is_refused_and_the_stored_se
     got_ids, got = store.derived_matrix(run, "fused")
     assert got_ids.tolist() == ids and np.array_equal(got, edge) and store.derived_missing(run, "fused") == 0
     store.close()
+
+
+def test_an_aspect_map_with_a_score_or_margin_not_a_number_is_refused_and_the_stored_map_kept(tmp_path: Path) -> None:
+    """A NaN score reached SQLite as NULL: an sqlite3.IntegrityError (NOT NULL) escaped the store; an infinite one
+    was stored and read back as a score no JSON answer can carry."""
+    store = FeatureStore(tmp_path)
+    run = _run(store)
+    store.set_aspect_map(run, [("tempo", "l1", 0.5, 0.1)])
+    for score, margin in ((float("nan"), 0.1), (float("inf"), 0.1), (0.5, float("nan")), (0.5, float("-inf"))):
+        with pytest.raises(ValueError, match="aspect 'key'.*not a finite number"):
+            store.set_aspect_map(run, [("tempo", "l1", 0.25, 0.0), ("key", "l0", score, margin)])
+        assert store.aspect_map(run) == {"tempo": "l1"} and store.aspect_scores(run) == {"tempo": 0.5}
+    store.close()

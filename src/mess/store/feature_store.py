@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import sqlite3
@@ -1114,7 +1115,12 @@ class FeatureStore:
                        tracks_digest: str | None = None) -> None:
         """Replace the aspect -> (layer, score, margin) map of a run; ``n_tracks``: the run's tracks when probed;
         ``probed_at``: the stamp of the probe report it comes from; ``tracks_digest``: :meth:`tracks_digest` of the
-        run when probed."""
+        run when probed. A score or margin that is not a finite number is refused (ValueError), the stored map kept."""
+        entries = list(entries)
+        for aspect, _, score, margin in entries:
+            if not (math.isfinite(score) and math.isfinite(margin)):
+                raise ValueError(f"the aspect map's score ({score}) or margin ({margin}) of aspect {aspect!r} is not a "
+                                 "finite number")
         with self._write():
             self.db.execute("DELETE FROM aspect_map WHERE run_id=?", (run.id,))
             self.db.executemany(
