@@ -688,3 +688,22 @@ def test_an_aspect_map_with_a_score_or_margin_not_a_number_is_refused_and_the_st
             store.set_aspect_map(run, [("tempo", "l1", 0.25, 0.0), ("key", "l0", score, margin)])
         assert store.aspect_map(run) == {"tempo": "l1"} and store.aspect_scores(run) == {"tempo": 0.5}
     store.close()
+
+
+def test_a_name_typed_with_the_canonical_equivalent_of_a_singleton_finds_the_file(tmp_path: Path) -> None:
+    """OHM SIGN and KELVIN SIGN normalise to GREEK CAPITAL OMEGA and 'K', which normalise to themselves: a name typed
+    with one form for a file saved with the other was 'unknown track', since the lookup compared Unicode forms only
+    for names whose composed and decomposed forms differ."""
+    ohm, omega, kelvin = "\N{OHM SIGN}", "\N{GREEK CAPITAL LETTER OMEGA}", "\N{KELVIN SIGN}"
+    assert unicodedata.normalize("NFC", ohm) == omega and unicodedata.normalize("NFC", kelvin) == "K"
+    store = FeatureStore(tmp_path)
+    saved_ohm = _file(store, f"/m/a/{ohm}mega.ogg", "h1")
+    saved_kelvin = _file(store, f"/m/b/{kelvin}elvin.ogg", "h2")
+    saved_k = _file(store, "/m/c/Kappa.ogg", "h3")
+    assert store.track(f"{omega}mega.ogg").id == saved_ohm and store.track(f"/m/a/{omega}mega.ogg").id == saved_ohm
+    assert store.track("Kelvin.ogg").id == saved_kelvin and store.track("/m/b/Kelvin.ogg").id == saved_kelvin
+    assert store.track(f"{kelvin}appa.ogg").id == saved_k  # typed with the sign, saved with the letter
+    assert store.track(f"{ohm}mega.ogg").id == saved_ohm and store.find("Omega.ogg") is None
+    _file(store, f"/m/d/{omega}mega.ogg", "h4")  # both forms saved: a name typed in either is matched exactly
+    assert store.track(f"{ohm}mega.ogg").id == saved_ohm and store.track(f"{omega}mega.ogg").id != saved_ohm
+    store.close()

@@ -603,16 +603,23 @@ class FeatureStore:
 
     def _normalised(self, ref: str) -> list[sqlite3.Row]:
         """Catalog rows of the file whose path, else of the files whose name, is ``ref`` in another Unicode form: a
-        name typed composed (NFC) for a file saved decomposed (NFD, as macOS saves names), or the other way."""
+        name typed composed (NFC) for a file saved decomposed (NFD, as macOS saves names), or the other way, or typed
+        with a singleton's canonical equivalent (GREEK OMEGA for a file saved with OHM SIGN, 'K' for KELVIN SIGN).
+        Stored paths are compared in NFC; for an ASCII ``ref`` only those that are not ASCII (an ASCII one is its own
+        NFC, so it matched as it is)."""
         def nfc(text: str) -> str:
             return unicodedata.normalize("NFC", text)
 
-        if nfc(ref) == unicodedata.normalize("NFD", ref):  # nothing to compose or decompose: matched as it is
-            return []
-        path, name = nfc(str(resolved(expanded(ref)))), nfc(Path(ref).name)
-        rows = self._query(f"SELECT {_TRACK_COLS} FROM tracks ORDER BY id")
+        typed = str(resolved(expanded(ref)))
+        path, name = nfc(typed), nfc(Path(ref).name)
+        sql = f"SELECT {_TRACK_COLS} FROM tracks"
+        if typed.isascii() and Path(ref).name.isascii():
+            rows = self._query(sql + " WHERE typeof(path)='blob' OR length(CAST(path AS BLOB)) > length(path) "
+                               "ORDER BY id")  # more bytes than characters: not ASCII
+        else:
+            rows = self._query(sql + " ORDER BY id")
         at = [r for r in rows if nfc(from_db_path(r["path"])) == path]
-        return at or [r for r in rows if nfc(Path(from_db_path(r["path"])).name) == name]
+        return at or [r for r in rows if nfc(os.path.basename(from_db_path(r["path"]))) == name]
 
     def remove_tracks(self, paths: Iterable[str]) -> int:
         """Forget tracks by path (their vectors stay cached by content hash)."""
