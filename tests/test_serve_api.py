@@ -36,6 +36,7 @@ from mess.audio.discover import find_audio
 from mess.audio.windows import WindowPolicy
 from mess.cli.serve import is_loopback, register
 from mess.extract.pipeline import extract
+from mess.extract.runs import run_key
 from mess.models.dsp import DspModel
 from mess.query import resolve_query
 from mess.search.query import similar_tracks
@@ -1293,3 +1294,28 @@ def test_the_artist_list_of_a_collection_of_one_artist_lists_it(tmp_path: Path) 
         assert [(a["name"], a["tracks"]) for a in response.json()["artists"]] == [("Sine Choir", 2)]
         similar = c.get("/api/artists/similar", params={"name": "Sine Choir"})
         assert similar.status_code == 400 and "at least 2 artists" in similar.json()["detail"]
+
+
+
+@pytest.mark.parametrize("n", [3, 4, 9])  # 9: past MIN_FIT_TRACKS, so z-scored
+def test_a_map_of_identical_vectors_puts_every_track_at_the_centre_with_no_variance_explained(tmp_path: Path,
+                                                                                             n: int) -> None:
+    """Tracks of identical vectors have no axis of variance: PCA's explained variance ratio is 0/0 (NaN, four
+    tracks), or rounding noise in their mean (three) made PC 1 'explain 100%' and the points spread over the whole
+    map. Every point is at the centre and neither axis explains any variance, as for a collection of two tracks."""
+    store = FeatureStore(tmp_path / "store")
+    info = DspModel().info
+    run = store.ensure_run(run_key(info, WindowPolicy()))
+    layers = [np.linspace(0.1, 1.7, d, dtype=np.float32) for d in info.layer_dims]  # one vector, every track
+    for i in range(n):
+        store.upsert_track(tmp_path / f"{i}.flac", f"h{i}", 1, 0.0, {"duration": 4.0},
+                           {"artist": f"A{i}", "album": None, "title": f"t{i}", "genre": None, "composer": None})
+        store.write_vectors(run, [TrackVectors(f"h{i}", layers, [v[None] for v in layers], [0.0])])
+    store.close()
+    with TestClient(create_app(tmp_path / "store"), base_url="http://127.0.0.1") as c:
+        for params in ({}, {"layer": info.layer_names[0]}):
+            answer = c.get("/api/map", params=params)
+            assert answer.status_code == 200, answer.text
+            data = answer.json()
+            assert data["explained_variance"] == [0.0, 0.0] and len(data["points"]) == n
+            assert all((p["x"], p["y"]) == (0.0, 0.0) for p in data["points"])

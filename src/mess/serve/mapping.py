@@ -46,11 +46,12 @@ def preload() -> threading.Thread:
 
 
 def collection_map(vectors: VectorSet) -> CollectionMap:
-    """PCA to 2-D of a vector set's unit vectors (the caller caches it by ``vectors.fingerprint``)."""
+    """PCA to 2-D of a vector set's unit vectors (the caller caches it by ``vectors.fingerprint``); fewer than 3, or
+    all the same, have no axis of variance: every point at the centre, none explained."""
     from sklearn.decomposition import PCA  # here, not at the top: the server starts without waiting for it
 
     unit = vectors.unit()
-    if len(unit) < 3:
+    if len(unit) < 3 or (unit == unit[0]).all():  # all the same: PCA's ratio is 0/0, or its mean's rounding noise
         return CollectionMap(vectors.ids.copy(), np.zeros((len(unit), 2), np.float32), (0.0, 0.0), None, np.ones(2))
     pca = PCA(n_components=2, random_state=0).fit(unit)
     xy = pca.transform(unit)
