@@ -1319,3 +1319,21 @@ def test_a_map_of_identical_vectors_puts_every_track_at_the_centre_with_no_varia
             data = answer.json()
             assert data["explained_variance"] == [0.0, 0.0] and len(data["points"]) == n
             assert all((p["x"], p["y"]) == (0.0, 0.0) for p in data["points"])
+
+
+def test_an_upload_s_media_type_is_read_in_any_case(client: TestClient, uploads_dir: Path) -> None:
+    """Media types are case-insensitive (RFC 9110 §8.3.1): an upload sent as 'Multipart/Form-Data' was refused 415,
+    'send the audio file as multipart/form-data'."""
+    t = np.arange(3 * SR) / SR
+    buffer = io.BytesIO()
+    sf.write(buffer, (0.3 * np.sin(2 * np.pi * 262 * t)).astype(np.float32), SR, format="WAV")
+    body, ctype = _multipart("tone.wav", buffer.getvalue(), "audio/wav")
+    boundary = ctype.split("; boundary=")[1]  # a boundary is case-sensitive: kept as it is
+    for written in (f"Multipart/Form-Data; boundary={boundary}", f"MULTIPART/FORM-DATA; BOUNDARY={boundary}"):
+        answer = client.post("/api/similar/upload", params={"k": 2}, content=body, headers={"content-type": written})
+        assert answer.status_code == 200, (written, answer.text)
+        assert answer.json()["query"]["file"] == "tone.wav" and len(answer.json()["results"]) == 2
+    other = client.post("/api/similar/upload", content=body,
+                        headers={"content-type": f"multipart/form-datax; boundary={boundary}"})
+    assert other.status_code == 415, other.text  # another media type, though it starts as this one
+    assert _uploads_left(uploads_dir) == set()

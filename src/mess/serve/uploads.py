@@ -164,7 +164,7 @@ async def receive_upload(request: Request, max_bytes: int, parameters: Collectio
     ``MAX_FILENAME`` characters and for form fields named as one of the route's query ``parameters`` (``-F k=5``
     was ignored: ten results of the default vectors, not the five asked for).
     """
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+    if parse_options_header(request.headers.get("content-type", ""))[0] != b"multipart/form-data":  # in any case
         raise HTTPException(415, f"send the audio file as multipart/form-data in a field named {FIELD!r}")
     too_large = HTTPException(413, f"upload larger than the {max_bytes / 2**20:.3g} MiB limit")
     declared = request.headers.get("content-length", "")
