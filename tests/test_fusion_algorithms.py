@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -577,3 +578,30 @@ def test_gated_weights_and_a_trained_residual_follow_the_class_definition() -> N
     (r1, c1), (r2, c2) = numpy_of(net.residual[0]), numpy_of(net.residual[3])
     y = mixed @ net.project.weight.detach().double().numpy().T + gelu(mixed @ r1.T + c1) @ r2.T + c2
     np.testing.assert_allclose(out, y / np.linalg.norm(y, axis=1, keepdims=True), atol=1e-5)
+
+
+def test_a_checkpoint_s_description_never_replaces_a_file_that_is_not_one(tmp_path: Path) -> None:
+    """save_checkpoint wrote NAME.json over whatever file had that name: a user's own notes.json was lost to
+    `mess fuse train --checkpoint notes.pt`. A file there that is not a checkpoint description is refused, before
+    anything is written; an earlier description (a retrain), an older mess's too, is replaced as before."""
+    result = _untrained_result(clustered(n_labels=2, per_label=2).run)
+    path = tmp_path / "notes.pt"
+    theirs = (b'{"todo": ["mix", "master"]}', b"[1, 2]", b"not json at all", b"\xff\xfe")
+    for mine in theirs:
+        path.with_suffix(".json").write_bytes(mine)
+        problem = checkpoint_problem(path)
+        assert problem is not None and str(path.with_suffix(".json")) in problem
+        with pytest.raises(FusionError, match=r"notes\.json.* not the description of a mess fusion checkpoint"):
+            save_checkpoint(result, path)
+        assert path.with_suffix(".json").read_bytes() == mine and not path.exists()
+    path.with_suffix(".json").unlink()
+    path.with_suffix(".json").mkdir()
+    assert checkpoint_problem(path) is not None and not path.exists()
+    path.with_suffix(".json").rmdir()
+    digest = save_checkpoint(result, path)
+    assert json.loads(path.with_suffix(".json").read_text())["checkpoint_sha256"] == digest
+    older = {k: v for k, v in result.meta().items() if k not in ("policy", "run_id", "interrupted_at")}
+    path.with_suffix(".json").write_text(json.dumps(older))  # as the first mess to save checkpoints described one
+    assert checkpoint_problem(path) is None
+    assert save_checkpoint(result, path) == digest
+    assert json.loads(path.with_suffix(".json").read_text()) == {**result.meta(), "checkpoint_sha256": digest}

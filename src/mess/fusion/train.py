@@ -246,7 +246,8 @@ def saved_checkpoint(store: FeatureStore, run: Run) -> Path:
 
 def checkpoint_problem(path: Path, store_root: Path | None = None) -> str | None:
     """Why a checkpoint cannot be saved at ``path`` (None when it can): a folder, a parent that is a file, a
-    .json name, which its description (the same name with .json) would overwrite, or a place in the store at
+    .json name, which its description (the same name with .json) would overwrite, a file at that description's name
+    that is not one (a user's own JSON), or a place in the store at
     ``store_root`` outside its fusion/ folder (STORE/catalog.sqlite was overwritten)."""
     if store_root is not None:
         target, root = resolved(path), resolved(store_root)
@@ -258,7 +259,21 @@ def checkpoint_problem(path: Path, store_root: Path | None = None) -> str | None
         return "its parent is a file"
     if path.with_suffix(".json") == path:
         return "its description is written beside it as .json, over it; name it .pt"
+    description = path.with_suffix(".json")
+    if (description.exists() or description.is_symlink()) and not _is_description(description):
+        return (f"its description would replace {description}, which is not the description of a mess fusion "
+                "checkpoint; move that file or give the checkpoint another name")
     return None
+
+
+def _is_description(path: Path) -> bool:
+    """Whether ``path`` is a checkpoint description :func:`save_checkpoint` wrote (a JSON object holding the keys
+    every mess wrote), so a save may replace it."""
+    try:
+        meta = json.loads(path.read_bytes())
+    except (OSError, ValueError):  # a folder, unreadable, not JSON (UnicodeDecodeError is a ValueError)
+        return False
+    return isinstance(meta, dict) and {"model", "layer_dims", "config", "data_hash", "history"} <= meta.keys()
 
 
 def save_checkpoint(result: FusionResult, path: Path) -> str:
