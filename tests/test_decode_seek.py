@@ -174,6 +174,40 @@ def test_ogg_variants_decode_through_ffmpeg_as_libsndfile_does(tmp_path: Path, s
     _assert_seeked_equal_whole(path, POLICY, atol_starts=0.0)
 
 
+@pytest.mark.parametrize(("sr", "frames"), [(44100, 44100), (22050, 3000)])
+def test_a_short_vorbis_file_decodes_to_its_granule_length(tmp_path: Path, sr: int, frames: int) -> None:
+    """FFmpeg's Ogg demuxer misplaces the end of some short Vorbis files (its timestamps run one first packet
+    late): a 1 s 44.1 kHz tone lost its last 128 samples, 3000 samples at 22.05 kHz gained 456 of the decoder's
+    tail. load_audio gives libvorbis's decode (libsndfile's), its length the last granule position's."""
+    path = tmp_path / "short.ogg"
+    sf.write(path, _sine(sr, frames / sr), sr, format="OGG", subtype="VORBIS")
+    reference, _ = sf.read(path, dtype="float32")
+    assert len(reference) == sf.info(path).frames == frames
+    decoded = load_audio(path, sr)
+    assert decoded.size == frames
+    np.testing.assert_allclose(decoded, reference, atol=1e-6)
+    assert load_audio(path, 16000).size == pytest.approx(frames * 16000 / sr, abs=1)
+    assert load_audio(path, sr, max_seconds=0.05).size == int(0.05 * sr)
+
+
+def test_a_vorbis_file_damaged_midway_ends_as_its_audio_ends(tmp_path: Path) -> None:
+    """A damaged page mid-file is skipped by FFmpeg without a word, so its decode ends a page short of the last
+    granule position: completed from libsndfile there, it would end with the page's length of the file's last
+    samples twice. Only a decode whose end lines up with libsndfile's is completed."""
+    sr = 44100
+    plain, damaged = tmp_path / "plain.ogg", tmp_path / "damaged.ogg"
+    with sf.SoundFile(plain, "w", samplerate=sr, channels=1, format="OGG", subtype="VORBIS") as f:
+        for i in range(0, 20 * sr, sr):
+            f.write(_music(sr, 20.0)[i : i + sr])
+    data = bytearray(plain.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 50] = bytes(50)
+    damaged.write_bytes(bytes(data))
+    assert sf.info(damaged).frames == 20 * sr > len(sf.read(damaged)[0])  # libsndfile skips the page too
+    decoded, whole = load_audio(damaged, sr), sf.read(plain, dtype="float32")[0]
+    assert decoded.size < 20 * sr
+    np.testing.assert_allclose(decoded[-sr:], whole[-sr:], atol=1e-5)  # the last second is the file's
+
+
 def _write_blocks(path: Path, audio: np.ndarray, sr: int) -> None:
     """Write in 1 s blocks (libsndfile 1.2's Vorbis encoder crashes on one large write)."""
     with sf.SoundFile(path, "w", samplerate=sr, channels=1) as f:

@@ -434,7 +434,7 @@ def _decoded_blocks(path: Path, ffmpeg_first: bool = False) -> Iterator[tuple[np
         try:
             first = next(blocks := _pyav_blocks(path), None)
             if first is not None:
-                return chain([first], blocks)
+                return _granule_length(path, chain([first], blocks))
         except AudioError:
             pass  # libsndfile's turn
     if (f := _open_soundfile(path)) is None:
@@ -451,6 +451,30 @@ def _decoded_blocks(path: Path, ffmpeg_first: bool = False) -> Iterator[tuple[np
     except (sf.LibsndfileError, RuntimeError):
         return _pyav_blocks(path)
     return chain([first] if first is not None else [], blocks)
+
+
+def _granule_length(path: Path, blocks: Iterator[tuple[np.ndarray, int]]) -> Iterator[tuple[np.ndarray, int]]:
+    """FFmpeg's ``blocks`` of a Vorbis file (of one stream) cut at libsndfile's length, its last granule position,
+    and completed from libsndfile where they end before it, in line with libsndfile's samples there (not after a
+    damaged page, which both skip). FFmpeg's Ogg demuxer runs one first packet late on some short files: it decoded
+    up to 460 samples of the decoder's tail past the end, or trimmed the last 128 off."""
+    f = _open_soundfile(path)
+    if f is None or f.subtype != "VORBIS" or len(_ogg_links(path)) > 1:  # libsndfile reads a chain's first only
+        if f is not None:
+            f.close()
+        yield from blocks
+        return
+    with f:
+        left, tail = f.frames, np.zeros((0, f.channels), np.float32)
+        for block, rate in blocks:
+            if left > 0:
+                yield block[:left], rate
+            tail = np.concatenate([tail, block[-64:]])[-64:]
+            left -= len(block)
+        if left > 0:
+            f.seek(f.frames - left - len(tail))
+            if np.allclose(f.read(len(tail), dtype="float32", always_2d=True), tail, atol=1e-5):
+                yield from _soundfile_blocks(f)
 
 
 def _open_soundfile(path: Path) -> sf.SoundFile | None:
