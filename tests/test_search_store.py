@@ -687,6 +687,9 @@ def test_fused_searches_say_how_many_tracks_they_leave_out(synth: tuple[FeatureS
 @pytest.mark.parametrize("args, message", [
     (["similar", "999"], "unknown track"),
     (["similar", "1", "--layer", "zzz"], "unknown layer"),
+    (["similar", "1", "--layer", " 1"], "unknown layer ' 1'; synth has l0, l1, l2"),  # a typo is not layer 1 ...
+    (["similar", "1", "--layer", "\u0661"], "unknown layer '\u0661'"),  # ... nor an Arabic-Indic one
+    (["similar", "1", "--layer", "1_0"], "unknown layer '1_0'"),  # nor layer 10 (out of range)
     (["similar", "1", "--hubness", "magic"], "unknown hubness"),
     (["similar", "1", "--aspect", "timbre"], "mess probe"),
     (["index", "--kind", "lsh"], "unknown index kind"),

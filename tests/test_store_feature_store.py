@@ -180,6 +180,9 @@ def test_a_layer_is_named_by_name_index_or_negative_index_within_the_run(tmp_pat
             run.layer_index(bad)
     with pytest.raises(StoreError, match="unknown layer 'l3'; toy has l0, l1, l2"):
         run.layer_index("l3")
+    for odd in (" 1", "1 ", "+1", "1_0", "\u0661", "\uff11", "- 1"):  # int() reads each as a number
+        with pytest.raises(StoreError, match=re.escape(f"unknown layer {odd!r}")):
+            run.layer_index(odd)
     store.close()
 
 

@@ -130,13 +130,13 @@ class Run(RunKey):
     id: int = field(kw_only=True)
 
     def layer_index(self, layer: str | int) -> int:
-        """Resolve a layer name, index or negative index ('-1' = last) to an index."""
+        """Resolve a layer name, index or negative index ('-1' = last) to an index. An index in text is ASCII
+        digits only: not ' 1', '1_0' or '١', which int() reads as numbers."""
         if isinstance(layer, str) and layer in self.layer_names:
             return self.layer_names.index(layer)
-        try:
-            idx = int(layer)
-        except ValueError:
-            raise StoreError(f"unknown layer {layer!r}; {self.model} has {', '.join(self.layer_names)}") from None
+        if isinstance(layer, str) and not re.fullmatch(r"-?[0-9]+", layer):
+            raise StoreError(f"unknown layer {layer!r}; {self.model} has {', '.join(self.layer_names)}")
+        idx = int(layer)
         if not -len(self.layer_names) <= idx < len(self.layer_names):
             raise StoreError(f"layer {idx} out of range; {self.model} has {len(self.layer_names)} layers")
         return idx % len(self.layer_names)
