@@ -119,6 +119,18 @@ def test_gram_is_every_product_of_the_vectors(dim: int) -> None:
     np.testing.assert_allclose(got, x @ x.T, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("shape", [(0, 4), (3, 0), (0, 0)])
+def test_gram_of_no_vectors_or_no_dimensions_is_empty_or_zero_and_silent(shape: tuple[int, int],
+                                                                         capfd: pytest.CaptureFixture[str]) -> None:
+    """OpenBLAS printed 'On entry to SSYRK parameter number 10 had an illegal value' (to stdout) for no vectors
+    (7 for vectors of no dimension)."""
+    x = np.zeros(shape, dtype=np.float32)
+    got = gram(x)
+    assert got.shape == (shape[0], shape[0]) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, x @ x.T)  # an empty sum is 0
+    assert capfd.readouterr() == ("", "")
+
+
 def test_shared_weights_sum_the_smaller_of_each_tracks_two_weights() -> None:
     rng = np.random.default_rng(4)
     collection = sparse.random(40, 40, density=0.2, random_state=rng, format="csr")

@@ -91,8 +91,11 @@ def fits_whole(n: int) -> bool:
 
 def gram(vectors: np.ndarray, block: int = 2048) -> np.ndarray:
     """All products ``vectors @ vectors.T`` [n, n] float32, in half the work of that product (syrk computes one
-    triangle; the other is copied from it in blocks)."""
+    triangle; the other is copied from it in blocks). No vectors, or vectors of no dimension, are not given to
+    BLAS, which refuses them aloud."""
     x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if not x.size:
+        return np.zeros((len(x), len(x)), dtype=np.float32)
     full = blas.ssyrk(1.0, x.T, trans=1).T  # C-ordered view with the lower triangle filled
     n = len(full)
     for start in range(0, n, block):
