@@ -22,7 +22,7 @@ from mess.search.ann import (
     n_lists,
     recall_at_k,
 )
-from mess.search.hubness import HubnessReducer, hubness_stats, k_occurrence
+from mess.search.hubness import HubnessReducer, HubnessStats, hubness_stats, k_occurrence
 from mess.search.metrics import (
     average_precision,
     chance_scores,
@@ -244,6 +244,16 @@ def test_k_occurrence_counts_every_slot() -> None:
     assert occ.sum() == 300 * 10
     stats = hubness_stats(top, 300)
     assert stats.max_occurrence == occ.max() and 0 <= stats.antihub_fraction < 1
+
+
+def test_hubness_of_no_items_is_none_at_all() -> None:
+    """n = 0 raised ValueError (the maximum of an empty array) and warned of the mean of an empty slice."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stats = hubness_stats(np.zeros((0, 10), dtype=np.int64), 0)
+    assert stats == HubnessStats(k=10, skewness=0.0, antihub_fraction=0.0, top1pct_share=0.0, max_occurrence=0)
 
 
 def test_csls_and_mutual_proximity_reduce_hubness() -> None:

@@ -44,9 +44,12 @@ def k_occurrence(neighbours: np.ndarray, n: int) -> np.ndarray:
 
 
 def hubness_stats(neighbours: np.ndarray, n: int) -> HubnessStats:
-    """Skewness of N_k, fraction of anti-hubs (N_k = 0) and share of k-NN slots taken by the top 1%."""
+    """Skewness of N_k, fraction of anti-hubs (N_k = 0) and share of k-NN slots taken by the top 1%; all 0 for
+    no items."""
     from scipy.stats import skew  # here, not at the top: `mess similar` starts without scipy.stats
 
+    if n == 0:
+        return HubnessStats(neighbours.shape[1], 0.0, 0.0, 0.0, 0)
     occ = k_occurrence(neighbours, n)
     top = np.sort(occ)[::-1][: max(1, n // 100)]
     slots = max(int(occ.sum()), 1)
