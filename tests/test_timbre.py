@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import librosa
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from mess.search.vectors import TIMBRE_WEIGHT, Preprocessor, block_roles
 # references below do not take the module's own constants: 20 MFCCs of 40 Slaney mel bands 0-16 kHz of a 44.1 kHz
 # STFT (2048 points, hop 1024), dB floored 80 dB below each window's peak; logm of the covariance + 1e-3 I
 SR, N_FFT, HOP, N_MELS, F_MAX, N_MFCC, TOP_DB, RIDGE = 44100, 2048, 1024, 40, 16000.0, 20, 80.0, 1e-3
+ENSEMBLE = f"musicnn-0.1.0+{timbre.REVISION}"  # the revision of a musicnn ensemble's run: its timbre layer is mess's
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +124,9 @@ def test_all_layer_vector_weighs_timbre_and_leaves_it_out_of_the_power() -> None
     names = ("msd.cnn1", "mtt.cnn1", timbre.LAYER)
     dims = (6, 6, timbre.DIM)
     raw = rng.standard_normal((40, sum(dims))).astype(np.float32) * 3
-    unpowered, weights = block_roles(names, "all")
+    unpowered, weights = block_roles(names, "all", ENSEMBLE)
     assert unpowered == (False, False, True) and weights == (1.0, 1.0, TIMBRE_WEIGHT)
-    assert block_roles(names, "group") == ((False, False, True), (1.0, 1.0, 1.0))
+    assert block_roles(names, "group", ENSEMBLE) == ((False, False, True), (1.0, 1.0, 1.0))
     prep = Preprocessor.fit(raw, dims, "power", unpowered, weights)
     unit = prep.apply(raw)
     np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, rtol=1e-5)
@@ -155,9 +158,48 @@ def test_a_model_whose_only_layer_is_the_timbre_layer_gets_unit_vectors() -> Non
     and a track 0.09 alike was flagged a duplicate (0.9999)."""
     rng = np.random.default_rng(4)
     raw = rng.standard_normal((30, timbre.DIM)).astype(np.float32) * 3
-    prep = Preprocessor.fit(raw, (timbre.DIM,), "power", *block_roles((timbre.LAYER,), "all"))
+    prep = Preprocessor.fit(raw, (timbre.DIM,), "power", *block_roles((timbre.LAYER,), "all", ENSEMBLE))
     z = (raw - raw.mean(axis=0)) / raw.std(axis=0)  # left out of the power, z-scored
     np.testing.assert_allclose(prep.apply(raw), z / np.linalg.norm(z, axis=1, keepdims=True), atol=1e-5)
+
+
+@pytest.mark.parametrize("revision", ["essentia-1", f"musicnn-0.1.0+{timbre.REVISION}",
+                                      f"musicnn-0.1.0+{timbre.REVISION}+bf16"])
+def test_only_the_ensembles_timbre_layer_is_weighed_and_left_out_of_the_power(tmp_path: Path, revision: str) -> None:
+    """The weight of 12 and the exemption from the power were measured for mess's own timbre layer beside
+    musicnn's 18: any model's layer named 'timbre' (an Essentia output so described) got them, so the all-layer
+    cosine of a model with layers 'embeddings' and 'timbre' was 1/13 embeddings, 12/13 that output."""
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.runs import run_key
+    from mess.models.base import ModelInfo
+    from mess.search.vectors import VectorSpec, load_vectors
+    from mess.store import FeatureStore, TrackVectors
+
+    rng = np.random.default_rng(5)
+    dims = (4, 6)
+    raw = [rng.standard_normal((20, d)).astype(np.float32) * 2 + 1 for d in dims]
+    store = FeatureStore(tmp_path / "store")
+    try:
+        run = store.ensure_run(run_key(ModelInfo("other", revision, 16000, ("embeddings", timbre.LAYER), dims),
+                                       WindowPolicy()))
+        for i in range(20):
+            store.upsert_track(Path(f"/m/{i}.wav"), f"h{i}", 1, 0.0, {"duration": 10.0},
+                               {"artist": None, "album": None, "title": f"t{i}", "genre": None, "composer": None})
+            layers = [r[i] for r in raw]
+            store.write_vectors(run, [TrackVectors(f"h{i}", layers, [v[None] for v in layers], [0.0])])
+        vs = load_vectors(store, run, VectorSpec("all", "", "power"))
+        stored, unit = vs.raw.astype(np.float64), vs.unit()  # as stored (float16)
+    finally:
+        store.close()
+    ours = timbre.REVISION in revision
+    blocks = []
+    for r, weight, powered in zip(np.split(stored, [dims[0]], axis=1), (1.0, 12.0 if ours else 1.0),
+                                  (True, not ours), strict=True):
+        x = np.sign(r) * np.abs(r) ** 0.25 if powered else r
+        z = (x - x.mean(axis=0)) / x.std(axis=0)
+        blocks.append(np.sqrt(weight) * z / np.linalg.norm(z, axis=1, keepdims=True))
+    want = np.concatenate(blocks, axis=1) / np.sqrt(13.0 if ours else 2.0)
+    np.testing.assert_allclose(unit, want, atol=1e-5)
 
 
 def test_a_reduced_precision_wrapper_pools_as_its_model(windows: np.ndarray) -> None:

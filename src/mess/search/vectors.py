@@ -204,11 +204,14 @@ class Preprocessor:
         return cls(arrays["mean"], arrays["scale"], tuple(int(b) for b in arrays["blocks"]), power, unpowered, weights)
 
 
-def block_roles(layers: Sequence[str], kind: VectorKind) -> tuple[tuple[bool, ...], tuple[float, ...]]:
-    """Per layer block of a spec of ``kind``: whether it is left out of the signed power (the timbre layer, whose
-    log-Euclidean coordinates are signed by nature), and its weight: :data:`TIMBRE_WEIGHT` for the timbre layer
-    among all layers, 1 otherwise."""
-    unpowered = tuple(name == timbre.LAYER for name in layers)
+def block_roles(layers: Sequence[str], kind: VectorKind,
+                revision: str) -> tuple[tuple[bool, ...], tuple[float, ...]]:
+    """Per layer block of a spec of ``kind`` of a run of ``revision``: whether it is left out of the signed power
+    (the timbre layer, whose log-Euclidean coordinates are signed by nature), and its weight: :data:`TIMBRE_WEIGHT`
+    for the timbre layer among all layers, 1 otherwise. The timbre layer is :mod:`mess.models.timbre`'s, in a run
+    whose revision names it (the musicnn ensemble's), not another model's layer of that name."""
+    ours = timbre.REVISION in revision.split("+")
+    unpowered = tuple(ours and name == timbre.LAYER for name in layers)
     return unpowered, tuple(TIMBRE_WEIGHT if u and kind == "all" else 1.0 for u in unpowered)
 
 
@@ -315,7 +318,7 @@ def read_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequen
         kind = "" if spec.kind == "all" else f"{spec.kind} "
         raise StoreError(f"no {kind}vectors for {run.model} in this store yet; run `mess extract` first")
     hashes = np.array([hash_of[int(i)] for i in ids])
-    roles = block_roles(layers, spec.kind) if spec.kind not in (FUSED, LEARNED) else ((), ())
+    roles = block_roles(layers, spec.kind, run.revision) if spec.kind not in (FUSED, LEARNED) else ((), ())
     return VectorSet(run, spec, layers, ids, hashes, raw, Preprocessor.fit(raw, blocks, spec.norm, *roles), source)
 
 
