@@ -236,6 +236,26 @@ def test_fixed_and_leave_one_label_out_scores_agree_with_sklearn_per_query() -> 
             np.testing.assert_allclose(got[rows], expected, rtol=1e-5, atol=1e-6)
 
 
+def test_fixed_and_leave_one_label_out_scores_default_to_precision_at_5_and_ndcg_at_10() -> None:
+    """benchmarks/head.py reports the shipped head's p@5 and ndcg@10 from these defaults, which no test fixed."""
+    rng = np.random.default_rng(11)
+    labels = np.repeat(["a", "b", "c", "d"], [6, 7, 5, 6])
+    raw = rng.normal(size=(4, 8))[np.searchsorted(np.unique(labels), labels)] + 1.5 * rng.normal(size=(24, 8))
+    rows = np.arange(len(labels))
+    for blocks in ((3, 5), (8,)):  # k = 6 or 11 would give other scores
+        want = _sklearn_scores(_unit_reference(raw, blocks), labels, rows, 5, 10)
+        other = _sklearn_scores(_unit_reference(raw, blocks), labels, rows, 6, 11)
+        assert not np.allclose(want[1], other[1]) and not np.allclose(want[2], other[2])
+    fixed = score_fixed("raw", raw, (3, 5), labels)
+    run = Run("m", "r1", WindowPolicy().to_json(), 16000, ("l",), (8,), id=1)
+    data = HeadData(run, rows, rows.astype(str), labels, raw.astype(np.float32), raw.astype(np.float32), rows)
+    logo = score_logo("identity", data, lambda d, r: Head("m", ("l",), (8,), np.zeros(8), np.ones(8), np.eye(8)))
+    for scores, blocks in ((fixed, (3, 5)), (logo, (8,))):
+        want = _sklearn_scores(_unit_reference(raw, blocks), labels, rows, 5, 10)
+        for got, expected in zip((scores.ap, scores.precision, scores.ndcg), want, strict=True):
+            np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
 def test_bootstrap_interval_is_the_central_95_percent_of_resampled_means() -> None:
     rng = np.random.default_rng(7)
     values = rng.normal(10.0, 2.0, size=400)
