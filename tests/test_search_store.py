@@ -1544,3 +1544,28 @@ def test_a_plain_search_with_expansion_ranks_by_the_better_of_the_two_cosines(sy
         np.testing.assert_allclose([n.score for n in got], [cos[row[n.track.id]] for n in got], atol=1e-5)
     plain = similar_tracks(store, run, resolve_query(store, "9", run), k=8, layer="l1", expand=0)
     assert all(n.adjusted is None for n in plain)  # not expanded: no ranking score beside the cosine
+
+
+def test_expansion_finds_tracks_only_the_expanded_query_reaches(synth: tuple[FeatureStore, Run]) -> None:
+    """The expanded query's own nearest tracks join the candidates: here a track outside the query's nearest
+    max(k, expand) by cosine ranks among the k best by the better of the two cosines (alpha-QE computed here as
+    above), so a search of the query's neighbours alone would miss it."""
+    store, run = synth
+    ids, unit = _unit(store, run, "l1")
+    row = {int(i): r for r, i in enumerate(ids)}
+    for tid, k, expand in ((3, 5, 3), (9, 6, 4), (2, 8, 5)):
+        q = unit[row[tid]]
+        cos = unit @ q
+        cos[row[tid]] = -np.inf
+        near = np.argsort(-cos)[:expand]
+        e = q + (np.maximum(cos[near], 0)[:, None] * unit[near]).sum(axis=0)
+        e /= np.linalg.norm(e)
+        better = np.maximum(cos, unit @ e)
+        better[row[tid]] = -np.inf
+        order = np.argsort(-better)[:k]
+        beyond = set(ids[order].tolist()) - set(ids[np.argsort(-cos)[: max(k, expand)]].tolist())
+        assert beyond, (tid, k, expand)  # the fixture reaches further than the query's own candidates
+        got = similar_tracks(store, run, resolve_query(store, str(tid), run), k=k, layer="l1", expand=expand)
+        assert {n.track.id for n in got} == set(ids[order].tolist())  # tracks 1 and 25 (one content) tie
+        np.testing.assert_allclose([n.adjusted for n in got], better[order], atol=1e-5)
+        np.testing.assert_allclose([n.score for n in got], [cos[row[n.track.id]] for n in got], atol=1e-5)
