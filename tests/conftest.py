@@ -275,6 +275,7 @@ class _StderrHandler(logging.StreamHandler):
 SPREAD = {"test_store_faults.py"}  # its tests go to whichever worker is free (its templates: one per session, locked)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups (after it, none was seen)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under ``--dist loadgroup`` keep each other module on one worker, so its module fixtures are built once."""
     for item in items:
