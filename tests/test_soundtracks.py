@@ -106,11 +106,21 @@ def test_cli_lists_the_games_and_fails_in_one_line(soundtracks: Path, tmp_path: 
     assert "apt-get is not available" in bad.output and "Traceback" not in bad.output
 
 
-def test_a_fetch_killed_before_its_manifest_is_redone_without_duplicates(tmp_path: Path) -> None:
+def test_a_fetch_killed_before_its_manifest_is_redone_without_duplicates(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A rerun after a killed fetch (copies made, no manifest yet) found each earlier copy in the way and kept it
     beside a second copy named 'Musics__<name>': the folder held every track twice, and extraction read both."""
     from mess.audio.discover import find_audio
+    from mess.datasets import debian, soundtracks
 
+    unpacked: list[Path] = []
+
+    def unpack_once(package: str, work_dir: Path) -> Path:  # apt-get downloads the package once; reruns get a copy
+        if not unpacked:
+            unpacked.append(debian.unpack_package(package, tmp_path / "apt"))
+        return Path(shutil.copytree(unpacked[0], work_dir / unpacked[0].name, symlinks=True))  # as dpkg -x left it
+
+    monkeypatch.setattr(soundtracks, "unpack_package", unpack_once)
     one_game = {"xmoto-data": PACKAGES["xmoto-data"]}
     out = tmp_path / "sound tracks ü"
     try:
