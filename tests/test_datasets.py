@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -181,7 +183,8 @@ def test_transposition_shifts_the_chroma(factor_sets: FactorSets) -> None:
     for variants in _by_piece(factor_sets("transpose")).values():
         base = chroma(next(v for v in variants if v.value == 0))
         for v in variants:
-            fit = [np.corrcoef(np.roll(base, k), chroma(v))[0, 1] for k in range(12)]
+            shifted = chroma(v)
+            fit = [np.corrcoef(np.roll(base, k), shifted)[0, 1] for k in range(12)]
             assert int(np.argmax(fit)) == int(v.value) % 12, f"{v.path.name}: {np.round(fit, 2)}"
 
 
@@ -264,12 +267,42 @@ def test_wesnoth_tracks_carry_ten_composers(wesnoth_tracks: list[Path]) -> None:
 
 
 
+def _package_from(tracks: list[Path], work: Path) -> Path:
+    """A folder holding an ``apt-get`` that downloads a wesnoth-1.16-music .deb of ``tracks`` (its real tracks, in its
+    layout; built uncompressed, so unpacking it costs no xz) and fails for any other request."""
+    root = work / "root"
+    music = root / "usr" / "share" / "games" / "wesnoth" / "1.16" / "data" / "core" / "music"
+    music.mkdir(parents=True)
+    for track in tracks:
+        try:
+            os.link(track, music / track.name)
+        except OSError:  # the cache on another file system
+            shutil.copyfile(track, music / track.name)
+    (root / "DEBIAN").mkdir()
+    (root / "DEBIAN" / "control").write_text("Package: wesnoth-1.16-music\nVersion: 1:1.16.9-1\nArchitecture: all\n"
+                                             "Maintainer: Tests <tests@example.org>\nDescription: Wesnoth music\n")
+    deb = work / "wesnoth-1.16-music_1.16.9-1_all.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Znone", "-b", str(root), str(deb)], check=True,
+                   capture_output=True)
+    shutil.rmtree(root)
+    bin_dir = work / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apt-get").write_text(f'#!/bin/sh\n[ "$*" = "download wesnoth-1.16-music" ] || exit 100\n'
+                                     f"exec cp '{deb}' .\n")
+    (bin_dir / "apt-get").chmod(0o755)
+    return bin_dir
+
+
 def test_wesnoth_lists_only_its_own_tracks_beside_other_files(wesnoth_tracks: list[Path], tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Every OGG in the folder was returned and shown as Wesnoth's (a folder of 41 OGGs of anything was taken
-    for the soundtrack): an extra file made '42 tracks' with an '(untagged)' composer."""
+    for the soundtrack): an extra file made '42 tracks' with an '(untagged)' composer. The package comes from an
+    `apt-get download` of a local .deb of the session's tracks: what is tested is the folder, not the network."""
     from mess.datasets.wesnoth import FetchError, fetch_wesnoth
 
+    if shutil.which("dpkg-deb") is None:
+        pytest.skip("dpkg-deb builds the package: this test needs Debian or Ubuntu")
+    monkeypatch.setenv("PATH", f"{_package_from(wesnoth_tracks, tmp_path / 'package')}:{os.environ['PATH']}")
     out = tmp_path / "wesnoth ü"
     out.mkdir()
     sf.write(out / "mine.ogg", np.zeros(8000, np.float32), 8000, format="OGG")
