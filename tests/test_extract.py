@@ -17,6 +17,7 @@ import psutil
 import pytest
 import soundfile as sf
 
+from conftest import mess_here
 from mess.audio.discover import find_audio
 from mess.audio.windows import WindowPolicy
 from mess.extract import pipeline
@@ -80,11 +81,11 @@ def test_a_truncated_mp3_is_catalogued_with_its_decoded_duration(tmp_path: Path)
     music = tmp_path / "music"
     music.mkdir()
     _truncated_mp3(music / "cut.mp3")
-    cli = [sys.executable, "-m", "mess.cli", "extract", str(music), "--model", "dsp", "--window", "4",
-           "--max-windows", "3", "--store", str(tmp_path / "store")]
-    assert subprocess.run(cli, capture_output=True, text=True, timeout=300).returncode == 0
+    cli = ["extract", str(music), "--model", "dsp", "--window", "4", "--max-windows", "3", "--store",
+           str(tmp_path / "store")]
+    assert mess_here(*cli).returncode == 0
     os.utime(music / "cut.mp3", (1, 1))  # inspected again: the header says 200 s again
-    second = subprocess.run(cli, capture_output=True, text=True, timeout=300)
+    second = mess_here(*cli)
     assert second.returncode == 0 and "1 unchanged" in second.stderr, second.stderr
     store = FeatureStore(tmp_path / "store", readonly=True)
     duration = store.track(music / "cut.mp3").duration
@@ -306,8 +307,7 @@ def test_similar_warns_of_an_outside_file_sampled_below_half_the_models_rate_as_
     store = tmp_path / "store"
     extract(FeatureStore(store), _tone_files(tmp_path / "music", 3), DspModel(), WindowPolicy())
     phone = _tone_files(tmp_path / "outside", 1, 3.0, 4000)[0]
-    done = subprocess.run([sys.executable, "-m", "mess.cli", "similar", str(phone), "-k", "2", "--store", str(store)],
-                          capture_output=True, text=True, timeout=300)
+    done = mess_here("similar", str(phone), "-k", "2", "--store", str(store))
     said = " ".join(done.stderr.split())
     assert done.returncode == 0, done.stderr
     assert said.startswith("warning: tone00.wav: sampled at 4000 Hz, below half the model's 22050 Hz"), said
@@ -411,7 +411,8 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert 0 < _committed(store_dir) < len(paths), "the kill should land mid-run"
-    subprocess.run(cmd, check=True, capture_output=True)
+    resumed_run = mess_here(*cmd[3:])  # the resume needs no process of its own: the kill above was the point
+    assert resumed_run.returncode == 0, resumed_run.stderr
     with sqlite3.connect(store_dir / "catalog.sqlite") as db:
         n_vectors, n_distinct = db.execute("SELECT COUNT(*), COUNT(DISTINCT content_hash) FROM vectors").fetchone()
     assert n_vectors == n_distinct == len(paths)
@@ -695,9 +696,8 @@ def test_an_unknown_device_is_refused_naming_the_devices(tmp_path: Path, args: t
     """--device tpu with the dsp model (which runs on no device) embedded on the CPU without a word, exit 0."""
     music, store = tmp_path / "music", tmp_path / "store"
     _tone_files(music, 1)
-    cmd = [sys.executable, "-m", "mess.cli", *(str(music) if a == "MUSIC" else a for a in args),
-           "--device", "tpu", "--store", str(store)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "300"})
+    cmd = [*(str(music) if a == "MUSIC" else a for a in args), "--device", "tpu", "--store", str(store)]
+    out = mess_here(*cmd, env={"COLUMNS": "300"})
     assert out.returncode == 1, out.stderr
     assert out.stderr.strip() == "error: unknown device 'tpu'; use cpu, cuda, cuda:N or mps", out.stderr
     assert not store.exists()
