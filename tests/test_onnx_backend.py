@@ -8,15 +8,14 @@ so the expected vectors follow from the front end alone (computed by the referen
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import mess_here
 from mess.audio.decode import load_audio
 from mess.models.essentia import EssentiaModelError, OnnxModel
 from mess.models.essentia.fetch import file_revision
@@ -309,9 +308,8 @@ def test_malformed_inference_in_the_json_is_one_line(effnet: Path, inference: ob
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.run([sys.executable, "-m", "mess.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=300)
+    """``mess ARGS`` run in ``cwd`` in this process: what the command says and writes is the point, not a process."""
+    return mess_here(*args, cwd=cwd)
 
 
 def test_extract_end_to_end_prints_licence(effnet: Path, rendered_collection: list[Path], tmp_path: Path) -> None:
