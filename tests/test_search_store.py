@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import sqlite3
 import subprocess
@@ -16,6 +15,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from conftest import mess_here
 from mess.audio.windows import WindowPolicy
 from mess.cli.search import register
 from mess.extract.runs import run_key
@@ -881,8 +881,7 @@ def test_check_names_an_index_lacking_tracks_added_since_and_the_command_that_ad
     tracks = len(store.tracks(run))
 
     def check(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "mess.cli", "check", *args, "--store", root], capture_output=True,
-                              text=True, timeout=120, env={**os.environ, "COLUMNS": "300"})
+        return mess_here("check", *args, "--store", root, env={"COLUMNS": "300"})
 
     said = check()
     lines = [line for line in said.stderr.splitlines() if line.startswith("behind-index:")]
@@ -899,8 +898,7 @@ def test_check_names_an_index_lacking_tracks_added_since_and_the_command_that_ad
     problems = json.loads(check("--json").stdout)["problems"]
     assert [p["kind"] for p in problems] == ["behind-index", "behind-index"]
     for command in commands:  # what the message says to run
-        done = subprocess.run([sys.executable, "-m", "mess.cli", *command, "--store", root], capture_output=True,
-                              text=True, timeout=120)
+        done = mess_here(*command, "--store", root)
         assert done.returncode == 0 and "updated" in done.stderr, done.stderr
     assert check().stderr.strip().endswith(": ok")
 
@@ -914,8 +912,7 @@ def test_a_file_where_the_indexes_folder_belongs_is_named_and_moved_aside(synth:
     blocker.write_text("not a folder")
 
     def mess(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "mess.cli", *args, "--store", root], capture_output=True,
-                              text=True, timeout=120, env={**os.environ, "COLUMNS": "300"})
+        return mess_here(*args, "--store", root, env={"COLUMNS": "300"})
 
     index = mess("index")
     assert index.returncode == 1 and index.stderr.strip() == (
