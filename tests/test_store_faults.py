@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
+from conftest import mess_here
 from mess.store import FeatureStore, Run, StoreDamaged, StoreError, catalog
 from mess.store.lock import StoreLock
 
@@ -33,7 +34,14 @@ DSP = ["--model", "dsp", "--window", "4", "--max-windows", "3", "--batch-size", 
 Extracted = Callable[..., tuple[Path, Path]]  # the extracted_tones fixture: (shared music, a copy of its store)
 
 
-def _mess(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def _mess(*args: str) -> subprocess.CompletedProcess:
+    """`mess ARGS` run in this process (:func:`mess_here`): for what a command says and does to the store."""
+    return mess_here(*args)
+
+
+def _mess_process(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`mess ARGS` in a process of its own: where the process is the point (its environment, its start-up, a lock
+    this process holds, a crash that must not take the tests with it)."""
     return subprocess.run(
         [*MESS, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
     )
@@ -577,7 +585,7 @@ def test_no_wait_exits_at_once_naming_the_holder(tmp_path: Path) -> None:
     _tones(music, 2)
     holder = FeatureStore(tmp_path / "store")
     with holder.writing("a test holding the lock"):
-        out = _mess("extract", str(music), *DSP, "--store", str(tmp_path / "store"), "--no-wait", timeout=60)
+        out = _mess_process("extract", str(music), *DSP, "--store", str(tmp_path / "store"), "--no-wait", timeout=60)
     assert out.returncode == 1
     assert f"held by pid {os.getpid()}, a test holding the lock" in out.stderr and "Traceback" not in out.stderr
     assert _committed(tmp_path / "store") == 0
@@ -1019,7 +1027,7 @@ def test_check_beside_a_writer_that_cuts_row_files_answers(tmp_path: Path, extra
         while _committed(store_dir) < 5 and time.time() < deadline:  # the cutter is cutting
             time.sleep(0.1)
         for _ in range(4):
-            check = _mess("check", "--json", "--store", str(store_dir))
+            check = _mess_process("check", "--json", "--store", str(store_dir))  # a SIGBUS kills the process
             assert check.returncode == 0, (check.returncode, check.stderr)
             answer = json.loads(check.stdout)
             assert answer["ok"] and {p["kind"] for p in answer["problems"]} <= {"orphan-rows"}, answer
@@ -1366,7 +1374,7 @@ def test_a_default_model_without_vectors_is_said_not_replaced(extracted_tones: E
     message = " ".join(out.stderr.split())
     assert "default-model 'nosuch'" in message and "--model" in message, message
     assert "mess config default-model --unset" in message and len(out.stderr.strip().splitlines()) == 1
-    served = _mess("serve", "--store", str(store), "--port", "0", timeout=60)  # start-up says it too
+    served = _mess_process("serve", "--store", str(store), "--port", "0", timeout=60)  # start-up says it too
     assert served.returncode == 1 and "default-model 'nosuch'" in served.stderr and "serving" not in served.stderr
     shown = _mess("config", "--store", str(store), "--json")  # `mess config` still shows it, to unset it
     assert shown.returncode == 0 and json.loads(shown.stdout)["settings"] == {"default-model": "nosuch"}
@@ -1398,7 +1406,7 @@ def test_concurrent_first_runs_on_an_empty_numba_cache(tmp_path: Path) -> None:
     assert [code for code, _ in results] == [0, 0], results
     shared = tmp_path / "numba"
     assert list(shared.glob("dsp-*.done")) and any((shared / "current").rglob("*.nbi"))
-    later = _mess("extract", str(music), *DSP, "--store", str(tmp_path / "s2"), env=env)
+    later = _mess_process("extract", str(music), *DSP, "--store", str(tmp_path / "s2"), env=env)
     assert later.returncode == 0, later.stderr
     _assert_same(_by_path(tmp_path / "s2"), _by_path(tmp_path / "s0"))
     assert not list(shared.glob("new-*")) and not list(shared.glob("old-*"))  # published atomically, cleaned up
@@ -1411,7 +1419,8 @@ def test_concurrent_first_runs_on_an_empty_numba_cache(tmp_path: Path) -> None:
     other = tmp_path / "other-env"  # the same librosa, installed at another path
     shutil.copytree(Path(librosa.__file__).parent, other / "librosa")
     path = os.pathsep.join(filter(None, [str(other), os.environ.get("PYTHONPATH")]))
-    other_run = _mess("extract", str(music), *DSP, "--store", str(tmp_path / "s3"), env={**env, "PYTHONPATH": path})
+    other_run = _mess_process("extract", str(music), *DSP, "--store", str(tmp_path / "s3"),
+                              env={**env, "PYTHONPATH": path})
     assert other_run.returncode == 0, other_run.stderr
     for install in (Path(librosa.__file__).parent, other / "librosa"):
         sources = [d.resolve() for d in (install, *install.iterdir()) if d.is_dir()]
