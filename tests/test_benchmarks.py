@@ -1,4 +1,8 @@
-"""The benchmark scripts run as a user runs them (real processes, smallest sizes) and fail in one line on bad input."""
+"""The benchmark scripts run on the smallest inputs, as a user runs them, and fail in one line on bad input.
+
+Where the test is about what a script says (a refusal, a printed figure), it runs in this process
+(:func:`_bench_here`): what it says does not depend on the process, and each `python SCRIPT` would pay seconds of
+torch imports first. Scripts that start processes or a cluster of their own run as processes."""
 
 from __future__ import annotations
 
@@ -36,8 +40,36 @@ def _bench(script: str, *args: str, env: dict[str, str] | None = None,
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def test_store_concurrency_takes_the_rendered_folder_not_its_lock_file(rendered_collection: list[Path],
-                                                                       tmp_path: Path) -> None:
+def _bench_here(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python benchmarks/SCRIPT ARGS`` run in this process, answered as :func:`_bench` is: its exit code, stdout and
+    stderr (an exception the script does not handle printed there as Python prints it, exit code 1)."""
+    import contextlib
+    import io
+    import runpy
+    import traceback
+
+    import torch
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    old_argv, old_path, threads = sys.argv, list(sys.path), torch.get_num_threads()
+    sys.argv = [str(BENCHMARKS / script), *args]
+    sys.path.insert(0, str(BENCHMARKS))  # as `python SCRIPT` puts the script's folder first
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(str(BENCHMARKS / script), run_name="__main__")
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except Exception:  # a process would print it and exit 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv, sys.path[:] = old_argv, old_path
+        torch.set_num_threads(threads)  # head.py sets one thread before it opens the store
+    return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
+
+
+def test_store_concurrency_takes_the_rendered_folder_not_its_lock_file(tmp_path: Path) -> None:
     """Without a folder it took the first 'collection-*' in the test cache, which could be the '.lock' file beside
     the folder: 0 files were extracted and it printed 'corrupted tracks: 0 (must be 0)', a pass over nothing."""
     cache = tmp_path / "cache"
@@ -48,8 +80,9 @@ def test_store_concurrency_takes_the_rendered_folder_not_its_lock_file(rendered_
     assert "holds no rendered test collection" in only_lock.stderr.splitlines()[-1]
     assert "corrupted" not in only_lock.stdout
     (cache / "collection-0").mkdir()
-    for path in rendered_collection[:2]:
-        shutil.copyfile(path, cache / "collection-0" / path.name)
+    for i, hz in enumerate((220, 330)):  # two short tones: the length of the audio is not what is tested
+        sf.write(cache / "collection-0" / f"tone{i}.wav", 0.3 * np.sin(2 * np.pi * hz * np.arange(22050 * 3) / 22050),
+                 22050)
     ran = _bench("store_concurrency.py", "--writers", "2", env={"MESS_TEST_CACHE": str(cache)})
     assert ran.returncode == 0, ran.stderr
     assert f"2 files of {cache / 'collection-0'} with dsp" in ran.stdout
@@ -59,7 +92,7 @@ def test_store_concurrency_takes_the_rendered_folder_not_its_lock_file(rendered_
 def test_extract_benchmark_fails_in_one_line_without_audio(tmp_path: Path) -> None:
     """An empty or missing folder ended in a ZeroDivisionError traceback after the machine's matmul warm-up."""
     for folder in (tmp_path, tmp_path / "missing"):
-        got = _bench("extract.py", str(folder), "--models", "dsp", "--long-hours", "0", "--wav-models", "")
+        got = _bench_here("extract.py", str(folder), "--models", "dsp", "--long-hours", "0", "--wav-models", "")
         assert got.returncode == 2
         assert got.stderr.splitlines()[-1] == f"extract.py: error: no audio files in {folder}"
         assert "Traceback" not in got.stderr
@@ -71,7 +104,7 @@ def test_gpu_benchmark_without_a_gpu_says_so_in_one_line() -> None:
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device")
-    got = _bench("gpu_extract.py", "--device", "cuda", "--precisions", "fp32", "--batch-sizes", "1",
+    got = _bench_here("gpu_extract.py", "--device", "cuda", "--precisions", "fp32", "--batch-sizes", "1",
                  "--repeats", "1", "--seconds", "1")
     assert got.returncode == 2
     assert "sees no CUDA device; run it on a GPU machine, or with --device cpu" in got.stderr.splitlines()[-1]
@@ -81,21 +114,29 @@ def test_gpu_benchmark_without_a_gpu_says_so_in_one_line() -> None:
 def test_quality_benchmark_names_a_missing_store_or_model_in_one_line(rendered_collection: list[Path],
                                                                       store: Path, tmp_path: Path) -> None:
     """`--no-extract` on a store without the model (or no store at all) ended in a StoreError traceback."""
-    data = tmp_path / "data"  # a set as `mess demo soundtracks` leaves it: its manifest lists files that exist
-    data.mkdir()
-    rows = [f"{path},{path.name.split('__')[0]},,20.00" for path in rendered_collection[:2]]
+    # A set as `mess demo soundtracks` leaves it: data/GAME/FILE, listed in its manifest. (Its files once lay
+    # elsewhere: the manifest was then read as a moved set's, its files were missing, and every run fetched the six
+    # games' packages with apt-get before it could refuse.)
+    data = tmp_path / "data"
+    rows = []
+    for path in rendered_collection[:2]:
+        game = path.name.split("__")[0]
+        (data / game).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, data / game / path.name)
+        rows.append(f"{(data / game / path.name).resolve()},{game},,20.00")
     (data / "manifest.csv").write_text("\n".join(["path,game,artist,duration", *rows]) + "\n")
     for where, want in ((store, f"no vectors for model 'musicnn' in {store}"),
                         (tmp_path / "none", f"no feature store at {tmp_path / 'none'}")):
-        got = _bench("quality.py", "--data", str(data), "--store", str(where), "--no-extract",
+        got = _bench_here("quality.py", "--data", str(data), "--store", str(where), "--no-extract",
                      "--draws", "0", "--models", "musicnn,dsp")
         assert got.returncode == 2
         assert want in got.stderr.splitlines()[-1]
         assert "Traceback" not in got.stderr
+    assert sorted(p.name for p in data.iterdir()) == sorted({"manifest.csv", *(p.name.split("__")[0] for p in
+                                                                              rendered_collection[:2])})  # no fetch
 
 
-def test_ray_benchmark_starts_its_own_cluster_beside_a_stale_address_file(rendered_collection: list[Path],
-                                                                          tmp_path: Path) -> None:
+def test_ray_benchmark_starts_its_own_cluster_beside_a_stale_address_file(tmp_path: Path) -> None:
     """It called ray.init() with no address, which joins the cluster named in Ray's ray_current_cluster file: a file
     left by any earlier Ray session on the machine made it fail with Ray's ValueError traceback (and a live cluster
     would have been timed instead of the --cpus one it reports)."""
@@ -104,7 +145,7 @@ def test_ray_benchmark_starts_its_own_cluster_beside_a_stale_address_file(render
     pytest.importorskip("ray")
     music = tmp_path / "music"
     music.mkdir()
-    shutil.copyfile(rendered_collection[0], music / rendered_collection[0].name)
+    sf.write(music / "tone.wav", 0.3 * np.sin(2 * np.pi * 220 * np.arange(22050 * 5) / 22050), 22050)  # a short file
     ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
     try:
         (ray_tmp / "ray").mkdir()
@@ -122,7 +163,7 @@ def test_head_benchmark_names_a_missing_store_or_model_in_one_line(store: Path, 
     without that model, ended in a StoreError traceback."""
     for where, want in ((store, f"no vectors for model 'musicnn-msd' in {store}"),
                         (tmp_path / "none", f"no feature store at {tmp_path / 'none'}")):
-        got = _bench("head.py", "--store", str(where))
+        got = _bench_here("head.py", "--store", str(where))
         assert got.returncode == 2
         assert want in got.stderr.splitlines()[-1]
         assert "Traceback" not in got.stderr
@@ -131,7 +172,8 @@ def test_head_benchmark_names_a_missing_store_or_model_in_one_line(store: Path, 
 def test_fusion_benchmark_refuses_layers_narrower_than_its_network_in_one_line() -> None:
     """A small --dim (for a quick run) built the data and the store, then ended in the network's ValueError
     traceback; it now refuses the option up front."""
-    got = _bench("fusion.py", "--tracks", "200", "--layers", "3", "--dim", "32", "--artists", "10", "--threads", "1")
+    got = _bench_here("fusion.py", "--tracks", "200", "--layers", "3", "--dim", "32", "--artists", "10",
+                      "--threads", "1")
     assert got.returncode == 2
     assert got.stderr.splitlines()[-1] == ("fusion.py: error: --dim 32: the default fusion network needs layers of "
                                            "at least 256 dims")
@@ -141,7 +183,7 @@ def test_texture_evaluate_before_extract_says_what_to_run_in_one_line(tmp_path: 
     """`texture.py evaluate` without the statistics `texture.py extract` caches ended in numpy's FileNotFoundError
     traceback."""
     cache = tmp_path / "texture.npz"
-    got = _bench("texture.py", "evaluate", "--cache", str(cache), "--store", str(tmp_path / "store"),
+    got = _bench_here("texture.py", "evaluate", "--cache", str(cache), "--store", str(tmp_path / "store"),
                  "--data", str(tmp_path / "data"))
     assert got.returncode == 2
     assert got.stderr.splitlines()[-1] == (f"texture.py: error: no statistics at {cache}: run `texture.py extract` "
@@ -153,8 +195,8 @@ def test_extract_benchmark_on_one_file_prints_no_nan(tmp_path: Path) -> None:
     '+nan%'; it says 'n/a', and the measured figures stay numbers."""
     y = 0.3 * np.sin(2 * np.pi * 220 * np.arange(22050 * 4) / 22050)
     sf.write(tmp_path / "one.wav", y, 22050)
-    got = _bench("extract.py", str(tmp_path), "--models", "dsp", "--long-hours", "0", "--wav-models", "",
-                 "--repeats", "1", "--tf-python", str(tmp_path / "none"))
+    got = _bench_here("extract.py", str(tmp_path), "--models", "dsp", "--long-hours", "0", "--wav-models", "",
+                      "--repeats", "1", "--tf-python", str(tmp_path / "none"))
     assert got.returncode == 0, got.stderr
     row = next(line for line in got.stdout.splitlines() if line.startswith("dsp "))
     overhead, median, after_first = row.split()[4:7]
