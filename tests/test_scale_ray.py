@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import secrets
 import shutil
 import signal
@@ -27,6 +28,7 @@ import psutil
 import pytest
 import soundfile as sf
 
+from conftest import mess_here
 from mess.audio.discover import find_audio
 from mess.audio.windows import WindowPolicy
 from mess.extract.pipeline import ExtractSummary, extract
@@ -107,6 +109,95 @@ def extract_ray(store: Path, paths: list[Path], model: str, policy: WindowPolicy
                           warnings=got["warnings"])
 
 
+# One driver for the module's jobs that need nothing of a process of their own: it joins the cluster once, and its
+# calls run as one Ray job, whose CPU workers (each paying the imports) serve every call; each call's embedding actors
+# are its own. A job's driver start-up and connection are tested by the jobs that start a process of their own.
+_SERVER = """
+import json, sys, traceback
+from pathlib import Path
+import ray
+from mess.audio.windows import WindowPolicy
+from mess.scale.ray_extract import extract_ray
+from mess.store import FeatureStore
+ray.init(address=sys.argv[1], include_dashboard=False)
+print("@@ready", flush=True)
+for line in sys.stdin:
+    a = json.loads(line)
+    try:
+        store = FeatureStore(Path(a["store"]))
+        try:
+            s = extract_ray(store, [Path(p) for p in a["paths"]], a["model"], WindowPolicy.from_json(a["policy"]),
+                            **a["options"])
+        finally:
+            store.close()
+        out = {"done": s.done, "skipped": s.skipped, "copies": s.copies, "failed": s.failed,
+               "audio_seconds": s.audio_seconds, "warnings": s.warnings}
+    except Exception:
+        out = {"error": traceback.format_exc()}
+    print("@@" + json.dumps(out), flush=True)
+"""
+
+
+class Driver:
+    """A Ray driver process of its own that runs `extract_ray` calls one at a time, sent as JSON lines."""
+
+    def __init__(self, address: str, log: Path) -> None:
+        self.log = log
+        with log.open("w") as err:
+            self.proc = subprocess.Popen([sys.executable, "-c", _SERVER, address], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=err, text=True, env=RAY_ENV)
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        assert self._answer(300) == "ready"
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # Ray's worker logs come here too: answers are the lines marked @@
+            if line.startswith("@@"):
+                self.lines.put(line[2:].strip())
+        self.lines.put("")  # the process ended
+
+    def _answer(self, timeout: float) -> str:
+        try:
+            got = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            got = ""
+        assert got, f"the driver gave no answer; its stderr ends: {self.log.read_text()[-3000:]}"
+        return got
+
+    def __call__(self, store: Path, paths: list[Path], model: str, policy: WindowPolicy,
+                 **options: object) -> ExtractSummary:
+        """`mess.scale.ray_extract.extract_ray` of the module's cluster, run by this driver; its summary."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"store": str(store), "paths": [str(p) for p in paths], "model": model,
+                                          "policy": policy.to_json(), "options": options}) + "\n")
+        self.proc.stdin.flush()
+        got = json.loads(self._answer(600))
+        assert "error" not in got, got.get("error")
+        return ExtractSummary(done=got["done"], skipped=got["skipped"], copies=got["copies"],
+                              failed=[tuple(f) for f in got["failed"]], audio_seconds=got["audio_seconds"],
+                              warnings=got["warnings"])
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()  # the loop ends; ray.shutdown at exit
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def driver(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Driver]:
+    """The module's shared driver (see :class:`Driver`) on the module's cluster."""
+    proc = Driver(ray_address, tmp_path_factory.mktemp("driver") / "stderr.txt")
+    try:
+        yield proc
+    finally:
+        proc.close()
+
+
 @pytest.fixture(scope="module")
 def tones(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[np.ndarray]]]:
     """A folder of distinct 6 s tones and their dsp vectors from the local pipeline (all layers, by path)."""
@@ -165,7 +256,7 @@ def _vector_rows(store_dir: Path) -> tuple[int, int]:
         return 0, 0
 
 
-def test_ray_gives_the_local_vectors_and_reruns_skip(ray_address: str, tmp_path: Path) -> None:
+def test_ray_gives_the_local_vectors_and_reruns_skip(driver: Driver, tmp_path: Path) -> None:
     music = tmp_path / "music"
     _write_tones(music, 3, seconds=9.0, sr=16000)
     shutil.copy(music / "tone00.wav", music / "copy_of_tone00.wav")  # same content: embedded once
@@ -174,7 +265,7 @@ def test_ray_gives_the_local_vectors_and_reruns_skip(ray_address: str, tmp_path:
     paths = find_audio([music])
     local = FeatureStore(tmp_path / "local")
     want = extract(local, paths, load_model("musicnn-msd"), POLICY, batch_size=2)
-    got = extract_ray(tmp_path / "ray", paths, "musicnn-msd", POLICY, ray_address, batch_size=2, actors=1)
+    got = driver(tmp_path / "ray", paths, "musicnn-msd", POLICY, batch_size=2, actors=1)
     remote = FeatureStore(tmp_path / "ray")
     assert (got.done, got.copies, got.skipped) == (4, 1, 0) == (want.done, want.copies, want.skipped)
     assert got.warnings == want.warnings and [w.split(":")[0] for w in got.warnings] == ["phone.wav"]
@@ -183,8 +274,7 @@ def test_ray_gives_the_local_vectors_and_reruns_skip(ray_address: str, tmp_path:
     # torch in a 1-thread Ray actor vs 2 local threads, with patches batched in chunks across windows:
     # a different summation order, at most 2 float16 ulps (measured: 1 element of 600 at 2 ulps).
     _assert_same_vectors(_by_path(remote, "musicnn-msd"), _by_path(local, "musicnn-msd"), ulps=2)
-    again = extract_ray(tmp_path / "ray", [p for p in paths if p.suffix == ".wav"], "musicnn-msd", POLICY,
-                        ray_address, batch_size=2)
+    again = driver(tmp_path / "ray", [p for p in paths if p.suffix == ".wav"], "musicnn-msd", POLICY, batch_size=2)
     assert (again.done, again.skipped, again.failed) == (0, 5, [])
 
 
@@ -206,7 +296,7 @@ def test_without_an_address_a_local_cluster_is_started_not_the_one_an_old_addres
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_ray_records_where_an_onnx_model_came_from(ray_address: str, tmp_path: Path) -> None:
+def test_ray_records_where_an_onnx_model_came_from(driver: Driver, tmp_path: Path) -> None:
     """As the local pipeline: the run of an .onnx file records its path, preset and revision, so new files can be
     embedded with it later (runs/ID/source.json)."""
     pytest.importorskip("onnx", reason="the test builds its graph with onnx (test extra)")
@@ -214,8 +304,8 @@ def test_ray_records_where_an_onnx_model_came_from(ray_address: str, tmp_path: P
 
     model = effnet_graph(tmp_path / "discogs-effnet-bsdynamic-1.onnx")  # the preset is guessed from the name
     write_json(model, "serving_default_melspectrogram", EFFNET_OUTPUTS, "TensorflowPredictEffnetDiscogs")
-    got = extract_ray(tmp_path / "ray", _write_tones(tmp_path / "music", 1, seconds=5.0, sr=16000), str(model),
-                      POLICY, ray_address, actors=1)
+    got = driver(tmp_path / "ray", _write_tones(tmp_path / "music", 1, seconds=5.0, sr=16000), str(model), POLICY,
+                 actors=1)
     assert got.done == 1 and got.failed == []
     with contextlib.closing(FeatureStore(tmp_path / "ray", readonly=True)) as store:
         run = store.run("discogs-effnet-bsdynamic-1")
@@ -223,7 +313,8 @@ def test_ray_records_where_an_onnx_model_came_from(ray_address: str, tmp_path: P
                                            "revision": run.revision}
 
 
-def test_killed_job_resumes_without_loss_or_duplicates(ray_address: str, tones: tuple, tmp_path: Path) -> None:
+def test_killed_job_resumes_without_loss_or_duplicates(ray_address: str, driver: Driver, tones: tuple,
+                                                        tmp_path: Path) -> None:
     music, reference = tones
     store_dir = tmp_path / "store"
     cmd = [sys.executable, "-m", "mess.cli", "extract", str(music), "--engine", "ray", "--address", ray_address,
@@ -237,7 +328,7 @@ def test_killed_job_resumes_without_loss_or_duplicates(ray_address: str, tones: 
     proc.wait()
     committed = _vector_rows(store_dir)[0]
     assert 0 < committed < N_TONES, "the kill should land mid-run"
-    resumed = extract_ray(store_dir, find_audio([music]), "dsp", POLICY, ray_address, batch_size=2)
+    resumed = driver(store_dir, find_audio([music]), "dsp", POLICY, batch_size=2)
     store = FeatureStore(store_dir)
     assert (resumed.done, resumed.skipped, resumed.failed) == (N_TONES - committed, committed, [])
     assert _vector_rows(store_dir) == (N_TONES, N_TONES)
@@ -252,8 +343,7 @@ def test_ray_prunes_files_gone_from_disk_as_the_local_engine_does(ray_address: s
     music, store_dir = tmp_path / "music", tmp_path / "store"
     gone = _write_tones(music, 3, seconds=5.0)[1]
     args = [str(music), "--model", "dsp", "--store", str(store_dir), "--window", "4", "--max-windows", "3"]
-    local = subprocess.run([sys.executable, "-m", "mess.cli", "extract", *args], capture_output=True, text=True,
-                           timeout=300, env=RAY_ENV)
+    local = mess_here("extract", *args)  # the local engine: no Ray driver
     assert local.returncode == 0, local.stdout + local.stderr
     gone.unlink()
     out = subprocess.run([sys.executable, "-m", "mess.cli", "extract", *args, "--prune", "--engine", "ray",
@@ -264,27 +354,27 @@ def test_ray_prunes_files_gone_from_disk_as_the_local_engine_does(ray_address: s
         assert sorted(Path(t.path).name for t in store.tracks(store.run("dsp"))) == ["tone00.wav", "tone02.wav"]
 
 
-def test_ray_catalogues_a_truncated_file_with_its_decoded_duration(ray_address: str, tmp_path: Path) -> None:
+def test_ray_catalogues_a_truncated_file_with_its_decoded_duration(driver: Driver, tmp_path: Path) -> None:
     """An MP3 whose header claims 200 s but holds about 62: the local engine records what it decoded, the Ray engine
     kept the header's 200 s (playlists said 3:20)."""
     from test_extract import _truncated_mp3
 
     (tmp_path / "music").mkdir()
     _truncated_mp3(tmp_path / "music" / "cut.mp3")
-    got = extract_ray(tmp_path / "ray", find_audio([tmp_path / "music"]), "dsp", POLICY, ray_address, actors=1)
+    got = driver(tmp_path / "ray", find_audio([tmp_path / "music"]), "dsp", POLICY, actors=1)
     assert (got.done, got.failed) == (1, [])
     with contextlib.closing(FeatureStore(tmp_path / "ray", readonly=True)) as store:
         duration = store.track(tmp_path / "music" / "cut.mp3").duration
     assert duration is not None and 55 < duration < 70, duration
 
 
-def test_ray_records_a_file_it_could_not_read_as_the_local_engine_does(ray_address: str, tmp_path: Path) -> None:
+def test_ray_records_a_file_it_could_not_read_as_the_local_engine_does(driver: Driver, tmp_path: Path) -> None:
     """A file gone between the folder walk and its reading failed the run's summary only: `mess info --failures`
     did not list it (the local engine records it, and `--prune` forgets it once it is gone for good)."""
     paths = [*_write_tones(tmp_path / "music", 1, seconds=5.0), tmp_path / "music" / "gone.wav"]
     local = FeatureStore(tmp_path / "local")
     want = extract(local, paths, DspModel(), POLICY)
-    got = extract_ray(tmp_path / "ray", paths, "dsp", POLICY, ray_address, actors=1)
+    got = driver(tmp_path / "ray", paths, "dsp", POLICY, actors=1)
     assert (got.done, [Path(p).name for p, _ in got.failed]) == (want.done, ["gone.wav"]) == (1, ["gone.wav"])
     with contextlib.closing(FeatureStore(tmp_path / "ray", readonly=True)) as store:
         assert store.failures(store.run("dsp")) == local.failures(local.run("dsp"))
@@ -341,14 +431,14 @@ def test_a_decoder_that_hangs_is_stopped_and_the_run_goes_on(ray_address: str, t
         assert sorted(Path(p).name for p, _ in store.failures(store.run("dsp"))) == ["hang.wav", "stuck.wav"]
 
 
-def test_killed_worker_is_restarted_and_nothing_is_lost(ray_address: str, tones: tuple, tmp_path: Path) -> None:
+def test_killed_worker_is_restarted_and_nothing_is_lost(driver: Driver, tones: tuple, tmp_path: Path) -> None:
     music, reference = tones
     store_dir = tmp_path / "store"
     result: dict[str, object] = {}
 
     def job() -> None:
-        result["summary"] = extract_ray(store_dir, find_audio([music]), "dsp", POLICY, ray_address,
-                                        batch_size=2, actors=1, write_every=2)
+        result["summary"] = driver(store_dir, find_audio([music]), "dsp", POLICY, batch_size=2, actors=1,
+                                   write_every=2)
 
     earlier = {p.pid for p in _embedders()}  # a killed job's actors may linger a while: not this job's
     thread = threading.Thread(target=job)
@@ -384,12 +474,12 @@ def _title(proc: psutil.Process) -> str:
         return ""
 
 
-def test_ray_matches_the_local_store_on_rendered_music(ray_address: str, extracted_store: Path, tmp_path: Path) -> None:
+def test_ray_matches_the_local_store_on_rendered_music(driver: Driver, extracted_store: Path, tmp_path: Path) -> None:
     reference = FeatureStore(extracted_store, readonly=True)
     run = reference.run("dsp")
     tracks = reference.tracks(run)[:4]
     paths = [Path(t.path) for t in tracks]
-    summary = extract_ray(tmp_path / "ray", paths, "dsp", run_policy(run), ray_address, batch_size=2)
+    summary = driver(tmp_path / "ray", paths, "dsp", run_policy(run), batch_size=2)
     store = FeatureStore(tmp_path / "ray")
     assert (summary.done, summary.failed) == (len(paths), [])
     assert [store.track(p).artist for p in paths] == [t.artist for t in tracks]
@@ -402,8 +492,7 @@ def test_unreachable_address_fails_in_seconds_with_one_line(tmp_path: Path) -> N
     music.mkdir()
     sf.write(music / "tone.wav", np.zeros(22050, dtype=np.float32) + 0.1, 22050)
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "mess.cli", "extract", str(music), "--engine", "ray", "--address",
-                          "127.0.0.1:9", "--model", "dsp", "--store", str(tmp_path / "store")],
-                         capture_output=True, text=True, timeout=120)
+    out = mess_here("extract", str(music), "--engine", "ray", "--address", "127.0.0.1:9", "--model", "dsp", "--store",
+                    str(tmp_path / "store"))  # it never joins a cluster: this process stays no Ray driver
     assert out.returncode == 1 and "cannot reach a Ray cluster at '127.0.0.1:9'" in out.stdout + out.stderr
     assert "Traceback" not in out.stdout + out.stderr and time.perf_counter() - started < 30
