@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import mess_here
+
 MESS = [sys.executable, "-m", "mess.cli"]
 DSP = ["--model", "dsp", "--window", "4", "--max-windows", "2"]
 
@@ -37,7 +39,7 @@ def tone_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A dsp store of three tones (read-only for the tests)."""
     root = tmp_path_factory.mktemp("nasty")
     _tones(root / "music", 3)
-    done = _mess("extract", str(root / "music"), "--store", str(root / "store"), *DSP)
+    done = mess_here("extract", str(root / "music"), "--store", str(root / "store"), *DSP)
     assert done.returncode == 0, done.stderr
     return root / "store"
 
@@ -53,7 +55,7 @@ def test_a_symbolic_link_loop_is_named_in_one_line(tone_store: Path, tmp_path: P
     loop = tmp_path / "loop"
     for name in ("loop", "loop.npz", "loop.m3u8"):
         os.symlink(name, tmp_path / name)
-    done = _mess(*[a.format(loop=loop) for a in command], "--store", str(tone_store))
+    done = mess_here(*[a.format(loop=loop) for a in command], "--store", str(tone_store))
     assert done.returncode == 1, done.stdout
     assert "Traceback" not in done.stderr, done.stderr
     lines = (done.stdout + done.stderr).strip().splitlines()
@@ -68,7 +70,7 @@ def test_an_output_that_is_a_pipe_is_written_into_not_replaced(tone_store: Path,
     os.mkfifo(fifo)
     reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
     try:
-        done = _mess("playlist", "radio", "1", "-o", str(fifo), "--store", str(tone_store), timeout=120)
+        done = mess_here("playlist", "radio", "1", "-o", str(fifo), "--store", str(tone_store))
         assert done.returncode == 0, done.stderr
         assert stat.S_ISFIFO(fifo.lstat().st_mode), "the pipe was replaced by a file"
         got = reader.communicate(timeout=30)[0].decode()
@@ -86,16 +88,16 @@ def test_a_playlist_streams_to_stdout_in_the_format_asked_for(tone_store: Path, 
                                                               first: str) -> None:
     """`playlist radio ... -o /dev/stdout` was refused ("unknown playlist extension '(none)'") and there was no
     --format to name one; --format now gives the format of an output whose name has none, written into the pipe."""
-    done = _mess("playlist", *command, "-o", "/dev/stdout", "--format", fmt, "--store", str(tone_store))
+    done = _mess("playlist", *command, "-o", "/dev/stdout", "--format", fmt, "--store", str(tone_store))  # a pipe
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == first and done.stdout.count("tone") >= 2, done.stdout
     assert "wrote" in done.stderr and "/dev/stdout" in done.stderr
-    bare = _mess("playlist", *command, "-o", "/dev/stdout", "--store", str(tone_store))
+    bare = mess_here("playlist", *command, "-o", "/dev/stdout", "--store", str(tone_store))
     assert bare.returncode == 1 and bare.stdout == "" and " ".join(bare.stderr.split()) == (
         "error: unknown playlist extension '(none)' of /dev/stdout; use .m3u8 or .xspf, or give the format "
         "(--format m3u8 or xspf)"), bare.stderr
     other = "xspf" if fmt == "m3u8" else "m3u8"
-    clash = _mess("playlist", *command, "-o", f"/dev/null/mix.{other}", "--format", fmt, "--store", str(tone_store))
+    clash = mess_here("playlist", *command, "-o", f"/dev/null/mix.{other}", "--format", fmt, "--store", str(tone_store))
     assert clash.returncode == 1 and " ".join(clash.stderr.split()) == (
         f"error: /dev/null/mix.{other} is named as a {other} playlist but the format asked for is {fmt}; drop one "
         "or make them agree"), clash.stderr
@@ -105,13 +107,13 @@ def test_format_m3u_names_the_m3u8_that_a_dot_m3u_file_gets(tone_store: Path, tm
     """`-o /dev/stdout --format m3u` was refused ("unknown playlist format 'm3u'") though `-o x.m3u` writes M3U8;
     --format m3u now writes what a .m3u8 file gets, to stdout, to a file of another name, and as cluster files."""
     radio = ["playlist", "radio", "1", "-n", "2", "--store", str(tone_store)]
-    assert _mess(*radio, "-o", str(tmp_path / "r.m3u8")).returncode == 0
+    assert mess_here(*radio, "-o", str(tmp_path / "r.m3u8")).returncode == 0
     expected = (tmp_path / "r.m3u8").read_text()
-    streamed = _mess(*radio, "-o", "/dev/stdout", "--format", "m3u")
+    streamed = _mess(*radio, "-o", "/dev/stdout", "--format", "m3u")  # into a pipe
     assert streamed.returncode == 0 and streamed.stdout == expected, streamed.stderr
-    named = _mess(*radio, "-o", str(tmp_path / "r.txt"), "--format", "m3u")
+    named = mess_here(*radio, "-o", str(tmp_path / "r.txt"), "--format", "m3u")
     assert named.returncode == 0 and (tmp_path / "r.txt").read_text() == expected, named.stderr
-    clusters = _mess("playlist", "clusters", "-k", "1", "-o", str(tmp_path / "c"), "--format", "m3u",
+    clusters = mess_here("playlist", "clusters", "-k", "1", "-o", str(tmp_path / "c"), "--format", "m3u",
                      "--store", str(tone_store))
     assert clusters.returncode == 0, clusters.stderr
     [cluster] = (tmp_path / "c").glob("[!.]*")  # .mess-clusters lists it
@@ -123,11 +125,11 @@ def test_json_and_a_file_written_to_stdout_are_refused_together(tone_store: Path
     stream, so neither could be read; the pair is refused before anything is written, and each alone still works."""
     for args in (["playlist", "radio", "1", "-n", "2", "-o", "/dev/stdout", "--format", "m3u8"],
                  ["export", "/dev/stdout", "--format", "npz"]):
-        both = _mess(*args, "--json", "--store", str(tone_store))
+        both = _mess(*args, "--json", "--store", str(tone_store))  # stdout is the process's: a pipe
         assert both.returncode == 1 and both.stdout == "", both.stdout[:200]
         assert " ".join(both.stderr.split()) == (
             "error: /dev/stdout is stdout, where --json prints too; drop --json or write to a file"), both.stderr
-    to_file = _mess("playlist", "radio", "1", "-n", "2", "-o", str(tmp_path / "r.m3u8"), "--json",
+    to_file = mess_here("playlist", "radio", "1", "-n", "2", "-o", str(tmp_path / "r.m3u8"), "--json",
                     "--store", str(tone_store))
     assert to_file.returncode == 0 and json.loads(to_file.stdout)["file"] == str(tmp_path / "r.m3u8"), to_file.stderr
 
@@ -138,12 +140,12 @@ def test_a_query_file_sampled_too_low_is_searched_with_the_warning_extract_gives
     vectors hear almost nothing of the model's band (dsp: 22050 Hz); the query path says it too."""
     low = tmp_path / "phone.wav"
     sf.write(low, 0.3 * np.sin(2 * np.pi * 440 * np.arange(4000 * 5) / 4000), 4000)
-    done = _mess("similar", str(low), "-k", "2", "--store", str(tone_store))
+    done = mess_here("similar", str(low), "-k", "2", "--store", str(tone_store))
     assert done.returncode == 0, done.stderr
     assert "phone.wav: sampled at 4000 Hz, below half the model's 22050 Hz" in " ".join(done.stderr.split())
     full = tmp_path / "full.wav"  # not in the collection either, so it is embedded too
     sf.write(full, 0.3 * np.sin(2 * np.pi * 523 * np.arange(22050 * 5) / 22050), 22050)
-    fine = _mess("similar", str(full), "-k", "2", "--store", str(tone_store))
+    fine = mess_here("similar", str(full), "-k", "2", "--store", str(tone_store))
     assert fine.returncode == 0 and "sampled at" not in fine.stderr, fine.stderr
 
 
@@ -160,7 +162,7 @@ def test_a_ragged_label_csv_row_is_refused_naming_its_line(tone_store: Path, tmp
     labels = tmp_path / "labels.csv"
     labels.write_text("path,game\n" + rows.format(a=music / "tone0.wav", b=music / "tone1.wav",
                                                   c=music / "tone2.wav"))
-    done = _mess("evaluate", "--labels", str(labels), "--label", "game", "--store", str(tone_store))
+    done = mess_here("evaluate", "--labels", str(labels), "--label", "game", "--store", str(tone_store))
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert " ".join(done.stderr.split()).startswith(f"error: {labels}{want}"), done.stderr
 
@@ -188,7 +190,7 @@ def test_a_right_to_left_override_in_a_tag_does_not_reach_the_terminal(tone_stor
     tags = FLAC(song)
     tags["artist"], tags["title"] = "Some\u2067one", "evil\u202egnp.exe"
     tags.save()
-    done = _mess("similar", str(song), "--store", str(tone_store), "-k", "1")
+    done = mess_here("similar", str(song), "--store", str(tone_store), "-k", "1")
     shown = done.stdout + done.stderr  # the table is printed on stderr
     assert done.returncode == 0 and "evilgnp.exe" in shown and "Someone" in shown, shown
     assert not {"\u202e", "\u2067"} & set(shown)
@@ -199,9 +201,9 @@ def test_an_empty_file_is_recorded_as_empty(tmp_path: Path) -> None:
     processing input: ...)'; the reason now says what is wrong with it. The run goes on."""
     _tones(tmp_path / "music", 1)
     (tmp_path / "music" / "song.mp3").write_bytes(b"")
-    done = _mess("extract", str(tmp_path / "music"), "--store", str(tmp_path / "store"), *DSP)
+    done = mess_here("extract", str(tmp_path / "music"), "--store", str(tmp_path / "store"), *DSP)
     assert done.returncode == 3 and "1 embedded" in done.stdout + done.stderr, done.stderr  # 3: files failed
-    failures = _mess("info", "--failures", "--store", str(tmp_path / "store"))
+    failures = mess_here("info", "--failures", "--store", str(tmp_path / "store"))
     shown = " ".join((failures.stdout + failures.stderr).split())
     assert f"{tmp_path / 'music' / 'song.mp3'}: empty file (0 bytes)" in shown, shown
 
@@ -214,7 +216,7 @@ def test_a_checkpoint_that_is_no_pytorch_file_is_refused_in_plain_words(tone_sto
     song.wav said '(pop from empty list)'."""
     song = tmp_path / f"song{suffix}"
     sf.write(song, sf.read(tone_store.parent / "music" / "tone0.wav")[0], 22050)
-    done = _mess("fuse", "apply", "--model", "dsp", "--checkpoint", str(song), "--store", str(tone_store))
+    done = mess_here("fuse", "apply", "--model", "dsp", "--checkpoint", str(song), "--store", str(tone_store))
     shown = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 1 and "Traceback" not in shown, shown
     assert shown == f"error: {song} is not a mess fusion checkpoint (not a PyTorch file of weights)"
@@ -237,7 +239,7 @@ def test_a_store_path_that_is_a_dangling_link_is_named(tmp_path: Path) -> None:
     song = _tones(tmp_path / "music", 1)[0]
     link = tmp_path / "store"
     os.symlink(tmp_path / "gone", link)
-    done = _mess("extract", str(song), "--store", str(link), *DSP)
+    done = mess_here("extract", str(song), "--store", str(link), *DSP)
     shown = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 1 and shown == (f"error: {link} is a link to {tmp_path / 'gone'}, which does not exist "
                                               "(or links back); create that folder or give another --store"), shown
@@ -252,20 +254,20 @@ def test_names_with_trailing_spaces_or_dots_are_extracted_and_hidden_ones_counte
     for name in ("a.wav ", "b.flac.", ".wav", "._x.wav", ".stash/e.wav"):
         (music / name).parent.mkdir(parents=True, exist_ok=True)
         sf.write(music / name, tone, 22050, format="FLAC" if "flac" in name else "WAV")
-    done = _mess("extract", str(music), "--store", str(tmp_path / "store"), *DSP)
+    done = mess_here("extract", str(music), "--store", str(tmp_path / "store"), *DSP)
     shown = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 0 and "2 embedded" in shown, shown
     assert (f"warning: 3 hidden audio files (dot-files or in dot-folders) skipped: {music / '.stash' / 'e.wav'}, "
             f"{music / '._x.wav'}, {music / '.wav'}; name such a file or dot-folder itself to extract it") in shown
-    similar = _mess("similar", "a.wav ", "--store", str(tmp_path / "store"), "-k", "1")
+    similar = mess_here("similar", "a.wav ", "--store", str(tmp_path / "store"), "-k", "1")
     assert similar.returncode == 0, similar.stdout + similar.stderr
-    exported = _mess("export", str(tmp_path / "all.npz"), "--store", str(tmp_path / "store"))
+    exported = mess_here("export", str(tmp_path / "all.npz"), "--store", str(tmp_path / "store"))
     assert exported.returncode == 0, exported.stderr
     with np.load(tmp_path / "all.npz") as got:
         assert sorted(got["path"]) == [str(music / "a.wav "), str(music / "b.flac.")]
     (music / "a.wav ").unlink()
     (music / "b.flac.").unlink()
-    only_hidden = _mess("extract", str(music), "--store", str(tmp_path / "store2"), *DSP)
+    only_hidden = mess_here("extract", str(music), "--store", str(tmp_path / "store2"), *DSP)
     shown = " ".join((only_hidden.stdout + only_hidden.stderr).split())
     assert only_hidden.returncode == 1 and shown.startswith("error: no audio files (aac, aif, aifc, aiff, ape, flac, "
                                                             "m4a, mka, mp3, mpc, oga, ogg, opus, tta, wav, wma, wv) "
@@ -281,7 +283,7 @@ def test_no_audio_files_names_every_extension_extract_reads(tmp_path: Path) -> N
     music.mkdir()
     (music / "clip.mkv").write_bytes(b"\x1a\x45\xdf\xa3")
     (music / "notes.txt").write_text("not audio")
-    done = _mess("extract", str(music), "--store", str(tmp_path / "store"), *DSP)
+    done = mess_here("extract", str(music), "--store", str(tmp_path / "store"), *DSP)
     shown = " ".join((done.stdout + done.stderr).split())
     listed = shown.split("no audio files (", 1)[1].split(")", 1)[0].split(", ")
     assert done.returncode == 1 and sorted(listed) == sorted(e[1:] for e in AUDIO_EXTENSIONS), shown
@@ -292,7 +294,7 @@ def test_a_folder_given_as_the_query_is_named_a_folder(tone_store: Path, tmp_pat
     """`mess similar ~/Music/album/` (or a folder named 'x.mp3') said "unknown track '/.../album'"."""
     for name in ("album", "x.mp3"):
         (tmp_path / name).mkdir()
-        done = _mess("similar", str(tmp_path / name), "--store", str(tone_store))
+        done = mess_here("similar", str(tmp_path / name), "--store", str(tone_store))
         assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
         lines = (done.stdout + done.stderr).strip().splitlines()
         assert lines == [f"error: {tmp_path / name} is a folder, not an audio file or a track (`mess extract` adds "
@@ -307,7 +309,7 @@ def test_macos_appledouble_files_are_not_counted_as_hidden_audio(tmp_path: Path)
     for song in ("tone0.wav", "tone1.wav"):
         (music / f"._{song}").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(4000))
     sf.write(music / "._real.wav", sf.read(music / "tone0.wav")[0], 22050)  # a hidden file that is audio is told
-    done = _mess("extract", str(music), "--store", str(tmp_path / "store"), *DSP)
+    done = mess_here("extract", str(music), "--store", str(tmp_path / "store"), *DSP)
     shown = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 0 and "2 embedded" in shown, shown
     assert f"warning: 1 hidden audio file (dot-files or in dot-folders) skipped: {music / '._real.wav'};" in shown
@@ -318,7 +320,7 @@ def test_a_damaged_mp3_query_is_one_line_without_the_decoders_notes(tone_store: 
     `mess extract` did before its decoders' output went to /dev/null)."""
     junk = tmp_path / "junk.mp3"  # libmpg123 finds a few seconds of frames in it, and complains about the rest
     junk.write_bytes(np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.uint8).tobytes())
-    done = _mess("similar", str(junk), "--store", str(tone_store))
+    done = _mess("similar", str(junk), "--store", str(tone_store))  # the decoder writes to the process's stderr
     lines = (done.stdout + done.stderr).strip().splitlines()
     assert done.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"error: cannot embed {junk}: "), lines
 
@@ -328,7 +330,7 @@ def test_a_query_name_longer_than_the_file_system_allows_is_an_unknown_track(ton
     operating system's refusal to look the name up as a file, instead of saying no track has that name."""
     name = "x" * 300
     for args in (("similar", name), ("playlist", "radio", name)):
-        done = _mess(*args, "--store", str(tone_store))
+        done = mess_here(*args, "--store", str(tone_store))
         said = " ".join((done.stdout + done.stderr).split())
         assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
         assert "unknown track" in said and "too long" not in said, said
