@@ -1,5 +1,6 @@
 """Red-team of the store's promises with real processes: writers frozen (SIGSTOP) at a chosen call, then let go or
-killed (SIGKILL); readers and other writers meanwhile; a store's files replaced by what a row file cannot be.
+killed (SIGKILL); readers and other writers meanwhile; a store's files replaced by what a row file cannot be. The
+commands around them (the readers, the other writers, `check`) run in this process (:func:`mess_here`).
 
 A process is frozen by itself, at the call named in ``FREEZE`` (``module:attribute:before|after``), and the test
 waits for it to stop (``waitpid`` with ``WUNTRACED``): no sleeps, no races on timing.
@@ -27,13 +28,13 @@ from test_store_faults import (  # noqa: F401 -- fixtures
     Extracted,
     _assert_same,
     _by_path,
-    _mess,
     _tones,
     extracted_tones,
     read_only,
     tone_templates,
 )
 
+from conftest import mess_here
 from mess.store import FeatureStore, StoreDamaged
 
 _FREEZING = """
@@ -101,7 +102,7 @@ def fused_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, l
         tags = FLAC(music / f"{wav.stem}.flac")
         tags["album"] = f"album {i // 2}"
         tags.save()
-    assert _mess("extract", str(music), *DSP, "--store", str(store)).returncode == 0
+    assert mess_here("extract", str(music), *DSP, "--store", str(store)).returncode == 0
     checkpoints = [root / "first.pt", root / "second.pt"]
     with closing(FeatureStore(store)) as fs:
         layers = load_layers(fs, fs.run("dsp"))
@@ -145,7 +146,7 @@ def test_export_frozen_between_vectors_and_checkpoint_names_the_network_that_mad
     right after it read the vectors while another network's apply commits, it still writes one version."""
     store, before, out, export = _frozen_export(fused_store, tmp_path, "after")
     first, second = fused_store[2]
-    applied = _mess("fuse", "apply", "--checkpoint", str(second), "--store", str(store))
+    applied = mess_here("fuse", "apply", "--checkpoint", str(second), "--store", str(store))
     assert applied.returncode == 0, applied.stderr
     sha, rows, not_fused = _resumed(export, out)
     assert (sha, not_fused) == (_sha(first), 0)
@@ -184,7 +185,7 @@ def test_export_frozen_across_two_fuse_applies_reads_the_newest_set_itself(
     store, before, out, export = _frozen_export(fused_store, tmp_path, "before")
     first, second = fused_store[2]
     for checkpoint in (first, second):
-        applied = _mess("fuse", "apply", "--checkpoint", str(checkpoint), "--store", str(store))
+        applied = mess_here("fuse", "apply", "--checkpoint", str(checkpoint), "--store", str(store))
         assert applied.returncode == 0, applied.stderr
     sha, rows, not_fused = _resumed(export, out)
     assert (sha, not_fused) == (_sha(second), 0)
@@ -207,10 +208,10 @@ def test_fuse_apply_killed_before_its_commit_leaves_the_set_before_whole(
                     "--store", str(store))
     _same(_fused(store), before)
     _killed(apply)
-    checked = _mess("check", "--store", str(store))
+    checked = mess_here("check", "--store", str(store))
     assert checked.returncode == 0 and "damaged" not in _said(checked), _said(checked)
     _same(_fused(store), before)
-    again = _mess("fuse", "apply", "--checkpoint", str(second), "--store", str(store))
+    again = mess_here("fuse", "apply", "--checkpoint", str(second), "--store", str(store))
     assert again.returncode == 0, again.stderr
     assert len(list((store / "runs" / "1" / "derived").iterdir())) == 2  # the new file and the one before it
 
@@ -231,9 +232,9 @@ def test_a_fused_file_replaced_by_a_directory_is_named_and_dropped_by_repair(
     path.unlink()
     path.mkdir()
     (path / "kept.txt").write_text("a user's file")
-    checked = _mess("check", "--store", str(store))
+    checked = mess_here("check", "--store", str(store))
     assert checked.returncode == 1 and f"{path.name} is a directory, not a row file" in _said(checked), _said(checked)
-    repaired = _mess("check", "--repair", "--store", str(store))
+    repaired = mess_here("check", "--repair", "--store", str(store))
     assert repaired.returncode == 0 and "dropped the damaged fused vectors" in _said(repaired), _said(repaired)
     assert [p.read_text() for p in path.parent.glob("*.not-a-row-file/kept.txt")] == ["a user's file"]
     with closing(FeatureStore(store, readonly=True)) as fs:
@@ -248,7 +249,7 @@ def dsp_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(music, a dsp store of its 4 tones); copy the store before changing it."""
     root = tmp_path_factory.mktemp("dsp")
     _tones(root / "music", 4, seconds=2.0)
-    assert _mess("extract", str(root / "music"), *DSP, "--store", str(root / "store")).returncode == 0
+    assert mess_here("extract", str(root / "music"), *DSP, "--store", str(root / "store")).returncode == 0
     return root / "music", root / "store"
 
 
@@ -265,7 +266,7 @@ def test_an_extract_frozen_mid_write_is_waited_for_named_and_killed_without_loss
     extract = _frozen("mess.store.feature_store:pack:before", "extract", str(new), *DSP, "--store", str(store))
     try:
         _assert_same(_by_path(store), _by_path(original))
-        checked = _mess("check", "--json", "--store", str(store))  # bytes past the catalog's rows; files not done
+        checked = mess_here("check", "--json", "--store", str(store))  # bytes past the catalog's rows; files not done
         kinds = {p["kind"] for p in json.loads(checked.stdout)["problems"]}
         assert checked.returncode == 0 and kinds == {"orphan-rows", "not-embedded"}, checked.stdout
         repair = subprocess.Popen([sys.executable, "-m", "mess.cli", "check", "--repair", "--store", str(store)],
@@ -277,7 +278,7 @@ def test_an_extract_frozen_mid_write_is_waited_for_named_and_killed_without_loss
         _killed(extract)
     _, err = repair.communicate(timeout=120)
     assert repair.returncode == 0 and "Traceback" not in err, err
-    again = _mess("extract", str(new), *DSP, "--store", str(store))
+    again = mess_here("extract", str(new), *DSP, "--store", str(store))
     assert again.returncode == 0 and "3 embedded" in again.stderr, again.stderr
     now, before = _by_path(store), _by_path(original)  # read back through their checksums
     assert sorted(set(now) - set(before)) == [str(p) for p in sorted(new.glob("*.wav"))]
@@ -305,17 +306,17 @@ def test_row_files_replaced_by_a_directory_and_a_link_loop_are_named_and_repaire
     loop.symlink_to(loop.name)
     with pytest.raises(StoreDamaged, match="runs/1/track/001.f16 is a directory, not a row file"):
         FeatureStore(store, readonly=True)
-    checked = _mess("check", "--store", str(store), "--json")
+    checked = mess_here("check", "--store", str(store), "--json")
     problems = json.loads(checked.stdout)["problems"]
     assert checked.returncode == 1 and [p["kind"] for p in problems] == ["not-a-file"] * 2, checked.stdout
     assert "runs/1/segment/002.f16 is a symbolic link loop" in problems[1]["message"]
-    repaired = _mess("check", "--repair", "--store", str(store))
+    repaired = mess_here("check", "--repair", "--store", str(store))
     said = _said(repaired)
     assert repaired.returncode == 0 and "moved runs/1/track/001.f16 (a directory, not a row file) aside" in said, said
     assert "moved runs/1/segment/002.f16 (a symbolic link loop, not a row file) aside" in said
     assert "dropped the vectors of 4 files" in said
     assert [p.read_text() for p in store.glob("runs/1/track/*.not-a-row-file/kept.txt")] == ["a user's file"]
-    again = _mess("extract", str(music), *DSP, "--store", str(store))
+    again = mess_here("extract", str(music), *DSP, "--store", str(store))
     assert again.returncode == 0 and "4 embedded" in again.stderr, again.stderr
     _assert_same(_by_path(store), _by_path(original))
 
@@ -332,12 +333,12 @@ def test_a_file_where_the_runs_folder_belongs_is_named_and_set_aside(dsp_store: 
     (store / "runs").write_text("not a folder")
     with pytest.raises(StoreDamaged, match="runs/1/track/000.f16 is out of reach: a folder on its path is a file"):
         FeatureStore(store, readonly=True)
-    repaired = _mess("check", "--repair", "--store", str(store))
+    repaired = mess_here("check", "--repair", "--store", str(store))
     said = _said(repaired)
     assert repaired.returncode == 0 and "moved runs (a file where a folder of runs/1/track/000.f16 belongs) aside" \
         in said, said
     assert [p.read_text() for p in store.glob("runs.*.not-a-row-file")] == ["not a folder"]
-    again = _mess("extract", str(music), *DSP, "--store", str(store))
+    again = mess_here("extract", str(music), *DSP, "--store", str(store))
     assert again.returncode == 0 and "4 embedded" in again.stderr, again.stderr
     _assert_same(_by_path(store), _by_path(original))
 
@@ -361,7 +362,7 @@ def test_a_catalog_that_holds_nothing_is_damage_not_a_new_store(dsp_store: tuple
         catalog.mkdir()
     rows = {p: p.read_bytes() for p in store.glob("runs/*/*/*.f16")}
     for command in (["similar", "1"], ["extract", str(music), *DSP]):
-        out = _mess(*command, "--store", str(store))
+        out = mess_here(*command, "--store", str(store))
         assert out.returncode == 1 and f"catalog (catalog.sqlite) {said}" in _said(out), _said(out)
         assert "restore catalog.sqlite from a backup" in _said(out) and "Traceback" not in _said(out)
     assert {p: p.read_bytes() for p in store.glob("runs/*/*/*.f16")} == rows
@@ -393,12 +394,12 @@ def test_a_store_on_a_full_disk_says_the_disk_is_full(dsp_store: tuple[Path, Pat
         while True:
             f.write(b"\0" * 65536)
     for command in (["similar", "1"], ["extract", str(music), *DSP]):
-        full = _mess(*command, "--store", str(store))
+        full = mess_here(*command, "--store", str(store))
         said = _said(full)
         assert full.returncode == 1 and "its disk is full (0 kB free): free space and run the command again" in said
         assert "Traceback" not in said
     filler.unlink()
-    assert _mess("similar", "1", "--store", str(store)).returncode == 0
+    assert mess_here("similar", "1", "--store", str(store)).returncode == 0
 
 
 @pytest.mark.xdist_group("store_redteam_dsp")
@@ -409,10 +410,10 @@ def test_an_indexes_folder_replaced_by_a_file_leaves_search_answering(dsp_store:
     _, original = dsp_store
     store = tmp_path / "store"
     shutil.copytree(original, store)
-    want = _mess("similar", "1", "--json", "--store", str(store))
+    want = mess_here("similar", "1", "--json", "--store", str(store))
     shutil.rmtree(store / "indexes", ignore_errors=True)
     (store / "indexes").write_text("not a folder")
-    got = _mess("similar", "1", "--json", "--store", str(store))
+    got = mess_here("similar", "1", "--json", "--store", str(store))
     assert got.returncode == 0, got.stderr
     assert json.loads(got.stdout)["results"] == json.loads(want.stdout)["results"]
 
@@ -427,20 +428,20 @@ def test_a_folder_where_an_index_file_belongs_is_moved_aside_by_repair(dsp_store
     _, original = dsp_store
     store = tmp_path / "store"
     shutil.copytree(original, store)
-    assert _mess("index", "--store", str(store)).returncode == 0
+    assert mess_here("index", "--store", str(store)).returncode == 0
     target = store / "indexes" / f"run1-all-power.{part}"
     target.unlink()
     target.mkdir()
     (target / "kept.txt").write_text("mine")
-    checked = _mess("check", "--json", "--store", str(store))
+    checked = mess_here("check", "--json", "--store", str(store))
     assert checked.returncode == 0 and {p["kind"] for p in json.loads(checked.stdout)["problems"]} == {"stale-index"}
-    repaired = _mess("check", "--repair", "--store", str(store))
+    repaired = mess_here("check", "--repair", "--store", str(store))
     said = repaired.stdout + repaired.stderr
     assert repaired.returncode == 0 and "moved the folder" in said, said
     aside = list((store / "indexes").glob(f"run1-all-power.{part}.*.not-an-index"))
     assert len(aside) == 1 and (aside[0] / "kept.txt").read_text() == "mine"
-    assert _mess("index", "--store", str(store)).returncode == 0 and target.is_file()
-    assert _mess("check", "--json", "--store", str(store)).stdout.count("stale-index") == 0
+    assert mess_here("index", "--store", str(store)).returncode == 0 and target.is_file()
+    assert mess_here("check", "--json", "--store", str(store)).stdout.count("stale-index") == 0
 
 
 @pytest.mark.xdist_group("store_redteam_dsp")
@@ -456,13 +457,13 @@ def test_a_first_index_killed_between_its_files_leaves_nothing_unnamed(dsp_store
     _killed(index)
     left = sorted(p.name for p in (store / "indexes").iterdir() if not p.name.startswith("."))
     assert left == ["run1-layer-mfcc-zscore.npz"]
-    checked = _mess("check", "--json", "--store", str(store))
+    checked = mess_here("check", "--json", "--store", str(store))
     assert [(p["kind"], p["message"]) for p in json.loads(checked.stdout)["problems"]
             if p["kind"] == "stale-index"] == [("stale-index", "run1-layer-mfcc-zscore.npz is out of date")]
-    assert _mess("check", "--repair", "--store", str(store)).returncode == 0
+    assert mess_here("check", "--repair", "--store", str(store)).returncode == 0
     assert not (store / "indexes" / "run1-layer-mfcc-zscore.npz").exists()
-    assert _mess("index", "--layer", "mfcc", "--store", str(store)).returncode == 0
-    assert "stale-index" not in _mess("check", "--json", "--store", str(store)).stdout
+    assert mess_here("index", "--layer", "mfcc", "--store", str(store)).returncode == 0
+    assert "stale-index" not in mess_here("check", "--json", "--store", str(store)).stdout
 
 
 @pytest.mark.xdist_group("store_redteam_dsp")
@@ -475,7 +476,9 @@ def test_a_writer_on_a_read_only_file_system_is_told_so(dsp_store: tuple[Path, P
     shutil.copytree(original, store)
     with closing(sqlite3.connect(store / "catalog.sqlite")) as db:  # no -shm: readers need none on a read-only mount
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    refused = _mess("extract", str(music), *DSP, "--store", str(read_only(store)))
+    refused = subprocess.run([sys.executable, "-m", "mess.cli", "extract", str(music), *DSP, "--store",
+                              str(read_only(store))], capture_output=True, text=True, timeout=300)  # a process: in
+    # this one the refused writer left catalog.sqlite open, and the mount could not be undone
     said = _said(refused)
     assert refused.returncode == 1 and "it is on a read-only file system: open it read-only" in said, said
     assert "Traceback" not in said
@@ -495,20 +498,20 @@ def test_a_folder_named_write_lock_is_named_and_moved_aside_by_repair(extracted_
     (store / "write.lock" / "kept").write_text("mine")
     more = tmp_path / "more"
     _tones(more, 1, seconds=2.0, offset=5)
-    refused = _mess("extract", str(more), *DSP, "--store", str(store))
+    refused = mess_here("extract", str(more), *DSP, "--store", str(store))
     said = _said(refused)
     assert refused.returncode == 1 and "Traceback" not in said, said
     assert (f"{store}/write.lock is a folder, not the store's lock file, so nothing can write to the store: move it "
             "aside (`mess check --repair` does) and run the command again") in said, said
-    checked = _mess("check", "--store", str(store))
+    checked = mess_here("check", "--store", str(store))
     assert checked.returncode == 1 and "not-a-file: write.lock is a folder" in _said(checked), _said(checked)
-    repaired = _mess("check", "--repair", "--store", str(store))
+    repaired = mess_here("check", "--repair", "--store", str(store))
     assert repaired.returncode == 0 and "moved write.lock (a folder) aside to write.lock." in _said(repaired)
     aside = [p for p in store.glob("write.lock.*.not-the-lock")]
     assert len(aside) == 1 and (aside[0] / "kept").read_text() == "mine"
-    assert _mess("extract", str(more), *DSP, "--store", str(store)).returncode == 0
+    assert mess_here("extract", str(more), *DSP, "--store", str(store)).returncode == 0
     assert len(_by_path(store)) == 4
-    assert _mess("check", "--store", str(store)).returncode == 0
+    assert mess_here("check", "--store", str(store)).returncode == 0
 
 
 _HOLD = ("import sqlite3, sys; db = sqlite3.connect(sys.argv[1], uri=True); db.execute('SELECT COUNT(*) FROM tracks')"
@@ -532,7 +535,7 @@ def wal_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path
     first, second = _tones(root / "first", 3, seconds=2.0), _tones(root / "second", 3, seconds=2.0, offset=3)
     for music in ("first", "second"):
         holder = _holding(store) if music == "second" else None
-        out = _mess("extract", str(root / music), *DSP, "--store", str(store))
+        out = mess_here("extract", str(root / music), *DSP, "--store", str(store))
         assert out.returncode == 0, out.stdout + out.stderr
     assert holder is not None
     holder.communicate("")  # a read-only connection folds nothing in when it closes
@@ -570,24 +573,24 @@ def test_a_changed_wal_file_names_the_commits_it_lost(wal_store: tuple[Path, lis
     lost = (f"catalog.sqlite-wal was changed on disk: {len(commits) - 1} commits past frame {damaged} were lost, and "
             "the catalog is as it was before them; the files they embedded are embedded again by the next `mess "
             "extract`")
-    searched = _mess("similar", "1", "--store", str(store))
+    searched = mess_here("similar", "1", "--store", str(store))
     assert searched.returncode == 0 and lost in _said(searched), _said(searched)
     for _ in range(2):  # found once, named until cleared
-        checked = _mess("check", "--store", str(store))
+        checked = mess_here("check", "--store", str(store))
         said = _said(checked)
         assert checked.returncode == 0 and f"lost-commits: {lost} (found " in said, said
         assert "not-embedded" in said and said.count("lost-commits:") == 1
-    assert lost not in _said(_mess("similar", "1", "--store", str(store)))  # said once by commands
+    assert lost not in _said(mess_here("similar", "1", "--store", str(store)))  # said once by commands
     holder = _holding(store)  # the repair's close then leaves the log as it is (the last writer's folds it in)
-    repaired = _mess("check", "--repair", "--store", str(store))
+    repaired = mess_here("check", "--repair", "--store", str(store))
     assert repaired.returncode == 0 and "cleared the note of the commits catalog.sqlite-wal lost" in _said(repaired)
-    checked = _mess("check", "--store", str(store))  # the same frames, still in the log: not noted again
+    checked = mess_here("check", "--store", str(store))  # the same frames, still in the log: not noted again
     assert checked.returncode == 0 and "lost-commits" not in _said(checked) and lost not in _said(checked)
     holder.communicate("")
-    again = _mess("extract", str(tones[3].parent), *DSP, "--store", str(store))
+    again = mess_here("extract", str(tones[3].parent), *DSP, "--store", str(store))
     assert again.returncode == 0 and "0 unchanged" not in again.stdout, again.stdout
     assert sorted(_by_path(store)) == sorted(str(t) for t in tones)
-    assert _said(_mess("check", "--store", str(store))).endswith(": ok")
+    assert _said(mess_here("check", "--store", str(store))).endswith(": ok")
 
 
 def test_a_wal_file_cut_short_names_the_commits_its_index_said_were_there(wal_store: tuple[Path, list[Path]],
@@ -601,7 +604,7 @@ def test_a_wal_file_cut_short_names_the_commits_its_index_said_were_there(wal_st
     cut = commits[0] + 1
     with (store / "catalog.sqlite-wal").open("r+b") as f:
         f.truncate(_frame_offset(page, cut) + 24 + 100)
-    checked = _mess("check", "--store", str(store))
+    checked = mess_here("check", "--store", str(store))
     said = _said(checked)
     assert checked.returncode == 0, said
     assert (f"lost-commits: catalog.sqlite-wal was cut short on disk at frame {cut}: the commits up to frame "
@@ -621,7 +624,7 @@ def test_a_changed_wal_header_names_every_commit_of_the_log(wal_store: tuple[Pat
         byte = f.read(1)[0]
         f.seek(15)
         f.write(bytes([byte ^ 1]))
-    checked = _mess("check", "--store", str(store))
+    checked = mess_here("check", "--store", str(store))
     said = _said(checked)
     assert checked.returncode == 0, said
     assert (f"lost-commits: catalog.sqlite-wal was changed on disk: {len(commits)} commits past frame 1 were "
@@ -664,7 +667,7 @@ def test_a_killed_writers_unfinished_tail_in_the_wal_is_not_called_damage(wal_st
     _, after, grown = _wal_frames(store)
     assert after == commits and grown > frames + 20  # its pages are in the log, uncommitted
     for _ in range(2):
-        checked = _mess("check", "--store", str(store))
+        checked = mess_here("check", "--store", str(store))
         assert checked.returncode == 0 and "lost-commits" not in _said(checked), _said(checked)
         assert not (store / "lost-commits.txt").exists()
         # a shorter commit over the start of that tail (frames of this log past it stay in the file), then a writer
