@@ -3,6 +3,7 @@ no store exists. Each case checks what a user sees (one line, the exit code) and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -21,14 +22,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import cache_lock, mess_here, render_cache
 from mess.store import FeatureStore
 
 MESS = [sys.executable, "-m", "mess.cli"]
-
-
-def _mess(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([*MESS, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "COLUMNS": "300"})
 
 
 @pytest.mark.parametrize("command", [["index"], ["check", "--repair"]])
@@ -36,7 +33,7 @@ def test_a_writer_given_a_missing_store_makes_none(tmp_path: Path, command: list
     """`mess index --store TYPO` made an empty store there and said "no vectors for model None"; `mess check --repair
     --store TYPO` made one and said "ok"."""
     store = tmp_path / "typo"
-    done = _mess(*command, "--store", str(store))
+    done = mess_here(*command, "--store", str(store))
     assert done.returncode == 1 and done.stdout == "", done
     assert f"no feature store at {store} (run `mess extract` first)" in " ".join(done.stderr.split()), done.stderr
     assert not store.exists()
@@ -80,18 +77,18 @@ def test_an_interrupted_extract_says_what_it_kept_and_a_rerun_goes_on(tmp_path: 
     """Ctrl-C ended `mess extract` with its progress bar and no word of what was kept; SIGTERM killed it outright
     (status -15), losing the vectors its writer had not committed yet. Both now commit what was embedded, say so in
     one line and exit 130 / 143; the lock is free at once and a rerun embeds only the rest."""
-    music, store = _tones(tmp_path / "music", 40), tmp_path / "store"
+    music, store = _tones(tmp_path / "music", 16, seconds=4.5), tmp_path / "store"  # one 4 s window each
     dsp = ["--model", "dsp", "--window", "4", "--max-windows", "1", "--batch-size", "1", "--store", str(store)]
     stopped = _stopped(["extract", str(music), *dsp], lambda: _embedded(store) >= 2, sig)
     said = " ".join(stopped.stderr.split())
     kept = _embedded(store)
     assert stopped.returncode == code and stopped.stdout == "" and "Traceback" not in said, stopped
     assert re.search(rf"interrupted: {kept} embedded and kept, 0 unchanged \(skipped\), 0 failed -> {store} \[dsp\]; "
-                     rf"\d+ of 40 files not done: `mess extract` again embeds them", said), said
-    assert 2 <= kept < 40 and "stopped before the command finished" not in said  # said once, by extract
-    rerun = _mess("extract", str(music), *dsp, "--no-wait")
+                     rf"\d+ of 16 files not done: `mess extract` again embeds them", said), said
+    assert 2 <= kept < 16 and "stopped before the command finished" not in said  # said once, by extract
+    rerun = mess_here("extract", str(music), *dsp, "--no-wait")
     assert rerun.returncode == 0, rerun.stderr
-    assert f"{40 - kept} embedded, {kept} unchanged (skipped), 0 failed" in " ".join(rerun.stderr.split())
+    assert f"{16 - kept} embedded, {kept} unchanged (skipped), 0 failed" in " ".join(rerun.stderr.split())
 
 
 # The end of each script below: run the mess CLI with the script's own arguments, in this process.
@@ -127,7 +124,7 @@ def eight_tagged(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tags = mutagen.flac.FLAC(music / f"tone{i}.flac")
         tags.update({"artist": f"Artist {i % 4}", "title": f"tone {i}"})
         tags.save()
-    done = _mess("extract", str(music), "--model", "dsp", "--store", str(root / "store"))
+    done = mess_here("extract", str(music), "--model", "dsp", "--store", str(root / "store"))
     assert done.returncode == 0, done.stderr
     return root / "store"
 
@@ -137,7 +134,7 @@ def test_an_artist_matrix_interrupted_while_written_leaves_the_one_before(eight_
     whole one of the run before had been. Each is now replaced whole."""
     store, out = eight_tagged, tmp_path / "out"
     matrix = ["artists", "matrix", "--min-tracks", "1", "-o", str(out / "m"), "--store", str(store)]
-    first = _mess(*matrix)
+    first = mess_here(*matrix)
     assert first.returncode == 0, first.stderr
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert sorted(before) == ["m.csv", "m.png"] and before["m.csv"].count(b"\n") == 5
@@ -162,8 +159,8 @@ FeatureStore.__init__ = opened
 def six_tones(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store of six tones extracted with dsp."""
     root = tmp_path_factory.mktemp("six")
-    done = _mess("extract", str(_tones(root / "music", 6)), "--model", "dsp", "--window", "4", "--store",
-                 str(root / "store"))
+    done = mess_here("extract", str(_tones(root / "music", 6)), "--model", "dsp", "--window", "4", "--store",
+                     str(root / "store"))
     assert done.returncode == 0, done.stderr
     return root / "store"
 
@@ -182,7 +179,7 @@ def test_ctrl_c_in_any_command_is_said_in_one_line(six_tones: Path, tmp_path: Pa
                                       "it made is whole (the one before, or the new), and running it again finishes "
                                       "it"), stopped.stderr
     assert not out.exists() and not list(store.rglob("*.tmp"))
-    assert _mess("check", "--store", str(store)).returncode == 0
+    assert mess_here("check", "--store", str(store)).returncode == 0
 
 
 _SIGNAL_AS_MODULE_LOADS = """
@@ -242,10 +239,10 @@ def test_a_fusion_report_interrupted_while_written_leaves_the_one_before(eight_t
     """`mess fuse report` wrote its JSON, Markdown and PNG in place: Ctrl-C as it wrote the JSON left an empty file
     where the report before had been. Each is now replaced whole."""
     store = Path(shutil.copytree(eight_tagged, tmp_path / "store"))
-    trained = _mess("fuse", "train", "--label", "artist", "--weight-epochs", "1", "--max-epochs", "1", "--store",
-                    str(store))
+    trained = mess_here("fuse", "train", "--label", "artist", "--weight-epochs", "1", "--max-epochs", "1", "--store",
+                        str(store))
     assert trained.returncode == 0, trained.stderr
-    first = _mess("fuse", "report", "--json", "--store", str(store))
+    first = mess_here("fuse", "report", "--json", "--store", str(store))
     assert first.returncode == 0, first.stderr
     report = Path(json.loads(first.stdout)["files"]["json"])
     before = report.read_bytes()
@@ -261,7 +258,7 @@ def test_hybrid_weights_interrupted_while_written_are_the_ones_before(eight_tagg
     store, ref = Path(shutil.copytree(eight_tagged, tmp_path / "store")), tmp_path / "ref.json"
     ref.write_text(json.dumps({f"Artist {a}": [f"Artist {a ^ 1}"] for a in range(4)}))
     hybrid = ["artists", "hybrid", "--reference", str(ref), "-k", "1", "--min-tracks", "1", "--store", str(store)]
-    first = _mess(*hybrid, "--json")
+    first = mess_here(*hybrid, "--json")
     assert first.returncode == 0, first.stderr
     saved = Path(json.loads(first.stdout)["saved"])
     before = saved.read_bytes()
@@ -277,17 +274,39 @@ def test_a_store_without_vectors_says_so_not_model_none(tmp_path: Path, command:
     None in STORE; extracted models: none"."""
     store = tmp_path / "store"
     FeatureStore(store).close()  # what such an extract leaves: a catalog without runs
-    done = _mess(*command, "--store", str(store))
+    done = mess_here(*command, "--store", str(store))
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert " ".join(done.stderr.split()) == f"error: no vectors in {store} yet; run `mess extract` first"
 
 
-def test_a_probe_validation_interrupted_while_written_leaves_the_one_before(tmp_path: Path) -> None:
+_VALIDATE = ["probe-validate", "--pieces", "2", "-f", "tempo", "-f", "velocity", "--workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def validated() -> Path:
+    """STORE/validation as `mess probe-validate --pieces 2 -f tempo -f velocity` leaves it (its renders, the targets
+    it computed of them), made by the command once and cached across runs like conftest's renders, keyed by the
+    sources that make them; copy it into a store."""
+    from mess.probing import target_cache, targets, validation
+
+    sources = hashlib.sha1(b"".join(Path(m.__file__).read_bytes() for m in (validation, targets, target_cache)))
+    out = render_cache("validated", {"args": _VALIDATE, "sources": sources.hexdigest()})
+    with cache_lock(out):
+        if not (out / "complete").exists():
+            shutil.rmtree(out, ignore_errors=True)
+            made = mess_here(*_VALIDATE, "--store", str(out / "store"))
+            assert made.returncode == 0, made.stderr
+            (out / "complete").touch()
+    return out / "store" / "validation"
+
+
+def test_a_probe_validation_interrupted_while_written_leaves_the_one_before(validated: Path, tmp_path: Path) -> None:
     """`mess probe-validate` wrote its JSON in place: Ctrl-C as it wrote it left an empty file where the results
     before had been. It is now replaced whole."""
     store = tmp_path / "store"
-    validate = ["probe-validate", "--pieces", "2", "-f", "tempo", "-f", "velocity", "--store", str(store)]
-    first = _mess(*validate, "--json")
+    shutil.copytree(validated, store / "validation")  # its renders and targets: the command reuses them
+    validate = [*_VALIDATE, "--store", str(store)]
+    first = mess_here(*validate, "--json")
     assert first.returncode == 0, first.stderr
     saved = Path(json.loads(first.stdout)["file"])
     before = saved.read_bytes()
@@ -318,7 +337,7 @@ def test_cluster_playlists_interrupted_while_written_leave_the_folder_as_it_was(
     the new clustering beside the old ones (tracks in two playlists). All are now written before any is replaced."""
     out = tmp_path / "out"
     clusters = ["playlist", "clusters", "-o", str(out), "--store", str(six_tones)]
-    first = _mess(*clusters, "-k", "2")
+    first = mess_here(*clusters, "-k", "2")
     assert first.returncode == 0, first.stderr
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert len(before) == 3  # two playlists and their list
@@ -326,5 +345,5 @@ def test_cluster_playlists_interrupted_while_written_leave_the_folder_as_it_was(
                              capture_output=True, text=True, timeout=120)
     assert stopped.returncode == 130 and "Traceback" not in stopped.stderr, stopped.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    again = _mess(*clusters, "-k", "4")
+    again = mess_here(*clusters, "-k", "4")
     assert again.returncode == 0 and len(list(out.glob("*.m3u8"))) == 4, again.stderr
