@@ -102,3 +102,20 @@ def test_a_connection_is_used_from_any_thread(tmp_path: Path, readonly: bool) ->
         reader.start()
         reader.join()
         assert got == [0]
+
+
+def _descriptors_of(path: Path) -> list[str]:
+    """This process's open file descriptors on ``path`` (from /proc, not from the code under test)."""
+    fds = Path("/proc/self/fd")
+    return [fd.name for fd in fds.iterdir() if os.path.realpath(fd) == os.path.realpath(path)]
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_catalog_that_cannot_be_opened_leaves_no_file_open(tmp_path: Path, readonly: bool) -> None:
+    """A connection that failed its first statements stayed open while the error was kept (a server logging it, a
+    test's excinfo): its traceback held the connection, and the catalog's file could not be unmounted."""
+    db = tmp_path / "catalog.sqlite"
+    db.write_bytes(b"this is not a database, " * 100)
+    with pytest.raises(sqlite3.DatabaseError) as kept:
+        connect(db, readonly=readonly)
+    assert kept.value is not None and _descriptors_of(db) == []

@@ -244,3 +244,28 @@ def test_a_corrupt_catalog_is_the_one_problem_and_is_not_repaired(tmp_path: Path
     with pytest.raises(ValueError, match="the catalog itself is damaged"):
         check_and_repair(store)
     store.close()
+
+
+@pytest.mark.parametrize("names", ['["a", "b', '"ab"', '["a"]', '["a", 2]', b'["a", "\xff"]'])
+def test_a_run_record_whose_layers_cannot_be_read_is_damage_said_in_one_line(tmp_path: Path,
+                                                                            names: str | bytes) -> None:
+    """Damaged bytes in a run's layer list ended every command, `mess check` too, in a JSONDecodeError traceback
+    (or made a run of other layers than its row files hold); the store is named damaged with what to do, and the
+    catalog file it failed to open is left closed."""
+    from test_store_catalog import _descriptors_of
+
+    from conftest import mess_here
+    from mess.store import StoreDamaged
+
+    store, run = _store(tmp_path / "store")
+    store.close()
+    with sqlite3.connect(tmp_path / "store" / "catalog.sqlite") as db:
+        db.execute("UPDATE runs SET layer_names=? WHERE id=?", (names, run.id))
+    db.close()
+    with pytest.raises(StoreDamaged, match=f"run {run.id} \\(toy\\) does not list its layers") as kept:
+        FeatureStore(tmp_path / "store")
+    assert kept.value is not None and _descriptors_of(tmp_path / "store" / "catalog.sqlite") == []
+    for command in (["check"], ["similar", "1"]):
+        out = mess_here(*command, "--store", str(tmp_path / "store"))
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.startswith(f"error: {tmp_path / 'store'} is damaged: the catalog's record of run"), out.stderr

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -88,18 +90,30 @@ def uri(path: Path, mode: str = "ro") -> str:
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    """Open the catalog (WAL mode, rows as mappings), creating the schema if needed."""
+    """Open the catalog (WAL mode, rows as mappings), creating the schema if needed; a connection that fails is
+    closed before the error leaves (a kept error's traceback would hold the file open)."""
     if readonly:
         conn = _open_readonly(path)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, check_same_thread=False, timeout=60)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(SCHEMA)
-        _migrate(conn)
+        with closed_on_error(conn):
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(SCHEMA)
+            _migrate(conn)
     conn.row_factory = sqlite3.Row
     return conn
+
+
+@contextmanager
+def closed_on_error(conn: sqlite3.Connection) -> Iterator[None]:
+    """Close ``conn`` if the block raises, then let the error go on."""
+    try:
+        yield
+    except BaseException:
+        conn.close()
+        raise
 
 
 def _open_readonly(path: Path) -> sqlite3.Connection:
@@ -109,12 +123,12 @@ def _open_readonly(path: Path) -> sqlite3.Connection:
     another may be writing) an OperationalError saying why (the store is whole)."""
     conn = sqlite3.connect(uri(path), uri=True, check_same_thread=False, timeout=60)
     try:
-        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")  # SQLite opens the file at the first statement
+        with closed_on_error(conn):
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")  # SQLite opens the file at the first statement
     except sqlite3.OperationalError:
         wal = path.with_name(path.name + "-wal")
         if os.access(path.parent, os.W_OK) or not path.is_file():
             raise
-        conn.close()
         if not os.statvfs(path.parent).f_flag & os.ST_RDONLY:
             raise sqlite3.OperationalError(
                 f"SQLite must create {path.name}-shm beside the catalog to read it, and this user cannot write to "

@@ -34,7 +34,7 @@ import numpy as np
 
 from mess.constants import file_title, legacy_stamp
 from mess.store.arrays import DTYPE, RowFile, ShortFile, set_aside
-from mess.store.catalog import connect, has_column
+from mess.store.catalog import closed_on_error, connect, has_column
 from mess.store.checksums import block_sum, changed, expected, pack, row_expected, row_sums
 from mess.store.lock import LockUnusable, StoreLock
 from mess.store.memo import MEMO
@@ -289,7 +289,8 @@ class FeatureStore:
         if verify:
             from mess.store.check import quick_check
 
-            problems = quick_check(self)
+            with closed_on_error(self.db):
+                problems = quick_check(self)
             if problems:
                 self.db.close()
                 advice = (
@@ -703,15 +704,24 @@ class FeatureStore:
             raise StoreError(f"no vectors for model {model!r} in {self.root}; extracted models: {known or 'none'}")
         return self._run(row)
 
-    @staticmethod
-    def _run(row: sqlite3.Row) -> Run:
+    def _run(self, row: sqlite3.Row) -> Run:
+        """A run from its catalog row; a row whose layers cannot be read (damaged bytes) is :class:`StoreDamaged`."""
+        try:
+            names, dims = json.loads(row["layer_names"]), json.loads(row["layer_dims"])
+        except (ValueError, TypeError):  # not JSON, or not text (UnicodeDecodeError is a ValueError)
+            names = dims = None
+        if not (isinstance(names, list) and isinstance(dims, list) and len(names) == len(dims)
+                and all(isinstance(n, str) for n in names)
+                and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims)):
+            raise StoreDamaged(f"{self.root} is damaged: the catalog's record of run {row['id']} "
+                               f"({printable(str(row['model']))}) does not list its layers; {CATALOG_ADVICE}")
         return Run(
             model=row["model"],
             revision=row["revision"],
             policy=row["policy"],
             sample_rate=row["sample_rate"],
-            layer_names=tuple(json.loads(row["layer_names"])),
-            layer_dims=tuple(json.loads(row["layer_dims"])),
+            layer_names=tuple(names),
+            layer_dims=tuple(dims),
             id=row["id"],
         )
 
