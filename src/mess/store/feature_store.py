@@ -130,11 +130,11 @@ class Run(RunKey):
     id: int = field(kw_only=True)
 
     def layer_index(self, layer: str | int) -> int:
-        """Resolve a layer name, index or negative index ('-1' = last) to an index. An index in text is ASCII
-        digits only: not ' 1', '1_0' or '١', which int() reads as numbers."""
+        """Resolve a layer name, index or negative index ('-1' = last) to an index. An index in text is 1 to 18
+        ASCII digits: not ' 1', '1_0' or '١', which int() reads as numbers, nor 5000 digits, which it refuses."""
         if isinstance(layer, str) and layer in self.layer_names:
             return self.layer_names.index(layer)
-        if isinstance(layer, str) and not re.fullmatch(r"-?[0-9]+", layer):
+        if isinstance(layer, str) and not re.fullmatch(r"-?[0-9]{1,18}", layer):
             raise StoreError(f"unknown layer {layer!r}; {self.model} has {', '.join(self.layer_names)}")
         idx = int(layer)
         if not -len(self.layer_names) <= idx < len(self.layer_names):
