@@ -1518,6 +1518,20 @@ def test_a_query_without_vectors_of_the_set_searched_says_why_whatever_the_searc
         similar_tracks(store, run, TrackQuery("nothing"), k=3, layer="l1")
 
 
+def _alpha_qe(unit: np.ndarray, query: int, expand: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row ``query``'s cosines to every row and each row's better of that and its cosine to the alpha-QE query (the
+    query plus its ``expand`` nearest other rows weighted by their cosines, normalised); the query's own: -inf."""
+    q = unit[query]
+    cos = unit @ q
+    cos[query] = -np.inf
+    near = np.argsort(-cos)[:expand]
+    e = q + (np.maximum(cos[near], 0)[:, None] * unit[near]).sum(axis=0)
+    e /= np.linalg.norm(e)
+    better = np.maximum(cos, unit @ e)
+    better[query] = -np.inf
+    return cos, better
+
+
 def test_a_plain_search_with_expansion_ranks_by_the_better_of_the_two_cosines(synth: tuple[FeatureStore, Run]) -> None:
     """alpha-QE as the expansion module defines it, computed here: the query plus its 3 nearest other tracks weighted by
     their cosines, normalised; each track ranks by the better of its cosine to the query and to that, and keeps its
@@ -1526,14 +1540,7 @@ def test_a_plain_search_with_expansion_ranks_by_the_better_of_the_two_cosines(sy
     ids, unit = _unit(store, run, "l1")
     row = {int(i): r for r, i in enumerate(ids)}
     for tid, k in ((3, 3), (9, 3), (14, 3), (9, 1)):
-        q = unit[row[tid]]
-        cos = unit @ q
-        cos[row[tid]] = -np.inf
-        near = np.argsort(-cos)[:k]
-        e = q + (np.maximum(cos[near], 0)[:, None] * unit[near]).sum(axis=0)
-        e /= np.linalg.norm(e)
-        better = np.maximum(cos, unit @ e)
-        better[row[tid]] = -np.inf
+        cos, better = _alpha_qe(unit, row[tid], k)
         order = np.argsort(-better)[:8]
         got = similar_tracks(store, run, resolve_query(store, str(tid), run), k=8, layer="l1", expand=k)
         assert {n.track.id for n in got} == set(ids[order].tolist())  # tracks 1 and 25 (one content) tie
@@ -1551,14 +1558,7 @@ def test_expansion_finds_tracks_only_the_expanded_query_reaches(synth: tuple[Fea
     ids, unit = _unit(store, run, "l1")
     row = {int(i): r for r, i in enumerate(ids)}
     for tid, k, expand in ((3, 5, 3), (9, 6, 4), (2, 8, 5)):
-        q = unit[row[tid]]
-        cos = unit @ q
-        cos[row[tid]] = -np.inf
-        near = np.argsort(-cos)[:expand]
-        e = q + (np.maximum(cos[near], 0)[:, None] * unit[near]).sum(axis=0)
-        e /= np.linalg.norm(e)
-        better = np.maximum(cos, unit @ e)
-        better[row[tid]] = -np.inf
+        cos, better = _alpha_qe(unit, row[tid], expand)
         order = np.argsort(-better)[:k]
         beyond = set(ids[order].tolist()) - set(ids[np.argsort(-cos)[: max(k, expand)]].tolist())
         assert beyond, (tid, k, expand)  # the fixture reaches further than the query's own candidates
