@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -208,8 +209,6 @@ def mess_here(*args: str, env: dict[str, str] | None = None, cwd: Path | None = 
     command handles is printed as Python prints it (a test that forbids a traceback still sees one), exit code 1.
     A command still running after ``timeout`` seconds (a server that should have refused to start) fails the test.
     """
-    import logging
-    import sys
     import traceback
 
     from click.testing import CliRunner
@@ -262,7 +261,6 @@ class _StderrHandler(logging.StreamHandler):
 
     @property  # type: ignore[override]
     def stream(self) -> object:
-        import sys
         return sys.stderr
 
     @stream.setter
