@@ -98,12 +98,21 @@ def extract_ray(store: Path, paths: list[Path], model: str, policy: WindowPolicy
                 **options: object) -> ExtractSummary:
     """`mess.scale.ray_extract.extract_ray` run by a driver process of its own (which first runs ``before``); its
     summary."""
-    args = {"store": str(store), "paths": [str(p) for p in paths], "model": model, "policy": policy.to_json(),
-            "address": address, "options": options}
+    args = {**_request(store, paths, model, policy, options), "address": address}
     out = subprocess.run([sys.executable, "-c", before + _DRIVER, json.dumps(args)], capture_output=True, text=True,
                          timeout=600, env=RAY_ENV)
     assert out.returncode == 0, out.stderr
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    return _summary(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _request(store: Path, paths: list[Path], model: str, policy: WindowPolicy, options: dict) -> dict:
+    """The arguments of an `extract_ray` call as the driver scripts read them (JSON)."""
+    return {"store": str(store), "paths": [str(p) for p in paths], "model": model, "policy": policy.to_json(),
+            "options": options}
+
+
+def _summary(got: dict) -> ExtractSummary:
+    """The summary a driver script printed as JSON."""
     return ExtractSummary(done=got["done"], skipped=got["skipped"], copies=got["copies"],
                           failed=[tuple(f) for f in got["failed"]], audio_seconds=got["audio_seconds"],
                           warnings=got["warnings"])
@@ -169,14 +178,11 @@ class Driver:
                  **options: object) -> ExtractSummary:
         """`mess.scale.ray_extract.extract_ray` of the module's cluster, run by this driver; its summary."""
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"store": str(store), "paths": [str(p) for p in paths], "model": model,
-                                          "policy": policy.to_json(), "options": options}) + "\n")
+        self.proc.stdin.write(json.dumps(_request(store, paths, model, policy, options)) + "\n")
         self.proc.stdin.flush()
         got = json.loads(self._answer(600))
         assert "error" not in got, got.get("error")
-        return ExtractSummary(done=got["done"], skipped=got["skipped"], copies=got["copies"],
-                              failed=[tuple(f) for f in got["failed"]], audio_seconds=got["audio_seconds"],
-                              warnings=got["warnings"])
+        return _summary(got)
 
     def close(self) -> None:
         assert self.proc.stdin is not None
