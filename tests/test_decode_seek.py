@@ -273,6 +273,19 @@ def test_files_of_one_window_decode_exactly_as_before(tmp_path: Path) -> None:
     np.testing.assert_array_equal(windows.audio[0], whole)
 
 
+@pytest.mark.parametrize(("seconds", "limit", "said"),
+                         [(9.0, 6.0, "6 s"), (9.0, 7.5, "7.5 s"), (100.0, 90.0, "1.5 min")])
+@pytest.mark.parametrize("window", [2.0, 30.0])  # by seeking to each window / decoded whole
+def test_a_file_past_the_decoding_limit_is_warned_about_in_the_limits_own_unit(
+        tmp_path: Path, seconds: float, limit: float, said: str, window: float) -> None:
+    """A server's upload limit of seconds read 'longer than 0.0 h' (its 20 minutes '0.3 h')."""
+    path = tmp_path / "long.flac"
+    sf.write(path, _music(8000, seconds), 8000)
+    windows = decode_windows(inspect_file(path), 16000, WindowPolicy(window, 4, max_decode_seconds=limit))
+    assert windows.warnings == [f"long.flac: longer than {said}, only the start is used"]
+    assert max(windows.starts) + windows.audio.shape[1] / 16000 <= limit + 1e-6
+
+
 def test_a_two_hour_file_costs_only_its_windows(tmp_path: Path) -> None:
     """Whole-file decoding of 2 h at 16 kHz needs 460 MB for the samples alone; seeking needs the windows."""
     path = tmp_path / "two_hours.flac"

@@ -181,7 +181,16 @@ def describe(exc: Exception) -> str:
 
 
 def _too_long(record: FileRecord, policy: WindowPolicy) -> str:
-    return f"{record.path.name}: longer than {policy.max_decode_seconds / 3600:.1f} h, only the start is used"
+    return f"{record.path.name}: longer than {_span(policy.max_decode_seconds)}, only the start is used"
+
+
+def _span(seconds: float) -> str:
+    """A decoding limit in the unit that reads best: '4 h', '1.5 h', '20 min', '6 s' (a server's 20-minute upload
+    limit read '0.3 h', and one of seconds '0.0 h')."""
+    for unit, size in (("h", 3600.0), ("min", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
 
 
 def planned_seconds(paths: list[Path], policy: WindowPolicy) -> float:
