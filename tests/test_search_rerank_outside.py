@@ -1,0 +1,106 @@
+"""Re-ranking a query from outside the collection (``Reranker.outside``) against the paper's formula, computed densely
+on the collection with the query added as one more node."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_search_rerank import clusters
+
+from mess.search.rerank import build_reranker
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _qe(v: np.ndarray, near: np.ndarray, sims: np.ndarray) -> np.ndarray:
+    """alpha-QE with alpha 1: ``v`` plus its neighbours weighted by their positive cosines, made unit."""
+    return _unit(v + (np.maximum(sims, 0.0)[:, None] * near).sum(axis=0))
+
+
+def _best3(row: np.ndarray) -> np.ndarray:
+    return np.argsort(-row, kind="stable")[:3]
+
+
+def scores_with_query(unit: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """The (n + 1) x (n + 1) scores of the collection with the query as node n, in float64 from the definitions:
+    each track augmented (DBA) from its 3 nearest other tracks, then scoring by the better of its augmented vector
+    and that expanded with its 3 nearest augmented tracks; the query augmented from its 3 nearest tracks and expanded
+    the same way. The collection's augmented and expanded vectors do not see the query (the docstring's premise)."""
+    u, q = unit.astype(np.float64), q.astype(np.float64)
+    n = len(u)
+    cos = u @ u.T
+    np.fill_diagonal(cos, -np.inf)
+    aug = np.stack([_qe(u[i], u[_best3(cos[i])], cos[i, _best3(cos[i])]) for i in range(n)])
+    s = aug @ aug.T
+    off = s.copy()
+    np.fill_diagonal(off, -np.inf)
+    expanded = np.stack([_qe(aug[i], aug[_best3(off[i])], off[i, _best3(off[i])]) for i in range(n)])
+    cq = u @ q
+    aq = _qe(q, u[_best3(cq)], cq[_best3(cq)])
+    pq = aug @ aq
+    eq = _qe(aq, aug[_best3(pq)], pq[_best3(pq)])
+    out = np.ones((n + 1, n + 1))
+    out[:n, :n] = np.maximum(s, expanded @ aug.T)
+    out[n, :n] = np.maximum(pq, aug @ eq)
+    out[:n, n] = np.maximum(aug @ aq, expanded @ aq)
+    return out
+
+
+def k_reciprocal(s: np.ndarray, k1: int, k2: int, lam: float) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
+    """Zhong et al. 2017, all-to-all and dense: the re-ranked scores, each node's k-reciprocal vector before the k2
+    averaging, and each node's k-reciprocal set (before the 2/3 expansion)."""
+    d = np.maximum(2.0 - 2.0 * s, 0.0)
+    np.fill_diagonal(d, 0.0)
+    orig = d / d.max(axis=1, keepdims=True)
+    n = len(s)
+    rank = np.argsort(orig, axis=1, kind="stable")
+    half = round(k1 / 2) + 1
+    v0 = np.zeros((n, n))
+    sets = []
+    for i in range(n):
+        recip = [int(c) for c in rank[i, : k1 + 1] if i in rank[c, : k1 + 1]]
+        grown = list(recip)
+        for c in recip:
+            candidate = [x for x in rank[c, :half] if c in rank[x, :half]]
+            if len(set(candidate) & set(recip)) > 2 / 3 * len(candidate):
+                grown += candidate
+        members = np.unique(grown)
+        v0[i, members] = np.exp(-orig[i, members]) / np.exp(-orig[i, members]).sum()
+        sets.append(recip)
+    v = np.stack([v0[rank[i, :k2]].mean(axis=0) for i in range(n)])
+    shared = np.array([[np.minimum(v[i], v[j]).sum() for j in range(n)] for i in range(n)])
+    jaccard = 1 - shared / (2 - shared)
+    return -(jaccard * (1 - lam) + orig * lam), v0, sets
+
+
+# (n, seed, query, k1, k2, lam, grows): geometries where the query joins 9, 4, 6, 3, 4 and 3 tracks' k-reciprocal
+# sets; where ``grows``, its own set grows by the 2/3 rule; in the last two a track of its set has exactly 2/3 of
+# its own set in the query's (not more: no growth from it)
+CASES = [(36, 4, 0, 10, 3, 0.3, False), (36, 2, 2, 6, 2, 0.3, True), (36, 6, 5, 8, 4, 0.7, True),
+         (36, 4, 6, 6, 2, 0.3, True), (30, 4, 1, 6, 3, 0.5, False), (36, 9, 3, 8, 3, 0.3, False)]
+
+
+@pytest.mark.parametrize("n, seed, which, k1, k2, lam, grows", CASES)
+def test_an_outside_query_is_reranked_as_a_track_added_to_the_collection(n: int, seed: int, which: int, k1: int,
+                                                                         k2: int, lam: float, grows: bool) -> None:
+    """Re-ranking with the query as node n of the collection, by the paper's formula densely, equals
+    ``outside``, on geometries where the premise of its docstring holds exactly: the query changes no track's
+    k-reciprocal vector but by joining the sets of the tracks in its own set (no track loses a neighbour to it,
+    none gains it by the 2/3 rule alone, the farthest track of each track's row stays farther than the query).
+    The query's own set, its 2/3 expansion and weights, its weight in those tracks' vectors, the k2 averaging
+    and the Jaccard terms of the tracks it changes all enter the scores compared."""
+    vectors = clusters(n + 8, seed=seed)  # the query drawn from the same clusters as the collection
+    unit, q = vectors[:n], vectors[n + which]
+    full, v0_full, sets = k_reciprocal(scores_with_query(unit, q), k1, k2, lam)
+    _, v0_alone, _ = k_reciprocal(scores_with_query(unit, q)[:n, :n], k1, k2, lam)
+    joined = set(sets[n]) - {n}
+    assert len(joined) >= 3  # the query is in several tracks' sets
+    assert set(np.flatnonzero(v0_full[:n, n]).tolist()) == joined
+    for x in range(n):  # each track's vector: its own in the collection, scaled for the query's weight
+        np.testing.assert_allclose(v0_full[x, :n] / v0_full[x, :n].sum(), v0_alone[x], atol=1e-12)
+    got = build_reranker(unit, k1, k2, lam).outside(q[None])
+    assert got.shape == (1, n)
+    np.testing.assert_allclose(got[0], full[n, :n], atol=1e-5)
+    assert (len(np.flatnonzero(v0_full[n])) > len(sets[n])) == grows  # the 2/3 rule grew the query's set
