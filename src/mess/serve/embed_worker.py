@@ -54,7 +54,7 @@ def serve(inbox: Connection, outbox: Connection) -> None:
             continue
         except Exception as exc:  # noqa: BLE001 -- any fault loading the model is the model's error, not a dead
             # decoder's
-            outbox.send(("error", "model", f"cannot load model {name}: {exc or type(exc).__name__}"))
+            outbox.send(("error", "model", f"cannot load model {name}: {str(exc) or type(exc).__name__}"))
             continue
         outbox.send(("loaded",))
         outbox.send(_embed(Path(path), model, WindowPolicy.from_json(policy), max_seconds))
