@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -46,15 +47,16 @@ def _without_length(flac: Path, to: Path) -> None:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """tone.flac (5 s, tagged), long.flac (20 s) and nolength.flac (long.flac without its length in the header),
-    and two stores: tone.flac extracted by `mess extract`'s pipeline with the dsp model and the default policy,
-    long.flac with decoding stopped at 6 s."""
+    """tone.flac (5 s, tagged), long.flac (20 s), minutes.flac (91 s) and nolength.flac (long.flac without its
+    length in the header), and two stores: tone.flac extracted by `mess extract`'s pipeline with the dsp model and
+    the default policy, long.flac with decoding stopped at 6 s."""
     root = tmp_path_factory.mktemp("embed_worker")
     sf.write(root / "tone.flac", _tone(5.0, 440.0), SR)
     tags = mutagen.flac.FLAC(root / "tone.flac")
     tags.update({"artist": "Ann Example", "title": "A tone"})
     tags.save()
     sf.write(root / "long.flac", _tone(20.0, 330.0), SR)
+    sf.write(root / "minutes.flac", _tone(91.0, 220.0), SR)
     _without_length(root / "long.flac", root / "nolength.flac")
     for name, paths, policy in (("store", ["tone.flac"], WindowPolicy()),
                                 ("store6", ["long.flac"], WindowPolicy(max_decode_seconds=6.0))):
@@ -79,7 +81,7 @@ def talk(jobs: list[tuple]) -> list[tuple]:
     """Every message ``serve`` sends for ``jobs``, sent at once over real pipes and the inbox closed after them."""
     inbox, to_inbox = Pipe(duplex=False)
     from_outbox, outbox = Pipe(duplex=False)
-    server = threading.Thread(target=embed_worker.serve, args=(inbox, outbox))
+    server = threading.Thread(target=embed_worker.serve, args=(inbox, outbox), daemon=True)
     server.start()
     for job in jobs:
         to_inbox.send(job)
@@ -155,12 +157,14 @@ def test_a_model_that_cannot_be_loaded_is_a_model_error_and_the_loop_goes_on(fil
 
 
 def test_a_file_longer_than_the_limit_is_refused_from_its_header(files: dict[str, Path]) -> None:
-    """20 s against a limit of 12 s: refused, in minutes, without decoding; at 21 s it is embedded."""
-    long = files["long"]
-    assert sf.info(long).duration == 20.0
-    messages = talk([_job(long, max_seconds=12.0), _job(long, max_seconds=21.0)])
+    """20 s against a limit of 12 s, 91 s against 60 s: refused, in whole minutes (1.52 is 2), without decoding; at
+    a limit of 20 s exactly it is embedded."""
+    long, minutes = files["long"], files["minutes"]
+    assert sf.info(long).duration == 20.0 and sf.info(minutes).duration == 91.0
+    messages = talk([_job(long, max_seconds=12.0), _job(minutes, max_seconds=60.0), _job(long, max_seconds=20.0)])
     assert messages[2] == ("error", "decode", f"{long}: 0 min long; uploads may last at most 0.2 min")
-    assert messages[3] == ("loaded",) and messages[4][0] == "ok"
+    assert messages[4] == ("error", "decode", f"{minutes}: 2 min long; uploads may last at most 1 min")
+    assert messages[5] == ("loaded",) and messages[6][0] == "ok"
 
 
 def test_a_file_whose_header_gives_no_length_is_decoded_only_up_to_the_limit(files: dict[str, Path]) -> None:
@@ -176,12 +180,19 @@ def test_a_file_whose_header_gives_no_length_is_decoded_only_up_to_the_limit(fil
 
 
 def test_a_file_that_cannot_be_decoded_is_its_own_error(files: dict[str, Path], tmp_path: Path) -> None:
-    """Bytes that are no audio, and a file gone: each a decode error naming the file; the next job is served."""
-    junk = tmp_path / "junk.flac"
+    """Bytes that are no audio (a RIFF header the probe passes; text no reader knows, so no header to read the
+    length from, under a limit below a second: decoding says why, as `mess extract` records it) and a file gone:
+    each a decode error naming the file; the next job is served."""
+    junk, text = tmp_path / "junk.flac", tmp_path / "text.wav"
     junk.write_bytes(b"RIFF not really audio" * 50)
-    messages = talk([_job(junk), _job(tmp_path / "gone.flac"), _job(files["tone"])])
-    assert [m[:2] for m in messages[2:5:2]] == [("error", "decode"), ("error", "decode")]
-    assert str(junk) in messages[2][2] and "gone.flac" in messages[4][2]
+    text.write_bytes(b"hello world, not audio\n" * 40)
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        extract(store, [text], DspModel(), WindowPolicy())
+        ((_, reason),) = store.failures(store.run("dsp"))
+    messages = talk([_job(junk), _job(text, max_seconds=0.5), _job(tmp_path / "gone.flac"), _job(files["tone"])])
+    assert [m[:2] for m in messages[2:7:2]] == [("error", "decode")] * 3
+    assert str(junk) in messages[2][2] and "gone.flac" in messages[6][2]
+    assert messages[4][2] == reason and reason.startswith(f"{text}: ")
     assert messages[-1][0] == "ok"
 
 
@@ -201,15 +212,21 @@ def test_a_fault_in_one_upload_is_that_uploads_error(files: dict[str, Path], mon
     assert messages[2] == ("error", "decode", "bad tag block") and messages[4] == ("error", "decode", "RuntimeError")
 
 
-def _process() -> subprocess.Popen:
+# the worker as `python -m mess.serve.embed_worker` runs it, but whose model loading first writes to fd 1, as a native
+# library printing on the way would
+NOISY = ("import os; from mess.serve import embed_worker as w; real = w.load_run_model; "
+         "w.load_run_model = lambda *a: (os.write(1, b'noise from a library\\n'), real(*a))[1]; w.main()")
+
+
+def _process(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.Popen([sys.executable, "-m", "mess.serve.embed_worker"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    return subprocess.Popen([sys.executable, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
 
 
 @pytest.fixture
-def child() -> Iterator[subprocess.Popen]:
-    proc = _process()
+def child(request: pytest.FixtureRequest) -> Iterator[subprocess.Popen]:
+    proc = _process(*getattr(request, "param", ("-m", "mess.serve.embed_worker")))
     yield proc
     if proc.poll() is None:
         proc.kill()
@@ -219,21 +236,28 @@ def child() -> Iterator[subprocess.Popen]:
             pipe.close()
 
 
+def _message(recv: Connection) -> tuple:
+    """The next message, or OSError at once when what came is not a message of up to 1 MiB (print on the pipe)."""
+    assert recv.poll(60)
+    return pickle.loads(recv.recv_bytes(1 << 20))
+
+
+@pytest.mark.parametrize("child", [("-c", NOISY)], indirect=True)
 def test_the_process_answers_on_its_stdout_and_ends_quietly_when_its_stdin_closes(files: dict[str, Path],
                                                                                    child: subprocess.Popen) -> None:
-    """A job over the process's stdin is answered on its stdout (the framing intact: nothing printed on the way
-    lands there); closing stdin ends it with status 0 and nothing on stderr."""
+    """A job over the process's stdin is answered on its stdout, the framing intact though the model's loading
+    wrote to fd 1 (that went to stderr); closing stdin ends it with status 0 and nothing else on stderr."""
     assert child.stdin is not None and child.stdout is not None
     send = Connection(os.dup(child.stdin.fileno()), readable=False)
     recv = Connection(os.dup(child.stdout.fileno()), writable=False)
-    assert recv.poll(60) and recv.recv() == ("ready",)
+    assert _message(recv) == ("ready",)
     send.send(_job(files["tone"]))
-    assert recv.recv() == ("loaded",) and recv.recv()[:2] == ("ok", _stored(files["root"] / "store")[0])
+    assert _message(recv) == ("loaded",) and _message(recv)[:2] == ("ok", _stored(files["root"] / "store")[0])
     send.close()
     child.stdin.close()
     assert child.wait(60) == 0
     recv.close()
-    assert child.stderr is not None and child.stderr.read() == b""
+    assert child.stderr is not None and child.stderr.read() == b"noise from a library\n"
 
 
 def test_the_process_ends_quietly_when_the_server_stopped_listening(child: subprocess.Popen) -> None:
