@@ -211,8 +211,9 @@ def test_a_signal_while_the_commands_load_is_said_in_one_line(tmp_path: Path, si
     """Ctrl-C in the first few tenths of a second, while the entry point imported the CLI's modules or typer built
     its commands, printed Python's traceback (SIGTERM too: its handler was set only after the imports). Both now end
     as they do later, in one line, exit 130 / 143. The signal is sent at a few points of that phase: the first
-    third-party import, the store's, the last command's, and typer's build."""
-    for script, point in [(_SIGNAL_AS_MODULE_LOADS, m) for m in ("typer", "mess.store", "mess.cli.export")] \
+    third-party import, typer's build, and (inside click, which loads a command's module as it resolves it) the
+    command's module and the store's."""
+    for script, point in [(_SIGNAL_AS_MODULE_LOADS, m) for m in ("typer", "mess.store", "mess.cli.check")] \
             + [(_SIGNAL_AS_TYPER_BUILDS, "get_command")]:
         stopped = subprocess.run([sys.executable, "-c", script, point, str(int(sig)), "check", "--store",
                                   str(tmp_path / "none")], capture_output=True, text=True, timeout=120)

@@ -1,25 +1,53 @@
-"""The `mess` typer application: one sub-module per stage registers its commands here."""
+"""The `mess` typer application: one sub-module per stage registers its commands here, imported only when one of
+its commands runs (or shows its help), so that a command pays for its own imports alone."""
 
 from __future__ import annotations
 
-import typer
+from importlib import import_module
+from typing import TYPE_CHECKING
 
-from mess.cli import (
-    artists,
-    check,
-    config,
-    demo_data,
-    export,
-    extract,
-    fuse,
-    models,
-    mpd,
-    playlist,
-    probe,
-    search,
-    serve,
-)
-from mess.cli.common import plain_help, version_option
+import typer
+import typer.main
+
+from mess.cli.common import PlainGroup, plain_help, version_option
+
+if TYPE_CHECKING:
+    from typer._click import Command, Context  # the click that typer vendors (typer.core's base classes)
+
+# Each command or command group, and the module of mess.cli whose ``register`` adds it, in the order `mess --help`
+# lists them (typer's: commands, then groups).
+COMMANDS: dict[str, str] = {
+    "extract": "extract", "info": "extract", "check": "check", "probe": "probe", "probe-validate": "probe",
+    "index": "search", "similar": "search", "evaluate": "search", "serve": "serve", "config": "config",
+    "export": "export", "artists": "artists", "fuse": "fuse", "demo": "demo_data", "models": "models",
+    "playlist": "playlist", "mpd": "mpd",
+}
+
+
+class LazyGroup(PlainGroup):
+    """The `mess` group: it names its commands without importing them, and builds one (its module's commands) when
+    click asks for it."""
+
+    def list_commands(self, ctx: Context) -> list[str]:
+        """Every command's name, in help order."""
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
+        """The command ``cmd_name``, its module imported and its commands built by typer on first use."""
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            stage = typer.Typer()  # the same typer defaults as `app`, so the commands build as they would there
+            import_module(f"mess.cli.{COMMANDS[cmd_name]}").register(stage)
+            plain_help(stage)
+            self.commands.update(typer.main.get_group(stage).commands)
+        return self.commands.get(cmd_name)
+
+    def resolve_command(self, ctx: Context, args: list[str]) -> tuple[str | None, Command | None, list[str]]:
+        """typer's, whose 'Did you mean ...?' draws on the commands built: a name not known builds them all."""
+        if args and self.get_command(ctx, args[0]) is None:
+            for name in COMMANDS:
+                self.get_command(ctx, name)
+        return super().resolve_command(ctx, args)
+
 
 app = typer.Typer(
     name="mess",
@@ -28,10 +56,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=LazyGroup,
 )
-
-for module in (extract, check, probe, search, artists, fuse, serve, demo_data, models, playlist, mpd, config,
-               export):
-    module.register(app)
 app.callback()(version_option)
 plain_help(app)

@@ -9,9 +9,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -19,14 +18,19 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup
 from typer.models import DefaultPlaceholder
 
 from mess.constants import counted
-from mess.store import FeatureStore, Run
-from mess.store.paths import one_line, printable
+
+if TYPE_CHECKING:
+    import click
+
+    from mess.store import FeatureStore, Run
 
 console = Console(stderr=True, soft_wrap=True)  # one message, one line (logs and greps stay whole)
 
 
 def emit_json(data: object) -> None:
     """Print ``data`` as JSON on stdout; NaN and infinities become null, paths strings."""
+    from mess.store.paths import printable  # here: the store (and numpy) load with the command that needs them
+
     def clean(v: object) -> object:
         if isinstance(v, float) and not math.isfinite(v):
             return None
@@ -44,6 +48,8 @@ def emit_json(data: object) -> None:
 def plain(text: object) -> str:
     """User data (a path, a tag) made safe for rich markup and the terminal, on one line: '[/x]' and caf\xe9 print
     as such, control characters (a tag's escape sequences, bells) are dropped, a line break is a space."""
+    from mess.store.paths import one_line
+
     return escape(one_line(str(text)))
 
 
@@ -114,7 +120,7 @@ def json_clash(output: Path | None, as_json: bool) -> None:
 def open_store(path: Path, *, readonly: bool = True, create: bool = True) -> Iterator[FeatureStore]:
     """Open the store for a command (a writer that only changes a store passes ``create=False``: no store is made
     where there was none); its errors become clean CLI errors, lock waits a note."""
-    from mess.store import StoreBusy, StoreError
+    from mess.store import FeatureStore, StoreBusy, StoreError
 
     try:
         store = FeatureStore(path, readonly=readonly, create=create,
