@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import blas
 
 CHUNK = 1024  # rows of the score matrix held at once
 TOP_BY_ARGMAX = 32  # up to this many neighbours, found by repeated argmax
@@ -93,6 +92,8 @@ def gram(vectors: np.ndarray, block: int = 2048) -> np.ndarray:
     """All products ``vectors @ vectors.T`` [n, n] float32, in half the work of that product (syrk computes one
     triangle; the other is copied from it in blocks). No vectors, or vectors of no dimension, are not given to
     BLAS, which refuses them aloud."""
+    from scipy.linalg import blas  # here: scipy.linalg costs `mess check` and the other commands a tenth of a second
+
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     if not x.size:
         return np.zeros((len(x), len(x)), dtype=np.float32)
