@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import zipfile
 import zlib
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Final, Literal
+
+DEFAULT_STORE: Final = Path(".mess")  # the store of a command given no --store (nor MESS_STORE)
 
 VectorKind = Literal["layer", "group", "aspect", "fused", "learned", "all"]
 FUSED: VectorKind = "fused"  # vectors of `mess fuse apply`, stored as the run's derived set of this name

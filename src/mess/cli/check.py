@@ -8,8 +8,6 @@ import typer
 
 from mess.cli.common import console, emit_json, failing, plain
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt
-from mess.store import StoreError
-from mess.store.feature_store import CATALOG_ADVICE
 
 if TYPE_CHECKING:
     from mess.search.health import StoreHealth
@@ -33,6 +31,7 @@ def check_command(
     Exit status: 0 when the store is whole (or was repaired), 1 when damage remains.
     """
     from mess.search.health import behind_message, check_store  # here: it loads faiss, which others may not need
+    from mess.store import StoreError
 
     with failing(StoreError):
         health = check_store(store, fix=fix, on_wait=lambda m: console.print(f"[yellow]{plain(m)}[/]"))
@@ -54,6 +53,8 @@ def check_command(
 
 def _verdict(health: StoreHealth) -> str:
     """The last line of `mess check`: whole or damaged, and the one thing to run next."""
+    from mess.store.feature_store import CATALOG_ADVICE
+
     advice = CATALOG_ADVICE if any(p.kind == "catalog" for p in health.damaged) else "run `mess check --repair`"
     if health.damaged:
         return f"[red]damaged[/]: {plain(advice)}"

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mess.cli.common import console, emit_json, fail, json_clash, not_embedded_note, open_store, os_reason, plain
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, ModelOpt, StoreOpt, given_path
 from mess.constants import counted
-from mess.store import Run
+
+if TYPE_CHECKING:
+    from mess.store import Run
 
 
 def export_command(

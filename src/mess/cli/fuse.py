@@ -18,12 +18,11 @@ from mess.cli.common import console, emit_json, fail, failing, note, open_store,
 from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, JsonOpt, ModelOpt, StoreOpt
 from mess.cli.signals import Terminated, record_terminated, terminated
 from mess.constants import FUSED, LABEL_FIELDS, counted
-from mess.store import FeatureStore
 
 if TYPE_CHECKING:
     from mess.fusion.pipeline import Trained
     from mess.fusion.train import EpochLog, FusionConfig, Mining
-    from mess.store import Run
+    from mess.store import FeatureStore, Run
 
 fuse_app = typer.Typer(help="Learn one embedding from all layers of a model (triplet loss on metadata labels).",
                        no_args_is_help=True)

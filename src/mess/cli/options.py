@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from mess.store import DEFAULT_STORE
+from mess.constants import DEFAULT_STORE  # not from mess.store: a command's --help loads no numpy
 
 
 def given_path(raw: str | Path) -> Path:

@@ -32,7 +32,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from mess.constants import file_title, legacy_stamp
+from mess.constants import DEFAULT_STORE, file_title, legacy_stamp
 from mess.store.arrays import DTYPE, RowFile, ShortFile, set_aside
 from mess.store.catalog import closed_on_error, connect, has_column
 from mess.store.checksums import block_sum, changed, expected, pack, row_expected, row_sums
@@ -41,7 +41,6 @@ from mess.store.memo import MEMO
 from mess.store.paths import expanded, from_db_path, printable, replace_file, resolved, to_db_path
 from mess.store.wal import lost_commits, note
 
-DEFAULT_STORE = Path(".mess")
 CATALOG_ADVICE = (
     "restore catalog.sqlite from a backup, or move the store aside and extract again "
     "(`mess check --repair` cannot rebuild a catalog)"
