@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import mess_here
+
 HEAVY = ("torch", "transformers", "librosa", "numba", "sklearn", "scipy.stats", "onnxruntime", "ray", "music21",
          "matplotlib")
 
@@ -76,3 +78,13 @@ def test_a_command_loads_its_own_module_only(tmp_path: Path, args: list[str], mo
     out = subprocess.run([sys.executable, "-c", _RUN_MESS_THEN_LIST, *args], capture_output=True, text=True,
                          timeout=120)
     assert json.loads(out.stdout.splitlines()[-1]) == [modules, heavy], out
+
+
+def test_commands_run_again_in_one_process_are_registered_once() -> None:
+    """The group registers a command module when a command of it is first asked for: in one process that runs
+    `mess` many times (the tests, mess_here), `mess playlist` kept adding its three commands to its group again."""
+    from mess.cli.playlist import playlist_app
+
+    first, again = mess_here("playlist", "--help"), mess_here("playlist", "--help")
+    assert first.returncode == again.returncode == 0 and first.stdout == again.stdout
+    assert [c.name for c in playlist_app.registered_commands] == ["radio", "path", "clusters"]

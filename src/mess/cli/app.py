@@ -24,6 +24,20 @@ COMMANDS: dict[str, str] = {
 }
 
 
+_STAGES: dict[str, typer.Typer] = {}  # module name -> its commands, registered once per process
+
+
+def _stage(module: str) -> typer.Typer:
+    """The commands of ``mess.cli.<module>`` on a typer app of their own (with `app`'s typer defaults, so they build
+    as they would there), the module imported and registered on first use."""
+    if module not in _STAGES:
+        stage = typer.Typer()
+        import_module(f"mess.cli.{module}").register(stage)
+        plain_help(stage)
+        _STAGES[module] = stage
+    return _STAGES[module]
+
+
 class LazyGroup(PlainGroup):
     """The `mess` group: it names its commands without importing them, and builds one (its module's commands) when
     click asks for it."""
@@ -35,10 +49,7 @@ class LazyGroup(PlainGroup):
     def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
         """The command ``cmd_name``, its module imported and its commands built by typer on first use."""
         if cmd_name not in self.commands and cmd_name in COMMANDS:
-            stage = typer.Typer()  # the same typer defaults as `app`, so the commands build as they would there
-            import_module(f"mess.cli.{COMMANDS[cmd_name]}").register(stage)
-            plain_help(stage)
-            self.commands.update(typer.main.get_group(stage).commands)
+            self.commands.update(typer.main.get_group(_stage(COMMANDS[cmd_name])).commands)
         return self.commands.get(cmd_name)
 
     def resolve_command(self, ctx: Context, args: list[str]) -> tuple[str | None, Command | None, list[str]]:
