@@ -88,3 +88,22 @@ def test_commands_run_again_in_one_process_are_registered_once() -> None:
     first, again = mess_here("playlist", "--help"), mess_here("playlist", "--help")
     assert first.returncode == again.returncode == 0 and first.stdout == again.stdout
     assert [c.name for c in playlist_app.registered_commands] == ["radio", "path", "clusters"]
+
+
+def test_every_registered_command_is_listed_for_the_lazy_group() -> None:
+    """The `mess` group knows its commands by name (mess.cli.app.COMMANDS) and imports a module only for them: a
+    module of mess.cli that registers a command not listed there would never show it."""
+    import importlib
+    import pkgutil
+
+    import typer.main
+
+    import mess.cli
+    from mess.cli.app import COMMANDS, _stage
+
+    names = [m.name for m in pkgutil.iter_modules(mess.cli.__path__) if m.name != "__main__"]
+    found = {}
+    for name in names:
+        if hasattr(importlib.import_module(f"mess.cli.{name}"), "register"):
+            found |= dict.fromkeys(typer.main.get_group(_stage(name)).commands, name)
+    assert found == COMMANDS and len(set(found.values())) == 13
