@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -459,7 +460,7 @@ def test_a_checkpoint_is_refused_where_it_would_replace_what_it_must_not(tmp_pat
     assert checkpoint_problem(store / "fusion" / "m.pt", store) is None
     assert checkpoint_problem(store / "fusion" / "deeper" / "m.pt", store) is None
     assert checkpoint_problem(tmp_path / "elsewhere" / "m.pt", store) is None  # outside the store, folder made
-    assert checkpoint_problem(store / "catalog.sqlite") is None  # no store given: only the path is checked
+    assert checkpoint_problem(store / "vectors" / "m.pt") is None  # no store given: only the path is checked
     for inside in (store / "catalog.sqlite", store / "fusion" / ".." / "m.pt", store / "vectors" / "m.pt"):
         assert "inside the feature store" in checkpoint_problem(inside, store)
     assert checkpoint_problem(store / "fusion", store) == "it is a folder"
@@ -605,3 +606,36 @@ def test_a_checkpoint_s_description_never_replaces_a_file_that_is_not_one(tmp_pa
     assert checkpoint_problem(path) is None
     assert save_checkpoint(result, path) == digest
     assert json.loads(path.with_suffix(".json").read_text()) == {**result.meta(), "checkpoint_sha256": digest}
+
+
+def test_a_checkpoint_never_replaces_a_pt_file_that_is_not_one(tmp_path: Path) -> None:
+    """save_checkpoint wrote NAME.pt over whatever file had that name: a user's own PyTorch weights, or a photo
+    named x.pt, were lost to `mess fuse train --checkpoint x.pt`. A file there that is not a mess checkpoint is
+    refused before anything is written; a mess checkpoint (a retrain), an older mess's or one whose description a
+    killed save never wrote, is replaced as before."""
+    result = _untrained_result(clustered(n_labels=2, per_label=2).run)
+    path = tmp_path / "x.pt"
+    torch.save({"weight": torch.ones(3, 2), "bias": torch.zeros(3)}, path)  # a user's own PyTorch weights
+    theirs = [path.read_bytes(), b"\x89PNG\r\n\x1a\n" + os.urandom(2048), b""]
+    torch.save(torch.arange(5), path)  # a PyTorch file of a lone tensor
+    theirs.append(path.read_bytes())
+    for mine in theirs:
+        path.write_bytes(mine)
+        problem = checkpoint_problem(path)
+        assert problem is not None and str(path) in problem and "\n" not in problem
+        with pytest.raises(FusionError, match=r"x\.pt, which is not a mess fusion checkpoint"):
+            save_checkpoint(result, path)
+        assert path.read_bytes() == mine and not path.with_suffix(".json").exists()
+    path.unlink()
+    path.symlink_to(tmp_path / "nowhere.pt")  # a link of theirs, dangling: not replaced by a file
+    assert checkpoint_problem(path) is not None
+    path.unlink()
+    digest = save_checkpoint(result, path)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    assert checkpoint_problem(path) is None and save_checkpoint(result, path) == digest  # a retrain replaces it
+    path.with_suffix(".json").unlink()  # a save killed before its description
+    assert checkpoint_problem(path) is None
+    older = {k: v for k, v in result.meta().items() if k not in ("policy", "run_id", "interrupted_at")}
+    torch.save({"state_dict": result.network.state_dict(), **older}, path)  # as the first mess saved checkpoints
+    assert checkpoint_problem(path) is None
+    assert save_checkpoint(result, path) == digest and hashlib.sha256(path.read_bytes()).hexdigest() == digest

@@ -475,6 +475,9 @@ def test_evaluate_says_why_the_fused_row_is_left_out(extracted_store: Path, tmp_
     (["fuse", "train", "--model", "dsp", "--label", "composer", "--checkpoint", "{tmp}"], "it is a folder"),
     # its .json description went to the same name, over the weights: trained, said saved, unusable
     (["fuse", "train", "--model", "dsp", "--label", "composer", "--checkpoint", "{tmp}/net.json"], "name it .pt"),
+    # a file of the user's at that name was replaced by the checkpoint, after training
+    (["fuse", "train", "--model", "dsp", "--label", "composer", "--checkpoint", "{tmp}/garbage.pt"],
+     "garbage.pt, which is not a mess fusion checkpoint"),
     (["fuse", "apply", "--model", "dsp", "--checkpoint", "{tmp}/missing.pt"], "no fusion checkpoint"),
     (["fuse", "report", "--model", "dsp", "--checkpoint", "{tmp}/garbage.pt"], "not a mess fusion checkpoint"),
 ])
@@ -488,6 +491,7 @@ def test_cli_bad_input_is_one_clean_line(extracted_store: Path, tmp_path: Path, 
     # the error is the last line: a refusal found while training set out came before the bar's last line
     assert out.output.strip().splitlines()[-1].startswith("error:"), out.output
     assert _files(extracted_store) == before  # no checkpoint, log or vectors written
+    assert (tmp_path / "garbage.pt").read_text() == "{not json, not torch"
 
 
 def _files(root: Path) -> set[Path]:

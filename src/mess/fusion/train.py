@@ -246,8 +246,9 @@ def saved_checkpoint(store: FeatureStore, run: Run) -> Path:
 
 def checkpoint_problem(path: Path, store_root: Path | None = None) -> str | None:
     """Why a checkpoint cannot be saved at ``path`` (None when it can): a folder, a parent that is a file, a
-    .json name, which its description (the same name with .json) would overwrite, a file at that description's name
-    that is not one (a user's own JSON), or a place in the store at
+    .json name, which its description (the same name with .json) would overwrite, a file there that is not a mess
+    checkpoint (a user's own weights or photo), a file at that description's name that is not one (a user's own
+    JSON), or a place in the store at
     ``store_root`` outside its fusion/ folder (STORE/catalog.sqlite was overwritten)."""
     if store_root is not None:
         target, root = resolved(path), resolved(store_root)
@@ -259,11 +260,25 @@ def checkpoint_problem(path: Path, store_root: Path | None = None) -> str | None
         return "its parent is a file"
     if path.with_suffix(".json") == path:
         return "its description is written beside it as .json, over it; name it .pt"
+    if (path.exists() or path.is_symlink()) and not _is_checkpoint(path):
+        return (f"it would replace {path}, which is not a mess fusion checkpoint; move that file or give the "
+                "checkpoint another name")
     description = path.with_suffix(".json")
     if (description.exists() or description.is_symlink()) and not _is_description(description):
         return (f"its description would replace {description}, which is not the description of a mess fusion "
                 "checkpoint; move that file or give the checkpoint another name")
     return None
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a checkpoint :func:`save_checkpoint` wrote (a PyTorch file of a dict holding the keys
+    every mess wrote), so a save may replace it. Memory-mapped: a user's large weights are not read whole."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 -- unpickling a file that is no checkpoint can raise almost anything
+        return False
+    keys = {"state_dict", "model", "layer_dims", "config", "data_hash", "history"}
+    return isinstance(saved, dict) and keys <= saved.keys()
 
 
 def _is_description(path: Path) -> bool:
