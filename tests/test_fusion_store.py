@@ -33,7 +33,9 @@ from mess.extract.runs import run_policy
 from mess.fusion.apply import FUSED, apply_fusion, fuse_query
 from mess.fusion.data import FusionError, LayerData, load_layers
 from mess.fusion.report import FusionReport, compare
+from mess.fusion.tracking import TrainingLog, log_mismatch, training_log_path
 from mess.fusion.train import (
+    EpochLog,
     FusionConfig,
     FusionResult,
     StoppedBeforeFirstEpoch,
@@ -1052,3 +1054,43 @@ def test_fused_vectors_made_for_another_run_are_refused_where_read(extracted_sto
                                                                           max_epochs=0, seed=4)), checkpoint)
         with pytest.raises(StoreError, match="cannot tell which run of dsp .* run `mess fuse apply --model dsp` again"):
             load_vectors(fs, first, VectorSpec.from_options(fused=True))
+
+
+def test_a_file_that_comes_at_the_checkpoint_s_name_while_training_never_costs_the_network(
+        writable: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NAME.json of the user's (or a NAME.pt) made while `mess fuse train` ran made the final save refuse: the
+    trained network was lost. It is saved under the next free name beside it, which it says, and its training log
+    is that checkpoint's."""
+    checkpoint = tmp_path / "net.pt"
+    theirs = {checkpoint.with_suffix(".json"): b'{"todo": ["mix"]}',
+              tmp_path / "net-1.pt": b"\x89PNG\r\n\x1a\n not a checkpoint"}  # the next name is taken too
+    logged = TrainingLog.epoch
+
+    def arriving(self: TrainingLog, entry: EpochLog) -> None:  # the files come once training is under way
+        logged(self, entry)
+        for path, data in theirs.items():
+            path.write_bytes(data)
+
+    monkeypatch.setattr(TrainingLog, "epoch", arriving)
+    args = ["fuse", "train", "--model", "dsp", "--label", "composer", "--weight-epochs", "2", "--max-epochs", "0",
+            "--checkpoint", str(checkpoint), "--store", str(writable)]
+    out = CliRunner().invoke(_app(), [*args, "--json"])
+    assert out.exit_code == 0, out.output
+    summary, saved = json.loads(out.stdout), tmp_path / "net-2.pt"
+    assert summary["checkpoint"] == str(saved) and not checkpoint.exists()
+    assert {p: p.read_bytes() for p in theirs} == theirs
+    why = summary["checkpoint_note"]
+    assert str(checkpoint.with_suffix(".json")) in why and str(saved) in why
+    assert load_checkpoint(saved).sha256 == summary["checkpoint_sha256"] == checkpoint_digest(saved)
+    assert json.loads(saved.with_suffix(".json").read_text())["checkpoint_sha256"] == checkpoint_digest(saved)
+    with closing(FeatureStore(writable, readonly=True)) as fs:
+        assert Path(summary["log"]) == training_log_path(fs, saved)
+        assert log_mismatch(fs, saved) is None
+        assert not training_log_path(fs, checkpoint).with_suffix(".partial.json").exists()  # its epochs went there
+    assert json.loads(Path(summary["log"]).read_text())["summary"]["checkpoint"] == str(saved)
+    for path in (saved, saved.with_suffix(".json"), *theirs):
+        path.unlink()
+    out = CliRunner().invoke(_app(), args, env={"COLUMNS": "400"})
+    said = " ".join(out.output.split())
+    assert out.exit_code == 0 and saved.exists(), out.output
+    assert f"note: not saved at {checkpoint}: " in said and f"saved at {saved} instead" in said

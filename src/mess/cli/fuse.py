@@ -180,6 +180,7 @@ def _print_trained(summary: dict, config: FusionConfig) -> None:
                       f"({summary['epochs']} epochs), the projection stays the PCA it started from")
     top = sorted(summary["layer_weights"].items(), key=lambda kv: -kv[1])[:5]
     console.print("top layer weights: " + ", ".join(f"{plain(n)} {w:.2f}" for n, w in top))
+    note(summary["checkpoint_note"])  # a file of the user's came at the checkpoint's name while it trained
     console.print(f"[dim]{plain(summary['checkpoint'])}[/]  next: mess fuse apply, mess fuse report")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mess.fusion.data import load_layers
 from mess.fusion.tracking import TrainingLog, training_log_path
-from mess.fusion.train import EpochLog, FusionConfig, FusionResult, save_checkpoint, train_fusion
+from mess.fusion.train import EpochLog, FusionConfig, FusionResult, checkpoint_problem, save_checkpoint, train_fusion
 from mess.store import FeatureStore, Run
 
 
@@ -32,6 +32,10 @@ def train_and_save(store: FeatureStore, run: Run, config: FusionConfig, path: Pa
     logs the best epoch so far, marked ``interrupted_at`` (the last epoch done) in the checkpoint and the summary;
     :class:`mess.fusion.train.StoppedBeforeFirstEpoch`, with nothing written, before it ends. Raises FusionError or
     ValueError (before anything is written) when the data cannot be trained on.
+
+    Where ``path`` cannot be taken once training ends (a file of the user's came at its name meanwhile), the
+    network is saved under the next free name beside it (:func:`free_checkpoint`), said in the summary's
+    ``checkpoint_note``, with that name's training log: a trained network is never lost to a refused save.
     """
     data = load_layers(store, run)
     log = TrainingLog(training_log_path(store, path),
@@ -44,8 +48,14 @@ def train_and_save(store: FeatureStore, run: Run, config: FusionConfig, path: Pa
 
     result = train_fusion(data, config, epoch, stop)
     labels = data.labels(config.label)
+    moved = None
+    if (problem := checkpoint_problem(path)) is not None:
+        wanted, path = path, free_checkpoint(path, store)
+        moved = f"not saved at {wanted}: {problem}; saved at {path} instead"
+        log.path = training_log_path(store, path)  # the epochs went to the wanted name's .partial.json, removed
     digest = save_checkpoint(result, path)
     summary = {"model": run.model, "label": config.label, "checkpoint": str(path), "checkpoint_sha256": digest,
+               "checkpoint_note": moved,
                "log": str(log.path),
                "tracks": len(data.tracks), "split": {k: len(v) for k, v in result.split.to_json().items()},
                "labelled_tracks": sum(len(result.split.rows(labels, part)) for part in ("train", "val", "test")),
@@ -57,3 +67,16 @@ def train_and_save(store: FeatureStore, run: Run, config: FusionConfig, path: Pa
                "data_hash": result.data_hash, "layer_weights": result.layer_weights(data.x)}
     log.finish(summary, [path, path.with_suffix(".json")])
     return Trained(result, summary)
+
+
+def free_checkpoint(path: Path, store: FeatureStore) -> Path:
+    """The first of NAME-1.pt, NAME-2.pt, ... beside ``path`` (in STORE/fusion/ where its folder became a file)
+    at which nothing is, neither the checkpoint nor its description: where a checkpoint refused at ``path`` is
+    saved."""
+    folder = path.parent if path.parent.is_dir() or not path.parent.exists() else store.root / "fusion"
+    n = 1
+    while True:
+        candidate = folder / f"{path.stem}-{n}.pt"
+        if not any(p.exists() or p.is_symlink() for p in (candidate, candidate.with_suffix(".json"))):
+            return candidate
+        n += 1
