@@ -516,6 +516,27 @@ def test_a_decoder_that_hangs_is_stopped_and_the_run_goes_on(tmp_path: Path, mon
     assert summary.failed == [(str(stuck), f"{stuck}: the decoder took longer than 3 s and was stopped; file skipped")]
 
 
+def test_a_decoder_slow_to_start_is_not_taken_for_a_hung_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decode time-out counted from the worker's spawn, its imports included: on a loaded machine a healthy
+    file 'took longer than 3 s and was stopped'. It counts from when the worker is ready; a hang is still stopped.
+    Here each worker sleeps longer than the time-out as it starts (a sitecustomize, in the real child process)."""
+    timeout = 3.0
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(f"import time\ntime.sleep({timeout + 1})\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setattr(pipeline, "DECODE_TIMEOUT", timeout)
+    music = tmp_path / "music"
+    paths = _tone_files(music, 1)
+    stuck = music / "stuck.wav"
+    os.mkfifo(stuck)  # nobody writes: reading it never ends
+    began = time.monotonic()
+    summary = extract(FeatureStore(tmp_path / "store"), [*paths, stuck], DspModel(), POLICY, workers=1)
+    assert summary.failed == [(str(stuck), f"{stuck}: the decoder took longer than 3 s and was stopped; file skipped")]
+    assert summary.done == 1
+    assert time.monotonic() - began > 2 * timeout + 1  # the worker's slow start-up, then the FIFO's time-out
+
+
 @pytest.mark.parametrize("how", ["rewritten", "replaced", "removed"])
 def test_a_file_changed_after_it_was_hashed_is_not_decoded_under_the_old_hash(tmp_path: Path, how: str) -> None:
     """The hash is taken when a file is inspected and its samples when it is decoded; a file replaced in between had

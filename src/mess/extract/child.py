@@ -16,6 +16,9 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 
+READY = ("ready",)  # what :func:`serve_requests` sends once its module is imported, before the first reply
+START_TIMEOUT = 600.0  # seconds a child may take to start (imports, on a loaded machine) before it is stopped
+
 
 class ChildDied(Exception):
     """The child ended (a crash, or a kill after a timeout) before it answered; the message says how."""
@@ -35,6 +38,7 @@ class Child:
         self._proc: subprocess.Popen | None = None
         self._send: Connection | None = None
         self._recv: Connection | None = None
+        self._ready = False
 
     @property
     def pid(self) -> int | None:
@@ -54,12 +58,23 @@ class Child:
         proc.stdin.close()
         proc.stdout.close()
         self._proc = proc
+        self._ready = False
         return self._send, self._recv, True
 
     def call(self, request: object, timeout: float) -> object:
-        """Send ``request`` and return the reply; ChildDied when the child dies or takes over ``timeout`` s."""
+        """Send ``request`` and return the reply; ChildDied when the child dies or takes over ``timeout`` s. The
+        time counts from when the child is ready (its imports done, :data:`READY`), not from its start: a loaded
+        machine slow to start one never makes a request time out (a start over :data:`START_TIMEOUT` s does)."""
         send, recv, _ = self.connect()
         try:
+            if not self._ready:
+                if not recv.poll(START_TIMEOUT):
+                    self.stop()
+                    raise ChildDied(f"did not start within {START_TIMEOUT:g} s and was stopped")
+                if (said := recv.recv()) != READY:
+                    self.stop()
+                    raise ChildDied(f"answered {said!r} before it was ready and was stopped")
+                self._ready = True
             send.send(request)
             if not recv.poll(timeout):
                 self.stop()
@@ -125,11 +140,13 @@ def describe_exit(code: int | None) -> str:
 def serve_requests(handle: Callable[[object], object]) -> None:
     """The child's side: answer each request on stdin with ``handle(request)`` on stdout until stdin closes.
 
-    Stray prints go to stderr, so they never corrupt the reply stream.
+    Stray prints go to stderr, so they never corrupt the reply stream. :data:`READY` goes first: the parent's
+    time-out of a request starts then, not while the child imports.
     """
     out_fd = os.dup(1)
     os.dup2(2, 1)
     inbox, outbox = Connection(os.dup(0), writable=False), Connection(out_fd, readable=False)
+    outbox.send(READY)
     while True:
         try:
             request = inbox.recv()
