@@ -268,6 +268,49 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+# ---------------------------------------------------------------- what a child process waited for on the network
+
+_WAITS_HOOK = """
+import atexit, json, os, sys, time
+
+_waits = {"connects": 0, "slept": 0.0}
+_sleep = time.sleep
+
+
+def _count(event, args):
+    if event == "socket.connect" and isinstance(args[1], tuple):  # an internet address, not a local socket file
+        _waits["connects"] += 1
+
+
+def _counted_sleep(seconds):  # Python 3.11 has no audit event for it
+    _waits["slept"] += seconds
+    _sleep(seconds)
+
+
+sys.addaudithook(_count)
+time.sleep = _counted_sleep
+atexit.register(lambda: open(os.path.join(os.environ["MESS_TEST_WAITS"], f"{os.getpid()}.json"), "w").write(
+    json.dumps(_waits)))
+"""
+
+
+def network_waits(folder: Path) -> tuple[dict[str, str], Callable[[], dict[str, float]]]:
+    """The environment of Python processes that count their network connection attempts (an audit hook) and the
+    seconds they slept in time.sleep (a client's retries and their backoff), and a reader of their sums over every
+    process that has ended: what a wall-time limit meant to show ("no retries, no waiting"), whatever the machine's
+    load. ``folder`` is created and holds the hook and the counts."""
+    folder.mkdir(parents=True)
+    (folder / "sitecustomize.py").write_text(_WAITS_HOOK)
+    env = {"PYTHONPATH": os.pathsep.join([str(folder), *sys.path]), "MESS_TEST_WAITS": str(folder)}
+
+    def read() -> dict[str, float]:
+        counts = [json.loads(p.read_text()) for p in folder.glob("*.json")]
+        assert counts, "no process counted its waits (the hook did not run)"
+        return {key: sum(c[key] for c in counts) for key in ("connects", "slept")}
+
+    return env, read
+
+
 # ---------------------------------------------------------------- parallel runs (pytest -n 2)
 
 SPREAD = {"test_store_faults.py"}  # its tests go to whichever worker is free (its templates: one per session, locked)
