@@ -220,6 +220,33 @@ def test_mpd_errors_are_one_line(extracted_store: Path, tmp_path: Path) -> None:
     assert out.exit_code == 1 and "cannot reach MPD" in out.output and "Traceback" not in out.output
 
 
+def test_an_mpd_port_out_of_range_is_said_and_never_dialled(extracted_store: Path) -> None:
+    """`mess mpd radio --port 70000` (or MPD_PORT=70000) said 'Connection refused': the system took the port modulo
+    65536 and dialled 4464 instead. A port outside 1-65535 is refused, saying so, before anything is dialled (here
+    a listener at the port it would wrap to sees no connection); a socket path as host has no port to check."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(0.5)
+        wrapped = listener.getsockname()[1] + 65536
+        for port in (wrapped, 0, -1):
+            with pytest.raises(PlayerError, match=rf"^cannot reach MPD at 127\.0\.0\.1:{port}: the port is out of "
+                                                  r"range \(1-65535\)$"):
+                with connect("127.0.0.1", port, timeout=1):
+                    pass
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nothing came
+    with pytest.raises(PlayerError, match="No such file") as socket_path:
+        with connect("/nonexistent/mpd.socket", 70000):
+            pass
+    assert "out of range" not in str(socket_path.value)
+    for option, env in ((["--port", "70000"], {}), ([], {"MPD_PORT": "70000"})):
+        out = runner.invoke(app, ["mpd", "radio", *option, "--host", "127.0.0.1", "--store", str(extracted_store)],
+                            env=env)
+        assert out.exit_code == 1 and "Traceback" not in out.output, out.output
+        assert out.output == "error: cannot reach MPD at 127.0.0.1:70000: the port is out of range (1-65535)\n"
+
+
 def test_mpd_play_skips_files_mpd_lacks_and_keeps_the_queue(library: Library) -> None:
     music = library.root / "music"
     a, b, c = library.songs[:3]

@@ -73,8 +73,11 @@ class _Client(MPDClient):
 
 
 def _open(client: _Client) -> None:
-    """Connect ``client`` to its MPD and give the password; PlayerError when MPD does not answer or refuses it."""
+    """Connect ``client`` to its MPD and give the password; PlayerError when MPD does not answer or refuses it, or
+    the port is out of range (the system dialled 70000 as 4464; a socket path as host takes no port)."""
     host, port, password = client.address
+    if not host.startswith(("/", "@")) and not 1 <= port <= 65535:
+        raise PlayerError(f"cannot reach MPD at {host}:{port}: the port is out of range (1-65535)")
     try:
         client.connect(host, port)
         _keep_raw_names(client)
