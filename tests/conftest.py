@@ -209,11 +209,23 @@ def mess_here(*args: str, env: dict[str, str] | None = None, cwd: Path | None = 
     command handles is printed as Python prints it (a test that forbids a traceback still sees one), exit code 1.
     A command still running after ``timeout`` seconds (a server that should have refused to start) fails the test.
     """
+    from mess.cli.main import main
+
+    return run_here(["mess", *args], main, env=env, cwd=cwd, input=input, timeout=timeout, log=True)
+
+
+def run_here(argv: list[str], call: Callable[[], object], *, env: dict[str, str] | None = None,
+             cwd: Path | None = None, input: str | None = None, timeout: float = 300,
+             log: bool = False) -> subprocess.CompletedProcess[str]:
+    """``call()`` run in this process as a program's main with ``sys.argv`` = ``argv``, answered as
+    ``subprocess.run`` would: stdout, stderr (``input`` on stdin, ``env`` set, in ``cwd``), and the exit code: a
+    SystemExit's, or 1 with an exception the program does not handle printed on stderr as Python prints it.
+    ``log``: log records of WARNING and above reach stderr as ``LEVEL name: message`` (as mess configures them).
+    Still running after ``timeout`` seconds, it fails the test. Used by :func:`mess_here` and the benchmarks' tests.
+    """
     import traceback
 
     from click.testing import CliRunner
-
-    from mess.cli.main import main
 
     root, handler = logging.getLogger(), _StderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
@@ -221,18 +233,19 @@ def mess_here(*args: str, env: dict[str, str] | None = None, cwd: Path | None = 
     old_term, old_alarm, code = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGALRM), 0
 
     def overran(signum: int, frame: object) -> None:
-        raise _Overran(f"`mess {' '.join(args)}` still ran after {timeout} s")
+        raise _Overran(f"`{' '.join(argv)}` still ran after {timeout} s")
 
     signal.signal(signal.SIGALRM, overran)
     signal.setitimer(signal.ITIMER_REAL, timeout)
     with CliRunner().isolation(input=input, env=env) as (out, err, _):
-        root.addHandler(handler)
-        root.setLevel(logging.WARNING)
-        sys.argv = ["mess", *args]
+        if log:
+            root.addHandler(handler)
+            root.setLevel(logging.WARNING)
+        sys.argv = list(argv)
         try:
             if cwd is not None:
                 os.chdir(cwd)
-            main()
+            call()
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except Exception:  # a process would print it and exit 1
@@ -249,7 +262,7 @@ def mess_here(*args: str, env: dict[str, str] | None = None, cwd: Path | None = 
             sys.stdout.flush()
             sys.stderr.flush()
         stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
-    return subprocess.CompletedProcess(["mess", *args], code, stdout, stderr)
+    return subprocess.CompletedProcess(list(argv), code, stdout, stderr)
 
 
 class _Overran(BaseException):

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import run_here
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -41,32 +43,21 @@ def _bench(script: str, *args: str, env: dict[str, str] | None = None,
 
 
 def _bench_here(script: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """``python benchmarks/SCRIPT ARGS`` run in this process, answered as :func:`_bench` is: its exit code, stdout and
-    stderr (an exception the script does not handle printed there as Python prints it, exit code 1)."""
-    import contextlib
-    import io
+    """``python benchmarks/SCRIPT ARGS`` run in this process (:func:`conftest.run_here`), answered as :func:`_bench`
+    is: its exit code, stdout and stderr (an exception the script does not handle printed there as Python prints
+    it, exit code 1)."""
     import runpy
-    import traceback
 
     import torch
 
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    old_argv, old_path, threads = sys.argv, list(sys.path), torch.get_num_threads()
-    sys.argv = [str(BENCHMARKS / script), *args]
+    old_path, threads = list(sys.path), torch.get_num_threads()
     sys.path.insert(0, str(BENCHMARKS))  # as `python SCRIPT` puts the script's folder first
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                runpy.run_path(str(BENCHMARKS / script), run_name="__main__")
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            except Exception:  # a process would print it and exit 1
-                traceback.print_exc()
-                code = 1
+        return run_here([str(BENCHMARKS / script), *args],
+                        lambda: runpy.run_path(str(BENCHMARKS / script), run_name="__main__"))
     finally:
-        sys.argv, sys.path[:] = old_argv, old_path
+        sys.path[:] = old_path
         torch.set_num_threads(threads)  # head.py sets one thread before it opens the store
-    return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
 
 
 def test_store_concurrency_takes_the_rendered_folder_not_its_lock_file(tmp_path: Path) -> None:
