@@ -193,9 +193,10 @@ def test_a_hub_checkpoint_offline_fails_in_one_line_or_loads_from_the_cache(tmp_
     env, waits = network_waits(tmp_path / "cached-waits")
     done = _extract_mert(tmp_path, HF_HUB_OFFLINE=offline, **env)
     assert done.returncode == 0 and "1 embedded" in done.stderr, done.stderr
-    # mess's short request, then the hub client's user-agent registry and transformers' safetensors check (a
-    # background thread), each tried once and refused at once: none retried, nothing waited for
-    assert waits()["connects"] <= 3 * tried and waits()["slept"] < 1, waits()
+    # mess's short request alone: the hub client's user-agent registry and transformers' safetensors check (a
+    # background thread) each tried the unreachable hub again, and on a network that drops packets would each wait
+    # out a time-out of their own
+    assert waits()["connects"] == tried and waits()["slept"] < 1, waits()
     assert "Retrying" not in done.stderr
 
 

@@ -58,6 +58,21 @@ def hub_cached(repo: str, revision: str, filename: str = "config.json") -> bool:
 
 
 @contextlib.contextmanager
+def offline(on: bool = True) -> Iterator[None]:
+    """The hub client (and transformers through it) in offline mode while the block runs, when ``on``: once
+    :func:`hub_unreachable` has answered, its user-agent registry and transformers' safetensors check each tried the
+    hub again, and on a network that drops packets would each have waited out a time-out of their own."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = before or on
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+@contextlib.contextmanager
 def quiet(logger: str) -> Iterator[None]:
     """Only errors from ``logger`` (and its children) while the block runs."""
     log = logging.getLogger(logger)

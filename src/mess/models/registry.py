@@ -53,20 +53,20 @@ def _musicnn_pair(device: str) -> EmbeddingModel:
 def _mert(key: str) -> ModelFactory:
     def load(device: str) -> EmbeddingModel:
         from mess.models.checkpoints import CHECKPOINTS
-        from mess.models.hub import hub_cached, hub_unreachable, quiet
+        from mess.models.hub import hub_cached, hub_unreachable, offline, quiet
 
         ckpt = CHECKPOINTS[key]
         advice = f"without network, run `mess models fetch {key} DIR` elsewhere and pass DIR as --model"
-        offline = hub_unreachable()  # found at once, not after the hub client's half minute of retries
-        if offline and not hub_cached(ckpt.repo, ckpt.revision):
-            raise ModelError(f"cannot fetch {ckpt.repo}@{ckpt.revision[:8]} from the Hugging Face hub ({offline}); "
+        unreachable = hub_unreachable()  # found at once, not after the hub client's half minute of retries
+        if unreachable and not hub_cached(ckpt.repo, ckpt.revision):
+            raise ModelError(f"cannot fetch {ckpt.repo}@{ckpt.revision[:8]} from the Hugging Face hub ({unreachable}); "
                              f"{advice}")
         from mess.models.mert import MertModel  # torch and transformers: only once the checkpoint can be had
 
         try:
-            with quiet("huggingface_hub"):
+            with quiet("huggingface_hub"), offline(unreachable is not None):
                 return MertModel.from_pretrained(ckpt.repo, revision=ckpt.revision, name=key, device=device,
-                                                 local_files_only=offline is not None)
+                                                 local_files_only=unreachable is not None)
         except OSError as exc:
             raise ModelError(f"cannot fetch {ckpt.repo}@{ckpt.revision[:8]} from the Hugging Face hub "
                              f"({' '.join(str(exc).split())}); {advice}") from exc
