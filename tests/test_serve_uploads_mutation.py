@@ -1,0 +1,330 @@
+"""The upload path in-process: :func:`receive_upload` behind a route of its own (no store, no embedding child), the
+body's size and rate rules on a real ASGI request fed chunk by chunk, the type checks and the queue places.
+
+Expected answers come from the fixtures: the bytes sent (their SHA-256 and length), the limits each test sets, the
+names as the request wrote them."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.testclient import TestClient
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mess.constants import AUDIO_EXTENSIONS
+from mess.serve import uploads
+from mess.serve.errors import http_error
+from mess.serve.uploads import EmbedWorker, _limited, _TooLarge, _TooSlow, check_audio_type, receive_upload
+
+LIMIT = 1000  # bytes of a file part the route takes
+PARAMETERS = ("k", "layer")
+
+
+def _app(limit: int = LIMIT) -> FastAPI:
+    app = FastAPI()
+    app.add_exception_handler(StarletteHTTPException, http_error)
+
+    @app.post("/up")
+    async def up(request: Request) -> dict:
+        saved = await receive_upload(request, limit, PARAMETERS)
+        try:
+            data = saved.path.read_bytes()
+            return {"file": saved.filename, "size": saved.size, "sha": hashlib.sha256(data).hexdigest(),
+                    "suffix": saved.path.suffix, "dir": str(saved.path.parent)}
+        finally:
+            saved.path.unlink()
+
+    return app
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The temp dir the uploads are written to, this test's own (to count what is left there)."""
+    where = tmp_path / "tmp"
+    where.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(where))
+    return where
+
+
+@pytest.fixture
+def client(private_tmp: Path) -> Iterator[TestClient]:
+    with TestClient(_app(), raise_server_exceptions=False) as c:
+        yield c
+
+
+def _body(parts: list[tuple[bytes, bytes]], boundary: str | None = None) -> tuple[bytes, str]:
+    """A multipart body of ``parts`` (raw header lines, data) and its Content-Type."""
+    b = boundary or uuid.uuid4().hex
+    out = b"".join(b"--" + b.encode() + b"\r\n" + head + b"\r\n\r\n" + data + b"\r\n" for head, data in parts)
+    return out + b"--" + b.encode() + b"--\r\n", f"multipart/form-data; boundary={b}"
+
+
+def _file(name: bytes, data: bytes, ctype: bytes = b"audio/wav", field: bytes = b"file") -> tuple[bytes, bytes]:
+    return (b'Content-Disposition: form-data; name="' + field + b'"; filename="' + name + b'"\r\nContent-Type: '
+            + ctype, data)
+
+
+def _post(client: TestClient, *parts: tuple[bytes, bytes], ctype: str | None = None) -> object:
+    body, written = _body(list(parts))
+    return client.post("/up", content=body, headers={"content-type": ctype or written})
+
+
+def _detail(answer: object, status: int) -> str:
+    assert answer.status_code == status, (answer.status_code, answer.text[:300])
+    assert answer.headers["content-type"] == "application/json"
+    return answer.json()["detail"]
+
+
+# --- check_audio_type -------------------------------------------------------------------------------------------
+
+def test_an_audio_name_gives_its_lower_case_extension_and_other_names_are_415_listing_the_types() -> None:
+    assert check_audio_type("Song.FLAC", "audio/flac") == ".flac"
+    assert check_audio_type("x" * (uploads.MAX_FILENAME - 4) + ".wav", None) == ".wav"  # the longest name taken
+    listed = ", ".join(sorted(AUDIO_EXTENSIONS))
+    for name, shown in (("notes.txt", "'.txt'"), ("README", "'(none)'"), ("", "'(none)'"), ("a.TXT", "'.txt'")):
+        with pytest.raises(HTTPException) as refused:
+            check_audio_type(name, "audio/wav")
+        assert refused.value.status_code == 415
+        assert refused.value.detail == f"unsupported file type {shown}; upload one of {listed}"
+
+
+def test_a_name_one_past_the_limit_is_a_400_counting_its_characters() -> None:
+    name = "é" * (uploads.MAX_FILENAME - 3) + ".wav"  # characters, not bytes
+    with pytest.raises(HTTPException) as refused:
+        check_audio_type(name, "audio/wav")
+    assert refused.value.status_code == 400
+    assert refused.value.detail == f"file name too long ({uploads.MAX_FILENAME + 1} characters; at most 1024 " \
+                                   "characters)"
+
+
+@pytest.mark.parametrize("ctype", [None, "", "audio/wav", "Audio/X-WAV; rate=44100", " video/mp4 ; codecs=x",
+                                   "application/octet-stream", "APPLICATION/OCTET-STREAM; name=a.wav"])
+def test_audio_video_and_octet_stream_content_types_are_taken_with_any_parameters(ctype: str | None) -> None:
+    assert check_audio_type("a.wav", ctype) == ".wav"
+
+
+@pytest.mark.parametrize("ctype", ["text/plain", "text/audio", "audiox/wav", "application/ogg", "image/png; audio/x"])
+def test_other_content_types_are_415_naming_them(ctype: str) -> None:
+    with pytest.raises(HTTPException) as refused:
+        check_audio_type("a.wav", ctype)
+    assert refused.value.status_code == 415
+    assert refused.value.detail == f"unsupported content type {ctype!r}; expected audio/*"
+
+
+# --- receive_upload behind a route ------------------------------------------------------------------------------
+
+def test_a_file_is_saved_whole_with_its_extension_and_its_name_without_folders(client: TestClient,
+                                                                              private_tmp: Path) -> None:
+    data = bytes(range(256)) * 3 + b"\r\n--not-the-boundary\r\n"
+    for name, shown, suffix in ((b"song.WAV", "song.WAV", ".wav"), (b"../../etc/x.flac", "x.flac", ".flac"),
+                                (b"a/b/c.ogg ", "c.ogg ", ".ogg"), (b"caf\xc3\xa9.mp3", "café.mp3", ".mp3")):
+        answer = _post(client, _file(name, data))
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"file": shown, "size": len(data), "sha": hashlib.sha256(data).hexdigest(),
+                                 "suffix": suffix, "dir": str(private_tmp)}
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_a_file_of_exactly_the_limit_is_taken_and_one_byte_more_is_413_leaving_no_file(client: TestClient,
+                                                                                      private_tmp: Path) -> None:
+    fits = _post(client, _file(b"a.wav", b"\x01" * LIMIT))
+    assert fits.status_code == 200 and fits.json()["size"] == LIMIT, fits.text
+    over = _post(client, _file(b"a.wav", b"\x01" * (LIMIT + 1)))
+    assert _detail(over, 413) == f"upload larger than the {LIMIT / 2**20:.3g} MiB limit"
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_an_empty_file_is_a_400_leaving_no_file(client: TestClient, private_tmp: Path) -> None:
+    assert _detail(_post(client, _file(b"a.wav", b"")), 400) == "the uploaded file is empty"
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_a_body_that_is_no_multipart_form_is_415(client: TestClient) -> None:
+    for ctype in ("application/json", "multipart/mixed; boundary=x", "text/plain", None):
+        headers = {"content-type": ctype} if ctype else {}
+        answer = client.post("/up", content=b"abc", headers=headers)
+        assert _detail(answer, 415) == "send the audio file as multipart/form-data in a field named 'file'"
+    body, ctype = _body([_file(b"a.wav", b"abc")])
+    upper = client.post("/up", content=body, headers={"content-type": ctype.replace("multipart/form-data",
+                                                                                   "MULTIPART/Form-Data")})
+    assert upper.status_code == 200 and upper.json()["size"] == 3
+
+
+def test_a_declared_length_past_the_limit_is_413_before_the_body_is_read(client: TestClient) -> None:
+    body, ctype = _body([_file(b"a.wav", b"abc")])
+    most = LIMIT + uploads._MULTIPART_OVERHEAD
+    over = client.post("/up", content=body, headers={"content-type": ctype, "content-length": str(most + 1)})
+    assert _detail(over, 413).startswith("upload larger than")
+    # a length that is no plain ASCII number is left to the body (superscript two is a digit to str.isdigit)
+    for odd in (b"\xb2", b"0x10"):
+        answer = client.post("/up", content=body, headers={"content-type": ctype, "content-length": odd})
+        assert answer.status_code == 200, (odd, answer.text)
+
+
+def test_form_fields_named_as_query_parameters_are_400_naming_them_in_order(client: TestClient) -> None:
+    song = _file(b"a.wav", b"abc")
+
+    def field(name: bytes) -> tuple[bytes, bytes]:
+        return b'Content-Disposition: form-data; name="' + name + b'"', b"5"
+
+    one = _detail(_post(client, song, field(b"k"), field(b"caption")), 400)
+    assert one == "k goes in the query (/up?k=...), not in the form, where it would be ignored"
+    two = _detail(_post(client, field(b"layer"), song, field(b"k")), 400)
+    assert two == "k and layer go in the query (/up?k=...), not in the form, where they would be ignored"
+    other = _post(client, song, field(b"caption"))
+    assert other.status_code == 200 and other.json()["size"] == 3
+
+
+def test_a_form_without_a_file_part_named_file_is_400(client: TestClient) -> None:
+    for parts in ([_file(b"a.wav", b"abc", field=b"other")], [(b'Content-Disposition: form-data; name="file"', b"x")]):
+        assert _detail(_post(client, *parts), 400) == "no file in the form field 'file'"
+
+
+def test_two_files_a_truncated_body_and_a_missing_boundary_are_400_malformed(client: TestClient,
+                                                                            private_tmp: Path) -> None:
+    two = _post(client, _file(b"a.wav", b"abc"), _file(b"b.wav", b"def"))
+    assert _detail(two, 400) == "malformed upload: Too many files. Maximum number of files is 1."
+    body, ctype = _body([_file(b"a.wav", b"\x01" * 500)])
+    cut = client.post("/up", content=body[:300], headers={"content-type": ctype})
+    assert cut.status_code == 400 and cut.json()["detail"] in ("no file in the form field 'file'",
+                                                               "malformed upload: Invalid multipart data.")
+    nothing = client.post("/up", content=body, headers={"content-type": "multipart/form-data"})
+    assert _detail(nothing, 400) == "malformed upload: Missing boundary in multipart."
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_a_content_disposition_over_the_parser_s_line_is_400_as_a_name_too_long(client: TestClient) -> None:
+    answer = _post(client, _file(b"a" * 5000 + b".wav", b"abc"))
+    assert _detail(answer, 400) == "file name too long (its Content-Disposition header is over 4 KiB; at most 1024 " \
+                                   "characters)"
+    other = _post(client, _file(b"a.wav", b"abc", ctype=b"audio/wav; x=" + b"d" * 5000))
+    assert _detail(other, 400) == "malformed upload: Invalid multipart data."
+
+
+def test_a_file_named_only_by_filename_star_takes_that_name(client: TestClient) -> None:
+    head = b"Content-Disposition: form-data; name=\"file\"; filename*=UTF-8''caf%C3%A9%20%E2%99%AB.wav"
+    answer = _post(client, (head + b"\r\nContent-Type: audio/wav", b"abc"))
+    assert answer.status_code == 200 and answer.json()["file"] == "café ♫.wav", answer.text
+    both = (b"Content-Disposition: form-data; name=\"file\"; filename=\"plain.wav\"; filename*=UTF-8''other.wav"
+            b"\r\nContent-Type: audio/wav")
+    assert _post(client, (both, b"abc")).json()["file"] == "plain.wav"
+    field = _post(client, (b'Content-Disposition: form-data; name="file"', b"abc"))  # no name at all: a plain field
+    assert _detail(field, 400) == "no file in the form field 'file'"
+
+
+def test_a_wrong_type_is_415_after_the_form_is_read(client: TestClient, private_tmp: Path) -> None:
+    assert _detail(_post(client, _file(b"a.txt", b"abc")), 415).startswith("unsupported file type '.txt'")
+    assert _detail(_post(client, _file(b"a.wav", b"abc", ctype=b"text/html")), 415) == \
+        "unsupported content type 'text/html'; expected audio/*"
+    assert list(private_tmp.iterdir()) == []
+
+
+# --- the body's limits on a real ASGI request, chunk by chunk ---------------------------------------------------
+
+def _request(chunks: Iterator[bytes], ctype: str, pulled: list[int], delay: float = 0.0) -> Request:
+    """A request whose body comes from ``chunks``; ``pulled`` counts the bytes the server asked for."""
+    async def receive() -> dict:
+        if delay:
+            await asyncio.sleep(delay)
+        chunk = next(chunks, None)
+        if chunk is None:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        pulled.append(len(chunk))
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    scope = {"type": "http", "method": "POST", "path": "/up", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", ctype.encode())]}
+    return Request(scope, receive)
+
+
+def test_an_endless_body_is_refused_413_once_it_passes_the_limit_not_after_it_is_read(private_tmp: Path) -> None:
+    head, ctype = _body([_file(b"a.wav", b"")])
+    head = head[:head.index(b"\r\n\r\n") + 4]
+
+    def endless() -> Iterator[bytes]:
+        yield head
+        while True:
+            yield b"\x01" * 4096
+
+    pulled: list[int] = []
+    with pytest.raises(HTTPException) as refused:
+        asyncio.run(receive_upload(_request(endless(), ctype, pulled), LIMIT))
+    assert refused.value.status_code == 413
+    assert LIMIT + uploads._MULTIPART_OVERHEAD < sum(pulled) <= LIMIT + uploads._MULTIPART_OVERHEAD + 4096
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_a_body_trickling_in_is_408_saying_the_rate(private_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(uploads, "_limited", lambda stream, limit: _limited(stream, limit, grace=0.2))
+    body, ctype = _body([_file(b"a.wav", b"abc")])
+    with pytest.raises(HTTPException) as refused:
+        asyncio.run(receive_upload(_request(iter([body[:10], body[10:]]), ctype, [], delay=1.0), LIMIT))
+    assert refused.value.status_code == 408
+    assert refused.value.detail == "the upload came in too slowly (the body must arrive at 16 KiB/s or more after 30 s)"
+    assert list(private_tmp.iterdir()) == []
+
+
+async def _timed(chunks: list[tuple[float, bytes]]) -> AsyncIterator[bytes]:
+    """``chunks`` as (seconds from the start, bytes)."""
+    start = time.monotonic()
+    for at, data in chunks:
+        await asyncio.sleep(max(0.0, at - (time.monotonic() - start)))
+        yield data
+
+
+async def _drain(stream: AsyncIterator[bytes]) -> int:
+    return sum([len(c) async for c in stream])
+
+
+def test_the_rate_rule_allows_the_grace_plus_one_second_per_min_rate_bytes_come() -> None:
+    # 10,000 bytes at once at 10,000 B/s: the next chunk is due within grace + 1 s
+    kept = _limited(_timed([(0, b"\x01" * 10_000), (0.9, b"\x02")]), 20_000, grace=0.5, min_rate=10_000)
+    assert asyncio.run(_drain(kept)) == 10_001
+    late = _limited(_timed([(0, b"\x01" * 1000), (2.0, b"\x02")]), 20_000, grace=0.5, min_rate=10_000)
+    with pytest.raises(_TooSlow):
+        asyncio.run(_drain(late))
+    never = _limited(_timed([(3.0, b"\x01")]), 20_000, grace=0.3, min_rate=10_000)  # nothing in the grace
+    started = time.monotonic()
+    with pytest.raises(_TooSlow):
+        asyncio.run(_drain(never))
+    assert time.monotonic() - started < 2.0
+
+
+def test_the_size_rule_passes_the_limit_exactly_and_refuses_a_byte_more() -> None:
+    assert asyncio.run(_drain(_limited(_timed([(0, b"a" * 600), (0, b"b" * 400)]), 1000))) == 1000
+    with pytest.raises(_TooLarge):
+        asyncio.run(_drain(_limited(_timed([(0, b"a" * 600), (0, b"b" * 401)]), 1000)))
+
+
+# --- queue places -----------------------------------------------------------------------------------------------
+
+def test_slots_and_receipts_are_503_with_retry_after_when_all_are_taken_and_freed_after() -> None:
+    worker = EmbedWorker(max_queue=2)
+    assert worker.pid is None  # nothing started
+    for places, count, words in ((worker.slot, 2, "too many uploads are waiting to be embedded; try again shortly"),
+                                 (worker.receipt, 8, "too many uploads are coming in at once; try again shortly")):
+        held = [places() for _ in range(count)]
+        for place in held:
+            place.__enter__()
+        with pytest.raises(HTTPException) as busy, places():
+            pass
+        assert busy.value.status_code == 503 and busy.value.detail == words
+        assert busy.value.headers == {"Retry-After": "10"}
+        for place in held:
+            place.__exit__(None, None, None)
+        with pytest.raises(ValueError, match="boom"), places():  # freed after a failure inside too
+            raise ValueError("boom")
+        held = [places() for _ in range(count)]
+        for place in held:
+            place.__enter__()
+        for place in held:
+            place.__exit__(None, None, None)
+
