@@ -328,3 +328,26 @@ def test_slots_and_receipts_are_503_with_retry_after_when_all_are_taken_and_free
         for place in held:
             place.__exit__(None, None, None)
 
+
+# --- a client gone mid-upload -----------------------------------------------------------------------------------
+
+def test_a_client_that_disconnects_mid_upload_is_answered_400_not_an_error_with_a_traceback(private_tmp: Path) -> None:
+    """A client gone mid-body raised ClientDisconnect out of the app: a 500, and uvicorn logged 'Exception in ASGI
+    application' with a traceback for every upload a user cancelled. It is a 400 now, with no file left behind."""
+    body, ctype = _body([_file(b"a.wav", b"\x01" * (2 << 20))])  # past the 1 MiB the parser keeps in memory
+    messages = [{"type": "http.request", "body": body[:(1 << 20) + 5000], "more_body": True}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/up", "raw_path": b"/up", "query_string": b"", "root_path": "", "client": ("127.0.0.1", 5000),
+             "server": ("127.0.0.1", 80), "headers": [(b"content-type", ctype.encode()), (b"host", b"127.0.0.1")]}
+    asyncio.run(_app(4 << 20)(scope, receive, send))
+    assert sent[0]["status"] == 400
+    assert b"the client disconnected before the upload was whole" in sent[1]["body"]
+    assert list(private_tmp.iterdir()) == []

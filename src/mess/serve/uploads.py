@@ -30,6 +30,7 @@ from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from mess.constants import AUDIO_EXTENSIONS, audio_suffix
 from mess.extract.child import Child
@@ -160,7 +161,8 @@ async def receive_upload(request: Request, max_bytes: int, parameters: Collectio
     """Stream a multipart upload (field ``file``) to a temp file, enforcing size and type.
 
     Raises HTTPException: 413 past ``max_bytes``, 415 for non-audio files or bodies,
-    408 for a body slower than the rate rule, 400 for malformed or empty uploads, for a file name longer than
+    408 for a body slower than the rate rule, 400 for malformed or empty uploads, for a client gone before the
+    body was whole (no one reads it; the server logs no traceback), for a file name longer than
     ``MAX_FILENAME`` characters and for form fields named as one of the route's query ``parameters`` (``-F k=5``
     was ignored: ten results of the default vectors, not the five asked for).
     """
@@ -177,6 +179,8 @@ async def receive_upload(request: Request, max_bytes: int, parameters: Collectio
         form = await parser.parse()
     except _TooLarge:
         raise too_large from None
+    except ClientDisconnect:
+        raise HTTPException(400, "the client disconnected before the upload was whole") from None
     except _TooSlow:
         raise HTTPException(408, f"the upload came in too slowly (the body must arrive at "
                                  f"{BODY_MIN_RATE // 2**10} KiB/s or more after {BODY_GRACE:g} s)") from None
