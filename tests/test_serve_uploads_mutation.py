@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import os
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +23,7 @@ from fastapi.testclient import TestClient
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mess.constants import AUDIO_EXTENSIONS
+from mess.extract.child import Child
 from mess.serve import uploads
 from mess.serve.errors import http_error
 from mess.serve.uploads import EmbedWorker, _limited, _TooLarge, _TooSlow, check_audio_type, receive_upload
@@ -227,6 +231,17 @@ def test_a_wrong_type_is_415_after_the_form_is_read(client: TestClient, private_
     assert list(private_tmp.iterdir()) == []
 
 
+def test_a_refused_form_s_spooled_file_is_closed_before_the_refusal_is_handled(private_tmp: Path) -> None:
+    """The parser keeps a part past 1 MiB in an unnamed temp file: a refusal closes it at once, not whenever the
+    exception that holds the form's frame is let go."""
+    body, ctype = _body([_file(b"big.txt", b"\x01" * (2 << 20))])
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(HTTPException) as refused:
+        asyncio.run(receive_upload(_request(iter([body]), ctype, []), 4 << 20))
+    assert refused.value.status_code == 415 and refused.tb is not None  # the frame, and the form, still referenced
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 # --- the body's limits on a real ASGI request, chunk by chunk ---------------------------------------------------
 
 def _request(chunks: Iterator[bytes], ctype: str, pulled: list[int], delay: float = 0.0) -> Request:
@@ -351,3 +366,195 @@ def test_a_client_that_disconnects_mid_upload_is_answered_400_not_an_error_with_
     assert sent[0]["status"] == 400
     assert b"the client disconnected before the upload was whole" in sent[1]["body"]
     assert list(private_tmp.iterdir()) == []
+
+
+# --- EmbedWorker's side of the protocol, against a scripted child -----------------------------------------------
+
+# The child speaks embed_worker's protocol; what it does with a job is the first line of the job's file, and the
+# model's name says how it loads (slow: 1.5 s the first time; broken: a load error; mute: never).
+SCRIPT = """\
+import json, os, sys, time
+from multiprocessing.connection import Connection
+import numpy as np
+out = os.dup(1)
+os.dup2(2, 1)
+inbox, outbox = Connection(os.dup(0), writable=False), Connection(out, readable=False)
+if os.environ.get("SCRIPTED_MUTE"):
+    time.sleep(60)
+outbox.send(("ready",))
+loaded = set()
+while True:
+    try:
+        job = inbox.recv()
+    except EOFError:
+        break
+    path, model, revision, policy, max_seconds, source = job
+    with open(path + ".job", "w") as f:
+        json.dump(list(job), f)
+    command = open(path).read().strip()
+    if command == "crash":
+        os._exit(3)
+    if command == "word":
+        outbox.send(("what",))
+        continue
+    if model not in loaded:
+        if model.startswith("slow"):
+            time.sleep(1.5)
+        if model.startswith("broken"):
+            outbox.send(("error", "model", f"cannot load model {model}: no weights at /srv/models/{model}.bin"))
+            continue
+        if model.startswith("mute"):
+            time.sleep(60)
+        loaded.add(model)
+    outbox.send(("loaded",))
+    if command == "hang":
+        time.sleep(60)
+    elif command == "decode":
+        outbox.send(("error", "decode", f"{path}: cannot decode (bad header in /usr/lib/x.so)"))
+    elif command == "model":
+        outbox.send(("error", "model", "out of memory in /opt/cuda/lib.so"))
+    else:
+        outbox.send(("ok", "hash-" + os.path.basename(path), [np.arange(3, dtype=np.float32)], {"artist": "Ann"},
+                     [f"{path}: sampled at 4000 Hz", f"{os.path.basename(path)}: only its first 20 min analysed"]))
+"""
+
+
+class _Run:
+    """What EmbedWorker reads of a run."""
+
+    def __init__(self, model: str) -> None:
+        self.model, self.revision, self.policy = model, "rev1", '{"window": 5}'
+
+
+@pytest.fixture
+def scripted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EmbedWorker]:
+    (tmp_path / "scripted_child.py").write_text(SCRIPT)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    worker = EmbedWorker(timeout=1.0, start_timeout=10.0, max_seconds=600.0)
+    worker._child = Child("scripted_child", own_group=True)
+    yield worker
+    worker.close()
+
+
+def _job(tmp_path: Path, command: str, name: str = "mess-upload-x.wav") -> Path:
+    path = tmp_path / name
+    path.write_text(command)
+    return path
+
+
+def test_an_upload_is_embedded_with_the_run_s_model_and_warnings_name_the_file(scripted: EmbedWorker,
+                                                                             tmp_path: Path) -> None:
+    path = _job(tmp_path, "ok")
+    got = scripted.embed(path, _Run("dsp"), "My Song.wav", {"repo": "x"})
+    assert got.content_hash == "hash-mess-upload-x.wav" and got.tags == {"artist": "Ann"}
+    assert [list(v) for v in got.layers] == [[0.0, 1.0, 2.0]]
+    assert got.warnings == ["My Song.wav: sampled at 4000 Hz", "My Song.wav: only its first 20 min analysed"]
+    assert json.loads(Path(f"{path}.job").read_text()) == [str(path), "dsp", "rev1", '{"window": 5}', 600.0,
+                                                           {"repo": "x"}]
+    first = scripted.pid
+    assert first is not None and scripted.embed(path, _Run("dsp"), "b.wav").content_hash == got.content_hash
+    assert scripted.pid == first  # one long-lived child
+
+
+def test_a_model_s_first_load_does_not_count_against_the_upload_s_timeout(scripted: EmbedWorker,
+                                                                          tmp_path: Path) -> None:
+    path = _job(tmp_path, "ok")
+    assert scripted.embed(path, _Run("slow-a"), "a.wav").content_hash  # 1.5 s to load, timeout 1 s
+    assert scripted.embed(path, _Run("slow-a"), "a.wav").content_hash  # loaded: fast
+    assert scripted.embed(path, _Run("slow-b"), "a.wav").content_hash  # another model: loaded in its turn
+    scripted.start_timeout = 0.5
+    with pytest.raises(HTTPException) as late:
+        scripted.embed(path, _Run("slow-c"), "a.wav")
+    assert late.value.status_code == 503 and late.value.detail == "the embedding process did not load the model " \
+                                                                  "within 0.5 s"
+    assert scripted.pid is None
+    scripted.start_timeout = 10.0
+    assert scripted.embed(path, _Run("slow-a"), "a.wav").content_hash  # a fresh child loads it again
+
+
+def test_a_file_that_cannot_be_decoded_is_400_naming_the_upload_not_server_paths(scripted: EmbedWorker,
+                                                                                 tmp_path: Path) -> None:
+    path = _job(tmp_path, "decode")
+    with pytest.raises(HTTPException) as bad:
+        scripted.embed(path, _Run("dsp"), "My Song.wav")
+    assert bad.value.status_code == 400
+    assert bad.value.detail == "cannot decode the upload: My Song.wav: cannot decode (bad header in x.so)"
+    pid = scripted.pid
+    assert pid is not None and scripted.embed(_job(tmp_path, "ok", "b.wav"), _Run("dsp"), "b.wav")
+    assert scripted.pid == pid  # the child lives on
+
+
+def test_a_model_that_fails_is_503_without_server_paths(scripted: EmbedWorker, tmp_path: Path) -> None:
+    with pytest.raises(HTTPException) as failed:
+        scripted.embed(_job(tmp_path, "model"), _Run("dsp"), "a.wav")
+    assert failed.value.status_code == 503 and failed.value.detail == "out of memory in lib.so"
+    with pytest.raises(HTTPException) as broken:
+        scripted.embed(_job(tmp_path, "ok"), _Run("broken"), "a.wav")
+    assert broken.value.status_code == 503
+    assert broken.value.detail == "cannot load model broken: no weights at broken.bin"
+
+
+def test_a_child_that_dies_or_hangs_on_a_file_is_400_and_the_next_upload_gets_a_fresh_one(scripted: EmbedWorker,
+                                                                                          tmp_path: Path) -> None:
+    ok = _job(tmp_path, "ok", "ok.wav")
+    assert scripted.embed(ok, _Run("dsp"), "ok.wav")
+    first = scripted.pid
+    with pytest.raises(HTTPException) as crash:
+        scripted.embed(_job(tmp_path, "crash"), _Run("dsp"), "a.wav")
+    assert crash.value.status_code == 400
+    assert crash.value.detail == "the decoder process died on this file (exit code 3); file rejected"
+    assert scripted.pid is None
+    assert scripted.embed(ok, _Run("dsp"), "ok.wav") and scripted.pid not in (None, first)
+    second = scripted.pid
+    started = time.monotonic()
+    with pytest.raises(HTTPException) as hang:
+        scripted.embed(_job(tmp_path, "hang"), _Run("dsp"), "a.wav")
+    assert time.monotonic() - started < 10
+    assert hang.value.status_code == 400
+    assert hang.value.detail == "decoding and embedding the upload took longer than 1 s; file rejected"
+    assert scripted.pid is None
+    assert scripted.embed(ok, _Run("dsp"), "ok.wav") and scripted.pid not in (None, second)
+
+
+def test_an_unexpected_message_is_the_child_s_death(scripted: EmbedWorker, tmp_path: Path) -> None:
+    for model in ("cold", "warm"):
+        if model == "warm":
+            scripted.embed(_job(tmp_path, "ok", "ok.wav"), _Run(model), "ok.wav")
+        with pytest.raises(HTTPException) as odd:
+            scripted.embed(_job(tmp_path, "word"), _Run(model), "a.wav")
+        assert odd.value.status_code == 400 and odd.value.detail.startswith("the decoder process died on this file")
+        assert scripted.pid is None
+
+
+def test_a_child_that_never_starts_is_503_and_start_and_close_manage_it(scripted: EmbedWorker, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    scripted.start()
+    assert scripted.pid is not None
+    scripted.close()
+    assert scripted.pid is None
+    monkeypatch.setenv("SCRIPTED_MUTE", "1")
+    scripted.start_timeout = 0.5
+    with pytest.raises(HTTPException) as mute:
+        scripted.embed(_job(tmp_path, "ok"), _Run("dsp"), "a.wav")
+    assert mute.value.status_code == 503 and mute.value.detail == "the embedding process did not start within 0.5 s"
+    assert scripted.pid is None
+    monkeypatch.delenv("SCRIPTED_MUTE")
+    scripted.start_timeout = 10.0
+    assert scripted.embed(_job(tmp_path, "ok"), _Run("dsp"), "a.wav")
+    scripted.timeout = 30.0
+    hang = _job(tmp_path, "hang", "hang.wav")
+    said: list[object] = []
+
+    def embed() -> None:
+        try:
+            scripted.embed(hang, _Run("dsp"), "hang.wav")
+        except HTTPException as exc:
+            said.append(exc.detail)
+
+    thread = threading.Thread(target=embed)
+    thread.start()
+    while not Path(f"{hang}.job").exists():
+        time.sleep(0.02)
+    scripted.kill()  # a second Ctrl-C: the upload being embedded ends now
+    thread.join(10)
+    assert said == ["the decoder process died on this file (exit code -9); file rejected"]
