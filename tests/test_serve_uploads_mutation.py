@@ -7,9 +7,13 @@ names as the request wrote them."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
+import io
 import json
 import os
+import resource
+import signal
 import tempfile
 import threading
 import time
@@ -20,6 +24,7 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.testclient import TestClient
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mess.constants import AUDIO_EXTENSIONS
@@ -558,3 +563,24 @@ def test_a_child_that_never_starts_is_503_and_start_and_close_manage_it(scripted
     scripted.kill()  # a second Ctrl-C: the upload being embedded ends now
     thread.join(10)
     assert said == ["the decoder process died on this file (exit code -9); file rejected"]
+
+
+# --- a full disk ------------------------------------------------------------------------------------------------
+
+def test_a_temp_file_that_cannot_be_written_whole_is_removed_even_when_its_last_bytes_fail_at_close(
+        private_tmp: Path) -> None:
+    """The last bytes of a small upload wait in the temp file's buffer and are written when it closes: on a full disk
+    that write failed after the clean-up, and the part written stayed in the temp folder for ever (50 MiB a try on a
+    disk already full). The server's error stands; the file goes. The full disk is RLIMIT_FSIZE here (EFBIG)."""
+    upload = UploadFile(io.BytesIO(b"\x01" * 3000), filename="a.wav")
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead of a signal
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, limits[1]))
+    try:
+        with pytest.raises(OSError) as full:
+            uploads._save(upload, ".wav", LIMIT * 10, HTTPException(413))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert full.value.errno == errno.EFBIG
+    assert list(private_tmp.iterdir()) == []

@@ -209,17 +209,18 @@ async def receive_upload(request: Request, max_bytes: int, parameters: Collectio
 def _save(upload: UploadFile, suffix: str, max_bytes: int, too_large: HTTPException) -> SavedUpload:
     upload.file.seek(0)
     size = 0
-    with tempfile.NamedTemporaryFile(prefix="mess-upload-", suffix=suffix, delete=False) as out:
-        path = Path(out.name)
-        try:
+    out = tempfile.NamedTemporaryFile(prefix="mess-upload-", suffix=suffix, delete=False)
+    path = Path(out.name)
+    try:
+        with out:  # its close writes the last bytes: a full disk fails there too
             while chunk := upload.file.read(_COPY_CHUNK):
                 size += len(chunk)
                 if size > max_bytes:
                     raise too_large
                 out.write(chunk)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
     if size == 0:
         path.unlink(missing_ok=True)
         raise HTTPException(400, "the uploaded file is empty")
