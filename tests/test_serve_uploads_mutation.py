@@ -105,6 +105,15 @@ def test_an_audio_name_gives_its_lower_case_extension_and_other_names_are_415_li
         assert refused.value.detail == f"unsupported file type {shown}; upload one of {listed}"
 
 
+def test_a_name_ending_past_an_audio_extension_is_refused_naming_that_ending() -> None:
+    """'a.wav/' was refused as "unsupported file type '.wav'", a type the same message lists (pathlib drops the
+    trailing '/'); the message names the name's real ending."""
+    for name, shown in (("a.wav/", "'.wav/'"), ("b.Mp3//", "'.Mp3//'")):
+        with pytest.raises(HTTPException) as refused:
+            check_audio_type(name, "audio/wav")
+        assert refused.value.status_code == 415
+        assert refused.value.detail.startswith(f"unsupported file type {shown}; upload one of "), refused.value.detail
+
 def test_a_name_one_past_the_limit_is_a_400_counting_its_characters() -> None:
     name = "é" * (uploads.MAX_FILENAME - 3) + ".wav"  # characters, not bytes
     with pytest.raises(HTTPException) as refused:

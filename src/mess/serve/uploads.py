@@ -123,6 +123,8 @@ def check_audio_type(filename: str, content_type: str | None) -> str:
     suffix = audio_suffix(filename or "")  # as extract reads names: 'song.wav ' is a WAV
     if not suffix:
         shown = Path(filename or "").suffix.lower()
+        if shown in AUDIO_EXTENSIONS:  # 'a.wav/': pathlib drops the trailing '/' that makes it no audio file's name
+            shown = filename[filename.lower().rindex(shown):]
         raise HTTPException(415, f"unsupported file type {shown or '(none)'!r}; upload one of "
                                  f"{', '.join(sorted(AUDIO_EXTENSIONS))}")
     mime = (content_type or "").split(";", 1)[0].strip().lower()
