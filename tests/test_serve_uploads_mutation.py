@@ -427,6 +427,9 @@ while True:
         outbox.send(("error", "decode", f"{path}: cannot decode (bad header in /usr/lib/x.so)"))
     elif command == "model":
         outbox.send(("error", "model", "out of memory in /opt/cuda/lib.so"))
+    elif command.startswith("layers"):  # 'layers 1.5': after 1.5 s, vectors for layers of 2 and 3 values
+        time.sleep(float(command.split()[1]))
+        outbox.send(("ok", "hash-new", [np.ones(2, np.float32), np.ones(3, np.float32)], {"artist": None}, []))
     else:
         outbox.send(("ok", "hash-" + os.path.basename(path), [np.arange(3, dtype=np.float32)], {"artist": "Ann"},
                      [f"{path}: sampled at 4000 Hz", f"{os.path.basename(path)}: only its first 20 min analysed"]))
@@ -593,3 +596,41 @@ def test_a_temp_file_that_cannot_be_written_whole_is_removed_even_when_its_last_
         signal.signal(signal.SIGXFSZ, handler)
     assert full.value.errno == errno.EFBIG
     assert list(private_tmp.iterdir()) == []
+
+
+def test_uploads_at_once_past_the_queue_are_503_and_none_leaves_a_file(tmp_path: Path, private_tmp: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three uploads at once into a queue of one, through the whole app (a real store, the scripted child): one is
+    answered, the others are told to retry; no temp file stays and the server answers normally afterwards."""
+    from test_serve_state import _store
+
+    from mess.serve.app import create_app
+
+    _store(tmp_path / "store", "dsp").close()
+    (tmp_path / "scripted_child.py").write_text(SCRIPT)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    app = create_app(tmp_path / "store", max_upload_bytes=LIMIT, max_queue=1, embed_timeout=30)
+    app.state.mess.worker._child = Child("scripted_child", own_group=True)
+    barrier = threading.Barrier(3)
+    answers: list[object] = []
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
+        def upload() -> None:
+            barrier.wait()
+            answers.append(client.post("/api/similar/upload", params={"k": 1},
+                                       files={"file": ("new.wav", b"layers 1.0", "audio/wav")}))
+
+        threads = [threading.Thread(target=upload) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        statuses = sorted(a.status_code for a in answers)
+        assert statuses == [200, 503, 503], [a.text for a in answers]
+        for busy in (a for a in answers if a.status_code == 503):
+            assert busy.json() == {"detail": "too many uploads are waiting to be embedded; try again shortly"}
+            assert busy.headers["retry-after"] == "10"
+        done = next(a for a in answers if a.status_code == 200).json()
+        assert done["query"]["file"] == "new.wav" and done["query"]["external"] is True and len(done["results"]) == 1
+        again = client.post("/api/similar/upload", files={"file": ("again.wav", b"layers 0", "audio/wav")})
+        assert again.status_code == 200 and client.get("/api/health").status_code == 200
+    assert [p.suffix for p in private_tmp.iterdir()] == [".job", ".job"]  # the scripted child's notes alone
