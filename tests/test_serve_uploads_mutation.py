@@ -143,7 +143,9 @@ def test_a_file_is_saved_whole_with_its_extension_and_its_name_without_folders(c
                                                                               private_tmp: Path) -> None:
     data = bytes(range(256)) * 3 + b"\r\n--not-the-boundary\r\n"
     for name, shown, suffix in ((b"song.WAV", "song.WAV", ".wav"), (b"../../etc/x.flac", "x.flac", ".flac"),
-                                (b"a/b/c.ogg ", "c.ogg ", ".ogg"), (b"caf\xc3\xa9.mp3", "café.mp3", ".mp3")):
+                                (b"a/b/c.ogg ", "c.ogg ", ".ogg"), (b"caf\xc3\xa9.mp3", "café.mp3", ".mp3"),
+                                (b"caf\xe9.wav", "caf\xe9.wav", ".wav"),  # not UTF-8: read as Latin-1
+                                (b"a\x00b.wav", "a\x00b.wav", ".wav"), (b"C:\\m\\y.wav", "y.wav", ".wav")):
         answer = _post(client, _file(name, data))
         assert answer.status_code == 200, answer.text
         assert answer.json() == {"file": shown, "size": len(data), "sha": hashlib.sha256(data).hexdigest(),
@@ -175,6 +177,24 @@ def test_a_body_that_is_no_multipart_form_is_415(client: TestClient) -> None:
                                                                                    "MULTIPART/Form-Data")})
     assert upper.status_code == 200 and upper.json()["size"] == 3
 
+
+@pytest.mark.parametrize(("written", "status", "detail"), [
+    ('multipart/form-data; boundary="{b}"', 200, None),
+    ("multipart/form-data;boundary={b};;;", 200, None),
+    ("multipart/form-data; charset=no-such; boundary={b}", 200, None),
+    ("multipart/form-data; boundary={b}; charset=utf-16", 400, "no file in the form field 'file'"),
+    ("multipart/form-data; boundary=", 400, "malformed upload: Invalid multipart data."),
+    ("multipart/form-data; boundary={b}; boundary=other", 400, "malformed upload: Invalid multipart data."),
+])
+def test_odd_content_type_parameters_are_read_or_refused_in_words(client: TestClient, written: str, status: int,
+                                                                   detail: str | None) -> None:
+    boundary = uuid.uuid4().hex
+    body, _ = _body([_file(b"a.wav", b"abc")], boundary)
+    answer = client.post("/up", content=body, headers={"content-type": written.format(b=boundary)})
+    if detail is None:
+        assert answer.status_code == 200 and answer.json()["size"] == 3, answer.text
+    else:
+        assert _detail(answer, status) == detail
 
 def test_a_declared_length_past_the_limit_is_413_before_the_body_is_read(client: TestClient) -> None:
     body, ctype = _body([_file(b"a.wav", b"abc")])
