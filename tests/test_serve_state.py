@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from mess.serve.state import (
     RequestLock,
     ServeState,
+    TrackId,
     _ascii_id,
     api_words,
     catalog_id,
@@ -197,7 +198,18 @@ def _app(state: ServeState) -> FastAPI:
             shutil.move(got.store.root, got.store.root.parent / "aside")
             if request.query_params["replace"] == "new":
                 _store(got.store.root).close()
+            if request.query_params["replace"] == "refreshed":  # another request reopened it meanwhile
+                _store(got.store.root, "musicnn").close()
+                got.refresh()
         raise StoreError(f"rows missing in {got.store.root}/vectors/x.f16 for caf\udce9.wav")
+
+    @app.get("/model")
+    def model(request: Request) -> dict:
+        return {"model": get_state(request).default_model}
+
+    @app.get("/tracks/{track_id}")
+    def track(track_id: TrackId) -> dict:
+        return {"id": track_id}
 
     return app
 
@@ -212,7 +224,7 @@ def test_a_store_error_is_400_naming_the_store_by_its_folder_s_name(tmp_path: Pa
     state.store.close()
 
 
-@pytest.mark.parametrize("replace", ["gone", "new"])
+@pytest.mark.parametrize("replace", ["gone", "new", "refreshed"])
 def test_a_store_error_after_the_catalog_was_replaced_is_503_to_retry(tmp_path: Path, replace: str) -> None:
     root = tmp_path / "store"
     state = _state(_store(root, "dsp"))
@@ -220,9 +232,30 @@ def test_a_store_error_after_the_catalog_was_replaced_is_503_to_retry(tmp_path: 
         answer = client.get("/fail", params={"replace": replace})
     assert answer.status_code == 503 and answer.headers["retry-after"] == "10"
     now = catalog_id(root)
-    assert (now is None) == (replace == "gone")
+    assert (now is None) == (replace == "gone") and (state.store.root == root)
     assert answer.json()["detail"] == (f"{rebuilding(now)}; answers resume once `mess extract` has written vectors "
                                        "there; try again shortly")
+    state.store.close()
+
+
+def test_each_request_is_answered_from_the_store_reopened_first_if_it_was_replaced(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    state = _state(_store(root, "dsp"))
+    with TestClient(_app(state)) as client:
+        assert client.get("/model").json() == {"model": "dsp"}
+        shutil.move(root, tmp_path / "aside")
+        _store(root, "musicnn").close()
+        assert client.get("/model").json() == {"model": "musicnn"}
+    assert state.catalog == catalog_id(root)
+    state.store.close()
+
+
+def test_a_track_id_in_a_url_is_ascii_digits_or_422(tmp_path: Path) -> None:
+    state = _state(_store(tmp_path, "dsp"))
+    with TestClient(_app(state)) as client:
+        assert client.get("/tracks/12").json() == {"id": 12}
+        for odd in ("+1", "1_0", "%201", "%D9%A1"):
+            assert client.get(f"/tracks/{odd}").status_code == 422, odd
     state.store.close()
 
 

@@ -205,6 +205,22 @@ def test_a_declared_length_past_the_limit_is_413_before_the_body_is_read(client:
     for odd in (b"\xb2", b"0x10"):
         answer = client.post("/up", content=body, headers={"content-type": ctype, "content-length": odd})
         assert answer.status_code == 200, (odd, answer.text)
+    # the largest length taken, and the body's own length written with leading zeros to 19 digits (RFC 9110: 1*DIGIT)
+    for fits in (str(most), str(len(body)).zfill(19)):
+        answer = client.post("/up", content=body, headers={"content-type": ctype, "content-length": fits})
+        assert answer.status_code == 200, (fits, answer.text)
+    for huge in ("1" + "0" * 19, "9" * 5000):  # past what int() reads (4,300 digits) too
+        answer = client.post("/up", content=body, headers={"content-type": ctype, "content-length": huge})
+        assert _detail(answer, 413).startswith("upload larger than")
+
+
+def test_a_form_of_more_than_eight_fields_besides_the_file_is_400(client: TestClient) -> None:
+    def fields(n: int) -> list[tuple[bytes, bytes]]:
+        return [(f'Content-Disposition: form-data; name="f{i}"'.encode(), b"x") for i in range(n)]
+
+    assert _post(client, _file(b"a.wav", b"abc"), *fields(8)).status_code == 200
+    assert _detail(_post(client, _file(b"a.wav", b"abc"), *fields(9)), 400) == \
+        "malformed upload: Too many fields. Maximum number of fields is 8."
 
 
 def test_form_fields_named_as_query_parameters_are_400_naming_them_in_order(client: TestClient) -> None:
