@@ -431,6 +431,8 @@ os.dup2(2, 1)
 inbox, outbox = Connection(os.dup(0), writable=False), Connection(out, readable=False)
 if os.environ.get("SCRIPTED_MUTE"):
     time.sleep(60)
+if os.environ.get("SCRIPTED_EXIT"):  # an import that fails: the child ends before it is ready
+    sys.exit(int(os.environ["SCRIPTED_EXIT"]))
 outbox.send(("ready",))
 loaded = set()
 while True:
@@ -455,6 +457,8 @@ while True:
             continue
         if model.startswith("mute"):
             time.sleep(60)
+        if model.startswith("huge"):  # the kernel's OOM killer, while the model loads
+            os.kill(os.getpid(), 9)
         loaded.add(model)
     outbox.send(("loaded",))
     if command == "hang":
@@ -570,13 +574,16 @@ def test_a_child_that_dies_or_hangs_on_a_file_is_400_and_the_next_upload_gets_a_
 
 
 def test_an_unexpected_message_is_the_child_s_death(scripted: EmbedWorker, tmp_path: Path) -> None:
-    for model in ("cold", "warm"):
-        if model == "warm":
-            scripted.embed(_job(tmp_path, "ok", "ok.wav"), _Run(model), "ok.wav")
-        with pytest.raises(HTTPException) as odd:
-            scripted.embed(_job(tmp_path, "word"), _Run(model), "a.wav")
-        assert odd.value.status_code == 400 and odd.value.detail.startswith("the decoder process died on this file")
-        assert scripted.pid is None
+    with pytest.raises(HTTPException) as cold:  # before the model is loaded: the server's fault
+        scripted.embed(_job(tmp_path, "word"), _Run("cold"), "a.wav")
+    assert cold.value.status_code == 503
+    assert cold.value.detail.startswith("the embedding process ended loading the model cold (")
+    assert scripted.pid is None
+    scripted.embed(_job(tmp_path, "ok", "ok.wav"), _Run("warm"), "ok.wav")
+    with pytest.raises(HTTPException) as warm:
+        scripted.embed(_job(tmp_path, "word"), _Run("warm"), "a.wav")
+    assert warm.value.status_code == 400 and warm.value.detail.startswith("the decoder process died on this file")
+    assert scripted.pid is None
 
 
 def test_a_child_that_never_starts_is_503_and_start_and_close_manage_it(scripted: EmbedWorker, tmp_path: Path,
@@ -670,3 +677,27 @@ def test_uploads_at_once_past_the_queue_are_503_and_none_leaves_a_file(tmp_path:
         again = client.post("/api/similar/upload", files={"file": ("again.wav", b"layers 0", "audio/wav")})
         assert again.status_code == 200 and client.get("/api/health").status_code == 200
     assert [p.suffix for p in private_tmp.iterdir()] == [".job", ".job"]  # the scripted child's notes alone
+
+
+def test_a_child_that_dies_starting_or_loading_a_model_is_503_not_the_file_s_fault(
+        scripted: EmbedWorker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker whose imports failed, or that the OOM killer ended while it loaded the model, had read no file yet;
+    every upload was answered 400 'the decoder process died on this file; file rejected', which blames the file and
+    sends its user to try another. Both are 503 now, saying what died; files are rejected only for a death after the
+    model is loaded, while the file is decoded."""
+    ok = _job(tmp_path, "ok")
+    monkeypatch.setenv("SCRIPTED_EXIT", "1")
+    with pytest.raises(HTTPException) as start:
+        scripted.embed(ok, _Run("dsp"), "a.wav")
+    assert start.value.status_code == 503
+    assert start.value.detail == "the embedding process ended before it was ready (exit code 1); see the server log"
+    monkeypatch.delenv("SCRIPTED_EXIT")
+    with pytest.raises(HTTPException) as load:
+        scripted.embed(ok, _Run("huge"), "a.wav")
+    assert load.value.status_code == 503
+    assert load.value.detail == "the embedding process ended loading the model huge (killed by SIGKILL); see the " \
+                                "server log"
+    assert scripted.pid is None and scripted.embed(ok, _Run("dsp"), "a.wav")
+    with pytest.raises(HTTPException) as crash:
+        scripted.embed(_job(tmp_path, "crash", "c.wav"), _Run("dsp"), "c.wav")
+    assert crash.value.status_code == 400 and "died on this file" in crash.value.detail

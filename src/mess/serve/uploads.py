@@ -33,7 +33,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from mess.constants import AUDIO_EXTENSIONS, audio_suffix
-from mess.extract.child import Child
+from mess.extract.child import Child, describe_exit
 from mess.serve.errors import without_paths
 from mess.store import Run
 
@@ -272,17 +272,24 @@ class EmbedWorker:
         """
         with self._lock:
             send, recv = self._start()
+            doing = "before it was ready"  # until the file is read, a death is the server's, not the file's
             try:
                 self._await("ready", self.start_timeout, "start")
                 send.send((str(path), run.model, run.revision, run.policy, self.max_seconds, source))
                 if run.model not in self._loaded:  # a cold model: its loading does not count against the file
+                    doing = f"loading the model {run.model}"
                     self._await("loaded", self.start_timeout, "load the model")
                     self._loaded.add(run.model)
                 else:
+                    doing = ""
                     self._expect(self._reply(recv), "loaded")
+                doing = ""
                 reply = self._reply(recv)
             except (EOFError, OSError):
-                code = self._stop()
+                code = self._stop(grace=1.0 if doing else 0.0)  # a moment to end by itself: its own exit code
+                if doing:
+                    raise HTTPException(503, f"the embedding process ended {doing} ({describe_exit(code)}); see the "
+                                             "server log") from None
                 raise HTTPException(400, f"the decoder process died on this file (exit code {code}); "
                                          "file rejected") from None
         if reply[0] == "ok":
