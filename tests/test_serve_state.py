@@ -12,11 +12,13 @@ import shutil
 import threading
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.testclient import TestClient
 
+from mess.search.query import Neighbour
 from mess.serve.state import (
     RequestLock,
     ServeState,
@@ -26,6 +28,7 @@ from mess.serve.state import (
     catalog_id,
     default_model,
     get_state,
+    neighbour_dict,
     rebuilding,
     store_error,
     track_dict,
@@ -290,8 +293,24 @@ def test_the_lock_is_taken_within_a_time_only_when_no_other_thread_holds_it() ->
     assert seen == [False, True]  # released after the block
     with lock:
         pass
-    with lock.within(0.0) as free:
-        assert free
+    thread = threading.Thread(target=other)  # released by a plain `with` too
+    thread.start()
+    thread.join()
+    assert seen == [False, True, True]
+
+
+def test_a_thread_holding_the_lock_searches_with_one_openmp_thread() -> None:
+    lock, counts = RequestLock(), []
+
+    def search() -> None:
+        faiss.omp_set_num_threads(2)  # a fresh thread's own setting
+        with lock:
+            counts.append(faiss.omp_get_max_threads())
+
+    thread = threading.Thread(target=search)
+    thread.start()
+    thread.join()
+    assert counts == [1]
 
 
 # --- JSON shapes, ids and vectors -------------------------------------------------------------------------------
@@ -302,6 +321,18 @@ def test_a_track_s_json_holds_its_tags_and_file_name_without_folders(tmp_path: P
     assert track_dict(one) == {"id": one.id, "name": "Ann - One", "title": "One", "artist": "Ann", "album": None,
                                "genre": None, "composer": None, "duration": 61.5, "file": "one.flac"}
     assert track_dict(cafe)["file"] == "caf\\xe9.wav" and track_dict(cafe)["name"] == "caf\\xe9"
+    store.close()
+
+
+def test_a_search_result_s_json_is_its_track_s_plus_its_scores_and_reasons(tmp_path: Path) -> None:
+    store = _store(tmp_path, "dsp")
+    one = store.tracks()[0]
+    result = Neighbour(one, 0.1234567, True, {"timbre": 0.5, "harmony": 0.25}, {"timbre": 0.9, "harmony": 0.97}, 0.2)
+    assert neighbour_dict(result) == {
+        "id": one.id, "name": "Ann - One", "title": "One", "artist": "Ann", "album": None, "genre": None,
+        "composer": None, "duration": 61.5, "file": "one.flac", "score": 0.123457, "duplicate": True, "adjusted": 0.2,
+        "why": {"timbre": 0.5, "harmony": 0.25}, "why_percentile": {"timbre": 0.9, "harmony": 0.97},
+        "reasons": ["harmony", "timbre"], "reasons_text": result.reasons_text()}
     store.close()
 
 
