@@ -299,6 +299,27 @@ def test_the_lock_is_taken_within_a_time_only_when_no_other_thread_holds_it() ->
     assert seen == [False, True, True]
 
 
+def test_a_lock_held_elsewhere_is_not_taken_and_the_block_runs_on() -> None:
+    lock, held, done = RequestLock(), threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            done.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    ran = []
+    with lock.within(0.05) as taken:
+        ran.append(taken)
+    done.set()
+    holder.join()
+    assert ran == [False]
+    with lock.within(0.05) as taken:
+        assert taken
+
+
 def test_a_thread_holding_the_lock_searches_with_one_openmp_thread() -> None:
     lock, counts = RequestLock(), []
 
