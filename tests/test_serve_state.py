@@ -177,6 +177,31 @@ def test_a_store_extracted_again_in_place_is_reopened_once_it_holds_vectors(tmp_
     state.store.close()
 
 
+def test_a_store_not_replaced_is_checked_without_waiting_for_the_lock(tmp_path: Path) -> None:
+    """Every request checks the catalog first: while a long request holds the lock, the others (a health check)
+    must not wait for it to learn that nothing changed."""
+    state = _state(_store(tmp_path, "dsp"))
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with state.lock:
+            held.set()
+            done.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    checker = threading.Thread(target=state.refresh)
+    checker.start()
+    checker.join(2)
+    waited = checker.is_alive()
+    done.set()
+    holder.join()
+    checker.join()
+    assert not waited
+    state.store.close()
+
+
 def test_a_store_replaced_keeps_the_server_s_model_when_the_new_store_has_it(tmp_path: Path) -> None:
     root = tmp_path / "store"
     state = _state(_store(root, "dsp", "musicnn"), "dsp")
