@@ -202,6 +202,25 @@ def test_a_store_not_replaced_is_checked_without_waiting_for_the_lock(tmp_path: 
     state.store.close()
 
 
+def test_two_requests_that_find_the_store_replaced_reopen_it_once(tmp_path: Path) -> None:
+    """The second request to see the new catalog waits for the lock while the first reopens the store; it then
+    finds the store reopened and keeps it (it opened a third connection and closed the one just opened)."""
+    root = tmp_path / "store"
+    state = _state(_store(root, "dsp"))
+    shutil.move(root, tmp_path / "aside")
+    _store(root, "dsp").close()
+    with state.lock:
+        second = threading.Thread(target=state.refresh)
+        second.start()
+        second.join(0.5)  # it saw the new catalog and waits for the lock
+        state.refresh()  # the first request, holding it
+        reopened = state.store
+    second.join()
+    assert state.store is reopened and state.catalog == catalog_id(root)
+    assert [t.path for t in reopened.tracks()] == ["/m/one.flac", os.fsdecode(b"/m/caf\xe9.wav")]  # still open
+    reopened.close()
+
+
 def test_a_store_replaced_keeps_the_server_s_model_when_the_new_store_has_it(tmp_path: Path) -> None:
     root = tmp_path / "store"
     state = _state(_store(root, "dsp", "musicnn"), "dsp")
