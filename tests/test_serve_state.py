@@ -119,6 +119,9 @@ def test_a_request_naming_a_model_or_run_gets_it_and_unknown_ones_are_404(tmp_pa
         state.run("nope")
     assert unknown.value.status_code == 404
     assert unknown.value.detail == "unknown model 'nope'; this store has vectors for dsp, musicnn"
+    with pytest.raises(HTTPException) as folder:  # a folder (a local model's) is named as the request wrote it
+        state.run(".")
+    assert folder.value.detail == "unknown model '.'; this store has vectors for dsp, musicnn"
     with pytest.raises(HTTPException) as gone:
         state.run("dsp@999")
     assert gone.value.status_code == 404 and "999" in gone.value.detail
