@@ -151,6 +151,11 @@ def test_the_catalog_s_identity_is_its_device_and_inode_and_none_while_absent(tm
     assert catalog_id(tmp_path) == (st.st_dev, st.st_ino)
 
 
+def _opened(path: Path) -> int:
+    """How many of this process's file descriptors are open on ``path``."""
+    return sum(os.path.realpath(f"/proc/self/fd/{fd}") == str(path) for fd in os.listdir("/proc/self/fd"))
+
+
 def test_a_store_extracted_again_in_place_is_reopened_once_it_holds_vectors(tmp_path: Path) -> None:
     root = tmp_path / "store"
     state = _state(_store(root, "dsp"), "dsp")
@@ -167,8 +172,11 @@ def test_a_store_extracted_again_in_place_is_reopened_once_it_holds_vectors(tmp_
     (root / "catalog.sqlite").unlink()
     empty = FeatureStore(root)
     empty.upsert_track(Path("/m/new.flac"), "h9", 10, 1.0, {}, {})
+    empty.close()
     state.refresh()
     assert state.store is first  # a new catalog without vectors yet
+    assert _opened(root / "catalog.sqlite") == 0  # the store opened to look at it was closed
+    empty = FeatureStore(root)
     _run(empty, "musicnn")
     empty.close()
     state.refresh()  # the server's --model dsp is not in the new store: its best model answers
