@@ -461,6 +461,8 @@ while True:
             os.kill(os.getpid(), 9)
         loaded.add(model)
     outbox.send(("loaded",))
+    if command == "crash after load":  # the decoder's death on this file
+        os._exit(4)
     if command == "hang":
         time.sleep(60)
     elif command == "decode":
@@ -701,3 +703,24 @@ def test_a_child_that_dies_starting_or_loading_a_model_is_503_not_the_file_s_fau
     with pytest.raises(HTTPException) as crash:
         scripted.embed(_job(tmp_path, "crash", "c.wav"), _Run("dsp"), "c.wav")
     assert crash.value.status_code == 400 and "died on this file" in crash.value.detail
+
+
+def test_a_death_decoding_the_file_is_the_file_s_400_even_with_a_model_just_loaded(scripted: EmbedWorker,
+                                                                                  tmp_path: Path) -> None:
+    with pytest.raises(HTTPException) as crash:
+        scripted.embed(_job(tmp_path, "crash after load"), _Run("slow-a"), "a.wav")
+    assert crash.value.status_code == 400
+    assert crash.value.detail == "the decoder process died on this file (exit code 4); file rejected"
+
+
+def test_a_child_killed_while_idle_is_replaced_and_its_models_loaded_again(scripted: EmbedWorker,
+                                                                         tmp_path: Path) -> None:
+    """The next upload waits for the fresh child to be ready and to load its model (not counted against the file)."""
+    ok = _job(tmp_path, "ok")
+    assert scripted.embed(ok, _Run("slow-a"), "a.wav")
+    first = scripted.pid
+    scripted.kill()
+    while scripted.pid is not None:
+        time.sleep(0.02)
+    assert scripted.embed(ok, _Run("slow-a"), "a.wav").content_hash == "hash-mess-upload-x.wav"
+    assert scripted.pid not in (None, first)
