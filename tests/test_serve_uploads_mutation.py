@@ -724,3 +724,22 @@ def test_a_child_killed_while_idle_is_replaced_and_its_models_loaded_again(scrip
         time.sleep(0.02)
     assert scripted.embed(ok, _Run("slow-a"), "a.wav").content_hash == "hash-mess-upload-x.wav"
     assert scripted.pid not in (None, first)
+
+
+def test_a_model_that_fails_on_the_first_job_leaves_the_child_ready_for_the_next(scripted: EmbedWorker,
+                                                                                tmp_path: Path) -> None:
+    with pytest.raises(HTTPException, match="cannot load model broken"):
+        scripted.embed(_job(tmp_path, "ok"), _Run("broken"), "a.wav")
+    scripted.start_timeout = 2.0  # the child said 'ready' once: no second 'ready' is awaited
+    assert scripted.embed(_job(tmp_path, "ok"), _Run("dsp"), "a.wav").content_hash
+
+
+def test_the_embedding_child_runs_in_a_process_group_of_its_own() -> None:
+    """The terminal's Ctrl-C reaches the server alone, which stops the child by its pipe."""
+    worker = EmbedWorker()
+    worker.start()
+    try:
+        assert worker.pid is not None and os.getpgid(worker.pid) == worker.pid != os.getpgid(0)
+    finally:
+        worker.close()
+    assert worker.pid is None
