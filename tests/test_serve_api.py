@@ -30,6 +30,7 @@ from fastapi.testclient import TestClient
 from matplotlib.image import imsave
 from typer.testing import CliRunner
 
+from conftest import cache_lock, run_folder
 from mess.artists.profiles import load_artists, load_space
 from mess.artists.similarity import artist_vectors, similarity_row
 from mess.audio.discover import find_audio
@@ -66,10 +67,28 @@ def _render(artist: str, f0: float, rng: np.random.Generator, seconds: float = 4
     return (0.3 * y / np.abs(y).max()).astype(np.float32)
 
 
+@pytest.fixture(scope="session")
+def serve_collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 tagged FLAC files (3 artists x 4), extracted with the dsp model, plus an aspect map and a probe report:
+    ``<folder>/music`` and the store ``<folder>/store`` (returned), built once per run by whichever worker asks first
+    (test_serve_malformed uses it too); treat it as read-only."""
+    shared = run_folder(tmp_path_factory) / "serve-collection"
+    with cache_lock(shared):
+        if not (shared / "complete").exists():
+            shutil.rmtree(shared, ignore_errors=True)
+            _build_collection(shared)
+            (shared / "complete").touch()
+    return shared / "store"
+
+
 @pytest.fixture(scope="module")
-def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """12 tagged FLAC files (3 artists x 4), extracted with the dsp model, plus an aspect map and a probe report."""
-    root = tmp_path_factory.mktemp("serve")
+def collection(serve_collection: Path) -> Path:
+    """:func:`serve_collection`, read-only: this module's tests copy it before they change it."""
+    return serve_collection
+
+
+def _build_collection(root: Path) -> None:
+    """Write the music of :func:`serve_collection` under ``root/music`` and extract it into ``root/store``."""
     rng = np.random.default_rng(0)
     for artist, genre in ARTISTS.items():
         for i, f0 in enumerate(PITCHES):
@@ -89,7 +108,6 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
     paths["json"].write_text(json.dumps({"model": "dsp", "aspects": [{"aspect": "timbre", "layer": "mfcc"}]}))
     imsave(paths["png"], np.arange(12.0).reshape(3, 4))
     store.close()
-    return root / "store"
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ One app over one store (``test_serve_api``'s twelve rendered tones) serves the m
 from __future__ import annotations
 
 import io
+import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
@@ -28,7 +29,21 @@ from mess.serve.app import create_app
 from mess.serve.errors import http_error, invalid_request, short_values, unused_parameters, without_paths
 from mess.store import FeatureStore, RunKey
 
-collection = api.collection  # the module's store, made once here
+serve_collection = api.serve_collection  # the session's store, made once per run
+
+
+@pytest.fixture(scope="module")
+def collection(serve_collection: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of the session's store: this module's server may write to it (it builds an index)."""
+    copy = tmp_path_factory.mktemp("serve") / "store"
+    shutil.copytree(serve_collection, copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def server_files(collection: Path, serve_collection: Path) -> Path:
+    """The folder above the store served and the music it catalogues: no answer may name it."""
+    return Path(os.path.commonpath([collection, serve_collection]))
 BIG = "9" * 5000  # past int()'s 4,300 digits
 NINES = repr(BIG[:40])
 
@@ -154,12 +169,12 @@ def _cases(table: str) -> list[tuple[str, str, int, str]]:
 
 @pytest.mark.parametrize(("method", "url", "status", "words"), _cases(CASES),
                          ids=lambda value: value[:60] if isinstance(value, str) else None)
-def test_malformed_parameters_are_refused_naming_them(client: TestClient, collection: Path, method: str, url: str,
+def test_malformed_parameters_are_refused_naming_them(client: TestClient, server_files: Path, method: str, url: str,
                                                       status: int, words: str) -> None:
-    _refused(client.request(method, url), status, words, collection.parent)
+    _refused(client.request(method, url), status, words, server_files)
 
 
-def test_long_values_are_cut_in_every_refusal(client: TestClient, collection: Path) -> None:
+def test_long_values_are_cut_in_every_refusal(client: TestClient, server_files: Path) -> None:
     """A model, layer, aspect, hubness method or track id of thousands of characters was echoed whole in the 400 and
     404 answers (422s were cut): every route, each query parameter and each path id, sent a long value."""
     long, digits = "z" * 10_000, "9" * 3000  # under int()'s 4,300 digits: a well-formed id that names no track
@@ -172,7 +187,7 @@ def test_long_values_are_cut_in_every_refusal(client: TestClient, collection: Pa
             for url, params in sent:
                 response = client.request(method.upper(), url, params=params)
                 if response.status_code >= 400:
-                    detail = _refused(response, response.status_code, "", collection.parent)
+                    detail = _refused(response, response.status_code, "", server_files)
                     assert len(detail) < 300, (method, path, params.keys(), detail[:300])
                     cut += [(path, *params)] if "characters)" in detail else []
     assert len(cut) >= 15 and ("/api/tracks/{track_id}",) in cut and ("/api/map", "aspect") in cut, cut
@@ -234,9 +249,9 @@ UPLOADS: list[tuple[str, Callable[[], dict], int, str]] = [
 
 
 @pytest.mark.parametrize(("case", "request_args", "status", "words"), UPLOADS, ids=[u[0] for u in UPLOADS])
-def test_bad_uploads_are_refused_in_words(client: TestClient, collection: Path, case: str,
+def test_bad_uploads_are_refused_in_words(client: TestClient, server_files: Path, case: str,
                                           request_args: Callable[[], dict], status: int, words: str) -> None:
-    _refused(client.post("/api/similar/upload", params={"k": 3}, **request_args()), status, words, collection.parent)
+    _refused(client.post("/api/similar/upload", params={"k": 3}, **request_args()), status, words, server_files)
 
 
 @pytest.mark.parametrize(("name", "seconds", "channels"), [("one second.wav", 1, 1), ("5.1.wav", 1.2, 6)])
@@ -263,10 +278,10 @@ def test_a_range_of_thousands_of_digits_reads_past_the_file(client: TestClient, 
 
 @pytest.mark.parametrize("body", [{"json": {"layer": "mfcc"}}, {"content": b"{bad", "headers": {"content-type": "x"}}],
                          ids=["JSON", "malformed"])
-def test_a_body_sent_to_the_index_route_is_refused(client: TestClient, collection: Path, body: dict) -> None:
+def test_a_body_sent_to_the_index_route_is_refused(client: TestClient, server_files: Path, body: dict) -> None:
     """The body was ignored: ``{"layer": "mfcc"}`` built the index of the default vectors."""
     _refused(client.post("/api/index", params={"kind": "flat"}, **body), 400,
-             "/api/index takes no request body; give its parameters in the query", collection.parent)
+             "/api/index takes no request body; give its parameters in the query", server_files)
 
 
 def test_the_server_answers_normally_afterwards(client: TestClient) -> None:
