@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -57,6 +58,7 @@ class Browser:
         self._buffer = b""
         self._next_id = 0
         self.session: str | None = None
+        self.target: str | None = None
         self.events: list[dict] = []
 
     def call(self, method: str, params: dict | None = None, *, browser_level: bool = False) -> dict:
@@ -84,7 +86,7 @@ class Browser:
         return json.loads(raw)
 
     def open(self, url: str, width: int = 1400, height: int = 1000) -> None:
-        target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self.target = target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
         self.session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True},
                                  browser_level=True)["sessionId"]
         self.call("Runtime.enable")
@@ -127,7 +129,15 @@ class Browser:
     def exceptions(self) -> list[str]:
         """JavaScript exceptions the page threw so far."""
         return [e["params"]["exceptionDetails"].get("exception", {}).get("description", "?")
-                for e in self.events if e.get("method") == "Runtime.exceptionThrown"]
+                for e in self.events if e.get("method") == "Runtime.exceptionThrown"
+                and e.get("sessionId") == self.session]
+
+    def close_page(self) -> None:
+        """Close the page :meth:`open` opened (its tab), keeping the browser for the next one."""
+        if self.target is not None:
+            self.call("Target.closeTarget", {"targetId": self.target}, browser_level=True)
+        self.session = self.target = None
+        self.events.clear()
 
     def close(self) -> None:
         try:
@@ -174,195 +184,35 @@ def _serving(store: Path, model: str) -> Iterator[str]:
         proc.wait(10)
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def server(extracted_store: Path) -> Iterator[str]:
-    """`mess serve` of the session's store on a free loopback port; yields its base URL."""
+    """`mess serve` of the session's store on a free loopback port, for the module (it keeps no state a test
+    changes); yields its base URL."""
     with _serving(extracted_store, "dsp") as url:
         yield url
 
 
-def test_page_click_a_track_shows_neighbours(server: str, tmp_path: Path, record_property) -> None:
-    expected = httpx.get(f"{server}/api/map", params={"model": "dsp"}, timeout=TIMEOUT).json()["points"]
-    browser = Browser(tmp_path / "profile")
-    try:
-        browser.open(server + "/")
-        assert browser.wait_for("window.mess && window.mess.state.points.length") == len(expected)
-        assert browser.evaluate("document.getElementById('model').value") == "dsp"
-        legend = browser.evaluate("[...document.querySelectorAll('#legend li')].map(li => li.textContent)")
-        artists = {p["artist"] for p in expected}
-        assert len(legend) == len(artists) and all(any(a in item for item in legend) for a in artists)
-
-        target = expected[len(expected) // 2]
-        x, y = browser.evaluate(f"window.mess.pagePosition({target['id']})")
-        browser.click(x, y)
-        count = browser.wait_for("document.querySelectorAll('#neighbours li').length")
-        assert count == min(10, len(expected) - 1)
-        assert browser.evaluate("window.mess.state.selected") == target["id"]
-        assert browser.evaluate("document.getElementById('now-title').textContent") == target["name"]
-        assert browser.evaluate("document.getElementById('player').src").endswith(f"/api/tracks/{target['id']}/audio")
-        shown = browser.evaluate("[...document.querySelectorAll('#neighbours button.track')].map(b => +b.dataset.id)")
-        api = httpx.get(f"{server}/api/tracks/{target['id']}/similar", params={"model": "dsp", "k": 10},
-                        timeout=TIMEOUT).json()
-        assert shown == [r["id"] for r in api["results"]] and target["id"] not in shown
-        # the page shows the score the list is ordered by (the default's augmented score), not the cosine
-        assert api["ranking"] == "augmented"
-        scores = browser.evaluate("[...document.querySelectorAll('#neighbours .score')].map(s => +s.textContent)")
-        assert len(scores) == count and scores == sorted(scores, reverse=True)
-        assert all(abs(s - r["adjusted"]) <= 5.1e-5 for s, r in zip(scores, api["results"], strict=True))
-        assert any(abs(s - r["score"]) > 1e-3 for s, r in zip(scores, api["results"], strict=True))  # not the cosine
-        assert browser.wait_for("document.querySelectorAll('#neighbours .chip').length") >= count
-        assert browser.wait_for("document.getElementById('player').readyState >= 1"), "audio did not load"
-
-        words = target["artist"].lower().split()
-        browser.evaluate("(() => { const s = document.getElementById('search');"
-                         f" s.value = {json.dumps(target['artist'])}; s.dispatchEvent(new Event('input')); }})()")
-        hits = browser.evaluate("document.querySelectorAll('#search-results button.track').length")
-        texts = [" ".join(str(p[f]) for f in ("name", "album", "genre", "composer", "file") if p[f]).lower()
-                 for p in expected]
-        assert hits == min(30, sum(all(w in t for w in words) for t in texts)) >= 1
-
-        low = io.BytesIO()  # an upload sampled at 4 kHz: the page shows the server's warning under its title
-        sf.write(low, 0.3 * np.sin(2 * np.pi * 440 * np.arange(4 * 4000) / 4000), 4000, format="WAV")
-        browser.evaluate("(() => { const t = new DataTransfer(); t.items.add(new File([Uint8Array.from(atob("
-                         f"{json.dumps(base64.b64encode(low.getvalue()).decode())}), c => c.charCodeAt(0))], "
-                         "'phone.wav', {type: 'audio/wav'})); document.getElementById('upload-file').files = t.files;"
-                         " document.getElementById('upload-form').requestSubmit(); })()")
-        warned = browser.wait_for("[...document.querySelectorAll('#upload-warnings p')].map(p => p.textContent)")
-        assert warned == ["warning: phone.wav: sampled at 4000 Hz, below half the model's 22050 Hz: it hears nothing "
-                          "above 2000 Hz, so its vectors say little"]
-        assert browser.evaluate("document.getElementById('upload-warnings').hidden") is False
-        assert browser.evaluate("document.getElementById('now-title').textContent") == "phone.wav"
-        shot = browser.screenshot(tmp_path / "serve-browser.png")
-        browser.evaluate("document.querySelector('#neighbours button.track').click()")  # a collection track: gone
-        assert browser.wait_for("document.getElementById('upload-warnings').hidden")
-        assert browser.evaluate("document.querySelectorAll('#upload-warnings p').length") == 0
-        assert browser.exceptions() == []
-    finally:
-        browser.close()
-    assert shot.stat().st_size > 10_000
-    record_property("screenshot", str(shot))
-    print(f"\nscreenshot: {shot}")
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    """One headless chromium for the module; each test opens its own page with :func:`browser`."""
+    browser = Browser(tmp_path_factory.mktemp("profile"))
+    yield browser
+    browser.close()
 
 
-def test_page_offers_the_vectors_of_the_run_that_answers(rendered_collection: list[Path], tmp_path: Path) -> None:
-    """dsp extracted again with another window policy on 2 files: the newer run is not the one answering (it covers
-    fewer tracks), so the page must offer the probed aspects of the first run, not the newer run's none."""
-    from mess.audio.windows import WindowPolicy
-    from mess.extract.pipeline import extract
-    from mess.models.dsp import DspModel
-    from mess.store import FeatureStore
-
-    store = FeatureStore(tmp_path / "store")
-    extract(store, rendered_collection, DspModel(), WindowPolicy())
-    store.set_aspect_map(store.run("dsp"), [("timbre", "mfcc", 0.5, 0.1)])
-    extract(store, rendered_collection[:2], DspModel(), WindowPolicy(max_windows=1))
-    assert len(store.runs()) == 2
-    newer = store.runs()[-1]
-    store.close()
-    with _serving(tmp_path / "store", "dsp") as url:
-        browser = Browser(tmp_path / "profile")
-        try:
-            browser.open(url + "/")
-            assert browser.wait_for("window.mess && window.mess.state.points.length") == len(rendered_collection)
-            options = browser.evaluate("[...document.getElementById('vectors').options].map(o => o.value)")
-            assert "aspect:timbre" in options
-            browser.evaluate("(() => { const v = document.getElementById('vectors'); v.value = 'aspect:timbre';"
-                             " v.dispatchEvent(new Event('change')); })()")
-            caption = browser.wait_for("(t => t.includes('aspect timbre') && t)"
-                                       "(document.getElementById('map-caption').textContent)")
-            assert caption.startswith(f"{len(rendered_collection)} tracks")
-            # the other run is offered too (as NAME@RUN_ID), and picking it maps its own two tracks
-            models = browser.evaluate("[...document.getElementById('model').options].map(o => o.value)")
-            assert models == ["dsp", f"dsp@{newer.id}"]
-            browser.evaluate(f"(() => {{ const m = document.getElementById('model'); m.value = 'dsp@{newer.id}';"
-                             " m.dispatchEvent(new Event('change')); })()")
-            assert browser.wait_for("window.mess.state.model.includes('@') && window.mess.state.points.length"
-                                    " === 2 && window.mess.state.points.length") == 2
-            assert browser.exceptions() == []
-        finally:
-            browser.close()
+@pytest.fixture()
+def browser(chromium: Browser) -> Iterator[Browser]:
+    """The module's chromium, for one page: the test opens it, and it is closed after the test."""
+    chromium.events.clear()
+    yield chromium
+    chromium.close_page()
 
 
-def test_neighbours_of_a_track_clicked_earlier_never_replace_the_later_ones(rendered_collection: list[Path],
-                                                                            tmp_path: Path) -> None:
-    """Two tracks clicked in turn, the first one's search answered last (held in the browser's network layer):
-    the page showed the first track's neighbours under the second, playing, track."""
-    from mess.audio.windows import WindowPolicy
-    from mess.extract.pipeline import extract
-    from mess.models.dsp import DspModel
-    from mess.store import FeatureStore
-
-    store = FeatureStore(tmp_path / "store")
-    extract(store, rendered_collection, DspModel(), WindowPolicy())
-    store.close()
-    with _serving(tmp_path / "store", "dsp") as url:
-        points = httpx.get(f"{url}/api/map", timeout=TIMEOUT).json()["points"]
-        first, second = points[0], next(p for p in points if p["artist"] != points[0]["artist"])
-        expected = {p["id"]: [r["id"] for r in httpx.get(f"{url}/api/tracks/{p['id']}/similar",
-                                                          params={"k": 10}, timeout=TIMEOUT).json()["results"]]
-                    for p in (first, second)}
-        assert expected[first["id"]] != expected[second["id"]]
-        browser = Browser(tmp_path / "profile")
-        try:
-            browser.open(url + "/")
-            assert browser.wait_for("window.mess && window.mess.state.points.length") == len(points)
-            browser.call("Fetch.enable", {"patterns": [{"urlPattern": "*/api/tracks/*/similar*"}]})
-            browser.evaluate(f"selectTrack({first['id']}); selectTrack({second['id']}); 1")
-            deadline = time.monotonic() + TIMEOUT
-            while len(paused := [e["params"] for e in browser.events if e.get("method") == "Fetch.requestPaused"]) < 2:
-                assert time.monotonic() < deadline, "the two searches were not sent"
-                browser.evaluate("1")  # reads the events that came meanwhile
-            held = {int(p["request"]["url"].split("/api/tracks/")[1].split("/")[0]): p["requestId"] for p in paused}
-            browser.call("Fetch.continueRequest", {"requestId": held[second["id"]]})
-            shown = "[...document.querySelectorAll('#neighbours button.track')].map(b => +b.dataset.id)"
-            later = json.dumps(expected[second["id"]], separators=(",", ":"))
-            assert browser.wait_for(f"JSON.stringify({shown}) === {json.dumps(later)}")
-            browser.call("Fetch.continueRequest", {"requestId": held[first["id"]]})
-            browser.call("Fetch.disable")
-            time.sleep(2)  # the first answer arrives and is dropped
-            assert browser.evaluate(shown) == expected[second["id"]]
-            assert browser.evaluate("window.mess.state.selected") == second["id"]
-            assert browser.evaluate("document.getElementById('neighbours-caption').textContent").startswith(
-                f"like {second['name']},")
-            assert browser.exceptions() == []
-        finally:
-            browser.close()
-
-
-def test_a_track_whose_file_changed_since_extraction_says_why_it_does_not_play(rendered_collection: list[Path],
-                                                                                tmp_path: Path) -> None:
-    """The server refuses a file changed since extraction (409); the page's player stayed silent with no word."""
-    from mess.audio.windows import WindowPolicy
-    from mess.extract.pipeline import extract
-    from mess.models.dsp import DspModel
-    from mess.store import FeatureStore
-
-    music = tmp_path / "music"
-    music.mkdir()
-    for i, source in enumerate(rendered_collection[:3]):
-        shutil.copyfile(source, music / f"{i}-{source.name}")
-    store = FeatureStore(tmp_path / "store")
-    extract(store, sorted(music.iterdir()), DspModel(), WindowPolicy())
-    changed = store.tracks()[1]
-    store.close()
-    shutil.copyfile(rendered_collection[5], changed.path)  # another song written over it
-    with _serving(tmp_path / "store", "dsp") as url:
-        browser = Browser(tmp_path / "profile")
-        try:
-            browser.open(url + "/")
-            browser.wait_for("window.mess && window.mess.state.points.length")
-            browser.evaluate(f"selectTrack({changed.id}); 1")
-            meta = browser.wait_for("(t => t.startsWith('cannot play') && t)"
-                                    "(document.getElementById('now-meta').textContent)")
-            assert "changed since it was extracted" in meta and Path(changed.path).name in meta, meta
-            assert browser.exceptions() == []
-        finally:
-            browser.close()
-
-
-def test_a_file_the_browser_cannot_decode_says_so(rendered_collection: list[Path], tmp_path: Path) -> None:
-    """A WavPack track (served whole, but Chromium has no WavPack decoder) and the same file uploaded: the player
-    stayed silent and the page said nothing."""
+@pytest.fixture(scope="module")
+def small(rendered_collection: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    """`mess serve` of 3 rendered files and a WavPack tone (``tone.wv``: Chromium has no WavPack decoder), extracted
+    with dsp, the second rendered file then overwritten by another song (``changed``). Yields ``url``, ``music``,
+    ``changed`` and ``wavpack`` (tracks)."""
     import av
 
     from mess.audio.windows import WindowPolicy
@@ -370,7 +220,8 @@ def test_a_file_the_browser_cannot_decode_says_so(rendered_collection: list[Path
     from mess.models.dsp import DspModel
     from mess.store import FeatureStore
 
-    music = tmp_path / "music"
+    root = tmp_path_factory.mktemp("small")
+    music = root / "music"
     music.mkdir()
     for i, source in enumerate(rendered_collection[:3]):
         shutil.copyfile(source, music / f"{i}-{source.name}")
@@ -383,27 +234,174 @@ def test_a_file_the_browser_cannot_decode_says_so(rendered_collection: list[Path
         stream.layout = "mono"
         for packet in [*stream.encode(frame), *stream.encode(None)]:
             container.mux(packet)
-    store = FeatureStore(tmp_path / "store")
+    store = FeatureStore(root / "store")
     extract(store, sorted(music.iterdir()), DspModel(), WindowPolicy())
-    wavpack = next(t for t in store.tracks() if t.path.endswith(".wv"))
+    tracks = store.tracks()
     store.close()
-    said = "cannot play: this browser cannot decode the file's format"
+    changed = next(t for t in tracks if Path(t.path).name.startswith("1-"))
+    wavpack = next(t for t in tracks if t.path.endswith(".wv"))
+    shutil.copyfile(rendered_collection[5], changed.path)  # another song written over it
+    with _serving(root / "store", "dsp") as url:
+        yield SimpleNamespace(url=url, music=music, changed=changed, wavpack=wavpack)
+
+
+def test_page_click_a_track_shows_neighbours(server: str, browser: Browser, tmp_path: Path,
+                                             record_property) -> None:
+    expected = httpx.get(f"{server}/api/map", params={"model": "dsp"}, timeout=TIMEOUT).json()["points"]
+    browser.open(server + "/")
+    assert browser.wait_for("window.mess && window.mess.state.points.length") == len(expected)
+    assert browser.evaluate("document.getElementById('model').value") == "dsp"
+    legend = browser.evaluate("[...document.querySelectorAll('#legend li')].map(li => li.textContent)")
+    artists = {p["artist"] for p in expected}
+    assert len(legend) == len(artists) and all(any(a in item for item in legend) for a in artists)
+
+    target = expected[len(expected) // 2]
+    x, y = browser.evaluate(f"window.mess.pagePosition({target['id']})")
+    browser.click(x, y)
+    count = browser.wait_for("document.querySelectorAll('#neighbours li').length")
+    assert count == min(10, len(expected) - 1)
+    assert browser.evaluate("window.mess.state.selected") == target["id"]
+    assert browser.evaluate("document.getElementById('now-title').textContent") == target["name"]
+    assert browser.evaluate("document.getElementById('player').src").endswith(f"/api/tracks/{target['id']}/audio")
+    shown = browser.evaluate("[...document.querySelectorAll('#neighbours button.track')].map(b => +b.dataset.id)")
+    api = httpx.get(f"{server}/api/tracks/{target['id']}/similar", params={"model": "dsp", "k": 10},
+                    timeout=TIMEOUT).json()
+    assert shown == [r["id"] for r in api["results"]] and target["id"] not in shown
+    # the page shows the score the list is ordered by (the default's augmented score), not the cosine
+    assert api["ranking"] == "augmented"
+    scores = browser.evaluate("[...document.querySelectorAll('#neighbours .score')].map(s => +s.textContent)")
+    assert len(scores) == count and scores == sorted(scores, reverse=True)
+    assert all(abs(s - r["adjusted"]) <= 5.1e-5 for s, r in zip(scores, api["results"], strict=True))
+    assert any(abs(s - r["score"]) > 1e-3 for s, r in zip(scores, api["results"], strict=True))  # not the cosine
+    assert browser.wait_for("document.querySelectorAll('#neighbours .chip').length") >= count
+    assert browser.wait_for("document.getElementById('player').readyState >= 1"), "audio did not load"
+
+    words = target["artist"].lower().split()
+    browser.evaluate("(() => { const s = document.getElementById('search');"
+                     f" s.value = {json.dumps(target['artist'])}; s.dispatchEvent(new Event('input')); }})()")
+    hits = browser.evaluate("document.querySelectorAll('#search-results button.track').length")
+    texts = [" ".join(str(p[f]) for f in ("name", "album", "genre", "composer", "file") if p[f]).lower()
+             for p in expected]
+    assert hits == min(30, sum(all(w in t for w in words) for t in texts)) >= 1
+
+    low = io.BytesIO()  # an upload sampled at 4 kHz: the page shows the server's warning under its title
+    sf.write(low, 0.3 * np.sin(2 * np.pi * 440 * np.arange(4 * 4000) / 4000), 4000, format="WAV")
+    browser.evaluate("(() => { const t = new DataTransfer(); t.items.add(new File([Uint8Array.from(atob("
+                     f"{json.dumps(base64.b64encode(low.getvalue()).decode())}), c => c.charCodeAt(0))], "
+                     "'phone.wav', {type: 'audio/wav'})); document.getElementById('upload-file').files = t.files;"
+                     " document.getElementById('upload-form').requestSubmit(); })()")
+    warned = browser.wait_for("[...document.querySelectorAll('#upload-warnings p')].map(p => p.textContent)")
+    assert warned == ["warning: phone.wav: sampled at 4000 Hz, below half the model's 22050 Hz: it hears nothing "
+                      "above 2000 Hz, so its vectors say little"]
+    assert browser.evaluate("document.getElementById('upload-warnings').hidden") is False
+    assert browser.evaluate("document.getElementById('now-title').textContent") == "phone.wav"
+    shot = browser.screenshot(tmp_path / "serve-browser.png")
+    browser.evaluate("document.querySelector('#neighbours button.track').click()")  # a collection track: gone
+    assert browser.wait_for("document.getElementById('upload-warnings').hidden")
+    assert browser.evaluate("document.querySelectorAll('#upload-warnings p').length") == 0
+    assert browser.exceptions() == []
+    assert shot.stat().st_size > 10_000
+    record_property("screenshot", str(shot))
+    print(f"\nscreenshot: {shot}")
+
+
+def test_page_offers_the_vectors_of_the_run_that_answers(rendered_collection: list[Path], browser: Browser,
+                                                        tmp_path: Path) -> None:
+    """dsp extracted on 4 files, then again with another window policy on 2 of them: the newer run is not the one
+    answering (it covers fewer tracks), so the page must offer the probed aspects of the first run, not the newer
+    run's none."""
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.dsp import DspModel
+    from mess.store import FeatureStore
+
+    music = rendered_collection[:4]
+    store = FeatureStore(tmp_path / "store")
+    extract(store, music, DspModel(), WindowPolicy())
+    store.set_aspect_map(store.run("dsp"), [("timbre", "mfcc", 0.5, 0.1)])
+    extract(store, music[:2], DspModel(), WindowPolicy(max_windows=1))
+    assert len(store.runs()) == 2
+    newer = store.runs()[-1]
+    store.close()
     with _serving(tmp_path / "store", "dsp") as url:
-        browser = Browser(tmp_path / "profile")
-        try:
-            browser.open(url + "/")
-            browser.wait_for("window.mess && window.mess.state.points.length")
-            browser.evaluate(f"selectTrack({wavpack.id}); 1")
-            meta = browser.wait_for("(t => t.includes('cannot') && t)(document.getElementById('now-meta').textContent)")
-            assert meta.endswith(f"tone.wv · {said}"), meta
-            data = base64.b64encode((music / "tone.wv").read_bytes()).decode()
-            browser.evaluate("(() => { const t = new DataTransfer(); t.items.add(new File([Uint8Array.from(atob("
-                             f"{json.dumps(data)}), c => c.charCodeAt(0))], 'copy.wv')); "
-                             "document.getElementById('upload-file').files = t.files;"
-                             " document.getElementById('upload-form').requestSubmit(); })()")
-            meta = browser.wait_for("(t => t.startsWith('already') && t.includes('cannot') && t)"
-                                    "(document.getElementById('now-meta').textContent)")
-            assert meta == f"already in the collection · {said}", meta
-            assert browser.exceptions() == []
-        finally:
-            browser.close()
+        browser.open(url + "/")
+        assert browser.wait_for("window.mess && window.mess.state.points.length") == len(music)
+        options = browser.evaluate("[...document.getElementById('vectors').options].map(o => o.value)")
+        assert "aspect:timbre" in options
+        browser.evaluate("(() => { const v = document.getElementById('vectors'); v.value = 'aspect:timbre';"
+                         " v.dispatchEvent(new Event('change')); })()")
+        caption = browser.wait_for("(t => t.includes('aspect timbre') && t)"
+                                   "(document.getElementById('map-caption').textContent)")
+        assert caption.startswith(f"{len(music)} tracks")
+        # the other run is offered too (as NAME@RUN_ID), and picking it maps its own two tracks
+        models = browser.evaluate("[...document.getElementById('model').options].map(o => o.value)")
+        assert models == ["dsp", f"dsp@{newer.id}"]
+        browser.evaluate(f"(() => {{ const m = document.getElementById('model'); m.value = 'dsp@{newer.id}';"
+                         " m.dispatchEvent(new Event('change')); })()")
+        assert browser.wait_for("window.mess.state.model.includes('@') && window.mess.state.points.length"
+                                " === 2 && window.mess.state.points.length") == 2
+        assert browser.exceptions() == []
+
+
+def test_neighbours_of_a_track_clicked_earlier_never_replace_the_later_ones(server: str, browser: Browser) -> None:
+    """Two tracks clicked in turn, the first one's search answered last (held in the browser's network layer):
+    the page showed the first track's neighbours under the second, playing, track."""
+    points = httpx.get(f"{server}/api/map", timeout=TIMEOUT).json()["points"]
+    first, second = points[0], next(p for p in points if p["artist"] != points[0]["artist"])
+    expected = {p["id"]: [r["id"] for r in httpx.get(f"{server}/api/tracks/{p['id']}/similar",
+                                                      params={"k": 10}, timeout=TIMEOUT).json()["results"]]
+                for p in (first, second)}
+    assert expected[first["id"]] != expected[second["id"]]
+    browser.open(server + "/")
+    assert browser.wait_for("window.mess && window.mess.state.points.length") == len(points)
+    browser.call("Fetch.enable", {"patterns": [{"urlPattern": "*/api/tracks/*/similar*"}]})
+    browser.evaluate(f"selectTrack({first['id']}); selectTrack({second['id']}); 1")
+    deadline = time.monotonic() + TIMEOUT
+    while len(paused := [e["params"] for e in browser.events if e.get("method") == "Fetch.requestPaused"]) < 2:
+        assert time.monotonic() < deadline, "the two searches were not sent"
+        browser.evaluate("1")  # reads the events that came meanwhile
+    held = {int(p["request"]["url"].split("/api/tracks/")[1].split("/")[0]): p["requestId"] for p in paused}
+    browser.call("Fetch.continueRequest", {"requestId": held[second["id"]]})
+    shown = "[...document.querySelectorAll('#neighbours button.track')].map(b => +b.dataset.id)"
+    later = json.dumps(expected[second["id"]], separators=(",", ":"))
+    assert browser.wait_for(f"JSON.stringify({shown}) === {json.dumps(later)}")
+    browser.call("Fetch.continueRequest", {"requestId": held[first["id"]]})
+    browser.call("Fetch.disable")
+    time.sleep(2)  # the first answer arrives and is dropped
+    assert browser.evaluate(shown) == expected[second["id"]]
+    assert browser.evaluate("window.mess.state.selected") == second["id"]
+    assert browser.evaluate("document.getElementById('neighbours-caption').textContent").startswith(
+        f"like {second['name']},")
+    assert browser.exceptions() == []
+
+
+def test_a_track_whose_file_changed_since_extraction_says_why_it_does_not_play(small: SimpleNamespace,
+                                                                                browser: Browser) -> None:
+    """The server refuses a file changed since extraction (409); the page's player stayed silent with no word."""
+    browser.open(small.url + "/")
+    browser.wait_for("window.mess && window.mess.state.points.length")
+    browser.evaluate(f"selectTrack({small.changed.id}); 1")
+    meta = browser.wait_for("(t => t.startsWith('cannot play') && t)"
+                            "(document.getElementById('now-meta').textContent)")
+    assert "changed since it was extracted" in meta and Path(small.changed.path).name in meta, meta
+    assert browser.exceptions() == []
+
+
+def test_a_file_the_browser_cannot_decode_says_so(small: SimpleNamespace, browser: Browser) -> None:
+    """A WavPack track (served whole, but Chromium has no WavPack decoder) and the same file uploaded: the player
+    stayed silent and the page said nothing."""
+    said = "cannot play: this browser cannot decode the file's format"
+    browser.open(small.url + "/")
+    browser.wait_for("window.mess && window.mess.state.points.length")
+    browser.evaluate(f"selectTrack({small.wavpack.id}); 1")
+    meta = browser.wait_for("(t => t.includes('cannot') && t)(document.getElementById('now-meta').textContent)")
+    assert meta.endswith(f"tone.wv · {said}"), meta
+    data = base64.b64encode((small.music / "tone.wv").read_bytes()).decode()
+    browser.evaluate("(() => { const t = new DataTransfer(); t.items.add(new File([Uint8Array.from(atob("
+                     f"{json.dumps(data)}), c => c.charCodeAt(0))], 'copy.wv')); "
+                     "document.getElementById('upload-file').files = t.files;"
+                     " document.getElementById('upload-form').requestSubmit(); })()")
+    meta = browser.wait_for("(t => t.startsWith('already') && t.includes('cannot') && t)"
+                            "(document.getElementById('now-meta').textContent)")
+    assert meta == f"already in the collection · {said}", meta
+    assert browser.exceptions() == []
