@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import stat
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -47,6 +48,24 @@ def _playlist(paths: list[Path], **tags: str) -> Playlist:
     tracks = tuple(Track(i, str(_flac(p, i)), f"hash-{i}", 4.0, tags.get("artist"), tags.get("album"),
                          tags.get("title"), None, None) for i, p in enumerate(paths))
     return Playlist(tags.get("title", "mix"), tracks, tuple(1.0 for _ in tracks))
+
+
+@pytest.fixture(scope="module")
+def six_extracted(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], Path]:
+    """6 tagged FLACs of 3 artists and a store of them extracted with dsp, made once for the module: the files are
+    read-only, and :func:`six` gives each test a copy of the store."""
+    root = tmp_path_factory.mktemp("six")
+    files = [_flac(root / "music" / f"{i}.flac", 3 * i, artist=f"Artist {i % 3}", title=str(i)) for i in range(6)]
+    out = runner.invoke(app, ["extract", str(root / "music"), "--model", "dsp", "--store", str(root / "store")])
+    assert out.exit_code == 0, out.output
+    return files, root / "store"
+
+
+@pytest.fixture
+def six(six_extracted: tuple[list[Path], Path], tmp_path: Path) -> tuple[list[Path], Path]:
+    """:func:`six_extracted`'s files and a copy of its store of this test's own."""
+    files, store = six_extracted
+    return files, shutil.copytree(store, tmp_path / "store")
 
 
 def _xspf(path: Path, tag: str) -> list[str]:
@@ -184,12 +203,12 @@ def test_a_line_break_in_a_tag_never_splits_a_table_row(tmp_path: Path) -> None:
                 args, out.output)
 
 
-def test_clusters_into_a_folder_replace_the_clusters_an_earlier_run_left_there(tmp_path: Path) -> None:
+def test_clusters_into_a_folder_replace_the_clusters_an_earlier_run_left_there(six: tuple[list[Path], Path],
+                                                                              tmp_path: Path) -> None:
     """Running `clusters -o DIR` again (another -k or format) left the earlier run's playlists beside the new ones:
     DIR then held more clusters than asked for, two numbered 01, and tracks in two of them."""
-    music, store, out = tmp_path / "music", tmp_path / "store", tmp_path / "clusters"
-    files = [_flac(music / f"{i}.flac", 3 * i, artist=f"Artist {i % 3}", title=str(i)) for i in range(6)]
-    assert runner.invoke(app, ["extract", str(music), "--model", "dsp", "--store", str(store)]).exit_code == 0
+    files, store = six
+    out = tmp_path / "clusters"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     for k, fmt in (("4", "m3u8"), ("3", "xspf"), ("2", "m3u8")):
@@ -202,12 +221,12 @@ def test_clusters_into_a_folder_replace_the_clusters_an_earlier_run_left_there(t
     assert (out / "notes.txt").read_text() == "mine"
 
 
-def test_clusters_into_a_folder_keep_the_users_own_numbered_playlists(tmp_path: Path) -> None:
+def test_clusters_into_a_folder_keep_the_users_own_numbered_playlists(six: tuple[list[Path], Path],
+                                                                     tmp_path: Path) -> None:
     """`clusters -o DIR` removed every NN-name.m3u8 / .xspf in DIR it did not write now, so a user's own
     '01-favourites.m3u8' there was deleted without a word; only the cluster playlists mess wrote are replaced."""
-    music, store, out = tmp_path / "music", tmp_path / "store", tmp_path / "playlists"
-    files = [_flac(music / f"{i}.flac", 3 * i, artist=f"Artist {i % 3}", title=str(i)) for i in range(6)]
-    assert runner.invoke(app, ["extract", str(music), "--model", "dsp", "--store", str(store)]).exit_code == 0
+    files, store = six
+    out = tmp_path / "playlists"
     mine = {out / "01-favourites.m3u8": f"{files[0]}\n", out / "07-party.xspf": "<playlist/>\n"}
     for path, text in mine.items():
         path.parent.mkdir(exist_ok=True)
@@ -221,13 +240,13 @@ def test_clusters_into_a_folder_keep_the_users_own_numbered_playlists(tmp_path: 
     assert {p: p.read_text() for p in mine} == mine
 
 
-def test_clusters_replace_the_cluster_playlists_written_before_the_list_existed(tmp_path: Path) -> None:
+def test_clusters_replace_the_cluster_playlists_written_before_the_list_existed(six: tuple[list[Path], Path],
+                                                                               tmp_path: Path) -> None:
     """A folder of cluster playlists written before `.mess-clusters` existed kept them all beside the new run's
     (old clusters accumulated); mess's own are now recognised by being byte for byte what it writes, while the
     user's playlists there stay, even one named and headed like a cluster's or a radio mess wrote."""
-    music, store, out = tmp_path / "music", tmp_path / "store", tmp_path / "clusters"
-    files = [_flac(music / f"{i}.flac", 3 * i, artist=f"Artist {i % 3}", title=str(i)) for i in range(6)]
-    assert runner.invoke(app, ["extract", str(music), "--model", "dsp", "--store", str(store)]).exit_code == 0
+    files, store = six
+    out = tmp_path / "clusters"
     out.mkdir()
     for k, fmt in (("3", "m3u8"), ("2", "xspf")):  # two older runs into `out`, which listed nothing
         result = runner.invoke(app, ["playlist", "clusters", "-k", k, "-o", str(tmp_path / k), "--format", fmt,
@@ -253,12 +272,12 @@ def test_clusters_replace_the_cluster_playlists_written_before_the_list_existed(
     assert {p: p.read_text() for p in mine} == mine
 
 
-def test_clusters_never_overwrite_a_users_playlist_of_the_same_name(tmp_path: Path) -> None:
+def test_clusters_never_overwrite_a_users_playlist_of_the_same_name(six: tuple[list[Path], Path],
+                                                                    tmp_path: Path) -> None:
     """`clusters -o DIR` wrote over a user's playlist there that had the name of a new cluster playlist (their own
     '01-artist-0-artist-2.m3u8', say); now it stops with one line naming the file, and writes nothing."""
-    music, store, out = tmp_path / "music", tmp_path / "store", tmp_path / "playlists"
-    files = [_flac(music / f"{i}.flac", 3 * i, artist=f"Artist {i % 3}", title=str(i)) for i in range(6)]
-    assert runner.invoke(app, ["extract", str(music), "--model", "dsp", "--store", str(store)]).exit_code == 0
+    files, store = six
+    out = tmp_path / "playlists"
     args = ["playlist", "clusters", "-k", "2", "--store", str(store)]
     assert runner.invoke(app, [*args, "-o", str(tmp_path / "first")]).exit_code == 0
     name = sorted(p.name for p in (tmp_path / "first").glob("[!.]*"))[0]
