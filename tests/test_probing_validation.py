@@ -46,7 +46,8 @@ def renders(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def results(renders: Path) -> dict[str, FactorResult]:
-    return {r.factor: r for r in validate(renders, load_model("dsp"), n_pieces=3, levels=LEVELS, workers=2)}
+    # in this process: two worker processes cost their imports (test_probing_store's `mess probe` runs the pool)
+    return {r.factor: r for r in validate(renders, load_model("dsp"), n_pieces=3, levels=LEVELS, workers=1)}
 
 
 @needs_synth
