@@ -410,7 +410,7 @@ def test_head_answers_as_get_without_a_body(client: TestClient, store: FeatureSt
     assert missing.status_code == client.get("/api/tracks/999999").status_code == 404 and missing.content == b""
 
 
-def test_audio_streams_with_range_requests(client: TestClient, store: FeatureStore) -> None:
+def test_audio_streams_with_range_requests(client: TestClient, store: FeatureStore, tmp_path: Path) -> None:
     track = store.tracks()[0]
     raw = Path(track.path).read_bytes()
     url = f"/api/tracks/{track.id}/audio"
@@ -424,13 +424,16 @@ def test_audio_streams_with_range_requests(client: TestClient, store: FeatureSto
     assert tail.status_code == 206 and tail.content == raw[-100:]
     beyond = client.get(url, headers={"Range": f"bytes={len(raw) + 10}-"})
     assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{len(raw)}"
-    moved = Path(track.path).with_suffix(".moved")
-    Path(track.path).rename(moved)
-    try:
-        gone = client.get(url)
-        assert gone.status_code == 404 and "no longer on disk" in gone.json()["detail"]
-    finally:
-        moved.rename(track.path)
+    song = tmp_path / "music" / "song.flac"  # moved away: a private copy (the collection is shared with other modules)
+    song.parent.mkdir()
+    shutil.copyfile(track.path, song)
+    with closing(FeatureStore(tmp_path / "store")) as private:
+        extract(private, [song], DspModel(), WindowPolicy())
+        own = private.tracks()[0]
+    with TestClient(base_url="http://127.0.0.1", app=create_app(tmp_path / "store")) as c:
+        song.rename(song.with_suffix(".moved"))
+        gone = c.get(f"/api/tracks/{own.id}/audio")
+    assert gone.status_code == 404 and "no longer on disk" in gone.json()["detail"]
 
 
 def test_a_range_header_that_cannot_be_read_is_ignored_and_refusals_are_json(client: TestClient,
