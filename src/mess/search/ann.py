@@ -29,12 +29,14 @@ import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-import faiss
 import numpy as np
 
 from mess.store.paths import replace_file, replacing
+
+if TYPE_CHECKING:
+    import faiss  # imported where used: a store's health and an exact search need no faiss
 
 KINDS = ("flat", "ivf", "ivfpq", "hnsw")
 FLAT_MAX = 20_000
@@ -76,6 +78,7 @@ def pq_subquantizers(dim: int) -> int:
 
 def exact_knn(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k inner products (BLAS through faiss): (scores, row indices)."""
+    import faiss
     return faiss.knn(np.ascontiguousarray(queries, dtype=np.float32),
                      np.ascontiguousarray(base, dtype=np.float32), k, metric=faiss.METRIC_INNER_PRODUCT)
 
@@ -142,6 +145,7 @@ class AnnIndex:
         while a row found fewer than k (the lists probed held too few, or mostly excluded tracks), up to every list
         (IVF) or every vector (HNSW). Missing results (fewer than k candidates even then) have id -1.
         """
+        import faiss
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         k = max(1, min(k, self.ntotal))
         breadth = breadth or self.breadth
@@ -166,6 +170,7 @@ class AnnIndex:
 
     def _ids(self) -> np.ndarray:
         """The ids the index holds (read from every list of an IVF index)."""
+        import faiss
         if self.kind not in ("ivf", "ivfpq"):
             return faiss.vector_to_array(self.index.id_map)
         lists = self.index.invlists
@@ -199,6 +204,7 @@ class AnnIndex:
         CRC-32, so :meth:`load` refuses an index file that is not the one its JSON describes. The index is written
         through to the file, summed as it goes (serialised first, then copied to bytes, it was held three times).
         """
+        import faiss
         size, crc = 0, 0
 
         with replacing(path) as f:
@@ -220,6 +226,7 @@ class AnnIndex:
         process replacing it meanwhile). The file is read twice through one descriptor, summed in chunks, then
         read into the index, so memory holds the index once (read whole, then deserialised, it held it three times).
         """
+        import faiss
         with path.open("rb") as f:
             meta = _verified(path, f)
             f.seek(0)
@@ -235,9 +242,11 @@ class AnnIndex:
 
     def nbytes(self) -> int:
         """Serialised size of the index in bytes (a close proxy for its memory)."""
+        import faiss
         return int(faiss.serialize_index(self.index).nbytes)
 
     def _params(self, breadth: int, exclude: np.ndarray | None) -> faiss.SearchParameters | None:
+        import faiss
         sel = None
         if exclude is not None and len(exclude):
             sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.asarray(exclude, dtype=np.int64)))
@@ -268,6 +277,7 @@ def _verified(path: Path, f: BinaryIO) -> dict:
 
 
 def _new_index(kind: str, dim: int, n: int) -> faiss.Index:
+    import faiss
     if kind == "flat":
         return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     if kind == "hnsw":

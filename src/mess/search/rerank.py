@@ -22,10 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-from scipy import sparse
 
 from mess.search.augment import DBA_K, Augmentation, augmented_query, expanded_rows
 from mess.search.expansion import EXPAND_ALPHA, EXPAND_K, expand
@@ -41,6 +40,9 @@ from mess.search.graph import (
 )
 from mess.search.vectors import VectorSet
 from mess.store import FeatureStore
+
+if TYPE_CHECKING:
+    from scipy import sparse  # imported where used: opening a store's search (`mess check`) needs no scipy
 
 K1 = 10
 K2 = 3
@@ -91,6 +93,7 @@ class Reranker:
         return np.stack([self._outside(q) for q in np.atleast_2d(queries)])
 
     def _outside(self, q: np.ndarray) -> np.ndarray:
+        from scipy import sparse
         n, k1 = len(self.unit), self.top.k
         q_aug, plain, f = augmented_query(self.unit, self.aug, q)
         a = q_aug[None]
@@ -274,6 +277,7 @@ class BlockScores:
 
 def _sparse_rows(terms: np.ndarray, weights: np.ndarray, n: int) -> sparse.csr_matrix:
     """[m, n] with ``weights`` [m, k] at columns ``terms`` [m, k] (distinct in each row)."""
+    from scipy import sparse
     return sparse.csr_matrix((weights.ravel(), terms.ravel(), np.arange(0, terms.size + 1, terms.shape[1])),
                              shape=(len(terms), n))
 
@@ -300,6 +304,7 @@ def reciprocal_vectors(scores: AugmentedScores, top: NeighbourGraph, qe_rows: np
     """Every track's k-reciprocal vector [n, n] (Zhong et al.: weights exp(-distance) over its k-reciprocal
     neighbours, expanded with the reciprocal sets of their own near neighbours), before the k2 averaging
     (:func:`averaged`); from the neighbour lists and the tracks each track was expanded with."""
+    from scipy import sparse
     members = _reciprocal_members(top)
     rows = np.repeat(np.arange(members.shape[0]), np.diff(members.indptr))
     pair = scores.pairs(rows, members.indices, qe_rows[rows], qe_scores[rows])
@@ -314,6 +319,7 @@ def reciprocal_vectors(scores: AugmentedScores, top: NeighbourGraph, qe_rows: np
 def _reciprocal_members(top: NeighbourGraph) -> sparse.csr_matrix:
     """Per track (row), the tracks its k-reciprocal vector weighs (columns, sorted): the tracks of its list that
     list it, grown by the same set at half the depth of each of those whose set is more than 2/3 in its own."""
+    from scipy import sparse
     n = len(top.rows)
     rank = np.concatenate([np.arange(n)[:, None], top.rows], axis=1)  # each track first, as its own nearest
     near = _mutual(rank)
@@ -329,6 +335,7 @@ def _reciprocal_members(top: NeighbourGraph) -> sparse.csr_matrix:
 
 def _mutual(rank: np.ndarray) -> sparse.csr_matrix:
     """[n, n] with 1 where track c is in the rank list of track i (a row of ``rank``) and i in that of c."""
+    from scipy import sparse
     n, width = rank.shape
     listed = sparse.csr_matrix((np.ones(rank.size), rank.ravel(), np.arange(0, rank.size + 1, width)), shape=(n, n))
     return listed.multiply(listed.T).tocsr()
@@ -336,6 +343,7 @@ def _mutual(rank: np.ndarray) -> sparse.csr_matrix:
 
 def averaged(v: sparse.csr_matrix, top: NeighbourGraph, k2: int) -> sparse.csr_matrix:
     """Each row of ``v`` [n, n] replaced by the mean of its own and its k2 - 1 nearest tracks' rows."""
+    from scipy import sparse
     n = v.shape[0]
     k2 = min(k2, top.k + 1)
     if k2 <= 1:

@@ -28,10 +28,9 @@ import io
 import shlex
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Literal, TypeVar, cast
 
 import numpy as np
-from scipy import sparse
 
 from mess.constants import FUSED, LEARNED, NPZ_ERRORS, VectorKind
 from mess.search.augment import DBA_K, Augmentation, build_augmentation
@@ -42,6 +41,9 @@ from mess.search.segments import check_match
 from mess.search.vectors import Norm, Preprocessor, VectorSet, VectorSpec, load_vectors
 from mess.store import FeatureStore, Run, StoreError
 from mess.store.paths import replace_file
+
+if TYPE_CHECKING:
+    from scipy import sparse  # imported where used, as in mess.search.rerank
 
 T = TypeVar("T")
 SUFFIX = ".rerank.npz"
@@ -178,6 +180,7 @@ def _same_prep(a: Preprocessor, b: Preprocessor) -> bool:
 
 
 def _csr(f: np.lib.npyio.NpzFile, name: str, n: int) -> sparse.csr_matrix:
+    from scipy import sparse
     m = sparse.csr_matrix((f[f"{name}_data"], f[f"{name}_indices"], f[f"{name}_indptr"]), shape=(n, n))
     m.check_format(full_check=True)  # ValueError for indices out of range or out of order
     return m
