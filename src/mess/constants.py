@@ -25,6 +25,12 @@ ENCODED_R2: Final = 0.3  # aspects the probe predicts worse than this are neithe
 
 LABEL_FIELDS = ("artist", "album", "genre", "composer", "title")  # track tags that can define relevance
 
+# An artist's profile: the mean of at most this many of its tracks, artists with fewer than the least left out
+# (mess.artists.profiles; here, as the hybrid weights' file name, so that `mess --help` shows them without numpy).
+DEFAULT_MAX_TRACKS = 5
+DEFAULT_MIN_TRACKS = 3
+ARTIST_WEIGHTS_FILE = "artists_hybrid.json"  # learned hybrid weights, in the store's reports folder
+
 # What np.load raises on a cut short or damaged .npz file (found by truncating and flipping bytes of real ones):
 # a cache or index file that raises one of these is treated as missing, never as a traceback.
 NPZ_ERRORS: Final = (OSError, KeyError, ValueError, EOFError, NotImplementedError, zipfile.BadZipFile, zlib.error)

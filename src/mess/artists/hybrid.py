@@ -21,10 +21,11 @@ from mess.artists.credits import collaboration_similarity, track_credits
 from mess.artists.profiles import ArtistError, ArtistSet
 from mess.artists.validate import Metrics, evaluate
 from mess.audio.names import credit_key, name_key
+from mess.constants import ARTIST_WEIGHTS_FILE
 from mess.store.paths import replace_file
 
 COMPONENTS = ("audio", "genre", "collab", "reference")
-WEIGHTS_FILE = "artists_hybrid.json"  # learned weights, in the store's reports folder
+WEIGHTS_FILE = ARTIST_WEIGHTS_FILE  # learned weights, in the store's reports folder
 WEIGHT_GRID = np.linspace(0.0, 1.0, 11)
 MAX_PASSES = 10
 _TAG_SPLIT = re.compile(r"\s*[;,/|]\s*")

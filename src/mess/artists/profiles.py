@@ -11,13 +11,11 @@ from functools import cached_property
 import numpy as np
 
 from mess.audio.names import credit_key, main_artist, name_key, normalize_name
-from mess.constants import FUSED
+from mess.constants import DEFAULT_MAX_TRACKS, DEFAULT_MIN_TRACKS, FUSED
 from mess.search.vectors import aspect_layer, from_tracks
 from mess.store import FeatureStore, Run, StoreError, Track
 from mess.store.fused import fused_matrix
 
-DEFAULT_MAX_TRACKS = 5
-DEFAULT_MIN_TRACKS = 3
 SUGGESTIONS = 5  # artists an unknown name suggests at most
 
 

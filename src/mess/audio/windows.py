@@ -6,8 +6,10 @@ import json
 import math
 import numbers
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where windows are cut: `mess extract --help` shows the bounds without it
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class WindowPolicy:
 
     def starts(self, n_samples: int, sample_rate: int) -> tuple[np.ndarray, int]:
         """Window start offsets (samples) and the common window length for a track."""
+        import numpy as np
+
         win = int(round(self.window_seconds * sample_rate))
         if n_samples <= win:
             return np.zeros(1, dtype=np.int64), n_samples
@@ -61,6 +65,8 @@ class WindowPolicy:
 
     def cut(self, audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
         """Return (starts in seconds, windows [n, length]) for a mono signal."""
+        import numpy as np
+
         starts, length = self.starts(audio.size, sample_rate)
         windows = np.stack([audio[s : s + length] for s in starts])
         return starts / sample_rate, windows

@@ -7,14 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Protocol, TypeVar
 
-import numpy as np
 import typer
 from rich.table import Table
 
-from mess.artists.hybrid import COMPONENTS, WEIGHTS_FILE
-from mess.artists.profiles import DEFAULT_MAX_TRACKS, DEFAULT_MIN_TRACKS, ArtistError
 from mess.cli.common import console, emit_json, fail, failing, note, open_store, plain
 from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, AspectOpt, FusedOpt, JsonOpt, ModelOpt, StoreOpt
+from mess.constants import ARTIST_WEIGHTS_FILE, DEFAULT_MAX_TRACKS, DEFAULT_MIN_TRACKS
 
 if TYPE_CHECKING:  # mess.artists.analysis loads the search stack (faiss): imported by the commands that run it
     from mess.artists.analysis import ArtistOptions, HybridWeights, LayerValidation, SimilarArtists
@@ -66,6 +64,7 @@ WeightsOpt = Annotated[
 
 def _options(model: str | None, method: str, center: bool, max_tracks: int, min_tracks: int) -> ArtistOptions:
     from mess.artists.analysis import ArtistOptions
+    from mess.artists.profiles import ArtistError
 
     with failing(ArtistError):
         return ArtistOptions(model, method, center, max_tracks, min_tracks)
@@ -76,6 +75,8 @@ _A = TypeVar("_A")
 
 def _analysed(analyse: Callable[[FeatureStore], _A], store: Path) -> _A:
     """What ``analyse`` finds in the store at ``store``; an ArtistError ends the command with its message."""
+    from mess.artists.profiles import ArtistError
+
     with open_store(store) as fs, failing(ArtistError):
         return analyse(fs)
 
@@ -208,6 +209,8 @@ def discrimination_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Which layers tell artists apart: pair-similarity range raw vs centred, separation, verdict."""
+    import numpy as np
+
     from mess.artists.analysis import discrimination
 
     options = _options(model, method, True, max_tracks, min_tracks)
@@ -224,10 +227,14 @@ def discrimination_command(
 
 def _number(value: float) -> str:
     """``value`` to 2 decimals, or n/a when it could not be measured (NaN)."""
+    import numpy as np
+
     return f"{value:.2f}" if np.isfinite(value) else "n/a"
 
 
 def _print_discrimination(run: Run, artists: ArtistSet, reports: list[LayerReport]) -> None:
+    import numpy as np
+
     table = Table(title=f"artist discrimination per layer: {run.model}, {len(artists.profiles)} artists, best first")
     for col in ("#", "layer", "raw range", "centred range", "within/between", "separation", "silhouette", "verdict"):
         table.add_column(col, justify="left" if col in ("layer", "verdict") else "right")
@@ -328,7 +335,7 @@ def hybrid_command(
         bool,
         typer.Option(
             "--save/--no-save",
-            help=f"Save weights to STORE/reports/{WEIGHTS_FILE} for `mess artists similar --hybrid`.",
+            help=f"Save weights to STORE/reports/{ARTIST_WEIGHTS_FILE} for `mess artists similar --hybrid`.",
         ),
     ] = True,
     store: StoreOpt = DEFAULT_STORE_PATH,
@@ -345,6 +352,8 @@ def hybrid_command(
 
 
 def _print_hybrid(result: HybridWeights) -> None:
+    from mess.artists.hybrid import COMPONENTS
+
     fit, k = result.fit, result.meta["k"]
     console.print(
         "learned weights: "

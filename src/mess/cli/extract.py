@@ -10,22 +10,19 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mess.artists.profiles import artist_of
 from mess.audio.names import name_key
 from mess.audio.windows import WindowPolicy
 from mess.cli.common import console, emit_json, fail, failing, open_store, plain, warn
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, given_path, given_text, number_in
 from mess.constants import AUDIO_EXTENSIONS
-from mess.extract.runs import run_policy
-from mess.models.base import EmbeddingModel
 from mess.models.registry import DEVICES, MODEL_NAMES, ModelError, check_device, load_model
-from mess.store import FeatureStore, Run, StoreError
-from mess.store.paths import printable
 
 EXTENSIONS = ", ".join(sorted(e.lstrip(".") for e in AUDIO_EXTENSIONS))  # what find_audio finds, in words
 
 if TYPE_CHECKING:  # the pipeline imports the decoders (PyAV): only `mess extract` needs them, not every command
     from mess.extract.pipeline import ExtractSummary
+    from mess.models.base import EmbeddingModel
+    from mess.store import FeatureStore, Run  # the store (numpy): imported where used, so `mess --help` needs neither
 
 ModelNameOpt = Annotated[
     str,
@@ -139,6 +136,8 @@ def _audio_files(folders: list[Path], prune: bool = False) -> tuple[list[Path], 
 
 def _hidden_note(hidden: list[Path], shown: int = 3) -> str:
     """One line counting the audio files skipped as hidden, naming the first ``shown``."""
+    from mess.store.paths import printable
+
     names = ", ".join(printable(str(p)) for p in hidden[:shown]) + (", ..." if len(hidden) > shown else "")
     return (f"{len(hidden)} hidden audio file{'s' * (len(hidden) > 1)} (dot-files or in dot-folders) skipped: "
             f"{names}; name such a file or dot-folder itself to extract it")
@@ -274,6 +273,8 @@ def _grouped(warnings: list[str], named: int = 3) -> list[str]:
 
 def _note_missing(gone: list[str]) -> None:
     """Warn that catalogued files are gone from disk: they still answer searches (and fill playlists)."""
+    from mess.store.paths import printable
+
     if gone:
         many = len(gone) > 1
         console.print(f"[yellow]warning:[/] {len(gone)} catalogued file{'s are' if many else ' is'} no longer on disk "
@@ -286,6 +287,9 @@ def _note_missing(gone: list[str]) -> None:
 def _unused_run_warning(fs: FeatureStore, embedder: EmbeddingModel, policy: WindowPolicy) -> None:
     """Warn when the model answers from another of its runs (another window policy or revision, covering more
     tracks): the files embedded now are in no answer, and `mess extract` run again only says they are unchanged."""
+    from mess.extract.runs import run_policy
+    from mess.store import StoreError
+
     info = embedder.info
     try:
         used = fs.run(info.name)
@@ -350,6 +354,9 @@ def info_command(
 def store_summary(fs: FeatureStore) -> dict:
     """What ``mess info`` shows, as plain data (``in_use``: the run commands answer from for its model; ``select``:
     the --model value that picks the run)."""
+    from mess.artists.profiles import artist_of
+    from mess.extract.runs import run_policy
+
     tracks = fs.tracks()
     in_use = {fs.run(model).id for model in {run.model for run in fs.runs()}}
     return {

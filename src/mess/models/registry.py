@@ -12,10 +12,12 @@ import re
 from collections.abc import Callable, Mapping
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mess.models.base import FILE_REVISION, EmbeddingModel
+if TYPE_CHECKING:  # mess.models.base imports numpy: `mess --help` lists the model names without it
+    from mess.models.base import EmbeddingModel
 
-ModelFactory = Callable[[str], EmbeddingModel]
+ModelFactory = Callable[[str], "EmbeddingModel"]
 ENTRY_POINT_GROUP = "mess.models"
 DEVICES = "cpu, cuda, cuda:N or mps"  # the torch devices the models run on (ONNX Runtime: cpu or cuda)
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")
@@ -169,6 +171,8 @@ def load_run_model(name: str, revision: str, source: Mapping[str, str] | None = 
     record (extracted before it was recorded). Raises :class:`ModelError` (one line) when the model cannot be had or
     is not ``revision`` (re-extract).
     """
+    from mess.models.base import FILE_REVISION
+
     if source is not None:
         return _load_recorded(name, revision, source, device)
     if revision.startswith(FILE_REVISION):
