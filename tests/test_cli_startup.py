@@ -116,3 +116,22 @@ def test_every_registered_command_is_listed_for_the_lazy_group() -> None:
         if hasattr(importlib.import_module(f"mess.cli.{name}"), "register"):
             found |= dict.fromkeys(typer.main.get_group(_stage(name)).commands, name)
     assert found == COMMANDS and len(set(found.values())) == 13
+
+
+_RUN_MESS_THEN_AUDIO = _RUN_MESS_THEN_LIST.split("shared = ")[0] + """
+print(json.dumps(sorted(m for m in ("av", "soxr", "mutagen", "mess.audio.discover", "mess.extract.embed")
+                        if m in sys.modules)))
+"""
+
+
+def test_similar_to_a_collection_track_imports_no_decoder(extracted_store: Path,
+                                                          rendered_collection: list[Path]) -> None:
+    """`mess similar TRACK` (and `mess playlist radio TRACK`) of a track in the store imported PyAV, mutagen and the
+    extraction code, which only a query that is an outside file (decoded and embedded) needs."""
+    for args, answers in ((["similar", rendered_collection[0].name], "results"),
+                          (["playlist", "radio", rendered_collection[0].name], "tracks")):
+        out = subprocess.run([sys.executable, "-c", _RUN_MESS_THEN_AUDIO, *args, "-m", "dsp", "--store",
+                              str(extracted_store), "--json"], capture_output=True, text=True, timeout=120)
+        *answer, loaded = out.stdout.splitlines()
+        paths = {t["path"] for t in json.loads("\n".join(answer))[answers]}
+        assert paths and paths <= {str(p) for p in rendered_collection} and json.loads(loaded) == [], out

@@ -9,12 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mess.audio.discover import content_hash
 from mess.audio.names import credit_key
-from mess.audio.tags import read_tags
 from mess.constants import FUSED, file_title
-from mess.extract.embed import embed_file_warned
-from mess.extract.prepare import stamp_matches
 from mess.extract.runs import run_policy
 from mess.fusion.data import FusionError
 from mess.models.registry import ModelError, load_run_model
@@ -69,6 +65,9 @@ def _as_catalogued(store: FeatureStore, path: Path) -> bool:
     """Whether the file holds the audio the catalog last saw, so its stored vectors are its own: the same change
     stamp, or else the same content hash (a touched, retagged or copied-back file, which `mess extract` leaves as it
     is, was said to have changed and embedded again)."""
+    from mess.audio.discover import content_hash  # here, as the decoding below: PyAV for files, not track ids
+    from mess.extract.prepare import stamp_matches
+
     known = store.known_file(path.resolve())
     if known is None:
         return False
@@ -85,6 +84,9 @@ def embed_query(store: FeatureStore, path: Path, run: Run,
     """Decode and embed ``path`` exactly as the run's tracks were (same model revision and windows); what a run's
     summary would warn of (a low sample rate, only its start analysed) goes to ``on_warning`` (default: this module's
     logger; `mess similar` printed it as a logging record, 'WARNING mess.extract.embed: ...')."""
+    from mess.audio.tags import read_tags  # PyAV and the decoders: only a query that is a file loads them
+    from mess.extract.embed import embed_file_warned
+
     try:
         model = load_run_model(run.model, run.revision, store.model_source(run))
     except ModelError as exc:
