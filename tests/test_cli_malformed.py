@@ -162,12 +162,46 @@ def test_an_infinite_upload_limit_is_refused_as_read(store: Path) -> None:
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
-def test_a_checkpoint_that_cannot_be_saved_is_named(store: Path) -> None:
-    """A full disk at `fuse train`'s save said only 'error: No space left on device', naming no file."""
+def test_a_checkpoint_that_cannot_be_saved_is_named(store: Path, tmp_path: Path) -> None:
+    """A full disk at `fuse train`'s save said only 'error: No space left on device', naming no file. The full disk is
+    RLIMIT_FSIZE here (EFBIG), below the checkpoint's size and above everything training writes before it."""
+    import resource
+    import signal
+
+    path = tmp_path / "fusion.pt"
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead of a signal
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, limits[1]))
+    try:
+        code, output = _cli(store, "fuse", "train", "--label", "artist", "--weight-epochs", "1", "--max-epochs", "0",
+                            "--checkpoint", str(path))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert code == 1 and f"cannot save the checkpoint {path} (" in output and "File too large" in output, output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing half-written left beside it
+
+
+@pytest.mark.parametrize("kind", ["device", "pipe", "pipe for the description"])
+def test_a_device_or_a_pipe_given_as_the_checkpoint_is_refused_before_training(store: Path, tmp_path: Path,
+                                                                             kind: str) -> None:
+    """`--checkpoint /dev/full` trained, then failed at the save (its description went beside it, into /dev); a FIFO
+    named as the checkpoint (or at its description's name) would have been opened to see whether it was one of
+    ours, and waited for a writer for ever."""
+    import os
+
+    if kind == "device":
+        if not Path("/dev/full").is_char_device():
+            pytest.skip("no /dev/full here")
+        path = place = Path("/dev/full")
+    else:
+        path = tmp_path / "fusion.pt"
+        place = path if kind == "pipe" else path.with_suffix(".json")
+        os.mkfifo(place)
     code, output = _cli(store, "fuse", "train", "--label", "artist", "--weight-epochs", "1", "--max-epochs", "0",
-                        "--checkpoint", "/dev/full")
-    assert code == 1 and "cannot save the checkpoint /dev/full (" in output and "No space left on device" in output, \
-        output
+                        "--checkpoint", str(path))
+    assert code != 0 and f"{place} is a device or a pipe, not a file a checkpoint" in output, output
+    assert "epoch" not in output and "trained on" not in output, output  # refused before training
 
 
 @pytest.mark.skipif(not Path("/dev/full").is_char_device(), reason="no /dev/full here")

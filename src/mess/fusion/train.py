@@ -20,7 +20,7 @@ from mess.fusion.data import FusionError, LabelSplit, LayerData, split_labels
 from mess.fusion.mining import Mining, PKSampler, triplet_loss
 from mess.fusion.network import LayerFusion
 from mess.store import FeatureStore, Run
-from mess.store.paths import replace_file, resolved
+from mess.store.paths import is_device_or_pipe, replace_file, resolved
 from mess.store.reports import slug
 
 MAX_RATE = 1e6  # the largest learning rate taken (far above any that trains)
@@ -246,10 +246,10 @@ def saved_checkpoint(store: FeatureStore, run: Run) -> Path:
 
 def checkpoint_problem(path: Path, store_root: Path | None = None) -> str | None:
     """Why a checkpoint cannot be saved at ``path`` (None when it can): a folder, a parent that is a file, a
-    .json name, which its description (the same name with .json) would overwrite, a file there that is not a mess
-    checkpoint (a user's own weights or photo), a file at that description's name that is not one (a user's own
-    JSON), or a place in the store at
-    ``store_root`` outside its fusion/ folder (STORE/catalog.sqlite was overwritten)."""
+    .json name, which its description (the same name with .json) would overwrite, a device or a pipe at either name,
+    a file there that is not a mess checkpoint (a user's own weights or photo), a file at that description's name
+    that is not one (a user's own JSON), or a place in the store at ``store_root`` outside its fusion/ folder
+    (STORE/catalog.sqlite was overwritten)."""
     if store_root is not None:
         target, root = resolved(path), resolved(store_root)
         if target.is_relative_to(root) and not target.is_relative_to(root / "fusion"):
@@ -260,6 +260,9 @@ def checkpoint_problem(path: Path, store_root: Path | None = None) -> str | None
         return "its parent is a file"
     if path.with_suffix(".json") == path:
         return "its description is written beside it as .json, over it; name it .pt"
+    for place in (path, path.with_suffix(".json")):  # not opened: a FIFO would block, /dev/zero never end
+        if is_device_or_pipe(place):
+            return f"{place} is a device or a pipe, not a file a checkpoint and its .json description can be saved to"
     if (path.exists() or path.is_symlink()) and not _is_checkpoint(path):
         return (f"it would replace {path}, which is not a mess fusion checkpoint; move that file or give the "
                 "checkpoint another name")
