@@ -743,3 +743,42 @@ def test_the_embedding_child_runs_in_a_process_group_of_its_own() -> None:
     finally:
         worker.close()
     assert worker.pid is None
+
+
+@pytest.mark.parametrize("size", [3000, 3 << 20], ids=["copied", "spooled by the parser"])  # starlette spools > 1 MiB
+def test_a_full_disk_is_a_507_in_one_line_and_leaves_no_file(private_tmp: Path, size: int,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A temp folder without room was a 500 'internal error (OSError)' with a traceback in the server log, as if the
+    server were broken; the client is told there is no room now (507), the log says where in one line, the server
+    answers afterwards. The full disk is RLIMIT_FSIZE here (EFBIG)."""
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead of a signal
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    body, ctype = _body([_file(b"a.wav", b"\x01" * size)])
+    with TestClient(_app(limit=8 << 20), raise_server_exceptions=False) as c:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, limits[1]))
+        try:
+            full = c.post("/up", content=body, headers={"content-type": ctype})
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+            signal.signal(signal.SIGXFSZ, handler)
+        after = c.post("/up", content=body, headers={"content-type": ctype})
+    assert full.status_code == 507, full.text
+    assert full.json() == {"detail": f"the server has no room to receive the upload now "
+                                     f"({os.strerror(errno.EFBIG)}); try again later"}
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in errors] == [f"cannot store an upload in the temp folder {private_tmp}: "
+                                                f"{os.strerror(errno.EFBIG)}"] and not errors[0].exc_info
+    assert list(private_tmp.iterdir()) == []
+    assert after.status_code == 200 and after.json()["size"] == size, after.text[:300]
+
+
+def test_a_temp_folder_that_cannot_be_written_is_a_503(private_tmp: Path) -> None:
+    """Any other refusal of the temp folder (gone, read-only, no permission) is the server's: 503, in the system's
+    words, without the server's path."""
+    private_tmp.rmdir()  # the temp folder is gone
+    body, ctype = _body([_file(b"a.wav", b"\x01" * 3000)])
+    with TestClient(_app(), raise_server_exceptions=False) as c:
+        gone = c.post("/up", content=body, headers={"content-type": ctype})
+    assert gone.status_code == 503, gone.text
+    assert gone.json() == {"detail": f"the server cannot receive uploads now ({os.strerror(errno.ENOENT)}); "
+                                     "try again later"}

@@ -14,6 +14,9 @@ the next upload.
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
+import os
 import tempfile
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterator
@@ -49,6 +52,8 @@ MAX_FILENAME = 1024  # characters of an upload's file name (well inside the pars
 _NAME_TOO_LONG = f"file name too long ({{}}; at most {MAX_FILENAME} characters)"
 _MULTIPART_OVERHEAD = 64 * 2**10
 _COPY_CHUNK = 1 << 20
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # a full disk, a quota, a size limit (RLIMIT_FSIZE)
+log = logging.getLogger(__name__)
 
 
 class _TooLarge(Exception):
@@ -166,7 +171,8 @@ async def receive_upload(request: Request, max_bytes: int, parameters: Collectio
     408 for a body slower than the rate rule, 400 for malformed or empty uploads, for a client gone before the
     body was whole (no one reads it; the server logs no traceback), for a file name longer than
     ``MAX_FILENAME`` characters and for form fields named as one of the route's query ``parameters`` (``-F k=5``
-    was ignored: ten results of the default vectors, not the five asked for).
+    was ignored: ten results of the default vectors, not the five asked for); 507 (or 503) when the server's temp
+    folder cannot take the file.
     """
     if parse_options_header(request.headers.get("content-type", ""))[0] != b"multipart/form-data":  # in any case
         raise HTTPException(415, f"send the audio file as multipart/form-data in a field named {FIELD!r}")
@@ -179,6 +185,8 @@ async def receive_upload(request: Request, max_bytes: int, parameters: Collectio
                      max_files=1, max_fields=8)
     try:
         form = await parser.parse()
+    except OSError as exc:  # the parser spools a large part to the temp folder
+        raise _cannot_store(exc) from None
     except _TooLarge:
         raise too_large from None
     except ClientDisconnect:
@@ -203,9 +211,23 @@ async def receive_upload(request: Request, max_bytes: int, parameters: Collectio
         if parser.extended_name is not None:  # the one file part (max_files=1) named itself by filename* alone
             upload.filename = parser.extended_name
         suffix = check_audio_type(upload.filename or "", upload.content_type)
-        return await run_in_threadpool(_save, upload, suffix, max_bytes, too_large)
+        try:
+            return await run_in_threadpool(_save, upload, suffix, max_bytes, too_large)
+        except OSError as exc:
+            raise _cannot_store(exc) from None
     finally:
         await form.close()
+
+
+def _cannot_store(exc: OSError) -> HTTPException:
+    """The answer when the server's temp folder refuses an upload: 507 for a disk (or quota) without room, 503
+    otherwise; the system's words alone, no server path; one line in the server log, where it is the server's to
+    mend (a full disk was a 500 with a traceback, as if the server were broken)."""
+    why = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+    log.error("cannot store an upload in the temp folder %s: %s", tempfile.gettempdir(), why)
+    if exc.errno in _NO_ROOM:
+        return HTTPException(507, f"the server has no room to receive the upload now ({why}); try again later")
+    return HTTPException(503, f"the server cannot receive uploads now ({why}); try again later")
 
 
 def _save(upload: UploadFile, suffix: str, max_bytes: int, too_large: HTTPException) -> SavedUpload:
