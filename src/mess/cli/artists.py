@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -209,13 +210,11 @@ def discrimination_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Which layers tell artists apart: pair-similarity range raw vs centred, separation, verdict."""
-    import numpy as np
-
     from mess.artists.analysis import discrimination
 
     options = _options(model, method, True, max_tracks, min_tracks)
     run, artists, reports = _analysed(lambda fs: discrimination(fs, options, on_note=note), store)
-    if not all(np.isfinite(r.separation.within) for r in reports):  # within needs two tracks of one artist
+    if not all(math.isfinite(r.separation.within) for r in reports):  # within needs two tracks of one artist
         note("no artist has two tracks, so same-artist similarity and separation are n/a (null in JSON) and no "
              "layer can be judged by them")
     if as_json:
@@ -227,9 +226,7 @@ def discrimination_command(
 
 def _number(value: float) -> str:
     """``value`` to 2 decimals, or n/a when it could not be measured (NaN)."""
-    import numpy as np
-
-    return f"{value:.2f}" if np.isfinite(value) else "n/a"
+    return f"{value:.2f}" if math.isfinite(value) else "n/a"
 
 
 def _print_discrimination(run: Run, artists: ArtistSet, reports: list[LayerReport]) -> None:
