@@ -258,15 +258,15 @@ def checkpoint_problem(path: Path, store_root: Path | None = None) -> str | None
         return "it is a folder"
     if path.parent.exists() and not path.parent.is_dir():
         return "its parent is a file"
-    if path.with_suffix(".json") == path:
+    description = path.with_suffix(".json")
+    if description == path:
         return "its description is written beside it as .json, over it; name it .pt"
-    for place in (path, path.with_suffix(".json")):  # not opened: a FIFO would block, /dev/zero never end
+    for place in (path, description):  # not opened: a FIFO would block, /dev/zero never end
         if is_device_or_pipe(place):
             return f"{place} is a device or a pipe, not a file a checkpoint and its .json description can be saved to"
     if (path.exists() or path.is_symlink()) and not _is_checkpoint(path):
         return (f"it would replace {path}, which is not a mess fusion checkpoint; move that file or give the "
                 "checkpoint another name")
-    description = path.with_suffix(".json")
     if (description.exists() or description.is_symlink()) and not _is_description(description):
         return (f"its description would replace {description}, which is not the description of a mess fusion "
                 "checkpoint; move that file or give the checkpoint another name")
