@@ -101,6 +101,7 @@ class Backend:
     windows: dict[str, np.ndarray]  # layer -> [n_windows, dim]
     owner: np.ndarray  # row of the track each window belongs to
     starts: np.ndarray  # window start seconds
+    revision: str  # the run's model revision (it decides the timbre layer's role)
 
 
 def load_backend(fs: FeatureStore, run: Run, ids: np.ndarray) -> Backend:
@@ -118,7 +119,7 @@ def load_backend(fs: FeatureStore, run: Run, ids: np.ndarray) -> Backend:
         seg_rows = np.array([pos.get(int(i), -1) for i in seg_ids])
         keep = seg_rows >= 0
         windows[layer], owner, starts = seg[keep], seg_rows[keep], seg_starts[keep]
-    return Backend(run.model, run.layer_names, tracks, windows, owner, starts)
+    return Backend(run.model, run.layer_names, tracks, windows, owner, starts, run.revision)
 
 
 def split_ensemble(backends: dict[str, Backend]) -> dict[str, Backend]:
@@ -136,21 +137,27 @@ def split_ensemble(backends: dict[str, Backend]) -> dict[str, Backend]:
         short = tuple(layer.split(".", 1)[1] for layer in keep)
         out[name] = Backend(name, short, {s: ensemble.tracks[k] for s, k in zip(short, keep, strict=True)},
                             {s: ensemble.windows[k] for s, k in zip(short, keep, strict=True)}, ensemble.owner,
-                            ensemble.starts)
+                            ensemble.starts, ensemble.revision)
     return out
 
 
 # ---------------------------------------------------------------- vectors -> similarity
 
 
-def unit_vectors(blocks: list[np.ndarray], norm: str = "center", names: list[str] | None = None,
+def unit_vectors(blocks: list[np.ndarray], norm: str = "center", names: list[tuple[str, str]] | None = None,
                  timbre_weight: float = TIMBRE_WEIGHT) -> np.ndarray:
-    """The library's preprocessing (per-dimension shift, per-block L2) of concatenated layer blocks; with the layers'
-    ``names``, the all-layer vector's block roles (the timbre layer unpowered, weighted ``timbre_weight``)."""
+    """The library's preprocessing (per-dimension shift, per-block L2) of concatenated layer blocks; with each
+    block's (layer, run revision) ``names``, the all-layer vector's block roles (mess's timbre layer unpowered,
+    weighted ``timbre_weight``)."""
     raw = np.concatenate(blocks, axis=1)
-    unpowered, weights = block_roles(names, "all") if names else ((), ())
-    weights = tuple(timbre_weight if u else w for u, w in zip(unpowered, weights, strict=True))
+    unpowered = tuple(block_roles((layer,), "all", revision)[0][0] for layer, revision in names or ())
+    weights = tuple(timbre_weight if u else 1.0 for u in unpowered)
     return Preprocessor.fit(raw, [b.shape[1] for b in blocks], norm, unpowered, weights).apply(raw)  # type: ignore[arg-type]
+
+
+def block_names(backends: list[Backend], layers: list[tuple[int, str]]) -> list[tuple[str, str]]:
+    """Each chosen (backend, layer) block as (layer, its run's revision), what :func:`unit_vectors` reads."""
+    return [(layer, backends[b].revision) for b, layer in layers]
 
 
 def mean_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: str = "center", expand: int = 0,
@@ -158,7 +165,7 @@ def mean_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: str =
     """Cosine of track vectors over the chosen (backend, layer) blocks, each block equally weighted (the timbre
     layer as the all-layer vector weighs it); with
     ``expand`` > 0, of each query expanded with its nearest tracks (the library's alpha-QE) against the tracks."""
-    x = unit_vectors([backends[b].tracks[layer] for b, layer in layers], norm, [layer for _, layer in layers])
+    x = unit_vectors([backends[b].tracks[layer] for b, layer in layers], norm, block_names(backends, layers))
     return expanded_scores(x @ x.T, expand_collection(x, expand, alpha) @ x.T) if expand else x @ x.T
 
 
@@ -166,15 +173,15 @@ def augmented_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: 
                   timbre_weight: float = TIMBRE_WEIGHT) -> Sim:
     """The library's augmented ranking (`--ranking augmented`: DBA, expansion) of every track against every track,
     with the all-layer vector's block roles (the timbre layer's weight ``timbre_weight``)."""
-    blocks, names = [backends[b].tracks[layer] for b, layer in layers], [layer for _, layer in layers]
-    return ranked(unit_vectors(blocks, norm, names, timbre_weight), "augmented")
+    blocks = [backends[b].tracks[layer] for b, layer in layers]
+    return ranked(unit_vectors(blocks, norm, block_names(backends, layers), timbre_weight), "augmented")
 
 
 def reranked_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: str = "power") -> Sim:
     """The library's re-ranking (`--ranking reranked`: DBA, expansion, k-reciprocal) of every track against every
     track, with the all-layer vector's block roles."""
-    blocks, names = [backends[b].tracks[layer] for b, layer in layers], [layer for _, layer in layers]
-    return ranked(unit_vectors(blocks, norm, names), "reranked")
+    blocks = [backends[b].tracks[layer] for b, layer in layers]
+    return ranked(unit_vectors(blocks, norm, block_names(backends, layers)), "reranked")
 
 
 def segment_sim(backends: list[Backend], layers: list[tuple[int, str]], norm: str = "center") -> Sim:
@@ -292,7 +299,7 @@ def window_subset(b: Backend, count: int, placement: str) -> Backend:
     sel = np.concatenate(keep)
     tracks = {layer: np.stack([b.windows[layer][k].mean(axis=0) for k in keep]) for layer in b.layers}
     return Backend(b.name, b.layers, tracks, {layer: w[sel] for layer, w in b.windows.items()}, b.owner[sel],
-                   b.starts[sel])
+                   b.starts[sel], b.revision)
 
 
 def window_study(b: Backend, labels: np.ndarray, durations: np.ndarray, policy: WindowPolicy,
@@ -446,8 +453,7 @@ def shape_study(backends: dict[str, Backend], labels: np.ndarray, draws: int, se
             rows = draw_per_game(rng, labels, per_game)
             for name, (norm, ranking, with_timbre) in SHAPE_RECIPES.items():
                 layers = layer_sets[with_timbre]
-                x = unit_vectors([bs[b].tracks[layer][rows] for b, layer in layers], norm,
-                                 [layer for _, layer in layers])
+                x = unit_vectors([bs[b].tracks[layer][rows] for b, layer in layers], norm, block_names(bs, layers))
                 maps[name].append(float(per_query(ranked(x, ranking), labels[rows]).ap.mean()))
         base = np.array(maps["previous default"])
         print(f"  {per_game} per game ({len(rows)} tracks):")

@@ -127,6 +127,39 @@ def test_quality_benchmark_names_a_missing_store_or_model_in_one_line(rendered_c
                                                                               rendered_collection[:2])})  # no fetch
 
 
+def test_quality_benchmark_scores_the_default_as_mess_evaluate_does(rendered_collection: list[Path],
+                                                                     tmp_path: Path) -> None:
+    """Its default rows called `block_roles` without the run's revision once the timbre layer's role came to depend
+    on it: the benchmark behind every figure of docs/quality.md ended in a TypeError at its first default row. Its
+    default row must be the product's answer: `mess evaluate`'s all-layer mAP with the same labels."""
+    from conftest import mess_here
+
+    data, rows = tmp_path / "data", []
+    by_composer: dict[str, list[Path]] = {}
+    for path in rendered_collection:
+        by_composer.setdefault(path.name.split("__")[0], []).append(path)
+    for game, paths in by_composer.items():
+        (data / game).mkdir(parents=True)
+        for path in paths[:2]:
+            shutil.copyfile(path, data / game / path.name)
+            rows.append(f"{(data / game / path.name).resolve()},{game},,20.00")
+    (data / "manifest.csv").write_text("\n".join(["path,game,artist,duration", *rows]) + "\n")
+    got = _bench_here("quality.py", "--data", str(data), "--store", str(tmp_path / "store"), "--models", "musicnn",
+                      "--draws", "0")
+    assert got.returncode == 0, got.stderr[-2000:]
+    default = [line for line in got.stdout.splitlines() if line.startswith("| the default: musicnn, all layers")]
+    assert len(default) == 1, got.stdout
+    bench_map = float(default[0].split("|")[3].split()[0])
+    (tmp_path / "labels.csv").write_text("path,label\n" + "\n".join(",".join(r.split(",")[:2]) for r in rows) + "\n")
+    evaluated = mess_here("evaluate", "--store", str(tmp_path / "store"), "--model", "musicnn", "--labels",
+                          str(tmp_path / "labels.csv"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    ours = [cells for cells in (line.split("│") for line in evaluated.stderr.splitlines())  # mess's console
+            if len(cells) > 3 and cells[1].strip().rstrip(" *") == "all layers"]
+    assert len(ours) == 1, evaluated.stderr
+    assert bench_map == pytest.approx(float(ours[0][3]), abs=5e-4)
+
+
 def test_ray_benchmark_starts_its_own_cluster_beside_a_stale_address_file(tmp_path: Path) -> None:
     """It called ray.init() with no address, which joins the cluster named in Ray's ray_current_cluster file: a file
     left by any earlier Ray session on the machine made it fail with Ray's ValueError traceback (and a live cluster
