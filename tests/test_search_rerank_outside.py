@@ -1,5 +1,6 @@
 """Re-ranking a query from outside the collection (``Reranker.outside``) against the paper's formula, computed densely
-on the collection with the query added as one more node."""
+on the collection with the query added as one more node: exactly up to ``EXACT_TRACKS`` tracks, and the approximation
+used beyond on geometries where its premise holds."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 from test_search_rerank import clusters
 
+from mess.search import rerank
 from mess.search.rerank import build_reranker
 
 
@@ -84,8 +86,10 @@ CASES = [(36, 4, 0, 10, 3, 0.3, False), (36, 2, 2, 6, 2, 0.3, True), (36, 6, 5, 
 
 @pytest.mark.parametrize("n, seed, which, k1, k2, lam, grows", CASES)
 def test_an_outside_query_is_reranked_as_a_track_added_to_the_collection(n: int, seed: int, which: int, k1: int,
-                                                                         k2: int, lam: float, grows: bool) -> None:
-    """Re-ranking with the query as node n of the collection, by the paper's formula densely, equals
+                                                                         k2: int, lam: float, grows: bool,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The approximation that serves collections over ``EXACT_TRACKS`` (made to serve these): re-ranking with the
+    query as node n of the collection (augmentation not seeing it), by the paper's formula densely, equals
     ``outside``, on geometries where the premise of its docstring holds exactly: the query changes no track's
     k-reciprocal vector but by joining the sets of the tracks in its own set (no track loses a neighbour to it,
     none gains it by the 2/3 rule alone, the farthest track of each track's row stays farther than the query).
@@ -100,7 +104,53 @@ def test_an_outside_query_is_reranked_as_a_track_added_to_the_collection(n: int,
     assert set(np.flatnonzero(v0_full[:n, n]).tolist()) == joined
     for x in range(n):  # each track's vector: its own in the collection, scaled for the query's weight
         np.testing.assert_allclose(v0_full[x, :n] / v0_full[x, :n].sum(), v0_alone[x], atol=1e-12)
+    monkeypatch.setattr(rerank, "EXACT_TRACKS", 0)
     got = build_reranker(unit, k1, k2, lam).outside(q[None])
     assert got.shape == (1, n)
     np.testing.assert_allclose(got[0], full[n, :n], atol=1e-5)
     assert (len(np.flatnonzero(v0_full[n])) > len(sets[n])) == grows  # the 2/3 rule grew the query's set
+
+
+def collection_scores(u: np.ndarray) -> np.ndarray:
+    """The n x n scores of a collection by the in-collection definition, float64: each track augmented (DBA) from its
+    3 nearest other tracks, then the better of its augmented vector and that expanded with its 3 nearest augmented
+    tracks."""
+    u = u.astype(np.float64)
+    n = len(u)
+    cos = u @ u.T
+    np.fill_diagonal(cos, -np.inf)
+    aug = np.stack([_qe(u[i], u[_best3(cos[i])], cos[i, _best3(cos[i])]) for i in range(n)])
+    off = aug @ aug.T
+    np.fill_diagonal(off, -np.inf)
+    expanded = np.stack([_qe(aug[i], aug[_best3(off[i])], off[i, _best3(off[i])]) for i in range(n)])
+    return np.maximum(aug @ aug.T, expanded @ aug.T)
+
+
+@pytest.mark.parametrize("n, seed", [(36, 0), (36, 1), (36, 2), (36, 3), (36, 4), (8, 0), (10, 1), (3, 2)])
+def test_an_outside_query_ranks_exactly_as_the_query_added_to_the_collection_as_a_track(n: int, seed: int) -> None:
+    """Before: ``outside`` kept the collection's augmentation and k-reciprocal vectors, adding the query only to the
+    lists it entered; on 36 tracks it disagreed about the first result in 5 of 40 queries (a track's last neighbour
+    pushed out by the query, a track gaining the query by the 2/3 rule alone, k1 clipped to n - 1 in collections of
+    at most k1 tracks). Now, at these sizes, it is the exact answer: the query's row of the paper's re-ranking over
+    the n + 1 tracks, every step (augmentation included) seeing the query as one more track."""
+    vectors = clusters(n + 8, seed=seed)  # 8 queries drawn from the same clusters as the collection
+    unit = vectors[:n]
+    reranker = build_reranker(unit)
+    for q in vectors[n:]:
+        want = k_reciprocal(collection_scores(np.vstack([unit, q[None]])), 10, 3, 0.3)[0][n, :n]
+        got = reranker.outside(q[None])
+        assert got.shape == (1, n)
+        np.testing.assert_allclose(got[0], want, atol=1e-5)
+
+
+def test_exact_up_to_exact_tracks_and_the_approximation_beyond(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The collection's size decides: at ``EXACT_TRACKS`` tracks exactly, the exact answer; one track fewer allowed,
+    the approximation (which differs from it on this query)."""
+    vectors = clusters(44, seed=0)
+    unit, q = vectors[:36], vectors[36:]
+    want = np.stack([k_reciprocal(collection_scores(np.vstack([unit, x[None]])), 10, 3, 0.3)[0][36, :36] for x in q])
+    reranker = build_reranker(unit)
+    monkeypatch.setattr(rerank, "EXACT_TRACKS", 36)
+    np.testing.assert_allclose(reranker.outside(q), want, atol=1e-5)
+    monkeypatch.setattr(rerank, "EXACT_TRACKS", 35)
+    assert np.abs(reranker.outside(q) - want).max() > 0.01
