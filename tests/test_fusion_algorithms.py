@@ -639,3 +639,42 @@ def test_a_checkpoint_never_replaces_a_pt_file_that_is_not_one(tmp_path: Path) -
     torch.save({"state_dict": result.network.state_dict(), **older}, path)  # as the first mess saved checkpoints
     assert checkpoint_problem(path) is None
     assert save_checkpoint(result, path) == digest and hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.parametrize("arrives", [".pt", ".json"])
+def test_a_file_that_comes_between_the_check_and_the_write_is_never_replaced(
+        tmp_path: Path, trained: tuple, monkeypatch: pytest.MonkeyPatch, arrives: str) -> None:
+    """Before: a user's file made at NAME.pt or NAME.json in the instant after save_checkpoint's check was renamed
+    over (lost). Now each name free at the check is taken by an exclusive create: the save is refused with the
+    user's file as it was, nothing of ours left at either name, no temp file beside them."""
+    from mess.fusion import train
+    data, result = trained
+    path = tmp_path / "net.pt"
+    theirs = path.with_suffix(arrives)
+    real = train.checkpoint_problem
+
+    def then_their_file_comes(place: Path, store_root: Path | None = None) -> str | None:
+        problem = real(place, store_root)
+        theirs.write_bytes(b"their own file")
+        return problem
+
+    monkeypatch.setattr(train, "checkpoint_problem", then_their_file_comes)
+    with pytest.raises(FusionError, match=f"cannot save a checkpoint at {path}: .*{theirs.name}"):
+        save_checkpoint(result, path)
+    assert theirs.read_bytes() == b"their own file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [theirs.name]
+
+
+def test_retraining_still_replaces_the_previous_checkpoint_and_its_description(tmp_path: Path,
+                                                                                 trained: tuple) -> None:
+    """The exclusive create is for free names only: a checkpoint saved again at its own name replaces both files."""
+    data, result = trained
+    path = tmp_path / "net.pt"
+    save_checkpoint(result, path)
+    path.with_suffix(".json").unlink()  # a save killed between the two files: the .pt alone
+    first = save_checkpoint(result, path)
+    second = save_checkpoint(result, path)
+    assert first == second == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.json", "net.pt"]
+    assert json.loads(path.with_suffix(".json").read_text())["checkpoint_sha256"] == second
+    assert np.array_equal(embed(load_checkpoint(path).network, data.x), embed(result.network, data.x))

@@ -1094,3 +1094,33 @@ def test_a_file_that_comes_at_the_checkpoint_s_name_while_training_never_costs_t
     said = " ".join(out.output.split())
     assert out.exit_code == 0 and saved.exists(), out.output
     assert f"note: not saved at {checkpoint}: " in said and f"saved at {saved} instead" in said
+
+
+def test_a_file_that_comes_at_the_checkpoint_s_name_in_the_instant_of_the_save_is_kept_and_the_network_saved(
+        writable: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: a user's NAME.pt made in the instant after the last check was renamed over by the trained network
+    (and one made between the pipeline's check and the save's made the save refuse, the network lost). Now the
+    name is taken by an exclusive create, which fails: the user's file stays as it was and the network is saved
+    at the next free name, which the summary says."""
+    from mess.fusion import train
+    from mess.fusion.pipeline import train_and_save
+    checkpoint = tmp_path / "race.pt"
+    real, arrived = train.checkpoint_problem, []
+
+    def then_their_file_comes(place: Path, store_root: Path | None = None) -> str | None:
+        problem = real(place, store_root)
+        if place == checkpoint and not arrived:
+            checkpoint.write_bytes(b"\x89PNG\r\n\x1a\n their photo")
+            arrived.append(place)
+        return problem
+
+    monkeypatch.setattr(train, "checkpoint_problem", then_their_file_comes)
+    with closing(FeatureStore(writable)) as fs:
+        summary = train_and_save(fs, fs.run("dsp"), FusionConfig(label="composer", weight_epochs=1, max_epochs=0,
+                                                                 seed=3), checkpoint).summary
+    saved = tmp_path / "race-1.pt"
+    assert arrived and checkpoint.read_bytes() == b"\x89PNG\r\n\x1a\n their photo"
+    assert not checkpoint.with_suffix(".json").exists()
+    assert summary["checkpoint"] == str(saved) and str(checkpoint) in summary["checkpoint_note"]
+    assert load_checkpoint(saved).sha256 == summary["checkpoint_sha256"] == checkpoint_digest(saved)
+    assert json.loads(saved.with_suffix(".json").read_text())["checkpoint_sha256"] == checkpoint_digest(saved)

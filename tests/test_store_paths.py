@@ -215,3 +215,33 @@ def test_an_error_that_names_its_files_is_raised_as_the_system_named_them(tmp_pa
     assert caught.value.filename2 == str(tmp_path / "folder")
     assert re.fullmatch(r"\.folder\.[0-9a-f]{8}\.tmp", Path(caught.value.filename).name)
     assert [p.name for p in tmp_path.iterdir()] == ["folder"]  # the temp file removed
+
+
+def test_create_file_takes_only_a_free_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new file is written whole; a name already taken (a file, a dangling link) is a FileExistsError naming it,
+    left as it was, no temp file beside it; on a file system without hard links (os.link refused with EPERM, as on
+    FAT) the file is created exclusively at its name instead, with the same refusal."""
+    from mess.store.paths import create_file
+    new = tmp_path / "new.pt"
+    create_file(new, b"ours")
+    assert new.read_bytes() == b"ours"
+    theirs = tmp_path / "theirs.pt"
+    theirs.write_bytes(b"theirs")
+    dangling = tmp_path / "link.pt"
+    dangling.symlink_to(tmp_path / "nowhere")
+    for taken in (theirs, dangling, new):
+        with pytest.raises(FileExistsError, match=re.escape(str(taken))):
+            create_file(taken, b"other")
+    assert theirs.read_bytes() == b"theirs" and new.read_bytes() == b"ours" and not (tmp_path / "nowhere").exists()
+
+    def no_hard_links(src: object, dst: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    create_file(tmp_path / "fat.pt", b"on fat")
+    with pytest.raises(FileExistsError):
+        create_file(theirs, b"other")
+    assert (tmp_path / "fat.pt").read_bytes() == b"on fat" and theirs.read_bytes() == b"theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fat.pt", "link.pt", "new.pt", "theirs.pt"]
+    with pytest.raises(NotADirectoryError, match=re.escape(str(theirs))):  # a file as its folder: not the name taken
+        create_file(theirs / "x.pt", b"other")

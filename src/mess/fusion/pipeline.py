@@ -8,7 +8,14 @@ from pathlib import Path
 
 from mess.fusion.data import load_layers
 from mess.fusion.tracking import TrainingLog, training_log_path
-from mess.fusion.train import EpochLog, FusionConfig, FusionResult, checkpoint_problem, save_checkpoint, train_fusion
+from mess.fusion.train import (
+    CheckpointRefused,
+    EpochLog,
+    FusionConfig,
+    FusionResult,
+    save_checkpoint,
+    train_fusion,
+)
 from mess.store import FeatureStore, Run
 
 
@@ -48,12 +55,17 @@ def train_and_save(store: FeatureStore, run: Run, config: FusionConfig, path: Pa
 
     result = train_fusion(data, config, epoch, stop)
     labels = data.labels(config.label)
-    moved = None
-    if (problem := checkpoint_problem(path)) is not None:
-        wanted, path = path, free_checkpoint(path, store)
-        moved = f"not saved at {wanted}: {problem}; saved at {path} instead"
+    wanted, why, moved = path, None, None
+    while True:
+        try:
+            digest = save_checkpoint(result, path)
+            break
+        except CheckpointRefused as exc:  # a file of the user's there, or one that came at the instant of the save
+            why = why or exc.problem
+            path = free_checkpoint(wanted, store)
+    if path != wanted:
+        moved = f"not saved at {wanted}: {why}; saved at {path} instead"
         log.path = training_log_path(store, path)  # the epochs went to the wanted name's .partial.json, removed
-    digest = save_checkpoint(result, path)
     summary = {"model": run.model, "label": config.label, "checkpoint": str(path), "checkpoint_sha256": digest,
                "checkpoint_note": moved,
                "log": str(log.path),

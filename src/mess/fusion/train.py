@@ -20,7 +20,7 @@ from mess.fusion.data import FusionError, LabelSplit, LayerData, split_labels
 from mess.fusion.mining import Mining, PKSampler, triplet_loss
 from mess.fusion.network import LayerFusion
 from mess.store import FeatureStore, Run
-from mess.store.paths import is_device_or_pipe, replace_file, resolved
+from mess.store.paths import create_file, is_device_or_pipe, replace_file, resolved
 from mess.store.reports import slug
 
 MAX_RATE = 1e6  # the largest learning rate taken (far above any that trains)
@@ -294,20 +294,44 @@ def _is_description(path: Path) -> bool:
     return isinstance(meta, dict) and {"model", "layer_dims", "config", "data_hash", "history"} <= meta.keys()
 
 
+class CheckpointRefused(FusionError):
+    """:func:`save_checkpoint` refused its path (``problem`` says why); nothing was written at either name."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"cannot save a checkpoint at {path}: {problem}")
+        self.problem = problem
+
+
 def save_checkpoint(result: FusionResult, path: Path) -> str:
-    """Write the weights with their config, split and data hash (.pt) and the same minus weights (.json), each file
-    replaced whole: a retrain killed while saving leaves the previous checkpoint as it was. The .json, written
-    second, records the .pt's SHA-256 (``checkpoint_sha256``), so one left from before a save killed between the
-    two is told apart from the .pt. Returns that SHA-256 (:func:`checkpoint_digest`); FusionError (nothing written)
-    for a ``path`` that :func:`checkpoint_problem` refuses."""
+    """Write the weights with their config, split and data hash (.pt) and the same minus weights (.json). A name
+    where nothing was is taken by an exclusive create (:func:`mess.store.paths.create_file`), so a file that comes
+    there after the check is never replaced: refused. Only a checkpoint or description found to be one is replaced,
+    whole: a retrain killed while saving leaves the previous checkpoint as it was. The .json, written after the .pt
+    (where both are new or both replaced), records the .pt's SHA-256 (``checkpoint_sha256``), so one left from
+    before a save killed between the two is told apart from the .pt. Returns that SHA-256
+    (:func:`checkpoint_digest`); :class:`CheckpointRefused` (nothing written) for a ``path`` that
+    :func:`checkpoint_problem` refuses or where a file came meanwhile."""
+    description = path.with_suffix(".json")
+    free = [p for p in (path, description) if not (p.exists() or p.is_symlink())]  # looked at before the check
     if (problem := checkpoint_problem(path)) is not None:
-        raise FusionError(f"cannot save a checkpoint at {path}: {problem}")
+        raise CheckpointRefused(path, problem)
     weights = io.BytesIO()
     torch.save({"state_dict": result.network.state_dict(), **result.meta()}, weights)
     digest = hashlib.sha256(weights.getvalue()).hexdigest()
-    replace_file(path, weights.getvalue())
-    replace_file(path.with_suffix(".json"), json.dumps({**result.meta(), "checkpoint_sha256": digest}, indent=2)
-                 .encode())
+    contents = {path: weights.getvalue(),
+                description: json.dumps({**result.meta(), "checkpoint_sha256": digest}, indent=2).encode()}
+    made: list[Path] = []
+    for place in free:  # the new names first: a refusal then leaves a replaced checkpoint as it was
+        try:
+            create_file(place, contents[place])
+        except FileExistsError:
+            for ours in made:
+                ours.unlink(missing_ok=True)
+            raise CheckpointRefused(path, f"a file came at {place} while it was being saved") from None
+        made.append(place)
+    for place, data in contents.items():
+        if place not in free:
+            replace_file(place, data)
     return digest
 
 

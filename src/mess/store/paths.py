@@ -119,6 +119,48 @@ def replace_file(path: Path, data: bytes) -> None:
         f.write(data)
 
 
+def create_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file at ``path``; FileExistsError, nothing there changed, where anything is (a file
+    that came a moment ago included). Written and synced beside it, then hard-linked to its name, which fails where
+    the name is taken (on a file system without hard links, FAT: created exclusively at its name, then written)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file where its folder should be: not its name taken
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent)) from None
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+                raise
+            _write_new(path, data)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+    except OSError as exc:
+        raise _naming(exc, path) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """``data`` into a file created exclusively at ``path``, removed again where writing it fails."""
+    with open(path, "xb") as f:
+        try:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+
+
 def replace_files(contents: Mapping[Path, bytes]) -> None:
     """:func:`replace_file` for several files at once: each is written and synced beside its target first, and only
     then are they renamed over their targets, one after another: an error or Ctrl-C while they are written leaves
