@@ -635,7 +635,7 @@ def test_a_temp_file_that_cannot_be_written_whole_is_removed_even_when_its_last_
     resource.setrlimit(resource.RLIMIT_FSIZE, (1000, limits[1]))
     try:
         with pytest.raises(OSError) as full:
-            uploads._save(upload, ".wav", LIMIT * 10, HTTPException(413))
+            uploads._save(upload, open(private_tmp / "mess-upload-x.wav", "xb"), LIMIT * 10, HTTPException(413))
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, limits)
         signal.signal(signal.SIGXFSZ, handler)
@@ -782,3 +782,51 @@ def test_a_temp_folder_that_cannot_be_written_is_a_503(private_tmp: Path) -> Non
     assert gone.status_code == 503, gone.text
     assert gone.json() == {"detail": f"the server cannot receive uploads now ({os.strerror(errno.ENOENT)}); "
                                      "try again later"}
+    private_tmp.write_bytes(b"")  # a file where the temp folder should be: the clean-up fails as the create did
+    with TestClient(_app(), raise_server_exceptions=False) as c:
+        not_a_folder = c.post("/up", content=body, headers={"content-type": ctype})
+    assert not_a_folder.status_code == 503, not_a_folder.text
+    assert not_a_folder.json()["detail"] == (f"the server cannot receive uploads now ({os.strerror(errno.ENOTDIR)}); "
+                                             "try again later")
+
+
+# --- a request cancelled while its upload is copied (a second Ctrl-C stopping the server) ----------------------
+
+@pytest.mark.parametrize("when", ["after the copy", "before the copy"])
+def test_an_upload_cancelled_while_its_copy_runs_leaves_no_temp_file(private_tmp: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     when: str) -> None:
+    """Before: the copy to the temp file runs in a thread; the request cancelled meanwhile (a second Ctrl-C makes the
+    server cancel its requests) stopped waiting at once while the thread wrote on, and the temp file whose name it
+    returned was no one's to remove: left in the temp folder. Now the file is the request's to remove from before it
+    exists, whenever the cancellation comes. The worst point: the copy done, its name on the way back."""
+    body, ctype = _body([_file(b"a.wav", b"\x01" * 700)])
+    real, running, finished = uploads._save, [], threading.Event()
+
+    def cancelled_around_the_copy(*args: object) -> object:
+        loop, task = running[0]
+        try:
+            if when == "before the copy":
+                loop.call_soon_threadsafe(task.cancel)
+                while not task.done():
+                    time.sleep(0.005)
+            result = real(*args)
+            if when == "after the copy":
+                loop.call_soon_threadsafe(task.cancel)
+                while not task.done():
+                    time.sleep(0.005)
+            return result
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(uploads, "_save", cancelled_around_the_copy)
+
+    async def main() -> None:
+        task = asyncio.create_task(receive_upload(_request(iter([body]), ctype, []), LIMIT))
+        running.append((asyncio.get_running_loop(), task))
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert finished.wait(10)  # the thread's copy has ended too (its failure, before the copy, is its own)
+    assert list(private_tmp.iterdir()) == []

@@ -17,15 +17,16 @@ import asyncio
 import errno
 import logging
 import os
+import secrets
 import tempfile
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from email.message import Message
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 from fastapi import HTTPException, Request
@@ -198,25 +199,41 @@ async def receive_upload(request: Request, max_bytes: int, parameters: Collectio
         if parser.header.lower() == b"content-disposition" and "header size" in str(exc.__cause__):
             raise HTTPException(400, _NAME_TOO_LONG.format("its Content-Disposition header is over 4 KiB")) from None
         raise HTTPException(400, f"malformed upload: {exc.message}") from None
+    # the temp file is this function's to remove from before it exists to its return: a request cancelled while its
+    # thread copied (a second Ctrl-C) stopped waiting, and the file the thread made was no one's
+    path: Path | None = None
     try:
-        misplaced = sorted({name for name in form if name != FIELD} & set(parameters))
-        if misplaced:
-            one = len(misplaced) == 1
-            raise HTTPException(400, f"{' and '.join(misplaced)} {'goes' if one else 'go'} in the query "
-                                     f"({request.url.path}?{misplaced[0]}=...), not in the form, where "
-                                     f"{'it' if one else 'they'} would be ignored")
-        upload = form.get(FIELD)
-        if not isinstance(upload, UploadFile):
-            raise HTTPException(400, f"no file in the form field {FIELD!r}")
-        if parser.extended_name is not None:  # the one file part (max_files=1) named itself by filename* alone
-            upload.filename = parser.extended_name
-        suffix = check_audio_type(upload.filename or "", upload.content_type)
         try:
-            return await run_in_threadpool(_save, upload, suffix, max_bytes, too_large)
-        except OSError as exc:
-            raise _cannot_store(exc) from None
-    finally:
-        await form.close()
+            misplaced = sorted({name for name in form if name != FIELD} & set(parameters))
+            if misplaced:
+                one = len(misplaced) == 1
+                raise HTTPException(400, f"{' and '.join(misplaced)} {'goes' if one else 'go'} in the query "
+                                         f"({request.url.path}?{misplaced[0]}=...), not in the form, where "
+                                         f"{'it' if one else 'they'} would be ignored")
+            upload = form.get(FIELD)
+            if not isinstance(upload, UploadFile):
+                raise HTTPException(400, f"no file in the form field {FIELD!r}")
+            if parser.extended_name is not None:  # the one file part (max_files=1) named itself by filename* alone
+                upload.filename = parser.extended_name
+            suffix = check_audio_type(upload.filename or "", upload.content_type)
+            name = Path(tempfile.gettempdir()) / f"mess-upload-{secrets.token_hex(8)}{suffix}"
+            try:
+                path = name
+                out = open(name, "xb", opener=_private)  # closed by _save, in its thread
+                size = await run_in_threadpool(_save, upload, out, max_bytes, too_large)
+            except FileExistsError as exc:  # a name drawn twice (one chance in 2**64): another upload's file
+                path = None
+                raise _cannot_store(exc) from None
+            except OSError as exc:
+                raise _cannot_store(exc) from None
+            return SavedUpload(name, Path(upload.filename or "upload").name, size)
+        finally:
+            await form.close()
+    except BaseException:
+        if path is not None:
+            with suppress(OSError):  # a temp folder that refused the file may refuse this too: its error stands
+                path.unlink(missing_ok=True)
+        raise
 
 
 def _cannot_store(exc: OSError) -> HTTPException:
@@ -230,25 +247,28 @@ def _cannot_store(exc: OSError) -> HTTPException:
     return HTTPException(503, f"the server cannot receive uploads now ({why}); try again later")
 
 
-def _save(upload: UploadFile, suffix: str, max_bytes: int, too_large: HTTPException) -> SavedUpload:
-    upload.file.seek(0)
+def _private(path: str, flags: int) -> int:
+    """An opener for a file only its owner may read (as :func:`tempfile.mkstemp` makes)."""
+    return os.open(path, flags, 0o600)
+
+
+def _save(upload: UploadFile, out: BinaryIO, max_bytes: int, too_large: HTTPException) -> int:
+    """Copy the upload into ``out`` (a new file, closed here) and return its size; the file removed on failure."""
     size = 0
-    out = tempfile.NamedTemporaryFile(prefix="mess-upload-", suffix=suffix, delete=False)
-    path = Path(out.name)
     try:
         with out:  # its close writes the last bytes: a full disk fails there too
+            upload.file.seek(0)
             while chunk := upload.file.read(_COPY_CHUNK):
                 size += len(chunk)
                 if size > max_bytes:
                     raise too_large
                 out.write(chunk)
+        if size == 0:
+            raise HTTPException(400, "the uploaded file is empty")
     except BaseException:
-        path.unlink(missing_ok=True)
+        Path(out.name).unlink(missing_ok=True)
         raise
-    if size == 0:
-        path.unlink(missing_ok=True)
-        raise HTTPException(400, "the uploaded file is empty")
-    return SavedUpload(path, Path(upload.filename or "upload").name, size)
+    return size
 
 
 class EmbedWorker:
