@@ -1358,3 +1358,17 @@ def test_an_upload_s_media_type_is_read_in_any_case(client: TestClient, uploads_
                         headers={"content-type": f"multipart/form-datax; boundary={boundary}"})
     assert other.status_code == 415, other.text  # another media type, though it starts as this one
     assert _uploads_left(uploads_dir) == set()
+
+
+def test_cli_serve_port_out_of_range_is_said_as_the_other_commands_say_it(tmp_path: Path) -> None:
+    """`mess serve --port 70000` was typer's usage error ("Invalid value for '--port': 70000 is not in the range
+    0<=x<=65535.", exit 2) where `mess mpd` and `mess extract --engine ray` say 'the port is out of range (1-65535)'.
+    Now it is the same words, with the range a server may bind (0: a port the system picks), before anything else."""
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    register(app)
+    for port in ("70000", "65536"):
+        out = CliRunner().invoke(app, ["serve", "--port", port, "--store", str(tmp_path / "none")],
+                                 env={"COLUMNS": "200"})
+        assert out.exit_code == 1, out.output
+        assert out.output == f"error: cannot listen at 127.0.0.1:{port}: the port is out of range (0-65535)\n"

@@ -75,3 +75,13 @@ def counted(n: int, one: str, many: str | None = None) -> str:
     """``n`` with the words for one or for many: counted(1, "file has", "files have") is '1 file has'; ``many``
     defaults to ``one`` + 's'."""
     return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
+MAX_PORT: Final = 65535
+
+
+def port_problem(port: int, any_port: bool = False) -> str | None:
+    """Why ``port`` is not a TCP port to dial (None when it is): outside 1-65535 the system takes it modulo 65536
+    (70000 dialled 4464). ``any_port``: a port to listen on, where 0 is one the system picks."""
+    low = 0 if any_port else 1
+    return None if low <= port <= MAX_PORT else f"the port is out of range ({low}-{MAX_PORT})"

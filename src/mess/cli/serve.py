@@ -12,6 +12,7 @@ import typer
 
 from mess.cli.common import console, fail, failing, plain
 from mess.cli.options import DEFAULT_STORE_PATH, StoreOpt, given_text
+from mess.constants import port_problem
 
 if TYPE_CHECKING:
     import uvicorn
@@ -30,7 +31,7 @@ def is_loopback(host: str) -> bool:
 
 def serve_command(
     host: Annotated[str, typer.Option(help="Address to bind; beyond loopback it needs --token.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(help="TCP port (0: one the system picks).")] = 8000,
     model: Annotated[str | None, typer.Option("--model", "-m", parser=given_text,
                                               help="Default model, or one of its runs as NAME@RUN_ID (default: the "
                                               "best extracted).")]
@@ -53,6 +54,8 @@ def serve_command(
     from mess.serve.security import AccessPolicy
     from mess.store import StoreError
 
+    if (problem := port_problem(port, any_port=True)) is not None:
+        fail(f"cannot listen at {host}:{port}: {problem}")
     if not is_loopback(host) and not token:
         fail(f"binding to {host} exposes your collection to other machines: set a token with --token or "
              "MESS_TOKEN (clients send 'Authorization: Bearer TOKEN'), or bind to 127.0.0.1")

@@ -22,6 +22,7 @@ from typing import BinaryIO
 from mpd import CommandError, MPDClient
 from mpd import ConnectionError as MPDConnectionError
 
+from mess.constants import port_problem
 from mess.playlists.playlist import Playlist, gone_tracks, with_gone_note, with_note
 from mess.playlists.radio import DEFAULT_WINDOW, radio
 from mess.query import resolve_query
@@ -76,8 +77,8 @@ def _open(client: _Client) -> None:
     """Connect ``client`` to its MPD and give the password; PlayerError when MPD does not answer or refuses it, or
     the port is out of range (the system dialled 70000 as 4464; a socket path as host takes no port)."""
     host, port, password = client.address
-    if not host.startswith(("/", "@")) and not 1 <= port <= 65535:
-        raise PlayerError(f"cannot reach MPD at {host}:{port}: the port is out of range (1-65535)")
+    if not host.startswith(("/", "@")) and (problem := port_problem(port)) is not None:
+        raise PlayerError(f"cannot reach MPD at {host}:{port}: {problem}")
     try:
         client.connect(host, port)
         _keep_raw_names(client)

@@ -31,6 +31,7 @@ import ray
 import ray.data
 
 from mess.audio.windows import WindowPolicy
+from mess.constants import port_problem
 from mess.extract.decode_worker import DECODE_TIMEOUT
 from mess.extract.pipeline import ExtractSummary, prune
 from mess.extract.runs import record_source, run_key
@@ -123,8 +124,8 @@ def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not (port.isascii() and port.isdigit()):
         raise ScaleError(f"Ray address {address!r} is not auto, local, HOST:PORT or ray://HOST:PORT")
-    if not 1 <= int(port) <= 65535:  # the system dialled 70000 as 4464
-        raise ScaleError(f"Ray address {address!r}: the port is out of range (1-65535)")
+    if (problem := port_problem(int(port))) is not None:
+        raise ScaleError(f"Ray address {address!r}: {problem}")
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as exc:

@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
+from mess.constants import port_problem
+
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 COOKIE = "mess_token"
 # on every response: no page of another site may frame this one (a click there would be a same-origin write to
@@ -120,7 +122,8 @@ def _hostname(netloc: str) -> str:
         host, port = netloc.split(":")
     else:
         host, port = netloc, ""
-    valid_port = port is not None and (port == "" or (port.isascii() and port.isdigit() and int(port) <= 65535))
+    valid_port = port is not None and (port == "" or (port.isascii() and port.isdigit()
+                                                     and port_problem(int(port), any_port=True) is None))
     return host if valid_port else netloc
 
 
