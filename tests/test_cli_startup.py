@@ -135,3 +135,35 @@ def test_similar_to_a_collection_track_imports_no_decoder(extracted_store: Path,
         *answer, loaded = out.stdout.splitlines()
         paths = {t["path"] for t in json.loads("\n".join(answer))[answers]}
         assert paths and paths <= {str(p) for p in rendered_collection} and json.loads(loaded) == [], out
+
+
+def test_similar_to_the_path_of_an_unchanged_collection_file_imports_no_decoder(
+        extracted_store: Path, rendered_collection: list[Path]) -> None:
+    """`mess similar PATH` of a file in the store, unchanged since it was extracted, imported PyAV, soxr and the
+    extraction code for the unchanged-file check (the stamp's function lived beside the decoders), for a comparison
+    of its stat with the catalog's stamp. Decoders are for a file that must really be read (one changed since)."""
+    out = subprocess.run([sys.executable, "-c", _RUN_MESS_THEN_AUDIO, "similar", str(rendered_collection[0]), "-m",
+                          "dsp", "--store", str(extracted_store), "--json"], capture_output=True, text=True,
+                         timeout=120)
+    *answer, loaded = out.stdout.splitlines()
+    found = json.loads("\n".join(answer))
+    assert found["query"]["id"] is not None and found["results"], out  # answered as the collection's track
+    assert json.loads(loaded) == [], out
+
+
+def test_the_light_stamp_check_reads_the_stamps_extraction_wrote(extracted_store: Path,
+                                                                 rendered_collection: list[Path]) -> None:
+    """mess.constants' stamp check, which the query path uses without PyAV, against the stamps `mess extract` stored
+    in the catalog: each unchanged file matches its own and no other; a stamp from before inodes (size and mtime)
+    matches too."""
+    from contextlib import closing
+
+    from mess.constants import legacy_stamp, stamp_matches
+    from mess.store import FeatureStore
+
+    with closing(FeatureStore(extracted_store, readonly=True)) as store:
+        known = [store.known_file(p.resolve()) for p in rendered_collection[:3]]
+    stats = [p.stat() for p in rendered_collection[:3]]
+    assert all(k is not None for k in known)
+    assert [[stamp_matches(s, k[1]) for k in known] for s in stats] == [[i == j for j in range(3)] for i in range(3)]
+    assert stamp_matches(stats[0], legacy_stamp(stats[0].st_size, stats[0].st_mtime))

@@ -5,6 +5,7 @@ This module imports nothing from mess (it is the bottom layer of the import cont
 
 from __future__ import annotations
 
+import os
 import zipfile
 import zlib
 from pathlib import Path, PurePath
@@ -69,6 +70,18 @@ def legacy_stamp(size: int, mtime: float) -> str:
     """The change stamp of a catalog row written before stamps existed (size and mtime only): here so that the
     decoder processes compare stamps without importing the store."""
     return f"legacy:{size}:{mtime!r}"
+
+
+def file_stamp(stat: os.stat_result) -> str:
+    """Size, mtime, inode and ctime (ns): any write, replace or rename-over changes it (as
+    :func:`mess.audio.discover.file_stamp`; here so that an unchanged file is told without importing PyAV)."""
+    return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}:{stat.st_ctime_ns}"
+
+
+def stamp_matches(stat: os.stat_result, known: str) -> bool:
+    """Whether a file with ``stat`` is the one the catalog stamped ``known`` (also a stamp from before inodes and
+    ctimes were part of it: size and mtime), as :func:`mess.extract.prepare.stamp_matches`."""
+    return known in (file_stamp(stat), legacy_stamp(stat.st_size, stat.st_mtime))
 
 
 def counted(n: int, one: str, many: str | None = None) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from mess.audio.names import credit_key
-from mess.constants import FUSED, file_title
+from mess.constants import FUSED, file_title, stamp_matches
 from mess.extract.runs import run_policy
 from mess.fusion.data import FusionError
 from mess.models.registry import ModelError, load_run_model
@@ -65,14 +65,13 @@ def _as_catalogued(store: FeatureStore, path: Path) -> bool:
     """Whether the file holds the audio the catalog last saw, so its stored vectors are its own: the same change
     stamp, or else the same content hash (a touched, retagged or copied-back file, which `mess extract` leaves as it
     is, was said to have changed and embedded again)."""
-    from mess.audio.discover import content_hash  # here, as the decoding below: PyAV for files, not track ids
-    from mess.extract.prepare import stamp_matches
-
     known = store.known_file(path.resolve())
     if known is None:
         return False
     if stamp_matches(path.stat(), known[1]):
         return True
+    from mess.audio.discover import content_hash  # here, as the decoding below: PyAV for files read, not stat'ed
+
     try:
         return content_hash(path) == known[0]
     except OSError:  # unreadable now: embedding it says why
