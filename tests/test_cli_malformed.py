@@ -243,3 +243,14 @@ def test_similar_to_a_path_under_a_tilde_naming_no_user_is_one_line(store: Path,
         pwd.getpwnam(user)
     code, output = _cli(store, "similar", f"~{user}/x.wav")
     assert code == 1 and f"~{user}/x.wav" in output and "Traceback" not in output, output
+
+
+def test_names_with_emoji_codes_are_printed_as_written(store: Path, tmp_path: Path) -> None:
+    """rich read ':smile:' and ':-1:' in user data as emoji codes: `mess similar 'a:smile:b.wav'` said it found no
+    track 'a😄b.wav', and `mess serve --port -1` said '127.0.0.1👎 the port is ...'. The CLI's console prints no
+    emoji codes: names (and the words around them) come out as written."""
+    code, said = _cli(store, "similar", "a:smile:b:-1:.wav")
+    assert code == 1 and said == "error: unknown track 'a:smile:b:-1:.wav'", said
+    out = runner.invoke(app, ["serve", "--port", "-1", "--store", str(tmp_path / "none")], env={"COLUMNS": "300"})
+    assert out.exit_code == 1
+    assert out.output == "error: cannot listen at 127.0.0.1:-1: the port is out of range (0-65535)\n", out.output

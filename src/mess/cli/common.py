@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from mess.store import FeatureStore, Run
 
-console = Console(stderr=True, soft_wrap=True)  # one message, one line (logs and greps stay whole)
+console = Console(stderr=True, soft_wrap=True, emoji=False)  # one message, one line; a name's ":smile:" as written
 
 
 def emit_json(data: object) -> None:
