@@ -452,3 +452,19 @@ def test_the_guard_checks_host_origin_and_token_of_each_request() -> None:
     with _guarded(AccessPolicy.build(token="s3cret"), "http://localhost") as default_port:
         assert default_port.get("/x", params={"token": "s3cret"}).status_code == 200
         assert dict(default_port.cookies) == {"mess_token": "s3cret"} and default_port.get("/x").status_code == 200
+
+
+def test_a_host_whose_port_has_thousands_of_digits_is_a_host_refused() -> None:
+    """A Host header 'localhost:' + 5,000 digits (a header of 5 KB, which the server reads) made the guard's int()
+    raise ValueError (Python refuses integers of over 4,300 digits): a 500 and a traceback in the server log. Such a
+    port is no port: the whole value is the host, refused 400 as any other unknown one; an --allowed-host of it is
+    refused as an invalid host name."""
+    digits = "1" * 5000
+    assert _hostname(f"localhost:{digits}") == f"localhost:{digits}"
+    assert _hostname(f"localhost:{'0' * 5000}80") == "localhost" == urlsplit(f"//localhost:{'0' * 5000}80").hostname
+    with _guarded(AccessPolicy.build()) as client:
+        refused = client.get("/x", headers={"Host": f"localhost:{digits}"})
+        assert refused.status_code == 400 and refused.json()["detail"].startswith("host 'localhost:111")
+        assert client.get("/x", headers={"Host": "localhost:00000000080"}).status_code == 200  # leading zeros: 80
+    with pytest.raises(ValueError, match="invalid host name"):
+        AccessPolicy.build([f"music.lan:{digits}"])

@@ -122,8 +122,9 @@ def _hostname(netloc: str) -> str:
         host, port = netloc.split(":")
     else:
         host, port = netloc, ""
-    valid_port = port is not None and (port == "" or (port.isascii() and port.isdigit()
-                                                     and port_problem(int(port), any_port=True) is None))
+    number = (port or "").lstrip("0") or "0"  # int() refuses over 4,300 digits: a ValueError, not a port
+    valid_port = port is not None and (port == "" or (port.isascii() and port.isdigit() and len(number) <= 5
+                                                     and port_problem(int(number), any_port=True) is None))
     return host if valid_port else netloc
 
 
