@@ -27,16 +27,17 @@ def ranked_relevance(scores: np.ndarray, query_labels: np.ndarray, item_labels: 
                      query_rows: np.ndarray) -> np.ndarray:
     """Relevance [q, n-1] of each query's ranking of the items, best first, its own item left out.
 
+    Ties go to the lower item (a stable sort); -inf scores rank last, and NaN scores after them.
+
     Args:
         scores: similarities [q, n] of queries to all items (higher = closer).
         query_labels: label of each query.
         item_labels: label of each item.
         query_rows: the item index of each query (dropped from its ranking).
     """
-    scores = np.array(scores, dtype=np.float64)
-    scores[np.arange(len(scores)), query_rows] = -np.inf
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :-1]
-    return item_labels[order] == query_labels[:, None]
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), axis=1, kind="stable")
+    others = order != np.asarray(query_rows)[:, None]  # the query's own item, wherever a NaN or -inf sorted it
+    return item_labels[order[others].reshape(len(order), max(order.shape[1] - 1, 0))] == query_labels[:, None]
 
 
 def precision_at_k(rel: np.ndarray, k: int) -> np.ndarray:
