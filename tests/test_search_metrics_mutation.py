@@ -140,3 +140,17 @@ def test_k_at_and_past_the_collection_size(n: int) -> None:
         assert nd[q] == pytest.approx(want_nd)
         top = np.argsort(-scores[q, others])[:k]
         assert p[q] == pytest.approx(truth[top].sum() / k)
+
+
+def test_tied_scores_rank_the_lower_item_first() -> None:
+    """Four others tied for query 0: ranked 1, 2, 3, 4 (ties to the lower row, as mess.search.graph orders
+    neighbours), so the two relevant items 1 and 2 come first: AP 1, where scikit-learn, averaging over the
+    tied block, gives the share of relevant items (0.5)."""
+    labels = np.array([0, 0, 0, 1, 1])
+    scores = np.array([[1.0, 0.5, 0.5, 0.5, 0.5]])
+    rel = ranked_relevance(scores, labels[:1], labels, np.array([0]))
+    np.testing.assert_array_equal(rel, [[True, True, False, False]])
+    assert average_precision(rel)[0] == 1.0
+    assert average_precision_score(labels[1:] == 0, scores[0, 1:]) == pytest.approx(0.5)
+    flipped = ranked_relevance(scores[:, [0, 3, 4, 1, 2]], labels[:1], labels[[0, 3, 4, 1, 2]], np.array([0]))
+    assert average_precision(flipped)[0] == pytest.approx((1 / 3 + 2 / 4) / 2)

@@ -3,7 +3,9 @@
 All metrics are computed from one ranked relevance matrix per evaluation (one
 argsort), vectorised over queries; they agree with
 ``sklearn.metrics.average_precision_score`` and ``sklearn.metrics.ndcg_score``
-(checked in the tests) without their per-query Python loop.
+(checked in the tests) without their per-query Python loop, except where scores tie:
+tied items rank lower item first (a stable sort, as the neighbour graphs of
+:mod:`mess.search.graph` order them), where scikit-learn averages over the tied block.
 """
 
 from __future__ import annotations
