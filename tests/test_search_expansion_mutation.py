@@ -41,9 +41,10 @@ def test_the_documented_defaults() -> None:
 
 @pytest.mark.parametrize(("n", "k", "alpha", "chunk"), [(1, 3, 1.0, 1024), (2, 3, 1.0, 1024), (4, 3, 1.0, 1024),
                                                         (4, 9, 1.0, 1024), (25, 3, 2.0, 7), (25, 1, 0.5, 25),
-                                                        (25, 24, 1.0, 4)])
+                                                        (25, 24, 1.0, 4), (300, 1, 1.0, 128)])
 def test_expand_collection_is_alpha_qe(n: int, k: int, alpha: float, chunk: int) -> None:
-    """Chunks of 7 and 4 rows (the last one short) and of exactly the collection; k at and past n - 1."""
+    """Chunks of 7 and 4 rows (the last one short) and of exactly the collection; k at and past n - 1; k = 1 in a
+    collection large enough that numpy's partition does not sort the whole row."""
     unit = _units(n, 8, seed=n + k)
     got = expand_collection(unit, k, alpha, chunk=chunk)
     assert got.dtype == unit.dtype and got.shape == unit.shape
