@@ -154,3 +154,20 @@ def test_tied_scores_rank_the_lower_item_first() -> None:
     assert average_precision_score(labels[1:] == 0, scores[0, 1:]) == pytest.approx(0.5)
     flipped = ranked_relevance(scores[:, [0, 3, 4, 1, 2]], labels[:1], labels[[0, 3, 4, 1, 2]], np.array([0]))
     assert average_precision(flipped)[0] == pytest.approx((1 / 3 + 2 / 4) / 2)
+
+
+def test_the_hubness_neighbour_lists_never_hold_the_query_whatever_its_scores() -> None:
+    """`mess evaluate`'s k-occurrence hubness set each query's own score to -inf and took the first k of the sorted
+    row: with a NaN or -inf among the others and k = n - 1, the query could sit in its own neighbour list (a k-NN
+    slot counted for it). Expected: the neighbour lists written by hand, each query's other items best first."""
+    from mess.search.evaluate import _score
+    from mess.search.hubness import hubness_stats
+
+    labels = np.array([0, 1, 0, 1])
+    scores = np.array([[1.0, 0.5, 0.2, np.nan],
+                       [0.3, 1.0, -np.inf, 0.6],
+                       [0.4, np.nan, 1.0, 0.1],
+                       [0.2, 0.7, 0.6, 1.0]])
+    got = _score("all", "all", "cosine", None, lambda rows: scores[rows], labels, np.arange(4), k=3)
+    lists = np.array([[1, 2, 3], [3, 0, 2], [0, 3, 1], [1, 2, 0]])  # other items by score, -inf then NaN last
+    assert got.hub == hubness_stats(lists, 4)

@@ -396,8 +396,9 @@ def _score(
         p.append(precision_at_k(rel, k))
         ap.append(average_precision(rel))
         nd.append(ndcg_at_k(rel, k))
-        scores[np.arange(len(rows)), rows] = -np.inf
-        top.append(np.argsort(-scores, axis=1)[:, :min(k, len(labels) - 1)])  # never the query itself, last
+        order = np.argsort(-scores, axis=1, kind="stable")  # -inf, then NaN, last
+        others = order[order != rows[:, None]].reshape(len(rows), -1)  # the query's own item, wherever it sorted
+        top.append(others[:, :k])
     summary = RetrievalScores(
         k, float(np.concatenate(p).mean()), float(np.concatenate(ap).mean()), float(np.concatenate(nd).mean())
     )
