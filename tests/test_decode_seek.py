@@ -17,6 +17,9 @@ from test_audio import _dominant_hz, _encode_av, _sine
 from mess.audio import decode
 from mess.audio.decode import downmix, load_audio
 from mess.audio.windows import WindowPolicy
+from mess.extract.child import Child
+from mess.extract.decode_worker import ask
+from mess.extract.pipeline import DECODE_WORKER
 from mess.extract.prepare import decode_windows, inspect_file
 
 POLICY = WindowPolicy(window_seconds=10.0, max_windows=5)
@@ -471,3 +474,31 @@ def test_a_chained_ogg_file_of_two_rates_is_decoded_to_its_end(tmp_path: Path) -
     assert _dominant_hz(audio[30 * 16000 : 40 * 16000], 16000) == pytest.approx(660.0, abs=1.0)
     windows = decode_windows(inspect_file(joined), 16000, POLICY)
     assert windows.duration == pytest.approx(47.3, abs=0.05) and windows.starts[-1] == pytest.approx(37.3, abs=0.05)
+
+
+def test_a_7_1_vorbis_file_is_decoded_not_crashed_on(tmp_path: Path) -> None:
+    """PyAV counts a frame's planes up to a null pointer, which FFmpeg does not put after 8 planar channels: its
+    arrays of a 7.1 Vorbis file's frames read a ninth plane from whatever followed, and the decoding process died
+    (SIGSEGV; the file failed). Its seeked windows and its whole decode (one window longer than the file) are the
+    mean of its 8 channels as libsndfile decodes them, resampled at once."""
+    import soxr
+
+    sr = 44100
+    audio = np.stack([_music(sr, 47.3, seed=c) for c in range(8)], axis=1) / 4
+    path = tmp_path / "surround.ogg"
+    with sf.SoundFile(path, "w", samplerate=sr, channels=8) as f:
+        for i in range(0, len(audio), sr):  # libsndfile 1.2's Vorbis encoder crashes on one large write
+            f.write(audio[i : i + sr])
+    reference, _ = sf.read(path, dtype="float32", always_2d=True)
+    whole = soxr.resample(reference.mean(axis=1, dtype=np.float32), sr, 16000, quality="HQ")
+    child = Child(DECODE_WORKER)
+    try:
+        record = ask(child, path, ("inspect", path, None), 60.0)
+        for policy in (POLICY, WindowPolicy(window_seconds=60.0)):
+            windows = ask(child, path, ("decode", record, 16000, policy, 0.0), 60.0)
+            assert windows.audio.shape[0] == (5 if policy is POLICY else 1)
+            for start, window in zip(windows.starts, windows.audio, strict=True):
+                at = round(start * 16000)
+                np.testing.assert_allclose(window, whole[at : at + window.size], atol=1e-5)
+    finally:
+        child.stop()

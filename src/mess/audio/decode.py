@@ -17,6 +17,8 @@ import av
 import numpy as np
 import soundfile as sf
 import soxr
+from av.audio.frame import format_dtypes
+from av.audio.plane import AudioPlane
 
 from mess.constants import audio_suffix  # with AUDIO_EXTENSIONS, what is decoded
 
@@ -586,7 +588,7 @@ def _pyav_blocks(path: Path, link: tuple[int, int] | None = None) -> Iterator[tu
                 layout = frame_layout
                 if leading and frame.pts is not None and base is not None and frame.pts < 0 and not fifo.samples:
                     drop = min(frame.samples, round(float(-frame.pts * base) * frame.sample_rate))
-                    head.append(frame.to_ndarray()[:, drop * (1 if layout[0] else layout[1]):])
+                    head.append(_frame_array(frame)[:, drop * (1 if layout[0] else layout[1]):])
                     size += frame.samples - drop
                 else:
                     leading = False if frame.pts is not None and frame.pts >= 0 else leading
@@ -615,7 +617,20 @@ def _ffmpeg_reason(exc: av.FFmpegError) -> str:
 def _drained(fifo: av.AudioFifo) -> list[np.ndarray]:
     """Everything in ``fifo`` as one frame's array (none when it is empty); the FIFO is left empty."""
     frame = fifo.read()
-    return [frame.to_ndarray()] if frame is not None else []
+    return [_frame_array(frame)] if frame is not None else []
+
+
+def _frame_array(frame: av.AudioFrame) -> np.ndarray:
+    """``frame.to_ndarray()`` read from the frame's own planes: PyAV counts planes up to a null pointer, which FFmpeg
+    does not put after 8 planar channels or more, so it read a ninth from whatever followed them and crashed (a 7.1
+    Vorbis or AAC file killed its decoder, and the file failed)."""
+    dtype = format_dtypes.get(frame.format.name)
+    if dtype is None:  # a format PyAV has no array for: its error
+        return frame.to_ndarray()
+    planar, channels = frame.format.is_planar, frame.layout.nb_channels
+    count = frame.samples if planar else frame.samples * channels
+    planes = range(channels if planar else 1)
+    return np.vstack([np.frombuffer(memoryview(AudioPlane(frame, i)), dtype, count) for i in planes])
 
 
 def _stack_frames(arrays: list[np.ndarray], planar: bool, channels: int) -> np.ndarray:
