@@ -502,3 +502,29 @@ def test_a_7_1_vorbis_file_is_decoded_not_crashed_on(tmp_path: Path) -> None:
                 np.testing.assert_allclose(window, whole[at : at + window.size], atol=1e-5)
     finally:
         child.stop()
+
+
+@pytest.mark.parametrize(("ext", "channels"), [("ogg", 2), ("ogg", 3), ("wv", 2)])
+def test_ffmpegs_windows_of_several_channels_are_their_mean(tmp_path: Path, ext: str, channels: int) -> None:
+    """FFmpeg's seeked windows (one at the start, one ending 5 ms before the file's end) of a stereo or 3-channel
+    file are the mean of its channels, resampled: as libsndfile decodes the Vorbis file, and as the 16-bit samples
+    the lossless WavPack file was written from (integer planes, scaled by 2^15)."""
+    import soxr
+
+    sr, seconds = 44100, 47.3
+    audio = np.stack([_music(sr, seconds, seed=c) for c in range(channels)], axis=1) / 2
+    path = tmp_path / f"song.{ext}"
+    if ext == "wv":
+        _encode_av(path, audio, sr, "wavpack", sample_format="s16p")
+        reference = (audio * 32767).astype(np.int16).astype(np.float32) / 32768
+    else:
+        with sf.SoundFile(path, "w", samplerate=sr, channels=channels) as f:
+            for i in range(0, len(audio), sr):
+                f.write(audio[i : i + sr])
+        reference, _ = sf.read(path, dtype="float32", always_2d=True)
+    whole = soxr.resample(reference.mean(axis=1, dtype=np.float32), sr, 16000, quality="HQ")
+    starts = [0.0, 3.3, 17.25, seconds - 10.005]
+    windows = decode.load_segments(path, 16000, starts, 10.0)
+    for start, window in zip(starts, windows, strict=True):
+        at = round(start * 16000)
+        np.testing.assert_allclose(window, whole[at : at + window.size], atol=1e-5, err_msg=f"{start}")

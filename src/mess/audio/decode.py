@@ -300,9 +300,10 @@ def _pyav_segment(container: av.container.InputContainer, stream: av.audio.strea
     if base is None:
         raise AudioError(f"{path}: the audio stream has no time base, cannot seek")
     container.seek(int(max(0.0, start - _PREROLL_SECONDS) / base), stream=stream, backward=True)
-    fifo = av.AudioFifo()  # frames joined in C, drained into ``parts`` in cache-sized blocks
+    num, den = base.numerator, base.denominator  # float(pts * base) is pts * num / den to the bit, 10x cheaper
+    fifo = av.AudioFifo()  # frames joined in C, drained into ``parts`` (mono) in cache-sized blocks
     parts: list[np.ndarray] = []
-    planar, channels, rate, ended = False, 1, 0, True
+    channels, rate, ended, end = 1, 0, True, 0.0
     first: int | None = None  # position of the first decoded sample, once anchored
     last_end: int | None = None  # before anchoring: where the previous frame's timestamp says it ends
     decoded = frames = 0  # samples and frames decoded so far
@@ -311,13 +312,14 @@ def _pyav_segment(container: av.container.InputContainer, stream: av.audio.strea
         if frame.pts is None:
             raise AudioError(f"{path}: frames carry no timestamps, cannot seek")
         if not decoded:
-            rate, planar, channels = frame.sample_rate, frame.format.is_planar, frame.layout.nb_channels
+            rate, channels = frame.sample_rate, frame.layout.nb_channels
             if base * rate > 1:  # Matroska's and ASF's milliseconds: a position could be off by half of one
                 raise AudioError(f"{path}: timestamps in steps of {base} s, coarser than a sample: cannot seek "
                                  "exactly")
+            end = start + seconds + _MARGIN_SECONDS
         elif frame.layout.nb_channels != channels:  # the FIFO checks format and rate, not channels
             raise AudioError(f"{path}: the channel count changes mid-stream, cannot seek")
-        position = round(float(frame.pts * base) * rate)
+        position = round(frame.pts * num / den * rate)  # an int's true division is rounded once, as a Fraction's
         if first is not None and position < first + decoded - 1:
             first = None  # anchored on late stamps
         if first is None:
@@ -327,16 +329,16 @@ def _pyav_segment(container: av.container.InputContainer, stream: av.audio.strea
                 last_end = position + frame.samples
         decoded += _write(fifo, frame, path)
         if fifo.samples >= _BLOCK_FRAMES:
-            parts += _drained(fifo)
-        if first is not None and (first + decoded) / rate >= start + seconds + _MARGIN_SECONDS:
+            parts += _drained_mono(fifo)
+        if first is not None and (first + decoded) / rate >= end:
             ended = False
             break
     if first is None and frames == 1 and last_end is not None:  # one frame only: trust its timestamp
         first = last_end - decoded
-    parts += _drained(fifo)
+    parts += _drained_mono(fifo)
     if first is None or not parts or first / rate > max(0.0, start - _MARGIN_SECONDS) + 1e-3:
         raise AudioError(f"{path}: seeking to {start:.1f} s failed")
-    mono = downmix(_stack_frames(parts, planar, channels))
+    mono = parts[0] if len(parts) == 1 else np.concatenate(parts)
     return (mono[-first:], 0, rate, ended) if first < 0 else (mono, first, rate, ended)  # priming before 0: dropped
 
 
@@ -631,6 +633,23 @@ def _frame_array(frame: av.AudioFrame) -> np.ndarray:
     count = frame.samples if planar else frame.samples * channels
     planes = range(channels if planar else 1)
     return np.vstack([np.frombuffer(memoryview(AudioPlane(frame, i)), dtype, count) for i in planes])
+
+
+def _drained_mono(fifo: av.AudioFifo) -> list[np.ndarray]:
+    """Everything in ``fifo`` downmixed, :func:`downmix`'s samples to the bit, as one array (none when it is empty);
+    the FIFO is left empty. Float planes (Vorbis, MP3, AAC, Opus) are added where the frame holds them: joining
+    them first (:func:`_drained`, :func:`_stack_frames`) copied every sample twice more."""
+    frame = fifo.read()
+    if frame is None:
+        return []
+    channels = frame.layout.nb_channels
+    if frame.format.name != "fltp" or channels >= 8:  # downmix sums 8 channels or more pairwise
+        return [downmix(_stack_frames([_frame_array(frame)], frame.format.is_planar, channels))]
+    planes = [np.frombuffer(memoryview(AudioPlane(frame, i)), np.float32, frame.samples) for i in range(channels)]
+    mono = planes[0].copy()
+    for plane in planes[1:]:  # in order, each value float32: downmix's sums
+        np.add(mono, plane, out=mono)
+    return [np.divide(mono, np.float32(channels), out=mono) if channels > 1 else mono]
 
 
 def _stack_frames(arrays: list[np.ndarray], planar: bool, channels: int) -> np.ndarray:
