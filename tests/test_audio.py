@@ -652,3 +652,26 @@ def test_content_hashes_are_blake2b_128_of_the_audio_packets_or_of_the_bytes(tmp
     other = tmp_path / "notes.wav"  # no demuxer reads it: hashed by its bytes
     other.write_bytes(b"not audio at all" * 100)
     assert content_hash(other) == hashlib.blake2b(other.read_bytes(), digest_size=16).hexdigest()
+
+
+def test_the_level_checks_read_every_sample_of_every_window() -> None:
+    """A window's peak and a NaN count the samples at its very ends too (the 256 at each end where the resampler
+    rings are left out of the constant-offset check only); the silence threshold counts the loudest sample."""
+    from mess.extract.prepare import RINGING, FileRecord, _check_level
+
+    record = FileRecord(Path("x.wav"), "", 0, 0.0, {}, {})
+    rate = 16000
+    music = (0.3 * np.sin(2 * np.pi * 440 * np.arange(3 * rate) / rate)).astype(np.float32)
+    for where in (0, RINGING - 1, music.size - 1, rate):
+        for value in (2e3, -2e3, np.nan, np.inf):
+            windows = np.stack([music, music])
+            windows[1, where] = value
+            with pytest.raises(AudioError, match="out of range"):
+                _check_level(record, windows, rate)
+    quiet = np.stack([music, music]) * 1e-6  # -130 dBFS but for one sample at -74 dBFS (above the -80 threshold)
+    quiet[1, rate] = -2e-4
+    _check_level(record, quiet, rate)
+    quiet[1, rate] = 0.0
+    with pytest.raises(AudioError, match="silent"):
+        _check_level(record, quiet, rate)
+    _check_level(record, np.stack([music, music]), rate)

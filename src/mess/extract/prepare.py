@@ -150,8 +150,12 @@ def _seek_windows(record: FileRecord, sample_rate: int, policy: WindowPolicy, du
 
 def _check_level(record: FileRecord, audio: np.ndarray, sample_rate: int) -> None:
     """Reject silent audio (below 8 kHz, :data:`SILENCE_BAND_RATE`; a constant offset is silent too) and samples no
-    one mastered (NaN, infinity, beyond +60 dBFS)."""
-    peak = float(np.abs(audio).max())
+    one mastered (NaN, infinity, beyond +60 dBFS). Each window's highest and lowest samples give its peak: no copy of
+    its absolute values (5 ms a file of four 30 s windows, 1 GB for 4 hours decoded whole)."""
+    inner = audio[..., RINGING:-RINGING] if audio.shape[-1] > 4 * RINGING else audio
+    highs, lows = inner.max(axis=-1), inner.min(axis=-1)  # of each window
+    ends = (audio[..., :RINGING], audio[..., -RINGING:]) if inner is not audio else ()
+    peak = float(np.abs([highs.max(), lows.min(), *(e.max() for e in ends), *(e.min() for e in ends)]).max())
     if not np.isfinite(peak) or peak > MAX_PEAK:
         raise AudioError(f"{record.path}: sample values out of range (peak {peak:.3g}; float audio lies within +-1)")
     if peak < SILENCE_PEAK:
@@ -162,8 +166,7 @@ def _check_level(record: FileRecord, audio: np.ndarray, sample_rate: int) -> Non
         if band < SILENCE_PEAK:
             raise AudioError(f"{record.path}: silent (peak {_db(band)} dBFS below 8 kHz; above it only noise, "
                              f"peak {_db(peak)} dBFS)")
-    inner = audio[..., RINGING:-RINGING] if audio.shape[-1] > 4 * RINGING else audio
-    swing = float((inner.max(axis=-1) - inner.min(axis=-1)).max())  # no copy of hours of audio
+    swing = float((highs - lows).max())
     if swing < SILENCE_PEAK:
         raise AudioError(f"{record.path}: silent (a constant offset of {float(inner.flat[0]):.3g}, varying by "
                          f"{_db(swing)} dBFS)")
