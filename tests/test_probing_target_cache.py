@@ -12,8 +12,8 @@ import numpy as np
 import soundfile as sf
 
 from mess.audio.decode import load_audio
-from mess.audio.discover import file_stamp
 from mess.audio.windows import WindowPolicy
+from mess.constants import file_stamp
 from mess.probing.target_cache import (
     CHANGED,
     REMOVED,

@@ -73,14 +73,14 @@ def legacy_stamp(size: int, mtime: float) -> str:
 
 
 def file_stamp(stat: os.stat_result) -> str:
-    """Size, mtime, inode and ctime (ns): any write, replace or rename-over changes it (as
-    :func:`mess.audio.discover.file_stamp`; here so that an unchanged file is told without importing PyAV)."""
+    """Size, mtime, inode and ctime (ns): any write, replace or rename-over changes it (here, not beside the
+    decoders, so that an unchanged file is told without importing PyAV)."""
     return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}:{stat.st_ctime_ns}"
 
 
 def stamp_matches(stat: os.stat_result, known: str) -> bool:
     """Whether a file with ``stat`` is the one the catalog stamped ``known`` (also a stamp from before inodes and
-    ctimes were part of it: size and mtime), as :func:`mess.extract.prepare.stamp_matches`."""
+    ctimes were part of it: size and mtime)."""
     return known in (file_stamp(stat), legacy_stamp(stat.st_size, stat.st_mtime))
 
 

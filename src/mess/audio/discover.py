@@ -104,11 +104,6 @@ def _apple_double(path: Path) -> bool:
         return False
 
 
-def file_stamp(stat: os.stat_result) -> str:
-    """Size, mtime, inode and ctime (ns): any write, replace or rename-over changes it."""
-    return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}:{stat.st_ctime_ns}"
-
-
 def content_hash(path: Path) -> str:
     """BLAKE2b-128 of the audio content, independent of tags and file name.
 

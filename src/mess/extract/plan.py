@@ -15,8 +15,8 @@ from pathlib import Path
 from queue import SimpleQueue
 
 from mess.audio.windows import WindowPolicy
+from mess.constants import stamp_matches
 from mess.extract.child import Child, ChildDied
-from mess.extract.prepare import stamp_matches
 from mess.extract.runs import run_key
 from mess.models.base import ModelInfo
 from mess.store import FeatureStore

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,10 +11,10 @@ import numpy as np
 import soxr
 
 from mess.audio.decode import AudioError, load_audio, load_segments, probe
-from mess.audio.discover import content_hash, file_stamp
+from mess.audio.discover import content_hash
 from mess.audio.tags import read_tags
 from mess.audio.windows import WindowPolicy
-from mess.constants import legacy_stamp
+from mess.constants import file_stamp, stamp_matches
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +68,6 @@ def inspect_file(path: Path, known: tuple[str, str] | None = None) -> FileRecord
     except AudioError:
         info = {}
     return FileRecord(path, digest, stat.st_size, stat.st_mtime, info, read_tags(path), stamp)
-
-
-def stamp_matches(stat: os.stat_result, known: str) -> bool:
-    """Whether a file with ``stat`` is the one the catalog stamped ``known`` (also a stamp from before inodes and
-    ctimes were part of it: size and mtime)."""
-    return known in (file_stamp(stat), legacy_stamp(stat.st_size, stat.st_mtime))
 
 
 def decode_windows(record: FileRecord, sample_rate: int, policy: WindowPolicy, band_hz: float = 0.0) -> Windows:

@@ -20,8 +20,7 @@ from joblib import Parallel, delayed
 
 from mess.audio.decode import AudioError, load_audio
 from mess.audio.windows import WindowPolicy
-from mess.constants import NPZ_ERRORS
-from mess.extract.prepare import stamp_matches
+from mess.constants import NPZ_ERRORS, stamp_matches
 from mess.probing.targets import SAMPLE_RATE, TARGET_NAMES, audio_targets
 from mess.store import Track
 from mess.store.paths import replace_file

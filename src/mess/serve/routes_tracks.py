@@ -9,10 +9,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BeforeValidator
 
-from mess.audio.discover import content_hash, file_stamp
+from mess.audio.discover import content_hash
 from mess.audio.tags import JOIN, MULTI_VALUED
-from mess.constants import FUSED, audio_suffix
-from mess.extract.prepare import stamp_matches
+from mess.constants import FUSED, audio_suffix, file_stamp, stamp_matches
 from mess.search.query import ENCODED_R2
 from mess.search.vectors import load_vectors, track_by_id, vectors_label
 from mess.serve.audio_file import AudioFile
