@@ -201,15 +201,20 @@ def file_revision(path: Path) -> str:
 def external_data(path: Path) -> list[Path]:
     """The external data files an ``.onnx`` graph keeps tensors in, in order, those not there left out (ONNX Runtime
     refuses the graph then); none for a file that is no graph."""
+    return [f for f in (path.parent / place for place in sorted(external_places(path))) if f.is_file()]
+
+
+def external_places(path: Path) -> set[str]:
+    """Where an ``.onnx`` graph says its external data files lie, relative to it, there or not; none for a file that is
+    no graph."""
     import onnx
 
     try:
         graph = onnx.load(str(path), load_external_data=False).graph
     except Exception:  # protobuf's DecodeError and others: opening the session says what is wrong with the file
-        return []
-    places = {str(entry.value) for tensor in _tensors(graph) if tensor.data_location == onnx.TensorProto.EXTERNAL
-              for entry in tensor.external_data if entry.key == "location"}
-    return [f for f in (path.parent / place for place in sorted(places)) if f.is_file()]
+        return set()
+    return {str(entry.value) for tensor in _tensors(graph) if tensor.data_location == onnx.TensorProto.EXTERNAL
+            for entry in tensor.external_data if entry.key == "location"}
 
 
 def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:

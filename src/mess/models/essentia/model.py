@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mess.models.base import EmbeddingModel, ModelInfo
-from mess.models.essentia.fetch import file_revision
+from mess.models.essentia.fetch import external_places, file_revision
 from mess.models.essentia.frontends import SAMPLE_RATE, patches
 from mess.models.essentia.metadata import EssentiaModelError, ModelMetadata, graph_name, layer_name, read_metadata
 from mess.models.essentia.presets import Preset, detect_preset, get_preset
@@ -125,10 +125,26 @@ def _open_session(path: Path, device: str, threads: int) -> ort.InferenceSession
     options.intra_op_num_threads = threads
     options.log_severity_level = 4  # fatal only: its errors come back as exceptions, said in one line
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        return ort.InferenceSession(_graph_source(path), sess_options=options, providers=providers)
+    except EssentiaModelError:
+        raise
     except Exception as exc:  # onnxruntime raises its own pybind exception types for unreadable graphs
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EssentiaModelError(f"{path.name} is not a readable ONNX graph: {reason[:200]}") from exc
+
+
+def _graph_source(path: Path) -> str | bytes:
+    """What ONNX Runtime opens for ``path``: the path, or the file's bytes where the path is not UTF-8 text (a folder
+    named in Latin-1), which is the only form of a path ONNX Runtime takes."""
+    text = str(path)
+    try:
+        text.encode()
+        return text
+    except UnicodeEncodeError:
+        if external_places(path):  # from bytes, ONNX Runtime looks for them in the working folder
+            raise EssentiaModelError(f"{path.name} keeps weights in other files, which ONNX Runtime cannot open from a "
+                                     f"folder not named in UTF-8 ({path.parent}); move them to one that is") from None
+        return path.read_bytes()
 
 
 def _revision(path: Path, preset: Preset, metadata: ModelMetadata) -> str:
