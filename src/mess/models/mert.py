@@ -17,6 +17,7 @@ from typing import cast
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
 from mess.models.base import EmbeddingModel, ModelInfo
@@ -63,10 +64,14 @@ class MertModel(EmbeddingModel):
         local folder; never runs remote code."""
         config = hubert_config(_read_config(source, revision, local_files_only))
         # transformers takes revision=None as the repo's default branch, though its annotation says str
-        loaded = HubertModel.from_pretrained(
-            source, config=config, revision=revision,  # type: ignore[arg-type]
-            trust_remote_code=False, local_files_only=local_files_only, ignore_mismatched_sizes=True,
-            output_loading_info=True)
+        try:
+            loaded = HubertModel.from_pretrained(
+                source, config=config, revision=revision,  # type: ignore[arg-type]
+                trust_remote_code=False, local_files_only=local_files_only, ignore_mismatched_sizes=True,
+                output_loading_info=True)
+        except (RuntimeError, SafetensorError) as exc:  # torch's and safetensors' own for a file cut short: a traceback
+            why = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise ValueError(f"its weights cannot be read ({why}); is the weights file whole?") from exc
         network, loading = cast(tuple[HubertModel, dict], loaded)  # output_loading_info: with what went where
         _check_weights(loading)
         try:
