@@ -7,16 +7,20 @@ from the fixture's own JSON and graph.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from mess.models.essentia import EssentiaModelError, OnnxModel
 
 onnx = pytest.importorskip("onnx", reason="tests build their graphs with onnx (test extra)")
-from test_onnx_backend import EFFNET_OUTPUTS, _expected_effnet, effnet_graph, write_json  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from test_onnx_backend import EFFNET_OUTPUTS, W_EMB, _expected_effnet, effnet_graph, write_json  # noqa: E402
 
 SR = 16000
 
@@ -65,3 +69,106 @@ def test_external_data_beside_a_graph_in_a_folder_named_in_other_bytes_is_refuse
     with pytest.raises(EssentiaModelError, match="^discogs-effnet-ext.onnx keeps weights in other files, which ONNX "
                                                  "Runtime cannot open from a folder not named in UTF-8"):
         OnnxModel(folder / "discogs-effnet-ext.onnx")
+
+
+@pytest.mark.parametrize(("batch", "seconds", "clips"), [(4, 5.0, 2), ("batch", 20.0, 2)], ids=["fixed-4", "dynamic"])
+def test_patches_past_one_run_are_fed_in_chunks(tmp_path: Path, batch: int | str, seconds: float, clips: int) -> None:
+    """Six patches through a graph of batch 4 (a full run and a zero-padded one); 38 through a dynamic graph (more
+    than the 32 of one run): every patch's vector is the graph's arithmetic on its own frames."""
+    name = "discogs_artist_embeddings-effnet-bs4-1.onnx" if batch == 4 else "discogs-effnet-bsdynamic-1.onnx"
+    model = OnnxModel(_effnet(tmp_path, name, batch=batch))
+    assert model.batch == (4 if batch == 4 else 0)
+    windows = np.concatenate([_tone(seconds, hz) for hz in (220.0, 1500.0)[:clips]])
+    layers = model.embed(windows)
+    for row, window in enumerate(windows):
+        activations, embedding = _expected_effnet(window)
+        np.testing.assert_allclose(layers[0][row], activations, rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(layers[1][row], embedding, rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(layers[2][row], embedding, rtol=1e-3, atol=1e-3)
+
+
+def test_a_window_shorter_than_a_patch_is_tiled_to_one(tmp_path: Path) -> None:
+    """A 1 s window is repeated up to the shortest input of one 128-frame patch, (128 - 1) x 256 samples."""
+    model = OnnxModel(_effnet(tmp_path))
+    window = _tone(1.0)
+    tiled = np.tile(window[0], 3)[: 127 * 256]
+    activations, embedding = _expected_effnet(tiled)
+    layers = model.embed(window)
+    np.testing.assert_allclose(layers[0][0], activations, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(layers[1][0], embedding, rtol=1e-3, atol=1e-3)
+
+
+def _sha(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def test_the_revision_names_the_preset_only_where_it_feeds_otherwise(tmp_path: Path) -> None:
+    """The artist preset feeds as discogs-effnet does: the file's revision alone. A file whose name and metadata
+    imply no preset gets the preset it was fed by in its revision."""
+    path = _effnet(tmp_path)
+    assert OnnxModel(path).info.revision == _sha(path)
+    assert OnnxModel(path, preset="discogs-effnet-artist").info.revision == _sha(path)
+    mine = effnet_graph(tmp_path / "mine.onnx")
+    write_json(mine, "melspectrogram", [], algorithm="")
+    model = OnnxModel(mine, preset="discogs-effnet-artist")
+    assert model.info.revision == _sha(mine) + "+discogs-effnet-artist"
+    assert model.info.name == "mine" and model.info.sample_rate == 16000
+    assert model.source() == {"kind": "onnx", "path": str(tmp_path / "mine.onnx"), "preset": "discogs-effnet-artist",
+                              "revision": _sha(mine) + "+discogs-effnet-artist"}
+
+
+def test_devices_threads_and_providers(tmp_path: Path) -> None:
+    path = _effnet(tmp_path)
+    model = OnnxModel(path, threads=1)
+    assert model.providers == ["CPUExecutionProvider"] and model.device == "cpu" and model.threads == 1
+    assert model.session.get_session_options().intra_op_num_threads == 1
+    with pytest.raises(EssentiaModelError, match="^unknown device 'tpu' for ONNX Runtime; use cpu or cuda$"):
+        OnnxModel(path, device="tpu")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(EssentiaModelError, match="^--device cuda asked for, but this onnxruntime has no "
+                                                     "CUDAExecutionProvider"):
+            OnnxModel(path, device="cuda")
+
+
+def test_layers_are_named_by_the_metadata_where_it_describes_them(tmp_path: Path) -> None:
+    """Outputs found under the JSON's TF names (`serving_default_` prefix, `:0` suffix) take its description, else
+    its purpose; the others keep their tensor names."""
+    path = effnet_graph(tmp_path / "discogs-effnet-named.onnx")
+    write_json(path, "melspectrogram", [{"name": "serving_default_activations", "output_purpose": "predictions"},
+                                        {"name": "embeddings:0", "description": "Release similarity"}],
+               "TensorflowPredictEffnetDiscogs")
+    assert OnnxModel(path).info.layer_names == ("predictions", "release_similarity", "frames")
+    write_json(path, "melspectrogram", [{"name": "activations", "description": "embeddings"},
+                                        {"name": "frames"}], "TensorflowPredictEffnetDiscogs")
+    assert OnnxModel(path).info.layer_names == ("embeddings", "embeddings_1", "frames")
+
+
+def test_the_metadata_s_rate_and_licence(tmp_path: Path) -> None:
+    path = effnet_graph(tmp_path / "discogs-effnet-x.onnx")
+    write_json(path, "melspectrogram", [], "TensorflowPredictEffnetDiscogs", license="MIT (mine)")
+    assert OnnxModel(path).info.licence == "MIT (mine)"
+    write_json(path, "melspectrogram", [], "TensorflowPredictEffnetDiscogs")
+    assert OnnxModel(path).info.licence.startswith("CC BY-NC-SA 4.0")
+    data = json.loads(path.with_suffix(".json").read_text())
+    path.with_suffix(".json").write_text(json.dumps({**data, "inference": {"sample_rate": 44100}}))
+    with pytest.raises(EssentiaModelError, match="^discogs-effnet-x.json says 44100 Hz; preset discogs-effnet feeds "
+                                                 "16000 Hz$"):
+        OnnxModel(path)
+
+
+def test_a_graph_that_fails_on_the_preset_s_patches_is_one_line(tmp_path: Path) -> None:
+    """A graph of free input shape fed vggish's 64 bands where it multiplies by 96 rows."""
+    path = tmp_path / "free.onnx"
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["melspectrogram", "axes"], ["pooled"], keepdims=0),
+         helper.make_node("MatMul", ["pooled", "w"], ["embeddings"])], "free",
+        [helper.make_tensor_value_info("melspectrogram", TensorProto.FLOAT, ["batch", "frames", "bands"])],
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", 32])],
+        [numpy_helper.from_array(np.array([1], np.int64), "axes"), numpy_helper.from_array(W_EMB, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    write_json(path, "melspectrogram", [], "")
+    with pytest.raises(EssentiaModelError, match="^free.onnx fails on preset vggish's patches of 96 frames x 64 bands: "
+                                                 "\\[ONNXRuntimeError\\]") as caught:
+        OnnxModel(path, preset="vggish")
+    assert "\n" not in str(caught.value)
+    assert OnnxModel(path, preset="discogs-effnet").info.layer_dims == (32,)
