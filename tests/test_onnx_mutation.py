@@ -143,6 +143,16 @@ def test_layers_are_named_by_the_metadata_where_it_describes_them(tmp_path: Path
     assert OnnxModel(path).info.layer_names == ("embeddings", "embeddings_1", "frames")
 
 
+def test_every_layer_name_is_its_own(tmp_path: Path) -> None:
+    """A second output described like the first was renamed with its position, which could be a third's name."""
+    path = effnet_graph(tmp_path / "discogs-effnet-named.onnx")
+    write_json(path, "melspectrogram", [{"name": "activations", "description": "embeddings_2"},
+                                        {"name": "frames", "description": "embeddings"}],
+               "TensorflowPredictEffnetDiscogs")
+    names = OnnxModel(path).info.layer_names
+    assert len(set(names)) == 3 and names[:2] == ("embeddings_2", "embeddings"), names
+
+
 def test_the_metadata_s_rate_and_licence(tmp_path: Path) -> None:
     path = effnet_graph(tmp_path / "discogs-effnet-x.onnx")
     write_json(path, "melspectrogram", [], "TensorflowPredictEffnetDiscogs", license="MIT (mine)")

@@ -190,6 +190,9 @@ def _layer_names(outputs: list[str], metadata: ModelMetadata) -> tuple[str, ...]
             described[alias] = label
     names: list[str] = []
     for out in outputs:
-        name = layer_name(described.get(out, out))
-        names.append(name if name not in names else f"{name}_{len(names)}")
+        name = unique = layer_name(described.get(out, out))
+        number = len(names)
+        while unique in names:  # a name taken: with its position, or (taken too) the next free number
+            unique, number = f"{name}_{number}", number + 1
+        names.append(unique)
     return tuple(names)
