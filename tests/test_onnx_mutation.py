@@ -17,6 +17,9 @@ import onnxruntime as ort
 import pytest
 
 from mess.models.essentia import EssentiaModelError, OnnxModel
+from mess.models.essentia.metadata import ModelMetadata, TensorSpec, graph_name, layer_name, read_metadata
+from mess.models.essentia.presets import detect_preset, get_preset
+from mess.models.musicnn.model import log_mel
 
 onnx = pytest.importorskip("onnx", reason="tests build their graphs with onnx (test extra)")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -182,3 +185,77 @@ def test_a_graph_that_fails_on_the_preset_s_patches_is_one_line(tmp_path: Path) 
         OnnxModel(path, preset="vggish")
     assert "\n" not in str(caught.value)
     assert OnnxModel(path, preset="discogs-effnet").info.layer_dims == (32,)
+
+
+@pytest.mark.parametrize(("stem", "algorithm", "preset"), [
+    ("discogs-effnet-bsdynamic-1", "", "discogs-effnet"),
+    ("discogs_artist_embeddings-effnet-bs64-1", "TensorflowPredictEffnetDiscogs", "discogs-effnet-artist"),
+    ("audioset-vggish-3", "TensorflowPredictEffnetDiscogs", "vggish"),
+    ("msd-musicnn-1", "", "essentia-musicnn-msd"),
+    ("mine", "TensorflowPredictVGGish", "vggish"),
+    ("mine", "TensorflowPredictMusiCNN", "essentia-musicnn-msd"),
+    ("mine", "TensorflowPredictEffnetDiscogs", "discogs-effnet"),
+])
+def test_the_preset_is_told_by_the_file_name_first_then_the_algorithm(stem: str, algorithm: str, preset: str) -> None:
+    metadata = ModelMetadata(Path(f"{stem}.json"), stem, (TensorSpec("x"),), (), 16000, algorithm, "")
+    assert detect_preset(stem, metadata).name == preset
+
+
+@pytest.mark.parametrize(("algorithm", "said"), [("TensorflowPredict2D", "'TensorflowPredict2D'"), ("", "'missing'")])
+def test_a_preset_not_told_asks_for_one(algorithm: str, said: str) -> None:
+    metadata = ModelMetadata(Path("mine.json"), "mine", (TensorSpec("x"),), (), 16000, algorithm, "")
+    said = f"^cannot tell which preset mine needs \\(metadata algorithm {said}\\); pass --preset, one of "
+    with pytest.raises(EssentiaModelError, match=f"{said}discogs-effnet, discogs-effnet-artist, vggish, "
+                                                 "essentia-musicnn-msd$"):
+        detect_preset("mine", metadata)
+
+
+def test_presets_feed_as_essentia_does() -> None:
+    """Patch sizes and hops from Essentia's TensorflowPredict* defaults; the shortest input of one patch follows."""
+    effnet, artist, vggish, msd = (get_preset(n) for n in ("discogs-effnet", "discogs-effnet-artist", "vggish",
+                                                           "essentia-musicnn-msd"))
+    assert (effnet.bands, effnet.frame_hop, effnet.patch_frames, effnet.patch_hop) == (96, 256, 128, 62)
+    assert (vggish.bands, vggish.frame_hop, vggish.patch_frames, vggish.patch_hop) == (64, 160, 96, 96)
+    assert (msd.bands, msd.frame_hop, msd.patch_frames, msd.patch_hop) == (96, 256, 187, 187)
+    assert (effnet.min_samples, vggish.min_samples, msd.min_samples) == (127 * 256, 95 * 160, 186 * 256)
+    assert effnet.feed == artist.feed and effnet.feed != vggish.feed and effnet.feed != msd.feed
+    assert [f.name for f in effnet.files] == ["discogs-effnet-bsdynamic-1.onnx", "discogs-effnet-bsdynamic-1.json"]
+    window = _tone(1.0)
+    np.testing.assert_array_equal(msd.front_end(window), log_mel(window))
+
+
+def _metadata(tmp_path: Path, data: object) -> ModelMetadata:
+    (tmp_path / "m.json").write_text(json.dumps(data))
+    return read_metadata(tmp_path / "m.onnx")
+
+
+def test_the_metadata_read_as_written(tmp_path: Path) -> None:
+    meta = _metadata(tmp_path, {
+        "name": "Mine", "licence": {"spdx": "MIT"},
+        "schema": {"inputs": [{"name": "serving_default_x", "shape": [128, 96]}],
+                   "outputs": [{"name": "y:0", "shape": [1, 5], "description": None, "output_purpose": "predictions"}]},
+        "inference": {"sample_rate": 16000.0, "algorithm": "TensorflowPredictVGGish"}})
+    assert meta.path == tmp_path / "m.json" and meta.name == "Mine"
+    assert meta.inputs == (TensorSpec("serving_default_x", (128, 96)),)
+    assert meta.outputs == (TensorSpec("y:0", (1, 5), "", "predictions"),)
+    assert (meta.sample_rate, meta.algorithm, meta.licence) == (16000, "TensorflowPredictVGGish", '{"spdx": "MIT"}')
+    assert isinstance(meta.sample_rate, int)
+    bare = _metadata(tmp_path, {"schema": {"inputs": [{"name": "x"}]}, "license": "GPL"})
+    assert (bare.name, bare.outputs, bare.sample_rate, bare.algorithm, bare.licence) == ("m", (), 16000, "", "GPL")
+    assert (graph_name("serving_default_x:0"), graph_name("a:01"), graph_name("x_serving_default_y")) == (
+        "x", "a:01", "x_serving_default_y")
+    assert (layer_name("Model/Dense_1/BiasAdd:0"), layer_name("--"), layer_name("Été")) == (
+        "model_dense_1_biasadd_0", "output", "t")
+
+
+@pytest.mark.parametrize(("data", "said"), [
+    ({"schema": {"inputs": []}}, "lists no inputs in schema.inputs$"),
+    ({"schema": {}}, "is not Essentia model metadata \\(needs schema.inputs\\): KeyError\\('inputs'\\)$"),
+    ({"schema": {"inputs": [{"name": "x"}]}, "inference": {"sample_rate": True}},
+     "is not Essentia model metadata \\(inference.sample_rate is true, not a whole number of Hz\\)$"),
+    ({"schema": {"inputs": [{"name": "x"}]}, "inference": {"sample_rate": 16000.5}},
+     "is not Essentia model metadata \\(inference.sample_rate is 16000.5, not a whole number of Hz\\)$"),
+])
+def test_metadata_that_cannot_be_used_is_one_line(tmp_path: Path, data: object, said: str) -> None:
+    with pytest.raises(EssentiaModelError, match=f"^{tmp_path / 'm.json'} {said}"):
+        _metadata(tmp_path, data)
