@@ -17,6 +17,7 @@ import onnxruntime as ort
 import pytest
 
 from mess.models.essentia import EssentiaModelError, OnnxModel
+from mess.models.essentia.frontends import patches
 from mess.models.essentia.metadata import ModelMetadata, TensorSpec, graph_name, layer_name, read_metadata
 from mess.models.essentia.presets import detect_preset, get_preset
 from mess.models.musicnn.model import log_mel
@@ -259,3 +260,16 @@ def test_the_metadata_read_as_written(tmp_path: Path) -> None:
 def test_metadata_that_cannot_be_used_is_one_line(tmp_path: Path, data: object, said: str) -> None:
     with pytest.raises(EssentiaModelError, match=f"^{tmp_path / 'm.json'} {said}"):
         _metadata(tmp_path, data)
+
+
+def test_patches_of_exactly_one_and_of_too_few_frames() -> None:
+    """Frames enough for one patch and no more make one patch; one frame fewer is refused."""
+    features = np.random.default_rng(2).normal(size=(2, 128, 96))
+    out = patches(features, 128, 62)
+    assert out.shape == (2, 1, 128, 96)
+    np.testing.assert_array_equal(out[:, 0], features)
+    more = patches(np.arange(2 * 300 * 3.0).reshape(2, 300, 3), 128, 62)
+    assert more.shape == (2, 3, 128, 3)
+    np.testing.assert_array_equal(more[1, 2], np.arange(2 * 300 * 3.0).reshape(2, 300, 3)[1, 124:252])
+    with pytest.raises(ValueError, match="^127 frames are fewer than one 128-frame patch$"):
+        patches(features[:, :127], 128, 62)
