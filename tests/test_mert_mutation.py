@@ -6,11 +6,16 @@ extractor's normalisation written from its definition) and from the fixture's ow
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
-from test_mert import _tiny_mert_dir
+import torch
+from test_mert import MERT_FRONT_END, _tiny_mert_dir
+from transformers import HubertModel, Wav2Vec2FeatureExtractor
 
+from mess.models.mert import MertModel, _local_revision, hubert_config
 from mess.models.registry import ModelError, load_model
 
 
@@ -24,3 +29,78 @@ def test_a_folder_whose_weights_file_is_cut_short_is_one_model_error(tmp_path: P
     with pytest.raises(ModelError, match=f"^cannot load {tmp_path} as a MERT-shaped model: its weights cannot be "
                                          "read \\(.+\\); is the weights file whole\\?$"):
         load_model(str(folder))
+
+
+def _windows() -> np.ndarray:
+    return (np.random.default_rng(3).standard_normal((2, 24000)) * 0.2 + 0.05).astype(np.float32)
+
+
+def _reference(network: HubertModel, values: np.ndarray) -> list[np.ndarray]:
+    """HubertModel's own forward, hidden states averaged over time (the last after its final LayerNorm)."""
+    with torch.no_grad():
+        out = network(torch.from_numpy(values), output_hidden_states=True)
+    return [h.mean(dim=1).numpy() for h in (*out.hidden_states[:-1], out.last_hidden_state)]
+
+
+def test_windows_are_not_normalised_where_the_preprocessor_says_so(tmp_path: Path) -> None:
+    folder, reference = _tiny_mert_dir(tmp_path, stable=False, mert_style_config=False)
+    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=False).save_pretrained(folder)
+    model = MertModel.from_pretrained(str(folder))
+    assert model.info.sample_rate == 16000
+    for got, want in zip(model.embed(_windows()), _reference(reference, _windows()), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_without_a_preprocessor_mert_s_is_used_and_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder, reference = _tiny_mert_dir(tmp_path / "Tiny-MERT", stable=False, mert_style_config=False)
+    (folder / "preprocessor_config.json").unlink()
+    with caplog.at_level(logging.WARNING, logger="mess.models.mert"):
+        model = MertModel.from_pretrained(str(folder))
+    assert "has no preprocessor_config.json; using MERT's (24 kHz, normalised)" in caplog.text
+    assert model.info.sample_rate == 24000 and model.info.name == "tiny-mert"
+    assert model.info.licence.startswith("CC BY-NC 4.0")
+    windows = _windows()
+    norm = (windows - windows.mean(axis=1, keepdims=True)) / np.sqrt(windows.var(axis=1, keepdims=True) + 1e-7)
+    for got, want in zip(model.embed(windows), _reference(reference, norm.astype(np.float32)), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_a_copy_in_bfloat16_is_its_own_run(tmp_path: Path) -> None:
+    folder, reference = _tiny_mert_dir(tmp_path, stable=False, mert_style_config=False)
+    model = MertModel.from_pretrained(str(folder), name="tiny")
+    half = model.in_dtype(torch.bfloat16, "bf16")
+    assert half.info.revision == f"{model.info.revision}+bf16" and half.info.name == "tiny"
+    assert half.network.dtype == torch.bfloat16 and model.network.dtype == torch.float32
+    assert half.info.layer_names == model.info.layer_names == tuple(f"layer_{i}" for i in range(4))
+    assert half.info.layer_dims == (32,) * 4
+    full, low = model.embed(_windows()), half.embed(_windows())
+    assert all(layer.dtype == np.float32 for layer in low)
+    for got, want in zip(low, full, strict=True):
+        np.testing.assert_allclose(got, want, atol=0.1, rtol=0.1)
+
+
+def test_the_config_translation_keeps_what_hubert_reads() -> None:
+    cfg = hubert_config({"model_type": "mert_model", "architectures": ["MERTModel"], "auto_map": {"AutoModel": "m"},
+                         "hidden_size": 64, "mask_time_prob": 0.3, **MERT_FRONT_END})
+    assert (cfg.hidden_size, cfg.mask_time_prob, cfg.model_type, cfg.architectures) == (64, 0.3, "hubert", None)
+    assert not hasattr(cfg, "auto_map")
+    assert hubert_config({}).mask_time_prob == 0.05
+    with pytest.raises(ValueError, match="^MERT checkpoints with a CQT front end or DeepNorm are not HuBERT"):
+        hubert_config({"deepnorm": True})
+
+
+def test_the_revision_follows_the_files_that_make_the_model(tmp_path: Path) -> None:
+    """Sharded weights and their index are model files; hidden files (macOS's ._ copies) and other JSON are not."""
+    folder, _ = _tiny_mert_dir(tmp_path, stable=False, mert_style_config=False)
+    before = _local_revision(str(folder))
+    for name in ("notes.json", ".model.safetensors", ".x.bin", "README.md"):
+        (folder / name).write_text("anything")
+        assert _local_revision(str(folder)) == before, name
+    revisions = [before]
+    for name in ("model.safetensors.index.json", "pytorch_model-00001-of-00002.bin", "extra.safetensors"):
+        (folder / name).write_text("anything")
+        revisions.append(_local_revision(str(folder)))
+    assert len(set(revisions)) == 4, revisions
+    (folder / "extra.safetensors").write_text("something else")
+    assert _local_revision(str(folder)) not in revisions
+    assert _local_revision(str(folder)).startswith("local-") and len(_local_revision(str(folder))) == 6 + 16
