@@ -17,6 +17,7 @@ import onnxruntime as ort
 import pytest
 
 from mess.models.essentia import EssentiaModelError, OnnxModel
+from mess.models.essentia.fetch import external_data, file_revision
 from mess.models.essentia.frontends import patches
 from mess.models.essentia.metadata import ModelMetadata, TensorSpec, graph_name, layer_name, read_metadata
 from mess.models.essentia.presets import detect_preset, get_preset
@@ -273,3 +274,33 @@ def test_patches_of_exactly_one_and_of_too_few_frames() -> None:
     np.testing.assert_array_equal(more[1, 2], np.arange(2 * 300 * 3.0).reshape(2, 300, 3)[1, 124:252])
     with pytest.raises(ValueError, match="^127 frames are fewer than one 128-frame patch$"):
         patches(features[:, :127], 128, 62)
+
+
+def test_external_data_of_constants_and_subgraphs_is_part_of_the_revision(tmp_path: Path) -> None:
+    """Tensors kept outside the graph file as a Constant node's value, and inside an If node's branch, each in a data
+    file of its own: changing either changes the revision."""
+    big = np.arange(4096, dtype=np.float32)
+    branch = helper.make_graph([helper.make_node("Constant", [], ["inner"], value=numpy_helper.from_array(big * 2,
+                                                                                                        "v2"))],
+                               "then", [], [helper.make_tensor_value_info("inner", TensorProto.FLOAT, [4096])])
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["outer"], value=numpy_helper.from_array(big, "v1")),
+         helper.make_node("If", ["cond"], ["picked"], then_branch=branch, else_branch=branch),
+         helper.make_node("Add", ["outer", "picked"], ["y"])], "consts",
+        [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4096])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    path = tmp_path / "consts.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=0,
+              convert_attribute=True)
+    data = sorted(p for p in tmp_path.iterdir() if p != path)
+    assert [f.name for f in data] == ["v1", "v2"]  # named after the tensors (both branches hold v2)
+    assert external_data(path) == data
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(sess.run(None, {"cond": np.array(True)})[0], big * 3)
+    seen = {file_revision(path)}
+    for f in data:
+        f.write_bytes(f.read_bytes()[::-1])
+        seen.add(file_revision(path))
+    assert len(seen) == 3
+    assert file_revision(path).startswith("sha256:") and len(file_revision(path)) == 7 + 16
