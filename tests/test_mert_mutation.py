@@ -7,6 +7,7 @@ extractor's normalisation written from its definition) and from the fixture's ow
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +105,13 @@ def test_the_revision_follows_the_files_that_make_the_model(tmp_path: Path) -> N
     (folder / "extra.safetensors").write_text("something else")
     assert _local_revision(str(folder)) not in revisions
     assert _local_revision(str(folder)).startswith("local-") and len(_local_revision(str(folder))) == 6 + 16
+
+
+@pytest.mark.parametrize("mert_style", [True, False], ids=["pytorch_model.bin", "model.safetensors"])
+def test_a_folder_named_in_other_bytes_than_utf8_is_named_so(tmp_path: Path, mert_style: bool) -> None:
+    """A checkpoint folder named in Latin-1 ('café' as b'caf\\xe9') was refused as "'utf-8' codec can't encode
+    character '\\udce9'", or as weights that cannot be read (safetensors: "is not valid UTF-8")."""
+    folder, _ = _tiny_mert_dir(tmp_path / os.fsdecode(b"caf\xe9"), stable=False, mert_style_config=mert_style)
+    with pytest.raises(ModelError, match="as a MERT-shaped model: its path is not UTF-8 text, which transformers "
+                                         "cannot open; rename the folder$"):
+        load_model(str(folder))

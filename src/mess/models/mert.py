@@ -62,6 +62,10 @@ class MertModel(EmbeddingModel):
                         device: str = "cpu", local_files_only: bool = False) -> MertModel:
         """Load from a hub repo id (at ``revision``; from the local hub cache alone with ``local_files_only``) or a
         local folder; never runs remote code."""
+        try:
+            source.encode()
+        except UnicodeEncodeError:  # a folder named in other bytes: transformers and safetensors take UTF-8 paths only
+            raise ValueError("its path is not UTF-8 text, which transformers cannot open; rename the folder") from None
         config = hubert_config(_read_config(source, revision, local_files_only))
         # transformers takes revision=None as the repo's default branch, though its annotation says str
         try:
