@@ -26,6 +26,7 @@ from mess.models.musicnn.model import log_mel
 onnx = pytest.importorskip("onnx", reason="tests build their graphs with onnx (test extra)")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from test_onnx_backend import EFFNET_OUTPUTS, W_EMB, _expected_effnet, effnet_graph, write_json  # noqa: E402
+from test_onnx_frontends import reference_musicnn  # noqa: E402
 
 SR = 16000
 
@@ -304,3 +305,46 @@ def test_external_data_of_constants_and_subgraphs_is_part_of_the_revision(tmp_pa
         seen.add(file_revision(path))
     assert len(seen) == 3
     assert file_revision(path).startswith("sha256:") and len(file_revision(path)) == 7 + 16
+
+
+@pytest.mark.parametrize(("axes", "keep", "rank"), [([1, 2], 0, 1), ([1], 1, 3)], ids=["rank-1", "rank-3-kept"])
+def test_an_output_of_one_value_per_patch_is_refused_and_one_of_frames_averaged(tmp_path: Path, axes: list[int],
+                                                                                keep: int, rank: int) -> None:
+    """[batch] (one number per patch) cannot be a layer; [batch, 1, 96] (ReduceMean keeping its axis) is one of
+    frames, averaged over its one step: the mean band energy of each patch."""
+    path = tmp_path / "odd.onnx"
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["melspectrogram", "axes"], ["pooled"], keepdims=keep)], "odd",
+        [helper.make_tensor_value_info("melspectrogram", TensorProto.FLOAT, ["batch", 128, 96])],
+        [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch"] + [None] * (rank - 1))],
+        [numpy_helper.from_array(np.array(axes, np.int64), "axes")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    write_json(path, "melspectrogram", [], "TensorflowPredictEffnetDiscogs")
+    if rank == 1:
+        with pytest.raises(EssentiaModelError, match="^odd.onnx: output 'pooled' of rank 1 cannot be a layer "
+                                                     "\\(expected \\[batch, dim\\] or \\[batch, time, dim\\]\\)$"):
+            OnnxModel(path, preset="discogs-effnet")
+        return
+    model = OnnxModel(path, preset="discogs-effnet")
+    assert model.info.layer_dims == (96,)
+    mel = reference_musicnn(_tone(5.0)[0].astype(np.float64))
+    expected = np.mean([mel[s : s + 128].mean(axis=0) for s in range(0, len(mel) - 128 + 1, 62)], axis=0)
+    np.testing.assert_allclose(model.embed(_tone(5.0))[0][0], expected, rtol=1e-3, atol=1e-3)
+
+
+def test_onnx_runtime_s_own_log_stays_quiet(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A graph failing on the preset's patches: the one-line error is all; ONNX Runtime's log printed its own error
+    line on the process's stderr before it."""
+    path = tmp_path / "free.onnx"
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["melspectrogram", "axes"], ["pooled"], keepdims=0),
+         helper.make_node("MatMul", ["pooled", "w"], ["embeddings"])], "free",
+        [helper.make_tensor_value_info("melspectrogram", TensorProto.FLOAT, ["batch", "frames", "bands"])],
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", 32])],
+        [numpy_helper.from_array(np.array([1], np.int64), "axes"), numpy_helper.from_array(W_EMB, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    write_json(path, "melspectrogram", [], "")
+    capfd.readouterr()
+    with pytest.raises(EssentiaModelError, match="fails on preset vggish"):
+        OnnxModel(path, preset="vggish")
+    assert capfd.readouterr().err == ""
