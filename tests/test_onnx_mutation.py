@@ -348,3 +348,14 @@ def test_onnx_runtime_s_own_log_stays_quiet(tmp_path: Path, capfd: pytest.Captur
     with pytest.raises(EssentiaModelError, match="fails on preset vggish"):
         OnnxModel(path, preset="vggish")
     assert capfd.readouterr().err == ""
+
+
+def test_a_model_named_from_the_home_folder_as_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--model ~/models/x.onnx` quoted (the shell left the tilde): the home folder's file, recorded absolute."""
+    path = _effnet(tmp_path / "models")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path / "models")
+    model = OnnxModel("~/models/discogs-effnet-bsdynamic-1.onnx")  # type: ignore[arg-type]
+    assert model.source()["path"] == str(path) and model.info.name == "discogs-effnet-bsdynamic-1"
+    relative = OnnxModel("discogs-effnet-bsdynamic-1.onnx")  # type: ignore[arg-type]
+    assert relative.source()["path"] == str(path)
