@@ -128,6 +128,13 @@ def test_devices_threads_and_providers(tmp_path: Path) -> None:
     model = OnnxModel(path, threads=1)
     assert model.providers == ["CPUExecutionProvider"] and model.device == "cpu" and model.threads == 1
     assert model.session.get_session_options().intra_op_num_threads == 1
+    assert OnnxModel(path).session.get_session_options().intra_op_num_threads == 0  # ONNX Runtime's choice
+    with pytest.raises(EssentiaModelError, match=f"^no such model file: {tmp_path / 'gone.onnx'}$"):
+        OnnxModel(tmp_path / "gone.onnx")
+    (tmp_path / "folder.onnx").mkdir()
+    (tmp_path / "folder.json").write_text(path.with_suffix(".json").read_text())
+    with pytest.raises(EssentiaModelError, match=f"^no such model file: {tmp_path / 'folder.onnx'}$"):
+        OnnxModel(tmp_path / "folder.onnx")
     with pytest.raises(EssentiaModelError, match="^unknown device 'tpu' for ONNX Runtime; use cpu or cuda$"):
         OnnxModel(path, device="tpu")
     if "CUDAExecutionProvider" not in ort.get_available_providers():
