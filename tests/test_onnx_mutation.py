@@ -366,3 +366,27 @@ def test_a_model_named_from_the_home_folder_as_text(tmp_path: Path, monkeypatch:
     assert model.source()["path"] == str(path) and model.info.name == "discogs-effnet-bsdynamic-1"
     relative = OnnxModel("discogs-effnet-bsdynamic-1.onnx")  # type: ignore[arg-type]
     assert relative.source()["path"] == str(path)
+
+
+@pytest.mark.parametrize(("output", "said"), [
+    ("constant", "output 'odd' has 1 rows for a batch of 2 patches; every output must have one row per patch"),
+    ("empty", "output 'odd' has no values \\(shape \\[2, 128, 0\\]\\): it cannot be a layer"),
+])
+def test_an_output_of_frames_not_one_row_per_patch_or_of_no_values_is_refused(tmp_path: Path, output: str,
+                                                                             said: str) -> None:
+    """As for [batch, dim] outputs: a [1, time, dim] constant beside the embeddings, a [batch, time, 0] slice."""
+    path = tmp_path / "odd.onnx"
+    odd = (helper.make_node("Identity", ["bias"], ["odd"]) if output == "constant" else
+           helper.make_node("Slice", ["frames", "zero", "zero", "two"], ["odd"]))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["melspectrogram", "w"], ["frames"]), odd], "odd",
+        [helper.make_tensor_value_info("melspectrogram", TensorProto.FLOAT, ["batch", 128, 96])],
+        [helper.make_tensor_value_info("frames", TensorProto.FLOAT, ["batch", 128, 32]),
+         helper.make_tensor_value_info("odd", TensorProto.FLOAT, [None, None, None])],
+        [numpy_helper.from_array(W_EMB, "w"), numpy_helper.from_array(np.ones((1, 4, 32), np.float32), "bias"),
+         numpy_helper.from_array(np.array([0], np.int64), "zero"), numpy_helper.from_array(np.array([2], np.int64),
+                                                                                           "two")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    write_json(path, "melspectrogram", [], "TensorflowPredictEffnetDiscogs")
+    with pytest.raises(EssentiaModelError, match=f"^odd.onnx: {said}$"):
+        OnnxModel(path, preset="discogs-effnet")
