@@ -229,6 +229,9 @@ def test_presets_feed_as_essentia_does() -> None:
     assert (msd.bands, msd.frame_hop, msd.patch_frames, msd.patch_hop) == (96, 256, 187, 187)
     assert (effnet.min_samples, vggish.min_samples, msd.min_samples) == (127 * 256, 95 * 160, 186 * 256)
     assert effnet.feed == artist.feed and effnet.feed != vggish.feed and effnet.feed != msd.feed
+    with pytest.raises(EssentiaModelError, match="^unknown preset 'effnet'; choose one of discogs-effnet, "
+                                                 "discogs-effnet-artist, vggish, essentia-musicnn-msd$"):
+        get_preset("effnet")
     assert [f.name for f in effnet.files] == ["discogs-effnet-bsdynamic-1.onnx", "discogs-effnet-bsdynamic-1.json"]
     window = _tone(1.0)
     np.testing.assert_array_equal(msd.front_end(window), log_mel(window))
