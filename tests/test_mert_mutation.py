@@ -72,6 +72,9 @@ def test_a_copy_in_bfloat16_is_its_own_run(tmp_path: Path) -> None:
     half = model.in_dtype(torch.bfloat16, "bf16")
     assert half.info.revision == f"{model.info.revision}+bf16" and half.info.name == "tiny"
     assert half.network.dtype == torch.bfloat16 and model.network.dtype == torch.float32
+    # the matrix-product convs are for cuDNN: on the CPU the network keeps transformers' own modules
+    assert type(model.network.feature_extractor).__name__ == "HubertFeatureEncoder"
+    assert type(half.network.encoder.pos_conv_embed).__name__ == "HubertPositionalConvEmbedding"
     assert half.info.layer_names == model.info.layer_names == tuple(f"layer_{i}" for i in range(4))
     assert half.info.layer_dims == (32,) * 4
     full, low = model.embed(_windows()), half.embed(_windows())
