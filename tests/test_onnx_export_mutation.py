@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,10 @@ def test_the_json_names_the_tensors_and_the_weights_licence(tmp_path: Path) -> N
     import onnx
 
     native = MusicnnModel("MTT")
-    path = export_musicnn(native, tmp_path / "mtt-musicnn.onnx")
+    with warnings.catch_warnings(record=True) as shown:  # the TorchScript exporter's notes are not the user's
+        warnings.simplefilter("always")
+        path = export_musicnn(native, tmp_path / "mtt-musicnn.onnx")
+    assert not shown, [str(w.message) for w in shown]
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["name"] == "MTT MusiCNN (exported by mess)" and meta["license"].startswith("ISC")
     assert meta["classes"] == list(native.tag_names) and len(meta["classes"]) == 50
