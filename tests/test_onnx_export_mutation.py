@@ -39,3 +39,5 @@ def test_the_json_names_the_tensors_and_the_weights_licence(tmp_path: Path) -> N
     assert [i.name for i in graph.input] == ["model/Placeholder"]
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a free batch axis
     assert [o.name for o in graph.output][:2] == ["model/Sigmoid", "model/dense/BiasAdd"]
+    widths = [graph.output[i].type.tensor_type.shape.dim[1].dim_value for i in range(2)]
+    assert [o["shape"] for o in meta["schema"]["outputs"]] == [[1, widths[0]], [1, widths[1]]] == [[1, 50], [1, 200]]
