@@ -393,3 +393,27 @@ def test_an_output_of_frames_not_one_row_per_patch_or_of_no_values_is_refused(tm
     write_json(path, "melspectrogram", [], "TensorflowPredictEffnetDiscogs")
     with pytest.raises(EssentiaModelError, match=f"^odd.onnx: {said}$"):
         OnnxModel(path, preset="discogs-effnet")
+
+
+def test_a_graph_whose_input_declares_no_shape_is_fed_the_preset_s_patches(tmp_path: Path) -> None:
+    """An input of undeclared rank (legal ONNX; ONNX Runtime lists its shape as []) was refused as "has shape [];
+    preset discogs-effnet feeds [batch, 128 frames, 96 bands]", though it takes those patches. A graph that cannot
+    take them still fails at load, in one line."""
+    def graph(path: Path, weights: np.ndarray) -> Path:
+        onnx.save(helper.make_model(helper.make_graph(
+            [helper.make_node("ReduceMean", ["melspectrogram", "axes"], ["pooled"], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "w"], ["embeddings"])], "free",
+            [helper.make_tensor_value_info("melspectrogram", TensorProto.FLOAT, None)],
+            [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(np.array([1], np.int64), "axes"), numpy_helper.from_array(weights, "w")]),
+            opset_imports=[helper.make_opsetid("", 18)]), str(path))
+        write_json(path, "melspectrogram", [], "")
+        return path
+
+    model = OnnxModel(graph(tmp_path / "unshaped.onnx", W_EMB), preset="discogs-effnet")
+    assert model.batch == 0 and model.info.layer_dims == (32,)
+    np.testing.assert_allclose(model.embed(_tone(5.0))[0][0], _expected_effnet(_tone(5.0)[0])[1], rtol=1e-3,
+                               atol=1e-3)
+    with pytest.raises(EssentiaModelError, match="^narrow.onnx fails on preset discogs-effnet's patches of 128 "
+                                                 "frames x 96 bands: "):
+        OnnxModel(graph(tmp_path / "narrow.onnx", W_EMB[:64]), preset="discogs-effnet")
