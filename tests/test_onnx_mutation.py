@@ -17,10 +17,10 @@ import onnxruntime as ort
 import pytest
 
 from mess.models.essentia import EssentiaModelError, OnnxModel
-from mess.models.essentia.fetch import external_data, file_revision
+from mess.models.essentia.fetch import external_data, fetch, file_revision
 from mess.models.essentia.frontends import patches
 from mess.models.essentia.metadata import ModelMetadata, TensorSpec, graph_name, layer_name, read_metadata
-from mess.models.essentia.presets import detect_preset, get_preset
+from mess.models.essentia.presets import PRESETS, detect_preset, get_preset
 from mess.models.musicnn.model import log_mel
 
 onnx = pytest.importorskip("onnx", reason="tests build their graphs with onnx (test extra)")
@@ -417,3 +417,17 @@ def test_a_graph_whose_input_declares_no_shape_is_fed_the_preset_s_patches(tmp_p
     with pytest.raises(EssentiaModelError, match="^narrow.onnx fails on preset discogs-effnet's patches of 128 "
                                                  "frames x 96 bands: "):
         OnnxModel(graph(tmp_path / "narrow.onnx", W_EMB[:64]), preset="discogs-effnet")
+
+
+def test_fetch_into_a_folder_named_from_home_keeps_files_that_match_their_pins(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mess models fetch discogs-effnet-artist ~/models` with both files there at their pinned sizes: nothing is
+    downloaded (no network here) and the files are where the tilde says."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    folder = tmp_path / "models"
+    folder.mkdir()
+    files = PRESETS["discogs-effnet-artist"].files
+    for pinned in files:
+        assert pinned.sha256 is None and pinned.size is not None  # size-pinned: a file of that size passes
+        (folder / pinned.name).write_bytes(bytes(pinned.size))
+    assert fetch("discogs-effnet-artist", "~/models") == [folder / f.name for f in files]  # type: ignore[arg-type]
