@@ -6,13 +6,16 @@ extractor's normalisation written from its definition) and from the fixture's ow
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from test_mert import MERT_FRONT_END, _tiny_mert_dir
 from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
@@ -31,6 +34,17 @@ def test_a_folder_whose_weights_file_is_cut_short_is_one_model_error(tmp_path: P
     with pytest.raises(ModelError, match=f"^cannot load {tmp_path} as a MERT-shaped model: its weights cannot be "
                                          f"read \\({cause}.*\\); is the weights file whole\\?$"):
         load_model(str(folder))
+
+
+def _normed(folder: Path, norm: str) -> HubertModel:
+    """A tiny HubertModel whose encoder is group-normed (MERT-95M) or layer-normed, saved in ``folder``."""
+    torch.manual_seed(0)
+    model = HubertModel(HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                     do_stable_layer_norm=norm == "layer",
+                                     **{**MERT_FRONT_END, "feat_extract_norm": norm})).eval()
+    model.save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(sampling_rate=24000, do_normalize=True).save_pretrained(folder)
+    return model
 
 
 def _windows() -> np.ndarray:
@@ -54,7 +68,8 @@ def test_windows_are_not_normalised_where_the_preprocessor_says_so(tmp_path: Pat
 
 
 def test_without_a_preprocessor_mert_s_is_used_and_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    folder, reference = _tiny_mert_dir(tmp_path / "Tiny-MERT", stable=False, mert_style_config=False)
+    folder = tmp_path / "Tiny-MERT"
+    reference = _normed(folder, "layer")  # a group-normed first conv cancels any scale and offset: this one does not
     (folder / "preprocessor_config.json").unlink()
     with caplog.at_level(logging.WARNING, logger="mess.models.mert"):
         model = MertModel.from_pretrained(str(folder))
@@ -126,12 +141,7 @@ def test_windows_off_zero_and_silent_windows_are_normalised_as_the_feature_extra
                                                                                           norm: str) -> None:
     """A window with a DC offset (which a layer-normed encoder does not cancel, as a group-normed first conv does) and
     a silent one (its variance 0: zero, not NaN, once 1e-7 is added)."""
-    torch.manual_seed(0)
-    reference = HubertModel(HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                         intermediate_size=64, do_stable_layer_norm=norm == "layer",
-                                         **{**MERT_FRONT_END, "feat_extract_norm": norm})).eval()
-    reference.save_pretrained(tmp_path)
-    Wav2Vec2FeatureExtractor(sampling_rate=24000, do_normalize=True).save_pretrained(tmp_path)
+    reference = _normed(tmp_path, norm)
     model = MertModel.from_pretrained(str(tmp_path))
     windows = np.stack([_windows()[0] + 0.3, np.zeros(24000, np.float32)])
     normalised = (windows - windows.mean(axis=1, keepdims=True)) / np.sqrt(windows.var(axis=1, keepdims=True) + 1e-7)
@@ -139,3 +149,22 @@ def test_windows_off_zero_and_silent_windows_are_normalised_as_the_feature_extra
     assert all(np.isfinite(layer).all() for layer in got)
     for layer, want in zip(got, _reference(reference, normalised.astype(np.float32)), strict=True):
         np.testing.assert_allclose(layer, want, atol=1e-4)
+
+
+def test_weights_missing_or_of_other_shapes_are_named(tmp_path: Path) -> None:
+    """One weight missing: counted and named; weights of other shapes than config.json gives: the first by name."""
+    folder, network = _tiny_mert_dir(tmp_path, stable=False, mert_style_config=False)
+    state = load_file(folder / "model.safetensors")
+    gone = "encoder.layers.1.final_layer_norm.bias"
+    save_file({k: v for k, v in state.items() if k != gone}, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelError, match=f"1 of a MERT-shaped HubertModel's weights are not in the checkpoint "
+                                         f"\\(such as {re.escape(gone)}\\)"):
+        load_model(str(folder))
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "intermediate_size": 48}))
+    other = HubertModel(HubertConfig(**{**config, "intermediate_size": 48})).state_dict()
+    first = sorted(k for k, v in network.state_dict().items() if k in other and other[k].shape != v.shape)[0]
+    with pytest.raises(ModelError, match=f"have other shapes than its config.json gives \\(such as {re.escape(first)}"
+                                         "\\)"):
+        load_model(str(folder))
