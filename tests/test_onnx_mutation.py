@@ -16,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from mess.models.checkpoints import CHECKPOINTS
 from mess.models.essentia import EssentiaModelError, OnnxModel
 from mess.models.essentia.fetch import external_data, fetch, file_revision
 from mess.models.essentia.frontends import patches
@@ -26,6 +27,8 @@ from mess.models.musicnn.model import log_mel
 onnx = pytest.importorskip("onnx", reason="tests build their graphs with onnx (test extra)")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from test_onnx_backend import EFFNET_OUTPUTS, W_EMB, _expected_effnet, effnet_graph, write_json  # noqa: E402
+from test_onnx_fetch import Routes, _hub_file, _hub_listing, server  # noqa: E402, F401  (the fixture)
+from test_onnx_fetch import _cli as fetch_cli  # noqa: E402
 from test_onnx_frontends import reference_musicnn  # noqa: E402
 
 SR = 16000
@@ -431,3 +434,22 @@ def test_fetch_into_a_folder_named_from_home_keeps_files_that_match_their_pins(t
         assert pinned.sha256 is None and pinned.size is not None  # size-pinned: a file of that size passes
         (folder / pinned.name).write_bytes(bytes(pinned.size))
     assert fetch("discogs-effnet-artist", "~/models") == [folder / f.name for f in files]  # type: ignore[arg-type]
+
+
+def test_a_mert_fetch_lists_every_file_it_moved_into_place(server: tuple[str, Routes],  # noqa: F811
+                                                           tmp_path: Path) -> None:
+    """`mess models fetch mert-v1-95m DIR` against a local stand-in for the hub lists (on stderr) each file it placed,
+    nested ones too, and not the hub client's .cache."""
+    endpoint, routes = server
+    ckpt = CHECKPOINTS["mert-v1-95m"]
+    files = {"config.json": b'{"hidden_size": 768}', "model.safetensors": bytes(1000), "sub/extra.json": b"{}"}
+    routes[f"/api/models/{ckpt.repo}/tree/{ckpt.revision}"] = _hub_listing(files)
+    for name, body in files.items():
+        routes[f"/{ckpt.repo}/resolve/{ckpt.revision}/{name}"] = _hub_file(body, ckpt.revision)
+    folder = tmp_path / "mert"
+    done = fetch_cli("mert-v1-95m", str(folder), HF_ENDPOINT=endpoint, HF_HUB_OFFLINE="0",
+                     HF_HOME=str(tmp_path / "hf-home"))
+    assert done.returncode == 0, done.stderr
+    listed = sorted(line.split(" ", 1)[1] for line in done.stderr.splitlines() if line.startswith("ok "))
+    assert listed == sorted(str(folder / name) for name in files)
+    assert {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} == set(files)
