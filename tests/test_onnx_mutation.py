@@ -318,6 +318,10 @@ def test_external_data_of_constants_and_subgraphs_is_part_of_the_revision(tmp_pa
         seen.add(file_revision(path))
     assert len(seen) == 3
     assert file_revision(path).startswith("sha256:") and len(file_revision(path)) == 7 + 16
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a graph")
+    assert external_data(junk) == []
+    assert file_revision(junk) == "sha256:" + hashlib.sha256(b"not a graph").hexdigest()[:16]
 
 
 @pytest.mark.parametrize(("axes", "keep", "rank"), [([1, 2], 0, 1), ([1], 1, 3)], ids=["rank-1", "rank-3-kept"])
