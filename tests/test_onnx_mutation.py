@@ -446,7 +446,8 @@ def test_a_mert_fetch_lists_every_file_it_moved_into_place(server: tuple[str, Ro
     nested ones too, and not the hub client's .cache."""
     endpoint, routes = server
     ckpt = CHECKPOINTS["mert-v1-95m"]
-    files = {"config.json": b'{"hidden_size": 768}', "model.safetensors": bytes(1000), "sub/extra.json": b"{}"}
+    files = {"config.json": b'{"hidden_size": 768}', "model.safetensors": bytes(1000), "sub/extra.json": b"{}",
+             "sub/deeper/more.json": b"[]"}
     routes[f"/api/models/{ckpt.repo}/tree/{ckpt.revision}"] = _hub_listing(files)
     for name, body in files.items():
         routes[f"/{ckpt.repo}/resolve/{ckpt.revision}/{name}"] = _hub_file(body, ckpt.revision)
