@@ -7,7 +7,7 @@ import copy
 import torch
 from transformers import HubertConfig, HubertModel
 
-from mess.models.hubert_gemm import GemmFeatureEncoder, use_gemm_convs
+from mess.models.hubert_gemm import GemmFeatureEncoder, normed_patch_conv, use_gemm_convs
 
 
 def test_a_positional_conv_with_batch_norm_is_kept_and_a_second_swap_changes_nothing() -> None:
@@ -30,3 +30,17 @@ def test_a_positional_conv_with_batch_norm_is_kept_and_a_second_swap_changes_not
         got = again(values, output_hidden_states=True).hidden_states
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+
+
+def test_the_first_conv_s_group_norm_of_a_silent_window_is_its_bias() -> None:
+    """A window of zeros: every channel's variance is 0, and GroupNorm's eps keeps the output finite (its bias)."""
+    torch.manual_seed(3)
+    conv = torch.nn.Conv1d(1, 8, 10, stride=5, bias=False)
+    norm = torch.nn.GroupNorm(8, 8)
+    with torch.no_grad():
+        norm.bias.copy_(torch.randn(8))
+        x = torch.zeros(2, 400)
+        want = norm(conv(x[:, None])).transpose(1, 2)
+        got = normed_patch_conv(x[:, :, None], conv.weight, 5, norm)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
