@@ -1,0 +1,363 @@
+"""`mess.scale` in-process: the Ray engine's driver logic, its row functions and its actor, against the local engine.
+
+Ray itself is replaced by :class:`LocalRay`, which runs the row functions and the actor class in this process as Ray
+Data would (rows in, rows out; batches as dicts of arrays); the real decoding processes, model and store are used.
+What needs a cluster (worker deaths, actors restarted, a killed driver) stays in tests/test_scale_ray.py.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import socket
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mess.audio.discover import find_audio
+from mess.audio.windows import WindowPolicy
+from mess.extract.pipeline import extract
+from mess.models.dsp import DspModel
+from mess.scale import ray_extract
+from mess.scale.embedder import Embedder, ModelMismatch, split_row
+from mess.scale.ray_extract import ScaleError, _check_reachable, _default_actors, extract_ray
+from mess.scale.tasks import decode_row, inspect_row
+from mess.store import FeatureStore
+
+POLICY = WindowPolicy(window_seconds=2.0, max_windows=2)
+
+
+class LocalDataset:
+    """Ray Data's ``Dataset`` as ray_extract uses it, run in this process: ``map``, ``map_batches``, ``iter_rows``."""
+
+    def __init__(self, rows: Callable[[], Iterator[dict[str, Any]]], log: dict[str, Any]) -> None:
+        self.rows, self.log = rows, log
+
+    def map(self, fn: Callable[..., dict[str, Any]], *, num_cpus: int, fn_kwargs: dict[str, Any]) -> LocalDataset:
+        return LocalDataset(lambda: (fn(dict(r), **fn_kwargs) for r in self.rows()), self.log)
+
+    def map_batches(self, cls: type, *, batch_size: int, batch_format: str, compute: Any, num_cpus: int,
+                    num_gpus: int, fn_constructor_kwargs: dict[str, Any]) -> LocalDataset:
+        self.log.update(batch_size=batch_size, actors=compute, num_gpus=num_gpus, actor_kwargs=fn_constructor_kwargs)
+
+        def rows() -> Iterator[dict[str, Any]]:
+            actor = cls(**fn_constructor_kwargs)
+            todo = list(self.rows())
+            for at in range(0, len(todo), batch_size):
+                chunk = todo[at:at + batch_size]
+                batch = {k: _column([r[k] for r in chunk]) for k in chunk[0]}
+                out = actor(batch)
+                for i in range(len(out["path"])):
+                    yield {k: v[i] for k, v in out.items()}
+        return LocalDataset(rows, self.log)
+
+    def iter_rows(self) -> Iterator[dict[str, Any]]:
+        for row in self.rows():
+            for _ in range(self.log.get("deliveries", 1)):  # a retried task's output delivered again
+                yield row
+            self.log["delivered"] = self.log.get("delivered", 0) + 1
+            if self.log.get("die_after") == self.log["delivered"]:
+                raise KeyboardInterrupt  # the driver stopped mid-run
+
+
+def _column(values: list[Any]) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+class LocalRay(types.SimpleNamespace):
+    """The ``ray`` module as ray_extract uses it, already initialised (so no cluster is joined or shut down)."""
+
+    def __init__(self, resources: dict[str, float] | None = None) -> None:
+        log: dict[str, Any] = {}
+
+        def from_items(items: list[dict[str, Any]], *, override_num_blocks: int) -> LocalDataset:
+            log.setdefault("blocks", []).append((len(items), override_num_blocks))
+            return LocalDataset(lambda: iter([dict(i) for i in items]), log)
+
+        data = types.SimpleNamespace(from_items=from_items, ActorPoolStrategy=lambda size: size)
+        super().__init__(log=log, data=data, is_initialized=lambda: True, shutdown=lambda: log.update(shut=True),
+                         cluster_resources=lambda: dict({"CPU": 2.0} if resources is None else resources))
+
+
+@pytest.fixture
+def local_ray(monkeypatch: pytest.MonkeyPatch) -> LocalRay:
+    fake = LocalRay()
+    monkeypatch.setattr(ray_extract, "ray", fake)
+    return fake
+
+
+def _tones(folder: Path, n: int, seconds: float = 5.0, sr: int = 16000) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * sr)) / sr
+    paths = []
+    for i in range(n):
+        paths.append(folder / f"tone{i:02d}.wav")
+        sf.write(paths[-1], (0.3 * np.sin(2 * np.pi * (110 + 37 * i) * t)).astype(np.float32), sr)
+    return paths
+
+
+def _vectors(store: FeatureStore) -> dict[str, list[np.ndarray]]:
+    """path -> [track row per layer..., segment rows per layer..., segment starts]."""
+    run = store.run("dsp")
+    paths = {t.id: t.path for t in store.tracks(run)}
+    out: dict[str, list[np.ndarray]] = {}
+    for layer in range(len(run.layer_names)):
+        ids, mat = store.layer_matrix(run, layer)
+        for tid, row in zip(ids, mat, strict=True):
+            out.setdefault(paths[tid], []).append(row)
+    for layer in range(len(run.layer_names)):
+        seg_ids, starts, segs = store.segment_matrix(run, layer)
+        for tid in np.unique(seg_ids):
+            out[paths[tid]] += [segs[seg_ids == tid], np.asarray(starts)[seg_ids == tid]]
+    return out
+
+
+def _same(got: dict[str, list[np.ndarray]], want: dict[str, list[np.ndarray]]) -> None:
+    assert got.keys() == want.keys()
+    for path, arrays in want.items():
+        assert len(got[path]) == len(arrays)
+        for a, b in zip(got[path], arrays, strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=path)
+
+
+def test_the_ray_engine_stores_what_the_local_engine_stores(local_ray: LocalRay, tmp_path: Path) -> None:
+    music = tmp_path / "music"
+    _tones(music, 4)
+    _tones(music / "short", 1, seconds=1.0)  # one window shorter than the policy's
+    shutil.copy(music / "tone00.wav", music / "copy.wav")  # same content: embedded once
+    (music / "corrupt.ogg").write_bytes(b"OggS" + bytes(range(256)) * 8)
+    _tones(music / "low", 1, sr=4000)[0].rename(music / "phone.wav")  # a low rate: a warning, as locally
+    paths = find_audio([music])
+    paths.append(music / "gone.wav")  # vanished between the walk and its reading
+    local = FeatureStore(tmp_path / "local")
+    want = extract(local, paths, DspModel(), POLICY, batch_size=2)
+    remote = FeatureStore(tmp_path / "ray")
+    got = extract_ray(remote, paths, "dsp", POLICY, batch_size=2)
+    assert (got.done, got.copies, got.skipped) == (want.done, want.copies, want.skipped) == (6, 1, 0)
+    assert sorted(got.failed) == sorted(want.failed) and len(got.failed) == 2
+    assert got.warnings == want.warnings and len(want.warnings) == 1
+    # every window decoded: 5 tones of 5 s (two 2 s windows each) and the 1 s one
+    assert got.audio_seconds == pytest.approx(want.audio_seconds) == pytest.approx(5 * 2 * 2.0 + 1.0)
+    _same(_vectors(remote), _vectors(local))
+    assert sorted(remote.failures(remote.run("dsp"))) == sorted(local.failures(local.run("dsp")))
+    assert {t.path: t.duration for t in remote.tracks(remote.run("dsp"))} == \
+        {t.path: t.duration for t in local.tracks(local.run("dsp"))}
+    assert "shut" not in local_ray.log  # a Ray this call did not start is left running
+    # the dataset is cut into blocks of 2 files: 9 files to catalogue, 7 contents to embed (the corrupt one too)
+    assert local_ray.log["blocks"] == [(9, 5), (7, 4)]
+    assert local_ray.log["actors"] == 2 and local_ray.log["num_gpus"] == 0  # one actor per CPU of the cluster
+    again = extract_ray(remote, [p for p in paths if p.suffix == ".wav" and p.exists()], "dsp", POLICY)
+    assert (again.done, again.skipped, again.copies, again.failed) == (0, 7, 0, [])
+
+
+def test_a_truncated_file_is_catalogued_with_its_decoded_duration(local_ray: LocalRay, tmp_path: Path) -> None:
+    from test_extract import _truncated_mp3
+
+    (tmp_path / "music").mkdir()
+    _truncated_mp3(tmp_path / "music" / "cut.mp3", seconds=40.0)
+    store = FeatureStore(tmp_path / "ray")
+    got = extract_ray(store, [tmp_path / "music" / "cut.mp3"], "dsp", POLICY)
+    assert (got.done, got.failed) == (1, [])
+    duration = store.track(tmp_path / "music" / "cut.mp3").duration
+    assert duration is not None and 0.31 * 40 - 3 < duration < 0.31 * 40 + 3, duration
+
+
+def test_output_delivered_twice_is_written_once(local_ray: LocalRay, tmp_path: Path) -> None:
+    paths = _tones(tmp_path / "music", 3)
+    local_ray.log["deliveries"] = 2
+    store = FeatureStore(tmp_path / "ray")
+    got = extract_ray(store, paths, "dsp", POLICY, write_every=1)
+    assert (got.done, got.failed) == (3, [])
+    run = store.run("dsp")
+    assert store.row_file(run, "track", 0).rows == 3
+    want = FeatureStore(tmp_path / "local")
+    extract(want, paths, DspModel(), POLICY)
+    _same(_vectors(store), _vectors(want))
+
+
+@pytest.mark.parametrize(("write_every", "kept"), [(2, 4), (3, 3), (5, 5), (6, 0)])
+def test_a_driver_stopped_mid_run_keeps_every_full_commit_and_a_rerun_does_the_rest(
+        local_ray: LocalRay, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, write_every: int, kept: int) -> None:
+    monkeypatch.setattr(ray_extract, "FLUSH_SECONDS", 1e9)
+    paths = _tones(tmp_path / "music", 6, seconds=2.0)
+    local_ray.log["die_after"] = 6 + 5  # 6 rows catalogued, then 5 embedded tracks
+    store = FeatureStore(tmp_path / "ray")
+    with pytest.raises(KeyboardInterrupt):
+        extract_ray(store, paths, "dsp", POLICY, write_every=write_every)
+    run = store.run("dsp")
+    assert sum(store.has_vectors(run, t.content_hash) for t in store.tracks(run)) == kept
+    local_ray.log.pop("die_after")
+    rest = extract_ray(store, paths, "dsp", POLICY, write_every=write_every)
+    assert (rest.done, rest.skipped) == (6 - kept, kept)
+    assert store.row_file(run, "track", 0).rows == 6
+
+
+def test_pending_vectors_are_committed_after_flush_seconds_whatever_their_number(
+        local_ray: LocalRay, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(ray_extract, "FLUSH_SECONDS", 0.0)
+    paths = _tones(tmp_path / "music", 4, seconds=2.0)
+    local_ray.log["die_after"] = 4 + 3
+    store = FeatureStore(tmp_path / "ray")
+    with pytest.raises(KeyboardInterrupt):
+        extract_ray(store, paths, "dsp", POLICY, write_every=100)
+    run = store.run("dsp")
+    assert sum(store.has_vectors(run, t.content_hash) for t in store.tracks(run)) == 3
+
+
+def test_default_actors_follow_the_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    for resources, device, want in [({"CPU": 3.0}, "cpu", 3), ({}, "cpu", 1), ({"CPU": 0.5}, "cpu", 1),
+                                    ({"CPU": 8.0, "GPU": 2.0}, "cuda", 2), ({"CPU": 8.0, "GPU": 1.0}, "cuda:0", 1)]:
+        monkeypatch.setattr(ray_extract, "ray", LocalRay(resources))
+        assert _default_actors(device) == want, (resources, device)
+    monkeypatch.setattr(ray_extract, "ray", LocalRay({"CPU": 8.0}))
+    with pytest.raises(ScaleError, match="^--device cuda asked for, but the Ray cluster has no GPUs$"):
+        _default_actors("cuda")
+
+
+def test_actors_are_no_more_than_the_files_and_a_gpu_each_on_cuda(local_ray: LocalRay, tmp_path: Path) -> None:
+    paths = _tones(tmp_path / "music", 2, seconds=2.0)
+    extract_ray(FeatureStore(tmp_path / "ray"), paths, "dsp", POLICY, actors=5)
+    assert local_ray.log["actors"] == 2
+    kwargs = local_ray.log["actor_kwargs"]
+    assert (kwargs["model_name"], kwargs["device"], kwargs["precision"], kwargs["batch_size"]) == ("dsp", "cpu",
+                                                                                                  "fp32", 4)
+    assert kwargs["revision"] == DspModel().info.revision
+
+
+def test_nothing_to_embed_starts_no_actor(local_ray: LocalRay, tmp_path: Path) -> None:
+    got = extract_ray(FeatureStore(tmp_path / "ray"), [], "dsp", POLICY)
+    assert (got.done, got.failed) == (0, []) and "actors" not in local_ray.log and got.wall_seconds > 0
+
+
+def test_prune_under_forgets_files_gone_from_disk(local_ray: LocalRay, tmp_path: Path) -> None:
+    music = tmp_path / "music"
+    paths = _tones(music, 3, seconds=2.0)
+    store = FeatureStore(tmp_path / "ray")
+    extract_ray(store, paths, "dsp", POLICY)
+    paths[1].unlink()
+    got = extract_ray(store, find_audio([music]), "dsp", POLICY, prune_under=[music])
+    assert (got.removed, got.skipped) == (1, 2)
+    assert sorted(Path(t.path).name for t in store.tracks(store.run("dsp"))) == ["tone00.wav", "tone02.wav"]
+
+
+def test_a_ray_this_call_started_is_shut_down(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake = LocalRay()
+    fake.is_initialized = lambda: False
+    fake.init = lambda **kwargs: fake.log.update(init=kwargs)
+    monkeypatch.setattr(ray_extract, "ray", fake)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    extract_ray(FeatureStore(tmp_path / "ray"), _tones(tmp_path / "music", 1, seconds=2.0), "dsp", POLICY)
+    assert fake.log["init"]["address"] == "local" and fake.log["shut"]
+
+
+def test_the_address_comes_from_ray_address_and_a_refused_one_is_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = LocalRay()
+    fake.is_initialized = lambda: False
+
+    def init(**kwargs: Any) -> None:
+        raise ConnectionError("no GCS")
+    fake.init = init
+    monkeypatch.setattr(ray_extract, "ray", fake)
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    with pytest.raises(ScaleError, match=r"^cannot reach a Ray cluster at 'auto': no GCS$"):
+        ray_extract._connect(None)
+    with pytest.raises(ScaleError, match=r"^cannot reach a Ray cluster at 'local': no GCS$"):
+        ray_extract._connect("local")
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed once the socket is
+
+
+def test_ray_addresses_are_checked_before_ray_is_asked() -> None:
+    for address in (None, "auto", "local"):
+        _check_reachable(address)
+    for bad in ("head", "head:", "head:port", "ray://head", "head:６３７９", "head:-1"):
+        with pytest.raises(ScaleError, match=rf"^Ray address '{bad}' is not auto, local, HOST:PORT or "
+                                             r"ray://HOST:PORT$"):
+            _check_reachable(bad)
+    port = _closed_port()
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(ScaleError, match=rf"^cannot reach a Ray cluster at '{address}': Connection refused$"):
+            _check_reachable(address)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        _check_reachable(f"ray://127.0.0.1:{listener.getsockname()[1]}")  # answers: no error
+        _check_reachable(f"127.0.0.1:{listener.getsockname()[1]}")
+
+
+def test_inspect_and_decode_rows_give_what_the_local_pipeline_reads(tmp_path: Path) -> None:
+    path = _tones(tmp_path, 1, seconds=5.0)[0]
+    inspected = inspect_row({"path": str(path), "known_hash": "", "known_stamp": ""}, timeout=60)
+    assert inspected["error"] == "" and inspected["path"] == str(path)
+    import json
+
+    rec = json.loads(inspected["record"])
+    assert rec["size"] == path.stat().st_size and rec["mtime"] == pytest.approx(path.stat().st_mtime)
+    assert math.isclose(rec["info"]["duration"], 5.0, abs_tol=0.01) and rec["info"]["sample_rate"] == 16000
+    local = FeatureStore(tmp_path / "local")
+    extract(local, [path], DspModel(), POLICY)
+    track = local.track(path)
+    assert rec["hash"] == track.content_hash
+    row = {"path": str(path), "hash": rec["hash"], "stamp": rec["stamp"], "size": rec["size"],
+           "duration": rec["info"]["duration"], "sample_rate": rec["info"]["sample_rate"]}
+    model = DspModel()
+    out = decode_row(row, model.info.sample_rate, POLICY.to_json(), model.info.band_hz, timeout=60)
+    assert (out["error"], out["warnings"], out["duration"]) == ("", "", -1.0)
+    assert out["audio"].shape == (2, int(2.0 * model.info.sample_rate)) and list(out["starts"]) == [0.0, 3.0]
+    gone = decode_row({**row, "path": str(tmp_path / "gone.wav")}, model.info.sample_rate, POLICY.to_json(),
+                      model.info.band_hz, timeout=60)
+    assert gone["error"] and str(tmp_path / "gone.wav") in gone["error"] and gone["audio"].size == 0
+    failed = inspect_row({"path": str(tmp_path / "gone.wav"), "known_hash": "", "known_stamp": ""}, timeout=60)
+    assert failed["error"] and failed["record"] == ""
+    # a file whose change stamp the catalog knows is not hashed again: the known hash is taken
+    again = json.loads(inspect_row({"path": str(path), "known_hash": "f" * 64, "known_stamp": rec["stamp"]},
+                                   timeout=60)["record"])
+    assert again["hash"] == "f" * 64
+
+
+def test_split_row_undoes_the_actor_s_concatenation() -> None:
+    rng = np.random.default_rng(0)
+    layers = [rng.normal(size=d).astype(np.float32) for d in (3, 1, 4)]
+    segments = [rng.normal(size=(2, d)).astype(np.float32) for d in (3, 1, 4)]
+    row = {"hash": "h", "track": np.concatenate(layers), "segments": np.concatenate(segments, axis=1),
+           "starts": np.array([0.0, 1.5])}
+    tv = split_row(row, (3, 1, 4))
+    assert tv.content_hash == "h" and tv.seg_starts == [0.0, 1.5]
+    for a, b in zip(tv.layers, layers, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(tv.segments, segments, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_actor_refuses_other_weights_and_keeps_failed_rows(tmp_path: Path) -> None:
+    with pytest.raises(ModelMismatch, match="^a worker loaded dsp revision .* the run is other: every node"):
+        Embedder("dsp", "cpu", "fp32", "other", 2)
+    actor = Embedder("dsp", "cpu", "fp32", DspModel().info.revision, 2)
+    sr = DspModel().info.sample_rate
+    audio = (0.3 * np.sin(2 * np.pi * 220 * np.arange(2 * sr) / sr)).astype(np.float32)[None, :]
+    batch = {"path": _column(["/m/a.wav", "/m/b.wav"]), "hash": _column(["ha", "hb"]),
+             "error": _column(["", "/m/b.wav: cannot decode"]), "warnings": _column(["w", ""]),
+             "starts": _column([np.zeros(1), np.zeros(0)]), "audio": _column([audio, np.zeros((0, 0), np.float32)]),
+             "duration": _column([-1.0, 7.5])}
+    out = actor(batch)
+    width = sum(DspModel().info.layer_dims)
+    assert out["path"] == ["/m/a.wav", "/m/b.wav"] and out["hash"] == ["ha", "hb"]
+    assert out["error"] == ["", "/m/b.wav: cannot decode"] and out["warnings"] == ["w", ""]
+    assert out["samples"] == [2 * sr, 0] and out["duration"] == [-1.0, 7.5]
+    assert out["track"][1].shape == (width,) and not out["track"][1].any()
+    assert out["segments"][1].shape == (0, width) and out["starts"][1].size == 0
+    vecs = DspModel().embed(audio)
+    want = np.concatenate([v[0] for v in vecs])
+    np.testing.assert_allclose(out["track"][0], want, rtol=1e-5, atol=1e-6)
+    assert out["segments"][0].shape == (1, width) and list(out["starts"][0]) == [0.0]
