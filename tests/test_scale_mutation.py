@@ -361,3 +361,18 @@ def test_the_actor_refuses_other_weights_and_keeps_failed_rows(tmp_path: Path) -
     want = np.concatenate([v[0] for v in vecs])
     np.testing.assert_allclose(out["track"][0], want, rtol=1e-5, atol=1e-6)
     assert out["segments"][0].shape == (1, width) and list(out["starts"][0]) == [0.0]
+
+
+@pytest.mark.parametrize("actors", [None, 1])
+def test_a_cluster_without_gpus_is_refused_for_cuda_before_any_file_is_read(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, actors: int | None) -> None:
+    """`--device cuda` on a cluster without GPUs was said only after every file had been inspected (hours of
+    hashing for a big collection), and with ``actors`` given not at all: Ray waited for GPUs for ever."""
+    fake = LocalRay({"CPU": 4.0})
+    monkeypatch.setattr(ray_extract, "ray", fake)
+    paths = _tones(tmp_path / "music", 2, seconds=2.0)
+    store = FeatureStore(tmp_path / "ray")
+    with pytest.raises(ScaleError, match="^--device cuda asked for, but the Ray cluster has no GPUs$"):
+        extract_ray(store, paths, "dsp", POLICY, device="cuda", actors=actors, info=DspModel().info)
+    assert "blocks" not in fake.log  # no file was handed to Ray
+    assert [store.known_file(p) for p in paths] == [None, None]

@@ -83,6 +83,7 @@ def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, pol
     started = time.perf_counter()
     owned = _connect(address)
     try:
+        default_actors = _default_actors(device)  # before any file is read: a cuda run needs GPUs, however many actors
         if info is None:
             loaded = load_model(model_name)
             info, source = with_precision(loaded, precision, device=device).info, loaded.source()
@@ -93,7 +94,7 @@ def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, pol
             summary.removed = prune(store, paths, prune_under)
         todo = _catalogue(store, run, paths, summary, decode_timeout)
         if todo:
-            n_actors = min(len(todo), actors or _default_actors(device))
+            n_actors = min(len(todo), actors or default_actors)
             rows = _embedded(todo, model_name, info, policy, batch_size, device, precision, n_actors, decode_timeout)
             _commit(store, run, rows, write_every, summary)
     finally:
@@ -133,6 +134,7 @@ def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
 
 
 def _default_actors(device: str) -> int:
+    """One inference actor per GPU of the cluster for cuda (ScaleError when it has none), else one per CPU."""
     resources = ray.cluster_resources()
     if device.startswith("cuda"):
         gpus = int(resources.get("GPU", 0))
