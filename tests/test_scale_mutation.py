@@ -376,3 +376,37 @@ def test_a_cluster_without_gpus_is_refused_for_cuda_before_any_file_is_read(
         extract_ray(store, paths, "dsp", POLICY, device="cuda", actors=actors, info=DspModel().info)
     assert "blocks" not in fake.log  # no file was handed to Ray
     assert [store.known_file(p) for p in paths] == [None, None]
+
+
+class _Picky(DspModel):
+    """The dsp model, raising librosa's ParameterError (no ValueError nor RuntimeError) on windows of a high tone."""
+
+    def embed(self, windows: np.ndarray) -> list[np.ndarray]:
+        from librosa.util.exceptions import ParameterError
+
+        if (np.diff(np.sign(windows), axis=1) != 0).mean(axis=1).max() > 0.1:  # 3 kHz crosses zero often, 110 Hz not
+            raise ParameterError("too many zero crossings\nsecond line")
+        return super().embed(windows)
+
+
+def test_a_file_the_model_fails_on_is_that_file_s_failure_as_locally(local_ray: LocalRay,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path: Path) -> None:
+    """A model error other than ValueError or RuntimeError (librosa's ParameterError, an ONNX Runtime error) ended
+    the whole Ray job, where the local engine records the file as failed and goes on."""
+    from mess.scale import embedder
+
+    monkeypatch.setattr(embedder, "load_model", lambda name, device: _Picky())
+    music = tmp_path / "music"
+    paths = _tones(music, 2, seconds=3.0)
+    sf.write(music / "high.wav", (0.3 * np.sin(2 * np.pi * 3000 * np.arange(3 * 16000) / 16000)).astype(np.float32),
+             16000)
+    paths.append(music / "high.wav")
+    local = FeatureStore(tmp_path / "local")
+    want = extract(local, paths, _Picky(), POLICY, batch_size=8)
+    remote = FeatureStore(tmp_path / "ray")
+    got = extract_ray(remote, paths, "dsp", POLICY, batch_size=8, info=_Picky().info)
+    assert (got.done, got.failed) == (want.done, want.failed) == (2, [(str(paths[2]), f"{paths[2]}: model failed "
+                                                                      "(ParameterError: too many zero crossings)")])
+    assert remote.failures(remote.run("dsp")) == local.failures(local.run("dsp"))
+    _same(_vectors(remote), _vectors(local))

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from mess.extract.embed import embed_prepared
-from mess.extract.prepare import FileRecord, Windows
+from mess.extract.prepare import FileRecord, Windows, describe
 from mess.models.registry import load_model
 from mess.scale.gpu import with_precision
 from mess.store import TrackVectors
@@ -58,14 +58,16 @@ class Embedder:
         return out
 
     def _embed(self, prepared: list[Windows]) -> list[tuple[str, TrackVectors | str]]:
-        """(hash, vectors) per track; a failing group is retried track by track, failures as messages."""
+        """(hash, vectors) per track; a failing group is retried track by track, failures as messages (any error: as
+        the local pipeline, the file that makes the model fail is that file's failure, never the job's)."""
         if not prepared:
             return []
         try:
             return [(tv.content_hash, tv) for tv in embed_prepared(self.model, prepared, self.batch_size)]
-        except (RuntimeError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 -- isolate the file that makes the model fail
             if len(prepared) == 1:
-                return [(prepared[0].record.content_hash, f"{prepared[0].record.path}: model failed ({exc})")]
+                return [(prepared[0].record.content_hash,
+                         f"{prepared[0].record.path}: model failed ({describe(exc)})")]
             return [item for p in prepared for item in self._embed([p])]
 
 
