@@ -58,6 +58,8 @@ class LocalDataset:
 
     def iter_rows(self) -> Iterator[dict[str, Any]]:
         for row in self.rows():
+            if "clock" in self.log:
+                self.log["clock"] += 1.0  # a second passes per row delivered
             for _ in range(self.log.get("deliveries", 1)):  # a retried task's output delivered again
                 yield row
             self.log["delivered"] = self.log.get("delivered", 0) + 1
@@ -410,3 +412,21 @@ def test_a_file_the_model_fails_on_is_that_file_s_failure_as_locally(local_ray: 
                                                                       "(ParameterError: too many zero crossings)")])
     assert remote.failures(remote.run("dsp")) == local.failures(local.run("dsp"))
     _same(_vectors(remote), _vectors(local))
+
+
+def test_the_flush_clock_restarts_at_each_commit(local_ray: LocalRay, monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    """One row a second, a commit every 1.5 s: rows 1-2 committed at the second row, row 3 (1 s later) pending."""
+    import time
+
+    monkeypatch.setattr(ray_extract, "FLUSH_SECONDS", 1.5)
+    local_ray.log["clock"] = 0.0
+    monkeypatch.setattr(ray_extract, "time", types.SimpleNamespace(monotonic=lambda: local_ray.log["clock"],
+                                                                   perf_counter=time.perf_counter))
+    paths = _tones(tmp_path / "music", 4, seconds=2.0)
+    local_ray.log["die_after"] = 4 + 3
+    store = FeatureStore(tmp_path / "ray")
+    with pytest.raises(KeyboardInterrupt):
+        extract_ray(store, paths, "dsp", POLICY, write_every=100)
+    run = store.run("dsp")
+    assert sum(store.has_vectors(run, t.content_hash) for t in store.tracks(run)) == 2
