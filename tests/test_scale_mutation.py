@@ -416,10 +416,11 @@ def test_a_file_the_model_fails_on_is_that_file_s_failure_as_locally(local_ray: 
 
 def test_the_flush_clock_restarts_at_each_commit(local_ray: LocalRay, monkeypatch: pytest.MonkeyPatch,
                                                  tmp_path: Path) -> None:
-    """One row a second, a commit every 1.5 s: rows 1-2 committed at the second row, row 3 (1 s later) pending."""
+    """One row a second, a commit every 2 s: rows 1-2 committed at the second row (2 s in), row 3 (1 s after the
+    commit, 3 s in) pending."""
     import time
 
-    monkeypatch.setattr(ray_extract, "FLUSH_SECONDS", 1.5)
+    monkeypatch.setattr(ray_extract, "FLUSH_SECONDS", 2.0)
     local_ray.log["clock"] = 0.0
     monkeypatch.setattr(ray_extract, "time", types.SimpleNamespace(monotonic=lambda: local_ray.log["clock"],
                                                                    perf_counter=time.perf_counter))
