@@ -236,6 +236,7 @@ def test_actors_are_no_more_than_the_files_and_a_gpu_each_on_cuda(local_ray: Loc
 def test_nothing_to_embed_starts_no_actor(local_ray: LocalRay, tmp_path: Path) -> None:
     got = extract_ray(FeatureStore(tmp_path / "ray"), [], "dsp", POLICY)
     assert (got.done, got.failed) == (0, []) and "actors" not in local_ray.log and got.wall_seconds > 0
+    assert local_ray.log["blocks"] == [(0, 1)]  # a dataset has a block, though of no rows
 
 
 def test_prune_under_forgets_files_gone_from_disk(local_ray: LocalRay, tmp_path: Path) -> None:
@@ -257,6 +258,7 @@ def test_a_ray_this_call_started_is_shut_down(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     extract_ray(FeatureStore(tmp_path / "ray"), _tones(tmp_path / "music", 1, seconds=2.0), "dsp", POLICY)
     assert fake.log["init"]["address"] == "local" and fake.log["shut"]
+    assert fake.log["blocks"] == [(1, 1), (1, 1)]  # one file: one block to catalogue, one to embed
 
 
 def test_the_address_comes_from_ray_address_and_a_refused_one_is_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
