@@ -173,3 +173,10 @@ def test_training_log_writes_nothing_before_its_first_epoch_and_replaces_its_sid
     log.finish({"done": 1}, [])
     got = json.loads(path.read_text())
     assert got["summary"] == {"done": 1} and len(got["epochs"]) == 2 and not partial.exists()
+
+
+def test_a_training_log_finished_without_epochs_is_written_all_the_same(tmp_path: Path) -> None:
+    log = TrainingLog(tmp_path / "x-train.json", {"model": "m"})
+    log.finish({"epochs": 0}, [])
+    assert json.loads((tmp_path / "x-train.json").read_text())["summary"] == {"epochs": 0}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x-train.json"]
