@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_fusion_pipeline_mutation import N_LABELS, PER_LABEL, UNLABELLED, _store
 
-from mess.fusion.report import FusionReport, MethodScores, _verdict, attach_probe, markdown
+from mess.fusion.report import FusionReport, MethodScores, _verdict, attach_probe, interrupted_note, markdown
 from mess.store.reports import report_paths
 
 
@@ -106,3 +106,12 @@ def test_probe_columns_come_from_the_probe_report_of_the_run(tmp_path: Path) -> 
         path.write_text(bad)
         attach_probe(report, store, run)
         assert report.probe is None and report.probe_note.startswith(f"probe report {path.name} has no per-layer")
+
+
+def test_only_a_checkpoint_of_an_interrupted_training_gets_a_note() -> None:
+    from types import SimpleNamespace
+
+    assert interrupted_note(SimpleNamespace(interrupted_at=None, best_epoch=4)) is None  # type: ignore[arg-type]
+    note = interrupted_note(SimpleNamespace(interrupted_at=7, best_epoch=5))  # type: ignore[arg-type]
+    assert note is not None and note.startswith("the checkpoint is from a training interrupted at epoch 7 (best "
+                                                "epoch 5)")
