@@ -440,11 +440,14 @@ def test_files_that_fail_are_logged_as_the_local_engine_logs_them(local_ray: Loc
     music = tmp_path / "music"
     paths = [*_tones(music, 1, seconds=2.0), music / "gone.wav", music / "corrupt.ogg"]
     paths[2].write_bytes(b"OggS" + bytes(range(256)) * 8)
+    local_store, ray_store = FeatureStore(tmp_path / "local"), FeatureStore(tmp_path / "ray")
     with caplog.at_level("WARNING"):
-        extract(FeatureStore(tmp_path / "local"), paths, DspModel(), POLICY)
+        extract(local_store, paths, DspModel(), POLICY)
     local = sorted(r.getMessage() for r in caplog.records if r.name == "mess.extract.pipeline")
     caplog.clear()
     with caplog.at_level("WARNING"):
-        extract_ray(FeatureStore(tmp_path / "ray"), paths, "dsp", POLICY)
+        extract_ray(ray_store, paths, "dsp", POLICY)
     remote = sorted(r.getMessage() for r in caplog.records if r.name == "mess.scale.ray_extract")
     assert remote == local and len(local) == 2
+    # the file that failed decoding keeps the duration its inspection read, as locally
+    assert ray_store.track(paths[2]).duration == local_store.track(paths[2]).duration
