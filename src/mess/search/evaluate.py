@@ -31,7 +31,7 @@ from mess.search.metrics import (
     chance_scores,
     ndcg_at_k,
     precision_at_k,
-    ranked_relevance,
+    ranking,
 )
 from mess.search.rerank_store import Ranking, check_ranking, load_augmentation, load_reranker, ranking_choice
 from mess.search.segments import chamfer_rows, check_match, read_segments
@@ -392,13 +392,12 @@ def _score(
     for start in range(0, len(queries), CHUNK):
         rows = queries[start : start + CHUNK]
         scores = np.asarray(sim(rows), dtype=np.float64)
-        rel = ranked_relevance(scores, labels[rows], labels, rows)
+        order = ranking(scores, rows)  # sorted once: for the metrics and for the hubness lists
+        rel = labels[order] == labels[rows][:, None]
         p.append(precision_at_k(rel, k))
         ap.append(average_precision(rel))
         nd.append(ndcg_at_k(rel, k))
-        order = np.argsort(-scores, axis=1, kind="stable")  # -inf, then NaN, last
-        others = order[order != rows[:, None]].reshape(len(rows), -1)  # the query's own item, wherever it sorted
-        top.append(others[:, :k])
+        top.append(order[:, :k])
     summary = RetrievalScores(
         k, float(np.concatenate(p).mean()), float(np.concatenate(ap).mean()), float(np.concatenate(nd).mean())
     )

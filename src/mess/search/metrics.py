@@ -25,11 +25,19 @@ class RetrievalScores:
     ndcg: float
 
 
-def ranked_relevance(scores: np.ndarray, query_labels: np.ndarray, item_labels: np.ndarray,
-                     query_rows: np.ndarray) -> np.ndarray:
-    """Relevance [q, n-1] of each query's ranking of the items, best first, its own item left out.
+def ranking(scores: np.ndarray, query_rows: np.ndarray) -> np.ndarray:
+    """Each query's items [q, n-1], best first, its own item (``query_rows``) left out wherever it sorts.
 
     Ties go to the lower item (a stable sort); -inf scores rank last, and NaN scores after them.
+    """
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), axis=1, kind="stable")
+    others = order != np.asarray(query_rows)[:, None]  # the query's own item, wherever a NaN or -inf sorted it
+    return order[others].reshape(len(order), max(order.shape[1] - 1, 0))
+
+
+def ranked_relevance(scores: np.ndarray, query_labels: np.ndarray, item_labels: np.ndarray,
+                     query_rows: np.ndarray) -> np.ndarray:
+    """Relevance [q, n-1] of each query's :func:`ranking` of the items, best first, its own item left out.
 
     Args:
         scores: similarities [q, n] of queries to all items (higher = closer).
@@ -37,9 +45,7 @@ def ranked_relevance(scores: np.ndarray, query_labels: np.ndarray, item_labels: 
         item_labels: label of each item.
         query_rows: the item index of each query (dropped from its ranking).
     """
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), axis=1, kind="stable")
-    others = order != np.asarray(query_rows)[:, None]  # the query's own item, wherever a NaN or -inf sorted it
-    return item_labels[order[others].reshape(len(order), max(order.shape[1] - 1, 0))] == query_labels[:, None]
+    return item_labels[ranking(scores, query_rows)] == query_labels[:, None]
 
 
 def precision_at_k(rel: np.ndarray, k: int) -> np.ndarray:

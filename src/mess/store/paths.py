@@ -129,10 +129,7 @@ def create_file(path: Path, data: bytes) -> None:
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent)) from None
     tmp = temp_path(path)
     try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_new(tmp, data)
         try:
             os.link(tmp, path)
         except FileExistsError:
