@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 GRAPH_VERSION = "patch-vectors-3"  # bump when the cache key's recipe changes (3: underflowing weights zeroed)
 # weights nearer zero than this are set to 0 in the exported graph: musicnn's msd checkpoints switch channels off
 # with batch-norm scales of ~1e-36, and the folded weights' products with activations land among float32's
-# denormals, which x86 cores compute slowly (vgg-msd: 109 -> 135 patches/s on an Intel Xeon; outputs unchanged)
+# denormals, which x86 cores compute slowly (benchmarks/extract.py on an Intel Xeon: vgg-msd's efficiency 0.42 ->
+# 0.51; outputs unchanged)
 UNDERFLOW = 1e-30
 NETWORK_SOURCES = ("network.py", "vgg.py")  # the exported computation: their text is part of the key
 
