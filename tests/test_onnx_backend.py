@@ -66,6 +66,21 @@ def vggish_graph(path: Path, shape: list | None = None) -> Path:
                   [("model/vggish/embeddings", "", ["batch", 16])], nodes)
 
 
+def free_graph(path: Path, weights: np.ndarray = W_EMB, *, declared: bool = True) -> Path:
+    """melspectrogram [batch, frames, bands] -> embeddings (mean over frames @ ``weights``), of free input shape;
+    with ``declared=False`` neither the input nor the output declares a shape (ONNX Runtime lists it as [])."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["melspectrogram", "axes"], ["pooled"], keepdims=0),
+         helper.make_node("MatMul", ["pooled", "w"], ["embeddings"])], "free",
+        [helper.make_tensor_value_info("melspectrogram", TensorProto.FLOAT,
+                                       ["batch", "frames", "bands"] if declared else None)],
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT,
+                                       ["batch", weights.shape[1]] if declared else None)],
+        [numpy_helper.from_array(np.array([1], np.int64), "axes"), numpy_helper.from_array(weights, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
 def write_json(model: Path, input_name: str, outputs: list[dict], algorithm: str, **extra: object) -> None:
     model.with_suffix(".json").write_text(json.dumps({
         "name": model.stem, "schema": {"inputs": [{"name": input_name, "type": "float"}], "outputs": outputs},
@@ -227,13 +242,7 @@ def test_a_graph_of_free_shape_that_fails_on_the_presets_patches_is_one_line(tmp
     """An input of free shape passes the shape check; fed another preset's patches (vggish's 64 bands to a graph
     that multiplies by 96 rows), ONNX Runtime's Fail ended `mess extract` in a traceback, after an error log line."""
     path = tmp_path / "discogs-effnet-free.onnx"
-    graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["melspectrogram", "axes"], ["pooled"], keepdims=0),
-         helper.make_node("MatMul", ["pooled", "w"], ["embeddings"])], "free",
-        [helper.make_tensor_value_info("melspectrogram", TensorProto.FLOAT, ["batch", "frames", "bands"])],
-        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", 32])],
-        [numpy_helper.from_array(np.array([1], np.int64), "axes"), numpy_helper.from_array(W_EMB, "w")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    free_graph(path)
     write_json(path, "melspectrogram", [], "TensorflowPredictEffnetDiscogs")
     assert OnnxModel(path).info.layer_dims == (32,)  # its own preset's 96 bands
     done = _cli("extract", str(rendered_collection[0]), "--model", str(path), "--preset", "vggish", "--store",

@@ -26,7 +26,14 @@ from mess.models.musicnn.model import log_mel
 
 onnx = pytest.importorskip("onnx", reason="tests build their graphs with onnx (test extra)")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-from test_onnx_backend import EFFNET_OUTPUTS, W_EMB, _expected_effnet, effnet_graph, write_json  # noqa: E402
+from test_onnx_backend import (  # noqa: E402
+    EFFNET_OUTPUTS,
+    W_EMB,
+    _expected_effnet,
+    effnet_graph,
+    free_graph,
+    write_json,
+)
 from test_onnx_fetch import Routes, _hub_file, _hub_listing, server  # noqa: E402, F401  (the fixture)
 from test_onnx_fetch import _cli as fetch_cli  # noqa: E402
 from test_onnx_frontends import reference_musicnn  # noqa: E402
@@ -185,13 +192,7 @@ def test_the_metadata_s_rate_and_licence(tmp_path: Path) -> None:
 def test_a_graph_that_fails_on_the_preset_s_patches_is_one_line(tmp_path: Path) -> None:
     """A graph of free input shape fed vggish's 64 bands where it multiplies by 96 rows."""
     path = tmp_path / "free.onnx"
-    graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["melspectrogram", "axes"], ["pooled"], keepdims=0),
-         helper.make_node("MatMul", ["pooled", "w"], ["embeddings"])], "free",
-        [helper.make_tensor_value_info("melspectrogram", TensorProto.FLOAT, ["batch", "frames", "bands"])],
-        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", 32])],
-        [numpy_helper.from_array(np.array([1], np.int64), "axes"), numpy_helper.from_array(W_EMB, "w")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    free_graph(path)
     write_json(path, "melspectrogram", [], "")
     with pytest.raises(EssentiaModelError, match="^free.onnx fails on preset vggish's patches of 96 frames x 64 bands: "
                                                  "\\[ONNXRuntimeError\\]") as caught:
@@ -353,13 +354,7 @@ def test_onnx_runtime_s_own_log_stays_quiet(tmp_path: Path, capfd: pytest.Captur
     """A graph failing on the preset's patches: the one-line error is all; ONNX Runtime's log printed its own error
     line on the process's stderr before it."""
     path = tmp_path / "free.onnx"
-    graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["melspectrogram", "axes"], ["pooled"], keepdims=0),
-         helper.make_node("MatMul", ["pooled", "w"], ["embeddings"])], "free",
-        [helper.make_tensor_value_info("melspectrogram", TensorProto.FLOAT, ["batch", "frames", "bands"])],
-        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", 32])],
-        [numpy_helper.from_array(np.array([1], np.int64), "axes"), numpy_helper.from_array(W_EMB, "w")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    free_graph(path)
     write_json(path, "melspectrogram", [], "")
     capfd.readouterr()
     with pytest.raises(EssentiaModelError, match="fails on preset vggish"):
@@ -407,13 +402,7 @@ def test_a_graph_whose_input_declares_no_shape_is_fed_the_preset_s_patches(tmp_p
     preset discogs-effnet feeds [batch, 128 frames, 96 bands]", though it takes those patches. A graph that cannot
     take them still fails at load, in one line."""
     def graph(path: Path, weights: np.ndarray) -> Path:
-        onnx.save(helper.make_model(helper.make_graph(
-            [helper.make_node("ReduceMean", ["melspectrogram", "axes"], ["pooled"], keepdims=0),
-             helper.make_node("MatMul", ["pooled", "w"], ["embeddings"])], "free",
-            [helper.make_tensor_value_info("melspectrogram", TensorProto.FLOAT, None)],
-            [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, None)],
-            [numpy_helper.from_array(np.array([1], np.int64), "axes"), numpy_helper.from_array(weights, "w")]),
-            opset_imports=[helper.make_opsetid("", 18)]), str(path))
+        free_graph(path, weights, declared=False)
         write_json(path, "melspectrogram", [], "")
         return path
 
