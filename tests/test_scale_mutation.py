@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
+from store_vectors import assert_same_vectors, vectors_by_path
 
 from mess.audio.discover import find_audio
 from mess.audio.windows import WindowPolicy
@@ -105,30 +106,6 @@ def _tones(folder: Path, n: int, seconds: float = 5.0, sr: int = 16000) -> list[
     return paths
 
 
-def _vectors(store: FeatureStore) -> dict[str, list[np.ndarray]]:
-    """path -> [track row per layer..., segment rows per layer..., segment starts]."""
-    run = store.run("dsp")
-    paths = {t.id: t.path for t in store.tracks(run)}
-    out: dict[str, list[np.ndarray]] = {}
-    for layer in range(len(run.layer_names)):
-        ids, mat = store.layer_matrix(run, layer)
-        for tid, row in zip(ids, mat, strict=True):
-            out.setdefault(paths[tid], []).append(row)
-    for layer in range(len(run.layer_names)):
-        seg_ids, starts, segs = store.segment_matrix(run, layer)
-        for tid in np.unique(seg_ids):
-            out[paths[tid]] += [segs[seg_ids == tid], np.asarray(starts)[seg_ids == tid]]
-    return out
-
-
-def _same(got: dict[str, list[np.ndarray]], want: dict[str, list[np.ndarray]]) -> None:
-    assert got.keys() == want.keys()
-    for path, arrays in want.items():
-        assert len(got[path]) == len(arrays)
-        for a, b in zip(got[path], arrays, strict=True):
-            np.testing.assert_array_equal(a, b, err_msg=path)
-
-
 def test_the_ray_engine_stores_what_the_local_engine_stores(local_ray: LocalRay, tmp_path: Path) -> None:
     music = tmp_path / "music"
     _tones(music, 4)
@@ -147,7 +124,7 @@ def test_the_ray_engine_stores_what_the_local_engine_stores(local_ray: LocalRay,
     assert got.warnings == want.warnings and len(want.warnings) == 1
     # every window decoded: 5 tones of 5 s (two 2 s windows each) and the 1 s one
     assert got.audio_seconds == pytest.approx(want.audio_seconds) == pytest.approx(5 * 2 * 2.0 + 1.0)
-    _same(_vectors(remote), _vectors(local))
+    assert_same_vectors(vectors_by_path(remote, "dsp", starts=True), vectors_by_path(local, "dsp", starts=True))
     assert sorted(remote.failures(remote.run("dsp"))) == sorted(local.failures(local.run("dsp")))
     assert {t.path: t.duration for t in remote.tracks(remote.run("dsp"))} == \
         {t.path: t.duration for t in local.tracks(local.run("dsp"))}
@@ -181,7 +158,7 @@ def test_output_delivered_twice_is_written_once(local_ray: LocalRay, tmp_path: P
     assert store.row_file(run, "track", 0).rows == 3
     want = FeatureStore(tmp_path / "local")
     extract(want, paths, DspModel(), POLICY)
-    _same(_vectors(store), _vectors(want))
+    assert_same_vectors(vectors_by_path(store, "dsp", starts=True), vectors_by_path(want, "dsp", starts=True))
 
 
 @pytest.mark.parametrize(("write_every", "kept"), [(2, 4), (3, 3), (5, 5), (6, 0)])
@@ -413,7 +390,7 @@ def test_a_file_the_model_fails_on_is_that_file_s_failure_as_locally(local_ray: 
     assert (got.done, got.failed) == (want.done, want.failed) == (2, [(str(paths[2]), f"{paths[2]}: model failed "
                                                                       "(ParameterError: too many zero crossings)")])
     assert remote.failures(remote.run("dsp")) == local.failures(local.run("dsp"))
-    _same(_vectors(remote), _vectors(local))
+    assert_same_vectors(vectors_by_path(remote, "dsp", starts=True), vectors_by_path(local, "dsp", starts=True))
 
 
 def test_the_flush_clock_restarts_at_each_commit(local_ray: LocalRay, monkeypatch: pytest.MonkeyPatch,

@@ -27,6 +27,7 @@ import numpy as np
 import psutil
 import pytest
 import soundfile as sf
+from store_vectors import assert_same_vectors, vectors_by_path
 
 from conftest import mess_here
 from mess.audio.discover import find_audio
@@ -212,7 +213,7 @@ def tones(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, lis
     store = FeatureStore(root / "local")
     summary = extract(store, find_audio([root / "music"]), DspModel(), POLICY)
     assert summary.done == N_TONES
-    return root / "music", _by_path(store, "dsp")
+    return root / "music", vectors_by_path(store, "dsp")
 
 
 def _write_tones(folder: Path, n: int, seconds: float, sr: int = 22050) -> list[Path]:
@@ -224,32 +225,6 @@ def _write_tones(folder: Path, n: int, seconds: float, sr: int = 22050) -> list[
         paths.append(folder / f"tone{i:02d}.wav")
         sf.write(paths[-1], y.astype(np.float32), sr)
     return paths
-
-
-def _by_path(store: FeatureStore, model: str) -> dict[str, list[np.ndarray]]:
-    """path -> [track matrix row per layer..., segment rows per layer...] (float16-stored values)."""
-    run = store.run(model)
-    paths = {t.id: t.path for t in store.tracks(run)}
-    out: dict[str, list[np.ndarray]] = {}
-    for layer in range(len(run.layer_names)):
-        ids, mat = store.layer_matrix(run, layer)
-        for tid, row in zip(ids, mat, strict=False):
-            out.setdefault(paths[tid], []).append(row)
-    for layer in range(len(run.layer_names)):
-        seg_ids, _, segs = store.segment_matrix(run, layer)
-        for tid in np.unique(seg_ids):
-            out[paths[tid]].append(segs[seg_ids == tid])
-    return out
-
-
-def _assert_same_vectors(got: dict[str, list[np.ndarray]], want: dict[str, list[np.ndarray]], *,
-                         ulps: int = 0) -> None:
-    """Equal vectors per path, or within ``ulps`` float16 units in the last place (the store's precision)."""
-    assert got.keys() == want.keys()
-    for path, arrays in want.items():
-        assert len(got[path]) == len(arrays)
-        for a, b in zip(got[path], arrays, strict=False):
-            np.testing.assert_allclose(a, b, rtol=ulps * 2.0**-10, atol=ulps * 2.0**-24, err_msg=path)
 
 
 def _vector_rows(store_dir: Path) -> tuple[int, int]:
@@ -279,7 +254,7 @@ def test_ray_gives_the_local_vectors_and_reruns_skip(driver: Driver, tmp_path: P
     assert [Path(p).name for p, _ in got.failed] == ["corrupt.ogg"] == [Path(p).name for p, _ in want.failed]
     # torch in a 1-thread Ray actor vs 2 local threads, with patches batched in chunks across windows:
     # a different summation order, at most 2 float16 ulps (measured: 1 element of 600 at 2 ulps).
-    _assert_same_vectors(_by_path(remote, "musicnn-msd"), _by_path(local, "musicnn-msd"), ulps=2)
+    assert_same_vectors(vectors_by_path(remote, "musicnn-msd"), vectors_by_path(local, "musicnn-msd"), ulps=2)
     again = driver(tmp_path / "ray", [p for p in paths if p.suffix == ".wav"], "musicnn-msd", POLICY, batch_size=2)
     assert (again.done, again.skipped, again.failed) == (0, 5, [])
 
@@ -297,7 +272,7 @@ def test_without_an_address_a_local_cluster_is_started_not_the_one_an_old_addres
         paths = sorted(music.glob("*.wav"))[:2]
         got = extract_ray(temp / "store", paths, "dsp", POLICY, None, before=before, actors=1)
         assert (got.done, got.failed) == (2, [])
-        _assert_same_vectors(_by_path(FeatureStore(temp / "store"), "dsp"), {str(p): want[str(p)] for p in paths})
+        assert_same_vectors(vectors_by_path(FeatureStore(temp / "store"), "dsp"), {str(p): want[str(p)] for p in paths})
     finally:
         shutil.rmtree(temp, ignore_errors=True)
 
@@ -340,7 +315,7 @@ def test_killed_job_resumes_without_loss_or_duplicates(ray_address: str, driver:
     assert _vector_rows(store_dir) == (N_TONES, N_TONES)
     run = store.run("dsp")
     assert store.row_file(run, "track", 0).rows == N_TONES  # the interrupted append was cut back
-    _assert_same_vectors(_by_path(store, "dsp"), reference)
+    assert_same_vectors(vectors_by_path(store, "dsp"), reference)
 
 
 def test_ray_prunes_files_gone_from_disk_as_the_local_engine_does(ray_address: str, tmp_path: Path) -> None:
@@ -465,7 +440,7 @@ def test_killed_worker_is_restarted_and_nothing_is_lost(driver: Driver, tones: t
     summary = result["summary"]
     assert (summary.done, summary.failed) == (N_TONES, [])
     assert _vector_rows(store_dir) == (N_TONES, N_TONES)
-    _assert_same_vectors(_by_path(FeatureStore(store_dir), "dsp"), reference)
+    assert_same_vectors(vectors_by_path(FeatureStore(store_dir), "dsp"), reference)
 
 
 def _embedders() -> list[psutil.Process]:
@@ -489,8 +464,8 @@ def test_ray_matches_the_local_store_on_rendered_music(driver: Driver, extracted
     store = FeatureStore(tmp_path / "ray")
     assert (summary.done, summary.failed) == (len(paths), [])
     assert [store.track(p).artist for p in paths] == [t.artist for t in tracks]
-    want = {p: v for p, v in _by_path(reference, "dsp").items() if p in {str(x) for x in paths}}
-    _assert_same_vectors(_by_path(store, "dsp"), want)
+    want = {p: v for p, v in vectors_by_path(reference, "dsp").items() if p in {str(x) for x in paths}}
+    assert_same_vectors(vectors_by_path(store, "dsp"), want)
 
 
 def test_unreachable_address_fails_in_seconds_with_one_line(tmp_path: Path) -> None:
