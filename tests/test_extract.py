@@ -16,6 +16,7 @@ import numpy as np
 import psutil
 import pytest
 import soundfile as sf
+from tones import write_tones
 
 from conftest import mess_here
 from mess.audio.discover import find_audio
@@ -31,14 +32,9 @@ POLICY = WindowPolicy(window_seconds=4.0, max_windows=3)
 
 
 def _tone_files(folder: Path, n: int, seconds: float = 3.0, sr: int = 22050) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    t = np.arange(int(seconds * sr)) / sr
-    paths = []
-    for i in range(n):
-        y = 0.3 * np.sin(2 * np.pi * (110 * (i + 1)) * t) * (1 + 0.5 * np.sin(2 * np.pi * (i + 1) * t))
-        paths.append(folder / f"tone{i:02d}.wav")
-        sf.write(paths[-1], y.astype(np.float32), sr)
-    return paths
+    return write_tones(folder, n, seconds=seconds, sr=sr,
+                       wave=lambda i, t: 0.3 * np.sin(2 * np.pi * (110 * (i + 1)) * t)
+                       * (1 + 0.5 * np.sin(2 * np.pi * (i + 1) * t)))
 
 
 def test_extract_skips_unchanged_picks_up_new_and_prunes(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from tones import write_tones
 
 from conftest import mess_here
 
@@ -25,13 +26,8 @@ def _mess(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def _tones(folder: Path, n: int, seconds: float = 5.0, sr: int = 22050) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    t = np.arange(int(seconds * sr)) / sr
-    paths = []
-    for i in range(n):
-        paths.append(folder / f"tone{i}.wav")
-        sf.write(paths[-1], (0.3 * np.sin(2 * np.pi * 110 * 2 ** (i / 5) * t)).astype(np.float32), sr)
-    return paths
+    return write_tones(folder, n, seconds=seconds, sr=sr, name="tone{}.wav",
+                       wave=lambda i, t: 0.3 * np.sin(2 * np.pi * 110 * 2 ** (i / 5) * t))
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from store_vectors import assert_same_vectors, vectors_by_path
+from tones import write_tones
 
 from mess.audio.discover import find_audio
 from mess.audio.windows import WindowPolicy
@@ -97,13 +98,8 @@ def local_ray(monkeypatch: pytest.MonkeyPatch) -> LocalRay:
 
 
 def _tones(folder: Path, n: int, seconds: float = 5.0, sr: int = 16000) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    t = np.arange(int(seconds * sr)) / sr
-    paths = []
-    for i in range(n):
-        paths.append(folder / f"tone{i:02d}.wav")
-        sf.write(paths[-1], (0.3 * np.sin(2 * np.pi * (110 + 37 * i) * t)).astype(np.float32), sr)
-    return paths
+    return write_tones(folder, n, seconds=seconds, sr=sr,
+                       wave=lambda i, t: 0.3 * np.sin(2 * np.pi * (110 + 37 * i) * t))
 
 
 def test_the_ray_engine_stores_what_the_local_engine_stores(local_ray: LocalRay, tmp_path: Path) -> None:

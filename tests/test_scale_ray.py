@@ -28,6 +28,7 @@ import psutil
 import pytest
 import soundfile as sf
 from store_vectors import assert_same_vectors, vectors_by_path
+from tones import write_tones
 
 from conftest import mess_here
 from mess.audio.discover import find_audio
@@ -217,14 +218,8 @@ def tones(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, lis
 
 
 def _write_tones(folder: Path, n: int, seconds: float, sr: int = 22050) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    t = np.arange(int(seconds * sr)) / sr
-    paths = []
-    for i in range(n):
-        y = 0.3 * np.sin(2 * np.pi * (90 + 17 * i) * t) * (1 + 0.5 * np.sin(2 * np.pi * (1 + i % 5) * t))
-        paths.append(folder / f"tone{i:02d}.wav")
-        sf.write(paths[-1], y.astype(np.float32), sr)
-    return paths
+    return write_tones(folder, n, seconds=seconds, sr=sr, wave=lambda i, t: 0.3 * np.sin(2 * np.pi * (90 + 17 * i) * t)
+                       * (1 + 0.5 * np.sin(2 * np.pi * (1 + i % 5) * t)))
 
 
 def _vector_rows(store_dir: Path) -> tuple[int, int]:

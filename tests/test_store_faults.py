@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
+from tones import write_tones
 
 from conftest import mess_here
 from mess.store import FeatureStore, Run, StoreDamaged, StoreError, catalog
@@ -49,17 +50,12 @@ def _mess_process(*args: str, env: dict | None = None, timeout: float = 300) -> 
 
 def _tones(folder: Path, n: int, seconds: float = 5.0, sr: int = 22050, offset: int = 0) -> list[Path]:
     """Distinct harmonic tones, one file each."""
-    folder.mkdir(parents=True, exist_ok=True)
-    t = np.arange(int(seconds * sr)) / sr
-    paths = []
-    for i in range(offset, offset + n):
+    def wave(i: int, t: np.ndarray) -> np.ndarray:
         f0 = 110 * 2 ** (i / 7)
-        y = sum(0.2 / h * np.sin(2 * np.pi * h * f0 * t) for h in (1, 2, 3)) * (
-            1 + 0.5 * np.sin(2 * np.pi * t * (i + 1))
-        )
-        paths.append(folder / f"tone{i:02d}.wav")
-        sf.write(paths[-1], y.astype(np.float32), sr)
-    return paths
+        harmonics = sum(0.2 / h * np.sin(2 * np.pi * h * f0 * t) for h in (1, 2, 3))
+        return harmonics * (1 + 0.5 * np.sin(2 * np.pi * t * (i + 1)))
+
+    return write_tones(folder, n, seconds=seconds, sr=sr, wave=wave, first=offset)
 
 
 def _by_path(store_dir: Path, model: str = "dsp") -> dict[str, list[np.ndarray]]:
