@@ -58,7 +58,13 @@ def main() -> None:
     except StoreError as exc:  # no store there, or no run of the model: one line, not a traceback
         ap.error(str(exc))
     tracks = store.tracks(run)
-    labels = read_label_csv(store, args.labels, args.label) if args.labels else track_labels(tracks, args.label)
+    if args.labels:
+        label_file = read_label_csv(store, args.labels, args.label)
+        if label_file.note():
+            print(label_file.note())
+        labels = label_file.labels
+    else:
+        labels = track_labels(tracks, args.label)
     labels = _with_baseline(store, args.baseline_model, run, labels)
     data = load_head_data(store, run, labels)
     offsets = np.cumsum((0,) + run.layer_dims)

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -191,6 +192,29 @@ def test_head_benchmark_names_a_missing_store_or_model_in_one_line(store: Path, 
         assert got.returncode == 2
         assert want in got.stderr.splitlines()[-1]
         assert "Traceback" not in got.stderr
+
+
+def test_head_benchmark_reads_labels_from_a_csv(extracted_store: Path, rendered_collection: list[Path],
+                                                tmp_path: Path) -> None:
+    """`--labels CSV` ended in "AttributeError: 'LabelFile' object has no attribute 'items'" before any figure: the
+    labelled tracks are the CSV's rows that name a track of the store, each a query once."""
+    import csv
+    import io
+
+    from mess.store import FeatureStore
+
+    with closing(FeatureStore(extracted_store, readonly=True)) as fs:
+        stored = {t.path for t in fs.tracks(fs.run("musicnn-msd"))}
+    rows = [(str(p), p.name.split("__")[0]) for p in rendered_collection]
+    assert {p for p, _ in rows} <= stored
+    text = io.StringIO()
+    csv.writer(text).writerows([("path", "composer"), *rows, ("/nowhere/x.ogg", "nobody")])
+    (tmp_path / "labels.csv").write_text(text.getvalue())
+    got = _bench_here("head.py", "--store", str(extracted_store), "--labels", str(tmp_path / "labels.csv"), "--label",
+                      "composer", "--config", '{"steps": 2, "dims": 4}')
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert f"\n{len(rows)} tracks, " in got.stdout, got.stdout
+    assert f"left out: line {len(rows) + 2} '/nowhere/x.ogg'" in got.stdout.splitlines()[0]  # the CSV's last row
 
 
 def test_fusion_benchmark_refuses_layers_narrower_than_its_network_in_one_line() -> None:
