@@ -147,7 +147,7 @@ def measure_model(name: str, paths: list[Path], policy: WindowPolicy, batch_size
     gflop = gflop_per_patch(model)
     if gflop is not None:
         row["gflop_patch"] = gflop
-        row["efficiency"] = row["bare_rate"] / PATCH_SECONDS * gflop / mm
+        row["efficiency"] = audio_s / bare_s / PATCH_SECONDS * gflop / mm  # the bare rate
     return row
 
 
@@ -256,6 +256,7 @@ def race_tensorflow(tf_python: Path, paths: list[Path], policy: WindowPolicy, ba
     # TF's extractor reads every file whole: ours analyses every window too (not just the default policy's)
     whole = WindowPolicy(policy.window_seconds, max_windows=max(1, math.ceil(max(durations) / policy.window_seconds)))
     model = load_model("musicnn-msd")
+    assert isinstance(model, MusicnnModel)  # its network is compared below
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         extract(FeatureStore(Path(tmp)), paths, model, whole, batch_size=batch_size, workers=2)

@@ -61,31 +61,35 @@ from mess.models.mert import MertModel
 from mess.scale.gpu import with_precision
 from mess.store import FeatureStore, Run, TrackVectors
 
-MERT_95M = dict(
-    hidden_size=768,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    intermediate_size=3072,
-    conv_dim=(512,) * 7,
-    conv_kernel=(10, 3, 3, 3, 3, 2, 2),
-    conv_stride=(5, 2, 2, 2, 2, 2, 2),
-    conv_bias=False,
-    feat_extract_norm="group",
-    feat_proj_layer_norm=True,
-    num_conv_pos_embeddings=128,
-    num_conv_pos_embedding_groups=16,
-    do_stable_layer_norm=False,
-)
 SAMPLE_RATE = 24000
 TRACK_SECONDS = 210.0  # a typical 3.5-min track
 WINDOWS_PER_TRACK = len(WindowPolicy().starts(int(TRACK_SECONDS * SAMPLE_RATE), SAMPLE_RATE)[0])  # default policy
 REFERENCE_TFLOP = 0.81  # the issue's estimate per 30 s window
 
 
+def mert_95m_config() -> HubertConfig:
+    """MERT-v1-95M's network shape (HuBERT base with MERT's front end), for random weights."""
+    return HubertConfig(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        conv_dim=(512,) * 7,
+        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+        conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        conv_bias=False,
+        feat_extract_norm="group",
+        feat_proj_layer_norm=True,
+        num_conv_pos_embeddings=128,
+        num_conv_pos_embedding_groups=16,
+        do_stable_layer_norm=False,
+    )
+
+
 def build(folder: Path, device: str) -> MertModel:
     """Save random MERT-95M-shaped weights and load them through MertModel.from_pretrained."""
     torch.manual_seed(0)
-    HubertModel(HubertConfig(**MERT_95M)).save_pretrained(folder)
+    HubertModel(mert_95m_config()).save_pretrained(folder)
     Wav2Vec2FeatureExtractor(sampling_rate=SAMPLE_RATE, do_normalize=True).save_pretrained(folder)
     return MertModel.from_pretrained(str(folder), name="mert-95m-shaped", device=device)
 
@@ -275,11 +279,18 @@ def variants(base: MertModel, args: argparse.Namespace, windows: np.ndarray, flo
 
     def bf16(network: torch.nn.Module, front: bool = False, pos: bool = False) -> torch.nn.Module:
         network = copy.deepcopy(network).to(torch.bfloat16)
+        assert isinstance(network, HubertModel)  # the original and MertModel's network
         if front:
             network.set_submodule("feature_extractor", GemmFeatureEncoder(network.feature_extractor))
         if pos:
             network.set_submodule("encoder.pos_conv_embed", GemmPositionalConv(network.encoder.pos_conv_embed))
         return network
+
+    def compiled(network: torch.nn.Module) -> torch.nn.Module:
+        """``torch.compile`` of a module is an OptimizedModule (typed as any callable)."""
+        out = torch.compile(network)
+        assert isinstance(out, torch.nn.Module)
+        return out
 
     plans: list[tuple[str, Callable[[], torch.nn.Module], torch.dtype | None]] = [
         ("autocast, torch's convs (before)", lambda: original, None),
@@ -290,7 +301,7 @@ def variants(base: MertModel, args: argparse.Namespace, windows: np.ndarray, flo
         ("bf16 weights, gemm convs (now)", lambda: bf16(base.network), torch.bfloat16),
     ]
     if args.compile:
-        plans.append(("bf16, gemm convs, torch.compile", lambda: torch.compile(bf16(base.network)), torch.bfloat16))
+        plans.append(("bf16, gemm convs, torch.compile", lambda: compiled(bf16(base.network)), torch.bfloat16))
     for label, make, dtype in plans:
         try:
             network = make()

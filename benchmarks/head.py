@@ -109,8 +109,8 @@ def _baseline(store: FeatureStore, model: str, hashes: np.ndarray, labels: np.nd
     mats = [store.layer_matrix(run, i) for i in range(len(run.layer_names))]
     row_of_id = {int(i): r for r, i in enumerate(mats[0][0])}
     row_of_hash = {t.content_hash: row_of_id.get(t.id) for t in store.tracks(run)}
-    rows = [row_of_hash.get(h) for h in hashes]
-    if any(r is None for r in rows):
+    rows = [r for h in hashes if (r := row_of_hash.get(h)) is not None]
+    if len(rows) < len(hashes):
         return None
     return score_fixed(f"{model}, all layers", np.hstack([m for _, m in mats])[rows], run.layer_dims, labels)
 

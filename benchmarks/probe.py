@@ -21,6 +21,7 @@ import os
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from mess.audio.windows import WindowPolicy
-from mess.probing.probes import ALPHAS, fold_scores, make_folds, probe_layers
+from mess.probing.probes import ALPHAS, Folds, fold_scores, make_folds, probe_layers
 from mess.probing.target_cache import track_targets
 from mess.probing.targets import SAMPLE_RATE, TARGET_NAMES
 from mess.store import Track
@@ -52,7 +53,7 @@ def synthetic(n: int, n_layers: int, dim: int, seed: int = 0) -> tuple[np.ndarra
     return layers, y, albums
 
 
-def naive_seconds(layers: np.ndarray, y: np.ndarray, folds: object, n_layers: int, n_targets: int) -> float:
+def naive_seconds(layers: np.ndarray, y: np.ndarray, folds: Folds, n_layers: int, n_targets: int) -> float:
     """Per layer, per target: cross_val_score over a StandardScaler + RidgeCV pipeline."""
     started = time.perf_counter()
     for i in range(n_layers):
@@ -62,7 +63,7 @@ def naive_seconds(layers: np.ndarray, y: np.ndarray, folds: object, n_layers: in
     return time.perf_counter() - started
 
 
-def sklearn_multi_seconds(layers: np.ndarray, y: np.ndarray, folds: object, n_layers: int) -> tuple[float, np.ndarray]:
+def sklearn_multi_seconds(layers: np.ndarray, y: np.ndarray, folds: Folds, n_layers: int) -> tuple[float, np.ndarray]:
     """Per layer and fold: one multi-output RidgeCV(alpha_per_target=True); returns time and fold R^2 of layer 0."""
     started = time.perf_counter()
     scores = []
@@ -84,7 +85,7 @@ def target_throughput(n_tracks: int, seconds: float, workers: int) -> float:
         for i in range(n_tracks):
             notes = 440 * 2 ** (rng.integers(-12, 12, size=int(seconds * 2)) / 12)
             f0 = np.repeat(notes, t.size // notes.size + 1)[: t.size]
-            y = sum(np.sin(2 * np.pi * k * np.cumsum(f0) / SAMPLE_RATE) / k for k in range(1, 6))
+            y = np.asarray(sum(np.sin(2 * np.pi * k * np.cumsum(f0) / SAMPLE_RATE) / k for k in range(1, 6)))
             path = Path(tmp) / f"{i}.wav"
             sf.write(path, (0.2 * y).astype(np.float32), SAMPLE_RATE)
             tracks.append(Track(i, str(path), f"h{i}", seconds, None, None, None, None, None))
@@ -111,7 +112,10 @@ def main() -> None:
           f"{args.baseline_threads or 'default'}")
 
     started = time.perf_counter()
-    ours = probe_layers([(str(i), lambda i=i: layers[:, i]) for i in range(args.layers)], y, TARGET_NAMES, folds)
+    def layer(i: int) -> Callable[[], np.ndarray]:
+        return lambda: layers[:, i]
+
+    ours = probe_layers([(str(i), layer(i)) for i in range(args.layers)], y, TARGET_NAMES, folds)
     ours_s = time.perf_counter() - started
     print(f"ours (all layers, all targets):            {ours_s:8.1f} s")
 

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -239,7 +239,8 @@ def chance(labels: np.ndarray, seed: int = 0, repeats: int = 50) -> PerQuery:
     """The same scores for random rankings, averaged over ``repeats`` per query."""
     rng = np.random.default_rng(seed)
     runs = [per_query(rng.random((len(labels), len(labels))), labels) for _ in range(repeats)]
-    return PerQuery(*(np.mean([getattr(r, f) for r in runs], axis=0) for f in ("p5", "ap", "ndcg")), runs[0].rows)
+    p5, ap, ndcg = (np.mean([getattr(r, f) for r in runs], axis=0) for f in ("p5", "ap", "ndcg"))
+    return PerQuery(p5, ap, ndcg, runs[0].rows)
 
 
 def boot_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
@@ -362,14 +363,14 @@ def recipes(backends: dict[str, Backend]) -> dict[str, Callable[[], Sim]]:
     for model in musicnn:
         m, short = order.index(model), model.removeprefix("musicnn-")
         last = "penultimate" if "penultimate" in backends[model].layers else backends[model].layers[-2]
-        out[f"{short} {last}"] = lambda m=m, last=last: mean_sim(bs, [(m, last)])
+        out[f"{short} {last}"] = partial(mean_sim, bs, [(m, last)])
         if "mean_pool" in backends[model].layers:
-            out[f"{short} mean_pool"] = lambda m=m: mean_sim(bs, [(m, "mean_pool")])
-        out[f"{short} all layers"] = lambda m=m: mean_sim(bs, all_layers(bs, m))
-        out[f"{short} all layers, zscore"] = lambda m=m: mean_sim(bs, all_layers(bs, m), "zscore")
-        out[f"{short} all layers, zscore, expanded"] = lambda m=m: mean_sim(bs, all_layers(bs, m), "zscore", EXPAND_K)
+            out[f"{short} mean_pool"] = partial(mean_sim, bs, [(m, "mean_pool")])
+        out[f"{short} all layers"] = partial(mean_sim, bs, all_layers(bs, m))
+        out[f"{short} all layers, zscore"] = partial(mean_sim, bs, all_layers(bs, m), "zscore")
+        out[f"{short} all layers, zscore, expanded"] = partial(mean_sim, bs, all_layers(bs, m), "zscore", EXPAND_K)
         if model in ("musicnn-msd", "musicnn-mtt"):
-            out[f"{short} all layers, segments"] = lambda m=m: segment_sim(bs, all_layers(bs, m))
+            out[f"{short} all layers, segments"] = partial(segment_sim, bs, all_layers(bs, m))
     combos = {"msd+mtt": [m for m in ("musicnn-msd", "musicnn-mtt") if m in backends and "musicnn" not in backends]}
     if len(musicnn) > 2:
         combos["4 musicnn backends"] = musicnn
@@ -377,9 +378,8 @@ def recipes(backends: dict[str, Backend]) -> dict[str, Callable[[], Sim]]:
         if len(models) < 2:
             continue
         idx = [order.index(m) for m in models]
-        out[f"{name} all layers, zscore"] = lambda idx=idx: mean_sim(bs, all_layers(bs, *idx), "zscore")
-        out[f"{name} all layers, zscore, expanded"] = lambda idx=idx: mean_sim(bs, all_layers(bs, *idx), "zscore",
-                                                                               EXPAND_K)
+        out[f"{name} all layers, zscore"] = partial(mean_sim, bs, all_layers(bs, *idx), "zscore")
+        out[f"{name} all layers, zscore, expanded"] = partial(mean_sim, bs, all_layers(bs, *idx), "zscore", EXPAND_K)
     return out
 
 
@@ -571,4 +571,4 @@ def report(backends: dict[str, Backend], labels: np.ndarray, durations: np.ndarr
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

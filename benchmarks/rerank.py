@@ -76,6 +76,7 @@ def build(which: str, unit: np.ndarray, queries: np.ndarray, blocks: bool) -> Ru
     g = neighbour_graph(unit, lib.DBA_K)
     graph_s = time.perf_counter() - start
     start = time.perf_counter()
+    reranker: old.Reranker | rerank.Reranker
     if which == "old":
         reranker = old._reranker(unit, old.Augmentation.from_graph(unit, g), old.K1, old.K2, old.LAMBDA)
         build_s = graph_s + time.perf_counter() - start

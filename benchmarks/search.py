@@ -96,11 +96,12 @@ def bench_size(n: int, dim: int, kinds: list[str], n_queries: int, seed: int) ->
     with threadpool_limits(1):  # the faster of 1 and all BLAS threads is the baseline (busy cores punish 2)
         np_lat = min(np_lat, latencies(lambda q: numpy_top_k(base, q), queries[:n_exact])[0], key=np.median)
     numpy_p50 = float(np.median(np_lat))
+    measured: list[dict[str, object]] = []
     result = {"n": n, "dim": dim, "queries": n_queries, "exact_queries": n_exact, "auto_kind": choose_kind(n),
               "generate_s": round(gen_s, 1), "exact_batched_ms_per_query": round(exact_batch_ms, 3),
-              "numpy_p50_ms": round(numpy_p50, 3), "kinds": []}
+              "numpy_p50_ms": round(numpy_p50, 3), "kinds": measured}
     print(f"n={n:,}: numpy brute force p50 {numpy_p50:.2f} ms on {n_exact} queries", flush=True)
-    flat_p50 = None
+    flat_p50: float | None = None
     for kind in kinds:
         t = time.perf_counter()
         ann = AnnIndex.build(base, ids, kind)
@@ -110,14 +111,14 @@ def bench_size(n: int, dim: int, kinds: list[str], n_queries: int, seed: int) ->
         p50 = float(np.median(lat))
         flat_p50 = p50 if ann.kind == "flat" else flat_p50
         row = {"kind": ann.kind, "build_s": round(build_s, 2), "breadth": ann.breadth,
-               "tuned_recall": round(ann.recall, 4), "queries": len(timed),
+               "tuned_recall": None if ann.recall is None else round(ann.recall, 4), "queries": len(timed),
                "recall@10": round(recall_at_k(truth[: len(timed)], found, K), 4),
                "p50_ms": round(p50, 4), "p99_ms": round(float(np.percentile(lat, 99)), 4),
                "index_mb": round(ann.nbytes() / 2**20, 1),
                "speedup_vs_flat": round(flat_p50 / p50, 1) if flat_p50 else None,
                "speedup_vs_numpy": round(numpy_p50 / p50, 1),
                "peak_rss_gib_so_far": round(peak_rss_gib(), 2)}
-        result["kinds"].append(row)
+        measured.append(row)
         print(f"  {row}", flush=True)
         del ann
     return result

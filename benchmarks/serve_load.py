@@ -60,12 +60,12 @@ SHAPES = ("musicnn-msd", "mert-v1-95m")
 def model_info(shape: str) -> ModelInfo:
     """The ModelInfo (layer names and dims) of a real model, renamed "synthetic-<shape>"."""
     if shape == "mert-v1-95m":
-        from gpu_extract import MERT_95M, SAMPLE_RATE  # benchmarks/gpu_extract.py, next to this script
-        from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+        from gpu_extract import SAMPLE_RATE, mert_95m_config  # benchmarks/gpu_extract.py, next to this script
+        from transformers import HubertModel, Wav2Vec2FeatureExtractor
 
         from mess.models.mert import MertModel
 
-        info = MertModel(HubertModel(HubertConfig(**MERT_95M)), Wav2Vec2FeatureExtractor(sampling_rate=SAMPLE_RATE),
+        info = MertModel(HubertModel(mert_95m_config()), Wav2Vec2FeatureExtractor(sampling_rate=SAMPLE_RATE),
                          shape, "random").info
     else:
         info = load_model(shape).info

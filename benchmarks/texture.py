@@ -107,8 +107,9 @@ def extract(data: Path, out: Path, save_every: int = 8) -> None:
         patches.append(count)
         print(f"{n + 1}/{len(tracks)} {track.path.name}: {count} patches, {seconds[-1]:.1f} s", flush=True)
         if (n + 1) % save_every == 0 or n + 1 == len(tracks):
-            np.savez(out, paths=np.array(paths), seconds=np.array(seconds), patches=np.array(patches),
-                     **{k: np.stack(v) for k, v in rows.items()})
+            arrays = {k: np.stack(v) for k, v in rows.items()}
+            np.savez(out, allow_pickle=False, paths=np.array(paths), seconds=np.array(seconds),
+                     patches=np.array(patches), **arrays)
     print(f"saved {out} ({time.perf_counter() - started:.0f} s)")
 
 
@@ -139,10 +140,14 @@ def stat_seconds(members: dict[str, MusicnnModel], patches: int = 40, repeats: i
 
     with torch.inference_mode():
         outs = [model.network(chunk) for model in members.values() for chunk in flat.split(CHUNK)]
+
+    def each(stats: Callable[[dict[str, torch.Tensor]], None]) -> None:
+        for out in outs:
+            stats(out)
     return {
         "forward": best(lambda: [model.network(chunk) for model in members.values() for chunk in flat.split(CHUNK)]),
-        "all statistics": best(lambda: [all_stats(out) for out in outs]),
-        "timbral/temporal covariance": best(lambda: [cov_only(out) for out in outs]),
+        "all statistics": best(lambda: each(all_stats)),
+        "timbral/temporal covariance": best(lambda: each(cov_only)),
     }
 
 
