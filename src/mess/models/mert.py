@@ -9,6 +9,7 @@ parametrizations by ``from_pretrained``. The model card licence is CC BY-NC 4.0.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -142,8 +143,6 @@ def _local_revision(source: str) -> str:
     """Identify a local checkpoint by a hash of the names and contents of the files that make the model (weights
     retrained or saved again in the same folder have the sizes they had, so sizes alone called them the vectors
     already stored); others (a README, Finder's .DS_Store, remote code mess never runs) leave it as it is."""
-    import hashlib
-
     folder = Path(source)
     digest = hashlib.blake2b(digest_size=8)
     for f in sorted(folder.iterdir()):

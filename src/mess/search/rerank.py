@@ -42,7 +42,7 @@ from mess.search.vectors import VectorSet
 from mess.store import FeatureStore
 
 if TYPE_CHECKING:
-    from scipy import sparse  # imported where used: opening a store's search (`mess check`) needs no scipy
+    from scipy import sparse  # imported by _csr_matrix alone: opening a store's search (`mess check`) needs no scipy
 
 K1 = 10
 K2 = 3
@@ -53,6 +53,13 @@ COPY_GAP = 0.05
 # the most tracks an outside query is re-ranked for exactly, by building the re-ranking again with it added as a track
 # (CPU on 2 cores: 0.5 s at 2,000 tracks x 5,000 dims, 1.4 s at 4,000; 3 s at 10,000 x 512); beyond, approximated
 EXACT_TRACKS = 4_000
+
+
+def _csr_matrix(arg: tuple, shape: tuple[int, ...]) -> sparse.csr_matrix:
+    """``scipy.sparse.csr_matrix(arg, shape=shape)``, scipy.sparse imported here on first use (0.15 s)."""
+    from scipy import sparse
+
+    return sparse.csr_matrix(arg, shape=shape)
 
 
 @dataclass(frozen=True)
@@ -110,7 +117,6 @@ class Reranker:
         return build_reranker(with_query, self.k1, self.k2, self.lam).rows(np.array([n]))[0, :n]
 
     def _outside(self, q: np.ndarray) -> np.ndarray:
-        from scipy import sparse
         n, k1 = len(self.unit), self.top.k
         q_aug, plain, f = augmented_query(self.unit, self.aug, q)
         a = q_aug[None]
@@ -165,7 +171,7 @@ class Reranker:
         for x in changed | set(near_changed.tolist()) | {int(c) for c in mine if n in ranked(int(c), self.k2 - 1)}:
             mins_changed[x] = float(np.minimum(v, vector(x)).sum())
         nonzero = np.flatnonzero(v[:n])
-        scores = mixed(f[None], sparse.csr_matrix((v[nonzero], nonzero, [0, len(nonzero)]), shape=(1, n)),
+        scores = mixed(f[None], _csr_matrix((v[nonzero], nonzero, [0, len(nonzero)]), shape=(1, n)),
                        self.by_column, None, self.lam, mins_changed)
         return scores[0]
 
@@ -294,9 +300,8 @@ class BlockScores:
 
 def _sparse_rows(terms: np.ndarray, weights: np.ndarray, n: int) -> sparse.csr_matrix:
     """[m, n] with ``weights`` [m, k] at columns ``terms`` [m, k] (distinct in each row)."""
-    from scipy import sparse
-    return sparse.csr_matrix((weights.ravel(), terms.ravel(), np.arange(0, terms.size + 1, terms.shape[1])),
-                             shape=(len(terms), n))
+    return _csr_matrix((weights.ravel(), terms.ravel(), np.arange(0, terms.size + 1, terms.shape[1])),
+                       shape=(len(terms), n))
 
 
 def expanded_graph(scores: AugmentedScores, n: int, k1: int) -> tuple[NeighbourGraph, np.ndarray, np.ndarray]:
@@ -321,7 +326,6 @@ def reciprocal_vectors(scores: AugmentedScores, top: NeighbourGraph, qe_rows: np
     """Every track's k-reciprocal vector [n, n] (Zhong et al.: weights exp(-distance) over its k-reciprocal
     neighbours, expanded with the reciprocal sets of their own near neighbours), before the k2 averaging
     (:func:`averaged`); from the neighbour lists and the tracks each track was expanded with."""
-    from scipy import sparse
     members = _reciprocal_members(top)
     rows = np.repeat(np.arange(members.shape[0]), np.diff(members.indptr))
     pair = scores.pairs(rows, members.indices, qe_rows[rows], qe_scores[rows])
@@ -330,13 +334,12 @@ def reciprocal_vectors(scores: AugmentedScores, top: NeighbourGraph, qe_rows: np
     maxd = np.maximum(2.0 - 2.0 * top.lowest.astype(np.float64), 1e-12)
     w = np.exp(-d / maxd[rows])
     w /= np.bincount(rows, weights=w, minlength=members.shape[0])[rows]
-    return sparse.csr_matrix((w, members.indices, members.indptr), shape=members.shape)
+    return _csr_matrix((w, members.indices, members.indptr), shape=members.shape)
 
 
 def _reciprocal_members(top: NeighbourGraph) -> sparse.csr_matrix:
     """Per track (row), the tracks its k-reciprocal vector weighs (columns, sorted): the tracks of its list that
     list it, grown by the same set at half the depth of each of those whose set is more than 2/3 in its own."""
-    from scipy import sparse
     n = len(top.rows)
     rank = np.concatenate([np.arange(n)[:, None], top.rows], axis=1)  # each track first, as its own nearest
     near = _mutual(rank)
@@ -344,7 +347,7 @@ def _reciprocal_members(top: NeighbourGraph) -> sparse.csr_matrix:
     i, c = near.nonzero()
     shared = np.asarray((near @ close.T).tocsr()[i, c]).ravel()  # |near set of i & close set of c|
     grow = shared > 2 / 3 * np.diff(close.indptr)[c]
-    grown = sparse.csr_matrix((np.ones(int(grow.sum())), (i[grow], c[grow])), shape=(n, n))
+    grown = _csr_matrix((np.ones(int(grow.sum())), (i[grow], c[grow])), shape=(n, n))
     members = (near + grown @ close).tocsr()
     members.sort_indices()
     return members
@@ -352,21 +355,19 @@ def _reciprocal_members(top: NeighbourGraph) -> sparse.csr_matrix:
 
 def _mutual(rank: np.ndarray) -> sparse.csr_matrix:
     """[n, n] with 1 where track c is in the rank list of track i (a row of ``rank``) and i in that of c."""
-    from scipy import sparse
     n, width = rank.shape
-    listed = sparse.csr_matrix((np.ones(rank.size), rank.ravel(), np.arange(0, rank.size + 1, width)), shape=(n, n))
+    listed = _csr_matrix((np.ones(rank.size), rank.ravel(), np.arange(0, rank.size + 1, width)), shape=(n, n))
     return listed.multiply(listed.T).tocsr()
 
 
 def averaged(v: sparse.csr_matrix, top: NeighbourGraph, k2: int) -> sparse.csr_matrix:
     """Each row of ``v`` [n, n] replaced by the mean of its own and its k2 - 1 nearest tracks' rows."""
-    from scipy import sparse
     n = v.shape[0]
     k2 = min(k2, top.k + 1)
     if k2 <= 1:
         return v
     rank = np.concatenate([np.arange(n)[:, None], top.rows[:, : k2 - 1]], axis=1)
-    mean = sparse.csr_matrix((np.full(n * k2, 1.0 / k2), rank.ravel(), np.arange(0, n * k2 + 1, k2)), shape=(n, n))
+    mean = _csr_matrix((np.full(n * k2, 1.0 / k2), rank.ravel(), np.arange(0, n * k2 + 1, k2)), shape=(n, n))
     return (mean @ v).tocsr()
 
 

@@ -15,6 +15,7 @@ run without one, extracted since: not in the rows).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,9 +133,7 @@ def _write_npz(out: Path, columns: dict[str, np.ndarray], vectors: dict[str, np.
 
 
 def _write_parquet(out: Path, columns: dict[str, np.ndarray], vectors: dict[str, np.ndarray], meta: dict) -> None:
-    import json
-
-    import pyarrow as pa
+    import pyarrow as pa  # here: only the Parquet format needs pyarrow, and `mess export` to npz starts without it
     import pyarrow.parquet as pq
 
     # Parquet strings are UTF-8: a name that is not valid UTF-8 is written as printed (caf\xe9); npz keeps it exact
