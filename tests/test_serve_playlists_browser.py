@@ -4,9 +4,6 @@ that play, narrow screens, listener words and weakly encoded aspects. Each test 
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -16,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from mutagen.flac import FLAC
-from test_serve_browser import CHROMIUM, TIMEOUT, Browser, _free_port
+from test_serve_browser import CHROMIUM, Browser, _serving
 
 from mess.store import FeatureStore
 
@@ -40,26 +37,8 @@ def served_store(extracted_store: Path, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture(scope="module")
 def server(served_store: Path) -> Iterator[str]:
-    port = _free_port()
-    code = ("import sys, typer; from mess.cli.serve import serve_command; "
-            "app = typer.Typer(); app.command()(serve_command); app(sys.argv[1:])")
-    proc = subprocess.Popen([sys.executable, "-c", code, "--store", str(served_store), "--port", str(port),
-                             "--model", MODEL], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        try:
-            if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"server did not start: {proc.communicate()[1].decode()[-2000:]}")
-        time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with _serving(served_store, MODEL) as url:
+        yield url
 
 
 @pytest.fixture()
