@@ -157,17 +157,26 @@ def test_output_delivered_twice_is_written_once(local_ray: LocalRay, tmp_path: P
     assert_same_vectors(vectors_by_path(store, "dsp", starts=True), vectors_by_path(want, "dsp", starts=True))
 
 
-@pytest.mark.parametrize(("write_every", "kept"), [(2, 4), (3, 3), (5, 5), (6, 0)])
-def test_a_driver_stopped_mid_run_keeps_every_full_commit_and_a_rerun_does_the_rest(
-        local_ray: LocalRay, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, write_every: int, kept: int) -> None:
-    monkeypatch.setattr(ray_extract, "FLUSH_SECONDS", 1e9)
-    paths = _tones(tmp_path / "music", 6, seconds=2.0)
-    local_ray.log["die_after"] = 6 + 5  # 6 rows catalogued, then 5 embedded tracks
+def _stopped_run(local_ray: LocalRay, tmp_path: Path, files: int, embedded: int,
+                 write_every: int) -> tuple[FeatureStore, list[Path], int]:
+    """``files`` 2 s tones extracted by a driver stopped once every file is catalogued and ``embedded`` tracks are
+    embedded: the store, the paths and how many tracks have committed vectors."""
+    paths = _tones(tmp_path / "music", files, seconds=2.0)
+    local_ray.log["die_after"] = files + embedded
     store = FeatureStore(tmp_path / "ray")
     with pytest.raises(KeyboardInterrupt):
         extract_ray(store, paths, "dsp", POLICY, write_every=write_every)
     run = store.run("dsp")
-    assert sum(store.has_vectors(run, t.content_hash) for t in store.tracks(run)) == kept
+    return store, paths, sum(store.has_vectors(run, t.content_hash) for t in store.tracks(run))
+
+
+@pytest.mark.parametrize(("write_every", "kept"), [(2, 4), (3, 3), (5, 5), (6, 0)])
+def test_a_driver_stopped_mid_run_keeps_every_full_commit_and_a_rerun_does_the_rest(
+        local_ray: LocalRay, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, write_every: int, kept: int) -> None:
+    monkeypatch.setattr(ray_extract, "FLUSH_SECONDS", 1e9)
+    store, paths, committed = _stopped_run(local_ray, tmp_path, 6, 5, write_every)
+    assert committed == kept
+    run = store.run("dsp")
     local_ray.log.pop("die_after")
     rest = extract_ray(store, paths, "dsp", POLICY, write_every=write_every)
     assert (rest.done, rest.skipped) == (6 - kept, kept)
@@ -177,13 +186,7 @@ def test_a_driver_stopped_mid_run_keeps_every_full_commit_and_a_rerun_does_the_r
 def test_pending_vectors_are_committed_after_flush_seconds_whatever_their_number(
         local_ray: LocalRay, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(ray_extract, "FLUSH_SECONDS", 0.0)
-    paths = _tones(tmp_path / "music", 4, seconds=2.0)
-    local_ray.log["die_after"] = 4 + 3
-    store = FeatureStore(tmp_path / "ray")
-    with pytest.raises(KeyboardInterrupt):
-        extract_ray(store, paths, "dsp", POLICY, write_every=100)
-    run = store.run("dsp")
-    assert sum(store.has_vectors(run, t.content_hash) for t in store.tracks(run)) == 3
+    assert _stopped_run(local_ray, tmp_path, 4, 3, write_every=100)[2] == 3
 
 
 def test_default_actors_follow_the_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -399,13 +402,7 @@ def test_the_flush_clock_restarts_at_each_commit(local_ray: LocalRay, monkeypatc
     local_ray.log["clock"] = 0.0
     monkeypatch.setattr(ray_extract, "time", types.SimpleNamespace(monotonic=lambda: local_ray.log["clock"],
                                                                    perf_counter=time.perf_counter))
-    paths = _tones(tmp_path / "music", 4, seconds=2.0)
-    local_ray.log["die_after"] = 4 + 3
-    store = FeatureStore(tmp_path / "ray")
-    with pytest.raises(KeyboardInterrupt):
-        extract_ray(store, paths, "dsp", POLICY, write_every=100)
-    run = store.run("dsp")
-    assert sum(store.has_vectors(run, t.content_hash) for t in store.tracks(run)) == 2
+    assert _stopped_run(local_ray, tmp_path, 4, 3, write_every=100)[2] == 2
 
 
 def test_files_that_fail_are_logged_as_the_local_engine_logs_them(local_ray: LocalRay, tmp_path: Path,
