@@ -58,6 +58,12 @@ def _tones(folder: Path, n: int, seconds: float = 5.0, sr: int = 22050, offset: 
     return write_tones(folder, n, seconds=seconds, sr=sr, wave=wave, first=offset)
 
 
+
+def _extract_process(music: Path, store: Path, stdout: int = subprocess.PIPE) -> subprocess.Popen[str]:
+    """`mess extract MUSIC` (dsp) into ``store`` started as a process of its own; its stderr (and stdout) piped."""
+    return subprocess.Popen([*MESS, "extract", str(music), *DSP, "--store", str(store)], stdout=stdout,
+                            stderr=subprocess.PIPE, text=True)
+
 def _by_path(store_dir: Path, model: str = "dsp") -> dict[str, list[np.ndarray]]:
     """path -> [track vector of each layer, segment vectors of each layer] read back from a store."""
     store = FeatureStore(store_dir, readonly=True)
@@ -199,15 +205,7 @@ def test_two_concurrent_extracts_equal_a_single_writer(rendered_collection: list
     reference = tmp_path / "single"
     want = _clean(music, reference)
     shared = tmp_path / "shared"
-    procs = [
-        subprocess.Popen(
-            [*MESS, "extract", str(music), *DSP, "--store", str(shared)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    procs = [_extract_process(music, shared) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert not any("Traceback" in err for _, err in outs)
@@ -483,15 +481,7 @@ def test_three_writers_and_a_reader_leave_nothing_misplaced(
     want = _clean_tones(tone_templates, music)  # what a single writer stores
     shared = tmp_path / "shared"
     folders = [music / "a", music / "b", music]  # overlapping work: the last writer finds all done
-    procs = [
-        subprocess.Popen(
-            [*MESS, "extract", str(f), *DSP, "--store", str(shared)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for f in folders
-    ]
+    procs = [_extract_process(f, shared) for f in folders]
     seen = set()
     while any(p.poll() is None for p in procs):  # a reader alongside: never sees a torn store
         if (shared / "catalog.sqlite").exists():
@@ -633,12 +623,7 @@ def test_extract_beside_a_server_that_indexes(tmp_path: Path, tone_templates: Ca
     try:
         base = f"http://127.0.0.1:{port}"
         _wait_http(httpx, base + "/api/health")
-        writer = subprocess.Popen(
-            [*MESS, "extract", str(music), *DSP, "--store", str(shared)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        writer = _extract_process(music, shared, stdout=subprocess.DEVNULL)
         codes = []
         while writer.poll() is None:
             codes.append(httpx.post(base + "/api/index", params={"model": "dsp"}, timeout=120).status_code)
