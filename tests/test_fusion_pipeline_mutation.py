@@ -180,3 +180,99 @@ def test_a_training_log_finished_without_epochs_is_written_all_the_same(tmp_path
     log.finish({"epochs": 0}, [])
     assert json.loads((tmp_path / "x-train.json").read_text())["summary"] == {"epochs": 0}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x-train.json"]
+
+
+def _disk_full_in(folder: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Make the real write of a new file fail with ENOSPC in ``folder`` (as on a full disk; /dev/full is never
+    written); returns the paths whose write failed."""
+    import errno
+    import os
+
+    from mess.store import paths
+
+    real, failed = paths._write_new, []
+
+    def full(path: Path, data: bytes) -> None:
+        if path.parent == folder:
+            failed.append(path)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(path, data)
+
+    monkeypatch.setattr(paths, "_write_new", full)
+    return failed
+
+
+def test_a_full_disk_at_save_time_saves_the_network_in_the_store_and_says_where(
+        synthetic: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: an OSError at the save (a full disk) after training ended `mess fuse train` with the error, the trained
+    network lost. Now it is saved in STORE/fusion/ under a free name, said in the summary's note."""
+    store, run = synthetic
+    folder = tmp_path / "nets"
+    wanted = folder / "net.pt"
+    failed = _disk_full_in(folder, monkeypatch)
+    summary = train_and_save(store, run, SMALL, wanted).summary
+    saved = store.root / "fusion" / "net-1.pt"
+    assert failed and summary["checkpoint"] == str(saved)
+    assert summary["checkpoint_note"] == f"not saved at {wanted}: No space left on device; saved at {saved} instead"
+    assert summary["checkpoint_sha256"] == hashlib.sha256(saved.read_bytes()).hexdigest()
+    assert json.loads(saved.with_suffix(".json").read_text())["checkpoint_sha256"] == summary["checkpoint_sha256"]
+    assert sorted(folder.iterdir()) == []  # nothing half-written left where the save failed
+    assert json.loads(training_log_path(store, saved).read_text())["summary"]["checkpoint"] == str(saved)
+
+
+def test_a_full_disk_in_the_store_s_own_fusion_folder_saves_the_network_in_the_temp_folder(
+        synthetic: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default checkpoint is in STORE/fusion/ already: the fallback is the system's temp folder."""
+    import tempfile
+
+    store, run = synthetic
+    wanted = store.root / "fusion" / "net.pt"
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    _disk_full_in(wanted.parent, monkeypatch)
+    summary = train_and_save(store, run, SMALL, wanted).summary
+    saved = tmp_path / "tmp" / "mess-fusion" / "net-1.pt"
+    assert summary["checkpoint"] == str(saved) and saved.exists() and not wanted.exists()
+    assert summary["checkpoint_note"] == f"not saved at {wanted}: No space left on device; saved at {saved} instead"
+
+
+def test_a_save_that_fails_everywhere_raises_the_first_error(synthetic: tuple, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+    import tempfile
+
+    from mess.store import paths
+
+    store, run = synthetic
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+
+    def full(path: Path, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(paths, "_write_new", full)
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        train_and_save(store, run, SMALL, tmp_path / "nets" / "net.pt")
+    assert caught.value.filename == str(tmp_path / "nets" / "net.pt")
+
+
+def test_a_file_in_the_way_of_the_checkpoint_s_folders_is_refused_before_training(tmp_path: Path) -> None:
+    """`--checkpoint FILE/sub/net.pt` (a file where a folder above the checkpoint should be) was not refused: the
+    network trained, then could not be saved. Refused before training now, nothing written."""
+    from typer.testing import CliRunner
+
+    from mess.cli.main import app
+
+    store, _ = _store(tmp_path / "store")
+    store.close()
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine")
+    before = sorted(p for p in (tmp_path / "store").rglob("*") if not p.name.startswith("catalog.sqlite"))
+    out = CliRunner().invoke(app, ["fuse", "train", "--model", "synthetic", "--fusion-dim", "8", "--weight-epochs", "1",
+                                   "--max-epochs", "0", "--checkpoint",
+                                   str(blocker / "sub" / "net.pt"), "--store", str(tmp_path / "store")],
+                             env={"COLUMNS": "400"})
+    assert out.exit_code == 1 and "Traceback" not in out.output, out.output
+    assert out.output.strip().splitlines() == [
+        f"error: cannot save a checkpoint at {blocker / 'sub' / 'net.pt'}: {blocker} is a file, not a folder"]
+    assert blocker.read_text() == "mine"
+    assert sorted(p for p in (tmp_path / "store").rglob("*") if not p.name.startswith("catalog.sqlite")) == before

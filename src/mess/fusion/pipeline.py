@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,7 +44,9 @@ def train_and_save(store: FeatureStore, run: Run, config: FusionConfig, path: Pa
 
     Where ``path`` cannot be taken once training ends (a file of the user's came at its name meanwhile), the
     network is saved under the next free name beside it (:func:`free_checkpoint`), said in the summary's
-    ``checkpoint_note``, with that name's training log: a trained network is never lost to a refused save.
+    ``checkpoint_note``, with that name's training log: a trained network is never lost to a refused save. Where
+    the save fails (an OSError: a full disk, a folder that cannot be written), it is saved likewise in STORE/fusion/,
+    or failing that in the system's temp folder (mess-fusion/); the first error is raised where all fail.
     """
     data = load_layers(store, run)
     log = TrainingLog(training_log_path(store, path),
@@ -56,13 +60,22 @@ def train_and_save(store: FeatureStore, run: Run, config: FusionConfig, path: Pa
     result = train_fusion(data, config, epoch, stop)
     labels = data.labels(config.label)
     wanted, why, moved = path, None, None
+    failed: dict[str, OSError] = {}  # the folders a save failed in, with its error
     while True:
         try:
             digest = save_checkpoint(result, path)
             break
         except CheckpointRefused as exc:  # a file of the user's there, or one that came at the instant of the save
             why = why or exc.problem
-            path = free_checkpoint(wanted, store)
+            path = free_checkpoint(path.with_name(wanted.name), store)
+        except OSError as exc:  # a full disk, a folder that cannot be written: saved elsewhere, not lost
+            why = why or exc.strerror or str(exc)
+            failed.setdefault(os.path.abspath(path.parent), exc)
+            places = [store.root / "fusion", Path(tempfile.gettempdir()) / "mess-fusion"]
+            folder = next((f for f in places if os.path.abspath(f) not in failed), None)
+            if folder is None:
+                raise next(iter(failed.values())) from None
+            path = free_checkpoint(folder / wanted.name, store)
     if path != wanted:
         moved = f"not saved at {wanted}: {why}; saved at {path} instead"
         log.path = training_log_path(store, path)  # the epochs went to the wanted name's .partial.json, removed

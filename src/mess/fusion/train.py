@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -245,19 +246,22 @@ def saved_checkpoint(store: FeatureStore, run: Run) -> Path:
 
 
 def checkpoint_problem(path: Path, store_root: Path | None = None) -> str | None:
-    """Why a checkpoint cannot be saved at ``path`` (None when it can): a folder, a parent that is a file, a
-    .json name, which its description (the same name with .json) would overwrite, a device or a pipe at either name,
-    a file there that is not a mess checkpoint (a user's own weights or photo), a file at that description's name
-    that is not one (a user's own JSON), or a place in the store at ``store_root`` outside its fusion/ folder
-    (STORE/catalog.sqlite was overwritten)."""
+    """Why a checkpoint cannot be saved at ``path`` (None when it can): a folder, a parent (or a folder above it)
+    that is a file, a folder that cannot be written, a .json name, which its description (the same name with
+    .json) would overwrite, a device or a pipe at either name, a file there that is not a mess checkpoint (a
+    user's own weights or photo), a file at that description's name that is not one (a user's own JSON), or a place
+    in the store at ``store_root`` outside its fusion/ folder (STORE/catalog.sqlite was overwritten)."""
     if store_root is not None:
         target, root = resolved(path), resolved(store_root)
         if target.is_relative_to(root) and not target.is_relative_to(root / "fusion"):
             return f"it is inside the feature store {store_root}, where checkpoints go to its fusion/ folder"
     if path.is_dir():
         return "it is a folder"
-    if path.parent.exists() and not path.parent.is_dir():
-        return "its parent is a file"
+    above = next(p for p in path.parents if p.exists() or p.is_symlink())  # the folder it goes to, or would be made in
+    if not above.is_dir():
+        return "its parent is a file" if above == path.parent else f"{above} is a file, not a folder"
+    if not os.access(above, os.W_OK | os.X_OK):  # read-only, or not the user's (root passes, but for a read-only mount)
+        return f"the folder {above} cannot be written; give the checkpoint a place that can"
     description = path.with_suffix(".json")
     if description == path:
         return "its description is written beside it as .json, over it; name it .pt"
@@ -310,7 +314,8 @@ def save_checkpoint(result: FusionResult, path: Path) -> str:
     (where both are new or both replaced), records the .pt's SHA-256 (``checkpoint_sha256``), so one left from
     before a save killed between the two is told apart from the .pt. Returns that SHA-256
     (:func:`checkpoint_digest`); :class:`CheckpointRefused` (nothing written) for a ``path`` that
-    :func:`checkpoint_problem` refuses or where a file came meanwhile."""
+    :func:`checkpoint_problem` refuses or where a file came meanwhile; an OSError (a full disk) removes the names
+    it had created."""
     description = path.with_suffix(".json")
     free = [p for p in (path, description) if not (p.exists() or p.is_symlink())]  # looked at before the check
     if (problem := checkpoint_problem(path)) is not None:
@@ -321,17 +326,19 @@ def save_checkpoint(result: FusionResult, path: Path) -> str:
     contents = {path: weights.getvalue(),
                 description: json.dumps({**result.meta(), "checkpoint_sha256": digest}, indent=2).encode()}
     made: list[Path] = []
-    for place in free:  # the new names first: a refusal then leaves a replaced checkpoint as it was
-        try:
+    try:
+        for place in free:  # the new names first: a refusal then leaves a replaced checkpoint as it was
             create_file(place, contents[place])
-        except FileExistsError:
-            for ours in made:
-                ours.unlink(missing_ok=True)
+            made.append(place)
+        for place, data in contents.items():
+            if place not in free:
+                replace_file(place, data)
+    except BaseException as exc:  # a file that came, a full disk, Ctrl-C: no half of a checkpoint left behind
+        for ours in made:
+            ours.unlink(missing_ok=True)
+        if isinstance(exc, FileExistsError):
             raise CheckpointRefused(path, f"a file came at {place} while it was being saved") from None
-        made.append(place)
-    for place, data in contents.items():
-        if place not in free:
-            replace_file(place, data)
+        raise
     return digest
 
 
