@@ -421,3 +421,39 @@ def test_files_that_fail_are_logged_as_the_local_engine_logs_them(local_ray: Loc
     assert remote == local and len(local) == 2
     # the file that failed decoding keeps the duration its inspection read, as locally
     assert ray_store.track(paths[2]).duration == local_store.track(paths[2]).duration
+
+
+class _RayActor(Embedder):
+    """The actor as Ray hands its creation's failure to the driver (ActorDiedError built from the RayTaskError of
+    ``__init__``, seen in a real run on a local cluster), so the driver's handling is what is tested."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        import traceback
+
+        from ray.data.exceptions import SystemException
+        from ray.exceptions import ActorDiedError, RayTaskError
+
+        try:
+            super().__init__(**kwargs)
+        except Exception as exc:  # noqa: BLE001 -- whatever the creation raised, as Ray wraps it
+            task = RayTaskError("MapWorker(MapBatches(Embedder)).__init__", traceback.format_exc(), exc)
+            raise ActorDiedError.from_task_error(task) from SystemException()
+
+
+def test_a_worker_that_loads_other_weights_ends_the_job_with_one_line_naming_it(
+        local_ray: LocalRay, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An actor refusing other weights (ModelMismatch) reached the driver as Ray's ActorDiedError, whose message is
+    the worker's whole traceback: `mess extract --engine ray` printed it all. It is one ScaleError line now, naming
+    the worker's error; the files catalogued stay catalogued."""
+    import dataclasses
+
+    monkeypatch.setattr(ray_extract, "Embedder", _RayActor)
+    paths = _tones(tmp_path / "music", 1, seconds=2.0)
+    store = FeatureStore(tmp_path / "ray")
+    real = DspModel().info.revision
+    with pytest.raises(ScaleError) as caught:
+        extract_ray(store, paths, "dsp", POLICY, info=dataclasses.replace(DspModel().info, revision="other"))
+    assert str(caught.value) == (f"the Ray job failed: a worker loaded dsp revision {real}, the run is other: every "
+                                 "node needs the same model weights (ModelMismatch)")
+    assert store.known_file(paths[0]) is not None
+

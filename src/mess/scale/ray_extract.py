@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from typing import Any
 
 import ray
 import ray.data
+from ray.exceptions import RayError
 
 from mess.audio.windows import WindowPolicy
 from mess.constants import port_problem
@@ -41,12 +43,16 @@ from mess.scale.embedder import Embedder, split_row
 from mess.scale.gpu import with_precision
 from mess.scale.tasks import decode_row, inspect_row
 from mess.store import FeatureStore, Run, TrackVectors
+from mess.store.paths import printable
 
 log = logging.getLogger(__name__)
 
 ROWS_PER_BLOCK = 2  # files per Ray Data block: small blocks stream results to the driver steadily
 MAX_BLOCKS = 200_000  # beyond this, split the collection into several jobs (one per store shard)
 FLUSH_SECONDS = 2.0  # also commit pending vectors this often, whatever their number
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the task names in its messages
+# a traceback's last line: "mess.scale.embedder.ModelMismatch: ..." or "ValueError: ..." (not "\tpid: 12")
+_RAISED = re.compile(r"^((?:[A-Za-z_]\w*\.)+[A-Za-z_]\w*|[A-Za-z_]\w*(?:Error|Exception)): (.+)$", re.M)
 
 
 class ScaleError(Exception):
@@ -78,7 +84,9 @@ def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, pol
             and the file recorded as failed, as in the local pipeline.
 
     Raises:
-        ScaleError: the cluster cannot be reached or has no GPU for ``device="cuda"``.
+        ScaleError: the cluster cannot be reached or has no GPU for ``device="cuda"``, or the job failed inside Ray
+            (a worker with other weights, actors that keep dying): one line naming the cause
+            (:func:`job_failure`); what was committed before stays.
     """
     started = time.perf_counter()
     owned = _connect(address)
@@ -97,11 +105,30 @@ def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, pol
             n_actors = min(len(todo), actors or default_actors)
             rows = _embedded(todo, model_name, info, policy, batch_size, device, precision, n_actors, decode_timeout)
             _commit(store, run, rows, write_every, summary)
+    except RayError as exc:  # its message is the worker's whole traceback
+        raise ScaleError(f"the Ray job failed: {job_failure(exc)}") from None
     finally:
         if owned:
             ray.shutdown()
     summary.wall_seconds = time.perf_counter() - started
     return summary
+
+
+def job_failure(exc: RayError) -> str:
+    """Why a Ray job failed, in one printable line: the error a worker raised ('a worker loaded dsp revision ...
+    (ModelMismatch)'), the last one its traceback names that is not Ray's own; else Ray's first line."""
+    cause = getattr(exc, "cause", None)  # a task's error, where it came back whole
+    if isinstance(cause, Exception) and not isinstance(cause, RayError):
+        name, message = type(cause).__name__, str(cause)
+    else:
+        text = _ANSI.sub("", str(exc))
+        raised = [m.groups() for m in _RAISED.finditer(text)]
+        ours = [r for r in raised if not r[0].startswith("ray.")] or raised
+        if not ours:
+            return printable(next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__))
+        name, message = ours[-1]
+    first = next((line.strip() for line in message.splitlines() if line.strip()), "")
+    return printable(f"{first} ({name.rsplit('.', 1)[-1]})" if first else name.rsplit(".", 1)[-1])
 
 
 def _connect(address: str | None) -> bool:
