@@ -457,3 +457,29 @@ def test_a_worker_that_loads_other_weights_ends_the_job_with_one_line_naming_it(
                                  "node needs the same model weights (ModelMismatch)")
     assert store.known_file(paths[0]) is not None
 
+
+def test_failures_of_files_with_undecodable_names_are_printable_as_locally(
+        local_ray: LocalRay, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A file whose name is not UTF-8 (caf\\xe9.ogg) that failed under Ray kept the name's lone surrogate in the
+    summary, the log and the store's failure reason (unprintable: 'surrogates not allowed' where written out); the
+    local engine escapes it (printable). Both say the same now."""
+    import os
+
+    music = tmp_path / "music"
+    paths = [*_tones(music, 1, seconds=2.0), music / os.fsdecode(b"caf\xe9.ogg"), music / os.fsdecode(b"gon\xe9.wav")]
+    paths[1].write_bytes(b"OggS" + bytes(range(256)) * 8)  # fails decoding; the other is gone before inspection
+    local_store, ray_store = FeatureStore(tmp_path / "local"), FeatureStore(tmp_path / "ray")
+    with caplog.at_level("WARNING"):
+        want = extract(local_store, paths, DspModel(), POLICY)
+    local = sorted(r.getMessage() for r in caplog.records if r.name == "mess.extract.pipeline")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        got = extract_ray(ray_store, paths, "dsp", POLICY)
+    remote = sorted(r.getMessage() for r in caplog.records if r.name == "mess.scale.ray_extract")
+    assert sorted(got.failed) == sorted(want.failed) and len(want.failed) == 2
+    assert all("caf\\xe9.ogg" in r or "gon\\xe9.wav" in r for r in local) and remote == local
+    for _path, reason in got.failed:
+        reason.encode("utf-8")  # printable: no lone surrogate left
+    assert (sorted(r for _, r in ray_store.failures(ray_store.run("dsp")))
+            == sorted(r for _, r in local_store.failures(local_store.run("dsp"))))
+

@@ -131,6 +131,14 @@ def job_failure(exc: RayError) -> str:
     return printable(f"{first} ({name.rsplit('.', 1)[-1]})" if first else name.rsplit(".", 1)[-1])
 
 
+def _failed(store: FeatureStore, run: Run, content_hash: str, path: str, error: str, summary: ExtractSummary) -> None:
+    """Record a file that failed, as the local pipeline does (its reason and name printable, logged)."""
+    reason = printable(error)
+    summary.failed.append((printable(path), reason))
+    store.record_failure(run, content_hash, path, reason)
+    log.warning(reason)
+
+
 def _connect(address: str | None) -> bool:
     """Join the cluster at ``address`` (or at ``RAY_ADDRESS``; else start a local one, never joining whatever
     cluster Ray's address file last named: a stale one hung the run); True when this call started Ray."""
@@ -190,9 +198,7 @@ def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path], summary: Ex
     inspected = _dataset(items).map(inspect_row, num_cpus=1, fn_kwargs={"timeout": timeout})  # type: ignore[arg-type]
     for row in inspected.iter_rows():
         if row["error"]:  # recorded by path, as the local pipeline records a file it could not read
-            summary.failed.append((row["path"], row["error"]))
-            store.record_failure(run, "", row["path"], row["error"])
-            log.warning(row["error"])
+            _failed(store, run, "", row["path"], row["error"], summary)
             continue
         rec = json.loads(row["record"])
         store.upsert_track(Path(row["path"]), rec["hash"], rec["size"], rec["mtime"], rec["info"], rec["tags"],
@@ -245,9 +251,7 @@ def _commit(store: FeatureStore, run: Run, rows: ray.data.Dataset, write_every: 
         if row["warnings"]:
             summary.warnings += row["warnings"].split("\n")
         if row["error"]:
-            summary.failed.append((row["path"], row["error"]))
-            store.record_failure(run, row["hash"], row["path"], row["error"])
-            log.warning(row["error"])
+            _failed(store, run, row["hash"], row["path"], row["error"], summary)
             continue
         pending.append(split_row(row, run.layer_dims))
         summary.audio_seconds += row["samples"] / run.sample_rate
