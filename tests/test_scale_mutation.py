@@ -483,3 +483,20 @@ def test_failures_of_files_with_undecodable_names_are_printable_as_locally(
     assert (sorted(r for _, r in ray_store.failures(ray_store.run("dsp")))
             == sorted(r for _, r in local_store.failures(local_store.run("dsp"))))
 
+
+
+def test_a_truncated_file_failing_as_too_short_keeps_the_same_duration_on_both_engines(local_ray: LocalRay,
+                                                                                      tmp_path: Path) -> None:
+    """An MP3 cut short to under a second of audio fails as too short on both engines; neither stores a decoded
+    length for a file that failed, so both keep the duration its inspection read (an earlier note said the local
+    engine stored the decoded one)."""
+    from test_extract import _truncated_mp3
+
+    (tmp_path / "music").mkdir()
+    path = tmp_path / "music" / "cut.mp3"
+    _truncated_mp3(path, seconds=60.0, keep=0.012)
+    local_store, ray_store = FeatureStore(tmp_path / "local"), FeatureStore(tmp_path / "ray")
+    want = extract(local_store, [path], DspModel(), POLICY)
+    got = extract_ray(ray_store, [path], "dsp", POLICY)
+    assert got.failed == want.failed and len(want.failed) == 1 and ": too short (" in want.failed[0][1]
+    assert ray_store.track(path).duration == local_store.track(path).duration is not None
