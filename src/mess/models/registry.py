@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # mess.models.base imports numpy: `mess --help` lists the mod
 
 ModelFactory = Callable[[str], "EmbeddingModel"]
 ENTRY_POINT_GROUP = "mess.models"
-DEVICES = "cpu, cuda, cuda:N or mps"  # the torch devices the models run on (ONNX Runtime: cpu or cuda)
+DEVICES = "cpu, cuda, cuda:N or mps"  # the torch devices the models run on (ONNX Runtime: cpu, cuda, cuda:N)
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")
 
 

@@ -8,6 +8,7 @@ the others after their tensor name.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -109,18 +110,24 @@ def _per_patch(name: str, out: np.ndarray, patches: int) -> np.ndarray:
                              "[batch, time, dim])")
 
 
+def session_providers(device: str) -> list[str | tuple[str, dict[str, int]]]:
+    """ONNX Runtime's execution providers for ``device``: the CPU's, behind CUDA's on GPU N (its ``device_id``) for
+    cuda:N (cuda is cuda:0), as torch models take it; EssentiaModelError for another device."""
+    match = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if match is None and device != "cpu":
+        raise EssentiaModelError(f"unknown device {device!r} for ONNX Runtime; use cpu or cuda")
+    cuda = [] if match is None else [("CUDAExecutionProvider", {"device_id": int(match.group(1) or 0)})]
+    return [*cuda, "CPUExecutionProvider"]
+
+
 def _open_session(path: Path, device: str, threads: int) -> ort.InferenceSession:
     """An ONNX Runtime session on ``device``; unreadable graphs raise :class:`EssentiaModelError`."""
     import onnxruntime as ort
 
-    if device not in ("cpu", "cuda"):
-        raise EssentiaModelError(f"unknown device {device!r} for ONNX Runtime; use cpu or cuda")
-    providers = ["CPUExecutionProvider"]
-    if device == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise EssentiaModelError("--device cuda asked for, but this onnxruntime has no CUDAExecutionProvider "
-                                     "(install onnxruntime-gpu)")
-        providers.insert(0, "CUDAExecutionProvider")
+    providers = session_providers(device)
+    if device != "cpu" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise EssentiaModelError(f"--device {device} asked for, but this onnxruntime has no CUDAExecutionProvider "
+                                 "(install onnxruntime-gpu)")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 4  # fatal only: its errors come back as exceptions, said in one line
