@@ -226,3 +226,35 @@ def _hub_listing(files: dict[str, bytes]) -> tuple[int, bytes, int, dict[str, st
 
 def _hub_file(body: bytes, revision: str) -> tuple[int, bytes, int, dict[str, str]]:
     return 200, body, len(body), {"X-Repo-Commit": revision, "ETag": f'"{hashlib.sha1(body).hexdigest()}"'}
+
+
+def test_a_folder_that_cannot_be_written_is_advised_another_folder_not_a_copy(server: tuple[str, Routes],
+                                                                              tmp_path: Path) -> None:
+    """A download that could not be written where it goes (a folder standing at its temporary name here; a
+    read-only or full folder alike) was said as a failed download: "cannot download URL (...: Is a directory); on
+    a machine with internet download ... and copy them into FOLDER", where copying fails the same. The cause is
+    the folder's, and the advice is another folder; nothing is left."""
+    base, routes = server
+    graph = bytes(range(256)) * 4
+    files = (PinnedFile(f"{base}/m/x-1.onnx", sha256=hashlib.sha256(graph).hexdigest()),)
+    routes["/m/x-1.onnx"] = (200, graph, len(graph), {})
+    folder = tmp_path / "models"
+    blocker = folder / f".x-1.onnx.{os.getpid()}.part"
+    blocker.mkdir(parents=True)
+    with pytest.raises(FetchError) as caught:
+        fetch_files(files, folder)
+    assert str(caught.value) == (f"cannot write into {folder} ({blocker}: Is a directory); give `mess models fetch` "
+                                 "a folder that can be written")
+    assert [p.name for p in folder.iterdir()] == [blocker.name]
+
+
+def test_a_file_in_the_way_of_the_folder_is_named_with_the_advice_that_fits(tmp_path: Path) -> None:
+    """`mess models fetch vggish NOTES/models` with NOTES a file said "cannot fetch into NOTES/models
+    (NOTES/models: Not a directory)": the file in the way is named now, and nothing is created."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    done = _cli("vggish", str(notes / "models"))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip() == (f"error: cannot fetch into {notes / 'models'}: {notes} is a file, not a folder; "
+                                   "give `mess models fetch` another folder")
+    assert notes.read_text() == "mine" and sorted(tmp_path.iterdir()) == [notes]

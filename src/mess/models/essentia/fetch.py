@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import onnx
 
 TIMEOUT_S = 30
+ANOTHER_FOLDER = "give `mess models fetch`"  # the advice where the folder is the cause: its FOLDER argument
 
 
 class FetchError(Exception):
@@ -63,8 +64,8 @@ def fetch_files(files: tuple[PinnedFile, ...], folder: Path) -> list[Path]:
                 verify(target, pinned)
                 continue
             temp = folder / f".{pinned.name}.{os.getpid()}.part"
-            temps.append(temp)
             _download(pinned, temp, files, folder)
+            temps.append(temp)  # only once it is ours: a folder of the user's at that name is not removed
             downloaded[temp] = target
         for temp, target in downloaded.items():
             temp.replace(target)
@@ -101,17 +102,41 @@ def _mismatch(path: Path, pinned: PinnedFile) -> str | None:
 
 
 def _download(pinned: PinnedFile, temp: Path, group: tuple[PinnedFile, ...], folder: Path) -> None:
-    """Download ``pinned`` into ``temp`` and check it against its pin; failures name the URL and the cause."""
-    try:
-        with urllib.request.urlopen(pinned.url, timeout=TIMEOUT_S) as response, temp.open("wb") as out:
-            shutil.copyfileobj(response, out)
-    except (OSError, http.client.HTTPException, ValueError) as exc:
+    """Download ``pinned`` into ``temp`` and check it against its pin; failures name the URL and the cause (the
+    folder where it cannot be written), and remove ``temp`` where it was opened."""
+    def offline(exc: BaseException) -> FetchError:
         urls = " ".join(p.url for p in group)
-        raise FetchError(f"cannot download {pinned.url} ({reason(exc)}); on a machine with internet download "
-                         f"{urls} and copy them into {folder}") from exc
-    problem = _mismatch(temp, pinned)
-    if problem:
-        raise FetchError(f"{pinned.url} {problem}; the download was not kept")
+        return FetchError(f"cannot download {pinned.url} ({reason(exc)}); on a machine with internet download "
+                          f"{urls} and copy them into {folder}")
+
+    try:
+        out = temp.open("wb")
+    except OSError as exc:  # this machine's side (a folder not writable): not the network's
+        raise FetchError(f"cannot write into {folder} ({reason(exc)}); {ANOTHER_FOLDER} a folder that can be "
+                         "written") from exc
+    try:
+        with out:
+            try:
+                response = urllib.request.urlopen(pinned.url, timeout=TIMEOUT_S)
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                raise offline(exc) from exc
+            with response:
+                while True:
+                    try:
+                        chunk = response.read(1 << 20)
+                    except (OSError, http.client.HTTPException, ValueError) as exc:
+                        raise offline(exc) from exc
+                    if not chunk:
+                        break
+                    out.write(chunk)
+        if problem := _mismatch(temp, pinned):
+            raise FetchError(f"{pinned.url} {problem}; the download was not kept")
+    except BaseException as exc:
+        temp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # writing (a full disk), not reading: the network's are FetchErrors above
+            raise FetchError(f"cannot write into {folder} ({reason(exc)}); {ANOTHER_FOLDER} a folder that can "
+                             "be written") from exc
+        raise
 
 
 @contextlib.contextmanager
@@ -124,6 +149,10 @@ def _all_or_nothing(folder: Path) -> Iterator[list[Path]]:
     if folder.exists() and not folder.is_dir():  # mkdir said "File exists"
         raise FetchError(f"cannot fetch into {folder}: it is not a folder")
     created = [p for p in (folder, *folder.parents) if not p.exists()]
+    above = next((p for p in folder.parents if p.exists()), None)
+    if above is not None and not above.is_dir():  # mkdir said "folder: Not a directory", of the folder to be made
+        raise FetchError(f"cannot fetch into {folder}: {above} is a file, not a folder; {ANOTHER_FOLDER} another "
+                         "folder")
     temps: list[Path] = []
     try:
         folder.mkdir(parents=True, exist_ok=True)
