@@ -165,8 +165,8 @@ def test_discrimination_flags_compressed_and_useless_layers(app: typer.Typer, st
     assert layers["aniso"]["verdict"] == "centre" and layers["aniso"]["raw"]["span"] < 0.1
     assert layers["aniso"]["centered"]["span"] > 0.5
     assert layers["clean"]["verdict"] == "useful"
-    code, _, err = invoke(app, store, "discrimination")
-    assert code == 0 and "useless" in err and "noise" in err
+    code, out, _ = invoke(app, store, "discrimination")  # the table is the result: stdout
+    assert code == 0 and "useless" in out and "noise" in out
 
 
 def test_validate_scores_layers_against_reference(app: typer.Typer, store: Path, tmp_path: Path) -> None:
@@ -280,16 +280,17 @@ def test_discrimination_with_one_track_per_artist_says_why_and_prints_no_nan(app
                                                                             tmp_path: Path) -> None:
     """The within and separation columns read 'nan' when no artist had two tracks."""
     store = _solo_store(tmp_path / "store")
-    code, out, err = invoke(app, store, "discrimination", "--min-tracks", "1")
+    code, table, err = invoke(app, store, "discrimination", "--min-tracks", "1")
     assert code == 0, err
-    assert not re.search(r"\bnan\b", out + err, re.IGNORECASE) and "n/a/" in err
+    assert not re.search(r"\bnan\b", table + err, re.IGNORECASE) and "n/a/" in table
     assert "no artist has two tracks" in err
     code, out, _ = invoke(app, store, "discrimination", "--min-tracks", "1", "--json")
     layers = json.loads(out)["layers"]
     assert "NaN" not in out and len(layers) == 2
     assert all(r["separation"]["within"] is None and r["separation"]["effect"] is None for r in layers)
     assert [r["verdict"] for r in layers] == ["unknown", "unknown"]  # was 'useless': no evidence is not evidence
-    assert err.count("useless") == 1 and err.count("unknown") == 3  # the legend's word; two layers and the legend
+    assert err.count("useless") == 1 and err.count("unknown") == 1  # the legend's words (stderr)
+    assert "useless" not in table and table.count("unknown") == 2  # the two layers' verdicts (the table: stdout)
     assert all(r["separation"]["between"] is not None for r in layers)
 
 
@@ -458,8 +459,9 @@ def test_fused_artists_count_only_the_tracks_with_fused_vectors_and_say_how_many
     assert (rows["Artist 4"]["tracks"], rows["Artist 4"]["total_tracks"]) == (2, 3)
     assert rows["Artist 4"]["confidence"] == pytest.approx(0.4) and rows["Artist 4"]["low_confidence"]
     assert err.count(said) == 1, err
-    code, _, err = invoke(app, root, "similar", "Artist 0", "-k", "7", "--fused")
-    assert code == 0 and err.count(said) == 1 and re.search(r"Artist 4 \(low\) │ \S+ │ 2/3 │ 0\.40", err), err
+    code, out, err = invoke(app, root, "similar", "Artist 0", "-k", "7", "--fused")
+    table = " ".join(out.split())  # the table is the result: stdout
+    assert code == 0 and err.count(said) == 1 and re.search(r"Artist 4 \(low\) │ \S+ │ 2/3 │ 0\.40", table), out
     code, out, err = invoke(app, root, "similar", "Artist 7", "-k", "7", "--fused", "--json")  # after Artist 6
     data = json.loads(out)
     assert code == 0 and data["artist"] == "Artist 7" and data["tracks"] == 5, err

@@ -884,23 +884,23 @@ def test_check_names_an_index_lacking_tracks_added_since_and_the_command_that_ad
         return mess_here("check", *args, "--store", root, env={"COLUMNS": "300"})
 
     said = check()
-    lines = [line for line in said.stderr.splitlines() if line.startswith("behind-index:")]
-    assert said.returncode == 0 and len(lines) == 2, said.stderr
+    lines = [line for line in said.stdout.splitlines() if line.startswith("behind-index:")]
+    assert said.returncode == 0 and len(lines) == 2, said.stdout
     commands = []
     options = (" --norm power", " --layer l1 --norm center")
     for line, name, option in zip(lines, ("all-power", "layer-l1-center"), options, strict=True):
         assert line == (f"behind-index: run{run.id}-{name}.faiss lacks 3 of its {tracks} tracks (added since it was "
                         "built), so every search builds an exact index in memory instead; "
-                        f"`mess index --model synth{option}` adds them"), said.stderr
+                        f"`mess index --model synth{option}` adds them"), said.stdout
         commands.append(line.split("`")[1].split()[1:])
-    assert said.stderr.splitlines()[-1].endswith("2 index(es) lack tracks added since they were built: `mess index` "
-                                                 "(as named above) adds them"), said.stderr
+    assert said.stdout.splitlines()[-1].endswith("2 index(es) lack tracks added since they were built: `mess index` "
+                                                 "(as named above) adds them"), said.stdout
     problems = json.loads(check("--json").stdout)["problems"]
     assert [p["kind"] for p in problems] == ["behind-index", "behind-index"]
     for command in commands:  # what the message says to run
         done = mess_here(*command, "--store", root)
-        assert done.returncode == 0 and "updated" in done.stderr, done.stderr
-    assert check().stderr.strip().endswith(": ok")
+        assert done.returncode == 0 and "updated" in done.stdout, done.stdout + done.stderr
+    assert check().stdout.strip().endswith(": ok")
 
 
 def test_a_file_where_the_indexes_folder_belongs_is_named_and_moved_aside(synth: tuple[FeatureStore, Run]) -> None:
@@ -919,16 +919,16 @@ def test_a_file_where_the_indexes_folder_belongs_is_named_and_moved_aside(synth:
         f"error: cannot save the index: {blocker} is a file, not the folder of saved indexes; `mess check --repair` "
         "moves it aside"), index.stderr
     check = mess("check")
-    assert check.returncode == 0 and check.stderr.splitlines() == [
+    assert check.returncode == 0 and check.stdout.splitlines() == [
         "not-a-folder: indexes is a file, not the folder of saved indexes, so `mess index` cannot save one; `mess "
         "check --repair` moves it aside",
-        f"{root}: whole, no index can be saved: `mess check --repair` moves the file aside"], check.stderr
+        f"{root}: whole, no index can be saved: `mess check --repair` moves the file aside"], check.stdout
     repair = mess("check", "--repair")
     moved = [p for p in store.root.iterdir() if p.name.startswith("indexes.") and p.name.endswith(".not-the-indexes")]
-    assert repair.returncode == 0 and len(moved) == 1 and moved[0].read_text() == "not a folder", repair.stderr
+    assert repair.returncode == 0 and len(moved) == 1 and moved[0].read_text() == "not a folder", repair.stdout
     assert f"repaired: moved indexes (a file) aside to {moved[0].name}; delete it when you no longer need it" \
-        in repair.stderr.splitlines() and repair.stderr.strip().endswith(": ok"), repair.stderr
-    assert mess("index").returncode == 0 and blocker.is_dir() and mess("check").stderr.strip().endswith(": ok")
+        in repair.stdout.splitlines() and repair.stdout.strip().endswith(": ok"), repair.stdout
+    assert mess("index").returncode == 0 and blocker.is_dir() and mess("check").stdout.strip().endswith(": ok")
 
 
 def test_evaluate_says_when_too_few_queries_back_its_best_vectors(synth: tuple[FeatureStore, Run],

@@ -140,9 +140,9 @@ def _repair_then_extract(music: Path, store: Path, dropped: int) -> str:
     the repair printed."""
     repaired = _mess("check", "--repair", "--store", str(store))
     files = f"{dropped} file{'s' * (dropped != 1)}"
-    assert repaired.returncode == 0 and f"dropped the vectors of {files}" in repaired.stderr, repaired.stderr
+    assert repaired.returncode == 0 and f"dropped the vectors of {files}" in repaired.stdout, repaired.stdout
     assert f"{dropped} embedded" in _mess("extract", str(music), *DSP, "--store", str(store)).stderr
-    return repaired.stderr
+    return repaired.stdout
 
 
 def _stamps(folder: Path) -> dict[str, tuple[int, int, int, int]]:
@@ -223,13 +223,13 @@ def test_check_does_not_call_a_store_with_a_stale_index_ok(tmp_path: Path) -> No
     _tones(music, 3)
     assert _mess("extract", str(music), *DSP, "--store", store).returncode == 0
     assert _mess("index", "--store", store).returncode == 0
-    assert _mess("check", "--store", store).stderr.strip().endswith(": ok")  # the console writes to stderr
+    assert _mess("check", "--store", store).stdout.strip().endswith(": ok")  # results go to stdout
     _tones(music, 1, offset=3)[0].rename(music / "tone00.wav")  # new content: the saved index is stale
     assert _mess("extract", str(music), *DSP, "--store", store).returncode == 0
     check = _mess("check", "--store", store)
-    assert check.returncode == 0 and "stale-index:" in check.stderr, check.stderr
+    assert check.returncode == 0 and "stale-index:" in check.stdout, check.stdout
     # the index and its augmentation file (`mess index` saves both by default)
-    assert "2 index(es) out of date" in check.stderr and not check.stderr.strip().endswith(": ok"), check.stderr
+    assert "2 index(es) out of date" in check.stdout and not check.stdout.strip().endswith(": ok"), check.stdout
 
 
 def test_a_lost_catalog_is_reported_not_papered_over(extracted_tones: Extracted) -> None:
@@ -255,8 +255,8 @@ def test_one_repair_also_deletes_the_indexes_it_makes_stale(extracted_tones: Ext
     raw[0:2] = np.array([np.nan], dtype=np.float16).tobytes()  # a NaN in the first track's vector
     row_file.write_bytes(bytes(raw))
     repaired = _mess("check", "--repair", "--store", str(store))
-    assert repaired.returncode == 0 and "deleted stale index" in repaired.stderr, repaired.stderr
-    verdict = repaired.stderr.strip().splitlines()[-1]  # whole (it took a second `check --repair`) but for the file
+    assert repaired.returncode == 0 and "deleted stale index" in repaired.stdout, repaired.stdout
+    verdict = repaired.stdout.strip().splitlines()[-1]  # whole (it took a second `check --repair`) but for the file
     assert verdict.endswith(": whole, answers leave out the files named above: `mess extract` embeds them"), verdict
 
 
@@ -319,9 +319,9 @@ def test_cut_short_fused_vectors_are_damage_not_new_tracks(extracted_tones: Extr
     store.close()
     path.write_bytes(path.read_bytes()[: 2 * 8 * 2])  # 2 of 4 rows
     check = _mess("check", "--store", str(store_dir))
-    assert check.returncode == 1 and "short-derived:" in check.stderr and "wrote 4" in check.stderr, check.stderr
+    assert check.returncode == 1 and "short-derived:" in check.stdout and "wrote 4" in check.stdout, check.stdout
     repaired = _mess("check", "--repair", "--store", str(store_dir))
-    assert repaired.returncode == 0 and "dropped the damaged fused vectors" in repaired.stderr, repaired.stderr
+    assert repaired.returncode == 0 and "dropped the damaged fused vectors" in repaired.stdout, repaired.stdout
     fused = _mess("similar", "tone01.wav", "--fused", "--store", str(store_dir))
     assert fused.returncode == 1 and "no 'fused' vectors" in fused.stderr, fused.stderr
 
@@ -349,7 +349,7 @@ def test_a_changed_fused_row_is_refused_then_dropped_by_repair(extracted_tones: 
     assert "differ from their checksums" in fused.stderr and "mess check --repair" in fused.stderr, fused.stderr
     assert _check_kinds(store_dir) == (1, ["checksum-derived"])
     repaired = _mess("check", "--repair", "--store", str(store_dir))
-    assert repaired.returncode == 0 and "dropped the damaged fused vectors" in repaired.stderr, repaired.stderr
+    assert repaired.returncode == 0 and "dropped the damaged fused vectors" in repaired.stdout, repaired.stdout
     assert _check_kinds(store_dir) == (0, [])
     fused = _mess("similar", "tone01.wav", "--fused", "--store", str(store_dir))
     assert fused.returncode == 1 and "no 'fused' vectors" in fused.stderr, fused.stderr
@@ -374,9 +374,9 @@ def test_a_repair_killed_before_it_blanked_fused_rows_leaves_no_vector_to_inheri
     for path in store_dir.glob("runs/*/track/*.f16"):
         path.write_bytes(path.read_bytes()[: path.stat().st_size * 3 // 4])
     check = _mess("check", "--store", str(store_dir))
-    assert check.returncode == 1 and "stale-derived:" in check.stderr, check.stderr
+    assert check.returncode == 1 and "stale-derived:" in check.stdout, check.stdout
     repaired = _mess("check", "--repair", "--store", str(store_dir))
-    assert repaired.returncode == 0 and "forgot the fused vectors of 1 file," in repaired.stderr, repaired.stderr
+    assert repaired.returncode == 0 and "forgot the fused vectors of 1 file," in repaired.stdout, repaired.stdout
     for t in tones:  # the dropped file comes back, in the freed row: with no fused vector of its own yet
         if FeatureStore(store_dir, readonly=True).track(t).content_hash == last:
             t.unlink()
@@ -469,7 +469,7 @@ def test_fuse_apply_writes_what_it_read_though_an_extract_runs_meanwhile(
     for tid, vec in raced.items():
         np.testing.assert_array_equal(vec, fresh[tid])
     check = _mess("check", "--store", str(store_dir))
-    assert check.returncode == 0 and check.stderr.strip().endswith(": ok"), check.stderr
+    assert check.returncode == 0 and check.stdout.strip().endswith(": ok"), check.stdout
 
 
 def test_three_writers_and_a_reader_leave_nothing_misplaced(
@@ -662,7 +662,7 @@ def test_odd_names_and_absurd_samples_fail_alone(tmp_path: Path) -> None:
     failures = info["runs"][0]["failures"]
     assert [Path(f["path"]).name for f in failures] == ["huge.wav"] and "out of range" in failures[0]["reason"]
     listed = _mess("info", "--failures", "--store", str(store))
-    assert listed.returncode == 0 and "huge.wav: sample values out of range" in listed.stderr
+    assert listed.returncode == 0 and "huge.wav: sample values out of range" in listed.stdout
     similar = _mess("similar", "tone01.wav", "--json", "--store", str(store))
     assert similar.returncode == 0 and "caf\\\\xe9 [/x].wav" in similar.stdout, similar.stdout + similar.stderr
     again = _mess("extract", str(music), *DSP, "--store", str(store))
@@ -1017,7 +1017,7 @@ def test_check_beside_a_writer_that_cuts_row_files_answers(tmp_path: Path, extra
         _, err = cutter.communicate(timeout=60)
     assert cutter.returncode == 0, err
     check = _mess("check", "--store", str(store_dir))
-    assert check.returncode == 0 and check.stderr.strip().endswith(": ok"), check.stderr
+    assert check.returncode == 0 and check.stdout.strip().endswith(": ok"), check.stdout
 
 
 def test_a_nan_vector_is_refused_then_repaired(extracted_tones: Extracted) -> None:
@@ -1096,11 +1096,11 @@ def test_a_damaged_content_hash_is_named_not_silently_dropped(extracted_tones: E
     (problem,) = json.loads(check.stdout)["problems"]
     assert check.returncode == 0 and problem["kind"] == "not-embedded" and "tone01.wav" in problem["message"]
     repaired = _mess("check", "--repair", "--store", str(store))
-    assert "repaired:" not in repaired.stderr and "`mess extract --model dsp` embeds them" in repaired.stderr
-    assert not repaired.stderr.strip().endswith(": ok"), repaired.stderr
+    assert "repaired:" not in repaired.stdout and "`mess extract --model dsp` embeds them" in repaired.stdout
+    assert not repaired.stdout.strip().endswith(": ok"), repaired.stdout
     assert "1 embedded" in _mess("extract", str(music), *DSP, "--store", str(store)).stderr
     _assert_same(_by_path(store), want)
-    assert _mess("check", "--store", str(store)).stderr.strip().endswith(": ok")
+    assert _mess("check", "--store", str(store)).stdout.strip().endswith(": ok")
 
 
 def _flip_bit(store_dir: Path, level: str, name: str) -> None:
@@ -1320,9 +1320,10 @@ def test_a_damaged_catalog_page_that_opening_does_not_read_gives_one_line(forty_
     for args in (["info"], ["similar", "1"], ["export", str(tmp_path / "out.npz")], *config,
                  ["playlist", "radio", "1", "-n", "3"], ["extract", str(music), *DSP], ["check"]):
         out = _mess(*args, "--store", str(store))
+        said = out.stdout if args == ["check"] else out.stderr  # check's finding is its result: stdout
         assert out.returncode == 1, (args, out.stdout, out.stderr)
-        assert "database disk image is malformed" in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
-        assert "restore catalog.sqlite from a backup" in out.stderr, (args, out.stderr)
+        assert "database disk image is malformed" in said and "Traceback" not in out.stderr, (args, said)
+        assert "restore catalog.sqlite from a backup" in said, (args, said)
 
 
 def test_bad_track_references_answer_clearly(tmp_path: Path, extracted_tones: Extracted) -> None:

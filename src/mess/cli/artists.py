@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Protocol, TypeVar
 import typer
 from rich.table import Table
 
-from mess.cli.common import console, emit_json, fail, failing, note, open_store, plain
+from mess.cli.common import console, emit_json, fail, failing, note, open_store, plain, stdout
 from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, AspectOpt, FusedOpt, JsonOpt, ModelOpt, StoreOpt
 from mess.constants import ARTIST_WEIGHTS_FILE, DEFAULT_MAX_TRACKS, DEFAULT_MIN_TRACKS
 
@@ -157,7 +157,7 @@ def _print_similar(result: SimilarArtists) -> None:
             f"{row['confidence']:.2f}",
             *(f"{v:.2f}" for v in row.get("components", {}).values()),
         )
-    console.print(table)
+    stdout.print(table)
 
 
 def matrix_command(
@@ -198,7 +198,7 @@ def matrix_command(
                    "space": m.space, "method": method, "centered": center})
         return
     n = len(m.names)
-    console.print(plain(f"{n} x {n} artist matrix [{m.run.model} {m.space}] -> {m.csv}, {m.png}"))
+    stdout.print(plain(f"{n} x {n} artist matrix [{m.run.model} {m.space}] -> {m.csv}, {m.png}"))
 
 
 def discrimination_command(
@@ -255,8 +255,8 @@ def _print_discrimination(run: Run, artists: ArtistSet, reports: list[LayerRepor
         pairs.add_row(
             plain(r.label), plain(f"{hi[0]} ~ {hi[1]} {hi[2]:.2f}"), plain(f"{lo[0]} ~ {lo[1]} {lo[2]:.2f}")
         )
-    console.print(table)
-    console.print(pairs)
+    stdout.print(table)
+    stdout.print(pairs)
     wider = sum(r.centered.span > r.raw.span for r in reports)
     console.print(
         f"separation: same-artist minus different-artist track cosine, in SDs of the latter. "
@@ -290,7 +290,7 @@ def validate_command(
 
 def _print_validation(result: LayerValidation) -> None:
     coverage, k, center = result.coverage, result.k, result.options.center
-    console.print(
+    stdout.print(
         f"coverage: {coverage.query_found}/{coverage.query_artists} reference artists and "
         f"{coverage.listed_found}/{coverage.listed_artists} listed artists are in the collection; "
         f"{coverage.usable_queries} queries usable"
@@ -311,7 +311,7 @@ def _print_validation(result: LayerValidation) -> None:
         "[dim]random[/]", *(f"[dim]{getattr(result.baseline, f):.3f}[/]" for f in ("overlap", "recall", "ndcg", "mrr")),
         "",
     )
-    console.print(table)
+    stdout.print(table)
 
 
 def hybrid_command(
@@ -352,7 +352,7 @@ def _print_hybrid(result: HybridWeights) -> None:
     from mess.artists.hybrid import COMPONENTS
 
     fit, k = result.fit, result.meta["k"]
-    console.print(
+    stdout.print(
         "learned weights: "
         + ", ".join(f"{c}={fit.weights.get(c, 0):.2f}" for c in COMPONENTS if c in fit.weights)
         + f"  (train nDCG@{k} {fit.train_ndcg:.3f} on {fit.train_queries} artists)"
@@ -363,7 +363,7 @@ def _print_hybrid(result: HybridWeights) -> None:
         table.add_column(col, justify="left" if col == "scoring" else "right")
     for name, m in fit.test.items():
         table.add_row(name, f"{m.overlap:.3f}", f"{m.recall:.3f}", f"{m.ndcg:.3f}", f"{m.mrr:.3f}")
-    console.print(table)
+    stdout.print(table)
     if result.saved:
         console.print(f"saved -> {result.saved}")
 

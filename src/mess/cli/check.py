@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mess.cli.common import console, emit_json, failing, plain
+from mess.cli.common import console, emit_json, failing, plain, stdout
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt
 
 if TYPE_CHECKING:
@@ -39,14 +39,14 @@ def check_command(
         emit_json({"store": str(store), **health.to_dict()})
     else:
         for line in health.repaired:
-            console.print(f"[green]repaired:[/] {plain(line)}")
+            stdout.print(f"[green]repaired:[/] {plain(line)}")
         for p in health.problems:
-            console.print(f"[{'red' if p.damage else 'yellow'}]{p.kind}:[/] {plain(p.message)}")
+            stdout.print(f"[{'red' if p.damage else 'yellow'}]{p.kind}:[/] {plain(p.message)}")
         for path in health.stale:
-            console.print(f"[yellow]stale-index:[/] {plain(path.name)} is out of date")
+            stdout.print(f"[yellow]stale-index:[/] {plain(path.name)} is out of date")
         for index in health.behind:
-            console.print(f"[yellow]behind-index:[/] {plain(behind_message(index))}")
-        console.print(f"{plain(store)}: {_verdict(health)}")
+            stdout.print(f"[yellow]behind-index:[/] {plain(behind_message(index))}")
+        stdout.print(f"{plain(store)}: {_verdict(health)}")
     if health.damaged:
         raise typer.Exit(1)
 

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from mess.store import FeatureStore, Run
 
 console = Console(stderr=True, soft_wrap=True, emoji=False)  # one message, one line; a name's ":smile:" as written
+# A command's result (its table, its answer) goes to stdout, for a script to read; notes, warnings, errors and
+# progress to stderr (``console``). A terminal shows both, in the order printed (rich flushes each print).
+stdout = Console(soft_wrap=True, emoji=False)
 
 
 def emit_json(data: object) -> None:
@@ -104,15 +107,19 @@ def failing(*errors: type[Exception]) -> Iterator[None]:
         fail(str(exc))
 
 
+def is_stdout(output: Path | None) -> bool:
+    """Whether ``output`` is this process's stdout (/dev/stdout, or the file stdout goes to)."""
+    if output is None:
+        return False
+    try:
+        return os.path.samestat(os.stat(output), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError):  # no such file yet, or a stdout with no descriptor (a test runner's buffer)
+        return False
+
+
 def json_clash(output: Path | None, as_json: bool) -> None:
     """Fail when ``--json`` and the file being written would both go to stdout (``-o /dev/stdout --json``)."""
-    if not as_json or output is None:
-        return
-    try:
-        same = os.path.samestat(os.stat(output), os.fstat(sys.stdout.fileno()))
-    except (OSError, ValueError):  # no such file yet, or a stdout with no descriptor (a test runner's buffer)
-        return
-    if same:
+    if as_json and is_stdout(output):
         fail(f"{output} is stdout, where --json prints too; drop --json or write to a file")
 
 

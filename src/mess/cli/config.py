@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from mess.cli.common import console, emit_json, fail, failing, note, open_store, plain
+from mess.cli.common import emit_json, fail, failing, note, open_store, plain, stdout
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt
 
 
@@ -52,8 +52,8 @@ def config_command(
         return
     note(problem)
     for name, about in SETTINGS.items():
-        console.print(f"{name} = {plain(settings.get(name, '(not set)'))}  [dim]{plain(about)}[/]")
-    console.print(f"model used by default: {plain(default or 'none')} (extracted: {plain(', '.join(models))})")
+        stdout.print(f"{name} = {plain(settings.get(name, '(not set)'))}  [dim]{plain(about)}[/]")
+    stdout.print(f"model used by default: {plain(default or 'none')} (extracted: {plain(', '.join(models))})")
 
 
 def register(app: typer.Typer) -> None:

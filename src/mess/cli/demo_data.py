@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mess.cli.common import console, fail, failing
+from mess.cli.common import console, fail, failing, stdout
 from mess.cli.options import given_folder
 
 app = typer.Typer(name="demo", no_args_is_help=True,
@@ -90,7 +90,7 @@ def _print_table(title: str, columns: tuple[str, ...], rows: Sequence[tuple[str,
         table.add_column(column, justify="left" if i == 0 else "right")
     for row in rows:
         table.add_row(*row)
-    console.print(table)
+    stdout.print(table)
 
 
 def register(parent: typer.Typer) -> None:

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from mess.audio.names import name_key
 from mess.audio.windows import WindowPolicy
-from mess.cli.common import console, emit_json, fail, failing, open_store, plain, warn
+from mess.cli.common import console, emit_json, fail, failing, open_store, plain, stdout, warn
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, given_path, given_text, number_in
 from mess.constants import AUDIO_EXTENSIONS
 from mess.models.registry import DEVICES, MODEL_NAMES, ModelError, check_device, load_model
@@ -338,7 +338,7 @@ def info_command(
             str(run["tracks"]),
             str(len(run["failures"])),
         )
-    console.print(table)
+    stdout.print(table)
     if not all(run["in_use"] for run in summary["runs"]):
         example = next(run["select"] for run in summary["runs"] if not run["in_use"])
         console.print("[dim]a model with two runs (another window policy or revision) answers from the one "
@@ -346,7 +346,7 @@ def info_command(
                       f"a run with --model NAME@RUN (here {plain(example)}; run:RUN also does)[/]")
     for run in summary["runs"]:
         for failure in run["failures"] if failures else []:
-            console.print(f"[red]{run['model']}:[/] {plain(failure['reason'])}")
+            stdout.print(f"[red]{run['model']}:[/] {plain(failure['reason'])}")
     if not failures and any(r["failures"] for r in summary["runs"]):
         console.print("[dim]`mess info --failures` lists why each failed file failed[/]")
 

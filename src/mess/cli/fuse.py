@@ -14,7 +14,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mess.cli.common import console, emit_json, fail, failing, note, open_store, os_reason, plain
+from mess.cli.common import console, emit_json, fail, failing, note, open_store, os_reason, plain, stdout
 from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, JsonOpt, ModelOpt, StoreOpt
 from mess.cli.signals import Terminated, record_terminated, terminated
 from mess.constants import FUSED, LABEL_FIELDS, counted
@@ -165,21 +165,21 @@ def _signals_stop() -> Iterator[threading.Event]:
 def _print_trained(summary: dict, config: FusionConfig) -> None:
     split = summary["split"]
     left = summary["tracks"] - summary["labelled_tracks"]
-    console.print(f"trained on {split['train']} {summary['label']} labels ({split['val']} validation, "
+    stdout.print(f"trained on {split['train']} {summary['label']} labels ({split['val']} validation, "
                   f"{split['test']} held out) of {summary['tracks']} tracks: {summary['epochs']} epochs, "
                   f"best epoch {summary['best_epoch']}")
     if left:
         note(f"{left} of the {summary['tracks']} tracks {'is' if left == 1 else 'are'} in none of these labels (no "
              f"{summary['label']} tag, or the only track of theirs): not trained on or scored")
     if summary["phase2"]:
-        console.print(f"validation nDCG@{config.k}: {summary['val_ndcg_untrained']:.3f} untrained -> "
+        stdout.print(f"validation nDCG@{config.k}: {summary['val_ndcg_untrained']:.3f} untrained -> "
                       f"{summary['val_ndcg_best']:.3f}" + (" (stopped early)" if summary["stopped_early"] else ""))
     else:
         why = "no validation labels (--val-frac 0)" if config.val_frac == 0 else "too few labels for a validation split"
         console.print(f"[yellow]{why}:[/] only the layer weights were trained "
                       f"({summary['epochs']} epochs), the projection stays the PCA it started from")
     top = sorted(summary["layer_weights"].items(), key=lambda kv: -kv[1])[:5]
-    console.print("top layer weights: " + ", ".join(f"{plain(n)} {w:.2f}" for n, w in top))
+    stdout.print("top layer weights: " + ", ".join(f"{plain(n)} {w:.2f}" for n, w in top))
     note(summary["checkpoint_note"])  # a file of the user's came at the checkpoint's name while it trained
     console.print(f"[dim]{plain(summary['checkpoint'])}[/]  next: mess fuse apply, mess fuse report")
 
@@ -274,8 +274,8 @@ def report_command(
     for m in report.methods:
         style = "bold" if m.method == FUSED else None
         table.add_row(m.method, plain(m.detail), f"{m.precision:.3f}", f"{m.map:.3f}", f"{m.ndcg:.3f}", style=style)
-    console.print(table)
-    console.print(report.verdict)
+    stdout.print(table)
+    stdout.print(report.verdict)
     if report.caveat:
         console.print(f"[yellow]caveat:[/] {report.caveat}")
     console.print(f"[dim]{plain(report.probe_note)}[/]")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mess.cli.common import console, emit_json, failing, open_store, plain
+from mess.cli.common import console, emit_json, failing, open_store, plain, stdout
 from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, JsonOpt, ModelOpt, StoreOpt
 from mess.constants import counted
 
@@ -51,8 +51,8 @@ def radio_command(
         emit_json({**playlist.to_dict(), "queued": uris, "unknown": unknown})
         return
     for i, t in enumerate(playlist.tracks, start=1):
-        console.print(f"{i:>3}. {plain(t.name)}")
-    console.print(f"queued {counted(len(uris), 'track')} after {plain(playlist.title.removeprefix('radio: '))}")
+        stdout.print(f"{i:>3}. {plain(t.name)}")
+    stdout.print(f"queued {counted(len(uris), 'track')} after {plain(playlist.title.removeprefix('radio: '))}")
     if playlist.note:
         console.print(f"[yellow]{plain(playlist.note)}[/]")
     _print_unknown(unknown)
@@ -81,7 +81,7 @@ def play_command(
     if as_json:
         emit_json({"queued": uris, "unknown": unknown, "gone": gone})
         return
-    console.print(f"{'queued' if append else 'playing'} {counted(len(uris), 'track')} from {plain(str(playlist))}")
+    stdout.print(f"{'queued' if append else 'playing'} {counted(len(uris), 'track')} from {plain(str(playlist))}")
     _print_unknown(unknown)
     _print_unknown(gone, "no longer on disk")
 

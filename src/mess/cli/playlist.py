@@ -14,11 +14,13 @@ from mess.cli.common import (
     emit_json,
     fail,
     failing,
+    is_stdout,
     json_clash,
     open_store,
     os_reason,
     plain,
     stale_aspect_note,
+    stdout,
     warn,
 )
 from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, JsonOpt, ModelOpt, StoreOpt
@@ -162,7 +164,7 @@ def _print_clusters(playlists: list[Playlist], files: list[Path], model: str) ->
         table.add_column(col, justify="right" if col in ("#", "tracks") else "left")
     for i, p in enumerate(playlists, start=1):
         table.add_row(str(i), plain(p.title), str(len(p)), plain("; ".join(t.name for t in p.tracks[:3])))
-    console.print(table)
+    stdout.print(table)
     for i, p in enumerate(playlists, start=1):
         if p.note:
             console.print(f"[yellow]{i}. {plain(p.note)}[/]")
@@ -199,6 +201,7 @@ def _emit(playlist: Playlist, output: Path | None, fmt: str | None, as_json: boo
     from mess.playlists.playlist import PlaylistError
 
     json_clash(output, as_json)
+    shown = console if is_stdout(output) else stdout  # the playlist file goes to stdout: the table to stderr
     playlist = _with_gone_note(playlist)
     written = None
     if output is not None:
@@ -216,7 +219,7 @@ def _emit(playlist: Playlist, output: Path | None, fmt: str | None, as_json: boo
     for i, (t, s) in enumerate(zip(playlist.tracks, playlist.scores, strict=False), start=1):
         length = "" if t.duration is None else f"{int(t.duration) // 60}:{int(t.duration) % 60:02d}"
         table.add_row(str(i), str(t.id), plain(t.name), length, f"{s:.3f}")
-    console.print(table)
+    shown.print(table)
     if playlist.note:
         console.print(f"[yellow]{plain(playlist.note)}[/]")
     if written is not None:

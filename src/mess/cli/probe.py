@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mess.cli.common import console, emit_json, fail, failing, open_store, plain
+from mess.cli.common import console, emit_json, fail, failing, open_store, plain, stdout
 from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, JsonOpt, ModelOpt, StoreOpt, given_text
 from mess.constants import counted
 
@@ -135,8 +135,8 @@ def _print_report(report: ProbeReport, paths: dict[str, Path], unmapped: str | N
             text = "-" if np.isnan(value) else f"{value:.2f}"
             cells.append(f"[bold green]{text}[/]" if aspect in best and best[aspect].layer == layer else text)
         table.add_row(layer, *cells)
-    console.print(table)
-    console.print(_controls_table(report))
+    stdout.print(table)
+    stdout.print(_controls_table(report))
     for name, note in report.notes.items():
         console.print(f"[dim]{plain(name)}:[/] {plain(note)}")
     _warn_stale(report)
@@ -224,7 +224,7 @@ def _print_validation(model: str, pieces: int, results: list[FactorResult], path
                       f"{ranked[1][0]} ({ranked[1][1]:.2f})", _mark(r.aspect_found),
                       f"{r.best_layer} ({r.metric} {best:.2f})", f"{r.null_scores[r.best_layer]:.2f}",
                       f"{r.chance:.2f}", _mark(r.layer_found))
-    console.print(table)
+    stdout.print(table)
     for r in results:
         if r.note:
             console.print(f"[yellow]{r.factor}:[/] {r.note}")

@@ -19,6 +19,7 @@ from mess.cli.common import (
     open_store,
     os_reason,
     plain,
+    stdout,
     warn,
 )
 from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, FusedOpt, JsonOpt, ModelOpt, StoreOpt
@@ -138,16 +139,16 @@ def _print_index(report: IndexReport, data: dict, unfused: int) -> None:
         if report.kind == "flat"
         else (f"{report.recall:.3f} (breadth {report.breadth})" if report.recall is not None else "not measured")
     )
-    console.print(
+    stdout.print(
         f"{report.mode} {report.kind} index of {data['model']} {data['vectors']} ({data['norm']}): "
         f"{report.n} tracks x {report.dim} dims, +{report.added} -{report.removed}, "
         f"{report.seconds:.2f} s, {report.nbytes / 2**20:.1f} MiB, recall@10 {recall}"
     )
-    console.print(f"[dim]{plain(str(report.path))}[/]")
+    stdout.print(f"[dim]{plain(str(report.path))}[/]")
     for mode, what, where, nbytes in ((report.augment, "augmentation", report.augment_path, report.augment_nbytes),
                                       (report.rerank, "re-ranking data", report.rerank_path, report.rerank_nbytes)):
         if where is not None:
-            console.print(f"{mode} {what}, {nbytes / 2**20:.1f} MiB: [dim]{plain(str(where))}[/]")
+            stdout.print(f"{mode} {what}, {nbytes / 2**20:.1f} MiB: [dim]{plain(str(where))}[/]")
     note(report.note)
     note(data["norm_note"])
     if unfused:
@@ -235,7 +236,7 @@ def _print_similar(answer: dict, results: list[Neighbour]) -> None:
         ]
         row += [f"{n.adjusted:.4f}"] if n.adjusted is not None else []  # tight clusters differ in the 4th decimal
         table.add_row(*row, plain(why))
-    console.print(table)
+    stdout.print(table)
     if answer["norm_note"]:
         console.print(f"[yellow]note:[/] {plain(answer['norm_note'])}")
     if weak:
@@ -368,14 +369,14 @@ def _print_evaluation(ev: Evaluation, model: str, k: int, norm: str, match: str,
         f"[dim]{ev.chance.ndcg:.3f}[/]",
         "",
     )
-    console.print(table)
+    stdout.print(table)
     note(ev.norm_note)
     note(ev.fused_note)
     for text in ev.notes:
         note(text)
     if ev.variants:
         _print_variants(ev)
-    console.print(f"best: {plain(best.name)} (mAP {best.scores.map:.3f})" + (f"; plot -> {plain(str(png))}" if png
+    stdout.print(f"best: {plain(best.name)} (mAP {best.scores.map:.3f})" + (f"; plot -> {plain(str(png))}" if png
                                                                                 else ""))
     if ev.fused_trained_on:
         alike = f", which group them as {plain(ev.labels_from)} does" if ev.labels_from else ""
@@ -400,7 +401,7 @@ def _print_variants(ev: Evaluation) -> None:
         cells.setdefault(s.name, {})[key] = f"{s.scores.map:.3f} ({s.hub.skewness:.1f})"
     for name, row in cells.items():
         table.add_row(plain(name), *[row.get(n, "") for n in names])
-    console.print(table)
+    stdout.print(table)
 
 
 def register(app: typer.Typer) -> None:
