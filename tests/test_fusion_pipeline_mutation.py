@@ -276,3 +276,43 @@ def test_a_file_in_the_way_of_the_checkpoint_s_folders_is_refused_before_trainin
         f"error: cannot save a checkpoint at {blocker / 'sub' / 'net.pt'}: {blocker} is a file, not a folder"]
     assert blocker.read_text() == "mine"
     assert sorted(p for p in (tmp_path / "store").rglob("*") if not p.name.startswith("catalog.sqlite")) == before
+
+
+def test_a_training_log_that_cannot_be_written_leaves_the_saved_network_and_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """STORE/reports full once the checkpoint was saved: `mess fuse train` ended "error: cannot save the checkpoint
+    ..." (exit 1) though the checkpoint was saved and whole. It ends as trained, the checkpoint named, with a note
+    that its training log could not be written."""
+    import errno
+    import os
+
+    from typer.testing import CliRunner
+
+    from mess.cli.main import app
+    from mess.fusion import tracking
+
+    store, _ = _store(tmp_path / "store")
+    store.close()
+    real = tracking.replace_file
+
+    def full(path: Path, data: bytes) -> None:
+        if path.name.endswith("-train.json"):  # the log itself, not its epochs' side file
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real(path, data)
+
+    monkeypatch.setattr(tracking, "replace_file", full)
+    checkpoint = tmp_path / "net.pt"
+    args = ["fuse", "train", "--model", "synthetic", "--fusion-dim", "8", "--weight-epochs", "1", "--max-epochs", "0",
+            "--checkpoint", str(checkpoint), "--store", str(tmp_path / "store")]
+    out = CliRunner().invoke(app, [*args, "--json"])
+    assert out.exit_code == 0, out.output
+    summary = json.loads(out.stdout)
+    assert summary["checkpoint"] == str(checkpoint) and summary["log"] is None
+    assert summary["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert summary["log_note"].endswith(f"could not be written (No space left on device); the checkpoint {checkpoint} "
+                                        "is saved")
+    checkpoint.unlink()
+    checkpoint.with_suffix(".json").unlink()
+    out = CliRunner().invoke(app, [*args], env={"COLUMNS": "400"})
+    assert out.exit_code == 0 and checkpoint.exists(), out.output
+    assert "note: the training log " in out.stderr and "(No space left on device)" in out.stderr, out.stderr

@@ -181,6 +181,7 @@ def _print_trained(summary: dict, config: FusionConfig) -> None:
     top = sorted(summary["layer_weights"].items(), key=lambda kv: -kv[1])[:5]
     stdout.print("top layer weights: " + ", ".join(f"{plain(n)} {w:.2f}" for n, w in top))
     note(summary["checkpoint_note"])  # a file of the user's came at the checkpoint's name while it trained
+    note(summary["log_note"])  # the checkpoint saved, its training log not (a full disk)
     console.print(f"[dim]{plain(summary['checkpoint'])}[/]  next: mess fuse apply, mess fuse report")
 
 

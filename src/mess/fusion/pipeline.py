@@ -46,7 +46,8 @@ def train_and_save(store: FeatureStore, run: Run, config: FusionConfig, path: Pa
     network is saved under the next free name beside it (:func:`free_checkpoint`), said in the summary's
     ``checkpoint_note``, with that name's training log: a trained network is never lost to a refused save. Where
     the save fails (an OSError: a full disk, a folder that cannot be written), it is saved likewise in STORE/fusion/,
-    or failing that in the system's temp folder (mess-fusion/); the first error is raised where all fail.
+    or failing that in the system's temp folder (mess-fusion/); the first error is raised where all fail. A log
+    that cannot be written once the checkpoint is saved is said in ``log_note`` (``log`` None).
     """
     data = load_layers(store, run)
     log = TrainingLog(training_log_path(store, path),
@@ -81,7 +82,7 @@ def train_and_save(store: FeatureStore, run: Run, config: FusionConfig, path: Pa
         log.path = training_log_path(store, path)  # the epochs went to the wanted name's .partial.json, removed
     summary = {"model": run.model, "label": config.label, "checkpoint": str(path), "checkpoint_sha256": digest,
                "checkpoint_note": moved,
-               "log": str(log.path),
+               "log": str(log.path), "log_note": None,
                "tracks": len(data.tracks), "split": {k: len(v) for k, v in result.split.to_json().items()},
                "labelled_tracks": sum(len(result.split.rows(labels, part)) for part in ("train", "val", "test")),
                "epochs": result.history[-1].epoch, "best_epoch": result.best_epoch,
@@ -90,7 +91,12 @@ def train_and_save(store: FeatureStore, run: Run, config: FusionConfig, path: Pa
                "val_ndcg_untrained": result.history[0].val_ndcg,
                "val_ndcg_best": result.history[result.best_epoch].val_ndcg,
                "data_hash": result.data_hash, "layer_weights": result.layer_weights(data.x)}
-    log.finish(summary, [path, path.with_suffix(".json")])
+    try:
+        log.finish(summary, [path, path.with_suffix(".json")])
+    except OSError as exc:  # the network is saved: its log's failure is said, not taken for the save's
+        summary["log"] = None
+        summary["log_note"] = (f"the training log {log.path} could not be written ({exc.strerror or exc}); "
+                               f"the checkpoint {path} is saved")
     return Trained(result, summary)
 
 
