@@ -427,8 +427,8 @@ def test_fetch_into_a_folder_named_from_home_keeps_files_that_match_their_pins(t
 
 def test_a_mert_fetch_lists_every_file_it_moved_into_place(server: tuple[str, Routes],  # noqa: F811
                                                            tmp_path: Path) -> None:
-    """`mess models fetch mert-v1-95m DIR` against a local stand-in for the hub lists (on stderr) each file it placed,
-    nested ones too, and not the hub client's .cache."""
+    """`mess models fetch mert-v1-95m DIR` against a local stand-in for the hub lists (on stdout: the command's result,
+    for a script to read) each file it placed, nested ones too, and not the hub client's .cache."""
     endpoint, routes = server
     ckpt = CHECKPOINTS["mert-v1-95m"]
     files = {"config.json": b'{"hidden_size": 768}', "model.safetensors": bytes(1000), "sub/extra.json": b"{}",
@@ -440,8 +440,9 @@ def test_a_mert_fetch_lists_every_file_it_moved_into_place(server: tuple[str, Ro
     done = fetch_cli("mert-v1-95m", str(folder), HF_ENDPOINT=endpoint, HF_HUB_OFFLINE="0",
                      HF_HOME=str(tmp_path / "hf-home"))
     assert done.returncode == 0, done.stderr
-    listed = sorted(line.split(" ", 1)[1] for line in done.stderr.splitlines() if line.startswith("ok "))
+    listed = sorted(line.split(" ", 1)[1] for line in done.stdout.splitlines() if line.startswith("ok "))
     assert listed == sorted(str(folder / name) for name in files)
+    assert "ok " not in done.stderr and f"--model {folder}" in done.stdout
     assert {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} == set(files)
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mess.cli.common import console, failing
+from mess.cli.common import failing, stdout
 from mess.cli.options import given_folder
 
 models_app = typer.Typer(help="Model files for machines with internet (Essentia ONNX presets, MERT).",
@@ -27,12 +27,12 @@ def fetch_command(
     with failing(FetchError):
         files = fetch(name, folder)
     for path in files:
-        console.print(f"[green]ok[/] {path}")
+        stdout.print(f"[green]ok[/] {path}")
     onnx = [p for p in files if p.suffix == ".onnx"]
     if onnx:
-        console.print(f"use it with: mess extract DIR --model {onnx[0]}")
+        stdout.print(f"use it with: mess extract DIR --model {onnx[0]}")
     else:
-        console.print(f"use it with: mess extract DIR --model {folder}")
+        stdout.print(f"use it with: mess extract DIR --model {folder}")
 
 
 def register(app: typer.Typer) -> None:
