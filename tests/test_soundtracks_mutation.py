@@ -1,0 +1,205 @@
+"""`mess demo soundtracks`' builder on tiny local Debian packages: real .deb files (dpkg-deb), a stand-in apt-get that
+hands them over as `apt-get download` does, the real dpkg -x, real short audio. What is tested is the set built from
+the packages, never the network. Expected answers come from the packages' layout built here (which file is long,
+in a sound folder, a copy, of which tone and length), mutagen (the tags read back) and the csv module."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import mutagen
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mess.audio.decode import probe
+from mess.datasets.debian import FetchError, unpack_package
+from mess.datasets.soundtracks import MIN_SECONDS, fetch_soundtracks
+
+pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None or shutil.which("dpkg") is None,
+                                reason="dpkg-deb builds the packages and dpkg unpacks them: Debian or Ubuntu only")
+
+RATE = 8000
+GAMES = {"alpha-data": "alpha", "beta-data": "beta"}
+
+
+def _tone(seconds: float, hz: float) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    return (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def _audio(path: Path, seconds: float, hz: float, artist: str | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, _tone(seconds, hz), RATE, format="OGG" if path.suffix == ".ogg" else "FLAC")
+    if artist is not None:
+        audio = mutagen.File(path, easy=True)
+        if audio.tags is None:
+            audio.add_tags()
+        audio.tags["artist"] = artist
+        audio.save()
+
+
+def _deb(debs: Path, package: str, files: dict[str, tuple[float, float, str | None] | Path | str]) -> None:
+    """Build ``debs/PACKAGE_1.0_all.deb``: each file a tone (seconds, Hz, artist), a copy of a file, or text."""
+    root = debs / f"{package}-build"
+    for rel, what in files.items():
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(what, tuple):
+            _audio(target, *what)
+        elif isinstance(what, Path):
+            shutil.copyfile(what, target)
+        else:
+            target.write_text(what)
+    (root / "DEBIAN").mkdir()
+    (root / "DEBIAN" / "control").write_text(f"Package: {package}\nVersion: 1.0\nArchitecture: all\n"
+                                             "Maintainer: Tests <tests@example.org>\nDescription: test music\n")
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Znone", "-b", str(root), str(debs / f"{package}_1.0_all.deb")],
+                   check=True, capture_output=True)
+    shutil.rmtree(root)
+
+
+def _apt_get(debs: Path, bin_dir: Path) -> Path:
+    """A stand-in `apt-get download PACKAGE` that copies PACKAGE's .deb from ``debs`` into the working folder, and
+    otherwise fails as apt-get does; dpkg and the rest come from the system's PATH."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    script = bin_dir / "apt-get"
+    script.write_text('#!/bin/sh\n[ "$1" = download ] || exit 100\n'
+                      f'for f in "{debs}/$2"_*.deb; do [ -f "$f" ] && exec cp "$f" .; done\n'
+                      'echo "E: Unable to locate package $2" >&2\nexit 100\n')
+    script.chmod(0o755)
+    return bin_dir
+
+
+MUSIC = "usr/share/games/alpha/music"
+
+
+@pytest.fixture(scope="module")
+def debs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """alpha-data: two long pieces and a short one in music/, a byte-identical copy in music/copy/, long pieces in
+    sfx/ and Sounds/, another long theme.ogg in levels/, a text file. beta-data: one long piece and a copy of
+    alpha's music/theme.ogg."""
+    debs = tmp_path_factory.mktemp("debs")
+    theme = debs / "theme.ogg"
+    _audio(theme, MIN_SECONDS + 1, 220.0, "Ann")
+    _deb(debs, "alpha-data", {
+        f"{MUSIC}/theme.ogg": theme,
+        f"{MUSIC}/battle.flac": (MIN_SECONDS + 5, 330.0, None),
+        f"{MUSIC}/short.ogg": (10.0, 440.0, "Ann"),
+        f"{MUSIC}/copy/theme.ogg": theme,
+        "usr/share/games/alpha/sfx/boom.ogg": (MIN_SECONDS + 2, 550.0, None),
+        "usr/share/games/alpha/Sounds/wind.flac": (MIN_SECONDS + 3, 660.0, None),
+        "usr/share/games/alpha/levels/theme.ogg": (MIN_SECONDS + 4, 440.0, None),
+        "usr/share/doc/alpha-data/README": "not music\n",
+    })
+    _deb(debs, "beta-data", {"usr/share/beta/music/intro.flac": (MIN_SECONDS + 2, 880.0, "Bo"),
+                             "usr/share/beta/music/theme.ogg": theme})
+    return debs
+
+
+@pytest.fixture
+def apt(debs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    bin_dir = _apt_get(debs, tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return bin_dir
+
+
+def _sha(path: Path) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).digest()
+
+
+def test_the_fixture_s_copies_are_byte_identical(debs: Path, tmp_path: Path, apt: Path) -> None:
+    alpha, beta = unpack_package("alpha-data", tmp_path / "a"), unpack_package("beta-data", tmp_path / "b")
+    theme = alpha / MUSIC / "theme.ogg"
+    assert _sha(theme) == _sha(alpha / MUSIC / "copy" / "theme.ogg") == _sha(beta / "usr/share/beta/music/theme.ogg")
+
+
+def test_the_set_is_the_long_music_once_labelled_by_game_with_its_artist(apt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "set"
+    tracks = fetch_soundtracks(out, GAMES)
+    # alpha, in path order: levels/theme.ogg (takes the name theme.ogg), music/battle.flac, music/copy/theme.ogg
+    # (the first of the two identical files; theme.ogg is taken, so copy__theme.ogg); beta: intro.flac (its
+    # theme.ogg is alpha's bytes again). Not: short.ogg (10 s), sfx/, Sounds/, README.
+    want = [(out / "alpha" / "theme.ogg", "alpha", None, MIN_SECONDS + 4),
+            (out / "alpha" / "battle.flac", "alpha", None, MIN_SECONDS + 5),
+            (out / "alpha" / "copy__theme.ogg", "alpha", "Ann", MIN_SECONDS + 1),
+            (out / "beta" / "intro.flac", "beta", "Bo", MIN_SECONDS + 2)]
+    assert [(t.path, t.game, t.artist) for t in tracks] == [w[:3] for w in want]
+    assert [t.duration for t in tracks] == pytest.approx([w[3] for w in want], abs=0.01)
+    assert sorted(p for p in out.rglob("*") if p.is_file()) == sorted([out / "manifest.csv"] + [w[0] for w in want])
+    for path, game, artist, seconds in want:
+        tags = mutagen.File(path, easy=True).tags
+        assert tags["album"] == [game]
+        assert (tags.get("artist") or [None]) == [artist]
+        assert probe(path).duration == pytest.approx(seconds, abs=0.01)
+    with (out / "manifest.csv").open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["path", "game", "artist", "duration"]
+    assert rows[1:] == [[str(p.resolve()), g, a or "", f"{s:.2f}"] for p, g, a, s in want]
+
+
+def test_a_second_fetch_answers_from_the_manifest_without_apt(apt: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "set"
+    first = fetch_soundtracks(out, GAMES)
+    monkeypatch.setenv("PATH", "")
+    again = fetch_soundtracks(out, GAMES)
+    assert [(t.path, t.game, t.artist) for t in again] == [(t.path, t.game, t.artist) for t in first]
+    assert [t.duration for t in again] == [round(t.duration, 2) for t in first]
+    (again[1].path).unlink()  # a file gone: the set is fetched again (and apt-get is missing)
+    with pytest.raises(FetchError, match="^apt-get is not available: fetching alpha-data needs Debian or Ubuntu$"):
+        fetch_soundtracks(out, GAMES)
+
+
+def test_a_set_whose_manifest_lists_nothing_is_fetched(apt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "set"
+    out.mkdir()
+    (out / "manifest.csv").write_text("path,game,artist,duration\n", encoding="utf-8")
+    assert [t.path.name for t in fetch_soundtracks(out, {"beta-data": "beta"})] == ["intro.flac", "theme.ogg"]
+
+
+def test_a_missing_package_fails_in_one_line_naming_apt_s_reason(apt: Path, tmp_path: Path) -> None:
+    with pytest.raises(FetchError) as failed:
+        fetch_soundtracks(tmp_path / "set", {"beta-data": "beta", "nosuch-data": "nosuch"})
+    assert str(failed.value) == ("apt-get download nosuch-data failed (try apt-get update first): "
+                                 "E: Unable to locate package nosuch-data")
+
+
+def test_unpack_leaves_the_files_and_not_the_package(debs: Path, apt: Path, tmp_path: Path) -> None:
+    work = tmp_path / "work" / "deeper"  # made where it is missing
+    root = unpack_package("beta-data", work)
+    assert root == work / "beta-data-root"
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) == [
+        "usr/share/beta/music/intro.flac", "usr/share/beta/music/theme.ogg"]
+    assert not list(work.glob("*.deb"))
+
+
+def test_a_damaged_package_and_missing_tools_fail_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    (debs / "cut-data_1.0_all.deb").write_bytes(b"!<arch>\nnot a package")
+    bin_dir = _apt_get(debs, tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    with pytest.raises(FetchError, match=r"^dpkg -x cut-data_1\.0_all\.deb failed: dpkg-deb") as failed:
+        unpack_package("cut-data", tmp_path / "work")
+    assert "\n" not in str(failed.value)
+    noisy = tmp_path / "noisy"
+    noisy.mkdir()
+    (noisy / "apt-get").write_text('#!/bin/sh\nprintf "start-%0400d-end\\n" 0 >&2\nexit 100\n')
+    (noisy / "apt-get").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{noisy}:{os.environ['PATH']}")
+    with pytest.raises(FetchError, match=r": 0+-end$") as failed:  # the end of apt's message, where its reason is
+        unpack_package("x", tmp_path / "work2")
+    assert "start" not in str(failed.value)
+    only_apt = tmp_path / "only-apt"
+    only_apt.mkdir()
+    (only_apt / "apt-get").symlink_to(bin_dir / "apt-get")
+    monkeypatch.setenv("PATH", str(only_apt))
+    with pytest.raises(FetchError, match="^dpkg is not available: fetching x needs Debian or Ubuntu$"):
+        unpack_package("x", tmp_path / "work3")
