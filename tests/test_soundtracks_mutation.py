@@ -9,6 +9,7 @@ import csv
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import mutagen
@@ -203,3 +204,15 @@ def test_a_damaged_package_and_missing_tools_fail_in_one_line(tmp_path: Path, mo
     monkeypatch.setenv("PATH", str(only_apt))
     with pytest.raises(FetchError, match="^dpkg is not available: fetching x needs Debian or Ubuntu$"):
         unpack_package("x", tmp_path / "work3")
+
+
+
+def test_a_temporary_folder_named_sound_hides_no_music(apt: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Folders of sound effects are skipped by the words in their names: the package's folders, not those of the
+    temporary folder it is unpacked in (TMPDIR=/home/soundlab/tmp gave an empty set)."""
+    scratch = tmp_path / "soundlab" / "tmp"
+    scratch.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    tracks = fetch_soundtracks(tmp_path / "set", {"beta-data": "beta"})
+    assert [t.path.name for t in tracks] == ["intro.flac", "theme.ogg"]

@@ -71,7 +71,7 @@ def fetch_soundtracks(out_dir: Path, packages: Mapping[str, str] = PACKAGES) -> 
     for package, game in packages.items():
         with tempfile.TemporaryDirectory() as tmp:
             root = unpack_package(package, Path(tmp))
-            for src, duration in music_files(root.rglob("*")):
+            for src, duration in music_files(root.rglob("*"), root):
                 digest = hashlib.sha256(src.read_bytes()).hexdigest()
                 if digest not in seen:
                     seen.add(digest)
@@ -80,14 +80,16 @@ def fetch_soundtracks(out_dir: Path, packages: Mapping[str, str] = PACKAGES) -> 
     return tracks
 
 
-def music_files(paths: Iterable[Path]) -> list[tuple[Path, float]]:
-    """The audio files (with their durations) of at least :data:`MIN_SECONDS` outside sound-effect folders; a file
-    is audio by its name as `mess extract` reads it (:func:`mess.constants.audio_suffix`: 'a.flac.' is)."""
+def music_files(paths: Iterable[Path], root: Path | None = None) -> list[tuple[Path, float]]:
+    """The audio files (with their durations) of at least :data:`MIN_SECONDS` outside sound-effect folders (those
+    below ``root``, where given: not the folders it lies in); a file is audio by its name as `mess extract` reads
+    it (:func:`mess.constants.audio_suffix`: 'a.flac.' is)."""
     found = []
     for path in sorted(paths):
         if not audio_suffix(path.name) or not path.is_file():  # names read as the extractor reads them
             continue
-        if any(word in part.lower() for part in path.parent.parts for word in SKIP_FOLDER_WORDS):
+        folders = path.parent.relative_to(root).parts if root is not None else path.parent.parts
+        if any(word in part.lower() for part in folders for word in SKIP_FOLDER_WORDS):
             continue
         try:
             duration = probe(path).duration
