@@ -216,3 +216,28 @@ def test_a_temporary_folder_named_sound_hides_no_music(apt: Path, tmp_path: Path
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     tracks = fetch_soundtracks(tmp_path / "set", {"beta-data": "beta"})
     assert [t.path.name for t in tracks] == ["intro.flac", "theme.ogg"]
+
+
+
+def test_files_of_one_name_in_folders_of_one_name_are_all_kept(debs: Path, apt: Path, tmp_path: Path) -> None:
+    """Three different x.ogg in a/music/, b/music/, c/music/: the second and third were both named music__x.ogg,
+    the third copied over the second, and the manifest listed one file twice."""
+    _deb(debs, "gamma-data", {f"usr/share/gamma/{d}/music/x.ogg": (MIN_SECONDS + n, 220.0 * (n + 1), None)
+                              for n, d in enumerate("abc")})
+    tracks = fetch_soundtracks(tmp_path / "set", {"gamma-data": "gamma"})
+    assert len({t.path for t in tracks}) == 3
+    assert sorted(round(probe(t.path).duration) for t in tracks) == [MIN_SECONDS + n for n in range(3)]
+
+
+
+def test_a_user_s_file_at_the_longer_name_is_not_replaced(debs: Path, apt: Path, tmp_path: Path) -> None:
+    """A file of the user's at game/theme.ogg sends the copy to the longer name; one there too was overwritten."""
+    out = tmp_path / "set"
+    (out / "alpha").mkdir(parents=True)
+    for name in ("theme.ogg", "levels__theme.ogg"):
+        _audio(out / "alpha" / name, 2.0, 100.0, "the user")
+    mine = {name: (out / "alpha" / name).read_bytes() for name in ("theme.ogg", "levels__theme.ogg")}
+    tracks = fetch_soundtracks(out, {"alpha-data": "alpha"})
+    assert {name: (out / "alpha" / name).read_bytes() for name in mine} == mine
+    assert len({t.path for t in tracks}) == len(tracks) == 3
+    assert not {t.path.name for t in tracks} & set(mine)

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from itertools import chain, count
 from pathlib import Path
 
 import mutagen
@@ -129,12 +130,14 @@ def _copy_labelled(src: Path, game_dir: Path, game: str, duration: float, taken:
     """Copy one file, naming it uniquely among the names ``taken`` in this fetch, and set its album tag to the game.
 
     A file already at that name is replaced where it is an earlier, interrupted fetch's copy (its album tag is the
-    game), never where it is another file: the copy then takes the longer name.
+    game), never where it is another file: the copy then takes the longer name (FOLDER__NAME, then FOLDER__2__NAME,
+    FOLDER__3__NAME, ...: the first free one).
     """
     game_dir.mkdir(parents=True, exist_ok=True)
-    dest = game_dir / src.name
-    if dest in taken or (dest.exists() and read_tags(dest)["album"] != game):
-        dest = game_dir / f"{src.parent.name}__{src.name}"
+    names = chain([src.name, f"{src.parent.name}__{src.name}"],
+                  (f"{src.parent.name}__{n}__{src.name}" for n in count(2)))
+    dest = next(d for d in (game_dir / name for name in names)
+                if d not in taken and not (d.exists() and read_tags(d)["album"] != game))
     taken.add(dest)
     partial = dest.with_name(f".{dest.name}.partial")
     shutil.copyfile(src, partial)
