@@ -241,3 +241,22 @@ def test_a_user_s_file_at_the_longer_name_is_not_replaced(debs: Path, apt: Path,
     assert {name: (out / "alpha" / name).read_bytes() for name in mine} == mine
     assert len({t.path for t in tracks}) == len(tracks) == 3
     assert not {t.path.name for t in tracks} & set(mine)
+
+
+def test_a_folder_not_named_in_utf8_is_refused_before_any_fetch(apt: Path, tmp_path: Path) -> None:
+    """manifest.csv lists the tracks' paths as UTF-8 (`mess evaluate --labels` reads it so): a folder named in
+    Latin-1 got every package fetched and copied, then a UnicodeEncodeError traceback and no manifest, each time."""
+    import typer
+    from typer.testing import CliRunner
+
+    from mess.cli.demo_data import register
+
+    out = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9"))
+    with pytest.raises(FetchError, match="is not named in UTF-8"):
+        fetch_soundtracks(out, GAMES)
+    assert not out.exists(), "refused before anything is fetched"
+    app = typer.Typer()
+    register(app)
+    got = CliRunner().invoke(app, ["demo", "soundtracks", str(out)])
+    assert got.exit_code == 1 and (got.exception is None or isinstance(got.exception, SystemExit))
+    assert "caf\\xe9 is not named in UTF-8" in " ".join(got.output.split()) and "Traceback" not in got.output

@@ -25,6 +25,7 @@ from mess.audio.decode import AudioError, probe
 from mess.audio.tags import read_tags
 from mess.constants import audio_suffix
 from mess.datasets.debian import FetchError, unpack_package
+from mess.store.paths import printable
 
 PACKAGES: dict[str, str] = {
     "wesnoth-1.16-music": "wesnoth",
@@ -58,8 +59,14 @@ def fetch_soundtracks(out_dir: Path, packages: Mapping[str, str] = PACKAGES) -> 
 
     A folder whose manifest lists files that all exist is reused without touching apt; a folder moved or copied
     with its manifest is read where it now lies, and its manifest rewritten to name these files (where it can be).
-    Raises :class:`FetchError` where apt-get or dpkg is missing or a package cannot be fetched.
+    Raises :class:`FetchError` where apt-get or dpkg is missing or a package cannot be fetched, or where
+    ``out_dir`` is not named in UTF-8 (the manifest's paths are UTF-8 text).
     """
+    try:
+        str(out_dir.resolve()).encode("utf-8")
+    except UnicodeEncodeError:
+        raise FetchError(f"{printable(str(out_dir))} is not named in UTF-8, as manifest.csv's paths must be; "
+                         "choose a folder named in UTF-8") from None
     cached = read_manifest(out_dir)
     if cached and all(t.path.is_file() for t in cached):
         if any(str(t.path) != row["path"] for t, row in zip(cached, _manifest_rows(out_dir), strict=True)):
