@@ -260,3 +260,19 @@ def test_a_folder_not_named_in_utf8_is_refused_before_any_fetch(apt: Path, tmp_p
     got = CliRunner().invoke(app, ["demo", "soundtracks", str(out)])
     assert got.exit_code == 1 and (got.exception is None or isinstance(got.exception, SystemExit))
     assert "caf\\xe9 is not named in UTF-8" in " ".join(got.output.split()) and "Traceback" not in got.output
+
+
+def test_an_interrupted_fetch_s_copies_are_replaced_not_kept_beside(apt: Path, tmp_path: Path) -> None:
+    """Copies of a fetch killed before its manifest (album tag = the game) are the set's own: taken over by name."""
+    out = tmp_path / "set"
+    first = fetch_soundtracks(out, {"beta-data": "beta"})
+    (out / "manifest.csv").unlink()
+    (out / "beta" / ".intro.flac.partial").write_bytes(b"cut short")  # killed while copying it again
+    _audio(out / "beta" / "theme.ogg", 2.0, 100.0, "x")
+    audio = mutagen.File(out / "beta" / "theme.ogg", easy=True)
+    audio.tags["album"] = "beta"
+    audio.save()
+    again = fetch_soundtracks(out, {"beta-data": "beta"})
+    assert [t.path for t in again] == [t.path for t in first] == [out / "beta" / n for n in ("intro.flac", "theme.ogg")]
+    assert sorted(p.name for p in (out / "beta").iterdir()) == ["intro.flac", "theme.ogg"]
+    assert [probe(t.path).duration for t in again] == pytest.approx([MIN_SECONDS + 2, MIN_SECONDS + 1], abs=0.01)
