@@ -35,7 +35,8 @@ def _tone(seconds: float, hz: float) -> np.ndarray:
 
 def _audio(path: Path, seconds: float, hz: float, artist: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, _tone(seconds, hz), RATE, format="OGG" if path.suffix == ".ogg" else "FLAC")
+    kind = {".ogg": "OGG", ".wav": "WAV", ".mp3": "MP3"}.get(path.suffix, "FLAC")
+    sf.write(path, _tone(seconds, hz), RATE, format=kind)
     if artist is not None:
         audio = mutagen.File(path, easy=True)
         if audio.tags is None:
@@ -276,3 +277,22 @@ def test_an_interrupted_fetch_s_copies_are_replaced_not_kept_beside(apt: Path, t
     assert [t.path for t in again] == [t.path for t in first] == [out / "beta" / n for n in ("intro.flac", "theme.ogg")]
     assert sorted(p.name for p in (out / "beta").iterdir()) == ["intro.flac", "theme.ogg"]
     assert [probe(t.path).duration for t in again] == pytest.approx([MIN_SECONDS + 2, MIN_SECONDS + 1], abs=0.01)
+
+
+def test_packages_without_music_give_an_empty_set_and_its_manifest(debs: Path, apt: Path, tmp_path: Path) -> None:
+    _deb(debs, "quiet-data", {"usr/share/doc/quiet-data/README": "no music\n",
+                              "usr/share/games/quiet/sfx/boom.ogg": (MIN_SECONDS + 1, 220.0, None)})
+    out = tmp_path / "new" / "set"
+    assert fetch_soundtracks(out, {"quiet-data": "quiet"}) == []
+    assert (out / "manifest.csv").read_text(encoding="utf-8").splitlines() == ["path,game,artist,duration"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.csv"]
+
+
+def test_wav_music_is_labelled_too(debs: Path, apt: Path, tmp_path: Path) -> None:
+    """A WAV in a package ended the fetch in a traceback (TypeError: 'wave' not a Frame instance): mutagen's easy
+    names do not reach a WAV's ID3 tag."""
+    _deb(debs, "wave-data", {"usr/share/wave/music/loop.wav": (MIN_SECONDS + 1, 220.0, None)})
+    tracks = fetch_soundtracks(tmp_path / "set", {"wave-data": "wave"})
+    assert [t.path.name for t in tracks] == ["loop.wav"]
+    assert mutagen.File(tracks[0].path).tags["TALB"].text == ["wave"]
+    assert probe(tracks[0].path).duration == pytest.approx(MIN_SECONDS + 1, abs=0.01)

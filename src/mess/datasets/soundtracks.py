@@ -20,6 +20,7 @@ from itertools import chain, count
 from pathlib import Path
 
 import mutagen
+from mutagen.id3 import ID3, TALB
 
 from mess.audio.decode import AudioError, probe
 from mess.audio.tags import read_tags
@@ -152,7 +153,10 @@ def _copy_labelled(src: Path, game_dir: Path, game: str, duration: float, taken:
     if audio is not None:
         if audio.tags is None:
             audio.add_tags()
-        audio.tags[LABEL_TAG] = game
+        if isinstance(audio.tags, ID3):  # a WAV's or AIFF's: ID3 without mutagen's easy names
+            audio.tags.add(TALB(encoding=3, text=[game]))
+        else:
+            audio.tags[LABEL_TAG] = game
         audio.save()
     partial.replace(dest)
     return SoundtrackTrack(dest, game, read_tags(dest)["artist"], duration)
