@@ -268,7 +268,7 @@ def test_an_interrupted_fetch_s_copies_are_replaced_not_kept_beside(apt: Path, t
     out = tmp_path / "set"
     first = fetch_soundtracks(out, {"beta-data": "beta"})
     (out / "manifest.csv").unlink()
-    (out / "beta" / ".intro.flac.partial").write_bytes(b"cut short")  # killed while copying it again
+    (out / "beta" / ".intro.partial.flac").write_bytes(b"cut short")  # killed while copying it again
     _audio(out / "beta" / "theme.ogg", 2.0, 100.0, "x")
     audio = mutagen.File(out / "beta" / "theme.ogg", easy=True)
     audio.tags["album"] = "beta"
@@ -296,3 +296,13 @@ def test_wav_music_is_labelled_too(debs: Path, apt: Path, tmp_path: Path) -> Non
     assert [t.path.name for t in tracks] == ["loop.wav"]
     assert mutagen.File(tracks[0].path).tags["TALB"].text == ["wave"]
     assert probe(tracks[0].path).duration == pytest.approx(MIN_SECONDS + 1, abs=0.01)
+
+
+def test_an_mp3_without_a_tag_is_labelled(debs: Path, apt: Path, tmp_path: Path) -> None:
+    """mutagen knows an MP3 without an ID3 header by its name only, and the copy was tagged under the name
+    '.menu.mp3.partial': it reached the set with no album tag (unlabelled for `mess evaluate --label album`)."""
+    _deb(debs, "mp3-data", {"usr/share/mp3/music/menu.mp3": (MIN_SECONDS + 2, 330.0, None)})
+    tracks = fetch_soundtracks(tmp_path / "set", {"mp3-data": "mp3"})
+    assert [t.path.name for t in tracks] == ["menu.mp3"]
+    assert mutagen.File(tracks[0].path, easy=True).tags["album"] == ["mp3"]
+    assert sorted(p.name for p in (tmp_path / "set" / "mp3").iterdir()) == ["menu.mp3"]

@@ -147,7 +147,8 @@ def _copy_labelled(src: Path, game_dir: Path, game: str, duration: float, taken:
     dest = next(d for d in (game_dir / name for name in names)
                 if d not in taken and not (d.exists() and read_tags(d)["album"] != game))
     taken.add(dest)
-    partial = dest.with_name(f".{dest.name}.partial")
+    # the copy keeps the extension: mutagen tells an MP3 without an ID3 header by it
+    partial = dest.with_name(f".{dest.stem}.partial{dest.suffix}")
     shutil.copyfile(src, partial)
     audio = mutagen.File(str(partial), easy=True)
     if audio is not None:
