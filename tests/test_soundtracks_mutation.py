@@ -35,14 +35,31 @@ def _tone(seconds: float, hz: float) -> np.ndarray:
 
 def _audio(path: Path, seconds: float, hz: float, artist: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    kind = {".ogg": "OGG", ".wav": "WAV", ".mp3": "MP3"}.get(path.suffix, "FLAC")
-    sf.write(path, _tone(seconds, hz), RATE, format=kind)
+    if path.suffix == ".m4a":
+        _m4a(path, _tone(seconds, hz))
+    else:
+        sf.write(path, _tone(seconds, hz), RATE, format={".ogg": "OGG", ".wav": "WAV", ".mp3": "MP3"}.get(path.suffix,
+                                                                                                          "FLAC"))
     if artist is not None:
         audio = mutagen.File(path, easy=True)
         if audio.tags is None:
             audio.add_tags()
         audio.tags["artist"] = artist
         audio.save()
+
+
+def _m4a(path: Path, samples: np.ndarray) -> None:
+    """An AAC track in an MP4 container, encoded by FFmpeg (PyAV)."""
+    import av
+
+    with av.open(str(path), "w", format="ipod") as out:
+        stream = out.add_stream("aac", rate=RATE)
+        stream.layout = "mono"
+        for start in range(0, samples.size, 1024):
+            frame = av.AudioFrame.from_ndarray(samples[None, start:start + 1024], format="fltp", layout="mono")
+            frame.sample_rate = RATE
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
 
 
 def _deb(debs: Path, package: str, files: dict[str, tuple[float, float, str | None] | Path | str]) -> None:
@@ -306,3 +323,11 @@ def test_an_mp3_without_a_tag_is_labelled(debs: Path, apt: Path, tmp_path: Path)
     assert [t.path.name for t in tracks] == ["menu.mp3"]
     assert mutagen.File(tracks[0].path, easy=True).tags["album"] == ["mp3"]
     assert sorted(p.name for p in (tmp_path / "set" / "mp3").iterdir()) == ["menu.mp3"]
+
+
+def test_an_m4a_is_labelled_in_its_own_album_atom(debs: Path, apt: Path, tmp_path: Path) -> None:
+    """MP4 names the album '\xa9alb': the tag is written through mutagen's easy names."""
+    _deb(debs, "m4a-data", {"usr/share/m4a/music/hymn.m4a": (MIN_SECONDS + 3, 330.0, None)})
+    tracks = fetch_soundtracks(tmp_path / "set", {"m4a-data": "m4a"})
+    assert [t.path.name for t in tracks] == ["hymn.m4a"]
+    assert mutagen.File(tracks[0].path).tags["\xa9alb"] == ["m4a"]
