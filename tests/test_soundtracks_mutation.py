@@ -331,3 +331,15 @@ def test_an_m4a_is_labelled_in_its_own_album_atom(debs: Path, apt: Path, tmp_pat
     tracks = fetch_soundtracks(tmp_path / "set", {"m4a-data": "m4a"})
     assert [t.path.name for t in tracks] == ["hymn.m4a"]
     assert mutagen.File(tracks[0].path).tags["\xa9alb"] == ["m4a"]
+
+
+def test_an_apt_get_that_downloads_nothing_is_a_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exit status 0 and no package file (a stand-in, a wrapper that only prints): one line, not an IndexError."""
+    quiet = tmp_path / "quiet"
+    quiet.mkdir()
+    (quiet / "apt-get").write_text('#!/bin/sh\necho "W: nothing to do" >&2\nexit 0\n')
+    (quiet / "apt-get").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{quiet}:{os.environ['PATH']}")
+    with pytest.raises(FetchError) as failed:
+        unpack_package("x", tmp_path / "work")
+    assert str(failed.value) == "apt-get download x failed (try apt-get update first): W: nothing to do"
