@@ -131,3 +131,12 @@ def test_the_process_is_set_up_before_the_command_runs(monkeypatch: pytest.Monke
     assert seen["env"] == ("1", "info")
     assert [text for text, _ in seen["shown"]] == ["Stochastic Optimizer: Maximum iterations (200) reached",
                                                    "something else"]
+
+
+def test_the_typer_app_is_loaded_on_first_use() -> None:
+    import mess.cli.app
+    import mess.cli.main
+
+    assert mess.cli.main.app is mess.cli.app.app
+    with pytest.raises(AttributeError, match="^module 'mess.cli.main' has no attribute 'nosuch'$"):
+        mess.cli.main.nosuch  # noqa: B018
