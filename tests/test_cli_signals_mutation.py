@@ -109,7 +109,9 @@ def test_a_refused_file_is_named_in_one_error_line(monkeypatch: pytest.MonkeyPat
     assert _run(go, monkeypatch) == (1, "", "error: /music/[b]caf\\xe9.flac: Permission denied\n")
 
 
-def test_the_process_is_set_up_before_the_command_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("hub", "verbosity"), [(None, "info"), ("0", None)])
+def test_the_process_is_set_up_before_the_command_runs(monkeypatch: pytest.MonkeyPatch, hub: str | None,
+                                                       verbosity: str | None) -> None:
     """SIGTERM ends a command as Ctrl-C; the hub's progress bars and transformers' notices are off unless the user
     set them; the MLP probe's 'maximum iterations' warning is not shown, others are."""
     seen: dict[str, object] = {}
@@ -124,11 +126,14 @@ def test_the_process_is_set_up_before_the_command_runs(monkeypatch: pytest.Monke
                 warnings.warn_explicit(text, UserWarning, "x.py", 1, module=module)
         seen["shown"] = [(str(w.message), w.filename) for w in shown]
 
-    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
-    monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "info")
+    for name, value in (("HF_HUB_DISABLE_PROGRESS_BARS", hub), ("TRANSFORMERS_VERBOSITY", verbosity)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
     assert _run(go, monkeypatch)[0] == 0
     assert seen["handler"] is terminate
-    assert seen["env"] == ("1", "info")
+    assert seen["env"] == (hub or "1", verbosity or "error")
     assert [text for text, _ in seen["shown"]] == ["Stochastic Optimizer: Maximum iterations (200) reached",
                                                    "something else"]
 
