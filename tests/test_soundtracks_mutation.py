@@ -343,3 +343,31 @@ def test_an_apt_get_that_downloads_nothing_is_a_failure(tmp_path: Path, monkeypa
     with pytest.raises(FetchError) as failed:
         unpack_package("x", tmp_path / "work")
     assert str(failed.value) == "apt-get download x failed (try apt-get update first): W: nothing to do"
+
+
+def test_the_command_s_table_counts_each_game(apt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mess demo soundtracks DIR` (its six packages replaced by the fixture's two): one row per game, in the
+    packages' order, with its tracks, those with an artist tag and its minutes."""
+    import re
+
+    import typer
+    from typer.testing import CliRunner
+
+    from mess.cli.demo_data import register
+    from mess.datasets import soundtracks
+
+    for package in list(soundtracks.PACKAGES):
+        monkeypatch.delitem(soundtracks.PACKAGES, package)
+    for package, game in GAMES.items():
+        monkeypatch.setitem(soundtracks.PACKAGES, package, game)
+    app = typer.Typer()
+    register(app)
+    out = tmp_path / "set"
+    got = CliRunner().invoke(app, ["demo", "soundtracks", str(out)], terminal_width=200)
+    assert got.exit_code == 0, got.output
+    rows = [re.findall(r"[\w.]+", line) for line in got.output.splitlines() if re.search(r"\b(alpha|beta)\b", line)]
+    # alpha: levels/theme.ogg (49 s), battle.flac (50 s), copy/theme.ogg (46 s, artist Ann); beta: intro.flac (47 s, Bo)
+    assert rows == [["alpha", "3", "1", f"{(3 * MIN_SECONDS + 10) / 60:.1f}"],
+                    ["beta", "1", "1", f"{(MIN_SECONDS + 2) / 60:.1f}"]]
+    text = " ".join(got.output.split())
+    assert f"4 tracks in {out} (label: --label album, or --labels {out}/manifest.csv)" in text
