@@ -345,9 +345,10 @@ def test_an_apt_get_that_downloads_nothing_is_a_failure(tmp_path: Path, monkeypa
     assert str(failed.value) == "apt-get download x failed (try apt-get update first): W: nothing to do"
 
 
-def test_the_command_s_table_counts_each_game(apt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`mess demo soundtracks DIR` (its six packages replaced by the fixture's two): one row per game, in the
-    packages' order, with its tracks, those with an artist tag and its minutes."""
+def test_the_command_s_table_counts_each_game(debs: Path, apt: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mess demo soundtracks DIR` (its six packages replaced by two of the fixture's): one row per game, in the
+    packages' order, with its tracks, those with an artist tag and its minutes; the game left, the figures right."""
     import re
 
     import typer
@@ -356,18 +357,27 @@ def test_the_command_s_table_counts_each_game(apt: Path, tmp_path: Path, monkeyp
     from mess.cli.demo_data import register
     from mess.datasets import soundtracks
 
+    _deb(debs, "table-data", {f"usr/share/table/music/{n}.ogg": (MIN_SECONDS + n, 110.0 * (n + 2),
+                                                                   "Cy" if n > 1 else None) for n in (1, 2, 3)})
     for package in list(soundtracks.PACKAGES):
         monkeypatch.delitem(soundtracks.PACKAGES, package)
-    for package, game in GAMES.items():
+    for package, game in (("table-data", "table"), ("beta-data", "beta")):
         monkeypatch.setitem(soundtracks.PACKAGES, package, game)
     app = typer.Typer()
     register(app)
     out = tmp_path / "set"
     got = CliRunner().invoke(app, ["demo", "soundtracks", str(out)], terminal_width=200)
     assert got.exit_code == 0, got.output
-    rows = [re.findall(r"[\w.]+", line) for line in got.output.splitlines() if re.search(r"\b(alpha|beta)\b", line)]
-    # alpha: levels/theme.ogg (49 s), battle.flac (50 s), copy/theme.ogg (46 s, artist Ann); beta: intro.flac (47 s, Bo)
-    assert rows == [["alpha", "3", "1", f"{(3 * MIN_SECONDS + 10) / 60:.1f}"],
-                    ["beta", "1", "1", f"{(MIN_SECONDS + 2) / 60:.1f}"]]
+    rows = [line for line in got.output.splitlines() if re.search(r"\b(table|beta)\b", line)]
+    # table: 46, 47, 48 s, two with an artist; beta: intro.flac (47 s, Bo) and theme.ogg (46 s, Ann)
+    want = [("table", 3, 2, 3 * MIN_SECONDS + 6), ("beta", 2, 2, 2 * MIN_SECONDS + 3)]
+    assert [re.findall(r"[\w.]+", line) for line in rows] == [[g, str(n), str(a), f"{s / 60:.1f}"]
+                                                              for g, n, a, s in want]
+    header = next(line for line in got.output.splitlines() if "with artist tag" in line)
+    for line in rows:  # each cell starts (the game) or ends (a figure) where its column's heading does
+        assert line.index(line.split()[1]) == header.index("game")
+        for heading, figure in zip(("tracks", "with artist tag", "minutes"), re.findall(r"[\d.]+", line), strict=True):
+            end = header.index(heading) + len(heading)
+            assert line[end - len(figure):end] == figure, (line, header)
     text = " ".join(got.output.split())
-    assert f"4 tracks in {out} (label: --label album, or --labels {out}/manifest.csv)" in text
+    assert f"5 tracks in {out} (label: --label album, or --labels {out}/manifest.csv)" in text
