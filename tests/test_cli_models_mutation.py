@@ -45,3 +45,12 @@ def test_a_checkpoint_is_handed_on_by_its_folder(monkeypatch: pytest.MonkeyPatch
 def test_a_failed_fetch_is_one_error_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     code, out = _fetch(monkeypatch, None, tmp_path)
     assert (code, out) == (1, "error: cannot download https://x/[y] (HTTP 404)\n")
+
+
+def test_models_alone_shows_its_help() -> None:
+    app = typer.Typer()
+    register(app)
+    app.command("other")(lambda: None)
+    got = CliRunner().invoke(app, ["models"], terminal_width=400)
+    assert "Model files for machines with internet" in got.output and "fetch" in got.output
+    assert "Missing command" not in got.output
