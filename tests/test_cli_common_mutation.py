@@ -93,3 +93,64 @@ def test_json_to_the_file_that_is_stdout_is_refused(said: Console, tmp_path: Pat
             common.json_clash(out, as_json=True)
     assert said.export_text() == f"error: {out} is stdout, where --json prints too; drop --json or write to a file\n"
 
+
+
+def test_a_command_s_store_is_opened_closed_and_its_errors_are_one_line(said: Console, tmp_path: Path) -> None:
+    from mess.store import StoreBusy, StoreError
+
+    missing = tmp_path / "typo"
+    with pytest.raises(typer.Exit) as ended, common.open_store(missing, readonly=False, create=False):
+        pass
+    assert ended.value.exit_code == 1 and not missing.exists()
+    assert said.export_text() == f"error: no feature store at {missing} (run `mess extract` first)\n"
+    with common.open_store(tmp_path / "s", readonly=False) as fs:
+        assert len(fs.tracks()) == 0
+    with pytest.raises(Exception, match="closed"):
+        fs.tracks()
+    for error in (StoreError("damaged [row] file"), StoreBusy("held by pid 7")):
+        with pytest.raises(typer.Exit), common.open_store(tmp_path / "s") as fs:
+            raise error
+        with pytest.raises(Exception, match="closed"):
+            fs.tracks()
+    assert said.export_text() == "error: damaged [row] file\nerror: held by pid 7\n"
+
+
+def test_the_version_is_the_installed_package_s(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    common._print_version(False)
+    assert capsys.readouterr().out == ""
+    with pytest.raises(typer.Exit):
+        common._print_version(True)
+    try:
+        want = f"mess {version('mess')}\n"
+    except PackageNotFoundError:
+        want = "mess (not installed as a package)\n"
+    assert capsys.readouterr().out == want
+
+
+def test_help_pages_show_no_type_markers() -> None:
+    from typer.testing import CliRunner
+
+    app = typer.Typer()
+    sub = typer.Typer()
+
+    @app.command("find")
+    def find(query: str, paths: list[str], k: int = 5, json_: bool = typer.Option(False, "--json")) -> None:
+        """Find."""
+
+    @sub.command("run")
+    def run(name: str) -> None:
+        """Run."""
+
+    app.add_typer(sub, name="group")
+    common.plain_help(app)
+    runner = CliRunner()
+    text = runner.invoke(app, ["find", "--help"], terminal_width=200).output
+    assert "Usage: root find [OPTIONS] QUERY PATHS..." in text
+    assert "<" not in text and "{" not in text, text  # typer's <int>, <list[str]>, {query}
+    cells = [line.strip("│ ").split() for line in text.splitlines() if "│" in line]
+    assert ["*", "QUERY", "[required]"] in cells and ["*", "PATHS", "[required]"] in cells
+    assert ["--k", "K", "[default:", "5]"] in cells and ["--json"] in cells, cells
+    nested = runner.invoke(app, ["group", "run", "--help"], terminal_width=200).output
+    assert "Usage: root group run [OPTIONS] NAME" in nested and "<" not in nested
