@@ -104,7 +104,9 @@ def test_a_command_s_store_is_opened_closed_and_its_errors_are_one_line(said: Co
     assert ended.value.exit_code == 1 and not missing.exists()
     assert said.export_text() == f"error: no feature store at {missing} (run `mess extract` first)\n"
     with common.open_store(tmp_path / "s", readonly=False) as fs:
-        assert len(fs.tracks()) == 0
+        assert len(fs.tracks()) == 0 and not fs.readonly
+    with common.open_store(tmp_path / "s") as fs:
+        assert fs.readonly, "a command reads unless it says it writes"
     with pytest.raises(Exception, match="closed"):
         fs.tracks()
     for error in (StoreError("damaged [row] file"), StoreBusy("held by pid 7")):
@@ -143,6 +145,10 @@ def test_help_pages_show_no_type_markers() -> None:
     def run(name: str) -> None:
         """Run."""
 
+    @sub.callback()
+    def group_options(level: int = 1) -> None:
+        """A group with an option of its own."""
+
     app.add_typer(sub, name="group")
     common.plain_help(app)
     runner = CliRunner()
@@ -154,3 +160,6 @@ def test_help_pages_show_no_type_markers() -> None:
     assert ["--k", "K", "[default:", "5]"] in cells and ["--json"] in cells, cells
     nested = runner.invoke(app, ["group", "run", "--help"], terminal_width=200).output
     assert "Usage: root group run [OPTIONS] NAME" in nested and "<" not in nested
+    for args in (["--help"], ["group", "--help"]):  # the app's and a group's own pages (typer: '--help <bool>')
+        page = runner.invoke(app, args, terminal_width=200).output
+        assert "--help" in page and "<" not in page, page
