@@ -94,3 +94,91 @@ def test_listen_takes_ipv6_addresses() -> None:
         pytest.skip("::1 cannot be bound here")
     with sock:
         assert sock.family == socket.AF_INET6 and sock.getsockname()[1] > 0
+
+
+def test_reusing_a_port_left_in_time_wait_works() -> None:
+    """A server stopped while a client was connected leaves its port in TIME_WAIT: a restart on that port binds."""
+    first = listen("127.0.0.1", 0, "127.0.0.1")
+    port = first.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port), timeout=5)
+    accepted, _ = first.accept()
+    accepted.close()  # the server's side closes first: its end goes to TIME_WAIT
+    client.close()
+    first.close()
+    again = listen("127.0.0.1", port, "127.0.0.1")
+    again.close()
+
+
+class _Stand:
+    """Stands in for uvicorn and the app factory: records what serve_command hands them."""
+
+    def __init__(self) -> None:
+        self.app_args: tuple[object, ...] = ()
+        self.app_kwargs: dict[str, object] = {}
+        self.sockets: list[tuple[int, int]] = []  # (family, port) of each socket the server was given
+
+    def create_app(self, *args: object, **kwargs: object) -> object:
+        self.app_args, self.app_kwargs = args, kwargs
+        return object()
+
+    def server(self, app: object) -> object:
+        stand = self
+
+        class Server:
+            def run(self, sockets: list[socket.socket]) -> None:
+                stand.sockets = [(sock.family, sock.getsockname()[1]) for sock in sockets]
+                for sock in sockets:
+                    sock.close()
+                raise KeyboardInterrupt  # Ctrl-C before uvicorn took over its signals: a clean end
+
+        return Server()
+
+
+@pytest.mark.parametrize(("args", "host", "shown", "mode"), [
+    ([], "127.0.0.1", "127.0.0.1", "read-only"),
+    (["--host", "[::1]", "--allow-indexing", "--token", "t"], "::1", "[::1]", "indexing enabled, token required"),
+])
+def test_what_the_server_is_given_and_where_it_is_said_to_be(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             args: list[str], host: str, shown: str,
+                                                             mode: str) -> None:
+    import mess.cli.serve
+    import mess.serve.app
+
+    stand = _Stand()
+    monkeypatch.setattr(mess.serve.app, "create_app", stand.create_app)
+    monkeypatch.setattr(mess.cli.serve, "_server", stand.server)
+    code, said = _serve(*args, "--port", "0", "--store", str(tmp_path / "s"))
+    assert code == 0, said
+    [(family, port)] = stand.sockets
+    assert family == (socket.AF_INET6 if ":" in host else socket.AF_INET)
+    assert port > 0 and said == (f"serving {tmp_path / 's'} ({mode}) at http://{shown}:{port}/ "
+                                 "(OpenAPI schema at /openapi.json)")
+    assert stand.app_args == (tmp_path / "s", None, "indexing" in mode)
+    assert stand.app_kwargs["max_upload_bytes"] == 50 * 1024 * 1024  # --help: 50 MiB
+    assert stand.app_kwargs["max_upload_seconds"] == 20 * 60 and stand.app_kwargs["embed_timeout"] == 120
+
+
+def test_upload_limits_are_passed_in_bytes_and_seconds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mess.cli.serve
+    import mess.serve.app
+
+    stand = _Stand()
+    monkeypatch.setattr(mess.serve.app, "create_app", stand.create_app)
+    monkeypatch.setattr(mess.cli.serve, "_server", stand.server)
+    code, said = _serve("--port", "0", "--max-upload-mb", "0.5", "--max-upload-minutes", "1.5", "--embed-timeout",
+                        "7", "-m", "dsp", "--store", str(tmp_path / "s"))
+    assert code == 0, said
+    assert stand.app_args[1] == "dsp"
+    assert stand.app_kwargs["max_upload_bytes"] == 524288 and stand.app_kwargs["max_upload_seconds"] == 90
+    assert stand.app_kwargs["embed_timeout"] == 7
+
+
+@pytest.mark.parametrize(("option", "refused", "taken"), [("--max-upload-mb", "0.09", "0.1"),
+                                                          ("--max-upload-mb", "1048577", "1048576"),
+                                                          ("--max-upload-minutes", "0.09", "0.1"),
+                                                          ("--embed-timeout", "0.9", "1")])
+def test_upload_limits_have_bounds(tmp_path: Path, option: str, refused: str, taken: str) -> None:
+    code, said = _serve("--port", "-1", option, refused)
+    assert code == 2 and "Invalid value for" in said, said
+    code, said = _serve("--port", "-1", option, taken)  # past the bounds: the port is what stops it
+    assert code == 1 and "the port is out of range" in said, said
