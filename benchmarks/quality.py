@@ -504,6 +504,9 @@ def composer_study(sims: dict[str, Sim], composers: np.ndarray) -> None:
     scores = {name: per_query(sim, composers, tagged, tagged) for name, sim in sims.items()
               if name == PREVIOUS_ROW or name.startswith(("musicnn all layers", "the default", "musicnn timbre"))}
     base = scores[PREVIOUS_ROW]
+    if not len(base.ap):  # no two tracks share an artist tag: nothing to score (a mean of nothing is NaN)
+        print("\nby composer: no two tracks share an artist tag; not scored")
+        return
     print(f"\nby composer (artist tag; {len(tagged)} tagged tracks, {len(set(composers[tagged]))} composers, "
           f"{len(base.ap)} queries; paired ratio vs the previous default):")
     for name, q in scores.items():

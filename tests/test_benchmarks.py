@@ -155,9 +155,9 @@ def test_quality_benchmark_scores_the_default_as_mess_evaluate_does(rendered_col
     evaluated = mess_here("evaluate", "--store", str(tmp_path / "store"), "--model", "musicnn", "--labels",
                           str(tmp_path / "labels.csv"))
     assert evaluated.returncode == 0, evaluated.stderr
-    ours = [cells for cells in (line.split("│") for line in evaluated.stderr.splitlines())  # mess's console
+    ours = [cells for cells in (line.split("│") for line in evaluated.stdout.splitlines())  # the result: stdout
             if len(cells) > 3 and cells[1].strip().rstrip(" *") == "all layers"]
-    assert len(ours) == 1, evaluated.stderr
+    assert len(ours) == 1, evaluated.stdout
     assert bench_map == pytest.approx(float(ours[0][3]), abs=5e-4)
 
 
