@@ -132,14 +132,16 @@ class Library:
             return [s["file"] for s in client.playlistinfo()]
 
     def expected_radio(self, seed: str) -> tuple[list[str], list[str]]:
-        """The radio (-n 10) of ``music/seed``: the URIs MPD knows, in order, and the others' paths under root."""
+        """The radio (-n 10) of ``music/seed``: the URIs MPD knows, in order (the radio of the tracks MPD has), and
+        the paths under root of the others the radio held."""
         with closing(FeatureStore(self.root / "store", readonly=True)) as store:
             run = store.run("dsp")
-            tracks = radio(store, run, [collection_query(store, store.track(str(self.root / "music" / seed)).id)],
-                           10).tracks
-        paths = [Path(t.path).relative_to(self.root) for t in tracks]
-        known = [p for p in paths if p.parent.name == "music" and p.name in self.songs]
-        return [p.name for p in known], [str(p) for p in paths if p not in known]
+            query = collection_query(store, store.track(str(self.root / "music" / seed)).id)
+            mpd_has = {t.id for t in store.tracks(run) if Path(t.path).parent.name == "music"
+                       and Path(t.path).name in self.songs}
+            lacked = [t for t in radio(store, run, [query], 10).tracks if t.id not in mpd_has]
+            known = radio(store, run, [query], 10, exclude=frozenset(t.id for t in lacked)).tracks
+        return [Path(t.path).name for t in known], [str(Path(t.path).relative_to(self.root)) for t in lacked]
 
 
 @pytest.fixture(scope="module")
@@ -299,6 +301,29 @@ def test_mpd_radio_skips_tracks_mpd_lacks(library: Library) -> None:
     assert library.queue() == [seed, *known]
     for path in skipped:
         assert f"not in MPD's database (skipped): {library.root / path}" in out.output
+
+
+def test_mpd_radio_takes_the_next_closest_for_tracks_mpd_lacks(library: Library) -> None:
+    """`mess mpd radio -n 3` with a track MPD's database lacks among the 3 closest queued 2 (the store also held
+    files outside MPD's folder); it now takes the next closest songs MPD has, as for files gone from disk."""
+    with closing(FeatureStore(library.root / "store", readonly=True)) as store:
+        run = store.run("dsp")
+
+        def closest(seed: str) -> list[str]:
+            query = collection_query(store, store.track(str(library.root / "music" / seed)).id)
+            return [str(Path(t.path).relative_to(library.root)) for t in radio(store, run, [query], 3).tracks]
+
+        seeds = [s for s in library.songs if any(not p.startswith("music/") or p == "music/new.flac"
+                                                  for p in closest(s))]
+    assert seeds, "no seed's 3 closest hold a file MPD lacks: the test shows nothing"
+    seed = seeds[0]
+    library.set_queue([seed])
+    out = library.radio("-n", "3")
+    assert out.exit_code == 0, out.output
+    queued = library.queue()
+    assert queued[0] == seed and len(queued) == 4, out.output
+    assert set(queued[1:]) == set(library.songs) - {seed}  # MPD has 4 songs: the other 3 are the radio
+    assert "queued 3 tracks" in out.output and "not in MPD's database (skipped)" in out.output
 
 
 def test_mpd_radio_leaves_out_tracks_whose_files_are_gone(library: Library) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Container, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from itertools import groupby
+from itertools import count, groupby
 from operator import itemgetter
 from pathlib import Path
 from typing import BinaryIO
@@ -31,6 +31,9 @@ from mess.store.paths import resolved
 
 DEFAULT_PORT = 6600
 MAX_PRIORITY = 255  # MPD's highest song priority (random mode plays higher ones first)
+# radios computed again, each without the tracks MPD's database lacked in the last (most of the collection outside
+# MPD's folder would take many; what is still lacked then is skipped and named)
+_LACKED_ROUNDS = 8
 LIST_BYTES = 64 * 1024  # a command list's size at most: MPD closes the connection on one of max_command_list_size
 
 
@@ -359,7 +362,8 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     ``clear_upcoming`` the songs after it are removed instead, once the radio is queued: by song id, those that were
     after it when the call began, so neither a song other clients queued meanwhile nor the one MPD moved on to goes.
     A current song whose file changed since extraction seeds as it is now (embedded, with a warning). Tracks whose
-    files are gone from MPD's music folder are left out (MPD stops playing at one), named in the playlist's note.
+    files are gone from MPD's music folder are left out (MPD stops playing at one), named in the playlist's note;
+    those MPD's database lacks are left out too (returned as skipped): the next closest take their places.
     """
     status, queue = _snapshot(client)
     song = queue[int(status["song"])] if "song" in status else {}
@@ -388,16 +392,21 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
                        in by_path)
     seeds = [resolve_query(store, Path(seed.path), run)]
     gone: list[Track] = []
-    while True:  # MPD stops playing at a file deleted since its database was updated: the next closest instead
-        playlist = radio(store, run, seeds, n, aspect=aspect, window=window, exclude=frozenset(t.id for t in gone),
-                         heard=queued)
+    lacked: list[Track] = []  # in the collection, not in MPD's database (a folder MPD does not hold)
+    for rounds in count(1):  # a file MPD stops playing at (deleted since its update) or lacks: the next closest
+        playlist = radio(store, run, seeds, n, aspect=aspect, window=window,
+                         exclude=frozenset(t.id for t in (*gone, *lacked)), heard=queued)
         newly = gone_tracks(playlist) if music_dir is None or music_dir.is_dir() else ()  # not when unmounted
-        if not newly:
+        if newly:
+            gone += newly
+            continue
+        awake(client)
+        uris, unknown = known_uris(client, [Path(t.path) for t in playlist.tracks], music_dir)
+        if not unknown or not uris or rounds >= _LACKED_ROUNDS:  # none known: MPD's folder is elsewhere (said below)
             break
-        gone += newly
+        lacked += [t for t in playlist.tracks if Path(t.path) in unknown]
     playlist = with_gone_note(playlist, [t.path for t in gone])
-    awake(client)
-    uris, unknown = known_uris(client, [Path(t.path) for t in playlist.tracks], music_dir)
+    unknown = [Path(t.path) for t in lacked] + unknown
     if playlist.tracks and not uris:
         raise PlayerError("MPD's database has none of the radio's tracks (update MPD's database?); "
                           "the queue is unchanged")
