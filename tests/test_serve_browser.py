@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -404,4 +405,21 @@ def test_a_file_the_browser_cannot_decode_says_so(small: SimpleNamespace, browse
     meta = browser.wait_for("(t => t.startsWith('already') && t.includes('cannot') && t)"
                             "(document.getElementById('now-meta').textContent)")
     assert meta == f"already in the collection · {said}", meta
+    assert browser.exceptions() == []
+
+
+def test_the_page_search_finds_a_name_whatever_its_unicode_normal_form(small: SimpleNamespace,
+                                                                      browser: Browser) -> None:
+    """A track whose file was named on macOS (NFD: 'e' and a combining accent) was not found by the page's search
+    box when 'Café' was typed as one letter (NFC), nor an NFC name by NFD text; each form now finds the other."""
+    nfc, nfd = unicodedata.normalize("NFC", "Café Été"), unicodedata.normalize("NFD", "Café Été")
+    browser.open(small.url + "/")
+    browser.wait_for("window.mess && window.mess.state.points.length")
+    for name, typed in ((nfd, nfc), (nfc, nfd), (nfd, nfd.upper())):
+        hits = browser.evaluate(
+            f"(() => {{ const p = window.mess.state.points; p.forEach(q => {{ q.name = 'x'; q.file = 'x.flac'; }});"
+            f" p[0].file = {json.dumps(name + '.flac')}; const s = document.getElementById('search');"
+            f" s.value = {json.dumps(typed.split()[0])}; s.dispatchEvent(new Event('input'));"
+            " return document.querySelectorAll('#search-results button.track').length; })()")
+        assert hits == 1, (name, typed)
     assert browser.exceptions() == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -105,21 +106,27 @@ def _fused(store: FeatureStore, run: Run) -> dict[str, object]:
     return {"fused": meta is not None and problem is None, "fused_note": problem}
 
 
+def _fold(text: str) -> str:
+    """``text`` for caseless matching in one Unicode form: a name written on macOS (NFD, 'e' and a combining accent)
+    matches the same name typed as one letter (NFC)."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", text).casefold())
+
+
 def _matches(track: Track, filters: dict[str, str | None], text: str | None) -> bool:
     for name, wanted in filters.items():
-        if wanted is not None and wanted.strip().casefold() not in _tag_values(track.label(name), name):
+        if wanted is not None and _fold(wanted.strip()) not in _tag_values(track.label(name), name):
             return False
     if text:
-        hay = " ".join(str(v) for v in (track.name, track.album, track.genre, track.composer, Path(track.path).name)
-                       if v).casefold()
-        return all(word in hay for word in text.casefold().split())
+        hay = _fold(" ".join(str(v) for v in (track.name, track.album, track.genre, track.composer,
+                                              Path(track.path).name) if v))
+        return all(word in hay for word in _fold(text).split())
     return True
 
 
 def _tag_values(value: str | None, field: str) -> set[str]:
     """A tag as the filters match it, case-folded: the whole value and, for a multi-valued field's tag ('Rock; Pop',
     two ARTIST comments), each of its values."""
-    whole = (value or "").strip().casefold()
+    whole = _fold((value or "").strip())
     return {whole, *(v.strip() for v in whole.split(JOIN))} if field in MULTI_VALUED else {whole}
 
 

@@ -410,14 +410,17 @@ async function loadArtists(who) {
 }
 
 // ---- search and upload -------------------------------------------------------------
+// caseless, in one Unicode form: a name written on macOS (NFD: "e" and a combining accent) matches it typed (NFC)
+const fold = (text) => text.normalize("NFC").toLowerCase().normalize("NFC");
+
 function applySearch() {
-  const words = $("search").value.toLowerCase().split(/\s+/).filter(Boolean);
+  const words = fold($("search").value).split(/\s+/).filter(Boolean);
   const results = $("search-results");
   results.replaceChildren();
   state.matches = new Set();
   if (words.length) {
     const hits = state.points.filter((p) => {
-      const text = [p.name, p.album, p.genre, p.composer, p.file].filter(Boolean).join(" ").toLowerCase();
+      const text = fold([p.name, p.album, p.genre, p.composer, p.file].filter(Boolean).join(" "));
       return words.every((w) => text.includes(w));
     });
     state.matches = new Set(hits.map((p) => p.id));
