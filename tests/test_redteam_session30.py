@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import unicodedata
+from contextlib import closing
+from pathlib import Path
 
+from test_store import INFO, _vectors
+
+from conftest import mess_here
+from mess.audio.windows import WindowPolicy
+from mess.extract.runs import run_key
 from mess.serve.routes_tracks import _matches
-from mess.store import Track
+from mess.store import FeatureStore, Track
+from mess.store.check import full_check
 
 
 def _track(path: str, artist: str | None = None) -> Track:
@@ -26,3 +34,40 @@ def test_track_search_finds_a_name_whatever_its_unicode_normal_form() -> None:
         for artist in (unicodedata.normalize("NFC", "björk"), unicodedata.normalize("NFD", "BJÖRK")):
             assert _matches(track, {"artist": artist}, None), (name, artist)
     assert not _matches(_track("/music/Cafe.flac"), {}, nfc.split()[0])  # the accent still counts
+
+
+def _store_missing_vectors(root: Path) -> Path:
+    """A store of 3 files, one embedded; of the two without vectors, ``here.wav`` is on disk, ``gone.wav`` not."""
+    store = FeatureStore(root / "store")
+    run = store.ensure_run(run_key(INFO, WindowPolicy()))
+    (root / "music").mkdir()
+    for i, name in enumerate(("kept.wav", "here.wav", "gone.wav")):
+        if name != "gone.wav":
+            (root / "music" / name).write_bytes(b"RIFF")
+        store.upsert_track(root / "music" / name, f"h{i}", 10, 1.0, {"duration": 3.0},
+                           {"artist": "x", "album": None, "title": name, "genre": None, "composer": None})
+    store.write_vectors(run, [_vectors("h0", 2, 0)])
+    store.close()
+    return root / "store"
+
+
+def test_check_sends_a_file_no_longer_on_disk_to_prune_not_to_extract(tmp_path: Path) -> None:
+    """A file deleted after it was catalogued, before a second model was extracted, has no vectors of that model:
+    `mess check` said `mess extract --model M` embeds it, which no extract can do (its advice came back after
+    every run); the files no longer on disk are now named apart, sent to `mess extract FOLDER --prune`."""
+    store = _store_missing_vectors(tmp_path)
+    here, gone = tmp_path / "music" / "here.wav", tmp_path / "music" / "gone.wav"
+    with closing(FeatureStore(store, readonly=True)) as fs:
+        (problem,) = full_check(fs)
+    assert problem.kind == "not-embedded" and not problem.damage
+    embeds, _, rest = problem.message.partition("embeds")
+    assert str(here) in embeds and str(gone) not in embeds, problem.message
+    assert str(gone) in rest and "no longer on disk" in rest and "--prune" in rest, problem.message
+    here.unlink()  # now neither is on disk: nothing for `mess extract` to embed
+    with closing(FeatureStore(store, readonly=True)) as fs:
+        (problem,) = full_check(fs)
+    assert "embeds" not in problem.message and "--prune" in problem.message, problem.message
+    out = mess_here("check", "--store", str(store))
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    verdict = out.stderr.strip().splitlines()[-1]
+    assert "--prune" in verdict and "embeds" not in verdict, verdict

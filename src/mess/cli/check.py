@@ -61,7 +61,11 @@ def _verdict(health: StoreHealth) -> str:
     if any(p.kind == "lost-commits" for p in health.problems):
         return ("[green]whole[/], [yellow]catalog.sqlite-wal lost commits (above)[/]: `mess extract` embeds "
                 "their files again, `mess check --repair` clears the note")
-    if any(p.kind == "not-embedded" for p in health.problems):  # answers leave these out until `mess extract`
+    unembedded = [p for p in health.problems if p.kind == "not-embedded"]
+    if unembedded and all(p.gone for p in unembedded):  # nothing to embed: the files are no longer on disk
+        return ("[green]whole[/], [yellow]answers leave out the files named above, no longer on disk[/]: "
+                "`mess extract FOLDER --prune` forgets them")
+    if unembedded:  # answers leave these out until `mess extract`
         return "[green]whole[/], [yellow]answers leave out the files named above[/]: `mess extract` embeds them"
     if any(p.kind == "temp-files" for p in health.problems):
         return "[green]whole[/], [yellow]temp files of interrupted writes left[/]: `mess check --repair` deletes them"

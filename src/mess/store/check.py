@@ -12,6 +12,7 @@ older mess that passed get their checksums, and it returns one line per action.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Mapping
@@ -46,6 +47,7 @@ class Problem:
     hashes: frozenset[str] = field(default=frozenset(), repr=False)  # the files a non-finite or checksum one names
     # a no-checksum one: content hash -> the ``vectors.checksums`` value of its rows as the check read them
     checksums: Mapping[str, bytes] = field(default_factory=dict, repr=False, compare=False)
+    gone: bool = False  # a not-embedded one: every file it names is no longer on disk (nothing to embed)
 
 
 def quick_check(store: FeatureStore) -> list[Problem]:
@@ -295,15 +297,26 @@ def _shared_rows(store: FeatureStore, run: Run, *, quick: bool = False) -> list[
 
 
 def _not_embedded(store: FeatureStore, run: Run) -> list[Problem]:
+    """Files with neither vectors nor a failure: `mess extract` embeds those on disk; those no longer there (deleted
+    before this run was extracted) it cannot, and `mess extract FOLDER --prune` forgets them."""
     paths = store.unembedded(run)
     if not paths:
         return []
-    named = ", ".join(printable(p) for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
+    gone = [p for p in paths if not os.path.lexists(p)]
+    here = [p for p in paths if p not in set(gone)]
     files = counted(len(paths), "file has", "files have")
-    return [Problem("not-embedded", run.id, f"{run.model}: {files} neither vectors nor a recorded "
-                    f"failure, so no answer includes them ({named}): vectors a repair dropped, an interrupted or "
-                    f"running `mess extract`, or a damaged content hash; `mess extract --model {run.model}` embeds "
-                    "them", damage=False)]
+    message = f"{run.model}: {files} neither vectors nor a recorded failure, so no answer includes them"
+    if here:
+        message += (f" ({_named(here)}): vectors a repair dropped, an interrupted or running `mess extract`, or a "
+                    f"damaged content hash; `mess extract --model {run.model}` embeds them")
+    if gone:
+        message += (f"{'; ' if here else ': '}{counted(len(gone), 'is', 'are')} no longer on disk ({_named(gone)}): "
+                    "`mess extract FOLDER --prune` forgets them")
+    return [Problem("not-embedded", run.id, message, damage=False, gone=not here)]
+
+
+def _named(paths: list[str]) -> str:
+    return ", ".join(printable(p) for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
 
 
 def _values(store: FeatureStore, run: Run) -> list[Problem]:
