@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import unicodedata
 from contextlib import closing
 from pathlib import Path
@@ -71,3 +72,36 @@ def test_check_sends_a_file_no_longer_on_disk_to_prune_not_to_extract(tmp_path: 
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     verdict = out.stderr.strip().splitlines()[-1]
     assert "--prune" in verdict and "embeds" not in verdict, verdict
+
+
+def test_a_track_id_whose_file_changed_since_extraction_is_answered_with_a_warning(tmp_path: Path) -> None:
+    """`mess similar 6` (or a radio seeded by id) of a track whose file was since overwritten by other audio
+    answered from the vectors of what the file held before, saying nothing, where the same file given by path warns
+    and is embedded as it is now. An id still answers from its stored vectors, now with a one-line warning naming
+    the file; a file only touched says nothing."""
+    from test_store_faults import _tones
+
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.dsp import DspModel
+    from mess.query import resolve_query
+
+    paths = _tones(tmp_path / "music", 3)
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        extract(store, paths, DspModel(), WindowPolicy(4.0, 3))
+    with closing(FeatureStore(tmp_path / "store", readonly=True)) as store:
+        changed, touched = (store.track(p) for p in paths[:2])
+    os.utime(touched.path, (1_000_000_000, 1_000_000_000))
+    _tones(tmp_path / "other", 1, offset=5)[0].replace(changed.path)  # another song written over it
+    with closing(FeatureStore(tmp_path / "store", readonly=True)) as store:
+        run = store.run("dsp")
+        said: list[str] = []
+        for ref in (str(touched.id), str(paths[2].name)):
+            assert resolve_query(store, ref, run, on_warning=said.append).track is not None
+        assert said == []
+        query = resolve_query(store, str(changed.id), run, on_warning=said.append)
+    assert query.track == changed  # the id names the catalogued track: its stored vectors answer
+    assert len(said) == 1 and changed.path in said[0] and "changed since it was extracted" in said[0], said
+    out = mess_here("similar", str(changed.id), "--store", str(tmp_path / "store"), "-k", "1")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert f"warning: {changed.path} has changed since it was extracted" in " ".join(out.stderr.split()), out.stderr

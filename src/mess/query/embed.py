@@ -27,17 +27,25 @@ def resolve_query(store: FeatureStore, ref: str | Path | int, run: Run,
     """A track id, a collection path or file name, or any audio file (embedded with the run's model).
 
     A collection file changed since it was extracted is embedded as it is now, said in one line to ``on_warning``
-    (default: this module's logger). Raises StoreError when nothing matches or the file cannot be embedded.
+    (default: this module's logger); a track id (or a file name alone) still names the catalogued entry, and
+    answers from its stored vectors with that warning. Raises StoreError when nothing matches or the file cannot be
+    embedded.
     """
     path = expanded(str(ref))
     if is_track_id(str(ref)) or not _is(path, Path.is_file):
         try:
-            return collection_query(store, ref)
+            found = collection_query(store, ref)
         except StoreError:
             if not is_track_id(str(ref)) and _is(path, Path.is_dir):  # was 'unknown track'
                 raise StoreError(f"{printable(str(path))} is a folder, not an audio file or a track (`mess extract` "
                                  "adds a folder's files to the collection)") from None
             raise
+        own = Path(found.track.path) if found.track is not None else None
+        if own is not None and _is(own, Path.is_file) and not _as_catalogued(store, own):  # an id names the entry
+            (on_warning or log.warning)(f"{printable(str(own))} has changed since it was extracted: answering from "
+                                        "what it held then (give its path to search with it as it is now; "
+                                        "`mess extract` updates the collection)")
+        return found
     stale = None
     try:
         found = collection_query(store, path)
