@@ -105,3 +105,23 @@ def test_a_track_id_whose_file_changed_since_extraction_is_answered_with_a_warni
     out = mess_here("similar", str(changed.id), "--store", str(tmp_path / "store"), "-k", "1")
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     assert f"warning: {changed.path} has changed since it was extracted" in " ".join(out.stderr.split()), out.stderr
+
+
+def test_a_non_utf8_name_pasted_as_mess_prints_it_finds_its_track(tmp_path: Path) -> None:
+    """mess prints a file name that is not UTF-8 with its bytes escaped (caf\\xe9 latin1.ogg) in tables, failures and
+    JSON; that name pasted back (`mess similar 'caf\\xe9 latin1.ogg'`, or its whole path) was 'unknown track'."""
+    raw = os.fsdecode(b"/music/caf\xe9 latin1.ogg")
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        run = store.ensure_run(run_key(INFO, WindowPolicy()))
+        for i, path in enumerate((raw, "/music/other.ogg")):
+            store.upsert_track(Path(path), f"h{i}", 10, 1.0, {"duration": 3.0},
+                               {"artist": "x", "album": None, "title": None, "genre": None, "composer": None})
+        store.write_vectors(run, [_vectors("h0", 2, 0), _vectors("h1", 2, 1)])
+        track = store.track(raw)
+        printed = "/music/caf\\xe9 latin1.ogg"
+        for typed in (printed, Path(printed).name):
+            assert store.track(typed) == track, typed
+        assert store.find("caf\\xe8 latin1.ogg") is None  # another byte: no such file
+    out = mess_here("similar", "caf\\xe9 latin1.ogg", "--store", str(tmp_path / "store"), "-k", "1")
+    said = out.stdout + out.stderr
+    assert out.returncode == 0 and "like x - caf\\xe9 latin1" in said and "x - other" in said, said

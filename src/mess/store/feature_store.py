@@ -38,7 +38,7 @@ from mess.store.catalog import closed_on_error, connect, has_column
 from mess.store.checksums import block_sum, changed, expected, pack, row_expected, row_sums
 from mess.store.lock import LockUnusable, StoreLock
 from mess.store.memo import MEMO
-from mess.store.paths import expanded, from_db_path, printable, replace_file, resolved, to_db_path
+from mess.store.paths import expanded, from_db_path, printable, replace_file, resolved, to_db_path, unprinted
 from mess.store.wal import lost_commits, note
 
 CATALOG_ADVICE = (
@@ -575,6 +575,8 @@ class FeatureStore:
         if at is not None:
             return at
         rows = self._named(Path(key).name) or self._normalised(key)
+        if not rows and (raw := unprinted(key)) != key:  # a name that is not UTF-8, pasted as mess prints it
+            return self.find(raw)
         if len(rows) > 1:
             found = [Track.from_row(r) for r in rows]
             listed = "; ".join(f"{t.id}: {printable(t.path)}" for t in found[:5]) + ("; ..." if len(found) > 5 else "")

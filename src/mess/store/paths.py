@@ -64,6 +64,15 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+_ESCAPED_BYTE = re.compile(r"\\x([89a-f][0-9a-f])")  # what printable makes of a byte UTF-8 cannot decode
+
+
+def unprinted(text: str) -> str:
+    """:func:`printable`'s escapes of file-name bytes turned back into those bytes (as surrogate escapes): the name a
+    user pastes as mess printed it (caf\\xe9.flac) as the file's name."""
+    return _ESCAPED_BYTE.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)), text)
+
+
 def displayable(text: str) -> str:
     """:func:`printable` without control characters: what a terminal or an XML file is given of a tag or name
     (an escape sequence in a tag must not reach the terminal, nor a right-to-left override that shows what follows
