@@ -125,3 +125,12 @@ def test_a_non_utf8_name_pasted_as_mess_prints_it_finds_its_track(tmp_path: Path
     out = mess_here("similar", "caf\\xe9 latin1.ogg", "--store", str(tmp_path / "store"), "-k", "1")
     said = out.stdout + out.stderr
     assert out.returncode == 0 and "like x - caf\\xe9 latin1" in said and "x - other" in said, said
+
+
+def test_an_empty_query_is_said_to_be_empty(tmp_path: Path) -> None:
+    """`mess similar "$UNSET"` (an empty argument) said '. is a folder, not an audio file or a track'."""
+    store = _store_missing_vectors(tmp_path)
+    for command in (["similar", ""], ["playlist", "radio", ""]):
+        out = mess_here(*command, "--store", str(store))
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.count("\n") == 1 and "empty" in out.stderr and "folder" not in out.stderr, out.stderr

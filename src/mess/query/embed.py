@@ -31,6 +31,8 @@ def resolve_query(store: FeatureStore, ref: str | Path | int, run: Run,
     answers from its stored vectors with that warning. Raises StoreError when nothing matches or the file cannot be
     embedded.
     """
+    if not str(ref):  # an unset shell variable: not the working folder, which Path('') is
+        raise StoreError("the query is empty: give a track id, a file of the collection or an audio file")
     path = expanded(str(ref))
     if is_track_id(str(ref)) or not _is(path, Path.is_file):
         try:
