@@ -134,3 +134,27 @@ def test_an_empty_query_is_said_to_be_empty(tmp_path: Path) -> None:
         out = mess_here(*command, "--store", str(store))
         assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
         assert out.stderr.count("\n") == 1 and "empty" in out.stderr and "folder" not in out.stderr, out.stderr
+
+
+def test_check_says_a_file_extracted_with_another_model_only_is_that(tmp_path: Path) -> None:
+    """Files extracted with musicnn-msd but never with dsp were reported for dsp as having 'neither vectors nor a
+    recorded failure ... vectors a repair dropped, an interrupted or running `mess extract`, or a damaged content
+    hash': a user read damage into the most common case, a folder extracted with one model only."""
+    from dataclasses import replace
+
+    other = replace(INFO, name="toy2")
+    (tmp_path / "music").mkdir()
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        runs = [store.ensure_run(run_key(info, WindowPolicy())) for info in (INFO, other)]
+        for i in range(3):
+            (tmp_path / "music" / f"{i}.wav").write_bytes(b"RIFF")
+            store.upsert_track(tmp_path / "music" / f"{i}.wav", f"h{i}", 10, 1.0, {"duration": 3.0},
+                               {"artist": "x", "album": None, "title": None, "genre": None, "composer": None})
+        store.write_vectors(runs[0], [_vectors("h0", 2, 0)])
+        store.write_vectors(runs[1], [_vectors(f"h{i}", 2, i) for i in range(3)])
+        problems = {p.run_id: p for p in full_check(store)}
+    assert list(problems) == [runs[0].id], problems
+    message = problems[runs[0].id].message
+    assert "2 files have neither vectors" in message and "extracted with another model only" in message, message
+    assert "repair" not in message and "damaged" not in message, message
+    assert "`mess extract --model toy` embeds them" in message, message

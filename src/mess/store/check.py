@@ -27,7 +27,7 @@ from mess.store.arrays import RowFile, ShortFile, non_finite, set_aside
 from mess.store.catalog import has_column
 from mess.store.checksums import BlockSums, expected, pack, row_expected
 from mess.store.feature_store import FeatureStore, Run
-from mess.store.paths import leftover_temps, printable
+from mess.store.paths import from_db_path, leftover_temps, printable
 
 _ROWS_LOST = ("short-file", "not-a-file")  # problems whose files lost the rows the catalog references
 
@@ -307,12 +307,24 @@ def _not_embedded(store: FeatureStore, run: Run) -> list[Problem]:
     files = counted(len(paths), "file has", "files have")
     message = f"{run.model}: {files} neither vectors nor a recorded failure, so no answer includes them"
     if here:
-        message += (f" ({_named(here)}): vectors a repair dropped, an interrupted or running `mess extract`, or a "
-                    f"damaged content hash; `mess extract --model {run.model}` embeds them")
+        causes = "vectors a repair dropped, an interrupted or running `mess extract`, or a damaged content hash"
+        elsewhere = _embedded_elsewhere(store, run, here)
+        if elsewhere == len(here):  # the common case: a folder extracted with another model only
+            causes = "extracted with another model only"
+        elif elsewhere:
+            causes = f"{elsewhere} extracted with another model only; the others: {causes}"
+        message += f" ({_named(here)}): {causes}; `mess extract --model {run.model}` embeds them"
     if gone:
         message += (f"{'; ' if here else ': '}{counted(len(gone), 'is', 'are')} no longer on disk ({_named(gone)}): "
                     "`mess extract FOLDER --prune` forgets them")
     return [Problem("not-embedded", run.id, message, damage=False, gone=not here)]
+
+
+def _embedded_elsewhere(store: FeatureStore, run: Run, paths: list[str]) -> int:
+    """How many of ``paths`` (files without ``run``'s vectors) have vectors of another run."""
+    rows = store.db.execute("SELECT t.path FROM tracks t WHERE EXISTS (SELECT 1 FROM vectors v WHERE v.run_id != ? "
+                            "AND v.content_hash = t.content_hash)", (run.id,)).fetchall()
+    return len(set(paths) & {from_db_path(r[0]) for r in rows})
 
 
 def _named(paths: list[str]) -> str:
