@@ -51,10 +51,10 @@ def test_a_refusal_names_the_files_the_message_does_not() -> None:
 
 @pytest.mark.parametrize(("count", "text"), [
     (0, ""),
-    (1, "1 file has no dsp[x] vectors and was left out; `mess check` names them, `mess extract --model dsp[x]` "
-        "embeds them\n"),
-    (2, "2 files have no dsp[x] vectors and were left out; `mess check` names them, `mess extract --model dsp[x]` "
-        "embeds them\n"),
+    (1, "1 file has no dsp[x] vectors and was left out; `mess check` names them; `mess extract --model dsp[x]` "
+        "embeds those on disk, `mess extract FOLDER --prune` forgets deleted ones\n"),
+    (2, "2 files have no dsp[x] vectors and were left out; `mess check` names them; `mess extract --model dsp[x]` "
+        "embeds those on disk, `mess extract FOLDER --prune` forgets deleted ones\n"),
 ])
 def test_files_without_vectors_are_counted(said: Console, count: int, text: str) -> None:
     common.not_embedded_note(count, "dsp[x]")

@@ -1242,7 +1242,7 @@ def test_export_counts_the_files_it_left_out(tmp_path: Path, extracted_tones: Ex
     music, store = extracted_tones(4)
     _damage_row(store, np.inf)
     assert _mess("check", "--repair", "--store", str(store)).returncode == 0
-    note = "1 file has no dsp vectors and was left out; `mess check` names them, `mess extract --model dsp`"
+    note = "1 file has no dsp vectors and was left out; `mess check` names them; `mess extract --model dsp`"
     out = _mess("export", str(tmp_path / "out.npz"), "--store", str(store))
     assert out.returncode == 0 and "3 tracks of 3 tracks" in out.stderr and note in out.stderr, out.stderr
     assert int(np.load(tmp_path / "out.npz")["files_not_embedded"]) == 1

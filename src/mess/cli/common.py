@@ -65,11 +65,13 @@ def os_reason(exc: OSError, named: object = None) -> str:
 
 
 def not_embedded_note(count: int, model: str) -> None:
-    """Say that ``count`` catalogued files have no ``model`` vectors and were left out of the answer (if any)."""
+    """Say that ``count`` catalogued files have no ``model`` vectors and were left out of the answer (if any): files
+    still on disk are embedded by an extract, deleted ones forgotten by its --prune (`mess check` tells them apart)."""
     if count:
         console.print(f"[yellow]{counted(count, 'file has', 'files have')} no {plain(model)} vectors and "
-                      f"{'was' if count == 1 else 'were'} left out; `mess check` names them, "
-                      f"`mess extract --model {plain(model)}` embeds them[/]")
+                      f"{'was' if count == 1 else 'were'} left out; `mess check` names them; "
+                      f"`mess extract --model {plain(model)}` embeds those on disk, `mess extract FOLDER --prune` "
+                      "forgets deleted ones[/]")
 
 
 def warn(text: str) -> None:
