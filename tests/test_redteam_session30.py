@@ -70,7 +70,7 @@ def test_check_sends_a_file_no_longer_on_disk_to_prune_not_to_extract(tmp_path: 
     assert "embeds" not in problem.message and "--prune" in problem.message, problem.message
     out = mess_here("check", "--store", str(store))
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
-    verdict = out.stderr.strip().splitlines()[-1]
+    verdict = out.stdout.strip().splitlines()[-1]  # the verdict is the result: stdout
     assert "--prune" in verdict and "embeds" not in verdict, verdict
 
 

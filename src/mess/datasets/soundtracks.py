@@ -26,7 +26,6 @@ from mess.audio.decode import AudioError, probe
 from mess.audio.tags import read_tags
 from mess.constants import audio_suffix
 from mess.datasets.debian import FetchError, unpack_package
-from mess.store.paths import printable
 
 PACKAGES: dict[str, str] = {
     "wesnoth-1.16-music": "wesnoth",
@@ -66,7 +65,7 @@ def fetch_soundtracks(out_dir: Path, packages: Mapping[str, str] = PACKAGES) -> 
     try:
         str(out_dir.resolve()).encode("utf-8")
     except UnicodeEncodeError:
-        raise FetchError(f"{printable(str(out_dir))} is not named in UTF-8, as manifest.csv's paths must be; "
+        raise FetchError(f"{out_dir} is not named in UTF-8, as manifest.csv's paths must be; "
                          "choose a folder named in UTF-8") from None
     cached = read_manifest(out_dir)
     if cached and all(t.path.is_file() for t in cached):
