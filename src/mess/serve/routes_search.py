@@ -20,6 +20,7 @@ from mess.search.hubness import METHODS as HUBNESS_METHODS
 from mess.search.query import (
     ENCODED_R2,
     Neighbour,
+    TrackQuery,
     aspect_layers,
     collection_query,
     listener_words,
@@ -28,7 +29,7 @@ from mess.search.query import (
     stale_aspect_map,
     weak_aspects,
 )
-from mess.search.rerank_store import Ranking, check_ranking, ranking_choice
+from mess.search.rerank_store import Ranking, check_ranking, load_reranker, ranking_choice
 from mess.search.vectors import Norm, VectorSpec, from_tracks, load_vectors, vectors_label
 from mess.serve.errors import query_parameters, without_paths
 from mess.serve.mapping import collection_map
@@ -137,18 +138,35 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
     finally:
         saved.path.unlink(missing_ok=True)
 
+    def resolved() -> tuple[Run, VectorSpec, TrackQuery, Chosen]:  # call it holding the lock
+        run, spec = embedded_as, embedded_spec
+        if state.store is not opened:  # reopened while the file was embedded: the run ids were the old store's
+            run = _run_again(state, embedded_as)
+            spec = vector_spec(state.store, run, layer, aspect, fused, learned, norm)
+        artist = embedded.tags.get("artist")
+        label = f"{artist} - {embedded.tags['title'] or file_title(saved.filename)}" if artist else saved.filename
+        tq = external_query(state.store, run, label, embedded.content_hash, embedded.layers, (),
+                            credit_of(embedded.tags))
+        return run, spec, tq, _ranking(state, run, spec, ranking)
+
+    def rerank_outside() -> None:
+        """An outside query's re-ranking (the collection re-ranked with it added: seconds on thousands of tracks)
+        computed without the lock, so that other requests go on meanwhile: the re-ranker and the query are taken
+        under it (immutable: a store changed meanwhile gives another re-ranker, and the search recomputes), and the
+        re-ranker remembers the row that the search below reads."""
+        with state.lock:
+            run, spec, tq, chosen = resolved()
+            if chosen.ranking != "reranked" or tq.track is not None:
+                return
+            vs = load_vectors(state.store, run, spec)
+            reranker, q = load_reranker(state.store, vs), query_unit(state.store, vs, tq)[None]
+        with state.ranking_lock:
+            reranker.outside(q)
+
     def search() -> dict:
         with state.lock:
-            run, spec = embedded_as, embedded_spec
-            if state.store is not opened:  # reopened while the file was embedded: the run ids were the old store's
-                run = _run_again(state, embedded_as)
-                spec = vector_spec(state.store, run, layer, aspect, fused, learned, norm)
-            artist = embedded.tags.get("artist")
-            label = f"{artist} - {embedded.tags['title'] or file_title(saved.filename)}" if artist else saved.filename
-            tq = external_query(state.store, run, label, embedded.content_hash, embedded.layers, (),
-                                credit_of(embedded.tags))
+            run, spec, tq, chosen = resolved()
             same = tq.track
-            chosen = _ranking(state, run, spec, ranking)
             results = similar_tracks(state.store, run, tq, k, layer=layer, aspect=aspect, fused=fused,
                                      exclude_same_artist=exclude_same_artist, learned=learned,
                                      norm=cast("Norm", norm), ranking=chosen.ranking)
@@ -164,6 +182,7 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
             return {**_answer(state, run, query, results, layer, aspect, fused, learned, norm, chosen),
                     "warnings": embedded.warnings}
 
+    await run_in_threadpool(rerank_outside)
     return await run_in_threadpool(search)
 
 

@@ -92,6 +92,8 @@ class ServeState:
     lock: RequestLock = field(default_factory=RequestLock)
     model_option: str | None = None  # the model the server was started with (None: the store's preferred one)
     catalog: tuple[int, int] | None = None
+    # held, instead of ``lock``, while an upload's re-ranking is computed (one at a time, as under ``lock``)
+    ranking_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def refresh(self) -> None:
         """Reopen the store when its catalog file was replaced (the store moved aside or deleted and extracted
