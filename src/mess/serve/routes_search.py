@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, cast
 
 import numpy as np
@@ -33,7 +34,7 @@ from mess.search.rerank_store import Ranking, check_ranking, load_reranker, rank
 from mess.search.vectors import Norm, VectorSpec, from_tracks, load_vectors, vectors_label
 from mess.serve.errors import query_parameters, without_paths
 from mess.serve.mapping import collection_map
-from mess.serve.routes_tracks import Aspect, Blank, Fused, Layer, Learned, Model
+from mess.serve.routes_tracks import Aspect, Blank, Fused, Layer, Learned, Model, changed_note
 from mess.serve.state import ServeState, TrackId, get_state, neighbour_dict, track_dict, unfused_note, vector_spec
 from mess.serve.uploads import FIELD, receive_upload
 from mess.store import FeatureStore, Run, StoreError, Track
@@ -94,8 +95,11 @@ def similar(track_id: TrackId, state: State, model: Model = None, layer: Layer =
                                      expand=expand, norm=cast("Norm", norm), ranking=chosen.ranking)
         except ValueError as exc:  # options that do not combine (a ranking with hubness or another expand)
             raise HTTPException(400, str(exc).replace("--", "")) from None
-        return _answer(state, run, {"label": tq.label, "external": False, **track_dict(track)},
-                       results, layer, aspect, fused, learned, norm, chosen)
+        answer = _answer(state, run, {"label": tq.label, "external": False, **track_dict(track)},
+                         results, layer, aspect, fused, learned, norm, chosen)
+        known = state.store.known_file(Path(track.path))
+    changed = changed_note(Path(track.path), known)  # outside the lock: it may hash the file
+    return {**answer, "notes": [*answer["notes"], changed]} if changed else answer
 
 
 @router.post("/similar/upload", summary="Upload an audio file and get the most similar tracks",

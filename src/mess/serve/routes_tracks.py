@@ -202,6 +202,20 @@ def _content_hash(path: Path, stamp: str) -> str:
         return ""
 
 
+def changed_note(path: Path, known: tuple[str, str] | None) -> str | None:
+    """The note of an answer from a track's stored vectors when its file now holds other audio than was extracted
+    (``known``: the catalog's content hash and stamp of it), as `mess similar ID` warns; None when the file is
+    unchanged, only touched (the same audio), gone or unreadable."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    if known is None or stamp_matches(stat, known[1]) or _content_hash(path, file_stamp(stat)) in ("", known[0]):
+        return None
+    return (f"{printable(path.name)} has changed since it was extracted: answering from what it held then (upload "
+            "the file to search with it as it is now; `mess extract` updates the collection)")
+
+
 @router.get("/map", summary="2-D map (PCA) of the collection in one vector set")
 def collection_map_route(state: State, model: Model = None, layer: Layer = None, aspect: Aspect = None,
                          fused: Fused = False, learned: Learned = False) -> dict:
