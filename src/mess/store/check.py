@@ -302,8 +302,8 @@ def _not_embedded(store: FeatureStore, run: Run) -> list[Problem]:
     paths = store.unembedded(run)
     if not paths:
         return []
-    gone = [p for p in paths if not os.path.lexists(p)]
-    here = [p for p in paths if p not in set(gone)]
+    on_disk = {p: os.path.lexists(p) for p in paths}
+    gone, here = [p for p in paths if not on_disk[p]], [p for p in paths if on_disk[p]]
     files = counted(len(paths), "file has", "files have")
     message = f"{run.model}: {files} neither vectors nor a recorded failure, so no answer includes them"
     if here:

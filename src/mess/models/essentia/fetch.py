@@ -109,11 +109,14 @@ def _download(pinned: PinnedFile, temp: Path, group: tuple[PinnedFile, ...], fol
         return FetchError(f"cannot download {pinned.url} ({reason(exc)}); on a machine with internet download "
                           f"{urls} and copy them into {folder}")
 
+    def unwritable(exc: OSError) -> FetchError:  # this machine's side (a folder not writable, a full disk)
+        return FetchError(f"cannot write into {folder} ({reason(exc)}); {ANOTHER_FOLDER} a folder that can be "
+                          "written")
+
     try:
         out = temp.open("wb")
-    except OSError as exc:  # this machine's side (a folder not writable): not the network's
-        raise FetchError(f"cannot write into {folder} ({reason(exc)}); {ANOTHER_FOLDER} a folder that can be "
-                         "written") from exc
+    except OSError as exc:  # not the network's
+        raise unwritable(exc) from exc
     try:
         with out:
             try:
@@ -134,8 +137,7 @@ def _download(pinned: PinnedFile, temp: Path, group: tuple[PinnedFile, ...], fol
     except BaseException as exc:
         temp.unlink(missing_ok=True)
         if isinstance(exc, OSError):  # writing (a full disk), not reading: the network's are FetchErrors above
-            raise FetchError(f"cannot write into {folder} ({reason(exc)}); {ANOTHER_FOLDER} a folder that can "
-                             "be written") from exc
+            raise unwritable(exc) from exc
         raise
 
 
