@@ -150,6 +150,7 @@ def test_quality_benchmark_scores_the_default_as_mess_evaluate_does(rendered_col
     assert got.returncode == 0, got.stderr[-2000:]
     default = [line for line in got.stdout.splitlines() if line.startswith("| the default: musicnn, all layers")]
     assert len(default) == 1, got.stdout
+    assert "by composer: no two tracks share an artist tag; not scored" in got.stdout, got.stdout  # no artist column
     bench_map = float(default[0].split("|")[3].split()[0])
     (tmp_path / "labels.csv").write_text("path,label\n" + "\n".join(",".join(r.split(",")[:2]) for r in rows) + "\n")
     evaluated = mess_here("evaluate", "--store", str(tmp_path / "store"), "--model", "musicnn", "--labels",
