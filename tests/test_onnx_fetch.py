@@ -66,22 +66,27 @@ def test_every_preset_file_is_pinned_or_checked_as_metadata() -> None:
         assert onnx.sha256 is None or len(onnx.sha256) == 64
 
 
-Routes = dict[str, tuple[int, bytes, int, dict[str, str]]]
+Reply = tuple[int, bytes, int, dict[str, str]] | tuple[int, bytes, int, dict[str, str], float]
+Routes = dict[str, Reply]
 
 
 @pytest.fixture()
 def server() -> Iterator[tuple[str, Routes]]:
     """A local HTTP server standing in for essentia.upf.edu or the hub: path (no query) -> status, body,
-    declared length (above the body's: a download cut short) and headers; GET and HEAD."""
+    declared length (above the body's: a download cut short), headers and, optionally, seconds to wait after the
+    headers before the body (a download that stalls); GET and HEAD."""
     routes: Routes = {}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            status, body, length, headers = routes.get(self.path.split("?")[0], (404, b"{}", 2, {}))
+            status, body, length, headers, *stall = routes.get(self.path.split("?")[0], (404, b"{}", 2, {}))
             self.send_response(status)
             for key, value in {**headers, "Content-Length": str(length)}.items():
                 self.send_header(key, value)
             self.end_headers()
+            if stall:
+                self.wfile.flush()
+                time.sleep(stall[0])
             if self.command == "GET":
                 self.wfile.write(body)
             self.close_connection = True

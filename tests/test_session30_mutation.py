@@ -6,12 +6,13 @@ import errno
 import logging
 import os
 import traceback
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 ray_exceptions = pytest.importorskip("ray.exceptions")
+
+from test_onnx_fetch import Routes, server  # noqa: E402, F401  (the fixture)
 
 from mess.scale.embedder import ModelMismatch  # noqa: E402
 from mess.scale.ray_extract import job_failure  # noqa: E402
@@ -122,44 +123,14 @@ def test_an_unreadable_graph_s_reason_is_onnx_runtime_s_first_line_cut_at_200_ch
     assert str(said.value) == f"broken.onnx is not a readable ONNX graph: {first[:200]}"
 
 
-@pytest.fixture()
-def stalling_server() -> Iterator[tuple[str, dict[str, tuple[bytes, float]]]]:
-    """A local HTTP server: path -> (body, seconds to wait after the headers before sending it)."""
-    import http.server
-    import threading
-    import time
-
-    routes: dict[str, tuple[bytes, float]] = {}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body, wait = routes[self.path]
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.flush()
-            time.sleep(wait)
-            self.wfile.write(body)
-            self.close_connection = True
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", routes
-    httpd.shutdown()
-    httpd.server_close()
-
-
 def test_a_download_that_stalls_after_its_headers_is_a_failed_download_and_leaves_nothing(
-        stalling_server: tuple[str, dict[str, tuple[bytes, float]]], tmp_path: Path,
+        server: tuple[str, Routes], tmp_path: Path,  # noqa: F811
         monkeypatch: pytest.MonkeyPatch) -> None:
     from mess.models.essentia import fetch as fetch_module
     from mess.models.essentia.presets import PinnedFile
 
-    base, routes = stalling_server
-    routes["/m/x-1.onnx"] = (b"0" * 1000, 3.0)
+    base, routes = server
+    routes["/m/x-1.onnx"] = (200, b"0" * 1000, 1000, {}, 3.0)
     monkeypatch.setattr(fetch_module, "TIMEOUT_S", 0.5)  # the read times out, not the connection
     folder = tmp_path / "models"
     url = f"{base}/m/x-1.onnx"
@@ -171,7 +142,7 @@ def test_a_download_that_stalls_after_its_headers_is_a_failed_download_and_leave
 
 
 def test_a_download_the_disk_cannot_hold_is_the_folder_s_failure_and_leaves_nothing(
-        stalling_server: tuple[str, dict[str, tuple[bytes, float]]], tmp_path: Path) -> None:
+        server: tuple[str, Routes], tmp_path: Path) -> None:  # noqa: F811
     """A full disk (RLIMIT_FSIZE here: EFBIG) while writing a download is the folder's, not the network's."""
     import resource
     import signal
@@ -179,8 +150,8 @@ def test_a_download_the_disk_cannot_hold_is_the_folder_s_failure_and_leaves_noth
     from mess.models.essentia.fetch import FetchError, fetch_files
     from mess.models.essentia.presets import PinnedFile
 
-    base, routes = stalling_server
-    routes["/m/x-1.onnx"] = (b"0" * 300_000, 0.0)
+    base, routes = server
+    routes["/m/x-1.onnx"] = (200, b"0" * 300_000, 300_000, {})
     folder = tmp_path / "models"
     limits = resource.getrlimit(resource.RLIMIT_FSIZE)
     handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
@@ -197,12 +168,12 @@ def test_a_download_the_disk_cannot_hold_is_the_folder_s_failure_and_leaves_noth
 
 
 def test_a_folder_standing_at_the_model_s_name_is_one_line_and_the_download_not_kept(
-        stalling_server: tuple[str, dict[str, tuple[bytes, float]]], tmp_path: Path) -> None:
+        server: tuple[str, Routes], tmp_path: Path) -> None:  # noqa: F811
     from mess.models.essentia.fetch import FetchError, fetch_files
     from mess.models.essentia.presets import PinnedFile
 
-    base, routes = stalling_server
-    routes["/m/x-1.onnx"] = (b"0" * 1000, 0.0)
+    base, routes = server
+    routes["/m/x-1.onnx"] = (200, b"0" * 1000, 1000, {})
     folder = tmp_path / "models"
     (folder / "x-1.onnx").mkdir(parents=True)
     with pytest.raises(FetchError) as caught:
