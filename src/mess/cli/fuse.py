@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mess.cli.common import console, emit_json, fail, failing, note, open_store, os_reason, plain, stdout
-from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, JsonOpt, ModelOpt, StoreOpt
+from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, CutoffOpt, JsonOpt, ModelOpt, StoreOpt
 from mess.cli.signals import Terminated, record_terminated, terminated
 from mess.constants import FUSED, LABEL_FIELDS, counted
 
@@ -240,7 +240,7 @@ def apply_command(
 def report_command(
     model: ModelOpt = None,
     checkpoint: CheckpointOpt = None,
-    k: Annotated[int, typer.Option("-k", min=1, help="Cut-off of precision@k and nDCG@k.")] = 10,
+    k: CutoffOpt = 10,
     store: StoreOpt = DEFAULT_STORE_PATH,
     as_json: JsonOpt = False,
 ) -> None:

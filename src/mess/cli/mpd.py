@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from mess.cli.common import console, emit_json, failing, open_store, plain, stdout
-from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, JsonOpt, ModelOpt, StoreOpt
+from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, JsonOpt, ModelOpt, RadioWindowOpt, StoreOpt
 from mess.constants import counted
 
 mpd_app = typer.Typer(help="Play through MPD (Music Player Daemon): radio from the current song, playlists.",
@@ -23,8 +23,7 @@ MusicDirOpt = Annotated[Path | None, typer.Option("--music-dir", help="MPD's mus
 
 def radio_command(
     n: Annotated[int, typer.Option("-n", min=1, help="How many tracks to queue.")] = 20,
-    window: Annotated[int, typer.Option("--window", min=1, help="An artist does not come back within this many "
-                                        "tracks.")] = 3,
+    window: RadioWindowOpt = 3,
     aspect: AspectOpt = None,
     clear: Annotated[bool, typer.Option("--clear", help="Remove the songs queued after the current one (those "
                                         "there when the command began).")] = False,

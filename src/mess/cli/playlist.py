@@ -23,7 +23,7 @@ from mess.cli.common import (
     stdout,
     warn,
 )
-from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, JsonOpt, ModelOpt, StoreOpt
+from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, JsonOpt, ModelOpt, RadioWindowOpt, StoreOpt
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -63,14 +63,7 @@ def radio_command(
     output: OutOpt = None,
     fmt: FormatOpt = None,
     aspect: AspectOpt = None,
-    window: Annotated[
-        int,
-        typer.Option(
-            "--window",
-            min=1,
-            help="An artist does not come back within this many tracks (1: only never twice in a row).",
-        ),
-    ] = 3,
+    window: RadioWindowOpt = 3,
     blend: Annotated[str, typer.Option("--blend", help="Several seeds: nearest (by closeness to the nearest seed; one "
                                        "may take every slot) or turns (the seeds take turns, each adding its next "
                                        "closest track).")] = "nearest",

@@ -22,7 +22,7 @@ from mess.cli.common import (
     stdout,
     warn,
 )
-from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, FusedOpt, JsonOpt, ModelOpt, StoreOpt
+from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, CutoffOpt, FusedOpt, JsonOpt, ModelOpt, StoreOpt
 from mess.constants import DEFAULT_NORM, FUSED, LABEL_FIELDS, counted
 
 if TYPE_CHECKING:
@@ -266,7 +266,7 @@ def evaluate_command(
             "--labels", help="CSV with an id/path/file column and a LABEL (or 'label') column, instead of tags."
         ),
     ] = None,
-    k: Annotated[int, typer.Option("-k", min=1, help="Cut-off for precision@k and nDCG@k.")] = 10,
+    k: CutoffOpt = 10,
     norm: NormOpt = DEFAULT_NORM,
     compare: Annotated[
         bool, typer.Option("--compare", help="Also compare euclidean, dot, CSLS and mutual proximity against cosine.")
