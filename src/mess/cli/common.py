@@ -17,6 +17,7 @@ from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 from typer.models import DefaultPlaceholder
 
+from mess.cli.signals import reader_gone
 from mess.constants import counted
 
 if TYPE_CHECKING:
@@ -95,7 +96,11 @@ def stale_aspect_note(store: FeatureStore, run: Run, aspect: str | None) -> None
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    """Print a one-line error (no traceback) and exit."""
+    """Print a one-line error (no traceback) and exit; under a write refused because the reader went away (`mess
+    export /dev/stdout | head`) say nothing and raise that error again: the entry point ends quietly."""
+    handled = sys.exc_info()[1]
+    if reader_gone(handled):
+        raise handled
     console.print(f"[bold red]error:[/] {plain(message)}")
     raise typer.Exit(code)
 

@@ -8,9 +8,9 @@ import os
 import signal
 import sys
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
-from mess.cli.signals import terminate, terminated
+from mess.cli.signals import reader_gone, terminate, terminated
 
 if TYPE_CHECKING:
     import typer
@@ -39,9 +39,20 @@ def _stopped() -> None:
     sys.exit(128 + signal.SIGTERM if terminated() else 130)
 
 
+def _reader_left() -> NoReturn:
+    """End quietly with status 141 (128 + SIGPIPE, what a shell reports for a tool its reader left: `yes | head`),
+    stdout sent to /dev/null first so that the interpreter's last flush does not fail again (Python's recipe)."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # a stdout with no descriptor (a test runner's buffer): nothing to redirect
+        pass
+    sys.exit(128 + signal.SIGPIPE)
+
+
 def main() -> None:
     """Entry point with quiet third-party logging and without the warnings of :data:`QUIET_WARNINGS`; SIGTERM ends
-    a command as Ctrl-C does, with exit status 143 (128 + SIGTERM) instead of 130."""
+    a command as Ctrl-C does, with exit status 143 (128 + SIGTERM) instead of 130; a reader of its output that
+    goes away (`mess export /dev/stdout | head`) ends it quietly, with 141 (:func:`_reader_left`)."""
     signal.signal(signal.SIGTERM, terminate)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -55,6 +66,8 @@ def main() -> None:
         print(INTERRUPTED, file=sys.stderr)
         _stopped()
     except SystemExit as exc:  # typer ends any KeyboardInterrupt in a command with 130
+        if reader_gone(exc.__context__):  # click's and rich's exits (1) on a broken pipe
+            _reader_left()
         if exc.code != 130:
             raise
         if isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):  # no command said a word

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 from types import FrameType
+from typing import TypeGuard
 
 
 class Terminated(KeyboardInterrupt):
@@ -28,3 +30,9 @@ def record_terminated(signum: int) -> None:
 def terminated() -> bool:
     """Whether this process received SIGTERM."""
     return bool(_TERMINATED)
+
+
+def reader_gone(exc: BaseException | None) -> TypeGuard[OSError]:
+    """Whether ``exc`` is a write refused because the reader of a pipe went away (EPIPE: `mess ... | head`): the
+    CLI then ends quietly, as a Unix tool killed by SIGPIPE does (:func:`mess.cli.main.main`)."""
+    return isinstance(exc, OSError) and exc.errno == errno.EPIPE

@@ -1,0 +1,80 @@
+"""Defects the earlier sessions found and left: a reader of mess's output that goes away early, Ray's failed-task
+errors, and `mess models fetch` over a folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+MESS = [sys.executable, "-m", "mess.cli"]
+SIGPIPE_STATUS = 141  # what a shell reports for a writer its reader left (128 + SIGPIPE), as `yes | head` gives
+
+
+def _reader_gone(*args: str) -> subprocess.CompletedProcess[str]:
+    """``mess ARGS`` writing into a pipe whose reader closed before mess wrote a byte (`mess ... | head -c 0`,
+    without the race of how much fits in the pipe first)."""
+    read, write = os.pipe()
+    try:
+        proc = subprocess.Popen([*MESS, *args], stdout=write, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                text=True)
+    finally:
+        os.close(write)
+        os.close(read)
+    _, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess([*MESS, *args], proc.returncode, "", err)
+
+
+@pytest.mark.parametrize("args", [
+    ["export", "/dev/stdout", "--model", "dsp", "--format", "npz"],  # a file written into the pipe (numpy)
+    ["export", "/dev/stdout", "--model", "dsp", "--format", "parquet"],  # (pyarrow)
+    ["similar", "1", "--model", "dsp", "-k", "3", "--json"],  # JSON (typer.echo)
+    ["info"],  # a table (rich)
+    ["check"],
+    ["config"],
+])
+def test_a_reader_that_goes_away_ends_mess_quietly_with_the_shells_sigpipe_status(extracted_store: Path,
+                                                                                  args: list[str]) -> None:
+    """`mess export /dev/stdout | head -c 100` ended "error: cannot write /dev/stdout: Broken pipe", exit 1, and a
+    table or JSON ended with exit 1 (click's and rich's own handlers); every command now ends as a Unix tool whose
+    reader left: nothing on stderr, status 141."""
+    done = _reader_gone(*args, "--store", str(extracted_store))
+    assert done.stderr == "" and done.returncode == SIGPIPE_STATUS, (done.returncode, done.stderr)
+
+
+def test_help_into_a_pipe_whose_reader_left_is_quiet_too() -> None:
+    done = _reader_gone("--help")
+    assert done.stderr == "" and done.returncode == SIGPIPE_STATUS, (done.returncode, done.stderr)
+
+
+def test_export_into_head_in_a_shell_pipeline(extracted_store: Path) -> None:
+    """The reported pipeline itself: the reader takes 100 bytes of a musicnn export (MBs: more than a pipe holds)
+    and leaves; bash's PIPESTATUS gives mess's status."""
+    script = ('"$@" 2>"$ERR" | head -c 100 | wc -c; echo "${PIPESTATUS[0]}"')
+    err = extracted_store.parent.parent / f"export-err-{os.getpid()}.txt"
+    done = subprocess.run(["bash", "-c", script, "bash", *MESS, "export", "/dev/stdout", "--model", "musicnn-msd",
+                           "--format", "npz", "--segments", "--store", str(extracted_store)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "ERR": str(err)})
+    try:
+        got, status = done.stdout.split()
+        assert got == "100" and err.read_text() == "" and int(status) == SIGPIPE_STATUS, (done.stdout,
+                                                                                            err.read_text())
+    finally:
+        err.unlink(missing_ok=True)
+
+
+def test_a_full_disk_on_stdout_is_still_an_error_that_says_why(extracted_store: Path) -> None:
+    """A reader gone is quiet; a write the system refuses otherwise is not: stdout a full disk (/dev/full, opened
+    by the shell's redirection, never by mess or this test) ends with the cause, in one line."""
+    assert Path("/dev/full").is_char_device()
+    for args in (["info"], ["export", "/dev/stdout", "--model", "dsp", "--format", "npz"]):
+        with open("/dev/full", "w") as full:  # opened for writing as `> /dev/full` does; never replaced
+            done = subprocess.run([*MESS, *args, "--store", str(extracted_store)], stdout=full, stderr=subprocess.PIPE,
+                                  text=True, timeout=300)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1 and len(lines) == 1 and "No space left on device" in lines[0], done.stderr
+        assert lines[0].startswith("error:") and "Traceback" not in done.stderr
+    assert Path("/dev/full").is_char_device()
