@@ -178,8 +178,10 @@ def test_a_folder_standing_at_the_model_s_name_is_one_line_and_the_download_not_
     (folder / "x-1.onnx").mkdir(parents=True)
     with pytest.raises(FetchError) as caught:
         fetch_files((PinnedFile(f"{base}/m/x-1.onnx", size=1000),), folder)
-    temp = folder / f".x-1.onnx.{os.getpid()}.part"
-    assert str(caught.value) == (f"cannot fetch into {folder} ({temp}: {os.strerror(errno.EISDIR)})")
+    # the folder in the way and why, not the temporary '.part' file the rename over it came from
+    assert str(caught.value) == (f"cannot write {folder / 'x-1.onnx'}: a folder stands there "
+                                 f"({os.strerror(errno.EISDIR)}); move it away or give `mess models fetch` another "
+                                 "folder")
     assert [p.name for p in folder.iterdir()] == ["x-1.onnx"] and not list((folder / "x-1.onnx").iterdir())
 
 

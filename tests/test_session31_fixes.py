@@ -3,6 +3,7 @@ errors, and `mess models fetch` over a folder."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -78,3 +79,43 @@ def test_a_full_disk_on_stdout_is_still_an_error_that_says_why(extracted_store: 
         assert done.returncode == 1 and len(lines) == 1 and "No space left on device" in lines[0], done.stderr
         assert lines[0].startswith("error:") and "Traceback" not in done.stderr
     assert Path("/dev/full").is_char_device()
+
+
+# ---------------------------------------------------------------- models fetch over a folder at a file's name
+
+
+def test_models_fetch_names_the_folder_standing_at_a_model_file_s_name(tmp_path: Path) -> None:
+    """`mess models fetch vggish DIR` with a folder at DIR/audioset-vggish-3.json downloaded the graph first and then
+    named its temporary '.part' file; it now names the folder in the way and why, before any download (offline
+    here: a download tried would say 'cannot download'), and leaves DIR as it was."""
+    from conftest import mess_here
+
+    folder = tmp_path / "models"
+    blocker = folder / "audioset-vggish-3.json"
+    (blocker / "inside").mkdir(parents=True)
+    done = mess_here("models", "fetch", "vggish", str(folder))
+    line = " ".join(done.stderr.split())
+    assert done.returncode == 1 and line.startswith("error: ") and str(blocker) in line, done.stderr
+    assert os.strerror(errno.EISDIR) in line and ".part" not in line and "download" not in line, line
+    left = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+    assert left == [blocker.name, f"{blocker.name}/inside"], left
+
+
+def test_a_mert_snapshot_is_not_moved_over_a_folder_at_one_of_its_names(tmp_path: Path) -> None:
+    """A MERT snapshot's files move into FOLDER once all have arrived; a folder at one of their names failed the move
+    midway, naming the snapshot's temporary file, and left the files before it moved. It is now named (the
+    target, the cause) before any file moves."""
+    from mess.models.essentia.fetch import FetchError, _move_into
+
+    snapshot, folder = tmp_path / "models" / ".mert-x.part", tmp_path / "models"
+    (snapshot / "sub").mkdir(parents=True)
+    for name in ("a.json", "sub/b.bin", "z.safetensors"):
+        (snapshot / name).write_text(name)
+    (folder / "z.safetensors").mkdir()
+    with pytest.raises(FetchError) as caught:
+        _move_into(snapshot, folder)
+    said = str(caught.value)
+    assert str(folder / "z.safetensors") in said and os.strerror(errno.EISDIR) in said and ".part" not in said, said
+    assert sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()) == [
+        "a.json", "sub/b.bin", "z.safetensors"]
+    assert not (folder / "a.json").exists() and not (folder / "sub").exists()

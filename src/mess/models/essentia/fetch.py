@@ -7,6 +7,7 @@ fails with one line naming what to copy where, and a failed fetch leaves nothing
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import json
@@ -15,7 +16,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,6 +57,7 @@ def fetch_files(files: tuple[PinnedFile, ...], folder: Path) -> list[Path]:
     All or nothing: each download goes to a temporary name in ``folder`` and takes its own name only
     once every file is complete and verified; a failure leaves nothing behind.
     """
+    _in_the_way(folder / pinned.name for pinned in files)
     with _all_or_nothing(folder) as temps:
         downloaded: dict[Path, Path] = {}
         for pinned in files:
@@ -70,6 +72,15 @@ def fetch_files(files: tuple[PinnedFile, ...], folder: Path) -> list[Path]:
         for temp, target in downloaded.items():
             temp.replace(target)
     return [folder / pinned.name for pinned in files]
+
+
+def _in_the_way(targets: Iterable[Path]) -> None:
+    """Refuse a folder standing at the name of a file to be written, before any download or move (the rename over it
+    failed at the end, naming the temporary file)."""
+    for target in targets:
+        if target.is_dir() and not target.is_symlink():  # a link is replaced, as a file is
+            raise FetchError(f"cannot write {target}: a folder stands there ({os.strerror(errno.EISDIR)}); move it "
+                             f"away or {ANOTHER_FOLDER} another folder")
 
 
 def verify(path: Path, pinned: PinnedFile) -> None:
@@ -208,14 +219,15 @@ def _fetch_mert(name: str, folder: Path) -> list[Path]:
 
 def _move_into(snapshot: Path, folder: Path) -> list[Path]:
     """Move a complete snapshot's files (not the hub client's .cache) into ``folder``; return where they lie."""
+    files = [path for path in sorted(snapshot.rglob("*"))
+             if path.is_file() and path.relative_to(snapshot).parts[0] != ".cache"]
+    _in_the_way(folder / path.relative_to(snapshot) for path in files)
     moved = []
-    for path in sorted(snapshot.rglob("*")):
-        relative = path.relative_to(snapshot)
-        if path.is_file() and relative.parts[0] != ".cache":
-            target = folder / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            path.replace(target)
-            moved.append(target)
+    for path in files:
+        target = folder / path.relative_to(snapshot)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        path.replace(target)
+        moved.append(target)
     return moved
 
 
