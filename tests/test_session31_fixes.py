@@ -119,3 +119,45 @@ def test_a_mert_snapshot_is_not_moved_over_a_folder_at_one_of_its_names(tmp_path
     assert sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()) == [
         "a.json", "sub/b.bin", "z.safetensors"]
     assert not (folder / "a.json").exists() and not (folder / "sub").exists()
+
+
+# ---------------------------------------------------------------- a Ray job's failure in one line
+
+
+class Unnamed(Exception):
+    """A worker's error whose traceback names it without a module (as Python names a class of ``__main__``)."""
+
+
+Unnamed.__module__ = "__main__"
+
+
+def _died_in_creation(exc: Exception) -> Exception:
+    """Ray's ActorDiedError of an actor whose creation raised ``exc``: the worker's traceback as text, no cause."""
+    import traceback
+
+    from ray import exceptions
+
+    try:
+        raise exc
+    except Exception as raised:
+        task = exceptions.RayTaskError("Embedder.__init__", traceback.format_exc(), raised)
+    died = exceptions.ActorDiedError(cause=task)
+    assert getattr(died, "cause", None) is None and type(exc).__name__ in str(died)
+    return died
+
+
+@pytest.mark.parametrize(("exc", "expected"), [
+    (StopIteration("no window left"), "no window left (StopIteration)"),  # a built-in class not named ...Error
+    (UserWarning("weights are float16"), "weights are float16 (UserWarning)"),
+    (Unnamed("the model folder is gone\nsecond line"), "the model folder is gone (Unnamed)"),
+    (ValueError(), "ValueError"),  # no message: the traceback's last line is the class alone
+    (Unnamed(), "Unnamed"),
+])
+def test_an_actor_that_died_in_its_creation_names_any_worker_error(exc: Exception, expected: str) -> None:
+    """`mess extract --engine ray` said 'the Ray job failed: The actor died because of an error raised in its
+    creation task, python -() (pid=..., ip=...)' (Ray's first line) when the worker's error was not named as
+    'a.b.C: ...' or 'SomethingError: ...'; the line that ends the worker's traceback names it, whatever its form."""
+    pytest.importorskip("ray")
+    from mess.scale.ray_extract import job_failure
+
+    assert job_failure(_died_in_creation(exc)) == expected

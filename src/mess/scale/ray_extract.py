@@ -53,6 +53,7 @@ FLUSH_SECONDS = 2.0  # also commit pending vectors this often, whatever their nu
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the task names in its messages
 # a traceback's last line: "mess.scale.embedder.ModelMismatch: ..." or "ValueError: ..." (not "\tpid: 12")
 _RAISED = re.compile(r"^((?:[A-Za-z_]\w*\.)+[A-Za-z_]\w*|[A-Za-z_]\w*(?:Error|Exception)): (.+)$", re.M)
+_CLASS = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")  # "StopIteration", "mess.scale.embedder.ModelMismatch"
 
 
 class ScaleError(Exception):
@@ -122,13 +123,31 @@ def job_failure(exc: RayError) -> str:
         name, message = type(cause).__name__, str(cause)
     else:
         text = _ANSI.sub("", str(exc))
-        raised = [m.groups() for m in _RAISED.finditer(text)]
+        raised = _raised(text)
         ours = [r for r in raised if not r[0].startswith("ray.")] or raised
         if not ours:
             return printable(next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__))
         name, message = ours[-1]
     first = next((line.strip() for line in message.splitlines() if line.strip()), "")
     return printable(f"{first} ({name.rsplit('.', 1)[-1]})" if first else name.rsplit(".", 1)[-1])
+
+
+def _raised(text: str) -> list[tuple[str, str]]:
+    """The errors ``text`` names, in order, as (class, message): a line "a.b.C: ..." or "NameError: ..." anywhere,
+    and whatever the line that ends a traceback's frames names ("StopIteration: ...", or a class alone)."""
+    raised: list[tuple[str, str]] = []
+    in_frames = False
+    for line in text.splitlines():
+        if line.startswith("  "):  # a frame ('  File "x.py", line 3, in f'), its source, its carets
+            in_frames = in_frames or line.startswith("  File ")
+            continue
+        name, _, message = line.partition(": ")
+        if (match := _RAISED.fullmatch(line)) is not None:
+            raised.append((match[1], match[2]))
+        elif in_frames and _CLASS.fullmatch(name):
+            raised.append((name, message))
+        in_frames = False
+    return raised
 
 
 def _failed(store: FeatureStore, run: Run, content_hash: str, path: str, error: str, summary: ExtractSummary) -> None:
