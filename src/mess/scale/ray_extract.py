@@ -18,13 +18,15 @@ CPU tasks are retried, actors restarted without limit and their batches retried.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import socket
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,16 @@ class ScaleError(Exception):
     """The Ray cluster cannot run the job (unreachable, no GPUs); the message says why."""
 
 
+class _OffTheConsole(logging.Filter):
+    """Ray Data's report of a failed job (the driver's traceback, 'please open an issue on the Ray project'), marked
+    for its console handler to drop (records with ``hide``); Ray Data's log file, ray-data.log, keeps it. The job's
+    failure is said in one line (:func:`job_failure`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.hide = True
+        return True
+
+
 def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, policy: WindowPolicy, *,
                 batch_size: int = 4, device: str = "cpu", address: str | None = None, precision: str = "fp32",
                 actors: int | None = None, write_every: int = 16, info: ModelInfo | None = None,
@@ -91,6 +103,10 @@ def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, pol
     """
     started = time.perf_counter()
     owned = _connect(address)
+    report, off_the_console = logging.getLogger("ray.data.exceptions"), _OffTheConsole()
+    report.addFilter(off_the_console)
+    stack = contextlib.ExitStack()
+    stack.enter_context(_cluster_messages_on_stderr())  # left after ray.shutdown: its thread prints until then
     try:
         default_actors = _default_actors(device)  # before any file is read: a cuda run needs GPUs, however many actors
         if info is None:
@@ -109,10 +125,49 @@ def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, pol
     except RayError as exc:  # its message is the worker's whole traceback
         raise ScaleError(f"the Ray job failed: {job_failure(exc)}") from None
     finally:
+        report.removeFilter(off_the_console)
         if owned:
             ray.shutdown()
+        stack.close()
     summary.wall_seconds = time.perf_counter() - started
     return summary
+
+
+@contextlib.contextmanager
+def _cluster_messages_on_stderr() -> Iterator[None]:
+    """Ray's driver prints what its cluster reports of the job ('(raylet) Task ... failed. There are infinite retries
+    remaining, so the task will be retried. Error: Traceback ...', the worker's whole traceback) on stdout, where
+    mess's results go, from a thread of its own (``listen_error_messages`` in ray._private.worker; no setting turns
+    it off). Meanwhile each such message goes to stderr in one line (:func:`_one_line`); a worker's output passes
+    as before. Where that private function is gone (another Ray), Ray prints as it does."""
+    from ray._private import worker
+
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None:
+        yield
+        return
+
+    def print_to_stdstream(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") != "raylet":
+            original(data, ignore_prefix=ignore_prefix)
+            return
+        for message in data.get("lines", []):
+            print(f"ray: {_one_line(message)}", file=sys.stderr, flush=True)
+
+    worker.print_to_stdstream = print_to_stdstream
+    try:
+        yield
+    finally:
+        worker.print_to_stdstream = original
+
+
+def _one_line(message: str) -> str:
+    """A message of Ray's cluster in one printable line: its words before any traceback, then the error the traceback
+    names (:func:`_named`)."""
+    text = _ANSI.sub("", message)
+    head, _, trace = text.partition("Traceback (most recent call last):")
+    said = " ".join([*head.split(), *([named] if trace and (named := _named(trace)) else [])])
+    return printable(said or " ".join(text.split()))
 
 
 def job_failure(exc: RayError) -> str:
@@ -120,14 +175,24 @@ def job_failure(exc: RayError) -> str:
     (ModelMismatch)'), the last one its traceback names that is not Ray's own; else Ray's first line."""
     cause = getattr(exc, "cause", None)  # a task's error, where it came back whole
     if isinstance(cause, Exception) and not isinstance(cause, RayError):
-        name, message = type(cause).__name__, str(cause)
-    else:
-        text = _ANSI.sub("", str(exc))
-        raised = _raised(text)
-        ours = [r for r in raised if not r[0].startswith("ray.")] or raised
-        if not ours:
-            return printable(next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__))
-        name, message = ours[-1]
+        return _said(type(cause).__name__, str(cause))
+    text = _ANSI.sub("", str(exc))
+    named = _named(text)
+    if named is None:
+        return printable(next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__))
+    return named
+
+
+def _named(text: str) -> str | None:
+    """The error a traceback in ``text`` names last, Ray's own left out where another is named, as
+    :func:`_said` says it; None where it names none."""
+    raised = _raised(text)
+    ours = [r for r in raised if not r[0].startswith("ray.")] or raised
+    return _said(*ours[-1]) if ours else None
+
+
+def _said(name: str, message: str) -> str:
+    """An error in one printable line: its message's first line and its class, 'other weights (ModelMismatch)'."""
     first = next((line.strip() for line in message.splitlines() if line.strip()), "")
     return printable(f"{first} ({name.rsplit('.', 1)[-1]})" if first else name.rsplit(".", 1)[-1])
 
@@ -138,6 +203,8 @@ def _raised(text: str) -> list[tuple[str, str]]:
     raised: list[tuple[str, str]] = []
     in_frames = False
     for line in text.splitlines():
+        if not line.strip():  # Ray's messages space a traceback's lines
+            continue
         if line.startswith("  "):  # a frame ('  File "x.py", line 3, in f'), its source, its carets
             in_frames = in_frames or line.startswith("  File ")
             continue
@@ -160,13 +227,14 @@ def _failed(store: FeatureStore, run: Run, content_hash: str, path: str, error: 
 
 def _connect(address: str | None) -> bool:
     """Join the cluster at ``address`` (or at ``RAY_ADDRESS``; else start a local one, never joining whatever
-    cluster Ray's address file last named: a stale one hung the run); True when this call started Ray."""
+    cluster Ray's address file last named: a stale one hung the run); True when this call started Ray. The workers'
+    output stays in their log files (a failed worker's traceback printed above mess's line naming its error)."""
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     _check_reachable(address)
     try:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ScaleError(f"cannot reach a Ray cluster at {address!r}: {exc}") from exc
     return True
