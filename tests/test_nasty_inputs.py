@@ -330,3 +330,28 @@ def test_a_query_name_longer_than_the_file_system_allows_is_an_unknown_track(ton
         said = " ".join((done.stdout + done.stderr).split())
         assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
         assert "unknown track" in said and "too long" not in said, said
+
+
+def test_a_dash_output_is_stdout_for_one_playlist_and_refused_for_clusters(tone_store: Path, tmp_path: Path) -> None:
+    """`playlist radio ... -o - --format m3u8` and `export - --format npz` wrote a file named '-' in the working
+    folder, and `clusters -o -` a folder named '-' (`-o /dev/stdout` there ended "cannot write the playlists into /dev/stdout: ...: File exists"):
+    '-' is stdout, as for every Unix tool, and clusters, one file per cluster, refuse stdout in one line."""
+    radio = ["playlist", "radio", "1", "-n", "2", "--store", str(tone_store)]
+    streamed = subprocess.run([*MESS, *radio, "-o", "-", "--format", "m3u8"], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=300)
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout == _mess(*radio, "-o", "/dev/stdout", "--format", "m3u8").stdout
+    tracks = [line for line in streamed.stdout.splitlines() if not line.startswith("#")]
+    assert streamed.stdout.startswith("#EXTM3U") and len(tracks) == 2 and all(Path(t).is_file() for t in tracks)
+    for target in ("-", "/dev/stdout"):
+        done = subprocess.run([*MESS, "playlist", "clusters", "-k", "1", "-o", target, "--store", str(tone_store)],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        assert done.returncode == 1 and done.stdout == "", done.stdout
+        assert " ".join(done.stderr.split()) == (
+            f"error: clusters are one playlist file each, written into a folder: -o {target} cannot take them; give "
+            "a folder, or write one playlist to stdout with `mess playlist radio` or `path` and -o -"), done.stderr
+    exported = subprocess.run([*MESS, "export", "-", "--format", "npz", "--store", str(tone_store)],
+                              capture_output=True, cwd=tmp_path, timeout=300)
+    assert exported.returncode == 0, exported.stderr
+    assert sorted(np.load(io.BytesIO(exported.stdout))["track_id"].tolist()) == [1, 2, 3]
+    assert list(tmp_path.iterdir()) == []

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from mess.cli.common import console, emit_json, fail, json_clash, not_embedded_note, open_store, os_reason, plain
-from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, ModelOpt, StoreOpt, given_path
+from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, ModelOpt, StoreOpt, output_path
 from mess.constants import counted
 
 if TYPE_CHECKING:
@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 
 def export_command(
-    output: Annotated[Path, typer.Argument(help="File to write (.npz or .parquet).", parser=given_path)],
+    output: Annotated[Path, typer.Argument(help="File to write (.npz or .parquet; - for stdout, with --format).",
+                                                   parser=output_path)],
     model: ModelOpt = None,
     layers: Annotated[list[str] | None, typer.Option("--layers", "-l", help="Layer names or indexes (repeat, or "
                                                      "comma-separated); default all.")] = None,

@@ -19,6 +19,13 @@ def given_path(raw: str | Path) -> Path:
     return Path(_given(raw))
 
 
+def output_path(raw: str | Path) -> Path:
+    """A file to write: a given path, ``-`` standing for stdout (/dev/stdout), as for every Unix tool (it wrote a file
+    named '-')."""
+    path = given_path(raw)
+    return Path("/dev/stdout") if str(path) == "-" else path
+
+
 def given_folder(raw: str | Path) -> Path:
     """A folder to write into: a given path that is not an existing file."""
     path = given_path(raw)

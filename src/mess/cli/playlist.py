@@ -23,7 +23,15 @@ from mess.cli.common import (
     stdout,
     warn,
 )
-from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, JsonOpt, ModelOpt, RadioWindowOpt, StoreOpt
+from mess.cli.options import (
+    DEFAULT_STORE_PATH,
+    AspectOpt,
+    JsonOpt,
+    ModelOpt,
+    RadioWindowOpt,
+    StoreOpt,
+    output_path,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -50,7 +58,8 @@ def _known_format(value: str | None) -> str | None:
 
 
 OutOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write the playlist here: .m3u8 or .xspf "
-                                             "(another name, such as /dev/stdout, with --format).")]
+                                             "(another name, such as - or /dev/stdout, with --format).",
+                                             parser=output_path)]
 FormatOpt = Annotated[str | None, typer.Option("--format", help="m3u8 (or m3u) or xspf, for an --output whose name "
                                                "has no playlist extension.", callback=_known_format)]
 
@@ -122,6 +131,9 @@ def clusters_command(
     as_json: JsonOpt = False,
 ) -> None:
     """The collection cut into K playlists of similar tracks, each named from its tags."""
+    if output is not None and (str(output) == "-" or is_stdout(output)):
+        fail(f"clusters are one playlist file each, written into a folder: -o {output} cannot take them; give a "
+             "folder, or write one playlist to stdout with `mess playlist radio` or `path` and -o -")
     _outside_store(output, store)
     from mess.playlists.clusters import clusters
     from mess.playlists.formats import write_cluster_folder
