@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, cast
@@ -30,8 +31,9 @@ from mess.search.query import (
     stale_aspect_map,
     weak_aspects,
 )
+from mess.search.rerank import Reranker
 from mess.search.rerank_store import Ranking, check_ranking, load_reranker, ranking_choice
-from mess.search.vectors import Norm, VectorSpec, from_tracks, load_vectors, vectors_label
+from mess.search.vectors import Norm, VectorSet, VectorSpec, from_tracks, load_vectors, vectors_label
 from mess.serve.errors import query_parameters, without_paths
 from mess.serve.mapping import collection_map
 from mess.serve.routes_tracks import Aspect, Blank, Fused, Layer, Learned, Model, changed_note
@@ -83,6 +85,17 @@ def similar(track_id: TrackId, state: State, model: Model = None, layer: Layer =
     result's ``adjusted`` is that score (what the order follows)."""
     if hubness is not None and hubness not in HUBNESS_METHODS:
         raise HTTPException(400, f"unknown hubness reduction {hubness!r}; choose {' or '.join(HUBNESS_METHODS)}")
+    if ranking == "reranked":  # its data read or built first, without the lock
+        try:
+            check_ranking(ranking, hubness=hubness, expand=expand)
+            with state.lock:
+                run = state.run(model)
+                spec = vector_spec(state.store, run, layer, aspect, fused, learned, norm)
+                store, vs = state.store, load_vectors(state.store, run, spec)
+        except (HTTPException, StoreError, ValueError):  # the search below says why
+            pass
+        else:
+            _reranker_unlocked(state, store, vs)
     with state.lock:
         run = state.run(model)
         track = state.track(track_id)
@@ -162,10 +175,12 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
             run, spec, tq, chosen = resolved()
             if chosen.ranking != "reranked" or tq.track is not None:
                 return
-            vs = load_vectors(state.store, run, spec)
-            reranker, q = load_reranker(state.store, vs), query_unit(state.store, vs, tq)[None]
-        with state.ranking_lock:
-            reranker.outside(q)
+            store, vs = state.store, load_vectors(state.store, run, spec)
+            q = query_unit(store, vs, tq)[None]
+        reranker = _reranker_unlocked(state, store, vs)
+        if reranker is not None:
+            with state.ranking_lock:
+                reranker.outside(q)
 
     def search() -> dict:
         with state.lock:
@@ -188,6 +203,20 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
 
     await run_in_threadpool(rerank_outside)
     return await run_in_threadpool(search)
+
+
+def _reranker_unlocked(state: ServeState, store: FeatureStore, vs: VectorSet) -> Reranker | None:
+    """:func:`load_reranker` of ``vs`` (read from ``store`` under the lock), called without the lock so that other
+    requests go on meanwhile: without data saved by `mess index --rerank`, the first re-ranked request of a vector set
+    builds it (seconds on thousands of tracks). One at a time (``state.ranking_lock``), memoised by the store under
+    :func:`load_reranker`'s key (the vector set's fingerprint, at the store's version): concurrent first requests build
+    it once, the search under the lock then reads it, and vectors written meanwhile are another key. None when the
+    store was replaced and closed meanwhile (the search under the lock builds from the new one)."""
+    with state.ranking_lock:
+        try:
+            return load_reranker(store, vs)
+        except sqlite3.ProgrammingError:  # closed by ServeState.refresh
+            return None
 
 
 @dataclass(frozen=True)

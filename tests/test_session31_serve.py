@@ -1,0 +1,261 @@
+"""The first ``ranking=reranked`` request of a collection without data saved by `mess index --rerank` builds the
+re-ranking data (seconds on thousands of tracks): that build must not hold the server's request lock, so that a cheap
+request sent meanwhile (a track's plain neighbours, the track listing) is answered before it ends; concurrent first
+requests build it once; and vectors written meanwhile are never answered from the build of the old ones.
+
+A real server (uvicorn in a thread, on a free loopback port) and real concurrent HTTP requests (httpx, one thread
+each); a real store in ``tmp_path``. The build is held at its start until the cheap requests have been answered (at
+most 20 s): the ordering is forced by events, not by timing. Expected answers are the re-ranked rows of a re-ranker
+built in the test from the vector set's unit vectors (:func:`build_reranker`, nothing the server computed)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+
+from mess.search import rerank
+from mess.search.rerank import build_reranker
+from mess.search.vectors import VectorSpec, load_vectors
+from mess.serve.app import create_app
+from mess.serve.uploads import Embedded, EmbedWorker
+from mess.store import FeatureStore, Run, RunKey, TrackVectors
+
+N, DIM, K = 300, 24, 8
+SPEC = VectorSpec.from_options(None, None, False, "auto")
+
+
+def _vector(rng: np.random.Generator, centres: np.ndarray, i: int) -> np.ndarray:
+    return (centres[i % len(centres)] + 0.8 * rng.standard_normal(DIM)).astype(np.float32)
+
+
+def _store(root: Path) -> tuple[FeatureStore, Run]:
+    """N tracks in 12 clusters (file /m/I.flac, content hash I as 32 hex digits)."""
+    rng = np.random.default_rng(11)
+    centres = rng.standard_normal((12, DIM)).astype(np.float32)
+    store = FeatureStore(root)
+    run = store.ensure_run(RunKey("synthetic", "r1", "{}", 16000, ("a",), (DIM,)))
+    items = []
+    for i in range(N):
+        h = f"{i:032x}"
+        store.upsert_track(Path(f"/m/{i}.flac"), h, 1, 0.0, {"duration": 30.0},
+                           {"artist": f"A{i % 12}", "title": f"T{i}"})
+        v = _vector(rng, centres, i)
+        items.append(TrackVectors(h, [v], [v[None]], [0.0]))
+    store.write_vectors(run, items)
+    return store, run
+
+
+class _Fixed(EmbedWorker):
+    """The embedding process's answer for any upload: one fixed vector, content not in the collection."""
+
+    def __init__(self, vector: np.ndarray) -> None:
+        super().__init__()
+        self.vector = vector
+
+    def embed(self, path: Path, run: Run, name: str, source: dict[str, str] | None = None) -> Embedded:
+        return Embedded("e" * 32, [self.vector], {"artist": None, "title": None}, [])
+
+
+UPLOADED = np.linspace(-1, 1, DIM, dtype=np.float32)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, FeatureStore, Run]]:
+    """The store, and the base URL of a real server over it (no lifespan: the embedding process is replaced by
+    :class:`_Fixed`, whose answer is :data:`UPLOADED`)."""
+    store, run = _store(tmp_path / "store")
+    app = create_app(tmp_path / "store")
+    app.state.mess.worker = _Fixed(UPLOADED)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.started, "the server did not start"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", store, run
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+        app.state.mess.store.close()
+        store.close()
+
+
+def _get(base: str, path: str, **params: object) -> httpx.Response:
+    return httpx.get(f"{base}{path}", params=params, timeout=120)
+
+
+def _in_thread(call: Callable[[], httpx.Response]) -> tuple[threading.Thread, dict]:
+    box: dict = {}
+
+    def go() -> None:
+        box["r"] = call()
+        box["at"] = time.monotonic()
+
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def _held_builds(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], threading.Event, threading.Event]:
+    """Every re-ranking build counted (its number of tracks), each held at its start until ``release`` is set (at most
+    20 s); ``started`` is set when the first begins."""
+    real, builds = rerank.build_reranker, []
+    started, release = threading.Event(), threading.Event()
+
+    def held(unit: np.ndarray, *args: object, **kwargs: object) -> rerank.Reranker:
+        builds.append(len(unit))
+        started.set()
+        release.wait(20)
+        return real(unit, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rerank, "build_reranker", held)
+    return builds, started, release
+
+
+def _expected(store: FeatureStore, run: Run, track: int) -> list[int]:
+    """The ids of ``track``'s K best re-ranked neighbours, from a re-ranker built here on the vectors now."""
+    vs = load_vectors(store, run, SPEC)
+    unit = vs.unit().copy()
+    row = int(vs.rows(np.array([track]))[0])
+    scores = build_reranker(unit).rows(np.array([row]))[0]
+    scores[row] = -np.inf
+    return vs.ids[np.argsort(-scores, kind="stable")[:K]].tolist()
+
+
+def _ids(r: httpx.Response) -> list[int]:
+    assert r.status_code == 200, r.text
+    assert r.json()["ranking"] == "reranked"
+    return [x["id"] for x in r.json()["results"]]
+
+
+def test_the_first_reranked_request_builds_outside_the_lock_and_once(served: tuple[str, FeatureStore, Run],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    base, store, run = served
+    builds, started, release = _held_builds(monkeypatch)
+    first, first_box = _in_thread(lambda: _get(base, "/api/tracks/5/similar", ranking="reranked", k=K))
+    try:
+        assert started.wait(60), "the re-ranking build never started"
+        second, second_box = _in_thread(lambda: _get(base, "/api/tracks/7/similar", ranking="reranked", k=K))
+        plain, plain_box = _in_thread(lambda: _get(base, "/api/tracks/9/similar", ranking="plain", k=K))
+        listing, listing_box = _in_thread(lambda: _get(base, "/api/tracks"))
+        plain.join(15)
+        listing.join(15)
+        answered = "r" in plain_box and "r" in listing_box
+        time.sleep(0.3)  # the second re-ranked request has had time to reach the build if it were to start one
+    finally:
+        released_at = time.monotonic()
+        release.set()
+        first.join(60)
+        second.join(60)
+    assert answered, "a track's plain neighbours and the track listing waited for the re-ranking build"
+    assert plain_box["at"] < released_at and listing_box["at"] < released_at
+    assert plain_box["r"].status_code == 200 and listing_box["r"].status_code == 200
+    assert builds == [N], "concurrent first re-ranked requests built the re-ranking data more than once"
+    monkeypatch.undo()
+    assert _ids(first_box["r"]) == _expected(store, run, 5)
+    assert _ids(second_box["r"]) == _expected(store, run, 7)
+
+
+def test_the_first_reranked_upload_builds_outside_the_lock(served: tuple[str, FeatureStore, Run],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    base, store, run = served
+    builds, started, release = _held_builds(monkeypatch)
+    upload, upload_box = _in_thread(lambda: httpx.post(f"{base}/api/similar/upload",
+                                                       params={"ranking": "reranked", "k": K},
+                                                       files={"file": ("q.wav", b"RIFF", "audio/wav")}, timeout=120))
+    try:
+        assert started.wait(60), "the re-ranking build never started"
+        plain, plain_box = _in_thread(lambda: _get(base, "/api/tracks/9/similar", ranking="plain", k=K))
+        plain.join(15)
+        answered = "r" in plain_box
+    finally:
+        release.set()
+        upload.join(60)
+    assert answered, "a track's plain neighbours waited for the upload's re-ranking build"
+    assert plain_box["r"].status_code == 200
+    assert builds[0] == N  # the collection's re-ranking data (then the exact re-ranking with the upload added)
+    monkeypatch.undo()
+    vs = load_vectors(store, run, SPEC)
+    unit, q = vs.unit().copy(), vs.prep.apply(UPLOADED[None])
+    scores = rerank.copy_first(build_reranker(unit).outside(q)[0], unit @ q[0], 0.0)
+    assert _ids(upload_box["r"]) == vs.ids[np.argsort(-scores, kind="stable")[:K]].tolist()
+
+
+def test_vectors_written_during_the_build_are_not_answered_from_it(served: tuple[str, FeatureStore, Run],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Track 5's vector is replaced (new content) by another connection while the first build runs: every request sent
+    after that write is answered from the new vectors, the first's build of the old ones notwithstanding."""
+    base, store, run = served
+    builds, started, release = _held_builds(monkeypatch)
+    first, first_box = _in_thread(lambda: _get(base, "/api/tracks/5/similar", ranking="reranked", k=K))
+    try:
+        assert started.wait(60), "the re-ranking build never started"
+        vs = load_vectors(store, run, SPEC)
+        moved = vs.raw[vs.rows(np.array([200]))[0]].astype(np.float32)  # track 5 now sounds like track 200
+        h = "f" * 32
+        assert store.upsert_track(Path(store.track(5).path), h, 1, 0.0, {"duration": 30.0},
+                                  {"artist": "A", "title": "T"}) == 5
+        store.write_vectors(run, [TrackVectors(h, [moved], [moved[None]], [0.0])])
+        after, after_box = _in_thread(lambda: _get(base, "/api/tracks/5/similar", ranking="reranked", k=K))
+        time.sleep(0.3)
+    finally:
+        release.set()
+        first.join(60)
+        after.join(60)
+    monkeypatch.undo()
+    now = _expected(store, run, 5)
+    assert 200 in now  # the write changed the answer: the test can tell the two builds apart
+    assert _ids(after_box["r"]) == now
+    assert _ids(_get(base, "/api/tracks/5/similar", ranking="reranked", k=K)) == now
+    assert len(builds) >= 2  # the old vectors' build, then the new ones'
+
+
+def test_a_store_replaced_while_a_request_waits_for_the_build_is_answered_from_the_new_one(
+        served: tuple[str, FeatureStore, Run], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The store is moved aside and another extracted in its place while the first build runs and a second re-ranked
+    request waits for it (of another vector set: one layer, zscore): the server reopens the new store at the next
+    request and closes the old one, which the waiting request had read its vectors from. It is answered from the new
+    store, not with a 500 for reading a closed catalog."""
+    base, store, run = served
+    builds, started, release = _held_builds(monkeypatch)
+    first, first_box = _in_thread(lambda: _get(base, "/api/tracks/5/similar", ranking="reranked", k=K))
+    try:
+        assert started.wait(60), "the re-ranking build never started"
+        waiting, waiting_box = _in_thread(lambda: _get(base, "/api/tracks/7/similar", ranking="reranked", k=K,
+                                                       layer="a"))
+        time.sleep(0.5)  # it has read its vectors and waits for the first build
+        root = tmp_path / "store"
+        new, _ = _store(tmp_path / "new")
+        new.close()
+        root.rename(tmp_path / "old")
+        (tmp_path / "new").rename(root)
+        assert _get(base, "/api/tracks").status_code == 200  # the server reopens the store here
+    finally:
+        release.set()
+        first.join(60)
+        waiting.join(60)
+    monkeypatch.undo()
+    assert first_box["r"].status_code == 200, first_box["r"].text
+    assert waiting_box["r"].status_code == 200, waiting_box["r"].text
+    reopened = FeatureStore(root)
+    try:
+        vs = load_vectors(reopened, reopened.run("synthetic"), VectorSpec.from_options("a", None, False, "auto"))
+        row = int(vs.rows(np.array([7]))[0])
+        scores = build_reranker(vs.unit().copy()).rows(np.array([row]))[0]
+        scores[row] = -np.inf
+        assert _ids(waiting_box["r"]) == vs.ids[np.argsort(-scores, kind="stable")[:K]].tolist()
+    finally:
+        reopened.close()
