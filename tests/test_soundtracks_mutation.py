@@ -35,7 +35,7 @@ def _tone(seconds: float, hz: float) -> np.ndarray:
 
 def _audio(path: Path, seconds: float, hz: float, artist: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".m4a":
+    if path.suffix in (".m4a", ".mka", ".aac"):
         _m4a(path, _tone(seconds, hz))
     else:
         sf.write(path, _tone(seconds, hz), RATE, format={".ogg": "OGG", ".wav": "WAV", ".mp3": "MP3"}.get(path.suffix,
@@ -49,10 +49,11 @@ def _audio(path: Path, seconds: float, hz: float, artist: str | None = None) -> 
 
 
 def _m4a(path: Path, samples: np.ndarray) -> None:
-    """An AAC track in an MP4 container, encoded by FFmpeg (PyAV)."""
+    """An AAC track in an MP4 container (.m4a), a Matroska one (.mka) or none (.aac: ADTS frames), encoded by FFmpeg
+    (PyAV)."""
     import av
 
-    with av.open(str(path), "w", format="ipod") as out:
+    with av.open(str(path), "w", format={".mka": "matroska", ".aac": "adts"}.get(path.suffix, "ipod")) as out:
         stream = out.add_stream("aac", rate=RATE)
         stream.layout = "mono"
         for start in range(0, samples.size, 1024):
@@ -381,3 +382,30 @@ def test_the_command_s_table_counts_each_game(debs: Path, apt: Path, tmp_path: P
             assert line[end - len(figure):end] == figure, (line, header)
     text = " ".join(got.output.split())
     assert f"5 tracks in {out} (label: --label album, or --labels {out}/manifest.csv)" in text
+
+
+def test_a_file_mutagen_cannot_tag_is_copied_as_it_is_and_once_across_a_killed_fetch(debs: Path, apt: Path,
+                                                                                     tmp_path: Path) -> None:
+    """Raw AAC (ADTS) ended the fetch in a traceback (mutagen's AACError: "doesn't support tags"), leaving
+    '.intro.partial.aac'; a Matroska file was copied untagged, and after a fetch killed before its manifest the rerun
+    found that copy without the game's album tag, took it for another file and copied it again as
+    'music__loop.mka'. Both are copied as they are (labelled by the manifest), and a rerun takes its copies over."""
+    made = debs / "untaggable"
+    _audio(made / "loop.mka", MIN_SECONDS + 1, 220.0)
+    _audio(made / "intro.aac", MIN_SECONDS + 2, 330.0)
+    _deb(debs, "mka-data", {"usr/share/mka/music/loop.mka": made / "loop.mka",
+                            "usr/share/mka/music/intro.aac": made / "intro.aac"})
+    out = tmp_path / "set"
+    first = fetch_soundtracks(out, {"mka-data": "mka"})
+    assert [t.path for t in first] == [out / "mka" / "intro.aac", out / "mka" / "loop.mka"]
+    assert [_sha(t.path) for t in first] == [_sha(made / "intro.aac"), _sha(made / "loop.mka")]
+    assert [t.game for t in first] == ["mka", "mka"]
+    (out / "manifest.csv").unlink()  # killed after the copies, before the manifest
+    again = fetch_soundtracks(out, {"mka-data": "mka"})
+    assert [t.path for t in again] == [t.path for t in first]
+    assert sorted(p.name for p in (out / "mka").iterdir()) == ["intro.aac", "loop.mka"]
+    # AAC adds its encoder delay and the last frame's padding: a quarter of a second at most here
+    assert [probe(t.path).duration for t in again] == pytest.approx([MIN_SECONDS + 2, MIN_SECONDS + 1], abs=0.3)
+    with (out / "manifest.csv").open(newline="", encoding="utf-8") as fh:
+        assert [(row["path"], row["game"]) for row in csv.DictReader(fh)] == [(str(t.path), "mka") for t in first]
+

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import filecmp
 import hashlib
 import shutil
 import tempfile
@@ -59,6 +60,7 @@ def fetch_soundtracks(out_dir: Path, packages: Mapping[str, str] = PACKAGES) -> 
 
     A folder whose manifest lists files that all exist is reused without touching apt; a folder moved or copied
     with its manifest is read where it now lies, and its manifest rewritten to name these files (where it can be).
+    A file mutagen cannot tag (Matroska, raw AAC) is copied as it is: labelled by the manifest alone.
     Raises :class:`FetchError` where apt-get or dpkg is missing or a package cannot be fetched, or where
     ``out_dir`` is not named in UTF-8 (the manifest's paths are UTF-8 text).
     """
@@ -137,29 +139,40 @@ def _copy_labelled(src: Path, game_dir: Path, game: str, duration: float, taken:
     """Copy one file, naming it uniquely among the names ``taken`` in this fetch, and set its album tag to the game.
 
     A file already at that name is replaced where it is an earlier, interrupted fetch's copy (its album tag is the
-    game), never where it is another file: the copy then takes the longer name (FOLDER__NAME, then FOLDER__2__NAME,
-    FOLDER__3__NAME, ...: the first free one).
+    game, or, of a type mutagen cannot tag, its bytes are the source's), never where it is another file: the copy then
+    takes the longer name (FOLDER__NAME, then FOLDER__2__NAME, FOLDER__3__NAME, ...: the first free one).
     """
     game_dir.mkdir(parents=True, exist_ok=True)
     names = chain([src.name, f"{src.parent.name}__{src.name}"],
                   (f"{src.parent.name}__{n}__{src.name}" for n in count(2)))
     dest = next(d for d in (game_dir / name for name in names)
-                if d not in taken and not (d.exists() and read_tags(d)["album"] != game))
+                if d not in taken and not (d.exists() and read_tags(d)["album"] != game
+                                           and not filecmp.cmp(d, src, shallow=False)))
     taken.add(dest)
     # the copy keeps the extension: mutagen tells an MP3 without an ID3 header by it
     partial = dest.with_name(f".{dest.stem}.partial{dest.suffix}")
     shutil.copyfile(src, partial)
-    audio = mutagen.File(str(partial), easy=True)
-    if audio is not None:
-        if audio.tags is None:
-            audio.add_tags()
-        if isinstance(audio.tags, ID3):  # a WAV's or AIFF's: ID3 without mutagen's easy names
-            audio.tags.add(TALB(encoding=3, text=[game]))
-        else:
-            audio.tags[LABEL_TAG] = game
-        audio.save()
+    try:
+        _label(partial, game)
+    except mutagen.MutagenError:  # a type it reads but cannot tag (raw AAC): copied as it is
+        shutil.copyfile(src, partial)
     partial.replace(dest)
     return SoundtrackTrack(dest, game, read_tags(dest)["artist"], duration)
+
+
+def _label(path: Path, game: str) -> None:
+    """Set the album tag of ``path`` to ``game`` where mutagen knows its type (else leave it); MutagenError where
+    that type holds no tags."""
+    audio = mutagen.File(str(path), easy=True)
+    if audio is None:
+        return
+    if audio.tags is None:
+        audio.add_tags()
+    if isinstance(audio.tags, ID3):  # a WAV's or AIFF's: ID3 without mutagen's easy names
+        audio.tags.add(TALB(encoding=3, text=[game]))
+    else:
+        audio.tags[LABEL_TAG] = game
+    audio.save()
 
 
 def _write_manifest(out_dir: Path, tracks: list[SoundtrackTrack]) -> None:
