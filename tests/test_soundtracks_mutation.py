@@ -409,3 +409,19 @@ def test_a_file_mutagen_cannot_tag_is_copied_as_it_is_and_once_across_a_killed_f
     with (out / "manifest.csv").open(newline="", encoding="utf-8") as fh:
         assert [(row["path"], row["game"]) for row in csv.DictReader(fh)] == [(str(t.path), "mka") for t in first]
 
+
+def test_a_manifest_of_other_packages_is_not_the_answer(apt: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library caller asking for beta-data in a folder that holds alpha-data's complete set got alpha's tracks back
+    (any complete manifest was reused): it gets beta's, and the manifest lists them."""
+    out = tmp_path / "set"
+    alpha = fetch_soundtracks(out, {"alpha-data": "alpha"})
+    assert {t.game for t in alpha} == {"alpha"}
+    beta = fetch_soundtracks(out, {"beta-data": "beta"})
+    assert [(t.path, t.game) for t in beta] == [(out / "beta" / name, "beta") for name in ("intro.flac", "theme.ogg")]
+    with (out / "manifest.csv").open(newline="", encoding="utf-8") as fh:
+        assert [row["path"] for row in csv.DictReader(fh)] == [str(t.path) for t in beta]
+    both = fetch_soundtracks(out, {"alpha-data": "alpha", "beta-data": "beta"})
+    assert {t.game for t in both} == {"alpha", "beta"}
+    monkeypatch.setenv("PATH", os.environ["PATH"].replace(f"{apt}:", ""))  # no apt-get now: the same set is reused
+    assert fetch_soundtracks(out, {"alpha-data": "alpha", "beta-data": "beta"}) == both

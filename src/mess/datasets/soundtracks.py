@@ -55,12 +55,15 @@ class SoundtrackTrack:
     duration: float
 
 
-def fetch_soundtracks(out_dir: Path, packages: Mapping[str, str] = PACKAGES) -> list[SoundtrackTrack]:
-    """Fetch the packages (default: the six games), copy their music into ``out_dir/<game>/``, write the manifest.
+def fetch_soundtracks(out_dir: Path, packages: Mapping[str, str] | None = None) -> list[SoundtrackTrack]:
+    """Fetch the packages (package -> game; None: the six games of :data:`PACKAGES`), copy their music into
+    ``out_dir/<game>/``, write the manifest.
 
-    A folder whose manifest lists files that all exist is reused without touching apt; a folder moved or copied
-    with its manifest is read where it now lies, and its manifest rewritten to name these files (where it can be).
-    A file mutagen cannot tag (Matroska, raw AAC) is copied as it is: labelled by the manifest alone.
+    A folder whose manifest lists files that all exist is reused without touching apt: with ``packages`` None,
+    whatever set it holds (a set of one's own, as `benchmarks/quality.py --data` reads); with ``packages`` given, only
+    a set of exactly their games (another is fetched anew and its manifest replaced). A folder moved or copied with
+    its manifest is read where it now lies, and its manifest rewritten to name these files (where it can be). A file
+    mutagen cannot tag (Matroska, raw AAC) is copied as it is: labelled by the manifest alone.
     Raises :class:`FetchError` where apt-get or dpkg is missing or a package cannot be fetched, or where
     ``out_dir`` is not named in UTF-8 (the manifest's paths are UTF-8 text).
     """
@@ -70,7 +73,8 @@ def fetch_soundtracks(out_dir: Path, packages: Mapping[str, str] = PACKAGES) -> 
         raise FetchError(f"{out_dir} is not named in UTF-8, as manifest.csv's paths must be; "
                          "choose a folder named in UTF-8") from None
     cached = read_manifest(out_dir)
-    if cached and all(t.path.is_file() for t in cached):
+    if cached and all(t.path.is_file() for t in cached) and (packages is None
+                                                            or {t.game for t in cached} == set(packages.values())):
         if any(str(t.path) != row["path"] for t, row in zip(cached, _manifest_rows(out_dir), strict=True)):
             with contextlib.suppress(OSError):  # a read-only copy: the tracks are right, its manifest stays
                 _write_manifest(out_dir, cached)
@@ -78,7 +82,7 @@ def fetch_soundtracks(out_dir: Path, packages: Mapping[str, str] = PACKAGES) -> 
     tracks: list[SoundtrackTrack] = []
     seen: set[str] = set()
     taken: set[Path] = set()
-    for package, game in packages.items():
+    for package, game in (PACKAGES if packages is None else packages).items():
         with tempfile.TemporaryDirectory() as tmp:
             root = unpack_package(package, Path(tmp))
             for src, duration in music_files(root.rglob("*"), root):
