@@ -1226,3 +1226,30 @@ def test_mpd_replacing_songs_in_a_full_queue_removes_them_first(tiny_mpd: tuple[
         with pytest.raises(PlayerError, match="queue is unchanged"):  # refused for another reason than a full queue
             _replace(client, ["not-in-mpd.wav"], {s["id"]: s["file"] for s in queue[1:]})
         assert client.playlistinfo() == queue
+
+
+def test_mpd_reads_entries_in_folders_named_like_uri_schemes_with_and_without_dot_slash(tmp_path: Path) -> None:
+    """M3U8 entries whose first folder is named like a URI scheme ('file:x/a.flac') are written as './file:x/a.flac'
+    (as URI references the bare ones are URIs, RFC 3986). MPD takes a URI only with '://': both forms name the same
+    songs of its database, in a playlist file in its music folder listed and loaded."""
+    from mess.playlists.formats import write_playlist
+    from mess.playlists.playlist import Playlist
+
+    music, home = tmp_path / "music", tmp_path / "mpd"
+    home.mkdir()
+    songs = ["file:x/a.flac", "http:y/b.flac", "plain/c.flac"]
+    for i, song in enumerate(songs):
+        (music / song).parent.mkdir(parents=True)
+        t = np.arange(3 * 8000) / 8000
+        sf.write(music / song, (0.3 * np.sin(2 * np.pi * 220 * (i + 1) * t)).astype(np.float32), 8000)
+    tracks = tuple(Track(i, str(music / s), f"h{i}", 3.0, None, None, s, None, None) for i, s in enumerate(songs))
+    write_playlist(Playlist("mix", tracks, (1.0, 1.0, 1.0)), music / "dotted.m3u8")
+    dotted = [ln for ln in (music / "dotted.m3u8").read_text().splitlines() if not ln.startswith("#")]
+    assert dotted == ["./file:x/a.flac", "./http:y/b.flac", "plain/c.flac"]
+    (music / "bare.m3u8").write_text("#EXTM3U\n" + "\n".join(songs) + "\n")  # as mess wrote them before
+    with _mpd(music, home) as port, connect("127.0.0.1", port, None, timeout=10) as client:
+        for name in ("dotted.m3u8", "bare.m3u8"):
+            assert client.listplaylist(name) == songs, name
+            client.clear()
+            client.load(name)
+            assert [s["file"] for s in client.playlistinfo()] == songs, name

@@ -118,6 +118,27 @@ def test_m3u8_names_with_a_leading_hash_or_a_line_break_are_not_lost(tmp_path: P
     assert read_playlist(tmp_path / "p.m3u8") == paths and all(p.is_file() for p in paths)
 
 
+def test_m3u8_entries_whose_first_folder_reads_as_a_uri_scheme_start_with_dot_slash(tmp_path: Path) -> None:
+    """'file:x/a.flac' and 'http:y/b.flac' were written as they are: as URI references (RFC 3986) they are URIs of
+    the schemes file and http, and a URI resolver took them so (urljoin dropped the folder 'file:', kept
+    'http:y/b.flac' as a URL). Such entries start with './', as RFC 3986 section 4.2 asks of a relative path whose
+    first segment holds a colon; every other entry is written as before."""
+    from urllib.parse import quote, unquote, urljoin
+
+    folder = tmp_path / "list"
+    names = ["file:x/a.flac", "http:y/b.flac", "x:y.flac", "A+b.c-d:e/f.flac", "a/b:c.flac", "1:x.flac",
+             "plain/d.flac", "#1.flac"]
+    paths = [folder / n for n in names]
+    write_playlist(_playlist(paths), folder / "p.m3u8")
+    entries = [os.fsdecode(ln) for ln in (folder / "p.m3u8").read_bytes().splitlines() if not ln.startswith(b"#")]
+    assert entries == ["./file:x/a.flac", "./http:y/b.flac", "./x:y.flac", "./A+b.c-d:e/f.flac", "a/b:c.flac",
+                       "1:x.flac", "plain/d.flac", "./#1.flac"]
+    base = folder.as_uri() + "/"
+    for entry, path in zip(entries[:-1], paths[:-1], strict=True):  # '#' starts a URI's fragment: not a reference
+        assert unquote(urljoin(base, quote(entry, safe="/:+"))) == unquote(path.as_uri()), entry
+    assert read_playlist(folder / "p.m3u8") == paths
+
+
 def test_a_failed_write_leaves_the_existing_playlist_untouched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "mix.m3u8"
     target.write_bytes(b"#EXTM3U\nkept.flac\n")

@@ -26,6 +26,7 @@ from mess.store.paths import displayable, one_line, replace_file, replace_files,
 FORMATS = {".m3u8": "m3u8", ".m3u": "m3u8", ".xspf": "xspf"}
 XSPF_NS = "http://xspf.org/ns/0/"
 _CLUSTER_FILE = re.compile(r"\d{2,}-(?P<slug>[\w-]+)\.(?:m3u8|xspf)")  # the names write_cluster_folder gives
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # a URI's scheme and its colon (RFC 3986, 3.1)
 CLUSTER_LIST = ".mess-clusters"  # in a clusters folder: the names of the playlists the last run wrote, one a line
 
 
@@ -60,11 +61,12 @@ def _location(track_path: str, folder: Path | None) -> tuple[str, bool]:
 
 def _m3u8_entry(track_path: str, folder: Path | None) -> str:
     """The line naming a track: its path, './' before a relative one starting with '#' (else read as a
-    comment); a file:// URI when the name would not survive as one whole line (line breaks, outer spaces)."""
+    comment) or with a first folder or name read as a URI scheme ('file:x/a.ogg', 'http:y/b.ogg': RFC 3986, 4.2);
+    a file:// URI when the name would not survive as one whole line (line breaks, outer spaces)."""
     loc, relative = _location(track_path, folder)
     if loc != loc.strip() or loc.splitlines() != [loc]:
         return Path(track_path).as_uri()
-    return f"./{loc}" if relative and loc.startswith("#") else loc
+    return f"./{loc}" if relative and (loc.startswith("#") or _SCHEME.match(loc)) else loc
 
 
 def render_m3u8(playlist: Playlist, folder: Path | None = None, locate: Locate | None = None) -> str:
