@@ -51,8 +51,12 @@ LAMBDA = 0.3
 # (on the soundtrack store: noisy copies found first 103 of 104 times instead of 65-92, new tracks' mAP unchanged)
 COPY_GAP = 0.05
 # the most tracks an outside query is re-ranked for exactly, by building the re-ranking again with it added as a track
-# (CPU on 2 cores: 0.5 s at 2,000 tracks x 5,000 dims, 1.4 s at 4,000; 3 s at 10,000 x 512); beyond, approximated
+# (CPU on 2 cores: 0.5 s at 2,000 tracks x 5,000 dims, 1.4 s at 4,000; 3 s at 10,000 x 512); beyond, locally (below)
 EXACT_TRACKS = 4_000
+# beyond EXACT_TRACKS, an outside query is re-ranked exactly within its this many nearest tracks, the others ranking by
+# distance alone (0.9-1.2 s at 5,000 tracks x 5,000 dims on 2 shared cores; on 8,001 and 12,001 clustered tracks the
+# exact answer's ten first tracks, scores within 0.002, where the earlier approximation changed the first in half)
+LOCAL_TRACKS = 2_000
 # Outside queries a re-ranker remembers its answer to (the last ones): the server computes one without its lock, then
 # answers with it under the lock.
 OUTSIDE_KEPT = 4
@@ -92,23 +96,13 @@ class Reranker:
         """Re-ranked scores [m, n] of collection rows against the collection (higher is nearer; 0 for itself)."""
         return mixed(expanded_rows(self.unit, self.aug, rows), self.recip[rows], self.by_column, rows, self.lam)
 
-    def expanded(self, i: int) -> np.ndarray:
-        """Collection row ``i``'s expanded augmented query [dim] (as :func:`expanded_rows` scores with)."""
-        a = self.aug.vectors(self.unit, np.array([i]))
-        near = self.aug.vectors(self.unit, self.qe_rows[i])[None]
-        return expand(a, near, self.qe_scores[i][None], EXPAND_ALPHA)[0]
-
     def outside(self, queries: np.ndarray) -> np.ndarray:
         """Re-ranked scores [m, n] of unit queries [m, dim] from outside the collection.
 
         Up to :data:`EXACT_TRACKS` tracks, exactly a query's row of the re-ranking of the collection with it added
         as one more track (built again per query: the query can change tracks' augmentation and neighbour lists).
-        Beyond, an approximation in time linear in n: the query is augmented from its :data:`DBA_K` nearest
-        tracks as the tracks were, then scored as a collection track would be, with itself added to the other
-        tracks' neighbour lists where its score from them earns a place; the collection's augmentation and
-        k-reciprocal vectors stay as they are (it ignores the query in tracks' augmentation, a track's last
-        neighbour pushed out by the query and a track gaining the query by the 2/3 rule alone: on 36 clustered
-        tracks scores off by up to 0.67 and the first result another in 14 of 40 queries).
+        Beyond, the same within the query's :data:`LOCAL_TRACKS` nearest tracks, the others ranking by distance
+        alone (:meth:`_outside`).
 
         The last :data:`OUTSIDE_KEPT` queries' rows are remembered: asked again, the same query is answered at once.
         """
@@ -133,63 +127,22 @@ class Reranker:
         return build_reranker(with_query, self.k1, self.k2, self.lam).rows(np.array([n]))[0, :n]
 
     def _outside(self, q: np.ndarray) -> np.ndarray:
-        n, k1 = len(self.unit), self.top.k
-        q_aug, plain, f = augmented_query(self.unit, self.aug, q)
-        a = q_aug[None]
-        mine = np.argsort(-f, kind="stable")[:k1]  # the query's nearest tracks; the query itself is row n
-        from_them: dict[int, float] = {}
-
-        def score_from(x: int) -> float:  # the query's score in track x's row (x's own expansion)
-            if x not in from_them:
-                from_them[x] = max(float(plain[x]), float(self.expanded(x) @ a[0]))
-            return from_them[x]
-
-        def ranked(x: int, depth: int) -> list[int]:  # node x first, then its ``depth`` nearest, the query included
-            if x == n:
-                return [n, *mine[:depth].tolist()]
-            others = self.top.rows[x, :depth].tolist()
-            at = int((self.top.scores[x, :depth] >= score_from(x)).sum())
-            return [x, *(others[:at] + [n] + others[at:])[:depth]]
-
-        half = int(round(k1 / 2))
-        krn = [c for c in ranked(n, k1) if n in ranked(c, k1)]
-        kre = list(krn)
-        for c in krn:
-            ck = [x for x in ranked(c, half) if c in ranked(x, half)]
-            if len(set(ck) & set(krn)) > 2 / 3 * len(ck):
-                kre.extend(ck)
-        members = np.unique(kre)
-        d = np.maximum(2.0 - 2.0 * np.append(f, 1.0).astype(np.float64), 0.0)  # the query's own distance 0
-        w = np.exp(-d[members] / max(float(d.max()), 1e-12))
-        own = np.zeros(n + 1)
-        own[members] = w / w.sum()
-
-        def before_k2(x: int) -> np.ndarray:  # node x's k-reciprocal vector [n + 1], the query's column last
-            if x == n:
-                return own
-            row = np.zeros(n + 1)
-            row[self.recip0[x].indices] = self.recip0[x].data
-            if x in krn:  # the query is in x's k-reciprocal set: its weight joins x's (x's own weight is 1/sum)
-                total = 1.0 / row[x]
-                dq = max(2.0 - 2.0 * score_from(x), 0.0)
-                row *= total
-                row[n] = np.exp(-dq / max(2.0 - 2.0 * float(self.top.lowest[x]), dq, 1e-12))
-                row /= total + row[n]
-            return row
-
-        def vector(x: int) -> np.ndarray:  # node x's vector after the k2 averaging
-            return np.mean([before_k2(m) for m in ranked(x, self.k2 - 1)[: self.k2]], axis=0)
-
-        v = vector(n)
-        mins_changed = {}
-        changed = set(krn) - {n}
-        near_changed = np.flatnonzero(np.isin(self.top.rows[:, : self.k2 - 1], list(changed)).any(axis=1))
-        for x in changed | set(near_changed.tolist()) | {int(c) for c in mine if n in ranked(int(c), self.k2 - 1)}:
-            mins_changed[x] = float(np.minimum(v, vector(x)).sum())
-        nonzero = np.flatnonzero(v[:n])
-        scores = mixed(f[None], _csr_matrix((v[nonzero], nonzero, [0, len(nonzero)]), shape=(1, n)),
-                       self.by_column, None, self.lam, mins_changed)
-        return scores[0]
+        """Query ``q`` [dim]'s re-ranked scores [n] beyond :data:`EXACT_TRACKS`: its row of the re-ranking of its
+        :data:`LOCAL_TRACKS` nearest tracks (plain cosine) with it added, as :meth:`_exact` builds the whole
+        collection's; the other tracks, sharing no k-reciprocal neighbour with it, score by distance alone (the
+        Jaccard distance 1). Distances are normalised by the farthest track of the whole collection."""
+        n = len(self.unit)
+        near = np.sort(np.argsort(-(self.unit @ q), kind="stable")[:LOCAL_TRACKS])
+        m = len(near)
+        local = build_reranker(np.concatenate([self.unit[near], q[None].astype(self.unit.dtype)]), self.k1, self.k2,
+                               self.lam)
+        at = np.array([m])
+        d = np.maximum(2.0 - 2.0 * augmented_query(self.unit, self.aug, q)[2].astype(np.float64), 0.0)
+        d[near] = np.maximum(2.0 - 2.0 * expanded_rows(local.unit, local.aug, at)[0, :m].astype(np.float64), 0.0)
+        shared = shared_weights(local.recip[at], local.by_column)[0, :m]
+        jaccard = np.ones(n)
+        jaccard[near] = 1.0 - shared / (2.0 - shared)
+        return -(jaccard * (1.0 - self.lam) + d / max(float(d.max()), 1e-12) * self.lam)
 
 
 def copy_first(scores: np.ndarray, cosines: np.ndarray, own: float, gap: float = COPY_GAP) -> np.ndarray:
@@ -388,18 +341,15 @@ def averaged(v: sparse.csr_matrix, top: NeighbourGraph, k2: int) -> sparse.csr_m
 
 
 def mixed(scores: np.ndarray, recip_rows: sparse.csr_matrix, recip: sparse.csc_matrix, rows: np.ndarray | None,
-          lam: float = LAMBDA, overlap: dict[int, float] | None = None) -> np.ndarray:
+          lam: float = LAMBDA) -> np.ndarray:
     """Re-ranked scores [m, n]: minus ((1 - lam) Jaccard distance of k-reciprocal vectors + lam row-normalised
     distance). ``scores`` [m, n] are the queries' scores, ``recip_rows`` [m, n] their k-reciprocal vectors,
-    ``recip`` the collection's by column, ``rows`` the queries' own rows (None: outside); ``overlap`` replaces
-    the shared weight of a single query with some tracks (whose vectors the query changes)."""
+    ``recip`` the collection's by column, ``rows`` the queries' own rows (None: outside)."""
     d = np.maximum(2.0 - 2.0 * scores.astype(np.float64), 0.0)
     if rows is not None:
         d[np.arange(len(rows)), rows] = 0.0
     orig = d / np.maximum(d.max(axis=1, keepdims=True), 1e-12)
     mins = shared_weights(recip_rows, recip)
-    for col, shared in (overlap or {}).items():
-        mins[0, col] = shared
     jac = 1.0 - mins / (2.0 - mins)
     return -(jac * (1.0 - lam) + orig * lam)
 
