@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 import uvicorn
 
-from mess.search import rerank
+from mess.search import rerank, rerank_store
+from mess.search.augment import build_augmentation, expanded_rows
 from mess.search.rerank import build_reranker
 from mess.search.vectors import VectorSpec, load_vectors
 from mess.serve.app import create_app
@@ -109,10 +110,11 @@ def _in_thread(call: Callable[[], httpx.Response]) -> tuple[threading.Thread, di
     return thread, box
 
 
-def _held_builds(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], threading.Event, threading.Event]:
-    """Every re-ranking build counted (its number of tracks), each held at its start until ``release`` is set (at most
-    20 s); ``started`` is set when the first begins."""
-    real, builds = rerank.build_reranker, []
+def _held_builds(monkeypatch: pytest.MonkeyPatch, module: object = rerank, name: str = "build_reranker",
+                 ) -> tuple[list[int], threading.Event, threading.Event]:
+    """Every re-ranking build (or another builder: ``module.name``) counted (its number of tracks), each held at its
+    start until ``release`` is set (at most 20 s); ``started`` is set when the first begins."""
+    real, builds = getattr(module, name), []
     started, release = threading.Event(), threading.Event()
 
     def held(unit: np.ndarray, *args: object, **kwargs: object) -> rerank.Reranker:
@@ -121,7 +123,7 @@ def _held_builds(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], threading.
         release.wait(20)
         return real(unit, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(rerank, "build_reranker", held)
+    monkeypatch.setattr(module, name, held)
     return builds, started, release
 
 
@@ -259,3 +261,50 @@ def test_a_store_replaced_while_a_request_waits_for_the_build_is_answered_from_t
         assert _ids(waiting_box["r"]) == vs.ids[np.argsort(-scores, kind="stable")[:K]].tolist()
     finally:
         reopened.close()
+
+
+def test_the_first_default_request_builds_the_augmentation_outside_the_lock(served: tuple[str, FeatureStore, Run],
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default ranking (augmented for all layers up to 10,000 tracks) builds the collection's augmentation at the
+    first request without data saved by `mess index` (3.3 s at 10,000 x 5,000 dims): it held the lock meanwhile."""
+    base, store, run = served
+    builds, started, release = _held_builds(monkeypatch, rerank_store, "build_augmentation")
+    first, first_box = _in_thread(lambda: _get(base, "/api/tracks/5/similar", k=K))
+    try:
+        assert started.wait(60), "the augmentation build never started"
+        plain, plain_box = _in_thread(lambda: _get(base, "/api/tracks/9/similar", ranking="plain", k=K))
+        plain.join(15)
+        answered = "r" in plain_box
+    finally:
+        release.set()
+        first.join(60)
+    assert answered, "a track's plain neighbours waited for the augmentation build"
+    assert plain_box["r"].status_code == 200
+    assert builds == [N]
+    monkeypatch.undo()
+    assert first_box["r"].status_code == 200 and first_box["r"].json()["ranking"] == "augmented"
+    vs = load_vectors(store, run, SPEC)
+    unit = vs.unit().copy()
+    row = int(vs.rows(np.array([5]))[0])
+    scores = expanded_rows(unit, build_augmentation(unit), np.array([row]))[0]
+    scores[row] = -np.inf
+    want = vs.ids[np.argsort(-scores, kind="stable")[:K]].tolist()
+    assert [x["id"] for x in first_box["r"].json()["results"]] == want
+
+
+def test_a_default_request_does_not_wait_for_a_reranking_build(served: tuple[str, FeatureStore, Run],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Re-ranking builds run one at a time; the default (augmented) ranking's data is not one of them."""
+    base, _, _ = served
+    _, started, release = _held_builds(monkeypatch)
+    first, _ = _in_thread(lambda: _get(base, "/api/tracks/5/similar", ranking="reranked", k=K))
+    try:
+        assert started.wait(60), "the re-ranking build never started"
+        default, default_box = _in_thread(lambda: _get(base, "/api/tracks/9/similar", k=K))
+        default.join(15)
+        answered = "r" in default_box
+    finally:
+        release.set()
+        first.join(60)
+    assert answered, "a default request waited for a re-ranking build"
+    assert default_box["r"].status_code == 200 and default_box["r"].json()["ranking"] == "augmented"

@@ -32,7 +32,7 @@ from mess.search.query import (
     weak_aspects,
 )
 from mess.search.rerank import Reranker
-from mess.search.rerank_store import Ranking, check_ranking, load_reranker, ranking_choice
+from mess.search.rerank_store import Ranking, check_ranking, load_augmentation, load_reranker, ranking_choice
 from mess.search.vectors import Norm, VectorSet, VectorSpec, from_tracks, load_vectors, vectors_label
 from mess.serve.errors import query_parameters, without_paths
 from mess.serve.mapping import collection_map
@@ -85,17 +85,17 @@ def similar(track_id: TrackId, state: State, model: Model = None, layer: Layer =
     result's ``adjusted`` is that score (what the order follows)."""
     if hubness is not None and hubness not in HUBNESS_METHODS:
         raise HTTPException(400, f"unknown hubness reduction {hubness!r}; choose {' or '.join(HUBNESS_METHODS)}")
-    if ranking == "reranked":  # its data read or built first, without the lock
+    if ranking != "plain":  # the ranking's data read or built first, without the lock
         try:
-            check_ranking(ranking, hubness=hubness, expand=expand)
             with state.lock:
                 run = state.run(model)
                 spec = vector_spec(state.store, run, layer, aspect, fused, learned, norm)
                 store, vs = state.store, load_vectors(state.store, run, spec)
+                chosen = _ranking(state, run, spec, ranking, hubness, expand)
         except (HTTPException, StoreError, ValueError):  # the search below says why
             pass
         else:
-            _reranker_unlocked(state, store, vs)
+            _ranking_data(state, store, vs, chosen.ranking)
     with state.lock:
         run = state.run(model)
         track = state.track(track_id)
@@ -166,19 +166,17 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
                             credit_of(embedded.tags))
         return run, spec, tq, _ranking(state, run, spec, ranking)
 
-    def rerank_outside() -> None:
-        """An outside query's re-ranking (the collection re-ranked with it added: seconds on thousands of tracks)
-        computed without the lock, so that other requests go on meanwhile: the re-ranker and the query are taken
-        under it (immutable: a store changed meanwhile gives another re-ranker, and the search recomputes), and the
-        re-ranker remembers the row that the search below reads."""
+    def prepare_ranking() -> None:
+        """The ranking's data (:func:`_ranking_data`) and an outside query's re-ranking (the collection re-ranked with
+        it added: seconds on thousands of tracks) computed without the lock, so that other requests go on meanwhile:
+        the vectors and the query are taken under it (immutable: a store changed meanwhile gives other data, and the
+        search recomputes), and the re-ranker remembers the row that the search below reads."""
         with state.lock:
             run, spec, tq, chosen = resolved()
-            if chosen.ranking != "reranked" or tq.track is not None:
-                return
             store, vs = state.store, load_vectors(state.store, run, spec)
-            q = query_unit(store, vs, tq)[None]
-        reranker = _reranker_unlocked(state, store, vs)
-        if reranker is not None:
+            q = query_unit(store, vs, tq)[None] if tq.track is None else None
+        reranker = _ranking_data(state, store, vs, chosen.ranking)
+        if reranker is not None and q is not None:
             with state.ranking_lock:
                 reranker.outside(q)
 
@@ -201,22 +199,28 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
             return {**_answer(state, run, query, results, layer, aspect, fused, learned, norm, chosen),
                     "warnings": embedded.warnings}
 
-    await run_in_threadpool(rerank_outside)
+    await run_in_threadpool(prepare_ranking)
     return await run_in_threadpool(search)
 
 
-def _reranker_unlocked(state: ServeState, store: FeatureStore, vs: VectorSet) -> Reranker | None:
-    """:func:`load_reranker` of ``vs`` (read from ``store`` under the lock), called without the lock so that other
-    requests go on meanwhile: without data saved by `mess index --rerank`, the first re-ranked request of a vector set
-    builds it (seconds on thousands of tracks). One at a time (``state.ranking_lock``), memoised by the store under
-    :func:`load_reranker`'s key (the vector set's fingerprint, at the store's version): concurrent first requests build
-    it once, the search under the lock then reads it, and vectors written meanwhile are another key. None when the
-    store was replaced and closed meanwhile (the search under the lock builds from the new one)."""
-    with state.ranking_lock:
-        try:
-            return load_reranker(store, vs)
-        except sqlite3.ProgrammingError:  # closed by ServeState.refresh
-            return None
+def _ranking_data(state: ServeState, store: FeatureStore, vs: VectorSet, ranking: Ranking) -> Reranker | None:
+    """Read or build what ``ranking`` reads of ``vs`` (taken from ``store`` under the lock): its augmentation, or its
+    re-ranker (returned), without the lock, so that other requests go on meanwhile: without data saved by `mess
+    index`, the first augmented or re-ranked request of a vector set builds it (seconds on thousands of tracks).
+    Re-rankers one at a time (``state.ranking_lock``: up to gigabytes each). Memoised by the store under
+    :func:`load_augmentation`'s and :func:`load_reranker`'s keys (the vector set's fingerprint, at the store's
+    version): concurrent first requests build it once, the search under the lock then reads it, and vectors written
+    meanwhile are another key. None for the other rankings, or when the store was replaced and closed meanwhile (the
+    search under the lock then builds from the new one)."""
+    try:
+        if ranking == "augmented":
+            load_augmentation(store, vs)
+        elif ranking == "reranked":
+            with state.ranking_lock:
+                return load_reranker(store, vs)
+    except sqlite3.ProgrammingError:  # closed by ServeState.refresh
+        pass
+    return None
 
 
 @dataclass(frozen=True)
