@@ -308,3 +308,23 @@ def test_a_default_request_does_not_wait_for_a_reranking_build(served: tuple[str
         first.join(60)
     assert answered, "a default request waited for a re-ranking build"
     assert default_box["r"].status_code == 200 and default_box["r"].json()["ranking"] == "augmented"
+
+
+def test_the_first_radio_builds_the_augmentation_outside_the_lock(served: tuple[str, FeatureStore, Run],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The radio ranks as a track's neighbours do (augmented by default): its first request built the augmentation
+    holding the lock."""
+    base, store, run = served
+    builds, started, release = _held_builds(monkeypatch, rerank_store, "build_augmentation")
+    first, first_box = _in_thread(lambda: _get(base, "/api/playlists/radio", seed=5, n=6))
+    try:
+        assert started.wait(60), "the augmentation build never started"
+        plain, plain_box = _in_thread(lambda: _get(base, "/api/tracks/9/similar", ranking="plain", k=K))
+        plain.join(15)
+        answered = "r" in plain_box
+    finally:
+        release.set()
+        first.join(60)
+    assert answered, "a track's plain neighbours waited for the radio's augmentation build"
+    assert plain_box["r"].status_code == 200 and first_box["r"].status_code == 200, first_box["r"].text
+    assert builds == [N] and len(first_box["r"].json()["tracks"]) == 6

@@ -12,14 +12,18 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
 
+from mess.constants import DEFAULT_NORM
 from mess.playlists.formats import render
 from mess.playlists.path import sonic_path
 from mess.playlists.playlist import Playlist, PlaylistError, gone_tracks, with_gone_note
 from mess.playlists.radio import BLENDS, DEFAULT_WINDOW, radio
 from mess.search.query import collection_query, stale_aspect_map
+from mess.search.rerank_store import ranking_choice
+from mess.search.vectors import VectorSpec, load_vectors
+from mess.serve.routes_search import ranking_data
 from mess.serve.routes_tracks import Aspect, Model
 from mess.serve.state import ServeState, TrackId, api_words, get_state, track_dict, vector_spec
-from mess.store import Run
+from mess.store import Run, StoreError
 
 router = APIRouter(prefix="/api/playlists")
 State = Annotated[ServeState, Depends(get_state)]
@@ -88,6 +92,17 @@ def radio_route(
 
     JSON: ``missing`` lists the ids of tracks whose files are no longer on disk (deleted since extraction), and
     ``note`` names them by file name, as `mess playlist radio` does."""
+    if aspect is None:  # the default ranking's data read or built first, without the lock, as a track's neighbours do
+        try:
+            with state.lock:
+                run = state.run(model)
+                store, vs = state.store, load_vectors(state.store, run, VectorSpec.from_options(norm=DEFAULT_NORM))
+                chosen = ranking_choice(store, vs)
+        except (HTTPException, StoreError, ValueError):  # said by the radio below
+            pass
+        else:
+            ranking_data(state, store, vs, chosen)
+
     def build(run: Run) -> Playlist:
         seeds = [collection_query(state.store, state.track(i).id) for i in seed]
         return radio(state.store, run, seeds, n, aspect=aspect, window=window, blend=blend)

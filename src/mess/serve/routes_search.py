@@ -95,7 +95,7 @@ def similar(track_id: TrackId, state: State, model: Model = None, layer: Layer =
         except (HTTPException, StoreError, ValueError):  # the search below says why
             pass
         else:
-            _ranking_data(state, store, vs, chosen.ranking)
+            ranking_data(state, store, vs, chosen.ranking)
     with state.lock:
         run = state.run(model)
         track = state.track(track_id)
@@ -167,7 +167,7 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
         return run, spec, tq, _ranking(state, run, spec, ranking)
 
     def prepare_ranking() -> None:
-        """The ranking's data (:func:`_ranking_data`) and an outside query's re-ranking (the collection re-ranked with
+        """The ranking's data (:func:`ranking_data`) and an outside query's re-ranking (the collection re-ranked with
         it added: seconds on thousands of tracks) computed without the lock, so that other requests go on meanwhile:
         the vectors and the query are taken under it (immutable: a store changed meanwhile gives other data, and the
         search recomputes), and the re-ranker remembers the row that the search below reads."""
@@ -175,7 +175,7 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
             run, spec, tq, chosen = resolved()
             store, vs = state.store, load_vectors(state.store, run, spec)
             q = query_unit(store, vs, tq)[None] if tq.track is None else None
-        reranker = _ranking_data(state, store, vs, chosen.ranking)
+        reranker = ranking_data(state, store, vs, chosen.ranking)
         if reranker is not None and q is not None:
             with state.ranking_lock:
                 reranker.outside(q)
@@ -203,7 +203,7 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
     return await run_in_threadpool(search)
 
 
-def _ranking_data(state: ServeState, store: FeatureStore, vs: VectorSet, ranking: Ranking) -> Reranker | None:
+def ranking_data(state: ServeState, store: FeatureStore, vs: VectorSet, ranking: Ranking) -> Reranker | None:
     """Read or build what ``ranking`` reads of ``vs`` (taken from ``store`` under the lock): its augmentation, or its
     re-ranker (returned), without the lock, so that other requests go on meanwhile: without data saved by `mess
     index`, the first augmented or re-ranked request of a vector set builds it (seconds on thousands of tracks).
