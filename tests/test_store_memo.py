@@ -232,3 +232,19 @@ def test_values_of_different_track_lists_at_one_version_are_kept_apart(toy: tupl
     assert set(track_by_id(store.tracks(other))) == {1}  # same catalog version, another list
     assert load_vectors(store, other, VectorSpec("all")).ids.tolist() == [1]
     assert len(load_vectors(store, run, VectorSpec("all")).ids) == 6
+
+
+def test_a_value_computed_for_a_store_forgotten_meanwhile_is_not_kept() -> None:
+    """A value whose computation outlived its store (the server builds re-ranking data without its lock; the store is
+    reopened and the old one closed meanwhile) was kept under the forgotten store, which no one asks again: up to
+    the memo's size of dead values (gigabytes of re-ranking data) until newer ones pushed it out."""
+    memo = Memo(10)
+
+    def outlived() -> str:
+        memo.forget("closed")  # closed while this was computed
+        return "orphan"
+
+    assert memo.get("closed", 1, "x", outlived) == "orphan"  # the caller still gets it
+    assert len(memo) == 0
+    memo.get("open", 1, "x", lambda: "kept")
+    assert len(memo) == 1

@@ -46,6 +46,7 @@ class Memo:
         self._entries: OrderedDict[Key, object] = OrderedDict()
         self._pending: dict[Key, _Pending] = {}
         self._forgotten: deque[Hashable] = deque()  # scopes to drop, queued while the lock was busy
+        self._gone: set[Hashable] = set()  # every scope forgotten: a value computed for one after that is not kept
 
     def __len__(self) -> int:
         """How many values are held."""
@@ -86,10 +87,12 @@ class Memo:
 
     def forget(self, scope: Hashable) -> None:
         """Drop every value of ``scope`` (a store being closed or collected), at once or, when the lock is busy
-        (perhaps held by this very thread, if a finaliser calls this), at the end of the next store of a value.
+        (perhaps held by this very thread, if a finaliser calls this), at the end of the next store of a value; values
+        computed for it later are not kept.
 
         A blocking acquire deadlocked: a store's finaliser ran inside :meth:`_keep` on the thread holding the lock.
         """
+        self._gone.add(scope)
         self._forgotten.append(scope)
         if self._lock.acquire(blocking=False):
             try:
@@ -108,6 +111,9 @@ class Memo:
         """Store a value (lock held), dropping its scope's older versions, the least recently used, and the
         scopes forgotten meanwhile."""
         scope, version, _ = full
+        if scope in self._gone:  # its store was closed while the value was computed: no one asks for it again
+            self._drop_forgotten()
+            return
         for old in [k for k in self._entries if k[0] == scope and k[1] != version]:
             del self._entries[old]
         self._entries[full] = value
