@@ -21,6 +21,7 @@ from itertools import chain, count
 from pathlib import Path
 
 import mutagen
+from mutagen.aac import AAC
 from mutagen.id3 import ID3, TALB
 
 from mess.audio.decode import AudioError, probe
@@ -63,7 +64,7 @@ def fetch_soundtracks(out_dir: Path, packages: Mapping[str, str] | None = None) 
     whatever set it holds (a set of one's own, as `benchmarks/quality.py --data` reads); with ``packages`` given, only
     a set of exactly their games (another is fetched anew and its manifest replaced). A folder moved or copied with
     its manifest is read where it now lies, and its manifest rewritten to name these files (where it can be). A file
-    mutagen cannot tag (Matroska, raw AAC) is copied as it is: labelled by the manifest alone.
+    mutagen cannot tag (Matroska) is copied as it is: labelled by the manifest alone.
     Raises :class:`FetchError` where apt-get or dpkg is missing or a package cannot be fetched, or where
     ``out_dir`` is not named in UTF-8 (the manifest's paths are UTF-8 text).
     """
@@ -158,17 +159,22 @@ def _copy_labelled(src: Path, game_dir: Path, game: str, duration: float, taken:
     shutil.copyfile(src, partial)
     try:
         _label(partial, game)
-    except mutagen.MutagenError:  # a type it reads but cannot tag (raw AAC): copied as it is
+    except mutagen.MutagenError:  # a type it reads but cannot tag: copied as it is
         shutil.copyfile(src, partial)
     partial.replace(dest)
     return SoundtrackTrack(dest, game, read_tags(dest)["artist"], duration)
 
 
 def _label(path: Path, game: str) -> None:
-    """Set the album tag of ``path`` to ``game`` where mutagen knows its type (else leave it); MutagenError where
-    that type holds no tags."""
+    """Set the album tag of ``path`` to ``game`` where mutagen knows its type (else leave it: Matroska); MutagenError
+    where that type holds no tags."""
     audio = mutagen.File(str(path), easy=True)
     if audio is None:
+        return
+    if isinstance(audio, AAC):  # raw AAC (ADTS) holds no tags: an ID3 tag before it, which FFmpeg and mutagen read
+        tags = ID3()
+        tags.add(TALB(encoding=3, text=[game]))
+        tags.save(str(path))
         return
     if audio.tags is None:
         audio.add_tags()
