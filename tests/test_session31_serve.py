@@ -10,6 +10,7 @@ built in the test from the vector set's unit vectors (:func:`build_reranker`, no
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
@@ -68,11 +69,21 @@ class _Fixed(EmbedWorker):
 UPLOADED = np.linspace(-1, 1, DIM, dtype=np.float32)
 
 
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The store of :func:`_store`, made once: each test serves a copy."""
+    root = tmp_path_factory.mktemp("template") / "store"
+    _store(root)[0].close()
+    return root
+
+
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, FeatureStore, Run]]:
-    """The store, and the base URL of a real server over it (no lifespan: the embedding process is replaced by
-    :class:`_Fixed`, whose answer is :data:`UPLOADED`)."""
-    store, run = _store(tmp_path / "store")
+def served(template: Path, tmp_path: Path) -> Iterator[tuple[str, FeatureStore, Run]]:
+    """A copy of the template store, and the base URL of a real server over it (no lifespan: the embedding process
+    is replaced by :class:`_Fixed`, whose answer is :data:`UPLOADED`)."""
+    shutil.copytree(template, tmp_path / "store")
+    store = FeatureStore(tmp_path / "store")
+    run = store.run("synthetic")
     app = create_app(tmp_path / "store")
     app.state.mess.worker = _Fixed(UPLOADED)
     sock = socket.socket()
@@ -226,7 +237,7 @@ def test_vectors_written_during_the_build_are_not_answered_from_it(served: tuple
 
 
 def test_a_store_replaced_while_a_request_waits_for_the_build_is_answered_from_the_new_one(
-        served: tuple[str, FeatureStore, Run], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        served: tuple[str, FeatureStore, Run], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, template: Path) -> None:
     """The store is moved aside and another extracted in its place while the first build runs and a second re-ranked
     request waits for it (of another vector set: one layer, zscore): the server reopens the new store at the next
     request and closes the old one, which the waiting request had read its vectors from. It is answered from the new
@@ -240,8 +251,7 @@ def test_a_store_replaced_while_a_request_waits_for_the_build_is_answered_from_t
                                                        layer="a"))
         time.sleep(0.5)  # it has read its vectors and waits for the first build
         root = tmp_path / "store"
-        new, _ = _store(tmp_path / "new")
-        new.close()
+        shutil.copytree(template, tmp_path / "new")  # another catalog file of the same tracks
         root.rename(tmp_path / "old")
         (tmp_path / "new").rename(root)
         assert _get(base, "/api/tracks").status_code == 200  # the server reopens the store here
