@@ -129,7 +129,7 @@ class Reranker:
     def _outside(self, q: np.ndarray) -> np.ndarray:
         """Query ``q`` [dim]'s re-ranked scores [n] beyond :data:`EXACT_TRACKS`: its row of the re-ranking of its
         :data:`LOCAL_TRACKS` nearest tracks (plain cosine) with it added, as :meth:`_exact` builds the whole
-        collection's; the other tracks, sharing no k-reciprocal neighbour with it, score by distance alone (the
+        collection's; the other tracks score by distance alone (taken to share no k-reciprocal neighbour with it:
         Jaccard distance 1). Distances are normalised by the farthest track of the whole collection."""
         n = len(self.unit)
         near = np.sort(np.argsort(-(self.unit @ q), kind="stable")[:LOCAL_TRACKS])
