@@ -334,8 +334,9 @@ def test_a_query_name_longer_than_the_file_system_allows_is_an_unknown_track(ton
 
 def test_a_dash_output_is_stdout_for_one_playlist_and_refused_for_clusters(tone_store: Path, tmp_path: Path) -> None:
     """`playlist radio ... -o - --format m3u8` and `export - --format npz` wrote a file named '-' in the working
-    folder, and `clusters -o -` a folder named '-' (`-o /dev/stdout` there ended "cannot write the playlists into /dev/stdout: ...: File exists"):
-    '-' is stdout, as for every Unix tool, and clusters, one file per cluster, refuse stdout in one line."""
+    folder, and `clusters -o -` a folder named '-' (`-o /dev/stdout` there ended "cannot write the playlists into
+    /dev/stdout: ...: File exists"): '-' is stdout, as for every Unix tool, and clusters, one file per cluster,
+    refuse stdout in one line."""
     radio = ["playlist", "radio", "1", "-n", "2", "--store", str(tone_store)]
     streamed = subprocess.run([*MESS, *radio, "-o", "-", "--format", "m3u8"], capture_output=True, text=True,
                               cwd=tmp_path, timeout=300)
