@@ -2,8 +2,8 @@
 
 Public API (used by the CLI, the web server and the artist module):
 
-* :func:`resolve_query` - a track id, a collection path or file name, or any audio file
-  (embedded on the fly with the run's model and window policy) -> :class:`TrackQuery`.
+* :func:`collection_query` - a track id, a collection path or file name -> :class:`TrackQuery`
+  (:func:`mess.query.resolve_query` takes any audio file too, embedded with the run's model and window policy).
 * :func:`similar_tracks` - the k most similar collection tracks as :class:`Neighbour` s.
 
 "Why similar": each result carries its cosine similarity to the query in every
