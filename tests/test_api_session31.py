@@ -8,8 +8,10 @@ import importlib
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from mess.search.query import collection_query, similar_tracks
 from mess.search.vectors import VectorSet
 from mess.store import FeatureStore, Run
 
@@ -69,3 +71,47 @@ def test_the_search_api_example_runs_as_written(msd: tuple[FeatureStore, Run, Ve
     exec(code, {"print": lambda *a: printed.append(a)})  # noqa: S102 -- the doc's example
     assert len(printed) == 10
     assert all(isinstance(p[0], str) and -1.0 <= p[1] <= 1.0 for p in printed)
+
+
+# ---------------------------------------------------------------- similar_tracks on a notebook's input
+
+
+@pytest.mark.parametrize("ranking", ["plain", "auto"])
+def test_similar_tracks_refuses_a_negative_or_fractional_k(msd: tuple[FeatureStore, Run, VectorSet],
+                                                          ranking: str) -> None:
+    """k=-1 gave one track with the plain ranking and all but the last with the augmented one (a slice [:-1]);
+    k=2.5 a TypeError from inside faiss or a slice, and a numpy integer (np.int64(3)) a TypeError from faiss. A bad k
+    is now a ValueError naming it; a numpy integer is a count like any other."""
+    fs, run, _ = msd
+    query = collection_query(fs, 1)
+    for k in (-1, 2.5, True):
+        with pytest.raises(ValueError, match=r"^k must be a whole number of tracks, 0 or more; got "):
+            similar_tracks(fs, run, query, k, ranking=ranking)
+    assert similar_tracks(fs, run, query, 0, ranking=ranking) == []
+    assert len(similar_tracks(fs, run, query, np.int64(3), ranking=ranking)) == 3
+    assert len(similar_tracks(fs, run, query, 1000, ranking=ranking)) == len(fs.tracks(run)) - 1
+
+
+@pytest.mark.parametrize("ranking", ["plain", "auto", "reranked"])
+def test_a_raw_query_vector_is_checked_before_it_is_searched(msd: tuple[FeatureStore, Run, VectorSet],
+                                                            ranking: str) -> None:
+    """A NaN or inf in a raw query vector gave no answer (plain) or one track scored nan (augmented); a scalar
+    was broadcast to a vector of ones, two rows searched the first alone, and a vector of the wrong size failed in
+    numpy's broadcasting. Each is now a ValueError saying what the vector should be."""
+    fs, run, vs = msd
+    dim = vs.raw.shape[1]
+    good = vs.raw[vs.rows(np.array([3]))[0]].astype(np.float64)
+    nan, inf = good.copy(), good.copy()
+    nan[5], inf[7] = np.nan, -np.inf
+    bad = {
+        "NaN": nan, "inf": inf, "scalar": np.float32(1.0), "short": good[:10], "long": np.r_[good, good],
+        "two rows": np.stack([good, good]), "3-d": good[None, None], "empty": np.zeros(0), "text": ["a"] * dim,
+    }
+    for what, vector in bad.items():
+        with pytest.raises(ValueError, match=rf"^the query vector .*({dim} numbers|NaN or infinite)"):
+            similar_tracks(fs, run, vector, 3, ranking=ranking)
+        assert what
+    for vector in (good, good[None], good.astype(np.float16), good.tolist()):  # the track's own raw vector
+        first = similar_tracks(fs, run, vector, 3, ranking=ranking)[0]
+        assert first.track.id == 3
+        assert first.score == pytest.approx(1.0, abs=1e-3)

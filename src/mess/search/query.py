@@ -170,6 +170,9 @@ def similar_tracks(
     The query's own track never appears; tracks with the same content or cosine >= 0.9999
     are flagged as duplicates. ``why`` / ``why_percentile`` are filled for TrackQuery inputs.
     """
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
+        raise ValueError(f"k must be a whole number of tracks, 0 or more; got {k!r}")
+    k = int(k)  # faiss takes no numpy integer
     spec = VectorSpec.from_options(layer, aspect, fused, norm, learned)
     tracks = store.tracks(run)  # one object until the catalog changes: derived maps below are memoised on it
     by_id = track_by_id(tracks)
