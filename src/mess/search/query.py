@@ -178,6 +178,8 @@ def similar_tracks(
     by_id = track_by_id(tracks)
     vs = load_vectors(store, run, spec, tracks)
     tq = query if isinstance(query, TrackQuery) else None
+    if tq is None:
+        query = raw_query(query, vs)
     exclude = _excluded(tracks, tq, exclude_same_artist)
     chosen = ranking_choice(store, vs, ranking, match, hubness, expand, on_note)
     expand = expansion(check_match(match), expand)
@@ -203,6 +205,24 @@ def similar_tracks(
         )
         for n, (s, i) in enumerate(zip(sims, ids, strict=False))
     ]
+
+
+def raw_query(vector: object, vs: VectorSet) -> np.ndarray:
+    """A caller's raw query vector as float32 [dim] of ``vs``'s space: ValueError saying what is wrong with it
+    (not numbers, another size or shape, NaN or infinite values)."""
+    dim = vs.raw.shape[1]
+    which = "all layers" if vs.spec.kind == "all" else f"{vs.spec.kind} {vs.spec.name}".rstrip()
+    space = f"{vs.run.model}, {which}"
+    try:
+        q = np.asarray(vector, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ValueError(f"the query vector must be {dim} numbers ({space}); got {type(vector).__name__}") from None
+    if q.shape not in ((dim,), (1, dim)):
+        raise ValueError(f"the query vector has shape {q.shape}; vectors of {space} are {dim} numbers "
+                         f"(shape ({dim},) or (1, {dim}))")
+    if not np.isfinite(q).all():
+        raise ValueError("the query vector holds NaN or infinite values (or values beyond float32's range)")
+    return q.reshape(dim)
 
 
 def _index_neighbours(
