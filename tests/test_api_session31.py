@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mess.search.evaluate import evaluate
 from mess.search.query import collection_query, similar_tracks
 from mess.search.vectors import VectorSet
 from mess.store import FeatureStore, Run
@@ -115,3 +116,17 @@ def test_a_raw_query_vector_is_checked_before_it_is_searched(msd: tuple[FeatureS
         first = similar_tracks(fs, run, vector, 3, ranking=ranking)[0]
         assert first.track.id == 3
         assert first.score == pytest.approx(1.0, abs=1e-3)
+
+
+def test_evaluate_refuses_a_k_below_one(msd: tuple[FeatureStore, Run, VectorSet]) -> None:
+    """evaluate(k=-1) reported P@-1 = -1.8 (a sum over all but the last result divided by -1) and k=0 a NaN P@0
+    with numpy's division warning; each is now a ValueError naming k. k above the collection is P@k by its
+    definition: the relevant results among k, over k."""
+    fs, run, _ = msd
+    for k in (0, -1, 2.5):
+        with pytest.raises(ValueError, match=r"^k must be a whole number of results, 1 or more; got "):
+            evaluate(fs, run, "artist", k)
+    ev = evaluate(fs, run, "artist", 100)
+    n = len(fs.tracks(run))
+    same = sum(len([u for u in fs.tracks(run) if u.artist == t.artist]) - 1 for t in fs.tracks(run))
+    assert ev.best().scores.precision == pytest.approx(same / n / 100)  # every relevant track is within 100

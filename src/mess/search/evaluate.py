@@ -240,6 +240,9 @@ def evaluate(
     re-ranked over the whole collection; "auto": as :func:`mess.search.rerank_store.ranking_choice` decides for
     each set, a set ranked plain for its size noted in ``notes``).
     """
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be a whole number of results, 1 or more; got {k!r}")
+    k = int(k)
     check_ranking(ranking, match, None, expand)
     if check_match(match) == "segments" and expand:  # Chamfer rows have no expanded query: it was ignored
         raise ValueError("--match segments has no query expansion: leave out --expand")
