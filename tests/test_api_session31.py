@@ -5,13 +5,25 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
-from mess.search.evaluate import evaluate
+from mess.artists.hybrid import load_weights
+from mess.audio.decode import load_audio, load_segments, probe
+from mess.audio.discover import content_hash
+from mess.fusion.report import FusionReport
+from mess.fusion.report import write_report as write_fusion_report
+from mess.probing.probes import ProbeScores
+from mess.probing.report import ProbeReport
+from mess.probing.report import write_report as write_probe_report
+from mess.probing.targets import TARGET_NAMES
+from mess.query import embed_query
+from mess.search.evaluate import evaluate, plot_evaluation, read_label_csv
 from mess.search.query import collection_query, similar_tracks
 from mess.search.vectors import VectorSet
 from mess.store import FeatureStore, Run
@@ -130,3 +142,56 @@ def test_evaluate_refuses_a_k_below_one(msd: tuple[FeatureStore, Run, VectorSet]
     n = len(fs.tracks(run))
     same = sum(len([u for u in fs.tracks(run) if u.artist == t.artist]) - 1 for t in fs.tracks(run))
     assert ev.best().scores.precision == pytest.approx(same / n / 100)  # every relevant track is within 100
+
+
+# ---------------------------------------------------------------- a path as str
+
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_public_functions_take_a_path_given_as_str(msd: tuple[FeatureStore, Run, VectorSet],
+                                                   rendered_collection: list[Path], tmp_path: Path) -> None:
+    """A notebook passes paths as str: plot_evaluation, probing's and fusion's write_report, read_label_csv,
+    load_weights, load_audio, load_segments, probe and content_hash failed with AttributeError ('str' object has
+    no attribute 'suffix', 'mkdir', 'open', 'name'...), and embed_query with a StoreError 'cannot embed ...:
+    'str' object has no attribute 'stat''; each now takes a str as the path it names."""
+    fs, run, _ = msd
+    rate = 16000
+    samples = (0.3 * np.sin(2 * np.pi * 440 * np.arange(int(1.5 * rate)) / rate)).astype(np.float32)
+    wav = tmp_path / "tone.wav"
+    sf.write(wav, samples, rate, subtype="FLOAT")
+    read, _ = sf.read(wav, dtype="float32")  # libsndfile, not mess's decoder
+    np.testing.assert_allclose(load_audio(str(wav), rate), read, atol=1e-6)
+    np.testing.assert_allclose(load_segments(str(wav), rate, [0.5], 0.5)[0], read[8000:16000], atol=1e-3)
+    assert probe(str(wav)).duration == pytest.approx(1.5)
+    assert content_hash(str(wav)) == content_hash(wav)
+
+    song = rendered_collection[0]  # its samples as a float WAV: other content to the store, the same audio
+    audio, song_rate = sf.read(song, dtype="float32")
+    sf.write(tmp_path / "copy.wav", audio, song_rate, subtype="FLOAT")
+    query = embed_query(fs, str(tmp_path / "copy.wav"), run)
+    assert query.track is None
+    ids, matrix = fs.layer_matrix(run, 0)
+    stored = matrix[list(ids).index(fs.track(song).id)]
+    got = query.layers[0]
+    assert got @ stored / np.linalg.norm(got) / np.linalg.norm(stored) > 0.999
+
+    plotted = plot_evaluation(evaluate(fs, run, "artist"), str(tmp_path / "ev.png"))
+    assert plotted.read_bytes().startswith(PNG)
+    r2 = np.full((2, len(TARGET_NAMES)), 0.5)
+    scores = ProbeScores(("a", "b"), TARGET_NAMES, r2, np.zeros_like(r2))
+    probe_report = ProbeReport("synthetic", "r1", 1, {}, 12, "folds", "ridge", 1.0, {"trained": scores},
+                               tracks_digest="d")
+    written = write_probe_report(probe_report, str(tmp_path / "probe"))
+    assert written["png"].read_bytes().startswith(PNG)
+    assert json.loads(written["json"].read_text())["model"] == "synthetic"
+    fusion = FusionReport(model="m", label="album", k=3, n_test_tracks=4, n_test_labels=2, methods=[],
+                          per_layer={"a": 0.5}, layer_weights={"a": 1.0}, verdict="v", caveat="", wilcoxon_p=None,
+                          data_hash_matches=True)
+    assert Path(write_fusion_report(fusion, str(tmp_path / "fusion"), "x")["png"]).read_bytes().startswith(PNG)
+    (tmp_path / "labels.csv").write_text(f"id,label\n{ids[0]},x\n{ids[1]},x\n")
+    labels = read_label_csv(fs, str(tmp_path / "labels.csv"), "label")
+    assert sorted(labels.labels) == sorted(int(i) for i in ids[:2])
+    (tmp_path / "weights.json").write_text(json.dumps({"weights": {"audio": 0.75, "genre": 0.25}}))
+    assert load_weights(str(tmp_path / "weights.json")) == {"audio": 0.75, "genre": 0.25}

@@ -238,8 +238,9 @@ def save_weights(path: Path, fit: HybridFit, meta: dict) -> None:
     replace_file(path, json.dumps({**meta, **fit.to_dict()}, indent=2).encode("utf-8"))
 
 
-def load_weights(path: Path) -> dict[str, float]:
+def load_weights(path: str | Path) -> dict[str, float]:
     """Weights saved by :func:`save_weights`; a missing or malformed file is an ArtistError."""
+    path = Path(path)
     try:
         weights = json.loads(path.read_text(encoding="utf-8"))["weights"]
     except FileNotFoundError:

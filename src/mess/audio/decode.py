@@ -147,8 +147,9 @@ class _Span(io.RawIOBase):
         return self._raw.tell() - self._start
 
 
-def probe(path: Path) -> AudioInfo:
+def probe(path: str | Path) -> AudioInfo:
     """Read duration, native rate and channel count from the file header."""
+    path = Path(path)
     try:
         info = sf.info(os.fsencode(path))
         if info.frames == _UNKNOWN_FRAMES or info.format == "OGG" and len(_ogg_links(path)) > 1:
@@ -174,7 +175,7 @@ def probe(path: Path) -> AudioInfo:
         raise AudioError(f"{path}: not a readable audio file ({exc.__class__.__name__}: {exc})") from exc
 
 
-def load_audio(path: Path, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
+def load_audio(path: str | Path, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
     """Decode ``path`` to mono float32 at ``sample_rate``.
 
     Channels are averaged (mono, stereo and 5.1 alike); resampling is soxr's
@@ -184,6 +185,7 @@ def load_audio(path: Path, sample_rate: int, max_seconds: float | None = None) -
     a chained Ogg file whose streams differ in rate or channels (FFmpeg: 'not yet implemented'),
     by FFmpeg one stream at a time (libsndfile reads only the first).
     """
+    path = Path(path)
     limit = None if max_seconds is None else int(max_seconds * sample_rate)
     ffmpeg_first = audio_suffix(path.name) in _FFMPEG_FIRST
     try:
@@ -227,7 +229,8 @@ def downmix(block: np.ndarray) -> np.ndarray:
     return mono / np.float32(channels) if channels > 1 else mono
 
 
-def load_segments(path: Path, sample_rate: int, starts: Sequence[float] | np.ndarray, seconds: float) -> np.ndarray:
+def load_segments(path: str | Path, sample_rate: int, starts: Sequence[float] | np.ndarray,
+                  seconds: float) -> np.ndarray:
     """Decode only ``seconds`` of mono audio at each start (in seconds), seeking in the file.
 
     Returns [len(starts), round(seconds * sample_rate)] float32 at ``sample_rate``. Each
@@ -240,6 +243,7 @@ def load_segments(path: Path, sample_rate: int, starts: Sequence[float] | np.nda
     Examples:
         >>> windows = load_segments(Path("song.flac"), 16000, [0.0, 60.0], 30.0)  # doctest: +SKIP
     """
+    path = Path(path)
     length = int(round(seconds * sample_rate))
     ffmpeg_error: AudioError | None = None
     if audio_suffix(path.name) in _FFMPEG_FIRST:

@@ -104,7 +104,7 @@ def _apple_double(path: Path) -> bool:
         return False
 
 
-def content_hash(path: Path) -> str:
+def content_hash(path: str | Path) -> str:
     """BLAKE2b-128 of the audio content, independent of tags and file name.
 
     The digest covers the codec, rate and channel layout and every demuxed audio
@@ -112,6 +112,7 @@ def content_hash(path: Path) -> str:
     vectors. Files that no demuxer reads are hashed by their bytes instead. A plain Ogg
     Vorbis file's packets are read from its pages (the same digest, without PyAV's per-packet cost).
     """
+    path = Path(path)
     try:
         return _packets_hash(path)
     except (av.FFmpegError, IndexError, ValueError):

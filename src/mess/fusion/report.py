@@ -277,10 +277,11 @@ def markdown(report: FusionReport) -> str:
     return "\n".join(lines)
 
 
-def write_report(report: FusionReport, folder: Path, name: str) -> dict[str, str]:
+def write_report(report: FusionReport, folder: str | Path, name: str) -> dict[str, str]:
     """Write ``name``.json / .md / .png into ``folder`` (`mess fuse report`: the checkpoint's
     :func:`mess.store.reports.fusion_stem`, so two checkpoints' reports never overwrite each other); returns
     their paths. Each file is replaced whole: an interrupted write leaves the one before, or none."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     stem = folder / name
     report.files = {ext: str(stem.with_suffix(f".{ext}")) for ext in ("json", "md", "png")}

@@ -152,12 +152,13 @@ def _num(value: float) -> float | None:
     return None if np.isnan(value) else round(float(value), 4)
 
 
-def write_report(report: ProbeReport, folder: Path, *, partial: bool = False) -> dict[str, Path]:
+def write_report(report: ProbeReport, folder: str | Path, *, partial: bool = False) -> dict[str, Path]:
     """Write the JSON report, a long-format CSV and a heatmap PNG, each atomically; returns their paths.
 
     ``partial``: the probe covered only some layers; its files get names of their own, so the report of every
     layer (which the server and fusion read) is kept.
     """
+    folder = Path(folder)
     paths = report_paths(folder, report.model, report.run_id, report.probe, partial=partial)
     folder.mkdir(parents=True, exist_ok=True)
     rows = io.StringIO(newline="")

@@ -88,7 +88,7 @@ def _as_catalogued(store: FeatureStore, path: Path) -> bool:
         return False
 
 
-def embed_query(store: FeatureStore, path: Path, run: Run,
+def embed_query(store: FeatureStore, path: str | Path, run: Run,
                 on_warning: Callable[[str], None] | None = None) -> TrackQuery:
     """Decode and embed ``path`` exactly as the run's tracks were (same model revision and windows); what a run's
     summary would warn of (a low sample rate, only its start analysed) goes to ``on_warning`` (default: this module's
@@ -96,6 +96,7 @@ def embed_query(store: FeatureStore, path: Path, run: Run,
     from mess.audio.tags import read_tags  # PyAV and the decoders: only a query that is a file loads them
     from mess.extract.embed import embed_file_warned
 
+    path = Path(path)
     try:
         model = load_run_model(run.model, run.revision, store.model_source(run))
     except ModelError as exc:

@@ -130,7 +130,7 @@ class LabelFile:
                 + (hint if self.column == "path" else ""))
 
 
-def read_label_csv(store: FeatureStore, path: Path, field: str, *, field_given: bool = True) -> LabelFile:
+def read_label_csv(store: FeatureStore, path: str | Path, field: str, *, field_given: bool = True) -> LabelFile:
     """Labels from a CSV with an ``id``, ``path`` or ``file`` column and a ``field`` or ``label`` one (artist and
     composer labels by :func:`~mess.audio.names.label_key`, as from tags: a ``field`` column, or a ``label`` one
     when ``field_given``; the default field does not make a file's own ``label`` column artist credits, whose
@@ -141,6 +141,7 @@ def read_label_csv(store: FeatureStore, path: Path, field: str, *, field_given: 
     share, a track given two labels, a row whose cells do not match the header and an unclosed quote are refused
     (LabelError, naming the line).
     """
+    path = Path(path)
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             first = f.readline()
@@ -421,8 +422,9 @@ def plot_file(path: Path) -> Path:
     return path
 
 
-def plot_evaluation(ev: Evaluation, path: Path) -> Path:
+def plot_evaluation(ev: Evaluation, path: str | Path) -> Path:
     """PNG of precision@k, mAP and nDCG@k per layer, with all-layers, fused and chance as reference lines."""
+    path = Path(path)
     from matplotlib.figure import Figure  # no pyplot: the process's backend stays the caller's
 
     layers = [s for s in ev.sets if s.kind == "layer"]
