@@ -4,6 +4,7 @@ examples as written, edge input to the public functions, and the probing flow.""
 from __future__ import annotations
 
 import doctest
+import hashlib
 import importlib
 import json
 import re
@@ -16,17 +17,22 @@ import soundfile as sf
 from mess.artists.hybrid import load_weights
 from mess.audio.decode import load_audio, load_segments, probe
 from mess.audio.discover import content_hash
+from mess.audio.windows import WindowPolicy
+from mess.extract.runs import run_key
 from mess.fusion.report import FusionReport
 from mess.fusion.report import write_report as write_fusion_report
+from mess.models.base import ModelInfo
 from mess.probing.probes import ProbeScores
 from mess.probing.report import ProbeReport
 from mess.probing.report import write_report as write_probe_report
+from mess.probing.study import ProbeOptions, probe_run
+from mess.probing.target_cache import _write, cache_dir
 from mess.probing.targets import TARGET_NAMES
 from mess.query import embed_query
 from mess.search.evaluate import evaluate, plot_evaluation, read_label_csv
 from mess.search.query import collection_query, similar_tracks
 from mess.search.vectors import VectorSet
-from mess.store import FeatureStore, Run
+from mess.store import FeatureStore, Run, TrackVectors
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -195,3 +201,40 @@ def test_public_functions_take_a_path_given_as_str(msd: tuple[FeatureStore, Run,
     assert sorted(labels.labels) == sorted(int(i) for i in ids[:2])
     (tmp_path / "weights.json").write_text(json.dumps({"weights": {"audio": 0.75, "genre": 0.25}}))
     assert load_weights(str(tmp_path / "weights.json")) == {"audio": 0.75, "genre": 0.25}
+
+
+# ---------------------------------------------------------------- the probing flow
+
+
+def _planted_run(root: Path, n_tracks: int) -> tuple[FeatureStore, Run]:
+    """A store whose run has layers 'low' and 'high' (4 dims each) over ``n_tracks`` tracks with cached targets: the
+    'low' layer holds every target's value (plus a little noise), 'high' is noise. The files are not on disk."""
+    store = FeatureStore(root / "store")
+    run = store.ensure_run(run_key(ModelInfo("planted", "r1", 16000, ("low", "high"), (4, 4)), WindowPolicy()))
+    rng = np.random.default_rng(0)
+    folder = cache_dir(store.root, WindowPolicy())
+    for i in range(n_tracks):
+        digest = hashlib.sha1(f"planted-{i}".encode()).hexdigest()[:32]
+        store.upsert_track(root / f"t{i}.wav", digest, 1, 0.0, {"duration": 30.0},
+                           {"artist": f"A{i}", "album": f"B{i % 6}"})
+        source = rng.normal(size=4)
+        targets = np.resize(source, len(TARGET_NAMES))  # target j reads dimension j % 4 of the 'low' layer
+        low = (source + rng.normal(scale=0.01, size=4)).astype(np.float32)
+        high = rng.normal(size=4).astype(np.float32)
+        store.write_vectors(run, [TrackVectors(digest, [low, high], [low[None], high[None]], [0.0])])
+        _write(folder / f"{digest}.npz", np.zeros(1), targets[None])
+    return store, run
+
+
+def test_probe_options_take_one_layer_or_control_given_as_str(tmp_path: Path) -> None:
+    """ProbeOptions(layers="low") was read letter by letter: 'unknown layer 'l''; controls="shuffled" said
+    'unknown control 'd''. A str is now one name, as the CLI's single --layers / --control value."""
+    store, run = _planted_run(tmp_path, 12)
+    report = probe_run(store, run, ProbeOptions(layers="low", controls="shuffled", workers=1))
+    trained = report.conditions["trained"]
+    assert trained.layers == ("low",)
+    assert set(report.conditions) == {"trained", "shuffled"}
+    assert np.nanmin(trained.r2) > 0.9  # the planted layer predicts every target
+    assert np.nanmax(report.conditions["shuffled"].r2) < 0.5
+    store.close()
+

@@ -38,6 +38,12 @@ class ProbeOptions:
     device: str = "cpu"
     batch_size: int = 4
 
+    def __post_init__(self) -> None:  # one name given as a str is that name, not its letters
+        if isinstance(self.layers, str):
+            object.__setattr__(self, "layers", (self.layers,))
+        if isinstance(self.controls, str):
+            object.__setattr__(self, "controls", (self.controls,))
+
 
 def probe_run(store: FeatureStore, run: Run, options: ProbeOptions = ProbeOptions(),
               on_progress: Progress | None = None) -> ProbeReport:
