@@ -22,7 +22,7 @@ from mess.extract.runs import run_key
 from mess.fusion.report import FusionReport
 from mess.fusion.report import write_report as write_fusion_report
 from mess.models.base import ModelInfo
-from mess.probing.probes import ProbeScores
+from mess.probing.probes import ProbeError, ProbeScores
 from mess.probing.report import ProbeReport
 from mess.probing.report import write_report as write_probe_report
 from mess.probing.study import ProbeOptions, probe_run
@@ -238,3 +238,15 @@ def test_probe_options_take_one_layer_or_control_given_as_str(tmp_path: Path) ->
     assert np.nanmax(report.conditions["shuffled"].r2) < 0.5
     store.close()
 
+
+def test_a_probe_refuses_fewer_than_two_folds(tmp_path: Path) -> None:
+    """ProbeOptions(folds=1), 0 or -3 probed with 2 folds, unsaid but in the report's fold scheme; each is now a
+    ProbeError naming the option. More folds than tracks are as many folds as tracks, said in the scheme."""
+    store, run = _planted_run(tmp_path, 6)
+    for folds in (1, 0, -3):
+        with pytest.raises(ProbeError, match=rf"^folds must be 2 or more; got {folds}$"):
+            probe_run(store, run, ProbeOptions(folds=folds, controls=(), workers=1))
+    report = probe_run(store, run, ProbeOptions(folds=20, controls=(), workers=1))
+    assert "KFold(6)" in report.folds  # 20 asked, one track a fold
+    assert report.n_tracks == 6
+    store.close()

@@ -57,6 +57,8 @@ def probe_run(store: FeatureStore, run: Run, options: ProbeOptions = ProbeOption
         raise ProbeError(f"unknown control {unknown[0]!r}; use {', '.join(CONTROLS)} or none")
     if options.probe not in PROBE_KINDS:
         raise ProbeError(f"unknown probe {options.probe!r}; use {' or '.join(PROBE_KINDS)}")
+    if isinstance(options.folds, bool) or not isinstance(options.folds, int) or options.folds < 2:
+        raise ProbeError(f"folds must be 2 or more; got {options.folds!r}")
     # one layer named twice (`--layers 0,mfcc`) is probed once: counted twice, 3 layers passed for all 4
     layers = list(dict.fromkeys(run.layer_names[run.layer_index(x)] for x in options.layers or run.layer_names))
     tracks = store.tracks(run)
