@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from mess.artists.discrimination import most_discriminative
 from mess.artists.hybrid import load_weights
+from mess.artists.profiles import ArtistError, load_artists, load_space
+from mess.artists.similarity import artist_vectors, similarity_row, top_k
 from mess.audio.decode import load_audio, load_segments, probe
 from mess.audio.discover import content_hash
 from mess.audio.windows import WindowPolicy
@@ -250,3 +253,26 @@ def test_a_probe_refuses_fewer_than_two_folds(tmp_path: Path) -> None:
     assert "KFold(6)" in report.folds  # 20 asked, one track a fold
     assert report.n_tracks == 6
     store.close()
+
+
+# ---------------------------------------------------------------- artists
+
+
+def test_artist_top_k_refuses_a_negative_k_and_most_discriminative_no_spaces(
+        msd: tuple[FeatureStore, Run, VectorSet]) -> None:
+    """top_k(row, i, -1) gave every other artist (its loop stops at len == k, never reached); most_discriminative
+    of no spaces said 'max() arg is an empty sequence'. Both are now ArtistErrors (ValueErrors) naming the cause."""
+    fs, run, _ = msd
+    artists = load_artists(fs, run)
+    space = load_space(fs, run, layer="penultimate")
+    row = similarity_row(artist_vectors(artists, space), 0)
+    with pytest.raises(ArtistError, match=r"^k must be 0 or more; got -1$"):
+        top_k(row, 0, -1)
+    others = [j for j in np.argsort(-row) if j != 0]
+    assert top_k(row, 0, 2) == others[:2]
+    assert top_k(row, 0, 0) == []
+    with pytest.raises(ArtistError, match=r"^no spaces to compare"):
+        most_discriminative(artists, [])
+    best, effect = most_discriminative(artists, [space])
+    assert best is space
+    assert np.isfinite(effect)

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from mess.artists.profiles import ArtistSet, Space
+from mess.artists.profiles import ArtistError, ArtistSet, Space
 from mess.artists.similarity import ArtistVectors, artist_vectors, similarity_matrix
 
 COMPRESSED_SPAN = 0.1  # raw artist similarities spanning less than this carry little ranking contrast
@@ -139,6 +139,8 @@ def rank_layers(reports: list[LayerReport]) -> list[LayerReport]:
 
 def most_discriminative(artists: ArtistSet, spaces: list[Space]) -> tuple[Space, float]:
     """The space whose centred tracks separate artists best, with its effect size."""
+    if not spaces:
+        raise ArtistError("no spaces to compare: pass at least one (load_space of a layer, aspect or fused)")
     scored = [(separation(artist_vectors(artists, s, center=True)).effect, i) for i, s in enumerate(spaces)]
     effect, best = max(scored, key=lambda e: (np.nan_to_num(e[0], nan=-np.inf), -e[1]))
     return spaces[best], float(effect)

@@ -81,6 +81,8 @@ def similarity_row(vectors: ArtistVectors, index: int, method: str = "mean") -> 
 
 def top_k(scores: np.ndarray, index: int, k: int, keep: np.ndarray | None = None) -> list[int]:
     """Rows of the ``k`` highest scores, excluding ``index`` and rows where ``keep`` is False."""
+    if k < 0:
+        raise ArtistError(f"k must be 0 or more; got {k}")
     chosen: list[int] = []
     for j in np.argsort(-scores, kind="stable"):
         if len(chosen) == k:
