@@ -31,7 +31,7 @@ from mess.probing.report import write_report as write_probe_report
 from mess.probing.study import ProbeOptions, probe_run
 from mess.probing.target_cache import _write, cache_dir
 from mess.probing.targets import TARGET_NAMES
-from mess.query import embed_query
+from mess.query import embed_query, resolve_query
 from mess.search.evaluate import evaluate, plot_evaluation, read_label_csv
 from mess.search.query import collection_query, similar_tracks
 from mess.search.vectors import VectorSet
@@ -276,3 +276,19 @@ def test_artist_top_k_refuses_a_negative_k_and_most_discriminative_no_spaces(
     best, effect = most_discriminative(artists, [space])
     assert best is space
     assert np.isfinite(effect)
+
+
+def test_a_track_reference_of_another_type_is_named_as_such(msd: tuple[FeatureStore, Run, VectorSet]) -> None:
+    """store.track(None) and resolve_query(store, None or 3.0, run) (a pandas id column with a gap holds floats)
+    failed in posixpath with 'expected str, bytes or os.PathLike object, not NoneType'; each is now a TypeError
+    saying what names a track. A numpy integer names a track as an int does."""
+    fs, run, _ = msd
+    for ref in (None, 3.0, True, [1]):
+        with pytest.raises(TypeError, match=r"^a track is named by its id, path or file name; got "):
+            fs.track(ref)
+        with pytest.raises(TypeError, match=r"^a track is named by its id, path or file name; got "):
+            resolve_query(fs, ref, run)
+    first = fs.tracks(run)[0]
+    assert fs.track(np.int64(first.id)) == first
+    assert resolve_query(fs, np.int64(first.id), run).track == first
+    assert fs.track(Path(first.path)) == first

@@ -565,6 +565,8 @@ class FeatureStore:
 
     def find(self, ref: int | str | Path) -> Track | None:
         """:meth:`track`, but None when nothing matches (StoreError still when a file name is not unique)."""
+        if isinstance(ref, bool) or not isinstance(ref, int | np.integer | str | Path):
+            raise TypeError(f"a track is named by its id, path or file name; got {type(ref).__name__} {ref!r}")
         key = str(ref)
         if is_track_id(key):
             if len(key) > 18:  # beyond SQLite's integers: no track's id
