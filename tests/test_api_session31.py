@@ -35,7 +35,7 @@ from mess.query import embed_query, resolve_query
 from mess.search.evaluate import evaluate, plot_evaluation, read_label_csv
 from mess.search.query import collection_query, similar_tracks
 from mess.search.vectors import VectorSet
-from mess.store import FeatureStore, Run, TrackVectors
+from mess.store import FeatureStore, Run, StoreError, TrackVectors
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -292,3 +292,26 @@ def test_a_track_reference_of_another_type_is_named_as_such(msd: tuple[FeatureSt
     assert fs.track(np.int64(first.id)) == first
     assert resolve_query(fs, np.int64(first.id), run).track == first
     assert fs.track(Path(first.path)) == first
+
+
+# ---------------------------------------------------------------- opening a store
+
+
+def test_a_store_path_with_a_tilde_is_in_the_home_folder_and_an_empty_one_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FeatureStore("~/music-store") made a folder literally named '~' in the working folder (and an empty store
+    in it, where a notebook meant the one in its home); FeatureStore("") (an unset variable) made a catalog in the
+    working folder itself. '~' is now the home folder, as for a query's path, and an empty path a StoreError."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    made = FeatureStore(home / "music-store")
+    made.close()
+    store = FeatureStore("~/music-store", readonly=True)
+    assert store.root == home / "music-store"
+    store.close()
+    with pytest.raises(StoreError, match=r"^the store path is empty"):
+        FeatureStore("")
+    assert list(cwd.iterdir()) == []

@@ -235,7 +235,7 @@ class FeatureStore:
 
     def __init__(
         self,
-        root: Path = DEFAULT_STORE,
+        root: str | Path = DEFAULT_STORE,
         *,
         readonly: bool = False,
         verify: bool = True,
@@ -249,7 +249,9 @@ class FeatureStore:
         naming what is wrong and `mess check --repair`. ``on_wait`` hears when a
         write has to wait for another process's write lock.
         """
-        self.root = Path(root)
+        if not str(root):  # an unset variable: not the working folder, which Path('') is
+            raise StoreError("the store path is empty: give the store's folder (`mess extract` wrote ./.mess)")
+        self.root = expanded(root)  # '~' is the home folder, not a folder named '~' in the working one
         db = self.root / "catalog.sqlite"
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"{self.root} is a file, not a feature store folder")
