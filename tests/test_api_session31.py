@@ -31,7 +31,7 @@ from mess.probing.report import write_report as write_probe_report
 from mess.probing.study import ProbeOptions, probe_run
 from mess.probing.target_cache import _write, cache_dir
 from mess.probing.targets import TARGET_NAMES
-from mess.query import embed_query, resolve_query
+from mess.query import embed_query, external_query, resolve_query
 from mess.search.evaluate import evaluate, plot_evaluation, read_label_csv
 from mess.search.query import collection_query, similar_tracks
 from mess.search.vectors import VectorSet
@@ -315,3 +315,31 @@ def test_a_store_path_with_a_tilde_is_in_the_home_folder_and_an_empty_one_is_ref
     with pytest.raises(StoreError, match=r"^the store path is empty"):
         FeatureStore("")
     assert list(cwd.iterdir()) == []
+
+
+def test_an_outside_query_of_a_researchers_own_vectors_is_checked(msd: tuple[FeatureStore, Run, VectorSet]) -> None:
+    """external_query takes per-layer vectors computed elsewhere: one layer short gave an IndexError from deep in
+    the search, a layer of the wrong size a numpy broadcasting error, and NaN vectors no answer (plain) or one
+    track scored nan (augmented). Each is now a StoreError naming the layer and what it should be."""
+    fs, run, _ = msd
+    track = fs.tracks(run)[2]
+    own = []  # the track's own vectors, layer by layer
+    for layer in run.layer_names:
+        ids, matrix = fs.layer_matrix(run, layer)
+        own.append(matrix[list(ids).index(track.id)])
+    nan = [v.copy() for v in own]
+    nan[1][0] = np.nan
+    wrong = [own[0][:-1], *own[1:]]
+    cases = {
+        "short": (own[:-1], rf"^{len(run.layer_names) - 1} layer vectors for {run.model}'s {len(run.layer_names)}"),
+        "size": (wrong, rf"^layer {run.layer_names[0]} of {run.model} has {run.layer_dims[0]} values; got an "
+                        rf"array of shape \({run.layer_dims[0] - 1},\)"),
+        "nan": (nan, rf"^layer {run.layer_names[1]}'s vector holds NaN or infinite values"),
+    }
+    for what, (layers, message) in cases.items():
+        with pytest.raises(StoreError, match=message):
+            external_query(fs, run, what, "0" * 32, layers)
+    query = external_query(fs, run, "mine", "0" * 32, [v[None] for v in own])  # [1, dim] rows are vectors too
+    first = similar_tracks(fs, run, query, 3, ranking="plain")[0]
+    assert first.track.id == track.id
+    assert first.score == pytest.approx(1.0, abs=1e-3)

@@ -112,6 +112,23 @@ def embed_query(store: FeatureStore, path: str | Path, run: Run,
     return external_query(store, run, label, vectors.content_hash, vectors.layers, vectors.segments, credit_of(tags))
 
 
+def _checked_layers(run: Run, layers: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+    """One float32 vector per layer of ``run`` ([dim] or [1, dim]); StoreError naming a layer missing, of another
+    size, or holding NaN or infinite values."""
+    if len(layers) != len(run.layer_names):
+        raise StoreError(f"{len(layers)} layer vectors for {run.model}'s {len(run.layer_names)} layers "
+                         f"({', '.join(run.layer_names)})")
+    raw = []
+    for name, dim, vector in zip(run.layer_names, run.layer_dims, layers, strict=True):
+        v = np.asarray(vector, dtype=np.float32)
+        if v.shape not in ((dim,), (1, dim)):
+            raise StoreError(f"layer {name} of {run.model} has {dim} values; got an array of shape {v.shape}")
+        if not np.isfinite(v).all():
+            raise StoreError(f"layer {name}'s vector holds NaN or infinite values")
+        raw.append(v.reshape(dim))
+    return tuple(raw)
+
+
 def credit_of(tags: Mapping[str, str | None]) -> str | None:
     """The credit an outside file's artist is grouped by, as a collection track's is (--exclude-same-artist, the
     radio's artist spread): its artist tag when that names an artist, else its composer."""
@@ -130,7 +147,7 @@ def external_query(store: FeatureStore, run: Run, label: str, content_hash: str,
     track = track_by_hash(store.tracks(run)).get(content_hash)
     if track is not None:
         return TrackQuery(track.name, track=track, content_hash=track.content_hash, artist=track.artist)
-    raw = tuple(np.asarray(v, dtype=np.float32) for v in layers)
+    raw = _checked_layers(run, layers)
     fused = None
     if store.derived_meta(run, FUSED) is not None:
         from mess.fusion.apply import fuse_query  # here, not at the top: plain queries start without torch
