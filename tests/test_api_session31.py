@@ -34,7 +34,7 @@ from mess.probing.targets import TARGET_NAMES
 from mess.query import embed_query, external_query, resolve_query
 from mess.search.evaluate import evaluate, plot_evaluation, read_label_csv
 from mess.search.query import collection_query, similar_tracks
-from mess.search.vectors import VectorSet
+from mess.search.vectors import VectorSet, VectorSpec, load_vectors
 from mess.store import FeatureStore, Run, StoreError, TrackVectors
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -343,3 +343,19 @@ def test_an_outside_query_of_a_researchers_own_vectors_is_checked(msd: tuple[Fea
     first = similar_tracks(fs, run, query, 3, ranking="plain")[0]
     assert first.track.id == track.id
     assert first.score == pytest.approx(1.0, abs=1e-3)
+
+
+def test_a_vector_spec_of_an_unknown_kind_or_normalisation_is_refused(
+        msd: tuple[FeatureStore, Run, VectorSet]) -> None:
+    """VectorSpec("layers", "cnn1") (one letter too many) was read as an aspect: 'unknown aspect 'cnn1'', naming
+    aspects when the kind was wrong; VectorSpec("all", norm="zcore") was built and failed later. Both are now a
+    ValueError on construction naming the choices. The kinds load as before."""
+    fs, run, _ = msd
+    with pytest.raises(ValueError, match=r"^unknown vector kind 'layers'; choose one of layer, group, aspect, fused, "
+                                         r"learned, all$"):
+        VectorSpec("layers", "cnn1")
+    with pytest.raises(ValueError, match=r"^unknown normalisation 'zcore'; choose one of "):
+        VectorSpec("all", norm="zcore")
+    ids, cnn1 = fs.layer_matrix(run, "cnn1")
+    vs = load_vectors(fs, run, VectorSpec("layer", "cnn1", "none"))
+    np.testing.assert_allclose(vs.raw[vs.rows(ids)], cnn1, rtol=1e-6)

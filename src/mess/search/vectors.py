@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, get_args
 
 import numpy as np
 
@@ -75,6 +75,10 @@ class VectorSpec:
     norm: Norm = DEFAULT_NORM  # "auto" is resolved on construction (:func:`resolved_norm`)
 
     def __post_init__(self) -> None:
+        if self.kind not in get_args(VectorKind):
+            raise ValueError(f"unknown vector kind {self.kind!r}; choose one of {', '.join(get_args(VectorKind))}")
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown normalisation {self.norm!r}; choose one of {', '.join(NORMS)}")
         object.__setattr__(self, "norm", resolved_norm(self.kind, self.norm))
 
     @classmethod
