@@ -36,6 +36,7 @@ from mess.search.evaluate import evaluate, plot_evaluation, read_label_csv
 from mess.search.query import collection_query, similar_tracks
 from mess.search.vectors import VectorSet, VectorSpec, load_vectors
 from mess.store import FeatureStore, Run, StoreError, TrackVectors
+from mess.store.export import export_vectors
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -359,3 +360,15 @@ def test_a_vector_spec_of_an_unknown_kind_or_normalisation_is_refused(
     ids, cnn1 = fs.layer_matrix(run, "cnn1")
     vs = load_vectors(fs, run, VectorSpec("layer", "cnn1", "none"))
     np.testing.assert_allclose(vs.raw[vs.rows(ids)], cnn1, rtol=1e-6)
+
+
+def test_export_takes_one_layer_given_as_str(msd: tuple[FeatureStore, Run, VectorSet], tmp_path: Path) -> None:
+    """export_vectors(layers="cnn1") was read letter by letter: 'unknown layer 'c''. A str is one layer's name."""
+    fs, run, _ = msd
+    summary = export_vectors(fs, run, tmp_path / "cnn1.npz", layers="cnn1")
+    assert summary.layers == ("cnn1",)
+    ids, cnn1 = fs.layer_matrix(run, "cnn1")
+    with np.load(tmp_path / "cnn1.npz") as data:
+        order = np.argsort(data["track_id"])
+        assert np.array_equal(data["track_id"][order], np.sort(ids))
+        np.testing.assert_array_equal(data["vectors_cnn1"][order], cnn1[np.argsort(ids)])

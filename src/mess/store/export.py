@@ -57,6 +57,7 @@ def export_vectors(store: FeatureStore, run: Run, out: Path, fmt: str = "npz", *
     device or a pipe, such as /dev/stdout, is written into).
     """
     given, fmt = fmt, fmt.lower()  # 'NPZ' as 'npz', as the name 'out.NPZ' is
+    layers = (layers,) if isinstance(layers, str) else layers  # one layer's name, not its letters
     if expanded(out).is_dir():  # its name has no extension: it was called an unknown export format ''
         example = Path(out) / f"vectors.{fmt if fmt in FORMATS else 'npz'}"
         raise StoreError(f"{out} is a folder; give the file to write, such as {example}")
