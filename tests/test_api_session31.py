@@ -372,3 +372,26 @@ def test_export_takes_one_layer_given_as_str(msd: tuple[FeatureStore, Run, Vecto
         order = np.argsort(data["track_id"])
         assert np.array_equal(data["track_id"][order], np.sort(ids))
         np.testing.assert_array_equal(data["vectors_cnn1"][order], cnn1[np.argsort(ids)])
+
+
+@pytest.mark.parametrize("ranking", ["plain", "auto"])
+def test_a_negative_or_fractional_expansion_is_refused(msd: tuple[FeatureStore, Run, VectorSet], ranking: str) -> None:
+    """expand=-1 ranked as expand=0, unsaid, in similar_tracks and evaluate, and expand=2.5 raised a TypeError from a
+    slice; each is now a ValueError naming expand."""
+    fs, run, _ = msd
+    query = collection_query(fs, 1)
+    for expand in (-1, 2.5):
+        with pytest.raises(ValueError, match=r"^expand must be a whole number of neighbours, 0 or more; got "):
+            similar_tracks(fs, run, query, 3, expand=expand, ranking=ranking)
+        with pytest.raises(ValueError, match=r"^expand must be a whole number of neighbours, 0 or more; got "):
+            evaluate(fs, run, "artist", expand=expand, ranking=ranking)
+    got = similar_tracks(fs, run, query, 3, expand=0, ranking="plain", norm="none")
+    cosines = []  # expand=0 is the plain cosine: the mean over layers of each layer's cosine to track 1
+    for layer in run.layer_names:
+        ids, matrix = fs.layer_matrix(run, layer)
+        unit = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+        cosines.append(unit @ unit[list(ids).index(1)])
+    mean = np.mean(cosines, axis=0)
+    expected = [int(i) for i in ids[np.argsort(-mean)] if i != 1][:3]
+    assert [n.track.id for n in got] == expected
+    np.testing.assert_allclose([n.score for n in got], np.sort(mean[ids != 1])[::-1][:3], atol=1e-4)

@@ -23,7 +23,9 @@ def expansion(match: str, expand: int | None) -> int:
     """Neighbours to expand a query with: ``expand`` when given, else :data:`EXPAND_K` for cosine matching
     (``match`` "mean") and 0 for segment matching, which has no expansion."""
     if expand is not None:
-        return expand
+        if isinstance(expand, bool) or not isinstance(expand, int | np.integer) or expand < 0:
+            raise ValueError(f"expand must be a whole number of neighbours, 0 or more; got {expand!r}")
+        return int(expand)
     return EXPAND_K if match == "mean" else 0
 
 
