@@ -395,3 +395,19 @@ def test_a_negative_or_fractional_expansion_is_refused(msd: tuple[FeatureStore, 
     expected = [int(i) for i in ids[np.argsort(-mean)] if i != 1][:3]
     assert [n.track.id for n in got] == expected
     np.testing.assert_allclose([n.score for n in got], np.sort(mean[ids != 1])[::-1][:3], atol=1e-4)
+
+
+def test_a_query_resolved_in_another_store_is_refused(msd: tuple[FeatureStore, Run, VectorSet], tmp_path: Path) -> None:
+    """A notebook with two stores open resolved a track in one and searched the other: track 1 there is another
+    piece, and the answer was that piece's neighbours under the query's name. A query whose track is not this
+    store's track of that id (another store's, or one extracted again since) is now a StoreError saying so."""
+    fs, run, _ = msd
+    other, other_run = _planted_run(tmp_path, 4)
+    foreign = collection_query(other, 1)
+    assert foreign.track is not None and fs.track(1).content_hash != foreign.track.content_hash
+    for ranking in ("plain", "auto"):
+        with pytest.raises(StoreError, match=r"is not track 1 of .*: resolve it in this store"):
+            similar_tracks(fs, run, foreign, 3, ranking=ranking)
+    mine = similar_tracks(fs, run, collection_query(fs, 1), 3)
+    assert len(mine) == 3 and 1 not in [n.track.id for n in mine]
+    other.close()

@@ -180,6 +180,9 @@ def similar_tracks(
     tq = query if isinstance(query, TrackQuery) else None
     if tq is None:
         query = raw_query(query, vs)
+    elif tq.track is not None and tq.track.id in by_id and by_id[tq.track.id].content_hash != tq.track.content_hash:
+        raise StoreError(f"the query {tq.label!r} is not track {tq.track.id} of {store.root} (a query of another "
+                         "store, or of a file extracted again since): resolve it in this store")
     exclude = _excluded(tracks, tq, exclude_same_artist)
     chosen = ranking_choice(store, vs, ranking, match, hubness, expand, on_note)
     expand = expansion(check_match(match), expand)
