@@ -18,6 +18,7 @@ from mess.artists.discrimination import most_discriminative
 from mess.artists.hybrid import load_weights
 from mess.artists.profiles import ArtistError, load_artists, load_space
 from mess.artists.similarity import artist_vectors, similarity_row, top_k
+from mess.artists.validate import evaluate as validate_artists
 from mess.audio.decode import load_audio, load_segments, probe
 from mess.audio.discover import content_hash
 from mess.audio.windows import WindowPolicy
@@ -411,3 +412,18 @@ def test_a_query_resolved_in_another_store_is_refused(msd: tuple[FeatureStore, R
     mine = similar_tracks(fs, run, collection_query(fs, 1), 3)
     assert len(mine) == 3 and 1 not in [n.track.id for n in mine]
     other.close()
+
+
+def test_artist_validation_refuses_a_k_below_one() -> None:
+    """artists.validate.evaluate(k=0) gave NaN overlap and nDCG, k=-1 numpy's 'operands could not be broadcast';
+    both are now an ArtistError naming k. k=2 on a hand-ranked case gives the textbook numbers."""
+    scores = np.array([[1.0, 0.9, 0.5, 0.1]] * 4)  # artist 0 ranks 1, 2, 3
+    matched = {0: [2, 1]}  # the reference lists 2 then 1: gains 1 and 0.5
+    for k in (0, -1):
+        with pytest.raises(ArtistError, match=rf"^k must be 1 or more; got {k}$"):
+            validate_artists(scores, matched, k)
+    got = validate_artists(scores, matched, 2)
+    dcg = 0.5 + 1.0 / np.log2(3)
+    ideal = 1.0 + 0.5 / np.log2(3)
+    assert (got.overlap, got.recall, got.mrr) == (1.0, 1.0, 1.0)
+    assert got.ndcg == pytest.approx(dcg / ideal)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mess.artists.profiles import ArtistError
+
 RANDOM_REPEATS = 20
 
 
@@ -44,6 +46,8 @@ def evaluate(scores: np.ndarray, matched: dict[int, list[int]], k: int = 10,
     (:func:`mess.artists.reference.match_reference`); ``queries`` restricts the
     evaluation to some of them (e.g. a held-out split).
     """
+    if k < 1:
+        raise ArtistError(f"k must be 1 or more; got {k}")
     queries = sorted(matched) if queries is None else [q for q in queries if matched.get(q)]
     if not queries:
         return Metrics(k, 0, float("nan"), float("nan"), float("nan"), float("nan"))
