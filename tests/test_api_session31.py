@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from mess.artists.discrimination import most_discriminative
-from mess.artists.hybrid import load_weights
+from mess.artists.hybrid import blend, load_weights
 from mess.artists.profiles import ArtistError, load_artists, load_space
 from mess.artists.similarity import artist_vectors, similarity_row, top_k
 from mess.artists.validate import evaluate as validate_artists
@@ -427,3 +427,16 @@ def test_artist_validation_refuses_a_k_below_one() -> None:
     ideal = 1.0 + 0.5 / np.log2(3)
     assert (got.overlap, got.recall, got.mrr) == (1.0, 1.0, 1.0)
     assert got.ndcg == pytest.approx(dcg / ideal)
+
+
+def test_a_hybrid_blend_refuses_a_misspelt_or_nan_weight() -> None:
+    """blend(parts, {"audoi": 1.0}) (a misspelt component) returned all zeros, every artist equally similar, and a
+    NaN weight a matrix of NaN; both are now an ArtistError. Known weights give the weighted sum."""
+    rng = np.random.default_rng(0)
+    parts = {"audio": rng.random((3, 3)), "genre": rng.random((3, 3))}
+    with pytest.raises(ArtistError, match=r"^unknown component 'audoi'; choose from audio, "):
+        blend(parts, {"audoi": 1.0})
+    with pytest.raises(ArtistError, match=r"^weights must be finite numbers"):
+        blend(parts, {"audio": float("nan"), "genre": 1.0})
+    np.testing.assert_allclose(blend(parts, {"audio": 0.6, "genre": 0.4, "collab": 0.5}),
+                               0.6 * parts["audio"] + 0.4 * parts["genre"])

@@ -114,7 +114,13 @@ def components(
 
 
 def blend(parts: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
-    """Weighted sum of components (missing components or weights count as 0)."""
+    """Weighted sum of components (missing components or weights count as 0); ArtistError for a weight of no
+    component (a misspelt name) or one that is not a finite number."""
+    unknown = sorted(set(weights) - set(COMPONENTS))
+    if unknown:
+        raise ArtistError(f"unknown component {unknown[0]!r}; choose from {', '.join(COMPONENTS)}")
+    if not all(math.isfinite(w) for w in weights.values()):
+        raise ArtistError(f"weights must be finite numbers; got {weights}")
     first = next(iter(parts.values()))
     out = np.zeros_like(first)
     for name, sim in parts.items():
