@@ -694,3 +694,30 @@ def test_a_batch_is_embedded_once_it_holds_batch_size_windows(tmp_path: Path) ->
                       workers=1)  # type: ignore[arg-type]
     assert summary.done == 4 and summary.failed == []
     assert model.batches == [2, 2]
+
+
+def test_the_copies_of_a_file_the_model_fails_on_are_failed_too_not_said_to_be_embedded(tmp_path: Path) -> None:
+    """A byte-identical copy of a file counted as 'a copy of a file embedded in this run (skipped)' even when the
+    model then failed on that file: nothing was embedded, and the copy was named nowhere in the summary. A copy met
+    after the failure is decoded and tried again itself."""
+    from mess.extract.pipeline import extract
+    from mess.store import FeatureStore
+
+    music = tmp_path / "music"
+    music.mkdir()
+    loud = _wav(music / "loud.wav", _tone(2.0, hz=330.0, amp=0.9))
+    early, late = music / "early.wav", music / "late.wav"
+    for copy in (early, late):
+        copy.write_bytes(loud.read_bytes())
+    fine = _wav(music / "fine.wav", _tone(2.0, hz=220.0))
+    model = _LoudFails()
+    store = FeatureStore(tmp_path / "store")
+    # batch_size 2: loud and early (its copy) wait for fine's window; the batch fails, then loud alone; late is met
+    # after that failure
+    summary = extract(store, [loud, early, fine, late], model, WindowPolicy(5.0, 2), batch_size=2,
+                      workers=1)  # type: ignore[arg-type]
+    assert (summary.done, summary.copies, summary.skipped) == (1, 0, 0)
+    assert sorted(summary.failed) == sorted((str(p), f"{p}: model failed (ValueError: too loud)")
+                                            for p in (loud, early, late))
+    assert summary.handled == 4
+    assert sorted(store.failures(store.run("dsp"))) == sorted(summary.failed)

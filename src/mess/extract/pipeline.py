@@ -108,6 +108,7 @@ def _extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, 
         summary.removed = prune(store, paths, prune_under)
     pending: list[Windows] = []
     embedded: set[str] = set()  # content hashes this run embeds: a later file with one is a byte-identical copy
+    copies: dict[str, list[FileRecord]] = {}  # the copies counted of each, failed with it if the model fails on it
 
     def committed(tracks: int, audio_seconds: float) -> None:
         summary.done += tracks
@@ -119,6 +120,7 @@ def _extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, 
             for outcome in _prepared(store, run, paths, model, policy, workers, on_total):
                 if (outcome.skipped or outcome.windows is not None) and outcome.record.content_hash in embedded:
                     summary.copies += 1  # decoded too when inspected before the first one's vectors were written
+                    copies.setdefault(outcome.record.content_hash, []).append(outcome.record)
                 elif outcome.skipped:
                     summary.skipped += 1
                 elif outcome.error is not None:
@@ -128,11 +130,11 @@ def _extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, 
                     embedded.add(outcome.record.content_hash)
                     summary.warnings += outcome.windows.warnings
                 if sum(w.audio.shape[0] for w in pending) >= batch_size:
-                    _embed(store, run, model, pending, batch_size, summary, writer)
+                    _embed(store, run, model, pending, batch_size, summary, writer, embedded, copies)
                     pending = []
                 if on_progress:
                     on_progress(summary.handled, summary.audio_seconds)
-            _embed(store, run, model, pending, batch_size, summary, writer)
+            _embed(store, run, model, pending, batch_size, summary, writer, embedded, copies)
         finally:
             writer.close()  # commits what was embedded, also when the run is interrupted
     except KeyboardInterrupt as exc:  # after writer.close(): the summary counts every commit
@@ -209,18 +211,25 @@ def _unread(path: Path) -> FileRecord:
 
 
 def _embed(store: FeatureStore, run: Run, model: EmbeddingModel, pending: list[Windows], batch_size: int,
-           summary: ExtractSummary, writer: BackgroundWriter) -> None:
-    """Embed a group of tracks (one by one if the group fails) and hand their vectors to the writer."""
+           summary: ExtractSummary, writer: BackgroundWriter, embedded: set[str],
+           copies: dict[str, list[FileRecord]]) -> None:
+    """Embed a group of tracks (one by one if the group fails) and hand their vectors to the writer. A track the
+    model fails on fails with the copies of it counted so far; a later copy is no longer one (it is tried itself)."""
     if not pending:
         return
     try:
         vectors = embed_prepared(model, pending, batch_size)
     except Exception as exc:  # noqa: BLE001 -- isolate the file that makes the model fail
         if len(pending) == 1:
-            _fail(store, run, pending[0].record, f"{pending[0].record.path}: model failed ({describe(exc)})", summary)
+            record = pending[0].record
+            embedded.discard(record.content_hash)
+            _fail(store, run, record, f"{record.path}: model failed ({describe(exc)})", summary)
+            for copy in copies.pop(record.content_hash, []):
+                summary.copies -= 1
+                _fail(store, run, copy, f"{copy.path}: model failed ({describe(exc)})", summary)
         else:
             for single in pending:
-                _embed(store, run, model, [single], batch_size, summary, writer)
+                _embed(store, run, model, [single], batch_size, summary, writer, embedded, copies)
         return
     # embed_windows already refused non-finite output (a failure above)
     writer.submit(vectors, sum(p.audio.size for p in pending) / model.info.sample_rate)
