@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -384,15 +385,80 @@ def test_a_child_answers_each_request_in_turn_and_ends_when_its_input_closes(tmp
 
     child = Child(_module(tmp_path, monkeypatch, "echo_child", ECHO.format(linger=False)))
     assert child.pid is None and child.stop() is None  # not started: nothing to stop
+    assert child.connect()[2] is True  # just started
     assert child.call(("ok", 21), 30) == ("ok", 21)
     pid = child.pid
     assert isinstance(pid, int) and pid != os.getpid()
     assert child.call([1, "two"], 30) == [1, "two"]  # the same process, ready already
     assert child.pid == pid and child.connect()[2] is False
     assert child.stop(grace=30) == 0  # its input closed: it ended by itself
-    assert child.pid is None
+    assert child.pid is None and child.stop() is None  # stopped once
     assert child.call("again", 30) == "again" and child.pid not in (None, pid)  # a fresh one
     assert child.stop() == -signal.SIGKILL  # no grace: killed
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_child_holds_two_descriptors_of_its_parent_and_is_reaped_when_replaced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its two pipes, each once; a child killed while idle (by the OOM killer, say) is reaped, its pipes closed,
+    when the next call starts another; kill() kills it where it runs."""
+    from mess.extract.child import Child
+
+    child = Child(_module(tmp_path, monkeypatch, "echo_child", ECHO.format(linger=False)))
+    before = _open_fds()
+    assert child.call("first", 30) == "first"
+    assert _open_fds() == before + 2
+    old = child.pid
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    os.waitid(os.P_PID, old, os.WEXITED | os.WNOWAIT)  # dead, not yet reaped
+    assert child.call("second", 30) == "second" and child.pid != old
+    with pytest.raises(ChildProcessError):  # waited for: no zombie left
+        os.waitpid(old, os.WNOHANG)
+    assert _open_fds() == before + 2
+    proc = child._proc
+    assert proc is not None
+    child.kill()
+    assert proc.wait(30) == -signal.SIGKILL
+    child.kill()  # nothing to kill: no error
+    child.stop()
+    assert _open_fds() == before
+    Child("no_such_module_started").kill()  # never started: nothing to kill
+
+
+def test_a_child_runs_in_its_parents_process_group_unless_asked_for_its_own(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from mess.extract.child import Child
+
+    name = _module(tmp_path, monkeypatch, "echo_child", ECHO.format(linger=False))
+    shared, own = Child(name), Child(name, own_group=True)
+    try:
+        assert (shared.call(1, 30), own.call(2, 30)) == (1, 2)
+        assert shared.pid is not None and own.pid is not None
+        assert os.getpgid(shared.pid) == os.getpgrp()
+        assert os.getpgid(own.pid) == own.pid
+    finally:
+        shared.stop()
+        own.stop()
+
+
+def test_a_child_hung_up_on_is_replaced_on_the_next_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """hang_up closes its input (here a child that lingers after it: still running); the next call starts another."""
+    from mess.extract.child import Child
+
+    child = Child(_module(tmp_path, monkeypatch, "lingering_child", ECHO.format(linger=True)))
+    try:
+        assert child.call("first", 30) == "first"
+        old = child.pid
+        child.hang_up()
+        child.hang_up()  # once is enough: no error
+        assert child.pid == old  # it lingers
+        assert child.call("second", 30) == "second" and child.pid not in (None, old)
+    finally:
+        child.stop()
 
 
 def test_a_child_past_its_time_is_stopped_and_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -459,9 +525,12 @@ def test_stop_all_gives_the_children_one_grace_together(tmp_path: Path, monkeypa
 
     from mess.extract.child import Child, stop_all
 
-    for linger, grace, code in ((False, 30.0, 0), (True, 1.5, -signal.SIGKILL)):
-        name = f"child_{linger}"
-        children = [Child(_module(tmp_path, monkeypatch, name, ECHO.format(linger=linger))) for _ in range(3)]
+    for linger, grace, code in ((False, 30.0, 0), (True, 1.5, -signal.SIGKILL), ("1.2", 3.0, 0)):
+        name = f"child_{linger}".replace(".", "_")
+        code_of = ECHO.format(linger=linger is True)
+        if isinstance(linger, str):  # each takes 1.2 s to end: together within the grace, one after another not
+            code_of = code_of.replace("serve_requests(handle)\n", f"serve_requests(handle)\ntime.sleep({linger})\n")
+        children = [Child(_module(tmp_path, monkeypatch, name, code_of)) for _ in range(3)]
         procs = []
         for child in children:
             assert child.call("hi", 30) == "hi"
@@ -472,7 +541,7 @@ def test_stop_all_gives_the_children_one_grace_together(tmp_path: Path, monkeypa
         assert [p.returncode for p in procs] == [code] * 3, linger
         assert all(c.pid is None for c in children)
         assert took < (5.0 if not linger else 2 * grace), (linger, took)
-        if linger:
+        if linger is True:
             assert took >= grace - 0.1
 
 
@@ -524,6 +593,22 @@ def test_the_decode_worker_handles_each_request_and_names_what_it_cannot(tmp_pat
     assert handle(("fly", path)) == ("other", "unknown request 'fly'")
     assert handle(()) == ("other", "malformed request ()")
     assert handle("inspect") == ("other", "malformed request 'inspect'")
+
+
+def test_the_decode_worker_sends_what_c_libraries_print_to_dev_null(tmp_path: Path) -> None:
+    """libmpg123's notes on a damaged MP3 broke the progress bar: the worker's stderr (and its stdout, where stray
+    prints go) is /dev/null, and no other descriptor is left open on it."""
+    from mess.extract.child import Child
+    from mess.extract.pipeline import DECODE_WORKER
+
+    child = Child(DECODE_WORKER)
+    try:
+        assert child.call(("plan", [], WindowPolicy()), 60) == ("ok", 0.0)
+        fds = Path(f"/proc/{child.pid}/fd")
+        on_null = sorted(int(fd.name) for fd in fds.iterdir() if os.readlink(fd) == os.devnull)
+        assert on_null == [1, 2]
+    finally:
+        child.stop()
 
 
 def test_the_real_decode_worker_answers_in_its_own_process(tmp_path: Path) -> None:
@@ -621,6 +706,21 @@ def test_a_file_in_a_folder_replaced_by_a_link_is_missing(tmp_path: Path) -> Non
     assert missing_files(store) == [str(tmp_path / "album" / "a.wav")]
 
 
+def test_a_catalogued_file_that_cannot_be_looked_at_is_kept(tmp_path: Path) -> None:
+    """A name the file system refuses (ENAMETOOLONG here; a folder made unreadable for a non-root user) says nothing
+    of whether the file is there: not missing, not pruned."""
+    from mess.extract.pipeline import missing_files, prune
+    from mess.store import FeatureStore
+
+    odd = tmp_path / ("a" * 300) / "x.wav"
+    with pytest.raises(OSError):
+        odd.is_file()
+    store = FeatureStore(tmp_path / "store")
+    _catalogued(store, odd)
+    assert missing_files(store) == []
+    assert prune(store, [], [tmp_path]) == 0 and store.all_paths() == [str(odd)]
+
+
 # ---------------------------------------------------------------- the pipeline: a run's counts
 
 
@@ -636,6 +736,9 @@ class _LoudFails:
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._model, name)
+
+    def source(self) -> dict[str, str]:
+        return {"test": "loud fails"}  # where it came from: recorded with the run
 
     def embed(self, windows: np.ndarray) -> list[np.ndarray]:
         self.batches.append(len(windows))
@@ -663,8 +766,10 @@ def test_a_run_counts_embedded_copies_skipped_and_failed_files_and_isolates_a_mo
     progress: list[tuple[int, float]] = []
     policy = WindowPolicy(2.0, 2)
     paths = [a, copy, loud, empty, gone, c]
+    began = time.perf_counter()
     summary = extract(store, paths, model, policy, batch_size=16, workers=1,  # type: ignore[arg-type]
                       on_progress=lambda n, s: progress.append((n, s)))
+    assert 0 < summary.wall_seconds <= time.perf_counter() - began
     assert (summary.done, summary.skipped, summary.copies) == (2, 0, 1)
     assert summary.failed == [(str(empty), f"{empty}: empty file (0 bytes)"),
                               (str(gone), f"{gone}: cannot read (No such file or directory)"),
@@ -696,10 +801,12 @@ def test_a_batch_is_embedded_once_it_holds_batch_size_windows(tmp_path: Path) ->
     assert model.batches == [2, 2]
 
 
-def test_the_copies_of_a_file_the_model_fails_on_are_failed_too_not_said_to_be_embedded(tmp_path: Path) -> None:
+def test_the_copies_of_a_file_the_model_fails_on_are_failed_too_not_said_to_be_embedded(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A byte-identical copy of a file counted as 'a copy of a file embedded in this run (skipped)' even when the
     model then failed on that file: nothing was embedded, and the copy was named nowhere in the summary. A copy met
-    after the failure is decoded and tried again itself."""
+    after the failure is decoded and tried again itself. (Also: a failure names an undecodable file name in escapes,
+    is logged as a warning, and a run records its model's source and prunes what is gone when asked.)"""
     from mess.extract.pipeline import extract
     from mess.store import FeatureStore
 
@@ -710,14 +817,50 @@ def test_the_copies_of_a_file_the_model_fails_on_are_failed_too_not_said_to_be_e
     for copy in (early, late):
         copy.write_bytes(loud.read_bytes())
     fine = _wav(music / "fine.wav", _tone(2.0, hz=220.0))
+    odd = Path(os.fsdecode(bytes(music) + b"/caf\xe9.wav"))
+    odd.touch()
+    shown = os.fsencode(odd).decode("utf-8", "backslashreplace")
     model = _LoudFails()
     store = FeatureStore(tmp_path / "store")
+    _catalogued(store, music / "deleted.wav")
     # batch_size 2: loud and early (its copy) wait for fine's window; the batch fails, then loud alone; late is met
     # after that failure
-    summary = extract(store, [loud, early, fine, late], model, WindowPolicy(5.0, 2), batch_size=2,
-                      workers=1)  # type: ignore[arg-type]
-    assert (summary.done, summary.copies, summary.skipped) == (1, 0, 0)
-    assert sorted(summary.failed) == sorted((str(p), f"{p}: model failed (ValueError: too loud)")
-                                            for p in (loud, early, late))
-    assert summary.handled == 4
-    assert sorted(store.failures(store.run("dsp"))) == sorted(summary.failed)
+    with caplog.at_level("WARNING", logger="mess.extract.pipeline"):
+        summary = extract(store, [loud, early, fine, late, odd], model, WindowPolicy(5.0, 2),  # type: ignore[arg-type]
+                          batch_size=2, workers=1, prune_under=[music])
+    assert (summary.done, summary.copies, summary.skipped, summary.removed) == (1, 0, 0, 1)
+    failed = [(str(p), f"{p}: model failed (ValueError: too loud)") for p in (loud, early, late)]
+    assert sorted(summary.failed) == sorted([*failed, (shown, f"{shown}: empty file (0 bytes)")])
+    assert summary.handled == 5
+    run = store.run("dsp")  # the store keeps the real name: the summary's is printable
+    assert sorted((os.fsencode(p).decode("utf-8", "backslashreplace"), r) for p, r in store.failures(run)) == sorted(
+        summary.failed)
+    assert sorted(r.getMessage() for r in caplog.records if r.levelname == "WARNING") == sorted(
+        reason for _, reason in summary.failed)
+    assert store.model_source(run) == {"test": "loud fails"}
+
+
+def test_an_interrupted_run_keeps_and_counts_what_it_embedded(tmp_path: Path) -> None:
+    """Ctrl-C while the model embeds the second file: the first file's vectors are committed and counted."""
+    from mess.extract.pipeline import ExtractInterrupted, extract
+    from mess.store import FeatureStore
+
+    class Interrupted(_LoudFails):
+        def embed(self, windows: np.ndarray) -> list[np.ndarray]:
+            if self.batches:
+                raise KeyboardInterrupt
+            return super().embed(windows)
+
+    music = tmp_path / "music"
+    music.mkdir()
+    paths = [_wav(music / f"{i}.wav", _tone(1.0, hz=200.0 + 100 * i)) for i in range(3)]
+    store = FeatureStore(tmp_path / "store")
+    began = time.perf_counter()
+    with pytest.raises(ExtractInterrupted) as caught:
+        extract(store, paths, Interrupted(), WindowPolicy(2.0, 2), batch_size=1, workers=1)  # type: ignore[arg-type]
+    summary = caught.value.summary
+    assert (summary.done, summary.failed) == (1, [])
+    assert 0 < summary.wall_seconds <= time.perf_counter() - began
+    assert isinstance(caught.value.__cause__, KeyboardInterrupt)
+    assert [Path(t.path) for t in store.tracks(store.run("dsp")) if store.has_vectors(store.run("dsp"), t.content_hash)
+            ] == paths[:1]
