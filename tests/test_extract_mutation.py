@@ -779,6 +779,7 @@ def test_a_run_counts_embedded_copies_skipped_and_failed_files_and_isolates_a_mo
     # a's and loud's 2 s windows at once (c's of 1.5 s are another batch), then each file alone
     assert model.batches[:4] == [3, 2, 1, 1]
     assert progress[-1] == (6, pytest.approx(5.5)) and [n for n, _ in progress] == sorted(n for n, _ in progress)
+    assert len(progress) == len(paths) + 1  # after each file, and at the end
     run = store.run("dsp")
     assert sorted(store.failures(run)) == sorted(summary.failed)
     assert {Path(t.path).name for t in store.tracks(run)} == {"a.wav", "copy.wav", "c.wav"}
@@ -794,11 +795,32 @@ def test_a_batch_is_embedded_once_it_holds_batch_size_windows(tmp_path: Path) ->
     music = tmp_path / "music"
     music.mkdir()
     paths = [_wav(music / f"{i}.wav", _tone(0.8, hz=200.0 + 100 * i)) for i in range(4)]  # a window each
+    import psutil
+
+    def decoders() -> int:
+        def decoding(proc: psutil.Process) -> bool:
+            try:
+                return proc.status() != psutil.STATUS_ZOMBIE and "mess.extract.decode_worker" in proc.cmdline()
+            except psutil.Error:
+                return False
+
+        return sum(decoding(p) for p in psutil.Process().children())
+
+    seen: list[int] = []
     model = _LoudFails()
     summary = extract(FeatureStore(tmp_path / "store"), paths, model, WindowPolicy(1.0, 2, 0.5), batch_size=2,
-                      workers=1)  # type: ignore[arg-type]
+                      workers=1, on_progress=lambda n, s: seen.append(decoders()))  # type: ignore[arg-type]
     assert summary.done == 4 and summary.failed == []
     assert model.batches == [2, 2]
+    assert max(seen) == 1  # one worker: one decoder process
+
+    def left(proc: psutil.Process) -> bool:  # a decoder still running, or ended and not reaped
+        try:
+            return proc.status() == psutil.STATUS_ZOMBIE or "mess.extract.decode_worker" in proc.cmdline()
+        except psutil.NoSuchProcess:
+            return False
+
+    assert [p for p in psutil.Process().children() if left(p)] == []  # stopped and reaped when the run ends
 
 
 def test_the_copies_of_a_file_the_model_fails_on_are_failed_too_not_said_to_be_embedded(
@@ -864,3 +886,27 @@ def test_an_interrupted_run_keeps_and_counts_what_it_embedded(tmp_path: Path) ->
     assert isinstance(caught.value.__cause__, KeyboardInterrupt)
     assert [Path(t.path) for t in store.tracks(store.run("dsp")) if store.has_vectors(store.run("dsp"), t.content_hash)
             ] == paths[:1]
+
+
+def test_a_run_catalogues_the_decoded_length_of_a_file_whose_header_has_none(tmp_path: Path) -> None:
+    """A FLAC whose STREAMINFO gives no sample count (as one written to a pipe): its catalogued length is what was
+    decoded; a whole file's stays its header's."""
+    from mess.extract.pipeline import extract
+    from mess.store import FeatureStore
+
+    music = tmp_path / "music"
+    music.mkdir()
+    piped = music / "piped.flac"
+    sf.write(piped, _tone(3.0), SR)
+    data = bytearray(piped.read_bytes())
+    assert data[:4] == b"fLaC"
+    at = 8 + 10  # STREAMINFO's 20-bit rate, 3-bit channels, 5-bit depth and 36-bit sample count
+    fields = int.from_bytes(data[at : at + 8], "big") & ~((1 << 36) - 1)  # the count zeroed: unknown
+    data[at : at + 8] = fields.to_bytes(8, "big")
+    piped.write_bytes(bytes(data))
+    fine = _wav(music / "fine.wav", _tone(2.5))
+    store = FeatureStore(tmp_path / "store")
+    summary = extract(store, [piped, fine], _LoudFails(), WindowPolicy(2.0, 2), workers=1)  # type: ignore[arg-type]
+    assert summary.done == 2 and summary.failed == []
+    assert store.track(piped).duration == pytest.approx(3.0)
+    assert store.track(fine).duration == pytest.approx(2.5)
