@@ -130,6 +130,26 @@ def test_mpd_radio_spends_at_most_eight_rounds_on_tracks_mpd_lacks(lacking: Lack
     assert played == [music / "k1.wav", order[8]]  # the eighth round's radio, its lacked track left unqueued
 
 
+def test_mpd_radio_s_rounds_for_deleted_files_leave_those_for_lacked_ones_whole(
+        lacking: Lacking, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: the rounds spent leaving out files deleted since MPD's update counted toward the 8 for tracks MPD
+    lacks. `mess mpd radio -n 2` whose closest were k1, then 3 deleted files, then 6 outside MPD's folder, then k2
+    queued k1 alone, 5 named as skipped and the 6th cut short; it now queues k1 and k2, the 6 named as skipped."""
+    gone = {f"music/gone{i}.wav": 0.3 + 0.05 * i for i in range(3)}
+    outside = {f"outside/l{i:02d}.wav": 0.5 + 0.05 * i for i in range(6)}
+    distances = {"music/k1.wav": 0.2, **gone, **outside, "music/k2.wav": 1.5}
+    with closing(_lacking_store(lacking.root, "deleted", distances)) as store:
+        order, played, uris, skipped, queue = _radio_of_two(lacking, store, monkeypatch)
+    music = lacking.root / "music"
+    before = order[1:order.index(music / "k2.wav")]  # the fixture's geometry: after k1, the deleted and outside files
+    lacked = [p for p in before if p.parent.name == "outside"]
+    assert order[0] == music / "k1.wav" and set(before) <= {lacking.root / p for p in (*gone, *outside)}, order
+    assert len(before) >= 8 > len(lacked), [p.name for p in order]  # more rounds than 8, fewer lacked
+    assert uris == ["k1.wav", "k2.wav"] and queue == ["seed.wav", "k1.wav", "k2.wav", "k3.wav"]
+    assert skipped == lacked
+    assert played == [music / "k1.wav", music / "k2.wav"]
+
+
 def test_mpd_radio_in_random_mode_says_how_many_of_its_songs_play_in_order(lacking: Lacking) -> None:
     """MPD's priorities run 255 to 1: a radio of 257 songs queued in random mode notes that its first 255 play in
     order and the other 2 after them at random; one of 255 plays wholly in order, and outside random mode the

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Container, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from itertools import count, groupby
+from itertools import groupby
 from operator import itemgetter
 from pathlib import Path
 from typing import BinaryIO
@@ -393,7 +393,8 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     seeds = [resolve_query(store, Path(seed.path), run)]
     gone: list[Track] = []
     lacked: list[Track] = []  # in the collection, not in MPD's database (a folder MPD does not hold)
-    for rounds in count(1):  # a file MPD stops playing at (deleted since its update) or lacks: the next closest
+    rounds = 0  # the radios asked of MPD; those that only left out deleted files are not counted
+    while True:  # a file MPD stops playing at (deleted since its update) or lacks: the next closest
         playlist = radio(store, run, seeds, n, aspect=aspect, window=window,
                          exclude=frozenset(t.id for t in (*gone, *lacked)), heard=queued)
         newly = gone_tracks(playlist) if music_dir is None or music_dir.is_dir() else ()  # not when unmounted
@@ -402,6 +403,7 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
             continue
         awake(client)
         uris, unknown = known_uris(client, [Path(t.path) for t in playlist.tracks], music_dir)
+        rounds += 1
         if not unknown or not uris or rounds >= _LACKED_ROUNDS:  # none known: MPD's folder is elsewhere (said below)
             break
         lacked += [t for t in playlist.tracks if Path(t.path) in unknown]
