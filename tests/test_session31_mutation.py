@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -189,19 +190,23 @@ def test_mpd_radio_with_no_current_song_asks_for_one(lacking: Lacking) -> None:
 # --- fusion: where a checkpoint may not be saved --------------------------------------------------------------
 
 
-def test_a_folder_that_cannot_be_written_is_refused_by_name(tmp_path: Path) -> None:
-    """`mess fuse train --checkpoint RO/sub/net.pt` under a folder the user cannot write is refused before training,
-    naming the folder the checkpoint's own would be made in. Judged as a user who may not write there: root passes
-    every permission, so as root the check runs in a child whose real user is nobody (os.access asks for it)."""
-    folder = tmp_path / "readonly"
-    folder.mkdir()
-    folder.chmod(0o555)
+def test_a_folder_that_cannot_be_written_is_refused_by_name() -> None:
+    """`mess fuse train --checkpoint RO/sub/net.pt` under a folder the user can read but not write is refused before
+    training, naming the folder the checkpoint's own would be made in; one that anyone may write is not. Judged as
+    a user who is not root (root passes every permission): as root the check runs in a child whose real user is
+    nobody (os.access asks for it), in a temporary folder anyone may enter (pytest's own is its owner's alone)."""
     become = "os.setreuid(65534, 0); " if os.geteuid() == 0 else ""
     code = (f"import os, sys; from pathlib import Path; {become}from mess.fusion.train import checkpoint_problem; "
-            "print(checkpoint_problem(Path(sys.argv[1])))")
-    out = subprocess.run([sys.executable, "-c", code, str(folder / "sub" / "net.pt")], capture_output=True,
-                         text=True, timeout=120, check=True).stdout
-    assert out == f"the folder {folder} cannot be written; give the checkpoint a place that can\n"
+            "print(*(checkpoint_problem(Path(p)) for p in sys.argv[1:]), sep='\\n')")
+    with tempfile.TemporaryDirectory(dir="/tmp") as top:  # /tmp, not $TMPDIR: every user may enter it
+        os.chmod(top, 0o755)
+        closed, open_ = Path(top) / "readonly", Path(top) / "open"
+        for folder, mode in ((closed, 0o555), (open_, 0o777)):
+            folder.mkdir()
+            folder.chmod(mode)
+        out = subprocess.run([sys.executable, "-c", code, str(closed / "sub" / "net.pt"), str(open_ / "net.pt")],
+                             capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out == f"the folder {closed} cannot be written; give the checkpoint a place that can\nNone\n"
 
 
 def test_a_socket_at_the_checkpoint_s_name_is_refused_as_no_file(tmp_path: Path,
