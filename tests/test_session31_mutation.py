@@ -67,23 +67,24 @@ def lacking(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lacking]:
         yield Lacking(port, root)
 
 
-def _lacking_store(root: Path, name: str, distances: dict[str, float], far: int = N_FAR) -> FeatureStore:
-    """A store at ``root/name`` of music/seed.wav and the files named in ``distances`` (under ``root``), each that
+def _lacking_store(root: Path, name: str, distances: dict[str, float], far: int = N_FAR,
+                   seed: str = "music/seed.wav") -> FeatureStore:
+    """A store at ``root/name`` of ``seed`` and the files named in ``distances`` (under ``root``), each that
     far from the seed (a vector of norm 3) in a random direction, with ``far`` tracks of no file far from them all; a
     name in ``distances`` that is no file is catalogued all the same (a file deleted since extraction)."""
     rng = np.random.default_rng(31)
-    seed = rng.normal(size=DIM)
-    seed *= 3 / np.linalg.norm(seed)
+    centre = rng.normal(size=DIM)
+    centre *= 3 / np.linalg.norm(centre)
     store = FeatureStore(root / name)
     run = store.ensure_run(RunKey("synthetic", "r1", WindowPolicy().to_json(), 16000, ("l0",), (DIM,)))
     items = []
-    for i, (name, distance) in enumerate({"music/seed.wav": 0.0, **distances}.items()):
-        path = root / name
+    for i, (file, distance) in enumerate({seed: 0.0, **distances}.items()):
+        path = root / file
         d = rng.normal(size=DIM)
         h = content_hash(path) if path.exists() else f"{i:064x}"
         size, mtime = (path.stat().st_size, path.stat().st_mtime) if path.exists() else (1, 0.0)
         store.upsert_track(path, h, size, mtime, {"duration": 1.0}, {})
-        items.append((h, seed + distance * d / np.linalg.norm(d)))
+        items.append((h, centre + distance * d / np.linalg.norm(d)))
     for i in range(far):
         h = f"f{i:063x}"
         store.upsert_track(root / "far" / f"f{i}.wav", h, 1, 0.0, {"duration": 1.0}, {})
@@ -185,6 +186,62 @@ def test_mpd_radio_with_no_current_song_asks_for_one(lacking: Lacking) -> None:
             queue_radio(client, store, store.run("synthetic"), 2)
         assert str(refused.value) == "MPD has no current song; play something first"
         assert client.playlistinfo() == []
+
+
+def test_mpd_radio_of_tracks_mpd_has_none_of_leaves_the_queue_unchanged(lacking: Lacking) -> None:
+    """A collection whose tracks but the seed all lie outside MPD's folder: one line saying MPD's database has none
+    of them, the queue as it was."""
+    outside = {f"outside/l{i:02d}.wav": 0.5 for i in range(4)}
+    with closing(_lacking_store(lacking.root, "none", outside, far=0)) as store, \
+            connect("127.0.0.1", lacking.port) as client:
+        client.clear()
+        client.add("seed.wav")
+        client.play(0)
+        client.pause(1)
+        with pytest.raises(PlayerError) as refused:
+            queue_radio(client, store, store.run("synthetic"), 2, music_dir=lacking.root / "music")
+        assert str(refused.value) == ("MPD's database has none of the radio's tracks (update MPD's database?); "
+                                      "the queue is unchanged")
+        assert [s["file"] for s in client.playlistinfo()] == ["seed.wav"]
+
+
+def test_mpd_radio_while_mpd_stopped_meanwhile_goes_to_the_end_of_the_queue(lacking: Lacking,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another client ended the current song while the radio was computed (MPD now plays nothing): the radio is
+    queued at the end of the queue, after the songs queued there."""
+    import mess.playlists.mpd as player
+
+    def meanwhile(*args: object, **kwargs: object) -> object:
+        with connect("127.0.0.1", lacking.port) as other:
+            other.delete(2)  # the seed, which MPD was playing, the queue's last song
+        return radio(*args, **kwargs)
+
+    monkeypatch.setattr(player, "radio", meanwhile)
+    with closing(_lacking_store(lacking.root, "ended", {"music/k1.wav": 0.2}, far=0)) as store, \
+            connect("127.0.0.1", lacking.port) as client:
+        client.clear()
+        for name in ("k2.wav", "k3.wav", "seed.wav"):
+            client.add(name)
+        client.play(2)
+        client.pause(1)
+        _, uris, _ = queue_radio(client, store, store.run("synthetic"), 1, music_dir=lacking.root / "music")
+        assert uris == ["k1.wav"]
+        assert [s["file"] for s in client.playlistinfo()] == ["k2.wav", "k3.wav", "k1.wav"]
+
+
+def test_mpd_radio_of_a_store_whose_music_folder_is_not_mounted_here(lacking: Lacking) -> None:
+    """The store's files lie in a folder not mounted on this machine (the music of a server whose MPD plays it,
+    given as --music-dir): none is taken for a deleted file, and the radio is queued as MPD's database has it."""
+    mount = lacking.root / "unmounted"
+    with closing(_lacking_store(lacking.root, "unmounted-store", {"unmounted/k1.wav": 0.2}, far=0,
+                                seed="unmounted/seed.wav")) as store, connect("127.0.0.1", lacking.port) as client:
+        client.clear()
+        client.add("seed.wav")
+        client.play(0)
+        client.pause(1)
+        playlist, uris, skipped = queue_radio(client, store, store.run("synthetic"), 1, music_dir=mount)
+        assert not mount.exists() and "no longer on disk" not in playlist.note and skipped == []
+        assert uris == ["k1.wav"] and [s["file"] for s in client.playlistinfo()] == ["seed.wav", "k1.wav"]
 
 
 # --- fusion: where a checkpoint may not be saved --------------------------------------------------------------
