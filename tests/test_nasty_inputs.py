@@ -356,3 +356,31 @@ def test_a_dash_output_is_stdout_for_one_playlist_and_refused_for_clusters(tone_
     assert exported.returncode == 0, exported.stderr
     assert sorted(np.load(io.BytesIO(exported.stdout))["track_id"].tolist()) == [1, 2, 3]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_to_a_terminal_is_refused(tone_store: Path) -> None:
+    """`mess export - --format npz` (or /dev/stdout) with stdout on a terminal wrote 100s of kB of binary into it, as
+    gzip refuses to: refused in one line, nothing written, as long as stdout is a terminal."""
+    import pty
+
+    for target in ("-", "/dev/stdout"):
+        main, tty = pty.openpty()
+        try:
+            done = subprocess.run([*MESS, "export", target, "--format", "npz", "--store", str(tone_store)],
+                                  stdout=tty, stderr=subprocess.PIPE, text=True, timeout=300)
+            os.close(tty)
+            written = b""
+            while True:
+                try:
+                    chunk = os.read(main, 65536)
+                except OSError:  # EIO: the terminal's other side is closed and drained
+                    break
+                if not chunk:
+                    break
+                written += chunk
+        finally:
+            os.close(main)
+        assert done.returncode == 1 and written == b"", written[:80]
+        assert " ".join(done.stderr.split()) == (
+            "error: stdout is a terminal and the export is binary (npz): redirect it (> vectors.npz, | program) or "
+            "name a file"), done.stderr

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mess.cli.common import console, emit_json, fail, json_clash, not_embedded_note, open_store, os_reason, plain
+from mess.cli.common import (
+    console,
+    emit_json,
+    fail,
+    is_stdout,
+    json_clash,
+    not_embedded_note,
+    open_store,
+    os_reason,
+    plain,
+)
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, ModelOpt, StoreOpt, output_path
 from mess.constants import counted
 
@@ -36,6 +47,9 @@ def export_command(
 
     json_clash(output, as_json)
     chosen = fmt or output.suffix.lstrip(".").lower()
+    if chosen in ("npz", "parquet") and is_stdout(output) and sys.stdout.isatty():  # as gzip refuses to
+        fail(f"stdout is a terminal and the export is binary ({chosen}): redirect it (> vectors.{chosen}, "
+             "| program) or name a file")
     names = [x.strip() for item in layers or [] for x in item.split(",") if x.strip()] or None
     with open_store(store) as fs:
         run = fs.run(model)
