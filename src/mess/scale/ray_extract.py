@@ -117,11 +117,12 @@ def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, pol
         summary = ExtractSummary()
         if prune_under:
             summary.removed = prune(store, paths, prune_under)
-        todo = _catalogue(store, run, paths, summary, decode_timeout)
+        copies: dict[str, list[str]] = {}  # the paths counted as copies of each hash to embed, failed with it
+        todo = _catalogue(store, run, paths, summary, decode_timeout, copies)
         if todo:
             n_actors = min(len(todo), actors or default_actors)
             rows = _embedded(todo, model_name, info, policy, batch_size, device, precision, n_actors, decode_timeout)
-            _commit(store, run, rows, write_every, summary)
+            _commit(store, run, rows, write_every, summary, copies)
     except RayError as exc:  # its message is the worker's whole traceback
         raise ScaleError(f"the Ray job failed: {job_failure(exc)}") from None
     finally:
@@ -272,9 +273,9 @@ def _dataset(items: list[dict[str, Any]]) -> ray.data.Dataset:
 
 
 def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path], summary: ExtractSummary,
-               timeout: float) -> list[dict[str, str | float]]:
+               timeout: float, copies: dict[str, list[str]]) -> list[dict[str, str | float]]:
     """Catalogue every file; return (path, hash, stamp, size, duration, sample rate) of the content this run still
-    has to embed."""
+    has to embed. A byte-identical copy of such content is counted as a copy, its path added to ``copies``."""
     items = []
     for path in paths:
         known = store.known_file(path)
@@ -292,6 +293,7 @@ def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path], summary: Ex
                            stamp=rec["stamp"])
         if rec["hash"] in queued:
             summary.copies += 1
+            copies.setdefault(rec["hash"], []).append(row["path"])
         elif store.has_vectors(run, rec["hash"]):
             summary.skipped += 1
         else:
@@ -316,8 +318,10 @@ def _embedded(todo: list[dict[str, str | float]], model_name: str, info: ModelIn
                                "revision": info.revision, "batch_size": batch_size})
 
 
-def _commit(store: FeatureStore, run: Run, rows: ray.data.Dataset, write_every: int, summary: ExtractSummary) -> None:
-    """Drain the dataset into the store, committing every ``write_every`` tracks or FLUSH_SECONDS (each hash once)."""
+def _commit(store: FeatureStore, run: Run, rows: ray.data.Dataset, write_every: int, summary: ExtractSummary,
+            copies: dict[str, list[str]]) -> None:
+    """Drain the dataset into the store, committing every ``write_every`` tracks or FLUSH_SECONDS (each hash once).
+    A track that failed (decoding, the model) fails with its ``copies``, each named, no longer counted as copies."""
     pending: list[TrackVectors] = []
     seen: set[str] = set()
     last_flush = time.monotonic()
@@ -339,6 +343,9 @@ def _commit(store: FeatureStore, run: Run, rows: ray.data.Dataset, write_every: 
             summary.warnings += row["warnings"].split("\n")
         if row["error"]:
             _failed(store, run, row["hash"], row["path"], row["error"], summary)
+            for copy in copies.pop(row["hash"], []):  # as in the local pipeline: the reason names the copy
+                summary.copies -= 1
+                _failed(store, run, row["hash"], copy, row["error"].replace(row["path"], copy), summary)
             continue
         pending.append(split_row(row, run.layer_dims))
         summary.audio_seconds += row["samples"] / run.sample_rate
