@@ -316,3 +316,18 @@ def test_a_training_log_that_cannot_be_written_leaves_the_saved_network_and_says
     out = CliRunner().invoke(app, [*args], env={"COLUMNS": "400"})
     assert out.exit_code == 0 and checkpoint.exists(), out.output
     assert "note: the training log " in out.stderr and "(No space left on device)" in out.stderr, out.stderr
+
+
+def test_a_checkpoint_name_too_long_for_the_file_system_is_refused_before_training(synthetic: tuple,
+                                                                                  tmp_path: Path) -> None:
+    """train_and_save(..., 'nnn...300 characters.pt') trained, then every save and fallback raised ENAMETOOLONG (the
+    fallback keeps the name): the network was lost. Refused before the first epoch now, nothing written."""
+    from mess.fusion.data import FusionError
+
+    store, run = synthetic
+    path = tmp_path / ("n" * 300 + ".pt")
+    seen: list[EpochLog] = []
+    with pytest.raises(FusionError, match=r"^cannot save a checkpoint at .*: File name too long"):
+        train_and_save(store, run, SMALL, path, on_epoch=seen.append)
+    assert seen == [] and not (store.root / "fusion").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["store"]

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mess.fusion.data import load_layers
+from mess.fusion.data import FusionError, load_layers
 from mess.fusion.tracking import TrainingLog, training_log_path
 from mess.fusion.train import (
     CheckpointRefused,
@@ -19,6 +19,16 @@ from mess.fusion.train import (
     train_fusion,
 )
 from mess.store import FeatureStore, Run
+
+
+def _names_held(checkpoint: Path, names: tuple[Path, ...]) -> None:
+    """FusionError, before any training, where the file system cannot hold one of the names training writes (a name
+    over its 255 bytes: every save, and its fallbacks, which keep the name, failed once the network was trained)."""
+    for name in names:
+        try:
+            name.exists()
+        except OSError as exc:
+            raise FusionError(f"cannot save a checkpoint at {checkpoint}: {exc.strerror or exc}") from None
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,7 @@ def train_and_save(store: FeatureStore, run: Run, config: FusionConfig, path: Pa
     that cannot be written once the checkpoint is saved is said in ``log_note`` (``log`` None).
     """
     data = load_layers(store, run)
+    _names_held(path, (path, path.with_suffix(".json"), training_log_path(store, path).with_suffix(".partial.json")))
     log = TrainingLog(training_log_path(store, path),
                       {"model": run.model, "run_id": run.id, **asdict(config)}, store.root / "mlruns")
 
