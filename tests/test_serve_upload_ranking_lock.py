@@ -14,50 +14,29 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clustered_store import FixedEmbedding, clustered_store
 from fastapi.testclient import TestClient
 
 from mess.search import rerank
 from mess.search.rerank import build_reranker, copy_first
 from mess.search.vectors import VectorSpec, load_vectors
 from mess.serve.app import create_app
-from mess.serve.uploads import Embedded, EmbedWorker
-from mess.store import FeatureStore, Run, RunKey, TrackVectors
+from mess.store import FeatureStore, Run
 
 N, DIM = 60, 16
 
 
 def _store(root: Path) -> tuple[FeatureStore, Run, np.ndarray]:
-    rng = np.random.default_rng(7)
-    centres = rng.standard_normal((6, DIM)).astype(np.float32)
-    store = FeatureStore(root)
-    run = store.ensure_run(RunKey("synthetic", "r1", "{}", 16000, ("a",), (DIM,)))
-    items = []
-    for i in range(N):
-        h = f"{i:032x}"
-        store.upsert_track(Path(f"/m/{i}.flac"), h, 1, 0.0, {"duration": 30.0},
-                           {"artist": f"A{i % 6}", "title": f"T{i}"})
-        v = (centres[i % 6] + 0.8 * rng.standard_normal(DIM)).astype(np.float32)
-        items.append(TrackVectors(h, [v], [v[None]], [0.0]))
-    store.write_vectors(run, items)
+    """N tracks in 6 clusters, and a query near the third centre."""
+    store, run, centres, rng = clustered_store(root, N, DIM, 6, seed=7)
     return store, run, (centres[2] + 0.8 * rng.standard_normal(DIM)).astype(np.float32)
-
-
-class _Fixed(EmbedWorker):
-    """The embedding process's answer for any upload: one fixed vector, content not in the collection."""
-
-    def __init__(self, vector: np.ndarray) -> None:
-        super().__init__()
-        self.vector = vector
-
-    def embed(self, path: Path, run: Run, name: str, source: dict[str, str] | None = None) -> Embedded:
-        return Embedded("f" * 32, [self.vector], {"artist": None, "title": None}, [])
 
 
 def test_a_reranked_upload_does_not_hold_the_lock_while_it_reranks(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     store, run, query = _store(tmp_path / "store")
     app = create_app(tmp_path / "store")
-    app.state.mess.worker = _Fixed(query)
+    app.state.mess.worker = FixedEmbedding(query, "f" * 32)
     started, answered = threading.Event(), threading.Event()
     real = rerank.Reranker._exact
 

@@ -21,49 +21,17 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
+from clustered_store import FixedEmbedding, clustered_store
 
 from mess.search import rerank, rerank_store
 from mess.search.augment import build_augmentation, expanded_rows
 from mess.search.rerank import build_reranker
 from mess.search.vectors import VectorSpec, load_vectors
 from mess.serve.app import create_app
-from mess.serve.uploads import Embedded, EmbedWorker
-from mess.store import FeatureStore, Run, RunKey, TrackVectors
+from mess.store import FeatureStore, Run, TrackVectors
 
 N, DIM, K = 300, 24, 8
 SPEC = VectorSpec.from_options(None, None, False, "auto")
-
-
-def _vector(rng: np.random.Generator, centres: np.ndarray, i: int) -> np.ndarray:
-    return (centres[i % len(centres)] + 0.8 * rng.standard_normal(DIM)).astype(np.float32)
-
-
-def _store(root: Path) -> tuple[FeatureStore, Run]:
-    """N tracks in 12 clusters (file /m/I.flac, content hash I as 32 hex digits)."""
-    rng = np.random.default_rng(11)
-    centres = rng.standard_normal((12, DIM)).astype(np.float32)
-    store = FeatureStore(root)
-    run = store.ensure_run(RunKey("synthetic", "r1", "{}", 16000, ("a",), (DIM,)))
-    items = []
-    for i in range(N):
-        h = f"{i:032x}"
-        store.upsert_track(Path(f"/m/{i}.flac"), h, 1, 0.0, {"duration": 30.0},
-                           {"artist": f"A{i % 12}", "title": f"T{i}"})
-        v = _vector(rng, centres, i)
-        items.append(TrackVectors(h, [v], [v[None]], [0.0]))
-    store.write_vectors(run, items)
-    return store, run
-
-
-class _Fixed(EmbedWorker):
-    """The embedding process's answer for any upload: one fixed vector, content not in the collection."""
-
-    def __init__(self, vector: np.ndarray) -> None:
-        super().__init__()
-        self.vector = vector
-
-    def embed(self, path: Path, run: Run, name: str, source: dict[str, str] | None = None) -> Embedded:
-        return Embedded("e" * 32, [self.vector], {"artist": None, "title": None}, [])
 
 
 UPLOADED = np.linspace(-1, 1, DIM, dtype=np.float32)
@@ -71,21 +39,21 @@ UPLOADED = np.linspace(-1, 1, DIM, dtype=np.float32)
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The store of :func:`_store`, made once: each test serves a copy."""
+    """N tracks in 12 clusters (:func:`clustered_store`), made once: each test serves a copy."""
     root = tmp_path_factory.mktemp("template") / "store"
-    _store(root)[0].close()
+    clustered_store(root, N, DIM, 12, seed=11)[0].close()
     return root
 
 
 @pytest.fixture
 def served(template: Path, tmp_path: Path) -> Iterator[tuple[str, FeatureStore, Run]]:
     """A copy of the template store, and the base URL of a real server over it (no lifespan: the embedding process
-    is replaced by :class:`_Fixed`, whose answer is :data:`UPLOADED`)."""
+    is replaced by :class:`FixedEmbedding`, whose answer is :data:`UPLOADED`)."""
     shutil.copytree(template, tmp_path / "store")
     store = FeatureStore(tmp_path / "store")
     run = store.run("synthetic")
     app = create_app(tmp_path / "store")
-    app.state.mess.worker = _Fixed(UPLOADED)
+    app.state.mess.worker = FixedEmbedding(UPLOADED)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
@@ -138,6 +106,24 @@ def _held_builds(monkeypatch: pytest.MonkeyPatch, module: object = rerank, name:
     return builds, started, release
 
 
+def _cheap_during_build(started: threading.Event, release: threading.Event, what: str,
+                        slow: Callable[[], httpx.Response],
+                        cheap: Callable[[], httpx.Response]) -> tuple[dict, dict, bool]:
+    """Send ``slow`` (its build held by :func:`_held_builds`), then ``cheap`` once the build ``what`` has started;
+    release the build when ``cheap`` is answered or after 15 s. The two responses' boxes, and whether ``cheap`` was
+    answered before the release."""
+    first, first_box = _in_thread(slow)
+    try:
+        assert started.wait(60), f"the {what} build never started"
+        thread, box = _in_thread(cheap)
+        thread.join(15)
+        answered = "r" in box
+    finally:
+        release.set()
+        first.join(60)
+    return first_box, box, answered
+
+
 def _expected(store: FeatureStore, run: Run, track: int) -> list[int]:
     """The ids of ``track``'s K best re-ranked neighbours, from a re-ranker built here on the vectors now."""
     vs = load_vectors(store, run, SPEC)
@@ -186,17 +172,11 @@ def test_the_first_reranked_upload_builds_outside_the_lock(served: tuple[str, Fe
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     base, store, run = served
     builds, started, release = _held_builds(monkeypatch)
-    upload, upload_box = _in_thread(lambda: httpx.post(f"{base}/api/similar/upload",
-                                                       params={"ranking": "reranked", "k": K},
-                                                       files={"file": ("q.wav", b"RIFF", "audio/wav")}, timeout=120))
-    try:
-        assert started.wait(60), "the re-ranking build never started"
-        plain, plain_box = _in_thread(lambda: _get(base, "/api/tracks/9/similar", ranking="plain", k=K))
-        plain.join(15)
-        answered = "r" in plain_box
-    finally:
-        release.set()
-        upload.join(60)
+    upload_box, plain_box, answered = _cheap_during_build(
+        started, release, "re-ranking",
+        lambda: httpx.post(f"{base}/api/similar/upload", params={"ranking": "reranked", "k": K},
+                           files={"file": ("q.wav", b"RIFF", "audio/wav")}, timeout=120),
+        lambda: _get(base, "/api/tracks/9/similar", ranking="plain", k=K))
     assert answered, "a track's plain neighbours waited for the upload's re-ranking build"
     assert plain_box["r"].status_code == 200
     assert builds[0] == N  # the collection's re-ranking data (then the exact re-ranking with the upload added)
@@ -279,15 +259,9 @@ def test_the_first_default_request_builds_the_augmentation_outside_the_lock(serv
     first request without data saved by `mess index` (3.3 s at 10,000 x 5,000 dims): it held the lock meanwhile."""
     base, store, run = served
     builds, started, release = _held_builds(monkeypatch, rerank_store, "build_augmentation")
-    first, first_box = _in_thread(lambda: _get(base, "/api/tracks/5/similar", k=K))
-    try:
-        assert started.wait(60), "the augmentation build never started"
-        plain, plain_box = _in_thread(lambda: _get(base, "/api/tracks/9/similar", ranking="plain", k=K))
-        plain.join(15)
-        answered = "r" in plain_box
-    finally:
-        release.set()
-        first.join(60)
+    first_box, plain_box, answered = _cheap_during_build(
+        started, release, "augmentation", lambda: _get(base, "/api/tracks/5/similar", k=K),
+        lambda: _get(base, "/api/tracks/9/similar", ranking="plain", k=K))
     assert answered, "a track's plain neighbours waited for the augmentation build"
     assert plain_box["r"].status_code == 200
     assert builds == [N]
@@ -307,15 +281,9 @@ def test_a_default_request_does_not_wait_for_a_reranking_build(served: tuple[str
     """Re-ranking builds run one at a time; the default (augmented) ranking's data is not one of them."""
     base, _, _ = served
     _, started, release = _held_builds(monkeypatch)
-    first, _ = _in_thread(lambda: _get(base, "/api/tracks/5/similar", ranking="reranked", k=K))
-    try:
-        assert started.wait(60), "the re-ranking build never started"
-        default, default_box = _in_thread(lambda: _get(base, "/api/tracks/9/similar", k=K))
-        default.join(15)
-        answered = "r" in default_box
-    finally:
-        release.set()
-        first.join(60)
+    _, default_box, answered = _cheap_during_build(
+        started, release, "re-ranking", lambda: _get(base, "/api/tracks/5/similar", ranking="reranked", k=K),
+        lambda: _get(base, "/api/tracks/9/similar", k=K))
     assert answered, "a default request waited for a re-ranking build"
     assert default_box["r"].status_code == 200 and default_box["r"].json()["ranking"] == "augmented"
 
@@ -326,15 +294,9 @@ def test_the_first_radio_builds_the_augmentation_outside_the_lock(served: tuple[
     holding the lock."""
     base, store, run = served
     builds, started, release = _held_builds(monkeypatch, rerank_store, "build_augmentation")
-    first, first_box = _in_thread(lambda: _get(base, "/api/playlists/radio", seed=5, n=6))
-    try:
-        assert started.wait(60), "the augmentation build never started"
-        plain, plain_box = _in_thread(lambda: _get(base, "/api/tracks/9/similar", ranking="plain", k=K))
-        plain.join(15)
-        answered = "r" in plain_box
-    finally:
-        release.set()
-        first.join(60)
+    first_box, plain_box, answered = _cheap_during_build(
+        started, release, "augmentation", lambda: _get(base, "/api/playlists/radio", seed=5, n=6),
+        lambda: _get(base, "/api/tracks/9/similar", ranking="plain", k=K))
     assert answered, "a track's plain neighbours waited for the radio's augmentation build"
     assert plain_box["r"].status_code == 200 and first_box["r"].status_code == 200, first_box["r"].text
     assert builds == [N] and len(first_box["r"].json()["tracks"]) == 6
