@@ -18,10 +18,10 @@ import pytest
 
 from mess.models.checkpoints import CHECKPOINTS
 from mess.models.essentia import EssentiaModelError, OnnxModel
-from mess.models.essentia.fetch import FetchError, external_data, fetch, fetch_files, file_revision
+from mess.models.essentia.fetch import external_data, fetch, file_revision
 from mess.models.essentia.frontends import patches
 from mess.models.essentia.metadata import ModelMetadata, TensorSpec, graph_name, layer_name, read_metadata
-from mess.models.essentia.presets import PRESETS, PinnedFile, detect_preset, get_preset
+from mess.models.essentia.presets import PRESETS, detect_preset, get_preset
 from mess.models.musicnn.model import log_mel
 
 onnx = pytest.importorskip("onnx", reason="tests build their graphs with onnx (test extra)")
@@ -444,16 +444,3 @@ def test_a_mert_fetch_lists_every_file_it_moved_into_place(server: tuple[str, Ro
     assert listed == sorted(str(folder / name) for name in files)
     assert "ok " not in done.stderr and f"--model {folder}" in done.stdout
     assert {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} == set(files)
-
-
-def test_a_fetch_whose_file_cannot_take_its_place_is_one_line(server: tuple[str, Routes],  # noqa: F811
-                                                              tmp_path: Path) -> None:
-    """A folder standing where the downloaded file goes: one FetchError naming the folder, and nothing left behind."""
-    base, routes = server
-    body = b"graph bytes"
-    routes["/m/x-1.onnx"] = (200, body, len(body), {})
-    folder = tmp_path / "models"
-    (folder / "x-1.onnx").mkdir(parents=True)
-    with pytest.raises(FetchError, match=f"^cannot write {folder / 'x-1.onnx'}: a folder stands there "):
-        fetch_files((PinnedFile(f"{base}/m/x-1.onnx", sha256=hashlib.sha256(body).hexdigest()),), folder)
-    assert [p.name for p in folder.iterdir()] == ["x-1.onnx"] and (folder / "x-1.onnx").is_dir()
