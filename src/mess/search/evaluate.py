@@ -23,6 +23,7 @@ from mess.audio.names import label_key
 from mess.constants import DEFAULT_NORM, FUSED, LABEL_FIELDS, LEARNED, counted
 from mess.search.ann import exact_knn
 from mess.search.augment import expanded_rows
+from mess.search.counts import whole_count
 from mess.search.expansion import expand_collection, expanded_scores, expansion
 from mess.search.hubness import HubnessReducer, HubnessStats, hubness_stats
 from mess.search.metrics import (
@@ -241,9 +242,7 @@ def evaluate(
     re-ranked over the whole collection; "auto": as :func:`mess.search.rerank_store.ranking_choice` decides for
     each set, a set ranked plain for its size noted in ``notes``).
     """
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"k must be a whole number of results, 1 or more; got {k!r}")
-    k = int(k)
+    k = whole_count(k, "k", "results", 1)
     check_ranking(ranking, match, None, expand)
     if check_match(match) == "segments" and expand:  # Chamfer rows have no expanded query: it was ignored
         raise ValueError("--match segments has no query expansion: leave out --expand")

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mess.search.counts import whole_count
+
 EXPAND_K = 3  # neighbours averaged into the query (0 = no expansion)
 EXPAND_ALPHA = 1.0
 
@@ -23,9 +25,7 @@ def expansion(match: str, expand: int | None) -> int:
     """Neighbours to expand a query with: ``expand`` when given, else :data:`EXPAND_K` for cosine matching
     (``match`` "mean") and 0 for segment matching, which has no expansion."""
     if expand is not None:
-        if isinstance(expand, bool) or not isinstance(expand, int | np.integer) or expand < 0:
-            raise ValueError(f"expand must be a whole number of neighbours, 0 or more; got {expand!r}")
-        return int(expand)
+        return whole_count(expand, "expand", "neighbours", 0)
     return EXPAND_K if match == "mean" else 0
 
 

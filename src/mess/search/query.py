@@ -27,6 +27,7 @@ import numpy as np
 from mess.audio.names import credit_key
 from mess.constants import DEFAULT_NORM, ENCODED_R2, FUSED, LEARNED
 from mess.search.augment import augmented_query, expanded_rows
+from mess.search.counts import whole_count
 from mess.search.expansion import expand as expand_queries
 from mess.search.expansion import expanded_scores, expansion
 from mess.search.hubness import HubnessReducer
@@ -170,9 +171,7 @@ def similar_tracks(
     The query's own track never appears; tracks with the same content or cosine >= 0.9999
     are flagged as duplicates. ``why`` / ``why_percentile`` are filled for TrackQuery inputs.
     """
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
-        raise ValueError(f"k must be a whole number of tracks, 0 or more; got {k!r}")
-    k = int(k)  # faiss takes no numpy integer
+    k = whole_count(k, "k", "tracks", 0)
     spec = VectorSpec.from_options(layer, aspect, fused, norm, learned)
     tracks = store.tracks(run)  # one object until the catalog changes: derived maps below are memoised on it
     by_id = track_by_id(tracks)
