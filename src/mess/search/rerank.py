@@ -54,8 +54,9 @@ COPY_GAP = 0.05
 # (CPU on 2 cores: 0.5 s at 2,000 tracks x 5,000 dims, 1.4 s at 4,000; 3 s at 10,000 x 512); beyond, locally (below)
 EXACT_TRACKS = 4_000
 # beyond EXACT_TRACKS, an outside query is re-ranked exactly within its this many nearest tracks, the others ranking by
-# distance alone (0.9-1.2 s at 5,000 tracks x 5,000 dims on 2 shared cores; on 8,001 and 12,001 clustered tracks the
-# exact answer's ten first tracks, scores within 0.002, where the earlier approximation changed the first in half)
+# distance alone (0.32 / 0.42 s at 5,000 / 10,000 tracks x 5,000 dims, benchmarks/rerank.py; on 8,001 and 12,001
+# clustered tracks the exact answer's ten first tracks, scores within 0.002, where the earlier approximation changed
+# the first in half: notes/fixes_session31b.md)
 LOCAL_TRACKS = 2_000
 # Outside queries a re-ranker remembers its answer to (the last ones): the server computes one without its lock, then
 # answers with it under the lock.
