@@ -112,9 +112,9 @@ def _probe(store: FeatureStore, run: Run, layers: list[str], targets: TrackTarge
     by_id = {t.id: t for t in store.tracks(run)}
     ids = np.intersect1d(targets.track_ids, np.fromiter(by_id, dtype=np.int64))
     y = targets.values[np.searchsorted(targets.track_ids, ids)]
-    if shuffle:
-        y = shuffled_rows(y, options.seed)
     chosen = [by_id[int(i)] for i in ids]
+    if shuffle:
+        y = shuffled_rows(y, options.seed, keys=[t.content_hash for t in chosen])
     meta = [("album", [label_key("album", t.album) for t in chosen]), ("artist", [_artist(t) for t in chosen])]
     folds = make_folds(len(ids), meta, options.folds, options.seed, same=[t.content_hash for t in chosen])
 
