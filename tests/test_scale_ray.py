@@ -96,14 +96,16 @@ print(json.dumps({"done": s.done, "skipped": s.skipped, "copies": s.copies, "fai
 
 
 def extract_ray(store: Path, paths: list[Path], model: str, policy: WindowPolicy, address: str | None, *,
-                before: str = "",
+                before: str = "", stderr: list[str] | None = None,
                 **options: object) -> ExtractSummary:
     """`mess.scale.ray_extract.extract_ray` run by a driver process of its own (which first runs ``before``); its
-    summary."""
+    summary (its stderr appended to ``stderr``)."""
     args = {**_request(store, paths, model, policy, options), "address": address}
     out = subprocess.run([sys.executable, "-c", before + _DRIVER, json.dumps(args)], capture_output=True, text=True,
                          timeout=600, env=RAY_ENV)
     assert out.returncode == 0, out.stderr
+    if stderr is not None:
+        stderr.append(out.stderr)
     return _summary(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
@@ -257,16 +259,24 @@ def test_ray_gives_the_local_vectors_and_reruns_skip(driver: Driver, tmp_path: P
 def test_without_an_address_a_local_cluster_is_started_not_the_one_an_old_address_file_names(
         tones: tuple[Path, dict[str, list[np.ndarray]]]) -> None:
     """`mess extract --engine ray` without --address (help: a local cluster) let Ray join the cluster named in its
-    address file (`ray_current_cluster`, left by any earlier `ray start`): a stale one hung the run for good."""
+    address file (`ray_current_cluster`, left by any earlier `ray start`): a stale one hung the run for good.
+    Its stderr held Ray's note that the cluster it started uses tokens ('Set RAY_AUTH_MODE=disabled to opt out') and
+    about 20 INFO lines of Ray Data's (each dataset's plan, its progress every 10 s) between mess's own lines."""
     music, want = tones
     temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths live under it
     try:
         (temp / "ray").mkdir()
         (temp / "ray" / "ray_current_cluster").write_text("192.0.2.1:6379")  # TEST-NET: nothing answers there
-        before = f"import os; os.environ['RAY_TMPDIR'] = {str(temp)!r}; os.environ.pop('RAY_ADDRESS', None)\n"
+        # no RAY_AUTH_MODE, as a user's shell: Ray turns tokens on by default (the token from RAY_AUTH_TOKEN)
+        before = (f"import os; os.environ['RAY_TMPDIR'] = {str(temp)!r}; os.environ.pop('RAY_ADDRESS', None); "
+                  "os.environ.pop('RAY_AUTH_MODE', None)\n")
         paths = sorted(music.glob("*.wav"))[:2]
-        got = extract_ray(temp / "store", paths, "dsp", POLICY, None, before=before, actors=1)
+        stderr: list[str] = []
+        got = extract_ray(temp / "store", paths, "dsp", POLICY, None, before=before, stderr=stderr, actors=1)
         assert (got.done, got.failed) == (2, [])
+        assert "Token authentication" not in stderr[0] and "\tINFO " not in stderr[0], stderr[0]
+        data_log = temp / "ray" / "session_latest" / "logs" / "ray-data" / "ray-data.log"  # Ray Data's notes
+        assert "Execution plan of Dataset" in data_log.read_text()
         assert_same_vectors(vectors_by_path(FeatureStore(temp / "store"), "dsp"), {str(p): want[str(p)] for p in paths})
     finally:
         shutil.rmtree(temp, ignore_errors=True)
@@ -326,6 +336,7 @@ def test_ray_prunes_files_gone_from_disk_as_the_local_engine_does(ray_address: s
                           "--address", ray_address], capture_output=True, text=True, timeout=300, env=RAY_ENV)
     said = out.stdout + out.stderr
     assert out.returncode == 0 and "1 removed" in said and "no longer on disk" not in said, said
+    assert "\tINFO " not in out.stderr, out.stderr  # Ray Data's plan and progress lines stay in its log
     with contextlib.closing(FeatureStore(store_dir, readonly=True)) as store:
         assert sorted(Path(t.path).name for t in store.tracks(store.run("dsp"))) == ["tone00.wav", "tone02.wav"]
 

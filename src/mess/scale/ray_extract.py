@@ -58,6 +58,9 @@ _RAISED = re.compile(r"^((?:[A-Za-z_]\w*\.)+[A-Za-z_]\w*|[A-Za-z_]\w*(?:Error|Ex
 _CLASS = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")  # "StopIteration", "mess.scale.embedder.ModelMismatch"
 
 
+_TOKEN_SETUP = "ray._private.authentication.authentication_token_setup"  # the logger of Ray's note on tokens
+
+
 class ScaleError(Exception):
     """The Ray cluster cannot run the job (unreachable, no GPUs); the message says why."""
 
@@ -107,6 +110,7 @@ def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, pol
     report.addFilter(off_the_console)
     stack = contextlib.ExitStack()
     stack.enter_context(_cluster_messages_on_stderr())  # left after ray.shutdown: its thread prints until then
+    stack.enter_context(_ray_data_notes_in_its_log())
     try:
         default_actors = _default_actors(device)  # before any file is read: a cuda run needs GPUs, however many actors
         if info is None:
@@ -160,6 +164,32 @@ def _cluster_messages_on_stderr() -> Iterator[None]:
         yield
     finally:
         worker.print_to_stdstream = original
+
+
+@contextlib.contextmanager
+def _ray_data_notes_in_its_log() -> Iterator[None]:
+    """Ray Data logs each dataset's plan and, where stdout is no terminal, its progress every few seconds at INFO on
+    the console (some 20 lines a job, between mess's own). Meanwhile its console handlers show warnings and errors
+    only; ray-data.log in the session's log folder keeps everything."""
+    console = [h for h in logging.getLogger("ray.data").handlers
+               if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    levels = [h.level for h in console]
+    for handler in console:
+        handler.setLevel(max(handler.level, logging.WARNING))
+    try:
+        yield
+    finally:
+        for handler, level in zip(console, levels, strict=True):
+            handler.setLevel(level)
+
+
+class _NotTheTokenNote(logging.Filter):
+    """Drops Ray's note that the local cluster it starts has token authentication (the secure default, 'Set
+    RAY_AUTH_MODE=disabled to opt out'): that cluster is mess's own, for this job only. Its warning that
+    authentication is off stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
 
 
 def _one_line(message: str) -> str:
@@ -234,10 +264,14 @@ def _connect(address: str | None) -> bool:
         return False
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     _check_reachable(address)
+    token_setup, quiet = logging.getLogger(_TOKEN_SETUP), _NotTheTokenNote()
+    token_setup.addFilter(quiet)
     try:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ScaleError(f"cannot reach a Ray cluster at {address!r}: {exc}") from exc
+    finally:
+        token_setup.removeFilter(quiet)
     return True
 
 
