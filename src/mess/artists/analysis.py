@@ -39,7 +39,15 @@ from mess.artists.profiles import (
     load_space,
 )
 from mess.artists.reference import Coverage, load_reference, match_reference, read_json
-from mess.artists.similarity import METHODS, artist_vectors, similarity_matrix, similarity_row, top_k
+from mess.artists.similarity import (
+    FEW_ARTISTS,  # noqa: F401 -- where callers of this module found it before it moved
+    METHODS,
+    artist_vectors,
+    centring_note,
+    similarity_matrix,
+    similarity_row,
+    top_k,
+)
 from mess.artists.validate import Metrics, evaluate, random_baseline
 from mess.constants import FUSED, counted
 from mess.search.query import stale_aspect_map
@@ -49,7 +57,6 @@ from mess.store.paths import is_device_or_pipe
 from mess.store.reports import slug
 
 Note = Callable[[str], None]
-FEW_ARTISTS = 5  # below this many, centred scores say more about the collection's mean than about the music
 
 
 def _ignore(_: str) -> None:
@@ -134,15 +141,6 @@ def space_artists(artists: ArtistSet, space: Space, options: ArtistOptions, on_n
     if options.center and (note := centring_note(len(kept.profiles), "--no-center")):
         on_note(note)
     return kept
-
-
-def centring_note(artists: int, uncentred: str) -> str | None:
-    """What centred scores of so few ``artists`` say (None from :data:`FEW_ARTISTS` up); ``uncentred`` names the
-    switch that turns centring off ('--no-center', 'center=false')."""
-    if artists >= FEW_ARTISTS:
-        return None
-    return (f"only {artists} artists: centring on the collection's mean makes so few look opposite whatever the "
-            f"music (by --method mean two score about -1, three about -0.5); {uncentred} compares them as they are")
 
 
 def enough_artists(artists: ArtistSet, space: Space) -> ArtistSet:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,7 @@ from mess.artists.profiles import ArtistError, ArtistSet, Space
 from mess.artists.setdist import chamfer_matrix, chamfer_row
 
 METHODS = ("mean", "chamfer")
+FEW_ARTISTS = 5  # below this many, centred scores say more about the collection's mean than about the music
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,21 @@ def artist_vectors(artists: ArtistSet, space: Space, *, center: bool = True) -> 
     return ArtistVectors(_unit_rows(matrix[rows]), offsets, center)
 
 
+def centring_note(artists: int, uncentred: str) -> str | None:
+    """What centred scores of so few ``artists`` say (None from :data:`FEW_ARTISTS` up); ``uncentred`` names the
+    switch that turns centring off ('--no-center', 'center=false')."""
+    if artists >= FEW_ARTISTS:
+        return None
+    return (f"only {artists} artists: centring on the collection's mean makes so few look opposite whatever the "
+            f"music (by --method mean two score about -1, three about -0.5); {uncentred} compares them as they are")
+
+
+def _warn_if_few(vectors: ArtistVectors) -> None:
+    """The CLI's centring note as a UserWarning, pointed at the caller of the similarity function."""
+    if vectors.centered and (note := centring_note(len(vectors.offsets), "center=False")):
+        warnings.warn(note, UserWarning, stacklevel=3)
+
+
 def _unit_rows(matrix: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (zero rows stay zero)."""
     from sklearn.preprocessing import normalize  # here, not at the top: the CLI starts without sklearn/scipy
@@ -60,7 +77,9 @@ def _unit_rows(matrix: np.ndarray) -> np.ndarray:
 
 
 def similarity_matrix(vectors: ArtistVectors, method: str = "mean") -> np.ndarray:
-    """Pairwise artist similarity, [n_artists, n_artists], 1 on the diagonal."""
+    """Pairwise artist similarity, [n_artists, n_artists], 1 on the diagonal; a UserWarning where fewer than
+    :data:`FEW_ARTISTS` artists are centred (:func:`centring_note`: the CLI's note)."""
+    _warn_if_few(vectors)
     if method == "mean":
         means = vectors.means
         return np.clip(means @ means.T, -1.0, 1.0).astype(np.float32)
@@ -70,7 +89,9 @@ def similarity_matrix(vectors: ArtistVectors, method: str = "mean") -> np.ndarra
 
 
 def similarity_row(vectors: ArtistVectors, index: int, method: str = "mean") -> np.ndarray:
-    """Similarity of one artist to every artist (cheaper than the full matrix)."""
+    """Similarity of the artist of row ``index`` to every artist (cheaper than the full matrix; warns as
+    :func:`similarity_matrix` does)."""
+    _warn_if_few(vectors)
     if method == "mean":
         means = vectors.means
         return np.clip(means @ means[index], -1.0, 1.0).astype(np.float32)

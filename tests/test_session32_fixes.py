@@ -1,0 +1,86 @@
+"""Edge input of the Python API and CLI left by session 31 (notes/fixes_session32.md): each test failed on the code
+before its fix. Expected answers come from numpy on the definition, the geometry built here, or the files made here."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mess.artists.profiles import ArtistProfile, ArtistSet, Space
+from mess.artists.similarity import artist_vectors, similarity_matrix, similarity_row
+
+
+def _artists(n: int, per: int = 2, dim: int = 6, seed: int = 0) -> tuple[ArtistSet, Space]:
+    """``n`` artists of ``per`` random tracks each (ids 1..n*per), in one space of ``dim`` dimensions."""
+    rng = np.random.default_rng(seed)
+    ids = np.arange(1, n * per + 1)
+    profiles = tuple(ArtistProfile(f"a{g}", tuple(int(i) for i in ids[g * per:(g + 1) * per]), per, 1.0, False, False)
+                     for g in range(n))
+    return ArtistSet(profiles, {}, 0, 0), Space("test", ids, rng.normal(size=(len(ids), dim)).astype(np.float32))
+
+
+def _means(space: Space, n: int, per: int, center: bool) -> np.ndarray:
+    """Unit mean of each artist's unit (centred) track vectors, from the definition."""
+    x = space.matrix.astype(np.float64)
+    if center:
+        x = x - x.mean(axis=0)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    m = x.reshape(n, per, -1).sum(axis=1)
+    return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+
+# 1. two artists centred: -1 whatever the music, said by the API as the CLI says it
+
+
+def test_two_centred_artists_score_minus_one_and_the_api_says_why() -> None:
+    artists, space = _artists(2, per=1)  # centred, the two tracks are each other's negative: cosine -1
+    vectors = artist_vectors(artists, space, center=True)
+    with pytest.warns(UserWarning) as said:
+        matrix = similarity_matrix(vectors)
+    m = _means(space, 2, 1, center=True)
+    assert matrix[0, 1] == pytest.approx(m[0] @ m[1], abs=1e-5) and matrix[0, 1] == pytest.approx(-1.0, abs=1e-5)
+    text = str(said[0].message)
+    assert text.startswith("only 2 artists: centring on the collection's mean makes so few look opposite")
+    assert "center=False compares them as they are" in text
+    assert said[0].filename == __file__  # pointed at the caller's line, not at mess
+    with pytest.warns(UserWarning, match="only 2 artists"):
+        similarity_row(vectors, 0, "chamfer")
+
+
+def test_the_cli_s_note_and_the_api_s_warning_are_one_wording() -> None:
+    from mess.artists.analysis import centring_note
+
+    artists, space = _artists(3)
+    with pytest.warns(UserWarning) as said:
+        similarity_row(artist_vectors(artists, space), 1)
+    assert str(said[0].message) == centring_note(3, "center=False")
+    assert centring_note(3, "--no-center").replace("--no-center", "center=False") == str(said[0].message)
+
+
+def test_enough_artists_or_no_centring_say_nothing() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        artists, space = _artists(5)
+        centred = similarity_matrix(artist_vectors(artists, space), "chamfer")
+        two, space2 = _artists(2)
+        raw = similarity_matrix(artist_vectors(two, space2, center=False))
+    assert centred.shape == (5, 5)
+    m = _means(space2, 2, 2, center=False)
+    assert raw[0, 1] == pytest.approx(m[0] @ m[1], abs=1e-5) and raw[0, 1] > -0.99
+
+
+@pytest.mark.filterwarnings("error")  # pytest records warnings: as errors, one reaching the user fails the command
+def test_the_cli_says_the_note_once_and_not_python_s_warning_beside_it(tmp_path: Path) -> None:
+    from test_artists_library import TWO_ARTISTS, tagged_store
+
+    from conftest import mess_here
+
+    store = str(tagged_store(tmp_path, TWO_ARTISTS))
+    got = mess_here("artists", "similar", "alpha", "-l", "mfcc", "--store", store)
+    assert got.returncode == 0, got.stderr
+    said = " ".join((got.stdout + got.stderr).split())
+    assert said.count("only 2 artists: centring") == 1 and "--no-center compares them as they are" in said
+    assert "Warning" not in said and "center=False" not in said
