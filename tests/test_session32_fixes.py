@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mess.artists.profiles import ArtistProfile, ArtistSet, Space
+from mess.artists.profiles import ArtistError, ArtistProfile, ArtistSet, Space
 from mess.artists.similarity import artist_vectors, similarity_matrix, similarity_row
 
 
@@ -84,3 +84,18 @@ def test_the_cli_says_the_note_once_and_not_python_s_warning_beside_it(tmp_path:
     said = " ".join((got.stdout + got.stderr).split())
     assert said.count("only 2 artists: centring") == 1 and "--no-center compares them as they are" in said
     assert "Warning" not in said and "center=False" not in said
+
+
+# 2. similarity_row's index: an artist's row, not numpy's negative or past-the-end index
+
+
+@pytest.mark.parametrize("method", ["mean", "chamfer"])
+def test_similarity_row_refuses_an_index_that_is_no_artist_s_row(method: str) -> None:
+    artists, space = _artists(5)
+    vectors = artist_vectors(artists, space, center=False)
+    for index in (-1, -5, 5, 99, 1.0, True, "1"):
+        with pytest.raises(ArtistError, match=r"^index must be an artist's row, 0 to 4; got "):
+            similarity_row(vectors, index, method)  # type: ignore[arg-type]
+    m = _means(space, 5, 2, center=False)
+    assert similarity_row(vectors, np.int64(4), "mean") == pytest.approx(m @ m[4], abs=1e-5)
+    assert similarity_row(vectors, 0, method)[0] == pytest.approx(1.0, abs=1e-5)

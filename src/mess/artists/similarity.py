@@ -90,7 +90,10 @@ def similarity_matrix(vectors: ArtistVectors, method: str = "mean") -> np.ndarra
 
 def similarity_row(vectors: ArtistVectors, index: int, method: str = "mean") -> np.ndarray:
     """Similarity of the artist of row ``index`` to every artist (cheaper than the full matrix; warns as
-    :func:`similarity_matrix` does)."""
+    :func:`similarity_matrix` does). ArtistError where ``index`` is no artist's row (-1 is not the last)."""
+    n = len(vectors.offsets)
+    if isinstance(index, bool) or not isinstance(index, int | np.integer) or not 0 <= index < n:
+        raise ArtistError(f"index must be an artist's row, 0 to {n - 1}; got {index!r}")
     _warn_if_few(vectors)
     if method == "mean":
         means = vectors.means
