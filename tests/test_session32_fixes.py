@@ -99,3 +99,17 @@ def test_similarity_row_refuses_an_index_that_is_no_artist_s_row(method: str) ->
     m = _means(space, 5, 2, center=False)
     assert similarity_row(vectors, np.int64(4), "mean") == pytest.approx(m @ m[4], abs=1e-5)
     assert similarity_row(vectors, 0, method)[0] == pytest.approx(1.0, abs=1e-5)
+
+
+# 3. evaluate's seed
+
+
+def test_evaluate_refuses_a_seed_numpy_would_refuse_in_one_line_naming_seed(msd) -> None:
+    from mess.search.evaluate import evaluate
+
+    store, run, _ = msd
+    for seed in (-1, 2.5, "1", True):
+        with pytest.raises(ValueError, match=r"^seed must be a whole number, 0 or more; got ") as refused:
+            evaluate(store, run, "composer", seed=seed)  # type: ignore[arg-type]
+        assert "\n" not in str(refused.value)
+    assert evaluate(store, run, "composer", seed=np.int64(3)).n_queries > 0

@@ -242,6 +242,8 @@ def evaluate(
     re-ranked over the whole collection; "auto": as :func:`mess.search.rerank_store.ranking_choice` decides for
     each set, a set ranked plain for its size noted in ``notes``).
     """
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:  # numpy: 'expected non-negative'
+        raise ValueError(f"seed must be a whole number, 0 or more; got {seed!r}")
     k = whole_count(k, "k", "results", 1)
     check_ranking(ranking, match, None, expand)
     if check_match(match) == "segments" and expand:  # Chamfer rows have no expanded query: it was ignored
