@@ -588,9 +588,9 @@ def test_a_label_file_without_its_columns_or_not_text_is_refused_saying_so(synth
         path.write_text(f"{header}\n{rows}")
         with pytest.raises(LabelError, match=message):
             read_label_csv(store, path, "label")
-    path.write_text("id,label\n" + "".join(f"{999 + i},x\n" for i in range(3)))
-    assert read_label_csv(store, path, "label").note(shown=3).endswith("line 4 '1001'")  # all 3 named: no '...'
-    assert read_label_csv(store, path, "label").note(shown=2).endswith("line 3 '1000', ...")
+    path.write_text(f"id,label\n{one},x\n" + "".join(f"{999 + i},x\n" for i in range(3)))  # (none known: refused)
+    assert read_label_csv(store, path, "label").note(shown=3).endswith("line 5 '1001'")  # all 3 named: no '...'
+    assert read_label_csv(store, path, "label").note(shown=2).endswith("line 4 '1000', ...")
     two = sorted(t.id for t in store.tracks(run))[1]
     path.write_text(f"id,label\n{one},Artist 0\n{two},artist 0 feat. Someone\n")  # one main artist, two spellings
     asked = read_label_csv(store, path, "artist")  # --label artist given: the label column holds artist credits

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import mess_here
 from mess.artists.profiles import ArtistError, ArtistProfile, ArtistSet, Space
 from mess.artists.similarity import artist_vectors, similarity_matrix, similarity_row
 
@@ -113,3 +114,46 @@ def test_evaluate_refuses_a_seed_numpy_would_refuse_in_one_line_naming_seed(msd)
             evaluate(store, run, "composer", seed=seed)  # type: ignore[arg-type]
         assert "\n" not in str(refused.value)
     assert evaluate(store, run, "composer", seed=np.int64(3)).n_queries > 0
+
+
+# 4. labels none of whose ids is a track of the store
+
+
+def test_labels_keyed_by_no_track_of_the_store_say_so_and_name_one(msd) -> None:
+    from mess.search.evaluate import LabelError, evaluate
+
+    store, run, _ = msd
+    ids = [t.id for t in store.tracks(run)]
+    beyond = max(ids) + 1
+    as_text = {str(i): "ab"[n % 2] for n, i in enumerate(ids)}  # ids typed from a CSV read by hand
+    with pytest.raises(LabelError, match=rf"^none of the {len(ids)} labelled ids is a track of this store with "
+                                         rf"musicnn-msd vectors \(e\.g\. '{ids[0]}', a str: a track's id is an int\)"):
+        evaluate(store, run, "composer", labels=as_text)
+    with pytest.raises(LabelError, match=rf"^none of the 3 labelled ids .* \(e\.g\. {beyond}\); label tracks by"):
+        evaluate(store, run, "composer", labels={beyond: "a", beyond + 1: "a", beyond + 2: "b"})
+    with pytest.raises(LabelError, match=r"^only 0 labelled track\(s\)"):  # nothing labelled: nothing to name
+        evaluate(store, run, "composer", labels={})
+    some = evaluate(store, run, "composer", labels={**{i: "ab"[n % 2] for n, i in enumerate(ids)}, beyond: "a"})
+    assert some.n_tracks == len(ids)  # one unknown id among known ones is left out, as before
+
+
+def test_a_label_csv_naming_no_track_of_the_store_is_refused_naming_its_rows(msd, tmp_path: Path) -> None:
+    from mess.search.evaluate import LabelError, read_label_csv
+
+    store, run, _ = msd
+    beyond = max(t.id for t in store.tracks(run)) + 1
+    by_id = tmp_path / "ids.csv"
+    by_id.write_text("id,label\n" + "".join(f"{beyond + n},{'ab'[n % 2]}\n" for n in range(5)), encoding="utf-8")
+    with pytest.raises(LabelError) as refused:
+        read_label_csv(store, by_id, "composer")
+    assert str(refused.value) == (f"{by_id}: none of its 5 labelled rows names a track in this store (line 2 "
+                                  f"'{beyond}', line 3 '{beyond + 1}', line 4 '{beyond + 2}', ...); an id matches the "
+                                  "track of that id in the store (or a file name no other track has)")
+    by_path = tmp_path / "paths.csv"
+    by_path.write_text("path,label\n/elsewhere/a.flac,x\n", encoding="utf-8")
+    with pytest.raises(LabelError, match=r"none of its 1 labelled row names a track in this store \(line 2 "
+                                         r"'/elsewhere/a\.flac'\); a path matches only the file's path"):
+        read_label_csv(store, by_path, "composer")
+    got = mess_here("evaluate", "--labels", str(by_id), "--model", "musicnn-msd", "--store", str(store.root))
+    assert got.returncode == 1 and "Traceback" not in got.stderr
+    assert "none of its 5 labelled rows names a track in this store" in " ".join((got.stdout + got.stderr).split())

@@ -131,6 +131,10 @@ class LabelFile:
                 + (hint if self.column == "path" else ""))
 
 
+_MATCHES = {"id": "an id matches the track of that id in the store (or a file name no other track has)",
+            "path": "a path matches only the file's path in the store", "file": "a file name matches a track's file"}
+
+
 def read_label_csv(store: FeatureStore, path: str | Path, field: str, *, field_given: bool = True) -> LabelFile:
     """Labels from a CSV with an ``id``, ``path`` or ``file`` column and a ``field`` or ``label`` one (artist and
     composer labels by :func:`~mess.audio.names.label_key`, as from tags: a ``field`` column, or a ``label`` one
@@ -140,7 +144,7 @@ def read_label_csv(store: FeatureStore, path: str | Path, field: str, *, field_g
     A ``path`` matches only the file at that path; an id, or a file name shared by no other track, as
     :meth:`FeatureStore.track` finds it. Rows naming no track are left out (listed); a file name several tracks
     share, a track given two labels, a row whose cells do not match the header and an unclosed quote are refused
-    (LabelError, naming the line).
+    (LabelError, naming the line), and so is a file none of whose labelled rows names a track.
     """
     path = Path(path)
     try:
@@ -196,6 +200,10 @@ def read_label_csv(store: FeatureStore, path: str | Path, field: str, *, field_g
         if before != label:
             raise LabelError(f"{path}:{line}: track {track.id} ({track.name}) is labelled {value!r} here and "
                              f"{written!r} on line {at}")
+    if unknown and not labels:  # every labelled row names no track: not 'only 0 labelled track(s)' later
+        listed = ", ".join(f"line {n} {given!r}" for n, given in unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+        raise LabelError(f"{path}: none of its {counted(len(unknown), 'labelled row')} names a track in this store "
+                         f"({listed}); {_MATCHES[ref_kind]}")
     return LabelFile({tid: label for tid, (label, _, _) in labels.items()}, unknown, ref_kind)
 
 
@@ -252,6 +260,11 @@ def evaluate(
     notes: list[str] = []
     tracks = store.tracks(run)
     by_label = track_labels(tracks, field, labels)
+    if by_label and not by_label.keys() & {t.id for t in tracks}:  # not 'only 0 labelled track(s)': say why
+        first = next(iter(by_label))
+        kind = ", a str: a track's id is an int" if isinstance(first, str) else ""
+        raise LabelError(f"none of the {len(by_label)} labelled ids is a track of this store with {run.model} vectors "
+                         f"(e.g. {first!r}{kind}); label tracks by their ids, as store.tracks() gives them")
     specs = [VectorSpec.from_options(layer=name, norm=norm) for name in run.layer_names]
     specs.append(VectorSpec.from_options(norm=norm))
     fused_meta = store.derived_meta(run, FUSED)
