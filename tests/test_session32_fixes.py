@@ -157,3 +157,27 @@ def test_a_label_csv_naming_no_track_of_the_store_is_refused_naming_its_rows(msd
     got = mess_here("evaluate", "--labels", str(by_id), "--model", "musicnn-msd", "--store", str(store.root))
     assert got.returncode == 1 and "Traceback" not in got.stderr
     assert "none of its 5 labelled rows names a track in this store" in " ".join((got.stdout + got.stderr).split())
+
+
+# 5. a link to nothing where a checkpoint's folder or a models folder goes
+
+
+def test_a_checkpoint_folder_that_is_a_link_to_nothing_is_said_to_be_one(tmp_path: Path) -> None:
+    from mess.fusion.train import checkpoint_problem
+
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    said = (f"{tmp_path / 'gone'} is a link to {tmp_path / 'nowhere'}, which does not exist (or links back); create "
+            "that folder or give the checkpoint another place")
+    assert checkpoint_problem(tmp_path / "gone" / "net.pt") == said
+    assert checkpoint_problem(tmp_path / "gone" / "deeper" / "net.pt") == said
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    assert checkpoint_problem(tmp_path / "loop" / "net.pt").startswith(f"{tmp_path / 'loop'} is a link to ")
+    (tmp_path / "file").write_text("")  # a file is still a file
+    assert checkpoint_problem(tmp_path / "file" / "net.pt") == "its parent is a file"
+    from test_fusion_pipeline_mutation import _store
+
+    _store(tmp_path / "store")[0].close()
+    got = mess_here("fuse", "train", "--model", "synthetic", "--checkpoint", str(tmp_path / "gone" / "net.pt"),
+                    "--store", str(tmp_path / "store"))
+    assert got.returncode == 1 and "Traceback" not in got.stderr
+    assert f"is a link to {tmp_path / 'nowhere'}, which does not exist" in " ".join(got.stderr.split())

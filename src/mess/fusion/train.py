@@ -247,10 +247,11 @@ def saved_checkpoint(store: FeatureStore, run: Run) -> Path:
 
 def checkpoint_problem(path: Path, store_root: Path | None = None) -> str | None:
     """Why a checkpoint cannot be saved at ``path`` (None when it can): a folder, a parent (or a folder above it)
-    that is a file, a folder that cannot be written, a .json name, which its description (the same name with
-    .json) would overwrite, a device or a pipe at either name, a file there that is not a mess checkpoint (a
-    user's own weights or photo), a file at that description's name that is not one (a user's own JSON), or a place
-    in the store at ``store_root`` outside its fusion/ folder (STORE/catalog.sqlite was overwritten)."""
+    that is a file or a link to nothing, a folder that cannot be written, a .json name, which its description (the
+    same name with .json) would overwrite, a device or a pipe at either name, a file there that is not a mess
+    checkpoint (a user's own weights or photo), a file at that description's name that is not one (a user's own
+    JSON), or a place in the store at ``store_root`` outside its fusion/ folder (STORE/catalog.sqlite was
+    overwritten)."""
     if store_root is not None:
         target, root = resolved(path), resolved(store_root)
         if target.is_relative_to(root) and not target.is_relative_to(root / "fusion"):
@@ -258,6 +259,9 @@ def checkpoint_problem(path: Path, store_root: Path | None = None) -> str | None
     if path.is_dir():
         return "it is a folder"
     above = next(p for p in path.parents if p.exists() or p.is_symlink())  # the folder it goes to, or would be made in
+    if above.is_symlink() and not above.exists():  # not 'a file': no folder can be made at a link to nothing
+        return (f"{above} is a link to {os.readlink(above)}, which does not exist (or links back); create that folder "
+                "or give the checkpoint another place")
     if not above.is_dir():
         return "its parent is a file" if above == path.parent else f"{above} is a file, not a folder"
     if not os.access(above, os.W_OK | os.X_OK):  # read-only, or not the user's (root passes, but for a read-only mount)
