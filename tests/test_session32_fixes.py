@@ -181,3 +181,49 @@ def test_a_checkpoint_folder_that_is_a_link_to_nothing_is_said_to_be_one(tmp_pat
                     "--store", str(tmp_path / "store"))
     assert got.returncode == 1 and "Traceback" not in got.stderr
     assert f"is a link to {tmp_path / 'nowhere'}, which does not exist" in " ".join(got.stderr.split())
+
+
+def test_a_network_trained_for_a_folder_that_cannot_take_it_is_saved_in_the_store_not_retried_forever(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train_and_save (the library's; the CLI refuses such a path before training) retried the same free name in a
+    folder that was a link to nothing, or below a file, forever once the network was trained."""
+    import os
+    import signal
+
+    from test_fusion_pipeline_mutation import SMALL, _store
+
+    from mess.fusion.pipeline import free_checkpoint, train_and_save
+
+    store, run = _store(tmp_path / "store")
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "file").write_text("")
+    fusion = store.root / "fusion"
+    assert free_checkpoint(tmp_path / "gone" / "a.pt", store) == fusion / "a-1.pt"
+    assert free_checkpoint(tmp_path / "file" / "deeper" / "a.pt", store) == fusion / "a-1.pt"
+    assert free_checkpoint(tmp_path / "gone" / "deeper" / "a.pt", store) == fusion / "a-1.pt"
+    shut = tmp_path / "shut"
+    shut.mkdir()
+    real_access = os.access  # as root every folder can be written: this one is refused as to a user
+
+    def access(path: object, mode: int, **kwargs: object) -> bool:
+        return False if Path(str(path)) == shut and mode & os.W_OK else real_access(path, mode, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    assert free_checkpoint(shut / "a.pt", store) == fusion / "a-1.pt"
+
+    def overran(signum: int, frame: object) -> None:
+        raise TimeoutError("train_and_save still ran after 60 s")
+
+    old = signal.signal(signal.SIGALRM, overran)
+    signal.alarm(60)
+    try:
+        for n, wanted in enumerate((tmp_path / "gone" / "net.pt", tmp_path / "file" / "sub" / "net.pt",
+                                    shut / "net.pt")):
+            summary = train_and_save(store, run, SMALL, wanted).summary
+            saved = fusion / ("net-1.pt" if n == 0 else f"net-{n + 1}.pt")
+            assert summary["checkpoint"] == str(saved) and saved.is_file()
+            assert summary["checkpoint_note"].startswith(f"not saved at {wanted}: ")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        store.close()

@@ -112,10 +112,12 @@ def train_and_save(store: FeatureStore, run: Run, config: FusionConfig, path: Pa
 
 
 def free_checkpoint(path: Path, store: FeatureStore) -> Path:
-    """The first of NAME-1.pt, NAME-2.pt, ... beside ``path`` (in STORE/fusion/ where its folder became a file)
-    at which nothing is, neither the checkpoint nor its description: where a checkpoint refused at ``path`` is
-    saved."""
-    folder = path.parent if path.parent.is_dir() or not path.parent.exists() else store.root / "fusion"
+    """The first of NAME-1.pt, NAME-2.pt, ... beside ``path`` (in STORE/fusion/ where its folder cannot take it: it,
+    or the folder above it it would be made in, is a file, a link to nothing or cannot be written) at which nothing
+    is, neither the checkpoint nor its description: where a checkpoint refused at ``path`` is saved."""
+    above = next(p for p in path.parents if p.exists() or p.is_symlink())  # as checkpoint_problem looks: no retry
+    takes = above.is_dir() and os.access(above, os.W_OK | os.X_OK)  # of a name refused for its folder, forever
+    folder = path.parent if takes else store.root / "fusion"
     n = 1
     while True:
         candidate = folder / f"{path.stem}-{n}.pt"
