@@ -227,3 +227,19 @@ def test_a_network_trained_for_a_folder_that_cannot_take_it_is_saved_in_the_stor
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
         store.close()
+
+
+def test_a_models_folder_that_is_a_link_to_nothing_is_said_to_be_one(tmp_path: Path) -> None:
+    from mess.models.essentia.fetch import FetchError, fetch
+
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    for folder in (tmp_path / "gone", tmp_path / "gone" / "deeper"):
+        with pytest.raises(FetchError) as refused:
+            fetch("vggish", folder)  # refused before any download: nothing here reaches the network
+        assert str(refused.value) == (f"cannot fetch into {folder}: {tmp_path / 'gone'} is a link to "
+                                      f"{tmp_path / 'nowhere'}, which does not exist (or links back); create that "
+                                      "folder or give `mess models fetch` another folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gone"] and (tmp_path / "gone").is_symlink()
+    got = mess_here("models", "fetch", "vggish", str(tmp_path / "gone"))
+    assert got.returncode == 1 and "Traceback" not in got.stderr
+    assert f"is a link to {tmp_path / 'nowhere'}, which does not exist" in " ".join(got.stderr.split())

@@ -161,6 +161,10 @@ def _all_or_nothing(folder: Path) -> Iterator[list[Path]]:
     """
     if folder.exists() and not folder.is_dir():  # mkdir said "File exists"
         raise FetchError(f"cannot fetch into {folder}: it is not a folder")
+    broken = next((p for p in (folder, *folder.parents) if p.is_symlink() and not p.exists()), None)
+    if broken is not None:  # mkdir said "File exists" of a link to nothing
+        raise FetchError(f"cannot fetch into {folder}: {broken} is a link to {os.readlink(broken)}, which does not "
+                         f"exist (or links back); create that folder or {ANOTHER_FOLDER} another folder")
     created = [p for p in (folder, *folder.parents) if not p.exists()]
     above = next((p for p in folder.parents if p.exists()), None)
     if above is not None and not above.is_dir():  # mkdir said "folder: Not a directory", of the folder to be made
