@@ -243,3 +243,54 @@ def test_a_models_folder_that_is_a_link_to_nothing_is_said_to_be_one(tmp_path: P
     got = mess_here("models", "fetch", "vggish", str(tmp_path / "gone"))
     assert got.returncode == 1 and "Traceback" not in got.stderr
     assert f"is a link to {tmp_path / 'nowhere'}, which does not exist" in " ".join(got.stderr.split())
+
+
+# 7. docstring cross-references name what exists
+
+
+def _member(obj: object, parts: list[str]) -> bool:
+    """Whether ``obj`` has the attribute path ``parts`` (a dataclass field without a default counts)."""
+    for part in parts:
+        if not hasattr(obj, part):
+            return part == parts[-1] and part in getattr(obj, "__dataclass_fields__", {})
+        obj = getattr(obj, part)
+    return True
+
+
+def _resolves(target: str, module: object, kind: str) -> bool:
+    """Whether a Sphinx target imports: absolute (mess.x.y.Name), or relative to the module it is written in, or
+    (``:meth:``, ``:attr:``) a member of one of that module's classes (written inside the class)."""
+    import importlib
+
+    parts = target.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        if _member(found, parts[cut:]):
+            return True
+        break
+    if _member(module, parts):
+        return True
+    classes = [c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__]
+    return kind in ("meth", "attr") and len(parts) == 1 and any(_member(c, parts) for c in classes)
+
+
+def test_every_docstring_cross_reference_in_the_package_names_something_that_exists() -> None:
+    import importlib
+    import re
+
+    import mess
+
+    root = Path(mess.__file__).parent
+    role = re.compile(r":(func|class|meth|mod|data|exc|attr|obj):`~?\.?([\w.]+)(?:\(\))?`")
+    missing = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "__main__.py":  # importing it runs the command line
+            continue
+        name = ".".join(path.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__")
+        module = importlib.import_module(name)
+        missing += [f"{name}: :{kind}:`{target}`" for kind, target in role.findall(path.read_text(encoding="utf-8"))
+                    if not _resolves(target, module, kind)]
+    assert not missing, missing

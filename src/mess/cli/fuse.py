@@ -35,7 +35,8 @@ _COLUMNS = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteCol
 
 
 def _checkpoint(fs: FeatureStore, checkpoint: Path | None, model: str | None) -> Path:
-    """The --checkpoint path, or the saved one of the run ``model`` picks (see :func:`saved_checkpoint`)."""
+    """The --checkpoint path, or the saved one of the run ``model`` picks (see
+    :func:`~mess.fusion.train.saved_checkpoint`)."""
     from mess.fusion.train import checkpoint_path, saved_checkpoint
 
     if checkpoint is not None:

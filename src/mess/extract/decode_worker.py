@@ -1,7 +1,8 @@
 """The child process that inspects and decodes files for `mess extract`: ``python -m mess.extract.decode_worker``.
 
-Requests: ``("inspect", path, known)`` -> :class:`FileRecord`; ``("decode", record, sample_rate,
-policy, band_hz)`` -> :class:`Windows`; ``("plan", paths, policy)`` -> the audio seconds the policy analyses in them.
+Requests: ``("inspect", path, known)`` -> :class:`~mess.extract.prepare.FileRecord`; ``("decode", record,
+sample_rate, policy, band_hz)`` -> :class:`~mess.extract.prepare.Windows`; ``("plan", paths, policy)`` -> the audio
+seconds the policy analyses in them.
 Replies: ``("ok", value)``, or ``(kind, message)`` with kind ``audio`` (AudioError), ``os`` (OSError) or
 ``other`` (any other exception). What C libraries print goes to /dev/null (see :func:`quiet_native_output`).
 The parent asks through :func:`ask`, which turns a reply, a crash or a hang into the file's value or its failure.

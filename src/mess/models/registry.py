@@ -1,6 +1,6 @@
 """Model names -> factories that load them.
 
-A factory takes the torch device ("cpu", "cuda") and returns a loaded :class:`EmbeddingModel`.
+A factory takes the torch device ("cpu", "cuda") and returns a loaded :class:`~mess.models.base.EmbeddingModel`.
 Third-party backends add names through the ``mess.models`` entry point group, e.g. in their
 ``pyproject.toml``: ``[project.entry-points."mess.models"] my-model = "my_package:load"``
 (``load(device: str) -> EmbeddingModel``). Built-in names cannot be overridden.

@@ -111,8 +111,8 @@ def track_targets(store_root: Path, tracks: Sequence[Track], policy: WindowPolic
                   on_track: Callable[[], None] | None = None) -> TrackTargets:
     """Targets of ``tracks``: cached ones are read, the rest computed in ``workers`` processes and cached.
 
-    With ``known`` (:meth:`FeatureStore.known_file`), a file to compute that was changed or removed since the
-    catalog stamped it is left out (reason in :data:`STALE`): its audio is not what its content hash and
+    With ``known`` (:meth:`~mess.store.FeatureStore.known_file`), a file to compute that was changed or removed
+    since the catalog stamped it is left out (reason in :data:`STALE`): its audio is not what its content hash and
     vectors are of, so its targets are neither computed nor cached.
     """
     folder = cache_dir(store_root, policy)
