@@ -3,11 +3,14 @@ before its fix. Expected answers come from numpy on the definition, the geometry
 
 from __future__ import annotations
 
+import os
+import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_soundtracks_mutation import apt, debs  # noqa: F401 -- their fixtures: tiny packages, a stand-in apt-get
 
 from conftest import mess_here
 from mess.artists.profiles import ArtistError, ArtistProfile, ArtistSet, Space
@@ -294,3 +297,40 @@ def test_every_docstring_cross_reference_in_the_package_names_something_that_exi
         missing += [f"{name}: :{kind}:`{target}`" for kind, target in role.findall(path.read_text(encoding="utf-8"))
                     if not _resolves(target, module, kind)]
     assert not missing, missing
+
+
+# 6. `mess demo soundtracks`: what an earlier set left in the folder
+
+
+_needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-deb") is None or shutil.which("dpkg") is None,
+                                 reason="dpkg-deb builds the packages and dpkg unpacks them: Debian or Ubuntu only")
+
+
+@_needs_dpkg
+def test_a_new_set_removes_the_copies_of_the_set_before_it_and_nothing_else(apt: Path, tmp_path: Path) -> None:  # noqa: F811
+    """A set fetched over an earlier one left the earlier games' copies in their folders, not in the manifest but
+    read by `mess extract DIR` (album tag = their game): an evaluation by album scored games the set does not have."""
+    import mutagen
+
+    from mess.audio.discover import find_audio
+    from mess.datasets.soundtracks import fetch_soundtracks
+
+    out = tmp_path / "set"
+    both = fetch_soundtracks(out, {"alpha-data": "alpha", "beta-data": "beta"})
+    alpha = [t.path for t in both if t.game == "alpha"]
+    assert len(alpha) == 3 and all(p.is_file() for p in alpha)
+    mine = out / "alpha" / "my-own.flac"  # a file of the user's in a game folder: not the command's to remove
+    shutil.copyfile(alpha[1], mine)
+    retagged = out / "beta" / "kept.ogg"  # one whose album tag is not the game: not a copy the command made
+    shutil.copyfile(alpha[0], retagged)
+    beta = fetch_soundtracks(out, {"beta-data": "beta"})
+    assert [t.path for t in beta] == [out / "beta" / "intro.flac", out / "beta" / "theme.ogg"]
+    assert not any(p.exists() for p in alpha) and mine.is_file() and retagged.is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["alpha", "beta", "manifest.csv"]
+    assert sorted(p.name for p in (out / "alpha").iterdir()) == ["my-own.flac"]
+    os.remove(mine)
+    fetch_soundtracks(out, {"alpha-data": "alpha"})
+    fetch_soundtracks(out, {"beta-data": "beta"})
+    assert sorted(p.name for p in out.iterdir()) == ["beta", "manifest.csv"]  # the emptied game folder goes too
+    albums = {str(mutagen.File(p, easy=True).tags["album"][0]) for p in find_audio([out]) if p != retagged}
+    assert albums == {"beta"}

@@ -64,7 +64,8 @@ def fetch_soundtracks(out_dir: Path, packages: Mapping[str, str] | None = None) 
     whatever set it holds (a set of one's own, as `benchmarks/quality.py --data` reads); with ``packages`` given, only
     a set of exactly their games (another is fetched anew and its manifest replaced). A folder moved or copied with
     its manifest is read where it now lies, and its manifest rewritten to name these files (where it can be). A file
-    mutagen cannot tag (Matroska) is copied as it is: labelled by the manifest alone.
+    mutagen cannot tag (Matroska) is copied as it is: labelled by the manifest alone. A set fetched anew removes
+    the copies of the set the folder held before that it does not hold (:func:`_remove_earlier`).
     Raises :class:`FetchError` where apt-get or dpkg is missing or a package cannot be fetched, or where
     ``out_dir`` is not named in UTF-8 (the manifest's paths are UTF-8 text).
     """
@@ -92,7 +93,25 @@ def fetch_soundtracks(out_dir: Path, packages: Mapping[str, str] | None = None) 
                     seen.add(digest)
                     tracks.append(_copy_labelled(src, out_dir / game, game, duration, taken))
     _write_manifest(out_dir, tracks)
+    _remove_earlier(out_dir, cached, tracks)
     return tracks
+
+
+def _remove_earlier(out_dir: Path, earlier: list[SoundtrackTrack], tracks: list[SoundtrackTrack]) -> None:
+    """Delete the copies of the set the folder held before (``earlier``, its manifest's) that the new set
+    (``tracks``) does not hold, and the game folders they leave empty: `mess extract` would read them as part of the
+    set. A copy is known as :func:`_copy_labelled` knows one, at ``out_dir/<game>/`` with its game as album tag;
+    any other file (a user's, one mutagen cannot tag) is left where it is."""
+    kept = {t.path for t in tracks}
+    root = out_dir.resolve()
+    for t in earlier:
+        if t.path not in kept and t.path.parent == root / t.game and t.path.is_file() \
+                and read_tags(t.path)["album"] == t.game:
+            with contextlib.suppress(OSError):
+                t.path.unlink()
+    for folder in {t.path.parent for t in earlier} - {t.path.parent for t in tracks}:
+        with contextlib.suppress(OSError):  # not empty (a file of the user's), or gone: left as it is
+            folder.rmdir()
 
 
 def music_files(paths: Iterable[Path], root: Path | None = None) -> list[tuple[Path, float]]:
