@@ -326,11 +326,49 @@ def test_a_new_set_removes_the_copies_of_the_set_before_it_and_nothing_else(apt:
     beta = fetch_soundtracks(out, {"beta-data": "beta"})
     assert [t.path for t in beta] == [out / "beta" / "intro.flac", out / "beta" / "theme.ogg"]
     assert not any(p.exists() for p in alpha) and mine.is_file() and retagged.is_file()
-    assert sorted(p.name for p in out.iterdir()) == ["alpha", "beta", "manifest.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [".packages.json", "alpha", "beta", "manifest.csv"]
     assert sorted(p.name for p in (out / "alpha").iterdir()) == ["my-own.flac"]
     os.remove(mine)
     fetch_soundtracks(out, {"alpha-data": "alpha"})
     fetch_soundtracks(out, {"beta-data": "beta"})
-    assert sorted(p.name for p in out.iterdir()) == ["beta", "manifest.csv"]  # the emptied game folder goes too
+    assert sorted(p.name for p in out.iterdir()) == [".packages.json", "beta", "manifest.csv"]  # alpha/ emptied: gone
     albums = {str(mutagen.File(p, easy=True).tags["album"][0]) for p in find_audio([out]) if p != retagged}
     assert albums == {"beta"}
+
+
+@_needs_dpkg
+def test_a_set_is_reused_for_the_packages_it_was_fetched_from_and_only_for_them(
+        debs: Path, apt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """With packages given, a package without music made the set never match (fetched anew at every call), and two
+    packages of one game were taken for one (the set of alpha-data alone answered for alpha-data + beta-data)."""
+    from test_soundtracks_mutation import MIN_SECONDS, _deb
+
+    from mess.datasets.debian import FetchError
+    from mess.datasets.soundtracks import fetch_soundtracks
+
+    _deb(debs, "hush-data", {"usr/share/doc/hush-data/README": "no music\n",
+                             "usr/share/games/hush/sfx/boom.ogg": (MIN_SECONDS + 1, 220.0, None)})
+    with_silent = {"alpha-data": "alpha", "hush-data": "hush"}
+    out, only_silent = tmp_path / "set", tmp_path / "silent"
+    first = fetch_soundtracks(out, with_silent)
+    assert fetch_soundtracks(only_silent, {"hush-data": "hush"}) == []
+    path = os.environ["PATH"]
+    monkeypatch.setenv("PATH", "")  # no apt-get: only a set reused answers
+    assert fetch_soundtracks(out, with_silent) == first
+    assert fetch_soundtracks(only_silent, {"hush-data": "hush"}) == []
+    moved = tmp_path / "moved"
+    out.rename(moved)  # a set moved with its manifest is still the set of its packages
+    assert [(t.path, t.game) for t in fetch_soundtracks(moved, with_silent)] == [
+        (moved / t.path.relative_to(out), t.game) for t in first]
+    with pytest.raises(FetchError, match="apt-get is not available"):  # another package: fetched, not reused
+        fetch_soundtracks(moved, {"alpha-data": "alpha", "beta-data": "alpha"})
+    monkeypatch.setenv("PATH", path)
+    one_game = fetch_soundtracks(moved, {"alpha-data": "alpha", "beta-data": "alpha"})
+    assert {t.path.name for t in one_game} == {t.path.name for t in first} | {"intro.flac"}  # beta's, as alpha's
+    assert {t.game for t in one_game} == {"alpha"}
+    record = (moved / ".packages.json").read_text(encoding="utf-8")
+    fetch_soundtracks(moved, {"beta-data": "beta"})
+    (moved / ".packages.json").write_text(record, encoding="utf-8")  # as if killed between manifest and record
+    monkeypatch.setenv("PATH", "")
+    with pytest.raises(FetchError, match="apt-get is not available"):  # the record is of other files: not trusted
+        fetch_soundtracks(moved, {"alpha-data": "alpha", "beta-data": "alpha"})

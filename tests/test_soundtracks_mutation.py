@@ -152,7 +152,8 @@ def test_the_set_is_the_long_music_once_labelled_by_game_with_its_artist(apt: Pa
             (out / "beta" / "intro.flac", "beta", "Bo", MIN_SECONDS + 2)]
     assert [(t.path, t.game, t.artist) for t in tracks] == [w[:3] for w in want]
     assert [t.duration for t in tracks] == pytest.approx([w[3] for w in want], abs=0.01)
-    assert sorted(p for p in out.rglob("*") if p.is_file()) == sorted([out / "manifest.csv"] + [w[0] for w in want])
+    assert sorted(p for p in out.rglob("*") if p.is_file()) == sorted([out / "manifest.csv", out / ".packages.json"]
+                                                                      + [w[0] for w in want])
     for path, game, artist, seconds in want:
         tags = mutagen.File(path, easy=True).tags
         assert tags["album"] == [game]
@@ -303,7 +304,7 @@ def test_packages_without_music_give_an_empty_set_and_its_manifest(debs: Path, a
     out = tmp_path / "new" / "set"
     assert fetch_soundtracks(out, {"quiet-data": "quiet"}) == []
     assert (out / "manifest.csv").read_text(encoding="utf-8").splitlines() == ["path,game,artist,duration"]
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [".packages.json", "manifest.csv"]
 
 
 def test_wav_music_is_labelled_too(debs: Path, apt: Path, tmp_path: Path) -> None:

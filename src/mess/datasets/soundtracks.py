@@ -13,6 +13,7 @@ import contextlib
 import csv
 import filecmp
 import hashlib
+import json
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -40,6 +41,7 @@ PACKAGES: dict[str, str] = {
 MIN_SECONDS = 45.0
 SKIP_FOLDER_WORDS = ("sfx", "sound")
 MANIFEST = "manifest.csv"
+PACKAGES_RECORD = ".packages.json"  # the packages the set was fetched from, beside its manifest
 LABEL_TAG = "album"
 
 __all__ = ["FetchError", "LABEL_TAG", "MANIFEST", "MIN_SECONDS", "PACKAGES", "SoundtrackTrack",
@@ -62,7 +64,8 @@ def fetch_soundtracks(out_dir: Path, packages: Mapping[str, str] | None = None) 
 
     A folder whose manifest lists files that all exist is reused without touching apt: with ``packages`` None,
     whatever set it holds (a set of one's own, as `benchmarks/quality.py --data` reads); with ``packages`` given, only
-    a set of exactly their games (another is fetched anew and its manifest replaced). A folder moved or copied with
+    a set fetched from exactly those packages (as recorded in .packages.json beside the manifest; a set without that
+    record: of exactly their games). Another is fetched anew and its manifest replaced. A folder moved or copied with
     its manifest is read where it now lies, and its manifest rewritten to name these files (where it can be). A file
     mutagen cannot tag (Matroska) is copied as it is: labelled by the manifest alone. A set fetched anew removes
     the copies of the set the folder held before that it does not hold (:func:`_remove_earlier`).
@@ -75,8 +78,14 @@ def fetch_soundtracks(out_dir: Path, packages: Mapping[str, str] | None = None) 
         raise FetchError(f"{out_dir} is not named in UTF-8, as manifest.csv's paths must be; "
                          "choose a folder named in UTF-8") from None
     cached = read_manifest(out_dir)
-    if cached and all(t.path.is_file() for t in cached) and (packages is None
-                                                            or {t.game for t in cached} == set(packages.values())):
+    recorded = _recorded_packages(out_dir, cached)
+    if packages is None:
+        same = bool(cached)
+    elif recorded is not None:  # a package without music, two packages of one game: told by the record
+        same = recorded == dict(packages)
+    else:  # a set fetched before packages were recorded: by its games
+        same = bool(cached) and {t.game for t in cached} == set(packages.values())
+    if same and all(t.path.is_file() for t in cached):
         if any(str(t.path) != row["path"] for t, row in zip(cached, _manifest_rows(out_dir), strict=True)):
             with contextlib.suppress(OSError):  # a read-only copy: the tracks are right, its manifest stays
                 _write_manifest(out_dir, cached)
@@ -93,8 +102,35 @@ def fetch_soundtracks(out_dir: Path, packages: Mapping[str, str] | None = None) 
                     seen.add(digest)
                     tracks.append(_copy_labelled(src, out_dir / game, game, duration, taken))
     _write_manifest(out_dir, tracks)
+    _record_packages(out_dir, dict(PACKAGES if packages is None else packages), tracks)
     _remove_earlier(out_dir, cached, tracks)
     return tracks
+
+
+def _set_names(tracks: list[SoundtrackTrack]) -> list[str]:
+    """The set's files as GAME/NAME, wherever its folder lies now."""
+    return [f"{t.game}/{t.path.name}" for t in tracks]
+
+
+def _recorded_packages(out_dir: Path, tracks: list[SoundtrackTrack]) -> dict[str, str] | None:
+    """The packages (package -> game) the set of ``tracks`` (its manifest's) was fetched from, as
+    :func:`_record_packages` wrote them; None where there is no record of these very tracks (none, another set's, a
+    fetch killed between its manifest and its record: only the record of the same files tells their packages)."""
+    try:
+        record = json.loads((out_dir / PACKAGES_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("tracks") != _set_names(tracks):
+        return None
+    packages = record.get("packages")
+    return packages if isinstance(packages, dict) else None
+
+
+def _record_packages(out_dir: Path, packages: dict[str, str], tracks: list[SoundtrackTrack]) -> None:
+    """Write, beside the manifest, which packages gave the set ``tracks`` (its manifest lists only what they held)."""
+    partial = out_dir / f"{PACKAGES_RECORD}.partial"
+    partial.write_text(json.dumps({"packages": packages, "tracks": _set_names(tracks)}, indent=1), encoding="utf-8")
+    partial.replace(out_dir / PACKAGES_RECORD)
 
 
 def _remove_earlier(out_dir: Path, earlier: list[SoundtrackTrack], tracks: list[SoundtrackTrack]) -> None:
