@@ -265,6 +265,7 @@ def evaluate(
         kind = ", a str: a track's id is an int" if isinstance(first, str) else ""
         raise LabelError(f"none of the {len(by_label)} labelled ids is a track of this store with {run.model} vectors "
                          f"(e.g. {first!r}{kind}); label tracks by their ids, as store.tracks() gives them")
+    content = {t.id: (t.content_hash, t.path) for t in tracks}
     specs = [VectorSpec.from_options(layer=name, norm=norm) for name in run.layer_names]
     specs.append(VectorSpec.from_options(norm=norm))
     fused_meta = store.derived_meta(run, FUSED)
@@ -283,12 +284,12 @@ def evaluate(
     for spec in specs:
         vs = load_vectors(store, run, spec, tracks)
         norm_note = norm_note or vs.norm_note
-        keep = np.array([int(i) in by_label for i in vs.ids], dtype=bool)
+        keep = _content_rows(vs.ids, by_label, content)
         if ids is None:
             ids = vs.ids[keep]
             labels_arr, queries = _setup(np.array([by_label[int(i)] for i in ids]), seed)
         elif not np.array_equal(vs.ids[keep], ids):  # only derived (fused) vectors can miss tracks the layers have
-            unfused = len(ids) - int(keep.sum())  # rows over other tracks would not be comparable: left out
+            unfused = len(ids) - len(keep)  # rows over other tracks would not be comparable: left out
             continue
         assert labels_arr is not None and queries is not None  # set with ids
         unit = vs.unit()[keep]
@@ -344,6 +345,14 @@ def _learned(fused_meta: dict | None, field: str, by_label: dict[int, str], trac
     return trained if tags and alike and None not in tags.values() else None
 
 
+def _content_rows(set_ids: np.ndarray, by_label: dict[int, str], content: dict[int, tuple[str, str]]) -> np.ndarray:
+    """Rows of a vector set's labelled tracks, in content order (hash, then path): the store numbers tracks in the
+    order they are committed, which parallel decoders vary between extractions of one collection, and the query
+    sample, the chance rankings and ties go by row."""
+    rows = [r for r, i in enumerate(set_ids.tolist()) if i in by_label]
+    return np.array(sorted(rows, key=lambda r: content[int(set_ids[r])]), dtype=np.int64)
+
+
 def _setup(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Labels per item and the query rows (items whose label occurs at least twice, sampled above MAX_QUERIES)."""
     if len(labels) < 2:
@@ -370,15 +379,14 @@ def _cosine(unit: np.ndarray, expanded: np.ndarray | None = None) -> SimFn:
     return lambda rows: expanded_scores(unit[rows] @ unit.T, expanded[rows] @ unit.T)
 
 
-def _exact(store: FeatureStore, vs: VectorSet, ranking: Ranking, keep: np.ndarray) -> SimFn:
-    """Augmented or re-ranked scores of labelled rows (``keep`` of the set) against the labelled rows, over the
+def _exact(store: FeatureStore, vs: VectorSet, ranking: Ranking, rows: np.ndarray) -> SimFn:
+    """Augmented or re-ranked scores of labelled rows (``rows`` of the set) against the labelled rows, over the
     whole collection's neighbour data, as ``mess similar`` ranks."""
-    rows = np.flatnonzero(keep)
     if ranking == "reranked":
         reranker = load_reranker(store, vs)
-        return lambda sub: reranker.rows(rows[sub])[:, keep]
+        return lambda sub: reranker.rows(rows[sub])[:, rows]
     aug = load_augmentation(store, vs)
-    return lambda sub: expanded_rows(vs.unit(), aug, rows[sub])[:, keep]
+    return lambda sub: expanded_rows(vs.unit(), aug, rows[sub])[:, rows]
 
 
 def _similarity(metric: str, hub: str | None, unit: np.ndarray, shifted: np.ndarray, k: int) -> SimFn:

@@ -1,0 +1,93 @@
+"""One collection extracted twice, its files committed in opposite orders (so every track has another id and every
+"rows in id order" matrix another row order), gives the same answers, compared track by track through paths.
+
+Seeded steps (a permutation, a sample, k-means starts, mini-batches) pick rows by position; keyed to content they
+pick the same tracks in both stores. The stores hold the dsp run (fast) of :func:`rendered_collection`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mess.audio.windows import WindowPolicy
+from mess.extract.pipeline import extract
+from mess.models.registry import load_model
+from mess.store import FeatureStore, Run
+
+
+@dataclass(frozen=True)
+class Extracted:
+    store: FeatureStore
+    run: Run
+
+    def path_of(self, track_id: int) -> str:
+        return next(t.path for t in self.store.tracks(self.run) if t.id == track_id)
+
+
+@pytest.fixture(scope="module")
+def twins(rendered_collection: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Extracted,
+                                                                                                         Extracted]]:
+    """The dsp run of the collection in two stores: files committed in the given order, and in a shuffled one (not
+    reversed: the collection is 4 x 4 tracks of one composer each, whose reversal mirrors its label blocks)."""
+    model = load_model("dsp")
+    shuffled = [rendered_collection[i] for i in np.random.default_rng(1).permutation(len(rendered_collection))]
+    with ExitStack() as stack:
+        out = []
+        for name, files in (("given", rendered_collection), ("shuffled", shuffled)):
+            store = stack.enter_context(closing(FeatureStore(tmp_path_factory.mktemp(name) / "store")))
+            summary = extract(store, files, model, WindowPolicy(), workers=1)
+            assert not summary.failed, summary.failed
+            out.append(Extracted(store, store.run("dsp")))
+        a, b = out
+        ids_a = {t.path: t.id for t in a.store.tracks(a.run)}
+        ids_b = {t.path: t.id for t in b.store.tracks(b.run)}
+        assert ids_a.keys() == ids_b.keys() and ids_a != ids_b  # the same tracks, numbered otherwise
+        yield a, b
+
+
+def test_the_twins_hold_the_same_vectors_under_other_ids(twins: tuple[Extracted, Extracted]) -> None:
+    a, b = twins
+    rows = []
+    for x in (a, b):
+        ids, matrix = x.store.layer_matrix(x.run, 0)
+        rows.append({x.path_of(int(i)): m for i, m in zip(ids, matrix, strict=True)})
+    assert rows[0].keys() == rows[1].keys()
+    assert all(np.array_equal(rows[0][p], rows[1][p]) for p in rows[0])
+
+
+def _by_path(x: Extracted, ids: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
+    return {x.path_of(int(i)): r for i, r in zip(ids, rows, strict=True)}
+
+
+# ---------------------------------------------------------------- mess evaluate
+
+
+def test_evaluate_scores_and_chance_do_not_follow_the_ids(twins: tuple[Extracted, Extracted]) -> None:
+    from mess.search.evaluate import evaluate
+
+    a, b = (evaluate(x.store, x.run, "artist", k=3, compare=True) for x in twins)
+    assert (a.n_queries, a.n_classes) == (b.n_queries, b.n_classes) and a.n_queries == 16
+    for name in ("precision", "map", "ndcg"):
+        assert getattr(a.chance, name) == pytest.approx(getattr(b.chance, name), abs=1e-12), name
+    for sa, sb in zip(a.sets + a.variants, b.sets + b.variants, strict=True):
+        assert (sa.name, sa.metric, sa.hubness) == (sb.name, sb.metric, sb.hubness)
+        assert vars(sa.scores) == pytest.approx(vars(sb.scores), abs=1e-9), sa.name
+        assert vars(sa.hub) == pytest.approx(vars(sb.hub), abs=1e-9), sa.name
+
+
+def test_evaluate_samples_the_same_queries_beyond_max_queries(twins: tuple[Extracted, Extracted],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above MAX_QUERIES (5,000) queries are sampled; made small, 7 of the 16 tracks are."""
+    from mess.search import evaluate as module
+
+    monkeypatch.setattr(module, "MAX_QUERIES", 7)
+    a, b = (module.evaluate(x.store, x.run, "artist", k=3) for x in twins)
+    assert a.n_queries == b.n_queries == 7
+    for sa, sb in zip(a.sets, b.sets, strict=True):
+        assert vars(sa.scores) == pytest.approx(vars(sb.scores), abs=1e-9), sa.name
