@@ -91,3 +91,16 @@ def test_evaluate_samples_the_same_queries_beyond_max_queries(twins: tuple[Extra
     assert a.n_queries == b.n_queries == 7
     for sa, sb in zip(a.sets, b.sets, strict=True):
         assert vars(sa.scores) == pytest.approx(vars(sb.scores), abs=1e-9), sa.name
+
+
+# ---------------------------------------------------------------- mess playlist clusters
+
+
+def test_clusters_hold_the_same_tracks_in_the_same_order(twins: tuple[Extracted, Extracted]) -> None:
+    from mess.playlists.clusters import clusters
+
+    a, b = (clusters(x.store, x.run, k=4) for x in twins)
+    assert [[t.path for t in p.tracks] for p in a] == [[t.path for t in p.tracks] for p in b]
+    assert [p.title for p in a] == [p.title for p in b]
+    for pa, pb in zip(a, b, strict=True):
+        np.testing.assert_allclose(pa.scores, pb.scores, rtol=1e-5, atol=1e-6)

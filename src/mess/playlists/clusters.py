@@ -13,6 +13,8 @@ from mess.playlists.playlist import Playlist, PlaylistError
 from mess.search.vectors import Norm, VectorSpec, load_vectors, track_by_id
 from mess.store import FeatureStore, Run, Track
 
+TIE_DECIMALS = 5  # cosines to a centre that agree to this many decimals are ties
+
 
 def default_k(n_tracks: int) -> int:
     """sqrt(n / 2), at least 2 and at most 50: a playlist of a few dozen tracks in a collection of thousands
@@ -35,15 +37,20 @@ def clusters(store: FeatureStore, run: Run, k: int | None = None, *, aspect: str
     if not 1 <= k <= distinct:
         copies = f" ({len(vs.ids)} tracks, some copies of others)" if distinct < len(vs.ids) else ""
         raise PlaylistError(f"-k must be between 1 and the number of distinct tracks ({distinct}){copies}")
+    # rows in content order (hash, then path), not in the ids the store gave in commit order: k-means' seeded
+    # starts pick rows by position, so one collection extracted twice was cut otherwise
+    content = sorted(range(len(vs.ids)), key=lambda r: (vs.hashes[r], by_id[int(vs.ids[r])].path))
+    ids, unit = vs.ids[content], unit[content]
     km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(unit)
     out: list[Playlist] = []
     for c in sorted(range(k), key=lambda c: -int((km.labels_ == c).sum())):
         rows = np.flatnonzero(km.labels_ == c)
         centre = km.cluster_centers_[c] / max(float(np.linalg.norm(km.cluster_centers_[c])), 1e-12)
         sims = unit[rows] @ centre
-        order = rows[np.argsort(-sims, kind="stable")]
-        members = tuple(by_id[int(vs.ids[r])] for r in order)
-        out.append(Playlist(cluster_name(members), members, tuple(float(s) for s in np.sort(sims)[::-1])))
+        # cosines equal to 5 decimals are ties (a 2-track cluster's two): kept in content order, not rounding's noise
+        ranked = np.argsort(-np.round(sims, TIE_DECIMALS), kind="stable")
+        members = tuple(by_id[int(ids[r])] for r in rows[ranked])
+        out.append(Playlist(cluster_name(members), members, tuple(float(s) for s in sims[ranked])))
     return _unique_titles(out)
 
 
