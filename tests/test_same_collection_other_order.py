@@ -104,3 +104,27 @@ def test_clusters_hold_the_same_tracks_in_the_same_order(twins: tuple[Extracted,
     assert [p.title for p in a] == [p.title for p in b]
     for pa, pb in zip(a, b, strict=True):
         np.testing.assert_allclose(pa.scores, pb.scores, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- mess fuse train
+
+
+def test_fusion_trains_the_same_network(twins: tuple[Extracted, Extracted]) -> None:
+    import torch
+
+    from mess.fusion.data import load_layers
+    from mess.fusion.train import FusionConfig, embed, train_fusion
+
+    config = FusionConfig(fusion_dim=8, hidden_dim=16, common_dim=8, labels_per_batch=2, tracks_per_label=2,
+                          weight_epochs=4, max_epochs=2, val_frac=0.0, test_frac=0.5, dropout=0.0)
+    fused, weights = [], []
+    with torch.random.fork_rng():
+        for x in twins:
+            data = load_layers(x.store, x.run)
+            result = train_fusion(data, config)
+            fused.append(_by_path(x, data.track_ids, embed(result.network, data.x)))
+            weights.append(result.layer_weights(data.x))
+    assert weights[0] == pytest.approx(weights[1], abs=1e-5)
+    assert fused[0].keys() == fused[1].keys()
+    for path in fused[0]:
+        np.testing.assert_allclose(fused[0][path], fused[1][path], atol=1e-4, err_msg=path)

@@ -46,7 +46,11 @@ class LayerData:
 
 def load_layers(store: FeatureStore, run: Run) -> LayerData:
     """Read all layer vectors of a run (layer by layer when their sizes differ), and the tracks (their content
-    hashes) they belong to, from one catalog version."""
+    hashes) they belong to, from one catalog version.
+
+    Rows go in content order (hash, then path), not in track ids: the store numbers tracks as they are committed,
+    which parallel decoders vary from one extraction of a collection to the next, and training's seeded batches,
+    starting weights' statistics and PCA go by row."""
     with store.snapshot():  # though an extract may be committing
         tracks = {t.id: t for t in store.tracks(run)}
         if len(set(run.layer_dims)) == 1:
@@ -57,7 +61,8 @@ def load_layers(store: FeatureStore, run: Run) -> LayerData:
             ids, x = mats[0][0], np.hstack([m for _, m in mats])
     if len(ids) == 0:
         raise FusionError(f"no track vectors for {run.model}; run `mess extract` first")
-    return LayerData(run, [tracks[int(i)] for i in ids], np.ascontiguousarray(x, dtype=np.float32))
+    order = sorted(range(len(ids)), key=lambda r: (tracks[int(ids[r])].content_hash, tracks[int(ids[r])].path))
+    return LayerData(run, [tracks[int(ids[r])] for r in order], np.ascontiguousarray(x[order], dtype=np.float32))
 
 
 @dataclass(frozen=True)
