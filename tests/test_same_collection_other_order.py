@@ -128,3 +128,20 @@ def test_fusion_trains_the_same_network(twins: tuple[Extracted, Extracted]) -> N
     assert fused[0].keys() == fused[1].keys()
     for path in fused[0]:
         np.testing.assert_allclose(fused[0][path], fused[1][path], atol=1e-4, err_msg=path)
+
+
+# ---------------------------------------------------------------- mess probe
+
+
+@pytest.mark.parametrize("probe", ["ridge", "mlp"])
+def test_probe_scores_and_shuffled_control_do_not_follow_the_ids(twins: tuple[Extracted, Extracted],
+                                                                 probe: str) -> None:
+    from mess.probing.study import ProbeOptions, probe_run
+
+    layers = None if probe == "ridge" else ("spectral",)  # an MLP per fold and layer: one layer is enough
+    reports = [probe_run(x.store, x.run, ProbeOptions(layers=layers, probe=probe, workers=1)) for x in twins]
+    assert reports[0].folds == reports[1].folds
+    for condition in ("trained", "shuffled"):
+        a, b = (r.conditions[condition] for r in reports)
+        np.testing.assert_allclose(a.r2, b.r2, rtol=1e-6, atol=1e-9, err_msg=condition)
+        np.testing.assert_allclose(a.r2_std, b.r2_std, rtol=1e-6, atol=1e-9, err_msg=condition)

@@ -110,7 +110,10 @@ def _probe(store: FeatureStore, run: Run, layers: list[str], targets: TrackTarge
     """Probe ``layers`` of ``run`` on the tracks that have both vectors and targets (``hashes``: track id -> the
     content hash its targets are of); ProbeError when a track is removed or extracted again meanwhile."""
     by_id = {t.id: t for t in store.tracks(run)}
-    ids = np.intersect1d(targets.track_ids, np.fromiter(by_id, dtype=np.int64))
+    # rows in content order (hash, then path), not in the ids the store numbered in commit order: the folds' seeded
+    # shuffle and the MLP probe's batches go by row
+    ids = np.array(sorted(np.intersect1d(targets.track_ids, np.fromiter(by_id, dtype=np.int64)).tolist(),
+                          key=lambda i: (by_id[i].content_hash, by_id[i].path)), dtype=np.int64)
     y = targets.values[np.searchsorted(targets.track_ids, ids)]
     chosen = [by_id[int(i)] for i in ids]
     if shuffle:
