@@ -7,6 +7,7 @@ pick the same tracks in both stores. The stores hold the dsp run (fast) of :func
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
@@ -145,3 +146,30 @@ def test_probe_scores_and_shuffled_control_do_not_follow_the_ids(twins: tuple[Ex
         a, b = (r.conditions[condition] for r in reports)
         np.testing.assert_allclose(a.r2, b.r2, rtol=1e-6, atol=1e-9, err_msg=condition)
         np.testing.assert_allclose(a.r2_std, b.r2_std, rtol=1e-6, atol=1e-9, err_msg=condition)
+
+
+# ---------------------------------------------------------------- mess artists
+
+
+def test_artists_are_represented_by_the_same_tracks(twins: tuple[Extracted, Extracted], tmp_path: Path) -> None:
+    """Two tracks per artist (of four): which two is chosen by path, not by which the store numbered first."""
+    from mess.artists.analysis import ArtistOptions, discrimination, validate_layers
+
+    options = ArtistOptions(model="dsp", max_tracks=2, min_tracks=1)
+    names = sorted({t.artist or t.composer or "" for t in twins[0].store.tracks(twins[0].run)} - {""})
+    assert len(names) == 4
+    reference = tmp_path / "reference.json"
+    reference.write_text(json.dumps({n: [m for m in names if m != n][:2] for n in names}))
+    chosen, validated, reports = [], [], []
+    for x in twins:
+        run, artists, layer_reports = discrimination(x.store, options)
+        chosen.append({p.name: sorted(x.path_of(i) for i in p.track_ids) for p in artists.profiles})
+        reports.append([(r.label, r.separation.effect, r.silhouette) for r in layer_reports])
+        validation = validate_layers(x.store, reference, 2, options)
+        validated.append([(label, vars(m), o) for label, m, o in validation.layers])
+    assert chosen[0] == chosen[1]
+    assert [r[0] for r in reports[0]] == [r[0] for r in reports[1]]
+    assert [r[1:] for r in reports[0]] == pytest.approx([r[1:] for r in reports[1]], abs=1e-9)
+    assert [v[0] for v in validated[0]] == [v[0] for v in validated[1]]
+    for (_, ma, oa), (_, mb, ob) in zip(*validated, strict=True):
+        assert ma == pytest.approx(mb, abs=1e-9) and oa == pytest.approx(ob, abs=1e-9)

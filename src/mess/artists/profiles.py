@@ -174,9 +174,10 @@ def in_space(artists: ArtistSet, space: Space, *, max_tracks: int = DEFAULT_MAX_
 
 
 def _spread_over_albums(tracks: list[Track], limit: int) -> list[Track]:
-    """Up to ``limit`` tracks taken round-robin over albums (albums and tracks in id order)."""
+    """Up to ``limit`` tracks taken round-robin over albums (albums and tracks in path order: not in id order, which
+    is the order the store committed them in and varies from one extraction of a collection to the next)."""
     albums: dict[str, list[Track]] = defaultdict(list)
-    for track in sorted(tracks, key=lambda t: t.id):
+    for track in sorted(tracks, key=lambda t: t.path):
         albums[track.album or ""].append(track)
     queues = list(albums.values())
     chosen: list[Track] = []
@@ -184,7 +185,7 @@ def _spread_over_albums(tracks: list[Track], limit: int) -> list[Track]:
     while len(chosen) < limit and any(depth < len(q) for q in queues):
         chosen += [q[depth] for q in queues if depth < len(q)][: limit - len(chosen)]
         depth += 1
-    return sorted(chosen, key=lambda t: t.id)
+    return sorted(chosen, key=lambda t: t.path)
 
 
 @dataclass(frozen=True)
