@@ -173,3 +173,65 @@ def test_artists_are_represented_by_the_same_tracks(twins: tuple[Extracted, Extr
     assert [v[0] for v in validated[0]] == [v[0] for v in validated[1]]
     for (_, ma, oa), (_, mb, ob) in zip(*validated, strict=True):
         assert ma == pytest.approx(mb, abs=1e-9) and oa == pytest.approx(ob, abs=1e-9)
+
+
+# ---------------------------------------------------------------- mess similar, and samples above a size
+
+
+def test_similar_tracks_why_percentiles_sample_the_same_tracks(twins: tuple[Extracted, Extracted],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above PERCENTILE_SAMPLE (20,000) tracks the "why" percentiles rank against a sample; made small, 6 of 15."""
+    from mess.search import query as module
+
+    monkeypatch.setattr(module, "PERCENTILE_SAMPLE", 6)
+    seed = twins[0].store.tracks(twins[0].run)[0].path
+    found = []
+    for x in twins:
+        neighbours = module.similar_tracks(x.store, x.run, module.collection_query(x.store, seed), 5, ranking="plain")
+        found.append([(x.path_of(n.track.id), n.why_percentile) for n in neighbours])
+    assert [p for p, _ in found[0]] == [p for p, _ in found[1]]
+    assert [w for _, w in found[0]] == [w for _, w in found[1]]
+
+
+def _unit_rows(n: int, dim: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_hubness_sample_is_drawn_by_content_not_by_row() -> None:
+    """Above ``sample`` (2,048) base rows the distance statistics use a sample; with ``keys`` it is the same
+    tracks whatever order the rows come in (here 40 rows, a sample of 10)."""
+    from mess.search.ann import exact_knn
+    from mess.search.hubness import HubnessReducer
+
+    base, keys = _unit_rows(40, 8, 0), np.array([f"{h:08x}" for h in np.random.default_rng(1).permutation(40)])
+    queries = _unit_rows(5, 8, 2)
+    shuffle = np.random.default_rng(3).permutation(40)
+    stats = []
+    for rows in (np.arange(40), shuffle):
+        b = base[rows]
+        reducer = HubnessReducer("mp", b, lambda v, kk, b=b: exact_knn(b, v, kk), k=3, sample=10, keys=keys[rows])
+        stats.append(reducer.stats(queries))
+    np.testing.assert_allclose(stats[0].mu, stats[1].mu, rtol=1e-6)
+    np.testing.assert_allclose(stats[0].sd, stats[1].sd, rtol=1e-6)
+    # the sample is a tenth of the rows: drawn by row, one order against the other gives other statistics
+    positional = [HubnessReducer("mp", base[rows], lambda v, kk: (v[:, :kk], np.zeros((len(v), kk), int)), k=3,
+                                 sample=10).stats(queries).mu for rows in (np.arange(40), shuffle)]
+    assert not np.allclose(*positional)
+
+
+def test_ann_index_is_built_by_content_not_by_row() -> None:
+    """An IVF index trains its lists and tunes its breadth on rows drawn by position; with ``keys`` the same
+    collection in another row order gives the same index (breadth, recall and the neighbours a narrow search
+    finds)."""
+    from mess.search.ann import AnnIndex
+
+    vectors, ids = _unit_rows(300, 16, 0), np.arange(300) + 1000
+    keys = np.array([f"{h:08x}" for h in np.random.default_rng(1).permutation(300)])
+    shuffle = np.random.default_rng(2).permutation(300)
+    queries = _unit_rows(20, 16, 3)
+    built = [AnnIndex.build(vectors[rows], ids[rows], "ivf", keys=keys[rows]) for rows in (np.arange(300), shuffle)]
+    assert (built[0].breadth, built[0].recall) == (built[1].breadth, built[1].recall)
+    np.testing.assert_array_equal(built[0].search(queries, 5, breadth=1)[1], built[1].search(queries, 5, breadth=1)[1])
+    plain = [AnnIndex.build(vectors[rows], ids[rows], "ivf") for rows in (np.arange(300), shuffle)]
+    assert not np.array_equal(plain[0].search(queries, 5, breadth=1)[1], plain[1].search(queries, 5, breadth=1)[1])

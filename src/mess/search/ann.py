@@ -94,8 +94,15 @@ class AnnIndex:
 
     @classmethod
     def build(cls, vectors: np.ndarray, ids: np.ndarray, kind: str = "auto", *,
-              target_recall: float = 0.95, seed: int = 0) -> AnnIndex:
-        """Train (when needed), add and tune an index over unit ``vectors`` labelled with ``ids``."""
+              target_recall: float = 0.95, seed: int = 0, keys: np.ndarray | None = None) -> AnnIndex:
+        """Train (when needed), add and tune an index over unit ``vectors`` labelled with ``ids``.
+
+        ``keys`` (one per row, e.g. content hashes) put the rows in their order first: the training sample, k-means'
+        starts, the tuning queries and HNSW's graph go by row, and track ids follow the order a store committed
+        tracks in, which varies from one extraction of a collection to the next."""
+        if keys is not None:
+            order = np.argsort(np.asarray(keys), kind="stable")
+            vectors, ids = np.asarray(vectors)[order], np.asarray(ids)[order]
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         n, dim = vectors.shape
         if kind != "auto" and kind not in KINDS:

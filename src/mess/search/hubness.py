@@ -86,7 +86,7 @@ class HubnessReducer:
     """Computes neighbourhood statistics against a collection and re-scores candidate lists."""
 
     def __init__(self, method: str, base: np.ndarray, knn: KnnFn, *, base_ids: np.ndarray | None = None,
-                 k: int = 10, sample: int = 2048, seed: int = 0) -> None:
+                 k: int = 10, sample: int = 2048, seed: int = 0, keys: np.ndarray | None = None) -> None:
         """Set up against a collection.
 
         Args:
@@ -95,6 +95,8 @@ class HubnessReducer:
             base_ids: id of each base row as ``knn`` returns it (default: row numbers).
             k: neighbourhood size for CSLS.
             sample: collection rows used to estimate each distance distribution.
+            keys: one per base row (e.g. content hashes): the sample is drawn in their order, not the rows', which
+                follow track ids, numbered in the order a store committed the tracks.
         """
         if method not in METHODS:
             raise ValueError(f"unknown hubness reduction {method!r}; choose one of {', '.join(METHODS)}")
@@ -102,7 +104,8 @@ class HubnessReducer:
         ids = np.arange(len(base)) if base_ids is None else np.asarray(base_ids)
         rows = np.arange(len(base))
         if len(base) > sample:
-            rows = np.sort(np.random.default_rng(seed).choice(len(base), sample, replace=False))
+            order = np.argsort(np.asarray(keys), kind="stable") if keys is not None else rows
+            rows = order[np.sort(np.random.default_rng(seed).choice(len(base), sample, replace=False))]
         self.sample_ids, self.sample = ids[rows], base[rows]
 
     def stats(self, vectors: np.ndarray, own_ids: np.ndarray | None = None) -> NeighbourhoodStats:

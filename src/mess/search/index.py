@@ -175,7 +175,7 @@ def build_index(store: FeatureStore, vs: VectorSet, kind: str = "auto", *, rebui
             mode = "updated" if len(gone) or len(fresh) else "unchanged"
             added, removed = len(fresh), len(gone)
     if mode == "built":
-        ann = AnnIndex.build(vs.unit(), vs.ids, requested, target_recall=target_recall)
+        ann = AnnIndex.build(vs.unit(), vs.ids, requested, target_recall=target_recall, keys=vs.hashes)
         index = CollectionIndex(ann, vs.prep, vs.ids.copy(), vs.hashes.copy(), vs.spec, vs.run.id, requested,
                                 len(vs.ids), source=vs.source)
     rpath, apath = rerank_path(store, vs.run, vs.spec), augment_path(store, vs.run, vs.spec)

@@ -471,7 +471,7 @@ def _rescore(
     def knn(vectors: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
         return index.ann.search(vectors, kk)
 
-    reducer = HubnessReducer(method, unit, knn, base_ids=vs.ids)
+    reducer = HubnessReducer(method, unit, knn, base_ids=vs.ids, keys=vs.hashes)
     own = query.track.id if query is not None and query.track is not None else -1
     q_stats = reducer.stats(q, np.array([own]))
     item_stats = reducer.stats(unit[vs.rows(ids)], ids)
@@ -492,7 +492,8 @@ def _explain(
         unit = vs.unit()
         q = vs.prep.apply(_raw_vector(store, vs, query))[0]
         others = np.flatnonzero(vs.ids != (query.track.id if query.track is not None else -1))
-        if len(others) > PERCENTILE_SAMPLE:
+        if len(others) > PERCENTILE_SAMPLE:  # drawn in content order: rows follow ids, numbered in commit order
+            others = others[np.argsort(vs.hashes[others], kind="stable")]
             others = np.random.default_rng(0).choice(others, PERCENTILE_SAMPLE, replace=False)
         sims = unit @ q
         ref_sims = np.sort(sims[others])
