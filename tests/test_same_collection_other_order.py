@@ -175,6 +175,19 @@ def test_artists_are_represented_by_the_same_tracks(twins: tuple[Extracted, Extr
         assert ma == pytest.approx(mb, abs=1e-9) and oa == pytest.approx(ob, abs=1e-9)
 
 
+def test_artist_silhouette_samples_the_same_tracks(twins: tuple[Extracted, Extracted],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above SILHOUETTE_SAMPLE (2,000) tracks the silhouette is estimated on a sample of rows; made 8 (of 16), the
+    rows (artists by name, each artist's tracks by path) are the same tracks in both stores."""
+    from mess.artists import discrimination as module
+    from mess.artists.analysis import ArtistOptions, discrimination
+
+    monkeypatch.setattr(module, "SILHOUETTE_SAMPLE", 8)
+    a, b = ([(r.label, r.silhouette) for r in discrimination(x.store, ArtistOptions(model="dsp"))[2]] for x in twins)
+    assert [label for label, _ in a] == [label for label, _ in b]
+    assert [s for _, s in a] == pytest.approx([s for _, s in b], abs=1e-6)
+
+
 # ---------------------------------------------------------------- mess similar, and samples above a size
 
 
