@@ -248,3 +248,24 @@ def test_ann_index_is_built_by_content_not_by_row() -> None:
     np.testing.assert_array_equal(built[0].search(queries, 5, breadth=1)[1], built[1].search(queries, 5, breadth=1)[1])
     plain = [AnnIndex.build(vectors[rows], ids[rows], "ivf") for rows in (np.arange(300), shuffle)]
     assert not np.array_equal(plain[0].search(queries, 5, breadth=1)[1], plain[1].search(queries, 5, breadth=1)[1])
+
+
+# ---------------------------------------------------------------- benchmarks/head.py
+
+
+def test_learned_head_and_its_bootstrap_do_not_follow_the_ids(twins: tuple[Extracted, Extracted]) -> None:
+    """The head benchmark's data: the PCA start, the head's seeded window batches and the bootstrap over queries."""
+    from mess.fusion.head import HeadConfig, fit_head, load_head_data
+    from mess.fusion.head_eval import bootstrap, score_fixed
+
+    config = HeadConfig(dims=6, steps=20, batch=4, lr=0.05)  # a few training windows a step
+    out, intervals = [], []
+    for x in twins:
+        data = load_head_data(x.store, x.run, {t.id: t.composer or "" for t in x.store.tracks(x.run)})
+        rows = np.flatnonzero(data.labels != data.labels[0])
+        out.append(_by_path(x, data.track_ids, fit_head(data, rows, config).transform(data.x)))
+        intervals.append(vars(bootstrap(score_fixed("all", data.x, x.run.layer_dims, data.labels).ap, n=200)))
+    assert out[0].keys() == out[1].keys()
+    for path in out[0]:
+        np.testing.assert_allclose(out[0][path], out[1][path], rtol=1e-4, atol=1e-5, err_msg=path)
+    assert intervals[0] == pytest.approx(intervals[1], abs=1e-9)

@@ -45,20 +45,27 @@ class HeadData:
 
 
 def load_head_data(store: FeatureStore, run: Run, labels: dict[int, str]) -> HeadData:
-    """All layers of the labelled tracks of ``run`` (track and window vectors); FusionError when too few."""
+    """All layers of the labelled tracks of ``run`` (track and window vectors); FusionError when too few.
+
+    Tracks go in content order (hash, then path), their windows with them, not in track ids: the store numbers
+    tracks as they are committed, which varies from one extraction of a collection to the next, and the PCA, the
+    head's seeded batches and the bootstrap over queries go by row."""
     with store.snapshot():  # one catalog version for every layer, though an extract may be committing
         mats = [store.layer_matrix(run, i) for i in range(len(run.layer_names))]
         segs = [store.segment_matrix(run, i) for i in range(len(run.layer_names))]
-        by_id = {t.id: t.content_hash for t in store.tracks(run)}
+        tracks = {t.id: t for t in store.tracks(run)}
+    by_id = {i: t.content_hash for i, t in tracks.items()}
     ids = mats[0][0]
     keep = np.array([int(i) in labels for i in ids], dtype=bool)
     if len(set(labels[int(i)] for i in ids[keep])) < 2:
         raise FusionError(f"need labelled tracks of at least 2 labels in {run.model}; found {int(keep.sum())} tracks")
-    x = np.hstack([m for _, m in mats])[keep]
-    ids = ids[keep]
+    rows = sorted(np.flatnonzero(keep).tolist(), key=lambda r: (by_id[int(ids[r])], tracks[int(ids[r])].path))
+    x = np.hstack([m for _, m in mats])[rows]
+    ids = ids[rows]
     row_of = {int(t): r for r, t in enumerate(ids)}
     seg_ids = segs[0][0]
-    seg_keep = np.array([int(t) in row_of for t in seg_ids], dtype=bool)
+    seg_keep = np.flatnonzero([int(t) in row_of for t in seg_ids])
+    seg_keep = seg_keep[np.argsort([row_of[int(t)] for t in seg_ids[seg_keep]], kind="stable")]
     seg_x = np.hstack([s for _, _, s in segs])[seg_keep]
     seg_row = np.array([row_of[int(t)] for t in seg_ids[seg_keep]], dtype=np.int64)
     return HeadData(
