@@ -269,3 +269,45 @@ def test_learned_head_and_its_bootstrap_do_not_follow_the_ids(twins: tuple[Extra
     for path in out[0]:
         np.testing.assert_allclose(out[0][path], out[1][path], rtol=1e-4, atol=1e-5, err_msg=path)
     assert intervals[0] == pytest.approx(intervals[1], abs=1e-9)
+
+
+# ---------------------------------------------------------------- copies of one file in mess similar
+
+
+@pytest.fixture(scope="module")
+def copied_twins(rendered_collection: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[
+        tuple[Extracted, Extracted]]:
+    """Six files, each in folders a/ and b/ (copies: one content hash, two paths), committed in opposite orders."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("copies")
+    files = []
+    for f in rendered_collection[:6]:
+        for sub in ("a", "b"):
+            (folder / sub).mkdir(exist_ok=True)
+            files.append(Path(shutil.copy(f, folder / sub / f.name)))
+    model = load_model("dsp")
+    with ExitStack() as stack:
+        out = []
+        for name, order in (("given", files), ("reversed", files[::-1])):
+            store = stack.enter_context(closing(FeatureStore(folder / f"store-{name}")))
+            assert not extract(store, order, model, WindowPolicy(), workers=1).failed
+            out.append(Extracted(store, store.run("dsp")))
+        yield out[0], out[1]
+
+
+@pytest.mark.parametrize("ranking", ["plain", "augmented"])
+def test_similar_lists_copies_of_one_file_in_path_order(copied_twins: tuple[Extracted, Extracted],
+                                                         ranking: str) -> None:
+    """Copies score alike: the answer lists (and cuts at k) the one under a/ before the one under b/."""
+    from mess.search.query import collection_query, similar_tracks
+
+    seed = str(copied_twins[0].store.tracks(copied_twins[0].run)[0].path)
+    found = [[x.path_of(n.track.id) for n in similar_tracks(x.store, x.run, collection_query(x.store, seed), 4,
+                                                            ranking=ranking)] for x in copied_twins]
+    assert found[0] == found[1]
+    by_name: dict[str, list[str]] = {}
+    for path in found[0]:
+        by_name.setdefault(Path(path).name, []).append(Path(path).parent.name)
+    assert all(folders == sorted(folders) for folders in by_name.values())
+    assert len(found[0]) == 4 and list(by_name.values())[-1] == ["a"]  # the 4th place: a/'s copy, b/'s cut off

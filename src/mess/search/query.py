@@ -193,7 +193,7 @@ def similar_tracks(
         sims, ids, adjusted = *_segment_neighbours(store, vs, tq, exclude, k), None
     else:
         sims, ids, adjusted = _index_neighbours(store, vs, query, exclude, k, hubness, expand)
-    sims, ids = sims[:k], ids[:k]
+    sims, ids = sims[:k], _copies_by_path(vs, ids[:k], by_id, exclude)
     why, pct = _explain(store, run, tracks, tq, ids, norm) if tq is not None else ({}, {})
     qhash = tq.content_hash if tq is not None else None
     return [
@@ -207,6 +207,22 @@ def similar_tracks(
         )
         for n, (s, i) in enumerate(zip(sims, ids, strict=False))
     ]
+
+
+def _copies_by_path(vs: VectorSet, ids: np.ndarray, by_id: dict[int, Track], exclude: set[int]) -> np.ndarray:
+    """``ids`` with the places of one file's copies (one content hash) given to its first copies in path order: they
+    score alike, and which ranked first, or made the cut, followed the ids the store numbered in commit order."""
+    hashes = vs.hashes[vs.rows(ids)]
+    rows = np.flatnonzero(np.isin(vs.hashes, hashes))
+    if len(rows) == len(set(hashes.tolist())):  # no file of the answer has copies
+        return ids
+    out = ids.copy()
+    for h in dict.fromkeys(hashes.tolist()):
+        copies = sorted((int(i) for i in vs.ids[rows[vs.hashes[rows] == h]] if int(i) not in exclude),
+                        key=lambda i: by_id[i].path)
+        at = np.flatnonzero(hashes == h)
+        out[at] = copies[:len(at)]
+    return out
 
 
 def raw_query(vector: object, vs: VectorSet) -> np.ndarray:
