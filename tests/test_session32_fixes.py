@@ -372,3 +372,17 @@ def test_a_set_is_reused_for_the_packages_it_was_fetched_from_and_only_for_them(
     monkeypatch.setenv("PATH", "")
     with pytest.raises(FetchError, match="apt-get is not available"):  # the record is of other files: not trusted
         fetch_soundtracks(moved, {"alpha-data": "alpha", "beta-data": "alpha"})
+
+
+def test_a_model_folder_that_is_a_link_to_nothing_is_named_as_such(tmp_path: Path) -> None:
+    """`mess extract --model LINK` where LINK's folder is gone said 'unknown model ...; choose one of dsp, ...', as
+    if a registry name were mistyped."""
+    from mess.models.registry import UnknownModel, load_model
+
+    link = tmp_path / "mert-local"
+    link.symlink_to(tmp_path / "moved-away")
+    with pytest.raises(UnknownModel) as err:
+        load_model(str(link))
+    assert str(err.value) == f"model {str(link)!r} is a link to {tmp_path / 'moved-away'}, which does not exist"
+    with pytest.raises(UnknownModel, match="unknown model 'no-such-model'; choose one of dsp"):
+        load_model("no-such-model")  # a name that is no path keeps the list of choices

@@ -8,6 +8,7 @@ Third-party backends add names through the ``mess.models`` entry point group, e.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
 from importlib.metadata import EntryPoint, entry_points
@@ -155,6 +156,8 @@ def load_model(name: str, device: str = "cpu", preset: str | None = None) -> Emb
         except (OSError, ValueError, TypeError) as exc:  # its files, not mess: a traceback said nothing more
             why = " ".join(str(exc).split()) or type(exc).__name__
             raise ModelError(f"cannot load {folder} as a MERT-shaped model: {why[:300]}") from exc
+    if name.strip() and (link := Path(name).expanduser()).is_symlink():  # not a folder: a link to nothing
+        raise UnknownModel(f"model {name!r} is a link to {os.readlink(link)}, which does not exist")
     raise UnknownModel(f"unknown model {name!r}; choose one of {', '.join(factories)}, a local model folder "
                      "or a .onnx file")
 
