@@ -232,6 +232,39 @@ def test_a_network_trained_for_a_folder_that_cannot_take_it_is_saved_in_the_stor
         store.close()
 
 
+def test_a_network_whose_folder_and_the_store_s_fusion_folder_refuse_it_goes_to_the_temp_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where STORE/fusion itself was a link to nothing, train_and_save refused there, asked free_checkpoint for the
+    next name, got STORE/fusion/NAME-1.pt again and retried it forever; the next place (the temp folder) takes it."""
+    import signal
+    import tempfile
+
+    from test_fusion_pipeline_mutation import SMALL, _store
+
+    from mess.fusion.pipeline import train_and_save
+
+    store, run = _store(tmp_path / "store")
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    (store.root / "fusion").symlink_to(tmp_path / "fusion-moved-away")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+
+    def overran(signum: int, frame: object) -> None:
+        raise TimeoutError("train_and_save still ran after 60 s")
+
+    old = signal.signal(signal.SIGALRM, overran)
+    signal.alarm(60)
+    try:
+        summary = train_and_save(store, run, SMALL, tmp_path / "gone" / "net.pt").summary
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        store.close()
+    saved = tmp_path / "tmp" / "mess-fusion" / "net-1.pt"
+    assert summary["checkpoint"] == str(saved) and saved.is_file()
+    assert summary["checkpoint_note"].startswith(f"not saved at {tmp_path / 'gone' / 'net.pt'}: ")
+
+
 def test_a_models_folder_that_is_a_link_to_nothing_is_said_to_be_one(tmp_path: Path) -> None:
     from mess.models.essentia.fetch import FetchError, fetch
 

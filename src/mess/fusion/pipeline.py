@@ -72,22 +72,27 @@ def train_and_save(store: FeatureStore, run: Run, config: FusionConfig, path: Pa
     result = train_fusion(data, config, epoch, stop)
     labels = data.labels(config.label)
     wanted, why, moved = path, None, None
-    failed: dict[str, OSError] = {}  # the folders a save failed in, with its error
+    failed: dict[str, Exception] = {}  # the folders a save failed in, with its error
+    tried: set[Path] = set()
     while True:
+        tried.add(path)
         try:
             digest = save_checkpoint(result, path)
             break
         except CheckpointRefused as exc:  # a file of the user's there, or one that came at the instant of the save
             why = why or exc.problem
             path = free_checkpoint(path.with_name(wanted.name), store)
-        except OSError as exc:  # a full disk, a folder that cannot be written: saved elsewhere, not lost
+            if path not in tried:
+                continue
+            failed.setdefault(os.path.abspath(path.parent), exc)  # a folder that refuses every name (STORE/fusion
+        except OSError as exc:  # a link to nothing); a full disk, a folder that cannot be written: saved elsewhere
             why = why or exc.strerror or str(exc)
             failed.setdefault(os.path.abspath(path.parent), exc)
-            places = [store.root / "fusion", Path(tempfile.gettempdir()) / "mess-fusion"]
-            folder = next((f for f in places if os.path.abspath(f) not in failed), None)
-            if folder is None:
-                raise next(iter(failed.values())) from None
-            path = free_checkpoint(folder / wanted.name, store)
+        places = [store.root / "fusion", Path(tempfile.gettempdir()) / "mess-fusion"]
+        folder = next((f for f in places if os.path.abspath(f) not in failed), None)
+        if folder is None:
+            raise next(iter(failed.values())) from None
+        path = free_checkpoint(folder / wanted.name, store)
     if path != wanted:
         moved = f"not saved at {wanted}: {why}; saved at {path} instead"
         log.path = training_log_path(store, path)  # the epochs went to the wanted name's .partial.json, removed
