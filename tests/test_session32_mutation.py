@@ -191,6 +191,19 @@ def test_tag_filters_fold_case_and_unicode_form_and_match_one_value_of_a_multi_v
     assert files(artist="Jónsi", album="Go", genre="Folk") == set()
 
 
+def test_blank_filters_as_an_empty_form_sends_them_are_filters_left_out(
+        served: tuple[TestClient, Path, dict[str, int]]) -> None:
+    """``?artist=&album=&genre=&composer=&q=`` (a form's empty fields) listed no track, or with model=any only the
+    untagged one, while ``?model=`` and ``?layer=`` were taken as left out: every blank parameter is."""
+    client, _, ids = served
+    everything = _names(client.get("/api/tracks").json())
+    blank = {"artist": "", "album": " ", "genre": "", "composer": "\t", "q": ""}
+    assert _names(client.get("/api/tracks", params=blank).json()) == everything
+    assert _names(client.get("/api/tracks", params={**blank, "model": "any"}).json()) == sorted(TRACKS,
+                                                                                               key=ids.__getitem__)
+    assert _names(client.get("/api/tracks", params={**blank, "genre": "folk"}).json()) == ["f.wv"]
+
+
 def test_words_must_all_occur_in_the_name_album_genre_composer_or_file(
         served: tuple[TestClient, Path, dict[str, int]]) -> None:
     client, _, _ = served

@@ -132,14 +132,14 @@ def _tag_values(value: str | None, field: str) -> set[str]:
 
 @router.get("/tracks", summary="Tracks, paged and filtered by tags or text")
 def tracks(state: State, model: Model = None,
-           artist: Annotated[str | None, Query(description="Artist tag, or one of its values (case-insensitive).")]
-           = None,
-           album: Annotated[str | None, Query(description="Exact album tag.")] = None,
-           genre: Annotated[str | None, Query(description="Genre tag, or one of its values ('Pop' finds 'Rock; "
-                                                          "Pop').")] = None,
-           composer: Annotated[str | None, Query(description="Composer tag, or one of its values.")] = None,
-           q: Annotated[str | None, Query(description="Words that must all occur in name, album, genre "
-                                                       "or file.")] = None,
+           artist: Annotated[str | None, Blank,
+                             Query(description="Artist tag, or one of its values (case-insensitive).")] = None,
+           album: Annotated[str | None, Blank, Query(description="Exact album tag.")] = None,
+           genre: Annotated[str | None, Blank, Query(description="Genre tag, or one of its values ('Pop' finds 'Rock; "
+                                                                 "Pop').")] = None,
+           composer: Annotated[str | None, Blank, Query(description="Composer tag, or one of its values.")] = None,
+           q: Annotated[str | None, Blank, Query(description="Words that must all occur in name, album, genre "
+                                                              "or file.")] = None,
            offset: Annotated[int, Query(ge=0)] = 0,
            limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict:
     """Tracks with vectors for the model (all catalogued tracks when ``model`` is 'any'), by id."""
