@@ -7,6 +7,7 @@ Expected answers come from the fixtures' own geometry (which file has which tags
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -20,6 +21,8 @@ import psutil
 import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
+from test_search_rerank import clusters
+from test_search_rerank_outside import collection_scores, k_reciprocal, scores_with_query
 
 from mess.audio.discover import content_hash
 from mess.audio.windows import WindowPolicy
@@ -27,11 +30,13 @@ from mess.constants import file_stamp
 from mess.extract import pipeline
 from mess.extract.pipeline import ExtractInterrupted, ExtractSummary, extract
 from mess.models.dsp import DspModel
+from mess.search import rerank
 from mess.search.counts import whole_count
 from mess.search.rerank import build_reranker, copy_first
 from mess.serve.app import create_app
 from mess.serve.routes_tracks import changed_note
 from mess.store import FeatureStore, RunKey, TrackVectors
+from mess.store.config import write_setting
 
 # ---------------------------------------------------------------- mess.search.counts
 
@@ -155,6 +160,16 @@ def test_only_the_run_covering_most_tracks_of_a_model_is_current(tmp_path: Path)
     assert current == {("r1", 5): True, ("r2", 1): False}
 
 
+def test_health_and_runs_name_the_default_model_the_store_is_set_to_now(tmp_path: Path) -> None:
+    """A server started without --model follows `mess config default-model` changed while it runs."""
+    root, _ = _synthetic(tmp_path)
+    with TestClient(base_url="http://127.0.0.1", app=create_app(root)) as client:
+        for model in ("other", "synthetic", "other"):
+            write_setting(root, "default-model", model)
+            assert client.get("/api/health").json()["default_model"] == model
+            assert client.get("/api/runs").json()["default_model"] == model
+
+
 def test_tracks_are_those_with_vectors_of_the_model_or_every_one_with_any(
         served: tuple[TestClient, Path, dict[str, int]]) -> None:
     client, _, ids = served
@@ -168,6 +183,10 @@ def test_tracks_are_those_with_vectors_of_the_model_or_every_one_with_any(
     assert (second["total"], second["offset"], second["limit"], _names(second)) == (5, 1, 2, [n for _, n in
                                                                                              with_vectors[1:3]])
     assert client.get("/api/tracks", params={"offset": 5}).json()["items"] == []
+    assert _names(client.get("/api/tracks", params={"offset": 0, "limit": 1}).json()) == [with_vectors[0][1]]
+    assert client.get("/api/tracks", params={"limit": 1000}).json()["limit"] == 1000
+    for bad in ({"offset": -1}, {"limit": 0}, {"limit": 1001}):
+        assert client.get("/api/tracks", params=bad).status_code == 422
 
 
 def test_tag_filters_fold_case_and_unicode_form_and_match_one_value_of_a_multi_valued_tag(
@@ -243,6 +262,18 @@ def test_audio_is_the_file_as_stored_with_its_media_type(served: tuple[TestClien
     assert got.headers["content-type"] == media and got.headers["accept-ranges"] == "bytes"
     part = client.get(f"/api/tracks/{ids[name]}/audio", headers={"Range": "bytes=2-5"})
     assert part.status_code == 206 and part.content == (music / name).read_bytes()[2:6]
+    size = (music / name).stat().st_size
+    past = client.get(f"/api/tracks/{ids[name]}/audio", headers={"Range": f"bytes={size}-"})  # no byte in the file
+    assert (past.status_code, past.json()["detail"], past.headers["content-range"]) == (
+        416, f"range not satisfiable: 'bytes={size}-' (the file has {size} bytes)", f"bytes */{size}")
+
+
+def test_the_audio_routes_answers_are_described_in_the_openapi_schema(
+        served: tuple[TestClient, Path, dict[str, int]]) -> None:
+    client, _, _ = served
+    described = client.get("/openapi.json").json()["paths"]["/api/tracks/{track_id}/audio"]["get"]["responses"]
+    assert {"200", "206", "409", "416"} <= set(described)
+    assert described["206"]["description"] == "Partial content"
 
 
 def test_audio_of_a_file_gone_or_replaced_by_a_link_is_a_404(synthetic: tuple[TestClient, Path, dict[str, int]]
@@ -323,6 +354,8 @@ def test_changed_note_speaks_only_of_other_audio(tmp_path: Path) -> None:
                                          "updates the collection)")
     song.unlink()
     assert changed_note(song, known) is None  # gone
+    song.mkdir()  # something there that cannot be hashed (a folder: root reads a file whatever its mode)
+    assert changed_note(song, known) is None
 
 
 def _pca_xy(unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -346,6 +379,7 @@ def test_the_map_places_each_track_with_vectors_as_the_pca_of_its_unit_vector(
     assert (body["model"], body["method"], body["tracks_without_fused_vectors"], body["note"]) == ("synthetic", "pca",
                                                                                                   0, None)
     assert body["explained_variance"] == pytest.approx(want_ratio, abs=1e-4)
+    assert [round(v, 4) for v in body["explained_variance"]] == body["explained_variance"]  # to 4 places
     points = {p["file"]: p for p in body["points"]}
     assert sorted(points) == sorted(named)
     for name, (x, y) in zip(named, want_xy, strict=True):
@@ -383,15 +417,15 @@ def _unit_rows(n: int, dim: int, seed: int) -> np.ndarray:
 def test_a_reranker_remembers_the_last_four_outside_queries_and_answers_them_again_unchanged() -> None:
     """The last 4 outside queries (docs: OUTSIDE_KEPT) are kept, by exact bytes and dtype; a remembered one is
     answered without building the re-ranking again, and as the re-ranking of the collection with it added (its own
-    row there, built here from scratch)."""
+    row there, by the dense formula)."""
     unit = _unit_rows(24, 6, seed=1)
     queries = _unit_rows(6, 6, seed=2)
     reranker = build_reranker(unit)
     first = [reranker.outside(q)[0] for q in queries]
     assert [key[2] for key in reranker.answered] == [q.tobytes() for q in queries[-4:]]
-    for q, got in zip(queries, first, strict=True):
-        want = build_reranker(np.concatenate([unit, q[None]])).rows(np.array([len(unit)]))[0, :len(unit)]
-        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+    for q, got in zip(queries, first, strict=True):  # the dense formula of the collection with the query added
+        want = k_reciprocal(collection_scores(np.vstack([unit, q[None]])), 10, 3, 0.3)[0][len(unit), :len(unit)]
+        np.testing.assert_allclose(got, want, atol=1e-5)
     kept = dict(reranker.answered)
     again = reranker.outside(queries[-1])[0]
     np.testing.assert_array_equal(again, first[-1])
@@ -400,6 +434,8 @@ def test_a_reranker_remembers_the_last_four_outside_queries_and_answers_them_aga
     np.testing.assert_array_equal(reranker.outside(queries[-1])[0], first[-1])
     reranker.outside(queries[-1].astype(np.float64))  # the same values in another dtype: another key
     assert len(reranker.answered) == 4 and list(reranker.answered)[-1][1] == np.dtype(np.float64).str
+    with pytest.raises(dataclasses.FrozenInstanceError):  # shared by the server's threads: never reassigned
+        reranker.lam = 0.5  # type: ignore[misc]
 
 
 # ---------------------------------------------------------------- mess.extract.pipeline: a run's summary and defaults
@@ -520,3 +556,44 @@ def test_a_run_stops_its_header_reading_before_it_returns(tmp_path: Path, monkey
     extract(store, paths, DspModel(), policy, workers=1)  # no on_total: no planner
     assert stops == ["stopped"]
     store.close()
+
+
+def test_a_collection_of_exactly_exact_tracks_answers_an_outside_query_exactly_whatever_the_local_size(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """At EXACT_TRACKS tracks (the bound included) the whole collection is re-ranked with the query, not only the
+    query's LOCAL_TRACKS nearest: with 24 of 36 local, one track more than the bound differs from the exact answer."""
+    vectors = clusters(40, seed=3)
+    unit, queries = vectors[:36], vectors[36:]
+    want = np.stack([k_reciprocal(collection_scores(np.vstack([unit, q[None]])), 10, 3, 0.3)[0][36, :36]
+                     for q in queries])
+    monkeypatch.setattr(rerank, "LOCAL_TRACKS", 24)
+    monkeypatch.setattr(rerank, "EXACT_TRACKS", 36)
+    np.testing.assert_allclose(build_reranker(unit).outside(queries), want, atol=1e-5)
+    monkeypatch.setattr(rerank, "EXACT_TRACKS", 35)
+    assert np.abs(build_reranker(unit).outside(queries) - want).max() > 1e-3
+
+
+@pytest.mark.parametrize("n", [3, 4])
+def test_a_collection_of_fewer_tracks_than_expansion_neighbours_reranks_by_the_formula(n: int) -> None:
+    """Three or four tracks: each expanded with the n - 1 others (not with itself), as the dense formula does."""
+    unit = clusters(n, seed=5)
+    want = k_reciprocal(collection_scores(unit), 10, 3, 0.3)[0]
+    np.testing.assert_allclose(build_reranker(unit).rows(np.arange(n)), want, atol=1e-5)
+
+
+def test_beyond_exact_tracks_the_tracks_outside_the_local_set_rank_by_their_distance_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside the query's LOCAL_TRACKS nearest, a track's score is -((1 - lambda) + lambda d / max d), d = 2 - 2 s
+    from its expanded augmented score s with the query (dense, float64), max d over the whole collection (the local
+    tracks' d from the local set with the query added); tracks at a score above 1/2 (d below 1) are among them."""
+    vectors = clusters(37, seed=4)
+    unit, q = vectors[:36], vectors[36]
+    monkeypatch.setattr(rerank, "EXACT_TRACKS", 0)
+    monkeypatch.setattr(rerank, "LOCAL_TRACKS", 4)
+    got = build_reranker(unit).outside(q)[0]
+    near = np.sort(np.argsort(-(unit @ q), kind="stable")[:4])
+    far = np.setdiff1d(np.arange(36), near)
+    d = np.maximum(2.0 - 2.0 * scores_with_query(unit, q)[36, :36], 0.0)
+    d[near] = np.maximum(2.0 - 2.0 * collection_scores(np.vstack([unit[near], q[None]]))[4, :4], 0.0)
+    assert (d[far] < 1.0).any()
+    np.testing.assert_allclose(got[far], -(0.7 + 0.3 * d[far] / d.max()), atol=1e-5)
