@@ -419,3 +419,30 @@ def test_a_model_folder_that_is_a_link_to_nothing_is_named_as_such(tmp_path: Pat
     assert str(err.value) == f"model {str(link)!r} is a link to {tmp_path / 'moved-away'}, which does not exist"
     with pytest.raises(UnknownModel, match="unknown model 'no-such-model'; choose one of dsp"):
         load_model("no-such-model")  # a name that is no path keeps the list of choices
+
+
+_QUICK_STOP = """
+import sys, threading
+from fastapi.testclient import TestClient
+from mess.serve.app import create_app
+with TestClient(base_url="http://127.0.0.1", app=create_app(sys.argv[1], "synthetic")):  # a str, as a notebook gives it
+    pass  # the server stopped as soon as it started
+alive = [t.name for t in threading.enumerate() if t.name == "mess-preload"]
+print("alive:", alive)
+"""
+
+
+def test_a_server_stopped_as_it_starts_has_finished_its_background_import(tmp_path: Path) -> None:
+    """`mess serve` imports scikit-learn in a background thread at start-up; stopped at once (a busy machine, a
+    Ctrl-C), the process went down with the import still running, which printed 'RuntimeError: can't register
+    atexit after shutdown' tracebacks. The server's shutdown now waits for that import. (create_app given the store
+    as a str, as a notebook gives it, ended in AttributeError: 'str' object has no attribute 'resolve'.)"""
+    import subprocess
+    import sys
+
+    from test_session32_mutation import _synthetic
+
+    root, _ = _synthetic(tmp_path)
+    out = subprocess.run([sys.executable, "-c", _QUICK_STOP, str(root)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "alive: []" in out.stdout and "Traceback" not in out.stderr, out.stdout + out.stderr

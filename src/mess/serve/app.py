@@ -40,7 +40,7 @@ from mess.store import FeatureStore, StoreError, TrackFailed
 STATIC_DIR = Path(__file__).parent / "static"
 
 
-def create_app(store_path: Path, model: str | None = None, allow_indexing: bool = False, *,
+def create_app(store_path: str | Path, model: str | None = None, allow_indexing: bool = False, *,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD, embed_timeout: float = DEFAULT_EMBED_TIMEOUT,
                access: AccessPolicy | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
                max_upload_seconds: float = DEFAULT_MAX_SECONDS) -> FastAPI:
@@ -60,6 +60,7 @@ def create_app(store_path: Path, model: str | None = None, allow_indexing: bool 
     Raises:
         StoreError: no store at ``store_path``, it holds no vectors, or ``model`` is not in it.
     """
+    store_path = Path(store_path)
     probe = FeatureStore(store_path, readonly=True)
     try:
         chosen = default_model(probe, model)
@@ -73,11 +74,12 @@ def create_app(store_path: Path, model: str | None = None, allow_indexing: bool 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         state.worker.start()
-        mapping.preload()
+        preloading = mapping.preload()
         # Requests are small matrix-vector products: BLAS threads only wait on each other (13x slower at
         # 5,000 tracks on 2 busy cores). Uploads are embedded in a worker process, which keeps its threads.
         with threadpool_limits(limits=1, user_api="blas"):
             yield
+        preloading.join()  # a process that ends inside that import prints tracebacks ("can't register atexit")
         state.worker.close()
         state.store.close()  # the store it opened last (see ServeState.refresh)
 
