@@ -446,3 +446,24 @@ def test_a_server_stopped_as_it_starts_has_finished_its_background_import(tmp_pa
     out = subprocess.run([sys.executable, "-c", _QUICK_STOP, str(root)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "alive: []" in out.stdout and "Traceback" not in out.stderr, out.stdout + out.stderr
+
+
+def test_a_file_named_twice_to_extract_is_embedded_once_and_counted_once(tmp_path: Path) -> None:
+    """extract() given one path twice (two overlapping globs of a library caller) counted the second as a copy of
+    the first, a byte-identical file: '1 embedded, 1 copy' of one file."""
+    import soundfile as sf
+
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.registry import load_model
+    from mess.store import FeatureStore
+
+    tone = tmp_path / "tone.wav"
+    sf.write(tone, 0.3 * np.sin(2 * np.pi * 330 * np.arange(22050 * 4) / 22050), 22050)
+    store = FeatureStore(tmp_path / "store")
+    try:
+        got = extract(store, [tone, tone], load_model("dsp"), WindowPolicy(window_seconds=2.0), workers=1)
+        assert (got.done, got.copies, got.skipped, got.failed) == (1, 0, 0, [])
+        assert len(store.tracks(store.run("dsp"))) == 1
+    finally:
+        store.close()

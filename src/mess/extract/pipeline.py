@@ -91,8 +91,9 @@ def extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, p
     where it stopped. Files already embedded (same content hash) are skipped; any
     error in one file becomes that file's recorded failure and the run goes on. ``on_total``, when given, is called
     (from another thread) with the audio seconds the files to embed hold, read from their headers by the decoders
-    (:mod:`mess.extract.plan`), unless the run ends first.
+    (:mod:`mess.extract.plan`), unless the run ends first. A path given twice is one file.
     """
+    paths = list(dict.fromkeys(paths))  # not a copy of itself
     with store.writing("mess extract", wait=wait, on_wait=on_wait):
         return _extract(store, paths, model, policy, batch_size, workers, prune_under, on_progress, on_total)
 
