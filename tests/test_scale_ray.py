@@ -341,6 +341,13 @@ def test_ray_prunes_files_gone_from_disk_as_the_local_engine_does(ray_address: s
         assert sorted(Path(t.path).name for t in store.tracks(store.run("dsp"))) == ["tone00.wav", "tone02.wav"]
 
 
+def test_ray_embeds_a_file_named_twice_once_as_the_local_engine_does(driver: Driver, tmp_path: Path) -> None:
+    """One path given twice was counted as a copy of itself ('1 embedded, 1 copy' of one file)."""
+    tone = _write_tones(tmp_path / "music", 1, seconds=5.0)[0]
+    got = driver(tmp_path / "ray", [tone, tone], "dsp", POLICY, actors=1)
+    assert (got.done, got.copies, got.skipped, got.failed) == (1, 0, 0, [])
+
+
 def test_ray_catalogues_a_truncated_file_with_its_decoded_duration(driver: Driver, tmp_path: Path) -> None:
     """An MP3 whose header claims 200 s but holds about 62: the local engine records what it decoded, the Ray engine
     kept the header's 200 s (playlists said 3:20)."""

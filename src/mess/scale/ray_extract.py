@@ -105,6 +105,7 @@ def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, pol
             (:func:`job_failure`); what was committed before stays.
     """
     started = time.perf_counter()
+    paths = list(dict.fromkeys(paths))  # a path given twice is one file, not a copy of itself
     owned = _connect(address)
     report, off_the_console = logging.getLogger("ray.data.exceptions"), _OffTheConsole()
     report.addFilter(off_the_console)
