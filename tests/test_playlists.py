@@ -31,7 +31,7 @@ from mess.playlists.radio import radio
 from mess.query import resolve_query
 from mess.search.query import collection_query, similar_tracks
 from mess.search.vectors import VectorSpec, load_vectors
-from mess.store import FeatureStore, StoreError, Track
+from mess.store import FeatureStore, Run, StoreError, Track
 
 runner = CliRunner()
 
@@ -122,23 +122,30 @@ def test_radio_seeds_take_turns_with_blend_turns(tmp_path: Path) -> None:
     assert out.exit_code == 1 and out.output.count("\n") == 1 and "nearest or turns" in out.output, out.output
 
 
+def _by_name(store: FeatureStore, run: Run) -> list[Track]:
+    """The run's tracks in the order of their file names: parallel decoders number them in another order on each
+    extraction, so a test naming ids 1 and 2 got two Bach chorales here and two composers on another run."""
+    return sorted(store.tracks(run), key=lambda t: t.path)
+
+
 def test_near_duplicates_are_recognised(real: FeatureStore) -> None:
     run = real.run("musicnn-msd")
     vs = load_vectors(real, run, VectorSpec("all"))
     unit = vs.unit()
-    a, b = real.track(1), real.track(2)
+    a, b = _by_name(real, run)[:2]  # two Bach chorales
+    assert a.artist == b.artist == "Bach" and a.title != b.title
     guard = DuplicateGuard(unit.shape[1])
-    guard.add(unit[vs.rows(np.array([1]))[0]], a)
-    u2 = unit[vs.rows(np.array([2]))[0]]
+    guard.add(unit[vs.rows(np.array([a.id]))[0]], a)
+    u2 = unit[vs.rows(np.array([b.id]))[0]]
     assert not guard.duplicate(u2, b)
     assert guard.duplicate(u2, dataclasses.replace(b, content_hash=a.content_hash))  # same recording
     assert guard.duplicate(u2, dataclasses.replace(b, title=a.title))  # same artist and title
-    assert guard.duplicate(unit[vs.rows(np.array([1]))[0]], b)  # same vector
+    assert guard.duplicate(unit[vs.rows(np.array([a.id]))[0]], b)  # same vector
 
 
 def test_path_cli_starts_at_a_and_ends_at_b(real: FeatureStore, extracted_store: Path, tmp_path: Path) -> None:
-    a, b = real.track(1), real.track(14)
-    out = runner.invoke(app, ["playlist", "path", "1", "14", "-n", "6", "-o", str(tmp_path / "p.m3u8"),
+    a, b = _by_name(real, real.run("musicnn-msd"))[0:14:13]  # a Bach chorale, a Palestrina mass movement
+    out = runner.invoke(app, ["playlist", "path", str(a.id), str(b.id), "-n", "6", "-o", str(tmp_path / "p.m3u8"),
                               "--model", "musicnn-msd", "--store", str(extracted_store)])
     assert out.exit_code == 0, out.output
     paths = read_playlist(tmp_path / "p.m3u8")
@@ -148,7 +155,11 @@ def test_path_cli_starts_at_a_and_ends_at_b(real: FeatureStore, extracted_store:
 
 def test_path_moves_from_a_towards_b_in_small_steps(real: FeatureStore) -> None:
     run = real.run("musicnn-msd")
-    a, b = real.track(1), real.track(14)
+    # from a Bach chorale to a Palestrina mass movement: over all 192 pairs of two composers the rank correlation is
+    # 0.976-1.0, but 14 of them (Haydn with Mozart) have steps no shorter than the jump; from this chorale to each
+    # Palestrina movement the mean step's cosine exceeds the jump's by 0.63-0.77
+    a, b = _by_name(real, run)[0:14:13]
+    assert (a.artist, b.artist) == ("Bach", "Palestrina")
     playlist = sonic_path(real, run, a, b, 8)
     vs = load_vectors(real, run, VectorSpec("all"))
     unit = vs.unit()[vs.rows(np.array([t.id for t in playlist.tracks]))]
