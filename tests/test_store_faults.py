@@ -257,7 +257,8 @@ def test_one_repair_also_deletes_the_indexes_it_makes_stale(extracted_tones: Ext
     repaired = _mess("check", "--repair", "--store", str(store))
     assert repaired.returncode == 0 and "deleted stale index" in repaired.stdout, repaired.stdout
     verdict = repaired.stdout.strip().splitlines()[-1]  # whole (it took a second `check --repair`) but for the file
-    assert verdict.endswith(": whole, answers leave out the files named above: `mess extract` embeds them"), verdict
+    advice = ": whole, answers leave out the files named above: `mess extract --model dsp` embeds them"
+    assert verdict.endswith(advice), verdict
 
 
 def test_a_full_disk_ends_the_run_in_one_line_and_blames_no_file(tmp_path: Path) -> None:

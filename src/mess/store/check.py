@@ -48,6 +48,7 @@ class Problem:
     # a no-checksum one: content hash -> the ``vectors.checksums`` value of its rows as the check read them
     checksums: Mapping[str, bytes] = field(default_factory=dict, repr=False, compare=False)
     gone: bool = False  # a not-embedded one: every file it names is no longer on disk (nothing to embed)
+    model: str = ""  # a not-embedded one: the run's model, which `mess extract --model` takes to embed them
 
 
 def quick_check(store: FeatureStore) -> list[Problem]:
@@ -317,7 +318,7 @@ def _not_embedded(store: FeatureStore, run: Run) -> list[Problem]:
     if gone:
         message += (f"{'; ' if here else ': '}{counted(len(gone), 'is', 'are')} no longer on disk ({_named(gone)}): "
                     "`mess extract FOLDER --prune` forgets them")
-    return [Problem("not-embedded", run.id, message, damage=False, gone=not here)]
+    return [Problem("not-embedded", run.id, message, damage=False, gone=not here, model=run.model)]
 
 
 def _embedded_elsewhere(store: FeatureStore, run: Run, paths: list[str]) -> int:

@@ -1,0 +1,38 @@
+"""Defects a red-team session found using `mess` on a real, messy library (notes/redteam_session32.md)."""
+
+from __future__ import annotations
+
+from contextlib import closing
+from dataclasses import replace
+from pathlib import Path
+
+from test_store import INFO, _vectors
+
+from conftest import mess_here
+from mess.audio.windows import WindowPolicy
+from mess.extract.runs import run_key
+from mess.store import FeatureStore
+
+
+def _two_models(root: Path) -> Path:
+    """A store of 3 files on disk: all embedded with ``toy2``, one with ``toy`` (a folder extracted with toy2 only)."""
+    (root / "music").mkdir()
+    with closing(FeatureStore(root / "store")) as store:
+        runs = [store.ensure_run(run_key(info, WindowPolicy())) for info in (INFO, replace(INFO, name="toy2"))]
+        for i in range(3):
+            (root / "music" / f"{i}.wav").write_bytes(b"RIFF")
+            store.upsert_track(root / "music" / f"{i}.wav", f"h{i}", 10, 1.0, {"duration": 3.0},
+                               {"artist": "x", "album": None, "title": None, "genre": None, "composer": None})
+        store.write_vectors(runs[0], [_vectors("h0", 2, 0)])
+        store.write_vectors(runs[1], [_vectors(f"h{i}", 2, i) for i in range(3)])
+    return root / "store"
+
+
+def test_check_verdict_names_the_model_whose_files_wait(tmp_path: Path) -> None:
+    """A folder extracted with musicnn but not dsp: `mess check`'s last line said "`mess extract` embeds them", but
+    `mess extract` embeds the default model (musicnn), which has them all: the user ran it, got "0 embedded", and
+    the check said the same again. The verdict now names the model whose run lacks them."""
+    out = mess_here("check", "--store", str(_two_models(tmp_path)))
+    assert out.returncode == 0, out.stderr
+    verdict = out.stdout.strip().splitlines()[-1]
+    assert verdict.endswith("answers leave out the files named above: `mess extract --model toy` embeds them"), verdict
