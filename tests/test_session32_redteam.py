@@ -6,12 +6,14 @@ from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 from test_store import INFO, _vectors
 
 from conftest import mess_here
 from mess.audio.windows import WindowPolicy
 from mess.extract.runs import run_key
 from mess.store import FeatureStore
+from mess.store.check import check_and_repair
 
 
 def _two_models(root: Path) -> Path:
@@ -36,3 +38,18 @@ def test_check_verdict_names_the_model_whose_files_wait(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     verdict = out.stdout.strip().splitlines()[-1]
     assert verdict.endswith("answers leave out the files named above: `mess extract --model toy` embeds them"), verdict
+
+
+def test_a_repair_names_the_model_that_embeds_the_dropped_files_again(tmp_path: Path) -> None:
+    """`mess check --repair` dropped a dsp file's damaged vectors and said "`mess extract` embeds them again", which
+    embeds the default model only; it names the run's model now."""
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        run = store.ensure_run(run_key(replace(INFO, name="toy2"), WindowPolicy()))
+        store.upsert_track(tmp_path / "a.wav", "h0", 10, 1.0, {"duration": 3.0},
+                           {"artist": "x", "album": None, "title": None, "genre": None, "composer": None})
+        store.write_vectors(run, [_vectors("h0", 2, 0)])
+        path = store.row_file(run, "track", 0).path
+        with path.open("r+b") as f:
+            f.write(np.full(INFO.layer_dims[0], np.nan, "<f2").tobytes())
+        _, done = check_and_repair(store)
+    assert done == ["toy2 (run 1): dropped the vectors of 1 file; `mess extract --model toy2` embeds them again"], done

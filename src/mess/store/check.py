@@ -130,7 +130,7 @@ def _fix(store: FeatureStore, problems: list[Problem]) -> list[str]:
                                  [(run.id, h) for h in hashes])
         if hashes:
             done.append(f"{run.model} (run {run.id}): dropped the vectors of {counted(len(hashes), 'file')}; "
-                        "`mess extract` embeds them again")
+                        f"`mess extract --model {run.model}` embeds them again")
         track_rows, seg_rows = store.catalog_rows(run)
         for layer in range(len(run.layer_names)):
             store.row_file(run, "track", layer).truncate(track_rows)
