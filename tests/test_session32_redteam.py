@@ -53,3 +53,28 @@ def test_a_repair_names_the_model_that_embeds_the_dropped_files_again(tmp_path: 
             f.write(np.full(INFO.layer_dims[0], np.nan, "<f2").tobytes())
         _, done = check_and_repair(store)
     assert done == ["toy2 (run 1): dropped the vectors of 1 file; `mess extract --model toy2` embeds them again"], done
+
+
+def test_a_radio_plays_the_renamed_copy_on_disk_not_the_vanished_name(tmp_path: Path) -> None:
+    """A file renamed and extracted again is catalogued under both names (one content): the radio picked the old
+    name, whose file is gone, wrote it into the playlist (a player stops there) and skipped the playable new name as
+    its duplicate. Of tracks with one content, the radio now picks one whose file is on disk."""
+    from mess.playlists.radio import radio
+    from mess.search.query import collection_query
+
+    music = tmp_path / "music"
+    music.mkdir()
+    names = ["seed.wav", "a.wav", "old name.wav", "b.wav", "new name.wav"]
+    hashes = ["hs", "ha", "hr", "hb", "hr"]  # the renamed file: one content under its old and new name
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        run = store.ensure_run(run_key(INFO, WindowPolicy()))
+        for name, content in zip(names, hashes, strict=True):
+            (music / name).write_bytes(b"RIFF")
+            store.upsert_track(music / name, content, 10, 1.0, {"duration": 3.0},
+                               {"artist": None, "album": None, "title": None, "genre": None, "composer": None})
+        store.write_vectors(run, [_vectors(h, 2, i) for i, h in enumerate(dict.fromkeys(hashes))])
+        (music / "old name.wav").unlink()  # renamed: `mv "old name.wav" "new name.wav"`, then `mess extract`
+        playlist = radio(store, run, [collection_query(store, 1)], n=10, ranking="plain")
+    paths = [Path(t.path) for t in playlist.tracks]
+    assert sorted(p.name for p in paths) == ["a.wav", "b.wav", "new name.wav"], paths
+    assert all(p.is_file() for p in paths), paths
