@@ -55,13 +55,8 @@ def test_a_repair_names_the_model_that_embeds_the_dropped_files_again(tmp_path: 
     assert done == ["toy2 (run 1): dropped the vectors of 1 file; `mess extract --model toy2` embeds them again"], done
 
 
-def test_a_radio_plays_the_renamed_copy_on_disk_not_the_vanished_name(tmp_path: Path) -> None:
-    """A file renamed and extracted again is catalogued under both names (one content): the radio picked the old
-    name, whose file is gone, wrote it into the playlist (a player stops there) and skipped the playable new name as
-    its duplicate. Of tracks with one content, the radio now picks one whose file is on disk."""
-    from mess.playlists.radio import radio
-    from mess.search.query import collection_query
-
+def _renamed(tmp_path: Path) -> FeatureStore:
+    """A store of 4 contents, 5 names: ``old name.wav`` was renamed ``new name.wav`` and extracted again."""
     music = tmp_path / "music"
     music.mkdir()
     names = ["seed.wav", "a.wav", "old name.wav", "b.wav", "new name.wav"]
@@ -74,7 +69,29 @@ def test_a_radio_plays_the_renamed_copy_on_disk_not_the_vanished_name(tmp_path: 
                                {"artist": None, "album": None, "title": None, "genre": None, "composer": None})
         store.write_vectors(run, [_vectors(h, 2, i) for i, h in enumerate(dict.fromkeys(hashes))])
         (music / "old name.wav").unlink()  # renamed: `mv "old name.wav" "new name.wav"`, then `mess extract`
-        playlist = radio(store, run, [collection_query(store, 1)], n=10, ranking="plain")
+    return FeatureStore(tmp_path / "store", readonly=True)
+
+
+def test_a_radio_plays_the_renamed_copy_on_disk_not_the_vanished_name(tmp_path: Path) -> None:
+    """A file renamed and extracted again is catalogued under both names (one content): the radio picked the old
+    name, whose file is gone, wrote it into the playlist (a player stops there) and skipped the playable new name as
+    its duplicate. Of tracks with one content, the radio now picks one whose file is on disk."""
+    from mess.playlists.radio import radio
+    from mess.search.query import collection_query
+
+    with closing(_renamed(tmp_path)) as store:
+        playlist = radio(store, store.runs()[0], [collection_query(store, 1)], n=10, ranking="plain")
     paths = [Path(t.path) for t in playlist.tracks]
     assert sorted(p.name for p in paths) == ["a.wav", "b.wav", "new name.wav"], paths
     assert all(p.is_file() for p in paths), paths
+
+
+def test_a_sonic_path_goes_through_the_renamed_copy_on_disk(tmp_path: Path) -> None:
+    """As the radio: `mess playlist path A B` stepped through the renamed file's old name (gone from disk) and
+    never its new one; it takes the copy on disk now."""
+    from mess.playlists.path import sonic_path
+
+    with closing(_renamed(tmp_path)) as store:
+        playlist = sonic_path(store, store.runs()[0], store.track(2), store.track(4), n=3)
+    paths = [Path(t.path) for t in playlist.tracks]
+    assert [p.name for p in paths] == ["a.wav", "new name.wav", "b.wav"], paths

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from mess.constants import DEFAULT_NORM
-from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError
+from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError, vanished_copies
 from mess.search.query import no_vectors
 from mess.search.vectors import Norm, VectorSpec, load_vectors, track_by_id
 from mess.store import FeatureStore, Run, Track
@@ -39,6 +39,7 @@ def sonic_path(store: FeatureStore, run: Run, start: Track, end: Track, n: int =
     guard.add(b, end)
     free = np.ones(len(vs.ids), dtype=bool)
     free[vs.rows(np.array([start.id, end.id]))] = False
+    free[list(vanished_copies(range(len(vs.ids)), vs.ids, by_id))] = False  # a renamed file: its copy on disk
     chosen: list[tuple[int, float]] = []  # (row, cosine to its target)
     for t in np.linspace(0.0, 1.0, n)[1:-1]:
         target = _slerp(a, b, float(t))

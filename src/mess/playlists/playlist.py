@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -41,6 +41,21 @@ class Playlist:
 def gone_tracks(playlist: Playlist) -> tuple[Track, ...]:
     """The playlist's tracks whose files are no longer on disk (deleted or moved since extraction)."""
     return tuple(t for t in playlist.tracks if not Path(t.path).is_file())
+
+
+def vanished_copies(rows: Iterable[int], ids: np.ndarray, by_id: Mapping[int, Track]) -> set[int]:
+    """Of ``rows`` (of a vector set with track ``ids``), those whose file is gone while a row of the same content is
+    on disk: a file renamed and extracted again is catalogued under both names, and a playlist should take the copy
+    a player can open, not the vanished name (of which it is a duplicate)."""
+    by_content: dict[str, list[int]] = {}
+    for r in rows:
+        by_content.setdefault(by_id[int(ids[r])].content_hash, []).append(r)
+    gone: set[int] = set()
+    for copies in (c for c in by_content.values() if len(c) > 1):
+        missing = {r for r in copies if not Path(by_id[int(ids[r])].path).is_file()}
+        if len(missing) < len(copies):
+            gone |= missing
+    return gone
 
 
 def with_gone_note(playlist: Playlist, names: Sequence[str]) -> Playlist:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 
 from mess.audio.names import credit_key
 from mess.constants import DEFAULT_NORM
-from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError, artist_key
+from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError, artist_key, vanished_copies
 from mess.search.query import TrackQuery, query_unit, ranked_scores
 from mess.search.rerank_store import ranking_choice
 from mess.search.vectors import Norm, VectorSpec, load_vectors, track_by_id
-from mess.store import FeatureStore, Run, Track
+from mess.store import FeatureStore, Run
 
 DEFAULT_WINDOW = 3
 POOL_PER_TRACK = 50
@@ -75,7 +74,9 @@ def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 3
     order = np.argsort(-closeness, kind="stable") if blend == "nearest" else _in_turns(sims)
     if exclude:
         order = order[~np.isin(vs.ids[order], np.fromiter(exclude, dtype=np.int64))]
-    pool = _on_disk_first([int(r) for r in order[:max(POOL_PER_TRACK * n, 1000)]], vs.ids, by_id)
+    pool = [int(r) for r in order[:max(POOL_PER_TRACK * n, 1000)]]
+    gone = vanished_copies(pool, vs.ids, by_id)  # the guard keeps the first of a content: the copy on disk
+    pool = [r for r in pool if r not in gone] if gone else pool
     artists = {r: artist_key(by_id[int(vs.ids[r])]) for r in pool}
     history = [credit_key(s.artist) if s.track is None else artist_key(s.track) for s in seeds]
     picked: list[int] = []
@@ -114,21 +115,6 @@ def _next(pool: list[int], artists: dict[int, str], history: list[str], window: 
                 return row
             pool.remove(row)
     return None
-
-
-def _on_disk_first(pool: list[int], ids: np.ndarray, by_id: dict[int, Track]) -> list[int]:
-    """``pool`` without the rows whose file is gone while a row of the same content is on disk (a file renamed and
-    extracted again is catalogued under both names): the guard keeps the first of a content, so the radio plays the
-    copy a player can open, not the vanished name."""
-    by_content: dict[str, list[int]] = {}
-    for r in pool:
-        by_content.setdefault(by_id[int(ids[r])].content_hash, []).append(r)
-    gone: set[int] = set()
-    for rows in (rows for rows in by_content.values() if len(rows) > 1):
-        missing = {r for r in rows if not Path(by_id[int(ids[r])].path).is_file()}
-        if len(missing) < len(rows):
-            gone |= missing
-    return [r for r in pool if r not in gone] if gone else pool
 
 
 def _in_turns(sims: np.ndarray) -> np.ndarray:
