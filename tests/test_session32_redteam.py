@@ -95,3 +95,13 @@ def test_a_sonic_path_goes_through_the_renamed_copy_on_disk(tmp_path: Path) -> N
         playlist = sonic_path(store, store.runs()[0], store.track(2), store.track(4), n=3)
     paths = [Path(t.path) for t in playlist.tracks]
     assert [p.name for p in paths] == ["a.wav", "new name.wav", "b.wav"], paths
+
+
+def test_extract_of_a_dangling_link_says_it_is_a_link(tmp_path: Path) -> None:
+    """`mess extract song.ogg` of a link whose target is gone said "no such file or folder: song.ogg", while `ls`
+    lists song.ogg (and the folder walk says "a link to a missing file"); it names the link and its target now."""
+    (tmp_path / "song.ogg").symlink_to(tmp_path / "moved away.ogg")
+    out = mess_here("extract", str(tmp_path / "song.ogg"), "--model", "dsp", "--store", str(tmp_path / "store"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"{tmp_path / 'song.ogg'}: a link to {tmp_path / 'moved away.ogg'}, which is missing" in out.stderr, \
+        out.stderr

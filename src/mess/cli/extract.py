@@ -120,7 +120,9 @@ def _audio_files(folders: list[Path], prune: bool = False) -> tuple[list[Path], 
 
     missing = [str(f) for f in folders if not f.exists()]
     if missing and not (prune and len(missing) < len(folders)):
-        fail(f"no such file or folder: {', '.join(missing)}")
+        links = [f"{f}: a link to {os.readlink(f)}, which is missing" for f in missing if os.path.islink(f)]
+        others = [f for f in missing if not os.path.islink(f)]  # `ls` lists a dangling link: say it is one
+        fail("; ".join([f"no such file or folder: {', '.join(others)}"] * bool(others) + links))
     hidden: list[Path] = []
     linked: list[Path] = []
     paths = find_audio([f for f in folders if f.exists()],
