@@ -105,3 +105,19 @@ def test_extract_of_a_dangling_link_says_it_is_a_link(tmp_path: Path) -> None:
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert f"{tmp_path / 'song.ogg'}: a link to {tmp_path / 'moved away.ogg'}, which is missing" in out.stderr, \
         out.stderr
+
+
+def test_similar_of_a_dangling_link_says_it_is_a_link(tmp_path: Path) -> None:
+    """`mess similar song.ogg` of a link whose target is gone said "unknown track 'song.ogg'" (as for a typo), while
+    `ls` lists song.ogg; it names the link and its missing target now."""
+    import pytest
+
+    from mess.query.embed import resolve_query
+    from mess.store import StoreError
+
+    store_path = _two_models(tmp_path)
+    link = tmp_path / "music" / "song.ogg"
+    link.symlink_to(tmp_path / "moved away.ogg")
+    with closing(FeatureStore(store_path, readonly=True)) as store, pytest.raises(StoreError) as said:
+        resolve_query(store, str(link), store.runs()[0])
+    assert str(said.value) == f"{link}: a link to {tmp_path / 'moved away.ogg'}, which is missing", said.value

@@ -41,6 +41,9 @@ def resolve_query(store: FeatureStore, ref: str | Path | int, run: Run,
             if not is_track_id(str(ref)) and _is(path, Path.is_dir):  # was 'unknown track'
                 raise StoreError(f"{printable(str(path))} is a folder, not an audio file or a track (`mess extract` "
                                  "adds a folder's files to the collection)") from None
+            if not is_track_id(str(ref)) and _is(path, Path.is_symlink) and not _is(path, Path.exists):  # `ls` lists it
+                raise StoreError(f"{printable(str(path))}: a link to {printable(str(path.readlink()))}, which is "
+                                 "missing") from None
             raise
         own = Path(found.track.path) if found.track is not None else None
         if own is not None and _is(own, Path.is_file) and not _as_catalogued(store, own):  # an id names the entry
