@@ -116,8 +116,10 @@ def embed_query(store: FeatureStore, path: str | Path, run: Run,
 
 
 def _checked_layers(run: Run, layers: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
-    """One float32 vector per layer of ``run`` ([dim] or [1, dim]); StoreError naming a layer missing, of another
-    size, or holding NaN or infinite values."""
+    """One float32 vector per layer of ``run`` ([dim] or [1, dim]), rounded to float16 as the store holds the
+    collection's (an outside copy of a track is that track again: the signed fourth root of the power norm raised the
+    near-zero values float16 rounds to 0, to 0.95 for a copy); StoreError naming a layer missing, of another size,
+    or holding NaN or infinite values."""
     if len(layers) != len(run.layer_names):
         raise StoreError(f"{len(layers)} layer vectors for {run.model}'s {len(run.layer_names)} layers "
                          f"({', '.join(run.layer_names)})")
@@ -128,7 +130,9 @@ def _checked_layers(run: Run, layers: Sequence[np.ndarray]) -> tuple[np.ndarray,
             raise StoreError(f"layer {name} of {run.model} has {dim} values; got an array of shape {v.shape}")
         if not np.isfinite(v).all():
             raise StoreError(f"layer {name}'s vector holds NaN or infinite values")
-        raw.append(v.reshape(dim))
+        with np.errstate(over="ignore"):  # past float16's range (never stored): kept as it is
+            stored = v.astype(np.float16).astype(np.float32)
+        raw.append((stored if np.isfinite(stored).all() else v).reshape(dim))
     return tuple(raw)
 
 
