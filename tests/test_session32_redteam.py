@@ -149,3 +149,27 @@ def test_an_outside_copy_of_a_track_scores_as_the_track_in_the_default_space(tmp
         vs = load_vectors(store, run, VectorSpec.from_options(norm="power"), store.tracks(run))
         unit = vs.unit()[vs.rows(np.array([1]))[0]]
         assert float(query_unit(store, vs, copy) @ unit) > 0.9999, float(query_unit(store, vs, copy) @ unit)
+
+
+def test_an_outside_copy_of_a_track_matches_it_window_by_window(tmp_path: Path) -> None:
+    """As above with `--match segments`: the copy's window vectors were float32 too, 0.951 to the track it copies;
+    they are rounded as stored now."""
+    from mess.query.embed import external_query
+    from mess.search.query import similar_tracks
+
+    rng = np.random.default_rng(1)
+    windows = [np.abs(rng.standard_normal((12, 2, d))) for d in INFO.layer_dims]  # 12 tracks x 2 windows
+    for x in windows:  # units that fire on one track and barely on the others (float16 holds 0 for them there)
+        x[:, :, :2] *= 1e-8
+        x[5, :, :2] = 1e-3
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        run = store.ensure_run(run_key(INFO, WindowPolicy()))
+        for i in range(12):
+            store.upsert_track(tmp_path / f"{i}.wav", f"h{i}", 10, 1.0, {"duration": 3.0},
+                               {"artist": None, "album": None, "title": None, "genre": None, "composer": None})
+        store.write_vectors(run, [replace(_vectors(f"h{i}", 2, i), layers=[x[i].mean(axis=0) for x in windows],
+                                          segments=[x[i].astype(np.float32) for x in windows]) for i in range(12)])
+        copy = external_query(store, run, "copy.wav", "another hash", [x[0].mean(axis=0) for x in windows],
+                              [x[0].astype(np.float32) for x in windows])
+        best = similar_tracks(store, run, copy, 1, norm="power", match="segments", ranking="plain")[0]
+    assert best.track.id == 1 and best.score > 0.9999, (best.track.id, best.score)

@@ -130,10 +130,15 @@ def _checked_layers(run: Run, layers: Sequence[np.ndarray]) -> tuple[np.ndarray,
             raise StoreError(f"layer {name} of {run.model} has {dim} values; got an array of shape {v.shape}")
         if not np.isfinite(v).all():
             raise StoreError(f"layer {name}'s vector holds NaN or infinite values")
-        with np.errstate(over="ignore"):  # past float16's range (never stored): kept as it is
-            stored = v.astype(np.float16).astype(np.float32)
-        raw.append((stored if np.isfinite(stored).all() else v).reshape(dim))
+        raw.append(_as_stored(v).reshape(dim))
     return tuple(raw)
+
+
+def _as_stored(v: np.ndarray) -> np.ndarray:
+    """``v`` (float32) rounded to float16 as the store holds vectors; as it is where that overflows (never stored)."""
+    with np.errstate(over="ignore"):
+        stored = np.asarray(v, dtype=np.float32).astype(np.float16).astype(np.float32)
+    return stored if np.isfinite(stored).all() else np.asarray(v, dtype=np.float32)
 
 
 def credit_of(tags: Mapping[str, str | None]) -> str | None:
@@ -163,5 +168,5 @@ def external_query(store: FeatureStore, run: Run, label: str, content_hash: str,
             fused = fuse_query(store, run, raw)
         except FusionError as exc:
             raise StoreError(str(exc)) from exc
-    return TrackQuery(label, layers=raw, segments=tuple(np.asarray(v, dtype=np.float32) for v in segments) or None,
+    return TrackQuery(label, layers=raw, segments=tuple(_as_stored(v) for v in segments) or None,
                       content_hash=content_hash, artist=artist, fused=fused)
