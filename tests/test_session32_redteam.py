@@ -173,3 +173,38 @@ def test_an_outside_copy_of_a_track_matches_it_window_by_window(tmp_path: Path) 
                               [x[0].astype(np.float32) for x in windows])
         best = similar_tracks(store, run, copy, 1, norm="power", match="segments", ranking="plain")[0]
     assert best.track.id == 1 and best.score > 0.9999, (best.track.id, best.score)
+
+
+def test_mpd_radio_seeds_from_a_song_renamed_since_extraction(rendered_collection: list[Path],
+                                                              tmp_path: Path) -> None:
+    """MPD played a file renamed after `mess extract` (same audio, new name): `mess mpd radio --music-dir` said it
+    "is not in the collection of this store; run `mess extract`", while `mess playlist radio FILE` (and `mess
+    similar FILE`) of that very file knew it by its content. It seeds the radio now, as the catalogued track."""
+    import shutil
+
+    from test_mpd import Library, _mpd
+
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.registry import load_model
+    from mess.playlists.radio import radio
+    from mess.search.query import collection_query
+
+    root = tmp_path.resolve()
+    music, home = root / "music", root / "mpd"
+    music.mkdir()
+    home.mkdir()
+    for path in rendered_collection[0:16:4]:  # one piece per composer
+        shutil.copy(path, music)
+    with closing(FeatureStore(root / "store")) as store:
+        assert not extract(store, sorted(music.iterdir()), load_model("dsp"), WindowPolicy()).failed
+        run = store.run("dsp")
+        seed = store.track(str(music / rendered_collection[0].name))
+        expected = [Path(t.path).name for t in radio(store, run, [collection_query(store, seed.id)], 2).tracks]
+    (music / rendered_collection[0].name).rename(music / "renamed.flac")
+    with _mpd(music, home) as port:
+        library = Library(port, root, [p.name for p in music.iterdir()], "renamed.flac")
+        library.set_queue(["renamed.flac"])
+        out = library.radio("-n", "2", "--music-dir", str(music))
+        assert out.exit_code == 0, out.output
+        assert library.queue() == ["renamed.flac", *expected], out.output

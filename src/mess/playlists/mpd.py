@@ -173,7 +173,7 @@ def collection_path(music_dir: Path | None, uri: str, paths: Container[str]) -> 
     return path if path in paths else str(resolved(path))
 
 
-def _music_folder(tracks: Sequence[Track], queue: Sequence[dict], seed: Track, uri: str) -> Path | None:
+def _music_folder(tracks: Sequence[Track], queue: Sequence[dict], seed: Track | None, uri: str) -> Path | None:
     """MPD's music folder as the collection names it: the seed's path less its URI ``uri``; for a song MPD plays by
     its absolute path (a local client's file:// song), that of another queued song the collection holds, else None."""
     for song, track in [(uri, seed), *((s.get("file", ""), None) for s in queue)]:
@@ -361,9 +361,11 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     songs queued after the current one (else heard twice) and their copies, in random mode also those before it; with
     ``clear_upcoming`` the songs after it are removed instead, once the radio is queued: by song id, those that were
     after it when the call began, so neither a song other clients queued meanwhile nor the one MPD moved on to goes.
-    A current song whose file changed since extraction seeds as it is now (embedded, with a warning). Tracks whose
-    files are gone from MPD's music folder are left out (MPD stops playing at one), named in the playlist's note;
-    those MPD's database lacks are left out too (returned as skipped): the next closest take their places.
+    A current song whose file changed since extraction seeds as it is now (embedded, with a warning); one renamed or
+    added since (in MPD's music folder, given or found from the queue) seeds by its file, known by its content.
+    Tracks whose files are gone from MPD's music folder are left out (MPD stops playing at one), named in the
+    playlist's note; those MPD's database lacks are left out too (returned as skipped): the next closest take their
+    places.
     """
     status, queue = _snapshot(client)
     song = queue[int(status["song"])] if "song" in status else {}
@@ -378,19 +380,24 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     if seed is None and music_dir is not None and any(t.path.endswith(f"/{song['file']}") for t in tracks):
         raise PlayerError(f"MPD's current song {song['file']} is not {music_dir / song['file']} but the store holds "
                           f"a file of that name elsewhere: is --music-dir {music_dir} MPD's music folder?")
-    if seed is None:
-        hint = "" if music_dir is not None else " (or, where symbolic links lead into it, pass it as --music-dir)"
-        raise PlayerError(f"MPD's current song {song['file']} is not in the collection of this store; "
-                          f"run `mess extract` on MPD's music folder{hint}")
+    given = music_dir is not None
     if music_dir is None:
         music_dir = _music_folder(tracks, queue, seed, song["file"])
+    if seed is not None:
+        seed_path = Path(seed.path)
+    elif music_dir is not None and (music_dir / song["file"]).is_file():  # renamed (or added) since extraction:
+        seed_path = music_dir / song["file"]  # it seeds as `mess playlist radio FILE` does, known by its content
+    else:
+        hint = "" if given else " (or, where symbolic links lead into it, pass it as --music-dir)"
+        raise PlayerError(f"MPD's current song {song['file']} is not in the collection of this store; "
+                          f"run `mess extract` on MPD's music folder{hint}")
     by_path = {t.path: t.id for t in tracks}
     at = int(song["pos"])
     after = queue[at + 1:]
     upcoming = (queue[:at] if status.get("random") == "1" else []) + ([] if clear_upcoming else after)
     queued = frozenset(by_path[p] for s in upcoming if (p := collection_path(music_dir, s.get("file", ""), by_path))
                        in by_path)
-    seeds = [resolve_query(store, Path(seed.path), run)]
+    seeds = [resolve_query(store, seed_path, run)]
     gone: list[Track] = []
     lacked: list[Track] = []  # in the collection, not in MPD's database (a folder MPD does not hold)
     rounds = 0  # the radios asked of MPD; those that only left out deleted files are not counted
