@@ -350,7 +350,8 @@ def test_a_dash_output_is_stdout_for_one_playlist_and_refused_for_clusters(tone_
         assert done.returncode == 1 and done.stdout == "", done.stdout
         assert " ".join(done.stderr.split()) == (
             f"error: clusters are one playlist file each, written into a folder: -o {target} cannot take them; give "
-            "a folder, or write one playlist to stdout with `mess playlist radio` or `path` and -o -"), done.stderr
+            "a folder, or write one playlist to stdout with `mess playlist radio` or `path` and -o - --format m3u8"), \
+            done.stderr
     exported = subprocess.run([*MESS, "export", "-", "--format", "npz", "--store", str(tone_store)],
                               capture_output=True, cwd=tmp_path, timeout=300)
     assert exported.returncode == 0, exported.stderr

@@ -208,3 +208,10 @@ def test_mpd_radio_seeds_from_a_song_renamed_since_extraction(rendered_collectio
         out = library.radio("-n", "2", "--music-dir", str(music))
         assert out.exit_code == 0, out.output
         assert library.queue() == ["renamed.flac", *expected], out.output
+
+
+def test_the_stdout_hint_of_clusters_is_a_command_that_works(tmp_path: Path) -> None:
+    """`mess playlist clusters -o -` sent the user to "`mess playlist radio` or `path` and -o -", which fails
+    ("unknown playlist extension '(none)' of /dev/stdout ... give the format"); the hint gives the format."""
+    out = mess_here("playlist", "clusters", "-o", "-", "--store", str(tmp_path / "store"))
+    assert out.returncode == 1 and "-o - --format m3u8" in out.stderr, out.stderr

@@ -133,7 +133,7 @@ def clusters_command(
     """The collection cut into K playlists of similar tracks, each named from its tags."""
     if output is not None and (str(output) == "-" or is_stdout(output)):
         fail(f"clusters are one playlist file each, written into a folder: -o {output} cannot take them; give a "
-             "folder, or write one playlist to stdout with `mess playlist radio` or `path` and -o -")
+             "folder, or write one playlist to stdout with `mess playlist radio` or `path` and -o - --format m3u8")
     _outside_store(output, store)
     from mess.playlists.clusters import clusters
     from mess.playlists.formats import write_cluster_folder
