@@ -467,3 +467,41 @@ def test_a_file_named_twice_to_extract_is_embedded_once_and_counted_once(tmp_pat
         assert len(store.tracks(store.run("dsp"))) == 1
     finally:
         store.close()
+
+
+def test_evaluate_counts_a_file_and_its_byte_copies_once(extracted_store: Path, rendered_collection: list[Path],
+                                                          tmp_path: Path) -> None:
+    """A copy of a labelled file (another folder, a hard link: one content hash, the same tags) ranked first at
+    cosine 1 for its twin's query and scored as a correct hit, raising P@k and mAP by the copies a collection holds."""
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.registry import load_model
+    from mess.search.evaluate import evaluate
+    from mess.store import FeatureStore
+
+    root = tmp_path / "store"
+    shutil.copytree(extracted_store, root)
+    copies = []
+    for n, src in enumerate(rendered_collection[:3]):
+        copies.append(tmp_path / "copies" / f"copy{n}" / src.name)
+        copies[-1].parent.mkdir(parents=True)
+        shutil.copy2(src, copies[-1])
+    # raw cosines ranked plainly: a normalisation's statistics and the augmented ranking's neighbours are the
+    # collection's, which holds the copies (as `mess similar` ranks with them)
+    plain: dict = {"norm": "none", "ranking": "plain", "expand": 0}
+    alone = FeatureStore(extracted_store, readonly=True)
+    try:
+        want = evaluate(alone, alone.run("dsp"), "composer", k=5, **plain)
+    finally:
+        alone.close()
+    store = FeatureStore(root)
+    try:
+        got_extract = extract(store, copies, load_model("dsp"), WindowPolicy(), workers=1)
+        assert got_extract.skipped == 3 and got_extract.done == 0  # catalogued, sharing the vectors already embedded
+        got = evaluate(store, store.run("dsp"), "composer", k=5, **plain)
+    finally:
+        store.close()
+    assert (got.n_tracks, got.n_queries) == (want.n_tracks, want.n_queries)
+    for g, w in zip(got.sets, want.sets, strict=True):
+        assert g.name == w.name and g.scores == w.scores
+    assert "3 byte-identical copies of labelled tracks left out" in " ".join(got.notes)

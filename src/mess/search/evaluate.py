@@ -287,6 +287,9 @@ def evaluate(
         keep = _content_rows(vs.ids, by_label, content)
         if ids is None:
             ids = vs.ids[keep]
+            if copies := sum(int(i) in by_label for i in vs.ids) - len(keep):
+                notes.append(f"{copies} byte-identical {'copy' if copies == 1 else 'copies'} of labelled tracks "
+                             "left out (each recording counted once)")
             labels_arr, queries = _setup(np.array([by_label[int(i)] for i in ids]), seed)
         elif not np.array_equal(vs.ids[keep], ids):  # only derived (fused) vectors can miss tracks the layers have
             unfused = len(ids) - len(keep)  # rows over other tracks would not be comparable: left out
@@ -348,9 +351,11 @@ def _learned(fused_meta: dict | None, field: str, by_label: dict[int, str], trac
 def _content_rows(set_ids: np.ndarray, by_label: dict[int, str], content: dict[int, tuple[str, str]]) -> np.ndarray:
     """Rows of a vector set's labelled tracks, in content order (hash, then path): the store numbers tracks in the
     order they are committed, which parallel decoders vary between extractions of one collection, and the query
-    sample, the chance rankings and ties go by row."""
-    rows = [r for r, i in enumerate(set_ids.tolist()) if i in by_label]
-    return np.array(sorted(rows, key=lambda r: content[int(set_ids[r])]), dtype=np.int64)
+    sample, the chance rankings and ties go by row. Of byte-identical copies (one content hash) only the first
+    counts: a copy ranked first at cosine 1 was a correct hit its query got for free."""
+    rows = sorted((r for r, i in enumerate(set_ids.tolist()) if i in by_label), key=lambda r: content[int(set_ids[r])])
+    hashes = [content[int(set_ids[r])][0] for r in rows]
+    return np.array([r for n, r in enumerate(rows) if n == 0 or hashes[n] != hashes[n - 1]], dtype=np.int64)
 
 
 def _setup(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
