@@ -97,6 +97,17 @@ def test_a_sonic_path_goes_through_the_renamed_copy_on_disk(tmp_path: Path) -> N
     assert [p.name for p in paths] == ["a.wav", "new name.wav", "b.wav"], paths
 
 
+def test_clusters_list_the_renamed_copy_on_disk_not_the_vanished_name(tmp_path: Path) -> None:
+    """As the radio: `mess playlist clusters` listed a renamed file under both names, the old one gone from disk (a
+    player stops there); the copy on disk stands for it now, and every other track is still in one cluster."""
+    from mess.playlists.clusters import clusters
+
+    with closing(_renamed(tmp_path)) as store:
+        playlists = clusters(store, store.runs()[0], k=2, norm="none")
+    paths = [Path(t.path) for p in playlists for t in p.tracks]
+    assert sorted(p.name for p in paths) == ["a.wav", "b.wav", "new name.wav", "seed.wav"], paths
+
+
 def test_extract_of_a_dangling_link_says_it_is_a_link(tmp_path: Path) -> None:
     """`mess extract song.ogg` of a link whose target is gone said "no such file or folder: song.ogg", while `ls`
     lists song.ogg (and the folder walk says "a link to a missing file"); it names the link and its target now."""

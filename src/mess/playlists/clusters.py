@@ -9,7 +9,7 @@ from sklearn.cluster import KMeans
 
 from mess.audio.names import label_key
 from mess.constants import DEFAULT_NORM
-from mess.playlists.playlist import Playlist, PlaylistError
+from mess.playlists.playlist import Playlist, PlaylistError, vanished_copies
 from mess.search.vectors import Norm, VectorSpec, load_vectors, track_by_id
 from mess.store import FeatureStore, Run, Track
 
@@ -24,7 +24,8 @@ def default_k(n_tracks: int) -> int:
 
 def clusters(store: FeatureStore, run: Run, k: int | None = None, *, aspect: str | None = None,
              norm: Norm = DEFAULT_NORM, seed: int = 0) -> list[Playlist]:
-    """K playlists covering every track once, largest first; each ordered from its centre outwards.
+    """K playlists covering every track once (a renamed file once, by its name on disk), largest first; each ordered
+    from its centre outwards.
 
     Scores are cosines to the cluster centre. Names come from the most common genre, then artists
     (artist, else composer tag), e.g. "Baroque: Bach & Haydn"; clusters without tags are "cluster N".
@@ -38,8 +39,11 @@ def clusters(store: FeatureStore, run: Run, k: int | None = None, *, aspect: str
         copies = f" ({len(vs.ids)} tracks, some copies of others)" if distinct < len(vs.ids) else ""
         raise PlaylistError(f"-k must be between 1 and the number of distinct tracks ({distinct}){copies}")
     # rows in content order (hash, then path), not in the ids the store gave in commit order: k-means' seeded
-    # starts pick rows by position, so one collection extracted twice was cut otherwise
-    content = sorted(range(len(vs.ids)), key=lambda r: (vs.hashes[r], by_id[int(vs.ids[r])].path))
+    # starts pick rows by position, so one collection extracted twice was cut otherwise; a renamed file's vanished
+    # name is left out where its copy on disk stands for it
+    gone = vanished_copies(range(len(vs.ids)), vs.ids, by_id)
+    content = sorted((r for r in range(len(vs.ids)) if r not in gone),
+                     key=lambda r: (vs.hashes[r], by_id[int(vs.ids[r])].path))
     ids, unit = vs.ids[content], unit[content]
     km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(unit)
     out: list[Playlist] = []
