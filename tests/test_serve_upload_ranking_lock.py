@@ -81,7 +81,7 @@ def test_a_reranked_upload_does_not_hold_the_lock_while_it_reranks(tmp_path: Pat
     assert len(calls) == 1  # computed once, outside the lock: the answer under it read that row
     vs = load_vectors(store, run, VectorSpec.from_options(None, None, False, "auto"))
     unit = vs.unit()
-    q = vs.prep.apply(query[None])
+    q = vs.prep.apply(query.astype(np.float16).astype(np.float32)[None])  # an upload's layers as the store keeps them
     # a fresh re-ranker (nothing the server computed), its near-copy rule applied as `mess similar FILE` does
     scores = copy_first(build_reranker(unit.copy()).outside(q)[0], unit @ q[0], 0.0)
     order = np.argsort(-scores, kind="stable")[:8]
