@@ -84,8 +84,9 @@ def train_and_save(store: FeatureStore, run: Run, config: FusionConfig, path: Pa
             path = free_checkpoint(path.with_name(wanted.name), store)
             if path not in tried:
                 continue
-            failed.setdefault(os.path.abspath(path.parent), exc)  # a folder that refuses every name (STORE/fusion
-        except OSError as exc:  # a link to nothing); a full disk, a folder that cannot be written: saved elsewhere
+            # a folder that refuses every name (STORE/fusion a link to nothing): saved elsewhere, as below
+            failed.setdefault(os.path.abspath(path.parent), exc)
+        except OSError as exc:  # a full disk, a folder that cannot be written: saved elsewhere, not lost
             why = why or exc.strerror or str(exc)
             failed.setdefault(os.path.abspath(path.parent), exc)
         places = [store.root / "fusion", Path(tempfile.gettempdir()) / "mess-fusion"]

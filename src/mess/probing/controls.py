@@ -35,7 +35,7 @@ def shuffled_rows(y: np.ndarray, seed: int = 0, keys: Sequence[str] | None = Non
     """The target matrix with its rows permuted (targets stay jointly consistent per row).
 
     ``keys`` (one per row, e.g. content hashes) fix the permutation to the rows' content, not their order: the
-    store numbers tracks as they are committed, which parallel decoders make vary from one extraction of a
+    store numbers tracks as they are committed, an order parallel decoders vary from one extraction of a
     collection to the next, and a control that pairs other rows scores otherwise on so few tracks.
     """
     order = np.argsort(np.asarray(keys), kind="stable") if keys is not None else np.arange(len(y))
