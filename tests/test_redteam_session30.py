@@ -7,7 +7,7 @@ import unicodedata
 from contextlib import closing
 from pathlib import Path
 
-from test_store import INFO, _vectors
+from test_store import INFO, _vectors, two_model_store
 
 from conftest import mess_here
 from mess.audio.windows import WindowPolicy
@@ -140,21 +140,11 @@ def test_check_says_a_file_extracted_with_another_model_only_is_that(tmp_path: P
     """Files extracted with musicnn-msd but never with dsp were reported for dsp as having 'neither vectors nor a
     recorded failure ... vectors a repair dropped, an interrupted or running `mess extract`, or a damaged content
     hash': a user read damage into the most common case, a folder extracted with one model only."""
-    from dataclasses import replace
-
-    other = replace(INFO, name="toy2")
-    (tmp_path / "music").mkdir()
-    with closing(FeatureStore(tmp_path / "store")) as store:
-        runs = [store.ensure_run(run_key(info, WindowPolicy())) for info in (INFO, other)]
-        for i in range(3):
-            (tmp_path / "music" / f"{i}.wav").write_bytes(b"RIFF")
-            store.upsert_track(tmp_path / "music" / f"{i}.wav", f"h{i}", 10, 1.0, {"duration": 3.0},
-                               {"artist": "x", "album": None, "title": None, "genre": None, "composer": None})
-        store.write_vectors(runs[0], [_vectors("h0", 2, 0)])
-        store.write_vectors(runs[1], [_vectors(f"h{i}", 2, i) for i in range(3)])
+    with closing(FeatureStore(two_model_store(tmp_path, 3, 3))) as store:
+        toy = store.run("toy").id
         problems = {p.run_id: p for p in full_check(store)}
-    assert list(problems) == [runs[0].id], problems
-    message = problems[runs[0].id].message
+    assert list(problems) == [toy], problems
+    message = problems[toy].message
     assert "2 files have neither vectors" in message and "extracted with another model only" in message, message
     assert "repair" not in message and "damaged" not in message, message
     assert "`mess extract --model toy` embeds them" in message, message

@@ -189,26 +189,16 @@ def test_check_counts_the_files_extracted_with_another_model_among_those_without
     """Of three files without the first model's vectors, one has the second model's: check says '1 extracted with
     another model only; the others: ...' (not all three as one or the other), and names the three."""
     from contextlib import closing
-    from dataclasses import replace
 
-    from test_store import INFO, _vectors
+    from test_store import two_model_store
 
-    from mess.audio.windows import WindowPolicy
-    from mess.extract.runs import run_key
     from mess.store import FeatureStore
     from mess.store.check import full_check
 
-    (tmp_path / "music").mkdir()
-    with closing(FeatureStore(tmp_path / "store")) as store:
-        runs = [store.ensure_run(run_key(info, WindowPolicy())) for info in (INFO, replace(INFO, name="toy2"))]
-        for i in range(4):
-            (tmp_path / "music" / f"{i}.wav").write_bytes(b"RIFF")
-            store.upsert_track(tmp_path / "music" / f"{i}.wav", f"h{i}", 10, 1.0, {"duration": 3.0},
-                               {"artist": "x", "album": None, "title": None, "genre": None, "composer": None})
-        store.write_vectors(runs[0], [_vectors("h0", 2, 0)])  # toy: 0.wav; toy2: 0.wav and 1.wav
-        store.write_vectors(runs[1], [_vectors(f"h{i}", 2, i) for i in range(2)])
+    with closing(FeatureStore(two_model_store(tmp_path, 4, 2))) as store:  # toy: 0.wav; toy2: 0.wav and 1.wav
+        toy = store.run("toy").id
         problems = {p.run_id: p.message for p in full_check(store) if p.kind == "not-embedded"}
-    message = problems[runs[0].id]
+    message = problems[toy]
     named = ", ".join(str(tmp_path / "music" / f"{i}.wav") for i in (1, 2, 3))
     assert (f"3 files have neither vectors nor a recorded failure, so no answer includes them ({named}): 1 extracted "
             "with another model only; the others: vectors a repair dropped") in message, message

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from test_store import INFO, _vectors
+from test_store import INFO, _vectors, two_model_store
 
 from conftest import mess_here
 from mess.audio.windows import WindowPolicy
@@ -16,25 +16,11 @@ from mess.store import FeatureStore
 from mess.store.check import check_and_repair
 
 
-def _two_models(root: Path) -> Path:
-    """A store of 3 files on disk: all embedded with ``toy2``, one with ``toy`` (a folder extracted with toy2 only)."""
-    (root / "music").mkdir()
-    with closing(FeatureStore(root / "store")) as store:
-        runs = [store.ensure_run(run_key(info, WindowPolicy())) for info in (INFO, replace(INFO, name="toy2"))]
-        for i in range(3):
-            (root / "music" / f"{i}.wav").write_bytes(b"RIFF")
-            store.upsert_track(root / "music" / f"{i}.wav", f"h{i}", 10, 1.0, {"duration": 3.0},
-                               {"artist": "x", "album": None, "title": None, "genre": None, "composer": None})
-        store.write_vectors(runs[0], [_vectors("h0", 2, 0)])
-        store.write_vectors(runs[1], [_vectors(f"h{i}", 2, i) for i in range(3)])
-    return root / "store"
-
-
 def test_check_verdict_names_the_model_whose_files_wait(tmp_path: Path) -> None:
     """A folder extracted with musicnn but not dsp: `mess check`'s last line said "`mess extract` embeds them", but
     `mess extract` embeds the default model (musicnn), which has them all: the user ran it, got "0 embedded", and
     the check said the same again. The verdict now names the model whose run lacks them."""
-    out = mess_here("check", "--store", str(_two_models(tmp_path)))
+    out = mess_here("check", "--store", str(two_model_store(tmp_path, 3, 3)))
     assert out.returncode == 0, out.stderr
     verdict = out.stdout.strip().splitlines()[-1]
     assert verdict.endswith("answers leave out the files named above: `mess extract --model toy` embeds them"), verdict
@@ -126,7 +112,7 @@ def test_similar_of_a_dangling_link_says_it_is_a_link(tmp_path: Path) -> None:
     from mess.query.embed import resolve_query
     from mess.store import StoreError
 
-    store_path = _two_models(tmp_path)
+    store_path = two_model_store(tmp_path, 3, 3)
     link = tmp_path / "music" / "song.ogg"
     link.symlink_to(tmp_path / "moved away.ogg")
     with closing(FeatureStore(store_path, readonly=True)) as store, pytest.raises(StoreError) as said:

@@ -24,6 +24,24 @@ def _vectors(content_hash: str, n_segments: int, seed: int) -> TrackVectors:
     return TrackVectors(content_hash, [s.mean(axis=0) for s in segments], segments, list(range(n_segments)))
 
 
+def two_model_store(root: Path, files: int, in_toy2: int) -> Path:
+    """``root/store`` cataloguing ``root/music/0.wav`` .. ``files - 1`` (all on disk): model ``toy`` holds 0.wav's
+    vectors, model ``toy2`` those of the first ``in_toy2`` files (a folder extracted with one model, not the other)."""
+    from contextlib import closing
+    from dataclasses import replace
+
+    (root / "music").mkdir()
+    with closing(FeatureStore(root / "store")) as store:
+        runs = [store.ensure_run(run_key(info, WindowPolicy())) for info in (INFO, replace(INFO, name="toy2"))]
+        for i in range(files):
+            (root / "music" / f"{i}.wav").write_bytes(b"RIFF")
+            store.upsert_track(root / "music" / f"{i}.wav", f"h{i}", 10, 1.0, {"duration": 3.0},
+                               {"artist": "x", "album": None, "title": None, "genre": None, "composer": None})
+        store.write_vectors(runs[0], [_vectors("h0", 2, 0)])
+        store.write_vectors(runs[1], [_vectors(f"h{i}", 2, i) for i in range(in_toy2)])
+    return root / "store"
+
+
 def _add_track(store: FeatureStore, i: int, artist: str = "x") -> int:
     return store.upsert_track(
         Path(f"/music/{i}.wav"),
