@@ -420,19 +420,10 @@ def test_mpd_radio_seeds_from_the_current_song_as_it_is_now_when_changed_since_e
         rendered_collection: list[Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A current song replaced since extraction (Bach's piece now holds Palestrina's) seeded the radio with the
     vectors of what it held before, without a word: `mess similar PATH` and `mess playlist radio FILE` embed it."""
-    from mess.audio.windows import WindowPolicy
-    from mess.extract.pipeline import extract
-    from mess.models.registry import load_model
     from mess.query import embed_query
 
     root = tmp_path.resolve()
-    music, home = root / "music", root / "mpd"
-    music.mkdir()
-    home.mkdir()
-    for path in rendered_collection[0:16:2]:  # two pieces per composer
-        shutil.copy(path, music)
-    with closing(FeatureStore(root / "store")) as store:
-        assert not extract(store, sorted(music.iterdir()), load_model("dsp"), WindowPolicy()).failed
+    music, home, _ = _dsp_collection(root, rendered_collection[0:16:2])  # two pieces per composer
     song = rendered_collection[0].name
     shutil.copy(rendered_collection[13], music / song)  # another piece, not in the collection
     with _mpd(music, home) as port, closing(FeatureStore(root / "store", readonly=True)) as store:

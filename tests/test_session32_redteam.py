@@ -177,24 +177,14 @@ def test_mpd_radio_seeds_from_a_song_renamed_since_extraction(rendered_collectio
     """MPD played a file renamed after `mess extract` (same audio, new name): `mess mpd radio --music-dir` said it
     "is not in the collection of this store; run `mess extract`", while `mess playlist radio FILE` (and `mess
     similar FILE`) of that very file knew it by its content. It seeds the radio now, as the catalogued track."""
-    import shutil
+    from test_mpd import Library, _dsp_collection, _mpd
 
-    from test_mpd import Library, _mpd
-
-    from mess.audio.windows import WindowPolicy
-    from mess.extract.pipeline import extract
-    from mess.models.registry import load_model
     from mess.playlists.radio import radio
     from mess.search.query import collection_query
 
     root = tmp_path.resolve()
-    music, home = root / "music", root / "mpd"
-    music.mkdir()
-    home.mkdir()
-    for path in rendered_collection[0:16:4]:  # one piece per composer
-        shutil.copy(path, music)
-    with closing(FeatureStore(root / "store")) as store:
-        assert not extract(store, sorted(music.iterdir()), load_model("dsp"), WindowPolicy()).failed
+    music, home, _ = _dsp_collection(root, rendered_collection[0:16:4])  # one piece per composer
+    with closing(FeatureStore(root / "store", readonly=True)) as store:
         run = store.run("dsp")
         seed = store.track(str(music / rendered_collection[0].name))
         expected = [Path(t.path).name for t in radio(store, run, [collection_query(store, seed.id)], 2).tracks]
