@@ -121,20 +121,6 @@ def test_shuffled_targets_keep_each_row_whole_and_are_the_same_for_one_seed() ->
     assert np.array_equal(shuffled_rows(y), shuffled_rows(y, 0))  # 'seed 0', as the report's note says
 
 
-def test_shuffled_targets_pair_the_same_contents_whatever_order_the_store_numbered_them_in() -> None:
-    """Parallel decoders commit tracks in a varying order, so track ids (the row order) differ between two
-    extractions of one collection; keyed by content hash, the control pairs the same vectors and targets."""
-    rng = np.random.default_rng(7)
-    y = rng.normal(size=(12, 3))
-    keys = [f"hash{i:02d}" for i in range(12)]
-    base = shuffled_rows(y, 0, keys)
-    for _ in range(5):
-        order = rng.permutation(12)  # the same tracks numbered otherwise
-        again = shuffled_rows(y[order], 0, [keys[i] for i in order])
-        assert np.array_equal(again, base[order])
-    assert not np.array_equal(shuffled_rows(y[::-1], 0), shuffled_rows(y, 0)[::-1])  # unkeyed: order decides
-
-
 def test_the_random_init_control_refuses_what_it_cannot_rebuild(store: FeatureStore, tmp_path: Path) -> None:
     twin = _run(store, name="synthetic-random-init")
     with pytest.raises(ControlError, match=r"^synthetic-random-init is already a random-init control$"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,17 +31,10 @@ class ControlError(Exception):
     """A control that cannot be run for this model; the message says why."""
 
 
-def shuffled_rows(y: np.ndarray, seed: int = 0, keys: Sequence[str] | None = None) -> np.ndarray:
-    """The target matrix with its rows permuted (targets stay jointly consistent per row).
-
-    ``keys`` (one per row, e.g. content hashes) fix the permutation to the rows' content, not their order: the
-    store numbers tracks as they are committed, an order parallel decoders vary from one extraction of a
-    collection to the next, and a control that pairs other rows scores otherwise on so few tracks.
-    """
-    order = np.argsort(np.asarray(keys), kind="stable") if keys is not None else np.arange(len(y))
-    shuffled = np.empty_like(y)
-    shuffled[order] = y[order[np.random.default_rng(seed).permutation(len(y))]]
-    return shuffled
+def shuffled_rows(y: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The target matrix with its rows permuted (targets stay jointly consistent per row). The permutation goes by
+    row: callers hand rows in content order (:func:`mess.probing.study.probe_run`), not in track ids."""
+    return y[np.random.default_rng(seed).permutation(len(y))]
 
 
 def randomized(model: EmbeddingModel, seed: int = 0) -> EmbeddingModel:

@@ -111,13 +111,13 @@ def _probe(store: FeatureStore, run: Run, layers: list[str], targets: TrackTarge
     content hash its targets are of); ProbeError when a track is removed or extracted again meanwhile."""
     by_id = {t.id: t for t in store.tracks(run)}
     # rows in content order (hash, then path), not in the ids the store numbered in commit order: the folds' seeded
-    # shuffle and the MLP probe's batches go by row
+    # shuffle, the shuffled control's permutation and the MLP probe's batches go by row
     ids = np.array(sorted(np.intersect1d(targets.track_ids, np.fromiter(by_id, dtype=np.int64)).tolist(),
                           key=lambda i: (by_id[i].content_hash, by_id[i].path)), dtype=np.int64)
     y = targets.values[np.searchsorted(targets.track_ids, ids)]
     chosen = [by_id[int(i)] for i in ids]
     if shuffle:
-        y = shuffled_rows(y, options.seed, keys=[t.content_hash for t in chosen])
+        y = shuffled_rows(y, options.seed)
     meta = [("album", [label_key("album", t.album) for t in chosen]), ("artist", [_artist(t) for t in chosen])]
     folds = make_folds(len(ids), meta, options.folds, options.seed, same=[t.content_hash for t in chosen])
 
