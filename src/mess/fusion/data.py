@@ -61,7 +61,7 @@ def load_layers(store: FeatureStore, run: Run) -> LayerData:
             ids, x = mats[0][0], np.hstack([m for _, m in mats])
     if len(ids) == 0:
         raise FusionError(f"no track vectors for {run.model}; run `mess extract` first")
-    order = sorted(range(len(ids)), key=lambda r: (tracks[int(ids[r])].content_hash, tracks[int(ids[r])].path))
+    order = sorted(range(len(ids)), key=lambda r: tracks[int(ids[r])].content_key)
     return LayerData(run, [tracks[int(ids[r])] for r in order], np.ascontiguousarray(x[order], dtype=np.float32))
 
 

@@ -59,7 +59,7 @@ def load_head_data(store: FeatureStore, run: Run, labels: dict[int, str]) -> Hea
     keep = np.array([int(i) in labels for i in ids], dtype=bool)
     if len(set(labels[int(i)] for i in ids[keep])) < 2:
         raise FusionError(f"need labelled tracks of at least 2 labels in {run.model}; found {int(keep.sum())} tracks")
-    rows = sorted(np.flatnonzero(keep).tolist(), key=lambda r: (by_id[int(ids[r])], tracks[int(ids[r])].path))
+    rows = sorted(np.flatnonzero(keep).tolist(), key=lambda r: tracks[int(ids[r])].content_key)
     x = np.hstack([m for _, m in mats])[rows]
     ids = ids[rows]
     row_of = {int(t): r for r, t in enumerate(ids)}

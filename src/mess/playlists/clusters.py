@@ -43,7 +43,7 @@ def clusters(store: FeatureStore, run: Run, k: int | None = None, *, aspect: str
     # name is left out where its copy on disk stands for it
     gone = vanished_copies(range(len(vs.ids)), vs.ids, by_id)
     content = sorted((r for r in range(len(vs.ids)) if r not in gone),
-                     key=lambda r: (vs.hashes[r], by_id[int(vs.ids[r])].path))
+                     key=lambda r: by_id[int(vs.ids[r])].content_key)
     ids, unit = vs.ids[content], unit[content]
     km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(unit)
     out: list[Playlist] = []

@@ -113,7 +113,7 @@ def _probe(store: FeatureStore, run: Run, layers: list[str], targets: TrackTarge
     # rows in content order (hash, then path), not in the ids the store numbered in commit order: the folds' seeded
     # shuffle, the shuffled control's permutation and the MLP probe's batches go by row
     ids = np.array(sorted(np.intersect1d(targets.track_ids, np.fromiter(by_id, dtype=np.int64)).tolist(),
-                          key=lambda i: (by_id[i].content_hash, by_id[i].path)), dtype=np.int64)
+                          key=lambda i: by_id[i].content_key), dtype=np.int64)
     y = targets.values[np.searchsorted(targets.track_ids, ids)]
     chosen = [by_id[int(i)] for i in ids]
     if shuffle:

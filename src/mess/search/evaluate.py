@@ -265,7 +265,7 @@ def evaluate(
         kind = ", a str: a track's id is an int" if isinstance(first, str) else ""
         raise LabelError(f"none of the {len(by_label)} labelled ids is a track of this store with {run.model} vectors "
                          f"(e.g. {first!r}{kind}); label tracks by their ids, as store.tracks() gives them")
-    content = {t.id: (t.content_hash, t.path) for t in tracks}
+    content = {t.id: t.content_key for t in tracks}
     specs = [VectorSpec.from_options(layer=name, norm=norm) for name in run.layer_names]
     specs.append(VectorSpec.from_options(norm=norm))
     fused_meta = store.derived_meta(run, FUSED)

@@ -92,6 +92,13 @@ class Track:
         title = self.title or printable(file_title(self.path))  # 'b' for 'b.flac.', as extraction reads names
         return f"{self.artist} - {title}" if self.artist else title
 
+    @property
+    def content_key(self) -> tuple[str, str]:
+        """(content hash, path): the order of a collection's tracks whatever ids the store gave them. It numbers
+        tracks as they are committed, an order parallel decoders vary from one extraction to the next, so a seeded
+        step that picks rows by position (a sample, a permutation, k-means starts, batches) sorts by this first."""
+        return self.content_hash, self.path
+
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Track:
         """A track from a catalog row holding the columns of ``_TRACK_COLS``."""
