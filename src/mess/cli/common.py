@@ -65,14 +65,23 @@ def os_reason(exc: OSError, named: object = None) -> str:
     return f"{' -> '.join(names)}: {reason}" if names else reason
 
 
-def not_embedded_note(count: int, model: str) -> None:
-    """Say that ``count`` catalogued files have no ``model`` vectors and were left out of the answer (if any): files
-    still on disk are embedded by an extract, deleted ones forgotten by its --prune (`mess check` tells them apart)."""
-    if count:
-        console.print(f"[yellow]{counted(count, 'file has', 'files have')} no {plain(model)} vectors and "
-                      f"{'was' if count == 1 else 'were'} left out; `mess check` names them; "
-                      f"`mess extract --model {plain(model)}` embeds those on disk, `mess extract FOLDER --prune` "
-                      "forgets deleted ones[/]")
+def not_embedded_note(count: int, model: str, store: Path) -> None:
+    """Say that ``count`` catalogued files have no ``model`` vectors and were left out of the answer (if any): while
+    a writer holds the ``store``'s lock (an extract embedding them), that the answer covers what it has committed so
+    far; else that files still on disk are embedded by an extract, deleted ones forgotten by its --prune (`mess
+    check` tells them apart)."""
+    from mess.store.lock import StoreLock
+
+    if not count:
+        return
+    left_out = (f"{counted(count, 'file has', 'files have')} no {plain(model)} vectors and "
+                f"{'was' if count == 1 else 'were'} left out")
+    if writer := StoreLock(store).writer():
+        console.print(f"[yellow]{left_out}: a writer is running on this store ({plain(writer)}), and this answer "
+                      "covers what it has committed so far; ask again when it is done[/]")
+    else:
+        console.print(f"[yellow]{left_out}; `mess check` names them; `mess extract --model {plain(model)}` embeds "
+                      "those on disk, `mess extract FOLDER --prune` forgets deleted ones[/]")
 
 
 def warn(text: str) -> None:

@@ -70,7 +70,7 @@ def export_command(
                   f"{plain(run.model)}{which} -> {plain(str(summary.path))}")
     if len(runs) > 1:
         _which_run_note(run, runs, in_use)
-    not_embedded_note(summary.files_not_embedded, run.model)
+    not_embedded_note(summary.files_not_embedded, run.model, store)
     if summary.tracks_not_fused:
         n = summary.tracks_not_fused
         console.print(f"[yellow]{counted(n, 'track has', 'tracks have')} no fused vector (extracted since `mess fuse "

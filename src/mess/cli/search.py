@@ -211,10 +211,10 @@ def similar_command(
     if as_json:
         emit_json({**answer, "encoded_threshold": ENCODED_R2, "results": [n.to_dict() for n in results]})
         return
-    _print_similar(answer, results)
+    _print_similar(answer, results, store)
 
 
-def _print_similar(answer: dict, results: list[Neighbour]) -> None:
+def _print_similar(answer: dict, results: list[Neighbour], store: Path) -> None:
     """The neighbours as a table with their reasons, then which aspects were too weak to be evidence."""
     from mess.search.query import ENCODED_R2
 
@@ -253,7 +253,7 @@ def _print_similar(answer: dict, results: list[Neighbour]) -> None:
         from mess.store.fused import left_out_note
 
         console.print(f"[yellow]{plain(left_out_note(answer['tracks_without_fused_vectors']))}[/]")
-    not_embedded_note(answer["files_not_embedded"], model)
+    not_embedded_note(answer["files_not_embedded"], model, store)
 
 
 def evaluate_command(

@@ -24,6 +24,7 @@ from mess.store.paths import replace_file
 
 _POLL_SECONDS = 0.5
 _GLANCE_SECONDS = 1.0  # a writer waits this long for a store being opened (its WAL read) before it says busy/waits
+_READER_GLANCE_SECONDS = 0.2  # what a reader asking whether a writer runs waits for one opening the store
 
 
 class StoreBusy(Exception):
@@ -77,6 +78,20 @@ class StoreLock:
             return f"pid {info['pid']}, {info['command']}, for {time.time() - info['since']:.0f} s"
         except (OSError, ValueError, KeyError, TypeError):
             return "another process"
+
+    def writer(self) -> str | None:
+        """Who is writing to the store now, in words (:meth:`holder`), or None when no other process holds the lock:
+        tried, not read from the holder file, which a writer that exited leaves behind. A process opening the store
+        holds the lock for a few ms (:meth:`trying`) and is no writer; this process's own lock is none either."""
+        if self._lock.is_locked or not self.path.is_file() or not os.access(self.path, os.W_OK):
+            return None  # a lock file this process may not open (a read-only store) tells no writer apart
+        try:
+            if self._acquired_within(_READER_GLANCE_SECONDS):
+                self._lock.release()
+                return None
+        except OSError:
+            return None
+        return self.holder()
 
     @contextmanager
     def hold(self, command: str, *, wait: bool = True,

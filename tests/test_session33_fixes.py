@@ -1,0 +1,87 @@
+"""Small defects session 33 found and left (notes/fixes_session33.md): each test failed on the code before its fix.
+Expected answers come from the files, processes and clocks the tests make, or numpy on the definition."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from tones import write_tones
+
+from conftest import mess_here
+
+DSP = ["--model", "dsp", "--window", "4", "--max-windows", "2"]
+
+
+def _tones(folder: Path, n: int, first: int = 0) -> list[Path]:
+    """``n`` 3 s tones at 16 kHz, each at its own pitch."""
+    return write_tones(folder, n, seconds=3.0, sr=16000, first=first,
+                       wave=lambda i, t: 0.3 * np.sin(2 * np.pi * (220 + 40 * i) * t))
+
+
+# A writer of the store in a process of its own, as `mess extract` is while it runs: it takes the store's lock
+# (naming itself as the extract does), catalogues a file it has not embedded yet when one is given, says "held" and
+# keeps the lock until its stdin says "release" (then prints the time it let go) or it is killed.
+_WRITER = """
+import json, sys, time
+from pathlib import Path
+from mess.store import FeatureStore
+a = json.loads(sys.argv[1])
+fs = FeatureStore(Path(a["store"]))
+with fs.writing("mess extract"):
+    if a.get("catalogue"):
+        c = a["catalogue"]
+        fs.upsert_track(Path(c["path"]), c["hash"], c["size"], c["mtime"], {"duration": 3.0, "sample_rate": 16000},
+                        {})
+    print("held", flush=True)
+    sys.stdin.readline()
+    released = time.time()
+print(released, flush=True)
+"""
+
+
+def _writer(store: Path, catalogue: Path | None = None) -> subprocess.Popen[str]:
+    """A process holding ``store``'s write lock (see ``_WRITER``), once it says so."""
+    args: dict[str, object] = {"store": str(store)}
+    if catalogue is not None:
+        st = catalogue.stat()
+        args["catalogue"] = {"path": str(catalogue), "hash": hashlib.sha256(catalogue.read_bytes()).hexdigest(),
+                             "size": st.st_size, "mtime": st.st_mtime}
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, json.dumps(args)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held", proc.stderr and proc.stderr.read()
+    return proc
+
+
+# 1. a read during an extract said "`mess extract --model M` embeds those on disk" to one whose extract was doing it
+
+
+def test_a_read_during_an_extract_says_the_extract_is_running_and_a_stale_holder_file_is_no_writer(
+        tmp_path: Path) -> None:
+    music, store = tmp_path / "music", tmp_path / "store"
+    _tones(music, 3)
+    assert mess_here("extract", str(music), *DSP, "--store", str(store)).returncode == 0
+    (late,) = _tones(tmp_path / "later", 1, first=3)
+    writer = _writer(store, catalogue=late)  # catalogued, not yet embedded: what a running extract leaves
+    try:
+        for command in (["similar", "tone00.wav"], ["export", str(tmp_path / "v.npz")]):
+            during = mess_here(*command, "--store", str(store))
+            said = " ".join(during.stderr.split())
+            assert during.returncode == 0, during.stderr
+            assert "1 file has no dsp vectors and was left out: a writer is running on this store" in said, said
+            assert f"pid {writer.pid}, mess extract, for" in said and "committed so far" in said, said
+            assert "embeds those on disk" not in said, said
+    finally:
+        os.killpg(writer.pid, signal.SIGKILL)
+        writer.wait()
+    assert json.loads((store / "write.lock.json").read_text())["pid"] == writer.pid  # left behind by the killed one
+    after = " ".join(mess_here("similar", "tone00.wav", "--store", str(store)).stderr.split())
+    assert "1 file has no dsp vectors and was left out; `mess check` names them; `mess extract --model dsp` " \
+           "embeds those on disk" in after, after
+    assert "a writer is running" not in after, after
