@@ -6,12 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 from tones import write_tones
 
 from conftest import mess_here
@@ -85,3 +88,45 @@ def test_a_read_during_an_extract_says_the_extract_is_running_and_a_stale_holder
     assert "1 file has no dsp vectors and was left out; `mess check` names them; `mess extract --model dsp` " \
            "embeds those on disk" in after, after
     assert "a writer is running" not in after, after
+
+
+# 2. an extract that waited for the store lock said nothing of the wait
+
+
+def _seen(log: Path, text: str, seconds: float = 60) -> float:
+    """The time ``text`` was first seen in the file ``log`` (polled), failing after ``seconds``."""
+    deadline = time.time() + seconds
+    while text not in log.read_text():
+        assert time.time() < deadline, log.read_text()
+        time.sleep(0.02)
+    return time.time()
+
+
+def test_an_extract_that_waited_for_the_lock_says_how_long_and_its_rate_leaves_the_wait_out(tmp_path: Path) -> None:
+    music, store, log = tmp_path / "music", tmp_path / "store", tmp_path / "extract.log"
+    audio = sum(sf.info(p).duration for p in _tones(music, 2))
+    writer = _writer(store)
+    try:
+        launched = time.time()
+        with log.open("w") as err:
+            extract = subprocess.Popen([sys.executable, "-m", "mess.cli", "extract", str(music), *DSP, "--store",
+                                        str(store)], stdout=subprocess.DEVNULL, stderr=err)
+        seen = _seen(log, "waiting for the store lock")
+        time.sleep(1.5)
+        assert writer.stdin is not None and writer.stdout is not None
+        writer.stdin.write("release\n")
+        writer.stdin.flush()
+        released = float(writer.stdout.readline())
+        assert extract.wait(timeout=120) == 0, log.read_text()
+        ended = time.time()
+    finally:
+        os.killpg(writer.pid, signal.SIGKILL)
+        writer.wait()
+    said = " ".join(log.read_text().split())
+    got = re.search(r"in ([\d.]+) s \(([\d.]+) audio-s/s\) after waiting ([\d.]+) s for another writer", said)
+    assert got, said
+    run, rate, waited = (float(x) for x in got.groups())
+    # it waited from before it said so (its glance at the lock) until the lock was let go, polled every 0.5 s
+    assert released - seen - 0.05 <= waited <= released - launched + 1.0, (waited, released - seen)
+    assert run <= ended - released + 0.05  # the run's time is all after the wait
+    assert abs(rate * run - audio) <= 0.05 * (rate + run) + 0.01, (rate, run, audio)  # the rate is over that time

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -92,17 +94,18 @@ def extract_command(
         console.print(f"[yellow]licence:[/] {plain(embedder.info.name)}: {embedder.info.licence}")
     # Per-file problems are named in the run's summary, not as log lines over the progress bar; quiet() restores
     # the level after, so a caller running the command in-process (CliRunner, a notebook) keeps its warnings.
-    with quiet("mess"), open_store(store, readonly=False) as fs:
+    with quiet("mess"), open_store(store, readonly=False) as fs, ExitStack() as held:
+        waited = _lock(fs, held, "mess extract --engine ray" if engine == "ray" else "mess extract", wait)
         if engine == "ray":
-            summary = _run_ray(fs, paths, model, embedder, policy, batch_size, device, address, precision, wait,
+            summary = _run_ray(fs, paths, model, embedder, policy, batch_size, device, address, precision,
                                [*folders, *linked] if prune else [])
         else:
             try:
                 summary = _run_local(fs, paths, embedder, policy, batch_size, workers,
-                                     [*folders, *linked] if prune else [], wait)
+                                     [*folders, *linked] if prune else [])
             except ExtractInterrupted as stop:
                 _stop_interrupted(stop.summary, len(paths), embedder.info.name, store)
-        _print_summary(summary, embedder.info.name, store)
+        _print_summary(summary, embedder.info.name, store, waited)
         if hidden:
             warn(_hidden_note(hidden))
         _note_missing(missing_files(fs))
@@ -145,6 +148,21 @@ def _hidden_note(hidden: list[Path], shown: int = 3) -> str:
             f"{names}; name such a file or dot-folder itself to extract it")
 
 
+def _lock(fs: FeatureStore, held: ExitStack, command: str, wait: bool) -> float:
+    """Take the store's write lock for the run, held until ``held`` closes (waiting for another writer, saying so,
+    unless not ``wait``); the seconds waited for that writer, 0.0 when there was none. The run's clock and rate start
+    after it."""
+    told: list[str] = []
+
+    def waiting(message: str) -> None:
+        told.append(message)
+        console.print(f"[yellow]{plain(message)}[/]")
+
+    began = time.monotonic()
+    held.enter_context(fs.writing(command, wait=wait, on_wait=waiting))
+    return time.monotonic() - began if told else 0.0
+
+
 def _embedder(model: str, preset: str | None, device: str, engine: str, precision: str) -> EmbeddingModel:
     """The model at the asked precision (on the CPU here when Ray workers do the embedding)."""
     check_device(device)  # also the one Ray workers are given
@@ -163,16 +181,14 @@ def _embedder(model: str, preset: str | None, device: str, engine: str, precisio
 
 
 def _run_ray(fs: FeatureStore, paths: list[Path], model: str, embedder: EmbeddingModel, policy: WindowPolicy,
-             batch_size: int, device: str, address: str | None, precision: str, wait: bool,
+             batch_size: int, device: str, address: str | None, precision: str,
              prune_under: list[Path]) -> ExtractSummary:
-    """Extract on a Ray cluster under the store's write lock (pruning first under ``prune_under``)."""
+    """Extract on a Ray cluster (the store's write lock held; pruning first under ``prune_under``)."""
     from mess.scale.ray_extract import ScaleError, extract_ray
 
     with failing(ScaleError):
-        with fs.writing("mess extract --engine ray", wait=wait):
-            return extract_ray(fs, paths, model, policy, batch_size=batch_size, device=device, address=address,
-                               precision=precision, info=embedder.info,
-                               source=embedder.source(), prune_under=prune_under)
+        return extract_ray(fs, paths, model, policy, batch_size=batch_size, device=device, address=address,
+                           precision=precision, info=embedder.info, source=embedder.source(), prune_under=prune_under)
 
 
 def _run_local(
@@ -183,10 +199,10 @@ def _run_local(
     batch_size: int,
     workers: int,
     prune_under: list[Path],
-    wait: bool,
 ) -> ExtractSummary:
-    """Run the local pipeline under a progress bar counting audio seconds, with an ETA. The total (the seconds the
-    files to embed hold, by their headers) is read by the run's decoders, beside the first files."""
+    """Run the local pipeline (the store's write lock held) under a progress bar counting audio seconds, with an ETA.
+    The total (the seconds the files to embed hold, by their headers) is read by the run's decoders, beside the first
+    files."""
     from mess.extract.pipeline import extract
 
     columns = (
@@ -221,8 +237,6 @@ def _run_local(
             workers=workers,
             prune_under=prune_under,
             on_progress=hook,
-            wait=wait,
-            on_wait=lambda m: bar.console.print(f"[yellow]{plain(m)}[/]"),
             on_total=lambda seconds: bar.update(task, total=seconds, planned=f"{seconds:.0f}"),
         )
         done = bar.tasks[0].completed  # skipped and failed files are done too: the bar ends full
@@ -230,7 +244,9 @@ def _run_local(
         return summary
 
 
-def _print_summary(summary: ExtractSummary, model: str, store: Path) -> None:
+def _print_summary(summary: ExtractSummary, model: str, store: Path, waited: float) -> None:
+    """The run's counts and rate (its time after the lock was taken), the wait for another writer's lock, then its
+    warnings and failures."""
     console.print(
         f"[green]{summary.done} embedded[/], "
         + (f"{summary.copies} {'copy of a file' if summary.copies == 1 else 'copies of files'} embedded in "
@@ -239,6 +255,7 @@ def _print_summary(summary: ExtractSummary, model: str, store: Path) -> None:
         f"[red]{len(summary.failed)} failed[/]"
         + (f", {summary.removed} removed" if summary.removed else "")
         + f" in {summary.wall_seconds:.1f} s ({summary.realtime_factor:.1f} audio-s/s)"
+        + (f" after waiting {waited:.1f} s for another writer" if waited else "")
         + f" -> {plain(store)} {plain(f'[{model}]')}"
     )
     for warning in _grouped(summary.warnings):
