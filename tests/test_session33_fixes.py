@@ -14,10 +14,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 from tones import write_tones
 
 from conftest import mess_here
+from mess.audio.decode import AudioError, load_audio, load_segments, probe
 
 DSP = ["--model", "dsp", "--window", "4", "--max-windows", "2"]
 
@@ -130,3 +132,53 @@ def test_an_extract_that_waited_for_the_lock_says_how_long_and_its_rate_leaves_t
     assert released - seen - 0.05 <= waited <= released - launched + 1.0, (waited, released - seen)
     assert run <= ended - released + 0.05  # the run's time is all after the wait
     assert abs(rate * run - audio) <= 0.05 * (rate + run) + 0.01, (rate, run, audio)  # the rate is over that time
+
+
+# 3. an MP3 holding only an ID3 tag failed as "cannot decode (... damaged, or not audio)"
+
+
+def _ogg_pages(data: bytes) -> list[bytes]:
+    """The pages of an Ogg stream, split by their headers (RFC 3533: 27 bytes, then the segment table)."""
+    pages, at = [], 0
+    while at < len(data):
+        assert data[at:at + 4] == b"OggS"
+        table = data[at + 27:at + 27 + data[at + 26]]
+        size = 27 + len(table) + sum(table)
+        pages.append(data[at:at + size])
+        at += size
+    return pages
+
+
+def test_files_with_no_audio_say_so_in_plain_words(tmp_path: Path) -> None:
+    from mutagen.id3 import ID3, TIT2
+
+    music, t = tmp_path / "music", np.arange(32000) / 16000
+    music.mkdir()
+    full = tmp_path / "full.mp3"  # a real MP3 (libsndfile's encoder) with an ID3v2 tag (mutagen)
+    sf.write(full, 0.3 * np.sin(2 * np.pi * 440 * t), 16000, format="MP3")
+    tag = ID3()
+    tag.add(TIT2(encoding=3, text="no frames"))
+    tag.save(full)
+    assert load_audio(full, 16000).size > 0  # the whole file decodes
+    cut = music / "cut.mp3"
+    cut.write_bytes(full.read_bytes()[:ID3(full).size])  # its tag, none of its frames
+    empty = music / "empty.mp3"
+    empty.write_bytes(b"")
+    tag.save(empty)  # mutagen's tag on an empty file
+    for path in (cut, empty):
+        for read in (probe, lambda p: load_audio(p, 16000), lambda p: load_segments(p, 16000, [0.0], 1.0)):
+            with pytest.raises(AudioError) as said:
+                read(path)
+            assert str(said.value) == f"{path}: no audio in it, only tags"
+    sf.write(music / "empty.wav", np.zeros(0, np.float32), 16000)  # a header and no frames
+    sf.write(tmp_path / "empty.ogg", np.zeros(0, np.float32), 16000, format="OGG")
+    pages = _ogg_pages((tmp_path / "empty.ogg").read_bytes())
+    (music / "headers.ogg").write_bytes(b"".join(pages[:2]))  # identification and comment headers, no audio page
+    done = mess_here("extract", str(music), *DSP, "--store", str(tmp_path / "store"))
+    said = done.stderr
+    assert done.returncode == 3 and "Traceback" not in said and "Errno" not in said, said
+    for path in (cut, empty):
+        assert f"failed: {path}: no audio in it, only tags" in said, said
+    assert "damaged, or not audio" not in said, said
+    assert f"failed: {music / 'empty.wav'}: contains no audio samples" in said, said
+    assert f"failed: {music / 'headers.ogg'}: cannot decode (end of file before any audio: cut short?)" in said, said

@@ -7,7 +7,7 @@ import io
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain
@@ -91,17 +91,31 @@ def open_container(path: Path) -> Iterator[av.container.InputContainer]:
     """PyAV's container for ``path``; a name that is not valid UTF-8 is opened through a Python file, and tags that
     are not UTF-8 are read as Windows-1252. A file with a tag where FFmpeg's demuxer takes it for audio (an ID3v2 tag
     at the start of :data:`_ID3V2_UNREAD`'s, an ID3v1 tag at the end of :data:`_ID3V1_UNREAD`'s) is given to FFmpeg
-    without its tags."""
+    without its tags. A file FFmpeg cannot open that holds tags and nothing else is an AudioError saying so."""
     name, suffix = str(path), audio_suffix(path.name)
     start, end, id3v1 = tag_bounds(path) if suffix in _ID3V1_UNREAD | _ID3V2_UNREAD else (0, 0, False)
     span = start and suffix in _ID3V2_UNREAD or id3v1 and suffix in _ID3V1_UNREAD
-    if not span and name.encode("utf-8", "surrogatepass").decode("utf-8", "ignore") == name:
-        with av.open(name, metadata_errors=LEGACY_TAGS) as container:
-            yield container
-    else:  # a FLAC's ID3v2 tag is FFmpeg's to read (tags mutagen does not read there)
-        with path.open("rb") as raw, av.open(_Span(raw, start if suffix in _ID3V2_UNREAD else 0, end) if span else raw,
-                                             "r", metadata_errors=LEGACY_TAGS) as container:
-            yield container
+    with ExitStack() as stack:
+        source: str | io.RawIOBase | io.BufferedReader = name
+        if span or name.encode("utf-8", "surrogatepass").decode("utf-8", "ignore") != name:
+            raw = stack.enter_context(path.open("rb"))  # a FLAC's ID3v2 tag is FFmpeg's to read (tags mutagen
+            source = _Span(raw, start if suffix in _ID3V2_UNREAD else 0, end) if span else raw  # does not read there)
+        try:
+            container = stack.enter_context(av.open(source, "r", metadata_errors=LEGACY_TAGS))
+        except av.FFmpegError:
+            if _only_tags(path):
+                raise AudioError(f"{path}: no audio in it, only tags") from None
+            raise
+        yield container
+
+
+def _only_tags(path: Path) -> bool:
+    """Whether ``path`` holds tags (ID3v2, APEv2, ID3v1: :func:`tag_bounds`) and nothing else, not even audio."""
+    try:
+        start, end, _ = tag_bounds(path)
+        return start == end and path.stat().st_size > 0
+    except OSError:
+        return False
 
 
 def tag_bounds(path: Path) -> tuple[int, int, bool]:
@@ -172,7 +186,7 @@ def probe(path: str | Path) -> AudioInfo:
                     container.duration / av.time_base if container.duration else 0.0)
             return AudioInfo(duration, stream.codec_context.sample_rate, stream.codec_context.channels)
     except av.FFmpegError as exc:
-        raise AudioError(f"{path}: not a readable audio file ({exc.__class__.__name__}: {exc})") from exc
+        raise AudioError(f"{path}: not a readable audio file ({_ffmpeg_reason(exc)})") from exc
 
 
 def load_audio(path: str | Path, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
@@ -272,7 +286,7 @@ def _pyav_segments(path: Path, sample_rate: int, starts: Sequence[float] | np.nd
             return np.stack([_cut(*_pyav_segment(container, stream, path, start, seconds), start, length, sample_rate)
                              for start in starts])
     except av.FFmpegError as exc:
-        raise AudioError(f"{path}: cannot seek ({exc.__class__.__name__}: {exc})") from exc
+        raise AudioError(f"{path}: cannot seek ({_ffmpeg_reason(exc)})") from exc
 
 
 def _soundfile_segment(f: sf.SoundFile, start: float, seconds: float) -> tuple[np.ndarray, int, int, bool]:
