@@ -182,3 +182,38 @@ def test_files_with_no_audio_say_so_in_plain_words(tmp_path: Path) -> None:
     assert "damaged, or not audio" not in said, said
     assert f"failed: {music / 'empty.wav'}: contains no audio samples" in said, said
     assert f"failed: {music / 'headers.ogg'}: cannot decode (end of file before any audio: cut short?)" in said, said
+
+
+# 4. the re-ranker of no vectors raised numpy's "negative dimensions are not allowed"; a NaN query scored NaN
+
+
+def test_the_reranker_names_what_is_wrong_with_its_vectors_and_queries() -> None:
+    from mess.search.rerank import build_reranker
+
+    rng = np.random.default_rng(3)
+    unit = rng.normal(size=(12, 6)).astype(np.float32)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    with pytest.raises(ValueError, match=r"^re-ranking needs vectors \[n, dim\] with n >= 1, not an array of shape "
+                                         r"\(0, 6\)$"):
+        build_reranker(unit[:0])
+    for row, value in ((7, np.nan), (3, -np.inf)):
+        bad = unit.copy()
+        bad[row, 2] = value
+        with pytest.raises(ValueError, match=rf"^re-ranking needs finite vectors: row {row} holds NaN or infinity$"):
+            build_reranker(bad)
+    reranker = build_reranker(unit)
+    query = unit[:2] + 0.1 * rng.normal(size=(2, 6)).astype(np.float32)
+    query /= np.linalg.norm(query, axis=1, keepdims=True)
+    scores = reranker.outside(query)
+    assert scores.shape == (2, 12) and np.isfinite(scores).all()
+    nan = query.copy()
+    nan[0, 4] = np.nan
+    with pytest.raises(ValueError, match=r"^the outside query holds NaN or infinity: it has no re-ranked scores$"):
+        reranker.outside(nan[0])
+    nan[1, 0] = np.inf
+    nan[0, 4] = query[0, 4]
+    with pytest.raises(ValueError, match=r"^outside query 1 holds NaN or infinity"):
+        reranker.outside(nan)
+    with pytest.raises(ValueError, match=r"^outside queries must be \[m, 6\] \(the collection's dimensions\), not "
+                                         r"of shape \(1, 5\)$"):
+        reranker.outside(query[0, :5])

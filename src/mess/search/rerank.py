@@ -106,8 +106,17 @@ class Reranker:
         alone (:meth:`_outside`).
 
         The last :data:`OUTSIDE_KEPT` queries' rows are remembered: asked again, the same query is answered at once.
+        A query of another dimension, or holding NaN or infinity, is a ValueError.
         """
-        return np.stack([self._answer(q) for q in np.atleast_2d(queries)])
+        queries = np.atleast_2d(queries)
+        if queries.ndim != 2 or queries.shape[1] != self.unit.shape[1]:
+            raise ValueError(f"outside queries must be [m, {self.unit.shape[1]}] (the collection's dimensions), "
+                             f"not of shape {queries.shape}")
+        if not np.isfinite(queries.sum(dtype=np.float64)):
+            bad = int(np.flatnonzero(~np.isfinite(queries).all(axis=1))[0])
+            which = "the outside query" if len(queries) == 1 else f"outside query {bad}"
+            raise ValueError(f"{which} holds NaN or infinity: it has no re-ranked scores")
+        return np.stack([self._answer(q) for q in queries])
 
     def _answer(self, q: np.ndarray) -> np.ndarray:
         """Query ``q`` [dim]'s row of :meth:`outside`, remembered (never modified: callers get copies)."""
@@ -163,7 +172,13 @@ def copy_first(scores: np.ndarray, cosines: np.ndarray, own: float, gap: float =
 
 def build_reranker(unit: np.ndarray, k1: int = K1, k2: int = K2, lam: float = LAMBDA) -> Reranker:
     """The :class:`Reranker` of unit vectors [n, dim]: the DBA graph, every track's neighbours under the expanded
-    augmented scores (:func:`expanded_graph`), then the k-reciprocal vectors."""
+    augmented scores (:func:`expanded_graph`), then the k-reciprocal vectors. No vectors, or a vector holding NaN or
+    infinity, is a ValueError."""
+    if unit.ndim != 2 or not len(unit):
+        raise ValueError(f"re-ranking needs vectors [n, dim] with n >= 1, not an array of shape {unit.shape}")
+    if not np.isfinite(unit.sum(dtype=np.float64)):  # unit vectors: the sum is finite unless one is not
+        bad = int(np.flatnonzero(~np.isfinite(unit).all(axis=1))[0])
+        raise ValueError(f"re-ranking needs finite vectors: row {bad} holds NaN or infinity")
     if fits_whole(len(unit)):
         cosines = gram(unit)
         aug = Augmentation.from_graph(unit, held_graph(cosines, DBA_K))
