@@ -267,7 +267,8 @@ def test_artist_top_k_refuses_a_negative_k_and_most_discriminative_no_spaces(
     fs, run, _ = msd
     artists = load_artists(fs, run)
     space = load_space(fs, run, layer="penultimate")
-    row = similarity_row(artist_vectors(artists, space), 0)
+    with pytest.warns(UserWarning, match=rf"^only {len(artists.profiles)} artists: centring"):  # few, centred
+        row = similarity_row(artist_vectors(artists, space), 0)
     with pytest.raises(ArtistError, match=r"^k must be 0 or more; got -1$"):
         top_k(row, 0, -1)
     others = [j for j in np.argsort(-row) if j != 0]

@@ -11,11 +11,13 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from test_serve_api import ARTISTS, serve_collection  # noqa: F401 -- its fixture: 3 tagged artists x 4
 from tones import write_tones
 
 from conftest import mess_here
@@ -217,3 +219,44 @@ def test_the_reranker_names_what_is_wrong_with_its_vectors_and_queries() -> None
     with pytest.raises(ValueError, match=r"^outside queries must be \[m, 6\] \(the collection's dimensions\), not "
                                          r"of shape \(1, 5\)$"):
         reranker.outside(query[0, :5])
+
+
+# 5. the few-artists UserWarning also came from the server's route (whose JSON says it) and from the library calls that
+# say it through on_note, so the suite's output held it 130 times
+
+
+def test_few_centred_artists_are_said_once_by_whoever_answers_and_warned_of_only_by_the_similarity_api(
+        serve_collection: Path) -> None:  # noqa: F811
+    from fastapi.testclient import TestClient
+
+    from mess.artists.analysis import ArtistOptions, SpaceChoice, similar_artists
+    from mess.artists.profiles import load_artists, load_space
+    from mess.artists.similarity import artist_vectors, similarity_matrix, similarity_row
+    from mess.serve.app import create_app
+    from mess.store import FeatureStore
+
+    said = f"only {len(ARTISTS)} artists: centring on the collection's mean"
+    notes: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with TestClient(base_url="http://127.0.0.1", app=create_app(serve_collection)) as client:
+            answer = client.get("/api/artists/similar", params={"name": "Sine Choir", "layer": "spectral"})
+        fs = FeatureStore(serve_collection, readonly=True)
+        try:
+            similar_artists(fs, "Sine Choir", 2, ArtistOptions(), SpaceChoice(layer="spectral"), on_note=notes.append)
+            run = fs.run("dsp")
+            artists, space = load_artists(fs, run), load_space(fs, run, layer="spectral")
+        finally:
+            fs.close()
+    assert answer.status_code == 200 and answer.json()["note"].startswith(said), answer.text
+    assert sum(n.startswith(said) for n in notes) == 1, notes
+    assert [str(w.message) for w in caught if "artists: centring" in str(w.message)] == []
+    vectors = artist_vectors(artists, space)  # centred: the API warns its caller, pointing at the caller's line
+    for call in (lambda: similarity_matrix(vectors), lambda: similarity_row(vectors, 0, "chamfer")):
+        with pytest.warns(UserWarning, match=f"^{said}") as warned:
+            call()
+        assert len(warned) == 1 and warned[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        similarity_matrix(vectors, warn=False)
+        similarity_matrix(artist_vectors(artists, space, center=False))

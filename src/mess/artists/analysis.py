@@ -172,8 +172,9 @@ def choose_space(store: FeatureStore, run: Run, artists: ArtistSet, choice: Spac
 
 
 def _similarity(artists: ArtistSet, space: Space, options: ArtistOptions, center: bool | None = None) -> np.ndarray:
+    """The artists' similarity matrix in ``space``; the centring note is :func:`space_artists`' (``on_note``)."""
     vectors = artist_vectors(artists, space, center=options.center if center is None else center)
-    return similarity_matrix(vectors, options.method)
+    return similarity_matrix(vectors, options.method, warn=False)
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,8 @@ def similar_artists(store: FeatureStore, name: str, k: int, options: ArtistOptio
             on_note(f"no information for {', '.join(missing)} in this collection "
                     "(no tags / collaborations / --reference); those weights are unused")
     else:
-        scores = similarity_row(artist_vectors(artists, space, center=options.center), query, options.method)
+        scores = similarity_row(artist_vectors(artists, space, center=options.center), query, options.method,
+                                warn=False)  # the centring note is space_artists' (on_note)
     keep = np.array([not p.low_confidence for p in artists.profiles]) if hide_low else None
     rows = [_row(artists.profiles[j], r + 1, float(scores[j]), {c: float(m[query, j]) for c, m in parts.items()})
             for r, j in enumerate(top_k(scores, query, k, keep))]

@@ -120,7 +120,7 @@ def layer_report(artists: ArtistSet, space: Space, method: str = "mean") -> Laye
     raw_vectors = artist_vectors(artists, space, center=False)
     vectors = artist_vectors(artists, space, center=True)
     raw = pair_stats(similarity_matrix(raw_vectors, method), names)
-    centered = pair_stats(similarity_matrix(vectors, method), names)
+    centered = pair_stats(similarity_matrix(vectors, method, warn=False), names)  # beside the raw: no switch to name
     sep = separation(vectors)
     flags = []
     if raw.span < COMPRESSED_SPAN or raw.min > COMPRESSED_FLOOR:

@@ -63,9 +63,12 @@ def centring_note(artists: int, uncentred: str) -> str | None:
             f"music (by --method mean two score about -1, three about -0.5); {uncentred} compares them as they are")
 
 
-def _warn_if_few(vectors: ArtistVectors) -> None:
-    """The CLI's centring note as a UserWarning, pointed at the caller of the similarity function."""
-    if vectors.centered and (note := centring_note(len(vectors.offsets), "center=False")):
+def _warn_if_few(vectors: ArtistVectors, method: str, warn: bool) -> None:
+    """The CLI's centring note as a UserWarning (when ``warn``), pointed at the caller of the similarity function;
+    an unknown ``method`` is an ArtistError first."""
+    if method not in METHODS:
+        raise ArtistError(f"unknown method {method!r}; choose {' or '.join(METHODS)}")
+    if warn and vectors.centered and (note := centring_note(len(vectors.offsets), "center=False")):
         warnings.warn(note, UserWarning, stacklevel=3)
 
 
@@ -76,31 +79,28 @@ def _unit_rows(matrix: np.ndarray) -> np.ndarray:
     return normalize(matrix)
 
 
-def similarity_matrix(vectors: ArtistVectors, method: str = "mean") -> np.ndarray:
+def similarity_matrix(vectors: ArtistVectors, method: str = "mean", *, warn: bool = True) -> np.ndarray:
     """Pairwise artist similarity, [n_artists, n_artists], 1 on the diagonal; a UserWarning where fewer than
-    :data:`FEW_ARTISTS` artists are centred (:func:`centring_note`: the CLI's note)."""
-    _warn_if_few(vectors)
+    :data:`FEW_ARTISTS` artists are centred (:func:`centring_note`: the CLI's note), unless not ``warn`` (a caller
+    that says the note its own way)."""
+    _warn_if_few(vectors, method, warn)
     if method == "mean":
         means = vectors.means
         return np.clip(means @ means.T, -1.0, 1.0).astype(np.float32)
-    if method == "chamfer":
-        return chamfer_matrix(vectors.vectors, vectors.offsets)
-    raise ArtistError(f"unknown method {method!r}; choose {' or '.join(METHODS)}")
+    return chamfer_matrix(vectors.vectors, vectors.offsets)
 
 
-def similarity_row(vectors: ArtistVectors, index: int, method: str = "mean") -> np.ndarray:
+def similarity_row(vectors: ArtistVectors, index: int, method: str = "mean", *, warn: bool = True) -> np.ndarray:
     """Similarity of the artist of row ``index`` to every artist (cheaper than the full matrix; warns as
     :func:`similarity_matrix` does). ArtistError where ``index`` is no artist's row (-1 is not the last)."""
     n = len(vectors.offsets)
     if isinstance(index, bool) or not isinstance(index, int | np.integer) or not 0 <= index < n:
         raise ArtistError(f"index must be an artist's row, 0 to {n - 1}; got {index!r}")
-    _warn_if_few(vectors)
+    _warn_if_few(vectors, method, warn)
     if method == "mean":
         means = vectors.means
         return np.clip(means @ means[index], -1.0, 1.0).astype(np.float32)
-    if method == "chamfer":
-        return chamfer_row(vectors.vectors, vectors.offsets, index)
-    raise ArtistError(f"unknown method {method!r}; choose {' or '.join(METHODS)}")
+    return chamfer_row(vectors.vectors, vectors.offsets, index)
 
 
 def top_k(scores: np.ndarray, index: int, k: int, keep: np.ndarray | None = None) -> list[int]:
