@@ -252,12 +252,6 @@ def test_the_address_comes_from_ray_address_and_a_refused_one_is_one_error(monke
         ray_extract._connect("local")
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # closed once the socket is
-
-
 def test_ray_addresses_are_checked_before_ray_is_asked() -> None:
     for address in (None, "auto", "local"):
         _check_reachable(address)
@@ -265,10 +259,12 @@ def test_ray_addresses_are_checked_before_ray_is_asked() -> None:
         with pytest.raises(ScaleError, match=rf"^Ray address '{bad}' is not auto, local, HOST:PORT or "
                                              r"ray://HOST:PORT$"):
             _check_reachable(bad)
-    port = _closed_port()
-    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
-        with pytest.raises(ScaleError, match=rf"^cannot reach a Ray cluster at '{address}': Connection refused$"):
-            _check_reachable(address)
+    with socket.socket() as bound:  # bound, never listening: refused, and no other process can take the port meanwhile
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+            with pytest.raises(ScaleError, match=rf"^cannot reach a Ray cluster at '{address}': Connection refused$"):
+                _check_reachable(address)
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()

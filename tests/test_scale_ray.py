@@ -48,17 +48,17 @@ RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.tok
 
 @pytest.fixture(scope="module")
 def ray_address() -> Iterator[str]:
-    """A local Ray cluster with 2 CPUs (`ray start --head --block` in a session of its own), shared by the module."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port",
-                             str(port), "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--include-dashboard",
-                             "false", "--disable-usage-stats"], env=RAY_ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    """A local Ray cluster with 2 CPUs (`ray start --head --block` in a session of its own), shared by the module.
+    Ray binds a free port of its choosing (--port 0) and writes its address into the cluster's own temp folder: a
+    port found free here, closed, then handed to Ray could be taken by another process in between."""
+    temp = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short: Ray's socket paths live under it
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port", "0",
+                             "--temp-dir", str(temp), "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
+                             "--include-dashboard", "false", "--disable-usage-stats"], env=RAY_ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.time() + 120
-        while not _answers("127.0.0.1", port):
+        while not (port := _head_port(temp)) or not _answers("127.0.0.1", port):
             assert head.poll() is None and time.time() < deadline, head.stderr.read() if head.poll() else "no GCS"
             time.sleep(0.2)
         yield f"127.0.0.1:{port}"
@@ -71,6 +71,17 @@ def ray_address() -> Iterator[str]:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(head.pid, signal.SIGKILL)  # whatever is left of the session
         head.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _head_port(temp: Path) -> int | None:
+    """The port of the cluster whose temp folder is ``temp``, from the address Ray writes there once it listens
+    ('HOST:PORT'); None before (or while the file is written)."""
+    try:
+        port = (temp / "ray_current_cluster").read_text().strip().rpartition(":")[2]
+    except OSError:
+        return None
+    return int(port) if port.isdigit() else None
 
 
 def _answers(host: str, port: int) -> bool:
