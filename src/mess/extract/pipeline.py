@@ -154,7 +154,7 @@ def _prepared(store: FeatureStore, run: Run, paths: Sequence[Path], model: Embed
     Each decoding thread drives one child (:mod:`mess.extract.decode_worker`): decoders run in parallel
     whether or not they release the GIL (PyAV mostly does not), and a file that crashes or hangs a decoder
     costs only its child, which the next file replaces; the file is recorded as failed, naming how. The same
-    children read the headers for ``on_total``.
+    children read the headers for ``on_total``. Files are catalogued here, as they are yielded (:func:`_catalogued`).
     """
     info = model.info
     idle: SimpleQueue[Child] = SimpleQueue()
@@ -168,15 +168,10 @@ def _prepared(store: FeatureStore, run: Run, paths: Sequence[Path], model: Embed
         child = idle.get()
         try:
             record = cast(FileRecord, ask(child, path, ("inspect", path, store.known_file(path)), DECODE_TIMEOUT))
-            store.upsert_track(path, record.content_hash, record.size, record.mtime, record.info, record.tags,
-                               stamp=record.stamp)
             if store.has_vectors(run, record.content_hash):
                 return _Outcome(record, skipped=True)
             decode = ("decode", record, info.sample_rate, policy, info.band_hz)
-            windows = cast(Windows, ask(child, path, decode, DECODE_TIMEOUT))
-            if windows.duration is not None:  # a truncated file: its header claimed another length
-                store.set_duration(record.content_hash, windows.duration)
-            return _Outcome(record, windows)
+            return _Outcome(record, cast(Windows, ask(child, path, decode, DECODE_TIMEOUT)))
         except FileFailed as exc:
             return _Outcome(record or _unread(path), error=str(exc))
         except StoreError:
@@ -199,11 +194,30 @@ def _prepared(store: FeatureStore, run: Run, paths: Sequence[Path], model: Embed
                 nxt = next(todo, None)
                 if nxt is not None:
                     queue.append(pool.submit(work, nxt))
-                yield future.result()
+                yield _catalogued(store, future.result())
     finally:
         if stop_plan is not None:
             stop_plan()
         stop_all(children, STOP_GRACE)
+
+
+def _catalogued(store: FeatureStore, outcome: _Outcome) -> _Outcome:
+    """Catalogue a file that was read, in the order of the paths: a new file's id is the next one, so ids follow the
+    input order (the sorted walk), not the order in which the decoders finished; a truncated file's decoded length
+    replaces its header's. A file inspected but not yet catalogued when the run is killed is inspected again."""
+    record = outcome.record
+    if not record.content_hash:  # never read
+        return outcome
+    try:
+        store.upsert_track(record.path, record.content_hash, record.size, record.mtime, record.info, record.tags,
+                           stamp=record.stamp)
+    except StoreError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- one file's fault (a tag SQLite cannot store) must not end the run
+        return _Outcome(_unread(record.path), error=f"{record.path}: {describe(exc)}")
+    if outcome.windows is not None and outcome.windows.duration is not None:  # its header claimed another length
+        store.set_duration(record.content_hash, outcome.windows.duration)
+    return outcome
 
 
 def _unread(path: Path) -> FileRecord:

@@ -26,7 +26,7 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -310,7 +310,11 @@ def _dataset(items: list[dict[str, Any]]) -> ray.data.Dataset:
 def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path], summary: ExtractSummary,
                timeout: float, copies: dict[str, list[str]]) -> list[dict[str, str | float]]:
     """Catalogue every file; return (path, hash, stamp, size, duration, sample rate) of the content this run still
-    has to embed. A byte-identical copy of such content is counted as a copy, its path added to ``copies``."""
+    has to embed. A byte-identical copy of such content is counted as a copy, its path added to ``copies``.
+
+    Ray Data hands the inspected files back as its tasks finish; they are catalogued in the order of ``paths``
+    (:func:`_in_order`), so new tracks are numbered in the input order, as by the local engine.
+    """
     items = []
     for path in paths:
         known = store.known_file(path)
@@ -319,7 +323,7 @@ def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path], summary: Ex
     todo: list[dict[str, str | float]] = []
     queued: set[str] = set()
     inspected = _dataset(items).map(inspect_row, num_cpus=1, fn_kwargs={"timeout": timeout})  # type: ignore[arg-type]
-    for row in inspected.iter_rows():
+    for row in _in_order(inspected.iter_rows(), [item["path"] for item in items]):
         if row["error"]:  # recorded by path, as the local pipeline records a file it could not read
             _failed(store, run, "", row["path"], row["error"], summary)
             continue
@@ -337,6 +341,19 @@ def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path], summary: Ex
                          "duration": float(rec["info"].get("duration") or 0.0),
                          "sample_rate": int(rec["info"].get("sample_rate") or 0)})
     return todo
+
+
+def _in_order(rows: Iterable[dict[str, Any]], paths: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """``rows`` (one per path, as ``row["path"]``, in any order) in the order of ``paths``: each as soon as the rows
+    of the paths before it have come, so a killed driver has catalogued a prefix of the input."""
+    place = {path: n for n, path in enumerate(paths)}
+    waiting: dict[int, dict[str, Any]] = {}
+    following = 0
+    for row in rows:
+        waiting[place[row["path"]]] = row
+        while following in waiting:
+            yield waiting.pop(following)
+            following += 1
 
 
 def _embedded(todo: list[dict[str, str | float]], model_name: str, info: ModelInfo, policy: WindowPolicy,

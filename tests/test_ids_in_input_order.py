@@ -1,0 +1,150 @@
+"""New tracks are numbered in the input order (the sorted walk), whichever decoder finishes first.
+
+Tracks were catalogued as each decoder finished inspecting its file, so ids followed the decoders' timing: two
+extractions of one collection numbered it otherwise, and every matrix, tie and sample in id order differed. Here one
+file is made slow to read (its decoders sleep whenever they open it, as on a slow disk: an audit hook in their
+processes) so that the others overtake it; its id must still be its place in the input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from test_scale_ray import extract_ray, ray_address  # noqa: F401  (the fixture)
+
+from mess.audio.decode import probe
+from mess.audio.discover import find_audio
+from mess.audio.windows import WindowPolicy
+from mess.extract.pipeline import extract
+from mess.models.registry import load_model
+from mess.store import FeatureStore
+
+POLICY = WindowPolicy(window_seconds=4.0, max_windows=2)
+N_FILES = 6
+SILENT = "silence.ogg"  # one of the six: refused (silent), yet catalogued and numbered with the others
+SLOW_SECONDS = 0.5  # each time a decoder opens the slow file (an inspection opens it 2 or 3 times)
+
+_SLOW_OPEN = """
+import os, sys, time
+
+_name, _delay, _log = os.environ["MESS_TEST_SLOW_FILE"], float(os.environ["MESS_TEST_SLOW_SECONDS"]), \\
+    os.environ["MESS_TEST_SLOW_LOG"]
+
+
+def _slow(event, args):
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)) and \\
+            os.path.basename(os.fsdecode(args[0])) == _name:
+        time.sleep(_delay)
+        with open(os.path.join(_log, str(os.getpid())), "a") as f:
+            f.write(_name + "\\n")
+
+
+sys.addaudithook(_slow)
+"""
+
+Slow = Callable[[str], dict[str, str]]
+
+
+@pytest.fixture(scope="module")
+def collection(wesnoth_tracks: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The six shortest Wesnoth tracks (:data:`SILENT` among them), copied into a folder of their own."""
+    shortest = sorted(wesnoth_tracks, key=lambda p: probe(p).duration)[:N_FILES]
+    folder = tmp_path_factory.mktemp("music")
+    for path in shortest:
+        shutil.copyfile(path, folder / path.name)
+    assert (folder / SILENT).is_file()
+    return folder
+
+
+@pytest.fixture
+def slow(tmp_path: Path) -> Slow:
+    """``slow(name)``: the environment of processes whose every opening of a file named ``name`` takes
+    :data:`SLOW_SECONDS` longer; each such opening is logged under ``tmp_path / "slowed"`` (``slowed`` below)."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_SLOW_OPEN)
+    (tmp_path / "slowed").mkdir()
+
+    def env(name: str) -> dict[str, str]:
+        return {"PYTHONPATH": os.pathsep.join([str(hook), *sys.path]), "MESS_TEST_SLOW_FILE": name,
+                "MESS_TEST_SLOW_SECONDS": str(SLOW_SECONDS), "MESS_TEST_SLOW_LOG": str(tmp_path / "slowed")}
+
+    return env
+
+
+def slowed(tmp_path: Path) -> list[str]:
+    """The names of the files whose opening the hook of :func:`slow` delayed, once per opening."""
+    return [name for log in sorted((tmp_path / "slowed").iterdir()) for name in log.read_text().split()]
+
+
+def _extract(store_dir: Path, paths: list[Path], env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+             **options: object) -> dict[Path, int]:
+    """Extract ``paths`` with dsp, its decoders in ``env``; the catalogue's id of each path."""
+    with monkeypatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        with contextlib.closing(FeatureStore(store_dir)) as store:
+            summary = extract(store, paths, load_model("dsp"), POLICY, **options)  # type: ignore[arg-type]
+            assert [Path(p).name for p, _ in summary.failed] == [p.name for p in paths if p.name == SILENT]
+            return {Path(t.path): t.id for t in store.tracks()}
+
+
+def in_id_order(ids: dict[Path, int]) -> list[Path]:
+    return sorted(ids, key=lambda p: ids[p])
+
+
+def test_ids_follow_the_sorted_paths_when_the_first_file_is_slow_to_read(
+        collection: Path, slow: Slow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = find_audio([collection])
+    assert paths == sorted(collection / p.name for p in collection.iterdir())  # the walk's order: by name
+    ids = _extract(tmp_path / "store", paths, slow(paths[0].name), monkeypatch, workers=2)
+    assert set(slowed(tmp_path)) == {paths[0].name}  # its decoder was slowed (the others went ahead)
+    assert in_id_order(ids) == paths
+    assert sorted(ids.values()) == list(range(1, N_FILES + 1))
+
+
+def test_one_collection_extracted_twice_under_other_timings_gets_one_numbering(
+        collection: Path, slow: Slow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other files slowed, one and two decoders, the plan's header reading or none: the same id for each path."""
+    paths = find_audio([collection])
+    runs = [(paths[0], {"workers": 2}), (paths[2], {"workers": 2, "on_total": lambda seconds: None}),
+            (paths[-1], {"workers": 1})]
+    numberings = [_extract(tmp_path / f"store{i}", paths, slow(p.name), monkeypatch, **options)
+                  for i, (p, options) in enumerate(runs)]
+    assert set(slowed(tmp_path)) == {p.name for p, _ in runs}
+    assert numberings[0] == numberings[1] == numberings[2]
+    assert in_id_order(numberings[0]) == paths
+
+
+def test_a_resumed_run_keeps_the_known_ids_and_numbers_new_files_in_input_order(
+        collection: Path, slow: Slow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = find_audio([collection])
+    half = paths[1::2]
+    before = _extract(tmp_path / "store", half, {}, monkeypatch, workers=1)
+    after = _extract(tmp_path / "store", paths, slow(paths[0].name), monkeypatch, workers=2)
+    assert {p: after[p] for p in half} == before
+    new = [p for p in paths if p not in before]
+    assert in_id_order({p: after[p] for p in new}) == new
+    assert min(after[p] for p in new) > max(before.values())
+
+
+def test_ray_numbers_new_tracks_in_input_order_when_the_first_file_is_slow(
+        collection: Path, slow: Slow, ray_address: str, tmp_path: Path) -> None:  # noqa: F811  (the fixture)
+    """Ray Data hands rows back as its tasks finish (two files a task): the driver catalogues them in input order."""
+    paths = find_audio([collection])
+    env = slow(paths[0].name)
+    before = (f"import ray; ray.init(address={ray_address!r}, include_dashboard=False, "
+              f"runtime_env={{'env_vars': {json.dumps(env)}}})\n")
+    summary = extract_ray(tmp_path / "store", paths, "dsp", POLICY, None, before=before, actors=1)
+    assert summary.done == N_FILES - 1 and [Path(p).name for p, _ in summary.failed] == [SILENT]
+    assert paths[0].name in slowed(tmp_path)
+    with contextlib.closing(FeatureStore(tmp_path / "store", readonly=True)) as store:
+        ids = {Path(t.path): t.id for t in store.tracks()}
+    assert in_id_order(ids) == paths
