@@ -16,6 +16,12 @@ Three unsupervised steps on the collection's own vectors (docs/quality.md, issue
 
 A query that is a collection track is its own augmented vector, exactly as every track of the
 collection is. Scores here are exact (no index): each query costs a product with the whole collection.
+
+Rows are the vector set's, in track id order: an exact tie (two different files with the same vectors, a lossless
+transcode) goes to the lower row, and sums run in row order. `mess extract` numbers new tracks in its input order
+(the sorted walk), whatever its decoders' timing (:mod:`mess.extract.pipeline`), so one collection extracted alike
+has one row order and re-ranks alike, to the last bit (tests/test_ids_in_input_order.py); a store grown in steps
+(files added later) numbers them otherwise than one extraction of them all.
 """
 
 from __future__ import annotations
