@@ -94,9 +94,10 @@ class Track:
 
     @property
     def content_key(self) -> tuple[str, str]:
-        """(content hash, path): the order of a collection's tracks whatever ids the store gave them. It numbers
-        tracks as they are committed, an order parallel decoders vary from one extraction to the next, so a seeded
-        step that picks rows by position (a sample, a permutation, k-means starts, batches) sorts by this first."""
+        """(content hash, path): the order of a collection's tracks whatever ids the store gave them. `mess extract`
+        numbers new tracks in its input order, so a store that grew in steps (files added, or an extraction of a
+        subset first) numbers one collection otherwise than one extraction of it all; a seeded step that picks rows
+        by position (a sample, a permutation, k-means starts, batches) sorts by this first."""
         return self.content_hash, self.path
 
     @classmethod
