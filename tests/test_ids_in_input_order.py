@@ -107,7 +107,7 @@ def in_id_order(ids: dict[Path, int]) -> list[Path]:
 def test_ids_follow_the_sorted_paths_when_the_first_file_is_slow_to_read(
         collection: Path, slow: Slow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     paths = find_audio([collection])
-    assert paths == sorted(collection / p.name for p in collection.iterdir())  # the walk's order: by name
+    assert [p.name for p in paths] == sorted(p.name for p in collection.iterdir())  # the walk's order: by name
     ids = _extract(tmp_path / "store", paths, slow(paths[0].name), monkeypatch, workers=2)
     assert set(slowed(tmp_path)) == {paths[0].name}  # its decoder was slowed (the others went ahead)
     assert in_id_order(ids) == paths
