@@ -180,3 +180,14 @@ def test_ray_numbers_new_tracks_in_input_order_when_the_first_file_is_slow(
     with contextlib.closing(FeatureStore(tmp_path / "store", readonly=True)) as store:
         ids = {Path(t.path): t.id for t in store.tracks()}
     assert in_id_order(ids) == paths
+
+
+def test_rows_held_for_order_are_all_handed_on_when_one_never_comes() -> None:
+    """Ray's inspected rows are catalogued in the input order; should one row never come, the rows after it are still
+    handed on (in order), not silently held back."""
+    from mess.scale.ray_extract import _in_order
+
+    paths = ["a", "b", "c", "d"]
+    arrived = [{"path": "c"}, {"path": "a"}, {"path": "d"}, {"path": "b"}]
+    assert [r["path"] for r in _in_order(arrived, paths)] == paths
+    assert [r["path"] for r in _in_order([{"path": "d"}, {"path": "a"}, {"path": "c"}], paths)] == ["a", "c", "d"]

@@ -354,6 +354,7 @@ def _in_order(rows: Iterable[dict[str, Any]], paths: Sequence[str]) -> Iterator[
         while following in waiting:
             yield waiting.pop(following)
             following += 1
+    yield from (waiting[n] for n in sorted(waiting))  # after a row that never came (none should): the rest, in order
 
 
 def _embedded(todo: list[dict[str, str | float]], model_name: str, info: ModelInfo, policy: WindowPolicy,
