@@ -3,7 +3,8 @@
 Tracks were catalogued as each decoder finished inspecting its file, so ids followed the decoders' timing: two
 extractions of one collection numbered it otherwise, and every matrix, tie and sample in id order differed. Here one
 file is made slow to read (its decoders sleep whenever they open it, as on a slow disk: an audit hook in their
-processes) so that the others overtake it; its id must still be its place in the input.
+processes) so that the others overtake it; its id must still be its place in the input. The same kind of hook holds
+a file's reading back to show that progress is heard at each commit, not at the next file read.
 """
 
 from __future__ import annotations
@@ -191,3 +192,53 @@ def test_rows_held_for_order_are_all_handed_on_when_one_never_comes() -> None:
     arrived = [{"path": "c"}, {"path": "a"}, {"path": "d"}, {"path": "b"}]
     assert [r["path"] for r in _in_order(arrived, paths)] == paths
     assert [r["path"] for r in _in_order([{"path": "d"}, {"path": "a"}, {"path": "c"}], paths)] == ["a", "c", "d"]
+
+
+_GATE = """
+import os, sys, time
+
+_name, _marker, _log = os.environ["MESS_TEST_GATE_FILE"], os.environ["MESS_TEST_GATE_MARKER"], \\
+    os.environ["MESS_TEST_GATE_LOG"]
+
+
+def _gate(event, args):
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)) and \\
+            os.path.basename(os.fsdecode(args[0])) == _name:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(_marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with open(_log, "a") as f:
+            f.write("released\\n" if os.path.exists(_marker) else "timed out\\n")
+
+
+sys.addaudithook(_gate)
+"""
+
+
+def test_progress_counts_a_commit_when_it_happens_not_when_the_next_file_is_read(
+        collection: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The progress hook hears of the first file's committed vectors while the next file is still being read (here:
+    its decoder may not open it until the hook has heard). Before, it heard only after the next file was read: a
+    stalled read held the bar at 0 audio-seconds, and the benchmark's time to the first embedded file counted a
+    group's inference more."""
+    first, second = sorted(p for p in collection.iterdir() if p.name != SILENT)[:2]
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_GATE)
+    marker, log = tmp_path / "heard", tmp_path / "gate.log"
+    for key, value in {"PYTHONPATH": os.pathsep.join([str(hook), *sys.path]), "MESS_TEST_GATE_FILE": second.name,
+                       "MESS_TEST_GATE_MARKER": str(marker), "MESS_TEST_GATE_LOG": str(log)}.items():
+        monkeypatch.setenv(key, value)
+    heard: list[tuple[int, float]] = []
+
+    def on_progress(done: int, audio_seconds: float) -> None:
+        heard.append((done, audio_seconds))
+        if audio_seconds > 0:
+            marker.touch()
+
+    with contextlib.closing(FeatureStore(tmp_path / "store")) as store:
+        summary = extract(store, [first, second], load_model("dsp"), POLICY, batch_size=1, workers=1,
+                          on_progress=on_progress)
+    assert summary.done == 2 and not summary.failed
+    assert log.read_text().split() and set(log.read_text().split()) == {"released"}
+    assert heard[-1] == (2, summary.audio_seconds)

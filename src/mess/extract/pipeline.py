@@ -91,7 +91,9 @@ def extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, p
     where it stopped. Files already embedded (same content hash) are skipped; any
     error in one file becomes that file's recorded failure and the run goes on. ``on_total``, when given, is called
     (from another thread) with the audio seconds the files to embed hold, read from their headers by the decoders
-    (:mod:`mess.extract.plan`), unless the run ends first. A path given twice is one file.
+    (:mod:`mess.extract.plan`), unless the run ends first. ``on_progress`` is called with the files handled and the
+    audio seconds committed after each file is read and after each commit (that one from the writer's thread). A path
+    given twice is one file.
     """
     paths = list(dict.fromkeys(paths))  # not a copy of itself
     with store.writing("mess extract", wait=wait, on_wait=on_wait):
@@ -111,9 +113,11 @@ def _extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, 
     embedded: set[str] = set()  # content hashes this run embeds: a later file with one is a byte-identical copy
     copies: dict[str, list[FileRecord]] = {}  # the copies counted of each, failed with it if the model fails on it
 
-    def committed(tracks: int, audio_seconds: float) -> None:
+    def committed(tracks: int, audio_seconds: float) -> None:  # in the writer's thread
         summary.done += tracks
         summary.audio_seconds += audio_seconds
+        if on_progress:  # now, not when the next file has been read (after the next group's inference)
+            on_progress(summary.handled, summary.audio_seconds)
 
     writer = BackgroundWriter(store, run, committed)
     try:
