@@ -123,8 +123,8 @@ def test_radio_seeds_take_turns_with_blend_turns(tmp_path: Path) -> None:
 
 
 def _by_name(store: FeatureStore, run: Run) -> list[Track]:
-    """The run's tracks in the order of their file names: parallel decoders number them in another order on each
-    extraction, so a test naming ids 1 and 2 got two Bach chorales here and two composers on another run."""
+    """The run's tracks in the order of their file names: a test names tracks by file, not by the ids a store
+    gave them (a test naming ids 1 and 2 once got two Bach chorales on one run and two composers on another)."""
     return sorted(store.tracks(run), key=lambda t: t.path)
 
 

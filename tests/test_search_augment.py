@@ -73,8 +73,8 @@ def test_a_noisy_copy_of_a_track_clearly_nearest_in_plain_cosine_ranks_first(
     cosine), ranks first with the query's own augmented score (1), the others keep their augmented order.
     Augmentation alone puts another track first for some such copies (10% noise on every raw dimension).
 
-    Three copies a track, drawn in the order of the files' paths, not of their track ids (which parallel decoders
-    number in another order on each extraction). Each track's copy asserted to rank first whatever the gap failed by
+    Three copies a track, drawn in the order of the files' paths, not of their track ids (which a store grown in
+    steps gives otherwise). Each track's copy asserted to rank first whatever the gap failed by
     chance: over 60 draws of one copy a track, in 40% some copy's own track was not clearly nearest and another ranked
     first, and in 13% augmentation demoted no copy. Over 40 draws of this test, 37-42 of the 48 copies were clearly
     nearest, and augmentation alone demoted 1-5 of those (seed 0: 3); the gap came within 6e-6 of COPY_GAP once in

@@ -48,8 +48,8 @@ def load_layers(store: FeatureStore, run: Run) -> LayerData:
     """Read all layer vectors of a run (layer by layer when their sizes differ), and the tracks (their content
     hashes) they belong to, from one catalog version.
 
-    Rows go in content order (hash, then path), not in track ids: the store numbers tracks as they are committed,
-    which parallel decoders vary from one extraction of a collection to the next, and training's seeded batches,
+    Rows go in content order (hash, then path), not in track ids: a store that grew in steps numbers a collection
+    otherwise than one extraction of it all (:attr:`Track.content_key`), and training's seeded batches,
     starting weights' statistics and PCA go by row."""
     with store.snapshot():  # though an extract may be committing
         tracks = {t.id: t for t in store.tracks(run)}

@@ -110,7 +110,7 @@ def _probe(store: FeatureStore, run: Run, layers: list[str], targets: TrackTarge
     """Probe ``layers`` of ``run`` on the tracks that have both vectors and targets (``hashes``: track id -> the
     content hash its targets are of); ProbeError when a track is removed or extracted again meanwhile."""
     by_id = {t.id: t for t in store.tracks(run)}
-    # rows in content order (hash, then path), not in the ids the store numbered in commit order: the folds' seeded
+    # rows in content order (hash, then path), not in ids (a store grown in steps numbers otherwise): the folds' seeded
     # shuffle, the shuffled control's permutation and the MLP probe's batches go by row
     ids = np.array(sorted(np.intersect1d(targets.track_ids, np.fromiter(by_id, dtype=np.int64)).tolist(),
                           key=lambda i: by_id[i].content_key), dtype=np.int64)

@@ -349,8 +349,8 @@ def _learned(fused_meta: dict | None, field: str, by_label: dict[int, str], trac
 
 
 def _content_rows(set_ids: np.ndarray, by_label: dict[int, str], content: dict[int, tuple[str, str]]) -> np.ndarray:
-    """Rows of a vector set's labelled tracks, in content order (hash, then path): the store numbers tracks in the
-    order they are committed, which parallel decoders vary between extractions of one collection, and the query
+    """Rows of a vector set's labelled tracks, in content order (hash, then path): a store that grew in steps numbers a
+    collection otherwise than one extraction of it all (:attr:`Track.content_key`), and the query
     sample, the chance rankings and ties go by row. Of byte-identical copies (one content hash) only the first
     counts: a copy ranked first at cosine 1 was a correct hit its query got for free."""
     rows = sorted((r for r, i in enumerate(set_ids.tolist()) if i in by_label), key=lambda r: content[int(set_ids[r])])
