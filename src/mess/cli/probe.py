@@ -74,6 +74,7 @@ def probe_command(
     if json_out:
         _warn_stale(report)
         emit_json({**report.to_dict(), "aspect_map_stored": stored, "aspect_map_note": reason,
+                   "weak_aspects": _weak(report) if stored else {},
                    "files": {k: str(v) for k, v in paths.items()}})
         return
     _print_report(report, paths, reason)
@@ -147,8 +148,33 @@ def _print_report(report: ProbeReport, paths: dict[str, Path], unmapped: str | N
         console.print(f"[yellow]aspect map not stored: {plain(unmapped)}; the aspect map stored before is kept[/]")
     else:
         _warn_chance(report)
-    console.print(("aspect map stored for `mess similar --aspect`; " if unmapped is None else "") + "report: "
-                  + ", ".join(plain(str(p)) for p in paths.values()))
+        console.print(_map_line(report))
+    console.print("report: " + ", ".join(plain(str(p)) for p in paths.values()))
+
+
+def _weak(report: ProbeReport) -> dict[str, float]:
+    """aspect -> the stored map's score, for the aspects it scores below ENCODED_R2: `mess similar` neither searches
+    them (`--aspect`) nor gives them as 'why'."""
+    from mess.constants import ENCODED_R2
+
+    return {a: round(s, 4) for a, s in report.map_scores().items() if s < ENCODED_R2}
+
+
+def _map_line(report: ProbeReport) -> str:
+    """Which aspects the stored map offers to `mess similar --aspect` and 'why', and which it cannot, with the
+    score it stores for them (the best layer's, less the shuffled control's best when that ran)."""
+    from mess.constants import ENCODED_R2
+    from mess.probing.report import SHUFFLED
+
+    weak = _weak(report)
+    usable = [f"{c.aspect} ({plain(c.layer)})" for c in report.aspects if c.aspect not in weak]
+    line = ("aspect map stored for `mess similar --aspect` and 'why': "
+            + (", ".join(usable) if usable else "no aspect"))
+    if weak:
+        score = "best score less the shuffled control's" if SHUFFLED in report.conditions else "best score"
+        line += (f"; not encoded ({score} below {ENCODED_R2}), so not used: "
+                 + ", ".join(f"{a} {s:.2f}" for a, s in sorted(weak.items(), key=lambda x: -x[1])))
+    return line
 
 
 def _warn_chance(report: ProbeReport) -> None:

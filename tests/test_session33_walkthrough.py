@@ -1,0 +1,83 @@
+"""A new user's walk through the README and docs on a real library: what the commands said that the docs promised
+and they did not."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import mess_here
+from mess.store import FeatureStore
+
+ENCODED = 0.3  # the docs' threshold of an encoded aspect (docs/probing.md, docs/serve.md)
+
+
+@pytest.fixture(scope="module")
+def store(extracted_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of the rendered collection's store (16 tracks, 4 composers; dsp and musicnn-msd)."""
+    root = tmp_path_factory.mktemp("walk") / "store"
+    shutil.copytree(extracted_store, root)
+    return root
+
+
+def _best(table: dict[str, dict[str, float | None]], aspect: str) -> tuple[float, str]:
+    """The best layer's aspect score of one condition's layer x aspect table in the probe's JSON report."""
+    return max((scores[aspect] or 0.0, layer) for layer, scores in table.items())
+
+
+def test_probe_says_which_aspects_similar_can_use(store: Path) -> None:
+    """`mess probe` said 'aspect map stored for `mess similar --aspect`' and nothing of the aspects it stored as not
+    encoded: `mess similar --aspect rhythm` then refused an aspect the probe had just mapped. It now names the
+    aspects the map offers (with their layer) and those it cannot, with the score it stores for them: the best
+    layer's aspect score less the shuffled control's best, as the report's own tables give them."""
+    out = mess_here("probe", "--model", "dsp", "--store", str(store))
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    report = json.loads((store / "reports" / "probe-dsp-run1.json").read_text())
+    trained = report["conditions"]["trained"]["aspect_score"]
+    shuffled = report["conditions"]["shuffled"]["aspect_score"]
+    usable, weak = [], {}
+    for aspect in next(iter(trained.values())):
+        score, layer = _best(trained, aspect)
+        beyond = max(0.0, score - max(0.0, _best(shuffled, aspect)[0]))
+        if beyond < ENCODED:
+            weak[aspect] = beyond
+        else:
+            usable.append(f"{aspect} ({layer})")
+    assert weak, "the rendered collection's probe maps some aspect as not encoded"
+    line = " ".join(out.stderr.split())
+    said = re.search(r"aspect map stored for `mess similar --aspect` and 'why': (.*?); not encoded \(best score less "
+                     r"the shuffled control's below 0\.3\), so not used: (.*?) report:", line)
+    assert said, line
+    assert said[1] == (", ".join(usable) or "no aspect")
+    assert said[2] == ", ".join(f"{a} {s:.2f}" for a, s in sorted(weak.items(), key=lambda x: -x[1]))
+    refused = mess_here("similar", "1", "--model", "dsp", "--aspect", min(weak, key=weak.get), "--store", str(store))
+    assert refused.returncode == 1 and "below 0.3" in refused.stderr  # what the line warned of
+    answer = json.loads(mess_here("probe", "--model", "dsp", "--store", str(store), "--json").stdout)
+    assert answer["weak_aspects"] == pytest.approx(weak, abs=1e-4)
+
+
+def test_hybrid_names_the_components_it_leaves_out(store: Path, tmp_path: Path) -> None:
+    """docs/artists.md: components with no information in the collection 'are left out and reported'. `mess
+    artists hybrid` left them out of its weights and table without a word. Every rendered piece is tagged
+    'classical' and no credit names a second artist, so genre and collab set no pair of artists apart here."""
+    fs = FeatureStore(store, readonly=True)
+    tracks = fs.tracks(fs.run("dsp"))
+    fs.close()
+    assert len({t.genre for t in tracks}) == 1
+    assert not any(re.search(r"feat\.|ft\.|&|,| x | vs | and ", t.artist or "") for t in tracks)
+    artists = sorted({t.artist for t in tracks if t.artist})
+    reference = tmp_path / "similar.json"
+    reference.write_text(json.dumps({a: [b for b in artists if b != a][:2] for a in artists}))
+    out = mess_here("artists", "hybrid", "--reference", str(reference), "--model", "dsp", "-k", "2", "--no-save",
+                    "--store", str(store))
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    said = " ".join(out.stderr.split())
+    assert ("note: left out of the blend, with no information in this collection: genre (the genre tags, of the "
+            "tracks and --tags, set no pair of artists apart); collab (no collaborations in the credits)") in said, said
+    weights = json.loads(mess_here("artists", "hybrid", "--reference", str(reference), "--model", "dsp", "-k", "2",
+                                   "--no-save", "--json", "--store", str(store)).stdout)["weights"]
+    assert set(weights) == {"audio", "reference"}
