@@ -364,6 +364,11 @@ def _print_hybrid(result: HybridWeights) -> None:
     for name, m in fit.test.items():
         table.add_row(name, f"{m.overlap:.3f}", f"{m.recall:.3f}", f"{m.ndcg:.3f}", f"{m.mrr:.3f}")
     stdout.print(table)
+    why = {"genre": "the genre tags, of the tracks and --tags, set no pair of artists apart",
+           "collab": "no collaborations in the credits"}
+    if left := [c for c in COMPONENTS if c not in fit.weights]:  # a component with no information is not fitted
+        note("left out of the blend, with no information in this collection: "
+             + "; ".join(f"{c} ({why.get(c, 'every pair of artists scores the same')})" for c in left))
     if result.saved:
         console.print(f"saved -> {result.saved}")
 
