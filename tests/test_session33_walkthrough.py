@@ -81,3 +81,12 @@ def test_hybrid_names_the_components_it_leaves_out(store: Path, tmp_path: Path) 
     weights = json.loads(mess_here("artists", "hybrid", "--reference", str(reference), "--model", "dsp", "-k", "2",
                                    "--no-save", "--json", "--store", str(store)).stdout)["weights"]
     assert set(weights) == {"audio", "reference"}
+
+
+def test_config_usage_brackets_the_arguments_it_runs_without(store: Path) -> None:
+    """`mess config --help` read 'Usage: mess config [OPTIONS] KEY VALUE', as if both were required, while `mess
+    config` alone shows the settings (README: `mess config`)."""
+    shown = mess_here("config", "--store", str(store))
+    assert shown.returncode == 0 and "default-model = " in shown.stdout, shown.stderr
+    usage = mess_here("config", "--help", env={"COLUMNS": "100"}).stdout
+    assert "config [OPTIONS] [KEY] [VALUE]" in " ".join(usage.split()), usage

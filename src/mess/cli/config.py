@@ -11,8 +11,10 @@ from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt
 
 
 def config_command(
-    key: Annotated[str | None, typer.Argument(help="Setting to show or change: default-model.")] = None,
-    value: Annotated[str | None, typer.Argument(help="New value (a model extracted into this store).")] = None,
+    key: Annotated[str | None, typer.Argument(metavar="[KEY]", help="Setting to show or change: default-model.")]
+    = None,
+    value: Annotated[str | None, typer.Argument(metavar="[VALUE]",
+                                                help="New value (a model extracted into this store).")] = None,
     unset: Annotated[bool, typer.Option("--unset", help="Remove the setting (back to the automatic choice).")] = False,
     store: StoreOpt = DEFAULT_STORE_PATH,
     as_json: JsonOpt = False,

@@ -34,7 +34,7 @@ def serve_command(
     port: Annotated[int, typer.Option(help="TCP port (0: one the system picks).")] = 8000,
     model: Annotated[str | None, typer.Option("--model", "-m", parser=given_text,
                                               help="Default model, or one of its runs as NAME@RUN_ID (default: the "
-                                              "best extracted).")]
+                                              "best extracted; see `mess config`).")]
     = None,
     allow_indexing: Annotated[bool, typer.Option("--allow-indexing", help="Open the store writable and enable "
                                                  "POST /api/index (read-only otherwise).")] = False,
