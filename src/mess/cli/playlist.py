@@ -135,6 +135,8 @@ def clusters_command(
         fail(f"clusters are one playlist file each, written into a folder: -o {output} cannot take them; give a "
              "folder, or write one playlist to stdout with `mess playlist radio` or `path` and -o - --format m3u8")
     _outside_store(output, store)
+    if output is not None and output.exists() and not output.is_dir():
+        fail(f"{output} is a file: -o takes the folder to write one playlist per cluster into")
     from mess.playlists.clusters import clusters
     from mess.playlists.formats import write_cluster_folder
     from mess.playlists.playlist import PlaylistError
