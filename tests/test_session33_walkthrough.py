@@ -103,3 +103,14 @@ def test_clusters_into_a_file_names_it_before_clustering(store: Path, tmp_path: 
     assert out.stderr.strip() == (f"error: {playlist} is a file: -o takes the folder to write one playlist per "
                                   "cluster into")
     assert playlist.read_bytes() == b"#EXTM3U\nsong.flac\n" and out.stdout == ""
+
+
+def test_export_counts_one_layer_as_one(store: Path, tmp_path: Path) -> None:
+    """`mess export x.npz --layers mfcc` printed '16 tracks of 16 tracks x 1 layers of dsp'. The counts come from
+    the file it wrote."""
+    import numpy as np
+
+    out = mess_here("export", str(tmp_path / "x.npz"), "--model", "dsp", "--layers", "mfcc", "--store", str(store))
+    assert out.returncode == 0, out.stderr
+    n = len(np.load(tmp_path / "x.npz")["track_id"])
+    assert f"{n} tracks of {n} tracks x 1 layer of dsp -> " in out.stderr, out.stderr

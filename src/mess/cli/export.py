@@ -63,10 +63,10 @@ def export_command(
         emit_json({"model": run.model, "run_id": run.id, "revision": run.revision, "policy": run.policy,
                    **summary.__dict__, "layers": list(summary.layers)})
         return
-    unit = "windows" if segments else "tracks"
+    unit = "window" if segments else "track"
     which = f" run {run.id} of {len(runs)}" if len(runs) > 1 else ""
-    vectors = "fused vectors" if fused else f"{len(summary.layers)} layers"
-    console.print(f"{summary.rows} {unit} of {summary.tracks} tracks x {vectors} of "
+    vectors = "fused vectors" if fused else counted(len(summary.layers), "layer")
+    console.print(f"{counted(summary.rows, unit)} of {counted(summary.tracks, 'track')} x {vectors} of "
                   f"{plain(run.model)}{which} -> {plain(str(summary.path))}")
     if len(runs) > 1:
         _which_run_note(run, runs, in_use)
