@@ -114,3 +114,16 @@ def test_export_counts_one_layer_as_one(store: Path, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     n = len(np.load(tmp_path / "x.npz")["track_id"])
     assert f"{n} tracks of {n} tracks x 1 layer of dsp -> " in out.stderr, out.stderr
+
+
+def test_fuse_train_refusing_its_labels_prints_the_error_alone(store: Path) -> None:
+    """`mess fuse train --label genre` on a collection of one genre printed an empty progress bar ('fuse dsp by genre
+    0/110 0:00:00') above its error, as if training had begun."""
+    fs = FeatureStore(store, readonly=True)
+    genres = {t.genre for t in fs.tracks(fs.run("dsp"))}
+    fs.close()
+    assert len(genres) == 1  # one label: nothing to train on
+    out = mess_here("fuse", "train", "--model", "dsp", "--label", "genre", "--store", str(store))
+    assert out.returncode == 1 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: need at least 4 labels"), out.stderr

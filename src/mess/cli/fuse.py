@@ -123,7 +123,11 @@ def _train(fs: FeatureStore, run: Run, config: FusionConfig, path: Path, quiet: 
                 val = "-" if e.val_ndcg is None else f"{e.val_ndcg:.3f}"
                 bar.update(task, completed=e.epoch, status=f"loss {e.loss:.4f}  val nDCG@{config.k} {val}")
 
-            trained = train_and_save(fs, run, config, path, on_epoch, stop.is_set)
+            try:
+                trained = train_and_save(fs, run, config, path, on_epoch, stop.is_set)
+            except (FusionError, ValueError):
+                bar.update(task, visible=False)  # no empty bar above the error: '0/110' read as training begun
+                raise
             bar.update(task, total=trained.summary["epochs"])
     except (FusionError, ValueError) as exc:
         fail(str(exc))
