@@ -94,14 +94,14 @@ def test_config_usage_brackets_the_arguments_it_runs_without(store: Path) -> Non
 
 def test_clusters_into_a_file_names_it_before_clustering(store: Path, tmp_path: Path) -> None:
     """`mess playlist clusters -o radio.m3u8` (a playlist, not a folder) clustered the collection, then said 'cannot
-    write the playlists into radio.m3u8: ...: File exists'. It now says at once that -o takes a folder; the file is
-    left as it was."""
+    write the playlists into radio.m3u8: ...: File exists' (the system's words). It now says at once that -o takes a
+    folder; the file is left as it was."""
     playlist = tmp_path / "radio.m3u8"
     playlist.write_bytes(b"#EXTM3U\nsong.flac\n")
     out = mess_here("playlist", "clusters", "--model", "dsp", "-o", str(playlist), "--store", str(store))
     assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert out.stderr.strip() == (f"error: {playlist} is a file: -o takes the folder to write one playlist per "
-                                  "cluster into")
+    assert out.stderr.strip() == f"error: cannot write the cluster playlists into {playlist}: it is a file, and -o " \
+                                 "takes a folder"
     assert playlist.read_bytes() == b"#EXTM3U\nsong.flac\n" and out.stdout == ""
 
 

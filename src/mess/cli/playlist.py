@@ -136,7 +136,7 @@ def clusters_command(
              "folder, or write one playlist to stdout with `mess playlist radio` or `path` and -o - --format m3u8")
     _outside_store(output, store)
     if output is not None and output.exists() and not output.is_dir():
-        fail(f"{output} is a file: -o takes the folder to write one playlist per cluster into")
+        fail(f"cannot write the cluster playlists into {output}: it is a file, and -o takes a folder")
     from mess.playlists.clusters import clusters
     from mess.playlists.formats import write_cluster_folder
     from mess.playlists.playlist import PlaylistError
