@@ -127,3 +127,19 @@ def test_fuse_train_refusing_its_labels_prints_the_error_alone(store: Path) -> N
     assert out.returncode == 1 and out.stdout == ""
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: need at least 4 labels"), out.stderr
+
+
+def test_probe_random_init_on_a_device_not_here_is_one_line(store: Path) -> None:
+    """`mess probe --control random-init --device cuda` on a machine without that GPU computed every target, then
+    ended in a traceback (torch's 'Torch not compiled with CUDA enabled') when it built the random-init model. The
+    device asked for is one index past the GPUs torch sees, so no machine has it."""
+    import torch
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    out = mess_here("probe", "--model", "musicnn-msd", "--control", "random-init", "--device", f"cuda:{visible}",
+                    "--store", str(store))
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    seen = "no CUDA GPU is visible" if not visible else f"{visible} CUDA GPU(s) are visible"
+    assert out.stderr.strip().splitlines()[-1] == f"error: --device cuda:{visible} asked for, but {seen}" + (
+        f" (cuda:0..cuda:{visible - 1})" if visible else "")
+    assert not list((store / "reports").glob("probe-musicnn-msd*"))
