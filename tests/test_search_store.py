@@ -1308,7 +1308,7 @@ def test_listener_words_and_a_results_reasons_name_its_most_unusual_aspects() ->
     assert n.reasons_text(3)[2] == "rhythm: closer than 50% of tracks"
     assert n.to_dict() == {
         "id": 7, "path": "/music/a.flac", "name": "Artist - Title", "artist": "Artist", "title": "Title",
-        "album": "Album", "score": 0.123457, "duplicate": False, "adjusted": 0.987654,
+        "album": "Album", "score": 0.123457, "duplicate": False, "same_recording": None, "adjusted": 0.987654,
         "why": {"timbre": 0.8123, "rhythm": 0.5, "l0": 0.25},
         "why_percentile": {"timbre": 0.9744, "rhythm": 0.5, "l0": 0.996}, "reasons": ["l0", "timbre"],
         "reasons_text": ["l0: closer than 100% of tracks", "tone colour: closer than 97% of tracks"]}

@@ -231,7 +231,8 @@ def _print_similar(answer: dict, results: list[Neighbour], store: Path) -> None:
         row = [
             str(rank),
             str(n.track.id),
-            plain(n.track.name) + (" [bold yellow](duplicate)[/]" if n.duplicate else ""),
+            plain(n.track.name) + (" [bold yellow](same recording)[/]" if n.recording and n.recording.same
+                                   else " [bold yellow](duplicate)[/]" if n.duplicate else ""),
             f"{n.score:.3f}",
         ]
         row += [f"{n.adjusted:.4f}"] if n.adjusted is not None else []  # tight clusters differ in the 4th decimal

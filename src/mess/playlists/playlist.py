@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from mess.audio.names import credit_key
+from mess.audio.recording import durations_agree, same_recording
 from mess.constants import file_title
-from mess.search.query import DUPLICATE_COSINE
+from mess.search.query import DUPLICATE_COSINE, VERIFY_COSINE
 from mess.store import Track
 
 
@@ -88,15 +89,19 @@ def title_key(track: Track) -> tuple[str, str] | None:
 class DuplicateGuard:
     """Remembers kept tracks and tells whether another is a near-duplicate of one of them.
 
-    Near-duplicate: the same content, the same (artist, title) tags, or cosine >= DUPLICATE_COSINE
-    in the playlist's vector space.
+    Near-duplicate: the same content, the same (artist, title) tags, cosine >= DUPLICATE_COSINE in the playlist's
+    vector space, or, for a track at cosine >= :data:`VERIFY_COSINE` whose duration matches, the same recording by
+    its audio (:func:`mess.audio.recording.same_recording`: an MP3 or AAC copy of a kept FLAC); files not on disk
+    are not compared.
     """
 
     def __init__(self, dim: int) -> None:
         self._hashes: set[str] = set()
         self._titles: set[tuple[str, str]] = set()
         self._units = np.zeros((16, dim), dtype=np.float32)  # the first _kept rows; doubled when full
+        self._tracks: list[Track | None] = []  # the kept rows' tracks (None for an external seed)
         self._kept = 0
+        self._compared: dict[tuple[str, str], bool] = {}  # (kept path, candidate path): same recording
 
     def add(self, unit: np.ndarray, track: Track | None = None, content_hash: str | None = None) -> None:
         """Keep a track (or an external seed given by its vector and content hash)."""
@@ -104,6 +109,7 @@ class DuplicateGuard:
             self._units = np.concatenate([self._units, np.zeros_like(self._units)])
         self._units[self._kept] = unit
         self._kept += 1
+        self._tracks.append(track)
         if track is not None:
             self._hashes.add(track.content_hash)
             title = title_key(track)
@@ -116,4 +122,22 @@ class DuplicateGuard:
         """Whether ``track`` (with unit vector ``unit``) repeats a kept one."""
         if track.content_hash in self._hashes or (title_key(track) is not None and title_key(track) in self._titles):
             return True
-        return bool(self._kept and float((self._units[:self._kept] @ unit).max()) >= DUPLICATE_COSINE)
+        if not self._kept:
+            return False
+        sims = self._units[:self._kept] @ unit
+        if float(sims.max()) >= DUPLICATE_COSINE:
+            return True
+        close = np.flatnonzero(sims >= VERIFY_COSINE)
+        return any(self._same_recording(self._tracks[i], track) for i in close[np.argsort(-sims[close])])
+
+    def _same_recording(self, kept: Track | None, track: Track) -> bool:
+        """Whether the files of ``kept`` and ``track`` hold one recording (False when either is not on disk, or
+        their catalogued durations differ); each pair is compared once."""
+        if kept is None or not durations_agree(kept.duration, track.duration):
+            return False
+        key = (kept.path, track.path)
+        if key not in self._compared:
+            on_disk = Path(kept.path).is_file() and Path(track.path).is_file()
+            self._compared[key] = on_disk and same_recording(kept.path, track.path).same
+        return self._compared[key]
+

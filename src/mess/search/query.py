@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from mess.audio.names import credit_key
+from mess.audio.recording import RecordingMatch, durations_agree, same_recording
 from mess.constants import DEFAULT_NORM, ENCODED_R2, FUSED, LEARNED
 from mess.search.augment import augmented_query, expanded_rows
 from mess.search.counts import whole_count
@@ -50,6 +51,7 @@ from mess.store.paths import printable
 from mess.store.reports import newer_probe
 
 DUPLICATE_COSINE = 0.9999
+VERIFY_COSINE = 0.9  # results (and playlist picks) this close have their audio compared: a lossy copy scores 0.94+
 LISTENER_WORDS = {
     "timbre": "tone colour",
     "brightness": "brightness",
@@ -84,6 +86,7 @@ class Neighbour:
     track: Track
     score: float
     duplicate: bool = False
+    recording: RecordingMatch | None = None  # the query's file compared with this one's (close results only)
     why: dict[str, float] = field(default_factory=dict)
     why_percentile: dict[str, float] = field(default_factory=dict)
     adjusted: float | None = None
@@ -110,6 +113,7 @@ class Neighbour:
             "album": t.album,
             "score": round(self.score, 6),
             "duplicate": self.duplicate,
+            "same_recording": None if self.recording is None else self.recording.to_dict(),
             "adjusted": None if self.adjusted is None else round(self.adjusted, 6),
             "why": {a: round(v, 4) for a, v in self.why.items()},
             "why_percentile": {a: round(v, 4) for a, v in self.why_percentile.items()},
@@ -169,7 +173,9 @@ def similar_tracks(
         on_note: hears a one-line note (a large collection's data built in memory, or not saved).
 
     The query's own track never appears; tracks with the same content or cosine >= 0.9999
-    are flagged as duplicates. ``why`` / ``why_percentile`` are filled for TrackQuery inputs.
+    are flagged as duplicates, and so is a result at cosine >= VERIFY_COSINE whose audio is the query track's
+    recording (a lossy copy; ``recording`` holds the comparison of each result compared). ``why`` /
+    ``why_percentile`` are filled for TrackQuery inputs.
     """
     k = whole_count(k, "k", "tracks", 0)
     spec = VectorSpec.from_options(layer, aspect, fused, norm, learned)
@@ -196,17 +202,30 @@ def similar_tracks(
     sims, ids = sims[:k], _copies_by_path(vs, ids[:k], by_id, exclude)
     why, pct = _explain(store, run, tracks, tq, ids, norm) if tq is not None else ({}, {})
     qhash = tq.content_hash if tq is not None else None
+    recordings = _recordings(tq.track if tq is not None else None, sims, [by_id[int(i)] for i in ids])
     return [
         Neighbour(
             by_id[int(i)],
             float(s),
-            duplicate=bool(by_id[int(i)].content_hash == qhash or s >= DUPLICATE_COSINE),
+            duplicate=bool(by_id[int(i)].content_hash == qhash or s >= DUPLICATE_COSINE
+                           or int(i) in recordings and recordings[int(i)].same),
+            recording=recordings.get(int(i)),
             why=why.get(int(i), {}),
             why_percentile=pct.get(int(i), {}),
             adjusted=None if adjusted is None else float(adjusted[n]),
         )
         for n, (s, i) in enumerate(zip(sims, ids, strict=False))
     ]
+
+
+def _recordings(query: Track | None, sims: np.ndarray, results: list[Track]) -> dict[int, RecordingMatch]:
+    """The audio of the ``query`` track's file compared with each result's (by id) at cosine >= VERIFY_COSINE,
+    another content and a matching duration, both files on disk: whether a lossy copy is the same recording."""
+    if query is None or not Path(query.path).is_file():
+        return {}
+    return {t.id: same_recording(query.path, t.path) for s, t in zip(sims, results, strict=False)
+            if s >= VERIFY_COSINE and t.content_hash != query.content_hash
+            and durations_agree(query.duration, t.duration) and Path(t.path).is_file()}
 
 
 def _copies_by_path(vs: VectorSet, ids: np.ndarray, by_id: dict[int, Track], exclude: set[int]) -> np.ndarray:

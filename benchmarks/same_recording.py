@@ -1,0 +1,98 @@
+"""Calibration of :func:`mess.audio.recording.same_recording` on real music (the development soundtracks).
+
+Positives: copies of real tracks (two per game, at most 160 s) made with PyAV: MP3 at 96/128/192 kb/s, AAC at
+64/128 kb/s, Opus at 64 kb/s, resampled FLACs (22.05 and 48 kHz), 30 ms of silence added, 20 ms trimmed, 3 dB
+quieter. Negatives: every pair of distinct tracks of one game (scored whatever their durations, to see where
+the correlation alone would put them), and the known near-twins (two mixes of one warmux piece). Prints each
+group's correlation and loudness-drift distribution and the verdicts with the duration check.
+
+    python benchmarks/same_recording.py --out /tmp/same_recording      # copies are kept there between runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mess.audio import recording
+from mess.audio.decode import probe
+from mess.datasets.copies import read_channels, write_copy
+
+SOUNDTRACKS = Path("/work/data/soundtracks")
+VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {  # name: (suffix, codec, keyword arguments of write_copy)
+    "mp3-96": (".mp3", "libmp3lame", {"bit_rate": 96_000}),
+    "mp3-128": (".mp3", "libmp3lame", {"bit_rate": 128_000}),
+    "mp3-192": (".mp3", "libmp3lame", {"bit_rate": 192_000}),
+    "aac-64": (".m4a", "aac", {"bit_rate": 64_000}),
+    "aac-128": (".m4a", "aac", {"bit_rate": 128_000}),
+    "opus-64": (".opus", "libopus", {"bit_rate": 64_000, "out_rate": 48_000}),
+    "flac-22k": (".flac", "flac", {"out_rate": 22_050}),
+    "flac-48k": (".flac", "flac", {"out_rate": 48_000}),
+    "lead-30ms": (".flac", "flac", {"lead": 0.03}),
+    "trim-20ms": (".flac", "flac", {"lead": -0.02}),
+    "gain-3dB": (".flac", "flac", {"gain_db": -3.0}),
+}
+TWINS = [("warmux/Olivier_Militon.-.Apnee.ogg", "warmux/Olivier_Militon.-.Apnee2.ogg"),
+         ("wesnoth/frantic.ogg", "wesnoth/frantic-old.ogg")]
+
+
+def raw_match(a: Path, b: Path) -> tuple[float, float]:
+    """(correlation, loudness drift) of ``a`` and ``b`` as :func:`same_recording` computes them, without its
+    duration check (spans placed on the shorter file)."""
+    starts, span = recording.span_starts(min(probe(a).duration, probe(b).duration))
+    score, _, drift = recording.compare(*recording.spans(a, b, starts, span))
+    return score, drift
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("/tmp/same_recording"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = list(csv.DictReader((SOUNDTRACKS / "manifest.csv").open()))
+    by_game: dict[str, list[Path]] = defaultdict(list)
+    for r in rows:
+        by_game[r["game"]].append(Path(r["path"]))
+    sources = [p for game in by_game.values() for p in [q for q in game if probe(q).duration <= 160][:2]]
+    groups: dict[str, list[tuple[float, float, bool]]] = defaultdict(list)
+    seconds: list[float] = []
+    for src in sources:
+        audio, rate = read_channels(src)
+        for name, (suffix, codec, kw) in VARIANTS.items():
+            copy = args.out / f"{src.parent.name}-{src.stem}.{name}{suffix}"
+            if not copy.exists():
+                write_copy(audio, rate, copy, codec, **kw)
+            t = time.perf_counter()
+            m = recording.same_recording(src, copy)
+            seconds.append(time.perf_counter() - t)
+            groups[name].append((m.score, m.level_drift, m.same))
+    for twin_a, twin_b in TWINS:
+        pa, pb = SOUNDTRACKS / twin_a, SOUNDTRACKS / twin_b
+        score, drift = raw_match(pa, pb)
+        m = recording.same_recording(pa, pb)
+        print(f"twin {twin_a} / {twin_b}: correlation {score:.4f}, drift {drift:.2f} dB; verdict {m.same} ({m.reason})")
+    for game, paths in by_game.items():
+        for a, b in itertools.combinations(paths, 2):
+            score, drift = raw_match(a, b)
+            same = abs(probe(a).duration - probe(b).duration) <= recording.DURATION_TOLERANCE and (
+                score >= recording.SAME_SCORE and drift <= recording.SAME_LEVEL_DB)
+            groups[f"pairs of {game}"].append((score, drift, same))
+    print(f"{'group':<22}{'n':>5}{'corr min':>10}{'corr med':>10}{'corr max':>10}{'drift med':>11}"
+          f"{'drift max':>11}{'same':>6}")
+    for name, values in groups.items():
+        scores, drifts, verdicts = (np.array(v) for v in zip(*values, strict=True))
+        print(f"{name:<22}{len(scores):>5}{scores.min():>10.4f}{np.median(scores):>10.4f}{scores.max():>10.4f}"
+              f"{np.median(drifts):>11.2f}{drifts.max():>11.2f}{int(verdicts.sum()):>6}")
+    print(f"same_recording of a track and its copy: median {1000 * np.median(seconds):.0f} ms, "
+          f"max {1000 * max(seconds):.0f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Same recording: lossy, resampled and shifted copies of real soundtrack tracks are one recording; other tracks,
+another mix of one piece and another render of one score are not; radios never play a track and its copy, and
+`mess similar` says which result is the query's recording."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+
+from conftest import CACHE_ROOT, cache_lock
+from mess.audio import recording
+from mess.audio.decode import load_audio
+from mess.audio.recording import same_recording
+from mess.datasets import copies
+from mess.datasets.copies import read_channels, write_copy
+from mess.store import FeatureStore
+
+if TYPE_CHECKING:
+    from mess.datasets.render import RenderedVariant
+
+SOUNDTRACKS = Path(os.environ.get("MESS_SOUNDTRACKS", "/work/data/soundtracks"))
+SOURCES = ("transience.ogg", "main_menu.ogg", "battle-epic.ogg", "revelation.ogg")  # Wesnoth's, 48-78 s
+EXCERPT = 40.0  # seconds of each: the originals are lossless FLACs of them
+COPIES = {  # of the first source: name -> (codec, keyword arguments of write_copy)
+    "mp3-128.mp3": ("libmp3lame", {"bit_rate": 128_000}),
+    "aac-64.m4a": ("aac", {"bit_rate": 64_000}),
+    "lead-48k.flac": ("flac", {"out_rate": 48_000, "lead": 0.03}),
+}
+
+
+@pytest.fixture(scope="session")
+def originals(request: pytest.FixtureRequest) -> list[Path]:
+    """FLACs of the first :data:`EXCERPT` seconds of four Wesnoth tracks, and copies of the first (:data:`COPIES`),
+    cached across runs (keyed by the copy writer's source)."""
+    folder = SOUNDTRACKS / "wesnoth"
+    tracks = [folder / s for s in SOURCES] if folder.is_dir() else request.getfixturevalue("wesnoth_tracks")
+    by_name = {Path(t).name: Path(t) for t in tracks}
+    key = json.dumps([SOURCES, EXCERPT, {k: [c, kw] for k, (c, kw) in COPIES.items()}]).encode()
+    out = CACHE_ROOT / f"recordings-{hashlib.sha1(key + Path(copies.__file__).read_bytes()).hexdigest()[:12]}"
+    with cache_lock(out):
+        out.mkdir(parents=True, exist_ok=True)
+        made = []
+        for name in SOURCES:
+            flac = out / f"{Path(name).stem}.flac"
+            audio, rate = read_channels(by_name[name], EXCERPT)
+            _write(flac, lambda tmp, a=audio, r=rate: write_copy(a, r, tmp, "flac"))
+            made.append(flac)
+        audio, rate = read_channels(made[0])
+        for name, (codec, kw) in COPIES.items():
+            _write(out / name, lambda tmp, c=codec, k=kw: write_copy(audio, rate, tmp, c, **k))
+    return made
+
+
+def _write(path: Path, make: Callable[[Path], object]) -> None:
+    """``make`` a file at ``path`` unless it is there, through a temporary name (a killed run leaves no half file)."""
+    if not path.exists():
+        tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+        make(tmp)
+        tmp.replace(path)
+
+
+def _copy(originals: list[Path], name: str) -> Path:
+    return originals[0].parent / name
+
+
+@pytest.mark.parametrize("name", sorted(COPIES))
+def test_a_lossy_resampled_or_shifted_copy_is_the_same_recording(originals: list[Path], name: str) -> None:
+    """An MP3 at 128 kb/s, an AAC at 64 kb/s and a 48 kHz FLAC with 30 ms of silence ahead are the original's
+    recording, found at the lag the copy was made with (within one 16 ms frame; encoder delay is under that)."""
+    match = same_recording(originals[0], _copy(originals, name))
+    lead = COPIES[name][1].get("lead", 0.0)
+    assert match.same, match.reason
+    assert abs(match.lag - lead) <= 128 / recording.RATE + 1e-9, match
+    assert match.score >= recording.SAME_SCORE and match.level_drift <= recording.SAME_LEVEL_DB
+    assert "same recording" in match.reason and match.to_dict()["same"] is True
+
+
+def test_the_score_is_the_correlation_of_the_log_mel_spans_at_the_lag(originals: list[Path]) -> None:
+    """The correlation a match reports is the Pearson correlation (numpy's corrcoef) of the two files' log-mel
+    spectrograms at the reported lag, the lowest of the three spans'."""
+    a, b = originals[0], _copy(originals, "lead-48k.flac")
+    match = same_recording(a, b)
+    fixed, sliding = recording.spans(a, b, *recording.span_starts(min(match.durations)))
+    pad = len(sliding[0]) - len(fixed[0])
+    lag = round(match.lag * recording.RATE / 128) + pad // 2
+    expected = min(float(np.corrcoef(x.ravel(), y[lag:lag + len(x)].ravel())[0, 1])
+                   for x, y in zip(fixed, sliding, strict=True))
+    assert match.score == pytest.approx(expected, abs=1e-4)
+
+
+def test_other_tracks_of_one_length_are_not_the_same_recording(originals: list[Path]) -> None:
+    """Four different tracks cut to one length (so the duration check passes) are pairwise different recordings,
+    their correlation below the threshold."""
+    for i, a in enumerate(originals):
+        for b in originals[i + 1:]:
+            match = same_recording(a, b)
+            assert not match.same and match.score < recording.SAME_SCORE, match
+
+
+def test_another_mix_of_one_piece_is_not_the_same_recording(tmp_path: Path) -> None:
+    """Warmux's Apnee and Apnee2: one piece, the same stems (their waveforms correlate 0.999 for most of the
+    track) mixed with other levels; their log-mel spectra correlate like a lossy copy's, but their loudness ratio
+    drifts by several dB from one part to the next (measured here from the decoded audio), as a copy's never does."""
+    folder = SOUNDTRACKS / "warmux"
+    if not (folder / "Olivier_Militon.-.Apnee2.ogg").is_file():
+        pytest.skip(f"the warmux soundtrack is not in {SOUNDTRACKS}")
+    a, b = (Path(shutil.copy(folder / f"Olivier_Militon.-.{n}.ogg", tmp_path)) for n in ("Apnee", "Apnee2"))
+    x, y = load_audio(a, 8000), load_audio(b, 8000)
+    seconds = np.arange(0, min(len(x), len(y)) - 80_000, 80_000)
+    ratio = [10 * np.log10(np.mean(y[s:s + 80_000] ** 2) / np.mean(x[s:s + 80_000] ** 2)) for s in seconds]
+    assert max(ratio) - min(ratio) > 2 * recording.SAME_LEVEL_DB  # the premise: the two mixes ride levels apart
+    match = same_recording(a, b)
+    assert not match.same and match.level_drift > recording.SAME_LEVEL_DB, match
+
+
+def test_one_score_rendered_with_two_instruments_is_not_the_same_recording(
+        factor_sets: Callable[[str], list[RenderedVariant]]) -> None:
+    """A Bach chorale rendered with piano, violin and flute (one score, one tempo, one length): three recordings."""
+    renders = [v for v in factor_sets("instrument") if v.piece == factor_sets("instrument")[0].piece]
+    assert len(renders) == 3
+    for i, a in enumerate(renders):
+        for b in renders[i + 1:]:
+            match = same_recording(a.path, b.path)
+            assert not match.same, (a.value, b.value, match)
+
+
+def test_files_not_on_disk_or_unreadable_are_not_compared(originals: list[Path], tmp_path: Path) -> None:
+    """A missing file and one that is no audio give a verdict with the reason, not an exception."""
+    junk = tmp_path / "junk.mp3"
+    junk.write_bytes(b"not audio at all" * 100)
+    for other in (tmp_path / "gone.flac", junk):
+        match = same_recording(originals[0], other)
+        assert not match.same and "not compared" in match.reason and str(other) in match.reason
+        assert match.to_dict()["score"] is None
+
+
+@pytest.fixture
+def copied_store(originals: list[Path], tmp_path: Path) -> tuple[Path, list[Path]]:
+    """The four originals and the copies of the first in a music folder, extracted with dsp: (store, the first
+    original and its copies there)."""
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.registry import load_model
+
+    music = tmp_path / "music"
+    music.mkdir()
+    for path in [*originals, *(_copy(originals, name) for name in COPIES)]:
+        shutil.copy(path, music)
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        assert not extract(store, sorted(music.iterdir()), load_model("dsp"), WindowPolicy()).failed
+    return tmp_path / "store", [music / originals[0].name, *(music / name for name in COPIES)]
+
+
+def test_a_radio_never_plays_a_track_and_its_copies(copied_store: tuple[Path, list[Path]]) -> None:
+    """Seeded by any track, a radio over a folder holding a track, its MP3 and AAC copies and a resampled copy plays
+    at most one of the four (the seed counts). Some of them are at a cosine under 0.9999 in the radio's space,
+    above 0.9: the vectors could not tell, and the radio played two of the recording before."""
+    from mess.playlists.radio import radio
+    from mess.search.query import DUPLICATE_COSINE, VERIFY_COSINE, collection_query
+    from mess.search.vectors import VectorSpec, load_vectors
+
+    root, group = copied_store
+    with closing(FeatureStore(root)) as store:
+        run = store.runs()[0]
+        same = {str(p) for p in group}
+        vs = load_vectors(store, run, VectorSpec.from_options(), store.tracks(run))
+        units = vs.unit()[vs.rows(np.array([store.track(p).id for p in sorted(same)]))]
+        cosines = (units @ units.T)[np.triu_indices(len(units), 1)]
+        assert ((cosines >= VERIFY_COSINE) & (cosines < DUPLICATE_COSINE)).any(), cosines  # the premise
+        for track in store.tracks(run):
+            playlist = radio(store, run, [collection_query(store, track.path)], n=10)
+            played = {track.path, *(t.path for t in playlist.tracks)}
+            assert len(played & same) <= 1, (track.path, [t.path for t in playlist.tracks])
+
+
+def test_similar_marks_the_copies_as_the_same_recording(copied_store: tuple[Path, list[Path]]) -> None:
+    """`mess similar` of the original flags its copies as duplicates, one at a cosine under 0.9999, with the
+    comparison's evidence in JSON ("same_recording"); the other tracks (of the same length, close in this small
+    collection's space) are compared and are not."""
+    from mess.search.query import DUPLICATE_COSINE, collection_query, similar_tracks
+
+    root, (original, *copied) = copied_store
+    with closing(FeatureStore(root)) as store:
+        run = store.runs()[0]
+        results = similar_tracks(store, run, collection_query(store, str(original)), k=6)
+    by_path = {n.track.path: n for n in results}
+    assert any(by_path[str(p)].score < DUPLICATE_COSINE for p in copied)  # the premise: its audio tells
+    for path in copied:
+        n = by_path[str(path)]
+        assert n.duplicate and n.recording is not None and n.recording.same, n
+        evidence = n.to_dict()["same_recording"]
+        assert evidence["same"] and evidence["score"] >= recording.SAME_SCORE and len(evidence["durations"]) == 2
+    others = [n for n in results if Path(n.track.path) not in copied]
+    assert others and not any(n.duplicate or n.recording is not None and n.recording.same for n in others)
