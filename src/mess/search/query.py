@@ -86,10 +86,10 @@ class Neighbour:
     track: Track
     score: float
     duplicate: bool = False
-    recording: RecordingMatch | None = None  # the query's file compared with this one's (close results only)
     why: dict[str, float] = field(default_factory=dict)
     why_percentile: dict[str, float] = field(default_factory=dict)
     adjusted: float | None = None
+    recording: RecordingMatch | None = None  # the query's file compared with this one's (close results only)
 
     def reasons(self, n: int = 2) -> list[str]:
         """The ``n`` aspects in which this result is most unusually close to the query."""
