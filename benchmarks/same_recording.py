@@ -7,6 +7,10 @@ the correlation alone would put them), and the known near-twins (two mixes of on
 group's correlation and loudness-drift distribution and the verdicts with the duration check.
 
     python benchmarks/same_recording.py --out /tmp/same_recording      # copies are kept there between runs
+    python benchmarks/same_recording.py --radio-store STORE             # the audio check's cost in radios
+
+``--radio-store``: 20-track radios seeded by each of the store's first 20 tracks (by path), with the audio check and
+with it stubbed out (the playlists compared), after one radio to warm the caches.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import csv
 import itertools
 import time
 from collections import defaultdict
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,9 @@ import numpy as np
 from mess.audio import recording
 from mess.audio.decode import probe
 from mess.datasets.copies import read_channels, write_copy
+from mess.playlists import playlist, radio
+from mess.search.query import collection_query
+from mess.store import FeatureStore
 
 SOUNDTRACKS = Path("/work/data/soundtracks")
 VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {  # name: (suffix, codec, keyword arguments of write_copy)
@@ -51,10 +59,49 @@ def raw_match(a: Path, b: Path) -> tuple[float, float]:
     return score, drift
 
 
+def radio_cost(root: Path, seeds: int = 20, n: int = 20) -> None:
+    """Print the time of radios with and without the audio check, and the comparisons they made."""
+    real = playlist.same_recording
+    calls: list[float] = []
+
+    def counted(a: str | Path, b: str | Path) -> recording.RecordingMatch:
+        t = time.perf_counter()
+        try:
+            return real(a, b)
+        finally:
+            calls.append(time.perf_counter() - t)
+
+    def never(a: str | Path, b: str | Path) -> recording.RecordingMatch:
+        return recording.RecordingMatch(False, float("nan"), 0.0, float("nan"), (0.0, 0.0), "stub")
+
+    with closing(FeatureStore(root)) as store:
+        run = store.runs()[0]
+        paths = sorted(t.path for t in store.tracks(run))[:seeds]
+        radio.radio(store, run, [collection_query(store, paths[0])], n)
+        times: dict[str, list[float]] = {"with": [], "without": []}
+        lists: dict[str, list[list[str]]] = {"with": [], "without": []}
+        for name, check in (("without", never), ("with", counted)):
+            playlist.same_recording = check  # type: ignore[assignment]
+            for p in paths:
+                t = time.perf_counter()
+                made = radio.radio(store, run, [collection_query(store, p)], n)
+                times[name].append(time.perf_counter() - t)
+                lists[name].append([t.path for t in made.tracks])
+        playlist.same_recording = real
+    changed = sum(a != b for a, b in zip(lists["with"], lists["without"], strict=True))
+    print(f"{len(paths)} radios of {n} on {root}: {1000 * np.mean(times['without']):.0f} ms without the audio check, "
+          f"{1000 * np.mean(times['with']):.0f} ms with it (max {1000 * max(times['with']):.0f} ms); "
+          f"{len(calls)} comparisons, {1000 * np.mean(calls) if calls else 0:.0f} ms each; {changed} radios changed")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/same_recording"))
+    parser.add_argument("--radio-store", type=Path)
     args = parser.parse_args()
+    if args.radio_store:
+        radio_cost(args.radio_store)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     rows = list(csv.DictReader((SOUNDTRACKS / "manifest.csv").open()))
     by_game: dict[str, list[Path]] = defaultdict(list)

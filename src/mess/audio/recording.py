@@ -100,7 +100,7 @@ def spans(a: Path, b: Path, starts: list[float], seconds: float) -> tuple[list[n
     """Log-mel spectrograms [frames, bands] of ``a``'s spans of ``seconds`` at ``starts`` and of ``b``'s, each
     :data:`MAX_LAG` longer at both ends."""
     pad = _LAG_FRAMES * _HOP / RATE
-    return ([_log_mel(a, s, seconds) for s in starts], [_log_mel(b, s - pad, seconds + 2 * pad) for s in starts])
+    return _log_mels(a, starts, seconds), _log_mels(b, [s - pad for s in starts], seconds + 2 * pad)
 
 
 def compare(fixed: list[np.ndarray], sliding: list[np.ndarray]) -> tuple[float, float, float]:
@@ -121,13 +121,16 @@ def compare(fixed: list[np.ndarray], sliding: list[np.ndarray]) -> tuple[float, 
 def best_lag(fixed: np.ndarray, sliding: np.ndarray) -> tuple[float, int]:
     """(the highest Pearson correlation of ``fixed`` [frames, bands] with an equal run of ``sliding``'s frames,
     the frame of ``sliding`` where that run starts)."""
-    n = len(fixed)
-    x = (fixed - fixed.mean()).ravel()
-    x /= max(float(np.linalg.norm(x)), 1e-12)
-    runs = np.lib.stride_tricks.sliding_window_view(sliding, n, axis=0)  # [lags, bands, n]
-    runs = runs.transpose(0, 2, 1).reshape(len(runs), -1)
-    runs = runs - runs.mean(axis=1, keepdims=True)
-    scores = runs @ x / np.maximum(np.linalg.norm(runs, axis=1), 1e-12)
+    n = fixed.size
+    x = fixed - fixed.mean()
+    # x sums to 0, so a run's mean drops out of the products; its spread comes from running sums
+    products = sum(np.correlate(sliding[:, b], x[:, b], "valid") for b in range(x.shape[1]))
+    totals = np.concatenate([[0.0], np.cumsum(sliding.sum(axis=1, dtype=np.float64))])
+    squares = np.concatenate([[0.0], np.cumsum(np.square(sliding, dtype=np.float64).sum(axis=1))])
+    run = len(fixed)
+    sums, sums2 = totals[run:] - totals[:-run], squares[run:] - squares[:-run]
+    spread = np.sqrt(np.maximum(sums2 - sums**2 / n, 1e-12)) * max(float(np.linalg.norm(x)), 1e-12)
+    scores = np.asarray(products) / spread
     best = int(np.argmax(scores))
     return float(scores[best]), best
 
@@ -139,13 +142,13 @@ def _loudness(log_mel: np.ndarray) -> np.ndarray:
     return np.where(level >= level.max() - _LEVEL_RANGE_DB, level, np.nan)
 
 
-def _log_mel(path: Path, start: float, seconds: float) -> np.ndarray:
+def _log_mels(path: Path, starts: list[float], seconds: float) -> list[np.ndarray]:
     """[frames, bands] log-mel energies (dB, floored :data:`_FLOOR_DB` below the loudest) of ``seconds`` of
-    ``path`` from ``start``."""
-    audio = load_segments(path, RATE, [start], seconds)
-    power = np.abs(stft(audio, _N_FFT, _HOP, "float32")[0]) ** 2
+    ``path`` from each of ``starts``."""
+    audio = load_segments(path, RATE, starts, seconds)
+    power = np.abs(stft(audio, _N_FFT, _HOP, "float32")) ** 2
     db = 10 * np.log10(power @ _mel_bank() + 1e-10)
-    return np.maximum(db, db.max() - _FLOOR_DB)
+    return [np.maximum(d, d.max() - _FLOOR_DB) for d in db]
 
 
 def _duration(path: Path) -> float:
