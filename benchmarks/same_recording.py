@@ -9,8 +9,8 @@ group's correlation and loudness-drift distribution and the verdicts with the du
     python benchmarks/same_recording.py --out /tmp/same_recording      # copies are kept there between runs
     python benchmarks/same_recording.py --radio-store STORE             # the audio check's cost in radios
 
-``--radio-store``: 20-track radios seeded by each of the store's first 20 tracks (by path), with the audio check and
-with it stubbed out (the playlists compared), after one radio to warm the caches.
+``--radio-store``: 20-track radios seeded by 20 of the store's tracks (evenly spaced in path order), with the audio
+check and with it stubbed out (the playlists compared), after one radio to warm the caches.
 """
 
 from __future__ import annotations
@@ -76,13 +76,15 @@ def radio_cost(root: Path, seeds: int = 20, n: int = 20) -> None:
 
     with closing(FeatureStore(root)) as store:
         run = store.runs()[0]
-        paths = sorted(t.path for t in store.tracks(run))[:seeds]
+        every = sorted(t.path for t in store.tracks(run))
+        paths = every[::max(1, len(every) // seeds)][:seeds]
         radio.radio(store, run, [collection_query(store, paths[0])], n)
         times: dict[str, list[float]] = {"with": [], "without": []}
         lists: dict[str, list[list[str]]] = {"with": [], "without": []}
         for name, check in (("without", never), ("with", counted)):
             playlist.same_recording = check  # type: ignore[assignment]
             for p in paths:
+                recording._stamped_log_mels.cache_clear()  # each radio command starts cold
                 t = time.perf_counter()
                 made = radio.radio(store, run, [collection_query(store, p)], n)
                 times[name].append(time.perf_counter() - t)

@@ -89,7 +89,7 @@ def test_the_score_is_the_correlation_of_the_log_mel_spans_at_the_lag(originals:
     spectrograms at the reported lag, the lowest of the three spans'."""
     a, b = originals[0], _copy(originals, "lead-48k.flac")
     match = same_recording(a, b)
-    fixed, sliding = recording.spans(a, b, *recording.span_starts(min(match.durations)))
+    fixed, sliding = recording.spans(a, b, *recording.span_starts(match.durations[0]))
     pad = len(sliding[0]) - len(fixed[0])
     lag = round(match.lag * recording.RATE / 128) + pad // 2
     expected = min(float(np.corrcoef(x.ravel(), y[lag:lag + len(x)].ravel())[0, 1])
@@ -163,7 +163,7 @@ def copied_store(originals: list[Path], tmp_path: Path) -> tuple[Path, list[Path
 def test_a_radio_never_plays_a_track_and_its_copies(copied_store: tuple[Path, list[Path]]) -> None:
     """Seeded by any track, a radio over a folder holding a track, its MP3 and AAC copies and a resampled copy plays
     at most one of the four (the seed counts). Some of them are at a cosine under 0.9999 in the radio's space,
-    above 0.9: the vectors could not tell, and the radio played two of the recording before."""
+    above VERIFY_COSINE: the vectors could not tell, and the radio played two of the recording before."""
     from mess.playlists.radio import radio
     from mess.search.query import DUPLICATE_COSINE, VERIFY_COSINE, collection_query
     from mess.search.vectors import VectorSpec, load_vectors

@@ -70,7 +70,7 @@ def same_recording(a: str | Path, b: str | Path) -> RecordingMatch:
     if abs(durations[0] - durations[1]) > DURATION_TOLERANCE:
         return RecordingMatch(False, nan, 0.0, nan, durations,
                               f"durations differ: {durations[0]:.1f} s and {durations[1]:.1f} s")
-    starts, span = span_starts(min(durations))
+    starts, span = span_starts(durations[0])
     if span < MIN_SPAN:
         return RecordingMatch(False, nan, 0.0, nan, durations, f"too short to compare ({min(durations):.1f} s)")
     try:
@@ -89,11 +89,13 @@ def durations_agree(a: float | None, b: float | None) -> bool:
     return not a or not b or abs(a - b) <= DURATION_TOLERANCE
 
 
-def span_starts(shorter: float) -> tuple[list[float], float]:
-    """(where the spans compared start, their length) in seconds, for files of ``shorter`` seconds or more: at
-    :data:`AT_FRACTIONS` of it, :data:`MAX_LAG` from either end."""
-    span = min(SPAN_SECONDS, shorter - 2 * MAX_LAG - 0.2)
-    return [min(max(MAX_LAG, f * shorter), shorter - span - MAX_LAG - 0.1) for f in AT_FRACTIONS], span
+def span_starts(duration: float) -> tuple[list[float], float]:
+    """(where the spans compared start, their length) in seconds, for a first file of ``duration`` seconds (so its
+    spans are decoded once for every file it is compared with): at :data:`AT_FRACTIONS` of it, clear of either end
+    by :data:`MAX_LAG` in a second file up to :data:`DURATION_TOLERANCE` shorter."""
+    usable = duration - DURATION_TOLERANCE
+    span = min(SPAN_SECONDS, usable - 2 * MAX_LAG - 0.2)
+    return [min(max(MAX_LAG, f * duration), usable - span - MAX_LAG - 0.1) for f in AT_FRACTIONS], span
 
 
 def spans(a: Path, b: Path, starts: list[float], seconds: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -144,7 +146,15 @@ def _loudness(log_mel: np.ndarray) -> np.ndarray:
 
 def _log_mels(path: Path, starts: list[float], seconds: float) -> list[np.ndarray]:
     """[frames, bands] log-mel energies (dB, floored :data:`_FLOOR_DB` below the loudest) of ``seconds`` of
-    ``path`` from each of ``starts``."""
+    ``path`` from each of ``starts``; kept for the file as it is (a kept track meets many candidates)."""
+    stat = path.stat()
+    return _stamped_log_mels(path, (stat.st_size, stat.st_mtime_ns, stat.st_ino), tuple(starts), seconds)
+
+
+@lru_cache(maxsize=32)
+def _stamped_log_mels(path: Path, stamp: tuple[int, int, int], starts: tuple[float, ...],
+                      seconds: float) -> list[np.ndarray]:
+    """:func:`_log_mels` of ``path`` as it is (``stamp``: size, mtime, inode)."""
     audio = load_segments(path, RATE, starts, seconds)
     power = np.abs(stft(audio, _N_FFT, _HOP, "float32")) ** 2
     db = 10 * np.log10(power @ _mel_bank() + 1e-10)
