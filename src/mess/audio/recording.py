@@ -32,6 +32,7 @@ SAME_LEVEL_DB = 1.0  # and the most their loudness may drift apart (another mix 
 _N_FFT, _HOP, _BANDS = 512, 128, 40
 _FLOOR_DB = 60.0  # log-mel values more than this below the span's loudest are clipped (silence, codec noise)
 _LEVEL_RANGE_DB = 30.0  # frames this far below the loudest have no say in the loudness drift
+_LEVEL_FRAMES = 32  # frames (0.5 s) a level is averaged over
 _LAG_FRAMES = round(MAX_LAG * RATE / _HOP)
 
 
@@ -138,9 +139,11 @@ def best_lag(fixed: np.ndarray, sliding: np.ndarray) -> tuple[float, int]:
 
 
 def _loudness(log_mel: np.ndarray) -> np.ndarray:
-    """Each frame's level in dB (its bands' energies summed), NaN for frames :data:`_LEVEL_RANGE_DB` below the
-    loudest (quiet frames: codec noise and rounding)."""
-    level = 10 * np.log10(np.sum(10 ** (log_mel / 10), axis=1))
+    """Each frame's level in dB (its bands' energies summed over :data:`_LEVEL_FRAMES` around it), NaN for frames
+    :data:`_LEVEL_RANGE_DB` below the loudest (quiet frames: codec noise and rounding). Averaged over half a second,
+    as a mix rides levels, so that an onset a few ms off the frame grid (a copy shifted by 20 ms) does not count."""
+    power = np.convolve(np.sum(10 ** (log_mel / 10), axis=1), np.full(_LEVEL_FRAMES, 1 / _LEVEL_FRAMES), "same")
+    level = 10 * np.log10(np.maximum(power, 1e-10))
     return np.where(level >= level.max() - _LEVEL_RANGE_DB, level, np.nan)
 
 
