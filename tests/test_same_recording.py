@@ -201,3 +201,21 @@ def test_similar_marks_the_copies_as_the_same_recording(copied_store: tuple[Path
         assert evidence["same"] and evidence["score"] >= recording.SAME_SCORE and len(evidence["durations"]) == 2
     others = [n for n in results if Path(n.track.path) not in copied]
     assert others and not any(n.duplicate or n.recording is not None and n.recording.same for n in others)
+
+
+def test_a_path_from_a_track_to_its_copy_is_refused(copied_store: tuple[Path, list[Path]]) -> None:
+    """A sonic path from a track to its MP3 copy (other content) is refused as one from a track to itself is, the
+    reason naming both; from the track to another one it is made."""
+    from mess.playlists.path import sonic_path
+    from mess.playlists.playlist import PlaylistError
+
+    root, (original, *copied) = copied_store
+    with closing(FeatureStore(root)) as store:
+        run = store.runs()[0]
+        start, copy = store.track(str(original)), store.track(str(copied[0]))
+        with pytest.raises(PlaylistError, match="the start and the end are the same recording") as refused:
+            sonic_path(store, run, start, copy, n=3)
+        assert start.name in str(refused.value) and copy.name in str(refused.value)
+        other = next(t for t in store.tracks(run) if Path(t.path).parent == original.parent
+                     and Path(t.path) not in (original, *copied))
+        assert len(sonic_path(store, run, start, other, n=3)) == 3
