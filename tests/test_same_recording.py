@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from conftest import CACHE_ROOT, cache_lock
+from conftest import CACHE_ROOT, cache_lock, mess_here
 from mess.audio import recording
 from mess.audio.decode import load_audio
 from mess.audio.recording import same_recording
@@ -219,3 +219,15 @@ def test_a_path_from_a_track_to_its_copy_is_refused(copied_store: tuple[Path, li
         other = next(t for t in store.tracks(run) if Path(t.path).parent == original.parent
                      and Path(t.path) not in (original, *copied))
         assert len(sonic_path(store, run, start, other, n=3)) == 3
+
+
+def test_mess_similar_says_same_recording(copied_store: tuple[Path, list[Path]]) -> None:
+    """`mess similar` prints "(same recording)" beside each copy of the query, and its JSON the evidence."""
+    root, (original, *copied) = copied_store
+    shown = mess_here("similar", str(original), "-k", "6", "-s", str(root), env={"COLUMNS": "250"})
+    assert shown.returncode == 0, shown.stderr
+    flagged = [line for line in shown.stdout.splitlines() if "(same recording)" in line]
+    assert len(flagged) == len(copied) and all(any(p.stem in line for p in copied) for line in flagged), shown.stdout
+    answer = json.loads(mess_here("similar", str(original), "-k", "6", "-s", str(root), "--json").stdout)
+    same = {Path(r["path"]).name for r in answer["results"] if r["same_recording"] and r["same_recording"]["same"]}
+    assert same == {p.name for p in copied}

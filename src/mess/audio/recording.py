@@ -1,7 +1,7 @@
 """Whether two files hold the same recording: a lossy copy (MP3, AAC, Opus of a FLAC), a resampled one, or one
 with a few ms of encoder delay or silence added, but not another mix or render of the same piece.
 
-Three spans of both files (:data:`SPAN_SECONDS` at fixed fractions of the shorter duration) are decoded at
+Three spans of both files (:data:`SPAN_SECONDS` at fixed fractions of the first file's duration) are decoded at
 :data:`RATE` Hz and turned into log-mel spectrograms; each span of one is slid against the other's within
 :data:`MAX_LAG` seconds. Two files are one recording when every span correlates at its best lag
 (:data:`SAME_SCORE`) and their loudness keeps one ratio throughout (:data:`SAME_LEVEL_DB`: another mix of the same
