@@ -143,10 +143,11 @@ def test_files_not_on_disk_or_unreadable_are_not_compared(originals: list[Path],
         assert match.to_dict()["score"] is None
 
 
-@pytest.fixture
-def copied_store(originals: list[Path], tmp_path: Path) -> tuple[Path, list[Path]]:
+@pytest.fixture(scope="module")
+def copied_store(originals: list[Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
     """The four originals and the copies of the first in a music folder, extracted with dsp: (store, the first
-    original and its copies there)."""
+    original and its copies there). Its tests only read it."""
+    tmp_path = tmp_path_factory.mktemp("copied")
     from mess.audio.windows import WindowPolicy
     from mess.extract.pipeline import extract
     from mess.models.registry import load_model
