@@ -99,16 +99,21 @@ def radio_cost(root: Path, seeds: int = 20, n: int = 20) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/same_recording"))
-    parser.add_argument("--radio-store", type=Path)
+    parser.add_argument("--radio-store", type=Path, help="a store of the soundtracks (with copies) to time radios on")
+    parser.add_argument("--soundtracks", type=Path, default=SOUNDTRACKS, help="folder with manifest.csv")
     args = parser.parse_args()
     if args.radio_store:
+        if not (args.radio_store / "catalog.sqlite").is_file():
+            parser.error(f"--radio-store {args.radio_store}: no feature store there (mess extract ... -s STORE)")
         radio_cost(args.radio_store)
         return
+    if not (args.soundtracks / "manifest.csv").is_file():
+        parser.error(f"--soundtracks {args.soundtracks}: no manifest.csv (mess demo soundtracks fetches them)")
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = list(csv.DictReader((SOUNDTRACKS / "manifest.csv").open()))
+    rows = list(csv.DictReader((args.soundtracks / "manifest.csv").open()))
     by_game: dict[str, list[Path]] = defaultdict(list)
     for r in rows:
-        by_game[r["game"]].append(Path(r["path"]))
+        by_game[r["game"]].append(args.soundtracks / r["path"])  # absolute paths stay as they are
     sources = [p for game in by_game.values() for p in [q for q in game if probe(q).duration <= 160][:2]]
     groups: dict[str, list[tuple[float, float, bool]]] = defaultdict(list)
     seconds: list[float] = []
@@ -123,7 +128,9 @@ def main() -> None:
             seconds.append(time.perf_counter() - t)
             groups[name].append((m.score, m.level_drift, m.same))
     for twin_a, twin_b in TWINS:
-        pa, pb = SOUNDTRACKS / twin_a, SOUNDTRACKS / twin_b
+        pa, pb = args.soundtracks / twin_a, args.soundtracks / twin_b
+        if not (pa.is_file() and pb.is_file()):
+            continue
         score, drift = raw_match(pa, pb)
         m = recording.same_recording(pa, pb)
         print(f"twin {twin_a} / {twin_b}: correlation {score:.4f}, drift {drift:.2f} dB; verdict {m.same} ({m.reason})")
