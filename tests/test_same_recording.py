@@ -18,7 +18,7 @@ import pytest
 
 from conftest import CACHE_ROOT, cache_lock, mess_here
 from mess.audio import recording
-from mess.audio.decode import load_audio
+from mess.audio.decode import load_audio, probe
 from mess.audio.recording import same_recording
 from mess.datasets import copies
 from mess.datasets.copies import read_channels, write_copy
@@ -232,3 +232,14 @@ def test_mess_similar_says_same_recording(copied_store: tuple[Path, list[Path]])
     answer = json.loads(mess_here("similar", str(original), "-k", "6", "-s", str(root), "--json").stdout)
     same = {Path(r["path"]).name for r in answer["results"] if r["same_recording"] and r["same_recording"]["same"]}
     assert same == {p.name for p in copied}
+
+
+def test_the_shortest_files_compared_are_compared(originals: list[Path], tmp_path: Path) -> None:
+    """A 7.3 s track and its MP3 copy: the first span starts at the lag's margin, and the other file's span, a lag
+    earlier, at 0 s, not before (it started 4 ms before the file's start, and the pair was 'not compared')."""
+    audio, rate = read_channels(originals[0], 7.3)
+    a = write_copy(audio, rate, tmp_path / "short.flac", "flac")
+    b = write_copy(audio, rate, tmp_path / "short.mp3", "libmp3lame", bit_rate=128_000)
+    assert recording.span_starts(probe(a).duration)[0][0] == recording.MAX_LAG  # the premise
+    match = same_recording(a, b)
+    assert match.same, match.reason

@@ -23,7 +23,7 @@ from mess.audio.spectrum import stft
 
 RATE = 8000  # Hz: the band every lossy codec keeps at its lowest rates
 SPAN_SECONDS = 8.0  # of each span compared
-AT_FRACTIONS = (0.2, 0.5, 0.8)  # where the spans start, as fractions of the shorter duration
+AT_FRACTIONS = (0.2, 0.5, 0.8)  # where the spans start, as fractions of the first file's duration
 MAX_LAG = 1.5  # seconds either way: encoder delay, padding, a trimmed lead-in
 DURATION_TOLERANCE = 1.0  # seconds the two durations may differ
 MIN_SPAN = 3.0  # seconds: shorter files are not compared
@@ -33,7 +33,7 @@ _N_FFT, _HOP, _BANDS = 512, 128, 40
 _FLOOR_DB = 60.0  # log-mel values more than this below the span's loudest are clipped (silence, codec noise)
 _LEVEL_RANGE_DB = 30.0  # frames this far below the loudest have no say in the loudness drift
 _LEVEL_FRAMES = 32  # frames (0.5 s) a level is averaged over
-_LAG_FRAMES = round(MAX_LAG * RATE / _HOP)
+_LAG_FRAMES = int(MAX_LAG * RATE / _HOP)  # frames either way: no more than MAX_LAG, which the spans keep clear of
 
 
 @dataclass(frozen=True)
