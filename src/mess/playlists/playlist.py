@@ -140,4 +140,3 @@ class DuplicateGuard:
             on_disk = Path(kept.path).is_file() and Path(track.path).is_file()
             self._compared[key] = on_disk and same_recording(kept.path, track.path).same
         return self._compared[key]
-
