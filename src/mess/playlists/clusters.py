@@ -38,7 +38,7 @@ def clusters(store: FeatureStore, run: Run, k: int | None = None, *, aspect: str
     if not 1 <= k <= distinct:
         copies = f" ({len(vs.ids)} tracks, some copies of others)" if distinct < len(vs.ids) else ""
         raise PlaylistError(f"-k must be between 1 and the number of distinct tracks ({distinct}){copies}")
-    # rows in content order (hash, then path), not in the ids the store gave in commit order: k-means' seeded
+    # rows in content order (hash, then path), not in ids (which differ in a store grown in steps): k-means' seeded
     # starts pick rows by position, so one collection extracted twice was cut otherwise; a renamed file's vanished
     # name is left out where its copy on disk stands for it
     gone = vanished_copies(range(len(vs.ids)), vs.ids, by_id)

@@ -232,7 +232,7 @@ def _recordings(query: Track | None, sims: np.ndarray, results: list[Track]) -> 
 
 def _copies_by_path(vs: VectorSet, ids: np.ndarray, by_id: dict[int, Track], exclude: set[int]) -> np.ndarray:
     """``ids`` with the places of one file's copies (one content hash) given to its first copies in path order: they
-    score alike, and which ranked first, or made the cut, followed the ids the store numbered in commit order."""
+    score alike, and which ranked first, or made the cut, followed the ids (other in a store grown in steps)."""
     hashes = vs.hashes[vs.rows(ids)]
     rows = np.flatnonzero(np.isin(vs.hashes, hashes))
     if len(rows) == len(set(hashes.tolist())):  # no file of the answer has copies
@@ -529,7 +529,7 @@ def _explain(
         unit = vs.unit()
         q = vs.prep.apply(_raw_vector(store, vs, query))[0]
         others = np.flatnonzero(vs.ids != (query.track.id if query.track is not None else -1))
-        if len(others) > PERCENTILE_SAMPLE:  # drawn in content order: rows follow ids, numbered in commit order
+        if len(others) > PERCENTILE_SAMPLE:  # drawn in content order: rows follow ids, other in a store grown in steps
             others = others[np.argsort(vs.hashes[others], kind="stable")]
             others = np.random.default_rng(0).choice(others, PERCENTILE_SAMPLE, replace=False)
         sims = unit @ q
