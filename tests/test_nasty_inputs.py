@@ -95,7 +95,7 @@ def test_a_playlist_streams_to_stdout_in_the_format_asked_for(tone_store: Path, 
     other = "xspf" if fmt == "m3u8" else "m3u8"
     clash = mess_here("playlist", *command, "-o", f"/dev/null/mix.{other}", "--format", fmt, "--store", str(tone_store))
     assert clash.returncode == 1 and " ".join(clash.stderr.split()) == (
-        f"error: /dev/null/mix.{other} is named as a {other} playlist but the format asked for is {fmt}; drop one "
+        f"error: the extension of /dev/null/mix.{other} says {other} but the format asked for is {fmt}; drop one "
         "or make them agree"), clash.stderr
 
 

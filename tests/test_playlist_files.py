@@ -466,7 +466,7 @@ def test_by_hand_formats_are_named_by_extension_or_option_and_refused_in_one_lin
     for call, message in ((lambda: format_named("pls"), "unknown playlist format 'pls'"),
                           (lambda: playlist_format(Path("a")), "'(none)'"),
                           (lambda: playlist_format(Path("a.pls")), "'.pls'"),
-                          (lambda: output_format(Path("a.xspf"), "m3u8"), "named as a xspf playlist but"),
+                          (lambda: output_format(Path("a.xspf"), "m3u8"), "the extension of a.xspf says xspf but"),
                           (lambda: output_format(Path("/dev/stdout")),
                            "'(none)' of /dev/stdout; use .m3u8 or .xspf, or give the format")):
         with pytest.raises(PlaylistError, match=re.escape(message)):

@@ -115,7 +115,7 @@ def output_format(path: Path, fmt: str | None = None) -> str:
     fmt = None if fmt is None else format_named(fmt)
     named = FORMATS.get(Path(path).suffix.lower())
     if named is not None and fmt is not None and named != fmt:
-        raise PlaylistError(f"{path} is named as a {named} playlist but the format asked for is {fmt}; "
+        raise PlaylistError(f"the extension of {path} says {named} but the format asked for is {fmt}; "
                             "drop one or make them agree")
     chosen = named or fmt
     if chosen is None:
