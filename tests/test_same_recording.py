@@ -243,3 +243,22 @@ def test_the_shortest_files_compared_are_compared(originals: list[Path], tmp_pat
     assert recording.span_starts(probe(a).duration)[0][0] == recording.MAX_LAG  # the premise
     match = same_recording(a, b)
     assert match.same, match.reason
+
+
+def test_the_api_says_same_recording(copied_store: tuple[Path, list[Path]]) -> None:
+    """The server's similar answer carries the same evidence as `mess similar --json`: each copy of the query flagged
+    a duplicate with ``same_recording.same``, the other tracks not."""
+    from fastapi.testclient import TestClient
+
+    from mess.serve.app import create_app
+
+    root, (original, *copied) = copied_store
+    with closing(FeatureStore(root)) as store:
+        query = store.track(str(original)).id
+    with TestClient(create_app(root), base_url="http://127.0.0.1") as client:
+        answer = client.get(f"/api/tracks/{query}/similar", params={"k": 6})
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    same = {r["file"] for r in results if r["same_recording"] and r["same_recording"]["same"]}
+    assert same == {p.name for p in copied}
+    assert all(r["duplicate"] for r in results if r["file"] in same)

@@ -406,9 +406,10 @@ def test_a_search_result_s_json_is_its_track_s_plus_its_scores_and_reasons(tmp_p
     result = Neighbour(one, 0.1234567, True, {"timbre": 0.5, "harmony": 0.25}, {"timbre": 0.9, "harmony": 0.97}, 0.2)
     assert neighbour_dict(result) == {
         "id": one.id, "name": "Ann - One", "title": "One", "artist": "Ann", "album": None, "genre": None,
-        "composer": None, "duration": 61.5, "file": "one.flac", "score": 0.123457, "duplicate": True, "adjusted": 0.2,
-        "why": {"timbre": 0.5, "harmony": 0.25}, "why_percentile": {"timbre": 0.9, "harmony": 0.97},
-        "reasons": ["harmony", "timbre"], "reasons_text": result.reasons_text()}
+        "composer": None, "duration": 61.5, "file": "one.flac", "score": 0.123457, "duplicate": True,
+        "same_recording": None, "adjusted": 0.2, "why": {"timbre": 0.5, "harmony": 0.25},
+        "why_percentile": {"timbre": 0.9, "harmony": 0.97}, "reasons": ["harmony", "timbre"],
+        "reasons_text": result.reasons_text()}
     store.close()
 
 

@@ -251,9 +251,10 @@ def track_dict(track: Track) -> dict:
 
 
 def neighbour_dict(result: Neighbour) -> dict:
-    """JSON form of a search result: the track plus score, duplicate flag and per-aspect evidence."""
+    """JSON form of a search result: the track plus score, duplicate flag, the audio comparison with the query's file
+    (``same_recording``: null where none was made) and per-aspect evidence."""
     scored = result.to_dict()
-    keys = ("score", "duplicate", "adjusted", "why", "why_percentile", "reasons", "reasons_text")
+    keys = ("score", "duplicate", "same_recording", "adjusted", "why", "why_percentile", "reasons", "reasons_text")
     return {**track_dict(result.track), **{k: scored[k] for k in keys}}
 
 
