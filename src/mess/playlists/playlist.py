@@ -99,17 +99,19 @@ class DuplicateGuard:
         self._hashes: set[str] = set()
         self._titles: set[tuple[str, str]] = set()
         self._units = np.zeros((16, dim), dtype=np.float32)  # the first _kept rows; doubled when full
-        self._tracks: list[Track | None] = []  # the kept rows' tracks (None for an external seed)
+        self._files: list[tuple[str, float | None] | None] = []  # the kept rows' (path, duration), None where unknown
         self._kept = 0
         self._compared: dict[tuple[str, str], bool] = {}  # (kept path, candidate path): same recording
 
-    def add(self, unit: np.ndarray, track: Track | None = None, content_hash: str | None = None) -> None:
-        """Keep a track (or an external seed given by its vector and content hash)."""
+    def add(self, unit: np.ndarray, track: Track | None = None, content_hash: str | None = None,
+            file: tuple[str, float | None] | None = None) -> None:
+        """Keep a track (or an external seed given by its vector, content hash and ``file``: its (path, duration)
+        on disk, when it is a file there)."""
         if self._kept == len(self._units):
             self._units = np.concatenate([self._units, np.zeros_like(self._units)])
         self._units[self._kept] = unit
         self._kept += 1
-        self._tracks.append(track)
+        self._files.append((track.path, track.duration) if track is not None else file)
         if track is not None:
             self._hashes.add(track.content_hash)
             title = title_key(track)
@@ -128,15 +130,15 @@ class DuplicateGuard:
         if float(sims.max()) >= DUPLICATE_COSINE:
             return True
         close = np.flatnonzero(sims >= VERIFY_COSINE)
-        return any(self._same_recording(self._tracks[i], track) for i in close[np.argsort(-sims[close])])
+        return any(self._same_recording(self._files[i], track) for i in close[np.argsort(-sims[close])])
 
-    def _same_recording(self, kept: Track | None, track: Track) -> bool:
-        """Whether the files of ``kept`` and ``track`` hold one recording (False when either is not on disk, or
-        their catalogued durations differ); each pair is compared once."""
-        if kept is None or not durations_agree(kept.duration, track.duration):
+    def _same_recording(self, kept: tuple[str, float | None] | None, track: Track) -> bool:
+        """Whether the file ``kept`` (path, duration) and ``track``'s hold one recording (False when either is not on
+        disk, or their durations differ); each pair is compared once."""
+        if kept is None or not durations_agree(kept[1], track.duration):
             return False
-        key = (kept.path, track.path)
+        key = (kept[0], track.path)
         if key not in self._compared:
-            on_disk = Path(kept.path).is_file() and Path(track.path).is_file()
-            self._compared[key] = on_disk and same_recording(kept.path, track.path).same
+            on_disk = Path(kept[0]).is_file() and Path(track.path).is_file()
+            self._compared[key] = on_disk and same_recording(kept[0], track.path).same
         return self._compared[key]

@@ -65,7 +65,7 @@ def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 3
     closeness = sims.max(axis=1)
     guard = DuplicateGuard(unit.shape[1])
     for s, u in zip(seeds, seed_units, strict=False):
-        guard.add(u, s.track, s.content_hash)
+        guard.add(u, s.track, s.content_hash, s.file())
         if s.replaces is not None:  # a seed file changed since extraction: its stale entry is no pick
             guard.add(u, s.replaces)
     for r in np.flatnonzero(np.isin(vs.ids, np.fromiter(heard, dtype=np.int64))):

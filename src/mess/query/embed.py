@@ -96,7 +96,8 @@ def embed_query(store: FeatureStore, path: str | Path, run: Run,
     """Decode and embed ``path`` exactly as the run's tracks were (same model revision and windows); what a run's
     summary would warn of (a low sample rate, only its start analysed) goes to ``on_warning`` (default: this module's
     logger; `mess similar` printed it as a logging record, 'WARNING mess.extract.embed: ...')."""
-    from mess.audio.tags import read_tags  # PyAV and the decoders: only a query that is a file loads them
+    from mess.audio.decode import probe  # PyAV and the decoders: only a query that is a file loads them
+    from mess.audio.tags import read_tags
     from mess.extract.embed import embed_file_warned
 
     path = Path(path)
@@ -112,7 +113,10 @@ def embed_query(store: FeatureStore, path: str | Path, run: Run,
         (on_warning or log.warning)(text)
     tags = read_tags(path)
     label = f"{tags['artist']} - {tags['title'] or file_title(str(path))}" if tags["artist"] else path.name
-    return external_query(store, run, label, vectors.content_hash, vectors.layers, vectors.segments, credit_of(tags))
+    query = external_query(store, run, label, vectors.content_hash, vectors.layers, vectors.segments, credit_of(tags))
+    if query.track is not None:
+        return query
+    return replace(query, path=str(path), duration=probe(path).duration or None)  # compared with close results
 
 
 def _checked_layers(run: Run, layers: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:

@@ -79,6 +79,14 @@ class TrackQuery:
     artist: str | None = None
     fused: np.ndarray | None = None  # external file: its fused vector, when the run has fused vectors
     replaces: Track | None = None  # the collection track of a file changed since extraction: left out of answers
+    path: str | None = None  # external file on disk: its audio is compared with close results' (same recording)
+    duration: float | None = None  # external file: its length in seconds, by its header
+
+    def file(self) -> tuple[str, float | None] | None:
+        """(path, duration) of the query's audio on disk: its track's, or the external file's; None for neither."""
+        if self.track is not None:
+            return self.track.path, self.track.duration
+        return (self.path, self.duration) if self.path else None
 
 
 @dataclass(frozen=True)
@@ -204,7 +212,7 @@ def similar_tracks(
     sims, ids = sims[:k], _copies_by_path(vs, ids[:k], by_id, exclude)
     why, pct = _explain(store, run, tracks, tq, ids, norm) if tq is not None else ({}, {})
     qhash = tq.content_hash if tq is not None else None
-    recordings = _recordings(tq.track if tq is not None else None, sims, [by_id[int(i)] for i in ids])
+    recordings = _recordings(tq, sims, [by_id[int(i)] for i in ids])
     return [
         Neighbour(
             by_id[int(i)],
@@ -220,14 +228,16 @@ def similar_tracks(
     ]
 
 
-def _recordings(query: Track | None, sims: np.ndarray, results: list[Track]) -> dict[int, RecordingMatch]:
-    """The audio of the ``query`` track's file compared with each result's (by id) at cosine >= VERIFY_COSINE,
-    another content and a matching duration, both files on disk: whether a lossy copy is the same recording."""
-    if query is None or not Path(query.path).is_file():
+def _recordings(query: TrackQuery | None, sims: np.ndarray, results: list[Track]) -> dict[int, RecordingMatch]:
+    """The audio of the ``query``'s file (its track's, or an outside file's) compared with each result's (by id) at
+    cosine >= VERIFY_COSINE, another content and a matching duration, both files on disk: whether a lossy copy is
+    the same recording."""
+    if query is None or (file := query.file()) is None or not Path(file[0]).is_file():
         return {}
-    return {t.id: same_recording(query.path, t.path) for s, t in zip(sims, results, strict=False)
+    path, duration = file
+    return {t.id: same_recording(path, t.path) for s, t in zip(sims, results, strict=False)
             if s >= VERIFY_COSINE and t.content_hash != query.content_hash
-            and durations_agree(query.duration, t.duration) and Path(t.path).is_file()}
+            and durations_agree(duration, t.duration) and Path(t.path).is_file()}
 
 
 def _copies_by_path(vs: VectorSet, ids: np.ndarray, by_id: dict[int, Track], exclude: set[int]) -> np.ndarray:
