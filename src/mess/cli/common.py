@@ -84,6 +84,23 @@ def not_embedded_note(count: int, model: str, store: Path) -> None:
                       "those on disk, `mess extract FOLDER --prune` forgets deleted ones[/]")
 
 
+def device_missing(device: str) -> str | None:
+    """Why torch cannot run on ``device`` (a name :func:`~mess.models.registry.check_device` took) here, or None: no
+    CUDA device of that index, or no MPS (torch's own refusal is a traceback, after the model has loaded)."""
+    if device == "cpu":
+        return None
+    import torch
+
+    if device == "mps":
+        return None if torch.backends.mps.is_available() else "--device mps asked for, but MPS is not available"
+    index = int(device.partition(":")[2] or 0)
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if index < visible:
+        return None
+    return (f"--device {device} asked for, but " + ("no CUDA GPU is visible" if not visible else
+                                                     f"{visible} CUDA GPU(s) are visible (cuda:0..cuda:{visible - 1})"))
+
+
 def warn(text: str) -> None:
     """Print ``text`` as a one-line warning, as the CLI's others ('warning: ...', not a logging record)."""
     console.print(f"[yellow]warning:[/] {plain(text)}")

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from mess.audio.names import name_key
 from mess.audio.windows import WindowPolicy
-from mess.cli.common import console, emit_json, fail, failing, open_store, plain, stdout, warn
+from mess.cli.common import console, device_missing, emit_json, fail, failing, open_store, plain, stdout, warn
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, given_path, given_text, number_in
 from mess.constants import AUDIO_EXTENSIONS
 from mess.models.registry import DEVICES, MODEL_NAMES, ModelError, check_device, load_model
@@ -166,11 +166,8 @@ def _lock(fs: FeatureStore, held: ExitStack, command: str, wait: bool) -> float:
 def _embedder(model: str, preset: str | None, device: str, engine: str, precision: str) -> EmbeddingModel:
     """The model at the asked precision (on the CPU here when Ray workers do the embedding)."""
     check_device(device)  # also the one Ray workers are given
-    if device == "cuda" and engine == "local":
-        import torch
-
-        if not torch.cuda.is_available():
-            fail("--device cuda asked for, but no CUDA GPU is visible")
+    if engine == "local" and (problem := device_missing(device)):  # torch's refusal was a traceback (cuda:0, mps)
+        fail(problem)
     from mess.scale.gpu import with_precision
 
     if preset and engine != "local":

@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mess.cli.common import console, emit_json, fail, failing, open_store, plain, stdout
+from mess.cli.common import console, device_missing, emit_json, fail, failing, open_store, plain, stdout
 from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, JsonOpt, ModelOpt, StoreOpt, given_text
 from mess.constants import counted
 
@@ -53,7 +53,7 @@ def probe_command(
         if unknown := [c for c in others if c not in CONTROLS]:
             fail(f"unknown control {unknown[0]!r}; use {', '.join(CONTROLS)} or none")
         fail(f"--control none runs no control, and {', '.join(others)} asks for one: give none alone, or leave it out")
-    if "random-init" in controls and (problem := _device_missing(device)):
+    if "random-init" in controls and (problem := device_missing(device)):
         fail(problem)  # before the targets: the random-init extraction met it only after them, as a traceback
     if not (store / "catalog.sqlite").exists():
         fail(f"no feature store at {store} (run `mess extract` first)")
@@ -80,23 +80,6 @@ def probe_command(
                    "files": {k: str(v) for k, v in paths.items()}})
         return
     _print_report(report, paths, reason)
-
-
-def _device_missing(device: str) -> str | None:
-    """Why ``device`` (a name :func:`~mess.models.registry.check_device` took) cannot run the random-init model
-    here, or None: no CUDA device of that index, or no MPS."""
-    if device == "cpu":
-        return None
-    import torch
-
-    if device == "mps":
-        return None if torch.backends.mps.is_available() else "--device mps asked for, but MPS is not available"
-    index = int(device.partition(":")[2] or 0)
-    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if index < visible:
-        return None
-    return (f"--device {device} asked for, but " + ("no CUDA GPU is visible" if not visible else
-                                                     f"{visible} CUDA GPU(s) are visible (cuda:0..cuda:{visible - 1})"))
 
 
 def _split(values: list[str]) -> tuple[str, ...]:
