@@ -129,5 +129,6 @@ def test_similar_offers_only_encoded_aspects_as_evidence(extracted_store: Path, 
     out = runner.invoke(app, ["similar", "1", "-k", "3", "--model", "musicnn-msd", "--store", str(store),
                               "--expand", "0"], env={"COLUMNS": "200"})
     assert out.exit_code == 0, out.output
-    assert "not used as evidence (probe R^2 below 0.3): rhythm 0.21, harmony 0.06" in out.output
+    assert ("not used as evidence (the probe's best R^2, less what shuffled targets reach, below 0.3): rhythm 0.21, "
+            "harmony 0.06") in out.output
     assert "harmony 1" not in out.output and "tone colour and loudness: closer than" in out.output

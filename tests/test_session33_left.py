@@ -3,12 +3,16 @@ figure named for another, a command that fails as advised, a negative zero)."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from conftest import mess_here
+from mess.store import FeatureStore
 
 ENCODED = 0.3  # the docs' threshold of an encoded aspect (docs/probing.md, docs/serve.md)
 
@@ -54,3 +58,44 @@ def test_extract_on_a_device_torch_lacks_is_one_line(device: str, one_file: Path
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert len(lines) == 1 and f"--device {device} asked for, but" in lines[0], out.stderr
+
+
+def _best_beyond_shuffled(report: dict) -> dict[str, float]:
+    """Per aspect of a probe's JSON report: the best layer's score less the shuffled control's best (the figure
+    the aspect map stores, docs/probing.md), computed from the report's own tables."""
+    trained = report["conditions"]["trained"]["aspect_score"]
+    shuffled = report["conditions"]["shuffled"]["aspect_score"]
+
+    def best(table: dict[str, dict[str, float | None]], aspect: str) -> float:
+        return max(scores[aspect] or 0.0 for scores in table.values())
+
+    return {a: max(0.0, best(trained, a) - max(0.0, best(shuffled, a))) for a in next(iter(trained.values()))}
+
+
+def test_similar_names_the_weak_aspects_figure_for_what_it_is(probed: Path) -> None:
+    """`mess similar` said 'not used as evidence (probe R^2 below 0.3): rhythm 0.27': the figure is the best R^2
+    less what shuffled targets reach, as `mess similar --aspect` words it."""
+    report = json.loads((probed / "reports" / "probe-dsp-run1.json").read_text())
+    weak = {a: s for a, s in _best_beyond_shuffled(report).items() if s < ENCODED}
+    assert weak, "the rendered collection's probe maps some aspect as not encoded"
+    out = mess_here("similar", "1", "--model", "dsp", "--store", str(probed))
+    assert out.returncode == 0, out.stderr
+    said = " ".join(out.stderr.split())
+    listed = ", ".join(f"{a} {s:.2f}" for a, s in sorted(weak.items(), key=lambda x: -x[1]))
+    assert (f"not used as evidence (the probe's best R^2, less what shuffled targets reach, below {ENCODED}): "
+            f"{listed}") in said, said
+
+
+def test_the_pages_weak_aspect_tooltip_names_its_figure(fresh: Path) -> None:
+    """The page's weak-aspect chip said 'the probe predicts X from this model with R² 0.27': the figure is the R²
+    less what shuffled targets reach (docs/serve.md)."""
+    from fastapi.testclient import TestClient
+
+    from mess.serve.app import create_app
+
+    with TestClient(base_url="http://127.0.0.1", app=create_app(fresh)) as client:
+        page = client.get("/app.js")
+    assert page.status_code == 200
+    chip = re.search(r'"chip weak"\);\s*chip\.title = (.*?);\n', page.text, re.S)
+    assert chip and "less what shuffled targets reach" in chip[1] and "R² ${r2" not in chip[1], chip
+

@@ -242,7 +242,7 @@ def _print_similar(answer: dict, results: list[Neighbour], store: Path) -> None:
         console.print(f"[yellow]note:[/] {plain(answer['norm_note'])}")
     if weak:
         console.print(
-            f"[dim]not used as evidence (probe R^2 below {ENCODED_R2}): "
+            f"[dim]not used as evidence (the probe's best R^2, less what shuffled targets reach, below {ENCODED_R2}): "
             f"{', '.join(f'{a} {r2:.2f}' for a, r2 in sorted(weak.items(), key=lambda x: -x[1]))}[/]"
         )
     note(answer["stale_aspect_map"])

@@ -353,8 +353,8 @@ function renderWeak(weak, threshold) {
   box.append("not used as evidence: ");
   for (const [aspect, r2] of entries) {
     const chip = el("span", aspect, "chip weak");
-    chip.title = `the probe predicts ${aspect} from this model with R² ${r2.toFixed(2)}, below ${threshold}: ` +
-      "too weakly encoded to explain a match";
+    chip.title = `the probe predicts ${aspect} from this model with R², less what shuffled targets reach, of ` +
+      `${r2.toFixed(2)}, below ${threshold}: too weakly encoded to explain a match`;
     box.append(chip, " ");
   }
 }
@@ -620,7 +620,8 @@ async function selectModel(model) {
     const weak = r2 !== undefined && r2 < state.threshold;
     const option = new Option(`aspect: ${aspect} (${layer})${weak ? ", weakly encoded" : ""}`, `aspect:${aspect}`);
     option.disabled = weak;
-    option.title = r2 === undefined ? "" : `probe R² ${r2.toFixed(2)}${weak ? ` (below ${state.threshold})` : ""}`;
+    option.title = r2 === undefined ? "" :
+      `probe R², less what shuffled targets reach: ${r2.toFixed(2)}${weak ? ` (below ${state.threshold})` : ""}`;
     select.append(option);
   }
   for (const layer of run.layers) select.append(new Option(`layer: ${layer}`, `layer:${layer}`));
