@@ -99,3 +99,15 @@ def test_the_pages_weak_aspect_tooltip_names_its_figure(fresh: Path) -> None:
     chip = re.search(r'"chip weak"\);\s*chip\.title = (.*?);\n', page.text, re.S)
     assert chip and "less what shuffled targets reach" in chip[1] and "R² ${r2" not in chip[1], chip
 
+
+
+def test_similar_without_an_aspect_map_names_the_probe_of_its_model(fresh: Path) -> None:
+    """`no aspect map for dsp: 'why' compares layers; run `mess probe` to name aspects`: `mess probe` alone probes
+    the default model, not dsp. It names the model, as the store picks the run (`--model dsp`)."""
+    with closing(FeatureStore(fresh, readonly=True)) as store:
+        assert store.run().model != "dsp"  # the plain `mess probe` would probe another model
+        option = store.model_option(store.run("dsp"))
+    out = mess_here("similar", "1", "--model", "dsp", "--store", str(fresh))
+    assert out.returncode == 0, out.stderr
+    said = " ".join(out.stderr.split())
+    assert f"run `mess probe --model {option}` to name aspects" in said, said

@@ -203,6 +203,7 @@ def similar_command(
         stale = stale_aspect_map(fs, run) if aspect or source == "aspects" else None
         unfused = fs.derived_missing(run, FUSED) if fused else 0
         unembedded = len(fs.unembedded(run))
+        probe_as = fs.model_option(run)
     answer = {"query": {"label": tq.label, "id": tq.track.id if tq.track else None, "external": tq.track is None},
               "model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "norm": vs.spec.norm,
               "match": match, "hubness": hubness, "expand": expand, "ranking": ranking, "why_source": source,
@@ -211,11 +212,12 @@ def similar_command(
     if as_json:
         emit_json({**answer, "encoded_threshold": ENCODED_R2, "results": [n.to_dict() for n in results]})
         return
-    _print_similar(answer, results, store)
+    _print_similar(answer, results, store, probe_as)
 
 
-def _print_similar(answer: dict, results: list[Neighbour], store: Path) -> None:
-    """The neighbours as a table with their reasons, then which aspects were too weak to be evidence."""
+def _print_similar(answer: dict, results: list[Neighbour], store: Path, probe_as: str) -> None:
+    """The neighbours as a table with their reasons, then which aspects were too weak to be evidence; ``probe_as``:
+    what `mess probe --model` picks the run with."""
     from mess.search.query import ENCODED_R2
 
     hubness, expand, model, weak = answer["hubness"], answer["expand"], answer["model"], answer["weak_aspects"]
@@ -249,7 +251,8 @@ def _print_similar(answer: dict, results: list[Neighbour], store: Path) -> None:
     for text in answer["notes"]:
         note(text)
     if answer["why_source"] == "layers":
-        console.print(f"[dim]no aspect map for {model}: 'why' compares layers; run `mess probe` to name aspects[/]")
+        console.print(f"[dim]no aspect map for {model}: 'why' compares layers; run "
+                      f"`mess probe --model {plain(probe_as)}` to name aspects[/]")
     if answer["tracks_without_fused_vectors"]:
         from mess.store.fused import left_out_note
 
