@@ -51,13 +51,13 @@ def test_a_refusal_names_the_files_the_message_does_not() -> None:
 
 @pytest.mark.parametrize(("count", "text"), [
     (0, ""),
-    (1, "1 file has no dsp[x] vectors and was left out; `mess check` names them; `mess extract --model dsp[x]` "
-        "embeds those on disk, `mess extract FOLDER --prune` forgets deleted ones\n"),
-    (2, "2 files have no dsp[x] vectors and were left out; `mess check` names them; `mess extract --model dsp[x]` "
-        "embeds those on disk, `mess extract FOLDER --prune` forgets deleted ones\n"),
+    (1, "1 file has no dsp[x] vectors and was left out; `mess check` names them; `mess extract FOLDER --model "
+        "dsp[x]` embeds those on disk, `mess extract FOLDER --prune` forgets deleted ones\n"),
+    (2, "2 files have no dsp[x] vectors and were left out; `mess check` names them; `mess extract FOLDER --model "
+        "dsp[x]` embeds those on disk, `mess extract FOLDER --prune` forgets deleted ones\n"),
 ])
 def test_files_without_vectors_are_counted(said: Console, count: int, text: str, tmp_path: Path) -> None:
-    common.not_embedded_note(count, "dsp[x]", tmp_path)  # a store no writer holds
+    common.not_embedded_note(count, "dsp[x]", tmp_path, "--model dsp[x]")  # a store no writer holds
     assert said.export_text() == text
 
 

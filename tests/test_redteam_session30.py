@@ -147,4 +147,4 @@ def test_check_says_a_file_extracted_with_another_model_only_is_that(tmp_path: P
     message = problems[toy].message
     assert "2 files have neither vectors" in message and "extracted with another model only" in message, message
     assert "repair" not in message and "damaged" not in message, message
-    assert "`mess extract --model toy` embeds them" in message, message
+    assert "`mess extract FOLDER --model toy` embeds them" in message, message

@@ -23,7 +23,8 @@ def test_check_verdict_names_the_model_whose_files_wait(tmp_path: Path) -> None:
     out = mess_here("check", "--store", str(two_model_store(tmp_path, 3, 3)))
     assert out.returncode == 0, out.stderr
     verdict = out.stdout.strip().splitlines()[-1]
-    assert verdict.endswith("answers leave out the files named above: `mess extract --model toy` embeds them"), verdict
+    assert verdict.endswith("answers leave out the files named above: `mess extract FOLDER --model toy` embeds them"), \
+        verdict
 
 
 def test_a_repair_names_the_model_that_embeds_the_dropped_files_again(tmp_path: Path) -> None:
@@ -38,7 +39,8 @@ def test_a_repair_names_the_model_that_embeds_the_dropped_files_again(tmp_path: 
         with path.open("r+b") as f:
             f.write(np.full(INFO.layer_dims[0], np.nan, "<f2").tobytes())
         _, done = check_and_repair(store)
-    assert done == ["toy2 (run 1): dropped the vectors of 1 file; `mess extract --model toy2` embeds them again"], done
+    assert done == ["toy2 (run 1): dropped the vectors of 1 file; `mess extract FOLDER --model toy2` embeds them "
+                    "again"], done
 
 
 def _renamed(tmp_path: Path) -> FeatureStore:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 from contextlib import closing
 from pathlib import Path
@@ -111,3 +112,56 @@ def test_similar_without_an_aspect_map_names_the_probe_of_its_model(fresh: Path)
     assert out.returncode == 0, out.stderr
     said = " ".join(out.stderr.split())
     assert f"run `mess probe --model {option}` to name aspects" in said, said
+
+
+@pytest.fixture
+def onnx_store(rendered_collection: list[Path], tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(store, model file, a folder of files catalogued by a dsp run only): two rendered pieces extracted with
+    ``models/mine.onnx`` (a small graph shaped as Essentia's export, given by a relative path), a third with dsp."""
+    pytest.importorskip("onnx", reason="the test builds its graph with onnx (test extra)")
+    from test_onnx_backend import EFFNET_OUTPUTS, effnet_graph, write_json
+
+    (tmp_path / "models").mkdir()
+    model = effnet_graph(tmp_path / "models" / "mine.onnx")
+    write_json(model, "serving_default_melspectrogram", EFFNET_OUTPUTS, "TensorflowPredictEffnetDiscogs")
+    music, later = tmp_path / "music", tmp_path / "later"
+    for folder, pieces in ((music, rendered_collection[:2]), (later, rendered_collection[2:3])):
+        folder.mkdir()
+        for p in pieces:
+            shutil.copy(p, folder)
+    store = tmp_path / "store"
+    done = mess_here("extract", "music", "--model", "models/mine.onnx", "--preset", "discogs-effnet", "--store",
+                     str(store), "--window", "10", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    done = mess_here("extract", str(later), "--model", "dsp", "--store", str(store))
+    assert done.returncode == 0, done.stderr
+    return store, model, later
+
+
+def _advised(text: str) -> list[str]:
+    """The `mess extract FOLDER ...` command a message advises, as words."""
+    command = re.search(r"`mess extract FOLDER ([^`]*)`", " ".join(text.split()))
+    assert command, text
+    return shlex.split(command[1])
+
+
+def test_advice_for_files_an_onnx_run_lacks_is_a_command_that_embeds_them(onnx_store: tuple[Path, Path, Path]
+                                                                           ) -> None:
+    """For a run made from a model file, `mess check` and `mess similar` advised "`mess extract --model mine`",
+    which fails ('unknown model'), and named no FOLDER, which `mess extract` needs. The advice is now the
+    command that works: run on the folder, it embeds the files and the check has nothing left to say."""
+    store, model, later = onnx_store
+    check = mess_here("check", "--store", str(store))
+    assert check.returncode == 0, check.stderr
+    options = _advised(check.stdout.strip().splitlines()[-1])
+    assert options[:2] == ["--model", str(model.resolve())], options
+    similar = mess_here("similar", "1", "--model", "mine", "--store", str(store))
+    assert similar.returncode == 0, similar.stderr
+    assert _advised(similar.stderr) == options
+    done = mess_here("extract", str(later), *options, "--store", str(store))
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    with closing(FeatureStore(store, readonly=True)) as fs:
+        mine = fs.run("mine")
+        assert fs.unembedded(mine) == [] and len(fs.runs()) == 2  # the same run, not a new one
+    again = mess_here("check", "--json", "--store", str(store))
+    assert not [p for p in json.loads(again.stdout)["problems"] if p["run"] == mine.id], again.stdout

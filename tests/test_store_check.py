@@ -69,7 +69,7 @@ def test_changed_and_non_finite_rows_are_named_apart_and_their_files_dropped(tmp
     assert by_kind["checksum"].message == "toy: 1 file has vectors that differ from their checksums (changed on disk)"
     assert quick_check(store) == []  # values are not read when a store opens
     left, done = check_and_repair(store)
-    assert done == ["toy (run 1): dropped the vectors of 2 files; `mess extract --model toy` embeds them again"]
+    assert done == ["toy (run 1): dropped the vectors of 2 files; `mess extract FOLDER --model toy` embeds them again"]
     assert _kinds(left) == [("not-embedded", False)] and "2 files have neither vectors" in left[0].message
     assert "(/music/1.wav, /music/4.wav)" in left[0].message
     assert _embedded(store) == ["h0", "h2", "h3", "h5"]
@@ -97,7 +97,7 @@ def test_rows_past_the_catalog_are_cut_and_a_short_file_drops_the_files_it_lost(
     assert problems[0].message == f"toy segment vectors of layer a hold {keep} rows, the catalog references {2 * N}"
     assert _kinds(quick_check(store)) == [("short-file", True)]
     left, done = check_and_repair(store)
-    assert done == ["toy (run 1): dropped the vectors of 1 file; `mess extract --model toy` embeds them again",
+    assert done == ["toy (run 1): dropped the vectors of 1 file; `mess extract FOLDER --model toy` embeds them again",
                     "toy (run 1): row files cut back to the 5 track rows the catalog references"]
     assert _kinds(left) == [("not-embedded", False)] and _embedded(store) == [f"h{i}" for i in range(5)]
     assert all(store.row_file(run, level, i).rows == (5 if level == "track" else 10)
@@ -119,7 +119,7 @@ def test_two_files_claiming_one_row_are_both_dropped(tmp_path: Path, shared: str
                                    "without a lock)")
     assert _kinds(quick_check(store)) == ([("shared-rows", True)] if shared == "track" else [])
     left, done = check_and_repair(store)
-    assert done[0] == "toy (run 1): dropped the vectors of 2 files; `mess extract --model toy` embeds them again"
+    assert done[0] == "toy (run 1): dropped the vectors of 2 files; `mess extract FOLDER --model toy` embeds them again"
     assert _embedded(store) == sorted({f"h{i}" for i in range(N)} - {other, "h3"})
     assert _kinds(left) == [("not-embedded", False)]
     store.close()
@@ -142,7 +142,8 @@ def test_what_stands_where_a_row_file_or_the_lock_belongs_is_moved_aside(tmp_pat
     left, done = check_and_repair(store)
     assert done[0].startswith("moved write.lock (a folder) aside to write.lock.")
     assert done[1].startswith("toy (run 1): moved runs/1/track/000.f16 (a directory, not a row file) aside to 000.f16.")
-    assert done[2:] == ["toy (run 1): dropped the vectors of 6 files; `mess extract --model toy` embeds them again",
+    assert done[2:] == ["toy (run 1): dropped the vectors of 6 files; `mess extract FOLDER --model toy` embeds them "
+                        "again",
                         "toy (run 1): row files cut back to the 0 track rows the catalog references"]
     assert _embedded(store) == [] and not track.exists() and store.lock.not_a_file() is None
     assert _kinds(left) == [("not-embedded", False)]

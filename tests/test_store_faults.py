@@ -32,6 +32,7 @@ from mess.store.lock import StoreLock
 
 MESS = [sys.executable, "-m", "mess.cli"]
 DSP = ["--model", "dsp", "--window", "4", "--max-windows", "3", "--batch-size", "2"]
+EMBED = f"`mess extract FOLDER {' '.join(DSP[:6])}`"  # the advice that embeds files into the run DSP makes
 Extracted = Callable[..., tuple[Path, Path]]  # the extracted_tones fixture: (shared music, a copy of its store)
 
 
@@ -257,7 +258,7 @@ def test_one_repair_also_deletes_the_indexes_it_makes_stale(extracted_tones: Ext
     repaired = _mess("check", "--repair", "--store", str(store))
     assert repaired.returncode == 0 and "deleted stale index" in repaired.stdout, repaired.stdout
     verdict = repaired.stdout.strip().splitlines()[-1]  # whole (it took a second `check --repair`) but for the file
-    advice = ": whole, answers leave out the files named above: `mess extract --model dsp` embeds them"
+    advice = f": whole, answers leave out the files named above: {EMBED} embeds them"
     assert verdict.endswith(advice), verdict
 
 
@@ -1097,7 +1098,7 @@ def test_a_damaged_content_hash_is_named_not_silently_dropped(extracted_tones: E
     (problem,) = json.loads(check.stdout)["problems"]
     assert check.returncode == 0 and problem["kind"] == "not-embedded" and "tone01.wav" in problem["message"]
     repaired = _mess("check", "--repair", "--store", str(store))
-    assert "repaired:" not in repaired.stdout and "`mess extract --model dsp` embeds them" in repaired.stdout
+    assert "repaired:" not in repaired.stdout and f"{EMBED} embeds them" in repaired.stdout
     assert not repaired.stdout.strip().endswith(": ok"), repaired.stdout
     assert "1 embedded" in _mess("extract", str(music), *DSP, "--store", str(store)).stderr
     _assert_same(_by_path(store), want)
@@ -1243,7 +1244,7 @@ def test_export_counts_the_files_it_left_out(tmp_path: Path, extracted_tones: Ex
     music, store = extracted_tones(4)
     _damage_row(store, np.inf)
     assert _mess("check", "--repair", "--store", str(store)).returncode == 0
-    note = "1 file has no dsp vectors and was left out; `mess check` names them; `mess extract --model dsp`"
+    note = f"1 file has no dsp vectors and was left out; `mess check` names them; {EMBED}"
     out = _mess("export", str(tmp_path / "out.npz"), "--store", str(store))
     assert out.returncode == 0 and "3 tracks of 3 tracks" in out.stderr and note in out.stderr, out.stderr
     assert int(np.load(tmp_path / "out.npz")["files_not_embedded"]) == 1

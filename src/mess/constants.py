@@ -32,6 +32,10 @@ DEFAULT_MAX_TRACKS = 5
 DEFAULT_MIN_TRACKS = 3
 ARTIST_WEIGHTS_FILE = "artists_hybrid.json"  # learned hybrid weights, in the store's reports folder
 
+# The default window policy (mess.audio.windows.WindowPolicy, `mess extract --window --max-windows`): here so that
+# the store, which may not import mess.audio, can say which options extract files into a run again.
+DEFAULT_WINDOW_SECONDS, DEFAULT_MAX_WINDOWS = 30.0, 4
+
 # What np.load raises on a cut short or damaged .npz file (found by truncating and flipping bytes of real ones):
 # a cache or index file that raises one of these is treated as missing, never as a traceback.
 NPZ_ERRORS: Final = (OSError, KeyError, ValueError, EOFError, NotImplementedError, zipfile.BadZipFile, zlib.error)

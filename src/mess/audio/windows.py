@@ -8,6 +8,8 @@ import numbers
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+from mess.constants import DEFAULT_MAX_WINDOWS, DEFAULT_WINDOW_SECONDS
+
 if TYPE_CHECKING:  # numpy is imported where windows are cut: `mess extract --help` shows the bounds without it
     import numpy as np
 
@@ -25,8 +27,8 @@ class WindowPolicy:
     soundtracks (docs/quality.md): the default vectors score the same as with 16.
     """
 
-    window_seconds: float = 30.0
-    max_windows: int = 4
+    window_seconds: float = DEFAULT_WINDOW_SECONDS
+    max_windows: int = DEFAULT_MAX_WINDOWS
     min_seconds: float = 1.0
     max_decode_seconds: float = 4 * 3600.0
 

@@ -65,9 +65,9 @@ def _verdict(health: StoreHealth) -> str:
     if unembedded and all(p.gone for p in unembedded):  # nothing to embed: the files are no longer on disk
         return ("[green]whole[/], [yellow]answers leave out the files named above, no longer on disk[/]: "
                 "`mess extract FOLDER --prune` forgets them")
-    if unembedded:  # answers leave these out until `mess extract --model M` (the default model is another's)
-        models = dict.fromkeys(p.model for p in unembedded if not p.gone)
-        commands = " and ".join(f"`mess extract --model {plain(m)}`" for m in models)
+    if unembedded:  # answers leave these out until `mess extract FOLDER --model M` (the default model is another's)
+        models = dict.fromkeys(p.extract for p in unembedded if not p.gone)
+        commands = " and ".join(f"`mess extract FOLDER {plain(m)}`" for m in models)
         return (f"[green]whole[/], [yellow]answers leave out the files named above[/]: {commands} "
                 f"{'embeds' if len(models) == 1 else 'embed'} them")
     if any(p.kind == "temp-files" for p in health.problems):

@@ -65,11 +65,12 @@ def os_reason(exc: OSError, named: object = None) -> str:
     return f"{' -> '.join(names)}: {reason}" if names else reason
 
 
-def not_embedded_note(count: int, model: str, store: Path) -> None:
+def not_embedded_note(count: int, model: str, store: Path, extract: str) -> None:
     """Say that ``count`` catalogued files have no ``model`` vectors and were left out of the answer (if any): while
     a writer holds the ``store``'s lock (an extract embedding them), that the answer covers what it has committed so
-    far; else that files still on disk are embedded by an extract, deleted ones forgotten by its --prune (`mess
-    check` tells them apart)."""
+    far; else that files still on disk are embedded by an extract with the options ``extract``
+    (:meth:`~mess.store.FeatureStore.extract_options`), deleted ones forgotten by its --prune (`mess check` tells
+    them apart)."""
     from mess.store.lock import StoreLock
 
     if not count:
@@ -80,8 +81,8 @@ def not_embedded_note(count: int, model: str, store: Path) -> None:
         console.print(f"[yellow]{left_out}: a writer is running on this store ({plain(writer)}), and this answer "
                       "covers what it has committed so far; ask again when it is done[/]")
     else:
-        console.print(f"[yellow]{left_out}; `mess check` names them; `mess extract --model {plain(model)}` embeds "
-                      "those on disk, `mess extract FOLDER --prune` forgets deleted ones[/]")
+        console.print(f"[yellow]{left_out}; `mess check` names them; `mess extract FOLDER {plain(extract)}` "
+                      "embeds those on disk, `mess extract FOLDER --prune` forgets deleted ones[/]")
 
 
 def device_missing(device: str) -> str | None:

@@ -54,7 +54,7 @@ def export_command(
     with open_store(store) as fs:
         run = fs.run(model)
         runs = [r.id for r in fs.runs() if r.model == run.model]
-        in_use = fs.run(run.model).id
+        in_use, extract_as = fs.run(run.model).id, fs.extract_options(run)
         try:
             summary = export_vectors(fs, run, output, chosen, layers=names, segments=segments, fused=fused)
         except OSError as exc:
@@ -70,7 +70,7 @@ def export_command(
                   f"{plain(run.model)}{which} -> {plain(str(summary.path))}")
     if len(runs) > 1:
         _which_run_note(run, runs, in_use)
-    not_embedded_note(summary.files_not_embedded, run.model, store)
+    not_embedded_note(summary.files_not_embedded, run.model, store, extract_as)
     if summary.tracks_not_fused:
         n = summary.tracks_not_fused
         console.print(f"[yellow]{counted(n, 'track has', 'tracks have')} no fused vector (extracted since `mess fuse "

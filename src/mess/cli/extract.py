@@ -16,7 +16,7 @@ from mess.audio.names import name_key
 from mess.audio.windows import WindowPolicy
 from mess.cli.common import console, device_missing, emit_json, fail, failing, open_store, plain, stdout, warn
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, given_path, given_text, number_in
-from mess.constants import AUDIO_EXTENSIONS
+from mess.constants import AUDIO_EXTENSIONS, DEFAULT_MAX_WINDOWS, DEFAULT_WINDOW_SECONDS
 from mess.models.registry import DEVICES, MODEL_NAMES, ModelError, check_device, load_model
 
 EXTENSIONS = ", ".join(sorted(e.lstrip(".") for e in AUDIO_EXTENSIONS))  # what find_audio finds, in words
@@ -65,8 +65,8 @@ def extract_command(
     window: Annotated[float, typer.Option(min=WindowPolicy.min_seconds,  # no window shorter than the shortest track
                                           max=WindowPolicy.max_decode_seconds,  # nor longer than what is decoded
                                           parser=number_in(WindowPolicy.min_seconds, WindowPolicy.max_decode_seconds),
-                                          help="Full-context window length in seconds.")] = 30.0,
-    max_windows: MaxWindowsOpt = 4,
+                                          help="Full-context window length in seconds.")] = DEFAULT_WINDOW_SECONDS,
+    max_windows: MaxWindowsOpt = DEFAULT_MAX_WINDOWS,
     prune: Annotated[bool, typer.Option(help="Forget catalogued files under FOLDERS that no longer exist (a FOLDER "
                                              "may be gone: one moved).")] = False,
     engine: Annotated[str, typer.Option(help="local, or ray for a Ray cluster.")] = "local",

@@ -203,7 +203,7 @@ def similar_command(
         stale = stale_aspect_map(fs, run) if aspect or source == "aspects" else None
         unfused = fs.derived_missing(run, FUSED) if fused else 0
         unembedded = len(fs.unembedded(run))
-        probe_as = fs.model_option(run)
+        probe_as, extract_as = fs.model_option(run), fs.extract_options(run)
     answer = {"query": {"label": tq.label, "id": tq.track.id if tq.track else None, "external": tq.track is None},
               "model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "norm": vs.spec.norm,
               "match": match, "hubness": hubness, "expand": expand, "ranking": ranking, "why_source": source,
@@ -212,12 +212,12 @@ def similar_command(
     if as_json:
         emit_json({**answer, "encoded_threshold": ENCODED_R2, "results": [n.to_dict() for n in results]})
         return
-    _print_similar(answer, results, store, probe_as)
+    _print_similar(answer, results, store, probe_as, extract_as)
 
 
-def _print_similar(answer: dict, results: list[Neighbour], store: Path, probe_as: str) -> None:
+def _print_similar(answer: dict, results: list[Neighbour], store: Path, probe_as: str, extract_as: str) -> None:
     """The neighbours as a table with their reasons, then which aspects were too weak to be evidence; ``probe_as``:
-    what `mess probe --model` picks the run with."""
+    what `mess probe --model` picks the run with, ``extract_as`` the options `mess extract` embeds its files with."""
     from mess.search.query import ENCODED_R2
 
     hubness, expand, model, weak = answer["hubness"], answer["expand"], answer["model"], answer["weak_aspects"]
@@ -257,7 +257,7 @@ def _print_similar(answer: dict, results: list[Neighbour], store: Path, probe_as
         from mess.store.fused import left_out_note
 
         console.print(f"[yellow]{plain(left_out_note(answer['tracks_without_fused_vectors']))}[/]")
-    not_embedded_note(answer["files_not_embedded"], model, store)
+    not_embedded_note(answer["files_not_embedded"], model, store, extract_as)
 
 
 def evaluate_command(

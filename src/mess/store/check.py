@@ -48,7 +48,7 @@ class Problem:
     # a no-checksum one: content hash -> the ``vectors.checksums`` value of its rows as the check read them
     checksums: Mapping[str, bytes] = field(default_factory=dict, repr=False, compare=False)
     gone: bool = False  # a not-embedded one: every file it names is no longer on disk (nothing to embed)
-    model: str = ""  # a not-embedded one: the run's model, which `mess extract --model` takes to embed them
+    extract: str = ""  # a not-embedded one: the options `mess extract FOLDER` takes to embed them (--model M)
 
 
 def quick_check(store: FeatureStore) -> list[Problem]:
@@ -130,7 +130,7 @@ def _fix(store: FeatureStore, problems: list[Problem]) -> list[str]:
                                  [(run.id, h) for h in hashes])
         if hashes:
             done.append(f"{run.model} (run {run.id}): dropped the vectors of {counted(len(hashes), 'file')}; "
-                        f"`mess extract --model {run.model}` embeds them again")
+                        f"`mess extract FOLDER {store.extract_options(run)}` embeds them again")
         track_rows, seg_rows = store.catalog_rows(run)
         for layer in range(len(run.layer_names)):
             store.row_file(run, "track", layer).truncate(track_rows)
@@ -314,11 +314,12 @@ def _not_embedded(store: FeatureStore, run: Run) -> list[Problem]:
             causes = "extracted with another model only"
         elif elsewhere:
             causes = f"{elsewhere} extracted with another model only; the others: {causes}"
-        message += f" ({_named(here)}): {causes}; `mess extract --model {run.model}` embeds them"
+        message += f" ({_named(here)}): {causes}; `mess extract FOLDER {store.extract_options(run)}` embeds them"
     if gone:
         message += (f"{'; ' if here else ': '}{counted(len(gone), 'is', 'are')} no longer on disk ({_named(gone)}): "
                     "`mess extract FOLDER --prune` forgets them")
-    return [Problem("not-embedded", run.id, message, damage=False, gone=not here, model=run.model)]
+    return [Problem("not-embedded", run.id, message, damage=False, gone=not here,
+                    extract=store.extract_options(run))]
 
 
 def _embedded_elsewhere(store: FeatureStore, run: Run, paths: list[str]) -> int:

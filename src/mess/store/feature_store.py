@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sqlite3
 import sys
 import threading
@@ -32,7 +33,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from mess.constants import DEFAULT_STORE, file_title, legacy_stamp
+from mess.constants import DEFAULT_MAX_WINDOWS, DEFAULT_STORE, DEFAULT_WINDOW_SECONDS, file_title, legacy_stamp
 from mess.store.arrays import DTYPE, RowFile, ShortFile, set_aside
 from mess.store.catalog import closed_on_error, connect, has_column
 from mess.store.checksums import block_sum, changed, expected, pack, row_expected, row_sums
@@ -751,6 +752,26 @@ class FeatureStore:
         """
         with self._write():
             replace_file(self.model_source_path(run), (json.dumps(source, indent=1, sort_keys=True) + "\n").encode())
+
+    def extract_options(self, run: Run) -> str:
+        """The options `mess extract FOLDER` takes to embed files into ``run`` (not a new run): ``--model`` and the
+        model file (with its ``--preset``) an ``.onnx`` run records (its name, the file's stem, loads no model), else
+        ``--model`` and the run's model name; then ``--window`` and ``--max-windows`` where not the defaults."""
+        try:
+            source = self.model_source(run)
+        except StoreError:  # a damaged record: the run's name is all there is to say
+            source = None
+        if source and "path" in source:
+            preset = f" --preset {shlex.quote(source['preset'])}" if source.get("preset") else ""
+            options = f"--model {shlex.quote(source['path'])}{preset}"
+        else:
+            options = f"--model {run.model}"
+        policy = json.loads(run.policy)
+        if (window := policy.get("window_seconds", DEFAULT_WINDOW_SECONDS)) != DEFAULT_WINDOW_SECONDS:
+            options += f" --window {window:g}"
+        if (count := policy.get("max_windows", DEFAULT_MAX_WINDOWS)) != DEFAULT_MAX_WINDOWS:
+            options += f" --max-windows {count}"
+        return options
 
     def model_source(self, run: Run) -> dict[str, str] | None:
         """The run's record of where its model came from (see :meth:`set_model_source`); None when it has none.
