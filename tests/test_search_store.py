@@ -641,9 +641,9 @@ def test_evaluate_titles_name_the_label_file(synth: tuple[FeatureStore, Run], tm
     from_file = CliRunner().invoke(_cli(), [*args, "--labels", str(moods)])
     as_json = CliRunner().invoke(_cli(), [*args, "--labels", str(moods), "--json"])
     assert tags.exit_code == from_file.exit_code == as_json.exit_code == 0, tags.output + from_file.output
-    assert "synth: same-artist retrieval, 24 tracks, 4 classes" in " ".join(tags.output.split())  # one copy out
+    assert "synth: same-artist retrieval, 24 tracks, 4 labels," in " ".join(tags.output.split())  # one copy out
     said = " ".join(from_file.output.split())
-    assert "synth: same-label (moods.csv) retrieval, 24 tracks, 2 classes" in said and "same-artist" not in said
+    assert "synth: same-label (moods.csv) retrieval, 24 tracks, 2 labels," in said and "same-artist" not in said
     assert json.loads(as_json.stdout)["labels_from"] == "moods.csv"
 
 

@@ -3,6 +3,7 @@ figure named for another, a command that fails as advised, a negative zero)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shlex
@@ -165,3 +166,25 @@ def test_advice_for_files_an_onnx_run_lacks_is_a_command_that_embeds_them(onnx_s
         assert fs.unembedded(mine) == [] and len(fs.runs()) == 2  # the same run, not a new one
     again = mess_here("check", "--json", "--store", str(store))
     assert not [p for p in json.loads(again.stdout)["problems"] if p["run"] == mine.id], again.stdout
+
+
+def test_evaluate_counts_its_labels_and_queries_one_way(fresh: Path, tmp_path: Path) -> None:
+    """`mess evaluate` on 7 labelled tracks titled its table '4 classes, 5 queries' and its caveat said '5 queries
+    over 2 labels': labels of one track count as classes in the title but cannot be queried. The title now says
+    how many labels have a second track, in the caveat's words."""
+    with closing(FeatureStore(fresh, readonly=True)) as fs:
+        ids = [t.id for t in fs.tracks(fs.run("dsp"))][:7]
+    labels = dict(zip(ids, ["a", "a", "a", "b", "b", "c", "d"], strict=True))
+    path = tmp_path / "labels.csv"
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([("id", "label"), *labels.items()])
+    sizes = {label: list(labels.values()).count(label) for label in set(labels.values())}
+    shared = [label for label, n in sizes.items() if n > 1]
+    queries = sum(sizes[label] for label in shared)
+    out = mess_here("evaluate", "--model", "dsp", "--labels", str(path), "--plot", str(tmp_path / "e.png"),
+                    "--store", str(fresh), env={"COLUMNS": "250"})
+    assert out.returncode == 0, out.stderr
+    said = " ".join((out.stdout + out.stderr).split())
+    over = f"{queries} queries over {len(shared)} labels"
+    assert (f"{len(labels)} tracks, {len(sizes)} labels, {over} with a second track") in said, said
+    assert f"caveat: {over}: too few" in said, said

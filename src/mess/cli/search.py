@@ -349,8 +349,8 @@ def _print_evaluation(ev: Evaluation, model: str, k: int, norm: str, match: str,
     """Scores per vector set against chance, the similarity variants when compared, and the best set."""
     table = Table(
         title=plain(
-            f"{model}: {ev.relevance} retrieval, {ev.n_tracks} tracks, {ev.n_classes} "
-            f"classes, {ev.n_queries} queries ({norm}, match {match}"
+            f"{model}: {ev.relevance} retrieval, {ev.n_tracks} tracks, {ev.n_classes} labels, {ev.n_queries} "
+            f"queries over {ev.n_query_labels} labels with a second track ({norm}, match {match}"
             f"{', re-ranked' if any('re-ranked' in s.metric for s in ev.sets) else ''})"
         )
     )

@@ -477,7 +477,7 @@ def plot_evaluation(ev: Evaluation, path: str | Path) -> Path:
     ax.set_ylim(0, 1)
     ax.set_xlabel("layer")
     ax.set_ylabel("retrieval quality")
-    ax.set_title(f"{ev.model}: {ev.relevance} retrieval ({ev.n_tracks} tracks, {ev.n_classes} classes)")
+    ax.set_title(f"{ev.model}: {ev.relevance} retrieval ({ev.n_tracks} tracks, {ev.n_classes} labels)")
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     path = plot_file(path)
