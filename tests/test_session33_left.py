@@ -11,6 +11,7 @@ import shutil
 from contextlib import closing
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import mess_here
@@ -188,3 +189,37 @@ def test_evaluate_counts_its_labels_and_queries_one_way(fresh: Path, tmp_path: P
     over = f"{queries} queries over {len(shared)} labels"
     assert (f"{len(labels)} tracks, {len(sizes)} labels, {over} with a second track") in said, said
     assert f"caveat: {over}: too few" in said, said
+
+
+def test_a_copys_re_ranked_score_is_no_negative_zero(rendered_collection: list[Path], tmp_path: Path) -> None:
+    """`mess similar --ranking reranked` printed -0.0000 for a track's copy (the walkthrough's MP3 of the seed). Of
+    an exact copy, the Jaccard distance of two tracks with the same k-reciprocal neighbours is 0, but its float sums
+    left ~1e-16, a score of minus that: it is 0 now, the best a re-ranked score can be. A near copy (the same
+    samples decoded from a WAV: -2e-06) shows as 0.0000 in the table, not -0.0000."""
+    import soundfile as sf
+
+    from mess.search.rerank import build_reranker
+    from mess.search.vectors import VectorSpec, load_vectors
+
+    music = tmp_path / "music"
+    music.mkdir()
+    for p in rendered_collection[:6]:
+        shutil.copy(p, music)
+    audio, rate = sf.read(rendered_collection[0], dtype="float32")
+    sf.write(music / "copy.wav", audio, rate, subtype="FLOAT")  # the same samples in other bytes
+    store = tmp_path / "store"
+    assert mess_here("extract", str(music), "--model", "dsp", "--store", str(store)).returncode == 0
+    with closing(FeatureStore(store, readonly=True)) as fs:
+        run = fs.run("dsp")
+        by_name = {Path(t.path).name: t.id for t in fs.tracks(run)}
+        unit = load_vectors(fs, run, VectorSpec.from_options(), fs.tracks(run)).unit()
+    exact = np.concatenate([unit, unit[:1]])  # track 0 twice: same vector, same neighbours
+    scores = build_reranker(exact).rows(np.array([0]))[0]
+    assert scores[-1] == 0.0 and not np.signbit(scores[-1]), scores[-1]
+    seed, copy = by_name[rendered_collection[0].name], by_name["copy.wav"]
+    args = ["similar", str(seed), "--model", "dsp", "--ranking", "reranked", "-k", "3", "--store", str(store)]
+    top = json.loads(mess_here(*args, "--json").stdout)["results"][0]
+    assert top["id"] == copy and round(top["adjusted"], 4) == 0.0, top
+    shown = mess_here(*args, env={"COLUMNS": "200"})
+    row = next(line for line in shown.stdout.splitlines() if "copy" in line)
+    assert shown.returncode == 0 and "0.0000" in row and "-0.0000" not in row, shown.stdout

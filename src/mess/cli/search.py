@@ -237,7 +237,8 @@ def _print_similar(answer: dict, results: list[Neighbour], store: Path, probe_as
                                    else " [bold yellow](duplicate)[/]" if n.duplicate else ""),
             f"{n.score:.3f}",
         ]
-        row += [f"{n.adjusted:.4f}"] if n.adjusted is not None else []  # tight clusters differ in the 4th decimal
+        # tight clusters differ in the 4th decimal; z: a near-copy's -2e-06 is 0.0000, not -0.0000
+        row += [f"{n.adjusted:z.4f}"] if n.adjusted is not None else []
         table.add_row(*row, plain(why))
     stdout.print(table)
     if answer["norm_note"]:

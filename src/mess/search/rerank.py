@@ -158,7 +158,7 @@ class Reranker:
         shared = shared_weights(local.recip[at], local.by_column)[0, :m]
         jaccard = np.ones(n)
         jaccard[near] = 1.0 - shared / (2.0 - shared)
-        return -(jaccard * (1.0 - self.lam) + d / max(float(d.max()), 1e-12) * self.lam)
+        return _score(jaccard, d / max(float(d.max()), 1e-12), self.lam)
 
 
 def copy_first(scores: np.ndarray, cosines: np.ndarray, own: float, gap: float = COPY_GAP) -> np.ndarray:
@@ -373,7 +373,14 @@ def mixed(scores: np.ndarray, recip_rows: sparse.csr_matrix, recip: sparse.csc_m
     orig = d / np.maximum(d.max(axis=1, keepdims=True), 1e-12)
     mins = shared_weights(recip_rows, recip)
     jac = 1.0 - mins / (2.0 - mins)
-    return -(jac * (1.0 - lam) + orig * lam)
+    return _score(jac, orig, lam)
+
+
+def _score(jaccard: np.ndarray, distance: np.ndarray, lam: float) -> np.ndarray:
+    """Minus the mix of Jaccard and normalised distances, to 12 decimals: the sums of float weights leave ~1e-16
+    where the Jaccard distance is 0 (a track's copy, itself), which printed as a re-ranked score of -0.0000; the
+    ``+ 0.0`` turns rounding's -0.0 into 0."""
+    return np.round(-(jaccard * (1.0 - lam) + distance * lam), 12) + 0.0
 
 
 def shared_weights(recip_rows: sparse.csr_matrix, recip: sparse.csc_matrix) -> np.ndarray:

@@ -321,7 +321,8 @@ function renderNeighbours(data) {
     const item = trackItem(n);
     // The score the list is ordered by: the augmented or re-ranked score where the answer has one, else the cosine.
     const ranked = n.adjusted !== null && n.adjusted !== undefined;
-    const score = el("span", (ranked ? n.adjusted : n.score).toFixed(4), "score");
+    const shown = (ranked ? n.adjusted : n.score).toFixed(4);
+    const score = el("span", shown === "-0.0000" ? "0.0000" : shown, "score"); // a near-copy's -2e-06
     score.title = ranked ? `${data.ranking} score (the order); cosine ${n.score.toFixed(4)}` : "cosine";
     item.append(score);
     if (n.duplicate) item.append(el("span", "duplicate", "flag"));
