@@ -141,7 +141,7 @@ GET /api/artists/similar?name=Sine%20Choir&aspect=mood | 400 | unknown aspect 'm
 GET /api/playlists/radio?seed=1&aspect=%FF | 400 | unknown aspect '\ufffd'
 GET /api/tracks/1/similar?layer=mfcc&aspect=timbre&fused=true | 400 | choose at most one of layer, aspect, fused
 GET /api/map?fused=true | 400 | no fused vectors for dsp
-GET /api/map?learned=true | 400 | no learned head ships for dsp
+GET /api/map?learned=true | 400 | no learned head for dsp; heads ship for
 POST /api/index?layer=nope | 400 | unknown layer 'nope'
 POST /api/similar/upload?aspect=mood | 400 | unknown aspect 'mood'
 POST /api/similar/upload?model=nope | 404 | unknown model 'nope'

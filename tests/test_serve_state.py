@@ -436,7 +436,7 @@ def test_vectors_a_run_lacks_are_400_naming_them(tmp_path: Path) -> None:
     with pytest.raises(HTTPException) as learned:
         vector_spec(store, run, None, None, False, learned=True)
     assert learned.value.status_code == 400
-    assert learned.value.detail == "no learned head ships for dsp with these layers"
+    assert learned.value.detail.startswith("no learned head for dsp; heads ship for ")
     with pytest.raises(HTTPException) as layer:
         vector_spec(store, run, "zz", None, False)
     assert layer.value.status_code == 400 and "'zz'" in layer.value.detail

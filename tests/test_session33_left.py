@@ -223,3 +223,19 @@ def test_a_copys_re_ranked_score_is_no_negative_zero(rendered_collection: list[P
     shown = mess_here(*args, env={"COLUMNS": "200"})
     row = next(line for line in shown.stdout.splitlines() if "copy" in line)
     assert shown.returncode == 0 and "0.0000" in row and "-0.0000" not in row, shown.stdout
+
+
+def test_the_server_says_which_models_have_a_learned_head(fresh: Path) -> None:
+    """`?learned=true` under a model without a head answered 'no learned head ships for dsp with these layers';
+    the CLI's `--learned` says what to do: it names the models heads ship for (the package's head files)."""
+    from fastapi.testclient import TestClient
+
+    from mess.models.head import HEADS_DIR
+    from mess.serve.app import create_app
+
+    shipped = sorted(p.stem for p in HEADS_DIR.glob("*.npz"))
+    assert shipped and "dsp" not in shipped
+    with TestClient(base_url="http://127.0.0.1", app=create_app(fresh)) as client:
+        answer = client.get("/api/tracks/1/similar", params={"model": "dsp", "learned": "true"})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["detail"] == f"no learned head for dsp; heads ship for {', '.join(shipped)}", answer.text

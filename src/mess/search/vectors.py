@@ -388,11 +388,17 @@ def in_space(spec: VectorSpec, run: Run, raw: np.ndarray) -> np.ndarray:
 
 def has_learned_head(run: Run) -> bool:
     """Whether a learned head ships for this run's model and layers."""
+    return learned_head_problem(run) is None
+
+
+def learned_head_problem(run: Run) -> str | None:
+    """Why no learned head ships for this run's model and layers, naming the models heads ship for (what
+    ``--learned`` says); None when one does."""
     try:
         shipped_head(run.model).check(run.model, run.layer_names, run.layer_dims)
-    except HeadError:
-        return False
-    return True
+    except HeadError as exc:
+        return str(exc)
+    return None
 
 
 def vectors_label(layer: str | None, aspect: str | None, fused: bool, learned: bool = False) -> str:

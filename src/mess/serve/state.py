@@ -18,7 +18,7 @@ from pydantic import BeforeValidator
 
 from mess.constants import DEFAULT_NORM
 from mess.search.query import Neighbour
-from mess.search.vectors import FUSED, Norm, VectorSpec, has_learned_head
+from mess.search.vectors import FUSED, Norm, VectorSpec, learned_head_problem
 from mess.serve.errors import short_values
 from mess.serve.uploads import EmbedWorker
 from mess.store import FeatureStore, Run, StoreError, Track, is_track_id
@@ -231,8 +231,8 @@ def vector_spec(store: FeatureStore, run: Run, layer: str | None, aspect: str | 
     if fused and store.derived_meta(run, FUSED) is None:
         raise HTTPException(400, f"no fused vectors for {run.model}; {store.derived_elsewhere(run, FUSED, 'model=')}"
                                  "run `mess fuse train` and `mess fuse apply`")
-    if learned and not has_learned_head(run):
-        raise HTTPException(400, f"no learned head ships for {run.model} with these layers")
+    if learned and (problem := learned_head_problem(run)):
+        raise HTTPException(400, api_words(problem))
     return spec
 
 
