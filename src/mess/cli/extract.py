@@ -166,7 +166,8 @@ def _lock(fs: FeatureStore, held: ExitStack, command: str, wait: bool) -> float:
 def _embedder(model: str, preset: str | None, device: str, engine: str, precision: str) -> EmbeddingModel:
     """The model at the asked precision (on the CPU here when Ray workers do the embedding)."""
     check_device(device)  # also the one Ray workers are given
-    if engine == "local" and (problem := device_missing(device)):  # torch's refusal was a traceback (cuda:0, mps)
+    onnx = model.lower().endswith(".onnx")  # ONNX Runtime, not torch: its loader names what its providers lack
+    if engine == "local" and not onnx and (problem := device_missing(device)):  # torch's was a traceback (cuda:0)
         fail(problem)
     from mess.scale.gpu import with_precision
 
