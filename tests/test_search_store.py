@@ -757,7 +757,8 @@ def test_a_track_without_vectors_of_the_model_is_named_in_plain_words(synth: tup
 
     store, run = synth
     tid = store.upsert_track(Path("/music/other/only-dsp.wav"), "hash-elsewhere", 1, 0.0, {}, {"title": "Lone"})
-    with pytest.raises(StoreError, match="has no vectors of synth yet; run `mess extract --model synth`"):
+    advice = "has no vectors of synth yet; run `mess extract /music/other --model synth` first"
+    with pytest.raises(StoreError, match=advice):
         similar_tracks(store, run, collection_query(store, tid), k=3)  # it said "has no all vectors for synth"
 
 
@@ -1511,8 +1512,9 @@ def test_a_query_without_vectors_of_the_set_searched_says_why_whatever_the_searc
 
     store, run = synth
     lone = store.upsert_track(Path("/music/other/lone.wav"), "hash-elsewhere", 1, 0.0, {}, {"title": "Lone"})
+    advice = "has no vectors of synth yet; run `mess extract /music/other --model synth` first"
     for options in ({"layer": "l1"}, {"layer": "l1", "match": "segments"}):
-        with pytest.raises(StoreError, match="has no vectors of synth yet; run `mess extract --model synth`"):
+        with pytest.raises(StoreError, match=advice):
             similar_tracks(store, run, collection_query(store, lone), k=3, **options)
     store.record_failure(run, "hash-elsewhere", "/music/other/lone.wav", "cannot decode: not audio")
     with pytest.raises(TrackFailed, match="failed to extract with synth, so it has no vectors: cannot decode"):

@@ -239,3 +239,23 @@ def test_the_server_says_which_models_have_a_learned_head(fresh: Path) -> None:
         answer = client.get("/api/tracks/1/similar", params={"model": "dsp", "learned": "true"})
     assert answer.status_code == 400, answer.text
     assert answer.json()["detail"] == f"no learned head for dsp; heads ship for {', '.join(shipped)}", answer.text
+
+
+def test_a_track_an_onnx_run_lacks_is_answered_with_the_command_that_embeds_it(onnx_store: tuple[Path, Path, Path]
+                                                                              ) -> None:
+    """`mess similar` of a collection track the model-file run has no vectors for advised "`mess extract --model
+    mine` on its folder", which fails ('unknown model'); it now names the folder and the options that embed it into
+    that run, and following it answers the query."""
+    store, model, later = onnx_store
+    with closing(FeatureStore(store, readonly=True)) as fs:
+        track = next(t for t in fs.tracks() if Path(t.path).parent == later.resolve())
+    asked = mess_here("similar", str(track.id), "--model", "mine", "--store", str(store))
+    assert asked.returncode == 1, asked.stdout
+    command = re.search(r"run `mess extract ([^`]*)` first", " ".join(asked.stderr.split()))
+    assert command, asked.stderr
+    words = shlex.split(command[1])
+    assert words[0] == str(later.resolve()) and words[1:3] == ["--model", str(model.resolve())], words
+    done = mess_here("extract", *words, "--store", str(store))
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    again = mess_here("similar", str(track.id), "--model", "mine", "--store", str(store))
+    assert again.returncode == 0, again.stderr

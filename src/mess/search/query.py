@@ -17,6 +17,7 @@ spectral, rhythm), otherwise three contiguous groups named early, middle and lat
 
 from __future__ import annotations
 
+import shlex
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -473,8 +474,9 @@ def no_vectors(store: FeatureStore, run: Run, track: Track, *, fused: bool = Fal
     if fused:
         return StoreError(f"track {track.id} ({track.name}) has no fused vector for {run.model}; "
                           "run `mess fuse apply` first")
+    folder = shlex.quote(printable(str(Path(track.path).parent)))
     return StoreError(f"track {track.id} ({track.name}) has no vectors of {run.model} yet; "
-                      f"run `mess extract --model {run.model}` on its folder first")
+                      f"run `mess extract {folder} {store.extract_options(run)}` first")
 
 
 def _excluded(tracks: Sequence[Track], query: TrackQuery | None, same_artist: bool) -> set[int]:
