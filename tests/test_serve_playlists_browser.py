@@ -271,7 +271,8 @@ def test_why_chips_use_listener_words_and_weak_aspects_are_greyed(page: Browser,
     assert not any("harmony" in c or "rhythm" in c or "/" in c for c in chips), chips
     weak = page.evaluate("[...document.querySelectorAll('#weak .chip.weak')].map(c => [c.textContent, c.title])")
     assert sorted(w[0] for w in weak) == ["harmony", "rhythm"]
-    assert all("R² 0.06" in t or "R² 0.21" in t for _, t in weak)
+    assert all("R², less what shuffled targets reach, of 0.06" in t or "R², less what shuffled targets reach, of 0.21"
+               in t for _, t in weak), weak
     options = page.evaluate("[...document.querySelectorAll('#vectors option')].filter(o => o.disabled)"
                             ".map(o => o.value)")
     assert sorted(options) == ["aspect:harmony", "aspect:rhythm"]

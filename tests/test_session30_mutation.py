@@ -202,4 +202,4 @@ def test_check_counts_the_files_extracted_with_another_model_among_those_without
     named = ", ".join(str(tmp_path / "music" / f"{i}.wav") for i in (1, 2, 3))
     assert (f"3 files have neither vectors nor a recorded failure, so no answer includes them ({named}): 1 extracted "
             "with another model only; the others: vectors a repair dropped") in message, message
-    assert message.endswith("`mess extract --model toy` embeds them"), message
+    assert message.endswith("`mess extract FOLDER --model toy` embeds them"), message

@@ -89,8 +89,8 @@ def test_a_read_during_an_extract_says_the_extract_is_running_and_a_stale_holder
         writer.wait()
     assert json.loads((store / "write.lock.json").read_text())["pid"] == writer.pid  # left behind by the killed one
     after = " ".join(mess_here("similar", "tone00.wav", "--store", str(store)).stderr.split())
-    assert "1 file has no dsp vectors and was left out; `mess check` names them; `mess extract --model dsp` " \
-           "embeds those on disk" in after, after
+    assert "1 file has no dsp vectors and was left out; `mess check` names them; `mess extract FOLDER --model dsp " \
+           f"{' '.join(DSP[2:])}` embeds those on disk" in after, after
     assert "a writer is running" not in after, after
 
 

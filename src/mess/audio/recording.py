@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mess.audio.decode import AudioError, load_segments, probe
 from mess.audio.spectrum import stft
 
 RATE = 8000  # Hz: the band every lossy codec keeps at its lowest rates
@@ -62,6 +61,8 @@ class RecordingMatch:
 def same_recording(a: str | Path, b: str | Path) -> RecordingMatch:
     """Whether ``a`` and ``b`` are the same recording. Files that cannot be read, or whose durations differ by more
     than :data:`DURATION_TOLERANCE`, are not (the reason says which); never raises for bad audio."""
+    from mess.audio.decode import AudioError  # here: only a comparison made loads the decoders
+
     a, b = Path(a), Path(b)
     nan = float("nan")
     try:
@@ -158,6 +159,8 @@ def _log_mels(path: Path, starts: list[float], seconds: float) -> list[np.ndarra
 def _stamped_log_mels(path: Path, stamp: tuple[int, int, int], starts: tuple[float, ...],
                       seconds: float) -> list[np.ndarray]:
     """:func:`_log_mels` of ``path`` as it is (``stamp``: size, mtime, inode)."""
+    from mess.audio.decode import load_segments
+
     audio = load_segments(path, RATE, starts, seconds)
     power = np.abs(stft(audio, _N_FFT, _HOP, "float32")) ** 2
     db = 10 * np.log10(power @ _mel_bank() + 1e-10)
@@ -166,6 +169,8 @@ def _stamped_log_mels(path: Path, stamp: tuple[int, int, int], starts: tuple[flo
 
 def _duration(path: Path) -> float:
     """The duration ``probe`` reads; AudioError when it has none."""
+    from mess.audio.decode import AudioError, probe
+
     if not path.is_file():
         raise AudioError(f"{path}: not on disk")
     if (seconds := probe(path).duration) <= 0:
