@@ -37,13 +37,17 @@ def resolve_query(store: FeatureStore, ref: str | Path | int, run: Run,
     if is_track_id(str(ref)) or not _is(path, Path.is_file):
         try:
             found = collection_query(store, ref)
-        except StoreError:
+        except StoreError as exc:
             if not is_track_id(str(ref)) and _is(path, Path.is_dir):  # was 'unknown track'
                 raise StoreError(f"{printable(str(path))} is a folder, not an audio file or a track (`mess extract` "
                                  "adds a folder's files to the collection)") from None
             if not is_track_id(str(ref)) and _is(path, Path.is_symlink) and not _is(path, Path.exists):  # `ls` lists it
                 raise StoreError(f"{printable(str(path))}: a link to {printable(str(path.readlink()))}, which is "
                                  "missing") from None
+            unknown = str(exc).startswith("unknown track ")  # not a failed file's reason, nor a name two tracks share
+            if unknown and not is_track_id(str(ref)) and not _is(path, Path.exists):  # a typo'd path: both lookups
+                raise StoreError(f"{exc}: no track of the collection is named so, and no such file is on disk") \
+                    from None
             raise
         own = Path(found.track.path) if found.track is not None else None
         if own is not None and _is(own, Path.is_file) and not _as_catalogued(store, own):  # an id names the entry
