@@ -143,3 +143,19 @@ def test_probe_random_init_on_a_device_not_here_is_one_line(store: Path) -> None
     assert out.stderr.strip().splitlines()[-1] == f"error: --device cuda:{visible} asked for, but {seen}" + (
         f" (cuda:0..cuda:{visible - 1})" if visible else "")
     assert not list((store / "reports").glob("probe-musicnn-msd*"))
+
+
+def test_hybrid_says_when_k_takes_every_other_artist(store: Path, tmp_path: Path) -> None:
+    """`mess artists hybrid -k 10` over fewer than 11 artists reported overlap@10 and recall@10 of 1.000 for every
+    row, true by construction, without the note `mess artists validate` gives for such a k; a smaller k gets none."""
+    fs = FeatureStore(store, readonly=True)
+    artists = sorted({t.artist for t in fs.tracks(fs.run("dsp")) if t.artist})
+    fs.close()
+    reference = tmp_path / "similar.json"
+    reference.write_text(json.dumps({a: [b for b in artists if b != a][:2] for a in artists}))
+    note = f"covers all {len(artists) - 1} other artists, so overlap@k and recall@k are 1 by construction"
+    for k, noted in ((len(artists) - 1, True), (2, False)):
+        out = mess_here("artists", "hybrid", "--reference", str(reference), "--model", "dsp", "-k", str(k),
+                        "--no-save", "--store", str(store))
+        assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+        assert (note in " ".join(out.stderr.split())) is noted, (k, out.stderr)

@@ -428,9 +428,13 @@ def validate_layers(store: FeatureStore, reference: Path, k: int, options: Artis
                evaluate(_similarity(artists, space, options, center=not options.center), matched, k).ndcg)
               for space in every_space(store, run, on_note)]
     n = len(artists.profiles)
-    notes = [f"k={k} covers all {n - 1} other artists, so overlap@k and recall@k are 1 by construction; "
-             "use a smaller -k (nDCG and MRR still rank)"] if k >= n - 1 else []
-    return LayerValidation(run, k, options, n, coverage, layers, random_baseline(n, matched, k), notes)
+    return LayerValidation(run, k, options, n, coverage, layers, random_baseline(n, matched, k), _whole_k(k, n))
+
+
+def _whole_k(k: int, n: int) -> list[str]:
+    """The note for a ``k`` that takes every other one of ``n`` artists (none otherwise)."""
+    return [f"k={k} covers all {n - 1} other artists, so overlap@k and recall@k are 1 by construction; "
+            "use a smaller -k (nDCG and MRR still rank)"] if k >= n - 1 else []
 
 
 @dataclass(frozen=True)
@@ -458,6 +462,8 @@ def learn_hybrid(store: FeatureStore, reference: Path, k: int, options: ArtistOp
     matched, coverage = match_reference(ref, artists)
     parts = components(_similarity(artists, space, options), artists, extra_tags=load_tags(tags))
     fit = fit_hybrid(parts, matched, k=k, test_fraction=test_fraction, seed=seed)
+    for note in _whole_k(k, len(artists.profiles)):  # as validate says it: the table's @k scores tell nothing then
+        on_note(note)
     selection: dict[str, str | bool | None] = ({"layer": space.label} if not choice.given
                  else {"layer": choice.layer, "aspect": choice.aspect, "fused": choice.fused})
     meta = {"model": run.model, "run_id": run.id, "space": space.label, "selection": selection,
