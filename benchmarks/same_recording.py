@@ -61,18 +61,18 @@ def raw_match(a: Path, b: Path) -> tuple[float, float]:
 
 def radio_cost(root: Path, seeds: int = 20, n: int = 20) -> None:
     """Print the time of radios with and without the audio check, and the comparisons they made."""
-    real = playlist.same_recording
-    calls: list[float] = []
+    real = playlist.compared
+    calls: list[float] = []  # the seconds of each comparison made (a pair that was decoded)
 
-    def counted(a: str | Path, b: str | Path) -> recording.RecordingMatch:
+    def counted(a: str, a_duration: float | None, b: str, b_duration: float | None) -> recording.RecordingMatch | None:
         t = time.perf_counter()
-        try:
-            return real(a, b)
-        finally:
+        match = real(a, a_duration, b, b_duration)
+        if match is not None:
             calls.append(time.perf_counter() - t)
+        return match
 
-    def never(a: str | Path, b: str | Path) -> recording.RecordingMatch:
-        return recording.RecordingMatch(False, float("nan"), 0.0, float("nan"), (0.0, 0.0), "stub")
+    def never(a: str, a_duration: float | None, b: str, b_duration: float | None) -> recording.RecordingMatch | None:
+        return None  # not compared
 
     with closing(FeatureStore(root)) as store:
         run = store.runs()[0]
@@ -82,14 +82,14 @@ def radio_cost(root: Path, seeds: int = 20, n: int = 20) -> None:
         times: dict[str, list[float]] = {"with": [], "without": []}
         lists: dict[str, list[list[str]]] = {"with": [], "without": []}
         for name, check in (("without", never), ("with", counted)):
-            playlist.same_recording = check  # type: ignore[assignment]
+            playlist.compared = check
             for p in paths:
                 recording._stamped_log_mels.cache_clear()  # each radio command starts cold
                 t = time.perf_counter()
                 made = radio.radio(store, run, [collection_query(store, p)], n)
                 times[name].append(time.perf_counter() - t)
                 lists[name].append([t.path for t in made.tracks])
-        playlist.same_recording = real
+        playlist.compared = real
     changed = sum(a != b for a, b in zip(lists["with"], lists["without"], strict=True))
     print(f"{len(paths)} radios of {n} on {root}: {1000 * np.mean(times['without']):.0f} ms without the audio check, "
           f"{1000 * np.mean(times['with']):.0f} ms with it (max {1000 * max(times['with']):.0f} ms); "

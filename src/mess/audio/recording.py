@@ -85,10 +85,15 @@ def same_recording(a: str | Path, b: str | Path) -> RecordingMatch:
                           f"loudness drift {drift:.1f} dB over {len(starts)} spans of {span:.0f} s")
 
 
-def durations_agree(a: float | None, b: float | None) -> bool:
-    """Whether catalogued durations ``a`` and ``b`` agree as a recording's copies do (True when either is unknown:
-    :func:`same_recording` reads the files' own)."""
-    return not a or not b or abs(a - b) <= DURATION_TOLERANCE
+def compared(a: str, a_duration: float | None, b: str, b_duration: float | None) -> RecordingMatch | None:
+    """:func:`same_recording` of files ``a`` and ``b`` when both are on disk and their catalogued durations agree as a
+    recording's copies do (either unknown: :func:`same_recording` reads the files' own); None, without decoding,
+    otherwise."""
+    if a_duration and b_duration and abs(a_duration - b_duration) > DURATION_TOLERANCE:
+        return None
+    if not (Path(a).is_file() and Path(b).is_file()):
+        return None
+    return same_recording(a, b)
 
 
 def span_starts(duration: float) -> tuple[list[float], float]:

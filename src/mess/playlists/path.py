@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mess.audio.recording import durations_agree, same_recording
+from mess.audio.recording import compared
 from mess.constants import DEFAULT_NORM
 from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError, vanished_copies
 from mess.search.query import no_vectors
@@ -26,7 +26,7 @@ def sonic_path(store: FeatureStore, run: Run, start: Track, end: Track, n: int =
         raise PlaylistError("a path needs -n of at least 2 (the start and the end)")
     if start.content_hash == end.content_hash:
         raise PlaylistError(f"the start and the end are the same recording ({start.name})")
-    if durations_agree(start.duration, end.duration) and (match := same_recording(start.path, end.path)).same:
+    if (match := compared(start.path, start.duration, end.path, end.duration)) is not None and match.same:
         raise PlaylistError(f"the start and the end are the same recording ({start.name} and {end.name}: "
                             f"{match.reason})")
     tracks = store.tracks(run)

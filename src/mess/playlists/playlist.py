@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from mess.audio.names import credit_key
-from mess.audio.recording import durations_agree, same_recording
+from mess.audio.recording import compared
 from mess.constants import file_title
 from mess.search.query import DUPLICATE_COSINE, VERIFY_COSINE
 from mess.store import Track
@@ -135,10 +135,10 @@ class DuplicateGuard:
     def _same_recording(self, kept: tuple[str, float | None] | None, track: Track) -> bool:
         """Whether the file ``kept`` (path, duration) and ``track``'s hold one recording (False when either is not on
         disk, or their durations differ); each pair is compared once."""
-        if kept is None or not durations_agree(kept[1], track.duration):
+        if kept is None:
             return False
         key = (kept[0], track.path)
         if key not in self._compared:
-            on_disk = Path(kept[0]).is_file() and Path(track.path).is_file()
-            self._compared[key] = on_disk and same_recording(kept[0], track.path).same
+            match = compared(*kept, track.path, track.duration)
+            self._compared[key] = match is not None and match.same
         return self._compared[key]

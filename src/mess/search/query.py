@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from mess.audio.names import credit_key
-from mess.audio.recording import RecordingMatch, durations_agree, same_recording
+from mess.audio.recording import RecordingMatch, compared
 from mess.constants import DEFAULT_NORM, ENCODED_R2, FUSED, LEARNED
 from mess.search.augment import augmented_query, expanded_rows
 from mess.search.counts import whole_count
@@ -233,12 +233,11 @@ def _recordings(query: TrackQuery | None, sims: np.ndarray, results: list[Track]
     """The audio of the ``query``'s file (its track's, or an outside file's) compared with each result's (by id) at
     cosine >= VERIFY_COSINE, another content and a matching duration, both files on disk: whether a lossy copy is
     the same recording."""
-    if query is None or (file := query.file()) is None or not Path(file[0]).is_file():
+    if query is None or (file := query.file()) is None:
         return {}
-    path, duration = file
-    return {t.id: same_recording(path, t.path) for s, t in zip(sims, results, strict=False)
-            if s >= VERIFY_COSINE and t.content_hash != query.content_hash
-            and durations_agree(duration, t.duration) and Path(t.path).is_file()}
+    matches = {t.id: compared(*file, t.path, t.duration) for s, t in zip(sims, results, strict=False)
+               if s >= VERIFY_COSINE and t.content_hash != query.content_hash}
+    return {i: m for i, m in matches.items() if m is not None}
 
 
 def _copies_by_path(vs: VectorSet, ids: np.ndarray, by_id: dict[int, Track], exclude: set[int]) -> np.ndarray:
