@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_session33_walkthrough import ENCODED, beyond_shuffled
 
 from conftest import mess_here
 from mess.store import FeatureStore
-
-ENCODED = 0.3  # the docs' threshold of an encoded aspect (docs/probing.md, docs/serve.md)
 
 
 @pytest.fixture(scope="module")
@@ -63,23 +62,11 @@ def test_extract_on_a_device_torch_lacks_is_one_line(device: str, one_file: Path
     assert len(lines) == 1 and f"--device {device} asked for, but" in lines[0], out.stderr
 
 
-def _best_beyond_shuffled(report: dict) -> dict[str, float]:
-    """Per aspect of a probe's JSON report: the best layer's score less the shuffled control's best (the figure
-    the aspect map stores, docs/probing.md), computed from the report's own tables."""
-    trained = report["conditions"]["trained"]["aspect_score"]
-    shuffled = report["conditions"]["shuffled"]["aspect_score"]
-
-    def best(table: dict[str, dict[str, float | None]], aspect: str) -> float:
-        return max(scores[aspect] or 0.0 for scores in table.values())
-
-    return {a: max(0.0, best(trained, a) - max(0.0, best(shuffled, a))) for a in next(iter(trained.values()))}
-
-
 def test_similar_names_the_weak_aspects_figure_for_what_it_is(probed: Path) -> None:
     """`mess similar` said 'not used as evidence (probe R^2 below 0.3): rhythm 0.27': the figure is the best R^2
     less what shuffled targets reach, as `mess similar --aspect` words it."""
     report = json.loads((probed / "reports" / "probe-dsp-run1.json").read_text())
-    weak = {a: s for a, s in _best_beyond_shuffled(report).items() if s < ENCODED}
+    weak = {a: s for a, (s, _) in beyond_shuffled(report).items() if s < ENCODED}
     assert weak, "the rendered collection's probe maps some aspect as not encoded"
     out = mess_here("similar", "1", "--model", "dsp", "--store", str(probed))
     assert out.returncode == 0, out.stderr

@@ -29,6 +29,18 @@ def _best(table: dict[str, dict[str, float | None]], aspect: str) -> tuple[float
     return max((scores[aspect] or 0.0, layer) for layer, scores in table.items())
 
 
+def beyond_shuffled(report: dict) -> dict[str, tuple[float, str]]:
+    """Per aspect of a probe's JSON report: (the best layer's score less the shuffled control's best, the figure the
+    aspect map stores (docs/probing.md), and that layer), computed from the report's own tables."""
+    trained = report["conditions"]["trained"]["aspect_score"]
+    shuffled = report["conditions"]["shuffled"]["aspect_score"]
+    scores = {}
+    for aspect in next(iter(trained.values())):
+        score, layer = _best(trained, aspect)
+        scores[aspect] = (max(0.0, score - max(0.0, _best(shuffled, aspect)[0])), layer)
+    return scores
+
+
 def test_probe_says_which_aspects_similar_can_use(store: Path) -> None:
     """`mess probe` said 'aspect map stored for `mess similar --aspect`' and nothing of the aspects it stored as not
     encoded: `mess similar --aspect rhythm` then refused an aspect the probe had just mapped. It now names the
@@ -37,12 +49,8 @@ def test_probe_says_which_aspects_similar_can_use(store: Path) -> None:
     out = mess_here("probe", "--model", "dsp", "--store", str(store))
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     report = json.loads((store / "reports" / "probe-dsp-run1.json").read_text())
-    trained = report["conditions"]["trained"]["aspect_score"]
-    shuffled = report["conditions"]["shuffled"]["aspect_score"]
     usable, weak = [], {}
-    for aspect in next(iter(trained.values())):
-        score, layer = _best(trained, aspect)
-        beyond = max(0.0, score - max(0.0, _best(shuffled, aspect)[0]))
+    for aspect, (beyond, layer) in beyond_shuffled(report).items():
         if beyond < ENCODED:
             weak[aspect] = beyond
         else:
