@@ -1147,9 +1147,9 @@ def test_embed_worker_survives_a_hang_and_a_crash(collection: Path, store: Featu
     path = Path(store.tracks()[0].path)
     worker = EmbedWorker(timeout=60)
     try:
-        content_hash, layers, tags, warnings = worker.embed(path, run, path.name)
+        content_hash, layers, tags, warnings, duration = worker.embed(path, run, path.name)
         assert content_hash == store.tracks()[0].content_hash and len(layers) == 4 and tags["artist"]
-        assert warnings == []
+        assert warnings == [] and duration == pytest.approx(sf.info(path).duration, abs=0.01)
         first = worker.pid
         os.kill(first, signal.SIGSTOP)  # a decoder stuck forever
         worker.timeout = 1.0

@@ -108,9 +108,10 @@ def test_a_job_is_answered_with_the_vectors_mess_extract_stores(files: dict[str,
     no warnings; a closed inbox ends the loop."""
     messages = talk([_job(files["tone"])])
     assert messages[:2] == [("ready",), ("loaded",)] and len(messages) == 3
-    kind, content_hash, layers, tags, warnings = messages[2]
+    kind, content_hash, layers, tags, warnings, duration = messages[2]
     want_hash, want_layers = _stored(files["root"] / "store")
     assert kind == "ok" and content_hash == want_hash and warnings == []
+    assert duration == pytest.approx(sf.info(files["tone"]).duration, abs=0.01)
     assert len(layers) == len(want_layers) and all(v.dtype == np.float32 for v in layers)
     for got, want in zip(layers, want_layers, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)  # the store keeps float16
@@ -172,7 +173,7 @@ def test_a_file_whose_header_gives_no_length_is_decoded_only_up_to_the_limit(fil
     pipeline embeds long.flac with decoding stopped at 6 s, with the warning that only its start was analysed."""
     assert sf.info(files["long"]).frames == 20 * SR
     messages = talk([_job(files["nolength"], max_seconds=6.0)])
-    kind, _, layers, _, warnings = messages[2]
+    kind, _, layers, _, warnings, _ = messages[2]
     assert kind == "ok"
     for got, want in zip(layers, _stored(files["root"] / "store6")[1], strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)

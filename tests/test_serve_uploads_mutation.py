@@ -471,10 +471,11 @@ while True:
         outbox.send(("error", "model", "out of memory in /opt/cuda/lib.so"))
     elif command.startswith("layers"):  # 'layers 1.5': after 1.5 s, vectors for layers of 2 and 3 values
         time.sleep(float(command.split()[1]))
-        outbox.send(("ok", "hash-new", [np.ones(2, np.float32), np.ones(3, np.float32)], {"artist": None}, []))
+        outbox.send(("ok", "hash-new", [np.ones(2, np.float32), np.ones(3, np.float32)], {"artist": None}, [], 2.0))
     else:
         outbox.send(("ok", "hash-" + os.path.basename(path), [np.arange(3, dtype=np.float32)], {"artist": "Ann"},
-                     [f"{path}: sampled at 4000 Hz", f"{os.path.basename(path)}: only its first 20 min analysed"]))
+                     [f"{path}: sampled at 4000 Hz", f"{os.path.basename(path)}: only its first 20 min analysed"],
+                     None))
 """
 
 

@@ -29,9 +29,10 @@ def serve(inbox: Connection, outbox: Connection) -> None:
 
     Says ``("ready",)`` once, when its imports are done, and ``("loaded",)`` for each job
     once the model is loaded (the server's timeout starts there). Then replies
-    ``("ok", content_hash, layer_vectors, tags, warnings)`` or ``("error", kind, message)`` with kind
+    ``("ok", content_hash, layer_vectors, tags, warnings, duration)`` or ``("error", kind, message)`` with kind
     ``decode`` (the file is bad) or ``model`` (the model cannot be used); ``warnings`` are what the CLI would
-    warn of for the file (a low sample rate, only its start analysed), as sentences. Files longer
+    warn of for the file (a low sample rate, only its start analysed), as sentences; ``duration`` is its length in
+    seconds by its header (None when it gives none), as `mess similar FILE` reads it. Files longer
     than ``max_seconds`` are refused from their header, before decoding. Loaded models
     stay cached for the next job.
     """
@@ -74,7 +75,8 @@ def _embed(path: Path, model: EmbeddingModel, policy: WindowPolicy, max_seconds:
         tags = read_tags(path)  # inside: a tag reader's fault is this upload's error, not the worker's death
     except Exception as exc:  # noqa: BLE001 -- any fault in one upload is that upload's error
         return ("error", "decode", str(exc) or type(exc).__name__)
-    return ("ok", vectors.content_hash, [np.asarray(v, dtype=np.float32) for v in vectors.layers], tags, warnings)
+    return ("ok", vectors.content_hash, [np.asarray(v, dtype=np.float32) for v in vectors.layers], tags, warnings,
+            duration or None)
 
 
 def main() -> None:

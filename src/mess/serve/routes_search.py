@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, cast
 
@@ -149,11 +149,6 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
     opened, embedded_as, embedded_spec, source = await run_in_threadpool(prepare)
     with state.worker.receipt():
         saved = await receive_upload(request, state.max_upload_bytes, query_parameters(request))
-    try:
-        with state.worker.slot():  # 503 at once when the upload queue is full: reads never wait on uploads
-            embedded = await run_in_threadpool(state.worker.embed, saved.path, embedded_as, saved.filename, source)
-    finally:
-        saved.path.unlink(missing_ok=True)
 
     def resolved() -> tuple[Run, VectorSpec, TrackQuery, Chosen]:  # call it holding the lock
         run, spec = embedded_as, embedded_spec
@@ -164,6 +159,8 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
         label = f"{artist} - {embedded.tags['title'] or file_title(saved.filename)}" if artist else saved.filename
         tq = external_query(state.store, run, label, embedded.content_hash, embedded.layers, (),
                             credit_of(embedded.tags))
+        if tq.track is None:  # compared with close results of its length, as `mess similar FILE` compares a file
+            tq = replace(tq, path=str(saved.path), duration=embedded.duration)
         return run, spec, tq, _ranking(state, run, spec, ranking)
 
     def prepare_ranking() -> None:
@@ -199,8 +196,15 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
             return {**_answer(state, run, query, results, layer, aspect, fused, learned, norm, chosen),
                     "warnings": embedded.warnings}
 
-    await run_in_threadpool(prepare_ranking)
-    return await run_in_threadpool(search)
+    try:
+        # 503 at once when the upload queue is full (reads never wait on uploads); held until the file is removed, so
+        # that no more files than that wait on disk: it is compared with close results, as `mess similar FILE` is
+        with state.worker.slot():
+            embedded = await run_in_threadpool(state.worker.embed, saved.path, embedded_as, saved.filename, source)
+            await run_in_threadpool(prepare_ranking)
+            return await run_in_threadpool(search)
+    finally:
+        saved.path.unlink(missing_ok=True)
 
 
 def ranking_data(state: ServeState, store: FeatureStore, vs: VectorSet, ranking: Ranking) -> Reranker | None:

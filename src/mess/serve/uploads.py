@@ -111,6 +111,7 @@ class Embedded(NamedTuple):
     layers: list[np.ndarray]  # per-layer track vectors
     tags: dict[str, str | None]
     warnings: list[str]  # what `mess similar FILE` would warn of (a low sample rate, only its start analysed)
+    duration: float | None = None  # seconds, by the file's header (None: it gives none)
 
 
 @dataclass(frozen=True)
@@ -306,8 +307,8 @@ class EmbedWorker:
             yield
 
     def embed(self, path: Path, run: Run, name: str, source: dict[str, str] | None = None) -> Embedded:
-        """Content hash, per-layer track vectors, tags and warnings of a file; HTTPException 400 when it cannot be
-        used.
+        """Content hash, per-layer track vectors, tags, warnings and duration of a file; HTTPException 400 when it
+        cannot be used.
 
         ``name`` (the uploaded file name) replaces the temp path in error messages and warnings. ``source``: the
         run's record of where its model came from (``FeatureStore.model_source``), for a model its name cannot load.
@@ -335,9 +336,9 @@ class EmbedWorker:
                 raise HTTPException(400, f"the decoder process died on this file (exit code {code}); "
                                          "file rejected") from None
         if reply[0] == "ok":
-            _, content_hash, layers, tags, warnings = reply
+            _, content_hash, layers, tags, warnings, duration = reply
             return Embedded(content_hash, layers, tags,
-                            [text.replace(str(path), name).replace(path.name, name) for text in warnings])
+                            [text.replace(str(path), name).replace(path.name, name) for text in warnings], duration)
         _, kind, message = reply
         if kind == "decode":
             raise HTTPException(400, f"cannot decode the upload: {without_paths(message.replace(str(path), name))}")
