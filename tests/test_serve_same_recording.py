@@ -1,6 +1,7 @@
 """The server's similar answers carry the audio comparison `mess similar` makes (``same_recording``): an uploaded file
 is compared with its close results while the server holds its temporary copy (it was never compared: the copy was
-removed before the search, so an app uploading a FLAC whose MP3 is in the collection heard nothing of it).
+removed before the search, so an app uploading a FLAC whose MP3 is in the collection heard nothing of it), and the
+comparison's reason names files by their names alone, never by a server path.
 
 Real audio: 20 s FLAC excerpts of three Wesnoth tracks and an MP3 (128 kb/s) of the first, made here with FFmpeg
 (:mod:`mess.datasets.copies`); a dsp store in the test's folder; the app in-process with its real embedding process.
@@ -9,6 +10,7 @@ The expected comparison is the CLI's (`mess similar FILE`: ``embed_query`` then 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from contextlib import closing
 from pathlib import Path
@@ -90,3 +92,23 @@ def test_an_upload_whose_lossy_copy_is_in_the_collection_is_answered_same_record
     assert str(private) not in answer.text and "mess-upload" not in answer.text
     assert list(private.iterdir()) == []
 
+
+def test_the_comparison_names_the_files_it_could_not_read_without_their_folders(
+        library: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """A close result whose file no longer decodes (junk written over it since extraction) is "not compared", and the
+    reason names it by its file name, as every answer names files: it gave the server's full path."""
+    root, upload, copy = library
+    music = tmp_path / "music"
+    music.mkdir()
+    files = [Path(shutil.copy(p, music)) for p in (upload, *copy.parent.iterdir())]
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        assert not extract(store, files, load_model("dsp"), WindowPolicy()).failed
+        query = store.track(str(music / upload.name)).id
+    (music / copy.name).write_bytes(b"\xff\xfb" + bytes(5000))  # no longer audio; its length still as catalogued
+    with TestClient(create_app(tmp_path / "store"), base_url="http://127.0.0.1") as client:
+        answer = client.get(f"/api/tracks/{query}/similar", params={"k": 3})
+    assert answer.status_code == 200, answer.text
+    result = next(r for r in answer.json()["results"] if r["file"] == copy.name)
+    reason = result["same_recording"]["reason"]
+    assert reason.startswith(f"not compared: {copy.name}: ") and result["same_recording"]["same"] is False, reason
+    assert str(tmp_path) not in answer.text

@@ -61,8 +61,10 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
 
 
 def _answer(state: ServeState, run: Run, query: dict, results: list[Neighbour], layer: str | None,
-            aspect: str | None, fused: bool, learned: bool, norm: str, ranking: Chosen) -> dict:
+            aspect: str | None, fused: bool, learned: bool, norm: str, ranking: Chosen, tq: TrackQuery) -> dict:
+    """The answer's JSON; the query's file (``tq``'s, compared with close results) is named by ``query["file"]``."""
     source, specs = aspect_layers(state.store, run)
+    named = {file[0]: query["file"]} if (file := tq.file()) else {}
     unfused, note = unfused_note(state.store, run, fused)
     return {"query": query, "model": run.model, "vectors": vectors_label(layer, aspect, fused, learned),
             "ranking": ranking.ranking, "notes": [*ranking.notes, *([note] if note else [])],
@@ -72,7 +74,7 @@ def _answer(state: ServeState, run: Run, query: dict, results: list[Neighbour], 
             "stale_aspect_map": stale_aspect_map(state.store, run) if aspect or source == "aspects" else None,
             "norm_note": load_vectors(state.store, run, vector_spec(state.store, run, layer, aspect, fused,
                                                                    learned, norm)).norm_note,
-            "results": [neighbour_dict(n) for n in results]}
+            "results": [neighbour_dict(n, named) for n in results]}
 
 
 @router.get("/tracks/{track_id}/similar", summary="Tracks most similar to a collection track, with why")
@@ -109,7 +111,7 @@ def similar(track_id: TrackId, state: State, model: Model = None, layer: Layer =
         except ValueError as exc:  # options that do not combine (a ranking with hubness or another expand)
             raise HTTPException(400, str(exc).replace("--", "")) from None
         answer = _answer(state, run, {"label": tq.label, "external": False, **track_dict(track)},
-                         results, layer, aspect, fused, learned, norm, chosen)
+                         results, layer, aspect, fused, learned, norm, chosen, tq)
         known = state.store.known_file(Path(track.path))
     changed = changed_note(Path(track.path), known)  # outside the lock: it may hash the file
     return {**answer, "notes": [*answer["notes"], changed]} if changed else answer
@@ -193,7 +195,7 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
             query = {"label": tq.label, "external": same is None, "id": same.id if same else None,
                      "artist": tq.artist,
                      "file": saved.filename, "bytes": saved.size, "x": round(float(x), 5), "y": round(float(y), 5)}
-            return {**_answer(state, run, query, results, layer, aspect, fused, learned, norm, chosen),
+            return {**_answer(state, run, query, results, layer, aspect, fused, learned, norm, chosen, tq),
                     "warnings": embedded.warnings}
 
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +19,7 @@ from pydantic import BeforeValidator
 from mess.constants import DEFAULT_NORM
 from mess.search.query import Neighbour
 from mess.search.vectors import FUSED, Norm, VectorSpec, learned_head_problem
-from mess.serve.errors import short_values
+from mess.serve.errors import short_values, without_paths
 from mess.serve.uploads import EmbedWorker
 from mess.store import FeatureStore, Run, StoreError, Track, is_track_id
 from mess.store.config import ConfigError, model_key, names_a_run, preferred_model, read_config
@@ -250,12 +250,20 @@ def track_dict(track: Track) -> dict:
             "duration": track.duration, "file": printable(Path(track.path).name)}  # a non-UTF-8 name as caf\xe9
 
 
-def neighbour_dict(result: Neighbour) -> dict:
+def neighbour_dict(result: Neighbour, named: Mapping[str, str] | None = None) -> dict:
     """JSON form of a search result: the track plus score, duplicate flag, the audio comparison with the query's file
-    (``same_recording``: null where none was made) and per-aspect evidence."""
+    (``same_recording``: null where none was made) and per-aspect evidence. The comparison's reason names files by
+    their names, never by a server path ('not compared: song.mp3: not a readable audio file'): the result's by its
+    file name, the query's as ``named`` maps its path (an upload's temporary file by the name it was sent with)."""
     scored = result.to_dict()
     keys = ("score", "duplicate", "same_recording", "adjusted", "why", "why_percentile", "reasons", "reasons_text")
-    return {**track_dict(result.track), **{k: scored[k] for k in keys}}
+    answer = {**track_dict(result.track), **{k: scored[k] for k in keys}}
+    if (compared := answer["same_recording"]) is not None:
+        reason, names = compared["reason"], {result.track.path: answer["file"], **(named or {})}
+        for path in sorted(names, key=len, reverse=True):  # a path that begins another is replaced after it
+            reason = reason.replace(path, names[path])
+        answer["same_recording"] = {**compared, "reason": without_paths(reason)}
+    return answer
 
 
 def api_words(message: str) -> str:
