@@ -151,6 +151,12 @@ GET /api/playlists/path?start=1&end=2&seed=3&fused=true | 400 | /api/playlists/p
 GET /api/artists/similar?name=Sine%20Choir&learned=true | 400 | /api/artists/similar does not take learned; it takes
 POST /api/similar/upload?hubness=csls | 400 | /api/similar/upload does not take hubness; it takes model, layer,
 GET /api/health?k=3 | 400 | /api/health does not take k; it takes no parameters
+GET /api/playlists/radio?seed=1&layer=mfcc&layer= | 400 | /api/playlists/radio does not take layer
+# a parameter of one value given more than once, with different values (the last was used)
+GET /api/tracks/1/similar?k=5&k=10 | 400 | k is given 2 different values ('5', '10'); it takes one
+GET /api/map?layer=mfcc&layer= | 400 | layer is given 2 different values ('mfcc', ''); it takes one
+GET /api/playlists/path?start=1&end=2&start=3 | 400 | start is given 2 different values ('1', '3'); it takes one
+POST /api/similar/upload?model=dsp&model=nope | 400 | model is given 2 different values ('dsp', 'nope'); it takes
 """
 
 
@@ -290,6 +296,10 @@ def test_the_server_answers_normally_afterwards(client: TestClient) -> None:
     assert unused.status_code == 200, unused.text
     similar = client.get("/api/tracks/1/similar", params={"k": 3})
     assert similar.status_code == 200 and len(similar.json()["results"]) == 3
+    again = client.get("/api/tracks/1/similar", params=[("k", "3"), ("k", "3")])  # one value, given twice
+    assert again.status_code == 200 and again.json()["results"] == similar.json()["results"]
+    two = client.get("/api/playlists/radio", params=[("seed", "1"), ("seed", "2"), ("n", "3")])  # a list
+    assert two.status_code == 200 and len(two.json()["tracks"]) == 3
     assert client.post("/api/index", params={"kind": "flat"}).status_code == 200
 
 

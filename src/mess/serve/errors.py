@@ -55,17 +55,24 @@ def _cut(run: re.Match) -> str:
 def unused_parameters(request: Request) -> None:
     """Dependency: 400 for a parameter another route takes but this one does not (``layer`` to the radio, which
     takes ``aspect`` alone, was ignored: a playlist of other vectors than asked for); a blank one is left out, as
-    everywhere, and names no route takes (a cache-buster, ``token``) are ignored."""
+    everywhere, and names no route takes (a cache-buster, ``token``) are ignored. Also 400 for a parameter of one value
+    given twice with different values (``k=5&k=10``, ``layer=mfcc&layer=``): the last was used, the others ignored."""
     route = request.scope.get("route")
     if not isinstance(route, Route):
         return
-    taken = query_parameters(request)
-    sent = {name for name, value in request.query_params.items() if value.strip()} - set(taken)
+    specs = _parameters(request, route)
+    taken = [name for name, p in specs.items() if p["in"] == "query"]
+    sent = {name for name, value in request.query_params.multi_items() if value.strip()} - set(taken)
     unused = sorted(sent & {p["name"] for operations in request.app.openapi()["paths"].values()
                             for operation in operations.values() for p in operation.get("parameters", ())})
     if unused:
         takes = f"it takes {', '.join(taken)}" if taken else "it takes no parameters"
         raise HTTPException(400, f"{route.path} does not take {' or '.join(unused)}; {takes}")
+    for name in taken:
+        values = dict.fromkeys(request.query_params.getlist(name))
+        if len(values) > 1 and _single(specs[name].get("schema", {})).get("type") != "array":
+            shown = ", ".join(map(_shown, values))
+            raise HTTPException(400, f"{name} is given {len(values)} different values ({shown}); it takes one")
 
 
 def query_parameters(request: Request) -> list[str]:
@@ -99,9 +106,14 @@ def _line(error: dict, specs: dict[str, dict]) -> str:
     return f"invalid {name} {_shown(error.get('input'))}" + (f"; use {allowed}" if allowed else "")
 
 
+def _single(schema: dict) -> dict:
+    """A parameter's schema without its null choice (an optional parameter's ``anyOf``)."""
+    return next((s for s in schema.get("anyOf", ()) if s.get("type") != "null"), schema)
+
+
 def _allowed(schema: dict) -> str:
     """What a parameter's schema takes, in words ('a whole number from 1 to 200', 'true or false')."""
-    schema = next((s for s in schema.get("anyOf", ()) if s.get("type") != "null"), schema)
+    schema = _single(schema)
     if schema.get("type") == "array":
         return f"{_allowed(schema.get('items', {}))} (repeat it for several)"
     if "enum" in schema:
