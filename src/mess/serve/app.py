@@ -10,6 +10,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,7 +26,7 @@ from threadpoolctl import threadpool_limits
 from mess.artists.profiles import ArtistError
 from mess.serve import mapping, routes_playlists, routes_reports, routes_search, routes_tracks
 from mess.serve.audio_file import AudioFile
-from mess.serve.errors import http_error, invalid_request, short_values, unused_parameters
+from mess.serve.errors import error_shapes, http_error, invalid_request, short_values, unused_parameters
 from mess.serve.security import AccessPolicy, install
 from mess.serve.state import ServeState, catalog_id, default_model, store_error
 from mess.serve.uploads import (
@@ -83,7 +84,7 @@ def create_app(store_path: str | Path, model: str | None = None, allow_indexing:
         state.worker.close()
         state.store.close()  # the store it opened last (see ServeState.refresh)
 
-    app = FastAPI(title="mess", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+    app = MessAPI(title="mess", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   summary="Music Embedding Similarity Search over a local feature store",
                   description="Similar tracks with per-aspect evidence, similar artists, query by uploaded "
                               "audio, probe reports and audio streaming. Tracks are addressed by id only.")
@@ -100,6 +101,20 @@ def create_app(store_path: str | Path, model: str | None = None, allow_indexing:
     app.router.routes.append(PageFiles("/", PageFileResponses(directory=STATIC_DIR, html=True), name="static"))
     app.add_middleware(HeadAsGet)
     return app
+
+
+class MessAPI(FastAPI):
+    """FastAPI with the schema's error answers in the API's one shape (:func:`error_shapes`)."""
+
+    shaped = False
+
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI schema, made once (FastAPI keeps it; reshaping it again would change nothing)."""
+        schema = super().openapi()
+        if not self.shaped:
+            error_shapes(schema)
+            self.shaped = True
+        return schema
 
 
 class PageFiles(Mount):

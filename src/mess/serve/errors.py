@@ -52,6 +52,35 @@ def _cut(run: re.Match) -> str:
     return f"{value[:opening + _SHOWN]}... ({len(value) - opening} characters){run[0][len(value):]}"
 
 
+ERROR_SCHEMA = {"title": "Error", "type": "object", "required": ["detail"],
+                "properties": {"detail": {"type": "string", "title": "Detail",
+                                          "description": "One line saying what was wrong, naming the bad input."}}}
+_ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+
+
+def error_shapes(schema: dict) -> dict:
+    """The app's OpenAPI ``schema`` with every error answer in the shape the API sends, ``{"detail": "one line"}``:
+    FastAPI documented its 422 as pydantic's list of records, which the API never sends (a client generated from the
+    schema failed on every 422), and no other error status; each error status a route lists is that shape now, and
+    so are the ``4XX`` and ``5XX`` it does not list (an unknown id's 404, a store being rebuilt's 503)."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    components["Error"] = ERROR_SCHEMA
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            for code, response in responses.items():
+                if code[0] in "45":
+                    response["content"] = dict(_ERROR_CONTENT)
+            responses.setdefault("4XX", {"description": "Refused: a parameter, id or file that cannot be used, named "
+                                                        "in the detail", "content": dict(_ERROR_CONTENT)})
+            responses.setdefault("5XX", {"description": "The server cannot answer now (a store being rebuilt, a "
+                                                        "model that cannot load): the detail says why",
+                                         "content": dict(_ERROR_CONTENT)})
+    return schema
+
+
 def unused_parameters(request: Request) -> None:
     """Dependency: 400 for a parameter another route takes but this one does not (``layer`` to the radio, which
     takes ``aspect`` alone, was ignored: a playlist of other vectors than asked for); a blank one is left out, as
