@@ -15,6 +15,7 @@ import soundfile as sf
 from mutagen.flac import FLAC
 from test_serve_browser import CHROMIUM, Browser, _serving
 
+from mess.datasets.copies import read_channels, write_copy
 from mess.store import FeatureStore
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (scripts/install.sh)")
@@ -243,6 +244,26 @@ def test_uploaded_file_plays_and_refreshes_the_artist_panel(page: Browser, serve
                             "&& document.getElementById('artists-caption').textContent")
     assert caption != stale
     _shot(page, tmp_path, "upload")
+
+
+def test_an_uploaded_lossy_copy_of_a_track_is_flagged_its_same_recording(page: Browser, served_store: Path,
+                                                                         tmp_path: Path) -> None:
+    """An MP3 of a collection track, uploaded: its neighbour list flags that track "same recording" (the API's
+    same_recording, as `mess similar FILE` says it), with the comparison's reason on hover; it said "duplicate"."""
+    with closing(FeatureStore(served_store, readonly=True)) as store:
+        source = max(store.tracks(store.run(MODEL)), key=lambda t: t.duration or 0)
+    audio, rate = read_channels(Path(source.path))
+    copy = write_copy(audio, rate, tmp_path / "copy.mp3", "libmp3lame", bit_rate=128_000)
+    doc = page.call("DOM.getDocument")["root"]["nodeId"]
+    node = page.call("DOM.querySelector", {"nodeId": doc, "selector": "#upload-file"})["nodeId"]
+    page.call("DOM.setFileInputFiles", {"files": [str(copy)], "nodeId": node})
+    page.evaluate("document.querySelector('#upload-form button').click()")
+    page.wait_for("window.mess.state.upload !== null", timeout=120)
+    flag = page.evaluate(f"[...document.querySelectorAll('#neighbours li')].filter(li => "
+                         f"li.querySelector('button.track').dataset.id === '{source.id}')"
+                         ".map(li => li.querySelector('.flag')).map(f => f && [f.textContent, f.title])[0]")
+    assert flag is not None and flag[0] == "same recording" and flag[1].startswith("same recording: correlation"), flag
+    _shot(page, tmp_path, "same-recording")
 
 
 def test_narrow_screen_has_no_horizontal_scroll_and_wide_header_one_row(server: str, tmp_path: Path) -> None:

@@ -325,7 +325,13 @@ function renderNeighbours(data) {
     const score = el("span", shown === "-0.0000" ? "0.0000" : shown, "score"); // a near-copy's -2e-06
     score.title = ranked ? `${data.ranking} score (the order); cosine ${n.score.toFixed(4)}` : "cosine";
     item.append(score);
-    if (n.duplicate) item.append(el("span", "duplicate", "flag"));
+    // the query's recording (a lossy copy, told by comparing the audio) as `mess similar` says it; other near-copies
+    const same = n.same_recording && n.same_recording.same;
+    if (same || n.duplicate) {
+      const flag = el("span", same ? "same recording" : "duplicate", "flag");
+      if (n.same_recording) flag.title = n.same_recording.reason;
+      item.append(flag);
+    }
     const why = el("div", undefined, "why");
     const aspects = Object.entries(n.why_percentile).sort((a, b) => b[1] - a[1]);
     for (const [aspect, p] of aspects) {
