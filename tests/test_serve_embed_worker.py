@@ -294,3 +294,20 @@ def test_a_worker_killed_while_idle_is_replaced_and_serves_two_uploads_at_once(f
     finally:
         worker.close()
     assert worker.pid is None
+
+
+def test_a_module_in_the_server_s_working_folder_does_not_replace_the_worker_s(
+        files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mess serve` run from a folder holding a concurrent.py (or random.py, email.py: a user's scripts) started its
+    worker as `python -m`, which puts that folder first on the module path: the worker imported the folder's file for
+    the standard library's and died, and every upload was a 503. The folder is not on the worker's path now."""
+    (tmp_path / "concurrent.py").write_text("raise SystemExit('the folder\\'s concurrent.py was imported')\n")
+    monkeypatch.chdir(tmp_path)
+    worker = EmbedWorker(timeout=120)
+    try:
+        with closing(FeatureStore(files["root"] / "store", readonly=True)) as store:
+            run = store.run("dsp")
+        embedded = worker.embed(files["tone"], run, "tone.flac")
+    finally:
+        worker.close()
+    assert embedded.content_hash == _stored(files["root"] / "store")[0]

@@ -50,8 +50,9 @@ class Child:
         if self._proc is not None and self._proc.poll() is None and self._send is not None and self._recv is not None:
             return self._send, self._recv, False
         self.stop()
-        proc = subprocess.Popen([sys.executable, "-m", self.module], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                process_group=0 if self.own_group else None)
+        # -P: the working folder is not put first on the module path (a concurrent.py there replaced the library's)
+        proc = subprocess.Popen([sys.executable, "-P", "-m", self.module], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, process_group=0 if self.own_group else None)
         assert proc.stdin is not None and proc.stdout is not None  # both are pipes
         self._send = Connection(os.dup(proc.stdin.fileno()), readable=False)
         self._recv = Connection(os.dup(proc.stdout.fileno()), writable=False)
