@@ -12,7 +12,16 @@ import typer
 from rich.table import Table
 
 from mess.cli.common import console, emit_json, fail, failing, note, open_store, plain, stdout
-from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, AspectOpt, FusedOpt, JsonOpt, ModelOpt, StoreOpt
+from mess.cli.options import (
+    DEFAULT_STORE_PATH,
+    SEED_MAX,
+    AspectOpt,
+    FusedOpt,
+    JsonOpt,
+    ModelOpt,
+    StoreOpt,
+    in_a_folder,
+)
 from mess.constants import ARTIST_WEIGHTS_FILE, DEFAULT_MAX_TRACKS, DEFAULT_MIN_TRACKS
 
 if TYPE_CHECKING:  # mess.artists.analysis loads the search stack (faiss): imported by the commands that run it
@@ -160,6 +169,13 @@ def _print_similar(result: SimilarArtists) -> None:
     stdout.print(table)
 
 
+def _out_in_a_folder(value: str | None) -> str | None:
+    """``--out`` as given (a folder's trailing slash kept), its folder there (:func:`in_a_folder`)."""
+    if value is not None:
+        in_a_folder(value, made=value.endswith(("/", os.sep)))
+    return value
+
+
 def matrix_command(
     layer: LayerOpt = None,
     aspect: AspectOpt = None,
@@ -175,7 +191,9 @@ def matrix_command(
             "--out",
             "-o",
             help="Output path prefix for .csv and .png, a .csv/.png ending dropped, or a folder to write them in "
-            "(one ending in / is made) (default: STORE/reports/artists-matrix-MODEL-runID-LAYER).",
+            "(one ending in / is made, in a folder that exists) (default: "
+            "STORE/reports/artists-matrix-MODEL-runID-LAYER).",
+            callback=_out_in_a_folder,
         ),
     ] = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
@@ -188,7 +206,7 @@ def matrix_command(
     target = None if out is None else Path(out)
     if target is not None and str(out).endswith(("/", os.sep)) and not target.exists():
         try:  # a folder named with its slash, not yet made (Path drops the slash: it was a prefix)
-            target.mkdir(parents=True)
+            target.mkdir()
         except OSError as exc:
             fail(f"cannot make the folder {out}: {exc.strerror or exc}")
     m = _analysed(lambda fs: artist_matrix(fs, options, SpaceChoice(layer, aspect, fused), target, on_note=note),

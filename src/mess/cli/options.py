@@ -20,10 +20,31 @@ def given_path(raw: str | Path) -> Path:
 
 
 def output_path(raw: str | Path) -> Path:
-    """A file to write: a given path, ``-`` standing for stdout (/dev/stdout), as for every Unix tool (it wrote a file
-    named '-')."""
+    """A file to write: a given path in a folder that exists (:func:`in_a_folder`), ``-`` standing for stdout
+    (/dev/stdout), as for every Unix tool (it wrote a file named '-')."""
+    return Path("/dev/stdout") if str(raw) == "-" else in_a_folder(raw)
+
+
+def in_a_folder(raw: str | Path, made: bool = False) -> Path:
+    """A given path to write (a file, a prefix, or with ``made`` a folder mess makes) whose folder exists: a typo in
+    a folder's name was made into a new folder tree without a word. The folder is missing when the nearest folder
+    above it that exists can be searched (a file in the way, or an unreadable folder, is left to the writer's own
+    message)."""
     path = given_path(raw)
-    return Path("/dev/stdout") if str(path) == "-" else path
+    folder = path.expanduser().parent
+    if os.path.lexists(folder):
+        return path
+    above = next(p for p in folder.parents if os.path.lexists(p))
+    if above.is_dir() and os.access(above, os.X_OK):
+        raise typer.BadParameter(f"the folder {folder} does not exist; create it first (mess makes "
+                                 + ("the folder named, not the folders above it)" if made else
+                                    "no folder for a file it writes)"))
+    return path
+
+
+def folder_to_make(raw: str | Path) -> Path:
+    """A folder to write into, made when missing, in a folder that exists (:func:`in_a_folder`)."""
+    return in_a_folder(raw, made=True)
 
 
 def given_folder(raw: str | Path) -> Path:

@@ -30,6 +30,7 @@ from mess.cli.options import (
     ModelOpt,
     RadioWindowOpt,
     StoreOpt,
+    folder_to_make,
     output_path,
 )
 
@@ -119,9 +120,10 @@ def path_command(
 def clusters_command(
     k: Annotated[int | None, typer.Option("-k", min=1, help="How many playlists (default: sqrt(tracks / 2)).")] = None,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Folder to write one playlist per cluster into "
-                                  "(replacing the cluster playlists an earlier run wrote there: listed in its "
-                                  ".mess-clusters, or exactly as mess writes them; other files are left alone).")
+        Path | None, typer.Option("--output", "-o", help="Folder to write one playlist per cluster into, made "
+                                  "when missing (replacing the cluster playlists an earlier run wrote there: listed "
+                                  "in its .mess-clusters, or exactly as mess writes them; other files are left "
+                                  "alone).", parser=folder_to_make)
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="m3u8 (or m3u) or xspf (with -o).",
                                      callback=_known_format)] = "m3u8",

@@ -22,7 +22,16 @@ from mess.cli.common import (
     stdout,
     warn,
 )
-from mess.cli.options import DEFAULT_STORE_PATH, AspectOpt, CutoffOpt, FusedOpt, JsonOpt, ModelOpt, StoreOpt
+from mess.cli.options import (
+    DEFAULT_STORE_PATH,
+    AspectOpt,
+    CutoffOpt,
+    FusedOpt,
+    JsonOpt,
+    ModelOpt,
+    StoreOpt,
+    in_a_folder,
+)
 from mess.constants import DEFAULT_NORM, FUSED, LABEL_FIELDS, counted
 
 if TYPE_CHECKING:
@@ -281,7 +290,8 @@ def evaluate_command(
     ranking: RankingOpt = "auto",
     plot: Annotated[
         Path | None, typer.Option("--plot", help="PNG path (default: STORE/reports/evaluate-MODEL-runID-LABEL.png, "
-                                                 "with --labels evaluate-MODEL-runID-labels-FILE-LABEL.png).")
+                                                 "with --labels evaluate-MODEL-runID-labels-FILE-LABEL.png).",
+                                  parser=in_a_folder)
     ] = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
     as_json: JsonOpt = False,

@@ -1,0 +1,67 @@
+"""What earlier sessions left: a typo'd output folder made without a word."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mutagen.flac
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import mess_here
+
+SR = 22050
+TITLE = "a title long enough that a table of similar tracks is wider than eighty columns, number {}"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 tones, 2 artists of 3, long titles, extracted with dsp."""
+    root = tmp_path_factory.mktemp("left34")
+    music = root / "music"
+    music.mkdir()
+    t = np.arange(2 * SR) / SR
+    for i in range(6):
+        path = music / f"tone{i}.flac"
+        sf.write(path, (0.3 * np.sin(2 * np.pi * 110.0 * (i + 1) * t)).astype(np.float32), SR)
+        tags = mutagen.flac.FLAC(path)
+        tags.update({"artist": f"Artist {i % 2}", "title": TITLE.format(i)})
+        tags.save()
+    out = mess_here("extract", str(music), "--model", "dsp", "--store", str(root / "store"))
+    assert out.returncode == 0, out.stderr
+    return root / "store"
+
+
+# ---------------------------------------------------------------- 1. an output in a folder that is not there
+
+@pytest.mark.parametrize(("args", "made"), [
+    (["playlist", "radio", "1", "-n", "2", "-o", "{missing}/radio.m3u8"], False),
+    (["playlist", "path", "1", "2", "-n", "3", "-o", "{missing}/path.xspf"], False),
+    (["playlist", "clusters", "-k", "2", "-o", "{missing}/mixes"], True),
+    (["export", "{missing}/vectors.npz"], False),
+    (["evaluate", "--label", "artist", "--plot", "{missing}/eval.png"], False),
+    (["artists", "matrix", "--min-tracks", "1", "-o", "{missing}/matrix"], False),
+    (["artists", "matrix", "--min-tracks", "1", "-o", "{missing}/heat/"], True),
+])
+def test_an_output_in_a_missing_folder_is_refused_and_no_folder_made(store: Path, tmp_path: Path, args: list[str],
+                                                                     made: bool) -> None:
+    """`-o /no/such/dir/r.m3u8` (a typo in a folder's name) made the folders without a word, for every option that
+    names a file to write; the folder `clusters -o` and `matrix -o DIR/` name is made, the folders above it not."""
+    missing = tmp_path / "no" / "such"
+    done = mess_here(*[a.replace("{missing}", str(missing)) for a in args], "--store", str(store),
+                     env={"COLUMNS": "300"})
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "Traceback" not in said, said
+    why = "the folder named, not the folders above it" if made else "no folder for a file it writes"
+    assert f"the folder {missing} does not exist; create it first (mess makes {why})" in said, said
+    assert not (tmp_path / "no").exists() and done.stdout == ""
+
+
+def test_an_output_in_a_folder_that_exists_is_written(store: Path, tmp_path: Path) -> None:
+    """The folder `clusters -o` names is made in a folder that exists; a playlist goes in an existing folder."""
+    done = mess_here("playlist", "clusters", "-k", "2", "-o", str(tmp_path / "mixes"), "--store", str(store))
+    assert done.returncode == 0 and len(list((tmp_path / "mixes").glob("*.m3u8"))) == 2, done.stderr
+    done = mess_here("playlist", "radio", "1", "-n", "2", "-o", str(tmp_path / "mixes" / "r.m3u8"), "--store",
+                     str(store))
+    assert done.returncode == 0 and (tmp_path / "mixes" / "r.m3u8").is_file(), done.stderr
