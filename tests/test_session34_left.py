@@ -1,15 +1,20 @@
-"""What earlier sessions left: a typo'd output folder made without a word."""
+"""What earlier sessions left: a typo'd output folder made without a word, a note said outside ``on_note``."""
 
 from __future__ import annotations
 
+import json
+import warnings
+from contextlib import closing
 from pathlib import Path
 
 import mutagen.flac
 import numpy as np
 import pytest
 import soundfile as sf
+from test_artists_cli import _solo_store
 
 from conftest import mess_here
+from mess.store import FeatureStore
 
 SR = 22050
 TITLE = "a title long enough that a table of similar tracks is wider than eighty columns, number {}"
@@ -65,3 +70,29 @@ def test_an_output_in_a_folder_that_exists_is_written(store: Path, tmp_path: Pat
     done = mess_here("playlist", "radio", "1", "-n", "2", "-o", str(tmp_path / "mixes" / "r.m3u8"), "--store",
                      str(store))
     assert done.returncode == 0 and (tmp_path / "mixes" / "r.m3u8").is_file(), done.stderr
+
+
+# ---------------------------------------------------------------- 2. validate's centring note
+
+def test_validate_says_centring_few_artists_through_on_note(tmp_path: Path) -> None:
+    """`validate_layers` said nothing of centring 4 artists (the similarity functions' warning turned off), where
+    `similar`, `matrix` and `hybrid` say it through ``on_note``: the CLI printed no note and a library caller got
+    none. Now it is a note, once, and no warning."""
+    from mess.artists.analysis import ArtistOptions, validate_layers
+    from mess.artists.similarity import centring_note
+
+    root = _solo_store(tmp_path / "store")
+    ref = tmp_path / "ref.json"
+    ref.write_text(json.dumps({f"Solo {a}": [f"Solo {a ^ 1}"] for a in range(4)}))
+    expected = centring_note(4, "--no-center")
+    assert expected is not None
+    said: list[str] = []
+    with closing(FeatureStore(root, readonly=True)) as fs, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        validate_layers(fs, ref, 2, ArtistOptions(min_tracks=1), on_note=said.append)
+        validate_layers(fs, ref, 2, ArtistOptions(min_tracks=1, center=False), on_note=said.append)
+    assert said.count(expected) == 1, said
+    done = mess_here("artists", "validate", "--reference", str(ref), "-k", "2", "--min-tracks", "1", "--store",
+                     str(root), env={"COLUMNS": "300"})
+    assert done.returncode == 0, done.stderr
+    assert " ".join(done.stderr.split()).count(f"note: {expected}") == 1, done.stderr

@@ -417,13 +417,16 @@ class LayerValidation:
 
 def validate_layers(store: FeatureStore, reference: Path, k: int, options: ArtistOptions,
                     on_note: Note = _ignore) -> LayerValidation:
-    """Score every layer's (and the fused vectors') similar artists against reference lists at ``k``."""
+    """Score every layer's (and the fused vectors') similar artists against reference lists at ``k``; centring
+    fewer than :data:`FEW_ARTISTS` artists is said through ``on_note``, as by the other artist analyses."""
     ref = load_reference(reference)
     run, artists = open_artists(store, options, on_note)
     matched, coverage = match_reference(ref, artists)
     if not matched:
         raise ArtistError(f"none of the {coverage.query_artists} reference artists has a listed artist in the "
                           f"collection (found {coverage.query_found} query and {coverage.listed_found} listed artists)")
+    if options.center and (note := centring_note(len(artists.profiles), "--no-center")):
+        on_note(note)
     layers = [(space.label, evaluate(_similarity(artists, space, options), matched, k),
                evaluate(_similarity(artists, space, options, center=not options.center), matched, k).ndcg)
               for space in every_space(store, run, on_note)]
