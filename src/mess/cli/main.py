@@ -20,8 +20,6 @@ if TYPE_CHECKING:
 QUIET_WARNINGS: tuple[tuple[str, str], ...] = (
     # the MLP probe's fits often stop at max_iter: its held-out R^2 already says how well it did
     (r"Stochastic Optimizer: Maximum iterations", r"sklearn\.neural_network"),
-    # the artist commands and the server say it themselves, naming their own switch (--no-center, center=false)
-    (r"only \d+ artists: centring", r"mess\."),
 )
 
 INTERRUPTED = ("interrupted: stopped before the command finished; each file and store change it made is whole (the "
