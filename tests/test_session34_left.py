@@ -1,8 +1,16 @@
-"""What earlier sessions left: a typo'd output folder made without a word, a note said outside ``on_note``."""
+"""What earlier sessions left: a typo'd output folder made without a word, a note said outside ``on_note``, and
+tables wrapped at a width a pipe does not have."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
 import warnings
 from contextlib import closing
 from pathlib import Path
@@ -16,6 +24,7 @@ from test_artists_cli import _solo_store
 from conftest import mess_here
 from mess.store import FeatureStore
 
+MESS = [sys.executable, "-m", "mess.cli"]
 SR = 22050
 TITLE = "a title long enough that a table of similar tracks is wider than eighty columns, number {}"
 
@@ -96,3 +105,40 @@ def test_validate_says_centring_few_artists_through_on_note(tmp_path: Path) -> N
                      str(root), env={"COLUMNS": "300"})
     assert done.returncode == 0, done.stderr
     assert " ".join(done.stderr.split()).count(f"note: {expected}") == 1, done.stderr
+
+
+# ---------------------------------------------------------------- 5. tables on a pipe
+
+def _similar_rows(store: Path, **run: object) -> tuple[str, list[str]]:
+    """`mess similar 1` in a process of its own, stdout a pipe, COLUMNS unset: its stdout, and the names of the
+    tracks it lists (from its --json answer and the store)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    args = [*MESS, "similar", "1", "-k", "3", "--model", "dsp", "--store", str(store)]
+    answer = subprocess.run([*args, "--json"], capture_output=True, text=True, env=env, timeout=120)
+    assert answer.returncode == 0, answer.stderr
+    with closing(FeatureStore(store, readonly=True)) as fs:
+        names = [fs.track(r["id"]).name for r in json.loads(answer.stdout)["results"]]
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120, **run)  # type: ignore[call-overload]
+    assert done.returncode == 0, done.stderr
+    return done.stdout, names
+
+
+def test_a_table_on_a_pipe_keeps_each_row_on_one_line(store: Path) -> None:
+    """`mess similar ... | grep` wrapped the table at 80 columns, a row's track name over two lines."""
+    out, names = _similar_rows(store)
+    assert len(names) == 3 and all(len(n) > 80 for n in names)
+    for name in names:
+        assert any(name in line for line in out.splitlines()), out
+
+
+def test_a_table_into_a_file_typed_in_a_narrow_terminal_is_not_wrapped_at_its_width(store: Path) -> None:
+    """`mess similar ... > out.txt` typed in a terminal took the terminal's width (its stdin's) for the file."""
+    master, slave = pty.openpty()
+    try:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 60, 0, 0))
+        out, names = _similar_rows(store, stdin=slave)
+    finally:
+        os.close(slave)
+        os.close(master)
+    for name in names:
+        assert any(name in line for line in out.splitlines()), out

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 from typer.models import DefaultPlaceholder
@@ -25,10 +25,34 @@ if TYPE_CHECKING:
 
     from mess.store import FeatureStore, Run
 
-console = Console(stderr=True, soft_wrap=True, emoji=False)  # one message, one line; a name's ":smile:" as written
+UNWRAPPED = 100_000  # the width of a pipe or a file: wider than any line mess prints
+
+
+class _Console(Console):
+    """rich's Console, its width taken when it prints: a terminal's own (or COLUMNS), and none to wrap at for a pipe
+    or a file. rich reads COLUMNS once, as the console is made (at import: a later COLUMNS was ignored, an earlier
+    one kept), and gives a pipe or a file 80 columns, or the width of a terminal on another stream: `mess similar X
+    > out.txt` typed in a terminal wrapped the table at the terminal's width."""
+
+    def __init__(self, *, stderr: bool = False) -> None:
+        super().__init__(stderr=stderr, soft_wrap=True, emoji=False)  # one message, one line; ":smile:" as written
+        self._width = None  # not COLUMNS as it was at import: rich reads it again for each print
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        """The terminal's size (rich's), or for a pipe or a file :data:`UNWRAPPED` columns."""
+        size = super().size
+        return size if self.is_terminal else ConsoleDimensions(UNWRAPPED, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
+
+
+console = _Console(stderr=True)
 # A command's result (its table, its answer) goes to stdout, for a script to read; notes, warnings, errors and
 # progress to stderr (``console``). A terminal shows both, in the order printed (rich flushes each print).
-stdout = Console(soft_wrap=True, emoji=False)
+stdout = _Console()
 
 
 def emit_json(data: object) -> None:
