@@ -7,21 +7,15 @@ from a hub cache laid out by hand in huggingface_hub's documented form (models--
 from __future__ import annotations
 
 import logging
-import socket
 import urllib.error
 from pathlib import Path
 
 import pytest
 from huggingface_hub import constants
+from ports import refusing_port
 from test_onnx_fetch import Routes, server  # noqa: F401  (the fixture)
 
 from mess.models.hub import hub_cached, hub_unreachable, offline, quiet, reason, unreachable
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_reason_in_a_few_words() -> None:
@@ -39,7 +33,8 @@ def test_unreachable_is_none_for_any_answer_and_the_cause_otherwise(server: tupl
     routes["/ok"] = (200, b"", 0, {})
     assert unreachable(f"{base}/ok") is None
     assert unreachable(f"{base}/missing") is None  # 404: the endpoint is there
-    assert unreachable(f"http://127.0.0.1:{_closed_port()}/") == "Connection refused"
+    with refusing_port() as port:
+        assert unreachable(f"http://127.0.0.1:{port}/") == "Connection refused"
     assert unreachable("not a url") == "unknown url type: 'not a url'"
 
 
@@ -51,9 +46,10 @@ def test_hub_unreachable_names_the_offline_switch_or_the_endpoint(server: tuple[
     assert hub_unreachable() == "HF_HUB_OFFLINE is set"
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     assert hub_unreachable() is None
-    closed = f"http://127.0.0.1:{_closed_port()}"
-    monkeypatch.setattr(constants, "ENDPOINT", closed)
-    assert hub_unreachable() == f"{closed}: Connection refused"
+    with refusing_port() as port:
+        closed = f"http://127.0.0.1:{port}"
+        monkeypatch.setattr(constants, "ENDPOINT", closed)
+        assert hub_unreachable() == f"{closed}: Connection refused"
 
 
 def test_hub_cached_looks_for_the_file_at_the_revision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

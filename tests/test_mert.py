@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from ports import refusing_port
 from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
 from conftest import network_waits
@@ -160,14 +160,12 @@ def _extract_mert(tmp: Path, **env: str) -> subprocess.CompletedProcess:
     music.mkdir(exist_ok=True)
     t = np.arange(24000 * 8) / 24000
     sf.write(music / "a.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 24000)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    environ = {**os.environ, "HF_HOME": str(tmp / "hf"), "HF_ENDPOINT": f"http://127.0.0.1:{port}",
-               "HF_HUB_OFFLINE": "0", **env}
-    return subprocess.run([sys.executable, "-m", "mess.cli", "extract", str(music), "--model", "mert-v1-95m",
-                           "--window", "4", "--store", str(tmp / "store")], capture_output=True, text=True,
-                          env=environ, timeout=300)
+    with refusing_port() as port:
+        environ = {**os.environ, "HF_HOME": str(tmp / "hf"), "HF_ENDPOINT": f"http://127.0.0.1:{port}",
+                   "HF_HUB_OFFLINE": "0", **env}
+        return subprocess.run([sys.executable, "-m", "mess.cli", "extract", str(music), "--model", "mert-v1-95m",
+                               "--window", "4", "--store", str(tmp / "store")], capture_output=True, text=True,
+                              env=environ, timeout=300)
 
 
 @pytest.mark.parametrize("offline", ["0", "1"], ids=["hub-unreachable", "HF_HUB_OFFLINE"])

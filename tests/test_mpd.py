@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from mpd import MPDClient
+from ports import refusing_port
 from typer.testing import CliRunner, Result
 
 from mess.cli.main import app
@@ -44,6 +46,7 @@ from mess.search.query import collection_query
 from mess.store import FeatureStore, Track
 
 runner = CliRunner()
+MPD_STARTS = 5  # tries of mpd on a port found free, which another process may take before mpd binds it
 
 
 def _free_port() -> int:
@@ -64,37 +67,49 @@ def mpd_port(extracted_store: Path, tmp_path_factory: pytest.TempPathFactory) ->
 @contextmanager
 def _mpd(music: Path, home: Path, password: str | None = None, settings: str = "") -> Iterator[int]:
     """Run mpd over ``music`` (its state in ``home``; with ``password``, clients without it may do nothing; more
-    ``settings`` lines) until its database is scanned; yields its port."""
+    ``settings`` lines) until its database is scanned; yields its port. mpd takes no port the system picks, so it is
+    given one found free a moment before; where another process took that port meanwhile, mpd exits saying so and
+    is started again on another (at most :data:`MPD_STARTS` times)."""
     if shutil.which("mpd") is None:
         pytest.skip("mpd is not installed (scripts/install.sh installs Debian's mpd)")
-    port = _free_port()
     (home / "playlists").mkdir()
-    conf = home / "mpd.conf"
-    conf.write_text(f'music_directory "{music}"\nplaylist_directory "{home / "playlists"}"\n'
-                    f'db_file "{home / "database"}"\nlog_file "{home / "log"}"\nstate_file "{home / "state"}"\n'
-                    f'bind_to_address "127.0.0.1"\nport "{port}"\nzeroconf_enabled "no"\n'
-                    'audio_output {\n    type "null"\n    name "silent"\n}\n'
-                    + (f'password "{password}@read,add,control,admin"\ndefault_permissions ""\n' if password else "")
-                    + settings)
-    proc = subprocess.Popen(["mpd", "--no-daemon", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_for_database(port, proc, home / "log", password)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    for _ in range(MPD_STARTS):
+        port = _free_port()
+        conf = home / "mpd.conf"
+        conf.write_text(f'music_directory "{music}"\nplaylist_directory "{home / "playlists"}"\n'
+                        f'db_file "{home / "database"}"\nlog_file "{home / "log"}"\nstate_file "{home / "state"}"\n'
+                        f'bind_to_address "127.0.0.1"\nport "{port}"\nzeroconf_enabled "no"\n'
+                        'audio_output {\n    type "null"\n    name "silent"\n}\n'
+                        + (f'password "{password}@read,add,control,admin"\ndefault_permissions ""\n' if password
+                           else "")
+                        + settings)
+        (home / "log").unlink(missing_ok=True)  # what an mpd that found its port taken said
+        with (home / "stderr").open("wb") as stderr:
+            proc = subprocess.Popen(["mpd", "--no-daemon", str(conf)], stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            if _wait_for_database(port, proc, home, password):
+                yield port
+                return
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    pytest.fail(f"mpd found the port it was given taken {MPD_STARTS} times")
 
 
-def _wait_for_database(port: int, proc: subprocess.Popen, log: Path, password: str | None = None) -> None:
-    """Wait until mpd answers and has scanned the music folder."""
+def _wait_for_database(port: int, proc: subprocess.Popen, home: Path, password: str | None = None) -> bool:
+    """Wait until mpd answers and has scanned the music folder (True); False when it exited as its port was taken
+    (it says so in its log, ``home/log``, or on its stderr, ``home/stderr``)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"mpd exited ({proc.returncode}): {log.read_text() if log.exists() else ''}")
+            said = "".join(p.read_text(errors="replace") for p in (home / "log", home / "stderr") if p.exists())
+            if "Address already in use" in said:
+                return False
+            pytest.fail(f"mpd exited ({proc.returncode}): {said}")
         try:
             with connect("127.0.0.1", port, password, timeout=5) as client:
                 if "updating_db" not in client.status() and client.stats().get("songs", "0") != "0":
-                    return
+                    return True
                 client.update()
         except Exception:  # noqa: BLE001 - not up yet
             pass
@@ -215,10 +230,28 @@ def test_mpd_play_plays_a_playlist_file_in_order(mpd_port: int, extracted_store:
     assert status["state"] == "play" and status["song"] == "0"
 
 
+def test_mpd_is_started_again_when_its_port_was_taken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mpd is given a port found free a moment before: another process that took it meanwhile made mpd exit ('Address
+    already in use') and the test fail. It is started again on another port."""
+    music, home = tmp_path / "music", tmp_path / "home"
+    music.mkdir()
+    home.mkdir()
+    sf.write(music / "a.wav", (0.2 * np.sin(np.arange(8000) / 10)).astype(np.float32), 8000)
+    free = _free_port
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        given = [taken.getsockname()[1]]  # the first port mpd is given: taken
+        monkeypatch.setattr(sys.modules[__name__], "_free_port", lambda: given.pop() if given else free())
+        with _mpd(music, home) as port, connect("127.0.0.1", port, None, timeout=5) as client:
+            assert port != taken.getsockname()[1] and client.stats()["songs"] == "1"
+    assert not given
+
+
 def test_mpd_errors_are_one_line(extracted_store: Path, tmp_path: Path) -> None:
-    port = _free_port()  # nothing listens there
-    out = runner.invoke(app, ["mpd", "radio", "--port", str(port), "--host", "127.0.0.1",
-                              "--store", str(extracted_store)])
+    with refusing_port() as port:
+        out = runner.invoke(app, ["mpd", "radio", "--port", str(port), "--host", "127.0.0.1",
+                                  "--store", str(extracted_store)])
     assert out.exit_code == 1 and "cannot reach MPD" in out.output and "Traceback" not in out.output
 
 

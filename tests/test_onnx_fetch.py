@@ -6,7 +6,6 @@ import hashlib
 import http.server
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ports import refusing_port
 
 from conftest import network_waits
 from mess.models.checkpoints import CHECKPOINTS
@@ -154,10 +154,11 @@ def _cli(*args: str, **env: str) -> subprocess.CompletedProcess:
 def test_offline_essentia_fetch_is_one_line_and_leaves_nothing(name: str, tmp_path: Path) -> None:
     """With no route out (a proxy on a closed local port), one line names the URL, the cause, the
     URLs to copy and the folder, and the folders the fetch created are gone again."""
-    closed = "http://127.0.0.1:9"
     folder = tmp_path / "models" / name
     started = time.monotonic()
-    done = _cli(name, str(folder), https_proxy=closed, HTTPS_PROXY=closed, no_proxy="", NO_PROXY="")
+    with refusing_port() as port:
+        closed = f"http://127.0.0.1:{port}"
+        done = _cli(name, str(folder), https_proxy=closed, HTTPS_PROXY=closed, no_proxy="", NO_PROXY="")
     assert done.returncode == 1 and time.monotonic() - started < 30
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     first, second = (f.url for f in PRESETS[name].files)
@@ -166,21 +167,15 @@ def test_offline_essentia_fetch_is_one_line_and_leaves_nothing(name: str, tmp_pa
     assert not list(tmp_path.iterdir())
 
 
-def _closed_port() -> int:
-    """A local port with nothing listening on it."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.parametrize("name", ["mert-v1-95m", "mert-v1-330m"])
 def test_mert_fetch_with_the_hub_unreachable_fails_fast_in_one_line(name: str, tmp_path: Path) -> None:
     """HF_ENDPOINT on a closed port: one line at once (not after the hub client's half minute of retries and
     warnings), naming the endpoint, the cause and the hub command; nothing is left. "At once" is counted, not
     timed (a loaded machine stretches any time): one connection attempt, no sleeping."""
-    endpoint = f"http://127.0.0.1:{_closed_port()}"
     env, waits = network_waits(tmp_path.parent / f"{tmp_path.name}-waits")
-    done = _cli(name, str(tmp_path / "mert"), HF_ENDPOINT=endpoint, HF_HUB_OFFLINE="0", **env)
+    with refusing_port() as port:
+        endpoint = f"http://127.0.0.1:{port}"
+        done = _cli(name, str(tmp_path / "mert"), HF_ENDPOINT=endpoint, HF_HUB_OFFLINE="0", **env)
     assert done.returncode == 1, done.stderr
     assert waits()["connects"] == 1 and waits()["slept"] < 1, waits()
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr

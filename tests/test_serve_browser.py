@@ -14,7 +14,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+from ports import served_at
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -152,21 +152,14 @@ class Browser:
             os.close(self._out)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def _serving(store: Path, model: str) -> Iterator[str]:
-    """`mess serve` of ``store`` on a free loopback port; yields its base URL."""
-    port = _free_port()
+    """`mess serve` of ``store`` on a loopback port the system picks; yields its base URL."""
     code = ("import sys, typer; from mess.cli.serve import serve_command; "
             "app = typer.Typer(); app.command()(serve_command); app(sys.argv[1:])")
-    proc = subprocess.Popen([sys.executable, "-c", code, "--store", str(store), "--port", str(port),
-                             "--model", model], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-c", code, "--store", str(store), "--port", "0", "--model", model],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = served_at(proc)
     deadline = time.monotonic() + TIMEOUT
     while True:
         try:
@@ -176,7 +169,7 @@ def _serving(store: Path, model: str) -> Iterator[str]:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            pytest.fail(f"server did not start: {proc.communicate()[1].decode()[-2000:]}")
+            pytest.fail(f"server did not start: {proc.communicate()[1][-2000:]}")
         time.sleep(0.2)
     try:
         yield url

@@ -27,18 +27,13 @@ import pytest
 import soundfile as sf
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from ports import served_at
 
 from conftest import mess_here
 from mess.serve.security import LOOPBACK_HOSTS, AccessPolicy, _hostname, host_name, install
 from mess.serve.uploads import _limited, _TooSlow
 
 MESS = [sys.executable, "-m", "mess.cli"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +51,10 @@ def dsp_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _serve(store: Path, *args: str) -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen([*MESS, "serve", "--store", str(store), "--port", str(port), *args],
+    proc = subprocess.Popen([*MESS, "serve", "--store", str(store), "--port", "0", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
     try:
+        base = served_at(proc)
         deadline = time.time() + 120
         while True:
             try:
@@ -316,11 +310,10 @@ def test_an_ipv6_address_in_brackets_is_served(dsp_store: Path) -> None:
 def test_ctrl_c_stops_the_server_without_a_traceback(dsp_store: Path, upload_first: bool) -> None:
     """Ctrl-C in the terminal (SIGINT to the whole foreground process group) also interrupted the embed worker,
     wherever it was (importing, or waiting for an upload): a KeyboardInterrupt traceback on every stop."""
-    port = _free_port()
-    proc = subprocess.Popen([*MESS, "serve", "--store", str(dsp_store), "--port", str(port)],
+    proc = subprocess.Popen([*MESS, "serve", "--store", str(dsp_store), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
     try:
+        base = served_at(proc)
         deadline = time.time() + 120
         while not _answers(base + "/api/health"):
             assert proc.poll() is None and time.time() < deadline
@@ -350,16 +343,15 @@ def _answers(url: str) -> bool:
 def test_a_second_ctrl_c_ends_an_upload_being_embedded(dsp_store: Path) -> None:
     """Out of the terminal's reach (its own process group), the embed worker kept embedding after a second Ctrl-C:
     the server waited for the file (up to --embed-timeout) before it exited. Now the worker is killed and it exits."""
-    port = _free_port()
-    proc = subprocess.Popen([*MESS, "serve", "--store", str(dsp_store), "--port", str(port)],
+    proc = subprocess.Popen([*MESS, "serve", "--store", str(dsp_store), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
     wav = io.BytesIO()
     sf.write(wav, 0.3 * np.sin(np.arange(22050 * 3) / 9), 22050, format="WAV")
     upload = {"file": ("a.wav", wav.getvalue(), "audio/wav")}
     answers: list[httpx.Response] = []
     worker = None
     try:
+        base = served_at(proc)
         deadline = time.time() + 120
         while not _answers(base + "/api/health"):
             assert proc.poll() is None and time.time() < deadline

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
+from ports import served_at
 from tones import write_tones
 
 from conftest import mess_here
@@ -615,15 +616,14 @@ def test_extract_beside_a_server_that_indexes(tmp_path: Path, tone_templates: Ca
     assert _mess("extract", str(music / "a"), *DSP, "--store", str(shared)).returncode == 0
     _tones(music / "b", 10, offset=4)
     want = _clean_tones(tone_templates, music)  # what a single writer stores
-    port = _free_port()
     server = subprocess.Popen(
-        [*MESS, "serve", "--store", str(shared), "--allow-indexing", "--port", str(port)],
+        [*MESS, "serve", "--store", str(shared), "--allow-indexing", "--port", "0"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        base = f"http://127.0.0.1:{port}"
+        base = served_at(server)
         _wait_http(httpx, base + "/api/health")
         writer = _extract_process(music, shared, stdout=subprocess.DEVNULL)
         codes = []
@@ -1443,14 +1443,6 @@ def test_private_caches_of_killed_processes_are_removed_and_a_run_leaves_none(tm
         for proc in (live, killed, quiet):
             proc.kill()
             proc.wait()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_http(httpx: object, url: str, seconds: float = 120) -> None:
