@@ -199,14 +199,48 @@ def test_default_actors_follow_the_cluster(monkeypatch: pytest.MonkeyPatch) -> N
         _default_actors("cuda")
 
 
-def test_actors_are_no_more_than_the_files_and_a_gpu_each_on_cuda(local_ray: LocalRay, tmp_path: Path) -> None:
-    paths = _tones(tmp_path / "music", 2, seconds=2.0)
-    extract_ray(FeatureStore(tmp_path / "ray"), paths, "dsp", POLICY, actors=5)
-    assert local_ray.log["actors"] == 2
+def test_actors_are_no_more_than_the_blocks_and_a_gpu_each_on_cuda(local_ray: LocalRay, tmp_path: Path) -> None:
+    """An actor for each file, past the blocks its files make, received nothing (and loaded its model for nothing):
+    Ray Data warned 'The minimum number of concurrent actors ... is set to 2, but the operator only received 1
+    input(s)' on stderr for 2 files (ROWS_PER_BLOCK a block). As many actors as blocks, at most."""
+    for n in (3, 2):
+        paths = _tones(tmp_path / f"music{n}", n, seconds=2.0)
+        extract_ray(FeatureStore(tmp_path / f"ray{n}"), paths, "dsp", POLICY, actors=5)
+        embedded, blocks = local_ray.log["blocks"][-1]  # the dataset the actors map: its rows and blocks
+        assert embedded == n and local_ray.log["actors"] == blocks == -(-n // ray_extract.ROWS_PER_BLOCK)
     kwargs = local_ray.log["actor_kwargs"]
     assert (kwargs["model_name"], kwargs["device"], kwargs["precision"], kwargs["batch_size"]) == ("dsp", "cpu",
                                                                                                   "fp32", 4)
     assert kwargs["revision"] == DspModel().info.revision
+
+
+_DROPPING = """
+import logging, os, sys
+from mess.scale.stderr import dropping
+logging.basicConfig(format="%(message)s")
+os.write(2, b"before\\n")
+with dropping(b"SECRET"):
+    os.write(2, b"[2026-12-06 21:54:26,883 E 1 1] core_worker.cc:1: a SECRET line\\nkept\\n")
+    os.write(2, b"[2026-12-06 21:54:26,884 E 1 1] core_worker.cc:2: half of a SEC")
+    os.write(2, b"RET line\\n[2026-12-06 21:54:26,885 I 1 1] other.cc:3: another line\\n")
+    print("python", file=sys.stderr)
+    logging.getLogger("x").warning("logged")
+    print("a bar redrawn in place\\r", end="", file=sys.stderr, flush=True)
+os.write(2, b"after: SECRET\\n")
+"""
+
+
+def test_lines_dropped_from_stderr_are_those_that_say_it_and_only_while_asked(tmp_path: Path) -> None:
+    """Ray core's ERROR line about actors' constructor arguments in the object store (ray-project/ray#53727), which
+    every `mess extract --engine ray` printed, comes from C++ on descriptor 2: it is dropped there, whole even when
+    written in parts, while every other line (C++, print, logging, a part of a line) passes in order."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _DROPPING], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == (b"before\nkept\n[2026-12-06 21:54:26,885 I 1 1] other.cc:3: another line\npython\nlogged\n"
+                           b"a bar redrawn in place\rafter: SECRET\n")
 
 
 def test_nothing_to_embed_starts_no_actor(local_ray: LocalRay, tmp_path: Path) -> None:

@@ -352,6 +352,21 @@ def test_ray_prunes_files_gone_from_disk_as_the_local_engine_does(ray_address: s
         assert sorted(Path(t.path).name for t in store.tracks(store.run("dsp"))) == ["tone00.wav", "tone02.wav"]
 
 
+def test_a_ray_extract_prints_mess_s_lines_alone(ray_address: str, tmp_path: Path) -> None:
+    """`mess extract --engine ray` of 2 files (one block) printed, above its summary, Ray core's ERROR line that the
+    actors' constructor arguments are in the object store while their restarts are on (core_worker.cc, once per
+    driver) and Ray Data's UserWarning that the pool's 2 actors (one per CPU) received 1 input: noise a user takes
+    for an error. Now the summary alone, the first line kept in the driver's log."""
+    paths = _write_tones(tmp_path / "music", 2, seconds=5.0)
+    out = subprocess.run([sys.executable, "-m", "mess.cli", "extract", str(tmp_path / "music"), "--model", "dsp",
+                          "--store", str(tmp_path / "store"), "--window", "4", "--max-windows", "3", "--engine", "ray",
+                          "--address", ray_address], capture_output=True, text=True, timeout=300, env=RAY_ENV)
+    assert out.returncode == 0 and out.stdout == "", out.stdout + out.stderr
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{len(paths)} embedded, 0 unchanged (skipped), 0 failed in "), \
+        out.stderr
+
+
 def test_ray_embeds_a_file_named_twice_once_as_the_local_engine_does(driver: Driver, tmp_path: Path) -> None:
     """One path given twice was counted as a copy of itself ('1 embedded, 1 copy' of one file)."""
     tone = _write_tones(tmp_path / "music", 1, seconds=5.0)[0]

@@ -43,6 +43,7 @@ from mess.models.base import ModelInfo
 from mess.models.registry import load_model
 from mess.scale.embedder import Embedder, split_row
 from mess.scale.gpu import with_precision
+from mess.scale.stderr import dropping
 from mess.scale.tasks import decode_row, inspect_row
 from mess.store import FeatureStore, Run, TrackVectors
 from mess.store.paths import printable
@@ -59,6 +60,13 @@ _CLASS = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")  # "StopIteration", "mes
 
 
 _TOKEN_SETUP = "ray._private.authentication.authentication_token_setup"  # the logger of Ray's note on tokens
+# Ray core's ERROR line on every job ('Actor ... has constructor arguments in the object store and max_restarts > 0.
+# If the arguments ... are lost, the actor restart will fail. See .../issues/53727'), printed once per driver on its
+# stderr and kept in its log (python-core-driver-*.log). Ray Data hands each actor its map function by object
+# reference and restarts actors without limit, the job's fault tolerance: neither can change here without losing
+# the restarts, the line names nothing a user can do, and Ray has no setting for it alone (RAY_BACKEND_LOG_LEVEL
+# hides every error and prints a line of its own). It is written by Ray's C++ logger to descriptor 2: dropped there.
+_RESTART_NOTE = b"has constructor arguments in the object store and max_restarts > 0"
 
 
 class ScaleError(Exception):
@@ -112,6 +120,7 @@ def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, pol
     stack = contextlib.ExitStack()
     stack.enter_context(_cluster_messages_on_stderr())  # left after ray.shutdown: its thread prints until then
     stack.enter_context(_ray_data_notes_in_its_log())
+    stack.enter_context(dropping(_RESTART_NOTE))  # the cluster's processes started (by _connect), none will be
     try:
         default_actors = _default_actors(device)  # before any file is read: a cuda run needs GPUs, however many actors
         if info is None:
@@ -124,8 +133,8 @@ def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, pol
             summary.removed = prune(store, paths, prune_under)
         copies: dict[str, list[str]] = {}  # the paths counted as copies of each hash to embed, failed with it
         todo = _catalogue(store, run, paths, summary, decode_timeout, copies)
-        if todo:
-            n_actors = min(len(todo), actors or default_actors)
+        if todo:  # no more actors than blocks: an actor past them loads its model for nothing (Ray Data warns)
+            n_actors = min(_blocks(len(todo)), actors or default_actors)
             rows = _embedded(todo, model_name, info, policy, batch_size, device, precision, n_actors, decode_timeout)
             _commit(store, run, rows, write_every, summary, copies)
     except RayError as exc:  # its message is the worker's whole traceback
@@ -302,9 +311,14 @@ def _default_actors(device: str) -> int:
     return max(1, int(resources.get("CPU", 1)))
 
 
+def _blocks(items: int) -> int:
+    """How many blocks :func:`_dataset` cuts ``items`` rows into."""
+    return max(1, min(-(-items // ROWS_PER_BLOCK), MAX_BLOCKS))
+
+
 def _dataset(items: list[dict[str, Any]]) -> ray.data.Dataset:
     """Items as a dataset of ROWS_PER_BLOCK-row blocks (a block is one CPU task's work)."""
-    return ray.data.from_items(items, override_num_blocks=max(1, min(-(-len(items) // ROWS_PER_BLOCK), MAX_BLOCKS)))
+    return ray.data.from_items(items, override_num_blocks=_blocks(len(items)))
 
 
 def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path], summary: ExtractSummary,
