@@ -53,13 +53,12 @@ class Child:
         # -P: the working folder is not put first on the module path (a concurrent.py there replaced the library's)
         proc = subprocess.Popen([sys.executable, "-P", "-m", self.module], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, process_group=0 if self.own_group else None)
+        self._proc, self._ready = proc, False  # stop() ends it though what follows fails (no descriptor left to dup)
         assert proc.stdin is not None and proc.stdout is not None  # both are pipes
         self._send = Connection(os.dup(proc.stdin.fileno()), readable=False)
         self._recv = Connection(os.dup(proc.stdout.fileno()), writable=False)
         proc.stdin.close()
         proc.stdout.close()
-        self._proc = proc
-        self._ready = False
         return self._send, self._recv, True
 
     def call(self, request: object, timeout: float) -> object:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import resource
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -180,6 +182,8 @@ def _prepared(store: FeatureStore, run: Run, paths: Sequence[Path], model: Embed
             return _Outcome(record or _unread(path), error=str(exc))
         except StoreError:
             raise
+        except OSError as exc:  # from starting a decoder (a file's own errors come back as the decoder's replies)
+            raise _no_decoder(exc) from None
         except Exception as exc:  # noqa: BLE001 -- one file's fault must not end the run
             return _Outcome(record or _unread(path), error=f"{path}: {describe(exc)}")
         finally:
@@ -222,6 +226,16 @@ def _catalogued(store: FeatureStore, outcome: _Outcome) -> _Outcome:
     if outcome.windows is not None and outcome.windows.duration is not None:  # its header claimed another length
         store.set_duration(record.content_hash, outcome.windows.duration)
     return outcome
+
+
+def _no_decoder(exc: OSError) -> OSError:
+    """The error that ends a run whose decoder process the system refused to start (too many open files or
+    processes): the machine's limit, so no file is recorded as failed for it; what was embedded is committed."""
+    limit = ""
+    if exc.errno == errno.EMFILE:
+        limit = f"; this process may open {resource.getrlimit(resource.RLIMIT_NOFILE)[0]} files: `ulimit -n`"
+    return OSError(exc.errno, f"cannot start a decoder process ({exc.strerror}{limit}); the files embedded so far "
+                   "are kept: raise the limit (or pass fewer --workers) and run `mess extract` again")
 
 
 def _unread(path: Path) -> FileRecord:

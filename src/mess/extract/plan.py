@@ -71,7 +71,7 @@ def plan_in_background(decoders: SimpleQueue[Child], paths: Sequence[Path], poli
                 reading.append(child)
             try:
                 reply = child.call(("plan", batch, policy), PLAN_TIMEOUT + PER_FILE * len(batch))
-            except ChildDied:
+            except (ChildDied, OSError):  # OSError: no decoder could be started; the run itself says why
                 return
             finally:
                 with lock:

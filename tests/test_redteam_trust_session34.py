@@ -1,0 +1,43 @@
+"""Red-team of the store's trust (session 34): real `mess` processes under the machine's limits, killed, or beside
+damaged files; each test is a defect found there (notes/redteam_trust_session34.md)."""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+from pathlib import Path
+
+from test_store_faults import DSP, MESS, _mess, _tones
+
+
+def test_a_limit_on_open_files_ends_extract_in_one_line_and_blames_no_file(tmp_path: Path) -> None:
+    """`mess extract` under a low limit on open files (`ulimit -n`) could not start its decoder processes, recorded
+    every good file as failed ('OSError: [Errno 24] Too many open files', exit 3, listed by `mess info --failures`)
+    and printed the header-reading thread's traceback. It now ends in one line naming the limit, blaming no file,
+    with what was embedded before kept; with the limit raised, the rerun embeds the rest."""
+    music, store = tmp_path / "music", tmp_path / "store"
+    _tones(music, 1, seconds=2.0)
+    assert _mess("extract", str(music), *DSP, "--store", str(store)).returncode == 0
+    _tones(music, 3, seconds=2.0, offset=1)
+    refused = None
+    for limit in range(7, 16):  # the lowest limits stop the store's own files first; which is enough varies a little
+        def low(limit: int = limit) -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+        run = subprocess.run([*MESS, "extract", str(music), *DSP, "--store", str(store)], capture_output=True,
+                             text=True, timeout=300, preexec_fn=low)
+        assert "Traceback" not in run.stderr and "failed:" not in run.stderr, (limit, run.stderr)
+        assert run.returncode in (0, 1), (limit, run.returncode, run.stderr)
+        if run.returncode == 0:
+            break
+        if "decoder" in run.stderr:
+            refused = [line for line in run.stderr.splitlines() if not line.startswith("extract dsp")]  # the bar
+            break
+    assert refused is not None, f"no limit refused a decoder process: {run.stderr}"
+    assert len(refused) == 1 and "Too many open files" in refused[0] and "ulimit -n" in refused[0], refused
+    info = json.loads(_mess("info", "--json", "--failures", "--store", str(store)).stdout)
+    assert info["runs"][0]["failures"] == [] and info["runs"][0]["tracks"] == 1
+    again = _mess("extract", str(music), *DSP, "--store", str(store))
+    assert again.returncode == 0 and "3 embedded" in again.stderr and " 0 failed" in again.stderr, again.stderr
+    assert _mess("check", "--store", str(store)).returncode == 0
