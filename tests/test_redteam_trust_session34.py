@@ -8,7 +8,15 @@ import resource
 import subprocess
 from pathlib import Path
 
-from test_store_faults import DSP, MESS, _mess, _tones
+from test_store_faults import (  # noqa: F401 -- fixtures
+    DSP,
+    MESS,
+    Extracted,
+    _mess,
+    _tones,
+    extracted_tones,
+    tone_templates,
+)
 
 
 def test_a_limit_on_open_files_ends_extract_in_one_line_and_blames_no_file(tmp_path: Path) -> None:
@@ -41,3 +49,20 @@ def test_a_limit_on_open_files_ends_extract_in_one_line_and_blames_no_file(tmp_p
     again = _mess("extract", str(music), *DSP, "--store", str(store))
     assert again.returncode == 0 and "3 embedded" in again.stderr and " 0 failed" in again.stderr, again.stderr
     assert _mess("check", "--store", str(store)).returncode == 0
+
+
+def test_a_folder_where_the_lock_holders_note_belongs_stops_no_writer(extracted_tones: Extracted,  # noqa: F811
+                                                                     tmp_path: Path) -> None:
+    """A folder at `STORE/write.lock.json` (the note naming the lock's holder to writers that wait) stopped every
+    writer, `mess check --repair` included ('.write.lock.json.XXXX.tmp -> write.lock.json: Is a directory'), while
+    `mess check` called the store ok: nothing in mess could get past it. The note is a courtesy; writers now go on
+    without it."""
+    music, store = extracted_tones(10)
+    (store / "write.lock.json").unlink(missing_ok=True)
+    (store / "write.lock.json").mkdir()
+    _tones(tmp_path / "more", 1, seconds=2.0, offset=10)
+    for args in (["index", "--model", "dsp"], ["extract", str(tmp_path / "more"), *DSP], ["check", "--repair"]):
+        done = _mess(*args, "--store", str(store))
+        assert done.returncode == 0 and "Is a directory" not in done.stderr, (args, done.stderr)
+    assert json.loads(_mess("info", "--json", "--store", str(store)).stdout)["runs"][0]["tracks"] == 11
+    assert not list(store.glob(".write.lock.json.*.tmp"))

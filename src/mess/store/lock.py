@@ -9,6 +9,7 @@ thread and every :class:`StoreLock` on the same folder (it is re-entrant).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -113,7 +114,7 @@ class StoreLock:
                 self._lock.acquire(poll_interval=_POLL_SECONDS)
         try:
             if first:
-                _write_json(self.holder_file, {"pid": os.getpid(), "command": command, "since": time.time()})
+                _note_holder(self.holder_file, command)
             yield
         finally:
             self._lock.release()
@@ -148,5 +149,12 @@ class StoreLock:
             self._lock.release()
 
 
-def _write_json(path: Path, data: dict) -> None:
-    replace_file(path, json.dumps(data).encode())
+def _note_holder(path: Path, command: str) -> None:
+    """Write who holds the lock (this process, ``command``, since now) to ``path``, for writers that wait. Only a
+    courtesy: where it cannot be written (a folder there, a full disk) the note before it is removed, so no writer
+    names a holder that has gone (they say 'another process'), and the write goes on; the lock itself is the flock."""
+    try:
+        replace_file(path, json.dumps({"pid": os.getpid(), "command": command, "since": time.time()}).encode())
+    except OSError:
+        with contextlib.suppress(OSError):
+            path.unlink()
