@@ -66,3 +66,23 @@ def test_a_folder_where_the_lock_holders_note_belongs_stops_no_writer(extracted_
         assert done.returncode == 0 and "Is a directory" not in done.stderr, (args, done.stderr)
     assert json.loads(_mess("info", "--json", "--store", str(store)).stdout)["runs"][0]["tracks"] == 11
     assert not list(store.glob(".write.lock.json.*.tmp"))
+
+
+def test_check_names_settings_that_every_command_naming_no_model_refuses(extracted_tones: Extracted  # noqa: F811
+                                                                          ) -> None:
+    """A cut-short `config.json` (or a default-model with no vectors) made every command that names no model refuse
+    ('cannot read .../config.json ...'), while `mess check` called the store ok: the tool a user runs to learn what
+    is wrong said nothing. It now names the setting and the `mess config` command that mends it."""
+    _, store = extracted_tones(10)
+    for text in ('{"default-mo', '{"default-model": "musicnn"}'):
+        (store / "config.json").write_text(text)
+        refused = _mess("similar", "1", "--store", str(store))
+        assert refused.returncode == 1 and "config" in refused.stderr, refused.stderr
+        check = _mess("check", "--store", str(store))
+        lines = check.stdout.strip().splitlines()
+        assert check.returncode == 0 and f"config: {refused.stderr.strip().removeprefix('error: ')}" in lines, lines
+        assert lines[-1].endswith("its settings cannot be used (above): `mess config` sets or unsets them"), lines
+        kinds = [p["kind"] for p in json.loads(_mess("check", "--json", "--store", str(store)).stdout)["problems"]]
+        assert kinds == ["config"], kinds
+    assert _mess("config", "default-model", "--unset", "--store", str(store)).returncode == 0
+    assert _mess("check", "--store", str(store)).stdout.strip().endswith(": ok")

@@ -58,6 +58,8 @@ def _verdict(health: StoreHealth) -> str:
     advice = CATALOG_ADVICE if any(p.kind == "catalog" for p in health.damaged) else "run `mess check --repair`"
     if health.damaged:
         return f"[red]damaged[/]: {plain(advice)}"
+    if any(p.kind == "config" for p in health.problems):  # every command that names no model refuses
+        return "[green]whole[/], [yellow]its settings cannot be used (above)[/]: `mess config` sets or unsets them"
     if any(p.kind == "lost-commits" for p in health.problems):
         return ("[green]whole[/], [yellow]catalog.sqlite-wal lost commits (above)[/]: `mess extract` embeds "
                 "their files again, `mess check --repair` clears the note")

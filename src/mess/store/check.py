@@ -26,6 +26,7 @@ from mess.store import wal
 from mess.store.arrays import RowFile, ShortFile, non_finite, set_aside
 from mess.store.catalog import has_column
 from mess.store.checksums import BlockSums, expected, pack, row_expected
+from mess.store.config import ConfigError, preferred_model, read_config
 from mess.store.feature_store import FeatureStore, Run
 from mess.store.paths import from_db_path, leftover_temps, printable
 
@@ -38,7 +39,7 @@ class Problem:
 
     # catalog | short-file | not-a-file | short-derived | stale-derived | non-finite | checksum | checksum-derived |
     # shared-rows | orphan-rows | not-embedded | no-checksum | no-checksum-derived | temp-files | lost-commits |
-    # stale-aspect-map (added by mess.search.health)
+    # config | stale-aspect-map (added by mess.search.health)
     kind: str
     run_id: int | None
     message: str
@@ -85,7 +86,7 @@ def full_check(store: FeatureStore) -> list[Problem]:
                 problems += _derived_values(store, run)
                 if run.id in in_use:
                     problems += _not_embedded(store, run)
-            return problems + _temp_files(store) + _store_files(store)
+            return problems + _temp_files(store) + _store_files(store) + _settings(store)
     except sqlite3.DatabaseError as exc:
         return [Problem("catalog", None, f"the catalog cannot be read ({exc})"), *_store_files(store)]
 
@@ -203,6 +204,16 @@ def _store_files(store: FeatureStore) -> list[Problem]:
         problems.append(Problem("not-a-file", None, f"write.lock is {odd}, not the store's lock file, so nothing "
                                 "can write to the store; `mess check --repair` moves it aside"))
     return problems
+
+
+def _settings(store: FeatureStore) -> list[Problem]:
+    """The store's settings where commands naming no model cannot use them (`config.json` unreadable, or a
+    default-model with no vectors here): each such command refuses, naming the fix; answers are not wrong."""
+    try:
+        preferred_model([run.model for run in store.runs()], read_config(store.root).get("default-model"))
+    except ConfigError as exc:
+        return [Problem("config", None, str(exc), damage=False)]
+    return []
 
 
 def _temp_files(store: FeatureStore) -> list[Problem]:
