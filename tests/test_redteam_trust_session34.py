@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import resource
 import subprocess
+from contextlib import closing
 from pathlib import Path
 
 from test_store_faults import (  # noqa: F401 -- fixtures
@@ -17,6 +18,8 @@ from test_store_faults import (  # noqa: F401 -- fixtures
     extracted_tones,
     tone_templates,
 )
+
+from mess.store import FeatureStore
 
 
 def test_a_limit_on_open_files_ends_extract_in_one_line_and_blames_no_file(tmp_path: Path) -> None:
@@ -86,3 +89,28 @@ def test_check_names_settings_that_every_command_naming_no_model_refuses(extract
         assert kinds == ["config"], kinds
     assert _mess("config", "default-model", "--unset", "--store", str(store)).returncode == 0
     assert _mess("check", "--store", str(store)).stdout.strip().endswith(": ok")
+
+
+def test_an_index_save_the_disk_refuses_leaves_the_saved_index_whole(extracted_tones: Extracted  # noqa: F811
+                                                                     ) -> None:
+    """`mess index --rebuild` on a disk that took the new `.npz` but not the `.faiss` (here a file-size limit between
+    the two; a full disk alike) said 'File too large' in one line, but had already renamed the new `.npz` over the
+    old: the index saved before matched neither save, and every search built one in memory until `mess index` ran
+    again (`mess check`: stale-index). The three files are now written first and renamed after."""
+    _, store = extracted_tones(60)
+    assert _mess("index", "--model", "dsp", "--no-rerank", "--store", str(store)).returncode == 0
+    index = store / "indexes" / "run1-all-power.faiss"
+    before = {p.name: p.read_bytes() for p in index.parent.iterdir()}
+    npz, faiss = (index.with_suffix(s).stat().st_size for s in (".npz", ".faiss"))
+    assert npz < faiss, (npz, faiss)  # the limit lets the first written through and stops the second
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, ((npz + faiss) // 2, (npz + faiss) // 2))
+
+    with closing(FeatureStore(store, readonly=True)):  # open: the catalog's shared-memory file stays as large as it is
+        full = subprocess.run([*MESS, "index", "--model", "dsp", "--no-rerank", "--rebuild", "--store", str(store)],
+                              capture_output=True, text=True, timeout=300, preexec_fn=small_disk)
+    assert full.returncode == 1 and full.stderr == f"error: {index}: File too large\n", full.stderr
+    assert {p.name: p.read_bytes() for p in index.parent.iterdir()} == before  # no temp file left either
+    check = json.loads(_mess("check", "--json", "--store", str(store)).stdout)
+    assert check["ok"] and check["problems"] == [], check

@@ -27,13 +27,14 @@ from __future__ import annotations
 import json
 import math
 import zlib
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
-from mess.store.paths import replace_file, replacing
+from mess.store.paths import replacing, synced
 
 if TYPE_CHECKING:
     import faiss  # imported where used: a store's health and an exact search need no faiss
@@ -204,26 +205,34 @@ class AnnIndex:
             if self.recall >= target_recall:
                 return
 
-    def save(self, path: Path, extra: dict | None = None) -> None:
+    def save(self, path: Path, extra: dict | None = None, *, later: ExitStack | None = None) -> None:
         """Write the index (``path``) and its kind/breadth/recall plus ``extra`` (``path`` with ``.json``).
 
-        Each file is replaced whole (written beside it, then renamed); the JSON records the index file's size and
-        CRC-32, so :meth:`load` refuses an index file that is not the one its JSON describes. The index is written
+        Each file is replaced whole (written beside it, synced, then renamed); the JSON records the index file's size
+        and CRC-32, so :meth:`load` refuses an index file that is not the one its JSON describes. The index is written
         through to the file, summed as it goes (serialised first, then copied to bytes, it was held three times).
+        With ``later``, both are renamed only when the caller closes it, after the caller's other files are written:
+        a write the system refuses (a full disk) then leaves every file as it was.
         """
         import faiss
         size, crc = 0, 0
 
-        with replacing(path) as f:
+        with ExitStack() as own:
+            stack = own if later is None else later
+            f = stack.enter_context(replacing(path))
+
             def write(chunk: bytes) -> None:
                 nonlocal size, crc
                 f.write(chunk)
                 size, crc = size + len(chunk), zlib.crc32(chunk, crc)
 
             faiss.write_index(self.index, faiss.PyCallbackIOWriter(write))
-        meta = {**(extra or {}), "kind": self.kind, "breadth": self.breadth, "recall": self.recall,
-                "bytes": size, "crc32": crc}
-        replace_file(path.with_suffix(".json"), json.dumps(meta).encode())
+            meta = {**(extra or {}), "kind": self.kind, "breadth": self.breadth, "recall": self.recall,
+                    "bytes": size, "crc32": crc}
+            description = stack.enter_context(replacing(path.with_suffix(".json")))
+            description.write(json.dumps(meta).encode())
+            synced(f)
+            synced(description)
 
     @classmethod
     def load(cls, path: Path) -> tuple[AnnIndex, dict]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import time
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from mess.search.rerank_store import (
 )
 from mess.search.vectors import MIN_FIT_TRACKS, Preprocessor, VectorSet, VectorSpec, vectors_source
 from mess.store import FeatureStore, Run, StoreError
-from mess.store.paths import replace_file
+from mess.store.paths import replacing, synced
 
 REBUILD_FRACTION = 0.25
 
@@ -70,18 +71,23 @@ class CollectionIndex:
     def save(self, path: Path) -> None:
         """Write the index and its sidecars, all three marked with one new generation.
 
-        Each file is replaced whole, one after the other; a reader that meets files of two saves (a save cut
-        short, or one under way) sees two generations and :meth:`load` refuses them.
+        All three are written and synced beside their targets first, then renamed over them one after the other:
+        a write the system refuses (a full disk) leaves the saved index as it was (it left a new ``.npz`` beside
+        the old index, which then matched neither save). A reader that meets files of two saves (a save killed
+        between its renames, or one under way) sees two generations and :meth:`load` refuses them.
         """
         generation = uuid.uuid4().hex
         arrays = io.BytesIO()
         np.savez(arrays, allow_pickle=False, ids=self.ids, hashes=self.hashes, generation=np.array(generation),
                  **self.prep.arrays())
-        replace_file(path.with_suffix(".npz"), arrays.getvalue())
-        self.ann.save(path, {"run_id": self.run_id, "spec": [self.spec.kind, self.spec.name, self.spec.norm],
-                             "requested": self.requested, "n": len(self.ids), "saved_at": time.time(),
-                             "generation": generation, "fitted": self.fitted, "drift": self.drift,
-                             "source": self.source})
+        with ExitStack() as later:
+            npz = later.enter_context(replacing(path.with_suffix(".npz")))
+            npz.write(arrays.getvalue())
+            synced(npz)
+            self.ann.save(path, {"run_id": self.run_id, "spec": [self.spec.kind, self.spec.name, self.spec.norm],
+                                 "requested": self.requested, "n": len(self.ids), "saved_at": time.time(),
+                                 "generation": generation, "fitted": self.fitted, "drift": self.drift,
+                                 "source": self.source}, later=later)
 
     @classmethod
     def load(cls, path: Path) -> CollectionIndex | None:

@@ -175,9 +175,15 @@ def replace_files(contents: Mapping[Path, bytes]) -> None:
         for path, data in contents.items():
             f = stack.enter_context(replacing(path))
             f.write(data)
-            f.flush()
-            if stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # synced now, so the renames follow each other closely
-                os.fsync(f.fileno())
+            synced(f)  # now, so the renames follow each other closely
+
+
+def synced(f: BinaryIO) -> None:
+    """Flush ``f`` (a file :func:`replacing` opened) and sync it to disk where it is a file (not a device or a
+    pipe): what a write refused by the system (a full disk) raises, it raises before any rename."""
+    f.flush()
+    if stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        os.fsync(f.fileno())
 
 
 @contextmanager
