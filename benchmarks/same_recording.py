@@ -54,7 +54,7 @@ TWINS = [("warmux/Olivier_Militon.-.Apnee.ogg", "warmux/Olivier_Militon.-.Apnee2
 def raw_match(a: Path, b: Path) -> tuple[float, float]:
     """(correlation, loudness drift) of ``a`` and ``b`` as :func:`same_recording` computes them, without its
     duration check (spans placed on the shorter file)."""
-    starts, span = recording.span_starts(min(probe(a).duration, probe(b).duration))
+    starts, span = recording.placed_spans(a, min(probe(a).duration, probe(b).duration))
     score, _, drift = recording.compare(*recording.spans(a, b, starts, span))
     return score, drift
 
@@ -84,7 +84,8 @@ def radio_cost(root: Path, seeds: int = 20, n: int = 20) -> None:
         for name, check in (("without", never), ("with", counted)):
             playlist.compared = check
             for p in paths:
-                recording._stamped_log_mels.cache_clear()  # each radio command starts cold
+                for cached in (recording._decoded, recording._placed, recording._probed):
+                    cached.cache_clear()  # each radio command starts cold
                 t = time.perf_counter()
                 made = radio.radio(store, run, [collection_query(store, p)], n)
                 times[name].append(time.perf_counter() - t)

@@ -8,10 +8,11 @@ import hashlib
 import json
 import os
 import shutil
+from collections import Counter
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -246,6 +247,96 @@ def test_the_shortest_files_compared_are_compared(originals: list[Path], tmp_pat
     assert recording.span_starts(probe(a).duration)[0][0] == recording.MAX_LAG  # the premise
     match = same_recording(a, b)
     assert match.same, match.reason
+
+
+GAP = 10.0  # seconds of each silence spliced in
+
+
+def _spliced(audio: np.ndarray, rate: int, at: list[float]) -> np.ndarray:
+    """[channels, samples] ``audio`` with :data:`GAP` seconds of digital silence inserted to begin at each of ``at``
+    (seconds of the result, in order)."""
+    parts, used = [], 0
+    for i, t in enumerate(at):
+        cut = round((t - i * GAP) * rate)
+        parts += [audio[:, used:cut], np.zeros((len(audio), round(GAP * rate)), audio.dtype)]
+        used = cut
+    return np.concatenate([*parts, audio[:, used:]], axis=1)
+
+
+@pytest.fixture(scope="module")
+def spliced(originals: list[Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(the first original with a silence spliced in over each span compared, its MP3 copy, the second original with
+    the same silences): FLACs of 70 s, silent from 1 s before each span to 1 s after it."""
+    tmp_path = tmp_path_factory.mktemp("spliced")
+    at = [s - 1.0 for s in recording.span_starts(EXCERPT + 3 * GAP)[0]]
+    made = []
+    for i, source in enumerate(originals[:2]):
+        audio, rate = read_channels(source)
+        made.append(write_copy(_spliced(audio, rate, at), rate, tmp_path / f"spliced{i}.flac", "flac"))
+    audio, rate = read_channels(made[0])
+    copy = write_copy(audio, rate, tmp_path / "spliced0.mp3", "libmp3lame", bit_rate=128_000)
+    return made[0], copy, made[1]
+
+
+def _quiet_spans(path: Path) -> list[float]:
+    """The loudest half second (dBFS, numpy on the decoded audio) of each span :func:`span_starts` places in
+    ``path``."""
+    x = load_audio(path, recording.RATE).astype(np.float64)
+    starts, span = recording.span_starts(probe(path).duration)
+    half = recording.RATE // 2
+    loudest = []
+    for s in starts:
+        run = x[round(s * recording.RATE):round((s + span) * recording.RATE)]
+        loudest.append(float(np.max(10 * np.log10(np.mean(run[:len(run) // half * half].reshape(-1, half) ** 2,
+                                                              axis=1) + 1e-20))))
+    return loudest
+
+
+def test_a_copy_silent_where_the_spans_fall_is_the_same_recording(spliced: tuple[Path, Path, Path]) -> None:
+    """A track silent where its three spans fall (as a hidden track follows minutes of silence) and its MP3 copy are
+    one recording, either way round: the spans are moved where the first file sounds. Before, the spans compared
+    silence (correlation 0) and the copy was another recording, so a radio could play both."""
+    original, copy, _ = spliced
+    assert max(_quiet_spans(original) + _quiet_spans(copy)) < recording.SILENT_DB  # the premise
+    for a, b in ((original, copy), (copy, original)):
+        match = same_recording(a, b)
+        assert match.same, match.reason
+        assert "3 moved off silence" in match.reason and abs(match.lag) <= 128 / recording.RATE + 1e-9, match
+
+
+def test_other_tracks_with_the_same_silences_are_not_the_same_recording(spliced: tuple[Path, Path, Path]) -> None:
+    """Another track with the same silences spliced in is another recording than the first and its copy: moved where
+    the first file sounds, the spans compare music (a span silent in both would agree whatever the music)."""
+    original, copy, other = spliced
+    for a, b in ((original, other), (other, copy), (copy, other)):
+        match = same_recording(a, b)
+        assert not match.same and match.score < recording.SAME_SCORE, match
+
+
+def test_files_of_nearly_one_length_are_decoded_once(originals: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pair of the first original, its three copies (encoder padding makes their lengths differ by a few ms)
+    and another track, compared both ways, decodes each file once (a radio's candidate meets several kept tracks,
+    then is kept): their spans fall at the same places, and a file's decoded spans serve every comparison. Before,
+    a file was decoded again as the second file for each length it met, and as the first; the verdicts stand."""
+    from mess.audio import decode
+
+    group = [originals[0], *(_copy(originals, name) for name in COPIES)]
+    files = [*group, originals[1]]
+    durations = [probe(f).duration for f in files]
+    assert len(set(durations)) > 1 and len({tuple(recording.span_starts(d)[0]) for d in durations}) == 1  # premise
+    calls: Counter[Path] = Counter()
+    real = decode.load_segments
+
+    def counted(path: str | Path, *args: Any) -> np.ndarray:
+        calls[Path(path)] += 1
+        return real(path, *args)
+
+    monkeypatch.setattr(decode, "load_segments", counted)
+    for cached in (recording._decoded, recording._placed):
+        cached.cache_clear()
+    verdicts = {(a, b): same_recording(a, b).same for a in files for b in files if a != b}
+    assert verdicts == {(a, b): a in group and b in group for a, b in verdicts}
+    assert calls == {f: 1 for f in files}
 
 
 def test_the_api_says_same_recording(copied_store: tuple[Path, list[Path]]) -> None:

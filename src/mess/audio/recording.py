@@ -1,17 +1,19 @@
 """Whether two files hold the same recording: a lossy copy (MP3, AAC, Opus of a FLAC), a resampled one, or one
 with a few ms of encoder delay or silence added, but not another mix or render of the same piece.
 
-Three spans of both files (:data:`SPAN_SECONDS` at fixed fractions of the first file's duration) are decoded at
-:data:`RATE` Hz and turned into log-mel spectrograms; each span of one is slid against the other's within
-:data:`MAX_LAG` seconds. Two files are one recording when every span correlates at its best lag
-(:data:`SAME_SCORE`) and their loudness keeps one ratio throughout (:data:`SAME_LEVEL_DB`: another mix of the same
-stems rides the levels differently). Thresholds were calibrated on the development soundtracks
-(notes/same_recording_session33.md). Nothing is stored or extracted: callers check only pairs that are already
-close in embedding space.
+Three spans of both files (:data:`SPAN_SECONDS` at fixed fractions of the first file's duration, moved where that
+file sounds when it is silent there) are decoded at :data:`RATE` Hz and turned into log-mel spectrograms; each span
+of one is slid against the other's within :data:`MAX_LAG` seconds. Two files are one recording when every span
+correlates at its best lag (:data:`SAME_SCORE`) and their loudness keeps one ratio throughout (:data:`SAME_LEVEL_DB`:
+another mix of the same stems rides the levels differently). Thresholds were calibrated on the development
+soundtracks (notes/same_recording_session33.md, notes/recording_session34.md). Nothing is stored or extracted:
+callers check only pairs that are already close in embedding space; a file's decoded spans are kept in the process
+(by path, size, mtime and inode) for the files it meets next.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -28,6 +30,10 @@ DURATION_TOLERANCE = 1.0  # seconds the two durations may differ
 MIN_SPAN = 3.0  # seconds: shorter files are not compared
 SAME_SCORE = 0.95  # the lowest span's correlation at its best lag from which two files may be one recording
 SAME_LEVEL_DB = 1.0  # and the most their loudness may drift apart (another mix of the same stems drifts more)
+SILENT_DB = -60.0  # dBFS: a half second quieter than this is silence, where the first file's spans are not placed
+_STEP = 0.25  # seconds: durations are rounded down to a multiple before spans are placed, so that files of nearly one
+# length (previews, renders, a recording's copies) are decoded at the same places: once each, whatever they meet
+_BLOCK = 0.5  # seconds of each level compared with SILENT_DB, and the grid of spans moved off silence
 _N_FFT, _HOP, _BANDS = 512, 128, 40
 _FLOOR_DB = 60.0  # log-mel values more than this below the span's loudest are clipped (silence, codec noise)
 _LEVEL_RANGE_DB = 30.0  # frames this far below the loudest have no say in the loudness drift
@@ -76,13 +82,16 @@ def same_recording(a: str | Path, b: str | Path) -> RecordingMatch:
     if span < MIN_SPAN:
         return RecordingMatch(False, nan, 0.0, nan, durations, f"too short to compare ({min(durations):.1f} s)")
     try:
-        score, lag, drift = compare(*spans(a, b, starts, span))
+        placed, span = placed_spans(a, durations[0])
+        score, lag, drift = compare(*spans(a, b, placed, span))
     except (AudioError, OSError) as exc:
         return RecordingMatch(False, nan, 0.0, nan, durations, f"not compared: {exc}")
     same = score >= SAME_SCORE and drift <= SAME_LEVEL_DB
     verdict = "same recording" if same else "different recordings"
+    moved = sum(p != s for p, s in zip(placed, starts, strict=True))
     return RecordingMatch(same, score, lag, drift, durations, f"{verdict}: correlation {score:.3f} at {lag:+.2f} s, "
-                          f"loudness drift {drift:.1f} dB over {len(starts)} spans of {span:.0f} s")
+                          f"loudness drift {drift:.1f} dB over {len(placed)} spans of {span:.0f} s"
+                          + (f", {moved} moved off silence" if moved else ""))
 
 
 def compared(a: str, a_duration: float | None, b: str, b_duration: float | None) -> RecordingMatch | None:
@@ -97,19 +106,29 @@ def compared(a: str, a_duration: float | None, b: str, b_duration: float | None)
 
 
 def span_starts(duration: float) -> tuple[list[float], float]:
-    """(where the spans compared start, their length) in seconds, for a first file of ``duration`` seconds (so its
-    spans are decoded once for every file it is compared with): at :data:`AT_FRACTIONS` of it, clear of either end
-    by :data:`MAX_LAG` in a second file up to :data:`DURATION_TOLERANCE` shorter."""
-    usable = duration - DURATION_TOLERANCE
-    span = min(SPAN_SECONDS, usable - 2 * MAX_LAG - 0.2)
-    return [min(max(MAX_LAG, f * duration), usable - span - MAX_LAG - 0.1) for f in AT_FRACTIONS], span
+    """(where the spans compared start, their length) in seconds, for a first file of ``duration`` seconds: at
+    :data:`AT_FRACTIONS` of it (rounded down to a multiple of :data:`_STEP`, so that files of nearly one length share
+    their spans), within :func:`_span_range`."""
+    span, first, last = _span_range(duration)
+    rounded = _rounded(duration)
+    return [min(max(first, f * rounded), last) for f in AT_FRACTIONS], span
+
+
+def placed_spans(path: Path, duration: float) -> tuple[list[float], float]:
+    """:func:`span_starts` of the file at ``path`` (of ``duration`` seconds), each span that is silent in part
+    (:data:`SILENT_DB`: a hidden track after minutes of silence, a long pause) moved to the nearest start on a
+    half-second grid, within the same range, from which the file sounds throughout; left where no start does. The
+    second file is read at the same places: the first file's content decides, so both are decoded once."""
+    return list(_placed(path, _stamp(path), duration)), span_starts(duration)[1]
 
 
 def spans(a: Path, b: Path, starts: list[float], seconds: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Log-mel spectrograms [frames, bands] of ``a``'s spans of ``seconds`` at ``starts`` and of ``b``'s, each
-    :data:`MAX_LAG` longer at both ends."""
-    pad = _LAG_FRAMES * _HOP / RATE
-    return _log_mels(a, starts, seconds), _log_mels(b, [s - pad for s in starts], seconds + 2 * pad)
+    """Log-mel spectrograms [frames, bands] (dB, floored :data:`_FLOOR_DB` under each one's loudest) of ``a``'s spans
+    of ``seconds`` at ``starts`` and of ``b``'s, each :data:`MAX_LAG` longer at both ends."""
+    frames = 1 + round(seconds * RATE) // _HOP
+    fixed = [x[_LAG_FRAMES:_LAG_FRAMES + frames] for x in _decoded(a, _stamp(a), tuple(starts), seconds).log_mels]
+    sliding = _decoded(b, _stamp(b), tuple(starts), seconds).log_mels
+    return [_floored(x) for x in fixed], [_floored(y) for y in sliding]
 
 
 def compare(fixed: list[np.ndarray], sliding: list[np.ndarray]) -> tuple[float, float, float]:
@@ -153,31 +172,93 @@ def _loudness(log_mel: np.ndarray) -> np.ndarray:
     return np.where(level >= level.max() - _LEVEL_RANGE_DB, level, np.nan)
 
 
-def _log_mels(path: Path, starts: list[float], seconds: float) -> list[np.ndarray]:
-    """[frames, bands] log-mel energies (dB, floored :data:`_FLOOR_DB` below the loudest) of ``seconds`` of
-    ``path`` from each of ``starts``; kept for the file as it is (a kept track meets many candidates)."""
+def _span_range(duration: float) -> tuple[float, float, float]:
+    """(the spans' length, their earliest start, their latest) in seconds for a first file of ``duration`` (rounded
+    down to a multiple of :data:`_STEP`): clear of either end by :data:`MAX_LAG` in a second file up to
+    :data:`DURATION_TOLERANCE` shorter."""
+    usable = _rounded(duration) - DURATION_TOLERANCE
+    span = min(SPAN_SECONDS, usable - 2 * MAX_LAG - 0.2)
+    return span, MAX_LAG, usable - span - MAX_LAG - 0.1
+
+
+def _rounded(duration: float) -> float:
+    return math.floor(duration / _STEP) * _STEP
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    """(size, mtime, inode) of ``path``: what its cached spans are kept for."""
     stat = path.stat()
-    return _stamped_log_mels(path, (stat.st_size, stat.st_mtime_ns, stat.st_ino), tuple(starts), seconds)
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino
 
 
-@lru_cache(maxsize=32)
-def _stamped_log_mels(path: Path, stamp: tuple[int, int, int], starts: tuple[float, ...],
-                      seconds: float) -> list[np.ndarray]:
-    """:func:`_log_mels` of ``path`` as it is (``stamp``: size, mtime, inode)."""
+@lru_cache(maxsize=64)
+def _placed(path: Path, stamp: tuple[int, int, int], duration: float) -> tuple[float, ...]:
+    """:func:`placed_spans`' starts for ``path`` as it is (``stamp``). The whole file is decoded only when a span is
+    silent in part."""
+    from mess.audio.decode import load_audio
+
+    starts, span = span_starts(duration)
+    silent = [bool((level < SILENT_DB).any()) for level in _decoded(path, stamp, tuple(starts), span).levels]
+    if not any(silent):
+        return tuple(starts)
+    sounds = (_levels(load_audio(path, RATE)) >= SILENT_DB).astype(np.float64)
+    blocks = math.ceil(span / _BLOCK)
+    grid = np.flatnonzero(np.convolve(sounds, np.ones(blocks), "valid") == blocks) * _BLOCK  # sounding throughout
+    _, first, last = _span_range(duration)
+    grid = grid[(grid >= first) & (grid <= last)]
+    if not grid.size:
+        return tuple(starts)
+    return tuple(float(grid[np.argmin(np.abs(grid - s))]) if quiet else s for s, quiet in zip(starts, silent,
+                                                                                               strict=True))
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """A file's spans as compared: ``log_mels`` [frames, bands] (dB, unfloored) with :data:`MAX_LAG` more at both
+    ends (the padding serves the file as the second one), ``levels`` (dBFS of each half second of the spans)."""
+
+    log_mels: list[np.ndarray]
+    levels: list[np.ndarray]
+
+
+@lru_cache(maxsize=64)
+def _decoded(path: Path, stamp: tuple[int, int, int], starts: tuple[float, ...], seconds: float) -> _Decoded:
+    """The spans of ``seconds`` at ``starts`` of ``path`` as it is (``stamp``), decoded once for all the files it
+    is compared with, first or second (a radio's candidate meets several kept tracks, then is kept)."""
     from mess.audio.decode import load_segments
 
-    audio = load_segments(path, RATE, starts, seconds)
+    pad = _LAG_FRAMES * _HOP  # samples: a whole number of frames, so the spans' frames fall on the padded ones'
+    audio = load_segments(path, RATE, [s - pad / RATE for s in starts], seconds + 2 * pad / RATE)
     power = np.abs(stft(audio, _N_FFT, _HOP, "float32")) ** 2
     db = 10 * np.log10(power @ _mel_bank() + 1e-10)
-    return [np.maximum(d, d.max() - _FLOOR_DB) for d in db]
+    return _Decoded(list(db), [_levels(x[pad:pad + round(seconds * RATE)]) for x in audio])
+
+
+def _floored(log_mel: np.ndarray) -> np.ndarray:
+    return np.maximum(log_mel, log_mel.max() - _FLOOR_DB)
+
+
+def _levels(audio: np.ndarray) -> np.ndarray:
+    """dBFS (mean square) of each whole :data:`_BLOCK` of mono ``audio`` at :data:`RATE`."""
+    n = int(_BLOCK * RATE)
+    blocks = audio[:len(audio) // n * n].reshape(-1, n).astype(np.float64)
+    return 10 * np.log10(np.mean(np.square(blocks), axis=1) + 1e-20)
 
 
 def _duration(path: Path) -> float:
     """The duration ``probe`` reads; AudioError when it has none."""
+    if not path.is_file():
+        from mess.audio.decode import AudioError
+
+        raise AudioError(f"{path}: not on disk")
+    return _probed(path, _stamp(path))
+
+
+@lru_cache(maxsize=256)
+def _probed(path: Path, stamp: tuple[int, int, int]) -> float:
+    """:func:`_duration` of ``path`` as it is (``stamp``): probing an MP3 reads its packets (60 ms for 5 minutes)."""
     from mess.audio.decode import AudioError, probe
 
-    if not path.is_file():
-        raise AudioError(f"{path}: not on disk")
     if (seconds := probe(path).duration) <= 0:
         raise AudioError(f"{path}: its length is unknown without decoding it whole")
     return seconds
