@@ -53,9 +53,12 @@ TWINS = [("warmux/Olivier_Militon.-.Apnee.ogg", "warmux/Olivier_Militon.-.Apnee2
 
 def raw_match(a: Path, b: Path) -> tuple[float, float]:
     """(correlation, loudness drift) of ``a`` and ``b`` as :func:`same_recording` computes them, without its
-    duration check (spans placed on the shorter file)."""
-    starts, span = recording.placed_spans(a, min(probe(a).duration, probe(b).duration))
-    score, _, drift = recording.compare(*recording.spans(a, b, starts, span))
+    duration check (spans placed on the shorter file) and over all three spans (it stops at the first under
+    SAME_SCORE)."""
+    duration = min(probe(a).duration, probe(b).duration)
+    starts, span = recording.span_starts(duration)
+    placed = [recording.place(a, duration, s) for s in starts]
+    score, _, drift = recording.compare(recording.spans(a, b, placed, span))
     return score, drift
 
 
@@ -84,7 +87,7 @@ def radio_cost(root: Path, seeds: int = 20, n: int = 20) -> None:
         for name, check in (("without", never), ("with", counted)):
             playlist.compared = check
             for p in paths:
-                for cached in (recording._decoded, recording._placed, recording._probed):
+                for cached in (recording._decoded, recording._sounding, recording._probed):
                     cached.cache_clear()  # each radio command starts cold
                 t = time.perf_counter()
                 made = radio.radio(store, run, [collection_query(store, p)], n)

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -90,11 +90,10 @@ def test_the_score_is_the_correlation_of_the_log_mel_spans_at_the_lag(originals:
     spectrograms at the reported lag, the lowest of the three spans'."""
     a, b = originals[0], _copy(originals, "lead-48k.flac")
     match = same_recording(a, b)
-    fixed, sliding = recording.spans(a, b, *recording.span_starts(match.durations[0]))
-    pad = len(sliding[0]) - len(fixed[0])
+    pairs = list(recording.spans(a, b, *recording.span_starts(match.durations[0])))
+    pad = len(pairs[0][1]) - len(pairs[0][0])
     lag = round(match.lag * recording.RATE / 128) + pad // 2
-    expected = min(float(np.corrcoef(x.ravel(), y[lag:lag + len(x)].ravel())[0, 1])
-                   for x, y in zip(fixed, sliding, strict=True))
+    expected = min(float(np.corrcoef(x.ravel(), y[lag:lag + len(x)].ravel())[0, 1]) for x, y in pairs)
     assert match.score == pytest.approx(expected, abs=1e-4)
 
 
@@ -313,30 +312,32 @@ def test_other_tracks_with_the_same_silences_are_not_the_same_recording(spliced:
         assert not match.same and match.score < recording.SAME_SCORE, match
 
 
-def test_files_of_nearly_one_length_are_decoded_once(originals: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_span_is_decoded_once_and_only_while_it_can_tell(originals: list[Path],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """Each pair of the first original, its three copies (encoder padding makes their lengths differ by a few ms)
-    and another track, compared both ways, decodes each file once (a radio's candidate meets several kept tracks,
-    then is kept): their spans fall at the same places, and a file's decoded spans serve every comparison. Before,
-    a file was decoded again as the second file for each length it met, and as the first; the verdicts stand."""
+    and another track, compared both ways: each span of each file is decoded once (a radio's candidate meets several
+    kept tracks, then is kept), as spans fall at the same places; the other track's first span, under the threshold
+    against every file, is the only one of it decoded. Before, a file was decoded again as the second file for each
+    length it met, and as the first, three spans each time; the verdicts stand."""
     from mess.audio import decode
 
     group = [originals[0], *(_copy(originals, name) for name in COPIES)]
     files = [*group, originals[1]]
     durations = [probe(f).duration for f in files]
     assert len(set(durations)) > 1 and len({tuple(recording.span_starts(d)[0]) for d in durations}) == 1  # premise
-    calls: Counter[Path] = Counter()
+    decoded: Counter[Path] = Counter()  # spans decoded, by file
     real = decode.load_segments
 
-    def counted(path: str | Path, *args: Any) -> np.ndarray:
-        calls[Path(path)] += 1
-        return real(path, *args)
+    def counted(path: str | Path, rate: int, starts: list[float], seconds: float) -> np.ndarray:
+        decoded[Path(path)] += len(starts)
+        return real(path, rate, starts, seconds)
 
     monkeypatch.setattr(decode, "load_segments", counted)
-    for cached in (recording._decoded, recording._placed):
+    for cached in (recording._decoded, recording._sounding):
         cached.cache_clear()
     verdicts = {(a, b): same_recording(a, b).same for a in files for b in files if a != b}
     assert verdicts == {(a, b): a in group and b in group for a, b in verdicts}
-    assert calls == {f: 1 for f in files}
+    assert decoded == {**{f: 3 for f in group}, originals[1]: 1}
 
 
 def test_the_api_says_same_recording(copied_store: tuple[Path, list[Path]]) -> None:

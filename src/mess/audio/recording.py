@@ -14,6 +14,7 @@ callers check only pairs that are already close in embedding space; a file's dec
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -81,16 +82,22 @@ def same_recording(a: str | Path, b: str | Path) -> RecordingMatch:
     starts, span = span_starts(durations[0])
     if span < MIN_SPAN:
         return RecordingMatch(False, nan, 0.0, nan, durations, f"too short to compare ({min(durations):.1f} s)")
+    placed: list[float] = []  # where the spans compared fell in ``a``
+
+    def placing() -> Iterator[float]:
+        for start in starts:
+            placed.append(place(a, durations[0], start))
+            yield placed[-1]
+
     try:
-        placed, span = placed_spans(a, durations[0])
-        score, lag, drift = compare(*spans(a, b, placed, span))
+        score, lag, drift = compare(spans(a, b, placing(), span), stop_below=SAME_SCORE)
     except (AudioError, OSError) as exc:
         return RecordingMatch(False, nan, 0.0, nan, durations, f"not compared: {exc}")
     same = score >= SAME_SCORE and drift <= SAME_LEVEL_DB
     verdict = "same recording" if same else "different recordings"
-    moved = sum(p != s for p, s in zip(placed, starts, strict=True))
+    moved = sum(p != s for p, s in zip(placed, starts, strict=False))
     return RecordingMatch(same, score, lag, drift, durations, f"{verdict}: correlation {score:.3f} at {lag:+.2f} s, "
-                          f"loudness drift {drift:.1f} dB over {len(placed)} spans of {span:.0f} s"
+                          f"loudness drift {drift:.1f} dB over {len(placed)} of {len(starts)} spans of {span:.0f} s"
                           + (f", {moved} moved off silence" if moved else ""))
 
 
@@ -114,32 +121,43 @@ def span_starts(duration: float) -> tuple[list[float], float]:
     return [min(max(first, f * rounded), last) for f in AT_FRACTIONS], span
 
 
-def placed_spans(path: Path, duration: float) -> tuple[list[float], float]:
-    """:func:`span_starts` of the file at ``path`` (of ``duration`` seconds), each span that is silent in part
-    (:data:`SILENT_DB`: a hidden track after minutes of silence, a long pause) moved to the nearest start on a
-    half-second grid, within the same range, from which the file sounds throughout; left where no start does. The
-    second file is read at the same places: the first file's content decides, so both are decoded once."""
-    return list(_placed(path, _stamp(path), duration)), span_starts(duration)[1]
+def place(path: Path, duration: float, start: float) -> float:
+    """Where the span at ``start`` (one of :func:`span_starts` for ``duration``) of the file at ``path`` is
+    compared: there, or, when it is silent in part (a half second under :data:`SILENT_DB`: a hidden track after
+    minutes of silence, a long pause), at the nearest start on a half-second grid, within the same range, from
+    which the file sounds throughout; left where no start does. The second file is read at the same place: the
+    first file's content decides, and each file is decoded once, whatever it meets."""
+    stamp = _stamp(path)
+    span = span_starts(duration)[1]
+    if not (_decoded(path, stamp, start, span).levels < SILENT_DB).any():
+        return start
+    grid = _sounding(path, stamp, duration)
+    return float(grid[np.argmin(np.abs(grid - start))]) if grid.size else start
 
 
-def spans(a: Path, b: Path, starts: list[float], seconds: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Log-mel spectrograms [frames, bands] (dB, floored :data:`_FLOOR_DB` under each one's loudest) of ``a``'s spans
-    of ``seconds`` at ``starts`` and of ``b``'s, each :data:`MAX_LAG` longer at both ends."""
+def spans(a: Path, b: Path, starts: Iterable[float], seconds: float) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """For each of ``starts`` in turn, decoded when it is reached: the log-mel spectrograms [frames, bands] (dB,
+    floored :data:`_FLOOR_DB` under each one's loudest) of ``a``'s span of ``seconds`` there and of ``b``'s,
+    :data:`MAX_LAG` longer at both ends."""
     frames = 1 + round(seconds * RATE) // _HOP
-    fixed = [x[_LAG_FRAMES:_LAG_FRAMES + frames] for x in _decoded(a, _stamp(a), tuple(starts), seconds).log_mels]
-    sliding = _decoded(b, _stamp(b), tuple(starts), seconds).log_mels
-    return [_floored(x) for x in fixed], [_floored(y) for y in sliding]
+    for start in starts:
+        fixed = _decoded(a, _stamp(a), start, seconds).log_mel[_LAG_FRAMES:_LAG_FRAMES + frames]
+        yield _floored(fixed), _floored(_decoded(b, _stamp(b), start, seconds).log_mel)
 
 
-def compare(fixed: list[np.ndarray], sliding: list[np.ndarray]) -> tuple[float, float, float]:
+def compare(pairs: Iterable[tuple[np.ndarray, np.ndarray]],
+            stop_below: float = -np.inf) -> tuple[float, float, float]:
     """(the lowest span's correlation at its best lag, the median of the lags in seconds, the loudness drift in dB)
-    of spans of one file (``fixed``) against the longer spans of the other."""
+    of spans of one file against the longer spans of the other (``pairs``), up to the first whose correlation is
+    under ``stop_below``: the rest are not decoded."""
     scores, lags, level = [], [], []
-    for x, y in zip(fixed, sliding, strict=True):
+    for x, y in pairs:
         score, at = best_lag(x, y)
         scores.append(score)
         lags.append(at - _LAG_FRAMES)
         level.append(_loudness(y[at:at + len(x)]) - _loudness(x))
+        if score < stop_below:
+            break
     diff = np.concatenate(level)
     keep = np.isfinite(diff)
     drift = np.abs(diff[keep] - np.median(diff[keep])) if keep.any() else np.array([np.inf])
@@ -191,47 +209,38 @@ def _stamp(path: Path) -> tuple[int, int, int]:
     return stat.st_size, stat.st_mtime_ns, stat.st_ino
 
 
-@lru_cache(maxsize=64)
-def _placed(path: Path, stamp: tuple[int, int, int], duration: float) -> tuple[float, ...]:
-    """:func:`placed_spans`' starts for ``path`` as it is (``stamp``). The whole file is decoded only when a span is
-    silent in part."""
+@lru_cache(maxsize=16)
+def _sounding(path: Path, stamp: tuple[int, int, int], duration: float) -> np.ndarray:
+    """The starts (s), on a half-second grid within :func:`_span_range`, from which ``path`` as it is (``stamp``)
+    sounds throughout a span: the whole file decoded (only for a file with a span silent in part)."""
     from mess.audio.decode import load_audio
 
-    starts, span = span_starts(duration)
-    silent = [bool((level < SILENT_DB).any()) for level in _decoded(path, stamp, tuple(starts), span).levels]
-    if not any(silent):
-        return tuple(starts)
+    span, first, last = _span_range(duration)
     sounds = (_levels(load_audio(path, RATE)) >= SILENT_DB).astype(np.float64)
     blocks = math.ceil(span / _BLOCK)
-    grid = np.flatnonzero(np.convolve(sounds, np.ones(blocks), "valid") == blocks) * _BLOCK  # sounding throughout
-    _, first, last = _span_range(duration)
-    grid = grid[(grid >= first) & (grid <= last)]
-    if not grid.size:
-        return tuple(starts)
-    return tuple(float(grid[np.argmin(np.abs(grid - s))]) if quiet else s for s, quiet in zip(starts, silent,
-                                                                                               strict=True))
+    grid = np.flatnonzero(np.convolve(sounds, np.ones(blocks), "valid") == blocks) * _BLOCK
+    return grid[(grid >= first) & (grid <= last)]
 
 
 @dataclass(frozen=True)
 class _Decoded:
-    """A file's spans as compared: ``log_mels`` [frames, bands] (dB, unfloored) with :data:`MAX_LAG` more at both
-    ends (the padding serves the file as the second one), ``levels`` (dBFS of each half second of the spans)."""
+    """A file's span as compared: ``log_mel`` [frames, bands] (dB, unfloored) with :data:`MAX_LAG` more at both
+    ends (the padding serves the file as the second one), ``levels`` (dBFS of each half second of the span)."""
 
-    log_mels: list[np.ndarray]
-    levels: list[np.ndarray]
+    log_mel: np.ndarray
+    levels: np.ndarray
 
 
-@lru_cache(maxsize=64)
-def _decoded(path: Path, stamp: tuple[int, int, int], starts: tuple[float, ...], seconds: float) -> _Decoded:
-    """The spans of ``seconds`` at ``starts`` of ``path`` as it is (``stamp``), decoded once for all the files it
-    is compared with, first or second (a radio's candidate meets several kept tracks, then is kept)."""
+@lru_cache(maxsize=192)
+def _decoded(path: Path, stamp: tuple[int, int, int], start: float, seconds: float) -> _Decoded:
+    """The span of ``seconds`` at ``start`` of ``path`` as it is (``stamp``), decoded once for all the files it is
+    compared with, first or second (a radio's candidate meets several kept tracks, then is kept)."""
     from mess.audio.decode import load_segments
 
-    pad = _LAG_FRAMES * _HOP  # samples: a whole number of frames, so the spans' frames fall on the padded ones'
-    audio = load_segments(path, RATE, [s - pad / RATE for s in starts], seconds + 2 * pad / RATE)
-    power = np.abs(stft(audio, _N_FFT, _HOP, "float32")) ** 2
-    db = 10 * np.log10(power @ _mel_bank() + 1e-10)
-    return _Decoded(list(db), [_levels(x[pad:pad + round(seconds * RATE)]) for x in audio])
+    pad = _LAG_FRAMES * _HOP  # samples: a whole number of frames, so the span's frames fall on the padded ones'
+    audio = load_segments(path, RATE, [start - pad / RATE], seconds + 2 * pad / RATE)[0]
+    power = np.abs(stft(audio[None], _N_FFT, _HOP, "float32")[0]) ** 2
+    return _Decoded(10 * np.log10(power @ _mel_bank() + 1e-10), _levels(audio[pad:pad + round(seconds * RATE)]))
 
 
 def _floored(log_mel: np.ndarray) -> np.ndarray:
