@@ -143,6 +143,22 @@ def test_files_not_on_disk_or_unreadable_are_not_compared(originals: list[Path],
         assert match.to_dict()["score"] is None
 
 
+def test_copies_are_made_from_the_samples_a_decoder_gives(tmp_path: Path) -> None:
+    """``read_channels`` gives what libsndfile reads: a Vorbis file's priming (128 samples FFmpeg stamps before 0 in
+    Wesnoth's battle-epic) left out, so a copy starts where the original does; 8-bit PCM centred on 0. Before, the
+    priming was kept (its copies ran 2.9 ms early) and 8-bit samples came back as 0-255."""
+    import soundfile as sf
+
+    wav = tmp_path / "u8.wav"
+    sf.write(wav, np.sin(np.linspace(0, 200, 8000))[:, None] * [0.5, -0.25], 8000, subtype="PCM_U8")
+    primed = SOUNDTRACKS / "wesnoth" / "battle-epic.ogg"
+    for path in [wav, primed] if primed.is_file() else [wav]:
+        audio, rate = read_channels(path)
+        expected, expected_rate = sf.read(path, dtype="float32", always_2d=True)
+        assert rate == expected_rate and audio.shape == expected.T.shape, path
+        assert np.abs(audio - expected.T).max() < 1e-4, path
+
+
 @pytest.fixture(scope="module")
 def copied_store(originals: list[Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
     """The four originals and the copies of the first in a music folder, extracted with dsp: (store, the first

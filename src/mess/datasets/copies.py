@@ -9,21 +9,26 @@ import av
 import numpy as np
 import soxr
 
-from mess.audio.decode import open_container
+from mess.audio.decode import AudioError, _pyav_blocks
 
 
 def read_channels(path: Path, seconds: float | None = None) -> tuple[np.ndarray, int]:
-    """([channels, samples] float32 in [-1, 1], rate) of ``path`` as FFmpeg decodes it, the first ``seconds`` when
-    given."""
-    with open_container(path) as container:
-        stream = container.streams.audio[0]
-        frames = [f.to_ndarray() if f.format.is_planar else f.to_ndarray().reshape(-1, f.layout.nb_channels).T
-                  for f in container.decode(stream)]
-        rate = stream.codec_context.sample_rate
-    raw = np.concatenate(frames, axis=1)
-    scale = float(1 << (8 * raw.dtype.itemsize - 1)) if raw.dtype.kind == "i" else 1.0  # ints: full scale is -1
-    audio = (raw.astype(np.float64) / scale).astype(np.float32)
-    return (audio if seconds is None else audio[:, :int(seconds * rate)]), rate
+    """([channels, samples] float32 in [-1, 1], rate) of ``path`` as the decoder's FFmpeg path reads it (priming
+    dropped, as :func:`mess.audio.decode.load_audio` drops it; 8-bit PCM centred; 8 channels or more), the first
+    ``seconds`` when given. AudioError for a file whose rate or channels change part-way."""
+    blocks: list[np.ndarray] = []
+    rates: set[int] = set()
+    for block, rate in _pyav_blocks(path):
+        blocks.append(block)
+        rates.add(rate)
+        if seconds is not None and sum(map(len, blocks)) >= seconds * rate:
+            break
+    if not blocks:
+        raise AudioError(f"{path}: contains no audio samples")
+    if len(rates) > 1 or len({b.shape[1] for b in blocks}) > 1:
+        raise AudioError(f"{path}: its rate or channels change part-way")
+    audio = np.concatenate(blocks).T
+    return np.ascontiguousarray(audio if seconds is None else audio[:, :int(seconds * rate)]), rate
 
 
 def write_copy(audio: np.ndarray, rate: int, target: Path, codec: str, *, bit_rate: int | None = None,
