@@ -44,9 +44,10 @@ _LAG_FRAMES = int(MAX_LAG * RATE / _HOP)  # frames either way: no more than MAX_
 
 @dataclass(frozen=True)
 class RecordingMatch:
-    """The verdict on two files and its evidence: ``score`` (the lowest span's correlation at its best lag, NaN
-    when not compared), ``lag`` (seconds the second file runs late), ``level_drift`` (dB the loudness of the two
-    drifts apart across the spans, its 90th percentile), ``durations`` and ``reason`` in words."""
+    """The verdict on two files and its evidence: ``score`` (the lowest correlation at its best lag of the spans
+    compared, which stop at the first under :data:`SAME_SCORE`; NaN when not compared), ``lag`` (seconds the second
+    file runs late), ``level_drift`` (dB the loudness of the two drifts apart across the spans, its 90th
+    percentile), ``durations`` and ``reason`` in words."""
 
     same: bool
     score: float
@@ -200,6 +201,7 @@ def _span_range(duration: float) -> tuple[float, float, float]:
 
 
 def _rounded(duration: float) -> float:
+    """``duration`` rounded down to a multiple of :data:`_STEP`."""
     return math.floor(duration / _STEP) * _STEP
 
 
