@@ -768,7 +768,7 @@ class FeatureStore:
             options = f"--model {run.model}"
         policy = json.loads(run.policy)
         if (window := policy.get("window_seconds", DEFAULT_WINDOW_SECONDS)) != DEFAULT_WINDOW_SECONDS:
-            options += f" --window {window:g}"
+            options += f" --window {float(window)!r}".removesuffix(".0")  # exact (:g gave 12.3457)
         if (count := policy.get("max_windows", DEFAULT_MAX_WINDOWS)) != DEFAULT_MAX_WINDOWS:
             options += f" --max-windows {count}"
         return options
