@@ -137,7 +137,7 @@ def test_the_guard_compares_the_audio_of_close_tracks_the_closest_first_and_of_a
     DUPLICATE_COSINE): the same recording, by their audio; at 0.64, under VERIFY_COSINE, not compared, not a
     duplicate. Two kept tracks close to a candidate: the closest is compared first, and the copy found there ends it
     (one comparison). An outside seed kept with its file is compared as a track is; one kept without a file is not
-    (no comparison, no error). Each pair is compared once."""
+    (no comparison, no error). Each pair is compared once; with nothing kept, nothing is a duplicate."""
     from mess.playlists import playlist
     from mess.playlists.playlist import DuplicateGuard
     from mess.search.query import DUPLICATE_COSINE, VERIFY_COSINE
@@ -155,6 +155,7 @@ def test_the_guard_compares_the_audio_of_close_tracks_the_closest_first_and_of_a
 
     monkeypatch.setattr(playlist, "compared", counted)
     a, copy = _track(1, flac), _track(2, mp3)
+    assert DuplicateGuard(2).duplicate(_at(20), copy) is False  # nothing kept yet
     guard = DuplicateGuard(2)
     guard.add(_at(0), a)
     assert not guard.duplicate(_at(50), copy) and calls == []  # too far to compare
@@ -167,6 +168,13 @@ def test_the_guard_compares_the_audio_of_close_tracks_the_closest_first_and_of_a
     two.add(_at(0), a)
     assert two.duplicate(_at(-10), copy)  # 0.98 to the FLAC, 0.77 to the other track
     assert calls == [(flac.name, mp3.name)]
+
+    calls.clear()
+    behind = DuplicateGuard(2)  # the other track closest (0.996), not the same; then the FLAC (0.91) of one length
+    behind.add(_at(0), _track(3, other))
+    behind.add(_at(30), a)
+    assert behind.duplicate(_at(5), copy) and probe(other).duration == probe(flac).duration
+    assert calls == [(other.name, mp3.name), (flac.name, mp3.name)]
 
     calls.clear()
     seeded = DuplicateGuard(2)
@@ -197,3 +205,31 @@ def test_re_ranked_scores_are_the_formulas_to_twelve_decimals() -> None:
     assert np.array_equal(got, np.round(got, 12))
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
     assert not np.signbit(got[got == 0]).any() and (got == 0).sum() >= 4
+
+
+# ---------------------------------------------------------------- torch devices asked for
+
+
+@pytest.mark.parametrize("visible", [0, 1, 2])
+def test_a_device_torch_lacks_is_named_with_the_devices_it_has(visible: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--device` refusals before a model loads: MPS where torch has none; a CUDA index at or past the GPUs torch
+    sees, naming them; plain `cuda` is cuda:0. ``visible``: 0 is this CPU machine's own count, 1 and 2 are set in
+    torch's report (no machine of the tests has a GPU)."""
+    import torch
+
+    from mess.cli.common import device_missing
+
+    if visible:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    elif torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    assert device_missing("cpu") is None
+    mps = None if torch.backends.mps.is_available() else "--device mps asked for, but MPS is not available"
+    assert device_missing("mps") == mps
+    for index in range(visible):
+        assert device_missing(f"cuda:{index}") is None
+    assert (device_missing("cuda") is None) == (visible > 0)
+    seen = f"{visible} CUDA GPU(s) are visible (cuda:0..cuda:{visible - 1})" if visible else "no CUDA GPU is visible"
+    for device in (f"cuda:{visible}", f"cuda:{visible + 1}"):
+        assert device_missing(device) == f"--device {device} asked for, but {seen}"
