@@ -71,20 +71,45 @@ def _truncated_mp3(path: Path, seconds: float = 200.0, keep: float = 0.31, sr: i
     full.unlink()
 
 
-def test_a_truncated_mp3_is_catalogued_with_its_decoded_duration(tmp_path: Path) -> None:
-    """Its header claims 200 s: seeking to the windows fails, the whole file is decoded, and what was decoded
-    (about 62 s) is its duration (playlists showed 3:20), also after the file is inspected again."""
+def _truncated_m4a(path: Path, seconds: float = 200.0, keep: float = 0.31, sr: int = 16000) -> None:
+    """An M4A (AAC through PyAV, its index first) whose index claims ``seconds`` but whose bytes stop after ``keep``
+    of them. (A truncated MP3 no longer serves: its probe reads the length the bytes hold, not its Xing header's.)"""
+    import av
+
+    samples = (0.3 * np.sin(2 * np.pi * 440 * np.arange(int(seconds * sr)) / sr)).astype(np.float32)
+    full = path.with_suffix(".full")
+    with av.open(str(full), "w", format="mp4", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("aac", rate=sr, layout="mono")
+        stream.bit_rate = 32000
+        for start in range(0, len(samples), 16384):
+            frame = av.AudioFrame.from_ndarray(samples[None, start:start + 16384], format="flt", layout="mono")
+            frame.sample_rate = sr
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    data = full.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    full.unlink()
+
+
+def test_a_truncated_file_is_catalogued_with_its_decoded_duration(tmp_path: Path) -> None:
+    """Its index claims 200 s (the probe says so): seeking to the windows fails, the whole file is decoded, and what
+    was decoded (about 62 s) is its duration (playlists showed 3:20), also after the file is inspected again."""
     music = tmp_path / "music"
     music.mkdir()
-    _truncated_mp3(music / "cut.mp3")
+    from mess.extract.prepare import inspect_file
+
+    _truncated_m4a(music / "cut.m4a")
+    assert inspect_file(music / "cut.m4a").info["duration"] > 199  # what the correction has to undo
     cli = ["extract", str(music), "--model", "dsp", "--window", "4", "--max-windows", "3", "--store",
            str(tmp_path / "store")]
     assert mess_here(*cli).returncode == 0
-    os.utime(music / "cut.mp3", (1, 1))  # inspected again: the header says 200 s again
+    os.utime(music / "cut.m4a", (1, 1))  # inspected again: the index says 200 s again
     second = mess_here(*cli)
     assert second.returncode == 0 and "1 unchanged" in second.stderr, second.stderr
     store = FeatureStore(tmp_path / "store", readonly=True)
-    duration = store.track(music / "cut.mp3").duration
+    duration = store.track(music / "cut.m4a").duration
     store.close()
     assert duration is not None and 55 < duration < 70, duration
 

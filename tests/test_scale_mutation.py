@@ -133,14 +133,14 @@ def test_the_ray_engine_stores_what_the_local_engine_stores(local_ray: LocalRay,
 
 
 def test_a_truncated_file_is_catalogued_with_its_decoded_duration(local_ray: LocalRay, tmp_path: Path) -> None:
-    from test_extract import _truncated_mp3
+    from test_extract import _truncated_m4a
 
     (tmp_path / "music").mkdir()
-    _truncated_mp3(tmp_path / "music" / "cut.mp3")  # its header claims 200 s, its bytes hold 62
+    _truncated_m4a(tmp_path / "music" / "cut.m4a")  # its index claims 200 s, its bytes hold 62
     store = FeatureStore(tmp_path / "ray")
-    got = extract_ray(store, [tmp_path / "music" / "cut.mp3"], "dsp", POLICY)
+    got = extract_ray(store, [tmp_path / "music" / "cut.m4a"], "dsp", POLICY)
     assert (got.done, got.failed) == (1, [])
-    duration = store.track(tmp_path / "music" / "cut.mp3").duration
+    duration = store.track(tmp_path / "music" / "cut.m4a").duration
     assert duration is not None and 55 < duration < 70, duration
 
 

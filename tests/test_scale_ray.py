@@ -375,16 +375,16 @@ def test_ray_embeds_a_file_named_twice_once_as_the_local_engine_does(driver: Dri
 
 
 def test_ray_catalogues_a_truncated_file_with_its_decoded_duration(driver: Driver, tmp_path: Path) -> None:
-    """An MP3 whose header claims 200 s but holds about 62: the local engine records what it decoded, the Ray engine
-    kept the header's 200 s (playlists said 3:20)."""
-    from test_extract import _truncated_mp3
+    """An M4A whose index claims 200 s but holds about 62: the local engine records what it decoded, the Ray engine
+    kept the index's 200 s (playlists said 3:20)."""
+    from test_extract import _truncated_m4a
 
     (tmp_path / "music").mkdir()
-    _truncated_mp3(tmp_path / "music" / "cut.mp3")
+    _truncated_m4a(tmp_path / "music" / "cut.m4a")
     got = driver(tmp_path / "ray", find_audio([tmp_path / "music"]), "dsp", POLICY, actors=1)
     assert (got.done, got.failed) == (1, [])
     with contextlib.closing(FeatureStore(tmp_path / "ray", readonly=True)) as store:
-        duration = store.track(tmp_path / "music" / "cut.mp3").duration
+        duration = store.track(tmp_path / "music" / "cut.m4a").duration
     assert duration is not None and 55 < duration < 70, duration
 
 
