@@ -48,11 +48,13 @@ real, frozen = getattr(owner, name), []
 def freeze():  # sent to this thread, which stops at once (sent to the process, the main thread takes it, later)
     if not frozen:
         frozen.append(signal.pthread_kill(threading.get_ident(), signal.SIGSTOP))
+match = os.environ.get("FREEZE_MATCH", "")  # only at a call one of whose arguments holds it
 def freezing(*args, **kwargs):
-    if when == "before":
+    hit = not match or any(match in str(a) for a in args)
+    if when == "before" and hit:
         freeze()
     out = real(*args, **kwargs)
-    if when == "after":
+    if when == "after" and hit:
         freeze()
     return out
 setattr(owner, name, freezing)
@@ -62,10 +64,11 @@ main()
 """
 
 
-def _frozen(at: str, *args: str) -> subprocess.Popen:
-    """`mess ARGS`, stopped by itself once at the call ``at`` (``module:attribute:before|after``)."""
+def _frozen(at: str, *args: str, match: str = "") -> subprocess.Popen:
+    """`mess ARGS`, stopped by itself once at the call ``at`` (``module:attribute:before|after``), the first one with
+    an argument holding ``match``."""
     proc = subprocess.Popen([sys.executable, "-c", _FREEZING, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "FREEZE": at})
+                            text=True, env={**os.environ, "FREEZE": at, "FREEZE_MATCH": match})
     _, status = os.waitpid(proc.pid, os.WUNTRACED)
     assert os.WIFSTOPPED(status), f"{args} ended before {at}: {proc.communicate()}"
     return proc
@@ -445,23 +448,27 @@ def test_a_folder_where_an_index_file_belongs_is_moved_aside_by_repair(dsp_store
 
 
 @pytest.mark.xdist_group("store_redteam_dsp")
-def test_a_first_index_killed_between_its_files_leaves_nothing_unnamed(dsp_store: tuple[Path, Path],
-                                                                        tmp_path: Path) -> None:
-    """The first `mess index` of a vector set killed after it saved the .npz (the ids and hashes it holds), before the
-    .faiss: `mess check` said ok and `--repair` kept the .npz for good (128 MB at a million tracks). It is named as an
-    index out of date, deleted by the repair, and the next `mess index` saves all three files."""
+@pytest.mark.parametrize(("renamed", "left"), [
+    ("layer-mfcc", ["run1-layer-mfcc-zscore.json"]),
+    ("mfcc-zscore.faiss", ["run1-layer-mfcc-zscore.faiss", "run1-layer-mfcc-zscore.json"]),
+])
+def test_a_first_index_killed_between_its_files_leaves_nothing_unnamed(dsp_store: tuple[Path, Path], tmp_path: Path,
+                                                                        renamed: str, left: list[str]) -> None:
+    """The first `mess index` of a vector set killed between the renames of its three files (they are written and
+    synced first, then renamed: the .json, the .faiss, the .npz): `mess check` said ok and `--repair` kept a lone .npz
+    for good (128 MB at a million tracks), when the .npz was renamed first. What is left is named as an index out of
+    date, deleted by the repair, and the next `mess index` saves all three files."""
     _, original = dsp_store
     store = tmp_path / "store"
     shutil.copytree(original, store)
-    index = _frozen("mess.search.ann:replacing:before", "index", "--layer", "mfcc", "--store", str(store))
+    index = _frozen("os:replace:after", "index", "--layer", "mfcc", "--store", str(store), match=renamed)
     _killed(index)
-    left = sorted(p.name for p in (store / "indexes").iterdir() if not p.name.startswith("."))
-    assert left == ["run1-layer-mfcc-zscore.npz"]
+    assert sorted(p.name for p in (store / "indexes").iterdir() if not p.name.startswith(".")) == left
     checked = mess_here("check", "--json", "--store", str(store))
-    assert [(p["kind"], p["message"]) for p in json.loads(checked.stdout)["problems"]
-            if p["kind"] == "stale-index"] == [("stale-index", "run1-layer-mfcc-zscore.npz is out of date")]
+    stale = [p["message"] for p in json.loads(checked.stdout)["problems"] if p["kind"] == "stale-index"]
+    assert len(stale) == 1 and stale[0] in [f"{name} is out of date" for name in left], stale
     assert mess_here("check", "--repair", "--store", str(store)).returncode == 0
-    assert not (store / "indexes" / "run1-layer-mfcc-zscore.npz").exists()
+    assert not any((store / "indexes" / name).exists() for name in left)
     assert mess_here("index", "--layer", "mfcc", "--store", str(store)).returncode == 0
     assert "stale-index" not in mess_here("check", "--json", "--store", str(store)).stdout
 
