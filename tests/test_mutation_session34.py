@@ -1,6 +1,7 @@
 """What mutation testing of session 33's new code found untested (notes/mutation_session34.md): Ray's inspected rows
 handed on in input order as soon as they can be, the advice's extract options, the reader's look at the store lock,
-the duplicate guard's audio comparisons and the re-ranked scores' rounding. Expected answers come from the
+the duplicate guard's audio comparisons, the re-ranked scores' rounding and a file never read left out of the
+catalogue. Expected answers come from the
 definitions (the order the rows arrive in), shlex and the window policy's own JSON, real processes holding the lock,
 the fixture's copies of one recording, and numpy."""
 
@@ -233,3 +234,36 @@ def test_a_device_torch_lacks_is_named_with_the_devices_it_has(visible: int, mon
     seen = f"{visible} CUDA GPU(s) are visible (cuda:0..cuda:{visible - 1})" if visible else "no CUDA GPU is visible"
     for device in (f"cuda:{visible}", f"cuda:{visible + 1}"):
         assert device_missing(device) == f"--device {device} asked for, but {seen}"
+
+
+# ---------------------------------------------------------------- a file never read is not catalogued
+
+
+def test_a_file_gone_before_it_was_read_is_named_failed_and_not_catalogued(tmp_path: Path) -> None:
+    """A file that fails before it is inspected (here: removed between the walk and the run) has no content hash;
+    it is reported by name and left out of the catalogue, not catalogued with an empty hash; when it is back, the
+    next run catalogues and embeds it. Expected: the paths the test wrote and removed."""
+    import soundfile as sf
+    from tones import write_tones
+
+    from mess.audio.discover import find_audio
+    from mess.extract.pipeline import extract
+    from mess.models.dsp import DspModel
+
+    music = tmp_path / "music"
+    files = write_tones(music, 3, seconds=3.0, sr=22050, wave=lambda i, t: 0.3 * np.sin(2 * np.pi * 110 * (i + 1) * t))
+    gone = files[1]
+    kept = gone.read_bytes()
+    paths = find_audio([music])
+    gone.unlink()
+    store = FeatureStore(tmp_path / "store")
+    policy = WindowPolicy(window_seconds=2.0, max_windows=1)
+    summary = extract(store, paths, DspModel(), policy)
+    assert summary.done == 2 and [Path(p) for p, _ in summary.failed] == [gone]
+    assert store.track_at(gone) is None
+    assert sorted(Path(t.path) for t in store.tracks()) == [files[0], files[2]]
+    assert all(t.content_hash for t in store.tracks())
+    gone.write_bytes(kept)
+    assert extract(store, find_audio([music]), DspModel(), policy).done == 1
+    back = store.track_at(gone)
+    assert back is not None and back.content_hash and back.duration == pytest.approx(sf.info(gone).duration)
