@@ -8,7 +8,7 @@ correlates at its best lag (:data:`SAME_SCORE`) and their loudness keeps one rat
 another mix of the same stems rides the levels differently). Thresholds were calibrated on the development
 soundtracks (notes/same_recording_session33.md, notes/recording_session34.md). Nothing is stored or extracted:
 callers check only pairs that are already close in embedding space; a file's decoded spans are kept in the process
-(by path, size, mtime and inode) for the files it meets next.
+(by path and its stamp: size, mtime, inode, ctime) for the files it meets next.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mess.audio.spectrum import stft
+from mess.constants import file_stamp
 
 RATE = 8000  # Hz: the band every lossy codec keeps at its lowest rates
 SPAN_SECONDS = 8.0  # of each span compared
@@ -205,14 +206,13 @@ def _rounded(duration: float) -> float:
     return math.floor(duration / _STEP) * _STEP
 
 
-def _stamp(path: Path) -> tuple[int, int, int]:
-    """(size, mtime, inode) of ``path``: what its cached spans are kept for."""
-    stat = path.stat()
-    return stat.st_size, stat.st_mtime_ns, stat.st_ino
+def _stamp(path: Path) -> str:
+    """:func:`mess.constants.file_stamp` of ``path`` (size, mtime, inode, ctime): what its cached spans are kept for."""
+    return file_stamp(path.stat())
 
 
 @lru_cache(maxsize=16)
-def _sounding(path: Path, stamp: tuple[int, int, int], duration: float) -> np.ndarray:
+def _sounding(path: Path, stamp: str, duration: float) -> np.ndarray:
     """The starts (s), on a half-second grid within :func:`_span_range`, from which ``path`` as it is (``stamp``)
     sounds throughout a span: the whole file decoded (only for a file with a span silent in part)."""
     from mess.audio.decode import load_audio
@@ -234,7 +234,7 @@ class _Decoded:
 
 
 @lru_cache(maxsize=192)
-def _decoded(path: Path, stamp: tuple[int, int, int], start: float, seconds: float) -> _Decoded:
+def _decoded(path: Path, stamp: str, start: float, seconds: float) -> _Decoded:
     """The span of ``seconds`` at ``start`` of ``path`` as it is (``stamp``), decoded once for all the files it is
     compared with, first or second (a radio's candidate meets several kept tracks, then is kept)."""
     from mess.audio.decode import load_segments
@@ -266,7 +266,7 @@ def _duration(path: Path) -> float:
 
 
 @lru_cache(maxsize=256)
-def _probed(path: Path, stamp: tuple[int, int, int]) -> float:
+def _probed(path: Path, stamp: str) -> float:
     """:func:`_duration` of ``path`` as it is (``stamp``): probing an MP3 reads its packets (60 ms for 5 minutes)."""
     from mess.audio.decode import AudioError, probe
 
