@@ -207,7 +207,7 @@ def test_fuse_apply_killed_before_its_commit_leaves_the_set_before_whole(
     store = tmp_path / "store"
     shutil.copytree(original, store)
     before = _fused(store)
-    apply = _frozen("mess.store.feature_store:RowFile.replace:after", "fuse", "apply", "--checkpoint", str(second),
+    apply = _frozen("mess.store.derived:RowFile.replace:after", "fuse", "apply", "--checkpoint", str(second),
                     "--store", str(store))
     _same(_fused(store), before)
     _killed(apply)
@@ -266,7 +266,7 @@ def test_an_extract_frozen_mid_write_is_waited_for_named_and_killed_without_loss
     store, new = tmp_path / "store", tmp_path / "new"
     shutil.copytree(original, store)
     _tones(new, 3, seconds=2.0, offset=4)
-    extract = _frozen("mess.store.feature_store:pack:before", "extract", str(new), *DSP, "--store", str(store))
+    extract = _frozen("mess.store.vectors:pack:before", "extract", str(new), *DSP, "--store", str(store))
     try:
         _assert_same(_by_path(store), _by_path(original))
         checked = mess_here("check", "--json", "--store", str(store))  # bytes past the catalog's rows; files not done

@@ -1,0 +1,185 @@
+"""A feature store's open catalog connection: the write lock, transactions, snapshots, reads."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import sys
+import threading
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from mess.store.catalog import has_column
+from mess.store.errors import CATALOG_ADVICE, DerivedRewritten, StoreDamaged, StoreError
+from mess.store.lock import LockUnusable, StoreLock
+from mess.store.memo import MEMO
+from mess.store.paths import printable
+from mess.store.records import Track, TrackList
+
+T = TypeVar("T")
+_READ_TRIES = 3  # reads of a derived set that fuse apply rewrites twice while it is read, each time (see reading)
+
+
+def _command_name() -> str:
+    """What this process is, for the lock holder note: 'mess extract', 'python bench.py', ..."""
+    argv = [a for a in sys.argv[:2] if a] or ["python"]
+    return " ".join([argv[0].rsplit("/", 1)[-1], *argv[1:]])
+
+
+class StoreConnection:
+    """A feature store's open catalog: its one connection shared by a process's threads, the write lock and
+    transactions, snapshots, the change token and memo. :class:`~mess.store.feature_store.FeatureStore` opens it."""
+
+    root: Path
+    db: sqlite3.Connection
+    lock: StoreLock
+    readonly: bool
+    on_wait: Callable[[str], None] | None
+    _lock: threading.RLock
+    _scope: tuple[str, int]
+
+    # ---- the write lock ---------------------------------------------------------------
+    def writing(
+        self, command: str, *, wait: bool = True, on_wait: Callable[[str], None] | None = None
+    ) -> contextlib.AbstractContextManager[None]:
+        """Hold the store's inter-process write lock for a whole job (see :class:`StoreLock`)."""
+        if self.readonly:
+            raise StoreError(f"{self.root} was opened read-only")
+        return self._holding(command, wait=wait, on_wait=on_wait or self.on_wait)
+
+    @contextmanager
+    def _holding(self, command: str, *, wait: bool = True,
+                 on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """The write lock held for a block; a lock file that is not a file (a folder) is StoreDamaged naming it."""
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(self.lock.hold(command, wait=wait, on_wait=on_wait))
+            except LockUnusable as exc:
+                raise StoreDamaged(str(exc)) from None
+            yield
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside the block all see one catalog version, whatever other processes commit meanwhile (other
+        threads' calls wait for the block to end)."""
+        with self._lock:
+            if self.db.in_transaction:
+                yield
+                return
+            self.db.execute("BEGIN")
+            try:
+                yield
+            finally:
+                self.db.rollback()
+
+    def reading(self, read: Callable[[], T]) -> T:
+        """``read()`` inside one snapshot; where a derived set it reads was rewritten twice meanwhile (`fuse apply`
+        deletes the file of the version before the last: :class:`DerivedRewritten`), read again on the newest
+        version, up to ``_READ_TRIES`` times in all. Inside an outer snapshot it reads once: that one's reader, the
+        outermost, reads again."""
+        with self._lock:
+            outer = self.db.in_transaction
+        attempt = 1
+        while True:
+            try:
+                with self.snapshot():
+                    return read()
+            except DerivedRewritten:
+                if outer or attempt >= _READ_TRIES:
+                    raise
+                attempt += 1
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """One write: this process's threads in turn, under the inter-process lock, in one transaction.
+
+        A write the system refuses (a full disk, a read-only or failing file system) is a StoreError
+        naming the cause: the transaction is rolled back and everything committed before is kept.
+        """
+        try:
+            with self._lock, self._holding(_command_name(), on_wait=self.on_wait), self.db:
+                yield
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is sqlite3.DatabaseError:  # SQLite found a damaged page: the catalog is damaged, not the disk
+                raise self._catalog_damaged(exc) from None
+            if not isinstance(exc, sqlite3.OperationalError):
+                raise
+            raise self._write_refused(exc) from None
+        except OSError as exc:
+            raise self._write_refused(exc) from None
+
+    def _write_refused(self, exc: OSError | sqlite3.OperationalError) -> StoreError:
+        """The StoreError of a write the system refused."""
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if isinstance(exc, OSError) and exc.filename:
+            reason = f"{printable(str(exc.filename))}: {reason}"
+        return StoreError(f"cannot write to the store at {self.root} ({reason}); what was written before is "
+                          "kept: fix the cause (free disk space, say) and run the command again")
+
+    def _catalog_damaged(self, exc: sqlite3.DatabaseError) -> StoreDamaged:
+        """What a read or write says when SQLite finds a damaged page of the catalog ('database disk image is
+        malformed'): opening the store reads only some of its pages, so a query may be the first to meet it."""
+        return StoreDamaged(f"{self.root} is damaged: the catalog cannot be read ({exc}); {CATALOG_ADVICE}")
+
+    def _query(self, sql: str, args: Sequence[object] = ()) -> list[sqlite3.Row]:
+        """All rows of one read, executed and fetched while this thread holds the connection (StoreDamaged when
+        SQLite finds the catalog damaged)."""
+        with self._lock:
+            try:
+                return self.db.execute(sql, args).fetchall()
+            except sqlite3.DatabaseError as exc:
+                if type(exc) is not sqlite3.DatabaseError:
+                    raise
+                raise self._catalog_damaged(exc) from None
+
+    def _one(self, sql: str, args: Sequence[object] = ()) -> sqlite3.Row | None:
+        """The first row of one read (:meth:`_query`), or None."""
+        rows = self._query(sql, args)
+        return rows[0] if rows else None
+
+    def _has_column(self, table: str, column: str) -> bool:
+        """Whether the catalog's ``table`` has ``column`` (see :func:`has_column`)."""
+        with self._lock:
+            return has_column(self.db, table, column)
+
+    # ---- change token and memo ------------------------------------------------------
+    def version(self) -> tuple[int, int]:
+        """A token that changes whenever the catalog may have changed.
+
+        ``PRAGMA data_version`` changes when another connection (another FeatureStore,
+        another process such as a running ``mess extract``) commits; ``total_changes``
+        counts this connection's own inserts, updates and deletes. Vector files are
+        written before the catalog rows that reference them, so every change a reader
+        can see moves this token. It costs one tiny SQLite statement.
+        Tokens compare only within one FeatureStore: a connection opened later can
+        repeat the token an older one had at another catalog version.
+        """
+        with self._lock:
+            return int(self.db.execute("PRAGMA data_version").fetchone()[0]), self.db.total_changes
+
+    def cached(self, key: Hashable, make: Callable[[], T], *, tracks: Sequence[Track] | None = None) -> T:
+        """``make()``, kept in the process's memo (:mod:`mess.store.memo`) until :meth:`version` changes.
+
+        ``make`` must read what it needs from this store (not from data fetched before the
+        call): the token is read first, so a value is never older than its token. With
+        ``tracks`` (what :meth:`tracks` returned), ``make`` reads them instead and the value is
+        kept for the catalog version they were read at; any other sequence is not memoised.
+        Cached values are shared between callers; return immutable data.
+        """
+        if tracks is None:
+            return MEMO.get(self._scope, self.version(), key, make)
+        if isinstance(tracks, TrackList) and tracks.scope == self._scope:
+            return MEMO.get(self._scope, tracks.version, (tracks.query, key), make)
+        return make()
+
+    @property
+    def reports_dir(self) -> Path:
+        """Where probe, evaluation and fusion reports are written."""
+        return self.root / "reports"
+
+    @property
+    def indexes_dir(self) -> Path:
+        """Where FAISS indexes are written."""
+        return self.root / "indexes"
