@@ -28,6 +28,17 @@ def non_finite(block: np.ndarray) -> np.ndarray:
     return np.bitwise_and(block.view(np.uint16), 0x7C00).max(axis=1, initial=0) == 0x7C00
 
 
+UNSTORABLE = "as stored: NaN, infinite or past float16's largest value, 65504"  # what :func:`unstorable` finds
+
+
+def unstorable(values: np.ndarray) -> np.ndarray:
+    """Which rows of ``values`` (which values, of one vector) a row file cannot hold as finite numbers: NaN,
+    infinity, or past float16's largest value, which storing turns into infinity (:data:`UNSTORABLE`)."""
+    with np.errstate(over="ignore"):
+        stored = np.asarray(values, dtype=DTYPE)
+    return np.asarray(~np.isfinite(stored).all(axis=tuple(range(1, stored.ndim))))
+
+
 def set_aside(path: Path, root: Path) -> tuple[Path, Path]:
     """Rename what stands where a row file belongs (a directory, a link loop; or a file where one of its folders
     below ``root`` belongs) to ``NAME.<ns>.not-a-row-file`` beside it, deleting nothing: (what was moved, where)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mess.store.arrays import DTYPE, RowFile, set_aside
+from mess.store.arrays import DTYPE, UNSTORABLE, RowFile, set_aside, unstorable
 from mess.store.checksums import changed, row_expected, row_sums
 from mess.store.errors import DerivedRewritten, StoreDamaged, StoreError
 from mess.store.records import Run
@@ -30,13 +30,11 @@ class DerivedSets(VectorRows):
         stored (NaN, infinity, or past float16's largest value, 65504) are refused (ValueError) before anything is
         written, as :meth:`write_vectors` refuses them.
         """
-        with np.errstate(over="ignore"):  # a value past float16's range becomes infinity: refused here
-            bad = ~np.isfinite(np.asarray(matrix, dtype=DTYPE)).all(axis=tuple(range(1, np.ndim(matrix))))
+        bad = unstorable(matrix)
         if bad.any():
             first = int(np.argmax(bad))
             content = content_hashes[first] if first < len(content_hashes) else f"of row {first}"
-            raise ValueError(f"non-finite {name} vectors for content {content} (as stored: NaN, infinite or past "
-                             "float16's largest value, 65504)")
+            raise ValueError(f"non-finite {name} vectors for content {content} ({UNSTORABLE})")
         with self._write():
             rows = self.track_rows(run)
             dim = matrix.shape[1]

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mess.store.arrays import DTYPE, RowFile, ShortFile
+from mess.store.arrays import DTYPE, UNSTORABLE, RowFile, ShortFile, unstorable
 from mess.store.checksums import block_sum, changed, expected, pack
 from mess.store.errors import StoreDamaged, StoreError
 from mess.store.paths import from_db_path
@@ -52,11 +52,9 @@ class VectorRows(RunCatalog):
                 raise ValueError(f"vectors for content {it.content_hash} do not fit {run.model}'s layers of sizes "
                                  f"{list(run.layer_dims)} (track vectors of shapes {shapes[0]}, windows of shapes "
                                  f"{shapes[1]} for {len(it.seg_starts)} start times)")
-        with np.errstate(over="ignore"):  # a value past float16's range becomes infinity: refused below
-            for it in items:
-                if not all(np.isfinite(np.asarray(v, dtype=DTYPE)).all() for v in (*it.layers, *it.segments)):
-                    raise ValueError(f"non-finite vectors for content {it.content_hash} (as stored: NaN, infinite "
-                                     "or past float16's largest value, 65504)")
+        for it in items:
+            if any(unstorable(v).any() for v in (*it.layers, *it.segments)):
+                raise ValueError(f"non-finite vectors for content {it.content_hash} ({UNSTORABLE})")
         with self._write():
             unique = {it.content_hash: it for it in items if not self.has_vectors(run, it.content_hash)}
             items = list(unique.values())
