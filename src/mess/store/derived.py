@@ -135,7 +135,7 @@ class DerivedSets(VectorRows):
         wrote it) of each derived vector set, by name."""
         sums = "checksums" if self._has_column("derived", "checksums") else "NULL AS checksums"  # older, read-only
         sets = self._query(f"SELECT name, dim, meta, {sums} FROM derived WHERE run_id=? ORDER BY name", (run.id,))
-        folder = self.root / "runs" / str(run.id) / "derived"
+        folder = self._run_folder(run) / "derived"
         return [(name, RowFile(folder / _derived_file(name, json.loads(meta)), dim), blob)
                 for name, dim, meta, blob in sets]
 
@@ -160,7 +160,7 @@ class DerivedSets(VectorRows):
 
     def derived_path(self, run: Run, name: str) -> Path:
         """The row file of a derived vector set, as the catalog names it."""
-        return self.root / "runs" / str(run.id) / "derived" / _derived_file(name, self.derived_meta(run, name))
+        return self._run_folder(run) / "derived" / _derived_file(name, self.derived_meta(run, name))
 
 
 def _derived_file(name: str, meta: dict | None) -> str:

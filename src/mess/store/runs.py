@@ -117,10 +117,14 @@ class RunCatalog(TrackCatalog):
         (:meth:`run`)."""
         return run.model if self.run(run.model).id == run.id else f"{run.model}@{run.id}"
 
+    def _run_folder(self, run: Run) -> Path:
+        """``STORE/runs/ID``: the run's row files (track/, segment/), derived sets (derived/) and model record."""
+        return self.root / "runs" / str(run.id)
+
     # ---- where a run's model came from ---------------------------------------------------
     def model_source_path(self, run: Run) -> Path:
         """``runs/ID/source.json``: the record :meth:`set_model_source` writes."""
-        return self.root / "runs" / str(run.id) / "source.json"
+        return self._run_folder(run) / "source.json"
 
     def set_model_source(self, run: Run, source: dict[str, str]) -> None:
         """Record, as plain data, how to load the run's model again where its name cannot (an ``.onnx`` file's

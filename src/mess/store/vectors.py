@@ -22,7 +22,7 @@ class VectorRows(RunCatalog):
 
     def row_file(self, run: Run, level: str, layer: int) -> RowFile:
         """The float16 row file of one layer at one level ('track' or 'segment')."""
-        return RowFile(self.root / "runs" / str(run.id) / level / f"{layer:03d}.f16", run.layer_dims[layer])
+        return RowFile(self._run_folder(run) / level / f"{layer:03d}.f16", run.layer_dims[layer])
 
     def catalog_rows(self, run: Run) -> tuple[int, int]:
         """(track rows, segment rows) that the catalog references: row files hold at least these."""
