@@ -6,12 +6,13 @@ import codecs
 import io
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain
 from pathlib import Path
+from typing import TypeVar
 
 import av
 import numpy as np
@@ -38,6 +39,9 @@ _ID3V1_UNREAD = frozenset({".wv", ".mpc", ".flac"})
 # its Monkey's Audio, WavPack and Musepack demuxers do not open a file that starts with an ID3v2 tag (their own
 # decoders skip it)
 _ID3V2_UNREAD = frozenset({".ape", ".wv", ".mpc"})
+
+
+_T = TypeVar("_T")
 
 
 class AudioError(Exception):
@@ -201,17 +205,7 @@ def load_audio(path: str | Path, sample_rate: int, max_seconds: float | None = N
     """
     path = Path(path)
     limit = None if max_seconds is None else int(max_seconds * sample_rate)
-    ffmpeg_first = audio_suffix(path.name) in _FFMPEG_FIRST
-    try:
-        out = _decode_whole(path, sample_rate, limit, _decoded_blocks(path, ffmpeg_first))
-    except AudioError:
-        if len(links := _ogg_links(path)) > 1:
-            parts = chain.from_iterable(_pyav_blocks(path, link) for link in links)
-            out = _decode_whole(path, sample_rate, limit, parts)
-        elif not ffmpeg_first or (f := _open_soundfile(path)) is None:
-            raise
-        else:
-            out = _decode_whole(path, sample_rate, limit, _soundfile_blocks(f))
+    out = _decode_whole(path, lambda blocks: _resample_stream(blocks, sample_rate, limit))
     if out.size == 0:
         raise AudioError(f"{path}: contains no audio samples")
     if not np.all(np.isfinite(out)):
@@ -219,11 +213,52 @@ def load_audio(path: str | Path, sample_rate: int, max_seconds: float | None = N
     return out
 
 
-def _decode_whole(path: Path, sample_rate: int, limit: int | None,
-                  blocks: Iterator[tuple[np.ndarray, int]]) -> np.ndarray:
-    """Mono samples (up to ``limit``) of a file's decoded ``blocks``; a libsndfile failure as AudioError."""
+def reduce_audio(path: str | Path, sample_rate: int, consume: Callable[[Iterator[np.ndarray]], _T]) -> _T:
+    """``consume`` of the mono float32 chunks at ``sample_rate`` that make up :func:`load_audio` of ``path``, without
+    holding them: memory is what ``consume`` keeps (a level per second, say), not the file's length. When the first
+    decoder gives up part-way, ``consume`` is called again on the other's chunks from the start (as
+    :func:`load_audio` decodes again). AudioError, as :func:`load_audio`'s, for a file with no samples or with NaN."""
+    path = Path(path)
+    seen = [0, True]  # samples and whether all were finite, of the last decoder's chunks
+
+    def watched(blocks: Iterable[tuple[np.ndarray, int]]) -> _T:
+        seen[:] = [0, True]
+
+        def chunks() -> Iterator[np.ndarray]:
+            for chunk in _resampled(blocks, sample_rate):
+                seen[0] += chunk.size
+                seen[1] = seen[1] and bool(np.isfinite(chunk).all())
+                yield chunk
+
+        return consume(chunks())
+
+    result = _decode_whole(path, watched)
+    if not seen[0]:
+        raise AudioError(f"{path}: contains no audio samples")
+    if not seen[1]:
+        raise AudioError(f"{path}: decoded samples contain NaN or infinity")
+    return result
+
+
+def _decode_whole(path: Path, consume: Callable[[Iterator[tuple[np.ndarray, int]]], _T]) -> _T:
+    """``consume`` of the whole file's decoded blocks (see :func:`load_audio` for the decoders tried), a libsndfile
+    failure as AudioError."""
+    ffmpeg_first = audio_suffix(path.name) in _FFMPEG_FIRST
     try:
-        return _resample_stream(blocks, sample_rate, limit)
+        return _consumed(path, consume, _decoded_blocks(path, ffmpeg_first))
+    except AudioError:
+        if len(links := _ogg_links(path)) > 1:
+            return _consumed(path, consume, chain.from_iterable(_pyav_blocks(path, link) for link in links))
+        if not ffmpeg_first or (f := _open_soundfile(path)) is None:
+            raise
+        return _consumed(path, consume, _soundfile_blocks(f))
+
+
+def _consumed(path: Path, consume: Callable[[Iterator[tuple[np.ndarray, int]]], _T],
+              blocks: Iterator[tuple[np.ndarray, int]]) -> _T:
+    """``consume(blocks)``, a libsndfile failure as AudioError."""
+    try:
+        return consume(blocks)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise AudioError(f"{path}: decoding failed part-way ({exc})") from exc
 
@@ -415,33 +450,39 @@ def _cut(chunk: np.ndarray, first: int, in_rate: int, ended: bool, start: float,
 
 
 def _resample_stream(blocks: Iterable[tuple[np.ndarray, int]], sample_rate: int, limit: int | None) -> np.ndarray:
-    """Downmix and resample a stream of (frames x channels, rate) blocks.
+    """Downmix and resample a stream of (frames x channels, rate) blocks (up to ``limit`` samples)."""
+    parts: list[np.ndarray] = []
+    total = 0
+    for part in _resampled(blocks, sample_rate):
+        parts.append(part)
+        total += part.size
+        if limit is not None and total >= limit:
+            break
+    audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    return audio[:limit] if limit is not None else audio
+
+
+def _resampled(blocks: Iterable[tuple[np.ndarray, int]], sample_rate: int) -> Iterator[np.ndarray]:
+    """The mono chunks at ``sample_rate`` of a stream of (frames x channels, rate) blocks, one by one.
 
     A rate that changes part-way (streams joined end to end) ends one resampler and starts another,
     so every part keeps its pitch and length.
     """
     stream: soxr.ResampleStream | None = None
     stream_rate = 0
-    parts: list[np.ndarray] = []
-    total = 0
     for block, in_rate in blocks:
         mono = downmix(block)
         if stream is not None and in_rate != stream_rate:
-            parts.append(stream.resample_chunk(np.zeros(0, np.float32), last=True))
+            yield stream.resample_chunk(np.zeros(0, np.float32), last=True)
             stream = None
         if in_rate != sample_rate:
             if stream is None:
                 stream = soxr.ResampleStream(in_rate, sample_rate, 1, dtype="float32", quality="HQ")
                 stream_rate = in_rate
             mono = stream.resample_chunk(mono)
-        parts.append(mono)
-        total += mono.size
-        if limit is not None and total >= limit:
-            break
+        yield mono
     if stream is not None:
-        parts.append(stream.resample_chunk(np.zeros(0, np.float32), last=True))
-    audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-    return audio[:limit] if limit is not None else audio
+        yield stream.resample_chunk(np.zeros(0, np.float32), last=True)
 
 
 def _decoded_blocks(path: Path, ffmpeg_first: bool = False) -> Iterator[tuple[np.ndarray, int]]:

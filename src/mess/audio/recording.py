@@ -214,14 +214,28 @@ def _stamp(path: Path) -> str:
 @lru_cache(maxsize=16)
 def _sounding(path: Path, stamp: str, duration: float) -> np.ndarray:
     """The starts (s), on a half-second grid within :func:`_span_range`, from which ``path`` as it is (``stamp``)
-    sounds throughout a span: the whole file decoded (only for a file with a span silent in part)."""
-    from mess.audio.decode import load_audio
+    sounds throughout a span: the whole file decoded (only for a file with a span silent in part), its levels taken
+    chunk by chunk (an hour's samples are never held: 115 MB at :data:`RATE`)."""
+    from mess.audio.decode import reduce_audio
 
     span, first, last = _span_range(duration)
-    sounds = (_levels(load_audio(path, RATE)) >= SILENT_DB).astype(np.float64)
+    sounds = (reduce_audio(path, RATE, _chunk_levels) >= SILENT_DB).astype(np.float64)
     blocks = math.ceil(span / _BLOCK)
     grid = np.flatnonzero(np.convolve(sounds, np.ones(blocks), "valid") == blocks) * _BLOCK
     return grid[(grid >= first) & (grid <= last)]
+
+
+def _chunk_levels(chunks: Iterator[np.ndarray]) -> np.ndarray:
+    """:func:`_levels` of the audio that ``chunks`` make up, each block's as if they were joined."""
+    n = int(_BLOCK * RATE)
+    rest = np.zeros(0, np.float32)
+    levels = [np.zeros(0)]
+    for chunk in chunks:
+        joined = np.concatenate([rest, chunk])
+        whole = len(joined) // n * n
+        levels.append(_levels(joined[:whole]))
+        rest = joined[whole:]
+    return np.concatenate(levels)
 
 
 @dataclass(frozen=True)
