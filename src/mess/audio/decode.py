@@ -627,6 +627,13 @@ def _open_link(path: Path, link: tuple[int, int]) -> Iterator[av.container.Input
         yield container
 
 
+def channel_blocks(path: str | Path) -> Iterator[tuple[np.ndarray, int]]:
+    """The file's samples with its channels kept, as FFmpeg decodes them: (frames x channels float32, rate) blocks in
+    order (priming stamped before time 0 dropped, as :func:`load_audio` drops it; 8-bit PCM centred; 8 channels or
+    more read plane by plane). AudioError, naming the file, when FFmpeg cannot decode it."""
+    return _pyav_blocks(Path(path))
+
+
 def _pyav_blocks(path: Path, link: tuple[int, int] | None = None) -> Iterator[tuple[np.ndarray, int]]:
     """FFmpeg's frames, joined into blocks of at least :data:`_BLOCK_FRAMES` samples (or a layout change); only
     those of the bytes ``link`` when given (see :func:`_ogg_links`).

@@ -9,16 +9,15 @@ import av
 import numpy as np
 import soxr
 
-from mess.audio.decode import AudioError, _pyav_blocks
+from mess.audio.decode import AudioError, channel_blocks
 
 
 def read_channels(path: Path, seconds: float | None = None) -> tuple[np.ndarray, int]:
-    """([channels, samples] float32 in [-1, 1], rate) of ``path`` as the decoder's FFmpeg path reads it (priming
-    dropped, as :func:`mess.audio.decode.load_audio` drops it; 8-bit PCM centred; 8 channels or more), the first
-    ``seconds`` when given. AudioError for a file whose rate or channels change part-way."""
+    """([channels, samples] float32 in [-1, 1], rate) of ``path`` as :func:`mess.audio.decode.channel_blocks` reads
+    it, the first ``seconds`` when given. AudioError for a file whose rate or channels change part-way."""
     blocks: list[np.ndarray] = []
     rates: set[int] = set()
-    for block, rate in _pyav_blocks(path):
+    for block, rate in channel_blocks(path):
         blocks.append(block)
         rates.add(rate)
         if seconds is not None and sum(map(len, blocks)) >= seconds * rate:
