@@ -67,14 +67,16 @@ def radio_cost(root: Path, seeds: int = 20, n: int = 20) -> None:
     real = playlist.compared
     calls: list[float] = []  # the seconds of each comparison made (a pair that was decoded)
 
-    def counted(a: str, a_duration: float | None, b: str, b_duration: float | None) -> recording.RecordingMatch | None:
+    def counted(a: str | recording.FirstSpans, a_duration: float | None, b: str,
+                   b_duration: float | None) -> recording.RecordingMatch | None:
         t = time.perf_counter()
         match = real(a, a_duration, b, b_duration)
         if match is not None:
             calls.append(time.perf_counter() - t)
         return match
 
-    def never(a: str, a_duration: float | None, b: str, b_duration: float | None) -> recording.RecordingMatch | None:
+    def never(a: str | recording.FirstSpans, a_duration: float | None, b: str,
+                 b_duration: float | None) -> recording.RecordingMatch | None:
         return None  # not compared
 
     with closing(FeatureStore(root)) as store:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -67,15 +67,51 @@ class RecordingMatch:
                 "reason": self.reason}
 
 
-def same_recording(a: str | Path, b: str | Path) -> RecordingMatch:
-    """Whether ``a`` and ``b`` are the same recording. Files that cannot be read, or whose durations differ by more
-    than :data:`DURATION_TOLERANCE`, are not (the reason says which); never raises for bad audio."""
+@dataclass(frozen=True)
+class FirstSpans:
+    """A first file's side of :func:`same_recording`, made by :func:`first_spans` where the file may be decoded (an
+    upload's, in the server's embedding process) and compared where it may not: its ``duration``, where its spans
+    would fall (``starts``) and where they fell (``places``: moved off silence by :func:`place`), the floored log-mel
+    spectrogram of each span there (``fixed``: place -> [frames, bands]); ``error``: why there are none (the reason
+    to give)."""
+
+    duration: float = 0.0
+    starts: tuple[float, ...] = ()
+    places: tuple[float, ...] = ()
+    fixed: dict[float, np.ndarray] = field(default_factory=dict)
+    error: str | None = None
+
+
+def first_spans(path: str | Path) -> FirstSpans:
+    """The :class:`FirstSpans` of ``path``: its three spans decoded and placed (none for a file too short to compare);
+    never raises for bad audio (``error`` says why)."""
+    from mess.audio.decode import AudioError
+
+    path = Path(path)
+    try:
+        duration = _duration(path)
+        starts, span = span_starts(duration)
+        if span < MIN_SPAN:
+            return FirstSpans(duration, tuple(starts))
+        places = [place(path, duration, start) for start in starts]
+        return FirstSpans(duration, tuple(starts), tuple(places), {p: _fixed(path, p, span) for p in places})
+    except (AudioError, OSError) as exc:
+        return FirstSpans(error=str(exc))
+
+
+def same_recording(a: str | Path | FirstSpans, b: str | Path) -> RecordingMatch:
+    """Whether ``a`` (a file, or the :func:`first_spans` of one) and ``b`` are the same recording. Files that cannot
+    be read, or whose durations differ by more than :data:`DURATION_TOLERANCE`, are not (the reason says which);
+    never raises for bad audio."""
     from mess.audio.decode import AudioError  # here: only a comparison made loads the decoders
 
-    a, b = Path(a), Path(b)
+    a = a if isinstance(a, FirstSpans) else Path(a)
+    b = Path(b)
     nan = float("nan")
     try:
-        durations = (_duration(a), _duration(b))
+        if isinstance(a, FirstSpans) and a.error is not None:
+            raise AudioError(a.error)
+        durations = (a.duration if isinstance(a, FirstSpans) else _duration(a), _duration(b))
     except (AudioError, OSError) as exc:
         return RecordingMatch(False, nan, 0.0, nan, (0.0, 0.0), f"not compared: {exc}")
     if abs(durations[0] - durations[1]) > DURATION_TOLERANCE:
@@ -87,8 +123,8 @@ def same_recording(a: str | Path, b: str | Path) -> RecordingMatch:
     placed: list[float] = []  # where the spans compared fell in ``a``
 
     def placing() -> Iterator[float]:
-        for start in starts:
-            placed.append(place(a, durations[0], start))
+        for i, start in enumerate(starts):
+            placed.append(a.places[i] if isinstance(a, FirstSpans) else place(a, durations[0], start))
             yield placed[-1]
 
     try:
@@ -103,13 +139,13 @@ def same_recording(a: str | Path, b: str | Path) -> RecordingMatch:
                           + (f", {moved} moved off silence" if moved else ""))
 
 
-def compared(a: str, a_duration: float | None, b: str, b_duration: float | None) -> RecordingMatch | None:
-    """:func:`same_recording` of files ``a`` and ``b`` when both are on disk and their catalogued durations agree as a
-    recording's copies do (either unknown: :func:`same_recording` reads the files' own); None, without decoding,
-    otherwise."""
+def compared(a: str | FirstSpans, a_duration: float | None, b: str, b_duration: float | None) -> RecordingMatch | None:
+    """:func:`same_recording` of ``a`` (a file, or the :func:`first_spans` of one) and file ``b`` when both are there
+    and their catalogued durations agree as a recording's copies do (either unknown: :func:`same_recording` reads the
+    files' own); None, without decoding, otherwise."""
     if a_duration and b_duration and abs(a_duration - b_duration) > DURATION_TOLERANCE:
         return None
-    if not (Path(a).is_file() and Path(b).is_file()):
+    if not ((isinstance(a, FirstSpans) or Path(a).is_file()) and Path(b).is_file()):
         return None
     return same_recording(a, b)
 
@@ -137,14 +173,20 @@ def place(path: Path, duration: float, start: float) -> float:
     return float(grid[np.argmin(np.abs(grid - start))]) if grid.size else start
 
 
-def spans(a: Path, b: Path, starts: Iterable[float], seconds: float) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def spans(a: Path | FirstSpans, b: Path, starts: Iterable[float],
+          seconds: float) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """For each of ``starts`` in turn, decoded when it is reached: the log-mel spectrograms [frames, bands] (dB,
-    floored :data:`_FLOOR_DB` under each one's loudest) of ``a``'s span of ``seconds`` there and of ``b``'s,
-    :data:`MAX_LAG` longer at both ends."""
-    frames = 1 + round(seconds * RATE) // _HOP
+    floored :data:`_FLOOR_DB` under each one's loudest) of ``a``'s span of ``seconds`` there (made already when ``a``
+    is its :class:`FirstSpans`) and of ``b``'s, :data:`MAX_LAG` longer at both ends."""
     for start in starts:
-        fixed = _decoded(a, _stamp(a), start, seconds).log_mel[_LAG_FRAMES:_LAG_FRAMES + frames]
-        yield _floored(fixed), _floored(_decoded(b, _stamp(b), start, seconds).log_mel)
+        fixed = a.fixed[start] if isinstance(a, FirstSpans) else _fixed(a, start, seconds)
+        yield fixed, _floored(_decoded(b, _stamp(b), start, seconds).log_mel)
+
+
+def _fixed(path: Path, start: float, seconds: float) -> np.ndarray:
+    """The floored log-mel spectrogram of ``path``'s span of ``seconds`` at ``start``, as the first file."""
+    frames = 1 + round(seconds * RATE) // _HOP
+    return _floored(_decoded(path, _stamp(path), start, seconds).log_mel[_LAG_FRAMES:_LAG_FRAMES + frames])
 
 
 def compare(pairs: Iterable[tuple[np.ndarray, np.ndarray]],

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from mess.audio.names import credit_key
-from mess.audio.recording import RecordingMatch, compared
+from mess.audio.recording import FirstSpans, RecordingMatch, compared
 from mess.constants import DEFAULT_NORM, ENCODED_R2, FUSED, LEARNED
 from mess.search.augment import augmented_query, expanded_rows
 from mess.search.counts import whole_count
@@ -82,6 +82,7 @@ class TrackQuery:
     replaces: Track | None = None  # the collection track of a file changed since extraction: left out of answers
     path: str | None = None  # external file on disk: its audio is compared with close results' (same recording)
     duration: float | None = None  # external file: its length in seconds, by its header
+    spans: FirstSpans | None = None  # external file decoded elsewhere (an upload): compared by these, not its file
 
     def file(self) -> tuple[str, float | None] | None:
         """(path, duration) of the query's audio on disk: its track's, or the external file's; None for neither."""
@@ -235,7 +236,8 @@ def _recordings(query: TrackQuery | None, sims: np.ndarray, results: list[Track]
     the same recording."""
     if query is None or (file := query.file()) is None:
         return {}
-    matches = {t.id: compared(*file, t.path, t.duration) for s, t in zip(sims, results, strict=False)
+    first = file[0] if query.spans is None else query.spans
+    matches = {t.id: compared(first, file[1], t.path, t.duration) for s, t in zip(sims, results, strict=False)
                if s >= VERIFY_COSINE and t.content_hash != query.content_hash}
     return {i: m for i, m in matches.items() if m is not None}
 

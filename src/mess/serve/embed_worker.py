@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mess.audio.decode import AudioError, probe
+from mess.audio.recording import first_spans
 from mess.audio.tags import read_tags
 from mess.audio.windows import WindowPolicy
 from mess.extract.embed import embed_file_warned
@@ -35,14 +36,21 @@ def serve(inbox: Connection, outbox: Connection) -> None:
     seconds by its header (None when it gives none), as `mess similar FILE` reads it. Files longer
     than ``max_seconds`` are refused from their header, before decoding. Loaded models
     stay cached for the next job.
+
+    A job ``("spans", path)`` is answered ``("spans", first_spans)``: the file's side of the same-recording check
+    (:func:`mess.audio.recording.first_spans`), decoded here rather than in the server.
     """
     models: dict[tuple[str, str], EmbeddingModel] = {}
     outbox.send(("ready",))
     while True:
         try:
-            path, name, revision, policy, max_seconds, source = inbox.recv()
+            job = inbox.recv()
         except EOFError:
             return
+        if job[0] == "spans":
+            outbox.send(("spans", first_spans(job[1])))
+            continue
+        path, name, revision, policy, max_seconds, source = job
         try:
             if (name, revision) not in models:
                 models[name, revision] = load_run_model(name, revision, source)

@@ -162,7 +162,7 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
         tq = external_query(state.store, run, label, embedded.content_hash, embedded.layers, (),
                             credit_of(embedded.tags))
         if tq.track is None:  # compared with close results of its length, as `mess similar FILE` compares a file
-            tq = replace(tq, path=str(saved.path), duration=embedded.duration)
+            tq = replace(tq, path=str(saved.path), duration=embedded.duration, spans=spans)
         return run, spec, tq, _ranking(state, run, spec, ranking)
 
     def prepare_ranking() -> None:
@@ -203,6 +203,7 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
         # that no more files than that wait on disk: it is compared with close results, as `mess similar FILE` is
         with state.worker.slot():
             embedded = await run_in_threadpool(state.worker.embed, saved.path, embedded_as, saved.filename, source)
+            spans = await run_in_threadpool(state.worker.spans, saved.path)  # decoded there, never in this process
             await run_in_threadpool(prepare_ranking)
             return await run_in_threadpool(search)
     finally:

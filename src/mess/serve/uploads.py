@@ -36,6 +36,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
+from mess.audio.recording import FirstSpans
 from mess.constants import AUDIO_EXTENSIONS, audio_suffix
 from mess.extract.child import Child, describe_exit
 from mess.serve.errors import without_paths
@@ -343,6 +344,28 @@ class EmbedWorker:
         if kind == "decode":
             raise HTTPException(400, f"cannot decode the upload: {without_paths(message.replace(str(path), name))}")
         raise HTTPException(503, without_paths(message))
+
+    def spans(self, path: Path) -> FirstSpans:
+        """The file's side of the same-recording check (:func:`mess.audio.recording.first_spans`), decoded in the
+        child, never here: a file that crashes the decoder at its spans ends the child (started again for the next
+        upload), not the server. Its ``error`` says why there are none (the child died, took longer than the upload
+        timeout, or could not start)."""
+        with self._lock:
+            send, recv = self._start()
+            try:
+                self._await("ready", self.start_timeout, "start")
+                send.send(("spans", str(path)))
+                if not recv.poll(self.timeout):
+                    self._stop()
+                    return FirstSpans(error=f"{path}: decoding its spans took longer than {self.timeout:g} s")
+                reply = recv.recv()
+                if reply[0] != "spans":
+                    raise EOFError(f"unexpected message {reply[0]!r}")
+            except (EOFError, OSError):
+                return FirstSpans(error=f"{path}: the decoder process died on it (exit code {self._stop()})")
+            except HTTPException as exc:  # the child did not start
+                return FirstSpans(error=str(exc.detail))
+        return reply[1]
 
     def _await(self, word: str, timeout: float, doing: str) -> None:
         """Wait for the child's ``word`` (sent once it can take work); 503 when it does not come in time."""
