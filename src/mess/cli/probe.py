@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import resource
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -66,7 +70,7 @@ def probe_command(
         run = fs.run(model)
         for layer in wanted or []:
             run.layer_index(layer)
-        with failing(ProbeError):
+        with failing(ProbeError), _open_files_named():
             report = _run_with_progress(fs, run, options)
         reason = unmapped_reason(run, report)
         # reports first, each file replaced whole, then the map: a kill between them leaves the old map beside the
@@ -80,6 +84,21 @@ def probe_command(
                    "files": {k: str(v) for k, v in paths.items()}})
         return
     _print_report(report, paths, reason)
+
+
+@contextmanager
+def _open_files_named() -> Iterator[None]:
+    """Too many open files (the audio targets' worker processes past `ulimit -n`) as one line naming the limit and
+    the ways round it, as `mess extract` says it; other errors as they are."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.EMFILE:
+            raise
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        fail(f"{exc.strerror} while probing: this process may open {limit} files (`ulimit -n`), too few for the "
+             "processes that compute the audio targets: raise the limit (or pass --workers 1) and run `mess probe` "
+             "again")
 
 
 def _split(values: list[str]) -> tuple[str, ...]:
