@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ GAP = 10.0  # seconds of silence from 1 s before each span
 
 _CHILD = """
 import json, resource, sys
+from collections.abc import Iterator
 from pathlib import Path
 from mess.audio import recording
 path, duration = Path(sys.argv[1]), float(sys.argv[2])
@@ -74,3 +76,28 @@ def test_a_long_file_is_searched_for_sound_without_holding_its_samples(long_file
     answer = json.loads(child.stdout)
     assert answer["moved"] == expected
     assert answer["grew"] < len(x) * 4 / 4, answer
+
+
+def test_levels_taken_chunk_by_chunk_are_the_whole_decodes_even_past_damage(tmp_path: Path) -> None:
+    """A real Vorbis track with 200 kB of garbage in its middle: FFmpeg gives up there and libsndfile decodes it
+    again from the start. ``reduce_audio`` hands the consumer the second decoder's chunks from the start, so the
+    chunks join into ``load_audio``'s samples and the half-second levels taken chunk by chunk are the whole decode's,
+    to the bit."""
+    from mess.audio.decode import reduce_audio
+
+    if not SOUNDTRACK.is_file():
+        pytest.skip(f"{SOUNDTRACK} is not there")
+    data = bytearray(SOUNDTRACK.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 200_000] = np.random.default_rng(0).bytes(200_000)
+    damaged = tmp_path / "damaged.ogg"
+    damaged.write_bytes(bytes(data))
+    calls: list[int] = []
+
+    def joined(chunks: Iterator[np.ndarray]) -> np.ndarray:
+        calls.append(0)
+        return np.concatenate(list(chunks))
+
+    whole = load_audio(damaged, recording.RATE)
+    assert np.array_equal(reduce_audio(damaged, recording.RATE, joined), whole)
+    assert len(calls) == 2  # the premise: FFmpeg gave up part-way and libsndfile started again
+    assert np.array_equal(reduce_audio(damaged, recording.RATE, recording._chunk_levels), recording._levels(whole))
