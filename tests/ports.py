@@ -57,8 +57,9 @@ def _relayed(stream: TextIO) -> TextIO:
     read_end, write_end = os.pipe()
 
     def drain() -> None:
-        for line in stream:
-            said.put(line)
+        with stream:  # closed at the server's end
+            for line in stream:
+                said.put(line)
         said.put(None)
 
     def relay() -> None:
