@@ -30,8 +30,9 @@ def find_audio(roots: Iterable[Path], on_skip: Callable[[str], None] | None = No
 
     A name is audio by :func:`audio_suffix` ('song.wav ' with its trailing space is). Symlinked folders are
     followed (each real folder once, so a link loop ends). A folder that cannot be read, an audio name that
-    cannot be looked at and a link to nothing are skipped, each told to ``on_skip`` in one line (os.walk passed
-    over such folders without a word). Each audio file skipped as hidden (a dot-file such as '._song.mp3' or
+    cannot be looked at, a link to nothing and a folder removed while it is walked are skipped, each told to
+    ``on_skip`` in one line (os.walk passed over such folders without a word; a folder removed between its listing
+    and its look ended the run). Each audio file skipped as hidden (a dot-file such as '._song.mp3' or
     '.wav', or one in a dot-folder) is told to ``on_hidden``; one named in ``roots`` is found. Each folder reached
     through a symbolic link is told to ``on_linked``, resolved: its files are found (and catalogued) under that
     path, outside the root's, so ``mess extract ROOT --prune`` prunes there too; so is the target of each audio-named
@@ -50,7 +51,12 @@ def find_audio(roots: Iterable[Path], on_skip: Callable[[str], None] | None = No
             continue
         seen: set[tuple[int, int]] = set()
         for folder, dirs, files in os.walk(root, followlinks=True, onerror=skip):
-            st = os.stat(folder)
+            try:
+                st = os.stat(folder)
+            except OSError as exc:  # removed (or its link broken) since os.walk listed it: its files are gone too
+                skip(exc)
+                dirs[:] = []
+                continue
             if (st.st_dev, st.st_ino) in seen:
                 dirs[:] = []
                 continue

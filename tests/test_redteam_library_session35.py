@@ -1,0 +1,88 @@
+"""Red-team of a library that changes under the store (session 35): real `mess` processes on real Wesnoth OGGs while
+folders are removed, files renamed or replaced; each test is a defect found there (notes/redteam_library_session35.md).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from mess.audio.decode import probe
+from mess.store import FeatureStore
+
+MESS = [sys.executable, "-m", "mess.cli"]
+DSP = ["--model", "dsp", "--window", "4", "--max-windows", "2", "--batch-size", "2"]
+
+# In the `mess` process: the folder MESS_TEST_GONE_DIR is removed right after os.walk has listed it (as a download
+# client or a file manager removes a folder while a walk is under way), and that it was is logged.
+_REMOVE_AFTER_LISTING = """
+import os, shutil, sys
+
+_gone, _log = os.environ["MESS_TEST_GONE_DIR"], os.environ["MESS_TEST_GONE_LOG"]
+_done = []
+
+
+def _hook(frame, event, arg):
+    if (event == "return" and frame.f_code.co_name in ("walk", "_walk") and frame.f_globals.get("__name__") == "os"
+            and isinstance(arg, tuple) and arg and arg[0] == _gone and not _done):
+        _done.append(True)
+        sys.setprofile(None)
+        shutil.rmtree(_gone)
+        with open(_log, "a") as f:
+            f.write(_gone + "\\n")
+
+
+def _listing(event, args):  # the profile (slow) only from the walk's listing of the folder's parent on
+    if (event == "os.scandir" and not _done and args and isinstance(args[0], str)
+            and args[0] == os.path.dirname(_gone)):
+        sys.setprofile(_hook)
+
+
+sys.addaudithook(_listing)
+"""
+
+
+@pytest.fixture(scope="module")
+def shortest(wesnoth_tracks: list[Path]) -> list[Path]:
+    """The three shortest Wesnoth tracks that are not silence."""
+    return sorted((p for p in wesnoth_tracks if p.name != "silence.ogg"), key=lambda p: probe(p).duration)[:3]
+
+
+def _mess(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MESS, *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def test_a_folder_removed_while_the_walk_lists_it_is_skipped_not_the_end_of_the_run(shortest: list[Path],
+                                                                                    tmp_path: Path) -> None:
+    """A folder removed between os.walk's listing of it and the walk's look at it (`os.stat`, to follow each real
+    folder once) ended `mess extract` before any file was read: 'error: .../b: No such file or directory', exit 1
+    (a library where a download client removes its temp folders failed now and then, seen with a folder churn).
+    It is now one skipped line, like a folder that cannot be read, and the rest is extracted."""
+    music, store, hook = tmp_path / "music", tmp_path / "store", tmp_path / "hook"
+    (music / "a").mkdir(parents=True)
+    (music / "b" / "sub").mkdir(parents=True)
+    shutil.copyfile(shortest[0], music / "a" / shortest[0].name)
+    shutil.copyfile(shortest[1], music / "b" / shortest[1].name)
+    shutil.copyfile(shortest[2], music / "b" / "sub" / shortest[2].name)
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_REMOVE_AFTER_LISTING)
+    gone, log = music / "b", tmp_path / "removed.log"
+    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)
+    run = _mess("extract", str(music), *DSP, "--store", str(store),
+                env={"PYTHONPATH": path, "MESS_TEST_GONE_DIR": str(gone.resolve()), "MESS_TEST_GONE_LOG": str(log)})
+    assert log.read_text().split() == [str(gone.resolve())]  # the folder went where it should, once
+    assert not gone.exists()
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    skipped = [line for line in run.stderr.splitlines() if "skipped" in line and str(gone.resolve()) in line]
+    assert len(skipped) == 1 and "No such file or directory" in skipped[0], run.stderr
+    assert "1 embedded" in run.stderr, run.stderr
+    with closing(FeatureStore(store, readonly=True)) as fs:
+        assert [t.path for t in fs.tracks()] == [str((music / "a" / shortest[0].name).resolve())]
