@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -54,6 +55,19 @@ def shortest(wesnoth_tracks: list[Path]) -> list[Path]:
     return sorted((p for p in wesnoth_tracks if p.name != "silence.ogg"), key=lambda p: probe(p).duration)[:3]
 
 
+@pytest.fixture(scope="module")
+def extracted(shortest: list[Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(music, store): two of :func:`shortest` extracted with dsp by a real `mess extract`; tests copy both."""
+    base = tmp_path_factory.mktemp("extracted")
+    music, store = base / "music", base / "store"
+    music.mkdir()
+    for path in shortest[:2]:
+        shutil.copyfile(path, music / path.name)
+    run = _mess("extract", str(music), *DSP, "--store", str(store))
+    assert run.returncode == 0, run.stderr
+    return music, store
+
+
 def _mess(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*MESS, *args], capture_output=True, text=True, timeout=300,
                           env={**os.environ, **(env or {})})
@@ -86,3 +100,23 @@ def test_a_folder_removed_while_the_walk_lists_it_is_skipped_not_the_end_of_the_
     assert "1 embedded" in run.stderr, run.stderr
     with closing(FeatureStore(store, readonly=True)) as fs:
         assert [t.path for t in fs.tracks()] == [str((music / "a" / shortest[0].name).resolve())]
+
+
+def test_a_temp_file_stamped_ahead_of_the_clock_is_named_and_deleted(extracted: tuple[Path, Path],
+                                                                     tmp_path: Path) -> None:
+    """A write killed while the clock was ahead (set back since: a wrong RTC at boot, then NTP) leaves a temp file
+    stamped in the future. `mess check` named only temp files older than a minute, so it said 'ok' of such a file
+    and `--repair` kept it until the clock caught up (hours, days). One stamped ahead by more than that minute is no
+    live write's: it is named and deleted like an old one."""
+    store = tmp_path / "store"
+    shutil.copytree(extracted[1], store)
+    ahead, now = store / ".catalog.sqlite.0123abcd.tmp", time.time()
+    ahead.write_bytes(os.urandom(4096))
+    os.utime(ahead, (now + 3 * 3600, now + 3 * 3600))
+    young = store / ".config.json.89abcdef.tmp"  # a live write's, a second old: left alone
+    young.write_bytes(b"{}")
+    check = _mess("check", "--store", str(store))
+    assert check.returncode == 0 and ahead.name in check.stdout and young.name not in check.stdout, check.stdout
+    repair = _mess("check", "--repair", "--store", str(store))
+    assert repair.returncode == 0, repair.stdout + repair.stderr
+    assert not ahead.exists() and young.exists()

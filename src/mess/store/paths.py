@@ -99,12 +99,14 @@ def temp_path(target: Path) -> Path:
 
 
 def leftover_temps(root: Path, grace: float = TEMP_GRACE_SECONDS) -> list[Path]:
-    """Temp files of :func:`replace_file` under ``root`` untouched for ``grace`` seconds (left by killed writes)."""
-    cutoff = time.time() - grace
+    """Temp files of :func:`replace_file` under ``root`` untouched for ``grace`` seconds (left by killed writes), and
+    those stamped more than ``grace`` seconds ahead of the clock (written while it was ahead, then set back: no live
+    write's, and they were passed over until the clock caught up)."""
+    now = time.time()
     out = []
     for p in sorted(Path(root).rglob(".*.tmp")):
         try:
-            if _TEMP.fullmatch(p.name) and p.is_file() and p.stat().st_mtime < cutoff:
+            if _TEMP.fullmatch(p.name) and p.is_file() and abs(p.stat().st_mtime - now) > grace:
                 out.append(p)
         except OSError:  # renamed or removed meanwhile: a live write's
             continue
