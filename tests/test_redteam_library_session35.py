@@ -4,6 +4,7 @@ folders are removed, files renamed or replaced; each test is a defect found ther
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -120,3 +121,42 @@ def test_a_temp_file_stamped_ahead_of_the_clock_is_named_and_deleted(extracted: 
     repair = _mess("check", "--repair", "--store", str(store))
     assert repair.returncode == 0, repair.stdout + repair.stderr
     assert not ahead.exists() and young.exists()
+
+
+def _as_ordinary_user(cmd: list[str]) -> list[str]:
+    """``cmd`` without root's privilege to read any file (setpriv; the test is skipped without it)."""
+    if os.geteuid() != 0:
+        return cmd
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv is needed to test permissions as root")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *cmd]
+
+
+def test_a_collection_file_made_unreadable_is_answered_from_its_entry_not_said_to_have_changed(
+        extracted: tuple[Path, Path], tmp_path: Path) -> None:
+    """A collection file made unreadable since extraction (chmod 000: its stamp moves, its audio does not) was said to
+    have changed: by id, 'PATH has changed since it was extracted: answering from what it held then'; by path, the
+    same warning and then 'error: cannot embed PATH: Permission denied' (exit 1) though its vectors are in the store.
+    Each now answers from the catalogued entry with one line saying the file cannot be read now; the answer is the
+    one the readable file gets."""
+    store = tmp_path / "store"
+    shutil.copytree(extracted[1], store)
+    with closing(FeatureStore(store, readonly=True)) as fs:  # the copy's catalog names the extracted folder
+        first = fs.tracks()[0]
+    target = Path(first.path)
+    assert target.parent == extracted[0].resolve()
+    target = extracted[0] / target.name  # the module's music is read, so it is restored however the test ends
+    readable = _mess("similar", str(first.id), "--json", "--store", str(store))
+    assert readable.returncode == 0, readable.stderr
+    target.chmod(0)
+    try:
+        for query in (str(first.id), str(target)):
+            run = subprocess.run(_as_ordinary_user([*MESS, "similar", query, "--json", "--store", str(store)]),
+                                 capture_output=True, text=True, timeout=300)
+            assert run.returncode == 0, (query, run.stderr)
+            assert "has changed" not in run.stderr and "cannot read it now (Permission denied)" in run.stderr, \
+                run.stderr
+            assert json.loads(run.stdout)["results"] == json.loads(readable.stdout)["results"]
+    finally:
+        target.chmod(0o644)

@@ -50,16 +50,26 @@ def resolve_query(store: FeatureStore, ref: str | Path | int, run: Run,
                     from None
             raise
         own = Path(found.track.path) if found.track is not None else None
-        if own is not None and _is(own, Path.is_file) and not _as_catalogued(store, own):  # an id names the entry
-            (on_warning or log.warning)(f"{printable(str(own))} has changed since it was extracted: answering from "
-                                        "what it held then (give its path to search with it as it is now; "
-                                        "`mess extract` updates the collection)")
+        if own is not None and _is(own, Path.is_file):  # an id names the entry
+            try:
+                changed = not _as_catalogued(store, own)
+            except OSError as exc:
+                (on_warning or log.warning)(_unreadable(own, exc))
+                return found
+            if changed:
+                (on_warning or log.warning)(f"{printable(str(own))} has changed since it was extracted: answering "
+                                            "from what it held then (give its path to search with it as it is now; "
+                                            "`mess extract` updates the collection)")
         return found
     stale = None
     try:
         found = collection_query(store, path)
         if found.track is not None and Path(found.track.path) == path.resolve():
-            if _as_catalogued(store, path):
+            try:
+                if _as_catalogued(store, path):
+                    return found
+            except OSError as exc:  # the catalogued entry is all there is to answer from
+                (on_warning or log.warning)(_unreadable(path, exc))
                 return found
             (on_warning or log.warning)(f"{printable(str(path))} has changed since it was extracted: searching with "
                                         "the file as it is now (`mess extract` updates the collection)")
@@ -81,7 +91,8 @@ def _is(path: Path, kind: Callable[[Path], bool]) -> bool:
 def _as_catalogued(store: FeatureStore, path: Path) -> bool:
     """Whether the file holds the audio the catalog last saw, so its stored vectors are its own: the same change
     stamp, or else the same content hash (a touched, retagged or copied-back file, which `mess extract` leaves as it
-    is, was said to have changed and embedded again)."""
+    is, was said to have changed and embedded again). OSError when the file cannot be read now (a chmod moves the
+    stamp: such a file was said to have changed)."""
     known = store.known_file(path.resolve())
     if known is None:
         return False
@@ -89,10 +100,13 @@ def _as_catalogued(store: FeatureStore, path: Path) -> bool:
         return True
     from mess.audio.discover import content_hash  # here, as the decoding below: PyAV for files read, not stat'ed
 
-    try:
-        return content_hash(path) == known[0]
-    except OSError:  # unreadable now: embedding it says why
-        return False
+    return content_hash(path) == known[0]
+
+
+def _unreadable(path: Path, exc: OSError) -> str:
+    """The warning for a collection file that cannot be read now, answered from its catalogued entry."""
+    return (f"{printable(str(path))}: cannot read it now ({exc.strerror or exc}): answering from what it held when it "
+            "was extracted")
 
 
 def embed_query(store: FeatureStore, path: str | Path, run: Run,
