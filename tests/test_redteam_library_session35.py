@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import mess_here
 from mess.audio.decode import probe
 from mess.store import FeatureStore
 
@@ -160,3 +161,37 @@ def test_a_collection_file_made_unreadable_is_answered_from_its_entry_not_said_t
             assert json.loads(run.stdout)["results"] == json.loads(readable.stdout)["results"]
     finally:
         target.chmod(0o644)
+
+
+def test_an_artist_counts_one_track_per_audio_content_after_its_folder_is_renamed(shortest: list[Path],
+                                                                                 tmp_path: Path) -> None:
+    """A folder renamed between two runs of `mess extract` (no `--prune` yet) leaves each moved file catalogued twice,
+    the vanished entry beside the new one; `mess artists similar` counted both: an artist of one track was '2/2
+    tracks, confidence 0.40'. A hard link or a duplicate file counted twice the same way. An artist's tracks are now
+    its distinct audio contents: the counts are those of the folder before the rename (read from `mess artists
+    similar --json` then), and a hard link adds nothing."""
+    music, store = tmp_path / "music", tmp_path / "store"
+    (music / "old").mkdir(parents=True)
+    for path in shortest:  # two by one composer, one by another (their tags)
+        shutil.copyfile(path, music / "old" / path.name)
+
+    def counts(name: str) -> dict[str, tuple[int, float]]:
+        run = mess_here("artists", "similar", name, "--json", "--store", str(store))
+        assert run.returncode == 0, run.stderr
+        answer = json.loads(run.stdout)
+        return {answer["artist"]: (answer["tracks"], answer["confidence"]),
+                **{r["artist"]: (r["tracks"], r["confidence"]) for r in answer["results"]}}
+
+    assert mess_here("extract", str(music), *DSP, "--store", str(store)).returncode == 0
+    with closing(FeatureStore(store, readonly=True)) as fs:
+        name = fs.tracks()[0].artist
+    assert name
+    before = counts(name)
+    assert sorted(n for n, _ in before.values()) == [1, 2], before
+    (music / "old").rename(music / "new")
+    os.link(music / "new" / shortest[2].name, music / "new" / f"link-{shortest[2].name}")
+    again = mess_here("extract", str(music), *DSP, "--store", str(store))
+    assert again.returncode == 0 and "no longer on disk" in again.stderr, again.stderr
+    with closing(FeatureStore(store, readonly=True)) as fs:
+        assert len(fs.tracks()) == 7  # three vanished, three moved, one link
+    assert counts(name) == before

@@ -108,20 +108,26 @@ def build_artists(tracks: Sequence[Track], *, max_tracks: int = DEFAULT_MAX_TRAC
 
     Names differing only in case, accents or a leading 'the' are one artist (the most
     frequent spelling wins). Tracks are chosen round-robin over albums, so an artist
-    with several albums is not represented by one album only.
+    with several albums is not represented by one album only. Copies of one audio content (a hard link, a duplicate,
+    a moved file's entry beside its new one until `--prune`) are one track of the artist, the first by path: they
+    counted twice, in its track count and confidence.
     """
     if max_tracks < 1 or min_tracks < 1:
         raise ArtistError("max_tracks and min_tracks must be at least 1")
     groups: dict[str, list[Track]] = defaultdict(list)
     spellings: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     fallback: dict[str, int] = defaultdict(int)
-    unattributed = 0
-    for track in tracks:
+    unattributed: set[str] = set()  # contents
+    held: set[tuple[str, str]] = set()  # (artist, content) pairs already grouped
+    for track in sorted(tracks, key=lambda t: t.path):
         name, from_composer = artist_of(track)
         if name is None:
-            unattributed += 1
+            unattributed.add(track.content_hash)
             continue
         key = name_key(name)
+        if (key, track.content_hash) in held:
+            continue
+        held.add((key, track.content_hash))
         groups[key].append(track)
         spellings[key][name] += 1
         fallback[key] += from_composer
@@ -134,7 +140,7 @@ def build_artists(tracks: Sequence[Track], *, max_tracks: int = DEFAULT_MAX_TRAC
             # below max_tracks the bar is what the caller chose to use (every artist was low at max < min)
             confidence=len(chosen) / max_tracks, low_confidence=len(chosen) < min(min_tracks, max_tracks),
             from_composer=fallback[key] == len(groups[key])))
-    return ArtistSet(tuple(profiles), {t.id: t for t in tracks}, sum(fallback.values()), unattributed)
+    return ArtistSet(tuple(profiles), {t.id: t for t in tracks}, sum(fallback.values()), len(unattributed))
 
 
 def load_artists(store: FeatureStore, run: Run, *, max_tracks: int = DEFAULT_MAX_TRACKS,
