@@ -195,3 +195,33 @@ def test_an_artist_counts_one_track_per_audio_content_after_its_folder_is_rename
     with closing(FeatureStore(store, readonly=True)) as fs:
         assert len(fs.tracks()) == 7  # three vanished, three moved, one link
     assert counts(name) == before
+
+
+def test_check_does_not_call_files_in_an_unreadable_folder_gone(wesnoth_tracks: list[Path], tmp_path: Path) -> None:
+    """A folder made unreadable before the answering run was extracted: its files have no vectors of that run, and
+    `mess check` said they 'are no longer on disk ... `mess extract FOLDER --prune` forgets them' (os.path.lexists is
+    False where a folder above cannot be searched), with that verdict; `--prune` keeps what it cannot look at, so the
+    advice did nothing and was given again. They are now said to be unreadable, with the extract that embeds them
+    once they are readable (a file really gone is still sent to `--prune`: tests/test_redteam_session30.py)."""
+    five = sorted((p for p in wesnoth_tracks if p.name != "silence.ogg"), key=lambda p: probe(p).duration)[:5]
+    music, store = tmp_path / "music", tmp_path / "store"
+    for folder, tracks in (("a", five[:2]), ("b", five[2:3]), ("c", five[3:5])):
+        (music / folder).mkdir(parents=True)
+        for path in tracks:
+            shutil.copyfile(path, music / folder / path.name)
+    first = ["--model", "dsp", "--window", "4", "--max-windows", "2", "--store", str(store)]
+    second = ["--model", "dsp", "--window", "5", "--max-windows", "2", "--store", str(store)]
+    assert mess_here("extract", str(music / "a"), str(music / "b"), *first).returncode == 0  # run 1: three tracks
+    # run 2 (the answering one: four tracks) without b, as an extract of the whole folder does once b is unreadable
+    assert mess_here("extract", str(music / "a"), str(music / "c"), *second).returncode == 0
+    hidden = music / "b"
+    hidden.chmod(0)
+    try:
+        check = subprocess.run(_as_ordinary_user([*MESS, "check", "--store", str(store)]), capture_output=True,
+                               text=True, timeout=300)
+    finally:
+        hidden.chmod(0o755)
+    said = " ".join(check.stdout.split())
+    assert check.returncode == 0, said
+    assert "cannot be looked at now" in said and five[2].name in said and "Permission denied" in said, said
+    assert "no longer on disk" not in said and "--prune" not in said, said

@@ -314,10 +314,16 @@ def _not_embedded(store: FeatureStore, run: Run) -> list[Problem]:
     paths = store.unembedded(run)
     if not paths:
         return []
-    on_disk = {p: os.path.lexists(p) for p in paths}
-    gone, here = [p for p in paths if not on_disk[p]], [p for p in paths if on_disk[p]]
+    looks = {p: _look(p) for p in paths}
+    gone = [p for p in paths if looks[p] is None]
+    hidden = [p for p in paths if isinstance(looks[p], OSError)]
+    here = [p for p in paths if looks[p] is True]
     files = counted(len(paths), "file has", "files have")
     message = f"{run.model}: {files} neither vectors nor a recorded failure, so no answer includes them"
+    if hidden:  # in a folder that cannot be read now: on disk as far as anyone can tell, and `--prune` keeps them
+        error = next(e for e in looks.values() if isinstance(e, OSError))
+        message += (f"; {len(hidden)} cannot be looked at now ({_named(hidden)}: {error.strerror}): once readable, "
+                    f"`mess extract FOLDER {store.extract_options(run)}` embeds {'it' if len(hidden) == 1 else 'them'}")
     if here:
         causes = "vectors a repair dropped, an interrupted or running `mess extract`, or a damaged content hash"
         elsewhere = _embedded_elsewhere(store, run, here)
@@ -327,10 +333,23 @@ def _not_embedded(store: FeatureStore, run: Run) -> list[Problem]:
             causes = f"{elsewhere} extracted with another model only; the others: {causes}"
         message += f" ({_named(here)}): {causes}; `mess extract FOLDER {store.extract_options(run)}` embeds them"
     if gone:
-        message += (f"{'; ' if here else ': '}{counted(len(gone), 'is', 'are')} no longer on disk ({_named(gone)}): "
-                    "`mess extract FOLDER --prune` forgets them")
-    return [Problem("not-embedded", run.id, message, damage=False, gone=not here,
+        message += (f"{'; ' if here or hidden else ': '}{counted(len(gone), 'is', 'are')} no longer on disk "
+                    f"({_named(gone)}): `mess extract FOLDER --prune` forgets them")
+    return [Problem("not-embedded", run.id, message, damage=False, gone=not here and not hidden,
                     extract=store.extract_options(run))]
+
+
+def _look(path: str) -> bool | OSError | None:
+    """True where ``path`` is on disk, None where it is not (no such file, or a file where a folder of it was), the
+    error where it cannot be looked at (a folder above it unreadable: ``os.path.lexists`` said such a file was gone,
+    and the advice to prune it was followed by nothing, as `--prune` keeps what it cannot look at)."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        return exc
+    return True
 
 
 def _embedded_elsewhere(store: FeatureStore, run: Run, paths: list[str]) -> int:
