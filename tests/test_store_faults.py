@@ -1608,22 +1608,38 @@ def test_a_store_on_a_read_only_file_system_is_read_not_called_damaged(tmp_path:
     assert "mess check --repair" in said
 
 
-def test_files_gone_from_disk_are_named_and_a_moved_folder_can_be_pruned(tmp_path: Path) -> None:
+def test_a_moved_folder_keeps_its_tracks_and_files_deleted_are_named_and_pruned(tmp_path: Path) -> None:
     """After the music folder moved, `mess extract NEW` added the files again and kept the old paths without a word
-    (every search answered each file twice, once by a path that no longer exists), and `--prune` could not be given
-    the old folder: it no longer exists."""
+    (every search answered each file twice, once by a path that no longer exists). A moved file now takes its
+    track's row (same id, the new path); files deleted from disk are named with `--prune`, which forgets them, and
+    `--prune` of a folder that no longer exists forgets what was under it."""
     store, old, new = str(tmp_path / "store"), tmp_path / "old", tmp_path / "new"
     _tones(old, 3)
     assert _mess("extract", str(old), "--store", store, "--model", "dsp").returncode == 0
+    with closing(FeatureStore(Path(store), readonly=True)) as fs:
+        ids = {Path(t.path).name: t.id for t in fs.tracks()}
     old.rename(new)
     moved = _mess("extract", str(new), "--store", store, "--model", "dsp")
     said = " ".join((moved.stdout + moved.stderr).split())
-    assert moved.returncode == 0 and "3 catalogued files are no longer on disk" in said, said
-    assert f"{old}/tone0" in said and "--prune" in said
-    pruned = _mess("extract", str(new), str(old), "--prune", "--store", store, "--model", "dsp")
+    assert moved.returncode == 0 and "no longer on disk" not in said, said
+    with closing(FeatureStore(Path(store), readonly=True)) as fs:
+        assert {t.path: t.id for t in fs.tracks()} == {str(new / name): i for name, i in ids.items()}
+    gone = sorted(new.glob("*.wav"))[0]
+    gone.unlink()
+    deleted = _mess("extract", str(new), "--store", store, "--model", "dsp")
+    said = " ".join((deleted.stdout + deleted.stderr).split())
+    assert deleted.returncode == 0 and "1 catalogued file is no longer on disk" in said, said
+    assert str(gone) in said and "--prune" in said
+    pruned = _mess("extract", str(new), "--prune", "--store", store, "--model", "dsp")
     said = " ".join((pruned.stdout + pruned.stderr).split())
-    assert pruned.returncode == 0 and "3 removed" in said and "no longer on disk" not in said, said + pruned.stderr
-    assert _mess("extract", str(old), "--prune", "--store", store, "--model", "dsp").returncode == 1  # nothing left
+    assert pruned.returncode == 0 and "1 removed" in said and "no longer on disk" not in said, said
+    other = tmp_path / "other"
+    _tones(other, 2, offset=3)
+    assert _mess("extract", str(other), "--store", store, "--model", "dsp").returncode == 0
+    shutil.rmtree(other)
+    pruned = _mess("extract", str(new), str(other), "--prune", "--store", store, "--model", "dsp")
+    said = " ".join((pruned.stdout + pruned.stderr).split())
+    assert pruned.returncode == 0 and "2 removed" in said, said
     with closing(FeatureStore(Path(store), readonly=True)) as fs:
         assert sorted(fs.all_paths()) == [str(p) for p in sorted(new.glob("*.wav"))]
 

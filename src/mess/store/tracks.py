@@ -43,7 +43,9 @@ class TrackCatalog(FailureRecords):
         """Insert or update a track by path; returns its id. ``stamp`` is the file's change stamp.
 
         The duration is the one already catalogued for the same content when there is one (a header's claim that
-        decoding corrected, see :meth:`set_duration`, stays corrected when the file is inspected again).
+        decoding corrected, see :meth:`set_duration`, stays corrected when the file is inspected again). A new path
+        holding the content of a track whose file is gone (moved or renamed since) takes that track's row: its id,
+        and with it the index entries, fused vectors and aspect maps that name it, follow the file.
         """
         row = {
             "path": to_db_path(path),
@@ -61,12 +63,23 @@ class TrackCatalog(FailureRecords):
         marks = ", ".join(_KNOWN_DURATION if c == "duration" else f":{c}" for c in row)
         updates = ", ".join(f"{c}=excluded.{c}" for c in row if c not in ("path", "added_at"))
         with self._write():
+            if (moved := self._moved_from(row["path"], content_hash)) is not None:  # the upsert updates the rest
+                self.db.execute("UPDATE tracks SET path=? WHERE id=?", (row["path"], moved))
             self.db.execute(
                 f"INSERT INTO tracks (id, {cols}) VALUES ({_NEW_TRACK_ID}, {marks}) "
                 f"ON CONFLICT(path) DO UPDATE SET {updates}", row
             )
             self.db.execute("DELETE FROM failures WHERE content_hash=?", (unread_key(str(path)),))  # readable now
             return int(self.db.execute("SELECT id FROM tracks WHERE path=?", (row["path"],)).fetchone()[0])
+
+    def _moved_from(self, path: str | bytes, content_hash: str) -> int | None:
+        """The id of the track whose file moved to ``path``, a path not catalogued yet: the first by id holding
+        ``content_hash`` whose file is gone (a copy beside its original, or in a folder that cannot be looked into
+        now, is not a move); None when there is none."""
+        if self.db.execute("SELECT 1 FROM tracks WHERE path=?", (path,)).fetchone() is not None:
+            return None
+        holders = self.db.execute("SELECT id, path FROM tracks WHERE content_hash=? ORDER BY id", (content_hash,))
+        return next((int(track_id) for track_id, old in holders.fetchall() if _gone(from_db_path(old))), None)
 
     def set_duration(self, content_hash: str, seconds: float) -> None:
         """Record the decoded length of a content's tracks (a truncated file's header claims more than it holds)."""
@@ -189,3 +202,14 @@ class TrackCatalog(FailureRecords):
     def all_paths(self) -> list[str]:
         """Every path in the catalog."""
         return [from_db_path(r[0]) for r in self._query("SELECT path FROM tracks ORDER BY id")]
+
+
+def _gone(path: str) -> bool:
+    """Whether nothing is at ``path`` (a folder on its way that cannot be looked into does not say so)."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
