@@ -47,8 +47,9 @@ class TrackCatalog(FailureRecords):
         holding the content of a track whose file is gone (moved or renamed since) takes that track's row: its id,
         and with it the index entries, fused vectors and aspect maps that name it, follow the file.
         """
+        db_path = to_db_path(path)
         row = {
-            "path": to_db_path(path),
+            "path": db_path,
             "content_hash": content_hash,
             "size": size,
             "mtime": mtime,
@@ -63,8 +64,8 @@ class TrackCatalog(FailureRecords):
         marks = ", ".join(_KNOWN_DURATION if c == "duration" else f":{c}" for c in row)
         updates = ", ".join(f"{c}=excluded.{c}" for c in row if c not in ("path", "added_at"))
         with self._write():
-            if (moved := self._moved_from(row["path"], content_hash)) is not None:  # the upsert updates the rest
-                self.db.execute("UPDATE tracks SET path=? WHERE id=?", (row["path"], moved))
+            if (moved := self._moved_from(db_path, content_hash)) is not None:  # the upsert updates the rest
+                self.db.execute("UPDATE tracks SET path=? WHERE id=?", (db_path, moved))
             self.db.execute(
                 f"INSERT INTO tracks (id, {cols}) VALUES ({_NEW_TRACK_ID}, {marks}) "
                 f"ON CONFLICT(path) DO UPDATE SET {updates}", row
