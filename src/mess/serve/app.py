@@ -166,7 +166,7 @@ class HeadAsGet:
                 return
             await send(message)
 
-        await self.app({**scope, "method": "GET"}, receive, headers_only)
+        await self.app({**scope, "method": "GET", "mess.method": "HEAD"}, receive, headers_only)
 
 
 async def _bad_request(_: Request, exc: Exception) -> JSONResponse:

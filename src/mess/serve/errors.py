@@ -34,9 +34,24 @@ async def http_error(request: Request, exc: Exception) -> Response:
     """FastAPI's answer to an HTTPException, with a long value the message echoes (a model name or a track id of
     thousands of characters) cut (see :func:`short_values`) and bytes of a file name that are not UTF-8 escaped."""
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        exc = _not_allowed(request, exc)
     if isinstance(exc.detail, str):  # a store folder's name that is not UTF-8 is escaped: JSON holds UTF-8 alone
         exc = StarletteHTTPException(exc.status_code, short_values(printable(exc.detail)), exc.headers)
     return await http_exception_handler(request, exc)
+
+
+def _not_allowed(request: Request, exc: StarletteHTTPException) -> StarletteHTTPException:
+    """A 405 that names the method and the route (Starlette's said 'Method Not Allowed'), its ``Allow`` header naming
+    HEAD beside GET on an API route (:class:`mess.serve.app.HeadAsGet` answers it; FastAPI's header left it out)."""
+    allowed = [m.strip() for m in (exc.headers or {}).get("Allow", "").split(",") if m.strip()]
+    route = request.scope.get("route")
+    where = route.path if isinstance(route, Route) else request.url.path  # /api/tracks/{track_id}; a page file's path
+    if "GET" in allowed and "HEAD" not in allowed and where.startswith("/api/"):
+        allowed.append("HEAD")
+    method = request.scope.get("mess.method", request.method)  # HEAD, which HeadAsGet routes as GET
+    detail = f"{method} is not allowed on {where}; allowed: {', '.join(allowed) or 'none'}"
+    return StarletteHTTPException(405, detail, {**(exc.headers or {}), "Allow": ", ".join(allowed)})
 
 
 def short_values(text: str) -> str:

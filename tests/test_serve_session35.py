@@ -1,0 +1,103 @@
+"""What session 34 left in the API: the audio route's types in the schema, 405s that name the method and the route,
+text search that folds compatibility forms and accents, and an empty artist name beside a track id."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import unicodedata
+from collections.abc import Iterator
+from pathlib import Path
+
+import mutagen.flac
+import numpy as np
+import pytest
+import soundfile as sf
+import test_serve_api as api
+from fastapi.testclient import TestClient
+
+from mess.audio.discover import find_audio
+from mess.audio.windows import WindowPolicy
+from mess.extract.pipeline import extract
+from mess.models.dsp import DspModel
+from mess.serve.app import create_app
+from mess.store import FeatureStore
+
+serve_collection = api.serve_collection  # the session's store, made once per run
+SOUNDTRACK = Path("/work/data/soundtracks/wesnoth/battle-epic.ogg")
+# file -> (artist, title): the same names in fullwidth forms, in lower case, composed and decomposed (NFD, as macOS
+# writes them), and one that none of the searches below names
+TAGGED = {"fullwidth.flac": ("Ｌｕｄｗｉｇ ｖａｎ ＢＥＥＴＨＯＶＥＮ", "Ｓｏｎａｔａ"),
+          "lower.flac": ("ludwig van beethoven", "trio"),
+          "composed.flac": ("Antonín Dvořák", "Humoresque"),
+          "decomposed.flac": (unicodedata.normalize("NFD", "Antonín Dvořák"), "Slavonic Dance"),
+          "other.flac": ("Someone Else", "Anything")}
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tagged FLACs above, a WavPack, a TTA and a WAV tone, and a real OGG soundtrack, extracted with dsp."""
+    root = tmp_path_factory.mktemp("api35")
+    music = root / "music"
+    music.mkdir()
+    t = np.arange(api.SR * 2) / api.SR
+    for i, (name, (artist, title)) in enumerate(TAGGED.items()):
+        sf.write(music / name, (0.3 * np.sin(2 * np.pi * 110 * (i + 2) * t)).astype(np.float32), api.SR)
+        tags = mutagen.flac.FLAC(music / name)
+        tags.update({"artist": artist, "title": title})
+        tags.save()
+    api._encoded(music / "tone.wv", "wavpack", "s16p")
+    api._encoded(music / "tone.tta", "tta", "s16")
+    sf.write(music / "tone.wav", (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), api.SR)
+    if SOUNDTRACK.is_file():
+        shutil.copyfile(SOUNDTRACK, music / SOUNDTRACK.name)
+    store = FeatureStore(root / "store")
+    summary = extract(store, find_audio([music]), DspModel(), WindowPolicy())
+    store.close()
+    assert not summary.failed, summary.failed
+    return root / "store"
+
+
+@pytest.fixture(scope="module")
+def client(library: Path) -> Iterator[TestClient]:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(library)) as c:
+        yield c
+
+
+def _files(client: TestClient, **params: str) -> set[str]:
+    """The file names of the tracks `/api/tracks` lists for ``params``."""
+    answer = client.get("/api/tracks", params={**params, "limit": "1000"})
+    assert answer.status_code == 200, answer.text
+    return {t["file"] for t in answer.json()["items"]}
+
+
+# ---------------------------------------------------------------- 405
+
+METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
+
+
+def test_a_method_a_route_does_not_take_is_refused_naming_both(client: TestClient) -> None:
+    """405 said 'Method Not Allowed' and no more; its Allow header left out HEAD, which every GET route answers. Each
+    route of the schema, sent each method it does not list."""
+    one = client.get("/api/tracks").json()["items"][0]["id"]
+    checked = 0
+    for path, operations in client.app.openapi()["paths"].items():
+        listed = [m.upper() for m in operations]
+        allowed = {*listed, *(["HEAD"] if "GET" in listed else [])}
+        url = re.sub(r"\{[^}]+\}", str(one), path)
+        for method in METHODS:
+            if method in listed:
+                continue
+            answer = client.request(method, url)
+            assert answer.status_code == 405, (method, url, answer.status_code)
+            said = answer.json()
+            assert set(said) == {"detail"}, said
+            assert said["detail"].startswith(f"{method} is not allowed on {path}; allowed: "), said
+            assert set(said["detail"].rsplit("allowed: ", 1)[1].split(", ")) == allowed, said
+            assert set(answer.headers["allow"].split(", ")) == allowed, answer.headers
+            checked += 1
+        if "GET" in listed:
+            assert client.head(url).status_code != 405, url  # the HEAD the header names is answered
+    assert checked > 50
+    page = client.post("/app.js")
+    assert page.status_code == 405 and page.json() == {"detail": "POST is not allowed on /app.js; allowed: GET, HEAD"}
