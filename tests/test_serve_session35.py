@@ -71,6 +71,28 @@ def _files(client: TestClient, **params: str) -> set[str]:
     return {t["file"] for t in answer.json()["items"]}
 
 
+# ---------------------------------------------------------------- the audio route's types
+
+def test_every_audio_answer_has_a_type_the_schema_declares(client: TestClient) -> None:
+    """The 200 of /api/tracks/{id}/audio declared no content at all (FastAPI's FileResponse has no media type): a
+    client generated from the schema did not know it was audio."""
+    responses = client.app.openapi()["paths"]["/api/tracks/{track_id}/audio"]["get"]["responses"]
+    declared = {status: set(responses[status].get("content", {})) for status in ("200", "206")}
+    sent: dict[str, set[str]] = {"200": set(), "206": set()}
+    items = client.get("/api/tracks", params={"model": "any"}).json()["items"]
+    assert len(items) == len(TAGGED) + 3 + SOUNDTRACK.is_file()
+    for item in items:
+        url = f"/api/tracks/{item['id']}/audio"
+        for headers in ({}, {"Range": "bytes=0-9"}, {"Range": "bytes=0-1,20-29"}):
+            answer = client.get(url, headers=headers)
+            sent[str(answer.status_code)].add(answer.headers["content-type"].split(";")[0])
+    assert {"audio/flac", "audio/x-wavpack", "audio/x-tta", "audio/wav", "multipart/byteranges"} <= sent["206"]
+    for status in ("200", "206"):
+        assert sent[status] and sent[status] <= declared[status], (status, sent[status] - declared[status])
+        assert all(responses[status]["content"][t]["schema"] == {"type": "string", "format": "binary"}
+                   for t in declared[status])
+
+
 # ---------------------------------------------------------------- 405
 
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")

@@ -39,6 +39,8 @@ AUDIO_TYPES = {".aac": "audio/aac", ".aif": "audio/aiff", ".aifc": "audio/aiff",
                ".mp3": "audio/mpeg", ".mpc": "audio/x-musepack", ".oga": "audio/ogg", ".ogg": "audio/ogg",
                ".opus": "audio/ogg", ".tta": "audio/x-tta", ".wav": "audio/wav", ".wma": "audio/x-ms-wma",
                ".wv": "audio/x-wavpack"}
+_FILE = {"schema": {"type": "string", "format": "binary"}}
+_AUDIO_CONTENT = {media: _FILE for media in sorted({*AUDIO_TYPES.values(), "application/octet-stream"})}
 HEALTH_WAIT = 2.0  # seconds /api/health waits for a request holding the store before it answers 'busy'
 State = Annotated[ServeState, Depends(get_state)]
 
@@ -161,9 +163,14 @@ def track(track_id: TrackId, state: State) -> dict:
 
 
 @router.get("/tracks/{track_id}/audio", summary="Stream a track's audio (HTTP range requests)",
-            response_class=AudioFile, responses={206: {"description": "Partial content"},
-                                                 409: {"description": "The file changed since it was extracted"},
-                                                 416: {"description": "Range not satisfiable"}})
+            response_class=AudioFile,
+            responses={200: {"description": "The file, typed by its extension (application/octet-stream for a name "
+                                            "with none mess knows)", "content": _AUDIO_CONTENT},
+                       206: {"description": "Partial content: one range in the file's type, several as "
+                                            "multipart/byteranges",
+                             "content": {**_AUDIO_CONTENT, "multipart/byteranges": _FILE}},
+                       409: {"description": "The file changed since it was extracted"},
+                       416: {"description": "Range not satisfiable"}})
 def audio(track_id: TrackId, state: State, request: Request) -> AudioFile:
     """The track's file as stored, with ``Accept-Ranges: bytes`` so players can seek; a ``Range`` header that
     cannot be read (unknown unit, invalid range) is ignored: 200 with the whole file (RFC 9110 §14.2)."""
