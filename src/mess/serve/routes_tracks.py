@@ -109,9 +109,12 @@ def _fused(store: FeatureStore, run: Run) -> dict[str, object]:
 
 
 def _fold(text: str) -> str:
-    """``text`` for caseless matching in one Unicode form: a name written on macOS (NFD, 'e' and a combining accent)
-    matches the same name typed as one letter (NFC)."""
-    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", text).casefold())
+    """``text`` for matching as a person types it, as artist names are compared everywhere
+    (:func:`mess.audio.names.normalize_name`): compatibility forms as their plain letters (fullwidth
+    'ＢＥＥＴＨＯＶＥＮ', the ligature 'ﬁ'), case folded, accents dropped ('Dvorak' finds 'Dvořák'); a name written on
+    macOS (NFD, 'e' and a combining accent) matches the same name typed as one letter."""
+    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
+    return "".join(c for c in text if not unicodedata.combining(c))
 
 
 def _matches(track: Track, filters: dict[str, str | None], text: str | None) -> bool:
@@ -135,7 +138,7 @@ def _tag_values(value: str | None, field: str) -> set[str]:
 @router.get("/tracks", summary="Tracks, paged and filtered by tags or text")
 def tracks(state: State, model: Model = None,
            artist: Annotated[str | None, Blank,
-                             Query(description="Artist tag, or one of its values (case-insensitive).")] = None,
+                             Query(description="Artist tag, or one of its values.")] = None,
            album: Annotated[str | None, Blank, Query(description="Exact album tag.")] = None,
            genre: Annotated[str | None, Blank, Query(description="Genre tag, or one of its values ('Pop' finds 'Rock; "
                                                                  "Pop').")] = None,
@@ -144,7 +147,8 @@ def tracks(state: State, model: Model = None,
                                                               "or file.")] = None,
            offset: Annotated[int, Query(ge=0)] = 0,
            limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict:
-    """Tracks with vectors for the model (all catalogued tracks when ``model`` is 'any'), by id."""
+    """Tracks with vectors for the model (all catalogued tracks when ``model`` is 'any'), by id. Tags and words match
+    whatever their case, accents and compatibility forms ('dvorak' finds 'Dvořák', 'beethoven' 'ＢＥＥＴＨＯＶＥＮ')."""
     with state.lock:
         listed = state.store.tracks() if model == "any" else state.store.tracks(state.run(model))
     filters = {"artist": artist, "album": album, "genre": genre, "composer": composer}
