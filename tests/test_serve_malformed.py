@@ -84,7 +84,7 @@ GET /api/playlists/path?start=1&end=99999 | 404 | unknown track id 99999
 GET /api/playlists/path?start=1&end=1 | 400 | the start and the end are the same recording
 GET /api/artists/similar?name=%FF%FE | 404 | unknown artist '\ufffd\ufffd'
 GET /api/artists/similar?name={LONG} | 404 | unknown artist 'zzz
-GET /api/artists/similar?name= | 404 | unknown artist ''
+GET /api/artists/similar?name= | 400 | give one of name (an artist's name) and track (a track id)
 GET /api/artists/similar?track=%2B1 | 422 | invalid track '+1'; use a whole number
 GET /api/artists/similar?track=1_0 | 422 | invalid track '1_0'; use a whole number
 GET /api/artists/similar?track=%201 | 422 | invalid track ' 1'; use a whole number

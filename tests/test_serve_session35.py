@@ -141,3 +141,31 @@ def test_a_method_a_route_does_not_take_is_refused_naming_both(client: TestClien
     assert checked > 50
     page = client.post("/app.js")
     assert page.status_code == 405 and page.json() == {"detail": "POST is not allowed on /app.js; allowed: GET, HEAD"}
+
+
+# ---------------------------------------------------------------- name= beside track=
+
+@pytest.fixture(scope="module")
+def artists_client(serve_collection: Path) -> Iterator[TestClient]:
+    """The session's store of 3 artists x 4 tracks."""
+    with TestClient(base_url="http://127.0.0.1", app=create_app(serve_collection)) as c:
+        yield c
+
+
+def test_an_empty_artist_name_or_track_is_the_parameter_left_out(artists_client: TestClient) -> None:
+    """`name=&track=1` (a form's empty name field beside a track) was 'give one of name and track', where every other
+    empty parameter (layer=, model=, a tag filter, q=) is the parameter left out."""
+    c = artists_client
+    one = c.get("/api/tracks").json()["items"][0]
+    by_track = c.get("/api/artists/similar", params={"track": one["id"], "k": 2})
+    assert by_track.status_code == 200, by_track.text
+    for params in ({"name": "", "track": one["id"]}, {"name": "  ", "track": one["id"]}):
+        answer = c.get("/api/artists/similar", params={**params, "k": 2})
+        assert answer.status_code == 200 and answer.json() == by_track.json(), answer.text
+    by_name = c.get("/api/artists/similar", params={"name": one["artist"], "k": 2})
+    assert by_name.status_code == 200 and by_name.json() == by_track.json()
+    assert c.get("/api/artists/similar", params={"name": one["artist"], "track": "", "k": 2}).json() == by_name.json()
+    for params in ({"name": ""}, {"track": ""}, {"name": "", "track": " "}):
+        answer = c.get("/api/artists/similar", params=params)
+        assert answer.status_code == 400, answer.text
+        assert answer.json() == {"detail": "give one of name (an artist's name) and track (a track id)"}

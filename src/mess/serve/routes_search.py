@@ -298,9 +298,10 @@ def _artist_space(state: ServeState, run: Run, tracks: tuple[Track, ...], aset: 
 
 
 @router.get("/artists/similar", summary="Artists that sound like an artist")
-def similar_artists(state: State, name: Annotated[str | None, Query(description="Artist name (case and accents "
-                                                                              "do not matter).")] = None,
-                    track: Annotated[TrackId | None, Query(description="Instead of a name: the artist a "
+def similar_artists(state: State, name: Annotated[str | None, Blank, Query(description="Artist name (case and "
+                                                                                     "accents do not matter).")]
+                    = None,
+                    track: Annotated[TrackId | None, Blank, Query(description="Instead of a name: the artist a "
                                                                        "collection track is credited to, as `mess "
                                                                        "artists` credits it (its composer where its "
                                                                        "artist tag names no artist).")] = None,
