@@ -3,6 +3,7 @@ text search that folds compatibility forms and accents, and an empty artist name
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import unicodedata
@@ -16,6 +17,7 @@ import soundfile as sf
 import test_serve_api as api
 from fastapi.testclient import TestClient
 
+from conftest import mess_here
 from mess.audio.discover import find_audio
 from mess.audio.windows import WindowPolicy
 from mess.extract.pipeline import extract
@@ -169,3 +171,28 @@ def test_an_empty_artist_name_or_track_is_the_parameter_left_out(artists_client:
         answer = c.get("/api/artists/similar", params=params)
         assert answer.status_code == 400, answer.text
         assert answer.json() == {"detail": "give one of name (an artist's name) and track (a track id)"}
+
+
+# ---------------------------------------------------------------- the CLI and the API, one search
+
+RESULT_FIELDS = ("id", "score", "adjusted", "why", "why_percentile", "reasons", "duplicate")
+
+
+@pytest.mark.parametrize("options", [{}, {"layer": "mfcc", "expand": "0"}, {"hubness": "csls", "norm": "zscore"},
+                                     {"ranking": "plain", "exclude_same_artist": "true", "k": "3"}])
+def test_similar_answers_as_mess_similar_json_does(client: TestClient, library: Path, options: dict[str, str]) -> None:
+    """`/api/tracks/{id}/similar` did not say the normalisation it applied ('auto' is power or zscore), the hubness
+    reduction or the query expansion it used, nor how many files have no vectors yet, which `mess similar --json`
+    says; every field the CLI's answer has (but ``match``, which the API does not take) is the same in both."""
+    one = client.get("/api/tracks").json()["items"][0]["id"]
+    api = client.get(f"/api/tracks/{one}/similar", params=options)
+    assert api.status_code == 200, api.text
+    args = [a for name, value in options.items() for a in
+            ([f"--{name.replace('_', '-')}"] if value == "true" else ["-k" if name == "k" else f"--{name}", value])]
+    done = mess_here("similar", str(one), "--json", "--store", str(library), *args)
+    assert done.returncode == 0, done.stderr
+    cli, answer = json.loads(done.stdout), api.json()
+    for key in set(cli) - {"match", "query", "results"}:
+        assert key in answer and answer[key] == cli[key], (key, answer.get(key), cli[key])
+    assert [[r[f] for f in RESULT_FIELDS] for r in answer["results"]] == \
+        [[r[f] for f in RESULT_FIELDS] for r in cli["results"]]

@@ -18,6 +18,7 @@ from mess.artists.similarity import METHODS as ARTIST_METHODS
 from mess.artists.similarity import ArtistVectors, artist_vectors, similarity_row, top_k
 from mess.constants import DEFAULT_NORM, file_title
 from mess.query import credit_of, external_query
+from mess.search.expansion import expansion
 from mess.search.hubness import METHODS as HUBNESS_METHODS
 from mess.search.query import (
     ENCODED_R2,
@@ -61,20 +62,22 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
 
 
 def _answer(state: ServeState, run: Run, query: dict, results: list[Neighbour], layer: str | None,
-            aspect: str | None, fused: bool, learned: bool, norm: str, ranking: Chosen, tq: TrackQuery) -> dict:
-    """The answer's JSON; the query's file (``tq``'s, compared with close results) is named by ``query["file"]``."""
+            aspect: str | None, fused: bool, learned: bool, norm: str, ranking: Chosen, tq: TrackQuery,
+            hubness: str | None = None, expand: int | None = None) -> dict:
+    """The answer's JSON, with the fields of `mess similar --json` (``norm`` as applied, ``expand`` as used); the
+    query's file (``tq``'s, compared with close results) is named by ``query["file"]``."""
     source, specs = aspect_layers(state.store, run)
     named = {file[0]: query["file"]} if (file := tq.file()) else {}
     unfused, note = unfused_note(state.store, run, fused)
+    vs = load_vectors(state.store, run, vector_spec(state.store, run, layer, aspect, fused, learned, norm))
     return {"query": query, "model": run.model, "vectors": vectors_label(layer, aspect, fused, learned),
+            "norm": vs.spec.norm, "hubness": hubness, "expand": expansion("mean", expand),
             "ranking": ranking.ranking, "notes": [*ranking.notes, *([note] if note else [])],
-            "tracks_without_fused_vectors": unfused,
+            "tracks_without_fused_vectors": unfused, "files_not_embedded": len(state.store.unembedded(run)),
             "why_source": source, "why_words": {g: listener_words(g) for g in specs},
             "weak_aspects": weak_aspects(state.store, run), "encoded_threshold": ENCODED_R2,
             "stale_aspect_map": stale_aspect_map(state.store, run) if aspect or source == "aspects" else None,
-            "norm_note": load_vectors(state.store, run, vector_spec(state.store, run, layer, aspect, fused,
-                                                                   learned, norm)).norm_note,
-            "results": [neighbour_dict(n, named) for n in results]}
+            "norm_note": vs.norm_note, "results": [neighbour_dict(n, named) for n in results]}
 
 
 @router.get("/tracks/{track_id}/similar", summary="Tracks most similar to a collection track, with why")
@@ -111,7 +114,7 @@ def similar(track_id: TrackId, state: State, model: Model = None, layer: Layer =
         except ValueError as exc:  # options that do not combine (a ranking with hubness or another expand)
             raise HTTPException(400, str(exc).replace("--", "")) from None
         answer = _answer(state, run, {"label": tq.label, "external": False, **track_dict(track)},
-                         results, layer, aspect, fused, learned, norm, chosen, tq)
+                         results, layer, aspect, fused, learned, norm, chosen, tq, hubness, expand)
         known = state.store.known_file(Path(track.path))
     changed = changed_note(Path(track.path), known)  # outside the lock: it may hash the file
     return {**answer, "notes": [*answer["notes"], changed]} if changed else answer
