@@ -337,7 +337,8 @@ def similar_artists(state: State, name: Annotated[str | None, Blank, Query(descr
                 "tracks": len(aset.profiles[j].track_ids), "total_tracks": aset.profiles[j].total_tracks,
                 "confidence": aset.profiles[j].confidence, "low_confidence": aset.profiles[j].low_confidence}
                for r, j in enumerate(top_k(np.nan_to_num(scores, nan=-np.inf), query, k))]
-    return {"artist": me.name, "tracks": len(me.track_ids), "low_confidence": me.low_confidence,
+    return {"artist": me.name, "tracks": len(me.track_ids), "confidence": me.confidence,
+            "low_confidence": me.low_confidence,
             "model": run.model, "space": space.label, "method": method, "centered": center,
             "note": centring_note(len(aset.profiles), "center=false") if center else None,
             "stale_aspect_map": stale, "tracks_without_fused_vectors": missing, "results": results}
