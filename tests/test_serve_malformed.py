@@ -153,7 +153,7 @@ POST /api/similar/upload?model=nope | 404 | unknown model 'nope'
 GET /api/playlists/radio?seed=1&layer=mfcc | 400 | /api/playlists/radio does not take layer; it takes seed, n, window,
 GET /api/playlists/path?start=1&end=2&seed=3&fused=true | 400 | /api/playlists/path does not take fused or seed; it
 GET /api/artists/similar?name=Sine%20Choir&learned=true | 400 | /api/artists/similar does not take learned; it takes
-POST /api/similar/upload?hubness=csls | 400 | /api/similar/upload does not take hubness; it takes model, layer,
+POST /api/similar/upload?seed=3 | 400 | /api/similar/upload does not take seed; it takes model, layer,
 GET /api/health?k=3 | 400 | /api/health does not take k; it takes no parameters
 GET /api/playlists/radio?seed=1&layer=mfcc&layer= | 400 | /api/playlists/radio does not take layer
 # a parameter of one value given more than once, with different values (the last was used)

@@ -214,3 +214,28 @@ def test_similar_artists_answer_as_mess_artists_similar_json_does(artists_client
     for key in set(cli) - {"hybrid", "results"}:
         assert key in answer and answer[key] == cli[key], (key, answer.get(key), cli[key])
     assert answer["results"] == [{**r, "score": round(r["score"], 6)} for r in cli["results"]]
+
+
+@pytest.mark.parametrize("options", [{"hubness": "csls"}, {"expand": "0", "layer": "mfcc"}])
+def test_an_upload_takes_the_hubness_and_expansion_of_mess_similar_file(
+        client: TestClient, library: Path, tmp_path: Path, options: dict[str, str]) -> None:
+    """`mess similar FILE --hubness csls` and `--expand 0` had no upload counterpart: the upload route refused both
+    ('does not take hubness'). Now it takes them and answers as the CLI does."""
+    t = np.arange(api.SR * 3) / api.SR
+    mine = tmp_path / "mine.wav"
+    sf.write(mine, (0.3 * np.sin(2 * np.pi * 523 * t) * np.sin(2 * np.pi * 2 * t)).astype(np.float32), api.SR)
+    answer = client.post("/api/similar/upload", params={**options, "k": "4"},
+                         files={"file": ("mine.wav", mine.read_bytes(), "audio/wav")})
+    assert answer.status_code == 200, answer.text
+    args = [a for name, value in options.items() for a in (f"--{name}", value)]
+    done = mess_here("similar", str(mine), "-k", "4", "--json", "--store", str(library), *args)
+    assert done.returncode == 0, done.stderr
+    cli, api_answer = json.loads(done.stdout), answer.json()
+    for key in set(cli) - {"match", "query", "results"}:
+        assert key in api_answer and api_answer[key] == cli[key], (key, api_answer.get(key), cli[key])
+    assert [[r[f] for f in RESULT_FIELDS] for r in api_answer["results"]] == \
+        [[r[f] for f in RESULT_FIELDS] for r in cli["results"]]
+    both = client.post("/api/similar/upload", params={"hubness": "csls", "ranking": "augmented"},
+                       files={"file": ("mine.wav", mine.read_bytes(), "audio/wav")})
+    assert both.status_code == 400, both.text
+    assert both.json() == {"detail": "ranking augmented and hubness are two re-rankings: choose one"}

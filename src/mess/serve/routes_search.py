@@ -127,8 +127,9 @@ def similar(track_id: TrackId, state: State, model: Model = None, layer: Layer =
                         415: {"description": "Not an audio file"}})
 async def similar_upload(request: Request, state: State, model: Model = None, layer: Layer = None,
                          aspect: Aspect = None, fused: Fused = False, k: K = 10,
-                         exclude_same_artist: ExcludeArtist = False, learned: Learned = False,
-                         norm: NormParam = DEFAULT_NORM, ranking: RankingParam = "auto") -> dict:
+                         exclude_same_artist: ExcludeArtist = False, hubness: Hubness = None,
+                         learned: Learned = False, expand: Expand = None, norm: NormParam = DEFAULT_NORM,
+                         ranking: RankingParam = "auto") -> dict:
     """Embed the file (in a separate process, with the run's model and window policy) and search.
 
     An upload whose content is already in the collection is answered as that track.
@@ -136,10 +137,12 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
     `mess similar FILE` would warn of (a file sampled below half the model's rate, one too long to
     analyse whole); empty when none.
     """
+    if hubness is not None and hubness not in HUBNESS_METHODS:
+        raise HTTPException(400, f"unknown hubness reduction {hubness!r}; choose {' or '.join(HUBNESS_METHODS)}")
     try:
-        check_ranking(ranking)  # before the upload is received and embedded
+        check_ranking(ranking, "mean", hubness, expand)  # before the upload is received and embedded
     except ValueError as exc:
-        raise HTTPException(400, str(exc)) from None
+        raise HTTPException(400, str(exc).replace("--", "")) from None
 
     def prepare() -> tuple[FeatureStore, Run, VectorSpec, dict[str, str] | None]:
         with state.lock:
@@ -166,7 +169,7 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
                             credit_of(embedded.tags))
         if tq.track is None:  # compared with close results of its length, as `mess similar FILE` compares a file
             tq = replace(tq, path=str(saved.path), duration=embedded.duration, spans=spans)
-        return run, spec, tq, _ranking(state, run, spec, ranking)
+        return run, spec, tq, _ranking(state, run, spec, ranking, hubness, expand)
 
     def prepare_ranking() -> None:
         """The ranking's data (:func:`ranking_data`) and an outside query's re-ranking (the collection re-ranked with
@@ -187,8 +190,8 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
             run, spec, tq, chosen = resolved()
             same = tq.track
             results = similar_tracks(state.store, run, tq, k, layer=layer, aspect=aspect, fused=fused,
-                                     exclude_same_artist=exclude_same_artist, learned=learned,
-                                     norm=cast("Norm", norm), ranking=chosen.ranking)
+                                     exclude_same_artist=exclude_same_artist, hubness=hubness, learned=learned,
+                                     expand=expand, norm=cast("Norm", norm), ranking=chosen.ranking)
             vs = load_vectors(state.store, run, spec)
             cmap = state.store.cached(("map", run.id, spec, vs.fingerprint), lambda: collection_map(vs))
             if same is not None and same.id in vs:  # cmap was made from this vector set (same fingerprint)
@@ -198,7 +201,8 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
             query = {"label": tq.label, "external": same is None, "id": same.id if same else None,
                      "artist": tq.artist,
                      "file": saved.filename, "bytes": saved.size, "x": round(float(x), 5), "y": round(float(y), 5)}
-            return {**_answer(state, run, query, results, layer, aspect, fused, learned, norm, chosen, tq),
+            return {**_answer(state, run, query, results, layer, aspect, fused, learned, norm, chosen, tq, hubness,
+                              expand),
                     "warnings": embedded.warnings}
 
     try:
