@@ -239,3 +239,25 @@ def test_an_upload_takes_the_hubness_and_expansion_of_mess_similar_file(
                        files={"file": ("mine.wav", mine.read_bytes(), "audio/wav")})
     assert both.status_code == 400, both.text
     assert both.json() == {"detail": "ranking augmented and hubness are two re-rankings: choose one"}
+
+
+@pytest.mark.parametrize("options", [{"norm": "zscore", "rerank": "true"}, {"layer": "mfcc", "norm": "none"}])
+def test_an_index_built_by_the_api_is_the_one_mess_index_builds(library: Path, tmp_path: Path,
+                                                                 options: dict[str, str]) -> None:
+    """`mess index --norm zscore --rerank` saves the ranking data that `similar?norm=zscore&ranking=reranked` reads;
+    `POST /api/index` took no norm (it built the default normalisation's alone) and its answer did not say which."""
+    for name in ("api", "cli"):
+        shutil.copytree(library, tmp_path / name)
+    with TestClient(base_url="http://127.0.0.1", app=create_app(tmp_path / "api", allow_indexing=True)) as c:
+        answer = c.post("/api/index", params=options)
+    assert answer.status_code == 200, answer.text
+    args = [a for name, value in options.items() for a in (["--rerank"] if name == "rerank" else [f"--{name}", value])]
+    done = mess_here("index", "--json", "--store", str(tmp_path / "cli"), *args)
+    assert done.returncode == 0, done.stderr
+    cli, api_answer = json.loads(done.stdout), answer.json()
+    assert api_answer["norm"] == cli["norm"] == options["norm"] and api_answer["norm_note"] == cli["norm_note"]
+    assert api_answer["file"] == Path(cli["path"]).name
+    assert (api_answer["augment_file"], api_answer["rerank_file"]) == \
+        tuple(Path(p).name if p else None for p in (cli["augment_path"], cli["rerank_path"]))
+    assert sorted(p.name for p in (tmp_path / "api" / "indexes").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "cli" / "indexes").iterdir())

@@ -9,10 +9,12 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse
 
+from mess.constants import DEFAULT_NORM
 from mess.search.ann import KINDS
 from mess.search.index import build_index
 from mess.search.vectors import load_vectors, vectors_label
 from mess.serve.errors import without_paths
+from mess.serve.routes_search import NormParam
 from mess.serve.routes_tracks import Aspect, Fused, Layer, Learned, Model
 from mess.serve.state import ServeState, get_state, vector_spec
 from mess.store import StoreBusy
@@ -78,6 +80,7 @@ def probe_heatmap(state: State, model: Model = None, probe: Probe = "ridge") -> 
 def index(state: State, request: Request, model: Model = None, layer: Layer = None, aspect: Aspect = None,
           fused: Fused = False, learned: Learned = False,
           kind: Annotated[str, Query(description="auto, flat, ivf, ivfpq or hnsw.")] = "auto",
+          norm: NormParam = DEFAULT_NORM,
           rerank: Annotated[bool | None, Query(
               description="Ranking data saved beside the index: left out, the augmentation of all layers (what the "
                           "default ranking reads); true, the whole re-ranking data too (what ranking=reranked "
@@ -93,15 +96,16 @@ def index(state: State, request: Request, model: Model = None, layer: Layer = No
         raise HTTPException(400, f"unknown index kind {kind!r}; choose auto, {', '.join(KINDS)}")
     with state.lock:
         run = state.run(model)
-        spec = vector_spec(state.store, run, layer, aspect, fused, learned)
+        spec = vector_spec(state.store, run, layer, aspect, fused, learned, norm)
         try:
             with state.store.writing("mess serve: index", wait=False):  # no extract commits between read and save
-                _, report = build_index(state.store, load_vectors(state.store, run, spec), kind, wait=False,
-                                        rerank=rerank)
+                vs = load_vectors(state.store, run, spec)
+                _, report = build_index(state.store, vs, kind, wait=False, rerank=rerank)
         except StoreBusy as exc:  # the store named by its folder's name, as every answer names it
             busy = printable(str(exc).replace(str(state.store.root), state.store.root.name))
             raise HTTPException(503, busy, headers={"Retry-After": "30"}) from None
-    return {"model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "kind": report.kind,
+    return {"model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "norm": vs.spec.norm,
+            "norm_note": vs.norm_note, "kind": report.kind,
             "mode": report.mode, "tracks": report.n, "added": report.added, "removed": report.removed,
             "recall": report.recall, "seconds": round(report.seconds, 3), "file": report.path.name,
             "note": report.note, "rerank": report.rerank, "augment": report.augment,
