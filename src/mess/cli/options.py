@@ -42,8 +42,7 @@ def in_a_folder(raw: str | Path, made: bool = False) -> Path:
     above = next(p for p in folder.parents if os.path.lexists(p))
     if above.is_dir() and os.access(above, os.X_OK):
         raise Refused(f"the folder {folder} does not exist; create it first (mess makes "
-                                 + ("the folder named, not the folders above it)" if made else
-                                    "no folder for a file it writes)"))
+                      + ("the folder named, not the folders above it)" if made else "no folder for a file it writes)"))
     return path
 
 
