@@ -357,8 +357,9 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     """Queue a radio seeded by MPD's current song right after the song MPD plays (before the songs queued later);
     in random mode the radio's songs get MPD's highest priorities, so that they play next and in order there too.
 
-    Returns the playlist, the queued URIs and the tracks MPD does not know (skipped). The radio leaves out the
-    songs queued after the current one (else heard twice) and their copies, in random mode also those before it; with
+    Returns the playlist, the queued URIs and the tracks MPD does not know (skipped). The radio leaves out the songs
+    of MPD's queue and their copies (else heard twice): those after the current one play later, those before it
+    have played (a radio run again as it plays queued the song just heard) or in random mode may still play; with
     ``clear_upcoming`` the songs after it are removed instead, once the radio is queued: by song id, those that were
     after it when the call began, so neither a song other clients queued meanwhile nor the one MPD moved on to goes.
     A current song whose file changed since extraction seeds as it is now (embedded, with a warning); one renamed or
@@ -394,8 +395,8 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     by_path = {t.path: t.id for t in tracks}
     at = int(song["pos"])
     after = queue[at + 1:]
-    upcoming = (queue[:at] if status.get("random") == "1" else []) + ([] if clear_upcoming else after)
-    queued = frozenset(by_path[p] for s in upcoming if (p := collection_path(music_dir, s.get("file", ""), by_path))
+    heard = queue[:at] + ([] if clear_upcoming else after)
+    queued = frozenset(by_path[p] for s in heard if (p := collection_path(music_dir, s.get("file", ""), by_path))
                        in by_path)
     seeds = [resolve_query(store, seed_path, run)]
     gone: list[Track] = []
