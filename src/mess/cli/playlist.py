@@ -213,6 +213,8 @@ def _emit(playlist: Playlist, output: Path | None, fmt: str | None, as_json: boo
     shown = console if is_stdout(output) else stdout  # the playlist file goes to stdout: the table to stderr
     playlist = _with_gone_note(playlist)
     written = None
+    if output is not None and not playlist.tracks:  # an empty file would replace a playlist there with nothing
+        fail(f"{playlist.title} holds no track ({playlist.note.split('; ')[0]}); {output} is not written")
     if output is not None:
         try:
             with failing(PlaylistError):

@@ -1,0 +1,50 @@
+"""A listener's evening (session 35): radios and playlists of small real libraries, written and played."""
+
+from __future__ import annotations
+
+import shutil
+from contextlib import closing
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from mess.cli.main import app
+from mess.store import FeatureStore
+
+runner = CliRunner()
+
+
+def _dsp_store(tmp_path: Path, pieces: list[Path]) -> Path:
+    """``pieces`` copied into tmp_path/music and extracted with dsp into tmp_path/store (returned)."""
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.registry import load_model
+
+    music = tmp_path / "music"
+    music.mkdir()
+    for piece in pieces:
+        shutil.copy(piece, music)
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        assert not extract(store, sorted(music.iterdir()), load_model("dsp"), WindowPolicy()).failed
+    return tmp_path / "store"
+
+
+def test_an_empty_radio_is_not_written_over_the_playlist_named(rendered_collection: list[Path],
+                                                               tmp_path: Path) -> None:
+    """In a library of one track the radio holds none: `-o mine.m3u8` replaced the listener's playlist with an empty
+    one and exited 0 ("wrote 0 tracks"), its note "no track fits (artists spread, no duplicates)" as if the other
+    tracks did not fit. The command now ends with one line saying why, the file as it was, and no file made where
+    none was; without -o the empty radio is still shown, with its note."""
+    store = _dsp_store(tmp_path, rendered_collection[:1])
+    mine = tmp_path / "mine.m3u8"
+    mine.write_bytes(b"#EXTM3U\nmusic/" + rendered_collection[0].name.encode() + b"\n")
+    before = mine.read_bytes()
+    for output in (mine, tmp_path / "new.m3u8", tmp_path / "new.xspf"):
+        out = runner.invoke(app, ["playlist", "radio", "1", "--model", "dsp", "--store", str(store), "-o", str(output)])
+        assert out.exit_code == 1, out.output
+        assert out.output.startswith("error: ") and f"{output} is not written" in out.output.replace("\n", " ")
+        assert "the collection holds no track but the seed" in out.output.replace("\n", " ")
+    assert mine.read_bytes() == before
+    assert not (tmp_path / "new.m3u8").exists() and not (tmp_path / "new.xspf").exists()
+    shown = runner.invoke(app, ["playlist", "radio", "1", "--model", "dsp", "--store", str(store)])
+    assert shown.exit_code == 0 and "the collection holds no track but the seed" in shown.output, shown.output
