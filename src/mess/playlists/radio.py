@@ -92,10 +92,10 @@ def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 3
     label = ", ".join(s.label for s in seeds)
     short = ""
     seed_ids = np.array([s.track.id for s in seeds if s.track is not None], dtype=np.int64)
-    if not len(order):
-        short = "no track to pick: every track of the collection is left out or queued already"
-    elif np.isin(vs.ids[order], seed_ids).all():  # was 'no track fits (artists spread, ...)': none was there
+    if np.isin(vs.ids, seed_ids).all():  # was 'no track fits (artists spread, ...)': there was none
         short = f"no track to pick: the collection holds no track but the seed{'s' if len(seeds) > 1 else ''}"
+    elif not len(order):
+        short = "no track to pick: every track of the collection is left out or queued already"
     elif len(picked) < n:
         fit = {0: "no track fits", 1: "only 1 track fits"}.get(len(picked), f"only {len(picked)} tracks fit")
         queued = f", none of the {len(heard)} queued already" if heard else ""  # what else kept tracks out
