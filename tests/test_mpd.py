@@ -240,6 +240,36 @@ def test_mpd_radio_never_queues_again_a_song_that_played(mpd_port: int, extracte
     assert len(set(queue)) == len(queue), queue
 
 
+def test_mpd_radio_after_the_queue_played_to_its_end_goes_on_from_its_last_song(mpd_port: int,
+                                                                                 extracted_store: Path) -> None:
+    """The radio played to its end and MPD stopped, with no current song (MPD forgets it then): the listener asks for
+    more, and `mess mpd radio` said "MPD has no current song; play something first". The queue's last song (the one
+    heard last) seeds the radio now, queued after it and played."""
+    with closing(FeatureStore(extracted_store, readonly=True)) as store:
+        run = store.run("musicnn-msd")
+        first, seed = store.track(5), store.track(3)
+        expected = radio(store, run, [resolve_query(store, seed.id, run)], 3, heard=frozenset({first.id})).tracks
+        with connect("127.0.0.1", mpd_port) as client:
+            client.clear()
+            client.add(Path(first.path).name)
+            client.add(Path(seed.path).name)
+            client.play(1)
+            client.seekcur(max(float(seed.duration or 0) - 0.3, 0))
+            deadline = time.monotonic() + 10
+            while "song" in client.status() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert client.status()["state"] == "stop" and "song" not in client.status()
+        out = runner.invoke(app, ["mpd", "radio", "-n", "3", "--port", str(mpd_port), "--host", "127.0.0.1",
+                                  "--model", "musicnn-msd", "--store", str(extracted_store)])
+        assert out.exit_code == 0, out.output
+        with connect("127.0.0.1", mpd_port) as client:
+            queue = [s["file"] for s in client.playlistinfo()]
+            status, now = client.status(), client.currentsong()
+            client.stop()
+    assert queue == [Path(t.path).name for t in (first, seed, *expected)]
+    assert status["state"] == "play" and now["pos"] == "2", (status, now)
+
+
 def test_mpd_play_plays_a_playlist_file_in_order(mpd_port: int, extracted_store: Path, tmp_path: Path) -> None:
     out = runner.invoke(app, ["playlist", "path", "2", "15", "-n", "5", "-o", str(tmp_path / "p.xspf"),
                               "--store", str(extracted_store)])

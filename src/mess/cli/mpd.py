@@ -35,7 +35,7 @@ def radio_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Queue a radio right after MPD's current song (before the songs queued later): similar tracks, artists
-    spread out."""
+    spread out. A queue played to its end goes on from its last song."""
     from mess.playlists.mpd import PlayerError, connect, queue_radio
     from mess.playlists.playlist import PlaylistError
 

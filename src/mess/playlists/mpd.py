@@ -356,6 +356,8 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
                 music_dir: Path | None = None) -> tuple[Playlist, list[str], list[Path]]:
     """Queue a radio seeded by MPD's current song right after the song MPD plays (before the songs queued later);
     in random mode the radio's songs get MPD's highest priorities, so that they play next and in order there too.
+    When MPD has played its queue to the end (it stopped and has no current song), the queue's last song seeds the
+    radio, which is queued after it and played.
 
     Returns the playlist, the queued URIs and the tracks MPD does not know (skipped). The radio leaves out the songs
     of MPD's queue and their copies (else heard twice): those after the current one play later, those before it
@@ -369,7 +371,8 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     places.
     """
     status, queue = _snapshot(client)
-    song = queue[int(status["song"])] if "song" in status else {}
+    ended = "song" not in status and bool(queue)  # MPD played the queue to its end: the last song, heard last, seeds
+    song = queue[int(status["song"])] if "song" in status else queue[-1] if queue else {}
     if not song.get("file"):
         raise PlayerError("MPD has no current song; play something first")
     if "://" in song["file"]:  # an http:// stream, such as `mess serve`'s playlists hold: no file to seed from
@@ -423,7 +426,10 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     now = client.currentsong()  # the radio took a while: MPD may have moved on to the next song
     pos = int(now["pos"]) if "pos" in now else _queue_length(client) - 1
     cleared = {s["id"]: s["file"] for s in after if s["id"] != now.get("id")} if clear_upcoming else {}
-    ordered = play_first(client, _replace(client, uris, cleared, pos + 1))
+    ids = _replace(client, uris, cleared, pos + 1)
+    if ended and ids and "pos" not in now:  # else MPD, stopped, would start the queue again from its first song
+        client.playid(ids[0])
+    ordered = play_first(client, ids)
     if 0 < ordered < len(uris):
         playlist = with_note(playlist, f"in MPD's random mode the first {ordered} play in order (its priorities run "
                              f"{MAX_PRIORITY} to 1), the other {len(uris) - ordered} after them in random order")
