@@ -6,6 +6,8 @@ import shutil
 from contextlib import closing
 from pathlib import Path
 
+import pytest
+from test_serve_browser import CHROMIUM, Browser, _serving
 from typer.testing import CliRunner
 
 from mess.cli.main import app
@@ -48,3 +50,39 @@ def test_an_empty_radio_is_not_written_over_the_playlist_named(rendered_collecti
     assert not (tmp_path / "new.m3u8").exists() and not (tmp_path / "new.xspf").exists()
     shown = runner.invoke(app, ["playlist", "radio", "1", "--model", "dsp", "--store", str(store)])
     assert shown.exit_code == 0 and "the collection holds no track but the seed" in shown.output, shown.output
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (scripts/install.sh)")
+def test_the_page_plays_a_radio_on_past_a_track_whose_file_is_gone(rendered_collection: list[Path],
+                                                                   tmp_path: Path) -> None:
+    """The page's radio is played in a browser; its second track's file is deleted meanwhile. The player stopped
+    there (the audio answers 404, 'ended' never comes), so the radio went silent; it now says why beside the entry
+    and plays on from the next one."""
+    store = _dsp_store(tmp_path, rendered_collection[0:16:4])  # 4 pieces by 4 composers
+    with _serving(store, "dsp") as url:
+        page = Browser(tmp_path / "profile")
+        try:
+            page.open(url + "/")
+            page.wait_for("window.mess && window.mess.state.points.length === 4")
+            seed = page.evaluate("window.mess.state.points[0].id")
+            x, y = page.evaluate(f"window.mess.pagePosition({seed})")
+            page.click(x, y)
+            page.wait_for(f"window.mess.state.selected === {seed}")
+            page.evaluate("document.getElementById('playlist-n').value = '3'")
+            page.evaluate("document.getElementById('radio-btn').click()")
+            page.wait_for("document.querySelectorAll('#playlist li').length === 3")
+            queue = page.evaluate("[...document.querySelectorAll('#playlist button.track')].map(b => +b.dataset.id)")
+            with closing(FeatureStore(store, readonly=True)) as fs:
+                Path(fs.track(queue[1]).path).unlink()
+            page.evaluate("document.getElementById('play-all').click()")
+            page.wait_for(f"document.getElementById('player').src.endsWith('/api/tracks/{queue[0]}/audio')")
+            page.wait_for("document.getElementById('player').readyState >= 1")
+            page.evaluate("(() => { const p = document.getElementById('player'); p.currentTime = p.duration - 0.2; "
+                          "return p.play(); })()")
+            page.wait_for(f"document.getElementById('player').src.endsWith('/api/tracks/{queue[2]}/audio')")
+            skipped = page.evaluate("[...document.querySelectorAll('#playlist li')].map(li => li.title)")
+            assert skipped[0] == skipped[2] == "" and "cannot play" in skipped[1] and "404" not in skipped[1], skipped
+            assert page.evaluate("document.querySelector('#playlist li.playing button').dataset.id") == str(queue[2])
+            assert page.exceptions() == []
+        finally:
+            page.close()

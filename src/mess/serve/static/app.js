@@ -590,7 +590,9 @@ function playQueued(index) {
 // The audio element tells nothing of why a track does not play (a file changed since extraction: 409; gone: 404);
 // the server's answer does, shown under the track's title. A file that is served, or an upload played from this
 // browser's copy, that still does not play is in a format the browser cannot decode (WavPack, Monkey's Audio or
-// Musepack in Chromium): said so after its details, where the page said nothing.
+// Musepack in Chromium): said so after its details, where the page said nothing. A playlist playing goes on with
+// its next track ('ended' never comes for one that cannot play: the playlist stopped there), the reason kept as
+// the entry's tooltip.
 async function explainPlayerError() {
   const player = $("player");
   const src = player.src;
@@ -599,6 +601,7 @@ async function explainPlayerError() {
     const meta = $("now-meta");
     if (player.src === src && [MediaError.MEDIA_ERR_DECODE, MediaError.MEDIA_ERR_SRC_NOT_SUPPORTED].includes(code)) {
       meta.textContent = `${meta.textContent} · cannot play: this browser cannot decode the file's format`;
+      skipQueued(src, "cannot play: this browser cannot decode the file's format");
     }
   };
   if (!src.includes("/api/tracks/")) {
@@ -608,10 +611,25 @@ async function explainPlayerError() {
   try {
     await api(src, { headers: { Range: "bytes=0-0" } });
   } catch (err) {
-    if (player.src === src) $("now-meta").textContent = `cannot play: ${err.message}`;
+    if (player.src === src) {
+      $("now-meta").textContent = `cannot play: ${err.message}`;
+      skipQueued(src, `cannot play: ${err.message}`);
+    }
     return;
   }
   undecodable();
+}
+
+// The playlist entry playing ``src`` cannot play: mark it with ``reason`` and play the next entry.
+function skipQueued(src, reason) {
+  const at = state.queueAt;
+  if (at < 0 || !src.endsWith(`/api/tracks/${state.queue[at]}/audio`)) return;
+  const item = $("playlist").children[at];
+  if (item) {
+    item.classList.add("unplayable");
+    item.title = reason;
+  }
+  playQueued(at + 1);
 }
 
 // ---- wiring ------------------------------------------------------------------------
