@@ -268,6 +268,19 @@ def test_mpd_radio_after_the_queue_played_to_its_end_goes_on_from_its_last_song(
             client.stop()
     assert queue == [Path(t.path).name for t in (first, seed, *expected)]
     assert status["state"] == "play" and now["pos"] == "2", (status, now)
+    with _random_mode(mpd_port, Path(seed.path).name) as client:  # any song may have played last: none seeds
+        client.add(Path(first.path).name)
+        client.pause(0)
+        deadline = time.monotonic() + 20
+        while "song" in (playing := client.status()) and time.monotonic() < deadline:  # each song to its end
+            if float(playing.get("elapsed", 0)) < float(playing.get("duration", 0)) - 1:
+                client.seekcur(float(playing["duration"]) - 0.3)
+            time.sleep(0.1)
+        assert "song" not in client.status()
+        out = runner.invoke(app, ["mpd", "radio", "-n", "3", "--port", str(mpd_port), "--host", "127.0.0.1",
+                                  "--model", "musicnn-msd", "--store", str(extracted_store)])
+        assert out.exit_code == 1 and "MPD has no current song" in out.output, out.output
+        assert len(client.playlistinfo()) == 2
 
 
 def test_mpd_play_plays_a_playlist_file_in_order(mpd_port: int, extracted_store: Path, tmp_path: Path) -> None:

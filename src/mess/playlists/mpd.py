@@ -356,8 +356,8 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
                 music_dir: Path | None = None) -> tuple[Playlist, list[str], list[Path]]:
     """Queue a radio seeded by MPD's current song right after the song MPD plays (before the songs queued later);
     in random mode the radio's songs get MPD's highest priorities, so that they play next and in order there too.
-    When MPD has played its queue to the end (it stopped and has no current song), the queue's last song seeds the
-    radio, which is queued after it and played.
+    When MPD has played its queue to the end (it stopped and has no current song) outside random mode, the queue's
+    last song seeds the radio, which is queued after it and played.
 
     Returns the playlist, the queued URIs and the tracks MPD does not know (skipped). The radio leaves out the songs
     of MPD's queue and their copies (else heard twice): those after the current one play later, those before it
@@ -371,8 +371,9 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     places.
     """
     status, queue = _snapshot(client)
-    ended = "song" not in status and bool(queue)  # MPD played the queue to its end: the last song, heard last, seeds
-    song = queue[int(status["song"])] if "song" in status else queue[-1] if queue else {}
+    # MPD played the queue to its end: its last song, heard last, seeds (in random mode any song may have been last)
+    ended = "song" not in status and bool(queue) and status.get("random") != "1"
+    song = queue[int(status["song"])] if "song" in status else queue[-1] if ended else {}
     if not song.get("file"):
         raise PlayerError("MPD has no current song; play something first")
     if "://" in song["file"]:  # an http:// stream, such as `mess serve`'s playlists hold: no file to seed from
