@@ -240,6 +240,32 @@ def test_mpd_radio_never_queues_again_a_song_that_played(mpd_port: int, extracte
     assert len(set(queue)) == len(queue), queue
 
 
+def test_mpd_radio_keeps_the_artist_of_the_song_before_the_seed_a_window_apart(mpd_port: int,
+                                                                                extracted_store: Path) -> None:
+    """X by A played, then the seed S by B: the radio's first song was A's too (S's closest other artist), so A played,
+    B, then A again, though an artist keeps 3 songs apart (the window); only the seed counted as what played before.
+    The songs before the seed in MPD's queue count now: A comes back no sooner than the radio's third song."""
+    with closing(FeatureStore(extracted_store, readonly=True)) as store:
+        run = store.run("musicnn-msd")
+        seed = store.track(3)
+        closest = radio(store, run, [resolve_query(store, seed.id, run)], 1).tracks[0]
+        before = next(t for t in store.tracks(run) if artist_key(t) == artist_key(closest) and t.id != closest.id)
+        with connect("127.0.0.1", mpd_port) as client:
+            client.clear()
+            client.add(Path(before.path).name)
+            client.add(Path(seed.path).name)
+            client.play(1)
+            client.pause(1)
+        out = runner.invoke(app, ["mpd", "radio", "-n", "4", "--port", str(mpd_port), "--host", "127.0.0.1",
+                                  "--model", "musicnn-msd", "--store", str(extracted_store)])
+        assert out.exit_code == 0, out.output
+        with connect("127.0.0.1", mpd_port) as client:
+            queue = [s["file"] for s in client.playlistinfo()]
+        artists = [artist_key(t) for t in _uris_to_tracks(store, queue)]
+    assert len(queue) == 6 and artists[1] != artists[0] and artist_key(closest) == artists[0], artists
+    assert all(len(set(artists[i:i + 3])) == 3 for i in range(len(artists) - 2)), artists
+
+
 def test_mpd_radio_after_the_queue_played_to_its_end_goes_on_from_its_last_song(mpd_port: int,
                                                                                  extracted_store: Path) -> None:
     """The radio played to its end and MPD stopped, with no current song (MPD forgets it then): the listener asks for

@@ -23,7 +23,7 @@ from mpd import CommandError, MPDClient
 from mpd import ConnectionError as MPDConnectionError
 
 from mess.constants import port_problem
-from mess.playlists.playlist import Playlist, gone_tracks, with_gone_note, with_note
+from mess.playlists.playlist import Playlist, artist_key, gone_tracks, with_gone_note, with_note
 from mess.playlists.radio import DEFAULT_WINDOW, radio
 from mess.query import resolve_query
 from mess.store import FeatureStore, Run, Track
@@ -396,19 +396,22 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
         hint = "" if given else " (or, where symbolic links lead into it, pass it as --music-dir)"
         raise PlayerError(f"MPD's current song {song['file']} is not in the collection of this store; "
                           f"run `mess extract` on MPD's music folder{hint}")
-    by_path = {t.path: t.id for t in tracks}
+    by_path = {t.path: t for t in tracks}
     at = int(song["pos"])
     after = queue[at + 1:]
     heard = queue[:at] + ([] if clear_upcoming else after)
-    queued = frozenset(by_path[p] for s in heard if (p := collection_path(music_dir, s.get("file", ""), by_path))
-                       in by_path)
+    queued = frozenset(t.id for t in _tracks_of(heard, by_path, music_dir) if t is not None)
+    # the songs that played just before the seed keep their artists a window apart from the radio's (not in random
+    # mode: those before the current song there may not have played); a song the collection lacks has no artist
+    before = [] if status.get("random") == "1" else _tracks_of(queue[max(at - window, 0):at], by_path, music_dir)
+    played = [artist_key(t) if t is not None else "" for t in before]
     seeds = [resolve_query(store, seed_path, run)]
     gone: list[Track] = []
     lacked: list[Track] = []  # in the collection, not in MPD's database (a folder MPD does not hold)
     rounds = 0  # the radios asked of MPD; those that only left out deleted files are not counted
     while True:  # a file MPD stops playing at (deleted since its update) or lacks: the next closest
         playlist = radio(store, run, seeds, n, aspect=aspect, window=window,
-                         exclude=frozenset(t.id for t in (*gone, *lacked)), heard=queued)
+                         exclude=frozenset(t.id for t in (*gone, *lacked)), heard=queued, played=played)
         newly = gone_tracks(playlist) if music_dir is None or music_dir.is_dir() else ()  # not when unmounted
         if newly:
             gone += newly
@@ -435,6 +438,11 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
         playlist = with_note(playlist, f"in MPD's random mode the first {ordered} play in order (its priorities run "
                              f"{MAX_PRIORITY} to 1), the other {len(uris) - ordered} after them in random order")
     return playlist, uris, unknown
+
+
+def _tracks_of(songs: Sequence[dict], by_path: Mapping[str, Track], music_dir: Path | None) -> list[Track | None]:
+    """The collection track of each of MPD's queued ``songs``, None for one the collection lacks (a stream, say)."""
+    return [by_path.get(collection_path(music_dir, s.get("file", ""), by_path)) for s in songs]
 
 
 def play_files(client: MPDClient, entries: Sequence[Path | str], *, append: bool = False,

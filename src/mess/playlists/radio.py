@@ -21,7 +21,8 @@ BLENDS = ("nearest", "turns")  # how several seeds share a radio: see radio()
 
 def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 30, *, aspect: str | None = None,
           window: int = DEFAULT_WINDOW, norm: Norm = DEFAULT_NORM, exclude: frozenset[int] = frozenset(),
-          blend: str = "nearest", ranking: str = "auto", heard: frozenset[int] = frozenset()) -> Playlist:
+          blend: str = "nearest", ranking: str = "auto", heard: frozenset[int] = frozenset(),
+          played: Sequence[str] = ()) -> Playlist:
     """Up to ``n`` tracks ordered by closeness to the nearest seed, seeds left out.
 
     Closeness is the score ``ranking`` orders by (:func:`mess.search.query.ranked_scores`); "auto", as `mess
@@ -41,6 +42,8 @@ def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 3
         exclude: ids of tracks never to pick (files gone from disk, say).
         heard: ids of tracks a player has queued already: never picked, nor any near-duplicate of them (a copy of
             a queued song under another name would be heard twice).
+        played: the artist keys (:func:`artist_key`) of the songs a player played before the seeds, the latest
+            last: the window counts them too, as it counts the seeds.
         blend: with several seeds, 'nearest' orders the tracks by closeness to the nearest seed (a seed in a dense
             part of the collection may take every slot); 'turns' lets the seeds take turns, each adding its
             next closest track (by rank, so each seed's neighbours get an even share). Scores stay the
@@ -78,7 +81,7 @@ def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 3
     gone = vanished_copies(pool, vs.ids, by_id)  # the guard keeps the first of a content: the copy on disk
     pool = [r for r in pool if r not in gone] if gone else pool
     artists = {r: artist_key(by_id[int(vs.ids[r])]) for r in pool}
-    history = [credit_key(s.artist) if s.track is None else artist_key(s.track) for s in seeds]
+    history = [*played, *(credit_key(s.artist) if s.track is None else artist_key(s.track) for s in seeds)]
     picked: list[int] = []
     while len(picked) < n:
         row = _next(pool, artists, history, window, lambda r: guard.duplicate(unit[r], by_id[int(vs.ids[r])]))
