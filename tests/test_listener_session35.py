@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from contextlib import closing
 from pathlib import Path
@@ -50,6 +51,21 @@ def test_an_empty_radio_is_not_written_over_the_playlist_named(rendered_collecti
     assert not (tmp_path / "new.m3u8").exists() and not (tmp_path / "new.xspf").exists()
     shown = runner.invoke(app, ["playlist", "radio", "1", "--model", "dsp", "--store", str(store)])
     assert shown.exit_code == 0 and "the collection holds no track but the seed" in shown.output, shown.output
+
+
+def test_a_seed_given_twice_is_named_once_and_changes_nothing(rendered_collection: list[Path], tmp_path: Path) -> None:
+    """`mess playlist radio 1 1 2` was titled "radio: A, A, B"; the tracks were already those of `radio 1 2`."""
+    store = _dsp_store(tmp_path, rendered_collection[0:16:4])
+    answers = []
+    for seeds in (["1", "2"], ["1", "1", "2", "2"]):
+        out = runner.invoke(app, ["playlist", "radio", *seeds, "-n", "2", "--model", "dsp", "--store", str(store),
+                                  "--json"])
+        assert out.exit_code == 0, out.output
+        answers.append(json.loads(out.stdout))
+    with closing(FeatureStore(store, readonly=True)) as fs:
+        names = [fs.track(1).name, fs.track(2).name]
+    assert answers[1]["title"] == answers[0]["title"] == f"radio: {names[0]}, {names[1]}"
+    assert answers[1]["tracks"] == answers[0]["tracks"]
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (scripts/install.sh)")

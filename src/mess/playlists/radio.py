@@ -92,7 +92,7 @@ def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 3
         guard.add(unit[row], track)
         history.append(artist_key(track))
         picked.append(row)
-    label = ", ".join(s.label for s in seeds)
+    label = ", ".join({s.label if s.track is None else s.track.id: s.label for s in seeds}.values())  # a seed once
     short = ""
     seed_ids = np.array([s.track.id for s in seeds if s.track is not None], dtype=np.int64)
     if np.isin(vs.ids, seed_ids).all():  # was 'no track fits (artists spread, ...)': there was none
