@@ -266,6 +266,30 @@ def test_mpd_radio_keeps_the_artist_of_the_song_before_the_seed_a_window_apart(m
     assert all(len(set(artists[i:i + 3])) == 3 for i in range(len(artists) - 2)), artists
 
 
+def test_mpd_radio_keeps_the_artist_of_the_song_queued_after_it_apart(mpd_port: int, extracted_store: Path) -> None:
+    """S plays, T by A is queued after it; the radio (-n 1) goes between them. Its one song was S's closest other
+    artist's, A's too: A's two songs played back to back. The songs queued after the radio count in the window now."""
+    with closing(FeatureStore(extracted_store, readonly=True)) as store:
+        run = store.run("musicnn-msd")
+        seed = store.track(3)
+        closest = radio(store, run, [resolve_query(store, seed.id, run)], 1).tracks[0]
+        later = next(t for t in store.tracks(run) if artist_key(t) == artist_key(closest) and t.id != closest.id)
+        with connect("127.0.0.1", mpd_port) as client:
+            client.clear()
+            client.add(Path(seed.path).name)
+            client.add(Path(later.path).name)
+            client.play(0)
+            client.pause(1)
+        out = runner.invoke(app, ["mpd", "radio", "-n", "1", "--port", str(mpd_port), "--host", "127.0.0.1",
+                                  "--model", "musicnn-msd", "--store", str(extracted_store)])
+        assert out.exit_code == 0, out.output
+        with connect("127.0.0.1", mpd_port) as client:
+            queue = [s["file"] for s in client.playlistinfo()]
+        artists = [artist_key(t) for t in _uris_to_tracks(store, queue)]
+    assert len(queue) == 3 and queue[2] == Path(later.path).name, queue
+    assert all(a != b for a, b in zip(artists, artists[1:], strict=False)), artists
+
+
 def test_mpd_radio_after_the_queue_played_to_its_end_goes_on_from_its_last_song(mpd_port: int,
                                                                                  extracted_store: Path) -> None:
     """The radio played to its end and MPD stopped, with no current song (MPD forgets it then): the listener asks for

@@ -549,3 +549,20 @@ def test_radio_plays_one_of_two_recordings_of_one_sound_and_a_radio_of_one(tmp_p
     assert [t.title for t in radio(store, run, seed, 3, window=1, norm="none", ranking="plain").tracks] == ["c1", "e30"]
     assert [t.title for t in radio(store, run, seed, 1, window=1, norm="none", ranking="plain").tracks] == ["c1"]
     store.close()
+
+
+def test_radio_keeps_the_songs_after_it_a_window_apart_unless_it_would_run_short(tmp_path: Path) -> None:
+    """Seed S by X; a5 (A) is closer than b10 (B). With A's song playing after the radio, a radio of 1 takes b10 (A
+    back to back otherwise); of 2, b10 then a5 would put A next to A: a5, b10. Without b10 the radio still holds a5."""
+    points = {"S": (0, "X"), "a5": (5, "A"), "b10": (10, "B")}
+    store, run = _artist_store(tmp_path / "store", points)
+    seed = [collection_query(store, store.track("S.wav").id)]
+    a = artist_key(store.track("a5.wav"))
+
+    def titles(n: int, **options) -> list[str]:
+        return [t.title for t in radio(store, run, seed, n, window=1, norm="none", ranking="plain", **options).tracks]
+
+    assert titles(1) == ["a5"] and titles(1, following=[a]) == ["b10"]
+    assert titles(2, following=[a]) == ["a5", "b10"]
+    assert titles(1, following=[a], exclude=frozenset({store.track("b10.wav").id})) == ["a5"]
+    store.close()

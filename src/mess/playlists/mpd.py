@@ -405,13 +405,16 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     # mode: those before the current song there may not have played); a song the collection lacks has no artist
     before = [] if status.get("random") == "1" else _tracks_of(queue[max(at - window, 0):at], by_path, music_dir)
     played = [artist_key(t) if t is not None else "" for t in before]
+    later = [] if clear_upcoming or status.get("random") == "1" else _tracks_of(after[:window], by_path, music_dir)
+    following = [artist_key(t) if t is not None else "" for t in later]  # after the radio: no artist back to back
     seeds = [resolve_query(store, seed_path, run)]
     gone: list[Track] = []
     lacked: list[Track] = []  # in the collection, not in MPD's database (a folder MPD does not hold)
     rounds = 0  # the radios asked of MPD; those that only left out deleted files are not counted
     while True:  # a file MPD stops playing at (deleted since its update) or lacks: the next closest
         playlist = radio(store, run, seeds, n, aspect=aspect, window=window,
-                         exclude=frozenset(t.id for t in (*gone, *lacked)), heard=queued, played=played)
+                         exclude=frozenset(t.id for t in (*gone, *lacked)), heard=queued, played=played,
+                         following=following)
         newly = gone_tracks(playlist) if music_dir is None or music_dir.is_dir() else ()  # not when unmounted
         if newly:
             gone += newly

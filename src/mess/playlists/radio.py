@@ -22,7 +22,7 @@ BLENDS = ("nearest", "turns")  # how several seeds share a radio: see radio()
 def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 30, *, aspect: str | None = None,
           window: int = DEFAULT_WINDOW, norm: Norm = DEFAULT_NORM, exclude: frozenset[int] = frozenset(),
           blend: str = "nearest", ranking: str = "auto", heard: frozenset[int] = frozenset(),
-          played: Sequence[str] = ()) -> Playlist:
+          played: Sequence[str] = (), following: Sequence[str] = ()) -> Playlist:
     """Up to ``n`` tracks ordered by closeness to the nearest seed, seeds left out.
 
     Closeness is the score ``ranking`` orders by (:func:`mess.search.query.ranked_scores`); "auto", as `mess
@@ -44,6 +44,8 @@ def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 3
             a queued song under another name would be heard twice).
         played: the artist keys (:func:`artist_key`) of the songs a player played before the seeds, the latest
             last: the window counts them too, as it counts the seeds.
+        following: the artist keys of the songs a player plays after the radio, the first first: the radio's last
+            tracks keep them a window apart too, unless the radio would run short for it.
         blend: with several seeds, 'nearest' orders the tracks by closeness to the nearest seed (a seed in a dense
             part of the collection may take every slot); 'turns' lets the seeds take turns, each adding its
             next closest track (by rank, so each seed's neighbours get an even share). Scores stay the
@@ -84,7 +86,8 @@ def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 3
     history = [*played, *(credit_key(s.artist) if s.track is None else artist_key(s.track) for s in seeds)]
     picked: list[int] = []
     while len(picked) < n:
-        row = _next(pool, artists, history, window, lambda r: guard.duplicate(unit[r], by_id[int(vs.ids[r])]))
+        row = _next(pool, artists, history, window, lambda r: guard.duplicate(unit[r], by_id[int(vs.ids[r])]),
+                    following, n - len(picked) - 1)
         if row is None:
             break
         pool.remove(row)
@@ -109,13 +112,15 @@ def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 3
 
 
 def _next(pool: list[int], artists: dict[int, str], history: list[str], window: int,
-          duplicate: Callable[[int], bool]) -> int | None:
+          duplicate: Callable[[int], bool], following: Sequence[str] = (), after: int = 0) -> int | None:
     """The first (closest) row of ``pool`` that is no ``duplicate`` and whose artist is not among the last ``w``
-    played, w = window .. 1. Rows found to be duplicates leave the pool: the guard only grows, so they stay
-    duplicates, and only the rows reached are checked (checking the whole pool for every pick made a 200-track
-    radio take minutes)."""
-    for w in range(window, 0, -1):
-        recent = {a for a in history[-w:] if a}
+    played, w = window .. 1, nor among the ``following`` songs within ``w`` of it (``after`` radio tracks come
+    between); failing that, the following songs give way (w = 1). Rows found to be duplicates leave the pool: the
+    guard only grows, so they stay duplicates, and only the rows reached are checked (checking the whole pool for
+    every pick made a 200-track radio take minutes)."""
+    levels = [(w, following[:max(w - after, 0)]) for w in range(window, 0, -1)]
+    for w, next_up in [*levels, (1, ())] if following else levels:
+        recent = {a for a in (*history[-w:], *next_up) if a}
         for row in [r for r in pool if artists[r] not in recent]:
             if not duplicate(row):
                 return row
