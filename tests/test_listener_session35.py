@@ -73,7 +73,7 @@ def test_the_page_plays_a_radio_on_past_a_track_whose_file_is_gone(rendered_coll
                                                                    tmp_path: Path) -> None:
     """The page's radio is played in a browser; its second track's file is deleted meanwhile. The player stopped
     there (the audio answers 404, 'ended' never comes), so the radio went silent; it now says why beside the entry
-    and plays on from the next one."""
+    and plays on from the next one. The file back, the entry clicked plays and loses its mark."""
     store = _dsp_store(tmp_path, rendered_collection[0:16:4])  # 4 pieces by 4 composers
     with _serving(store, "dsp") as url:
         page = Browser(tmp_path / "profile")
@@ -89,7 +89,8 @@ def test_the_page_plays_a_radio_on_past_a_track_whose_file_is_gone(rendered_coll
             page.wait_for("document.querySelectorAll('#playlist li').length === 3")
             queue = page.evaluate("[...document.querySelectorAll('#playlist button.track')].map(b => +b.dataset.id)")
             with closing(FeatureStore(store, readonly=True)) as fs:
-                Path(fs.track(queue[1]).path).unlink()
+                gone = Path(fs.track(queue[1]).path)
+            kept = gone.rename(tmp_path / "kept.flac")
             page.evaluate("document.getElementById('play-all').click()")
             page.wait_for(f"document.getElementById('player').src.endsWith('/api/tracks/{queue[0]}/audio')")
             page.wait_for("document.getElementById('player').readyState >= 1")
@@ -99,6 +100,12 @@ def test_the_page_plays_a_radio_on_past_a_track_whose_file_is_gone(rendered_coll
             skipped = page.evaluate("[...document.querySelectorAll('#playlist li')].map(li => li.title)")
             assert skipped[0] == skipped[2] == "" and "cannot play" in skipped[1] and "404" not in skipped[1], skipped
             assert page.evaluate("document.querySelector('#playlist li.playing button').dataset.id") == str(queue[2])
+            kept.rename(gone)  # the file is back (same bytes, size and times): clicked, the entry plays, unmarked
+            page.evaluate("document.querySelectorAll('#playlist button.track')[1].click()")
+            page.wait_for(f"document.getElementById('player').src.endsWith('/api/tracks/{queue[1]}/audio') && "
+                          "document.getElementById('player').currentTime > 0")
+            assert page.evaluate("[...document.querySelectorAll('#playlist li.unplayable')].length") == 0
+            assert page.evaluate("document.querySelectorAll('#playlist li')[1].title") == ""
             assert page.exceptions() == []
         finally:
             page.close()

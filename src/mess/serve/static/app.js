@@ -583,6 +583,11 @@ function playQueued(index) {
     loadArtists({ track: String(id) });
   }
   [...$("playlist").children].forEach((li, i) => li.classList.toggle("playing", i === index));
+  const item = $("playlist").children[index];
+  if (item && item.classList.contains("unplayable")) {  // tried again (its file back, say): marked again if it fails
+    item.classList.remove("unplayable");
+    item.title = "";
+  }
   updatePlaylistButtons();
   draw();
 }
