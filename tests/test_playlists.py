@@ -478,12 +478,32 @@ def test_radio_keeps_artists_a_window_apart_shrinking_it_only_when_nothing_fits(
     assert [t.title for t in play(2, 1).tracks] == ["y15", "x5"]
     short = play(10, 1, exclude=frozenset({store.track("y15.wav").id}))
     assert [t.title for t in short.tracks] == ["y20", "x5", "z25", "x10"]
-    assert short.note == "only 4 tracks fit (artists spread, no duplicates)"
+    assert short.note == "only 4 tracks fit (no duplicates)"
     for bad in ({"n": 0, "window": 1}, {"n": 1, "window": 0}):
         with pytest.raises(PlaylistError, match="at least 1"):
             play(**bad)
     with pytest.raises(PlaylistError, match="at least one seed"):
         radio(store, run, [], 5)
+    store.close()
+
+
+def test_a_radio_from_a_library_of_one_artist_repeats_the_artist_and_says_so(tmp_path: Path) -> None:
+    """A library of one artist's tracks gave an empty radio (the window never shrank below 1, so no track fitted
+    after the seed); a listener with one band's albums got nothing. When only the last artist's tracks are left the
+    artist plays again, closest first, and the note counts the repeats; where another artist is left the spread
+    holds (w's track comes between)."""
+    points = {"S": (0, "X"), "x5": (5, "X"), "x10": (10, "X"), "x15": (15, "X"), "w30": (30, "W")}
+    store, run = _artist_store(tmp_path / "store", points)
+    seed = [collection_query(store, store.track("S.wav").id)]
+    played = radio(store, run, seed, 10, window=2, norm="none", ranking="plain")
+    assert [t.title for t in played.tracks] == ["w30", "x5", "x10", "x15"]
+    np.testing.assert_allclose(played.scores, np.cos(np.radians([30, 5, 10, 15])), atol=1e-3)
+    assert played.note == "only 4 tracks fit (no duplicates); an artist played twice in a row 2 times: no track by " \
+        "another artist was left"
+    alone = radio(store, run, seed, 2, window=1, norm="none", ranking="plain",
+                  exclude=frozenset({store.track("w30.wav").id}))
+    assert [t.title for t in alone.tracks] == ["x5", "x10"]
+    assert alone.note == "an artist played twice in a row 2 times: no track by another artist was left"
     store.close()
 
 
@@ -500,7 +520,7 @@ def test_radio_skips_what_is_queued_its_copies_and_the_stale_entry_of_a_changed_
                      heard=frozenset({store.track("a.wav").id}))
     assert [t.title for t in playlist.tracks] == ["c30", "x20"]
     np.testing.assert_allclose(playlist.scores, np.cos(np.radians([30, 20])), atol=1e-3)
-    assert playlist.note == "only 2 tracks fit (artists spread, no duplicates, none of the 1 queued already)"
+    assert playlist.note == "only 2 tracks fit (no duplicates, none of the 1 queued already)"
     one = radio(store, run, [seed], 5, window=1, norm="none", ranking="plain",
                 exclude=frozenset({store.track("x20.wav").id}), heard=frozenset({store.track("a.wav").id}))
     assert one.note.startswith("only 1 track fits (")

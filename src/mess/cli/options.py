@@ -105,7 +105,8 @@ ModelOpt = Annotated[
 AspectOpt = Annotated[str | None, typer.Option("--aspect", "-a", help="The layer `mess probe` chose for this aspect.")]
 FusedOpt = Annotated[bool, typer.Option("--fused", help="The fused vectors of `mess fuse`.")]
 RadioWindowOpt = Annotated[int, typer.Option("--window", min=1, help="An artist does not come back within this many "
-                                           "tracks (1: only never twice in a row).")]
+                                           "tracks (1: only never twice in a row) while another "
+                                           "artist's track is left.")]
 CutoffOpt = Annotated[int, typer.Option("-k", min=1, help="Cut-off of precision@k and nDCG@k.")]
 SEED_MAX = 2**32 - 1  # seeds numpy and torch both take (numpy refuses negative ones, torch ones beyond 64 bits)
 DEFAULT_STORE_PATH = Path(os.environ.get("MESS_STORE") or DEFAULT_STORE)  # an empty MESS_STORE is unset

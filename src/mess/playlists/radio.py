@@ -32,8 +32,9 @@ def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 3
 
     No artist plays twice in a row, and none within ``window`` tracks (the seeds count as what
     played before) while the collection allows it: when no candidate fits, the window shrinks for
-    that slot, never below 1. Near-duplicates of seeds or earlier picks are skipped. The playlist
-    is shorter than ``n`` only when the collection runs out of tracks that fit.
+    that slot; when only the last artist's tracks are left (a library of one artist), that artist
+    plays again and the note says how often. Near-duplicates of seeds or earlier picks are skipped.
+    The playlist is shorter than ``n`` only when the collection runs out of tracks.
 
     Args:
         seeds: resolved queries (collection tracks or external files), see :func:`mess.query.resolve_query`.
@@ -85,6 +86,7 @@ def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 3
     artists = {r: artist_key(by_id[int(vs.ids[r])]) for r in pool}
     history = [*played, *(credit_key(s.artist) if s.track is None else artist_key(s.track) for s in seeds)]
     picked: list[int] = []
+    repeats = 0
     while len(picked) < n:
         row = _next(pool, artists, history, window, lambda r: guard.duplicate(unit[r], by_id[int(vs.ids[r])]),
                     following, n - len(picked) - 1)
@@ -93,20 +95,25 @@ def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 3
         pool.remove(row)
         track = by_id[int(vs.ids[row])]
         guard.add(unit[row], track)
-        history.append(artist_key(track))
+        artist = artist_key(track)
+        if artist and history and artist == history[-1]:
+            repeats += 1
+        history.append(artist)
         picked.append(row)
     label = ", ".join({s.label if s.track is None else s.track.id: s.label for s in seeds}.values())  # a seed once
     short = ""
     seed_ids = np.array([s.track.id for s in seeds if s.track is not None], dtype=np.int64)
-    if np.isin(vs.ids, seed_ids).all():  # was 'no track fits (artists spread, ...)': there was none
+    if np.isin(vs.ids, seed_ids).all():  # was "no track fits": there was none
         short = f"no track to pick: the collection holds no track but the seed{'s' if len(seeds) > 1 else ''}"
     elif not len(order):
         short = "no track to pick: every track of the collection is left out or queued already"
     elif len(picked) < n:
         fit = {0: "no track fits", 1: "only 1 track fits"}.get(len(picked), f"only {len(picked)} tracks fit")
         queued = f", none of the {len(heard)} queued already" if heard else ""  # what else kept tracks out
-        short = f"{fit} (artists spread, no duplicates{queued})"
-    note = "; ".join(x for x in (short, *notes) if x)
+        short = f"{fit} (no duplicates{queued})"
+    again = (f"an artist played twice in a row {repeats} time{'s' if repeats > 1 else ''}: no track by another "
+             "artist was left") if repeats else ""
+    note = "; ".join(x for x in (short, again, *notes) if x)
     return Playlist(f"radio: {label}", tuple(by_id[int(vs.ids[r])] for r in picked),
                     tuple(float(closeness[r]) for r in picked), note)
 
@@ -115,12 +122,12 @@ def _next(pool: list[int], artists: dict[int, str], history: list[str], window: 
           duplicate: Callable[[int], bool], following: Sequence[str] = (), after: int = 0) -> int | None:
     """The first (closest) row of ``pool`` that is no ``duplicate`` and whose artist is not among the last ``w``
     played, w = window .. 1, nor among the ``following`` songs within ``w`` of it (``after`` radio tracks come
-    between); failing that, the following songs give way (w = 1). Rows found to be duplicates leave the pool: the
-    guard only grows, so they stay duplicates, and only the rows reached are checked (checking the whole pool for
-    every pick made a 200-track radio take minutes)."""
+    between); failing that, the following songs give way (w = 1), and last the artist may repeat (w = 0). Rows
+    found to be duplicates leave the pool: the guard only grows, so they stay duplicates, and only the rows
+    reached are checked (checking the whole pool for every pick made a 200-track radio take minutes)."""
     levels = [(w, following[:max(w - after, 0)]) for w in range(window, 0, -1)]
-    for w, next_up in [*levels, (1, ())] if following else levels:
-        recent = {a for a in (*history[-w:], *next_up) if a}
+    for w, next_up in [*levels, *([(1, ())] if following else []), (0, ())]:
+        recent = {a for a in (*(history[-w:] if w else ()), *next_up) if a}
         for row in [r for r in pool if artists[r] not in recent]:
             if not duplicate(row):
                 return row
