@@ -217,11 +217,14 @@ def run_line(line: str, home: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_pages_hold_the_blocks_this_test_runs() -> None:
-    """The parser finds the pages' blocks (a broken fence or marker would silently test nothing)."""
+    """The parser finds the pages' blocks (a broken fence or marker would silently test nothing), and each line
+    marker still names lines of its block."""
     assert len(PYTHON) >= 4 and len(SHELL) >= 15 and len(SHOWN) >= 1, [b.name for b in ALL]
     for block in ALL:
         assert block.marker == "" or re.fullmatch(r'(\s*(skip( "[^"]+")? \([^)]+\)|shows "[^"]+")\s*;?)+\s*',
                                                   block.marker), f"{block.name}: unreadable marker {block.marker!r}"
+        stale = [text for text in block.skipped_lines() if text not in block.text]
+        assert not stale, f"{block.name}: the marker skips lines holding {stale}, and none does"
 
 
 @pytest.mark.parametrize("block", PYTHON, ids=lambda b: b.name)
