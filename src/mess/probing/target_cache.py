@@ -137,7 +137,8 @@ def track_targets(store_root: Path, tracks: Sequence[Track], policy: WindowPolic
                 on_track()
     jobs = workers if len(todo) >= PARALLEL_MIN_TRACKS else 1
     stamps = [None if known is None else (known(Path(t.path)) or ("", ""))[1] for t in todo]
-    calls = (delayed(_attempt)(i, t.path, policy.to_json(), stamps[i]) for i, t in enumerate(todo))
+    # absolute here: the worker processes outlive a call, and a caller may have changed directory since they started
+    calls = (delayed(_attempt)(i, os.path.abspath(t.path), policy.to_json(), stamps[i]) for i, t in enumerate(todo))
     computed = 0
     for i, result in Parallel(n_jobs=jobs, return_as="generator_unordered")(calls):
         track = todo[i]
