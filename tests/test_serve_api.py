@@ -392,7 +392,7 @@ def test_empty_layer_aspect_model_and_hubness_parameters_mean_none_given(client:
 def test_a_radio_that_runs_out_of_tracks_says_so_in_good_english(client: TestClient, store: FeatureStore) -> None:
     """Seeded with all tracks but one, the note read 'only 1 tracks fit'."""
     firsts = list({t.artist: t.id for t in reversed(store.tracks())}.values())  # one track of each artist
-    for left, words in ((1, "only 1 track fits (artists"), (2, "only 2 tracks fit (artists")):
+    for left, words in ((1, "only 1 track fits (no"), (2, "only 2 tracks fit (no")):
         kept = {store.track(i).artist for i in firsts[:left]}  # seeds by other artists last: they played just before
         seeds = [t.id for t in sorted(store.tracks(), key=lambda t: t.artist not in kept) if t.id not in firsts[:left]]
         answer = client.get("/api/playlists/radio", params={"seed": seeds, "n": 5}).json()

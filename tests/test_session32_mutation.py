@@ -273,7 +273,7 @@ def test_the_audio_routes_answers_are_described_in_the_openapi_schema(
     client, _, _ = served
     described = client.get("/openapi.json").json()["paths"]["/api/tracks/{track_id}/audio"]["get"]["responses"]
     assert {"200", "206", "409", "416"} <= set(described)
-    assert described["206"]["description"] == "Partial content"
+    assert described["206"]["description"].startswith("Partial content")
 
 
 def test_audio_of_a_file_gone_or_replaced_by_a_link_is_a_404(synthetic: tuple[TestClient, Path, dict[str, int]]

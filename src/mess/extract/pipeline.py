@@ -218,7 +218,7 @@ def _catalogued(store: FeatureStore, outcome: _Outcome) -> _Outcome:
         return outcome
     try:
         store.upsert_track(record.path, record.content_hash, record.size, record.mtime, record.info, record.tags,
-                           stamp=record.stamp)
+                           stamp=record.stamp, follow_moves=True)
     except StoreError:
         raise
     except Exception as exc:  # noqa: BLE001 -- one file's fault (a tag SQLite cannot store) must not end the run

@@ -343,7 +343,7 @@ def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path], summary: Ex
             continue
         rec = json.loads(row["record"])
         store.upsert_track(Path(row["path"]), rec["hash"], rec["size"], rec["mtime"], rec["info"], rec["tags"],
-                           stamp=rec["stamp"])
+                           stamp=rec["stamp"], follow_moves=True)
         if rec["hash"] in queued:
             summary.copies += 1
             copies.setdefault(rec["hash"], []).append(row["path"])

@@ -164,8 +164,8 @@ class StoreConnection:
 
         ``make`` must read what it needs from this store (not from data fetched before the
         call): the token is read first, so a value is never older than its token. With
-        ``tracks`` (what :meth:`tracks` returned), ``make`` reads them instead and the value is
-        kept for the catalog version they were read at; any other sequence is not memoised.
+        ``tracks`` (what :meth:`~mess.store.tracks.TrackCatalog.tracks` returned), ``make`` reads them instead and
+        the value is kept for the catalog version they were read at; any other sequence is not memoised.
         Cached values are shared between callers; return immutable data.
         """
         if tracks is None:

@@ -18,7 +18,8 @@ class StoreDamaged(StoreError):
 
 class DerivedRewritten(StoreError):
     """The file of a derived set (fused, ...) that the catalog version being read names is gone: ``fuse apply``
-    rewrote the set twice since (or it was deleted). Read again on a newer version (see :meth:`FeatureStore.reading`).
+    rewrote the set twice since (or it was deleted). Read again on a newer version
+    (see :meth:`~mess.store.connection.StoreConnection.reading`).
     """
 
 

@@ -92,7 +92,8 @@ class Run(RunKey):
 
 
 class TrackList(tuple[Track, ...]):
-    """Tracks read from one catalog version of one open store (see :meth:`FeatureStore.cached`)."""
+    """Tracks read from one catalog version of one open store
+    (see :meth:`~mess.store.connection.StoreConnection.cached`)."""
 
     scope: tuple[str, int]
     version: tuple[int, int]

@@ -39,13 +39,15 @@ class TrackCatalog(FailureRecords):
         tags: dict[str, str | None],
         *,
         stamp: str = "",
+        follow_moves: bool = False,
     ) -> int:
         """Insert or update a track by path; returns its id. ``stamp`` is the file's change stamp.
 
         The duration is the one already catalogued for the same content when there is one (a header's claim that
-        decoding corrected, see :meth:`set_duration`, stays corrected when the file is inspected again). A new path
-        holding the content of a track whose file is gone (moved or renamed since) takes that track's row: its id,
-        and with it the index entries, fused vectors and aspect maps that name it, follow the file.
+        decoding corrected, see :meth:`set_duration`, stays corrected when the file is inspected again). With
+        ``follow_moves`` (extraction, where ``path`` is a file just read), a new path holding the content of a track
+        whose file is gone (moved or renamed since) takes that track's row: its id, and with it the index entries,
+        fused vectors and aspect maps that name it, follow the file.
         """
         db_path = to_db_path(path)
         row = {
@@ -64,7 +66,8 @@ class TrackCatalog(FailureRecords):
         marks = ", ".join(_KNOWN_DURATION if c == "duration" else f":{c}" for c in row)
         updates = ", ".join(f"{c}=excluded.{c}" for c in row if c not in ("path", "added_at"))
         with self._write():
-            if (moved := self._moved_from(db_path, content_hash)) is not None:  # the upsert updates the rest
+            moved = self._moved_from(db_path, content_hash) if follow_moves else None
+            if moved is not None:  # the row follows its file; the upsert below updates the rest of it
                 self.db.execute("UPDATE tracks SET path=? WHERE id=?", (db_path, moved))
             self.db.execute(
                 f"INSERT INTO tracks (id, {cols}) VALUES ({_NEW_TRACK_ID}, {marks}) "
