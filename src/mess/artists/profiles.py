@@ -108,9 +108,8 @@ def build_artists(tracks: Sequence[Track], *, max_tracks: int = DEFAULT_MAX_TRAC
 
     Names differing only in case, accents or a leading 'the' are one artist (the most
     frequent spelling wins). Tracks are chosen round-robin over albums, so an artist
-    with several albums is not represented by one album only. Copies of one audio content (a hard link, a duplicate,
-    a moved file's entry beside its new one until `--prune`) are one track of the artist, the first by path: they
-    counted twice, in its track count and confidence.
+    with several albums is not represented by one album only. Copies of one audio content (a hard link, a duplicate)
+    are one track of the artist, the first by path: they counted twice, in its track count and confidence.
     """
     if max_tracks < 1 or min_tracks < 1:
         raise ArtistError("max_tracks and min_tracks must be at least 1")
