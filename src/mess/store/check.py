@@ -12,7 +12,6 @@ older mess that passed get their checksums, and it returns one line per action.
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import time
 from collections.abc import Mapping
@@ -28,7 +27,7 @@ from mess.store.catalog import has_column
 from mess.store.checksums import BlockSums, expected, pack, row_expected
 from mess.store.config import ConfigError, preferred_model, read_config
 from mess.store.feature_store import FeatureStore, Run
-from mess.store.paths import from_db_path, leftover_temps, printable
+from mess.store.paths import from_db_path, leftover_temps, look, printable
 
 _ROWS_LOST = ("short-file", "not-a-file")  # problems whose files lost the rows the catalog references
 
@@ -314,7 +313,7 @@ def _not_embedded(store: FeatureStore, run: Run) -> list[Problem]:
     paths = store.unembedded(run)
     if not paths:
         return []
-    looks = {p: _look(p) for p in paths}
+    looks = {p: look(p) for p in paths}  # `--prune` keeps what it cannot look at: no advice to prune those
     gone = [p for p in paths if looks[p] is None]
     hidden = [p for p in paths if isinstance(looks[p], OSError)]
     here = [p for p in paths if looks[p] is True]
@@ -337,19 +336,6 @@ def _not_embedded(store: FeatureStore, run: Run) -> list[Problem]:
                     f"({_named(gone)}): `mess extract FOLDER --prune` forgets them")
     return [Problem("not-embedded", run.id, message, damage=False, gone=not here and not hidden,
                     extract=store.extract_options(run))]
-
-
-def _look(path: str) -> bool | OSError | None:
-    """True where ``path`` is on disk, None where it is not (no such file, or a file where a folder of it was), the
-    error where it cannot be looked at (a folder above it unreadable: ``os.path.lexists`` said such a file was gone,
-    and the advice to prune it was followed by nothing, as `--prune` keeps what it cannot look at)."""
-    try:
-        os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as exc:
-        return exc
-    return True
 
 
 def _embedded_elsewhere(store: FeatureStore, run: Run, paths: list[str]) -> int:

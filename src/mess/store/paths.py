@@ -57,6 +57,19 @@ def inside_store(path: str | Path, root: str | Path) -> bool:
     return resolved(expanded(path)).is_relative_to(resolved(expanded(root)))
 
 
+def look(path: str | Path) -> bool | OSError | None:
+    """True where ``path`` is on disk, None where it is not (no such file, or a file where a folder of it was), the
+    error where it cannot be looked at (a folder above it unreadable: ``os.path.lexists`` says False there, though
+    the file may well be on disk)."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        return exc
+    return True
+
+
 def printable(text: str) -> str:
     """``text`` safe to print and store as text: undecodable file-name bytes become escapes (caf\\xe9), as does a
     lone surrogate that escapes no byte (\\ud800, which only JSON text can carry)."""

@@ -15,7 +15,7 @@ from mess.constants import legacy_stamp
 from mess.store.errors import StoreError, TrackFailed
 from mess.store.failures import FailureRecords, unread_key
 from mess.store.memo import MEMO
-from mess.store.paths import expanded, from_db_path, printable, resolved, to_db_path, unprinted
+from mess.store.paths import expanded, from_db_path, look, printable, resolved, to_db_path, unprinted
 from mess.store.records import Run, Track, TrackList, is_track_id
 
 _TRACK_COLS = "id, path, content_hash, duration, artist, album, title, genre, composer"
@@ -83,7 +83,7 @@ class TrackCatalog(FailureRecords):
         if self.db.execute("SELECT 1 FROM tracks WHERE path=?", (path,)).fetchone() is not None:
             return None
         holders = self.db.execute("SELECT id, path FROM tracks WHERE content_hash=? ORDER BY id", (content_hash,))
-        return next((int(track_id) for track_id, old in holders.fetchall() if _gone(from_db_path(old))), None)
+        return next((int(track_id) for track_id, old in holders.fetchall() if look(from_db_path(old)) is None), None)
 
     def set_duration(self, content_hash: str, seconds: float) -> None:
         """Record the decoded length of a content's tracks (a truncated file's header claims more than it holds)."""
@@ -207,13 +207,3 @@ class TrackCatalog(FailureRecords):
         """Every path in the catalog."""
         return [from_db_path(r[0]) for r in self._query("SELECT path FROM tracks ORDER BY id")]
 
-
-def _gone(path: str) -> bool:
-    """Whether nothing is at ``path`` (a folder on its way that cannot be looked into does not say so)."""
-    try:
-        os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return True
-    except OSError:
-        return False
-    return False
