@@ -19,8 +19,7 @@ from test_same_recording import COPIES, originals  # noqa: F401 -- its fixture: 
 
 from mess.audio.decode import probe
 from mess.audio.windows import WindowPolicy
-from mess.store import FeatureStore, Track
-from mess.store.feature_store import RunKey
+from mess.store import FeatureStore, RunKey, Track
 from mess.store.lock import StoreLock
 
 # ---------------------------------------------------------------- Ray's rows in input order

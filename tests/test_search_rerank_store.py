@@ -31,8 +31,7 @@ from mess.search.query import collection_query, similar_tracks
 from mess.search.rerank import Reranker, build_reranker
 from mess.search.rerank_store import augment_path, load_reranker, read_augmentation, read_reranker, rerank_path
 from mess.search.vectors import VectorSpec, load_vectors
-from mess.store import FeatureStore, Run
-from mess.store.feature_store import TrackVectors
+from mess.store import FeatureStore, Run, TrackVectors
 
 POWER = VectorSpec.from_options(norm="power")
 HINT = "mess index --model musicnn-msd --norm power"

@@ -18,7 +18,8 @@ import pytest
 
 from mess.constants import legacy_stamp
 from mess.store import FeatureStore, Run, RunKey, StoreDamaged, StoreError, TrackFailed, TrackVectors
-from mess.store.feature_store import DerivedRewritten, track_set_digest
+from mess.store.aspects import track_set_digest
+from mess.store.errors import DerivedRewritten
 
 
 def _file(store: FeatureStore, path: str, content_hash: str) -> int:

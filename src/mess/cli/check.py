@@ -53,7 +53,7 @@ def check_command(
 
 def _verdict(health: StoreHealth) -> str:
     """The last line of `mess check`: whole or damaged, and the one thing to run next."""
-    from mess.store.feature_store import CATALOG_ADVICE
+    from mess.store.errors import CATALOG_ADVICE
 
     advice = CATALOG_ADVICE if any(p.kind == "catalog" for p in health.damaged) else "run `mess check --repair`"
     if health.damaged:

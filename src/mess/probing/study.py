@@ -18,7 +18,7 @@ from mess.probing.report import TRAINED, ProbeReport
 from mess.probing.target_cache import TrackTargets, track_targets
 from mess.probing.targets import TARGET_NAMES
 from mess.store import FeatureStore, Run, Track
-from mess.store.feature_store import track_set_digest
+from mess.store.aspects import track_set_digest
 
 CONTROLS = ("shuffled", "random-init")
 Progress = Callable[[str, int, int], None]  # (stage, done, total)

@@ -26,8 +26,9 @@ from mess.store.arrays import RowFile, ShortFile, non_finite, set_aside
 from mess.store.catalog import has_column
 from mess.store.checksums import BlockSums, expected, pack, row_expected
 from mess.store.config import ConfigError, preferred_model, read_config
-from mess.store.feature_store import FeatureStore, Run
+from mess.store.feature_store import FeatureStore
 from mess.store.paths import from_db_path, leftover_temps, look, printable
+from mess.store.records import Run
 
 _ROWS_LOST = ("short-file", "not-a-file")  # problems whose files lost the rows the catalog references
 

@@ -23,9 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from mess.constants import FUSED
-from mess.store.feature_store import FeatureStore, Run, StoreError
+from mess.store.errors import StoreError
+from mess.store.feature_store import FeatureStore
 from mess.store.fused import fused_matrix
 from mess.store.paths import expanded, inside_store, printable, replacing
+from mess.store.records import Run
 
 FORMATS = ("npz", "parquet")
 TAGS = ("path", "content_hash", "artist", "album", "title", "genre", "composer")

@@ -24,31 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mess.constants import DEFAULT_STORE
-from mess.store.aspects import AspectMaps, track_set_digest
+from mess.store.aspects import AspectMaps
 from mess.store.catalog import closed_on_error, connect
-from mess.store.errors import CATALOG_ADVICE, DerivedRewritten, StoreDamaged, StoreError, TrackFailed
+from mess.store.errors import CATALOG_ADVICE, StoreDamaged, StoreError
 from mess.store.lock import StoreLock
 from mess.store.memo import MEMO
 from mess.store.paths import expanded
-from mess.store.records import Run, RunKey, Track, TrackList, TrackVectors, is_track_id
 from mess.store.wal import lost_commits, note
-
-__all__ = [
-    "CATALOG_ADVICE",
-    "DEFAULT_STORE",
-    "DerivedRewritten",
-    "FeatureStore",
-    "Run",
-    "RunKey",
-    "StoreDamaged",
-    "StoreError",
-    "Track",
-    "TrackFailed",
-    "TrackList",
-    "TrackVectors",
-    "is_track_id",
-    "track_set_digest",
-]
 
 _CONNECTIONS = itertools.count()
 

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from mess.constants import FUSED, counted
-from mess.store.feature_store import FeatureStore, Run, StoreError
+from mess.store.errors import StoreError
+from mess.store.feature_store import FeatureStore
+from mess.store.records import Run
 
 
 def left_out_note(count: int, label: str = FUSED) -> str:
