@@ -196,6 +196,17 @@ def msd_copy(extracted_store: Path, tmp_path: Path) -> Iterator[tuple[FeatureSto
         fs.close()
 
 
+def as_ordinary_user(cmd: list[str]) -> list[str]:
+    """``cmd`` as an ordinary user runs it: root reads any folder, so under root it runs without that privilege
+    (setpriv; the test is skipped without it)."""
+    if os.geteuid() != 0:
+        return cmd
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv is needed to test permissions as root")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *cmd]
+
+
 # ---------------------------------------------------------------- the command line, in this process
 
 

@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 from tones import write_tones
 
-from conftest import mess_here
+from conftest import as_ordinary_user, mess_here
 from mess.audio.discover import find_audio
 from mess.audio.windows import WindowPolicy
 from mess.extract import pipeline
@@ -627,17 +627,6 @@ def test_a_query_for_a_file_that_failed_to_extract_names_the_failure(tmp_path: P
     assert detail.count("corrupt.wav") <= 1, detail
 
 
-def _as_ordinary_user(cmd: list[str]) -> list[str]:
-    """``cmd`` as an ordinary user runs it: root reads any folder, so under root it runs without that privilege
-    (setpriv; the test is skipped without it)."""
-    if os.geteuid() != 0:
-        return cmd
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv is needed to test permissions as root")
-    caps = "-dac_override,-dac_read_search"
-    return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *cmd]
-
-
 def test_a_window_longer_than_any_decoded_audio_is_refused_before_the_run(tmp_path: Path) -> None:
     """--window inf (or 1e308) passed the option check: every file then failed with 'OverflowError: cannot convert
     float infinity to integer' (exit 3) and the store kept a run of that policy with those failures."""
@@ -665,7 +654,7 @@ def test_a_folder_that_cannot_be_read_and_a_dangling_link_are_named_not_passed_o
     _tone_files(music / "locked", 1)
     _tone_files(music / "unsearchable", 1)
     (music / "ok" / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
-    cmd = _as_ordinary_user([sys.executable, "-m", "mess.cli", "extract", str(music), "--model", "dsp", "--store",
+    cmd = as_ordinary_user([sys.executable, "-m", "mess.cli", "extract", str(music), "--model", "dsp", "--store",
                              str(tmp_path / "s")])
     (music / "locked").chmod(0)
     (music / "unsearchable").chmod(0o600)
@@ -695,7 +684,7 @@ def test_prune_keeps_the_files_of_a_folder_it_cannot_read(tmp_path: Path) -> Non
     args = ["extract", str(music), "--model", "dsp", "--store", str(store)]
     assert CliRunner().invoke(app, args).exit_code == 0
     (music / "ok" / "tone00.wav").unlink()
-    cmd = _as_ordinary_user([sys.executable, "-m", "mess.cli", *args, "--prune"])
+    cmd = as_ordinary_user([sys.executable, "-m", "mess.cli", *args, "--prune"])
     (music / "locked").chmod(0)
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "COLUMNS": "300"})

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import mess_here
+from conftest import as_ordinary_user, mess_here
 from mess.audio.decode import probe
 from mess.store import FeatureStore
 
@@ -124,16 +124,6 @@ def test_a_temp_file_stamped_ahead_of_the_clock_is_named_and_deleted(extracted: 
     assert not ahead.exists() and young.exists()
 
 
-def _as_ordinary_user(cmd: list[str]) -> list[str]:
-    """``cmd`` without root's privilege to read any file (setpriv; the test is skipped without it)."""
-    if os.geteuid() != 0:
-        return cmd
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv is needed to test permissions as root")
-    caps = "-dac_override,-dac_read_search"
-    return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *cmd]
-
-
 def test_a_collection_file_made_unreadable_is_answered_from_its_entry_not_said_to_have_changed(
         extracted: tuple[Path, Path], tmp_path: Path) -> None:
     """A collection file made unreadable since extraction (chmod 000: its stamp moves, its audio does not) was said to
@@ -153,7 +143,7 @@ def test_a_collection_file_made_unreadable_is_answered_from_its_entry_not_said_t
     target.chmod(0)
     try:
         for query in (str(first.id), str(target)):
-            run = subprocess.run(_as_ordinary_user([*MESS, "similar", query, "--json", "--store", str(store)]),
+            run = subprocess.run(as_ordinary_user([*MESS, "similar", query, "--json", "--store", str(store)]),
                                  capture_output=True, text=True, timeout=300)
             assert run.returncode == 0, (query, run.stderr)
             assert "has changed" not in run.stderr and "cannot read it now (Permission denied)" in run.stderr, \
@@ -216,7 +206,7 @@ def test_check_does_not_call_files_in_an_unreadable_folder_gone(wesnoth_tracks: 
     hidden = music / "b"
     hidden.chmod(0)
     try:
-        check = subprocess.run(_as_ordinary_user([*MESS, "check", "--store", str(store)]), capture_output=True,
+        check = subprocess.run(as_ordinary_user([*MESS, "check", "--store", str(store)]), capture_output=True,
                                text=True, timeout=300)
     finally:
         hidden.chmod(0o755)
@@ -270,7 +260,7 @@ def test_a_copy_beside_a_file_in_a_folder_that_cannot_be_looked_into_is_not_a_mo
     shutil.copyfile(original, music / "copy" / original.name)
     (music / "locked").chmod(0)
     try:
-        run = subprocess.run(_as_ordinary_user([*MESS, "extract", str(music / "copy"), *DSP, "--store", str(store)]),
+        run = subprocess.run(as_ordinary_user([*MESS, "extract", str(music / "copy"), *DSP, "--store", str(store)]),
                              capture_output=True, text=True, timeout=300)
     finally:
         (music / "locked").chmod(0o755)
