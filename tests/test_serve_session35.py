@@ -178,6 +178,15 @@ def test_an_empty_artist_name_or_track_is_the_parameter_left_out(artists_client:
 RESULT_FIELDS = ("id", "score", "adjusted", "why", "why_percentile", "reasons", "duplicate")
 
 
+def _same_similar(answer: dict, cli: dict) -> None:
+    """The API's similar answer holds every field of `mess similar --json`'s (but ``match`` and ``query``) with the
+    same value, and the same results in the fields both give."""
+    for key in set(cli) - {"match", "query", "results"}:
+        assert key in answer and answer[key] == cli[key], (key, answer.get(key), cli[key])
+    assert [[r[f] for f in RESULT_FIELDS] for r in answer["results"]] == \
+        [[r[f] for f in RESULT_FIELDS] for r in cli["results"]]
+
+
 @pytest.mark.parametrize("options", [{}, {"layer": "mfcc", "expand": "0"}, {"hubness": "csls", "norm": "zscore"},
                                      {"ranking": "plain", "exclude_same_artist": "true", "k": "3"}])
 def test_similar_answers_as_mess_similar_json_does(client: TestClient, library: Path, options: dict[str, str]) -> None:
@@ -191,11 +200,7 @@ def test_similar_answers_as_mess_similar_json_does(client: TestClient, library: 
             ([f"--{name.replace('_', '-')}"] if value == "true" else ["-k" if name == "k" else f"--{name}", value])]
     done = mess_here("similar", str(one), "--json", "--store", str(library), *args)
     assert done.returncode == 0, done.stderr
-    cli, answer = json.loads(done.stdout), api.json()
-    for key in set(cli) - {"match", "query", "results"}:
-        assert key in answer and answer[key] == cli[key], (key, answer.get(key), cli[key])
-    assert [[r[f] for f in RESULT_FIELDS] for r in answer["results"]] == \
-        [[r[f] for f in RESULT_FIELDS] for r in cli["results"]]
+    _same_similar(api.json(), json.loads(done.stdout))
 
 
 @pytest.mark.parametrize("options", [{}, {"layer": "spectral", "method": "chamfer"}, {"center": "false", "k": "1"}])
@@ -230,11 +235,7 @@ def test_an_upload_takes_the_hubness_and_expansion_of_mess_similar_file(
     args = [a for name, value in options.items() for a in (f"--{name}", value)]
     done = mess_here("similar", str(mine), "-k", "4", "--json", "--store", str(library), *args)
     assert done.returncode == 0, done.stderr
-    cli, api_answer = json.loads(done.stdout), answer.json()
-    for key in set(cli) - {"match", "query", "results"}:
-        assert key in api_answer and api_answer[key] == cli[key], (key, api_answer.get(key), cli[key])
-    assert [[r[f] for f in RESULT_FIELDS] for r in api_answer["results"]] == \
-        [[r[f] for f in RESULT_FIELDS] for r in cli["results"]]
+    _same_similar(answer.json(), json.loads(done.stdout))
     both = client.post("/api/similar/upload", params={"hubness": "csls", "ranking": "augmented"},
                        files={"file": ("mine.wav", mine.read_bytes(), "audio/wav")})
     assert both.status_code == 400, both.text
