@@ -240,28 +240,41 @@ def test_mpd_radio_never_queues_again_a_song_that_played(mpd_port: int, extracte
     assert len(set(queue)) == len(queue), queue
 
 
+def _seed_closest_and_its_artists_other(store: FeatureStore) -> tuple[Track, Track, Track]:
+    """Track 3 (the seed), the first track of its radio, and another track by that track's artist."""
+    run = store.run("musicnn-msd")
+    seed = store.track(3)
+    closest = radio(store, run, [resolve_query(store, seed.id, run)], 1).tracks[0]
+    other = next(t for t in store.tracks(run) if artist_key(t) == artist_key(closest) and t.id != closest.id)
+    return seed, closest, other
+
+
+def _mpd_radio_around(port: int, store_path: Path, store: FeatureStore, songs: list[Track], playing: int,
+                      n: int) -> tuple[list[str], list[str]]:
+    """`mess mpd radio -n N` with MPD's queue set to ``songs``, the one at ``playing`` current (paused): MPD's queue
+    afterwards and the artist of each of its songs."""
+    with connect("127.0.0.1", port) as client:
+        client.clear()
+        for song in songs:
+            client.add(Path(song.path).name)
+        client.play(playing)
+        client.pause(1)
+    out = runner.invoke(app, ["mpd", "radio", "-n", str(n), "--port", str(port), "--host", "127.0.0.1",
+                              "--model", "musicnn-msd", "--store", str(store_path)])
+    assert out.exit_code == 0, out.output
+    with connect("127.0.0.1", port) as client:
+        queue = [s["file"] for s in client.playlistinfo()]
+    return queue, [artist_key(t) for t in _uris_to_tracks(store, queue)]
+
+
 def test_mpd_radio_keeps_the_artist_of_the_song_before_the_seed_a_window_apart(mpd_port: int,
                                                                                 extracted_store: Path) -> None:
     """X by A played, then the seed S by B: the radio's first song was A's too (S's closest other artist), so A played,
     B, then A again, though an artist keeps 3 songs apart (the window); only the seed counted as what played before.
     The songs before the seed in MPD's queue count now: A comes back no sooner than the radio's third song."""
     with closing(FeatureStore(extracted_store, readonly=True)) as store:
-        run = store.run("musicnn-msd")
-        seed = store.track(3)
-        closest = radio(store, run, [resolve_query(store, seed.id, run)], 1).tracks[0]
-        before = next(t for t in store.tracks(run) if artist_key(t) == artist_key(closest) and t.id != closest.id)
-        with connect("127.0.0.1", mpd_port) as client:
-            client.clear()
-            client.add(Path(before.path).name)
-            client.add(Path(seed.path).name)
-            client.play(1)
-            client.pause(1)
-        out = runner.invoke(app, ["mpd", "radio", "-n", "4", "--port", str(mpd_port), "--host", "127.0.0.1",
-                                  "--model", "musicnn-msd", "--store", str(extracted_store)])
-        assert out.exit_code == 0, out.output
-        with connect("127.0.0.1", mpd_port) as client:
-            queue = [s["file"] for s in client.playlistinfo()]
-        artists = [artist_key(t) for t in _uris_to_tracks(store, queue)]
+        seed, closest, before = _seed_closest_and_its_artists_other(store)
+        queue, artists = _mpd_radio_around(mpd_port, extracted_store, store, [before, seed], 1, 4)
     assert len(queue) == 6 and artists[1] != artists[0] and artist_key(closest) == artists[0], artists
     assert all(len(set(artists[i:i + 3])) == 3 for i in range(len(artists) - 2)), artists
 
@@ -270,22 +283,8 @@ def test_mpd_radio_keeps_the_artist_of_the_song_queued_after_it_apart(mpd_port: 
     """S plays, T by A is queued after it; the radio (-n 1) goes between them. Its one song was S's closest other
     artist's, A's too: A's two songs played back to back. The songs queued after the radio count in the window now."""
     with closing(FeatureStore(extracted_store, readonly=True)) as store:
-        run = store.run("musicnn-msd")
-        seed = store.track(3)
-        closest = radio(store, run, [resolve_query(store, seed.id, run)], 1).tracks[0]
-        later = next(t for t in store.tracks(run) if artist_key(t) == artist_key(closest) and t.id != closest.id)
-        with connect("127.0.0.1", mpd_port) as client:
-            client.clear()
-            client.add(Path(seed.path).name)
-            client.add(Path(later.path).name)
-            client.play(0)
-            client.pause(1)
-        out = runner.invoke(app, ["mpd", "radio", "-n", "1", "--port", str(mpd_port), "--host", "127.0.0.1",
-                                  "--model", "musicnn-msd", "--store", str(extracted_store)])
-        assert out.exit_code == 0, out.output
-        with connect("127.0.0.1", mpd_port) as client:
-            queue = [s["file"] for s in client.playlistinfo()]
-        artists = [artist_key(t) for t in _uris_to_tracks(store, queue)]
+        seed, _, later = _seed_closest_and_its_artists_other(store)
+        queue, artists = _mpd_radio_around(mpd_port, extracted_store, store, [seed, later], 0, 1)
     assert len(queue) == 3 and queue[2] == Path(later.path).name, queue
     assert all(a != b for a, b in zip(artists, artists[1:], strict=False)), artists
 
