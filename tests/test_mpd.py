@@ -1393,3 +1393,46 @@ def test_mpd_reads_entries_in_folders_named_like_uri_schemes_with_and_without_do
             client.clear()
             client.load(name)
             assert [s["file"] for s in client.playlistinfo()] == songs, name
+
+
+def test_a_playlist_in_the_music_trees_playlists_folder_is_relative_and_survives_the_tree_moving(
+        rendered_collection: list[Path], tmp_path: Path) -> None:
+    """`mess playlist radio -o MUSIC/Playlists/mix.m3u8` (a folder beside the artists' folders, as players expect)
+    wrote absolute paths: the playlist broke when the music folder moved. Its entries are '../Artist/...' now: after
+    the whole tree moves, each entry of the M3U8 and the XSPF names a file there, and MPD over the moved tree loads
+    the M3U8 as those songs. A playlist outside the music tree keeps absolute paths."""
+    from conftest import mess_here
+
+    music = tmp_path / "music"
+    for i, artist in ((0, "Artist A"), (4, "Artist A"), (8, "Artist B"), (12, "Artist B")):
+        (music / artist).mkdir(parents=True, exist_ok=True)
+        shutil.copy(rendered_collection[i], music / artist)
+    store = ["--model", "dsp", "--store", str(tmp_path / "store")]
+    assert mess_here("extract", str(music), *store).returncode == 0
+    (music / "Playlists").mkdir()
+    for out in ("Playlists/mix.m3u8", "Playlists/mix.xspf"):
+        done = mess_here("playlist", "radio", str(music / "Artist A" / rendered_collection[0].name), "-n", "3",
+                         "-o", str(music / out), *store)
+        assert done.returncode == 0, done.stderr
+    entries = [ln for ln in (music / "Playlists" / "mix.m3u8").read_text().splitlines() if not ln.startswith("#")]
+    assert len(entries) == 3 and all(e.startswith(("../Artist A/", "../Artist B/")) for e in entries), entries
+    assert str(tmp_path) not in (music / "Playlists" / "mix.xspf").read_text()
+    (tmp_path / "other").mkdir()
+    outside = mess_here("playlist", "radio", "1", "-n", "3", "-o", str(tmp_path / "other" / "mix.m3u8"), *store)
+    assert outside.returncode == 0 and f"\n{music}/" in (tmp_path / "other" / "mix.m3u8").read_text()  # absolute
+
+    moved = tmp_path / "elsewhere" / "music"
+    moved.parent.mkdir()
+    shutil.move(music, moved)
+    songs = []
+    for name in ("mix.m3u8", "mix.xspf"):
+        paths = read_playlist(moved / "Playlists" / name)
+        assert len(paths) == 3 and all(isinstance(p, Path) and p.is_file() and p.is_relative_to(moved)
+                                       for p in paths), (name, paths)
+        songs.append([p.relative_to(moved).as_posix() for p in paths if isinstance(p, Path)])
+    assert songs[0] == songs[1] and songs[0] == [e.removeprefix("../") for e in entries]
+    (tmp_path / "mpd").mkdir()
+    with _mpd(moved, tmp_path / "mpd") as port, connect("127.0.0.1", port, None, timeout=10) as client:
+        client.clear()
+        client.load("Playlists/mix.m3u8")
+        assert [s["file"] for s in client.playlistinfo()] == songs[0]

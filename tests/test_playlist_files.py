@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import stat
+import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -565,3 +566,32 @@ def test_by_hand_xspf_is_in_the_default_namespace_with_file_uris_outside_its_fol
     assert f'xmlns="{XSPF_NS}"' in text and "ns0:" not in text
     assert ET.fromstring(text).findtext(f"{{{XSPF_NS}}}trackList/{{{XSPF_NS}}}track/{{{XSPF_NS}}}location") == \
         "file:///elsewhere/d.flac"
+
+
+def test_entries_into_another_file_system_of_the_music_tree_stay_absolute(tmp_path: Path) -> None:
+    """Inside the music tree, entries are relative to the playlist's folder ('../other/a.flac') only for tracks on the
+    playlist's file system: '../' into another disk breaks when either is mounted elsewhere. Here the tree is /dev,
+    the playlist in /dev/shm (a tmpfs of its own), one track on /dev's file system, the other in /dev/shm. A
+    collection that only '/' holds has no tree: entries outside the playlist's folder stay absolute."""
+    from mess.playlists.formats import music_tree
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat("/dev").st_dev:
+        pytest.skip("/dev/shm is no file system of its own here")
+    root = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        near = _flac(root / "other" / "a.flac", 1)
+        far = Path("/dev") / f"mess-gone-{os.getpid()}" / "b.flac"  # a file gone from disk, on /dev's file system
+        tracks = (Track(1, str(near), "h1", 4.0, None, None, None, None, None),
+                  Track(2, str(far), "h2", 4.0, None, None, None, None, None))
+        playlist = Playlist("mix", tracks, (1.0, 0.5))
+        (root / "Playlists").mkdir()
+        assert music_tree([str(near), str(far)]) == Path("/dev")
+        written = write_playlist(playlist, root / "Playlists" / "mix.m3u8", tree=music_tree([str(near), str(far)]))
+        assert [ln for ln in written.read_text().splitlines() if not ln.startswith("#")] == ["../other/a.flac",
+                                                                                             str(far)]
+        assert music_tree([str(near), str(tmp_path / "c.flac")]) is None
+        written = write_playlist(playlist, root / "Playlists" / "mix.m3u8", tree=None)
+        assert [ln for ln in written.read_text().splitlines() if not ln.startswith("#")] == [str(near), str(far)]
+    finally:
+        shutil.rmtree(root)

@@ -93,7 +93,7 @@ def radio_command(
         queries = [resolve_query(fs, s, run, on_warning=warn) for s in seeds]
         return radio(fs, run, queries, n, aspect=aspect, window=window, blend=blend, ranking=ranking)
 
-    _emit(_made(make, store, model, aspect), output, fmt, as_json)
+    _emit(*_made(make, store, model, aspect), output, fmt, as_json)
 
 
 def path_command(
@@ -114,7 +114,7 @@ def path_command(
     def make(fs: FeatureStore, run: Run) -> Playlist:
         return sonic_path(fs, run, fs.track(start), fs.track(end), n, aspect=aspect)
 
-    _emit(_made(make, store, model, aspect), output, fmt, as_json)
+    _emit(*_made(make, store, model, aspect), output, fmt, as_json)
 
 
 def clusters_command(
@@ -140,7 +140,7 @@ def clusters_command(
     if output is not None and output.exists() and not output.is_dir():
         fail(f"cannot write the cluster playlists into {output}: it is a file, and -o takes a folder")
     from mess.playlists.clusters import clusters
-    from mess.playlists.formats import write_cluster_folder
+    from mess.playlists.formats import music_tree, write_cluster_folder
     from mess.playlists.playlist import PlaylistError
 
     with open_store(store) as fs:
@@ -148,7 +148,8 @@ def clusters_command(
         try:
             with failing(PlaylistError):
                 playlists = [_with_gone_note(p) for p in clusters(fs, run, k, aspect=aspect)]
-                files = write_cluster_folder(playlists, output, fmt) if output is not None else []
+                tree = music_tree(t.path for t in fs.tracks())
+                files = write_cluster_folder(playlists, output, fmt, tree) if output is not None else []
         except OSError as exc:
             fail(f"cannot write the playlists into {output}: {os_reason(exc)}")
         stale_aspect_note(fs, run, aspect)
@@ -191,8 +192,10 @@ def _outside_store(output: Path | None, store: Path) -> None:
 
 
 def _made(make: Callable[[FeatureStore, Run], Playlist], store: Path, model: str | None,
-          aspect: str | None) -> Playlist:
-    """The playlist ``make`` builds from the store's run of ``model``; a PlaylistError ends the command."""
+          aspect: str | None) -> tuple[Playlist, Path | None]:
+    """The playlist ``make`` builds from the store's run of ``model``, and the collection's music tree
+    (:func:`mess.playlists.formats.music_tree`); a PlaylistError ends the command."""
+    from mess.playlists.formats import music_tree
     from mess.playlists.playlist import PlaylistError
 
     with open_store(store) as fs:
@@ -200,12 +203,13 @@ def _made(make: Callable[[FeatureStore, Run], Playlist], store: Path, model: str
         with failing(PlaylistError):
             playlist = make(fs, run)
         stale_aspect_note(fs, run, aspect)
-    return playlist
+        tree = music_tree(t.path for t in fs.tracks())
+    return playlist, tree
 
 
-def _emit(playlist: Playlist, output: Path | None, fmt: str | None, as_json: bool) -> None:
-    """Write the playlist file when asked (in ``fmt`` when its name has no playlist extension), then print it as
-    JSON or a table."""
+def _emit(playlist: Playlist, tree: Path | None, output: Path | None, fmt: str | None, as_json: bool) -> None:
+    """Write the playlist file when asked (in ``fmt`` when its name has no playlist extension; entries relative
+    inside the music ``tree``), then print it as JSON or a table."""
     from mess.playlists.formats import write_playlist
     from mess.playlists.playlist import PlaylistError
 
@@ -218,7 +222,7 @@ def _emit(playlist: Playlist, output: Path | None, fmt: str | None, as_json: boo
     if output is not None:
         try:
             with failing(PlaylistError):
-                written = write_playlist(playlist, output, fmt)
+                written = write_playlist(playlist, output, fmt, tree)
         except OSError as exc:
             fail(f"cannot write {output}: {os_reason(exc, output)}")
     if as_json:

@@ -1,11 +1,12 @@
 """Playlist files: extended M3U8 and XSPF, written and read; the format follows the file extension.
 
 Tracks inside the playlist's folder are written with relative paths (so a playlist saved
-beside the music keeps working when the folder moves or is mounted elsewhere); others
-with absolute paths (M3U8) or file:// URIs (XSPF), as are all of a playlist written through a symbolic link
-into another folder (relative entries would name other files opened through the link than without it). File
-names round-trip byte for byte, also when they are not valid UTF-8; tags are cleaned of characters a reader would
-choke on.
+beside the music keeps working when the folder moves or is mounted elsewhere), and so are the tracks of a playlist
+written anywhere inside the music tree (the folder holding the whole collection: ``Playlists/mix.m3u8`` names
+``../Artist/a.ogg``) that lie on the playlist's file system; others with absolute paths (M3U8) or file:// URIs
+(XSPF), as are all of a playlist written through a symbolic link into another folder (relative entries would name
+other files opened through the link than without it). File names round-trip byte for byte, also when they are not
+valid UTF-8; tags are cleaned of characters a reader would choke on.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import codecs
 import os
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import quote, unquote_to_bytes, urlparse
 
@@ -51,38 +52,65 @@ def playlist_format(path: Path) -> str:
 Locate = Callable[[Track], str]
 
 
-def _location(track_path: str, folder: Path | None) -> tuple[str, bool]:
-    """(path, is_relative): relative to ``folder`` when the track lies inside it."""
+def music_tree(paths: Iterable[str]) -> Path | None:
+    """The deepest folder holding every file of ``paths`` (a collection's), None when there are none or only the
+    file system's root holds them all."""
+    folders = [os.path.dirname(p) for p in paths]
+    tree = Path(os.path.commonpath(folders)) if folders else None
+    return None if tree is None or tree == Path(tree.anchor) else tree
+
+
+def _location(track_path: str, folder: Path | None, tree: Path | None = None) -> tuple[str, bool]:
+    """(path, is_relative): relative to ``folder`` when the track lies inside it, or when ``folder`` and the track
+    both lie inside the music ``tree`` (:func:`music_tree`), the track on ``folder``'s file system ('../' entries into
+    another disk would break when one of them is mounted elsewhere)."""
     p = Path(track_path)
     if folder is not None and p.is_relative_to(folder):
         return p.relative_to(folder).as_posix(), True
+    if folder is not None and tree is not None and folder.is_relative_to(tree) and p.is_relative_to(tree) \
+            and _device(p) == _device(folder):
+        return Path(os.path.relpath(p, folder)).as_posix(), True
     return str(p), False
 
 
-def _m3u8_entry(track_path: str, folder: Path | None) -> str:
+def _device(path: Path) -> int | None:
+    """The file system of ``path``, or of the nearest folder above it that exists (a file gone from disk); None when
+    none can be read."""
+    for p in (path, *path.parents):
+        try:
+            return os.stat(p).st_dev
+        except OSError:
+            continue
+    return None
+
+
+def _m3u8_entry(track_path: str, folder: Path | None, tree: Path | None = None) -> str:
     """The line naming a track: its path, './' before a relative one starting with '#' (else read as a
     comment) or with a first folder or name read as a URI scheme ('file:x/a.ogg', 'http:y/b.ogg': RFC 3986, 4.2);
     a file:// URI when the name would not survive as one whole line (line breaks, outer spaces)."""
-    loc, relative = _location(track_path, folder)
+    loc, relative = _location(track_path, folder, tree)
     if loc != loc.strip() or loc.splitlines() != [loc]:
         return Path(track_path).as_uri()
     return f"./{loc}" if relative and (loc.startswith("#") or _SCHEME.match(loc)) else loc
 
 
-def render_m3u8(playlist: Playlist, folder: Path | None = None, locate: Locate | None = None) -> str:
+def render_m3u8(playlist: Playlist, folder: Path | None = None, locate: Locate | None = None,
+                tree: Path | None = None) -> str:
     """Extended M3U (UTF-8): #EXTM3U, #PLAYLIST, and #EXTINF:seconds,Artist - Title before each path.
 
-    ``locate`` (e.g. a track's URL on a server) replaces the file path of each entry. A file name that is
+    ``locate`` (e.g. a track's URL on a server) replaces the file path of each entry (relative to ``folder`` as
+    :func:`_location` says, with the music ``tree``). A file name that is
     not valid UTF-8 keeps its surrogate escapes: :func:`write_playlist` writes its bytes.
     """
     lines = ["#EXTM3U", f"#PLAYLIST:{one_line(playlist.title)}"]
     for t in playlist.tracks:
         seconds = -1 if t.duration is None else round(t.duration)
-        lines += [f"#EXTINF:{seconds},{one_line(t.name)}", locate(t) if locate else _m3u8_entry(t.path, folder)]
+        lines += [f"#EXTINF:{seconds},{one_line(t.name)}", locate(t) if locate else _m3u8_entry(t.path, folder, tree)]
     return "\n".join(lines) + "\n"
 
 
-def render_xspf(playlist: Playlist, folder: Path | None = None, locate: Locate | None = None) -> str:
+def render_xspf(playlist: Playlist, folder: Path | None = None, locate: Locate | None = None,
+                tree: Path | None = None) -> str:
     """XSPF 1: title, creator, album, duration (ms) and location (relative URI, file:// URI, or ``locate``'s
     URI) per track."""
     ET.register_namespace("", XSPF_NS)
@@ -91,7 +119,7 @@ def render_xspf(playlist: Playlist, folder: Path | None = None, locate: Locate |
     tracklist = ET.SubElement(root, f"{{{XSPF_NS}}}trackList")
     for t in playlist.tracks:
         el = ET.SubElement(tracklist, f"{{{XSPF_NS}}}track")
-        loc, relative = _location(t.path, folder)
+        loc, relative = _location(t.path, folder, tree)
         uri = locate(t) if locate else quote(os.fsencode(loc)) if relative else Path(loc).as_uri()
         ET.SubElement(el, f"{{{XSPF_NS}}}location").text = uri
         ET.SubElement(el, f"{{{XSPF_NS}}}title").text = displayable(t.title or file_title(t.path))
@@ -104,9 +132,11 @@ def render_xspf(playlist: Playlist, folder: Path | None = None, locate: Locate |
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def render(playlist: Playlist, fmt: str, folder: Path | None = None, locate: Locate | None = None) -> str:
-    """The playlist as text in ``fmt`` (:func:`format_named`), paths relative to ``folder`` where inside it."""
-    return (render_m3u8 if format_named(fmt) == "m3u8" else render_xspf)(playlist, folder, locate)
+def render(playlist: Playlist, fmt: str, folder: Path | None = None, locate: Locate | None = None,
+           tree: Path | None = None) -> str:
+    """The playlist as text in ``fmt`` (:func:`format_named`), paths relative to ``folder`` where inside it (or
+    inside the music ``tree`` with it: :func:`_location`)."""
+    return (render_m3u8 if format_named(fmt) == "m3u8" else render_xspf)(playlist, folder, locate, tree)
 
 
 def output_format(path: Path, fmt: str | None = None) -> str:
@@ -124,25 +154,26 @@ def output_format(path: Path, fmt: str | None = None) -> str:
     return chosen
 
 
-def write_playlist(playlist: Playlist, path: Path, fmt: str | None = None) -> Path:
+def write_playlist(playlist: Playlist, path: Path, fmt: str | None = None, tree: Path | None = None) -> Path:
     """Write ``playlist`` to ``path`` in :func:`output_format`'s format (a device or a pipe, such as /dev/stdout,
-    is written into); returns the path."""
+    is written into), relative entries as :func:`_location` says with the music ``tree``; returns the path."""
     path = Path(path).expanduser()
     if path.is_dir():  # its name has no extension: it was called an unknown playlist extension '(none)'
         raise PlaylistError(f"{path} is a folder; give the playlist file to write, such as {path / 'mix.m3u8'} "
                             "(`mess playlist clusters -o FOLDER` writes into a folder)")
-    replace_file(path, _content(playlist, path, output_format(path, fmt)))
+    replace_file(path, _content(playlist, path, output_format(path, fmt), tree))
     return path
 
 
-def _content(playlist: Playlist, path: Path, fmt: str) -> bytes:
+def _content(playlist: Playlist, path: Path, fmt: str, tree: Path | None = None) -> bytes:
     """The bytes of the playlist file ``path``: UTF-8, file names as their file-system bytes (surrogate escapes
     undone, as :mod:`mess.store.paths` stores them). Entries are relative only when the file's folder is the same
     however it is opened: a player resolves them against the folder of the path it opened, so a ``path`` that is a
     symbolic link to a file in another folder (written through) gets absolute ones, right through the link and
-    without it."""
+    without it. ``tree``: the music tree (:func:`_location`)."""
     folder = resolved(path.parent)
-    return render(playlist, fmt, folder if resolved(path).parent == folder else None).encode("utf-8", "surrogateescape")
+    return render(playlist, fmt, folder if resolved(path).parent == folder else None, tree=tree).encode(
+        "utf-8", "surrogateescape")
 
 
 def read_playlist(path: Path) -> list[Path | str]:
@@ -202,8 +233,10 @@ def _unquote(text: str) -> str:
     return os.fsdecode(unquote_to_bytes(os.fsencode(text)))
 
 
-def write_cluster_folder(playlists: list[Playlist], folder: Path, fmt: str = "m3u8") -> list[Path]:
-    """One file per playlist in ``folder`` (created), named ``NN-title.EXT``; returns the paths.
+def write_cluster_folder(playlists: list[Playlist], folder: Path, fmt: str = "m3u8",
+                         tree: Path | None = None) -> list[Path]:
+    """One file per playlist in ``folder`` (created), named ``NN-title.EXT``, entries as :func:`_location` says
+    with the music ``tree``; returns the paths.
 
     The cluster playlists an earlier run wrote there and not written now are removed, once the new ones are
     written: left beside them, they read as more clusters, some tracks in two. Earlier runs' playlists are those
@@ -216,11 +249,12 @@ def write_cluster_folder(playlists: list[Playlist], folder: Path, fmt: str = "m3
     contents = {}
     for i, p in enumerate(playlists, start=1):
         path = folder / f"{i:02d}-{_slug(p.title)}.{fmt}"
-        contents[path] = _content(p, path, fmt)
+        contents[path] = _content(p, path, fmt, tree)
     listed = folder / CLUSTER_LIST
     earlier = set(os.fsdecode(listed.read_bytes()).splitlines()) if listed.is_file() else set()
     by_path = {t.path: t for p in playlists for t in p.tracks}
-    unlisted = {f.name for f in folder.iterdir() if _earlier_cluster_file(f, by_path)} if folder.is_dir() else set()
+    unlisted = {f.name for f in folder.iterdir() if _earlier_cluster_file(f, by_path, tree)} if folder.is_dir() \
+        else set()
     theirs = [p for p in contents if os.path.lexists(p) and p.name not in earlier | unlisted]
     if theirs:
         raise PlaylistError(f"{theirs[0]} is there already and is no cluster playlist mess wrote; move it, or write "
@@ -239,10 +273,11 @@ def _slug(title: str) -> str:
     return "-".join(part for part in slug.split("-") if part)[:60] or "cluster"
 
 
-def _earlier_cluster_file(path: Path, by_path: dict[str, Track]) -> bool:
+def _earlier_cluster_file(path: Path, by_path: dict[str, Track], tree: Path | None) -> bool:
     """Whether ``path`` is a cluster playlist mess wrote: named ``NN-`` and its title's slug, a title no radio or
     path has, tracks all of ``by_path`` (the collection's, by path), and byte for byte what mess writes for that
-    title and those tracks. A playlist the user made or edited differs in some byte and is never taken for one."""
+    title and those tracks (with the music ``tree``). A playlist the user made or edited differs in some byte and is
+    never taken for one."""
     match = _CLUSTER_FILE.fullmatch(path.name)
     if match is None or not path.is_file():
         return False
@@ -254,7 +289,7 @@ def _earlier_cluster_file(path: Path, by_path: dict[str, Track]) -> bool:
         return False
     if title is None or title.startswith(("radio: ", "path: ")) or _slug(title) != match["slug"]:
         return False
-    return _content(Playlist(title, tracks, (0.0,) * len(tracks)), path, playlist_format(path)) == data
+    return _content(Playlist(title, tracks, (0.0,) * len(tracks)), path, playlist_format(path), tree) == data
 
 
 def _title(data: bytes, fmt: str) -> str | None:
