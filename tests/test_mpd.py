@@ -422,17 +422,23 @@ def test_mpd_play_skips_files_mpd_lacks_and_keeps_the_queue(library: Library) ->
 def test_mpd_play_skips_files_no_longer_on_disk(library: Library) -> None:
     """A playlist's file deleted since MPD's database was updated was queued, and MPD stops playing when it reaches
     it ("Failed to open"); it is now skipped and named. A playlist none of whose files is here (MPD's music folder on
-    another machine) is still handed over whole."""
+    another machine) is still handed over whole. A file the store never catalogued (a typo, a file that never
+    existed) was called 'no longer on disk' too: it is 'not found', in the text and apart in the JSON."""
     music = library.root / "music"
     a, b, c = library.songs[:3]
     playlist = library.root / "gone.m3u8"
-    playlist.write_text(f"{music / a}\n{music / b}\n{music / c}\n")
+    playlist.write_text(f"{music / a}\n{music / b}\n{music / 'never.flac'}\n{music / c}\n")
     library.set_queue([a])
     (music / b).rename(library.root / b)
     try:
-        out = library.mpd("play", str(playlist))
+        out = library.mpd("play", str(playlist), "--store", str(library.root / "store"))
         assert out.exit_code == 0, out.output
         assert library.queue() == [a, c] and f"no longer on disk (skipped): {music / b}" in out.output, out.output
+        assert f"not found (skipped): {music / 'never.flac'}" in out.output and out.output.count("skipped") == 2
+        said = json.loads(library.mpd("play", str(playlist), "--store", str(library.root / "store"), "--json").stdout)
+        assert (said["gone"], said["not_found"]) == ([str(music / b)], [str(music / "never.flac")])
+        without = library.mpd("play", str(playlist), "--store", str(library.root / "no-store"))  # none there: unknown
+        assert f"not found (skipped): {music / b}" in without.output and not (library.root / "no-store").exists()
         playlist.write_text(f"{library.root / 'elsewhere' / b}\n")  # found in MPD's database by name
         out = library.mpd("play", "--append", str(playlist))  # MPD plays a: b is not opened while away
     finally:

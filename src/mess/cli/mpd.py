@@ -65,9 +65,11 @@ def play_command(
     music_dir: MusicDirOpt = None,
     host: HostOpt = "localhost",
     port: PortOpt = 6600,
+    store: StoreOpt = DEFAULT_STORE_PATH,
     as_json: JsonOpt = False,
 ) -> None:
-    """Play a playlist file in MPD (replacing its queue unless --append)."""
+    """Play a playlist file in MPD (replacing its queue unless --append). Its files not on disk are skipped, each
+    named: no longer on disk when the store catalogued it (moved or removed since), else not found."""
     from mess.playlists.formats import read_playlist
     from mess.playlists.mpd import PlayerError, connect, play_files
     from mess.playlists.playlist import PlaylistError
@@ -76,13 +78,31 @@ def play_command(
         paths = read_playlist(playlist)
         name, password = _host_password(host)
         with connect(name, port, password) as client:
-            uris, unknown, gone = play_files(client, paths, append=append, music_dir=music_dir)
+            uris, unknown, missing = play_files(client, paths, append=append, music_dir=music_dir)
+    catalogued = _catalogued(store) if missing else set()
+    gone = [p for p in missing if str(p) in catalogued]
+    not_found = [p for p in missing if str(p) not in catalogued]
     if as_json:
-        emit_json({"queued": uris, "unknown": unknown, "gone": gone})
+        emit_json({"queued": uris, "unknown": unknown, "gone": gone, "not_found": not_found})
         return
     stdout.print(f"{'queued' if append else 'playing'} {counted(len(uris), 'track')} from {plain(str(playlist))}")
     _print_unknown(unknown)
-    _print_unknown(gone, "no longer on disk")
+    _print_unknown(gone, "no longer on disk")  # catalogued: moved or removed since
+    _print_unknown(not_found, "not found")
+
+
+def _catalogued(store: Path) -> set[str]:
+    """The paths of the tracks the store at ``store`` catalogues; none where no store can be read there (`mess mpd
+    play` needs none)."""
+    from contextlib import closing
+
+    from mess.store import FeatureStore, StoreError
+
+    try:
+        with closing(FeatureStore(store, readonly=True, create=False)) as fs:
+            return {t.path for t in fs.tracks()}
+    except (StoreError, OSError):
+        return set()
 
 
 def _host_password(host: str) -> tuple[str, str | None]:
