@@ -10,6 +10,8 @@ import os
 import re
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -20,6 +22,7 @@ import soundfile as sf
 from mutagen.flac import FLAC
 from typer.testing import CliRunner
 
+from conftest import mess_here
 from mess.cli.main import app
 from mess.playlists.formats import XSPF_NS, read_playlist, write_playlist
 from mess.playlists.playlist import Playlist, PlaylistError
@@ -595,3 +598,24 @@ def test_entries_into_another_file_system_of_the_music_tree_stay_absolute(tmp_pa
         assert [ln for ln in written.read_text().splitlines() if not ln.startswith("#")] == [str(near), str(far)]
     finally:
         shutil.rmtree(root)
+
+
+def test_dash_as_output_without_format_writes_m3u8_to_stdout_and_never_names_dev_stdout(
+        six: tuple[list[Path], Path]) -> None:
+    """`-o -` without --format ended "unknown playlist extension '(none)' of /dev/stdout", a name the user never typed;
+    stdout now gets M3U8 (XSPF with --format xspf), and what is said of it says stdout: 'wrote 3 tracks to stdout',
+    and with --json one line saying both would go to stdout. In a real process, the M3U8 read from its stdout."""
+    files, store = six
+    radio = ["playlist", "radio", str(files[0]), "-n", "3", "--store", str(store)]
+    done = subprocess.run([sys.executable, "-m", "mess.cli", *radio, "-o", "-"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "/dev/stdout" not in done.stderr, done.stderr
+    assert "wrote 3 tracks to stdout" in done.stderr and done.stdout.startswith("#EXTM3U\n"), done.stdout
+    entries = [ln for ln in done.stdout.splitlines() if not ln.startswith("#")]
+    assert entries == [t["path"] for t in json.loads(mess_here(*radio, "--json").stdout)["tracks"]]
+    streamed = subprocess.run([sys.executable, "-m", "mess.cli", *radio, "-o", "-", "--format", "xspf"],
+                              capture_output=True, text=True, timeout=120)
+    assert streamed.returncode == 0 and ET.fromstring(streamed.stdout).tag == f"{{{XSPF_NS}}}playlist"
+    clash = mess_here(*radio, "-o", "-", "--json")
+    assert clash.returncode == 1 and clash.stderr.count("\n") == 1 and "/dev/stdout" not in clash.stderr
+    assert "goes to stdout, where --json prints too" in clash.stderr and not clash.stdout, clash

@@ -17,7 +17,7 @@ from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 from typer.models import DefaultPlaceholder
 
-from mess.cli.options import Refused
+from mess.cli.options import STDOUT, Refused
 from mess.cli.signals import reader_gone
 from mess.constants import counted
 
@@ -167,9 +167,11 @@ def failing(*errors: type[Exception]) -> Iterator[None]:
 
 
 def is_stdout(output: Path | None) -> bool:
-    """Whether ``output`` is this process's stdout (/dev/stdout, or the file stdout goes to)."""
+    """Whether ``output`` is this process's stdout (/dev/stdout, as ``-`` is read, or the file stdout goes to)."""
     if output is None:
         return False
+    if output == STDOUT:  # by its name also where sys.stdout is no file (a test runner's buffer)
+        return True
     try:
         return os.path.samestat(os.stat(output), os.fstat(sys.stdout.fileno()))
     except (OSError, ValueError):  # no such file yet, or a stdout with no descriptor (a test runner's buffer)
@@ -177,9 +179,10 @@ def is_stdout(output: Path | None) -> bool:
 
 
 def json_clash(output: Path | None, as_json: bool) -> None:
-    """Fail when ``--json`` and the file being written would both go to stdout (``-o /dev/stdout --json``)."""
+    """Fail when ``--json`` and the file being written would both go to stdout (``-o - --json``)."""
     if as_json and is_stdout(output):
-        fail(f"{output} is stdout, where --json prints too; drop --json or write to a file")
+        said = "the output goes to stdout" if output == STDOUT else f"{output} is stdout"  # -o -: not /dev/stdout
+        fail(f"{said}, where --json prints too; drop --json or write to a file")
 
 
 @contextmanager

@@ -19,10 +19,13 @@ def given_path(raw: str | Path) -> Path:
     return Path(_given(raw))
 
 
+STDOUT = Path("/dev/stdout")  # what -o - stands for
+
+
 def output_path(raw: str | Path) -> Path:
     """A file to write: a given path in a folder that exists (:func:`in_a_folder`), ``-`` standing for stdout
-    (/dev/stdout), as for every Unix tool (it wrote a file named '-')."""
-    return Path("/dev/stdout") if str(raw) == "-" else in_a_folder(raw)
+    (:data:`STDOUT`), as for every Unix tool (it wrote a file named '-')."""
+    return STDOUT if str(raw) == "-" else in_a_folder(raw)
 
 
 class Refused(typer.BadParameter):

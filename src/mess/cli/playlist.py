@@ -59,7 +59,7 @@ def _known_format(value: str | None) -> str | None:
 
 
 OutOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write the playlist here: .m3u8 or .xspf "
-                                             "(another name, such as - or /dev/stdout, with --format).",
+                                             "(another name with --format; - for stdout, M3U8 unless --format).",
                                              parser=output_path)]
 FormatOpt = Annotated[str | None, typer.Option("--format", help="m3u8 (or m3u) or xspf, for an --output whose name "
                                                "has no playlist extension.", callback=_known_format)]
@@ -214,17 +214,19 @@ def _emit(playlist: Playlist, tree: Path | None, output: Path | None, fmt: str |
     from mess.playlists.playlist import PlaylistError
 
     json_clash(output, as_json)
-    shown = console if is_stdout(output) else stdout  # the playlist file goes to stdout: the table to stderr
+    to_stdout = is_stdout(output)
+    shown = console if to_stdout else stdout  # the playlist file goes to stdout: the table to stderr
+    named = "stdout" if to_stdout else str(output)  # not /dev/stdout, to a user who typed -o -
     playlist = _with_gone_note(playlist)
     written = None
     if output is not None and not playlist.tracks:  # an empty file would replace a playlist there with nothing
-        fail(f"{playlist.title} holds no track ({playlist.note.split('; ')[0]}); {output} is not written")
+        fail(f"{playlist.title} holds no track ({playlist.note.split('; ')[0]}); {named} is not written")
     if output is not None:
         try:
             with failing(PlaylistError):
-                written = write_playlist(playlist, output, fmt, tree)
+                written = write_playlist(playlist, output, fmt or ("m3u8" if to_stdout else None), tree)
         except OSError as exc:
-            fail(f"cannot write {output}: {os_reason(exc, output)}")
+            fail(f"cannot write {named}: {os_reason(exc, output)}")
     if as_json:
         emit_json({**playlist.to_dict(), "file": written})
         return
@@ -238,7 +240,7 @@ def _emit(playlist: Playlist, tree: Path | None, output: Path | None, fmt: str |
     if playlist.note:
         console.print(f"[yellow]{plain(playlist.note)}[/]")
     if written is not None:
-        console.print(f"wrote {len(playlist)} tracks to {plain(str(written))}")
+        console.print(f"wrote {len(playlist)} tracks to {plain(named)}")
 
 
 def _with_gone_note(playlist: Playlist) -> Playlist:
