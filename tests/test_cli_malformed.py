@@ -45,7 +45,7 @@ def _cli(store: Path, *args: str) -> tuple[int, str]:
 def test_an_unknown_playlist_format_is_refused_without_an_output_too(store: Path, args: list[str]) -> None:
     """Without --output, `--format x` was ignored and the playlist printed as if it were fine."""
     code, output = _cli(store, *args, "--format", "x")
-    assert code == 2 and "unknown playlist format 'x'; use m3u8 (or m3u) or xspf" in output, output
+    assert code == 1 and "unknown playlist format 'x'; use m3u8 (or m3u) or xspf" in output, output
 
 
 @pytest.mark.parametrize("fmt", [[], ["--format", "parquet"]])
@@ -104,7 +104,7 @@ def test_a_file_given_as_the_folder_to_fill_is_refused_in_words(tmp_path: Path, 
     file.write_text("mine")
     out = runner.invoke(app, [*args, str(file)], env={"COLUMNS": "300"})
     said = " ".join(out.output.split())
-    assert out.exit_code == 2 and f"{file} is a file, not a folder" in said and file.read_text() == "mine", said
+    assert out.exit_code == 1 and f"{file} is a file, not a folder" in said and file.read_text() == "mine", said
 
 
 @pytest.mark.parametrize("args", [["info", "--store", ""], ["similar", "1", "--model", ""], ["probe", "--model", ""],
@@ -118,7 +118,7 @@ def test_an_empty_value_is_refused_not_read_as_the_current_folder_or_the_default
     monkeypatch.chdir(tmp_path)
     out = runner.invoke(app, args, env={"COLUMNS": "300"})
     said = " ".join(out.output.split())
-    assert out.exit_code == 2 and "is empty (an unset shell variable?)" in said, said
+    assert out.exit_code == 1 and "is empty (an unset shell variable?)" in said, said
     assert list(tmp_path.iterdir()) == []  # nothing written here
 
 
@@ -129,7 +129,7 @@ def test_a_seed_numpy_or_torch_cannot_take_is_refused_as_read(store: Path, comma
     2**64 'Overflow when unpacking long long' in `fuse train`."""
     code, output = _cli(store, *command, "--seed", seed)
     bound = "greater than or equal to 0" if seed == "-1" else "less than or equal to 4294967295"
-    assert code == 2 and f"Invalid value for '--seed': Input should be {bound}" in output, output
+    assert code == 1 and f"Invalid value for '--seed': Input should be {bound}" in output, output
 
 
 @pytest.mark.parametrize(("option", "value", "reason"), [
@@ -151,13 +151,13 @@ def test_a_non_finite_training_rate_or_margin_is_refused(store: Path, option: st
 def test_a_window_that_is_not_a_number_is_called_so(store: Path, tmp_path: Path, value: str, reason: str) -> None:
     """`mess extract --window nan` was refused as "Input should be less than or equal to 14400"."""
     code, output = _cli(store, "extract", str(tmp_path), "-m", "dsp", "--window", value)
-    assert code == 2 and f"Invalid value for '--window': {reason}" in output, output
+    assert code == 1 and f"Invalid value for '--window': {reason}" in output, output
 
 
 def test_an_infinite_upload_limit_is_refused_as_read(store: Path) -> None:
     """`mess serve --max-upload-mb inf` was an OverflowError traceback (infinity to an integer of bytes)."""
     code, output = _cli(store, "serve", "--max-upload-mb", "inf")
-    assert code == 2 and "Invalid value for '--max-upload-mb': Input should be less than or equal to 1048576" in \
+    assert code == 1 and "Invalid value for '--max-upload-mb': Input should be less than or equal to 1048576" in \
         output, output
 
 

@@ -3,13 +3,16 @@ its commands runs (or shows its help), so that a command pays for its own import
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import import_module
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 import typer.main
+from typer._click.exceptions import BadParameter, MissingParameter, NoArgsIsHelpError, UsageError
 
-from mess.cli.common import PlainGroup, plain_help, version_option
+from mess.cli.common import PlainGroup, fail, plain_help, version_option
 
 if TYPE_CHECKING:
     from typer._click import Command, Context  # the click that typer vendors (typer.core's base classes)
@@ -38,9 +41,47 @@ def _stage(module: str) -> typer.Typer:
     return _STAGES[module]
 
 
+@contextmanager
+def _one_line_refusals() -> Iterator[None]:
+    """click's refusals of what was typed (a bad value, an unknown option or command, a missing argument) end as
+    mess's own do, in one ``error:`` line with exit code 1, not in typer's usage box with exit code 2. A command or
+    group typed alone still shows its help."""
+    try:
+        yield
+    except NoArgsIsHelpError:
+        raise
+    except UsageError as exc:
+        fail(_refusal(exc))
+
+
+def _refusal(exc: UsageError) -> str:
+    """click's message (a bad value names its option and what it takes); for a slip of the command line (an unknown
+    option or command, an argument missing or too many) the help page that shows what is taken."""
+    message = exc.format_message()
+    if isinstance(exc, BadParameter) and not isinstance(exc, MissingParameter):
+        return message
+    names: list[str] = []
+    ctx = exc.ctx
+    while ctx is not None:
+        names.append(ctx.info_name or "" if ctx.parent is not None else "mess")  # `python -m mess.cli` is mess too
+        ctx = ctx.parent
+    return f"{message.rstrip('.')}; `{' '.join(reversed(names or ['mess']))} --help` shows what it takes"
+
+
 class LazyGroup(PlainGroup):
     """The `mess` group: it names its commands without importing them, and builds one (its module's commands) when
-    click asks for it."""
+    click asks for it; click's refusals of what was typed are one line (:func:`_one_line_refusals`)."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Context | None = None,
+                     **extra: Any) -> Context:  # noqa: ANN401 - click's own signature
+        """click's, its refusals of `mess`'s own options one line."""
+        with _one_line_refusals():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: Context) -> Any:  # noqa: ANN401 - what the command returns
+        """click's, its refusals of the command's options and arguments (and of a command not known) one line."""
+        with _one_line_refusals():
+            return super().invoke(ctx)
 
     def list_commands(self, ctx: Context) -> list[str]:
         """Every command's name, in help order."""

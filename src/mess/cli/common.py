@@ -17,7 +17,7 @@ from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 from typer.models import DefaultPlaceholder
 
-from mess.cli.options import STDOUT, Refused
+from mess.cli.options import STDOUT
 from mess.cli.signals import reader_gone
 from mess.constants import counted
 
@@ -229,15 +229,7 @@ _C = TypeVar("_C")
 
 
 class _PlainParams:
-    """Help without type markers: arguments as NAME, valued options as NAME, flags bare; a value an option's parser
-    :class:`~mess.cli.options.Refused` said in one ``error:`` line naming the option, exit code 1."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            rest: list[str] = super().parse_args(ctx, args)  # type: ignore[misc]
-        except Refused as exc:
-            fail(exc.format_message())  # "Invalid value for '--output' / '-o': ...", as typer names the option
-        return rest
+    """Help without type markers: arguments as NAME, valued options as NAME, flags bare."""
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
         params: list[click.Parameter] = super().get_params(ctx)  # type: ignore[misc]

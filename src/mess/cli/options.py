@@ -28,11 +28,6 @@ def output_path(raw: str | Path) -> Path:
     return STDOUT if str(raw) == "-" else in_a_folder(raw)
 
 
-class Refused(typer.BadParameter):
-    """A bad option value refused as every other bad value in mess is, in one ``error:`` line with exit code 1
-    (:class:`mess.cli.common.PlainCommand` says it), not in typer's usage box."""
-
-
 def in_a_folder(raw: str | Path, made: bool = False) -> Path:
     """A given path to write (a file, a prefix, or with ``made`` a folder mess makes) whose folder exists: a typo in
     a folder's name was made into a new folder tree without a word. The folder is missing when the nearest folder
@@ -44,7 +39,7 @@ def in_a_folder(raw: str | Path, made: bool = False) -> Path:
         return path
     above = next(p for p in folder.parents if os.path.lexists(p))
     if above.is_dir() and os.access(above, os.X_OK):
-        raise Refused(f"the folder {folder} does not exist; create it first (mess makes "
+        raise typer.BadParameter(f"the folder {folder} does not exist; create it first (mess makes "
                       + ("the folder named, not the folders above it)" if made else "no folder for a file it writes)"))
     return path
 
