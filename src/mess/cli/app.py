@@ -59,13 +59,28 @@ def _refusal(exc: UsageError) -> str:
     option or command, an argument missing or too many) the help page that shows what is taken."""
     message = exc.format_message()
     if isinstance(exc, BadParameter) and not isinstance(exc, MissingParameter):
-        return message
+        return message + _bounds(exc.param, message)
     names: list[str] = []
     ctx = exc.ctx
     while ctx is not None:
         names.append(ctx.info_name or "" if ctx.parent is not None else "mess")  # `python -m mess.cli` is mess too
         ctx = ctx.parent
     return f"{message.rstrip('.')}; `{' '.join(reversed(names or ['mess']))} --help` shows what it takes"
+
+
+def _bounds(param: object, message: str) -> str:
+    """'; it takes 1 to 14400' (or 'at least 1', 'at most 5') for a number option with bounds whose refusal does not
+    say them ('-n x': 'Input should be a valid integer'); '' otherwise."""
+    low, high = (_number(getattr(param, bound, None)) for bound in ("min", "max"))
+    said = [b for b in (low, high) if b]
+    if not said or any(b in message for b in said):
+        return ""
+    return f"; it takes {f'{low} to {high}' if low and high else f'at least {low}' if low else f'at most {high}'}"
+
+
+def _number(bound: float | None) -> str:
+    """A bound as typed: 1048576, not 1.04858e+06; 0.1; '' for none."""
+    return "" if bound is None else str(int(bound)) if float(bound).is_integer() else str(bound)
 
 
 class LazyGroup(PlainGroup):
