@@ -29,10 +29,12 @@ import pytest
 import soundfile as sf
 from store_vectors import assert_same_vectors, vectors_by_path
 from tones import write_tones
+from typer.testing import CliRunner
 
 from conftest import mess_here
 from mess.audio.discover import find_audio
 from mess.audio.windows import WindowPolicy
+from mess.cli.main import app
 from mess.extract.pipeline import ExtractSummary, extract
 from mess.extract.runs import run_policy
 from mess.models.dsp import DspModel
@@ -102,7 +104,7 @@ a = json.loads(sys.argv[1])
 s = extract_ray(FeatureStore(Path(a["store"])), [Path(p) for p in a["paths"]], a["model"],
                 WindowPolicy.from_json(a["policy"]), address=a["address"], **a["options"])
 print(json.dumps({"done": s.done, "skipped": s.skipped, "copies": s.copies, "failed": s.failed,
-                  "audio_seconds": s.audio_seconds, "warnings": s.warnings}))
+                  "removed": s.removed, "audio_seconds": s.audio_seconds, "warnings": s.warnings}))
 """
 
 
@@ -129,8 +131,8 @@ def _request(store: Path, paths: list[Path], model: str, policy: WindowPolicy, o
 def _summary(got: dict) -> ExtractSummary:
     """The summary a driver script printed as JSON."""
     return ExtractSummary(done=got["done"], skipped=got["skipped"], copies=got["copies"],
-                          failed=[tuple(f) for f in got["failed"]], audio_seconds=got["audio_seconds"],
-                          warnings=got["warnings"])
+                          failed=[tuple(f) for f in got["failed"]], removed=got["removed"],
+                          audio_seconds=got["audio_seconds"], warnings=got["warnings"])
 
 
 # One driver for the module's jobs that need nothing of a process of their own: it joins the cluster once, and its
@@ -149,13 +151,14 @@ for line in sys.stdin:
     a = json.loads(line)
     try:
         store = FeatureStore(Path(a["store"]))
+        options = {**a["options"], "prune_under": [Path(p) for p in a["options"].get("prune_under", ())]}
         try:
             s = extract_ray(store, [Path(p) for p in a["paths"]], a["model"], WindowPolicy.from_json(a["policy"]),
-                            **a["options"])
+                            **options)
         finally:
             store.close()
         out = {"done": s.done, "skipped": s.skipped, "copies": s.copies, "failed": s.failed,
-               "audio_seconds": s.audio_seconds, "warnings": s.warnings}
+               "removed": s.removed, "audio_seconds": s.audio_seconds, "warnings": s.warnings}
     except Exception:
         out = {"error": traceback.format_exc()}
     print("@@" + json.dumps(out), flush=True)
@@ -265,6 +268,44 @@ def test_ray_gives_the_local_vectors_and_reruns_skip(driver: Driver, tmp_path: P
     assert_same_vectors(vectors_by_path(remote, "musicnn-msd"), vectors_by_path(local, "musicnn-msd"), ulps=2)
     again = driver(tmp_path / "ray", [p for p in paths if p.suffix == ".wav"], "musicnn-msd", POLICY, batch_size=2)
     assert (again.done, again.skipped, again.failed) == (0, 5, [])
+
+
+@pytest.mark.parametrize("engines", [("ray", "ray"), ("local", "ray"), ("ray", "local")])
+def test_a_renamed_and_a_moved_file_keep_their_ids_and_vectors_on_either_engine(
+        driver: Driver, engines: tuple[str, str], tmp_path: Path) -> None:
+    """Ray's catalogue step passes ``follow_moves`` as the local one does, untested. And on both engines `--prune`
+    ran before the files were catalogued: the vanished paths of a renamed file and of one moved into a subfolder
+    were forgotten first ('2 removed'), then both files catalogued anew, under new ids (index entries, fused vectors,
+    playlists and pages naming the old ids lost them). Now each keeps its id and vectors, nothing is removed or
+    embedded again, and `mess similar` finds the renamed file under its new name, the other under its new path."""
+    music, store_dir = tmp_path / "music", tmp_path / "store"
+    paths = _write_tones(music, 3, seconds=5.0)
+
+    def run(engine: str) -> ExtractSummary:
+        if engine == "ray":
+            return driver(store_dir, find_audio([music]), "dsp", POLICY, actors=1, prune_under=[str(music)])
+        with contextlib.closing(FeatureStore(store_dir)) as store:
+            return extract(store, find_audio([music]), DspModel(), POLICY, prune_under=[music])
+
+    assert (run(engines[0]).done, _vector_rows(store_dir)) == (3, (3, 3))
+    with contextlib.closing(FeatureStore(store_dir, readonly=True)) as store:
+        ids, vectors = {t.path: t.id for t in store.tracks()}, vectors_by_path(store, "dsp")
+    (music / "sub").mkdir()
+    now = {str(paths[0]): paths[0], str(paths[1]): paths[1].rename(music / "renamed.wav"),
+           str(paths[2]): paths[2].rename(music / "sub" / paths[2].name)}
+    again = run(engines[1])
+    assert (again.done, again.skipped, again.removed, again.failed) == (0, 3, 0, [])
+    assert _vector_rows(store_dir) == (3, 3)  # no vectors computed again
+    with contextlib.closing(FeatureStore(store_dir, readonly=True)) as store:
+        assert {t.path: t.id for t in store.tracks()} == {str(now[p]): i for p, i in ids.items()}
+        assert_same_vectors(vectors_by_path(store, "dsp"), {str(now[p]): v for p, v in vectors.items()})
+    similar = CliRunner().invoke(app, ["similar", "renamed.wav", "--model", "dsp", "--store", str(store_dir),
+                                       "--json"])
+    assert similar.exit_code == 0, similar.output
+    answer = json.loads(similar.stdout)
+    assert answer["query"]["id"] == ids[str(paths[1])]
+    assert {r["path"]: r["id"] for r in answer["results"]} == {str(now[p]): ids[p] for p in (str(paths[0]),
+                                                                                               str(paths[2]))}
 
 
 def test_without_an_address_a_local_cluster_is_started_not_the_one_an_old_address_file_names(

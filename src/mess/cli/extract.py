@@ -181,7 +181,8 @@ def _embedder(model: str, preset: str | None, device: str, engine: str, precisio
 def _run_ray(fs: FeatureStore, paths: list[Path], model: str, embedder: EmbeddingModel, policy: WindowPolicy,
              batch_size: int, device: str, address: str | None, precision: str,
              prune_under: list[Path]) -> ExtractSummary:
-    """Extract on a Ray cluster (the store's write lock held; pruning first under ``prune_under``)."""
+    """Extract on a Ray cluster (the store's write lock held; pruning under ``prune_under`` once every file is
+    catalogued)."""
     from mess.scale.ray_extract import ScaleError, extract_ray
 
     with failing(ScaleError):

@@ -109,8 +109,6 @@ def _extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, 
     run = store.ensure_run(run_key(model.info, policy))
     record_source(store, run, model.source())
     summary = ExtractSummary()
-    if prune_under:
-        summary.removed = prune(store, paths, prune_under)
     pending: list[Windows] = []
     embedded: set[str] = set()  # content hashes this run embeds: a later file with one is a byte-identical copy
     copies: dict[str, list[FileRecord]] = {}  # the copies counted of each, failed with it if the model fails on it
@@ -147,6 +145,8 @@ def _extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, 
     except KeyboardInterrupt as exc:  # after writer.close(): the summary counts every commit
         summary.wall_seconds = time.perf_counter() - started
         raise ExtractInterrupted(summary) from exc
+    if prune_under:  # once every file is catalogued: a moved file has taken its track's row, and is not forgotten
+        summary.removed = prune(store, paths, prune_under)
     summary.wall_seconds = time.perf_counter() - started
     if on_progress:
         on_progress(summary.handled, summary.audio_seconds)

@@ -102,8 +102,9 @@ def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, pol
             most these plus the in-flight ones.
         info: the model's info (with precision applied) when the caller already loaded it.
         source: the loaded model's ``source()``, recorded with the run (with ``info``).
-        prune_under: forget catalogued files under these folders that are no longer on disk, as the local
-            pipeline does (:func:`mess.extract.pipeline.prune`).
+        prune_under: forget catalogued files under these folders that are no longer on disk, once every file is
+            catalogued (a moved file has taken its track's row then), as the local pipeline does
+            (:func:`mess.extract.pipeline.prune`).
         decode_timeout: seconds one file's inspection or decoding may take; its decoding process is then stopped
             and the file recorded as failed, as in the local pipeline.
 
@@ -129,10 +130,10 @@ def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, pol
         run = store.ensure_run(run_key(info, policy))
         record_source(store, run, source)
         summary = ExtractSummary()
-        if prune_under:
-            summary.removed = prune(store, paths, prune_under)
         copies: dict[str, list[str]] = {}  # the paths counted as copies of each hash to embed, failed with it
         todo = _catalogue(store, run, paths, summary, decode_timeout, copies)
+        if prune_under:  # after cataloguing: a moved file has taken its track's row by then, and is not forgotten
+            summary.removed = prune(store, paths, prune_under)
         if todo:  # no more actors than blocks: an actor past them loads its model for nothing (Ray Data warns)
             n_actors = min(_blocks(len(todo)), actors or default_actors)
             rows = _embedded(todo, model_name, info, policy, batch_size, device, precision, n_actors, decode_timeout)
