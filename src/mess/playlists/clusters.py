@@ -9,7 +9,7 @@ from sklearn.cluster import KMeans
 
 from mess.audio.names import label_key
 from mess.constants import DEFAULT_NORM
-from mess.playlists.playlist import Playlist, PlaylistError, vanished_copies
+from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError, vanished_copies
 from mess.search.vectors import Norm, VectorSpec, load_vectors, track_by_id
 from mess.store import FeatureStore, Run, Track
 
@@ -24,8 +24,9 @@ def default_k(n_tracks: int) -> int:
 
 def clusters(store: FeatureStore, run: Run, k: int | None = None, *, aspect: str | None = None,
              norm: Norm = DEFAULT_NORM, seed: int = 0) -> list[Playlist]:
-    """K playlists covering every track once (a renamed file once, by its name on disk), largest first; each ordered
-    from its centre outwards.
+    """K playlists covering every track once (a renamed file once, by its name on disk; a copy of a recording its
+    cluster plays is named in the cluster's note instead, see :func:`_one_per_recording`), largest first; each
+    ordered from its centre outwards.
 
     Scores are cosines to the cluster centre. Names come from the most common genre, then artists
     (artist, else composer tag), e.g. "Baroque: Bach & Haydn"; clusters without tags are "cluster N".
@@ -47,15 +48,45 @@ def clusters(store: FeatureStore, run: Run, k: int | None = None, *, aspect: str
     ids, unit = vs.ids[content], unit[content]
     km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(unit)
     out: list[Playlist] = []
+    members_of = [by_id[int(i)] for i in ids]  # by row
     for c in sorted(range(k), key=lambda c: -int((km.labels_ == c).sum())):
         rows = np.flatnonzero(km.labels_ == c)
         centre = km.cluster_centers_[c] / max(float(np.linalg.norm(km.cluster_centers_[c])), 1e-12)
-        sims = unit[rows] @ centre
-        # cosines equal to 5 decimals are ties (a 2-track cluster's two): kept in content order, not rounding's noise
-        ranked = np.argsort(-np.round(sims, TIE_DECIMALS), kind="stable")
-        members = tuple(by_id[int(ids[r])] for r in rows[ranked])
-        out.append(Playlist(cluster_name(members), members, tuple(float(s) for s in sims[ranked])))
+        sims = dict(zip(rows.tolist(), (unit[rows] @ centre).tolist(), strict=True))
+        # cosines equal to 5 decimals are ties (a 2-track cluster's two): kept in content order, not rounding's noise;
+        # byte-identical copies (tied) by id, so the first catalogued is the one kept (:func:`_one_per_recording`)
+        ranked = sorted(rows.tolist(), key=lambda r: (-round(sims[r], TIE_DECIMALS), members_of[r].content_hash,
+                                                       members_of[r].id))
+        kept, folded = _one_per_recording(ranked, unit, members_of)
+        members = tuple(members_of[r] for r in kept)
+        out.append(Playlist(cluster_name(members), members, tuple(sims[r] for r in kept), _copies_note(folded)))
     return _unique_titles(out)
+
+
+def _one_per_recording(rows: list[int], unit: np.ndarray, tracks: list[Track]) -> tuple[list[int], list[Track]]:
+    """``rows`` (of ``unit`` and ``tracks``) less those that repeat a recording of an earlier one, as radios and paths
+    skip them (:class:`~mess.playlists.playlist.DuplicateGuard`: a byte-identical copy, an MP3 of a FLAC); and the
+    tracks left out."""
+    guard = DuplicateGuard(unit.shape[1])
+    kept: list[int] = []
+    copies: list[Track] = []
+    for r in rows:
+        if guard.duplicate(unit[r], tracks[r]):
+            copies.append(tracks[r])
+        else:
+            guard.add(unit[r], tracks[r])
+            kept.append(r)
+    return kept, copies
+
+
+def _copies_note(copies: list[Track]) -> str:
+    """The note naming (by path, the first 3) the copies a cluster leaves out; empty when none."""
+    if not copies:
+        return ""
+    listed = ", ".join(t.path for t in copies[:3]) + (f" and {len(copies) - 3} more" if len(copies) > 3 else "")
+    many = len(copies) > 1
+    return (f"{len(copies)} cop{'ies' if many else 'y'} of recordings it plays {'are' if many else 'is'} left out: "
+            f"{listed}")
 
 
 def cluster_name(tracks: tuple[Track, ...]) -> str:
