@@ -25,8 +25,8 @@ def test_a_cluster_plays_a_recording_once_and_names_the_copies_it_leaves_out(ori
                                                                              tmp_path: Path) -> None:
     """`mess playlist clusters` put a track, its byte-identical copy and its MP3 side by side in one playlist (three
     of its four tracks, one recording), while radios and paths skip such copies. A cluster now plays a recording
-    once, the first catalogued of byte-identical files (the original here), and its note names the copies it left
-    out; the written playlists hold every other track once."""
+    once, the first catalogued of its files (the original here, though its copy's name sorts first), and its note
+    names the copies it left out; the written playlists hold every other track once."""
     music = tmp_path / "music"
     music.mkdir()
     for path in originals:

@@ -52,31 +52,29 @@ def clusters(store: FeatureStore, run: Run, k: int | None = None, *, aspect: str
     for c in sorted(range(k), key=lambda c: -int((km.labels_ == c).sum())):
         rows = np.flatnonzero(km.labels_ == c)
         centre = km.cluster_centers_[c] / max(float(np.linalg.norm(km.cluster_centers_[c])), 1e-12)
-        sims = dict(zip(rows.tolist(), (unit[rows] @ centre).tolist(), strict=True))
-        # cosines equal to 5 decimals are ties (a 2-track cluster's two): kept in content order, not rounding's noise;
-        # byte-identical copies (tied) by id, so the first catalogued is the one kept (:func:`_one_per_recording`)
-        ranked = sorted(rows.tolist(), key=lambda r: (-round(sims[r], TIE_DECIMALS), members_of[r].content_hash,
-                                                       members_of[r].id))
-        kept, folded = _one_per_recording(ranked, unit, members_of)
+        sims = unit[rows] @ centre
+        # cosines equal to 5 decimals are ties (a 2-track cluster's two): kept in content order, not rounding's noise
+        ranked = np.argsort(-np.round(sims, TIE_DECIMALS), kind="stable")
+        kept, folded = _one_per_recording(rows[ranked].tolist(), unit, members_of)
+        score = dict(zip(rows.tolist(), sims.tolist(), strict=True))
         members = tuple(members_of[r] for r in kept)
-        out.append(Playlist(cluster_name(members), members, tuple(sims[r] for r in kept), _copies_note(folded)))
+        out.append(Playlist(cluster_name(members), members, tuple(score[r] for r in kept), _copies_note(folded)))
     return _unique_titles(out)
 
 
 def _one_per_recording(rows: list[int], unit: np.ndarray, tracks: list[Track]) -> tuple[list[int], list[Track]]:
-    """``rows`` (of ``unit`` and ``tracks``) less those that repeat a recording of an earlier one, as radios and paths
-    skip them (:class:`~mess.playlists.playlist.DuplicateGuard`: a byte-identical copy, an MP3 of a FLAC); and the
-    tracks left out."""
+    """``rows`` (of ``unit`` and ``tracks``) less the copies of a recording another of them holds, as radios and paths
+    skip them (:class:`~mess.playlists.playlist.DuplicateGuard`: a byte-identical copy, an MP3 of a FLAC), in their
+    order; and the copies left out. Of a recording's files the first catalogued stays (the original, as a rule,
+    whichever copy is closer to the centre): a copy added later never takes its place."""
     guard = DuplicateGuard(unit.shape[1])
-    kept: list[int] = []
-    copies: list[Track] = []
-    for r in rows:
+    copies: set[int] = set()
+    for r in sorted(rows, key=lambda r: tracks[r].id):
         if guard.duplicate(unit[r], tracks[r]):
-            copies.append(tracks[r])
+            copies.add(r)
         else:
             guard.add(unit[r], tracks[r])
-            kept.append(r)
-    return kept, copies
+    return [r for r in rows if r not in copies], [tracks[r] for r in rows if r in copies]
 
 
 def _copies_note(copies: list[Track]) -> str:
@@ -85,8 +83,8 @@ def _copies_note(copies: list[Track]) -> str:
         return ""
     listed = ", ".join(t.path for t in copies[:3]) + (f" and {len(copies) - 3} more" if len(copies) > 3 else "")
     many = len(copies) > 1
-    return (f"{len(copies)} cop{'ies' if many else 'y'} of recordings it plays {'are' if many else 'is'} left out: "
-            f"{listed}")
+    what = f"{len(copies)} copies of recordings it plays are" if many else "1 copy of a recording it plays is"
+    return f"{what} left out: {listed}"
 
 
 def cluster_name(tracks: tuple[Track, ...]) -> str:
