@@ -8,6 +8,7 @@ import shutil
 from contextlib import closing
 from pathlib import Path
 
+import soundfile as sf
 import test_same_recording
 from typer.testing import CliRunner
 
@@ -15,6 +16,7 @@ from mess.audio.windows import WindowPolicy
 from mess.cli.main import app
 from mess.extract.pipeline import extract
 from mess.models.dsp import DspModel
+from mess.playlists.clusters import clusters
 from mess.playlists.formats import read_playlist
 from mess.store import FeatureStore
 
@@ -55,3 +57,24 @@ def test_a_cluster_plays_a_recording_once_and_names_the_copies_it_leaves_out(ori
     assert str(original) in [t["path"] for t in with_copies["tracks"]]
     assert with_copies["note"] in (f"2 copies of recordings it plays are left out: {a}, {b}"
                                    for a, b in ((byte_copy, mp3), (mp3, byte_copy)))
+
+
+def test_a_cluster_plays_the_copy_on_disk_of_a_recording_whose_first_file_is_gone(originals: list[Path],
+                                                                                 tmp_path: Path) -> None:
+    """Of a recording's files a cluster keeps the first catalogued: an original deleted since (not yet pruned) was
+    kept, named as no longer on disk, and its WAV copy on disk (the same samples: cosine 1) left out as a copy. The
+    copy on disk plays; the vanished original is the one named as left out."""
+    music = tmp_path / "music"
+    music.mkdir()
+    paths = [Path(shutil.copyfile(path, music / path.name)) for path in originals[:3]]
+    audio, rate = sf.read(paths[0], dtype="float32")
+    wav = music / f"{paths[0].stem}.wav"
+    sf.write(wav, audio, rate, subtype="FLOAT")  # lossless: the FLAC's samples, another content hash
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        assert extract(store, [*paths, wav], DspModel(), WindowPolicy(4.0, 3)).done == 4
+    paths[0].unlink()
+    with closing(FeatureStore(tmp_path / "store", readonly=True)) as store:
+        playlists = clusters(store, store.run("dsp"), 2)
+    played = [t.path for p in playlists for t in p.tracks]
+    assert sorted(played) == sorted(str(p) for p in (wav, *paths[1:]))
+    assert [p.note for p in playlists if p.note] == [f"1 copy of a recording it plays is left out: {paths[0]}"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 from sklearn.cluster import KMeans
@@ -66,10 +67,11 @@ def _one_per_recording(rows: list[int], unit: np.ndarray, tracks: list[Track]) -
     """``rows`` (of ``unit`` and ``tracks``) less the copies of a recording another of them holds, as radios and paths
     skip them (:class:`~mess.playlists.playlist.DuplicateGuard`: a byte-identical copy, an MP3 of a FLAC), in their
     order; and the copies left out. Of a recording's files the first catalogued stays (the original, as a rule,
-    whichever copy is closer to the centre): a copy added later never takes its place."""
+    whichever copy is closer to the centre): a copy added later never takes its place; one on disk goes before those
+    gone (deleted since extraction: a player cannot open them)."""
     guard = DuplicateGuard(unit.shape[1])
     copies: set[int] = set()
-    for r in sorted(rows, key=lambda r: tracks[r].id):
+    for r in sorted(rows, key=lambda r: (not Path(tracks[r].path).is_file(), tracks[r].id)):
         if guard.duplicate(unit[r], tracks[r]):
             copies.add(r)
         else:
