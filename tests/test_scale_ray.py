@@ -270,16 +270,16 @@ def test_ray_gives_the_local_vectors_and_reruns_skip(driver: Driver, tmp_path: P
     assert (again.done, again.skipped, again.failed) == (0, 5, [])
 
 
-@pytest.mark.parametrize("engines", [("ray", "ray"), ("local", "ray"), ("ray", "local")])
-def test_a_renamed_and_a_moved_file_keep_their_ids_and_vectors_on_either_engine(
-        driver: Driver, engines: tuple[str, str], tmp_path: Path) -> None:
+def test_renamed_and_moved_files_keep_their_ids_and_vectors_from_engine_to_engine(driver: Driver,
+                                                                                  tmp_path: Path) -> None:
     """Ray's catalogue step passes ``follow_moves`` as the local one does, untested. And on both engines `--prune`
     ran before the files were catalogued: the vanished paths of a renamed file and of one moved into a subfolder
     were forgotten first ('2 removed'), then both files catalogued anew, under new ids (index entries, fused vectors,
-    playlists and pages naming the old ids lost them). Now each keeps its id and vectors, nothing is removed or
-    embedded again, and `mess similar` finds the renamed file under its new name, the other under its new path."""
+    playlists and pages naming the old ids lost them). Now, local then Ray, Ray then Ray, Ray then local, each file
+    keeps its id and vectors, nothing is removed or embedded again, and `mess similar` finds a renamed file under
+    its new name and the others under their new paths."""
     music, store_dir = tmp_path / "music", tmp_path / "store"
-    paths = _write_tones(music, 3, seconds=5.0)
+    where = dict(enumerate(_write_tones(music, 3, seconds=5.0)))  # file number -> its path now
 
     def run(engine: str) -> ExtractSummary:
         if engine == "ray":
@@ -287,25 +287,27 @@ def test_a_renamed_and_a_moved_file_keep_their_ids_and_vectors_on_either_engine(
         with contextlib.closing(FeatureStore(store_dir)) as store:
             return extract(store, find_audio([music]), DspModel(), POLICY, prune_under=[music])
 
-    assert (run(engines[0]).done, _vector_rows(store_dir)) == (3, (3, 3))
+    assert (run("local").done, _vector_rows(store_dir)) == (3, (3, 3))
     with contextlib.closing(FeatureStore(store_dir, readonly=True)) as store:
-        ids, vectors = {t.path: t.id for t in store.tracks()}, vectors_by_path(store, "dsp")
-    (music / "sub").mkdir()
-    now = {str(paths[0]): paths[0], str(paths[1]): paths[1].rename(music / "renamed.wav"),
-           str(paths[2]): paths[2].rename(music / "sub" / paths[2].name)}
-    again = run(engines[1])
-    assert (again.done, again.skipped, again.removed, again.failed) == (0, 3, 0, [])
-    assert _vector_rows(store_dir) == (3, 3)  # no vectors computed again
-    with contextlib.closing(FeatureStore(store_dir, readonly=True)) as store:
-        assert {t.path: t.id for t in store.tracks()} == {str(now[p]): i for p, i in ids.items()}
-        assert_same_vectors(vectors_by_path(store, "dsp"), {str(now[p]): v for p, v in vectors.items()})
-    similar = CliRunner().invoke(app, ["similar", "renamed.wav", "--model", "dsp", "--store", str(store_dir),
+        ids = {n: store.track(path).id for n, path in where.items()}
+        vectors = {n: vectors_by_path(store, "dsp")[str(path)] for n, path in where.items()}
+    for step, engine in enumerate(("ray", "ray", "local")):
+        renamed, moved = step % 3, (step + 1) % 3
+        where[renamed] = where[renamed].rename(where[renamed].with_name(f"renamed{step}.wav"))
+        (music / f"sub{step}").mkdir()
+        where[moved] = where[moved].rename(music / f"sub{step}" / where[moved].name)
+        again = run(engine)
+        assert (again.done, again.skipped, again.removed, again.failed) == (0, 3, 0, []), engine
+        assert _vector_rows(store_dir) == (3, 3)  # no vectors computed again
+        with contextlib.closing(FeatureStore(store_dir, readonly=True)) as store:
+            assert {t.path: t.id for t in store.tracks()} == {str(where[n]): i for n, i in ids.items()}, engine
+            assert_same_vectors(vectors_by_path(store, "dsp"), {str(where[n]): v for n, v in vectors.items()})
+    similar = CliRunner().invoke(app, ["similar", where[2].name, "--model", "dsp", "--store", str(store_dir),
                                        "--json"])
     assert similar.exit_code == 0, similar.output
     answer = json.loads(similar.stdout)
-    assert answer["query"]["id"] == ids[str(paths[1])]
-    assert {r["path"]: r["id"] for r in answer["results"]} == {str(now[p]): ids[p] for p in (str(paths[0]),
-                                                                                               str(paths[2]))}
+    assert answer["query"]["id"] == ids[2]
+    assert {r["path"]: r["id"] for r in answer["results"]} == {str(where[n]): ids[n] for n in (0, 1)}
 
 
 def test_without_an_address_a_local_cluster_is_started_not_the_one_an_old_address_file_names(
