@@ -364,7 +364,8 @@ def artist_matrix(store: FeatureStore, options: ArtistOptions, choice: SpaceChoi
         unfit = write_heatmap(png_path, names, sim,
                               f"{run.model} {space.label} ({options.method}{', centred' if options.center else ''})")
     except OSError as exc:
-        raise ArtistError(f"cannot write {exc.filename or prefix}: {exc.strerror or exc}") from None
+        elsewhere = "; `--out PATH` writes them elsewhere" if out is None else ""
+        raise ArtistError(f"cannot write {exc.filename or prefix}: {exc.strerror or exc}{elsewhere}") from None
     if unfit:
         on_note(f"no installed font draws {len(unfit)} characters of the artist names ({unfit[:10]}): the heatmap "
                 "shows them as boxes (a font such as Noto Sans CJK draws Japanese, Korean and Chinese); the CSV has "
@@ -442,11 +443,13 @@ def _whole_k(k: int, n: int) -> list[str]:
 
 @dataclass(frozen=True)
 class HybridWeights:
-    """Learned hybrid weights, what they were learned on (``meta``), and where they were saved."""
+    """Learned hybrid weights, what they were learned on (``meta``), where they were saved, and why they were not
+    (``unsaved``: the store's folder refused the file, a read-only store say; the scores stand)."""
 
     meta: dict
     fit: HybridFit
     saved: Path | None
+    unsaved: str | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
@@ -476,5 +479,5 @@ def learn_hybrid(store: FeatureStore, reference: Path, k: int, options: ArtistOp
         try:
             save_weights(path, fit, meta)
         except OSError as exc:
-            raise ArtistError(f"cannot write {path}: {exc.strerror or exc}") from None
+            return HybridWeights(meta, fit, None, f"cannot write {path}: {exc.strerror or exc}")
     return HybridWeights(meta, fit, path if save else None)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Protocol, TypeVar
 import typer
 from rich.table import Table
 
-from mess.cli.common import console, emit_json, fail, failing, note, open_store, plain, stdout
+from mess.cli.common import console, emit_json, fail, failing, note, open_store, plain, stdout, warn
 from mess.cli.options import (
     DEFAULT_STORE_PATH,
     SEED_MAX,
@@ -364,6 +364,9 @@ def hybrid_command(
                                                tags=tags, test_fraction=test_fraction, seed=seed, save=save,
                                                on_note=note), store)
     _show(result, as_json, _print_hybrid)
+    if result.unsaved:
+        warn(f"{result.unsaved}: these weights were not saved, so `mess artists similar --hybrid` cannot use them "
+             "(learn them on a writable store to save them; --no-save skips saving)")
 
 
 def _print_hybrid(result: HybridWeights) -> None:

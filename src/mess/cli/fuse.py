@@ -14,7 +14,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mess.cli.common import console, emit_json, fail, failing, note, open_store, os_reason, plain, stdout
+from mess.cli.common import console, emit_json, fail, failing, note, open_store, os_reason, plain, stdout, warn
 from mess.cli.options import DEFAULT_STORE_PATH, SEED_MAX, CutoffOpt, JsonOpt, ModelOpt, StoreOpt
 from mess.cli.signals import Terminated, record_terminated, terminated
 from mess.constants import FUSED, LABEL_FIELDS, counted
@@ -266,7 +266,14 @@ def report_command(
             report = compare(result, load_layers(fs, run), k)
         attach_probe(report, fs, run)
         report.training_log_note = log_mismatch(fs, path)  # in the files too, not only on the console
-        write_report(report, fs.reports_dir, fusion_stem(fs.root, path))
+        try:
+            write_report(report, fs.reports_dir, fusion_stem(fs.root, path))
+            unwritten = None
+        except OSError as exc:  # a read-only store, say: the scores below are the answer
+            report.files, unwritten = {}, (f"the report's files were not written ({os_reason(exc)}); the scores "
+                                           "are shown here (`--json` for all of them)")
+    if unwritten:
+        warn(unwritten)
     if as_json:
         emit_json(report.to_dict())
         return
@@ -285,7 +292,8 @@ def report_command(
     if report.caveat:
         console.print(f"[yellow]caveat:[/] {report.caveat}")
     console.print(f"[dim]{plain(report.probe_note)}[/]")
-    console.print(f"[dim]{plain(report.files['md'])}  {plain(report.files['png'])}[/]")
+    if report.files:
+        console.print(f"[dim]{plain(report.files['md'])}  {plain(report.files['png'])}[/]")
 
 
 def register(app: typer.Typer) -> None:

@@ -319,12 +319,16 @@ def evaluate_command(
             png, unplotted = plot_evaluation(ev, target), None
         except OSError as exc:  # the scores are still shown: the evaluation is not lost to a full disk
             png, unplotted = None, f"cannot write the plot {target}: {os_reason(exc, target)}"
+    # the store's own report (a read-only store, say): a warning, the scores are the answer; a --plot asked for fails
+    skipped, unplotted = (unplotted, None) if plot is None else (None, unplotted)
     if as_json:
         unknown = [{"line": line, "ref": ref} for line, ref in label_file.unknown] if label_file else []
         emit_json({**ev.to_dict(), "plot": str(png) if png else None, "unknown_label_rows": unknown})
     else:
         _print_evaluation(ev, run.model, k, norm, match, png)
         _fused_left_out(ev.tracks_without_fused_vectors, run.model, store)
+    if skipped:
+        warn(f"{skipped}; `--plot PATH` writes it elsewhere")
     if unplotted:
         fail(unplotted)
 

@@ -8,6 +8,7 @@ unless ``mess config default-model NAME`` chose one. A ``--model`` of ``NAME@RUN
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -54,8 +55,20 @@ def write_setting(root: Path, key: str, value: str | None) -> dict[str, str]:
         config.pop(key, None)
     else:
         config[key] = value
-    replace_file(Path(root) / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
+    try:
+        replace_file(Path(root) / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
+    except OSError as exc:
+        raise ConfigError(f"cannot change the settings of the store at {root}: {_unwritable(exc)}") from None
     return config
+
+
+def _unwritable(exc: OSError) -> str:
+    """Why the store's folder refused a new config file, for a one-line error."""
+    if exc.errno == errno.EROFS:
+        return "it is on a read-only file system (mount it writable to change its settings)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"this user may not write in its folder ({exc.strerror})"
+    return f"{CONFIG_FILE} cannot be written there ({exc.strerror or exc})"
 
 
 def model_rank(name: str) -> int:

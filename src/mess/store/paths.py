@@ -167,7 +167,7 @@ def create_file(path: Path, data: bytes) -> None:
     except OSError as exc:
         raise _naming(exc, path) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
 
 
 def _write_new(path: Path, data: bytes) -> None:
@@ -178,7 +178,7 @@ def _write_new(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         except BaseException:
-            path.unlink(missing_ok=True)
+            _discard(path)
             raise
 
 
@@ -225,16 +225,26 @@ def replacing(path: Path) -> Iterator[BinaryIO]:
             shutil.copymode(target, tmp)
         os.replace(tmp, target)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise _naming(exc, path) from None
+        _discard(tmp)
+        raise _naming(exc, path, tmp) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise
 
 
-def _naming(exc: OSError, path: Path) -> OSError:
+def _discard(tmp: Path) -> None:
+    """Remove the temp file ``tmp`` of a write that failed, if it is there: on a read-only file system, where it
+    could not be made, removing it fails too (Read-only file system), and that must not hide why the write failed."""
+    try:
+        tmp.unlink()
+    except OSError:
+        pass
+
+
+def _naming(exc: OSError, path: Path, tmp: Path | None = None) -> OSError:
     """``exc`` with ``path`` as its file where the system named none (a write or a sync: a full disk, a file-size
-    limit), so that every command's message says which file could not be written; the same subclass (by errno)."""
-    if exc.filename is not None or exc.errno is None:
+    limit) or named the temp file ``tmp`` it was written through (gone again), so that every command's message says
+    which file could not be written; the same subclass (by errno)."""
+    if exc.errno is None or (exc.filename is not None and (tmp is None or str(exc.filename) != str(tmp))):
         return exc
     return OSError(exc.errno, exc.strerror, str(path))

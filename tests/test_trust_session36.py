@@ -1,0 +1,126 @@
+"""Trust leftovers (session 36): a store that cannot be written (a read-only mount, a folder this user may not write
+in) still answers the commands that only read it, each refusal is one line; (notes/trust_session36.md)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from conftest import as_ordinary_user, mess_here
+
+MESS = [sys.executable, "-m", "mess.cli"]
+
+
+@pytest.fixture()
+def read_only(tmp_path: Path) -> Iterator[Callable[[Path], Path]]:
+    """A read-only view of a folder: a read-only bind mount (skips where one cannot be made: not root, say)."""
+    undo: list[Callable[[], object]] = []
+
+    def view(folder: Path) -> Path:
+        mount = tmp_path / f"ro-{len(undo)}"
+        mount.mkdir()
+        if subprocess.run(["mount", "--bind", str(folder), str(mount)], capture_output=True).returncode:
+            pytest.skip("cannot bind-mount a read-only view here")
+        undo.append(lambda: subprocess.run(["umount", str(mount)], capture_output=True))
+        if subprocess.run(["mount", "-o", "remount,ro,bind", str(mount)], capture_output=True).returncode:
+            pytest.skip("cannot make a mount read-only here")
+        return mount
+
+    yield view
+    for step in reversed(undo):
+        step()
+
+
+@pytest.fixture(scope="module")
+def reported(extracted_store: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A copy of the extracted store (16 rendered tracks, 4 composers) with a fusion network trained on its dsp run,
+    and a reference list of those composers (each lists the other three)."""
+    root = tmp_path_factory.mktemp("reported")
+    store = root / "store"
+    shutil.copytree(extracted_store, store)
+    trained = mess_here("fuse", "train", "--model", "dsp", "--store", str(store))
+    assert trained.returncode == 0, trained.stderr
+    with closing(sqlite3.connect(store / "catalog.sqlite")) as db:
+        artists = sorted({a for (a,) in db.execute("SELECT artist FROM tracks")})
+    reference = root / "reference.json"
+    reference.write_text(json.dumps({a: [b for b in artists if b != a] for a in artists}))
+    return store, reference
+
+
+def _listing(folder: Path) -> list[str]:
+    """Every file under ``folder`` (names relative to it), temp files included."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_config_on_a_store_it_cannot_write_says_so_in_one_line_naming_the_store(
+        reported: tuple[Path, Path], read_only: Callable[[Path], Path], tmp_path: Path) -> None:
+    """`mess config default-model dsp` on a read-only mount said 'error: STORE/.config.json.89f0610a.tmp: Read-only
+    file system': removing the temp file it never made failed too, and that error named the temp file. In a folder
+    this user may not write in (a reader holding the catalog open, so SQLite opens it there) it said
+    'STORE/.config.json.XXXXXXXX.tmp: Permission denied'. Now one line naming the store and why, exit 1, and
+    nothing there changed."""
+    store = tmp_path / "store"
+    shutil.copytree(reported[0], store)
+    view = read_only(store)
+    before = _listing(store)
+    refused = mess_here("config", "default-model", "dsp", "--store", str(view))
+    said = refused.stdout + refused.stderr
+    assert refused.returncode == 1 and said.count("\n") == 1, said
+    assert f"store at {view}" in said and "read-only file system" in said and ".tmp" not in said, said
+    assert _listing(store) == before
+
+    held = sqlite3.connect(store / "catalog.sqlite")  # a reader (a server, say): SQLite's -shm file stays
+    try:
+        held.execute("SELECT count(*) FROM tracks").fetchone()
+        store.chmod(0o555)
+        try:
+            run = subprocess.run(as_ordinary_user([*MESS, "config", "default-model", "dsp", "--store", str(store)]),
+                                 capture_output=True, text=True, timeout=300)
+        finally:
+            store.chmod(0o755)
+    finally:
+        held.close()
+    said = run.stdout + run.stderr
+    assert run.returncode == 1 and said.count("\n") == 1, said
+    assert f"store at {store}" in said and "may not write" in said and ".tmp" not in said, said
+    assert not (store / "config.json").exists() and not list(store.glob(".*.tmp"))
+
+
+def test_reports_on_a_read_only_store_are_a_warning_after_the_answer_not_a_failure(
+        reported: tuple[Path, Path], read_only: Callable[[Path], Path], tmp_path: Path) -> None:
+    """`mess evaluate` on a read-only store printed its scores, then 'error: cannot write the plot ...' (exit 1);
+    `fuse report` failed naming a temp file ('.fusion-....png.f1d7e89b.tmp: Read-only file system') before showing
+    its scores, and `artists hybrid` failed to save its weights before showing what it learned. Each now answers as
+    on a writable copy, warns in one line what was not written (and where the plot can go: --plot), exit 0.
+    `artists matrix`, whose files are its answer, still fails, saying `--out` writes them elsewhere."""
+    store, reference = reported
+    view = read_only(store)
+    for args in (["evaluate", "--model", "dsp", "--json"], ["fuse", "report", "--model", "dsp", "--json"],
+                 ["artists", "hybrid", "-r", str(reference), "-k", "2", "--model", "dsp", "--json"]):
+        copy = tmp_path / "copy"
+        shutil.copytree(store, copy)
+        want = mess_here(*args, "--store", str(copy))
+        shutil.rmtree(copy)
+        assert want.returncode == 0, want.stderr
+        got = mess_here(*args, "--store", str(view))
+        assert got.returncode == 0, got.stderr
+        warnings = [line for line in got.stderr.splitlines() if line.startswith("warning:")]
+        assert len(warnings) == 1 and "Read-only file system" in warnings[0] and ".tmp" not in got.stderr, got.stderr
+        answer, expected = json.loads(got.stdout), json.loads(want.stdout)
+        for key in ("plot", "files", "saved"):  # where the files went: nowhere on the read-only store
+            if key in answer:
+                assert not answer.pop(key) and expected.pop(key), (key, answer)
+        assert answer == expected
+        if args[0] == "evaluate":
+            assert "--plot PATH" in warnings[0]
+    matrix = mess_here("artists", "matrix", "--model", "dsp", "--store", str(view))
+    said = matrix.stdout + matrix.stderr
+    assert matrix.returncode == 1 and "Read-only file system" in said and "--out PATH" in said, said
