@@ -1,5 +1,6 @@
-"""Trust leftovers (session 36): a store that cannot be written (a read-only mount, a folder this user may not write
-in) still answers the commands that only read it, each refusal is one line; (notes/trust_session36.md)."""
+"""Trust leftovers (session 36), with real processes on real audio: a file still being written is left for the next
+run; a store that cannot be written (a read-only mount, a folder this user may not write in) still answers what
+only reads it, each refusal one line (notes/trust_session36.md)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -15,8 +17,30 @@ from pathlib import Path
 import pytest
 
 from conftest import as_ordinary_user, mess_here
+from mess.audio.decode import probe
+from mess.audio.discover import content_hash
+from mess.store import FeatureStore
 
 MESS = [sys.executable, "-m", "mess.cli"]
+DSP = ["--model", "dsp", "--window", "4", "--max-windows", "2", "--batch-size", "2"]
+
+# A download: SOURCE copied to TARGET in pieces of 1/20, a pause after each; past half, it waits (the file still open,
+# as a client's stalled connection keeps it) until GO exists, then writes the rest. READY is made at that pause.
+_DOWNLOAD = """
+import os, sys, time
+source, target, ready, go = sys.argv[1:]
+data = open(source, "rb").read()
+piece = len(data) // 20 + 1
+with open(target, "wb") as out:
+    for start in range(0, len(data), piece):
+        if start >= len(data) // 2 and not os.path.exists(ready):
+            open(ready, "w").close()
+            while not os.path.exists(go):
+                time.sleep(0.05)
+        out.write(data[start:start + piece])
+        out.flush()
+        time.sleep(0.05)
+"""
 
 
 @pytest.fixture()
@@ -124,3 +148,53 @@ def test_reports_on_a_read_only_store_are_a_warning_after_the_answer_not_a_failu
     matrix = mess_here("artists", "matrix", "--model", "dsp", "--store", str(view))
     said = matrix.stdout + matrix.stderr
     assert matrix.returncode == 1 and "Read-only file system" in said and "--out PATH" in said, said
+
+
+def _vectors_by_name(store: Path) -> dict[str, str]:
+    """The content hash of each catalogued file that has dsp vectors, by file name."""
+    with closing(FeatureStore(store, readonly=True)) as fs:
+        run = fs.run("dsp")
+        return {Path(t.path).name: t.content_hash for t in fs.tracks(run)}
+
+
+def test_a_file_still_being_downloaded_is_left_for_the_next_run(wesnoth_tracks: list[Path], tmp_path: Path) -> None:
+    """A download paused between chunks (an OGG, and a WAV whose header already gives the whole length) was embedded
+    as the part written so far, a shorter track, until a later run saw it change. A file another process holds open
+    for writing, written in the last minutes, is now left for the next run, by name; the other files are embedded,
+    and once the downloads end the next run embeds them whole (their contents: the sources')."""
+    import soundfile as sf
+
+    short = sorted((p for p in wesnoth_tracks if p.name != "silence.ogg"), key=lambda p: probe(p).duration)[:3]
+    music, store = tmp_path / "music", tmp_path / "store"
+    music.mkdir()
+    for path in short[:2]:
+        shutil.copyfile(path, music / path.name)
+    audio, rate = sf.read(short[2])
+    wav = tmp_path / "source.wav"
+    sf.write(wav, audio[: rate * 12], rate)  # 12 s: two windows of 4 s, either way
+    sources = {"growing.ogg": short[2], "growing.wav": wav}
+    go = tmp_path / "go"
+    writers = {name: subprocess.Popen([sys.executable, "-c", _DOWNLOAD, str(source), str(music / name),
+                                       str(tmp_path / f"{name}.ready"), str(go)])
+               for name, source in sources.items()}
+    try:
+        deadline = time.monotonic() + 60
+        while not all((tmp_path / f"{name}.ready").exists() for name in sources):
+            assert time.monotonic() < deadline and all(w.poll() is None for w in writers.values())
+            time.sleep(0.05)
+        first = subprocess.run([*MESS, "extract", str(music), *DSP, "--store", str(store)], capture_output=True,
+                               text=True, timeout=300)
+    finally:
+        go.touch()
+        for writer in writers.values():
+            writer.wait(timeout=60)
+    said = " ".join((first.stdout + first.stderr).split())
+    assert first.returncode == 3 and "Traceback" not in said, said
+    for name in sources:
+        assert f"{name}: another program is writing it" in said, said
+    assert sorted(_vectors_by_name(store)) == sorted(p.name for p in short[:2]), said
+    again = mess_here("extract", str(music), *DSP, "--store", str(store))
+    assert again.returncode == 0 and "2 embedded, 2 unchanged" in again.stderr, again.stdout + again.stderr
+    embedded = _vectors_by_name(store)
+    for name, source in sources.items():
+        assert embedded[name] == content_hash(source)

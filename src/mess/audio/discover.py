@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import os
+import signal
 import struct
 import zlib
 from collections.abc import Callable, Iterable
@@ -233,3 +236,26 @@ def _bytes_hash(path: Path) -> str:
         while chunk := f.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def open_for_writing(path: str | Path) -> bool | None:
+    """Whether another process holds ``path`` open for writing now (a download in progress, paused or not): Linux
+    grants a read lease only on a file no one has open for writing. The lease is given back at once (a writer opening
+    the file meanwhile waits that long; the break notice is SIGURG, which no one handles, not SIGIO, which would end
+    this process). None where it cannot tell: not Linux, a file system without leases, a file of another user."""
+    if not hasattr(fcntl, "F_SETLEASE"):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        return True if exc.errno == errno.EAGAIN else None
+    else:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)

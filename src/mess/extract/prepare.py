@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 import soxr
 
 from mess.audio.decode import AudioError, load_audio, load_segments, probe
-from mess.audio.discover import content_hash
+from mess.audio.discover import content_hash, open_for_writing
 from mess.audio.tags import read_tags
 from mess.audio.windows import WindowPolicy
 from mess.constants import file_stamp, stamp_matches
@@ -26,6 +27,9 @@ QUIET_PEAK = 1e-3  # -60 dBFS: a full-band peak below it is looked at again in t
 MAX_PEAK = 1e3  # +60 dBFS: float samples beyond this are not audio anyone mastered
 RINGING = 256  # samples at each end of a window where the resampler rings at the step into a constant offset
 DURATION_TOLERANCE = 0.5  # seconds a header's duration may be off before the decoded length replaces it
+# a file open for writing by another process and written this recently is still being written (a download); one
+# held open for writing but untouched longer (a torrent seeding it, say) is read
+WRITING_WINDOW = 300.0
 
 
 @dataclass
@@ -53,8 +57,10 @@ class Windows:
 
 
 def inspect_file(path: Path, known: tuple[str, str] | None = None) -> FileRecord:
-    """Stat, hash (reusing ``known`` = (hash, stamp) when the file's stamp is unchanged), probe, read tags."""
+    """Stat, hash (reusing ``known`` = (hash, stamp) when the file's stamp is unchanged), probe, read tags; AudioError
+    for a file still being written (a download: :func:`_check_not_being_written`)."""
     stat = path.stat()
+    _check_not_being_written(path, stat.st_mtime)
     stamp = file_stamp(stat)
     digest = known[0] if known is not None and stamp_matches(stat, known[1]) else content_hash(path)
     _check_unchanged(path, stamp)  # the hash is of the file the stamp describes
@@ -77,14 +83,16 @@ def decode_windows(record: FileRecord, sample_rate: int, policy: WindowPolicy, b
     time and memory follow the audio analysed, not the file's length; a file of one
     window or less, or one whose seeks fail, is decoded whole, as before. A file changed
     since :func:`inspect_file` (before or during decoding) is refused: its samples would be
-    stored under the content hash of what it held before. A file sampled below half the model's rate (its header
-    says) is used, with a warning: the model hears almost nothing of its band. For a model that reads up to
+    stored under the content hash of what it held before; so is one another program holds open for writing, as
+    :func:`inspect_file` refuses it (:func:`_check_not_being_written`). A file sampled below half the model's rate
+    (its header says) is used, with a warning: the model hears almost nothing of its band. For a model that reads up to
     ``band_hz`` (the default musicnn: 16 kHz for its timbre layer, 8 kHz for its networks) the warning compares the
     file's band with that: below half of it the vectors say little, below all of it the timbre differs.
     """
     _check_unchanged(record.path, record.stamp)
     windows = _decode(record, sample_rate, policy)
     _check_unchanged(record.path, record.stamp)
+    _check_not_being_written(record.path, record.mtime)  # opened by a writer while it was decoded
     rate = record.info.get("sample_rate")
     if not isinstance(rate, int) or rate <= 0:
         return windows
@@ -106,6 +114,15 @@ def _check_unchanged(path: Path, stamp: str) -> None:
         now = ""
     if stamp and now != stamp:
         raise AudioError(f"{path}: the file changed while it was being read; run `mess extract` again")
+
+
+def _check_not_being_written(path: Path, mtime: float) -> None:
+    """AudioError when another process has the file open for writing and wrote it in the last
+    :data:`WRITING_WINDOW` seconds: a download paused between chunks reads as a complete, shorter file, and its
+    vectors would be a part's (the stamp checks see only writes made while the file is read)."""
+    if abs(time.time() - mtime) < WRITING_WINDOW and open_for_writing(path):
+        raise AudioError(f"{path}: another program is writing it (a download in progress?); left as it is: run "
+                         "the command again once it is written")
 
 
 def _decode(record: FileRecord, sample_rate: int, policy: WindowPolicy) -> Windows:
