@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -198,3 +199,135 @@ def test_a_file_still_being_downloaded_is_left_for_the_next_run(wesnoth_tracks: 
     embedded = _vectors_by_name(store)
     for name, source in sources.items():
         assert embedded[name] == content_hash(source)
+
+
+# ------------------------------------------------------------------ reclaiming old contents' vectors
+
+GC = ["--model", "dsp", "--window", "1", "--max-windows", "64"]  # dsp: 80-byte rows, a row per second of audio
+
+
+def _edit(source: Path, target: Path, gain: float) -> None:
+    """``target``: ``source`` at ``gain``, encoded again as Ogg Vorbis (a file edited and saved)."""
+    import soundfile as sf
+
+    audio, rate = sf.read(source)
+    sf.write(target, audio * gain, rate, format="OGG", subtype="VORBIS")
+
+
+@pytest.fixture(scope="module")
+def edited(wesnoth_tracks: list[Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(music, a dsp store of two Wesnoth tracks whose second, 44 s, was edited twice and embedded after each edit:
+    no file holds its two earlier contents, whose rows follow the first's, its source)."""
+    by_name = {p.name: p for p in wesnoth_tracks}
+    root = tmp_path_factory.mktemp("edited")
+    music, store = root / "music", root / "store"
+    music.mkdir()
+    shutil.copyfile(by_name["sad.ogg"], music / "b-sad.ogg")
+    shutil.copyfile(by_name["defeat2.ogg"], music / "a-defeat2.ogg")
+    for gain in (None, 0.8, 0.6):
+        if gain is not None:
+            _edit(by_name["sad.ogg"], music / "b-sad.ogg", gain)
+        run = mess_here("extract", str(music), *GC, "--store", str(store))
+        assert run.returncode == 0, run.stderr
+    return music, store, by_name["sad.ogg"]
+
+
+def _allocated(store: Path) -> int:
+    """Bytes the file system holds for the store's row files (st_blocks)."""
+    return sum(p.stat().st_blocks * 512 for p in (store / "runs").rglob("*.f16"))
+
+
+def _answers(store: Path) -> list[object]:
+    """`mess similar` of every track, as JSON results."""
+    with closing(FeatureStore(store, readonly=True)) as fs:
+        ids = [t.id for t in fs.tracks()]
+    out = []
+    for track in ids:
+        run = mess_here("similar", str(track), "--json", "--store", str(store))
+        assert run.returncode == 0, run.stderr
+        out.append(json.loads(run.stdout)["results"])
+    return out
+
+
+def _old_contents(store: Path) -> int:
+    """Vectors rows whose content no catalogued file holds."""
+    with closing(sqlite3.connect(store / "catalog.sqlite")) as db:
+        return db.execute("SELECT COUNT(*) FROM vectors v WHERE NOT EXISTS "
+                          "(SELECT 1 FROM tracks t WHERE t.content_hash=v.content_hash)").fetchone()[0]
+
+
+def _healthy(store: Path) -> None:
+    checked = mess_here("check", "--store", str(store), "--json")
+    assert checked.returncode == 0 and json.loads(checked.stdout)["problems"] == [], checked.stdout
+
+
+def test_reclaim_killed_at_each_step_leaves_a_whole_store_and_a_rerun_frees_the_old_contents(
+        edited: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """Old contents' vectors stayed in the store forever (an edited file's every earlier version). `mess check
+    --reclaim` drops them and gives their rows' blocks back; killed (-9) after each of its steps, the store is whole
+    and answers as before, and a rerun finishes: no old content left, the bytes it reports are those the row files'
+    blocks lost (st_blocks), and answers are unchanged."""
+    from test_store_redteam import _frozen, _killed
+
+    store = tmp_path / "store"
+    shutil.copytree(edited[1], store)
+    want, start = _answers(store), _allocated(store)
+    assert _old_contents(store) == 2
+    for at in ("mess.store.feature_store:FeatureStore.forget_derived_rows:after",  # before the catalog changes
+               "mess.store.reclaim:_give_back:before",  # the catalog changed, no file touched yet
+               "mess.store.reclaim:_punch:after"):  # one row file given back
+        _killed(_frozen(at, "check", "--reclaim", "--store", str(store)))
+        _healthy(store)
+        assert _answers(store) == want, at
+    assert _old_contents(store) == 0
+    before = _allocated(store)
+    done = subprocess.run([*MESS, "check", "--reclaim", "--json", "--store", str(store)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["problems"] == [] and report["reclaimed"]["freed_bytes"] == before - _allocated(store)
+    assert _allocated(store) < start
+    assert _answers(store) == want
+
+
+def test_reclaim_waits_for_a_writer_and_keeps_what_it_wrote(edited: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """Beside a `mess extract` holding the store's lock (frozen before it embeds a file edited once more), `mess check
+    --reclaim` waits, saying for whom; once the extract goes on and ends, it frees the two old contents, the store is
+    whole, and the vectors the extract wrote are those a store that embedded the file alone holds."""
+    from test_store_redteam import _frozen
+
+    music, store = tmp_path / "music", tmp_path / "store"
+    shutil.copytree(edited[0], music)  # a copy: the store's files are the fixture's, these are new ones
+    shutil.copytree(edited[1], store)
+    _edit(edited[2], music / "b-sad.ogg", 0.4)
+    writer = _frozen("mess.extract.pipeline:_embed:before", "extract", str(music), *GC, "--store", str(store),
+                     match="b-sad")
+    waiting = subprocess.Popen([*MESS, "check", "--reclaim", "--store", str(store)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        note = waiting.stderr.readline() if waiting.stderr else ""  # its first words: that it waits, and for whom
+        assert "mess extract" in note and waiting.poll() is None and _old_contents(store) == 2, note
+    finally:
+        writer.send_signal(signal.SIGCONT)
+        writer.communicate(timeout=300)
+        out, err = waiting.communicate(timeout=300)
+    assert writer.returncode == 0
+    said = " ".join((out + err).split())
+    assert waiting.returncode == 0 and "2 old contents" in said and _old_contents(store) == 0, said
+    _healthy(store)
+    alone = tmp_path / "alone"
+    assert mess_here("extract", str(music / "b-sad.ogg"), *GC, "--store", str(alone)).returncode == 0
+    edited_now = content_hash(music / "b-sad.ogg")
+    assert _layers(store, edited_now) == _layers(alone, edited_now)
+
+
+def _layers(store: Path, content: str) -> list[list[float]]:
+    """The track vectors of every layer of one content, as stored (read through their checksums)."""
+    with closing(FeatureStore(store, readonly=True)) as fs:
+        run = fs.run("dsp")
+        track = next(t.id for t in fs.tracks(run) if t.content_hash == content)
+        out = []
+        for layer in range(len(run.layer_names)):
+            ids, mat = fs.layer_matrix(run, layer)
+            out.append(mat[list(ids).index(track)].tolist())
+        return out

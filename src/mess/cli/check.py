@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mess.cli.common import console, emit_json, failing, plain, stdout
+from mess.cli.common import console, emit_json, failing, open_store, plain, stdout
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt
 
 if TYPE_CHECKING:
     from mess.search.health import StoreHealth
+    from mess.store.reclaim import Reclaimed
 
 
 def check_command(
@@ -23,6 +25,14 @@ def check_command(
             "next extract), cut unreferenced rows, record missing checksums, delete stale indexes.",
         ),
     ] = False,
+    reclaim: Annotated[
+        bool,
+        typer.Option(
+            "--reclaim",
+            help="First free the vectors of old contents no catalogued file holds (files re-encoded or edited since "
+            "they were embedded: a file reverted later is embedded again), and say how many bytes that gave back.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Check the store: row files against the catalog, NaN/inf vectors, checksums, rows claimed twice, stale indexes
@@ -33,11 +43,17 @@ def check_command(
     from mess.search.health import behind_message, check_store  # here: it loads faiss, which others may not need
     from mess.store import StoreError
 
+    reclaimed = _reclaim(store) if reclaim else None
     with failing(StoreError):
         health = check_store(store, fix=fix, on_wait=lambda m: console.print(f"[yellow]{plain(m)}[/]"))
     if json_out:
-        emit_json({"store": str(store), **health.to_dict()})
+        extra = {"reclaimed": {"actions": reclaimed.lines, "freed_bytes": reclaimed.freed}} if reclaimed else {}
+        emit_json({"store": str(store), **health.to_dict(), **extra})
     else:
+        if reclaimed is not None:
+            for line in reclaimed.lines:
+                stdout.print(f"[green]reclaimed:[/] {plain(line)}")
+            stdout.print(f"[green]reclaimed:[/] {_freed(reclaimed)}")
         for line in health.repaired:
             stdout.print(f"[green]repaired:[/] {plain(line)}")
         for p in health.problems:
@@ -49,6 +65,22 @@ def check_command(
         stdout.print(f"{plain(store)}: {_verdict(health)}")
     if health.damaged:
         raise typer.Exit(1)
+
+
+def _reclaim(store: Path) -> Reclaimed:
+    """Free the old contents' vectors of the store at ``store`` (:mod:`mess.store.reclaim`), waiting for a writer."""
+    from mess.store.reclaim import reclaim
+
+    with open_store(store, readonly=False, create=False) as fs:
+        return reclaim(fs)
+
+
+def _freed(reclaimed: Reclaimed) -> str:
+    """The bytes a reclaim gave back, and where the file system kept the blocks inside the row files."""
+    kept = "" if reclaimed.holes else (" (this file system cannot free rows inside a file: only the rows after the "
+                                       "last one kept were given back)")
+    size = f"{reclaimed.freed / 1e6:.1f} MB" if reclaimed.freed >= 1e6 else f"{reclaimed.freed / 1e3:.1f} kB"
+    return f"{size} ({reclaimed.freed} bytes) given back to the file system{kept}"
 
 
 def _verdict(health: StoreHealth) -> str:
