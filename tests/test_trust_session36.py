@@ -11,11 +11,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
 import pytest
+from test_store_faults import read_only  # noqa: F401 -- fixture: a read-only bind mount of a folder
+from test_store_redteam import _frozen, _killed
 
 from conftest import as_ordinary_user, mess_here
 from mess.audio.decode import probe
@@ -44,26 +46,6 @@ with open(target, "wb") as out:
 """
 
 
-@pytest.fixture()
-def read_only(tmp_path: Path) -> Iterator[Callable[[Path], Path]]:
-    """A read-only view of a folder: a read-only bind mount (skips where one cannot be made: not root, say)."""
-    undo: list[Callable[[], object]] = []
-
-    def view(folder: Path) -> Path:
-        mount = tmp_path / f"ro-{len(undo)}"
-        mount.mkdir()
-        if subprocess.run(["mount", "--bind", str(folder), str(mount)], capture_output=True).returncode:
-            pytest.skip("cannot bind-mount a read-only view here")
-        undo.append(lambda: subprocess.run(["umount", str(mount)], capture_output=True))
-        if subprocess.run(["mount", "-o", "remount,ro,bind", str(mount)], capture_output=True).returncode:
-            pytest.skip("cannot make a mount read-only here")
-        return mount
-
-    yield view
-    for step in reversed(undo):
-        step()
-
-
 @pytest.fixture(scope="module")
 def reported(extracted_store: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A copy of the extracted store (16 rendered tracks, 4 composers) with a fusion network trained on its dsp run,
@@ -86,7 +68,7 @@ def _listing(folder: Path) -> list[str]:
 
 
 def test_config_on_a_store_it_cannot_write_says_so_in_one_line_naming_the_store(
-        reported: tuple[Path, Path], read_only: Callable[[Path], Path], tmp_path: Path) -> None:
+        reported: tuple[Path, Path], read_only: Callable[[Path], Path], tmp_path: Path) -> None:  # noqa: F811
     """`mess config default-model dsp` on a read-only mount said 'error: STORE/.config.json.89f0610a.tmp: Read-only
     file system': removing the temp file it never made failed too, and that error named the temp file. In a folder
     this user may not write in (a reader holding the catalog open, so SQLite opens it there) it said
@@ -120,7 +102,7 @@ def test_config_on_a_store_it_cannot_write_says_so_in_one_line_naming_the_store(
 
 
 def test_reports_on_a_read_only_store_are_a_warning_after_the_answer_not_a_failure(
-        reported: tuple[Path, Path], read_only: Callable[[Path], Path], tmp_path: Path) -> None:
+        reported: tuple[Path, Path], read_only: Callable[[Path], Path], tmp_path: Path) -> None:  # noqa: F811
     """`mess evaluate` on a read-only store printed its scores, then 'error: cannot write the plot ...' (exit 1);
     `fuse report` failed naming a temp file ('.fusion-....png.f1d7e89b.tmp: Read-only file system') before showing
     its scores, and `artists hybrid` failed to save its weights before showing what it learned. Each now answers as
@@ -267,8 +249,6 @@ def test_reclaim_killed_at_each_step_leaves_a_whole_store_and_a_rerun_frees_the_
     --reclaim` drops them and gives their rows' blocks back; killed (-9) after each of its steps, the store is whole
     and answers as before, and a rerun finishes: no old content left, the bytes it reports are those the row files'
     blocks lost (st_blocks), and answers are unchanged."""
-    from test_store_redteam import _frozen, _killed
-
     store = tmp_path / "store"
     shutil.copytree(edited[1], store)
     want, start = _answers(store), _allocated(store)
@@ -294,8 +274,6 @@ def test_reclaim_waits_for_a_writer_and_keeps_what_it_wrote(edited: tuple[Path, 
     """Beside a `mess extract` holding the store's lock (frozen before it embeds a file edited once more), `mess check
     --reclaim` waits, saying for whom; once the extract goes on and ends, it frees the two old contents, the store is
     whole, and the vectors the extract wrote are those a store that embedded the file alone holds."""
-    from test_store_redteam import _frozen
-
     music, store = tmp_path / "music", tmp_path / "store"
     shutil.copytree(edited[0], music)  # a copy: the store's files are the fixture's, these are new ones
     shutil.copytree(edited[1], store)

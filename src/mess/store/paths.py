@@ -243,8 +243,9 @@ def _discard(tmp: Path) -> None:
 
 def _naming(exc: OSError, path: Path, tmp: Path | None = None) -> OSError:
     """``exc`` with ``path`` as its file where the system named none (a write or a sync: a full disk, a file-size
-    limit) or named the temp file ``tmp`` it was written through (gone again), so that every command's message says
-    which file could not be written; the same subclass (by errno)."""
-    if exc.errno is None or (exc.filename is not None and (tmp is None or str(exc.filename) != str(tmp))):
+    limit) or named only the temp file ``tmp`` it was written through (gone again; a rename names both, and is
+    kept), so that every command's message says which file could not be written; the same subclass (by errno)."""
+    only_tmp = tmp is not None and exc.filename2 is None and str(exc.filename) == str(tmp)
+    if exc.errno is None or (exc.filename is not None and not only_tmp):
         return exc
     return OSError(exc.errno, exc.strerror, str(path))
