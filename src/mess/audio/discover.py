@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import os
 import signal
+import stat
 import struct
 import zlib
 from collections.abc import Callable, Iterable
@@ -246,6 +247,8 @@ def open_for_writing(path: str | Path) -> bool | None:
     if not hasattr(fcntl, "F_SETLEASE"):
         return None
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a pipe's writer would take this open for its reader's
+            return None
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return None
