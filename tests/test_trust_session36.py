@@ -309,3 +309,21 @@ def _layers(store: Path, content: str) -> list[list[float]]:
             ids, mat = fs.layer_matrix(run, layer)
             out.append(mat[list(ids).index(track)].tolist())
         return out
+
+
+def test_reclaim_with_repair_frees_old_contents_of_a_store_the_repair_makes_whole(edited: tuple[Path, Path, Path],
+                                                                                 tmp_path: Path) -> None:
+    """`mess check --repair --reclaim` on a damaged store (a track row file a row short) repairs it first, then frees
+    the old contents; the reclaim alone refuses a damaged store, sending it to `--repair`."""
+    import os
+
+    store = tmp_path / "store"
+    shutil.copytree(edited[1], store)
+    short = store / "runs" / "1" / "track" / "000.f16"
+    os.truncate(short, short.stat().st_size - 80)  # dsp's first layer: 40 float16 values a row
+    refused = mess_here("check", "--reclaim", "--store", str(store))
+    assert refused.returncode == 1 and "check --repair" in refused.stderr and _old_contents(store) == 2
+    both = mess_here("check", "--repair", "--reclaim", "--store", str(store))
+    said = " ".join((both.stdout + both.stderr).split())
+    assert both.returncode == 0 and "repaired:" in said and "2 old contents" in said, said
+    assert _old_contents(store) == 0

@@ -29,8 +29,9 @@ def check_command(
         bool,
         typer.Option(
             "--reclaim",
-            help="First free the vectors of old contents no catalogued file holds (files re-encoded or edited since "
-            "they were embedded: a file reverted later is embedded again), and say how many bytes that gave back.",
+            help="Also free the vectors of old contents no catalogued file holds (files re-encoded or edited since "
+            "they were embedded: a file reverted later is embedded again) and say how many bytes that gave back "
+            "(before the check; with --repair, after a repair that leaves the store whole).",
         ),
     ] = False,
     json_out: JsonOpt = False,
@@ -43,19 +44,21 @@ def check_command(
     from mess.search.health import behind_message, check_store  # here: it loads faiss, which others may not need
     from mess.store import StoreError
 
-    reclaimed = _reclaim(store) if reclaim else None
+    reclaimed = _reclaim(store) if reclaim and not fix else None  # with --repair: once the store is whole
     with failing(StoreError):
         health = check_store(store, fix=fix, on_wait=lambda m: console.print(f"[yellow]{plain(m)}[/]"))
+    if reclaim and fix and not health.damaged:
+        reclaimed = _reclaim(store)
     if json_out:
         extra = {"reclaimed": {"actions": reclaimed.lines, "freed_bytes": reclaimed.freed}} if reclaimed else {}
         emit_json({"store": str(store), **health.to_dict(), **extra})
     else:
+        for line in health.repaired:
+            stdout.print(f"[green]repaired:[/] {plain(line)}")
         if reclaimed is not None:
             for line in reclaimed.lines:
                 stdout.print(f"[green]reclaimed:[/] {plain(line)}")
             stdout.print(f"[green]reclaimed:[/] {_freed(reclaimed)}")
-        for line in health.repaired:
-            stdout.print(f"[green]repaired:[/] {plain(line)}")
         for p in health.problems:
             stdout.print(f"[{'red' if p.damage else 'yellow'}]{p.kind}:[/] {plain(p.message)}")
         for path in health.stale:
