@@ -199,7 +199,7 @@ class TrackCatalog(FailureRecords):
         return at or [r for r in rows if nfc(os.path.basename(from_db_path(r["path"]))) == name]
 
     def remove_tracks(self, paths: Iterable[str]) -> int:
-        """Forget tracks by path (their vectors stay cached by content hash)."""
+        """Forget tracks by path (their vectors stay cached by content hash until `mess check --reclaim`)."""
         with self._write():
             return sum(self.db.execute("DELETE FROM tracks WHERE path=?", (to_db_path(p),)).rowcount for p in paths)
 
