@@ -338,11 +338,31 @@ def network_waits(folder: Path) -> tuple[dict[str, str], Callable[[], dict[str, 
 # ---------------------------------------------------------------- parallel runs (pytest -n 2)
 
 SPREAD = {"test_store_faults.py"}  # its tests go to whichever worker is free (its templates: one per session, locked)
+# The longest work units, longest first (seconds of one worker, measured in session 36): xdist hands units out in the
+# order they are collected (pyproject.toml turns off its own reordering, which puts the units with most tests first
+# and so left the longest single tests for the end, one worker busy while the other had nothing left). Longest first,
+# then the other modules, most tests first, then the single tests of SPREAD: the last units are the short ones.
+LONG_FIRST = ("test_scale_ray", "test_docs_examples", "test_concurrent_first_runs_on_an_empty_numba_cache",
+              "test_probing_store", "test_benchmarks", "test_cli_interrupts", "test_extract", "test_serve_security",
+              "test_trust_session36", "test_serve_browser", "test_onnx_query", "test_fusion_store")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups (after it, none was seen)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under ``--dist loadgroup`` keep each other module on one worker, so its module fixtures are built once."""
+    """Under ``--dist loadgroup`` keep each other module on one worker, so its module fixtures are built once, and
+    order the units as :data:`LONG_FIRST` says."""
+    units: dict[str, list[pytest.Item]] = {}
     for item in items:
         if item.path.name not in SPREAD:
             item.add_marker(pytest.mark.xdist_group(item.path.stem))
+            units.setdefault(item.path.stem, []).append(item)
+        else:
+            units.setdefault(item.nodeid, []).append(item)
+
+    def rank(unit: str) -> tuple[int, int]:
+        name = unit.rsplit("::", 1)[-1]
+        if name in LONG_FIRST:
+            return LONG_FIRST.index(name), 0
+        return len(LONG_FIRST) + ("::" in unit), -len(units[unit])  # a module, then a single test of SPREAD
+
+    items[:] = [item for unit in sorted(units, key=rank) for item in units[unit]]
