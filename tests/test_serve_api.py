@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import typer
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.testclient import TestClient
 from matplotlib.image import imsave
 from typer.testing import CliRunner
@@ -461,17 +461,12 @@ def test_a_range_header_that_cannot_be_read_is_ignored_and_refusals_are_json(cli
 
 
 def _ranged(path: Path) -> TestClient:
-    """A bare app serving ``path`` as the audio route does: :class:`AudioFile`, its JSON 416 raised."""
+    """A bare app serving ``path`` as the audio route does: :meth:`AudioFile.answer`, its JSON 412 or 416 raised."""
     app = FastAPI()
 
     @app.get("/f")
-    def f(request: Request) -> AudioFile:
-        stat = path.stat()
-        response = AudioFile(path, stat_result=stat)
-        refusal = response.refusal(request, stat)
-        if refusal is not None:
-            raise refusal
-        return response
+    def f(request: Request) -> Response:
+        return AudioFile(path, stat_result=path.stat()).answer(request)
 
     return TestClient(app)
 

@@ -12,14 +12,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Mount
-from starlette.staticfiles import NotModifiedResponse, PathLike
+from starlette.staticfiles import PathLike
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from threadpoolctl import threadpool_limits
 
@@ -134,17 +133,16 @@ class PageFileResponses(StaticFiles):
 
     def file_response(self, full_path: PathLike, stat_result: os.stat_result, scope: Scope,
                       status_code: int = 200) -> Response:
-        """The file, a 304 when the client's copy is current, or the JSON 416; always to be revalidated (``no-cache``):
+        """The file, a 304 when the client's copy is current, or the JSON 412 or 416 (:meth:`AudioFile.answer`);
+        always to be revalidated (``no-cache``):
         without it browsers kept app.js fresh by heuristic (a tenth of its age) and ran a cached one against an
         upgraded server's index.html and API."""
         response = AudioFile(full_path, status_code=status_code, stat_result=stat_result,
                              headers={"Cache-Control": "no-cache"})
-        if self.is_not_modified(response.headers, Headers(scope=scope)):
-            return NotModifiedResponse(response.headers)
-        refusal = response.refusal(Request(scope), stat_result)
-        if refusal is not None:
+        try:
+            return response.answer(Request(scope))
+        except HTTPException as refusal:
             return JSONResponse({"detail": refusal.detail}, status_code=refusal.status_code, headers=refusal.headers)
-        return response
 
 
 class HeadAsGet:

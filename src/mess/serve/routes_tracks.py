@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BeforeValidator
 
 from mess.audio.discover import content_hash
@@ -173,11 +173,15 @@ def track(track_id: TrackId, state: State) -> dict:
                        206: {"description": "Partial content: one range in the file's type, several as "
                                             "multipart/byteranges",
                              "content": {**_AUDIO_CONTENT, "multipart/byteranges": _FILE}},
+                       304: {"description": "Not modified: the client's copy (If-None-Match, If-Modified-Since) is "
+                                            "current"},
                        409: {"description": "The file changed since it was extracted"},
+                       412: {"description": "If-Match or If-Unmodified-Since is false"},
                        416: {"description": "Range not satisfiable"}})
-def audio(track_id: TrackId, state: State, request: Request) -> AudioFile:
+def audio(track_id: TrackId, state: State, request: Request) -> Response:
     """The track's file as stored, with ``Accept-Ranges: bytes`` so players can seek; a ``Range`` header that
-    cannot be read (unknown unit, invalid range) is ignored: 200 with the whole file (RFC 9110 §14.2)."""
+    cannot be read (unknown unit, invalid range) is ignored: 200 with the whole file (RFC 9110 §14.2). Conditional
+    requests as RFC 9110 §13 has them (:meth:`AudioFile.answer`): a player's copy still current is a 304."""
     with state.lock:
         path = Path(state.track(track_id).path)
         recorded, known = state.store.file_size_mtime(path), state.store.known_file(path)
@@ -196,11 +200,7 @@ def audio(track_id: TrackId, state: State, request: Request) -> AudioFile:
                                  "extracted by one of the same size and modification time but other audio: its tags, "
                                  "duration and vectors are of another file; run `mess extract` again")
     media = AUDIO_TYPES.get(audio_suffix(path.name), "application/octet-stream")
-    response = AudioFile(path, media_type=media, stat_result=stat)
-    refusal = response.refusal(request, stat)
-    if refusal is not None:
-        raise refusal
-    return response
+    return AudioFile(path, media_type=media, stat_result=stat).answer(request)
 
 
 @lru_cache(maxsize=4096)

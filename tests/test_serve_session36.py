@@ -1,0 +1,148 @@
+"""Session 36's server work: conditional GET of the audio route (RFC 9110 §13) over real HTTP to a real `mess serve`,
+and the CLI options the API had no form of."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from email.utils import formatdate
+from pathlib import Path
+
+import httpx
+import mutagen.flac
+import pytest
+import soundfile as sf
+from ports import served_at
+
+from conftest import mess_here
+
+MESS = [sys.executable, "-m", "mess.cli"]
+SOUNDTRACKS = Path("/work/data/soundtracks")
+SOURCES = ("wesnoth/battle-epic.ogg", "wesnoth/frantic-old.ogg", "wesnoth/elvish-theme.ogg")
+AN_HOUR_AGO = time.time() - 3600
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20 s of three real soundtracks as tagged FLACs (tags padded: a retag of the same length keeps the size), their
+    files an hour old, extracted with dsp: the store (``<folder>/store``; the music in ``<folder>/music``)."""
+    root = tmp_path_factory.mktemp("serve36")
+    music = root / "music"
+    music.mkdir()
+    for name in SOURCES:
+        audio, rate = sf.read(SOUNDTRACKS / name, frames=20 * 44100, dtype="float32")
+        path = music / f"{Path(name).stem}.flac"
+        sf.write(path, audio, rate)
+        tags = mutagen.flac.FLAC(path)
+        tags.update({"artist": Path(name).parent.name, "title": Path(name).stem})
+        tags.save()
+        os.utime(path, (AN_HOUR_AGO, AN_HOUR_AGO))
+    done = mess_here("extract", str(music), "--model", "dsp", "--store", str(root / "store"))
+    assert done.returncode == 0, done.stderr
+    return root / "store"
+
+
+@pytest.fixture(scope="module")
+def base(library: Path) -> Iterator[str]:
+    """The URL of a real `mess serve` over :func:`library`."""
+    proc = subprocess.Popen([*MESS, "serve", "--store", str(library), "--port", "0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url = served_at(proc)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/api/health", timeout=2).is_success:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "the server did not answer"
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _track(base: str, library: Path, stem: str) -> tuple[str, Path]:
+    """The audio URL of the track of file ``stem``.flac, and the file."""
+    items = httpx.get(base + "/api/tracks", params={"q": stem}).json()["items"]
+    [one] = [t for t in items if t["file"] == f"{stem}.flac"]
+    return f"{base}/api/tracks/{one['id']}/audio", library.parent / "music" / one["file"]
+
+
+def _get(url: str, method: str = "GET", **headers: str) -> httpx.Response:
+    return httpx.request(method, url, headers=headers, timeout=30)
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_a_players_copy_still_current_is_a_304(base: str, library: Path, method: str) -> None:
+    """A request carrying the audio's own ETag (alone, in a list, weak, or ``*``) or a date not older than the file
+    got the whole file again: Starlette's FileResponse has no conditional GET. Now it is a 304 without a body, with
+    the ETag; another tag, an older date or a date that cannot be read get the file (200)."""
+    url, path = _track(base, library, "battle-epic")
+    raw = path.read_bytes()
+    first = _get(url)
+    assert first.status_code == 200 and first.content == raw
+    tag, modified = first.headers["etag"], first.headers["last-modified"]
+    assert modified == formatdate(path.stat().st_mtime, usegmt=True)
+    for headers in ({"If-None-Match": tag}, {"If-None-Match": f'"other", W/{tag}'}, {"If-None-Match": "*"},
+                    {"If-Modified-Since": modified}, {"If-Modified-Since": formatdate(time.time(), usegmt=True)}):
+        again = _get(url, method, **headers)
+        assert (again.status_code, again.content, again.headers["etag"]) == (304, b"", tag), headers
+    older = formatdate(path.stat().st_mtime - 60, usegmt=True)
+    for headers in ({"If-None-Match": '"other"'}, {"If-None-Match": tag[:-2] + '"'}, {"If-Modified-Since": older},
+                    {"If-Modified-Since": "yesterday"}, {"If-None-Match": '"other"', "If-Modified-Since": modified}):
+        whole = _get(url, method, **headers)  # If-None-Match present: If-Modified-Since is not looked at (§13.1.3)
+        assert whole.status_code == 200, headers
+        assert whole.content == (raw if method == "GET" else b"") and whole.headers["content-length"] == str(len(raw))
+
+
+def test_if_range_and_if_match_use_strong_validators(base: str, library: Path) -> None:
+    """A Range with an If-Range of the current ETag or Last-Modified date is served as a range; a stale, weak or
+    earlier validator gets the whole file (200). If-Match of another tag, or an If-Unmodified-Since before the file's
+    date, is a JSON 412; the file's own tag or ``*`` passes."""
+    url, path = _track(base, library, "frantic-old")
+    raw = path.read_bytes()
+    first = _get(url)
+    tag, modified = first.headers["etag"], first.headers["last-modified"]
+    for validator in (tag, modified):
+        part = _get(url, Range="bytes=100-199", **{"If-Range": validator})
+        assert (part.status_code, part.content) == (206, raw[100:200]), validator
+    for validator in ('"stale"', f"W/{tag}", formatdate(path.stat().st_mtime - 1, usegmt=True), "soon"):
+        whole = _get(url, Range="bytes=100-199", **{"If-Range": validator})
+        assert (whole.status_code, whole.content) == (200, raw), validator
+    for headers in ({"If-Match": '"other"'}, {"If-Match": f"W/{tag}"},
+                    {"If-Unmodified-Since": formatdate(path.stat().st_mtime - 60, usegmt=True)}):
+        refused = _get(url, **headers)
+        assert refused.status_code == 412 and refused.headers["content-type"] == "application/json", headers
+        assert "\n" not in refused.json()["detail"]
+    for headers in ({"If-Match": tag}, {"If-Match": f'"other", {tag}'}, {"If-Match": "*"},
+                    {"If-Unmodified-Since": modified}):
+        assert _get(url, **headers).content == raw, headers
+
+
+def test_the_etag_changes_when_the_file_does(base: str, library: Path) -> None:
+    """A retag that keeps the file's size, its mtime put back (as `touch -r` or a tagger keeping dates does), plays
+    (the same audio), but its bytes differ: the ETag of size and mtime stayed the same, so a player's stale copy got
+    a 304, and a range of the new bytes was spliced into the old ones (If-Range). The ETag now changes."""
+    url, path = _track(base, library, "elvish-theme")
+    first = _get(url)
+    tag = first.headers["etag"]
+    before = path.stat()
+    tags = mutagen.flac.FLAC(path)
+    tags["title"] = "ELVISH-THEME"
+    tags.save()
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    raw = path.read_bytes()
+    assert raw != first.content
+    now = _get(url, **{"If-None-Match": tag})
+    assert now.status_code == 200 and now.content == raw and now.headers["etag"] != tag
+    whole = _get(url, Range="bytes=0-99", **{"If-Range": tag})
+    assert (whole.status_code, whole.content) == (200, raw)
+    assert _get(url, **{"If-None-Match": now.headers["etag"]}).status_code == 304
