@@ -179,9 +179,9 @@ RESULT_FIELDS = ("id", "score", "adjusted", "why", "why_percentile", "reasons", 
 
 
 def _same_similar(answer: dict, cli: dict) -> None:
-    """The API's similar answer holds every field of `mess similar --json`'s (but ``match`` and ``query``) with the
-    same value, and the same results in the fields both give."""
-    for key in set(cli) - {"match", "query", "results"}:
+    """The API's similar answer holds every field of `mess similar --json`'s (but ``query``) with the same value, and
+    the same results in the fields both give."""
+    for key in set(cli) - {"query", "results"}:
         assert key in answer and answer[key] == cli[key], (key, answer.get(key), cli[key])
     assert [[r[f] for f in RESULT_FIELDS] for r in answer["results"]] == \
         [[r[f] for f in RESULT_FIELDS] for r in cli["results"]]

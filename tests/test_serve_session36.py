@@ -3,7 +3,9 @@ and the CLI options the API had no form of."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -15,9 +17,12 @@ import httpx
 import mutagen.flac
 import pytest
 import soundfile as sf
+from fastapi.testclient import TestClient
 from ports import served_at
+from test_serve_session35 import _same_similar
 
 from conftest import mess_here
+from mess.serve.app import create_app
 
 MESS = [sys.executable, "-m", "mess.cli"]
 SOUNDTRACKS = Path("/work/data/soundtracks")
@@ -146,3 +151,64 @@ def test_the_etag_changes_when_the_file_does(base: str, library: Path) -> None:
     whole = _get(url, Range="bytes=0-99", **{"If-Range": tag})
     assert (whole.status_code, whole.content) == (200, raw)
     assert _get(url, **{"If-None-Match": now.headers["etag"]}).status_code == 304
+
+
+# ---------------------------------------------------------------- the CLI's options in the API
+
+
+@pytest.fixture(scope="module")
+def client(library: Path) -> Iterator[TestClient]:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(library)) as c:
+        yield c
+
+
+@pytest.mark.parametrize("options", [{"match": "segments", "k": "2"},
+                                     {"match": "segments", "layer": "mfcc", "exclude_same_artist": "true"}])
+def test_similar_takes_match_segments_as_mess_similar_does(client: TestClient, library: Path,
+                                                           options: dict[str, str]) -> None:
+    """`mess similar --match segments` (Chamfer similarity of window vectors) had no API form: ``match`` was ignored,
+    and the answer was the cosine of mean vectors. Now the answer is the CLI's, ``match`` and ``expand`` (0) too."""
+    one = client.get("/api/tracks").json()["items"][0]["id"]
+    api = client.get(f"/api/tracks/{one}/similar", params=options)
+    assert api.status_code == 200, api.text
+    args = [a for name, value in options.items() for a in
+            ([f"--{name.replace('_', '-')}"] if value == "true" else ["-k" if name == "k" else f"--{name}", value])]
+    done = mess_here("similar", str(one), "--json", "--store", str(library), *args)
+    assert done.returncode == 0, done.stderr
+    _same_similar(api.json(), json.loads(done.stdout))
+    assert api.json()["match"] == "segments" and api.json()["expand"] == 0
+
+
+@pytest.mark.parametrize(("params", "detail"), [
+    ({"match": "chamfer"}, "unknown match 'chamfer'; choose mean or segments"),
+    ({"match": "segments", "hubness": "csls"}, "match segments needs a track or audio file as query, and no hubness "
+                                               "or expand"),
+    ({"k": "201"}, "invalid k '201'; use a whole number from 1 to 200 (200: the server's cap, to bound each "
+                   "request's work; the command line has none)"),
+    ({"expand": "51"}, "invalid expand '51'; use a whole number from 0 to 50 (50: the server's cap, to bound each "
+                       "request's work; the command line has none)")])
+def test_refusals_of_match_and_the_caps_say_why(client: TestClient, params: dict[str, str], detail: str) -> None:
+    """An unknown ``match`` was ignored; ``k`` over 200 and ``expand`` over 50 were refused without saying that the
+    server caps them (the CLI does not): a client that `mess similar -k 500` answers took it for a bug."""
+    one = client.get("/api/tracks").json()["items"][0]["id"]
+    answer = client.get(f"/api/tracks/{one}/similar", params=params)
+    assert answer.status_code in (400, 422) and answer.json() == {"detail": detail}
+
+
+def test_the_index_route_rebuilds_as_mess_index_rebuild_does(library: Path, tmp_path: Path) -> None:
+    """`mess index --rebuild` builds from scratch; the API had no form of it (``rebuild=true`` was ignored: the
+    index was 'unchanged'). Now both say 'built', for the index and its augmentation, and save the same files."""
+    for name in ("api", "cli"):
+        shutil.copytree(library, tmp_path / name)
+    with TestClient(base_url="http://127.0.0.1", app=create_app(tmp_path / "api", allow_indexing=True)) as c:
+        answers = [c.post("/api/index", params=p) for p in ({}, {}, {"rebuild": "true", "target_recall": "0.9"})]
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    clis = [mess_here("index", "--json", "--store", str(tmp_path / "cli"), *args)
+            for args in ([], [], ["--rebuild", "--target-recall", "0.9"])]
+    assert all(d.returncode == 0 for d in clis), [d.stderr for d in clis]
+    for answer, done in zip(answers, clis, strict=True):
+        cli = json.loads(done.stdout)
+        assert (answer.json()["mode"], answer.json()["augment"]) == (cli["mode"], cli["augment"])
+    assert [a.json()["mode"] for a in answers] == ["built", "unchanged", "built"]
+    assert sorted(p.name for p in (tmp_path / "api" / "indexes").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "cli" / "indexes").iterdir())

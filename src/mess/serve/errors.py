@@ -147,7 +147,9 @@ def _line(error: dict, specs: dict[str, dict]) -> str:
         what = spec.get("description", "").rstrip(".")
         return f"missing {name}" + (f": {what[:1].lower()}{what[1:]}" if what else "")
     allowed = _allowed(spec.get("schema", {}))
-    return f"invalid {name} {_shown(error.get('input'))}" + (f"; use {allowed}" if allowed else "")
+    cap = spec.get("schema", {}).get("x-cap") if error.get("type") == "less_than_equal" else None
+    return (f"invalid {name} {_shown(error.get('input'))}" + (f"; use {allowed}" if allowed else "")
+            + (f" ({_single(spec['schema'])['maximum']}: {cap})" if cap else ""))
 
 
 def _single(schema: dict) -> dict:

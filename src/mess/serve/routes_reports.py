@@ -84,7 +84,11 @@ def index(state: State, request: Request, model: Model = None, layer: Layer = No
           rerank: Annotated[bool | None, Query(
               description="Ranking data saved beside the index: left out, the augmentation of all layers (what the "
                           "default ranking reads); true, the whole re-ranking data too (what ranking=reranked "
-                          "reads); false, neither.")] = None) -> dict:
+                          "reads); false, neither.")] = None,
+          rebuild: Annotated[bool, Query(description="Build from scratch instead of updating (the index and the "
+                                                     "ranking data), as `mess index --rebuild`.")] = False,
+          target_recall: Annotated[float, Query(ge=0.0, le=1.0, description="Recall@10 that approximate indexes are "
+                                                                           "tuned to reach.")] = 0.95) -> dict:
     """Write the index of one vector set under STORE/indexes (the server is read-only otherwise); a request body is a
     400 (it was ignored: ``{"layer": "mfcc"}`` indexed the default vectors)."""
     if not state.allow_indexing:
@@ -100,7 +104,8 @@ def index(state: State, request: Request, model: Model = None, layer: Layer = No
         try:
             with state.store.writing("mess serve: index", wait=False):  # no extract commits between read and save
                 vs = load_vectors(state.store, run, spec)
-                _, report = build_index(state.store, vs, kind, wait=False, rerank=rerank)
+                _, report = build_index(state.store, vs, kind, rebuild=rebuild, target_recall=target_recall,
+                                        wait=False, rerank=rerank)
         except StoreBusy as exc:  # the store named by its folder's name, as every answer names it
             busy = printable(str(exc).replace(str(state.store.root), state.store.root.name))
             raise HTTPException(503, busy, headers={"Retry-After": "30"}) from None

@@ -34,6 +34,7 @@ from mess.search.query import (
 )
 from mess.search.rerank import Reranker
 from mess.search.rerank_store import Ranking, check_ranking, load_augmentation, load_reranker, ranking_choice
+from mess.search.segments import check_match
 from mess.search.vectors import Norm, VectorSet, VectorSpec, from_tracks, load_vectors, vectors_label
 from mess.serve.errors import query_parameters, without_paths
 from mess.serve.mapping import collection_map
@@ -44,16 +45,22 @@ from mess.store import FeatureStore, Run, StoreError, Track
 
 router = APIRouter(prefix="/api")
 State = Annotated[ServeState, Depends(get_state)]
-K = Annotated[int, Query(ge=1, le=200, description="How many results.")]
+CAP = {"x-cap": "the server's cap, to bound each request's work; the command line has none"}
+K = Annotated[int, Query(ge=1, le=200, description="How many results (at most 200: the server's cap).",
+                         json_schema_extra=CAP)]
 ExcludeArtist = Annotated[bool, Query(description="Leave out tracks by the query's artist.")]
 Hubness = Annotated[str | None, Blank, Query(description="Re-rank against hub tracks: csls or mp.")]
 Expand = Annotated[int | None, Query(ge=0, le=50, description="Query expansion over this many nearest tracks "
-                                                             "(0 = off; default 3).")]
+                                                             "(0 = off; default 3; at most 50: the server's cap).",
+                                     json_schema_extra=CAP)]
 RankingParam = Annotated[str, Query(
     description="auto (default: augmented for all layers, plain otherwise or when a large collection has no data "
                 "saved by `mess index`), plain, augmented (database-side augmentation, then expansion) or reranked "
                 "(then k-reciprocal re-ranking); the last two exact, not with hubness or another expand. The "
                 "answer's ranking says which was used.")]
+MatchParam = Annotated[str, Query(description="mean (default): cosine of track vectors; segments: Chamfer similarity "
+                                             "of the tracks' window vectors (exact, no index; not with hubness, "
+                                             "another expand or a ranking but plain or auto).")]
 NormParam = Annotated[str, Query(description="Per-dimension preprocessing: auto (default: power for all layers, zscore "
                                              "for one layer or aspect), power, zscore, center or none.")]
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -63,7 +70,7 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
 
 def _answer(state: ServeState, run: Run, query: dict, results: list[Neighbour], layer: str | None,
             aspect: str | None, fused: bool, learned: bool, norm: str, ranking: Chosen, tq: TrackQuery,
-            hubness: str | None = None, expand: int | None = None) -> dict:
+            hubness: str | None = None, expand: int | None = None, match: str = "mean") -> dict:
     """The answer's JSON, with the fields of `mess similar --json` (``norm`` as applied, ``expand`` as used); the
     query's file (``tq``'s, compared with close results) is named by ``query["file"]``."""
     source, specs = aspect_layers(state.store, run)
@@ -71,7 +78,7 @@ def _answer(state: ServeState, run: Run, query: dict, results: list[Neighbour], 
     unfused, note = unfused_note(state.store, run, fused)
     vs = load_vectors(state.store, run, vector_spec(state.store, run, layer, aspect, fused, learned, norm))
     return {"query": query, "model": run.model, "vectors": vectors_label(layer, aspect, fused, learned),
-            "norm": vs.spec.norm, "hubness": hubness, "expand": expansion("mean", expand),
+            "norm": vs.spec.norm, "match": match, "hubness": hubness, "expand": expansion(match, expand),
             "ranking": ranking.ranking, "notes": [*ranking.notes, *([note] if note else [])],
             "tracks_without_fused_vectors": unfused, "files_not_embedded": len(state.store.unembedded(run)),
             "why_source": source, "why_words": {g: listener_words(g) for g in specs},
@@ -84,19 +91,18 @@ def _answer(state: ServeState, run: Run, query: dict, results: list[Neighbour], 
 def similar(track_id: TrackId, state: State, model: Model = None, layer: Layer = None, aspect: Aspect = None,
             fused: Fused = False, k: K = 10, exclude_same_artist: ExcludeArtist = False,
             hubness: Hubness = None, learned: Learned = False, expand: Expand = None, norm: NormParam = DEFAULT_NORM,
-            ranking: RankingParam = "auto") -> dict:
-    """Cosine neighbours; ``why`` holds the similarity in each aspect's layer and ``why_percentile``
-    how unusual that closeness is within the collection. When augmented or re-ranked (``ranking`` in the answer) each
-    result's ``adjusted`` is that score (what the order follows)."""
-    if hubness is not None and hubness not in HUBNESS_METHODS:
-        raise HTTPException(400, f"unknown hubness reduction {hubness!r}; choose {' or '.join(HUBNESS_METHODS)}")
+            ranking: RankingParam = "auto", match: MatchParam = "mean") -> dict:
+    """Cosine neighbours (``match=segments``: Chamfer similarity of window vectors); ``why`` holds the similarity in
+    each aspect's layer and ``why_percentile`` how unusual that closeness is within the collection. When augmented or
+    re-ranked (``ranking`` in the answer) each result's ``adjusted`` is that score (what the order follows)."""
+    _check(hubness, match)
     if ranking != "plain":  # the ranking's data read or built first, without the lock
         try:
             with state.lock:
                 run = state.run(model)
                 spec = vector_spec(state.store, run, layer, aspect, fused, learned, norm)
                 store, vs = state.store, load_vectors(state.store, run, spec)
-                chosen = _ranking(state, run, spec, ranking, hubness, expand)
+                chosen = _ranking(state, run, spec, ranking, hubness, expand, match)
         except (HTTPException, StoreError, ValueError):  # the search below says why
             pass
         else:
@@ -107,14 +113,14 @@ def similar(track_id: TrackId, state: State, model: Model = None, layer: Layer =
         spec = vector_spec(state.store, run, layer, aspect, fused, learned, norm)
         tq = collection_query(state.store, track_id)
         try:
-            chosen = _ranking(state, run, spec, ranking, hubness, expand)
+            chosen = _ranking(state, run, spec, ranking, hubness, expand, match)
             results = similar_tracks(state.store, run, tq, k, layer=layer, aspect=aspect, fused=fused,
                                      exclude_same_artist=exclude_same_artist, hubness=hubness, learned=learned,
-                                     expand=expand, norm=cast("Norm", norm), ranking=chosen.ranking)
+                                     expand=expand, norm=cast("Norm", norm), ranking=chosen.ranking, match=match)
         except ValueError as exc:  # options that do not combine (a ranking with hubness or another expand)
             raise HTTPException(400, str(exc).replace("--", "")) from None
         answer = _answer(state, run, {"label": tq.label, "external": False, **track_dict(track)},
-                         results, layer, aspect, fused, learned, norm, chosen, tq, hubness, expand)
+                         results, layer, aspect, fused, learned, norm, chosen, tq, hubness, expand, match)
         known = state.store.known_file(Path(track.path))
     changed = changed_note(Path(track.path), known)  # outside the lock: it may hash the file
     return {**answer, "notes": [*answer["notes"], changed]} if changed else answer
@@ -217,6 +223,16 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
         saved.path.unlink(missing_ok=True)
 
 
+def _check(hubness: str | None, match: str) -> None:
+    """400 for an unknown hubness reduction or match, naming the choices."""
+    if hubness is not None and hubness not in HUBNESS_METHODS:
+        raise HTTPException(400, f"unknown hubness reduction {hubness!r}; choose {' or '.join(HUBNESS_METHODS)}")
+    try:
+        check_match(match)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
 def ranking_data(state: ServeState, store: FeatureStore, vs: VectorSet, ranking: Ranking) -> Reranker | None:
     """Read or build what ``ranking`` reads of ``vs`` (taken from ``store`` under the lock): its augmentation, or its
     re-ranker (returned), without the lock, so that other requests go on meanwhile: without data saved by `mess
@@ -246,11 +262,11 @@ class Chosen:
 
 
 def _ranking(state: ServeState, run: Run, spec: VectorSpec, ranking: str, hubness: str | None = None,
-             expand: int | None = None) -> Chosen:
+             expand: int | None = None, match: str = "mean") -> Chosen:
     """The ranking a request gets (:func:`mess.search.rerank_store.ranking_choice`); ValueError for options that
     do not combine."""
     notes: list[str] = []
-    chosen = ranking_choice(state.store, load_vectors(state.store, run, spec), ranking, "mean", hubness, expand,
+    chosen = ranking_choice(state.store, load_vectors(state.store, run, spec), ranking, match, hubness, expand,
                             notes.append)
     return Chosen(chosen, notes)
 
