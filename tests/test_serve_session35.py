@@ -207,8 +207,7 @@ def test_similar_answers_as_mess_similar_json_does(client: TestClient, library: 
 def test_similar_artists_answer_as_mess_artists_similar_json_does(artists_client: TestClient, serve_collection: Path,
                                                                   options: dict[str, str]) -> None:
     """`/api/artists/similar` left out the asked artist's ``confidence``, which `mess artists similar --json` gives;
-    every field of the CLI's answer (but ``hybrid``, which the API does not take) is the same in both, scores to the
-    API's six decimals."""
+    every field of the CLI's answer is the same in both, scores to the API's six decimals."""
     api = artists_client.get("/api/artists/similar", params={"name": "saw machine", **options})
     assert api.status_code == 200, api.text
     args = [a for name, value in options.items() for a in
@@ -216,7 +215,7 @@ def test_similar_artists_answer_as_mess_artists_similar_json_does(artists_client
     done = mess_here("artists", "similar", "saw machine", "--json", "--store", str(serve_collection), *args)
     assert done.returncode == 0, done.stderr
     cli, answer = json.loads(done.stdout), api.json()
-    for key in set(cli) - {"hybrid", "results"}:
+    for key in set(cli) - {"results"}:
         assert key in answer and answer[key] == cli[key], (key, answer.get(key), cli[key])
     assert answer["results"] == [{**r, "score": round(r["score"], 6)} for r in cli["results"]]
 

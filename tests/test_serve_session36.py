@@ -17,6 +17,7 @@ import httpx
 import mutagen.flac
 import pytest
 import soundfile as sf
+import test_serve_api as api
 from fastapi.testclient import TestClient
 from ports import served_at
 from test_serve_session35 import _same_similar
@@ -28,6 +29,7 @@ MESS = [sys.executable, "-m", "mess.cli"]
 SOUNDTRACKS = Path("/work/data/soundtracks")
 SOURCES = ("wesnoth/battle-epic.ogg", "wesnoth/frantic-old.ogg", "wesnoth/elvish-theme.ogg")
 AN_HOUR_AGO = time.time() - 3600
+serve_collection = api.serve_collection  # the session's store of 3 artists x 4 tracks, made once per run
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +214,76 @@ def test_the_index_route_rebuilds_as_mess_index_rebuild_does(library: Path, tmp_
     assert [a.json()["mode"] for a in answers] == ["built", "unchanged", "built"]
     assert sorted(p.name for p in (tmp_path / "api" / "indexes").iterdir()) == \
         sorted(p.name for p in (tmp_path / "cli" / "indexes").iterdir())
+
+
+def _artists_args(options: dict[str, str]) -> list[str]:
+    """`mess artists similar` options for the API's query ``options``."""
+    flags = {"true": lambda n: [f"--{n}"], "false": lambda n: [f"--no-{n}"]}
+    return [a for name, value in options.items()
+            for a in flags.get(value, lambda n, v=value: ["-k" if n == "k" else f"--{n}", v])(name.replace("_", "-"))]
+
+
+def _same_artists(answer: dict, cli: dict) -> None:
+    """Every field of `mess artists similar --json`'s answer is the API's, scores and components to its six decimals."""
+    for key in set(cli) - {"results"}:
+        assert key in answer and answer[key] == cli[key], (key, answer.get(key), cli[key])
+    assert answer["results"] == [{**r, "score": round(r["score"], 6),
+                                  **({"components": {c: round(v, 6) for c, v in r["components"].items()}}
+                                     if "components" in r else {})} for r in cli["results"]]
+
+
+@pytest.mark.parametrize("options", [{"max_tracks": "2", "min_tracks": "1"}, {"min_tracks": "5", "hide_low": "true"},
+                                     {"weights": "audio=0.5,genre=0.5", "method": "chamfer", "k": "1"}])
+def test_similar_artists_take_the_options_of_mess_artists_similar(serve_collection: Path,
+                                                                  options: dict[str, str]) -> None:
+    """`--max-tracks`, `--min-tracks`, `--hide-low` and the hybrid blend (`--weights`) of `mess artists similar` had
+    no API form: the parameters were ignored. Now the answer is the CLI's."""
+    with TestClient(base_url="http://127.0.0.1", app=create_app(serve_collection)) as c:
+        answer = c.get("/api/artists/similar", params={"name": "saw machine", **options})
+    assert answer.status_code == 200, answer.text
+    done = mess_here("artists", "similar", "saw machine", "--json", "--store", str(serve_collection),
+                     *_artists_args(options))
+    assert done.returncode == 0, done.stderr
+    _same_artists(answer.json(), json.loads(done.stdout))
+
+
+def test_hybrid_uses_the_saved_weights_as_mess_artists_similar_hybrid_does(serve_collection: Path,
+                                                                           tmp_path: Path) -> None:
+    """`--hybrid` blends with the weights `mess artists hybrid` saved, in the space and with the method and centring
+    they were learned with (chamfer, uncentred, the spectral layer here); a method passed is kept and said."""
+    store, reference = tmp_path / "store", tmp_path / "reference.json"
+    shutil.copytree(serve_collection, store)
+    reference.write_text(json.dumps({"Saw Machine": ["Noise Ensemble"], "Noise Ensemble": ["Saw Machine"],
+                                     "Sine Choir": ["Saw Machine"]}))
+    learned = mess_here("artists", "hybrid", "--reference", str(reference), "-k", "1", "--method", "chamfer",
+                        "--no-center", "-l", "spectral", "--store", str(store))
+    assert learned.returncode == 0, learned.stderr
+    with TestClient(base_url="http://127.0.0.1", app=create_app(store)) as c:
+        for options in ({"hybrid": "true"}, {"hybrid": "true", "method": "mean"}):
+            answer = c.get("/api/artists/similar", params={"name": "saw machine", **options})
+            assert answer.status_code == 200, answer.text
+            done = mess_here("artists", "similar", "saw machine", "--json", "--store", str(store),
+                             *_artists_args(options))
+            assert done.returncode == 0, done.stderr
+            _same_artists(answer.json(), json.loads(done.stdout))
+            assert (answer.json()["space"], answer.json()["centered"]) == ("spectral", False)
+            said = [n for n in answer.json()["notes"] if "learned with method chamfer" in n]
+            assert len(said) == ("method" in options), answer.json()["notes"]
+
+
+@pytest.mark.parametrize(("options", "detail"), [
+    ({"max_tracks": "2"}, "min_tracks (3) is larger than max_tracks (2); an artist is represented by at most "
+                          "max_tracks tracks"),
+    ({"hybrid": "true"}, "no learned weights at artists_hybrid.json; run `mess artists hybrid --reference FILE` or "
+                         "pass weights audio=...,genre=..."),
+    ({"weights": "collab=1"}, "the weights are all on collab, of which this collection has no information (no tags / "
+                              "collaborations / reference), so every artist would score 0; give weight to audio")])
+def test_artist_refusals_are_the_clis_in_the_querys_words(serve_collection: Path, options: dict[str, str],
+                                                          detail: str) -> None:
+    """What `mess artists similar` refuses, the API refuses with a 400 saying the same, naming the query's
+    parameters (``max_tracks``, not ``--max-tracks``) and the store's files by their names."""
+    with TestClient(base_url="http://127.0.0.1", app=create_app(serve_collection)) as c:
+        answer = c.get("/api/artists/similar", params={"name": "saw machine", **options})
+    assert (answer.status_code, answer.json()) == (400, {"detail": detail})
+    done = mess_here("artists", "similar", "saw machine", "--store", str(serve_collection), *_artists_args(options))
+    assert done.returncode == 1 and "--" in done.stderr

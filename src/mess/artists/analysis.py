@@ -224,20 +224,7 @@ def similar_artists(store: FeatureStore, name: str, k: int, options: ArtistOptio
     query = row_in_space(artists, everyone.profiles[query].name, space)
     parts: dict[str, np.ndarray] = {}
     if hybrid is not None:
-        weights = (parse_weights(hybrid.weights) if hybrid.weights is not None
-                   else load_weights(store.reports_dir / WEIGHTS_FILE))
-        matched = match_reference(load_reference(hybrid.reference), artists)[0] if hybrid.reference else None
-        parts = components(_similarity(artists, space, options), artists, matched=matched,
-                           extra_tags=load_tags(hybrid.tags))
-        missing = [c for c, w in weights.items() if w > 0 and c not in parts]
-        if not any(weights.get(c, 0.0) > 0 for c in parts):  # every artist would score 0, ranked by name
-            raise ArtistError(f"the weights are all on {', '.join(missing)}, of which this collection has no "
-                              "information (no tags / collaborations / --reference), so every artist would score "
-                              f"0; give weight to {' or '.join(parts)}")
-        scores = blend(parts, weights)[query]
-        if missing:
-            on_note(f"no information for {', '.join(missing)} in this collection "
-                    "(no tags / collaborations / --reference); those weights are unused")
+        scores, parts = blended_row(store, artists, space, options, hybrid, query, on_note)
     else:
         scores = similarity_row(artist_vectors(artists, space, center=options.center), query, options.method,
                                 warn=False)  # the centring note is space_artists' (on_note)
@@ -249,6 +236,28 @@ def similar_artists(store: FeatureStore, name: str, k: int, options: ArtistOptio
                 f"--min-tracks {options.min_tracks} tracks")
     return SimilarArtists(run, artists.profiles[query], space.label, options, rows, tuple(parts),
                           len(everyone.tracks) - len(artists.tracks))
+
+
+def blended_row(store: FeatureStore, artists: ArtistSet, space: Space, options: ArtistOptions, hybrid: Hybrid,
+                query: int, on_note: Note = _ignore) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The hybrid scores of artist ``query`` against every artist (audio in ``space`` blended with tags,
+    collaborations and reference lists by ``hybrid``'s weights, else the saved ones), and each component's matrix;
+    weights on components this collection has no information of are said through ``on_note``, an ArtistError when
+    every weight is."""
+    weights = (parse_weights(hybrid.weights) if hybrid.weights is not None
+               else load_weights(store.reports_dir / WEIGHTS_FILE))
+    matched = match_reference(load_reference(hybrid.reference), artists)[0] if hybrid.reference else None
+    parts = components(_similarity(artists, space, options), artists, matched=matched,
+                       extra_tags=load_tags(hybrid.tags))
+    missing = [c for c, w in weights.items() if w > 0 and c not in parts]
+    if not any(weights.get(c, 0.0) > 0 for c in parts):  # every artist would score 0, ranked by name
+        raise ArtistError(f"the weights are all on {', '.join(missing)}, of which this collection has no "
+                          "information (no tags / collaborations / --reference), so every artist would score "
+                          f"0; give weight to {' or '.join(parts)}")
+    if missing:
+        on_note(f"no information for {', '.join(missing)} in this collection "
+                "(no tags / collaborations / --reference); those weights are unused")
+    return blend(parts, weights)[query], parts
 
 
 def row_in_space(artists: ArtistSet, name: str, space: Space) -> int:
