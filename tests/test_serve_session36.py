@@ -287,3 +287,24 @@ def test_artist_refusals_are_the_clis_in_the_querys_words(serve_collection: Path
     assert (answer.status_code, answer.json()) == (400, {"detail": detail})
     done = mess_here("artists", "similar", "saw machine", "--store", str(serve_collection), *_artists_args(options))
     assert done.returncode == 1 and "--" in done.stderr
+
+
+def test_an_upload_takes_match_segments_as_mess_similar_file_does(client: TestClient, library: Path,
+                                                                  tmp_path: Path) -> None:
+    """`mess similar FILE --match segments` compares the file's window vectors; the upload route had no ``match``
+    (ignored: mean vectors). Now the embedding process sends the windows back and the answer is the CLI's; segment
+    matching with hubness is refused before the file is received."""
+    audio, rate = sf.read(SOUNDTRACKS / "wesnoth/frantic.ogg", frames=15 * 44100, dtype="float32")
+    mine = tmp_path / "frantic.wav"
+    sf.write(mine, audio, rate)
+    answer = client.post("/api/similar/upload", params={"match": "segments", "k": "2"},
+                         files={"file": (mine.name, mine.read_bytes(), "audio/wav")})
+    assert answer.status_code == 200, answer.text
+    done = mess_here("similar", str(mine), "--match", "segments", "-k", "2", "--json", "--store", str(library))
+    assert done.returncode == 0, done.stderr
+    _same_similar(answer.json(), json.loads(done.stdout))
+    assert answer.json()["match"] == "segments" and answer.json()["query"]["external"]
+    refused = client.post("/api/similar/upload", params={"match": "segments", "hubness": "csls"},
+                          files={"file": (mine.name, b"not read", "audio/wav")})
+    assert refused.status_code == 400
+    assert refused.json() == {"detail": "match segments needs a track or audio file as query, and no hubness or expand"}

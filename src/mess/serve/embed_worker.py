@@ -23,14 +23,15 @@ from mess.models.registry import ModelError, UnknownModel, load_run_model
 
 
 def serve(inbox: Connection, outbox: Connection) -> None:
-    """Serve jobs ``(path, model, revision, policy_json, max_seconds, source)`` until the pipe closes.
+    """Serve jobs ``(path, model, revision, policy_json, max_seconds, source[, True])`` until the pipe closes.
 
     ``source`` is the run's record of where its model came from (a dict of strings, or None), for a model its
     name cannot load (see :func:`mess.models.registry.load_run_model`).
 
     Says ``("ready",)`` once, when its imports are done, and ``("loaded",)`` for each job
     once the model is loaded (the server's timeout starts there). Then replies
-    ``("ok", content_hash, layer_vectors, tags, warnings, duration)`` or ``("error", kind, message)`` with kind
+    ``("ok", content_hash, layer_vectors, tags, warnings, duration)`` (a job ending in True: and the per-layer window
+    vectors, what segment matching compares, as a last item) or ``("error", kind, message)`` with kind
     ``decode`` (the file is bad) or ``model`` (the model cannot be used); ``warnings`` are what the CLI would
     warn of for the file (a low sample rate, only its start analysed), as sentences; ``duration`` is its length in
     seconds by its header (None when it gives none), as `mess similar FILE` reads it. Files longer
@@ -50,7 +51,7 @@ def serve(inbox: Connection, outbox: Connection) -> None:
         if job[0] == "spans":
             outbox.send(("spans", first_spans(job[1])))
             continue
-        path, name, revision, policy, max_seconds, source = job
+        path, name, revision, policy, max_seconds, source, *windows = job
         try:
             if (name, revision) not in models:
                 models[name, revision] = load_run_model(name, revision, source)
@@ -66,10 +67,10 @@ def serve(inbox: Connection, outbox: Connection) -> None:
             outbox.send(("error", "model", f"cannot load model {name}: {str(exc) or type(exc).__name__}"))
             continue
         outbox.send(("loaded",))
-        outbox.send(_embed(Path(path), model, WindowPolicy.from_json(policy), max_seconds))
+        outbox.send(_embed(Path(path), model, WindowPolicy.from_json(policy), max_seconds, bool(windows)))
 
 
-def _embed(path: Path, model: EmbeddingModel, policy: WindowPolicy, max_seconds: float) -> tuple:
+def _embed(path: Path, model: EmbeddingModel, policy: WindowPolicy, max_seconds: float, windows: bool) -> tuple:
     try:
         try:
             duration = probe(path).duration
@@ -84,7 +85,7 @@ def _embed(path: Path, model: EmbeddingModel, policy: WindowPolicy, max_seconds:
     except Exception as exc:  # noqa: BLE001 -- any fault in one upload is that upload's error
         return ("error", "decode", str(exc) or type(exc).__name__)
     return ("ok", vectors.content_hash, [np.asarray(v, dtype=np.float32) for v in vectors.layers], tags, warnings,
-            duration or None)
+            duration or None, *(([np.asarray(v) for v in vectors.segments],) if windows else ()))
 
 
 def main() -> None:

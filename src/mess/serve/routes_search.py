@@ -104,7 +104,7 @@ def similar(track_id: TrackId, state: State, model: Model = None, layer: Layer =
     """Cosine neighbours (``match=segments``: Chamfer similarity of window vectors); ``why`` holds the similarity in
     each aspect's layer and ``why_percentile`` how unusual that closeness is within the collection. When augmented or
     re-ranked (``ranking`` in the answer) each result's ``adjusted`` is that score (what the order follows)."""
-    _check(hubness, match)
+    _check(hubness, match, expand)
     if ranking != "plain":  # the ranking's data read or built first, without the lock
         try:
             with state.lock:
@@ -144,7 +144,7 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
                          aspect: Aspect = None, fused: Fused = False, k: K = 10,
                          exclude_same_artist: ExcludeArtist = False, hubness: Hubness = None,
                          learned: Learned = False, expand: Expand = None, norm: NormParam = DEFAULT_NORM,
-                         ranking: RankingParam = "auto") -> dict:
+                         ranking: RankingParam = "auto", match: MatchParam = "mean") -> dict:
     """Embed the file (in a separate process, with the run's model and window policy) and search.
 
     An upload whose content is already in the collection is answered as that track.
@@ -152,10 +152,9 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
     `mess similar FILE` would warn of (a file sampled below half the model's rate, one too long to
     analyse whole); empty when none.
     """
-    if hubness is not None and hubness not in HUBNESS_METHODS:
-        raise HTTPException(400, f"unknown hubness reduction {hubness!r}; choose {' or '.join(HUBNESS_METHODS)}")
+    _check(hubness, match, expand)
     try:
-        check_ranking(ranking, "mean", hubness, expand)  # before the upload is received and embedded
+        check_ranking(ranking, match, hubness, expand)  # before the upload is received and embedded
     except ValueError as exc:
         raise HTTPException(400, str(exc).replace("--", "")) from None
 
@@ -180,11 +179,11 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
             spec = vector_spec(state.store, run, layer, aspect, fused, learned, norm)
         artist = embedded.tags.get("artist")
         label = f"{artist} - {embedded.tags['title'] or file_title(saved.filename)}" if artist else saved.filename
-        tq = external_query(state.store, run, label, embedded.content_hash, embedded.layers, (),
+        tq = external_query(state.store, run, label, embedded.content_hash, embedded.layers, embedded.segments,
                             credit_of(embedded.tags))
         if tq.track is None:  # compared with close results of its length, as `mess similar FILE` compares a file
             tq = replace(tq, path=str(saved.path), duration=embedded.duration, spans=spans)
-        return run, spec, tq, _ranking(state, run, spec, ranking, hubness, expand)
+        return run, spec, tq, _ranking(state, run, spec, ranking, hubness, expand, match)
 
     def prepare_ranking() -> None:
         """The ranking's data (:func:`ranking_data`) and an outside query's re-ranking (the collection re-ranked with
@@ -206,7 +205,8 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
             same = tq.track
             results = similar_tracks(state.store, run, tq, k, layer=layer, aspect=aspect, fused=fused,
                                      exclude_same_artist=exclude_same_artist, hubness=hubness, learned=learned,
-                                     expand=expand, norm=cast("Norm", norm), ranking=chosen.ranking)
+                                     expand=expand, norm=cast("Norm", norm), ranking=chosen.ranking,
+                                     match=match)
             vs = load_vectors(state.store, run, spec)
             cmap = state.store.cached(("map", run.id, spec, vs.fingerprint), lambda: collection_map(vs))
             if same is not None and same.id in vs:  # cmap was made from this vector set (same fingerprint)
@@ -217,14 +217,15 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
                      "artist": tq.artist,
                      "file": saved.filename, "bytes": saved.size, "x": round(float(x), 5), "y": round(float(y), 5)}
             return {**_answer(state, run, query, results, layer, aspect, fused, learned, norm, chosen, tq, hubness,
-                              expand),
+                              expand, match),
                     "warnings": embedded.warnings}
 
     try:
         # 503 at once when the upload queue is full (reads never wait on uploads); held until the file is removed, so
         # that no more files than that wait on disk: it is compared with close results, as `mess similar FILE` is
         with state.worker.slot():
-            embedded = await run_in_threadpool(state.worker.embed, saved.path, embedded_as, saved.filename, source)
+            embedded = await run_in_threadpool(state.worker.embed, saved.path, embedded_as, saved.filename, source,
+                                               match == "segments")
             spans = await run_in_threadpool(state.worker.spans, saved.path)  # decoded there, never in this process
             await run_in_threadpool(prepare_ranking)
             return await run_in_threadpool(search)
@@ -232,14 +233,17 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
         saved.path.unlink(missing_ok=True)
 
 
-def _check(hubness: str | None, match: str) -> None:
-    """400 for an unknown hubness reduction or match, naming the choices."""
+def _check(hubness: str | None, match: str, expand: int | None) -> None:
+    """400 for an unknown hubness reduction or match, naming the choices, or segment matching with either of hubness
+    and expansion (before an upload is received: the search would refuse them)."""
     if hubness is not None and hubness not in HUBNESS_METHODS:
         raise HTTPException(400, f"unknown hubness reduction {hubness!r}; choose {' or '.join(HUBNESS_METHODS)}")
     try:
         check_match(match)
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from None
+    if match == "segments" and (hubness is not None or expand):
+        raise HTTPException(400, "match segments needs a track or audio file as query, and no hubness or expand")
 
 
 def ranking_data(state: ServeState, store: FeatureStore, vs: VectorSet, ranking: Ranking) -> Reranker | None:

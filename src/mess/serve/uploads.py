@@ -113,6 +113,7 @@ class Embedded(NamedTuple):
     tags: dict[str, str | None]
     warnings: list[str]  # what `mess similar FILE` would warn of (a low sample rate, only its start analysed)
     duration: float | None = None  # seconds, by the file's header (None: it gives none)
+    segments: tuple[np.ndarray, ...] = ()  # per-layer window vectors [n, dim], when asked for (match segments)
 
 
 @dataclass(frozen=True)
@@ -307,9 +308,10 @@ class EmbedWorker:
         with _hold(self._slots, "too many uploads are waiting to be embedded; try again shortly"):
             yield
 
-    def embed(self, path: Path, run: Run, name: str, source: dict[str, str] | None = None) -> Embedded:
-        """Content hash, per-layer track vectors, tags, warnings and duration of a file; HTTPException 400 when it
-        cannot be used.
+    def embed(self, path: Path, run: Run, name: str, source: dict[str, str] | None = None,
+              segments: bool = False) -> Embedded:
+        """Content hash, per-layer track vectors, tags, warnings and duration of a file, and with ``segments`` its
+        window vectors (what segment matching compares); HTTPException 400 when it cannot be used.
 
         ``name`` (the uploaded file name) replaces the temp path in error messages and warnings. ``source``: the
         run's record of where its model came from (``FeatureStore.model_source``), for a model its name cannot load.
@@ -319,7 +321,8 @@ class EmbedWorker:
             doing = "before it was ready"  # until the file is read, a death is the server's, not the file's
             try:
                 self._await("ready", self.start_timeout, "start")
-                send.send((str(path), run.model, run.revision, run.policy, self.max_seconds, source))
+                send.send((str(path), run.model, run.revision, run.policy, self.max_seconds, source,
+                           *((True,) if segments else ())))
                 if run.model not in self._loaded:  # a cold model: its loading does not count against the file
                     doing = f"loading the model {run.model}"
                     self._await("loaded", self.start_timeout, "load the model")
@@ -337,9 +340,10 @@ class EmbedWorker:
                 raise HTTPException(400, f"the decoder process died on this file (exit code {code}); "
                                          "file rejected") from None
         if reply[0] == "ok":
-            _, content_hash, layers, tags, warnings, duration = reply
+            _, content_hash, layers, tags, warnings, duration, *windows = reply
             return Embedded(content_hash, layers, tags,
-                            [text.replace(str(path), name).replace(path.name, name) for text in warnings], duration)
+                            [text.replace(str(path), name).replace(path.name, name) for text in warnings], duration,
+                            tuple(windows[0]) if windows else ())
         _, kind, message = reply
         if kind == "decode":
             raise HTTPException(400, f"cannot decode the upload: {without_paths(message.replace(str(path), name))}")
