@@ -53,25 +53,31 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def base(library: Path) -> Iterator[str]:
-    """The URL of a real `mess serve` over :func:`library`."""
+def server(library: Path) -> Iterator[subprocess.Popen[str]]:
+    """A real `mess serve` over :func:`library`, answering (its URL is :func:`base`)."""
     proc = subprocess.Popen([*MESS, "serve", "--store", str(library), "--port", "0"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        url = served_at(proc)
+        proc.url = served_at(proc)  # type: ignore[attr-defined]
         deadline = time.monotonic() + 120
         while True:
             try:
-                if httpx.get(url + "/api/health", timeout=2).is_success:
+                if httpx.get(proc.url + "/api/health", timeout=2).is_success:  # type: ignore[attr-defined]
                     break
             except httpx.HTTPError:
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, "the server did not answer"
             time.sleep(0.2)
-        yield url
+        yield proc
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def base(server: subprocess.Popen[str]) -> str:
+    """The URL of :func:`server`."""
+    return server.url  # type: ignore[attr-defined]
 
 
 def _track(base: str, library: Path, stem: str) -> tuple[str, Path]:
@@ -106,6 +112,33 @@ def test_a_players_copy_still_current_is_a_304(base: str, library: Path, method:
         whole = _get(url, method, **headers)  # If-None-Match present: If-Modified-Since is not looked at (§13.1.3)
         assert whole.status_code == 200, headers
         assert whole.content == (raw if method == "GET" else b"") and whole.headers["content-length"] == str(len(raw))
+
+
+def _read_bytes(pid: int) -> int:
+    """The bytes process ``pid`` has read so far (``rchar`` of /proc/PID/io: every read, cached or not)."""
+    return int(dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())["rchar"])
+
+
+def _settled_reads(pid: int) -> int:
+    """:func:`_read_bytes` once it stays the same for half a second (at most a minute)."""
+    deadline, now = time.monotonic() + 60, -1
+    while now != (now := _read_bytes(pid)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return now
+
+
+def test_head_does_not_read_the_file(server: subprocess.Popen[str], base: str, library: Path) -> None:
+    """HEAD reached the route as GET and the whole file was read and thrown away (a player or link checker probing a
+    1 GB FLAC cost a gigabyte of reads): it reads none of it now, and answers with the GET's headers."""
+    url, path = _track(base, library, "battle-epic")
+    get = _get(url)
+    before = _settled_reads(server.pid)  # the server imports scikit-learn in the background as it starts
+    head = _get(url, "HEAD")
+    read = _settled_reads(server.pid) - before  # the client has its answer before the server is done
+    assert (head.status_code, head.content) == (200, b"")
+    assert {k: head.headers[k] for k in ("etag", "content-length", "content-type", "last-modified")} == \
+        {k: get.headers[k] for k in ("etag", "content-length", "content-type", "last-modified")}
+    assert read < path.stat().st_size // 4, (read, path.stat().st_size)
 
 
 def test_if_range_and_if_match_use_strong_validators(base: str, library: Path) -> None:

@@ -22,6 +22,7 @@ from fastapi import HTTPException, Request
 from fastapi.responses import FileResponse, Response
 from starlette.responses import RangeNotSatisfiable
 from starlette.staticfiles import NotModifiedResponse
+from starlette.types import Receive, Scope, Send
 
 from mess.constants import file_stamp
 
@@ -81,6 +82,13 @@ class AudioFile(FileResponse):
         self.headers.setdefault("etag", etag(stat_result))
         self.modified = int(stat_result.st_mtime)
         super().set_stat_headers(stat_result)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Sent as FileResponse sends it; a HEAD that :class:`mess.serve.app.HeadAsGet` routed as GET is sent as HEAD
+        (headers only), so the file is not read to be thrown away."""
+        if scope.get("mess.method") == "HEAD":
+            scope = {**scope, "method": "HEAD"}
+        await super().__call__(scope, receive, send)
 
     def answer(self, request: Request) -> Response:
         """This response, or what its preconditions make of it in RFC 9110 §13.2.2's order, for a GET or HEAD: a
