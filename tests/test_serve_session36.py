@@ -24,6 +24,7 @@ from test_serve_session35 import _same_similar
 
 from conftest import mess_here
 from mess.serve.app import create_app
+from mess.serve.routes_search import _query_words
 
 MESS = [sys.executable, "-m", "mess.cli"]
 SOUNDTRACKS = Path("/work/data/soundtracks")
@@ -278,6 +279,9 @@ def test_similar_artists_take_the_options_of_mess_artists_similar(serve_collecti
                      *_artists_args(options))
     assert done.returncode == 0, done.stderr
     _same_artists(answer.json(), json.loads(done.stdout))
+    said = [_query_words(line.removeprefix("note: ")) for line in done.stderr.splitlines() if line.startswith("note")]
+    assert set(answer.json()["notes"]) <= set(said)  # those of the blend and of hide_low; others are fields
+    assert [n for n in said if "hide_low" in n] == [n for n in answer.json()["notes"] if "hide_low" in n]
 
 
 def test_hybrid_uses_the_saved_weights_as_mess_artists_similar_hybrid_does(serve_collection: Path,

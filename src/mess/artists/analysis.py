@@ -232,10 +232,14 @@ def similar_artists(store: FeatureStore, name: str, k: int, options: ArtistOptio
     rows = [_row(artists.profiles[j], r + 1, float(scores[j]), {c: float(m[query, j]) for c, m in parts.items()})
             for r, j in enumerate(top_k(scores, query, k, keep))]
     if not rows:  # every other artist hidden: an empty table said nothing
-        on_note(f"--hide-low left out every other artist ({len(artists.profiles) - 1}): each has fewer than "
-                f"--min-tracks {options.min_tracks} tracks")
+        on_note(all_hidden(len(artists.profiles) - 1, options.min_tracks))
     return SimilarArtists(run, artists.profiles[query], space.label, options, rows, tuple(parts),
                           len(everyone.tracks) - len(artists.tracks))
+
+
+def all_hidden(others: int, min_tracks: int) -> str:
+    """The note of a --hide-low answer that left out all ``others`` artists."""
+    return f"--hide-low left out every other artist ({others}): each has fewer than --min-tracks {min_tracks} tracks"
 
 
 def blended_row(store: FeatureStore, artists: ArtistSet, space: Space, options: ArtistOptions, hybrid: Hybrid,

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from mess.artists.analysis import (
     ArtistOptions,
     Hybrid,
+    all_hidden,
     blended_row,
     centring_note,
     enough_artists,
@@ -407,6 +408,8 @@ def similar_artists(state: State, name: Annotated[str | None, Blank, Query(descr
                 "confidence": aset.profiles[j].confidence, "low_confidence": aset.profiles[j].low_confidence,
                 **({"components": {c: round(float(m[query, j]), 6) for c, m in parts.items()}} if parts else {})}
                for r, j in enumerate(top_k(np.nan_to_num(scores, nan=-np.inf), query, k, keep))]
+    if hide_low and not results:  # every other artist hidden: an empty list said nothing
+        notes.append(all_hidden(len(aset.profiles) - 1, options.min_tracks))
     return {"artist": me.name, "tracks": len(me.track_ids), "confidence": me.confidence,
             "low_confidence": me.low_confidence,
             "model": run.model, "space": space.label, "method": options.method, "centered": options.center,
