@@ -38,5 +38,6 @@ class FixedEmbedding(EmbedWorker):
         super().__init__()
         self.vector, self.content_hash = vector, content_hash
 
-    def embed(self, path: Path, run: Run, name: str, source: dict[str, str] | None = None) -> Embedded:
+    def embed(self, path: Path, run: Run, name: str, source: dict[str, str] | None = None,
+              segments: bool = False) -> Embedded:
         return Embedded(self.content_hash, [self.vector], {"artist": None, "title": None}, [])

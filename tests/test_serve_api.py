@@ -1083,8 +1083,9 @@ class _ReplacedWhileEmbedding(EmbedWorker):
         super().__init__(300)
         self.swaps = swaps
 
-    def embed(self, path: Path, run: Run, name: str, source: dict[str, str] | None = None) -> Embedded:
-        embedded = super().embed(path, run, name, source)
+    def embed(self, path: Path, run: Run, name: str, source: dict[str, str] | None = None,
+              segments: bool = False) -> Embedded:
+        embedded = super().embed(path, run, name, source, segments)
         if self.swaps:
             self.swaps.pop(0)()
         return embedded
@@ -1142,7 +1143,7 @@ def test_embed_worker_survives_a_hang_and_a_crash(collection: Path, store: Featu
     path = Path(store.tracks()[0].path)
     worker = EmbedWorker(timeout=60)
     try:
-        content_hash, layers, tags, warnings, duration = worker.embed(path, run, path.name)
+        content_hash, layers, tags, warnings, duration, _ = worker.embed(path, run, path.name)
         assert content_hash == store.tracks()[0].content_hash and len(layers) == 4 and tags["artist"]
         assert warnings == [] and duration == pytest.approx(sf.info(path).duration, abs=0.01)
         first = worker.pid
