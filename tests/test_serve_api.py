@@ -736,7 +736,7 @@ def test_fused_similar_and_map_say_how_many_tracks_they_leave_out(collection: Pa
 def test_artist_requests_reuse_their_groups_until_the_catalog_changes(
         collection: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mess.artists.profiles as profiles
-    import mess.serve.routes_search as routes
+    import mess.serve.routes_artists as routes
 
     calls = {"build_artists": 0, "most_discriminative": 0, "artist_vectors": 0}
 

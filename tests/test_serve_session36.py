@@ -24,7 +24,7 @@ from test_serve_session35 import _same_similar
 
 from conftest import mess_here
 from mess.serve.app import create_app
-from mess.serve.routes_search import _query_words
+from mess.serve.routes_artists import _query_words
 
 MESS = [sys.executable, "-m", "mess.cli"]
 SOUNDTRACKS = Path("/work/data/soundtracks")

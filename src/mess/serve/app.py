@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from threadpoolctl import threadpool_limits
 
 from mess.artists.profiles import ArtistError
-from mess.serve import mapping, routes_playlists, routes_reports, routes_search, routes_tracks
+from mess.serve import mapping, routes_artists, routes_playlists, routes_reports, routes_search, routes_tracks
 from mess.serve.audio_file import AudioFile
 from mess.serve.errors import error_shapes, http_error, invalid_request, short_values, unused_parameters
 from mess.serve.security import AccessPolicy, install
@@ -95,7 +95,7 @@ def create_app(store_path: str | Path, model: str | None = None, allow_indexing:
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, _internal_error)
-    for module in (routes_tracks, routes_search, routes_reports, routes_playlists):
+    for module in (routes_tracks, routes_search, routes_artists, routes_reports, routes_playlists):
         app.include_router(module.router, dependencies=[Depends(unused_parameters)])
     app.router.routes.append(PageFiles("/", PageFileResponses(directory=STATIC_DIR, html=True), name="static"))
     app.add_middleware(HeadAsGet)

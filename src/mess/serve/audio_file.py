@@ -107,7 +107,7 @@ class AudioFile(FileResponse):
                 raise HTTPException(412, f"If-Match {if_match[:100]!r} does not match the file's ETag {tag}")
         elif (since := _date(headers.get("if-unmodified-since"))) is not None and self.modified > since:
             raise HTTPException(412, f"the file was modified ({self.headers['last-modified']}) since the "
-                                     f"If-Unmodified-Since date")
+                                     "If-Unmodified-Since date")
         if (if_none_match := headers.get("if-none-match")) is not None:
             listed = _tags(if_none_match)
             if listed is None or tag in (opaque for _, opaque in listed):  # weak comparison
