@@ -231,6 +231,22 @@ def test_refusals_of_match_and_the_caps_say_why(client: TestClient, params: dict
     assert answer.status_code in (400, 422) and answer.json() == {"detail": detail}
 
 
+@pytest.mark.parametrize(("route", "params", "cap"), [("radio", {"n": "501"}, 500), ("radio", {"window": "51"}, 50),
+                                                      ("path", {"n": "201"}, 200)])
+def test_the_playlist_caps_say_they_are_the_servers(client: TestClient, route: str, params: dict[str, str],
+                                                    cap: int) -> None:
+    """The radio's ``n`` (500) and ``window`` (50) and the path's ``n`` (200) are capped in the API, not in `mess
+    playlist`: the refusal said 'use a whole number from 1 to 500' as if the command took no more."""
+    ids = [t["id"] for t in client.get("/api/tracks").json()["items"]]
+    where = {"seed": ids[0]} if route == "radio" else {"start": ids[0], "end": ids[1]}
+    answer = client.get(f"/api/playlists/{route}", params={**where, **params})
+    [(name, value)] = params.items()
+    low = 2 if route == "path" else 1
+    assert (answer.status_code, answer.json()) == (422, {"detail": (
+        f"invalid {name} '{value}'; use a whole number from {low} to {cap} ({cap}: the server's cap, to bound each "
+        "request's work; the command line has none)")})
+
+
 def test_the_index_route_rebuilds_as_mess_index_rebuild_does(library: Path, tmp_path: Path) -> None:
     """`mess index --rebuild` builds from scratch; the API had no form of it (``rebuild=true`` was ignored: the
     index was 'unchanged'). Now both say 'built', for the index and its augmentation, and save the same files."""

@@ -20,7 +20,7 @@ from mess.playlists.radio import BLENDS, DEFAULT_WINDOW, radio
 from mess.search.query import collection_query, stale_aspect_map
 from mess.search.rerank_store import ranking_choice
 from mess.search.vectors import VectorSpec, load_vectors
-from mess.serve.routes_search import ranking_data
+from mess.serve.routes_search import CAP, ranking_data
 from mess.serve.routes_tracks import Aspect, Model
 from mess.serve.state import ServeState, TrackId, api_words, get_state, track_dict, vector_spec
 from mess.store import Run, StoreError
@@ -75,9 +75,11 @@ def radio_route(
     request: Request,
     state: State,
     seed: Annotated[list[TrackId], Query(description="Seed track ids (repeat for several).")],
-    n: Annotated[int, Query(ge=1, le=500, description="How many tracks.")] = 20,
+    n: Annotated[int, Query(ge=1, le=500, description="How many tracks (at most 500: the server's cap).",
+                            json_schema_extra=CAP)] = 20,
     window: Annotated[
-        int, Query(ge=1, le=50, description="Tracks within which an artist does not come back.")
+        int, Query(ge=1, le=50, description="Tracks within which an artist does not come back (at most 50: the "
+                                            "server's cap).", json_schema_extra=CAP)
     ] = DEFAULT_WINDOW,
     blend: Annotated[str, Query(description=f"Several seeds: {' or '.join(BLENDS)}; nearest orders by closeness to "
                                 "the nearest seed (one may take every slot), turns lets the seeds take turns, each "
@@ -116,7 +118,8 @@ def path_route(
     state: State,
     start: Annotated[TrackId, Query(description="First track id.")],
     end: Annotated[TrackId, Query(description="Last track id.")],
-    n: Annotated[int, Query(ge=2, le=200, description="How many tracks, both ends included.")] = 12,
+    n: Annotated[int, Query(ge=2, le=200, description="How many tracks, both ends included (at most 200: the "
+                                                      "server's cap).", json_schema_extra=CAP)] = 12,
     model: Model = None,
     aspect: Aspect = None,
     format: Format = "json",
