@@ -297,7 +297,7 @@ def evaluate_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Retrieval quality per layer: precision@k, mAP, nDCG@k and hubness, plus a PNG."""
-    from mess.search.evaluate import LabelError, evaluate, plot_evaluation, plot_file, read_label_csv
+    from mess.search.evaluate import LabelError, evaluate, plot_file, read_label_csv
 
     if labels is not None and not labels.is_file():
         fail(_not_a_label_file(labels))
@@ -314,13 +314,8 @@ def evaluate_command(
             ev = evaluate(fs, run, label, k, labels=label_file.labels if label_file else None,
                           labels_from=labels.name if labels else None,
                           norm=cast("Norm", norm), compare=compare, match=match, expand=expand, ranking=ranking)
-        target = plot or fs.reports_dir / _plot_name(run, label, labels)
-        try:
-            png, unplotted = plot_evaluation(ev, target), None
-        except OSError as exc:  # the scores are still shown: the evaluation is not lost to a full disk
-            png, unplotted = None, f"cannot write the plot {target}: {os_reason(exc, target)}"
-    # the store's own report (a read-only store, say): a warning, the scores are the answer; a --plot asked for fails
-    skipped, unplotted = (unplotted, None) if plot is None else (None, unplotted)
+        png, skipped, unplotted = _write_plot(ev, plot or fs.reports_dir / _plot_name(run, label, labels),
+                                              asked=plot is not None)
     if as_json:
         unknown = [{"line": line, "ref": ref} for line, ref in label_file.unknown] if label_file else []
         emit_json({**ev.to_dict(), "plot": str(png) if png else None, "unknown_label_rows": unknown})
@@ -331,6 +326,18 @@ def evaluate_command(
         warn(f"{skipped}; `--plot PATH` writes it elsewhere")
     if unplotted:
         fail(unplotted)
+
+
+def _write_plot(ev: Evaluation, target: Path, asked: bool) -> tuple[Path | None, str | None, str | None]:
+    """The evaluation's PNG at ``target``, or None and why not: as a warning for the store's own report (a read-only
+    store, say: the scores are the answer, shown anyway), as a failure for a ``--plot`` asked for."""
+    from mess.search.evaluate import plot_evaluation
+
+    try:
+        return plot_evaluation(ev, target), None, None
+    except OSError as exc:  # the scores are still shown: the evaluation is not lost to a full disk
+        why = f"cannot write the plot {target}: {os_reason(exc, target)}"
+        return (None, None, why) if asked else (None, why, None)
 
 
 def _fused_left_out(count: int, model: str, store: Path) -> None:
