@@ -361,3 +361,17 @@ def test_an_upload_takes_match_segments_as_mess_similar_file_does(client: TestCl
                           files={"file": (mine.name, b"not read", "audio/wav")})
     assert refused.status_code == 400
     assert refused.json() == {"detail": "match segments needs a track or audio file as query, and no hubness or expand"}
+
+
+def test_playlist_routes_default_to_the_commands_lengths(serve_collection: Path) -> None:
+    """A radio asked of the API without n had 20 tracks, `mess playlist radio` without -n 30: the same request gave two
+    playlists. The routes' defaults are the commands' own, read from both definitions."""
+    import inspect
+
+    from mess.cli.playlist import path_command, radio_command
+
+    with TestClient(base_url="http://127.0.0.1", app=create_app(serve_collection)) as c:
+        paths = c.app.openapi()["paths"]
+    for route, command in (("/api/playlists/radio", radio_command), ("/api/playlists/path", path_command)):
+        n = next(p for p in paths[route]["get"]["parameters"] if p["name"] == "n")
+        assert n["schema"]["default"] == inspect.signature(command).parameters["n"].default, route

@@ -76,7 +76,7 @@ def radio_route(
     state: State,
     seed: Annotated[list[TrackId], Query(description="Seed track ids (repeat for several).")],
     n: Annotated[int, Query(ge=1, le=500, description="How many tracks (at most 500: the server's cap).",
-                            json_schema_extra=CAP)] = 20,
+                            json_schema_extra=CAP)] = 30,  # as `mess playlist radio`
     window: Annotated[
         int, Query(ge=1, le=50, description="Tracks within which an artist does not come back (at most 50: the "
                                             "server's cap).", json_schema_extra=CAP)
