@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import resource
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -20,6 +20,7 @@ from mess.constants import counted
 if TYPE_CHECKING:  # the probing stack (scikit-learn, librosa) loads only when a probe command runs
     from mess.probing.report import ProbeReport
     from mess.probing.study import ProbeOptions
+    from mess.probing.user_probe import TargetReport
     from mess.probing.validation import FactorResult
     from mess.store import FeatureStore, Run
 
@@ -39,9 +40,13 @@ def probe_command(
                                      help="Seed for shuffling, fold assignment and random init.")] = 0,
     workers: Annotated[int, typer.Option(min=1, help="Processes for audio targets; layers probed at once.")] = 2,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps (random-init extraction only).")] = "cpu",
+    targets: Annotated[Path | None, typer.Option(
+        "--targets", "-t", help="CSV of your own per-track targets (an id, path or file column; numbers or labels) "
+        "to probe instead of the proxy targets.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Probe every layer for every proxy target; store the best layer per aspect for `mess similar --aspect`."""
+    """Probe every layer for every proxy target (or your own, --targets); store the best layer per aspect for
+    `mess similar --aspect`."""
     from mess.models.registry import ModelError, check_device
     from mess.probing.probes import ProbeError
     from mess.probing.report import write_report
@@ -66,6 +71,9 @@ def probe_command(
         fail("--layers names no layer: give layer names or indices, or leave it out for all layers")
     options = ProbeOptions(folds=folds, layers=wanted, source=source, controls=() if "none" in controls else controls,
                            probe=probe, seed=seed, workers=workers, device=device)
+    if targets is not None:
+        _probe_own_targets(store, model, targets, options, json_out)
+        return
     with open_store(store, readonly=False) as fs:
         run = fs.run(model)
         for layer in wanted or []:
@@ -84,6 +92,88 @@ def probe_command(
                    "files": {k: str(v) for k, v in paths.items()}})
         return
     _print_report(report, paths, reason)
+
+
+def _probe_own_targets(store: Path, model: str | None, targets: Path, options: ProbeOptions, json_out: bool) -> None:
+    """`mess probe --targets FILE`: every layer for the file's targets; a report of its own, no aspect map."""
+    from mess.probing.probes import ProbeError
+    from mess.probing.user_probe import probe_targets, write_target_report
+    from mess.probing.user_targets import read_targets, unknown_note
+
+    if not targets.is_file():
+        fail(f"{targets}: no such file (--targets takes a CSV with an id, path or file column and target columns)")
+    with open_store(store, readonly=True) as fs:
+        run = fs.run(model)
+        for layer in options.layers or []:
+            run.layer_index(layer)
+        with failing(ProbeError):
+            found = read_targets(fs, targets)
+            with _progress() as hook:
+                report = probe_targets(fs, run, found, options, on_progress=hook)
+        paths = write_target_report(report, fs.reports_dir)
+    if json_out:
+        emit_json({**report.to_dict(), "files": {k: str(v) for k, v in paths.items()}})
+        return
+    _print_targets(report)
+    if note := unknown_note(found):
+        console.print(f"[yellow]{plain(note)}[/]")
+    console.print("report: " + ", ".join(plain(str(p)) for p in paths.values()))
+
+
+def _print_targets(report: TargetReport) -> None:
+    import numpy as np
+
+    from mess.probing.report import SHUFFLED, TRAINED
+
+    trained, best = report.conditions[TRAINED], report.best()
+    table = Table(title=f"{report.model} ({report.revision[:20]}): your targets, out of fold (numbers R^2, labels "
+                        f"accuracy), {report.probe} probe, seed {report.seed}")
+    table.add_column("layer")
+    for info in report.targets:
+        table.add_column(f"{info.name} ({'R^2' if info.kind == 'number' else 'acc'})", justify="right")
+    for i, layer in enumerate(trained.layers):
+        cells = []
+        for j, name in enumerate(trained.targets):
+            value = trained.r2[i, j]
+            text = "-" if np.isnan(value) else f"{value:.2f}"
+            cells.append(f"[bold green]{text}[/]" if best.get(name, ("",))[0] == layer else text)
+        table.add_row(layer, *cells)
+    stdout.print(table)
+    shuffled = report.best(SHUFFLED) if SHUFFLED in report.conditions else {}
+    summary = Table(title="best layer per target (chance: always the training folds' most frequent label; ceiling: "
+                          "the most any probe can reach on these folds)")
+    for col in ("target", "kind", "tracks", "best layer", "score", "shuffled best", "chance", "ceiling", "folds"):
+        summary.add_column(col, justify="right" if col in ("tracks", "score", "shuffled best", "chance",
+                                                           "ceiling") else "left")
+    for info in report.targets:
+        layer, score = best.get(info.name, ("-", float("nan")))
+        control = shuffled.get(info.name)
+        summary.add_row(plain(info.name), info.kind, str(info.n_tracks), plain(layer),
+                        "-" if np.isnan(score) else f"{score:.2f}", "-" if control is None else f"{control[1]:.2f}",
+                        "-" if info.chance is None else f"{info.chance:.2f}",
+                        "-" if info.ceiling is None else f"{info.ceiling:.2f}", plain(info.folds))
+    stdout.print(summary)
+    for info in report.targets:
+        if info.ceiling is not None and info.ceiling < 0.5:
+            console.print(f"[yellow]warning:[/] {plain(info.name)}: only {info.ceiling:.0%} of its tracks have a label "
+                          f"that a training track of their fold has ({plain(info.folds)}): the label follows the "
+                          "groups the folds keep apart, so no probe can learn it here")
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A progress bar per stage, and the hook that moves it."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def hook(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                label = stage if stage in ("targets", "random-init extraction") else f"probe {stage}"
+                tasks[stage] = bar.add_task(label, total=total)
+            bar.update(tasks[stage], completed=done)
+
+        yield hook
 
 
 @contextmanager
@@ -122,16 +212,7 @@ def _warn_stale(report: ProbeReport) -> None:
 def _run_with_progress(fs: FeatureStore, run: Run, options: ProbeOptions) -> ProbeReport:
     from mess.probing.study import probe_run
 
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        tasks: dict[str, TaskID] = {}
-
-        def hook(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                label = stage if stage in ("targets", "random-init extraction") else f"probe {stage}"
-                tasks[stage] = bar.add_task(label, total=total)
-            bar.update(tasks[stage], completed=done)
-
+    with _progress() as hook:
         return probe_run(fs, run, options, on_progress=hook)
 
 

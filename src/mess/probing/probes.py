@@ -148,6 +148,45 @@ def fold_scores(x: np.ndarray, y: np.ndarray, folds: Folds, kind: str = "ridge",
     return out
 
 
+def fold_accuracy(x: np.ndarray, classes: np.ndarray, folds: Folds, kind: str = "ridge", seed: int = 0) -> np.ndarray:
+    """Out-of-fold accuracy of one layer for a label (``classes``: [n] ints): float64 [n_folds].
+
+    The probe regresses the one-hot code of the classes of the training rows (standardised, as :func:`fold_scores`
+    does) and predicts the class whose column scores highest: a ridge (or MLP) classifier. A class no training row
+    has can never be predicted (see :func:`fold_ceiling`).
+    """
+    if kind not in PROBE_KINDS:
+        raise ProbeError(f"unknown probe {kind!r}; use one of {', '.join(PROBE_KINDS)}")
+    out = np.full(len(folds.splits), np.nan)
+    for f, (train, test) in enumerate(folds.splits):
+        seen = np.unique(classes[train])
+        if len(seen) == 1:  # one class to learn: it is the prediction
+            out[f] = float((classes[test] == seen[0]).mean())
+            continue
+        onehot = (classes[train][:, None] == seen[None, :]).astype(np.float64)
+        mean, std = onehot.mean(axis=0), onehot.std(axis=0) + 1e-12
+        groups = folds.groups[train] if folds.groups is not None else None
+        pred = _fit_predict(kind, x[train], (onehot - mean) / std, x[test], seed, groups) * std + mean
+        out[f] = float((seen[pred.argmax(axis=1)] == classes[test]).mean())
+    return out
+
+
+def fold_ceiling(classes: np.ndarray, folds: Folds) -> float:
+    """The best out-of-fold accuracy any probe can reach: the share of rows whose class some training row of their
+    fold has (folds grouped by album cannot teach a label that follows the album), mean over folds."""
+    return float(np.mean([np.isin(classes[test], classes[train]).mean() for train, test in folds.splits]))
+
+
+def fold_majority(classes: np.ndarray, folds: Folds) -> float:
+    """Out-of-fold accuracy of always answering the training rows' most frequent class (the first in sorted order
+    of those as frequent), mean over folds: the chance level."""
+    shares = []
+    for train, test in folds.splits:
+        values, counts = np.unique(classes[train], return_counts=True)
+        shares.append((classes[test] == values[counts.argmax()]).mean())
+    return float(np.mean(shares))
+
+
 @dataclass(frozen=True)
 class ProbeScores:
     """Per layer x target out-of-fold R^2: mean and standard deviation over folds."""

@@ -91,6 +91,7 @@ class ProbeReport:
     missing: list[tuple[str, str]] = field(default_factory=list)  # tracks without targets
     probed_at: float = field(default_factory=time.time)  # its identity: the aspect map built from it records it
     tracks_digest: str | None = None  # FeatureStore.tracks_digest of the run probed: which tracks, not only how many
+    seed: int = 0  # `--seed`: the shuffled control's permutation, shuffled folds, the MLP and the random-init weights
 
     @property
     def aspects(self) -> list[AspectChoice]:
@@ -134,6 +135,7 @@ class ProbeReport:
             "n_tracks": self.n_tracks,
             "folds": self.folds,
             "probe": self.probe,
+            "seed": self.seed,
             "seconds": round(self.seconds, 2),
             "probed_at": self.probed_at,
             "tracks_digest": self.tracks_digest,
@@ -178,17 +180,25 @@ def write_report(report: ProbeReport, folder: str | Path, *, partial: bool = Fal
 
 def heatmap(report: ProbeReport, path: Path) -> None:
     """Layers x targets R^2, one panel per condition, targets grouped by aspect."""
+    draw_heatmap(report.model, report.conditions, _ASPECT_OF, f"{report.n_tracks} tracks, {report.folds}", path,
+                 label="R^2 (clipped to [-1, 1])", score="out-of-fold R^2")
+
+
+def draw_heatmap(model: str, conditions: dict[str, ProbeScores], group_of: dict[str, str], subtitle: str,
+                 path: Path, *, label: str = "score (R^2 or accuracy; clipped to [-1, 1])",
+                 score: str = "out-of-fold score") -> None:
+    """Layers x targets scores, one panel per condition, targets grouped under ``group_of[target]``."""
     from matplotlib.figure import Figure  # no pyplot: the process's backend stays the caller's
 
-    names = list(report.conditions)
-    first = report.conditions[TRAINED]
+    names = list(conditions)
+    first = conditions[TRAINED]
     width = max(8.0, 0.42 * len(first.targets) + 2.5)
-    heights = [0.3 * len(report.conditions[n].layers) + 0.9 for n in names]
+    heights = [0.3 * len(conditions[n].layers) + 0.9 for n in names]
     fig = Figure(figsize=(width, sum(heights) + 1.6), layout="constrained")
     axes = fig.subplots(len(names), 1, squeeze=False, gridspec_kw={"height_ratios": heights})
     image = None
     for row, (ax, name) in enumerate(zip(axes[:, 0], names, strict=False)):
-        scores = report.conditions[name]
+        scores = conditions[name]
         image = ax.imshow(scores.r2, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
         ax.set_yticks(range(len(scores.layers)), scores.layers, fontsize=8)
         ax.set_xticks(
@@ -210,19 +220,19 @@ def heatmap(report: ProbeReport, path: Path) -> None:
                         fontsize=5.5,
                         color="white" if abs(scores.r2[i, j]) > 0.6 else "black",
                     )
-        aspects = [_ASPECT_OF[t] for t in scores.targets]
-        starts = [k for k in range(len(aspects)) if k == 0 or aspects[k] != aspects[k - 1]]
+        groups = [group_of[t] for t in scores.targets]
+        starts = [k for k in range(len(groups)) if k == 0 or groups[k] != groups[k - 1]]
         for k in starts[1:]:
             ax.axvline(k - 0.5, color="black", linewidth=1.2)
         top = ax.secondary_xaxis("top")
-        ends = starts[1:] + [len(aspects)]
+        ends = starts[1:] + [len(groups)]
         top.set_xticks(
-            [(a + b - 1) / 2 for a, b in zip(starts, ends, strict=False)], [aspects[k] for k in starts], fontsize=8
+            [(a + b - 1) / 2 for a, b in zip(starts, ends, strict=False)], [groups[k] for k in starts], fontsize=8
         )
         top.tick_params(length=0)
-        ax.set_title(f"{report.model} - {name}: out-of-fold R^2 ({report.n_tracks} tracks, {report.folds})", fontsize=9)
+        ax.set_title(f"{model} - {name}: {score} ({subtitle})", fontsize=9)
     if image is not None:
-        fig.colorbar(image, ax=axes[:, 0].tolist(), shrink=0.8, label="R^2 (clipped to [-1, 1])")
+        fig.colorbar(image, ax=axes[:, 0].tolist(), shrink=0.8, label=label)
     png = io.BytesIO()
     fig.savefig(png, dpi=120, format="png")
     replace_file(path, png.getvalue())

@@ -102,7 +102,7 @@ def probe_run(store: FeatureStore, run: Run, options: ProbeOptions = ProbeOption
     return ProbeReport(model=run.model, revision=run.revision, run_id=run.id, policy=asdict(run_policy(run)),
                        n_tracks=folds.n, folds=folds.scheme, probe=options.probe,
                        seconds=time.perf_counter() - started, conditions=conditions, notes=notes,
-                       missing=targets.missing, tracks_digest=track_set_digest(tracks))
+                       missing=targets.missing, tracks_digest=track_set_digest(tracks), seed=options.seed)
 
 
 def _probe(store: FeatureStore, run: Run, layers: list[str], targets: TrackTargets, hashes: dict[int, str],
@@ -118,8 +118,7 @@ def _probe(store: FeatureStore, run: Run, layers: list[str], targets: TrackTarge
     chosen = [by_id[int(i)] for i in ids]
     if shuffle:
         y = shuffled_rows(y, options.seed)
-    meta = [("album", [label_key("album", t.album) for t in chosen]), ("artist", [_artist(t) for t in chosen])]
-    folds = make_folds(len(ids), meta, options.folds, options.seed, same=[t.content_hash for t in chosen])
+    folds = make_folds(len(ids), fold_meta(chosen), options.folds, options.seed, same=[t.content_hash for t in chosen])
 
     def loader(layer: str) -> Callable[[], np.ndarray]:
         def load() -> np.ndarray:  # rows looked up by id: a track gone meanwhile shifted every row after it
@@ -144,6 +143,11 @@ def _probe(store: FeatureStore, run: Run, layers: list[str], targets: TrackTarge
     scores = probe_layers([(name, loader(name)) for name in layers], y, TARGET_NAMES, folds, options.probe,
                           options.seed, jobs=options.workers, on_layer=layer_done)
     return scores, folds
+
+
+def fold_meta(tracks: Sequence[Track]) -> list[tuple[str, list[str | None]]]:
+    """The fields folds are grouped by, in order of preference: album, then artist (see :func:`_artist`)."""
+    return [("album", [label_key("album", t.album) for t in tracks]), ("artist", [_artist(t) for t in tracks])]
 
 
 def _artist(track: Track) -> str | None:

@@ -1,0 +1,151 @@
+"""A researcher's probe: your own targets (`mess probe --targets FILE.csv`), the seed in the report, on real renders."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from sklearn.linear_model import RidgeCV
+from sklearn.model_selection import KFold
+from sklearn.preprocessing import StandardScaler
+from typer.testing import CliRunner
+
+from mess.cli import probe as probe_cli
+from mess.extract.runs import run_policy
+from mess.probing.probes import ALPHAS, fold_accuracy, fold_ceiling, fold_majority, make_folds
+from mess.probing.target_cache import track_targets
+from mess.probing.targets import TARGET_NAMES
+from mess.store import FeatureStore
+
+app = typer.Typer()
+probe_cli.register(app)
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def store_copy(extracted_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy: probing writes targets and reports."""
+    target = tmp_path_factory.mktemp("researcher") / "store"
+    shutil.copytree(extracted_store, target)
+    return target
+
+
+def _write(path: Path, header: list[str], rows: list[list[object]]) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def _probe(*args: str) -> dict:
+    result = runner.invoke(app, ["probe", *args, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_own_number_targets_score_as_the_proxy_probe_scores_the_same_column(store_copy: Path, tmp_path: Path) -> None:
+    """A CSV column holding the proxy target `loudness` (the cached values, by path) is scored on every layer exactly
+    as the proxy probe scores it: the rows of the file meet the right vectors. Its labels (the album) get the
+    ceiling the definition gives (grouped by album, no album is ever in its own training folds: 0), a row naming
+    no track is counted, and the report and its files name the run, the file and the seed."""
+    proxy = _probe("--model", "dsp", "--store", str(store_copy), "--seed", "3")
+    assert proxy["seed"] == 3  # the report names the seed its shuffled control (and folds, MLP) came from
+    store = FeatureStore(store_copy, readonly=True)
+    run = store.run("dsp")
+    tracks = store.tracks(run)
+    cached = track_targets(store.root, tracks, run_policy(run), workers=1)
+    loud = cached.values[:, TARGET_NAMES.index("loudness")]
+    by_id = {t.id: t for t in tracks}
+    rows = [[by_id[int(i)].path, repr(float(v)), by_id[int(i)].album] for i, v in zip(cached.track_ids, loud,
+                                                                                          strict=True)]
+    own = _write(tmp_path / "mine.csv", ["path", "level", "work"], [*rows[::-1], ["/no/such.flac", "1.0", "x"]])
+    report = _probe("--model", "dsp", "--store", str(store_copy), "--seed", "3", "--targets", str(own))
+    assert report["seed"] == 3 and report["run_id"] == run.id and report["revision"] == run.revision
+    assert report["targets_file"] == str(own) and report["unknown_rows"] == 1
+    level = {layer: row["level"] for layer, row in report["conditions"]["trained"]["score"].items()}
+    assert level == {layer: row["loudness"] for layer, row in proxy["conditions"]["trained"]["r2"].items()}
+    info = {t["name"]: t for t in report["targets"]}
+    assert info["level"]["kind"] == "number" and info["level"]["n_tracks"] == len(tracks)
+    assert info["work"]["kind"] == "label" and info["work"]["n_classes"] == len({t.album for t in tracks})
+    assert "by album" in info["work"]["folds"] and info["work"]["ceiling"] == 0.0
+    files = {k: Path(v) for k, v in report["files"].items()}
+    assert files["json"].name == f"probe-dsp-run{run.id}-targets-mine.json"
+    assert json.loads(files["json"].read_text())["conditions"] == report["conditions"]
+    with files["csv"].open() as f:
+        long = list(csv.DictReader(f))
+    assert len(long) == 2 * len(run.layer_names) * 2  # trained and shuffled x layers x targets
+    assert {r["kind"] for r in long if r["target"] == "work"} == {"label"}
+    assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = _probe("--model", "dsp", "--store", str(store_copy), "--seed", "3", "--targets", str(own))
+    assert again["conditions"] == report["conditions"]  # the same command, the same numbers
+
+
+def test_label_accuracy_is_a_ridge_classifier_on_the_one_hot_labels(extracted_store: Path) -> None:
+    """Without groups the label probe is scikit-learn's RidgeCV (leave-one-out penalty per class column) on the
+    standardised one-hot code of the training labels, predicting the highest column; chance and ceiling follow
+    their definitions on the same folds."""
+    store = FeatureStore(extracted_store, readonly=True)
+    run = store.run("dsp")
+    ids, x = store.layer_matrix(run, "mfcc")
+    composers = sorted({t.composer for t in store.tracks(run)})
+    by_id = {t.id: t for t in store.tracks(run)}
+    classes = np.array([composers.index(by_id[int(i)].composer) for i in ids])
+    folds = make_folds(len(ids), [], 4, seed=1)
+    assert folds.groups is None and "KFold(4)" in folds.scheme
+    expected, ceiling, majority = [], [], []
+    for train, test in KFold(4, shuffle=True, random_state=1).split(x):
+        seen = np.unique(classes[train])
+        onehot = (classes[train][:, None] == seen).astype(float)
+        scaler = StandardScaler().fit(x[train])
+        fit = RidgeCV(alphas=ALPHAS, alpha_per_target=True).fit(scaler.transform(x[train]),
+                                                                 (onehot - onehot.mean(0)) / onehot.std(0))
+        predicted = seen[(fit.predict(scaler.transform(x[test])) * onehot.std(0) + onehot.mean(0)).argmax(1)]
+        expected.append(np.mean(predicted == classes[test]))
+        ceiling.append(np.mean([c in seen for c in classes[test]]))
+        counts = np.bincount(classes[train])
+        majority.append(np.mean(classes[test] == counts.argmax()))
+    np.testing.assert_allclose(fold_accuracy(x, classes, folds), expected)
+    assert fold_ceiling(classes, folds) == pytest.approx(np.mean(ceiling))
+    assert fold_majority(classes, folds) == pytest.approx(np.mean(majority))
+
+
+def test_a_label_that_follows_the_folds_groups_is_said_unlearnable(store_copy: Path, tmp_path: Path) -> None:
+    store = FeatureStore(store_copy, readonly=True)
+    rows = [[t.id, t.album, t.composer] for t in store.tracks(store.run("dsp"))]
+    own = _write(tmp_path / "works.csv", ["id", "work", "composer"], rows)
+    result = runner.invoke(app, ["probe", "-m", "dsp", "-s", str(store_copy), "--targets", str(own),
+                                 "--control", "none"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "work: only 0% of its tracks have a label that a training track of their fold has" in text
+    assert "composer: only" not in text
+    assert "works.csv" in text and "Traceback" not in text
+
+
+@pytest.mark.parametrize(("header", "rows", "extra", "message"), [
+    (["id", "tempo"], [["1", "90"], ["1", "120"]], [], "works.csv:3: track 1"),
+    (["name", "tempo"], [["1", "90"]], [], "needs an id, path or file column"),
+    (["id"], [["1"]], [], "needs an id, path or file column"),
+    (["id", "tempo"], [["1", "inf"]], [], "works.csv:2: tempo 'inf' is not a finite number"),
+    (["id", "tempo"], [["1", "90", "x"]], [], "works.csv:2: 3 cells where the header has 2"),
+    (["id", "tempo"], [["999", "90"]], [], "no row gives a target of a track in this store"),
+    (["id", "tempo"], [["1", "90"]], ["--control", "random-init"], "shuffled control or none"),
+])
+def test_a_bad_targets_file_is_a_one_line_error_naming_it(store_copy: Path, tmp_path: Path, header: list[str],
+                                                          rows: list[list[str]], extra: list[str],
+                                                          message: str) -> None:
+    own = _write(tmp_path / "works.csv", header, rows)
+    result = runner.invoke(app, ["probe", "-m", "dsp", "-s", str(store_copy), "--targets", str(own), *extra])
+    assert result.exit_code == 1, result.output
+    assert message in " ".join(result.output.split()) and "Traceback" not in result.output
+
+
+def test_a_missing_targets_file_is_named(store_copy: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["probe", "-m", "dsp", "-s", str(store_copy), "--targets", str(tmp_path / "x.csv")])
+    assert result.exit_code == 1 and "x.csv: no such file" in " ".join(result.output.split())
