@@ -79,8 +79,8 @@ def test_export_segments_and_chosen_layers(extracted_store: Path, tmp_path: Path
 
 
 def test_export_bad_input_is_one_line(extracted_store: Path, tmp_path: Path) -> None:
-    out = runner.invoke(app, ["export", str(tmp_path / "v.csv"), "--store", str(extracted_store)])
-    assert out.exit_code == 1 and "npz or parquet" in out.output and "Traceback" not in out.output
+    out = runner.invoke(app, ["export", str(tmp_path / "v.xlsx"), "--store", str(extracted_store)])
+    assert out.exit_code == 1 and "npz, parquet or csv" in out.output and "Traceback" not in out.output
     out = runner.invoke(app, ["export", str(tmp_path / "v.npz"), "--layers", "nope", "--model", "dsp",
                               "--store", str(extracted_store)])
     assert out.exit_code == 1 and "unknown layer" in out.output
@@ -159,8 +159,8 @@ def test_the_format_name_is_read_in_any_case_as_the_extension_is(tmp_path: Path,
         assert list(np.load(tmp_path / "v.out")["layers"]) == ["a", "b"]
     else:
         assert pq.read_table(tmp_path / "v.out").num_rows == 3
-    out = runner.invoke(app, ["export", str(tmp_path / "v.out"), "--format", "CSV", "--store", str(tmp_path / "store")])
-    assert out.exit_code == 1 and "unknown export format 'CSV'; choose npz or parquet" in out.output, out.output
+    out = runner.invoke(app, ["export", str(tmp_path / "v.out"), "--format", "XLS", "--store", str(tmp_path / "store")])
+    assert out.exit_code == 1 and "unknown export format 'XLS'; choose npz, parquet or csv" in out.output, out.output
 
 
 def test_export_names_each_layer_once(tmp_path: Path) -> None:

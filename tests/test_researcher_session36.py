@@ -149,3 +149,29 @@ def test_a_bad_targets_file_is_a_one_line_error_naming_it(store_copy: Path, tmp_
 def test_a_missing_targets_file_is_named(store_copy: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["probe", "-m", "dsp", "-s", str(store_copy), "--targets", str(tmp_path / "x.csv")])
     assert result.exit_code == 1 and "x.csv: no such file" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("segments", [False, True])
+def test_a_csv_export_holds_what_the_npz_holds(extracted_store: Path, tmp_path: Path, segments: bool) -> None:
+    """`mess export v.csv` (a format a spreadsheet and pandas read) was refused: now every id, path, tag, duration,
+    the run (model, run id, revision, window policy) and every vector value, as float32, equal the npz export's."""
+    from mess.cli.main import app as main_app
+
+    per = ["--segments"] if segments else []
+    for name in ("v.csv", "v.npz"):
+        out = CliRunner().invoke(main_app, ["export", str(tmp_path / name), "-m", "musicnn-msd", "-s",
+                                            str(extracted_store), "-l", "cnn2,taggram", *per])
+        assert out.exit_code == 0, out.output
+    npz = np.load(tmp_path / "v.npz")
+    with (tmp_path / "v.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(npz["track_id"])
+    for key in ("track_id", "path", "content_hash", "artist", "album", "title", "composer", "model", "run_id",
+                "revision", "policy", *(["segment_start"] if segments else [])):
+        want = npz[key].tolist() if npz[key].ndim else [npz[key].item()] * len(rows)
+        assert [type(w)(r[key]) for r, w in zip(rows, want, strict=True)] == want, key
+    np.testing.assert_array_equal([float(r["duration"]) for r in rows], npz["duration"])
+    for layer in npz["layers"].tolist():
+        dims = npz[f"vectors_{layer}"].shape[1]
+        got = np.array([[r[f"{layer}_{i}"] for i in range(dims)] for r in rows], dtype=np.float32)
+        np.testing.assert_array_equal(got, npz[f"vectors_{layer}"])

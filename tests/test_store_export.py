@@ -146,8 +146,8 @@ def test_what_export_refuses_it_says_before_writing_anything(toy, tmp_path) -> N
     for out, fmt, said in [(tmp_path / "folder", "npz", f"{tmp_path / 'folder'} is a folder; give the file to "
                             f"write, such as {tmp_path / 'folder' / 'vectors.npz'}"),
                            (tmp_path / "folder", "PARQUET", "such as .*vectors.parquet$"),
-                           (tmp_path / "folder", "csv", "such as .*vectors.npz$"),
-                           (tmp_path / "v.csv", "CSV", "unknown export format 'CSV'; choose npz or parquet"),
+                           (tmp_path / "folder", "xlsx", "such as .*vectors.npz$"),
+                           (tmp_path / "v.xlsx", "XLSX", "unknown export format 'XLSX'; choose npz, parquet or csv"),
                            (store.root / "v.npz", "npz", "is inside the feature store")]:
         with pytest.raises(StoreError, match=said):
             export_vectors(store, run, out, fmt)

@@ -1,4 +1,4 @@
-"""`mess export`: a run's vectors with track ids, paths and tags, as npz or parquet."""
+"""`mess export`: a run's vectors with track ids, paths and tags, as npz, parquet or CSV."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 
 def export_command(
-    output: Annotated[Path, typer.Argument(help="File to write (.npz or .parquet; - for stdout, with --format).",
+    output: Annotated[Path, typer.Argument(help="File to write (.npz, .parquet or .csv; - for stdout, with --format).",
                                                    parser=output_path)],
     model: ModelOpt = None,
     layers: Annotated[list[str] | None, typer.Option("--layers", "-l", help="Layer names or indexes (repeat, or "
@@ -36,7 +36,7 @@ def export_command(
                                            "track.")] = False,
     fused: Annotated[bool, typer.Option("--fused", help="The fused vectors of `mess fuse apply` instead of "
                                         "layers.")] = False,
-    fmt: Annotated[str | None, typer.Option("--format", help="npz or parquet (default: from OUTPUT's "
+    fmt: Annotated[str | None, typer.Option("--format", help="npz, parquet or csv (default: from OUTPUT's "
                                             "extension).")] = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
     as_json: JsonOpt = False,

@@ -8,6 +8,9 @@ in the run) and ``files_failed`` (files the run failed to extract, `mess info --
 ``parquet``: the same columns, each layer a fixed-size list<float32> column named after it (``vectors_<layer>`` where
 a layer has another column's name: ``genre``, ``duration``); model, run_id, revision, policy, layer names, their
 columns (``layer_columns``), files_not_embedded and files_failed in the schema metadata (``mess``, JSON).
+``csv``: one row per track (or window), the same columns, then ``model``, ``run_id``, ``revision`` and ``policy`` in
+every row (a CSV has no other place for them), then one column per dimension, ``<layer>_<i>`` (``fused_<i>``), each
+value with the 9 significant digits that give its float32 back; NaN durations are empty cells.
 With ``fused``, the one vector column is the fused vectors of `mess fuse apply` (``vectors_fused``, layers
 ``["fused"]``), with ``fused_checkpoint_sha256`` (the network that made them) and ``tracks_not_fused`` (tracks of the
 run without one, extracted since: not in the rows).
@@ -29,7 +32,7 @@ from mess.store.fused import fused_matrix
 from mess.store.paths import expanded, inside_store, printable, replacing
 from mess.store.records import Run
 
-FORMATS = ("npz", "parquet")
+FORMATS = ("npz", "parquet", "csv")
 TAGS = ("path", "content_hash", "artist", "album", "title", "genre", "composer")
 
 
@@ -50,7 +53,7 @@ class ExportSummary:
 def export_vectors(store: FeatureStore, run: Run, out: Path, fmt: str = "npz", *, layers: Sequence[str] | None = None,
                    segments: bool = False, fused: bool = False) -> ExportSummary:
     """Write ``run``'s vectors (all layers, or ``layers`` by name or index, or with ``fused`` its fused vectors) to
-    ``out`` as npz or parquet.
+    ``out`` as npz, parquet or CSV.
 
     Rows are tracks, or with ``segments`` the per-window vectors (``segment_start`` in seconds). StoreError for
     fused vectors with layers or segments, or where the run has none (or :func:`mess.store.fused.fused_matrix`
@@ -64,7 +67,7 @@ def export_vectors(store: FeatureStore, run: Run, out: Path, fmt: str = "npz", *
         example = Path(out) / f"vectors.{fmt if fmt in FORMATS else 'npz'}"
         raise StoreError(f"{out} is a folder; give the file to write, such as {example}")
     if fmt not in FORMATS:
-        raise StoreError(f"unknown export format {given!r}; choose {' or '.join(FORMATS)}")
+        raise StoreError(f"unknown export format {given!r}; choose {', '.join(FORMATS[:-1])} or {FORMATS[-1]}")
     if fused and (layers or segments):
         raise StoreError("fused vectors have no layers or windows: export them without --layers and --segments")
     names = (FUSED,) if fused else tuple(dict.fromkeys(run.layer_names[run.layer_index(x)]
@@ -92,7 +95,7 @@ def export_vectors(store: FeatureStore, run: Run, out: Path, fmt: str = "npz", *
         not_fused = n_tracks - len(columns["track_id"])
         meta |= {"fused_checkpoint_sha256": (fused_meta or {}).get("checkpoint_sha256") or "",
                  "tracks_not_fused": not_fused}
-    (_write_npz if fmt == "npz" else _write_parquet)(out, columns, vectors, meta)
+    {"npz": _write_npz, "parquet": _write_parquet, "csv": _write_csv}[fmt](out, columns, vectors, meta)
     return ExportSummary(out, len(columns["track_id"]), len(set(columns["track_id"].tolist())), names, segments,
                          missing, failed, not_fused)
 
@@ -153,3 +156,25 @@ def _write_parquet(out: Path, columns: dict[str, np.ndarray], vectors: dict[str,
     table = pa.table(fields).replace_schema_metadata({"mess": json.dumps({**meta, "layer_columns": names})})
     with replacing(out) as f:
         pq.write_table(table, f)
+
+
+def _write_csv(out: Path, columns: dict[str, np.ndarray], vectors: dict[str, np.ndarray], meta: dict) -> None:
+    import csv
+    import io
+
+    run = {k: meta[k] for k in ("model", "run_id", "revision", "policy")} | (
+        {"fused_checkpoint_sha256": meta["fused_checkpoint_sha256"]} if "fused_checkpoint_sha256" in meta else {})
+    header = [*columns, *run, *(f"{name}_{i}" for name, mat in vectors.items() for i in range(mat.shape[1]))]
+    with replacing(out) as f:
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+        writer = csv.writer(text)
+        writer.writerow(header)
+        cells = [[printable(v) for v in col] if col.dtype.kind == "U" else
+                 ["" if np.isnan(v) else repr(float(v)) for v in col] if col.dtype.kind == "f" else col.tolist()
+                 for col in columns.values()]
+        fixed = [str(v) for v in run.values()]
+        for r in range(len(columns["track_id"])):
+            numbers = (f"{v:.9g}" for mat in vectors.values() for v in mat[r].tolist())
+            writer.writerow([*(c[r] for c in cells), *fixed, *numbers])
+        text.flush()
+        text.detach()  # the file is replacing()'s to close
