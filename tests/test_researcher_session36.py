@@ -62,9 +62,10 @@ def test_own_number_targets_score_as_the_proxy_probe_scores_the_same_column(stor
     cached = track_targets(store.root, tracks, run_policy(run), workers=1)
     loud = cached.values[:, TARGET_NAMES.index("loudness")]
     by_id = {t.id: t for t in tracks}
-    rows = [[by_id[int(i)].path, repr(float(v)), by_id[int(i)].album] for i, v in zip(cached.track_ids, loud,
-                                                                                          strict=True)]
-    own = _write(tmp_path / "mine.csv", ["path", "level", "work"], [*rows[::-1], ["/no/such.flac", "1.0", "x"]])
+    rows = [[by_id[int(i)].path, repr(float(v)), by_id[int(i)].album, "render"]
+            for i, v in zip(cached.track_ids, loud, strict=True)]
+    own = _write(tmp_path / "mine.csv", ["path", "level", "work", "source"],
+                 [*rows[::-1], ["/no/such.flac", "1.0", "x", "y"]])
     report = _probe("--model", "dsp", "--store", str(store_copy), "--seed", "3", "--targets", str(own))
     assert report["seed"] == 3 and report["run_id"] == run.id and report["revision"] == run.revision
     assert report["targets_file"] == str(own) and report["unknown_rows"] == 1
@@ -74,12 +75,15 @@ def test_own_number_targets_score_as_the_proxy_probe_scores_the_same_column(stor
     assert info["level"]["kind"] == "number" and info["level"]["n_tracks"] == len(tracks)
     assert info["work"]["kind"] == "label" and info["work"]["n_classes"] == len({t.album for t in tracks})
     assert "by album" in info["work"]["folds"] and info["work"]["ceiling"] == 0.0
+    # one label on every track is no target (accuracy 1.00 said nothing), as a constant number scores nothing
+    assert info["source"]["folds"] == "not probed: every track has one label"
+    assert {row["source"] for row in report["conditions"]["trained"]["score"].values()} == {None}
     files = {k: Path(v) for k, v in report["files"].items()}
     assert files["json"].name == f"probe-dsp-run{run.id}-targets-mine.json"
     assert json.loads(files["json"].read_text())["conditions"] == report["conditions"]
     with files["csv"].open() as f:
         long = list(csv.DictReader(f))
-    assert len(long) == 2 * len(run.layer_names) * 2  # trained and shuffled x layers x targets
+    assert len(long) == 2 * len(run.layer_names) * 3  # trained and shuffled x layers x targets
     assert {r["kind"] for r in long if r["target"] == "work"} == {"label"}
     assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = _probe("--model", "dsp", "--store", str(store_copy), "--seed", "3", "--targets", str(own))

@@ -127,7 +127,7 @@ def probe_targets(store: FeatureStore, run: Run, targets: TargetFile, options: P
         out = {c: np.full((2, len(plans)), np.nan) for c in conditions}  # [mean, std] per target
         with threadpool_limits(limits=1):
             for j, plan in enumerate(plans):
-                if plan is None:
+                if isinstance(plan, str):
                     continue
                 rows, y, folds = plan
                 for c in conditions:
@@ -148,8 +148,7 @@ def probe_targets(store: FeatureStore, run: Run, targets: TargetFile, options: P
     names = tuple(t.name for t in targets.targets)
     scores = {c: ProbeScores(tuple(layers), names, np.array([results[n][c][0] for n in layers]),
                              np.array([results[n][c][1] for n in layers])) for c in conditions}
-    none = "not probed: no track with a value has vectors"
-    infos = [_info(t, p) if p is not None else TargetInfo(t.name, t.kind, 0, none)
+    infos = [TargetInfo(t.name, t.kind, 0, f"not probed: {p}") if isinstance(p, str) else _info(t, p)
              for t, p in zip(targets.targets, plans, strict=True)]
     return TargetReport(run.model, run.revision, run.id, asdict(run_policy(run)), str(targets.path), options.probe,
                         options.seed, infos, scores, time.perf_counter() - started, len(targets.unknown))
@@ -158,12 +157,15 @@ def probe_targets(store: FeatureStore, run: Run, targets: TargetFile, options: P
 Plan = tuple[np.ndarray, np.ndarray, Folds]  # rows (into the run's tracks in content order), values, folds
 
 
-def _plan(target: UserTarget, tracks: list[Track], with_vectors: set[int], options: ProbeOptions) -> Plan | None:
+def _plan(target: UserTarget, tracks: list[Track], with_vectors: set[int], options: ProbeOptions) -> Plan | str:
     """The rows of ``target`` (tracks with a value and vectors), its values (labels as class numbers in sorted
-    order) and folds; None when no track has both. ProbeError (naming the target) when too few tracks do."""
+    order) and folds; why it is not probed when no track has both, or every track has one label (a constant number
+    scores NaN in :func:`fold_scores`). ProbeError (naming the target) when too few tracks do."""
     rows = np.array([i for i, t in enumerate(tracks) if t.id in target.values and t.id in with_vectors], dtype=np.intp)
     if not len(rows):
-        return None
+        return "no track with a value has vectors"
+    if target.kind == LABEL and len({target.values[tracks[i].id] for i in rows}) < 2:
+        return "every track has one label"
     chosen = [tracks[i] for i in rows]
     raw = [target.values[t.id] for t in chosen]
     if target.kind == LABEL:
