@@ -125,22 +125,22 @@ def probe_targets(store: FeatureStore, run: Run, targets: TargetFile, options: P
             raise ProbeError(f"tracks of {run.model} were removed or extracted again while it was probed: run "
                              "`mess probe` again")
         out = {c: np.full((2, len(plans)), np.nan) for c in conditions}  # [mean, std] per target
-        with threadpool_limits(limits=1):
-            for j, plan in enumerate(plans):
-                if isinstance(plan, str):
-                    continue
-                rows, y, folds = plan
-                for c in conditions:
-                    values = shuffled_rows(y, options.seed) if c == SHUFFLED else y
-                    if targets.targets[j].kind == NUMBER:
-                        per_fold = fold_scores(x_all[rows], values[:, None], folds, options.probe, options.seed)[:, 0]
-                    else:
-                        per_fold = fold_accuracy(x_all[rows], values, folds, options.probe, options.seed)
-                    out[c][:, j] = per_fold.mean(), per_fold.std()
+        for j, plan in enumerate(plans):
+            if isinstance(plan, str):
+                continue
+            rows, y, folds = plan
+            for c in conditions:
+                values = shuffled_rows(y, options.seed) if c == SHUFFLED else y
+                if targets.targets[j].kind == NUMBER:
+                    per_fold = fold_scores(x_all[rows], values[:, None], folds, options.probe, options.seed)[:, 0]
+                else:
+                    per_fold = fold_accuracy(x_all[rows], values, folds, options.probe, options.seed)
+                out[c][:, j] = per_fold.mean(), per_fold.std()
         return out
 
     results: dict[str, dict[str, np.ndarray]] = {}
-    with ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
+    # single-threaded BLAS around the pool (the limit is the process's): layers side by side, as probe_layers runs them
+    with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
         for name, result in zip(layers, pool.map(score_layer, layers), strict=True):
             results[name] = result
             if on_progress:
