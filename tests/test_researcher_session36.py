@@ -179,3 +179,22 @@ def test_a_csv_export_holds_what_the_npz_holds(extracted_store: Path, tmp_path: 
         dims = npz[f"vectors_{layer}"].shape[1]
         got = np.array([[r[f"{layer}_{i}"] for i in range(dims)] for r in rows], dtype=np.float32)
         np.testing.assert_array_equal(got, npz[f"vectors_{layer}"])
+
+
+def test_a_spreadsheets_semicolon_file_with_decimal_commas_gives_numbers(extracted_store: Path, tmp_path: Path) -> None:
+    """Excel in many locales saves ';' and decimal commas (with a byte-order mark): '0,3' made the whole column a
+    label, probed for accuracy. Now it is the number 0.3; in a comma-separated file '0,3' stays text."""
+    from mess.probing.user_targets import read_targets
+
+    store = FeatureStore(extracted_store, readonly=True)
+    tracks = store.tracks(store.run("dsp"))[:6]
+    energy = [f"{k},{k + 1}" for k in range(6)]  # 0,1 .. 5,6
+    lines = ["File;Energy;Mood", *(f"{Path(t.path).name};{e};{'calm' if k % 2 else 'busy'}"
+                                   for k, (t, e) in enumerate(zip(tracks, energy, strict=True)))]
+    (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode())
+    found = {t.name: t for t in read_targets(store, tmp_path / "excel.csv").targets}
+    assert found["Energy"].kind == "number" and found["Mood"].kind == "label"
+    assert found["Energy"].values == {t.id: float(e.replace(",", ".")) for t, e in zip(tracks, energy, strict=True)}
+    _write(tmp_path / "plain.csv", ["file", "energy"], [[Path(t.path).name, e] for t, e in zip(tracks, energy,
+                                                                                                strict=True)])
+    assert read_targets(store, tmp_path / "plain.csv").targets[0].kind == "label"

@@ -1,7 +1,8 @@
 """Your own targets (`mess probe --targets FILE.csv`): per-track numbers (scored by R^2) or labels (accuracy).
 
 The CSV names tracks by an ``id``, ``path`` or ``file`` column, as `mess evaluate --labels` reads them; every other
-column is a target. A column whose filled cells are all numbers is a number, any other a label. An empty cell (or
+column is a target. A column whose filled cells are all numbers is a number (in a file separated by ``;`` or tabs, as
+a spreadsheet saves in many locales, ``0,3`` is one too), any other a label. An empty cell (or
 ``nan``) leaves the track out of that target only.
 """
 
@@ -20,6 +21,7 @@ from mess.store.errors import StoreError
 
 REFERENCES = ("id", "path", "file")
 NUMBER, LABEL = "number", "label"
+_DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+(?:[eE][+-]?\d+)?")
 
 
 @dataclass(frozen=True)
@@ -95,15 +97,18 @@ def read_targets(store: FeatureStore, path: str | Path) -> TargetFile:
         listed = ", ".join(f"line {n} {r!r}" for n, r in unknown[:3]) + (", ..." if len(unknown) > 3 else "")
         raise ProbeError(f"{path}: no row gives a target of a track in this store"
                          + (f" (rows naming no track: {listed})" if unknown else ""))
-    return TargetFile(path, ref_kind, tuple(_target(path, header[i], cells[i]) for i in columns), tuple(unknown))
+    comma = delimiter != ","  # a spreadsheet saving ';' writes decimal commas (0,3)
+    return TargetFile(path, ref_kind, tuple(_target(path, header[i], cells[i], comma) for i in columns),
+                      tuple(unknown))
 
 
-def _target(path: Path, name: str, cells: dict[int, tuple[str, int]]) -> UserTarget:
-    """A column as numbers when every filled cell is one (finite), else as labels."""
+def _target(path: Path, name: str, cells: dict[int, tuple[str, int]], decimal_comma: bool) -> UserTarget:
+    """A column as numbers when every filled cell is one (finite; with ``decimal_comma``, ``0,3`` too), else as
+    labels."""
     numbers: dict[int, float | str] = {}
     for tid, (cell, line) in cells.items():
         try:
-            value = float(cell)
+            value = float(cell.replace(",", ".") if decimal_comma and _DECIMAL_COMMA.fullmatch(cell) else cell)
         except ValueError:
             return UserTarget(name, LABEL, {t: c for t, (c, _) in cells.items()})
         if not math.isfinite(value):
