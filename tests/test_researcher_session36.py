@@ -130,6 +130,17 @@ def test_a_label_that_follows_the_folds_groups_is_said_unlearnable(store_copy: P
     assert "work: only 0% of its tracks have a label that a training track of their fold has" in text
     assert "composer: only" not in text
     assert "works.csv" in text and "Traceback" not in text
+    # the folds may split otherwise: not grouped (copies still together), or by artist (4 composers: 4 folds), whose
+    # albums (pieces) are theirs alone: never in their own training folds either
+    for group_by, scheme in (("none", "KFold(5), shuffled (seed 0); not grouped (--group-by none)"),
+                             ("artist", "GroupKFold(4) by artist (4 groups)")):
+        report = _probe("-m", "dsp", "-s", str(store_copy), "--targets", str(own), "--control", "none",
+                        "--group-by", group_by, "--layers", "mfcc", "--folds", "5" if group_by == "none" else "4")
+        work = next(t for t in report["targets"] if t["name"] == "work")
+        assert work["folds"] == scheme and (work["ceiling"] > 0) == (group_by == "none"), work
+    result = runner.invoke(app, ["probe", "-m", "dsp", "-s", str(store_copy), "--targets", str(own),
+                                 "--group-by", "genre"])
+    assert result.exit_code == 1 and "unknown --group-by 'genre'; use auto, album, artist, none" in result.output
 
 
 @pytest.mark.parametrize(("header", "rows", "extra", "message"), [

@@ -29,6 +29,8 @@ def probe_command(
     model: ModelOpt = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
     folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds (grouped by album, else artist).")] = 5,
+    group_by: Annotated[str, typer.Option(
+        "--group-by", help="What folds keep together: auto (album, else artist), album, artist or none.")] = "auto",
     layers: Annotated[list[str] | None, typer.Option(
         "--layers", "-l", help="Layer names or indices, repeatable or comma-separated (default: all).")] = None,
     control: Annotated[list[str] | None, typer.Option(
@@ -70,7 +72,7 @@ def probe_command(
     if layers and not wanted:  # `--layers ,` would otherwise probe every layer
         fail("--layers names no layer: give layer names or indices, or leave it out for all layers")
     options = ProbeOptions(folds=folds, layers=wanted, source=source, controls=() if "none" in controls else controls,
-                           probe=probe, seed=seed, workers=workers, device=device)
+                           probe=probe, seed=seed, workers=workers, device=device, group_by=group_by)
     if targets is not None:
         _probe_own_targets(store, model, targets, options, json_out)
         return
@@ -157,7 +159,8 @@ def _print_targets(report: TargetReport) -> None:
         if info.ceiling is not None and info.ceiling < 0.5:
             console.print(f"[yellow]warning:[/] {plain(info.name)}: only {info.ceiling:.0%} of its tracks have a label "
                           f"that a training track of their fold has ({plain(info.folds)}): the label follows the "
-                          "groups the folds keep apart, so no probe can learn it here")
+                          "groups the folds keep apart, so no probe can learn it here (--group-by artist or none "
+                          "splits otherwise)")
 
 
 @contextmanager

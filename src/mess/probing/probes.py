@@ -47,7 +47,7 @@ class Folds:
 
 
 def make_folds(n: int, candidates: Sequence[tuple[str, Sequence[str | None]]], n_folds: int = 5,
-               seed: int = 0, same: Sequence[str] | None = None) -> Folds:
+               seed: int = 0, same: Sequence[str] | None = None, ungrouped: str | None = None) -> Folds:
     """K folds grouped by the first metadata field with at least ``n_folds`` distinct values.
 
     Tracks missing that field form groups of their own, so they can never pair with a
@@ -56,7 +56,8 @@ def make_folds(n: int, candidates: Sequence[tuple[str, Sequence[str | None]]], n
     fold would test one album against a model that never saw its kind of audio.
     Without a usable field the folds are plain shuffled K-fold. Rows with one ``same`` key (the content hash:
     copies of one file, whose vectors and targets are equal) always share a fold: a copy on the other side
-    would predict its twin exactly.
+    would predict its twin exactly. ``ungrouped``: why the folds are shuffled, said in the scheme, where the caller
+    gave no candidates on purpose.
     """
     keys: list[object] = list(range(n)) if same is None else list(same)
     distinct = len(set(keys))
@@ -79,14 +80,14 @@ def make_folds(n: int, candidates: Sequence[tuple[str, Sequence[str | None]]], n
         _, field, groups, n_groups = min(usable, key=lambda u: u[0])
         splits = list(GroupKFold(n_splits=n_folds).split(np.zeros(n), groups=groups))
         return Folds(splits, f"GroupKFold({n_folds}) by {field} ({n_groups} groups){kept}", field, groups)
-    reason = "no artist/album tags" if all(v is None for _, values in candidates for v in values) \
-        else "too few distinct artists/albums"
+    untagged = all(v is None for _, values in candidates for v in values)
+    reason = ungrouped or ("no artist/album tags" if untagged else "too few distinct artists/albums") + " to group by"
     unique = list(dict.fromkeys(keys))  # without copies: the rows themselves, in order
     where = {k: i for i, k in enumerate(unique)}
     row_unit = np.array([where[k] for k in keys])
     splits = [(np.flatnonzero(np.isin(row_unit, train)), np.flatnonzero(np.isin(row_unit, test)))
               for train, test in KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(np.zeros(len(unique)))]
-    return Folds(splits, f"KFold({n_folds}), shuffled (seed {seed}); {reason} to group by{kept}", None,
+    return Folds(splits, f"KFold({n_folds}), shuffled (seed {seed}); {reason}{kept}", None,
                  row_unit if copies else None)
 
 

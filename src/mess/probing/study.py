@@ -21,6 +21,7 @@ from mess.store import FeatureStore, Run, Track
 from mess.store.aspects import track_set_digest
 
 CONTROLS = ("shuffled", "random-init")
+GROUP_BY = ("auto", "album", "artist", "none")  # `--group-by`: which tag folds keep together (auto: album, else artist)
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
@@ -37,6 +38,7 @@ class ProbeOptions:
     workers: int = 2  # processes computing audio targets, and layers probed side by side
     device: str = "cpu"
     batch_size: int = 4
+    group_by: str = "auto"  # one of GROUP_BY
 
     def __post_init__(self) -> None:  # one name given as a str is that name, not its letters
         if isinstance(self.layers, str):
@@ -57,6 +59,7 @@ def probe_run(store: FeatureStore, run: Run, options: ProbeOptions = ProbeOption
         raise ProbeError(f"unknown control {unknown[0]!r}; use {', '.join(CONTROLS)} or none")
     if options.probe not in PROBE_KINDS:
         raise ProbeError(f"unknown probe {options.probe!r}; use {' or '.join(PROBE_KINDS)}")
+    check_group_by(options.group_by)
     if isinstance(options.folds, bool) or not isinstance(options.folds, int) or options.folds < 2:
         raise ProbeError(f"folds must be 2 or more; got {options.folds!r}")
     # one layer named twice (`--layers 0,mfcc`) is probed once: counted twice, 3 layers passed for all 4
@@ -118,7 +121,8 @@ def _probe(store: FeatureStore, run: Run, layers: list[str], targets: TrackTarge
     chosen = [by_id[int(i)] for i in ids]
     if shuffle:
         y = shuffled_rows(y, options.seed)
-    folds = make_folds(len(ids), fold_meta(chosen), options.folds, options.seed, same=[t.content_hash for t in chosen])
+    folds = make_folds(len(ids), fold_meta(chosen, options.group_by), options.folds, options.seed,
+                       same=[t.content_hash for t in chosen], ungrouped=ungrouped(options.group_by))
 
     def loader(layer: str) -> Callable[[], np.ndarray]:
         def load() -> np.ndarray:  # rows looked up by id: a track gone meanwhile shifted every row after it
@@ -145,9 +149,22 @@ def _probe(store: FeatureStore, run: Run, layers: list[str], targets: TrackTarge
     return scores, folds
 
 
-def fold_meta(tracks: Sequence[Track]) -> list[tuple[str, list[str | None]]]:
-    """The fields folds are grouped by, in order of preference: album, then artist (see :func:`_artist`)."""
-    return [("album", [label_key("album", t.album) for t in tracks]), ("artist", [_artist(t) for t in tracks])]
+def check_group_by(group_by: str) -> None:
+    """ProbeError unless ``group_by`` is one of :data:`GROUP_BY`."""
+    if group_by not in GROUP_BY:
+        raise ProbeError(f"unknown --group-by {group_by!r}; use {', '.join(GROUP_BY)}")
+
+
+def ungrouped(group_by: str) -> str | None:
+    """What the fold scheme says of folds not grouped on purpose (``--group-by none``), else None."""
+    return "not grouped (--group-by none)" if group_by == "none" else None
+
+
+def fold_meta(tracks: Sequence[Track], group_by: str = "auto") -> list[tuple[str, list[str | None]]]:
+    """The fields folds may be grouped by, in order of preference: album, then artist (see :func:`_artist`) for
+    ``auto``; the one named; none for ``none`` (shuffled KFold, copies of a file still together)."""
+    fields = {"album": [label_key("album", t.album) for t in tracks], "artist": [_artist(t) for t in tracks]}
+    return [(f, fields[f]) for f in (("album", "artist") if group_by == "auto" else (group_by,)) if f in fields]
 
 
 def _artist(track: Track) -> str | None:

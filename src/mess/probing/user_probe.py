@@ -34,7 +34,7 @@ from mess.probing.probes import (
     make_folds,
 )
 from mess.probing.report import SHUFFLED, TRAINED, draw_heatmap
-from mess.probing.study import ProbeOptions, fold_meta
+from mess.probing.study import ProbeOptions, check_group_by, fold_meta, ungrouped
 from mess.probing.user_targets import LABEL, NUMBER, TargetFile, UserTarget
 from mess.store import FeatureStore, Run, Track
 from mess.store.paths import replace_file
@@ -108,6 +108,7 @@ def probe_targets(store: FeatureStore, run: Run, targets: TargetFile, options: P
     """Probe ``options.layers`` (default all) of ``run`` for every target of ``targets``; the shuffled control when
     ``options.controls`` has it (random-init is refused: ProbeError)."""
     started = time.perf_counter()
+    check_group_by(options.group_by)
     if set(options.controls) - {SHUFFLED}:
         raise ProbeError("your own targets are probed with the shuffled control or none: random-init is for the "
                          "proxy targets (leave out --targets)")
@@ -174,8 +175,8 @@ def _plan(target: UserTarget, tracks: list[Track], with_vectors: set[int], optio
     else:
         y = np.array(raw, dtype=np.float64)
     try:
-        folds = make_folds(len(rows), fold_meta(chosen), options.folds, options.seed,
-                           same=[t.content_hash for t in chosen])
+        folds = make_folds(len(rows), fold_meta(chosen, options.group_by), options.folds, options.seed,
+                           same=[t.content_hash for t in chosen], ungrouped=ungrouped(options.group_by))
     except ProbeError as exc:
         raise ProbeError(f"target {target.name!r}: {exc}") from exc
     return rows, y, folds
