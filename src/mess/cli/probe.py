@@ -142,8 +142,8 @@ def _print_targets(report: TargetReport) -> None:
         table.add_row(layer, *cells)
     stdout.print(table)
     shuffled = report.best(SHUFFLED) if SHUFFLED in report.conditions else {}
-    summary = Table(title="best layer per target (chance: always the training folds' most frequent label; ceiling: "
-                          "the most any probe can reach on these folds)")
+    summary = Table(title="best layer per target (chance: the better of always the training folds' most frequent label "
+                          "and guessing at their frequencies; ceiling: the most any probe can reach on these folds)")
     for col in ("target", "kind", "tracks", "best layer", "score", "shuffled best", "chance", "ceiling", "folds"):
         summary.add_column(col, justify="right" if col in ("tracks", "score", "shuffled best", "chance",
                                                            "ceiling") else "left")

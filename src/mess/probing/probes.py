@@ -178,13 +178,15 @@ def fold_ceiling(classes: np.ndarray, folds: Folds) -> float:
     return float(np.mean([np.isin(classes[test], classes[train]).mean() for train, test in folds.splits]))
 
 
-def fold_majority(classes: np.ndarray, folds: Folds) -> float:
-    """Out-of-fold accuracy of always answering the training rows' most frequent class (the first in sorted order
-    of those as frequent), mean over folds: the chance level."""
+def fold_chance(classes: np.ndarray, folds: Folds) -> float:
+    """The chance level, mean over folds: in each, the better of two accuracies a probe needs no vectors for, always
+    answering the training rows' most frequent class (the first in sorted order of those as frequent) and guessing
+    at the training rows' class frequencies (expected accuracy; on balanced classes the first can be 0)."""
     shares = []
     for train, test in folds.splits:
         values, counts = np.unique(classes[train], return_counts=True)
-        shares.append((classes[test] == values[counts.argmax()]).mean())
+        guess = float(sum(c / len(train) * np.mean(classes[test] == v) for v, c in zip(values, counts, strict=True)))
+        shares.append(max(float(np.mean(classes[test] == values[counts.argmax()])), guess))
     return float(np.mean(shares))
 
 

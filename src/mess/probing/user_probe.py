@@ -1,10 +1,10 @@
 """Probe every layer of a run for your own targets (:mod:`mess.probing.user_targets`), with the shuffled control.
 
 Each target is probed on the tracks that have a value for it and vectors in the run, with folds made as for the
-proxy targets (:func:`mess.probing.probes.make_folds`: grouped by album, else artist; copies of a file in one fold).
-Numbers score out-of-fold R^2, labels out-of-fold accuracy beside two references on the same folds: ``chance``
-(always the training rows' most frequent label) and ``ceiling`` (the share of rows whose label a training row of
-their fold has: grouped folds cannot teach a label that follows the album).
+proxy targets (:func:`mess.probing.probes.make_folds`: grouped by album, else artist, or as ``group_by`` says; copies
+of a file in one fold). Numbers score out-of-fold R^2, labels out-of-fold accuracy beside two references on the same
+folds: ``chance`` (:func:`~mess.probing.probes.fold_chance`) and ``ceiling`` (the share of rows whose label a training
+row of their fold has: folds grouped by album cannot teach a label that follows the album).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from mess.probing.probes import (
     ProbeScores,
     fold_accuracy,
     fold_ceiling,
-    fold_majority,
+    fold_chance,
     fold_scores,
     make_folds,
 )
@@ -187,7 +187,7 @@ def _info(target: UserTarget, plan: Plan) -> TargetInfo:
     if target.kind == NUMBER:
         return TargetInfo(target.name, NUMBER, len(rows), folds.scheme)
     return TargetInfo(target.name, LABEL, len(rows), folds.scheme, int(len(np.unique(y))),
-                      round(fold_majority(y, folds), 4), round(fold_ceiling(y, folds), 4))
+                      round(fold_chance(y, folds), 4), round(fold_ceiling(y, folds), 4))
 
 
 def _num(value: float) -> float | None:
