@@ -89,9 +89,10 @@ def test_a_report_is_written_as_json_and_a_long_csv_of_every_cell_with_constant_
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with paths["csv"].open(newline="") as fh:
         rows = list(csv.reader(fh))
-    assert rows[0] == ["condition", "layer", "target", "aspect", "r2_mean", "r2_std"]
+    assert rows[0] == ["condition", "layer", "target", "aspect", "r2_mean", "r2_std", "model", "run_id", "revision",
+                       "probe", "seed"]
     want = [[c, layer, t.name, t.aspect, "" if np.isnan(v[i, j]) else str(round(float(v[i, j]), 4)),
-             "" if np.isnan(std[i, j]) else str(round(float(std[i, j]), 4))]
+             "" if np.isnan(std[i, j]) else str(round(float(std[i, j]), 4)), "some/model", "7", "rev", "mlp", "0"]
             for c, v in ((TRAINED, r2), (SHUFFLED, r2 - 0.5)) for i, layer in enumerate(layers)
             for j, t in enumerate(TARGETS)]
     assert rows[1:] == want

@@ -85,6 +85,11 @@ def test_own_number_targets_score_as_the_proxy_probe_scores_the_same_column(stor
         long = list(csv.DictReader(f))
     assert len(long) == 2 * len(run.layer_names) * 3  # trained and shuffled x layers x targets
     assert {r["kind"] for r in long if r["target"] == "work"} == {"label"}
+    # rows of several probes concatenated stay apart: each names its run, probe and seed
+    assert {(r["model"], r["run_id"], r["revision"], r["probe"], r["seed"]) for r in long} == \
+        {("dsp", str(run.id), run.revision, "ridge", "3")}
+    with Path(proxy["files"]["csv"]).open() as f:
+        assert {(r["model"], r["run_id"], r["seed"]) for r in csv.DictReader(f)} == {("dsp", str(run.id), "3")}
     assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = _probe("--model", "dsp", "--store", str(store_copy), "--seed", "3", "--targets", str(own))
     assert again["conditions"] == report["conditions"]  # the same command, the same numbers

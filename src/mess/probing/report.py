@@ -17,6 +17,7 @@ from mess.store.paths import replace_file
 from mess.store.reports import report_paths
 
 TRAINED = "trained"
+RUN_COLUMNS = ("model", "run_id", "revision", "probe", "seed")  # the last columns of a probe's CSV: what was probed
 SHUFFLED = "shuffled"
 _ASPECT_OF = {t.name: t.aspect for t in TARGETS}
 
@@ -165,12 +166,13 @@ def write_report(report: ProbeReport, folder: str | Path, *, partial: bool = Fal
     folder.mkdir(parents=True, exist_ok=True)
     rows = io.StringIO(newline="")
     writer = csv.writer(rows)
-    writer.writerow(["condition", "layer", "target", "aspect", "r2_mean", "r2_std"])
+    writer.writerow(["condition", "layer", "target", "aspect", "r2_mean", "r2_std", *RUN_COLUMNS])
+    run = [report.model, report.run_id, report.revision, report.probe, report.seed]  # rows of several runs stay apart
     for name, scores in report.conditions.items():
         for i, layer in enumerate(scores.layers):
             for j, target in enumerate(scores.targets):
                 writer.writerow(
-                    [name, layer, target, _ASPECT_OF[target], _num(scores.r2[i, j]), _num(scores.r2_std[i, j])]
+                    [name, layer, target, _ASPECT_OF[target], _num(scores.r2[i, j]), _num(scores.r2_std[i, j]), *run]
                 )
     replace_file(paths["csv"], rows.getvalue().encode())
     heatmap(report, paths["png"])

@@ -33,7 +33,7 @@ from mess.probing.probes import (
     fold_scores,
     make_folds,
 )
-from mess.probing.report import SHUFFLED, TRAINED, draw_heatmap
+from mess.probing.report import RUN_COLUMNS, SHUFFLED, TRAINED, draw_heatmap
 from mess.probing.study import ProbeOptions, check_group_by, fold_meta, ungrouped
 from mess.probing.user_targets import LABEL, NUMBER, TargetFile, UserTarget
 from mess.store import FeatureStore, Run, Track
@@ -201,19 +201,21 @@ def target_report_paths(folder: Path, report: TargetReport) -> dict[str, Path]:
 
 
 def write_target_report(report: TargetReport, folder: Path) -> dict[str, Path]:
-    """Write the JSON report, a long-format CSV (condition, layer, target, kind, score_mean, score_std) and a
+    """Write the JSON report, a long-format CSV (condition, layer, target, kind, score_mean, score_std, then
+    :data:`~mess.probing.report.RUN_COLUMNS`) and a
     heatmap PNG beside the proxy probe's reports, each replaced whole; returns their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = target_report_paths(folder, report)
     kinds = {t.name: t.kind for t in report.targets}
     rows = io.StringIO(newline="")
     writer = csv.writer(rows)
-    writer.writerow(["condition", "layer", "target", "kind", "score_mean", "score_std"])
+    writer.writerow(["condition", "layer", "target", "kind", "score_mean", "score_std", *RUN_COLUMNS])
+    run = [report.model, report.run_id, report.revision, report.probe, report.seed]
     for name, scores in report.conditions.items():
         for i, layer in enumerate(scores.layers):
             for j, target in enumerate(scores.targets):
                 writer.writerow([name, layer, target, kinds[target], _num(scores.r2[i, j]),
-                                 _num(scores.r2_std[i, j])])
+                                 _num(scores.r2_std[i, j]), *run])
     replace_file(paths["csv"], rows.getvalue().encode())
     draw_heatmap(report.model, report.conditions, {t: f"{k} ({'R^2' if k == NUMBER else 'accuracy'})"
                                                    for t, k in kinds.items()},
