@@ -170,6 +170,8 @@ def test_a_bad_targets_file_is_a_one_line_error_naming_it(store_copy: Path, tmp_
 def test_a_missing_targets_file_is_named(store_copy: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["probe", "-m", "dsp", "-s", str(store_copy), "--targets", str(tmp_path / "x.csv")])
     assert result.exit_code == 1 and "x.csv: no such file" in " ".join(result.output.split())
+    result = runner.invoke(app, ["probe", "-m", "dsp", "-s", str(store_copy), "--targets", str(tmp_path)])
+    assert result.exit_code == 1 and f"{tmp_path}: a folder (--targets takes a CSV" in " ".join(result.output.split())
 
 
 @pytest.mark.parametrize("segments", [False, True])

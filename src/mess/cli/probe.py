@@ -103,7 +103,8 @@ def _probe_own_targets(store: Path, model: str | None, targets: Path, options: P
     from mess.probing.user_targets import read_targets, unknown_note
 
     if not targets.is_file():
-        fail(f"{targets}: no such file (--targets takes a CSV with an id, path or file column and target columns)")
+        what = "a folder" if targets.is_dir() else "no such file"
+        fail(f"{targets}: {what} (--targets takes a CSV with an id, path or file column and target columns)")
     with open_store(store, readonly=True) as fs:
         run = fs.run(model)
         for layer in options.layers or []:
