@@ -217,3 +217,23 @@ def test_a_spreadsheets_semicolon_file_with_decimal_commas_gives_numbers(extract
     _write(tmp_path / "plain.csv", ["file", "energy"], [[Path(t.path).name, e] for t, e in zip(tracks, energy,
                                                                                                 strict=True)])
     assert read_targets(store, tmp_path / "plain.csv").targets[0].kind == "label"
+
+
+def test_a_table_made_from_mess_exports_csv_names_its_tracks_by_track_id(extracted_store: Path,
+                                                                          tmp_path: Path) -> None:
+    """`mess export v.csv` names the id column track_id: a researcher's table built on it (track_id, path and a
+    computed column) was refused for having no id column. track_id names tracks; path, there too, is no target."""
+    from mess.cli.main import app as main_app
+    from mess.probing.user_targets import read_targets
+
+    out = CliRunner().invoke(main_app, ["export", str(tmp_path / "v.csv"), "-m", "dsp", "-s", str(extracted_store),
+                                        "-l", "rhythm"])
+    assert out.exit_code == 0, out.output
+    with (tmp_path / "v.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    level = {int(r["track_id"]): float(r["rhythm_0"]) * 2 for r in rows}  # a column computed from the export
+    _write(tmp_path / "mine.csv", ["track_id", "path", "level"],
+           [[r["track_id"], r["path"], level[int(r["track_id"])]] for r in rows])
+    found = read_targets(FeatureStore(extracted_store, readonly=True), tmp_path / "mine.csv")
+    assert found.column == "id" and [t.name for t in found.targets] == ["level"]
+    assert found.targets[0].values == level

@@ -1,9 +1,9 @@
 """Your own targets (`mess probe --targets FILE.csv`): per-track numbers (scored by R^2) or labels (accuracy).
 
-The CSV names tracks by an ``id``, ``path`` or ``file`` column, as `mess evaluate --labels` reads them; every other
-column is a target. A column whose filled cells are all numbers is a number (in a file separated by ``;`` or tabs, as
-a spreadsheet saves in many locales, ``0,3`` is one too), any other a label. An empty cell (or
-``nan``) leaves the track out of that target only.
+The CSV names tracks by an ``id`` (or ``track_id``, as `mess export` writes it), ``path`` or ``file`` column, as
+`mess evaluate --labels` reads them; every other column is a target. A column whose filled cells are all numbers is
+a number (in a file separated by ``;`` or tabs, as a spreadsheet saves in many locales, ``0,3`` is one too), any
+other a label. An empty cell (or ``nan``) leaves the track out of that target only.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from mess.probing.probes import ProbeError
 from mess.store import FeatureStore
 from mess.store.errors import StoreError
 
-REFERENCES = ("id", "path", "file")
+REFERENCES = ("id", "track_id", "path", "file")  # track_id: as `mess export` names the id column
 NUMBER, LABEL = "number", "label"
 _DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+(?:[eE][+-]?\d+)?")
 
@@ -66,12 +66,12 @@ def read_targets(store: FeatureStore, path: str | Path) -> TargetFile:
         raise ProbeError(f"{path} is empty: it needs a header with an id, path or file column and target columns")
     header = [c.strip() for c in rows[0][1]]
     folded = [c.casefold() for c in header]
-    ref_kind = next((c for c in REFERENCES if c in folded), None)
+    ref_col = next((c for c in REFERENCES if c in folded), None)
     columns = [i for i, c in enumerate(folded) if c not in REFERENCES and c]
-    if ref_kind is None or not columns:
+    if ref_col is None or not columns:
         raise ProbeError(f"{path} needs an id, path or file column naming tracks and at least one column of "
                          f"targets; its header is {header}")
-    ref_at = folded.index(ref_kind)
+    ref_at, ref_kind = folded.index(ref_col), "id" if ref_col == "track_id" else ref_col
     cells: dict[int, dict[int, tuple[str, int]]] = {i: {} for i in columns}  # column -> track id -> (cell, line)
     unknown: list[tuple[int, str]] = []
     for line, row in rows[1:]:
