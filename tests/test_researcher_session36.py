@@ -62,10 +62,10 @@ def test_own_number_targets_score_as_the_proxy_probe_scores_the_same_column(stor
     cached = track_targets(store.root, tracks, run_policy(run), workers=1)
     loud = cached.values[:, TARGET_NAMES.index("loudness")]
     by_id = {t.id: t for t in tracks}
-    rows = [[by_id[int(i)].path, repr(float(v)), by_id[int(i)].album, "render"]
-            for i, v in zip(cached.track_ids, loud, strict=True)]
-    own = _write(tmp_path / "mine.csv", ["path", "level", "work", "source"],
-                 [*rows[::-1], ["/no/such.flac", "1.0", "x", "y"]])
+    rows = [[by_id[int(i)].path, repr(float(v)), by_id[int(i)].album, "render", k if k < 3 else ""]
+            for k, (i, v) in enumerate(zip(cached.track_ids, loud, strict=True))]
+    own = _write(tmp_path / "mine.csv", ["path", "level", "work", "source", "sparse"],
+                 [*rows[::-1], ["/no/such.flac", "1.0", "x", "y", "1"]])
     report = _probe("--model", "dsp", "--store", str(store_copy), "--seed", "3", "--targets", str(own))
     assert report["seed"] == 3 and report["run_id"] == run.id and report["revision"] == run.revision
     assert report["targets_file"] == str(own) and report["unknown_rows"] == 1
@@ -78,12 +78,14 @@ def test_own_number_targets_score_as_the_proxy_probe_scores_the_same_column(stor
     # one label on every track is no target (accuracy 1.00 said nothing), as a constant number scores nothing
     assert info["source"]["folds"] == "not probed: every track has one label"
     assert {row["source"] for row in report["conditions"]["trained"]["score"].values()} == {None}
+    # a column of 3 values is too few to probe: said of it, and the other columns are still probed
+    assert info["sparse"]["folds"] == "not probed: probing needs at least 4 tracks, got 3"
     files = {k: Path(v) for k, v in report["files"].items()}
     assert files["json"].name == f"probe-dsp-run{run.id}-targets-mine.json"
     assert json.loads(files["json"].read_text())["conditions"] == report["conditions"]
     with files["csv"].open() as f:
         long = list(csv.DictReader(f))
-    assert len(long) == 2 * len(run.layer_names) * 3  # trained and shuffled x layers x targets
+    assert len(long) == 2 * len(run.layer_names) * 4  # trained and shuffled x layers x targets
     assert {r["kind"] for r in long if r["target"] == "work"} == {"label"}
     # rows of several probes concatenated stay apart: each names its run, probe and seed
     assert {(r["model"], r["run_id"], r["revision"], r["probe"], r["seed"]) for r in long} == \

@@ -114,8 +114,7 @@ def probe_targets(store: FeatureStore, run: Run, targets: TargetFile, options: P
                          "proxy targets (leave out --targets)")
     layers = list(dict.fromkeys(run.layer_names[run.layer_index(x)] for x in options.layers or run.layer_names))
     tracks = sorted(store.tracks(run), key=lambda t: t.content_key)  # rows in content order, as the proxy probe's
-    with_vectors = {t.id for t in tracks}
-    plans = [_plan(t, tracks, with_vectors, options) for t in targets.targets]
+    plans = [_plan(t, tracks, options) for t in targets.targets]
     conditions = [TRAINED] + ([SHUFFLED] if SHUFFLED in options.controls else [])
     ids_all = np.array([t.id for t in tracks], dtype=np.int64)
 
@@ -158,11 +157,11 @@ def probe_targets(store: FeatureStore, run: Run, targets: TargetFile, options: P
 Plan = tuple[np.ndarray, np.ndarray, Folds]  # rows (into the run's tracks in content order), values, folds
 
 
-def _plan(target: UserTarget, tracks: list[Track], with_vectors: set[int], options: ProbeOptions) -> Plan | str:
-    """The rows of ``target`` (tracks with a value and vectors), its values (labels as class numbers in sorted
-    order) and folds; why it is not probed when no track has both, or every track has one label (a constant number
-    scores NaN in :func:`fold_scores`). ProbeError (naming the target) when too few tracks do."""
-    rows = np.array([i for i, t in enumerate(tracks) if t.id in target.values and t.id in with_vectors], dtype=np.intp)
+def _plan(target: UserTarget, tracks: list[Track], options: ProbeOptions) -> Plan | str:
+    """The rows of ``target`` (those of ``tracks``, the run's, with a value), its values (labels as class numbers in
+    sorted order) and folds; else why it is not probed: no track of the run has a value, too few do (the folds'
+    ProbeError), or every one has the same label (a constant number scores NaN in :func:`fold_scores`)."""
+    rows = np.array([i for i, t in enumerate(tracks) if t.id in target.values], dtype=np.intp)
     if not len(rows):
         return "no track with a value has vectors"
     if target.kind == LABEL and len({target.values[tracks[i].id] for i in rows}) < 2:
@@ -177,8 +176,8 @@ def _plan(target: UserTarget, tracks: list[Track], with_vectors: set[int], optio
     try:
         folds = make_folds(len(rows), fold_meta(chosen, options.group_by), options.folds, options.seed,
                            same=[t.content_hash for t in chosen], ungrouped=ungrouped(options.group_by))
-    except ProbeError as exc:
-        raise ProbeError(f"target {target.name!r}: {exc}") from exc
+    except ProbeError as exc:  # too few tracks for this target: the others are still probed
+        return str(exc)
     return rows, y, folds
 
 
