@@ -239,3 +239,17 @@ def test_a_table_made_from_mess_exports_csv_names_its_tracks_by_track_id(extract
     found = read_targets(FeatureStore(extracted_store, readonly=True), tmp_path / "mine.csv")
     assert found.column == "id" and [t.name for t in found.targets] == ["level"]
     assert found.targets[0].values == level
+
+
+def test_an_aspect_every_layer_scores_zero_names_no_best_layer(store_copy: Path) -> None:
+    """dsp's rhythm layer alone predicts no texture target (aspect score 0.00, computed by the probe on the renders):
+    the table said its best layer was 'rhythm' (the first of a tie of zeros), reading as 'rhythm encodes texture'."""
+    report = _probe("-m", "dsp", "-s", str(store_copy), "--layers", "rhythm", "--control", "none")
+    assert report["conditions"]["trained"]["aspect_score"]["rhythm"]["texture"] == 0.0
+    assert report["conditions"]["trained"]["aspect_score"]["rhythm"]["rhythm"] > 0
+    result = runner.invoke(app, ["probe", "-m", "dsp", "-s", str(store_copy), "--layers", "rhythm", "--control",
+                                 "none"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    lines = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 3}
+    assert "none (every layer 0)" in lines["texture"] and "rhythm" not in lines["texture"]
+    assert "rhythm" in lines["rhythm"].split("│")[2]  # a layer that scores above 0 is named

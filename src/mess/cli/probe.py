@@ -240,7 +240,8 @@ def _print_report(report: ProbeReport, paths: dict[str, Path], unmapped: str | N
         for k, aspect in enumerate(ASPECTS):
             value = matrix[i, k]
             text = "-" if np.isnan(value) else f"{value:.2f}"
-            cells.append(f"[bold green]{text}[/]" if aspect in best and best[aspect].layer == layer else text)
+            won = aspect in best and best[aspect].layer == layer and best[aspect].score > 0  # a tie of zeros: none
+            cells.append(f"[bold green]{text}[/]" if won else text)
         table.add_row(layer, *cells)
     stdout.print(table)
     stdout.print(_controls_table(report))
@@ -307,10 +308,13 @@ def _controls_table(report: ProbeReport) -> Table:
         table.add_column(f"{name} best", justify="right")
     control_best = {n: {c.aspect: c for c in choose_layers(report.conditions[n])} for n in others}
     for choice in report.aspects:
-        row = [choice.aspect, choice.layer, f"{choice.score:.2f}", f"+{choice.margin:.2f}"]
+        if choice.score > 0:
+            row = [choice.aspect, choice.layer, f"{choice.score:.2f}", f"+{choice.margin:.2f}"]
+        else:  # every layer scores 0: the first layer won a tie, it does not encode the aspect
+            row = [choice.aspect, "none (every layer 0)", "0.00", "-"]
         for name in others:
             c = control_best[name].get(choice.aspect)
-            row.append("-" if c is None else f"{c.score:.2f} ({c.layer})")
+            row.append("-" if c is None else f"{c.score:.2f} ({c.layer})" if c.score > 0 else "0.00")
         table.add_row(*row)
     return table
 
