@@ -244,10 +244,12 @@ def test_two_factors_are_enough_to_render_the_first_set(tmp_path: Path) -> None:
 def test_validation_results_are_written_as_one_json_file_named_after_the_model(tmp_path: Path) -> None:
     model = load_model("dsp")
     (tmp_path / f"probe-validate-{model.info.name}.json").write_text("{old")
-    written = write_validation(tmp_path, model, 3, [_result(), _result(factor="velocity", expected=("dynamics",))])
+    written = write_validation(tmp_path, model, 3, [_result(), _result(factor="velocity", expected=("dynamics",))],
+                               seed=7)
     path = tmp_path / f"probe-validate-{model.info.name}.json"
     assert written["file"] == str(path) and [p.name for p in tmp_path.iterdir()] == [path.name]
     on_disk = json.loads(path.read_text())
     assert on_disk == {k: v for k, v in written.items() if k != "file"}
-    assert (on_disk["model"], on_disk["revision"], on_disk["pieces"]) == (model.info.name, model.info.revision, 3)
+    assert (on_disk["model"], on_disk["revision"], on_disk["pieces"], on_disk["seed"]) == \
+        (model.info.name, model.info.revision, 3, 7)  # the seed of the null permutations, named
     assert [f["factor"] for f in on_disk["factors"]] == ["tempo", "velocity"]

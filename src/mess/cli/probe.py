@@ -327,6 +327,8 @@ def validate_command(
     factor: Annotated[list[str] | None, typer.Option(
         "--factor", "-f", help="instrument, tempo, transpose, velocity; repeatable (default: all).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Processes computing audio targets.")] = 2,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed for the within-piece permutations (the null "
+                                      "scores).")] = 0,
     json_out: JsonOpt = False,
 ) -> None:
     """Render pieces with one factor varied and check that probing finds the intended aspect."""
@@ -340,8 +342,9 @@ def validate_command(
         embedder = load_model(model)
     with console.status(f"rendering and probing {', '.join(factors)} ..."):
         with failing(RenderError, ProbeError):
-            results = validate(store / "validation", embedder, factors=factors, n_pieces=pieces, workers=workers)
-    written = write_validation(store / "reports", embedder, pieces, results)
+            results = validate(store / "validation", embedder, factors=factors, n_pieces=pieces, workers=workers,
+                               seed=seed)
+    written = write_validation(store / "reports", embedder, pieces, results, seed)
     if json_out:
         emit_json(written)
         return

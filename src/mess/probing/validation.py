@@ -282,9 +282,11 @@ def validate(
     levels: dict[str, Sequence[float]] | None = None,
     policy: WindowPolicy = WindowPolicy(),
     workers: int = 2,
+    seed: int = 0,
     on_step: Callable[[str], None] | None = None,
 ) -> list[FactorResult]:
-    """Render each factor set under ``out_dir`` (reusing earlier renders) and study them together."""
+    """Render each factor set under ``out_dir`` (reusing earlier renders) and study them together (``seed``: the
+    within-piece permutations of the null scores)."""
     chosen = [f for f in factors if _is_factor(f)]
     if len(chosen) < len(factors):
         unknown = next(f for f in factors if not _is_factor(f))
@@ -296,13 +298,14 @@ def validate(
         sets[factor] = render_factor_set(out_dir, factor, n_pieces, (levels or {}).get(factor), RENDER_SETTINGS)
         if on_step:
             on_step(f"render {factor}")
-    return study(sets, model, policy, out_dir, workers=workers, on_step=on_step)
+    return study(sets, model, policy, out_dir, workers=workers, seed=seed, on_step=on_step)
 
 
-def write_validation(folder: Path, model: EmbeddingModel, pieces: int, results: Sequence[FactorResult]) -> dict:
-    """Write the results as ``folder/probe-validate-<model>.json``, replaced whole (an interrupted write leaves the
-    one before); returns what was written plus its ``file``."""
-    payload = {"model": model.info.name, "revision": model.info.revision, "pieces": pieces,
+def write_validation(folder: Path, model: EmbeddingModel, pieces: int, results: Sequence[FactorResult],
+                     seed: int = 0) -> dict:
+    """Write the results (of :func:`validate` with ``seed``) as ``folder/probe-validate-<model>.json``, replaced whole
+    (an interrupted write leaves the one before); returns what was written plus its ``file``."""
+    payload = {"model": model.info.name, "revision": model.info.revision, "pieces": pieces, "seed": seed,
                "factors": [r.to_dict() for r in results]}
     path = folder / f"probe-validate-{slug(model.info.name)}.json"
     replace_file(path, json.dumps(payload, indent=2).encode())
