@@ -56,22 +56,13 @@ def probe_command(
 
     with failing(ModelError):
         check_device(device)  # before the targets: the random-init control would find it only after them
-    controls = _split(control or ["shuffled"])
-    if "none" in controls and len(controls) > 1:  # 'none' silently dropped the others, unknown names included
-        from mess.probing.study import CONTROLS
-
-        others = [c for c in controls if c != "none"]
-        if unknown := [c for c in others if c not in CONTROLS]:
-            fail(f"unknown control {unknown[0]!r}; use {', '.join(CONTROLS)} or none")
-        fail(f"--control none runs no control, and {', '.join(others)} asks for one: give none alone, or leave it out")
-    if "random-init" in controls and (problem := device_missing(device)):
-        fail(problem)  # before the targets: the random-init extraction met it only after them, as a traceback
+    controls = _controls(control, device)
     if not (store / "catalog.sqlite").exists():
         fail(f"no feature store at {store} (run `mess extract` first)")
     wanted = _split(layers or []) or None
     if layers and not wanted:  # `--layers ,` would otherwise probe every layer
         fail("--layers names no layer: give layer names or indices, or leave it out for all layers")
-    options = ProbeOptions(folds=folds, layers=wanted, source=source, controls=() if "none" in controls else controls,
+    options = ProbeOptions(folds=folds, layers=wanted, source=source, controls=controls,
                            probe=probe, seed=seed, workers=workers, device=device, group_by=group_by)
     if targets is not None:
         _probe_own_targets(store, model, targets, options, json_out)
@@ -94,6 +85,22 @@ def probe_command(
                    "files": {k: str(v) for k, v in paths.items()}})
         return
     _print_report(report, paths, reason)
+
+
+def _controls(control: list[str] | None, device: str) -> tuple[str, ...]:
+    """The controls asked for (shuffled by default; none: no control), refused in one line where they contradict
+    each other or name a device this machine lacks."""
+    controls = _split(control or ["shuffled"])
+    if "none" in controls and len(controls) > 1:  # 'none' silently dropped the others, unknown names included
+        from mess.probing.study import CONTROLS
+
+        others = [c for c in controls if c != "none"]
+        if unknown := [c for c in others if c not in CONTROLS]:
+            fail(f"unknown control {unknown[0]!r}; use {', '.join(CONTROLS)} or none")
+        fail(f"--control none runs no control, and {', '.join(others)} asks for one: give none alone, or leave it out")
+    if "random-init" in controls and (problem := device_missing(device)):
+        fail(problem)  # before the targets: the random-init extraction met it only after them, as a traceback
+    return () if "none" in controls else controls
 
 
 def _probe_own_targets(store: Path, model: str | None, targets: Path, options: ProbeOptions, json_out: bool) -> None:
