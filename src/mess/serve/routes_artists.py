@@ -53,7 +53,7 @@ def _artist_space(state: ServeState, run: Run, tracks: tuple[Track, ...], aset: 
     with a vector in it (:func:`mess.artists.profiles.in_space`) and how many tracks have none (the fused vectors miss
     those extracted since `mess fuse apply`); and the artists' vectors in it.
 
-    Both are computed once per track list and options: ``tracks`` is the tuple :meth:`FeatureStore.tracks`
+    Both are computed once per track list and options: ``tracks`` is the tuple :meth:`mess.store.FeatureStore.tracks`
     returned (the same object until the catalog changes, so new vectors, a new aspect map or
     new fused vectors give a new tuple) and ``aset`` was built from that same tuple with ``options``' max_tracks and
     min_tracks.
