@@ -193,6 +193,12 @@ def test_similar_answers_as_mess_similar_json_does(client: TestClient, library: 
     """`/api/tracks/{id}/similar` did not say the normalisation it applied ('auto' is power or zscore), the hubness
     reduction or the query expansion it used, nor how many files have no vectors yet, which `mess similar --json`
     says; every field the CLI's answer has (but ``match``, which the API does not take) is the same in both."""
+    _same_similar(*_similar_by_api_and_cli(client, library, options))
+
+
+def _similar_by_api_and_cli(client: TestClient, library: Path, options: dict[str, str]) -> tuple[dict, dict]:
+    """The API's similar answer for the first track with ``options`` as query parameters, and `mess similar --json`'s
+    with them as options (``"true"``: a flag)."""
     one = client.get("/api/tracks").json()["items"][0]["id"]
     api = client.get(f"/api/tracks/{one}/similar", params=options)
     assert api.status_code == 200, api.text
@@ -200,7 +206,7 @@ def test_similar_answers_as_mess_similar_json_does(client: TestClient, library: 
             ([f"--{name.replace('_', '-')}"] if value == "true" else ["-k" if name == "k" else f"--{name}", value])]
     done = mess_here("similar", str(one), "--json", "--store", str(library), *args)
     assert done.returncode == 0, done.stderr
-    _same_similar(api.json(), json.loads(done.stdout))
+    return api.json(), json.loads(done.stdout)
 
 
 @pytest.mark.parametrize("options", [{}, {"layer": "spectral", "method": "chamfer"}, {"center": "false", "k": "1"}])

@@ -20,7 +20,7 @@ import soundfile as sf
 import test_serve_api as api
 from fastapi.testclient import TestClient
 from ports import served_at
-from test_serve_session35 import _same_similar
+from test_serve_session35 import _same_similar, _similar_by_api_and_cli
 
 from conftest import mess_here
 from mess.serve.app import create_app
@@ -204,15 +204,9 @@ def test_similar_takes_match_segments_as_mess_similar_does(client: TestClient, l
                                                            options: dict[str, str]) -> None:
     """`mess similar --match segments` (Chamfer similarity of window vectors) had no API form: ``match`` was ignored,
     and the answer was the cosine of mean vectors. Now the answer is the CLI's, ``match`` and ``expand`` (0) too."""
-    one = client.get("/api/tracks").json()["items"][0]["id"]
-    api = client.get(f"/api/tracks/{one}/similar", params=options)
-    assert api.status_code == 200, api.text
-    args = [a for name, value in options.items() for a in
-            ([f"--{name.replace('_', '-')}"] if value == "true" else ["-k" if name == "k" else f"--{name}", value])]
-    done = mess_here("similar", str(one), "--json", "--store", str(library), *args)
-    assert done.returncode == 0, done.stderr
-    _same_similar(api.json(), json.loads(done.stdout))
-    assert api.json()["match"] == "segments" and api.json()["expand"] == 0
+    api, cli = _similar_by_api_and_cli(client, library, options)
+    _same_similar(api, cli)
+    assert api["match"] == "segments" and api["expand"] == 0
 
 
 @pytest.mark.parametrize(("params", "detail"), [
