@@ -36,7 +36,7 @@ from mess.search.hubness import HubnessReducer
 from mess.search.index import CollectionIndex, open_index
 from mess.search.rerank import copy_first
 from mess.search.rerank_store import Ranking, load_augmentation, load_reranker, ranking_choice
-from mess.search.segments import chamfer_scores, check_match, read_segments
+from mess.search.segments import SEGMENT_QUERY, chamfer_scores, check_match, check_segment_options, read_segments
 from mess.search.vectors import (
     Norm,
     VectorSet,
@@ -206,8 +206,9 @@ def similar_tracks(
     if chosen != "plain":
         sims, ids, adjusted = _exact_neighbours(store, vs, query, exclude, k, chosen, on_note)
     elif match == "segments":
-        if tq is None or hubness or expand:
-            raise ValueError("--match segments needs a track or audio file as query, and no --hubness or --expand")
+        check_segment_options(match, hubness, expand)
+        if tq is None:  # a raw vector has no windows
+            raise ValueError(SEGMENT_QUERY)
         sims, ids, adjusted = *_segment_neighbours(store, vs, tq, exclude, k), None
     else:
         sims, ids, adjusted = _index_neighbours(store, vs, query, exclude, k, hubness, expand)

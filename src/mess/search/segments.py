@@ -41,6 +41,16 @@ def check_match(match: str) -> str:
     return match
 
 
+SEGMENT_QUERY = "--match segments needs a track or audio file as query, and no --hubness or --expand"
+
+
+def check_segment_options(match: str, hubness: str | None, expand: int | None) -> None:
+    """ValueError (:data:`SEGMENT_QUERY`) for segment matching with hubness reduction or query expansion, which work
+    on track vectors."""
+    if match == "segments" and (hubness or expand):
+        raise ValueError(SEGMENT_QUERY)
+
+
 def read_segments(store: FeatureStore, vs: VectorSet, ids: np.ndarray | None = None) -> SegmentSet:
     """Window vectors of the tracks ``ids`` (default: all of ``vs``), through the preprocessor of ``vs``."""
     if vs.spec.kind == FUSED:

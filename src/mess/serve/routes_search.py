@@ -29,7 +29,7 @@ from mess.search.query import (
 )
 from mess.search.rerank import Reranker
 from mess.search.rerank_store import Ranking, check_ranking, load_augmentation, load_reranker, ranking_choice
-from mess.search.segments import check_match
+from mess.search.segments import check_match, check_segment_options
 from mess.search.vectors import Norm, VectorSet, VectorSpec, load_vectors, vectors_label
 from mess.serve.errors import query_parameters, without_paths
 from mess.serve.mapping import collection_map
@@ -225,11 +225,9 @@ def _check(hubness: str | None, match: str, expand: int | None) -> None:
     if hubness is not None and hubness not in HUBNESS_METHODS:
         raise HTTPException(400, f"unknown hubness reduction {hubness!r}; choose {' or '.join(HUBNESS_METHODS)}")
     try:
-        check_match(match)
+        check_segment_options(check_match(match), hubness, expand)  # the search's own rule, in the query's words
     except ValueError as exc:
-        raise HTTPException(400, str(exc)) from None
-    if match == "segments" and (hubness is not None or expand):
-        raise HTTPException(400, "match segments needs a track or audio file as query, and no hubness or expand")
+        raise HTTPException(400, str(exc).replace("--", "")) from None
 
 
 def ranking_data(state: ServeState, store: FeatureStore, vs: VectorSet, ranking: Ranking) -> Reranker | None:
