@@ -113,7 +113,7 @@ class ProbeReport:
 
         def table(scores: ProbeScores, values: np.ndarray) -> dict[str, dict[str, float | None]]:
             return {
-                layer: {t: _num(values[i, j]) for j, t in enumerate(scores.targets)}
+                layer: {t: score_number(values[i, j]) for j, t in enumerate(scores.targets)}
                 for i, layer in enumerate(scores.layers)
             }
 
@@ -124,7 +124,8 @@ class ProbeReport:
                 "r2": table(scores, scores.r2),
                 "r2_std": table(scores, scores.r2_std),
                 "aspect_score": {
-                    layer: {a: _num(agg[i, k]) for k, a in enumerate(ASPECTS)} for i, layer in enumerate(scores.layers)
+                    layer: {a: score_number(agg[i, k]) for k, a in enumerate(ASPECTS)}
+                    for i, layer in enumerate(scores.layers)
                 },
                 "best": [vars(c) for c in choose_layers(scores)],
             }
@@ -151,7 +152,8 @@ class ProbeReport:
         }
 
 
-def _num(value: float) -> float | None:
+def score_number(value: float) -> float | None:
+    """A score as a report writes it: rounded to 4 decimals, None for NaN (JSON has no NaN)."""
     return None if np.isnan(value) else round(float(value), 4)
 
 
@@ -172,7 +174,8 @@ def write_report(report: ProbeReport, folder: str | Path, *, partial: bool = Fal
         for i, layer in enumerate(scores.layers):
             for j, target in enumerate(scores.targets):
                 writer.writerow(
-                    [name, layer, target, _ASPECT_OF[target], _num(scores.r2[i, j]), _num(scores.r2_std[i, j]), *run]
+                    [name, layer, target, _ASPECT_OF[target], score_number(scores.r2[i, j]),
+                     score_number(scores.r2_std[i, j]), *run]
                 )
     replace_file(paths["csv"], rows.getvalue().encode())
     heatmap(report, paths["png"])

@@ -33,7 +33,7 @@ from mess.probing.probes import (
     fold_scores,
     make_folds,
 )
-from mess.probing.report import RUN_COLUMNS, SHUFFLED, TRAINED, draw_heatmap
+from mess.probing.report import RUN_COLUMNS, SHUFFLED, TRAINED, draw_heatmap, score_number
 from mess.probing.study import ProbeOptions, check_group_by, fold_meta, ungrouped
 from mess.probing.user_targets import LABEL, NUMBER, TargetFile, UserTarget
 from mess.store import FeatureStore, Run, Track
@@ -76,7 +76,7 @@ class TargetReport:
     def to_dict(self) -> dict:
         """JSON-ready report."""
         def table(scores: ProbeScores, values: np.ndarray) -> dict[str, dict[str, float | None]]:
-            return {layer: {t: _num(values[i, j]) for j, t in enumerate(scores.targets)}
+            return {layer: {t: score_number(values[i, j]) for j, t in enumerate(scores.targets)}
                     for i, layer in enumerate(scores.layers)}
 
         return {
@@ -86,7 +86,7 @@ class TargetReport:
             "metric": "numbers: out-of-fold R^2 = 1 - MSE(test fold) / Var(target over its tracks); labels: "
                       "out-of-fold accuracy; mean and std over folds",
             "targets": [asdict(t) for t in self.targets],
-            "best": {t: {"layer": layer, "score": _num(score)} for t, (layer, score) in self.best().items()},
+            "best": {t: {"layer": layer, "score": score_number(score)} for t, (layer, score) in self.best().items()},
             "conditions": {name: {"score": table(s, s.r2), "score_std": table(s, s.r2_std)}
                            for name, s in self.conditions.items()},
         }
@@ -189,10 +189,6 @@ def _info(target: UserTarget, plan: Plan) -> TargetInfo:
                       round(fold_chance(y, folds), 4), round(fold_ceiling(y, folds), 4))
 
 
-def _num(value: float) -> float | None:
-    return None if np.isnan(value) else round(float(value), 4)
-
-
 def target_report_paths(folder: Path, report: TargetReport) -> dict[str, Path]:
     """``probe-MODEL-runN[-mlp]-targets-STEM.{json,csv,png}``: named after the CSV, beside the proxy probe's."""
     stem = f"probe-{slug(report.model)}-run{report.run_id}" + ("" if report.probe == "ridge" else f"-{report.probe}")
@@ -213,8 +209,8 @@ def write_target_report(report: TargetReport, folder: Path) -> dict[str, Path]:
     for name, scores in report.conditions.items():
         for i, layer in enumerate(scores.layers):
             for j, target in enumerate(scores.targets):
-                writer.writerow([name, layer, target, kinds[target], _num(scores.r2[i, j]),
-                                 _num(scores.r2_std[i, j]), *run])
+                writer.writerow([name, layer, target, kinds[target], score_number(scores.r2[i, j]),
+                                 score_number(scores.r2_std[i, j]), *run])
     replace_file(paths["csv"], rows.getvalue().encode())
     draw_heatmap(report.model, report.conditions, {t: f"{k} ({'R^2' if k == NUMBER else 'accuracy'})"
                                                    for t, k in kinds.items()},
