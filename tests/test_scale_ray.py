@@ -104,7 +104,7 @@ a = json.loads(sys.argv[1])
 s = extract_ray(FeatureStore(Path(a["store"])), [Path(p) for p in a["paths"]], a["model"],
                 WindowPolicy.from_json(a["policy"]), address=a["address"], **a["options"])
 print(json.dumps({"done": s.done, "skipped": s.skipped, "copies": s.copies, "failed": s.failed,
-                  "removed": s.removed, "audio_seconds": s.audio_seconds, "warnings": s.warnings}))
+                  "removed": s.removed, "moved": s.moved, "audio_seconds": s.audio_seconds, "warnings": s.warnings}))
 """
 
 
@@ -131,7 +131,7 @@ def _request(store: Path, paths: list[Path], model: str, policy: WindowPolicy, o
 def _summary(got: dict) -> ExtractSummary:
     """The summary a driver script printed as JSON."""
     return ExtractSummary(done=got["done"], skipped=got["skipped"], copies=got["copies"],
-                          failed=[tuple(f) for f in got["failed"]], removed=got["removed"],
+                          failed=[tuple(f) for f in got["failed"]], removed=got["removed"], moved=got["moved"],
                           audio_seconds=got["audio_seconds"], warnings=got["warnings"])
 
 
@@ -158,7 +158,7 @@ for line in sys.stdin:
         finally:
             store.close()
         out = {"done": s.done, "skipped": s.skipped, "copies": s.copies, "failed": s.failed,
-               "removed": s.removed, "audio_seconds": s.audio_seconds, "warnings": s.warnings}
+               "removed": s.removed, "moved": s.moved, "audio_seconds": s.audio_seconds, "warnings": s.warnings}
     except Exception:
         out = {"error": traceback.format_exc()}
     print("@@" + json.dumps(out), flush=True)
@@ -297,7 +297,7 @@ def test_renamed_and_moved_files_keep_their_ids_and_vectors_from_engine_to_engin
         (music / f"sub{step}").mkdir()
         where[moved] = where[moved].rename(music / f"sub{step}" / where[moved].name)
         again = run(engine)
-        assert (again.done, again.skipped, again.removed, again.failed) == (0, 3, 0, []), engine
+        assert (again.done, again.skipped, again.removed, again.moved, again.failed) == (0, 3, 0, 2, []), engine
         assert _vector_rows(store_dir) == (3, 3)  # no vectors computed again
         with contextlib.closing(FeatureStore(store_dir, readonly=True)) as store:
             assert {t.path: t.id for t in store.tracks()} == {str(where[n]): i for n, i in ids.items()}, engine
@@ -308,6 +308,17 @@ def test_renamed_and_moved_files_keep_their_ids_and_vectors_from_engine_to_engin
     answer = json.loads(similar.stdout)
     assert answer["query"]["id"] == ids[2]
     assert {r["path"]: r["id"] for r in answer["results"]} == {str(where[n]): ids[n] for n in (0, 1)}
+    # session 37: two files swap names, and a new recording takes the name of one renamed: ids follow recordings
+    swap = where[0].rename(music / "swap.wav")
+    where[1], where[0] = where[1].rename(where[0]), swap.rename(where[1])
+    old_name, where[2] = where[2], where[2].rename(music / "zz.wav")  # read after the new file at its old name
+    shutil.copyfile(_write_tones(tmp_path / "new", 4, seconds=5.0)[3], old_name)
+    again = run("ray")
+    assert (again.done, again.skipped, again.removed, again.moved, again.failed) == (1, 3, 0, 3, [])
+    with contextlib.closing(FeatureStore(store_dir, readonly=True)) as store:
+        assert {t.path: t.id for t in store.tracks() if t.path != str(old_name)} == {str(where[n]): i
+                                                                                 for n, i in ids.items()}
+        assert store.track(old_name).id > max(ids.values())
 
 
 def test_without_an_address_a_local_cluster_is_started_not_the_one_an_old_address_file_names(

@@ -252,6 +252,7 @@ def _print_summary(summary: ExtractSummary, model: str, store: Path, waited: flo
            "this run (skipped), " if summary.copies else "")
         + f"{summary.skipped} unchanged (skipped), "
         f"[red]{len(summary.failed)} failed[/]"
+        + (f", {summary.moved} moved" if summary.moved else "")
         + (f", {summary.removed} removed" if summary.removed else "")
         + f" in {summary.wall_seconds:.1f} s ({summary.realtime_factor:.1f} audio-s/s)"
         + (f" after waiting {waited:.1f} s for another writer" if waited else "")

@@ -40,7 +40,8 @@ class ExtractSummary:
     """What a run did: counts, failures with reasons, throughput.
 
     ``skipped``: files whose content had vectors before this run (unchanged, moved, retagged); ``copies``: files
-    byte-identical to one embedded in this run, which share its vectors.
+    byte-identical to one embedded in this run, which share its vectors; ``moved``: files that took a catalogued
+    track's id from another path (moved, renamed, swapped names: :mod:`mess.store.moves`).
     """
 
     done: int = 0
@@ -48,6 +49,7 @@ class ExtractSummary:
     copies: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     removed: int = 0
+    moved: int = 0
     warnings: list[str] = field(default_factory=list)
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
@@ -105,7 +107,7 @@ def extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, p
 def _extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, policy: WindowPolicy,
              batch_size: int, workers: int, prune_under: Sequence[Path],
              on_progress: ProgressHook | None, on_total: Callable[[float], None] | None) -> ExtractSummary:
-    started = time.perf_counter()
+    started, since = time.perf_counter(), time.time()
     run = store.ensure_run(run_key(model.info, policy))
     record_source(store, run, model.source())
     summary = ExtractSummary()
@@ -122,7 +124,7 @@ def _extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, 
     writer = BackgroundWriter(store, run, committed)
     try:
         try:
-            for outcome in _prepared(store, run, paths, model, policy, workers, on_total):
+            for outcome in _prepared(store, run, paths, model, policy, workers, on_total, since, summary):
                 if (outcome.skipped or outcome.windows is not None) and outcome.record.content_hash in embedded:
                     summary.copies += 1  # decoded too when inspected before the first one's vectors were written
                     copies.setdefault(outcome.record.content_hash, []).append(outcome.record)
@@ -145,6 +147,7 @@ def _extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, 
     except KeyboardInterrupt as exc:  # after writer.close(): the summary counts every commit
         summary.wall_seconds = time.perf_counter() - started
         raise ExtractInterrupted(summary) from exc
+    store.settle_moves(paths)
     if prune_under:  # once every file is catalogued: a moved file has taken its track's row, and is not forgotten
         summary.removed = prune(store, paths, prune_under)
     summary.wall_seconds = time.perf_counter() - started
@@ -154,7 +157,8 @@ def _extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, 
 
 
 def _prepared(store: FeatureStore, run: Run, paths: Sequence[Path], model: EmbeddingModel, policy: WindowPolicy,
-              workers: int, on_total: Callable[[float], None] | None) -> Iterator[_Outcome]:
+              workers: int, on_total: Callable[[float], None] | None, since: float,
+              summary: ExtractSummary) -> Iterator[_Outcome]:
     """Inspect and decode files in ``workers`` child processes, yielding in order, at most 2*workers ahead.
 
     Each decoding thread drives one child (:mod:`mess.extract.decode_worker`): decoders run in parallel
@@ -202,23 +206,24 @@ def _prepared(store: FeatureStore, run: Run, paths: Sequence[Path], model: Embed
                 nxt = next(todo, None)
                 if nxt is not None:
                     queue.append(pool.submit(work, nxt))
-                yield _catalogued(store, future.result())
+                yield _catalogued(store, future.result(), since, summary)
     finally:
         if stop_plan is not None:
             stop_plan()
         stop_all(children, STOP_GRACE)
 
 
-def _catalogued(store: FeatureStore, outcome: _Outcome) -> _Outcome:
+def _catalogued(store: FeatureStore, outcome: _Outcome, since: float, summary: ExtractSummary) -> _Outcome:
     """Catalogue a file that was read, in the order of the paths: a new file's id is the next one, so ids follow the
     input order (the sorted walk), not the order in which the decoders finished; a truncated file's decoded length
-    replaces its header's. A file inspected but not yet catalogued when the run is killed is inspected again."""
+    replaces its header's. A file inspected but not yet catalogued when the run is killed is inspected again. Its id
+    follows its recording from path to path (a run started at ``since``; counted in ``summary.moved``)."""
     record = outcome.record
     if not record.content_hash:  # never read
         return outcome
     try:
-        store.upsert_track(record.path, record.content_hash, record.size, record.mtime, record.info, record.tags,
-                           stamp=record.stamp, follow_moves=True)
+        summary.moved += store.catalogue_file(record.path, record.content_hash, record.size, record.mtime, record.info,
+                                              record.tags, stamp=record.stamp, since=since)[1]
     except StoreError:
         raise
     except Exception as exc:  # noqa: BLE001 -- one file's fault (a tag SQLite cannot store) must not end the run

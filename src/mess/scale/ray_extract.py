@@ -330,7 +330,7 @@ def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path], summary: Ex
     Ray Data hands the inspected files back as its tasks finish; they are catalogued in the order of ``paths``
     (:func:`_in_order`), so new tracks are numbered in the input order, as by the local engine.
     """
-    items = []
+    since, items = time.time(), []
     for path in paths:
         known = store.known_file(path)
         items.append({"path": str(path), "known_hash": known[0] if known else "",
@@ -343,8 +343,8 @@ def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path], summary: Ex
             _failed(store, run, "", row["path"], row["error"], summary)
             continue
         rec = json.loads(row["record"])
-        store.upsert_track(Path(row["path"]), rec["hash"], rec["size"], rec["mtime"], rec["info"], rec["tags"],
-                           stamp=rec["stamp"], follow_moves=True)
+        summary.moved += store.catalogue_file(Path(row["path"]), rec["hash"], rec["size"], rec["mtime"], rec["info"],
+                                              rec["tags"], stamp=rec["stamp"], since=since)[1]
         if rec["hash"] in queued:
             summary.copies += 1
             copies.setdefault(rec["hash"], []).append(row["path"])
@@ -355,6 +355,7 @@ def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path], summary: Ex
             todo.append({"path": row["path"], "hash": rec["hash"], "stamp": rec["stamp"], "size": rec["size"],
                          "duration": float(rec["info"].get("duration") or 0.0),
                          "sample_rate": int(rec["info"].get("sample_rate") or 0)})
+    store.settle_moves(paths)
     return todo
 
 

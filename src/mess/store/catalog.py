@@ -21,7 +21,8 @@ CREATE TABLE IF NOT EXISTS tracks (
     sample_rate INTEGER,
     channels INTEGER,
     artist TEXT, album TEXT, title TEXT, genre TEXT, composer TEXT,
-    added_at REAL NOT NULL
+    added_at REAL NOT NULL,
+    former_hash TEXT
 );
 CREATE INDEX IF NOT EXISTS tracks_hash ON tracks(content_hash);
 CREATE TABLE IF NOT EXISTS track_ids (high INTEGER NOT NULL);
@@ -145,7 +146,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
     """Bring a catalog written by an older mess up to this schema (columns added since)."""
     added = (("tracks", "stamp", "TEXT NOT NULL DEFAULT ''"), ("aspect_map", "n_tracks", "INTEGER"),
              ("vectors", "checksums", "BLOB"), ("aspect_map", "probed_at", "REAL"), ("derived", "checksums", "BLOB"),
-             ("aspect_map", "tracks_digest", "TEXT"))
+             ("aspect_map", "tracks_digest", "TEXT"), ("tracks", "former_hash", "TEXT"))
     for table, column, decl in added:
         if not has_column(conn, table, column):
             try:

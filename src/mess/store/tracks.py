@@ -15,15 +15,13 @@ from mess.constants import legacy_stamp
 from mess.store.errors import StoreError, TrackFailed
 from mess.store.failures import FailureRecords, unread_key
 from mess.store.memo import MEMO
-from mess.store.paths import expanded, from_db_path, look, printable, resolved, to_db_path, unprinted
+from mess.store.moves import NEW_TRACK_ID, follow, settle
+from mess.store.paths import expanded, from_db_path, printable, resolved, to_db_path, unprinted
 from mess.store.records import Run, Track, TrackList, is_track_id
 
 _TRACK_COLS = "id, path, content_hash, duration, artist, album, title, genre, composer"
 _KNOWN_DURATION = ("COALESCE((SELECT d.duration FROM tracks d WHERE d.content_hash=:content_hash "
                    "AND d.duration IS NOT NULL LIMIT 1), :duration)")
-# A new track's id: above every id in the catalog and every id it ever held (``track_ids``, kept by a trigger on
-# delete), so an id never comes to name another file after a prune.
-_NEW_TRACK_ID = "(SELECT MAX(COALESCE(MAX(id), 0), COALESCE((SELECT MAX(high) FROM track_ids), 0)) + 1 FROM tracks)"
 
 
 class TrackCatalog(FailureRecords):
@@ -40,14 +38,36 @@ class TrackCatalog(FailureRecords):
         *,
         stamp: str = "",
         follow_moves: bool = False,
+        since: float | None = None,
     ) -> int:
         """Insert or update a track by path; returns its id. ``stamp`` is the file's change stamp.
 
         The duration is the one already catalogued for the same content when there is one (a header's claim that
         decoding corrected, see :meth:`set_duration`, stays corrected when the file is inspected again). With
-        ``follow_moves`` (extraction, where ``path`` is a file just read), a new path holding the content of a track
-        whose file is gone (moved or renamed since) takes that track's row: its id, and with it the index entries,
-        fused vectors and aspect maps that name it, follow the file.
+        ``follow_moves`` (extraction, where ``path`` is a file just read), ids follow recordings, see
+        :meth:`catalogue_file`.
+        """
+        return self.catalogue_file(path, content_hash, size, mtime, info, tags, stamp=stamp,
+                                   since=since if follow_moves else None)[0]
+
+    def catalogue_file(
+        self,
+        path: Path,
+        content_hash: str,
+        size: int,
+        mtime: float,
+        info: dict[str, object],
+        tags: dict[str, str | None],
+        *,
+        stamp: str = "",
+        since: float | None = None,
+    ) -> tuple[int, int]:
+        """:meth:`upsert_track` for a file an extraction that started at ``since`` has just read (``since`` None: no
+        moves followed): returns its id and how many catalogued files this made moved (0, 1, or 2 for a swap).
+
+        An id names a recording (a content hash), so it follows the recording's file (:mod:`mess.store.moves`): a file
+        moved or renamed keeps its id, also where a new file took its old name (that one gets a new id) or two files
+        swapped names; a file changed in place with no other file taking its old content keeps its id.
         """
         db_path = to_db_path(path)
         row = {
@@ -66,24 +86,19 @@ class TrackCatalog(FailureRecords):
         marks = ", ".join(_KNOWN_DURATION if c == "duration" else f":{c}" for c in row)
         updates = ", ".join(f"{c}=excluded.{c}" for c in row if c not in ("path", "added_at"))
         with self._write():
-            moved = self._moved_from(db_path, content_hash) if follow_moves else None
-            if moved is not None:  # the row follows its file; the upsert below updates the rest of it
-                self.db.execute("UPDATE tracks SET path=? WHERE id=?", (db_path, moved))
+            moved = follow(self.db, db_path, content_hash, since) if since is not None else 0
             self.db.execute(
-                f"INSERT INTO tracks (id, {cols}) VALUES ({_NEW_TRACK_ID}, {marks}) "
+                f"INSERT INTO tracks (id, {cols}) VALUES ({NEW_TRACK_ID}, {marks}) "
                 f"ON CONFLICT(path) DO UPDATE SET {updates}", row
             )
             self.db.execute("DELETE FROM failures WHERE content_hash=?", (unread_key(str(path)),))  # readable now
-            return int(self.db.execute("SELECT id FROM tracks WHERE path=?", (row["path"],)).fetchone()[0])
+            return int(self.db.execute("SELECT id FROM tracks WHERE path=?", (row["path"],)).fetchone()[0]), moved
 
-    def _moved_from(self, path: str | bytes, content_hash: str) -> int | None:
-        """The id of the track whose file moved to ``path``, a path not catalogued yet: the first by id holding
-        ``content_hash`` whose file is gone (a copy beside its original, or in a folder that cannot be looked into
-        now, is not a move); None when there is none."""
-        if self.db.execute("SELECT 1 FROM tracks WHERE path=?", (path,)).fetchone() is not None:
-            return None
-        holders = self.db.execute("SELECT id, path FROM tracks WHERE content_hash=? ORDER BY id", (content_hash,))
-        return next((int(track_id) for track_id, old in holders.fetchall() if look(from_db_path(old)) is None), None)
+    def settle_moves(self, paths: Iterable[Path]) -> None:
+        """After a run has read every file of ``paths``: a file of them changed in place keeps its id (no file read
+        later hands it on, :mod:`mess.store.moves`)."""
+        with self._write():
+            settle(self.db, (to_db_path(p) for p in paths))
 
     def set_duration(self, content_hash: str, seconds: float) -> None:
         """Record the decoded length of a content's tracks (a truncated file's header claims more than it holds)."""

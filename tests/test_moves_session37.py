@@ -1,0 +1,62 @@
+"""Session 37: ids follow recordings across renames, swaps and files taking a moved file's name (real audio)."""
+
+from __future__ import annotations
+
+import shutil
+from contextlib import closing
+from pathlib import Path
+
+import soundfile as sf
+import test_same_recording
+from typer.testing import CliRunner
+
+from mess.audio.windows import WindowPolicy
+from mess.cli.main import app
+from mess.extract.pipeline import extract
+from mess.models.dsp import DspModel
+from mess.store import FeatureStore
+
+originals = test_same_recording.originals  # FLACs of four Wesnoth excerpts and lossy copies of the first (cached)
+POLICY = WindowPolicy(4.0, 2)
+
+
+def _ids(store: FeatureStore) -> dict[str, int]:
+    return {Path(t.path).name: t.id for t in store.tracks()}
+
+
+def test_ids_follow_recordings_when_files_swap_names_or_a_new_file_takes_a_moved_ones_name(
+        originals: list[Path], tmp_path: Path) -> None:
+    """`mv c.flac e.flac; cp other c.flac`, then `mess extract --prune`: c.flac's id stayed with the path (now naming
+    other music, in every saved playlist of ids) and e.flac got a new id; two files swapping names kept their paths'
+    ids. An id now follows its recording, whichever of the two paths the run reads first, and the summary counts
+    the files recognised as moved."""
+    music = tmp_path / "music"
+    music.mkdir()
+    for name, source in zip("abcd", originals, strict=True):
+        shutil.copyfile(source, music / f"{name}.flac")
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        extract(store, sorted(music.iterdir()), DspModel(), POLICY)
+        before = _ids(store)
+        hashes = {t.id: t.content_hash for t in store.tracks()}
+    assert sorted(before.values()) == [1, 2, 3, 4]
+    (music / "a.flac").rename(music / "swap")  # a <-> b
+    (music / "b.flac").rename(music / "a.flac")
+    (music / "swap").rename(music / "b.flac")
+    (music / "c.flac").rename(music / "e.flac")  # renamed to a later name, a new recording at its old name
+    shutil.copyfile(originals[0].parent / "lead-48k.flac", music / "c.flac")
+    (music / "d.flac").rename(music / "0.flac")  # renamed to an earlier name (read first), a new file at its old name
+    audio, rate = sf.read(originals[3], frames=10 * 44100)
+    sf.write(music / "d.flac", audio, rate)
+    out = CliRunner().invoke(app, ["extract", str(music), "--model", "dsp", "--store", str(tmp_path / "store"),
+                                   "--window", "4", "--max-windows", "2", "--prune"])
+    assert out.exit_code == 0, out.output
+    said = " ".join(out.output.split())
+    assert "2 embedded, 4 unchanged (skipped), 0 failed, 4 moved in" in said, said
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        after = _ids(store)
+        now = {t.id: t.content_hash for t in store.tracks()}
+    expected = {"a.flac": before["b.flac"], "b.flac": before["a.flac"], "e.flac": before["c.flac"],
+                "0.flac": before["d.flac"]}
+    assert {name: after[name] for name in expected} == expected
+    assert min(after["c.flac"], after["d.flac"]) > 4 and after["c.flac"] != after["d.flac"]  # new recordings
+    assert all(now[i] == hashes[i] for i in expected.values())  # each old id names the music it named
