@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from contextlib import closing
 from pathlib import Path
@@ -14,6 +15,7 @@ from mess.audio.windows import WindowPolicy
 from mess.cli.main import app
 from mess.extract.pipeline import extract
 from mess.models.dsp import DspModel
+from mess.playlists.formats import read_playlist
 from mess.store import FeatureStore
 
 originals = test_same_recording.originals  # FLACs of four Wesnoth excerpts and lossy copies of the first (cached)
@@ -29,7 +31,8 @@ def test_ids_follow_recordings_when_files_swap_names_or_a_new_file_takes_a_moved
     """`mv c.flac e.flac; cp other c.flac`, then `mess extract --prune`: c.flac's id stayed with the path (now naming
     other music, in every saved playlist of ids) and e.flac got a new id; two files swapping names kept their paths'
     ids. An id now follows its recording, whichever of the two paths the run reads first, and the summary counts
-    the files recognised as moved."""
+    the files recognised as moved. Then cluster playlists of the result: a copy k-means put in another cluster than
+    its recording is left out (session 37: it played twice) and named where the recording plays."""
     music = tmp_path / "music"
     music.mkdir()
     for name, source in zip("abcd", originals, strict=True):
@@ -60,3 +63,16 @@ def test_ids_follow_recordings_when_files_swap_names_or_a_new_file_takes_a_moved
     assert {name: after[name] for name in expected} == expected
     assert min(after["c.flac"], after["d.flac"]) > 4 and after["c.flac"] != after["d.flac"]  # new recordings
     assert all(now[i] == hashes[i] for i in expected.values())  # each old id names the music it named
+    # `mess playlist clusters` folded copies within a cluster only: -k 6 puts each of the six recordings' files in a
+    # cluster of its own, so c.flac (lead-48k, a 48 kHz FLAC of b.flac's recording with 30 ms ahead) played too
+    cut = CliRunner().invoke(app, ["playlist", "clusters", "-k", "6", "-o", str(tmp_path / "cl"), "--model", "dsp",
+                                   "--store", str(tmp_path / "store"), "--json"])
+    assert cut.exit_code == 0, cut.output
+    playlists = json.loads(cut.stdout)["playlists"]
+    played = [t["path"] for p in playlists for t in p["tracks"]]
+    assert sorted(played) == sorted(str(music / n) for n in after if n != "c.flac")  # each once, the copy in none
+    [noted] = [p for p in playlists if p["note"]]  # in the note of the playlist that plays its recording
+    assert ([t["path"] for t in noted["tracks"]], noted["note"]) == (
+        [str(music / "b.flac")], f"1 copy of a recording it plays is left out: {music / 'c.flac'}")
+    assert sorted(str(t) for f in (tmp_path / "cl").glob("*.m3u8") for t in read_playlist(f)) == sorted(played)
+

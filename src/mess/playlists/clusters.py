@@ -9,12 +9,15 @@ import numpy as np
 from sklearn.cluster import KMeans
 
 from mess.audio.names import label_key
+from mess.audio.recording import compared
 from mess.constants import DEFAULT_NORM
-from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError, vanished_copies
+from mess.playlists.playlist import Playlist, PlaylistError, title_key, vanished_copies
+from mess.search.query import DUPLICATE_COSINE, VERIFY_COSINE
 from mess.search.vectors import Norm, VectorSpec, load_vectors, track_by_id
 from mess.store import FeatureStore, Run, Track
 
 TIE_DECIMALS = 5  # cosines to a centre that agree to this many decimals are ties
+COPY_BLOCK = 1024  # rows of one block of cosines when looking for copies (4 MiB of float32 per 1,000 tracks)
 
 
 def default_k(n_tracks: int) -> int:
@@ -25,9 +28,10 @@ def default_k(n_tracks: int) -> int:
 
 def clusters(store: FeatureStore, run: Run, k: int | None = None, *, aspect: str | None = None,
              norm: Norm = DEFAULT_NORM, seed: int = 0) -> list[Playlist]:
-    """K playlists covering every track once (a renamed file once, by its name on disk; a copy of a recording its
-    cluster plays is named in the cluster's note instead, see :func:`_one_per_recording`), largest first; each
-    ordered from its centre outwards.
+    """At most K playlists covering every track once, largest first, each ordered from its centre outwards. A renamed
+    file is played once, by its name on disk; a copy of a recording one of them plays is left out, also where k-means
+    put it in another cluster, and named in the note of the playlist that plays its recording (:func:`_copies`); a
+    cluster holding nothing but such copies is no playlist.
 
     Scores are cosines to the cluster centre. Names come from the most common genre, then artists
     (artist, else composer tag), e.g. "Baroque: Bach & Haydn"; clusters without tags are "cluster N".
@@ -50,37 +54,77 @@ def clusters(store: FeatureStore, run: Run, k: int | None = None, *, aspect: str
     km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(unit)
     out: list[Playlist] = []
     members_of = [by_id[int(i)] for i in ids]  # by row
+    copies = _copies(list(range(len(ids))), unit, members_of)  # across the call: one recording plays once in all
+    cut: list[tuple[list[int], dict[int, float]]] = []  # each cluster's kept rows from its centre out, their scores
     for c in sorted(range(k), key=lambda c: -int((km.labels_ == c).sum())):
         rows = np.flatnonzero(km.labels_ == c)
         centre = km.cluster_centers_[c] / max(float(np.linalg.norm(km.cluster_centers_[c])), 1e-12)
         sims = unit[rows] @ centre
         # cosines equal to 5 decimals are ties (a 2-track cluster's two): kept in content order, not rounding's noise
-        ranked = np.argsort(-np.round(sims, TIE_DECIMALS), kind="stable")
-        kept, folded = _one_per_recording(rows[ranked].tolist(), unit, members_of)
-        score = dict(zip(rows.tolist(), sims.tolist(), strict=True))
+        ranked = rows[np.argsort(-np.round(sims, TIE_DECIMALS), kind="stable")].tolist()
+        cut.append(([r for r in ranked if r not in copies], dict(zip(rows.tolist(), sims.tolist(), strict=True))))
+    for kept, score in cut:
+        if not kept:  # its tracks were all copies of recordings other clusters play
+            continue
+        plays = set(kept)
         members = tuple(members_of[r] for r in kept)
-        out.append(Playlist(cluster_name(members), members, tuple(score[r] for r in kept), _copies_note(folded)))
+        out.append(Playlist(cluster_name(members), members, tuple(score[r] for r in kept),
+                            _copies_note([members_of[r] for r, of in sorted(copies.items()) if of in plays])))
     return _unique_titles(out)
 
 
-def _one_per_recording(rows: list[int], unit: np.ndarray, tracks: list[Track]) -> tuple[list[int], list[Track]]:
-    """``rows`` (of ``unit`` and ``tracks``) less the copies of a recording another of them holds, as radios and paths
-    skip them (:class:`~mess.playlists.playlist.DuplicateGuard`: a byte-identical copy, an MP3 of a FLAC), in their
-    order; and the copies left out. Of a recording's files the first catalogued stays (the original, as a rule,
-    whichever copy is closer to the centre): a copy added later never takes its place; one on disk goes before those
-    gone (deleted since extraction: a player cannot open them)."""
-    guard = DuplicateGuard(unit.shape[1])
-    copies: set[int] = set()
-    for r in sorted(rows, key=lambda r: (not Path(tracks[r].path).is_file(), tracks[r].id)):
-        if guard.duplicate(unit[r], tracks[r]):
-            copies.add(r)
-        else:
-            guard.add(unit[r], tracks[r])
-    return [r for r in rows if r not in copies], [tracks[r] for r in rows if r in copies]
+def _copies(rows: list[int], unit: np.ndarray, tracks: list[Track]) -> dict[int, int]:
+    """The rows (of ``unit`` and ``tracks``) that are copies of a recording another of ``rows`` holds, as radios and
+    paths skip them (:class:`~mess.playlists.playlist.DuplicateGuard`: a byte-identical copy, an MP3 of a FLAC), each
+    with the row it repeats. Of a recording's files the first catalogued stays (the original, as a rule, whichever
+    copy is closer to a centre or in a larger cluster): a copy added later never takes its place; one on disk goes
+    before those gone (deleted since extraction: a player cannot open them).
+
+    Only the kept rows that share a content hash or title with a row, or are at cosine >= VERIFY_COSINE to it, can
+    be what it repeats: those are found by blocks of one matrix product (one guard over 10,000 tracks compared each
+    with every kept one in turn: 67 s, see notes/moves_session37.md)."""
+    order = sorted(rows, key=lambda r: (not Path(tracks[r].path).is_file(), tracks[r].id))
+    vecs = unit[order]
+    kept_by_key: dict[object, list[int]] = {}  # content hash or title -> the kept positions (in ``order``) holding it
+    kept = np.zeros(len(order), dtype=bool)
+    copies: dict[int, int] = {}
+    for start in range(0, len(order), COPY_BLOCK):
+        sims = vecs[start:start + COPY_BLOCK] @ vecs[:start + COPY_BLOCK].T
+        for i in range(start, min(start + COPY_BLOCK, len(order))):
+            track, keys = tracks[order[i]], [tracks[order[i]].content_hash, title_key(tracks[order[i]])]
+            near = np.flatnonzero(kept[:i] & (sims[i - start, :i] >= VERIFY_COSINE)).tolist()
+            by_key = sorted({p for key in keys if key for p in kept_by_key.get(key, ())})
+            original = by_key[0] if by_key else _same_recording(near, sims[i - start], [tracks[order[p]] for p in near],
+                                                                track)
+            if original is not None:
+                copies[order[i]] = order[original]
+                continue
+            kept[i] = True
+            for key in keys:
+                if key:
+                    kept_by_key.setdefault(key, []).append(i)
+    return copies
+
+
+def _same_recording(near: list[int], sims: np.ndarray, kept: list[Track], track: Track) -> int | None:
+    """Which of the kept positions ``near`` (cosines ``sims`` to ``track``, each at VERIFY_COSINE or more; ``kept``
+    their tracks) holds ``track``'s recording, by the rule of radios' :class:`~mess.playlists.playlist.DuplicateGuard`:
+    the first at DUPLICATE_COSINE or more, else the closest verified by audio (durations matching); None if none."""
+    if not near:
+        return None
+    close = sims[near]
+    if float(close.max()) >= DUPLICATE_COSINE:
+        return near[int(np.flatnonzero(close >= DUPLICATE_COSINE)[0])]
+    for k in np.argsort(-close, kind="stable"):
+        match = compared(kept[k].path, kept[k].duration, track.path, track.duration)
+        if match is not None and match.same:
+            return near[int(k)]
+    return None
 
 
 def _copies_note(copies: list[Track]) -> str:
-    """The note naming (by path, the first 3) the copies a cluster leaves out; empty when none."""
+    """The note naming (by path, the first 3) the copies left out of the recordings a cluster plays; empty when
+    none."""
     if not copies:
         return ""
     listed = ", ".join(t.path for t in copies[:3]) + (f" and {len(copies) - 3} more" if len(copies) > 3 else "")
