@@ -42,8 +42,8 @@ def clusters(store: FeatureStore, run: Run, k: int | None = None, *, aspect: str
     distinct = len(np.unique(unit, axis=0))  # copies of one recording share a vector: one cluster at most
     k = min(default_k(len(vs.ids)), distinct) if k is None else k
     if not 1 <= k <= distinct:
-        copies = f" ({len(vs.ids)} tracks, some copies of others)" if distinct < len(vs.ids) else ""
-        raise PlaylistError(f"-k must be between 1 and the number of distinct tracks ({distinct}){copies}")
+        some = f" ({len(vs.ids)} tracks, some copies of others)" if distinct < len(vs.ids) else ""
+        raise PlaylistError(f"-k must be between 1 and the number of distinct tracks ({distinct}){some}")
     # rows in content order (hash, then path), not in ids (which differ in a store grown in steps): k-means' seeded
     # starts pick rows by position, so one collection extracted twice was cut otherwise; a renamed file's vanished
     # name is left out where its copy on disk stands for it
