@@ -96,6 +96,7 @@ def extract_command(
     # the level after, so a caller running the command in-process (CliRunner, a notebook) keeps its warnings.
     with quiet("mess"), open_store(store, readonly=False) as fs, ExitStack() as held:
         waited = _lock(fs, held, "mess extract --engine ray" if engine == "ray" else "mess extract", wait)
+        fs.record_roots(folders)  # where playlists may name tracks by relative paths (either engine)
         if engine == "ray":
             summary = _run_ray(fs, paths, model, embedder, policy, batch_size, device, address, precision,
                                [*folders, *linked] if prune else [])

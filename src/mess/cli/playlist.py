@@ -140,7 +140,7 @@ def clusters_command(
     if output is not None and output.exists() and not output.is_dir():
         fail(f"cannot write the cluster playlists into {output}: it is a file, and -o takes a folder")
     from mess.playlists.clusters import clusters
-    from mess.playlists.formats import music_tree, write_cluster_folder
+    from mess.playlists.formats import collection_roots, music_root, write_cluster_folder
     from mess.playlists.playlist import PlaylistError
 
     with open_store(store) as fs:
@@ -148,8 +148,9 @@ def clusters_command(
         try:
             with failing(PlaylistError):
                 playlists = [_with_gone_note(p) for p in clusters(fs, run, k, aspect=aspect)]
-                tree = music_tree(t.path for t in fs.tracks())
-                files = write_cluster_folder(playlists, output, fmt, tree) if output is not None else []
+                roots = collection_roots(fs.extract_roots(), (t.path for t in fs.tracks()))
+                files = write_cluster_folder(playlists, output, fmt, music_root(roots, output)) \
+                    if output is not None else []
         except OSError as exc:
             fail(f"cannot write the playlists into {output}: {os_reason(exc)}")
         stale_aspect_note(fs, run, aspect)
@@ -192,10 +193,10 @@ def _outside_store(output: Path | None, store: Path) -> None:
 
 
 def _made(make: Callable[[FeatureStore, Run], Playlist], store: Path, model: str | None,
-          aspect: str | None) -> tuple[Playlist, Path | None]:
-    """The playlist ``make`` builds from the store's run of ``model``, and the collection's music tree
-    (:func:`mess.playlists.formats.music_tree`); a PlaylistError ends the command."""
-    from mess.playlists.formats import music_tree
+          aspect: str | None) -> tuple[Playlist, list[str]]:
+    """The playlist ``make`` builds from the store's run of ``model``, and the folders its relative entries may stay
+    within (:func:`mess.playlists.formats.collection_roots`); a PlaylistError ends the command."""
+    from mess.playlists.formats import collection_roots
     from mess.playlists.playlist import PlaylistError
 
     with open_store(store) as fs:
@@ -203,14 +204,15 @@ def _made(make: Callable[[FeatureStore, Run], Playlist], store: Path, model: str
         with failing(PlaylistError):
             playlist = make(fs, run)
         stale_aspect_note(fs, run, aspect)
-        tree = music_tree(t.path for t in fs.tracks())
-    return playlist, tree
+        roots = collection_roots(fs.extract_roots(), (t.path for t in fs.tracks()))
+    return playlist, roots
 
 
-def _emit(playlist: Playlist, tree: Path | None, output: Path | None, fmt: str | None, as_json: bool) -> None:
+def _emit(playlist: Playlist, roots: list[str], output: Path | None, fmt: str | None, as_json: bool) -> None:
     """Write the playlist file when asked (in ``fmt`` when its name has no playlist extension; entries relative
-    inside the music ``tree``), then print it as JSON or a table."""
-    from mess.playlists.formats import write_playlist
+    within the one of ``roots`` holding it, :func:`mess.playlists.formats.music_root`), then print it as JSON or a
+    table."""
+    from mess.playlists.formats import music_root, write_playlist
     from mess.playlists.playlist import PlaylistError
 
     json_clash(output, as_json)
@@ -224,7 +226,8 @@ def _emit(playlist: Playlist, tree: Path | None, output: Path | None, fmt: str |
     if output is not None:
         try:
             with failing(PlaylistError):
-                written = write_playlist(playlist, output, fmt or ("m3u8" if to_stdout else None), tree)
+                written = write_playlist(playlist, output, fmt or ("m3u8" if to_stdout else None),
+                                         music_root(roots, output.expanduser().parent))
         except OSError as exc:
             fail(f"cannot write {named}: {os_reason(exc, output)}")
     if as_json:

@@ -2,8 +2,9 @@
 
 Tracks inside the playlist's folder are written with relative paths (so a playlist saved
 beside the music keeps working when the folder moves or is mounted elsewhere), and so are the tracks of a playlist
-written anywhere inside the music tree (the folder holding the whole collection: ``Playlists/mix.m3u8`` names
-``../Artist/a.ogg``) that lie on the playlist's file system; others with absolute paths (M3U8) or file:// URIs
+written anywhere inside its music tree (:func:`music_root`: the outermost folder `mess extract` was given that holds
+the playlist, ``Music/Playlists/mix.m3u8`` names ``../Artist/a.ogg``) that lie in that tree, on the playlist's file
+system; others with absolute paths (M3U8) or file:// URIs
 (XSPF), as are all of a playlist written through a symbolic link into another folder (relative entries would name
 other files opened through the link than without it). File names round-trip byte for byte, also when they are not
 valid UTF-8; tags are cleaned of characters a reader would choke on.
@@ -15,7 +16,7 @@ import codecs
 import os
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from urllib.parse import quote, unquote_to_bytes, urlparse
 
@@ -58,6 +59,26 @@ def music_tree(paths: Iterable[str]) -> Path | None:
     folders = [os.path.dirname(p) for p in paths]
     tree = Path(os.path.commonpath(folders)) if folders else None
     return None if tree is None or tree == Path(tree.anchor) else tree
+
+
+def collection_roots(recorded: Sequence[str], paths: Iterable[str]) -> list[str]:
+    """The folders a playlist's relative entries may stay within: those extractions were given (``recorded``, see
+    :meth:`~mess.store.FeatureStore.extract_roots`), else, in a store from before they were recorded, the music tree
+    of the collection's ``paths`` (:func:`music_tree`)."""
+    if recorded:
+        return list(recorded)
+    tree = music_tree(paths)
+    return [] if tree is None else [str(tree)]
+
+
+def music_root(roots: Iterable[str], folder: Path) -> Path | None:
+    """The music tree of a playlist written in ``folder``: the outermost of ``roots`` (:func:`collection_roots`)
+    holding it; its entries inside that root are relative (:func:`_location`), the others absolute. None when no
+    root holds the folder (a playlist on the desktop of a collection spread over ~/Music and ~/Downloads: '../Music'
+    entries would break when the playlist alone moves)."""
+    here = resolved(Path(folder).expanduser())
+    holding = [Path(r) for r in roots if here.is_relative_to(r)]
+    return min(holding, key=lambda r: len(r.parts)) if holding else None
 
 
 def _location(track_path: str, folder: Path | None, tree: Path | None = None) -> tuple[str, bool]:

@@ -100,6 +100,24 @@ class TrackCatalog(FailureRecords):
         with self._write():
             settle(self.db, (to_db_path(p) for p in paths))
 
+    def record_roots(self, folders: Iterable[Path]) -> None:
+        """Record the folders an extraction was given (their real paths; files named alone are no folder): where
+        playlists may name the tracks by relative paths (:func:`mess.playlists.formats.music_root`)."""
+        roots = {to_db_path(os.path.realpath(f)) for f in folders if f.is_dir()}
+        with self._write():
+            self.db.executemany("INSERT INTO extract_roots (path, at) VALUES (?, ?) ON CONFLICT(path) DO UPDATE "
+                                "SET at=excluded.at", [(r, time.time()) for r in sorted(roots, key=str)])
+
+    def extract_roots(self) -> list[str]:
+        """The folders extractions were given (:meth:`record_roots`); none in a store written before they were
+        recorded (or opened read-only from one)."""
+        try:
+            return [from_db_path(r[0]) for r in self._query("SELECT path FROM extract_roots ORDER BY path")]
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return []
+            raise
+
     def set_duration(self, content_hash: str, seconds: float) -> None:
         """Record the decoded length of a content's tracks (a truncated file's header claims more than it holds)."""
         with self._write():
