@@ -296,8 +296,12 @@ def test_renamed_and_moved_files_keep_their_ids_and_vectors_from_engine_to_engin
         where[renamed] = where[renamed].rename(where[renamed].with_name(f"renamed{step}.wav"))
         (music / f"sub{step}").mkdir()
         where[moved] = where[moved].rename(music / f"sub{step}" / where[moved].name)
+        if step == 1:  # session 37: the renamed file also swaps names with the third: ids follow recordings
+            swap = where[0].rename(music / "swap.wav")
+            where[1], where[0] = where[1].rename(where[0]), swap.rename(where[1])
         again = run(engine)
-        assert (again.done, again.skipped, again.removed, again.moved, again.failed) == (0, 3, 0, 2, []), engine
+        assert (again.done, again.skipped, again.removed, again.failed) == (0, 3, 0, []), engine
+        assert again.moved == (3 if step == 1 else 2)  # counted (session 37)
         assert _vector_rows(store_dir) == (3, 3)  # no vectors computed again
         with contextlib.closing(FeatureStore(store_dir, readonly=True)) as store:
             assert {t.path: t.id for t in store.tracks()} == {str(where[n]): i for n, i in ids.items()}, engine
@@ -308,17 +312,6 @@ def test_renamed_and_moved_files_keep_their_ids_and_vectors_from_engine_to_engin
     answer = json.loads(similar.stdout)
     assert answer["query"]["id"] == ids[2]
     assert {r["path"]: r["id"] for r in answer["results"]} == {str(where[n]): ids[n] for n in (0, 1)}
-    # session 37: two files swap names, and a new recording takes the name of one renamed: ids follow recordings
-    swap = where[0].rename(music / "swap.wav")
-    where[1], where[0] = where[1].rename(where[0]), swap.rename(where[1])
-    old_name, where[2] = where[2], where[2].rename(music / "zz.wav")  # read after the new file at its old name
-    shutil.copyfile(_write_tones(tmp_path / "new", 4, seconds=5.0)[3], old_name)
-    again = run("ray")
-    assert (again.done, again.skipped, again.removed, again.moved, again.failed) == (1, 3, 0, 3, [])
-    with contextlib.closing(FeatureStore(store_dir, readonly=True)) as store:
-        assert {t.path: t.id for t in store.tracks() if t.path != str(old_name)} == {str(where[n]): i
-                                                                                 for n, i in ids.items()}
-        assert store.track(old_name).id > max(ids.values())
 
 
 def test_without_an_address_a_local_cluster_is_started_not_the_one_an_old_address_file_names(

@@ -155,6 +155,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
             except sqlite3.OperationalError as exc:  # another process added it first
                 if "duplicate column" not in str(exc):
                     raise
+    # after the column's migration: the rows whose file changed in place (mess.store.moves), found by a new file
+    conn.execute("CREATE INDEX IF NOT EXISTS tracks_former ON tracks(former_hash) WHERE former_hash IS NOT NULL")
 
 
 def has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
