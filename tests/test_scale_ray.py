@@ -272,7 +272,7 @@ def test_ray_gives_the_local_vectors_and_reruns_skip(driver: Driver, tmp_path: P
 
 def test_renamed_and_moved_files_keep_their_ids_and_vectors_from_engine_to_engine(driver: Driver,
                                                                                   tmp_path: Path) -> None:
-    """Ray's catalogue step passes ``follow_moves`` as the local one does, untested. And on both engines `--prune`
+    """Ray's catalogue step follows moves as the local one does (``since``), untested. And on both engines `--prune`
     ran before the files were catalogued: the vanished paths of a renamed file and of one moved into a subfolder
     were forgotten first ('2 removed'), then both files catalogued anew, under new ids (index entries, fused vectors,
     playlists and pages naming the old ids lost them). Now, local then Ray, Ray then Ray, Ray then local, each file

@@ -37,18 +37,14 @@ class TrackCatalog(FailureRecords):
         tags: dict[str, str | None],
         *,
         stamp: str = "",
-        follow_moves: bool = False,
-        since: float | None = None,
     ) -> int:
         """Insert or update a track by path; returns its id. ``stamp`` is the file's change stamp.
 
         The duration is the one already catalogued for the same content when there is one (a header's claim that
-        decoding corrected, see :meth:`set_duration`, stays corrected when the file is inspected again). With
-        ``follow_moves`` (extraction, where ``path`` is a file just read), ids follow recordings, see
-        :meth:`catalogue_file`.
+        decoding corrected, see :meth:`set_duration`, stays corrected when the file is inspected again). Extraction
+        calls :meth:`catalogue_file`, where ids follow recordings from path to path.
         """
-        return self.catalogue_file(path, content_hash, size, mtime, info, tags, stamp=stamp,
-                                   since=since if follow_moves else None)[0]
+        return self.catalogue_file(path, content_hash, size, mtime, info, tags, stamp=stamp)[0]
 
     def catalogue_file(
         self,
