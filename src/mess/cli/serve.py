@@ -41,6 +41,10 @@ def serve_command(
     allowed_host: Annotated[list[str] | None, typer.Option("--allowed-host", help="Host name the server may be "
                                                            "reached by, besides loopback names (repeatable).")]
     = None,
+    allow_origin: Annotated[list[str] | None, typer.Option("--allow-origin", help="Origin of an app whose pages may "
+                                                           "read the API from a browser (CORS), such as "
+                                                           "http://localhost:5173 (repeatable; not index builds).")]
+    = None,
     token: Annotated[str | None, typer.Option(envvar="MESS_TOKEN", help="Require this bearer token (env "
                                               "MESS_TOKEN); open the page once as /?token=TOKEN.")] = None,
     max_upload_mb: Annotated[float, typer.Option(min=0.1, max=2.0**20, help="Largest accepted upload in MiB.")] = 50.0,
@@ -61,8 +65,8 @@ def serve_command(
              "MESS_TOKEN (clients send 'Authorization: Bearer TOKEN'), or bind to 127.0.0.1")
     hosts = [*(allowed_host or []), *([] if host in ("0.0.0.0", "::") else [host])]
     try:
-        access = AccessPolicy.build(hosts, token)
-    except ValueError as exc:  # 'a b' was allowed: no request's Host could be it
+        access = AccessPolicy.build(hosts, token, allow_origin or ())
+    except ValueError as exc:  # 'a b' was allowed: no request's Host could be it; '*' as an origin
         fail(str(exc))
     with failing(StoreError):
         app = create_app(store, model, allow_indexing, max_upload_bytes=int(max_upload_mb * 2**20),

@@ -4,6 +4,8 @@
   400: a web page on another site cannot reach the API through DNS rebinding.
 * **Origin.** A state-changing request (POST, PUT, PATCH, DELETE) that a browser marks as
   coming from another origin gets 403: another site's page cannot write an index.
+* **Allowed origins.** ``--allow-origin`` names app origins (a dev server on another port) whose pages may read
+  the API (CORS); of the POST routes they may use those that only ask (:data:`ASKING_POSTS`), never an index build.
 * **Token.** With a token set (``--token`` / ``MESS_TOKEN``, required beyond loopback),
   every request needs it: ``Authorization: Bearer TOKEN``, ``?token=TOKEN``, or the cookie
   that opening the page once as ``/?token=TOKEN`` sets (``mess_token_PORT``: a browser sends
@@ -22,6 +24,7 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.middleware.cors import CORSMiddleware
 
 from mess.constants import port_problem
 
@@ -33,21 +36,34 @@ COOKIE = "mess_token"
 HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'",
            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# POST routes that change nothing (a body too large for a query): an allowed origin's page may send them
+ASKING_POSTS = frozenset({"/api/similar/upload"})
+# what an allowed origin's page may send and read beyond CORS's safelists: the token, a JSON body, ranges and
+# conditional requests of the audio; ranges, validators, Retry-After and a download's name
+_CORS_HEADERS = ("Authorization", "Content-Type", "Range", "If-Range", "If-None-Match", "If-Modified-Since",
+                 "If-Match", "If-Unmodified-Since")
+_CORS_EXPOSED = ("Content-Range", "Accept-Ranges", "ETag", "Last-Modified", "Retry-After", "Content-Disposition")
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
 _LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")  # '_' too: LAN and container names use it, browsers send it
 
 
 @dataclass(frozen=True)
 class AccessPolicy:
-    """The Host names the server answers to, and the token it requires (None: no token)."""
+    """The Host names the server answers to, the token it requires (None: no token), and the origins whose pages
+    may read it (CORS)."""
 
     hosts: frozenset[str] = LOOPBACK_HOSTS
     token: str | None = None
+    origins: frozenset[str] = frozenset()
 
     @classmethod
-    def build(cls, extra_hosts: Iterable[str] = (), token: str | None = None) -> AccessPolicy:
-        """Loopback names plus ``extra_hosts`` (names or addresses; a port is dropped); ValueError names one that is
-        neither, which no request's Host could match (see :func:`host_name`)."""
-        return cls(LOOPBACK_HOSTS | {host_name(h) for h in extra_hosts}, token or None)
+    def build(cls, extra_hosts: Iterable[str] = (), token: str | None = None,
+              origins: Iterable[str] = ()) -> AccessPolicy:
+        """Loopback names plus ``extra_hosts`` (names or addresses; a port is dropped), and ``origins`` as browsers
+        send them; ValueError names a host that is neither, which no request's Host could match (see
+        :func:`host_name`), or an origin that is none (see :func:`origin_name`)."""
+        return cls(LOOPBACK_HOSTS | {host_name(h) for h in extra_hosts}, token or None,
+                   frozenset(origin_name(o) for o in origins))
 
 
 def host_name(value: str) -> str:
@@ -62,6 +78,32 @@ def host_name(value: str) -> str:
     raise ValueError(f"invalid host name {value!r}: give a name such as music.lan (ASCII letters, digits, '-' or "
                      "'_' between dots; xn--... for an international name) or an IP address, without spaces, scheme "
                      "or path")
+
+
+def origin_name(value: str) -> str:
+    """``value`` as the ``Origin`` a browser sends for it: scheme and host lower-cased, a default port and a final
+    '/' dropped ('HTTP://LocalHost:80/' -> 'http://localhost').
+
+    Raises:
+        ValueError: ``value`` is no http(s) origin: '*', 'null', no scheme, a path, query or user name.
+    """
+    bad = (f"invalid origin {value!r}: give an app's origin as a browser sends it, http:// or https://, a host and a "
+           "port only, such as http://localhost:5173 (repeat --allow-origin for several)")
+    if value.strip() in ("*", "null"):
+        raise ValueError(bad.replace(" (repeat", "; '*' and 'null' would let pages of any site read the "
+                                                 "collection (repeat"))
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port  # ValueError: not a port number
+    except ValueError:
+        raise ValueError(bad) from None
+    scheme, host = parts.scheme.lower(), (parts.hostname or "")
+    if (scheme not in _DEFAULT_PORTS or parts.path not in ("", "/") or parts.query or parts.fragment
+            or "@" in parts.netloc or parts.netloc.endswith(":") or not (_is_address(host) or _is_name(host))
+            or port == 0):
+        raise ValueError(bad)
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}" + ("" if port is None or str(port) == _DEFAULT_PORTS[scheme] else f":{port}")
 
 
 def _is_name(host: str) -> bool:
@@ -85,6 +127,10 @@ def install(app: FastAPI, policy: AccessPolicy) -> None:
         response.headers.update(HEADERS)
         return response
 
+    if policy.origins:  # outside the guard: a browser's preflight carries no token
+        app.add_middleware(CORSMiddleware, allow_origins=sorted(policy.origins), allow_methods=["GET", "HEAD", "POST"],
+                           allow_headers=_CORS_HEADERS, expose_headers=_CORS_EXPOSED)
+
 
 async def _checked(request: Request, call_next: Callable[[Request], Awaitable[Response]],
                    policy: AccessPolicy) -> Response:
@@ -95,7 +141,12 @@ async def _checked(request: Request, call_next: Callable[[Request], Awaitable[Re
         return JSONResponse({"detail": f"host {host!r} is not allowed; start the server with "
                                        f"--allowed-host {host} to serve it"}, status_code=400)
     if request.method not in _SAFE_METHODS and _cross_origin(request, host_header):
-        return JSONResponse({"detail": "cross-origin requests may not change anything"}, status_code=403)
+        if request.headers.get("origin") not in policy.origins:
+            return JSONResponse({"detail": "cross-origin requests may not change anything"}, status_code=403)
+        if request.url.path not in ASKING_POSTS:
+            return JSONResponse({"detail": f"an allowed origin's page may read the API, not change the store: "
+                                           f"{request.method} {request.url.path} is for this server's own page and "
+                                           "clients that are not browsers (curl, scripts)"}, status_code=403)
     if policy.token is None:
         return await call_next(request)
     from_query = request.query_params.get("token")

@@ -1,0 +1,90 @@
+"""The server as a music-app builder uses it: an app on another origin (CORS), one shape of "nothing to say" in the
+answers, and the CLI's file inputs as request bodies."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import test_serve_api as api
+from fastapi.testclient import TestClient
+
+from conftest import mess_here
+from mess.serve.app import create_app
+from mess.serve.security import AccessPolicy
+
+serve_collection = api.serve_collection  # the session's store (3 artists x 4 tagged tracks, dsp), made once per run
+APP = "http://localhost:5173"  # a dev server's page on another port
+OTHER = "http://localhost:5174"
+
+
+@pytest.fixture(scope="module")
+def cors(serve_collection: Path) -> Iterator[TestClient]:
+    """A server that lets APP's pages read it, with a token (as beyond loopback) and indexing allowed."""
+    access = AccessPolicy.build(token="s3cret", origins=["HTTP://LocalHost:5173/"])  # as a user may type it
+    with TestClient(create_app(serve_collection, access=access, allow_indexing=True),
+                    base_url="http://127.0.0.1:8000") as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def plain(serve_collection: Path) -> Iterator[TestClient]:
+    """A server started as today's users start it."""
+    with TestClient(create_app(serve_collection), base_url="http://127.0.0.1:8000") as client:
+        yield client
+
+
+BEARER = {"Authorization": "Bearer s3cret"}
+
+
+# ---------------------------------------------------------------- CORS
+
+def test_an_allowed_origin_passes_the_preflight_without_the_token(cors: TestClient) -> None:
+    """A browser asks before it sends the token (a preflight carries none): the answer lets APP send it."""
+    asked = cors.options("/api/tracks", headers={"Origin": APP, "Access-Control-Request-Method": "GET",
+                                                 "Access-Control-Request-Headers": "authorization"})
+    assert asked.status_code == 200, asked.text
+    assert asked.headers["access-control-allow-origin"] == APP
+    assert "authorization" in asked.headers["access-control-allow-headers"].lower()
+    refused = cors.options("/api/tracks", headers={"Origin": OTHER, "Access-Control-Request-Method": "GET"})
+    assert "access-control-allow-origin" not in refused.headers
+
+
+def test_an_allowed_origin_reads_what_others_cannot(cors: TestClient, plain: TestClient) -> None:
+    """A simple request: the same answer for every origin, the header that lets a browser hand it to the page for
+    APP alone; a server started without --allow-origin lets no page read it, as before."""
+    read = cors.get("/api/tracks", headers={"Origin": APP, **BEARER})
+    assert read.status_code == 200 and read.headers["access-control-allow-origin"] == APP
+    assert "etag" in read.headers["access-control-expose-headers"].lower()
+    other = cors.get("/api/tracks", headers={"Origin": OTHER, **BEARER})
+    assert other.json() == read.json() and "access-control-allow-origin" not in other.headers
+    refused = cors.get("/api/tracks", headers={"Origin": APP})  # no token: the app can read why
+    assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == APP
+    before = plain.options("/api/tracks", headers={"Origin": APP, "Access-Control-Request-Method": "GET"})
+    assert "access-control-allow-origin" not in before.headers
+    assert "access-control-allow-origin" not in plain.get("/api/tracks", headers={"Origin": APP}).headers
+
+
+def test_an_allowed_origin_may_ask_by_post_but_not_build_an_index(cors: TestClient) -> None:
+    """An upload only asks: APP's page may send one (this one is not audio: the route's own 415, past the guard);
+    an index build changes the store: 403 for APP's page too, as for any other origin."""
+    cross = {"Sec-Fetch-Site": "cross-site", **BEARER}
+    files = {"file": ("notes.txt", b"not audio", "text/plain")}
+    upload = cors.post("/api/similar/upload", files=files, headers={"Origin": APP, **cross})
+    assert upload.status_code == 415, upload.text
+    assert upload.headers["access-control-allow-origin"] == APP
+    assert cors.post("/api/similar/upload", files=files, headers={"Origin": OTHER, **cross}).status_code == 403
+    index = cors.post("/api/index", headers={"Origin": APP, **cross})
+    assert index.status_code == 403 and "not change the store" in index.json()["detail"]
+    assert index.headers["access-control-allow-origin"] == APP  # the app can read why
+
+
+@pytest.mark.parametrize("origin", ["*", "null", "localhost:5173", "http://localhost:5173/app", "ftp://music.lan",
+                                    "http://user@localhost:5173", "http://localhost:99999", "http://a b"])
+def test_a_bad_origin_is_refused_in_one_line(origin: str) -> None:
+    """Each would match no browser's Origin (or, '*' and 'null', every page's): refused before the server starts."""
+    out = mess_here("serve", "--allow-origin", origin, "--store", "/nonexistent-store", "--port", "0")
+    assert out.returncode == 1 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: invalid origin") and repr(origin) in lines[0], out.stderr
