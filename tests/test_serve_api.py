@@ -1176,7 +1176,7 @@ def test_indexing_only_with_the_flag(collection: Path, tmp_path: Path, folder: b
         assert built["mode"] == "built" and built["tracks"] == 12 and (copy / "indexes" / built["file"]).is_file()
         assert built["rerank"] == built["augment"] == "" and built["augment_file"] is None  # one layer ranks plain
         again = writable.post("/api/index", params={"layer": "mfcc", "kind": "flat", "rerank": True}).json()
-        assert again["mode"] == "unchanged" and again["note"] == "" and again["rerank"] == "built"
+        assert again["mode"] == "unchanged" and again["note"] is None and again["rerank"] == "built"
         assert (copy / "indexes" / again["rerank_file"]).stat().st_size == again["rerank_bytes"] > 0
         again = writable.post("/api/index", params={"layer": "mfcc", "kind": "flat", "rerank": True}).json()
         assert again["rerank"] == again["augment"] == "unchanged"

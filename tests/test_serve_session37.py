@@ -88,3 +88,17 @@ def test_a_bad_origin_is_refused_in_one_line(origin: str) -> None:
     assert out.returncode == 1 and out.stdout == ""
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: invalid origin") and repr(origin) in lines[0], out.stderr
+
+
+# ---------------------------------------------------------------- one shape of "nothing to say"
+
+def test_every_routes_note_is_null_when_nothing_is_to_be_said(plain: TestClient) -> None:
+    """The radio and the path said `"note": ""`, the map, the artists and health null: a client had to test for both.
+    Each is asked here where it has nothing to say (every track has vectors, the playlists fit, no file is gone)."""
+    ids = [t["id"] for t in plain.get("/api/tracks").json()["items"]]
+    answers = {url: plain.get(url, params=params) for url, params in (
+        ("/api/playlists/radio", {"seed": ids[0], "n": 3}),
+        ("/api/playlists/path", {"start": ids[0], "end": ids[-1], "n": 4}),
+        ("/api/map", {}), ("/api/artists/similar", {"track": ids[0], "center": "false"}), ("/api/health", {}))}
+    assert all(a.status_code == 200 for a in answers.values()), {u: a.text for u, a in answers.items()}
+    assert {url: a.json()["note"] for url, a in answers.items()} == dict.fromkeys(answers)

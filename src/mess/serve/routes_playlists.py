@@ -41,7 +41,7 @@ def _answer(request: Request, playlist: Playlist, model: str, fmt: str, name: st
         return {
             "title": playlist.title,
             "model": model,
-            "note": playlist.note,
+            "note": playlist.note or None,  # null when nothing is to be said, as every route's note
             "missing": [t.id for t in gone],
             "stale_aspect_map": stale,
             "tracks": [

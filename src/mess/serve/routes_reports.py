@@ -113,7 +113,7 @@ def index(state: State, request: Request, model: Model = None, layer: Layer = No
             "norm_note": vs.norm_note, "kind": report.kind,
             "mode": report.mode, "tracks": report.n, "added": report.added, "removed": report.removed,
             "recall": report.recall, "seconds": round(report.seconds, 3), "file": report.path.name,
-            "note": report.note, "rerank": report.rerank, "augment": report.augment,
+            "note": report.note or None, "rerank": report.rerank, "augment": report.augment,
             "augment_file": report.augment_path.name if report.augment_path else None,
             "augment_bytes": report.augment_nbytes,
             "rerank_file": report.rerank_path.name if report.rerank_path else None,
