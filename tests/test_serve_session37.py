@@ -3,6 +3,7 @@ answers, and the CLI's file inputs as request bodies."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,3 +103,82 @@ def test_every_routes_note_is_null_when_nothing_is_to_be_said(plain: TestClient)
         ("/api/map", {}), ("/api/artists/similar", {"track": ids[0], "center": "false"}), ("/api/health", {}))}
     assert all(a.status_code == 200 for a in answers.values()), {u: a.text for u, a in answers.items()}
     assert {url: a.json()["note"] for url, a in answers.items()} == dict.fromkeys(answers)
+
+
+# ---------------------------------------------------------------- the CLI's files as a body
+
+REFERENCE = {"Saw Machine": [{"name": "Noise Ensemble", "score": 0.9}, "Sine Choir"],  # ListenBrainz and plain names
+             "Noise Ensemble": ["Saw Machine"], "Nobody Here": ["Sine Choir"]}
+TAGS = {"Saw Machine": ["industrial", "electronic"], "Noise Ensemble": ["industrial"]}
+BLEND = {"weights": "audio=0.4,genre=0.3,reference=0.3", "k": "2"}
+
+
+def test_reference_and_tags_sent_as_a_body_answer_as_the_clis_files(plain: TestClient, serve_collection: Path,
+                                                                     tmp_path: Path) -> None:
+    """`mess artists similar --reference FILE --tags FILE` had no API form (the route named the files and said to use
+    the CLI). POSTed as JSON, the answer is the CLI's with those files, the reference component included; a GET, and a
+    POST without a body, answer as before."""
+    (tmp_path / "ref.json").write_text(json.dumps(REFERENCE))
+    (tmp_path / "tags.json").write_text("\ufeff" + json.dumps(TAGS))  # with a BOM, as Notepad saves: read the same
+    done = mess_here("artists", "similar", "saw machine", "--json", "--store", str(serve_collection), "-k", "2",
+                     "--weights", BLEND["weights"], "--reference", str(tmp_path / "ref.json"),
+                     "--tags", str(tmp_path / "tags.json"))
+    assert done.returncode == 0, done.stderr
+    cli = json.loads(done.stdout)
+    answer = plain.post("/api/artists/similar", params={"name": "saw machine", **BLEND},
+                        content="\ufeff" + json.dumps({"reference": REFERENCE, "tags": TAGS}),
+                        headers={"Content-Type": "application/json"})
+    assert answer.status_code == 200, answer.text
+    got = answer.json()
+    assert {key: got[key] for key in set(cli) - {"results"}} == {key: cli[key] for key in set(cli) - {"results"}}
+    assert [(r["artist"], r["components"]) for r in got["results"]] == [
+        (r["artist"], {c: round(v, 6) for c, v in r["components"].items()}) for r in cli["results"]]
+    assert [r["score"] for r in got["results"]] == [round(r["score"], 6) for r in cli["results"]]
+    assert "reference" in got["results"][0]["components"]
+    without = plain.get("/api/artists/similar", params={"name": "saw machine", **BLEND}).json()
+    assert "reference" not in without["results"][0]["components"]
+    assert plain.post("/api/artists/similar", params={"name": "saw machine", **BLEND}).json() == without
+
+
+@pytest.mark.parametrize(("body", "cli_file", "detail"), [
+    ([["Saw Machine"]], "ref", "reference must be a JSON object mapping each artist to an ordered list of similar "
+                               "artists"),
+    ({"Saw Machine": "Noise Ensemble"}, "ref", "reference for 'Saw Machine' is not a list"),
+    ({"Saw Machine": [{"mbid": "x"}]}, "ref", "reference entry {'mbid': 'x'} for 'Saw Machine' has no artist name"),
+    ({"Saw Machine": "industrial"}, "tags", "must map each artist to a list of tags (strings)")],
+    ids=["an array", "no list", "no name", "tags no list"])
+def test_a_bad_body_is_refused_as_the_cli_refuses_the_file(plain: TestClient, serve_collection: Path, tmp_path: Path,
+                                                           body: object, cli_file: str, detail: str) -> None:
+    """The same checks and words as the CLI's file readers (the CLI names its file, the API the body's field)."""
+    (tmp_path / "bad.json").write_text(json.dumps(body))
+    option = "--reference" if cli_file == "ref" else "--tags"
+    done = mess_here("artists", "similar", "saw machine", "--store", str(serve_collection), "--weights",
+                     BLEND["weights"], option, str(tmp_path / "bad.json"))
+    assert done.returncode == 1 and detail in done.stderr, done.stderr
+    field = "reference" if cli_file == "ref" else "tags"
+    answer = plain.post("/api/artists/similar", params={"name": "saw machine", **BLEND}, json={field: body})
+    assert answer.status_code == 400 and detail in answer.json()["detail"], answer.text
+    assert answer.json()["detail"].startswith(field)
+
+
+@pytest.mark.parametrize(("content", "status", "detail"), [
+    (b'{"reference": ', 400, "the body is not valid JSON (Expecting value"),
+    (b"\xff\xfe{}", 400, "the body is not valid JSON ("),
+    (b"[" * 100_000, 400, "the body is not valid JSON (nested too deeply)"),
+    (b'{"references": {}}', 400, "the body must be a JSON object {\"reference\": ..., \"tags\": ...}; 'references'"),
+    (b"null", 400, "; got null"),
+    (json.dumps({"reference": {"Saw Machine": ["x" * 64] * 40_000}}).encode(), 413,
+     "the body is larger than 2 MiB (the server's cap")],
+    ids=["cut short", "not UTF-8", "nested deeply", "unknown field", "null", "over the cap"])
+def test_a_body_that_is_no_such_object_is_one_line(plain: TestClient, content: bytes, status: int,
+                                                   detail: str) -> None:
+    answer = plain.post("/api/artists/similar", params={"name": "saw machine", **BLEND}, content=content)
+    assert answer.status_code == status and detail in answer.json()["detail"], answer.text
+    assert "\n" not in answer.json()["detail"] and len(answer.json()["detail"]) < 300
+
+
+def test_a_body_without_the_blend_says_what_it_feeds(plain: TestClient) -> None:
+    """As `mess artists similar --reference FILE` without --hybrid: it was read by nothing, silently."""
+    answer = plain.post("/api/artists/similar", params={"name": "saw machine"}, json={"tags": TAGS})
+    assert answer.status_code == 400 and answer.json()["detail"] == ("tags feeds the hybrid score: add hybrid=true (or "
+                                                                     "weights)"), answer.text

@@ -202,8 +202,8 @@ class Hybrid:
     """How to blend audio with other evidence: explicit ``weights`` text, else the saved weights."""
 
     weights: str | None = None
-    reference: Path | None = None
-    tags: Path | None = None
+    reference: Path | dict[str, list[str]] | None = None  # a file, or its content as parse_reference gives it
+    tags: Path | dict[str, list[str]] | None = None  # a file, or its content as parse_tags gives it
     method_given: bool = False  # --method / --center passed: kept even when the saved weights used others
     center_given: bool = False
 
@@ -250,9 +250,10 @@ def blended_row(store: FeatureStore, artists: ArtistSet, space: Space, options: 
     every weight is."""
     weights = (parse_weights(hybrid.weights) if hybrid.weights is not None
                else load_weights(store.reports_dir / WEIGHTS_FILE))
-    matched = match_reference(load_reference(hybrid.reference), artists)[0] if hybrid.reference else None
+    reference = load_reference(hybrid.reference) if isinstance(hybrid.reference, Path) else hybrid.reference
+    matched = match_reference(reference, artists)[0] if reference is not None else None
     parts = components(_similarity(artists, space, options), artists, matched=matched,
-                       extra_tags=load_tags(hybrid.tags))
+                       extra_tags=load_tags(hybrid.tags) if isinstance(hybrid.tags, Path) else hybrid.tags)
     missing = [c for c, w in weights.items() if w > 0 and c not in parts]
     if not any(weights.get(c, 0.0) > 0 for c in parts):  # every artist would score 0, ranked by name
         raise ArtistError(f"the weights are all on {', '.join(missing)}, of which this collection has no "
@@ -337,12 +338,14 @@ def saved_selection(store: FeatureStore, run: Run, on_note: Note = _ignore) -> d
 
 def load_tags(path: Path | None) -> dict[str, list[str]] | None:
     """A JSON map artist -> genre tags (None without a path); ArtistError when it is missing or malformed."""
-    if path is None:
-        return None
-    data = read_json(path, "tags")
+    return None if path is None else parse_tags(read_json(path, "tags"), f"tags file {path}")
+
+
+def parse_tags(data: object, what: str = "tags") -> dict[str, list[str]]:
+    """``data`` as a map artist -> genre tags; ArtistError, naming it as ``what``, when it is not one."""
     if not isinstance(data, dict) or not all(isinstance(v, list) and all(isinstance(t, str) for t in v)
                                              for v in data.values()):
-        raise ArtistError(f"tags file {path} must map each artist to a list of tags (strings)")
+        raise ArtistError(f"{what} must map each artist to a list of tags (strings)")
     return data
 
 

@@ -25,6 +25,7 @@ from mess.artists.similarity import ArtistVectors, artist_vectors, similarity_ro
 from mess.constants import DEFAULT_MAX_TRACKS, DEFAULT_MIN_TRACKS
 from mess.search.query import stale_aspect_map
 from mess.search.vectors import from_tracks
+from mess.serve.artist_inputs import BODY, HybridInputs, hybrid_inputs
 from mess.serve.errors import without_paths
 from mess.serve.routes_search import K
 from mess.serve.routes_tracks import Aspect, Blank, Fused, Layer, Model
@@ -97,19 +98,23 @@ def similar_artists(state: State, name: Annotated[str | None, Blank, Query(descr
                     hybrid: Annotated[bool, Query(description="Blend audio with genre tags and collaborations, using "
                                                               "the weights saved by `mess artists hybrid`.")] = False,
                     weights: Annotated[str | None, Blank, Query(description="Hybrid weights, e.g. audio=0.6,genre=0.3,"
-                                                                            "collab=0.1 (implies hybrid).")] = None
+                                                                            "collab=0.1 (implies hybrid).")] = None,
+                    inputs: Annotated[HybridInputs, Depends(hybrid_inputs)] = HybridInputs()
                     ) -> dict:
     """Artist-to-artist similarity over each artist's representative tracks (default: the layer that separates
     artists best), as `mess artists similar` with the same options; ``notes`` holds what it would say on stderr of the
-    hybrid blend."""
+    hybrid blend. POST sends what its --reference and --tags files hold as a JSON body (:mod:`artist_inputs`)."""
     if (name is None) == (track is None):
         raise HTTPException(400, "give one of name (an artist's name) and track (a track id)")
+    if not hybrid and weights is None and (inputs.reference is not None or inputs.tags is not None):
+        given = "reference" if inputs.reference is not None else "tags"
+        raise HTTPException(400, f"{given} feeds the hybrid score: add hybrid=true (or weights)")
     try:
         options = ArtistOptions(model, "mean" if method is None else method, center is not False, max_tracks,
                                 min_tracks)
     except ArtistError as exc:
         raise HTTPException(400, _query_words(str(exc))) from None
-    blend = (Hybrid(weights, method_given=method is not None, center_given=center is not None)
+    blend = (Hybrid(weights, inputs.reference, inputs.tags, method is not None, center is not None)
              if hybrid or weights is not None else None)
     notes: list[str] = []
     with state.lock:
@@ -155,6 +160,9 @@ def similar_artists(state: State, name: Annotated[str | None, Blank, Query(descr
             "note": centring_note(len(aset.profiles), "center=false") if options.center else None,
             "stale_aspect_map": stale, "tracks_without_fused_vectors": missing, "results": results}
 
+
+router.add_api_route("/artists/similar", similar_artists, methods=["POST"], openapi_extra=BODY,
+                     summary="Artists that sound like an artist, with reference lists or genre tags sent as JSON")
 
 _OPTION = re.compile(r"--([a-z][a-z-]*)")  # a command-line option named in a message
 

@@ -37,7 +37,7 @@ HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestor
            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # POST routes that change nothing (a body too large for a query): an allowed origin's page may send them
-ASKING_POSTS = frozenset({"/api/similar/upload"})
+ASKING_POSTS = frozenset({"/api/similar/upload", "/api/artists/similar"})
 # what an allowed origin's page may send and read beyond CORS's safelists: the token, a JSON body, ranges and
 # conditional requests of the audio; ranges, validators, Retry-After and a download's name
 _CORS_HEADERS = ("Authorization", "Content-Type", "Range", "If-Range", "If-None-Match", "If-Modified-Since",

@@ -1,0 +1,78 @@
+"""The JSON body of ``POST /api/artists/similar``: what `mess artists similar` reads from its ``--reference`` and
+``--tags`` files, sent as content (no request names a file), checked as the CLI checks those files."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from fastapi import HTTPException, Request
+
+from mess.artists.analysis import parse_tags
+from mess.artists.profiles import ArtistError
+from mess.artists.reference import parse_reference
+from mess.serve.errors import short_values
+
+MAX_BODY = 2 * 2**20  # bytes: a reference map of thousands of artists is a few hundred KB
+CAP_WORDS = "the server's cap, to bound each request's work; the command line reads files of any size"
+FIELDS = ("reference", "tags")
+BODY = {"requestBody": {"required": False, "content": {"application/json": {"schema": {
+    "type": "object", "additionalProperties": False, "x-cap": CAP_WORDS,
+    "description": f"At most {MAX_BODY // 2**20} MiB ({CAP_WORDS}). An empty body is none.",
+    "properties": {
+        "reference": {"description": "What `--reference FILE` holds: artist -> ordered list of similar artists, as "
+                                     "names or objects with a name (ListenBrainz), or a Last.fm artist.getSimilar "
+                                     "answer; feeds the hybrid 'reference' component."},
+        "tags": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                 "description": "What `--tags FILE` holds: artist -> genre tags, added to the files' tags."}}}}}}}
+
+
+@dataclass(frozen=True)
+class HybridInputs:
+    """The reference lists and extra genre tags a request sent (None: not sent)."""
+
+    reference: dict[str, list[str]] | None = None
+    tags: dict[str, list[str]] | None = None
+
+
+async def hybrid_inputs(request: Request) -> HybridInputs:
+    """Dependency: a POST's JSON body read (413 beyond :data:`MAX_BODY`, without reading on when its
+    ``Content-Length`` says so) and checked (400 naming what is wrong, as the CLI names a bad file); a GET has none."""
+    if request.method != "POST":
+        return HybridInputs()
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and (len(declared) > 12 or int(declared) > MAX_BODY):
+        raise _too_large()
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise _too_large()
+    if not body.strip():
+        return HybridInputs()
+    try:
+        data = json.loads(bytes(body).decode("utf-8-sig"))  # -sig: a file saved by Notepad, sent as it is
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HTTPException(400, f"the body is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise HTTPException(400, "the body is not valid JSON (nested too deeply)") from None
+    if not isinstance(data, dict) or set(data) - set(FIELDS):
+        raise HTTPException(400, 'the body must be a JSON object {"reference": ..., "tags": ...}'
+                                 + (f"; {sorted(set(data) - set(FIELDS))[0]!r} is neither" if isinstance(data, dict)
+                                    else f"; got {_kind(data)}"))
+    try:
+        return HybridInputs(parse_reference(data["reference"]) if "reference" in data else None,
+                            parse_tags(data["tags"]) if "tags" in data else None)
+    except ArtistError as exc:
+        raise HTTPException(400, short_values(str(exc))) from None
+
+
+def _kind(value: object) -> str:
+    """What a JSON value that is no object is, in JSON's words."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return "an array" if isinstance(value, list) else "a string" if isinstance(value, str) else "a number"
+
+
+def _too_large() -> HTTPException:
+    return HTTPException(413, f"the body is larger than {MAX_BODY // 2**20} MiB ({CAP_WORDS})")
