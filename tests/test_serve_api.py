@@ -201,7 +201,8 @@ def test_a_get_of_a_post_route_is_405_naming_the_method(client: TestClient) -> N
             assert response.status_code == 405 and response.headers["allow"] == "POST", (url, response.status_code)
         assert client.get(url).json() == {"detail": f"GET is not allowed on {url}; allowed: POST"}
     missing = client.get("/api/nope")
-    assert missing.status_code == 404 and missing.json() == {"detail": "Not Found"}
+    assert missing.status_code == 404
+    assert missing.json() == {"detail": "no API route /api/nope; /openapi.json lists them"}
     assert client.get("/").status_code == client.get("/app.js").status_code == 200  # the page is still served
     assert client.post("/").status_code == 405
 

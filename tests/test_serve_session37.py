@@ -182,3 +182,28 @@ def test_a_body_without_the_blend_says_what_it_feeds(plain: TestClient) -> None:
     answer = plain.post("/api/artists/similar", params={"name": "saw machine"}, json={"tags": TAGS})
     assert answer.status_code == 400 and answer.json()["detail"] == ("tags feeds the hybrid score: add hybrid=true (or "
                                                                      "weights)"), answer.text
+
+
+# ---------------------------------------------------------------- found trying the API as an app builder
+
+def test_a_refused_preflight_says_why_in_the_apis_shape(cors: TestClient) -> None:
+    """Starlette's refusal was a plain-text 400 'Disallowed CORS origin, method, headers', without the headers every
+    other answer has (nosniff, no framing); an allowed app on a LAN address asking a loopback server (Chrome's
+    Private Network Access preflight) was refused."""
+    refused = cors.options("/api/tracks", headers={"Origin": OTHER, "Access-Control-Request-Method": "PUT",
+                                                   "Access-Control-Request-Headers": "x-foo"})
+    assert refused.status_code == 400 and refused.headers["x-content-type-options"] == "nosniff"
+    detail = refused.json()["detail"]
+    assert all(word in detail for word in (repr(OTHER), "--allow-origin", "'PUT'", "'x-foo'")), detail
+    private = cors.options("/api/tracks", headers={"Origin": APP, "Access-Control-Request-Method": "GET",
+                                                   "Access-Control-Request-Private-Network": "true"})
+    assert private.status_code == 200 and private.headers["access-control-allow-private-network"] == "true"
+    assert private.headers["x-frame-options"] == "DENY"
+
+
+@pytest.mark.parametrize("path", ["/api/nope", "/api/tracks/1/audio/x", "/api/artist/similar"])
+def test_a_route_that_does_not_exist_is_named(plain: TestClient, path: str) -> None:
+    """A typo in a route ('artist' for 'artists') was 404 'Not Found', as an unknown track's answer says why."""
+    answer = plain.get(path)
+    assert answer.status_code == 404 and answer.json()["detail"] == f"no API route {path}; /openapi.json lists them"
+    assert plain.get("/api/tracks/999").json()["detail"] == "unknown track id 999"  # a route's own 404 unchanged

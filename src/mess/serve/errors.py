@@ -36,6 +36,8 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 405:
         exc = _not_allowed(request, exc)
+    elif exc.status_code == 404 and request.scope.get("route") is None and request.url.path.startswith("/api/"):
+        exc = StarletteHTTPException(404, f"no API route {request.url.path}; /openapi.json lists them", exc.headers)
     if isinstance(exc.detail, str):  # a store folder's name that is not UTF-8 is escaped: JSON holds UTF-8 alone
         exc = StarletteHTTPException(exc.status_code, short_values(printable(exc.detail)), exc.headers)
     return await http_exception_handler(request, exc)

@@ -24,9 +24,11 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 
 from mess.constants import port_problem
+from mess.serve.errors import short_values
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 COOKIE = "mess_token"
@@ -128,8 +130,31 @@ def install(app: FastAPI, policy: AccessPolicy) -> None:
         return response
 
     if policy.origins:  # outside the guard: a browser's preflight carries no token
-        app.add_middleware(CORSMiddleware, allow_origins=sorted(policy.origins), allow_methods=["GET", "HEAD", "POST"],
-                           allow_headers=_CORS_HEADERS, expose_headers=_CORS_EXPOSED)
+        app.add_middleware(_Cors, allow_origins=sorted(policy.origins), allow_methods=["GET", "HEAD", "POST"],
+                           allow_headers=_CORS_HEADERS, expose_headers=_CORS_EXPOSED,
+                           allow_private_network=True)  # an allowed app on a LAN address may read a loopback server
+
+
+class _Cors(CORSMiddleware):
+    """Starlette's CORS, its preflight answers with the headers of every answer and a refusal in the API's shape and
+    words (it was a plain-text 400 'Disallowed CORS origin')."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        """The preflight's answer; a refusal says what was refused and what is allowed."""
+        answer = super().preflight_response(request_headers)
+        headers = {k: v for k, v in answer.headers.items() if k.lower().startswith(("access-control-", "vary"))}
+        if answer.status_code != 400:
+            return Response(status_code=answer.status_code, headers={**headers, **HEADERS})
+        origin = request_headers["origin"]
+        why = {"origin": f"origin {origin!r} may not read this server from a browser (--allow-origin names those "
+                         "that may)",
+               "method": f"method {request_headers['access-control-request-method']!r} is not allowed; the API takes "
+                         "GET, HEAD and POST",
+               "headers": f"headers {request_headers.get('access-control-request-headers', '')!r} are not all "
+                          f"allowed; a page may send {', '.join(_CORS_HEADERS)}"}
+        failed = bytes(answer.body).decode().removeprefix("Disallowed CORS ").split(", ")
+        return JSONResponse({"detail": short_values("; ".join(why.get(f, f) for f in failed))}, status_code=400,
+                            headers={**headers, **HEADERS})
 
 
 async def _checked(request: Request, call_next: Callable[[Request], Awaitable[Response]],
