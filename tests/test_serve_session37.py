@@ -207,3 +207,11 @@ def test_a_route_that_does_not_exist_is_named(plain: TestClient, path: str) -> N
     answer = plain.get(path)
     assert answer.status_code == 404 and answer.json()["detail"] == f"no API route {path}; /openapi.json lists them"
     assert plain.get("/api/tracks/999").json()["detail"] == "unknown track id 999"  # a route's own 404 unchanged
+
+
+def test_a_get_with_a_body_is_refused_not_ignored(plain: TestClient) -> None:
+    """`curl -X GET -d @body.json` sent the reference with a GET: answered without it, as if it had been read."""
+    answer = plain.request("GET", "/api/artists/similar", params={"name": "saw machine", **BLEND},
+                           json={"reference": REFERENCE})
+    assert answer.status_code == 400 and "POST" in answer.json()["detail"], answer.text
+    assert plain.get("/api/artists/similar", params={"name": "saw machine", **BLEND}).status_code == 200

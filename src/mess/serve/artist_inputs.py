@@ -37,10 +37,13 @@ class HybridInputs:
 
 async def hybrid_inputs(request: Request) -> HybridInputs:
     """Dependency: a POST's JSON body read (413 beyond :data:`MAX_BODY`, without reading on when its
-    ``Content-Length`` says so) and checked (400 naming what is wrong, as the CLI names a bad file); a GET has none."""
-    if request.method != "POST":
-        return HybridInputs()
+    ``Content-Length`` says so) and checked (400 naming what is wrong, as the CLI names a bad file); a GET has none (one
+    sent with a body, ``curl -X GET -d``, is a 400: the body would be read by nothing, silently)."""
     declared = request.headers.get("content-length", "")
+    if request.method != "POST":
+        if declared.strip("0") or "transfer-encoding" in request.headers:
+            raise HTTPException(400, "a GET's body is not read: send the reference and tags with POST")
+        return HybridInputs()
     if declared.isascii() and declared.isdigit() and (len(declared) > 12 or int(declared) > MAX_BODY):
         raise _too_large()
     body = bytearray()
