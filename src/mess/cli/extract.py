@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -74,6 +75,8 @@ def extract_command(
         help="Ray cluster address (with --engine ray), e.g. auto; default: RAY_ADDRESS, else a local cluster.")] = None,
     precision: PrecisionOpt = "fp32",
     wait: WaitOpt = True,
+    json_out: Annotated[bool, typer.Option("--json", help="Also print the run's outcome as JSON on stdout (counts, "
+                                                          "failures, warnings, skipped files).")] = False,
 ) -> None:
     """Embed every new or changed audio file; unchanged files are skipped by content hash.
 
@@ -84,7 +87,8 @@ def extract_command(
     from mess.extract.pipeline import ExtractInterrupted, missing_files
     from mess.models.hub import quiet
 
-    paths, hidden, linked = _audio_files(folders, prune)
+    skips: list[str] = []
+    paths, hidden, linked = _audio_files(folders, prune, skips.append)
     if engine not in ("local", "ray"):
         fail(f"unknown engine {engine!r}; use local or ray")
     with failing(ModelError, ValueError, ImportError):
@@ -105,21 +109,28 @@ def extract_command(
                 summary = _run_local(fs, paths, embedder, policy, batch_size, workers,
                                      [*folders, *linked] if prune else [])
             except ExtractInterrupted as stop:
+                if json_out:
+                    emit_json(_outcome(fs, embedder, policy, stop.summary, skips, hidden, [], 130))
                 _stop_interrupted(stop.summary, len(paths), embedder.info.name, store)
         _print_summary(summary, embedder.info.name, store, waited)
         if hidden:
             warn(_hidden_note(hidden))
-        _note_missing(missing_files(fs))
+        gone = missing_files(fs)
+        _note_missing(gone)
         _unused_run_warning(fs, embedder, policy)
+        if json_out:
+            emit_json(_outcome(fs, embedder, policy, summary, skips, hidden, gone, 3 if summary.failed else 0))
     if summary.failed:
         raise typer.Exit(3)
 
 
-def _audio_files(folders: list[Path], prune: bool = False) -> tuple[list[Path], list[Path], list[Path]]:
+def _audio_files(folders: list[Path], prune: bool = False,
+                 on_skip: Callable[[str], None] | None = None) -> tuple[list[Path], list[Path], list[Path]]:
     """The audio files under ``folders``, the audio files skipped there as hidden and the folders the walk reached
     through symbolic links (resolved: their files are catalogued under them, so --prune prunes there too); a clean
     error when a folder is missing (unless it is only there to be pruned: one moved, with others left) or when they
-    hold none."""
+    hold none. Each file or folder the walk skips (a link to nothing, an unreadable folder) is warned of and told to
+    ``on_skip``."""
     from mess.audio.discover import find_audio
 
     missing = [str(f) for f in folders if not f.exists()]
@@ -129,8 +140,13 @@ def _audio_files(folders: list[Path], prune: bool = False) -> tuple[list[Path], 
         fail("; ".join([f"no such file or folder: {', '.join(others)}"] * bool(others) + links))
     hidden: list[Path] = []
     linked: list[Path] = []
+    def skipped(message: str) -> None:
+        warn(message)
+        if on_skip is not None:
+            on_skip(message)
+
     paths = find_audio([f for f in folders if f.exists()],
-                       on_skip=warn, on_hidden=hidden.append, on_linked=linked.append)
+                       on_skip=skipped, on_hidden=hidden.append, on_linked=linked.append)
     found = set(paths)
     # one named on the command line is in (realpath: a hidden link to itself is no RuntimeError, as resolve() raises)
     hidden = [p for p in dict.fromkeys(hidden) if Path(os.path.realpath(p)) not in found]
@@ -147,6 +163,35 @@ def _hidden_note(hidden: list[Path], shown: int = 3) -> str:
     names = ", ".join(printable(str(p)) for p in hidden[:shown]) + (", ..." if len(hidden) > shown else "")
     return (f"{len(hidden)} hidden audio file{'s' * (len(hidden) > 1)} (dot-files or in dot-folders) skipped: "
             f"{names}; name such a file or dot-folder itself to extract it")
+
+
+def _outcome(fs: FeatureStore, embedder: EmbeddingModel, policy: WindowPolicy, summary: ExtractSummary,
+             skips: list[str], hidden: list[Path], gone: list[str], status: int) -> dict:
+    """What `mess extract --json` prints: the run's counts and failures as the text summary gives them, the run the
+    files went to (None when every file failed), the walk's skipped and hidden files, the catalogued files no longer
+    on disk and the exit status."""
+    from mess.extract.runs import run_policy
+
+    info = embedder.info
+    run = next((r for r in fs.runs() if r.model == info.name and (r.revision, run_policy(r)) == (info.revision,
+                                                                                                  policy)), None)
+    return {
+        "store": str(fs.root),
+        "model": info.name,
+        "run_id": None if run is None else run.id,
+        "embedded": summary.done,
+        "copies": summary.copies,
+        "unchanged": summary.skipped,
+        "failed": [{"path": path, "reason": reason} for path, reason in summary.failed],
+        "removed": summary.removed,
+        "warnings": summary.warnings,
+        "skipped": skips,
+        "hidden": [str(p) for p in hidden],
+        "not_on_disk": gone,
+        "audio_seconds": round(summary.audio_seconds, 3),
+        "seconds": round(summary.wall_seconds, 3),
+        "exit_status": status,
+    }
 
 
 def _lock(fs: FeatureStore, held: ExitStack, command: str, wait: bool) -> float:
