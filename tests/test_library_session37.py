@@ -8,10 +8,14 @@ import json
 from contextlib import closing
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 import soundfile as sf
+from mutagen.id3 import ID3, TIT2, TPE1, Encoding
 
 from conftest import mess_here
+from mess.audio.tags import read_tags
 from mess.store import FeatureStore
 
 SOUNDTRACK = Path("/work/data/soundtracks/wesnoth/transience.ogg")
@@ -55,3 +59,32 @@ def test_extract_json_gives_the_runs_outcome_on_stdout(clip: Path, tmp_path: Pat
     assert len(out["skipped"]) == 1 and str(music / "gone.ogg") in out["skipped"][0]
     assert out["hidden"] == [str((music / ".hidden.wav").resolve())]
     assert "failed: " in first.stderr and "{" not in first.stderr  # the text summary, on stderr
+
+
+def _mp3(clip: Path, path: Path) -> Path:
+    """``clip`` encoded as an MP3 at ``path`` (PyAV's libmp3lame), without tags."""
+    samples, rate = sf.read(clip, dtype="float32", always_2d=True)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libmp3lame", rate=rate, layout="stereo" if samples.shape[1] == 2 else "mono")
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples.T), format="fltp", layout=stream.layout.name)
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    return path
+
+
+def test_id3_latin1_frames_holding_utf8_read_as_utf8(clip: Path, tmp_path: Path) -> None:
+    """Taggers long wrote UTF-8 into ID3 frames marked Latin-1: mutagen reads 'Sigur RÃ³s', an artist apart from
+    'Sigur Rós' (as a Vorbis comment spells it) in `mess artists`. Such a value is read as UTF-8; a Latin-1 frame
+    holding Latin-1 text (which is not valid UTF-8) reads as before."""
+    mangled, latin = _mp3(clip, tmp_path / "mangled.mp3"), _mp3(clip, tmp_path / "latin.mp3")
+    tags = ID3()
+    tags.add(TPE1(encoding=Encoding.LATIN1, text="Sigur Rós".encode().decode("latin-1")))  # UTF-8 bytes in the frame
+    tags.add(TIT2(encoding=Encoding.LATIN1, text="Hoppípolla".encode().decode("latin-1")))
+    tags.save(mangled)
+    tags = ID3()
+    tags.add(TPE1(encoding=Encoding.LATIN1, text="Motörhead"))  # Latin-1 bytes, as the standard says
+    tags.save(latin)
+    assert (ID3(mangled)["TPE1"].text, ID3(latin)["TPE1"].text) == (["Sigur RÃ³s"], ["Motörhead"])  # as mutagen reads
+    assert (read_tags(mangled)["artist"], read_tags(mangled)["title"]) == ("Sigur Rós", "Hoppípolla")
+    assert read_tags(latin)["artist"] == "Motörhead"

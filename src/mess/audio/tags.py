@@ -56,9 +56,21 @@ def _fill(tags: dict[str, str | None], audio: mutagen.FileType | None) -> None:
     if audio is None or audio.tags is None:
         return
     for field in TAG_FIELDS:
-        values = list(dict.fromkeys(v for v in (str(x).strip() for x in _values(audio, field)) if v))
+        values = list(dict.fromkeys(v for v in (utf8_unmangled(str(x).strip()) for x in _values(audio, field)) if v))
         if values:
             tags[field] = JOIN.join(values) if field in MULTI_VALUED else values[0]
+
+
+def utf8_unmangled(text: str) -> str:
+    """``text`` read again as UTF-8 where it is UTF-8 bytes read as Latin-1 ('Jens Ã©rler', an ID3 frame marked
+    Latin-1 that a tagger filled with UTF-8): its characters all Latin-1 and their bytes valid UTF-8. Latin-1 text is
+    seldom valid UTF-8 ('São', 'Motörhead' are not), so it stays as it is."""
+    if text.isascii():
+        return text
+    try:
+        return text.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return text
 
 
 def _values(audio: mutagen.FileType, field: str) -> list:
