@@ -88,3 +88,13 @@ def test_id3_latin1_frames_holding_utf8_read_as_utf8(clip: Path, tmp_path: Path)
     assert (ID3(mangled)["TPE1"].text, ID3(latin)["TPE1"].text) == (["Sigur RÃ³s"], ["Motörhead"])  # as mutagen reads
     assert (read_tags(mangled)["artist"], read_tags(mangled)["title"]) == ("Sigur Rós", "Hoppípolla")
     assert read_tags(latin)["artist"] == "Motörhead"
+
+
+def test_extract_help_wraps_its_exit_status_to_the_terminal() -> None:
+    """`mess extract --help` printed its exit-status paragraph with the docstring's line breaks inside the terminal's
+    own ('... 3 when the run' / 'finished' / 'but some files failed'): each sentence wraps to the width alone."""
+    out = mess_here("extract", "--help", env={"COLUMNS": "250"})
+    assert out.returncode == 0
+    lines = [line.strip() for line in out.stdout.splitlines()]
+    status = next(line for line in lines if line.startswith("Exit status:"))
+    assert status.endswith("(no files, unknown model, store busy or damaged)."), status

@@ -80,9 +80,9 @@ def extract_command(
 ) -> None:
     """Embed every new or changed audio file; unchanged files are skipped by content hash.
 
-    Exit status: 0 when every file was embedded or unchanged, 3 when the run finished
-    but some files failed (each named with its reason; `mess info --failures`), 1 when
-    the run could not start or go on (no files, unknown model, store busy or damaged).
+    Exit status: 0 when every file was embedded or unchanged, 3 when the run finished but some files failed (each \
+named with its reason; `mess info --failures`), 1 when the run could not start or go on (no files, unknown model, \
+store busy or damaged).
     """
     from mess.extract.pipeline import ExtractInterrupted, missing_files
     from mess.models.hub import quiet
