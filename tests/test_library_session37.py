@@ -36,7 +36,9 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_extract_json_gives_the_runs_outcome_on_stdout(clip: Path, tmp_path: Path) -> None:
     """`mess extract --json` prints what the run did as one JSON object on stdout (the text stays on stderr):
-    embedded, copies, failed files with reasons, links skipped, hidden files, the run and the exit status."""
+    embedded, copies, failed files with reasons, links skipped, hidden files, the run and the exit status. A file with
+    a cue sheet beside it marking several tracks (a whole album in one FLAC) is embedded whole, and that is said: it
+    was a track like any other, without a word."""
     music, store = tmp_path / "music", tmp_path / "store"
     (music / "sub").mkdir(parents=True)
     song, copy, empty = music / "song.wav", music / "sub" / "song copy.wav", music / "empty.mp3"
@@ -45,6 +47,13 @@ def test_extract_json_gives_the_runs_outcome_on_stdout(clip: Path, tmp_path: Pat
     empty.touch()
     (music / "gone.ogg").symlink_to(tmp_path / "nowhere.ogg")
     (music / ".hidden.wav").write_bytes(clip.read_bytes())
+    album = music / "album" / "Album.flac"  # a whole album in one file, its tracks marked by a cue sheet beside it
+    album.parent.mkdir()
+    samples, rate = sf.read(clip, dtype="float32")
+    sf.write(album, -samples, rate)  # other content than the song's: embedded, not a copy
+    sheet = "".join(f'  TRACK {n:02d} AUDIO\r\n    TITLE "Part {n}"\r\n    INDEX 01 00:0{2 * (n - 1)}:00\r\n'
+                    for n in (1, 2))
+    (music / "album" / "ALBUM.CUE").write_bytes(f'FILE "Album.flac" WAVE\r\n{sheet}'.encode("cp1252"))
 
     first = mess_here("extract", str(music), *DSP, "--store", str(store), "--json")
     assert first.returncode == 3, first.stderr
@@ -52,12 +61,16 @@ def test_extract_json_gives_the_runs_outcome_on_stdout(clip: Path, tmp_path: Pat
     with closing(FeatureStore(store, readonly=True)) as fs:
         run = fs.run("dsp")
         assert out["run_id"] == run.id and out["model"] == "dsp"
-        assert {t.path for t in fs.tracks(run)} == {str(song.resolve()), str(copy.resolve())}
-    assert (out["embedded"], out["copies"], out["unchanged"], out["exit_status"]) == (1, 1, 0, 3)
+        assert {t.path for t in fs.tracks(run)} == {str(p.resolve()) for p in (song, copy, album)}
+    assert (out["embedded"], out["copies"], out["unchanged"], out["exit_status"]) == (2, 1, 0, 3)
     assert [f["path"] for f in out["failed"]] == [str(empty.resolve())]
     assert "empty" in out["failed"][0]["reason"]
     assert len(out["skipped"]) == 1 and str(music / "gone.ogg") in out["skipped"][0]
     assert out["hidden"] == [str((music / ".hidden.wav").resolve())]
+    assert out["cue_sheets"] == [{"path": str(album.resolve()), "cue": str(album.resolve().parent / "ALBUM.CUE"),
+                                  "tracks": 2}]
+    said = " ".join(first.stderr.split())
+    assert f"{album.resolve()} (2 tracks in ALBUM.CUE); mess embeds it whole, as one track" in said, said
     assert "failed: " in first.stderr and "{" not in first.stderr  # the text summary, on stderr
 
 

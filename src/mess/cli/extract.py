@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -20,6 +21,7 @@ from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, given_path, 
 from mess.constants import AUDIO_EXTENSIONS, DEFAULT_MAX_WINDOWS, DEFAULT_WINDOW_SECONDS
 from mess.models.registry import DEVICES, MODEL_NAMES, ModelError, check_device, load_model
 
+_CUE_TRACK = re.compile(rb"^\s*TRACK\s+\d+\s+AUDIO\b", re.MULTILINE | re.IGNORECASE)  # a cue sheet's track
 EXTENSIONS = ", ".join(sorted(e.lstrip(".") for e in AUDIO_EXTENSIONS))  # what find_audio finds, in words
 
 if TYPE_CHECKING:  # the pipeline imports the decoders (PyAV): only `mess extract` needs them, not every command
@@ -89,6 +91,7 @@ store busy or damaged).
 
     skips: list[str] = []
     paths, hidden, linked = _audio_files(folders, prune, skips.append)
+    albums = _cued_albums(paths)
     if engine not in ("local", "ray"):
         fail(f"unknown engine {engine!r}; use local or ray")
     with failing(ModelError, ValueError, ImportError):
@@ -110,16 +113,19 @@ store busy or damaged).
                                      [*folders, *linked] if prune else [])
             except ExtractInterrupted as stop:
                 if json_out:
-                    emit_json(_outcome(fs, embedder, policy, stop.summary, skips, hidden, [], 130))
+                    emit_json(_outcome(fs, embedder, policy, stop.summary, skips, hidden, albums, [], 130))
                 _stop_interrupted(stop.summary, len(paths), embedder.info.name, store)
         _print_summary(summary, embedder.info.name, store, waited)
         if hidden:
             warn(_hidden_note(hidden))
+        if albums:
+            warn(_cued_note(albums))
         gone = missing_files(fs)
         _note_missing(gone)
         _unused_run_warning(fs, embedder, policy)
         if json_out:
-            emit_json(_outcome(fs, embedder, policy, summary, skips, hidden, gone, 3 if summary.failed else 0))
+            emit_json(_outcome(fs, embedder, policy, summary, skips, hidden, albums, gone,
+                               3 if summary.failed else 0))
     if summary.failed:
         raise typer.Exit(3)
 
@@ -166,10 +172,11 @@ def _hidden_note(hidden: list[Path], shown: int = 3) -> str:
 
 
 def _outcome(fs: FeatureStore, embedder: EmbeddingModel, policy: WindowPolicy, summary: ExtractSummary,
-             skips: list[str], hidden: list[Path], gone: list[str], status: int) -> dict:
+             skips: list[str], hidden: list[Path], albums: list[tuple[Path, Path, int]], gone: list[str],
+             status: int) -> dict:
     """What `mess extract --json` prints: the run's counts and failures as the text summary gives them, the run the
-    files went to (None when every file failed), the walk's skipped and hidden files, the catalogued files no longer
-    on disk and the exit status."""
+    files went to (None when every file failed), the walk's skipped and hidden files, the files a cue sheet splits
+    into tracks, the catalogued files no longer on disk and the exit status."""
     from mess.extract.runs import run_policy
 
     info = embedder.info
@@ -187,11 +194,49 @@ def _outcome(fs: FeatureStore, embedder: EmbeddingModel, policy: WindowPolicy, s
         "warnings": summary.warnings,
         "skipped": skips,
         "hidden": [str(p) for p in hidden],
+        "cue_sheets": [{"path": str(path), "cue": str(cue), "tracks": n} for path, cue, n in albums],
         "not_on_disk": gone,
         "audio_seconds": round(summary.audio_seconds, 3),
         "seconds": round(summary.wall_seconds, 3),
         "exit_status": status,
     }
+
+
+def _cued_albums(paths: list[Path]) -> list[tuple[Path, Path, int]]:
+    """Each audio file with a cue sheet beside it that marks several tracks in it ('Album.cue' or 'Album.flac.cue'
+    by 'Album.flac', in any case, as Windows players find it: a whole album in one file), with the sheet and its count
+    of tracks. Each folder is listed once."""
+    sheets: dict[Path, dict[str, str]] = {}
+    found = []
+    for path in paths:
+        if path.parent not in sheets:
+            try:
+                names = os.listdir(path.parent)
+                sheets[path.parent] = {n[:-4].casefold(): n for n in names if n[-4:].lower() == ".cue"}
+            except OSError:
+                sheets[path.parent] = {}
+        for stem in (path.stem, path.name):
+            if (name := sheets[path.parent].get(stem.casefold())) is None:
+                continue
+            try:
+                tracks = len(_CUE_TRACK.findall((path.parent / name).read_bytes()))
+            except OSError:  # unreadable: not a sheet mess can go by
+                continue
+            if tracks > 1:
+                found.append((path, path.parent / name, tracks))
+                break
+    return found
+
+
+def _cued_note(albums: list[tuple[Path, Path, int]], shown: int = 3) -> str:
+    """One line saying that files a cue sheet splits into tracks are each embedded whole, naming the first few."""
+    from mess.store.paths import printable
+
+    names = ", ".join(f"{printable(str(path))} ({n} tracks in {cue.name})" for path, cue, n in albums[:shown])
+    many = len(albums) > 1
+    return (f"{len(albums)} file{'s' * many} with a cue sheet beside {'them' if many else 'it'}: {names}"
+            f"{', ...' if len(albums) > shown else ''}; mess embeds {'each' if many else 'it'} whole, as one track "
+            "(it does not split by cue sheets: split the file, e.g. with shnsplit, for a track each)")
 
 
 def _lock(fs: FeatureStore, held: ExitStack, command: str, wait: bool) -> float:
