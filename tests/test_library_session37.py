@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from contextlib import closing
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import av
 import numpy as np
@@ -34,18 +35,18 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_extract_json_gives_the_runs_outcome_on_stdout(clip: Path, tmp_path: Path) -> None:
-    """`mess extract --json` prints what the run did as one JSON object on stdout (the text stays on stderr):
-    embedded, copies, failed files with reasons, links skipped, hidden files, the run and the exit status. A file with
-    a cue sheet beside it marking several tracks (a whole album in one FLAC) is embedded whole, and that is said: it
-    was a track like any other, without a word."""
-    music, store = tmp_path / "music", tmp_path / "store"
+@pytest.fixture(scope="module")
+def extracted(clip: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, CompletedProcess[str]]:
+    """A small messy library (a song, its copy in a sub-folder, an empty MP3, a link to nothing, a hidden file, an
+    album FLAC with a cue sheet of two tracks) extracted with `--json`: the folder, the store and the run's output."""
+    root = tmp_path_factory.mktemp("library")
+    music, store = root / "music", root / "store"
     (music / "sub").mkdir(parents=True)
     song, copy, empty = music / "song.wav", music / "sub" / "song copy.wav", music / "empty.mp3"
     song.write_bytes(clip.read_bytes())
     copy.write_bytes(clip.read_bytes())
     empty.touch()
-    (music / "gone.ogg").symlink_to(tmp_path / "nowhere.ogg")
+    (music / "gone.ogg").symlink_to(root / "nowhere.ogg")
     (music / ".hidden.wav").write_bytes(clip.read_bytes())
     album = music / "album" / "Album.flac"  # a whole album in one file, its tracks marked by a cue sheet beside it
     album.parent.mkdir()
@@ -54,8 +55,17 @@ def test_extract_json_gives_the_runs_outcome_on_stdout(clip: Path, tmp_path: Pat
     sheet = "".join(f'  TRACK {n:02d} AUDIO\r\n    TITLE "Part {n}"\r\n    INDEX 01 00:0{2 * (n - 1)}:00\r\n'
                     for n in (1, 2))
     (music / "album" / "ALBUM.CUE").write_bytes(f'FILE "Album.flac" WAVE\r\n{sheet}'.encode("cp1252"))
+    return music, store, mess_here("extract", str(music), *DSP, "--store", str(store), "--json")
 
-    first = mess_here("extract", str(music), *DSP, "--store", str(store), "--json")
+
+def test_extract_json_gives_the_runs_outcome_on_stdout(extracted: tuple[Path, Path, CompletedProcess[str]]) -> None:
+    """`mess extract --json` prints what the run did as one JSON object on stdout (the text stays on stderr):
+    embedded, copies, failed files with reasons, links skipped, hidden files, the run and the exit status. A file with
+    a cue sheet beside it marking several tracks (a whole album in one FLAC) is embedded whole, and that is said: it
+    was a track like any other, without a word."""
+    music, store, first = extracted
+    song, copy, empty, album = (music / "song.wav", music / "sub" / "song copy.wav", music / "empty.mp3",
+                                music / "album" / "Album.flac")
     assert first.returncode == 3, first.stderr
     out = json.loads(first.stdout)  # stdout holds the JSON alone
     with closing(FeatureStore(store, readonly=True)) as fs:
@@ -111,3 +121,19 @@ def test_extract_help_wraps_its_exit_status_to_the_terminal() -> None:
     lines = [line.strip() for line in out.stdout.splitlines()]
     status = next(line for line in lines if line.startswith("Exit status:"))
     assert status.endswith("(no files, unknown model, store busy or damaged)."), status
+
+
+def test_similar_by_a_title_names_the_tracks_it_may_mean(extracted: tuple[Path, Path, CompletedProcess[str]]) -> None:
+    """`mess similar Transience` (a title or a file name without its extension, as a person types it) was 'unknown
+    track' alone; the error now names the tracks whose title or file name holds the words, by id and path."""
+    music, store, _ = extracted
+    with closing(FeatureStore(store, readonly=True)) as fs:
+        ids = {Path(t.path).name: t.id for t in fs.tracks()}
+    out = mess_here("similar", "SONG", "--store", str(store))
+    said = " ".join(out.stderr.split())
+    assert out.returncode == 1 and said.startswith("error: unknown track 'SONG'"), said
+    expected = ", ".join(f"{ids[p.name]} ({p.resolve()})" for p in sorted((music / "song.wav",
+                                                                           music / "sub" / "song copy.wav"),
+                                                                          key=lambda p: ids[p.name]))
+    assert f"did you mean {expected}?" in said, said
+    assert "did you mean" not in mess_here("similar", "nothing like it", "--store", str(store)).stderr

@@ -206,6 +206,25 @@ def open_store(path: Path, *, readonly: bool = True, create: bool = True) -> Ite
         store.close()
 
 
+def named_like(fs: FeatureStore, text: str, shown: int = 5) -> str:
+    """'; did you mean ...' naming the first ``shown`` tracks (by id) whose title, artist - title or file name holds
+    ``text`` (case, accents and punctuation aside: 'transience' finds '01 - Transience.ogg'); '' when none does. For
+    an unknown track's error: a title typed as a query."""
+    from mess.audio.names import normalize_name
+    from mess.constants import file_title
+    from mess.store.paths import printable
+
+    wanted = normalize_name(text)
+    if not wanted:
+        return ""
+    hits = [t for t in fs.tracks() if any(wanted in normalize_name(name) for name in
+                                          (t.name, file_title(t.path)))]
+    if not hits:
+        return ""
+    listed = ", ".join(f"{t.id} ({printable(t.path)})" for t in hits[:shown]) + (", ..." if len(hits) > shown else "")
+    return f"; did you mean {listed}? (give the id, the path or the file name with its extension)"
+
+
 def _print_version(value: bool) -> None:
     if value:
         from importlib.metadata import PackageNotFoundError, version

@@ -14,6 +14,7 @@ from mess.cli.common import (
     emit_json,
     fail,
     failing,
+    named_like,
     not_embedded_note,
     note,
     open_store,
@@ -33,6 +34,8 @@ from mess.cli.options import (
     in_a_folder,
 )
 from mess.constants import DEFAULT_NORM, FUSED, LABEL_FIELDS, counted
+
+UNKNOWN_QUERY = "no track of the collection is named so"  # mess.query.resolve_query's error for a query it cannot find
 
 if TYPE_CHECKING:
     from rich.console import JustifyMethod
@@ -192,6 +195,7 @@ def similar_command(
     from mess.search.query import ENCODED_R2, aspect_layers, similar_tracks, stale_aspect_map, weak_aspects
     from mess.search.rerank_store import ranking_choice
     from mess.search.vectors import VectorSpec, load_vectors, vectors_label
+    from mess.store import StoreError
 
     if hubness is not None and hubness not in METHODS:
         fail(f"unknown hubness reduction {hubness!r}; choose {' or '.join(METHODS)}")
@@ -199,7 +203,10 @@ def similar_command(
     notes: list[str] = []
     with open_store(store) as fs:
         run = fs.run(model)
-        tq = resolve_query(fs, query, run, on_warning=warn)
+        try:
+            tq = resolve_query(fs, query, run, on_warning=warn)
+        except StoreError as exc:
+            fail(f"{exc}{named_like(fs, query) if UNKNOWN_QUERY in str(exc) else ''}")
         with failing(ValueError):
             vs = load_vectors(fs, run, VectorSpec.from_options(layer, aspect, fused, cast("Norm", norm), learned))
             ranking = ranking_choice(fs, vs, ranking, match, hubness, expand, notes.append)  # the answer says which
