@@ -17,6 +17,7 @@ from mutagen.id3 import ID3, TIT2, TPE1, Encoding
 
 from conftest import mess_here
 from mess.audio.tags import read_tags
+from mess.cli.extract import _cued_albums
 from mess.store import FeatureStore
 
 SOUNDTRACK = Path("/work/data/soundtracks/wesnoth/transience.ogg")
@@ -137,3 +138,13 @@ def test_similar_by_a_title_names_the_tracks_it_may_mean(extracted: tuple[Path, 
                                                                           key=lambda p: ids[p.name]))
     assert f"did you mean {expected}?" in said, said
     assert "did you mean" not in mess_here("similar", "nothing like it", "--store", str(store)).stderr
+
+
+def test_a_cue_sheet_named_on_its_own_is_not_an_album_beside_itself(
+        extracted: tuple[Path, Path, CompletedProcess[str]]) -> None:
+    """`mess extract Album.cue` (the sheet named on the command line, which extraction tries as audio and fails on)
+    warned that Album.cue had a cue sheet beside it, Album.cue, and was embedded whole."""
+    music, _, _ = extracted
+    sheet, album = music / "album" / "ALBUM.CUE", (music / "album" / "Album.flac").resolve()
+    assert _cued_albums([sheet.resolve()]) == []
+    assert _cued_albums([album, sheet.resolve()]) == [(album, album.parent / "ALBUM.CUE", 2)]

@@ -216,7 +216,8 @@ def _cued_albums(paths: list[Path]) -> list[tuple[Path, Path, int]]:
             except OSError:
                 sheets[path.parent] = {}
         for stem in (path.stem, path.name):
-            if (name := sheets[path.parent].get(stem.casefold())) is None:
+            name = sheets[path.parent].get(stem.casefold())
+            if name is None or name == path.name:  # none, or the sheet itself named on the command line
                 continue
             try:
                 tracks = len(_CUE_TRACK.findall((path.parent / name).read_bytes()))
