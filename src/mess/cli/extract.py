@@ -146,6 +146,7 @@ def _audio_files(folders: list[Path], prune: bool = False,
         fail("; ".join([f"no such file or folder: {', '.join(others)}"] * bool(others) + links))
     hidden: list[Path] = []
     linked: list[Path] = []
+
     def skipped(message: str) -> None:
         warn(message)
         if on_skip is not None:
