@@ -67,9 +67,10 @@ def test_ids_follow_recordings_when_files_swap_names_or_a_new_file_takes_a_moved
     sf.write(music / "d.flac", audio, rate)
     store_dir = str(tmp_path / "store")
     out = CliRunner().invoke(app, ["extract", str(music), str(downloads), "--model", "dsp", "--store", store_dir,
-                                   "--window", "4", "--max-windows", "2", "--prune"])
+                                   "--window", "4", "--max-windows", "2", "--prune", "--json"])
     assert out.exit_code == 0, out.output
-    said = " ".join(out.output.split())
+    assert json.loads(out.stdout)["moved"] == 4
+    said = " ".join(out.stderr.split())
     assert "2 embedded, 4 unchanged (skipped), 0 failed, 4 moved in" in said, said
     with closing(FeatureStore(tmp_path / "store")) as store:
         after = _ids(store)

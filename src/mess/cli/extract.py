@@ -191,6 +191,7 @@ def _outcome(fs: FeatureStore, embedder: EmbeddingModel, policy: WindowPolicy, s
         "copies": summary.copies,
         "unchanged": summary.skipped,
         "failed": [{"path": path, "reason": reason} for path, reason in summary.failed],
+        "moved": summary.moved,
         "removed": summary.removed,
         "warnings": summary.warnings,
         "skipped": skips,
