@@ -38,7 +38,7 @@ from mess.probing.study import ProbeOptions, check_group_by, fold_meta, ungroupe
 from mess.probing.user_targets import LABEL, NUMBER, TargetFile, UserTarget
 from mess.store import FeatureStore, Run, Track
 from mess.store.paths import replace_file
-from mess.store.reports import slug
+from mess.store.reports import located_stem, slug
 
 Progress = Callable[[str, int, int], None]
 
@@ -190,9 +190,12 @@ def _info(target: UserTarget, plan: Plan) -> TargetInfo:
 
 
 def target_report_paths(folder: Path, report: TargetReport) -> dict[str, Path]:
-    """``probe-MODEL-runN[-mlp]-targets-STEM.{json,csv,png}``: named after the CSV, beside the proxy probe's."""
+    """``probe-MODEL-runN[-mlp]-targets-STEM-HASH.{json,csv,png}`` beside the proxy probe's: named after the CSV, and
+    after where it is (:func:`~mess.store.reports.located_stem`, relative to the store, ``folder``'s parent), so the
+    reports of ``a/genre.csv`` and ``b/genre.csv`` do not replace each other, and one file's keep their name."""
     stem = f"probe-{slug(report.model)}-run{report.run_id}" + ("" if report.probe == "ridge" else f"-{report.probe}")
-    return {ext: folder / f"{stem}-targets-{slug(Path(report.source).stem)}.{ext}" for ext in ("json", "csv", "png")}
+    named = located_stem(folder.parent, Path(report.source))
+    return {ext: folder / f"{stem}-targets-{named}.{ext}" for ext in ("json", "csv", "png")}
 
 
 def write_target_report(report: TargetReport, folder: Path) -> dict[str, Path]:

@@ -17,14 +17,19 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
-def fusion_stem(store_root: Path, checkpoint: Path) -> str:
-    """The name a fusion checkpoint's training log and report files start with: ``fusion-<file stem>-<10 hex>``,
-    the hex a SHA-256 of where the checkpoint is (relative to the store when inside it, so a moved store keeps
-    the names): two checkpoints of one file name in two folders never share a log or a report."""
-    target, root = resolved(checkpoint), resolved(store_root)
+def located_stem(store_root: Path, path: Path) -> str:
+    """``<file stem>-<10 hex>``, the hex a SHA-256 of where ``path`` is (relative to the store when inside it, so a
+    moved store keeps the names): two files of one name in two folders never share a report name."""
+    target, root = resolved(path), resolved(store_root)
     where = target.relative_to(root).as_posix() if target.is_relative_to(root) else str(target)
     digest = hashlib.sha256(where.encode("utf-8", "surrogateescape")).hexdigest()  # a name's bytes, UTF-8 or not
-    return f"fusion-{slug(checkpoint.stem)}-{digest[:10]}"
+    return f"{slug(path.stem)}-{digest[:10]}"
+
+
+def fusion_stem(store_root: Path, checkpoint: Path) -> str:
+    """The name a fusion checkpoint's training log and report files start with: ``fusion-`` and
+    :func:`located_stem`, so two checkpoints of one file name in two folders never share a log or a report."""
+    return f"fusion-{located_stem(store_root, checkpoint)}"
 
 
 def report_paths(folder: Path, model: str, run_id: int, probe: str, *, partial: bool = False) -> dict[str, Path]:
