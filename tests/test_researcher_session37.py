@@ -5,14 +5,19 @@ from __future__ import annotations
 import csv
 import json
 import os
+from contextlib import closing
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import soundfile as sf
 
 from mess.probing.study import ProbeOptions
 from mess.probing.user_probe import probe_targets, write_target_report
 from mess.probing.user_targets import read_targets
 from mess.store import FeatureStore
+from mess.store.export import export_vectors
 
 
 def _write(path: Path, header: list[str], rows: list[list[object]]) -> Path:
@@ -47,3 +52,50 @@ def test_two_targets_files_of_one_name_in_two_folders_write_two_reports(extracte
     again = probe_targets(store, run, read_targets(store, "genre.csv"), options)
     assert write_target_report(again, reports) == written["a"]  # the same file, the same names
     assert len(os.listdir(reports)) == 6
+
+
+@pytest.fixture(scope="module")
+def windowed_store(rendered_collection: list[Path],
+                   tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    """dsp over a 20 s render (three 6 s windows) and its first 4 s (one window of 4 s), with 6 s windows."""
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.pipeline import extract
+    from mess.models.registry import load_model
+
+    folder = tmp_path_factory.mktemp("windows")
+    audio, rate = sf.read(rendered_collection[0])
+    short = folder / "short.flac"
+    sf.write(short, audio[: 4 * rate], rate)
+    files = [rendered_collection[0], short]
+    with closing(FeatureStore(folder / "store")) as store:
+        summary = extract(store, files, load_model("dsp"), WindowPolicy(window_seconds=6, max_windows=3), workers=1)
+        assert not summary.failed, summary.failed
+    return folder / "store", files
+
+
+@pytest.mark.parametrize("fmt", ["npz", "csv"])
+def test_a_segment_export_gives_each_window_the_start_and_length_the_extractor_cut(
+        windowed_store: tuple[Path, list[Path]], tmp_path: Path, fmt: str) -> None:
+    """Each exported window's start and length are those of the windows :func:`decode_windows` cuts from the file
+    (the extractor's own decoding) under the run's policy: a window vector can be placed in time."""
+    from mess.audio.windows import WindowPolicy
+    from mess.extract.prepare import decode_windows, inspect_file
+
+    root, files = windowed_store
+    with closing(FeatureStore(root, readonly=True)) as store:
+        run = store.run("dsp")
+        export_vectors(store, run, tmp_path / f"v.{fmt}", fmt, layers=["mfcc"], segments=True)
+    if fmt == "npz":
+        data = np.load(tmp_path / "v.npz")
+        got = list(zip(data["path"].tolist(), data["segment_start"].tolist(), data["segment_seconds"].tolist(),
+                       strict=True))
+    else:
+        table = pd.read_csv(tmp_path / "v.csv")
+        got = list(zip(table["path"], table["segment_start"], table["segment_seconds"], strict=True))
+    rate = 22050  # dsp's
+    expected = []
+    for path in files:
+        windows = decode_windows(inspect_file(path), rate, WindowPolicy.from_json(run.policy))
+        expected += [(str(path), start, windows.audio.shape[1] / rate) for start in windows.starts.tolist()]
+    assert [p for p, _, _ in got] == [p for p, _, _ in expected] and len(got) == 4  # 3 windows + 1
+    np.testing.assert_allclose([g[1:] for g in got], [e[1:] for e in expected], atol=1e-4)

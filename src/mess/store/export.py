@@ -1,7 +1,8 @@
 """Vectors out of the store for research: per-track or per-segment rows with ids, paths and tags.
 
-``npz``: one array per column (``track_id``, ``path``, tags, ``duration`` in seconds, NaN where unknown,
-``segment_start`` with segments) plus ``vectors_<layer>`` [rows, dim] float32 and ``layers``, ``model``,
+``npz``: one array per column (``track_id``, ``path``, tags, ``duration`` in seconds, NaN where unknown, with segments
+``segment_start`` and ``segment_seconds``, the window's start and length: the policy's window, or a track no longer
+than one window, whole) plus ``vectors_<layer>`` [rows, dim] float32 and ``layers``, ``model``,
 ``run_id``, ``revision``, ``policy`` (the run's window policy as JSON: a model extracted again with another
 policy or revision has a second run), ``files_not_embedded`` (catalogued files with neither vectors nor a failure
 in the run) and ``files_failed`` (files the run failed to extract, `mess info --failures`): neither is in the rows.
@@ -55,7 +56,8 @@ def export_vectors(store: FeatureStore, run: Run, out: Path, fmt: str = "npz", *
     """Write ``run``'s vectors (all layers, or ``layers`` by name or index, or with ``fused`` its fused vectors) to
     ``out`` as npz, parquet or CSV.
 
-    Rows are tracks, or with ``segments`` the per-window vectors (``segment_start`` in seconds). StoreError for
+    Rows are tracks, or with ``segments`` the per-window vectors (``segment_start`` and ``segment_seconds``: where
+    the window starts and how long it is). StoreError for
     fused vectors with layers or segments, or where the run has none (or :func:`mess.store.fused.fused_matrix`
     refuses them as another run's). The file is
     written beside ``out`` and renamed over it: a killed export leaves a previous ``out`` whole (a
@@ -124,11 +126,24 @@ def _columns(store: FeatureStore, run: Run, names: tuple[str, ...], segments: bo
     columns: dict[str, np.ndarray] = {"track_id": ids.astype(np.int64)}
     if segments:
         columns["segment_start"] = np.asarray(starts, dtype=np.float64)
+        columns["segment_seconds"] = _window_lengths(run, ids, [by_id[int(i)].duration for i in ids])
     for tag in TAGS:
         columns[tag] = np.array([getattr(by_id[int(i)], tag) or "" for i in ids], dtype=str)
     durations = (by_id[int(i)].duration for i in ids)  # 0 s is a duration: NaN only where none is known
     columns["duration"] = np.array([np.nan if d is None else d for d in durations], dtype=np.float64)
     return columns, vectors, missing, failed
+
+
+def _window_lengths(run: Run, ids: np.ndarray, durations: list[float | None]) -> np.ndarray:
+    """Each window's length in seconds, as the run's window policy cut it: a track of several windows, or longer
+    than one, has windows of the policy's length; one no longer than a window is one window of its own length (its
+    duration as the catalog has it; NaN where none is known)."""
+    window = float(json.loads(run.policy)["window_seconds"])
+    _, first, counts = np.unique(ids, return_index=True, return_counts=True)
+    several = set(ids[first[counts > 1]].tolist())
+    return np.array([window if int(i) in several or (d is not None and d > window) else
+                     np.nan if d is None else d for i, d in zip(ids.tolist(), durations, strict=True)],
+                    dtype=np.float64)
 
 
 def _write_npz(out: Path, columns: dict[str, np.ndarray], vectors: dict[str, np.ndarray], meta: dict) -> None:
