@@ -24,6 +24,7 @@ from mess.audio.windows import WindowPolicy
 from mess.extract.pipeline import extract
 from mess.models.dsp import DspModel
 from mess.serve import embed_worker
+from mess.serve.embed_protocol import EmbedJob
 from mess.serve.uploads import EmbedWorker
 from mess.store import FeatureStore
 
@@ -99,8 +100,8 @@ def talk(jobs: list[tuple]) -> list[tuple]:
 
 
 def _job(path: Path, policy: WindowPolicy | None = None, max_seconds: float = 600.0, name: str = "dsp",
-         revision: str | None = None) -> tuple:
-    return (str(path), name, revision or _revision(), (policy or WindowPolicy()).to_json(), max_seconds, None)
+         revision: str | None = None) -> EmbedJob:
+    return EmbedJob(str(path), name, revision or _revision(), (policy or WindowPolicy()).to_json(), max_seconds, None)
 
 
 def test_a_job_is_answered_with_the_vectors_mess_extract_stores(files: dict[str, Path]) -> None:
@@ -108,9 +109,9 @@ def test_a_job_is_answered_with_the_vectors_mess_extract_stores(files: dict[str,
     no warnings; a closed inbox ends the loop."""
     messages = talk([_job(files["tone"])])
     assert messages[:2] == [("ready",), ("loaded",)] and len(messages) == 3
-    kind, content_hash, layers, tags, warnings, duration = messages[2]
+    kind, (content_hash, layers, tags, warnings, duration, segments) = messages[2]
     want_hash, want_layers = _stored(files["root"] / "store")
-    assert kind == "ok" and content_hash == want_hash and warnings == []
+    assert kind == "ok" and content_hash == want_hash and warnings == [] and segments == ()
     assert duration == pytest.approx(sf.info(files["tone"]).duration, abs=0.01)
     assert len(layers) == len(want_layers) and all(v.dtype == np.float32 for v in layers)
     for got, want in zip(layers, want_layers, strict=True):
@@ -173,7 +174,7 @@ def test_a_file_whose_header_gives_no_length_is_decoded_only_up_to_the_limit(fil
     pipeline embeds long.flac with decoding stopped at 6 s, with the warning that only its start was analysed."""
     assert sf.info(files["long"]).frames == 20 * SR
     messages = talk([_job(files["nolength"], max_seconds=6.0)])
-    kind, _, layers, _, warnings, _ = messages[2]
+    kind, (_, layers, _, warnings, _, _) = messages[2]
     assert kind == "ok"
     for got, want in zip(layers, _stored(files["root"] / "store6")[1], strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
@@ -253,7 +254,9 @@ def test_the_process_answers_on_its_stdout_and_ends_quietly_when_its_stdin_close
     recv = Connection(os.dup(child.stdout.fileno()), writable=False)
     assert _message(recv) == ("ready",)
     send.send(_job(files["tone"]))
-    assert _message(recv) == ("loaded",) and _message(recv)[:2] == ("ok", _stored(files["root"] / "store")[0])
+    assert _message(recv) == ("loaded",)
+    kind, embedded = _message(recv)
+    assert kind == "ok" and embedded.content_hash == _stored(files["root"] / "store")[0]
     send.close()
     child.stdin.close()
     assert child.wait(60) == 0

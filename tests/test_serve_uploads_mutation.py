@@ -426,6 +426,7 @@ SCRIPT = """\
 import json, os, sys, time
 from multiprocessing.connection import Connection
 import numpy as np
+from mess.serve.embed_protocol import Embedded
 out = os.dup(1)
 os.dup2(2, 1)
 inbox, outbox = Connection(os.dup(0), writable=False), Connection(out, readable=False)
@@ -440,7 +441,7 @@ while True:
         job = inbox.recv()
     except EOFError:
         break
-    path, model, revision, policy, max_seconds, source = job
+    path, model, revision, policy, max_seconds, source, segments = job
     with open(path + ".job", "w") as f:
         json.dump(list(job), f)
     command = open(path).read().strip()
@@ -471,11 +472,12 @@ while True:
         outbox.send(("error", "model", "out of memory in /opt/cuda/lib.so"))
     elif command.startswith("layers"):  # 'layers 1.5': after 1.5 s, vectors for layers of 2 and 3 values
         time.sleep(float(command.split()[1]))
-        outbox.send(("ok", "hash-new", [np.ones(2, np.float32), np.ones(3, np.float32)], {"artist": None}, [], 2.0))
+        outbox.send(("ok", Embedded("hash-new", [np.ones(2, np.float32), np.ones(3, np.float32)], {"artist": None}, [],
+                                    2.0)))
     else:
-        outbox.send(("ok", "hash-" + os.path.basename(path), [np.arange(3, dtype=np.float32)], {"artist": "Ann"},
-                     [f"{path}: sampled at 4000 Hz", f"{os.path.basename(path)}: only its first 20 min analysed"],
-                     None))
+        outbox.send(("ok", Embedded("hash-" + os.path.basename(path), [np.arange(3, dtype=np.float32)],
+                                    {"artist": "Ann"}, [f"{path}: sampled at 4000 Hz",
+                                                        f"{os.path.basename(path)}: only its first 20 min analysed"])))
 """
 
 
@@ -510,7 +512,7 @@ def test_an_upload_is_embedded_with_the_run_s_model_and_warnings_name_the_file(s
     assert [list(v) for v in got.layers] == [[0.0, 1.0, 2.0]]
     assert got.warnings == ["My Song.wav: sampled at 4000 Hz", "My Song.wav: only its first 20 min analysed"]
     assert json.loads(Path(f"{path}.job").read_text()) == [str(path), "dsp", "rev1", '{"window": 5}', 600.0,
-                                                           {"repo": "x"}]
+                                                           {"repo": "x"}, False]
     first = scripted.pid
     assert first is not None and scripted.embed(path, _Run("dsp"), "b.wav").content_hash == got.content_hash
     assert scripted.pid == first  # one long-lived child

@@ -20,18 +20,19 @@ from mess.audio.windows import WindowPolicy
 from mess.extract.embed import embed_file_warned
 from mess.models.base import EmbeddingModel
 from mess.models.registry import ModelError, UnknownModel, load_run_model
+from mess.serve.embed_protocol import Embedded, EmbedJob
 
 
 def serve(inbox: Connection, outbox: Connection) -> None:
-    """Serve jobs ``(path, model, revision, policy_json, max_seconds, source[, True])`` until the pipe closes.
+    """Serve :class:`~mess.serve.embed_protocol.EmbedJob` jobs until the pipe closes.
 
     ``source`` is the run's record of where its model came from (a dict of strings, or None), for a model its
     name cannot load (see :func:`mess.models.registry.load_run_model`).
 
     Says ``("ready",)`` once, when its imports are done, and ``("loaded",)`` for each job
     once the model is loaded (the server's timeout starts there). Then replies
-    ``("ok", content_hash, layer_vectors, tags, warnings, duration)`` (a job ending in True: and the per-layer window
-    vectors, what segment matching compares, as a last item) or ``("error", kind, message)`` with kind
+    ``("ok", Embedded)`` (:class:`~mess.serve.embed_protocol.Embedded`: content hash, layer vectors, tags, warnings,
+    duration, and for a job with ``segments`` the per-layer window vectors) or ``("error", kind, message)`` with kind
     ``decode`` (the file is bad) or ``model`` (the model cannot be used); ``warnings`` are what the CLI would
     warn of for the file (a low sample rate, only its start analysed), as sentences; ``duration`` is its length in
     seconds by its header (None when it gives none), as `mess similar FILE` reads it. Files longer
@@ -48,13 +49,13 @@ def serve(inbox: Connection, outbox: Connection) -> None:
             job = inbox.recv()
         except EOFError:
             return
-        if job[0] == "spans":
+        if not isinstance(job, EmbedJob):  # ("spans", path)
             outbox.send(("spans", first_spans(job[1])))
             continue
-        path, name, revision, policy, max_seconds, source, *windows = job
+        name, revision = job.model, job.revision
         try:
             if (name, revision) not in models:
-                models[name, revision] = load_run_model(name, revision, source)
+                models[name, revision] = load_run_model(name, revision, job.source)
             model = models[name, revision]
         except UnknownModel as exc:  # a model folder gone, say: which model it was comes first
             outbox.send(("error", "model", f"cannot load model {name}: {exc}"))
@@ -67,7 +68,7 @@ def serve(inbox: Connection, outbox: Connection) -> None:
             outbox.send(("error", "model", f"cannot load model {name}: {str(exc) or type(exc).__name__}"))
             continue
         outbox.send(("loaded",))
-        outbox.send(_embed(Path(path), model, WindowPolicy.from_json(policy), max_seconds, bool(windows)))
+        outbox.send(_embed(Path(job.path), model, WindowPolicy.from_json(job.policy), job.max_seconds, job.segments))
 
 
 def _embed(path: Path, model: EmbeddingModel, policy: WindowPolicy, max_seconds: float, windows: bool) -> tuple:
@@ -84,8 +85,9 @@ def _embed(path: Path, model: EmbeddingModel, policy: WindowPolicy, max_seconds:
         tags = read_tags(path)  # inside: a tag reader's fault is this upload's error, not the worker's death
     except Exception as exc:  # noqa: BLE001 -- any fault in one upload is that upload's error
         return ("error", "decode", str(exc) or type(exc).__name__)
-    return ("ok", vectors.content_hash, [np.asarray(v, dtype=np.float32) for v in vectors.layers], tags, warnings,
-            duration or None, *(([np.asarray(v) for v in vectors.segments],) if windows else ()))
+    return ("ok", Embedded(vectors.content_hash, [np.asarray(v, dtype=np.float32) for v in vectors.layers], tags,
+                           warnings, duration or None,
+                           tuple(np.asarray(v) for v in vectors.segments) if windows else ()))
 
 
 def main() -> None:

@@ -26,9 +26,8 @@ from dataclasses import dataclass
 from email.message import Message
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO
 
-import numpy as np
 from fastapi import HTTPException, Request
 from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
@@ -39,6 +38,7 @@ from starlette.requests import ClientDisconnect
 from mess.audio.recording import FirstSpans
 from mess.constants import AUDIO_EXTENSIONS, audio_suffix
 from mess.extract.child import Child, describe_exit
+from mess.serve.embed_protocol import Embedded, EmbedJob
 from mess.serve.errors import without_paths
 from mess.store import Run
 
@@ -103,17 +103,6 @@ class _Parser(MultiPartParser):
             return disposition
         self.extended_name = name
         return disposition + b'; filename=""'
-
-
-class Embedded(NamedTuple):
-    """What the embedding process made of an upload."""
-
-    content_hash: str
-    layers: list[np.ndarray]  # per-layer track vectors
-    tags: dict[str, str | None]
-    warnings: list[str]  # what `mess similar FILE` would warn of (a low sample rate, only its start analysed)
-    duration: float | None = None  # seconds, by the file's header (None: it gives none)
-    segments: tuple[np.ndarray, ...] = ()  # per-layer window vectors [n, dim], when asked for (match segments)
 
 
 @dataclass(frozen=True)
@@ -321,8 +310,8 @@ class EmbedWorker:
             doing = "before it was ready"  # until the file is read, a death is the server's, not the file's
             try:
                 self._await("ready", self.start_timeout, "start")
-                send.send((str(path), run.model, run.revision, run.policy, self.max_seconds, source,
-                           *((True,) if segments else ())))
+                send.send(EmbedJob(str(path), run.model, run.revision, run.policy, self.max_seconds, source,
+                                   segments))
                 if run.model not in self._loaded:  # a cold model: its loading does not count against the file
                     doing = f"loading the model {run.model}"
                     self._await("loaded", self.start_timeout, "load the model")
@@ -340,10 +329,9 @@ class EmbedWorker:
                 raise HTTPException(400, f"the decoder process died on this file (exit code {code}); "
                                          "file rejected") from None
         if reply[0] == "ok":
-            _, content_hash, layers, tags, warnings, duration, *windows = reply
-            return Embedded(content_hash, layers, tags,
-                            [text.replace(str(path), name).replace(path.name, name) for text in warnings], duration,
-                            tuple(windows[0]) if windows else ())
+            embedded: Embedded = reply[1]
+            return embedded._replace(warnings=[text.replace(str(path), name).replace(path.name, name)
+                                               for text in embedded.warnings])
         _, kind, message = reply
         if kind == "decode":
             raise HTTPException(400, f"cannot decode the upload: {without_paths(message.replace(str(path), name))}")
