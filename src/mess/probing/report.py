@@ -6,8 +6,10 @@ import csv
 import io
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -157,6 +159,33 @@ def score_number(value: float) -> float | None:
     return None if np.isnan(value) else round(float(value), 4)
 
 
+class Probed(Protocol):
+    """What a probe's CSV reads of its report (:class:`ProbeReport`, or your own targets' report)."""
+
+    model: str
+    run_id: int
+    revision: str
+    probe: str
+    seed: int
+    conditions: dict[str, ProbeScores]
+
+
+def scores_csv(report: Probed, column: str, of: Mapping[str, str], score: str) -> bytes:
+    """A probe's long-format CSV: condition, layer, target, ``column`` (each target's entry in ``of``),
+    ``<score>_mean``, ``<score>_std``, then :data:`RUN_COLUMNS` on every row, so the rows of several probes
+    concatenated stay apart."""
+    rows = io.StringIO(newline="")
+    writer = csv.writer(rows)
+    writer.writerow(["condition", "layer", "target", column, f"{score}_mean", f"{score}_std", *RUN_COLUMNS])
+    run = [getattr(report, name) for name in RUN_COLUMNS]
+    for name, scores in report.conditions.items():
+        for i, layer in enumerate(scores.layers):
+            for j, target in enumerate(scores.targets):
+                writer.writerow([name, layer, target, of[target], score_number(scores.r2[i, j]),
+                                 score_number(scores.r2_std[i, j]), *run])
+    return rows.getvalue().encode()
+
+
 def write_report(report: ProbeReport, folder: str | Path, *, partial: bool = False) -> dict[str, Path]:
     """Write the JSON report, a long-format CSV and a heatmap PNG, each atomically; returns their paths.
 
@@ -166,18 +195,7 @@ def write_report(report: ProbeReport, folder: str | Path, *, partial: bool = Fal
     folder = Path(folder)
     paths = report_paths(folder, report.model, report.run_id, report.probe, partial=partial)
     folder.mkdir(parents=True, exist_ok=True)
-    rows = io.StringIO(newline="")
-    writer = csv.writer(rows)
-    writer.writerow(["condition", "layer", "target", "aspect", "r2_mean", "r2_std", *RUN_COLUMNS])
-    run = [report.model, report.run_id, report.revision, report.probe, report.seed]  # rows of several runs stay apart
-    for name, scores in report.conditions.items():
-        for i, layer in enumerate(scores.layers):
-            for j, target in enumerate(scores.targets):
-                writer.writerow(
-                    [name, layer, target, _ASPECT_OF[target], score_number(scores.r2[i, j]),
-                     score_number(scores.r2_std[i, j]), *run]
-                )
-    replace_file(paths["csv"], rows.getvalue().encode())
+    replace_file(paths["csv"], scores_csv(report, "aspect", _ASPECT_OF, "r2"))
     heatmap(report, paths["png"])
     replace_file(paths["json"], json.dumps(report.to_dict(), indent=2).encode())  # last: what the server reads
     return paths

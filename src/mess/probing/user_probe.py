@@ -9,8 +9,6 @@ row of their fold has: folds grouped by album cannot teach a label that follows 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import time
 from collections.abc import Callable
@@ -33,7 +31,7 @@ from mess.probing.probes import (
     fold_scores,
     make_folds,
 )
-from mess.probing.report import RUN_COLUMNS, SHUFFLED, TRAINED, draw_heatmap, score_number
+from mess.probing.report import SHUFFLED, TRAINED, draw_heatmap, score_number, scores_csv
 from mess.probing.study import ProbeOptions, check_group_by, fold_meta, ungrouped
 from mess.probing.user_targets import LABEL, NUMBER, TargetFile, UserTarget
 from mess.store import FeatureStore, Run, Track
@@ -205,16 +203,7 @@ def write_target_report(report: TargetReport, folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = target_report_paths(folder, report)
     kinds = {t.name: t.kind for t in report.targets}
-    rows = io.StringIO(newline="")
-    writer = csv.writer(rows)
-    writer.writerow(["condition", "layer", "target", "kind", "score_mean", "score_std", *RUN_COLUMNS])
-    run = [report.model, report.run_id, report.revision, report.probe, report.seed]
-    for name, scores in report.conditions.items():
-        for i, layer in enumerate(scores.layers):
-            for j, target in enumerate(scores.targets):
-                writer.writerow([name, layer, target, kinds[target], score_number(scores.r2[i, j]),
-                                 score_number(scores.r2_std[i, j]), *run])
-    replace_file(paths["csv"], rows.getvalue().encode())
+    replace_file(paths["csv"], scores_csv(report, "kind", kinds, "score"))
     draw_heatmap(report.model, report.conditions, {t: f"{k} ({'R^2' if k == NUMBER else 'accuracy'})"
                                                    for t, k in kinds.items()},
                  f"{Path(report.source).stem}, {report.probe} probe, seed {report.seed}", paths["png"])
