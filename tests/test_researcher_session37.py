@@ -99,3 +99,27 @@ def test_a_segment_export_gives_each_window_the_start_and_length_the_extractor_c
         expected += [(str(path), start, windows.audio.shape[1] / rate) for start in windows.starts.tolist()]
     assert [p for p, _, _ in got] == [p for p, _, _ in expected] and len(got) == 4  # 3 windows + 1
     np.testing.assert_allclose([g[1:] for g in got], [e[1:] for e in expected], atol=1e-4)
+
+
+def test_own_targets_report_each_folds_score_so_layers_compare_with_confidence_intervals(
+        extracted_store: Path, tmp_path: Path) -> None:
+    """A researcher puts confidence intervals on a layer's score and compares layers fold by fold: the report gives
+    every fold's score (mean and std were all), whose mean and std are the report's; the same seed gives the same
+    numbers twice."""
+    store = FeatureStore(extracted_store, readonly=True)
+    run = store.run("dsp")
+    tracks = store.tracks(run)
+    own = _write(tmp_path / "mine.csv", ["id", "composer", "level"],
+                 [[t.id, t.composer, t.duration * (1 + k % 3)] for k, t in enumerate(tracks)])
+    options = ProbeOptions(layers=run.layer_names[:2], seed=4, group_by="none", folds=4)
+    report = probe_targets(store, run, read_targets(store, own), options).to_dict()
+    assert probe_targets(store, run, read_targets(store, own), options).to_dict()["conditions"] == report["conditions"]
+    for condition in ("trained", "shuffled"):
+        got = report["conditions"][condition]
+        assert set(got["score_folds"]) == set(run.layer_names[:2])
+        for layer, row in got["score_folds"].items():
+            assert set(row) == {"composer", "level"}
+            for target, folds in row.items():
+                assert len(folds) == 4  # KFold(4): one score per fold
+                assert got["score"][layer][target] == pytest.approx(np.mean(folds), abs=1e-4)
+                assert got["score_std"][layer][target] == pytest.approx(np.std(folds), abs=1e-4)

@@ -70,6 +70,9 @@ class TargetReport:
     seconds: float
     unknown_rows: int = 0
     probed_at: float = field(default_factory=time.time)
+    # condition -> layer -> target -> its score in each fold (the folds of a target are the same for every layer, so
+    # layers compare fold by fold); probed targets only
+    fold_scores: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """JSON-ready report."""
@@ -85,7 +88,9 @@ class TargetReport:
                       "out-of-fold accuracy; mean and std over folds",
             "targets": [asdict(t) for t in self.targets],
             "best": {t: {"layer": layer, "score": score_number(score)} for t, (layer, score) in self.best().items()},
-            "conditions": {name: {"score": table(s, s.r2), "score_std": table(s, s.r2_std)}
+            "conditions": {name: {"score": table(s, s.r2), "score_std": table(s, s.r2_std),
+                                  "score_folds": {layer: {t: [score_number(v) for v in f] for t, f in row.items()}
+                                                  for layer, row in self.fold_scores.get(name, {}).items()}}
                            for name, s in self.conditions.items()},
         }
 
@@ -116,13 +121,13 @@ def probe_targets(store: FeatureStore, run: Run, targets: TargetFile, options: P
     conditions = [TRAINED] + ([SHUFFLED] if SHUFFLED in options.controls else [])
     ids_all = np.array([t.id for t in tracks], dtype=np.int64)
 
-    def score_layer(name: str) -> dict[str, np.ndarray]:
+    def score_layer(name: str) -> dict[str, list[np.ndarray | None]]:
         row_ids, matrix = store.layer_matrix(run, name)
         x_all = matrix[np.searchsorted(row_ids, ids_all)]
         if not np.array_equal(row_ids[np.minimum(np.searchsorted(row_ids, ids_all), len(row_ids) - 1)], ids_all):
             raise ProbeError(f"tracks of {run.model} were removed or extracted again while it was probed: run "
                              "`mess probe` again")
-        out = {c: np.full((2, len(plans)), np.nan) for c in conditions}  # [mean, std] per target
+        out: dict[str, list[np.ndarray | None]] = {c: [None] * len(plans) for c in conditions}  # per target
         for j, plan in enumerate(plans):
             if isinstance(plan, str):
                 continue
@@ -133,10 +138,10 @@ def probe_targets(store: FeatureStore, run: Run, targets: TargetFile, options: P
                     per_fold = fold_scores(x_all[rows], values[:, None], folds, options.probe, options.seed)[:, 0]
                 else:
                     per_fold = fold_accuracy(x_all[rows], values, folds, options.probe, options.seed)
-                out[c][:, j] = per_fold.mean(), per_fold.std()
+                out[c][j] = per_fold
         return out
 
-    results: dict[str, dict[str, np.ndarray]] = {}
+    results: dict[str, dict[str, list[np.ndarray | None]]] = {}
     # single-threaded BLAS around the pool (the limit is the process's): layers side by side, as probe_layers runs them
     with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
         for name, result in zip(layers, pool.map(score_layer, layers), strict=True):
@@ -144,12 +149,23 @@ def probe_targets(store: FeatureStore, run: Run, targets: TargetFile, options: P
             if on_progress:
                 on_progress(run.model, len(results), len(layers))
     names = tuple(t.name for t in targets.targets)
-    scores = {c: ProbeScores(tuple(layers), names, np.array([results[n][c][0] for n in layers]),
-                             np.array([results[n][c][1] for n in layers])) for c in conditions}
+    scores = {c: ProbeScores(tuple(layers), names, *_summary([results[n][c] for n in layers])) for c in conditions}
+    per_fold = {c: {n: {t: [float(v) for v in f] for t, f in zip(names, results[n][c], strict=True) if f is not None}
+                    for n in layers} for c in conditions}
     infos = [TargetInfo(t.name, t.kind, 0, f"not probed: {p}") if isinstance(p, str) else _info(t, p)
              for t, p in zip(targets.targets, plans, strict=True)]
     return TargetReport(run.model, run.revision, run.id, asdict(run_policy(run)), str(targets.path), options.probe,
-                        options.seed, infos, scores, time.perf_counter() - started, len(targets.unknown))
+                        options.seed, infos, scores, time.perf_counter() - started, len(targets.unknown),
+                        fold_scores=per_fold)
+
+
+def _summary(per_layer: list[list[np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std over folds [layers, targets] of per-fold scores (NaN for a target not probed)."""
+    def stat(f: np.ndarray | None, how: Callable[[np.ndarray], float]) -> float:
+        return np.nan if f is None else how(f)
+
+    return (np.array([[stat(f, np.mean) for f in row] for row in per_layer], dtype=np.float64),
+            np.array([[stat(f, np.std) for f in row] for row in per_layer], dtype=np.float64))
 
 
 Plan = tuple[np.ndarray, np.ndarray, Folds]  # rows (into the run's tracks in content order), values, folds
