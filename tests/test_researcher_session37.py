@@ -13,7 +13,10 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from mess.probing.probes import make_folds, probe_layers
+from mess.probing.report import TRAINED, ProbeReport
 from mess.probing.study import ProbeOptions
+from mess.probing.targets import TARGET_NAMES
 from mess.probing.user_probe import probe_targets, write_target_report
 from mess.probing.user_targets import read_targets
 from mess.store import FeatureStore
@@ -123,3 +126,23 @@ def test_own_targets_report_each_folds_score_so_layers_compare_with_confidence_i
                 assert len(folds) == 4  # KFold(4): one score per fold
                 assert got["score"][layer][target] == pytest.approx(np.mean(folds), abs=1e-4)
                 assert got["score_std"][layer][target] == pytest.approx(np.std(folds), abs=1e-4)
+
+
+def test_the_proxy_probe_report_gives_each_folds_r2(extracted_store: Path) -> None:
+    """The proxy probe's report had R^2 mean and std over folds only: each fold's R^2 (one list per layer and target,
+    the folds shared by every layer) now comes with them, and numpy's mean and std of it are the report's."""
+    store = FeatureStore(extracted_store, readonly=True)
+    run = store.run("dsp")
+    ids, mfcc = store.layer_matrix(run, "mfcc")
+    y = mfcc[:, : len(TARGET_NAMES)].astype(np.float64)  # 22 real columns stand in for the proxy targets
+    folds = make_folds(len(ids), [], 4, seed=2)
+    layers = [(name, lambda name=name: store.layer_matrix(run, name)[1]) for name in ("chroma", "spectral")]
+    scores = probe_layers(layers, y, TARGET_NAMES, folds, seed=2, jobs=1)
+    report = ProbeReport("dsp", run.revision, run.id, {}, len(ids), folds.scheme, "ridge", 0.0, {TRAINED: scores})
+    got = report.to_dict()["conditions"][TRAINED]
+    for layer in ("chroma", "spectral"):
+        for target in TARGET_NAMES:
+            folds_r2 = got["r2_folds"][layer][target]
+            assert len(folds_r2) == 4
+            assert got["r2"][layer][target] == pytest.approx(np.mean(folds_r2), abs=1e-4)
+            assert got["r2_std"][layer][target] == pytest.approx(np.std(folds_r2), abs=1e-4)

@@ -192,12 +192,13 @@ def fold_chance(classes: np.ndarray, folds: Folds) -> float:
 
 @dataclass(frozen=True)
 class ProbeScores:
-    """Per layer x target out-of-fold R^2: mean and standard deviation over folds."""
+    """Per layer x target out-of-fold R^2: mean and standard deviation over folds, and where known each fold's."""
 
     layers: tuple[str, ...]
     targets: tuple[str, ...]
     r2: np.ndarray  # [n_layers, n_targets]
     r2_std: np.ndarray  # [n_layers, n_targets]
+    r2_folds: np.ndarray | None = None  # [n_layers, n_folds, n_targets]: the folds are the same for every layer
 
 
 def probe_layers(layers: Sequence[tuple[str, Callable[[], np.ndarray]]], y: np.ndarray, target_names: Sequence[str],
@@ -225,5 +226,5 @@ def probe_layers(layers: Sequence[tuple[str, Callable[[], np.ndarray]]], y: np.n
             if on_layer:
                 on_layer(done)
     names = tuple(n for n, _ in layers)
-    return ProbeScores(names, tuple(target_names), np.array([results[n].mean(axis=0) for n in names]),
-                       np.array([results[n].std(axis=0) for n in names]))
+    per_fold = np.array([results[n] for n in names])
+    return ProbeScores(names, tuple(target_names), per_fold.mean(axis=1), per_fold.std(axis=1), per_fold)

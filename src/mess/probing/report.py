@@ -131,6 +131,12 @@ class ProbeReport:
                 },
                 "best": [vars(c) for c in choose_layers(scores)],
             }
+            if scores.r2_folds is not None:  # each fold's R^2, for confidence intervals and layers compared by fold
+                folds = scores.r2_folds
+                conditions[name]["r2_folds"] = {
+                    layer: {t: [score_number(v) for v in folds[i, :, j]] for j, t in enumerate(scores.targets)}
+                    for i, layer in enumerate(scores.layers)
+                }
         return {
             "model": self.model,
             "revision": self.revision,
