@@ -136,8 +136,8 @@ def _print_targets(report: TargetReport) -> None:
     from mess.probing.report import SHUFFLED, TRAINED
 
     trained, best = report.conditions[TRAINED], report.best()
-    table = Table(title=f"{report.model} ({report.revision[:20]}): your targets, out of fold (numbers R^2, labels "
-                        f"accuracy), {report.probe} probe, seed {report.seed}")
+    table = Table(title=f"{report.model} ({report.revision[:20]}): your targets ({plain(Path(report.source).name)}), "
+                        f"out of fold (numbers R^2, labels accuracy), {report.probe} probe, seed {report.seed}")
     table.add_column("layer")
     for info in report.targets:
         table.add_column(f"{info.name} ({'R^2' if info.kind == 'number' else 'acc'})", justify="right")
