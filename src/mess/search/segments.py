@@ -55,8 +55,8 @@ def read_segments(store: FeatureStore, vs: VectorSet, ids: np.ndarray | None = N
     """Window vectors of the tracks ``ids`` (default: all of ``vs``), through the preprocessor of ``vs``."""
     if vs.spec.kind == FUSED:
         raise ValueError("segment matching needs layer vectors; fused vectors have no windows")
-    with store.snapshot():  # every layer's windows from one catalog version, though an extract may be committing
-        mats = [store.segment_matrix(vs.run, name) for name in vs.layers]
+    # every layer's windows from one catalog version, though an extract may be committing (or a reclaim moving rows)
+    mats = store.reading(lambda: [store.segment_matrix(vs.run, name) for name in vs.layers])
     seg_ids = mats[0][0]
     raw = np.concatenate([m for _, _, m in mats], axis=1)
     return group_windows(vs.ids if ids is None else ids, seg_ids, vs.prep.apply(in_space(vs.spec, vs.run, raw)))

@@ -30,6 +30,7 @@ from mess.store.feature_store import FeatureStore
 from mess.store.paths import from_db_path, leftover_temps, look, printable
 from mess.store.records import Run
 
+_SCANS = 3  # scans of a check whose catalog changed meanwhile (see full_check)
 _ROWS_LOST = ("short-file", "not-a-file")  # problems whose files lost the rows the catalog references
 
 
@@ -68,8 +69,19 @@ def full_check(store: FeatureStore) -> list[Problem]:
     with no checksum yet.
 
     It reads one catalog version, and of the row files only the rows that version references (writers
-    meanwhile cut only bytes past them), each file once, in chunks.
+    meanwhile cut only bytes past them), each file once, in chunks. Damage found while another process committed
+    (a reclaim or repair moving rows the version read references) is looked for again, on the newest version.
     """
+    for _ in range(_SCANS):
+        before = store.version()
+        problems = _scan_version(store)
+        if not any(p.damage for p in problems) or store.version() == before:
+            break
+    return problems
+
+
+def _scan_version(store: FeatureStore) -> list[Problem]:
+    """:func:`full_check`'s scan of one catalog version."""
     try:
         with store.snapshot():
             result = store.db.execute("PRAGMA integrity_check").fetchone()[0]

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import TypeVar
 
 from mess.store.catalog import has_column
-from mess.store.errors import CATALOG_ADVICE, DerivedRewritten, StoreDamaged, StoreError
+from mess.store.errors import CATALOG_ADVICE, ReadAgain, StoreDamaged, StoreError
 from mess.store.lock import LockUnusable, StoreLock
 from mess.store.memo import MEMO
 from mess.store.paths import printable
 from mess.store.records import Track, TrackList
 
 T = TypeVar("T")
-_READ_TRIES = 3  # reads of a derived set that fuse apply rewrites twice while it is read, each time (see reading)
+_READ_TRIES = 3  # reads of rows a newer catalog version changed while they were read, each time (see reading)
 
 
 def _command_name() -> str:
@@ -75,10 +75,10 @@ class StoreConnection:
                 self.db.rollback()
 
     def reading(self, read: Callable[[], T]) -> T:
-        """``read()`` inside one snapshot; where a derived set it reads was rewritten twice meanwhile (`fuse apply`
-        deletes the file of the version before the last: :class:`DerivedRewritten`), read again on the newest
-        version, up to ``_READ_TRIES`` times in all. Inside an outer snapshot it reads once: that one's reader, the
-        outermost, reads again."""
+        """``read()`` inside one snapshot; where a newer catalog version changed what it reads meanwhile
+        (:class:`ReadAgain`: `fuse apply` rewrote a derived set twice, `check --reclaim` or `--repair` moved or
+        freed rows), read again on the newest version, up to ``_READ_TRIES`` times in all. Inside an outer
+        snapshot it reads once: that one's reader, the outermost, reads again."""
         with self._lock:
             outer = self.db.in_transaction
         attempt = 1
@@ -86,7 +86,7 @@ class StoreConnection:
             try:
                 with self.snapshot():
                     return read()
-            except DerivedRewritten:
+            except ReadAgain:
                 if outer or attempt >= _READ_TRIES:
                     raise
                 attempt += 1

@@ -16,11 +16,19 @@ class StoreDamaged(StoreError):
     """The store's files disagree with its catalog; the message names what and how to repair it."""
 
 
-class DerivedRewritten(StoreError):
+class ReadAgain(StoreError):
+    """What a read found was changed by a newer catalog version than the one it read: read again on the newest
+    (:meth:`~mess.store.connection.StoreConnection.reading` does), not damage."""
+
+
+class DerivedRewritten(ReadAgain):
     """The file of a derived set (fused, ...) that the catalog version being read names is gone: ``fuse apply``
-    rewrote the set twice since (or it was deleted). Read again on a newer version
-    (see :meth:`~mess.store.connection.StoreConnection.reading`).
-    """
+    rewrote the set twice since (or it was deleted)."""
+
+
+class RowsMoved(ReadAgain):
+    """Rows the catalog version being read references were moved or freed since (``mess check --reclaim`` or
+    ``--repair`` ran): what the read found there is another file's vectors, zeros or nothing."""
 
 
 class TrackFailed(StoreError):

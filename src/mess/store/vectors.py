@@ -6,12 +6,14 @@ import json
 import sqlite3
 import time
 from collections.abc import Sequence
+from contextlib import closing
 
 import numpy as np
 
 from mess.store.arrays import DTYPE, UNSTORABLE, RowFile, ShortFile, unstorable
+from mess.store.catalog import uri
 from mess.store.checksums import block_sum, changed, expected, pack
-from mess.store.errors import StoreDamaged, StoreError
+from mess.store.errors import RowsMoved, StoreDamaged, StoreError
 from mess.store.paths import from_db_path
 from mess.store.records import Run, TrackVectors
 from mess.store.runs import RunCatalog
@@ -111,7 +113,29 @@ class VectorRows(RunCatalog):
     def _read(self, run: Run, level: str, layer: int, rows: list[sqlite3.Row]) -> tuple[np.ndarray, np.ndarray]:
         """(track id per vector, float32 vectors) of one layer at ``level`` for catalog ``rows``: a track row each,
         or its block of segment rows. A short file, a non-finite value or bytes that differ from their checksum
-        raise StoreDamaged."""
+        raise StoreDamaged, or RowsMoved where the newest catalog no longer references those rows there."""
+        try:
+            return self._read_rows(run, level, layer, rows)
+        except StoreDamaged:
+            if self._moved(run, rows):
+                raise RowsMoved(f"{self.root}: the {run.model} vectors read were moved since their catalog version "
+                                "was read (`mess check --reclaim` or `--repair` ran meanwhile, each time it was "
+                                "read): run the command again") from None
+            raise
+
+    def _moved(self, run: Run, rows: list[sqlite3.Row]) -> bool:
+        """Whether the newest catalog version (a connection of its own: this one may hold an older) lacks one of
+        ``rows`` at the rows it names; False where it cannot be read."""
+        try:
+            with closing(sqlite3.connect(uri(self.root / "catalog.sqlite"), uri=True, timeout=60)) as db:
+                newest = set(db.execute("SELECT content_hash, track_row, seg_row, n_segments FROM vectors "
+                                        "WHERE run_id=?", (run.id,)))
+        except sqlite3.Error:
+            return False
+        return any((r["content_hash"], r["track_row"], r["seg_row"], r["n_segments"]) not in newest for r in rows)
+
+    def _read_rows(self, run: Run, level: str, layer: int, rows: list[sqlite3.Row]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_read` as this catalog version's ``rows`` say, damage or not."""
         if level == "track":
             starts, counts = np.array([r["track_row"] for r in rows], dtype=np.int64), np.ones(len(rows), np.int64)
         else:
@@ -146,8 +170,9 @@ class VectorRows(RunCatalog):
         return ids, mat
 
     def layer_matrix(self, run: Run, layer: str | int) -> tuple[np.ndarray, np.ndarray]:
-        """(track ids, float32 [n_tracks, dim]) of one layer's track vectors."""
-        return self._read(run, "track", run.layer_index(layer), self._rows(run))
+        """(track ids, float32 [n_tracks, dim]) of one layer's track vectors (read again where rows moved meanwhile:
+        :meth:`reading`)."""
+        return self.reading(lambda: self._read(run, "track", run.layer_index(layer), self._rows(run)))
 
     def all_layers(self, run: Run) -> tuple[np.ndarray, np.ndarray]:
         """(track ids, float32 [n_tracks, n_layers, dim]) for models whose layers share one dim."""
@@ -158,7 +183,11 @@ class VectorRows(RunCatalog):
 
     def segment_matrix(self, run: Run, layer: str | int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(track id per segment, start seconds, float32 [n_segments, dim]) of one layer; StoreDamaged when two
-        files' windows overlap (the open-time check sees shared track rows only)."""
+        files' windows overlap (the open-time check sees shared track rows only). Read again where rows moved
+        meanwhile (:meth:`reading`)."""
+        return self.reading(lambda: self._segment_matrix(run, layer))
+
+    def _segment_matrix(self, run: Run, layer: str | int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows = self._rows(run)
         spans = sorted({r["content_hash"]: (r["seg_row"], r["n_segments"]) for r in rows}.values())
         if any(a[0] + a[1] > b[0] for a, b in zip(spans, spans[1:], strict=False)):

@@ -1,0 +1,113 @@
+"""Trust leftovers (session 37), with real processes on real audio: a reader on an older catalog version across a
+reclaim or repair reads again instead of calling the store damaged (notes/trust_session37.md)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sqlite3
+import subprocess
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_store_redteam import _frozen
+
+from conftest import mess_here
+
+GC = ["--model", "dsp", "--window", "1", "--max-windows", "64"]  # dsp: 80-byte rows, a row per second of audio
+
+
+def _clip(source: Path, target: Path, seconds: float, gain: float = 1.0) -> None:
+    """``target``: the first ``seconds`` of ``source`` at ``gain``, as WAV."""
+    import soundfile as sf
+
+    audio, rate = sf.read(source, frames=int(seconds * 44100), dtype="float32")
+    sf.write(target, audio * gain, rate)
+
+
+@pytest.fixture(scope="module")
+def clips(wesnoth_tracks: list[Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Four 3-second WAVs cut from four Wesnoth tracks, by name (a..d), and their sources."""
+    by_name = {p.name: p for p in wesnoth_tracks}
+    folder = tmp_path_factory.mktemp("clips")
+    out = {}
+    for letter, name in zip("abcd", ("battle.ogg", "defeat.ogg", "elf-land.ogg", "frantic.ogg"), strict=True):
+        out[letter] = folder / f"{letter}.wav"
+        _clip(by_name[name], out[letter], 3.0)
+        out[f"{letter}-source"] = by_name[name]
+    return out
+
+
+def _extract(music: Path, store: Path, *more: str) -> None:
+    run = mess_here("extract", str(music), *GC, *more, "--store", str(store))
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def _similar(store: Path, track: int) -> list[object]:
+    run = mess_here("similar", str(track), "--json", "--store", str(store))
+    assert run.returncode == 0, run.stdout + run.stderr
+    return list(json.loads(run.stdout)["results"])
+
+
+def _resumed_answer(reader: subprocess.Popen) -> list[object]:
+    """The results a frozen `mess similar --json` gives once let go."""
+    reader.send_signal(signal.SIGCONT)
+    out, err = reader.communicate(timeout=120)
+    said = " ".join((out + err).split())
+    assert reader.returncode == 0 and "damaged" not in said, said
+    return list(json.loads(out)["results"])
+
+
+def _contents(store: Path) -> dict[str, tuple[int, int]]:
+    with closing(sqlite3.connect(store / "catalog.sqlite")) as db:
+        return {h: (t, s) for h, t, s in db.execute("SELECT content_hash, track_row, seg_row FROM vectors")}
+
+
+def test_a_reader_on_an_older_catalog_version_across_reclaim_and_repair_reads_again(clips: dict[str, Path],
+                                                                                   tmp_path: Path) -> None:
+    """A `mess similar` that had read its catalog version (frozen before it reads the row files) while `check
+    --reclaim` freed rows that version references answered 'damaged: run `mess check --repair`' about a whole
+    store; so did one across a `check --repair` that dropped a damaged file. Each now sees the newest catalog no
+    longer references those rows there, reads again, and answers what a fresh `mess similar` answers."""
+    music, store = tmp_path / "music", tmp_path / "store"
+    music.mkdir()
+    for letter in "abcd":
+        shutil.copyfile(clips[letter], music / f"{letter}.wav")
+    _extract(music, store)  # rows a0 b1 c2 d3
+    _clip(clips["d-source"], music / "d.wav", 3.0, gain=0.5)
+    _extract(music, store)  # d's edit at row 4
+    reader = _frozen("mess.store.vectors:VectorRows._read:before", "similar", "1", "--json", "--store", str(store))
+    try:
+        shutil.copyfile(clips["d"], music / "d.wav")  # d reverted: its edit (row 4, the last) is an old content
+        (music / "b.wav").unlink()
+        _extract(music, store, "--prune")  # b forgotten: row 1 an old content, c and d after it
+        before = _contents(store)
+        reclaimed = mess_here("check", "--reclaim", "--store", str(store))
+        assert reclaimed.returncode == 0, reclaimed.stdout + reclaimed.stderr
+        assert len(before) == 5 and len(_contents(store)) == 3
+        got = _resumed_answer(reader)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.communicate()
+    assert got == _similar(store, 1)
+
+    # a repair that drops a damaged file's vectors, under a reader of the version that still held them
+    track_rows = store / "runs" / "1" / "track" / "000.f16"
+    data = np.fromfile(track_rows, dtype="<f2").reshape(-1, 40)
+    data[-1] += np.float16(1.0)  # the last file's first layer changed on disk: it differs from its checksums
+    data.tofile(track_rows)
+    reader = _frozen("mess.store.vectors:VectorRows._read:before", "similar", "1", "--json", "--store", str(store))
+    try:
+        repaired = mess_here("check", "--repair", "--store", str(store))
+        assert repaired.returncode == 0 and "dropped the vectors of 1 file" in " ".join(repaired.stdout.split()), (
+            repaired.stdout + repaired.stderr)
+        got = _resumed_answer(reader)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.communicate()
+    assert got == _similar(store, 1)
