@@ -239,23 +239,28 @@ def _old_contents(store: Path) -> int:
 
 
 def _healthy(store: Path) -> None:
+    """`mess check` finds nothing but rows past the catalog's last (an interrupted write's, cut by the next)."""
     checked = mess_here("check", "--store", str(store), "--json")
-    assert checked.returncode == 0 and json.loads(checked.stdout)["problems"] == [], checked.stdout
+    report = json.loads(checked.stdout)
+    assert checked.returncode == 0 and report["ok"], checked.stdout
+    assert all(p["kind"] == "orphan-rows" for p in report["problems"]), checked.stdout
 
 
 def test_reclaim_killed_at_each_step_leaves_a_whole_store_and_a_rerun_frees_the_old_contents(
         edited: tuple[Path, Path, Path], tmp_path: Path) -> None:
     """Old contents' vectors stayed in the store forever (an edited file's every earlier version). `mess check
-    --reclaim` drops them and gives their rows' blocks back; killed (-9) after each of its steps, the store is whole
-    and answers as before, and a rerun finishes: no old content left, the bytes it reports are those the row files'
-    blocks lost (st_blocks), and answers are unchanged."""
+    --reclaim` drops them and packs the rows kept (session 37: it punched holes before); killed (-9) after each of
+    its steps, the store is whole and answers as before, and a rerun finishes: no old content left, the bytes it
+    reports are those the row files' blocks lost (st_blocks), and answers are unchanged."""
     store = tmp_path / "store"
     shutil.copytree(edited[1], store)
     want, start = _answers(store), _allocated(store)
     assert _old_contents(store) == 2
     for at in ("mess.store.feature_store:FeatureStore.forget_derived_rows:after",  # before the catalog changes
-               "mess.store.reclaim:_give_back:before",  # the catalog changed, no file touched yet
-               "mess.store.reclaim:_punch:after"):  # one row file given back
+               "mess.store.reclaim:_move:before",  # the catalog changed, no row moved yet
+               "mess.store.arrays:RowFile.copy_rows:after",  # one layer's rows copied past the catalog's last
+               "mess.store.reclaim:_move:after",  # the catalog points at the copies
+               "mess.store.arrays:RowFile.truncate:before"):  # rows packed at the front, the files not cut yet
         _killed(_frozen(at, "check", "--reclaim", "--store", str(store)))
         _healthy(store)
         assert _answers(store) == want, at

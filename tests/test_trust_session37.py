@@ -1,5 +1,6 @@
 """Trust leftovers (session 37), with real processes on real audio: a reader on an older catalog version across a
-reclaim or repair reads again instead of calling the store damaged (notes/trust_session37.md)."""
+reclaim or repair reads again instead of calling the store damaged; a reclaim packs the rows kept, so row files are
+as long as what they hold (notes/trust_session37.md)."""
 
 from __future__ import annotations
 
@@ -66,12 +67,53 @@ def _contents(store: Path) -> dict[str, tuple[int, int]]:
         return {h: (t, s) for h, t, s in db.execute("SELECT content_hash, track_row, seg_row FROM vectors")}
 
 
+def _packed(store: Path) -> None:
+    """Every row file of the dsp run is as long as the rows the catalog references (tracks, their windows) and holds
+    no hole: a copy by a tool that fills holes is no larger."""
+    from mess.store import FeatureStore
+
+    with closing(sqlite3.connect(store / "catalog.sqlite")) as db:
+        tracks, windows = db.execute("SELECT COUNT(*), SUM(n_segments) FROM vectors").fetchone()
+    with closing(FeatureStore(store, readonly=True)) as fs:
+        run = fs.run("dsp")
+    for level, rows in (("track", tracks), ("segment", windows)):
+        for layer, dim in enumerate(run.layer_dims):
+            path = store / "runs" / str(run.id) / level / f"{layer:03d}.f16"
+            assert path.stat().st_size == rows * dim * 2, (path, path.stat().st_size, rows)
+
+
+def _derive(store: Path) -> None:
+    """A derived set 'twice' (stored by track row, as fused vectors are): each track's first layer doubled."""
+    from mess.store import FeatureStore
+
+    with closing(FeatureStore(store)) as fs:
+        run = fs.run("dsp")
+        ids, mat = fs.layer_matrix(run, 0)
+        hash_of = {t.id: t.content_hash for t in fs.tracks(run)}
+        fs.write_derived(run, "twice", [hash_of[int(i)] for i in ids], mat * 2, {})
+
+
+def _derived_follow(store: Path) -> None:
+    """The derived set moved with the rows: each track's derived vector is still its first layer doubled."""
+    from mess.store import FeatureStore
+
+    with closing(FeatureStore(store, readonly=True)) as fs:
+        run = fs.run("dsp")
+        ids, mat = fs.layer_matrix(run, 0)
+        got_ids, got = fs.derived_matrix(run, "twice")
+    assert sorted(got_ids.tolist()) == sorted(ids.tolist())
+    order = np.argsort(got_ids)
+    np.testing.assert_array_equal(got[order], (mat * 2)[np.argsort(ids)])
+
+
 def test_a_reader_on_an_older_catalog_version_across_reclaim_and_repair_reads_again(clips: dict[str, Path],
                                                                                    tmp_path: Path) -> None:
     """A `mess similar` that had read its catalog version (frozen before it reads the row files) while `check
     --reclaim` freed rows that version references answered 'damaged: run `mess check --repair`' about a whole
     store; so did one across a `check --repair` that dropped a damaged file. Each now sees the newest catalog no
-    longer references those rows there, reads again, and answers what a fresh `mess similar` answers."""
+    longer references those rows there, reads again, and answers what a fresh `mess similar` answers. The reclaim
+    left its row files their length, holes where rows were freed; it now moves the rows kept to the front (the
+    reader meets rows moved under it), derived vectors with them, and cuts the files after them."""
     music, store = tmp_path / "music", tmp_path / "store"
     music.mkdir()
     for letter in "abcd":
@@ -85,9 +127,12 @@ def test_a_reader_on_an_older_catalog_version_across_reclaim_and_repair_reads_ag
         (music / "b.wav").unlink()
         _extract(music, store, "--prune")  # b forgotten: row 1 an old content, c and d after it
         before = _contents(store)
+        _derive(store)
         reclaimed = mess_here("check", "--reclaim", "--store", str(store))
         assert reclaimed.returncode == 0, reclaimed.stdout + reclaimed.stderr
         assert len(before) == 5 and len(_contents(store)) == 3
+        _packed(store)
+        _derived_follow(store)
         got = _resumed_answer(reader)
     finally:
         if reader.poll() is None:

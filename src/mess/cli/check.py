@@ -79,11 +79,9 @@ def _reclaim(store: Path) -> Reclaimed:
 
 
 def _freed(reclaimed: Reclaimed) -> str:
-    """The bytes a reclaim gave back, and where the file system kept the blocks inside the row files."""
-    kept = "" if reclaimed.holes else (" (this file system cannot free rows inside a file: only the rows after the "
-                                       "last one kept were given back)")
+    """The bytes a reclaim gave back."""
     size = f"{reclaimed.freed / 1e6:.1f} MB" if reclaimed.freed >= 1e6 else f"{reclaimed.freed / 1e3:.1f} kB"
-    return f"{size} ({reclaimed.freed} bytes) given back to the file system{kept}"
+    return f"{size} ({reclaimed.freed} bytes) given back to the file system"
 
 
 def _verdict(health: StoreHealth) -> str:

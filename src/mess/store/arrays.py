@@ -62,9 +62,10 @@ class RowFile:
 
     Rows are written after the last row the catalog references; readers read only the
     rows their catalog version references (a write cuts only bytes past the catalog's
-    rows, a repair only rows whose vectors it dropped). The catalog, not the file, says
-    which rows are valid, so a crash mid-write leaves only unreferenced bytes, which the
-    next write overwrites.
+    rows, a repair only rows whose vectors it dropped; a reclaim moves rows, and a reader
+    on an older version reads again). The catalog, not the file, says which rows are
+    valid, so a crash mid-write leaves only unreferenced bytes, which the next write
+    overwrites.
     """
 
     def __init__(self, path: Path, dim: int) -> None:
@@ -119,6 +120,21 @@ class RowFile:
             f.write(matrix.tobytes())
             f.truncate()
             f.flush()
+            os.fsync(f.fileno())
+
+    def copy_rows(self, spans: Sequence[tuple[int, int, int]]) -> None:
+        """Copy rows (from, to, count) within the file, durable before returning, cutting nothing: the caller (a
+        reclaim, under the write lock) copies only to rows the catalog does not reference. ShortFile where the file
+        lacks a row copied."""
+        if not spans:
+            return
+        size = self.dim * DTYPE.itemsize
+        with self.path.open("r+b") as f:
+            for src, dst, n in spans:
+                data = os.pread(f.fileno(), n * size, src * size)
+                if len(data) < n * size:
+                    raise ShortFile(self.path, src + len(data) // size)
+                os.pwrite(f.fileno(), data, dst * size)
             os.fsync(f.fileno())
 
     def truncate(self, rows: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +129,19 @@ class DerivedSets(VectorRows):
             with self._lock, self.db:
                 self._store_derived(run, name, data, json.loads(meta))
         return blanked
+
+    def move_derived_rows(self, run: Run, moved: Mapping[int, int]) -> None:
+        """Rewrite each derived set with the vectors of track rows ``moved`` (from -> to) at their new rows, for the
+        rows the catalog references once moved (the caller's transaction, under the write lock, moved them)."""
+        rows = np.array(sorted(set(self.track_rows(run).values())), dtype=np.int64)
+        back = {dst: src for src, dst in moved.items()}
+        for name, dim, meta in self._query("SELECT name, dim, meta FROM derived WHERE run_id=?", (run.id,)):
+            data = np.array(RowFile(self.derived_path(run, name), dim).read(), dtype=np.float32)
+            out = np.full((int(rows[-1]) + 1 if len(rows) else 0, dim), np.nan, dtype=np.float32)
+            src = np.array([back.get(int(r), int(r)) for r in rows], dtype=np.int64)
+            have = src < len(data)
+            out[rows[have]] = data[src[have]]
+            self._store_derived(run, name, out, json.loads(meta))
 
     def derived_sets(self, run: Run) -> list[tuple[str, RowFile, bytes | None]]:
         """(name, row file as the catalog names it, the checksums recorded with its rows: None when an older mess

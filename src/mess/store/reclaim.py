@@ -1,37 +1,33 @@
 """Reclaim the rows of old contents: vectors no catalogued file holds any more (`mess check --reclaim`).
 
 A file re-encoded or edited is embedded again under its new content hash, and its track takes the new vectors; the
-old content's rows stay, since they are a cache (the file reverted finds them again), until reclaimed here. Rows
-never move (a reader on an older catalog version reads rows by position), so space is given back in three steps,
-under the write lock, each of which a ``kill -9`` may end without harm:
+old content's rows stay, since they are a cache (the file reverted finds them again), until reclaimed here, under
+the write lock, in steps each of which a ``kill -9`` may end without harm:
 
 1. the fused (derived) vectors of the rows to free are blanked, as ``check --repair`` does before it frees rows: a
    later file written at a freed row must not inherit one (no file answers with those rows, so no answer changes);
 2. the old contents' catalog rows are deleted, in one transaction;
-3. the row files are cut after the last row the catalog references, and the blocks of rows it references nowhere
-   in between are given back to the file system (``fallocate`` punching a hole: the file keeps its size, those
-   rows read as zeros, and no row the catalog references is touched). Where the file system cannot punch holes,
-   only the cut frees space.
+3. the rows kept are packed to the front of each row file, in their order, and the files cut after them, so a
+   file's size is what it holds (a backup copies no freed rows). Rows are only ever copied to rows the committed
+   catalog does not reference: the rows after the first gap are copied past the catalog's last row, the catalog
+   (with the fused sets' rows) points at the copies in one transaction, they are copied back to the front, the
+   catalog points there, and the files are cut. A kill leaves the catalog pointing at whole rows, and at most
+   rows past its last (an interrupted write's, overwritten or cut next).
 
-A rerun finishes what a killed one left: what it frees depends on the catalog alone.
+A reader still on an older catalog version meets moved rows as vectors that differ from their checksums, or a short
+file, and reads again on the newest (:class:`~mess.store.errors.RowsMoved`). A rerun finishes what a killed one
+left: what it frees and moves depends on the catalog alone.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import errno
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mess.constants import counted
-from mess.store.arrays import DTYPE, RowFile
 from mess.store.feature_store import FeatureStore
 from mess.store.records import Run
-
-_PUNCH_HOLE = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE (linux/falloc.h)
 
 
 @dataclass(frozen=True)
@@ -40,14 +36,14 @@ class Reclaimed:
 
     lines: list[str]
     freed: int
-    holes: bool  # whether the file system gave back blocks inside the files (else: only their ends)
 
 
 def reclaim(store: FeatureStore) -> Reclaimed:
-    """Free the vectors of contents no catalogued file holds, in every run (see the module's steps)."""
+    """Free the vectors of contents no catalogued file holds, in every run, and pack the rows kept (see the module's
+    steps)."""
     with store.writing("mess check --reclaim"):
         before = _allocated(store.root / "runs")
-        lines, holes = [], True
+        lines = []
         for run in store.runs():
             stale = _old_contents(store, run)
             if stale:
@@ -59,8 +55,9 @@ def reclaim(store: FeatureStore) -> Reclaimed:
                                          [(run.id, h) for h in sorted(stale)])
                 lines.append(f"{run.model} (run {run.id}): dropped the vectors of {counted(len(stale), 'old content')} "
                              "no catalogued file holds (files re-encoded or edited since)")
-            holes = _give_back(store, run) and holes
-        return Reclaimed(lines, max(0, before - _allocated(store.root / "runs")), holes)
+            for level in ("track", "segment"):
+                _pack(store, run, level)
+        return Reclaimed(lines, max(0, before - _allocated(store.root / "runs")))
 
 
 def _old_contents(store: FeatureStore, run: Run) -> set[str]:
@@ -70,65 +67,44 @@ def _old_contents(store: FeatureStore, run: Run) -> set[str]:
         "(SELECT 1 FROM tracks t WHERE t.content_hash=v.content_hash)", (run.id,))}
 
 
-def _give_back(store: FeatureStore, run: Run) -> bool:
-    """Cut the run's row files after the catalog's last row and punch out the rows it references nowhere; False
-    where the file system cannot punch holes."""
-    track_rows, seg_rows = store.catalog_rows(run)
-    spans = {"track": [(int(r), 1) for (r,) in store.db.execute(
-                 "SELECT track_row FROM vectors WHERE run_id=?", (run.id,))],
-             "segment": [(int(r), int(n)) for r, n in store.db.execute(
-                 "SELECT seg_row, n_segments FROM vectors WHERE run_id=?", (run.id,))]}
-    punched = True
-    for level, end in (("track", track_rows), ("segment", seg_rows)):
-        free = list(_gaps(spans[level], end))
-        for layer in range(len(run.layer_names)):
-            file = store.row_file(run, level, layer)
-            file.truncate(end)
-            punched = _punch(file, free) and punched
-    return punched
+def _pack(store: FeatureStore, run: Run, level: str) -> None:
+    """Move the rows the catalog references at ``level`` to the front of its row files, in their order, by way of
+    the rows past the catalog's last (step 3), and cut the files after them. Overlapping spans (damage, which
+    `--repair` mends) are left where they are."""
+    column, count = _COLUMNS[level]
+    spans = [(h, int(start), int(n)) for h, start, n in store.db.execute(
+        f"SELECT content_hash, {column}, {count} FROM vectors WHERE run_id=? ORDER BY {column}", (run.id,))]
+    packed, at = {}, 0
+    for h, start, n in spans:
+        if start < at and n:  # rows another content claims
+            return
+        packed[h] = at
+        at += n
+    moving = [(h, start, n) for h, start, n in spans if packed[h] != start]
+    if moving:
+        end = max(start + n for _, start, n in spans)
+        first = packed[moving[0][0]]
+        staged = {h: end + packed[h] - first for h, _, _ in moving}
+        _move(store, run, level, [(h, start, staged[h], n) for h, start, n in moving])
+        _move(store, run, level, [(h, staged[h], packed[h], n) for h, _, n in moving])
+    for layer in range(len(run.layer_names)):
+        store.row_file(run, level, layer).truncate(at)
 
 
-def _gaps(spans: Sequence[tuple[int, int]], end: int) -> Iterator[tuple[int, int]]:
-    """The (first row, row count) of each run of rows in [0, ``end``) that no (first row, count) span covers."""
-    at = 0
-    for start, n in sorted(spans):
-        if start > at:
-            yield at, start - at
-        at = max(at, start + n)
-    if end > at:
-        yield at, end - at
+_COLUMNS = {"track": ("track_row", "1"), "segment": ("seg_row", "n_segments")}  # where a content's rows start, how many
 
 
-def _punch(file: RowFile, free: Sequence[tuple[int, int]]) -> bool:
-    """Give back the whole blocks of ``file`` inside the ``free`` rows; False where the file system cannot."""
-    if not free or not file.path.is_file():
-        return True
-    row = file.dim * DTYPE.itemsize
-    with open(file.path, "r+b") as f:
-        block = os.fstat(f.fileno()).st_blksize or 4096
-        for start, n in free:
-            first = -(-start * row // block) * block  # whole blocks only: the rows beside them are left as they are
-            last = (start + n) * row // block * block
-            if last > first and not _fallocate(f.fileno(), first, last - first):
-                return False
-    return True
-
-
-def _fallocate(fd: int, offset: int, length: int) -> bool:
-    """Punch a hole of ``length`` bytes at ``offset`` into the file open as ``fd``; False where it is not supported
-    (not Linux, or a file system without holes)."""
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name, use_errno=True)
-    call = getattr(libc, "fallocate", None)
-    if call is None:
-        return False
-    call.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    if call(fd, _PUNCH_HOLE, offset, length) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EOPNOTSUPP, errno.ENOSYS):  # this file system keeps every block
-        return False
-    raise OSError(code, os.strerror(code))
+def _move(store: FeatureStore, run: Run, level: str, moves: Sequence[tuple[str, int, int, int]]) -> None:
+    """Copy each content's rows (content hash, from, to, count) in every layer's row file at ``level`` (durable),
+    then point the catalog at the copies, with the fused sets' rows at the track level, in one transaction."""
+    spans = [(src, dst, n) for _, src, dst, n in moves]
+    for layer in range(len(run.layer_names)):
+        store.row_file(run, level, layer).copy_rows(spans)
+    with store.db:
+        store.db.executemany(f"UPDATE vectors SET {_COLUMNS[level][0]}=? WHERE run_id=? AND content_hash=?",
+                             [(dst, run.id, h) for h, _, dst, _ in moves])
+        if level == "track":
+            store.move_derived_rows(run, {src: dst for _, src, dst, _ in moves})
 
 
 def _allocated(folder: Path) -> int:
