@@ -8,8 +8,10 @@ What needs a cluster (worker deaths, actors restarted, a killed driver) stays in
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import socket
+import time
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -525,6 +527,7 @@ def test_a_truncated_file_failing_as_too_short_keeps_the_same_duration_on_both_e
     (tmp_path / "music").mkdir()
     path = tmp_path / "music" / "cut.mp3"
     _truncated_mp3(path, seconds=60.0, keep=0.012)
+    os.utime(path, (time.time() - 3600, time.time() - 3600))  # cut short for good: new, it waits for the rest
     local_store, ray_store = FeatureStore(tmp_path / "local"), FeatureStore(tmp_path / "ray")
     want = extract(local_store, [path], DspModel(), POLICY)
     got = extract_ray(ray_store, [path], "dsp", POLICY)

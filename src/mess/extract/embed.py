@@ -80,5 +80,6 @@ def embed_file_warned(path: Path, model: EmbeddingModel, policy: WindowPolicy,
     """:func:`embed_file`'s vectors and its warnings, returned instead of logged (the server hands them to the
     client that uploaded the file)."""
     with native_output_quiet():  # the file's fault is the error raised, not what a decoder printed on the way
-        prepared = decode_windows(inspect_file(path), model.info.sample_rate, policy, model.info.band_hz)
+        prepared = decode_windows(inspect_file(path, arriving=False), model.info.sample_rate, policy,
+                                  model.info.band_hz)
     return embed_prepared(model, [prepared], batch_size)[0], list(prepared.warnings)

@@ -13,6 +13,7 @@ import soxr
 
 from mess.audio.decode import AudioError, load_audio, load_segments, probe
 from mess.audio.discover import content_hash, open_for_writing
+from mess.audio.incomplete import cut_short
 from mess.audio.tags import read_tags
 from mess.audio.windows import WindowPolicy
 from mess.constants import file_stamp, stamp_matches
@@ -56,11 +57,14 @@ class Windows:
     duration: float | None = None  # the decoded length, when the whole file was decoded and its header said otherwise
 
 
-def inspect_file(path: Path, known: tuple[str, str] | None = None) -> FileRecord:
+def inspect_file(path: Path, known: tuple[str, str] | None = None, *, arriving: bool = True) -> FileRecord:
     """Stat, hash (reusing ``known`` = (hash, stamp) when the file's stamp is unchanged), probe, read tags; AudioError
-    for a file still being written (a download: :func:`_check_not_being_written`)."""
+    for a file still being written (a download: :func:`_check_not_being_written`), and with ``arriving`` for one
+    still arriving (:func:`_check_arrived`; without it, as for an upload, what it holds is embedded, warning)."""
     stat = path.stat()
     _check_not_being_written(path, stat.st_mtime)
+    if arriving:
+        _check_arrived(path, stat.st_mtime)
     stamp = file_stamp(stat)
     digest = known[0] if known is not None and stamp_matches(stat, known[1]) else content_hash(path)
     _check_unchanged(path, stamp)  # the hash is of the file the stamp describes
@@ -93,6 +97,9 @@ def decode_windows(record: FileRecord, sample_rate: int, policy: WindowPolicy, b
     windows = _decode(record, sample_rate, policy)
     _check_unchanged(record.path, record.stamp)
     _check_not_being_written(record.path, record.mtime)  # opened by a writer while it was decoded
+    short = cut_short(record.path)
+    if short:  # cut short for good (an older file, see _check_arrived), or a single file asked about
+        windows.warnings.append(f"{record.path.name}: cut short: {short}; embedded as far as it goes")
     rate = record.info.get("sample_rate")
     if not isinstance(rate, int) or rate <= 0:
         return windows
@@ -123,6 +130,17 @@ def _check_not_being_written(path: Path, mtime: float) -> None:
     if abs(time.time() - mtime) < WRITING_WINDOW and open_for_writing(path):
         raise AudioError(f"{path}: another program is writing it (a download in progress?); left as it is: run "
                          "the command again once it is written")
+
+
+def _check_arrived(path: Path, mtime: float) -> None:
+    """AudioError for a file whose container declares more audio than it holds (:func:`cut_short`) and that was
+    written in the last :data:`WRITING_WINDOW` seconds: a download whose writer closes the file between chunks, or
+    a copy, still arriving (the next run finds it whole; its vectors now would be a part's). An older one is a file
+    cut short for good, which waiting will not mend: it is embedded as far as it goes, with a warning."""
+    short = cut_short(path)
+    if short and abs(time.time() - mtime) < WRITING_WINDOW:
+        raise AudioError(f"{path}: incomplete: {short} (a download in progress?); left as it is: run the command "
+                         "again once it is whole")
 
 
 def _decode(record: FileRecord, sample_rate: int, policy: WindowPolicy) -> Windows:
