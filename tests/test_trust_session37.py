@@ -31,11 +31,12 @@ def _clip(source: Path, target: Path, seconds: float, gain: float = 1.0) -> None
 
 @pytest.fixture(scope="module")
 def clips(wesnoth_tracks: list[Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Four 3-second WAVs cut from four Wesnoth tracks, by name (a..d), and their sources."""
+    """Five 3-second WAVs cut from five Wesnoth tracks, by name (a..e), and their sources."""
     by_name = {p.name: p for p in wesnoth_tracks}
     folder = tmp_path_factory.mktemp("clips")
     out = {}
-    for letter, name in zip("abcd", ("battle.ogg", "defeat.ogg", "elf-land.ogg", "frantic.ogg"), strict=True):
+    for letter, name in zip("abcde", ("battle.ogg", "defeat.ogg", "elf-land.ogg", "frantic.ogg", "sad.ogg"),
+                            strict=True):
         out[letter] = folder / f"{letter}.wav"
         _clip(by_name[name], out[letter], 3.0)
         out[f"{letter}-source"] = by_name[name]
@@ -110,8 +111,9 @@ def test_a_reader_on_an_older_catalog_version_across_reclaim_and_repair_reads_ag
                                                                                    tmp_path: Path) -> None:
     """A `mess similar` that had read its catalog version (frozen before it reads the row files) while `check
     --reclaim` freed rows that version references answered 'damaged: run `mess check --repair`' about a whole
-    store; so did one across a `check --repair` that dropped a damaged file. Each now sees the newest catalog no
-    longer references those rows there, reads again, and answers what a fresh `mess similar` answers. The reclaim
+    store; so did one across a `check --repair` that dropped a damaged file, and a `mess check` across the reclaim
+    found damage. Each now sees the newest catalog no longer references those rows there (the check: that another
+    process committed while it read), reads again, and answers what a fresh one answers: no problem. The reclaim
     left its row files their length, holes where rows were freed; it now moves the rows kept to the front (the
     reader meets rows moved under it), derived vectors with them, and cuts the files after them."""
     music, store = tmp_path / "music", tmp_path / "store"
@@ -119,25 +121,34 @@ def test_a_reader_on_an_older_catalog_version_across_reclaim_and_repair_reads_ag
     for letter in "abcd":
         shutil.copyfile(clips[letter], music / f"{letter}.wav")
     _extract(music, store)  # rows a0 b1 c2 d3
-    _clip(clips["d-source"], music / "d.wav", 3.0, gain=0.5)
-    _extract(music, store)  # d's edit at row 4
-    reader = _frozen("mess.store.vectors:VectorRows._read:before", "similar", "1", "--json", "--store", str(store))
+    checker = _frozen("mess.store.check:_values:before", "check", "--json", "--store", str(store))  # of a0 b1 c2 d3
+    procs = [checker]
     try:
-        shutil.copyfile(clips["d"], music / "d.wav")  # d reverted: its edit (row 4, the last) is an old content
+        _clip(clips["d-source"], music / "d.wav", 3.0, gain=0.5)
+        _extract(music, store)  # d's edit at row 4
+        reader = _frozen("mess.store.vectors:VectorRows._read:before", "similar", "1", "--json", "--store",
+                         str(store))
+        procs.append(reader)
+        shutil.copyfile(clips["d"], music / "d.wav")  # d reverted: its edit (row 4) is an old content
         (music / "b.wav").unlink()
-        _extract(music, store, "--prune")  # b forgotten: row 1 an old content, c and d after it
+        shutil.copyfile(clips["e"], music / "e.wav")
+        _extract(music, store, "--prune")  # b forgotten: row 1 an old content, c and d after it; e at row 5
         before = _contents(store)
         _derive(store)
         reclaimed = mess_here("check", "--reclaim", "--store", str(store))
         assert reclaimed.returncode == 0, reclaimed.stdout + reclaimed.stderr
-        assert len(before) == 5 and len(_contents(store)) == 3
+        assert len(before) == 6 and len(_contents(store)) == 4  # a0 c1 d2 e3: the check reads 4 rows, moved
         _packed(store)
         _derived_follow(store)
         got = _resumed_answer(reader)
+        checker.send_signal(signal.SIGCONT)
+        out, err = checker.communicate(timeout=120)
+        assert checker.returncode == 0 and json.loads(out)["problems"] == [], out + err
     finally:
-        if reader.poll() is None:
-            reader.kill()
-            reader.communicate()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     assert got == _similar(store, 1)
 
     # a repair that drops a damaged file's vectors, under a reader of the version that still held them
