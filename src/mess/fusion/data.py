@@ -51,14 +51,16 @@ def load_layers(store: FeatureStore, run: Run) -> LayerData:
     Rows go in content order (hash, then path), not in track ids: a store that grew in steps numbers a collection
     otherwise than one extraction of it all (:attr:`Track.content_key`), and training's seeded batches,
     starting weights' statistics and PCA go by row."""
-    with store.snapshot():  # though an extract may be committing
+    def read() -> tuple[dict[int, Track], np.ndarray, np.ndarray]:
         tracks = {t.id: t for t in store.tracks(run)}
         if len(set(run.layer_dims)) == 1:
             ids, stacked = store.all_layers(run)
-            x = stacked.reshape(len(ids), -1)
-        else:
-            mats = [store.layer_matrix(run, i) for i in range(len(run.layer_names))]
-            ids, x = mats[0][0], np.hstack([m for _, m in mats])
+            return tracks, ids, stacked.reshape(len(ids), -1)
+        mats = [store.layer_matrix(run, i) for i in range(len(run.layer_names))]
+        return tracks, mats[0][0], np.hstack([m for _, m in mats])
+
+    # one catalog version, though an extract may be committing (again where a reclaim moved rows meanwhile)
+    tracks, ids, x = store.reading(read)
     if len(ids) == 0:
         raise FusionError(f"no track vectors for {run.model}; run `mess extract` first")
     order = sorted(range(len(ids)), key=lambda r: tracks[int(ids[r])].content_key)

@@ -50,10 +50,11 @@ def load_head_data(store: FeatureStore, run: Run, labels: dict[int, str]) -> Hea
     Tracks go in content order (hash, then path), their windows with them, not in track ids: the store numbers
     tracks as they are committed, which varies from one extraction of a collection to the next, and the PCA, the
     head's seeded batches and the bootstrap over queries go by row."""
-    with store.snapshot():  # one catalog version for every layer, though an extract may be committing
-        mats = [store.layer_matrix(run, i) for i in range(len(run.layer_names))]
-        segs = [store.segment_matrix(run, i) for i in range(len(run.layer_names))]
-        tracks = {t.id: t for t in store.tracks(run)}
+    # one catalog version for every layer, though an extract may be committing (again where a reclaim moved rows)
+    mats, segs, tracks = store.reading(lambda: (
+        [store.layer_matrix(run, i) for i in range(len(run.layer_names))],
+        [store.segment_matrix(run, i) for i in range(len(run.layer_names))],
+        {t.id: t for t in store.tracks(run)}))
     by_id = {i: t.content_hash for i, t in tracks.items()}
     ids = mats[0][0]
     keep = np.array([int(i) in labels for i in ids], dtype=bool)
