@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -227,6 +228,7 @@ def test_export_counts_the_files_that_failed_to_extract(extracted_store: Path, t
         good = Path(store.tracks(store.run("dsp"))[0].path)
         broken = tmp_path / "broken.flac"
         broken.write_bytes(good.read_bytes()[:3000])  # the header and no audio
+        os.utime(broken, (time.time() - 3600, time.time() - 3600))  # cut short for good: new, it waits for the rest
         summary = extract(store, [broken], load_model("dsp"), WindowPolicy())
         assert len(summary.failed) == 1
         run = store.run("dsp")
