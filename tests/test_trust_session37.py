@@ -5,10 +5,12 @@ as long as what they hold (notes/trust_session37.md)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 from contextlib import closing
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 from test_store_redteam import _frozen
 
 from conftest import mess_here
+from mess.store import FeatureStore
 
 GC = ["--model", "dsp", "--window", "1", "--max-windows", "64"]  # dsp: 80-byte rows, a row per second of audio
 
@@ -41,6 +44,32 @@ def clips(wesnoth_tracks: list[Path], tmp_path_factory: pytest.TempPathFactory) 
         _clip(by_name[name], out[letter], 3.0)
         out[f"{letter}-source"] = by_name[name]
     return out
+
+
+# A reader outside any snapshot (as `mess artists` and `mess probe` read a layer): stopped once after its catalog
+# query, before it reads the row file; then it prints the layer's track ids and vectors as JSON.
+_DIRECT = """
+import json, signal, sys, threading
+from mess.store import FeatureStore
+from mess.store.vectors import VectorRows
+real, stopped = VectorRows._read, []
+def stopping(*args):
+    if not stopped:
+        stopped.append(signal.pthread_kill(threading.get_ident(), signal.SIGSTOP))
+    return real(*args)
+VectorRows._read = stopping
+store = FeatureStore(sys.argv[1], readonly=True)
+ids, mat = store.layer_matrix(store.run("dsp"), 0)
+print(json.dumps([ids.tolist(), mat.tolist()]))
+"""
+
+
+def _direct_reader(store: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", _DIRECT, str(store)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _, status = os.waitpid(proc.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status), proc.communicate()
+    return proc
 
 
 def _extract(music: Path, store: Path, *more: str) -> None:
@@ -71,8 +100,6 @@ def _contents(store: Path) -> dict[str, tuple[int, int]]:
 def _packed(store: Path) -> None:
     """Every row file of the dsp run is as long as the rows the catalog references (tracks, their windows) and holds
     no hole: a copy by a tool that fills holes is no larger."""
-    from mess.store import FeatureStore
-
     with closing(sqlite3.connect(store / "catalog.sqlite")) as db:
         tracks, windows = db.execute("SELECT COUNT(*), SUM(n_segments) FROM vectors").fetchone()
     with closing(FeatureStore(store, readonly=True)) as fs:
@@ -85,8 +112,6 @@ def _packed(store: Path) -> None:
 
 def _derive(store: Path) -> None:
     """A derived set 'twice' (stored by track row, as fused vectors are): each track's first layer doubled."""
-    from mess.store import FeatureStore
-
     with closing(FeatureStore(store)) as fs:
         run = fs.run("dsp")
         ids, mat = fs.layer_matrix(run, 0)
@@ -96,8 +121,6 @@ def _derive(store: Path) -> None:
 
 def _derived_follow(store: Path) -> None:
     """The derived set moved with the rows: each track's derived vector is still its first layer doubled."""
-    from mess.store import FeatureStore
-
     with closing(FeatureStore(store, readonly=True)) as fs:
         run = fs.run("dsp")
         ids, mat = fs.layer_matrix(run, 0)
@@ -111,7 +134,8 @@ def test_a_reader_on_an_older_catalog_version_across_reclaim_and_repair_reads_ag
                                                                                    tmp_path: Path) -> None:
     """A `mess similar` that had read its catalog version (frozen before it reads the row files) while `check
     --reclaim` freed rows that version references answered 'damaged: run `mess check --repair`' about a whole
-    store; so did one across a `check --repair` that dropped a damaged file, and a `mess check` across the reclaim
+    store (as did a reader outside any snapshot, `layer_matrix` called directly); so did one across a `check
+    --repair` that dropped a damaged file, and a `mess check` across the reclaim
     found damage. Each now sees the newest catalog no longer references those rows there (the check: that another
     process committed while it read), reads again, and answers what a fresh one answers: no problem. The reclaim
     left its row files their length, holes where rows were freed; it now moves the rows kept to the front (the
@@ -129,6 +153,8 @@ def test_a_reader_on_an_older_catalog_version_across_reclaim_and_repair_reads_ag
         reader = _frozen("mess.store.vectors:VectorRows._read:before", "similar", "1", "--json", "--store",
                          str(store))
         procs.append(reader)
+        direct = _direct_reader(store)
+        procs.append(direct)
         shutil.copyfile(clips["d"], music / "d.wav")  # d reverted: its edit (row 4) is an old content
         (music / "b.wav").unlink()
         shutil.copyfile(clips["e"], music / "e.wav")
@@ -141,6 +167,12 @@ def test_a_reader_on_an_older_catalog_version_across_reclaim_and_repair_reads_ag
         _packed(store)
         _derived_follow(store)
         got = _resumed_answer(reader)
+        direct.send_signal(signal.SIGCONT)
+        out, err = direct.communicate(timeout=120)
+        assert direct.returncode == 0, err
+        with closing(FeatureStore(store, readonly=True)) as fs:
+            ids, mat = fs.layer_matrix(fs.run("dsp"), 0)
+        assert json.loads(out) == [ids.tolist(), mat.tolist()]
         checker.send_signal(signal.SIGCONT)
         out, err = checker.communicate(timeout=120)
         assert checker.returncode == 0 and json.loads(out)["problems"] == [], out + err
@@ -211,8 +243,6 @@ def test_a_file_holding_less_than_its_header_declares_waits_while_new_and_is_emb
     import time
 
     from mess.audio.discover import content_hash
-    from mess.store import FeatureStore
-
     sources = _sources(wesnoth_tracks, tmp_path)
     music, store = tmp_path / "music", tmp_path / "store"
     music.mkdir()

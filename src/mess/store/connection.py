@@ -19,7 +19,7 @@ from mess.store.paths import printable
 from mess.store.records import Track, TrackList
 
 T = TypeVar("T")
-_READ_TRIES = 3  # reads of rows a newer catalog version changed while they were read, each time (see reading)
+READ_TRIES = 3  # reads of rows a newer catalog version changed while they were read, each time (see reading)
 
 
 def _command_name() -> str:
@@ -77,7 +77,7 @@ class StoreConnection:
     def reading(self, read: Callable[[], T]) -> T:
         """``read()`` inside one snapshot; where a newer catalog version changed what it reads meanwhile
         (:class:`ReadAgain`: `fuse apply` rewrote a derived set twice, `check --reclaim` or `--repair` moved or
-        freed rows), read again on the newest version, up to ``_READ_TRIES`` times in all. Inside an outer
+        freed rows), read again on the newest version, up to ``READ_TRIES`` times in all. Inside an outer
         snapshot it reads once: that one's reader, the outermost, reads again."""
         with self._lock:
             outer = self.db.in_transaction
@@ -87,7 +87,7 @@ class StoreConnection:
                 with self.snapshot():
                     return read()
             except ReadAgain:
-                if outer or attempt >= _READ_TRIES:
+                if outer or attempt >= READ_TRIES:
                     raise
                 attempt += 1
 
