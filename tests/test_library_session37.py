@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 from mutagen.id3 import ID3, TIT2, TPE1, Encoding
+from typer.testing import CliRunner
 
 from conftest import mess_here
 from mess.audio.tags import read_tags
 from mess.cli.extract import _cued_albums
+from mess.cli.main import app
 from mess.store import FeatureStore
 
 SOUNDTRACK = Path("/work/data/soundtracks/wesnoth/transience.ogg")
@@ -126,7 +128,8 @@ def test_extract_help_wraps_its_exit_status_to_the_terminal() -> None:
 
 def test_similar_by_a_title_names_the_tracks_it_may_mean(extracted: tuple[Path, Path, CompletedProcess[str]]) -> None:
     """`mess similar Transience` (a title or a file name without its extension, as a person types it) was 'unknown
-    track' alone; the error now names the tracks whose title or file name holds the words, by id and path."""
+    track' alone; the error now names the tracks whose title or file name holds the words, by id and path. So does
+    a radio's seed."""
     music, store, _ = extracted
     with closing(FeatureStore(store, readonly=True)) as fs:
         ids = {Path(t.path).name: t.id for t in fs.tracks()}
@@ -138,6 +141,8 @@ def test_similar_by_a_title_names_the_tracks_it_may_mean(extracted: tuple[Path, 
                                                                           key=lambda p: ids[p.name]))
     assert f"did you mean {expected}?" in said, said
     assert "did you mean" not in mess_here("similar", "nothing like it", "--store", str(store)).stderr
+    radio = CliRunner().invoke(app, ["playlist", "radio", "SONG", "--store", str(store)])  # a seed: the same words
+    assert radio.exit_code == 1 and f"did you mean {expected}?" in " ".join(radio.stderr.split()), radio.stderr
 
 
 def test_a_cue_sheet_named_on_its_own_is_not_an_album_beside_itself(

@@ -433,7 +433,7 @@ def test_the_flush_clock_restarts_at_each_commit(local_ray: LocalRay, monkeypatc
     monkeypatch.setattr(ray_extract, "FLUSH_SECONDS", 2.0)
     local_ray.log["clock"] = 0.0
     monkeypatch.setattr(ray_extract, "time", types.SimpleNamespace(monotonic=lambda: local_ray.log["clock"],
-                                                                   perf_counter=time.perf_counter))
+                                                                   perf_counter=time.perf_counter, time=time.time))
     assert _stopped_run(local_ray, tmp_path, 4, 3, write_every=100)[2] == 2
 
 

@@ -572,12 +572,14 @@ def test_a_changed_wal_file_names_the_commits_it_lost(wal_store: tuple[Path, lis
     store = tmp_path / "store"
     shutil.copytree(template, store)
     page, commits, _ = _wal_frames(store)
-    damaged = commits[0] + 1  # the first frame of the second commit: every commit after the first is lost
+    # the first frame of the third commit (the first records the folder given, the second catalogues its files):
+    # every commit after the second is lost, the files catalogued but not embedded
+    damaged = commits[1] + 1
     wal = store / "catalog.sqlite-wal"
     data = bytearray(wal.read_bytes())
     data[_frame_offset(page, damaged) + 24 + 1000] ^= 0x10
     wal.write_bytes(bytes(data))
-    lost = (f"catalog.sqlite-wal was changed on disk: {len(commits) - 1} commits past frame {damaged} were lost, and "
+    lost = (f"catalog.sqlite-wal was changed on disk: {len(commits) - 2} commits past frame {damaged} were lost, and "
             "the catalog is as it was before them; the files they embedded are embedded again by the next `mess "
             "extract`")
     searched = mess_here("similar", "1", "--store", str(store))
@@ -586,7 +588,7 @@ def test_a_changed_wal_file_names_the_commits_it_lost(wal_store: tuple[Path, lis
         checked = mess_here("check", "--store", str(store))
         said = _said(checked)
         assert checked.returncode == 0 and f"lost-commits: {lost} (found " in said, said
-        assert "not-embedded" in said and said.count("lost-commits:") == 1
+        assert "not-embedded" in said and said.count("lost-commits:") == 1, said
     assert lost not in _said(mess_here("similar", "1", "--store", str(store)))  # said once by commands
     holder = _holding(store)  # the repair's close then leaves the log as it is (the last writer's folds it in)
     repaired = mess_here("check", "--repair", "--store", str(store))

@@ -24,6 +24,7 @@ from mess.constants import counted
 if TYPE_CHECKING:
     import click
 
+    from mess.search.query import TrackQuery
     from mess.store import FeatureStore, Run
 
 UNWRAPPED = 100_000  # the width of a pipe or a file: wider than any line mess prints
@@ -204,6 +205,18 @@ def open_store(path: Path, *, readonly: bool = True, create: bool = True) -> Ite
         fail(str(exc))
     finally:
         store.close()
+
+
+def resolved_query(fs: FeatureStore, query: str, run: Run) -> TrackQuery:
+    """:func:`mess.query.resolve_query`, its warnings said; a query naming nothing fails with the tracks whose names
+    hold its words (:func:`named_like`)."""
+    from mess.query import UNKNOWN_QUERY, resolve_query
+    from mess.store import StoreError
+
+    try:
+        return resolve_query(fs, query, run, on_warning=warn)
+    except StoreError as exc:
+        fail(f"{exc}{named_like(fs, query) if UNKNOWN_QUERY in str(exc) else ''}")
 
 
 def named_like(fs: FeatureStore, text: str, shown: int = 5) -> str:

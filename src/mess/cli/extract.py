@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NamedTuple, NoReturn
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -86,48 +86,62 @@ def extract_command(
 named with its reason; `mess info --failures`), 1 when the run could not start or go on (no files, unknown model, \
 store busy or damaged).
     """
-    from mess.extract.pipeline import ExtractInterrupted, missing_files
+    from mess.extract.pipeline import ExtractInterrupted
     from mess.models.hub import quiet
 
     skips: list[str] = []
     paths, hidden, linked = _audio_files(folders, prune, skips.append)
-    albums = _cued_albums(paths)
+    walk = _Walk(skips, hidden, _cued_albums(paths))
     if engine not in ("local", "ray"):
         fail(f"unknown engine {engine!r}; use local or ray")
     with failing(ModelError, ValueError, ImportError):
         policy = WindowPolicy(window_seconds=window, max_windows=max_windows)
         embedder = _embedder(model, preset, device, engine, precision)
-    if embedder.info.licence:
-        console.print(f"[yellow]licence:[/] {plain(embedder.info.name)}: {embedder.info.licence}")
     # Per-file problems are named in the run's summary, not as log lines over the progress bar; quiet() restores
     # the level after, so a caller running the command in-process (CliRunner, a notebook) keeps its warnings.
     with quiet("mess"), open_store(store, readonly=False) as fs, ExitStack() as held:
         waited = _lock(fs, held, "mess extract --engine ray" if engine == "ray" else "mess extract", wait)
         fs.record_roots(folders)  # where playlists may name tracks by relative paths (either engine)
+        prune_under = [*folders, *linked] if prune else []
         if engine == "ray":
-            summary = _run_ray(fs, paths, model, embedder, policy, batch_size, device, address, precision,
-                               [*folders, *linked] if prune else [])
+            summary = _run_ray(fs, paths, model, embedder, policy, batch_size, device, address, precision, prune_under)
         else:
             try:
-                summary = _run_local(fs, paths, embedder, policy, batch_size, workers,
-                                     [*folders, *linked] if prune else [])
+                summary = _run_local(fs, paths, embedder, policy, batch_size, workers, prune_under)
             except ExtractInterrupted as stop:
                 if json_out:
-                    emit_json(_outcome(fs, embedder, policy, stop.summary, skips, hidden, albums, [], 130))
+                    emit_json(_outcome(fs, embedder, policy, stop.summary, walk, [], 130))
                 _stop_interrupted(stop.summary, len(paths), embedder.info.name, store)
         _print_summary(summary, embedder.info.name, store, waited)
-        if hidden:
-            warn(_hidden_note(hidden))
-        if albums:
-            warn(_cued_note(albums))
-        gone = missing_files(fs)
-        _note_missing(gone)
-        _unused_run_warning(fs, embedder, policy)
-        if json_out:
-            emit_json(_outcome(fs, embedder, policy, summary, skips, hidden, albums, gone,
-                               3 if summary.failed else 0))
+        _report(fs, embedder, policy, summary, walk, json_out)
     if summary.failed:
         raise typer.Exit(3)
+
+
+class _Walk(NamedTuple):
+    """What the walk of the folders found beside the files to extract: the files and folders it skipped (said), the
+    hidden audio files left out and the files a cue sheet splits into tracks (file, sheet, tracks)."""
+
+    skips: list[str]
+    hidden: list[Path]
+    albums: list[tuple[Path, Path, int]]
+
+
+def _report(fs: FeatureStore, embedder: EmbeddingModel, policy: WindowPolicy, summary: ExtractSummary, walk: _Walk,
+            json_out: bool) -> None:
+    """After the summary: the notes on hidden files, cue sheets, catalogued files no longer on disk and a run no
+    answer uses, then the JSON outcome when asked for."""
+    from mess.extract.pipeline import missing_files
+
+    if walk.hidden:
+        warn(_hidden_note(walk.hidden))
+    if walk.albums:
+        warn(_cued_note(walk.albums))
+    gone = missing_files(fs)
+    _note_missing(gone)
+    _unused_run_warning(fs, embedder, policy)
+    if json_out:
+        emit_json(_outcome(fs, embedder, policy, summary, walk, gone, 3 if summary.failed else 0))
 
 
 def _audio_files(folders: list[Path], prune: bool = False,
@@ -173,8 +187,7 @@ def _hidden_note(hidden: list[Path], shown: int = 3) -> str:
 
 
 def _outcome(fs: FeatureStore, embedder: EmbeddingModel, policy: WindowPolicy, summary: ExtractSummary,
-             skips: list[str], hidden: list[Path], albums: list[tuple[Path, Path, int]], gone: list[str],
-             status: int) -> dict:
+             walk: _Walk, gone: list[str], status: int) -> dict:
     """What `mess extract --json` prints: the run's counts and failures as the text summary gives them, the run the
     files went to (None when every file failed), the walk's skipped and hidden files, the files a cue sheet splits
     into tracks, the catalogued files no longer on disk and the exit status."""
@@ -194,9 +207,9 @@ def _outcome(fs: FeatureStore, embedder: EmbeddingModel, policy: WindowPolicy, s
         "moved": summary.moved,
         "removed": summary.removed,
         "warnings": summary.warnings,
-        "skipped": skips,
-        "hidden": [str(p) for p in hidden],
-        "cue_sheets": [{"path": str(path), "cue": str(cue), "tracks": n} for path, cue, n in albums],
+        "skipped": walk.skips,
+        "hidden": [str(p) for p in walk.hidden],
+        "cue_sheets": [{"path": str(path), "cue": str(cue), "tracks": n} for path, cue, n in walk.albums],
         "not_on_disk": gone,
         "audio_seconds": round(summary.audio_seconds, 3),
         "seconds": round(summary.wall_seconds, 3),
@@ -258,7 +271,7 @@ def _lock(fs: FeatureStore, held: ExitStack, command: str, wait: bool) -> float:
 
 
 def _embedder(model: str, preset: str | None, device: str, engine: str, precision: str) -> EmbeddingModel:
-    """The model at the asked precision (on the CPU here when Ray workers do the embedding)."""
+    """The model at the asked precision (on the CPU here when Ray workers do the embedding), its licence said."""
     check_device(device)  # also the one Ray workers are given
     onnx = model.lower().endswith(".onnx")  # ONNX Runtime, not torch: its loader names what its providers lack
     if engine == "local" and not onnx and (problem := device_missing(device)):  # torch's was a traceback (cuda:0)
@@ -268,8 +281,11 @@ def _embedder(model: str, preset: str | None, device: str, engine: str, precisio
     if preset and engine != "local":
         raise ValueError("--preset is not passed on to Ray workers; name the .onnx file after its preset")
     # Ray: a CPU copy here for the run's info; the precision check is for the workers' device
-    return with_precision(load_model(model, device=device if engine == "local" else "cpu", preset=preset), precision,
-                          device=device)
+    embedder = with_precision(load_model(model, device=device if engine == "local" else "cpu", preset=preset),
+                              precision, device=device)
+    if embedder.info.licence:
+        console.print(f"[yellow]licence:[/] {plain(embedder.info.name)}: {embedder.info.licence}")
+    return embedder
 
 
 def _run_ray(fs: FeatureStore, paths: list[Path], model: str, embedder: EmbeddingModel, policy: WindowPolicy,

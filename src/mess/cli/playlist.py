@@ -19,9 +19,9 @@ from mess.cli.common import (
     open_store,
     os_reason,
     plain,
+    resolved_query,
     stale_aspect_note,
     stdout,
-    warn,
 )
 from mess.cli.options import (
     DEFAULT_STORE_PATH,
@@ -87,10 +87,8 @@ def radio_command(
     """A radio: the tracks closest to the seeds, closest first, artists spread out, no near-duplicates."""
     _outside_store(output, store)
     from mess.playlists.radio import radio
-    from mess.query import resolve_query
-
     def make(fs: FeatureStore, run: Run) -> Playlist:
-        queries = [resolve_query(fs, s, run, on_warning=warn) for s in seeds]
+        queries = [resolved_query(fs, s, run) for s in seeds]
         return radio(fs, run, queries, n, aspect=aspect, window=window, blend=blend, ranking=ranking)
 
     _emit(*_made(make, store, model, aspect), output, fmt, as_json)

@@ -14,12 +14,12 @@ from mess.cli.common import (
     emit_json,
     fail,
     failing,
-    named_like,
     not_embedded_note,
     note,
     open_store,
     os_reason,
     plain,
+    resolved_query,
     stdout,
     warn,
 )
@@ -34,8 +34,6 @@ from mess.cli.options import (
     in_a_folder,
 )
 from mess.constants import DEFAULT_NORM, FUSED, LABEL_FIELDS, counted
-
-UNKNOWN_QUERY = "no track of the collection is named so"  # mess.query.resolve_query's error for a query it cannot find
 
 if TYPE_CHECKING:
     from rich.console import JustifyMethod
@@ -189,13 +187,11 @@ def similar_command(
     as_json: JsonOpt = False,
 ) -> None:
     """The tracks most similar to QUERY, with which aspects agree most."""
-    from mess.query import resolve_query
     from mess.search.expansion import expansion
     from mess.search.hubness import METHODS
     from mess.search.query import ENCODED_R2, aspect_layers, similar_tracks, stale_aspect_map, weak_aspects
     from mess.search.rerank_store import ranking_choice
     from mess.search.vectors import VectorSpec, load_vectors, vectors_label
-    from mess.store import StoreError
 
     if hubness is not None and hubness not in METHODS:
         fail(f"unknown hubness reduction {hubness!r}; choose {' or '.join(METHODS)}")
@@ -203,10 +199,7 @@ def similar_command(
     notes: list[str] = []
     with open_store(store) as fs:
         run = fs.run(model)
-        try:
-            tq = resolve_query(fs, query, run, on_warning=warn)
-        except StoreError as exc:
-            fail(f"{exc}{named_like(fs, query) if UNKNOWN_QUERY in str(exc) else ''}")
+        tq = resolved_query(fs, query, run)
         with failing(ValueError):
             vs = load_vectors(fs, run, VectorSpec.from_options(layer, aspect, fused, cast("Norm", norm), learned))
             ranking = ranking_choice(fs, vs, ranking, match, hubness, expand, notes.append)  # the answer says which

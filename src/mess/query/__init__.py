@@ -5,6 +5,6 @@ playlists all come here), so a layer above both search and fusion can add the fu
 vector when the run has one.
 """
 
-from mess.query.embed import credit_of, embed_query, external_query, resolve_query
+from mess.query.embed import UNKNOWN_QUERY, credit_of, embed_query, external_query, resolve_query
 
-__all__ = ["credit_of", "embed_query", "external_query", "resolve_query"]
+__all__ = ["UNKNOWN_QUERY", "credit_of", "embed_query", "external_query", "resolve_query"]

@@ -20,6 +20,7 @@ from mess.store import FeatureStore, Run, StoreError, is_track_id
 from mess.store.paths import expanded, printable
 
 log = logging.getLogger(__name__)
+UNKNOWN_QUERY = "no track of the collection is named so"  # a query that is neither a track nor a file
 
 
 def resolve_query(store: FeatureStore, ref: str | Path | int, run: Run,
@@ -46,7 +47,7 @@ def resolve_query(store: FeatureStore, ref: str | Path | int, run: Run,
                                  "missing") from None
             unknown = str(exc).startswith("unknown track ")  # not a failed file's reason, nor a name two tracks share
             if unknown and not is_track_id(str(ref)) and not _is(path, Path.exists):  # a typo'd path: both lookups
-                raise StoreError(f"{exc}: no track of the collection is named so, and no such file is on disk") \
+                raise StoreError(f"{exc}: {UNKNOWN_QUERY}, and no such file is on disk") \
                     from None
             raise
         own = Path(found.track.path) if found.track is not None else None

@@ -45,10 +45,13 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 def _not_allowed(request: Request, exc: StarletteHTTPException) -> StarletteHTTPException:
     """A 405 that names the method and the route (Starlette's said 'Method Not Allowed'), its ``Allow`` header naming
-    HEAD beside GET on an API route (:class:`mess.serve.app.HeadAsGet` answers it; FastAPI's header left it out)."""
+    HEAD beside GET on an API route (:class:`mess.serve.app.HeadAsGet` answers it; FastAPI's header left it out) and
+    the methods of every route of the path in the schema (Starlette's named the first route's only: GET and HEAD of
+    /api/artists/similar, whose POST is a route of its own)."""
     allowed = [m.strip() for m in (exc.headers or {}).get("Allow", "").split(",") if m.strip()]
     route = request.scope.get("route")
     where = route.path if isinstance(route, Route) else request.url.path  # /api/tracks/{track_id}; a page file's path
+    allowed += [m.upper() for m in request.app.openapi()["paths"].get(where, {}) if m.upper() not in allowed]
     if "GET" in allowed and "HEAD" not in allowed and where.startswith("/api/"):
         allowed.append("HEAD")
     method = request.scope.get("mess.method", request.method)  # HEAD, which HeadAsGet routes as GET

@@ -103,7 +103,8 @@ def similar_artists(state: State, name: Annotated[str | None, Blank, Query(descr
                     ) -> dict:
     """Artist-to-artist similarity over each artist's representative tracks (default: the layer that separates
     artists best), as `mess artists similar` with the same options; ``notes`` holds what it would say on stderr of the
-    hybrid blend. POST sends what its --reference and --tags files hold as a JSON body (:mod:`artist_inputs`)."""
+    hybrid blend. POST sends what its --reference and --tags files hold as a JSON body
+    (:mod:`mess.serve.artist_inputs`)."""
     if (name is None) == (track is None):
         raise HTTPException(400, "give one of name (an artist's name) and track (a track id)")
     if not hybrid and weights is None and (inputs.reference is not None or inputs.tags is not None):

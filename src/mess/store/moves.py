@@ -67,7 +67,8 @@ def _claim(db: sqlite3.Connection, content_hash: str, own: int | None) -> tuple[
     rows = [*db.execute("SELECT id, path, 1 FROM tracks WHERE former_hash=? AND id<>?", (content_hash, own or 0)),
             *db.execute("SELECT id, path, 0 FROM tracks WHERE content_hash=? AND former_hash IS NULL AND id<>?",
                         (content_hash, own or 0))]  # each by an index (a new file's look-up, 100,000 tracks)
-    return next(((int(i), p) for i, p, marked in sorted(rows) if marked or look(from_db_path(p)) is None), None)
+    rows.sort(key=lambda row: row[0])  # by id (sqlite3.Row has no order of its own)
+    return next(((int(i), p) for i, p, marked in rows if marked or look(from_db_path(p)) is None), None)
 
 
 def _swap(db: sqlite3.Connection, one: int, other: int) -> None:
