@@ -338,13 +338,15 @@ def network_waits(folder: Path) -> tuple[dict[str, str], Callable[[], dict[str, 
 # ---------------------------------------------------------------- parallel runs (pytest -n 2)
 
 SPREAD = {"test_store_faults.py"}  # its tests go to whichever worker is free (its templates: one per session, locked)
+# The modules that share one Ray cluster and driver (test_scale_ray's): one unit, so one worker starts them once.
+RAY_MODULES = ("test_scale_ray", "test_scale_copies", "test_ids_in_input_order")
 # The longest work units, longest first (a quiet two-worker run of session 36: 143 s for test_scale_ray down to 21 s
 # for test_onnx_query): xdist hands units out in the order they are collected (pyproject.toml turns off its own
 # reordering, which puts the units with most tests first and so left the longest single tests for the end, one worker
 # busy while the other had nothing left). Longest first, then the other modules, most tests first, then the single
 # tests of SPREAD: the last units are the short ones.
 LONG_FIRST = ("test_scale_ray", "test_docs_examples", "test_concurrent_first_runs_on_an_empty_numba_cache",
-              "test_extract", "test_benchmarks", "test_ids_in_input_order", "test_cli_interrupts", "test_probing_store",
+              "test_extract", "test_benchmarks", "test_cli_interrupts", "test_probing_store",
               "test_fusion_store", "test_serve_security", "test_trust_session36", "test_serve_browser",
               "test_onnx_query")
 
@@ -356,8 +358,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     units: dict[str, list[pytest.Item]] = {}
     for item in items:
         if item.path.name not in SPREAD:
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
-            units.setdefault(item.path.stem, []).append(item)
+            unit = RAY_MODULES[0] if item.path.stem in RAY_MODULES else item.path.stem
+            item.add_marker(pytest.mark.xdist_group(unit))
+            units.setdefault(unit, []).append(item)
         else:
             units.setdefault(item.nodeid, []).append(item)
 
@@ -368,3 +371,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return len(LONG_FIRST) + ("::" in unit), -len(units[unit])  # a module, then a single test of SPREAD
 
     items[:] = [item for unit in sorted(units, key=rank) for item in units[unit]]
+
+
+@pytest.hookimpl(trylast=True)  # after the module fixtures' teardown
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Stop the Ray modules' shared cluster once the next test is in none of them (or none is next)."""
+    if item.path.stem in RAY_MODULES and (nextitem is None or nextitem.path.stem not in RAY_MODULES):
+        sys.modules["test_scale_ray"].stop_shared()

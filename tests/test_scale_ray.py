@@ -20,7 +20,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -48,32 +47,66 @@ RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.tok
            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}  # SIGTERM stops the test cluster at once, not after 30 s
 
 
-@pytest.fixture(scope="module")
-def ray_address() -> Iterator[str]:
-    """A local Ray cluster with 2 CPUs (`ray start --head --block` in a session of its own), shared by the module.
-    Ray binds a free port of its choosing (--port 0) and writes its address into the cluster's own temp folder: a
-    port found free here, closed, then handed to Ray could be taken by another process in between."""
-    temp = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short: Ray's socket paths live under it
-    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port", "0",
-                             "--temp-dir", str(temp), "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
-                             "--include-dashboard", "false", "--disable-usage-stats"], env=RAY_ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while not (port := _head_port(temp)) or not _answers("127.0.0.1", port):
-            assert head.poll() is None and time.time() < deadline, head.stderr.read() if head.poll() else "no GCS"
-            time.sleep(0.2)
-        yield f"127.0.0.1:{port}"
-    finally:
-        head.terminate()  # --block stops the cluster's processes on SIGTERM
+class Cluster:
+    """A local Ray cluster with 2 CPUs (`ray start --head --block` in a session of its own). Ray binds a free port of
+    its choosing (--port 0) and writes its address into the cluster's own temp folder: a port found free here, closed,
+    then handed to Ray could be taken by another process in between."""
+
+    def __init__(self) -> None:
+        self.temp = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short: Ray's socket paths live under it
+        self.head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port",
+                                      "0", "--temp-dir", str(self.temp), "--node-ip-address", "127.0.0.1",
+                                      "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
+                                     env=RAY_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True)
         try:
-            head.wait(timeout=60)
+            deadline = time.time() + 120
+            while not (port := _head_port(self.temp)) or not _answers("127.0.0.1", port):
+                assert self.head.poll() is None and time.time() < deadline, \
+                    self.head.stderr.read() if self.head.poll() else "no GCS"
+                time.sleep(0.2)
+        except BaseException:
+            self.stop()
+            raise
+        self.address = f"127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        """Stop the cluster's processes and remove its temp folder."""
+        self.head.terminate()  # --block stops the cluster's processes on SIGTERM
+        try:
+            self.head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             pass
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGKILL)  # whatever is left of the session
-        head.wait()
-        shutil.rmtree(temp, ignore_errors=True)
+            os.killpg(self.head.pid, signal.SIGKILL)  # whatever is left of the session
+        self.head.wait()
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
+# The cluster and the driver (below) are shared by every module of conftest.RAY_MODULES (one xdist group, so one
+# worker runs them one after another): each start costs a cluster's processes and workers that import mess. They
+# start when a test first asks and are stopped by conftest once the next test is in none of those modules.
+_shared: dict[str, Cluster | Driver] = {}
+
+
+def stop_shared() -> None:
+    """Stop the shared driver, then the shared cluster (whichever was started)."""
+    if isinstance(driver_ := _shared.pop("driver", None), Driver):
+        driver_.close()
+    if isinstance(cluster := _shared.pop("cluster", None), Cluster):
+        cluster.stop()
+
+
+def _cluster() -> Cluster:
+    if not isinstance(cluster := _shared.get("cluster"), Cluster):
+        cluster = _shared["cluster"] = Cluster()
+    return cluster
+
+
+@pytest.fixture
+def ray_address() -> str:
+    """The address of the Ray modules' shared cluster."""
+    return _cluster().address
 
 
 def _head_port(temp: Path) -> int | None:
@@ -212,14 +245,12 @@ class Driver:
             self.proc.wait()
 
 
-@pytest.fixture(scope="module")
-def driver(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Driver]:
-    """The module's shared driver (see :class:`Driver`) on the module's cluster."""
-    proc = Driver(ray_address, tmp_path_factory.mktemp("driver") / "stderr.txt")
-    try:
-        yield proc
-    finally:
-        proc.close()
+@pytest.fixture
+def driver() -> Driver:
+    """The Ray modules' shared driver (see :class:`Driver`) on their shared cluster."""
+    if not isinstance(proc := _shared.get("driver"), Driver):
+        proc = _shared["driver"] = Driver(_cluster().address, Path(_cluster().temp) / "driver-stderr.txt")
+    return proc
 
 
 @pytest.fixture(scope="module")
