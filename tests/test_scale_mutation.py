@@ -27,7 +27,7 @@ from mess.audio.discover import find_audio
 from mess.audio.windows import WindowPolicy
 from mess.extract.pipeline import extract
 from mess.models.dsp import DspModel
-from mess.scale import ray_extract
+from mess.scale import ray_extract, tasks
 from mess.scale.embedder import Embedder, ModelMismatch, split_row
 from mess.scale.ray_extract import ScaleError, _check_reachable, _default_actors, extract_ray
 from mess.scale.tasks import decode_row, inspect_row
@@ -93,10 +93,13 @@ class LocalRay(types.SimpleNamespace):
 
 
 @pytest.fixture
-def local_ray(monkeypatch: pytest.MonkeyPatch) -> LocalRay:
+def local_ray(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalRay]:
     fake = LocalRay()
     monkeypatch.setattr(ray_extract, "ray", fake)
-    return fake
+    yield fake
+    # the decoder a Ray worker keeps for its life, started here in the test's own process: stopped, so that tests
+    # counting this process's decoders later (test_extract_mutation, test_session32_mutation) count theirs alone
+    tasks._DECODER.stop()
 
 
 def _tones(folder: Path, n: int, seconds: float = 5.0, sr: int = 16000) -> list[Path]:
