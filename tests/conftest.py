@@ -340,15 +340,16 @@ def network_waits(folder: Path) -> tuple[dict[str, str], Callable[[], dict[str, 
 SPREAD = {"test_store_faults.py"}  # its tests go to whichever worker is free (its templates: one per session, locked)
 # The modules that share one Ray cluster and driver (test_scale_ray's): one unit, so one worker starts them once.
 RAY_MODULES = ("test_scale_ray", "test_scale_copies", "test_ids_in_input_order")
-# The longest work units, longest first (a quiet two-worker run of session 36: 143 s for test_scale_ray down to 21 s
-# for test_onnx_query): xdist hands units out in the order they are collected (pyproject.toml turns off its own
+# The longest work units, longest first (a quiet two-worker run of session 37: 172 s for the Ray modules' unit down to
+# 18 s for test_mert): xdist hands units out in the order they are collected (pyproject.toml turns off its own
 # reordering, which puts the units with most tests first and so left the longest single tests for the end, one worker
 # busy while the other had nothing left). Longest first, then the other modules, most tests first, then the single
 # tests of SPREAD: the last units are the short ones.
 LONG_FIRST = ("test_scale_ray", "test_docs_examples", "test_concurrent_first_runs_on_an_empty_numba_cache",
-              "test_extract", "test_benchmarks", "test_cli_interrupts", "test_probing_store",
-              "test_fusion_store", "test_serve_security", "test_trust_session36", "test_serve_browser",
-              "test_onnx_query")
+              "test_extract", "test_probing_store", "test_benchmarks", "test_serve_security", "test_serve_api",
+              "test_fusion_store", "test_cli_interrupts", "test_mpd", "test_decode_seek",
+              "test_serve_playlists_browser", "test_search_store", "test_serve_browser", "test_trust_session36",
+              "test_onnx_query", "test_mert")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups (after it, none was seen)
