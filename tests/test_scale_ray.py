@@ -594,3 +594,36 @@ def test_unreachable_address_fails_in_seconds_with_one_line(tmp_path: Path) -> N
                     str(tmp_path / "store"))  # it never joins a cluster: this process stays no Ray driver
     assert out.returncode == 1 and "cannot reach a Ray cluster at '127.0.0.1:9'" in out.stdout + out.stderr
     assert "Traceback" not in out.stdout + out.stderr and time.perf_counter() - started < 30
+
+
+_OTHER_WEIGHTS = """
+import sys
+import mess.models.dsp
+mess.models.dsp.librosa_version = "other"  # this driver's dsp is another revision than its Ray workers' (new processes)
+from mess.cli.main import main
+sys.argv = ["mess", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_ray_job_whose_worker_fails_ends_with_mess_s_line_and_no_traceback(ray_address: str, tmp_path: Path) -> None:
+    """A real Ray job whose embedding actor refuses the run's weights: Ray forwarded the worker's traceback
+    ('Exception raised in creation task: ...') and Ray Data logged the driver's ('Full stack trace: Traceback ...',
+    with 'please open an issue on the Ray project') on stderr above mess's one line, and the driver printed the
+    cluster's report of the task to be retried, the worker's traceback again, on stdout (mess's results). mess's
+    line now says it; the report is one line on stderr; the tracebacks stay in Ray's session logs."""
+    music = tmp_path / "music"
+    music.mkdir()
+    sf.write(music / "tone.wav", 0.3 * np.sin(2 * np.pi * 220 * np.arange(22050 * 2) / 22050), 22050)
+    done = subprocess.run([sys.executable, "-c", _OTHER_WEIGHTS, "extract", str(music), "--model", "dsp", "--engine",
+                           "ray", "--address", ray_address, "--store", str(tmp_path / "store")], capture_output=True,
+                          text=True, timeout=300, env=RAY_ENV)
+    from librosa.version import version
+
+    line = (f"error: the Ray job failed: a worker loaded dsp revision v6-librosa-{version}, the run is "
+            "v6-librosa-other: every node needs the same model weights (ModelMismatch)")
+    assert done.returncode == 1 and line in done.stderr.splitlines(), done.stderr
+    assert "Traceback" not in done.stderr and "creation task" not in done.stderr, done.stderr
+    assert "please open an issue" not in done.stderr, done.stderr
+    # what Ray's cluster reports of the job (a task to be retried) was printed, traceback and all, on stdout
+    assert "Traceback" not in done.stdout and "raylet" not in done.stdout, done.stdout
