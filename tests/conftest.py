@@ -379,3 +379,10 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     """Stop the Ray modules' shared cluster once the next test is in none of them (or none is next)."""
     if item.path.stem in RAY_MODULES and (nextitem is None or nextitem.path.stem not in RAY_MODULES):
         sys.modules["test_scale_ray"].stop_shared()
+
+
+def pytest_sessionfinish() -> None:
+    """Stop the Ray modules' shared cluster if a run ended inside them (-x, Ctrl-C): its processes have a session
+    of their own, which nothing else would end."""
+    if "test_scale_ray" in sys.modules:
+        sys.modules["test_scale_ray"].stop_shared()
