@@ -23,7 +23,7 @@ from mess.models.dsp import DspModel
 from mess.scale.ray_extract import extract_ray
 from mess.store import FeatureStore
 
-ray_address = test_scale_ray.ray_address  # the module's local 2-CPU cluster
+ray_address = test_scale_ray.ray_address  # the Ray modules' shared local 2-CPU cluster
 driver = test_scale_ray.driver  # its shared driver process
 local_ray = test_scale_mutation.local_ray  # Ray Data run in this process
 

@@ -168,7 +168,7 @@ def _summary(got: dict) -> ExtractSummary:
                           audio_seconds=got["audio_seconds"], warnings=got["warnings"])
 
 
-# One driver for the module's jobs that need nothing of a process of their own: it joins the cluster once, and its
+# One driver for the Ray modules' jobs that need nothing of a process of their own: it joins the cluster once, and its
 # calls run as one Ray job, whose CPU workers (each paying the imports) serve every call; each call's embedding actors
 # are its own. A job's driver start-up and connection are tested by the jobs that start a process of their own.
 _SERVER = """
@@ -227,7 +227,7 @@ class Driver:
 
     def __call__(self, store: Path, paths: list[Path], model: str, policy: WindowPolicy,
                  **options: object) -> ExtractSummary:
-        """`mess.scale.ray_extract.extract_ray` of the module's cluster, run by this driver; its summary."""
+        """`mess.scale.ray_extract.extract_ray` of the shared cluster, run by this driver; its summary."""
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(_request(store, paths, model, policy, options)) + "\n")
         self.proc.stdin.flush()
