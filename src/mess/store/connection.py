@@ -7,7 +7,7 @@ import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,7 +19,7 @@ from mess.store.paths import printable
 from mess.store.records import Track, TrackList
 
 T = TypeVar("T")
-READ_TRIES = 3  # reads of rows a newer catalog version changed while they were read, each time (see reading)
+_READ_TRIES = 3  # reads of rows a newer catalog version changed while they were read, each time (see reading)
 
 
 def _command_name() -> str:
@@ -74,20 +74,21 @@ class StoreConnection:
             finally:
                 self.db.rollback()
 
-    def reading(self, read: Callable[[], T]) -> T:
+    def reading(self, read: Callable[[], T], snapshot: bool = True) -> T:
         """``read()`` inside one snapshot; where a newer catalog version changed what it reads meanwhile
         (:class:`ReadAgain`: `fuse apply` rewrote a derived set twice, `check --reclaim` or `--repair` moved or
-        freed rows), read again on the newest version, up to ``READ_TRIES`` times in all. Inside an outer
-        snapshot it reads once: that one's reader, the outermost, reads again."""
+        freed rows), read again on the newest version, up to ``_READ_TRIES`` times in all. Inside an outer
+        snapshot it reads once: that one's reader, the outermost, reads again. Without ``snapshot``, a ``read``
+        of one query (consistent by itself) holds the connection only for it, so threads read files side by side."""
         with self._lock:
             outer = self.db.in_transaction
         attempt = 1
         while True:
             try:
-                with self.snapshot():
+                with self.snapshot() if snapshot else nullcontext():
                     return read()
             except ReadAgain:
-                if outer or attempt >= READ_TRIES:
+                if outer or attempt >= _READ_TRIES:
                     raise
                 attempt += 1
 

@@ -5,22 +5,18 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import closing
-from typing import TypeVar
 
 import numpy as np
 
 from mess.store.arrays import DTYPE, UNSTORABLE, RowFile, ShortFile, unstorable
 from mess.store.catalog import uri
 from mess.store.checksums import block_sum, changed, expected, pack
-from mess.store.connection import READ_TRIES
 from mess.store.errors import RowsMoved, StoreDamaged, StoreError
 from mess.store.paths import from_db_path
 from mess.store.records import Run, TrackVectors
 from mess.store.runs import RunCatalog
-
-T = TypeVar("T")
 
 
 class VectorRows(RunCatalog):
@@ -174,9 +170,9 @@ class VectorRows(RunCatalog):
         return ids, mat
 
     def layer_matrix(self, run: Run, layer: str | int) -> tuple[np.ndarray, np.ndarray]:
-        """(track ids, float32 [n_tracks, dim]) of one layer's track vectors (read again where rows moved meanwhile:
-        :meth:`_again`)."""
-        return self._again(lambda: self._read(run, "track", run.layer_index(layer), self._rows(run)))
+        """(track ids, float32 [n_tracks, dim]) of one layer's track vectors (read again where rows moved meanwhile,
+        outside a snapshot: its rows query is one statement)."""
+        return self.reading(lambda: self._read(run, "track", run.layer_index(layer), self._rows(run)), snapshot=False)
 
     def all_layers(self, run: Run) -> tuple[np.ndarray, np.ndarray]:
         """(track ids, float32 [n_tracks, n_layers, dim]) for models whose layers share one dim."""
@@ -188,24 +184,8 @@ class VectorRows(RunCatalog):
     def segment_matrix(self, run: Run, layer: str | int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(track id per segment, start seconds, float32 [n_segments, dim]) of one layer; StoreDamaged when two
         files' windows overlap (the open-time check sees shared track rows only). Read again where rows moved
-        meanwhile (:meth:`_again`)."""
-        return self._again(lambda: self._segment_matrix(run, layer))
-
-    def _again(self, read: Callable[[], T]) -> T:
-        """``read()``, again where rows moved meanwhile (:class:`RowsMoved`), up to ``READ_TRIES`` times in all;
-        inside a snapshot once (its outermost :meth:`reading` reads again). Outside one it holds the connection only
-        for each query (its rows query is one statement, consistent by itself), so threads read files side by
-        side."""
-        with self._lock:
-            inside = self.db.in_transaction
-        attempt = 1
-        while True:
-            try:
-                return read()
-            except RowsMoved:
-                if inside or attempt >= READ_TRIES:
-                    raise
-                attempt += 1
+        meanwhile, outside a snapshot (its rows query is one statement)."""
+        return self.reading(lambda: self._segment_matrix(run, layer), snapshot=False)
 
     def _segment_matrix(self, run: Run, layer: str | int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows = self._rows(run)
