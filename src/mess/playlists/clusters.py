@@ -9,10 +9,8 @@ import numpy as np
 from sklearn.cluster import KMeans
 
 from mess.audio.names import label_key
-from mess.audio.recording import compared
 from mess.constants import DEFAULT_NORM
-from mess.playlists.playlist import Playlist, PlaylistError, title_key, vanished_copies
-from mess.search.query import DUPLICATE_COSINE, VERIFY_COSINE
+from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError, vanished_copies
 from mess.search.vectors import Norm, VectorSpec, load_vectors, track_by_id
 from mess.store import FeatureStore, Run, Track
 
@@ -75,51 +73,30 @@ def clusters(store: FeatureStore, run: Run, k: int | None = None, *, aspect: str
 
 def _copies(rows: list[int], unit: np.ndarray, tracks: list[Track]) -> dict[int, int]:
     """The rows (of ``unit`` and ``tracks``) that are copies of a recording another of ``rows`` holds, as radios and
-    paths skip them (:class:`~mess.playlists.playlist.DuplicateGuard`: a byte-identical copy, an MP3 of a FLAC), each
-    with the row it repeats. Of a recording's files the first catalogued stays (the original, as a rule, whichever
-    copy is closer to a centre or in a larger cluster): a copy added later never takes its place; one on disk goes
-    before those gone (deleted since extraction: a player cannot open them).
+    paths skip them (:meth:`~mess.playlists.playlist.DuplicateGuard.original`: a byte-identical copy, an MP3 of a
+    FLAC), each with the row it repeats. Of a recording's files the first catalogued stays (the original, as a rule,
+    whichever copy is closer to a centre or in a larger cluster): a copy added later never takes its place; one on disk
+    goes before those gone (deleted since extraction: a player cannot open them).
 
-    Only the kept rows that share a content hash or title with a row, or are at cosine >= VERIFY_COSINE to it, can
-    be what it repeats: those are found by blocks of one matrix product (one guard over 10,000 tracks compared each
-    with every kept one in turn: 67 s, see notes/moves_session37.md)."""
+    The guard is handed each track's cosines to the kept ones from blocks of one matrix product (the guard's own
+    product, track by track, took 67 s over 10,000 tracks, see notes/moves_session37.md)."""
     order = sorted(rows, key=lambda r: (not Path(tracks[r].path).is_file(), tracks[r].id))
     vecs = unit[order]
-    kept_by_key: dict[object, list[int]] = {}  # content hash or title -> the kept positions (in ``order``) holding it
+    guard = DuplicateGuard(unit.shape[1])
     kept = np.zeros(len(order), dtype=bool)
+    kept_at: list[int] = []  # the positions (in ``order``) of the guard's kept rows, in its order
     copies: dict[int, int] = {}
     for start in range(0, len(order), COPY_BLOCK):
         sims = vecs[start:start + COPY_BLOCK] @ vecs[:start + COPY_BLOCK].T
         for i in range(start, min(start + COPY_BLOCK, len(order))):
-            track, keys = tracks[order[i]], [tracks[order[i]].content_hash, title_key(tracks[order[i]])]
-            near = np.flatnonzero(kept[:i] & (sims[i - start, :i] >= VERIFY_COSINE)).tolist()
-            by_key = sorted({p for key in keys if key for p in kept_by_key.get(key, ())})
-            original = by_key[0] if by_key else _same_recording(near, sims[i - start], [tracks[order[p]] for p in near],
-                                                                track)
+            original = guard.original(vecs[i], tracks[order[i]], sims[i - start, :i][kept[:i]])
             if original is not None:
-                copies[order[i]] = order[original]
+                copies[order[i]] = order[kept_at[original]]
                 continue
+            guard.add(vecs[i], tracks[order[i]])
             kept[i] = True
-            for key in keys:
-                if key:
-                    kept_by_key.setdefault(key, []).append(i)
+            kept_at.append(i)
     return copies
-
-
-def _same_recording(near: list[int], sims: np.ndarray, kept: list[Track], track: Track) -> int | None:
-    """Which of the kept positions ``near`` (cosines ``sims`` to ``track``, each at VERIFY_COSINE or more; ``kept``
-    their tracks) holds ``track``'s recording, by the rule of radios' :class:`~mess.playlists.playlist.DuplicateGuard`:
-    the first at DUPLICATE_COSINE or more, else the closest verified by audio (durations matching); None if none."""
-    if not near:
-        return None
-    close = sims[near]
-    if float(close.max()) >= DUPLICATE_COSINE:
-        return near[int(np.flatnonzero(close >= DUPLICATE_COSINE)[0])]
-    for k in np.argsort(-close, kind="stable"):
-        match = compared(kept[k].path, kept[k].duration, track.path, track.duration)
-        if match is not None and match.same:
-            return near[int(k)]
-    return None
 
 
 def _copies_note(copies: list[Track]) -> str:

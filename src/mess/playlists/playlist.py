@@ -96,8 +96,7 @@ class DuplicateGuard:
     """
 
     def __init__(self, dim: int) -> None:
-        self._hashes: set[str] = set()
-        self._titles: set[tuple[str, str]] = set()
+        self._first: dict[str | tuple[str, str], int] = {}  # content hash or (artist, title) -> its first kept row
         self._units = np.zeros((16, dim), dtype=np.float32)  # the first _kept rows; doubled when full
         self._files: list[tuple[str, float | None] | None] = []  # the kept rows' (path, duration), None where unknown
         self._kept = 0
@@ -110,27 +109,34 @@ class DuplicateGuard:
         if self._kept == len(self._units):
             self._units = np.concatenate([self._units, np.zeros_like(self._units)])
         self._units[self._kept] = unit
+        keys = (track.content_hash, title_key(track)) if track is not None else ()
+        for key in (*keys, content_hash):
+            if key:
+                self._first.setdefault(key, self._kept)
         self._kept += 1
         self._files.append((track.path, track.duration) if track is not None else file)
-        if track is not None:
-            self._hashes.add(track.content_hash)
-            title = title_key(track)
-            if title:
-                self._titles.add(title)
-        if content_hash:
-            self._hashes.add(content_hash)
 
     def duplicate(self, unit: np.ndarray, track: Track) -> bool:
         """Whether ``track`` (with unit vector ``unit``) repeats a kept one."""
-        if track.content_hash in self._hashes or (title_key(track) is not None and title_key(track) in self._titles):
-            return True
+        return self.original(unit, track) is not None
+
+    def original(self, unit: np.ndarray, track: Track, sims: np.ndarray | None = None) -> int | None:
+        """The kept row (by order of :meth:`add`) that ``track`` (unit vector ``unit``) repeats: the first holding its
+        content or tags, else the first at DUPLICATE_COSINE or more, else the closest verified by its audio; None
+        when it repeats none. ``sims``: its cosines to the kept rows, where the caller has them (by blocks of one
+        matrix product, for many tracks at once)."""
+        for key in (track.content_hash, title_key(track)):
+            if key and key in self._first:
+                return self._first[key]
         if not self._kept:
-            return False
-        sims = self._units[:self._kept] @ unit
-        if float(sims.max()) >= DUPLICATE_COSINE:
-            return True
+            return None
+        sims = self._units[:self._kept] @ unit if sims is None else sims
+        same = np.flatnonzero(sims >= DUPLICATE_COSINE)
+        if len(same):
+            return int(same[0])
         close = np.flatnonzero(sims >= VERIFY_COSINE)
-        return any(self._same_recording(self._files[i], track) for i in close[np.argsort(-sims[close])])
+        return next((int(i) for i in close[np.argsort(-sims[close], kind="stable")]
+                     if self._same_recording(self._files[i], track)), None)
 
     def _same_recording(self, kept: tuple[str, float | None] | None, track: Track) -> bool:
         """Whether the file ``kept`` (path, duration) and ``track``'s hold one recording (False when either is not on
