@@ -48,6 +48,21 @@ def test_musicnn_imports_no_scipy() -> None:
     assert json.loads(out.stdout) == []
 
 
+def test_dsp_reads_librosas_filters_from_its_cache_and_imports_no_librosa(tmp_path: Path) -> None:
+    """librosa (with scipy.signal and numba's cache) cost each dsp process 1.8 s of CPU: its filters are computed once,
+    kept, and read by later processes, which import neither."""
+    code = ("import json, sys\nimport numpy as np\nfrom mess.models.dsp import DspModel\n"
+            "DspModel().embed(np.random.default_rng(0).standard_normal((1, 22050 * 3)).astype(np.float32))\n"
+            "print(json.dumps(sorted(m for m in ('librosa', 'numba', 'scipy.signal', 'torch') if m in sys.modules)))")
+    env = {**os.environ, "MESS_ONNX_CACHE": str(tmp_path)}
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
+                           env=env) for _ in range(2)]
+    assert "librosa" in json.loads(runs[0].stdout)  # the first computes the filters
+    assert sorted(p.name.split("-librosa-")[0] for p in tmp_path.glob("*.npy")) == ["chroma-22050-2048-tuning0",
+                                                                                    "mel-22050-2048-128"]
+    assert json.loads(runs[1].stdout) == []
+
+
 _RUN_MESS_THEN_LIST = """
 import json, sys
 from mess.cli.main import main

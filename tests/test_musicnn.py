@@ -17,9 +17,10 @@ import torch
 
 pytest.importorskip("musicnn.configuration", reason="pip install --no-deps musicnn==0.1.0")
 
+from mess.models import filters  # noqa: E402
 from mess.models.musicnn import MusicnnModel  # noqa: E402
 from mess.models.musicnn.checkpoint import read_checkpoint  # noqa: E402
-from mess.models.musicnn.model import MIN_SAMPLES, checkpoint_prefix, log_mel, mel_basis  # noqa: E402
+from mess.models.musicnn.model import MIN_SAMPLES, checkpoint_prefix, log_mel  # noqa: E402
 from mess.models.registry import load_model  # noqa: E402
 
 SR = 16000
@@ -346,7 +347,7 @@ def test_ensemble_is_both_models_on_one_log_mel_then_timbre(msd: MusicnnModel, m
     import soxr
 
     from mess.models import timbre
-    from mess.models.musicnn.model import mel_basis
+    from mess.models.filters import mel_basis
 
     ensemble = load_model("musicnn")
     assert ensemble.info.sample_rate == timbre.SAMPLE_RATE
@@ -423,7 +424,7 @@ def test_with_the_graph_cached_a_process_embeds_without_pytorch(tmp_path: Path, 
         return subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout.split()
 
     monkeypatch.setenv("MESS_ONNX_CACHE", str(tmp_path / "cache"))
-    mel_basis.cache_clear()  # as in a fresh process: the bank is computed (and cached on disk) again
+    filters.mel_basis.cache_clear()  # as in a fresh process: the bank is computed (and cached on disk) again
     np.save(tmp_path / "0.npy", MusicnnModel("MSD").embed(piano[None, : 4 * SR])[7])  # exports, computes the bank
     assert {p.suffix for p in (tmp_path / "cache").iterdir()} == {".onnx", ".npy"}, list((tmp_path / "cache").iterdir())
     assert run(1) == ["False", "False"]  # reads both from the cache

@@ -11,6 +11,7 @@ import scipy.signal
 
 pytest.importorskip("musicnn.configuration", reason="pip install --no-deps musicnn==0.1.0")
 
+from mess.models import filters  # noqa: E402
 from mess.models.musicnn import model  # noqa: E402
 
 SR, PATCH_FRAMES, BANDS = 16000, 187, 96  # musicnn's input as its extractor makes it: 16 kHz, 3 s of 96 bands
@@ -69,10 +70,10 @@ def test_log_mel_is_musicnns_float16_formula_and_float32_where_float16_overflows
 def test_the_mel_basis_is_librosas_and_a_damaged_cached_copy_is_made_again(tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MESS_ONNX_CACHE", str(tmp_path))
-    model.mel_basis.cache_clear()
+    filters.mel_basis.cache_clear()
     try:
         want = librosa.filters.mel(sr=22050, n_fft=1024, n_mels=40, fmax=8000.0)
-        first = model.mel_basis(22050, 1024, 40, 8000.0)
+        first = filters.mel_basis(22050, 1024, 40, 8000.0)
         assert first.dtype == np.float32 and np.array_equal(first, want)
         (cached,) = tmp_path.glob("mel-22050-1024-40-fmax8000-*.npy")
         assert np.array_equal(np.load(cached), want)
@@ -81,18 +82,18 @@ def test_the_mel_basis_is_librosas_and_a_damaged_cached_copy_is_made_again(tmp_p
                 np.save(cached, want[:-1])
             else:
                 cached.write_bytes(damage)
-            model.mel_basis.cache_clear()
-            assert np.array_equal(model.mel_basis(22050, 1024, 40, 8000.0), want)
+            filters.mel_basis.cache_clear()
+            assert np.array_equal(filters.mel_basis(22050, 1024, 40, 8000.0), want)
             assert np.array_equal(np.load(cached), want)
         cached.unlink()
         cached.mkdir()  # a folder in the file's place: no copy can be kept, the bank is still computed
-        model.mel_basis.cache_clear()
-        assert np.array_equal(model.mel_basis(22050, 1024, 40, 8000.0), want) and cached.is_dir()
-        model.mel_basis.cache_clear()
-        assert np.array_equal(model.mel_basis(22050, 1024, 40), librosa.filters.mel(sr=22050, n_fft=1024, n_mels=40))
+        filters.mel_basis.cache_clear()
+        assert np.array_equal(filters.mel_basis(22050, 1024, 40, 8000.0), want) and cached.is_dir()
+        filters.mel_basis.cache_clear()
+        assert np.array_equal(filters.mel_basis(22050, 1024, 40), librosa.filters.mel(sr=22050, n_fft=1024, n_mels=40))
         assert len(list(tmp_path.glob("mel-22050-1024-40*.npy"))) == 2  # the band limit names its own file
     finally:
-        model.mel_basis.cache_clear()
+        filters.mel_basis.cache_clear()
 
 
 def test_a_windows_vectors_are_the_mean_of_its_patches_vectors_on_onnx_runtime() -> None:

@@ -1372,31 +1372,38 @@ def test_a_default_model_without_vectors_is_said_not_replaced(extracted_tones: E
 # ------------------------------------------------------------------ librosa's numba cache
 
 
+_TARGETS = """
+import json, sys
+from pathlib import Path
+from mess.audio.decode import load_audio
+from mess.probing.targets import SAMPLE_RATE, window_targets
+print(json.dumps([window_targets(load_audio(Path(p), SAMPLE_RATE)).tolist() for p in sys.argv[1:]]))
+"""
+
+
 def test_concurrent_first_runs_on_an_empty_numba_cache(tmp_path: Path) -> None:
     """Two first runs at once (enough to race) fill the shared cache safely; a run from a second librosa install adds
-    its own."""
+    its own. The runs compute the probe's targets (librosa's numba code, behind ``jit_cache.ensure_warm``)."""
     music = tmp_path / "music"
-    _tones(music, 2, seconds=3.0)
+    files = [str(p) for p in _tones(music, 2, seconds=3.0)]
     # the shared cache starts empty; numba compiles without LLVM's optimisation passes (its cache keys do not name the
     # level; the processes here share a cache of their own): each first run costs 13 s of CPU instead of 18
-    env = {"MESS_NUMBA_CACHE": str(tmp_path / "numba"), "NUMBA_OPT": "0"}
-    procs = [
-        subprocess.Popen(
-            [*MESS, "extract", str(music), *DSP, "--store", str(tmp_path / f"s{i}")],
-            env={**os.environ, **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
-    assert [code for code, _ in results] == [0, 0], results
+    env = {**os.environ, "MESS_NUMBA_CACHE": str(tmp_path / "numba"), "NUMBA_OPT": "0"}
+
+    def start(extra: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-c", _TARGETS, *files], env={**env, **(extra or {})},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def targets(proc: subprocess.Popen[str]) -> np.ndarray:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+        return np.array(json.loads(out))
+
+    first = [targets(p) for p in [start(), start()]]
     shared = tmp_path / "numba"
-    assert list(shared.glob("dsp-*.done")) and any((shared / "current").rglob("*.nbi"))
-    later = _mess_process("extract", str(music), *DSP, "--store", str(tmp_path / "s2"), env=env)
-    assert later.returncode == 0, later.stderr
-    _assert_same(_by_path(tmp_path / "s2"), _by_path(tmp_path / "s0"))
+    assert list(shared.glob("probe-targets-*.done")) and any((shared / "current").rglob("*.nbi"))
+    np.testing.assert_array_equal(targets(start()), first[0])
+    np.testing.assert_array_equal(first[1], first[0])
     assert not list(shared.glob("new-*")) and not list(shared.glob("old-*"))  # published atomically, cleaned up
     # numba files cached code under its source's folder: another environment (a second venv, a CI clone) must warm
     # and publish its own entries, not take the marker of this one for its own and compile in every process
@@ -1407,14 +1414,11 @@ def test_concurrent_first_runs_on_an_empty_numba_cache(tmp_path: Path) -> None:
     other = tmp_path / "other-env"  # the same librosa, installed at another path
     shutil.copytree(Path(librosa.__file__).parent, other / "librosa")
     path = os.pathsep.join(filter(None, [str(other), os.environ.get("PYTHONPATH")]))
-    other_run = _mess_process("extract", str(music), *DSP, "--store", str(tmp_path / "s3"),
-                              env={**env, "PYTHONPATH": path})
-    assert other_run.returncode == 0, other_run.stderr
+    np.testing.assert_array_equal(targets(start({"PYTHONPATH": path})), first[0])
     for install in (Path(librosa.__file__).parent, other / "librosa"):
         sources = [d.resolve() for d in (install, *install.iterdir()) if d.is_dir()]
         cached = [shared / "current" / f"{d.name}_{hashlib.sha1(str(d).encode()).hexdigest()}" for d in sources]
         assert any(list(c.glob("*.nbi")) for c in cached), (install, sorted((shared / "current").iterdir()))
-    _assert_same(_by_path(tmp_path / "s3"), _by_path(tmp_path / "s0"))
 
 
 def test_private_caches_of_killed_processes_are_removed_and_a_run_leaves_none(tmp_path: Path) -> None:

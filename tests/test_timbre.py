@@ -10,7 +10,7 @@ import pytest
 import scipy.fft
 
 from mess.models import timbre
-from mess.models.musicnn.model import mel_basis
+from mess.models.filters import mel_basis
 from mess.search.vectors import TIMBRE_WEIGHT, Preprocessor, block_roles
 
 # timbre-v1's recipe as the module's docstring and docs/quality.md state it, written out here so that the

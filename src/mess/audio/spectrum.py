@@ -8,7 +8,7 @@ import numpy as np
 
 
 @lru_cache(maxsize=8)
-def _hann(n_fft: int, dtype: str) -> np.ndarray:
+def hann(n_fft: int, dtype: str) -> np.ndarray:
     """Periodic Hann window (librosa's default), computed in float64 and stored as ``dtype``: the arithmetic of
     ``scipy.signal.get_window("hann", n_fft)``, whose import (scipy.signal, scipy.stats) cost musicnn's load 0.5 s."""
     return (0.5 + 0.5 * np.cos(np.linspace(-np.pi, np.pi, n_fft + 1)))[:-1].astype(dtype)
@@ -27,7 +27,7 @@ def spectra(framed: np.ndarray) -> np.ndarray:
     float64 frames go through numpy's FFT, whose values are scipy's (the same pocketfft; test), so musicnn's load
     skips importing scipy.fft (0.24 s); float32 frames through scipy's, as numpy's float32 FFT rounds otherwise.
     """
-    window = _hann(framed.shape[-1], framed.dtype.name)
+    window = hann(framed.shape[-1], framed.dtype.name)
     if framed.dtype == np.float64:
         return np.fft.rfft(framed * window, axis=-1).astype(np.complex64, copy=False)
     import scipy.fft

@@ -5,18 +5,18 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib.metadata import version
 
-import librosa
 import numpy as np
-import scipy.signal
-from librosa.version import version as librosa_version
-from scipy.fft import dct
+from scipy.fft import dct, next_fast_len
 from scipy.ndimage import maximum_filter1d, uniform_filter1d
 from threadpoolctl import ThreadpoolController
 
-from mess.audio.jit_cache import ensure_warm
-from mess.audio.spectrum import frames, spectra
+from mess.audio.spectrum import frames, hann, spectra
 from mess.models.base import EmbeddingModel, ModelInfo
+from mess.models.filters import chroma_basis, mel_basis
+
+librosa_version = version("librosa")  # its filters and the algorithms below are librosa's: its version names them
 
 _SR = 22050
 _N_FFT = 2048
@@ -52,20 +52,46 @@ def _onset_rate(envelope: np.ndarray, seconds: float, sr: int = _SR) -> np.ndarr
     return peaks.sum(axis=-1) / seconds
 
 
+def _onset_strength(log_mel: np.ndarray) -> np.ndarray:
+    """``librosa.onset.onset_strength(S=log_mel.transpose(0, 2, 1))``, its defaults, for log-mel [batch, frames,
+    bands]: the mean over bands of each band's rise from the frame before, delayed 3 frames as librosa centres it.
+    The same operations on the same arrays, so the same float32 values (test)."""
+    spectrum = log_mel.transpose(0, 2, 1)
+    rise = np.maximum(0.0, spectrum[..., 1:] - spectrum[..., :-1])
+    envelope = np.mean(rise, axis=-2)
+    return np.pad(envelope, ((0, 0), (1 + 2048 // (2 * _HOP), 0)))[:, :spectrum.shape[-1]]
+
+
+def _autocorrelate(x: np.ndarray) -> np.ndarray:
+    """``librosa.autocorrelate(x, axis=-1)``: numpy's FFT of ``x`` zero-padded to a fast length, its power, back."""
+    n = x.shape[-1]
+    size = next_fast_len(2 * n - 1, real=True)
+    spectrum = np.fft.rfft(x, n=size, axis=-1)
+    return np.fft.irfft(spectrum.real**2 + spectrum.imag**2, n=size, axis=-1)[..., :n]
+
+
 def _tempo(envelope: np.ndarray, sr: int, stride: int = 8) -> np.ndarray:
-    """``librosa.feature.tempo`` (8 s autocorrelation windows, mean tempogram, log-normal prior around 120 BPM)
-    of onset envelopes [batch, frames], with the tempogram's windows taken every ``stride`` frames, not every one.
+    """``librosa.feature.tempo`` (8 s autocorrelation windows, mean tempogram, log-normal prior around 120 BPM,
+    nothing above 320) of onset envelopes [batch, frames], with the tempogram's windows taken every ``stride``
+    frames, not every one.
 
     The mean over windows ``stride`` frames apart estimates the mean over all of them at
     ``1 / stride`` of the cost (the tempogram was a fifth of the whole descriptor time).
     """
-    win = int(librosa.time_to_frames(8.0, sr=sr, hop_length=_HOP))
+    win = int(8.0 * sr) // _HOP  # librosa.time_to_frames(8.0)
     n = envelope.shape[-1]
     padded = np.pad(envelope, ((0, 0), (win // 2, win // 2)), mode="linear_ramp", end_values=(0, 0))
     frames = np.lib.stride_tricks.sliding_window_view(padded, win, axis=-1)[:, :n:stride]  # [batch, t, win]
-    ac = librosa.autocorrelate(frames * scipy.signal.get_window("hann", win, fftbins=True), axis=-1)
+    ac = _autocorrelate(frames * hann(win, "float64"))
     ac /= np.maximum(np.abs(ac).max(axis=-1, keepdims=True), np.finfo(ac.dtype).tiny)
-    return librosa.feature.tempo(tg=ac.swapaxes(-1, -2), sr=sr, hop_length=_HOP).reshape(len(envelope))
+    tempogram = np.mean(ac.swapaxes(-1, -2), axis=-1, keepdims=True)  # [batch, win, 1]
+    bpms = np.empty(win)
+    bpms[0] = np.inf  # lag 0
+    bpms[1:] = 60.0 * sr / (_HOP * np.arange(1.0, win))
+    log_prior = -0.5 * ((np.log2(bpms) - np.log2(120.0)) / 1.0) ** 2
+    log_prior[:int(np.argmax(bpms < 320.0))] = -np.inf
+    best = np.argmax(np.log1p(1e6 * tempogram) + log_prior[:, None], axis=-2)
+    return np.take(bpms, best).reshape(len(envelope))
 
 
 @dataclass(frozen=True)
@@ -82,8 +108,8 @@ class _Banks:
 def _banks(sr: int) -> _Banks:
     """The maps for ``sr``; the mel filters come in groups of 8 (a filter spans a few bins, so a dense product
     would be ~95% zeros); chroma and the RMS weights (|X|^2 counted twice except DC and Nyquist) span all bins."""
-    mel = librosa.filters.mel(sr=sr, n_fft=_N_FFT).T
-    chroma = librosa.filters.chroma(sr=sr, n_fft=_N_FFT, tuning=0.0).T
+    mel = mel_basis(sr, _N_FFT, 128).T
+    chroma = chroma_basis(sr, _N_FFT).T
     rms = np.full((mel.shape[0], 1), 2.0 / _N_FFT**2)
     rms[[0, -1]] /= 2
     bank = np.concatenate([mel, chroma, rms], axis=1).astype(np.float32)
@@ -92,7 +118,7 @@ def _banks(sr: int) -> _Banks:
         rows = np.flatnonzero(bank[:, first:last].any(axis=1))
         bins = slice(rows[0], rows[-1] + 1)
         groups.append((bins, slice(first, last), np.ascontiguousarray(bank[bins, first:last])))
-    freqs = librosa.fft_frequencies(sr=sr, n_fft=_N_FFT).astype(np.float32)
+    freqs = np.fft.rfftfreq(_N_FFT, 1.0 / sr).astype(np.float32)  # librosa.fft_frequencies
     return _Banks(tuple(groups), np.stack([freqs, freqs**2], axis=1), freqs)
 
 
@@ -133,7 +159,7 @@ def _spectral_shape(mag: np.ndarray, power: np.ndarray, banks: _Banks) -> list[n
 @lru_cache(maxsize=4)
 def _contrast_bands(sr: int, quantile: float = 0.02) -> tuple[tuple[int, int, int], ...]:
     """librosa's spectral contrast bands (octaves from 200 Hz; 7 bands) as (first bin, end bin, values averaged)."""
-    freqs = librosa.fft_frequencies(sr=sr, n_fft=_N_FFT)
+    freqs = np.fft.rfftfreq(_N_FFT, 1.0 / sr)
     edges = np.concatenate([[0.0], 200.0 * 2.0 ** np.arange(7)])
     bands = []
     for k, (low, high) in enumerate(zip(edges[:-1], edges[1:], strict=False)):
@@ -226,7 +252,7 @@ def describe(windows: np.ndarray, sr: int = _SR) -> dict[str, np.ndarray]:
     chroma = chroma / np.maximum(chroma.max(axis=-1, keepdims=True), 1e-30)
     spectral = np.concatenate([per_frame[..., 141:145], _zero_crossing_rate(y, n)[..., None], per_frame[..., 145:]],
                               axis=-1)
-    onset_env = librosa.onset.onset_strength(S=log_mel.transpose(0, 2, 1), sr=sr, hop_length=_HOP)
+    onset_env = _onset_strength(log_mel)
     tempo = _tempo(onset_env, sr)
     rms = np.sqrt(np.maximum(per_frame[..., 140], 0))
     level_db = 20 * np.log10(rms + 1e-9)
@@ -239,13 +265,6 @@ def describe(windows: np.ndarray, sr: int = _SR) -> dict[str, np.ndarray]:
     return {k: v[0] for k, v in out.items()} if single else out
 
 
-def _warm_clip() -> np.ndarray:
-    """Three seconds of a chord in noise: enough to reach every librosa path :func:`describe` takes."""
-    t = np.arange(3 * _SR) / _SR
-    y = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6)) / 3
-    return (y + 0.01 * np.random.default_rng(0).standard_normal(t.size)).astype(np.float32)
-
-
 class DspModel(EmbeddingModel):
     """Timbre (MFCC), harmony (chroma), spectral shape and rhythm descriptors per window."""
 
@@ -255,6 +274,5 @@ class DspModel(EmbeddingModel):
 
     def embed(self, windows: np.ndarray) -> list[np.ndarray]:
         """Descriptor groups for each window, as float32 [batch, dim] per group."""
-        ensure_warm("dsp", lambda: describe(_warm_clip()))
         groups = describe(np.asarray(windows, dtype=np.float32))
         return [groups[g].astype(np.float32) for g in _GROUPS]

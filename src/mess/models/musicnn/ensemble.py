@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
-from mess.models import timbre
+from mess.models import filters, timbre
 from mess.models.base import EmbeddingModel, ModelInfo
-from mess.models.musicnn.model import MusicnnModel, input_patches, mel_basis
+from mess.models.musicnn.model import MusicnnModel, input_patches
 
 MEMBERS = ("MSD", "MTT")
 
@@ -51,7 +51,7 @@ class MusicnnEnsemble(EmbeddingModel):
         low = soxr.resample(windows.T, self.info.sample_rate, self.member_rate, quality="HQ").T
         batch = input_patches(np.ascontiguousarray(low))
         layers = [vectors for member in self.members for vectors in member.embed_patches(batch)]
-        basis = mel_basis(timbre.SAMPLE_RATE, timbre.N_FFT, timbre.N_MELS, timbre.F_MAX)
+        basis = filters.mel_basis(timbre.SAMPLE_RATE, timbre.N_FFT, timbre.N_MELS, timbre.F_MAX)
         return [*layers, timbre.window_vectors(windows, basis)]
 
     def pool(self, segments: list[np.ndarray]) -> list[np.ndarray]:

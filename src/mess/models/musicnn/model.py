@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib.resources
-import io
-from functools import lru_cache
-from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mess.audio.spectrum import stft
+from mess.models import filters
 from mess.models.base import EmbeddingModel, ModelInfo
 from mess.models.musicnn.checkpoint import read_checkpoint
-from mess.models.musicnn.runtime import cache_dir, cached_file, network_key, patch_runner, weights_key
+from mess.models.musicnn.runtime import network_key, patch_runner, weights_key
 from mess.models.musicnn.shapes import FRAME_LAYERS, N_FRAMES, N_MELS, PATCH_LAYERS, VGG_LAYERS
 
 if TYPE_CHECKING:
@@ -52,32 +49,9 @@ def checkpoint_prefix(dataset: str, arch: str = "musicnn") -> Path:
     return folder
 
 
-@lru_cache(maxsize=4)
-def mel_basis(sample_rate: int = SAMPLE_RATE, n_fft: int = FFT_SIZE, n_mels: int = N_MELS,
-              fmax: float | None = None) -> np.ndarray:
-    """librosa's Slaney mel filter bank ``filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmax=fmax)``:
-    [n_mels, n_fft // 2 + 1] float32 (musicnn's 96 bands for 16 kHz, n_fft 512, by default).
-
-    Kept beside the exported graphs once computed, so that later processes need not import librosa
-    (66 MB and 0.4 s); a damaged copy is computed again.
-    """
-    band = "" if fmax is None else f"-fmax{fmax:g}"
-    path = cache_dir() / f"mel-{sample_rate}-{n_fft}-{n_mels}{band}-librosa-{version('librosa')}.npy"
-    shape = (n_mels, n_fft // 2 + 1)
-
-    def compute() -> np.ndarray:
-        import librosa
-
-        return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmax=fmax)
-
-    for _ in range(2):  # a damaged copy is removed, then written again
-        with contextlib.suppress(OSError, ValueError):
-            basis = np.load(io.BytesIO(cached_file(path, lambda out: np.save(out, compute()))))
-            if basis.shape == shape and basis.dtype == np.float32 and np.isfinite(basis).all():
-                return basis
-        with contextlib.suppress(OSError):
-            path.unlink(missing_ok=True)
-    return compute()  # an unusable cache folder
+def mel_basis() -> np.ndarray:
+    """musicnn's 96 Slaney mel bands for 16 kHz and n_fft 512 (librosa's filters, kept on disk once computed)."""
+    return filters.mel_basis(SAMPLE_RATE, FFT_SIZE, N_MELS)
 
 
 def _power_spectrogram(windows: np.ndarray) -> np.ndarray:
