@@ -54,6 +54,9 @@ SIMILAR = {"Palestrina": ["Bach", "Haydn", "Mozart"], "Bach": ["Palestrina", "Ha
            "Haydn": ["Mozart", "Bach", "Palestrina"], "Mozart": ["Haydn", "Bach", "Palestrina"]}  # its --reference
 MARKER = re.compile(r"<!--\s*docs-test:(.*?)-->")
 FENCE = re.compile(r"^(```+)\s*(\S*)\s*$")
+# the user's cache (exported graphs, filter banks, numba's compiled code), as a real home has one warm: a sandbox home
+# of its own made each block export musicnn and compile librosa again (30 s of the sandbox's making)
+CACHE = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
 REPORT_ARGS = r"""mess() { printf '%s\0' "$@" >&3; { readlink /proc/self/fd/4; } 4>&1 >&3; }"""
 
 
@@ -153,7 +156,7 @@ def base(rendered_collection: list[Path], tmp_path_factory: pytest.TempPathFacto
     (home / "tags.json").write_text(json.dumps(ERAS))
     for args in (["extract", "Music"], ["extract", "Music", "--model", "musicnn-msd"],
                  ["extract", "Music", "--model", "dsp"], ["probe", "--model", "musicnn"]):
-        done = mess_here(*args, env={"HOME": str(home), "MESS_STORE": None}, cwd=home)
+        done = mess_here(*args, env={"HOME": str(home), "XDG_CACHE_HOME": CACHE, "MESS_STORE": None}, cwd=home)
         assert done.returncode == 0, (args, done.stdout, done.stderr)
     return home
 
@@ -176,7 +179,7 @@ def home(base: Path, tmp_path: Path) -> Path:
 @contextlib.contextmanager
 def serving(home: Path) -> Iterator[str]:
     """``mess serve --port 0`` on the sandbox's store, in a process: its base URL while the block runs."""
-    env = {**os.environ, "HOME": str(home), "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": CACHE, "PYTHONPATH": os.pathsep.join(sys.path)}
     env.pop("MESS_STORE", None)
     server = subprocess.Popen([sys.executable, "-m", "mess.cli", "serve", "--port", "0"], cwd=home, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -209,7 +212,7 @@ def run_line(line: str, home: Path) -> subprocess.CompletedProcess[str]:
         calls = reported.read().decode().splitlines()
     assert shell.returncode == 0 and len(calls) == 1, f"bash ran {line!r} as {len(calls)} mess commands: {shell.stderr}"
     *words, sent_to = calls[0].split("\0")
-    done = mess_here(*words, env={"HOME": str(home), "MESS_STORE": None}, cwd=home)
+    done = mess_here(*words, env={"HOME": str(home), "XDG_CACHE_HOME": CACHE, "MESS_STORE": None}, cwd=home)
     if not sent_to.startswith("pipe:"):
         Path(sent_to).write_text(done.stdout)
     return done
@@ -234,6 +237,7 @@ def test_the_python_blocks_run_as_written(block: Block, home: Path, monkeypatch:
     """Each Python block runs in the sandbox: imports, a store opened where the docs say, calls as written."""
     monkeypatch.chdir(home)
     monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", CACHE)
     monkeypatch.delenv("MESS_STORE", raising=False)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
