@@ -130,6 +130,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--store", type=Path, required=True)
     parser.add_argument("--cache", type=Path, required=True)
+    parser.add_argument("--weights", type=float, nargs="+", default=list(WEIGHTS),
+                        help="The descriptor's weights in layers beside w = 0 (the pre-registered grid by default).")
     args = parser.parse_args()
     tracks = fetch_soundtracks(args.data)
     by_path = {str(t.path.resolve()): t for t in tracks}
@@ -182,7 +184,7 @@ def main() -> None:
     candidates: dict[str, Q.Sim] = {"default": base_sim}
     for d, extra in blocks.items():
         sims = {"w0": base_sim}
-        for w in WEIGHTS:
+        for w in args.weights:
             sims[f"w{w:g}"] = Q.ranked(joined(default, extra, w), "augmented")
             candidates[f"{d} w{w:g}"] = sims[f"w{w:g}"]
             line(f"D+{d} w{w:g}", sims[f"w{w:g}"])
@@ -193,7 +195,7 @@ def main() -> None:
         lo, hi = games_resampled(q, base, labels)
         print(f"|   whole games resampled: [{lo:.3f}, {hi:.3f}] | | | | | |")
     q, picks = Q.logo(candidates, labels)
-    line(f"**all 21 candidates by LOGO** ({' '.join(picks)})", composite(candidates, picks, labels))
+    line(f"**all {len(candidates)} candidates by LOGO** ({' '.join(picks)})", composite(candidates, picks, labels))
     lo, hi = games_resampled(q, base, labels)
     print(f"|   whole games resampled: [{lo:.3f}, {hi:.3f}] | | | | | |")
 
@@ -217,6 +219,14 @@ def main() -> None:
         r, rlo, rhi = Q.ratio_ci(q.ap, dsp_q.ap)
         print(f"| {name} | {q.ap.mean():.3f} [{lo:.3f}, {hi:.3f}], x{r:.3f} [{rlo:.3f}, {rhi:.3f}] vs dsp | "
               f"{c.ap.mean():.3f} |")
+    print("\nPearson correlation of the off-diagonal cosines (z-scored blocks, plain), a descriptor alone against:")
+    views = {"the default's network layers": Q.mean_sim(bs, Q.network_layers(bs, 0), "zscore"),
+             "the timbre layer": Q.mean_sim(bs, [(0, "timbre")], "zscore"), "dsp, all layers": rows["dsp, all layers"]}
+    off = ~np.eye(len(ids), dtype=bool)
+    for d, extra in blocks.items():
+        x = alone(extra)
+        print(f"  {d}: " + ", ".join(f"{v} {np.corrcoef((x @ x.T)[off], sim[off])[0, 1]:.3f}"
+                                     for v, sim in views.items()))
 
 
 if __name__ == "__main__":
