@@ -31,7 +31,7 @@ from ports import served_at
 
 from conftest import mess_here
 from mess.serve.security import LOOPBACK_HOSTS, AccessPolicy, _hostname, host_name, install
-from mess.serve.uploads import _limited, _TooSlow
+from mess.serve.uploads import TooSlow, limited
 
 MESS = [sys.executable, "-m", "mess.cli"]
 
@@ -245,10 +245,10 @@ def test_the_body_rate_rule() -> None:
             yield b"x" * 100
 
     async def read(pause: float) -> bytes:
-        return b"".join([c async for c in _limited(body(pause), 10_000, grace=0.3, min_rate=2000)])
+        return b"".join([c async for c in limited(body(pause), 10_000, grace=0.3, min_rate=2000)])
 
     assert asyncio.run(read(0.0)) == b"x" * 800  # in time: every byte passes through
-    with pytest.raises(_TooSlow):  # 100 bytes per 0.1 s falls behind 0.3 s + 1 s per 2000 bytes
+    with pytest.raises(TooSlow):  # 100 bytes per 0.1 s falls behind 0.3 s + 1 s per 2000 bytes
         asyncio.run(read(0.1))
 
 

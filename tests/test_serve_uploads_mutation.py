@@ -31,7 +31,7 @@ from mess.constants import AUDIO_EXTENSIONS
 from mess.extract.child import Child
 from mess.serve import uploads
 from mess.serve.errors import http_error
-from mess.serve.uploads import EmbedWorker, _limited, _TooLarge, _TooSlow, check_audio_type, receive_upload
+from mess.serve.uploads import EmbedWorker, TooLarge, TooSlow, check_audio_type, limited, receive_upload
 
 LIMIT = 1000  # bytes of a file part the route takes
 PARAMETERS = ("k", "layer")
@@ -328,7 +328,7 @@ def test_an_endless_body_is_refused_413_once_it_passes_the_limit_not_after_it_is
 
 
 def test_a_body_trickling_in_is_408_saying_the_rate(private_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(uploads, "_limited", lambda stream, limit: _limited(stream, limit, grace=0.2))
+    monkeypatch.setattr(uploads, "limited", lambda stream, limit: limited(stream, limit, grace=0.2))
     body, ctype = _body([_file(b"a.wav", b"abc")])
     with pytest.raises(HTTPException) as refused:
         asyncio.run(receive_upload(_request(iter([body[:10], body[10:]]), ctype, [], delay=1.0), LIMIT))
@@ -351,22 +351,22 @@ async def _drain(stream: AsyncIterator[bytes]) -> int:
 
 def test_the_rate_rule_allows_the_grace_plus_one_second_per_min_rate_bytes_come() -> None:
     # 10,000 bytes at once at 10,000 B/s: the next chunk is due within grace + 1 s
-    kept = _limited(_timed([(0, b"\x01" * 10_000), (0.9, b"\x02")]), 20_000, grace=0.5, min_rate=10_000)
+    kept = limited(_timed([(0, b"\x01" * 10_000), (0.9, b"\x02")]), 20_000, grace=0.5, min_rate=10_000)
     assert asyncio.run(_drain(kept)) == 10_001
-    late = _limited(_timed([(0, b"\x01" * 1000), (2.0, b"\x02")]), 20_000, grace=0.5, min_rate=10_000)
-    with pytest.raises(_TooSlow):
+    late = limited(_timed([(0, b"\x01" * 1000), (2.0, b"\x02")]), 20_000, grace=0.5, min_rate=10_000)
+    with pytest.raises(TooSlow):
         asyncio.run(_drain(late))
-    never = _limited(_timed([(3.0, b"\x01")]), 20_000, grace=0.3, min_rate=10_000)  # nothing in the grace
+    never = limited(_timed([(3.0, b"\x01")]), 20_000, grace=0.3, min_rate=10_000)  # nothing in the grace
     started = time.monotonic()
-    with pytest.raises(_TooSlow):
+    with pytest.raises(TooSlow):
         asyncio.run(_drain(never))
     assert time.monotonic() - started < 2.0
 
 
 def test_the_size_rule_passes_the_limit_exactly_and_refuses_a_byte_more() -> None:
-    assert asyncio.run(_drain(_limited(_timed([(0, b"a" * 600), (0, b"b" * 400)]), 1000))) == 1000
-    with pytest.raises(_TooLarge):
-        asyncio.run(_drain(_limited(_timed([(0, b"a" * 600), (0, b"b" * 401)]), 1000)))
+    assert asyncio.run(_drain(limited(_timed([(0, b"a" * 600), (0, b"b" * 400)]), 1000))) == 1000
+    with pytest.raises(TooLarge):
+        asyncio.run(_drain(limited(_timed([(0, b"a" * 600), (0, b"b" * 401)]), 1000)))
 
 
 # --- queue places -----------------------------------------------------------------------------------------------

@@ -7,11 +7,13 @@ import json
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
+from starlette.requests import ClientDisconnect
 
 from mess.artists.analysis import parse_tags
 from mess.artists.profiles import ArtistError
 from mess.artists.reference import parse_reference
 from mess.serve.errors import short_values
+from mess.serve.uploads import TooLarge, TooSlow, limited, too_slow
 
 MAX_BODY = 2 * 2**20  # bytes: a reference map of thousands of artists is a few hundred KB
 CAP_WORDS = "the server's cap, to bound each request's work; the command line reads files of any size"
@@ -37,8 +39,9 @@ class HybridInputs:
 
 async def hybrid_inputs(request: Request) -> HybridInputs:
     """Dependency: a POST's JSON body read (413 beyond :data:`MAX_BODY`, without reading on when its
-    ``Content-Length`` says so) and checked (400 naming what is wrong, as the CLI names a bad file); a GET has none (one
-    sent with a body, ``curl -X GET -d``, is a 400: the body would be read by nothing, silently)."""
+    ``Content-Length`` says so; 408 when it trickles in, by the uploads' rate rule) and checked (400 naming what is
+    wrong, as the CLI names a bad file); a GET has none (one sent with a body, ``curl -X GET -d``, is a 400: the body
+    would be read by nothing, silently)."""
     declared = request.headers.get("content-length", "")
     if request.method != "POST":
         if declared.strip("0") or "transfer-encoding" in request.headers:
@@ -47,10 +50,15 @@ async def hybrid_inputs(request: Request) -> HybridInputs:
     if declared.isascii() and declared.isdigit() and (len(declared) > 12 or int(declared) > MAX_BODY):
         raise _too_large()
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise _too_large()
+    try:
+        async for chunk in limited(request.stream(), MAX_BODY):
+            body += chunk
+    except TooLarge:
+        raise _too_large() from None
+    except TooSlow:  # a client trickling bytes held the request (and the client's place) for as long as it liked
+        raise too_slow("the body") from None
+    except ClientDisconnect:
+        raise HTTPException(400, "the client disconnected before the body was whole") from None
     if not body.strip():
         return HybridInputs()
     try:

@@ -58,11 +58,11 @@ _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # a full disk, a quota, a 
 log = logging.getLogger(__name__)
 
 
-class _TooLarge(Exception):
+class TooLarge(Exception):
     """The request body passed the size limit."""
 
 
-class _TooSlow(Exception):
+class TooSlow(Exception):
     """The request body came in slower than the minimum rate."""
 
 
@@ -131,12 +131,15 @@ def check_audio_type(filename: str, content_type: str | None) -> str:
     return suffix
 
 
-async def _limited(stream: AsyncIterator[bytes], limit: int, grace: float = BODY_GRACE,
-                   min_rate: float = BODY_MIN_RATE) -> AsyncGenerator[bytes, None]:
-    """The stream's chunks; _TooLarge past ``limit`` bytes, _TooSlow once it falls behind the rate rule.
+async def limited(stream: AsyncIterator[bytes], limit: int, grace: float | None = None,
+                  min_rate: float = BODY_MIN_RATE) -> AsyncGenerator[bytes, None]:
+    """The stream's chunks; TooLarge past ``limit`` bytes, TooSlow once it falls behind the rate rule: how every
+    route reads a request body (a client trickling bytes holds nothing for long).
 
-    By ``grace + n / min_rate`` seconds from the start, more than ``n`` bytes must have come.
+    By ``grace + n / min_rate`` seconds from the start, more than ``n`` bytes must have come (``grace``: by default
+    :data:`BODY_GRACE` as it is when the body starts).
     """
+    grace = BODY_GRACE if grace is None else grace
     loop = asyncio.get_running_loop()
     start = loop.time()
     total = 0
@@ -150,11 +153,17 @@ async def _limited(stream: AsyncIterator[bytes], limit: int, grace: float = BODY
         except StopAsyncIteration:
             return
         except TimeoutError:
-            raise _TooSlow from None
+            raise TooSlow from None
         total += len(chunk)
         if total > limit:
-            raise _TooLarge
+            raise TooLarge
         yield chunk
+
+
+def too_slow(what: str) -> HTTPException:
+    """The 408 for a body that fell behind :func:`limited`'s rate rule, ``what`` naming it ("the upload")."""
+    return HTTPException(408, f"{what} came in too slowly (the body must arrive at {BODY_MIN_RATE // 2**10} KiB/s or "
+                              f"more after {BODY_GRACE:g} s)")
 
 
 async def receive_upload(request: Request, max_bytes: int, parameters: Collection[str] = ()) -> SavedUpload:
@@ -174,19 +183,18 @@ async def receive_upload(request: Request, max_bytes: int, parameters: Collectio
     if declared.isascii() and declared.isdigit() and (len(declared) > 19 or  # int() refuses over 4,300 digits
                                                       int(declared) > max_bytes + _MULTIPART_OVERHEAD):
         raise too_large
-    parser = _Parser(request.headers, _limited(request.stream(), max_bytes + _MULTIPART_OVERHEAD),
+    parser = _Parser(request.headers, limited(request.stream(), max_bytes + _MULTIPART_OVERHEAD),
                      max_files=1, max_fields=8)
     try:
         form = await parser.parse()
     except OSError as exc:  # the parser spools a large part to the temp folder
         raise _cannot_store(exc) from None
-    except _TooLarge:
+    except TooLarge:
         raise too_large from None
     except ClientDisconnect:
         raise HTTPException(400, "the client disconnected before the upload was whole") from None
-    except _TooSlow:
-        raise HTTPException(408, f"the upload came in too slowly (the body must arrive at "
-                                 f"{BODY_MIN_RATE // 2**10} KiB/s or more after {BODY_GRACE:g} s)") from None
+    except TooSlow:
+        raise too_slow("the upload") from None
     except MultiPartException as exc:
         if parser.header.lower() == b"content-disposition" and "header size" in str(exc.__cause__):
             raise HTTPException(400, _NAME_TOO_LONG.format("its Content-Disposition header is over 4 KiB")) from None

@@ -1,0 +1,68 @@
+"""Trust leftovers (session 38): a JSON body trickling into a real server is cut off as an upload is
+(notes/trust_session38.md)."""
+
+from __future__ import annotations
+
+import select
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from clustered_store import clustered_store
+from ports import served_at
+
+# `mess serve` with the slow-body grace cut to half a second (30 s in use): a test waits that long, not 30 s
+_SERVE = "import sys; import mess.serve.uploads as u; u.BODY_GRACE = 0.5; from mess.cli.main import main; main()"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("slow-body")
+    clustered_store(root / "store", 6, 4, 2, seed=0)[0].close()
+    proc = subprocess.Popen([sys.executable, "-c", _SERVE, "serve", "--store", str(root / "store"), "--port", "0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        yield served_at(proc)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _trickled(base: str, head: str, body: bytes, within: float = 8.0) -> bytes:
+    """What the server answers a request whose ``body`` comes one byte each 0.2 s (b"" if nothing within
+    ``within`` seconds): a slow or hostile client."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as conn:
+        conn.sendall(f"{head}\r\nHost: {host}:{port}\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        deadline = time.monotonic() + within
+        sent = 0
+        while time.monotonic() < deadline:
+            if select.select([conn], [], [], 0.2)[0]:
+                conn.settimeout(5)
+                return conn.recv(65536)
+            if sent < len(body):
+                conn.sendall(body[sent:sent + 1])
+                sent += 1
+    return b""
+
+
+def test_a_json_body_trickling_in_is_cut_off_as_an_upload_is(server: str) -> None:
+    """POST /api/artists/similar read its body with a reader of its own, without the uploads' rate rule: a client
+    sending a byte now and then held the request as long as it liked (the answer came only once the body was
+    whole)."""
+    body = b'{"tags": {"A0": ["ambient"]}}' + b" " * 40
+    started = time.monotonic()
+    answer = _trickled(server, "POST /api/artists/similar?name=A0&hybrid=true HTTP/1.1\r\nContent-Type: "
+                               "application/json", body)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert time.monotonic() - started < 4.0
+    upload = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n' + b"\0" * 40
+    said = _trickled(server, "POST /api/similar/upload HTTP/1.1\r\nContent-Type: multipart/form-data; boundary=b",
+                     upload)
+    assert said.startswith(b"HTTP/1.1 408 "), said
+    assert (b'"detail":"the body came in too slowly (the body must arrive at 16 KiB/s or more after 0.5 s)"' in answer
+            and b'"detail":"the upload came in too slowly (the body must arrive at 16 KiB/s or more after 0.5 s)"'
+            in said), (answer, said)
