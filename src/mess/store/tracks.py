@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import time
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import ParamSpec
 
 import numpy as np
 
@@ -22,29 +24,23 @@ from mess.store.records import Run, Track, TrackList, is_track_id
 _TRACK_COLS = "id, path, content_hash, duration, artist, album, title, genre, composer"
 _KNOWN_DURATION = ("COALESCE((SELECT d.duration FROM tracks d WHERE d.content_hash=:content_hash "
                    "AND d.duration IS NOT NULL LIMIT 1), :duration)")
+P = ParamSpec("P")
+
+
+def _id_alone(catalogue: Callable[P, tuple[int, int]]) -> Callable[P, int]:
+    """``catalogue`` answering the id alone: :meth:`TrackCatalog.upsert_track` is :meth:`TrackCatalog.catalogue_file`
+    with its signature, not a copy of it that could drift."""
+
+    @functools.wraps(catalogue)
+    def upsert_track(*args: P.args, **kwargs: P.kwargs) -> int:
+        return catalogue(*args, **kwargs)[0]
+
+    upsert_track.__doc__ = "Insert or update a track by path; returns its id (:meth:`catalogue_file`'s first value)."
+    return upsert_track
 
 
 class TrackCatalog(FailureRecords):
     """The tracks: one catalog row per audio file, with its content hash and tags."""
-
-    def upsert_track(
-        self,
-        path: Path,
-        content_hash: str,
-        size: int,
-        mtime: float,
-        info: dict[str, object],
-        tags: dict[str, str | None],
-        *,
-        stamp: str = "",
-    ) -> int:
-        """Insert or update a track by path; returns its id. ``stamp`` is the file's change stamp.
-
-        The duration is the one already catalogued for the same content when there is one (a header's claim that
-        decoding corrected, see :meth:`set_duration`, stays corrected when the file is inspected again). Extraction
-        calls :meth:`catalogue_file`, where ids follow recordings from path to path.
-        """
-        return self.catalogue_file(path, content_hash, size, mtime, info, tags, stamp=stamp)[0]
 
     def catalogue_file(
         self,
@@ -58,8 +54,12 @@ class TrackCatalog(FailureRecords):
         stamp: str = "",
         since: float | None = None,
     ) -> tuple[int, int]:
-        """:meth:`upsert_track` for a file an extraction that started at ``since`` has just read (``since`` None: no
-        moves followed): returns its id and how many catalogued files this made moved (0, 1, or 2 for a swap).
+        """Insert or update a track by path, for a file an extraction that started at ``since`` has just read
+        (``since`` None: no moves followed); returns its id and how many catalogued files this made moved (0, 1, or 2
+        for a swap). ``stamp`` is the file's change stamp. :meth:`upsert_track` answers the id alone.
+
+        The duration is the one already catalogued for the same content when there is one (a header's claim that
+        decoding corrected, see :meth:`set_duration`, stays corrected when the file is inspected again).
 
         An id names a recording (a content hash), so it follows the recording's file (:mod:`mess.store.moves`): a file
         moved or renamed keeps its id, also where a new file took its old name (that one gets a new id) or two files
@@ -89,6 +89,8 @@ class TrackCatalog(FailureRecords):
             )
             self.db.execute("DELETE FROM failures WHERE content_hash=?", (unread_key(str(path)),))  # readable now
             return int(self.db.execute("SELECT id FROM tracks WHERE path=?", (row["path"],)).fetchone()[0]), moved
+
+    upsert_track = _id_alone(catalogue_file)
 
     def settle_moves(self, paths: Iterable[Path]) -> None:
         """After a run has read every file of ``paths``: a file of them changed in place keeps its id (no file read
