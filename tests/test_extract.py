@@ -320,7 +320,7 @@ def test_a_file_sampled_below_half_the_models_rate_is_embedded_with_a_warning(tm
     assert done.exit_code == 0 and "4 embedded" in said, said
     assert said.count("warning:") == 2, said
     for name, sr in (("phone.wav", 4000), ("long-1k.wav", 1000)):
-        assert (f"warning: {name}: sampled at {sr} Hz, below half the model's 22050 Hz: it hears nothing above "
+        assert (f"warning: {music / name}: sampled at {sr} Hz, below half the model's 22050 Hz: it hears nothing above "
                 f"{sr / 2:g} Hz, so its vectors say little") in said, said
 
 
@@ -333,7 +333,7 @@ def test_similar_warns_of_an_outside_file_sampled_below_half_the_models_rate_as_
     done = mess_here("similar", str(phone), "-k", "2", "--store", str(store))
     said = " ".join(done.stderr.split())
     assert done.returncode == 0, done.stderr
-    assert said.startswith("warning: tone00.wav: sampled at 4000 Hz, below half the model's 22050 Hz"), said
+    assert said.startswith(f"warning: {phone}: sampled at 4000 Hz, below half the model's 22050 Hz"), said
     assert "WARNING" not in said, said
 
 
@@ -353,9 +353,9 @@ def test_many_files_with_the_same_warning_get_one_line(tmp_path: Path) -> None:
     said = " ".join(done.output.split())
     assert done.exit_code == 0 and "6 embedded" in said, said
     assert said.count("warning:") == 2, said
-    assert ("warning: 5 files (phone0.wav, phone1.wav, phone2.wav and 2 more): sampled at 4000 Hz, below half the "
-            "model's 22050 Hz") in said, said
-    assert "warning: kilo.wav: sampled at 1000 Hz" in said, said
+    assert (f"warning: 5 files ({music / 'phone0.wav'}, {music / 'phone1.wav'}, {music / 'phone2.wav'} and 2 more): "
+            "sampled at 4000 Hz, below half the model's 22050 Hz") in said, said
+    assert f"warning: {music / 'kilo.wav'}: sampled at 1000 Hz" in said, said
 
 
 def test_the_default_model_warns_of_files_without_its_16_khz_band(tmp_path: Path) -> None:
@@ -375,11 +375,11 @@ def test_the_default_model_warns_of_files_without_its_16_khz_band(tmp_path: Path
     said = " ".join(done.output.split())
     assert done.exit_code == 0 and "3 embedded" in said, said
     assert said.count("warning:") == 2 and "warning: full.wav" not in said, said
-    assert ("warning: cd-half.wav: sampled at 22050 Hz, it holds nothing above 11025 Hz of the 16000 Hz the model "
-            "reads: its timbre compares poorly with full-band files") in said, said
+    assert (f"warning: {music / 'cd-half.wav'}: sampled at 22050 Hz, it holds nothing above 11025 Hz of the 16000 Hz "
+            "the model reads: its timbre compares poorly with full-band files") in said, said
     assert "files'" not in said, said  # a stray quote ended the sentence (also in an upload's warnings)
-    assert ("warning: low.wav: sampled at 11025 Hz, it holds nothing above 5512.5 Hz of the 16000 Hz the model "
-            "reads, so its vectors say little") in said, said
+    assert (f"warning: {music / 'low.wav'}: sampled at 11025 Hz, it holds nothing above 5512.5 Hz of the 16000 Hz "
+            "the model reads, so its vectors say little") in said, said
 
 
 def test_long_track_gets_full_windows_and_segment_vectors(tmp_path: Path) -> None:

@@ -144,7 +144,7 @@ def test_the_decoded_length_replaces_the_headers_only_beyond_the_tolerance(tmp_p
 def test_a_file_past_the_decoding_limit_warns_and_keeps_its_header_length(tmp_path: Path) -> None:
     record = _record(_wav(tmp_path / "long.wav", _tone(3.0)), duration=9.0)  # decoded whole: 3 s <= window
     windows = decode_windows(record, SR, WindowPolicy(10.0, 2, max_decode_seconds=2.0))
-    assert windows.warnings == ["long.wav: longer than 2 s, only the start is used"]
+    assert windows.warnings == [f"{tmp_path / 'long.wav'}: longer than 2 s, only the start is used"]
     assert windows.audio.shape == (1, 2 * SR) and windows.duration is None
 
 
@@ -153,7 +153,7 @@ def test_a_file_exactly_at_the_decoding_limit_is_warned_about_seeked_or_whole(tm
     whole = decode_windows(inspect_file(path), SR, WindowPolicy(10.0, 2, max_decode_seconds=4.0))
     seeked = decode_windows(inspect_file(path), SR, WindowPolicy(1.0, 2, max_decode_seconds=4.0))
     below = decode_windows(inspect_file(path), SR, WindowPolicy(1.0, 2, max_decode_seconds=4.5))
-    assert whole.warnings == seeked.warnings == ["at.wav: longer than 4 s, only the start is used"]
+    assert whole.warnings == seeked.warnings == [f"{path}: longer than 4 s, only the start is used"]
     assert below.warnings == []
     assert seeked.starts.tolist() == [0.0, 3.0]
 
@@ -190,14 +190,14 @@ def test_a_file_whose_band_the_model_misses_is_warned_about(tmp_path: Path, rate
                                                             said: str | None) -> None:
     record = _record(_wav(tmp_path / "a.wav", _tone(2.0)), sample_rate=rate)
     windows = decode_windows(record, SR, WindowPolicy(5.0, 2), band)
-    assert windows.warnings == ([f"a.wav: {said}"] if said else [])
+    assert windows.warnings == ([f"{tmp_path / 'a.wav'}: {said}"] if said else [])
 
 
 def test_a_model_that_names_no_band_is_warned_about_a_rate_below_half_its_own(tmp_path: Path) -> None:
     record = _record(_wav(tmp_path / "a.wav", _tone(2.0)), sample_rate=6000)
     assert decode_windows(record, SR, WindowPolicy(5.0, 2)).warnings == [
-        "a.wav: sampled at 6000 Hz, below half the model's 16000 Hz: it hears nothing above 3000 Hz, so its vectors "
-        "say little"]
+        f"{tmp_path / 'a.wav'}: sampled at 6000 Hz, below half the model's 16000 Hz: it hears nothing above 3000 Hz, "
+        "so its vectors say little"]
 
 
 def test_a_record_without_a_header_rate_gets_no_band_warning(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""Trust leftovers (session 38): a JSON body trickling into a real server is cut off as an upload is
-(notes/trust_session38.md)."""
+"""Trust leftovers (session 38): a JSON body trickling into a real server is cut off as an upload is; a file's
+warnings name its whole path, grouped right also for a path holding ': ' (notes/trust_session38.md)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import soundfile as sf
 from clustered_store import clustered_store
 from ports import served_at
+
+from mess.audio.windows import WindowPolicy
+from mess.cli.extract import _grouped
+from mess.extract.prepare import decode_windows, inspect_file
 
 # `mess serve` with the slow-body grace cut to half a second (30 s in use): a test waits that long, not 30 s
 _SERVE = "import sys; import mess.serve.uploads as u; u.BODY_GRACE = 0.5; from mess.cli.main import main; main()"
@@ -66,3 +72,24 @@ def test_a_json_body_trickling_in_is_cut_off_as_an_upload_is(server: str) -> Non
     assert (b'"detail":"the body came in too slowly (the body must arrive at 16 KiB/s or more after 0.5 s)"' in answer
             and b'"detail":"the upload came in too slowly (the body must arrive at 16 KiB/s or more after 0.5 s)"'
             in said), (answer, said)
+
+
+def test_a_files_warnings_name_its_whole_path_and_group_by_reason_whatever_the_path_holds(
+        wesnoth_tracks: list[Path], tmp_path: Path) -> None:
+    """The low-rate warning named a file by its name alone ('01 Intro.wav: sampled at 4000 Hz ...'), where every
+    failure names the whole path: in a library of many '01 Intro.wav' it did not say which. Grouped by reason, a path
+    holding ': ' (a folder 'Live: Paris', a file 'a.wav: b.wav') still counts as one file of that reason."""
+    rate = 4000
+    audio = sf.read(wesnoth_tracks[0], start=30 * 44100, frames=2 * rate, dtype="float32")[0]  # written at 4 kHz
+    paths = [tmp_path / folder / name for folder, name in (("A", "01 Intro.wav"), ("B", "01 Intro.wav"),
+                                                           ("Live: Paris", "01 Intro.wav"), ("C", "a.wav: b.wav"))]
+    warnings = []
+    for path in paths:
+        path.parent.mkdir(exist_ok=True)
+        sf.write(path, audio, rate)
+        warnings += decode_windows(inspect_file(path), 16000, WindowPolicy(5.0, 2)).warnings
+    reason = f"sampled at {rate} Hz, below half the model's 16000 Hz: it hears nothing above {rate / 2:g} Hz, so its " \
+             "vectors say little"
+    assert warnings == [f"{path}: {reason}" for path in paths]
+    assert _grouped(warnings) == [f"4 files ({paths[0]}, {paths[1]}, {paths[2]} and 1 more): {reason}"]
+    assert _grouped(warnings[2:]) == warnings[2:]  # two of a reason: a line each, whole

@@ -18,7 +18,7 @@ from mess.audio.names import name_key
 from mess.audio.windows import WindowPolicy
 from mess.cli.common import console, device_missing, emit_json, fail, failing, open_store, plain, stdout, warn
 from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, StoreOpt, given_path, given_text, number_in
-from mess.constants import AUDIO_EXTENSIONS, DEFAULT_MAX_WINDOWS, DEFAULT_WINDOW_SECONDS
+from mess.constants import AUDIO_EXTENSIONS, DEFAULT_MAX_WINDOWS, DEFAULT_WINDOW_SECONDS, audio_suffix
 from mess.models.registry import DEVICES, MODEL_NAMES, ModelError, check_device, load_model
 
 _CUE_TRACK = re.compile(rb"^\s*TRACK\s+\d+\s+AUDIO\b", re.MULTILINE | re.IGNORECASE)  # a cue sheet's track
@@ -385,12 +385,12 @@ def _stop_interrupted(summary: ExtractSummary, files: int, model: str, store: Pa
 
 
 def _grouped(warnings: list[str], named: int = 3) -> list[str]:
-    """Per-file warnings ('NAME: reason'), those of more than ``named`` files with the same reason as one line that
+    """Per-file warnings ('PATH: reason'), those of more than ``named`` files with the same reason as one line that
     counts them and names the first few (a library of 22.05 kHz files would otherwise print a line per file)."""
     by_reason: dict[str, list[str]] = {}
     for warning in warnings:
-        name, sep, reason = warning.partition(": ")
-        by_reason.setdefault(reason if sep else warning, []).append(name if sep else "")
+        name, reason = _file_and_reason(warning)
+        by_reason.setdefault(reason, []).append(name)
     out = []
     for reason, names in by_reason.items():
         if len(names) <= named or not all(names):
@@ -398,6 +398,17 @@ def _grouped(warnings: list[str], named: int = 3) -> list[str]:
         else:
             out.append(f"{len(names)} files ({', '.join(names[:named])} and {len(names) - named} more): {reason}")
     return out
+
+
+def _file_and_reason(warning: str) -> tuple[str, str]:
+    """A per-file warning's file and reason, split at the last ': ' that follows an audio file's name (a path may
+    hold ': ', and so may a reason: 'cut short: ...'); at the first ': ' when none does; ('', warning) without one."""
+    cut = len(warning)
+    while (cut := warning.rfind(": ", 0, cut)) > 0:
+        if audio_suffix(warning[:cut]):
+            return warning[:cut], warning[cut + 2:]
+    name, sep, reason = warning.partition(": ")
+    return (name, reason) if sep else ("", warning)
 
 
 def _note_missing(gone: list[str]) -> None:

@@ -99,15 +99,15 @@ def decode_windows(record: FileRecord, sample_rate: int, policy: WindowPolicy, b
     _check_not_being_written(record.path, record.mtime)  # opened by a writer while it was decoded
     short = cut_short(record.path)
     if short:  # cut short for good (an older file, see _check_arrived), or a single file asked about
-        windows.warnings.append(f"{record.path.name}: cut short: {short}; embedded as far as it goes")
+        windows.warnings.append(f"{record.path}: cut short: {short}; embedded as far as it goes")
     rate = record.info.get("sample_rate")
     if not isinstance(rate, int) or rate <= 0:
         return windows
     if not band_hz and rate < sample_rate / 2:
-        windows.warnings.append(f"{record.path.name}: sampled at {rate} Hz, below half the model's {sample_rate} Hz: "
+        windows.warnings.append(f"{record.path}: sampled at {rate} Hz, below half the model's {sample_rate} Hz: "
                                 f"it hears nothing above {rate / 2:g} Hz, so its vectors say little")
     elif rate / 2 < band_hz:  # a model that says which band it reads (the default musicnn: 16 kHz, 8 for its networks)
-        held = f"{record.path.name}: sampled at {rate} Hz, it holds nothing above {rate / 2:g} Hz of the {band_hz:g} Hz"
+        held = f"{record.path}: sampled at {rate} Hz, it holds nothing above {rate / 2:g} Hz of the {band_hz:g} Hz"
         windows.warnings.append(f"{held} the model reads, so its vectors say little" if rate < band_hz else
                                 f"{held} the model reads: its timbre compares poorly with full-band files")
     return windows
@@ -212,7 +212,7 @@ def describe(exc: Exception) -> str:
 
 
 def _too_long(record: FileRecord, policy: WindowPolicy) -> str:
-    return f"{record.path.name}: longer than {_span(policy.max_decode_seconds)}, only the start is used"
+    return f"{record.path}: longer than {_span(policy.max_decode_seconds)}, only the start is used"
 
 
 def _span(seconds: float) -> str:
