@@ -1,24 +1,30 @@
 """Trust leftovers (session 38): a JSON body trickling into a real server is cut off as an upload is; a file's
-warnings name its whole path, grouped right also for a path holding ': ' (notes/trust_session38.md)."""
+warnings name its whole path, grouped right also for a path holding ': '; the rows a reclaim killed with SIGKILL
+left past the catalog's last are cut by the next extract (notes/trust_session38.md)."""
 
 from __future__ import annotations
 
+import json
 import select
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 import soundfile as sf
 from clustered_store import clustered_store
 from ports import served_at
+from test_store_redteam import _frozen, _killed
 
+from conftest import mess_here
 from mess.audio.windows import WindowPolicy
 from mess.cli.extract import _grouped
 from mess.extract.prepare import decode_windows, inspect_file
+from mess.store import FeatureStore
 
 # `mess serve` with the slow-body grace cut to half a second (30 s in use): a test waits that long, not 30 s
 _SERVE = "import sys; import mess.serve.uploads as u; u.BODY_GRACE = 0.5; from mess.cli.main import main; main()"
@@ -93,3 +99,44 @@ def test_a_files_warnings_name_its_whole_path_and_group_by_reason_whatever_the_p
     assert warnings == [f"{path}: {reason}" for path in paths]
     assert _grouped(warnings) == [f"4 files ({paths[0]}, {paths[1]}, {paths[2]} and 1 more): {reason}"]
     assert _grouped(warnings[2:]) == warnings[2:]  # two of a reason: a line each, whole
+
+
+GC = ["--model", "dsp", "--window", "1", "--max-windows", "64"]  # dsp: 80-byte rows, a row per second of audio
+
+
+def _row_files(store: Path) -> dict[str, tuple[int, int]]:
+    """Each row file's bytes, and the bytes of the rows the catalog references there."""
+    with closing(FeatureStore(store, readonly=True)) as fs:
+        run = fs.run("dsp")
+        rows = dict(zip(("track", "segment"), fs.catalog_rows(run), strict=True))
+        return {f"{level}/{layer}": (fs.row_file(run, level, layer).path.stat().st_size,
+                                     rows[level] * run.layer_dims[layer] * 2)
+                for level in rows for layer in range(len(run.layer_names))}
+
+
+def test_rows_a_killed_reclaim_left_past_the_catalog_are_cut_by_the_next_extract(wesnoth_tracks: list[Path],
+                                                                                 tmp_path: Path) -> None:
+    """`mess check --reclaim` killed (-9) once it copied one layer's rows past the catalog's last left them there:
+    `mess check` warned of orphan-rows after every later command (an extract writes at the catalog's last row and
+    cut nothing; only `--repair` or another reclaim did). The next `mess extract`, with nothing new to embed, now
+    cuts them, and every row file is as long as the rows the catalog references."""
+    music, store = tmp_path / "music", tmp_path / "store"
+    music.mkdir()
+    by_name = {p.name: p for p in wesnoth_tracks}
+    for name, gain in (("a", 1.0), ("b", 1.0), ("a", 0.5)):  # a, b, then a edited: a's first content is old
+        audio, rate = sf.read(by_name[f"{'battle' if name == 'a' else 'sad'}.ogg"], start=20 * 44100,
+                              frames=3 * 44100, dtype="float32")
+        sf.write(music / f"{name}.wav", audio * gain, rate)
+        assert mess_here("extract", str(music), *GC, "--store", str(store)).returncode == 0
+    _killed(_frozen("mess.store.arrays:RowFile.copy_rows:after", "check", "--reclaim", "--store", str(store)))
+    report = json.loads(mess_here("check", "--json", "--store", str(store)).stdout)
+    assert report["ok"] and {p["kind"] for p in report["problems"]} == {"orphan-rows"}, report
+    assert any(size > want for size, want in _row_files(store).values())
+    said = " ".join(mess_here("check", "--store", str(store)).stdout.split())
+    assert said.endswith("whole, rows past the catalog's last (above): the next `mess extract` or `mess check "
+                         "--repair` cuts them"), said
+    again = mess_here("extract", str(music), *GC, "--store", str(store))
+    assert again.returncode == 0 and "0 embedded, 2 unchanged" in again.stderr, again.stderr
+    report = json.loads(mess_here("check", "--json", "--store", str(store)).stdout)
+    assert report["ok"] and report["problems"] == [], report
+    assert all(size == want for size, want in _row_files(store).values()), _row_files(store)

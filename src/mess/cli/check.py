@@ -105,6 +105,9 @@ def _verdict(health: StoreHealth) -> str:
         commands = " and ".join(f"`mess extract FOLDER {plain(m)}`" for m in models)
         return (f"[green]whole[/], [yellow]answers leave out the files named above[/]: {commands} "
                 f"{'embeds' if len(models) == 1 else 'embed'} them")
+    if any(p.kind == "orphan-rows" for p in health.problems):
+        return ("[green]whole[/], [yellow]rows past the catalog's last (above)[/]: the next `mess extract` or "
+                "`mess check --repair` cuts them")
     if any(p.kind == "temp-files" for p in health.problems):
         return "[green]whole[/], [yellow]temp files of interrupted writes left[/]: `mess check --repair` deletes them"
     if any(p.kind == "not-a-folder" for p in health.problems):

@@ -109,6 +109,7 @@ def _extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, 
              on_progress: ProgressHook | None, on_total: Callable[[float], None] | None) -> ExtractSummary:
     started, since = time.perf_counter(), time.time()
     run = store.ensure_run(run_key(model.info, policy))
+    store.cut_past_catalog()  # rows a killed write or reclaim left past the catalog's last
     record_source(store, run, model.source())
     summary = ExtractSummary()
     pending: list[Windows] = []

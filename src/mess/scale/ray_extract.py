@@ -128,6 +128,7 @@ def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, pol
             loaded = load_model(model_name)
             info, source = with_precision(loaded, precision, device=device).info, loaded.source()
         run = store.ensure_run(run_key(info, policy))
+        store.cut_past_catalog()  # rows a killed write or reclaim left past the catalog's last
         record_source(store, run, source)
         summary = ExtractSummary()
         copies: dict[str, list[str]] = {}  # the paths counted as copies of each hash to embed, failed with it

@@ -144,13 +144,10 @@ def _fix(store: FeatureStore, problems: list[Problem]) -> list[str]:
         if hashes:
             done.append(f"{run.model} (run {run.id}): dropped the vectors of {counted(len(hashes), 'file')}; "
                         f"`mess extract FOLDER {store.extract_options(run)}` embeds them again")
-        track_rows, seg_rows = store.catalog_rows(run)
-        for layer in range(len(run.layer_names)):
-            store.row_file(run, "track", layer).truncate(track_rows)
-            store.row_file(run, "segment", layer).truncate(seg_rows)
+        store.cut_past_catalog([run])
         if any(p.kind in ("orphan-rows", *_ROWS_LOST) for p in mine):
-            done.append(f"{run.model} (run {run.id}): row files cut back to the {track_rows} track rows "
-                        "the catalog references")
+            done.append(f"{run.model} (run {run.id}): row files cut back to the {store.catalog_rows(run)[0]} "
+                        "track rows the catalog references")
         if any(p.kind == "no-checksum" for p in mine):
             added = _add_checksums(store, run, {h: s for p in mine for h, s in p.checksums.items()})
             whose = counted(added, "file's", "files'")

@@ -34,6 +34,18 @@ class VectorRows(RunCatalog):
         )[0]
         return int(track_rows), int(seg_rows)
 
+    def cut_past_catalog(self, runs: Sequence[Run] | None = None) -> None:
+        """Cut the row files of ``runs`` (default: every run) after the rows the catalog references: rows a killed
+        write or reclaim left past them (`mess check`'s orphan-rows), which no catalog version references. Under the
+        write lock, so no writer has rows there that it is about to commit; a kill between two files leaves rows
+        past the catalog in the others, cut next time."""
+        with self._write():
+            for run in self.runs() if runs is None else runs:
+                track_rows, seg_rows = self.catalog_rows(run)
+                for layer in range(len(run.layer_names)):
+                    self.row_file(run, "track", layer).truncate(track_rows)
+                    self.row_file(run, "segment", layer).truncate(seg_rows)
+
     def has_vectors(self, run: Run, content_hash: str) -> bool:
         """Whether this content was already embedded in this run."""
         return self._one("SELECT 1 FROM vectors WHERE run_id=? AND content_hash=?", (run.id, content_hash)) is not None
