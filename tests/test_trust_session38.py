@@ -1,11 +1,14 @@
 """Trust leftovers (session 38): a JSON body trickling into a real server is cut off as an upload is; a file's
 warnings name its whole path, grouped right also for a path holding ': '; the rows a reclaim killed with SIGKILL
-left past the catalog's last are cut by the next extract (notes/trust_session38.md)."""
+left past the catalog's last are cut by the next extract; `--prune` forgets a recorded extraction folder gone with its
+tracks (notes/trust_session38.md)."""
 
 from __future__ import annotations
 
 import json
+import os
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -140,3 +143,31 @@ def test_rows_a_killed_reclaim_left_past_the_catalog_are_cut_by_the_next_extract
     report = json.loads(mess_here("check", "--json", "--store", str(store)).stdout)
     assert report["ok"] and report["problems"] == [], report
     assert all(size == want for size, want in _row_files(store).values()), _row_files(store)
+
+
+def test_prune_forgets_a_recorded_extraction_folder_gone_with_its_tracks(wesnoth_tracks: list[Path],
+                                                                         tmp_path: Path) -> None:
+    """The folders given to `mess extract` were recorded (table extract_roots) and never forgotten: one deleted, its
+    tracks pruned, stayed a root of the collection forever. Now `--prune` forgets it, once no catalogued track is
+    under it; while its tracks are still catalogued (not pruned: a disk not mounted now), it is kept."""
+    music = tmp_path / "music"
+    for folder, source in (("A", "battle.ogg"), ("B", "sad.ogg")):
+        (music / folder).mkdir(parents=True)
+        audio, rate = sf.read(next(p for p in wesnoth_tracks if p.name == source), start=20 * 44100,
+                              frames=3 * 44100, dtype="float32")
+        sf.write(music / folder / f"{folder}.wav", audio, rate)
+    store = str(tmp_path / "store")
+    a, b = (os.path.realpath(music / f) for f in "AB")
+
+    def roots() -> list[str]:
+        with closing(FeatureStore(store, readonly=True)) as fs:
+            return fs.extract_roots()
+
+    assert mess_here("extract", a, b, *GC, "--store", store).returncode == 0
+    assert roots() == [a, b]
+    shutil.rmtree(b)
+    assert mess_here("extract", a, "--prune", *GC, "--store", store).returncode == 0
+    assert roots() == [a, b]  # its track is still catalogued
+    pruned = mess_here("extract", a, b, "--prune", *GC, "--store", store)
+    assert pruned.returncode == 0 and "1 removed" in " ".join(pruned.stderr.split()), pruned.stderr
+    assert roots() == [a]

@@ -283,7 +283,7 @@ def _fail(store: FeatureStore, run: Run, record: FileRecord, reason: str, summar
 
 def prune(store: FeatureStore, paths: Sequence[Path], roots: Sequence[Path]) -> int:
     """Forget catalogued files under ``roots`` (or that a root names) that are no longer on disk (and failures of
-    files never read there).
+    files never read there), then the recorded extraction folders gone from disk that hold no track left.
 
     A file the folder walk passes over (one in a hidden folder, named on the command line once) is still on disk
     and is kept.
@@ -298,7 +298,9 @@ def prune(store: FeatureStore, paths: Sequence[Path], roots: Sequence[Path]) -> 
     real: dict[Path, Path] = {}
     gone = [p for p in store.all_paths() if under(p) and p not in present and _gone(p, Path.is_file, real)]
     store.forget_unread([p for p in store.unread_paths() if under(p) and _gone(p, Path.exists, real)])
-    return store.remove_tracks(gone)
+    removed = store.remove_tracks(gone)
+    store.forget_gone_roots()  # a folder given to an extraction once, gone now with its tracks
+    return removed
 
 
 def missing_files(store: FeatureStore) -> list[str]:

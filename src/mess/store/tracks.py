@@ -116,6 +116,17 @@ class TrackCatalog(FailureRecords):
                 return []
             raise
 
+    def forget_gone_roots(self) -> list[str]:
+        """Forget the recorded extraction folders (:meth:`record_roots`) that are no folder on disk any more and hold
+        no catalogued track (moved or deleted, their tracks forgotten by `mess extract --prune`); the ones forgotten.
+        One still holding tracks (a disk not mounted now) is kept."""
+        with self._write():
+            paths = self.all_paths()
+            gone = [root for root in self.extract_roots() if not os.path.isdir(root)
+                    and not any(p.startswith(root.rstrip("/") + "/") for p in paths)]
+            self.db.executemany("DELETE FROM extract_roots WHERE path=?", [(to_db_path(r),) for r in gone])
+        return gone
+
     def set_duration(self, content_hash: str, seconds: float) -> None:
         """Record the decoded length of a content's tracks (a truncated file's header claims more than it holds)."""
         with self._write():
