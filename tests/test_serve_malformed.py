@@ -72,13 +72,13 @@ CASES = """\
 # ids that name nothing (404) or are no id (422)
 GET /api/tracks/999999 | 404 | unknown track id 999999
 GET /api/tracks/99999999999999999999999/similar | 404 | unknown track id 99999999999999999999999
-GET /api/tracks/-1 | 422 | invalid track_id '-1'; use a whole number
+GET /api/tracks/-1 | 422 | invalid track_id '-1'; use a whole number of 1 or more
 GET /api/tracks/1.5/audio | 422 | invalid track_id '1.5'; use a whole number
 GET /api/tracks/%FF | 422 | invalid track_id '\ufffd'
 GET /api/tracks/%00/similar | 422 | invalid track_id '\\x00'
 GET /api/tracks/{BIG} | 422 | invalid track_id {NINES}... (5000 characters); use a whole number
 GET /api/playlists/radio?seed=99999 | 404 | unknown track id 99999
-GET /api/playlists/radio?seed= | 422 | invalid seed ''; use a whole number (repeat it for several)
+GET /api/playlists/radio?seed= | 422 | invalid seed ''; use a whole number of 1 or more (repeat it for several)
 GET /api/playlists/radio?seed=1&seed=abc | 422 | invalid seed 'abc'
 GET /api/playlists/path?start=1&end=99999 | 404 | unknown track id 99999
 GET /api/playlists/path?start=1&end=1 | 400 | the start and the end are the same recording

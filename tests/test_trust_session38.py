@@ -1,7 +1,7 @@
 """Trust leftovers (session 38): a JSON body trickling into a real server is cut off as an upload is; a file's
 warnings name its whole path, grouped right also for a path holding ': '; the rows a reclaim killed with SIGKILL
 left past the catalog's last are cut by the next extract; `--prune` forgets a recorded extraction folder gone with its
-tracks (notes/trust_session38.md)."""
+tracks; a track id below 1 is refused saying where ids start (notes/trust_session38.md)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 from clustered_store import clustered_store
+from fastapi.testclient import TestClient
 from ports import served_at
 from test_store_redteam import _frozen, _killed
 
@@ -27,6 +28,7 @@ from conftest import mess_here
 from mess.audio.windows import WindowPolicy
 from mess.cli.extract import _grouped
 from mess.extract.prepare import decode_windows, inspect_file
+from mess.serve.app import create_app
 from mess.store import FeatureStore
 
 # `mess serve` with the slow-body grace cut to half a second (30 s in use): a test waits that long, not 30 s
@@ -171,3 +173,20 @@ def test_prune_forgets_a_recorded_extraction_folder_gone_with_its_tracks(wesnoth
     pruned = mess_here("extract", a, b, "--prune", *GC, "--store", store)
     assert pruned.returncode == 0 and "1 removed" in " ".join(pruned.stderr.split()), pruned.stderr
     assert roots() == [a]
+
+
+def test_a_track_id_below_1_is_refused_saying_where_ids_start(tmp_path: Path) -> None:
+    """`/api/tracks/-1` answered "use a whole number" (-1 is one) and `/api/tracks/0` "unknown track id 0"; `mess
+    similar -- -1` offered tracks whose names hold a 1. Ids are whole numbers from 1, as both now say."""
+    clustered_store(tmp_path / "store", 3, 4, 1, seed=0)[0].close()
+    client = TestClient(create_app(tmp_path / "store"), base_url="http://127.0.0.1")
+    for url, name, value in (("/api/tracks/-1", "track_id", "-1"), ("/api/tracks/0/similar", "track_id", "0"),
+                             ("/api/playlists/radio?seed=1&seed=0", "seed", "0"),
+                             ("/api/artists/similar?track=-1", "track", "-1")):
+        answer = client.get(url)
+        assert answer.status_code == 422 and answer.json()["detail"].startswith(
+            f"invalid {name} '{value}'; use a whole number of 1 or more"), (url, answer.text)
+    assert client.get("/api/tracks/1").status_code == 200
+    for ref in ("0", "-1"):
+        said = mess_here("similar", "--store", str(tmp_path / "store"), "--", ref)
+        assert said.returncode == 1 and said.stderr.startswith(f"error: unknown track '{ref}' (track ids start at 1)")

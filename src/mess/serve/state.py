@@ -14,7 +14,7 @@ from typing import Annotated, cast
 import faiss
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, Field
 
 from mess.constants import DEFAULT_NORM
 from mess.search.query import Neighbour
@@ -34,7 +34,7 @@ def _ascii_id(value: object) -> object:
     return value
 
 
-TrackId = Annotated[int, BeforeValidator(_ascii_id)]
+TrackId = Annotated[int, Field(ge=1), BeforeValidator(_ascii_id)]  # ids start at 1: the schema says so
 
 
 class RequestLock:

@@ -175,7 +175,9 @@ class TrackCatalog(FailureRecords):
             if unread is not None:
                 raise TrackFailed(f"{printable(unread[0])} failed to extract, so it is not in the collection: "
                                   f"{unread[1]}", printable(unread[0]))
-            raise StoreError(f"unknown track {ref!r}")
+            key = str(ref).removeprefix("-")
+            below = is_track_id(key) and (str(ref).startswith("-") or int(key) == 0)  # '0', '-1': no id's form
+            raise StoreError(f"unknown track {ref!r}" + (" (track ids start at 1)" if below else ""))
         return found
 
     def find(self, ref: int | str | Path) -> Track | None:
