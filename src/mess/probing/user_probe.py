@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from mess.constants import counted
 from mess.extract.runs import run_policy
 from mess.probing.controls import shuffled_rows
 from mess.probing.probes import (
@@ -152,7 +153,7 @@ def probe_targets(store: FeatureStore, run: Run, targets: TargetFile, options: P
     scores = {c: ProbeScores(tuple(layers), names, *_summary([results[n][c] for n in layers])) for c in conditions}
     per_fold = {c: {n: {t: [float(v) for v in f] for t, f in zip(names, results[n][c], strict=True) if f is not None}
                     for n in layers} for c in conditions}
-    infos = [TargetInfo(t.name, t.kind, 0, f"not probed: {p}") if isinstance(p, str) else _info(t, p)
+    infos = [TargetInfo(t.name, t.kind, _valued(t, tracks), f"not probed: {p}") if isinstance(p, str) else _info(t, p)
              for t, p in zip(targets.targets, plans, strict=True)]
     return TargetReport(run.model, run.revision, run.id, asdict(run_policy(run)), str(targets.path), options.probe,
                         options.seed, infos, scores, time.perf_counter() - started, len(targets.unknown),
@@ -176,8 +177,10 @@ def _plan(target: UserTarget, tracks: list[Track], options: ProbeOptions) -> Pla
     sorted order) and folds; else why it is not probed: no track of the run has a value, too few do (the folds'
     ProbeError), or every one has the same label (a constant number scores NaN in :func:`fold_scores`)."""
     rows = np.array([i for i, t in enumerate(tracks) if t.id in target.values], dtype=np.intp)
+    if not target.values:
+        return "no value (every cell of the column is empty or nan)"
     if not len(rows):
-        return "no track with a value has vectors"
+        return f"none of the {counted(len(target.values), 'track')} with a value has vectors in this run"
     if target.kind == LABEL and len({target.values[tracks[i].id] for i in rows}) < 2:
         return "every track has one label"
     chosen = [tracks[i] for i in rows]
@@ -193,6 +196,11 @@ def _plan(target: UserTarget, tracks: list[Track], options: ProbeOptions) -> Pla
     except ProbeError as exc:  # too few tracks for this target: the others are still probed
         return str(exc)
     return rows, y, folds
+
+
+def _valued(target: UserTarget, tracks: list[Track]) -> int:
+    """How many of the run's ``tracks`` have a value of ``target`` (also when it is not probed)."""
+    return sum(t.id in target.values for t in tracks)
 
 
 def _info(target: UserTarget, plan: Plan) -> TargetInfo:
