@@ -339,12 +339,12 @@ def _l2(x: np.ndarray) -> np.ndarray:
 
 
 def test_a_spec_resolves_its_normalisation_and_names_its_files_as_documented() -> None:
-    """"auto" is power for all layers and z-scores for one layer, aspect, group or the learned head; fused vectors
-    never z-score nor power (their own norm is kept otherwise); one choice of vectors at most; slugs keep letters,
-    digits and "-_." and make every other character "_"."""
+    """"auto" is power for all layers, centring for the learned head and z-scores for one layer, aspect or group;
+    fused vectors never z-score nor power (their own norm is kept otherwise); one choice of vectors at most; slugs keep
+    letters, digits and "-_." and make every other character "_"."""
     auto = {kind: VectorSpec(kind, "x" if kind in ("layer", "aspect", "group") else "").norm
             for kind in ("all", "layer", "aspect", "group", "learned", "fused")}
-    assert auto == {"all": "power", "layer": "zscore", "aspect": "zscore", "group": "zscore", "learned": "zscore",
+    assert auto == {"all": "power", "layer": "zscore", "aspect": "zscore", "group": "zscore", "learned": "center",
                     "fused": "none"}
     assert [VectorSpec("fused", "", norm).norm for norm in ("none", "center", "zscore", "power")] == [
         "none", "center", "none", "none"]
@@ -354,7 +354,7 @@ def test_a_spec_resolves_its_normalisation_and_names_its_files_as_documented() -
     assert VectorSpec.from_options(layer=7, norm="center") == VectorSpec("layer", "7", "center")
     assert VectorSpec.from_options(aspect="timbre") == VectorSpec("aspect", "timbre", "zscore")
     assert VectorSpec.from_options(fused=True, norm="zscore") == VectorSpec("fused", "", "none")
-    assert VectorSpec.from_options(learned=True) == VectorSpec("learned", "", "zscore")
+    assert VectorSpec.from_options(learned=True) == VectorSpec("learned", "", "center")
     assert VectorSpec.from_options(layer="l1", fused=False, learned=False) == VectorSpec("layer", "l1", "zscore")
     for options in ({"layer": "l1", "aspect": "timbre"}, {"fused": True, "learned": True},
                     {"layer": "", "fused": True}):

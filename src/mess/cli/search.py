@@ -57,7 +57,7 @@ NormOpt = Annotated[
     typer.Option(
         "--norm",
         help="Per-dimension preprocessing before L2 normalisation: auto (the default: power for all layers, zscore "
-        "for one layer or aspect), power (signed |x|^0.25, then zscore), zscore, center or none.",
+        "for one layer or aspect, center for --learned), power (signed |x|^0.25, then zscore), zscore, center or none.",
     ),
 ]
 RankingOpt = Annotated[

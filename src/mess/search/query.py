@@ -169,8 +169,9 @@ def similar_tracks(
             learned = the head shipped for the model, see :mod:`mess.models.head`).
         exclude_same_artist: leave out tracks of the query's artist (main artist of the artist tag, else composer).
         hubness: None, "csls" or "mp" to re-rank a candidate pool against hub tracks.
-        norm: "auto" (default: "power", signed fourth roots then z-scores, for all layers; "zscore" for one layer,
-            aspect or the learned head), "power", "zscore", "center" or "none" preprocessing before L2 normalisation.
+        norm: "auto" (default: "power", signed fourth roots then z-scores, for all layers; "zscore" for one layer
+            or aspect; "center" for the learned head), "power", "zscore", "center" or "none" preprocessing before L2
+            normalisation.
         match: "mean" (cosine of track vectors, through the index) or "segments" (Chamfer similarity of
             window vectors, exact; needs a TrackQuery and layer vectors, no hubness).
         expand: rank by the query expanded with its ``expand`` nearest tracks (:mod:`mess.search.expansion`;
