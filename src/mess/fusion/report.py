@@ -110,7 +110,7 @@ def compare(result: FusionResult, data: LayerData, k: int = 10) -> FusionReport:
 
     Baselines: the untrained network (same seed), the best single layer and the
     equal-weight combination of all layers (mean of per-layer cosines, as
-    `mess similar` searches by default) and, when layers share a size, the mean
+    `mess similar` searched by default before power normalisation) and, when layers share a size, the mean
     layer vector. Layer and normalisation of a baseline are chosen on the
     training and validation labels, never on the test labels. Tracks of held-out
     labels query each other.
