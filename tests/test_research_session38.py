@@ -63,3 +63,19 @@ def test_a_target_not_probed_counts_its_tracks_and_says_why(extracted_store: Pat
     assert (info["source"].n_tracks, info["source"].folds) == (len(ids), "not probed: every track has one label")
     assert info["blank"].n_tracks == 0
     assert info["blank"].folds == "not probed: no value (every cell of the column is empty or nan)"
+
+
+def test_a_nan_label_labels_no_track_as_in_the_targets_reader(extracted_store: Path, tmp_path: Path) -> None:
+    """numpy writes a missing value as 'nan': `mess probe --targets` leaves such a cell out, `mess evaluate --labels`
+    took 'nan' for a label, one class of every unlabelled track, which every other of them then counted relevant."""
+    from mess.search.evaluate import read_label_csv
+
+    store = FeatureStore(extracted_store, readonly=True)
+    try:
+        tracks = store.tracks(store.run("dsp"))
+        rows = [(t.id, "NaN" if k % 3 == 0 else "nan" if k % 3 == 1 else t.artist) for k, t in enumerate(tracks)]
+        (tmp_path / "labels.csv").write_text("id,label\n" + "".join(f"{i},{v}\n" for i, v in rows))
+        read = read_label_csv(store, tmp_path / "labels.csv", "label")
+    finally:
+        store.close()
+    assert read.labels == {i: v for i, v in rows if v.casefold() != "nan"} and not read.unknown

@@ -142,7 +142,8 @@ def read_label_csv(store: FeatureStore, path: str | Path, field: str, *, field_g
     'Ambient; Dark' and 'Ambient; Bright' would be one label).
 
     A ``path`` matches only the file at that path; an id, or a file name shared by no other track, as
-    :meth:`FeatureStore.track` finds it. Rows naming no track are left out (listed); a file name several tracks
+    :meth:`FeatureStore.track` finds it. An empty label cell, or ``nan`` (any case), labels no track. Rows naming no
+    track are left out (listed); a file name several tracks
     share, a track given two labels, a row whose cells do not match the header and an unclosed quote are refused
     (LabelError, naming the line), and so is a file none of whose labelled rows names a track.
     """
@@ -183,8 +184,8 @@ def read_label_csv(store: FeatureStore, path: str | Path, field: str, *, field_g
             cells = len(row) - 1 + len(row[None]) if None in row else sum(v is not None for v in row.values())
             raise LabelError(f"{path}:{line}: {cells} cells where the header has {len(reader.fieldnames or ())}")
         ref, value = (row.get(ref_col) or "").strip(), (row.get(label_col) or "").strip()
-        label = label_key(key_field, value)
-        if not label:  # an unlabelled track
+        label = label_key(key_field, value) if value.casefold() != "nan" else ""  # nan: numpy's missing value
+        if not label:  # an unlabelled track (an empty cell or nan, as `mess probe --targets` reads them)
             continue
         if not ref:  # a label for no track: left out, and said so as any row naming no track is
             unknown.append((line, ref))
