@@ -79,3 +79,19 @@ def test_a_nan_label_labels_no_track_as_in_the_targets_reader(extracted_store: P
     finally:
         store.close()
     assert read.labels == {i: v for i, v in rows if v.casefold() != "nan"} and not read.unknown
+
+
+def test_two_target_columns_of_one_name_are_refused(extracted_store: Path, tmp_path: Path) -> None:
+    """A column pasted twice ('dur', 'dur'): the JSON kept one column's scores under the name and the table of best
+    layers showed the second's best twice; now the file is refused, naming both columns."""
+    from mess.probing.probes import ProbeError
+    from mess.probing.user_targets import read_targets
+
+    store = FeatureStore(extracted_store, readonly=True)
+    try:
+        ids = [t.id for t in store.tracks(store.run("dsp"))]
+        (tmp_path / "t.csv").write_text("id,dur,level,dur\n" + "".join(f"{i},{i},{-i},{2 * i}\n" for i in ids))
+        with pytest.raises(ProbeError, match=r"t\.csv: two target columns are named 'dur' \(columns 2 and 4 "):
+            read_targets(store, tmp_path / "t.csv")
+    finally:
+        store.close()

@@ -45,8 +45,9 @@ class TargetFile:
 
 def read_targets(store: FeatureStore, path: str | Path) -> TargetFile:
     """The targets of ``path``; ProbeError naming the file (and the line) for a file that cannot be read, has no
-    id/path/file column or no other column, names one track twice with other values, has a row whose cells do not
-    match the header, an infinite number, or no row naming a track of the store."""
+    id/path/file column or no other column, has two target columns of one name, names one track twice with other
+    values, has a row whose cells do not match the header, an infinite number, or no row naming a track of the
+    store."""
     path = Path(path)
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
@@ -71,6 +72,10 @@ def read_targets(store: FeatureStore, path: str | Path) -> TargetFile:
     if ref_col is None or not columns:
         raise ProbeError(f"{path} needs an id, path or file column naming tracks and at least one column of "
                          f"targets; its header is {header}")
+    for n, i in enumerate(columns):  # a report names its targets: two of one name would be one
+        if (twice := next((j for j in columns[n + 1:] if header[j] == header[i]), None)) is not None:
+            raise ProbeError(f"{path}: two target columns are named {header[i]!r} (columns {i + 1} and {twice + 1} of "
+                             "the header): rename one")
     ref_at, ref_kind = folded.index(ref_col), "id" if ref_col == "track_id" else ref_col
     cells: dict[int, dict[int, tuple[str, int]]] = {i: {} for i in columns}  # column -> track id -> (cell, line)
     unknown: list[tuple[int, str]] = []
