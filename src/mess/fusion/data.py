@@ -37,6 +37,15 @@ class LayerData:
             raise FusionError(f"unknown label {field!r}; use one of {', '.join(LABEL_FIELDS)}")
         return np.array([label_key(field, t.label(field)) for t in self.tracks], dtype=object)
 
+    def recordings(self, rows: np.ndarray) -> np.ndarray:
+        """``rows`` less byte-identical copies: of the rows of one content hash only the first of ``rows`` (rows of a
+        split part come in content order), as `mess evaluate` scores each recording once (a copy ranks its twin first
+        at cosine 1)."""
+        first: dict[str, int] = {}
+        for r in rows:
+            first.setdefault(self.tracks[r].content_hash, int(r))
+        return np.array(list(first.values()), dtype=np.intp)
+
     def data_hash(self, field: str) -> str:
         """Hash of what training saw: run identity plus sorted (content hash, label) pairs."""
         pairs = sorted((t.content_hash, v) for t in self.tracks if (v := label_key(field, t.label(field))))

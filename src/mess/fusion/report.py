@@ -113,14 +113,14 @@ def compare(result: FusionResult, data: LayerData, k: int = 10) -> FusionReport:
     `mess similar` searched by default before power normalisation) and, when layers share a size, the mean
     layer vector. Layer and normalisation of a baseline are chosen on the
     training and validation labels, never on the test labels. Tracks of held-out
-    labels query each other.
+    labels query each other, each recording once (byte-identical copies left out).
     """
     if tuple(data.run.layer_names) != result.layer_names:
         raise FusionError(f"checkpoint layers {list(result.layer_names)} are not {data.run.model}'s "
                           f"{list(data.run.layer_names)}")
     labels = data.labels(result.config.label)
-    test = result.split.rows(labels, "test")
-    seen = np.concatenate([result.split.rows(labels, "train"), result.split.rows(labels, "val")])
+    test = data.recordings(result.split.rows(labels, "test"))  # each recording once, as `mess evaluate` counts it
+    seen = data.recordings(np.concatenate([result.split.rows(labels, "train"), result.split.rows(labels, "val")]))
     if len(set(labels[test])) < 2:
         raise FusionError("fewer than 2 held-out labels are left in the store; retrain with `mess fuse train`")
     names, dims = data.run.layer_names, data.run.layer_dims
