@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
+from mess.fusion.data import LayerData
+from mess.fusion.report import FusionReport
+from mess.fusion.train import FusionResult
 from mess.models.head import shipped_head
 from mess.search.evaluate import evaluate
 from mess.store import FeatureStore
@@ -97,31 +100,42 @@ def test_two_target_columns_of_one_name_are_refused(extracted_store: Path, tmp_p
         store.close()
 
 
+def _fusion_data(copies: list[tuple[int, int]]) -> tuple[LayerData, np.ndarray, np.ndarray, np.ndarray]:
+    """Synthetic layers of 8 labels x 4 recordings (the label shows in the second layer only) and byte-identical
+    copies (recording, label of the copy) in another folder; returns the data, each row's recording, the recordings'
+    labels and their raw vectors."""
+    from mess.audio.windows import WindowPolicy
+    from mess.store import Run, Track
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(8), 4)
+    x = np.hstack([rng.normal(size=(32, 6)), rng.normal(size=(32, 6)) + 1.5 * rng.normal(size=(8, 6))[labels]])
+    tracks = [Track(i, f"/a/{i}.wav", f"h{i:02d}", 30.0, f"artist{lab}", None, None, None, None)
+              for i, lab in enumerate(labels)]
+    tracks += [Track(100 + i, f"/b/{i}.wav", f"h{i:02d}", 30.0, f"artist{lab}", None, None, None, None)
+               for i, lab in copies]
+    order = sorted(range(len(tracks)), key=lambda r: tracks[r].content_key)
+    rows = np.array([t.id % 100 for t in tracks])[order]
+    run = Run("synthetic", "r1", WindowPolicy().to_json(), 16000, ("l0", "l1"), (6, 6), id=1)
+    return LayerData(run, [tracks[r] for r in order], x[rows].astype(np.float32)), rows, labels, x
+
+
+def _report(data: LayerData) -> tuple[FusionReport, FusionResult]:
+    from mess.fusion.report import compare
+    from mess.fusion.train import FusionConfig, train_fusion
+
+    config = FusionConfig(fusion_dim=4, hidden_dim=8, common_dim=4, labels_per_batch=4, tracks_per_label=2,
+                          weight_epochs=2, max_epochs=2, patience=2, val_frac=0.2, test_frac=0.3, seed=0)
+    result = train_fusion(data, config)
+    return compare(result, data, k=5), result
+
+
 def test_the_fusion_report_scores_each_recording_once(one_torch_thread: None) -> None:  # noqa: ARG001
     """Byte-identical copies (one content hash, in two folders) are one recording: `mess evaluate` scores it once,
     the fusion report scored both, each copy ranking its twin first at cosine 1 (on the 104 soundtracks plus 30
     copies: 57 held-out tracks where 47 recordings are, fused nDCG@10 0.881 instead of 0.848)."""
-    from mess.audio.windows import WindowPolicy
-    from mess.fusion.data import LayerData
-    from mess.fusion.report import compare
-    from mess.fusion.train import FusionConfig, train_fusion
-    from mess.store import Run, Track
-
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(8), 4)  # 8 labels x 4 recordings; the label shows in the second layer only
-    x = np.hstack([rng.normal(size=(32, 6)), rng.normal(size=(32, 6)) + 1.5 * rng.normal(size=(8, 6))[labels]])
-    tracks = [Track(i, f"/a/{i}.wav", f"h{i:02d}", 30.0, f"artist{lab}", None, None, None, None)
-              for i, lab in enumerate(labels)]
-    tracks += [Track(100 + i, f"/b/{i}.wav", f"h{i:02d}", 30.0, f"artist{labels[i]}", None, None, None, None)
-               for i in range(32) if i % 4 < 2]  # two recordings of every label copied to another folder
-    order = sorted(range(len(tracks)), key=lambda r: tracks[r].content_key)
-    rows = np.array([t.id % 100 for t in tracks])[order]
-    run = Run("synthetic", "r1", WindowPolicy().to_json(), 16000, ("l0", "l1"), (6, 6), id=1)
-    data = LayerData(run, [tracks[r] for r in order], x[rows].astype(np.float32))
-    config = FusionConfig(fusion_dim=4, hidden_dim=8, common_dim=4, labels_per_batch=4, tracks_per_label=2,
-                          weight_epochs=2, max_epochs=2, patience=2, val_frac=0.2, test_frac=0.3, seed=0)
-    result = train_fusion(data, config)
-    report = compare(result, data, k=5)
+    data, rows, labels, x = _fusion_data([(i, i // 4) for i in range(32) if i % 4 < 2])  # two of each label copied
+    report, result = _report(data)
     held = [i for i in range(32) if f"artist{labels[i]}" in result.split.test]  # each recording once
     assert report.n_test_tracks == len(held) and len(held) < len(result.split.rows(data.labels("artist"), "test"))
     norm = report.score("all-layers").detail.removeprefix("mean of per-layer cosines (").removesuffix(")")
@@ -138,3 +152,18 @@ def test_the_fusion_report_scores_each_recording_once(one_torch_thread: None) ->
     aps = [average_precision_score(lab[np.arange(len(held)) != q] == lab[q], scores[q, np.arange(len(held)) != q])
            for q in range(len(held))]
     assert report.score("all-layers").map == pytest.approx(float(np.mean(aps)), abs=1e-4)
+    assert report.trained_copies == 0 and "copy" not in report.caveat
+
+
+def test_a_held_out_recording_whose_copy_was_trained_on_is_left_out(one_torch_thread: None) -> None:  # noqa: ARG001
+    """A copy tagged with another label (a compilation's album): the split is by label, so the recording could be
+    trained on under one label and held out under the other, a leak; it is left out of the held-out part, said."""
+    data, _, labels, _ = _fusion_data([(i, (i // 4 + 1) % 8) for i in range(0, 32, 4)])  # each label's first, +1
+    report, result = _report(data)
+    test, trained = set(result.split.test), set(result.split.train) | set(result.split.val)
+    copied = {i: f"artist{(i // 4 + 1) % 8}" for i in range(0, 32, 4)}
+    tags = {i: {f"artist{labels[i]}", *([copied[i]] if i in copied else [])} for i in range(32)}
+    held = [i for i in range(32) if tags[i] & test and not tags[i] & trained]
+    leaked = sum(1 for i in range(32) if tags[i] & test and tags[i] & trained)
+    assert leaked and report.n_test_tracks == len(held) and report.trained_copies == leaked
+    assert f"{leaked} held-out track{'s' if leaked > 1 else ''} left out: a byte-identical copy" in report.caveat

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from scipy.stats import wilcoxon
 
-from mess.constants import FUSED
+from mess.constants import FUSED, counted
 from mess.fusion import evaluate
 from mess.fusion.data import FusionError, LayerData
 from mess.fusion.train import FusionResult, embed, initial_network
@@ -63,6 +63,7 @@ class FusionReport:
     training_log_note: str | None = None  # the training log describes another checkpoint (tracking.log_mismatch)
     interrupted_note: str | None = None  # the checkpoint is from a training stopped with Ctrl-C (interrupted_note)
     files: dict[str, str] = field(default_factory=dict)
+    trained_copies: int = 0  # held-out recordings left out: a copy of each is in a training or validation label
 
     def score(self, method: str) -> MethodScores:
         """The row of one method (fused, untrained, best-layer, all-layers, mean-vector, chance)."""
@@ -113,14 +114,17 @@ def compare(result: FusionResult, data: LayerData, k: int = 10) -> FusionReport:
     `mess similar` searched by default before power normalisation) and, when layers share a size, the mean
     layer vector. Layer and normalisation of a baseline are chosen on the
     training and validation labels, never on the test labels. Tracks of held-out
-    labels query each other, each recording once (byte-identical copies left out).
+    labels query each other, each recording once (byte-identical copies left out), and none whose copy is tagged
+    with a training or validation label (``trained_copies`` counts them; the caveat says so).
     """
     if tuple(data.run.layer_names) != result.layer_names:
         raise FusionError(f"checkpoint layers {list(result.layer_names)} are not {data.run.model}'s "
                           f"{list(data.run.layer_names)}")
     labels = data.labels(result.config.label)
-    test = data.recordings(result.split.rows(labels, "test"))  # each recording once, as `mess evaluate` counts it
     seen = data.recordings(np.concatenate([result.split.rows(labels, "train"), result.split.rows(labels, "val")]))
+    known = {data.tracks[r].content_hash for r in seen}  # a copy tagged with a trained label: never held out
+    held = data.recordings(result.split.rows(labels, "test"))  # each recording once, as `mess evaluate` counts it
+    test = np.array([r for r in held if data.tracks[r].content_hash not in known], dtype=np.intp)
     if len(set(labels[test])) < 2:
         raise FusionError("fewer than 2 held-out labels are left in the store; retrain with `mess fuse train`")
     names, dims = data.run.layer_names, data.run.layer_dims
@@ -153,7 +157,7 @@ def compare(result: FusionResult, data: LayerData, k: int = 10) -> FusionReport:
     p = float(wilcoxon(fused_q, mean_q).pvalue) if np.any(fused_q != mean_q) and len(fused_q) > 1 else None
     same_data = data.data_hash(result.config.label) == result.data_hash
     report = FusionReport(result.model, result.config.label, k, len(test), len(set(lab)), methods, per_layer,
-                          result.layer_weights(data.x), "", "", p, same_data)
+                          result.layer_weights(data.x), "", "", p, same_data, trained_copies=len(held) - len(test))
     report.verdict, report.caveat = _verdict(report)
     report.interrupted_note = interrupted_note(result)
     return report
@@ -187,6 +191,9 @@ def _verdict(report: FusionReport) -> tuple[str, str]:
     if report.n_test_tracks < MIN_TRACKS or report.n_test_labels < MIN_LABELS:
         caveat = (f"held-out split holds n={report.n_test_tracks} tracks of {report.n_test_labels} labels: "
                   f"too small to conclude anything (want >= {MIN_TRACKS} tracks and >= {MIN_LABELS} labels)")
+    if report.trained_copies:
+        caveat = "; ".join(filter(None, [caveat, f"{counted(report.trained_copies, 'held-out track')} left out: a "
+                                         "byte-identical copy of each is tagged with a label trained on"]))
     if not report.data_hash_matches:
         caveat = "; ".join(filter(None, [caveat, "the store changed since training (data hash differs)"]))
     return verdict, caveat
