@@ -167,3 +167,20 @@ def test_a_held_out_recording_whose_copy_was_trained_on_is_left_out(one_torch_th
     leaked = sum(1 for i in range(32) if tags[i] & test and tags[i] & trained)
     assert leaked and report.n_test_tracks == len(held) and report.trained_copies == leaked
     assert f"{leaked} held-out track{'s' if leaked > 1 else ''} left out: a byte-identical copy" in report.caveat
+
+
+@pytest.mark.parametrize(("output", "said"), [
+    ("vectors", "vectors has no extension to tell the format: name it vectors.npz (or .parquet, .csv), or pass "
+                "--format"),
+    ("-", "stdout has no extension to tell the format: pass --format npz, parquet or csv")])
+def test_an_export_without_an_extension_says_how_to_name_its_format(extracted_store: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch, output: str,
+                                                                    said: str) -> None:
+    """`mess export vectors` (or `-`) said "unknown export format ''"."""
+    from typer.testing import CliRunner
+
+    from mess.cli.app import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["export", output, "--store", str(extracted_store), "--model", "dsp"])
+    assert result.exit_code == 1 and result.output.strip() == f"error: {said}" and not list(tmp_path.iterdir())

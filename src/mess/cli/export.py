@@ -47,6 +47,11 @@ def export_command(
 
     json_clash(output, as_json)
     chosen = fmt or output.suffix.lstrip(".").lower()
+    if not chosen and is_stdout(output):
+        fail("stdout has no extension to tell the format: pass --format npz, parquet or csv")
+    if not chosen and not output.is_dir():  # a folder is said so by export_vectors
+        fail(f"{output} has no extension to tell the format: name it {output}.npz (or .parquet, .csv), or pass "
+             "--format")
     if chosen in ("npz", "parquet") and is_stdout(output) and sys.stdout.isatty():  # as gzip refuses to
         fail(f"stdout is a terminal and the export is binary ({chosen}): redirect it (> vectors.{chosen}, "
              "| program) or name a file")
