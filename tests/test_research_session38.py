@@ -184,3 +184,31 @@ def test_an_export_without_an_extension_says_how_to_name_its_format(extracted_st
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["export", output, "--store", str(extracted_store), "--model", "dsp"])
     assert result.exit_code == 1 and result.output.strip() == f"error: {said}" and not list(tmp_path.iterdir())
+
+
+def test_validation_counts_each_recording_once(one_torch_thread: None) -> None:  # noqa: ARG001
+    """Early stopping followed a validation nDCG where each copy found its twin first at cosine 1 (and a copy of a
+    trained recording, under a validation label, was validated on); it counts each recording once now, as the
+    report does."""
+    import torch
+    from sklearn.metrics import ndcg_score
+
+    from mess.fusion.train import embed, initial_network
+
+    data, _, labels, _ = _fusion_data([(i, i // 4) for i in range(32) if i % 4 < 2]  # copies within labels
+                                      + [(i, (i // 4 + 1) % 8) for i in range(3, 32, 4)])  # and under the next
+    report, result = _report(data)
+    val, trained = set(result.split.val), set(result.split.train)
+    tags = {i: {f"artist{labels[i]}"} | ({f"artist{(i // 4 + 1) % 8}"} if i % 4 == 3 else set()) for i in range(32)}
+    rows = {i: next(r for r, t in enumerate(data.tracks)  # the recording's row under a validation label
+                    if t.content_hash == f"h{i:02d}" and t.artist in val) for i in range(32)
+            if tags[i] & val}
+    held = [i for i in range(32) if tags[i] & val and not tags[i] & trained]
+    assert held and len(held) < len(result.split.rows(data.labels("artist"), "val"))
+    unit = embed(initial_network(result.config, data.run.layer_dims, torch.from_numpy(data.x)),
+                 data.x[[rows[i] for i in held]]).astype(np.float64)
+    lab = np.array([data.labels("artist")[rows[i]] for i in held])
+    scores = unit @ unit.T
+    others = [np.arange(len(held)) != q for q in range(len(held))]
+    ndcg = [ndcg_score([(lab == lab[q])[o]], [scores[q, o]], k=result.config.k) for q, o in enumerate(others)]
+    assert result.history[0].val_ndcg == pytest.approx(float(np.mean(ndcg)), abs=1e-6)

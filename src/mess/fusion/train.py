@@ -157,7 +157,8 @@ def train_fusion(data: LayerData, config: FusionConfig,
     after ``patience`` epochs without a gain in validation nDCG@k, and is skipped
     when the collection is too small to hold validation labels out. Each epoch
     runs ``n_train // (labels_per_batch * tracks_per_label)`` steps (at least one)
-    of triplet loss with in-batch mining; epoch 0 is the untrained network.
+    of triplet loss with in-batch mining; epoch 0 is the untrained network. Validation counts each recording once
+    (byte-identical copies, and copies of trained recordings under another label, left out), as the report does.
 
     ``stop`` (asked before every step, e.g. whether Ctrl-C was pressed) ends training early: the result is the best
     epoch so far, with ``interrupted_at`` the last epoch done; :class:`StoppedBeforeFirstEpoch` when no epoch was
@@ -165,7 +166,10 @@ def train_fusion(data: LayerData, config: FusionConfig,
     """
     labels = data.labels(config.label)
     split = split_labels(labels, config.val_frac, config.test_frac, config.seed)
-    train_rows, val_rows = split.rows(labels, "train"), split.rows(labels, "val")
+    train_rows = split.rows(labels, "train")
+    trained = {data.tracks[r].content_hash for r in train_rows}  # a copy of a trained recording validates nothing
+    val_rows = np.array([r for r in data.recordings(split.rows(labels, "val"))
+                         if data.tracks[r].content_hash not in trained], dtype=np.intp)  # each recording once
     codes = np.unique(labels[train_rows].astype(str), return_inverse=True)[1]
     sampler = PKSampler(codes, config.labels_per_batch, config.tracks_per_label, config.seed)
     steps = max(1, len(train_rows) // (config.labels_per_batch * config.tracks_per_label))
