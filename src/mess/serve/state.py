@@ -170,15 +170,16 @@ def get_state(request: Request) -> ServeState:
 
 
 def store_error(request: Request, exc: Exception) -> JSONResponse:
-    """The answer to a StoreError: 400 with its message (the store's folder named without its parents and with
-    escapes for bytes that are not UTF-8, as a track's file is), or 503 (Retry-After) when the catalog the request was
+    """The answer to a StoreError: 400 with its message (the store's folder, and any other, such as the folder of a
+    track not yet embedded, named without its parents and with escapes for bytes that are not UTF-8, as a track's file
+    is), or 503 (Retry-After) when the catalog the request was
     answered from has been replaced or removed since (the store is being rebuilt in place: its old catalog read
     against new or missing row files is no damage, and `mess check --repair` would be the wrong advice)."""
     state: ServeState = request.app.state.mess
     root = state.store.root
     now = catalog_id(root)
     if now == getattr(request.state, "catalog", state.catalog):  # the store named by its folder's name alone
-        detail = printable(str(exc).replace(str(root), root.name))
+        detail = without_paths(printable(str(exc).replace(str(root), root.name)))  # and a music folder too
         return JSONResponse({"detail": short_values(detail)}, status_code=400)
     return JSONResponse({"detail": f"{rebuilding(now)}; answers resume once `mess extract` has written vectors "
                                    "there; try again shortly"},

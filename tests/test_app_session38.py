@@ -1,0 +1,64 @@
+"""A music app built on the server, as its builder meets it: answers that keep the server's folders to itself, a
+schema that lists what the routes send, and the app's own playlists read by a player."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+import test_serve_api as api
+from fastapi.testclient import TestClient
+
+from mess.audio.discover import find_audio
+from mess.audio.windows import WindowPolicy
+from mess.extract.pipeline import extract
+from mess.models.dsp import DspModel
+from mess.serve.app import create_app
+from mess.store import FeatureStore
+
+serve_collection = api.serve_collection  # the session's store (3 artists x 4 tagged tracks, dsp), made once per run
+
+
+@pytest.fixture(scope="module")
+def shelf(serve_collection: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store of three of the session's tracks: ``music/older`` (two) extracted with dsp, ``music/newer`` (one)
+    with dsp under another window policy, a second run; dsp's current run (the one covering most tracks) has no
+    vectors for the newer track, as while an extract of its folder has not reached it."""
+    root = tmp_path_factory.mktemp("shelf")
+    music = serve_collection.parent / "music"
+    for folder, takes in (("older", ("Sine_Choir/take0.flac", "Saw_Machine/take1.flac")),
+                          ("newer", ("Noise_Ensemble/take2.flac",))):
+        (root / "music" / folder).mkdir(parents=True)
+        for take in takes:
+            shutil.copy(music / take, root / "music" / folder / take.replace("/", "-"))
+    with closing(FeatureStore(root / "store")) as store:
+        extract(store, find_audio([root / "music" / "older"]), DspModel(), WindowPolicy())
+        extract(store, find_audio([root / "music" / "newer"]), DspModel(), WindowPolicy(max_windows=2))
+    return root
+
+
+@pytest.fixture(scope="module")
+def shelf_app(shelf: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(shelf / "store"), base_url="http://127.0.0.1:8000") as client:
+        yield client
+
+
+def _newer_id(client: TestClient) -> int:
+    tracks = client.get("/api/tracks", params={"model": "any"}).json()["items"]
+    return next(t["id"] for t in tracks if t["file"].startswith("Noise_Ensemble"))
+
+
+def test_a_track_not_yet_embedded_is_refused_without_the_servers_folders(shelf: Path, shelf_app: TestClient) -> None:
+    """The refusal says what to run, naming the track's folder by its name alone: the path of the music on the
+    server stays there, as it does in every other answer (it gave `mess extract /srv/.../newer --model dsp`)."""
+    newer = _newer_id(shelf_app)
+    for path, params in ((f"/api/tracks/{newer}/similar", {"model": "dsp"}),
+                         ("/api/playlists/radio", {"seed": newer, "model": "dsp"})):
+        answer = shelf_app.get(path, params=params)
+        assert answer.status_code == 400, answer.text
+        detail = answer.json()["detail"]
+        assert "has no vectors of dsp yet" in detail and "`mess extract newer --model dsp` first" in detail, detail
+        assert str(shelf) not in detail and "/" not in detail.split("`mess extract ")[1], detail
