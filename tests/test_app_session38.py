@@ -62,3 +62,31 @@ def test_a_track_not_yet_embedded_is_refused_without_the_servers_folders(shelf: 
         detail = answer.json()["detail"]
         assert "has no vectors of dsp yet" in detail and "`mess extract newer --model dsp` first" in detail, detail
         assert str(shelf) not in detail and "/" not in detail.split("`mess extract ")[1], detail
+
+
+def _older_ids(client: TestClient) -> list[int]:
+    return [t["id"] for t in client.get("/api/tracks", params={"model": "dsp"}).json()["items"]]
+
+
+def test_the_schema_lists_the_media_type_of_every_answer(shelf_app: TestClient) -> None:
+    """A client generated from /openapi.json reads each answer by the media types its route lists: the playlists'
+    M3U8 and XSPF downloads were sent but not listed (JSON alone, with an empty schema)."""
+    first, second = _older_ids(shelf_app)
+    schema = shelf_app.get("/openapi.json").json()["paths"]
+    asked = [("/api/health", "/api/health", {}), ("/api/tracks", "/api/tracks", {}),
+             ("/api/tracks/{track_id}", f"/api/tracks/{first}", {}),
+             ("/api/tracks/{track_id}/audio", f"/api/tracks/{first}/audio", {}),
+             ("/api/tracks/{track_id}/similar", f"/api/tracks/{first}/similar", {}),
+             ("/api/map", "/api/map", {})]
+    asked += [("/api/playlists/radio", "/api/playlists/radio", {"seed": first, "n": 1, "format": fmt})
+              for fmt in ("json", "m3u8", "xspf")]
+    asked += [("/api/playlists/path", "/api/playlists/path", {"start": first, "end": second, "n": 2, "format": fmt})
+              for fmt in ("json", "m3u8", "xspf")]
+    for route, url, params in asked:
+        answer = shelf_app.get(url, params=params)
+        assert answer.status_code == 200, (url, answer.text)
+        media = answer.headers["content-type"].split(";")[0]
+        listed = schema[route]["get"]["responses"]["200"]["content"]
+        assert media in listed, (url, params, media, sorted(listed))
+        if media == "application/json":
+            assert listed[media]["schema"].get("type") == "object" and isinstance(answer.json(), dict), (url, params)

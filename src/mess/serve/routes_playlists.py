@@ -7,7 +7,7 @@ player on the machine can stream them and no file path leaves the server.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
@@ -29,6 +29,11 @@ router = APIRouter(prefix="/api/playlists")
 State = Annotated[ServeState, Depends(get_state)]
 Format = Annotated[Literal["json", "m3u8", "xspf"], Query(description="json, or m3u8 / xspf to download.")]
 MEDIA = {"m3u8": "audio/x-mpegurl; charset=utf-8", "xspf": "application/xspf+xml; charset=utf-8"}
+ANSWERS: dict[int | str, dict[str, Any]] = {  # the schema lists the downloads' types beside JSON
+    200: {"description": "The playlist as JSON, or with format=m3u8 / xspf as the file to download "
+                         "(Content-Disposition names it), its entries this server's audio URLs",
+          "content": {"application/json": {"schema": {"type": "object", "additionalProperties": True}},
+                      **{media.split(";")[0]: {"schema": {"type": "string"}} for media in MEDIA.values()}}}}
 
 
 def _answer(request: Request, playlist: Playlist, model: str, fmt: str, name: str,
@@ -69,7 +74,8 @@ def _playlist(request: Request, state: ServeState, model: str | None, aspect: st
 
 
 @router.get(
-    "/radio", summary="A radio from seed tracks: closest first, artists spread, no near-duplicates", response_model=None
+    "/radio", summary="A radio from seed tracks: closest first, artists spread, no near-duplicates",
+    response_model=None, responses=ANSWERS,
 )
 def radio_route(
     request: Request,
@@ -112,7 +118,8 @@ def radio_route(
     return _playlist(request, state, model, aspect, format, "radio", build)
 
 
-@router.get("/path", summary="A sonic path from one track to another in even steps", response_model=None)
+@router.get("/path", summary="A sonic path from one track to another in even steps", response_model=None,
+            responses=ANSWERS)
 def path_route(
     request: Request,
     state: State,
