@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from mess.audio.discover import find_audio
 from mess.audio.windows import WindowPolicy
 from mess.extract.pipeline import extract
+from mess.extract.runs import run_key
 from mess.models.dsp import DspModel
 from mess.serve.app import create_app
 from mess.store import FeatureStore
@@ -90,3 +91,27 @@ def test_the_schema_lists_the_media_type_of_every_answer(shelf_app: TestClient) 
         assert media in listed, (url, params, media, sorted(listed))
         if media == "application/json":
             assert listed[media]["schema"].get("type") == "object" and isinstance(answer.json(), dict), (url, params)
+
+
+def test_a_rebuilt_store_answers_once_its_run_holds_vectors(serve_collection: Path, tmp_path: Path) -> None:
+    """`mess extract` into a store moved aside writes its run's row before its first vectors: the server took that
+    catalog at once and answered an empty collection ('ok', 0 tracks listed, an empty map) until the first batch
+    was committed, where the docs say the old catalog answers until the new one holds vectors."""
+    copy = tmp_path / "store"
+    shutil.copytree(serve_collection, copy)
+    with TestClient(create_app(copy), base_url="http://127.0.0.1:8000") as client:
+        assert client.get("/api/tracks").json()["total"] == 12
+        shutil.move(copy, tmp_path / "aside")
+        with closing(FeatureStore(copy)) as fresh:
+            fresh.ensure_run(run_key(DspModel().info, WindowPolicy()))  # the rebuild's run, no vectors yet
+            health = client.get("/api/health").json()
+            assert health["status"] == "rebuilding" and health["tracks"] == 12, health
+            assert client.get("/api/tracks").json()["total"] == 12
+            waiting = client.get("/api/map")
+            assert waiting.status_code == 503 and waiting.headers["retry-after"] == "10", waiting.text
+            music = serve_collection.parent / "music"
+            extract(fresh, find_audio([music / "Sine_Choir"]), DspModel(), WindowPolicy())
+            health = client.get("/api/health").json()
+            assert health["status"] == "ok" and health["tracks"] == 4, health
+            assert client.get("/api/tracks").json()["total"] == 4
+            assert len(client.get("/api/map").json()["points"]) == 4

@@ -111,12 +111,15 @@ class ServeState:
                 fresh = FeatureStore(self.store.root, readonly=not self.allow_indexing)
             except StoreError:  # not a whole store yet: try again at the next request
                 return
+            chosen: str | None
             try:
                 try:
                     chosen = default_model(fresh, self.model_option)
                 except StoreError:  # the model the server was started with is not in the new store
                     chosen = default_model(fresh, None)
-            except StoreError:  # no vectors yet
+            except StoreError:  # no run yet
+                chosen = None
+            if chosen is None or not fresh.tracks(fresh.run(chosen)):  # or a run begun, none of its vectors committed
                 fresh.close()
                 return
             old, self.store, self.default_model, self.catalog = self.store, fresh, chosen, now
