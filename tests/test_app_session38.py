@@ -17,8 +17,9 @@ from mess.audio.windows import WindowPolicy
 from mess.extract.pipeline import extract
 from mess.extract.runs import run_key
 from mess.models.dsp import DspModel
+from mess.playlists.clusters import cluster_name
 from mess.serve.app import create_app
-from mess.store import FeatureStore
+from mess.store import FeatureStore, Track
 
 serve_collection = api.serve_collection  # the session's store (3 artists x 4 tagged tracks, dsp), made once per run
 
@@ -115,3 +116,19 @@ def test_a_rebuilt_store_answers_once_its_run_holds_vectors(serve_collection: Pa
             assert health["status"] == "ok" and health["tracks"] == 4, health
             assert client.get("/api/tracks").json()["total"] == 4
             assert len(client.get("/api/map").json()["points"]) == 4
+
+
+def _track(tid: int, artist: str | None = None) -> Track:
+    return Track(id=tid, path=f"/m/{tid}.ogg", content_hash=f"h{tid}", duration=60.0, artist=artist, album=None,
+                 title=None, genre=None, composer=None)
+
+
+def test_a_cluster_is_named_after_its_artists_only_when_they_made_all_of_it() -> None:
+    """A game soundtrack's cluster of eight tracks, one of them tagged 'Luke.RUSTLTD', was written as
+    02-luke-rustltd.m3u8, named as if all eight were his; the untagged seven are others too."""
+    one_tagged = (_track(1, "Luke.RUSTLTD"), *(_track(i) for i in range(2, 9)))
+    assert cluster_name(one_tagged) == "Luke.RUSTLTD and others"
+    two_and_untagged = (_track(1, "A"), _track(2, "A"), _track(3, "B"), _track(4))
+    assert cluster_name(two_and_untagged) == "A & B and others"
+    assert cluster_name(two_and_untagged[:3]) == "A & B"  # every track theirs
+    assert cluster_name((_track(5), _track(6))) == "cluster"

@@ -112,11 +112,11 @@ def _copies_note(copies: list[Track]) -> str:
 
 def cluster_name(tracks: tuple[Track, ...]) -> str:
     """A name from tags: the genre (a multi-valued tag's first) shared by at least half the tracks, then the two
-    most common artists."""
+    most common artists, 'and others' when they are not the artists of every track (untagged tracks count)."""
     genres = Counter(g for t in tracks if (g := label_key("genre", t.genre)))
     artists = Counter((t.artist or t.composer or "").strip() for t in tracks if (t.artist or t.composer or "").strip())
-    top = [a for a, _ in artists.most_common(2)]
-    who = " & ".join(top) + (" and others" if len(artists) > 2 else "")
+    top = artists.most_common(2)
+    who = " & ".join(a for a, _ in top) + (" and others" if top and sum(n for _, n in top) < len(tracks) else "")
     genre = genres.most_common(1)[0][0] if genres and genres.most_common(1)[0][1] * 2 >= len(tracks) else ""
     return ": ".join(p for p in (genre, who) if p) or "cluster"
 
