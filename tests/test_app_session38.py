@@ -3,6 +3,7 @@ schema that lists what the routes send, and the app's own playlists read by a pl
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from contextlib import closing
@@ -12,6 +13,7 @@ import pytest
 import test_serve_api as api
 from fastapi.testclient import TestClient
 
+from conftest import mess_here
 from mess.audio.discover import find_audio
 from mess.audio.windows import WindowPolicy
 from mess.extract.pipeline import extract
@@ -19,7 +21,7 @@ from mess.extract.runs import run_key
 from mess.models.dsp import DspModel
 from mess.playlists.clusters import cluster_name
 from mess.serve.app import create_app
-from mess.store import FeatureStore, Track
+from mess.store import FeatureStore, RunKey, Track
 
 serve_collection = api.serve_collection  # the session's store (3 artists x 4 tagged tracks, dsp), made once per run
 
@@ -132,3 +134,23 @@ def test_a_cluster_is_named_after_its_artists_only_when_they_made_all_of_it() ->
     assert cluster_name(two_and_untagged) == "A & B and others"
     assert cluster_name(two_and_untagged[:3]) == "A & B"  # every track theirs
     assert cluster_name((_track(5), _track(6))) == "cluster"
+
+
+def test_a_better_model_whose_extract_has_only_begun_is_not_the_default_yet(serve_collection: Path,
+                                                                           tmp_path: Path) -> None:
+    """`mess extract` of a better model (musicnn) beside a server of dsp vectors writes its run's row first: requests
+    and commands naming no model went to that run at once, and for the minutes before its first batch the page
+    showed no track and `mess similar 1` said "no vectors for musicnn in this store yet; run `mess extract` first"."""
+    copy = tmp_path / "store"
+    shutil.copytree(serve_collection, copy)
+    with TestClient(create_app(copy), base_url="http://127.0.0.1:8000") as client:
+        with closing(FeatureStore(copy)) as store:
+            begun = store.ensure_run(RunKey("musicnn", "begun", WindowPolicy().to_json(), 16000, ("a",), (4,)))
+            assert [r.model for r in store.runs()] == ["dsp", "musicnn"] and not store.tracks(begun)
+            assert store.run().model == "dsp"  # what every command naming no model uses
+        health = client.get("/api/health").json()
+        assert health["default_model"] == "dsp" and client.get("/api/runs").json()["default_model"] == "dsp"
+        assert client.get("/api/tracks").json()["total"] == 12
+        assert client.get("/api/tracks/1/similar", params={"k": 2}).json()["model"] == "dsp"
+    cli = mess_here("similar", "1", "-k", "2", "--json", "--store", str(copy))
+    assert cli.returncode == 0 and json.loads(cli.stdout)["model"] == "dsp", cli.stderr

@@ -119,7 +119,7 @@ class ServeState:
                     chosen = default_model(fresh, None)
             except StoreError:  # no run yet
                 chosen = None
-            if chosen is None or not fresh.tracks(fresh.run(chosen)):  # or a run begun, none of its vectors committed
+            if chosen is None or not fresh.embedded_models():  # or a run begun, none of its vectors committed yet
                 fresh.close()
                 return
             old, self.store, self.default_model, self.catalog = self.store, fresh, chosen, now
@@ -132,7 +132,7 @@ class ServeState:
         setting names a model without vectors."""
         if self.model_option is None:
             try:
-                chosen = preferred_model([r.model for r in self.store.runs()],
+                chosen = preferred_model(self.store.embedded_models() or [r.model for r in self.store.runs()],
                                          read_config(self.store.root).get("default-model"))
             except ConfigError:
                 chosen = None

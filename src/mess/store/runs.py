@@ -52,14 +52,21 @@ class RunCatalog(TrackCatalog):
         """All runs, oldest first."""
         return [self._run(r) for r in self._query("SELECT * FROM runs ORDER BY id")]
 
+    def embedded_models(self) -> list[str]:
+        """The models of the runs holding vectors, oldest run first: those commands naming no model choose from (a run
+        `mess extract` has just begun holds none until its first batch is committed: no default before that)."""
+        return [row["model"] for row in self._query(
+            "SELECT r.model FROM runs r WHERE EXISTS (SELECT 1 FROM vectors v WHERE v.run_id = r.id) ORDER BY r.id")]
+
     def run(self, model: str | None = None) -> Run:
         """The run of ``model`` (a name or local model folder) that covers the most tracks, the newest of equals.
 
         A model extracted again with another window policy or revision has a second run; until that run holds as
         many of the collection's tracks, commands keep answering from the first (the newest run alone would hide
         every track it lacks). ``NAME@RUN_ID`` or ``run:RUN_ID`` picks one run (the ids `mess info` lists). With
-        ``model`` None: the store's ``default-model`` setting (a StoreError when that model has no run here), else the
-        best model extracted (see :mod:`mess.store.config`), not the latest run.
+        ``model`` None: the store's ``default-model`` setting (a StoreError when that model has no vectors here), else
+        the best model extracted (see :mod:`mess.store.config`) among those holding vectors (:meth:`embedded_models`),
+        not the latest run.
         """
         from mess.store.config import ConfigError, model_key, preferred_model, read_config, run_choice
 
@@ -75,7 +82,7 @@ class RunCatalog(TrackCatalog):
             model = model_key(model, names)
         else:
             try:
-                model = preferred_model(names, read_config(self.root).get("default-model"))
+                model = preferred_model(self.embedded_models() or names, read_config(self.root).get("default-model"))
             except ConfigError as exc:
                 raise StoreError(str(exc)) from None
         sql = ("SELECT r.*, (SELECT COUNT(*) FROM tracks t JOIN vectors v ON v.content_hash = t.content_hash"
