@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -154,3 +156,19 @@ def test_a_better_model_whose_extract_has_only_begun_is_not_the_default_yet(serv
         assert client.get("/api/tracks/1/similar", params={"k": 2}).json()["model"] == "dsp"
     cli = mess_here("similar", "1", "-k", "2", "--json", "--store", str(copy))
     assert cli.returncode == 0 and json.loads(cli.stdout)["model"] == "dsp", cli.stderr
+
+
+def test_a_playlist_to_stdout_goes_into_the_file_it_is_redirected_to(shelf: Path, tmp_path: Path) -> None:
+    """`mess playlist radio ID -o - >> mix.m3u8` replaced mix.m3u8 with the new playlist (its earlier lines lost), and
+    in `(echo a; mess ... -o -; echo b) > f` both echoes were lost: /dev/stdout, a regular file there, was replaced by
+    a renamed new file rather than written into. It is written at stdout's place now, as `>>` and `>` mean."""
+    radio = ["playlist", "radio", "1", "-n", "1", "--store", str(shelf / "store"), "-o"]
+    assert mess_here(*radio, str(tmp_path / "alone.m3u8")).returncode == 0  # outside the music: absolute entries
+    expected = (tmp_path / "alone.m3u8").read_text()
+    mix = tmp_path / "mix.m3u8"
+    mix.write_text("#EXTM3U\nearlier.ogg\n")
+    with mix.open("a") as appended:
+        done = subprocess.run([sys.executable, "-m", "mess.cli", *radio, "-"], stdout=appended, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert mix.read_text() == "#EXTM3U\nearlier.ogg\n" + expected

@@ -3,6 +3,7 @@ JSON."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -210,7 +211,7 @@ def _emit(playlist: Playlist, roots: list[str], output: Path | None, fmt: str | 
     """Write the playlist file when asked (in ``fmt`` when its name has no playlist extension; entries relative
     within the one of ``roots`` holding it, :func:`mess.playlists.formats.music_root`), then print it as JSON or a
     table."""
-    from mess.playlists.formats import music_root, write_playlist
+    from mess.playlists.formats import music_root, streamed, write_playlist
     from mess.playlists.playlist import PlaylistError
 
     json_clash(output, as_json)
@@ -224,8 +225,14 @@ def _emit(playlist: Playlist, roots: list[str], output: Path | None, fmt: str | 
     if output is not None:
         try:
             with failing(PlaylistError):
-                written = write_playlist(playlist, output, fmt or ("m3u8" if to_stdout else None),
-                                         music_root(roots, output.expanduser().parent))
+                if to_stdout:  # into the stream: a file stdout is redirected to (`>`, `>>`) was replaced whole
+                    data = streamed(playlist, output, fmt or "m3u8")
+                    sys.stdout.flush()
+                    sys.stdout.buffer.write(data)
+                    sys.stdout.buffer.flush()
+                    written = output
+                else:
+                    written = write_playlist(playlist, output, fmt, music_root(roots, output.expanduser().parent))
         except OSError as exc:
             fail(f"cannot write {named}: {os_reason(exc, output)}")
     if as_json:

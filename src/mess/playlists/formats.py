@@ -186,6 +186,12 @@ def write_playlist(playlist: Playlist, path: Path, fmt: str | None = None, tree:
     return path
 
 
+def streamed(playlist: Playlist, path: Path, fmt: str | None = None) -> bytes:
+    """The bytes of ``playlist`` for a stream (stdout) named ``path``, in :func:`output_format`'s format: absolute
+    entries, as no folder holds a stream."""
+    return render(playlist, output_format(path, fmt)).encode("utf-8", "surrogateescape")
+
+
 def _content(playlist: Playlist, path: Path, fmt: str, tree: Path | None = None) -> bytes:
     """The bytes of the playlist file ``path``: UTF-8, file names as their file-system bytes (surrogate escapes
     undone, as :mod:`mess.store.paths` stores them). Entries are relative only when the file's folder is the same
