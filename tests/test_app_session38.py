@@ -172,3 +172,12 @@ def test_a_playlist_to_stdout_goes_into_the_file_it_is_redirected_to(shelf: Path
                               text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert mix.read_text() == "#EXTM3U\nearlier.ogg\n" + expected
+
+
+def test_a_one_track_playlist_is_counted_as_one_track(shelf: Path, tmp_path: Path) -> None:
+    """`mess playlist radio 1 -n 1 -o FILE` said 'wrote 1 tracks to FILE'."""
+    done = mess_here("playlist", "radio", "1", "-n", "1", "--store", str(shelf / "store"), "-o",
+                     str(tmp_path / "r.m3u8"))
+    entries = [line for line in (tmp_path / "r.m3u8").read_text().splitlines() if not line.startswith("#")]
+    assert done.returncode == 0 and len(entries) == 1, done.stderr
+    assert f"wrote 1 track to {tmp_path / 'r.m3u8'}" in " ".join(done.stderr.split()), done.stderr

@@ -34,6 +34,7 @@ from mess.cli.options import (
     folder_to_make,
     output_path,
 )
+from mess.constants import counted
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -248,7 +249,7 @@ def _emit(playlist: Playlist, roots: list[str], output: Path | None, fmt: str | 
     if playlist.note:
         console.print(f"[yellow]{plain(playlist.note)}[/]")
     if written is not None:
-        console.print(f"wrote {len(playlist)} tracks to {plain(named)}")
+        console.print(f"wrote {counted(len(playlist), 'track')} to {plain(named)}")
 
 
 def _with_gone_note(playlist: Playlist) -> Playlist:
