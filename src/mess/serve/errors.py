@@ -151,6 +151,9 @@ def _line(error: dict, specs: dict[str, dict]) -> str:
     if error.get("type") == "missing":
         what = spec.get("description", "").rstrip(".")
         return f"missing {name}" + (f": {what[:1].lower()}{what[1:]}" if what else "")
+    if error.get("type") == "too_long":  # more values of a repeated parameter than its cap
+        most, cap = error.get("ctx", {}).get("max_length"), spec.get("schema", {}).get("x-cap")
+        return f"{name} is given {len(error.get('input') or ())} times; at most {most}" + (f" ({cap})" if cap else "")
     allowed = _allowed(spec.get("schema", {}))
     cap = spec.get("schema", {}).get("x-cap") if error.get("type") == "less_than_equal" else None
     return (f"invalid {name} {_shown(error.get('input'))}" + (f"; use {allowed}" if allowed else "")

@@ -28,6 +28,7 @@ from mess.store import Run, StoreError
 router = APIRouter(prefix="/api/playlists")
 State = Annotated[ServeState, Depends(get_state)]
 Format = Annotated[Literal["json", "m3u8", "xspf"], Query(description="json, or m3u8 / xspf to download.")]
+SEEDS = 100  # a radio's seeds: each is compared with every track, under the store lock
 MEDIA = {"m3u8": "audio/x-mpegurl; charset=utf-8", "xspf": "application/xspf+xml; charset=utf-8"}
 ANSWERS: dict[int | str, dict[str, Any]] = {  # the schema lists the downloads' types beside JSON
     200: {"description": "The playlist as JSON, or with format=m3u8 / xspf as the file to download "
@@ -80,7 +81,8 @@ def _playlist(request: Request, state: ServeState, model: str | None, aspect: st
 def radio_route(
     request: Request,
     state: State,
-    seed: Annotated[list[TrackId], Query(description="Seed track ids (repeat for several).")],
+    seed: Annotated[list[TrackId], Query(max_length=SEEDS, description="Seed track ids (repeat for several).",
+                                         json_schema_extra=CAP)],  # at most SEEDS: maxItems and x-cap say so
     n: Annotated[int, Query(ge=1, le=500, description="How many tracks (at most 500: the server's cap).",
                             json_schema_extra=CAP)] = 30,  # as `mess playlist radio`
     window: Annotated[
