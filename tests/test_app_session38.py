@@ -197,3 +197,19 @@ def test_a_radio_takes_at_most_a_hundred_seeds(shelf_app: TestClient) -> None:
                                         "request's work; the command line has none)")
     taken = shelf_app.get("/api/playlists/radio", params={"seed": [first] * 100, "n": 1})
     assert taken.status_code == 200 and len(taken.json()["tracks"]) == 1, taken.text
+
+
+def test_the_playlist_json_of_the_cli_names_the_model_and_a_stale_aspect_map_as_the_api(
+        serve_collection: Path) -> None:
+    """`mess playlist radio --json` had no `model` nor `stale_aspect_map`, which GET /api/playlists/radio gives (the
+    stale map only as a note on stderr): a script reading either got two shapes of one playlist."""
+    with TestClient(create_app(serve_collection), base_url="http://127.0.0.1:8000") as client:
+        api_answer = client.get("/api/playlists/radio", params={"seed": 1, "n": 3, "aspect": "timbre"}).json()
+    cli = mess_here("playlist", "radio", "1", "-n", "3", "--aspect", "timbre", "--json", "--store",
+                    str(serve_collection))
+    assert cli.returncode == 0, cli.stderr
+    answer = json.loads(cli.stdout)
+    assert api_answer["stale_aspect_map"] and api_answer["stale_aspect_map"] in " ".join(cli.stderr.split())
+    for key in ("model", "stale_aspect_map"):
+        assert key in answer and answer[key] == api_answer[key], (key, answer.get(key), api_answer[key])
+    assert [t["id"] for t in answer["tracks"]] == [t["id"] for t in api_answer["tracks"]]

@@ -17,6 +17,7 @@ from mess.cli.common import (
     failing,
     is_stdout,
     json_clash,
+    note,
     open_store,
     os_reason,
     plain,
@@ -193,25 +194,29 @@ def _outside_store(output: Path | None, store: Path) -> None:
 
 
 def _made(make: Callable[[FeatureStore, Run], Playlist], store: Path, model: str | None,
-          aspect: str | None) -> tuple[Playlist, list[str]]:
-    """The playlist ``make`` builds from the store's run of ``model``, and the folders its relative entries may stay
-    within (:func:`mess.playlists.formats.collection_roots`); a PlaylistError ends the command."""
+          aspect: str | None) -> tuple[Playlist, list[str], dict[str, str | None]]:
+    """The playlist ``make`` builds from the store's run of ``model``, the folders its relative entries may stay
+    within (:func:`mess.playlists.formats.collection_roots`), and what the JSON says of the run as the API's playlists
+    do (``model``; ``stale_aspect_map``, also noted on stderr); a PlaylistError ends the command."""
     from mess.playlists.formats import collection_roots
     from mess.playlists.playlist import PlaylistError
+    from mess.search.query import stale_aspect_map
 
     with open_store(store) as fs:
         run = fs.run(model)
         with failing(PlaylistError):
             playlist = make(fs, run)
-        stale_aspect_note(fs, run, aspect)
+        stale = stale_aspect_map(fs, run) if aspect is not None else None
+        note(stale)
         roots = collection_roots(fs.extract_roots(), (t.path for t in fs.tracks()))
-    return playlist, roots
+    return playlist, roots, {"model": run.model, "stale_aspect_map": stale}
 
 
-def _emit(playlist: Playlist, roots: list[str], output: Path | None, fmt: str | None, as_json: bool) -> None:
+def _emit(playlist: Playlist, roots: list[str], about: dict[str, str | None], output: Path | None, fmt: str | None,
+          as_json: bool) -> None:
     """Write the playlist file when asked (in ``fmt`` when its name has no playlist extension; entries relative
-    within the one of ``roots`` holding it, :func:`mess.playlists.formats.music_root`), then print it as JSON or a
-    table."""
+    within the one of ``roots`` holding it, :func:`mess.playlists.formats.music_root`), then print it as JSON (with
+    ``about`` the run) or a table."""
     from mess.playlists.formats import music_root, streamed, write_playlist
     from mess.playlists.playlist import PlaylistError
 
@@ -237,7 +242,7 @@ def _emit(playlist: Playlist, roots: list[str], output: Path | None, fmt: str | 
         except OSError as exc:
             fail(f"cannot write {named}: {os_reason(exc, output)}")
     if as_json:
-        emit_json({**playlist.to_dict(), "file": written})
+        emit_json({**playlist.to_dict(), **about, "file": written})
         return
     table = Table(title=plain(playlist.title))
     for col in ("#", "id", "track", "min:s", "score"):
