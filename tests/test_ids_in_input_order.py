@@ -10,7 +10,6 @@ a file's reading back to show that progress is heard at each commit, not at the 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import sys
@@ -20,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from test_scale_ray import extract_ray, ray_address  # noqa: F401  (the fixture)
+import test_scale_ray
+from worker_hooks import SLOW_OPEN
 
 from mess.audio.decode import probe
 from mess.audio.discover import find_audio
@@ -35,24 +35,6 @@ POLICY = WindowPolicy(window_seconds=4.0, max_windows=2)
 N_FILES = 6
 SILENT = "silence.ogg"  # one of the six: refused (silent), yet catalogued and numbered with the others
 SLOW_SECONDS = 0.5  # each time a decoder opens the slow file (an inspection opens it 2 or 3 times)
-
-_SLOW_OPEN = """
-import os, sys, time
-
-_name, _delay, _log = os.environ["MESS_TEST_SLOW_FILE"], float(os.environ["MESS_TEST_SLOW_SECONDS"]), \\
-    os.environ["MESS_TEST_SLOW_LOG"]
-
-
-def _slow(event, args):
-    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)) and \\
-            os.path.basename(os.fsdecode(args[0])) == _name:
-        time.sleep(_delay)
-        with open(os.path.join(_log, str(os.getpid())), "a") as f:
-            f.write(_name + "\\n")
-
-
-sys.addaudithook(_slow)
-"""
 
 Slow = Callable[[str], dict[str, str]]
 
@@ -74,7 +56,7 @@ def slow(tmp_path: Path) -> Slow:
     :data:`SLOW_SECONDS` longer; each such opening is logged under ``tmp_path / "slowed"`` (``slowed`` below)."""
     hook = tmp_path / "hook"
     hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_SLOW_OPEN)
+    (hook / "sitecustomize.py").write_text(SLOW_OPEN)
     (tmp_path / "slowed").mkdir()
 
     def env(name: str) -> dict[str, str]:
@@ -168,16 +150,24 @@ def test_reranked_scores_do_not_follow_the_decoders_timing(
     assert reranked[0] == reranked[1]
 
 
+driver = test_scale_ray.driver  # the Ray modules' shared driver on their shared cluster
+
+
 def test_ray_numbers_new_tracks_in_input_order_when_the_first_file_is_slow(
-        collection: Path, slow: Slow, ray_address: str, tmp_path: Path) -> None:  # noqa: F811  (the fixture)
-    """Ray Data hands rows back as its tasks finish (two files a task): the driver catalogues them in input order."""
-    paths = find_audio([collection])
-    env = slow(paths[0].name)
-    before = (f"import ray; ray.init(address={ray_address!r}, include_dashboard=False, "
-              f"runtime_env={{'env_vars': {json.dumps(env)}}})\n")
-    summary = extract_ray(tmp_path / "store", paths, "dsp", POLICY, None, before=before, actors=1)
+        collection: Path, driver: test_scale_ray.Driver, tmp_path: Path) -> None:
+    """Ray Data hands rows back as its tasks finish (two files a task): the driver catalogues them in input order.
+    The first file is named as the one the shared cluster's processes are slow to open."""
+    music = tmp_path / "music"
+    shutil.copytree(collection, music)
+    slow_one = music / test_scale_ray.SLOW_FILE
+    find_audio([music])[0].rename(slow_one)
+    paths = find_audio([music])
+    assert paths[0] == slow_one
+    logs = test_scale_ray._cluster().slowed
+    opened_before = sum(len(log.read_text().split()) for log in logs.iterdir())
+    summary = driver(tmp_path / "store", paths, "dsp", POLICY, actors=1)
     assert summary.done == N_FILES - 1 and [Path(p).name for p, _ in summary.failed] == [SILENT]
-    assert paths[0].name in slowed(tmp_path)
+    assert sum(len(log.read_text().split()) for log in logs.iterdir()) > opened_before  # it was slowed
     with contextlib.closing(FeatureStore(tmp_path / "store", readonly=True)) as store:
         ids = {Path(t.path): t.id for t in store.tracks()}
     assert in_id_order(ids) == paths

@@ -29,6 +29,7 @@ import soundfile as sf
 from store_vectors import assert_same_vectors, vectors_by_path
 from tones import write_tones
 from typer.testing import CliRunner
+from worker_hooks import HANGING_DECODER, SLOW_OPEN
 
 from conftest import mess_here
 from mess.audio.discover import find_audio
@@ -47,17 +48,32 @@ RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.tok
            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}  # SIGTERM stops the test cluster at once, not after 30 s
 
 
+SLOW_FILE = "0-slow.ogg"  # each opening of a file so named in the shared cluster's workers takes SLOW_SECONDS longer
+SLOW_SECONDS = 0.5
+
+
 class Cluster:
     """A local Ray cluster with 2 CPUs (`ray start --head --block` in a session of its own). Ray binds a free port of
     its choosing (--port 0) and writes its address into the cluster's own temp folder: a port found free here, closed,
-    then handed to Ray could be taken by another process in between."""
+    then handed to Ray could be taken by another process in between.
+
+    Its workers, and the decoding processes they start, run the hooks of :mod:`worker_hooks`: decoding a file named
+    hang*.wav never ends, and opening one named :data:`SLOW_FILE` is slow (logged under ``slowed``). A test that
+    needs them runs on this cluster's warm workers, not on a job of its own whose ``runtime_env`` starts new ones."""
 
     def __init__(self) -> None:
         self.temp = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short: Ray's socket paths live under it
+        hooks, self.slowed = self.temp / "hooks", self.temp / "slowed"
+        hooks.mkdir()
+        self.slowed.mkdir()
+        (hooks / "sitecustomize.py").write_text(HANGING_DECODER + SLOW_OPEN)
+        env = {**RAY_ENV, "PYTHONPATH": os.pathsep.join([str(hooks), *filter(None, [os.environ.get("PYTHONPATH")])]),
+               "MESS_TEST_SLOW_FILE": SLOW_FILE, "MESS_TEST_SLOW_SECONDS": str(SLOW_SECONDS),
+               "MESS_TEST_SLOW_LOG": str(self.slowed)}
         self.head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port",
                                       "0", "--temp-dir", str(self.temp), "--node-ip-address", "127.0.0.1",
                                       "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
-                                     env=RAY_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      start_new_session=True)
         try:
             deadline = time.time() + 120
@@ -412,37 +428,33 @@ def test_killed_job_resumes_without_loss_or_duplicates(ray_address: str, driver:
     assert_same_vectors(vectors_by_path(store, "dsp"), reference)
 
 
-def test_ray_prunes_files_gone_from_disk_as_the_local_engine_does(ray_address: str, tmp_path: Path) -> None:
-    """`mess extract --engine ray --prune` forgot nothing: the deleted file kept answering searches, and the run
-    ended by telling the user to run `mess extract FOLDER --prune`."""
+def test_ray_prunes_files_gone_from_disk_as_the_local_engine_does_and_prints_mess_s_lines_alone(
+        ray_address: str, tmp_path: Path) -> None:
+    """Two bugs of `mess extract --engine ray`, one run (a driver of its own costs a job's worth of Ray workers):
+
+    `--prune` forgot nothing: the deleted file kept answering searches, and the run ended by telling the user to run
+    `mess extract FOLDER --prune`.
+
+    A run embedding 2 files (one block) printed, above its summary, Ray core's ERROR line that the actors'
+    constructor arguments are in the object store while their restarts are on (core_worker.cc, once per driver) and
+    Ray Data's UserWarning that the pool's 2 actors (one per CPU) received 1 input: noise a user takes for an error.
+    Now the summary alone, the first line kept in the driver's log; nor Ray Data's plan and progress lines."""
     music, store_dir = tmp_path / "music", tmp_path / "store"
     gone = _write_tones(music, 3, seconds=5.0)[1]
     args = [str(music), "--model", "dsp", "--store", str(store_dir), "--window", "4", "--max-windows", "3"]
     local = mess_here("extract", *args)  # the local engine: no Ray driver
     assert local.returncode == 0, local.stdout + local.stderr
     gone.unlink()
+    new = _write_tones(music / "new", 2, seconds=5.0, sr=16000)  # other contents than those embedded: 2 to embed
     out = subprocess.run([sys.executable, "-m", "mess.cli", "extract", *args, "--prune", "--engine", "ray",
-                          "--address", ray_address], capture_output=True, text=True, timeout=300, env=RAY_ENV)
-    said = out.stdout + out.stderr
-    assert out.returncode == 0 and "1 removed" in said and "no longer on disk" not in said, said
-    assert "\tINFO " not in out.stderr, out.stderr  # Ray Data's plan and progress lines stay in its log
-    with contextlib.closing(FeatureStore(store_dir, readonly=True)) as store:
-        assert sorted(Path(t.path).name for t in store.tracks(store.run("dsp"))) == ["tone00.wav", "tone02.wav"]
-
-
-def test_a_ray_extract_prints_mess_s_lines_alone(ray_address: str, tmp_path: Path) -> None:
-    """`mess extract --engine ray` of 2 files (one block) printed, above its summary, Ray core's ERROR line that the
-    actors' constructor arguments are in the object store while their restarts are on (core_worker.cc, once per
-    driver) and Ray Data's UserWarning that the pool's 2 actors (one per CPU) received 1 input: noise a user takes
-    for an error. Now the summary alone, the first line kept in the driver's log."""
-    paths = _write_tones(tmp_path / "music", 2, seconds=5.0)
-    out = subprocess.run([sys.executable, "-m", "mess.cli", "extract", str(tmp_path / "music"), "--model", "dsp",
-                          "--store", str(tmp_path / "store"), "--window", "4", "--max-windows", "3", "--engine", "ray",
                           "--address", ray_address], capture_output=True, text=True, timeout=300, env=RAY_ENV)
     assert out.returncode == 0 and out.stdout == "", out.stdout + out.stderr
     lines = out.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{len(paths)} embedded, 0 unchanged (skipped), 0 failed in "), \
-        out.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"{len(new)} embedded, 2 unchanged (skipped), 0 failed, "
+                                                   "1 removed in "), out.stderr
+    with contextlib.closing(FeatureStore(store_dir, readonly=True)) as store:
+        assert sorted(Path(t.path).relative_to(music).as_posix() for t in store.tracks(store.run("dsp"))) == \
+            ["new/tone00.wav", "new/tone01.wav", "tone00.wav", "tone02.wav"]
 
 
 def test_ray_embeds_a_file_named_twice_once_as_the_local_engine_does(driver: Driver, tmp_path: Path) -> None:
@@ -479,51 +491,21 @@ def test_ray_records_a_file_it_could_not_read_as_the_local_engine_does(driver: D
         assert [Path(p).name for p, _ in store.failures(store.run("dsp"))] == ["gone.wav"]
 
 
-# Every Python process of the job's Ray workers (and their decoding processes) runs this first: decoding a file named
-# hang*.wav never ends, as a decoder stuck in a damaged file.
-_HANGING_DECODER = """
-import importlib.abc, importlib.util, sys, time
-
-class Hang(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name != "mess.extract.prepare":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        run = spec.loader.exec_module
-        def exec_module(module):
-            run(module)
-            real = module.decode_windows
-            def decode_windows(record, *args, **kwargs):
-                while record.path.name.startswith("hang"):
-                    time.sleep(1)
-                return real(record, *args, **kwargs)
-            module.decode_windows = decode_windows
-        spec.loader.exec_module = exec_module
-        return spec
-
-sys.meta_path.insert(0, Hang())
-"""
-
-
-def test_a_decoder_that_hangs_is_stopped_and_the_run_goes_on(ray_address: str, tmp_path: Path) -> None:
+def test_a_decoder_that_hangs_is_stopped_and_the_run_goes_on(driver: Driver, tmp_path: Path) -> None:
     """The Ray engine had no decoder timeout, unlike the local engine's decoding processes: a file whose reading never
     ends (a FIFO nobody writes) or whose decoding hangs held its Ray task, and the run, for good. Each file is now
     inspected and decoded in a decoding process under the same timeout: the file is recorded as failed with the
-    local engine's reason and the rest embedded."""
-    music, hooks = tmp_path / "music", tmp_path / "hooks"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(_HANGING_DECODER)
+    local engine's reason and the rest embedded. (The shared cluster's decoders never end decoding hang*.wav.)"""
+    music = tmp_path / "music"
     paths = _write_tones(music, 3, seconds=5.0)
     paths[2] = paths[2].rename(music / "hang.wav")
     stuck = music / "stuck.wav"
     os.mkfifo(stuck)  # nobody writes: its inspection never ends
-    workers = {"PYTHONPATH": os.pathsep.join([str(hooks), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    before = f"import ray; ray.init(address={ray_address!r}, runtime_env={{'env_vars': {workers!r}}})\n"
-    got = extract_ray(tmp_path / "ray", [*paths, stuck], "dsp", POLICY, ray_address, before=before, actors=1,
-                      decode_timeout=5.0)
+    # a decoding process, once started, answers for a 5 s tone in some 30 ms (measured under a load of 9 on 2
+    # cores): 2 s leaves a margin of 60 (the timeout counts once the process has done its imports)
+    got = driver(tmp_path / "ray", [*paths, stuck], "dsp", POLICY, actors=1, decode_timeout=2.0)
     assert got.done == 2
-    assert sorted(got.failed) == [(str(path), f"{path}: the decoder took longer than 5 s and was stopped; file skipped")
+    assert sorted(got.failed) == [(str(path), f"{path}: the decoder took longer than 2 s and was stopped; file skipped")
                                   for path in (paths[2], stuck)]
     with contextlib.closing(FeatureStore(tmp_path / "ray", readonly=True)) as store:
         assert sorted(Path(p).name for p, _ in store.failures(store.run("dsp"))) == ["hang.wav", "stuck.wav"]
