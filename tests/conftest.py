@@ -339,7 +339,7 @@ def network_waits(folder: Path) -> tuple[dict[str, str], Callable[[], dict[str, 
 
 SPREAD = {"test_store_faults.py"}  # its tests go to whichever worker is free (its templates: one per session, locked)
 # The modules that share one Ray cluster and driver (test_scale_ray's): one unit, so one worker starts them once.
-RAY_MODULES = ("test_scale_ray", "test_scale_copies", "test_ids_in_input_order")
+RAY_MODULES = ("test_scale_ray", "test_scale_copies")
 # The longest work units, longest first (a quiet two-worker run of session 37: 172 s for the Ray modules' unit down to
 # 18 s for test_mert): xdist hands units out in the order they are collected (pyproject.toml turns off its own
 # reordering, which puts the units with most tests first and so left the longest single tests for the end, one worker

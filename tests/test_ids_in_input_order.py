@@ -4,7 +4,8 @@ Tracks were catalogued as each decoder finished inspecting its file, so ids foll
 extractions of one collection numbered it otherwise, and every matrix, tie and sample in id order differed. Here one
 file is made slow to read (its decoders sleep whenever they open it, as on a slow disk: an audit hook in their
 processes) so that the others overtake it; its id must still be its place in the input. The same kind of hook holds
-a file's reading back to show that progress is heard at each commit, not at the next file read.
+a file's reading back to show that progress is heard at each commit, not at the next file read. The Ray engine's
+test of the same is tests/test_scale_ray.py's (on the Ray modules' shared cluster): this module needs no Ray.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import test_scale_ray
 from worker_hooks import SLOW_OPEN
 
 from mess.audio.decode import probe
@@ -148,29 +148,6 @@ def test_reranked_scores_do_not_follow_the_decoders_timing(
             scores = build_reranker(vs.unit()).rows(np.arange(len(rows)))
             reranked.append({(a, b): float(scores[i, j]) for i, a in enumerate(rows) for j, b in enumerate(rows)})
     assert reranked[0] == reranked[1]
-
-
-driver = test_scale_ray.driver  # the Ray modules' shared driver on their shared cluster
-
-
-def test_ray_numbers_new_tracks_in_input_order_when_the_first_file_is_slow(
-        collection: Path, driver: test_scale_ray.Driver, tmp_path: Path) -> None:
-    """Ray Data hands rows back as its tasks finish (two files a task): the driver catalogues them in input order.
-    The first file is named as the one the shared cluster's processes are slow to open."""
-    music = tmp_path / "music"
-    shutil.copytree(collection, music)
-    slow_one = music / test_scale_ray.SLOW_FILE
-    find_audio([music])[0].rename(slow_one)
-    paths = find_audio([music])
-    assert paths[0] == slow_one
-    logs = test_scale_ray._cluster().slowed
-    opened_before = sum(len(log.read_text().split()) for log in logs.iterdir())
-    summary = driver(tmp_path / "store", paths, "dsp", POLICY, actors=1)
-    assert summary.done == N_FILES - 1 and [Path(p).name for p, _ in summary.failed] == [SILENT]
-    assert sum(len(log.read_text().split()) for log in logs.iterdir()) > opened_before  # it was slowed
-    with contextlib.closing(FeatureStore(tmp_path / "store", readonly=True)) as store:
-        ids = {Path(t.path): t.id for t in store.tracks()}
-    assert in_id_order(ids) == paths
 
 
 def test_rows_held_for_order_are_all_handed_on_when_one_never_comes() -> None:

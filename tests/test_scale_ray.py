@@ -26,6 +26,7 @@ import numpy as np
 import psutil
 import pytest
 import soundfile as sf
+import test_ids_in_input_order as input_order
 from store_vectors import assert_same_vectors, vectors_by_path
 from tones import write_tones
 from typer.testing import CliRunner
@@ -42,6 +43,7 @@ from mess.models.registry import load_model
 from mess.store import FeatureStore, catalog
 
 POLICY = WindowPolicy(window_seconds=4.0, max_windows=3)
+collection = input_order.collection  # six short Wesnoth tracks, one of them silent
 N_TONES = 32
 # The cluster and its drivers share a token of their own (not the user's ~/.ray/auth_token, which Ray makes once).
 RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
@@ -509,6 +511,25 @@ def test_a_decoder_that_hangs_is_stopped_and_the_run_goes_on(driver: Driver, tmp
                                   for path in (paths[2], stuck)]
     with contextlib.closing(FeatureStore(tmp_path / "ray", readonly=True)) as store:
         assert sorted(Path(p).name for p, _ in store.failures(store.run("dsp"))) == ["hang.wav", "stuck.wav"]
+
+
+def test_ray_numbers_new_tracks_in_input_order_when_the_first_file_is_slow(collection: Path, driver: Driver,
+                                                                          tmp_path: Path) -> None:
+    """Ray Data hands rows back as its tasks finish (two files a task): the driver catalogues them in input order.
+    The first of tests/test_ids_in_input_order.py's collection is named as the file the shared cluster's processes
+    are slow to open (the others overtake it); its id must still be its place in the input."""
+    music = tmp_path / "music"
+    shutil.copytree(collection, music)
+    slow_one = find_audio([music])[0].rename(music / SLOW_FILE)
+    paths = find_audio([music])
+    assert paths[0] == slow_one
+    opened_before = sum(len(log.read_text().split()) for log in _cluster().slowed.iterdir())
+    summary = driver(tmp_path / "store", paths, "dsp", input_order.POLICY, actors=1)
+    assert summary.done == input_order.N_FILES - 1 and [Path(p).name for p, _ in summary.failed] == [input_order.SILENT]
+    assert sum(len(log.read_text().split()) for log in _cluster().slowed.iterdir()) > opened_before  # slowed
+    with contextlib.closing(FeatureStore(tmp_path / "store", readonly=True)) as store:
+        numbered = {Path(t.path): t.id for t in store.tracks()}
+    assert input_order.in_id_order(numbered) == paths
 
 
 def test_killed_worker_is_restarted_and_nothing_is_lost(driver: Driver, tones: tuple, tmp_path: Path) -> None:
