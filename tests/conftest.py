@@ -348,8 +348,8 @@ RAY_MODULES = ("test_scale_ray", "test_scale_copies")
 LONG_FIRST = ("test_scale_ray", "test_docs_examples", "test_concurrent_first_runs_on_an_empty_numba_cache",
               "test_extract", "test_probing_store", "test_benchmarks", "test_serve_security", "test_serve_api",
               "test_fusion_store", "test_cli_interrupts", "test_mpd", "test_decode_seek",
-              "test_serve_playlists_browser", "test_search_store", "test_serve_browser", "test_trust_session36",
-              "test_onnx_query", "test_mert")
+              "test_serve_playlists_browser", "test_search_store", "test_serve_browser", "test_ids_in_input_order",
+              "test_trust_session36", "test_onnx_query", "test_mert")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups (after it, none was seen)

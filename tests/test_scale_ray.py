@@ -309,7 +309,7 @@ def test_ray_gives_the_local_vectors_and_reruns_skip(driver: Driver, tmp_path: P
     got = driver(tmp_path / "ray", paths, "musicnn-msd", POLICY, batch_size=2, actors=1)
     remote = FeatureStore(tmp_path / "ray")
     assert (got.done, got.copies, got.skipped) == (4, 1, 0) == (want.done, want.copies, want.skipped)
-    assert got.warnings == want.warnings and [w.split(":")[0] for w in got.warnings] == ["phone.wav"]
+    assert got.warnings == want.warnings and [w.split(": ")[0] for w in got.warnings] == [str(music / "phone.wav")]
     assert got.audio_seconds == 4 * POLICY.max_windows * POLICY.window_seconds  # the copy is not decoded again
     assert [Path(p).name for p, _ in got.failed] == ["corrupt.ogg"] == [Path(p).name for p, _ in want.failed]
     # torch in a 1-thread Ray actor vs 2 local threads, with patches batched in chunks across windows:
