@@ -50,6 +50,20 @@ def test_export_npz_tracks_match_the_store(extracted_store: Path, tmp_path: Path
     assert str(data["model"]) == "musicnn-msd"
 
 
+def test_an_export_to_stdout_goes_into_the_file_it_is_redirected_to(extracted_store: Path, tmp_path: Path) -> None:
+    """`mess export - --format csv >> f` replaced f with the export (its earlier lines lost): /dev/stdout, a regular
+    file there, was replaced by a renamed new file rather than written into. It is written at stdout's place now."""
+    args = ["export", "--model", "dsp", "--format", "csv", "--store", str(extracted_store)]
+    assert runner.invoke(app, [*args[:1], str(tmp_path / "alone.csv"), *args[1:]]).exit_code == 0
+    out = tmp_path / "out.csv"
+    out.write_text("earlier line\n")
+    with out.open("a") as appended:
+        done = subprocess.run([sys.executable, "-m", "mess.cli", *args[:1], "-", *args[1:]], stdout=appended,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert out.read_text() == "earlier line\n" + (tmp_path / "alone.csv").read_text()
+
+
 @pytest.mark.parametrize("fmt", ["npz", "parquet"])
 def test_export_segments_and_chosen_layers(extracted_store: Path, tmp_path: Path, fmt: str) -> None:
     path = tmp_path / f"s.{fmt}"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -23,7 +26,8 @@ from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, ModelOpt, StoreOpt, ou
 from mess.constants import counted
 
 if TYPE_CHECKING:
-    from mess.store import Run
+    from mess.store import FeatureStore, Run
+    from mess.store.export import ExportSummary
 
 
 def export_command(
@@ -43,8 +47,6 @@ def export_command(
 ) -> None:
     """Export vectors for research: per track (or per window), every layer, some, or the fused vectors, with ids,
     paths and tags."""
-    from mess.store.export import export_vectors
-
     json_clash(output, as_json)
     chosen = fmt or output.suffix.lstrip(".").lower()
     if not chosen and is_stdout(output):
@@ -61,7 +63,7 @@ def export_command(
         runs = [r.id for r in fs.runs() if r.model == run.model]
         in_use, extract_as = fs.run(run.model).id, fs.extract_options(run)
         try:
-            summary = export_vectors(fs, run, output, chosen, layers=names, segments=segments, fused=fused)
+            summary = _export(fs, run, output, chosen, names, segments, fused)
         except OSError as exc:
             fail(f"cannot write {output}: {os_reason(exc, output)}")
     if as_json:
@@ -85,6 +87,26 @@ def export_command(
         console.print(f"[yellow]{counted(summary.files_failed, 'file')} failed to extract and "
                       f"{'is' if summary.files_failed == 1 else 'are'} not in the rows; "
                       "`mess info --failures` says why[/]")
+
+
+def _export(fs: FeatureStore, run: Run, output: Path, fmt: str, names: list[str] | None, segments: bool,
+            fused: bool) -> ExportSummary:
+    """:func:`mess.store.export.export_vectors` into ``output``; stdout (``-``) redirected to a file is written into
+    where it goes, through a temporary file: it was replaced whole by a renamed new file (``>>`` lost the file's
+    earlier lines). A pipe or a terminal is written into as it is (the export streams)."""
+    from mess.store.export import export_vectors
+    from mess.store.paths import is_device_or_pipe
+
+    if not is_stdout(output) or is_device_or_pipe(output):
+        return export_vectors(fs, run, output, fmt, layers=names, segments=segments, fused=fused)
+    with tempfile.TemporaryDirectory(prefix="mess-export-") as tmp:
+        summary = export_vectors(fs, run, Path(tmp) / f"vectors.{fmt}", fmt, layers=names, segments=segments,
+                                 fused=fused)
+        sys.stdout.flush()
+        with summary.path.open("rb") as written:
+            shutil.copyfileobj(written, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+    return dataclasses.replace(summary, path=output)
 
 
 def _which_run_note(run: Run, runs: list[int], in_use: int) -> None:
