@@ -158,6 +158,22 @@ def test_a_better_model_whose_extract_has_only_begun_is_not_the_default_yet(serv
     assert cli.returncode == 0 and json.loads(cli.stdout)["model"] == "dsp", cli.stderr
 
 
+def test_check_names_a_default_model_whose_run_holds_no_vectors_yet(serve_collection: Path, tmp_path: Path) -> None:
+    """Commands naming no model refuse a default-model whose run holds no vectors yet (the run `mess extract` has just
+    begun); `mess check` still found that setting usable, since it looked for a run alone."""
+    copy = tmp_path / "store"
+    shutil.copytree(serve_collection, copy)
+    with closing(FeatureStore(copy)) as store:
+        store.ensure_run(RunKey("musicnn", "begun", WindowPolicy().to_json(), 16000, ("a",), (4,)))
+    (copy / "config.json").write_text(json.dumps({"default-model": "musicnn"}))
+    refused = mess_here("similar", "1", "--store", str(copy))
+    assert refused.returncode != 0 and "default-model" in refused.stderr, refused.stderr
+    checked = mess_here("check", "--json", "--store", str(copy))
+    problems = json.loads(checked.stdout)["problems"]
+    config = [p["message"] for p in problems if p["kind"] == "config"]
+    assert len(config) == 1 and "musicnn" in config[0], problems
+
+
 def test_a_playlist_to_stdout_goes_into_the_file_it_is_redirected_to(shelf: Path, tmp_path: Path) -> None:
     """`mess playlist radio ID -o - >> mix.m3u8` replaced mix.m3u8 with the new playlist (its earlier lines lost), and
     in `(echo a; mess ... -o -; echo b) > f` both echoes were lost: /dev/stdout, a regular file there, was replaced by

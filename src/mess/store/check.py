@@ -219,7 +219,8 @@ def _settings(store: FeatureStore) -> list[Problem]:
     """The store's settings where commands naming no model cannot use them (`config.json` unreadable, or a
     default-model with no vectors here): each such command refuses, naming the fix; answers are not wrong."""
     try:
-        preferred_model([run.model for run in store.runs()], read_config(store.root).get("default-model"))
+        models = store.embedded_models() or [run.model for run in store.runs()]  # as commands choose (runs.run)
+        preferred_model(models, read_config(store.root).get("default-model"))
     except ConfigError as exc:
         return [Problem("config", None, str(exc), damage=False)]
     return []
