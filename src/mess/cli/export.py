@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -15,6 +14,7 @@ from mess.cli.common import (
     console,
     emit_json,
     fail,
+    into_stdout,
     is_stdout,
     json_clash,
     not_embedded_note,
@@ -102,10 +102,8 @@ def _export(fs: FeatureStore, run: Run, output: Path, fmt: str, names: list[str]
     with tempfile.TemporaryDirectory(prefix="mess-export-") as tmp:
         summary = export_vectors(fs, run, Path(tmp) / f"vectors.{fmt}", fmt, layers=names, segments=segments,
                                  fused=fused)
-        sys.stdout.flush()
         with summary.path.open("rb") as written:
-            shutil.copyfileobj(written, sys.stdout.buffer)
-        sys.stdout.buffer.flush()
+            into_stdout(written)
     return dataclasses.replace(summary, path=output)
 
 

@@ -3,7 +3,6 @@ JSON."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,6 +14,7 @@ from mess.cli.common import (
     emit_json,
     fail,
     failing,
+    into_stdout,
     is_stdout,
     json_clash,
     note,
@@ -232,10 +232,7 @@ def _emit(playlist: Playlist, roots: list[str], about: dict[str, str | None], ou
         try:
             with failing(PlaylistError):
                 if to_stdout:  # into the stream: a file stdout is redirected to (`>`, `>>`) was replaced whole
-                    data = streamed(playlist, output, fmt or "m3u8")
-                    sys.stdout.flush()
-                    sys.stdout.buffer.write(data)
-                    sys.stdout.buffer.flush()
+                    into_stdout(streamed(playlist, output, fmt or "m3u8"))
                     written = output
                 else:
                     written = write_playlist(playlist, output, fmt, music_root(roots, output.expanduser().parent))
