@@ -188,7 +188,7 @@ def long_file_rss(folder: Path, model: str, hours: float = 2.0) -> dict:
         decoder_peak = {{"rss": 0.0, "pss": 0.0}}
         def watch():  # the decoding processes' memory, sampled every 10 ms while they live
             while True:
-                for child in psutil.Process().children():
+                for child in psutil.Process().children(recursive=True):  # forked by the decoders' zygote
                     try:
                         decoder_peak["rss"] = max(decoder_peak["rss"], hwm(child.pid))
                         decoder_peak["pss"] = max(decoder_peak["pss"], pss(child.pid))

@@ -496,7 +496,7 @@ def _decoder_holding(path: Path, timeout: float = 60.0) -> int:
     """Pid of this process's decode worker that has ``path`` open."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        for child in psutil.Process().children():
+        for child in psutil.Process().children(recursive=True):
             try:
                 if "mess.extract.decode_worker" in child.cmdline() and any(
                         os.readlink(fd) == str(path) for fd in Path(f"/proc/{child.pid}/fd").iterdir()):
@@ -542,7 +542,10 @@ def test_a_decoder_that_hangs_is_stopped_and_the_run_goes_on(tmp_path: Path, mon
 def test_a_decoder_slow_to_start_is_not_taken_for_a_hung_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The decode time-out counted from the worker's spawn, its imports included: on a loaded machine a healthy
     file 'took longer than 3 s and was stopped'. It counts from when the worker is ready; a hang is still stopped.
-    Here each worker sleeps longer than the time-out as it starts (a sitecustomize, in the real child process)."""
+    Here each worker sleeps longer than the time-out as it starts (a sitecustomize, in the real child process: the
+    zygote that forks the decoders, started afresh for this test and stopped after it)."""
+    from mess.extract.zygote import zygote
+
     timeout = 3.0
     hooks = tmp_path / "hooks"
     hooks.mkdir()
@@ -553,8 +556,13 @@ def test_a_decoder_slow_to_start_is_not_taken_for_a_hung_one(tmp_path: Path, mon
     paths = _tone_files(music, 1)
     stuck = music / "stuck.wav"
     os.mkfifo(stuck)  # nobody writes: reading it never ends
+    decoders = zygote("mess.extract.decode_worker")
+    decoders.close()  # the next decoder starts with the slow start-up
     began = time.monotonic()
-    summary = extract(FeatureStore(tmp_path / "store"), [*paths, stuck], DspModel(), POLICY, workers=1)
+    try:
+        summary = extract(FeatureStore(tmp_path / "store"), [*paths, stuck], DspModel(), POLICY, workers=1)
+    finally:
+        decoders.close()  # later tests' decoders start without this test's sitecustomize
     assert summary.failed == [(str(stuck), f"{stuck}: the decoder took longer than 3 s and was stopped; file skipped")]
     assert summary.done == 1
     assert time.monotonic() - began > 2 * timeout + 1  # the worker's slow start-up, then the FIFO's time-out

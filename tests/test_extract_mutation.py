@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from processes import decoders
 
 from mess.audio.decode import AudioError
 from mess.audio.windows import WindowPolicy
@@ -797,33 +798,19 @@ def test_a_batch_is_embedded_once_it_holds_batch_size_windows(tmp_path: Path) ->
     music = tmp_path / "music"
     music.mkdir()
     paths = [_wav(music / f"{i}.wav", _tone(0.8, hz=200.0 + 100 * i)) for i in range(4)]  # a window each
-    import psutil
-
-    def decoders() -> int:
-        def decoding(proc: psutil.Process) -> bool:
-            try:
-                return proc.status() != psutil.STATUS_ZOMBIE and "mess.extract.decode_worker" in proc.cmdline()
-            except psutil.Error:
-                return False
-
-        return sum(p.pid not in before and decoding(p) for p in psutil.Process().children())
-
-    before = {p.pid for p in psutil.Process().children()}  # another test's (a Ray worker's decoder): not this run's
+    before = {p.pid for p in decoders()}  # another test's (a Ray worker's decoder): not this run's
     seen: list[int] = []
     model = _LoudFails()
+
+    def count(n: int, seconds: float) -> None:
+        seen.append(sum(p.pid not in before for p in decoders()))
+
     summary = extract(FeatureStore(tmp_path / "store"), paths, model, WindowPolicy(1.0, 2, 0.5), batch_size=2,
-                      workers=1, on_progress=lambda n, s: seen.append(decoders()))  # type: ignore[arg-type]
+                      workers=1, on_progress=count)  # type: ignore[arg-type]
     assert summary.done == 4 and summary.failed == []
     assert model.batches == [2, 2]
     assert max(seen) == 1  # one worker: one decoder process
-
-    def left(proc: psutil.Process) -> bool:  # a decoder still running, or ended and not reaped
-        try:
-            return proc.status() == psutil.STATUS_ZOMBIE or "mess.extract.decode_worker" in proc.cmdline()
-        except psutil.NoSuchProcess:
-            return False
-
-    assert [p for p in psutil.Process().children() if left(p)] == []  # stopped and reaped when the run ends
+    assert [p for p in decoders(zombies=True) if p.pid not in before] == []  # stopped and reaped when the run ends
 
 
 def test_the_copies_of_a_file_the_model_fails_on_are_failed_too_not_said_to_be_embedded(

@@ -17,10 +17,10 @@ from contextlib import closing
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
+from processes import decoders
 from test_search_rerank import clusters
 from test_search_rerank_outside import collection_scores, k_reciprocal, scores_with_query
 
@@ -467,23 +467,15 @@ class _Counted:
         self.info = self._model.info
         self.batches: list[int] = []
         self.decoders: list[int] = []
-        self._before = {p.pid for p in psutil.Process().children()}  # another test's (a Ray worker's decoder)
+        self._before = {p.pid for p in decoders()}  # another test's (a Ray worker's decoder)
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._model, name)
 
     def embed(self, windows: np.ndarray) -> list[np.ndarray]:
         self.batches.append(len(windows))
-        here = psutil.Process().children()
-        self.decoders.append(sum(1 for p in here if p.pid not in self._before and _decoding(p)))
+        self.decoders.append(sum(1 for p in decoders() if p.pid not in self._before))
         return self._model.embed(windows)
-
-
-def _decoding(proc: psutil.Process) -> bool:
-    try:
-        return proc.status() != psutil.STATUS_ZOMBIE and "mess.extract.decode_worker" in proc.cmdline()
-    except psutil.Error:
-        return False
 
 
 def test_an_empty_summary_counts_nothing_and_its_rate_is_audio_over_wall_seconds() -> None:

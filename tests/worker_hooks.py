@@ -36,20 +36,14 @@ SLOW_OPEN = """
 import os, sys, time
 
 
-def _slowing():
-    name, delay, log = os.environ["MESS_TEST_SLOW_FILE"], float(os.environ["MESS_TEST_SLOW_SECONDS"]), \\
-        os.environ["MESS_TEST_SLOW_LOG"]
-
-    def slow(event, args):
-        if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)) and \\
-                os.path.basename(os.fsdecode(args[0])) == name:
-            time.sleep(delay)
-            with open(os.path.join(log, str(os.getpid())), "a") as f:
-                f.write(name + "\\n")
-
-    sys.addaudithook(slow)
+def _slow(event, args):  # the environment is read at each opening: a forked decoder has its caller's
+    name = os.environ.get("MESS_TEST_SLOW_FILE")
+    if name and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)) and \\
+            os.path.basename(os.fsdecode(args[0])) == name:
+        time.sleep(float(os.environ["MESS_TEST_SLOW_SECONDS"]))
+        with open(os.path.join(os.environ["MESS_TEST_SLOW_LOG"], str(os.getpid())), "a") as f:
+            f.write(name + "\\n")
 
 
-if os.environ.get("MESS_TEST_SLOW_FILE"):
-    _slowing()
+sys.addaudithook(_slow)
 """

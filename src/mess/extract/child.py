@@ -16,8 +16,11 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 
+from mess.extract.zygote import Forked, zygote
+
 READY = ("ready",)  # what :func:`serve_requests` sends once its module is imported, before the first reply
 START_TIMEOUT = 600.0  # seconds a child may take to start (imports, on a loaded machine) before it is stopped
+ENDING_GRACE = 2.0  # seconds a child that closed its pipes may take to end (its exit handlers) before it is killed
 
 
 class ChildDied(Exception):
@@ -25,17 +28,21 @@ class ChildDied(Exception):
 
 
 class Child:
-    """``python -m MODULE`` as a child answering one reply per request; restarted after it dies."""
+    """``python -m MODULE`` (or, ``warm``, a fork of its zygote) as a child answering one reply per request;
+    restarted after it dies."""
 
-    def __init__(self, module: str, own_group: bool = False) -> None:
+    def __init__(self, module: str, own_group: bool = False, warm: bool = False) -> None:
         """A child running ``module`` (started on first use); the module calls :func:`serve_requests`.
 
         ``own_group``: start it in a process group of its own, so a Ctrl-C in the terminal reaches only the parent,
         which stops the child itself (the child was interrupted wherever it was, and printed that traceback).
+        ``warm``: fork it from this process's zygote of ``module`` (:mod:`mess.extract.zygote`, which has the
+        module's imports done) instead of starting a fresh interpreter: for children started often.
         """
         self.module = module
         self.own_group = own_group
-        self._proc: subprocess.Popen | None = None
+        self.warm = warm
+        self._proc: subprocess.Popen | Forked | None = None
         self._send: Connection | None = None
         self._recv: Connection | None = None
         self._ready = False
@@ -50,16 +57,33 @@ class Child:
         if self._proc is not None and self._proc.poll() is None and self._send is not None and self._recv is not None:
             return self._send, self._recv, False
         self.stop()
-        # -P: the working folder is not put first on the module path (a concurrent.py there replaced the library's)
-        proc = subprocess.Popen([sys.executable, "-P", "-m", self.module], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, process_group=0 if self.own_group else None)
-        self._proc, self._ready = proc, False  # stop() ends it though what follows fails (no descriptor left to dup)
-        assert proc.stdin is not None and proc.stdout is not None  # both are pipes
-        self._send = Connection(os.dup(proc.stdin.fileno()), readable=False)
-        self._recv = Connection(os.dup(proc.stdout.fileno()), writable=False)
-        proc.stdin.close()
-        proc.stdout.close()
+        theirs_in, ours_in = os.pipe()
+        try:
+            ours_out, theirs_out = os.pipe()
+        except OSError:
+            os.close(theirs_in)
+            os.close(ours_in)
+            raise
+        try:
+            self._proc = self._launch(theirs_in, theirs_out)
+        except BaseException:
+            os.close(ours_in)
+            os.close(ours_out)
+            raise
+        finally:
+            os.close(theirs_in)
+            os.close(theirs_out)
+        self._ready = False
+        self._send = Connection(ours_in, readable=False)
+        self._recv = Connection(ours_out, writable=False)
         return self._send, self._recv, True
+
+    def _launch(self, stdin: int, stdout: int) -> subprocess.Popen | Forked:
+        if self.warm:
+            return zygote(self.module).fork(stdin, stdout, self.own_group, START_TIMEOUT)
+        # -P: the working folder is not put first on the module path (a concurrent.py there replaced the library's)
+        return subprocess.Popen([sys.executable, "-P", "-m", self.module], stdin=stdin, stdout=stdout,
+                                process_group=0 if self.own_group else None)
 
     def call(self, request: object, timeout: float) -> object:
         """Send ``request`` and return the reply; ChildDied when the child dies or takes over ``timeout`` s. The
@@ -80,8 +104,8 @@ class Child:
                 self.stop()
                 raise ChildDied(f"took longer than {timeout:g} s and was stopped")
             return recv.recv()
-        except (EOFError, OSError):
-            raise ChildDied(f"died ({describe_exit(self.stop())})") from None
+        except (EOFError, OSError):  # it closed its pipes: it is ending; its exit code, unless it lingers
+            raise ChildDied(f"died ({describe_exit(self.stop(ENDING_GRACE))})") from None
 
     def hang_up(self) -> None:
         """Close the child's input: an idle child ends by itself (see :func:`serve_requests`)."""

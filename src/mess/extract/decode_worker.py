@@ -71,6 +71,11 @@ def quiet_native_output() -> None:
     os.close(devnull)
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The decoding process: answer requests on stdin / stdout (started as ``python -m`` or forked warm)."""
     quiet_native_output()
     serve_requests(handle)
+
+
+if __name__ == "__main__":
+    main()

@@ -169,7 +169,7 @@ def _prepared(store: FeatureStore, run: Run, paths: Sequence[Path], model: Embed
     """
     info = model.info
     idle: SimpleQueue[Child] = SimpleQueue()
-    children = [Child(DECODE_WORKER) for _ in range(max(1, workers))]
+    children = [Child(DECODE_WORKER, warm=True) for _ in range(max(1, workers))]
     for child in children:
         idle.put(child)
     stop_plan = plan_in_background(idle, to_embed(store, paths, info, policy), policy, on_total) if on_total else None

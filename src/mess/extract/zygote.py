@@ -1,0 +1,364 @@
+"""Child processes forked from a warm zygote instead of started cold: ``python -m mess.extract.zygote MODULE``.
+
+A decoding process spends 0.22 s of CPU importing numpy, PyAV, soundfile and soxr before its first file; a run
+starts one per worker, and every in-process ``extract()`` call (a library user's loop, the tests) starts them again.
+The zygote imports ``MODULE`` once, then forks a child for each request, which calls ``MODULE.main()`` (what the
+module's ``python -m`` entry calls) on the pipes it was sent: 10 ms instead of 0.22-0.5 s.
+
+The child gets the caller's current working folder, environment and standard error with each fork, so it behaves as
+a child started at that moment would; what ``MODULE``'s imports read at import time is the zygote's. The zygote
+reaps its children and keeps their exit codes until the caller asks (:class:`Forked`), and kills a child only while
+it is not yet reaped, so a kill never reaches a reused process id. It ignores Ctrl-C (its children do not) and ends
+when the caller's end of its socket closes: when the caller exits or dies. On Linux its children die with it
+(``PR_SET_PDEATHSIG``), so a killed caller leaves no process behind, not even one hung in a decoder.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import importlib
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+_MAX_MESSAGE = 1 << 20  # bytes of one pickled request (the environment is most of it)
+_POLL = 0.005  # seconds between exit-code queries while waiting for a child
+_ANSWER_TIMEOUT = 60.0  # seconds a started zygote may take to answer one request before it is stopped
+
+
+class ZygoteGone(OSError):
+    """The zygote process ended or could not be started."""
+
+
+class Zygote:
+    """The caller's side of one zygote process for ``module``; thread-safe, started on first use."""
+
+    def __init__(self, module: str) -> None:
+        self.module = module
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen | None = None
+
+    def fork(self, stdin: int, stdout: int, own_group: bool, start_timeout: float) -> Forked:
+        """A new child running the module on ``stdin`` / ``stdout`` (descriptors the caller closes after), in a
+        process group of its own if ``own_group``; ZygoteGone when no zygote answers within ``start_timeout`` s."""
+        try:
+            cwd: str | None = os.getcwd()
+        except OSError:  # the working folder was removed: the child keeps the zygote's
+            cwd = None
+        fds = [stdin, stdout] + ([2] if _is_open(2) else [])
+        request = ("fork", cwd, dict(os.environ), own_group, len(fds) == 3)
+        with self._lock:
+            started = self._sock is None
+            if started:
+                self._start(start_timeout)
+            try:
+                reply = self._ask(request, fds, start_timeout if started else _ANSWER_TIMEOUT)
+            except ZygoteGone:  # it ended since its last fork: once more with a fresh one
+                self._start(start_timeout)
+                reply = self._ask(request, fds, start_timeout)
+        if reply[0] != "pid":
+            raise ZygoteGone(f"the zygote of {self.module} could not fork: {reply[1]}")
+        return Forked(self, reply[1])
+
+    def status(self, pid: int) -> tuple[str, int | None]:
+        """``("running", None)``, ``("exited", code)`` (code negative for a signal, as Popen's) or ``("unknown",
+        None)`` (not this zygote's, already reported, or the zygote is gone)."""
+        return self._tell(("status", pid))
+
+    def kill(self, pid: int) -> None:
+        """SIGKILL the child ``pid`` if it has not ended yet."""
+        self._tell(("kill", pid))
+
+    def busy(self) -> bool:
+        """Whether a child of this zygote still runs (or ended and its exit code was not asked for yet)."""
+        return self._tell(("busy",))[1] is True
+
+    def close(self) -> None:
+        """Close the socket (the zygote then ends by itself) and reap it."""
+        with self._lock:
+            self._drop()
+
+    def _tell(self, request: tuple) -> tuple:
+        with self._lock:
+            if self._sock is None:
+                return ("unknown", None)
+            try:
+                return self._ask(request, [], _ANSWER_TIMEOUT)
+            except ZygoteGone:
+                return ("unknown", None)
+
+    def _start(self, timeout: float) -> None:
+        self._drop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            # -P: the working folder is not put first on the module path (as for every child, see child.py)
+            self._proc = subprocess.Popen([sys.executable, "-P", "-m", "mess.extract.zygote", self.module],
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                          pass_fds=[theirs.fileno()], env={**os.environ, _SOCKET: str(theirs.fileno())})
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._sock = ours
+        ready = self._receive(timeout)
+        if ready != ("ready",):
+            self._drop()
+            raise ZygoteGone(f"the zygote of {self.module} did not start: {ready[1] if len(ready) > 1 else ready}")
+
+    def _ask(self, request: tuple, fds: list[int], timeout: float) -> tuple:
+        assert self._sock is not None
+        try:
+            socket.send_fds(self._sock, [pickle.dumps(request)], fds)
+        except OSError:
+            self._drop()
+            raise ZygoteGone(f"the zygote of {self.module} has ended") from None
+        return self._receive(timeout)
+
+    def _receive(self, timeout: float) -> tuple:
+        assert self._sock is not None
+        self._sock.settimeout(timeout)
+        try:
+            data = self._sock.recv(_MAX_MESSAGE)
+        except (OSError, TimeoutError):
+            data = b""
+        if not data:
+            self._drop()
+            raise ZygoteGone(f"the zygote of {self.module} ended or did not answer")
+        return pickle.loads(data)
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(2.0)  # its socket closed: it ends at once
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+
+class Forked:
+    """A child forked by a zygote, with the part of Popen's interface :class:`~mess.extract.child.Child` uses."""
+
+    def __init__(self, zygote: Zygote, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._zygote = zygote
+
+    def poll(self) -> int | None:
+        """Its exit code, or None while it runs or when its zygote is gone (which took it along, see above)."""
+        self._ask()
+        return self.returncode
+
+    def kill(self) -> None:
+        """SIGKILL it if it has not ended."""
+        if self.returncode is None:
+            self._zygote.kill(self.pid)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Its exit code once it has ended; subprocess.TimeoutExpired after ``timeout`` s. None when its zygote is
+        gone (it ended with its zygote, and its code was lost with it)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None and self._ask() == "running":
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0.0)
+            time.sleep(_POLL)
+        return self.returncode
+
+    def _ask(self) -> str:
+        """Its state from the zygote (``exited`` once, when the zygote hands over the code it kept)."""
+        if self.returncode is not None:
+            return "exited"
+        state, code = self._zygote.status(self.pid)
+        if state == "exited":
+            self.returncode = code
+        return state
+
+
+_zygotes: dict[tuple[str, tuple[tuple[str, str], ...]], Zygote] = {}
+_zygotes_lock = threading.Lock()
+
+
+def zygote(module: str) -> Zygote:
+    """This process's zygote for ``module`` under the current ``PYTHON*`` environment (``PYTHONPATH`` and the rest,
+    which the interpreter reads as it starts, so a fork cannot take them on): started on its first fork. A zygote
+    started under other such settings is closed once it has no child left, so a process that changes them keeps
+    one zygote per module, not one per change."""
+    startup = tuple(sorted((key, value) for key, value in os.environ.items() if key.startswith("PYTHON")))
+    with _zygotes_lock:
+        key = (module, startup)
+        if key not in _zygotes:
+            for old_key, old in list(_zygotes.items()):
+                if old_key[0] == module and not old.busy():
+                    old.close()
+                    del _zygotes[old_key]
+            _zygotes[key] = Zygote(module)
+        return _zygotes[key]
+
+
+def _close_all() -> None:
+    for each in list(_zygotes.values()):
+        each.close()
+
+
+def _forget_in_forked_child() -> None:
+    """A process forked from this one (a user's multiprocessing fork) must not share the zygotes' sockets."""
+    global _zygotes_lock
+    for each in _zygotes.values():
+        if each._sock is not None:
+            each._sock.close()
+    _zygotes.clear()
+    _zygotes_lock = threading.Lock()
+
+
+atexit.register(_close_all)
+os.register_at_fork(after_in_child=_forget_in_forked_child)
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+# ---- the zygote process -------------------------------------------------------------------------------------------
+
+_SOCKET = "MESS_ZYGOTE_SOCKET"  # the environment variable naming the zygote's socket descriptor
+
+
+def _serve(module: str, sock: socket.socket) -> None:
+    """Answer the caller's requests until its end of ``sock`` closes."""
+    codes: dict[int, int] = {}  # children reaped, not yet reported
+    running: set[int] = set()
+    while True:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(sock, _MAX_MESSAGE, 3)
+        except InterruptedError:
+            continue
+        if not data:
+            return
+        _reap(running, codes)
+        op, *args = pickle.loads(data)
+        if op == "fork":
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                reply: tuple = ("error", exc.strerror or str(exc))
+            else:
+                if pid == 0:
+                    _become_child(module, sock, fds, *args)
+                running.add(pid)
+                reply = ("pid", pid)
+            for fd in fds:
+                os.close(fd)
+        elif op == "status":
+            pid = args[0]
+            if pid in codes:
+                reply = ("exited", codes.pop(pid))
+            else:
+                reply = ("running" if pid in running else "unknown", None)
+        elif op == "busy":
+            reply = ("busy", bool(running or codes))
+        elif op == "kill":
+            if args[0] in running:  # not reaped yet: the id is still this child's
+                os.kill(args[0], signal.SIGKILL)
+            reply = ("ok", None)
+        else:
+            reply = ("error", f"unknown request {op!r}")
+        try:
+            sock.send(pickle.dumps(reply))
+        except OSError:  # the caller is gone
+            return
+
+
+def _reap(running: set[int], codes: dict[int, int]) -> None:
+    for pid in list(running):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            running.discard(pid)
+            codes[pid] = os.waitstatus_to_exitcode(status)
+
+
+def _become_child(module: str, sock: socket.socket, fds: list[int], cwd: str | None, env: dict[str, str],
+                  own_group: bool, has_stderr: bool) -> None:
+    """In the forked child: take the caller's pipes, folder, environment and stderr, run ``module.main()``, exit."""
+    code = 1
+    interrupted = False
+    try:
+        sock.close()
+        _die_with_zygote(os.getppid())
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if own_group:
+            os.setpgid(0, 0)
+        for target, fd in zip((0, 1, 2), fds[:3] if has_stderr else fds[:2], strict=False):
+            os.dup2(fd, target)
+        for fd in fds:
+            os.close(fd)
+        if cwd is not None:
+            os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(env)
+        tempfile.tempdir = None  # chosen again from the caller's environment
+        importlib.import_module(module).main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        interrupted = True
+    except BaseException:  # noqa: BLE001 -- the child's own failure: printed as python -m would, then its exit code
+        traceback.print_exc()
+    finally:
+        try:
+            atexit._run_exitfuncs()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            if interrupted:  # ended by SIGINT, as Python does on an uncaught Ctrl-C
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGINT)
+        finally:
+            os._exit(code)
+
+
+def _die_with_zygote(zygote_pid: int) -> None:
+    """Have the kernel kill this child when the zygote ends (Linux; elsewhere it ends when its input closes)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != zygote_pid:  # the zygote ended before the request was in place
+        os._exit(1)
+
+
+def main() -> None:
+    """The zygote: import the module, say ready, then fork on request."""
+    module = sys.argv[1]
+    sock = socket.socket(fileno=int(os.environ.pop(_SOCKET)))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the caller and the children; the zygote waits
+    try:
+        __import__(module)
+    except BaseException as exc:  # noqa: BLE001 -- said to the caller, which names the module
+        sock.send(pickle.dumps(("error", f"{type(exc).__name__}: {exc}")))
+        return
+    sock.send(pickle.dumps(("ready",)))
+    _serve(module, sock)
+
+
+if __name__ == "__main__":
+    main()
