@@ -261,6 +261,11 @@ def _serve(module: str, sock: socket.socket) -> None:
             else:
                 if pid == 0:
                     _become_child(module, sock, fds, *args)
+                if args[2]:  # own_group: set here too, so it is in place when the caller hears the pid
+                    try:
+                        os.setpgid(pid, pid)
+                    except OSError:  # it already ended
+                        pass
                 running.add(pid)
                 reply = ("pid", pid)
             for fd in fds:

@@ -22,7 +22,7 @@ from mess.search.vectors import FUSED, Norm, VectorSpec, learned_head_problem
 from mess.serve.errors import short_values, without_paths
 from mess.serve.uploads import EmbedWorker
 from mess.store import FeatureStore, Run, StoreError, Track, is_track_id
-from mess.store.config import ConfigError, model_key, names_a_run, preferred_model, read_config
+from mess.store.config import ConfigError, model_key, names_a_run
 from mess.store.fused import left_out_note
 from mess.store.paths import printable
 
@@ -132,8 +132,7 @@ class ServeState:
         setting names a model without vectors."""
         if self.model_option is None:
             try:
-                chosen = preferred_model(self.store.embedded_models() or [r.model for r in self.store.runs()],
-                                         read_config(self.store.root).get("default-model"))
+                chosen = self.store.default_choice()
             except ConfigError:
                 chosen = None
             if chosen is not None:

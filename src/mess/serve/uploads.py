@@ -288,7 +288,9 @@ class EmbedWorker:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_queue)
         self._receipts = threading.BoundedSemaphore(4 * max_queue)
-        self._child = Child("mess.serve.embed_worker", own_group=True)  # the server's Ctrl-C stops it by its pipe
+        # forked warm (mess.extract.zygote): a server started again in one process (the tests, an app's restarts)
+        # starts it in 10 ms; the server's Ctrl-C stops it by its pipe
+        self._child = Child("mess.serve.embed_worker", own_group=True, warm=True)
         self._recv: Connection | None = None
         self._ready = False
         self._loaded: set[str] = set()
@@ -399,7 +401,8 @@ class EmbedWorker:
         return self._child.pid
 
     def start(self) -> None:
-        """Start the child ahead of the first upload (it imports the model stack in the background)."""
+        """Start the child ahead of the first upload (forked from its zygote, which imports the upload path's code
+        once per server process; models load at the first upload that needs them)."""
         with self._lock:
             self._start()
 

@@ -25,7 +25,7 @@ from mess.store import wal
 from mess.store.arrays import RowFile, ShortFile, non_finite, set_aside
 from mess.store.catalog import has_column
 from mess.store.checksums import BlockSums, expected, pack, row_expected
-from mess.store.config import ConfigError, preferred_model, read_config
+from mess.store.config import ConfigError
 from mess.store.feature_store import FeatureStore
 from mess.store.paths import from_db_path, leftover_temps, look, printable
 from mess.store.records import Run
@@ -219,8 +219,7 @@ def _settings(store: FeatureStore) -> list[Problem]:
     """The store's settings where commands naming no model cannot use them (`config.json` unreadable, or a
     default-model with no vectors here): each such command refuses, naming the fix; answers are not wrong."""
     try:
-        models = store.embedded_models() or [run.model for run in store.runs()]  # as commands choose (runs.run)
-        preferred_model(models, read_config(store.root).get("default-model"))
+        store.default_choice()  # as commands choose (runs.run)
     except ConfigError as exc:
         return [Problem("config", None, str(exc), damage=False)]
     return []

@@ -58,17 +58,49 @@ class RunCatalog(TrackCatalog):
         return [row["model"] for row in self._query(
             "SELECT r.model FROM runs r WHERE EXISTS (SELECT 1 FROM vectors v WHERE v.run_id = r.id) ORDER BY r.id")]
 
+    def default_choice(self) -> str | None:
+        """The model commands naming none use: the store's ``default-model`` setting, else the best-ranked model (see
+        :mod:`mess.store.config`) among those that have caught up with the collection (:meth:`caught_up_models`);
+        None when nothing is extracted.
+
+        Raises:
+            ConfigError: the setting names a model with no vectors here (never a silent fallback).
+        """
+        from mess.store.config import preferred_model, read_config
+
+        embedded = self.embedded_models()
+        configured = read_config(self.root).get("default-model")
+        if configured or not embedded:
+            return preferred_model(embedded or [r.model for r in self.runs()], configured)
+        return preferred_model(self.caught_up_models())
+
+    def caught_up_models(self) -> list[str]:
+        """The models holding vectors whose best run has handled (embedded, or recorded as failed) as many of the
+        catalogued tracks as any run has, oldest run first: a better model part-way through its first extract is not
+        the default until it has caught up, so a server or command naming no model never shrinks to the few tracks
+        it holds so far (as a model's second run waits to hold as many tracks as its first, see :meth:`run`).
+        Memoised until the catalog changes."""
+        def handled() -> list[tuple[str, int]]:
+            return [(row["model"], row["handled"]) for row in self._query(
+                "SELECT r.model, (SELECT COUNT(*) FROM tracks t WHERE"
+                " EXISTS (SELECT 1 FROM vectors v WHERE v.run_id = r.id AND v.content_hash = t.content_hash) OR"
+                " EXISTS (SELECT 1 FROM failures f WHERE f.run_id = r.id AND f.content_hash = t.content_hash))"
+                " AS handled FROM runs r WHERE EXISTS (SELECT 1 FROM vectors v WHERE v.run_id = r.id) ORDER BY r.id")]
+
+        counts = self.cached("caught-up-models", handled)
+        most = max((n for _, n in counts), default=0)
+        return list(dict.fromkeys(model for model, n in counts if n == most))
+
     def run(self, model: str | None = None) -> Run:
         """The run of ``model`` (a name or local model folder) that covers the most tracks, the newest of equals.
 
         A model extracted again with another window policy or revision has a second run; until that run holds as
         many of the collection's tracks, commands keep answering from the first (the newest run alone would hide
         every track it lacks). ``NAME@RUN_ID`` or ``run:RUN_ID`` picks one run (the ids `mess info` lists). With
-        ``model`` None: the store's ``default-model`` setting (a StoreError when that model has no vectors here), else
-        the best model extracted (see :mod:`mess.store.config`) among those holding vectors (:meth:`embedded_models`),
-        not the latest run.
+        ``model`` None: :meth:`default_choice` (a StoreError when the ``default-model`` setting names a model with no
+        vectors here), not the latest run.
         """
-        from mess.store.config import ConfigError, model_key, preferred_model, read_config, run_choice
+        from mess.store.config import ConfigError, model_key, run_choice
 
         runs = self.runs()
         names = [r.model for r in runs]
@@ -82,7 +114,7 @@ class RunCatalog(TrackCatalog):
             model = model_key(model, names)
         else:
             try:
-                model = preferred_model(self.embedded_models() or names, read_config(self.root).get("default-model"))
+                model = self.default_choice()
             except ConfigError as exc:
                 raise StoreError(str(exc)) from None
         sql = ("SELECT r.*, (SELECT COUNT(*) FROM tracks t JOIN vectors v ON v.content_hash = t.content_hash"
