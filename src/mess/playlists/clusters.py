@@ -10,7 +10,7 @@ from sklearn.cluster import KMeans
 
 from mess.audio.names import label_key
 from mess.constants import DEFAULT_NORM
-from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError, vanished_copies
+from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError, one_state, vanished_copies
 from mess.search.vectors import Norm, VectorSpec, load_vectors, track_by_id
 from mess.store import FeatureStore, Run, Track
 
@@ -24,6 +24,7 @@ def default_k(n_tracks: int) -> int:
     return int(min(50, max(2, round((n_tracks / 2) ** 0.5))))
 
 
+@one_state
 def clusters(store: FeatureStore, run: Run, k: int | None = None, *, aspect: str | None = None,
              norm: Norm = DEFAULT_NORM, seed: int = 0) -> list[Playlist]:
     """At most K playlists covering every track once, largest first, each ordered from its centre outwards. A renamed

@@ -6,12 +6,13 @@ import numpy as np
 
 from mess.audio.recording import compared
 from mess.constants import DEFAULT_NORM
-from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError, vanished_copies
+from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError, one_state, vanished_copies
 from mess.search.query import no_vectors
 from mess.search.vectors import Norm, VectorSpec, load_vectors, track_by_id
 from mess.store import FeatureStore, Run, Track
 
 
+@one_state
 def sonic_path(store: FeatureStore, run: Run, start: Track, end: Track, n: int = 12, *,
                aspect: str | None = None, norm: Norm = DEFAULT_NORM) -> Playlist:
     """``n`` tracks that start at ``start``, end at ``end`` and move between them in even steps.

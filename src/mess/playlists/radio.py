@@ -8,7 +8,7 @@ import numpy as np
 
 from mess.audio.names import credit_key
 from mess.constants import DEFAULT_NORM
-from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError, artist_key, vanished_copies
+from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError, artist_key, one_state, vanished_copies
 from mess.search.query import TrackQuery, query_unit, ranked_scores
 from mess.search.rerank_store import ranking_choice
 from mess.search.vectors import Norm, VectorSpec, load_vectors, track_by_id
@@ -19,6 +19,7 @@ POOL_PER_TRACK = 50
 BLENDS = ("nearest", "turns")  # how several seeds share a radio: see radio()
 
 
+@one_state
 def radio(store: FeatureStore, run: Run, seeds: Sequence[TrackQuery], n: int = 30, *, aspect: str | None = None,
           window: int = DEFAULT_WINDOW, norm: Norm = DEFAULT_NORM, exclude: frozenset[int] = frozenset(),
           blend: str = "nearest", ranking: str = "auto", heard: frozenset[int] = frozenset(),

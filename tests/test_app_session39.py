@@ -1,0 +1,87 @@
+"""A music app built on the server and the CLI, as its builder meets it: answers computed from one state of a store
+another process is writing."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import test_serve_api as api
+
+from mess.audio.discover import find_audio
+from mess.audio.windows import WindowPolicy
+from mess.extract.pipeline import extract
+from mess.models.dsp import DspModel
+from mess.playlists.radio import radio
+from mess.search.query import collection_query
+from mess.store import FeatureStore, TrackList
+
+serve_collection = api.serve_collection  # the session's store (3 artists x 4 tagged tracks, dsp), made once per run
+
+
+@pytest.fixture(scope="module")
+def own_music(serve_collection: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store of its own (ROOT/store) over a copy of the session's 12 files (ROOT/music), extracted with dsp: each
+    test may change one file of its own in place."""
+    root = tmp_path_factory.mktemp("own")
+    shutil.copytree(serve_collection.parent / "music", root / "music")
+    with closing(FeatureStore(root / "store")) as store:
+        extract(store, find_audio([root / "music"]), DspModel(), WindowPolicy(), workers=1)
+    return root
+
+
+def _change_in_place(root: Path, name: str) -> None:
+    """Another writer (a store handle of its own) re-extracts ``name`` after its audio changed in place: its track
+    keeps its id, with another content and other vectors."""
+    song = root / "music" / name
+    audio, rate = sf.read(song)
+    sf.write(song, np.roll(audio, len(audio) // 3) * 0.5, rate)
+    with closing(FeatureStore(root / "store")) as writer:
+        extract(writer, [song], DspModel(), WindowPolicy(), workers=1)
+
+
+def _radio(store: FeatureStore, seed: int) -> list[tuple[int, float]]:
+    playlist = radio(store, store.run("dsp"), [collection_query(store, seed)], 11)
+    return [(t.id, round(s, 5)) for t, s in zip(playlist.tracks, playlist.scores, strict=True)]
+
+
+def _fresh_radio(root: Path, seed: int) -> list[tuple[int, float]]:
+    with closing(FeatureStore(root / "store", readonly=True)) as store:
+        return _radio(store, seed)
+
+
+def _after_tracks_read(store: FeatureStore, then: Callable[[], None], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run ``then`` once, right after ``store`` first reads its track list: the moment a writer may commit between
+    two reads of one answer."""
+    read = store.tracks
+
+    def tracks(*args: object, **kwargs: object) -> TrackList:
+        out = read(*args, **kwargs)  # type: ignore[arg-type]
+        monkeypatch.setattr(store, "tracks", read)
+        then()
+        return out
+
+    monkeypatch.setattr(store, "tracks", tracks)
+
+
+def test_a_radio_is_computed_from_one_state_of_the_store(own_music: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file changed in place and re-extracted by another writer (`mess extract` beside `mess playlist radio` or `mess
+    mpd radio`) between the radio's read of the track list and its read of the vectors: the vector set took the
+    track's old content hash (its fingerprint, the key of every value derived from it) with its new vector, and the
+    radio scored the collection as the store never held it (neither the answer before the change nor the one
+    after)."""
+    with closing(FeatureStore(own_music / "store", readonly=True)) as store:
+        seed = next(t.id for t in store.tracks() if t.path.endswith("Sine_Choir/take0.flac"))
+        before = _fresh_radio(own_music, seed)
+        _after_tracks_read(store, lambda: _change_in_place(own_music, "Sine_Choir/take1.flac"), monkeypatch)
+        during = _radio(store, seed)
+        after = _fresh_radio(own_music, seed)
+        assert before != after  # the change moves the radio's scores
+        assert during in (before, after), (during, before, after)
+        assert _radio(store, seed) == after
+
