@@ -3,7 +3,10 @@ another process is writing."""
 
 from __future__ import annotations
 
+import io
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -85,3 +88,33 @@ def test_a_radio_is_computed_from_one_state_of_the_store(own_music: Path, monkey
         assert during in (before, after), (during, before, after)
         assert _radio(store, seed) == after
 
+
+
+STDOUT_WRITER = """
+import sys
+from pathlib import Path
+import numpy as np
+from mess.store.paths import replace_file, replacing
+print("printed first", flush=True)
+replace_file(Path("/dev/stdout"), b"written\\n")
+with replacing(Path("/dev/fd/1")) as f:
+    np.savez(f, tones=np.arange(5))
+"""
+
+
+def test_a_file_written_to_stdout_goes_into_the_file_stdout_is_appended_to(tmp_path: Path) -> None:
+    """`store.paths.replacing` (every whole-file write: playlists, exports, reports, plots) renamed a new file over
+    the file stdout was redirected to: `>>` lost the lines before, and what the process had printed. Now stdout
+    itself is written into, where it is: after the file's lines and the process's own, an npz whole (a zip written
+    into a file opened to append could not seek back to finish its members)."""
+    out = tmp_path / "out.bin"
+    out.write_bytes(b"line0\n")
+    with out.open("ab") as appended:
+        done = subprocess.run([sys.executable, "-c", STDOUT_WRITER], stdout=appended, stderr=subprocess.PIPE,
+                              timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    data = out.read_bytes()
+    head = b"line0\nprinted first\nwritten\n"
+    assert data.startswith(head), data[:80]
+    with np.load(io.BytesIO(data[len(head):])) as npz:
+        assert npz["tones"].tolist() == list(range(5))

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, BinaryIO, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 from rich.console import Console, ConsoleDimensions
@@ -56,17 +55,6 @@ console = _Console(stderr=True)
 # A command's result (its table, its answer) goes to stdout, for a script to read; notes, warnings, errors and
 # progress to stderr (``console``). A terminal shows both, in the order printed (rich flushes each print).
 stdout = _Console()
-
-
-def into_stdout(data: bytes | BinaryIO) -> None:
-    """Write ``data`` (bytes, or a binary file read to its end) into stdout where it goes, after what was printed
-    before it: a file stdout is redirected to (``>``, ``>>``) is written into, never replaced."""
-    sys.stdout.flush()
-    if isinstance(data, bytes):
-        sys.stdout.buffer.write(data)
-    else:
-        shutil.copyfileobj(data, sys.stdout.buffer)
-    sys.stdout.buffer.flush()
 
 
 def emit_json(data: object) -> None:

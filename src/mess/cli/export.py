@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -14,7 +13,6 @@ from mess.cli.common import (
     console,
     emit_json,
     fail,
-    into_stdout,
     is_stdout,
     json_clash,
     not_embedded_note,
@@ -22,7 +20,7 @@ from mess.cli.common import (
     os_reason,
     plain,
 )
-from mess.cli.options import DEFAULT_STORE_PATH, JsonOpt, ModelOpt, StoreOpt, output_path
+from mess.cli.options import DEFAULT_STORE_PATH, STDOUT, JsonOpt, ModelOpt, StoreOpt, output_path
 from mess.constants import counted
 
 if TYPE_CHECKING:
@@ -91,19 +89,13 @@ def export_command(
 
 def _export(fs: FeatureStore, run: Run, output: Path, fmt: str, names: list[str] | None, segments: bool,
             fused: bool) -> ExportSummary:
-    """:func:`mess.store.export.export_vectors` into ``output``; stdout (``-``) redirected to a file is written into
-    where it goes, through a temporary file: it was replaced whole by a renamed new file (``>>`` lost the file's
-    earlier lines). A pipe or a terminal is written into as it is (the export streams)."""
+    """:func:`mess.store.export.export_vectors` into ``output``; into stdout itself where ``output`` is stdout (``-``,
+    or the file stdout goes to: :func:`mess.store.paths.replacing` writes into it where it is)."""
     from mess.store.export import export_vectors
-    from mess.store.paths import is_device_or_pipe
 
-    if not is_stdout(output) or is_device_or_pipe(output):
+    if not is_stdout(output):
         return export_vectors(fs, run, output, fmt, layers=names, segments=segments, fused=fused)
-    with tempfile.TemporaryDirectory(prefix="mess-export-") as tmp:
-        summary = export_vectors(fs, run, Path(tmp) / f"vectors.{fmt}", fmt, layers=names, segments=segments,
-                                 fused=fused)
-        with summary.path.open("rb") as written:
-            into_stdout(written)
+    summary = export_vectors(fs, run, STDOUT, fmt, layers=names, segments=segments, fused=fused)
     return dataclasses.replace(summary, path=output)
 
 

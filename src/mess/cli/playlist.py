@@ -14,7 +14,6 @@ from mess.cli.common import (
     emit_json,
     fail,
     failing,
-    into_stdout,
     is_stdout,
     json_clash,
     note,
@@ -27,6 +26,7 @@ from mess.cli.common import (
 )
 from mess.cli.options import (
     DEFAULT_STORE_PATH,
+    STDOUT,
     AspectOpt,
     JsonOpt,
     ModelOpt,
@@ -219,6 +219,7 @@ def _emit(playlist: Playlist, roots: list[str], about: dict[str, str | None], ou
     ``about`` the run) or a table."""
     from mess.playlists.formats import music_root, streamed, write_playlist
     from mess.playlists.playlist import PlaylistError
+    from mess.store.paths import replace_file
 
     json_clash(output, as_json)
     to_stdout = is_stdout(output)
@@ -231,8 +232,8 @@ def _emit(playlist: Playlist, roots: list[str], about: dict[str, str | None], ou
     if output is not None:
         try:
             with failing(PlaylistError):
-                if to_stdout:  # into the stream: a file stdout is redirected to (`>`, `>>`) was replaced whole
-                    into_stdout(streamed(playlist, output, fmt or "m3u8"))
+                if to_stdout:  # absolute entries, as no folder holds a stream; written into stdout (replacing)
+                    replace_file(STDOUT, streamed(playlist, output, fmt or "m3u8"))
                     written = output
                 else:
                     written = write_playlist(playlist, output, fmt, music_root(roots, output.expanduser().parent))

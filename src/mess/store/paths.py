@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import errno
+import io
 import os
 import re
 import secrets
 import shutil
 import stat
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 # C0 but tab and line feed, DEL, C1, non-chars, and the bidirectional overrides and isolates (a tag's U+202E would
 # show the rest of a table row or the file name after it reversed)
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ufffe\uffff]")
 _LONE_SURROGATE = re.compile("[\ud800-\udc7f\udd00-\udfff]")  # surrogates surrogateescape does not make
 _BREAK = re.compile(r"\s*[\t\n\u2028\u2029]\s*")  # what is left of a line break or tab after _CONTROL, with its spaces
+STDOUT_NAMES = frozenset({Path("/dev/stdout"), Path("/dev/fd/1"), Path("/proc/self/fd/1")})  # `-` is the first
 
 
 def to_db_path(path: str | Path) -> str | bytes:
@@ -197,15 +200,29 @@ def synced(f: BinaryIO) -> None:
     """Flush ``f`` (a file :func:`replacing` opened) and sync it to disk where it is a file (not a device or a
     pipe): what a write refused by the system (a full disk) raises, it raises before any rename."""
     f.flush()
-    if stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-        os.fsync(f.fileno())
+    try:
+        fd = f.fileno()
+    except (OSError, ValueError):  # stdout with no descriptor (a test runner's buffer): nothing to sync
+        return
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        os.fsync(fd)
 
 
 @contextmanager
 def replacing(path: Path) -> Iterator[BinaryIO]:
     """A new file beside ``path``, renamed over it once the block ends (as :func:`replace_file`; an error in the
-    block leaves ``path`` untouched and removes the new file). A ``path`` that is a device or a pipe
-    (/dev/stdout, a FIFO) is written into, not replaced: renaming over it would remove it (as root, /dev/null)."""
+    block leaves ``path`` untouched and removes the new file). A ``path`` that is a device or a pipe (a FIFO) is written
+    into, not replaced: renaming over it would remove it (as root, /dev/null). A name of this process's stdout
+    (:data:`STDOUT_NAMES`) is written into stdout itself, after what was printed there (:class:`_IntoStdout`)."""
+    stdout = getattr(sys.stdout, "buffer", None)  # a raw file where Python runs unbuffered (-u)
+    if path in STDOUT_NAMES and stdout is not None:
+        sys.stdout.flush()
+        try:
+            with _IntoStdout(stdout) as out:
+                yield cast("BinaryIO", out)
+        except OSError as exc:
+            raise _naming(exc, path) from None
+        return
     if is_device_or_pipe(path):
         try:
             with open(path, "wb") as out:  # by the name given: /dev/stdout resolves to a pipe: name no one can open
@@ -230,6 +247,38 @@ def replacing(path: Path) -> Iterator[BinaryIO]:
     except BaseException:
         _discard(tmp)
         raise
+
+
+class _IntoStdout(io.RawIOBase):
+    """Writes into stdout's buffer, as a stream that cannot seek (a pipe's kind), flushed when closed, stdout left
+    open. Stdout redirected to a file was replaced whole by a renamed new file (`>>` lost the lines before; and
+    opening /dev/stdout again by its name truncates the file): written where stdout is, ``>>`` appends and ``>``
+    writes after what the shell's command printed before. A stream that cannot seek: a zip (npz) written into a
+    file opened to append seeks back to finish each member, and those writes went to the end. A test runner's
+    stdout (typer's CliRunner: a buffer without a descriptor) gets the bytes too."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        """Write into ``out`` (``sys.stdout.buffer``, buffered or raw)."""
+        super().__init__()
+        self._out = out
+
+    def writable(self) -> bool:
+        """Yes."""
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        """Write all of ``data`` into stdout (a raw stdout may take part of it at a time); its length."""
+        view = memoryview(data).cast("B")
+        while view:
+            taken = self._out.write(view)
+            view = view[len(view) if taken is None else taken:]
+        return len(memoryview(data).cast("B"))
+
+    def close(self) -> None:
+        """Flush stdout (closing nothing)."""
+        if not self.closed:
+            self._out.flush()
+        super().close()
 
 
 def _discard(tmp: Path) -> None:
