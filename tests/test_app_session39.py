@@ -4,17 +4,20 @@ another process is writing."""
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
-from contextlib import closing
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
+import mutagen.flac
 import numpy as np
 import pytest
 import soundfile as sf
 import test_serve_api as api
+from fastapi.testclient import TestClient
 
 from mess.audio.discover import find_audio
 from mess.audio.windows import WindowPolicy
@@ -22,6 +25,7 @@ from mess.extract.pipeline import extract
 from mess.models.dsp import DspModel
 from mess.playlists.radio import radio
 from mess.search.query import collection_query
+from mess.serve.app import create_app
 from mess.store import FeatureStore, TrackList
 
 serve_collection = api.serve_collection  # the session's store (3 artists x 4 tagged tracks, dsp), made once per run
@@ -118,3 +122,48 @@ def test_a_file_written_to_stdout_goes_into_the_file_stdout_is_appended_to(tmp_p
     assert data.startswith(head), data[:80]
     with np.load(io.BytesIO(data[len(head):])) as npz:
         assert npz["tones"].tolist() == list(range(5))
+
+
+@contextmanager
+def _client(store: Path) -> Iterator[TestClient]:
+    """A client of a server on ``store``, without its lifespan: the upload worker it starts (and waits seconds for
+    at shutdown) has no part in these answers."""
+    app = create_app(store)
+    try:
+        yield TestClient(app, base_url="http://127.0.0.1:8000")
+    finally:
+        app.state.mess.store.close()
+
+
+def _listed(text: str) -> list[int]:
+    return [int(i) for i in re.findall(r"/api/tracks/(\d+)/audio", text)]
+
+
+def test_the_page_downloads_the_playlist_it_shows(own_music: Path) -> None:
+    """The page's M3U8 and XSPF links asked the server for the radio again: after a track was extracted beside the
+    server, the file held another list than the page showed. They name the tracks shown now
+    (`/api/playlists/file?track=...`), which the server formats as they are, in their order."""
+    with _client(own_music / "store") as client:
+        seed = next(t["id"] for t in client.get("/api/tracks").json()["items"]
+                    if t["artist"] == "Saw Machine" and t["file"] == "take0.flac")
+        shown = client.get("/api/playlists/radio", params={"seed": seed, "n": 5}).json()
+        ids = [t["id"] for t in shown["tracks"]]
+        song = own_music / "music" / "New_Band" / "saw.flac"
+        song.parent.mkdir()
+        sf.write(song, api._render("Saw Machine", 210.0, np.random.default_rng(7)), api.SR)
+        tags = mutagen.flac.FLAC(song)
+        tags["artist"] = "New Band"
+        tags.save()
+        with closing(FeatureStore(own_music / "store")) as writer:
+            extract(writer, [song], DspModel(), WindowPolicy(), workers=1)
+        again = client.get("/api/playlists/radio", params={"seed": seed, "n": 5}).json()
+        assert [t["id"] for t in again["tracks"]] != ids  # the radio asked for again is another list now
+        for fmt, media in (("m3u8", "audio/x-mpegurl"), ("xspf", "application/xspf+xml")):
+            params = [*(("track", i) for i in ids), ("title", shown["title"]), ("name", "radio"), ("format", fmt)]
+            answer = client.get("/api/playlists/file", params=params)
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["content-type"].startswith(media)
+            assert answer.headers["content-disposition"] == f'attachment; filename="radio.{fmt}"'
+            assert _listed(answer.text) == ids and shown["title"] in answer.text, answer.text
+        unknown = client.get("/api/playlists/file", params={"track": [ids[0], 999], "format": "m3u8"})
+        assert unknown.status_code == 404 and "999" in unknown.json()["detail"], unknown.text

@@ -3,6 +3,7 @@ that play, narrow screens, listener words and weakly encoded aspects. Each test 
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import closing
@@ -95,6 +96,9 @@ def test_radio_is_listed_played_in_order_and_downloadable(page: Browser, server:
         text = httpx.get(href).text
         assert text.count(marker) == 6
         assert f"{server}/api/tracks/{first}/audio" in text
+        # the list shown, by its ids (asked for again, the radio may differ: tracks extracted since)
+        assert href.startswith(f"{server}/api/playlists/file?")
+        assert [int(i) for i in re.findall(r"/api/tracks/(\d+)/audio", text)] == _list_ids(page)
     _shot(page, tmp_path, "radio")
 
 

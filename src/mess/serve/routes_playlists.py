@@ -29,6 +29,8 @@ router = APIRouter(prefix="/api/playlists")
 State = Annotated[ServeState, Depends(get_state)]
 Format = Annotated[Literal["json", "m3u8", "xspf"], Query(description="json, or m3u8 / xspf to download.")]
 SEEDS = 100  # a radio's seeds: each is compared with every track, under the store lock
+TRACKS = 500  # a playlist file's tracks: the radio's largest n
+TITLE = 1000  # characters of a playlist file's title (a path's names two file names)
 MEDIA = {"m3u8": "audio/x-mpegurl; charset=utf-8", "xspf": "application/xspf+xml; charset=utf-8"}
 ANSWERS: dict[int | str, dict[str, Any]] = {  # the schema lists the downloads' types beside JSON
     200: {"description": "The playlist as JSON, or with format=m3u8 / xspf as the file to download "
@@ -54,6 +56,11 @@ def _answer(request: Request, playlist: Playlist, model: str, fmt: str, name: st
                 {**track_dict(t), "score": round(s, 6)} for t, s in zip(playlist.tracks, playlist.scores, strict=False)
             ],
         }
+    return _download(request, playlist, fmt, name)
+
+
+def _download(request: Request, playlist: Playlist, fmt: str, name: str) -> Response:
+    """The playlist as the M3U8 / XSPF file ``name.fmt`` to download, its entries this server's audio URLs."""
     base = str(request.base_url).rstrip("/")
     text = render(playlist, fmt, locate=lambda t: f"{base}/api/tracks/{t.id}/audio")
     disposition = f'attachment; filename="{name}.{fmt}"'
@@ -118,6 +125,26 @@ def radio_route(
         return radio(state.store, run, seeds, n, aspect=aspect, window=window, blend=blend)
 
     return _playlist(request, state, model, aspect, format, "radio", build)
+
+
+@router.get("/file", summary="The M3U8 or XSPF file of a list of tracks, exactly those, in that order",
+            response_model=None, responses={200: {"description": ANSWERS[200]["description"], "content": {
+                media.split(";")[0]: {"schema": {"type": "string"}} for media in MEDIA.values()}}})
+def file_route(
+    request: Request,
+    state: State,
+    track: Annotated[list[TrackId], Query(min_length=1, max_length=TRACKS, description="The tracks' ids in the "
+                                          "playlist's order (repeat the parameter).", json_schema_extra=CAP)],
+    format: Annotated[Literal["m3u8", "xspf"], Query(description="m3u8 or xspf.")],
+    title: Annotated[str, Query(max_length=TITLE, description="The playlist's title in the file.")] = "playlist",
+    name: Annotated[Literal["radio", "path", "playlist"], Query(description="The downloaded file's name "
+                                                                             "(NAME.m3u8).")] = "playlist",
+) -> Response:
+    """The playlist the page shows, as the file to download: a radio or a path asked for again may differ from the
+    list shown (tracks extracted or removed since), so the page's download links name the tracks it lists."""
+    with state.lock:
+        tracks = tuple(state.track(i) for i in track)
+    return _download(request, Playlist(title, tracks, (0.0,) * len(tracks)), format, name)
 
 
 @router.get("/path", summary="A sonic path from one track to another in even steps", response_model=None,

@@ -551,9 +551,12 @@ async function makePlaylist(kind, extra) {
       item.append(el("span", duration(t.duration), "score"));
       list.append(item);
     });
+    // the downloads are the list shown, by its ids: the radio or path asked for again may differ (tracks extracted
+    // or removed since it was made)
+    const shown = data.tracks.map((t) => ["track", String(t.id)]);
     for (const fmt of ["m3u8", "xspf"]) {
-      params.set("format", fmt);
-      $(`dl-${fmt}`).href = `/api/playlists/${kind}?${params}`;
+      const file = new URLSearchParams([...shown, ["title", data.title], ["name", kind], ["format", fmt]]);
+      $(`dl-${fmt}`).href = `/api/playlists/file?${file}`;
       $(`dl-${fmt}`).download = `${kind}.${fmt}`;
     }
     $("playlist-actions").hidden = false;
