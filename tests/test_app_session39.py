@@ -4,10 +4,12 @@ another process is writing."""
 from __future__ import annotations
 
 import io
+import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -19,12 +21,16 @@ import soundfile as sf
 import test_serve_api as api
 from fastapi.testclient import TestClient
 
+from mess.audio.decode import AudioError
 from mess.audio.discover import find_audio
+from mess.audio.incomplete import cut_short
 from mess.audio.windows import WindowPolicy
 from mess.extract.pipeline import extract
+from mess.extract.prepare import decode_windows, inspect_file
 from mess.models.dsp import DspModel
 from mess.playlists.radio import radio
 from mess.search.query import collection_query
+from mess.serve import embed_worker
 from mess.serve.app import create_app
 from mess.store import FeatureStore, TrackList
 
@@ -167,3 +173,24 @@ def test_the_page_downloads_the_playlist_it_shows(own_music: Path) -> None:
             assert _listed(answer.text) == ids and shown["title"] in answer.text, answer.text
         unknown = client.get("/api/playlists/file", params={"track": [ids[0], 999], "format": "m3u8"})
         assert unknown.status_code == 404 and "999" in unknown.json()["detail"], unknown.text
+
+
+def test_a_truncated_ogg_is_said_to_be_cut_short_not_only_too_short(tmp_path: Path) -> None:
+    """The first 16,000 bytes of a real OGG (0.6 s of its audio): `mess extract` called it 'incomplete: its Ogg
+    stream stops before the page that ends it ... (a download in progress?)' while it was recent, but 'too short
+    (0.61 s; the minimum is 1.00 s)' later and from the upload route, as if it were a short clip. Both say now why it
+    is that short: the file is cut short (the words other tests and scripts match stay first)."""
+    cut = tmp_path / "battle-epic.ogg"
+    with open("/work/data/soundtracks/wesnoth/battle-epic.ogg", "rb") as whole:
+        cut.write_bytes(whole.read(16_000))
+    old = time.time() - 3600  # written long ago: a file cut for good, not one arriving
+    os.utime(cut, (old, old))
+    said = cut_short(cut)
+    assert said and "missing" in said
+    upload = embed_worker._embed(cut, DspModel(), WindowPolicy(), 600.0, False)  # what the upload route answers
+    with pytest.raises(AudioError) as later:  # what a later `mess extract` records
+        decode_windows(inspect_file(cut), DspModel().info.sample_rate, WindowPolicy())
+    for message in (upload[2], str(later.value)):
+        assert re.search(r": too short \(0\.\d\d s; the minimum is 1\.00 s\) because the file is cut short: "
+                         + re.escape(said) + "$", message), message
+    assert upload[:2] == ("error", "decode"), upload

@@ -159,7 +159,9 @@ def _decode(record: FileRecord, sample_rate: int, policy: WindowPolicy) -> Windo
         warnings.append(_too_long(record, policy))
     if seconds < policy.min_seconds:
         shown = math.floor(seconds * 100) / 100  # rounded, a clip one sample short read '1.00 s; the minimum is 1.00 s'
-        raise AudioError(f"{record.path}: too short ({shown:.2f} s; the minimum is {policy.min_seconds:.2f} s)")
+        short = cut_short(record.path)  # not a short clip: a file that lost its end says so
+        why = f" because the file is cut short: {short}" if short else ""
+        raise AudioError(f"{record.path}: too short ({shown:.2f} s; the minimum is {policy.min_seconds:.2f} s){why}")
     _check_level(record, audio, sample_rate)
     starts, windows = policy.cut(audio, sample_rate)
     decoded = seconds if seconds < policy.max_decode_seconds and abs(seconds - duration) > DURATION_TOLERANCE else None
