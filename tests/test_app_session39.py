@@ -155,7 +155,7 @@ def test_the_page_downloads_the_playlist_it_shows(own_music: Path) -> None:
         shown = client.get("/api/playlists/radio", params={"seed": seed, "n": 5}).json()
         ids = [t["id"] for t in shown["tracks"]]
         song = own_music / "music" / "New_Band" / "saw.flac"
-        song.parent.mkdir()
+        song.parent.mkdir(exist_ok=True)
         sf.write(song, api._render("Saw Machine", 210.0, np.random.default_rng(7)), api.SR)
         tags = mutagen.flac.FLAC(song)
         tags["artist"] = "New Band"
