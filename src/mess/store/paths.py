@@ -225,7 +225,7 @@ def replacing(path: Path) -> Iterator[BinaryIO]:
         return
     if is_device_or_pipe(path):
         try:
-            with open(path, "wb") as out:  # by the name given: /dev/stdout resolves to a pipe: name no one can open
+            with open(path, "wb") as out:  # by the name given: /dev/stderr resolves to a pipe: name no one can open
                 yield out
         except OSError as exc:
             raise _naming(exc, path) from None
@@ -269,16 +269,21 @@ class _IntoStdout(io.RawIOBase):
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
         """Write all of ``data`` into stdout (a raw stdout may take part of it at a time); its length."""
         view = memoryview(data).cast("B")
+        size = view.nbytes
         while view:
             taken = self._out.write(view)
             view = view[len(view) if taken is None else taken:]
-        return len(memoryview(data).cast("B"))
+        return size
 
     def close(self) -> None:
-        """Flush stdout (closing nothing)."""
-        if not self.closed:
+        """Flush stdout (closing nothing); closed even where the flush fails (the reader went away): it is not
+        flushed again when collected."""
+        if self.closed:
+            return
+        try:
             self._out.flush()
-        super().close()
+        finally:
+            super().close()
 
 
 def _discard(tmp: Path) -> None:
