@@ -175,11 +175,12 @@ def test_the_page_downloads_the_playlist_it_shows(own_music: Path) -> None:
         assert unknown.status_code == 404 and "999" in unknown.json()["detail"], unknown.text
 
 
-def test_a_truncated_ogg_is_said_to_be_cut_short_not_only_too_short(tmp_path: Path) -> None:
+def test_a_truncated_file_is_said_to_be_cut_short(serve_collection: Path, tmp_path: Path) -> None:
     """The first 16,000 bytes of a real OGG (0.6 s of its audio): `mess extract` called it 'incomplete: its Ogg
     stream stops before the page that ends it ... (a download in progress?)' while it was recent, but 'too short
     (0.61 s; the minimum is 1.00 s)' later and from the upload route, as if it were a short clip. Both say now why it
-    is that short: the file is cut short (the words other tests and scripts match stay first)."""
+    is that short: the file is cut short (the words other tests and scripts match stay first). A FLAC cut short was
+    'cannot decode (invalid data ...: damaged, or not audio)': it says why too."""
     cut = tmp_path / "battle-epic.ogg"
     with open("/work/data/soundtracks/wesnoth/battle-epic.ogg", "rb") as whole:
         cut.write_bytes(whole.read(16_000))
@@ -194,3 +195,12 @@ def test_a_truncated_ogg_is_said_to_be_cut_short_not_only_too_short(tmp_path: Pa
         assert re.search(r": too short \(0\.\d\d s; the minimum is 1\.00 s\) because the file is cut short: "
                          + re.escape(said) + "$", message), message
     assert upload[:2] == ("error", "decode"), upload
+    flac = tmp_path / "take0.flac"  # 1.5 s of a 4 s FLAC: 'cannot decode (invalid data ...: damaged, or not audio)'
+    with open(serve_collection.parent / "music" / "Saw_Machine" / "take0.flac", "rb") as whole:
+        flac.write_bytes(whole.read(20_000))
+    os.utime(flac, (old, old))
+    said = cut_short(flac)
+    assert said and "the file holds" in said
+    with pytest.raises(AudioError, match=r"^.*take0\.flac: cannot decode .* because the file is cut short: ") as cut:
+        decode_windows(inspect_file(flac), DspModel().info.sample_rate, WindowPolicy())
+    assert str(cut.value).endswith(said), cut.value

@@ -152,20 +152,30 @@ def _decode(record: FileRecord, sample_rate: int, policy: WindowPolicy) -> Windo
             return _seek_windows(record, sample_rate, policy, duration)
         except AudioError as exc:
             log.info("%s; decoding the whole file", exc)
-    audio = load_audio(record.path, sample_rate, max_seconds=policy.max_decode_seconds)
+    try:
+        audio = load_audio(record.path, sample_rate, max_seconds=policy.max_decode_seconds)
+    except AudioError as exc:
+        raise _said_cut_short(record.path, exc) from None
     warnings = []
     seconds = audio.size / sample_rate
     if seconds >= policy.max_decode_seconds:
         warnings.append(_too_long(record, policy))
     if seconds < policy.min_seconds:
         shown = math.floor(seconds * 100) / 100  # rounded, a clip one sample short read '1.00 s; the minimum is 1.00 s'
-        short = cut_short(record.path)  # not a short clip: a file that lost its end says so
-        why = f" because the file is cut short: {short}" if short else ""
-        raise AudioError(f"{record.path}: too short ({shown:.2f} s; the minimum is {policy.min_seconds:.2f} s){why}")
+        raise _said_cut_short(record.path, AudioError(f"{record.path}: too short ({shown:.2f} s; the minimum is "
+                                                      f"{policy.min_seconds:.2f} s)"))
     _check_level(record, audio, sample_rate)
     starts, windows = policy.cut(audio, sample_rate)
     decoded = seconds if seconds < policy.max_decode_seconds and abs(seconds - duration) > DURATION_TOLERANCE else None
     return Windows(record, starts, windows, warnings, decoded)
+
+
+def _said_cut_short(path: Path, exc: AudioError) -> AudioError:
+    """``exc`` (a decoder's refusal, or too short) saying why where the file is cut short (its container declares more
+    than it holds: :func:`cut_short`): a file that lost its end read as a short clip (too short (0.61 s; ...)) or
+    as damaged (a FLAC: cannot decode, invalid data)."""
+    short = cut_short(path)
+    return exc if short is None else AudioError(f"{exc} because the file is cut short: {short}")
 
 
 def _seek_windows(record: FileRecord, sample_rate: int, policy: WindowPolicy, duration: float) -> Windows:
