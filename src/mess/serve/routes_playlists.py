@@ -128,8 +128,10 @@ def radio_route(
 
 
 @router.get("/file", summary="The M3U8 or XSPF file of a list of tracks, exactly those, in that order",
-            response_model=None, responses={200: {"description": ANSWERS[200]["description"], "content": {
-                media.split(";")[0]: {"schema": {"type": "string"}} for media in MEDIA.values()}}})
+            response_model=None, responses={200: {
+                "description": "The file to download (Content-Disposition names it), its entries this server's audio "
+                               "URLs", "content": {media.split(";")[0]: {"schema": {"type": "string"}}
+                                                   for media in MEDIA.values()}}})
 def file_route(
     request: Request,
     state: State,
