@@ -55,9 +55,14 @@ def _checkpoint(fs: FeatureStore, checkpoint: Path | None, model: str | None) ->
 
 @fuse_app.command("train")
 def train_command(
+    ctx: typer.Context,
     model: ModelOpt = None,
     label: Annotated[str, typer.Option("--label", help="Metadata that defines 'similar': "
-                                       f"{', '.join(LABEL_FIELDS)}.")] = "artist",
+                                       f"{', '.join(LABEL_FIELDS)} (with --labels: the file's column, else "
+                                       "its 'label' column).")] = "artist",
+    labels: Annotated[Path | None, typer.Option(
+        "--labels", help="CSV with an id/path/file column and a LABEL (or 'label') column, instead of tags (as "
+        "`mess evaluate --labels` reads it).")] = None,
     fusion_dim: Annotated[int, typer.Option(min=2, help="Size of the fused vector.")] = 256,
     gated: Annotated[bool, typer.Option("--gated/--static", help="Condition layer weights on each track "
                                         "(small gating MLP) or learn one weight per layer.")] = False,
@@ -83,14 +88,19 @@ def train_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Train the fusion network on the store's vectors; saves a checkpoint and a JSON training log."""
+    from mess.cli.search import not_a_label_file
     from mess.fusion.train import FusionConfig, checkpoint_path, checkpoint_problem
+    from mess.search.evaluate import LabelError, read_label_csv
 
     if threads:
         import torch
 
         torch.set_num_threads(threads)
+    if labels is not None and not labels.is_file():
+        fail(not_a_label_file(labels))
     with failing(ValueError):
-        config = FusionConfig(label=label, fusion_dim=fusion_dim, gated=gated, mining=cast("Mining", mining),
+        config = FusionConfig(label=label, labels_file=labels.name if labels is not None else None,
+                              fusion_dim=fusion_dim, gated=gated, mining=cast("Mining", mining),
                               margin=margin, weight_epochs=weight_epochs, max_epochs=max_epochs, patience=patience,
                               lr=lr, weights_lr=weights_lr, labels_per_batch=labels_per_batch,
                               tracks_per_label=tracks_per_label, val_frac=val_frac, test_frac=test_frac, seed=seed)
@@ -99,7 +109,13 @@ def train_command(
         path = checkpoint if checkpoint is not None else checkpoint_path(fs, run)
         if (problem := checkpoint_problem(path, fs.root)) is not None:  # found before, not after, training
             fail(f"cannot save a checkpoint at {path}: {problem}")
-        trained = _train(fs, run, config, path, quiet=as_json)
+        label_file = None
+        if labels is not None:
+            with failing(LabelError):  # --label given, not its default: a file's own 'label' column is that field
+                given = getattr(ctx.get_parameter_source("label"), "name", "DEFAULT") != "DEFAULT"
+                label_file = read_label_csv(fs, labels, label, field_given=given)
+            note(label_file.note())
+        trained = _train(fs, run, config, path, quiet=as_json, labels=label_file.labels if label_file else None)
     if as_json:
         emit_json(trained.summary)
     else:
@@ -108,15 +124,17 @@ def train_command(
         _stop_interrupted(trained.summary, config)
 
 
-def _train(fs: FeatureStore, run: Run, config: FusionConfig, path: Path, quiet: bool) -> Trained:
-    """Train and save under a progress bar of epochs, loss and validation nDCG."""
+def _train(fs: FeatureStore, run: Run, config: FusionConfig, path: Path, quiet: bool,
+           labels: dict[int, str] | None) -> Trained:
+    """Train and save under a progress bar of epochs, loss and validation nDCG (on ``labels`` in place of tags when
+    given)."""
     from mess.fusion.data import FusionError
     from mess.fusion.pipeline import train_and_save
     from mess.fusion.train import StoppedBeforeFirstEpoch
 
     try:  # the bar ends before a word is said, so that the word is the last line
         with Progress(*_COLUMNS, console=console, disable=quiet) as bar, _signals_stop() as stop:
-            task = bar.add_task(f"fuse {run.model} by {config.label}",
+            task = bar.add_task(f"fuse {run.model} by {config.labels_name}",
                                 total=config.weight_epochs + config.max_epochs, status="")
 
             def on_epoch(e: EpochLog) -> None:
@@ -124,7 +142,7 @@ def _train(fs: FeatureStore, run: Run, config: FusionConfig, path: Path, quiet: 
                 bar.update(task, completed=e.epoch, status=f"loss {e.loss:.4f}  val nDCG@{config.k} {val}")
 
             try:
-                trained = train_and_save(fs, run, config, path, on_epoch, stop.is_set)
+                trained = train_and_save(fs, run, config, path, on_epoch, stop.is_set, labels)
             except (FusionError, ValueError):
                 bar.update(task, visible=False)  # no empty bar above the error: '0/110' read as training begun
                 raise
@@ -170,12 +188,13 @@ def _signals_stop() -> Iterator[threading.Event]:
 def _print_trained(summary: dict, config: FusionConfig) -> None:
     split = summary["split"]
     left = summary["tracks"] - summary["labelled_tracks"]
-    stdout.print(f"trained on {split['train']} {summary['label']} labels ({split['val']} validation, "
+    stdout.print(f"trained on {split['train']} {plain(config.labels_name)} labels ({split['val']} validation, "
                   f"{split['test']} held out) of {summary['tracks']} tracks: {summary['epochs']} epochs, "
                   f"best epoch {summary['best_epoch']}")
     if left:
-        note(f"{left} of the {summary['tracks']} tracks {'is' if left == 1 else 'are'} in none of these labels (no "
-             f"{summary['label']} tag, or the only track of theirs): not trained on or scored")
+        none = f"no {summary['label']} tag" if config.labels_file is None else f"no label in {config.labels_file}"
+        note(f"{left} of the {summary['tracks']} tracks {'is' if left == 1 else 'are'} in none of these labels "
+             f"({none}, or the only track of theirs): not trained on or scored")
     if summary["phase2"]:
         stdout.print(f"validation nDCG@{config.k}: {summary['val_ndcg_untrained']:.3f} untrained -> "
                       f"{summary['val_ndcg_best']:.3f}" + (" (stopped early)" if summary["stopped_early"] else ""))
@@ -230,7 +249,8 @@ def apply_command(
     note(log_note)
     note(run_note)
     note(stop_note)
-    console.print(f"wrote {meta['tracks']} fused vectors ({meta['fusion_dim']}-d, trained on {meta['label']} labels) "
+    trained_on = plain(meta["labels_file"] or meta["label"])
+    console.print(f"wrote {meta['tracks']} fused vectors ({meta['fusion_dim']}-d, trained on {trained_on} labels) "
                   f"-> next: mess index --fused")
     if meta["missing"]:
         console.print(f"[yellow]note:[/] {counted(meta['missing'], 'track')} changed or came while it ran and "

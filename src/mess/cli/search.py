@@ -300,7 +300,7 @@ def evaluate_command(
     from mess.search.evaluate import LabelError, evaluate, plot_file, read_label_csv
 
     if labels is not None and not labels.is_file():
-        fail(_not_a_label_file(labels))
+        fail(not_a_label_file(labels))
     with failing(ValueError):
         plot = plot_file(plot) if plot is not None else None
     with open_store(store) as fs:
@@ -350,7 +350,7 @@ def _fused_left_out(count: int, model: str, store: Path) -> None:
                       f"`{plain(fix)}` adds them[/]")
 
 
-def _not_a_label_file(path: Path) -> str:
+def not_a_label_file(path: Path) -> str:
     """Why ``path``, which is no regular file, cannot be read as a label CSV (a pipe would block the read)."""
     if path.is_dir():
         return f"{path} is a folder, not a label file (a CSV)"
@@ -405,9 +405,12 @@ def _print_evaluation(ev: Evaluation, model: str, k: int, norm: str, match: str,
     stdout.print(f"best: {plain(best.name)} (mAP {best.scores.map:.3f})" + (f"; plot -> {plain(str(png))}" if png
                                                                                 else ""))
     if ev.fused_trained_on:
-        alike = f", which group them as {plain(ev.labels_from)} does" if ev.labels_from else ""
-        console.print(f"[yellow]note:[/] the fused vectors were trained on these tracks' {ev.fused_trained_on} "
-                      f"tags{alike}, so their row scores labels they learned and is not named best; `mess fuse report` "
+        trained = (f"{ev.fused_trained_on} tags" if ev.fused_trained_on in LABEL_FIELDS
+                   else f"labels in {plain(ev.fused_trained_on)}")  # `mess fuse train --labels FILE`
+        alike = (f", which group them as {plain(ev.labels_from)} does"
+                 if ev.labels_from and ev.labels_from != ev.fused_trained_on else "")
+        console.print(f"[yellow]note:[/] the fused vectors were trained on these tracks' {trained}{alike}, so "
+                      "their row scores labels they learned and is not named best; `mess fuse report` "
                       "scores them on held-out labels")
     if ev.caveat:
         console.print(f"[yellow]caveat:[/] {plain(ev.caveat)}")

@@ -10,6 +10,7 @@ import numpy as np
 from mess.constants import FUSED
 from mess.fusion.data import FusionError, load_layers
 from mess.fusion.train import FusionResult, embed, load_checkpoint
+from mess.search.evaluate import label_grouping
 from mess.store import FeatureStore, Run
 from mess.store.fused import trained_run_mismatch
 
@@ -63,9 +64,11 @@ def apply_fusion(store: FeatureStore, checkpoint: Path, model: str | None = None
     meta = {"checkpoint": str(path), "checkpoint_sha256": result.sha256,  # the network used, though retrained since
             "checkpoint_in_store": path.relative_to(root).as_posix() if path.is_relative_to(root) else None,
             "trained_on": {"run_id": result.run_id, "revision": result.revision, "policy": result.policy},
-            "label": result.config.label,
+            "label": result.config.label, "labels_file": result.config.labels_file,
+            "label_grouping": label_grouping(zip([t.content_hash for t in data.tracks], result.labels(data),
+                                                 strict=True)),
             "fusion_dim": int(fused.shape[1]), "tracks": len(fused), "data_hash": result.data_hash,
-            "data_hash_matches": data.data_hash(result.config.label) == result.data_hash,
+            "data_hash_matches": data.data_hash(result.config.label, result.given_labels) == result.data_hash,
             "layer_weights": result.layer_weights(data.x)}
     store.write_derived(run, FUSED, [t.content_hash for t in data.tracks], fused, meta)
     return {**meta, "missing": store.derived_missing(run, FUSED)}

@@ -30,9 +30,12 @@ class LayerData:
         """Track ids, aligned with the rows of ``x``."""
         return np.array([t.id for t in self.tracks], dtype=np.int64)
 
-    def labels(self, field: str) -> np.ndarray:
+    def labels(self, field: str, given: dict[int, str] | None = None) -> np.ndarray:
         """The metadata field per track as an object array (None where untagged; artists by
-        :func:`~mess.audio.names.label_key`)."""
+        :func:`~mess.audio.names.label_key`), or the ``given`` labels by track id (a label file's,
+        :func:`mess.search.evaluate.read_label_csv`) in its place."""
+        if given is not None:
+            return np.array([given.get(t.id) for t in self.tracks], dtype=object)
         if field not in LABEL_FIELDS:
             raise FusionError(f"unknown label {field!r}; use one of {', '.join(LABEL_FIELDS)}")
         return np.array([label_key(field, t.label(field)) for t in self.tracks], dtype=object)
@@ -46,9 +49,11 @@ class LayerData:
             first.setdefault(self.tracks[r].content_hash, int(r))
         return np.array(list(first.values()), dtype=np.intp)
 
-    def data_hash(self, field: str) -> str:
-        """Hash of what training saw: run identity plus sorted (content hash, label) pairs."""
-        pairs = sorted((t.content_hash, v) for t in self.tracks if (v := label_key(field, t.label(field))))
+    def data_hash(self, field: str, given: dict[int, str] | None = None) -> str:
+        """Hash of what training saw: run identity plus sorted (content hash, label) pairs (tags, or ``given``)."""
+        labels = self.labels(field, given) if given is not None else [label_key(field, t.label(field))
+                                                                         for t in self.tracks]
+        pairs = sorted((t.content_hash, v) for t, v in zip(self.tracks, labels, strict=True) if v)
         head = [self.run.model, self.run.revision, self.run.policy, list(self.run.layer_names), field]
         return hashlib.sha256(json.dumps([head, pairs]).encode()).hexdigest()
 

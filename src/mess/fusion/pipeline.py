@@ -41,8 +41,9 @@ class Trained:
 
 def train_and_save(store: FeatureStore, run: Run, config: FusionConfig, path: Path,
                    on_epoch: Callable[[EpochLog], None] | None = None,
-                   stop: Callable[[], bool] | None = None) -> Trained:
-    """Train the fusion network on ``run``'s layer vectors, save it at ``path`` (.pt and .json), and log the
+                   stop: Callable[[], bool] | None = None, labels: dict[int, str] | None = None) -> Trained:
+    """Train the fusion network on ``run``'s layer vectors (and ``config.label``'s tags, or ``labels``: track id ->
+    label, from ``config.labels_file``), save it at ``path`` (.pt and .json), and log the
     run to :func:`mess.fusion.tracking.training_log_path` (and MLflow under STORE/mlruns when installed). Epochs
     are logged beside it (.partial.json) until the checkpoint is saved; the log then records the checkpoint's
     SHA-256, so a run killed between the two is told apart (:func:`mess.fusion.tracking.log_mismatch`).
@@ -69,8 +70,8 @@ def train_and_save(store: FeatureStore, run: Run, config: FusionConfig, path: Pa
         if on_epoch is not None:
             on_epoch(entry)
 
-    result = train_fusion(data, config, epoch, stop)
-    labels = data.labels(config.label)
+    result = train_fusion(data, config, epoch, stop, labels)
+    per_row = result.labels(data)
     wanted, why, moved = path, None, None
     failed: dict[str, Exception] = {}  # the folders a save failed in, with its error
     tried: set[Path] = set()
@@ -97,11 +98,12 @@ def train_and_save(store: FeatureStore, run: Run, config: FusionConfig, path: Pa
     if path != wanted:
         moved = f"not saved at {wanted}: {why}; saved at {path} instead"
         log.path = training_log_path(store, path)  # the epochs went to the wanted name's .partial.json, removed
-    summary = {"model": run.model, "label": config.label, "checkpoint": str(path), "checkpoint_sha256": digest,
+    summary = {"model": run.model, "label": config.label, "labels_file": config.labels_file,
+               "checkpoint": str(path), "checkpoint_sha256": digest,
                "checkpoint_note": moved,
                "log": str(log.path), "log_note": None,
                "tracks": len(data.tracks), "split": {k: len(v) for k, v in result.split.to_json().items()},
-               "labelled_tracks": sum(len(result.split.rows(labels, part)) for part in ("train", "val", "test")),
+               "labelled_tracks": sum(len(result.split.rows(per_row, part)) for part in ("train", "val", "test")),
                "epochs": result.history[-1].epoch, "best_epoch": result.best_epoch,
                "interrupted_at": result.interrupted_at,
                "phase2": bool(result.split.val), "stopped_early": result.stopped_early,

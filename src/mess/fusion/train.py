@@ -31,7 +31,8 @@ MAX_RATE = 1e6  # the largest learning rate taken (far above any that trains)
 class FusionConfig:
     """Everything that decides a training run; saved with the checkpoint."""
 
-    label: str = "artist"
+    label: str = "artist"  # the tag, or the column of ``labels_file``
+    labels_file: str | None = None  # the name of the label file trained on (`--labels`), None for tags
     fusion_dim: int = 256
     hidden_dim: int = 512
     common_dim: int = 256
@@ -51,6 +52,11 @@ class FusionConfig:
     test_frac: float = 0.15
     seed: int = 0
     k: int = 10
+
+    @property
+    def labels_name(self) -> str:
+        """What the labels are, for people: the tag ('artist'), or the label file's name ('moods.csv')."""
+        return self.label if self.labels_file is None else self.labels_file
 
     def __post_init__(self) -> None:
         """Refuse an unknown mining and a non-finite rate or margin (inf trained NaN weights, or broke the PCA)."""
@@ -98,12 +104,17 @@ class FusionResult:
     run_id: int | None = None
     interrupted_at: int | None = None  # the last epoch done when training was stopped (None: it ran to its end)
     sha256: str | None = None  # of the checkpoint file it was loaded from (:func:`load_checkpoint`), as read
+    given_labels: dict[int, str] | None = None  # track id -> label of the label file trained on (None: tags)
 
     @property
     def stopped_early(self) -> bool:
         """Whether phase 2 ended before max_epochs because validation nDCG stopped improving."""
         ended = self.history[-1].epoch < self.config.weight_epochs + self.config.max_epochs
         return ended and bool(self.split.val) and self.interrupted_at is None
+
+    def labels(self, data: LayerData) -> np.ndarray:
+        """The label of each row of ``data`` as trained on: its tag, or its line of the label file."""
+        return data.labels(self.config.label, self.given_labels)
 
     def layer_weights(self, x: np.ndarray) -> dict[str, float]:
         """Mean softmax weight per layer over the tracks ``x``."""
@@ -116,7 +127,8 @@ class FusionResult:
                 "layer_names": list(self.layer_names),
                 "layer_dims": list(self.layer_dims), "config": asdict(self.config), "split": self.split.to_json(),
                 "data_hash": self.data_hash, "best_epoch": self.best_epoch, "interrupted_at": self.interrupted_at,
-                "history": [asdict(h) for h in self.history]}
+                "history": [asdict(h) for h in self.history],
+                "labels": None if self.given_labels is None else {str(i): v for i, v in self.given_labels.items()}}
 
 
 def build_network(config: FusionConfig, layer_dims: tuple[int, ...]) -> LayerFusion:
@@ -147,8 +159,9 @@ def embed(network: LayerFusion, x: np.ndarray, batch: int = 4096) -> np.ndarray:
 
 def train_fusion(data: LayerData, config: FusionConfig,
                  on_epoch: Callable[[EpochLog], None] | None = None,
-                 stop: Callable[[], bool] | None = None) -> FusionResult:
-    """Train on the training labels in two phases; keep the best validation epoch.
+                 stop: Callable[[], bool] | None = None, given: dict[int, str] | None = None) -> FusionResult:
+    """Train on the training labels (tags, or ``given``: track id -> label, and ``config.labels_file`` names their
+    file) in two phases; keep the best validation epoch.
 
     Phase 1 (``weight_epochs``) trains only the layer weights (logits and gate)
     through the fixed, geometry-preserving projection: few parameters, so what it
@@ -164,7 +177,7 @@ def train_fusion(data: LayerData, config: FusionConfig,
     epoch so far, with ``interrupted_at`` the last epoch done; :class:`StoppedBeforeFirstEpoch` when no epoch was
     done.
     """
-    labels = data.labels(config.label)
+    labels = data.labels(config.label, given)
     split = split_labels(labels, config.val_frac, config.test_frac, config.seed)
     train_rows = split.rows(labels, "train")
     trained = {data.tracks[r].content_hash for r in train_rows}  # a copy of a trained recording validates nothing
@@ -231,8 +244,8 @@ def train_fusion(data: LayerData, config: FusionConfig,
     network.load_state_dict(best_state)
     network.eval()
     return FusionResult(network, config, data.run.model, data.run.revision, data.run.layer_names,
-                        data.run.layer_dims, split, data.data_hash(config.label), best_epoch, history,
-                        data.run.policy, data.run.id, interrupted_at)
+                        data.run.layer_dims, split, data.data_hash(config.label, given), best_epoch, history,
+                        data.run.policy, data.run.id, interrupted_at, given_labels=given)
 
 
 def checkpoint_path(store: FeatureStore, run: Run) -> Path:
@@ -382,4 +395,5 @@ def load_checkpoint(path: Path) -> FusionResult:
     return FusionResult(network, config, saved["model"], saved["revision"], tuple(saved["layer_names"]),
                         tuple(saved["layer_dims"]), split, saved["data_hash"], saved["best_epoch"],
                         [EpochLog(**h) for h in saved["history"]], saved.get("policy"), saved.get("run_id"),
-                        saved.get("interrupted_at"), hashlib.sha256(data).hexdigest())
+                        saved.get("interrupted_at"), hashlib.sha256(data).hexdigest(),
+                        {int(i): v for i, v in given.items()} if (given := saved.get("labels")) else None)

