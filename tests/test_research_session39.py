@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from mess.cli.app import app
@@ -79,3 +81,40 @@ def test_fuse_train_refuses_a_label_file_as_evaluate_does(extracted_store: Path,
     assert said.startswith(f"error: {labels}:{len(lines)}: track {first} ")
     assert f"labelled 'another' here and 'mood0' on line {at}" in said
     assert not checkpoint.exists()
+
+
+def test_the_fusion_report_scores_the_default_search(extracted_store: Path, tmp_path: Path,
+                                                     one_torch_thread: None) -> None:  # noqa: ARG001
+    """The report's `default` row is what `mess similar` ranks by default (power normalisation, augmented ranking):
+    its mAP and nDCG equal sklearn's on the held-out tracks as `similar_tracks` orders them. Before: no such row."""
+    from sklearn.metrics import average_precision_score, ndcg_score
+
+    from mess.fusion.data import load_layers
+    from mess.fusion.report import compare, default_search
+    from mess.fusion.train import FusionConfig, train_fusion
+    from mess.search.query import collection_query, similar_tracks
+
+    _, moods, _ = _moods(extracted_store, tmp_path)
+    fs = FeatureStore(extracted_store, readonly=True)
+    try:
+        run = fs.run("dsp")
+        data = load_layers(fs, run)
+        config = FusionConfig(label="mood", labels_file="moods.csv", weight_epochs=1, max_epochs=0, val_frac=0,
+                              test_frac=0.5, fusion_dim=4)
+        result = train_fusion(data, config, given=moods)
+        report = compare(result, data, 5, default_search(fs, run, data))
+        held = [t.id for t in data.tracks if moods.get(t.id) in result.split.test]
+        aps, ndcgs = [], []
+        for i in held:
+            ranked = [n.track.id for n in similar_tracks(fs, run, collection_query(fs, i), k=len(data.tracks))]
+            relevant = np.array([[moods[j] == moods[i] for j in ranked if j in held]])
+            order = -np.arange(relevant.shape[1])[None].astype(float)  # the ranking, best first
+            aps.append(average_precision_score(relevant[0], order[0]))
+            ndcgs.append(ndcg_score(relevant, order, k=5))
+    finally:
+        fs.close()
+    row = report.score("default")
+    assert "power" in row.detail and "augmented" in row.detail
+    assert row.map == pytest.approx(np.mean(aps), abs=1e-4) and row.ndcg == pytest.approx(np.mean(ndcgs), abs=1e-4)
+    assert [m.method for m in report.methods].index("default") == [m.method for m in report.methods].index(
+        "all-layers") + 1

@@ -272,7 +272,7 @@ def report_command(
     """Compare fused vectors with the best single layer and all layers on the held-out labels; PNG of weights."""
     from mess.fusion.apply import check_compatible
     from mess.fusion.data import FusionError, load_layers
-    from mess.fusion.report import attach_probe, compare, write_report
+    from mess.fusion.report import attach_probe, compare, default_search, write_report
     from mess.fusion.tracking import log_mismatch
     from mess.fusion.train import load_checkpoint
     from mess.store.reports import fusion_stem
@@ -283,7 +283,8 @@ def report_command(
             result = load_checkpoint(path)
             run = fs.run(model or result.model)
             run_note = check_compatible(result, run)
-            report = compare(result, load_layers(fs, run), k)
+            data = load_layers(fs, run)
+            report = compare(result, data, k, default_search(fs, run, data))
         attach_probe(report, fs, run)
         report.training_log_note = log_mismatch(fs, path)  # in the files too, not only on the console
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from mess.search.metrics import RetrievalScores, ndcg_at_k, ranked_relevance, retrieval_scores
@@ -12,12 +14,18 @@ def relevance(unit: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
     Only tracks with at least one other track of their label are queries.
     """
+    return ranked(lambda queries: unit[queries] @ unit.T, labels)
+
+
+def ranked(similarity: Callable[[np.ndarray], np.ndarray], labels: np.ndarray) -> np.ndarray:
+    """Ranked relevance [q, n-1] of the tracks querying each other by ``similarity`` (query rows -> their scores
+    [q, n] against every track), as :func:`relevance` ranks cosines."""
     lab = np.asarray(labels).astype(str)
     names, inverse, counts = np.unique(lab, return_inverse=True, return_counts=True)
     queries = np.flatnonzero(counts[inverse] >= 2)
     if len(queries) == 0 or len(names) < 2:
         raise ValueError("retrieval needs at least 2 labels, one of them with 2+ tracks")
-    return ranked_relevance(unit[queries] @ unit.T, lab[queries], lab, queries)
+    return ranked_relevance(similarity(queries), lab[queries], lab, queries)
 
 
 def scores(unit: np.ndarray, labels: np.ndarray, k: int = 10) -> RetrievalScores:

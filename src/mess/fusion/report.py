@@ -13,15 +13,21 @@ import numpy as np
 import torch
 from scipy.stats import wilcoxon
 
-from mess.constants import FUSED, counted
+from mess.constants import DEFAULT_NORM, FUSED, counted
 from mess.fusion import evaluate
 from mess.fusion.data import FusionError, LayerData
 from mess.fusion.train import FusionResult, embed, initial_network
-from mess.search.metrics import RetrievalScores, chance_scores
+from mess.search.expansion import EXPAND_K, expand_collection, expanded_scores
+from mess.search.metrics import RetrievalScores, chance_scores, retrieval_scores
+from mess.search.query import collection_query, ranked_scores
+from mess.search.rerank_store import ranking_choice
 from mess.search.vectors import (
     BASE_NORMS,  # the fusion report's baselines predate power
     Norm,
     Preprocessor,
+    VectorSpec,
+    load_vectors,
+    resolved_norm,
 )
 from mess.store import FeatureStore, Run
 from mess.store.paths import printable, replace_file
@@ -66,7 +72,7 @@ class FusionReport:
     trained_copies: int = 0  # held-out recordings left out: a copy of each is in a training or validation label
 
     def score(self, method: str) -> MethodScores:
-        """The row of one method (fused, untrained, best-layer, all-layers, mean-vector, chance)."""
+        """The row of one method (fused, untrained, best-layer, all-layers, default, mean-vector, chance)."""
         return next(m for m in self.methods if m.method == method)
 
     def to_dict(self) -> dict:
@@ -75,6 +81,39 @@ class FusionReport:
 
 
 Encoder = Callable[[np.ndarray], np.ndarray]  # row indices -> unit vectors of those tracks
+
+
+@dataclass(frozen=True)
+class DefaultSearch:
+    """How `mess similar` ranks by default (:func:`default_search`): ``scores(queries, items)``, rows of the
+    :class:`LayerData` -> the ranking scores [q, n] of the items for each query; ``detail`` says which."""
+
+    scores: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    detail: str
+
+
+def default_search(store: FeatureStore, run: Run, data: LayerData) -> DefaultSearch:
+    """The ranking `mess similar` gives a collection track by default: the all-layer vectors under the default
+    normalisation (power), ranked as :func:`mess.search.rerank_store.ranking_choice` picks (augmented; plain with
+    query expansion for a large collection without saved data), through the search's own code
+    (:func:`mess.search.query.ranked_scores`) over the whole collection."""
+    vs = load_vectors(store, run, VectorSpec.from_options(), store.tracks(run))
+    ranking = ranking_choice(store, vs)
+    ids = data.track_ids
+    unit = vs.unit()
+    expanded = expand_collection(unit, EXPAND_K) if ranking == "plain" else None
+
+    def scores(queries: np.ndarray, items: np.ndarray) -> np.ndarray:
+        cols = vs.rows(ids[items])
+        if expanded is not None:  # as the plain search ranks: the better of the cosines to the query and expanded
+            rows = vs.rows(ids[queries])
+            return expanded_scores(unit[rows] @ unit[cols].T, expanded[rows] @ unit[cols].T)
+        return np.stack([ranked_scores(store, vs, collection_query(store, int(i)), ranking)[1][cols]
+                         for i in ids[queries]])
+
+    how = f"{ranking} ranking" if ranking != "plain" else f"plain ranking, expanded ({EXPAND_K})"
+    return DefaultSearch(scores, f"`mess similar`'s default: all layers ({resolved_norm('all', DEFAULT_NORM)}), "
+                                 f"{how}")
 
 
 def _layers(data: LayerData, index: int | None, norm: Norm) -> Encoder:
@@ -106,13 +145,14 @@ def _pick(candidates: dict[str, Encoder], labels: np.ndarray, rows: np.ndarray, 
     return max(candidates, key=lambda name: evaluate.scores(candidates[name](rows), labels[rows], k).ndcg)
 
 
-def compare(result: FusionResult, data: LayerData, k: int = 10) -> FusionReport:
+def compare(result: FusionResult, data: LayerData, k: int = 10, default: DefaultSearch | None = None) -> FusionReport:
     """Score fused vectors and the baselines on the held-out (test) labels of ``result``.
 
     Baselines: the untrained network (same seed), the best single layer and the
     equal-weight combination of all layers (mean of per-layer cosines, as
-    `mess similar` searched by default before power normalisation) and, when layers share a size, the mean
-    layer vector. Layer and normalisation of a baseline are chosen on the
+    `mess similar` searched by default before power normalisation), with ``default`` (:func:`default_search`) the
+    ranking `mess similar` gives by default now (its ranking of the held-out tracks among themselves) and, when
+    layers share a size, the mean layer vector. Layer and normalisation of a baseline are chosen on the
     training and validation labels, never on the test labels. Tracks of held-out
     labels query each other, each recording once (byte-identical copies left out), and none whose copy is tagged
     with a training or validation label (``trained_copies`` counts them; the caveat says so).
@@ -120,7 +160,7 @@ def compare(result: FusionResult, data: LayerData, k: int = 10) -> FusionReport:
     if tuple(data.run.layer_names) != result.layer_names:
         raise FusionError(f"checkpoint layers {list(result.layer_names)} are not {data.run.model}'s "
                           f"{list(data.run.layer_names)}")
-    labels = data.labels(result.config.label)
+    labels = result.labels(data)
     seen = data.recordings(np.concatenate([result.split.rows(labels, "train"), result.split.rows(labels, "val")]))
     known = {data.tracks[r].content_hash for r in seen}  # a copy tagged with a trained label: never held out
     held = data.recordings(result.split.rows(labels, "test"))  # each recording once, as `mess evaluate` counts it
@@ -148,6 +188,10 @@ def compare(result: FusionResult, data: LayerData, k: int = 10) -> FusionReport:
     units = {name: enc(test) for name, (enc, _) in encoders.items()}
     methods = [MethodScores(name, detail, *_rounded(evaluate.scores(units[name], lab, k)))
                for name, (_, detail) in encoders.items()]
+    if default is not None:  # after all-layers: the search it became
+        searched = retrieval_scores(evaluate.ranked(lambda queries: default.scores(test[queries], test), lab), k)
+        methods.insert([m.method for m in methods].index("all-layers") + 1,
+                       MethodScores("default", default.detail, *_rounded(searched)))
     methods.append(MethodScores("chance", "random ranking",
                                 *_rounded(chance_scores(lab, lab, np.arange(len(test)), k))))
     per_layer = {name: round(max(evaluate.scores(singles[f"{name} ({n})"](test), lab, k).ndcg for n in BASE_NORMS), 4)
@@ -155,8 +199,8 @@ def compare(result: FusionResult, data: LayerData, k: int = 10) -> FusionReport:
     fused_q = evaluate.ndcg_per_query(units[FUSED], lab, k)
     mean_q = evaluate.ndcg_per_query(units["all-layers"], lab, k)
     p = float(wilcoxon(fused_q, mean_q).pvalue) if np.any(fused_q != mean_q) and len(fused_q) > 1 else None
-    same_data = data.data_hash(result.config.label) == result.data_hash
-    report = FusionReport(result.model, result.config.label, k, len(test), len(set(lab)), methods, per_layer,
+    same_data = data.data_hash(result.config.label, result.given_labels) == result.data_hash
+    report = FusionReport(result.model, result.config.labels_name, k, len(test), len(set(lab)), methods, per_layer,
                           result.layer_weights(data.x), "", "", p, same_data, trained_copies=len(held) - len(test))
     report.verdict, report.caveat = _verdict(report)
     report.interrupted_note = interrupted_note(result)
