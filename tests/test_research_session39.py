@@ -118,3 +118,30 @@ def test_the_fusion_report_scores_the_default_search(extracted_store: Path, tmp_
     assert row.map == pytest.approx(np.mean(aps), abs=1e-4) and row.ndcg == pytest.approx(np.mean(ndcgs), abs=1e-4)
     assert [m.method for m in report.methods].index("default") == [m.method for m in report.methods].index(
         "all-layers") + 1
+
+
+def test_the_probe_std_is_the_population_std_of_its_fold_scores(extracted_store: Path, tmp_path: Path) -> None:
+    """`score_std` is numpy's std of `score_folds` with ddof 0 (scikit-learn's convention for fold spread), as the
+    report's `metric` now says; before, it said only "std over folds", which a reader took for the sample std."""
+    from mess.probing.study import ProbeOptions
+    from mess.probing.user_probe import probe_targets
+    from mess.probing.user_targets import read_targets
+
+    store = FeatureStore(extracted_store, readonly=True)
+    try:
+        run = store.run("dsp")
+        tracks = store.tracks(run)
+        rows = "".join(f"{t.id},{len(t.path) % 7},{t.artist}\n" for t in tracks)
+        (tmp_path / "t.csv").write_text("id,number,composer\n" + rows)
+        report = probe_targets(store, run, read_targets(store, tmp_path / "t.csv"), ProbeOptions(seed=0)).to_dict()
+    finally:
+        store.close()
+    assert "ddof 0" in report["metric"]
+    checked = 0
+    for condition, scores in report["conditions"].items():
+        for layer, targets in scores["score_folds"].items():
+            for target, folds in targets.items():  # each rounded to 4 decimals, as the std is
+                std = scores["score_std"][layer][target]
+                assert std == pytest.approx(np.std(folds, ddof=0), abs=2e-4), (condition, layer, target)
+                checked += np.std(folds, ddof=1) - np.std(folds, ddof=0) > 1e-3  # where the two differ
+    assert checked

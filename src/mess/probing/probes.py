@@ -24,6 +24,9 @@ from mess.constants import PROBE_KINDS
 from mess.probing.ridge import fit_ridge_loo
 
 ALPHAS = np.logspace(-2, 6, 17)
+# the spread of fold scores the reports give: as scikit-learn gives it (GridSearchCV's std_test_score, its guide's
+# scores.std()), so the figures compare; an interval takes the per-fold scores with ddof 1 (docs/probing.md)
+FOLD_STD = "population std, ddof 0, as scikit-learn's std_test_score; per-fold scores for intervals"
 MLP_HIDDEN = 256
 
 
@@ -197,7 +200,7 @@ class ProbeScores:
     layers: tuple[str, ...]
     targets: tuple[str, ...]
     r2: np.ndarray  # [n_layers, n_targets]
-    r2_std: np.ndarray  # [n_layers, n_targets]
+    r2_std: np.ndarray  # [n_layers, n_targets]: FOLD_STD
     r2_folds: np.ndarray | None = None  # [n_layers, n_folds, n_targets]: the folds are the same for every layer
 
 
@@ -227,4 +230,4 @@ def probe_layers(layers: Sequence[tuple[str, Callable[[], np.ndarray]]], y: np.n
                 on_layer(done)
     names = tuple(n for n, _ in layers)
     per_fold = np.array([results[n] for n in names])
-    return ProbeScores(names, tuple(target_names), per_fold.mean(axis=1), per_fold.std(axis=1), per_fold)
+    return ProbeScores(names, tuple(target_names), per_fold.mean(axis=1), per_fold.std(axis=1, ddof=0), per_fold)

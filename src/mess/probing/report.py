@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from mess.probing.probes import ProbeScores
+from mess.probing.probes import FOLD_STD, ProbeScores
 from mess.probing.targets import ASPECTS, TARGETS, aspect_targets
 from mess.store.paths import replace_file
 from mess.store.reports import report_paths
@@ -149,7 +149,8 @@ class ProbeReport:
             "seconds": round(self.seconds, 2),
             "probed_at": self.probed_at,
             "tracks_digest": self.tracks_digest,
-            "metric": "out-of-fold R^2 = 1 - MSE(test fold) / Var(target over all tracks); mean and std over folds; "
+            "metric": "out-of-fold R^2 = 1 - MSE(test fold) / Var(target over all tracks); mean and std over folds "
+            f"({FOLD_STD}); "
             "aspect score = mean over the aspect's targets of max(R^2, 0)",
             "targets": [{"name": t.name, "aspect": t.aspect, "meaning": t.meaning} for t in TARGETS],
             "aspects": [vars(c) for c in self.aspects],

@@ -23,6 +23,7 @@ from mess.constants import counted
 from mess.extract.runs import run_policy
 from mess.probing.controls import shuffled_rows
 from mess.probing.probes import (
+    FOLD_STD,
     Folds,
     ProbeError,
     ProbeScores,
@@ -86,7 +87,7 @@ class TargetReport:
             "targets_file": self.source, "probe": self.probe, "seed": self.seed, "probed_at": self.probed_at,
             "seconds": round(self.seconds, 2), "unknown_rows": self.unknown_rows,
             "metric": "numbers: out-of-fold R^2 = 1 - MSE(test fold) / Var(target over its tracks); labels: "
-                      "out-of-fold accuracy; mean and std over folds",
+                      f"out-of-fold accuracy; mean and std over folds ({FOLD_STD})",
             "targets": [asdict(t) for t in self.targets],
             "best": {t: {"layer": layer, "score": score_number(score)} for t, (layer, score) in self.best().items()},
             "conditions": {name: {"score": table(s, s.r2), "score_std": table(s, s.r2_std),
@@ -161,12 +162,14 @@ def probe_targets(store: FeatureStore, run: Run, targets: TargetFile, options: P
 
 
 def _summary(per_layer: list[list[np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std over folds [layers, targets] of per-fold scores (NaN for a target not probed)."""
+    """Mean and std over folds [layers, targets] of per-fold scores (NaN for a target not probed; the std as
+    :data:`~mess.probing.probes.FOLD_STD` says)."""
     def stat(f: np.ndarray | None, how: Callable[[np.ndarray], float]) -> float:
         return np.nan if f is None else how(f)
 
     return (np.array([[stat(f, np.mean) for f in row] for row in per_layer], dtype=np.float64),
-            np.array([[stat(f, np.std) for f in row] for row in per_layer], dtype=np.float64))
+            np.array([[stat(f, lambda v: float(np.std(v, ddof=0))) for f in row] for row in per_layer],
+                     dtype=np.float64))
 
 
 Plan = tuple[np.ndarray, np.ndarray, Folds]  # rows (into the run's tracks in content order), values, folds
