@@ -145,3 +145,28 @@ def test_the_probe_std_is_the_population_std_of_its_fold_scores(extracted_store:
                 assert std == pytest.approx(np.std(folds, ddof=0), abs=2e-4), (condition, layer, target)
                 checked += np.std(folds, ddof=1) - np.std(folds, ddof=0) > 1e-3  # where the two differ
     assert checked
+
+
+def test_group_by_artist_with_fewer_artists_than_folds_leaves_one_artist_out(extracted_store: Path,
+                                                                               tmp_path: Path) -> None:
+    """`mess probe --targets --group-by artist` on 4 artists and 5 folds fell back to shuffled KFold: every artist on
+    both sides of a split, so a label that follows the artist scored 1.00, the leak the option was asked to
+    prevent. Now one fold per artist; the ceiling of that label is then 0 (no artist teaches another's era)."""
+    from mess.probing.study import ProbeOptions
+    from mess.probing.user_probe import probe_targets
+    from mess.probing.user_targets import read_targets
+
+    store = FeatureStore(extracted_store, readonly=True)
+    try:
+        run = store.run("dsp")
+        tracks = store.tracks(run)
+        (tmp_path / "t.csv").write_text("id,who\n" + "".join(f"{t.id},{t.artist.lower()}\n" for t in tracks))
+        report = probe_targets(store, run, read_targets(store, tmp_path / "t.csv"),
+                               ProbeOptions(seed=0, group_by="artist", controls=()))
+    finally:
+        store.close()
+    artists = {t.artist for t in tracks}
+    assert 2 <= len(artists) < 5  # fewer artists than the default 5 folds: the case
+    info = report.targets[0]
+    assert info.folds.startswith(f"GroupKFold({len(artists)}) by artist"), info.folds
+    assert info.ceiling == 0.0  # each fold's artist (its label) is in no training fold

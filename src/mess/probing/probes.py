@@ -50,7 +50,8 @@ class Folds:
 
 
 def make_folds(n: int, candidates: Sequence[tuple[str, Sequence[str | None]]], n_folds: int = 5,
-               seed: int = 0, same: Sequence[str] | None = None, ungrouped: str | None = None) -> Folds:
+               seed: int = 0, same: Sequence[str] | None = None, ungrouped: str | None = None,
+               asked: bool = False) -> Folds:
     """K folds grouped by the first metadata field with at least ``n_folds`` distinct values.
 
     Tracks missing that field form groups of their own, so they can never pair with a
@@ -60,7 +61,9 @@ def make_folds(n: int, candidates: Sequence[tuple[str, Sequence[str | None]]], n
     Without a usable field the folds are plain shuffled K-fold. Rows with one ``same`` key (the content hash:
     copies of one file, whose vectors and targets are equal) always share a fold: a copy on the other side
     would predict its twin exactly. ``ungrouped``: why the folds are shuffled, said in the scheme, where the caller
-    gave no candidates on purpose.
+    gave no candidates on purpose. ``asked``: the candidates were asked for (`--group-by album` or `artist`), so a
+    field of 2 or more distinct values, fewer than ``n_folds``, makes one fold of each (leave one group out) rather
+    than shuffled folds that put a group on both sides.
     """
     keys: list[object] = list(range(n)) if same is None else list(same)
     distinct = len(set(keys))
@@ -76,13 +79,15 @@ def make_folds(n: int, candidates: Sequence[tuple[str, Sequence[str | None]]], n
         groups = np.array([v if v is not None else f"\0track{i}" for i, v in enumerate(values)], dtype=object)
         groups = _joined(groups, keys) if copies else groups
         sizes = Counter(groups.tolist())
-        if len(sizes) >= n_folds:
-            usable.append((max(sizes.values()) > n / n_folds, field, groups, len(sizes)))
+        if len(sizes) >= n_folds or (asked and len(sizes) >= 2):
+            usable.append((max(sizes.values()) > n / min(n_folds, len(sizes)), field, groups, len(sizes)))
     kept = "; copies of one file kept in one fold" if copies else ""
     if usable:  # the first field without an oversized group, else the first field (grouped beats leaky)
         _, field, groups, n_groups = min(usable, key=lambda u: u[0])
-        splits = list(GroupKFold(n_splits=n_folds).split(np.zeros(n), groups=groups))
-        return Folds(splits, f"GroupKFold({n_folds}) by {field} ({n_groups} groups){kept}", field, groups)
+        k = min(n_folds, n_groups)
+        fewer = f", fewer than {n_folds} folds: one each" if k < n_folds else ""
+        splits = list(GroupKFold(n_splits=k).split(np.zeros(n), groups=groups))
+        return Folds(splits, f"GroupKFold({k}) by {field} ({n_groups} groups{fewer}){kept}", field, groups)
     untagged = all(v is None for _, values in candidates for v in values)
     reason = ungrouped or ("no artist/album tags" if untagged else "too few distinct artists/albums") + " to group by"
     unique = list(dict.fromkeys(keys))  # without copies: the rows themselves, in order

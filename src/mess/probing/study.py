@@ -122,7 +122,8 @@ def _probe(store: FeatureStore, run: Run, layers: list[str], targets: TrackTarge
     if shuffle:
         y = shuffled_rows(y, options.seed)
     folds = make_folds(len(ids), fold_meta(chosen, options.group_by), options.folds, options.seed,
-                       same=[t.content_hash for t in chosen], ungrouped=ungrouped(options.group_by))
+                       same=[t.content_hash for t in chosen], ungrouped=ungrouped(options.group_by),
+                       asked=options.group_by not in ("auto", "none"))
 
     def loader(layer: str) -> Callable[[], np.ndarray]:
         def load() -> np.ndarray:  # rows looked up by id: a track gone meanwhile shifted every row after it

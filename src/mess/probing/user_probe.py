@@ -195,7 +195,8 @@ def _plan(target: UserTarget, tracks: list[Track], options: ProbeOptions) -> Pla
         y = np.array(raw, dtype=np.float64)
     try:
         folds = make_folds(len(rows), fold_meta(chosen, options.group_by), options.folds, options.seed,
-                           same=[t.content_hash for t in chosen], ungrouped=ungrouped(options.group_by))
+                           same=[t.content_hash for t in chosen], ungrouped=ungrouped(options.group_by),
+                           asked=options.group_by not in ("auto", "none"))
     except ProbeError as exc:  # too few tracks for this target: the others are still probed
         return str(exc)
     return rows, y, folds
