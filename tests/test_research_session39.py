@@ -170,3 +170,18 @@ def test_group_by_artist_with_fewer_artists_than_folds_leaves_one_artist_out(ext
     info = report.targets[0]
     assert info.folds.startswith(f"GroupKFold({len(artists)}) by artist"), info.folds
     assert info.ceiling == 0.0  # each fold's artist (its label) is in no training fold
+
+
+def test_a_label_file_names_tracks_by_track_id_as_export_and_probe_do(extracted_store: Path, tmp_path: Path) -> None:
+    """`mess export` names the id column `track_id` and `mess probe --targets` reads it; `mess evaluate --labels` (and
+    `mess fuse train --labels`) refused such a file: "needs an id, path or file column"."""
+    from mess.search.evaluate import read_label_csv
+
+    labels, moods, _ = _moods(extracted_store, tmp_path)
+    labels.write_text(labels.read_text().replace("id,mood", "Track_ID,mood", 1))
+    store = FeatureStore(extracted_store, readonly=True)
+    try:
+        read = read_label_csv(store, labels, "mood")
+    finally:
+        store.close()
+    assert read.labels == moods and read.column == "id" and [ref for _, ref in read.unknown] == ["99999"]

@@ -138,7 +138,8 @@ _MATCHES = {"id": "an id matches the track of that id in the store (or a file na
 
 
 def read_label_csv(store: FeatureStore, path: str | Path, field: str, *, field_given: bool = True) -> LabelFile:
-    """Labels from a CSV with an ``id``, ``path`` or ``file`` column and a ``field`` or ``label`` one (artist and
+    """Labels from a CSV with an ``id`` (or ``track_id``, as `mess export` names it), ``path`` or ``file`` column and
+    a ``field`` or ``label`` one (artist and
     composer labels by :func:`~mess.audio.names.label_key`, as from tags: a ``field`` column, or a ``label`` one
     when ``field_given``; the default field does not make a file's own ``label`` column artist credits, whose
     'Ambient; Dark' and 'Ambient; Bright' would be one label).
@@ -167,16 +168,16 @@ def read_label_csv(store: FeatureStore, path: str | Path, field: str, *, field_g
         raise LabelError(f"cannot read label file {path}: {exc}") from exc
     header = [c for c in reader.fieldnames or () if c is not None]
     named = {c.strip().casefold(): c for c in reversed(header)}  # 'ID', ' label ': the first of each name
-    ref_kind = next((c for c in ("id", "path", "file") if c in named), None)
+    ref_name = next((c for c in ("id", "track_id", "path", "file") if c in named), None)
     label_col = named.get(field.strip().casefold(), named.get("label"))
-    if ref_kind is None or label_col is None:
+    if ref_name is None or label_col is None:
         raise LabelError(
             f"{path} needs an id, path or file column and a {field!r} or 'label' column; "
             f"it has {sorted(header) or 'no header'}"
         )
+    ref_col, ref_kind = named[ref_name], "id" if ref_name == "track_id" else ref_name
     if not rows:
         raise LabelError(f"{path} has a header and no rows: no labels")
-    ref_col = named[ref_kind]
     # artists and composers as in tags (the main artist, spelled any way): from their own column, or any when asked
     key_field = field if field_given or label_col.strip().casefold() == field.strip().casefold() else "label"
     labels: dict[int, tuple[str, str, int]] = {}  # track id -> (label, as written, the line that gave it)
