@@ -185,3 +185,25 @@ def test_a_label_file_names_tracks_by_track_id_as_export_and_probe_do(extracted_
     finally:
         store.close()
     assert read.labels == moods and read.column == "id" and [ref for _, ref in read.unknown] == ["99999"]
+
+
+def test_the_artist_hybrid_says_when_too_few_artists_are_held_out(extracted_store: Path, tmp_path: Path) -> None:
+    """`mess artists hybrid` on 4 reference artists held 1 out and reported its scores and weights with no word that
+    one artist concludes nothing (the fusion report and `mess evaluate` say so of small held-out parts)."""
+    from mess.artists.hybrid import fit_hybrid
+
+    composers = ["Bach", "Haydn", "Mozart", "Palestrina"]
+    (tmp_path / "similar.json").write_text(json.dumps({c: [o for o in composers if o != c] for c in composers}))
+    done = CliRunner().invoke(app, ["artists", "hybrid", "--reference", str(tmp_path / "similar.json"), "--store",
+                                    str(extracted_store), "--model", "dsp", "--no-save", "--json"])
+    assert done.exit_code == 0, done.output
+    fit = json.loads(done.stdout[done.stdout.index("{"):])
+    assert fit["test_queries"] == round(0.3 * len(composers))
+    assert fit["caveat"].startswith(f"the held-out split holds {fit['test_queries']} reference artist: too few")
+
+    rng = np.random.default_rng(0)  # 20 artists in 4 scenes: 6 held out, enough to say nothing
+    scene = np.repeat(np.arange(4), 5)
+    audio = (scene[:, None] == scene[None, :]) + 0.1 * rng.random((20, 20))
+    matched = {a: [b for b in range(20) if scene[b] == scene[a] and b != a] for a in range(20)}
+    big = fit_hybrid({"audio": (audio + audio.T) / 2}, matched, k=4)
+    assert big.test_queries == 6 and big.caveat is None

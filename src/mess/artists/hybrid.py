@@ -28,6 +28,7 @@ COMPONENTS = ("audio", "genre", "collab", "reference")
 WEIGHTS_FILE = ARTIST_WEIGHTS_FILE  # learned weights, in the store's reports folder
 WEIGHT_GRID = np.linspace(0.0, 1.0, 11)
 MAX_PASSES = 10
+MIN_TEST_ARTISTS = 5  # below, the held-out comparison is inconclusive (as the fusion report's and evaluate's labels)
 _TAG_SPLIT = re.compile(r"\s*[;,/|]\s*")
 
 
@@ -193,9 +194,19 @@ class HybridFit:
     train_ndcg: float
     test: dict[str, Metrics]  # 'hybrid', 'equal', and one entry per component
 
+    @property
+    def caveat(self) -> str | None:
+        """A sentence when too few held-out reference artists back the comparison of scorings, else None."""
+        if self.test_queries >= MIN_TEST_ARTISTS:
+            return None
+        held = f"{self.test_queries} reference artist" + ("" if self.test_queries == 1 else "s")
+        return (f"the held-out split holds {held}: too few to conclude which scoring is best, or that the learned "
+                f"weights carry over (want >= {MIN_TEST_ARTISTS}: more reference artists in the collection, or a "
+                "larger --test-fraction)")
+
     def to_dict(self) -> dict:
-        """JSON-ready form."""
-        return {**asdict(self), "test": {name: asdict(m) for name, m in self.test.items()}}
+        """JSON-ready form, with the :attr:`caveat`."""
+        return {**asdict(self), "test": {name: asdict(m) for name, m in self.test.items()}, "caveat": self.caveat}
 
 
 def fit_hybrid(

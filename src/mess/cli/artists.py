@@ -390,6 +390,8 @@ def _print_hybrid(result: HybridWeights) -> None:
     if left := [c for c in COMPONENTS if c not in fit.weights]:  # a component with no information is not fitted
         note("left out of the blend, with no information in this collection: "
              + "; ".join(f"{c} ({why.get(c, 'every pair of artists scores the same')})" for c in left))
+    if fit.caveat:
+        console.print(f"[yellow]caveat:[/] {plain(fit.caveat)}")
     if result.saved:
         console.print(f"saved -> {result.saved}")
 
