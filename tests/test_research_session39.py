@@ -207,3 +207,17 @@ def test_the_artist_hybrid_says_when_too_few_artists_are_held_out(extracted_stor
     matched = {a: [b for b in range(20) if scene[b] == scene[a] and b != a] for a in range(20)}
     big = fit_hybrid({"audio": (audio + audio.T) / 2}, matched, k=4)
     assert big.test_queries == 6 and big.caveat is None
+
+
+def test_artist_validation_says_when_too_few_reference_artists_back_it(extracted_store: Path,
+                                                                        tmp_path: Path) -> None:
+    """`mess artists validate` on 4 reference artists starred a best layer with no word that 4 queries conclude
+    nothing."""
+    composers = ["Bach", "Haydn", "Mozart", "Palestrina"]
+    (tmp_path / "similar.json").write_text(json.dumps({c: [o for o in composers if o != c] for c in composers}))
+    done = CliRunner().invoke(app, ["artists", "validate", "--reference", str(tmp_path / "similar.json"), "--store",
+                                    str(extracted_store), "--model", "dsp", "-k", "2", "--json"])
+    assert done.exit_code == 0, done.output
+    report = json.loads(done.stdout[done.stdout.index("{"):])
+    assert report["coverage"]["usable_queries"] == len(composers)
+    assert report["caveat"].startswith(f"{len(composers)} reference artists with a list in the collection: too few")

@@ -48,7 +48,7 @@ from mess.artists.similarity import (
     similarity_row,
     top_k,
 )
-from mess.artists.validate import Metrics, evaluate, random_baseline
+from mess.artists.validate import MIN_QUERIES, Metrics, evaluate, random_baseline
 from mess.constants import FUSED, counted
 from mess.search.query import stale_aspect_map
 from mess.store import FeatureStore, Run, StoreError
@@ -423,13 +423,22 @@ class LayerValidation:
     baseline: Metrics
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def caveat(self) -> str | None:
+        """A sentence when too few reference artists (queries) back the comparison of layers, else None."""
+        n = self.coverage.usable_queries
+        if n >= MIN_QUERIES:
+            return None
+        return (f"{n} reference artist{'' if n == 1 else 's'} with a list in the collection: too few to conclude "
+                f"which layer agrees best with the lists (want >= {MIN_QUERIES})")
+
     def to_dict(self) -> dict:
-        """JSON-ready form."""
+        """JSON-ready form, with the :attr:`caveat`."""
         other = f"ndcg_{'raw' if self.options.center else 'centered'}"
         return {"model": self.run.model, "k": self.k, "method": self.options.method,
                 "centered": self.options.center, "coverage": self.coverage.to_dict(),
                 "layers": [{"layer": label, **vars(m), other: o} for label, m, o in self.layers],
-                "random": vars(self.baseline)}
+                "random": vars(self.baseline), "caveat": self.caveat}
 
 
 def validate_layers(store: FeatureStore, reference: Path, k: int, options: ArtistOptions,

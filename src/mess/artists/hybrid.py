@@ -19,7 +19,7 @@ import numpy as np
 
 from mess.artists.credits import collaboration_similarity, track_credits
 from mess.artists.profiles import ArtistError, ArtistSet
-from mess.artists.validate import Metrics, evaluate
+from mess.artists.validate import MIN_QUERIES, Metrics, evaluate
 from mess.audio.names import credit_key, name_key
 from mess.constants import ARTIST_WEIGHTS_FILE
 from mess.store.paths import replace_file
@@ -28,7 +28,6 @@ COMPONENTS = ("audio", "genre", "collab", "reference")
 WEIGHTS_FILE = ARTIST_WEIGHTS_FILE  # learned weights, in the store's reports folder
 WEIGHT_GRID = np.linspace(0.0, 1.0, 11)
 MAX_PASSES = 10
-MIN_TEST_ARTISTS = 5  # below, the held-out comparison is inconclusive (as the fusion report's and evaluate's labels)
 _TAG_SPLIT = re.compile(r"\s*[;,/|]\s*")
 
 
@@ -197,11 +196,11 @@ class HybridFit:
     @property
     def caveat(self) -> str | None:
         """A sentence when too few held-out reference artists back the comparison of scorings, else None."""
-        if self.test_queries >= MIN_TEST_ARTISTS:
+        if self.test_queries >= MIN_QUERIES:
             return None
         held = f"{self.test_queries} reference artist" + ("" if self.test_queries == 1 else "s")
         return (f"the held-out split holds {held}: too few to conclude which scoring is best, or that the learned "
-                f"weights carry over (want >= {MIN_TEST_ARTISTS}: more reference artists in the collection, or a "
+                f"weights carry over (want >= {MIN_QUERIES}: more reference artists in the collection, or a "
                 "larger --test-fraction)")
 
     def to_dict(self) -> dict:

@@ -9,6 +9,7 @@ import numpy as np
 from mess.artists.profiles import ArtistError
 
 RANDOM_REPEATS = 20
+MIN_QUERIES = 5  # reference artists below which comparing scorings concludes nothing (as the fusion report's labels)
 
 
 @dataclass(frozen=True)

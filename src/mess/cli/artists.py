@@ -330,6 +330,8 @@ def _print_validation(result: LayerValidation) -> None:
         "",
     )
     stdout.print(table)
+    if result.caveat:
+        console.print(f"[yellow]caveat:[/] {plain(result.caveat)}")
 
 
 def hybrid_command(
