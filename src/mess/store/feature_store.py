@@ -30,7 +30,7 @@ from mess.store.errors import CATALOG_ADVICE, StoreDamaged, StoreError
 from mess.store.lock import StoreLock
 from mess.store.memo import MEMO
 from mess.store.paths import expanded
-from mess.store.wal import lost_commits, note
+from mess.store.wal import deleted_log, held_message, holder, lost_commits, note
 
 _CONNECTIONS = itertools.count()
 
@@ -51,6 +51,14 @@ def _lost_catalog(db: Path) -> str | None:
     if db.stat().st_size == 0 and not (wal.exists() and wal.stat().st_size):
         return "empty"
     return None
+
+
+def _size(path: Path) -> int:
+    """``path``'s size in bytes, 0 when it is not there."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _file_system_note(root: Path) -> str:
@@ -152,15 +160,16 @@ class FeatureStore(AspectMaps):
         """Commits a damaged WAL file (``catalog.sqlite-wal``) holds past the damage, which SQLite is about to drop
         silently: noted in the store for `mess check` (see :mod:`mess.store.wal`) and said here, one line; None when
         none. Read before SQLite opens the file (its recovery and the next write erase the evidence), and only
-        while no writer holds the lock (one appending or restarting the log would make a torn read)."""
+        while no writer holds the lock (one appending or restarting the log would make a torn read). A log deleted
+        while another process has the store open is StoreError saying what keeps its commits (SQLite would say only
+        'disk I/O error' until that process ends, and lose them then)."""
         wal = db.with_name(db.name + "-wal")
-        try:
-            if not wal.stat().st_size:
-                return None
-        except OSError:
-            return None
-        with self.lock.trying() as held:
-            damage = lost_commits(wal) if held else None
+        damage = deleted_log(wal)  # reads the -shm index alone: no writer's log to tear
+        if damage is not None and (pid := holder(wal)) is not None:
+            raise StoreError(held_message(self.root, pid))
+        if damage is None and _size(wal):
+            with self.lock.trying() as held:
+                damage = lost_commits(wal) if held else None
         if damage is None:
             return None
         message, kept = note(self.root, damage)

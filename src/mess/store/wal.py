@@ -20,7 +20,9 @@ Format: https://www.sqlite.org/fileformat2.html#walformat (and ``wal.c``'s wal-i
 
 from __future__ import annotations
 
+import fcntl
 import os
+import struct
 import sys
 import time
 from dataclasses import dataclass
@@ -59,6 +61,8 @@ class WalDamage:
         if self.commits:
             what = (f"{wal} was changed on disk: {self.commits} commit{'s' if self.commits > 1 else ''} past frame "
                     f"{self.damaged_at} were lost")
+        elif not self.damaged_at:
+            what = f"{wal} was deleted or emptied on disk: the commits up to frame {self.claimed} were lost"
         else:
             what = (f"{wal} was cut short on disk at frame {self.damaged_at}: the commits up to frame {self.claimed} "
                     "were lost")
@@ -117,7 +121,7 @@ def lost_commits(wal: Path) -> WalDamage | None:
     Read it while no writer can append to the log or restart it (under the store's write lock)."""
     data = _read(wal)
     if len(data) < _HEADER:
-        return None
+        return deleted_log(wal)
     magic = int.from_bytes(data[:4], "big")
     page = int.from_bytes(data[8:12], "big")
     salts = data[16:24]
@@ -134,7 +138,7 @@ def lost_commits(wal: Path) -> WalDamage | None:
     size = _FRAME_HEADER + page
     n = (len(data) - _HEADER) // size
     if not n:
-        claimed = _claimed(wal.with_name(wal.name[: -len("-wal")] + "-shm"), salts)
+        claimed = _claimed(_shm(wal), salts)
         return WalDamage(0, 1, 0, claimed, f"{salts.hex()}:{claimed}") if claimed and header_ok else None
     frames = np.frombuffer(data, dtype=np.uint8, count=n * size, offset=_HEADER).reshape(n, size)
     if not header_ok:  # its salts may be what changed: the log's frames carry them too
@@ -156,7 +160,7 @@ def lost_commits(wal: Path) -> WalDamage | None:
         first_bad = 0
     valid = int(np.flatnonzero(commit[:first_bad])[-1]) + 1 if commit[:first_bad].any() else 0
     commits = int((later & commit).sum())
-    claimed = _claimed(wal.with_name(wal.name[: -len("-wal")] + "-shm"), salts)
+    claimed = _claimed(_shm(wal), salts)
     if not commits and claimed <= valid:
         return None
     if _read(wal) != data:  # written meanwhile (by a thread of this process, whose lock is shared): look later
@@ -164,6 +168,69 @@ def lost_commits(wal: Path) -> WalDamage | None:
     last = int(np.flatnonzero(later & commit)[-1]) if commits else -1  # rewritten only with the frames before it
     key = f"{salts.hex()}:{stored[last, 0]:08x}{stored[last, 1]:08x}" if commits else f"{salts.hex()}:{claimed}"
     return WalDamage(valid, first_bad + 1, commits, claimed if claimed > valid else 0, key)
+
+
+def deleted_log(wal: Path) -> WalDamage | None:
+    """The commits a log deleted or emptied on disk took with it (``damaged_at`` 0): the ``-shm`` index beside it
+    names committed frames not yet folded into the catalog, which SQLite does before it deletes or empties a log
+    itself; None otherwise (also for a log that holds a header: :func:`lost_commits`)."""
+    try:
+        if wal.stat().st_size >= _HEADER:
+            return None
+    except OSError:
+        pass
+    head = _index(_shm(wal))
+    if head is None:
+        return None
+    last, folded = int.from_bytes(head[16:20], sys.byteorder), int.from_bytes(head[96:100], sys.byteorder)
+    return WalDamage(0, 0, 0, last, f"{head[32:40].hex()}:{last}") if last > folded else None
+
+
+def holder(wal: Path) -> int | None:
+    """The id of another process that has the catalog open (SQLite's read lock on byte 128 of the ``-shm`` file
+    beside ``wal``, held while a connection is open), None when none holds it or it cannot be told."""
+    fd = _shm_fd(_shm(wal))
+    if fd is None:
+        return None
+    try:
+        got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 128, 1, 0))
+    except OSError:
+        return None
+    kind, _, _, _, pid = struct.unpack("hhqqi4x", got)
+    return pid if kind != fcntl.F_UNLCK and pid > 0 else None
+
+
+def held_message(root: Path, pid: int) -> str:
+    """What to do about a log deleted while process ``pid`` has the store open (:func:`holder`)."""
+    wal = root / "catalog.sqlite-wal"
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        command = ""
+    keep = next((f"copy it back first, `cp /proc/{pid}/fd/{fd} {wal}`, or " for fd in _descriptors(pid)
+                 if _link(f"/proc/{pid}/fd/{fd}") == f"{wal.absolute()} (deleted)"), "")
+    return (f"{root}: catalog.sqlite-wal was deleted while process {pid}{f' ({command})' if command else ''} had the "
+            "store open: the catalog is whole, but its latest commits are only in that process's open copy of the "
+            f"file, and nothing can read the store until that process ends: {keep}end it (those commits are then "
+            "lost; the files they embedded are embedded again by the next `mess extract`)")
+
+
+def _descriptors(pid: int) -> list[str]:
+    try:
+        return os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return []
+
+
+def _link(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
+def _shm(wal: Path) -> Path:
+    return wal.with_name(wal.name[: -len("-wal")] + "-shm")
 
 
 def _changed_header(data: bytes, stored_header: tuple[int, int]) -> tuple[bool, int] | None:
@@ -225,16 +292,25 @@ def _checksums(rows: np.ndarray, seeds: np.ndarray, big: bool) -> np.ndarray:
 def _claimed(shm: Path, salts: bytes) -> int:
     """The last committed frame the ``-shm`` index beside the log names, if it is whole and about this log (its
     salts); 0 otherwise."""
+    head = _index(shm)
+    if head is None or head[32:40] != salts:
+        return 0
+    return int.from_bytes(head[16:20], sys.byteorder)
+
+
+def _index(shm: Path) -> bytes | None:
+    """The ``-shm`` file's first 100 bytes when its wal-index header is whole (both copies equal, its checksum,
+    SQLite's version 3007000, initialised); None otherwise."""
     head = _shm_header(shm)
-    if head is None or len(head) < 96 or head[:48] != head[48:96]:
-        return 0
+    if head is None or len(head) < 100 or head[:48] != head[48:96]:
+        return None
     order = sys.byteorder
-    if int.from_bytes(head[0:4], order) != 3007000 or not head[12] or head[32:40] != salts:
-        return 0
+    if int.from_bytes(head[0:4], order) != 3007000 or not head[12]:
+        return None
     if _checksum(head[:40], (0, 0), order == "big") != (int.from_bytes(head[40:44], order),
                                                         int.from_bytes(head[44:48], order)):
-        return 0
-    return int.from_bytes(head[16:20], order)
+        return None
+    return head
 
 
 # (device, inode) -> a descriptor of that -shm file, open for the life of the process: closing any descriptor of a
@@ -245,7 +321,17 @@ _SHM_FILES_MAX = 64  # beyond that, the -shm index is not read (the frames are)
 
 
 def _shm_header(shm: Path) -> bytes | None:
-    """The first 96 bytes of ``shm`` (two copies of the wal-index header), read through a descriptor never closed."""
+    """The first 100 bytes of ``shm`` (two copies of the wal-index header, then the count of frames folded into the
+    catalog), read through a descriptor never closed."""
+    fd = _shm_fd(shm)
+    try:
+        return None if fd is None else os.pread(fd, 100, 0)
+    except OSError:
+        return None
+
+
+def _shm_fd(shm: Path) -> int | None:
+    """This process's descriptor of ``shm``, opened once and never closed (None when it cannot be opened)."""
     try:
         st = shm.stat()
         fd = _SHM_FILES.get((st.st_dev, st.st_ino))
@@ -255,6 +341,6 @@ def _shm_header(shm: Path) -> bytes | None:
             fd = os.open(shm, os.O_RDONLY | os.O_CLOEXEC)
             st = os.fstat(fd)
             fd = _SHM_FILES.setdefault((st.st_dev, st.st_ino), fd)
-        return os.pread(fd, 96, 0)
+        return fd
     except OSError:
         return None

@@ -1,0 +1,81 @@
+"""Trust red team (session 39): the store's write-ahead log deleted while another process has the store open
+(notes/trust_session39.md)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import soundfile as sf
+
+from conftest import mess_here
+
+GC = ["--model", "dsp", "--window", "1", "--max-windows", "64"]  # dsp: 80-byte rows, a row per second of audio
+
+# a process that has the store open, as `mess serve` has: it reads the catalog, says so, and waits for its stdin
+_HOLDER = ("import sys; from mess.store import FeatureStore; fs = FeatureStore(sys.argv[1], readonly=True); "
+           "print(len(fs.tracks()), flush=True); sys.stdin.readline()")
+
+
+def _clips(wesnoth_tracks: list[Path], music: Path) -> None:
+    """3 s of three Wesnoth tracks, in music/a, music/b and music/c."""
+    by_name = {p.name: p for p in wesnoth_tracks}
+    for folder, name in (("a", "battle.ogg"), ("b", "sad.ogg"), ("c", "battle.ogg")):
+        (music / folder).mkdir(parents=True)
+        audio, rate = sf.read(by_name[name], start=(20 if folder != "c" else 40) * 44100, frames=3 * 44100,
+                              dtype="float32")
+        sf.write(music / folder / f"{folder}.wav", audio, rate)
+
+
+def _check(store: Path) -> dict[str, object]:
+    done = mess_here("check", "--json", "--store", str(store))
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)
+
+
+def test_a_wal_deleted_while_a_reader_has_the_store_open_says_how_to_keep_its_commits_and_notes_their_loss(
+        wesnoth_tracks: list[Path], tmp_path: Path) -> None:
+    """catalog.sqlite-wal deleted (a clean-up, a sync tool) while a reader (a server) has the store open: SQLite
+    answered 'disk I/O error' to every command, which mess called a damaged catalog ("restore catalog.sqlite from a
+    backup, or move the store aside and extract again": all work lost), though the catalog is whole and the commits
+    live on in the reader's open copy. Once the reader ended, they were lost without a word (`mess check`: rows past
+    the catalog's last, "an interrupted write"). Now every command names the process and the copy to put back, which
+    keeps them; and a loss is noted as lost commits."""
+    music, store = tmp_path / "music", tmp_path / "store"
+    _clips(wesnoth_tracks, music)
+    wal = store / "catalog.sqlite-wal"
+    assert mess_here("extract", str(music / "a"), *GC, "--store", str(store)).returncode == 0
+    for folder, keep in (("b", True), ("c", False)):
+        holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(store)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == ("1" if keep else "2")
+            assert mess_here("extract", str(music / folder), *GC, "--store", str(store)).returncode == 0
+            assert wal.stat().st_size > 0  # its commits, not folded into the catalog while the holder reads
+            wal.unlink()
+            said = mess_here("similar", "1", "--store", str(store))
+            told = " ".join(said.stderr.split())
+            assert said.returncode == 1 and "Traceback" not in said.stderr, said.stderr
+            assert f"catalog.sqlite-wal was deleted while process {holder.pid} " in told, told
+            assert "backup" not in told and "damaged" not in told, told
+            copy = re.search(r"`cp (\S+) (\S+)`", told)
+            assert copy is not None and Path(copy[2]) == wal, told
+            if keep:
+                shutil.copyfile(copy[1], copy[2])  # as the message says
+        finally:
+            holder.communicate("\n", timeout=30)
+        report = _check(store)
+        if keep:  # b's commits kept: the catalog holds a and b, whole
+            assert report["problems"] == [], report
+            assert "0 embedded, 2 unchanged" in mess_here("extract", str(music / "a"), str(music / "b"), *GC,
+                                                          "--store", str(store)).stderr
+    kinds = {p["kind"] for p in report["problems"]}  # type: ignore[union-attr]
+    lost = [p["message"] for p in report["problems"] if p["kind"] == "lost-commits"]  # type: ignore[union-attr,index]
+    assert kinds <= {"lost-commits", "orphan-rows"} and len(lost) == 1, report
+    assert lost[0].startswith("catalog.sqlite-wal was deleted or emptied on disk"), lost
+    again = mess_here("extract", str(music), *GC, "--store", str(store))  # c, whose commits were lost
+    assert "1 embedded, 2 unchanged" in again.stderr, again.stderr
