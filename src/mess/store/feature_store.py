@@ -27,10 +27,11 @@ from mess.constants import DEFAULT_STORE
 from mess.store.aspects import AspectMaps
 from mess.store.catalog import closed_on_error, connect
 from mess.store.errors import CATALOG_ADVICE, StoreDamaged, StoreError
+from mess.store.holders import deleted_while_open, refusal
 from mess.store.lock import StoreLock
 from mess.store.memo import MEMO
 from mess.store.paths import expanded
-from mess.store.wal import deleted_log, held_message, holder, lost_commits, note
+from mess.store.wal import deleted_log, lost_commits, note
 
 _CONNECTIONS = itertools.count()
 
@@ -160,13 +161,13 @@ class FeatureStore(AspectMaps):
         """Commits a damaged WAL file (``catalog.sqlite-wal``) holds past the damage, which SQLite is about to drop
         silently: noted in the store for `mess check` (see :mod:`mess.store.wal`) and said here, one line; None when
         none. Read before SQLite opens the file (its recovery and the next write erase the evidence), and only
-        while no writer holds the lock (one appending or restarting the log would make a torn read). A log deleted
-        while another process has the store open is StoreError saying what keeps its commits (SQLite would say only
-        'disk I/O error' until that process ends, and lose them then)."""
+        while no writer holds the lock (one appending or restarting the log would make a torn read). A log or index
+        deleted while another process has the store open is StoreError naming it (:mod:`mess.store.holders`)."""
+        holder = deleted_while_open(db)
+        if holder is not None:
+            raise StoreError(refusal(self.root, *holder))
         wal = db.with_name(db.name + "-wal")
         damage = deleted_log(wal)  # reads the -shm index alone: no writer's log to tear
-        if damage is not None and (pid := holder(wal)) is not None:
-            raise StoreError(held_message(self.root, pid))
         if damage is None and _size(wal):
             with self.lock.trying() as held:
                 damage = lost_commits(wal) if held else None

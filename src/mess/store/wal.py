@@ -20,9 +20,7 @@ Format: https://www.sqlite.org/fileformat2.html#walformat (and ``wal.c``'s wal-i
 
 from __future__ import annotations
 
-import fcntl
 import os
-import struct
 import sys
 import time
 from dataclasses import dataclass
@@ -184,49 +182,6 @@ def deleted_log(wal: Path) -> WalDamage | None:
         return None
     last, folded = int.from_bytes(head[16:20], sys.byteorder), int.from_bytes(head[96:100], sys.byteorder)
     return WalDamage(0, 0, 0, last, f"{head[32:40].hex()}:{last}") if last > folded else None
-
-
-def holder(wal: Path) -> int | None:
-    """The id of another process that has the catalog open (SQLite's read lock on byte 128 of the ``-shm`` file
-    beside ``wal``, held while a connection is open), None when none holds it or it cannot be told."""
-    fd = _shm_fd(_shm(wal))
-    if fd is None:
-        return None
-    try:
-        got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 128, 1, 0))
-    except OSError:
-        return None
-    kind, _, _, _, pid = struct.unpack("hhqqi4x", got)
-    return pid if kind != fcntl.F_UNLCK and pid > 0 else None
-
-
-def held_message(root: Path, pid: int) -> str:
-    """What to do about a log deleted while process ``pid`` has the store open (:func:`holder`)."""
-    wal = root / "catalog.sqlite-wal"
-    try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        command = ""
-    keep = next((f"copy it back first, `cp /proc/{pid}/fd/{fd} {wal}`, or " for fd in _descriptors(pid)
-                 if _link(f"/proc/{pid}/fd/{fd}") == f"{wal.absolute()} (deleted)"), "")
-    return (f"{root}: catalog.sqlite-wal was deleted while process {pid}{f' ({command})' if command else ''} had the "
-            "store open: the catalog is whole, but its latest commits are only in that process's open copy of the "
-            f"file, and nothing can read the store until that process ends: {keep}end it (those commits are then "
-            "lost; the files they embedded are embedded again by the next `mess extract`)")
-
-
-def _descriptors(pid: int) -> list[str]:
-    try:
-        return os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return []
-
-
-def _link(path: str) -> str:
-    try:
-        return os.readlink(path)
-    except OSError:
-        return ""
 
 
 def _shm(wal: Path) -> Path:

@@ -1,0 +1,67 @@
+"""Processes that have a store's catalog open while its ``-wal`` or ``-shm`` file is deleted (Linux).
+
+SQLite keeps using the files it opened: a process that had the store open goes on with the deleted log and index,
+and a process opening the store now starts new ones. The two then disagree without a word: commits only the
+deleted log holds (what a reader kept from being folded into the catalog) are lost when that process ends, the
+new writers' commits never reach it, and a writer restarting the new log can overwrite frames its index still
+names. So while such a process lives the store is refused, naming it (found through ``/proc/locks``, where SQLite's
+connections hold a read lock on the catalog, and ``/proc/PID/fd``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_FILES = ("catalog.sqlite-wal", "catalog.sqlite-shm")
+
+
+def deleted_while_open(db: Path) -> tuple[int, list[str]] | None:
+    """(a process that has the catalog ``db`` open, the names of those of its -wal/-shm files it holds deleted),
+    the first such process; None when there is none or it cannot be told (no /proc, another user's process)."""
+    try:
+        st = db.stat()
+        locks = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = sorted({int(f[4]) for line in locks.splitlines() if len(f := line.split()) > 5 and f[5] == device
+                   and f[4].isdigit()})
+    folder = os.path.realpath(db.parent)
+    for pid in pids:
+        gone = sorted({name for fd in _descriptors(pid) for name in _FILES
+                       if _link(f"/proc/{pid}/fd/{fd}") == f"{folder}/{name} (deleted)"})
+        if gone:
+            return pid, gone
+    return None
+
+
+def refusal(root: Path, pid: int, gone: list[str]) -> str:
+    """What to do about process ``pid`` having the store at ``root`` open with its files ``gone`` deleted."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        command = ""
+    wal = Path(os.path.realpath(root)) / "catalog.sqlite-wal"
+    copy = next((f"/proc/{pid}/fd/{fd}" for fd in _descriptors(pid)
+                 if _link(f"/proc/{pid}/fd/{fd}") == f"{wal} (deleted)"), None)
+    keep = (f"; its latest commits are only in that process's open copy of catalog.sqlite-wal: `cp {copy} "
+            f"{root / 'catalog.sqlite-wal'}` keeps them (before it ends), then end it" if copy else
+            "; end it")
+    return (f"{root}: {' and '.join(gone)} {'was' if len(gone) == 1 else 'were'} deleted while process {pid}"
+            f"{f' ({command})' if command else ''} had the store open, so it and this command would no longer "
+            f"agree on what the catalog holds{keep} (a server: restart it) and run the command again")
+
+
+def _descriptors(pid: int) -> list[str]:
+    try:
+        return os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return []
+
+
+def _link(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
