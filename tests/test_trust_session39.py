@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import re
+import resource
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 
 from conftest import mess_here
@@ -83,3 +85,23 @@ def test_a_wal_deleted_while_a_reader_has_the_store_open_says_how_to_keep_its_co
     assert lost[0].startswith("catalog.sqlite-wal was deleted or emptied on disk"), lost
     again = mess_here("extract", str(music), *GC, "--store", str(store))  # c, whose commits were lost
     assert "1 embedded, 2 unchanged" in again.stderr, again.stderr
+
+
+def test_a_file_size_limit_is_named_where_sqlite_says_disk_io_error(tmp_path: Path) -> None:
+    """Under a file-size limit (`ulimit -f`: a shell's, a batch system's) SQLite meets EFBIG and says 'disk I/O
+    error': `mess extract` said "cannot open a feature store at STORE (disk I/O error)", with disk space to spare
+    and nothing to fix in sight. It now names the limit (the write path says it the same way)."""
+    music, store = tmp_path / "music", tmp_path / "store"
+    music.mkdir()
+    sf.write(music / "a.wav", 0.1 * np.sin(np.arange(3 * 22050) / 10.0), 22050)
+    limit = 64 * 1024  # the new catalog's schema alone is more
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    done = subprocess.run([sys.executable, "-m", "mess.cli", "extract", str(music), *GC, "--store", str(store)],
+                          capture_output=True, text=True, preexec_fn=limited, timeout=120)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 1 and "Traceback" not in said, said
+    assert f"cannot open a feature store at {store} (disk I/O error); this process may write files of at most " \
+           f"{limit // 1000} kB (`ulimit -f`)" in said, said

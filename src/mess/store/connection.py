@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import resource
 import sqlite3
 import sys
 import threading
@@ -26,6 +27,14 @@ def _command_name() -> str:
     """What this process is, for the lock holder note: 'mess extract', 'python bench.py', ..."""
     argv = [a for a in sys.argv[:2] if a] or ["python"]
     return " ".join([argv[0].rsplit("/", 1)[-1], *argv[1:]])
+
+
+def size_limit_note() -> str:
+    """'; this process may write files of at most 400 kB (`ulimit -f`)' under a file-size limit (SQLite says only
+    'disk I/O error' when it meets one; Python ignores the SIGXFSZ that would end the process), '' without one."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return "" if limit == resource.RLIM_INFINITY else f"; this process may write files of at most {limit // 1000} kB " \
+        "(`ulimit -f`)"
 
 
 class StoreConnection:
@@ -116,8 +125,10 @@ class StoreConnection:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         if isinstance(exc, OSError) and exc.filename:
             reason = f"{printable(str(exc.filename))}: {reason}"
-        return StoreError(f"cannot write to the store at {self.root} ({reason}); what was written before is "
-                          "kept: fix the cause (free disk space, say) and run the command again")
+        limit = size_limit_note()
+        return StoreError(f"cannot write to the store at {self.root} ({reason}{limit}); what was written before is "
+                          f"kept: fix the cause ({'raise the limit' if limit else 'free disk space'}, say) and run the "
+                          "command again")
 
     def _catalog_damaged(self, exc: sqlite3.DatabaseError) -> StoreDamaged:
         """What a read or write says when SQLite finds a damaged page of the catalog ('database disk image is

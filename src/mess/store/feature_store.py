@@ -26,6 +26,7 @@ from pathlib import Path
 from mess.constants import DEFAULT_STORE
 from mess.store.aspects import AspectMaps
 from mess.store.catalog import closed_on_error, connect
+from mess.store.connection import size_limit_note
 from mess.store.errors import CATALOG_ADVICE, StoreDamaged, StoreError
 from mess.store.holders import deleted_while_open, refusal
 from mess.store.lock import StoreLock
@@ -65,7 +66,7 @@ def _size(path: Path) -> int:
 def _file_system_note(root: Path) -> str:
     """Why the file system holding ``root`` may refuse SQLite (which says only 'disk I/O error' or 'unable to open
     database file'): '; it is on a read-only file system: ...', '; its disk is full (0 kB free): ...' (under 1 MB
-    left); '' otherwise."""
+    left), or this process's file-size limit; '' otherwise."""
     folder = next((p for p in (root, *root.absolute().parents) if p.exists()), root)
     try:
         st = os.statvfs(folder)
@@ -74,7 +75,9 @@ def _file_system_note(root: Path) -> str:
     if st.f_flag & os.ST_RDONLY:
         return "; it is on a read-only file system: open it read-only (search, export) or mount it writable"
     free = st.f_bavail * st.f_frsize
-    return f"; its disk is full ({free // 1000} kB free): free space and run the command again" if free < 1e6 else ""
+    if free < 1e6:
+        return f"; its disk is full ({free // 1000} kB free): free space and run the command again"
+    return size_limit_note()
 
 
 class FeatureStore(AspectMaps):
