@@ -105,3 +105,28 @@ def test_a_file_size_limit_is_named_where_sqlite_says_disk_io_error(tmp_path: Pa
     assert done.returncode == 1 and "Traceback" not in said, said
     assert f"cannot open a feature store at {store} (disk I/O error); this process may write files of at most " \
            f"{limit // 1000} kB (`ulimit -f`)" in said, said
+
+
+def test_check_names_files_whose_last_reading_failed_while_answers_hold_their_earlier_vectors(
+        wesnoth_tracks: list[Path], tmp_path: Path) -> None:
+    """A file rewritten since it was embedded whose new bytes cannot be read yet (a download rewriting it, cut
+    short: "incomplete ... left as it is") keeps its earlier content's vectors, which every answer holds: `mess
+    check` said "ok". It now names the file and why (not damage, exit 0) until the next extract reads it."""
+    music, store = tmp_path / "music", tmp_path / "store"
+    _clips(wesnoth_tracks, music)
+    assert mess_here("extract", str(music / "a"), str(music / "b"), *GC, "--store", str(store)).returncode == 0
+    assert _check(store)["problems"] == []
+    b = music / "b" / "b.wav"
+    whole = (music / "c" / "c.wav").read_bytes()  # other audio, arriving: its header declares all of it
+    b.write_bytes(whole[: len(whole) // 2])
+    failed = mess_here("extract", str(music / "a"), str(music / "b"), *GC, "--store", str(store))
+    assert failed.returncode == 3 and "incomplete" in failed.stderr, failed.stderr
+    report = _check(store)
+    assert [p["kind"] for p in report["problems"]] == ["unread-now"], report  # type: ignore[index]
+    said = " ".join(mess_here("check", "--store", str(store)).stdout.split())
+    assert f"1 file could not be read by the last `mess extract` ({b}: incomplete:" in said, said
+    assert said.endswith("whole, answers hold the vectors of what the files named above held before: the next "
+                         "`mess extract` reads them again"), said
+    b.write_bytes(whole)
+    assert mess_here("extract", str(music / "a"), str(music / "b"), *GC, "--store", str(store)).returncode == 0
+    assert _check(store)["problems"] == []

@@ -105,6 +105,9 @@ def _verdict(health: StoreHealth) -> str:
         commands = " and ".join(f"`mess extract FOLDER {plain(m)}`" for m in models)
         return (f"[green]whole[/], [yellow]answers leave out the files named above[/]: {commands} "
                 f"{'embeds' if len(models) == 1 else 'embed'} them")
+    if any(p.kind == "unread-now" for p in health.problems):
+        return ("[green]whole[/], [yellow]answers hold the vectors of what the files named above held before[/]: "
+                "the next `mess extract` reads them again")
     if any(p.kind == "orphan-rows" for p in health.problems):
         return ("[green]whole[/], [yellow]rows past the catalog's last (above)[/]: the next `mess extract` or "
                 "`mess check --repair` cuts them")

@@ -40,7 +40,7 @@ class Problem:
 
     # catalog | short-file | not-a-file | short-derived | stale-derived | non-finite | checksum | checksum-derived |
     # shared-rows | orphan-rows | not-embedded | no-checksum | no-checksum-derived | temp-files | lost-commits |
-    # config | stale-aspect-map (added by mess.search.health)
+    # config | unread-now | stale-aspect-map (added by mess.search.health)
     kind: str
     run_id: int | None
     message: str
@@ -97,7 +97,7 @@ def _scan_version(store: FeatureStore) -> list[Problem]:
                     problems += _values(store, run)
                 problems += _derived_values(store, run)
                 if run.id in in_use:
-                    problems += _not_embedded(store, run)
+                    problems += _not_embedded(store, run) + _unread_now(store, run)
             return problems + _temp_files(store) + _store_files(store) + _settings(store)
     except sqlite3.DatabaseError as exc:
         return [Problem("catalog", None, f"the catalog cannot be read ({exc})"), *_store_files(store)]
@@ -346,6 +346,22 @@ def _not_embedded(store: FeatureStore, run: Run) -> list[Problem]:
                     f"({_named(gone)}): `mess extract FOLDER --prune` forgets them")
     return [Problem("not-embedded", run.id, message, damage=False, gone=not here and not hidden,
                     extract=store.extract_options(run))]
+
+
+def _unread_now(store: FeatureStore, run: Run) -> list[Problem]:
+    """Files with vectors whose last reading failed before they could be hashed (incomplete, being written,
+    unreadable): answers hold the vectors of what they held before, which the file may no longer hold."""
+    failed = {from_db_path(r[0]): r[1] for r in store.db.execute(
+        "SELECT path, reason FROM failures WHERE run_id=? AND content_hash LIKE 'path:%'", (run.id,))}
+    paths = [t.path for t in store.tracks(run) if t.path in failed]
+    if not paths:
+        return []
+    files = counted(len(paths), "file", "files")
+    why = failed[paths[0]].removeprefix(f"{printable(paths[0])}: ")
+    return [Problem("unread-now", run.id, f"{run.model}: {files} could not be read by the last `mess extract` "
+                    f"({_named(paths)}: {why}{'; ...' if len(paths) > 1 else ''}), so answers hold what "
+                    f"{'it' if len(paths) == 1 else 'they'} held when last embedded; `mess info --failures` says "
+                    "why, and the next `mess extract` reads them again", damage=False)]
 
 
 def _embedded_elsewhere(store: FeatureStore, run: Run, paths: list[str]) -> int:
