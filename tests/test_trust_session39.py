@@ -86,6 +86,31 @@ def test_a_wal_deleted_while_a_reader_has_the_store_open_says_how_to_keep_its_co
     assert {p["kind"] for p in _check(store)["problems"]} == {"lost-commits"}  # type: ignore[union-attr,index]
 
 
+def test_a_process_holding_a_deleted_stores_log_and_the_new_store_made_there_does_not_stop_the_new_one(
+        wesnoth_tracks: list[Path], tmp_path: Path) -> None:
+    """A server had the store open; the store was deleted and made anew at the same path, and the server opened the
+    new one while still holding the old connection (its files deleted). It uses the files there now as every other
+    process does: commands on the new store go on (a first version of the refusal above stopped them, matching the
+    deleted files by their path)."""
+    music, store = tmp_path / "music", tmp_path / "store"
+    _clips(wesnoth_tracks, music)
+    assert mess_here("extract", str(music / "a"), *GC, "--store", str(store)).returncode == 0
+    twice = _HOLDER.replace("sys.stdin.readline()", "sys.stdin.readline(); " + _HOLDER.split("; ", 1)[1])
+    holder = subprocess.Popen([sys.executable, "-c", twice, str(store)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdin is not None and holder.stdout is not None and holder.stdout.readline().strip() == "1"
+        assert mess_here("extract", str(music / "b"), *GC, "--store", str(store)).returncode == 0  # into its log
+        shutil.rmtree(store)
+        assert mess_here("extract", str(music / "c"), *GC, "--store", str(store)).returncode == 0
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "1"  # the new store's one track, the old files still held
+        assert _check(store)["problems"] == []  # opened, as every command opens it
+    finally:
+        holder.communicate("\n", timeout=30)
+
+
 def test_a_file_size_limit_is_named_where_sqlite_says_disk_io_error(tmp_path: Path) -> None:
     """Under a file-size limit (`ulimit -f`: a shell's, a batch system's) SQLite meets EFBIG and says 'disk I/O
     error': `mess extract` said "cannot open a feature store at STORE (disk I/O error)", with disk space to spare

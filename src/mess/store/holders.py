@@ -29,10 +29,12 @@ def deleted_while_open(db: Path) -> tuple[int, list[str]] | None:
                    and f[4].isdigit()})
     folder = os.path.realpath(db.parent)
     for pid in pids:
-        gone = sorted({name for fd in _descriptors(pid) for name in _FILES
-                       if _link(f"/proc/{pid}/fd/{fd}") == f"{folder}/{name} (deleted)"})
+        links = {_link(f"/proc/{pid}/fd/{fd}") for fd in _descriptors(pid)}
+        # a file it holds deleted, and none by that name: one that also holds the files there now (a server that
+        # opened a store made anew where the one it had was deleted) agrees with this command about this store
+        gone = [name for name in _FILES if f"{folder}/{name} (deleted)" in links and f"{folder}/{name}" not in links]
         if gone:
-            return pid, gone
+            return pid, sorted(gone)
     return None
 
 
