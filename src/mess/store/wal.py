@@ -278,15 +278,6 @@ _SHM_FILES_MAX = 64  # beyond that, the -shm index is not read (the frames are)
 def _shm_header(shm: Path) -> bytes | None:
     """The first 100 bytes of ``shm`` (two copies of the wal-index header, then the count of frames folded into the
     catalog), read through a descriptor never closed."""
-    fd = _shm_fd(shm)
-    try:
-        return None if fd is None else os.pread(fd, 100, 0)
-    except OSError:
-        return None
-
-
-def _shm_fd(shm: Path) -> int | None:
-    """This process's descriptor of ``shm``, opened once and never closed (None when it cannot be opened)."""
     try:
         st = shm.stat()
         fd = _SHM_FILES.get((st.st_dev, st.st_ino))
@@ -296,6 +287,6 @@ def _shm_fd(shm: Path) -> int | None:
             fd = os.open(shm, os.O_RDONLY | os.O_CLOEXEC)
             st = os.fstat(fd)
             fd = _SHM_FILES.setdefault((st.st_dev, st.st_ino), fd)
-        return fd
+        return os.pread(fd, 100, 0)
     except OSError:
         return None
