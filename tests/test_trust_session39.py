@@ -11,9 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import soundfile as sf
+import typer
 
 from conftest import mess_here
+from mess.cli.extract import _stop_interrupted
+from mess.extract.pipeline import ExtractSummary
 
 GC = ["--model", "dsp", "--window", "1", "--max-windows", "64"]  # dsp: 80-byte rows, a row per second of audio
 
@@ -152,3 +156,15 @@ def test_check_names_files_whose_last_reading_failed_while_answers_hold_their_ea
     assert f"1 file could not be read by the last `mess extract` ({b}: incomplete:" in said, said
     assert said.endswith("whole, answers hold the vectors of what the files named above held before: the next "
                          "`mess extract` reads them again"), said
+
+
+def test_an_extract_interrupted_after_its_last_file_does_not_send_the_user_to_run_it_again(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C landing after every file was handled (a kill loop's round 8 of 12: 30 unchanged) said "0 of 30 files
+    not done: `mess extract` again embeds them". It now says all were done; with files left, as before."""
+    rest = "18 of 30 files not done: `mess extract` again embeds them (the kept ones are skipped)"
+    for handled, want in ((30, "all 30 files were done"), (12, rest)):
+        with pytest.raises(typer.Exit) as stop:
+            _stop_interrupted(ExtractSummary(skipped=handled), 30, "dsp", Path("S"))
+        said = " ".join(capsys.readouterr().err.split())
+        assert stop.value.exit_code == 130 and said.endswith(want), said

@@ -378,9 +378,11 @@ def _stop_interrupted(summary: ExtractSummary, files: int, model: str, store: Pa
     """Say what an interrupted run kept and that a rerun goes on from there, and exit with 130 (as a shell does on
     SIGINT)."""
     rest = files - summary.handled
+    left = (f"{rest} of {files} files not done: `mess extract` again embeds them (the kept ones are skipped)" if rest
+            else f"all {files} files were done")  # stopped after the last file (`--prune`'s step, the summary)
     console.print(f"[yellow]interrupted[/]: {summary.done} embedded and kept, {summary.skipped + summary.copies} "
                   f"unchanged (skipped), {len(summary.failed)} failed -> {plain(store)} {plain(f'[{model}]')}; "
-                  f"{rest} of {files} files not done: `mess extract` again embeds them (the kept ones are skipped)")
+                  f"{left}")
     raise typer.Exit(130)
 
 
