@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 import typer
+from clustered_store import clustered_store
 
-from conftest import mess_here
+from conftest import as_ordinary_user, mess_here
 from mess.cli.extract import _stop_interrupted
 from mess.extract.pipeline import ExtractSummary
 
@@ -168,3 +169,25 @@ def test_an_extract_interrupted_after_its_last_file_does_not_send_the_user_to_ru
             _stop_interrupted(ExtractSummary(skipped=handled), 30, "dsp", Path("S"))
         said = " ".join(capsys.readouterr().err.split())
         assert stop.value.exit_code == 130 and said.endswith(want), said
+
+
+def test_a_write_refused_for_want_of_permission_says_so_not_to_free_disk_space(tmp_path: Path) -> None:
+    """Row files made read-only under a running extract (a permission change part-way): "cannot write to the store
+    at S (S/runs/1/track/000.f16: Permission denied); ... fix the cause (free disk space, say)". The hint now
+    follows the error."""
+    store = tmp_path / "store"
+    clustered_store(store, 2, 4, 1, seed=0)[0].close()
+    for row_file in store.glob("runs/*/*/*.f16"):
+        row_file.chmod(0o444)
+    more = ("import sys\nfrom pathlib import Path\nimport numpy as np\n"
+            "from mess.store import FeatureStore, RunKey, StoreError, TrackVectors\nfs = FeatureStore(sys.argv[1])\n"
+            "run = fs.ensure_run(RunKey('synthetic', 'r1', '{}', 16000, ('a',), (4,)))\nv = np.ones(4, np.float32)\n"
+            "fs.upsert_track(Path('/m/9.flac'), 'f' * 32, 1, 0.0, {'duration': 30.0}, {})\n"
+            "try: fs.write_vectors(run, [TrackVectors('f' * 32, [v], [v[None]], [0.0])])\n"
+            "except StoreError as exc: print(exc)")  # what an extract writes, as a user who may not write them
+    done = subprocess.run(as_ordinary_user([sys.executable, "-c", more, str(store)]), capture_output=True,
+                          text=True, timeout=120)
+    said = " ".join(done.stdout.split())
+    assert done.returncode == 0 and not done.stderr, done.stderr
+    assert "000.f16: Permission denied); what was written before is kept: fix the cause (let this user write " \
+        "there, say)" in said, said

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import resource
 import sqlite3
 import sys
@@ -126,9 +127,11 @@ class StoreConnection:
         if isinstance(exc, OSError) and exc.filename:
             reason = f"{printable(str(exc.filename))}: {reason}"
         limit = size_limit_note()
+        code = exc.errno if isinstance(exc, OSError) else None
+        fix = ("let this user write there" if code in (errno.EACCES, errno.EPERM) else
+               "mount it writable" if code == errno.EROFS else "raise the limit" if limit else "free disk space")
         return StoreError(f"cannot write to the store at {self.root} ({reason}{limit}); what was written before is "
-                          f"kept: fix the cause ({'raise the limit' if limit else 'free disk space'}, say) and run the "
-                          "command again")
+                          f"kept: fix the cause ({fix}, say) and run the command again")
 
     def _catalog_damaged(self, exc: sqlite3.DatabaseError) -> StoreDamaged:
         """What a read or write says when SQLite finds a damaged page of the catalog ('database disk image is
