@@ -1,5 +1,6 @@
 """This test process's decoding processes, started cold (``python -m mess.extract.decode_worker``) or forked by
-its zygote (``python -m mess.extract.zygote mess.extract.decode_worker``, whose forks share its command line)."""
+its zygote (``python -P -c "... mess.extract.zygote ..." mess.extract.decode_worker``, whose forks share its command
+line)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def decoders(zombies: bool = False) -> list[psutil.Process]:
             command = proc.cmdline()
             parent = proc.parent()
             forked = parent is not None and parent.cmdline() == command  # a zygote's fork, not the zygote
-            if DECODER in command and ("mess.extract.zygote" not in command or forked):
+            zygote = any("mess.extract.zygote" in part for part in command)
+            if DECODER in command and (not zygote or forked):
                 found.append(proc)
         except psutil.Error:
             continue

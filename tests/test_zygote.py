@@ -124,15 +124,24 @@ def test_a_warm_child_ends_with_its_own_exit_code_and_is_reaped(worker: str) -> 
     assert zygote.is_running() and zygote.children() == []
 
 
-def test_ctrl_c_stops_a_warm_child_not_its_zygote_and_a_killed_zygote_is_replaced(worker: str) -> None:
+def test_ctrl_c_stops_a_warm_child_not_its_zygote_and_a_killed_zygote_is_replaced(worker: str, tmp_path: Path) -> None:
     child = Child(worker, warm=True)
+    said = tmp_path / "stderr.txt"
     try:
-        assert child.call(("echo", 1), 30) == 1
+        saved = os.dup(2)
+        try:
+            with said.open("wb") as into:
+                os.dup2(into.fileno(), 2)
+            assert child.call(("echo", 1), 30) == 1  # its stderr: the file
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
         zygote = _zygote_of(child.pid or 0)
         zygote.send_signal(signal.SIGINT)
         os.kill(child.pid or 0, signal.SIGINT)
         with pytest.raises(ChildDied, match=r"^died \(killed by SIGINT\)$"):  # as a cold child's
             child.call(("echo", 2), 30)
+        assert said.read_text() == ""  # no traceback: the caller, interrupted too, says what happened
         assert child.call(("echo", 3), 30) == 3 and _zygote_of(child.pid or 0).pid == zygote.pid
         orphan = psutil.Process(child.pid or 0)
         zygote.kill()

@@ -1,4 +1,4 @@
-"""Child processes forked from a warm zygote instead of started cold: ``python -m mess.extract.zygote MODULE``.
+"""Child processes forked from a warm zygote instead of started cold.
 
 A decoding process spends 0.22 s of CPU importing numpy, PyAV, soundfile and soxr before its first file; a run
 starts one per worker, and every in-process ``extract()`` call (a library user's loop, the tests) starts them again.
@@ -101,7 +101,7 @@ class Zygote:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             # -P: the working folder is not put first on the module path (as for every child, see child.py)
-            self._proc = subprocess.Popen([sys.executable, "-P", "-m", "mess.extract.zygote", self.module],
+            self._proc = subprocess.Popen([sys.executable, "-P", "-c", _ZYGOTE, self.module],
                                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                           pass_fds=[theirs.fileno()], env={**os.environ, _SOCKET: str(theirs.fileno())})
         except BaseException:
@@ -238,6 +238,9 @@ def _is_open(fd: int) -> bool:
 # ---- the zygote process -------------------------------------------------------------------------------------------
 
 _SOCKET = "MESS_ZYGOTE_SOCKET"  # the environment variable naming the zygote's socket descriptor
+# Ctrl-C is for the caller and the children: the zygote ignores it from its first statement, before any import (a
+# KeyboardInterrupt there printed a traceback above the caller's one-line summary)
+_ZYGOTE = "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); from mess.extract.zygote import main; main()"
 
 
 def _serve(module: str, sock: socket.socket) -> None:
@@ -322,8 +325,7 @@ def _become_child(module: str, sock: socket.socket, fds: list[int], cwd: str | N
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except KeyboardInterrupt:
-        traceback.print_exc()
+    except KeyboardInterrupt:  # Ctrl-C reached the caller too, which says so: no traceback here
         interrupted = True
     except BaseException:  # noqa: BLE001 -- the child's own failure: printed as python -m would, then its exit code
         traceback.print_exc()
@@ -352,10 +354,9 @@ def _die_with_zygote(zygote_pid: int) -> None:
 
 
 def main() -> None:
-    """The zygote: import the module, say ready, then fork on request."""
+    """The zygote (``python -c _ZYGOTE MODULE``): import the module, say ready, then fork on request."""
     module = sys.argv[1]
     sock = socket.socket(fileno=int(os.environ.pop(_SOCKET)))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the caller and the children; the zygote waits
     try:
         __import__(module)
     except BaseException as exc:  # noqa: BLE001 -- said to the caller, which names the module
@@ -364,6 +365,3 @@ def main() -> None:
     sock.send(pickle.dumps(("ready",)))
     _serve(module, sock)
 
-
-if __name__ == "__main__":
-    main()
