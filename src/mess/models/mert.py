@@ -9,10 +9,7 @@ parametrizations by ``from_pretrained``. The model card licence is CC BY-NC 4.0.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
-import os
 from pathlib import Path
 from typing import cast
 
@@ -21,12 +18,12 @@ import torch
 from safetensors import SafetensorError
 from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
-from mess.models.base import EmbeddingModel, ModelInfo
+from mess.models.base import EmbeddingModel
 from mess.models.hubert_gemm import use_gemm_convs
+from mess.models.mert_config import MERT_RATE, _local_revision, mert_info, read_config
 
 log = logging.getLogger(__name__)
 
-MERT_LICENCE = "CC BY-NC 4.0 (MERT model card): non-commercial use only"
 _NOT_CONFIG = ("model_type", "auto_map", "architectures", "_name_or_path", "transformers_version", "torch_dtype")
 
 
@@ -51,12 +48,8 @@ class MertModel(EmbeddingModel):
         self.network = network.eval().to(device)
         self.processor = processor
         self.device = device
-        n_layers = network.config.num_hidden_layers + 1
-        self.info = ModelInfo(
-            name=name, revision=revision, sample_rate=int(processor.sampling_rate),
-            layer_names=tuple(f"layer_{i}" for i in range(n_layers)),
-            layer_dims=(network.config.hidden_size,) * n_layers,
-            licence=MERT_LICENCE)
+        self.info = mert_info(name, revision, int(processor.sampling_rate), network.config.num_hidden_layers,
+                              network.config.hidden_size)
 
     @classmethod
     def from_pretrained(cls, source: str, *, revision: str | None = None, name: str | None = None,
@@ -67,7 +60,7 @@ class MertModel(EmbeddingModel):
             source.encode()
         except UnicodeEncodeError:  # a folder named in other bytes: transformers and safetensors take UTF-8 paths only
             raise ValueError("its path is not UTF-8 text, which transformers cannot open; rename the folder") from None
-        config = hubert_config(_read_config(source, revision, local_files_only))
+        config = hubert_config(read_config(source, revision, local_files_only))
         # transformers takes revision=None as the repo's default branch, though its annotation says str
         try:
             loaded = HubertModel.from_pretrained(
@@ -87,7 +80,7 @@ class MertModel(EmbeddingModel):
             if (Path(source) / "preprocessor_config.json").is_file():  # its rate, unread: MERT's 24 kHz may be wrong
                 raise ValueError(f"cannot read its preprocessor_config.json ({' '.join(str(exc).split())})") from exc
             log.warning("%s has no preprocessor_config.json; using MERT's (24 kHz, normalised)", source)
-            processor = Wav2Vec2FeatureExtractor(sampling_rate=24000, do_normalize=True, return_attention_mask=True)
+            processor = Wav2Vec2FeatureExtractor(sampling_rate=MERT_RATE, do_normalize=True, return_attention_mask=True)
         label = name or Path(source).name.lower()
         return cls(network, processor, label, revision or _local_revision(source), device)
 
@@ -119,40 +112,3 @@ def _check_weights(loading: dict) -> None:
     if missing:
         raise ValueError(f"{len(missing)} of a MERT-shaped HubertModel's weights are not in the checkpoint "
                          f"(such as {missing[0]}); is it a MERT or HuBERT checkpoint?")
-
-
-def _read_config(source: str, revision: str | None, local_files_only: bool) -> dict:
-    """The checkpoint's config.json as a dict; ValueError naming the file when it is not a JSON object."""
-    local = Path(source)
-    if local.is_dir():
-        path = local / "config.json"
-    else:
-        from huggingface_hub import hf_hub_download
-
-        path = Path(hf_hub_download(source, "config.json", revision=revision, local_files_only=local_files_only))
-    try:
-        config = json.loads(path.read_bytes())
-    except ValueError as exc:
-        raise ValueError(f"{path} is not JSON ({exc})") from exc
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} is not a JSON object of settings")
-    return config
-
-
-def _local_revision(source: str) -> str:
-    """Identify a local checkpoint by a hash of the names and contents of the files that make the model (weights
-    retrained or saved again in the same folder have the sizes they had, so sizes alone called them the vectors
-    already stored); others (a README, Finder's .DS_Store, remote code mess never runs) leave it as it is."""
-    folder = Path(source)
-    digest = hashlib.blake2b(digest_size=8)
-    for f in sorted(folder.iterdir()):
-        if f.is_file() and _model_file(f.name):
-            with f.open("rb") as data:
-                digest.update(os.fsencode(f.name) + b"\0" + hashlib.file_digest(data, "sha256").digest())
-    return f"local-{digest.hexdigest()}"
-
-
-def _model_file(name: str) -> bool:
-    """Whether a checkpoint folder's file named ``name`` is read to make the model: its configs and weights."""
-    weights = name.endswith((".safetensors", ".bin", ".index.json")) and not name.startswith(".")
-    return weights or name in ("config.json", "preprocessor_config.json")

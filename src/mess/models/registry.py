@@ -13,15 +13,17 @@ import re
 from collections.abc import Callable, Mapping
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:  # mess.models.base imports numpy: `mess --help` lists the model names without it
-    from mess.models.base import EmbeddingModel
+    from mess.models.base import EmbeddingModel, ModelInfo
 
 ModelFactory = Callable[[str], "EmbeddingModel"]
 ENTRY_POINT_GROUP = "mess.models"
 DEVICES = "cpu, cuda, cuda:N or mps"  # the torch devices the models run on (ONNX Runtime: cpu, cuda, cuda:N)
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")
+T = TypeVar("T")
+Described = tuple["ModelInfo", bool]  # a model's info, and whether its forward runs on torch on the device asked
 
 
 class ModelError(Exception):
@@ -55,29 +57,38 @@ def _musicnn_pair(device: str) -> EmbeddingModel:
 
 def _mert(key: str) -> ModelFactory:
     def load(device: str) -> EmbeddingModel:
-        from mess.models.checkpoints import CHECKPOINTS
-        from mess.models.hub import hub_cached, hub_unreachable, offline, quiet
+        def read(repo: str, revision: str, offline_only: bool) -> EmbeddingModel:
+            from mess.models.mert import MertModel  # torch and transformers: only once the checkpoint can be had
 
-        ckpt = CHECKPOINTS[key]
-        advice = f"without network, run `mess models fetch {key} DIR` elsewhere and pass DIR as --model"
-        unreachable = hub_unreachable()  # found at once, not after the hub client's half minute of retries
-        if unreachable and not hub_cached(ckpt.repo, ckpt.revision):
-            raise ModelError(f"cannot fetch {ckpt.repo}@{ckpt.revision[:8]} from the Hugging Face hub ({unreachable}); "
-                             f"{advice}")
-        from mess.models.mert import MertModel  # torch and transformers: only once the checkpoint can be had
+            return MertModel.from_pretrained(repo, revision=revision, name=key, device=device,
+                                             local_files_only=offline_only)
 
-        try:
-            with quiet("huggingface_hub"), offline(unreachable is not None):
-                return MertModel.from_pretrained(ckpt.repo, revision=ckpt.revision, name=key, device=device,
-                                                 local_files_only=unreachable is not None)
-        except OSError as exc:
-            raise ModelError(f"cannot fetch {ckpt.repo}@{ckpt.revision[:8]} from the Hugging Face hub "
-                             f"({' '.join(str(exc).split())}); {advice}") from exc
-        except ValueError as exc:  # files in the hub cache, but damaged: a traceback where a ModelError was caught
-            raise ModelError(f"cannot load {ckpt.repo}@{ckpt.revision[:8]} from the Hugging Face hub cache "
-                             f"({' '.join(str(exc).split())[:300]}); delete it there, or {advice}") from exc
+        return _from_hub(key, read)
 
     return load
+
+
+def _from_hub(key: str, read: Callable[[str, str, bool], T]) -> T:
+    """``read(repo, revision, local_files_only)`` of MERT checkpoint ``key``, from the hub cache alone where the hub
+    cannot be reached; ModelError (one line, what to do) where it cannot be had."""
+    from mess.models.checkpoints import CHECKPOINTS
+    from mess.models.hub import hub_cached, hub_unreachable, offline, quiet
+
+    ckpt = CHECKPOINTS[key]
+    advice = f"without network, run `mess models fetch {key} DIR` elsewhere and pass DIR as --model"
+    unreachable = hub_unreachable()  # found at once, not after the hub client's half minute of retries
+    if unreachable and not hub_cached(ckpt.repo, ckpt.revision):
+        raise ModelError(f"cannot fetch {ckpt.repo}@{ckpt.revision[:8]} from the Hugging Face hub ({unreachable}); "
+                         f"{advice}")
+    try:
+        with quiet("huggingface_hub"), offline(unreachable is not None):
+            return read(ckpt.repo, ckpt.revision, unreachable is not None)
+    except OSError as exc:
+        raise ModelError(f"cannot fetch {ckpt.repo}@{ckpt.revision[:8]} from the Hugging Face hub "
+                         f"({' '.join(str(exc).split())}); {advice}") from exc
+    except ValueError as exc:  # files in the hub cache, but damaged: a traceback where a ModelError was caught
+        raise ModelError(f"cannot load {ckpt.repo}@{ckpt.revision[:8]} from the Hugging Face hub cache "
+                         f"({' '.join(str(exc).split())[:300]}); delete it there, or {advice}") from exc
 
 
 FACTORIES: dict[str, ModelFactory] = {
@@ -91,6 +102,48 @@ FACTORIES: dict[str, ModelFactory] = {
     "mert-v1-330m": _mert("mert-v1-330m"),
 }
 MODEL_NAMES = tuple(FACTORIES)
+
+
+def _dsp_info(device: str) -> Described:
+    from mess.models.dsp import DspModel
+
+    return DspModel().info, False
+
+
+def _musicnn_info(dataset: str, arch: str = "musicnn") -> Callable[[str], Described]:
+    def info(device: str) -> Described:  # ONNX Runtime on a CPU, torch elsewhere (MusicnnModel.runs_on_torch)
+        from mess.models.musicnn.model import musicnn_info
+
+        return musicnn_info(dataset, arch), not device.startswith("cpu")
+
+    return info
+
+
+def _ensemble_info(device: str) -> Described:
+    from mess.models.musicnn.ensemble import ensemble_info
+
+    return ensemble_info(), not device.startswith("cpu")
+
+
+def _mert_info(key: str) -> Callable[[str], Described]:
+    def info(device: str) -> Described:
+        from mess.models.mert_config import read_mert_info
+
+        return _from_hub(key, lambda repo, revision, offline: read_mert_info(repo, revision, key, offline)), True
+
+    return info
+
+
+INFOS: dict[str, Callable[[str], Described]] = {  # as FACTORIES, the info alone: no weights read, no torch imported
+    "dsp": _dsp_info,
+    "musicnn": _ensemble_info,
+    "musicnn-msd": _musicnn_info("MSD"),
+    "musicnn-mtt": _musicnn_info("MTT"),
+    "musicnn-vgg-msd": _musicnn_info("MSD", "vgg"),
+    "musicnn-vgg-mtt": _musicnn_info("MTT", "vgg"),
+    "mert-v1-95m": _mert_info("mert-v1-95m"),
+    "mert-v1-330m": _mert_info("mert-v1-330m"),
+}
 
 
 def model_factories() -> dict[str, ModelFactory]:
@@ -154,12 +207,38 @@ def load_model(name: str, device: str = "cpu", preset: str | None = None) -> Emb
         try:
             return MertModel.from_pretrained(folder, name=folder, device=device)
         except (OSError, ValueError, TypeError) as exc:  # its files, not mess: a traceback said nothing more
-            why = " ".join(str(exc).split()) or type(exc).__name__
-            raise ModelError(f"cannot load {folder} as a MERT-shaped model: {why[:300]}") from exc
+            raise _not_mert(folder, exc) from exc
     if name.strip() and (link := Path(name).expanduser()).is_symlink():  # not a folder: a link to nothing
         raise UnknownModel(f"model {name!r} is a link to {os.readlink(link)}, which does not exist")
     raise UnknownModel(f"unknown model {name!r}; choose one of {', '.join(factories)}, a local model folder "
                      "or a .onnx file")
+
+
+def model_info(name: str, device: str = "cpu") -> Described | None:
+    """What :func:`load_model` would load for ``name`` on ``device`` says of itself, read without its weights (nor
+    torch): its info, and whether its forward runs on torch there. For a registry model or a MERT-shaped model
+    folder; None for an ``.onnx`` file (its layers' sizes are found by running its graph), a plugin's model or a name
+    that is none of those (:func:`load_model` says why)."""
+    check_device(device)
+    if name.lower() in INFOS:
+        return INFOS[name.lower()](device)
+    folder = Path(name).expanduser()
+    if not name.strip() or name.lower().endswith(".onnx") or name.lower() in model_factories() \
+            or not (folder / "config.json").is_file():  # a plugin's name is the plugin's, as in load_model
+        return None
+    from mess.models.mert_config import read_mert_info
+
+    source = str(folder.resolve())
+    try:
+        return read_mert_info(source, None, source), True
+    except (OSError, ValueError, TypeError) as exc:
+        raise _not_mert(source, exc) from exc
+
+
+def _not_mert(folder: str, exc: Exception) -> ModelError:
+    """The error of a folder that does not load as a MERT-shaped model (its files', not mess's)."""
+    why = " ".join(str(exc).split()) or type(exc).__name__
+    return ModelError(f"cannot load {folder} as a MERT-shaped model: {why[:300]}")
 
 
 def load_run_model(name: str, revision: str, source: Mapping[str, str] | None = None,

@@ -20,7 +20,8 @@ from functools import partial
 
 import numpy as np
 
-from mess.models.base import EmbeddingModel
+from mess.models.base import EmbeddingModel, ModelInfo
+from mess.models.registry import load_model, model_info
 
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # name -> torch dtype attribute
 
@@ -66,8 +67,7 @@ def with_precision(model: EmbeddingModel, precision: str, device: str | None = N
         ValueError: unknown precision, or a model whose forward does not run on torch (dsp, ONNX models,
             musicnn on ONNX Runtime).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    _check_precision(precision)
     if precision == "fp32":
         return model
     import torch
@@ -84,3 +84,22 @@ def with_precision(model: EmbeddingModel, precision: str, device: str | None = N
     if cast is not None:
         return cast(getattr(torch, PRECISIONS[precision]), precision)
     return AutocastModel(model, precision)
+
+
+def run_info(model_name: str, precision: str, device: str) -> tuple[ModelInfo, dict[str, str] | None]:
+    """The info (``precision`` applied) and ``source()`` of the model workers on ``device`` load for ``model_name``,
+    as :func:`with_precision` of :func:`load_model` gives them: read without loading the model where the registry can
+    (:func:`mess.models.registry.model_info`; such models record no source), else from a copy loaded here on the CPU
+    (an ``.onnx`` file, a plugin), which also says why a model refuses ``precision``."""
+    _check_precision(precision)
+    described = model_info(model_name, device)
+    if described is not None and (precision == "fp32" or described[1]):
+        info = described[0]
+        return (info if precision == "fp32" else replace(info, revision=f"{info.revision}+{precision}")), None
+    loaded = load_model(model_name)
+    return with_precision(loaded, precision, device=device).info, loaded.source()
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")

@@ -40,9 +40,8 @@ from mess.extract.decode_worker import DECODE_TIMEOUT
 from mess.extract.pipeline import ExtractSummary, prune
 from mess.extract.runs import record_source, run_key
 from mess.models.base import ModelInfo
-from mess.models.registry import load_model
 from mess.scale.embedder import Embedder, split_row
-from mess.scale.gpu import with_precision
+from mess.scale.gpu import run_info
 from mess.scale.stderr import dropping
 from mess.scale.tasks import decode_row, inspect_row
 from mess.store import FeatureStore, Run, TrackVectors
@@ -124,9 +123,8 @@ def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, pol
     stack.enter_context(dropping(_RESTART_NOTE))  # the cluster's processes started (by _connect), none will be
     try:
         default_actors = _default_actors(device)  # before any file is read: a cuda run needs GPUs, however many actors
-        if info is None:
-            loaded = load_model(model_name)
-            info, source = with_precision(loaded, precision, device=device).info, loaded.source()
+        if info is None:  # what the workers' model says of itself, read without loading it where the registry can
+            info, source = run_info(model_name, precision, device)
         run = store.ensure_run(run_key(info, policy))
         store.cut_past_catalog()  # rows a killed write or reclaim left past the catalog's last
         record_source(store, run, source)

@@ -15,9 +15,24 @@ import soxr
 
 from mess.models import filters, timbre
 from mess.models.base import EmbeddingModel, ModelInfo
-from mess.models.musicnn.model import MusicnnModel, input_patches
+from mess.models.musicnn.model import MusicnnModel, input_patches, musicnn_info
 
 MEMBERS = ("MSD", "MTT")
+
+
+def ensemble_info() -> ModelInfo:
+    """The ensemble's info (its members' layers, then the timbre layer), without reading their weights."""
+    members = [musicnn_info(dataset) for dataset in MEMBERS]
+    return ModelInfo(
+        name="musicnn",
+        revision=f"{members[0].revision}+{timbre.REVISION}",
+        sample_rate=timbre.SAMPLE_RATE,
+        layer_names=(*(f"{d.lower()}.{n}" for d, m in zip(MEMBERS, members, strict=True) for n in m.layer_names),
+                     timbre.LAYER),
+        layer_dims=(*(d for m in members for d in m.layer_dims), timbre.DIM),
+        licence=members[0].licence,
+        band_hz=timbre.F_MAX,
+    )
 
 
 class MusicnnEnsemble(EmbeddingModel):
@@ -28,17 +43,8 @@ class MusicnnEnsemble(EmbeddingModel):
         """``runtime``: as for :class:`MusicnnModel` (ONNX Runtime on a CPU by default, PyTorch elsewhere)."""
         self.device = device
         self.members = tuple(MusicnnModel(dataset, device=device, runtime=runtime) for dataset in MEMBERS)
-        first = self.members[0].info
-        self.info = ModelInfo(
-            name="musicnn",
-            revision=f"{first.revision}+{timbre.REVISION}",
-            sample_rate=timbre.SAMPLE_RATE,
-            layer_names=(*(f"{m.dataset.lower()}.{n}" for m in self.members for n in m.info.layer_names), timbre.LAYER),
-            layer_dims=(*(d for m in self.members for d in m.info.layer_dims), timbre.DIM),
-            licence=first.licence,
-            band_hz=timbre.F_MAX,
-        )
-        self.member_rate = first.sample_rate
+        self.info = ensemble_info()
+        self.member_rate = self.members[0].info.sample_rate
 
     def runs_on_torch(self, device: str | None = None) -> bool:
         """Whether every member runs on PyTorch (see :meth:`MusicnnModel.runs_on_torch`)."""

@@ -33,6 +33,14 @@ ARCHITECTURES = {  # arch -> (layer names, layer dims)
 }
 
 
+def musicnn_info(dataset: str, arch: str = "musicnn") -> ModelInfo:
+    """The info of musicnn's ``arch`` trained on ``dataset`` (MSD or MTT), without reading its weights."""
+    layer_names, layer_dims = ARCHITECTURES[arch]
+    return ModelInfo(name=f"musicnn-{dataset.lower()}" if arch == "musicnn" else f"musicnn-{arch}-{dataset.lower()}",
+                     revision="musicnn-0.1.0", sample_rate=SAMPLE_RATE, layer_names=layer_names,
+                     layer_dims=layer_dims, licence="ISC")
+
+
 def musicnn_package_dir() -> Path:
     """Folder of the installed ``musicnn`` package (holds the TF1 checkpoints and labels)."""
     try:
@@ -135,7 +143,6 @@ class MusicnnModel(EmbeddingModel):
             raise ValueError(f"musicnn dataset must be 'MSD' or 'MTT', got {dataset!r}")
         if arch not in ARCHITECTURES:
             raise ValueError(f"musicnn architecture must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
-        layer_names, layer_dims = ARCHITECTURES[arch]
         self.dataset = dataset
         self.arch = arch
         self.device = device
@@ -143,17 +150,10 @@ class MusicnnModel(EmbeddingModel):
         self._tensors = read_checkpoint(f"{checkpoint_prefix(dataset, arch)}/")
         self._network: MusicnnNetwork | VggNetwork | None = None
         self.runner = patch_runner(weights_key(arch, self._tensors), lambda: self.network,
-                                   len(layer_names)) if self._on_onnx else None
+                                   len(ARCHITECTURES[arch][0])) if self._on_onnx else None
         if self.runner is None:  # PyTorch runs: build the network now, so a bad device fails here, not per file
             self._network = self._build_network()
-        self.info = ModelInfo(
-            name=f"musicnn-{dataset.lower()}" if arch == "musicnn" else f"musicnn-{arch}-{dataset.lower()}",
-            revision="musicnn-0.1.0",
-            sample_rate=SAMPLE_RATE,
-            layer_names=layer_names,
-            layer_dims=layer_dims,
-            licence="ISC",
-        )
+        self.info = musicnn_info(dataset, arch)
 
     def _build_network(self) -> MusicnnNetwork | VggNetwork:
         import torch
