@@ -7,6 +7,7 @@ What needs a cluster (worker deaths, actors restarted, a killed driver) stays in
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
@@ -27,7 +28,7 @@ from mess.audio.discover import find_audio
 from mess.audio.windows import WindowPolicy
 from mess.extract.pipeline import extract
 from mess.models.dsp import DspModel
-from mess.scale import ray_extract, tasks
+from mess.scale import embedder, ray_extract, tasks
 from mess.scale.embedder import Embedder, ModelMismatch, split_row
 from mess.scale.ray_extract import ScaleError, _check_reachable, _default_actors, extract_ray
 from mess.scale.tasks import decode_row, inspect_row
@@ -45,12 +46,15 @@ class LocalDataset:
     def map(self, fn: Callable[..., dict[str, Any]], *, num_cpus: int, fn_kwargs: dict[str, Any]) -> LocalDataset:
         return LocalDataset(lambda: (fn(dict(r), **fn_kwargs) for r in self.rows()), self.log)
 
-    def map_batches(self, cls: type, *, batch_size: int, batch_format: str, compute: Any, num_cpus: int,
-                    num_gpus: int, fn_constructor_kwargs: dict[str, Any]) -> LocalDataset:
-        self.log.update(batch_size=batch_size, actors=compute, num_gpus=num_gpus, actor_kwargs=fn_constructor_kwargs)
+    def map_batches(self, fn: Callable[..., dict[str, Any]], *, batch_size: int, batch_format: str, compute: Any,
+                    num_cpus: int, num_gpus: int, fn_constructor_kwargs: dict[str, Any] | None = None,
+                    fn_kwargs: dict[str, Any] | None = None) -> LocalDataset:
+        """An actor class (``fn_constructor_kwargs``) or a task function (``fn_kwargs``), its pool's size logged."""
+        kwargs = fn_constructor_kwargs if isinstance(fn, type) else fn_kwargs
+        self.log.update(batch_size=batch_size, actors=compute, num_gpus=num_gpus, actor_kwargs=kwargs)
 
         def rows() -> Iterator[dict[str, Any]]:
-            actor = cls(**fn_constructor_kwargs)
+            actor = fn(**kwargs) if isinstance(fn, type) else functools.partial(fn, **kwargs)
             todo = list(self.rows())
             for at in range(0, len(todo), batch_size):
                 chunk = todo[at:at + batch_size]
@@ -87,7 +91,8 @@ class LocalRay(types.SimpleNamespace):
             log.setdefault("blocks", []).append((len(items), override_num_blocks))
             return LocalDataset(lambda: iter([dict(i) for i in items]), log)
 
-        data = types.SimpleNamespace(from_items=from_items, ActorPoolStrategy=lambda size: size)
+        data = types.SimpleNamespace(from_items=from_items, ActorPoolStrategy=lambda size: size,
+                                     TaskPoolStrategy=lambda size: size)
         super().__init__(log=log, data=data, is_initialized=lambda: True, shutdown=lambda: log.update(shut=True),
                          cluster_resources=lambda: dict({"CPU": 2.0} if resources is None else resources))
 
@@ -100,6 +105,7 @@ def local_ray(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalRay]:
     # the decoder a Ray worker keeps for its life, started here in the test's own process: stopped, so that tests
     # counting this process's decoders later (test_extract_mutation, test_session32_mutation) count theirs alone
     tasks._DECODER.stop()
+    embedder._LOADED.clear()  # the model a Ray worker keeps (a test's stand-in for it, say): not the next test's
 
 
 def _tones(folder: Path, n: int, seconds: float = 5.0, sr: int = 16000) -> list[Path]:
@@ -409,8 +415,6 @@ def test_a_file_the_model_fails_on_is_that_file_s_failure_as_locally(local_ray: 
                                                                       tmp_path: Path) -> None:
     """A model error other than ValueError or RuntimeError (librosa's ParameterError, an ONNX Runtime error) ended
     the whole Ray job, where the local engine records the file as failed and goes on."""
-    from mess.scale import embedder
-
     monkeypatch.setattr(embedder, "load_model", lambda name, device: _Picky())
     music = tmp_path / "music"
     paths = _tones(music, 2, seconds=3.0)
@@ -483,11 +487,13 @@ def test_a_worker_that_loads_other_weights_ends_the_job_with_one_line_naming_it(
     import dataclasses
 
     monkeypatch.setattr(ray_extract, "Embedder", _RayActor)
+    local_ray.cluster_resources = lambda: {"CPU": 2.0, "GPU": 1.0}  # actors are for GPUs (CPUs embed in tasks)
     paths = _tones(tmp_path / "music", 1, seconds=2.0)
     store = FeatureStore(tmp_path / "ray")
     real = DspModel().info.revision
     with pytest.raises(ScaleError) as caught:
-        extract_ray(store, paths, "dsp", POLICY, info=dataclasses.replace(DspModel().info, revision="other"))
+        extract_ray(store, paths, "dsp", POLICY, device="cuda",
+                    info=dataclasses.replace(DspModel().info, revision="other"))
     assert str(caught.value) == (f"the Ray job failed: a worker loaded dsp revision {real}, the run is other: every "
                                  "node needs the same model weights (ModelMismatch)")
     assert store.known_file(paths[0]) is not None

@@ -1,4 +1,5 @@
-"""The inference actor of a Ray extraction: one model per actor, batches of decoded tracks in, vectors out."""
+"""The inference step of a Ray extraction, batches of decoded tracks in, vectors out: an actor per GPU
+(:class:`Embedder`), or on CPUs a task function (:func:`embed_batch`) whose Ray worker process keeps its model."""
 
 from __future__ import annotations
 
@@ -69,6 +70,22 @@ class Embedder:
                 return [(prepared[0].record.content_hash,
                          f"{prepared[0].record.path}: model failed ({describe(exc)})")]
             return [item for p in prepared for item in self._embed([p])]
+
+
+_LOADED: dict[tuple[str, str, str, str, int], Embedder] = {}  # this Ray worker process's model: one at a time
+
+
+def embed_batch(batch: dict[str, np.ndarray], model_name: str, device: str, precision: str, revision: str,
+                batch_size: int) -> dict[str, list[Any]]:
+    """Ray Data task function (``map_batches`` on CPU workers): :class:`Embedder`'s call, with the model this Ray
+    worker process loaded first kept for its later batches, of this run or a later one of the same driver (a
+    Ray Data actor pool starts new actor processes, with their imports and decoding process, for every run)."""
+    key = (model_name, device, precision, revision, batch_size)
+    embedder = _LOADED.get(key)
+    if embedder is None:
+        _LOADED.clear()  # another run's model is let go before this one loads
+        embedder = _LOADED[key] = Embedder(model_name, device, precision, revision, batch_size)
+    return embedder(batch)
 
 
 def split_row(row: dict[str, Any], dims: tuple[int, ...]) -> TrackVectors:

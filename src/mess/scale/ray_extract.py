@@ -5,15 +5,15 @@ Two streaming Ray Data passes, reusing the local pipeline's pieces:
 1. catalogue: ``inspect_file`` (hash, probe, tags) on CPU tasks; the driver upserts
    each file into the catalog and keeps only content not yet embedded in this run
    (workers never touch SQLite);
-2. embed: ``decode_windows`` on CPU tasks -> ``embed_prepared`` in an actor pool
-   (one model per actor, on a GPU or a CPU) -> rows streamed back to the driver,
-   which commits them with ``FeatureStore.write_vectors`` every ``write_every`` tracks.
+2. embed: ``decode_windows`` on CPU tasks -> ``embed_prepared`` -> rows streamed back to the driver, which
+   commits them with ``FeatureStore.write_vectors`` every ``write_every`` tracks.
 
-On a CPU-only cluster Ray Data fuses decoding into the actors (same resources);
-with ``device="cuda"`` decoding stays on separate CPU tasks feeding the GPU actors.
+On CPUs the model runs in the decoding tasks themselves (:func:`mess.scale.embedder.embed_batch`): each Ray worker
+process loads it once and keeps it, so a run, and every later run of the same driver, starts no process of its own.
+With ``device="cuda"`` an actor pool embeds (a GPU and a model per actor), fed by the CPU tasks.
 Writes are idempotent per (run, content hash) and crash-safe, so a killed job rerun
 continues where it stopped. Ray Data's defaults make the job survive worker deaths:
-CPU tasks are retried, actors restarted without limit and their batches retried.
+CPU tasks are retried without limit, actors restarted without limit and their batches retried.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from mess.extract.decode_worker import DECODE_TIMEOUT
 from mess.extract.pipeline import ExtractSummary, prune
 from mess.extract.runs import record_source, run_key
 from mess.models.base import ModelInfo
-from mess.scale.embedder import Embedder, split_row
+from mess.scale.embedder import Embedder, embed_batch, split_row
 from mess.scale.gpu import run_info
 from mess.scale.stderr import dropping
 from mess.scale.tasks import decode_row, inspect_row
@@ -92,11 +92,12 @@ def extract_ray(store: FeatureStore, paths: Sequence[Path], model_name: str, pol
     Args:
         model_name: registry name or model folder; every node must resolve it to the same weights.
         batch_size: windows per forward pass (also tracks per actor call).
-        device: "cpu" or "cuda" for the inference actors (one GPU each).
+        device: "cpu" (the model runs in the CPU tasks) or "cuda" (inference actors, one GPU each).
         address: Ray cluster address ("auto", "ray://head:10001"); None joins the Ray
             instance already initialised in this process, or starts a local one.
         precision: fp32, bf16 or fp16 (autocast; see :mod:`mess.scale.gpu`).
-        actors: inference actors; default one per GPU, or one per CPU of the cluster.
+        actors: inference actors, or on CPUs tasks embedding at once; default one per GPU, or one per CPU of the
+            cluster.
         write_every: tracks per store commit (or every FLUSH_SECONDS); a killed driver loses at
             most these plus the in-flight ones.
         info: the model's info (with precision applied) when the caller already loaded it.
@@ -374,16 +375,21 @@ def _in_order(rows: Iterable[dict[str, Any]], paths: Sequence[str]) -> Iterator[
 
 def _embedded(todo: list[dict[str, str | float]], model_name: str, info: ModelInfo, policy: WindowPolicy,
               batch_size: int, device: str, precision: str, actors: int, timeout: float) -> ray.data.Dataset:
-    """The streaming dataset of embedded tracks: decoded on CPU tasks, embedded by ``actors`` actors."""
+    """The streaming dataset of embedded tracks: decoded on CPU tasks, embedded by ``actors`` GPU actors, or on CPUs
+    in those tasks, at most ``actors`` at once."""
     decoded = _dataset(todo).map(
         decode_row, num_cpus=1,  # type: ignore[arg-type]  # ray's stubs do not model fn_kwargs
         fn_kwargs={"sample_rate": info.sample_rate, "policy": policy.to_json(), "band_hz": info.band_hz,
                    "timeout": timeout})
-    return decoded.map_batches(
-        Embedder, batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=1, num_gpus=1 if device.startswith("cuda") else 0,
-        fn_constructor_kwargs={"model_name": model_name, "device": device, "precision": precision,
-                               "revision": info.revision, "batch_size": batch_size})
+    model = {"model_name": model_name, "device": device, "precision": precision, "revision": info.revision,
+             "batch_size": batch_size}
+    if device.startswith("cuda"):  # a GPU and a model per actor, fed by the CPU tasks above
+        return decoded.map_batches(Embedder, batch_size=batch_size, batch_format="numpy", num_cpus=1, num_gpus=1,
+                                   compute=ray.data.ActorPoolStrategy(size=actors), fn_constructor_kwargs=model)
+    # CPUs: tasks, fused with decoding, on the job's Ray workers, each keeping its model for later batches and runs
+    return decoded.map_batches(embed_batch,  # type: ignore[arg-type]  # ray's stubs do not model fn_kwargs
+                               batch_size=batch_size, batch_format="numpy", num_cpus=1, num_gpus=0,
+                               compute=ray.data.TaskPoolStrategy(size=actors), fn_kwargs=model)
 
 
 def _commit(store: FeatureStore, run: Run, rows: ray.data.Dataset, write_every: int, summary: ExtractSummary,

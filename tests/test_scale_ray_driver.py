@@ -1,5 +1,9 @@
-"""A Ray driver's model info, read without loading the model: it equals the loaded model's for every registered
-backend that can be built here (`extract_ray` loaded the whole model in the driver just to read its layers)."""
+"""What a Ray extraction costs beyond its work, in-process (the cluster's tests are tests/test_scale_ray.py).
+
+The driver loaded the whole model just to read its info: it now reads the info alone, equal to the loaded model's
+for every registered backend that can be built here. And on CPUs every run started an actor pool of its own (new
+processes, each importing Ray Data and mess and loading the model): a Ray worker process now keeps its model.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import test_scale_mutation
 from test_mert import _tiny_mert_dir
 
 from mess.models.registry import FACTORIES, INFOS, load_model
+from mess.scale import embedder
 from mess.scale.gpu import run_info, with_precision
+from mess.scale.ray_extract import extract_ray
+from mess.store import FeatureStore
+
+local_ray = test_scale_mutation.local_ray  # Ray Data run in this process
 
 BUILT_HERE = ("dsp", "musicnn", "musicnn-msd", "musicnn-mtt", "musicnn-vgg-msd", "musicnn-vgg-mtt")  # not MERT's hub
 
@@ -58,3 +68,19 @@ def test_the_driver_s_info_imports_no_torch(mert_folder: str) -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_a_ray_worker_keeps_its_model_from_run_to_run(local_ray: test_scale_mutation.LocalRay,
+                                                      monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Two runs of two batches each, embedded by one worker (this process): the model is loaded once; a run of
+    another model lets it go."""
+    loads: list[str] = []
+    load = embedder.load_model
+    monkeypatch.setattr(embedder, "load_model", lambda name, device: loads.append(name) or load(name, device=device))
+    paths = test_scale_mutation._tones(tmp_path / "music", 3, seconds=2.0)
+    for run in ("a", "b"):
+        got = extract_ray(FeatureStore(tmp_path / run), paths, "dsp", test_scale_mutation.POLICY, batch_size=2)
+        assert (got.done, got.failed) == (3, [])
+    assert loads == ["dsp"]
+    extract_ray(FeatureStore(tmp_path / "c"), paths, "dsp", test_scale_mutation.POLICY, batch_size=3)
+    assert loads == ["dsp", "dsp"] and [key[-1] for key in embedder._LOADED] == [3]
