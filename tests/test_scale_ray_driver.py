@@ -60,11 +60,12 @@ def test_the_info_a_driver_reads_is_the_loaded_model_s(name: str, mert_folder: s
 
 
 def test_the_driver_s_info_imports_no_torch(mert_folder: str) -> None:
-    """The info of musicnn and of a MERT folder, in a fresh process: torch is never imported (nor the weights read
-    into a network)."""
-    script = ("import sys; from mess.scale.gpu import run_info; "
+    """The info of musicnn and of a MERT folder, in a fresh process, as extract_ray and `mess extract --engine ray`
+    read it: torch is never imported (nor the weights read into a network)."""
+    script = ("import sys; from mess.scale.gpu import run_info; from mess.cli.extract import _embedder; "
               f"[run_info(n, 'fp32', 'cpu') for n in ('musicnn', 'musicnn-vgg-mtt', {mert_folder!r})]; "
-              "print(sorted(m for m in ('torch', 'transformers', 'onnxruntime') if m in sys.modules))")
+              f"_embedder({mert_folder!r}, None, 'cuda', 'ray', 'bf16'); _embedder('musicnn', None, 'cpu', 'ray', "
+              "'fp32'); print(sorted(m for m in ('torch', 'transformers', 'onnxruntime') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr

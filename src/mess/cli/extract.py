@@ -271,18 +271,21 @@ def _lock(fs: FeatureStore, held: ExitStack, command: str, wait: bool) -> float:
 
 
 def _embedder(model: str, preset: str | None, device: str, engine: str, precision: str) -> EmbeddingModel:
-    """The model at the asked precision (on the CPU here when Ray workers do the embedding), its licence said."""
+    """The model at the asked precision (where Ray workers do the embedding, what the driver needs of it:
+    :class:`mess.scale.gpu.DriverModel`), its licence said."""
     check_device(device)  # also the one Ray workers are given
     onnx = model.lower().endswith(".onnx")  # ONNX Runtime, not torch: its loader names what its providers lack
     if engine == "local" and not onnx and (problem := device_missing(device)):  # torch's was a traceback (cuda:0)
         fail(problem)
-    from mess.scale.gpu import with_precision
+    from mess.scale.gpu import DriverModel, with_precision
 
     if preset and engine != "local":
         raise ValueError("--preset is not passed on to Ray workers; name the .onnx file after its preset")
-    # Ray: a CPU copy here for the run's info; the precision check is for the workers' device
-    embedder = with_precision(load_model(model, device=device if engine == "local" else "cpu", preset=preset),
-                              precision, device=device)
+    embedder: EmbeddingModel
+    if engine == "local":
+        embedder = with_precision(load_model(model, device=device, preset=preset), precision, device=device)
+    else:  # the Ray workers load it: here its info, read without loading it where the registry can, for their device
+        embedder = DriverModel(model, precision, device)
     if embedder.info.licence:
         console.print(f"[yellow]licence:[/] {plain(embedder.info.name)}: {embedder.info.licence}")
     return embedder

@@ -100,6 +100,23 @@ def run_info(model_name: str, precision: str, device: str) -> tuple[ModelInfo, d
     return with_precision(loaded, precision, device=device).info, loaded.source()
 
 
+class DriverModel(EmbeddingModel):
+    """A model as a Ray job's driver knows it: the info and source :func:`run_info` reads (the driver commits what
+    its workers embed; it never embeds)."""
+
+    def __init__(self, model_name: str, precision: str, device: str) -> None:
+        self.info, self._source = run_info(model_name, precision, device)
+        self.device = device
+
+    def source(self) -> dict[str, str] | None:
+        """The workers' model's ``source()``."""
+        return self._source
+
+    def embed(self, windows: np.ndarray) -> list[np.ndarray]:
+        """Refused: the Ray workers embed with the model."""
+        raise TypeError(f"{self.info.name} runs on the Ray workers, not in their driver")
+
+
 def _check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
