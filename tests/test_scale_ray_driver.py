@@ -7,7 +7,9 @@ processes, each importing Ray Data and mess and loading the model): a Ray worker
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 import test_scale_mutation
 from test_mert import _tiny_mert_dir
 
-from mess.models.registry import FACTORIES, INFOS, load_model
+from mess.models.registry import FACTORIES, INFOS, ModelError, load_model
 from mess.scale import embedder
 from mess.scale.gpu import run_info, with_precision
 from mess.scale.ray_extract import extract_ray
@@ -57,6 +59,18 @@ def test_the_info_a_driver_reads_is_the_loaded_model_s(name: str, mert_folder: s
         with pytest.raises(ValueError, match="ONNX Runtime") as too:
             run_info(name, "fp16", "cpu")
         assert str(too.value) == str(refused.value)
+
+
+def test_a_mert_folder_hubert_cannot_run_is_refused_by_the_driver_as_by_loading(mert_folder: str,
+                                                                                tmp_path: Path) -> None:
+    folder = Path(shutil.copytree(mert_folder, tmp_path / "cqt"))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "feature_extractor_cqt": True}))
+    with pytest.raises(ModelError, match="CQT front end") as loading:
+        load_model(str(folder))
+    with pytest.raises(ModelError) as reading:
+        run_info(str(folder), "fp32", "cpu")
+    assert str(reading.value) == str(loading.value)
 
 
 def test_the_driver_s_info_imports_no_torch(mert_folder: str) -> None:

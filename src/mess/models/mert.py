@@ -20,7 +20,7 @@ from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
 from mess.models.base import EmbeddingModel
 from mess.models.hubert_gemm import use_gemm_convs
-from mess.models.mert_config import MERT_RATE, _local_revision, mert_info, read_config
+from mess.models.mert_config import MERT_RATE, _local_revision, check_hubert_shaped, mert_info, read_config
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +30,8 @@ _NOT_CONFIG = ("model_type", "auto_map", "architectures", "_name_or_path", "tran
 
 def hubert_config(mert_config: dict) -> HubertConfig:
     """Translate a MERT (or HuBERT) config.json dict to a HubertConfig for inference."""
+    check_hubert_shaped(mert_config)
     fields = {k: v for k, v in mert_config.items() if k not in _NOT_CONFIG}
-    if fields.get("feature_extractor_cqt") or fields.get("deepnorm"):
-        raise ValueError("MERT checkpoints with a CQT front end or DeepNorm are not HuBERT-compatible")
     fields["mask_time_prob"] = max(float(fields.get("mask_time_prob", 0.05)), 0.05)  # keeps masked_spec_embed expected
     fields["tie_last_hidden_states"] = True  # last hidden state after the final LayerNorm (stable-LN 330M)
     return HubertConfig(**fields)

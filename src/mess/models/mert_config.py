@@ -29,10 +29,17 @@ def read_mert_info(source: str, revision: str | None, name: str, local_files_onl
     config.json and preprocessor_config.json (a hub repo id or a local folder); ValueError as it raises for those
     files."""
     config = read_config(source, revision, local_files_only)
+    check_hubert_shaped(config)
     features = _read_json(source, "preprocessor_config.json", revision, local_files_only)
     rate = MERT_RATE if features is None else int(features.get("sampling_rate", FEATURES_RATE))
     return mert_info(name, revision or _local_revision(source), rate,
                      int(config.get("num_hidden_layers", HUBERT_LAYERS)), int(config.get("hidden_size", HUBERT_WIDTH)))
+
+
+def check_hubert_shaped(config: dict) -> None:
+    """ValueError for a MERT config.json that transformers' HubertModel cannot run."""
+    if config.get("feature_extractor_cqt") or config.get("deepnorm"):
+        raise ValueError("MERT checkpoints with a CQT front end or DeepNorm are not HuBERT-compatible")
 
 
 def read_config(source: str, revision: str | None, local_files_only: bool) -> dict:
