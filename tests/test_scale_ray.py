@@ -552,7 +552,7 @@ def test_killed_worker_is_restarted_and_nothing_is_lost(driver: Driver, tones: t
     committed_at_kill = N_TONES
     while not killed and thread.is_alive() and _vector_rows(store_dir)[0] < N_TONES:  # a worker between tasks: again
         committed_at_kill = _vector_rows(store_dir)[0]
-        for worker in _embedders():  # this job's only: the shared driver runs one job at a time
+        for worker in _embedders():  # this job's: the shared driver runs one job at a time
             with contextlib.suppress(psutil.NoSuchProcess):
                 worker.send_signal(signal.SIGKILL)
                 killed.append(worker)
@@ -567,9 +567,18 @@ def test_killed_worker_is_restarted_and_nothing_is_lost(driver: Driver, tones: t
 
 
 def _embedders() -> list[psutil.Process]:
-    """The cluster's processes embedding now: Ray names a worker after the task it runs (decoding and embedding
-    fused in one task on CPUs)."""
-    return [p for p in psutil.process_iter() if "MapBatches(embed_batch)" in _title(p)]
+    """The shared cluster's processes embedding now: Ray names a worker after the task it runs (decoding and
+    embedding fused in one task on CPUs); the cluster's processes are in the session its head started (another
+    cluster on the machine, another test run's, is not this one)."""
+    head = _cluster().head.pid
+    return [p for p in psutil.process_iter() if "MapBatches(embed_batch)" in _title(p) and _session(p) == head]
+
+
+def _session(proc: psutil.Process) -> int:
+    try:
+        return os.getsid(proc.pid)
+    except OSError:  # gone
+        return -1
 
 
 def _title(proc: psutil.Process) -> str:
