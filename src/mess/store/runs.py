@@ -15,6 +15,8 @@ from mess.store.paths import printable, replace_file
 from mess.store.records import Run, RunKey
 from mess.store.tracks import TrackCatalog
 
+CAUGHT_UP = 0.9  # the share of the fullest run's files a model's run must have handled to be the default
+
 
 class RunCatalog(TrackCatalog):
     """The runs: which model, revision and window policy made a set of vectors, and how to pick one."""
@@ -75,11 +77,11 @@ class RunCatalog(TrackCatalog):
         return preferred_model(self.caught_up_models())
 
     def caught_up_models(self) -> list[str]:
-        """The models holding vectors whose best run has handled (embedded, or recorded as failed) as many of the
-        catalogued tracks as any run has, oldest run first: a better model part-way through its first extract is not
-        the default until it has caught up, so a server or command naming no model never shrinks to the few tracks
-        it holds so far (as a model's second run waits to hold as many tracks as its first, see :meth:`run`).
-        Memoised until the catalog changes."""
+        """The models holding vectors whose best run has handled (embedded, or recorded as failed) at least
+        :data:`CAUGHT_UP` of the catalogued files the fullest run has, oldest run first: a better model part-way
+        through its first extract is not the default until it holds most of the collection, so a server or command
+        naming no model never shrinks to the few tracks it holds so far; files added since and extracted by another
+        model alone do not demote it. Memoised until the catalog changes."""
         def handled() -> list[tuple[str, int]]:
             return [(row["model"], row["handled"]) for row in self._query(
                 "SELECT r.model, (SELECT COUNT(*) FROM tracks t WHERE"
@@ -89,7 +91,7 @@ class RunCatalog(TrackCatalog):
 
         counts = self.cached("caught-up-models", handled)
         most = max((n for _, n in counts), default=0)
-        return list(dict.fromkeys(model for model, n in counts if n == most))
+        return list(dict.fromkeys(model for model, n in counts if n >= CAUGHT_UP * most))
 
     def run(self, model: str | None = None) -> Run:
         """The run of ``model`` (a name or local model folder) that covers the most tracks, the newest of equals.
