@@ -10,9 +10,10 @@ from sklearn.cluster import KMeans
 
 from mess.audio.names import label_key
 from mess.constants import DEFAULT_NORM
-from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError, one_state, vanished_copies
+from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError, vanished_copies
 from mess.search.vectors import Norm, VectorSpec, load_vectors, track_by_id
 from mess.store import FeatureStore, Run, Track
+from mess.store.consistent import one_state
 
 TIE_DECIMALS = 5  # cosines to a centre that agree to this many decimals are ties
 COPY_BLOCK = 1024  # rows of one block of cosines when looking for copies (4 MiB of float32 per 1,000 tracks)

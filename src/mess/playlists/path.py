@@ -6,10 +6,11 @@ import numpy as np
 
 from mess.audio.recording import compared
 from mess.constants import DEFAULT_NORM
-from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError, one_state, vanished_copies
+from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError, vanished_copies
 from mess.search.query import no_vectors
 from mess.search.vectors import Norm, VectorSpec, load_vectors, track_by_id
 from mess.store import FeatureStore, Run, Track
+from mess.store.consistent import one_state
 
 
 @one_state

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -14,25 +12,11 @@ from mess.audio.names import credit_key
 from mess.audio.recording import compared
 from mess.constants import file_title
 from mess.search.query import DUPLICATE_COSINE, VERIFY_COSINE
-from mess.store import FeatureStore, Track
-
-P = ParamSpec("P")
-R = TypeVar("R")
+from mess.store import Track
 
 
 class PlaylistError(ValueError):
     """A playlist that cannot be made (too few tracks, same start and end, bad option); one-line message."""
-
-
-def one_state(build: Callable[Concatenate[FeatureStore, P], R]) -> Callable[Concatenate[FeatureStore, P], R]:
-    """``build(store, ...)`` reading one catalog version throughout (:meth:`FeatureStore.reading`; read again, whole,
-    where rows moved meanwhile): a writer committing between its reads (the track list, then the vectors) made a
-    playlist of a collection the store never held (a file changed in place: its old hash with its new vector)."""
-    @functools.wraps(build)
-    def built(store: FeatureStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        return store.reading(lambda: build(store, *args, **kwargs))
-
-    return built
 
 
 @dataclass(frozen=True)

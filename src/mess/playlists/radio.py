@@ -8,11 +8,12 @@ import numpy as np
 
 from mess.audio.names import credit_key
 from mess.constants import DEFAULT_NORM
-from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError, artist_key, one_state, vanished_copies
+from mess.playlists.playlist import DuplicateGuard, Playlist, PlaylistError, artist_key, vanished_copies
 from mess.search.query import TrackQuery, query_unit, ranked_scores
 from mess.search.rerank_store import ranking_choice
 from mess.search.vectors import Norm, VectorSpec, load_vectors, track_by_id
 from mess.store import FeatureStore, Run
+from mess.store.consistent import one_state
 
 DEFAULT_WINDOW = 3
 POOL_PER_TRACK = 50

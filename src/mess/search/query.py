@@ -48,6 +48,7 @@ from mess.search.vectors import (
     track_by_id,
 )
 from mess.store import FeatureStore, Run, StoreError, Track, TrackFailed
+from mess.store.consistent import one_state
 from mess.store.paths import printable
 from mess.store.reports import newer_probe
 
@@ -143,6 +144,7 @@ def collection_query(store: FeatureStore, ref: str | Path | int) -> TrackQuery:
     return TrackQuery(track.name, track=track, content_hash=track.content_hash, artist=track.artist)
 
 
+@one_state
 def similar_tracks(
     store: FeatureStore,
     run: Run,

@@ -295,19 +295,20 @@ class VectorSet:
 
 
 def read_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequence[Track] | None = None) -> VectorSet:
-    """Read a spec's raw vectors for all tracks of the run and fit its preprocessor."""
-    tracks = store.tracks(run) if tracks is None else tracks
-    hash_of = {t.id: t.content_hash for t in tracks}
+    """Read a spec's raw vectors for all tracks of the run and fit its preprocessor. With ``tracks`` None the track
+    list is read in the vectors' snapshot; tracks given must come from the caller's (:func:`one_state`)."""
 
-    def read() -> tuple[str, tuple[str, ...], list[tuple[np.ndarray, np.ndarray]]]:
+    def read() -> tuple[Sequence[Track], str, tuple[str, ...], list[tuple[np.ndarray, np.ndarray]]]:
+        listed = store.tracks(run) if tracks is None else tracks
         if spec.kind == FUSED:  # refused when made for another run of the model
-            return vectors_source(store, run, spec), (), [fused_matrix(store, run)]
+            return listed, vectors_source(store, run, spec), (), [fused_matrix(store, run)]
         layers = spec.layers(store, run)
-        return vectors_source(store, run, spec), layers, [store.layer_matrix(run, name) for name in layers]
+        return listed, vectors_source(store, run, spec), layers, [store.layer_matrix(run, name) for name in layers]
 
-    # vectors and what they are from one catalog version, though an extract may be committing (and again from a
-    # newer one where fuse apply rewrote the fused set twice meanwhile)
-    source, layers, mats = store.reading(read)
+    # the tracks, their vectors and what they are from one catalog version, though an extract may be committing
+    # (and again from a newer one where fuse apply rewrote the fused set twice meanwhile)
+    listed, source, layers, mats = store.reading(read)
+    hash_of = {t.id: t.content_hash for t in listed}
     if spec.kind == FUSED:
         ids, raw = mats[0]
         blocks = (raw.shape[1],)
@@ -418,8 +419,11 @@ def load_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequen
     With ``tracks`` None (or the tuple :meth:`FeatureStore.tracks` returned) a repeated
     call costs a catalog version check, not a pass over every track.
     """
-    tracks = store.tracks(run) if tracks is None else tracks
-    return store.cached(("vectors", run.id, spec), lambda: read_vectors(store, run, spec, tracks), tracks=tracks)
+    def load() -> VectorSet:  # the track list and the vectors from one catalog version (:func:`read_vectors`)
+        listed = store.tracks(run) if tracks is None else tracks
+        return store.cached(("vectors", run.id, spec), lambda: read_vectors(store, run, spec, listed), tracks=listed)
+
+    return store.reading(load)
 
 
 def query_vector(

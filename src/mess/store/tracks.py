@@ -149,11 +149,14 @@ class TrackCatalog(FailureRecords):
 
         The tuple is memoised until the catalog changes (see :meth:`version`), and knows the
         catalog version it was read at, so values derived from it can be memoised (see
-        :meth:`cached`).
+        :meth:`cached`). The version and the rows are one read (one snapshot): a writer committing between them
+        gave rows labelled with the version before.
         """
-        version, query = self.version(), ("tracks", None if run is None else run.id, artist)
-        return MEMO.get(self._scope, version, query,
-                        lambda: TrackList(self._read_tracks(run, artist), self._scope, version, query))
+        query = ("tracks", None if run is None else run.id, artist)
+        with self.snapshot():
+            version = self.version()
+            return MEMO.get(self._scope, version, query,
+                            lambda: TrackList(self._read_tracks(run, artist), self._scope, version, query))
 
     def _read_tracks(self, run: Run | None, artist: str | None) -> tuple[Track, ...]:
         sql = f"SELECT {', '.join('t.' + c.strip() for c in _TRACK_COLS.split(','))} FROM tracks t"

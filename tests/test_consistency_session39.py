@@ -1,0 +1,125 @@
+"""Every read of an answer sees one catalog state, though another writer commits between its reads: the track list
+and its version token, the track list and the vectors (`mess similar`, the server's similar)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import test_serve_api as api
+
+from mess.audio.discover import find_audio
+from mess.audio.windows import WindowPolicy
+from mess.extract.pipeline import extract
+from mess.models.dsp import DspModel
+from mess.search.query import collection_query, similar_tracks
+from mess.search.vectors import VectorSet, VectorSpec, load_vectors, read_vectors
+from mess.store import FeatureStore, TrackList
+
+serve_collection = api.serve_collection  # the session's store (3 artists x 4 tagged tracks, dsp), made once per run
+
+
+@pytest.fixture(scope="module")
+def own_music(serve_collection: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store of its own (ROOT/store) over a copy of the session's 12 files (ROOT/music), extracted with dsp."""
+    root = tmp_path_factory.mktemp("consistency")
+    shutil.copytree(serve_collection.parent / "music", root / "music")
+    with closing(FeatureStore(root / "store")) as store:
+        extract(store, find_audio([root / "music"]), DspModel(), WindowPolicy(), workers=1)
+    return root
+
+
+def _once_after(store: FeatureStore, name: str, then: Callable[[], None], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run ``then`` once, right after the first call of ``store.<name>``: the moment another writer commits."""
+    original = getattr(store, name)
+
+    def hooked(*args: object, **kwargs: object) -> object:
+        out = original(*args, **kwargs)
+        monkeypatch.setattr(store, name, original)
+        then()
+        return out
+
+    monkeypatch.setattr(store, name, hooked)
+
+
+def _change_in_place(root: Path, name: str) -> None:
+    """Another writer (a store handle of its own) re-extracts ``name`` after its audio changed in place: its track
+    keeps its id, with another content hash and another vector."""
+    song = root / "music" / name
+    audio, rate = sf.read(song)
+    sf.write(song, np.roll(audio, len(audio) // 3) * 0.5, rate)
+    with closing(FeatureStore(root / "store")) as writer:
+        extract(writer, [song], DspModel(), WindowPolicy(), workers=1)
+
+
+def _pairs(vs: VectorSet) -> dict[int, tuple[str, bytes]]:
+    """Track id -> (content hash, raw vector) of a vector set."""
+    return {int(i): (str(h), vs.raw[r].tobytes()) for r, (i, h) in enumerate(zip(vs.ids, vs.hashes, strict=True))}
+
+
+def _fresh_pairs(root: Path) -> dict[int, tuple[str, bytes]]:
+    with closing(FeatureStore(root / "store", readonly=True)) as store:
+        return _pairs(read_vectors(store, store.run("dsp"), VectorSpec.from_options(layer="0")))
+
+
+def test_a_track_list_is_labelled_with_the_version_it_was_read_at(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tracks()` read its version token, then its rows in another statement: a second writer committing between them
+    gave the new rows labelled with the old version, the key every value derived from them is memoised under."""
+    with closing(FeatureStore(tmp_path / "store")) as writer, closing(FeatureStore(tmp_path / "store")) as store:
+        writer.upsert_track(tmp_path / "a.wav", "a" * 40, 10, 1.0, {"duration": 2.0}, {})
+        before = [t.path for t in writer.tracks()]  # not read by ``store``: its memo holds no list yet
+        version_before = store.version()
+
+        def commit() -> None:
+            writer.upsert_track(tmp_path / "b.wav", "b" * 40, 10, 1.0, {"duration": 2.0}, {})
+
+        _once_after(store, "version", commit, monkeypatch)
+        listed = store.tracks()
+        after = [t.path for t in store.tracks()]
+        assert len(after) == len(before) + 1  # the writer committed
+        assert isinstance(listed, TrackList)
+        assert (listed.version, [t.path for t in listed]) in ((version_before, before), (store.version(), after))
+
+
+@pytest.mark.parametrize("read", [read_vectors, load_vectors], ids=["read_vectors", "load_vectors"])
+def test_a_vector_set_is_read_from_one_state(own_music: Path, read: Callable[..., VectorSet],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file changed in place and re-extracted between the vector set's read of the track list and its read of the
+    vectors (`mess similar` beside `mess extract`): the set held the track's old content hash with its new vector."""
+    name = f"Sine_Choir/take{1 if read is read_vectors else 2}.flac"
+    before = _fresh_pairs(own_music)
+    with closing(FeatureStore(own_music / "store", readonly=True)) as store:
+        _once_after(store, "tracks", lambda: _change_in_place(own_music, name), monkeypatch)
+        during = _pairs(read(store, store.run("dsp"), VectorSpec.from_options(layer="0")))
+    after = _fresh_pairs(own_music)
+    changed = [i for i in before if before[i] != after[i]]
+    assert len(changed) == 1 and before[changed[0]][0] != after[changed[0]][0]  # one track: new hash, new vector
+    assert during in (before, after)
+
+
+def test_similar_tracks_reads_one_state(own_music: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mess similar` (and the server's similar) read the track list, then the vectors: a change in place committed
+    between them answered the changed track with its old content hash and its new vector's score."""
+    def similar(store: FeatureStore) -> list[tuple[int, str, float]]:
+        run = store.run("dsp")
+        results = similar_tracks(store, run, collection_query(store, seed), 11, layer="0", ranking="plain")
+        return [(r.track.id, r.track.content_hash, round(r.score, 5)) for r in results]
+
+    def fresh() -> list[tuple[int, str, float]]:
+        with closing(FeatureStore(own_music / "store", readonly=True)) as store:
+            return similar(store)
+
+    with closing(FeatureStore(own_music / "store", readonly=True)) as store:
+        seed = next(t.id for t in store.tracks() if t.path.endswith("Sine_Choir/take0.flac"))
+        before = fresh()
+        _once_after(store, "tracks", lambda: _change_in_place(own_music, "Sine_Choir/take3.flac"), monkeypatch)
+        during = similar(store)
+        after = fresh()
+        assert before != after
+        assert during in (before, after), (during, before, after)
