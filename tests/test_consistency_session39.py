@@ -3,6 +3,7 @@ and its version token, the track list and the vectors (`mess similar`, the serve
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from contextlib import closing
@@ -12,13 +13,18 @@ import numpy as np
 import pytest
 import soundfile as sf
 import test_serve_api as api
+import typer
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
 from mess.audio.discover import find_audio
 from mess.audio.windows import WindowPolicy
+from mess.cli.artists import register
 from mess.extract.pipeline import extract
 from mess.models.dsp import DspModel
 from mess.search.query import collection_query, similar_tracks
 from mess.search.vectors import VectorSet, VectorSpec, load_vectors, read_vectors
+from mess.serve.app import create_app
 from mess.store import FeatureStore, TrackList
 
 serve_collection = api.serve_collection  # the session's store (3 artists x 4 tagged tracks, dsp), made once per run
@@ -34,8 +40,10 @@ def own_music(serve_collection: Path, tmp_path_factory: pytest.TempPathFactory) 
     return root
 
 
-def _once_after(store: FeatureStore, name: str, then: Callable[[], None], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run ``then`` once, right after the first call of ``store.<name>``: the moment another writer commits."""
+def _once_after(store: FeatureStore | type[FeatureStore], name: str, then: Callable[[], None],
+                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run ``then`` once, right after the first call of ``store.<name>`` (of any store's, given the class): the moment
+    another writer commits."""
     original = getattr(store, name)
 
     def hooked(*args: object, **kwargs: object) -> object:
@@ -123,3 +131,42 @@ def test_similar_tracks_reads_one_state(own_music: Path, monkeypatch: pytest.Mon
         after = fresh()
         assert before != after
         assert during in (before, after), (during, before, after)
+
+
+def test_the_api_similar_artists_reads_one_state(own_music: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`GET /api/artists/similar` read the track list (the artists), then the layer (their vectors): a file rewritten
+    (new audio, no tags) between them counted in its old artist with its new vector."""
+    def answer(client: TestClient) -> list[tuple[str, float | None]]:
+        got = client.get("/api/artists/similar", params={"name": "Sine Choir", "layer": "0", "model": "dsp"})
+        assert got.status_code == 200, got.text
+        return [(r["artist"], r["score"]) for r in got.json()["results"]]
+
+    with (TestClient(base_url="http://127.0.0.1", app=create_app(own_music / "store")) as other,
+          TestClient(base_url="http://127.0.0.1", app=create_app(own_music / "store")) as client):
+        before = answer(other)  # a server of its own: ``client`` memoises nothing of the state before
+        _once_after(FeatureStore, "tracks", lambda: _change_in_place(own_music, "Saw_Machine/take0.flac"),
+                    monkeypatch)
+        during = answer(client)
+        after = answer(other)
+    assert before != after
+    assert during in (before, after), (during, before, after)
+
+
+def test_mess_artists_similar_reads_one_state(own_music: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mess artists similar` (every `mess artists` command) read the artists' tracks, then their vectors: a file
+    rewritten between them counted in its old artist with its new vector."""
+    app = typer.Typer()
+    register(app)
+
+    def answer() -> list[tuple[str, float]]:
+        done = CliRunner().invoke(app, ["artists", "similar", "Sine Choir", "--layer", "0", "--model", "dsp",
+                                        "--json", "--store", str(own_music / "store")])
+        assert done.exit_code == 0, done.output
+        return [(r["artist"], r["score"]) for r in json.loads(done.stdout)["results"]]
+
+    before = answer()
+    _once_after(FeatureStore, "tracks", lambda: _change_in_place(own_music, "Noise_Ensemble/take0.flac"), monkeypatch)
+    during = answer()
+    after = answer()
+    assert before != after
+    assert during in (before, after), (during, before, after)

@@ -84,11 +84,12 @@ _A = TypeVar("_A")
 
 
 def _analysed(analyse: Callable[[FeatureStore], _A], store: Path) -> _A:
-    """What ``analyse`` finds in the store at ``store``; an ArtistError ends the command with its message."""
+    """What ``analyse`` finds in the store at ``store``, read from one catalog version (the artists' tracks and their
+    vectors, though an extract is committing); an ArtistError ends the command with its message."""
     from mess.artists.profiles import ArtistError
 
     with open_store(store) as fs, failing(ArtistError):
-        return analyse(fs)
+        return fs.reading(lambda: analyse(fs))
 
 
 class _Report(Protocol):

@@ -20,7 +20,16 @@ from mess.artists.analysis import (
     saved_selection,
 )
 from mess.artists.discrimination import most_discriminative
-from mess.artists.profiles import ArtistError, ArtistSet, Space, artist_of, in_space, load_artists, load_space
+from mess.artists.profiles import (
+    ArtistError,
+    ArtistProfile,
+    ArtistSet,
+    Space,
+    artist_of,
+    in_space,
+    load_artists,
+    load_space,
+)
 from mess.artists.similarity import ArtistVectors, artist_vectors, similarity_row, top_k
 from mess.constants import DEFAULT_MAX_TRACKS, DEFAULT_MIN_TRACKS
 from mess.search.query import stale_aspect_map
@@ -127,13 +136,17 @@ def similar_artists(state: State, name: Annotated[str | None, Blank, Query(descr
                 layer, aspect, fused = saved.get("layer"), saved.get("aspect"), bool(saved.get("fused"))
         if layer is not None or aspect is not None or fused:
             vector_spec(state.store, run, layer, aspect, fused)
-        tracks = state.store.tracks(run)  # one tuple for the artists and their space, so both match
-        aset = load_artists(state.store, run, tracks=tracks, max_tracks=max_tracks, min_tracks=min_tracks)
-        try:
-            me = aset.profiles[aset.index(_credited(state, track) if track is not None else name or "")]
-        except ArtistError as exc:
-            raise HTTPException(404, str(exc)) from None
-        space, aset, missing, vectors = _artist_space(state, run, tracks, aset, layer, aspect, fused, options)
+
+        def read() -> tuple[ArtistProfile, Space, ArtistSet, int, ArtistVectors]:
+            tracks = state.store.tracks(run)  # the artists and their space from one catalog version, so both match
+            aset = load_artists(state.store, run, tracks=tracks, max_tracks=max_tracks, min_tracks=min_tracks)
+            try:
+                me = aset.profiles[aset.index(_credited(state, track) if track is not None else name or "")]
+            except ArtistError as exc:
+                raise HTTPException(404, str(exc)) from None
+            return me, *_artist_space(state, run, tracks, aset, layer, aspect, fused, options)
+
+        me, space, aset, missing, vectors = state.store.reading(read)
         query = _artist_row(aset, me.name, space)
         parts: dict[str, np.ndarray] = {}
         if blend is not None:
