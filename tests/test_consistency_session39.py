@@ -22,8 +22,9 @@ from mess.audio.windows import WindowPolicy
 from mess.cli.artists import register
 from mess.extract.pipeline import extract
 from mess.models.dsp import DspModel
-from mess.search.query import collection_query, similar_tracks
+from mess.search.query import TrackQuery, collection_query, similar_tracks
 from mess.search.vectors import VectorSet, VectorSpec, load_vectors, read_vectors
+from mess.serve import routes_search
 from mess.serve.app import create_app
 from mess.store import FeatureStore, TrackList
 
@@ -169,4 +170,33 @@ def test_mess_artists_similar_reads_one_state(own_music: Path, monkeypatch: pyte
     during = answer()
     after = answer()
     assert before != after
+    assert during in (before, after), (during, before, after)
+
+
+def test_the_api_similar_reads_the_query_track_and_its_neighbours_from_one_state(
+        own_music: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`GET /api/tracks/{id}/similar` read the query track, then searched in a later state: the query's own file
+    rewritten and re-extracted between them made a valid request a 400 ("not track N ... extracted again since")."""
+    def answer(client: TestClient) -> tuple[int, object]:
+        got = client.get(f"/api/tracks/{seed}/similar", params={"layer": "0", "model": "dsp", "ranking": "plain"})
+        body = got.json()
+        return got.status_code, (body.get("query"), body.get("results")) if got.status_code == 200 else body
+
+    with closing(FeatureStore(own_music / "store", readonly=True)) as store:
+        seed = next(t.id for t in store.tracks() if t.path.endswith("Noise_Ensemble/take1.flac"))
+    with (TestClient(base_url="http://127.0.0.1", app=create_app(own_music / "store")) as other,
+          TestClient(base_url="http://127.0.0.1", app=create_app(own_music / "store")) as client):
+        before = answer(other)
+        query = routes_search.collection_query
+
+        def hooked(store: FeatureStore, ref: int) -> TrackQuery:
+            monkeypatch.setattr(routes_search, "collection_query", query)
+            out = query(store, ref)
+            _change_in_place(own_music, "Noise_Ensemble/take1.flac")
+            return out
+
+        monkeypatch.setattr(routes_search, "collection_query", hooked)
+        during = answer(client)
+        after = answer(other)
+    assert before[0] == after[0] == 200 and before != after
     assert during in (before, after), (during, before, after)

@@ -36,7 +36,7 @@ from mess.serve.mapping import collection_map
 from mess.serve.routes_tracks import Aspect, Blank, Fused, Layer, Learned, Model, changed_note
 from mess.serve.state import ServeState, TrackId, get_state, neighbour_dict, track_dict, unfused_note, vector_spec
 from mess.serve.uploads import FIELD, receive_upload
-from mess.store import FeatureStore, Run, StoreError
+from mess.store import FeatureStore, Run, StoreError, Track
 
 router = APIRouter(prefix="/api")
 State = Annotated[ServeState, Depends(get_state)]
@@ -102,7 +102,7 @@ def similar(track_id: TrackId, state: State, model: Model = None, layer: Layer =
             pass
         else:
             ranking_data(state, store, vs, chosen.ranking)
-    with state.lock:
+    def answer_now() -> tuple[dict, Track, tuple[str, str] | None]:
         run = state.run(model)
         track = state.track(track_id)
         spec = vector_spec(state.store, run, layer, aspect, fused, learned, norm)
@@ -116,7 +116,10 @@ def similar(track_id: TrackId, state: State, model: Model = None, layer: Layer =
             raise HTTPException(400, str(exc).replace("--", "")) from None
         answer = _answer(state, run, {"label": tq.label, "external": False, **track_dict(track)},
                          results, layer, aspect, fused, learned, norm, chosen, tq, hubness, expand, match)
-        known = state.store.known_file(Path(track.path))
+        return answer, track, state.store.known_file(Path(track.path))
+
+    with state.lock:  # the query track and its neighbours from one catalog version, though an extract is committing
+        answer, track, known = state.store.reading(answer_now)
     changed = changed_note(Path(track.path), known)  # outside the lock: it may hash the file
     return {**answer, "notes": [*answer["notes"], changed]} if changed else answer
 
