@@ -19,14 +19,16 @@ from typer.testing import CliRunner
 
 from mess.audio.discover import find_audio
 from mess.audio.windows import WindowPolicy
+from mess.cli import search as cli_search
 from mess.cli.artists import register
+from mess.cli.search import register as register_search
 from mess.extract.pipeline import extract
 from mess.models.dsp import DspModel
 from mess.search.query import TrackQuery, collection_query, similar_tracks
 from mess.search.vectors import VectorSet, VectorSpec, load_vectors, read_vectors
 from mess.serve import routes_search
 from mess.serve.app import create_app
-from mess.store import FeatureStore, TrackList
+from mess.store import FeatureStore, Run, TrackList
 
 serve_collection = api.serve_collection  # the session's store (3 artists x 4 tagged tracks, dsp), made once per run
 
@@ -199,4 +201,36 @@ def test_the_api_similar_reads_the_query_track_and_its_neighbours_from_one_state
         during = answer(client)
         after = answer(other)
     assert before[0] == after[0] == 200 and before != after
+    assert during in (before, after), (during, before, after)
+
+
+def test_mess_similar_by_file_reads_the_query_and_its_neighbours_from_one_state(
+        own_music: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mess similar FILE` (or ID) resolved its query in one state and searched in a later one: the query's file
+    rewritten and re-extracted between them failed the command ("not track N ... extracted again since")."""
+    app = typer.Typer()
+    register_search(app)
+    song = own_music / "music" / "Saw_Machine" / "take1.flac"
+
+    def answer() -> tuple[int, object]:
+        done = CliRunner().invoke(app, ["similar", str(song), "--layer", "0", "--model", "dsp", "--ranking", "plain",
+                                        "--json", "--store", str(own_music / "store")])
+        if done.exit_code:
+            return done.exit_code, done.output
+        out = json.loads(done.stdout)
+        return 0, (out["query"], [(r["id"], r["score"]) for r in out["results"]])
+
+    before = answer()
+    resolve = cli_search.resolved_query
+
+    def hooked(fs: FeatureStore, query: str, run: Run) -> TrackQuery:
+        monkeypatch.setattr(cli_search, "resolved_query", resolve)
+        out = resolve(fs, query, run)
+        _change_in_place(own_music, "Saw_Machine/take1.flac")
+        return out
+
+    monkeypatch.setattr(cli_search, "resolved_query", hooked)
+    during = answer()
+    after = answer()
+    assert before[0] == after[0] == 0 and before != after
     assert during in (before, after), (during, before, after)

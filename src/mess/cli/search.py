@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from mess.search.index import IndexReport
     from mess.search.query import Neighbour
     from mess.search.vectors import Norm
-    from mess.store import Run
+    from mess.store import FeatureStore, Run
 
 _LABELS = f"{', '.join(LABEL_FIELDS[:-1])} or {LABEL_FIELDS[-1]}"
 LayerOpt = Annotated[str | None, typer.Option("--layer", "-l", help="One layer (name or index, -1 = last).")]
@@ -196,28 +196,31 @@ def similar_command(
     if hubness is not None and hubness not in METHODS:
         fail(f"unknown hubness reduction {hubness!r}; choose {' or '.join(METHODS)}")
     expand = expansion(match, expand)
-    notes: list[str] = []
-    with open_store(store) as fs:
+
+    def found(fs: FeatureStore) -> tuple[dict, list[Neighbour], str, str]:
+        """The answer, its neighbours, and the options `mess probe` and `mess extract` name the run with."""
+        notes: list[str] = []
         run = fs.run(model)
         tq = resolved_query(fs, query, run)
         with failing(ValueError):
             vs = load_vectors(fs, run, VectorSpec.from_options(layer, aspect, fused, cast("Norm", norm), learned))
-            ranking = ranking_choice(fs, vs, ranking, match, hubness, expand, notes.append)  # the answer says which
+            chosen = ranking_choice(fs, vs, ranking, match, hubness, expand, notes.append)  # the answer says which
             results = similar_tracks(fs, run, tq, k, layer=layer, aspect=aspect, fused=fused,
                                      exclude_same_artist=exclude_same_artist, hubness=hubness,
                                      norm=cast("Norm", norm), learned=learned, match=match, expand=expand,
-                                     ranking=ranking, on_note=notes.append)
+                                     ranking=chosen, on_note=notes.append)
         source, _ = aspect_layers(fs, run)
-        weak = weak_aspects(fs, run)
-        stale = stale_aspect_map(fs, run) if aspect or source == "aspects" else None
-        unfused = fs.derived_missing(run, FUSED) if fused else 0
-        unembedded = len(fs.unembedded(run))
-        probe_as, extract_as = fs.model_option(run), fs.extract_options(run)
-    answer = {"query": {"label": tq.label, "id": tq.track.id if tq.track else None, "external": tq.track is None},
-              "model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "norm": vs.spec.norm,
-              "match": match, "hubness": hubness, "expand": expand, "ranking": ranking, "why_source": source,
-              "weak_aspects": weak, "stale_aspect_map": stale, "tracks_without_fused_vectors": unfused,
-              "files_not_embedded": unembedded, "norm_note": vs.norm_note, "notes": notes}
+        answer = {"query": {"label": tq.label, "id": tq.track.id if tq.track else None, "external": tq.track is None},
+                  "model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "norm": vs.spec.norm,
+                  "match": match, "hubness": hubness, "expand": expand, "ranking": chosen, "why_source": source,
+                  "weak_aspects": weak_aspects(fs, run),
+                  "stale_aspect_map": stale_aspect_map(fs, run) if aspect or source == "aspects" else None,
+                  "tracks_without_fused_vectors": fs.derived_missing(run, FUSED) if fused else 0,
+                  "files_not_embedded": len(fs.unembedded(run)), "norm_note": vs.norm_note, "notes": notes}
+        return answer, results, fs.model_option(run), fs.extract_options(run)
+
+    with open_store(store) as fs:  # the query track, its neighbours and the notes from one catalog version
+        answer, results, probe_as, extract_as = fs.reading(lambda: found(fs))
     if as_json:
         emit_json({**answer, "encoded_threshold": ENCODED_R2, "results": [n.to_dict() for n in results]})
         return
