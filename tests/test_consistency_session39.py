@@ -234,3 +234,23 @@ def test_mess_similar_by_file_reads_the_query_and_its_neighbours_from_one_state(
     after = answer()
     assert before[0] == after[0] == 0 and before != after
     assert during in (before, after), (during, before, after)
+
+
+def test_the_api_map_reads_its_points_and_their_tracks_from_one_state(
+        own_music: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`GET /api/map` read the vectors (the points), then the track list (what each point names): a file rewritten
+    (new audio, no tags) between them named its old position with its new title."""
+    def answer(client: TestClient) -> list[tuple[int, str, float, float]]:
+        got = client.get("/api/map", params={"layer": "0", "model": "dsp"})
+        assert got.status_code == 200, got.text
+        return [(p["id"], p["title"], p["x"], p["y"]) for p in got.json()["points"]]
+
+    with (TestClient(base_url="http://127.0.0.1", app=create_app(own_music / "store")) as other,
+          TestClient(base_url="http://127.0.0.1", app=create_app(own_music / "store")) as client):
+        before = answer(other)
+        _once_after(FeatureStore, "tracks", lambda: _change_in_place(own_music, "Noise_Ensemble/take2.flac"),
+                    monkeypatch)
+        during = answer(client)
+        after = answer(other)
+    assert before != after
+    assert during in (before, after), (during, before, after)

@@ -231,13 +231,15 @@ def changed_note(path: Path, known: tuple[str, str] | None) -> str | None:
 def collection_map_route(state: State, model: Model = None, layer: Layer = None, aspect: Aspect = None,
                          fused: Fused = False, learned: Learned = False) -> dict:
     """Every track's 2-D position: PCA of the vectors search compares (centred, unit length)."""
-    with state.lock:
+    def read() -> tuple[Run, CollectionMap, dict[int, Track], int, str | None]:
         run = state.run(model)
         spec = vector_spec(state.store, run, layer, aspect, fused, learned)
         vs = load_vectors(state.store, run, spec)
         cmap: CollectionMap = state.store.cached(("map", run.id, spec, vs.fingerprint), lambda: collection_map(vs))
-        by_id = track_by_id(state.store.tracks(run))
-        unfused, note = unfused_note(state.store, run, fused)
+        return run, cmap, track_by_id(state.store.tracks(run)), *unfused_note(state.store, run, fused)
+
+    with state.lock:  # the points and the tracks they name from one catalog version, though an extract is committing
+        run, cmap, by_id, unfused, note = state.store.reading(read)
     points = [{**track_dict(by_id[int(i)]), "x": round(float(x), 5), "y": round(float(y), 5)}
               for i, (x, y) in zip(cmap.ids, cmap.xy, strict=False) if int(i) in by_id]
     return {"model": run.model, "vectors": vectors_label(layer, aspect, fused, learned), "method": "pca",
