@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -254,3 +255,37 @@ def test_the_api_map_reads_its_points_and_their_tracks_from_one_state(
         after = answer(other)
     assert before != after
     assert during in (before, after), (during, before, after)
+
+
+def test_an_upload_is_answered_from_one_state(own_music: Path, monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    """`POST /api/similar/upload` of a collection file's copy matched it to its track (external_query), then searched
+    in a later state: that track's file rewritten and re-extracted between them made a valid upload a 400."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the server's upload files: this test's own folder
+    song = own_music / "music" / "Saw_Machine" / "take2.flac"
+    upload = song.read_bytes()
+
+    def answer(client: TestClient) -> tuple[int, object]:
+        got = client.post("/api/similar/upload", params={"k": 4, "layer": "0", "model": "dsp", "ranking": "plain"},
+                          files={"file": ("copy.flac", upload, "audio/flac")})
+        body = got.json()
+        return got.status_code, ((body["query"]["id"], [(r["id"], r["score"]) for r in body["results"]])
+                                 if got.status_code == 200 else body)
+
+    with TestClient(base_url="http://127.0.0.1", app=create_app(own_music / "store")) as client:
+        before = answer(client)
+        query = routes_search.external_query
+        calls = []
+
+        def hooked(*args: object, **kwargs: object) -> TrackQuery:
+            out = query(*args, **kwargs)  # type: ignore[arg-type]
+            calls.append(out)
+            if len(calls) == 2:  # the search's (the ranking's preparation resolves it first)
+                monkeypatch.setattr(routes_search, "external_query", query)
+                _change_in_place(own_music, "Saw_Machine/take2.flac")
+            return out
+
+        monkeypatch.setattr(routes_search, "external_query", hooked)
+        during = answer(client)
+    assert before[0] == 200
+    assert during == before, (during, before)  # the upload's content is the track's as it was

@@ -189,25 +189,28 @@ async def similar_upload(request: Request, state: State, model: Model = None, la
                 reranker.outside(q)
 
     def search() -> dict:
-        with state.lock:
-            run, spec, tq, chosen = resolved()
-            same = tq.track
-            results = similar_tracks(state.store, run, tq, k, layer=layer, aspect=aspect, fused=fused,
-                                     exclude_same_artist=exclude_same_artist, hubness=hubness, learned=learned,
-                                     expand=expand, norm=cast("Norm", norm), ranking=chosen.ranking,
-                                     match=match)
-            vs = load_vectors(state.store, run, spec)
-            cmap = state.store.cached(("map", run.id, spec, vs.fingerprint), lambda: collection_map(vs))
-            if same is not None and same.id in vs:  # cmap was made from this vector set (same fingerprint)
-                x, y = cmap.xy[vs.rows(np.array([same.id]))[0]]
-            else:
-                x, y = cmap.place(query_unit(state.store, vs, tq)[None])[0]
-            query = {"label": tq.label, "external": same is None, "id": same.id if same else None,
-                     "artist": tq.artist,
-                     "file": saved.filename, "bytes": saved.size, "x": round(float(x), 5), "y": round(float(y), 5)}
-            return {**_answer(state, run, query, results, layer, aspect, fused, learned, norm, chosen, tq, hubness,
-                              expand, match),
-                    "warnings": embedded.warnings}
+        with state.lock:  # the query, its neighbours and its place on the map from one catalog version
+            return state.store.reading(searched)
+
+    def searched() -> dict:
+        run, spec, tq, chosen = resolved()
+        same = tq.track
+        results = similar_tracks(state.store, run, tq, k, layer=layer, aspect=aspect, fused=fused,
+                                 exclude_same_artist=exclude_same_artist, hubness=hubness, learned=learned,
+                                 expand=expand, norm=cast("Norm", norm), ranking=chosen.ranking,
+                                 match=match)
+        vs = load_vectors(state.store, run, spec)
+        cmap = state.store.cached(("map", run.id, spec, vs.fingerprint), lambda: collection_map(vs))
+        if same is not None and same.id in vs:  # cmap was made from this vector set (same fingerprint)
+            x, y = cmap.xy[vs.rows(np.array([same.id]))[0]]
+        else:
+            x, y = cmap.place(query_unit(state.store, vs, tq)[None])[0]
+        query = {"label": tq.label, "external": same is None, "id": same.id if same else None,
+                 "artist": tq.artist,
+                 "file": saved.filename, "bytes": saved.size, "x": round(float(x), 5), "y": round(float(y), 5)}
+        return {**_answer(state, run, query, results, layer, aspect, fused, learned, norm, chosen, tq, hubness,
+                          expand, match),
+                "warnings": embedded.warnings}
 
     try:
         # 503 at once when the upload queue is full (reads never wait on uploads); held until the file is removed, so
