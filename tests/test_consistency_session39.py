@@ -25,6 +25,7 @@ from mess.cli.artists import register
 from mess.cli.search import register as register_search
 from mess.extract.pipeline import extract
 from mess.models.dsp import DspModel
+from mess.search.evaluate import evaluate
 from mess.search.query import TrackQuery, collection_query, similar_tracks
 from mess.search.vectors import VectorSet, VectorSpec, load_vectors, read_vectors
 from mess.serve import routes_search
@@ -289,3 +290,23 @@ def test_an_upload_is_answered_from_one_state(own_music: Path, monkeypatch: pyte
         during = answer(client)
     assert before[0] == 200
     assert during == before, (during, before)  # the upload's content is the track's as it was
+
+
+def test_an_evaluation_reads_one_state(own_music: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mess evaluate` read the labelled track list, then each vector set: a file rewritten (new audio, no tags)
+    between them was scored with its old label and its new vector."""
+    def scores(store: FeatureStore) -> list[tuple[str, float]]:
+        found = evaluate(store, store.run("dsp"), "artist", 3, ranking="plain")
+        return [(s.name, round(s.scores.map, 6)) for s in found.sets]
+
+    def fresh() -> list[tuple[str, float]]:
+        with closing(FeatureStore(own_music / "store", readonly=True)) as store:
+            return scores(store)
+
+    before = fresh()
+    with closing(FeatureStore(own_music / "store", readonly=True)) as store:
+        _once_after(store, "tracks", lambda: _change_in_place(own_music, "Noise_Ensemble/take3.flac"), monkeypatch)
+        during = scores(store)
+    after = fresh()
+    assert before != after
+    assert during in (before, after), (during, before, after)

@@ -40,6 +40,7 @@ from mess.search.rerank_store import Ranking, check_ranking, load_augmentation, 
 from mess.search.segments import chamfer_rows, check_match, read_segments
 from mess.search.vectors import Norm, VectorSet, VectorSpec, fused_norm, has_learned_head, load_vectors
 from mess.store import FeatureStore, Run, StoreError, Track
+from mess.store.consistent import one_state
 from mess.store.fused import fused_run_problem
 from mess.store.paths import replace_file
 
@@ -227,6 +228,7 @@ def track_labels(tracks: Sequence[Track], field: str, overrides: dict[int, str] 
     return {t.id: v for t in tracks if (v := label_key(field, t.label(field)))}
 
 
+@one_state
 def evaluate(
     store: FeatureStore,
     run: Run,
