@@ -10,6 +10,7 @@ from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
+import mutagen.flac
 import numpy as np
 import pytest
 import soundfile as sf
@@ -60,14 +61,24 @@ def _once_after(store: FeatureStore | type[FeatureStore], name: str, then: Calla
     monkeypatch.setattr(store, name, hooked)
 
 
-def _change_in_place(root: Path, name: str) -> None:
+def _change_in_place(root: Path, name: str, untagged: bool = False) -> None:
     """Another writer (a store handle of its own) re-extracts ``name`` after its audio changed in place: its track
-    keeps its id, with another content hash and another vector."""
+    keeps its id, with another content hash and another vector (and no tags, ``untagged``: no artist or title)."""
     song = root / "music" / name
+    tags = dict(mutagen.flac.FLAC(song).tags or {})
     audio, rate = sf.read(song)
     sf.write(song, np.roll(audio, len(audio) // 3) * 0.5, rate)
+    if not untagged:
+        flac = mutagen.flac.FLAC(song)
+        flac.update(tags)
+        flac.save()
     with closing(FeatureStore(root / "store")) as writer:
         extract(writer, [song], DspModel(), WindowPolicy(), workers=1)
+
+
+def _untagged(root: Path, name: str) -> Callable[[], None]:
+    """:func:`_change_in_place` of ``name`` that leaves it without tags, to run later."""
+    return lambda: _change_in_place(root, name, untagged=True)
 
 
 def _pairs(vs: VectorSet) -> dict[int, tuple[str, bytes]]:
@@ -149,7 +160,7 @@ def test_the_api_similar_artists_reads_one_state(own_music: Path, monkeypatch: p
     with (TestClient(base_url="http://127.0.0.1", app=create_app(own_music / "store")) as other,
           TestClient(base_url="http://127.0.0.1", app=create_app(own_music / "store")) as client):
         before = answer(other)  # a server of its own: ``client`` memoises nothing of the state before
-        _once_after(FeatureStore, "tracks", lambda: _change_in_place(own_music, "Saw_Machine/take0.flac"),
+        _once_after(FeatureStore, "tracks", _untagged(own_music, "Saw_Machine/take0.flac"),
                     monkeypatch)
         during = answer(client)
         after = answer(other)
@@ -170,7 +181,7 @@ def test_mess_artists_similar_reads_one_state(own_music: Path, monkeypatch: pyte
         return [(r["artist"], r["score"]) for r in json.loads(done.stdout)["results"]]
 
     before = answer()
-    _once_after(FeatureStore, "tracks", lambda: _change_in_place(own_music, "Noise_Ensemble/take0.flac"), monkeypatch)
+    _once_after(FeatureStore, "tracks", _untagged(own_music, "Noise_Ensemble/take0.flac"), monkeypatch)
     during = answer()
     after = answer()
     assert before != after
@@ -250,7 +261,7 @@ def test_the_api_map_reads_its_points_and_their_tracks_from_one_state(
     with (TestClient(base_url="http://127.0.0.1", app=create_app(own_music / "store")) as other,
           TestClient(base_url="http://127.0.0.1", app=create_app(own_music / "store")) as client):
         before = answer(other)
-        _once_after(FeatureStore, "tracks", lambda: _change_in_place(own_music, "Noise_Ensemble/take2.flac"),
+        _once_after(FeatureStore, "tracks", _untagged(own_music, "Noise_Ensemble/take2.flac"),
                     monkeypatch)
         during = answer(client)
         after = answer(other)
@@ -305,7 +316,7 @@ def test_an_evaluation_reads_one_state(own_music: Path, monkeypatch: pytest.Monk
 
     before = fresh()
     with closing(FeatureStore(own_music / "store", readonly=True)) as store:
-        _once_after(store, "tracks", lambda: _change_in_place(own_music, "Noise_Ensemble/take3.flac"), monkeypatch)
+        _once_after(store, "tracks", _untagged(own_music, "Noise_Ensemble/take3.flac"), monkeypatch)
         during = scores(store)
     after = fresh()
     assert before != after
