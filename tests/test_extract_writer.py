@@ -220,7 +220,8 @@ def test_a_write_the_disk_refuses_surfaces_at_the_next_submit_and_at_close_and_k
     out = json.loads(child.stdout)
     assert sorted(out["said"]) == ["close", "last close", "submit"], out
     for message in out["said"].values():
-        assert message.startswith(f"cannot write to the store at {root} ({os.strerror(errno.EFBIG)})"), message
+        assert message.startswith(f"cannot write to the store at {root} ({os.strerror(errno.EFBIG)}; this process "
+                                  "may write files of at most "), message  # the limit named (ulimit -f)
         assert "what was written before is kept" in message and "\n" not in message, message
     assert out["commits"] == [[2, 1.0]]
     first, big = _group("first", 2, 3), _group("big", 1, out["segments"])

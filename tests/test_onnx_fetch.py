@@ -168,11 +168,12 @@ def test_offline_essentia_fetch_is_one_line_and_leaves_nothing(name: str, tmp_pa
 
 
 @pytest.mark.parametrize("name", ["mert-v1-95m", "mert-v1-330m"])
-def test_mert_fetch_with_the_hub_unreachable_fails_fast_in_one_line(name: str, tmp_path: Path) -> None:
+def test_mert_fetch_with_the_hub_unreachable_fails_fast_in_one_line(name: str, tmp_path: Path,
+                                                                   tmp_path_factory: pytest.TempPathFactory) -> None:
     """HF_ENDPOINT on a closed port: one line at once (not after the hub client's half minute of retries and
     warnings), naming the endpoint, the cause and the hub command; nothing is left. "At once" is counted, not
     timed (a loaded machine stretches any time): one connection attempt, no sleeping."""
-    env, waits = network_waits(tmp_path.parent / f"{tmp_path.name}-waits")
+    env, waits = network_waits(tmp_path_factory.mktemp("waits") / "hook")  # beside tmp_path, which must stay empty
     with refusing_port() as port:
         endpoint = f"http://127.0.0.1:{port}"
         done = _cli(name, str(tmp_path / "mert"), HF_ENDPOINT=endpoint, HF_HUB_OFFLINE="0", **env)
@@ -185,9 +186,9 @@ def test_mert_fetch_with_the_hub_unreachable_fails_fast_in_one_line(name: str, t
     assert not list(tmp_path.iterdir())
 
 
-def test_offline_mert_fetch_is_one_line(tmp_path: Path) -> None:
+def test_offline_mert_fetch_is_one_line(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     """With HF_HUB_OFFLINE, one line at once: no connection tried, nothing slept (counted, not timed)."""
-    env, waits = network_waits(tmp_path.parent / f"{tmp_path.name}-waits")
+    env, waits = network_waits(tmp_path_factory.mktemp("waits") / "hook")  # beside tmp_path, which must stay empty
     done = _cli("mert-v1-95m", str(tmp_path / "mert"), HF_HUB_OFFLINE="1", **env)
     assert done.returncode == 1, done.stderr
     assert waits() == {"connects": 0, "slept": 0}, waits()

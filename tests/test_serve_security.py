@@ -28,6 +28,7 @@ import soundfile as sf
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from ports import served_at
+from processes import running
 
 from conftest import mess_here
 from mess.serve.security import LOOPBACK_HOSTS, AccessPolicy, _hostname, host_name, install
@@ -357,8 +358,7 @@ def test_a_second_ctrl_c_ends_an_upload_being_embedded(dsp_store: Path) -> None:
             assert proc.poll() is None and time.time() < deadline
             time.sleep(0.2)
         assert httpx.post(base + "/api/similar/upload", files=upload, timeout=120).status_code == 200
-        worker = next(int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-                      if b"mess.serve.embed_worker" in Path(f"/proc/{pid}/cmdline").read_bytes())
+        worker = running("mess.serve.embed_worker", under=proc.pid)[0].pid  # (forked by its zygote)
         os.kill(worker, signal.SIGSTOP)  # a file that takes long to embed
         sender = threading.Thread(target=lambda: answers.append(
             httpx.post(base + "/api/similar/upload", files=upload, timeout=120)))

@@ -379,7 +379,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here")
     yield mount
-    subprocess.run(["umount", str(mount)], capture_output=True)
+    if subprocess.run(["umount", str(mount)], capture_output=True).returncode:  # busy: detached now, freed when not
+        subprocess.run(["umount", "--lazy", str(mount)], capture_output=True)
 
 
 @pytest.mark.xdist_group("store_redteam_dsp")

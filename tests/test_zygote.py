@@ -73,6 +73,7 @@ def test_a_warm_child_has_the_callers_folder_environment_and_stderr_of_the_momen
         assert first.call(("cwd", None), 30) == os.getcwd()
         zygote = _zygote_of(first.pid or 0)
         assert zygote.pid != os.getpid() and zygote.ppid() == os.getpid() and worker in zygote.cmdline()
+        assert zygote.cwd() == "/"  # it keeps no folder busy (a mount it was started in could not be unmounted)
         elsewhere = tmp_path / "elsewhere"
         elsewhere.mkdir()
         monkeypatch.chdir(elsewhere)

@@ -22,6 +22,7 @@ from mess.constants import FUSED, LABEL_FIELDS, counted
 if TYPE_CHECKING:
     from mess.fusion.pipeline import Trained
     from mess.fusion.train import EpochLog, FusionConfig, Mining
+    from mess.search.evaluate import LabelFile
     from mess.store import FeatureStore, Run
 
 fuse_app = typer.Typer(help="Learn one embedding from all layers of a model (triplet loss on metadata labels).",
@@ -51,6 +52,31 @@ def _checkpoint(fs: FeatureStore, checkpoint: Path | None, model: str | None) ->
         fail(f"no fusion checkpoint at {path}; this store has {', '.join(named)}: pick one with --model (or the "
              f"file with --checkpoint), or train one with `mess fuse train --model {run.model}`")
     return path
+
+
+def _before_training(threads: int, labels: Path | None) -> None:
+    """Torch's thread count set, and a ``--labels`` path that is no file refused, before the store is opened."""
+    from mess.cli.search import not_a_label_file
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if labels is not None and not labels.is_file():
+        fail(not_a_label_file(labels))
+
+
+def _label_file(ctx: typer.Context, fs: FeatureStore, labels: Path | None, label: str) -> LabelFile | None:
+    """The labels of ``--labels`` read as `mess evaluate --labels` reads them (its note printed); None without it."""
+    from mess.search.evaluate import LabelError, read_label_csv
+
+    if labels is None:
+        return None
+    with failing(LabelError):  # --label given, not its default: a file's own 'label' column is that field
+        given = getattr(ctx.get_parameter_source("label"), "name", "DEFAULT") != "DEFAULT"
+        label_file = read_label_csv(fs, labels, label, field_given=given)
+    note(label_file.note())
+    return label_file
 
 
 @fuse_app.command("train")
@@ -88,16 +114,9 @@ def train_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Train the fusion network on the store's vectors; saves a checkpoint and a JSON training log."""
-    from mess.cli.search import not_a_label_file
     from mess.fusion.train import FusionConfig, checkpoint_path, checkpoint_problem
-    from mess.search.evaluate import LabelError, read_label_csv
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    if labels is not None and not labels.is_file():
-        fail(not_a_label_file(labels))
+    _before_training(threads, labels)
     with failing(ValueError):
         config = FusionConfig(label=label, labels_file=labels.name if labels is not None else None,
                               fusion_dim=fusion_dim, gated=gated, mining=cast("Mining", mining),
@@ -109,12 +128,7 @@ def train_command(
         path = checkpoint if checkpoint is not None else checkpoint_path(fs, run)
         if (problem := checkpoint_problem(path, fs.root)) is not None:  # found before, not after, training
             fail(f"cannot save a checkpoint at {path}: {problem}")
-        label_file = None
-        if labels is not None:
-            with failing(LabelError):  # --label given, not its default: a file's own 'label' column is that field
-                given = getattr(ctx.get_parameter_source("label"), "name", "DEFAULT") != "DEFAULT"
-                label_file = read_label_csv(fs, labels, label, field_given=given)
-            note(label_file.note())
+        label_file = _label_file(ctx, fs, labels, label)
         trained = _train(fs, run, config, path, quiet=as_json, labels=label_file.labels if label_file else None)
     if as_json:
         emit_json(trained.summary)

@@ -362,6 +362,7 @@ def main() -> None:
     except BaseException as exc:  # noqa: BLE001 -- said to the caller, which names the module
         sock.send(pickle.dumps(("error", f"{type(exc).__name__}: {exc}")))
         return
+    os.chdir("/")  # it holds no folder (one on a mount would keep it busy); each child takes the caller's
     sock.send(pickle.dumps(("ready",)))
     _serve(module, sock)
 
