@@ -296,7 +296,8 @@ class VectorSet:
 
 def read_vectors(store: FeatureStore, run: Run, spec: VectorSpec, tracks: Sequence[Track] | None = None) -> VectorSet:
     """Read a spec's raw vectors for all tracks of the run and fit its preprocessor. With ``tracks`` None the track
-    list is read in the vectors' snapshot; tracks given must come from the caller's (:func:`one_state`)."""
+    list is read in the vectors' snapshot; tracks given must come from the caller's
+    (:func:`~mess.store.consistent.one_state`)."""
 
     def read() -> tuple[Sequence[Track], str, tuple[str, ...], list[tuple[np.ndarray, np.ndarray]]]:
         listed = store.tracks(run) if tracks is None else tracks
