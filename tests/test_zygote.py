@@ -5,6 +5,7 @@ exit codes, Ctrl-C, and no process left behind when the caller dies."""
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -37,6 +38,9 @@ def handle(request):
         time.sleep(60)
     if op == "sleep":
         time.sleep(arg)
+    if op == "limit":
+        import resource
+        return resource.getrlimit(arg)
     if op == "mark":
         return getattr(sys.modules.get("sitecustomize"), "MARK", None)
     return arg
@@ -66,7 +70,7 @@ def _zygote_of(pid: int) -> psutil.Process:
     return parent
 
 
-def test_a_warm_child_has_the_callers_folder_environment_and_stderr_of_the_moment_it_starts(
+def test_a_warm_child_has_the_callers_folder_environment_limits_and_stderr_of_the_moment_it_starts(
         worker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = Child(worker, warm=True)
     try:
@@ -79,16 +83,20 @@ def test_a_warm_child_has_the_callers_folder_environment_and_stderr_of_the_momen
         monkeypatch.chdir(elsewhere)
         monkeypatch.setenv("MESS_ZYGOTE_TEST", "set after the zygote started")
         said = tmp_path / "stderr.txt"
-        saved = os.dup(2)
+        saved, limits = os.dup(2), resource.getrlimit(resource.RLIMIT_FSIZE)
+        limited = (10_000_000, limits[1])
         try:
             with said.open("wb") as into:
                 os.dup2(into.fileno(), 2)  # this process's stderr, changed after the zygote started
+            resource.setrlimit(resource.RLIMIT_FSIZE, limited)  # and a limit
             second = Child(worker, warm=True)
             try:
                 assert second.call(("say", "a line for stderr\n"), 30) == "said"
             finally:
                 os.dup2(saved, 2)
+                resource.setrlimit(resource.RLIMIT_FSIZE, limits)
             assert second.call(("cwd", None), 30) == str(elsewhere)
+            assert second.call(("limit", resource.RLIMIT_FSIZE), 30) == limited  # the limits of the moment
             assert second.call(("env", "MESS_ZYGOTE_TEST"), 30) == "set after the zygote started"
             assert second.call(("env", "MESS_ZYGOTE_SOCKET"), 30) is None  # nothing of the zygote's own
             assert _zygote_of(second.pid or 0).pid == zygote.pid  # forked by the same zygote

@@ -5,12 +5,13 @@ starts one per worker, and every in-process ``extract()`` call (a library user's
 The zygote imports ``MODULE`` once, then forks a child for each request, which calls ``MODULE.main()`` (what the
 module's ``python -m`` entry calls) on the pipes it was sent: 10 ms instead of 0.22-0.5 s.
 
-The child gets the caller's current working folder, environment and standard error with each fork, so it behaves as
-a child started at that moment would; what ``MODULE``'s imports read at import time is the zygote's. The zygote
-reaps its children and keeps their exit codes until the caller asks (:class:`Forked`), and kills a child only while
-it is not yet reaped, so a kill never reaches a reused process id. It ignores Ctrl-C (its children do not) and ends
-when the caller's end of its socket closes: when the caller exits or dies. On Linux its children die with it
-(``PR_SET_PDEATHSIG``), so a killed caller leaves no process behind, not even one hung in a decoder.
+The child gets the caller's current working folder, environment, resource limits and standard error with each fork,
+so it behaves as a child started at that moment would; what ``MODULE``'s imports read at import time is the
+zygote's. The zygote reaps its children and keeps their exit codes until the caller asks (:class:`Forked`), and
+kills a child only while it is not yet reaped, so a kill never reaches a reused process id. It ignores Ctrl-C (its
+children do not), holds ``/`` as its folder, and ends when the caller's end of its socket closes: when the caller
+exits or dies. On Linux its children die with it (``PR_SET_PDEATHSIG``), so a killed caller leaves no process
+behind, not even one hung in a decoder.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import ctypes
 import importlib
 import os
 import pickle
+import resource
 import signal
 import socket
 import subprocess
@@ -55,7 +57,7 @@ class Zygote:
         except OSError:  # the working folder was removed: the child keeps the zygote's
             cwd = None
         fds = [stdin, stdout] + ([2] if _is_open(2) else [])
-        request = ("fork", cwd, dict(os.environ), own_group, len(fds) == 3)
+        request = ("fork", cwd, dict(os.environ), _limits(), own_group, len(fds) == 3)
         with self._lock:
             started = self._sock is None
             if started:
@@ -264,7 +266,7 @@ def _serve(module: str, sock: socket.socket) -> None:
             else:
                 if pid == 0:
                     _become_child(module, sock, fds, *args)
-                if args[2]:  # own_group: set here too, so it is in place when the caller hears the pid
+                if args[3]:  # own_group: set here too, so it is in place when the caller hears the pid
                     try:
                         os.setpgid(pid, pid)
                     except OSError:  # it already ended
@@ -301,8 +303,14 @@ def _reap(running: set[int], codes: dict[int, int]) -> None:
             codes[pid] = os.waitstatus_to_exitcode(status)
 
 
+def _limits() -> dict[int, tuple[int, int]]:
+    """This process's resource limits (``ulimit``), by resource."""
+    return {getattr(resource, name): resource.getrlimit(getattr(resource, name))
+            for name in dir(resource) if name.startswith("RLIMIT_")}
+
+
 def _become_child(module: str, sock: socket.socket, fds: list[int], cwd: str | None, env: dict[str, str],
-                  own_group: bool, has_stderr: bool) -> None:
+                  limits: dict[int, tuple[int, int]], own_group: bool, has_stderr: bool) -> None:
     """In the forked child: take the caller's pipes, folder, environment and stderr, run ``module.main()``, exit."""
     code = 1
     interrupted = False
@@ -320,6 +328,11 @@ def _become_child(module: str, sock: socket.socket, fds: list[int], cwd: str | N
             os.chdir(cwd)
         os.environ.clear()
         os.environ.update(env)
+        for limit, values in limits.items():
+            try:
+                resource.setrlimit(limit, values)
+            except (OSError, ValueError):  # a hard limit the caller raised since the zygote started (root only)
+                pass
         tempfile.tempdir = None  # chosen again from the caller's environment
         importlib.import_module(module).main()
         code = 0

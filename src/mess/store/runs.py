@@ -21,6 +21,8 @@ CAUGHT_UP = 0.9  # the share of the fullest run's files a model's run must have 
 class RunCatalog(TrackCatalog):
     """The runs: which model, revision and window policy made a set of vectors, and how to pick one."""
 
+    _caught_up: tuple[tuple[int, int], list[tuple[str, int]]] | None = None  # see caught_up_models
+
     def ensure_run(self, key: RunKey) -> Run:
         """Get or create the run of this model, revision and window policy."""
         if not key.layer_dims or min(key.layer_dims) < 1:  # rows of no values read back as damage ("run check")
@@ -81,15 +83,20 @@ class RunCatalog(TrackCatalog):
         :data:`CAUGHT_UP` of the catalogued files the fullest run has, oldest run first: a better model part-way
         through its first extract is not the default until it holds most of the collection, so a server or command
         naming no model never shrinks to the few tracks it holds so far; files added since and extracted by another
-        model alone do not demote it. Memoised until the catalog changes."""
-        def handled() -> list[tuple[str, int]]:
-            return [(row["model"], row["handled"]) for row in self._query(
+        model alone do not demote it. Kept on this store until the catalog changes (not in the shared memo, whose
+        waits for another thread's computation could deadlock a reader holding the connection: see
+        :meth:`snapshot`)."""
+        version = self.version()
+        kept = self._caught_up
+        if kept is not None and kept[0] == version:
+            counts = kept[1]
+        else:
+            counts = [(row["model"], row["handled"]) for row in self._query(
                 "SELECT r.model, (SELECT COUNT(*) FROM tracks t WHERE"
                 " EXISTS (SELECT 1 FROM vectors v WHERE v.run_id = r.id AND v.content_hash = t.content_hash) OR"
                 " EXISTS (SELECT 1 FROM failures f WHERE f.run_id = r.id AND f.content_hash = t.content_hash))"
                 " AS handled FROM runs r WHERE EXISTS (SELECT 1 FROM vectors v WHERE v.run_id = r.id) ORDER BY r.id")]
-
-        counts = self.cached("caught-up-models", handled)
+            self._caught_up = (version, counts)
         most = max((n for _, n in counts), default=0)
         return list(dict.fromkeys(model for model, n in counts if n >= CAUGHT_UP * most))
 
