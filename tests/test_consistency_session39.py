@@ -157,15 +157,7 @@ def test_the_api_similar_artists_reads_one_state(own_music: Path, monkeypatch: p
         assert got.status_code == 200, got.text
         return [(r["artist"], r["score"]) for r in got.json()["results"]]
 
-    with (TestClient(base_url="http://127.0.0.1", app=create_app(own_music / "store")) as other,
-          TestClient(base_url="http://127.0.0.1", app=create_app(own_music / "store")) as client):
-        before = answer(other)  # a server of its own: ``client`` memoises nothing of the state before
-        _once_after(FeatureStore, "tracks", _untagged(own_music, "Saw_Machine/take0.flac"),
-                    monkeypatch)
-        during = answer(client)
-        after = answer(other)
-    assert before != after
-    assert during in (before, after), (during, before, after)
+    _api_reads_one_state(own_music, answer, "Saw_Machine/take0.flac", monkeypatch)
 
 
 def test_mess_artists_similar_reads_one_state(own_music: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -258,15 +250,7 @@ def test_the_api_map_reads_its_points_and_their_tracks_from_one_state(
         assert got.status_code == 200, got.text
         return [(p["id"], p["title"], p["x"], p["y"]) for p in got.json()["points"]]
 
-    with (TestClient(base_url="http://127.0.0.1", app=create_app(own_music / "store")) as other,
-          TestClient(base_url="http://127.0.0.1", app=create_app(own_music / "store")) as client):
-        before = answer(other)
-        _once_after(FeatureStore, "tracks", _untagged(own_music, "Noise_Ensemble/take2.flac"),
-                    monkeypatch)
-        during = answer(client)
-        after = answer(other)
-    assert before != after
-    assert during in (before, after), (during, before, after)
+    _api_reads_one_state(own_music, answer, "Noise_Ensemble/take2.flac", monkeypatch)
 
 
 def test_an_upload_is_answered_from_one_state(own_music: Path, monkeypatch: pytest.MonkeyPatch,
@@ -319,5 +303,20 @@ def test_an_evaluation_reads_one_state(own_music: Path, monkeypatch: pytest.Monk
         _once_after(store, "tracks", _untagged(own_music, "Noise_Ensemble/take3.flac"), monkeypatch)
         during = scores(store)
     after = fresh()
+    assert before != after
+    assert during in (before, after), (during, before, after)
+
+
+def _api_reads_one_state(own_music: Path, answer: Callable[[TestClient], object], rewritten: str,
+                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """``answer`` from a server while ``rewritten`` (under own_music) is rewritten without tags and extracted again
+    right after the server's first ``tracks()`` read: the old answer or the new one (a server of its own, ``other``,
+    gives both: ``client`` memoises nothing of the state before), never a mix."""
+    with (TestClient(base_url="http://127.0.0.1", app=create_app(own_music / "store")) as other,
+          TestClient(base_url="http://127.0.0.1", app=create_app(own_music / "store")) as client):
+        before = answer(other)
+        _once_after(FeatureStore, "tracks", _untagged(own_music, rewritten), monkeypatch)
+        during = answer(client)
+        after = answer(other)
     assert before != after
     assert during in (before, after), (during, before, after)
