@@ -54,7 +54,7 @@ class Zygote:
         process group of its own if ``own_group``; ZygoteGone when no zygote answers within ``start_timeout`` s."""
         try:
             cwd: str | None = os.getcwd()
-        except OSError:  # the working folder was removed: the child keeps the zygote's
+        except OSError:  # the working folder was removed: the child works in the zygote's, /
             cwd = None
         fds = [stdin, stdout] + ([2] if _is_open(2) else [])
         request = ("fork", cwd, dict(os.environ), _limits(), own_group, len(fds) == 3)
