@@ -921,3 +921,32 @@ def test_lost_commits_of_a_big_endian_log_and_of_a_log_cut_to_its_header(tmp_pat
     assert cut is not None and (cut.valid, cut.damaged_at, cut.commits, cut.claimed) == (0, 1, 0, ends[-1])
     wal.with_name("catalog.sqlite-shm").unlink()
     assert lost_commits(wal) is None
+
+
+def test_a_process_that_met_many_stores_still_reads_the_wal_index(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The -shm descriptors kept open for the process's life were capped at 64 and, past them, the index was not
+    read: the full suite's workers met more stores than that, and a damaged log's lost commits read 'claimed 0'.
+    Those of deleted stores are closed to make room now (no connection can open a deleted file again)."""
+    from mess.store import wal as walmod
+    from mess.store.wal import lost_commits
+
+    monkeypatch.setattr(walmod, "_SHM_FILES", {})
+    import resource
+
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 1024))  # a cap of 64
+    for i in range(64):  # 64 stores met and since deleted
+        path = tmp_path / f"old{i}-shm"
+        path.write_bytes(b"\0" * 100)
+        fd = os.open(path, os.O_RDONLY)
+        walmod._SHM_FILES[(os.fstat(fd).st_dev, os.fstat(fd).st_ino)] = fd
+        path.unlink()
+    wal, ends, _ = _live_wal(tmp_path / "live", 1024, 5)
+    data = bytearray(wal.read_bytes())
+    data[32 + ends[1] * (24 + 1024) + 24 + 900] ^= 0x04  # the first frame of the third commit
+    wal.write_bytes(bytes(data))
+    damage = lost_commits(wal)
+    assert damage is not None and damage.claimed == ends[-1]
+    assert len(walmod._SHM_FILES) == 1  # the deleted ones' descriptors closed, the live store's kept
+    for fd in walmod._SHM_FILES.values():
+        os.close(fd)

@@ -21,6 +21,7 @@ Format: https://www.sqlite.org/fileformat2.html#walformat (and ``wal.c``'s wal-i
 from __future__ import annotations
 
 import os
+import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -272,7 +273,26 @@ def _index(shm: Path) -> bytes | None:
 # file drops every POSIX lock the process holds on it, and SQLite's connections to the store in this process (a
 # server opening the store again, say) hold theirs on -shm (that a reader is there, what it reads).
 _SHM_FILES: dict[tuple[int, int], int] = {}
-_SHM_FILES_MAX = 64  # beyond that, the -shm index is not read (the frames are)
+_SHM_FILES_SHARE = 16  # at most 1/16 of the process's descriptor limit kept so (at least 64); beyond, the -shm index
+# is not read (the frames are): a process that met more stores (a long test run) no longer named lost commits
+
+
+def _room_for_one() -> bool:
+    """Whether one more -shm descriptor may be kept: under the cap, or once those of deleted files (which no
+    connection can open again) are closed."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    cap = 1 << 16 if soft == resource.RLIM_INFINITY else max(64, soft // _SHM_FILES_SHARE)
+    if len(_SHM_FILES) < cap:
+        return True
+    for key, fd in list(_SHM_FILES.items()):
+        try:
+            gone = os.fstat(fd).st_nlink == 0
+        except OSError:
+            gone = True
+        if gone:
+            del _SHM_FILES[key]
+            os.close(fd)
+    return len(_SHM_FILES) < cap
 
 
 def _shm_header(shm: Path) -> bytes | None:
@@ -282,7 +302,7 @@ def _shm_header(shm: Path) -> bytes | None:
         st = shm.stat()
         fd = _SHM_FILES.get((st.st_dev, st.st_ino))
         if fd is None:
-            if len(_SHM_FILES) >= _SHM_FILES_MAX:
+            if not _room_for_one():
                 return None
             fd = os.open(shm, os.O_RDONLY | os.O_CLOEXEC)
             st = os.fstat(fd)
