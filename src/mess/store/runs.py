@@ -57,8 +57,9 @@ class RunCatalog(TrackCatalog):
         return [self._run(r) for r in self._query("SELECT * FROM runs ORDER BY id")]
 
     def embedded_models(self) -> list[str]:
-        """The models of the runs holding vectors, oldest run first: those commands naming no model choose from (a run
-        `mess extract` has just begun holds none until its first batch is committed: no default before that)."""
+        """The models of the runs holding vectors, oldest run first (a run `mess extract` has just begun holds none
+        until its first batch is committed); commands naming no model choose among those of them that have caught up
+        (:meth:`caught_up_models`)."""
         return [row["model"] for row in self._query(
             "SELECT r.model FROM runs r WHERE EXISTS (SELECT 1 FROM vectors v WHERE v.run_id = r.id) ORDER BY r.id")]
 
