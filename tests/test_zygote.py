@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from mess.extract import zygote as zygote_module
 from mess.extract.child import Child, ChildDied
 
 WORKER = """
@@ -155,9 +156,7 @@ def test_ctrl_c_stops_a_warm_child_not_its_zygote_and_a_killed_zygote_is_replace
         zygote.kill()
         zygote.wait(30)
         assert psutil.wait_procs([orphan], timeout=30)[1] == []  # its children die with it (a hung one too)
-        with pytest.raises(ChildDied, match=r"^died \(exit code None\)$"):  # its exit code went with its zygote
-            child.call(("echo", 4), 30)
-        assert child.call(("echo", 5), 30) == 5
+        assert child.call(("echo", 5), 30) == 5  # its child ended with it: another is started
         assert _zygote_of(child.pid or 0).pid != zygote.pid  # a fresh zygote
     finally:
         child.stop()
@@ -241,3 +240,51 @@ def test_warm_children_start_in_a_fraction_of_a_cold_start(worker: str) -> None:
             times.append(time.perf_counter() - start)
             child.stop(5)
     assert min(warm_times[1:]) * 3 < min(cold_times), (warm_times, cold_times)
+
+
+def test_a_stopped_zygote_delays_no_kill_and_the_next_child_comes_from_a_new_zygote(
+        worker: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGSTOP on the zygote: its children are killed and waited for without it (their pidfds), a zygote that does not
+    answer is killed after ``_ANSWER_TIMEOUT`` (5 s; 1 s here), and the children after it come from a fresh one."""
+    monkeypatch.setattr(zygote_module, "_ANSWER_TIMEOUT", 1.0)
+    hung, idle = Child(worker, warm=True), Child(worker, warm=True)
+    try:
+        assert hung.call(("echo", 1), 30) == 1 and idle.call(("echo", 2), 30) == 2
+        stopped = _zygote_of(hung.pid or 0)
+        hung_pid = hung.pid or 0
+        stopped.suspend()
+        start = time.monotonic()
+        with pytest.raises(ChildDied, match=r"^took longer than 0\.5 s and was stopped$"):
+            hung.call(("sleep", 60), 0.5)  # killed through its pidfd; its exit code: the zygote does not answer
+        assert time.monotonic() - start < 0.5 + 1.0 + 2.0, time.monotonic() - start
+        assert psutil.wait_procs([stopped], timeout=10)[1] == []  # the stopped zygote was killed
+        assert not psutil.pid_exists(hung_pid) or psutil.Process(hung_pid).status() == psutil.STATUS_ZOMBIE
+        assert hung.call(("echo", 3), 30) == 3 and idle.call(("echo", 4), 30) == 4  # their next calls go on
+        assert _zygote_of(hung.pid or 0).pid != stopped.pid
+    finally:
+        for each in (hung, idle):
+            each.stop()
+
+
+def test_a_warm_child_is_killed_at_once_while_its_zygote_is_stopped(worker: str) -> None:
+    """The kill goes through the child's pidfd: it does not wait for the stopped zygote, and never reaches another
+    process (the zygote cannot reap the child while stopped; its pidfd would not follow a reused id anyway)."""
+    child = Child(worker, warm=True)
+    try:
+        assert child.call(("echo", 1), 30) == 1
+        pid = child.pid or 0
+        stopped = _zygote_of(pid)
+        stopped.suspend()
+        try:
+            start = time.monotonic()
+            child.kill()
+            assert time.monotonic() - start < 1.0
+            deadline = time.monotonic() + 10
+            while psutil.Process(pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # dead, not reaped: its parent is stopped
+        finally:
+            stopped.resume()
+        assert child.stop() == -signal.SIGKILL  # the zygote, resumed, hands over its exit code
+    finally:
+        child.stop()

@@ -50,11 +50,11 @@ class Child:
     @property
     def pid(self) -> int | None:
         """Process id of the running child (None before it starts or after it died)."""
-        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+        return self._proc.pid if self._proc is not None and _running(self._proc) else None
 
     def connect(self) -> tuple[Connection, Connection, bool]:
         """(send, receive) connections to the child, starting it if needed; True when it was just started."""
-        if self._proc is not None and self._proc.poll() is None and self._send is not None and self._recv is not None:
+        if self._proc is not None and _running(self._proc) and self._send is not None and self._recv is not None:
             return self._send, self._recv, False
         self.stop()
         theirs_in, ours_in = os.pipe()
@@ -117,7 +117,7 @@ class Child:
         """Kill the child if it runs, leaving its pipes to the thread that may be waiting on them (its call then
         raises ChildDied and it stops the child)."""
         proc = self._proc
-        if proc is not None and proc.poll() is None:
+        if proc is not None and _running(proc):
             proc.kill()
 
     def stop(self, grace: float = 0.0) -> int | None:
@@ -134,11 +134,16 @@ class Child:
                 self._proc.wait(grace)
             except subprocess.TimeoutExpired:
                 pass
-        if self._proc.poll() is None:
+        if _running(self._proc):
             self._proc.kill()
         code = self._proc.wait()
         self._proc = None
         return code
+
+
+def _running(proc: subprocess.Popen | Forked) -> bool:
+    """Whether ``proc`` has not ended (a forked child whose zygote ended has, its exit code lost)."""
+    return proc.poll() is None and not (isinstance(proc, Forked) and proc.lost)
 
 
 def stop_all(children: list[Child], grace: float) -> None:

@@ -7,11 +7,13 @@ module's ``python -m`` entry calls) on the pipes it was sent: 10 ms instead of 0
 
 The child gets the caller's current working folder, environment, resource limits and standard error with each fork,
 so it behaves as a child started at that moment would; what ``MODULE``'s imports read at import time is the
-zygote's. The zygote reaps its children and keeps their exit codes until the caller asks (:class:`Forked`), and
-kills a child only while it is not yet reaped, so a kill never reaches a reused process id. It ignores Ctrl-C (its
-children do not), holds ``/`` as its folder, and ends when the caller's end of its socket closes: when the caller
-exits or dies. On Linux its children die with it (``PR_SET_PDEATHSIG``), so a killed caller leaves no process
-behind, not even one hung in a decoder.
+zygote's. The zygote reaps its children and keeps their exit codes until the caller asks (:class:`Forked`). The
+caller holds a pidfd of each child: it kills the child and waits for its end by itself, so a zygote that is stopped
+(SIGSTOP) or hung delays neither, and a kill never reaches a reused process id. A zygote that does not answer within
+``_ANSWER_TIMEOUT`` seconds (it answers in milliseconds) is killed and the next fork starts another. It ignores Ctrl-C
+(its children do not), holds ``/`` as its folder, and ends when the caller's end of its socket closes: when the
+caller exits or dies. Its children die with it (``PR_SET_PDEATHSIG``), so a killed caller leaves no process behind,
+not even one hung in a decoder; the exit code of a child whose zygote ended is lost (:attr:`Forked.lost`).
 """
 
 from __future__ import annotations
@@ -22,18 +24,18 @@ import importlib
 import os
 import pickle
 import resource
+import select
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 import traceback
+import weakref
 
 _MAX_MESSAGE = 1 << 20  # bytes of one pickled request (the environment is most of it)
-_POLL = 0.005  # seconds between exit-code queries while waiting for a child
-_ANSWER_TIMEOUT = 60.0  # seconds a started zygote may take to answer one request before it is stopped
+_ANSWER_TIMEOUT = 5.0  # seconds a started zygote may take to answer one request before it is killed (stopped, hung)
 
 
 class ZygoteGone(OSError):
@@ -48,6 +50,7 @@ class Zygote:
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen | None = None
+        self._generation = 0  # counts the zygote processes started: a child's exit code is asked of its own
 
     def fork(self, stdin: int, stdout: int, own_group: bool, start_timeout: float) -> Forked:
         """A new child running the module on ``stdin`` / ``stdout`` (descriptors the caller closes after), in a
@@ -64,21 +67,21 @@ class Zygote:
                 self._start(start_timeout)
             try:
                 reply = self._ask(request, fds, start_timeout if started else _ANSWER_TIMEOUT)
-            except ZygoteGone:  # it ended since its last fork: once more with a fresh one
+            except ZygoteGone:  # it ended since its last fork, or hung: once more with a fresh one
                 self._start(start_timeout)
                 reply = self._ask(request, fds, start_timeout)
-        if reply[0] != "pid":
-            raise ZygoteGone(f"the zygote of {self.module} could not fork: {reply[1]}")
-        return Forked(self, reply[1])
+            if reply[0] != "pid":
+                raise ZygoteGone(f"the zygote of {self.module} could not fork: {reply[1]}")
+            # the zygote reaps a child only while it answers a request, and every request waits for this lock: the
+            # child is not reaped yet, so the pidfd is its own, and stays its own after it ends
+            return Forked(self, reply[1], self._generation, os.pidfd_open(reply[1]))
 
-    def status(self, pid: int) -> tuple[str, int | None]:
+    def status(self, pid: int, generation: int) -> tuple[str, int | None]:
         """``("running", None)``, ``("exited", code)`` (code negative for a signal, as Popen's) or ``("unknown",
-        None)`` (not this zygote's, already reported, or the zygote is gone)."""
+        None)`` (not this zygote's, already reported, or its zygote (of ``generation``) is gone)."""
+        if generation != self._generation:
+            return ("unknown", None)
         return self._tell(("status", pid))
-
-    def kill(self, pid: int) -> None:
-        """SIGKILL the child ``pid`` if it has not ended yet."""
-        self._tell(("kill", pid))
 
     def busy(self) -> bool:
         """Whether a child of this zygote still runs (or ended and its exit code was not asked for yet)."""
@@ -100,6 +103,7 @@ class Zygote:
 
     def _start(self, timeout: float) -> None:
         self._drop()
+        self._generation += 1
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             # -P: the working folder is not put first on the module path (as for every child, see child.py)
@@ -131,20 +135,24 @@ class Zygote:
         self._sock.settimeout(timeout)
         try:
             data = self._sock.recv(_MAX_MESSAGE)
-        except (OSError, TimeoutError):
+        except TimeoutError:  # stopped or hung: its children go with it
+            self._drop(grace=0.0)
+            raise ZygoteGone(f"the zygote of {self.module} did not answer in {timeout:g} s and was killed") from None
+        except OSError:
             data = b""
         if not data:
             self._drop()
-            raise ZygoteGone(f"the zygote of {self.module} ended or did not answer")
+            raise ZygoteGone(f"the zygote of {self.module} has ended")
         return pickle.loads(data)
 
-    def _drop(self) -> None:
+    def _drop(self, grace: float = 2.0) -> None:
+        """Close the socket; the zygote then ends by itself within ``grace`` s, else it is killed."""
         if self._sock is not None:
             self._sock.close()
             self._sock = None
         if self._proc is not None:
             try:
-                self._proc.wait(2.0)  # its socket closed: it ends at once
+                self._proc.wait(grace)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
@@ -152,41 +160,50 @@ class Zygote:
 
 
 class Forked:
-    """A child forked by a zygote, with the part of Popen's interface :class:`~mess.extract.child.Child` uses."""
+    """A child forked by a zygote, with the part of Popen's interface :class:`~mess.extract.child.Child` uses. It is
+    killed and waited for through its pidfd; its exit code comes from its zygote, unless that one is gone (``lost``)."""
 
-    def __init__(self, zygote: Zygote, pid: int) -> None:
+    def __init__(self, zygote: Zygote, pid: int, generation: int, pidfd: int) -> None:
         self.pid = pid
         self.returncode: int | None = None
+        self.lost = False  # it ended, and its exit code went with its zygote
         self._zygote = zygote
+        self._generation = generation
+        self._pidfd = pidfd
+        weakref.finalize(self, os.close, pidfd)
 
     def poll(self) -> int | None:
-        """Its exit code, or None while it runs or when its zygote is gone (which took it along, see above)."""
-        self._ask()
+        """Its exit code; None while it runs, and when its exit code is ``lost``."""
+        if self.returncode is None and not self.lost and self._ended(0.0):
+            self._collect()
         return self.returncode
 
     def kill(self) -> None:
-        """SIGKILL it if it has not ended."""
-        if self.returncode is None:
-            self._zygote.kill(self.pid)
+        """SIGKILL it if it has not ended (its zygote is not asked)."""
+        try:
+            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+        except ProcessLookupError:  # ended and reaped
+            pass
 
     def wait(self, timeout: float | None = None) -> int | None:
-        """Its exit code once it has ended; subprocess.TimeoutExpired after ``timeout`` s. None when its zygote is
-        gone (it ended with its zygote, and its code was lost with it)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.returncode is None and self._ask() == "running":
-            if deadline is not None and time.monotonic() >= deadline:
+        """Its exit code once it has ended (None when ``lost``); subprocess.TimeoutExpired after ``timeout`` s."""
+        if self.returncode is None and not self.lost:
+            if not self._ended(timeout):
                 raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0.0)
-            time.sleep(_POLL)
+            self._collect()
         return self.returncode
 
-    def _ask(self) -> str:
-        """Its state from the zygote (``exited`` once, when the zygote hands over the code it kept)."""
-        if self.returncode is not None:
-            return "exited"
-        state, code = self._zygote.status(self.pid)
+    def _ended(self, timeout: float | None) -> bool:
+        """Whether it has ended, waiting up to ``timeout`` s (None: until it does) for its pidfd to say so."""
+        return bool(select.select([self._pidfd], [], [], timeout)[0])
+
+    def _collect(self) -> None:
+        """Its exit code, from its zygote (which reaps it when asked); ``lost`` when the zygote is gone or hung."""
+        state, code = self._zygote.status(self.pid, self._generation)
         if state == "exited":
             self.returncode = code
-        return state
+        else:
+            self.lost = True
 
 
 _zygotes: dict[tuple[str, tuple[tuple[str, str], ...]], Zygote] = {}
@@ -283,10 +300,6 @@ def _serve(module: str, sock: socket.socket) -> None:
                 reply = ("running" if pid in running else "unknown", None)
         elif op == "busy":
             reply = ("busy", bool(running or codes))
-        elif op == "kill":
-            if args[0] in running:  # not reaped yet: the id is still this child's
-                os.kill(args[0], signal.SIGKILL)
-            reply = ("ok", None)
         else:
             reply = ("error", f"unknown request {op!r}")
         try:
