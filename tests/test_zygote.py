@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import cast
 
 import psutil
 import pytest
@@ -286,5 +287,49 @@ def test_a_warm_child_is_killed_at_once_while_its_zygote_is_stopped(worker: str)
         finally:
             stopped.resume()
         assert child.stop() == -signal.SIGKILL  # the zygote, resumed, hands over its exit code
+    finally:
+        child.stop()
+
+
+KILLER = """
+import os, signal, time
+from pathlib import Path
+from typing import cast
+from mess.extract.child import serve_requests
+
+def handle(request):
+    op, marker = request
+    if op == "always" or not Path(marker).exists():
+        Path(marker).touch()
+        os.kill(os.getppid(), signal.SIGKILL)  # kill -9 of its zygote, mid-request: it dies with it
+        time.sleep(60)
+    return ("ok", os.getppid())
+
+def main():
+    serve_requests(handle)
+"""
+
+
+def test_a_file_whose_decoders_zygote_is_killed_is_asked_again_and_named_when_it_dies_twice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kill -9 of the zygote mid-request takes the child along (PDEATHSIG), its exit code lost: not the file's fault,
+    so :func:`ask` asks a new child once more, and a second such death is named as such."""
+    from mess.extract.decode_worker import FileFailed, ask
+
+    folder = tmp_path / "modules"
+    folder.mkdir()
+    (folder / "zygote_killer_worker.py").write_text(KILLER)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")]))
+    child = Child("zygote_killer_worker", warm=True)
+    with pytest.raises(ChildDied, match=r"^died with the helper process that forked it \(its zygote ended\)$"):
+        child.call(("once", str(tmp_path / "killed")), 30)
+    zygote = ask(child, tmp_path / "a.ogg", ("once", str(tmp_path / "once")), 30)
+    try:
+        assert zygote != os.getpid() and psutil.Process(int(cast(int, zygote))).ppid() == os.getpid()
+        with pytest.raises(FileFailed) as failed:
+            ask(child, tmp_path / "b.ogg", ("always", str(tmp_path / "always")), 30)
+        assert str(failed.value) == (f"{tmp_path / 'b.ogg'}: the decoder died with the helper process that forked it "
+                                     "(its zygote ended), twice; file skipped")
+        assert ask(child, tmp_path / "c.ogg", ("once", str(tmp_path / "once")), 30) not in (zygote, os.getpid())
     finally:
         child.stop()

@@ -27,6 +27,11 @@ class ChildDied(Exception):
     """The child ended (a crash, or a kill after a timeout) before it answered; the message says how."""
 
 
+class ZygoteDied(ChildDied):
+    """A warm child ended with the helper process that forked it (its zygote was killed, or stopped and replaced),
+    its exit code lost: the request is not its fault, and may be sent again."""
+
+
 class Child:
     """``python -m MODULE`` (or, ``warm``, a fork of its zygote) as a child answering one reply per request;
     restarted after it dies."""
@@ -105,7 +110,11 @@ class Child:
                 raise ChildDied(f"took longer than {timeout:g} s and was stopped")
             return recv.recv()
         except (EOFError, OSError):  # it closed its pipes: it is ending; its exit code, unless it lingers
-            raise ChildDied(f"died ({describe_exit(self.stop(ENDING_GRACE))})") from None
+            proc = self._proc
+            code = self.stop(ENDING_GRACE)
+            if isinstance(proc, Forked) and proc.lost:
+                raise ZygoteDied("died with the helper process that forked it (its zygote ended)") from None
+            raise ChildDied(f"died ({describe_exit(code)})") from None
 
     def hang_up(self) -> None:
         """Close the child's input: an idle child ends by itself (see :func:`serve_requests`)."""

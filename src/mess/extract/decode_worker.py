@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from mess.audio.decode import AudioError
-from mess.extract.child import Child, ChildDied, serve_requests
+from mess.extract.child import Child, ChildDied, ZygoteDied, serve_requests
 from mess.extract.prepare import decode_windows, describe, inspect_file, planned_seconds
 
 DECODE_TIMEOUT = 900.0  # seconds one file's inspection or decoding may take before its process is stopped
@@ -27,9 +27,14 @@ class FileFailed(Exception):
 def ask(child: Child, path: Path, request: tuple, timeout: float) -> object:
     """What the decode worker ``child`` computes for one file's ``request``; FileFailed with the reason when it
     cannot (the file's error, a crash, or over ``timeout`` seconds: the child is then stopped, the next call starts
-    another)."""
+    another). A child that died with its zygote (not the file's fault) is replaced and asked once more."""
     try:
-        reply = child.call(request, timeout)
+        try:
+            reply = child.call(request, timeout)
+        except ZygoteDied:
+            reply = child.call(request, timeout)
+    except ZygoteDied as exc:
+        raise FileFailed(f"{path}: the decoder {exc}, twice; file skipped") from None
     except ChildDied as exc:
         raise FileFailed(f"{path}: the decoder {exc}; file skipped") from None
     if not (isinstance(reply, tuple) and len(reply) == 2):

@@ -1,0 +1,72 @@
+"""Session 40: the decoding processes and the memo under failure: a killed zygote loses no file."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from tones import write_tones
+
+from mess.audio.windows import WindowPolicy
+from mess.extract.embed import embed_file
+from mess.extract.pipeline import extract
+from mess.models.dsp import DspModel
+from mess.store import FeatureStore
+
+POLICY = WindowPolicy(window_seconds=2.0, max_windows=2)
+DECODER = "mess.extract.decode_worker"
+
+
+@pytest.fixture(scope="module")
+def music(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Six 2-second tones, each file different."""
+    return write_tones(tmp_path_factory.mktemp("music"), 6, seconds=2.0, sr=22050,
+                       wave=lambda i, t: 0.3 * np.sin(2 * np.pi * 110 * (i + 1) * t))
+
+
+def _same_vectors_as_decoded_here(store: FeatureStore, music: list[Path]) -> None:
+    """The store holds, for each file, the vectors :func:`embed_file` computes decoding in this process."""
+    run = store.run("dsp")
+    by_path = {Path(t.path): t.id for t in store.tracks(run)}
+    assert sorted(by_path) == sorted(music)
+    for layer, name in enumerate(run.layer_names):
+        ids, stored = store.layer_matrix(run, name)
+        for path in music:
+            here = embed_file(path, DspModel(), POLICY).layers[layer]
+            np.testing.assert_allclose(stored[ids.tolist().index(by_path[path])], here, rtol=1e-2, atol=1e-2)
+
+
+def _decoding_zygotes() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.Process().children():
+        try:
+            if DECODER in proc.cmdline() and "-c" in proc.cmdline():
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
+def test_a_run_whose_decoding_zygote_is_killed_mid_run_loses_no_file(music: list[Path], tmp_path: Path) -> None:
+    """kill -9 of the zygote once the first file is read: its decoder dies with it (PDEATHSIG), exit code lost;
+    the file it was reading is read again by a decoder from a new zygote, and so are the files after (before: the
+    next file failed, 'the decoder died (exit code None)')."""
+    killed: list[int] = []
+    once = threading.Lock()
+
+    def progress(_handled: int, _seconds: float) -> None:  # first called once the first file is read
+        with once:
+            if not killed:
+                for zygote in _decoding_zygotes():
+                    zygote.kill()
+                    killed.append(zygote.pid)
+
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        summary = extract(store, music, DspModel(), POLICY, workers=1, on_progress=progress)
+        assert killed and (summary.done, summary.failed) == (len(music), [])
+        assert [z.pid for z in _decoding_zygotes()] not in ([], killed)  # a new one served the files after
+        _same_vectors_as_decoded_here(store, music)
