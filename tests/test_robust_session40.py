@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import threading
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -12,6 +16,7 @@ import pytest
 from tones import write_tones
 
 from mess.audio.windows import WindowPolicy
+from mess.extract import zygote
 from mess.extract.embed import embed_file
 from mess.extract.pipeline import extract
 from mess.models.dsp import DspModel
@@ -28,16 +33,21 @@ def music(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
                        wave=lambda i, t: 0.3 * np.sin(2 * np.pi * 110 * (i + 1) * t))
 
 
-def _same_vectors_as_decoded_here(store: FeatureStore, music: list[Path]) -> None:
-    """The store holds, for each file, the vectors :func:`embed_file` computes decoding in this process."""
+@pytest.fixture(scope="module")
+def decoded_here(music: list[Path]) -> dict[Path, list[np.ndarray]]:
+    """Each file's layer vectors as :func:`embed_file` computes them, decoding in this process."""
+    return {path: list(embed_file(path, DspModel(), POLICY).layers) for path in music}
+
+
+def _same_vectors(store: FeatureStore, expected: dict[Path, list[np.ndarray]]) -> None:
+    """The store holds each file's ``expected`` vectors."""
     run = store.run("dsp")
     by_path = {Path(t.path): t.id for t in store.tracks(run)}
-    assert sorted(by_path) == sorted(music)
+    assert sorted(by_path) == sorted(expected)
     for layer, name in enumerate(run.layer_names):
         ids, stored = store.layer_matrix(run, name)
-        for path in music:
-            here = embed_file(path, DspModel(), POLICY).layers[layer]
-            np.testing.assert_allclose(stored[ids.tolist().index(by_path[path])], here, rtol=1e-2, atol=1e-2)
+        for path, vectors in expected.items():
+            np.testing.assert_allclose(stored[ids.tolist().index(by_path[path])], vectors[layer], rtol=1e-2, atol=1e-2)
 
 
 def _decoding_zygotes() -> list[psutil.Process]:
@@ -51,7 +61,8 @@ def _decoding_zygotes() -> list[psutil.Process]:
     return found
 
 
-def test_a_run_whose_decoding_zygote_is_killed_mid_run_loses_no_file(music: list[Path], tmp_path: Path) -> None:
+def test_a_run_whose_decoding_zygote_is_killed_mid_run_loses_no_file(
+        music: list[Path], decoded_here: dict[Path, list[np.ndarray]], tmp_path: Path) -> None:
     """kill -9 of the zygote once the first file is read: its decoder dies with it (PDEATHSIG), exit code lost;
     the file it was reading is read again by a decoder from a new zygote, and so are the files after (before: the
     next file failed, 'the decoder died (exit code None)')."""
@@ -69,4 +80,32 @@ def test_a_run_whose_decoding_zygote_is_killed_mid_run_loses_no_file(music: list
         summary = extract(store, music, DspModel(), POLICY, workers=1, on_progress=progress)
         assert killed and (summary.done, summary.failed) == (len(music), [])
         assert [z.pid for z in _decoding_zygotes()] not in ([], killed)  # a new one served the files after
-        _same_vectors_as_decoded_here(store, music)
+        _same_vectors(store, decoded_here)
+
+
+@pytest.fixture
+def no_seqpacket(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A system without SOCK_SEQPACKET Unix sockets (macOS): the zygote's capability check answers no."""
+    monkeypatch.delattr(socket, "SOCK_SEQPACKET")
+    zygote.available.cache_clear()
+    yield
+    zygote.available.cache_clear()  # asked again once the socket constant is back
+
+
+def test_without_seqpacket_sockets_decoders_start_cold_and_give_the_same_vectors(
+        music: list[Path], decoded_here: dict[Path, list[np.ndarray]], tmp_path: Path, no_seqpacket: None) -> None:
+    decoders: list[tuple[int, list[str]]] = []  # (parent, command line) of each decoding process met
+
+    def progress(_handled: int, _seconds: float) -> None:
+        for proc in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if DECODER in proc.cmdline():
+                    decoders.append((proc.ppid(), proc.cmdline()))
+
+    assert not zygote.available()
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        summary = extract(store, music, DspModel(), POLICY, workers=1, on_progress=progress)
+        assert (summary.done, summary.failed) == (len(music), [])
+        assert ["-m", DECODER] in [cmd[-2:] for _, cmd in decoders]  # python -P -m: started cold
+        assert {parent for parent, _ in decoders} == {os.getpid()}  # none forked by a zygote (another test's, idle)
+        _same_vectors(store, decoded_here)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 
-from mess.extract.zygote import Forked, zygote
+from mess.extract.zygote import Forked, available, zygote
 
 READY = ("ready",)  # what :func:`serve_requests` sends once its module is imported, before the first reply
 START_TIMEOUT = 600.0  # seconds a child may take to start (imports, on a loaded machine) before it is stopped
@@ -42,7 +42,8 @@ class Child:
         ``own_group``: start it in a process group of its own, so a Ctrl-C in the terminal reaches only the parent,
         which stops the child itself (the child was interrupted wherever it was, and printed that traceback).
         ``warm``: fork it from this process's zygote of ``module`` (:mod:`mess.extract.zygote`, which has the
-        module's imports done) instead of starting a fresh interpreter: for children started often.
+        module's imports done) instead of starting a fresh interpreter: for children started often. Where the system
+        cannot run a zygote (:func:`~mess.extract.zygote.available`), it starts cold all the same.
         """
         self.module = module
         self.own_group = own_group
@@ -84,7 +85,7 @@ class Child:
         return self._send, self._recv, True
 
     def _launch(self, stdin: int, stdout: int) -> subprocess.Popen | Forked:
-        if self.warm:
+        if self.warm and available():
             return zygote(self.module).fork(stdin, stdout, self.own_group, START_TIMEOUT)
         # -P: the working folder is not put first on the module path (a concurrent.py there replaced the library's)
         return subprocess.Popen([sys.executable, "-P", "-m", self.module], stdin=stdin, stdout=stdout,

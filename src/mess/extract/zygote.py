@@ -14,12 +14,15 @@ caller holds a pidfd of each child: it kills the child and waits for its end by 
 (its children do not), holds ``/`` as its folder, and ends when the caller's end of its socket closes: when the
 caller exits or dies. Its children die with it (``PR_SET_PDEATHSIG``), so a killed caller leaves no process behind,
 not even one hung in a decoder; the exit code of a child whose zygote ended is lost (:attr:`Forked.lost`).
+The zygote needs Linux's ``SOCK_SEQPACKET`` Unix sockets, descriptors sent over them and pidfds: where one is
+missing (macOS has no ``SOCK_SEQPACKET`` Unix sockets), :func:`available` says so and children start cold.
 """
 
 from __future__ import annotations
 
 import atexit
 import ctypes
+import functools
 import importlib
 import os
 import pickle
@@ -36,6 +39,21 @@ import weakref
 
 _MAX_MESSAGE = 1 << 20  # bytes of one pickled request (the environment is most of it)
 _ANSWER_TIMEOUT = 5.0  # seconds a started zygote may take to answer one request before it is killed (stopped, hung)
+
+
+@functools.cache
+def available() -> bool:
+    """Whether this system can run a zygote (see above); asked once per process."""
+    if not (hasattr(socket, "SOCK_SEQPACKET") and hasattr(socket, "send_fds") and hasattr(os, "pidfd_open")
+            and hasattr(signal, "pidfd_send_signal")):
+        return False
+    try:
+        for end in socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET):
+            end.close()
+        os.close(os.pidfd_open(os.getpid()))  # Linux 5.3 and later
+    except OSError:
+        return False
+    return True
 
 
 class ZygoteGone(OSError):
