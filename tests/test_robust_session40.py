@@ -21,6 +21,7 @@ from mess.extract.embed import embed_file
 from mess.extract.pipeline import extract
 from mess.models.dsp import DspModel
 from mess.store import FeatureStore
+from mess.store.consistent import one_state
 
 POLICY = WindowPolicy(window_seconds=2.0, max_windows=2)
 DECODER = "mess.extract.decode_worker"
@@ -109,3 +110,40 @@ def test_without_seqpacket_sockets_decoders_start_cold_and_give_the_same_vectors
         assert ["-m", DECODER] in [cmd[-2:] for _, cmd in decoders]  # python -P -m: started cold
         assert {parent for parent, _ in decoders} == {os.getpid()}  # none forked by a zygote (another test's, idle)
         _same_vectors(store, decoded_here)
+
+
+def test_a_one_state_reader_computes_a_memo_value_itself_rather_than_wait_for_a_thread_needing_its_lock(
+        tmp_path: Path) -> None:
+    """A one-state reader holds the store's connection; the memo value it asks for is being computed by another
+    thread, which needs the connection: waiting for it deadlocked (before: both threads hung). The reader computes it
+    itself; the other thread then goes on."""
+    store = FeatureStore(tmp_path / "store")  # closed only after the threads end (closing takes the connection)
+    computing, reader_holds = threading.Event(), threading.Event()
+
+    def count_after_the_reader_took_the_connection() -> int:
+        computing.set()
+        reader_holds.wait(30)
+        return len(store.tracks())  # takes the connection
+
+    @one_state
+    def counted(store: FeatureStore) -> int:
+        reader_holds.set()
+        return store.cached("count", lambda: len(store.tracks()))
+
+    answers: dict[str, int] = {}
+
+    def other() -> None:
+        answers["other"] = store.cached("count", count_after_the_reader_took_the_connection)
+
+    def reader() -> None:
+        computing.wait(30)
+        answers["reader"] = counted(store)
+
+    threads = [threading.Thread(target=run, daemon=True) for run in (other, reader)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert not any(thread.is_alive() for thread in threads), "deadlock"
+    assert answers == {"other": len(store.tracks()), "reader": len(store.tracks())}
+    store.close()

@@ -7,7 +7,6 @@ import errno
 import resource
 import sqlite3
 import sys
-import threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import TypeVar
 from mess.store.catalog import has_column
 from mess.store.errors import CATALOG_ADVICE, ReadAgain, StoreDamaged, StoreError
 from mess.store.lock import LockUnusable, StoreLock
-from mess.store.memo import MEMO
+from mess.store.memo import MEMO, HeldLock
 from mess.store.paths import printable
 from mess.store.records import Track, TrackList
 
@@ -47,7 +46,7 @@ class StoreConnection:
     lock: StoreLock
     readonly: bool
     on_wait: Callable[[str], None] | None
-    _lock: threading.RLock
+    _lock: HeldLock
     _scope: tuple[str, int]
 
     # ---- the write lock ---------------------------------------------------------------

@@ -8,7 +8,9 @@ under older ones. At most ``size`` entries are kept (least recently used out fir
 
 One lock guards the table, never a computation: a value is computed outside it, once per
 key. Threads asking for a key another thread is computing wait for that computation and get
-its value (or its exception). A computation asking for its own key raises RuntimeError.
+its value (or its exception), except a thread holding a :class:`HeldLock` (a store's connection lock): that
+computation may need the lock, so waiting could deadlock; such a thread computes the value itself. A computation
+asking for its own key raises RuntimeError.
 :meth:`Memo.forget` never waits for the lock: it runs as a store's garbage-collection finaliser,
 which can fire at any allocation, also inside the memo's own locked code.
 """
@@ -24,6 +26,34 @@ from typing import TypeVar, cast
 
 T = TypeVar("T")
 Key = tuple[Hashable, Hashable, Hashable]
+
+
+_held = threading.local()  # .count: how many HeldLock acquisitions this thread has not released
+
+
+class HeldLock:
+    """A re-entrant lock (as ``threading.RLock``) whose holder never waits in the memo for another thread's value."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        """Take the lock (as ``RLock.acquire``); whether it was taken."""
+        if not self._lock.acquire(blocking, timeout):
+            return False
+        _held.count = getattr(_held, "count", 0) + 1
+        return True
+
+    def release(self) -> None:
+        """Release it once (as ``RLock.release``)."""
+        self._lock.release()
+        _held.count -= 1
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
 
 
 @dataclass
@@ -71,6 +101,8 @@ class Memo:
         if not owner:
             if pending.thread == threading.get_ident():
                 raise RuntimeError(f"the memo value {key!r} is needed to compute itself")
+            if getattr(_held, "count", 0):  # the other thread's computation may wait for a lock this one holds
+                return make()
             return cast(T, pending.outcome.result())
         try:
             value = make()
