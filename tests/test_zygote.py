@@ -333,3 +333,21 @@ def test_a_file_whose_decoders_zygote_is_killed_is_asked_again_and_named_when_it
         assert ask(child, tmp_path / "c.ogg", ("once", str(tmp_path / "once")), 30) not in (zygote, os.getpid())
     finally:
         child.stop()
+
+
+def test_a_warm_child_whose_pidfd_is_numbered_past_1024_is_waited_for(worker: str) -> None:
+    """select() refuses descriptors past FD_SETSIZE (1024): a process with many files open (a server, a store's kept
+    descriptors) got ValueError from every warm child; its pidfd is polled instead."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))  # a soft limit of 1024 is common
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        child = Child(worker, warm=True)
+        assert child.call(("echo", 1), 30) == 1
+        assert child.stop(grace=30) == 0
+        with pytest.raises(ChildDied, match=r"^died \(exit code 3\)$"):
+            child.call(("exit", 3), 30)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

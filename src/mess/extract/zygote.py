@@ -188,6 +188,7 @@ class Forked:
         self._zygote = zygote
         self._generation = generation
         self._pidfd = pidfd
+        self._collecting = threading.Lock()
         weakref.finalize(self, os.close, pidfd)
 
     def poll(self) -> int | None:
@@ -212,16 +213,23 @@ class Forked:
         return self.returncode
 
     def _ended(self, timeout: float | None) -> bool:
-        """Whether it has ended, waiting up to ``timeout`` s (None: until it does) for its pidfd to say so."""
-        return bool(select.select([self._pidfd], [], [], timeout)[0])
+        """Whether it has ended, waiting up to ``timeout`` s (None: until it does) for its pidfd to say so (poll, not
+        select, which refuses descriptors numbered past 1024)."""
+        pidfd = select.poll()
+        pidfd.register(self._pidfd, select.POLLIN)
+        return bool(pidfd.poll(None if timeout is None else timeout * 1000))
 
     def _collect(self) -> None:
-        """Its exit code, from its zygote (which reaps it when asked); ``lost`` when the zygote is gone or hung."""
-        state, code = self._zygote.status(self.pid, self._generation)
-        if state == "exited":
-            self.returncode = code
-        else:
-            self.lost = True
+        """Its exit code, from its zygote (which reaps it when asked, and hands the code over once: one thread asks);
+        ``lost`` when the zygote is gone or hung."""
+        with self._collecting:
+            if self.returncode is not None or self.lost:
+                return
+            state, code = self._zygote.status(self.pid, self._generation)
+            if state == "exited":
+                self.returncode = code
+            else:
+                self.lost = True
 
 
 _zygotes: dict[tuple[str, tuple[tuple[str, str], ...]], Zygote] = {}
