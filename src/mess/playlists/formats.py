@@ -116,14 +116,15 @@ def _m3u8_entry(track_path: str, folder: Path | None, tree: Path | None = None) 
 
 
 def render_m3u8(playlist: Playlist, folder: Path | None = None, locate: Locate | None = None,
-                tree: Path | None = None) -> str:
-    """Extended M3U (UTF-8): #EXTM3U, #PLAYLIST, and #EXTINF:seconds,Artist - Title before each path.
+                tree: Path | None = None, note: str | None = None) -> str:
+    """Extended M3U (UTF-8): #EXTM3U, #PLAYLIST, a ``note`` as a comment line ('# ...', which players skip), and
+    #EXTINF:seconds,Artist - Title before each path.
 
     ``locate`` (e.g. a track's URL on a server) replaces the file path of each entry (relative to ``folder`` as
     :func:`_location` says, with the music ``tree``). A file name that is
     not valid UTF-8 keeps its surrogate escapes: :func:`write_playlist` writes its bytes.
     """
-    lines = ["#EXTM3U", f"#PLAYLIST:{one_line(playlist.title)}"]
+    lines = ["#EXTM3U", f"#PLAYLIST:{one_line(playlist.title)}", *([f"# {one_line(note)}"] if note else [])]
     for t in playlist.tracks:
         seconds = -1 if t.duration is None else round(t.duration)
         lines += [f"#EXTINF:{seconds},{one_line(t.name)}", locate(t) if locate else _m3u8_entry(t.path, folder, tree)]
@@ -131,12 +132,14 @@ def render_m3u8(playlist: Playlist, folder: Path | None = None, locate: Locate |
 
 
 def render_xspf(playlist: Playlist, folder: Path | None = None, locate: Locate | None = None,
-                tree: Path | None = None) -> str:
-    """XSPF 1: title, creator, album, duration (ms) and location (relative URI, file:// URI, or ``locate``'s
-    URI) per track."""
+                tree: Path | None = None, note: str | None = None) -> str:
+    """XSPF 1: title, a ``note`` as the playlist's annotation, and per track title, creator, album, duration (ms)
+    and location (relative URI, file:// URI, or ``locate``'s URI)."""
     ET.register_namespace("", XSPF_NS)
     root = ET.Element(f"{{{XSPF_NS}}}playlist", version="1")
     ET.SubElement(root, f"{{{XSPF_NS}}}title").text = displayable(playlist.title)
+    if note:
+        ET.SubElement(root, f"{{{XSPF_NS}}}annotation").text = displayable(note)
     tracklist = ET.SubElement(root, f"{{{XSPF_NS}}}trackList")
     for t in playlist.tracks:
         el = ET.SubElement(tracklist, f"{{{XSPF_NS}}}track")
@@ -154,10 +157,11 @@ def render_xspf(playlist: Playlist, folder: Path | None = None, locate: Locate |
 
 
 def render(playlist: Playlist, fmt: str, folder: Path | None = None, locate: Locate | None = None,
-           tree: Path | None = None) -> str:
+           tree: Path | None = None, note: str | None = None) -> str:
     """The playlist as text in ``fmt`` (:func:`format_named`), paths relative to ``folder`` where inside it (or
-    inside the music ``tree`` with it: :func:`_location`)."""
-    return (render_m3u8 if format_named(fmt) == "m3u8" else render_xspf)(playlist, folder, locate, tree)
+    inside the music ``tree`` with it: :func:`_location`), a ``note`` for its reader as a comment (M3U8) or the
+    annotation (XSPF)."""
+    return (render_m3u8 if format_named(fmt) == "m3u8" else render_xspf)(playlist, folder, locate, tree, note)
 
 
 def output_format(path: Path, fmt: str | None = None) -> str:

@@ -6,7 +6,7 @@ player on the machine can stream them and no file path leaves the server.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -59,12 +59,22 @@ def _answer(request: Request, playlist: Playlist, model: str, fmt: str, name: st
     return _download(request, playlist, fmt, name)
 
 
-def _download(request: Request, playlist: Playlist, fmt: str, name: str) -> Response:
-    """The playlist as the M3U8 / XSPF file ``name.fmt`` to download, its entries this server's audio URLs."""
+def _download(request: Request, playlist: Playlist, fmt: str, name: str, left_out: Sequence[int] = ()) -> Response:
+    """The playlist as the M3U8 / XSPF file ``name.fmt`` to download, its entries this server's audio URLs; the
+    ids ``left_out`` (no longer in the collection) named in the file's note and the ``X-Left-Out`` header."""
     base = str(request.base_url).rstrip("/")
-    text = render(playlist, fmt, locate=lambda t: f"{base}/api/tracks/{t.id}/audio")
-    disposition = f'attachment; filename="{name}.{fmt}"'
-    return Response(text, media_type=MEDIA[fmt], headers={"Content-Disposition": disposition})
+    note = f"left out: {_ids(left_out)}, no longer in the collection (removed since the list was made)" \
+        if left_out else None
+    text = render(playlist, fmt, locate=lambda t: f"{base}/api/tracks/{t.id}/audio", note=note)
+    headers = {"Content-Disposition": f'attachment; filename="{name}.{fmt}"'}
+    if left_out:
+        headers["X-Left-Out"] = ", ".join(map(str, left_out))
+    return Response(text, media_type=MEDIA[fmt], headers=headers)
+
+
+def _ids(ids: Sequence[int]) -> str:
+    """'track 12' or 'tracks 12, 14'."""
+    return ("track " if len(ids) == 1 else "tracks ") + ", ".join(map(str, ids))
 
 
 def _playlist(request: Request, state: ServeState, model: str | None, aspect: str | None, fmt: str, name: str,
@@ -143,10 +153,19 @@ def file_route(
                                                                              "(NAME.m3u8).")] = "playlist",
 ) -> Response:
     """The playlist the page shows, as the file to download: a radio or a path asked for again may differ from the
-    list shown (tracks extracted or removed since), so the page's download links name the tracks it lists."""
+    list shown (tracks extracted or removed since), so the page's download links name the tracks it lists.
+
+    A track removed from the collection since the list was shown (``mess extract --prune``) is left out, and the
+    file says so (a comment line in M3U8, the annotation in XSPF; the ids in the ``X-Left-Out`` header): the others
+    still play. A 404 when none of the tracks is left."""
     with state.lock:
-        tracks = tuple(state.track(i) for i in track)
-    return _download(request, Playlist(title, tracks, (0.0,) * len(tracks)), format, name)
+        found = [(i, state.store.find(int(i))) for i in track]
+    tracks = tuple(t for _, t in found if t is not None)
+    left_out = list(dict.fromkeys(int(i) for i, t in found if t is None))
+    if not tracks:
+        raise HTTPException(404, f"{_ids(left_out)} no longer in the collection (removed since the list was made, or "
+                                 "never in it): nothing to download; make the playlist again")
+    return _download(request, Playlist(title, tracks, (0.0,) * len(tracks)), format, name, left_out)
 
 
 @router.get("/path", summary="A sonic path from one track to another in even steps", response_model=None,

@@ -41,10 +41,11 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # POST routes that change nothing (a body too large for a query): an allowed origin's page may send them
 ASKING_POSTS = frozenset({"/api/similar/upload", "/api/artists/similar"})
 # what an allowed origin's page may send and read beyond CORS's safelists: the token, a JSON body, ranges and
-# conditional requests of the audio; ranges, validators, Retry-After and a download's name
+# conditional requests of the audio; ranges, validators, Retry-After, a download's name and what it left out
 _CORS_HEADERS = ("Authorization", "Content-Type", "Range", "If-Range", "If-None-Match", "If-Modified-Since",
                  "If-Match", "If-Unmodified-Since")
-_CORS_EXPOSED = ("Content-Range", "Accept-Ranges", "ETag", "Last-Modified", "Retry-After", "Content-Disposition")
+_CORS_EXPOSED = ("Content-Range", "Accept-Ranges", "ETag", "Last-Modified", "Retry-After", "Content-Disposition",
+                 "X-Left-Out")
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 _LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")  # '_' too: LAN and container names use it, browsers send it
 
