@@ -3,8 +3,12 @@ verdict and the MPD radio, as they meet them."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import socket
+import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -14,6 +18,7 @@ import pytest
 import test_serve_api as api
 from fastapi.testclient import TestClient
 
+from mess.cli.serve import _server, listen
 from mess.playlists.formats import XSPF_NS
 from mess.serve.app import create_app
 from mess.store import FeatureStore
@@ -69,3 +74,50 @@ def test_a_download_leaves_out_a_track_pruned_since_the_list_was_shown(own_store
         alone = client.get("/api/playlists/file", params={"track": [pruned, pruned], "format": "m3u8"})
         assert alone.status_code == 404, alone.text
         assert re.match(rf"track {pruned} no longer in the collection", alone.json()["detail"]), alone.text
+
+
+def _exchange(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``raw`` bytes as they are (no client library would send a raw UTF-8 byte in a URL) and read the whole
+    answer: status, headers, body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(raw)
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict((k.strip().lower(), v.strip()) for k, _, v in (ln.partition(":") for ln in lines[1:]))
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_a_request_that_is_not_http_is_refused_in_json(own_store: Path) -> None:
+    """`curl 'http://127.0.0.1:8000/api/tracks?q=狐'` sends the UTF-8 bytes raw: uvicorn refused the request line
+    before the app saw it, with a plain-text 400 'Invalid HTTP request received.', where the API promises JSON
+    errors. `mess serve`'s server (cli.serve._server, run here in a thread, without the app's lifespan) answers JSON
+    now, naming what was wrong and how to send it; a percent-encoded query is answered by the app."""
+    app = create_app(own_store)
+    server = _server(app)
+    server.config.lifespan = "off"  # the upload worker has no part here
+    sock = listen("127.0.0.1", 0, "127.0.0.1")
+    port = sock.getsockname()[1]
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        status, headers, body = _exchange(port, "GET /api/tracks?q=狐 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        assert status == 400 and headers["content-type"] == "application/json", (status, headers, body)
+        detail = json.loads(body)["detail"]
+        assert "/api/tracks?q=\\xe7\\x8b\\x90" in detail and "percent-encode" in detail, detail
+        assert headers["x-content-type-options"] == "nosniff"
+        status, headers, body = _exchange(port, b"GET /api/tracks HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header: 1\r\n"
+                                                b"\r\n")
+        assert status == 400 and "illegal header line: 'Bad Header: 1'" in json.loads(body)["detail"], body
+        status, headers, body = _exchange(port, b"GET /api/tracks?q=%E7%8B%90 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                                b"Connection: close\r\n\r\n")
+        assert status == 200 and json.loads(body)["items"] == [], body  # the app's answer: no track is called so
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        app.state.mess.store.close()

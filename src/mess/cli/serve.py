@@ -86,8 +86,11 @@ def serve_command(
 def _server(app: FastAPI) -> uvicorn.Server:
     """uvicorn's server for ``app``: a first Ctrl-C lets requests finish, as uvicorn does; a second one also ends the
     upload being embedded (the embed worker runs in a process group of its own, out of the terminal's Ctrl-C reach,
-    and the server waited for the file to be done)."""
+    and the server waited for the file to be done). A request that is not valid HTTP is refused in JSON, as the API
+    refuses (:class:`~mess.serve.protocol.JsonErrorsProtocol`)."""
     import uvicorn
+
+    from mess.serve.protocol import JsonErrorsProtocol
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -95,7 +98,7 @@ def _server(app: FastAPI) -> uvicorn.Server:
             if self.force_exit:
                 app.state.mess.worker.kill()
 
-    return Server(uvicorn.Config(app, log_level="warning"))
+    return Server(uvicorn.Config(app, log_level="warning", http=JsonErrorsProtocol))
 
 
 def listen(host: str, port: int, shown: str) -> socket.socket:
