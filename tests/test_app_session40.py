@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import test_serve_api as api
 from fastapi.testclient import TestClient
@@ -121,3 +122,48 @@ def test_a_request_that_is_not_http_is_refused_in_json(own_store: Path) -> None:
         server.should_exit = True
         thread.join(20)
         app.state.mess.store.close()
+
+
+def test_the_fusion_verdict_is_about_the_search_mess_similar_gives(extracted_store: Path,
+                                                                  one_torch_thread: None) -> None:  # noqa: ARG001
+    """`mess fuse report` scored the `default` row (what `mess similar` ranks by) but its verdict and paired
+    Wilcoxon test still set fused against `all-layers`, a search nothing runs by default any more. Both are about the
+    default now: the p-value is scipy's on per-query nDCG@5 that sklearn gives the fused cosines and the orders
+    `similar_tracks` gives, among the held-out tracks."""
+    from scipy.stats import wilcoxon
+    from sklearn.metrics import ndcg_score
+
+    from mess.fusion.data import load_layers
+    from mess.fusion.report import compare, default_search
+    from mess.fusion.train import FusionConfig, embed, train_fusion
+    from mess.search.query import collection_query, similar_tracks
+
+    with closing(FeatureStore(extracted_store, readonly=True)) as fs:
+        run = fs.run("dsp")
+        data = load_layers(fs, run)
+        moods = {t.id: f"mood{n % 4}" for n, t in enumerate(data.tracks)}  # labels no layer knows: imperfect rows
+        config = FusionConfig(label="mood", labels_file="moods.csv", weight_epochs=1, max_epochs=0, val_frac=0,
+                              test_frac=0.5, fusion_dim=4)
+        result = train_fusion(data, config, given=moods)
+        report = compare(result, data, 5, default_search(fs, run, data))
+        ids = [t.id for t in data.tracks if moods[t.id] in result.split.test]
+        rows, artists = [data.track_ids.tolist().index(i) for i in ids], [moods[i] for i in ids]
+        fused = embed(result.network, data.x[rows]).astype(np.float64)
+        fused /= np.linalg.norm(fused, axis=1, keepdims=True)
+        fused_q, default_q = [], []
+        for q, i in enumerate(ids):
+            others = [o for o in range(len(ids)) if o != q]
+            relevant = np.array([[artists[o] == artists[q] for o in others]])
+            fused_q.append(ndcg_score(relevant, (fused[others] @ fused[q])[None], k=5))
+            ranked = [n.track.id for n in similar_tracks(fs, run, collection_query(fs, i), k=len(data.tracks))]
+            order = [ids.index(j) for j in ranked if j in ids]  # the held-out tracks, in the default search's order
+            rank = np.array([-order.index(o) for o in others], dtype=float)
+            default_q.append(ndcg_score(relevant, rank[None], k=5))
+    p = wilcoxon(fused_q, default_q).pvalue
+    assert report.compared_with == "default" and report.wilcoxon_p == pytest.approx(p, abs=1e-6), (report.wilcoxon_p, p)
+    row, mine = report.score("default"), report.score("fused")
+    assert row.ndcg == pytest.approx(np.mean(default_q), abs=1e-4)
+    word = "is not significantly different from" if p >= 0.05 else "beats" if mine.ndcg > row.ndcg else "is worse than"
+    assert report.verdict.startswith(f"fused {word} `mess similar`'s default ranking on held-out nDCG@5 "
+                                     f"({mine.ndcg:.3f} vs {row.ndcg:.3f}, paired Wilcoxon p={p:.3g}); mean of all "
+                                     f"layers: {report.score('all-layers').ndcg:.3f}"), report.verdict

@@ -1,4 +1,4 @@
-"""Fusion report: held-out retrieval of fused vs best single layer vs all layers, and layer weights."""
+"""Fusion report: held-out retrieval of fused vs the best layer, all layers and the default search; layer weights."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from mess.fusion import evaluate
 from mess.fusion.data import FusionError, LayerData
 from mess.fusion.train import FusionResult, embed, initial_network
 from mess.search.expansion import EXPAND_K, expand_collection, expanded_scores
-from mess.search.metrics import RetrievalScores, chance_scores, retrieval_scores
+from mess.search.metrics import RetrievalScores, chance_scores, ndcg_at_k, retrieval_scores
 from mess.search.query import collection_query, ranked_scores
 from mess.search.rerank_store import ranking_choice
 from mess.search.vectors import (
@@ -70,6 +70,7 @@ class FusionReport:
     interrupted_note: str | None = None  # the checkpoint is from a training stopped with Ctrl-C (interrupted_note)
     files: dict[str, str] = field(default_factory=dict)
     trained_copies: int = 0  # held-out recordings left out: a copy of each is in a training or validation label
+    compared_with: str = "all-layers"  # the row the verdict and wilcoxon_p set fused against: "default" when scored
 
     def score(self, method: str) -> MethodScores:
         """The row of one method (fused, untrained, best-layer, all-layers, default, mean-vector, chance)."""
@@ -146,7 +147,8 @@ def _pick(candidates: dict[str, Encoder], labels: np.ndarray, rows: np.ndarray, 
 
 
 def compare(result: FusionResult, data: LayerData, k: int = 10, default: DefaultSearch | None = None) -> FusionReport:
-    """Score fused vectors and the baselines on the held-out (test) labels of ``result``.
+    """Score fused vectors and the baselines on the held-out (test) labels of ``result``; the verdict and its paired
+    Wilcoxon test set fused against ``default`` when given (what `mess similar` ranks by), else all-layers.
 
     Baselines: the untrained network (same seed), the best single layer and the
     equal-weight combination of all layers (mean of per-layer cosines, as
@@ -188,20 +190,22 @@ def compare(result: FusionResult, data: LayerData, k: int = 10, default: Default
     units = {name: enc(test) for name, (enc, _) in encoders.items()}
     methods = [MethodScores(name, detail, *_rounded(evaluate.scores(units[name], lab, k)))
                for name, (_, detail) in encoders.items()]
-    if default is not None:  # after all-layers: the search it became
-        searched = retrieval_scores(evaluate.ranked(lambda queries: default.scores(test[queries], test), lab), k)
+    fused_q = evaluate.ndcg_per_query(units[FUSED], lab, k)
+    base_q = evaluate.ndcg_per_query(units["all-layers"], lab, k)
+    if default is not None:  # after all-layers: the search it became, and the one the verdict is about
+        searched = evaluate.ranked(lambda queries: default.scores(test[queries], test), lab)
         methods.insert([m.method for m in methods].index("all-layers") + 1,
-                       MethodScores("default", default.detail, *_rounded(searched)))
+                       MethodScores("default", default.detail, *_rounded(retrieval_scores(searched, k))))
+        base_q = ndcg_at_k(searched, k)  # the same queries, in the same order, as fused_q
     methods.append(MethodScores("chance", "random ranking",
                                 *_rounded(chance_scores(lab, lab, np.arange(len(test)), k))))
     per_layer = {name: round(max(evaluate.scores(singles[f"{name} ({n})"](test), lab, k).ndcg for n in BASE_NORMS), 4)
                  for name in names}
-    fused_q = evaluate.ndcg_per_query(units[FUSED], lab, k)
-    mean_q = evaluate.ndcg_per_query(units["all-layers"], lab, k)
-    p = float(wilcoxon(fused_q, mean_q).pvalue) if np.any(fused_q != mean_q) and len(fused_q) > 1 else None
+    p = float(wilcoxon(fused_q, base_q).pvalue) if np.any(fused_q != base_q) and len(fused_q) > 1 else None
     same_data = data.data_hash(result.config.label, result.given_labels) == result.data_hash
     report = FusionReport(result.model, result.config.labels_name, k, len(test), len(set(lab)), methods, per_layer,
-                          result.layer_weights(data.x), "", "", p, same_data, trained_copies=len(held) - len(test))
+                          result.layer_weights(data.x), "", "", p, same_data, trained_copies=len(held) - len(test),
+                          compared_with="all-layers" if default is None else "default")
     report.verdict, report.caveat = _verdict(report)
     report.interrupted_note = interrupted_note(result)
     return report
@@ -220,17 +224,23 @@ def _rounded(s: RetrievalScores) -> tuple[float, float, float]:
 
 
 def _verdict(report: FusionReport) -> tuple[str, str]:
-    fused, mean, best = report.score(FUSED), report.score("all-layers"), report.score("best-layer")
+    """The one-line verdict on fused against ``report.compared_with`` (`mess similar`'s default ranking when
+    scored, else the mean of all layers), following the paired test, and the caveat."""
+    fused, base, best = report.score(FUSED), report.score(report.compared_with), report.score("best-layer")
     p = report.wilcoxon_p
-    if p is not None and p < ALPHA and fused.ndcg != mean.ndcg:
-        outcome = "beats" if fused.ndcg > mean.ndcg else "is worse than"
-    elif p is None and fused.ndcg == mean.ndcg:  # the same nDCG on every query
+    if p is not None and p < ALPHA and fused.ndcg != base.ndcg:
+        outcome = "beats" if fused.ndcg > base.ndcg else "is worse than"
+    elif p is None and fused.ndcg == base.ndcg:  # the same nDCG on every query
         outcome = "ties with"
     else:
         outcome = "is not significantly different from"
     test = f", paired Wilcoxon p={p:.3g}" if p is not None else ""
-    verdict = (f"fused {outcome} the mean of all layers on held-out nDCG@{report.k} "
-               f"({fused.ndcg:.3f} vs {mean.ndcg:.3f}{test}); best single layer: {best.ndcg:.3f}")
+    against, also = "the mean of all layers", ""
+    if report.compared_with == "default":
+        mean = report.score("all-layers").ndcg
+        against, also = "`mess similar`'s default ranking", f"; mean of all layers: {mean:.3f}"
+    verdict = (f"fused {outcome} {against} on held-out nDCG@{report.k} "
+               f"({fused.ndcg:.3f} vs {base.ndcg:.3f}{test}){also}; best single layer: {best.ndcg:.3f}")
     caveat = ""
     if report.n_test_tracks < MIN_TRACKS or report.n_test_labels < MIN_LABELS:
         caveat = (f"held-out split holds n={report.n_test_tracks} tracks of {report.n_test_labels} labels: "
