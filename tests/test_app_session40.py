@@ -16,15 +16,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import test_mpd as mpd_tests
 import test_serve_api as api
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
+from mess.cli.main import app
 from mess.cli.serve import _server, listen
 from mess.playlists.formats import XSPF_NS
+from mess.playlists.mpd import connect
+from mess.playlists.playlist import artist_key
+from mess.playlists.radio import radio
+from mess.search.query import collection_query
 from mess.serve.app import create_app
 from mess.store import FeatureStore
 
 serve_collection = api.serve_collection  # the session's store (3 artists x 4 tagged tracks, dsp), made once per run
+runner = CliRunner()
 
 
 @pytest.fixture
@@ -37,11 +45,11 @@ def own_store(serve_collection: Path, tmp_path: Path) -> Path:
 @contextmanager
 def _client(store: Path) -> Iterator[TestClient]:
     """A client of a server on ``store``, without its lifespan (the upload worker has no part in these answers)."""
-    app = create_app(store)
+    api_app = create_app(store)
     try:
-        yield TestClient(app, base_url="http://127.0.0.1:8000")
+        yield TestClient(api_app, base_url="http://127.0.0.1:8000")
     finally:
-        app.state.mess.store.close()
+        api_app.state.mess.store.close()
 
 
 def _listed(text: str) -> list[int]:
@@ -77,6 +85,27 @@ def test_a_download_leaves_out_a_track_pruned_since_the_list_was_shown(own_store
         assert re.match(rf"track {pruned} no longer in the collection", alone.json()["detail"]), alone.text
 
 
+@contextmanager
+def _serving(store: Path) -> Iterator[int]:
+    """`mess serve`'s server (cli.serve._server) on ``store`` in a thread, on a free loopback port (yielded), without
+    the app's lifespan (the upload worker has no part in these answers)."""
+    api_app = create_app(store)
+    server = _server(api_app)
+    server.config.lifespan = "off"
+    sock = listen("127.0.0.1", 0, "127.0.0.1")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        api_app.state.mess.store.close()
+
+
 def _exchange(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
     """Send ``raw`` bytes as they are (no client library would send a raw UTF-8 byte in a URL) and read the whole
     answer: status, headers, body."""
@@ -96,17 +125,7 @@ def test_a_request_that_is_not_http_is_refused_in_json(own_store: Path) -> None:
     before the app saw it, with a plain-text 400 'Invalid HTTP request received.', where the API promises JSON
     errors. `mess serve`'s server (cli.serve._server, run here in a thread, without the app's lifespan) answers JSON
     now, naming what was wrong and how to send it; a percent-encoded query is answered by the app."""
-    app = create_app(own_store)
-    server = _server(app)
-    server.config.lifespan = "off"  # the upload worker has no part here
-    sock = listen("127.0.0.1", 0, "127.0.0.1")
-    port = sock.getsockname()[1]
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
+    with _serving(own_store) as port:
         status, headers, body = _exchange(port, "GET /api/tracks?q=狐 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         assert status == 400 and headers["content-type"] == "application/json", (status, headers, body)
         detail = json.loads(body)["detail"]
@@ -118,10 +137,6 @@ def test_a_request_that_is_not_http_is_refused_in_json(own_store: Path) -> None:
         status, headers, body = _exchange(port, b"GET /api/tracks?q=%E7%8B%90 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                                 b"Connection: close\r\n\r\n")
         assert status == 200 and json.loads(body)["items"] == [], body  # the app's answer: no track is called so
-    finally:
-        server.should_exit = True
-        thread.join(20)
-        app.state.mess.store.close()
 
 
 def test_the_fusion_verdict_is_about_the_search_mess_similar_gives(extracted_store: Path,
@@ -167,3 +182,42 @@ def test_the_fusion_verdict_is_about_the_search_mess_similar_gives(extracted_sto
     assert report.verdict.startswith(f"fused {word} `mess similar`'s default ranking on held-out nDCG@5 "
                                      f"({mine.ndcg:.3f} vs {row.ndcg:.3f}, paired Wilcoxon p={p:.3g}); mean of all "
                                      f"layers: {report.score('all-layers').ndcg:.3f}"), report.verdict
+
+
+def test_mpd_radio_goes_on_from_a_song_streamed_from_the_server(own_store: Path, tmp_path: Path) -> None:
+    """The page's M3U8 (this server's audio URLs) loaded into MPD, `mess mpd radio` refused: "MPD's current song
+    http://.../api/tracks/5/audio is a stream, not a file of its music folder". The URL names a track of the server;
+    once the server is found to serve this store (its track of that id is this store's file), that track seeds the
+    radio, which is queued as the server's URLs after it, leaving out the songs queued (heard or to come). A store
+    whose track of that id is another (or none) is refused in one line naming the server."""
+    with closing(FeatureStore(own_store, readonly=True)) as store:
+        run = store.run("dsp")
+        tracks = store.tracks(run)
+        seed, heard = tracks[0], tracks[1]
+        music = Path(seed.path).parent.parent
+    (tmp_path / "mpd").mkdir()
+    with _serving(own_store) as port, mpd_tests._mpd(music, tmp_path / "mpd") as mpd_port:
+        url = f"http://127.0.0.1:{port}/api/tracks/{{}}/audio"
+        with connect("127.0.0.1", mpd_port) as client:
+            client.add(url.format(heard.id))
+            client.add(url.format(seed.id))
+            client.play(1)
+            client.pause(1)
+        radio_of = ["mpd", "radio", "-n", "3", "--port", str(mpd_port), "--host", "127.0.0.1", "--model", "dsp"]
+        done = runner.invoke(app, [*radio_of, "--store", str(own_store)])
+        assert done.exit_code == 0, done.output
+        with connect("127.0.0.1", mpd_port) as client:
+            queue = [s["file"] for s in client.playlistinfo()]
+        with closing(FeatureStore(own_store, readonly=True)) as store:
+            expected = radio(store, run, [collection_query(store, seed.id)], 3, heard=frozenset({heard.id}),
+                             played=[artist_key(heard)])
+        assert queue == [url.format(i) for i in (heard.id, seed.id, *(t.id for t in expected.tracks))], queue
+        other = tmp_path / "other"
+        shutil.copytree(own_store, other)
+        with closing(FeatureStore(other)) as store:  # a store whose track of the seed's id is none (rebuilt, say)
+            store.remove_tracks([seed.path])
+        refused = runner.invoke(app, [*radio_of, "--store", str(other)])
+    assert refused.exit_code == 1 and refused.output.startswith(
+        f"error: MPD's current song {url.format(seed.id)} is a stream of `mess serve`, but the server at "
+        f"http://127.0.0.1:{port} serves another collection than this store: its track {seed.id} is "
+        f"'{Path(seed.path).name}', this store's is None"), refused.output

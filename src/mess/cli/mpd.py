@@ -31,11 +31,14 @@ def radio_command(
     host: HostOpt = "localhost",
     port: PortOpt = 6600,
     model: ModelOpt = None,
+    token: Annotated[str | None, typer.Option(envvar="MESS_TOKEN", help="The token of the `mess serve` whose stream "
+                                              "MPD plays, if it asks for one (env MESS_TOKEN).")] = None,
     store: StoreOpt = DEFAULT_STORE_PATH,
     as_json: JsonOpt = False,
 ) -> None:
     """Queue a radio right after MPD's current song (before the songs queued later): similar tracks, artists
-    spread out. A queue played to its end goes on from its last song."""
+    spread out. A queue played to its end goes on from its last song. A song streamed from `mess serve` over this
+    store seeds too, and the radio is queued as that server's streams."""
     from mess.playlists.mpd import PlayerError, connect, queue_radio
     from mess.playlists.playlist import PlaylistError
 
@@ -45,7 +48,7 @@ def radio_command(
             name, password = _host_password(host)
             with connect(name, port, password) as client:
                 playlist, uris, unknown = queue_radio(client, fs, run, n, window=window, aspect=aspect,
-                                                      clear_upcoming=clear, music_dir=music_dir)
+                                                      clear_upcoming=clear, music_dir=music_dir, token=token)
     if as_json:
         emit_json({**playlist.to_dict(), "queued": uris, "unknown": unknown})
         return

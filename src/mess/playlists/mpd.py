@@ -25,6 +25,7 @@ from mpd import ConnectionError as MPDConnectionError
 from mess.constants import port_problem
 from mess.playlists.playlist import Playlist, artist_key, gone_tracks, with_gone_note, with_note
 from mess.playlists.radio import DEFAULT_WINDOW, radio
+from mess.playlists.served import served_problem, served_track, served_uri
 from mess.query import resolve_query
 from mess.store import FeatureStore, Run, Track
 from mess.store.paths import resolved
@@ -352,8 +353,8 @@ def play_first(client: MPDClient, ids: Sequence[str]) -> int:
 
 
 def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *, window: int = DEFAULT_WINDOW,
-                aspect: str | None = None, clear_upcoming: bool = False,
-                music_dir: Path | None = None) -> tuple[Playlist, list[str], list[Path]]:
+                aspect: str | None = None, clear_upcoming: bool = False, music_dir: Path | None = None,
+                token: str | None = None) -> tuple[Playlist, list[str], list[Path]]:
     """Queue a radio seeded by MPD's current song right after the song MPD plays (before the songs queued later);
     in random mode the radio's songs get MPD's highest priorities, so that they play next and in order there too.
     When MPD has played its queue to the end (it stopped and has no current song) outside random mode, the queue's
@@ -369,6 +370,10 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     Tracks whose files are gone from MPD's music folder are left out (MPD stops playing at one), named in the
     playlist's note; those MPD's database lacks are left out too (returned as skipped): the next closest take their
     places.
+
+    A current song streamed from `mess serve` (its audio URL, as the page's downloads name it) seeds by its track id
+    once that server is found to serve this store (its track of that id is this store's: :func:`served_problem`;
+    ``token``: the server's, when it asks for one), and the radio is queued as that server's URLs too.
     """
     status, queue = _snapshot(client)
     # MPD played the queue to its end: its last song, heard last, seeds (in random mode any song may have been last)
@@ -376,18 +381,25 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     song = queue[int(status["song"])] if "song" in status else queue[-1] if ended else {}
     if not song.get("file"):
         raise PlayerError("MPD has no current song; play something first")
-    if "://" in song["file"]:  # an http:// stream, such as `mess serve`'s playlists hold: no file to seed from
+    served = served_track(song["file"])
+    if "://" in song["file"] and served is None:  # a stream of another server: no file to seed from
         raise PlayerError(f"MPD's current song {song['file']} is a stream, not a file of its music folder; play a file "
                           "of the collection to seed the radio (or make one with `mess playlist radio`)")
     music_dir = Path(music_dir).expanduser().resolve() if music_dir is not None else None
     tracks = store.tracks(run)
-    seed = collection_track(tracks, song["file"], music_dir)
+    base = None if served is None else served[0]
+    if served is not None:
+        seed = next((t for t in tracks if t.id == served[1]), None)
+        if (problem := served_problem(*served, seed, token)) is not None:
+            raise PlayerError(f"MPD's current song {song['file']} is a stream of `mess serve`, but {problem}")
+    else:
+        seed = collection_track(tracks, song["file"], music_dir)
     if seed is None and music_dir is not None and any(t.path.endswith(f"/{song['file']}") for t in tracks):
         raise PlayerError(f"MPD's current song {song['file']} is not {music_dir / song['file']} but the store holds "
                           f"a file of that name elsewhere: is --music-dir {music_dir} MPD's music folder?")
     given = music_dir is not None
     if music_dir is None:
-        music_dir = _music_folder(tracks, queue, seed, song["file"])
+        music_dir = _music_folder(tracks, queue, seed, "" if served else song["file"])
     if seed is not None:
         seed_path = Path(seed.path)
     elif music_dir is not None and (music_dir / song["file"]).is_file():  # renamed (or added) since extraction:
@@ -400,12 +412,13 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     at = int(song["pos"])
     after = queue[at + 1:]
     heard = queue[:at] + ([] if clear_upcoming else after)
-    queued = frozenset(t.id for t in _tracks_of(heard, by_path, music_dir) if t is not None)
+    queued = frozenset(t.id for t in _tracks_of(heard, by_path, music_dir, base) if t is not None)
     # the songs that played just before the seed keep their artists a window apart from the radio's (not in random
     # mode: those before the current song there may not have played); a song the collection lacks has no artist
-    before = [] if status.get("random") == "1" else _tracks_of(queue[max(at - window, 0):at], by_path, music_dir)
+    random = status.get("random") == "1"
+    before = [] if random else _tracks_of(queue[max(at - window, 0):at], by_path, music_dir, base)
     played = [artist_key(t) if t is not None else "" for t in before]
-    later = [] if clear_upcoming or status.get("random") == "1" else _tracks_of(after[:window], by_path, music_dir)
+    later = [] if clear_upcoming or random else _tracks_of(after[:window], by_path, music_dir, base)
     following = [artist_key(t) if t is not None else "" for t in later]  # after the radio: no artist back to back
     seeds = [resolve_query(store, seed_path, run)]
     gone: list[Track] = []
@@ -415,10 +428,14 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
         playlist = radio(store, run, seeds, n, aspect=aspect, window=window,
                          exclude=frozenset(t.id for t in (*gone, *lacked)), heard=queued, played=played,
                          following=following)
-        newly = gone_tracks(playlist) if music_dir is None or music_dir.is_dir() else ()  # not when unmounted
+        here = music_dir.is_dir() if music_dir is not None else base is None or Path(seed_path).is_file()
+        newly = gone_tracks(playlist) if here else ()  # not when unmounted (or served from another machine)
         if newly:
             gone += newly
             continue
+        if base is not None:  # the server's URLs, which MPD streams as it streams the seed
+            uris, unknown = [served_uri(base, t) for t in playlist.tracks], list[Path]()
+            break
         awake(client)
         uris, unknown = known_uris(client, [Path(t.path) for t in playlist.tracks], music_dir)
         rounds += 1
@@ -443,9 +460,13 @@ def queue_radio(client: MPDClient, store: FeatureStore, run: Run, n: int = 20, *
     return playlist, uris, unknown
 
 
-def _tracks_of(songs: Sequence[dict], by_path: Mapping[str, Track], music_dir: Path | None) -> list[Track | None]:
-    """The collection track of each of MPD's queued ``songs``, None for one the collection lacks (a stream, say)."""
-    return [by_path.get(collection_path(music_dir, s.get("file", ""), by_path)) for s in songs]
+def _tracks_of(songs: Sequence[dict], by_path: Mapping[str, Track], music_dir: Path | None,
+               base: str | None = None) -> list[Track | None]:
+    """The collection track of each of MPD's queued ``songs``, None for one the collection lacks (a stream, say; one
+    of the `mess serve` at ``base``, which serves this store, is its track of that id)."""
+    by_id = {t.id: t for t in by_path.values()}
+    return [by_id.get(served[1]) if (served := served_track(s.get("file", ""))) is not None and served[0] == base
+            else by_path.get(collection_path(music_dir, s.get("file", ""), by_path)) for s in songs]
 
 
 def play_files(client: MPDClient, entries: Sequence[Path | str], *, append: bool = False,
