@@ -14,11 +14,13 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import test_mpd as mpd_tests
 import test_serve_api as api
 from fastapi.testclient import TestClient
+from test_serve_browser import CHROMIUM, Browser
 from typer.testing import CliRunner
 
 from mess.cli.main import app
@@ -221,3 +223,73 @@ def test_mpd_radio_goes_on_from_a_song_streamed_from_the_server(own_store: Path,
         f"error: MPD's current song {url.format(seed.id)} is a stream of `mess serve`, but the server at "
         f"http://127.0.0.1:{port} serves another collection than this store: its track {seed.id} is "
         f"'{Path(seed.path).name}', this store's is None"), refused.output
+
+
+def _key(page: Browser, key: str) -> None:
+    for kind in ("keyDown", "keyUp"):
+        page.call("Input.dispatchKeyEvent", {"type": kind, "key": key, **({"text": key} if kind == "keyDown" else {})})
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (scripts/install.sh)")
+def test_the_page_plays_its_list_as_a_player_does_and_keeps_it(own_store: Path, tmp_path: Path) -> None:
+    """What a listener missed on the page: no next / previous (only "play in order" and clicking entries), no keys
+    (space, k, n, p; not while typing in the search field), nothing for the system's media controls, and the list
+    gone on a reload, with no way to open the playlist file downloaded from it. Now: buttons and keys step the list,
+    the media session names the track, a reload shows the list again, and the downloaded M3U8 opens as the list."""
+    with _serving(own_store) as port:
+        url = f"http://127.0.0.1:{port}"
+        page = Browser(tmp_path / "profile")
+        try:
+            page.open(url + "/")
+            page.wait_for("window.mess && window.mess.state.points.length")
+            seed = page.evaluate("window.mess.state.points[Math.floor(window.mess.state.points.length / 2)].id")
+            page.click(*page.evaluate(f"window.mess.pagePosition({seed})"))
+            page.wait_for(f"window.mess.state.selected === {seed}")
+            page.evaluate("document.getElementById('playlist-n').value = '4'; "
+                          "document.getElementById('radio-btn').click()")
+            page.wait_for("document.querySelectorAll('#playlist li').length === 4")
+            queue = page.evaluate("window.mess.state.queue")
+            at = "window.mess.state.queueAt"
+            page.evaluate("document.activeElement.blur()")
+            steps = []
+            for step in ("n", "n", "p", "#next-btn", "#next-btn", "#prev-btn"):
+                if step.startswith("#"):
+                    page.evaluate(f"document.querySelector('{step}').click()")
+                else:
+                    _key(page, step)
+                steps.append(page.evaluate(at))
+            assert steps == [0, 1, 0, 1, 2, 1], steps
+            assert page.evaluate("document.getElementById('player').src") == f"{url}/api/tracks/{queue[1]}/audio"
+            track = httpx.get(f"{url}/api/tracks/{queue[1]}").json()
+            assert page.evaluate("navigator.mediaSession.metadata.title") == track["title"] or track["name"]
+            page.wait_for("!document.getElementById('player').paused")
+            _key(page, " ")
+            page.wait_for("document.getElementById('player').paused")
+            _key(page, "k")
+            page.wait_for("!document.getElementById('player').paused")
+            page.evaluate("document.getElementById('search').focus()")
+            _key(page, "n")  # typed into the search field
+            assert page.evaluate(at) == 1 and page.evaluate("document.getElementById('search').value") == "n"
+            caption = page.evaluate("document.getElementById('playlist-caption').textContent")
+            download = httpx.get(url + page.evaluate("document.getElementById('dl-m3u8').getAttribute('href')"))
+            page.evaluate("window.before = true; location.reload()")
+            page.wait_for("!window.before && window.mess && window.mess.state.points.length && "
+                          "window.mess.state.queue.length")
+            assert page.evaluate("window.mess.state.queue") == queue
+            assert page.evaluate("document.getElementById('playlist-caption').textContent") == caption
+            saved = tmp_path / "radio.m3u8"
+            saved.write_bytes(download.content)
+            page.click(*page.evaluate(f"window.mess.pagePosition({seed})"))
+            page.wait_for(f"window.mess.state.selected === {seed}")
+            page.evaluate("document.getElementById('playlist-n').value = '3'; "
+                          "document.getElementById('radio-btn').click()")
+            page.wait_for("window.mess.state.queue.length === 3")
+            doc = page.call("DOM.getDocument")["root"]["nodeId"]
+            node = page.call("DOM.querySelector", {"nodeId": doc, "selector": "#open-playlist"})["nodeId"]
+            page.call("DOM.setFileInputFiles", {"files": [str(saved)], "nodeId": node})
+            page.wait_for("window.mess.state.queue.length === 4")
+            assert page.evaluate("window.mess.state.queue") == _listed(download.text) == queue
+            assert page.evaluate("document.getElementById('playlist-caption').textContent") == caption
+            assert page.exceptions() == []
+        finally:
+            page.close()

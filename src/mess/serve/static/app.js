@@ -16,6 +16,7 @@ const state = {
   view: { x0: -1, x1: 1, y0: -1, y1: 1 }, full: { x0: -1, x1: 1, y0: -1, y1: 1 },
   playlist: null, queue: [], queueAt: -1, pathStart: null, threshold: 0.3, uploadUrl: null,
 };
+const KEPT = "mess.playlist";  // localStorage: the playlist listed last, shown again on the next visit
 
 async function api(path, options) {
   const response = await fetch(path, options);
@@ -303,6 +304,7 @@ function selectTrack(id) {
   showUploadWarnings([]);
   $("now-title").textContent = track.name;
   $("now-meta").textContent = [track.album, track.genre, duration(track.duration), track.file].filter(Boolean).join(" · ");
+  mediaSession(track);
   const player = $("player");
   player.src = `/api/tracks/${id}/audio`;
   player.play().catch(() => {});
@@ -540,32 +542,112 @@ async function makePlaylist(kind, extra) {
   const params = playlistParams(extra);
   $("playlist-caption").textContent = "making...";
   try {
-    const data = await api(`/api/playlists/${kind}?${params}`);
-    state.playlist = data;
-    state.queue = data.tracks.map((t) => t.id);
-    state.queueAt = -1;
-    const list = $("playlist");
-    list.replaceChildren();
-    data.tracks.forEach((t, index) => {
-      const item = trackItem(t, () => playQueued(index));  // the playlist plays on from the track clicked
-      item.append(el("span", duration(t.duration), "score"));
-      list.append(item);
-    });
-    // the downloads are the list shown, by its ids: the radio or path asked for again may differ (tracks extracted
-    // or removed since it was made)
-    const shown = data.tracks.map((t) => ["track", String(t.id)]);
-    for (const fmt of ["m3u8", "xspf"]) {
-      const file = new URLSearchParams([...shown, ["title", data.title], ["name", kind], ["format", fmt]]);
-      $(`dl-${fmt}`).href = `/api/playlists/file?${file}`;
-      $(`dl-${fmt}`).download = `${kind}.${fmt}`;
-    }
-    $("playlist-actions").hidden = false;
-    const notes = [data.note, data.stale_aspect_map].filter(Boolean).map((n) => `; ${n}`).join("");
-    const count = data.tracks.length === 1 ? "1 track" : `${data.tracks.length} tracks`;
-    $("playlist-caption").textContent = `${data.title} (${count}${notes})`;
+    showPlaylist(await api(`/api/playlists/${kind}?${params}`), kind);
   } catch (err) {
     $("playlist-caption").textContent = err.message;
   }
+}
+
+// List a playlist (a radio or path answer, one kept from the last visit, or a file opened), offer its downloads
+// and keep it in this browser: a reload or a later visit shows it again.
+function showPlaylist(data, kind) {
+  state.playlist = data;
+  state.queue = data.tracks.map((t) => t.id);
+  state.queueAt = -1;
+  const list = $("playlist");
+  list.replaceChildren();
+  data.tracks.forEach((t, index) => {
+    const item = trackItem(t, () => playQueued(index));  // the playlist plays on from the track clicked
+    item.append(el("span", duration(t.duration), "score"));
+    list.append(item);
+  });
+  // the downloads are the list shown, by its ids: the radio or path asked for again may differ (tracks extracted
+  // or removed since it was made)
+  const shown = data.tracks.map((t) => ["track", String(t.id)]);
+  for (const fmt of ["m3u8", "xspf"]) {
+    const file = new URLSearchParams([...shown, ["title", data.title], ["name", kind], ["format", fmt]]);
+    $(`dl-${fmt}`).href = `/api/playlists/file?${file}`;
+    $(`dl-${fmt}`).download = `${kind}.${fmt}`;
+  }
+  $("playlist-actions").hidden = false;
+  const notes = [data.note, data.stale_aspect_map].filter(Boolean).map((n) => `; ${n}`).join("");
+  const count = data.tracks.length === 1 ? "1 track" : `${data.tracks.length} tracks`;
+  $("playlist-caption").textContent = `${data.title} (${count}${notes})`;
+  try {
+    localStorage.setItem(KEPT, JSON.stringify({ kind, data }));
+  } catch (err) { /* storage full or refused: the list is only not kept */ }
+}
+
+// The playlist kept from the last visit, shown again (its tracks as they were listed; one removed since cannot
+// play and is struck through when reached).
+function reopenPlaylist() {
+  let kept = null;
+  try {
+    kept = JSON.parse(localStorage.getItem(KEPT) || "null");
+  } catch (err) { return; }
+  if (kept && kept.data && Array.isArray(kept.data.tracks)) showPlaylist(kept.data, kept.kind || "playlist");
+}
+
+// A playlist file opened in the page: the M3U8 / XSPF downloaded from it (this server's audio URLs, by track id)
+// or written by `mess playlist` (file paths, matched by file name where one track of the map has it).
+async function openPlaylist(event) {
+  const file = event.target.files[0];
+  if (!file) return;
+  const text = await file.text();
+  const xspf = /<playlist[\s>]/.test(text);
+  const entries = xspf ? [...text.matchAll(/<location>([^<]*)<\/location>/g)].map((m) => decodeURIComponent(m[1].trim()))
+    : text.split(/\r?\n/).map((line) => line.trim()).filter((line) => line && !line.startsWith("#"));
+  const byFile = new Map();
+  for (const p of state.points) byFile.set(p.file, byFile.has(p.file) ? null : p);  // null: a name two tracks have
+  const tracks = [];
+  const left = { "not in this collection": [], "named so by several of its tracks": [] };
+  for (const entry of entries) {
+    const served = entry.match(/\/api\/tracks\/(\d+)\/audio$/);
+    const name = entry.split("/").pop();
+    const track = served ? state.byId.get(Number(served[1])) : byFile.get(name);
+    if (track) tracks.push(track);
+    else left[track === null ? "named so by several of its tracks" : "not in this collection"].push(name);
+  }
+  const titled = xspf ? text.match(/<title>([^<]*)<\/title>/) : text.match(/^#PLAYLIST:(.*)$/m);
+  const title = titled ? titled[1].trim() : file.name;
+  const note = Object.entries(left).filter(([, names]) => names.length)
+    .map(([why, names]) => `left out, ${why}: ${names.join(", ")}`).join("; ") || null;
+  showPlaylist({ title, tracks, note }, "playlist");
+  event.target.value = "";
+}
+
+// Next and previous entry of the playlist (the first when none of it plays yet).
+function stepQueue(by) {
+  if (!state.queue.length) return;
+  playQueued(state.queueAt < 0 ? 0 : Math.min(Math.max(state.queueAt + by, 0), state.queue.length - 1));
+}
+
+// Keys, as media players take them, outside text fields: space or k plays / pauses (space not on a button or link,
+// which it presses), n and p play the playlist's next and previous entry, / goes to the search field.
+function onKey(event) {
+  if (event.ctrlKey || event.metaKey || event.altKey || event.defaultPrevented) return;
+  const inside = (selector) => Boolean(event.target.closest && event.target.closest(selector));
+  if (inside("input, select, textarea, [contenteditable]")) return;
+  const player = $("player");
+  if (event.key === "k" || (event.key === " " && !inside("button, a, audio"))) {
+    if (player.src) { if (player.paused) player.play().catch(() => {}); else player.pause(); }
+  } else if (event.key === "n") {
+    stepQueue(1);
+  } else if (event.key === "p") {
+    stepQueue(-1);
+  } else if (event.key === "/") {
+    $("search").focus();
+  } else {
+    return;
+  }
+  event.preventDefault();
+}
+
+// The system's media controls (a phone's lock screen, a keyboard's media keys) name the track and step the list.
+function mediaSession(track) {
+  if (!("mediaSession" in navigator) || typeof MediaMetadata === "undefined") return;
+  navigator.mediaSession.metadata = new MediaMetadata({
+    title: track.title || track.name, artist: track.artist || "", album: track.album || "" });
 }
 
 function playQueued(index) {
@@ -580,6 +662,7 @@ function playQueued(index) {
     state.selected = id;
     $("now-title").textContent = track.name;
     $("now-meta").textContent = `playlist ${index + 1} of ${state.queue.length}`;
+    mediaSession(track);
     showUploadWarnings([]);
     state.upload = null;
     loadNeighbours(id);
@@ -701,6 +784,14 @@ function wire() {
   $("path-end-btn").addEventListener("click", () => makePlaylist("path", {
     start: String(state.pathStart), end: String(state.selected) }));
   $("play-all").addEventListener("click", () => playQueued(0));
+  $("prev-btn").addEventListener("click", () => stepQueue(-1));
+  $("next-btn").addEventListener("click", () => stepQueue(1));
+  $("open-playlist").addEventListener("change", openPlaylist);
+  document.addEventListener("keydown", onKey);
+  if ("mediaSession" in navigator) {
+    navigator.mediaSession.setActionHandler("nexttrack", () => stepQueue(1));
+    navigator.mediaSession.setActionHandler("previoustrack", () => stepQueue(-1));
+  }
   $("player").addEventListener("error", explainPlayerError);
   $("player").addEventListener("ended", () => { if (state.queueAt >= 0) playQueued(state.queueAt + 1); });
   $("model").addEventListener("change", (e) => selectModel(e.target.value));
@@ -727,6 +818,7 @@ async function init() {
     }
     $("model").value = data.default_model;
     await selectModel(data.default_model);
+    reopenPlaylist();
   } catch (err) {
     setStatus(err.message);
   }
