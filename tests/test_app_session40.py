@@ -234,8 +234,9 @@ def _key(page: Browser, key: str) -> None:
 def test_the_page_plays_its_list_as_a_player_does_and_keeps_it(own_store: Path, tmp_path: Path) -> None:
     """What a listener missed on the page: no next / previous (only "play in order" and clicking entries), no keys
     (space, k, n, p; not while typing in the search field), nothing for the system's media controls, and the list
-    gone on a reload, with no way to open the playlist file downloaded from it. Now: buttons and keys step the list,
-    the media session names the track, a reload shows the list again, and the downloaded M3U8 opens as the list."""
+    gone on a reload, with no way to open the playlist file downloaded from it, nor to add a track to it. Now: buttons
+    and keys step the list, the media session names the track, a neighbour's "+" adds it to the list as it plays, a
+    reload shows the list again, and the downloaded M3U8 opens as the list."""
     with _serving(own_store) as port:
         url = f"http://127.0.0.1:{port}"
         page = Browser(tmp_path / "profile")
@@ -270,6 +271,14 @@ def test_the_page_plays_its_list_as_a_player_does_and_keeps_it(own_store: Path, 
             page.evaluate("document.getElementById('search').focus()")
             _key(page, "n")  # typed into the search field
             assert page.evaluate(at) == 1 and page.evaluate("document.getElementById('search').value") == "n"
+            added = page.evaluate("(() => { const li = [...document.querySelectorAll('#neighbours li')].find(li => "
+                                  "!window.mess.state.queue.includes(+li.querySelector('button.track').dataset.id)); "
+                                  "li.querySelector('button.add').click(); "
+                                  "return +li.querySelector('button.track').dataset.id; })()")
+            queue = [*queue, added]  # added at the end while entry 1 plays on
+            assert page.evaluate("window.mess.state.queue") == queue and page.evaluate(at) == 1
+            assert page.evaluate("[...document.querySelectorAll('#playlist li')].map(li => "
+                                 "li.classList.contains('playing'))") == [False, True, False, False, False]
             caption = page.evaluate("document.getElementById('playlist-caption').textContent")
             download = httpx.get(url + page.evaluate("document.getElementById('dl-m3u8').getAttribute('href')"))
             page.evaluate("window.before = true; location.reload()")
@@ -287,7 +296,7 @@ def test_the_page_plays_its_list_as_a_player_does_and_keeps_it(own_store: Path, 
             doc = page.call("DOM.getDocument")["root"]["nodeId"]
             node = page.call("DOM.querySelector", {"nodeId": doc, "selector": "#open-playlist"})["nodeId"]
             page.call("DOM.setFileInputFiles", {"files": [str(saved)], "nodeId": node})
-            page.wait_for("window.mess.state.queue.length === 4")
+            page.wait_for("window.mess.state.queue.length === 5")
             assert page.evaluate("window.mess.state.queue") == _listed(download.text) == queue
             assert page.evaluate("document.getElementById('playlist-caption').textContent") == caption
             assert page.exceptions() == []

@@ -14,7 +14,7 @@ const state = {
   runs: [], model: null, points: [], byId: new Map(), colourOf: new Map(), selected: null,
   neighbours: new Set(), matches: new Set(), upload: null, explained: [0, 0],
   view: { x0: -1, x1: 1, y0: -1, y1: 1 }, full: { x0: -1, x1: 1, y0: -1, y1: 1 },
-  playlist: null, queue: [], queueAt: -1, pathStart: null, threshold: 0.3, uploadUrl: null,
+  playlist: null, playlistKind: null, queue: [], queueAt: -1, pathStart: null, threshold: 0.3, uploadUrl: null,
 };
 const KEPT = "mess.playlist";  // localStorage: the playlist listed last, shown again on the next visit
 
@@ -326,7 +326,7 @@ function renderNeighbours(data) {
     const shown = (ranked ? n.adjusted : n.score).toFixed(4);
     const score = el("span", shown === "-0.0000" ? "0.0000" : shown, "score"); // a near-copy's -2e-06
     score.title = ranked ? `${data.ranking} score (the order); cosine ${n.score.toFixed(4)}` : "cosine";
-    item.append(score);
+    item.append(score, addButton(n));
     // the query's recording (a lossy copy, told by comparing the audio) as `mess similar` says it; other near-copies
     const same = n.same_recording && n.same_recording.same;
     if (same || n.duplicate) {
@@ -433,7 +433,11 @@ function applySearch() {
       return words.every((w) => text.includes(w));
     });
     state.matches = new Set(hits.map((p) => p.id));
-    for (const p of hits.slice(0, 30)) results.append(trackItem(p));
+    for (const p of hits.slice(0, 30)) {
+      const item = trackItem(p);
+      item.append(addButton(p));
+      results.append(item);
+    }
     if (hits.length > 30) results.append(el("li", `and ${hits.length - 30} more`, "caption"));
     if (!hits.length) results.append(el("li", "no match", "caption"));
   }
@@ -552,6 +556,7 @@ async function makePlaylist(kind, extra) {
 // and keep it in this browser: a reload or a later visit shows it again.
 function showPlaylist(data, kind) {
   state.playlist = data;
+  state.playlistKind = kind;
   state.queue = data.tracks.map((t) => t.id);
   state.queueAt = -1;
   const list = $("playlist");
@@ -614,6 +619,23 @@ async function openPlaylist(event) {
     .map(([why, names]) => `left out, ${why}: ${names.join(", ")}`).join("; ") || null;
   showPlaylist({ title, tracks, note }, "playlist");
   event.target.value = "";
+}
+
+// A "+" after a track (neighbours, search results) adds it to the end of the playlist, a new one when none is
+// listed; the entry playing plays on, into the added tracks.
+function addButton(track) {
+  const add = el("button", "+", "add");
+  add.type = "button";
+  add.title = `add ${track.name} to the playlist`;
+  add.setAttribute("aria-label", add.title);
+  add.addEventListener("click", () => {
+    const data = state.playlist || { title: "my playlist", tracks: [], note: null };
+    const at = state.queueAt;
+    showPlaylist({ ...data, tracks: [...data.tracks, track] }, state.playlistKind || "playlist");
+    state.queueAt = at;
+    [...$("playlist").children].forEach((li, i) => li.classList.toggle("playing", i === at));
+  });
+  return add;
 }
 
 // Next and previous entry of the playlist (the first when none of it plays yet).
