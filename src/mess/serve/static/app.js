@@ -583,14 +583,18 @@ function showPlaylist(data, kind) {
   } catch (err) { /* storage full or refused: the list is only not kept */ }
 }
 
-// The playlist kept from the last visit, shown again (its tracks as they were listed; one removed since cannot
-// play and is struck through when reached).
+// The playlist kept from the last visit, shown again: its tracks the collection still holds, each by its id and
+// file (a store rebuilt since gives ids to other files: those would play other music), the others named as left out.
 function reopenPlaylist() {
   let kept = null;
   try {
     kept = JSON.parse(localStorage.getItem(KEPT) || "null");
   } catch (err) { return; }
-  if (kept && kept.data && Array.isArray(kept.data.tracks)) showPlaylist(kept.data, kept.kind || "playlist");
+  if (!kept || !kept.data || !Array.isArray(kept.data.tracks)) return;
+  const here = (t) => state.byId.has(t.id) && state.byId.get(t.id).file === t.file;
+  const gone = kept.data.tracks.filter((t) => !here(t)).map((t) => t.name);
+  const note = gone.length ? `left out, no longer in the collection: ${gone.join(", ")}` : kept.data.note;
+  showPlaylist({ ...kept.data, tracks: kept.data.tracks.filter(here), note }, kept.kind || "playlist");
 }
 
 // A playlist file opened in the page: the M3U8 / XSPF downloaded from it (this server's audio URLs, by track id)
