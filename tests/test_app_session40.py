@@ -236,7 +236,8 @@ def test_the_page_plays_its_list_as_a_player_does_and_keeps_it(own_store: Path, 
     (space, k, n, p; not while typing in the search field), nothing for the system's media controls, and the list
     gone on a reload, with no way to open the playlist file downloaded from it, nor to add a track to it. Now: buttons
     and keys step the list, the media session names the track, a neighbour's "+" adds it to the list as it plays, a
-    reload shows the list again (less a track pruned since, said), and the downloaded M3U8 opens as the list."""
+    reload shows the list again (less a track pruned since, said), and the downloaded M3U8 or XSPF opens as the
+    list (an entry whose length is not its track's, another recording under that id, left out and named)."""
     with _serving(own_store) as port:
         url = f"http://127.0.0.1:{port}"
         page = Browser(tmp_path / "profile")
@@ -299,6 +300,22 @@ def test_the_page_plays_its_list_as_a_player_does_and_keeps_it(own_store: Path, 
             page.wait_for("window.mess.state.queue.length === 5")
             assert page.evaluate("window.mess.state.queue") == _listed(download.text) == queue
             assert page.evaluate("document.getElementById('playlist-caption').textContent") == caption
+            xspf = httpx.get(url + page.evaluate("document.getElementById('dl-xspf').getAttribute('href')"))
+            lines = download.text.splitlines()
+            at_second = [i for i, ln in enumerate(lines) if ln.startswith("#EXTINF:")][1]
+            lines[at_second] = "#EXTINF:999," + lines[at_second].split(",", 1)[1]  # another recording under that id
+            for name, content, expected in (("radio.xspf", xspf.content, queue),
+                                            ("other.m3u8", "\n".join(lines).encode(), queue[:1] + queue[2:])):
+                (tmp_path / name).write_bytes(content)
+                page.evaluate("window.mess.state.queue = []")
+                page.call("DOM.setFileInputFiles", {"files": [str(tmp_path / name)], "nodeId": node})
+                page.wait_for("window.mess.state.queue.length")
+                assert page.evaluate("window.mess.state.queue") == expected, name
+            second = httpx.get(f"{url}/api/tracks/{queue[1]}").json()["name"]
+            assert page.evaluate("document.getElementById('playlist-caption').textContent").endswith(
+                f"(4 tracks; left out, of another length: {second})")
+            page.call("DOM.setFileInputFiles", {"files": [str(saved)], "nodeId": node})  # the whole list again
+            page.wait_for("window.mess.state.queue.length === 5")
             pruned = queue[2]  # forgotten by `mess extract --prune` before the next visit: no longer offered
             name = httpx.get(f"{url}/api/tracks/{pruned}").json()["name"]
             with closing(FeatureStore(own_store)) as writer:

@@ -598,31 +598,70 @@ function reopenPlaylist() {
 }
 
 // A playlist file opened in the page: the M3U8 / XSPF downloaded from it (this server's audio URLs, by track id)
-// or written by `mess playlist` (file paths, matched by file name where one track of the map has it).
+// or written by `mess playlist` (file paths, matched by file name where one track of the map has it). An entry whose
+// length (M3U8's #EXTINF seconds, XSPF's duration) is not its track's is another recording (a store rebuilt since
+// gives ids to other files): left out, as the entries the collection lacks, and named.
 async function openPlaylist(event) {
   const file = event.target.files[0];
   if (!file) return;
   const text = await file.text();
-  const xspf = /<playlist[\s>]/.test(text);
-  const entries = xspf ? [...text.matchAll(/<location>([^<]*)<\/location>/g)].map((m) => decodeURIComponent(m[1].trim()))
-    : text.split(/\r?\n/).map((line) => line.trim()).filter((line) => line && !line.startsWith("#"));
+  event.target.value = "";
+  const { title, entries } = /<playlist[\s>]/.test(text) ? readXspf(text) : readM3u(text);
   const byFile = new Map();
   for (const p of state.points) byFile.set(p.file, byFile.has(p.file) ? null : p);  // null: a name two tracks have
   const tracks = [];
-  const left = { "not in this collection": [], "named so by several of its tracks": [] };
-  for (const entry of entries) {
-    const served = entry.match(/\/api\/tracks\/(\d+)\/audio$/);
-    const name = entry.split("/").pop();
+  const left = { "not in this collection": [], "named so by several of its tracks": [], "of another length": [] };
+  for (const { location, seconds, uri } of entries) {
+    const served = location.match(/\/api\/tracks\/(\d+)\/audio$/);
+    const name = uri ? unescaped(location.split("/").pop()) : location.split("/").pop();
     const track = served ? state.byId.get(Number(served[1])) : byFile.get(name);
-    if (track) tracks.push(track);
-    else left[track === null ? "named so by several of its tracks" : "not in this collection"].push(name);
+    if (track === null) left["named so by several of its tracks"].push(name);
+    else if (!track) left["not in this collection"].push(name);
+    else if (seconds >= 0 && track.duration && Math.abs(seconds - track.duration) > 1.5) {
+      left["of another length"].push(track.name);
+    } else tracks.push(track);
   }
-  const titled = xspf ? text.match(/<title>([^<]*)<\/title>/) : text.match(/^#PLAYLIST:(.*)$/m);
-  const title = titled ? titled[1].trim() : file.name;
   const note = Object.entries(left).filter(([, names]) => names.length)
     .map(([why, names]) => `left out, ${why}: ${names.join(", ")}`).join("; ") || null;
-  showPlaylist({ title, tracks, note }, "playlist");
-  event.target.value = "";
+  showPlaylist({ title: title || file.name, tracks, note }, "playlist");
+}
+
+// An M3U / M3U8's title (#PLAYLIST) and entries, each with the seconds of the #EXTINF before it (-1: none given).
+function readM3u(text) {
+  const entries = [];
+  let seconds = -1;
+  let title = null;
+  for (const line of text.split(/\r?\n/).map((l) => l.trim())) {
+    if (line.startsWith("#EXTINF:")) seconds = parseFloat(line.slice(8));
+    else if (line.startsWith("#PLAYLIST:")) title = line.slice(10).trim();
+    else if (line && !line.startsWith("#")) {
+      entries.push({ location: line, seconds: Number.isFinite(seconds) ? seconds : -1 });
+      seconds = -1;
+    }
+  }
+  return { title, entries };
+}
+
+// An XSPF's title and entries (location, a URI; duration in seconds, -1 when none is given).
+function readXspf(text) {
+  const doc = new DOMParser().parseFromString(text, "application/xml");
+  const child = (node, tag) => [...node.children].find((c) => c.localName === tag);
+  const root = doc.documentElement;
+  const list = child(root, "trackList");
+  const entries = (list ? [...list.children] : []).filter((t) => t.localName === "track").map((t) => {
+    const ms = child(t, "duration") ? parseFloat(child(t, "duration").textContent) : NaN;
+    return { location: (child(t, "location") || { textContent: "" }).textContent.trim(),
+      seconds: Number.isFinite(ms) ? ms / 1000 : -1, uri: true };
+  }).filter((e) => e.location);
+  const title = child(root, "title");
+  return { title: title ? title.textContent.trim() : null, entries };
+}
+
+// A file name as a URI writes it (%20 for a space), decoded where it is valid percent-encoding.
+function unescaped(name) {
+  try {
+    return decodeURIComponent(name);
+  } catch (err) { return name; }
 }
 
 // A "+" after a track (neighbours, search results) adds it to the end of the playlist, a new one when none is
