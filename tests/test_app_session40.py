@@ -237,7 +237,10 @@ def test_the_page_plays_its_list_as_a_player_does_and_keeps_it(own_store: Path, 
     gone on a reload, with no way to open the playlist file downloaded from it, nor to add a track to it. Now: buttons
     and keys step the list, the media session names the track, a neighbour's "+" adds it to the list as it plays, a
     reload shows the list again (less a track pruned since, said), and the downloaded M3U8 or XSPF opens as the
-    list (an entry whose length is not its track's, another recording under that id, left out and named)."""
+    list (an entry whose length is not its track's, another recording under that id, left out and named). On a
+    phone the player stays in view at the screen's foot (it was ~900 px below the map: a tap played music whose
+    title and controls were out of sight), and a name shown beside a point near the map's right edge no longer
+    widens the page past the screen."""
     with _serving(own_store) as port:
         url = f"http://127.0.0.1:{port}"
         page = Browser(tmp_path / "profile")
@@ -326,6 +329,18 @@ def test_the_page_plays_its_list_as_a_player_does_and_keeps_it(own_store: Path, 
             assert page.evaluate("window.mess.state.queue") == [i for i in queue if i != pruned]
             assert page.evaluate("document.getElementById('playlist-caption').textContent").endswith(
                 f"(4 tracks; left out, no longer in the collection: {name})")
+            assert page.evaluate("[counted(1, 'track'), counted(2, 'track')]") == ["1 track", "2 tracks"]
+            page.call("Emulation.setDeviceMetricsOverride", {"width": 390, "height": 844, "deviceScaleFactor": 1,
+                                                             "mobile": True})  # a phone: one column
+            right = page.evaluate("window.mess.state.points.reduce((a, b) => (b.x > a.x ? b : a)).id")
+            x, y = page.evaluate(f"window.mess.pagePosition({right})")
+            page.call("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y})  # its name shown beside it
+            page.wait_for("!document.getElementById('tooltip').hidden")
+            sizes = page.evaluate("(() => { const r = document.getElementById('now').getBoundingClientRect(); "
+                                  "return [r.top, r.bottom, innerHeight, document.documentElement.scrollWidth, "
+                                  "document.documentElement.clientWidth]; })()")
+            top, bottom, height, scroll, width = sizes
+            assert top < height and abs(bottom - height) <= 1 and scroll <= width, sizes  # the player in view
             assert page.exceptions() == []
         finally:
             page.close()

@@ -36,6 +36,7 @@ function el(tag, text, className) {
 }
 
 const pct = (v) => `${Math.round(100 * v)}%`;
+const counted = (n, one, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;  // "1 track", "2 tracks"
 const setStatus = (text) => { $("status").textContent = text; };
 
 function vectorParams(extra = {}) {
@@ -242,9 +243,11 @@ function showTooltip(point, px, py) {
   const tip = $("tooltip");
   if (!point) { tip.hidden = true; return; }
   tip.textContent = point.album && point.album !== point.title ? `${point.name} (${point.album})` : point.name;
-  tip.style.left = `${px + 12}px`;
-  tip.style.top = `${py + 12}px`;
   tip.hidden = false;
+  // beside the pointer, on its left where the right would run past the map (a page wider than a phone's screen)
+  const room = $("map-wrap").clientWidth;
+  tip.style.left = `${px + 12 + tip.offsetWidth <= room ? px + 12 : Math.max(px - 12 - tip.offsetWidth, 0)}px`;
+  tip.style.top = `${py + 12}px`;
 }
 
 async function loadMap() {
@@ -257,7 +260,7 @@ async function loadMap() {
     const [a, b] = data.explained_variance;
     state.explained = [a, b];
     fitView();
-    $("map-caption").textContent = `${data.points.length} tracks: PCA of ${data.model} ${data.vectors} ` +
+    $("map-caption").textContent = `${counted(data.points.length, "track")}: PCA of ${data.model} ${data.vectors} ` +
       `(the axes explain ${pct(a)} and ${pct(b)} of the variance; drag to pan, wheel to zoom)` +
       (data.note ? `; ${data.note}` : "");
     colourPoints();
@@ -410,7 +413,7 @@ async function loadArtists(who) {
     for (const r of data.results) {
       const item = el("li", `${r.artist} `);
       item.append(el("span", r.score === null ? "-" : r.score.toFixed(3), "score"));
-      item.append(el("span", ` ${r.tracks} tracks${r.low_confidence ? ", low confidence" : ""}`, "caption"));
+      item.append(el("span", ` ${counted(r.tracks, "track")}${r.low_confidence ? ", low confidence" : ""}`, "caption"));
       list.append(item);
     }
   } catch (err) {
@@ -518,7 +521,7 @@ async function loadProbe() {
     link.href = `/api/probe/heatmap.png?${new URLSearchParams({ model: state.model })}`;
     link.target = "_blank";
     box.append(link);
-    $("probe-caption").textContent = `${report.model}, ${report.n_tracks} tracks, ${report.probe} probe: ` +
+    $("probe-caption").textContent = `${report.model}, ${counted(report.n_tracks, "track")}, ${report.probe} probe: ` +
       "out-of-fold R² per aspect; outlined = the layer chosen for the aspect";
   } catch (err) {
     $("probe-caption").textContent = err.message;
@@ -576,8 +579,7 @@ function showPlaylist(data, kind) {
   }
   $("playlist-actions").hidden = false;
   const notes = [data.note, data.stale_aspect_map].filter(Boolean).map((n) => `; ${n}`).join("");
-  const count = data.tracks.length === 1 ? "1 track" : `${data.tracks.length} tracks`;
-  $("playlist-caption").textContent = `${data.title} (${count}${notes})`;
+  $("playlist-caption").textContent = `${data.title} (${counted(data.tracks.length, "track")}${notes})`;
   try {
     localStorage.setItem(KEPT, JSON.stringify({ kind, data }));
   } catch (err) { /* storage full or refused: the list is only not kept */ }
