@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -24,6 +25,7 @@ from mess.serve.uploads import EmbedWorker
 from mess.store import FeatureStore, Run, StoreError, Track, is_track_id
 from mess.store.config import ConfigError, model_key, names_a_run
 from mess.store.fused import left_out_note
+from mess.store.holders import held_deleted, open_log
 from mess.store.paths import printable
 
 
@@ -35,6 +37,7 @@ def _ascii_id(value: object) -> object:
 
 
 TrackId = Annotated[int, Field(ge=1), BeforeValidator(_ascii_id)]  # ids start at 1: the schema says so
+log = logging.getLogger(__name__)
 
 
 class RequestLock:
@@ -94,6 +97,7 @@ class ServeState:
     catalog: tuple[int, int] | None = None
     # held, instead of ``lock``, while an upload's re-ranking is computed (one at a time, as under ``lock``)
     ranking_lock: threading.Lock = field(default_factory=threading.Lock)
+    cut_off_said: bool = False  # whether the log has said why the server stopped answering (see cut_off)
 
     def refresh(self) -> None:
         """Reopen the store when its catalog file was replaced (the store moved aside or deleted and extracted
@@ -124,6 +128,32 @@ class ServeState:
                 return
             old, self.store, self.default_model, self.catalog = self.store, fresh, chosen, now
             old.close()
+
+    def cut_off(self) -> str | None:
+        """Why the server may no longer answer from its store: its catalog's -wal/-shm were deleted (a clean-up of
+        "stray" files, a sync tool) while it held them open, so every other command refuses the store and the latest
+        commits live only in the server's open copy of the log, lost when it ends (:mod:`mess.store.holders`).
+        Said once in the server's log, with the copy that keeps those commits; None while the files are there (or
+        the catalog itself was replaced: :meth:`refresh` reopens)."""
+        root = self.store.root
+        gone = held_deleted(root / "catalog.sqlite", os.getpid())
+        if not gone or catalog_id(root) != self.catalog:
+            return None
+        were = "was" if len(gone) == 1 else "were"
+        copy = open_log(root, os.getpid())
+        if copy is None:  # the index alone: every commit is in catalog.sqlite-wal
+            keep, told = "its commits are all in catalog.sqlite-wal, which is kept", "nothing is lost"
+        else:
+            keep = (f"its latest commits are only in its open copy of catalog.sqlite-wal, lost when it ends: "
+                    f"`cp {copy} {root / 'catalog.sqlite-wal'}` keeps them (while the server runs)")
+            told = "the server's log says how to keep its latest commits"
+        if not self.cut_off_said:
+            self.cut_off_said = True
+            log.error("%s: %s %s deleted while this server (process %d) had the store open, so every other command "
+                      "refuses the store and this server stops answering from it; %s; then restart the server",
+                      root, " and ".join(gone), were, os.getpid(), keep)
+        return (f"{root.name}: {' and '.join(gone)} {were} deleted while this server had the store open, so it no "
+                f"longer answers from it: {told}; then restart the server")
 
     def preferred(self) -> str:
         """The model of requests that name none (call it holding the lock): the server's --model, else the store's
@@ -161,12 +191,15 @@ class ServeState:
 
 
 def get_state(request: Request) -> ServeState:
-    """FastAPI dependency: the app's :class:`ServeState`, its store reopened first if it was replaced.
+    """FastAPI dependency: the app's :class:`ServeState`, its store reopened first if it was replaced; 503 once its
+    -wal/-shm files were deleted under it (:meth:`ServeState.cut_off`).
 
     The request remembers the catalog it is answered from (``request.state.catalog``): see :func:`store_error`.
     """
     state: ServeState = request.app.state.mess
     state.refresh()
+    if why := state.cut_off():
+        raise HTTPException(503, why)
     request.state.catalog = state.catalog
     return state
 

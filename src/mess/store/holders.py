@@ -27,15 +27,20 @@ def deleted_while_open(db: Path) -> tuple[int, list[str]] | None:
     device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     pids = sorted({int(f[4]) for line in locks.splitlines() if len(f := line.split()) > 5 and f[5] == device
                    and f[4].isdigit()})
-    folder = os.path.realpath(db.parent)
     for pid in pids:
-        links = {_link(f"/proc/{pid}/fd/{fd}") for fd in _descriptors(pid)}
-        # a file it holds deleted, and none by that name: one that also holds the files there now (a server that
-        # opened a store made anew where the one it had was deleted) agrees with this command about this store
-        gone = [name for name in _FILES if f"{folder}/{name} (deleted)" in links and f"{folder}/{name}" not in links]
-        if gone:
-            return pid, sorted(gone)
+        if gone := held_deleted(db, pid):
+            return pid, gone
     return None
+
+
+def held_deleted(db: Path, pid: int) -> list[str]:
+    """The names of the catalog ``db``'s -wal/-shm files process ``pid`` holds deleted, sorted ([] when none or its
+    descriptors cannot be read)."""
+    folder = os.path.realpath(db.parent)
+    links = {_link(f"/proc/{pid}/fd/{fd}") for fd in _descriptors(pid)}
+    # a file it holds deleted, and none by that name: one that also holds the files there now (a server that
+    # opened a store made anew where the one it had was deleted) agrees with this command about this store
+    return sorted(name for name in _FILES if f"{folder}/{name} (deleted)" in links and f"{folder}/{name}" not in links)
 
 
 def refusal(root: Path, pid: int, gone: list[str]) -> str:
@@ -44,15 +49,21 @@ def refusal(root: Path, pid: int, gone: list[str]) -> str:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         command = ""
-    wal = Path(os.path.realpath(root)) / "catalog.sqlite-wal"
-    copy = next((f"/proc/{pid}/fd/{fd}" for fd in _descriptors(pid)
-                 if _link(f"/proc/{pid}/fd/{fd}") == f"{wal} (deleted)"), None)
+    copy = open_log(root, pid)
     keep = (f"; its latest commits are only in that process's open copy of catalog.sqlite-wal: `cp {copy} "
             f"{root / 'catalog.sqlite-wal'}` keeps them (before it ends), then end it" if copy else
             "; end it")
     return (f"{root}: {' and '.join(gone)} {'was' if len(gone) == 1 else 'were'} deleted while process {pid}"
             f"{f' ({command})' if command else ''} had the store open, so it and this command would no longer "
             f"agree on what the catalog holds{keep} (a server: restart it) and run the command again")
+
+
+def open_log(root: Path, pid: int) -> str | None:
+    """``/proc/PID/fd/N``: process ``pid``'s descriptor of the store's deleted ``catalog.sqlite-wal`` (what a copy
+    of it back into the store keeps), None when it holds none."""
+    wal = Path(os.path.realpath(root)) / "catalog.sqlite-wal"
+    return next((f"/proc/{pid}/fd/{fd}" for fd in _descriptors(pid)
+                 if _link(f"/proc/{pid}/fd/{fd}") == f"{wal} (deleted)"), None)
 
 
 def _descriptors(pid: int) -> list[str]:

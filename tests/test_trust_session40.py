@@ -1,0 +1,57 @@
+"""Trust red team (session 40): a server whose store's files were deleted or replaced under it, backups, catalogs
+of other versions (notes/trust_session40.md)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from clustered_store import clustered_store
+from fastapi.testclient import TestClient
+
+from mess.serve.app import create_app
+from mess.store import FeatureStore
+
+
+def _closed(client: TestClient) -> None:
+    """Close the store of a client's app (built without its lifespan, which would start an embedding process)."""
+    client.app.state.mess.store.close()  # type: ignore[attr-defined]
+
+
+def test_a_server_whose_wal_and_shm_were_deleted_stops_answering_and_says_how_to_keep_its_commits(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """catalog.sqlite-wal and -shm deleted while `mess serve` runs: every other command refuses the store naming the
+    server (session 39), but the server answered on from its version, health "ok", not a word; the commits only its
+    open copy of the log holds were lost when it was restarted. Now it answers 503 saying why, and its log says
+    (once) how to keep them; after that copy and a restart nothing is lost."""
+    root = tmp_path / "store"
+    clustered_store(root, 3, 4, 1, seed=0)[0].close()
+    client = TestClient(create_app(root), base_url="http://127.0.0.1")
+    assert client.get("/api/health").json()["tracks"] == 3
+    writer = FeatureStore(root)  # a commit the server's open connection keeps in the log (not folded in)
+    writer.upsert_track(Path("/m/new.flac"), "f" * 32, 1, 0.0, {"duration": 30.0}, {"title": "new"})
+    writer.close()
+    assert client.get("/api/health").json()["tracks"] == 4
+    for name in ("catalog.sqlite-wal", "catalog.sqlite-shm"):
+        (root / name).unlink()  # a clean-up of "stray" files
+    with caplog.at_level(logging.ERROR, logger="mess.serve.state"):
+        for url in ("/api/health", "/api/tracks", "/api/tracks/1/similar"):
+            answer = client.get(url)
+            assert answer.status_code == 503, (url, answer.text)
+            detail = answer.json()["detail"]
+            assert detail.startswith("store: catalog.sqlite-shm and catalog.sqlite-wal were deleted while this "
+                                     "server had the store open") and "restart the server" in detail, detail
+            assert str(tmp_path) not in detail and "Traceback" not in answer.text  # no server path in an answer
+    said = [r.getMessage() for r in caplog.records if r.name == "mess.serve.state"]
+    assert len(said) == 1, said  # once, not at every request
+    copy = re.search(r"`cp (\S+) (\S+)`", said[0])
+    assert copy is not None and Path(copy[2]) == root / "catalog.sqlite-wal", said[0]
+    shutil.copyfile(copy[1], copy[2])  # as the log says
+    assert client.get("/api/tracks").status_code == 503  # until restarted
+    _closed(client)
+    restarted = TestClient(create_app(root), base_url="http://127.0.0.1")
+    assert restarted.get("/api/health").json()["tracks"] == 4  # the commit kept
+    _closed(restarted)
