@@ -6,14 +6,18 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 from clustered_store import clustered_store
 from fastapi.testclient import TestClient
 
+from conftest import mess_here
 from mess.serve.app import create_app
 from mess.store import FeatureStore
+from mess.store.catalog import FORMAT
 
 
 def _closed(client: TestClient) -> None:
@@ -55,3 +59,43 @@ def test_a_server_whose_wal_and_shm_were_deleted_stops_answering_and_says_how_to
     restarted = TestClient(create_app(root), base_url="http://127.0.0.1")
     assert restarted.get("/api/health").json()["tracks"] == 4  # the commit kept
     _closed(restarted)
+
+
+def _untouched(root: Path) -> tuple[bytes, list[str]]:
+    """The catalog's bytes, and the store's files but SQLite's (a connection's empty -wal and its -shm index)."""
+    return (root / "catalog.sqlite").read_bytes(), sorted(p.name for p in root.iterdir() if not (
+        p.name.endswith("-shm") or p.name.endswith("-wal") and not p.stat().st_size))
+
+
+def test_a_catalog_of_a_newer_format_is_refused_untouched_and_an_older_one_is_brought_up(tmp_path: Path) -> None:
+    """A store written by a newer mess (a catalog format it numbers above this mess's, extra tables and columns) was
+    read and written as if it were this mess's own: answers from a schema it may use otherwise, and `check
+    --repair` or `extract` adding back columns it dropped. Now every command refuses it in one line and leaves its
+    files as they were; a catalog from before formats were numbered (0) is read as it is and numbered by a
+    writer."""
+    root = tmp_path / "store"
+    clustered_store(root, 3, 4, 1, seed=0)[0].close()
+    with sqlite3.connect(root / "catalog.sqlite") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == FORMAT
+        db.execute("CREATE TABLE playlists (id INTEGER PRIMARY KEY)")  # what a newer mess might add
+        db.execute("ALTER TABLE tracks ADD COLUMN loudness REAL")
+        db.execute(f"PRAGMA user_version = {FORMAT + 1}")
+    db.close()
+    before = _untouched(root)
+    for command in (["similar", "1"], ["info"], ["check"], ["check", "--repair"], ["config", "default-model", "x"]):
+        said = mess_here(*command, "--store", str(root))
+        assert said.returncode == 1 and "Traceback" not in said.stderr, (command, said.stderr)
+        assert said.stderr.startswith(f"error: {root}: its catalog was written by a newer mess (catalog format "
+                                      f"{FORMAT + 1}; this mess knows formats up to {FORMAT})"), (command, said.stderr)
+        assert _untouched(root) == before, command
+    with sqlite3.connect(root / "catalog.sqlite") as db:  # a catalog from before formats were numbered
+        db.execute("DROP TABLE playlists")
+        db.execute("PRAGMA user_version = 0")
+    db.close()
+    assert mess_here("similar", "1", "--store", str(root)).returncode == 0
+    FeatureStore(root, readonly=True).close()
+    with closing(sqlite3.connect(root / "catalog.sqlite")) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 0  # a reader writes nothing
+    FeatureStore(root).close()
+    with closing(sqlite3.connect(root / "catalog.sqlite")) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == FORMAT

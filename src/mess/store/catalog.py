@@ -86,6 +86,21 @@ CREATE TABLE IF NOT EXISTS derived (
 """
 
 
+FORMAT = 1  # the catalog format this mess reads and writes (``PRAGMA user_version``; 0: a catalog from before it)
+
+
+class NewerCatalog(Exception):
+    """A catalog written by a newer mess, in a format this one does not know: read or written, it could be misread
+    or damaged, so it is left untouched."""
+
+    def __init__(self, found: int) -> None:
+        """The catalog's format number, ``found``."""
+        super().__init__(f"its catalog was written by a newer mess (catalog format {found}; this mess knows formats "
+                         f"up to {FORMAT}), which may store what this one would misread: use that mess, or upgrade "
+                         "this one (nothing in the store was changed)")
+        self.found = found
+
+
 def uri(path: Path, mode: str = "ro") -> str:
     """A SQLite ``file:`` URI for ``path``: every byte but '/' escaped (a '%41', '#' or '?' is part of the name)."""
     return f"file://{quote(os.fsencode(Path(path).absolute()), safe='/')}?mode={mode}"
@@ -100,12 +115,23 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, check_same_thread=False, timeout=60)
         with closed_on_error(conn):
+            found = _format(conn)  # before anything is written
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(SCHEMA)
             _migrate(conn)
+            if found < FORMAT:
+                conn.execute(f"PRAGMA user_version = {FORMAT}")
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def _format(conn: sqlite3.Connection) -> int:
+    """The catalog's format number (``PRAGMA user_version``); :class:`NewerCatalog` past :data:`FORMAT`."""
+    found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if found > FORMAT:
+        raise NewerCatalog(found)
+    return found
 
 
 @contextmanager
@@ -140,6 +166,8 @@ def _open_readonly(path: Path) -> sqlite3.Connection:
                 f"it is on a read-only file system and {wal.name} holds writes not yet in {path.name}: run `mess check "
                 "--repair` on it once where it can be written, then read it here") from None
         conn = sqlite3.connect(uri(path) + "&immutable=1", uri=True, check_same_thread=False, timeout=60)
+    with closed_on_error(conn):
+        _format(conn)
     return conn
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from mess.constants import DEFAULT_STORE
 from mess.store.aspects import AspectMaps
-from mess.store.catalog import closed_on_error, connect
+from mess.store.catalog import NewerCatalog, closed_on_error, connect
 from mess.store.connection import size_limit_note
 from mess.store.errors import CATALOG_ADVICE, StoreDamaged, StoreError
 from mess.store.holders import deleted_while_open, refusal
@@ -133,6 +133,8 @@ class FeatureStore(AspectMaps):
             raise StoreDamaged(
                 f"{self.root} is damaged: the catalog cannot be read ({exc}); {CATALOG_ADVICE}"
             ) from None
+        except NewerCatalog as exc:
+            raise StoreError(f"{self.root}: {exc}") from None
         if readonly and _schema_missing(self.db):  # a first writer created the file, not yet its tables
             self.db.close()
             raise StoreError(f"no feature store at {self.root} yet (run `mess extract` first)")
