@@ -10,13 +10,14 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+import numpy as np
 import pytest
 from clustered_store import clustered_store
 from fastapi.testclient import TestClient
 
 from conftest import mess_here
 from mess.serve.app import create_app
-from mess.store import FeatureStore
+from mess.store import FeatureStore, TrackVectors
 from mess.store.catalog import FORMAT
 
 
@@ -99,3 +100,43 @@ def test_a_catalog_of_a_newer_format_is_refused_untouched_and_an_older_one_is_br
     FeatureStore(root).close()
     with closing(sqlite3.connect(root / "catalog.sqlite")) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == FORMAT
+
+
+def _similar(client: TestClient, track: int) -> list[tuple[int, float]]:
+    answer = client.get(f"/api/tracks/{track}/similar?k=3")
+    assert answer.status_code == 200, answer.text
+    return [(r["id"], r["score"]) for r in answer.json()["results"]]
+
+
+def test_a_backup_copied_over_the_store_a_server_reads_is_answered_from_not_called_damaged(tmp_path: Path) -> None:
+    """Yesterday's store copied back over today's (`cp -a BACKUP/. STORE/`: the files rewritten in place, the catalog
+    keeps its inode) while `mess serve` runs: the server's SQLite connection kept its page cache of the old file and
+    read the new one through it: "S is damaged: the catalog cannot be read (database disk image is malformed);
+    restore catalog.sqlite from a backup" (it was one) until restarted, or a mix of both files. Now it sees the
+    catalog written in place (its ctime), reopens it and answers as a server started on the backup does."""
+    root, backup = tmp_path / "store", tmp_path / "backup"
+    store, run, _, rng = clustered_store(root, 6, 4, 2, seed=0)
+    store.close()
+    shutil.copytree(root, backup)
+    store = FeatureStore(root)  # today's work: more tracks
+    items = []
+    for i in range(6, 40):
+        h = f"{i:032x}"
+        store.upsert_track(Path(f"/m/{i}.flac"), h, 1, 0.0, {"duration": 30.0}, {"artist": f"B{i}", "title": f"T{i}"})
+        v = rng.standard_normal(4).astype(np.float32)
+        items.append(TrackVectors(h, [v], [v[None]], [0.0]))
+    store.write_vectors(run, items)
+    store.close()
+    client = TestClient(create_app(root), base_url="http://127.0.0.1")
+    assert client.get("/api/health").json()["tracks"] == 40 and _similar(client, 1)
+    for path in backup.rglob("*"):  # copied over in place, as cp does (no -wal/-shm in a closed store's backup)
+        if path.is_file():
+            shutil.copyfile(path, root / path.relative_to(backup))
+    health = client.get("/api/health")
+    assert health.status_code == 200 and health.json()["tracks"] == 6, health.text
+    fresh = TestClient(create_app(root), base_url="http://127.0.0.1")
+    for track in (1, 4):
+        assert _similar(client, track) == _similar(fresh, track)
+    assert client.get("/api/tracks/7").status_code == 404
+    _closed(client)
+    _closed(fresh)

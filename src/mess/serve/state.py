@@ -98,22 +98,36 @@ class ServeState:
     # held, instead of ``lock``, while an upload's re-ranking is computed (one at a time, as under ``lock``)
     ranking_lock: threading.Lock = field(default_factory=threading.Lock)
     cut_off_said: bool = False  # whether the log has said why the server stopped answering (see cut_off)
+    written: int | None = None  # the catalog file's ctime (ns) when the store was opened (see refresh)
+
+    def __post_init__(self) -> None:
+        """The catalog's ctime, where the caller did not take it before opening."""
+        if self.written is None:
+            self.written = _written(self.store.root)
 
     def refresh(self) -> None:
         """Reopen the store when its catalog file was replaced (the store moved aside or deleted and extracted
-        again): the open connection would keep reading the old catalog against the new row files.
+        again): the open connection would keep reading the old catalog against the new row files. Until the new
+        catalog opens and holds vectors, answers keep coming from the old one.
 
-        Until the new catalog opens and holds vectors, answers keep coming from the old one.
+        Also when the file was written in place since it was opened (its ctime moved): a backup copied over it
+        leaves SQLite's page cache of the old file, which read it as 'malformed' or, worse, as a mix of both;
+        another process's checkpoint moves it too, and the reopen then changes nothing. Since the old connection
+        cannot be trusted then, a catalog rewritten in place that does not open whole is 503 until it does.
         """
-        if catalog_id(self.store.root) in (None, self.catalog):
+        root = self.store.root
+        if catalog_id(root) in (None, self.catalog) and _written(root) in (None, self.written):
             return
         with self.lock:
-            now = catalog_id(self.store.root)
-            if now in (None, self.catalog):
+            now, written = catalog_id(root), _written(root)  # before opening: a change meanwhile is seen next time
+            in_place = now == self.catalog
+            if now is None or in_place and written in (None, self.written):
                 return
             try:
-                fresh = FeatureStore(self.store.root, readonly=not self.allow_indexing)
-            except StoreError:  # not a whole store yet: try again at the next request
+                fresh = FeatureStore(root, readonly=not self.allow_indexing)
+            except StoreError as exc:  # not a whole store yet: try again at the next request
+                if in_place:
+                    raise HTTPException(503, _rewritten(root, str(exc))) from None
                 return
             chosen: str | None
             try:
@@ -125,8 +139,11 @@ class ServeState:
                 chosen = None
             if chosen is None or not fresh.embedded_models():  # or a run begun, none of its vectors committed yet
                 fresh.close()
+                if in_place:
+                    raise HTTPException(503, _rewritten(root, "it holds no vectors"))
                 return
-            old, self.store, self.default_model, self.catalog = self.store, fresh, chosen, now
+            old, self.store, self.default_model = self.store, fresh, chosen
+            self.catalog, self.written = now, written
             old.close()
 
     def cut_off(self) -> str | None:
@@ -236,6 +253,21 @@ def catalog_id(root: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+def _written(root: Path) -> int | None:
+    """The ctime (ns) of the store's catalog file: it moves with every write to the file, None while there is none."""
+    try:
+        return os.stat(root / "catalog.sqlite").st_ctime_ns
+    except OSError:
+        return None
+
+
+def _rewritten(root: Path, why: str) -> str:
+    """The 503's words for a catalog rewritten in place that does not open whole (``why``)."""
+    why = printable(why.replace(str(root), root.name))
+    return (f"the store's catalog was rewritten in place since the server read it (a backup copied over it?) and "
+            f"cannot be read yet ({without_paths(why)}): answers resume once it opens whole; try again shortly")
 
 
 def default_model(store: FeatureStore, model: str | None) -> str:
