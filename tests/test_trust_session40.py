@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from conftest import mess_here
 from mess.serve.app import create_app
-from mess.store import FeatureStore, TrackVectors
+from mess.store import FeatureStore, StoreError, TrackVectors
 from mess.store.catalog import FORMAT
 
 
@@ -140,3 +140,33 @@ def test_a_backup_copied_over_the_store_a_server_reads_is_answered_from_not_call
     assert client.get("/api/tracks/7").status_code == 404
     _closed(client)
     _closed(fresh)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.f16"))} | {
+        "catalog": (root / "catalog.sqlite").read_bytes()}
+
+
+def test_a_writer_whose_store_was_moved_and_another_put_in_its_place_writes_nothing_into_either(
+        tmp_path: Path) -> None:
+    """A store moved (`mv`, a disk unplugged and another mounted there) while a command writes to it: the writer
+    committed to the catalog it held open (the moved one) and wrote rows by path, into the store now there, at rows
+    that store's catalog references; with nothing there, it made the folder again and said "row 36 is past the end
+    (0 rows); the catalog references rows the file lacks: run `mess check --repair`". Now a write checks, under the
+    lock, that the folder still holds the catalog it opened, and refuses in one line."""
+    root, moved = tmp_path / "store", tmp_path / "moved"
+    writer, run, _, rng = clustered_store(root, 4, 4, 2, seed=0)
+    root.rename(moved)
+    clustered_store(root, 5, 4, 2, seed=1)[0].close()  # another store in its place
+    before = _files(root), _files(moved)
+    v = rng.standard_normal(4).astype(np.float32)
+    with pytest.raises(StoreError, match=re.escape(f"{root}: the store was moved or deleted while this command had "
+                                                   "it open")):
+        writer.write_vectors(run, [TrackVectors("a" * 32, [v], [v[None]], [0.0])])
+    assert (_files(root), _files(moved)) == before
+    shutil.rmtree(root)
+    with pytest.raises(StoreError, match="moved or deleted"):
+        writer.upsert_track(Path("/m/x.flac"), "b" * 32, 1, 0.0, {"duration": 30.0}, {})
+    assert not root.exists()  # no folder made again
+    writer.close()
+    assert _files(moved) == before[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import resource
 import sqlite3
 import sys
@@ -48,6 +49,7 @@ class StoreConnection:
     on_wait: Callable[[str], None] | None
     _lock: HeldLock
     _scope: tuple[str, int]
+    catalog: tuple[int, int] | None  # (device, inode) of the catalog file opened (see _still_here)
 
     # ---- the write lock ---------------------------------------------------------------
     def writing(
@@ -109,8 +111,12 @@ class StoreConnection:
         naming the cause: the transaction is rolled back and everything committed before is kept.
         """
         try:
-            with self._lock, self._holding(_command_name(), on_wait=self.on_wait), self.db:
-                yield
+            with self._lock:
+                self._still_here()  # before the lock, whose file would be made in a folder put in the store's place
+                with self._holding(_command_name(), on_wait=self.on_wait):
+                    self._still_here()
+                    with self.db:
+                        yield
         except sqlite3.DatabaseError as exc:
             if type(exc) is sqlite3.DatabaseError:  # SQLite found a damaged page: the catalog is damaged, not the disk
                 raise self._catalog_damaged(exc) from None
@@ -119,6 +125,21 @@ class StoreConnection:
             raise self._write_refused(exc) from None
         except OSError as exc:
             raise self._write_refused(exc) from None
+
+    def _still_here(self) -> None:
+        """StoreError unless the store's folder still holds the catalog this connection opened (``catalog``): a store
+        moved or deleted while a command wrote to it (a disk unplugged, a folder renamed, another store put in its
+        place) would have it commit to the catalog it holds open and write rows by path, into whatever folder is
+        there now (another store's row files, at rows that store references)."""
+        try:
+            st = os.stat(self.root / "catalog.sqlite")
+            here = (st.st_dev, st.st_ino) == self.catalog
+        except OSError:
+            here = False
+        if not here:
+            raise StoreError(f"{self.root}: the store was moved or deleted while this command had it open ({self.root}"
+                             "/catalog.sqlite is no longer the catalog it opened), so it writes nothing more there; "
+                             "what it committed before is kept in the store where it went: run the command again")
 
     def _write_refused(self, exc: OSError | sqlite3.OperationalError) -> StoreError:
         """The StoreError of a write the system refused."""

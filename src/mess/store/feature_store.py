@@ -135,6 +135,11 @@ class FeatureStore(AspectMaps):
             ) from None
         except NewerCatalog as exc:
             raise StoreError(f"{self.root}: {exc}") from None
+        try:
+            st = db.stat()
+            self.catalog: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except OSError:  # gone already: every write says so
+            self.catalog = None
         if readonly and _schema_missing(self.db):  # a first writer created the file, not yet its tables
             self.db.close()
             raise StoreError(f"no feature store at {self.root} yet (run `mess extract` first)")
