@@ -4,6 +4,7 @@ of other versions (notes/trust_session40.md)."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import sqlite3
@@ -170,3 +171,25 @@ def test_a_writer_whose_store_was_moved_and_another_put_in_its_place_writes_noth
     assert not root.exists()  # no folder made again
     writer.close()
     assert _files(moved) == before[1]
+
+
+def test_a_store_whose_files_a_hard_linked_copy_shares_is_not_written_and_check_says_so(tmp_path: Path) -> None:
+    """A "backup" made with `cp -al` (or a snapshot tool that hard-links files) shares the catalog and row files: the
+    next extract into the store changed the backup too (rows written in place, the catalog checkpointed in place),
+    and `mess check` on the backup said "ok" with today's tracks in it. Now writes to either refuse, naming the
+    links, and `mess check` names them (not damage)."""
+    root, snap = tmp_path / "store", tmp_path / "snapshot"
+    clustered_store(root, 3, 4, 1, seed=0)[0].close()
+    shutil.copytree(root, snap, copy_function=os.link)
+    before = _files(snap)
+    writer = FeatureStore(root)
+    with pytest.raises(StoreError, match=re.escape(f"{root}: cannot write: {root / 'catalog.sqlite'} has 2 hard "
+                                                   "links: another folder shares this store's files")):
+        writer.upsert_track(Path("/m/new.flac"), "f" * 32, 1, 0.0, {"duration": 30.0}, {})
+    writer.close()
+    assert _files(snap) == before
+    said = mess_here("check", "--store", str(snap))
+    told = " ".join(said.stdout.split())
+    assert said.returncode == 0 and f"hard-links: {snap / 'catalog.sqlite'} has 2 hard links" in told, told
+    assert told.endswith("whole, its files are shared with another folder (above): nothing can write to it until "
+                         "one of the two is a real copy (`cp -a`)"), told

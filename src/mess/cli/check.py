@@ -91,6 +91,9 @@ def _verdict(health: StoreHealth) -> str:
     advice = CATALOG_ADVICE if any(p.kind == "catalog" for p in health.damaged) else "run `mess check --repair`"
     if health.damaged:
         return f"[red]damaged[/]: {plain(advice)}"
+    if any(p.kind == "hard-links" for p in health.problems):  # every write refuses
+        return ("[green]whole[/], [yellow]its files are shared with another folder (above)[/]: nothing can write to "
+                "it until one of the two is a real copy (`cp -a`)")
     if any(p.kind == "config" for p in health.problems):  # every command that names no model refuses
         return "[green]whole[/], [yellow]its settings cannot be used (above)[/]: `mess config` sets or unsets them"
     if any(p.kind == "lost-commits" for p in health.problems):

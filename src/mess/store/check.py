@@ -26,6 +26,7 @@ from mess.store.arrays import RowFile, ShortFile, non_finite, set_aside
 from mess.store.catalog import has_column
 from mess.store.checksums import BlockSums, expected, pack, row_expected
 from mess.store.config import ConfigError
+from mess.store.connection import shared_files
 from mess.store.feature_store import FeatureStore
 from mess.store.paths import from_db_path, leftover_temps, look, printable
 from mess.store.records import Run
@@ -40,7 +41,7 @@ class Problem:
 
     # catalog | short-file | not-a-file | short-derived | stale-derived | non-finite | checksum | checksum-derived |
     # shared-rows | orphan-rows | not-embedded | no-checksum | no-checksum-derived | temp-files | lost-commits |
-    # config | unread-now | stale-aspect-map (added by mess.search.health)
+    # config | unread-now | hard-links | stale-aspect-map (added by mess.search.health)
     kind: str
     run_id: int | None
     message: str
@@ -202,12 +203,15 @@ def unblock_lock(store: FeatureStore) -> list[str]:
 
 
 def _store_files(store: FeatureStore) -> list[Problem]:
-    """The lock file when it is not a file (writers stop), and the commits a damaged WAL file lost (noted when a
-    store opened: see :mod:`mess.store.wal`)."""
+    """The lock file when it is not a file (writers stop), a catalog hard-linked from another folder (writers stop),
+    and the commits a damaged WAL file lost (noted when a store opened: see :mod:`mess.store.wal`)."""
     lines = wal.noted(store.root)
     if store.lost_commits_unnoted:  # the store's folder cannot be written
         lines.append(store.lost_commits_unnoted)
     problems = [Problem("lost-commits", None, line, damage=False) for line in lines]
+    with contextlib.suppress(OSError):
+        if (links := (store.root / "catalog.sqlite").stat().st_nlink) > 1:
+            problems.append(Problem("hard-links", None, shared_files(store.root, links), damage=False))
     odd = store.lock.not_a_file()
     if odd is not None:
         problems.append(Problem("not-a-file", None, f"write.lock is {odd}, not the store's lock file, so nothing "

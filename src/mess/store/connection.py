@@ -38,6 +38,14 @@ def size_limit_note() -> str:
         "(`ulimit -f`)"
 
 
+def shared_files(root: Path, links: int) -> str:
+    """Why a store whose catalog has ``links`` hard links must not be written, and what to do."""
+    return (f"{root / 'catalog.sqlite'} has {links} hard links: another folder shares this store's files (a copy made "
+            "by `cp -al` or a snapshot tool), so a write to either changes both and neither keeps the state the copy "
+            "was made at; copy the one to keep with `cp -a` (which copies the files), delete the linked one, and "
+            "write to the copy")
+
+
 class StoreConnection:
     """A feature store's open catalog: its one connection shared by a process's threads, the write lock and
     transactions, snapshots, the change token and memo. :class:`~mess.store.feature_store.FeatureStore` opens it."""
@@ -140,6 +148,8 @@ class StoreConnection:
             raise StoreError(f"{self.root}: the store was moved or deleted while this command had it open ({self.root}"
                              "/catalog.sqlite is no longer the catalog it opened), so it writes nothing more there; "
                              "what it committed before is kept in the store where it went: run the command again")
+        if st.st_nlink > 1:
+            raise StoreError(f"{self.root}: cannot write: {shared_files(self.root, st.st_nlink)}")
 
     def _write_refused(self, exc: OSError | sqlite3.OperationalError) -> StoreError:
         """The StoreError of a write the system refused."""
