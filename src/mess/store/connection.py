@@ -146,8 +146,8 @@ class StoreConnection:
             here = False
         if not here:
             raise StoreError(f"{self.root}: the store was moved or deleted while this command had it open ({self.root}"
-                             "/catalog.sqlite is no longer the catalog it opened), so it writes nothing more there (what it "
-                             "committed before went with that store): run the command again")
+                             "/catalog.sqlite is no longer the catalog it opened), so it writes nothing more there "
+                             "(what it committed before went with that store): run the command again")
         if st.st_nlink > 1:
             raise StoreError(f"{self.root}: cannot write: {shared_files(self.root, st.st_nlink)}")
 
