@@ -162,7 +162,7 @@ class ServeState:
             keep, told = "its commits are all in catalog.sqlite-wal, which is kept", "nothing is lost"
         else:
             keep = (f"its latest commits are only in its open copy of catalog.sqlite-wal, lost when it ends: "
-                    f"`cp {copy} {root / 'catalog.sqlite-wal'}` keeps them (while the server runs)")
+                    f"`cp {copy} {root.absolute() / 'catalog.sqlite-wal'}` keeps them (while the server runs)")
             told = "the server's log says how to keep its latest commits"
         if not self.cut_off_said:
             self.cut_off_said = True
