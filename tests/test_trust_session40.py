@@ -186,6 +186,8 @@ def test_a_store_whose_files_a_hard_linked_copy_shares_is_not_written_and_check_
     with pytest.raises(StoreError, match=re.escape(f"{root}: cannot write: {root / 'catalog.sqlite'} has 2 hard "
                                                    "links: another folder shares this store's files")):
         writer.upsert_track(Path("/m/new.flac"), "f" * 32, 1, 0.0, {"duration": 30.0}, {})
+    with pytest.raises(StoreError, match="hard links"), writer.writing("mess check --repair"):  # a whole job's lock
+        pass
     writer.close()
     assert _files(snap) == before
     said = mess_here("check", "--store", str(snap))

@@ -71,12 +71,14 @@ class StoreConnection:
     @contextmanager
     def _holding(self, command: str, *, wait: bool = True,
                  on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
-        """The write lock held for a block; a lock file that is not a file (a folder) is StoreDamaged naming it."""
+        """The write lock held for a block; a lock file that is not a file (a folder) is StoreDamaged naming it, and a
+        store that is no longer where it was opened, or shares its files with a copy, StoreError (see _still_here)."""
         with contextlib.ExitStack() as stack:
             try:
                 stack.enter_context(self.lock.hold(command, wait=wait, on_wait=on_wait))
             except LockUnusable as exc:
                 raise StoreDamaged(str(exc)) from None
+            self._still_here()
             yield
 
     @contextmanager
@@ -121,10 +123,8 @@ class StoreConnection:
         try:
             with self._lock:
                 self._still_here()  # before the lock, whose file would be made in a folder put in the store's place
-                with self._holding(_command_name(), on_wait=self.on_wait):
-                    self._still_here()
-                    with self.db:
-                        yield
+                with self._holding(_command_name(), on_wait=self.on_wait), self.db:
+                    yield
         except sqlite3.DatabaseError as exc:
             if type(exc) is sqlite3.DatabaseError:  # SQLite found a damaged page: the catalog is damaged, not the disk
                 raise self._catalog_damaged(exc) from None
