@@ -195,3 +195,25 @@ def test_a_store_whose_files_a_hard_linked_copy_shares_is_not_written_and_check_
     assert said.returncode == 0 and f"hard-links: {snap / 'catalog.sqlite'} has 2 hard links" in told, told
     assert told.endswith("whole, its files are shared with another folder (above): nothing can write to it until "
                          "one of the two is a real copy (`cp -a`)"), told
+
+
+def test_a_catalog_deleted_while_a_process_has_it_open_is_named_with_the_copy_that_brings_it_back(
+        tmp_path: Path) -> None:
+    """catalog.sqlite deleted (a clean-up, a slip) while a server has the store open: every command said "restore
+    catalog.sqlite from a backup, or move the store aside and extract again" (all work lost), though the server
+    holds the whole catalog open. Now it names that process and the copy that brings the catalog back."""
+    root = tmp_path / "store"
+    clustered_store(root, 3, 4, 1, seed=0)[0].close()
+    holder = FeatureStore(root, readonly=True)  # this process plays the server
+    (root / "catalog.sqlite").unlink()
+    said = mess_here("info", "--store", str(root))
+    told = " ".join(said.stderr.split())
+    assert said.returncode == 1 and "backup" not in told, told
+    assert f"process {os.getpid()} still has the deleted catalog open, whole: `cp /proc/{os.getpid()}/fd/" in told, told
+    copy = re.search(r"`cp (\S+) (\S+)`", told)
+    assert copy is not None and Path(copy[2]) == root / "catalog.sqlite", told
+    shutil.copyfile(copy[1], copy[2])  # as it says
+    holder.close()
+    assert mess_here("check", "--store", str(root)).stdout.strip().endswith("ok")
+    with closing(FeatureStore(root, readonly=True)) as store:
+        assert len(store.tracks()) == 3

@@ -27,7 +27,7 @@ from mess.store.aspects import AspectMaps
 from mess.store.catalog import NewerCatalog, closed_on_error, connect
 from mess.store.connection import size_limit_note
 from mess.store.errors import CATALOG_ADVICE, StoreDamaged, StoreError
-from mess.store.holders import deleted_while_open, refusal
+from mess.store.holders import deleted_catalog, deleted_while_open, refusal
 from mess.store.lock import StoreLock
 from mess.store.memo import MEMO, HeldLock
 from mess.store.paths import expanded
@@ -117,8 +117,12 @@ class FeatureStore(AspectMaps):
                                f"file; {CATALOG_ADVICE}")
         lost = _lost_catalog(db)
         if lost and any((self.root / "runs").glob("*/*/*.f16")):  # a new catalog would orphan them
+            held = deleted_catalog(self.root) if lost == "missing" else None
+            advice = CATALOG_ADVICE if held is None else (
+                f"process {held[0]} still has the deleted catalog open, whole: `cp {held[1]} {db.absolute()}` brings "
+                "it back (before that process ends), then restart that process (a server) and run the command again")
             raise StoreDamaged(f"{self.root} is damaged: its catalog (catalog.sqlite) is {lost} but it holds "
-                               f"vectors (runs/); {CATALOG_ADVICE}")
+                               f"vectors (runs/); {advice}")
         if (readonly or not create) and not db.exists():
             raise StoreError(f"no feature store at {self.root} (run `mess extract` first)")
         self.lock = StoreLock(self.root)

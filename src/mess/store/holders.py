@@ -78,3 +78,19 @@ def _link(path: str) -> str:
         return os.readlink(path)
     except OSError:
         return ""
+
+
+def deleted_catalog(root: Path) -> tuple[int, str] | None:
+    """(a process, its ``/proc/PID/fd/N``) that holds the store's ``catalog.sqlite`` open though it was deleted (a
+    server, say: its copy is whole, with its log), the first found; None when none is, or /proc cannot tell. Reads
+    every process's descriptors: called only once the catalog is found missing."""
+    gone = f"{os.path.realpath(root)}/catalog.sqlite (deleted)"
+    try:
+        pids = sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
+    except OSError:
+        return None
+    for pid in pids:
+        for fd in _descriptors(pid):
+            if _link(f"/proc/{pid}/fd/{fd}") == gone:
+                return pid, f"/proc/{pid}/fd/{fd}"
+    return None
