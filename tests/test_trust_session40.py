@@ -9,6 +9,7 @@ import re
 import shutil
 import sqlite3
 from contextlib import closing
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -144,8 +145,10 @@ def test_a_backup_copied_over_the_store_a_server_reads_is_answered_from_not_call
 
 
 def _files(root: Path) -> dict[str, bytes]:
+    """The bytes of the row files under ``root`` and of its catalog (b"" where there is none)."""
+    catalog = root / "catalog.sqlite"
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.f16"))} | {
-        "catalog": (root / "catalog.sqlite").read_bytes()}
+        "catalog": catalog.read_bytes() if catalog.exists() else b""}
 
 
 def test_a_writer_whose_store_was_moved_and_another_put_in_its_place_writes_nothing_into_either(
@@ -217,3 +220,33 @@ def test_a_catalog_deleted_while_a_process_has_it_open_is_named_with_the_copy_th
     assert mess_here("check", "--store", str(root)).stdout.strip().endswith("ok")
     with closing(FeatureStore(root, readonly=True)) as store:
         assert len(store.tracks()) == 3
+
+
+def test_a_copy_sharing_the_stores_linked_row_folder_is_not_written_and_a_real_copy_is(tmp_path: Path) -> None:
+    """`runs` moved to a bigger disk and linked, then the store copied with `cp -a` (the link copied, not the rows):
+    a write into the copy wrote at its catalog's last row and cut the files past its own rows, so the first store's
+    later tracks lost their vectors ("damaged: ... hold 25 rows, the catalog references 40"). Now the copy refuses,
+    naming the store whose rows it would overwrite; a copy with rows of its own (`cp -a --dereference`) writes."""
+    root, big = tmp_path / "store", tmp_path / "big"
+    store, run, _, rng = clustered_store(root, 3, 4, 1, seed=0)
+    store.close()
+    big.mkdir()
+    (root / "runs").rename(big / "runs")
+    (root / "runs").symlink_to(big / "runs")
+    shutil.copytree(root, tmp_path / "copy", symlinks=True)  # as `cp -a` copies
+    shutil.copytree(root, tmp_path / "real")  # as `cp -a --dereference` copies
+    before = _files(big)
+    for name, refused in (("copy", True), ("real", False)):
+        writer = FeatureStore(tmp_path / name)
+        v = rng.standard_normal(4).astype(np.float32)
+        write = partial(writer.write_vectors, writer.run("synthetic"), [TrackVectors("c" * 32, [v], [v[None]], [0.0])])
+        if refused:
+            with pytest.raises(StoreError, match=re.escape(f"{tmp_path / name}: cannot write: its row folder "
+                                                           f"{tmp_path / name / 'runs'} ({big / 'runs'}) is also the "
+                                                           f"row folder of the store whose catalog is {root}")):
+                write()
+        else:
+            write()
+        writer.close()
+        assert {k: v for k, v in _files(big).items() if k != "catalog"} == {
+            k: v for k, v in before.items() if k != "catalog"}, name

@@ -17,10 +17,11 @@ from mess.store.catalog import has_column
 from mess.store.errors import CATALOG_ADVICE, ReadAgain, StoreDamaged, StoreError
 from mess.store.lock import LockUnusable, StoreLock
 from mess.store.memo import MEMO, HeldLock
-from mess.store.paths import printable
+from mess.store.paths import printable, replace_file
 from mess.store.records import Track, TrackList
 
 T = TypeVar("T")
+_WRITER = ".writer"  # in runs/: the catalog that writes there (see StoreConnection._own_rows)
 _READ_TRIES = 3  # reads of rows a newer catalog version changed while they were read, each time (see reading)
 
 
@@ -79,7 +80,10 @@ class StoreConnection:
             except LockUnusable as exc:
                 raise StoreDamaged(str(exc)) from None
             self._still_here()
+            self._own_rows()
             yield
+            with contextlib.suppress(StoreError):  # recorded once the first write made the folder (written: no refusal)
+                self._own_rows()
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -150,6 +154,35 @@ class StoreConnection:
                              "(what it committed before went with that store): run the command again")
         if st.st_nlink > 1:
             raise StoreError(f"{self.root}: cannot write: {shared_files(self.root, st.st_nlink)}")
+
+    def _own_rows(self) -> None:
+        """StoreError when the store's row folder (``runs``) is another live store's too: ``runs`` linked to another
+        disk, then the store copied with `cp -a` (which copies the link, not the rows); each catalog writes at its
+        own last row and cuts what lies past it, so a write here would overwrite and cut the other store's rows. The
+        catalog writing there is recorded in ``runs/.writer`` (path, device, inode); a store whose own ``runs`` is
+        another folder (a real copy), or one no longer there, is no other writer, and the record becomes this one."""
+        runs = self.root / "runs"
+        if self.catalog is None or not runs.is_dir():
+            return
+        mine = f"{os.path.realpath(self.root / 'catalog.sqlite')}\t{self.catalog[0]}\t{self.catalog[1]}"
+        try:
+            known = (runs / _WRITER).read_text()
+        except (OSError, UnicodeDecodeError):
+            known = ""
+        if known == mine:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            path, device, inode = known.split("\t")
+            st = os.stat(path)
+            other = (int(device), int(inode))  # alive at its path, not this catalog, writing into this folder
+            if (st.st_dev, st.st_ino) == other != self.catalog and os.path.samefile(Path(path).parent / "runs", runs):
+                raise StoreError(f"{self.root}: cannot write: its row folder {runs} ({os.path.realpath(runs)}) is "
+                                 f"also the row folder of the store whose catalog is {path}, so a write here would "
+                                 "overwrite that store's rows (a copy made by `cp -a` copies a link, not the files it "
+                                 "names); give this store a row folder of its own (`cp -a --dereference`) and run the "
+                                 "command again")
+        with contextlib.suppress(OSError):
+            replace_file(runs / _WRITER, mine.encode())
 
     def _write_refused(self, exc: OSError | sqlite3.OperationalError) -> StoreError:
         """The StoreError of a write the system refused."""
