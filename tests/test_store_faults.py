@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -1372,53 +1373,97 @@ def test_a_default_model_without_vectors_is_said_not_replaced(extracted_tones: E
 # ------------------------------------------------------------------ librosa's numba cache
 
 
-_TARGETS = """
-import json, sys
+_WARMS = """
+import json, os, sys, time
 from pathlib import Path
-from mess.audio.decode import load_audio
-from mess.probing.targets import SAMPLE_RATE, window_targets
-print(json.dumps([window_targets(load_audio(Path(p), SAMPLE_RATE)).tolist() for p in sys.argv[1:]]))
+from mess.audio import jit_cache
+import numba
+
+
+@numba.njit(cache=True)
+def double(x):
+    return 2 * x
+
+
+@numba.njit(cache=True)
+def triple(x):
+    return 3 * x
+
+
+ran = []
+function = {"double": double, "triple": triple}[sys.argv[3]]
+
+
+def warm():
+    ran.append(True)
+    barrier, count = Path(sys.argv[1]), int(sys.argv[2])
+    (barrier / str(os.getpid())).touch()  # the processes compile and publish at the same moment
+    deadline = time.monotonic() + 120
+    while len(list(barrier.iterdir())) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return function(21)
+
+
+jit_cache.ensure_warm("test-warm", warm)
+print(json.dumps({"ran": bool(ran), "value": function(21), "hits": sum(function.stats.cache_hits.values()),
+                  "private": os.environ["NUMBA_CACHE_DIR"], "install": jit_cache._install_key()}))
 """
 
 
 def test_concurrent_first_runs_on_an_empty_numba_cache(tmp_path: Path) -> None:
-    """Two first runs at once (enough to race) fill the shared cache safely; a run from a second librosa install adds
-    its own. The runs compute the probe's targets (librosa's numba code, behind ``jit_cache.ensure_warm``)."""
-    music = tmp_path / "music"
-    files = [str(p) for p in _tones(music, 2, seconds=3.0)]
-    # the shared cache starts empty; numba compiles without LLVM's optimisation passes (its cache keys do not name the
-    # level; the processes here share a cache of their own): each first run costs 13 s of CPU instead of 18
-    env = {**os.environ, "MESS_NUMBA_CACHE": str(tmp_path / "numba"), "NUMBA_OPT": "0"}
-
-    def start(extra: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-c", _TARGETS, *files], env={**env, **(extra or {})},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def targets(proc: subprocess.Popen[str]) -> np.ndarray:
-        out, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err
-        return np.array(json.loads(out))
-
-    first = [targets(p) for p in [start(), start()]]
-    shared = tmp_path / "numba"
-    assert list(shared.glob("probe-targets-*.done")) and any((shared / "current").rglob("*.nbi"))
-    np.testing.assert_array_equal(targets(start()), first[0])
-    np.testing.assert_array_equal(first[1], first[0])
-    assert not list(shared.glob("new-*")) and not list(shared.glob("old-*"))  # published atomically, cleaned up
-    # numba files cached code under its source's folder: another environment (a second venv, a CI clone) must warm
-    # and publish its own entries, not take the marker of this one for its own and compile in every process
+    """Two first runs at once fill the shared cache safely (each compiles into a folder of its own, the union is
+    published under a lock, atomically); a later run starts warm; a run from a second librosa install warms and adds
+    its own entries. numba files every cached function the same way (by its source's folder), so a function of the
+    test's own stands in for librosa's, whose first compilation costs 10 s of CPU a process (a 90 s test before)."""
     import hashlib
 
     import librosa
 
-    other = tmp_path / "other-env"  # the same librosa, installed at another path
+    shared = tmp_path / "numba"
+    env = {**os.environ, "MESS_NUMBA_CACHE": str(shared), "NUMBA_OPT": "0"}
+    env.pop("NUMBA_CACHE_DIR", None)
+    env.pop("MESS_NUMBA_PRIVATE", None)
+    here = tmp_path / "app"
+    here.mkdir()
+    (here / "warms.py").write_text(_WARMS)
+
+    def start(script: Path, barrier: Path, count: int, function: str = "double",
+              extra: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, str(script), str(barrier), str(count), function],
+                                env={**env, **(extra or {})},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def answer(proc: subprocess.Popen[str]) -> dict:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        return json.loads(out)
+
+    barrier = Path(tempfile.mkdtemp(dir=tmp_path))
+    first = [answer(p) for p in [start(here / "warms.py", barrier, 2, f) for f in ("double", "triple")]]
+    assert [a["ran"] for a in first] == [True, True] and [a["value"] for a in first] == [42, 63]
+    assert all(not a["private"].startswith(str(shared)) for a in first)  # each compiled into its own folder
+    assert first[0]["private"] != first[1]["private"]
+    markers = sorted(p.name for p in shared.glob("test-warm-*.done"))
+    assert len(markers) == 1 and first[0]["install"] in markers[0]
+    assert not list(shared.glob("new-*")) and not list(shared.glob("old-*"))  # published atomically, cleaned up
+
+    def entries(folder: Path, function: str = "double") -> list[Path]:
+        return list((shared / "current" / f"{folder.name}_{hashlib.sha1(str(folder).encode()).hexdigest()}").glob(
+            f"*{function}*.nbi"))
+
+    assert entries(here.resolve()) and entries(here.resolve(), "triple")  # the union of what each compiled
+    later = answer(start(here / "warms.py", Path(tempfile.mkdtemp(dir=tmp_path)), 1))
+    assert not later["ran"] and later["value"] == 42 and later["hits"] >= 1  # the shared code, not compiled again
+    # numba files cached code under its source's folder: another environment (a second venv, a CI clone) must warm
+    # and publish its own entries, not take the marker of this one for its own and compile in every process
+    other = tmp_path / "other-env"  # the same librosa, installed at another path, and the code beside it
     shutil.copytree(Path(librosa.__file__).parent, other / "librosa")
+    shutil.copy(here / "warms.py", other / "warms.py")
     path = os.pathsep.join(filter(None, [str(other), os.environ.get("PYTHONPATH")]))
-    np.testing.assert_array_equal(targets(start({"PYTHONPATH": path})), first[0])
-    for install in (Path(librosa.__file__).parent, other / "librosa"):
-        sources = [d.resolve() for d in (install, *install.iterdir()) if d.is_dir()]
-        cached = [shared / "current" / f"{d.name}_{hashlib.sha1(str(d).encode()).hexdigest()}" for d in sources]
-        assert any(list(c.glob("*.nbi")) for c in cached), (install, sorted((shared / "current").iterdir()))
+    elsewhere = answer(start(other / "warms.py", Path(tempfile.mkdtemp(dir=tmp_path)), 1, extra={"PYTHONPATH": path}))
+    assert elsewhere["ran"] and elsewhere["value"] == 42 and elsewhere["install"] != first[0]["install"]
+    assert len(list(shared.glob("test-warm-*.done"))) == 2
+    assert entries(here.resolve()) and entries(here.resolve(), "triple") and entries(other.resolve())
 
 
 def test_private_caches_of_killed_processes_are_removed_and_a_run_leaves_none(tmp_path: Path) -> None:
