@@ -18,4 +18,7 @@ PY="${PYTHON:-python3.11}"; command -v "$PY" >/dev/null || PY=python3
 .venv/bin/pip install -q -e ".[test]"
 # musicnn's TF1 checkpoints ship in its wheel; --no-deps keeps TensorFlow out (we read them with numpy).
 .venv/bin/pip install -q --no-deps musicnn==0.1.0
+# an editable install leaves mess's own modules uncompiled: where PYTHONDONTWRITEBYTECODE is set (containers, CI)
+# every mess process (each decoder, server, command) compiled them again from source
+.venv/bin/python -m compileall -q src
 echo "installed: $(.venv/bin/mess --help >/dev/null && echo 'mess CLI ok')"
