@@ -13,7 +13,7 @@ caller holds a pidfd of each child: it kills the child and waits for its end by 
 ``_ANSWER_TIMEOUT`` seconds (it answers in milliseconds) is killed and the next fork starts another. It ignores Ctrl-C
 (its children do not), holds ``/`` as its folder, and ends when the caller's end of its socket closes: when the
 caller exits or dies. Its children die with it (``PR_SET_PDEATHSIG``), so a killed caller leaves no process behind,
-not even one hung in a decoder; the exit code of a child whose zygote ended is lost (:attr:`Forked.lost`).
+not even one hung in a decoder; the exit code of a child whose zygote ended is lost (``Forked.lost``).
 The zygote needs Linux's ``SOCK_SEQPACKET`` Unix sockets, descriptors sent over them and pidfds: where one is
 missing (macOS has no ``SOCK_SEQPACKET`` Unix sockets), :func:`available` says so and children start cold.
 """

@@ -166,8 +166,8 @@ class StoreConnection:
             return
         mine = f"{os.path.realpath(self.root / 'catalog.sqlite')}\t{self.catalog[0]}\t{self.catalog[1]}"
         try:
-            known = (runs / _WRITER).read_text()
-        except (OSError, UnicodeDecodeError):
+            known = os.fsdecode((runs / _WRITER).read_bytes())  # a path in any encoding, as the system names it
+        except OSError:
             known = ""
         if known == mine:
             return
@@ -176,13 +176,14 @@ class StoreConnection:
             st = os.stat(path)
             other = (int(device), int(inode))  # alive at its path, not this catalog, writing into this folder
             if (st.st_dev, st.st_ino) == other != self.catalog and os.path.samefile(Path(path).parent / "runs", runs):
-                raise StoreError(f"{self.root}: cannot write: its row folder {runs} ({os.path.realpath(runs)}) is "
-                                 f"also the row folder of the store whose catalog is {path}, so a write here would "
+                raise StoreError(f"{printable(str(self.root))}: cannot write: its row folder {printable(str(runs))} "
+                                 f"({printable(os.path.realpath(runs))}) is also the row folder of the store whose "
+                                 f"catalog is {printable(path)}, so a write here would "
                                  "overwrite that store's rows (a copy made by `cp -a` copies a link, not the files it "
                                  "names); give this store a row folder of its own (`cp -a --dereference`) and run the "
                                  "command again")
         with contextlib.suppress(OSError):
-            replace_file(runs / _WRITER, mine.encode())
+            replace_file(runs / _WRITER, os.fsencode(mine))
 
     def _write_refused(self, exc: OSError | sqlite3.OperationalError) -> StoreError:
         """The StoreError of a write the system refused."""
