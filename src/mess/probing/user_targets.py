@@ -56,10 +56,12 @@ def read_targets(store: FeatureStore, path: str | Path) -> TargetFile:
             unquoted = re.sub(r'"[^"]*"', "", first)  # commas, else what the header separates with
             delimiter = next((d for d in (",", ";", "\t") if d in unquoted), ",")
             reader = csv.reader(f, delimiter=delimiter, strict=True)
+            rows: list[tuple[int, list[str]]] = []
             try:
-                rows = [(reader.line_num, row) for row in reader]
-            except csv.Error as exc:
-                raise ProbeError(f"{path}:{reader.line_num + 1}: not valid CSV ({exc})") from exc
+                for row in reader:
+                    rows.append((reader.line_num, row))
+            except csv.Error as exc:  # the record that fails starts on the line after the last one read
+                raise ProbeError(f"{path}:{rows[-1][0] + 1 if rows else 1}: not valid CSV ({exc})") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ProbeError(f"cannot read targets file {path}: {exc}") from exc
     rows = [(line, row) for line, row in rows if any(c.strip() for c in row)]
