@@ -167,37 +167,57 @@ def test_a_log_deleted_or_emptied_loses_the_commits_its_index_names_not_yet_fold
         shm.unlink()  # a new file (a new inode): not the descriptor kept of the one before
         shm.write_bytes(index[:96] + folded.to_bytes(4, sys.byteorder) + index[100:])
         assert walmod.deleted_log(log) == (want if lost else None)
+    for cut in (index[:99], b""):  # an index too short to say what was folded, none at all
+        shm.unlink()
+        shm.write_bytes(cut)
+        assert walmod.deleted_log(log) is None
     shm.unlink()
     assert walmod.deleted_log(log) is None
     for fd in walmod._SHM_FILES.values():
         os.close(fd)
 
 
-@pytest.mark.parametrize(("limit", "cap"), [(512, 64), (4096, 256)])
+@pytest.mark.parametrize(("limit", "cap"), [(512, 64), (4100, 256), (None, 1 << 16)])
 def test_the_wal_index_is_read_while_the_kept_descriptors_are_under_a_sixteenth_of_the_limit(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int, cap: int) -> None:
-    """The -shm descriptors kept for the process's life: at most 1/16 of its descriptor limit, and at least 64. Under
-    the cap a new store's index is read; at the cap, with none of those files deleted, it is not (its frames are)."""
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int | None, cap: int) -> None:
+    """The -shm descriptors kept for the process's life (closed in the processes it starts): at most 1/16 of its soft
+    descriptor limit (whole), at least 64, 65536 with no limit. Under the cap a new store's index is read; at the
+    cap it is not (its frames are), unless some of those files were deleted: their descriptors are closed."""
+    import fcntl
     import resource
 
     from mess.store import wal as walmod
 
     log, last, _ = _live_log(tmp_path)
     log.unlink()
-    monkeypatch.setattr(resource, "getrlimit", lambda _: (limit, limit))
+    soft = resource.RLIM_INFINITY if limit is None else limit
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (soft, resource.RLIM_INFINITY))  # the hard limit: none
     others = []
-    for i in range(cap):
+    for i in range(cap if limit else 2):  # with no limit: 1 kept, not 65535
         path = tmp_path / f"other{i}-shm"
         path.write_bytes(b"\0" * 100)
         others.append(os.open(path, os.O_RDONLY))
+    keys = [(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in others]
     try:
-        for held, read in ((cap - 1, True), (cap, False)):
-            kept = {(os.fstat(fd).st_dev, os.fstat(fd).st_ino): fd for fd in others[:held]}
+        for held, read in ((len(others) - 1, True), (cap, False), (cap, True)):
+            if held > len(others):
+                continue
+            kept = dict(zip(keys[:held], others[:held], strict=True))
+            if held == cap and read:  # one of them deleted meanwhile: its descriptor closed to make room
+                deleted = others.pop(0)
+                (tmp_path / "other0-shm").unlink()
             monkeypatch.setattr(walmod, "_SHM_FILES", kept)
             damage = walmod.deleted_log(log)
             assert (damage is not None and damage.claimed == last) if read else damage is None, (held, damage)
-            for key in set(kept) - {(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in others}:
-                os.close(kept[key])  # the new store's, if kept
+            new = set(walmod._SHM_FILES) - set(keys)
+            assert len(new) == read
+            for key in new:
+                assert fcntl.fcntl(walmod._SHM_FILES[key], fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+                os.close(walmod._SHM_FILES[key])
+            if held == cap and read:
+                assert keys[0] not in walmod._SHM_FILES
+                with pytest.raises(OSError):
+                    os.fstat(deleted)
     finally:
         for fd in others:
             os.close(fd)
@@ -553,8 +573,8 @@ def test_ids_follow_recordings_through_moves_swaps_copies_and_changes_in_either_
             assert run({"e": "A", "a": "D"}) == 1
             now = ids()
             assert now["e"] == (first["a"], "A") and now["a"][1] == "D" and now["a"][0] not in first.values()
-            # b and c swap names: each keeps its recording's id
-            assert run({"b": "C", "c": "B"}) == 2
+            # b and c swap names: each keeps its recording's id (e, read again unchanged, is no move)
+            assert run({"b": "C", "e": "A", "c": "B"}) == 2
             now = ids()
             assert (now["b"], now["c"]) == ((first["c"], "C"), (first["b"], "B"))
             # e copied to f beside it: a copy is no move
@@ -562,7 +582,9 @@ def test_ids_follow_recordings_through_moves_swaps_copies_and_changes_in_either_
             assert ids()["e"] == (first["a"], "A") and ids()["f"][0] not in first.values()
             # b changed in place (no other file holds C now): it keeps its id; changed back, still
             assert run({"b": "X"}) == 0 and ids()["b"] == (first["c"], "X")
-            assert run({"b": "C"}) == 0 and ids()["b"] == (first["c"], "C")
+            assert run({"h": "C"}) == 0  # its old content in a new file a run later: no move, a new id
+            assert ids()["b"] == (first["c"], "X") and ids()["h"][0] not in first.values()
+            assert run({"b": "C"}) == 0 and ids()["b"] == (first["c"], "C")  # a copy of h's content now
 
 
 # ---------------------------------------------------------------- reclaim: the rows of old contents
@@ -585,10 +607,12 @@ def _blocks(folder: Path) -> int:
 
 
 def test_reclaim_drops_old_contents_packs_the_rows_kept_in_order_and_keeps_every_answer(tmp_path: Path) -> None:
-    """Six files, two re-encoded since (new contents embedded in one run, not in the other): reclaim drops the two
-    old contents of each run, each run's row files then hold exactly the current contents' rows (track and window
-    level, in the order they had), every vector read back is the one written (numpy's float16 of it), the bytes
-    freed are those the file system gave back, and a second reclaim changes nothing."""
+    """Six files, two re-encoded since (new contents embedded in one run, not in the other; one of them re-encoded
+    again, not embedded): reclaim drops the old contents of each run, each run's row files then hold exactly the
+    current contents' rows (track and window level, in the order they had), every vector read back is the one
+    written (numpy's float16 of it), the bytes freed are those the file system gave back, a fused set's rows move
+    with their contents' (files written later at the freed rows inherit none), and a second reclaim changes nothing.
+    Rows of two contents that overlap (damage) are left where they are."""
     from mess.store import FeatureStore, RunKey
     from mess.store.reclaim import reclaim
 
@@ -609,11 +633,18 @@ def test_reclaim_drops_old_contents_packs_the_rows_kept_in_order_and_keeps_every
             item = _vectors_of(f"{i + 10:032x}", runs[0].layer_dims, 2, rng)
             store.write_vectors(runs[0], [item])
             written[(runs[0].id, item.content_hash)] = item
+        store.upsert_track(paths[3], f"{23:032x}", 1, 0.0, {"duration": 30.0}, {})  # again, not embedded: the
+        # first run's last row (its content before) is old now too
         order = {run.id: sorted(store.track_rows(run), key=store.track_rows(run).get) for run in runs}
+        fused = {h: rng.standard_normal(8).astype(np.float32) for h in order[runs[0].id]}  # a fused set, every row
+        store.write_derived(runs[0], "fused", list(fused), np.stack(list(fused.values())), {})
         before = _blocks(store.root / "runs")
         done = reclaim(store)
-        assert done.lines == [f"{run.model} (run {run.id}): dropped the vectors of 2 old contents no catalogued file "
-                              "holds (files re-encoded or edited since)" for run in runs]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            done.freed = 0  # type: ignore[misc]
+        said = "old contents no catalogued file holds (files re-encoded or edited since)"
+        assert done.lines == [f"{run.model} (run {run.id}): dropped the vectors of {n} {said}"
+                              for run, n in zip(runs, (3, 2), strict=True)]
         assert done.freed == before - _blocks(store.root / "runs") > 0
         current = {t.content_hash: t.id for t in store.tracks()}
         for run in runs:
@@ -632,8 +663,40 @@ def test_reclaim_drops_old_contents_packs_the_rows_kept_in_order_and_keeps_every
                 seg_ids, _, seg_matrix = store.segment_matrix(run, layer)
                 for tid in by_id:
                     np.testing.assert_array_equal(seg_matrix[seg_ids == tid], _half(by_id[tid].segments[layer]))
+        ids, matrix = store.derived_matrix(runs[0], "fused")  # the fused rows moved with their contents' rows
+        by_id = {current[h]: fused[h] for h in current if h in fused}
+        assert sorted(ids.tolist()) == sorted(by_id)
+        for tid, vector in zip(ids.tolist(), matrix, strict=True):
+            np.testing.assert_array_equal(vector, _half(by_id[tid]))
         again = reclaim(store)
         assert (again.lines, again.freed) == ([], 0)
+        for n in range(3):  # written at the freed rows, the last old content's among them: none inherits a fused row
+            store.upsert_track(Path(f"/m/new{n}.flac"), f"e{n}" * 16, 1, 0.0, {"duration": 30.0}, {})
+            store.write_vectors(runs[0], [_vectors_of(f"e{n}" * 16, runs[0].layer_dims, 1, rng)])
+        assert store.derived_missing(runs[0], "fused") == 3
+        assert sorted(store.derived_matrix(runs[0], "fused")[0].tolist()) == sorted(by_id)
+        other = runs[1]  # damage: two contents' rows overlap; their rows are left where they are, for --repair
+        rows = store.track_rows(other)
+        first, second = sorted(rows, key=rows.get)[:2]
+        with store.db:
+            store.db.execute("UPDATE vectors SET track_row=? WHERE run_id=? AND content_hash=?",
+                             (rows[first], other.id, second))
+        rows = store.track_rows(other)
+        sizes = [p.stat().st_size for p in sorted((store.root / "runs").rglob("*")) if p.is_file()]
+        reclaim(store)
+        assert store.track_rows(other) == rows
+        assert [p.stat().st_size for p in sorted((store.root / "runs").rglob("*")) if p.is_file()] == sizes
+    with closing(FeatureStore(tmp_path / "tail")) as store:  # the old content is the last row: nothing moves
+        run = store.ensure_run(RunKey("synthetic", "r", "{}", 16000, ("a",), (8,)))
+        for i in range(3):
+            store.upsert_track(Path(f"/m/t{i}.flac"), f"{i:032x}", 1, 0.0, {"duration": 30.0}, {})
+        store.write_vectors(run, [_vectors_of(f"{i:032x}", (8,), 1, rng) for i in range(3)])
+        store.write_derived(run, "fused", [f"{i:032x}" for i in range(3)], np.ones((3, 4), np.float32), {})
+        store.upsert_track(Path("/m/t2.flac"), "f" * 32, 1, 0.0, {"duration": 30.0}, {})  # re-encoded, not embedded
+        assert reclaim(store).lines and store.row_file(run, "track", 0).rows == 2
+        store.upsert_track(Path("/m/new.flac"), "e" * 32, 1, 0.0, {"duration": 30.0}, {})
+        store.write_vectors(run, [_vectors_of("e" * 32, (8,), 1, rng)])  # at the freed row 2: no fused row of t2's
+        assert store.derived_missing(run, "fused") == 1
 
 
 # ---------------------------------------------------------------- incomplete: a container declaring more than it holds
