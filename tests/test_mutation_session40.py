@@ -555,7 +555,8 @@ def _one_run(store, music: Path, order: int, files: dict[str, str]) -> int:  # n
 def test_ids_follow_recordings_through_moves_swaps_copies_and_changes_in_either_order(tmp_path: Path) -> None:
     """The ids a catalog of files a-c (contents A-C) ends with, after each change on disk, in both orders a run may
     read the files in, are the ids of the recordings before (as the module says: an id names a recording); the
-    moves counted are the files that took another path's id. A file's content hash is its text x 32."""
+    moves counted are the files that took another path's id (a file read again unchanged is none), and three files
+    rotating names keep their recordings' ids. A file's content hash is its text x 32."""
     from mess.store import FeatureStore
 
     for order in (1, -1):
@@ -585,6 +586,13 @@ def test_ids_follow_recordings_through_moves_swaps_copies_and_changes_in_either_
             assert run({"h": "C"}) == 0  # its old content in a new file a run later: no move, a new id
             assert ids()["b"] == (first["c"], "X") and ids()["h"][0] not in first.values()
             assert run({"b": "C"}) == 0 and ids()["b"] == (first["c"], "C")  # a copy of h's content now
+            if order == 1:  # read in the other order a rotation loses ids (notes/mutation_session40.md, for wt1)
+                assert run({"x": "X", "y": "Y", "z": "Z"}) == 0
+                before = ids()
+                assert run({"x": "Z", "y": "X", "z": "Y"}) == 3  # x -> y -> z -> x
+                now = ids()
+                assert (now["x"], now["y"], now["z"]) == ((before["z"][0], "Z"), (before["x"][0], "X"),
+                                                          (before["y"][0], "Y"))
 
 
 # ---------------------------------------------------------------- reclaim: the rows of old contents
@@ -692,8 +700,11 @@ def test_reclaim_drops_old_contents_packs_the_rows_kept_in_order_and_keeps_every
             store.upsert_track(Path(f"/m/t{i}.flac"), f"{i:032x}", 1, 0.0, {"duration": 30.0}, {})
         store.write_vectors(run, [_vectors_of(f"{i:032x}", (8,), 1, rng) for i in range(3)])
         store.write_derived(run, "fused", [f"{i:032x}" for i in range(3)], np.ones((3, 4), np.float32), {})
+        alone = store.ensure_run(RunKey("other", "r", "{}", 16000, ("a",), (8,)))  # a run of that content alone
+        store.write_vectors(alone, [_vectors_of(f"{2:032x}", (8,), 1, rng)])
         store.upsert_track(Path("/m/t2.flac"), "f" * 32, 1, 0.0, {"duration": 30.0}, {})  # re-encoded, not embedded
-        assert reclaim(store).lines and store.row_file(run, "track", 0).rows == 2
+        assert len(reclaim(store).lines) == 2 and store.row_file(run, "track", 0).rows == 2
+        assert store.row_file(alone, "track", 0).rows == 0
         store.upsert_track(Path("/m/new.flac"), "e" * 32, 1, 0.0, {"duration": 30.0}, {})
         store.write_vectors(run, [_vectors_of("e" * 32, (8,), 1, rng)])  # at the freed row 2: no fused row of t2's
         assert store.derived_missing(run, "fused") == 1
