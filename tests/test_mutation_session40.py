@@ -737,7 +737,8 @@ def test_a_wav_cut_short_is_told_by_its_data_size_past_odd_chunks_and_one_percen
     path.write_bytes(whole)
     assert sf.info(path).frames == 32000 and cut_short(path) is None
     start = whole.index(b"data") + 8
-    for kept, said in ((16000, "its header declares 4.0 s of audio, the file holds 1.0 s"),
+    for kept, said in ((0, "its header declares 4.0 s of audio, the file holds 0.0 s"),
+                       (16000, "its header declares 4.0 s of audio, the file holds 1.0 s"),
                        (36000, "its header declares 4.0 s of audio, the file holds 2.2 s"),
                        (63360, None), (63359, "its header declares 4.0 s of audio, the file holds 4.0 s")):
         assert (said is None) == (kept * 100 >= 99 * 64000)
@@ -746,7 +747,8 @@ def test_a_wav_cut_short_is_told_by_its_data_size_past_odd_chunks_and_one_percen
     for declared in (0, 0xFFFFFFFF):
         path.write_bytes(_wav(32000, declared=declared)[:start])
         assert cut_short(path) is None
-    for junk in (b"", b"RIFF", b"RIFF\0\0\0\0WAVEfmt ", b"\0" * 100):
+    no_format = whole.replace(whole[12:12 + 24], b"")  # its fmt chunk (24 bytes) gone: no byte rate to tell by
+    for junk in (b"", b"RIFF", b"RIFF\0\0\0\0WAVEfmt ", b"\0" * 100, no_format[:len(no_format) // 2]):
         path.write_bytes(junk)
         assert cut_short(path) is None
     assert cut_short(tmp_path / "none.wav") is None
@@ -754,7 +756,8 @@ def test_a_wav_cut_short_is_told_by_its_data_size_past_odd_chunks_and_one_percen
 
 def test_ogg_and_flac_cut_short_are_told_by_their_last_page_and_frame_also_after_an_id3_tag(tmp_path: Path) -> None:
     """Real OGG Vorbis and FLAC files (soundfile's): whole, nothing is said; cut, the OGG's last page lacks the
-    end of its stream, and the FLAC's last frame starts where its samples run out (within a frame of what the cut
+    end of its stream (also when it is the first page, or continues a packet; a last header cut before its flags
+    tells nothing), and the FLAC's last frame starts where its samples run out (within a frame of what the cut
     left: the bytes kept times the seconds per byte); an OGG whose first page fails its CRC is no OGG. A FLAC behind an
     ID3v2 tag (its size syncsafe) is read past it."""
     import soundfile as sf
@@ -772,6 +775,17 @@ def test_ogg_and_flac_cut_short_are_told_by_their_last_page_and_frame_also_after
     assert cut_short(ogg) is None and cut_short(flac) is None
     ogg.write_bytes(whole_ogg[: len(whole_ogg) // 2])
     assert cut_short(ogg) == "its Ogg stream stops before the page that ends it: the rest of the file is missing"
+    pages = [i for i in range(len(whole_ogg)) if whole_ogg.startswith(b"OggS\0", i)]
+    missing = "its Ogg stream stops before the page that ends it: the rest of the file is missing"
+    for kept, said in ((pages[1] + 2, missing),  # the first page whole, the second's capture pattern cut
+                       (pages[2] + 5, None),  # the third's header cut before its flags: nothing to tell by
+                       (pages[2] + 6, missing)):  # cut right after its flags (not the stream's end)
+        ogg.write_bytes(whole_ogg[:kept])
+        assert cut_short(ogg) == said, kept
+    flagged = bytearray(whole_ogg[:pages[3] + 27])
+    flagged[pages[3] + 5] = 0x01  # the last page found continues a packet: still not the stream's end
+    ogg.write_bytes(bytes(flagged))
+    assert cut_short(ogg) == missing
     broken = bytearray(whole_ogg)
     broken[30] ^= 0xFF  # inside the first page: its CRC fails
     ogg.write_bytes(bytes(broken[: len(broken) // 2]))
