@@ -381,17 +381,18 @@ def test_a_checkpoints_info_is_what_transformers_reads_from_its_files(tmp_path: 
 # ---------------------------------------------------------------- user_targets: your own targets file
 
 
-def _write_csv(path: Path, rows: list[list[str]], delimiter: str = ",", bom: bool = False) -> None:
+def _write_csv(path: Path, rows: list[list[str]], delimiter: str = ",", bom: bool = False,
+               quoting: int = csv.QUOTE_MINIMAL) -> None:
     with path.open("w", newline="", encoding="utf-8-sig" if bom else "utf-8") as f:
-        csv.writer(f, delimiter=delimiter).writerows(rows)
+        csv.writer(f, delimiter=delimiter, quoting=quoting).writerows(rows)
 
 
 def test_a_targets_file_gives_each_columns_numbers_or_labels_per_track_and_names_its_unknown_rows(
         tmp_path: Path) -> None:
     """Rows written by Python's csv module (comma, semicolon with decimal commas, tab; a BOM; a quoted header
-    cell holding the delimiter; a blank line): each column's filled cells as numbers when all are, else as labels,
-    keyed by the id of the track the row names (by id, track_id, path or file name); empty and 'nan' cells left out;
-    rows naming no track listed with their line."""
+    cell holding the delimiter, a cell holding a line break; a blank line): each column's filled cells as numbers
+    when all are, else as labels, keyed by the id of the track the row names (by id, track_id, path or file name);
+    empty and 'nan' cells left out; rows naming no track listed with their line (the first 3, '...' past them)."""
     from mess.probing.user_targets import LABEL, NUMBER, read_targets, unknown_note
     from mess.store import FeatureStore
 
@@ -401,18 +402,24 @@ def test_a_targets_file_gives_each_columns_numbers_or_labels_per_track_and_names
         ids = [store.upsert_track(p, f"{i:032x}", 1, 0.0, {"duration": 30.0}, {}) for i, p in enumerate(paths)]
         plain = tmp_path / "plain.csv"
         _write_csv(plain, [["ID", "tempo", "mood, felt"], [str(ids[0]), "120", "calm"], [str(ids[1]), "nan", ""],
-                           [], ["999", "90", "sad"], [str(ids[2]), "-1.5e1", "sad"], [str(ids[3]), "", "calm"]],
+                           [], ["999", "90", "sad"], [str(ids[2]), "-1.5e1", "sad"], [str(ids[3]), "", "calm\r\nish"]],
                    bom=True)
         got = read_targets(store, plain)
         assert (got.path, got.column, got.unknown) == (plain, "id", ((5, "999"),))
         tempo, mood = got.targets
         assert (tempo.name, tempo.kind, tempo.values) == ("tempo", NUMBER, {ids[0]: 120.0, ids[2]: -15.0})
         assert (mood.name, mood.kind, mood.values) == ("mood, felt", LABEL,
-                                                       {ids[0]: "calm", ids[2]: "sad", ids[3]: "calm"})
+                                                       {ids[0]: "calm", ids[2]: "sad", ids[3]: "calm\r\nish"})
         assert unknown_note(got) == "1 row names no track of the store and was left out: line 5 '999'"
+        assert (NUMBER, LABEL) == ("number", "label")  # as reports name the kinds
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            got.column = "path"  # type: ignore[misc]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            tempo.kind = LABEL  # type: ignore[misc]
         spread = tmp_path / "spread.csv"
-        _write_csv(spread, [["path", "energy", "code"], [str(paths[0]), "0,3", "1,5"], [str(paths[1]), "1,5e2", "x"],
-                            [str(music / "gone.flac"), "1", "2"], ["", "1", "1"]], delimiter=";")
+        _write_csv(spread, [["path", "energy", "code, v"], [str(paths[0]), "0,3", "1,5"], [str(paths[1]), "1,5e2", "x"],
+                            [str(music / "gone.flac"), "1", "2"], ["", "1", "1"]], delimiter=";",
+                   quoting=csv.QUOTE_ALL)  # '"path";"energy";"code, v"': its comma is in a quoted cell
         got = read_targets(store, spread)
         energy, code = got.targets
         assert got.column == "path" and energy.values == {ids[0]: 0.3, ids[1]: 150.0} and energy.kind == NUMBER
@@ -422,6 +429,7 @@ def test_a_targets_file_gives_each_columns_numbers_or_labels_per_track_and_names
         _write_csv(tabbed, [["file", "x"], ["t1.flac", "0,5"], ["t2.flac", "2"]], delimiter="\t")
         got = read_targets(store, tabbed)
         assert got.column == "file" and got.targets[0].values == {ids[1]: 0.5, ids[2]: 2.0}
+        assert got.unknown == () and unknown_note(got) == ""
         exported = tmp_path / "exported.csv"
         _write_csv(exported, [["track_id", "x"], [str(ids[3]), "1,5"]])  # a comma file: "1,5" is quoted, a label
         got = read_targets(store, exported)
@@ -431,6 +439,8 @@ def test_a_targets_file_gives_each_columns_numbers_or_labels_per_track_and_names
         note = unknown_note(read_targets(store, many))
         assert note == ("4 rows name no track of the store and were left out: line 2 '900', line 3 '901', "
                         "line 4 '902', ...")
+        _write_csv(many, [["id", "x"], *([str(900 + i), "1"] for i in range(3)), [str(ids[0]), "1"]])
+        assert unknown_note(read_targets(store, many)).endswith("line 4 '902'")  # all 3 shown: no '...'
 
 
 def test_a_targets_file_that_cannot_be_read_as_targets_is_refused_naming_the_file_and_the_line(
@@ -459,6 +469,12 @@ def test_a_targets_file_that_cannot_be_read_as_targets_is_refused_naming_the_fil
             ([["id", "x"], [str(a), "-inf"]], f"{f}:2: x '-inf' is not a finite number (leave the cell empty"),
             ([["id", "x"], ["5", "1"], [str(a), ""]], f"{f}: no row gives a target of a track in this store (rows "
                                                       "naming no track: line 2 '5')"),
+            ([["id", "x"], ["5", "1"], ["6", "1"], ["7", "1"]], f"{f}: no row gives a target of a track in this "
+                                                                "store (rows naming no track: line 2 '5', line 3 '6', "
+                                                                "line 4 '7')"),
+            ([["id", "x"], *([str(5 + i), "1"] for i in range(4))], f"{f}: no row gives a target of a track in this "
+                                                                   "store (rows naming no track: line 2 '5', line 3 "
+                                                                   "'6', line 4 '7', ...)"),
             ([["file", "x"], ["x.flac", "1"]], f"{f}:2: 2 tracks are named 'x.flac'"),
         ]
         for text, bad in (('id,x\n1,"2"3\n', '1,"2"3'), ('id,x\n1,2\n\n1,"4"5\n1,7\n', '1,"4"5'),
