@@ -464,11 +464,13 @@ def test_a_targets_file_that_cannot_be_read_as_targets_is_refused_naming_the_fil
             ([["id", ""], ["1", "2"]], f"{f} needs an id"),
             ([["id", "x", "y", "x"]], f"{f}: two target columns are named 'x' (columns 2 and 4 of the header): "
                                       "rename one"),
+            ([["id", "y", "x", "x"]], f"{f}: two target columns are named 'x' (columns 3 and 4 of the header)"),
             ([["id", "x"], [str(a), "1"], [str(a), "1", "3"]], f"{f}:3: 3 cells where the header has 2"),
             ([["id", "x"], [str(a), "1"], [], [str(a), "2"]], f"{f}:4: track {a} (A) has x '2' here and '1' on line 2"),
             ([["id", "x"], [str(a), "-inf"]], f"{f}:2: x '-inf' is not a finite number (leave the cell empty"),
             ([["id", "x"], ["5", "1"], [str(a), ""]], f"{f}: no row gives a target of a track in this store (rows "
                                                       "naming no track: line 2 '5')"),
+            ([["id", "x"], [str(a), "nan"]], f"{f}: no row gives a target of a track in this store"),
             ([["id", "x"], ["5", "1"], ["6", "1"], ["7", "1"]], f"{f}: no row gives a target of a track in this "
                                                                 "store (rows naming no track: line 2 '5', line 3 '6', "
                                                                 "line 4 '7')"),
@@ -489,6 +491,7 @@ def test_a_targets_file_that_cannot_be_read_as_targets_is_refused_naming_the_fil
             with pytest.raises(ProbeError) as refused:
                 read_targets(store, f)
             assert str(refused.value).startswith(said), (said, str(refused.value))
+            assert not said.endswith("store") or str(refused.value) == said  # no rows to name: nothing after it
         _write_csv(f, [["id", "x"], [str(a), "1"]])
         assert read_targets(store, str(f)).targets[0].values == {a: 1.0}  # a str path too
 
