@@ -541,18 +541,21 @@ def test_the_hybrids_body_is_read_as_the_cli_reads_its_files_and_anything_else_i
                            (b"[" * 100000 + b"]" * 100000, "the body is not valid JSON (nested too deeply)"),
                            (b"[]", "; got an array"), (b'"x"', "; got a string"), (b"1.5", "; got a number"),
                            (b"null", "; got null"), (b"true", "; got true"),
-                           (b'{"tags": {}, "refs": 1, "zz": 2}', "; 'refs' is neither"),
+                           (b'{"reference": {}, "refs": 1, "zz": 2}', "; 'refs' is neither"),
                            (b'{"tags": {"A": "rock"}}', "tags must map each artist to a list of tags")):
             got = client.post("/inputs", content=body)
             assert got.status_code == 400 and said in got.json()["detail"], (body[:20], got.text)
+            assert not said.startswith(";") or got.json()["detail"].startswith(
+                'the body must be a JSON object {"reference": ..., "tags": ...}; '), got.text
         big = b" " * (MAX_BODY + 1)
         for body in (big, iter([big[:MAX_BODY], b" "])):  # declared, then streamed without a length
             got = client.post("/inputs", content=body)
             assert got.status_code == 413 and got.json()["detail"].startswith(
                 f"the body is larger than {MAX_BODY // 2**20} MiB ("), got.text
         assert client.post("/inputs", content=b" " * MAX_BODY).json() == none  # the cap itself is allowed
-        huge = client.post("/inputs", content=b"{}", headers={"content-length": "9" * 13})
-        assert huge.status_code == 413, huge.text
+        for declared in ("9" * 13, str(MAX_BODY + 1)):  # refused on the declared length alone (the body is short)
+            huge = client.post("/inputs", content=b"{}", headers={"content-length": declared})
+            assert huge.status_code == 413, huge.text
 
 
 # ---------------------------------------------------------------- moves: ids follow recordings
