@@ -570,8 +570,7 @@ def _one_run(store, music: Path, order: int, files: dict[str, str]) -> int:  # n
         (music / name).write_text(text)
     moved = sum(store.catalogue_file(music / name, text * 32, 1, 0.0, {"duration": 1.0}, {}, since=since)[1]
                 for name, text in list(files.items())[::order])
-    store.settle_moves(list(music.iterdir()))
-    return moved
+    return moved + store.settle_moves(list(music.iterdir()), since)
 
 
 def test_ids_follow_recordings_through_moves_swaps_copies_and_changes_in_either_order(tmp_path: Path) -> None:
@@ -608,13 +607,38 @@ def test_ids_follow_recordings_through_moves_swaps_copies_and_changes_in_either_
             assert run({"h": "C"}) == 0  # its old content in a new file a run later: no move, a new id
             assert ids()["b"] == (first["c"], "X") and ids()["h"][0] not in first.values()
             assert run({"b": "C"}) == 0 and ids()["b"] == (first["c"], "C")  # a copy of h's content now
-            if order == 1:  # read in the other order a rotation loses ids (notes/mutation_session40.md, for wt1)
-                assert run({"x": "X", "y": "Y", "z": "Z"}) == 0
-                before = ids()
-                assert run({"x": "Z", "y": "X", "z": "Y"}) == 3  # x -> y -> z -> x
-                now = ids()
-                assert (now["x"], now["y"], now["z"]) == ((before["z"][0], "Z"), (before["x"][0], "X"),
-                                                          (before["y"][0], "Y"))
+            assert run({"x": "X", "y": "Y", "z": "Z"}) == 0
+            before = ids()
+            assert run({"x": "Z", "y": "X", "z": "Y"}) == 3  # x -> y -> z -> x
+            now = ids()
+            assert (now["x"], now["y"], now["z"]) == ((before["z"][0], "Z"), (before["x"][0], "X"),
+                                                      (before["y"][0], "Y"))
+
+
+@pytest.mark.parametrize("order", [1, -1], ids=["name-order", "reverse"])
+def test_ids_follow_a_rename_chain_read_front_to_back(tmp_path: Path, order: int) -> None:
+    """`rm 1; mv 2 1; mv 3 2` (a folder renumbered after its first track went) read 1 then 2: file 1 kept the id of
+    the recording deleted (a playlist of ids that held A played B) and B's id was left on the gone path 3, pruned
+    next; `mv b g; mv c b` read g first: g got a new id. Each id now follows its recording in either order; the
+    deleted recording's id goes with it. A file's content hash is its text x 32."""
+    from mess.store import FeatureStore
+
+    music = tmp_path / "music"
+    music.mkdir()
+    with closing(FeatureStore(tmp_path / "store")) as store:
+        def ids() -> dict[str, tuple[int, str]]:
+            return {Path(t.path).name: (t.id, t.content_hash[0]) for t in store.tracks() if Path(t.path).exists()}
+
+        assert _one_run(store, music, order, {"1": "A", "2": "B", "3": "C"}) == 0
+        first = {name: i for name, (i, _) in ids().items()}
+        (music / "3").unlink()
+        assert _one_run(store, music, order, {"1": "B", "2": "C"}) == 2
+        assert ids() == {"1": (first["2"], "B"), "2": (first["3"], "C")}
+        assert first["1"] not in {t.id for t in store.tracks() if Path(t.path).exists()}
+        (music / "1").rename(music / "g")  # mv 1 g; mv 2 1: g read last in name order, first in the reverse
+        (music / "2").rename(music / "1")
+        assert _one_run(store, music, order, {"g": "B", "1": "C"}) == 2
+        assert ids() == {"g": (first["2"], "B"), "1": (first["3"], "C")}
 
 
 # ---------------------------------------------------------------- reclaim: the rows of old contents

@@ -148,7 +148,7 @@ def _extract(store: FeatureStore, paths: Sequence[Path], model: EmbeddingModel, 
     except KeyboardInterrupt as exc:  # after writer.close(): the summary counts every commit
         summary.wall_seconds = time.perf_counter() - started
         raise ExtractInterrupted(summary) from exc
-    store.settle_moves(paths)
+    summary.moved += store.settle_moves(paths, since)
     if prune_under:  # once every file is catalogued: a moved file has taken its track's row, and is not forgotten
         summary.removed = prune(store, paths, prune_under)
     summary.wall_seconds = time.perf_counter() - started

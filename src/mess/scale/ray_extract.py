@@ -355,7 +355,7 @@ def _catalogue(store: FeatureStore, run: Run, paths: Sequence[Path], summary: Ex
             todo.append({"path": row["path"], "hash": rec["hash"], "stamp": rec["stamp"], "size": rec["size"],
                          "duration": float(rec["info"].get("duration") or 0.0),
                          "sample_rate": int(rec["info"].get("sample_rate") or 0)})
-    store.settle_moves(paths)
+    summary.moved += store.settle_moves(paths, since)
     return todo
 
 

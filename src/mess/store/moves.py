@@ -8,7 +8,8 @@ same run holds its old content.
 
 The catalog keeps, in ``tracks.former_hash``, the recording a row's id names while its file holds other content (a
 file changed in place, read before the file its old content went to): the run that reads that file hands the id on.
-Markers of a run's files are cleared when it has read them all (:func:`settle`).
+When a run has read them all, :func:`settle` hands on the ids the order of its reads left marked (a chain of
+renames read front to back), then clears the markers of its files.
 """
 
 from __future__ import annotations
@@ -87,8 +88,39 @@ def _copy_row(db: sqlite3.Connection, track_id: int, path: str | bytes) -> None:
                (path, track_id))
 
 
-def settle(db: sqlite3.Connection, paths: Iterable[str | bytes]) -> None:
-    """Clear the markers of ``paths`` (catalog paths), all read by a run: a file changed in place keeps its id."""
+def settle(db: sqlite3.Connection, paths: Iterable[str | bytes], since: float) -> int:
+    """After a run started at ``since`` has read every file of ``paths`` (catalog paths): hand each id still marked
+    as naming a recording another file now holds to that file, where the order of the reads could not (a rename
+    chain read front to back, ``rm 1; mv 2 1; mv 3 2``: file 1 was read while file 2, which had held its recording,
+    still existed), then clear the markers of ``paths``: a file changed in place keeps its id. Returns how many files
+    this recognised as moved."""
     present = set(paths)
-    marked = [(i,) for i, p in db.execute("SELECT id, path FROM tracks WHERE former_hash IS NOT NULL") if p in present]
-    db.executemany("UPDATE tracks SET former_hash=NULL WHERE id=?", marked)
+    handed: set[int] = set()  # ids handed on here: each row takes one at most
+    moved = 0
+    while (pair := _hand_on(db, present, since, handed)) is not None:
+        marked, taker, taker_named = pair
+        _swap(db, marked, taker)  # the taker's file holds the recording ``marked`` names
+        db.execute("UPDATE tracks SET former_hash=NULL WHERE id=?", (marked,))
+        held, path = db.execute("SELECT content_hash, path FROM tracks WHERE id=?", (taker,)).fetchone()
+        db.execute("UPDATE tracks SET former_hash=? WHERE id=?",
+                   (None if taker_named in (None, held) else taker_named, taker))
+        handed.add(marked)
+        moved += 1 + (taker_named == held and path in present)  # the marked row's file took its recording's id too
+    marked_rows = [(i,) for i, p in db.execute("SELECT id, path FROM tracks WHERE former_hash IS NOT NULL")
+                   if p in present]
+    db.executemany("UPDATE tracks SET former_hash=NULL WHERE id=?", marked_rows)
+    return moved
+
+
+def _hand_on(db: sqlite3.Connection, present: set[str | bytes], since: float,
+             handed: set[int]) -> tuple[int, int, str | None] | None:
+    """(marked id, taker id, what the taker's id names) for the first row by id whose id names a recording
+    (``former_hash``) that a file of this run holds under an id naming another one (its own marker) or under an id
+    new in this run; None when there is none."""
+    for marked, named in db.execute("SELECT id, former_hash FROM tracks WHERE former_hash IS NOT NULL ORDER BY id"):
+        for taker, path, former, added in db.execute(
+                "SELECT id, path, former_hash, added_at FROM tracks WHERE content_hash=? AND id<>? ORDER BY id",
+                (named, marked)):
+            if path in present and taker not in handed and (former is not None or added >= since):
+                return int(marked), int(taker), former
+    return None

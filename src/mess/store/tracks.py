@@ -92,11 +92,12 @@ class TrackCatalog(FailureRecords):
 
     upsert_track = _id_alone(catalogue_file)
 
-    def settle_moves(self, paths: Iterable[Path]) -> None:
-        """After a run has read every file of ``paths``: a file of them changed in place keeps its id (no file read
-        later hands it on, :mod:`mess.store.moves`)."""
+    def settle_moves(self, paths: Iterable[Path], since: float) -> int:
+        """After a run started at ``since`` has read every file of ``paths``: ids still naming a recording another of
+        them holds go to it; a file of them changed in place keeps its id (:mod:`mess.store.moves`). Returns how many
+        files this recognised as moved."""
         with self._write():
-            settle(self.db, (to_db_path(p) for p in paths))
+            return settle(self.db, (to_db_path(p) for p in paths), since)
 
     def record_roots(self, folders: Iterable[Path]) -> None:
         """Record the folders an extraction was given (their real paths; files named alone are no folder): where
