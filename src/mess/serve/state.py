@@ -103,7 +103,8 @@ class ServeState:
     def __post_init__(self) -> None:
         """The catalog's ctime, where the caller did not take it before opening."""
         if self.written is None:
-            self.written = _written(self.store.root)
+            seen = _catalog_file(self.store.root)
+            self.written = None if seen is None else seen[1]
 
     def refresh(self) -> None:
         """Reopen the store when its catalog file was replaced (the store moved aside or deleted and extracted
@@ -116,13 +117,15 @@ class ServeState:
         cannot be trusted then, a catalog rewritten in place that does not open whole is 503 until it does.
         """
         root = self.store.root
-        if catalog_id(root) in (None, self.catalog) and _written(root) in (None, self.written):
+        seen = _catalog_file(root)  # one stat a request
+        if seen is None or seen == (self.catalog, self.written):
             return
         with self.lock:
-            now, written = catalog_id(root), _written(root)  # before opening: a change meanwhile is seen next time
-            in_place = now == self.catalog
-            if now is None or in_place and written in (None, self.written):
+            seen = _catalog_file(root)  # before opening: a change meanwhile is seen next time
+            if seen is None or seen == (self.catalog, self.written):
                 return
+            now, written = seen
+            in_place = now == self.catalog
             try:
                 fresh = FeatureStore(root, readonly=not self.allow_indexing)
             except StoreError as exc:  # not a whole store yet: try again at the next request
@@ -248,19 +251,18 @@ def rebuilding(now: tuple[int, int] | None) -> str:
 
 def catalog_id(root: Path) -> tuple[int, int] | None:
     """(device, inode) of the store's catalog file, None while there is none."""
+    seen = _catalog_file(root)
+    return None if seen is None else seen[0]
+
+
+def _catalog_file(root: Path) -> tuple[tuple[int, int], int] | None:
+    """(device, inode) of the store's catalog file and its ctime (ns), which moves with every write to the file,
+    from one stat; None while there is none."""
     try:
         st = os.stat(root / "catalog.sqlite")
     except OSError:
         return None
-    return st.st_dev, st.st_ino
-
-
-def _written(root: Path) -> int | None:
-    """The ctime (ns) of the store's catalog file: it moves with every write to the file, None while there is none."""
-    try:
-        return os.stat(root / "catalog.sqlite").st_ctime_ns
-    except OSError:
-        return None
+    return (st.st_dev, st.st_ino), st.st_ctime_ns
 
 
 def _rewritten(root: Path, why: str) -> str:

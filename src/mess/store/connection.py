@@ -80,10 +80,11 @@ class StoreConnection:
             except LockUnusable as exc:
                 raise StoreDamaged(str(exc)) from None
             self._still_here()
-            self._own_rows()
+            recorded = self._own_rows()
             yield
-            with contextlib.suppress(StoreError):  # recorded once the first write made the folder (written: no refusal)
-                self._own_rows()
+            if not recorded:  # recorded once the first write made the folder (written: no refusal)
+                with contextlib.suppress(StoreError):
+                    self._own_rows()
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -155,22 +156,23 @@ class StoreConnection:
         if st.st_nlink > 1:
             raise StoreError(f"{self.root}: cannot write: {shared_files(self.root, st.st_nlink)}")
 
-    def _own_rows(self) -> None:
+    def _own_rows(self) -> bool:
         """StoreError when the store's row folder (``runs``) is another live store's too: ``runs`` linked to another
         disk, then the store copied with `cp -a` (which copies the link, not the rows); each catalog writes at its
         own last row and cuts what lies past it, so a write here would overwrite and cut the other store's rows. The
         catalog writing there is recorded in ``runs/.writer`` (path, device, inode); a store whose own ``runs`` is
-        another folder (a real copy), or one no longer there, is no other writer, and the record becomes this one."""
+        another folder (a real copy), or one no longer there, is no other writer, and the record becomes this one.
+        Whether the folder was there to check."""
         runs = self.root / "runs"
         if self.catalog is None or not runs.is_dir():
-            return
+            return False
         mine = f"{os.path.realpath(self.root / 'catalog.sqlite')}\t{self.catalog[0]}\t{self.catalog[1]}"
         try:
             known = os.fsdecode((runs / _WRITER).read_bytes())  # a path in any encoding, as the system names it
         except OSError:
             known = ""
         if known == mine:
-            return
+            return True
         with contextlib.suppress(OSError, ValueError):
             path, device, inode = known.split("\t")
             st = os.stat(path)
@@ -184,6 +186,7 @@ class StoreConnection:
                                  "command again")
         with contextlib.suppress(OSError):
             replace_file(runs / _WRITER, os.fsencode(mine))
+        return True
 
     def _write_refused(self, exc: OSError | sqlite3.OperationalError) -> StoreError:
         """The StoreError of a write the system refused."""
