@@ -8,6 +8,7 @@ import os
 import resource
 import sqlite3
 import sys
+import threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import TypeVar
 from mess.store.catalog import has_column
 from mess.store.errors import CATALOG_ADVICE, ReadAgain, StoreDamaged, StoreError
 from mess.store.lock import LockUnusable, StoreLock
-from mess.store.memo import MEMO, HeldLock
+from mess.store.memo import MEMO
 from mess.store.paths import printable, replace_file
 from mess.store.records import Track, TrackList
 
@@ -56,7 +57,7 @@ class StoreConnection:
     lock: StoreLock
     readonly: bool
     on_wait: Callable[[str], None] | None
-    _lock: HeldLock
+    _lock: threading.RLock
     _scope: tuple[str, int]
     catalog: tuple[int, int] | None  # (device, inode) of the catalog file opened (see _still_here)
 

@@ -29,7 +29,7 @@ from mess.store.connection import size_limit_note
 from mess.store.errors import CATALOG_ADVICE, StoreDamaged, StoreError
 from mess.store.holders import deleted_catalog, deleted_while_open, refusal
 from mess.store.lock import StoreLock
-from mess.store.memo import MEMO, HeldLock
+from mess.store.memo import MEMO, connection_lock
 from mess.store.paths import expanded
 from mess.store.wal import deleted_log, lost_commits, note
 
@@ -149,7 +149,7 @@ class FeatureStore(AspectMaps):
             raise StoreError(f"no feature store at {self.root} yet (run `mess extract` first)")
         self.readonly = readonly
         self.on_wait = on_wait
-        self._lock = HeldLock()  # a thread holding it never waits in the memo (see mess.store.memo)
+        self._lock = connection_lock()  # a thread holding it never waits in the memo (see mess.store.memo)
         self._scope = (str(self.root), next(_CONNECTIONS))  # version tokens only compare within one connection
         weakref.finalize(self, MEMO.forget, self._scope)
         if verify:

@@ -8,7 +8,7 @@ under older ones. At most ``size`` entries are kept (least recently used out fir
 
 One lock guards the table, never a computation: a value is computed outside it, once per
 key. Threads asking for a key another thread is computing wait for that computation and get
-its value (or its exception), except a thread holding a :class:`HeldLock` (a store's connection lock): that
+its value (or its exception), except a thread holding a store's connection lock (:func:`connection_lock`): that
 computation may need the lock, so waiting could deadlock; such a thread computes the value itself. A computation
 asking for its own key raises RuntimeError.
 :meth:`Memo.forget` never waits for the lock: it runs as a store's garbage-collection finaliser,
@@ -18,6 +18,7 @@ which can fire at any allocation, also inside the memo's own locked code.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
@@ -28,32 +29,22 @@ T = TypeVar("T")
 Key = tuple[Hashable, Hashable, Hashable]
 
 
-_held = threading.local()  # .count: how many HeldLock acquisitions this thread has not released
+_CONNECTIONS: weakref.WeakSet = weakref.WeakSet()  # every store connection's lock (see connection_lock)
 
 
-class HeldLock:
-    """A re-entrant lock (as ``threading.RLock``) whose holder never waits in the memo for another thread's value."""
+def connection_lock() -> threading.RLock:
+    """A store connection's lock: a plain re-entrant lock, so that ``with`` takes it in one step (a Python wrapper
+    that counted its holds could be interrupted by Ctrl-C or SIGTERM after taking it and before its ``with`` began,
+    and never release it: the interrupted command then hung for good), registered so the memo sees a thread holding
+    one (:func:`_holds_connection`)."""
+    lock = threading.RLock()
+    _CONNECTIONS.add(lock)
+    return lock
 
-    def __init__(self) -> None:
-        self._lock = threading.RLock()
 
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        """Take the lock (as ``RLock.acquire``); whether it was taken."""
-        if not self._lock.acquire(blocking, timeout):
-            return False
-        _held.count = getattr(_held, "count", 0) + 1
-        return True
-
-    def release(self) -> None:
-        """Release it once (as ``RLock.release``)."""
-        self._lock.release()
-        _held.count -= 1
-
-    def __enter__(self) -> bool:
-        return self.acquire()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.release()
+def _holds_connection() -> bool:
+    """Whether this thread holds a store connection's lock."""
+    return any(lock._is_owned() for lock in list(_CONNECTIONS))
 
 
 @dataclass
@@ -101,7 +92,7 @@ class Memo:
         if not owner:
             if pending.thread == threading.get_ident():
                 raise RuntimeError(f"the memo value {key!r} is needed to compute itself")
-            if getattr(_held, "count", 0):  # the other thread's computation may wait for a lock this one holds
+            if _holds_connection():  # the other thread's computation may wait for a lock this one holds
                 return make()
             return cast(T, pending.outcome.result())
         try:
